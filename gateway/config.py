@@ -1,0 +1,85 @@
+"""Settings: one typed object, read from ``$GATEWAY_HOME/gateway.toml`` and then from
+``GATEWAY_*`` environment variables (which win). Every setting is listed in
+docs/configuration.md; a fresh GATEWAY_HOME with no file runs on the demo network.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from .datafiles import data_dir
+from .errors import ConfigError
+
+__all__ = ["DEFAULT_HOME", "Settings"]
+
+DEFAULT_HOME = Path.home() / ".fhir-gateway"
+
+
+def _default_network() -> Path:
+    return data_dir("seeds") / "network.yaml"
+
+
+def _default_mappings() -> Path:
+    return data_dir("mappings")
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path = DEFAULT_HOME
+    network: Path = field(default_factory=_default_network)  # institutions (seeds)
+    mappings: Path = field(default_factory=_default_mappings)
+    # Zone for HL7 times sent without one: mainland China and Hong Kong are both UTC+8.
+    timezone: str = "+08:00"
+    validate: bool = True  # parse every Bundle with the fhir.resources R4B models
+    api_token_file: Path | None = None  # bearer tokens for the API, one per line
+    host: str = "127.0.0.1"
+    port: int = 8080
+
+    @property
+    def out_dir(self) -> Path:
+        return self.home / "out"
+
+    @property
+    def secrets_dir(self) -> Path:
+        return self.home / "secrets"
+
+    @classmethod
+    def load(cls, home: Path | str | None = None, env: dict[str, str] | None = None) -> Settings:
+        env = dict(os.environ if env is None else env)
+        root = Path(home or env.get("GATEWAY_HOME") or DEFAULT_HOME).expanduser()
+        values: dict[str, Any] = {}
+        config = root / "gateway.toml"
+        if config.is_file():
+            try:
+                values.update(tomllib.loads(config.read_text(encoding="utf-8")))
+            except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+                raise ConfigError("syntax", f"{config}: {exc}") from None
+        for f in fields(cls):
+            name = f"GATEWAY_{f.name.upper()}"
+            if name in env and f.name != "home":
+                values[f.name] = env[name]
+        known = {f.name for f in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ConfigError(
+                "unknown-setting", f"{config}: unknown settings {sorted(unknown)}; known: {sorted(known)}"
+            )
+        return replace(cls(home=root), **{k: _coerce(k, v, root) for k, v in values.items()})
+
+
+def _coerce(name: str, value: Any, home: Path) -> Any:
+    if name in ("network", "mappings", "api_token_file"):
+        path = Path(str(value)).expanduser()
+        return path if path.is_absolute() else home / path
+    if name == "validate":
+        return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
+    if name == "port":
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError("bad-setting", f"port must be a number, not {value!r}") from None
+    return str(value)

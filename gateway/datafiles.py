@@ -1,0 +1,58 @@
+"""Where the gateway's data folders live, and one loader for their YAML/JSON files.
+
+In a checkout (editable install) the folders are the top-level ``mappings/``,
+``seeds/`` and ``profiles/``; in a wheel they are packed under ``gateway/_data/``.
+Parse errors become :class:`~gateway.errors.ConfigError` naming the file.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+
+from .errors import ConfigError
+
+__all__ = ["data_dir", "load_data_file"]
+
+_PACKAGE = Path(__file__).resolve().parent
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader where a scalar starting with '.' stays a string.
+
+    Mappings write relative HL7 paths as ``.1`` or ``.10``; plain YAML would read them
+    as the floats 0.1 and 0.1, silently losing which component was meant.
+    """
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if not (first == "." and tag.endswith(":float"))]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def data_dir(name: str) -> Path:
+    """The folder ``name`` (mappings, seeds, profiles) shipped with the gateway."""
+    for candidate in (_PACKAGE.parent / name, _PACKAGE / "_data" / name):
+        if candidate.is_dir():
+            return candidate
+    raise ConfigError("missing-data", f"data folder {name!r} not found beside the gateway package")
+
+
+@lru_cache(maxsize=512)
+def load_data_file(path: Path) -> Any:
+    """Parse a YAML or JSON data file (cached: data files are read-only at run time)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError("unreadable", f"cannot read {path}: {exc.strerror}") from exc
+    try:
+        if path.suffix == ".json":
+            return orjson.loads(text)
+        return yaml.load(text, Loader=_Loader)
+    except (yaml.YAMLError, orjson.JSONDecodeError) as exc:
+        raise ConfigError("syntax", f"{path}: {exc}") from exc

@@ -1,0 +1,134 @@
+"""The gateway's one error family.
+
+Every error names the record, the stage, the location inside the record and the
+problem, and turns into one readable CLI line or one ``OperationOutcome.issue``::
+
+    GatewayError                 code prefix  stage
+     ├── IntakeError             intake.*     bytes → parsed record (framing, charset, syntax)
+     ├── MappingError            mapping.*    parsed record → FHIR (paths, code tables, identity)
+     ├── ValidationError         validation.* FHIR structure (fhir.resources models, references)
+     └── ConfigError             config.*     configuration, mapping files, seeds
+
+Errors raised by third-party libraries (codecs, YAML, pydantic) are translated into
+this family where the gateway calls them; nothing else should reach a user.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "ConfigError",
+    "GatewayError",
+    "IntakeError",
+    "Issue",
+    "MappingError",
+    "ValidationError",
+    "operation_outcome",
+]
+
+# OperationOutcome.issue.code per error family (http://hl7.org/fhir/issue-type).
+_ISSUE_TYPE = {
+    "intake": "structure",
+    "mapping": "value",
+    "validation": "invalid",
+    "config": "exception",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Issue:
+    """One problem found in a record; errors carry one, warnings travel on the envelope."""
+
+    code: str  # stable, grouped by stage: "intake.charset", "mapping.unknown-code", ...
+    message: str
+    record: str | None = None  # "message MSG00112" or "file x.hl7, message #2"
+    location: str | None = None  # HL7 terser path, XPath, DICOM tag or FHIRPath
+    severity: str = "error"  # fatal | error | warning | information
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def line(self) -> str:
+        """The readable one-liner printed by the CLI."""
+        parts = [p for p in (self.record, self.location) if p]
+        where = ": ".join(parts)
+        prefix = f"{where}: " if where else ""
+        return f"{self.severity}: {prefix}{self.message} [{self.code}]"
+
+    def to_fhir(self) -> dict[str, Any]:
+        family = self.code.split(".", 1)[0]
+        issue: dict[str, Any] = {
+            "severity": self.severity,
+            "code": self.details.get("issue_type", _ISSUE_TYPE.get(family, "processing")),
+            "details": {
+                "coding": [{"system": "urn:fhir-gateway:error-code", "code": self.code}],
+                "text": self.message if not self.record else f"{self.record}: {self.message}",
+            },
+            "diagnostics": self.message,
+        }
+        if self.location:
+            issue["expression"] = [self.location]
+        return issue
+
+
+class GatewayError(Exception):
+    """Base of every error the gateway raises on purpose."""
+
+    family = "gateway"
+
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        record: str | None = None,
+        location: str | None = None,
+        **details: Any,
+    ) -> None:
+        if not code.startswith(self.family + "."):
+            code = f"{self.family}.{code}"
+        self.issue = Issue(code, message, record, location, "error", details)
+        super().__init__(self.issue.line())
+
+    @property
+    def code(self) -> str:
+        return self.issue.code
+
+    @property
+    def location(self) -> str | None:
+        return self.issue.location
+
+    def with_record(self, record: str) -> GatewayError:
+        """Attach the record name once it is known (errors deep in a parse don't know it)."""
+        if self.issue.record is None:
+            self.issue = Issue(
+                self.issue.code,
+                self.issue.message,
+                record,
+                self.issue.location,
+                self.issue.severity,
+                self.issue.details,
+            )
+            self.args = (self.issue.line(),)
+        return self
+
+
+class IntakeError(GatewayError):
+    family = "intake"
+
+
+class MappingError(GatewayError):
+    family = "mapping"
+
+
+class ValidationError(GatewayError):
+    family = "validation"
+
+
+class ConfigError(GatewayError):
+    family = "config"
+
+
+def operation_outcome(issues: list[Issue]) -> dict[str, Any]:
+    """A FHIR OperationOutcome holding the given issues."""
+    return {"resourceType": "OperationOutcome", "issue": [i.to_fhir() for i in issues]}

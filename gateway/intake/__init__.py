@@ -1,0 +1,6 @@
+"""Intake stage: bytes → parsed records (format detection, charsets, readers)."""
+
+from ._charset import codec_for, decode_strict
+from ._detect import FORMATS, detect_format
+
+__all__ = ["FORMATS", "codec_for", "decode_strict", "detect_format"]

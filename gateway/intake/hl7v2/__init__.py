@@ -1,0 +1,14 @@
+"""HL7 v2 ER7 intake: framing, charsets, tokenising and terser-path look-ups."""
+
+from ._er7 import Message, RawMessage, parse_message, split_messages
+from ._view import Hl7View, Position, check_path
+
+__all__ = [
+    "Hl7View",
+    "Message",
+    "Position",
+    "RawMessage",
+    "check_path",
+    "parse_message",
+    "split_messages",
+]

@@ -1,0 +1,268 @@
+"""ER7 (pipe-delimited) HL7 v2: split a file into messages, decode, tokenise.
+
+Order matters. Big5 and GB18030 trail bytes include ``| \\ ^ ~`` (許 is B3 5C), so a
+message is decoded to text *before* it is split on its delimiters. Segment ends
+(CR, LF) and MLLP frame bytes (0x0B, 0x1C) never occur inside a multi-byte
+character in any supported charset, so message and segment boundaries can be found
+on the bytes.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from ...errors import IntakeError
+from .._charset import Decoded, codec_for, decode_strict
+
+__all__ = ["Message", "RawMessage", "parse_message", "split_messages"]
+
+_BOM = b"\xef\xbb\xbf"
+_SEGMENT_NAME = re.compile(r"[A-Z][A-Z0-9]{2}\Z")
+_BATCH_SEGMENTS = (b"FHS", b"BHS", b"BTS", b"FTS")
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+# Control bytes other than CR, LF, TAB and the MLLP frame bytes: their presence means
+# the input is not an HL7 text message (a PDF, an image, a zip...).
+_BINARY = re.compile(rb"[\x00-\x08\x0e-\x1a\x1d-\x1f\x7f]")
+
+
+@dataclass(slots=True)
+class RawMessage:
+    """One message's bytes as found in a file, before decoding."""
+
+    index: int  # 1-based position in the file
+    line: int  # line number of its first segment
+    segments: list[bytes]
+    error: IntakeError | None = None  # set when the bytes cannot be a message at all
+
+    @property
+    def data(self) -> bytes:
+        return b"\r".join(self.segments) + b"\r"
+
+    def label(self, source: str | None = None) -> str:
+        where = f"{source}, " if source else ""
+        return f"{where}message #{self.index} (line {self.line})"
+
+
+@dataclass(slots=True)
+class Message:
+    """A decoded, tokenised message. Fields stay escaped until a leaf is read."""
+
+    segments: list[list[str]]  # segments[i][n] is field n (MSH-1 is the field separator)
+    positions: dict[str, list[int]]  # segment name → indexes into ``segments``
+    separators: str  # field, component, repetition, escape, subcomponent
+    charset: str  # the codec actually used
+    declared_charset: str | None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def control_id(self) -> str:
+        return self.msh(10)
+
+    @property
+    def message_type(self) -> str:
+        """``REF^I12`` from MSH-9 (message code ^ trigger event), escape-free."""
+        raw = self.msh(9)
+        parts = raw.split(self.separators[1])
+        return "^".join(p for p in parts[:2] if p)
+
+    def msh(self, n: int) -> str:
+        seg = self.segments[0]
+        return seg[n] if n < len(seg) else ""
+
+
+def _frames(data: bytes) -> Iterator[tuple[bytes, int]]:
+    """Yield (payload, first line number) for MLLP frames, or the whole input once."""
+    stripped = data.lstrip(b" \t\r\n")
+    if not stripped.startswith(b"\x0b"):
+        yield data, 1
+        return
+    line = 1 + data[: len(data) - len(stripped)].count(b"\n")
+    for chunk in stripped.split(b"\x0b")[1:]:
+        end = chunk.find(b"\x1c")
+        if end < 0:
+            raise IntakeError(
+                "mllp-truncated",
+                "MLLP frame is not closed (no end block 0x1C): the message was truncated",
+                location=f"line {line}",
+            )
+        yield chunk[:end], line
+        line += chunk.count(b"\n") or 1
+
+
+def split_messages(data: bytes) -> list[RawMessage]:
+    """Split a file (plain, batch or MLLP-framed) into messages; never raises for content.
+
+    A part that cannot be a message (binary data, no MSH) is returned with ``error``
+    set, so one bad record does not stop the batch.
+    """
+    binary = _BINARY.search(data)
+    if binary:
+        offset = binary.start()
+        err = IntakeError(
+            "binary", f"binary data (control byte at offset {offset}): not an HL7 v2 text message"
+        )
+        return [RawMessage(1, 1, [], err)]
+    try:
+        frames = list(_frames(data))
+    except IntakeError as exc:
+        return [RawMessage(1, 1, [], exc)]
+    messages: list[RawMessage] = []
+    for payload, first_line in frames:
+        _split_frame(payload, first_line, messages)
+    if not messages:
+        err = IntakeError("empty", "no HL7 v2 message found: the input is empty")
+        messages.append(RawMessage(1, 1, [], err))
+    return messages
+
+
+def _split_frame(payload: bytes, first_line: int, out: list[RawMessage]) -> None:
+    current: RawMessage | None = None
+    orphan: RawMessage | None = None
+    for offset, line in enumerate(_LINE_END.split(payload)):
+        if line.startswith(_BOM):
+            line = line[len(_BOM) :]
+        if not line.strip():
+            continue  # blank lines between segments are common in hand-edited files
+        if line.startswith(_BATCH_SEGMENTS):
+            continue  # batch envelope: the messages inside are what counts
+        lineno = first_line + offset
+        if line.startswith(b"MSH"):
+            current = RawMessage(len(out) + 1, lineno, [line])
+            out.append(current)
+            orphan = None
+        elif current is not None:
+            current.segments.append(line)
+        elif orphan is None:
+            start = line[:20].decode("latin-1")
+            orphan = RawMessage(
+                len(out) + 1, lineno, [line],
+                IntakeError(
+                    "no-msh",
+                    f"no MSH segment: the record starts with {start!r}; "
+                    "an HL7 v2 message must begin with MSH",
+                    location="MSH",
+                ),
+            )
+            out.append(orphan)
+
+
+def _declared_charset(msh: bytes) -> str | None:
+    """MSH-18 read from raw bytes (first repetition); ASCII in every supported charset."""
+    if len(msh) < 8:
+        return None
+    fs = msh[3:4]
+    parts = msh.split(fs)
+    if len(parts) < 18:
+        return None
+    rep = parts[1][1:2] or b"~"
+    value = parts[17].split(rep)[0].strip()
+    return value.decode("ascii", "replace") or None
+
+
+def parse_message(
+    raw: RawMessage, fallback_charset: Callable[[str], str | None] | None = None
+) -> Message:
+    """Decode and tokenise one message.
+
+    ``fallback_charset(sending_facility)`` names the charset to try when MSH-18 is empty
+    and the bytes are not UTF-8 (a sender's configured default).
+    """
+    if raw.error is not None:
+        raise raw.error
+    msh = raw.segments[0]
+    _check_msh(msh)
+    declared = _declared_charset(msh)
+    data = raw.data
+    if declared:
+        decoded = decode_strict(
+            data, codec_for(declared, location="MSH-18"), declared=declared, location="MSH-18"
+        )
+    else:
+        decoded = _decode_undeclared(data, msh, fallback_charset)
+    text = decoded.text
+    fs = text[3]
+    enc = text[4 : text.index(fs, 4)] if fs in text[4:] else text[4:]
+    separators = fs + (enc + "^~\\&"[len(enc) :])[:4]
+    segments: list[list[str]] = []
+    positions: dict[str, list[int]] = {}
+    for n, line in enumerate(text.split("\r")):
+        if not line:
+            continue
+        name = line[:3]
+        if not _SEGMENT_NAME.match(name) or (len(line) > 3 and line[3] != fs):
+            raise IntakeError(
+                "segment-syntax",
+                f"segment {n + 1} starts with {line[:12]!r}: expected a 3-character segment "
+                f"name followed by {fs!r}",
+                location=f"segment {n + 1}",
+            )
+        fields = line.split(fs)
+        if name == "MSH":
+            fields.insert(1, fs)  # MSH-1 *is* the separator; MSH-2 the encoding characters
+        positions.setdefault(name, []).append(len(segments))
+        segments.append(fields)
+    message = Message(segments, positions, separators, decoded.codec, declared)
+    if decoded.note:
+        message.warnings.append(decoded.note)
+    _check_header(message)
+    return message
+
+
+def _check_msh(msh: bytes) -> None:
+    if len(msh) < 8 or msh[3:4].isalnum() or msh[3:4] in (b" ", b""):
+        raise IntakeError(
+            "msh-syntax",
+            "MSH is truncated or malformed: expected 'MSH' then a field separator and the "
+            "encoding characters (e.g. MSH|^~\\&|...)",
+            location="MSH-1",
+        )
+
+
+def _check_header(message: Message) -> None:
+    msh = message.segments[0]
+    if len(msh) <= 9 or not msh[9]:
+        raise IntakeError(
+            "msh-truncated",
+            f"MSH has {len(msh) - 1} fields: the message type (MSH-9) is missing",
+            location="MSH-9",
+        )
+    if len(msh) <= 12 or not msh[12]:
+        raise IntakeError(
+            "msh-truncated",
+            "MSH-12 (version id) is empty: the MSH segment is truncated",
+            location="MSH-12",
+        )
+
+
+def _decode_undeclared(
+    data: bytes, msh: bytes, fallback_charset: Callable[[str], str | None] | None
+) -> Decoded:
+    try:
+        return decode_strict(data, "utf-8", declared="UTF-8", location="MSH-18")
+    except IntakeError:
+        facility = _facility(msh)
+        name = fallback_charset(facility) if (fallback_charset and facility) else None
+        if not name:
+            raise IntakeError(
+                "charset-undeclared",
+                "MSH-18 is empty and the bytes are not valid UTF-8; declare the character "
+                f"set in MSH-18 or configure a default charset for sender {facility or '?'}",
+                location="MSH-18",
+            ) from None
+        decoded = decode_strict(
+            data, codec_for(name, location="MSH-18"), declared=name,
+            location="MSH-18 (sender default)",
+        )
+        note = f"MSH-18 is empty; decoded with {name}, the configured charset of {facility}"
+        return Decoded(decoded.text, decoded.codec, note)
+
+
+def _facility(msh: bytes) -> str:
+    fs = msh[3:4]
+    parts = msh.split(fs)
+    if len(parts) < 4:
+        return ""
+    comp = parts[1][:1] or b"^"
+    return parts[3].split(comp)[0].decode("ascii", "replace").strip()

@@ -1,0 +1,261 @@
+"""Terser-path look-ups over a tokenised HL7 v2 message.
+
+Path grammar (1-based everywhere; see docs/mapping-language.md)::
+
+    [/]SEG[(n|*)]-F[(r|*)][.C[.S]]     absolute: segment, occurrence, field, repetition,
+                                         component, subcomponent; '/' = whole message
+    .C[.S]                               relative to the current node (a repetition or
+                                         a component of an enclosing 'each'/'at')
+
+Without '/', a segment is looked up inside the current group (e.g. the segments from
+one ORC to the next), so ``OBR-4`` inside ``each: ORC`` is that order's OBR.
+"""
+
+from __future__ import annotations
+
+import re
+from bisect import bisect_left
+from dataclasses import dataclass
+from functools import lru_cache
+
+from ...errors import ConfigError
+from ._er7 import Message
+
+__all__ = ["Hl7View", "Position", "check_path"]
+
+_ABS = re.compile(
+    r"(/)?([A-Z][A-Z0-9]{2})(?:\((\d+|\*)\))?(?:-(\d+)(?:\((\d+|\*)\))?(?:\.(\d+)(?:\.(\d+))?)?)?\Z"
+)
+_REL = re.compile(r"\.(\d+)(?:\.(\d+))?\Z")
+_ALL = -1  # '*' in a compiled path
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """Where the engine stands: a segment group and, inside it, maybe one node."""
+
+    start: int
+    end: int
+    label: str = ""  # terser path of the node or group, for error messages
+    text: str | None = None  # the node's raw (escaped) text
+    level: int = 0  # 0 = field repetition, 1 = component, 2 = subcomponent
+
+
+@dataclass(frozen=True, slots=True)
+class _Path:
+    relative: bool
+    root: bool = False
+    segment: str = ""
+    occurrence: int = 1
+    field: int = 0
+    repetition: int = 0  # 0 = not given: the first for a value, all for 'each'/'at' lists
+    component: int = 0
+    sub: int = 0
+
+
+@lru_cache(maxsize=4096)
+def _compile(path: str) -> _Path:
+    m = _REL.match(path)
+    if m:
+        return _Path(True, component=int(m[1]), sub=int(m[2] or 0))
+    m = _ABS.match(path)
+    if not m:
+        raise ConfigError("bad-path", f"{path!r} is not an HL7 v2 terser path (e.g. PID-5(2).1)")
+    occ = _ALL if m[3] == "*" else int(m[3] or 1)
+    rep = _ALL if m[5] == "*" else int(m[5] or 0)
+    return _Path(
+        False, bool(m[1]), m[2], occ, int(m[4] or 0), rep, int(m[6] or 0), int(m[7] or 0)
+    )
+
+
+def check_path(path: str) -> None:
+    """Raise ConfigError when ``path`` is not valid (used when mappings are loaded)."""
+    _compile(path)
+
+
+class Hl7View:
+    """Answers path look-ups for one message; the mapping engine's window on it."""
+
+    kind = "hl7v2"
+
+    def __init__(self, message: Message) -> None:
+        self.message = message
+        self.root = Position(0, len(message.segments))
+        fs, cs, rs, es, ss = message.separators
+        self._fs, self._cs, self._rs, self._es, self._ss = fs, cs, rs, es, ss
+        self._escapes = {"F": fs, "S": cs, "T": ss, "R": rs, "E": es, ".br": "\n", ".sp": "\n"}
+
+    # -- groups and nodes (for 'each' and 'at') ----------------------------------------
+    def select(self, path: str, here: Position) -> list[Position]:
+        """Groups for a bare segment name, otherwise the nodes at ``path``."""
+        p = _compile(path)
+        if p.relative:
+            node = self._relative(p, here)
+            return [node] if node is not None else []
+        if p.field == 0:
+            return self._groups(p, here)
+        out: list[Position] = []
+        for seg_index, seg_label in self._segments(p, here):
+            out.extend(self._field_nodes(p, seg_index, seg_label, every=True))
+        return out
+
+    def _groups(self, p: _Path, here: Position) -> list[Position]:
+        start, end = (0, len(self.message.segments)) if p.root else (here.start, here.end)
+        found = self._in_range(p.segment, start, end)
+        groups = []
+        for n, idx in enumerate(found):
+            stop = found[n + 1] if n + 1 < len(found) else end
+            groups.append(Position(idx, stop, self._segment_label(p.segment, idx)))
+        return groups
+
+    # -- leaf values ---------------------------------------------------------------------
+    def values(self, path: str, here: Position) -> list[tuple[str, str]]:
+        """Every non-empty (value, terser path) at ``path``, unescaped and stripped."""
+        p = _compile(path)
+        if p.relative:
+            node = self._relative(p, here)
+            nodes = [node] if node is not None else []
+        else:
+            nodes = []
+            for seg_index, seg_label in self._segments(p, here):
+                nodes.extend(self._field_nodes(p, seg_index, seg_label))
+        out = []
+        for node in nodes:
+            raw = node.text or ""
+            if node.level == 0 and self._cs in raw:
+                raw = raw.split(self._cs, 1)[0]  # a field read whole means its first component
+            if node.level <= 1 and self._ss in raw:
+                raw = raw.split(self._ss, 1)[0]
+            value = self.unescape(raw).strip()
+            if value and value != '""':  # "" is HL7's explicit null
+                out.append((value, node.label))
+        return out
+
+    def value(self, path: str, here: Position) -> tuple[str | None, str]:
+        found = self.values(path, here)
+        if found:
+            return found[0]
+        return None, self.label(path, here)
+
+    def label(self, path: str, here: Position) -> str:
+        """The terser path that ``path`` denotes from ``here`` (for error messages)."""
+        p = _compile(path)
+        if p.relative:
+            suffix = f".{p.component}" + (f".{p.sub}" if p.sub else "")
+            return (here.label or "") + suffix
+        segs = self._segments(p, here)
+        base = segs[0][1] if segs else p.segment
+        out = base + (f"-{p.field}" if p.field else "")
+        if p.repetition not in (0, 1, _ALL):
+            out += f"({p.repetition})"
+        if p.component:
+            out += f".{p.component}"
+        if p.sub:
+            out += f".{p.sub}"
+        return out
+
+    # -- internals -------------------------------------------------------------------------
+    def _in_range(self, name: str, start: int, end: int) -> list[int]:
+        found = self.message.positions.get(name)
+        if not found:
+            return []
+        i = bisect_left(found, start)
+        j = bisect_left(found, end, i)
+        return found[i:j]
+
+    def _segment_label(self, name: str, idx: int) -> str:
+        occ = self.message.positions[name].index(idx) + 1
+        return name if occ == 1 and len(self.message.positions[name]) == 1 else f"{name}({occ})"
+
+    def _segments(self, p: _Path, here: Position) -> list[tuple[int, str]]:
+        start, end = (0, len(self.message.segments)) if p.root else (here.start, here.end)
+        found = self._in_range(p.segment, start, end)
+        if p.occurrence != _ALL:
+            found = found[p.occurrence - 1 : p.occurrence]
+        return [(i, self._segment_label(p.segment, i)) for i in found]
+
+    def _field_nodes(
+        self, p: _Path, seg_index: int, seg_label: str, every: bool = False
+    ) -> list[Position]:
+        fields = self.message.segments[seg_index]
+        if p.field >= len(fields) or not fields[p.field]:
+            return []
+        raw = fields[p.field]
+        label = f"{seg_label}-{p.field}"
+        if p.segment == "MSH" and p.field <= 2:
+            return [Position(seg_index, seg_index + 1, label, raw, 2)]
+        reps = raw.split(self._rs)
+        if p.repetition == _ALL or (p.repetition == 0 and every):
+            chosen = list(enumerate(reps, 1))
+        elif p.repetition == 0:
+            chosen = [(1, reps[0])]
+        elif p.repetition <= len(reps):
+            chosen = [(p.repetition, reps[p.repetition - 1])]
+        else:
+            return []
+        nodes = []
+        for r, text in chosen:
+            rlabel = label if r == 1 else f"{label}({r})"
+            node = Position(seg_index, seg_index + 1, rlabel, text, 0)
+            if p.component:
+                sub = self._descend(node, p.component, p.sub)
+                if sub is not None:
+                    nodes.append(sub)
+            elif text:
+                nodes.append(node)
+        return nodes
+
+    def _relative(self, p: _Path, here: Position) -> Position | None:
+        if here.text is None:
+            raise ConfigError(
+                "bad-path", f"relative path .{p.component} used outside an 'each' or 'at' node"
+            )
+        return self._descend(here, p.component, p.sub)
+
+    def _descend(self, node: Position, component: int, sub: int) -> Position | None:
+        text, level, label = node.text or "", node.level, node.label
+        for index in (component, sub):
+            if not index:
+                break
+            if level >= 2:
+                return None  # a subcomponent has no parts
+            sep = self._cs if level == 0 else self._ss
+            parts = text.split(sep)
+            if index > len(parts):
+                return None
+            text, level, label = parts[index - 1], level + 1, f"{label}.{index}"
+        if not text:
+            return None
+        return Position(node.start, node.end, label, text, level)
+
+    def unescape(self, text: str) -> str:
+        es = self._es
+        if not es or es not in text:
+            return text
+        out: list[str] = []
+        i = 0
+        while True:
+            j = text.find(es, i)
+            k = text.find(es, j + 1) if j >= 0 else -1
+            if j < 0 or k < 0:
+                out.append(text[i:])  # an unterminated escape stays as written
+                return "".join(out)
+            out.append(text[i:j])
+            out.append(self._escape(text[j + 1 : k], text[j : k + 1]))
+            i = k + 1
+
+    def _escape(self, seq: str, literal: str) -> str:
+        known = self._escapes.get(seq)
+        if known is not None:
+            return known
+        head = seq[:1]
+        if head == "X":
+            try:
+                return bytes.fromhex(seq[1:]).decode(self.message.charset)
+            except (ValueError, UnicodeDecodeError):
+                return literal
+        if head in ("H", "N", "C", "M", "Z") or seq[:3] in (".in", ".ti", ".ce", ".fi", ".nf"):
+            return ""  # highlighting, charset switches and formatting: no text of their own
+        if seq.startswith((".sp", ".sk")):
+            return "\n" if seq.startswith(".sp") else " "
+        return literal

@@ -1,0 +1,145 @@
+"""Transaction Bundle assembly with deterministic identity.
+
+Each resource's id is ``uuid5(NAMESPACE, "<type>|<system>|<value>")`` of its chosen
+business identifier, its ``fullUrl`` is ``urn:uuid:<id>``, and its entry is a
+conditional create (``ifNoneExist: identifier=<system>|<value>``), so the same record
+always gives the same Bundle and a resend never duplicates at the partner. Two
+entries with the same identity are merged into one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+from uuid import NAMESPACE_URL, uuid5
+
+from ..errors import Issue, MappingError
+
+__all__ = ["NAMESPACE", "BundleBuilder", "ResourceTemplate", "resource_id"]
+
+# Fixed forever: changing it would change every id the gateway has ever sent.
+NAMESPACE = uuid5(NAMESPACE_URL, "urn:fhir-gateway:resource-id")
+
+
+def resource_id(resource_type: str, system: str, value: str) -> str:
+    return str(uuid5(NAMESPACE, f"{resource_type}|{system}|{value}"))
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceTemplate:
+    resource_type: str
+    fields: Callable[[Any], Any]
+    identity_element: str
+    prefer: tuple[str, ...]
+    required: str | None  # error text when no identifier; None = skip with a warning
+    refs: frozenset[str]
+    source: str
+
+
+def _search_escape(text: str) -> str:
+    # FHIR search: \ , $ | are escaped with a backslash inside a token, then URL-encoded.
+    for ch in ("\\", ",", "$", "|"):
+        text = text.replace(ch, "\\" + ch)
+    return quote(text, safe=":/")
+
+
+def _choose(identifiers: Any, prefer: tuple[str, ...]) -> tuple[str, str] | None:
+    if isinstance(identifiers, dict):
+        identifiers = [identifiers]
+    usable = [i for i in identifiers or [] if i.get("system") and i.get("value")]
+    for code in prefer:
+        for ident in usable:
+            codes = {c.get("code") for c in (ident.get("type") or {}).get("coding", [])}
+            if code in codes:
+                return ident["system"], ident["value"]
+    return (usable[0]["system"], usable[0]["value"]) if usable else None
+
+
+def _merge(into: dict[str, Any], other: dict[str, Any]) -> None:
+    """Fill what ``into`` lacks from ``other``; lists gain the items they lack."""
+    for key, value in other.items():
+        if key not in into:
+            into[key] = value
+        elif isinstance(into[key], list) and isinstance(value, list):
+            into[key].extend(v for v in value if v not in into[key])
+
+
+class BundleBuilder:
+    def __init__(self) -> None:
+        self.entries: list[dict[str, Any]] = []
+        self.warnings: list[Issue] = []
+        self._by_id: dict[str, dict[str, Any]] = {}
+        self._scopes: list[dict[str, list[str]]] = [{}]
+
+    # A group ('group: ORC') opens a scope: references inside it find the resources made
+    # in the same group first (this order's practitioner), then those made outside it.
+    # Only the keys a group exports stay visible once it closes, so one group's
+    # practitioner can never stand in for the next group's missing one.
+    def push(self) -> None:
+        self._scopes.append({})
+
+    def pop(self, export: frozenset[str] = frozenset()) -> None:
+        finished = self._scopes.pop()
+        below = self._scopes[-1]
+        for key in export:
+            urls = below.setdefault(key, [])
+            urls.extend(u for u in finished.get(key, []) if u not in urls)
+
+    def ref(self, key: str) -> str | None:
+        for scope in reversed(self._scopes):
+            if scope.get(key):
+                return scope[key][0]
+        return None
+
+    def refs(self, key: str) -> list[str]:
+        out: list[str] = []
+        for scope in reversed(self._scopes):
+            out.extend(u for u in scope.get(key, []) if u not in out)
+        return out
+
+    def count(self, key: str) -> int:
+        return len(self._scopes[-1].get(key, []))
+
+    def add(self, key: str, template: ResourceTemplate, fields: dict[str, Any], here: Any) -> None:
+        rtype = template.resource_type
+        label = getattr(here, "label", "") or None
+        chosen = _choose(fields.get(template.identity_element), template.prefer)
+        if chosen is None:
+            if template.required:
+                raise MappingError("no-identity", template.required, location=label)
+            self.warnings.append(
+                Issue(
+                    "mapping.no-identity",
+                    f"{rtype} has no business identifier, so it is not created "
+                    "(references to it keep only a display)",
+                    location=label,
+                    severity="warning",
+                )
+            )
+            return
+        system, value = chosen
+        rid = resource_id(rtype, system, value)
+        url = f"urn:uuid:{rid}"
+        existing = self._by_id.get(rid)
+        if existing is not None:
+            _merge(existing, fields)
+        else:
+            resource = {"resourceType": rtype, "id": rid, **fields}
+            self._by_id[rid] = resource
+            self.entries.append(
+                {
+                    "fullUrl": url,
+                    "resource": resource,
+                    "request": {
+                        "method": "POST",
+                        "url": rtype,
+                        "ifNoneExist": f"identifier={_search_escape(system)}|"
+                        f"{_search_escape(value)}",
+                    },
+                }
+            )
+        urls = self._scopes[-1].setdefault(key, [])
+        if url not in urls:
+            urls.append(url)

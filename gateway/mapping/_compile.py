@@ -1,0 +1,523 @@
+"""Compile mapping specs (YAML data) into closures, once, at load time.
+
+A mistake in a mapping file (unknown key, bad path, unknown table or function) is a
+ConfigError that names the file and the key, raised when the gateway starts rather
+than in the middle of a batch. The language itself is documented in
+docs/mapping-language.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..datafiles import load_data_file
+from ..errors import ConfigError, MappingError
+from ._bundle import BundleBuilder, ResourceTemplate
+from ._functions import FUNCTIONS, Env
+from ._types import CONVERTERS, convert
+
+__all__ = ["Compiler", "Ctx", "Fn"]
+
+Fn = Callable[["Ctx"], Any]
+Cond = Callable[["Ctx"], bool]
+
+_CORE = ("path", "var", "const", "ref", "refs", "each", "include", "first", "join", "fn", "object")
+_MODIFIERS: dict[str, frozenset[str]] = {
+    "path": frozenset({"as", "map", "default", "required", "message", "sep"}),
+    "var": frozenset({"as", "map", "default", "required", "message"}),
+    "const": frozenset(),
+    "ref": frozenset({"display"}),
+    "refs": frozenset(),
+    "first": frozenset(),
+    "join": frozenset({"sep"}),
+    "fn": frozenset({"args"}),
+    "include": frozenset({"at", "with"}),
+    "object": frozenset(),
+}
+
+
+@dataclass(slots=True)
+class Ctx:
+    """Evaluation state: the record view, where we stand in it, variables, the bundle."""
+
+    view: Any  # a record view (Hl7View, ...) exposing select/values/label
+    here: Any  # the view's position
+    vars: dict[str, Any]
+    state: BundleBuilder
+    env: Env
+    tz: str
+
+    def at(self, here: Any) -> Ctx:
+        return Ctx(self.view, here, self.vars, self.state, self.env, self.tz)
+
+    def with_vars(self, extra: dict[str, Any]) -> Ctx:
+        return Ctx(self.view, self.here, {**self.vars, **extra}, self.state, self.env, self.tz)
+
+
+def _empty(value: Any) -> bool:
+    return value is None or value == "" or value == [] or value == {}
+
+
+def _extend(out: list[Any], value: Any) -> None:
+    if isinstance(value, list):
+        out.extend(v for v in value if not _empty(v))
+    elif not _empty(value):
+        out.append(value)
+
+
+def _none(ctx: Ctx) -> None:
+    return None
+
+
+@dataclass
+class _Scope:
+    """Compile-time bookkeeping: which resource keys a template references."""
+
+    refs: set[str] = field(default_factory=set)
+
+
+class Compiler:
+    """Turns specs from one format folder (e.g. mappings/hl7v2) into closures."""
+
+    def __init__(self, root: Path, env: Env, check_path: Callable[[str], None]) -> None:
+        self.root = root
+        self.env = env
+        self._check_path = check_path
+        self._fragments: dict[Path, Fn] = {}
+        self._templates: dict[Path, ResourceTemplate] = {}
+        self._scope = _Scope()
+
+    # -- files -----------------------------------------------------------------------------
+    def _file(self, rel: str, where: str) -> Path:
+        path = (self.root / rel).resolve()
+        if not path.is_file():
+            raise ConfigError("missing-file", f"{where}: {rel!r} not found under {self.root}")
+        return path
+
+    def fragment(self, rel: str, where: str) -> Fn:
+        path = self._file(rel, where)
+        if path not in self._fragments:
+            raw = load_data_file(path)
+            if not isinstance(raw, dict) or "value" not in raw:
+                raise ConfigError("fragment", f"{path}: a fragment file needs a 'value' spec")
+            self._fragments[path] = _none  # guards against include cycles
+            self._fragments[path] = self.spec(raw["value"], f"{path.name}: value")
+        return self._fragments[path]
+
+    def template(self, rel: str, where: str) -> ResourceTemplate:
+        path = self._file(rel, where)
+        if path not in self._templates:
+            raw = load_data_file(path)
+            if not isinstance(raw, dict) or "resourceType" not in raw or "fields" not in raw:
+                raise ConfigError(
+                    "template", f"{path}: a resource template needs 'resourceType' and 'fields'"
+                )
+            outer, self._scope = self._scope, _Scope()
+            try:
+                fields = self.spec(raw["fields"], f"{path.name}: fields")
+                refs = self._scope.refs
+            finally:
+                self._scope = outer
+            self._scope.refs |= refs
+            identity = raw.get("identity") or {}
+            self._templates[path] = ResourceTemplate(
+                resource_type=str(raw["resourceType"]),
+                fields=fields,
+                identity_element=str(identity.get("element", "identifier")),
+                prefer=tuple(str(c) for c in identity.get("prefer", ())),
+                required=identity.get("required"),
+                refs=frozenset(refs),
+                source=path.name,
+            )
+        return self._templates[path]
+
+    # -- specs -----------------------------------------------------------------------------
+    def spec(self, spec: Any, where: str) -> Fn:
+        if spec is None:
+            return _none
+        if isinstance(spec, (str, int, float, bool)):
+            return lambda ctx, v=spec: v
+        if isinstance(spec, list):
+            fns = [self.spec(item, f"{where}[{i}]") for i, item in enumerate(spec)]
+
+            def many(ctx: Ctx) -> Any:
+                out: list[Any] = []
+                for fn in fns:
+                    _extend(out, fn(ctx))
+                if len(out) > 1:  # the same name or code from two sources is listed once
+                    out = [v for i, v in enumerate(out) if v not in out[:i]]
+                return out or None
+
+            return many
+        if not isinstance(spec, dict):
+            raise ConfigError("spec", f"{where}: unexpected {type(spec).__name__} in a mapping")
+        # 'each' takes the rest of the mapping as its body: {each: PID-3, use: ...}
+        cores = ["each"] if "each" in spec else [k for k in _CORE if k in spec]
+        if len(cores) > 1:
+            raise ConfigError("spec", f"{where}: {' and '.join(cores)} cannot be combined")
+        if not cores:
+            fn = self._object({k: v for k, v in spec.items() if k != "when"}, where)
+        else:
+            core = cores[0]
+            if core != "each":
+                extra = set(spec) - {core, "when"} - _MODIFIERS[core]
+                if extra:
+                    raise ConfigError(
+                        "spec", f"{where}: {sorted(extra)} not allowed with {core!r}"
+                    )
+            if core == "object":
+                fn = self._object(spec["object"], f"{where}.object")
+            else:
+                fn = getattr(self, "_" + core)(spec, where)
+        if "when" in spec:
+            cond, inner = self.condition(spec["when"], f"{where}.when"), fn
+
+            def guarded(ctx: Ctx) -> Any:
+                return inner(ctx) if cond(ctx) else None
+
+            return guarded
+        return fn
+
+    def _object(self, spec: dict[str, Any], where: str) -> Fn:
+        items = [(str(k), self.spec(v, f"{where}.{k}")) for k, v in spec.items()]
+
+        def build(ctx: Ctx) -> Any:
+            out: dict[str, Any] = {}
+            for key, fn in items:
+                value = fn(ctx)
+                if not _empty(value):
+                    out[key] = value
+            return out or None
+
+        return build
+
+    def _check(self, path: str, where: str) -> None:
+        try:
+            self._check_path(path)
+        except ConfigError as exc:
+            raise ConfigError("bad-path", f"{where}: {exc.issue.message}") from None
+
+    def _leaf(self, spec: dict[str, Any], where: str) -> Callable[[str, str, Ctx], Any]:
+        """The per-value steps of a path or var: ``as`` conversion, then ``map`` table."""
+        kind = spec.get("as")
+        if kind is not None and kind not in CONVERTERS:
+            raise ConfigError("spec", f"{where}: unknown 'as: {kind}' (known: {list(CONVERTERS)})")
+        table = self.env.terminology.table(spec["map"]) if "map" in spec else None
+
+        def leaf(value: str, label: str, ctx: Ctx) -> Any:
+            out: Any = value
+            if kind is not None:
+                out = convert(kind, value, label, ctx.tz)
+            if table is not None:
+                mapped = table.lookup(str(out))
+                if mapped is None and not table.has_default:
+                    known = ", ".join(sorted(table.mapping))
+                    raise MappingError(
+                        "unknown-code",
+                        f"code {value!r} is not in table {table.name!r} (known: {known})",
+                        location=label,
+                    )
+                out = mapped
+            return out
+
+        return leaf
+
+    def _missing(self, spec: dict[str, Any], what: str) -> Callable[[Ctx, str], Any]:
+        default, required, message = spec.get("default"), spec.get("required"), spec.get("message")
+
+        def missing(ctx: Ctx, label: str) -> Any:
+            if default is not None:
+                return default
+            if required:
+                raise MappingError("required", message or f"{what} is required but empty",
+                                   location=label)
+            return None
+
+        return missing
+
+    def _path(self, spec: dict[str, Any], where: str) -> Fn:
+        alts = [a.strip() for a in str(spec["path"]).split("|")]
+        for alt in alts:
+            self._check(alt, where)
+        many = any("*" in a for a in alts)
+        sep = spec.get("sep")
+        leaf = self._leaf(spec, where)
+        missing = self._missing(spec, " or ".join(alts))
+
+        def path(ctx: Ctx) -> Any:
+            view, here = ctx.view, ctx.here
+            for alt in alts:
+                found = view.values(alt, here)
+                if not found:
+                    continue
+                if not many:
+                    return leaf(found[0][0], found[0][1], ctx)
+                values = [v for v in (leaf(v, lbl, ctx) for v, lbl in found) if not _empty(v)]
+                return sep.join(map(str, values)) if sep is not None else values
+            return missing(ctx, view.label(alts[0], here))
+
+        return path
+
+    def _var(self, spec: dict[str, Any], where: str) -> Fn:
+        name = str(spec["var"])
+        leaf = self._leaf(spec, where)
+        missing = self._missing(spec, f"${name}")
+
+        def var(ctx: Ctx) -> Any:
+            value = ctx.vars.get(name)
+            if _empty(value):
+                return missing(ctx, f"${name}")
+            return leaf(value, f"${name}", ctx) if isinstance(value, str) else value
+
+        return var
+
+    def _const(self, spec: dict[str, Any], where: str) -> Fn:
+        value = spec["const"]
+        return lambda ctx: value
+
+    def _ref_key(self, key: str) -> Callable[[Ctx], str]:
+        """A literal key is checked at load time; ``$name`` takes the key from a variable."""
+        if key.startswith("$"):
+            name = key[1:]
+            return lambda ctx: str(ctx.vars.get(name) or "")
+        self._scope.refs.add(key)
+        return lambda ctx: key
+
+    def _ref(self, spec: dict[str, Any], where: str) -> Fn:
+        key = self._ref_key(str(spec["ref"]))
+        display = self.spec(spec["display"], f"{where}.display") if "display" in spec else None
+
+        def ref(ctx: Ctx) -> Any:
+            url = ctx.state.ref(key(ctx))
+            out: dict[str, Any] = {"reference": url} if url else {}
+            if display is not None:
+                shown = display(ctx)
+                if not _empty(shown):
+                    out["display"] = shown
+            return out or None
+
+        return ref
+
+    def _refs(self, spec: dict[str, Any], where: str) -> Fn:
+        key = self._ref_key(str(spec["refs"]))
+        return lambda ctx: [{"reference": url} for url in ctx.state.refs(key(ctx))] or None
+
+    def _first(self, spec: dict[str, Any], where: str) -> Fn:
+        if not isinstance(spec["first"], list):
+            raise ConfigError("spec", f"{where}: 'first' takes a list of specs")
+        fns = [self.spec(s, f"{where}.first[{i}]") for i, s in enumerate(spec["first"])]
+
+        def first(ctx: Ctx) -> Any:
+            for fn in fns:
+                value = fn(ctx)
+                if not _empty(value):
+                    return value
+            return None
+
+        return first
+
+    def _join(self, spec: dict[str, Any], where: str) -> Fn:
+        fns = [self.spec(s, f"{where}.join[{i}]") for i, s in enumerate(spec["join"])]
+        sep = str(spec.get("sep", " "))
+
+        def join(ctx: Ctx) -> Any:
+            parts: list[Any] = []
+            for fn in fns:
+                _extend(parts, fn(ctx))
+            return sep.join(map(str, parts)) or None
+
+        return join
+
+    def _fn(self, spec: dict[str, Any], where: str) -> Fn:
+        name = str(spec["fn"])
+        if name not in FUNCTIONS:
+            raise ConfigError("spec", f"{where}: unknown function {name!r} ({list(FUNCTIONS)})")
+        func = FUNCTIONS[name]
+        args = {
+            str(k).replace("-", "_"): self.spec(v, f"{where}.args.{k}")
+            for k, v in (spec.get("args") or {}).items()
+        }
+
+        def call(ctx: Ctx) -> Any:
+            return func(ctx.env, **{k: fn(ctx) for k, fn in args.items()})
+
+        return call
+
+    def _include(self, spec: dict[str, Any], where: str) -> Fn:
+        fragment = self.fragment(str(spec["include"]), where)
+        return self._positioned(spec, where, fragment)
+
+    def _positioned(self, spec: dict[str, Any], where: str, body: Fn) -> Fn:
+        """Run ``body`` at the node ``at`` names (skipped when absent), with ``with`` vars."""
+        at = [a.strip() for a in str(spec["at"]).split("|")] if "at" in spec else None
+        for alt in at or ():
+            self._check(alt, where)
+        extra = {
+            str(k): self.spec(v, f"{where}.with.{k}") for k, v in (spec.get("with") or {}).items()
+        }
+
+        def positioned(ctx: Ctx) -> Any:
+            if at is not None:
+                nodes = next((n for n in (ctx.view.select(a, ctx.here) for a in at) if n), None)
+                if not nodes:
+                    return None
+                ctx = ctx.at(nodes[0])
+            if extra:
+                ctx = ctx.with_vars({k: fn(ctx) for k, fn in extra.items()})
+            return body(ctx)
+
+        return positioned
+
+    def _each(self, spec: dict[str, Any], where: str) -> Fn:
+        selector = str(spec["each"])
+        self._check(selector, where)
+        body_spec = spec["do"] if "do" in spec else {
+            k: v for k, v in spec.items() if k not in ("each", "where", "when")
+        }
+        body = self.spec(body_spec, f"{where}.each")
+        keep = self.condition(spec["where"], f"{where}.where") if "where" in spec else None
+
+        def each(ctx: Ctx) -> Any:
+            out: list[Any] = []
+            for pos in ctx.view.select(selector, ctx.here):
+                item = ctx.at(pos)
+                if keep is None or keep(item):
+                    _extend(out, body(item))
+            return out or None
+
+        return each
+
+    def condition(self, spec: Any, where: str) -> Cond:
+        if isinstance(spec, str):
+            value = self.spec({"var": spec[1:]} if spec.startswith("$") else {"path": spec}, where)
+            return lambda ctx: not _empty(value(ctx))
+        if not isinstance(spec, dict):
+            raise ConfigError("condition", f"{where}: a condition is a path or a mapping")
+        if "not" in spec:
+            inner = self.condition(spec["not"], f"{where}.not")
+            return lambda ctx: not inner(ctx)
+        for combinator, test in (("all", all), ("any", any)):
+            if combinator in spec:
+                parts = [self.condition(c, f"{where}.{combinator}") for c in spec[combinator]]
+                return lambda ctx, parts=parts, test=test: test(p(ctx) for p in parts)
+        tests = {k: spec[k] for k in ("equals", "in") if k in spec}
+        value = self.spec({k: v for k, v in spec.items() if k not in tests}, where)
+        if "equals" in tests:
+            expected = str(tests["equals"])
+            return lambda ctx: str(value(ctx) or "") == expected
+        if "in" in tests:
+            allowed = {str(x) for x in tests["in"]}
+            return lambda ctx: str(value(ctx) or "") in allowed
+        return lambda ctx: not _empty(value(ctx))
+
+    # -- message mappings ------------------------------------------------------------------
+    def entries(self, entries: list[Any], where: str, defined: list[str]) -> list[Fn]:
+        """Compile resource entries; each ref must name a key defined by an earlier entry."""
+        out = []
+        for i, entry in enumerate(entries):
+            here = f"{where}[{i}]"
+            if not isinstance(entry, dict):
+                raise ConfigError("entry", f"{here}: a resource entry is a mapping")
+            if "group" in entry:
+                out.append(self._group(entry, here, defined))
+            else:
+                out.append(self._entry(entry, here, defined))
+        return out
+
+    def _group(self, entry: dict[str, Any], where: str, defined: list[str]) -> Fn:
+        extra_keys = set(entry) - {"group", "resources", "vars", "where", "when", "export"}
+        if extra_keys:
+            raise ConfigError("entry", f"{where}: {sorted(extra_keys)} not allowed in a group")
+        selector = str(entry["group"])
+        self._check(selector, where)
+        inner = list(defined)
+        children = self.entries(list(entry.get("resources") or []), f"{where}.resources", inner)
+        export = frozenset(str(k) for k in entry.get("export") or ())
+        unknown = export - set(inner)
+        if unknown:
+            raise ConfigError("entry", f"{where}: exports {sorted(unknown)}, not made in the group")
+        defined.extend(sorted(export))
+        extra = {str(k): self.spec(v, f"{where}.vars.{k}") for k, v in
+                 (entry.get("vars") or {}).items()}
+        keep = self.condition(entry["where"], f"{where}.where") if "where" in entry else None
+        cond = self.condition(entry["when"], f"{where}.when") if "when" in entry else None
+
+        def group(ctx: Ctx) -> None:
+            if cond is not None and not cond(ctx):
+                return
+            for pos in ctx.view.select(selector, ctx.here):
+                item = ctx.at(pos)
+                if keep is not None and not keep(item):
+                    continue
+                if extra:
+                    item = item.with_vars({k: fn(item) for k, fn in extra.items()})
+                ctx.state.push()
+                try:
+                    for child in children:
+                        child(item)
+                finally:
+                    ctx.state.pop(export)
+
+        return group
+
+    def _entry(self, entry: dict[str, Any], where: str, defined: list[str]) -> Fn:
+        allowed = {"key", "template", "at", "with", "each", "where", "when", "required"}
+        extra = set(entry) - allowed
+        if extra or "key" not in entry or "template" not in entry:
+            raise ConfigError(
+                "entry", f"{where}: an entry needs 'key' and 'template' (got {sorted(entry)}); "
+                f"allowed keys: {sorted(allowed)}",
+            )
+        key = str(entry["key"])
+        template = self.template(str(entry["template"]), where)
+        missing = sorted(template.refs - set(defined) - {key})
+        if missing:
+            raise ConfigError(
+                "entry", f"{where}: {template.source} refers to {missing}, which no earlier "
+                "entry defines (referenced resources come first)",
+            )
+        defined.append(key)
+        required = entry.get("required")
+
+        def build(ctx: Ctx) -> Any:
+            ctx.state.add(key, template, template.fields(ctx) or {}, ctx.here)
+            return None
+
+        body = self._positioned(entry, where, build)
+        if "each" in entry:
+            selector = str(entry["each"])
+            self._check(selector, where)
+            keep = self.condition(entry["where"], f"{where}.where") if "where" in entry else None
+
+            def each(ctx: Ctx) -> Any:
+                for pos in ctx.view.select(selector, ctx.here):
+                    item = ctx.at(pos)
+                    if keep is None or keep(item):
+                        body(item)
+                return None
+
+            run: Fn = each
+        else:
+            run = body
+        if required:
+            inner = run
+
+            def checked(ctx: Ctx) -> Any:
+                before = ctx.state.count(key)
+                inner(ctx)
+                if ctx.state.count(key) == before:
+                    raise MappingError("required", str(required), location=entry.get("at"))
+                return None
+
+            run = checked
+        if "when" in entry:
+            cond, unguarded = self.condition(entry["when"], f"{where}.when"), run
+
+            def guarded(ctx: Ctx) -> Any:
+                return unguarded(ctx) if cond(ctx) else None
+
+            return guarded
+        return run

@@ -1,0 +1,109 @@
+"""Message mappings: pick the mapping for a record's type and run it into a Bundle.
+
+The engine knows no message type: ``mappings/<format>/messages/*.yaml`` each declare
+the types they handle (``messages: [REF^I12, REF^I14]``) and list their resources.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..datafiles import load_data_file
+from ..errors import ConfigError, Issue, MappingError
+from ._bundle import BundleBuilder, resource_id
+from ._compile import Compiler, Ctx, Fn
+from ._functions import Env
+
+__all__ = ["MappingSet", "MessageMapping"]
+
+
+@dataclass(frozen=True, slots=True)
+class MessageMapping:
+    name: str
+    types: tuple[str, ...]
+    vars: dict[str, Fn]
+    entries: list[Fn]
+    bundle_identifier: Fn
+    bundle_timestamp: Fn
+
+    def run(self, view: Any, env: Env, tz: str) -> tuple[dict[str, Any], list[Issue]]:
+        state = BundleBuilder()
+        ctx = Ctx(view, view.root, {}, state, env, tz)
+        if self.vars:
+            ctx = ctx.with_vars({k: fn(ctx) for k, fn in self.vars.items()})
+        for entry in self.entries:
+            entry(ctx)
+        identifier = self.bundle_identifier(ctx)
+        if not identifier or not identifier.get("system") or not identifier.get("value"):
+            raise MappingError("no-identity", "the record has no identifier for its Bundle")
+        bundle: dict[str, Any] = {
+            "resourceType": "Bundle",
+            "id": resource_id("Bundle", identifier["system"], identifier["value"]),
+            "identifier": identifier,
+            "type": "transaction",
+        }
+        timestamp = self.bundle_timestamp(ctx)
+        if timestamp:
+            bundle["timestamp"] = timestamp
+        bundle["entry"] = state.entries
+        return bundle, state.warnings
+
+
+class MappingSet:
+    """All message mappings of one input format, compiled once."""
+
+    def __init__(
+        self, root: Path, fmt: str, env: Env, check_path: Callable[[str], None]
+    ) -> None:
+        self.folder = root / fmt
+        self.env = env
+        self._compiler = Compiler(self.folder, env, check_path)
+        self._by_type: dict[str, MessageMapping] = {}
+        for path in sorted((self.folder / "messages").glob("*.yaml")):
+            mapping = self._load(path)
+            for t in mapping.types:
+                if t in self._by_type:
+                    raise ConfigError(
+                        "duplicate-mapping",
+                        f"{path.name}: {t} is already mapped by {self._by_type[t].name}",
+                    )
+                self._by_type[t] = mapping
+
+    @property
+    def types(self) -> list[str]:
+        return sorted(self._by_type)
+
+    def for_type(self, message_type: str) -> MessageMapping:
+        try:
+            return self._by_type[message_type]
+        except KeyError:
+            raise MappingError(
+                "unsupported-message",
+                f"no mapping for message type {message_type or '(empty)'}; "
+                f"supported: {', '.join(self.types)}",
+                location="MSH-9",
+            ) from None
+
+    def _load(self, path: Path) -> MessageMapping:
+        raw = load_data_file(path)
+        where = path.name
+        if not isinstance(raw, dict) or not raw.get("messages") or not raw.get("resources"):
+            raise ConfigError("mapping", f"{where}: needs 'messages' and 'resources'")
+        compiler = self._compiler
+        bundle = raw.get("bundle") or {}
+        if "identifier" not in bundle:
+            raise ConfigError("mapping", f"{where}: needs bundle.identifier")
+        variables = {
+            str(k): compiler.spec(v, f"{where}: vars.{k}") for k, v in (raw.get("vars") or {}).items()
+        }
+        return MessageMapping(
+            name=where,
+            types=tuple(str(t) for t in raw["messages"]),
+            vars=variables,
+            entries=compiler.entries(list(raw["resources"]), f"{where}: resources", []),
+            bundle_identifier=compiler.spec(bundle["identifier"], f"{where}: bundle.identifier"),
+            bundle_timestamp=compiler.spec(bundle.get("timestamp"), f"{where}: bundle.timestamp"),
+        )

@@ -1,0 +1,146 @@
+"""The few named functions a mapping can call with ``fn:``.
+
+They are generic (no message type appears here): identifier-system URIs, codings with
+ConceptMap translations and display translations, and institution look-ups.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+from ..network import UNREGISTERED_BASE, Network
+from ._terminology import Terminology, language_of
+
+__all__ = ["FUNCTIONS", "TRANSLATION_URL", "Env"]
+
+TRANSLATION_URL = "http://hl7.org/fhir/StructureDefinition/translation"
+_HL7_TABLE = re.compile(r"HL7(\d{4})\Z", re.IGNORECASE)
+
+
+class Env:
+    """What functions may consult: the terminology and the network."""
+
+    def __init__(self, terminology: Terminology, network: Network) -> None:
+        self.terminology = terminology
+        self.network = network
+
+    def code_system(self, mnemonic: str | None, facility: str | None) -> str:
+        """URI of a coding system named by an HL7 table 0396 mnemonic (CWE.3)."""
+        if mnemonic:
+            uri = self.terminology.table("coding-systems").lookup(mnemonic)
+            if uri:
+                return str(uri)
+            m = _HL7_TABLE.match(mnemonic)
+            if m:
+                return f"http://terminology.hl7.org/CodeSystem/v2-{m[1]}"
+        # Local codes live in their owner's namespace: 99<FACILITY> names the facility
+        # (99LAX2 is Lai'an's code list wherever it travels); L, other 99zzz and names we
+        # do not know belong to the sender.
+        local = mnemonic or "local"
+        owner = facility or "unknown"
+        if local.upper().startswith("99") and self.network.institution(local[2:]):
+            owner = local[2:]
+        return f"{self.network.base(owner)}/CodeSystem/{local}"
+
+
+def identifier_system(
+    env: Env,
+    *,
+    kind: str | None = None,
+    authority: str | None = None,
+    authority_oid: str | None = None,
+    authority_type: str | None = None,
+    facility: str | None = None,
+) -> str | None:
+    """The system URI of an identifier, in the order documented in mappings/README.md."""
+    kind = kind or "id"
+    if authority:
+        fixed = env.terminology.table("identifier-authorities").lookup(authority)
+        if fixed:
+            return str(fixed)
+        if env.network.institution(authority):
+            return f"{env.network.base(authority)}/sid/{kind}"
+    if authority_oid and (authority_type or "").upper() == "ISO":
+        return f"urn:oid:{authority_oid}"
+    if authority:
+        return f"{UNREGISTERED_BASE}/{authority}/sid/{kind}"
+    if facility:
+        return f"{env.network.base(facility)}/sid/{kind}"
+    return None
+
+
+def _translations(display: str, names: dict[str, str]) -> list[dict[str, Any]]:
+    """Translation extensions for the designations in a language other than the display's."""
+    own = language_of(display)
+    out = []
+    for lang, text in sorted(names.items()):
+        if lang.split("-")[0] != own and text != display:
+            out.append(
+                {
+                    "url": TRANSLATION_URL,
+                    "extension": [
+                        {"url": "lang", "valueCode": lang},
+                        {"url": "content", "valueString": text},
+                    ],
+                }
+            )
+    return out
+
+
+def _one_coding(env: Env, system: str, code: str, display: str | None) -> dict[str, Any]:
+    coding: dict[str, Any] = {"system": system, "code": code}
+    names = env.terminology.designations(system, code)
+    if not display and names:
+        display = names.get("en") or next(iter(names.values()))
+    if display:
+        coding["display"] = display
+        ext = _translations(display, names)
+        if ext:
+            coding["_display"] = {"extension": ext}
+    return coding
+
+
+def coding(
+    env: Env,
+    *,
+    code: str | None = None,
+    display: str | None = None,
+    system: str | None = None,
+    facility: str | None = None,
+) -> list[dict[str, Any]]:
+    """A Coding, then the codings its ConceptMaps translate it to (local exam → LOINC)."""
+    if not code:
+        return []
+    uri = env.code_system(system, facility)
+    out = [_one_coding(env, uri, code, display)]
+    for target in env.terminology.translate(uri, code):
+        out.append(_one_coding(env, target.system, target.code, target.display))
+    return out
+
+
+def institution(env: Env, *, facility: str | None = None, get: str = "name") -> Any:
+    """A field of a registered institution (dotted path into its seed entry)."""
+    inst = env.network.institution(facility)
+    if inst is None:
+        return None
+    value: Any = inst.data
+    for part in get.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
+def script(env: Env, *, text: str | None = None) -> str | None:
+    """IDE for text in Chinese characters, ABC otherwise (iso21090 name representation)."""
+    if not text:
+        return None
+    return "IDE" if language_of(text) == "zh" else "ABC"
+
+
+FUNCTIONS: dict[str, Callable[..., Any]] = {
+    "script": script,
+    "identifier-system": identifier_system,
+    "coding": coding,
+    "institution": institution,
+}

@@ -1,0 +1,93 @@
+"""The network: institutions the gateway knows, from ``seeds/network.yaml`` (or the
+file configured in ``network``). Institutions give identifier-system bases, names in
+several languages, default charsets and addresses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from .datafiles import load_data_file
+from .errors import ConfigError
+
+__all__ = ["UNREGISTERED_BASE", "Institution", "Network"]
+
+# Base for identifier systems of senders the network does not know: the reserved
+# '.invalid' TLD says plainly that the URI was made up by the gateway.
+UNREGISTERED_BASE = "https://unregistered.invalid/facility"
+
+
+@dataclass(frozen=True, slots=True)
+class Institution:
+    key: str
+    facility: str
+    base: str
+    names: dict[str, str]
+    oid: str | None = None
+    jurisdiction: str | None = None
+    charset: str | None = None
+    data: dict[str, Any] = field(default_factory=dict)  # the whole seed entry
+
+    def name(self, *langs: str) -> str | None:
+        for lang in (*langs, "zh-Hans", "zh-Hant", "en"):
+            if lang in self.names:
+                return self.names[lang]
+        return None
+
+
+class Network:
+    def __init__(self, institutions: list[Institution], source: Path | None = None) -> None:
+        self.source = source
+        self._by_facility = {i.facility.upper(): i for i in institutions}
+        self._by_key = {i.key: i for i in institutions}
+        self.practitioners: list[dict[str, Any]] = []
+        self.patients: list[dict[str, Any]] = []
+
+    @classmethod
+    def load(cls, path: Path) -> Network:
+        raw = load_data_file(path)
+        if not isinstance(raw, dict) or not isinstance(raw.get("institutions"), list):
+            raise ConfigError("network", f"{path}: expected a mapping with an 'institutions' list")
+        institutions = []
+        for n, entry in enumerate(raw["institutions"], 1):
+            try:
+                institutions.append(
+                    Institution(
+                        key=str(entry["key"]),
+                        facility=str(entry["facility"]),
+                        base=str(entry["base"]).rstrip("/"),
+                        names={str(k): str(v) for k, v in (entry.get("name") or {}).items()},
+                        oid=str(entry["oid"]) if entry.get("oid") else None,
+                        jurisdiction=entry.get("jurisdiction"),
+                        charset=entry.get("charset"),
+                        data=entry,
+                    )
+                )
+            except (KeyError, TypeError) as exc:
+                raise ConfigError(
+                    "network", f"{path}: institution #{n} lacks {exc} (key, facility, base)"
+                ) from None
+        network = cls(institutions, path)
+        network.practitioners = list(raw.get("practitioners") or [])
+        network.patients = list(raw.get("patients") or [])
+        return network
+
+    def institution(self, facility: str | None) -> Institution | None:
+        if not facility:
+            return None
+        return self._by_facility.get(facility.upper()) or self._by_key.get(facility)
+
+    def base(self, facility: str) -> str:
+        """Identifier-system base of a facility: its registered base, else a made-up one."""
+        inst = self.institution(facility)
+        return inst.base if inst else f"{UNREGISTERED_BASE}/{quote(facility, safe='')}"
+
+    def charset(self, facility: str) -> str | None:
+        inst = self.institution(facility)
+        return inst.charset if inst else None
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self._by_key.values())

@@ -27,6 +27,8 @@ from .pipeline import Converter
 __all__ = ["main"]
 
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._\-]+")
+# Files taken from a folder (a file named on the command line is always read).
+RECORD_SUFFIXES = frozenset({".hl7", ".er7", ".txt", ".msg", ".dat", ".mllp", ""})
 
 
 class Progress:
@@ -61,7 +63,7 @@ def _inputs(paths: Iterable[str]) -> Iterator[tuple[str, bytes]]:
         path = Path(name)
         if path.is_dir():
             for child in sorted(p for p in path.rglob("*") if p.is_file()):
-                if not child.name.startswith("."):
+                if not child.name.startswith(".") and child.suffix.lower() in RECORD_SUFFIXES:
                     yield str(child), child.read_bytes()
         else:
             yield str(path), path.read_bytes()

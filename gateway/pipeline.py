@@ -47,14 +47,13 @@ class Converter:
         self, data: bytes, source: str | None = None, fmt: str = "auto"
     ) -> Iterator[Record]:
         kind = detect_format(data) if fmt == "auto" else fmt
+        if kind == "unknown":
+            # The HL7 v2 reader says precisely what is wrong (no MSH, binary data, ...).
+            kind = "hl7v2"
         if kind != "hl7v2":
             record = Record(data, source, 1, format=kind)
             supported = ", ".join(FORMATS)
-            problem = (
-                f"format {kind!r} is not supported (supported: {supported})"
-                if kind != "unknown"
-                else f"cannot tell the format of this input (supported: {supported})"
-            )
+            problem = f"{kind} input is not supported yet (supported: {supported})"
             record.issues.append(Issue("intake.unsupported-format", problem, record.label))
             yield record
             return

@@ -36,6 +36,7 @@ class ResourceTemplate:
     required: str | None  # error text when no identifier; None = skip with a warning
     refs: frozenset[str]
     source: str
+    location: str | None = None  # where the identifier comes from, for errors
 
 
 def _search_escape(text: str) -> str:
@@ -104,7 +105,7 @@ class BundleBuilder:
 
     def add(self, key: str, template: ResourceTemplate, fields: dict[str, Any], here: Any) -> None:
         rtype = template.resource_type
-        label = getattr(here, "label", "") or None
+        label = getattr(here, "label", "") or template.location
         chosen = _choose(fields.get(template.identity_element), template.prefer)
         if chosen is None:
             if template.required:

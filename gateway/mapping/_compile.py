@@ -131,6 +131,7 @@ class Compiler:
                 required=identity.get("required"),
                 refs=frozenset(refs),
                 source=path.name,
+                location=identity.get("location"),
             )
         return self._templates[path]
 

@@ -25,6 +25,12 @@ _LINE_END = re.compile(rb"\r\n|\r|\n")
 # Control bytes other than CR, LF, TAB and the MLLP frame bytes: their presence means
 # the input is not an HL7 text message (a PDF, an image, a zip...).
 _BINARY = re.compile(rb"[\x00-\x08\x0e-\x1a\x1d-\x1f\x7f]")
+_HL7_START = (b"MSH", b"FHS", b"BHS")
+# UTF-16/UTF-32 text (BOM, or "MSH" with NUL bytes between the letters): refused with
+# a charset error rather than reported as binary data.
+_UTF16 = re.compile(rb"\A(?:\xff\xfe|\xfe\xff|\x00*M\x00+S\x00+H)")
+# Multi-byte codecs whose trail bytes can be HL7 delimiters (see _declared_charset).
+_MULTIBYTE = ("utf-8", "gb18030", "big5hkscs")
 
 
 @dataclass(slots=True)
@@ -72,23 +78,37 @@ class Message:
         return seg[n] if n < len(seg) else ""
 
 
-def _frames(data: bytes) -> Iterator[tuple[bytes, int]]:
-    """Yield (payload, first line number) for MLLP frames, or the whole input once."""
+def _line_ends(data: bytes) -> int:
+    return len(_LINE_END.findall(data))
+
+
+def _frames(data: bytes) -> Iterator[tuple[bytes, int, IntakeError | None]]:
+    """Yield (payload, first line number, error) for MLLP frames, or the whole input once.
+
+    Line numbers count CR, LF and CRLF as line ends, as ``_split_frame`` does. An
+    unclosed frame yields an error and the following frames are still read; bytes
+    after a frame's end block other than whitespace are yielded as a payload of their
+    own (an unframed message, or text that ``_split_frame`` reports), never dropped.
+    """
     stripped = data.lstrip(b" \t\r\n")
     if not stripped.startswith(b"\x0b"):
-        yield data, 1
+        yield data, 1, None
         return
-    line = 1 + data[: len(data) - len(stripped)].count(b"\n")
+    line = 1 + _line_ends(data[: len(data) - len(stripped)])
     for chunk in stripped.split(b"\x0b")[1:]:
         end = chunk.find(b"\x1c")
         if end < 0:
-            raise IntakeError(
+            yield b"", line, IntakeError(
                 "mllp-truncated",
                 "MLLP frame is not closed (no end block 0x1C): the message was truncated",
                 location=f"line {line}",
             )
-        yield chunk[:end], line
-        line += chunk.count(b"\n") or 1
+        else:
+            yield chunk[:end], line, None
+            rest = chunk[end + 1 :]
+            if rest.strip():
+                yield rest, line + _line_ends(chunk[: end + 1]), None
+        line += _line_ends(chunk)
 
 
 def split_messages(data: bytes) -> list[RawMessage]:
@@ -97,24 +117,38 @@ def split_messages(data: bytes) -> list[RawMessage]:
     A part that cannot be a message (binary data, no MSH) is returned with ``error``
     set, so one bad record does not stop the batch.
     """
-    binary = _BINARY.search(data)
-    if binary:
-        offset = binary.start()
+    if _UTF16.match(data):
         err = IntakeError(
-            "binary", f"binary data (control byte at offset {offset}): not an HL7 v2 text message"
+            "charset-unsupported",
+            "the input is UTF-16 or UTF-32 text: ER7 framing needs single-byte segment "
+            "ends; send UTF-8",
+            location="MSH-18",
         )
         return [RawMessage(1, 1, [], err)]
-    try:
-        frames = list(_frames(data))
-    except IntakeError as exc:
-        return [RawMessage(1, 1, [], exc)]
+    binary = _BINARY.search(data)
+    if binary and not data.lstrip(b"\xef\xbb\xbf \t\r\n\x0b").startswith(_HL7_START):
+        return [RawMessage(1, 1, [], _binary_error(binary.start()))]
     messages: list[RawMessage] = []
-    for payload, first_line in frames:
-        _split_frame(payload, first_line, messages)
+    for payload, first_line, error in _frames(data):
+        if error is not None:
+            messages.append(RawMessage(len(messages) + 1, first_line, [], error))
+        else:
+            _split_frame(payload, first_line, messages)
+    if binary:  # HL7 text with control bytes somewhere: only the messages holding them fail
+        for message in messages:
+            hit = _BINARY.search(message.data) if message.error is None else None
+            if hit:
+                message.error = _binary_error(hit.start(), " of the message")
     if not messages:
         err = IntakeError("empty", "no HL7 v2 message found: the input is empty")
         messages.append(RawMessage(1, 1, [], err))
     return messages
+
+
+def _binary_error(offset: int, where: str = "") -> IntakeError:
+    return IntakeError(
+        "binary", f"binary data (control byte at offset {offset}{where}): not an HL7 v2 text message"
+    )
 
 
 def _split_frame(payload: bytes, first_line: int, out: list[RawMessage]) -> None:
@@ -149,9 +183,25 @@ def _split_frame(payload: bytes, first_line: int, out: list[RawMessage]) -> None
 
 
 def _declared_charset(msh: bytes) -> str | None:
-    """MSH-18 read from raw bytes (first repetition); ASCII in every supported charset."""
+    """MSH-18 read from raw bytes (first repetition); ASCII in every supported charset.
+
+    MSH-3..MSH-17 may hold Big5 or GB18030 characters whose trail byte is the field
+    separator (院 is B0 7C in Big5, 東 96 7C in GB18030), so counting separators on the
+    bytes can land on the wrong field. The fields are therefore first counted on the
+    MSH decoded with each multi-byte codec; a codec wins when its reading of MSH-18
+    names that same codec. Otherwise the bytes are split as they are.
+    """
     if len(msh) < 8:
         return None
+    if not msh.isascii():
+        for codec in _MULTIBYTE:
+            try:
+                text = msh.decode(codec)
+            except UnicodeDecodeError:
+                continue
+            name = _msh18(text)
+            if name and _codec_or_none(name) == codec:
+                return name
     fs = msh[3:4]
     parts = msh.split(fs)
     if len(parts) < 18:
@@ -159,6 +209,21 @@ def _declared_charset(msh: bytes) -> str | None:
     rep = parts[1][1:2] or b"~"
     value = parts[17].split(rep)[0].strip()
     return value.decode("ascii", "replace") or None
+
+
+def _msh18(msh: str) -> str | None:
+    parts = msh.split(msh[3])
+    if len(parts) < 18:
+        return None
+    rep = parts[1][1:2] or "~"
+    return parts[17].split(rep)[0].strip() or None
+
+
+def _codec_or_none(name: str) -> str | None:
+    try:
+        return codec_for(name, location="MSH-18")
+    except IntakeError:
+        return None
 
 
 def parse_message(

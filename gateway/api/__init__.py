@@ -1,0 +1,6 @@
+"""API stage: the FastAPI application."""
+
+from ._app import create_app
+from ._auth import TokenSet, load_tokens
+
+__all__ = ["TokenSet", "create_app", "load_tokens"]

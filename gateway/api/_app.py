@@ -1,0 +1,139 @@
+"""The HTTP API (FastAPI).
+
+    GET  /health     liveness and what the gateway converts (no auth)
+    GET  /metadata   CapabilityStatement (no auth, as FHIR servers do)
+    POST /convert    raw record(s) in, transaction Bundle out (Bearer token)
+
+Every error is a FHIR OperationOutcome: 400 for input that is not a readable record
+(framing, charset, syntax), 422 for a readable record that cannot be mapped or
+validated, 401 without a valid token, 413 for oversized bodies.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+
+from .. import __version__
+from ..config import Settings
+from ..envelope import Record
+from ..errors import Issue, operation_outcome
+from ..pipeline import Converter
+from ._auth import TokenSet, load_tokens
+
+__all__ = ["create_app"]
+
+FHIR_JSON = "application/fhir+json"
+MAX_BODY = 16 * 1024 * 1024  # a referral with embedded documents stays far below this
+
+
+def _fhir(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(body), status, headers, media_type=FHIR_JSON)
+
+
+def _outcome(issues: list[Issue], status: int, headers: dict[str, str] | None = None) -> Response:
+    return _fhir(operation_outcome(issues), status, headers)
+
+
+def _status_for(record: Record) -> int:
+    return 400 if any(i.code.startswith("intake.") for i in record.errors) else 422
+
+
+def capability_statement(converter: Converter) -> dict[str, Any]:
+    return {
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": "2026-11-23",
+        "kind": "instance",
+        "software": {"name": "fhir-gateway", "version": __version__},
+        "implementation": {
+            "description": "FHIR interoperability gateway: HL7 v2 referrals and orders to "
+            "FHIR R4 transaction Bundles (" + ", ".join(converter.message_types) + ")"
+        },
+        "fhirVersion": "4.0.1",
+        "format": [FHIR_JSON, "json"],
+        "rest": [
+            {
+                "mode": "server",
+                "documentation": "POST /convert with an HL7 v2 message (ER7, optionally "
+                "MLLP-framed) as the body returns its transaction Bundle.",
+                "security": {
+                    "cors": False,
+                    "description": "Bearer token in the Authorization header (tokens from "
+                    "api_token_file or $GATEWAY_HOME/secrets/api-tokens).",
+                },
+                "operation": [
+                    {"name": "convert", "definition": "urn:fhir-gateway:OperationDefinition/convert"}
+                ],
+            }
+        ],
+    }
+
+
+def create_app(
+    settings: Settings | None = None,
+    converter: Converter | None = None,
+    tokens: TokenSet | None = None,
+) -> FastAPI:
+    settings = settings or Settings.load()
+    converter = converter or Converter(settings)
+    tokens = tokens or load_tokens(settings)
+    metadata = capability_statement(converter)
+    app = FastAPI(title="FHIR gateway", version=__version__, docs_url="/docs")
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        return {"status": "ok", "version": __version__, "converts": converter.message_types}
+
+    @app.get("/metadata")
+    def capability() -> Response:
+        return _fhir(metadata)
+
+    @app.post("/convert")
+    async def convert(request: Request, format: str = "auto") -> Response:
+        auth = request.headers.get("authorization", "")
+        scheme, _, token = auth.partition(" ")
+        if scheme.lower() != "bearer" or not tokens.check(token.strip()):
+            issue = Issue("security.unauthorized", "a valid Bearer token is required",
+                          details={"issue_type": "login"})
+            return _outcome([issue], 401, {"WWW-Authenticate": "Bearer"})
+        if format not in ("auto", "hl7v2"):
+            issue = Issue("request.bad-format", f"unknown format {format!r} (auto, hl7v2)",
+                          location="format", details={"issue_type": "value"})
+            return _outcome([issue], 400)
+        body = await request.body()
+        if len(body) > MAX_BODY:
+            issue = Issue("request.too-large", f"body is larger than {MAX_BODY} bytes",
+                          details={"issue_type": "too-costly"})
+            return _outcome([issue], 413)
+        records = converter.convert(body, source="request", fmt=format)
+        if len(records) == 1:
+            record = records[0]
+            if record.ok:
+                return Response(record.bundle_json, 200, media_type=FHIR_JSON)
+            return _outcome(record.issues, _status_for(record))
+        return _fhir(_batch_response(records))
+
+    return app
+
+
+def _batch_response(records: list[Record]) -> dict[str, Any]:
+    """Several messages in one body: a batch-response Bundle, one entry per message."""
+    entries = []
+    for record in records:
+        if record.ok:
+            entries.append({"resource": record.bundle, "response": {"status": "200 OK"}})
+        else:
+            status = _status_for(record)
+            entries.append(
+                {
+                    "response": {
+                        "status": f"{status} {'Bad Request' if status == 400 else 'Unprocessable'}",
+                        "outcome": operation_outcome(record.issues),
+                    }
+                }
+            )
+    return {"resourceType": "Bundle", "type": "batch-response", "entry": entries}

@@ -1,0 +1,67 @@
+"""Regenerate the golden files: ``make golden`` (or ``python -m tests.golden.regenerate``).
+
+For every input ``tests/golden/<kind>/<name>.<ext>`` it writes ``<name>.expected.json``:
+the Bundle when the input holds one message that converts, an OperationOutcome when
+it fails, and a JSON array of those when the input holds several messages. Review the
+``git diff`` of the expected files: that review is the check.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from gateway import Converter, Settings, dump_json, operation_outcome
+from gateway.envelope import Record
+
+GOLDEN = Path(__file__).resolve().parent
+INPUT_SUFFIXES = {".hl7", ".txt", ".er7"}
+
+
+def inputs() -> list[Path]:
+    return sorted(
+        p for p in GOLDEN.rglob("*") if p.suffix in INPUT_SUFFIXES and p.parent != GOLDEN
+    )
+
+
+def expected_path(source: Path) -> Path:
+    return source.with_name(source.stem + ".expected.json")
+
+
+def outcome(record: Record) -> Any:
+    if record.ok:
+        return record.bundle
+    return operation_outcome(record.issues)
+
+
+def render(converter: Converter, source: Path) -> bytes:
+    records = converter.convert(source.read_bytes(), source=source.name)
+    if len(records) == 1:
+        return dump_json(outcome(records[0]))
+    return dump_json([outcome(r) for r in records])
+
+
+def make_converter() -> Converter:
+    # A throw-away GATEWAY_HOME: goldens use the demo network and default settings only.
+    home = Path(tempfile.mkdtemp(prefix="golden-home-"))
+    return Converter(Settings.load(home=home, env={}))
+
+
+def main() -> int:
+    converter = make_converter()
+    changed = 0
+    for source in inputs():
+        target = expected_path(source)
+        new = render(converter, source)
+        if not target.exists() or target.read_bytes() != new:
+            target.write_bytes(new)
+            changed += 1
+            print(f"wrote {target.relative_to(GOLDEN.parent.parent)}")
+    print(f"{changed} golden file(s) changed; review them with git diff")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

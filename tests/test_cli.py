@@ -1,0 +1,98 @@
+"""The ``gateway`` command as a user runs it (in a subprocess: real exit codes, real
+stdout/stderr, no traceback ever)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "examples" / "hl7v2"
+
+
+def run(*args: str, home: Path, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", "--home", str(home), *args],
+        input=stdin, capture_output=True, timeout=120, check=False,
+    )
+
+
+def test_single_message_to_stdout(tmp_path: Path) -> None:
+    proc = run("convert", str(EXAMPLES / "ref_i12_nsgp_to_nsch.hl7"), home=tmp_path)
+    assert proc.returncode == 0, proc.stderr.decode()
+    bundle = json.loads(proc.stdout)
+    assert bundle["resourceType"] == "Bundle" and bundle["type"] == "transaction"
+    assert b"converted 1, failed 0" in proc.stderr
+
+
+def test_batch_into_a_folder_named_by_control_id(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    proc = run("convert", str(EXAMPLES), "-o", f"{out}/", home=tmp_path)
+    assert proc.returncode == 1  # the batch file holds one broken message on purpose
+    names = sorted(p.name for p in out.iterdir())
+    assert "NSGP20260612093015001.json" in names and len(names) == 11
+    stderr = proc.stderr.decode()
+    assert "converted 11, failed 1 (of 12 messages in 10 files)" in stderr
+    assert "batch_mixed.hl7, message LAX220260622090500002: PID-3:" in stderr
+    assert "Traceback" not in stderr
+
+
+def test_single_message_to_a_file(tmp_path: Path) -> None:
+    target = tmp_path / "bundle.json"
+    proc = run("convert", str(EXAMPLES / "omi_o23_nsch_ct.hl7"), "-o", str(target), home=tmp_path)
+    assert proc.returncode == 0
+    assert json.loads(target.read_bytes())["type"] == "transaction"
+
+
+def test_several_messages_to_stdout_are_json_lines(tmp_path: Path) -> None:
+    proc = run("convert", str(EXAMPLES / "batch_mixed.hl7"), home=tmp_path)
+    lines = proc.stdout.splitlines()
+    assert [json.loads(line)["resourceType"] for line in lines] == ["Bundle", "Bundle"]
+
+
+def test_progress_bar_and_summary(tmp_path: Path) -> None:
+    proc = run("convert", str(EXAMPLES), "-o", f"{tmp_path}/o/", "--progress", home=tmp_path)
+    stderr = proc.stderr.decode()
+    assert "12/12 messages, 1 failed" in stderr
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (b"PID|1||123^^^X^MR\r", "no MSH segment"),
+        (b"MSH|^~\\&|A\r", "MSH-9"),  # truncated header
+        (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "binary data"),
+        (b"MSH|^~\\&|A|B|C|D|20260101||REF^I12|1|P|2.5|||||CHN|KLINGON\rPID|1\r", "KLINGON"),
+        (b"MSH|^~\\&|A|B|C|D|20260101||ADT^A01|1|P|2.5\rPID|1\r", "no mapping for message type"),
+        (b"MSH|^~\\&|A|B|C|D|20260101||REF^I12|1|P|2.5\rPID|1||X1^^^A^MR\rRF1|P\r",
+         "RF1-6 (originating referral id) is empty"),
+    ],
+    ids=["no-msh", "truncated-msh", "binary", "wrong-msh18", "unsupported", "truncated-rf1"],
+)
+def test_malformed_input_is_one_clear_line_and_no_traceback(
+    tmp_path: Path, data: bytes, expected: str
+) -> None:
+    proc = run("convert", "-", home=tmp_path, stdin=data)
+    stderr = proc.stderr.decode()
+    assert proc.returncode == 1
+    assert expected in stderr and "Traceback" not in stderr
+    assert stderr.splitlines()[0].startswith("error: <stdin>, message")
+
+
+def test_unreadable_path_is_a_usage_error(tmp_path: Path) -> None:
+    proc = run("convert", str(tmp_path / "missing.hl7"), home=tmp_path)
+    assert proc.returncode == 2 and b"cannot read" in proc.stderr
+
+
+def test_demo_runs_on_a_fresh_home_and_says_where_the_output_is(tmp_path: Path) -> None:
+    home = tmp_path / "fresh"
+    proc = run("demo", home=home)
+    assert proc.returncode == 0, proc.stderr.decode()
+    out = proc.stdout.decode()
+    assert "converted 11 messages, 1 refused" in out
+    assert f"Bundles are in {home / 'out' / 'demo'}" in out
+    assert len(list((home / "out" / "demo").rglob("*.json"))) == 11

@@ -40,7 +40,7 @@ def _versions() -> dict[str, str]:
 
 
 def main() -> int:
-    from brightohir.convert_v2 import V2Converter
+    from brightohir.convert_v2 import V2Converter  # type: ignore[import-not-found]
     from fhir.resources.bundle import Bundle  # R5 models (fhir.resources' default)
 
     header = json.loads(sys.stdin.readline())

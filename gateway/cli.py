@@ -113,8 +113,11 @@ def cmd_convert(args: argparse.Namespace, settings: Settings) -> int:
                 print(issue.line(), file=sys.stderr)
     if not to_dir and good:
         if out is not None and len(good) > 1:
-            print(f"error: {len(good)} messages converted but -o {out} is a file; "
-                  "give a directory (ending in /) for several messages", file=sys.stderr)
+            print(
+                f"error: {len(good)} messages converted but -o {out} is a file; "
+                "give a directory (ending in /) for several messages",
+                file=sys.stderr,
+            )
             return 2
         if out is not None:
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -127,8 +130,11 @@ def cmd_convert(args: argparse.Namespace, settings: Settings) -> int:
             for record in good:
                 sys.stdout.buffer.write(orjson.dumps(record.bundle) + b"\n")
     where = f" into {out}" if out is not None else ""
-    print(f"converted {len(good)}, failed {len(records) - len(good)} "
-          f"(of {len(records)} messages in {len(inputs)} files){where}", file=sys.stderr)
+    print(
+        f"converted {len(good)}, failed {len(records) - len(good)} "
+        f"(of {len(records)} messages in {len(inputs)} files){where}",
+        file=sys.stderr,
+    )
     return 0 if len(good) == len(records) else 1
 
 

@@ -66,7 +66,8 @@ class Settings:
         unknown = set(values) - known
         if unknown:
             raise ConfigError(
-                "unknown-setting", f"{config}: unknown settings {sorted(unknown)}; known: {sorted(known)}"
+                "unknown-setting",
+                f"{config}: unknown settings {sorted(unknown)}; known: {sorted(known)}",
             )
         return replace(cls(home=root), **{k: _coerce(k, v, root) for k, v in values.items()})
 

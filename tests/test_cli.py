@@ -17,7 +17,10 @@ EXAMPLES = REPO / "examples" / "hl7v2"
 def run(*args: str, home: Path, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
         [sys.executable, "-m", "gateway", "--home", str(home), *args],
-        input=stdin, capture_output=True, timeout=120, check=False,
+        input=stdin,
+        capture_output=True,
+        timeout=120,
+        check=False,
     )
 
 
@@ -68,8 +71,10 @@ def test_progress_bar_and_summary(tmp_path: Path) -> None:
         (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "binary data"),
         (b"MSH|^~\\&|A|B|C|D|20260101||REF^I12|1|P|2.5|||||CHN|KLINGON\rPID|1\r", "KLINGON"),
         (b"MSH|^~\\&|A|B|C|D|20260101||ADT^A01|1|P|2.5\rPID|1\r", "no mapping for message type"),
-        (b"MSH|^~\\&|A|B|C|D|20260101||REF^I12|1|P|2.5\rPID|1||X1^^^A^MR\rRF1|P\r",
-         "RF1-6 (originating referral id) is empty"),
+        (
+            b"MSH|^~\\&|A|B|C|D|20260101||REF^I12|1|P|2.5\rPID|1||X1^^^A^MR\rRF1|P\r",
+            "RF1-6 (originating referral id) is empty",
+        ),
     ],
     ids=["no-msh", "truncated-msh", "binary", "wrong-msh18", "unsupported", "truncated-rf1"],
 )

@@ -69,8 +69,11 @@ def test_corpus_order_or_referral(corpus: Path, converter: Converter, name: str)
 def test_corpus_referral_maps_its_business_fields(corpus: Path, converter: Converter) -> None:
     [record] = converter.convert((corpus / "hl7v2/ms_REF-I12-01.hl7").read_bytes())
     assert record.bundle is not None
-    request = next(e["resource"] for e in record.bundle["entry"]
-                   if e["resource"]["resourceType"] == "ServiceRequest")
+    request = next(
+        e["resource"]
+        for e in record.bundle["entry"]
+        if e["resource"]["resourceType"] == "ServiceRequest"
+    )
     assert request["identifier"][0]["value"] == "226839"  # RF1-6 (namespace EPIC)
     assert request["identifier"][0]["system"].endswith("/EPIC/sid/referral")
     assert (request["status"], request["priority"]) == ("active", "routine")  # RF1-1 P, RF1-2 R

@@ -66,7 +66,10 @@ def capability_statement(converter: Converter) -> dict[str, Any]:
                     "api_token_file or $GATEWAY_HOME/secrets/api-tokens).",
                 },
                 "operation": [
-                    {"name": "convert", "definition": "urn:fhir-gateway:OperationDefinition/convert"}
+                    {
+                        "name": "convert",
+                        "definition": "urn:fhir-gateway:OperationDefinition/convert",
+                    }
                 ],
             }
         ],
@@ -97,17 +100,27 @@ def create_app(
         auth = request.headers.get("authorization", "")
         scheme, _, token = auth.partition(" ")
         if scheme.lower() != "bearer" or not tokens.check(token.strip()):
-            issue = Issue("security.unauthorized", "a valid Bearer token is required",
-                          details={"issue_type": "login"})
+            issue = Issue(
+                "security.unauthorized",
+                "a valid Bearer token is required",
+                details={"issue_type": "login"},
+            )
             return _outcome([issue], 401, {"WWW-Authenticate": "Bearer"})
         if format not in ("auto", "hl7v2"):
-            issue = Issue("request.bad-format", f"unknown format {format!r} (auto, hl7v2)",
-                          location="format", details={"issue_type": "value"})
+            issue = Issue(
+                "request.bad-format",
+                f"unknown format {format!r} (auto, hl7v2)",
+                location="format",
+                details={"issue_type": "value"},
+            )
             return _outcome([issue], 400)
         body = await request.body()
         if len(body) > MAX_BODY:
-            issue = Issue("request.too-large", f"body is larger than {MAX_BODY} bytes",
-                          details={"issue_type": "too-costly"})
+            issue = Issue(
+                "request.too-large",
+                f"body is larger than {MAX_BODY} bytes",
+                details={"issue_type": "too-costly"},
+            )
             return _outcome([issue], 413)
         records = converter.convert(body, source="request", fmt=format)
         if len(records) == 1:

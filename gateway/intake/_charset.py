@@ -40,7 +40,8 @@ def codec_for(name: str, *, location: str) -> str:
     key = _norm(name)
     if key in refused:
         raise IntakeError(
-            "charset-unsupported", f"character set {name!r} is not supported: {refused[key]}",
+            "charset-unsupported",
+            f"character set {name!r} is not supported: {refused[key]}",
             location=location,
         )
     try:
@@ -75,7 +76,8 @@ def decode_strict(data: bytes, codec: str, *, declared: str, location: str) -> D
             pass
         else:
             return Decoded(
-                text, "utf-8",
+                text,
+                "utf-8",
                 f"{location} declares {declared!r} but the bytes are UTF-8; decoded as UTF-8",
             )
     try:

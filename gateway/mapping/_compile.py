@@ -72,6 +72,10 @@ def _none(ctx: Ctx) -> None:
     return None
 
 
+def _constant(value: Any) -> Fn:
+    return lambda ctx: value
+
+
 @dataclass
 class _Scope:
     """Compile-time bookkeeping: which resource keys a template references."""
@@ -140,7 +144,7 @@ class Compiler:
         if spec is None:
             return _none
         if isinstance(spec, (str, int, float, bool)):
-            return lambda ctx, v=spec: v
+            return _constant(spec)
         if isinstance(spec, list):
             fns = [self.spec(item, f"{where}[{i}]") for i, item in enumerate(spec)]
 
@@ -166,9 +170,7 @@ class Compiler:
             if core != "each":
                 extra = set(spec) - {core, "when"} - _MODIFIERS[core]
                 if extra:
-                    raise ConfigError(
-                        "spec", f"{where}: {sorted(extra)} not allowed with {core!r}"
-                    )
+                    raise ConfigError("spec", f"{where}: {sorted(extra)} not allowed with {core!r}")
             if core == "object":
                 fn = self._object(spec["object"], f"{where}.object")
             else:
@@ -206,7 +208,10 @@ class Compiler:
         kind = spec.get("as")
         if kind is not None and kind not in CONVERTERS:
             raise ConfigError("spec", f"{where}: unknown 'as: {kind}' (known: {list(CONVERTERS)})")
-        table = self.env.terminology.table(spec["map"]) if "map" in spec else None
+        try:
+            table = self.env.terminology.table(spec["map"]) if "map" in spec else None
+        except ConfigError as exc:
+            raise ConfigError("spec", f"{where}: {exc.issue.message}") from None
 
         def leaf(value: str, label: str, ctx: Ctx) -> Any:
             out: Any = value
@@ -233,8 +238,9 @@ class Compiler:
             if default is not None:
                 return default
             if required:
-                raise MappingError("required", message or f"{what} is required but empty",
-                                   location=label)
+                raise MappingError(
+                    "required", message or f"{what} is required but empty", location=label
+                )
             return None
 
         return missing
@@ -276,8 +282,7 @@ class Compiler:
         return var
 
     def _const(self, spec: dict[str, Any], where: str) -> Fn:
-        value = spec["const"]
-        return lambda ctx: value
+        return _constant(spec["const"])
 
     def _ref_key(self, key: str) -> Callable[[Ctx], str]:
         """A literal key is checked at load time; ``$name`` takes the key from a variable."""
@@ -375,9 +380,11 @@ class Compiler:
     def _each(self, spec: dict[str, Any], where: str) -> Fn:
         selector = str(spec["each"])
         self._check(selector, where)
-        body_spec = spec["do"] if "do" in spec else {
-            k: v for k, v in spec.items() if k not in ("each", "where", "when")
-        }
+        body_spec = (
+            spec["do"]
+            if "do" in spec
+            else {k: v for k, v in spec.items() if k not in ("each", "where", "when")}
+        )
         body = self.spec(body_spec, f"{where}.each")
         keep = self.condition(spec["where"], f"{where}.where") if "where" in spec else None
 
@@ -400,10 +407,12 @@ class Compiler:
         if "not" in spec:
             inner = self.condition(spec["not"], f"{where}.not")
             return lambda ctx: not inner(ctx)
-        for combinator, test in (("all", all), ("any", any)):
-            if combinator in spec:
-                parts = [self.condition(c, f"{where}.{combinator}") for c in spec[combinator]]
-                return lambda ctx, parts=parts, test=test: test(p(ctx) for p in parts)
+        if "all" in spec or "any" in spec:
+            combinator = "all" if "all" in spec else "any"
+            parts = [self.condition(c, f"{where}.{combinator}") for c in spec[combinator]]
+            if combinator == "all":
+                return lambda ctx: all(p(ctx) for p in parts)
+            return lambda ctx: any(p(ctx) for p in parts)
         tests = {k: spec[k] for k in ("equals", "in") if k in spec}
         value = self.spec({k: v for k, v in spec.items() if k not in tests}, where)
         if "equals" in tests:
@@ -441,8 +450,9 @@ class Compiler:
         if unknown:
             raise ConfigError("entry", f"{where}: exports {sorted(unknown)}, not made in the group")
         defined.extend(sorted(export))
-        extra = {str(k): self.spec(v, f"{where}.vars.{k}") for k, v in
-                 (entry.get("vars") or {}).items()}
+        extra = {
+            str(k): self.spec(v, f"{where}.vars.{k}") for k, v in (entry.get("vars") or {}).items()
+        }
         keep = self.condition(entry["where"], f"{where}.where") if "where" in entry else None
         cond = self.condition(entry["when"], f"{where}.when") if "when" in entry else None
 
@@ -469,7 +479,8 @@ class Compiler:
         extra = set(entry) - allowed
         if extra or "key" not in entry or "template" not in entry:
             raise ConfigError(
-                "entry", f"{where}: an entry needs 'key' and 'template' (got {sorted(entry)}); "
+                "entry",
+                f"{where}: an entry needs 'key' and 'template' (got {sorted(entry)}); "
                 f"allowed keys: {sorted(allowed)}",
             )
         key = str(entry["key"])
@@ -477,7 +488,8 @@ class Compiler:
         missing = sorted(template.refs - set(defined) - {key})
         if missing:
             raise ConfigError(
-                "entry", f"{where}: {template.source} refers to {missing}, which no earlier "
+                "entry",
+                f"{where}: {template.source} refers to {missing}, which no earlier "
                 "entry defines (referenced resources come first)",
             )
         defined.append(key)

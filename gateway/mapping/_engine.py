@@ -55,9 +55,7 @@ class MessageMapping:
 class MappingSet:
     """All message mappings of one input format, compiled once."""
 
-    def __init__(
-        self, root: Path, fmt: str, env: Env, check_path: Callable[[str], None]
-    ) -> None:
+    def __init__(self, root: Path, fmt: str, env: Env, check_path: Callable[[str], None]) -> None:
         self.folder = root / fmt
         self.env = env
         self._compiler = Compiler(self.folder, env, check_path)
@@ -97,7 +95,8 @@ class MappingSet:
         if "identifier" not in bundle:
             raise ConfigError("mapping", f"{where}: needs bundle.identifier")
         variables = {
-            str(k): compiler.spec(v, f"{where}: vars.{k}") for k, v in (raw.get("vars") or {}).items()
+            str(k): compiler.spec(v, f"{where}: vars.{k}")
+            for k, v in (raw.get("vars") or {}).items()
         }
         return MessageMapping(
             name=where,

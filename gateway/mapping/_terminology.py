@@ -92,7 +92,7 @@ class Terminology:
                 raise ConfigError("table", f"{path}: a code table needs a 'map' of code → value")
             case = bool(raw.get("case_sensitive", False))
             mapping = {(str(k) if case else str(k).upper()): v for k, v in raw["map"].items()}
-            default = raw["default"] if "default" in raw else _MISSING
+            default = raw.get("default", _MISSING)
             self.tables[path.stem] = CodeTable(
                 path.stem, mapping, default, str(raw.get("source", "")), case
             )

@@ -58,7 +58,9 @@ def to_integer(value: str, location: str, tz: str) -> int:
     try:
         return int(value)
     except ValueError:
-        raise MappingError("bad-number", f"{value!r} is not an integer", location=location) from None
+        raise MappingError(
+            "bad-number", f"{value!r} is not an integer", location=location
+        ) from None
 
 
 def to_decimal(value: str, location: str, tz: str) -> float | int:

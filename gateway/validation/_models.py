@@ -65,8 +65,11 @@ def check_references(bundle: dict[str, Any]) -> list[Issue]:
     for n, entry in enumerate(bundle.get("entry", [])):
         _references(entry.get("resource"), f"Bundle.entry[{n}].resource", found)
     return [
-        Issue("validation.dangling-reference", f"reference {ref!r} matches no entry's fullUrl",
-              location=where)
+        Issue(
+            "validation.dangling-reference",
+            f"reference {ref!r} matches no entry's fullUrl",
+            location=where,
+        )
         for where, ref in found
         if ref not in urls
     ]

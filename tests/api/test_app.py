@@ -67,8 +67,11 @@ def test_convert_returns_the_bundle(client: Client) -> None:
     resp = client.post("/convert", content=body, headers=AUTH)
     assert resp.status_code == 200 and resp.headers["content-type"] == "application/fhir+json"
     bundle = resp.json()
-    names = [e["resource"]["name"][0]["text"] for e in bundle["entry"]
-             if e["resource"]["resourceType"] == "Patient"]
+    names = [
+        e["resource"]["name"][0]["text"]
+        for e in bundle["entry"]
+        if e["resource"]["resourceType"] == "Patient"
+    ]
     assert names == ["許嘉瑋"]
 
 

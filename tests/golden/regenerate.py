@@ -21,9 +21,7 @@ INPUT_SUFFIXES = {".hl7", ".txt", ".er7"}
 
 
 def inputs() -> list[Path]:
-    return sorted(
-        p for p in GOLDEN.rglob("*") if p.suffix in INPUT_SUFFIXES and p.parent != GOLDEN
-    )
+    return sorted(p for p in GOLDEN.rglob("*") if p.suffix in INPUT_SUFFIXES and p.parent != GOLDEN)
 
 
 def expected_path(source: Path) -> Path:

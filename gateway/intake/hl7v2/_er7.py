@@ -98,10 +98,14 @@ def _frames(data: bytes) -> Iterator[tuple[bytes, int, IntakeError | None]]:
     for chunk in stripped.split(b"\x0b")[1:]:
         end = chunk.find(b"\x1c")
         if end < 0:
-            yield b"", line, IntakeError(
-                "mllp-truncated",
-                "MLLP frame is not closed (no end block 0x1C): the message was truncated",
-                location=f"line {line}",
+            yield (
+                b"",
+                line,
+                IntakeError(
+                    "mllp-truncated",
+                    "MLLP frame is not closed (no end block 0x1C): the message was truncated",
+                    location=f"line {line}",
+                ),
             )
         else:
             yield chunk[:end], line, None
@@ -147,7 +151,8 @@ def split_messages(data: bytes) -> list[RawMessage]:
 
 def _binary_error(offset: int, where: str = "") -> IntakeError:
     return IntakeError(
-        "binary", f"binary data (control byte at offset {offset}{where}): not an HL7 v2 text message"
+        "binary",
+        f"binary data (control byte at offset {offset}{where}): not an HL7 v2 text message",
     )
 
 
@@ -171,7 +176,9 @@ def _split_frame(payload: bytes, first_line: int, out: list[RawMessage]) -> None
         elif orphan is None:
             start = line[:20].decode("latin-1")
             orphan = RawMessage(
-                len(out) + 1, lineno, [line],
+                len(out) + 1,
+                lineno,
+                [line],
                 IntakeError(
                     "no-msh",
                     f"no MSH segment: the record starts with {start!r}; "
@@ -317,7 +324,9 @@ def _decode_undeclared(
                 location="MSH-18",
             ) from None
         decoded = decode_strict(
-            data, codec_for(name, location="MSH-18"), declared=name,
+            data,
+            codec_for(name, location="MSH-18"),
+            declared=name,
             location="MSH-18 (sender default)",
         )
         note = f"MSH-18 is empty; decoded with {name}, the configured charset of {facility}"

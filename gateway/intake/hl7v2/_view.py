@@ -23,10 +23,12 @@ from ._er7 import Message
 
 __all__ = ["Hl7View", "Position", "check_path"]
 
+# Indexes are 1-based: 0 is rejected, so a typo such as PID-5.0 fails when mappings load.
 _ABS = re.compile(
-    r"(/)?([A-Z][A-Z0-9]{2})(?:\((\d+|\*)\))?(?:-(\d+)(?:\((\d+|\*)\))?(?:\.(\d+)(?:\.(\d+))?)?)?\Z"
+    r"(/)?([A-Z][A-Z0-9]{2})(?:\(([1-9]\d*|\*)\))?"
+    r"(?:-([1-9]\d*)(?:\(([1-9]\d*|\*)\))?(?:\.([1-9]\d*)(?:\.([1-9]\d*))?)?)?\Z"
 )
-_REL = re.compile(r"\.(\d+)(?:\.(\d+))?\Z")
+_REL = re.compile(r"\.([1-9]\d*)(?:\.([1-9]\d*))?\Z")
 _ALL = -1  # '*' in a compiled path
 
 
@@ -46,7 +48,7 @@ class _Path:
     relative: bool
     root: bool = False
     segment: str = ""
-    occurrence: int = 1
+    occurrence: int = 0  # 0 = not given: the first for a value, every group for 'each'
     field: int = 0
     repetition: int = 0  # 0 = not given: the first for a value, all for 'each'/'at' lists
     component: int = 0
@@ -61,11 +63,9 @@ def _compile(path: str) -> _Path:
     m = _ABS.match(path)
     if not m:
         raise ConfigError("bad-path", f"{path!r} is not an HL7 v2 terser path (e.g. PID-5(2).1)")
-    occ = _ALL if m[3] == "*" else int(m[3] or 1)
+    occ = _ALL if m[3] == "*" else int(m[3] or 0)
     rep = _ALL if m[5] == "*" else int(m[5] or 0)
-    return _Path(
-        False, bool(m[1]), m[2], occ, int(m[4] or 0), rep, int(m[6] or 0), int(m[7] or 0)
-    )
+    return _Path(False, bool(m[1]), m[2], occ, int(m[4] or 0), rep, int(m[6] or 0), int(m[7] or 0))
 
 
 def check_path(path: str) -> None:
@@ -81,7 +81,7 @@ class Hl7View:
     def __init__(self, message: Message) -> None:
         self.message = message
         self.root = Position(0, len(message.segments))
-        fs, cs, rs, es, ss = message.separators
+        fs, cs, rs, es, ss = tuple(message.separators)
         self._fs, self._cs, self._rs, self._es, self._ss = fs, cs, rs, es, ss
         self._escapes = {"F": fs, "S": cs, "T": ss, "R": rs, "E": es, ".br": "\n", ".sp": "\n"}
 
@@ -106,6 +106,8 @@ class Hl7View:
         for n, idx in enumerate(found):
             stop = found[n + 1] if n + 1 < len(found) else end
             groups.append(Position(idx, stop, self._segment_label(p.segment, idx)))
+        if p.occurrence > 0:
+            return groups[p.occurrence - 1 : p.occurrence]
         return groups
 
     # -- leaf values ---------------------------------------------------------------------
@@ -145,6 +147,8 @@ class Hl7View:
             return (here.label or "") + suffix
         segs = self._segments(p, here)
         base = segs[0][1] if segs else p.segment
+        if not segs and p.occurrence > 1:
+            base += f"({p.occurrence})"
         out = base + (f"-{p.field}" if p.field else "")
         if p.repetition not in (0, 1, _ALL):
             out += f"({p.repetition})"
@@ -171,7 +175,8 @@ class Hl7View:
         start, end = (0, len(self.message.segments)) if p.root else (here.start, here.end)
         found = self._in_range(p.segment, start, end)
         if p.occurrence != _ALL:
-            found = found[p.occurrence - 1 : p.occurrence]
+            occ = p.occurrence or 1
+            found = found[occ - 1 : occ]
         return [(i, self._segment_label(p.segment, i)) for i in found]
 
     def _field_nodes(

@@ -1,0 +1,40 @@
+# Two commands on a fresh machine:  make demo  ·  make test
+# Both create .venv and install the gateway into it first (once; again when
+# pyproject.toml changes).
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# The demo keeps everything it writes inside the checkout unless you say otherwise.
+export GATEWAY_HOME ?= $(CURDIR)/.demo-home
+
+.PHONY: demo test lint golden bench serve clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+demo: $(STAMP)            ## run the main job on the demo network (seeds/)
+	$(BIN)/gateway demo
+
+test: $(STAMP)            ## the whole test suite
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)            ## ruff on everything, mypy (strict) on gateway/
+	$(BIN)/ruff check gateway tests bench
+	$(BIN)/mypy
+
+golden: $(STAMP)          ## regenerate tests/golden/**/*.expected.json; review with git diff
+	$(BIN)/python -m tests.golden.regenerate
+
+bench: $(STAMP)           ## conversion benchmark against peer HL7 v2 libraries
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
+	$(BIN)/python bench/bench_convert.py --out bench/RESULTS.md
+
+serve: $(STAMP)           ## the HTTP API on 127.0.0.1:8080
+	$(BIN)/gateway serve
+
+clean:
+	rm -rf $(VENV) .demo-home .pytest_cache .mypy_cache .ruff_cache

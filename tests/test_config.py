@@ -1,0 +1,47 @@
+"""Settings: file, environment, GATEWAY_HOME isolation, clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway import ConfigError, Settings
+
+
+def test_defaults_run_on_the_demo_network(tmp_path: Path) -> None:
+    settings = Settings.load(home=tmp_path, env={})
+    assert settings.network.name == "network.yaml" and settings.network.is_file()
+    assert settings.timezone == "+08:00" and settings.validate
+    assert settings.out_dir == tmp_path / "out"
+
+
+def test_file_then_environment(tmp_path: Path) -> None:
+    (tmp_path / "gateway.toml").write_text('timezone = "+09:00"\nport = 9000\n')
+    settings = Settings.load(home=tmp_path, env={"GATEWAY_PORT": "9100"})
+    assert (settings.timezone, settings.port) == ("+09:00", 9100)
+
+
+def test_gateway_home_from_environment_keeps_two_gateways_apart(tmp_path: Path) -> None:
+    a = Settings.load(env={"GATEWAY_HOME": str(tmp_path / "a")})
+    b = Settings.load(env={"GATEWAY_HOME": str(tmp_path / "b")})
+    assert a.out_dir != b.out_dir and a.secrets_dir.parent == tmp_path / "a"
+
+
+def test_relative_paths_are_relative_to_home(tmp_path: Path) -> None:
+    (tmp_path / "gateway.toml").write_text('network = "my-network.yaml"\n')
+    assert Settings.load(home=tmp_path, env={}).network == tmp_path / "my-network.yaml"
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ("colour = 1\n", "unknown settings ['colour']"),
+        ("port = [\n", "gateway.toml"),
+        ('port = "eighty"\n', "port must be a number"),
+    ],
+)
+def test_bad_configuration_is_a_clear_error(tmp_path: Path, toml: str, message: str) -> None:
+    (tmp_path / "gateway.toml").write_text(toml)
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        Settings.load(home=tmp_path, env={})

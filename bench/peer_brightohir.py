@@ -39,6 +39,19 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def _first_error(exc: Exception) -> str:
+    """``loc: message`` of a pydantic error's first item, else its first line."""
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        try:
+            first = errors()[0]
+            loc = ".".join(str(p) for p in first.get("loc", ()))
+            return f"{loc}: {first.get('msg', '')}"[:120]
+        except Exception:
+            pass
+    return str(exc).splitlines()[0][:120]
+
+
 def main() -> int:
     from brightohir.convert_v2 import V2Converter  # type: ignore[import-not-found]
     from fhir.resources.bundle import Bundle  # R5 models (fhir.resources' default)
@@ -63,7 +76,7 @@ def main() -> int:
                 Bundle.model_validate(bundle)
                 report["valid_r5"] = True
             except Exception as exc:
-                report["error"] = str(exc).splitlines()[0][:120]
+                report["error"] = _first_error(exc)
         except Exception as exc:
             report["error"] = f"{type(exc).__name__}: {exc}"[:160]
         reports.append(report)

@@ -26,6 +26,7 @@ __all__ = [
     "MappingError",
     "ValidationError",
     "operation_outcome",
+    "shape",
 ]
 
 # OperationOutcome.issue.code per error family (http://hl7.org/fhir/issue-type).
@@ -127,6 +128,23 @@ class ValidationError(GatewayError):
 
 class ConfigError(GatewayError):
     family = "config"
+
+
+def shape(value: object, limit: int = 24) -> str:
+    """The form of a value without its content, for error lines that must not leak patient
+    data: digits become 9, letters A (Chinese characters 字), e.g. '1957-13-45' → '9999-99-99'.
+    """
+    out = []
+    for ch in str(value)[:limit]:
+        if ch.isdigit():
+            out.append("9")
+        elif ch.isascii() and ch.isalpha():
+            out.append("A")
+        elif ch.isalpha():
+            out.append("字")
+        else:
+            out.append(ch)
+    return repr("".join(out) + ("…" if len(str(value)) > limit else ""))
 
 
 def operation_outcome(issues: list[Issue]) -> dict[str, Any]:

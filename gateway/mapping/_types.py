@@ -6,7 +6,7 @@ import re
 from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 
-from ..errors import MappingError
+from ..errors import MappingError, shape
 
 __all__ = ["CONVERTERS", "convert"]
 
@@ -22,7 +22,8 @@ def _parts(value: str, location: str) -> re.Match[str]:
     if not m:
         raise MappingError(
             "bad-datetime",
-            f"{value!r} is not an HL7 date/time (YYYY[MM[DD[HH[MM[SS[.S]]]]]][+/-ZZZZ])",
+            f"value of form {shape(value)} is not an HL7 date/time "
+            "(YYYY[MM[DD[HH[MM[SS[.S]]]]]][+/-ZZZZ])",
             location=location,
         )
     return m
@@ -59,7 +60,7 @@ def to_integer(value: str, location: str, tz: str) -> int:
         return int(value)
     except ValueError:
         raise MappingError(
-            "bad-number", f"{value!r} is not an integer", location=location
+            "bad-number", f"value of form {shape(value)} is not an integer", location=location
         ) from None
 
 
@@ -67,7 +68,7 @@ def to_decimal(value: str, location: str, tz: str) -> float | int:
     try:
         d = Decimal(value)
     except InvalidOperation:
-        raise MappingError("bad-number", f"{value!r} is not a number", location=location) from None
+        raise MappingError("bad-number", f"value of form {shape(value)} is not a number", location=location) from None
     return int(d) if d == d.to_integral_value() and "." not in value else float(d)
 
 

@@ -12,7 +12,7 @@ from typing import Any
 from fhir.resources.R4B.bundle import Bundle
 from pydantic import ValidationError as PydanticError
 
-from ..errors import Issue
+from ..errors import Issue, shape
 
 __all__ = ["check_references", "validate_bundle"]
 
@@ -35,7 +35,7 @@ def validate_bundle(bundle: dict[str, Any]) -> list[Issue]:
         return [
             Issue(
                 "validation.structure",
-                f"{e['msg']} (value {str(e.get('input'))[:60]!r})",
+                f"{e['msg']} (value of form {shape(e.get('input'))})",
                 location=_location(tuple(e["loc"])),
             )
             for e in exc.errors()[:20]

@@ -1,0 +1,24 @@
+"""profiles/ holds valid FHIR resources, and every gateway-defined identifier system in
+the mappings is published there as a NamingSystem."""
+
+from __future__ import annotations
+
+import orjson
+import yaml
+from fhir.resources.R4B.namingsystem import NamingSystem
+
+from gateway.datafiles import data_dir
+
+OWN_PREFIX = "https://fhir-gateway.example.org/sid/"
+
+
+def test_naming_systems_are_valid_and_cover_the_gateway_systems() -> None:
+    published = set()
+    for path in sorted(data_dir("profiles").glob("NamingSystem-*.json")):
+        ns = NamingSystem.model_validate(orjson.loads(path.read_bytes()))
+        published |= {u.value for u in ns.uniqueId}
+    table = yaml.safe_load(
+        (data_dir("mappings") / "tables" / "identifier-authorities.yaml").read_text()
+    )
+    own = {uri for uri in table["map"].values() if uri.startswith(OWN_PREFIX)}
+    assert own and own <= published

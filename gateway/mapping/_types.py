@@ -68,7 +68,9 @@ def to_decimal(value: str, location: str, tz: str) -> float | int:
     try:
         d = Decimal(value)
     except InvalidOperation:
-        raise MappingError("bad-number", f"value of form {shape(value)} is not a number", location=location) from None
+        raise MappingError(
+            "bad-number", f"value of form {shape(value)} is not a number", location=location
+        ) from None
     return int(d) if d == d.to_integral_value() and "." not in value else float(d)
 
 

@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from ...errors import IntakeError
+from ...errors import IntakeError, shape
 from .._charset import Decoded, codec_for, decode_strict
 
 __all__ = ["Message", "RawMessage", "parse_message", "split_messages"]
@@ -174,14 +174,14 @@ def _split_frame(payload: bytes, first_line: int, out: list[RawMessage]) -> None
         elif current is not None:
             current.segments.append(line)
         elif orphan is None:
-            start = line[:20].decode("latin-1")
+            start = shape(line.decode("latin-1"), 20)  # its form: no patient data
             orphan = RawMessage(
                 len(out) + 1,
                 lineno,
                 [line],
                 IntakeError(
                     "no-msh",
-                    f"no MSH segment: the record starts with {start!r}; "
+                    f"no MSH segment: the record starts with {start}; "
                     "an HL7 v2 message must begin with MSH",
                     location="MSH",
                 ),
@@ -266,7 +266,7 @@ def parse_message(
         if not _SEGMENT_NAME.match(name) or (len(line) > 3 and line[3] != fs):
             raise IntakeError(
                 "segment-syntax",
-                f"segment {n + 1} starts with {line[:12]!r}: expected a 3-character segment "
+                f"segment {n + 1} starts with {shape(line, 12)}: expected a 3-character segment "
                 f"name followed by {fs!r}",
                 location=f"segment {n + 1}",
             )

@@ -1,0 +1,93 @@
+"""The skeleton-cached validator must agree with ``Bundle.model_validate`` — on the
+first sight of a shape (full model) and on every later one (value checks only)."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fhir.resources.R4B.bundle import Bundle
+
+from gateway import Converter
+from gateway.validation import check_references, validate_bundle
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _model_accepts(bundle: dict[str, Any]) -> bool:
+    try:
+        Bundle.model_validate(bundle)
+    except Exception:
+        return False
+    return True
+
+
+def _resource(bundle: dict[str, Any], rtype: str) -> dict[str, Any]:
+    return next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == rtype)
+
+
+def _set(rtype: str, key: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    return lambda b: _resource(b, rtype).__setitem__(key, value)
+
+
+# Each mutation breaks what a model checks; the first four keep the skeleton, so only
+# the value checks of a cache hit can catch them.
+MUTATIONS: dict[str, Callable[[dict[str, Any]], None]] = {
+    "impossible-date": _set("Patient", "birthDate", "1957-13-45"),
+    "datetime-without-zone": _set("ServiceRequest", "authoredOn", "2026-06-11T10:15:00"),
+    "code-with-spaces": _set("Patient", "gender", "ma  le "),
+    "bad-id": _set("Patient", "id", "not an id!"),
+    "unknown-element": _set("Patient", "colour", "red"),
+    "list-for-single": _set("Patient", "gender", ["male"]),
+    "single-for-list": _set("Patient", "name", {"family": "王"}),
+    "number-for-string": _set("Patient", "birthDate", 19570903),
+    "two-choices": _set("ServiceRequest", "occurrenceDateTime", "2026-06-12"),
+    "missing-required": lambda b: _resource(b, "ServiceRequest").pop("status"),
+    "bad-nested-date": lambda b: _resource(b, "ServiceRequest")["occurrencePeriod"].__setitem__(
+        "end", "2026-02-30"
+    ),
+    "bad-bundle-type": lambda b: b.__setitem__("type", "two  spaces"),
+}
+
+
+@pytest.fixture(scope="module")
+def bundle(converter: Converter) -> dict[str, Any]:
+    [record] = converter.convert((REPO / "examples/hl7v2/ref_i12_lax2_to_njmu2.hl7").read_bytes())
+    assert record.bundle is not None
+    return record.bundle
+
+
+def test_valid_bundle_passes_first_and_cached(bundle: dict[str, Any]) -> None:
+    assert validate_bundle(bundle) == [] and validate_bundle(copy.deepcopy(bundle)) == []
+
+
+@pytest.mark.parametrize("name", sorted(MUTATIONS))
+def test_verdict_agrees_with_the_model(bundle: dict[str, Any], name: str) -> None:
+    assert validate_bundle(bundle) == []  # the skeletons are now known
+    broken = copy.deepcopy(bundle)
+    MUTATIONS[name](broken)
+    assert not _model_accepts(broken)
+    issues = validate_bundle(broken)
+    assert issues, f"{name} passed the gateway's validator but not the model"
+    assert all(i.code == "validation.structure" for i in issues)
+
+
+def test_error_location_and_no_patient_data(bundle: dict[str, Any]) -> None:
+    broken = copy.deepcopy(bundle)
+    MUTATIONS["impossible-date"](broken)
+    [issue] = validate_bundle(broken)
+    n = next(i for i, e in enumerate(broken["entry"]) if e["resource"]["resourceType"] == "Patient")
+    assert issue.location == f"Bundle.entry[{n}].resource.birthDate"
+    assert "1957" not in issue.message and "'9999-99-99'" in issue.message
+
+
+def test_dangling_reference_is_reported(bundle: dict[str, Any]) -> None:
+    broken = copy.deepcopy(bundle)
+    _resource(broken, "ServiceRequest")["subject"] = {"reference": "urn:uuid:nowhere"}
+    [issue] = check_references(broken)
+    assert issue.code == "validation.dangling-reference" and issue.location.endswith(
+        ".subject.reference"
+    )

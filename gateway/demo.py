@@ -9,7 +9,6 @@ including the records that fail on purpose (the broken message in the batch file
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
 from typing import TextIO
 
 from .config import Settings
@@ -61,6 +60,3 @@ def run_demo(settings: Settings, out: TextIO) -> int:
     )
     return 0 if converted else 1
 
-
-def demo_output_dir(settings: Settings) -> Path:
-    return settings.out_dir / "demo"

@@ -190,31 +190,48 @@ def validate_bundle(bundle: dict[str, Any]) -> list[Issue]:
     return issues
 
 
-def _references(node: Any, path: str, out: list[tuple[str, str]]) -> None:
+def _reference_values(node: Any, out: list[str]) -> None:
     if isinstance(node, dict):
         ref = node.get("reference")
         if isinstance(ref, str):
-            out.append((path + ".reference", ref))
+            out.append(ref)
+        for value in node.values():
+            if isinstance(value, (dict, list)):
+                _reference_values(value, out)
+    elif isinstance(node, list):
+        for item in node:
+            _reference_values(item, out)
+
+
+def _locate(node: Any, path: str, wanted: str, out: list[str]) -> None:
+    if isinstance(node, dict):
+        if node.get("reference") == wanted:
+            out.append(path + ".reference")
         for key, value in node.items():
-            if key != "reference":
-                _references(value, f"{path}.{key}", out)
+            _locate(value, f"{path}.{key}", wanted, out)
     elif isinstance(node, list):
         for n, item in enumerate(node):
-            _references(item, f"{path}[{n}]", out)
+            _locate(item, f"{path}[{n}]", wanted, out)
 
 
 def check_references(bundle: dict[str, Any]) -> list[Issue]:
     """Every reference inside the Bundle must resolve to one of its entries' fullUrl."""
-    urls = {e.get("fullUrl") for e in bundle.get("entry", [])}
-    found: list[tuple[str, str]] = []
-    for n, entry in enumerate(bundle.get("entry", [])):
-        _references(entry.get("resource"), f"Bundle.entry[{n}].resource", found)
-    return [
-        Issue(
-            "validation.dangling-reference",
-            f"reference {ref!r} matches no entry's fullUrl",
-            location=where,
-        )
-        for where, ref in found
-        if ref not in urls
-    ]
+    entries = bundle.get("entry", [])
+    urls = {e.get("fullUrl") for e in entries}
+    found: list[str] = []
+    _reference_values([e.get("resource") for e in entries], found)
+    dangling = sorted({ref for ref in found if ref not in urls})
+    issues = []
+    for ref in dangling:  # rare: only now are the paths worth building
+        places: list[str] = []
+        for n, entry in enumerate(entries):
+            _locate(entry.get("resource"), f"Bundle.entry[{n}].resource", ref, places)
+        issues += [
+            Issue(
+                "validation.dangling-reference",
+                f"reference {ref!r} matches no entry's fullUrl",
+                location=where,
+            )
+            for where in places
+        ]
+    return issues

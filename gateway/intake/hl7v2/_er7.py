@@ -174,7 +174,7 @@ def _split_frame(payload: bytes, first_line: int, out: list[RawMessage]) -> None
         elif current is not None:
             current.segments.append(line)
         elif orphan is None:
-            start = shape(line.decode("latin-1"), 20)  # its form: no patient data
+            start = shape(line.decode("utf-8", "replace"), 20)  # its form: no patient data
             orphan = RawMessage(
                 len(out) + 1,
                 lineno,

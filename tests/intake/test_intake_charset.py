@@ -89,7 +89,14 @@ def test_big5_trail_bytes_that_are_delimiters_keep_fields_intact() -> None:
         "NTE|1|P|居港病人，洗腎後回院覆診|居|回^洗|",
     ]
     data = build(segments, "big5hkscs")
-    for pair in (b"\xb3\x5c^", b"\xa5\x5c^", b"\xa5\x5c|", b"\xa9\x7e|", b"\xa6\x5e^", b"\xac\x7e|"):
+    for pair in (
+        b"\xb3\x5c^",
+        b"\xa5\x5c^",
+        b"\xa5\x5c|",
+        b"\xa9\x7e|",
+        b"\xa6\x5e^",
+        b"\xac\x7e|",
+    ):
         assert pair in data  # the trail byte really is followed by a delimiter
     message = parse(data)
     assert message.charset == "big5hkscs"

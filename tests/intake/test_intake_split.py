@@ -182,6 +182,9 @@ def test_text_before_first_msh_is_no_msh_and_later_messages_still_parse() -> Non
     assert first.error.code == "intake.no-msh"
     assert first.error.location == "MSH"
     assert (first.index, first.line) == (1, 1)
+    # The error shows the form of the junk, not its text.
+    assert "starts with '字字：字字字字字字'" in str(first.error)
+    assert "转诊" not in str(first.error)
     with pytest.raises(IntakeError, match="must begin with MSH"):
         parse(first)
     assert [(r.index, r.line) for r in raws[1:]] == [(2, 3), (3, 6)]
@@ -189,7 +192,10 @@ def test_text_before_first_msh_is_no_msh_and_later_messages_still_parse() -> Non
 
 
 PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x10"
-PDF = b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<< /Length 9 /Filter /FlateDecode >>\nstream\nx\x9c\x03\x00"
+PDF = (
+    b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n"
+    b"1 0 obj\n<< /Length 9 /Filter /FlateDecode >>\nstream\nx\x9c\x03\x00"
+)
 
 
 @pytest.mark.parametrize(

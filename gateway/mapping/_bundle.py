@@ -59,12 +59,16 @@ def _choose(identifiers: Any, prefer: tuple[str, ...]) -> tuple[str, str] | None
 
 
 def _merge(into: dict[str, Any], other: dict[str, Any]) -> None:
-    """Fill what ``into`` lacks from ``other``; lists gain the items they lack."""
+    """Fill what ``into`` lacks from ``other``; lists gain the items they lack.
+
+    New lists are built rather than extended: mapped values may be shared with the
+    engine's memo of pure fragments, and must never change once made.
+    """
     for key, value in other.items():
         if key not in into:
             into[key] = value
         elif isinstance(into[key], list) and isinstance(value, list):
-            into[key].extend(v for v in value if v not in into[key])
+            into[key] = into[key] + [v for v in value if v not in into[key]]
 
 
 class BundleBuilder:

@@ -43,12 +43,16 @@ _MODIFIERS: dict[str, frozenset[str]] = {
 class Ctx:
     """Evaluation state: the record view, where we stand in it, variables, the bundle."""
 
-    view: Any  # a record view (Hl7View, ...) exposing select/values/label
+    view: Any  # a record view (Hl7View, ...) exposing select/first/values/label
     here: Any  # the view's position
     vars: dict[str, Any]
     state: BundleBuilder
     env: Env
     tz: str
+    label_of: str = ""  # the path whose value is being converted (for error locations)
+
+    def pending_label(self) -> str:
+        return str(self.view.label(self.label_of, self.here)) if self.label_of else ""
 
     def at(self, here: Any) -> Ctx:
         return Ctx(self.view, here, self.vars, self.state, self.env, self.tz)
@@ -78,9 +82,50 @@ def _constant(value: Any) -> Fn:
 
 @dataclass
 class _Scope:
-    """Compile-time bookkeeping: which resource keys a template references."""
+    """Compile-time facts about the spec being compiled: the resource keys it references,
+    the variables it reads, and whether it reads anything beyond its own node."""
 
     refs: set[str] = field(default_factory=set)
+    vars: set[str] = field(default_factory=set)
+    impure: bool = False  # absolute paths or references: the result depends on more than
+    #                      the node's text and the variables
+
+    def absorb(self, inner: _Scope) -> None:
+        self.refs |= inner.refs
+        self.vars |= inner.vars
+        self.impure = self.impure or inner.impure
+
+
+_MEMO_SIZE = 4096  # results kept per pure fragment; the memo is cleared when full
+_MISS = object()
+
+
+def _memoised(fn: Fn, names: tuple[str, ...]) -> Fn:
+    """Remember a pure spec's results by (node text, node level, variables it reads).
+
+    Pure means: only relative paths, variables, constants and functions of static data
+    (the compiler proves it). Organisations, codings and practitioners recur in every
+    message of a feed, so their resources and data types are built once. Results are
+    shared and must never be changed afterwards (the Bundle builder copies before it
+    merges).
+    """
+    memo: dict[Any, Any] = {}
+
+    def cached(ctx: Ctx) -> Any:
+        here = ctx.here
+        try:
+            key = (here.text, here.level, ctx.tz, *(ctx.vars.get(n) for n in names))
+            found = memo.get(key, _MISS)
+        except TypeError:  # an unhashable variable value: compute, do not remember
+            return fn(ctx)
+        if found is _MISS:
+            found = fn(ctx)
+            if len(memo) >= _MEMO_SIZE:
+                memo.clear()
+            memo[key] = found
+        return found
+
+    return cached
 
 
 class Compiler:
@@ -92,6 +137,7 @@ class Compiler:
         self._check_path = check_path
         self._fragments: dict[Path, Fn] = {}
         self._templates: dict[Path, ResourceTemplate] = {}
+        self._purity: dict[Path, _Scope] = {}
         self._scope = _Scope()
 
     # -- files -----------------------------------------------------------------------------
@@ -108,8 +154,19 @@ class Compiler:
             if not isinstance(raw, dict) or "value" not in raw:
                 raise ConfigError("fragment", f"{path}: a fragment file needs a 'value' spec")
             self._fragments[path] = _none  # guards against include cycles
-            self._fragments[path] = self.spec(raw["value"], f"{path.name}: value")
+            fn, scope = self._isolated(raw["value"], f"{path.name}: value")
+            self._purity[path] = scope
+            self._fragments[path] = fn if scope.impure else _memoised(fn, tuple(sorted(scope.vars)))
+        self._scope.absorb(self._purity.get(path, _Scope()))
         return self._fragments[path]
+
+    def _isolated(self, spec: Any, where: str) -> tuple[Fn, _Scope]:
+        """Compile ``spec`` and return what it reads, without leaking into the caller."""
+        outer, self._scope = self._scope, _Scope()
+        try:
+            return self.spec(spec, where), self._scope
+        finally:
+            self._scope = outer
 
     def template(self, rel: str, where: str) -> ResourceTemplate:
         path = self._file(rel, where)
@@ -119,13 +176,10 @@ class Compiler:
                 raise ConfigError(
                     "template", f"{path}: a resource template needs 'resourceType' and 'fields'"
                 )
-            outer, self._scope = self._scope, _Scope()
-            try:
-                fields = self.spec(raw["fields"], f"{path.name}: fields")
-                refs = self._scope.refs
-            finally:
-                self._scope = outer
-            self._scope.refs |= refs
+            fields, scope = self._isolated(raw["fields"], f"{path.name}: fields")
+            refs = scope.refs
+            if not scope.impure:
+                fields = _memoised(fields, tuple(sorted(scope.vars)))
             identity = raw.get("identity") or {}
             self._templates[path] = ResourceTemplate(
                 resource_type=str(raw["resourceType"]),
@@ -203,8 +257,12 @@ class Compiler:
         except ConfigError as exc:
             raise ConfigError("bad-path", f"{where}: {exc.issue.message}") from None
 
-    def _leaf(self, spec: dict[str, Any], where: str) -> Callable[[str, str, Ctx], Any]:
-        """The per-value steps of a path or var: ``as`` conversion, then ``map`` table."""
+    def _leaf(self, spec: dict[str, Any], where: str) -> Callable[[str, str | None, Ctx], Any]:
+        """The per-value steps of a path or var: ``as`` conversion, then ``map`` table.
+
+        ``label`` is the value's terser path when already known; otherwise the caller's
+        ``ctx.label`` works it out, and only when an error needs it.
+        """
         kind = spec.get("as")
         if kind is not None and kind not in CONVERTERS:
             raise ConfigError("spec", f"{where}: unknown 'as: {kind}' (known: {list(CONVERTERS)})")
@@ -212,11 +270,13 @@ class Compiler:
             table = self.env.terminology.table(spec["map"]) if "map" in spec else None
         except ConfigError as exc:
             raise ConfigError("spec", f"{where}: {exc.issue.message}") from None
+        if kind is None and table is None:
+            return lambda value, label, ctx: value
 
-        def leaf(value: str, label: str, ctx: Ctx) -> Any:
+        def leaf(value: str, label: str | None, ctx: Ctx) -> Any:
             out: Any = value
             if kind is not None:
-                out = convert(kind, value, label, ctx.tz)
+                out = convert(kind, value, label or ctx.pending_label(), ctx.tz)
             if table is not None:
                 mapped = table.lookup(str(out))
                 if mapped is None and not table.has_default:
@@ -224,7 +284,7 @@ class Compiler:
                     raise MappingError(
                         "unknown-code",
                         f"code {value!r} is not in table {table.name!r} (known: {known})",
-                        location=label,
+                        location=label or ctx.pending_label(),
                     )
                 out = mapped
             return out
@@ -232,15 +292,17 @@ class Compiler:
         return leaf
 
     def _missing(self, spec: dict[str, Any], what: str) -> Callable[[Ctx, str], Any]:
+        """What an empty path or var gives: its default, an error, or nothing. ``path`` is
+        turned into a terser-path label only when the error is raised."""
         default, required, message = spec.get("default"), spec.get("required"), spec.get("message")
 
-        def missing(ctx: Ctx, label: str) -> Any:
+        def missing(ctx: Ctx, path: str) -> Any:
             if default is not None:
                 return default
             if required:
-                raise MappingError(
-                    "required", message or f"{what} is required but empty", location=label
-                )
+                label = path if path.startswith("$") else ctx.view.label(path, ctx.here)
+                raise MappingError("required", message or f"{what} is required but empty",
+                                   location=label)
             return None
 
         return missing
@@ -251,25 +313,34 @@ class Compiler:
             self._check(alt, where)
         many = any("*" in a for a in alts)
         sep = spec.get("sep")
+        if not all(a.startswith(".") for a in alts):
+            self._scope.impure = True
         leaf = self._leaf(spec, where)
         missing = self._missing(spec, " or ".join(alts))
 
-        def path(ctx: Ctx) -> Any:
+        def one(ctx: Ctx) -> Any:
+            view, here = ctx.view, ctx.here
+            for alt in alts:
+                value = view.first(alt, here)
+                if value is not None:
+                    ctx.label_of = alt  # for an error raised by the leaf steps
+                    return leaf(value, None, ctx)
+            return missing(ctx, alts[0])
+
+        def every(ctx: Ctx) -> Any:
             view, here = ctx.view, ctx.here
             for alt in alts:
                 found = view.values(alt, here)
-                if not found:
-                    continue
-                if not many:
-                    return leaf(found[0][0], found[0][1], ctx)
-                values = [v for v in (leaf(v, lbl, ctx) for v, lbl in found) if not _empty(v)]
-                return sep.join(map(str, values)) if sep is not None else values
-            return missing(ctx, view.label(alts[0], here))
+                if found:
+                    values = [v for v in (leaf(v, lbl, ctx) for v, lbl in found) if not _empty(v)]
+                    return sep.join(map(str, values)) if sep is not None else values
+            return missing(ctx, alts[0])
 
-        return path
+        return every if many else one
 
     def _var(self, spec: dict[str, Any], where: str) -> Fn:
         name = str(spec["var"])
+        self._scope.vars.add(name)
         leaf = self._leaf(spec, where)
         missing = self._missing(spec, f"${name}")
 
@@ -286,6 +357,7 @@ class Compiler:
 
     def _ref_key(self, key: str) -> Callable[[Ctx], str]:
         """A literal key is checked at load time; ``$name`` takes the key from a variable."""
+        self._scope.impure = True  # references depend on what the Bundle already holds
         if key.startswith("$"):
             name = key[1:]
             return lambda ctx: str(ctx.vars.get(name) or "")
@@ -361,6 +433,8 @@ class Compiler:
         at = [a.strip() for a in str(spec["at"]).split("|")] if "at" in spec else None
         for alt in at or ():
             self._check(alt, where)
+            if not alt.startswith("."):
+                self._scope.impure = True
         extra = {
             str(k): self.spec(v, f"{where}.with.{k}") for k, v in (spec.get("with") or {}).items()
         }
@@ -380,6 +454,8 @@ class Compiler:
     def _each(self, spec: dict[str, Any], where: str) -> Fn:
         selector = str(spec["each"])
         self._check(selector, where)
+        if not selector.startswith("."):
+            self._scope.impure = True
         body_spec = (
             spec["do"]
             if "do" in spec

@@ -64,21 +64,10 @@ def _model_issues(model: Any, data: dict[str, Any], prefix: str) -> list[Issue]:
     return []
 
 
-# -- skeletons -------------------------------------------------------------------------
+# -- one walk: the skeleton, and every value checked on the way ----------------------
 
-
-def _skeleton(value: Any) -> Any:
-    if isinstance(value, dict):
-        return tuple(sorted((k, _skeleton(v)) for k, v in value.items()))
-    if isinstance(value, list):
-        return ("[]", frozenset(_skeleton(v) for v in value))
-    return type(value)
-
-
-# -- value checks from the model's own field validators -------------------------------
-
-_RESOURCE = object()  # marks a field holding any resource (Bundle.entry.resource)
 _Check = tuple[str, Any]  # ("prim", TypeAdapter) | ("model", class) | ("resource", None)
+_MAX_VALUES = 200_000  # primitive values already accepted, per adapter pair
 
 
 def _unwrap(annotation: Any) -> Any:
@@ -116,41 +105,70 @@ def _adapter(annotation: Any) -> TypeAdapter[Any]:
     return TypeAdapter(annotation)
 
 
-def _values_ok(model: Any, data: dict[str, Any]) -> bool:
-    fields = _fields(model)
-    for key, value in data.items():
-        if key == "resourceType":
-            continue
-        check = fields.get(key)
-        if check is None:
-            return False
-        for item in value if isinstance(value, list) else (value,):
-            kind, target = check
-            if kind == "prim":
+class _Invalid(Exception):
+    """A value the model's own validator rejects, or a key the model does not have."""
+
+
+class _Walker:
+    """Builds a resource's skeleton (keys in order, kinds of values) while checking each
+    primitive with the model's validator for its field. Accepted primitives are
+    remembered: system URIs, codes and displays repeat in every message."""
+
+    def __init__(self) -> None:
+        self._accepted: set[tuple[int, type, Any]] = set()
+
+    def skeleton(self, model: Any, data: dict[str, Any]) -> Any:
+        fields = _fields(model)
+        out: list[Any] = []
+        for key, value in data.items():
+            if key == "resourceType":
+                out.append((key, value))
+                continue
+            check = fields.get(key)
+            if check is None:
+                raise _Invalid(key)
+            if isinstance(value, list):
+                out.append((key, "[]", frozenset(self._item(check, v) for v in value)))
+            else:
+                out.append((key, self._item(check, value)))
+        return tuple(out)
+
+    def _item(self, check: _Check, value: Any) -> Any:
+        kind, target = check
+        if kind == "prim":
+            if isinstance(value, (dict, list)):
+                raise _Invalid(value)
+            token = (id(target), type(value), value)
+            if token not in self._accepted:
                 try:
-                    target.validate_python(item)
+                    target.validate_python(value)
                 except PydanticError:
-                    return False
-            elif not isinstance(item, dict):
-                return False
-            elif kind == "model":
-                if not _values_ok(target, item):
-                    return False
-            elif not _values_ok(get_fhir_model_class(item.get("resourceType", "")), item):
-                return False
-    return True
+                    raise _Invalid(value) from None
+                if len(self._accepted) >= _MAX_VALUES:
+                    self._accepted.clear()
+                self._accepted.add(token)
+            return type(value)
+        if not isinstance(value, dict):
+            raise _Invalid(value)
+        if kind == "model":
+            return self.skeleton(target, value)
+        return self.skeleton(get_fhir_model_class(str(value.get("resourceType", ""))), value)
 
 
 class _Skeletons:
     def __init__(self) -> None:
         self._known: set[Any] = set()
+        self._walker = _Walker()
 
     def validate(self, model: Any, data: dict[str, Any], prefix: str) -> list[Issue]:
-        key = (model, _skeleton(data))
-        if key in self._known and _values_ok(model, data):
+        try:
+            key = (model, self._walker.skeleton(model, data))
+        except (_Invalid, KeyError):
+            key = None
+        if key is not None and key in self._known:
             return []
         issues = _model_issues(model, data, prefix)
-        if not issues and len(self._known) < _MAX_SKELETONS:
+        if not issues and key is not None and len(self._known) < _MAX_SKELETONS:
             self._known.add(key)
         return issues
 

@@ -133,6 +133,77 @@ class Hl7View:
                 out.append((value, node.label))
         return out
 
+    def first(self, path: str, here: Position) -> str | None:
+        """The first non-empty value at ``path`` — ``values(...)[0][0]`` without building
+        any terser-path labels (the engine asks for a label only to report an error)."""
+        p = _compile(path)
+        if p.relative:
+            text, level = here.text, here.level
+            if text is None:
+                return self._relative_text(p, here)
+            raw, level = self._parts(text, level, p.component, p.sub)
+        else:
+            start, end = (0, len(self.message.segments)) if p.root else (here.start, here.end)
+            found = self.message.positions.get(p.segment)
+            if not found:
+                return None
+            i = bisect_left(found, start)
+            if p.occurrence > 1:
+                i += p.occurrence - 1
+            if i >= len(found) or found[i] >= end or p.occurrence == _ALL:
+                return self._first_slow(path, here) if p.occurrence == _ALL else None
+            fields = self.message.segments[found[i]]
+            if p.field >= len(fields):
+                return None
+            raw = fields[p.field]
+            if not raw:
+                return None
+            if p.segment == "MSH" and p.field <= 2:
+                return raw
+            if p.repetition == _ALL:
+                return self._first_slow(path, here)
+            if p.repetition > 1:
+                reps = raw.split(self._rs)
+                if p.repetition > len(reps):
+                    return None
+                raw = reps[p.repetition - 1]
+            else:
+                cut = raw.find(self._rs)
+                if cut >= 0:
+                    raw = raw[:cut]
+            raw, level = self._parts(raw, 0, p.component, p.sub)
+        if not raw:
+            return None
+        if level == 0 and self._cs in raw:
+            raw = raw.split(self._cs, 1)[0]
+        if level <= 1 and self._ss in raw:
+            raw = raw.split(self._ss, 1)[0]
+        if self._es in raw:
+            raw = self.unescape(raw)
+        value = raw.strip()
+        return value if value and value != '""' else None
+
+    def _parts(self, text: str | None, level: int, component: int, sub: int) -> tuple[str, int]:
+        """Descend from a node's text to a component/subcomponent (no labels)."""
+        for index in (component, sub):
+            if not index or not text:
+                break
+            if level >= 2:
+                return "", level
+            parts = text.split(self._cs if level == 0 else self._ss)
+            if index > len(parts):
+                return "", level
+            text, level = parts[index - 1], level + 1
+        return text or "", level
+
+    def _relative_text(self, p: _Path, here: Position) -> str | None:
+        self._relative(p, here)  # raises the ConfigError for a relative path outside a node
+        return None
+
+    def _first_slow(self, path: str, here: Position) -> str | None:
+        found = self.values(path, here)
+        return found[0][0] if found else None
+
     def value(self, path: str, here: Position) -> tuple[str | None, str]:
         found = self.values(path, here)
         if found:

@@ -59,4 +59,3 @@ def run_demo(settings: Settings, out: TextIO) -> int:
         f"Next: `gateway convert FILE` for your own messages, `gateway serve` for the API.\n"
     )
     return 0 if converted else 1
-

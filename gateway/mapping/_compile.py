@@ -15,6 +15,7 @@ from typing import Any
 
 from ..datafiles import load_data_file
 from ..errors import ConfigError, MappingError
+from ..shared import share
 from ._bundle import BundleBuilder, ResourceTemplate
 from ._functions import FUNCTIONS, Env
 from ._types import CONVERTERS, convert
@@ -123,6 +124,7 @@ def _memoised(fn: Fn, names: tuple[str, ...]) -> Fn:
             if len(memo) >= _MEMO_SIZE:
                 memo.clear()
             memo[key] = found
+            share(found)
         return found
 
     return cached
@@ -239,6 +241,8 @@ class Compiler:
         return fn
 
     def _object(self, spec: dict[str, Any], where: str) -> Fn:
+        if "reference" in spec:
+            self._scope.impure = True  # the reference check must see every reference
         items = [(str(k), self.spec(v, f"{where}.{k}")) for k, v in spec.items()]
 
         def build(ctx: Ctx) -> Any:
@@ -301,8 +305,9 @@ class Compiler:
                 return default
             if required:
                 label = path if path.startswith("$") else ctx.view.label(path, ctx.here)
-                raise MappingError("required", message or f"{what} is required but empty",
-                                   location=label)
+                raise MappingError(
+                    "required", message or f"{what} is required but empty", location=label
+                )
             return None
 
         return missing

@@ -31,6 +31,7 @@ from pydantic import TypeAdapter
 from pydantic import ValidationError as PydanticError
 
 from ..errors import Issue, shape
+from ..shared import is_shared
 
 __all__ = ["check_references", "validate_bundle", "validate_resource"]
 
@@ -116,8 +117,22 @@ class _Walker:
 
     def __init__(self) -> None:
         self._accepted: set[tuple[int, type, Any]] = set()
+        self._shared: dict[tuple[Any, int], tuple[Any, Any]] = {}  # (model, id) → (obj, skeleton)
 
     def skeleton(self, model: Any, data: dict[str, Any]) -> Any:
+        if not is_shared(data):
+            return self._walk(model, data)
+        key = (model, id(data))
+        known = self._shared.get(key)
+        if known is not None and known[0] is data:
+            return known[1]
+        skeleton = self._walk(model, data)  # raises for an invalid value: nothing stored
+        if len(self._shared) >= _MAX_VALUES:
+            self._shared.clear()
+        self._shared[key] = (data, skeleton)
+        return skeleton
+
+    def _walk(self, model: Any, data: dict[str, Any]) -> Any:
         fields = _fields(model)
         out: list[Any] = []
         for key, value in data.items():
@@ -209,6 +224,8 @@ def validate_bundle(bundle: dict[str, Any]) -> list[Issue]:
 
 
 def _reference_values(node: Any, out: list[str]) -> None:
+    if is_shared(node):
+        return  # a memoised pure fragment holds no reference
     if isinstance(node, dict):
         ref = node.get("reference")
         if isinstance(ref, str):

@@ -1,6 +1,8 @@
 """Regenerate the golden files: ``make golden`` (or ``python -m tests.golden.regenerate``).
 
-For every input ``tests/golden/<kind>/<name>.<ext>`` it writes ``<name>.expected.json``:
+For every input ``tests/golden/<kind>/<name>.<ext>`` it writes ``<name>.expected.json``
+(and for every ``examples/<kind>/<name>.<ext>`` the ``examples/<kind>/bundles/<name>.json``
+that the README points to):
 the Bundle when the input holds one message that converts, an OperationOutcome when
 it fails, and a JSON array of those when the input holds several messages. Review the
 ``git diff`` of the expected files: that review is the check.
@@ -17,6 +19,7 @@ from gateway import Converter, Settings, dump_json, operation_outcome
 from gateway.envelope import Record
 
 GOLDEN = Path(__file__).resolve().parent
+EXAMPLES = GOLDEN.parents[1] / "examples"
 INPUT_SUFFIXES = {".hl7", ".txt", ".er7"}
 
 
@@ -26,6 +29,15 @@ def inputs() -> list[Path]:
 
 def expected_path(source: Path) -> Path:
     return source.with_name(source.stem + ".expected.json")
+
+
+def example_inputs() -> list[Path]:
+    return sorted(p for p in EXAMPLES.rglob("*") if p.suffix in INPUT_SUFFIXES)
+
+
+def example_output(source: Path) -> Path:
+    """examples/<kind>/<name>.hl7 → examples/<kind>/bundles/<name>.json"""
+    return source.parent / "bundles" / (source.stem + ".json")
 
 
 def outcome(record: Record) -> Any:
@@ -50,8 +62,10 @@ def make_converter() -> Converter:
 def main() -> int:
     converter = make_converter()
     changed = 0
-    for source in inputs():
-        target = expected_path(source)
+    pairs = [(s, expected_path(s)) for s in inputs()]
+    pairs += [(s, example_output(s)) for s in example_inputs()]
+    for source, target in pairs:
+        target.parent.mkdir(exist_ok=True)
         new = render(converter, source)
         if not target.exists() or target.read_bytes() != new:
             target.write_bytes(new)

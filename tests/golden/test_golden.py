@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from gateway import Converter
-from tests.golden.regenerate import expected_path, inputs, render
+from tests.golden.regenerate import example_inputs, example_output, expected_path, inputs, render
 from tests.jsondiff import differences
 
 CASES = inputs()
@@ -35,3 +35,11 @@ def test_golden(source: Path, converter: Converter) -> None:
     actual = orjson.loads(render(converter, source))
     diff = differences(expected, actual)
     assert not diff, "output differs from the golden file:\n" + "\n".join(diff[:40])
+
+
+@pytest.mark.parametrize("source", example_inputs(), ids=lambda p: p.name)
+def test_example_bundles_are_current(source: Path, converter: Converter) -> None:
+    target = example_output(source)
+    assert target.exists(), f"no {target}: run `make golden`"
+    diff = differences(orjson.loads(target.read_bytes()), orjson.loads(render(converter, source)))
+    assert not diff, "examples/ shows an outdated Bundle:\n" + "\n".join(diff[:40])

@@ -83,39 +83,72 @@ def _constant(value: Any) -> Fn:
 
 @dataclass
 class _Scope:
-    """Compile-time facts about the spec being compiled: the resource keys it references,
-    the variables it reads, and whether it reads anything beyond its own node."""
+    """Compile-time facts about the spec being compiled: what its result can depend on.
 
-    refs: set[str] = field(default_factory=set)
+    A spec reading only relative paths depends on its node's text; one reading paths
+    of its segment group (``PRD-7`` inside ``group: PRD``) on the group's segments; a
+    reference on the URL it resolves to. A path from the message root (``/MSH-7``)
+    could depend on anything: such specs are never memoised.
+    """
+
+    refs: set[str] = field(default_factory=set)  # literal resource keys referenced
+    ref_vars: set[str] = field(default_factory=set)  # variables naming referenced keys
     vars: set[str] = field(default_factory=set)
-    impure: bool = False  # absolute paths or references: the result depends on more than
-    #                      the node's text and the variables
+    segments: set[str] = field(default_factory=set)  # segments of its group it reads
+    rooted: bool = False  # reads from the message root: not memoisable
 
     def absorb(self, inner: _Scope) -> None:
         self.refs |= inner.refs
+        self.ref_vars |= inner.ref_vars
         self.vars |= inner.vars
-        self.impure = self.impure or inner.impure
+        self.segments |= inner.segments
+        self.rooted = self.rooted or inner.rooted
+
+    def path(self, path: str) -> None:
+        if path.startswith("/"):
+            self.rooted = True
+        elif not path.startswith("."):
+            self.segments.add(path[:3])
 
 
 _MEMO_SIZE = 4096  # results kept per pure fragment; the memo is cleared when full
 _MISS = object()
 
 
-def _memoised(fn: Fn, names: tuple[str, ...]) -> Fn:
-    """Remember a pure spec's results by (node text, node level, variables it reads).
+def _memoised(fn: Fn, scope: _Scope) -> Fn:
+    """Remember a spec's results by everything it can depend on (see _Scope).
 
-    Pure means: only relative paths, variables, constants and functions of static data
-    (the compiler proves it). Organisations, codings and practitioners recur in every
-    message of a feed, so their resources and data types are built once. Results are
-    shared and must never be changed afterwards (the Bundle builder copies before it
-    merges).
+    Organisations, codings and practitioners recur in every message of a feed, so their
+    resources and data types are built once. Results are shared and must never be
+    changed afterwards (gateway/shared.py; the Bundle builder copies before it merges).
     """
+    if scope.rooted:
+        return fn
+    names = tuple(sorted(scope.vars | scope.ref_vars))
+    refs = tuple(sorted(scope.refs))
+    ref_vars = tuple(sorted(scope.ref_vars))
+    segments = frozenset(scope.segments)
     memo: dict[Any, Any] = {}
 
     def cached(ctx: Ctx) -> Any:
         here = ctx.here
         try:
-            key = (here.text, here.level, ctx.tz, *(ctx.vars.get(n) for n in names))
+            key: tuple[Any, ...] = (
+                here.text,
+                here.level,
+                ctx.tz,
+                *(ctx.vars.get(n) for n in names),
+            )
+            if segments:
+                lines = ctx.view.group_key(here, segments)
+                if lines is None:
+                    return fn(ctx)
+                key += lines
+            if refs or ref_vars:
+                state = ctx.state
+                # every URL a ref/refs could return (refs(k)[0] is what ref(k) gives)
+                key += tuple(tuple(state.refs(k)) for k in refs)
+                key += tuple(tuple(state.refs(str(ctx.vars.get(v) or ""))) for v in ref_vars)
             found = memo.get(key, _MISS)
         except TypeError:  # an unhashable variable value: compute, do not remember
             return fn(ctx)
@@ -158,7 +191,7 @@ class Compiler:
             self._fragments[path] = _none  # guards against include cycles
             fn, scope = self._isolated(raw["value"], f"{path.name}: value")
             self._purity[path] = scope
-            self._fragments[path] = fn if scope.impure else _memoised(fn, tuple(sorted(scope.vars)))
+            self._fragments[path] = _memoised(fn, scope)
         self._scope.absorb(self._purity.get(path, _Scope()))
         return self._fragments[path]
 
@@ -180,8 +213,7 @@ class Compiler:
                 )
             fields, scope = self._isolated(raw["fields"], f"{path.name}: fields")
             refs = scope.refs
-            if not scope.impure:
-                fields = _memoised(fields, tuple(sorted(scope.vars)))
+            fields = _memoised(fields, scope)
             identity = raw.get("identity") or {}
             self._templates[path] = ResourceTemplate(
                 resource_type=str(raw["resourceType"]),
@@ -242,7 +274,7 @@ class Compiler:
 
     def _object(self, spec: dict[str, Any], where: str) -> Fn:
         if "reference" in spec:
-            self._scope.impure = True  # the reference check must see every reference
+            self._scope.rooted = True  # a literal reference: the reference check must see it
         items = [(str(k), self.spec(v, f"{where}.{k}")) for k, v in spec.items()]
 
         def build(ctx: Ctx) -> Any:
@@ -318,8 +350,8 @@ class Compiler:
             self._check(alt, where)
         many = any("*" in a for a in alts)
         sep = spec.get("sep")
-        if not all(a.startswith(".") for a in alts):
-            self._scope.impure = True
+        for alt in alts:
+            self._scope.path(alt)
         leaf = self._leaf(spec, where)
         missing = self._missing(spec, " or ".join(alts))
 
@@ -362,9 +394,9 @@ class Compiler:
 
     def _ref_key(self, key: str) -> Callable[[Ctx], str]:
         """A literal key is checked at load time; ``$name`` takes the key from a variable."""
-        self._scope.impure = True  # references depend on what the Bundle already holds
         if key.startswith("$"):
             name = key[1:]
+            self._scope.ref_vars.add(name)
             return lambda ctx: str(ctx.vars.get(name) or "")
         self._scope.refs.add(key)
         return lambda ctx: key
@@ -438,8 +470,7 @@ class Compiler:
         at = [a.strip() for a in str(spec["at"]).split("|")] if "at" in spec else None
         for alt in at or ():
             self._check(alt, where)
-            if not alt.startswith("."):
-                self._scope.impure = True
+            self._scope.path(alt)
         extra = {
             str(k): self.spec(v, f"{where}.with.{k}") for k, v in (spec.get("with") or {}).items()
         }
@@ -459,8 +490,7 @@ class Compiler:
     def _each(self, spec: dict[str, Any], where: str) -> Fn:
         selector = str(spec["each"])
         self._check(selector, where)
-        if not selector.startswith("."):
-            self._scope.impure = True
+        self._scope.path(selector)
         body_spec = (
             spec["do"]
             if "do" in spec

@@ -61,6 +61,7 @@ class Message:
     charset: str  # the codec actually used
     declared_charset: str | None
     warnings: list[str] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)  # each segment's text, as decoded
 
     @property
     def control_id(self) -> str:
@@ -259,6 +260,7 @@ def parse_message(
     separators = fs + (enc + "^~\\&"[len(enc) :])[:4]
     segments: list[list[str]] = []
     positions: dict[str, list[int]] = {}
+    lines: list[str] = []
     for n, line in enumerate(text.split("\r")):
         if not line:
             continue
@@ -275,7 +277,8 @@ def parse_message(
             fields.insert(1, fs)  # MSH-1 *is* the separator; MSH-2 the encoding characters
         positions.setdefault(name, []).append(len(segments))
         segments.append(fields)
-    message = Message(segments, positions, separators, decoded.codec, declared)
+        lines.append(line)
+    message = Message(segments, positions, separators, decoded.codec, declared, lines=lines)
     if decoded.note:
         message.warnings.append(decoded.note)
     _check_header(message)

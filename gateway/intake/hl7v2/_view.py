@@ -85,6 +85,19 @@ class Hl7View:
         self._fs, self._cs, self._rs, self._es, self._ss = fs, cs, rs, es, ss
         self._escapes = {"F": fs, "S": cs, "T": ss, "R": rs, "E": es, ".br": "\n", ".sp": "\n"}
 
+    def group_key(self, here: Position, segments: frozenset[str]) -> tuple[str, ...] | None:
+        """The text of the named segments inside ``here``'s group: all that a spec reading
+        only those segments of that group can depend on (the engine memoises on it).
+        None for the whole message, where memoising would not pay."""
+        if here.start == 0 and here.end == len(self.message.segments):
+            return None
+        lines = self.message.lines
+        return tuple(
+            lines[i]
+            for name in sorted(segments)
+            for i in self._in_range(name, here.start, here.end)
+        )
+
     # -- groups and nodes (for 'each' and 'at') ----------------------------------------
     def select(self, path: str, here: Position) -> list[Position]:
         """Groups for a bare segment name, otherwise the nodes at ``path``."""

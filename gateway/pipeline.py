@@ -19,7 +19,7 @@ from .intake import FORMATS, detect_format
 from .intake.hl7v2 import Hl7View, RawMessage, check_path, parse_message, split_messages
 from .mapping import Env, MappingSet, Terminology
 from .network import Network
-from .validation import check_references, validate_bundle
+from .validation import check_bundle
 
 __all__ = ["Converter", "dump_json"]
 
@@ -82,9 +82,7 @@ class Converter:
             record.issues.append(err.with_record(record.label).issue)
             return record
         record.issues.extend(_named(w, record.label) for w in warnings)
-        problems = check_references(bundle)
-        if self.settings.validate:
-            problems += validate_bundle(bundle)
+        problems = check_bundle(bundle, self.settings.validate)
         if problems:
             record.issues.extend(_named(p, record.label) for p in problems)
             return record

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 from urllib.parse import quote
 from uuid import NAMESPACE_URL, uuid5
@@ -23,6 +24,7 @@ __all__ = ["NAMESPACE", "BundleBuilder", "ResourceTemplate", "resource_id"]
 NAMESPACE = uuid5(NAMESPACE_URL, "urn:fhir-gateway:resource-id")
 
 
+@lru_cache(maxsize=65536)  # organisations and staff recur in every message
 def resource_id(resource_type: str, system: str, value: str) -> str:
     return str(uuid5(NAMESPACE, f"{resource_type}|{system}|{value}"))
 
@@ -39,6 +41,7 @@ class ResourceTemplate:
     location: str | None = None  # where the identifier comes from, for errors
 
 
+@lru_cache(maxsize=65536)
 def _search_escape(text: str) -> str:
     # FHIR search: \ , $ | are escaped with a backslash inside a token, then URL-encoded.
     for ch in ("\\", ",", "$", "|"):

@@ -33,7 +33,7 @@ from pydantic import ValidationError as PydanticError
 from ..errors import Issue, shape
 from ..shared import is_shared
 
-__all__ = ["check_references", "validate_bundle", "validate_resource"]
+__all__ = ["check_bundle", "check_references", "validate_bundle", "validate_resource"]
 
 _MAX_SKELETONS = 50_000  # a few KB each at most; a mapping makes a handful per type
 
@@ -116,6 +116,7 @@ class _Walker:
     remembered: system URIs, codes and displays repeat in every message."""
 
     def __init__(self) -> None:
+        self.references: list[str] = []  # reference strings met by the walks since reset
         self._accepted: set[tuple[int, type, Any]] = set()
         self._shared: dict[tuple[Any, int], tuple[Any, Any]] = {}  # (model, id) → (obj, skeleton)
 
@@ -142,6 +143,8 @@ class _Walker:
             check = fields.get(key)
             if check is None:
                 raise _Invalid(key)
+            if key == "reference" and isinstance(value, str):
+                self.references.append(value)
             if isinstance(value, list):
                 out.append((key, "[]", frozenset(self._item(check, v) for v in value)))
             else:
@@ -173,13 +176,15 @@ class _Walker:
 class _Skeletons:
     def __init__(self) -> None:
         self._known: set[Any] = set()
-        self._walker = _Walker()
+        self.walker = _Walker()
+        self.complete = True  # every resource since reset was walked to the end
 
     def validate(self, model: Any, data: dict[str, Any], prefix: str) -> list[Issue]:
         try:
-            key = (model, self._walker.skeleton(model, data))
+            key = (model, self.walker.skeleton(model, data))
         except (_Invalid, KeyError):
             key = None
+            self.complete = False
         if key is not None and key in self._known:
             return []
         issues = _model_issues(model, data, prefix)
@@ -200,6 +205,25 @@ def validate_resource(resource: dict[str, Any], prefix: str | None = None) -> li
     except KeyError:
         return [Issue("validation.structure", f"unknown resourceType {rtype!r}", location=where)]
     return _SKELETONS.validate(model, resource, where)
+
+
+def check_bundle(bundle: dict[str, Any], validate: bool = True) -> list[Issue]:
+    """Reference integrity, and the R4B models' verdict when ``validate``.
+
+    The validating walk collects the references it meets (memoised fragments hold none),
+    so the separate reference walk runs only when that walk stopped early or found a
+    reference to place in an error.
+    """
+    if not validate:
+        return check_references(bundle)
+    walker = _SKELETONS.walker
+    walker.references = []
+    _SKELETONS.complete = True
+    issues = validate_bundle(bundle)
+    urls = {e.get("fullUrl") for e in bundle.get("entry", []) if isinstance(e, dict)}
+    if not _SKELETONS.complete or any(ref not in urls for ref in walker.references):
+        issues += check_references(bundle)
+    return issues
 
 
 def validate_bundle(bundle: dict[str, Any]) -> list[Issue]:

@@ -91,3 +91,16 @@ def test_dangling_reference_is_reported(bundle: dict[str, Any]) -> None:
     assert issue.code == "validation.dangling-reference" and issue.location.endswith(
         ".subject.reference"
     )
+
+
+def test_check_bundle_finds_a_dangling_reference_with_and_without_validation(
+    bundle: dict[str, Any],
+) -> None:
+    from gateway.validation import check_bundle
+
+    assert check_bundle(bundle) == [] and check_bundle(bundle, validate=False) == []
+    broken = copy.deepcopy(bundle)
+    _resource(broken, "ServiceRequest")["subject"] = {"reference": "urn:uuid:nowhere"}
+    for validate in (True, False):
+        [issue] = check_bundle(broken, validate)
+        assert issue.code == "validation.dangling-reference"

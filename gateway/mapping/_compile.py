@@ -9,15 +9,15 @@ docs/mapping-language.md.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..datafiles import load_data_file
 from ..errors import ConfigError, MappingError
-from ..shared import share
 from ._bundle import BundleBuilder, ResourceTemplate
 from ._functions import FUNCTIONS, Env
+from ._memo import Scope, memoised
 from ._types import CONVERTERS, convert
 
 __all__ = ["Compiler", "Ctx", "Fn"]
@@ -81,88 +81,6 @@ def _constant(value: Any) -> Fn:
     return lambda ctx: value
 
 
-@dataclass
-class _Scope:
-    """Compile-time facts about the spec being compiled: what its result can depend on.
-
-    A spec reading only relative paths depends on its node's text; one reading paths
-    of its segment group (``PRD-7`` inside ``group: PRD``) on the group's segments; a
-    reference on the URL it resolves to. A path from the message root (``/MSH-7``)
-    could depend on anything: such specs are never memoised.
-    """
-
-    refs: set[str] = field(default_factory=set)  # literal resource keys referenced
-    ref_vars: set[str] = field(default_factory=set)  # variables naming referenced keys
-    vars: set[str] = field(default_factory=set)
-    segments: set[str] = field(default_factory=set)  # segments of its group it reads
-    rooted: bool = False  # reads from the message root: not memoisable
-
-    def absorb(self, inner: _Scope) -> None:
-        self.refs |= inner.refs
-        self.ref_vars |= inner.ref_vars
-        self.vars |= inner.vars
-        self.segments |= inner.segments
-        self.rooted = self.rooted or inner.rooted
-
-    def path(self, path: str) -> None:
-        if path.startswith("/"):
-            self.rooted = True
-        elif not path.startswith("."):
-            self.segments.add(path[:3])
-
-
-_MEMO_SIZE = 4096  # results kept per pure fragment; the memo is cleared when full
-_MISS = object()
-
-
-def _memoised(fn: Fn, scope: _Scope) -> Fn:
-    """Remember a spec's results by everything it can depend on (see _Scope).
-
-    Organisations, codings and practitioners recur in every message of a feed, so their
-    resources and data types are built once. Results are shared and must never be
-    changed afterwards (gateway/shared.py; the Bundle builder copies before it merges).
-    """
-    if scope.rooted:
-        return fn
-    names = tuple(sorted(scope.vars | scope.ref_vars))
-    refs = tuple(sorted(scope.refs))
-    ref_vars = tuple(sorted(scope.ref_vars))
-    segments = frozenset(scope.segments)
-    memo: dict[Any, Any] = {}
-
-    def cached(ctx: Ctx) -> Any:
-        here = ctx.here
-        try:
-            key: tuple[Any, ...] = (
-                here.text,
-                here.level,
-                ctx.tz,
-                *(ctx.vars.get(n) for n in names),
-            )
-            if segments:
-                lines = ctx.view.group_key(here, segments)
-                if lines is None:
-                    return fn(ctx)
-                key += lines
-            if refs or ref_vars:
-                state = ctx.state
-                # every URL a ref/refs could return (refs(k)[0] is what ref(k) gives)
-                key += tuple(tuple(state.refs(k)) for k in refs)
-                key += tuple(tuple(state.refs(str(ctx.vars.get(v) or ""))) for v in ref_vars)
-            found = memo.get(key, _MISS)
-        except TypeError:  # an unhashable variable value: compute, do not remember
-            return fn(ctx)
-        if found is _MISS:
-            found = fn(ctx)
-            if len(memo) >= _MEMO_SIZE:
-                memo.clear()
-            memo[key] = found
-            share(found)
-        return found
-
-    return cached
-
-
 class Compiler:
     """Turns specs from one format folder (e.g. mappings/hl7v2) into closures."""
 
@@ -172,8 +90,8 @@ class Compiler:
         self._check_path = check_path
         self._fragments: dict[Path, Fn] = {}
         self._templates: dict[Path, ResourceTemplate] = {}
-        self._purity: dict[Path, _Scope] = {}
-        self._scope = _Scope()
+        self._purity: dict[Path, Scope] = {}
+        self._scope = Scope()
 
     # -- files -----------------------------------------------------------------------------
     def _file(self, rel: str, where: str) -> Path:
@@ -191,13 +109,13 @@ class Compiler:
             self._fragments[path] = _none  # guards against include cycles
             fn, scope = self._isolated(raw["value"], f"{path.name}: value")
             self._purity[path] = scope
-            self._fragments[path] = _memoised(fn, scope)
-        self._scope.absorb(self._purity.get(path, _Scope()))
+            self._fragments[path] = memoised(fn, scope)
+        self._scope.absorb(self._purity.get(path, Scope()))
         return self._fragments[path]
 
-    def _isolated(self, spec: Any, where: str) -> tuple[Fn, _Scope]:
+    def _isolated(self, spec: Any, where: str) -> tuple[Fn, Scope]:
         """Compile ``spec`` and return what it reads, without leaking into the caller."""
-        outer, self._scope = self._scope, _Scope()
+        outer, self._scope = self._scope, Scope()
         try:
             return self.spec(spec, where), self._scope
         finally:
@@ -213,7 +131,7 @@ class Compiler:
                 )
             fields, scope = self._isolated(raw["fields"], f"{path.name}: fields")
             refs = scope.refs
-            fields = _memoised(fields, scope)
+            fields = memoised(fields, scope)
             identity = raw.get("identity") or {}
             self._templates[path] = ResourceTemplate(
                 resource_type=str(raw["resourceType"]),

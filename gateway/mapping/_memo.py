@@ -1,0 +1,99 @@
+"""What a compiled spec depends on, and the memo of specs whose result is a function of
+that alone.
+
+The compiler fills a :class:`Scope` while it compiles a fragment or template. A spec
+reading only relative paths depends on its node's text; one reading paths of its
+segment group (``PRD-7`` inside ``group: PRD``) on those segments of the group; a
+reference on the URLs it resolves to; and every spec on the variables it reads. A
+path from the message root (``/MSH-7``) could depend on anything: such specs are
+never memoised.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..shared import share
+
+if TYPE_CHECKING:
+    from ._compile import Ctx
+
+__all__ = ["Scope", "memoised"]
+
+
+@dataclass
+class Scope:
+    """Compile-time facts about the spec being compiled: what its result can depend on."""
+
+    refs: set[str] = field(default_factory=set)  # literal resource keys referenced
+    ref_vars: set[str] = field(default_factory=set)  # variables naming referenced keys
+    vars: set[str] = field(default_factory=set)
+    segments: set[str] = field(default_factory=set)  # segments of its group it reads
+    rooted: bool = False  # reads from the message root: not memoisable
+
+    def absorb(self, inner: Scope) -> None:
+        self.refs |= inner.refs
+        self.ref_vars |= inner.ref_vars
+        self.vars |= inner.vars
+        self.segments |= inner.segments
+        self.rooted = self.rooted or inner.rooted
+
+    def path(self, path: str) -> None:
+        if path.startswith("/"):
+            self.rooted = True
+        elif not path.startswith("."):
+            self.segments.add(path[:3])
+
+
+_MEMO_SIZE = 4096  # results kept per pure fragment; the memo is cleared when full
+_MISS = object()
+
+
+def memoised(fn: Callable[[Ctx], Any], scope: Scope) -> Callable[[Ctx], Any]:
+    """Remember a spec's results by everything it can depend on (see Scope).
+
+    Organisations, codings and practitioners recur in every message of a feed, so their
+    resources and data types are built once. Results are shared and must never be
+    changed afterwards (gateway/shared.py; the Bundle builder copies before it merges).
+    """
+    if scope.rooted:
+        return fn
+    names = tuple(sorted(scope.vars | scope.ref_vars))
+    refs = tuple(sorted(scope.refs))
+    ref_vars = tuple(sorted(scope.ref_vars))
+    segments = frozenset(scope.segments)
+    memo: dict[Any, Any] = {}
+
+    def cached(ctx: Ctx) -> Any:
+        here = ctx.here
+        try:
+            key: tuple[Any, ...] = (
+                here.text,
+                here.level,
+                ctx.tz,
+                *(ctx.vars.get(n) for n in names),
+            )
+            if segments:
+                lines = ctx.view.group_key(here, segments)
+                if lines is None:
+                    return fn(ctx)
+                key += lines
+            if refs or ref_vars:
+                state = ctx.state
+                # every URL a ref/refs could return (refs(k)[0] is what ref(k) gives)
+                key += tuple(tuple(state.refs(k)) for k in refs)
+                key += tuple(tuple(state.refs(str(ctx.vars.get(v) or ""))) for v in ref_vars)
+            found = memo.get(key, _MISS)
+        except TypeError:  # an unhashable variable value: compute, do not remember
+            return fn(ctx)
+        if found is _MISS:
+            found = fn(ctx)
+            if len(memo) >= _MEMO_SIZE:
+                memo.clear()
+            memo[key] = found
+            share(found)
+        return found
+
+    return cached

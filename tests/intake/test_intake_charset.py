@@ -319,3 +319,9 @@ def test_decode_strict() -> None:
     mislabelled = decode_strict("王".encode(), "latin-1", declared="8859/1", location="MSH-18")
     assert (mislabelled.text, mislabelled.codec) == ("王", "utf-8")
     assert mislabelled.note is not None
+
+
+def test_plain_utf16_name_is_refused_as_unsupported() -> None:
+    with pytest.raises(IntakeError) as err:
+        codec_for("UTF-16", location="MSH-18")
+    assert err.value.code == "intake.charset-unsupported"

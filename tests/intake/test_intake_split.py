@@ -240,3 +240,15 @@ def test_utf16_or_utf32_text_is_an_unsupported_charset_not_binary(codec: str) ->
     err = only_error(split_messages(data))
     assert err.code == "intake.charset-unsupported"
     assert "UTF-8" in str(err)
+
+
+def test_dos_end_of_file_mark_is_not_content() -> None:
+    data = b"MSH|^~\\&|A|NSCH|B|C|20260101||ADT^A01|C1|P|2.5\rPID|1||X^^^NSCH^MR\r\x1a"
+    [raw] = split_messages(data)
+    assert raw.error is None and len(raw.segments) == 2
+
+
+def test_bom_before_the_first_mllp_frame() -> None:
+    msg = b"MSH|^~\\&|A|NSCH|B|C|20260101||ADT^A01|C1|P|2.5\rPID|1\r"
+    [raw] = split_messages(b"\xef\xbb\xbf\x0b" + msg + b"\x1c\r")
+    assert raw.error is None and raw.segments[0].startswith(b"MSH")

@@ -92,6 +92,8 @@ def _frames(data: bytes) -> Iterator[tuple[bytes, int, IntakeError | None]]:
     own (an unframed message, or text that ``_split_frame`` reports), never dropped.
     """
     stripped = data.lstrip(b" \t\r\n")
+    if stripped.startswith(_BOM + b"\x0b"):  # a BOM written before the first frame
+        stripped = stripped[len(_BOM) :]
     if not stripped.startswith(b"\x0b"):
         yield data, 1, None
         return
@@ -122,6 +124,8 @@ def split_messages(data: bytes) -> list[RawMessage]:
     A part that cannot be a message (binary data, no MSH) is returned with ``error``
     set, so one bad record does not stop the batch.
     """
+    # A Ctrl-Z at the very end is a DOS end-of-file mark, not content.
+    data = data.rstrip(b"\x1a")
     if _UTF16.match(data):
         err = IntakeError(
             "charset-unsupported",

@@ -98,7 +98,7 @@ def cmd_convert(args: argparse.Namespace, settings: Settings) -> int:
     records: list[Record] = []
     used: set[str] = set()
     for source, data in inputs:
-        for record in converter.iter_convert(data, source, args.format):
+        for record in converter.iter_convert(data, source, args.format, trace=args.unmapped):
             records.append(record)
             progress.step(record)
             if record.bundle_json is not None and to_dir:
@@ -111,6 +111,10 @@ def cmd_convert(args: argparse.Namespace, settings: Settings) -> int:
         for issue in record.issues:
             if not args.quiet or issue.severity != "warning":
                 print(issue.line(), file=sys.stderr)
+        if record.unmapped:
+            print(
+                f"info: {record.label}: not mapped: {', '.join(record.unmapped)}", file=sys.stderr
+            )
     if not to_dir and good:
         if out is not None and len(good) > 1:
             print(
@@ -177,6 +181,11 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("-o", "--output", help="output file (one message) or folder (many)")
     convert.add_argument("--progress", action="store_true", help="show progress even off a TTY")
     convert.add_argument("-q", "--quiet", action="store_true", help="hide warnings")
+    convert.add_argument(
+        "--unmapped",
+        action="store_true",
+        help="list, per message, the fields holding data that no mapping read",
+    )
     convert.set_defaults(func=cmd_convert)
 
     demo = sub.add_parser("demo", help="run the demo network's records through the gateway")

@@ -29,6 +29,7 @@ class Record:
     bundle: dict[str, Any] | None = None
     bundle_json: bytes | None = None
     issues: list[Issue] = field(default_factory=list)
+    unmapped: list[str] | None = None  # fields holding data that no mapping read (traced)
 
     @property
     def sha256(self) -> str:

@@ -40,12 +40,16 @@ class Converter:
     def message_types(self) -> list[str]:
         return self.hl7v2.types
 
-    def convert(self, data: bytes, source: str | None = None, fmt: str = "auto") -> list[Record]:
-        return list(self.iter_convert(data, source, fmt))
+    def convert(
+        self, data: bytes, source: str | None = None, fmt: str = "auto", trace: bool = False
+    ) -> list[Record]:
+        return list(self.iter_convert(data, source, fmt, trace))
 
     def iter_convert(
-        self, data: bytes, source: str | None = None, fmt: str = "auto"
+        self, data: bytes, source: str | None = None, fmt: str = "auto", trace: bool = False
     ) -> Iterator[Record]:
+        """One Record per message. ``trace`` also lists, on each Record, the input fields
+        holding data that no mapping read (slower: the memo steps aside)."""
         kind = detect_format(data) if fmt == "auto" else fmt
         if kind == "unknown":
             # The HL7 v2 reader says precisely what is wrong (no MSH, binary data, ...).
@@ -58,9 +62,11 @@ class Converter:
             yield record
             return
         for raw in split_messages(data):
-            yield self.convert_hl7v2(raw, source)
+            yield self.convert_hl7v2(raw, source, trace)
 
-    def convert_hl7v2(self, raw: RawMessage, source: str | None = None) -> Record:
+    def convert_hl7v2(
+        self, raw: RawMessage, source: str | None = None, trace: bool = False
+    ) -> Record:
         record = Record(raw.data if raw.segments else b"", source, raw.index, raw.line, "hl7v2")
         try:
             message = parse_message(raw, self.network.charset)
@@ -73,7 +79,12 @@ class Converter:
                     Issue("intake.charset-mislabelled", note, record.label, "MSH-18", "warning")
                 )
             mapping = self.hl7v2.for_type(message.message_type)
-            bundle, warnings = mapping.run(Hl7View(message), self.env, self.settings.timezone)
+            view = Hl7View(message)
+            if trace:
+                view.trace()
+            bundle, warnings = mapping.run(view, self.env, self.settings.timezone)
+            if trace:
+                record.unmapped = view.unmapped()
         except GatewayError as exc:
             record.issues.append(exc.with_record(record.label).issue)
             return record

@@ -67,6 +67,9 @@ def main() -> int:
     for source, target in pairs:
         target.parent.mkdir(exist_ok=True)
         new = render(converter, source)
+        for record in converter.convert(source.read_bytes(), source=source.name, trace=True):
+            if record.unmapped:  # what the mappings leave behind: worth a look in review
+                print(f"  {record.label}: not mapped: {', '.join(record.unmapped)}")
         if not target.exists() or target.read_bytes() != new:
             target.write_bytes(new)
             changed += 1

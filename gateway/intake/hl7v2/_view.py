@@ -84,6 +84,35 @@ class Hl7View:
         fs, cs, rs, es, ss = tuple(message.separators)
         self._fs, self._cs, self._rs, self._es, self._ss = fs, cs, rs, es, ss
         self._escapes = {"F": fs, "S": cs, "T": ss, "R": rs, "E": es, ".br": "\n", ".sp": "\n"}
+        # (segment index, field) pairs read so far, when tracing what the mapping used
+        self.read: set[tuple[int, int]] | None = None
+
+    @property
+    def tracing(self) -> bool:
+        return self.read is not None
+
+    def trace(self) -> None:
+        """Start recording which fields are read (see :meth:`unmapped`). The header fields
+        intake itself uses (type, control id, version, charset) count as read."""
+        self.read = {(0, 9), (0, 10), (0, 12), (0, 18)}
+
+    def unmapped(self) -> list[str]:
+        """Segments and fields holding data that nothing read, e.g. ``['AL1', 'PID-10']``:
+        what a mapping leaves behind. Needs :meth:`trace` before the mapping ran."""
+        read = self.read or set()
+        touched = {seg for seg, _ in read}
+        out = []
+        for index, fields in enumerate(self.message.segments):
+            name = fields[0]
+            label = self._segment_label(name, index)
+            if index not in touched:
+                if name not in ("MSH",) and any(fields[1:]):
+                    out.append(label)
+                continue
+            first = 3 if name == "MSH" else 1  # MSH-1/2 are the delimiters
+            out += [f"{label}-{n}" for n in range(first, len(fields))
+                    if fields[n] and (index, n) not in read]
+        return out
 
     def group_key(self, here: Position, segments: frozenset[str]) -> tuple[str, ...] | None:
         """The text of the named segments inside ``here``'s group: all that a spec reading
@@ -166,6 +195,8 @@ class Hl7View:
             if i >= len(found) or found[i] >= end or p.occurrence == _ALL:
                 return self._first_slow(path, here) if p.occurrence == _ALL else None
             fields = self.message.segments[found[i]]
+            if self.read is not None:
+                self.read.add((found[i], p.field))
             if p.field >= len(fields):
                 return None
             raw = fields[p.field]
@@ -267,6 +298,8 @@ class Hl7View:
         self, p: _Path, seg_index: int, seg_label: str, every: bool = False
     ) -> list[Position]:
         fields = self.message.segments[seg_index]
+        if self.read is not None:
+            self.read.add((seg_index, p.field))
         if p.field >= len(fields) or not fields[p.field]:
             return []
         raw = fields[p.field]

@@ -199,7 +199,8 @@ class Compiler:
             out: dict[str, Any] = {}
             for key, fn in items:
                 value = fn(ctx)
-                if not _empty(value):
+                # _empty(value), inlined: this loop runs for every element of every resource
+                if value is not None and value != "" and value != [] and value != {}:
                     out[key] = value
             return out or None
 
@@ -395,10 +396,13 @@ class Compiler:
 
         def positioned(ctx: Ctx) -> Any:
             if at is not None:
-                nodes = next((n for n in (ctx.view.select(a, ctx.here) for a in at) if n), None)
-                if not nodes:
+                for alt in at:
+                    nodes = ctx.view.select(alt, ctx.here)
+                    if nodes:
+                        ctx = ctx.at(nodes[0])
+                        break
+                else:
                     return None
-                ctx = ctx.at(nodes[0])
             if extra:
                 ctx = ctx.with_vars({k: fn(ctx) for k, fn in extra.items()})
             return body(ctx)

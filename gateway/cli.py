@@ -156,7 +156,12 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     app = create_app(settings)
     host = args.host or settings.host
     port = args.port or settings.port
-    print(f"gateway API on http://{host}:{port} (GATEWAY_HOME={settings.home})", file=sys.stderr)
+    tokens = settings.api_token_file or settings.secrets_dir / "api-tokens"
+    print(
+        f"gateway API on http://{host}:{port} (GATEWAY_HOME={settings.home}); "
+        f"bearer tokens: {tokens}",
+        file=sys.stderr,
+    )
     uvicorn.run(app, host=host, port=port, log_level="info")
     return 0
 

@@ -16,7 +16,14 @@ from .config import Settings
 from .envelope import Record
 from .errors import GatewayError, IntakeError, Issue
 from .intake import FORMATS, detect_format
-from .intake.hl7v2 import Hl7View, RawMessage, check_path, parse_message, split_messages
+from .intake.hl7v2 import (
+    Hl7View,
+    RawMessage,
+    check_path,
+    parse_message,
+    peek_control_id,
+    split_messages,
+)
 from .mapping import Env, MappingSet, Terminology
 from .network import Network
 from .validation import check_bundle
@@ -68,6 +75,7 @@ class Converter:
         self, raw: RawMessage, source: str | None = None, trace: bool = False
     ) -> Record:
         record = Record(raw.data if raw.segments else b"", source, raw.index, raw.line, "hl7v2")
+        record.control_id = peek_control_id(raw)  # names the message even if decoding fails
         try:
             message = parse_message(raw, self.network.charset)
             record.charset = message.charset

@@ -153,3 +153,13 @@ def test_bundle_json_is_the_bundle_as_utf8_json(converter: Converter) -> None:
     assert record.bundle_json is not None
     assert orjson.loads(record.bundle_json) == record.bundle
     assert record.bundle_json.endswith(b"\n") and "許".encode() in record.bundle_json
+
+
+def test_a_message_that_cannot_be_decoded_is_still_named_by_its_control_id(
+    converter: Converter,
+) -> None:
+    data = b"MSH|^~\\&|A|B|C|D|20260101||REF^I12|CTRL-77|P|2.5|||||CHN|KLINGON\rPID|1\r"
+    [record] = converter.convert(data, source="inbox.hl7")
+    [error] = record.errors
+    assert error.code == "intake.charset-unknown"
+    assert error.record == "inbox.hl7, message CTRL-77"

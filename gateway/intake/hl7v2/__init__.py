@@ -1,6 +1,6 @@
 """HL7 v2 ER7 intake: framing, charsets, tokenising and terser-path look-ups."""
 
-from ._er7 import Message, RawMessage, parse_message, split_messages
+from ._er7 import Message, RawMessage, parse_message, peek_control_id, split_messages
 from ._view import Hl7View, Position, check_path
 
 __all__ = [
@@ -10,5 +10,6 @@ __all__ = [
     "RawMessage",
     "check_path",
     "parse_message",
+    "peek_control_id",
     "split_messages",
 ]

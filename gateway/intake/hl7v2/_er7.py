@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from ...errors import IntakeError, shape
 from .._charset import Decoded, codec_for, decode_strict
 
-__all__ = ["Message", "RawMessage", "parse_message", "split_messages"]
+__all__ = ["Message", "RawMessage", "parse_message", "peek_control_id", "split_messages"]
 
 _BOM = b"\xef\xbb\xbf"
 _SEGMENT_NAME = re.compile(r"[A-Z][A-Z0-9]{2}\Z")
@@ -192,6 +192,19 @@ def _split_frame(payload: bytes, first_line: int, out: list[RawMessage]) -> None
                 ),
             )
             out.append(orphan)
+
+
+def peek_control_id(raw: RawMessage) -> str | None:
+    """MSH-10 read from the raw bytes, to name a message whose decoding failed. Control
+    ids are ASCII in practice; anything else gives None and the message keeps its
+    position as its name."""
+    if raw.error is not None or not raw.segments or len(raw.segments[0]) < 8:
+        return None
+    msh = raw.segments[0]
+    parts = msh.split(msh[3:4])
+    if len(parts) < 10 or not parts[9].isascii():
+        return None
+    return parts[9].decode("ascii").strip() or None
 
 
 def _declared_charset(msh: bytes) -> str | None:

@@ -110,8 +110,11 @@ class Hl7View:
                     out.append(label)
                 continue
             first = 3 if name == "MSH" else 1  # MSH-1/2 are the delimiters
-            out += [f"{label}-{n}" for n in range(first, len(fields))
-                    if fields[n] and (index, n) not in read]
+            out += [
+                f"{label}-{n}"
+                for n in range(first, len(fields))
+                if fields[n] and (index, n) not in read
+            ]
         return out
 
     def group_key(self, here: Position, segments: frozenset[str]) -> tuple[str, ...] | None:

@@ -215,6 +215,10 @@ def main(argv: list[str] | None = None) -> int:
     except GatewayError as exc:
         print(exc.issue.line(), file=sys.stderr)
         return 2
+    except OSError as exc:  # an output that cannot be written, a folder that is a file, ...
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"error: cannot write{where}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
 

@@ -6,6 +6,7 @@ docs/configuration.md; a fresh GATEWAY_HOME with no file runs on the demo networ
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -62,7 +63,7 @@ class Settings:
             name = f"GATEWAY_{f.name.upper()}"
             if name in env and f.name != "home":
                 values[f.name] = env[name]
-        known = {f.name for f in fields(cls)}
+        known = {f.name for f in fields(cls)} - {"home"}  # home is where the file is
         unknown = set(values) - known
         if unknown:
             raise ConfigError(
@@ -76,11 +77,21 @@ def _coerce(name: str, value: Any, home: Path) -> Any:
     if name in ("network", "mappings", "api_token_file"):
         path = Path(str(value)).expanduser()
         return path if path.is_absolute() else home / path
+    if name == "validate" and isinstance(value, bool):
+        return value
     if name == "validate":
-        return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
+        text = str(value).lower()
+        if text not in ("1", "true", "yes", "0", "false", "no"):
+            raise ConfigError("bad-setting", f"validate must be true or false, not {value!r}")
+        return text in ("1", "true", "yes")
     if name == "port":
         try:
-            return int(value)
-        except ValueError:
+            port = int(value)
+        except (TypeError, ValueError):
             raise ConfigError("bad-setting", f"port must be a number, not {value!r}") from None
+        if not 0 < port < 65536:
+            raise ConfigError("bad-setting", f"port must be 1–65535, not {port}")
+        return port
+    if name == "timezone" and not re.fullmatch(r"[+-](?:0\d|1[0-4]):[0-5]\d|Z", str(value)):
+        raise ConfigError("bad-setting", f"timezone must be an offset like +08:00, not {value!r}")
     return str(value)

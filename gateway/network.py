@@ -43,8 +43,6 @@ class Network:
         self.source = source
         self._by_facility = {i.facility.upper(): i for i in institutions}
         self._by_key = {i.key: i for i in institutions}
-        self.practitioners: list[dict[str, Any]] = []
-        self.patients: list[dict[str, Any]] = []
 
     @classmethod
     def load(cls, path: Path) -> Network:
@@ -53,6 +51,11 @@ class Network:
             raise ConfigError("network", f"{path}: expected a mapping with an 'institutions' list")
         institutions = []
         for n, entry in enumerate(raw["institutions"], 1):
+            names = entry.get("name") if isinstance(entry, dict) else None
+            if names is not None and not isinstance(names, dict):
+                raise ConfigError(
+                    "network", f"{path}: institution #{n}: 'name' must map languages to names"
+                )
             try:
                 institutions.append(
                     Institution(
@@ -71,8 +74,6 @@ class Network:
                     "network", f"{path}: institution #{n} lacks {exc} (key, facility, base)"
                 ) from None
         network = cls(institutions, path)
-        network.practitioners = list(raw.get("practitioners") or [])
-        network.patients = list(raw.get("patients") or [])
         return network
 
     def institution(self, facility: str | None) -> Institution | None:
@@ -88,6 +89,3 @@ class Network:
     def charset(self, facility: str) -> str | None:
         inst = self.institution(facility)
         return inst.charset if inst else None
-
-    def __iter__(self):  # type: ignore[no-untyped-def]
-        return iter(self._by_key.values())

@@ -11,11 +11,15 @@ validated, 401 without a valid token, 413 for oversized bodies.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..config import Settings
@@ -27,7 +31,7 @@ from ._auth import TokenSet, load_tokens
 __all__ = ["create_app"]
 
 FHIR_JSON = "application/fhir+json"
-MAX_BODY = 16 * 1024 * 1024  # a referral with embedded documents stays far below this
+MAX_BODY = 4 * 1024 * 1024  # a referral with embedded documents stays far below this
 
 
 def _fhir(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -95,6 +99,42 @@ def create_app(
     def capability() -> Response:
         return _fhir(metadata)
 
+    # Conversion is CPU work: it runs in FastAPI's thread pool, off the event loop, so
+    # /health answers while a large batch converts. The converter's caches are shared,
+    # so conversions take turns.
+    lock = threading.Lock()
+
+    def run(body: bytes, fmt: str) -> list[Record]:
+        with lock:
+            return converter.convert(body, source="request", fmt=fmt)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        issue = Issue(
+            f"request.http-{exc.status_code}",
+            str(exc.detail),
+            details={"issue_type": "not-found" if exc.status_code == 404 else "processing"},
+        )
+        return _outcome([issue], exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(request: Request, exc: RequestValidationError) -> Response:
+        issue = Issue(
+            "request.invalid",
+            "the request's parameters are invalid",
+            details={"issue_type": "invalid"},
+        )
+        return _outcome([issue], 400)
+
+    @app.exception_handler(Exception)
+    async def crashed(request: Request, exc: Exception) -> Response:  # never a bare 500
+        issue = Issue(
+            "request.internal",
+            "the gateway failed to process the request; see its log",
+            details={"issue_type": "exception"},
+        )
+        return _outcome([issue], 500)
+
     @app.post("/convert")
     async def convert(request: Request, format: str = "auto") -> Response:
         auth = request.headers.get("authorization", "")
@@ -114,15 +154,20 @@ def create_app(
                 details={"issue_type": "value"},
             )
             return _outcome([issue], 400)
-        body = await request.body()
-        if len(body) > MAX_BODY:
-            issue = Issue(
-                "request.too-large",
-                f"body is larger than {MAX_BODY} bytes",
-                details={"issue_type": "too-costly"},
-            )
-            return _outcome([issue], 413)
-        records = converter.convert(body, source="request", fmt=format)
+        declared = request.headers.get("content-length", "")
+        too_large = Issue(
+            "request.too-large",
+            f"body is larger than {MAX_BODY} bytes",
+            details={"issue_type": "too-costly"},
+        )
+        if declared.isdigit() and int(declared) > MAX_BODY:
+            return _outcome([too_large], 413)  # refused before reading it
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_BODY:
+                return _outcome([too_large], 413)
+        records = await run_in_threadpool(run, body, format)
         if len(records) == 1:
             record = records[0]
             if record.ok:

@@ -45,4 +45,5 @@ def load_tokens(settings: Settings) -> TokenSet:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
         raise ConfigError("no-tokens", f"cannot read {path}: {exc.strerror}") from None
-    return TokenSet([ln.strip() for ln in lines if ln.strip() and not ln.startswith("#")], path)
+    tokens = [ln.strip() for ln in lines]
+    return TokenSet([t for t in tokens if t and not t.startswith("#")], path)

@@ -83,10 +83,10 @@ def decode_strict(data: bytes, codec: str, *, declared: str, location: str) -> D
     try:
         return Decoded(data.decode(codec), codec)
     except UnicodeDecodeError as exc:
-        bad = data[exc.start : exc.start + 4].hex(" ")
+        # The offset, not the bytes: they may be part of a patient's name.
         raise IntakeError(
             "charset-mismatch",
-            f"bytes are not valid {declared} ({codec}): cannot decode {bad} at byte {exc.start}",
+            f"bytes are not valid {declared} ({codec}): cannot decode the byte at {exc.start}",
             location=location,
             offset=exc.start,
         ) from None

@@ -79,7 +79,9 @@ class BundleBuilder:
         self.entries: list[dict[str, Any]] = []
         self.warnings: list[Issue] = []
         self._by_id: dict[str, dict[str, Any]] = {}
-        self._scopes: list[dict[str, list[str]]] = [{}]
+        # key → fullUrls in insertion order (a dict as an ordered set: thousands of DG1s
+        # must not make membership tests quadratic)
+        self._scopes: list[dict[str, dict[str, None]]] = [{}]
 
     # A group ('group: ORC') opens a scope: references inside it find the resources made
     # in the same group first (this order's practitioner), then those made outside it.
@@ -92,23 +94,24 @@ class BundleBuilder:
         finished = self._scopes.pop()
         below = self._scopes[-1]
         for key in export:
-            urls = below.setdefault(key, [])
-            urls.extend(u for u in finished.get(key, []) if u not in urls)
+            below.setdefault(key, {}).update(finished.get(key, {}))
 
     def ref(self, key: str) -> str | None:
         for scope in reversed(self._scopes):
-            if scope.get(key):
-                return scope[key][0]
+            urls = scope.get(key)
+            if urls:
+                return next(iter(urls))
         return None
 
     def refs(self, key: str) -> list[str]:
-        out: list[str] = []
+        out: dict[str, None] = {}
         for scope in reversed(self._scopes):
-            out.extend(u for u in scope.get(key, []) if u not in out)
-        return out
+            for url in scope.get(key, ()):
+                out.setdefault(url)
+        return list(out)
 
     def count(self, key: str) -> int:
-        return len(self._scopes[-1].get(key, []))
+        return len(self._scopes[-1].get(key, {}))
 
     def add(self, key: str, template: ResourceTemplate, fields: dict[str, Any], here: Any) -> None:
         rtype = template.resource_type
@@ -148,6 +151,4 @@ class BundleBuilder:
                     },
                 }
             )
-        urls = self._scopes[-1].setdefault(key, [])
-        if url not in urls:
-            urls.append(url)
+        self._scopes[-1].setdefault(key, {})[url] = None

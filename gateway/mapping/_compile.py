@@ -25,13 +25,27 @@ __all__ = ["Compiler", "Ctx", "Fn"]
 Fn = Callable[["Ctx"], Any]
 Cond = Callable[["Ctx"], bool]
 
-_CORE = ("path", "var", "const", "ref", "refs", "each", "include", "first", "join", "fn", "object")
+_CORE = (
+    "path",
+    "var",
+    "const",
+    "ref",
+    "refs",
+    "id-of",
+    "each",
+    "include",
+    "first",
+    "join",
+    "fn",
+    "object",
+)
 _MODIFIERS: dict[str, frozenset[str]] = {
     "path": frozenset({"as", "map", "default", "required", "message", "sep"}),
     "var": frozenset({"as", "map", "default", "required", "message"}),
     "const": frozenset(),
     "ref": frozenset({"display"}),
     "refs": frozenset(),
+    "id-of": frozenset(),
     "first": frozenset(),
     "join": frozenset({"sep"}),
     "fn": frozenset({"args"}),
@@ -179,6 +193,8 @@ class Compiler:
                     raise ConfigError("spec", f"{where}: {sorted(extra)} not allowed with {core!r}")
             if core == "object":
                 fn = self._object(spec["object"], f"{where}.object")
+            elif core == "id-of":
+                fn = self._id_of(spec, where)
             else:
                 fn = getattr(self, "_" + core)(spec, where)
         if "when" in spec:
@@ -335,6 +351,17 @@ class Compiler:
 
         return ref
 
+    def _id_of(self, spec: dict[str, Any], where: str) -> Fn:
+        """The id (uuid5) of the resource made under a key: a stable base for identifiers
+        of resources that belong to it (a patient's diagnoses)."""
+        key = self._ref_key(str(spec["id-of"]))
+
+        def id_of(ctx: Ctx) -> Any:
+            url = ctx.state.ref(key(ctx))
+            return url.rsplit(":", 1)[-1] if url else None
+
+        return id_of
+
     def _refs(self, spec: dict[str, Any], where: str) -> Fn:
         key = self._ref_key(str(spec["refs"]))
         return lambda ctx: [{"reference": url} for url in ctx.state.refs(key(ctx))] or None
@@ -471,7 +498,15 @@ class Compiler:
         return out
 
     def _group(self, entry: dict[str, Any], where: str, defined: list[str]) -> Fn:
-        extra_keys = set(entry) - {"group", "resources", "vars", "where", "when", "export"}
+        extra_keys = set(entry) - {
+            "group",
+            "resources",
+            "vars",
+            "where",
+            "when",
+            "export",
+            "required",
+        }
         if extra_keys:
             raise ConfigError("entry", f"{where}: {sorted(extra_keys)} not allowed in a group")
         selector = str(entry["group"])
@@ -489,10 +524,15 @@ class Compiler:
         keep = self.condition(entry["where"], f"{where}.where") if "where" in entry else None
         cond = self.condition(entry["when"], f"{where}.when") if "when" in entry else None
 
+        required = entry.get("required")
+
         def group(ctx: Ctx) -> None:
             if cond is not None and not cond(ctx):
                 return
-            for pos in ctx.view.select(selector, ctx.here):
+            groups = ctx.view.select(selector, ctx.here)
+            if required and not groups:
+                raise MappingError("required", str(required), location=selector)
+            for pos in groups:
                 item = ctx.at(pos)
                 if keep is not None and not keep(item):
                     continue

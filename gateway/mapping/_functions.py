@@ -9,8 +9,9 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import quote
 
-from ..network import UNREGISTERED_BASE, Network
+from ..network import Network
 from ._terminology import Terminology, language_of
 
 __all__ = ["FUNCTIONS", "TRANSLATION_URL", "Env"]
@@ -42,7 +43,7 @@ class Env:
         owner = facility or "unknown"
         if local.upper().startswith("99") and self.network.institution(local[2:]):
             owner = local[2:]
-        return f"{self.network.base(owner)}/CodeSystem/{local}"
+        return f"{self.network.base(owner)}/CodeSystem/{quote(local, safe='')}"
 
 
 def identifier_system(
@@ -65,7 +66,7 @@ def identifier_system(
     if authority_oid and (authority_type or "").upper() == "ISO":
         return f"urn:oid:{authority_oid}"
     if authority:
-        return f"{UNREGISTERED_BASE}/{authority}/sid/{kind}"
+        return f"{env.network.base(authority)}/sid/{quote(kind, safe='')}"
     if facility:
         return f"{env.network.base(facility)}/sid/{kind}"
     return None

@@ -71,10 +71,13 @@ def memoised(fn: Callable[[Ctx], Any], scope: Scope) -> Callable[[Ctx], Any]:
             return fn(ctx)
         here = ctx.here
         try:
+            # The same text means the same thing only with the same delimiters and charset
+            # (escapes such as \Xhh\ decode in the message's charset).
             key: tuple[Any, ...] = (
                 here.text,
                 here.level,
                 ctx.tz,
+                ctx.view.reading,
                 *(ctx.vars.get(n) for n in names),
             )
             if segments:
@@ -95,7 +98,8 @@ def memoised(fn: Callable[[Ctx], Any], scope: Scope) -> Callable[[Ctx], Any]:
             if len(memo) >= _MEMO_SIZE:
                 memo.clear()
             memo[key] = found
-            share(found)
+            if not (refs or ref_vars):  # shared values skip the reference check: none in them
+                share(found)
         return found
 
     return cached

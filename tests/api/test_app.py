@@ -107,3 +107,15 @@ def test_a_fresh_home_gets_a_private_random_token(tmp_path: Path) -> None:
     assert tokens.source == path and path.stat().st_mode & 0o777 == 0o600
     token = path.read_text().strip()
     assert len(token) >= 40 and tokens.check(token) and not tokens.check(token[:-1])
+
+
+def test_unknown_route_is_an_operation_outcome(client: Client) -> None:
+    resp = client.get("/Patient/123")
+    assert resp.status_code == 404
+    assert resp.json()["resourceType"] == "OperationOutcome"
+    assert resp.json()["issue"][0]["code"] == "not-found"
+
+
+def test_oversized_body_is_refused_with_413(client: Client) -> None:
+    resp = client.post("/convert", content=b"MSH" + b"x" * (5 * 1024 * 1024), headers=AUTH)
+    assert resp.status_code == 413 and resp.json()["issue"][0]["code"] == "too-costly"

@@ -19,6 +19,8 @@ from .._charset import Decoded, codec_for, decode_strict
 __all__ = ["Message", "RawMessage", "parse_message", "peek_control_id", "split_messages"]
 
 _BOM = b"\xef\xbb\xbf"
+# No referral or order comes near this; a message beyond it is an error, not a workload.
+MAX_SEGMENTS = 5_000
 _SEGMENT_NAME = re.compile(r"[A-Z][A-Z0-9]{2}\Z")
 _BATCH_SEGMENTS = (b"FHS", b"BHS", b"BTS", b"FTS")
 _LINE_END = re.compile(rb"\r\n|\r|\n")
@@ -261,6 +263,12 @@ def parse_message(
     """
     if raw.error is not None:
         raise raw.error
+    if len(raw.segments) > MAX_SEGMENTS:
+        raise IntakeError(
+            "too-many-segments",
+            f"the message has {len(raw.segments)} segments; the limit is {MAX_SEGMENTS}",
+            location=f"segment {MAX_SEGMENTS + 1}",
+        )
     msh = raw.segments[0]
     _check_msh(msh)
     declared = _declared_charset(msh)

@@ -68,6 +68,17 @@ def _compile(path: str) -> _Path:
     return _Path(False, bool(m[1]), m[2], occ, int(m[4] or 0), rep, int(m[6] or 0), int(m[7] or 0))
 
 
+# Control characters other than TAB, LF and CR are not allowed in FHIR strings; they
+# reach a value through \Xhh\ escapes or stray bytes (VT, FF, ESC).
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def _clean(value: str) -> str:
+    if _CONTROL.search(value):
+        value = _CONTROL.sub("", value)
+    return value.strip()
+
+
 def check_path(path: str) -> None:
     """Raise ConfigError when ``path`` is not valid (used when mappings are loaded)."""
     _compile(path)
@@ -86,6 +97,9 @@ class Hl7View:
         self._escapes = {"F": fs, "S": cs, "T": ss, "R": rs, "E": es, ".br": "\n", ".sp": "\n"}
         # (segment index, field) pairs read so far, when tracing what the mapping used
         self.read: set[tuple[int, int]] | None = None
+        # What else, beside a node's text, decides what the text means: the memo keys on it.
+        self.reading = (message.separators, message.charset)
+        self._labels: dict[int, str] = {}
 
     @property
     def tracing(self) -> bool:
@@ -173,7 +187,7 @@ class Hl7View:
                 raw = raw.split(self._cs, 1)[0]  # a field read whole means its first component
             if node.level <= 1 and self._ss in raw:
                 raw = raw.split(self._ss, 1)[0]
-            value = self.unescape(raw).strip()
+            value = _clean(self.unescape(raw))
             if value and value != '""':  # "" is HL7's explicit null
                 out.append((value, node.label))
         return out
@@ -227,7 +241,7 @@ class Hl7View:
             raw = raw.split(self._ss, 1)[0]
         if self._es in raw:
             raw = self.unescape(raw)
-        value = raw.strip()
+        value = _clean(raw)
         return value if value and value != '""' else None
 
     def _parts(self, text: str | None, level: int, component: int, sub: int) -> tuple[str, int]:
@@ -286,8 +300,12 @@ class Hl7View:
         return found[i:j]
 
     def _segment_label(self, name: str, idx: int) -> str:
-        occ = self.message.positions[name].index(idx) + 1
-        return name if occ == 1 and len(self.message.positions[name]) == 1 else f"{name}({occ})"
+        label = self._labels.get(idx)
+        if label is None:  # bisect, not list.index: messages may hold thousands of segments
+            found = self.message.positions[name]
+            label = name if len(found) == 1 else f"{name}({bisect_left(found, idx) + 1})"
+            self._labels[idx] = label
+        return label
 
     def _segments(self, p: _Path, here: Position) -> list[tuple[int, str]]:
         start, end = (0, len(self.message.segments)) if p.root else (here.start, here.end)

@@ -49,7 +49,9 @@ def run_demo(settings: Settings, out: TextIO) -> int:
                 )
             else:
                 failed += 1
-                out.write(f"  error {path.name:<28} {record.errors[0].line()}\n")
+                error = record.errors[0]
+                out.write(f"  error {path.name:<28} {error.location or ''}: {error.message}"
+                          f" [{error.code}]\n")
             for warning in record.warnings:
                 out.write(f"        {warning.line()}\n")
     out.write(

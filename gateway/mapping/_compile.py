@@ -105,6 +105,7 @@ class Compiler:
         self._fragments: dict[Path, Fn] = {}
         self._templates: dict[Path, ResourceTemplate] = {}
         self._purity: dict[Path, Scope] = {}
+        self._including: set[Path] = set()
         self._scope = Scope()
 
     # -- files -----------------------------------------------------------------------------
@@ -120,9 +121,12 @@ class Compiler:
             raw = load_data_file(path)
             if not isinstance(raw, dict) or "value" not in raw:
                 raise ConfigError("fragment", f"{path}: a fragment file needs a 'value' spec")
-            self._fragments[path] = _none  # guards against include cycles
+            if path in self._including:
+                raise ConfigError("include-cycle", f"{where}: {rel!r} includes itself")
+            self._including.add(path)
             fn, scope = self._isolated(raw["value"], f"{path.name}: value")
             self._purity[path] = scope
+            self._including.discard(path)
             self._fragments[path] = memoised(fn, scope)
         self._scope.absorb(self._purity.get(path, Scope()))
         return self._fragments[path]

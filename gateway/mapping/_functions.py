@@ -55,7 +55,7 @@ def identifier_system(
     authority_type: str | None = None,
     facility: str | None = None,
 ) -> str | None:
-    """The system URI of an identifier, in the order documented in mappings/README.md."""
+    """The system URI of an identifier, in the order documented in docs/identifiers.md."""
     kind = kind or "id"
     if authority:
         fixed = env.terminology.table("identifier-authorities").lookup(authority)

@@ -289,7 +289,6 @@ def test_sender_default_that_does_not_fit_the_bytes_is_a_mismatch() -> None:
         ("gb-18030-2000", "gb18030"),
         ("GB2312", "gb18030"),
         ("BIG-5", "big5hkscs"),
-        ("cns 11643-1992", "big5hkscs"),
         ("8859/1", "latin-1"),
     ],
 )

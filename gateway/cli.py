@@ -14,9 +14,11 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TextIO
+
+import orjson
 
 from . import __version__
 from .config import Settings
@@ -32,21 +34,34 @@ RECORD_SUFFIXES = frozenset({".hl7", ".er7", ".txt", ".msg", ".dat", ".mllp", ""
 
 
 class Progress:
-    """A one-line progress bar on a terminal; silent when stderr is not one."""
+    """A one-line progress bar over the input files on a terminal; silent otherwise.
+    Error lines are printed above it as they happen."""
 
     def __init__(self, total: int, stream: TextIO, enabled: bool) -> None:
         self.total, self.stream, self.enabled = total, stream, enabled
-        self.done = self.failed = 0
+        self.files = self.messages = self.failed = 0
 
-    def step(self, record: Record) -> None:
-        self.done += 1
+    def record(self, record: Record) -> None:
+        self.messages += 1
         self.failed += 0 if record.ok else 1
+
+    def file_done(self) -> None:
+        self.files += 1
+        self._draw()
+
+    def say(self, line: str) -> None:
+        if self.enabled:
+            self.stream.write("\r\033[K")
+        self.stream.write(line + "\n")
+        self._draw()
+
+    def _draw(self) -> None:
         if self.enabled:
             width = 30
-            filled = width * self.done // max(self.total, 1)
+            filled = width * self.files // max(self.total, 1)
             self.stream.write(
-                f"\r[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} "
-                f"messages, {self.failed} failed"
+                f"\r[{'#' * filled}{'.' * (width - filled)}] {self.files}/{self.total} files, "
+                f"{self.messages} messages, {self.failed} failed"
             )
             self.stream.flush()
 
@@ -55,23 +70,26 @@ class Progress:
             self.stream.write("\n")
 
 
-def _inputs(paths: Iterable[str]) -> Iterator[tuple[str, bytes]]:
+def _input_files(paths: Iterable[str]) -> list[str]:
+    """The files to read: those named, and in named folders the record files
+    (RECORD_SUFFIXES), skipping hidden files and folders. '-' is stdin."""
+    found: list[str] = []
     for name in paths:
-        if name == "-":
-            yield "<stdin>", sys.stdin.buffer.read()
-            continue
         path = Path(name)
-        if path.is_dir():
-            for child in sorted(p for p in path.rglob("*") if p.is_file()):
-                if not child.name.startswith(".") and child.suffix.lower() in RECORD_SUFFIXES:
-                    yield str(child), child.read_bytes()
-        else:
-            yield str(path), path.read_bytes()
+        if name == "-" or not path.is_dir():
+            found.append(name)
+            continue
+        for child in sorted(path.rglob("*")):
+            hidden = any(part.startswith(".") for part in child.relative_to(path).parts)
+            if child.is_file() and not hidden and child.suffix.lower() in RECORD_SUFFIXES:
+                found.append(str(child))
+    return found
 
 
-def _count_messages(data: bytes) -> int:
-    # Cheap estimate for the progress bar: segment starts with MSH.
-    return max(1, len(re.findall(rb"(?:^|[\r\n\x0b])(?:\xef\xbb\xbf)?MSH", data)))
+def _read(name: str) -> tuple[str, bytes]:
+    if name == "-":
+        return "<stdin>", sys.stdin.buffer.read()
+    return name, Path(name).read_bytes()
 
 
 def _output_name(record: Record, used: set[str]) -> str:
@@ -84,62 +102,95 @@ def _output_name(record: Record, used: set[str]) -> str:
     return name
 
 
+class _Sink:
+    """Where converted Bundles go: a folder (one file per message), one file, or stdout
+    (one Bundle pretty-printed; several as one compact JSON document per line)."""
+
+    def __init__(self, output: str | None) -> None:
+        self.path = Path(output) if output else None
+        self.to_dir = self.path is not None and (
+            self.path.is_dir() or str(output).endswith(("/", "\\"))
+        )
+        self.count = 0
+        self._used: set[str] = set()
+        self._held: Record | None = None  # stdout: the first Bundle, until we know if more come
+
+    def add(self, record: Record) -> None:
+        assert record.bundle_json is not None
+        self.count += 1
+        if self.path is not None and self.to_dir:
+            self.path.mkdir(parents=True, exist_ok=True)
+            (self.path / _output_name(record, self._used)).write_bytes(record.bundle_json)
+        elif self.path is not None:
+            if self.count > 1:
+                raise _Usage(
+                    f"-o {self.path} is a file but there are several messages; "
+                    "give a directory (ending in /)"
+                )
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_bytes(record.bundle_json)
+        elif self.count == 1:
+            self._held = record
+        else:
+            if self._held is not None:
+                sys.stdout.buffer.write(orjson.dumps(self._held.bundle) + b"\n")
+                self._held = None
+            sys.stdout.buffer.write(orjson.dumps(record.bundle) + b"\n")
+
+    def close(self) -> None:
+        if self._held is not None and self._held.bundle_json is not None:
+            sys.stdout.buffer.write(self._held.bundle_json)
+
+
+class _Usage(Exception):
+    """A mistake in how the command was called (exit code 2)."""
+
+
 def cmd_convert(args: argparse.Namespace, settings: Settings) -> int:
     converter = Converter(settings)
-    try:
-        inputs = list(_inputs(args.paths))
-    except OSError as exc:
-        print(f"error: cannot read {exc.filename}: {exc.strerror}", file=sys.stderr)
+    files = _input_files(args.paths)
+    if not files:
+        print(
+            "error: no input files (folders are searched for "
+            f"{', '.join(sorted(s for s in RECORD_SUFFIXES if s))} files)",
+            file=sys.stderr,
+        )
         return 2
-    out = Path(args.output) if args.output else None
-    to_dir = out is not None and (out.is_dir() or args.output.endswith(("/", "\\")))
-    total = sum(_count_messages(data) for _, data in inputs)
-    progress = Progress(total, sys.stderr, args.progress or (sys.stderr.isatty() and total > 1))
-    records: list[Record] = []
-    used: set[str] = set()
-    for source, data in inputs:
-        for record in converter.iter_convert(data, source, args.format, trace=args.unmapped):
-            records.append(record)
-            progress.step(record)
-            if record.bundle_json is not None and to_dir:
-                assert out is not None
-                out.mkdir(parents=True, exist_ok=True)
-                (out / _output_name(record, used)).write_bytes(record.bundle_json)
+    sink = _Sink(args.output)
+    progress = Progress(
+        len(files), sys.stderr, args.progress or (sys.stderr.isatty() and len(files) > 1)
+    )
+    try:
+        for name in files:
+            try:
+                source, data = _read(name)
+            except OSError as exc:
+                progress.close()
+                print(f"error: cannot read {exc.filename}: {exc.strerror}", file=sys.stderr)
+                return 2
+            for record in converter.iter_convert(data, source, args.format, trace=args.unmapped):
+                progress.record(record)
+                for issue in record.issues:
+                    if not args.quiet or issue.severity != "warning":
+                        progress.say(issue.line())
+                if record.unmapped:
+                    progress.say(f"info: {record.label}: not mapped: {', '.join(record.unmapped)}")
+                if record.ok:
+                    sink.add(record)
+            progress.file_done()
+    except _Usage as exc:
+        progress.close()
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     progress.close()
-    good = [r for r in records if r.ok]
-    for record in records:
-        for issue in record.issues:
-            if not args.quiet or issue.severity != "warning":
-                print(issue.line(), file=sys.stderr)
-        if record.unmapped:
-            print(
-                f"info: {record.label}: not mapped: {', '.join(record.unmapped)}", file=sys.stderr
-            )
-    if not to_dir and good:
-        if out is not None and len(good) > 1:
-            print(
-                f"error: {len(good)} messages converted but -o {out} is a file; "
-                "give a directory (ending in /) for several messages",
-                file=sys.stderr,
-            )
-            return 2
-        if out is not None:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_bytes(good[0].bundle_json or b"")
-        elif len(good) == 1:
-            sys.stdout.buffer.write(good[0].bundle_json or b"")
-        else:  # several Bundles on stdout: one compact JSON document per line
-            import orjson
-
-            for record in good:
-                sys.stdout.buffer.write(orjson.dumps(record.bundle) + b"\n")
-    where = f" into {out}" if out is not None else ""
+    sink.close()
+    where = f" into {sink.path}" if sink.path is not None else ""
     print(
-        f"converted {len(good)}, failed {len(records) - len(good)} "
-        f"(of {len(records)} messages in {len(inputs)} files){where}",
+        f"converted {sink.count}, failed {progress.failed} "
+        f"(of {progress.messages} messages in {len(files)} files){where}",
         file=sys.stderr,
     )
-    return 0 if len(good) == len(records) else 1
+    return 0 if progress.failed == 0 else 1
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:

@@ -15,7 +15,7 @@ this family where the gateway calls them; nothing else should reach a user.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 __all__ = [
@@ -102,14 +102,7 @@ class GatewayError(Exception):
     def with_record(self, record: str) -> GatewayError:
         """Attach the record name once it is known (errors deep in a parse don't know it)."""
         if self.issue.record is None:
-            self.issue = Issue(
-                self.issue.code,
-                self.issue.message,
-                record,
-                self.issue.location,
-                self.issue.severity,
-                self.issue.details,
-            )
+            self.issue = replace(self.issue, record=record)
             self.args = (self.issue.line(),)
         return self
 

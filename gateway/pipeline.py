@@ -8,6 +8,7 @@ others.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 
 import orjson
@@ -111,6 +112,4 @@ class Converter:
 
 
 def _named(issue: Issue, label: str) -> Issue:
-    if issue.record:
-        return issue
-    return Issue(issue.code, issue.message, label, issue.location, issue.severity, issue.details)
+    return issue if issue.record else dataclasses.replace(issue, record=label)

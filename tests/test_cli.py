@@ -60,7 +60,7 @@ def test_several_messages_to_stdout_are_json_lines(tmp_path: Path) -> None:
 def test_progress_bar_and_summary(tmp_path: Path) -> None:
     proc = run("convert", str(EXAMPLES), "-o", f"{tmp_path}/o/", "--progress", home=tmp_path)
     stderr = proc.stderr.decode()
-    assert "12/12 messages, 1 failed" in stderr
+    assert "10/10 files, 12 messages, 1 failed" in stderr
 
 
 @pytest.mark.parametrize(
@@ -91,6 +91,19 @@ def test_malformed_input_is_one_clear_line_and_no_traceback(
 def test_unreadable_path_is_a_usage_error(tmp_path: Path) -> None:
     proc = run("convert", str(tmp_path / "missing.hl7"), home=tmp_path)
     assert proc.returncode == 2 and b"cannot read" in proc.stderr
+
+
+def test_an_empty_folder_is_a_usage_error(tmp_path: Path) -> None:
+    (tmp_path / "inbox" / ".hidden").mkdir(parents=True)
+    (tmp_path / "inbox" / ".hidden" / "x.hl7").write_bytes(b"MSH|^~\\&|")
+    proc = run("convert", str(tmp_path / "inbox"), home=tmp_path)
+    assert proc.returncode == 2 and b"no input files" in proc.stderr
+
+
+def test_several_messages_into_one_file_is_a_usage_error(tmp_path: Path) -> None:
+    target = tmp_path / "one.json"
+    proc = run("convert", str(EXAMPLES / "batch_mixed.hl7"), "-o", str(target), home=tmp_path)
+    assert proc.returncode == 2 and b"give a directory" in proc.stderr
 
 
 def test_demo_runs_on_a_fresh_home_and_says_where_the_output_is(tmp_path: Path) -> None:

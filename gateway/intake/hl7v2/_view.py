@@ -266,6 +266,7 @@ class Hl7View:
         return found[0][0] if found else None
 
     def value(self, path: str, here: Position) -> tuple[str | None, str]:
+        """The first (value, terser path) at ``path``; (None, the path's label) if empty."""
         found = self.values(path, here)
         if found:
             return found[0]

@@ -4,24 +4,14 @@ stdout/stderr, no traceback ever)."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.gateway_cli import run
+
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples" / "hl7v2"
-
-
-def run(*args: str, home: Path, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        [sys.executable, "-m", "gateway", "--home", str(home), *args],
-        input=stdin,
-        capture_output=True,
-        timeout=120,
-        check=False,
-    )
 
 
 def test_single_message_to_stdout(tmp_path: Path) -> None:

@@ -39,6 +39,10 @@ def test_relative_paths_are_relative_to_home(tmp_path: Path) -> None:
         ("colour = 1\n", "unknown settings ['colour']"),
         ("port = [\n", "gateway.toml"),
         ('port = "eighty"\n', "port must be a number"),
+        ("port = 70000\n", "port must be 1"),
+        ('home = "/elsewhere"\n', "unknown settings ['home']"),  # home is where the file is
+        ('timezone = "Asia/Shanghai"\n', "timezone must be an offset"),
+        ('validate = "ture"\n', "validate must be true or false"),
     ],
 )
 def test_bad_configuration_is_a_clear_error(tmp_path: Path, toml: str, message: str) -> None:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 from gateway import Converter
+from tests.gateway_cli import run
 
 REPO = Path(__file__).resolve().parents[1]
 REFERRAL = REPO / "examples/hl7v2/ref_i12_lax2_to_njmu2.hl7"
@@ -25,22 +24,8 @@ def test_trace_lists_what_nothing_read_and_changes_no_output(converter: Converte
 
 
 def test_cli_prints_the_unmapped_fields(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gateway",
-            "--home",
-            str(tmp_path),
-            "convert",
-            "--unmapped",
-            str(REFERRAL),
-            "-o",
-            str(tmp_path / "b.json"),
-        ],
-        capture_output=True,
-        check=False,
-        timeout=120,
+    proc = run(
+        "convert", "--unmapped", str(REFERRAL), "-o", str(tmp_path / "b.json"), home=tmp_path
     )
     assert proc.returncode == 0
     line = next(ln for ln in proc.stderr.decode().splitlines() if ln.startswith("info:"))

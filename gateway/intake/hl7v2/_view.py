@@ -203,14 +203,14 @@ class Hl7View:
             raw, level = self._parts(text, level, p.component, p.sub)
         else:
             start, end = (0, len(self.message.segments)) if p.root else (here.start, here.end)
+            if _ALL in (p.occurrence, p.repetition):
+                return self._first_slow(path, here)
             found = self.message.positions.get(p.segment)
             if not found:
                 return None
-            i = bisect_left(found, start)
-            if p.occurrence > 1:
-                i += p.occurrence - 1
-            if i >= len(found) or found[i] >= end or p.occurrence == _ALL:
-                return self._first_slow(path, here) if p.occurrence == _ALL else None
+            i = bisect_left(found, start) + max(p.occurrence - 1, 0)
+            if i >= len(found) or found[i] >= end:
+                return None
             fields = self.message.segments[found[i]]
             if self.read is not None:
                 self.read.add((found[i], p.field))
@@ -221,8 +221,6 @@ class Hl7View:
                 return None
             if p.segment == "MSH" and p.field <= 2:
                 return raw
-            if p.repetition == _ALL:
-                return self._first_slow(path, here)
             if p.repetition > 1:
                 reps = raw.split(self._rs)
                 if p.repetition > len(reps):
@@ -357,19 +355,10 @@ class Hl7View:
         return self._descend(here, p.component, p.sub)
 
     def _descend(self, node: Position, component: int, sub: int) -> Position | None:
-        text, level, label = node.text or "", node.level, node.label
-        for index in (component, sub):
-            if not index:
-                break
-            if level >= 2:
-                return None  # a subcomponent has no parts
-            sep = self._cs if level == 0 else self._ss
-            parts = text.split(sep)
-            if index > len(parts):
-                return None
-            text, level, label = parts[index - 1], level + 1, f"{label}.{index}"
+        text, level = self._parts(node.text, node.level, component, sub)
         if not text:
             return None
+        label = f"{node.label}.{component}" + (f".{sub}" if sub else "")
         return Position(node.start, node.end, label, text, level)
 
     def unescape(self, text: str) -> str:

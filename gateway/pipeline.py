@@ -15,7 +15,7 @@ import orjson
 
 from .config import Settings
 from .envelope import Record
-from .errors import GatewayError, IntakeError, Issue
+from .errors import GatewayError, Issue
 from .intake import FORMATS, detect_format
 from .intake.hl7v2 import (
     Hl7View,
@@ -96,10 +96,6 @@ class Converter:
                 record.unmapped = view.unmapped()
         except GatewayError as exc:
             record.issues.append(exc.with_record(record.label).issue)
-            return record
-        except RecursionError:  # pragma: no cover - pathological nesting
-            err = IntakeError("too-deep", "record is nested too deeply to convert")
-            record.issues.append(err.with_record(record.label).issue)
             return record
         record.issues.extend(_named(w, record.label) for w in warnings)
         problems = check_bundle(bundle, self.settings.validate)

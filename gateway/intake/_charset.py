@@ -78,7 +78,7 @@ def decode_strict(data: bytes, codec: str, *, declared: str, location: str) -> D
             return Decoded(
                 text,
                 "utf-8",
-                f"{location} declares {declared!r} but the bytes are UTF-8; decoded as UTF-8",
+                f"declared {declared!r} but the bytes are UTF-8; decoded as UTF-8",
             )
     try:
         return Decoded(data.decode(codec), codec)

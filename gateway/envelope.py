@@ -22,6 +22,7 @@ class Record:
     index: int  # position in its source (1-based)
     line: int = 1
     format: str = "unknown"
+    kind: str = "message"  # message (HL7 v2), study (DICOM), document (CDA)
     charset: str | None = None
     control_id: str | None = None
     message_type: str | None = None
@@ -46,8 +47,10 @@ class Record:
         """How errors name the record: its control id when known, else its position."""
         where = f"{self.source}, " if self.source else ""
         if self.control_id:
-            return f"{where}message {self.control_id}"
-        return f"{where}message #{self.index} (line {self.line})"
+            return f"{where}{self.kind} {self.control_id}"
+        if self.format == "hl7v2" or self.line > 1:
+            return f"{where}{self.kind} #{self.index} (line {self.line})"
+        return f"{where}{self.kind} #{self.index}"
 
     @property
     def errors(self) -> list[Issue]:

@@ -43,6 +43,12 @@ class Network:
         self.source = source
         self._by_facility = {i.facility.upper(): i for i in institutions}
         self._by_key = {i.key: i for i in institutions}
+        # DICOM (InstitutionName) and CDA (representedOrganization/name) name their
+        # institution rather than give an HL7 facility code.
+        self._by_name: dict[str, Institution] = {}
+        for inst in institutions:
+            for name in (*inst.names.values(), *(inst.data.get("alias") or ())):
+                self._by_name.setdefault(_fold(str(name)), inst)
 
     @classmethod
     def load(cls, path: Path) -> Network:
@@ -81,6 +87,18 @@ class Network:
             return None
         return self._by_facility.get(facility.upper()) or self._by_key.get(facility)
 
+    def find(self, name_or_code: str | None) -> Institution | None:
+        """An institution by facility code, key, OID, name in any language or alias."""
+        if not name_or_code:
+            return None
+        found = self.institution(name_or_code.strip())
+        if found is None:
+            found = self._by_name.get(_fold(name_or_code))
+        if found is None:
+            oid = name_or_code.strip().removeprefix("urn:oid:")
+            found = next((i for i in self._by_key.values() if i.oid == oid), None)
+        return found
+
     def base(self, facility: str) -> str:
         """Identifier-system base of a facility: its registered base, else a made-up one."""
         inst = self.institution(facility)
@@ -89,3 +107,7 @@ class Network:
     def charset(self, facility: str) -> str | None:
         inst = self.institution(facility)
         return inst.charset if inst else None
+
+
+def _fold(name: str) -> str:
+    return " ".join(name.split()).casefold()

@@ -9,27 +9,23 @@ others.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import orjson
 
 from .config import Settings
 from .envelope import Record
 from .errors import GatewayError, Issue
-from .intake import FORMATS, detect_format
-from .intake.hl7v2 import (
-    Hl7View,
-    RawMessage,
-    check_path,
-    parse_message,
-    peek_control_id,
-    split_messages,
-)
+from .intake import FORMATS, Unit, detect_format
+from .intake.hl7v2 import check_path, read_messages
 from .mapping import Env, MappingSet, Terminology
 from .network import Network
 from .validation import check_bundle
 
 __all__ = ["Converter", "dump_json"]
+
+# Where each format names the field that picks its mapping (for "unsupported" errors).
+_TYPE_FIELD = {"hl7v2": "MSH-9", "dicom": "(0008,0016) SOPClassUID", "cda": "/ClinicalDocument/code"}
 
 
 def dump_json(resource: object) -> bytes:
@@ -42,11 +38,19 @@ class Converter:
         self.settings = settings or Settings.load()
         self.network = Network.load(self.settings.network)
         self.env = Env(Terminology(self.settings.mappings), self.network)
-        self.hl7v2 = MappingSet(self.settings.mappings, "hl7v2", self.env, check_path)
+        self.mappings: dict[str, MappingSet] = {}
+        for fmt, path_check in _path_checks().items():
+            self.mappings[fmt] = MappingSet(
+                self.settings.mappings, fmt, self.env, path_check, _TYPE_FIELD[fmt]
+            )
+
+    @property
+    def hl7v2(self) -> MappingSet:
+        return self.mappings["hl7v2"]
 
     @property
     def message_types(self) -> list[str]:
-        return self.hl7v2.types
+        return [t for m in self.mappings.values() for t in m.types]
 
     def convert(
         self, data: bytes, source: str | None = None, fmt: str = "auto", trace: bool = False
@@ -56,39 +60,62 @@ class Converter:
     def iter_convert(
         self, data: bytes, source: str | None = None, fmt: str = "auto", trace: bool = False
     ) -> Iterator[Record]:
-        """One Record per message. ``trace`` also lists, on each Record, the input fields
-        holding data that no mapping read (slower: the memo steps aside)."""
+        """One Record per message, study or document. ``trace`` also lists, on each
+        Record, the input fields holding data that no mapping read (slower: the memo
+        steps aside)."""
         kind = detect_format(data) if fmt == "auto" else fmt
         if kind == "unknown":
             # The HL7 v2 reader says precisely what is wrong (no MSH, binary data, ...).
             kind = "hl7v2"
-        if kind != "hl7v2":
+        if kind not in FORMATS:
             record = Record(data, source, 1, format=kind)
             supported = ", ".join(FORMATS)
-            problem = f"{kind} input is not supported yet (supported: {supported})"
+            problem = f"{kind} input is not supported (supported: {supported})"
             record.issues.append(Issue("intake.unsupported-format", problem, record.label))
             yield record
             return
-        for raw in split_messages(data):
-            yield self.convert_hl7v2(raw, source, trace)
+        for unit in self._read(kind, [(source or "input", data)]):
+            yield self.finish(unit, source, trace)
 
-    def convert_hl7v2(
-        self, raw: RawMessage, source: str | None = None, trace: bool = False
-    ) -> Record:
-        record = Record(raw.data if raw.segments else b"", source, raw.index, raw.line, "hl7v2")
-        record.control_id = peek_control_id(raw)  # names the message even if decoding fails
+    def convert_files(
+        self, items: list[tuple[str, bytes]], trace: bool = False
+    ) -> Iterator[Record]:
+        """DICOM files of one batch, read together: a study's instances may come in
+        many files (a folder, a zip archive, several arguments)."""
+        for unit in self._read("dicom", items):
+            yield self.finish(unit, None, trace)
+
+    def _read(self, kind: str, items: list[tuple[str, bytes]]) -> Iterator[Unit]:
+        if kind == "hl7v2":
+            for _, data in items:
+                yield from read_messages(data, self.network.charset)
+        elif kind == "dicom":
+            from .intake.dicom import read_studies
+
+            yield from read_studies(items, self.network)
+        else:
+            from .intake.cda import read_documents
+
+            for name, data in items:
+                yield from read_documents(data, name)
+
+    def finish(self, unit: Unit, source: str | None = None, trace: bool = False) -> Record:
+        """Map, validate and serialise one read record."""
+        record = Record(unit.raw, source, unit.index, unit.line, unit.format, unit.kind)
+        record.control_id = unit.control_id
+        record.charset, record.message_type, record.sender = (
+            unit.charset,
+            unit.message_type,
+            unit.sender,
+        )
+        if unit.error is not None or unit.view is None:
+            error = unit.error or GatewayError("intake.unreadable", "the record could not be read")
+            record.issues.append(error.with_record(record.label).issue)
+            return record
+        record.issues.extend(_named(i, record.label) for i in unit.issues)
+        view = unit.view
         try:
-            message = parse_message(raw, self.network.charset)
-            record.charset = message.charset
-            record.control_id = message.control_id or None
-            record.message_type = message.message_type
-            record.sender = message.msh(4).split(message.separators[1])[0] or None
-            for note in message.warnings:
-                record.issues.append(
-                    Issue("intake.charset-mislabelled", note, record.label, "MSH-18", "warning")
-                )
-            mapping = self.hl7v2.for_type(message.message_type)
-            view = Hl7View(message)
+            mapping = self.mappings[unit.format].for_type(unit.message_type or "")
             if trace:
                 view.trace()
             bundle, warnings = mapping.run(view, self.env, self.settings.timezone)
@@ -105,6 +132,24 @@ class Converter:
         record.bundle = bundle
         record.bundle_json = dump_json(bundle)
         return record
+
+
+def _path_checks() -> dict[str, Callable[[str], None]]:
+    """Each format's path checker, for the formats whose reader is installed."""
+    checks: dict[str, Callable[[str], None]] = {"hl7v2": check_path}
+    try:
+        from .intake.dicom import check_path as dicom_check
+    except ImportError:  # reader not built yet
+        pass
+    else:
+        checks["dicom"] = dicom_check
+    try:
+        from .intake.cda import check_path as cda_check
+    except ImportError:
+        pass
+    else:
+        checks["cda"] = cda_check
+    return checks
 
 
 def _named(issue: Issue, label: str) -> Issue:

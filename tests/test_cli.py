@@ -60,7 +60,7 @@ def test_progress_bar_and_summary(tmp_path: Path) -> None:
         (b"MSH|^~\\&|A\r", "MSH-9"),  # truncated header
         (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "binary data"),
         (b"MSH|^~\\&|A|B|C|D|20260101||REF^I12|1|P|2.5|||||CHN|KLINGON\rPID|1\r", "KLINGON"),
-        (b"MSH|^~\\&|A|B|C|D|20260101||ADT^A01|1|P|2.5\rPID|1\r", "no mapping for message type"),
+        (b"MSH|^~\\&|A|B|C|D|20260101||ADT^A01|1|P|2.5\rPID|1\r", "no mapping for ADT^A01"),
         (
             b"MSH|^~\\&|A|B|C|D|20260101||REF^I12|1|P|2.5\rPID|1||X1^^^A^MR\rRF1|P\r",
             "RF1-6 (originating referral id) is empty",

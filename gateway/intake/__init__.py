@@ -2,5 +2,6 @@
 
 from ._charset import codec_for, decode_strict
 from ._detect import FORMATS, detect_format
+from ._unit import Unit
 
-__all__ = ["FORMATS", "codec_for", "decode_strict", "detect_format"]
+__all__ = ["FORMATS", "Unit", "codec_for", "decode_strict", "detect_format"]

@@ -55,8 +55,16 @@ class MessageMapping:
 class MappingSet:
     """All message mappings of one input format, compiled once."""
 
-    def __init__(self, root: Path, fmt: str, env: Env, check_path: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        root: Path,
+        fmt: str,
+        env: Env,
+        check_path: Callable[[str], None],
+        type_field: str = "MSH-9",
+    ) -> None:
         self.folder = root / fmt
+        self.type_field = type_field
         self.env = env
         self._compiler = Compiler(self.folder, env, check_path)
         self._by_type: dict[str, MessageMapping] = {}
@@ -80,9 +88,9 @@ class MappingSet:
         except KeyError:
             raise MappingError(
                 "unsupported-message",
-                f"no mapping for message type {message_type or '(empty)'}; "
+                f"no mapping for {message_type or '(empty type)'}; "
                 f"supported: {', '.join(self.types)}",
-                location="MSH-9",
+                location=self.type_field,
             ) from None
 
     def _load(self, path: Path) -> MessageMapping:

@@ -67,7 +67,10 @@ def memoised(fn: Callable[[Ctx], Any], scope: Scope) -> Callable[[Ctx], Any]:
     memo: dict[Any, Any] = {}
 
     def cached(ctx: Ctx) -> Any:
-        if ctx.view.tracing:  # a memo hit would hide which fields the spec reads
+        view = ctx.view
+        # A memo hit would hide which fields the spec reads while tracing; views whose
+        # nodes have no stable text (DICOM, XML) opt out with memo = False.
+        if view.tracing or not view.memo:
             return fn(ctx)
         here = ctx.here
         try:

@@ -30,8 +30,11 @@ def test_hl7v2(data: bytes) -> None:
     ("data", "kind"),
     [
         (b"\x00" * 128 + b"DICM" + b"\x02\x00\x00\x00UL\x04\x00", "dicom"),
-        (b'<?xml version="1.0" encoding="UTF-8"?><ClinicalDocument/>', "xml"),
-        (b"\xef\xbb\xbf<ClinicalDocument/>", "xml"),
+        (b"PK\x03\x04\x14\x00\x00\x00", "dicom"),  # zip archive of DICOM files
+        (b'[{"00080018": {"vr": "UI", "Value": ["1.2.3"]}}]', "dicom"),  # DICOM JSON
+        (b'\n{ "0020000D" : {"vr": "UI"}}', "dicom"),
+        (b'<?xml version="1.0" encoding="UTF-8"?><ClinicalDocument/>', "cda"),
+        (b"\xef\xbb\xbf<ClinicalDocument/>", "cda"),
         (b'{"resourceType": "Bundle"}', "json"),
         (b"\n[{}]", "json"),
         (b"\x89PNG\r\n\x1a\n", "unknown"),
@@ -44,5 +47,5 @@ def test_other_formats(data: bytes, kind: str) -> None:
     assert detect_format(data) == kind
 
 
-def test_only_hl7v2_is_converted() -> None:
-    assert FORMATS == ("hl7v2",)
+def test_converted_formats() -> None:
+    assert FORMATS == ("hl7v2", "dicom", "cda")

@@ -89,6 +89,8 @@ class Hl7View:
 
     kind = "hl7v2"
 
+    memo = True  # node text is the whole meaning (with separators and charset): memoisable
+
     def __init__(self, message: Message) -> None:
         self.message = message
         self.root = Position(0, len(message.segments))

@@ -25,7 +25,11 @@ from .validation import check_bundle
 __all__ = ["Converter", "dump_json"]
 
 # Where each format names the field that picks its mapping (for "unsupported" errors).
-_TYPE_FIELD = {"hl7v2": "MSH-9", "dicom": "(0008,0016) SOPClassUID", "cda": "/ClinicalDocument/code"}
+_TYPE_FIELD = {
+    "hl7v2": "MSH-9",
+    "dicom": "(0008,0016) SOPClassUID",
+    "cda": "/ClinicalDocument/code",
+}
 
 
 def dump_json(resource: object) -> bytes:

@@ -21,6 +21,8 @@ fhir.resources' R4B models are structurally identical to R4 for these resources.
 
 from __future__ import annotations
 
+import re
+
 import types
 import typing
 from functools import cache
@@ -273,13 +275,20 @@ def _locate(node: Any, path: str, wanted: str, out: list[str]) -> None:
             _locate(item, f"{path}[{n}]", wanted, out)
 
 
+# A conditional reference (ServiceRequest?identifier=system|value) names a resource made
+# by another conversion (the order behind a study); the receiving server resolves it when
+# it processes the transaction (FHIR R4 transaction rules, 3.1.0.11.2 / http.html#trules).
+_CONDITIONAL = re.compile(r"[A-Z][A-Za-z]+\?[a-z][a-z0-9_:.-]*=[^\s]+\Z")
+
+
 def check_references(bundle: dict[str, Any]) -> list[Issue]:
-    """Every reference inside the Bundle must resolve to one of its entries' fullUrl."""
+    """Every reference inside the Bundle resolves to one of its entries' fullUrl, or is a
+    conditional reference to a resource outside it."""
     entries = bundle.get("entry", [])
     urls = {e.get("fullUrl") for e in entries}
     found: list[str] = []
     _reference_values([e.get("resource") for e in entries], found)
-    dangling = sorted({ref for ref in found if ref not in urls})
+    dangling = sorted({ref for ref in found if ref not in urls and not _CONDITIONAL.match(ref)})
     issues = []
     for ref in dangling:  # rare: only now are the paths worth building
         places: list[str] = []

@@ -1,6 +1,7 @@
 """Regenerate the golden files: ``make golden`` (or ``python -m tests.golden.regenerate``).
 
-For every input ``tests/golden/<kind>/<name>.<ext>`` it writes ``<name>.expected.json``
+For every input ``tests/golden/<kind>/<name>.<ext>`` (or folder ``<name>.study/`` of
+DICOM files, converted together) it writes ``<name>.expected.json``
 (and for every ``examples/<kind>/<name>.<ext>`` the ``examples/<kind>/bundles/<name>.json``
 that the README points to):
 the Bundle when the input holds one message that converts, an OperationOutcome when
@@ -20,11 +21,19 @@ from gateway.envelope import Record
 
 GOLDEN = Path(__file__).resolve().parent
 EXAMPLES = GOLDEN.parents[1] / "examples"
-INPUT_SUFFIXES = {".hl7", ".txt", ".er7"}
+INPUT_SUFFIXES = {".hl7", ".txt", ".er7", ".dcm", ".zip", ".xml", ".json", ".study"}
+
+
+def _is_input(path: Path) -> bool:
+    if path.suffix not in INPUT_SUFFIXES or path.name.endswith(".expected.json"):
+        return False
+    if any(part == "bundles" or part.endswith(".study") for part in path.parent.parts):
+        return False  # outputs, and the files inside a study folder
+    return path.is_dir() == (path.suffix == ".study")
 
 
 def inputs() -> list[Path]:
-    return sorted(p for p in GOLDEN.rglob("*") if p.suffix in INPUT_SUFFIXES and p.parent != GOLDEN)
+    return sorted(p for p in GOLDEN.rglob("*") if p.parent != GOLDEN and _is_input(p))
 
 
 def expected_path(source: Path) -> Path:
@@ -32,7 +41,7 @@ def expected_path(source: Path) -> Path:
 
 
 def example_inputs() -> list[Path]:
-    return sorted(p for p in EXAMPLES.rglob("*") if p.suffix in INPUT_SUFFIXES)
+    return sorted(p for p in EXAMPLES.rglob("*") if _is_input(p))
 
 
 def example_output(source: Path) -> Path:
@@ -46,8 +55,16 @@ def outcome(record: Record) -> Any:
     return operation_outcome(record.issues)
 
 
+def convert(converter: Converter, source: Path, trace: bool = False) -> list[Record]:
+    if source.is_dir():  # a DICOM study spread over files
+        files = sorted(p for p in source.rglob("*") if p.is_file())
+        items = [(str(p.relative_to(source.parent)), p.read_bytes()) for p in files]
+        return list(converter.convert_files(items, trace=trace))
+    return converter.convert(source.read_bytes(), source=source.name, trace=trace)
+
+
 def render(converter: Converter, source: Path) -> bytes:
-    records = converter.convert(source.read_bytes(), source=source.name)
+    records = convert(converter, source)
     if len(records) == 1:
         return dump_json(outcome(records[0]))
     return dump_json([outcome(r) for r in records])
@@ -67,7 +84,7 @@ def main() -> int:
     for source, target in pairs:
         target.parent.mkdir(exist_ok=True)
         new = render(converter, source)
-        for record in converter.convert(source.read_bytes(), source=source.name, trace=True):
+        for record in convert(converter, source, trace=True):
             if record.unmapped:  # what the mappings leave behind: worth a look in review
                 print(f"  {record.label}: not mapped: {', '.join(record.unmapped)}")
         if not target.exists() or target.read_bytes() != new:

@@ -12,7 +12,14 @@ import orjson
 import pytest
 
 from gateway import Converter
-from tests.golden.regenerate import example_inputs, example_output, expected_path, inputs, render
+from tests.golden.regenerate import (
+    convert,
+    example_inputs,
+    example_output,
+    expected_path,
+    inputs,
+    render,
+)
 from tests.jsondiff import differences
 
 CASES = inputs()
@@ -21,7 +28,7 @@ CASES = inputs()
 def test_there_are_goldens_for_every_supported_message_type(converter: Converter) -> None:
     covered = set()
     for source in CASES:
-        for record in converter.convert(source.read_bytes()):
+        for record in convert(converter, source):
             if record.ok and record.message_type:
                 covered.add(record.message_type)
     assert covered == set(converter.message_types)

@@ -22,7 +22,6 @@ fhir.resources' R4B models are structurally identical to R4 for these resources.
 from __future__ import annotations
 
 import re
-
 import types
 import typing
 from functools import cache

@@ -122,8 +122,9 @@ def coding(
 
 
 def institution(env: Env, *, facility: str | None = None, get: str = "name") -> Any:
-    """A field of a registered institution (dotted path into its seed entry)."""
-    inst = env.network.institution(facility)
+    """A field of a registered institution (dotted path into its seed entry), found by
+    facility code, key, OID or name (DICOM and CDA name institutions, HL7 v2 codes them)."""
+    inst = env.network.find(facility)
     if inst is None:
         return None
     value: Any = inst.data
@@ -139,7 +140,26 @@ def script(env: Env, *, text: str | None = None) -> str | None:
     return "IDE" if language_of(text) == "zh" else "ABC"
 
 
+def reference_by_identifier(
+    env: Env, *, type: str | None = None, identifier: Any = None
+) -> dict[str, Any] | None:
+    """A conditional reference to a resource another conversion makes (the order behind
+    a study, the study behind a report): the receiving server resolves
+    ``Type?identifier=system|value`` when it processes the transaction."""
+    if isinstance(identifier, list):
+        identifier = identifier[0] if identifier else None
+    if not type or not isinstance(identifier, dict):
+        return None
+    system, value = identifier.get("system"), identifier.get("value")
+    if not system or not value:
+        return None
+    query = quote(f"{system}|{value}", safe=":/|.-_~")
+    reference = {"reference": f"{type}?identifier={query}", "type": type}
+    return {**reference, "identifier": {"system": system, "value": value}}
+
+
 FUNCTIONS: dict[str, Callable[..., Any]] = {
+    "reference-by-identifier": reference_by_identifier,
     "script": script,
     "identifier-system": identifier_system,
     "coding": coding,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import re
 from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
@@ -78,7 +79,13 @@ def to_string(value: str, location: str, tz: str) -> str:
     return value
 
 
+def to_base64(value: str, location: str, tz: str) -> str:
+    """Text carried inline (an ED of type text) as FHIR base64Binary, UTF-8 encoded."""
+    return base64.b64encode(value.encode("utf-8")).decode("ascii")
+
+
 CONVERTERS: dict[str, Callable[[str, str, str], object]] = {
+    "base64": to_base64,
     "date": to_date,
     "dateTime": to_datetime,
     "instant": to_instant,

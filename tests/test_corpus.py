@@ -1,9 +1,10 @@
-"""Every order or referral message of the public corpus (../shared/corpus/hl7v2/)
-converts, or fails with the specific reason pinned here. Other message kinds (ORU,
-MDM) are refused as unsupported until their mappings exist."""
+"""Every HL7 v2 message of the public corpus (../shared/corpus/hl7v2/) converts, or
+fails with the specific reason pinned here: orders and referrals, radiology results
+(ORU^R01), laboratory results (refused: radiology only) and other kinds (MDM)."""
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 from typing import Any
 
@@ -27,15 +28,19 @@ ORDERS_AND_REFERRALS: dict[str, tuple[Any, ...]] = {
     # to identify them by, so a resend could not be recognised at the partner.
     "ms_OMG-O19-01.hl7": ("error", "mapping.no-identity", "ORC(1)"),
 }
-OTHER_KINDS = {
-    "ms_ORU-R01-RMGEAD.hl7": "ORU^R01",
-    "ms_LAB-ORU-1.hl7": "ORU^R01",
-    "ms_MDM-T02-01.hl7": "MDM^T02",
-    "lfh_ORU-multiline-short.hl7": "ORU^R01",
-    "dcm4che_ORU_R01-SR.hl7": "ORU^R01",
-    "dcm4che_ORU_R01-CDA.hl7": "ORU^R01",
-    "v2tofhir_ORU_R01-Basic-NG-ExampleMessage-v2.5.1.txt": "ORU^R01",
+_LAB = ("error", "mapping.required", "OBR-24")  # laboratory results: not a radiology report
+RESULTS: dict[str, tuple[Any, ...]] = {
+    # IHE-style radiology results: the study UID in OBX 113014 links the report to the
+    # ImagingStudy; the CDA one carries its CDA document inline (ED, text/xml).
+    "dcm4che_ORU_R01-SR.hl7": ("ok", {"DiagnosticReport": 1, "Patient": 1}),
+    "dcm4che_ORU_R01-CDA.hl7": ("ok", {"DiagnosticReport": 1, "Patient": 1}),
+    # An echocardiogram report (OBR-24 CT) with no coded OBX: a report with no text.
+    "lfh_ORU-multiline-short.hl7": ("ok", {"DiagnosticReport": 1, "Patient": 1}),
+    "ms_ORU-R01-RMGEAD.hl7": _LAB,
+    "ms_LAB-ORU-1.hl7": _LAB,
+    "v2tofhir_ORU_R01-Basic-NG-ExampleMessage-v2.5.1.txt": _LAB,
 }
+OTHER_KINDS = {"ms_MDM-T02-01.hl7": "MDM^T02"}
 
 
 def _counts(bundle: dict[str, Any]) -> dict[str, int]:
@@ -48,13 +53,14 @@ def _counts(bundle: dict[str, Any]) -> dict[str, int]:
 
 def test_the_table_covers_every_corpus_message(corpus: Path) -> None:
     files = {p.name for p in (corpus / "hl7v2").iterdir()}
-    assert files == set(ORDERS_AND_REFERRALS) | set(OTHER_KINDS) | {"dcm4che_ORU_R01-PDF.hl7"}
+    pinned = set(ORDERS_AND_REFERRALS) | set(RESULTS) | set(OTHER_KINDS)
+    assert files == pinned | {"dcm4che_ORU_R01-PDF.hl7"}
 
 
-@pytest.mark.parametrize("name", sorted(ORDERS_AND_REFERRALS))
-def test_corpus_order_or_referral(corpus: Path, converter: Converter, name: str) -> None:
+@pytest.mark.parametrize("name", sorted({**ORDERS_AND_REFERRALS, **RESULTS}))
+def test_corpus_message(corpus: Path, converter: Converter, name: str) -> None:
     [record] = converter.convert((corpus / "hl7v2" / name).read_bytes(), source=name)
-    expected = ORDERS_AND_REFERRALS[name]
+    expected = {**ORDERS_AND_REFERRALS, **RESULTS}[name]
     if expected[0] == "ok":
         assert record.ok, [i.line() for i in record.errors]
         assert record.bundle is not None
@@ -88,6 +94,25 @@ def test_mislabelled_8859_1_is_read_as_utf8_with_a_warning(
     [record] = converter.convert(path.read_bytes())
     assert record.ok and record.charset == "utf-8"
     assert any(w.code == "intake.charset-mislabelled" for w in record.warnings)
+
+
+def test_corpus_radiology_report_links_its_studies(corpus: Path, converter: Converter) -> None:
+    [record] = converter.convert((corpus / "hl7v2/dcm4che_ORU_R01-CDA.hl7").read_bytes())
+    assert record.bundle is not None
+    [report] = [
+        e["resource"]
+        for e in record.bundle["entry"]
+        if e["resource"]["resourceType"] == "DiagnosticReport"
+    ]
+    studies = [s["identifier"]["value"] for s in report["imagingStudy"]]
+    assert studies == [
+        "urn:oid:2.16.840.1.113669.632.20.540351.10004609971",
+        "urn:oid:1.2.392.200036.9125.0.198811291108.7",
+    ]
+    assert report["status"] == "final"  # OBR-25 F
+    [form] = report["presentedForm"]  # the inline CDA document (OBX-5 ED text/xml)
+    assert form["contentType"] == "text/xml"
+    assert base64.b64decode(form["data"]).decode().startswith("<?xml")
 
 
 @pytest.mark.parametrize("name", sorted(OTHER_KINDS))

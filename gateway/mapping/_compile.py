@@ -510,6 +510,7 @@ class Compiler:
             "when",
             "export",
             "required",
+            "required-at",
         }
         if extra_keys:
             raise ConfigError("entry", f"{where}: {sorted(extra_keys)} not allowed in a group")
@@ -529,17 +530,17 @@ class Compiler:
         cond = self.condition(entry["when"], f"{where}.when") if "when" in entry else None
 
         required = entry.get("required")
+        required_at = str(entry.get("required-at") or selector)
 
         def group(ctx: Ctx) -> None:
             if cond is not None and not cond(ctx):
                 return
-            groups = ctx.view.select(selector, ctx.here)
-            if required and not groups:
-                raise MappingError("required", str(required), location=selector)
-            for pos in groups:
+            kept = 0
+            for pos in ctx.view.select(selector, ctx.here):
                 item = ctx.at(pos)
                 if keep is not None and not keep(item):
                     continue
+                kept += 1
                 if extra:
                     item = item.with_vars({k: fn(item) for k, fn in extra.items()})
                 ctx.state.push()
@@ -548,6 +549,8 @@ class Compiler:
                         child(item)
                 finally:
                     ctx.state.pop(export)
+            if required and not kept:  # none there, or none that 'where' keeps
+                raise MappingError("required", str(required), location=required_at)
 
         return group
 

@@ -1,6 +1,7 @@
 """The ``gateway`` command.
 
-    gateway convert PATH... [--format auto|hl7v2] [-o OUT]   records → FHIR Bundles
+    gateway convert PATH... [--format auto|hl7v2|dicom|cda] [-o OUT]   records → FHIR Bundles
+    gateway report variants REPORT.json [--lang L] [--pdf OUT.pdf]    report language variants
     gateway demo                                             the demo network, end to end
     gateway serve [--host H] [--port P]                      the HTTP API
     gateway config                                           effective settings
@@ -24,13 +25,18 @@ from . import __version__
 from .config import Settings
 from .envelope import Record
 from .errors import GatewayError
+from .intake import FORMATS, detect_format
 from .pipeline import Converter
 
 __all__ = ["main"]
 
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._\-]+")
-# Files taken from a folder (a file named on the command line is always read).
-RECORD_SUFFIXES = frozenset({".hl7", ".er7", ".txt", ".msg", ".dat", ".mllp", ""})
+# Files taken from a folder (a file named on the command line is always read). DICOM
+# files often have no suffix; JSON (DICOM JSON) is read only when named, so that a
+# folder of converted Bundles is not taken for input.
+RECORD_SUFFIXES = frozenset(
+    {".hl7", ".er7", ".txt", ".msg", ".dat", ".mllp", ".dcm", ".dicom", ".zip", ".xml", ".cda", ""}
+)
 
 
 class Progress:
@@ -160,6 +166,21 @@ def cmd_convert(args: argparse.Namespace, settings: Settings) -> int:
     progress = Progress(
         len(files), sys.stderr, args.progress or (sys.stderr.isatty() and len(files) > 1)
     )
+
+    def report(records: Iterable[Record]) -> None:
+        for record in records:
+            progress.record(record)
+            for issue in record.issues:
+                if not args.quiet or issue.severity != "warning":
+                    progress.say(issue.line())
+            if record.unmapped:
+                progress.say(f"info: {record.label}: not mapped: {', '.join(record.unmapped)}")
+            if record.ok:
+                sink.add(record)
+
+    # DICOM files are read together at the end: a study's instances may be spread over
+    # many files and folders.
+    dicom: list[tuple[str, bytes]] = []
     try:
         for name in files:
             try:
@@ -168,16 +189,14 @@ def cmd_convert(args: argparse.Namespace, settings: Settings) -> int:
                 progress.close()
                 print(f"error: cannot read {exc.filename}: {exc.strerror}", file=sys.stderr)
                 return 2
-            for record in converter.iter_convert(data, source, args.format, trace=args.unmapped):
-                progress.record(record)
-                for issue in record.issues:
-                    if not args.quiet or issue.severity != "warning":
-                        progress.say(issue.line())
-                if record.unmapped:
-                    progress.say(f"info: {record.label}: not mapped: {', '.join(record.unmapped)}")
-                if record.ok:
-                    sink.add(record)
+            kind = detect_format(data) if args.format == "auto" else args.format
+            if kind == "dicom":
+                dicom.append((source, data))
+            else:
+                report(converter.iter_convert(data, source, kind, trace=args.unmapped))
             progress.file_done()
+        if dicom:
+            report(converter.convert_files(dicom, trace=args.unmapped))
     except _Usage as exc:
         progress.close()
         print(f"error: {exc}", file=sys.stderr)
@@ -187,7 +206,7 @@ def cmd_convert(args: argparse.Namespace, settings: Settings) -> int:
     where = f" into {sink.path}" if sink.path is not None else ""
     print(
         f"converted {sink.count}, failed {progress.failed} "
-        f"(of {progress.messages} messages in {len(files)} files){where}",
+        f"(of {progress.messages} records in {len(files)} files){where}",
         file=sys.stderr,
     )
     return 0 if progress.failed == 0 else 1
@@ -225,7 +244,8 @@ def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="gateway", description="FHIR interoperability gateway (HL7 v2 → FHIR R4)."
+        prog="gateway",
+        description="FHIR interoperability gateway (HL7 v2, DICOM, CDA → FHIR R4).",
     )
     parser.add_argument("--version", action="version", version=f"gateway {__version__}")
     parser.add_argument("--home", help="GATEWAY_HOME (default: $GATEWAY_HOME or ~/.fhir-gateway)")
@@ -233,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     convert = sub.add_parser("convert", help="convert records to FHIR transaction Bundles")
     convert.add_argument("paths", nargs="+", help="files or folders ('-' for stdin)")
-    convert.add_argument("--format", default="auto", choices=["auto", "hl7v2"])
+    convert.add_argument("--format", default="auto", choices=["auto", *FORMATS])
     convert.add_argument("-o", "--output", help="output file (one message) or folder (many)")
     convert.add_argument("--progress", action="store_true", help="show progress even off a TTY")
     convert.add_argument("-q", "--quiet", action="store_true", help="hide warnings")

@@ -29,7 +29,7 @@ def test_batch_into_a_folder_named_by_control_id(tmp_path: Path) -> None:
     names = sorted(p.name for p in out.iterdir())
     assert "NSGP20260612093015001.json" in names and len(names) == 11
     stderr = proc.stderr.decode()
-    assert "converted 11, failed 1 (of 12 messages in 10 files)" in stderr
+    assert "converted 11, failed 1 (of 12 records in 10 files)" in stderr
     assert "batch_mixed.hl7, message LAX220260622090500002: PID-3:" in stderr
     assert "Traceback" not in stderr
 

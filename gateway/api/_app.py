@@ -2,7 +2,8 @@
 
     GET  /health     liveness and what the gateway converts (no auth)
     GET  /metadata   CapabilityStatement (no auth, as FHIR servers do)
-    POST /convert    raw record(s) in, transaction Bundle out (Bearer token)
+    POST /convert    raw record(s) in, transaction Bundle out (Bearer token); the
+                     format comes from ?format=, else the Content-Type, else the bytes
 
 Every error is a FHIR OperationOutcome: 400 for input that is not a readable record
 (framing, charset, syntax), 422 for a readable record that cannot be mapped or
@@ -25,6 +26,7 @@ from .. import __version__
 from ..config import Settings
 from ..envelope import Record
 from ..errors import Issue, operation_outcome
+from ..intake import FORMATS
 from ..pipeline import Converter
 from ._auth import TokenSet, load_tokens
 
@@ -32,6 +34,19 @@ __all__ = ["create_app"]
 
 FHIR_JSON = "application/fhir+json"
 MAX_BODY = 4 * 1024 * 1024  # a referral with embedded documents stays far below this
+MAX_DICOM_BODY = 64 * 1024 * 1024  # a zip of a study's headers-and-pixels, within reason
+# Content types that name the input format (RFC 3240 DICOM, PS3.18 DICOM JSON,
+# HL7's registered v2 and CDA types, and the generic XML/zip ones).
+CONTENT_FORMATS = {
+    "application/dicom": "dicom",
+    "application/dicom+json": "dicom",
+    "application/zip": "dicom",
+    "application/hl7-v2": "hl7v2",
+    "x-application/hl7-v2+er7": "hl7v2",
+    "application/hl7-cda+xml": "cda",
+    "application/xml": "cda",
+    "text/xml": "cda",
+}
 
 
 def _fhir(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -146,27 +161,26 @@ def create_app(
                 details={"issue_type": "login"},
             )
             return _outcome([issue], 401, {"WWW-Authenticate": "Bearer"})
-        if format not in ("auto", "hl7v2"):
+        if format not in ("auto", *FORMATS):
             issue = Issue(
                 "request.bad-format",
-                f"unknown format {format!r} (auto, hl7v2)",
+                f"unknown format {format!r} ({', '.join(('auto', *FORMATS))})",
                 location="format",
                 details={"issue_type": "value"},
             )
             return _outcome([issue], 400)
-        declared = request.headers.get("content-length", "")
-        too_large = Issue(
-            "request.too-large",
-            f"body is larger than {MAX_BODY} bytes",
-            details={"issue_type": "too-costly"},
-        )
-        if declared.isdigit() and int(declared) > MAX_BODY:
-            return _outcome([too_large], 413)  # refused before reading it
-        body = b""
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_BODY:
-                return _outcome([too_large], 413)
+        if format == "auto":
+            content_type = request.headers.get("content-type", "").split(";")[0].strip()
+            format = CONTENT_FORMATS.get(content_type.lower(), "auto")
+        limit = MAX_DICOM_BODY if format == "dicom" else MAX_BODY
+        body = await _read_body(request, limit)
+        if body is None:
+            too_large = Issue(
+                "request.too-large",
+                f"body is larger than {limit} bytes",
+                details={"issue_type": "too-costly"},
+            )
+            return _outcome([too_large], 413)
         records = await run_in_threadpool(run, body, format)
         if len(records) == 1:
             record = records[0]
@@ -176,6 +190,20 @@ def create_app(
         return _fhir(_batch_response(records))
 
     return app
+
+
+async def _read_body(request: Request, limit: int) -> bytes | None:
+    """The request body, or None when it is larger than ``limit`` (refused before
+    reading when Content-Length says so)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return None
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            return None
+    return bytes(body)
 
 
 def _batch_response(records: list[Record]) -> dict[str, Any]:

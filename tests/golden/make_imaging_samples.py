@@ -15,6 +15,7 @@ The story (seeds/network.yaml, the Nanjing–Lai'an and Nansha–Hong Kong pract
     Hong Kong radiologist 陳志明 (HKPMC), whose OBR-29 names the Chinese report.
 """
 
+# ruff: noqa: E501  (segments stay whole, one per line, so that they read as sent)
 from __future__ import annotations
 
 import io

@@ -1,0 +1,133 @@
+"""Surfaces of the report variants: ``gateway report variants`` and the API helper.
+
+The lead wires them in: ``reports.add_cli(sub)`` in ``gateway/cli.py``'s parser, and
+``variant_response`` behind the API's report-variant endpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from ..config import Settings
+from ..errors import IntakeError
+from ._variants import BILINGUAL, ReportVariants
+
+__all__ = [
+    "CONTENT_TYPES",
+    "add_cli",
+    "cmd_report_variants",
+    "dump_json",
+    "variant_response",
+    "variants_for",
+]
+
+CONTENT_TYPES = {
+    "json": "application/fhir+json",
+    "html": "text/html; charset=utf-8",
+    "pdf": "application/pdf",
+}
+_CLI_LANGS = ("zh-Hant-HK", "en", BILINGUAL, "zh-Hans")
+
+_BUILT: dict[Settings, ReportVariants] = {}
+_LOCK = threading.Lock()
+
+
+def variants_for(settings: Settings) -> ReportVariants:
+    """One ReportVariants per settings and process (it loads terminology and network)."""
+    with _LOCK:
+        found = _BUILT.get(settings)
+        if found is None:
+            found = _BUILT[settings] = ReportVariants(settings)
+        return found
+
+
+def dump_json(resource: Any) -> bytes:
+    """The same serialisation as ``gateway.pipeline.dump_json`` (2-space, stable)."""
+    return orjson.dumps(resource, option=orjson.OPT_INDENT_2) + b"\n"
+
+
+def variant_response(
+    body: bytes,
+    lang: str,
+    english: bytes | None = None,
+    fmt: str = "json",
+    *,
+    settings: Settings | None = None,
+) -> tuple[int, str, bytes]:
+    """(status, content type, body) of the ``lang`` variant of the report in ``body``.
+
+    Raises GatewayError for bad input, for the API to turn into an OperationOutcome:
+    IntakeError (400: not JSON, not a DiagnosticReport, unknown format) and MappingError
+    (422: unknown language, an English report that is not linked to this one).
+    """
+    if fmt not in CONTENT_TYPES:
+        raise IntakeError(
+            "report-format",
+            f"unknown format {fmt!r} (one of {', '.join(CONTENT_TYPES)})",
+            location="format",
+        )
+    variant = variants_for(settings or Settings.load()).variant(body, lang, english)
+    if fmt == "pdf":
+        return 200, CONTENT_TYPES[fmt], variant.pdf
+    if fmt == "html":
+        return 200, CONTENT_TYPES[fmt], variant.html
+    return 200, CONTENT_TYPES[fmt], dump_json(variant.resource)
+
+
+def add_cli(subparsers: Any) -> Any:
+    """Add ``report variants`` to the ``gateway`` command's subparsers."""
+    report = subparsers.add_parser("report", help="report tools (language variants)")
+    sub = report.add_subparsers(dest="report_command", required=True)
+    variants = sub.add_parser(
+        "variants",
+        help="a report's language variant (zh-Hans, zh-Hant-HK, en, bilingual) and its PDF",
+        description="REPORT.json is a FHIR DiagnosticReport or a Bundle holding one. "
+        "English narrative only comes from --english (the partner radiologist's report, "
+        "linked by the translation-of extension); without it the English part is pending.",
+    )
+    variants.add_argument("report", metavar="REPORT.json", help="the report ('-' for stdin)")
+    variants.add_argument("--lang", default=BILINGUAL, choices=_CLI_LANGS)
+    variants.add_argument("--english", metavar="EN.json", help="the linked English report")
+    variants.add_argument("--pdf", metavar="OUT.pdf", help="write the rendered report as PDF")
+    variants.add_argument("--html", metavar="OUT.html", help="write the rendered report as HTML")
+    variants.add_argument(
+        "-o", "--output", metavar="OUT.json", help="write the variant (default: stdout)"
+    )
+    variants.set_defaults(func=cmd_report_variants)
+    return report
+
+
+def cmd_report_variants(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        report = sys.stdin.buffer.read() if args.report == "-" else Path(args.report).read_bytes()
+        english = Path(args.english).read_bytes() if args.english else None
+    except OSError as exc:
+        print(f"error: cannot read {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return 2
+    variant = variants_for(settings).variant(report, args.lang, english)
+    for note in variant.notes:
+        print(f"note: {note}", file=sys.stderr)
+    written = []
+    for path, data in ((args.pdf, variant.pdf), (args.html, variant.html)):
+        if path:
+            _write(Path(path), data)
+            written.append(path)
+    if args.output:
+        _write(Path(args.output), dump_json(variant.resource))
+        written.append(args.output)
+    elif not written:
+        sys.stdout.buffer.write(dump_json(variant.resource))
+    if written:
+        print(f"{variant.lang} variant: {', '.join(written)}", file=sys.stderr)
+    return 0
+
+
+def _write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)

@@ -1,0 +1,406 @@
+"""Language variants of a DiagnosticReport: zh-Hans, zh-Hant-HK, en and bilingual.
+
+* ``zh-Hans`` / ``zh-Hant-HK`` / ``en``: the report localized to that language
+  (``_localize.py``), with one HTML and one PDF ``presentedForm`` in that language.
+* ``bilingual``: the report in its own language; the other languages' texts in the
+  standard ``translation`` extension on ``_conclusion``, ``_valueString``, ``_display``,
+  ``_name``, ``_text``, ``_family``, ``_given``; one HTML and one PDF ``presentedForm``
+  per language (``rules.forms`` says which languages each shows, side by side).
+
+The English narrative only comes from a linked English report (a DiagnosticReport whose
+``translation-of`` extension names one of the original's identifiers); without one,
+the English part is marked pending (docs/reports.md).
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from ..config import Settings
+from ..errors import MappingError, ValidationError
+from ..mapping._terminology import Terminology, language_of
+from ..network import Network
+from ..validation import check_bundle, validate_resource
+from ._document import ReportDocument, Resource
+from ._localize import EnglishReport, Localizer
+from ._names import Names, translation
+from ._pdf import render_pdf
+from ._render import render_html
+from ._rules import Rules
+from ._view import ReportView, build_view
+
+__all__ = ["BILINGUAL", "ReportVariants", "Variant"]
+
+BILINGUAL = "bilingual"
+HTML = "text/html"
+PDF = "application/pdf"
+# Elements whose text is a translation target in the bilingual variant (Coding.display
+# gets its translations from the terminology when it is localized).
+_SKIP = frozenset({"language", "div", "reference", "system", "code", "url", "id", "status"})
+
+
+@dataclass(slots=True)
+class Variant:
+    """A produced variant: the resource (Bundle or DiagnosticReport) and its renderings."""
+
+    lang: str
+    resource: Resource
+    pending: bool
+    html: bytes
+    pdf: bytes
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Tree:
+    doc: ReportDocument
+    lang: str
+    pending: bool
+
+
+class ReportVariants:
+    """Builds variants; create once (it loads terminology, network and rules) and reuse."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.rules = Rules.load(settings.mappings / "reports")
+        self.names = Names(
+            self.rules, Terminology(settings.mappings), Network.load(settings.network)
+        )
+        self.localizer = Localizer(self.names)
+
+    def languages(self) -> list[str]:
+        return [*self.rules.order, BILINGUAL]
+
+    def variant(
+        self, report: bytes | Resource, lang: str, english: bytes | Resource | None = None
+    ) -> Variant:
+        """The ``lang`` variant of ``report`` (a DiagnosticReport or a Bundle holding one),
+        with ``english`` the linked English report if there is one. Inputs are not modified."""
+        target = self._language(lang)
+        doc = _document(report, "report")
+        source = self._source_language(doc)
+        linked = self._english(doc, _document(english, "English report")) if english else None
+        if linked is not None and target != BILINGUAL and target != "en":
+            linked = None  # Chinese variants do not carry the English narrative
+        base = doc.copy()
+        authors = list(range(len(base.report.get("resultsInterpreter") or [])))
+        english_authors = self._merge_signers(base, linked) if linked else authors
+        trees = {lang: self._tree(base, source, lang, linked) for lang in self.rules.order}
+        signers = {
+            lang: english_authors if lang == "en" and linked else authors
+            for lang in self.rules.order
+        }
+        if target == BILINGUAL:
+            out = self._bilingual(source, trees)
+            forms = self.rules.forms
+            primary = source
+        else:
+            out = trees[target].doc
+            forms = {target: (target,)}
+            primary = target
+        rendered = self._forms(out, trees, forms, signers)
+        _set_forms(out.report, rendered, self.rules)
+        self._validate(out)
+        pending = any(trees[lang].pending for lang in forms[primary])
+        notes = []
+        if pending:
+            notes.append(
+                "no English report is linked: the English part is marked pending "
+                f"({self.rules.pending_url}); link one with --english"
+            )
+        return Variant(
+            lang=target,
+            resource=out.root,
+            pending=pending,
+            html=rendered[primary][HTML],
+            pdf=rendered[primary][PDF],
+            notes=notes,
+        )
+
+    # -- inputs -----------------------------------------------------------------------
+
+    def _language(self, lang: str) -> str:
+        if lang.lower() == BILINGUAL:
+            return BILINGUAL
+        found = self.rules.language(lang)
+        if found is None:
+            raise MappingError(
+                "report-language",
+                f"unknown report language {lang!r} (one of {', '.join(self.languages())})",
+                location="lang",
+            )
+        return found
+
+    def _source_language(self, doc: ReportDocument) -> str:
+        declared = self.rules.language(doc.report.get("language"))
+        if declared:
+            return declared
+        texts = [doc.report.get("conclusion")] + [
+            obs.get("valueString")
+            for obs in (doc.resolve(r) for r in doc.report.get("result") or [])
+            if obs
+        ]
+        chinese = any(isinstance(t, str) and language_of(t) == "zh" for t in texts)
+        return self.rules.default_chinese if chinese or not any(texts) else "en"
+
+    def _english(self, doc: ReportDocument, english: ReportDocument) -> EnglishReport:
+        """The English report's narrative, once its link to ``doc`` is checked."""
+        report = english.report
+        lang = self.rules.language(report.get("language"))
+        if lang != "en":
+            raise MappingError(
+                "report-not-english",
+                f"the English report has language {report.get('language')!r}, not 'en'",
+                location="DiagnosticReport.language",
+            )
+        links = [
+            e.get("valueReference", {}).get("identifier")
+            for e in report.get("extension") or []
+            if isinstance(e, dict) and e.get("url") == self.rules.translation_of
+        ]
+        links = [link for link in links if isinstance(link, dict)]
+        own = [_ident(i) for i in doc.report.get("identifier") or [] if isinstance(i, dict)]
+        if not links:
+            raise MappingError(
+                "translation-of-missing",
+                f"the English report has no {self.rules.translation_of} extension naming "
+                "the report it translates",
+                location="DiagnosticReport.extension",
+            )
+        if not any(_ident(link) in own for link in links):
+            raise MappingError(
+                "translation-of-mismatch",
+                f"the English report is a translation of {', '.join(_ident(x) for x in links)}, "
+                f"but the report's identifiers are {', '.join(own) or '(none)'}",
+                location="DiagnosticReport.extension.valueReference.identifier",
+            )
+        findings = [
+            str(obs["valueString"])
+            for obs in (english.resolve(r) for r in report.get("result") or [])
+            if obs and self.localizer.is_findings(obs) and isinstance(obs.get("valueString"), str)
+        ]
+        conclusion = report.get("conclusion")
+        text = report.get("text")
+        return EnglishReport(
+            doc=english,
+            conclusion=conclusion if isinstance(conclusion, str) else None,
+            findings=findings,
+            text=text if isinstance(text, dict) else None,
+        )
+
+    def _merge_signers(self, base: ReportDocument, english: EnglishReport) -> list[int]:
+        """Add the English report's interpreters to ``base`` (their PractitionerRole,
+        Practitioner and Organization entries too); their indexes in resultsInterpreter."""
+        interpreters = base.report.setdefault("resultsInterpreter", [])
+        indexes = []
+        for ref in english.doc.report.get("resultsInterpreter") or []:
+            target = english.doc.resolve(ref)
+            if target is not None and base.is_bundle:
+                _copy_entries(english.doc, base, target, set())
+                new = {k: v for k, v in ref.items() if k != "display"}
+            else:  # nothing to point at: keep what names the person
+                new = {k: v for k, v in ref.items() if k in ("type", "identifier", "display")}
+            if not new:
+                continue
+            same = next((n for n, r in enumerate(interpreters) if _same_ref(r, new)), None)
+            if same is None:
+                interpreters.append(new)
+                same = len(interpreters) - 1
+            indexes.append(same)
+        if not interpreters:
+            base.report.pop("resultsInterpreter")
+        return indexes or list(range(len(interpreters)))
+
+    # -- variants ---------------------------------------------------------------------
+
+    def _tree(
+        self, base: ReportDocument, source: str, lang: str, english: EnglishReport | None
+    ) -> _Tree:
+        doc = base.copy()
+        pending = self.localizer.localize(doc, source, lang, english)
+        return _Tree(doc, lang, pending)
+
+    def _bilingual(self, source: str, trees: dict[str, _Tree]) -> ReportDocument:
+        """The source-language tree, with every text that differs in another language's
+        tree carried in a translation extension beside it."""
+        out = trees[source].doc.copy()
+        self.localizer.add_english_names(out)
+        for lang in self.rules.order:
+            if lang != source:
+                _annotate(out.root, trees[lang].doc.root, lang)
+        if trees["en"].pending:
+            out.report.setdefault("extension", []).append(
+                {"url": self.rules.pending_url, "valueCode": "en"}
+            )
+        return out
+
+    def _forms(
+        self,
+        out: ReportDocument,
+        trees: dict[str, _Tree],
+        forms: dict[str, tuple[str, ...]],
+        signers: dict[str, list[int]],
+    ) -> dict[str, dict[str, bytes]]:
+        """HTML and PDF per form language (each form shows its columns side by side)."""
+        views: dict[str, ReportView] = {}
+        for lang in {col for cols in forms.values() for col in cols}:
+            tree = trees[lang]
+            views[lang] = build_view(tree.doc, lang, self.rules, signers[lang], tree.pending)
+        created = _created(out.report, self.rules.fallback_date)
+        rendered = {}
+        for lang, columns in forms.items():
+            shown = [views[c] for c in columns]
+            rendered[lang] = {
+                HTML: render_html(self.rules.template, shown),
+                PDF: render_pdf(shown, created),
+            }
+        return rendered
+
+    def _validate(self, out: ReportDocument) -> None:
+        if not self.settings.validate:
+            return
+        issues = check_bundle(out.root) if out.is_bundle else validate_resource(out.root)
+        if issues:
+            first = issues[0]
+            raise ValidationError(
+                "report-variant",
+                f"the report variant is not valid FHIR: {first.message}",
+                location=first.location,
+            )
+
+
+def _document(data: bytes | Resource | None, what: str) -> ReportDocument:
+    if isinstance(data, (bytes, bytearray)):
+        return ReportDocument.parse(bytes(data), what)
+    return ReportDocument.of(data, what)
+
+
+def _ident(identifier: dict[str, Any]) -> str:
+    return f"{identifier.get('system', '')}|{identifier.get('value', '')}"
+
+
+def _same_ref(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    if a.get("reference") and a.get("reference") == b.get("reference"):
+        return True
+    ia, ib = a.get("identifier"), b.get("identifier")
+    return isinstance(ia, dict) and isinstance(ib, dict) and _ident(ia) == _ident(ib)
+
+
+def _references(node: Any, out: list[dict[str, Any]]) -> None:
+    if isinstance(node, dict):
+        if isinstance(node.get("reference"), str):
+            out.append(node)
+        for value in node.values():
+            _references(value, out)
+    elif isinstance(node, list):
+        for item in node:
+            _references(item, out)
+
+
+def _copy_entries(
+    source: ReportDocument, target: ReportDocument, resource: Resource, seen: set[int]
+) -> None:
+    """Copy ``resource``'s entry from ``source`` into ``target`` (unless its fullUrl is
+    there already), then what it references (a PractitionerRole's practitioner and
+    organization)."""
+    if id(resource) in seen:
+        return
+    seen.add(id(resource))
+    entry = source.entry_of(resource)
+    if entry is None:
+        return
+    urls = {e.get("fullUrl") for e in target.entries()}
+    if entry.get("fullUrl") not in urls:
+        target.root.setdefault("entry", []).append(copy.deepcopy(entry))
+    refs: list[dict[str, Any]] = []
+    _references(resource, refs)
+    for ref in refs:
+        inner = source.resolve(ref)
+        if inner is not None:
+            _copy_entries(source, target, inner, seen)
+
+
+def _annotate(out: Any, other: Any, lang: str) -> None:
+    """Put ``other``'s differing texts beside ``out``'s as translation extensions."""
+    if isinstance(out, dict) and isinstance(other, dict):
+        if isinstance(out.get("system"), str) and isinstance(out.get("code"), str):
+            return  # a Coding: its display translations come from the terminology
+        for key, value in list(out.items()):
+            if key.startswith("_") or key in _SKIP or key not in other:
+                continue
+            theirs = other[key]
+            if isinstance(value, str) and isinstance(theirs, str) and value != theirs:
+                _add_translation(out, key, lang, theirs)
+            elif (
+                isinstance(value, list)
+                and isinstance(theirs, list)
+                and value
+                and all(isinstance(v, str) for v in value)
+            ):
+                _annotate_strings(out, key, value, theirs, lang)
+            else:
+                _annotate(value, theirs, lang)
+    elif isinstance(out, list) and isinstance(other, list):
+        for mine, theirs in zip(out, other, strict=False):
+            _annotate(mine, theirs, lang)
+
+
+def _add_translation(holder: dict[str, Any], key: str, lang: str, text: str) -> None:
+    element = holder.setdefault(f"_{key}", {})
+    element.setdefault("extension", []).append(translation(lang, text))
+
+
+def _annotate_strings(
+    holder: dict[str, Any], key: str, mine: list[str], theirs: list[Any], lang: str
+) -> None:
+    """``given: [..]`` gets ``_given: [..]``, one element (or null) per name part."""
+    if len(mine) != len(theirs):
+        return
+    extras = holder.get(f"_{key}") or [None] * len(mine)
+    changed = False
+    for n, (a, b) in enumerate(zip(mine, theirs, strict=True)):
+        if isinstance(b, str) and a != b:
+            slot = extras[n] or {}
+            slot.setdefault("extension", []).append(translation(lang, b))
+            extras[n] = slot
+            changed = True
+    if changed:
+        holder[f"_{key}"] = extras
+
+
+def _created(report: Resource, fallback: datetime) -> datetime:
+    for key in ("issued", "effectiveDateTime"):
+        value = report.get(key)
+        if isinstance(value, str) and "T" in value:
+            try:
+                return datetime.fromisoformat(value.replace("Z", "+00:00"))
+            except ValueError:
+                continue
+    return fallback
+
+
+def _set_forms(report: Resource, rendered: dict[str, dict[str, bytes]], rules: Rules) -> None:
+    """presentedForm: one HTML and one PDF per language, replacing those received
+    (a variant's forms must be in the variant's languages)."""
+    created = report.get("issued")
+    forms = []
+    for lang in rules.order:
+        if lang not in rendered:
+            continue
+        title = str(rules.labels[lang]["title"])
+        for content_type in (HTML, PDF):
+            form: dict[str, Any] = {
+                "contentType": content_type,
+                "language": lang,
+                "data": base64.b64encode(rendered[lang][content_type]).decode("ascii"),
+                "title": f"{title} ({lang}, {'PDF' if content_type == PDF else 'HTML'})",
+            }
+            if isinstance(created, str):
+                form["creation"] = created
+            forms.append(form)
+    report["presentedForm"] = forms

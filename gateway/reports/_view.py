@@ -1,0 +1,206 @@
+"""What a rendered report shows, in one language, read from a localized report."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..mapping._terminology import language_of
+from ._document import ReportDocument, Resource
+from ._rules import Rules
+
+__all__ = ["ReportView", "Signer", "build_view"]
+
+_ACCESSION = ("http://terminology.hl7.org/CodeSystem/v2-0203", "ACSN")
+_MRN = ("http://terminology.hl7.org/CodeSystem/v2-0203", "MR")
+
+
+@dataclass(frozen=True, slots=True)
+class Signer:
+    name: str
+    institution: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ReportView:
+    lang: str
+    labels: dict[str, Any]
+    institutions: tuple[tuple[str, str], ...]  # (identity key, name), performer first
+    patient: str | None
+    sex: str | None
+    birth_date: str | None
+    mrn: str | None
+    exam: str | None
+    study_date: str | None
+    accession: str | None
+    status: str | None
+    findings: tuple[str, ...]
+    impression: str | None
+    pending: bool
+    signers: tuple[Signer, ...]
+    issued: str | None
+
+    def label(self, key: str) -> str:
+        return str(self.labels[key])
+
+
+def build_view(
+    doc: ReportDocument, lang: str, rules: Rules, signers: list[int], pending: bool
+) -> ReportView:
+    """The view of ``doc`` (already localized to ``lang``); ``signers`` are the indexes
+    in resultsInterpreter of those who wrote this language's text."""
+    report = doc.report
+    patient = doc.resolve(report.get("subject"), report)
+    interpreters = list(report.get("resultsInterpreter") or [])
+    orgs: list[tuple[str, str]] = []
+    for ref in report.get("performer") or []:
+        _add(orgs, _organization(doc, ref, report))
+    for ref in interpreters:
+        _add(orgs, _organization(doc, ref, report))
+    findings = [
+        str(obs["valueString"])
+        for obs in (doc.resolve(r, report) for r in report.get("result") or [])
+        if obs and _is_findings(obs, rules) and isinstance(obs.get("valueString"), str)
+    ]
+    effective = report.get("effectiveDateTime") or (report.get("effectivePeriod") or {}).get(
+        "start"
+    )
+    return ReportView(
+        lang=lang,
+        labels=rules.labels[lang],
+        institutions=tuple(orgs),
+        patient=_person_name(patient, lang, rules) if patient else _display(report.get("subject")),
+        sex=rules.coded_label(lang, "sexes", (patient or {}).get("gender")),
+        birth_date=(patient or {}).get("birthDate"),
+        mrn=_identifier(patient or {}, _MRN, "/sid/mrn"),
+        exam=_exam(report.get("code") or {}, lang, rules),
+        study_date=_when(effective),
+        accession=_accession(report),
+        status=rules.coded_label(lang, "statuses", report.get("status")),
+        findings=tuple(findings),
+        impression=report.get("conclusion") if isinstance(report.get("conclusion"), str) else None,
+        pending=pending,
+        signers=tuple(
+            _signer(doc, interpreters[n], lang, rules, report)
+            for n in signers
+            if n < len(interpreters)
+        ),
+        issued=_when(report.get("issued")),
+    )
+
+
+def _add(orgs: list[tuple[str, str]], found: tuple[str, str] | None) -> None:
+    if found and all(key != found[0] and name != found[1] for key, name in orgs):
+        orgs.append(found)
+
+
+def _display(ref: Any) -> str | None:
+    display = ref.get("display") if isinstance(ref, dict) else None
+    return display if isinstance(display, str) else None
+
+
+def _organization(doc: ReportDocument, ref: Any, report: Resource) -> tuple[str, str] | None:
+    """(identity, name) of the Organization behind a performer/interpreter reference;
+    a PractitionerRole stands for its organization."""
+    target = doc.resolve(ref, report)
+    if target and target.get("resourceType") in ("PractitionerRole", "Practitioner"):
+        ref = target.get("organization")
+        target = doc.resolve(ref, report)
+        if ref is None:
+            return None
+    if target and isinstance(target.get("name"), str):
+        return (str(ref.get("reference")), str(target["name"]))
+    display = _display(ref)
+    if display and target is None and (ref.get("type") in (None, "Organization")):
+        return (str(ref.get("reference") or display), display)
+    return None
+
+
+def _person_name(person: Resource, lang: str, rules: Rules) -> str | None:
+    """The name written in the script of ``lang`` (Chinese or Latin), else the first."""
+    names = [n for n in person.get("name") or [] if isinstance(n, dict)]
+    want_chinese = lang in rules.chinese
+
+    def text(name: dict[str, Any]) -> str:
+        if isinstance(name.get("text"), str):
+            return str(name["text"])
+        family, given = name.get("family") or "", " ".join(name.get("given") or [])
+        chinese = language_of(f"{family}{given}") == "zh"
+        return f"{family}{given}" if chinese else " ".join(p for p in (family, given) if p)
+
+    texts = [text(n) for n in names if text(n)]
+    for candidate in texts:
+        if (language_of(candidate) == "zh") == want_chinese:
+            return candidate
+    return texts[0] if texts else None
+
+
+def _signer(doc: ReportDocument, ref: Any, lang: str, rules: Rules, report: Resource) -> Signer:
+    target = doc.resolve(ref, report)
+    person, org = target, None
+    if target and target.get("resourceType") == "PractitionerRole":
+        person = doc.resolve(target.get("practitioner"), report)
+        found = _organization(doc, ref, report)
+        org = found[1] if found else None
+    name = (_person_name(person, lang, rules) if person else None) or _display(ref)
+    if name is None and target:
+        name = _display(target.get("practitioner"))
+    return Signer(name or str(rules.label(lang, "none")), org)
+
+
+def _identifier(resource: Resource, type_code: tuple[str, str], suffix: str) -> str | None:
+    for ident in resource.get("identifier") or []:
+        codings = (ident.get("type") or {}).get("coding") or []
+        typed = any((c.get("system"), c.get("code")) == type_code for c in codings)
+        if typed or str(ident.get("system", "")).endswith(suffix):
+            value = ident.get("value")
+            return str(value) if value else None
+    return None
+
+
+def _accession(report: Resource) -> str | None:
+    found = _identifier(report, _ACCESSION, "/sid/accession")
+    if found:
+        return found
+    for ref in report.get("basedOn") or []:
+        ident = ref.get("identifier") if isinstance(ref, dict) else None
+        if isinstance(ident, dict):
+            found = _identifier({"identifier": [ident]}, _ACCESSION, "/sid/accession")
+            if found:
+                return found
+    return None
+
+
+def _exam(code: dict[str, Any], lang: str, rules: Rules) -> str | None:
+    """The exam's name: a specific coding's display before a generic report code, one
+    written in the view's script before one that is not."""
+    codings = [c for c in code.get("coding") or [] if isinstance(c, dict) and c.get("display")]
+    script = "zh" if lang in rules.chinese else "en"
+    ranked = sorted(
+        codings,
+        key=lambda c: (
+            (c.get("system"), c.get("code")) in rules.generic_codes,
+            language_of(str(c["display"])) != script,
+        ),
+    )
+    for coding in ranked:
+        return str(coding["display"])
+    return str(code["text"]) if isinstance(code.get("text"), str) else None
+
+
+def _is_findings(obs: Resource, rules: Rules) -> bool:
+    codings = (obs.get("code") or {}).get("coding") or []
+    return any((c.get("system"), c.get("code")) in rules.findings for c in codings)
+
+
+def _when(value: Any) -> str | None:
+    """A FHIR date/dateTime for reading: '2026-06-16 10:20 +08:00'."""
+    if not isinstance(value, str) or not value:
+        return None
+    if "T" not in value:
+        return value
+    date, _, rest = value.partition("T")
+    clock, zone = rest[:5], rest[8:]
+    zone = zone.lstrip(".0123456789")  # fractional seconds
+    zone = "UTC" if zone == "Z" else zone
+    return f"{date} {clock} {zone}".strip()

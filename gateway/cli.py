@@ -27,6 +27,7 @@ from .envelope import Record
 from .errors import GatewayError
 from .intake import FORMATS, detect_format
 from .pipeline import Converter
+from .reports import add_cli
 
 __all__ = ["main"]
 
@@ -271,6 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default=None)
     serve.add_argument("--port", type=int, default=None)
     serve.set_defaults(func=cmd_serve)
+
+    add_cli(sub)  # gateway report variants
 
     config = sub.add_parser("config", help="print the effective settings")
     config.set_defaults(func=cmd_config)

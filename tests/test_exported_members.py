@@ -13,6 +13,8 @@ PACKAGES = [
     "gateway.mapping",
     "gateway.validation",
     "gateway.api",
+    "gateway.reports",
+    "gateway.intake.cda",
 ]
 
 

@@ -4,6 +4,10 @@
     GET  /metadata   CapabilityStatement (no auth, as FHIR servers do)
     POST /convert    raw record(s) in, transaction Bundle out (Bearer token); the
                      format comes from ?format=, else the Content-Type, else the bytes
+    POST /report/variants?lang=bilingual&format=json|pdf|html
+                     a DiagnosticReport (or a Bundle holding one) in, its language
+                     variant out (Bearer token); with the English report of a partner,
+                     send a FHIR Parameters resource: parameter 'report' and 'english'
 
 Every error is a FHIR OperationOutcome: 400 for input that is not a readable record
 (framing, charset, syntax), 422 for a readable record that cannot be mapped or
@@ -25,9 +29,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import __version__
 from ..config import Settings
 from ..envelope import Record
-from ..errors import Issue, operation_outcome
+from ..errors import GatewayError, IntakeError, Issue, operation_outcome
 from ..intake import FORMATS
 from ..pipeline import Converter
+from ..reports import variant_response
 from ._auth import TokenSet, load_tokens
 
 __all__ = ["create_app"]
@@ -150,17 +155,49 @@ def create_app(
         )
         return _outcome([issue], 500)
 
-    @app.post("/convert")
-    async def convert(request: Request, format: str = "auto") -> Response:
+    def unauthorized(request: Request) -> Response | None:
         auth = request.headers.get("authorization", "")
         scheme, _, token = auth.partition(" ")
-        if scheme.lower() != "bearer" or not tokens.check(token.strip()):
-            issue = Issue(
-                "security.unauthorized",
-                "a valid Bearer token is required",
-                details={"issue_type": "login"},
+        if scheme.lower() == "bearer" and tokens.check(token.strip()):
+            return None
+        issue = Issue(
+            "security.unauthorized",
+            "a valid Bearer token is required",
+            details={"issue_type": "login"},
+        )
+        return _outcome([issue], 401, {"WWW-Authenticate": "Bearer"})
+
+    def make_variant(body: bytes, lang: str, fmt: str) -> tuple[int, str, bytes]:
+        report, english = _report_parameters(body)
+        with lock:  # the validation cache is shared with conversions
+            return variant_response(report, lang, english, fmt, settings=converter.settings)
+
+    @app.post("/report/variants")
+    async def report_variants(
+        request: Request, lang: str = "bilingual", format: str = "json"
+    ) -> Response:
+        refused = unauthorized(request)
+        if refused is not None:
+            return refused
+        body = await _read_body(request, MAX_BODY)
+        if body is None:
+            too_large = Issue(
+                "request.too-large",
+                f"body is larger than {MAX_BODY} bytes",
+                details={"issue_type": "too-costly"},
             )
-            return _outcome([issue], 401, {"WWW-Authenticate": "Bearer"})
+            return _outcome([too_large], 413)
+        try:
+            status, content_type, out = await run_in_threadpool(make_variant, body, lang, format)
+        except GatewayError as exc:
+            return _outcome([exc.issue], 400 if isinstance(exc, IntakeError) else 422)
+        return Response(out, status, media_type=content_type)
+
+    @app.post("/convert")
+    async def convert(request: Request, format: str = "auto") -> Response:
+        refused = unauthorized(request)
+        if refused is not None:
+            return refused
         if format not in ("auto", *FORMATS):
             issue = Issue(
                 "request.bad-format",
@@ -190,6 +227,29 @@ def create_app(
         return _fhir(_batch_response(records))
 
     return app
+
+
+def _report_parameters(body: bytes) -> tuple[bytes, bytes | None]:
+    """The report and the optional English report of a variants request: the body
+    itself, or the 'report' and 'english' resources of a FHIR Parameters body."""
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body, None  # the variants stage says what is wrong with it
+    if not isinstance(parsed, dict) or parsed.get("resourceType") != "Parameters":
+        return body, None
+    found: dict[str, bytes] = {}
+    for parameter in parsed.get("parameter") or []:
+        if isinstance(parameter, dict) and isinstance(parameter.get("resource"), dict):
+            found[str(parameter.get("name"))] = orjson.dumps(parameter["resource"])
+    if "report" not in found:
+        raise IntakeError(
+            "report-parameters",
+            "a Parameters body needs a parameter 'report' holding the DiagnosticReport "
+            "(or a Bundle with it); 'english' is optional",
+            location="Parameters.parameter",
+        )
+    return found["report"], found.get("english")
 
 
 async def _read_body(request: Request, limit: int) -> bytes | None:

@@ -1,0 +1,115 @@
+"""The API's report-variant endpoint and the content-type routing of /convert."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from gateway import Converter, Settings
+from gateway.api import TokenSet, create_app
+from tests.api.test_app import TOKEN, Client
+
+REPO = Path(__file__).resolve().parents[2]
+IMAGING = REPO / "examples" / "imaging"
+BEARER = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture(scope="module")
+def client(converter: Converter, settings: Settings) -> Client:
+    return Client(create_app(settings, converter, TokenSet([TOKEN])))
+
+
+def _bundle(converter: Converter, name: str) -> dict[str, Any]:
+    [record] = converter.convert((IMAGING / name).read_bytes(), source=name)
+    assert record.ok and record.bundle is not None
+    return record.bundle
+
+
+def _report(bundle: dict[str, Any]) -> dict[str, Any]:
+    [report] = [
+        e["resource"]
+        for e in bundle["entry"]
+        if e["resource"]["resourceType"] == "DiagnosticReport"
+    ]
+    return report
+
+
+def test_bilingual_variant_with_the_partners_english_report(
+    client: Client, converter: Converter
+) -> None:
+    chinese = _bundle(converter, "oru_r01_nsch_cta_zh.hl7")
+    english = _bundle(converter, "oru_r01_hkpmc_cta_en.hl7")
+    body = {
+        "resourceType": "Parameters",
+        "parameter": [
+            {"name": "report", "resource": chinese},
+            {"name": "english", "resource": english},
+        ],
+    }
+    resp = client.post(
+        "/report/variants?lang=bilingual", content=orjson.dumps(body), headers=BEARER
+    )
+    assert resp.status_code == 200, resp.text
+    report = _report(resp.json())
+    forms = {(f["language"], f["contentType"]) for f in report["presentedForm"]}
+    assert {lang for lang, _ in forms} == {"zh-Hans", "zh-Hant-HK", "en"}
+    assert {kind for _, kind in forms} == {"text/html", "application/pdf"}
+    translations = {
+        (sub["valueCode"] if sub["url"] == "lang" else None)
+        for ext in report["_conclusion"]["extension"]
+        for sub in ext["extension"]
+    }
+    assert {"zh-Hant-HK", "en"} <= translations
+    pdf = next(f for f in report["presentedForm"] if f["contentType"] == "application/pdf")
+    assert base64.b64decode(pdf["data"]).startswith(b"%PDF")
+
+
+def test_pdf_of_a_report_without_english_is_marked_pending(
+    client: Client, converter: Converter
+) -> None:
+    chinese = orjson.dumps(_bundle(converter, "oru_r01_nsch_cta_zh.hl7"))
+    resp = client.post(
+        "/report/variants?lang=bilingual&format=pdf", content=chinese, headers=BEARER
+    )
+    assert resp.status_code == 200 and resp.headers["content-type"] == "application/pdf"
+    assert resp.content.startswith(b"%PDF")
+
+
+@pytest.mark.parametrize(
+    ("body", "query", "status", "code"),
+    [
+        (b"not json", "lang=en", 400, None),
+        (b'{"resourceType": "Parameters", "parameter": []}', "lang=en", 400, "report-parameters"),
+        (b'{"resourceType": "Patient"}', "lang=en", 400, None),
+    ],
+)
+def test_variant_errors_are_operation_outcomes(
+    client: Client, body: bytes, query: str, status: int, code: str | None
+) -> None:
+    resp = client.post(f"/report/variants?{query}", content=body, headers=BEARER)
+    assert resp.status_code == status
+    outcome = resp.json()
+    assert outcome["resourceType"] == "OperationOutcome"
+    if code:
+        assert code in outcome["issue"][0]["details"]["coding"][0]["code"]
+
+
+def test_variants_need_a_token(client: Client) -> None:
+    resp = client.post("/report/variants", content=b"{}")
+    assert resp.status_code == 401
+
+
+def test_convert_takes_the_format_from_the_content_type(client: Client) -> None:
+    # XML declared as such goes to the CDA reader even though ?format= is not given.
+    resp = client.post(
+        "/convert",
+        content=b"<notcda/>",
+        headers={**BEARER, "Content-Type": "application/xml"},
+    )
+    assert resp.status_code in (400, 422)
+    issue = resp.json()["issue"][0]
+    assert "ClinicalDocument" in issue["diagnostics"]

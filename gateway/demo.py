@@ -1,21 +1,36 @@
 """``gateway demo``: run the demo network's sample records through the pipeline.
 
-Converts every file in ``examples/hl7v2/`` with the configured network (the demo
-network in ``seeds/`` by default), writes each Bundle under
-``$GATEWAY_HOME/out/demo/<file>/<control id>.json`` and prints what happened,
-including the records that fail on purpose (the broken message in the batch file).
+1. Referrals and orders: every file in ``examples/hl7v2/``.
+2. The imaging story (``examples/imaging/``): the Lai'an head CT (DICOM) and its
+   co-branded reports (ORU from Nanjing, CDA), the Nansha CTA (DICOM) with the Chinese
+   report and the Hong Kong radiologist's English one.
+3. Report variants: the Nansha report made bilingual (zh-Hans, zh-Hant-HK, English)
+   with its PDF, and the co-branded Lai'an report for a Hong Kong reader.
+
+Bundles go under ``$GATEWAY_HOME/out/demo/<file>/<id>.json``, variants under
+``$GATEWAY_HOME/out/demo/variants/``. Records that fail on purpose (the broken message
+in the batch file) are shown with their reason.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
 from typing import TextIO
 
 from .config import Settings
 from .datafiles import data_dir
+from .envelope import Record
 from .pipeline import Converter
 
 __all__ = ["run_demo"]
+
+# (report, English report or None, variant, output name): the story's last step
+VARIANTS = [
+    ("oru_r01_nsch_cta_zh.hl7", "oru_r01_hkpmc_cta_en.hl7", "bilingual", "nsch-cta-bilingual"),
+    ("oru_r01_lax2_ct_cobranded.hl7", None, "zh-Hant-HK", "lax2-ct-cobranded-zh-Hant-HK"),
+]
 
 
 def _resource_summary(bundle: dict[str, object]) -> str:
@@ -25,39 +40,110 @@ def _resource_summary(bundle: dict[str, object]) -> str:
     return ", ".join(f"{n} {t}" for t, n in sorted(counts.items()))
 
 
-def run_demo(settings: Settings, out: TextIO) -> int:
-    converter = Converter(settings)
-    examples = data_dir("examples") / "hl7v2"
-    target = settings.out_dir / "demo"
-    files = sorted(p for p in examples.iterdir() if p.suffix == ".hl7")
-    out.write(
-        f"FHIR gateway demo — network: {settings.network}\n"
-        f"converting {len(files)} sample files from {examples}\n\n"
-    )
-    converted = failed = 0
-    for path in files:
-        folder = target / path.stem
-        folder.mkdir(parents=True, exist_ok=True)
-        for record in converter.convert(path.read_bytes(), source=path.name):
+class _Tally:
+    def __init__(self, out: TextIO, target: Path) -> None:
+        self.out, self.target = out, target
+        self.converted = self.failed = 0
+        self.bundles: dict[str, Record] = {}  # input file name → its (last) good record
+
+    def show(self, name: str, records: Iterable[Record]) -> None:
+        folder = self.target / Path(name).stem
+        for record in records:
             if record.ok and record.bundle is not None and record.bundle_json is not None:
-                converted += 1
-                dest = folder / f"{record.control_id or record.index}.json"
-                dest.write_bytes(record.bundle_json)
-                out.write(
-                    f"  ok    {path.name:<28} {record.message_type:<8} {record.charset:<10} "
+                self.converted += 1
+                self.bundles[name] = record
+                folder.mkdir(parents=True, exist_ok=True)
+                ident = record.control_id or str(record.index)
+                (folder / f"{ident}.json").write_bytes(record.bundle_json)
+                kind = record.message_type or record.format
+                self.out.write(
+                    f"  ok    {name:<34} {kind:<12} {record.charset or '':<10} "
                     f"→ {_resource_summary(record.bundle)}\n"
                 )
             else:
-                failed += 1
+                self.failed += 1
                 error = record.errors[0]
-                out.write(f"  error {path.name:<28} {error.location or ''}: {error.message}"
-                          f" [{error.code}]\n")
+                self.out.write(
+                    f"  error {name:<34} {error.location or ''}: {error.message} [{error.code}]\n"
+                )
             for warning in record.warnings:
-                out.write(f"        {warning.line()}\n")
+                self.out.write(f"        {warning.line()}\n")
+
+
+def _imaging_inputs(folder: Path) -> list[Path]:
+    """The story in the order it happens: studies first, then reports."""
+    studies = sorted(p for p in folder.iterdir() if p.is_dir() and p.suffix == ".study")
+    reports = sorted(p for p in folder.iterdir() if p.suffix in (".hl7", ".xml"))
+    return studies + reports
+
+
+def _convert_imaging(converter: Converter, path: Path) -> list[Record]:
+    if path.is_dir():
+        items = [
+            (str(p.relative_to(path.parent)), p.read_bytes())
+            for p in sorted(path.rglob("*"))
+            if p.is_file()
+        ]
+        return list(converter.convert_files(items))
+    return converter.convert(path.read_bytes(), source=path.name)
+
+
+def _variants(settings: Settings, tally: _Tally, out: TextIO) -> None:
+    from .reports import ReportVariants
+
+    maker = ReportVariants(settings)
+    folder = tally.target / "variants"
+    folder.mkdir(parents=True, exist_ok=True)
+    for report, english, lang, name in VARIANTS:
+        original = tally.bundles.get(report)
+        if original is None or original.bundle_json is None:
+            out.write(f"  skip  {name}: {report} did not convert\n")
+            continue
+        linked = tally.bundles.get(english) if english else None
+        variant = maker.variant(
+            original.bundle_json, lang, linked.bundle_json if linked is not None else None
+        )
+        from .reports import dump_json
+
+        (folder / f"{name}.json").write_bytes(dump_json(variant.resource))
+        (folder / f"{name}.html").write_bytes(variant.html)
+        (folder / f"{name}.pdf").write_bytes(variant.pdf)
+        state = "English pending" if variant.pending else "complete"
+        out.write(f"  ok    {name:<34} {lang:<12} {state:<10} → .json, .html, .pdf\n")
+
+
+def run_demo(settings: Settings, out: TextIO) -> int:
+    converter = Converter(settings)
+    examples = data_dir("examples")
+    target = settings.out_dir / "demo"
+    tally = _Tally(out, target)
+
+    files = sorted(p for p in (examples / "hl7v2").iterdir() if p.suffix == ".hl7")
     out.write(
-        f"\nconverted {converted} messages, {failed} refused with a reason "
+        f"FHIR gateway demo — network: {settings.network}\n"
+        f"1. referrals and orders: {len(files)} sample files from {examples / 'hl7v2'}\n\n"
+    )
+    for path in files:
+        tally.show(path.name, converter.convert(path.read_bytes(), source=path.name))
+
+    imaging = _imaging_inputs(examples / "imaging")
+    out.write(
+        f"\n2. the imaging story: {len(imaging)} studies and reports from "
+        f"{examples / 'imaging'}\n\n"
+    )
+    for path in imaging:
+        tally.show(path.name, _convert_imaging(converter, path))
+
+    out.write("\n3. report variants (co-branded, bilingual; HTML and PDF)\n\n")
+    _variants(settings, tally, out)
+
+    out.write(
+        f"\nconverted {tally.converted} records, {tally.failed} refused with a reason "
         f"(the batch file holds one broken message on purpose).\n"
         f"Bundles are in {target}\n"
-        f"Next: `gateway convert FILE` for your own messages, `gateway serve` for the API.\n"
+        f"Report variants and their PDFs are in {target / 'variants'}\n"
+        f"Next: `gateway convert FILE` for your own records, "
+        f"`gateway report variants REPORT.json --lang bilingual --english EN.json --pdf OUT.pdf`, "
+        f"`gateway serve` for the API.\n"
     )
-    return 0 if converted else 1
+    return 0 if tally.converted else 1

@@ -101,6 +101,15 @@ def test_demo_runs_on_a_fresh_home_and_says_where_the_output_is(tmp_path: Path) 
     proc = run("demo", home=home)
     assert proc.returncode == 0, proc.stderr.decode()
     out = proc.stdout.decode()
-    assert "converted 11 messages, 1 refused" in out
-    assert f"Bundles are in {home / 'out' / 'demo'}" in out
-    assert len(list((home / "out" / "demo").rglob("*.json"))) == 11
+    # 11 referrals/orders, 2 DICOM studies, 3 ORU and 2 CDA reports; the batch file's
+    # broken message is refused on purpose.
+    assert "converted 18 records, 1 refused" in out
+    demo = home / "out" / "demo"
+    assert f"Bundles are in {demo}" in out
+    bundles = [p for p in demo.rglob("*.json") if p.parent.name != "variants"]
+    assert len(bundles) == 18
+    # The story ends in the bilingual Nansha report and the co-branded Lai'an one.
+    variants = demo / "variants"
+    for name in ("nsch-cta-bilingual", "lax2-ct-cobranded-zh-Hant-HK"):
+        assert (variants / f"{name}.pdf").read_bytes().startswith(b"%PDF")
+        assert b"<html" in (variants / f"{name}.html").read_bytes()

@@ -1,0 +1,215 @@
+"""DICOM intake through the whole pipeline: folders, archives, DICOM JSON, broken files.
+
+Studies are built with pydicom in the test (headers only): 王伟's chest CT at Lai'an
+(GB18030 name) unless a test needs another.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from typing import Any
+
+import pytest
+
+from gateway import Converter
+from gateway.envelope import Record
+from gateway.intake.dicom import _reader, read_studies
+from tests.golden.dicom.make_studies import LAX2_CHEST, NSCH_KNEE, instance, part10, wang_wei
+
+
+def _resources(record: Record, kind: str) -> list[dict[str, Any]]:
+    assert record.bundle is not None, [i.line() for i in record.issues]
+    return [e["resource"] for e in record.bundle["entry"] if e["resource"]["resourceType"] == kind]
+
+
+def _study_of(record: Record) -> dict[str, Any]:
+    [study] = _resources(record, "ImagingStudy")
+    return study
+
+
+def _chest(series: int = 1, number: int = 1, **attrs: Any) -> bytes:
+    return part10(wang_wei(series=series, number=number, **attrs))
+
+
+def test_a_multi_series_study_in_files_becomes_one_imaging_study(
+    converter: Converter, tmp_path: Any
+) -> None:
+    items = [(f"S{s}/IM{n}.dcm", _chest(s, n)) for s in (2, 1) for n in (2, 1)]
+    for name, data in items:
+        (tmp_path / name.replace("/", "_")).write_bytes(data)
+    files = [(p.name, p.read_bytes()) for p in sorted(tmp_path.iterdir())]
+    [record] = converter.convert_files(files)
+    assert record.ok, [i.line() for i in record.issues]
+    assert record.kind == "study" and record.control_id == LAX2_CHEST
+    assert record.charset == "GB18030" and record.sender == "LAX2"
+    study = _study_of(record)
+    assert (study["numberOfSeries"], study["numberOfInstances"]) == (2, 4)
+    assert [s["number"] for s in study["series"]] == [1, 2]
+    assert [i["number"] for i in study["series"][0]["instance"]] == [1, 2]
+    [patient] = _resources(record, "Patient")
+    ideographic, alphabetic = patient["name"]
+    assert (ideographic["text"], ideographic["family"], ideographic["given"]) == (
+        "王伟",
+        "王",
+        ["伟"],
+    )
+    assert (alphabetic["family"], alphabetic["given"]) == ("WANG", ["WEI"])
+    assert patient["identifier"][0]["system"] == "https://fhir.lax2.example.cn/sid/mrn"
+    [org] = _resources(record, "Organization")
+    assert org["name"] == "来安县第二人民医院"
+    [endpoint] = _resources(record, "Endpoint")
+    assert endpoint["address"] == "https://pacs.lax2.example.cn/dicom-web"
+    assert study["endpoint"] == [{"reference": f"urn:uuid:{endpoint['id']}"}]
+    assert study["started"] == "2026-06-10T09:15:00+08:00"
+    assert study["referrer"] == {"display": "张建国"}
+
+
+def test_the_same_patient_as_the_hl7_order(converter: Converter) -> None:
+    """The order (HL7 v2 ORM) and the study (DICOM) of 王伟 name one Patient, and the
+    study's basedOn finds the order's ServiceRequest by its accession number."""
+    orm = (
+        "MSH|^~\\&|LAX2_HIS|LAX2|LAX2_RIS|LAX2|20260610083000+0800||ORM^O01^ORM_O01|"
+        "M1|P|2.5|||AL|NE|CHN|UNICODE UTF-8\r"
+        "PID|1||0012345^^^LAX2^MR||王^伟^^^^^L||19660420|M\r"
+        "ORC|NW|PLC0002^LAX2|FIL0002^LAX2\r"
+        "OBR|1|PLC0002^LAX2|FIL0002^LAX2|CT002^胸部CT平扫^99LAX2" + "|" * 14 + "LA2026061000002\r"
+    ).encode()
+    [order] = converter.convert(orm)
+    [study_record] = converter.convert(_chest(), source="IM1.dcm")
+    assert order.ok and study_record.ok
+    assert _resources(order, "Patient")[0]["id"] == _resources(study_record, "Patient")[0]["id"]
+    [request] = _resources(order, "ServiceRequest")
+    acsn = next(i for i in request["identifier"] if i["type"]["coding"][0]["code"] == "ACSN")
+    [based_on] = _study_of(study_record)["basedOn"]
+    assert based_on["reference"] == f"ServiceRequest?identifier={acsn['system']}|{acsn['value']}"
+
+
+def test_a_zip_archive_skips_what_is_not_dicom(converter: Converter) -> None:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("DICOM/S1/IM1", _chest(1, 1))
+        archive.writestr("DICOM/S1/IM2", _chest(1, 2))
+        archive.writestr("README.txt", "光盘说明")
+        archive.writestr("__MACOSX/._IM1", b"\x00\x05\x16\x07")
+    [record] = converter.convert(buffer.getvalue(), source="cd.zip")
+    assert record.ok
+    assert _study_of(record)["numberOfInstances"] == 2
+    [warning] = record.warnings
+    assert warning.code == "intake.skipped-member" and "README.txt" in warning.message
+
+
+def test_a_zip_bomb_is_refused(monkeypatch: pytest.MonkeyPatch, converter: Converter) -> None:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("IM1.dcm", _chest())
+        archive.writestr("zeros.dcm", b"\0" * (4 << 20))  # 4 MiB packing to a few KiB
+    [record] = converter.convert(buffer.getvalue(), source="bomb.zip")
+    assert record.ok  # the study converts; the bomb member is skipped
+    assert any("zip bomb" in w.message for w in record.warnings)
+    monkeypatch.setattr(_reader, "MAX_MEMBERS", 1)
+    [refused] = converter.convert(buffer.getvalue(), source="bomb.zip")
+    assert not refused.ok and refused.errors[0].code == "intake.dicom-zip"
+
+
+def test_a_folder_with_two_studies_gives_two_bundles(converter: Converter) -> None:
+    knee = instance(
+        NSCH_KNEE,
+        1,
+        1,
+        PatientID="0098765",
+        InstitutionName="南沙中心医院",
+        SpecificCharacterSet="ISO_IR 192",
+    )
+    items = [("a.dcm", _chest(1, 1)), ("b.dcm", part10(knee)), ("c.dcm", _chest(2, 1))]
+    records = list(converter.convert_files(items))
+    assert [r.control_id for r in records] == [LAX2_CHEST, NSCH_KNEE]
+    assert all(r.ok for r in records)
+    assert _study_of(records[0])["numberOfSeries"] == 2
+    assert records[1].sender == "NSCH"
+
+
+def test_a_file_without_study_uid_is_an_error_record_naming_the_tag(
+    converter: Converter,
+) -> None:
+    broken = wang_wei(StudyInstanceUID=None)
+    items = [("good.dcm", _chest()), ("broken.dcm", part10(broken))]
+    good, bad = converter.convert_files(items)
+    assert good.ok
+    [error] = bad.errors
+    assert error.code == "intake.dicom-missing-uid"
+    assert error.location == "(0020,000D) StudyInstanceUID"
+    assert "broken.dcm" in error.message
+
+
+def test_an_instance_without_sop_uid_fails_its_study_only(converter: Converter) -> None:
+    knee = instance(
+        NSCH_KNEE,
+        1,
+        1,
+        PatientID="0098765",
+        InstitutionName="南沙中心医院",
+        SpecificCharacterSet="ISO_IR 192",
+    )
+    items = [("a.dcm", _chest()), ("b.dcm", part10(wang_wei(number=2, SOPInstanceUID=None)))]
+    items.append(("c.dcm", part10(knee)))
+    chest, other = converter.convert_files(items)
+    assert chest.control_id == LAX2_CHEST and not chest.ok
+    assert chest.errors[0].location == "(0008,0018) SOPInstanceUID"
+    assert other.ok
+
+
+def test_a_duplicate_instance_is_counted_once(converter: Converter) -> None:
+    items = [("a.dcm", _chest(1, 1)), ("copy.dcm", _chest(1, 1)), ("b.dcm", _chest(1, 2))]
+    [record] = converter.convert_files(items)
+    assert record.ok and _study_of(record)["numberOfInstances"] == 2
+    [warning] = record.warnings
+    assert warning.code == "intake.duplicate-instance" and "copy.dcm" in warning.message
+
+
+def test_unreadable_and_foreign_files_are_named_without_markup(converter: Converter) -> None:
+    name = "<script>alert(1)</script>.dcm"
+    truncated = _chest()[:300]
+    records = list(converter.convert_files([(name, b"hello"), ("cut.dcm", truncated)]))
+    assert [r.ok for r in records] == [False, False]
+    for record in records:
+        line = record.errors[0].line()
+        assert "<" not in line and ">" not in line.split("(0020")[0]
+        assert "王" not in line and "WANG" not in line
+    assert "not DICOM" in records[0].errors[0].message
+
+
+def test_no_patient_name_in_error_messages(converter: Converter) -> None:
+    # SeriesNumber (IS) '1 ' made 'X1': pydicom will not write such a value itself.
+    good = b"\x20\x00\x11\x00IS\x02\x001 "
+    data = _chest()
+    assert good in data
+    [record] = converter.convert_files([("IM1.dcm", data.replace(good, good[:-2] + b"X1"))])
+    [error] = record.errors
+    assert error.location == "series[1] (0020,0011) SeriesNumber"
+    for text in (error.message, error.location or ""):
+        assert "王" not in text and "WANG" not in text and "0012345" not in text
+
+
+def test_dicom_json_array_and_single_object(converter: Converter) -> None:
+    objects = [wang_wei(number=n).to_json_dict() for n in (1, 2)]
+    [record] = converter.convert(json.dumps(objects).encode(), source="study.json")
+    assert record.ok and _study_of(record)["numberOfInstances"] == 2
+    [single] = converter.convert(json.dumps(objects[0]).encode(), source="one.json")
+    assert single.ok and _study_of(single)["numberOfInstances"] == 1
+    odd = converter.convert(b'[{"00080060": {"vr": "CS"}}, 3]', source="odd.json")
+    assert [r.errors[0].code for r in odd] == ["intake.dicom-missing-uid", "intake.dicom-json"]
+
+
+def test_an_unknown_character_set_is_a_warning(converter: Converter) -> None:
+    data = _chest(SpecificCharacterSet="ISO_IR 192").replace(b"ISO_IR 192", b"ISO_IR 999")
+    [record] = converter.convert(data, source="x.dcm")
+    assert any(w.code == "intake.charset-unknown" for w in record.warnings)
+
+
+def test_read_studies_yields_units(converter: Converter) -> None:
+    [unit] = read_studies([("a.dcm", _chest())], converter.network)
+    assert (unit.kind, unit.message_type, unit.format) == ("study", "dicom-study", "dicom")
+    assert unit.raw.startswith(b"DICOM study " + LAX2_CHEST.encode())
+    assert b"WANG" not in unit.raw

@@ -1,0 +1,155 @@
+"""The DICOM path grammar (docs/mapping-dicom.md) and the study tree the view offers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gateway import Converter
+from gateway.errors import ConfigError
+from gateway.intake.dicom import DicomView, check_path, read_studies
+from tests.golden.dicom.make_studies import issuer, part10, wang_wei
+
+MAPPINGS = Path(__file__).resolve().parents[3] / "mappings"
+
+
+@pytest.fixture(scope="module")
+def view(converter: Converter) -> DicomView:
+    items = [
+        ("a.dcm", part10(wang_wei(series=2, number=2, ImageType=["ORIGINAL", "PRIMARY"]))),
+        ("b.dcm", part10(wang_wei(series=2, number=1, Modality="CT"))),
+        ("c.dcm", part10(wang_wei(series=1, number=1, Modality="DX", Laterality="L"))),
+    ]
+    [unit] = read_studies(items, converter.network)
+    assert isinstance(unit.view, DicomView)
+    return unit.view
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "PatientName",
+        "(0010,0010)",
+        "/StudyInstanceUID",
+        "PatientName.Ideographic.family",
+        "ReferringPhysicianName.given",
+        "IssuerOfAccessionNumberSequence.LocalNamespaceEntityID@facility",
+        "IssuerOfAccessionNumberSequence[2].UniversalEntityID",
+        "ImageType[*]",
+        "ImageType[2]",
+        "series",
+        "/instances",
+        ".",
+        ".Ideographic.given",
+        "@sender",
+        "@instance-count",
+        "StudyDate+StudyTime+TimezoneOffsetFromUTC",
+        "(0009,1001)",  # a private tag: no dictionary entry to check against
+    ],
+)
+def test_valid_paths(path: str) -> None:
+    check_path(path)
+
+
+@pytest.mark.parametrize(
+    ("path", "named"),
+    [
+        ("PatientNmae", "PatientNmae"),
+        ("PatientName.Kanji", "Kanji"),
+        ("Modality.CodeValue", "(0008,0060) Modality"),
+        ("(0010,001G)", "(0010,001G)"),
+        ("ImageType[0]", "ImageType[0]"),
+        ("series+StudyTime", "'+'"),
+        ("/.", "root"),
+    ],
+)
+def test_a_bad_path_is_a_config_error_naming_it(path: str, named: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        check_path(path)
+    assert named in caught.value.issue.message
+
+
+def test_tree_levels_and_order(view: DicomView) -> None:
+    series = view.select("series", view.root)
+    assert [s.label for s in series] == ["series[1]", "series[2]"]
+    assert [view.first("InstanceNumber", i) for i in view.select("instances", series[1])] == [
+        "1",
+        "2",
+    ]
+    assert view.first("@series-count", view.root) == "2"
+    assert view.first("@instance-count", view.root) == "3"
+    assert view.first("@instance-count", series[1]) == "2"
+    assert len(view.select("instances", view.root)) == 3
+
+
+def test_study_level_values_and_every_instance(view: DicomView) -> None:
+    assert view.first("Modality", view.root) == "DX"  # the first series' instance
+    assert [v for v, _ in view.values("Modality[*]", view.root)] == ["DX", "CT"]
+    assert view.values("Laterality", view.root) == [("L", "(0020,0060) Laterality")]
+    series2 = view.select("series", view.root)[1]
+    assert view.first("ImageType[2]", series2) == "PRIMARY"
+    assert [n.value for n in view.select("ImageType", series2)] == ["ORIGINAL", "PRIMARY"]
+
+
+def test_person_names_sequences_and_facts(view: DicomView) -> None:
+    root = view.root
+    assert view.first("PatientName", root) == "WANG^WEI=王^伟"  # as pydicom gives it
+    assert view.first("PatientName.Ideographic", root) == "王^伟"
+    assert view.first("PatientName.Ideographic.given", root) == "伟"
+    assert view.first("PatientName.family", root) == "WANG"
+    assert view.first("PatientName.Phonetic", root) is None
+    [name] = view.select("ReferringPhysicianName", root)
+    assert view.first(".Ideographic.family", name) == "张"
+    assert view.first("IssuerOfAccessionNumberSequence.LocalNamespaceEntityID", root) == "LAX2"
+    assert view.first("InstitutionName@facility", root) == "LAX2"
+    assert view.first("@sender", root) == "LAX2"
+    assert view.first("StudyDate+StudyTime+TimezoneOffsetFromUTC", root) == "20260610091500+0800"
+
+
+def test_labels_name_tag_keyword_and_level(view: DicomView) -> None:
+    series2 = view.select("series", view.root)[1]
+    instance = view.select("instances", series2)[0]
+    assert view.label("PatientName", view.root) == "(0010,0010) PatientName"
+    assert view.label("SeriesNumber", series2) == "series[2] (0020,0011) SeriesNumber"
+    assert view.label("/StudyDate", instance) == "(0008,0020) StudyDate"
+    assert (
+        view.label("IssuerOfAccessionNumberSequence.LocalNamespaceEntityID", instance)
+        == "series[2]/instance[1] (0008,0051) IssuerOfAccessionNumberSequence"
+        " > (0040,0031) LocalNamespaceEntityID"
+    )
+    [(_, where)] = view.values("IssuerOfAccessionNumberSequence.LocalNamespaceEntityID", view.root)
+    assert where.endswith("IssuerOfAccessionNumberSequence[1] > (0040,0031) LocalNamespaceEntityID")
+
+
+def test_unmapped_lists_attributes_nothing_read(converter: Converter) -> None:
+    ds = wang_wei(Manufacturer="DEMO", IssuerOfAccessionNumberSequence=issuer("LAX2"))
+    [record] = converter.convert(part10(ds), source="a.dcm", trace=True)
+    assert record.unmapped == ["(0008,0070) Manufacturer", "(0020,0010) StudyID"]
+
+
+def test_body_part_table_agrees_with_the_concept_map() -> None:
+    """The table the mapping reads and the ConceptMap partners get say the same."""
+    table = yaml.safe_load((MAPPINGS / "tables" / "dicom-bodypart-snomed.yaml").read_text())
+    concept_map = json.loads(
+        (MAPPINGS / "conceptmaps" / "dicom-bodypart-to-snomed.json").read_text()
+    )
+    [group] = concept_map["group"]
+    from_map = {
+        e["code"]: (group["target"], e["target"][0]["code"], e["target"][0]["display"])
+        for e in group["element"]
+    }
+    from_table = {k: (v["system"], v["code"], v["display"]) for k, v in table["map"].items()}
+    assert from_table == from_map
+    zh = json.loads((MAPPINGS / "terminology" / "dicom-snomed-zh.json").read_text())
+    designations = {
+        c["code"]: {d["language"]: d["value"] for d in c["designation"]} for c in zh["concept"]
+    }
+    for coding in table["map"].values():
+        shown = {
+            t["extension"][0]["valueCode"]: t["extension"][1]["valueString"]
+            for t in coding["_display"]["extension"]
+        }
+        assert shown == designations[coding["code"]]

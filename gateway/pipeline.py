@@ -117,6 +117,7 @@ class Converter:
             record.issues.append(error.with_record(record.label).issue)
             return record
         record.issues.extend(_named(i, record.label) for i in unit.issues)
+        seen = len(unit.issues)  # the view may add warnings while the mapping reads it
         view = unit.view
         try:
             mapping = self.mappings[unit.format].for_type(unit.message_type or "")
@@ -126,8 +127,10 @@ class Converter:
             if trace:
                 record.unmapped = view.unmapped()
         except GatewayError as exc:
+            record.issues.extend(_named(i, record.label) for i in unit.issues[seen:])
             record.issues.append(exc.with_record(record.label).issue)
             return record
+        record.issues.extend(_named(i, record.label) for i in unit.issues[seen:])
         record.issues.extend(_named(w, record.label) for w in warnings)
         problems = check_bundle(bundle, self.settings.validate)
         if problems:

@@ -121,6 +121,19 @@ def coding(
     return out
 
 
+def translate(
+    env: Env, *, code: str | None = None, system: str | None = None
+) -> dict[str, Any] | None:
+    """The one Coding a ConceptMap maps (system, code) to, with its displays in other
+    languages: for elements that hold a single Coding (ImagingStudy.series.bodySite).
+    Unmapped codes give nothing."""
+    if not code or not system:
+        return None
+    for target in env.terminology.translate(system, code):
+        return _one_coding(env, target.system, target.code, target.display)
+    return None
+
+
 def institution(env: Env, *, facility: str | None = None, get: str = "name") -> Any:
     """A field of a registered institution (dotted path into its seed entry), found by
     facility code, key, OID or name (DICOM and CDA name institutions, HL7 v2 codes them)."""
@@ -163,5 +176,6 @@ FUNCTIONS: dict[str, Callable[..., Any]] = {
     "script": script,
     "identifier-system": identifier_system,
     "coding": coding,
+    "translate": translate,
     "institution": institution,
 }

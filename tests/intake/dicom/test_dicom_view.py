@@ -6,14 +6,15 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
 
 from gateway import Converter
 from gateway.errors import ConfigError
 from gateway.intake.dicom import DicomView, check_path, read_studies
+from gateway.mapping._functions import translate
 from tests.golden.dicom.make_studies import issuer, part10, wang_wei
 
 MAPPINGS = Path(__file__).resolve().parents[3] / "mappings"
+BODY_PART_SYSTEM = "https://fhir-gateway.example.org/CodeSystem/dicom-body-part-examined"
 
 
 @pytest.fixture(scope="module")
@@ -130,26 +131,22 @@ def test_unmapped_lists_attributes_nothing_read(converter: Converter) -> None:
     assert record.unmapped == ["(0008,0070) Manufacturer", "(0020,0010) StudyID"]
 
 
-def test_body_part_table_agrees_with_the_concept_map() -> None:
-    """The table the mapping reads and the ConceptMap partners get say the same."""
-    table = yaml.safe_load((MAPPINGS / "tables" / "dicom-bodypart-snomed.yaml").read_text())
-    concept_map = json.loads(
-        (MAPPINGS / "conceptmaps" / "dicom-bodypart-to-snomed.json").read_text()
-    )
-    [group] = concept_map["group"]
-    from_map = {
-        e["code"]: (group["target"], e["target"][0]["code"], e["target"][0]["display"])
-        for e in group["element"]
-    }
-    from_table = {k: (v["system"], v["code"], v["display"]) for k, v in table["map"].items()}
-    assert from_table == from_map
+def test_body_part_comes_from_the_concept_map_with_chinese_displays(converter: Converter) -> None:
+    """bodySite is the ConceptMap's target, with the zh displays of terminology/."""
     zh = json.loads((MAPPINGS / "terminology" / "dicom-snomed-zh.json").read_text())
     designations = {
         c["code"]: {d["language"]: d["value"] for d in c["designation"]} for c in zh["concept"]
     }
-    for coding in table["map"].values():
-        shown = {
-            t["extension"][0]["valueCode"]: t["extension"][1]["valueString"]
-            for t in coding["_display"]["extension"]
-        }
-        assert shown == designations[coding["code"]]
+    coding = translate(converter.env, system=BODY_PART_SYSTEM, code="HEAD")
+    assert coding is not None
+    assert (coding["system"], coding["code"], coding["display"]) == (
+        "http://snomed.info/sct",
+        "69536005",
+        "Head",
+    )
+    shown = {
+        t["extension"][0]["valueCode"]: t["extension"][1]["valueString"]
+        for t in coding["_display"]["extension"]
+    }
+    assert shown == designations["69536005"]
+    assert translate(converter.env, system=BODY_PART_SYSTEM, code="NOT-A-TERM") is None

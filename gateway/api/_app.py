@@ -62,6 +62,15 @@ def _outcome(issues: list[Issue], status: int, headers: dict[str, str] | None = 
     return _fhir(operation_outcome(issues), status, headers)
 
 
+def _too_large(limit: int) -> Response:
+    issue = Issue(
+        "request.too-large",
+        f"body is larger than {limit} bytes",
+        details={"issue_type": "too-costly"},
+    )
+    return _outcome([issue], 413)
+
+
 def _status_for(record: Record) -> int:
     return 400 if any(i.code.startswith("intake.") for i in record.errors) else 422
 
@@ -181,12 +190,7 @@ def create_app(
             return refused
         body = await _read_body(request, MAX_BODY)
         if body is None:
-            too_large = Issue(
-                "request.too-large",
-                f"body is larger than {MAX_BODY} bytes",
-                details={"issue_type": "too-costly"},
-            )
-            return _outcome([too_large], 413)
+            return _too_large(MAX_BODY)
         try:
             status, content_type, out = await run_in_threadpool(make_variant, body, lang, format)
         except GatewayError as exc:
@@ -212,12 +216,7 @@ def create_app(
         limit = MAX_DICOM_BODY if format == "dicom" else MAX_BODY
         body = await _read_body(request, limit)
         if body is None:
-            too_large = Issue(
-                "request.too-large",
-                f"body is larger than {limit} bytes",
-                details={"issue_type": "too-costly"},
-            )
-            return _outcome([too_large], 413)
+            return _too_large(limit)
         records = await run_in_threadpool(run, body, format)
         if len(records) == 1:
             record = records[0]

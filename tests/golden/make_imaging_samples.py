@@ -1,7 +1,7 @@
 """Writes the imaging story's sample records (``examples/imaging/``): the radiology
 results (ORU^R01) and the two CT studies (DICOM Part 10 headers, no pixel data).
 
-Run ``python tests/golden/make_imaging_samples.py`` after editing; ``--check`` fails
+Run ``python -m tests.golden.make_imaging_samples`` after editing; ``--check`` fails
 when a file on disk differs from what this script writes. The golden inputs
 ``tests/golden/hl7v2/oru_r01_*.hl7`` are byte-identical copies of the ORUs.
 
@@ -18,18 +18,14 @@ The story (seeds/network.yaml, the Nanjing–Lai'an and Nansha–Hong Kong pract
 # ruff: noqa: E501  (segments stay whole, one per line, so that they read as sent)
 from __future__ import annotations
 
-import io
 import sys
 from pathlib import Path
 
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian
+from tests.golden.dicom.make_studies import instance, issuer, part10
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples" / "imaging"
 GOLDEN = REPO / "tests" / "golden" / "hl7v2"
-CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"  # CT Image Storage
-IMPLEMENTATION_UID = "2.16.156.10011.99.9.1"  # demo arc (seeds/network.yaml: not registered)
 
 ORU: dict[str, tuple[str, list[str]]] = {
     # Exam at Lai'an, read and signed remotely by the Nanjing expert (co-branded).
@@ -115,49 +111,35 @@ def oru_bytes(name: str) -> bytes:
 
 def _instance(spec: dict[str, object], series: tuple[int, str, int, str, str], n: int) -> bytes:
     number, description, _, body_part, laterality = series
-    study_uid = str(spec["study"])
-    name, pid, issuer, birth, sex = spec["patient"]  # type: ignore[misc]
+    name, pid, issuer_code, birth, sex = spec["patient"]  # type: ignore[misc]
     accession, acc_issuer = spec["accession"]  # type: ignore[misc]
     date, time = spec["when"]  # type: ignore[misc]
-    sop_uid = f"{study_uid}.{number}.{n}"
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CT_IMAGE
-    meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = IMPLEMENTATION_UID
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SpecificCharacterSet = spec["charset"]
-    ds.SOPClassUID = CT_IMAGE
-    ds.SOPInstanceUID = sop_uid
-    ds.StudyDate, ds.StudyTime = date, time
-    ds.SeriesDate, ds.SeriesTime = date, time
-    ds.AccessionNumber = accession
-    issuer_item = Dataset()
-    issuer_item.LocalNamespaceEntityID = acc_issuer
-    ds.IssuerOfAccessionNumberSequence = [issuer_item]
-    ds.Modality = "CT"
-    ds.Manufacturer = "DEMO"
-    ds.InstitutionName = spec["institution"]
-    ds.ReferringPhysicianName = spec["referrer"]
-    ds.StudyDescription = spec["description"]
-    ds.SeriesDescription = description
-    ds.PatientName = name
-    ds.PatientID = pid
-    ds.IssuerOfPatientID = issuer
-    ds.PatientBirthDate = birth
-    ds.PatientSex = sex
-    ds.BodyPartExamined = body_part
-    if laterality:
-        ds.Laterality = laterality
-    ds.StudyInstanceUID = study_uid
-    ds.SeriesInstanceUID = f"{study_uid}.{number}"
-    ds.StudyID = "1"
-    ds.SeriesNumber = number
-    ds.InstanceNumber = n
-    out = io.BytesIO()
-    ds.save_as(out, enforce_file_format=True)
-    return out.getvalue()
+    ds = instance(
+        str(spec["study"]),
+        number,
+        n,
+        SpecificCharacterSet=spec["charset"],
+        StudyDate=date,
+        StudyTime=time,
+        SeriesDate=date,
+        SeriesTime=time,
+        AccessionNumber=accession,
+        IssuerOfAccessionNumberSequence=issuer(acc_issuer),
+        Manufacturer="DEMO",
+        InstitutionName=spec["institution"],
+        ReferringPhysicianName=spec["referrer"],
+        StudyDescription=spec["description"],
+        SeriesDescription=description,
+        PatientName=name,
+        PatientID=pid,
+        IssuerOfPatientID=issuer_code,
+        PatientBirthDate=birth,
+        PatientSex=sex,
+        BodyPartExamined=body_part,
+        Laterality=laterality or None,
+        StudyID="1",
+    )
+    return part10(ds)
 
 
 def files() -> dict[Path, bytes]:

@@ -12,4 +12,4 @@ def test_imaging_samples_are_current() -> None:
         for path, data in make_imaging_samples.files().items()
         if not path.exists() or path.read_bytes() != data
     ]
-    assert not stale, "run `python tests/golden/make_imaging_samples.py`: " + ", ".join(stale)
+    assert not stale, "run `python -m tests.golden.make_imaging_samples`: " + ", ".join(stale)

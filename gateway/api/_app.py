@@ -83,16 +83,22 @@ def capability_statement(converter: Converter) -> dict[str, Any]:
         "kind": "instance",
         "software": {"name": "fhir-gateway", "version": __version__},
         "implementation": {
-            "description": "FHIR interoperability gateway: HL7 v2 referrals and orders to "
-            "FHIR R4 transaction Bundles (" + ", ".join(converter.message_types) + ")"
+            "description": "FHIR interoperability gateway: HL7 v2, DICOM and CDA records to "
+            "FHIR R4 transaction Bundles (" + ", ".join(converter.message_types) + "), "
+            "and language variants of imaging reports"
         },
         "fhirVersion": "4.0.1",
         "format": [FHIR_JSON, "json"],
         "rest": [
             {
                 "mode": "server",
-                "documentation": "POST /convert with an HL7 v2 message (ER7, optionally "
-                "MLLP-framed) as the body returns its transaction Bundle.",
+                "documentation": "POST /convert with a record as the body (HL7 v2 ER7, "
+                "optionally MLLP-framed; DICOM Part 10, a zip of them or DICOM JSON; a CDA "
+                "document) returns its transaction Bundle; the format comes from ?format=, "
+                "else the Content-Type, else the bytes. POST /report/variants?lang= with a "
+                "DiagnosticReport (or a Parameters resource with 'report' and 'english') "
+                "returns its zh-Hans, zh-Hant-HK, en or bilingual variant (format=json, "
+                "html or pdf).",
                 "security": {
                     "cors": False,
                     "description": "Bearer token in the Authorization header (tokens from "
@@ -102,7 +108,11 @@ def capability_statement(converter: Converter) -> dict[str, Any]:
                     {
                         "name": "convert",
                         "definition": "urn:fhir-gateway:OperationDefinition/convert",
-                    }
+                    },
+                    {
+                        "name": "report-variants",
+                        "definition": "urn:fhir-gateway:OperationDefinition/report-variants",
+                    },
                 ],
             }
         ],

@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 # The demo keeps everything it writes inside the checkout unless you say otherwise.
 export GATEWAY_HOME ?= $(CURDIR)/.demo-home
 
-.PHONY: demo test lint golden bench serve clean
+.PHONY: demo test lint golden bench bench-imaging serve clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,9 +29,12 @@ lint: $(STAMP)            ## ruff on everything, mypy (strict) on gateway/
 golden: $(STAMP)          ## regenerate tests/golden/**/*.expected.json; review with git diff
 	$(BIN)/python -m tests.golden.regenerate
 
-bench: $(STAMP)           ## conversion benchmark against peer HL7 v2 libraries
+bench: $(STAMP)           ## HL7 v2 conversion benchmark against peer libraries (DICOM: bench-imaging)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
 	$(BIN)/python bench/bench_convert.py --out bench/RESULTS.md
+
+bench-imaging: $(STAMP)   ## DICOM headers → ImagingStudy against pydicom and dicom2fhir
+	$(BIN)/python bench/bench_imaging.py --setup-peers --out bench/RESULTS.md
 
 serve: $(STAMP)           ## the HTTP API on 127.0.0.1:8080
 	$(BIN)/gateway serve

@@ -1217,7 +1217,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = report.render()
     print(text)
     if args.out != "-":
-        Path(args.out).write_text(text, encoding="utf-8")
+        out = Path(args.out)
+        # Keep the imaging benchmark's section (bench/bench_imaging.py writes it).
+        old = out.read_text(encoding="utf-8") if out.exists() else ""
+        begin = old.find("<!-- imaging benchmark: begin")
+        end_marker = "<!-- imaging benchmark: end -->"
+        end = old.find(end_marker)
+        if 0 <= begin < end:
+            text = text.rstrip() + "\n\n" + old[begin : end + len(end_marker)] + "\n"
+        out.write_text(text, encoding="utf-8")
         print(f"results written to {args.out}", file=sys.stderr)
     return 0
 

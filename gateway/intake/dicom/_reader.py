@@ -11,9 +11,11 @@ other studies.
 from __future__ import annotations
 
 import io
+import lzma
 import re
 import warnings
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -21,13 +23,14 @@ from typing import IO, Any
 import orjson
 from pydicom import Dataset, config, dcmread
 from pydicom.charset import python_encoding
+from pydicom.datadict import tag_for_keyword
 from pydicom.multival import MultiValue
 
 from ...errors import IntakeError, Issue
 from ...network import Network
 from .._unit import Unit
 from ._paths import tag_label
-from ._view import DicomView, Node
+from ._view import DicomView, Node, _element
 
 __all__ = ["MAX_MEMBERS", "MAX_MEMBER_BYTES", "MAX_TOTAL_BYTES", "read_studies"]
 
@@ -42,6 +45,18 @@ _RATIO_FLOOR = 1 << 20
 
 _STUDY, _SERIES, _SOP = 0x0020000D, 0x0020000E, 0x00080018
 _CHARSET = 0x00080005
+# What zipfile and its decompressors raise on a damaged member (ValueError: a negative
+# seek to a local header; NotImplementedError: an unknown compression method).
+_DAMAGED = (
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    OSError,
+    EOFError,
+    ValueError,
+    NotImplementedError,
+    zlib.error,
+    lzma.LZMAError,
+)
 _UNSAFE = re.compile(r"[^\w.\-/ #()\[\]+]")
 
 
@@ -82,7 +97,11 @@ def read_studies(items: list[tuple[str, bytes]], network: Network) -> Iterator[U
             if isinstance(got, IntakeError):
                 slots.append(got)
                 continue
-            study = _place(got, studies, slots)
+            try:
+                study = _place(got, studies, slots)
+            except IntakeError as exc:  # a Study Instance UID pydicom cannot decode
+                slots.append(_in_file(got.name, exc))
+                continue
             if study is not None and study not in touched:
                 touched.append(study)
             elif study is None:
@@ -104,9 +123,20 @@ def read_studies(items: list[tuple[str, bytes]], network: Network) -> Iterator[U
             yield _unit(slot, index, network)
 
 
+def _value(ds: Dataset, tag: int) -> Any:
+    """The decoded value at ``tag`` (None when absent). pydicom decodes lazily and
+    raises on a damaged element (an unknown VR, a value its VR cannot hold): that is
+    IntakeError ``dicom-bad-value``, named by tag, never by value."""
+    elem = _element(ds, tag, tag_label(tag))
+    return elem.value if elem is not None else None
+
+
+def _in_file(name: str, exc: IntakeError) -> IntakeError:
+    return IntakeError(exc.code, f"{_safe(name)}: {exc.issue.message}", location=exc.issue.location)
+
+
 def _uid(ds: Dataset, tag: int) -> str | None:
-    elem = ds.get(tag)
-    value = elem.value if elem is not None else None
+    value = _value(ds, tag)
     text = str(value).strip().rstrip("\x00") if value not in (None, "") else ""
     return text or None
 
@@ -128,7 +158,12 @@ def _place(inst: _Instance, studies: dict[str, _Study], slots: list[Any]) -> _St
     if study is None:
         study = studies[study_uid] = _Study(study_uid)
         slots.append(study)
-    series_uid, sop_uid = _uid(inst.ds, _SERIES), _uid(inst.ds, _SOP)
+    try:
+        series_uid, sop_uid = _uid(inst.ds, _SERIES), _uid(inst.ds, _SOP)
+    except IntakeError as exc:
+        if study.error is None:
+            study.error = _in_file(inst.name, exc)
+        return study
     if series_uid is None or sop_uid is None:
         if study.error is None:
             study.error = _missing(inst.name, _SERIES if series_uid is None else _SOP)
@@ -254,7 +289,7 @@ def _archive(name: str, data: bytes, notes: list[Issue]) -> Iterator[_Instance |
             continue
         try:
             yield from _member(archive, info, member, notes)
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError):
+        except _DAMAGED:
             _skip(notes, member, "damaged in the archive")
 
 
@@ -295,10 +330,11 @@ def _member(
 
 # -- studies -> units ----------------------------------------------------------------------
 def _number(ds: Dataset, keyword: str) -> int | None:
+    """For ordering only: a damaged number orders last (the mapping reports it)."""
     try:
-        value = ds.get(keyword)
+        value = _value(ds, tag_for_keyword(keyword) or 0)
         return int(value) if value not in (None, "") else None
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, IntakeError):
         return None
 
 
@@ -331,10 +367,9 @@ def _tree(study: _Study) -> Node:
 
 
 def _charset(ds: Dataset) -> str | None:
-    elem = ds.get(_CHARSET)
-    if elem is None or elem.value in (None, ""):
+    value = _value(ds, _CHARSET)
+    if value in (None, ""):
         return None
-    value = elem.value
     terms = [str(t).strip() for t in (value if isinstance(value, MultiValue) else [value])]
     return "\\".join(terms)
 
@@ -357,7 +392,10 @@ def _known_charsets_only(datasets: tuple[Dataset, ...]) -> None:
     """Drop unknown terms from Specific Character Set (already reported): pydicom would
     warn about them at every value it decodes, and reads them as the default anyway."""
     for ds in datasets:
-        terms = (_charset(ds) or "").split("\\")
+        try:
+            terms = (_charset(ds) or "").split("\\")
+        except IntakeError:  # reported when the view reads a value of this dataset
+            continue
         known = [t for t in terms if t in python_encoding]
         if len(known) != len(terms):
             if any(known):
@@ -399,7 +437,11 @@ def _unit(study: _Study, index: int, network: Network) -> Unit:
         return unit
     root = _tree(study)
     unit.raw = _manifest(study, root)
-    unit.charset = _charset(root.datasets[0])
+    try:
+        unit.charset = _charset(root.datasets[0])
+    except IntakeError as exc:
+        unit.error = exc
+        return unit
     problems = _charset_issues(unit.charset)
     if problems:
         unit.issues += problems
@@ -413,6 +455,10 @@ def _unit(study: _Study, index: int, network: Network) -> Unit:
         return cache[name]
 
     view = DicomView(root, None, unit.charset, find)
-    view.sender = unit.sender = _sender(view, network)
+    try:
+        view.sender = unit.sender = _sender(view, network)
+    except IntakeError as exc:  # an InstitutionName or issuer pydicom cannot decode
+        unit.error = exc
+        return unit
     unit.view = view
     return unit

@@ -213,3 +213,98 @@ def test_read_studies_yields_units(converter: Converter) -> None:
     assert (unit.kind, unit.message_type, unit.format) == ("study", "dicom-study", "dicom")
     assert unit.raw.startswith(b"DICOM study " + LAX2_CHEST.encode())
     assert b"WANG" not in unit.raw
+
+
+def test_an_undecodable_uid_or_charset_is_an_error_record_not_a_traceback(
+    converter: Converter,
+) -> None:
+    # pydicom decodes lazily: an unknown VR on a UID or on Specific Character Set raised
+    # NotImplementedError out of intake itself (found by fuzzing).
+    def damaged(tag: bytes, vr: bytes, **attrs: Any) -> bytes:
+        data = _chest(**attrs)
+        assert tag + vr in data
+        return data.replace(tag + vr, tag + b"XX", 1)
+
+    knee = {"PatientID": "0098765", "InstitutionName": "南沙中心医院"}
+    knee["SpecificCharacterSet"] = "ISO_IR 192"
+    items = [
+        ("study.dcm", damaged(b"\x20\x00\x0d\x00", b"UI")),
+        ("sop.dcm", damaged(b"\x08\x00\x18\x00", b"UI", number=2)),
+        ("good.dcm", part10(instance(NSCH_KNEE, 1, 1, **knee))),
+    ]
+    bad_study, bad_sop, good = converter.convert_files(items)
+    assert good.ok
+    for record, name, where in (
+        (bad_study, "study.dcm", "(0020,000D) StudyInstanceUID"),
+        (bad_sop, "sop.dcm", "(0008,0018) SOPInstanceUID"),
+    ):
+        [error] = record.errors
+        assert error.code == "intake.dicom-bad-value" and error.location == where
+        assert name in error.message and "王" not in error.message
+    [charset] = converter.convert_files([("cs.dcm", damaged(b"\x08\x00\x05\x00", b"CS"))])
+    assert charset.errors[0].code == "intake.dicom-unreadable"
+    # a damaged InstanceNumber only orders the instance last; the mapping names it
+    [number] = converter.convert_files([("n.dcm", damaged(b"\x20\x00\x13\x00", b"IS"))])
+    assert [e.code for e in number.errors] == ["intake.dicom-bad-value"]
+
+
+def test_a_corrupt_deflate_stream_skips_the_member(converter: Converter) -> None:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("IM1.dcm", _chest(1, 1))
+        archive.writestr("IM2.dcm", _chest(1, 2))
+    data = bytearray(buffer.getvalue())
+    second = data.index(b"IM2.dcm") + len(b"IM2.dcm")  # the member's compressed bytes
+    data[second : second + 40] = b"\xff" * 40  # zlib.error while inflating
+    [record] = converter.convert(bytes(data), source="cd.zip")
+    assert record.ok and _study_of(record)["numberOfInstances"] == 1
+    [warning] = record.warnings
+    assert warning.code == "intake.skipped-member" and "damaged" in warning.message
+
+
+def test_an_undecodable_institution_fails_its_study_only(converter: Converter) -> None:
+    # intake reads InstitutionName for the sender before any mapping runs: an unknown
+    # VR there raised out of convert_files and stopped the batch (found by fuzzing).
+    data = _chest()
+    tag = b"\x08\x00\x80\x00LO"
+    assert tag in data
+    knee = instance(NSCH_KNEE, 1, 1, PatientID="0098765", InstitutionName="南沙中心医院")
+    knee.SpecificCharacterSet = "ISO_IR 192"
+    items = [("a.dcm", data.replace(tag, tag[:4] + b"XX", 1)), ("b.dcm", part10(knee))]
+    bad, good = converter.convert_files(items)
+    [error] = bad.errors
+    assert error.code == "intake.dicom-bad-value"
+    assert error.location == "(0008,0080) InstitutionName"
+    assert good.ok
+
+
+def test_a_damaged_member_header_skips_the_member(converter: Converter) -> None:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        archive.writestr("IM1.dcm", _chest(1, 1))
+        archive.writestr("IM2.dcm", _chest(1, 2))
+    data = bytearray(buffer.getvalue())
+    central = data.rindex(b"PK\x01\x02")  # IM2's central directory entry
+    data[central + 10 : central + 12] = (99).to_bytes(2, "little")  # NotImplementedError
+    [record] = converter.convert(bytes(data), source="cd.zip")
+    assert record.ok and _study_of(record)["numberOfInstances"] == 1
+    [warning] = record.warnings
+    assert warning.code == "intake.skipped-member" and "IM2.dcm" in warning.message
+
+
+def test_a_central_directory_offset_past_its_place_is_an_error_record(
+    converter: Converter,
+) -> None:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        archive.writestr("IM1.dcm", _chest(1, 1))
+    data = bytearray(buffer.getvalue())
+    end = data.rindex(b"PK\x05\x06")
+    offset = int.from_bytes(data[end + 16 : end + 20], "little")
+    # zipfile then seeks to a negative position for every member (ValueError)
+    data[end + 16 : end + 20] = (offset + 500).to_bytes(4, "little")
+    items = [("cd.zip", bytes(data)), ("b.dcm", _chest(1, 2))]
+    bad, good = converter.convert_files(items)  # in order of first appearance
+    assert good.ok and _study_of(good)["numberOfInstances"] == 1
+    [error] = bad.errors
+    assert error.code == "intake.dicom-no-instances" and "cd.zip" in error.message

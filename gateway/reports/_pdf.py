@@ -36,6 +36,11 @@ _NAVY = (31, 59, 99)
 _GREY = (90, 90, 90)
 _PENDING = (170, 51, 51)
 
+# fpdf2 cannot split a table row across pages: long texts go in rows of at most this
+# many characters and lines (a third of A4's width holds ~15 CJK characters a line).
+_ROW_CHARS, _ROW_LINES = 300, 15
+_DETAIL_CHARS = 200  # a detail value (name, MRN, exam) beyond this is cut with '…'
+
 _NEXT: dict[str, Any] = {"new_x": XPos.LMARGIN, "new_y": YPos.NEXT}
 _LOCK = threading.Lock()
 _PROTOTYPE: dict[str, Any] = {}  # "font" → TTFFont, "data" → bytes
@@ -126,6 +131,8 @@ def _details(pdf: FPDF, views: list[ReportView]) -> None:
         # Labels stack (one line per language); values share a line when they differ.
         label = joined([v.label(key) for v in views], "\n") or key
         value = joined([detail_value(v, key) for v in views]) or views[0].label("none")
+        if len(value) > _DETAIL_CHARS:
+            value = value[: _DETAIL_CHARS - 1] + "…"
         pairs.append((label, value))
     grey = FontFace(color=_GREY)
     with pdf.table(
@@ -162,12 +169,36 @@ def _sections(pdf: FPDF, views: list[ReportView]) -> None:
             head = table.row()
             for view in views:
                 head.cell(view.label(key))
-            row = table.row()
+            cells: list[list[tuple[str, FontFace | None]]] = []
             for view in views:
                 texts = view.findings if key == "findings" else (view.impression,)
                 text = "\n".join(t for t in texts if t)
                 if not text and view.pending:
-                    row.cell(view.label("pending"), style=pending)
+                    cells.append([(view.label("pending"), pending)])
                 else:
-                    row.cell(text or view.label("none"))
+                    cells.append([(piece, None) for piece in _pieces(text or view.label("none"))])
+            for n in range(max(len(c) for c in cells)):
+                row = table.row()
+                for column in cells:
+                    text, style = column[n] if n < len(column) else ("", None)
+                    row.cell(text, style=style)
         pdf.ln(3)
+
+
+def _pieces(text: str) -> list[str]:
+    """The text in pieces that each fit a table row on one page (one piece when short)."""
+    if len(text) <= _ROW_CHARS and text.count("\n") < _ROW_LINES:
+        return [text]
+    lines = [
+        line[i : i + _ROW_CHARS]
+        for line in text.split("\n")
+        for i in range(0, len(line) or 1, _ROW_CHARS)
+    ]
+    pieces = [[lines[0]]]
+    for line in lines[1:]:
+        last = pieces[-1]
+        if len(last) >= _ROW_LINES or sum(map(len, last)) + len(last) + len(line) > _ROW_CHARS:
+            pieces.append([line])
+        else:
+            last.append(line)
+    return ["\n".join(p) for p in pieces]

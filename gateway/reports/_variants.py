@@ -21,10 +21,10 @@ from datetime import datetime
 from typing import Any
 
 from ..config import Settings
-from ..errors import MappingError, ValidationError
+from ..errors import IntakeError, MappingError, ValidationError
 from ..mapping._terminology import Terminology, language_of
 from ..network import Network
-from ..validation import check_bundle, validate_resource
+from ..validation import check_bundle, validate_bundle, validate_resource
 from ._document import ReportDocument, Resource
 from ._localize import EnglishReport, Localizer
 from ._names import Names, translation
@@ -276,8 +276,20 @@ class ReportVariants:
 
 def _document(data: bytes | Resource | None, what: str) -> ReportDocument:
     if isinstance(data, (bytes, bytearray)):
-        return ReportDocument.parse(bytes(data), what)
-    return ReportDocument.of(data, what)
+        doc = ReportDocument.parse(bytes(data), what)
+    else:
+        doc = ReportDocument.of(data, what)
+    # The variant code reads the input as FHIR (language a string, entries objects, ...):
+    # input of any other shape is refused here by the models, not met as a traceback.
+    issues = validate_bundle(doc.root) if doc.is_bundle else validate_resource(doc.root)
+    if issues:
+        first = issues[0]
+        raise IntakeError(
+            "report-invalid",
+            f"the {what} is not valid FHIR R4: {first.message}",
+            location=first.location,
+        )
+    return doc
 
 
 def _ident(identifier: dict[str, Any]) -> str:

@@ -85,6 +85,23 @@ def test_html_escapes_report_data(variants: ReportVariants, laian: dict[str, Any
     assert "&lt;script&gt;" in html
 
 
+def test_long_findings_and_details_flow_over_pages(
+    variants: ReportVariants, laian: dict[str, Any]
+) -> None:
+    # fpdf2 cannot split a table row over pages: a findings text or a patient detail
+    # taller than a page raised ValueError ('row ... too high') (found by fuzzing).
+    report = report_of(laian)
+    findings = resource_of(laian, report["result"][0]["reference"])
+    findings["valueString"] = "右侧基底节区低密度影。" * 400 + "\n" * 80 + "末段。"
+    report["conclusion"] = "x" * 20_000
+    patient = resource_of(laian, report["subject"]["reference"])
+    patient["name"][0]["text"] = "王" * 5_000
+    pdf = variants.variant(_bytes(laian), "bilingual").pdf
+    assert len(PdfReader(io.BytesIO(pdf)).pages) > 3
+    text = _text(pdf)
+    assert "末段。" in text and text.count("王") >= 199  # the name, cut at 200 characters
+
+
 def test_variant_response_for_the_api(
     settings: Settings, nansha: dict[str, Any], english: dict[str, Any]
 ) -> None:

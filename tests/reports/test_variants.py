@@ -180,6 +180,15 @@ def test_english_report_must_be_english(variants: ReportVariants, nansha: dict[s
         (b"{not json", "intake.report-json"),
         (b'{"resourceType": "Patient"}', "intake.report-shape"),
         (b'{"resourceType": "Bundle", "entry": []}', "intake.report-shape"),
+        # not FHIR in shape: these raised AttributeError inside the variant code (fuzzing)
+        (b'{"resourceType": "DiagnosticReport", "language": 5}', "intake.report-invalid"),
+        (b'{"resourceType": "DiagnosticReport", "language": {}}', "intake.report-invalid"),
+        (
+            b'{"resourceType": "Bundle", "type": "collection", "entry": [[1], '
+            b'{"resource": {"resourceType": "DiagnosticReport", "status": "final", '
+            b'"code": {"text": "CT"}}}]}',
+            "intake.report-invalid",
+        ),
     ],
 )
 def test_bad_input_is_a_gateway_error(variants: ReportVariants, data: bytes, code: str) -> None:
@@ -233,3 +242,13 @@ def test_output_is_byte_identical_on_rerun(
     again = variants.variant(_bytes(nansha), "bilingual", _bytes(english))
     assert json.dumps(first.resource) == json.dumps(again.resource)
     assert first.pdf == again.pdf and first.html == again.html
+
+
+def test_a_malformed_english_report_is_a_gateway_error(
+    variants: ReportVariants, nansha: dict[str, Any], english: dict[str, Any]
+) -> None:
+    report_of(english)["result"] = "not a list"
+    with pytest.raises(IntakeError) as caught:
+        variants.variant(_bytes(nansha), "bilingual", _bytes(english))
+    assert caught.value.code == "intake.report-invalid"
+    assert "English report" in caught.value.issue.message

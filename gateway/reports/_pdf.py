@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import io
+import logging
 import threading
 from datetime import datetime
 from importlib import resources
@@ -44,6 +45,20 @@ _DETAIL_CHARS = 200  # a detail value (name, MRN, exam) beyond this is cut with 
 _NEXT: dict[str, Any] = {"new_x": XPos.LMARGIN, "new_y": YPos.NEXT}
 _LOCK = threading.Lock()
 _PROTOTYPE: dict[str, Any] = {}  # "font" → TTFFont, "data" → bytes
+
+
+class _NoGlyphList(logging.Filter):
+    """fpdf2 logs the characters its font lacks, quoted: characters of the report (a
+    rare character of a patient's name). The log keeps that glyphs are missing, not which."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if str(record.msg).startswith("Font %s is missing the following glyphs"):
+            record.msg = "Font %s is missing glyphs for some characters of the report"
+            record.args = record.args[:1] if isinstance(record.args, tuple) else ()
+        return True
+
+
+logging.getLogger("fpdf.output").addFilter(_NoGlyphList())
 
 
 def font_path() -> Path:

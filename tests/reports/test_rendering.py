@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import shutil
 import subprocess
 from pathlib import Path
@@ -100,6 +101,20 @@ def test_long_findings_and_details_flow_over_pages(
     assert len(PdfReader(io.BytesIO(pdf)).pages) > 3
     text = _text(pdf)
     assert "末段。" in text and text.count("王") >= 199  # the name, cut at 200 characters
+
+
+def test_missing_glyphs_are_logged_without_the_characters(
+    variants: ReportVariants, laian: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    # fpdf2 logged the characters its font lacks, quoted: here a patient's name.
+    report = report_of(laian)
+    patient = resource_of(laian, report["subject"]["reference"])
+    patient["name"][0]["text"] = "\u0627\u0644\u0639\u0631\u0628\u064a\u0629 \U0001f600"
+    with caplog.at_level(logging.WARNING):
+        variants.variant(_bytes(laian), "zh-Hans")
+    logged = [r.getMessage() for r in caplog.records if r.name == "fpdf.output"]
+    assert logged and all("missing glyphs" in m for m in logged)
+    assert not any("\u0627" in m or "\U0001f600" in m or "u0627" in m for m in logged)
 
 
 def test_variant_response_for_the_api(

@@ -306,7 +306,21 @@ class DicomView:
         ]
 
 
-def _element(ds: Dataset, tag: int, label: str) -> DataElement | None:
+@dataclass(frozen=True, slots=True)
+class _Plain:
+    """A single ASCII value read straight from its bytes (see ``_element``)."""
+
+    VR: str
+    value: str
+
+
+# VRs whose values are ASCII by the standard and need no charset: UIDs, codes, dates
+# and times. pydicom's general conversion (and the warnings guard around it) costs
+# several times more, and these are most of what a study's mapping reads.
+_ASCII_VRS = frozenset({"UI", "CS", "DA", "TM", "DT", "AS"})
+
+
+def _element(ds: Dataset, tag: int, label: str) -> DataElement | _Plain | None:
     """The element at ``tag``, decoded on first use. pydicom warns when bytes do not
     decode in the charset (it then uses U+FFFD, and intake has already warned about an
     unknown charset) and raises on a value its VR cannot hold: that is the record's
@@ -314,6 +328,15 @@ def _element(ds: Dataset, tag: int, label: str) -> DataElement | None:
     raw = ds.get_item(tag)
     if raw is None or not isinstance(raw, RawDataElement):
         return raw
+    if raw.VR in _ASCII_VRS and raw.value is not None:
+        try:
+            text = raw.value.decode("ascii")
+        except UnicodeDecodeError:
+            pass  # not what the VR allows: pydicom's conversion decides
+        else:
+            text = text.rstrip("\x00 ") if raw.VR == "UI" else text.strip(" ")
+            if "\\" not in text:  # several values: pydicom's MultiValue
+                return _Plain(raw.VR, text)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

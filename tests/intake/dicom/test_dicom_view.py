@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import pydicom
 import pytest
+from pydicom.multival import MultiValue
 
 from gateway import Converter
 from gateway.errors import ConfigError
 from gateway.intake.dicom import DicomView, check_path, read_studies
+from gateway.intake.dicom._view import _element
 from gateway.mapping._functions import translate
 from tests.golden.dicom.make_studies import issuer, part10, wang_wei
 
-MAPPINGS = Path(__file__).resolve().parents[3] / "mappings"
+REPO = Path(__file__).resolve().parents[3]
+MAPPINGS = REPO / "mappings"
 BODY_PART_SYSTEM = "https://fhir-gateway.example.org/CodeSystem/dicom-body-part-examined"
 
 
@@ -150,3 +156,34 @@ def test_body_part_comes_from_the_concept_map_with_chinese_displays(converter: C
     }
     assert shown == designations["69536005"]
     assert translate(converter.env, system=BODY_PART_SYSTEM, code="NOT-A-TERM") is None
+
+
+def _ascii_elements(ds: Any) -> Iterator[tuple[Any, int]]:
+    for tag in list(ds.keys()):
+        raw = ds.get_item(tag)
+        if raw.VR in ("UI", "CS", "DA", "TM", "DT", "AS"):
+            yield ds, tag
+        elif raw.VR == "SQ":
+            for item in ds[tag].value:
+                yield from _ascii_elements(item)
+
+
+def test_ascii_fast_path_reads_what_pydicom_reads(corpus: Path) -> None:
+    """UIDs, codes, dates and times are read from their bytes without pydicom's
+    conversion (for speed); on every sample file they come out as pydicom reads them."""
+    files = sorted((corpus / "dicom").rglob("*.dcm")) + sorted(
+        REPO.glob("examples/imaging/*/*/*.dcm")
+    )
+    compared = 0
+    for path in files:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+        for owner, tag in list(_ascii_elements(ds)):
+            fast = _element(owner, tag, "label")
+            slow = owner[tag].value  # pydicom's own conversion (caches the element)
+            assert fast is not None
+            if isinstance(slow, MultiValue):
+                assert list(fast.value) == list(slow)
+            else:
+                assert str(fast.value) == str(slow), (path.name, hex(tag))
+            compared += 1
+    assert compared > 500

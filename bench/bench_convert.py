@@ -235,8 +235,13 @@ def _timed(prepare: Callable[[int], _T], work: Callable[[_T], int]) -> Callable[
 # patient's identifiers and birth date, the visit, order, referral and accession numbers.
 # Staff, organisations, codes and the message structure stay as they are: they recur.
 _FRESH_IDS: dict[str, tuple[int, ...]] = {
-    "MSH": (10,), "PID": (2, 3, 4, 18, 19), "PV1": (19,), "ORC": (2, 3, 4),
-    "OBR": (2, 3, 18, 19, 20), "RF1": (6, 11), "IPC": (1, 2, 3, 4),
+    "MSH": (10,),
+    "PID": (2, 3, 4, 18, 19),
+    "PV1": (19,),
+    "ORC": (2, 3, 4),
+    "OBR": (2, 3, 18, 19, 20),
+    "RF1": (6, 11),
+    "IPC": (1, 2, 3, 4),
 }
 _FRESH_TIMES: dict[str, tuple[int, ...]] = {"MSH": (7,), "PID": (7,), "ORC": (9,), "OBR": (7,)}
 _FRESH_TEXT: dict[str, tuple[int, ...]] = {"PID": (5, 11, 13)}  # name, address, phone
@@ -341,9 +346,13 @@ def check_freshening(conv: Converter, samples: Sequence[Sample]) -> None:
         except (UnicodeEncodeError, ValueError):
             continue
         records = [conv.convert(v) for v in variants]
-        s.freshens = all(
-            len(r) == 1 and r[0].ok and r[0].bundle_json not in (original, None) for r in records
-        ) and records[0][0].bundle_json != records[1][0].bundle_json
+        s.freshens = (
+            all(
+                len(r) == 1 and r[0].ok and r[0].bundle_json not in (original, None)
+                for r in records
+            )
+            and records[0][0].bundle_json != records[1][0].bundle_json
+        )
 
 
 def gateway_benches(
@@ -367,22 +376,31 @@ def gateway_benches(
 
     return [
         Bench(
-            "gw_e2e", "gateway end to end", "`Converter.convert(bytes)`: split, decode, tokenise, "
-            "map, validate + reference check, JSON", _timed(work.datas, e2e(conv)),
+            "gw_e2e",
+            "gateway end to end",
+            "`Converter.convert(bytes)`: split, decode, tokenise, "
+            "map, validate + reference check, JSON",
+            _timed(work.datas, e2e(conv)),
         ),
         Bench(
-            "gw_noval", "gateway end to end, validation off", "the same with "
-            "`Settings.validate = False` (the reference check stays)",
+            "gw_noval",
+            "gateway end to end, validation off",
+            "the same with `Settings.validate = False` (the reference check stays)",
             _timed(work.datas, e2e(novalidate)),
         ),
         Bench(
-            "gw_parse", "gateway ER7 parse only", "`split_messages` + `parse_message` "
-            "(charset decode + tokenise)", _timed(work.datas, parse_only),
+            "gw_parse",
+            "gateway ER7 parse only",
+            "`split_messages` + `parse_message` (charset decode + tokenise)",
+            _timed(work.datas, parse_only),
         ),
         Bench(
-            "gw_repeat", "gateway end to end, same messages again", "as the first row, but "
+            "gw_repeat",
+            "gateway end to end, same messages again",
+            "as the first row, but "
             "every pass converts the very same bytes: content-keyed caches always hit",
-            _timed(repeated.datas, e2e(conv)), group="extra",
+            _timed(repeated.datas, e2e(conv)),
+            group="extra",
         ),
     ]
 
@@ -406,13 +424,24 @@ def peer_benches(work: Workload) -> list[Bench]:
         return len(pairs)
 
     return [
-        Bench("hl7", "python-hl7 parse", "`hl7.parse(bytes.decode(codec))`",
-              _timed(work.batch, python_hl7)),
-        Bench("hl7apy", "hl7apy parse", "`parse_message(text, TOLERANT, find_groups=False)`",
-              _timed(work.batch, hl7apy_flat)),
-        Bench("hl7apy_g", "hl7apy parse + groups",
-              "`parse_message(text, TOLERANT, find_groups=True)`",
-              _timed(work.batch, hl7apy_groups)),
+        Bench(
+            "hl7",
+            "python-hl7 parse",
+            "`hl7.parse(bytes.decode(codec))`",
+            _timed(work.batch, python_hl7),
+        ),
+        Bench(
+            "hl7apy",
+            "hl7apy parse",
+            "`parse_message(text, TOLERANT, find_groups=False)`",
+            _timed(work.batch, hl7apy_flat),
+        ),
+        Bench(
+            "hl7apy_g",
+            "hl7apy parse + groups",
+            "`parse_message(text, TOLERANT, find_groups=True)`",
+            _timed(work.batch, hl7apy_groups),
+        ),
     ]
 
 
@@ -431,8 +460,7 @@ def stage_benches(conv: Converter, work: Workload) -> list[Bench]:
 
     def mapped(passes: int) -> list[dict[str, Any]]:
         return [
-            conv.hl7v2.for_type(m.message_type).run(Hl7View(m), env, tz)[0]
-            for m in parsed(passes)
+            conv.hl7v2.for_type(m.message_type).run(Hl7View(m), env, tz)[0] for m in parsed(passes)
         ]
 
     def once(make: Callable[[int], list[_T]]) -> Callable[[int], list[_T]]:
@@ -472,20 +500,49 @@ def stage_benches(conv: Converter, work: Workload) -> list[Bench]:
         return [split_messages(d)[0] for d in work.datas(passes)]
 
     return [
-        Bench("stage_split", "split", "`split_messages` (framing, segment split)",
-              _timed(once(work.datas), split), group="stage"),
-        Bench("stage_parse", "decode + tokenise", "`parse_message`",
-              _timed(once(raws), parse), group="stage"),
-        Bench("stage_map", "map", "`MessageMapping.run(Hl7View(msg))` → Bundle dict "
-              "(fresh messages)", _timed(parsed, map_), group="stage"),
-        Bench("stage_validate", "validate + reference check", f"`{_CHECK_NAME}` as the "
-              "pipeline calls it (fresh Bundles; its caches warm)", _timed(mapped, check),
-              group="stage"),
-        Bench("stage_json", "JSON", "`dump_json(bundle)` (orjson, indent 2)",
-              _timed(once(mapped), serialise), group="stage"),
-        Bench("stage_full_model", "for reference: full R4B model", "`fhir.resources.R4B` "
-              "`Bundle.model_validate(bundle)`, no cache (not part of the pipeline's sum)",
-              _timed(once(mapped), full_model), group="stage-ref"),
+        Bench(
+            "stage_split",
+            "split",
+            "`split_messages` (framing, segment split)",
+            _timed(once(work.datas), split),
+            group="stage",
+        ),
+        Bench(
+            "stage_parse",
+            "decode + tokenise",
+            "`parse_message`",
+            _timed(once(raws), parse),
+            group="stage",
+        ),
+        Bench(
+            "stage_map",
+            "map",
+            "`MessageMapping.run(Hl7View(msg))` → Bundle dict (fresh messages)",
+            _timed(parsed, map_),
+            group="stage",
+        ),
+        Bench(
+            "stage_validate",
+            "validate + reference check",
+            f"`{_CHECK_NAME}` as the pipeline calls it (fresh Bundles; its caches warm)",
+            _timed(mapped, check),
+            group="stage",
+        ),
+        Bench(
+            "stage_json",
+            "JSON",
+            "`dump_json(bundle)` (orjson, indent 2)",
+            _timed(once(mapped), serialise),
+            group="stage",
+        ),
+        Bench(
+            "stage_full_model",
+            "for reference: full R4B model",
+            "`fhir.resources.R4B` "
+            "`Bundle.model_validate(bundle)`, no cache (not part of the pipeline's sum)",
+            _timed(once(mapped), full_model),
+            group="stage-ref",
+        ),
     ]
 
 
@@ -495,7 +552,10 @@ class BrightohirPeer:
     def __init__(self, python: Path, msgs: Sequence[Sample]) -> None:
         self.proc = subprocess.Popen(
             [str(python), str(BENCH / "peer_brightohir.py")],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=BENCH,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=BENCH,
         )
         header = {"messages": [[base64.b64encode(s.data).decode(), s.codec] for s in msgs]}
         reply = self._ask(header)
@@ -696,12 +756,25 @@ def time_cli(work: Workload, runs: int, copies: int) -> CliTiming | None:
 
         def once(path: Path) -> tuple[float, float]:
             out = root / "out"
-            cmd = [str(gateway), "--home", str(root / "home"), "convert", "-q", str(path),
-                   "-o", f"{out}/"]
+            cmd = [
+                str(gateway),
+                "--home",
+                str(root / "home"),
+                "convert",
+                "-q",
+                str(path),
+                "-o",
+                f"{out}/",
+            ]
             before = resource.getrusage(resource.RUSAGE_CHILDREN)
             t0 = time.perf_counter()
-            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                           env={**os.environ, "GATEWAY_HOME": str(root / "home")})
+            subprocess.run(
+                cmd,
+                check=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                env={**os.environ, "GATEWAY_HOME": str(root / "home")},
+            )
             wall = time.perf_counter() - t0
             after = resource.getrusage(resource.RUSAGE_CHILDREN)
             cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -712,10 +785,14 @@ def time_cli(work: Workload, runs: int, copies: int) -> CliTiming | None:
         smalls = [once(small) for _ in range(runs)]
         bigs = [once(big) for _ in range(runs)]
     return CliTiming(
-        1, len(msgs) * copies,
-        statistics.median(w for w, _ in smalls), statistics.median(w for w, _ in bigs),
-        statistics.median(c for _, c in smalls), statistics.median(c for _, c in bigs),
-        runs, ".venv/bin/gateway --home H convert -q FILE -o OUT/",
+        1,
+        len(msgs) * copies,
+        statistics.median(w for w, _ in smalls),
+        statistics.median(w for w, _ in bigs),
+        statistics.median(c for _, c in smalls),
+        statistics.median(c for _, c in bigs),
+        runs,
+        ".venv/bin/gateway --home H convert -q FILE -o OUT/",
     )
 
 
@@ -732,8 +809,16 @@ def _times(x: float) -> str:
 
 def _versions() -> list[tuple[str, str]]:
     out = []
-    for name in ("fhir-gateway", "fhir.resources", "fhir-core", "pydantic", "pydantic-core",
-                 "orjson", "hl7", "hl7apy"):
+    for name in (
+        "fhir-gateway",
+        "fhir.resources",
+        "fhir-core",
+        "pydantic",
+        "pydantic-core",
+        "orjson",
+        "hl7",
+        "hl7apy",
+    ):
         try:
             out.append((name, package_version(name)))
         except PackageNotFoundError:
@@ -743,11 +828,17 @@ def _versions() -> list[tuple[str, str]]:
 
 def _git() -> str:
     try:
-        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                              capture_output=True, text=True, check=True).stdout.strip()
+        head = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
         dirty = subprocess.run(
             ["git", "-C", str(REPO), "status", "--porcelain", "--", "gateway", "mappings"],
-            capture_output=True, text=True, check=True,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -801,9 +892,11 @@ class Report:
         common = m.common
         add("# Conversion benchmark: HL7 v2 → FHIR R4 transaction Bundle JSON")
         add("")
-        add(f"Recorded {self.started} by `bench/bench_convert.py` in {self.seconds:.0f} s. "
+        add(
+            f"Recorded {self.started} by `bench/bench_convert.py` in {self.seconds:.0f} s. "
             "Reproduce from the repository root (the venv has the `dev,bench` extras; "
-            "`--setup-peers` once makes brightohir's own venv in `bench/.peers/`):")
+            "`--setup-peers` once makes brightohir's own venv in `bench/.peers/`):"
+        )
         add("")
         add("```sh")
         add(self.command)
@@ -811,39 +904,53 @@ class Report:
         add("")
         add("## Machine and software")
         add("")
-        add(f"- CPU: {_cpu()}; {os.cpu_count()} logical CPUs, "
+        add(
+            f"- CPU: {_cpu()}; {os.cpu_count()} logical CPUs, "
             f"this process may run on {len(os.sched_getaffinity(0))}"
             + (f", pinned to CPU {self.args.pin}" if self.args.pin is not None else "")
-            + ". Every timed loop runs in one thread.")
-        add(f"- OS: {platform.system()} {platform.release()}; Python "
-            f"{platform.python_version()} ({platform.python_implementation()})")
+            + ". Every timed loop runs in one thread."
+        )
+        add(
+            f"- OS: {platform.system()} {platform.release()}; Python "
+            f"{platform.python_version()} ({platform.python_implementation()})"
+        )
         add(f"- gateway commit: {_git()}")
         add("- libraries: " + ", ".join(f"{n} {v}" for n, v in _versions()))
         if self.peer_versions:
-            add("- brightohir's own venv: "
-                + ", ".join(f"{n} {v}" for n, v in self.peer_versions.items()))
+            add(
+                "- brightohir's own venv: "
+                + ", ".join(f"{n} {v}" for n, v in self.peer_versions.items())
+            )
         add("")
         add("## Messages")
         add("")
-        add(f"- {len(m.files)} files ({', '.join(sorted({str(Path(f).parent) for f in m.files}))})"
+        add(
+            f"- {len(m.files)} files ({', '.join(sorted({str(Path(f).parent) for f in m.files}))})"
             f": {m.found} messages after splitting; {m.duplicates} byte-identical to an earlier"
-            " one dropped (`tests/golden/hl7v2/` copies `examples/hl7v2/`).")
+            " one dropped (`tests/golden/hl7v2/` copies `examples/hl7v2/`)."
+        )
         failed = "; ".join(m.failed) if m.failed else "none"
         add(f"- Convert OK in the gateway: **{len(m.samples)}** (left out: {failed}).")
         skipped = [s for s in m.samples if s not in common]
-        add(f"- Parsed by every in-process peer (python-hl7, hl7apy with and without groups): "
+        add(
+            f"- Parsed by every in-process peer (python-hl7, hl7apy with and without groups): "
             f"**{len(common)}**; every row and ratio below is on these {len(common)} messages. "
             f"Left out ({len(skipped)}): "
-            + ("; ".join(f"{s.name} ({s.problem})" for s in skipped) or "none") + ".")
+            + ("; ".join(f"{s.name} ({s.problem})" for s in skipped) or "none")
+            + "."
+        )
         kinds: dict[str, int] = {}
         for s in common:
             kinds[s.message_type] = kinds.get(s.message_type, 0) + 1
         size = statistics.mean(len(s.data) for s in common) if common else 0
-        add(f"- Types: {', '.join(f'{k} ×{v}' for k, v in sorted(kinds.items()))}; "
+        add(
+            f"- Types: {', '.join(f'{k} ×{v}' for k, v in sorted(kinds.items()))}; "
             f"mean size {size:,.0f} bytes; charsets "
-            f"{', '.join(sorted({s.codec for s in common}))}.")
+            f"{', '.join(sorted({s.codec for s in common}))}."
+        )
         stale = [s.name for s in common if not s.freshens]
-        add("- **Fresh messages.** The gateway memoises what recurs (resources built from the "
+        add(
+            "- **Fresh messages.** The gateway memoises what recurs (resources built from the "
             "same segments, accepted values, checked subtrees), so converting the same bytes "
             "again measures its caches, not its conversion. Every gateway and in-process peer "
             "row therefore converts, in each pass, never-seen variants of these messages: "
@@ -854,16 +961,21 @@ class Report:
             "(PID-5/11/13), and sets the minutes/seconds or day of MSH-7, PID-7, ORC-9 and "
             "OBR-7 from it. Staff, organisations, codes and structure stay as they are, as "
             "in a real feed. Each variant was checked to convert, to a Bundle of its own: "
-            + (f"all {len(common)} do." if not stale else
-               f"{len(common) - len(stale)} do; used unchanged: {', '.join(stale)}.")
+            + (
+                f"all {len(common)} do."
+                if not stale
+                else f"{len(common) - len(stale)} do; used unchanged: {', '.join(stale)}."
+            )
             + " The row *same messages again* shows what the caches give when everything "
-            "recurs; brightohir gets the unchanged messages (it keeps no content caches).")
+            "recurs; brightohir gets the unchanged messages (it keeps no content caches)."
+        )
         for note in m.notes:
             add(f"- Note: {note}")
         add("")
         add("## Method")
         add("")
-        add(f"Single thread, same process (brightohir: its own process, driven over a pipe, "
+        add(
+            f"Single thread, same process (brightohir: its own process, driven over a pipe, "
             f"timed inside it). Each row is warmed up (≥ {self.args.warmup} s), then sized so one "
             f"measurement lasts about {self.args.target} s (several passes over the message "
             f"list), then measured {self.args.rounds} times, rows interleaved round by round "
@@ -872,19 +984,25 @@ class Report:
             "process CPU time / wall time (below 100 % means the process was waiting for the "
             "core). Ratios are taken round by round (paired) and their median is shown. The "
             "garbage collector stays on, as in production, and is run before each measurement."
-            + (f" CPU time stolen by the hypervisor during the measured rounds: "
-               f"{self.steal:.1%}." if self.steal is not None else "")
+            + (
+                f" CPU time stolen by the hypervisor during the measured rounds: {self.steal:.1%}."
+                if self.steal is not None
+                else ""
+            )
             + " On a shared virtual machine the speed drifts from minute to minute (the spread "
-            "column shows by how much): trust the medians and the paired ratios, not one round.")
+            "column shows by how much): trust the medians and the paired ratios, not one round."
+        )
         add("")
         add("## Results")
         add("")
         add("| row | what is timed | msgs/s (median) | min – max | spread | µs/msg | CPU |")
         add("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
         for b in self.main + self.extra:
-            add(f"| {b.label} | {b.what} | **{_fmt_rate(b.median)}** | "
+            add(
+                f"| {b.label} | {b.what} | **{_fmt_rate(b.median)}** | "
                 f"{_fmt_rate(min(b.walls))} – {_fmt_rate(max(b.walls))} | {b.spread:.0%} | "
-                f"{1e6 / b.median:,.0f} | {statistics.median(b.cpus):.0%} |")
+                f"{1e6 / b.median:,.0f} | {statistics.median(b.cpus):.0%} |"
+            )
         add("")
         if self.peer_note:
             add(self.peer_note)
@@ -894,19 +1012,24 @@ class Report:
         add("| A | B | A/B (median) | min – max | reading |")
         add("| --- | --- | ---: | ---: | --- |")
         pairs = [
-            ("gw_e2e", "hl7"), ("gw_e2e", "hl7apy"), ("gw_e2e", "hl7apy_g"), ("gw_e2e", "bo"),
+            ("gw_e2e", "hl7"),
+            ("gw_e2e", "hl7apy"),
+            ("gw_e2e", "hl7apy_g"),
+            ("gw_e2e", "bo"),
             ("gw_noval", "bo"),
-            ("gw_parse", "hl7"), ("gw_parse", "hl7apy"), ("gw_parse", "hl7apy_g"),
+            ("gw_parse", "hl7"),
+            ("gw_parse", "hl7apy"),
+            ("gw_parse", "hl7apy_g"),
             ("gw_parse", "bo"),
-            ("gw_e2e", "gw_noval"), ("gw_e2e", "gw_parse"),
+            ("gw_e2e", "gw_noval"),
+            ("gw_e2e", "gw_parse"),
         ]
         for ka, kb in pairs:
             ra, rb = self.bench(ka), self.bench(kb)
             if ra is None or rb is None:
                 continue
             med, lo, hi = paired_ratio(ra, rb)
-            reading = (f"A is {_times(med)} faster" if med >= 1
-                       else f"A is {_times(1 / med)} slower")
+            reading = f"A is {_times(med)} faster" if med >= 1 else f"A is {_times(1 / med)} slower"
             add(f"| {ra.label} | {rb.label} | {med:.3g} | {lo:.3g} – {hi:.3g} | {reading} |")
         add("")
         if self.stages:
@@ -920,8 +1043,10 @@ class Report:
                 us = 1e6 / b.median
                 add(f"| {b.label} | {b.what} | {us:,.0f} | {us / total:.0%} |")
             e2e = self.bench("gw_e2e")
-            add(f"| **sum** | | **{total:,.0f}** | "
-                + (f"end to end measured: {1e6 / e2e.median:,.0f} µs/msg |" if e2e else "|"))
+            add(
+                f"| **sum** | | **{total:,.0f}** | "
+                + (f"end to end measured: {1e6 / e2e.median:,.0f} µs/msg |" if e2e else "|")
+            )
             for b in self.stages:
                 if b.group != "stage":
                     add(f"| *{b.label}* | {b.what} | *{1e6 / b.median:,.0f}* | |")
@@ -932,24 +1057,34 @@ class Report:
             c = self.cli
             add("## The whole process: `gateway convert`")
             add("")
-            add(f"`{c.command}`, {c.runs} runs of each input after one warm-up run; median "
+            add(
+                f"`{c.command}`, {c.runs} runs of each input after one warm-up run; median "
                 "wall time, CPU time from `getrusage` of the child. FILE holds one message, or "
                 f"{c.big // max(1, len(common))} fresh variants of each of the {len(common)} "
-                "messages; one Bundle file is written per message.")
+                "messages; one Bundle file is written per message."
+            )
             add("")
             add("| input | messages | wall s | CPU s | msgs/s |")
             add("| --- | ---: | ---: | ---: | ---: |")
-            add(f"| one message | {c.small} | {c.small_wall:.2f} | {c.small_cpu:.2f} | "
-                f"{c.small / c.small_wall:.1f} |")
-            add(f"| batch | {c.big} | {c.big_wall:.2f} | {c.big_cpu:.2f} | "
-                f"{c.big / c.big_wall:.0f} |")
-            add(f"| batch − one (start-up cancels out) | {c.big - c.small} | "
+            add(
+                f"| one message | {c.small} | {c.small_wall:.2f} | {c.small_cpu:.2f} | "
+                f"{c.small / c.small_wall:.1f} |"
+            )
+            add(
+                f"| batch | {c.big} | {c.big_wall:.2f} | {c.big_cpu:.2f} | "
+                f"{c.big / c.big_wall:.0f} |"
+            )
+            add(
+                f"| batch − one (start-up cancels out) | {c.big - c.small} | "
                 f"{c.big_wall - c.small_wall:.2f} | {c.big_cpu - c.small_cpu:.2f} | "
-                f"**{c.marginal:.0f}** |")
+                f"**{c.marginal:.0f}** |"
+            )
             add("")
-            add(f"Start-up (interpreter, imports of fhir.resources and pydantic, loading and "
+            add(
+                f"Start-up (interpreter, imports of fhir.resources and pydantic, loading and "
                 f"compiling the mappings) costs about {c.small_wall:.2f} s per process; a "
-                "long-running process (the API, or one `convert` over many files) pays it once.")
+                "long-running process (the API, or one `convert` over many files) pays it once."
+            )
             add("")
         add("## Interpretation")
         add("")
@@ -964,10 +1099,12 @@ class Report:
         common = self.messages.common
         add("## Profile of the end-to-end path")
         add("")
-        add(f"cProfile of `Converter.convert` over fresh variants of the {len(common)} "
+        add(
+            f"cProfile of `Converter.convert` over fresh variants of the {len(common)} "
             f"messages, {p.messages} conversions in {p.seconds:.1f} s (the profiler itself "
             "slows Python code down, by about 2× here: read the shares, not the absolute times). "
-            "Times are µs per message.")
+            "Times are µs per message."
+        )
         add("")
         add("Own time by package:")
         add("")
@@ -993,7 +1130,8 @@ class Report:
             return out
         rate = e2e.median
         verdict = (
-            f"**met** ({rate / GOAL:.1f}× the goal)" if rate >= GOAL
+            f"**met** ({rate / GOAL:.1f}× the goal)"
+            if rate >= GOAL
             else f"**not met**: {rate / GOAL:.0%} of it; a {GOAL / rate:.1f}× speed-up is needed"
         )
         out.append(
@@ -1022,8 +1160,7 @@ class Report:
             total = sum(1e6 / b.median for b in pipeline)
             ranked = sorted(pipeline, key=lambda b: b.median)
             shares = ", ".join(
-                f"{b.label} {1e6 / b.median:,.0f} µs ({1e6 / b.median / total:.0%})"
-                for b in ranked
+                f"{b.label} {1e6 / b.median:,.0f} µs ({1e6 / b.median / total:.0%})" for b in ranked
             )
             out.append(f"- **Stages, largest first:** {shares}.")
             cost = {b.key: 1e6 / b.median for b in self.stages}
@@ -1033,15 +1170,19 @@ class Report:
             if total > budget:
                 need_map, need_val = mapping + rest > budget, validation + rest > budget
                 if need_map and need_val:
-                    what = ("mapping and validation each exceed it with the small stages, so "
-                            "both have to get faster.")
+                    what = (
+                        "mapping and validation each exceed it with the small stages, so "
+                        "both have to get faster."
+                    )
                 elif need_map:
-                    what = ("even with validation free, mapping and the small stages exceed it: "
-                            f"mapping has to get about {mapping / (budget - rest - validation):.1f}"
-                            "× faster at today's validation cost, or more."
-                            if budget - rest - validation > 0 else
-                            "even with validation free, mapping and the small stages exceed "
-                            "it: mapping has to get faster first, then validation.")
+                    what = (
+                        "even with validation free, mapping and the small stages exceed it: "
+                        f"mapping has to get about {mapping / (budget - rest - validation):.1f}"
+                        "× faster at today's validation cost, or more."
+                        if budget - rest - validation > 0
+                        else "even with validation free, mapping and the small stages exceed "
+                        "it: mapping has to get faster first, then validation."
+                    )
                 elif need_val:
                     what = "validation and the small stages exceed it: validation must shrink."
                 else:
@@ -1064,8 +1205,11 @@ class Report:
             f"- **Parsing is not the bottleneck:** the gateway's ER7 parse runs at "
             f"{_fmt_rate(parse.median)} messages/s, {parse_share:.1%} of the end-to-end time."
         )
-        peers = [b for b in (self.bench("hl7"), self.bench("hl7apy"), self.bench("hl7apy_g"))
-                 if b is not None]
+        peers = [
+            b
+            for b in (self.bench("hl7"), self.bench("hl7apy"), self.bench("hl7apy_g"))
+            if b is not None
+        ]
         if peers:
             parts = []
             for b in peers:
@@ -1102,29 +1246,63 @@ class Report:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--rounds", type=int, default=9, help="measured rounds per row (default 9)")
-    p.add_argument("--target", type=float, default=0.3,
-                   help="seconds one measurement should last (default 0.3)")
-    p.add_argument("--warmup", type=float, default=0.3,
-                   help="seconds of warm-up per row, at least one pass (default 0.3)")
-    p.add_argument("--out", default=str(BENCH / "RESULTS.md"),
-                   help="results file (default bench/RESULTS.md; '-' for none)")
-    p.add_argument("--corpus", type=Path, default=REPO.parent / "shared" / "corpus" / "hl7v2",
-                   help="the shared corpus' HL7 v2 folder (default ../shared/corpus/hl7v2)")
-    p.add_argument("--home", type=Path, default=None,
-                   help="GATEWAY_HOME for the converter (default: a temporary folder)")
+    p.add_argument(
+        "--target",
+        type=float,
+        default=0.3,
+        help="seconds one measurement should last (default 0.3)",
+    )
+    p.add_argument(
+        "--warmup",
+        type=float,
+        default=0.3,
+        help="seconds of warm-up per row, at least one pass (default 0.3)",
+    )
+    p.add_argument(
+        "--out",
+        default=str(BENCH / "RESULTS.md"),
+        help="results file (default bench/RESULTS.md; '-' for none)",
+    )
+    p.add_argument(
+        "--corpus",
+        type=Path,
+        default=REPO.parent / "shared" / "corpus" / "hl7v2",
+        help="the shared corpus' HL7 v2 folder (default ../shared/corpus/hl7v2)",
+    )
+    p.add_argument(
+        "--home",
+        type=Path,
+        default=None,
+        help="GATEWAY_HOME for the converter (default: a temporary folder)",
+    )
     p.add_argument("--pin", type=int, default=None, help="pin the process to this CPU number")
     p.add_argument("--no-stages", action="store_true", help="skip the per-stage rows")
     p.add_argument("--no-profile", action="store_true", help="skip the cProfile run")
-    p.add_argument("--profile-seconds", type=float, default=3.0,
-                   help="about how long the profiled run lasts (default 3)")
+    p.add_argument(
+        "--profile-seconds",
+        type=float,
+        default=3.0,
+        help="about how long the profiled run lasts (default 3)",
+    )
     p.add_argument("--top", type=int, default=15, help="profile rows shown (default 15)")
-    p.add_argument("--cli-runs", type=int, default=3,
-                   help="runs of the whole `gateway convert` process (0 to skip; default 3)")
-    p.add_argument("--cli-copies", type=int, default=20,
-                   help="copies of the message set in the CLI's batch file (default 20)")
+    p.add_argument(
+        "--cli-runs",
+        type=int,
+        default=3,
+        help="runs of the whole `gateway convert` process (0 to skip; default 3)",
+    )
+    p.add_argument(
+        "--cli-copies",
+        type=int,
+        default=20,
+        help="copies of the message set in the CLI's batch file (default 20)",
+    )
     p.add_argument("--no-peer-converter", action="store_true", help="skip brightohir")
-    p.add_argument("--setup-peers", action="store_true",
-                   help=f"first make {_rel(BRIGHTOHIR_VENV)} with {BRIGHTOHIR_PIN}")
+    p.add_argument(
+        "--setup-peers",
+        action="store_true",
+        help=f"first make {_rel(BRIGHTOHIR_VENV)} with {BRIGHTOHIR_PIN}",
+    )
     return p.parse_args(argv)
 
 
@@ -1144,9 +1322,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         novalidate = Converter(dataclasses.replace(settings, validate=False))
         messages = collect_messages(conv, args.corpus)
         common = messages.common
-        print(f"{len(messages.samples)} messages convert OK ({messages.duplicates} duplicates "
-              f"dropped, {len(messages.failed)} failing left out); {len(common)} parse in every "
-              "peer and are benchmarked", file=sys.stderr)
+        print(
+            f"{len(messages.samples)} messages convert OK ({messages.duplicates} duplicates "
+            f"dropped, {len(messages.failed)} failing left out); {len(common)} parse in every "
+            "peer and are benchmarked",
+            file=sys.stderr,
+        )
         if not common:
             print("error: no message to benchmark", file=sys.stderr)
             return 1
@@ -1172,17 +1353,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.no_peer_converter:
             peer_note = "brightohir (peer converter) skipped: --no-peer-converter."
         elif not python.exists():
-            peer_note = (f"brightohir (peer converter) skipped: {_rel(BRIGHTOHIR_VENV)} does not "
-                         "exist; run once with --setup-peers.")
+            peer_note = (
+                f"brightohir (peer converter) skipped: {_rel(BRIGHTOHIR_VENV)} does not "
+                "exist; run once with --setup-peers."
+            )
             print(f"note: {peer_note}", file=sys.stderr)
         else:
             peer = BrightohirPeer(python, common)
             peer_versions = peer.versions
             peer_reports = [(s.name, r) for s, r in zip(common, peer.reports, strict=True)]
-            main_rows.append(Bench(
-                "bo", "brightohir v2 → R5 (peer converter)",
-                "`V2Converter().convert(text)` + `json.dumps`; no validation", peer.run,
-            ))
+            main_rows.append(
+                Bench(
+                    "bo",
+                    "brightohir v2 → R5 (peer converter)",
+                    "`V2Converter().convert(text)` + `json.dumps`; no validation",
+                    peer.run,
+                )
+            )
             peer_note = _brightohir_note(peer_reports, common)
 
         benches = main_rows + extra_rows + stages
@@ -1195,7 +1382,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ticks1 = cpu_ticks()
         steal = (
             (ticks1[0] - ticks0[0]) / max(1, ticks1[1] - ticks0[1])
-            if ticks0 is not None and ticks1 is not None else None
+            if ticks0 is not None and ticks1 is not None
+            else None
         )
         if peer is not None:
             peer.close()
@@ -1211,8 +1399,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         a for a in (argv if argv is not None else sys.argv[1:]) if a != "--setup-peers"
     )
     report = Report(
-        args, command.strip(), started, messages, main_rows, stages, extra_rows, peer_note,
-        peer_versions, peer_reports, profile, cli, time.perf_counter() - t_start, steal,
+        args,
+        command.strip(),
+        started,
+        messages,
+        main_rows,
+        stages,
+        extra_rows,
+        peer_note,
+        peer_versions,
+        peer_reports,
+        profile,
+        cli,
+        time.perf_counter() - t_start,
+        steal,
     )
     text = report.render()
     print(text)
@@ -1230,9 +1430,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _brightohir_note(
-    reports: Sequence[tuple[str, dict[str, Any]]], msgs: Sequence[Sample]
-) -> str:
+def _brightohir_note(reports: Sequence[tuple[str, dict[str, Any]]], msgs: Sequence[Sample]) -> str:
     ok = [r for _, r in reports if r["ok"]]
     via = sum(1 for r in ok if r["hl7apy"])
     valid = sum(1 for r in ok if r["valid_r5"])

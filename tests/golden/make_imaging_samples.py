@@ -29,39 +29,48 @@ GOLDEN = REPO / "tests" / "golden" / "hl7v2"
 
 ORU: dict[str, tuple[str, list[str]]] = {
     # Exam at Lai'an, read and signed remotely by the Nanjing expert (co-branded).
-    "oru_r01_lax2_ct_cobranded.hl7": ("utf-8", [
-        "MSH|^~\\&|NJMU2_RIS|NJMU2^2.16.156.10011.99.1.3^ISO|LAX2_HIS|LAX2^2.16.156.10011.99.1.4^ISO|20260610113000+0800||ORU^R01^ORU_R01|NJMU220260610113000007|P|2.5.1|||AL|NE|CHN|UNICODE UTF-8|ZH^Chinese^ISO6391",
-        "PID|1||0012345^^^LAX2^MR~341122196604200135^^^CHNRID^NNCHN||王^伟^^^^^L~WANG^WEI^^^^^A||19660420|M",
-        "ORC|RE|PLC0001^LAX2|NJR2026061000001^NJMU2||CM",
-        "OBR|1|PLC0001^LAX2|NJR2026061000001^NJMU2|CT001^头颅CT平扫^99LAX2|||20260610090500+0800|||||||||D1001^张^建国^^^^^^LAX2||LA2026061000001||||20260610112800+0800||CT|F|||||||N4102&徐&静&&&&&&NJMU2",
-        "OBX|1|ST|113014^DICOM Study^DCM||2.16.156.10011.99.1.4.3.20260610.1||||||F|||20260610090500+0800|||||||||来安县第二人民医院^^^^^LAX2&2.16.156.10011.99.1.4&ISO^^^^LAX2",
-        "OBX|2|TX|59776-5^检查所见^LN||左侧基底节区见一约8mm×6mm低密度软化灶，边界清楚，与2025年6月片比较无明显变化。||||||F",
-        "OBX|3|TX|59776-5^检查所见^LN||脑室系统未见扩大，中线结构居中，脑沟脑裂未见增宽。||||||F",
-        "OBX|4|TX|19005-8^诊断意见^LN||1. 左侧基底节区陈旧性腔隙性脑梗死，较前无变化。~2. 未见新发梗死及出血。||||||F",
-    ]),
+    "oru_r01_lax2_ct_cobranded.hl7": (
+        "utf-8",
+        [
+            "MSH|^~\\&|NJMU2_RIS|NJMU2^2.16.156.10011.99.1.3^ISO|LAX2_HIS|LAX2^2.16.156.10011.99.1.4^ISO|20260610113000+0800||ORU^R01^ORU_R01|NJMU220260610113000007|P|2.5.1|||AL|NE|CHN|UNICODE UTF-8|ZH^Chinese^ISO6391",
+            "PID|1||0012345^^^LAX2^MR~341122196604200135^^^CHNRID^NNCHN||王^伟^^^^^L~WANG^WEI^^^^^A||19660420|M",
+            "ORC|RE|PLC0001^LAX2|NJR2026061000001^NJMU2||CM",
+            "OBR|1|PLC0001^LAX2|NJR2026061000001^NJMU2|CT001^头颅CT平扫^99LAX2|||20260610090500+0800|||||||||D1001^张^建国^^^^^^LAX2||LA2026061000001||||20260610112800+0800||CT|F|||||||N4102&徐&静&&&&&&NJMU2",
+            "OBX|1|ST|113014^DICOM Study^DCM||2.16.156.10011.99.1.4.3.20260610.1||||||F|||20260610090500+0800|||||||||来安县第二人民医院^^^^^LAX2&2.16.156.10011.99.1.4&ISO^^^^LAX2",
+            "OBX|2|TX|59776-5^检查所见^LN||左侧基底节区见一约8mm×6mm低密度软化灶，边界清楚，与2025年6月片比较无明显变化。||||||F",
+            "OBX|3|TX|59776-5^检查所见^LN||脑室系统未见扩大，中线结构居中，脑沟脑裂未见增宽。||||||F",
+            "OBX|4|TX|19005-8^诊断意见^LN||1. 左侧基底节区陈旧性腔隙性脑梗死，较前无变化。~2. 未见新发梗死及出血。||||||F",
+        ],
+    ),
     # Nansha CTA of the Hong Kong resident, Chinese report by 何慧敏 (NSCH radiology).
-    "oru_r01_nsch_cta_zh.hl7": ("utf-8", [
-        "MSH|^~\\&|NSCH_RIS|NSCH^2.16.156.10011.99.1.1^ISO|NSCH_HIS|NSCH^2.16.156.10011.99.1.1^ISO|20260616153000+0800||ORU^R01^ORU_R01|NSCH20260616153000031|P|2.5.1|||AL|NE|CHN|UNICODE UTF-8|ZH^Chinese^ISO6391",
-        "PID|1||0098765^^^NSCH^MR~K583726A^^^HKID^NNHKG||許^嘉瑋^^^^^L~HUI^KA WAI^^^^^A||19570903|M",
-        "ORC|RE|PLC2026061501^NSCH|NSR2026061601^NSCH||CM",
-        "OBR|1|PLC2026061501^NSCH|NSR2026061601^NSCH|CT101^冠状动脉CT血管成像^99NSCH|||20260616100000+0800|||||||||NS0231^梁^志东^^^^^^NSCH||NS2026061500017||||20260616152500+0800||CT|F|||||||NS0415&何&慧敏&&&&&&NSCH",
-        "OBX|1|ST|113014^DICOM Study^DCM||2.16.156.10011.99.1.1.3.20260615.17||||||F|||20260616100000+0800|||||||||广州市第一人民医院南沙医院^^^^^NSCH^^^^NSCH",
-        "OBX|2|TX|59776-5^检查所见^LN||冠状动脉呈右优势型。左前降支近段见混合斑块，管腔狭窄约50%～60%。||||||F",
-        "OBX|3|TX|59776-5^检查所见^LN||左回旋支及右冠状动脉未见明显狭窄。心脏各房室大小正常，心包未见积液。||||||F",
-        "OBX|4|TX|19005-8^诊断意见^LN||左前降支近段混合斑块，中度狭窄（50%～60%），建议结合临床，必要时行冠状动脉造影。||||||F",
-    ]),
+    "oru_r01_nsch_cta_zh.hl7": (
+        "utf-8",
+        [
+            "MSH|^~\\&|NSCH_RIS|NSCH^2.16.156.10011.99.1.1^ISO|NSCH_HIS|NSCH^2.16.156.10011.99.1.1^ISO|20260616153000+0800||ORU^R01^ORU_R01|NSCH20260616153000031|P|2.5.1|||AL|NE|CHN|UNICODE UTF-8|ZH^Chinese^ISO6391",
+            "PID|1||0098765^^^NSCH^MR~K583726A^^^HKID^NNHKG||許^嘉瑋^^^^^L~HUI^KA WAI^^^^^A||19570903|M",
+            "ORC|RE|PLC2026061501^NSCH|NSR2026061601^NSCH||CM",
+            "OBR|1|PLC2026061501^NSCH|NSR2026061601^NSCH|CT101^冠状动脉CT血管成像^99NSCH|||20260616100000+0800|||||||||NS0231^梁^志东^^^^^^NSCH||NS2026061500017||||20260616152500+0800||CT|F|||||||NS0415&何&慧敏&&&&&&NSCH",
+            "OBX|1|ST|113014^DICOM Study^DCM||2.16.156.10011.99.1.1.3.20260615.17||||||F|||20260616100000+0800|||||||||广州市第一人民医院南沙医院^^^^^NSCH^^^^NSCH",
+            "OBX|2|TX|59776-5^检查所见^LN||冠状动脉呈右优势型。左前降支近段见混合斑块，管腔狭窄约50%～60%。||||||F",
+            "OBX|3|TX|59776-5^检查所见^LN||左回旋支及右冠状动脉未见明显狭窄。心脏各房室大小正常，心包未见积液。||||||F",
+            "OBX|4|TX|19005-8^诊断意见^LN||左前降支近段混合斑块，中度狭窄（50%～60%），建议结合临床，必要时行冠状动脉造影。||||||F",
+        ],
+    ),
     # The Hong Kong radiologist's English report of the same study; OBR-29.2 names the
     # Chinese report (NSCH's filler number). Big5-HKSCS, as HKPMC sends.
-    "oru_r01_hkpmc_cta_en.hl7": ("big5hkscs", [
-        "MSH|^~\\&|HKPMC_RIS|HKPMC^1.3.6.1.4.1.99999.1.1^ISO|NSCH_RIS|NSCH^2.16.156.10011.99.1.1^ISO|20260617101500+0800||ORU^R01^ORU_R01|HKPMC20260617101500004|P|2.5.1|||AL|NE|HKG|BIG-5|EN^English^ISO6391",
-        "PID|1||0098765^^^NSCH^MR~K583726A^^^HKID^NNHKG||許^嘉瑋^^^^^L~HUI^KA WAI^^^^^A||19570903|M",
-        "ORC|RE|PLC2026061501^NSCH|HKR2026061701^HKPMC||CM",
-        "OBR|1|PLC2026061501^NSCH|HKR2026061701^HKPMC|CT101^冠狀動脈CT血管成像^99NSCH|||20260616100000+0800|||||||||NS0231^梁^志東^^^^^^NSCH||NS2026061500017||||20260617101000+0800||CT|F||||^NSR2026061601&NSCH|||HK2001&CHAN&CHI MING&&&&&&HKPMC",
-        "OBX|1|ST|113014^DICOM Study^DCM||2.16.156.10011.99.1.1.3.20260615.17||||||F|||20260616100000+0800|||||||||廣州市第一人民醫院南沙醫院^^^^^NSCH^^^^NSCH",
-        "OBX|2|TX|59776-5^Procedure findings^LN||Right-dominant coronary circulation. Mixed plaque in the proximal left anterior descending artery with 50-60% luminal stenosis.||||||F",
-        "OBX|3|TX|59776-5^Procedure findings^LN||No significant stenosis of the left circumflex or right coronary artery. Cardiac chambers normal in size; no pericardial effusion.||||||F",
-        "OBX|4|TX|19005-8^Impression^LN||Moderate (50-60%) stenosis of the proximal LAD due to mixed plaque. Clinical correlation advised; invasive coronary angiography if indicated.||||||F",
-    ]),
+    "oru_r01_hkpmc_cta_en.hl7": (
+        "big5hkscs",
+        [
+            "MSH|^~\\&|HKPMC_RIS|HKPMC^1.3.6.1.4.1.99999.1.1^ISO|NSCH_RIS|NSCH^2.16.156.10011.99.1.1^ISO|20260617101500+0800||ORU^R01^ORU_R01|HKPMC20260617101500004|P|2.5.1|||AL|NE|HKG|BIG-5|EN^English^ISO6391",
+            "PID|1||0098765^^^NSCH^MR~K583726A^^^HKID^NNHKG||許^嘉瑋^^^^^L~HUI^KA WAI^^^^^A||19570903|M",
+            "ORC|RE|PLC2026061501^NSCH|HKR2026061701^HKPMC||CM",
+            "OBR|1|PLC2026061501^NSCH|HKR2026061701^HKPMC|CT101^冠狀動脈CT血管成像^99NSCH|||20260616100000+0800|||||||||NS0231^梁^志東^^^^^^NSCH||NS2026061500017||||20260617101000+0800||CT|F||||^NSR2026061601&NSCH|||HK2001&CHAN&CHI MING&&&&&&HKPMC",
+            "OBX|1|ST|113014^DICOM Study^DCM||2.16.156.10011.99.1.1.3.20260615.17||||||F|||20260616100000+0800|||||||||廣州市第一人民醫院南沙醫院^^^^^NSCH^^^^NSCH",
+            "OBX|2|TX|59776-5^Procedure findings^LN||Right-dominant coronary circulation. Mixed plaque in the proximal left anterior descending artery with 50-60% luminal stenosis.||||||F",
+            "OBX|3|TX|59776-5^Procedure findings^LN||No significant stenosis of the left circumflex or right coronary artery. Cardiac chambers normal in size; no pericardial effusion.||||||F",
+            "OBX|4|TX|19005-8^Impression^LN||Moderate (50-60%) stenosis of the proximal LAD due to mixed plaque. Clinical correlation advised; invasive coronary angiography if indicated.||||||F",
+        ],
+    ),
 }
 GOLDEN_COPIES = {
     "oru_r01_lax2_ct_cobranded.hl7": "oru_r01_cobranded.hl7",

@@ -155,6 +155,7 @@ class _Usage(Exception):
 
 def cmd_convert(args: argparse.Namespace, settings: Settings) -> int:
     converter = Converter(settings)
+    sender = converter.known_sender(args.sender) if args.sender else None
     files = _input_files(args.paths)
     if not files:
         print(
@@ -197,7 +198,7 @@ def cmd_convert(args: argparse.Namespace, settings: Settings) -> int:
                 report(converter.iter_convert(data, source, kind, trace=args.unmapped))
             progress.file_done()
         if dicom:
-            report(converter.convert_files(dicom, trace=args.unmapped))
+            report(converter.convert_files(dicom, trace=args.unmapped, sender=sender))
     except _Usage as exc:
         progress.close()
         print(f"error: {exc}", file=sys.stderr)
@@ -256,6 +257,11 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("paths", nargs="+", help="files or folders ('-' for stdin)")
     convert.add_argument("--format", default="auto", choices=["auto", *FORMATS])
     convert.add_argument("-o", "--output", help="output file (one message) or folder (many)")
+    convert.add_argument(
+        "--sender",
+        help="facility code of the hospital that sent DICOM studies which name no "
+        "institution or accession issuer (e.g. LAX2 for a Lai'an PACS export)",
+    )
     convert.add_argument("--progress", action="store_true", help="show progress even off a TTY")
     convert.add_argument("-q", "--quiet", action="store_true", help="hide warnings")
     convert.add_argument(

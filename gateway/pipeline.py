@@ -15,7 +15,7 @@ import orjson
 
 from .config import Settings
 from .envelope import Record
-from .errors import GatewayError, Issue
+from .errors import ConfigError, GatewayError, Issue
 from .intake import FORMATS, Unit, detect_format
 from .intake.hl7v2 import check_path, read_messages
 from .mapping import Env, MappingSet, Terminology
@@ -57,12 +57,33 @@ class Converter:
         return [t for m in self.mappings.values() for t in m.types]
 
     def convert(
-        self, data: bytes, source: str | None = None, fmt: str = "auto", trace: bool = False
+        self,
+        data: bytes,
+        source: str | None = None,
+        fmt: str = "auto",
+        trace: bool = False,
+        sender: str | None = None,
     ) -> list[Record]:
-        return list(self.iter_convert(data, source, fmt, trace))
+        return list(self.iter_convert(data, source, fmt, trace, sender))
+
+    def known_sender(self, facility: str) -> str:
+        """The facility code of a sender named by code, key or name; ConfigError when
+        the network does not know it (a default sender must give real systems)."""
+        inst = self.network.find(facility)
+        if inst is None:
+            raise ConfigError(
+                "unknown-sender",
+                f"{facility!r} is not an institution of the network ({self.settings.network})",
+            )
+        return inst.facility
 
     def iter_convert(
-        self, data: bytes, source: str | None = None, fmt: str = "auto", trace: bool = False
+        self,
+        data: bytes,
+        source: str | None = None,
+        fmt: str = "auto",
+        trace: bool = False,
+        sender: str | None = None,
     ) -> Iterator[Record]:
         """One Record per message, study or document. ``trace`` also lists, on each
         Record, the input fields holding data that no mapping read (slower: the memo
@@ -78,25 +99,28 @@ class Converter:
             record.issues.append(Issue("intake.unsupported-format", problem, record.label))
             yield record
             return
-        for unit in self._read(kind, [(source or "input", data)]):
+        for unit in self._read(kind, [(source or "input", data)], sender):
             yield self.finish(unit, source, trace)
 
     def convert_files(
-        self, items: list[tuple[str, bytes]], trace: bool = False
+        self, items: list[tuple[str, bytes]], trace: bool = False, sender: str | None = None
     ) -> Iterator[Record]:
         """DICOM files of one batch, read together: a study's instances may come in
-        many files (a folder, a zip archive, several arguments)."""
-        for unit in self._read("dicom", items):
+        many files (a folder, a zip archive, several arguments). ``sender`` (a facility
+        code of the network) stands in for studies that do not say who sent them."""
+        for unit in self._read("dicom", items, sender):
             yield self.finish(unit, None, trace)
 
-    def _read(self, kind: str, items: list[tuple[str, bytes]]) -> Iterator[Unit]:
+    def _read(
+        self, kind: str, items: list[tuple[str, bytes]], sender: str | None = None
+    ) -> Iterator[Unit]:
         if kind == "hl7v2":
             for _, data in items:
                 yield from read_messages(data, self.network.charset)
         elif kind == "dicom":
             from .intake.dicom import read_studies
 
-            yield from read_studies(items, self.network)
+            yield from read_studies(items, self.network, sender)
         else:
             from .intake.cda import read_documents
 

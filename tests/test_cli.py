@@ -113,3 +113,33 @@ def test_demo_runs_on_a_fresh_home_and_says_where_the_output_is(tmp_path: Path) 
     for name in ("nsch-cta-bilingual", "lax2-ct-cobranded-zh-Hant-HK"):
         assert (variants / f"{name}.pdf").read_bytes().startswith(b"%PDF")
         assert b"<html" in (variants / f"{name}.html").read_bytes()
+
+
+def _anonymous_study(folder: Path) -> None:
+    """A study that names neither its institution nor any issuer (a plain PACS export)."""
+    from tests.golden.dicom.make_studies import instance, part10
+
+    folder.mkdir(parents=True)
+    for n in (1, 2):
+        ds = instance("2.25.4242", 1, n, PatientID="0012345", PatientName="WANG^WEI")
+        (folder / f"IM{n}.dcm").write_bytes(part10(ds))
+
+
+def test_sender_names_who_sent_a_study_that_does_not_say(tmp_path: Path) -> None:
+    _anonymous_study(tmp_path / "export")
+    refused = run("convert", str(tmp_path / "export"), home=tmp_path)
+    assert refused.returncode == 1 and b"(0010,0020) PatientID" in refused.stderr
+    done = run("convert", "--sender", "LAX2", str(tmp_path / "export"), home=tmp_path)
+    assert done.returncode == 0, done.stderr.decode()
+    bundle = json.loads(done.stdout)
+    [patient] = [
+        e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient"
+    ]
+    assert patient["identifier"][0] == {
+        "use": "usual",
+        "type": patient["identifier"][0]["type"],
+        "system": "https://fhir.lax2.example.cn/sid/mrn",
+        "value": "0012345",
+    }
+    unknown = run("convert", "--sender", "NOWHERE", str(tmp_path / "export"), home=tmp_path)
+    assert unknown.returncode == 2 and b"not an institution of the network" in unknown.stderr

@@ -16,6 +16,7 @@ validated, 401 without a valid token, 413 for oversized bodies.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from typing import Any
 
@@ -143,9 +144,9 @@ def create_app(
     # so conversions take turns.
     lock = threading.Lock()
 
-    def run(body: bytes, fmt: str) -> list[Record]:
+    def run(body: bytes, fmt: str, sender: str | None) -> list[Record]:
         with lock:
-            return converter.convert(body, source="request", fmt=fmt)
+            return converter.convert(body, source="request", fmt=fmt, sender=sender)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
@@ -208,7 +209,9 @@ def create_app(
         return Response(out, status, media_type=content_type)
 
     @app.post("/convert")
-    async def convert(request: Request, format: str = "auto") -> Response:
+    async def convert(
+        request: Request, format: str = "auto", sender: str | None = None
+    ) -> Response:
         refused = unauthorized(request)
         if refused is not None:
             return refused
@@ -227,7 +230,11 @@ def create_app(
         body = await _read_body(request, limit)
         if body is None:
             return _too_large(limit)
-        records = await run_in_threadpool(run, body, format)
+        try:
+            facility = converter.known_sender(sender) if sender else None
+        except GatewayError as exc:
+            return _outcome([dataclasses.replace(exc.issue, location="sender")], 400)
+        records = await run_in_threadpool(run, body, format, facility)
         if len(records) == 1:
             record = records[0]
             if record.ok:

@@ -113,3 +113,19 @@ def test_convert_takes_the_format_from_the_content_type(client: Client) -> None:
     assert resp.status_code in (400, 422)
     issue = resp.json()["issue"][0]
     assert "ClinicalDocument" in issue["diagnostics"]
+
+
+def test_convert_a_dicom_instance_with_a_default_sender(client: Client) -> None:
+    from tests.golden.dicom.make_studies import instance, part10
+
+    body = part10(instance("2.25.4243", 1, 1, PatientID="0012345"))
+    headers = {**BEARER, "Content-Type": "application/dicom"}
+    refused = client.post("/convert", content=body, headers=headers)
+    assert refused.status_code == 422  # nobody says whose PatientID it is
+    resp = client.post("/convert?sender=LAX2", content=body, headers=headers)
+    assert resp.status_code == 200, resp.text
+    kinds = {e["resource"]["resourceType"] for e in resp.json()["entry"]}
+    assert {"ImagingStudy", "Patient", "Organization", "Endpoint"} <= kinds
+    unknown = client.post("/convert?sender=NOWHERE", content=body, headers=headers)
+    assert unknown.status_code == 400
+    assert unknown.json()["issue"][0]["expression"] == ["sender"]

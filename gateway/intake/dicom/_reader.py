@@ -84,9 +84,13 @@ class _Study:
     error: IntakeError | None = None
 
 
-def read_studies(items: list[tuple[str, bytes]], network: Network) -> Iterator[Unit]:
+def read_studies(
+    items: list[tuple[str, bytes]], network: Network, default_sender: str | None = None
+) -> Iterator[Unit]:
     """One Unit per study (in order of first appearance), and one error Unit per item
-    that holds no readable instance of a study."""
+    that holds no readable instance of a study. ``default_sender`` (a facility code) is
+    the sender of studies that name no institution and no accession issuer: the
+    hospital whose PACS the files were exported from."""
     # pydicom's value validation warns with the offending value (a name, a birth date):
     # no patient data may reach the logs, and the gateway reports its own problems.
     config.settings.reading_validation_mode = config.IGNORE
@@ -105,7 +109,7 @@ def read_studies(items: list[tuple[str, bytes]], network: Network) -> Iterator[U
         if isinstance(slot, IntakeError):
             yield Unit(b"", index, "dicom", kind="study", error=slot)
         else:
-            yield _unit(slot, index, network)
+            yield _unit(slot, index, network, default_sender)
 
 
 def _read_all(
@@ -459,7 +463,7 @@ def _manifest(study: _Study, root: Node) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
-def _unit(study: _Study, index: int, network: Network) -> Unit:
+def _unit(study: _Study, index: int, network: Network, default_sender: str | None) -> Unit:
     unit = Unit(b"", index, "dicom", kind="study", control_id=study.uid)
     unit.message_type = "dicom-study"
     unit.issues = list(study.issues)
@@ -487,7 +491,7 @@ def _unit(study: _Study, index: int, network: Network) -> Unit:
 
     view = DicomView(root, None, unit.charset, find)
     try:
-        view.sender = unit.sender = _sender(view, network)
+        view.sender = unit.sender = _sender(view, network) or default_sender
     except IntakeError as exc:  # an InstitutionName or issuer pydicom cannot decode
         unit.error = exc
         return unit

@@ -12,9 +12,11 @@ the PDF.
 from __future__ import annotations
 
 import copy
+import functools
 import io
 import logging
 import threading
+from collections.abc import Iterable
 from datetime import datetime
 from importlib import resources
 from pathlib import Path
@@ -74,6 +76,25 @@ def font_path() -> Path:
             "(pip install mplfonts; the README's set-up does)",
         )
     return path
+
+
+@functools.cache
+def _covered() -> frozenset[int]:
+    """The code points the PDF font has glyphs for (its best cmap), read once."""
+    font = ttLib.TTFont(str(font_path()), lazy=True)
+    try:
+        return frozenset(font.getBestCmap() or ())
+    finally:
+        font.close()
+
+
+def missing_glyphs(texts: Iterable[str]) -> int:
+    """How many distinct characters of ``texts`` the PDF font cannot draw (some rare
+    characters of Hong Kong names are beyond Noto Sans CJK SC): the PDF shows them
+    blank, so the caller must say so. Never which characters: they may be a name."""
+    covered = _covered()
+    seen = {ch for text in texts for ch in text if not ch.isspace()}
+    return sum(1 for ch in seen if ord(ch) not in covered)
 
 
 def _prototype() -> tuple[Any, bytes]:

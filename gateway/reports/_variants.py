@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import copy
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -28,7 +29,7 @@ from ..validation import check_bundle, validate_bundle, validate_resource
 from ._document import ReportDocument, Resource
 from ._localize import EnglishReport, Localizer
 from ._names import Names, translation
-from ._pdf import render_pdf
+from ._pdf import missing_glyphs, render_pdf
 from ._render import render_html
 from ._rules import Rules
 from ._view import ReportView, build_view
@@ -108,6 +109,12 @@ class ReportVariants:
         self._validate(out)
         pending = any(trees[lang].pending for lang in forms[primary])
         notes = []
+        blank = missing_glyphs(_strings(out.root))
+        if blank:
+            notes.append(
+                f"{blank} character(s) of the report have no glyph in the PDF font and show "
+                "blank in the PDF; the JSON and HTML carry them"
+            )
         if pending:
             notes.append(
                 "no English report is linked: the English part is marked pending "
@@ -290,6 +297,19 @@ def _document(data: bytes | Resource | None, what: str) -> ReportDocument:
             location=first.location,
         )
     return doc
+
+
+def _strings(node: Any) -> Iterator[str]:
+    """Every string value in a resource (the texts the renderings may show)."""
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            if key != "data":  # base64 renderings are not text
+                yield from _strings(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _strings(item)
 
 
 def _ident(identifier: dict[str, Any]) -> str:

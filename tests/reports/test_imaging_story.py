@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from gateway import Converter, Settings
@@ -100,3 +101,15 @@ def test_english_variant_without_the_partners_report_is_pending(
     # No English narrative is made up: the conclusion is absent and marked pending.
     assert report["language"] == "en" and "conclusion" not in report
     assert {"url": PENDING, "valueCode": "en"} in report["extension"]
+
+
+def test_characters_the_pdf_font_lacks_are_reported_not_silently_dropped(
+    converter: Converter, variants: ReportVariants
+) -> None:
+    bundle = orjson.loads(_bundle_json(converter, "oru_r01_nsch_cta_zh.hl7"))
+    report = _report(bundle)
+    report["conclusion"] += "（𪚥）"  # U+2A6A5: beyond Noto Sans CJK SC
+    variant = variants.variant(orjson.dumps(bundle), "zh-Hans")
+    [note] = [n for n in variant.notes if "no glyph" in n]
+    assert note.startswith("1 character(s)") and "𪚥" not in note
+    assert "𪚥" in _report(variant.resource)["conclusion"]  # type: ignore[arg-type]

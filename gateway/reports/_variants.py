@@ -84,8 +84,12 @@ class ReportVariants:
         with ``english`` the linked English report if there is one. Inputs are not modified."""
         target = self._language(lang)
         doc = _document(report, "report")
+        _check_length(doc.root, "report")
         source = self._source_language(doc)
-        linked = self._english(doc, _document(english, "English report")) if english else None
+        english_doc = _document(english, "English report") if english else None
+        if english_doc is not None:
+            _check_length(english_doc.root, "English report")
+        linked = self._english(doc, english_doc) if english_doc is not None else None
         if linked is not None and target != BILINGUAL and target != "en":
             linked = None  # Chinese variants do not carry the English narrative
         base = doc.copy()
@@ -297,6 +301,20 @@ def _document(data: bytes | Resource | None, what: str) -> ReportDocument:
             location=first.location,
         )
     return doc
+
+
+# A radiology report's text runs to a few thousand characters; rendering grows with it
+# (~10 s for 200,000), and the API renders under the lock conversions share.
+MAX_TEXT = 60_000
+
+
+def _check_length(root: Any, what: str) -> None:
+    size = sum(len(text) for text in _strings(root))
+    if size > MAX_TEXT:
+        raise IntakeError(
+            "report-too-long",
+            f"the {what} holds {size} characters of text; at most {MAX_TEXT} are rendered",
+        )
 
 
 def _strings(node: Any) -> Iterator[str]:

@@ -12,6 +12,7 @@ import orjson
 import pytest
 
 from gateway import Converter, Settings
+from gateway.errors import IntakeError
 from gateway.reports import ReportVariants
 
 IMAGING = Path(__file__).resolve().parents[2] / "examples" / "imaging"
@@ -113,3 +114,13 @@ def test_characters_the_pdf_font_lacks_are_reported_not_silently_dropped(
     [note] = [n for n in variant.notes if "no glyph" in n]
     assert note.startswith("1 character(s)") and "𪚥" not in note
     assert "𪚥" in _report(variant.resource)["conclusion"]  # type: ignore[arg-type]
+
+
+def test_a_report_too_long_to_render_is_refused_quickly(
+    converter: Converter, variants: ReportVariants
+) -> None:
+    bundle = orjson.loads(_bundle_json(converter, "oru_r01_nsch_cta_zh.hl7"))
+    _report(bundle)["conclusion"] = "狭窄" * 40_000
+    with pytest.raises(IntakeError) as caught:
+        variants.variant(orjson.dumps(bundle), "bilingual")
+    assert caught.value.issue.code == "intake.report-too-long"

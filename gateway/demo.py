@@ -26,9 +26,11 @@ from .pipeline import Converter
 
 __all__ = ["run_demo"]
 
-# (report, English report or None, variant, output name): the story's last step
+# (report, English report or None, variant: a language or "for:<partner>", output name):
+# the story's last step. The Hong Kong partner's preference (seeds/network.yaml,
+# report_variant) asks for the bilingual report.
 VARIANTS = [
-    ("oru_r01_nsch_cta_zh.hl7", "oru_r01_hkpmc_cta_en.hl7", "bilingual", "nsch-cta-bilingual"),
+    ("oru_r01_nsch_cta_zh.hl7", "oru_r01_hkpmc_cta_en.hl7", "for:HKPMC", "nsch-cta-bilingual"),
     ("oru_r01_lax2_ct_cobranded.hl7", None, "zh-Hant-HK", "lax2-ct-cobranded-zh-Hant-HK"),
 ]
 
@@ -100,6 +102,8 @@ def _variants(settings: Settings, tally: _Tally, out: TextIO) -> None:
             out.write(f"  skip  {name}: {report} did not convert\n")
             continue
         linked = tally.bundles.get(english) if english else None
+        if lang.startswith("for:"):
+            lang = maker.preferred(lang.removeprefix("for:"))
         variant = maker.variant(
             original.bundle_json, lang, linked.bundle_json if linked is not None else None
         )

@@ -4,7 +4,7 @@
     GET  /metadata   CapabilityStatement (no auth, as FHIR servers do)
     POST /convert    raw record(s) in, transaction Bundle out (Bearer token); the
                      format comes from ?format=, else the Content-Type, else the bytes
-    POST /report/variants?lang=bilingual&format=json|pdf|html
+    POST /report/variants?lang=bilingual|for=HKPMC&format=json|pdf|html
                      a DiagnosticReport (or a Bundle holding one) in, its language
                      variant out (Bearer token); with the English report of a partner,
                      send a FHIR Parameters resource: parameter 'report' and 'english'
@@ -21,7 +21,7 @@ import threading
 from typing import Any
 
 import orjson
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
@@ -30,7 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import __version__
 from ..config import Settings
 from ..envelope import Record
-from ..errors import GatewayError, IntakeError, Issue, operation_outcome
+from ..errors import ConfigError, GatewayError, IntakeError, Issue, operation_outcome
 from ..intake import FORMATS
 from ..pipeline import Converter
 from ..reports import variant_response
@@ -187,14 +187,21 @@ def create_app(
         )
         return _outcome([issue], 401, {"WWW-Authenticate": "Bearer"})
 
-    def make_variant(body: bytes, lang: str, fmt: str) -> tuple[int, str, bytes]:
+    def make_variant(
+        body: bytes, lang: str | None, fmt: str, partner: str | None
+    ) -> tuple[int, str, bytes]:
         report, english = _report_parameters(body)
         with lock:  # the validation cache is shared with conversions
-            return variant_response(report, lang, english, fmt, settings=converter.settings)
+            return variant_response(
+                report, lang, english, fmt, settings=converter.settings, partner=partner
+            )
 
     @app.post("/report/variants")
     async def report_variants(
-        request: Request, lang: str = "bilingual", format: str = "json"
+        request: Request,
+        lang: str | None = None,
+        format: str = "json",
+        partner: str | None = Query(None, alias="for"),
     ) -> Response:
         refused = unauthorized(request)
         if refused is not None:
@@ -203,9 +210,12 @@ def create_app(
         if body is None:
             return _too_large(MAX_BODY)
         try:
-            status, content_type, out = await run_in_threadpool(make_variant, body, lang, format)
+            status, content_type, out = await run_in_threadpool(
+                make_variant, body, lang, format, partner
+            )
         except GatewayError as exc:
-            return _outcome([exc.issue], 400 if isinstance(exc, IntakeError) else 422)
+            bad_request = isinstance(exc, (IntakeError, ConfigError))
+            return _outcome([exc.issue], 400 if bad_request else 422)
         return Response(out, status, media_type=content_type)
 
     @app.post("/convert")

@@ -54,11 +54,12 @@ def dump_json(resource: Any) -> bytes:
 
 def variant_response(
     body: bytes,
-    lang: str,
+    lang: str | None,
     english: bytes | None = None,
     fmt: str = "json",
     *,
     settings: Settings | None = None,
+    partner: str | None = None,
 ) -> tuple[int, str, bytes]:
     """(status, content type, body) of the ``lang`` variant of the report in ``body``.
 
@@ -72,7 +73,9 @@ def variant_response(
             f"unknown format {fmt!r} (one of {', '.join(CONTENT_TYPES)})",
             location="format",
         )
-    variant = variants_for(settings or Settings.load()).variant(body, lang, english)
+    maker = variants_for(settings or Settings.load())
+    lang = lang or (maker.preferred(partner) if partner else BILINGUAL)
+    variant = maker.variant(body, lang, english)
     if fmt == "pdf":
         return 200, CONTENT_TYPES[fmt], variant.pdf
     if fmt == "html":
@@ -92,7 +95,18 @@ def add_cli(subparsers: Any) -> Any:
         "linked by the translation-of extension); without it the English part is pending.",
     )
     variants.add_argument("report", metavar="REPORT.json", help="the report ('-' for stdin)")
-    variants.add_argument("--lang", default=BILINGUAL, choices=_CLI_LANGS)
+    variants.add_argument(
+        "--lang",
+        choices=_CLI_LANGS,
+        help="the variant (default: the --for partner's preference, else bilingual)",
+    )
+    variants.add_argument(
+        "--for",
+        dest="partner",
+        metavar="PARTNER",
+        help="the receiving institution (facility code or name): its report_variant in "
+        "the network picks the variant",
+    )
     variants.add_argument("--english", metavar="EN.json", help="the linked English report")
     variants.add_argument("--pdf", metavar="OUT.pdf", help="write the rendered report as PDF")
     variants.add_argument("--html", metavar="OUT.html", help="write the rendered report as HTML")
@@ -110,7 +124,9 @@ def cmd_report_variants(args: argparse.Namespace, settings: Settings) -> int:
     except OSError as exc:
         print(f"error: cannot read {exc.filename}: {exc.strerror}", file=sys.stderr)
         return 2
-    variant = variants_for(settings).variant(report, args.lang, english)
+    maker = variants_for(settings)
+    lang = args.lang or (maker.preferred(args.partner) if args.partner else BILINGUAL)
+    variant = maker.variant(report, lang, english)
     for note in variant.notes:
         print(f"note: {note}", file=sys.stderr)
     written = []

@@ -22,7 +22,7 @@ from datetime import datetime
 from typing import Any
 
 from ..config import Settings
-from ..errors import IntakeError, MappingError, ValidationError
+from ..errors import ConfigError, IntakeError, MappingError, ValidationError
 from ..mapping._terminology import Terminology, language_of
 from ..network import Network
 from ..validation import check_bundle, validate_bundle, validate_resource
@@ -69,13 +69,22 @@ class ReportVariants:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.rules = Rules.load(settings.mappings / "reports")
-        self.names = Names(
-            self.rules, Terminology(settings.mappings), Network.load(settings.network)
-        )
+        self.network = Network.load(settings.network)
+        self.names = Names(self.rules, Terminology(settings.mappings), self.network)
         self.localizer = Localizer(self.names)
 
     def languages(self) -> list[str]:
         return [*self.rules.order, BILINGUAL]
+
+    def preferred(self, partner: str) -> str:
+        """The variant a partner institution asks for (``report_variant`` in the
+        network; bilingual when it names none)."""
+        inst = self.network.find(partner)
+        if inst is None:
+            raise ConfigError(
+                "unknown-partner", f"{partner!r} is not an institution of the network"
+            )
+        return str(inst.data.get("report_variant") or BILINGUAL)
 
     def variant(
         self, report: bytes | Resource, lang: str, english: bytes | Resource | None = None

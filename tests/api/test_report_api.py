@@ -129,3 +129,13 @@ def test_convert_a_dicom_instance_with_a_default_sender(client: Client) -> None:
     unknown = client.post("/convert?sender=NOWHERE", content=body, headers=headers)
     assert unknown.status_code == 400
     assert unknown.json()["issue"][0]["expression"] == ["sender"]
+
+
+def test_the_partner_preference_picks_the_variant(client: Client, converter: Converter) -> None:
+    chinese = orjson.dumps(_bundle(converter, "oru_r01_nsch_cta_zh.hl7"))
+    resp = client.post("/report/variants?for=HKPMC", content=chinese, headers=BEARER)
+    assert resp.status_code == 200, resp.text
+    report = _report(resp.json())
+    assert {f["language"] for f in report["presentedForm"]} == {"zh-Hans", "zh-Hant-HK", "en"}
+    unknown = client.post("/report/variants?for=NOWHERE", content=chinese, headers=BEARER)
+    assert unknown.status_code == 400

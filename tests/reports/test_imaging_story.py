@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from gateway import Converter, Settings
-from gateway.errors import IntakeError
+from gateway.errors import ConfigError, IntakeError
 from gateway.reports import ReportVariants
 
 IMAGING = Path(__file__).resolve().parents[2] / "examples" / "imaging"
@@ -124,3 +124,17 @@ def test_a_report_too_long_to_render_is_refused_quickly(
     with pytest.raises(IntakeError) as caught:
         variants.variant(orjson.dumps(bundle), "bilingual")
     assert caught.value.issue.code == "intake.report-too-long"
+
+
+@pytest.mark.parametrize(
+    ("partner", "expected"), [("HKPMC", "bilingual"), ("南京医科大学第二附属医院", "zh-Hans")]
+)
+def test_a_partner_gets_the_variant_it_prefers(
+    variants: ReportVariants, partner: str, expected: str
+) -> None:
+    assert variants.preferred(partner) == expected
+
+
+def test_an_unknown_partner_is_a_clear_error(variants: ReportVariants) -> None:
+    with pytest.raises(ConfigError, match="not an institution of the network"):
+        variants.preferred("NOWHERE")

@@ -199,6 +199,7 @@ class ReportVariants:
                 f"but the report's identifiers are {', '.join(own) or '(none)'}",
                 location="DiagnosticReport.extension.valueReference.identifier",
             )
+        _same_patient(doc, english)
         findings = [
             str(obs["valueString"])
             for obs in (english.resolve(r) for r in report.get("result") or [])
@@ -337,6 +338,25 @@ def _strings(node: Any) -> Iterator[str]:
     elif isinstance(node, list):
         for item in node:
             yield from _strings(item)
+
+
+def _patient_ids(doc: ReportDocument) -> set[str]:
+    patient = doc.resolve(doc.report.get("subject"))
+    ids = patient.get("identifier") if isinstance(patient, dict) else None
+    return {_ident(i) for i in ids or [] if isinstance(i, dict) and i.get("value")}
+
+
+def _same_patient(doc: ReportDocument, english: ReportDocument) -> None:
+    """A translation is of the same patient's report: when both name their patient's
+    identifiers, they share one (a mistyped link must not put one patient's English
+    words into another's report)."""
+    own, theirs = _patient_ids(doc), _patient_ids(english)
+    if own and theirs and not own & theirs:
+        raise MappingError(
+            "translation-other-patient",
+            "the English report's patient shares no identifier with the report's patient",
+            location="DiagnosticReport.subject",
+        )
 
 
 def _ident(identifier: dict[str, Any]) -> str:

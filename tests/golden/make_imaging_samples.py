@@ -21,7 +21,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from tests.golden.dicom.make_studies import instance, issuer, part10
+from tests.golden.dicom.make_studies import instance, issuer, part10, write_or_check
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples" / "imaging"
@@ -165,19 +165,7 @@ def files() -> dict[Path, bytes]:
 
 
 def main(argv: list[str]) -> int:
-    stale = []
-    for path, data in files().items():
-        if "--check" in argv:
-            if not path.exists() or path.read_bytes() != data:
-                stale.append(path)
-            continue
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if not path.exists() or path.read_bytes() != data:
-            path.write_bytes(data)
-            print(f"wrote {path.relative_to(REPO)}")
-    for path in stale:
-        print(f"differs: {path.relative_to(REPO)}")
-    return 1 if stale else 0
+    return write_or_check(files(), argv, REPO)
 
 
 if __name__ == "__main__":

@@ -160,9 +160,11 @@ def files() -> dict[Path, bytes]:
     return out
 
 
-def main(argv: list[str]) -> int:
+def write_or_check(files: dict[Path, bytes], argv: list[str], root: Path) -> int:
+    """Write the files that differ from what a generator makes; with ``--check`` in
+    ``argv`` only list them. Exit status 1 when ``--check`` found any."""
     stale = []
-    for path, data in files().items():
+    for path, data in files.items():
         if path.exists() and path.read_bytes() == data:
             continue
         if "--check" in argv:
@@ -170,10 +172,14 @@ def main(argv: list[str]) -> int:
             continue
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
-        print(f"wrote {path.relative_to(HERE)}")
+        print(f"wrote {path.relative_to(root)}")
     for path in stale:
-        print(f"differs: {path.relative_to(HERE)}")
+        print(f"differs: {path.relative_to(root)}")
     return 1 if stale else 0
+
+
+def main(argv: list[str]) -> int:
+    return write_or_check(files(), argv, HERE)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,12 @@ from .config import Settings
 from .envelope import Record
 from .errors import ConfigError, GatewayError, Issue
 from .intake import FORMATS, Unit, detect_format
-from .intake.hl7v2 import check_path, read_messages
+from .intake.cda import check_path as cda_path
+from .intake.cda import read_documents
+from .intake.dicom import check_path as dicom_path
+from .intake.dicom import read_studies
+from .intake.hl7v2 import check_path as hl7v2_path
+from .intake.hl7v2 import read_messages
 from .mapping import Env, MappingSet, Terminology
 from .network import Network
 from .validation import check_bundle
@@ -118,12 +123,8 @@ class Converter:
             for _, data in items:
                 yield from read_messages(data, self.network.charset)
         elif kind == "dicom":
-            from .intake.dicom import read_studies
-
             yield from read_studies(items, self.network, sender)
         else:
-            from .intake.cda import read_documents
-
             for name, data in items:
                 yield from read_documents(data, name)
 
@@ -166,21 +167,8 @@ class Converter:
 
 
 def _path_checks() -> dict[str, Callable[[str], None]]:
-    """Each format's path checker, for the formats whose reader is installed."""
-    checks: dict[str, Callable[[str], None]] = {"hl7v2": check_path}
-    try:
-        from .intake.dicom import check_path as dicom_check
-    except ImportError:  # reader not built yet
-        pass
-    else:
-        checks["dicom"] = dicom_check
-    try:
-        from .intake.cda import check_path as cda_check
-    except ImportError:
-        pass
-    else:
-        checks["cda"] = cda_check
-    return checks
+    """Each format's path checker: mapping files are checked against it at load time."""
+    return {"hl7v2": hl7v2_path, "dicom": dicom_path, "cda": cda_path}
 
 
 def _named(issue: Issue, label: str) -> Issue:

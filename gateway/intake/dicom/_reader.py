@@ -495,5 +495,6 @@ def _unit(study: _Study, index: int, network: Network, default_sender: str | Non
     except IntakeError as exc:  # an InstitutionName or issuer pydicom cannot decode
         unit.error = exc
         return unit
+    view.notes = unit.issues
     unit.view = view
     return unit

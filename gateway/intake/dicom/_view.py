@@ -20,7 +20,7 @@ from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.multival import MultiValue
 from pydicom.valuerep import PersonName
 
-from ...errors import IntakeError
+from ...errors import IntakeError, Issue
 from ._paths import ALL, Path, Step, compile_path, tag_label
 
 __all__ = ["DicomView", "Node"]
@@ -116,6 +116,9 @@ class DicomView:
         self._find = find or (lambda name: None)
         self._read: set[int] | None = None
         self._cache: dict[tuple[str, int], str | None] = {}
+        # Warnings found while the mapping reads values; the reader points this at the
+        # study's own issues, which the pipeline adds to the record after mapping.
+        self.notes: list[Issue] = []
 
     # -- tracing -------------------------------------------------------------------------
     @property
@@ -280,7 +283,7 @@ class DicomView:
         if i == 0 and self._read is not None:
             self._read.add(step.tag)
         here = f"{label} > {step.label}" if i else f"{label} {step.label}".strip()
-        elem = _element(ds, step.tag, here)
+        elem = _element(ds, step.tag, here, self.notes)
         if elem is None:
             return []
         value, vr = elem.value, elem.VR
@@ -320,11 +323,13 @@ class _Plain:
 _ASCII_VRS = frozenset({"UI", "CS", "DA", "TM", "DT", "AS"})
 
 
-def _element(ds: Dataset, tag: int, label: str) -> DataElement | _Plain | None:
+def _element(
+    ds: Dataset, tag: int, label: str, notes: list[Issue] | None = None
+) -> DataElement | _Plain | None:
     """The element at ``tag``, decoded on first use. pydicom warns when bytes do not
-    decode in the charset (it then uses U+FFFD, and intake has already warned about an
-    unknown charset) and raises on a value its VR cannot hold: that is the record's
-    error, named by tag and never by value."""
+    decode in the charset (it then uses U+FFFD): that becomes a warning in ``notes``
+    (the record's issues). A value its VR cannot hold is the record's error. Both are
+    named by tag, never by value."""
     raw = ds.get_item(tag)
     if raw is None or not isinstance(raw, RawDataElement):
         return raw
@@ -338,15 +343,26 @@ def _element(ds: Dataset, tag: int, label: str) -> DataElement | _Plain | None:
             if "\\" not in text:  # several values: pydicom's MultiValue
                 return _Plain(raw.VR, text)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return ds[tag]
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            elem = ds[tag]
     except Exception:  # pydicom's conversion errors are of many kinds
         raise IntakeError(
             "dicom-bad-value",
             f"{label} holds a value its VR ({raw.VR}) cannot hold",
             location=label,
         ) from None
+    if notes is not None and any("decode" in str(w.message) for w in caught):
+        note = Issue(
+            "intake.dicom-undecodable",
+            "bytes that do not decode in the study's Specific Character Set were "
+            "replaced by U+FFFD",
+            location=label,
+            severity="warning",
+        )
+        if note not in notes:
+            notes.append(note)
+    return elem
 
 
 def _has_data(ds: Dataset, tag: Any) -> bool:

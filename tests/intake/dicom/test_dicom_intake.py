@@ -308,3 +308,22 @@ def test_a_central_directory_offset_past_its_place_is_an_error_record(
     assert good.ok and _study_of(good)["numberOfInstances"] == 1
     [error] = bad.errors
     assert error.code == "intake.dicom-no-instances" and "cd.zip" in error.message
+
+
+def test_bytes_that_do_not_decode_are_a_warning_named_by_tag(converter: Converter) -> None:
+    from tests.golden.dicom.make_studies import instance, part10
+
+    ds = instance(
+        "2.25.777",
+        1,
+        1,
+        PatientID="0012345",
+        IssuerOfPatientID="LAX2",
+        SpecificCharacterSet="GB18030",
+    )
+    ds.add_new(0x00100010, "PN", b"WANG^WEI=\xff\x81^\x80\xff ")  # not GB18030
+    [record] = converter.convert_files([("bad-name.dcm", part10(ds))])
+    assert record.ok  # the study still converts; the replaced characters are flagged
+    [warning] = [i for i in record.warnings if i.code == "intake.dicom-undecodable"]
+    assert warning.location == "(0010,0010) PatientName"
+    assert "WANG" not in warning.line()

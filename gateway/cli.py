@@ -130,9 +130,11 @@ class _Sink:
             (self.path / _output_name(record, self._used)).write_bytes(record.bundle_json)
         elif self.path is not None:
             if self.count > 1:
+                # The file holds only the first Bundle: leave nothing that looks done.
+                self.path.unlink(missing_ok=True)
                 raise _Usage(
                     f"-o {self.path} is a file but there are several messages; "
-                    "give a directory (ending in /)"
+                    "give a directory (ending in /); nothing was written"
                 )
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.path.write_bytes(record.bundle_json)

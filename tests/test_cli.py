@@ -94,6 +94,9 @@ def test_several_messages_into_one_file_is_a_usage_error(tmp_path: Path) -> None
     target = tmp_path / "one.json"
     proc = run("convert", str(EXAMPLES / "batch_mixed.hl7"), "-o", str(target), home=tmp_path)
     assert proc.returncode == 2 and b"give a directory" in proc.stderr
+    # The first message's Bundle was written before the second showed up: it must not
+    # stay behind as if the batch had been converted into it.
+    assert not target.exists()
 
 
 def test_demo_runs_on_a_fresh_home_and_says_where_the_output_is(tmp_path: Path) -> None:

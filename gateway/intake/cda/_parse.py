@@ -24,6 +24,8 @@ REFUSED = "XML with a DOCTYPE/entity declarations is refused (XXE, entity expans
 # libxml2 quotes the offending bytes of an encoding error ("Bytes: 0xCD 0xF5"): they may
 # be part of a patient's name, so they are cut from messages.
 _BYTES = re.compile(r",?\s*Bytes:\s*(0x[0-9A-Fa-f]{2}\s*)+")
+# libxml2 ends its messages with ", line L, column C": the error says it once, itself.
+_POSITION = re.compile(r",?\s*line \d+, column \d+\s*$")
 
 
 def _parser() -> etree.XMLParser:
@@ -78,7 +80,7 @@ def parse_document(data: bytes) -> etree._ElementTree:
         root = etree.fromstring(data, _parser())
     except etree.XMLSyntaxError as exc:
         line, column = exc.position
-        problem = _BYTES.sub("", str(exc.msg or "syntax error")).strip()
+        problem = _POSITION.sub("", _BYTES.sub("", str(exc.msg or "syntax error")).strip())
         raise IntakeError(
             "xml-syntax",
             f"not well-formed XML: {problem} (line {line}, column {column})",

@@ -128,3 +128,25 @@ def test_network_with_a_malformed_name_is_a_config_error(tmp_path: Path) -> None
     path.write_text("institutions:\n  - {key: x, facility: X, base: 'https://x', name: [a, b]}\n")
     with pytest.raises(ConfigError, match="'name' must map languages"):
         Network.load(path)
+
+
+def test_a_network_institution_has_one_name_in_every_format(tmp_path: Path) -> None:
+    """Same Organization id from HL7 v2 and CDA, so the same name: without a zh-Hans
+    name both fall back to zh-Hant (CDA used to skip to English)."""
+    import yaml
+
+    repo = Path(__file__).resolve().parents[1]
+    net = yaml.safe_load((repo / "seeds" / "network.yaml").read_text(encoding="utf-8"))
+    for inst in net["institutions"]:
+        if inst["facility"] == "LAX2":
+            del inst["name"]["zh-Hans"]
+    path = tmp_path / "network.yaml"
+    path.write_text(yaml.safe_dump(net, allow_unicode=True), encoding="utf-8")
+    converter = Converter(Settings(home=tmp_path, network=path))
+    names: dict[str, set[str]] = {}
+    for name in ("hl7v2/orm_o01_lax2_ct.hl7", "imaging/lax2-ct-report-local.xml"):
+        [record] = converter.convert((repo / "examples" / name).read_bytes(), name)
+        assert record.ok and record.bundle is not None, [i.line() for i in record.issues]
+        for org in _of(record.bundle, "Organization"):
+            names.setdefault(org["id"], set()).add(org["name"])
+    assert [n for n in names.values() if "來安縣第二人民醫院" in n] == [{"來安縣第二人民醫院"}]

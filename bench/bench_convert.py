@@ -31,7 +31,6 @@ import datetime as dt
 import gc
 import hashlib
 import itertools
-import json
 import os
 import platform
 import pstats
@@ -47,9 +46,10 @@ from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import Any, TypeVar
 
 import hl7  # type: ignore[import-untyped]  # python-hl7
+from _peer import PeerWorker  # bench/_peer.py (this script's folder is on sys.path)
 from fhir.resources.R4B.bundle import Bundle
 from hl7apy.consts import VALIDATION_LEVEL  # type: ignore[import-untyped]
 from hl7apy.parser import parse_message as hl7apy_parse  # type: ignore[import-untyped]
@@ -546,45 +546,20 @@ def stage_benches(conv: Converter, work: Workload) -> list[Bench]:
     ]
 
 
-class BrightohirPeer:
+class BrightohirPeer(PeerWorker):
     """brightohir runs in its own virtual environment, driven over a pipe."""
 
     def __init__(self, python: Path, msgs: Sequence[Sample]) -> None:
-        self.proc = subprocess.Popen(
-            [str(python), str(BENCH / "peer_brightohir.py")],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            cwd=BENCH,
-        )
+        super().__init__(python, BENCH / "peer_brightohir.py", "brightohir")
         header = {"messages": [[base64.b64encode(s.data).decode(), s.codec] for s in msgs]}
-        reply = self._ask(header)
+        reply = self.ask(header)
         self.reports: list[dict[str, Any]] = reply["reports"]
         self.versions: dict[str, str] = reply["versions"]
         self.subset = [i for i, r in enumerate(self.reports) if r["ok"]]
 
-    def _ask(self, request: dict[str, Any]) -> dict[str, Any]:
-        stdin, stdout = self._pipes()
-        stdin.write(json.dumps(request) + "\n")
-        stdin.flush()
-        line = stdout.readline()
-        if not line:
-            raise RuntimeError("the brightohir worker stopped (see its error output above)")
-        answer: dict[str, Any] = json.loads(line)
-        return answer
-
-    def _pipes(self) -> tuple[IO[str], IO[str]]:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        return self.proc.stdin, self.proc.stdout
-
     def run(self, passes: int) -> Timing:
-        reply = self._ask({"run": passes, "subset": self.subset})
+        reply = self.ask({"run": passes, "subset": self.subset})
         return float(reply["wall"]), float(reply["cpu"]), int(reply["n"])
-
-    def close(self) -> None:
-        stdin, _ = self._pipes()
-        stdin.close()
-        self.proc.wait(timeout=30)
 
 
 def setup_peers() -> None:

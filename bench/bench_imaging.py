@@ -48,9 +48,10 @@ from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pydicom
+from _peer import PeerWorker  # bench/_peer.py (this script's folder is on sys.path)
 from pydicom.charset import convert_encodings
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
@@ -431,34 +432,12 @@ def gateway_rows(conv: Converter, extra: tuple[Converter, DataSet] | None) -> li
     return rows
 
 
-class Peer:
+class Peer(PeerWorker):
     """dicom2fhir runs in its own virtual environment, driven over a pipe."""
 
     def __init__(self, python: Path) -> None:
-        self.proc = subprocess.Popen(
-            [str(python), str(BENCH / "peer_dicom2fhir.py")],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            cwd=BENCH,
-        )
+        super().__init__(python, BENCH / "peer_dicom2fhir.py", "dicom2fhir")
         self.versions: dict[str, str] = self.ask({"hello": 1})["versions"]
-
-    def ask(self, request: dict[str, Any]) -> dict[str, Any]:
-        stdin, stdout = self._pipes()
-        stdin.write(json.dumps(request) + "\n")
-        stdin.flush()
-        line = stdout.readline()
-        if not line:
-            raise RuntimeError("the dicom2fhir worker stopped (see its error output above)")
-        answer: dict[str, Any] = json.loads(line)
-        if "error" in answer:
-            raise RuntimeError(f"dicom2fhir worker: {answer['error']}")
-        return answer
-
-    def _pipes(self) -> tuple[IO[str], IO[str]]:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        return self.proc.stdin, self.proc.stdout
 
     def timer(self, mode: str) -> Callable[[DataSet], Timing]:
         def run(data: DataSet) -> Timing:
@@ -466,11 +445,6 @@ class Peer:
             return float(reply["wall"]), float(reply["cpu"]), int(reply["n"])
 
         return run
-
-    def close(self) -> None:
-        stdin, _ = self._pipes()
-        stdin.close()
-        self.proc.wait(timeout=30)
 
 
 def setup_peers() -> None:

@@ -22,7 +22,7 @@ from typing import TextIO
 from .config import Settings
 from .datafiles import data_dir
 from .envelope import Record
-from .pipeline import Converter
+from .pipeline import Converter, dump_json
 
 __all__ = ["run_demo"]
 
@@ -107,8 +107,6 @@ def _variants(settings: Settings, tally: _Tally, out: TextIO) -> None:
         variant = maker.variant(
             original.bundle_json, lang, linked.bundle_json if linked is not None else None
         )
-        from .reports import dump_json
-
         (folder / f"{name}.json").write_bytes(dump_json(variant.resource))
         (folder / f"{name}.html").write_bytes(variant.html)
         (folder / f"{name}.pdf").write_bytes(variant.pdf)

@@ -13,7 +13,6 @@ from ._cli import (
     CONTENT_TYPES,
     add_cli,
     cmd_report_variants,
-    dump_json,
     variant_response,
     variants_for,
 )
@@ -27,7 +26,6 @@ __all__ = [
     "Variant",
     "add_cli",
     "cmd_report_variants",
-    "dump_json",
     "font_path",
     "variant_response",
     "variants_for",

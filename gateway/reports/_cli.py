@@ -12,17 +12,15 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from ..config import Settings
 from ..errors import IntakeError
+from ..pipeline import dump_json
 from ._variants import BILINGUAL, ReportVariants
 
 __all__ = [
     "CONTENT_TYPES",
     "add_cli",
     "cmd_report_variants",
-    "dump_json",
     "variant_response",
     "variants_for",
 ]
@@ -45,11 +43,6 @@ def variants_for(settings: Settings) -> ReportVariants:
         if found is None:
             found = _BUILT[settings] = ReportVariants(settings)
         return found
-
-
-def dump_json(resource: Any) -> bytes:
-    """The same serialisation as ``gateway.pipeline.dump_json`` (2-space, stable)."""
-    return orjson.dumps(resource, option=orjson.OPT_INDENT_2) + b"\n"
 
 
 def variant_response(

@@ -79,17 +79,6 @@ def _imaging_inputs(folder: Path) -> list[Path]:
     return studies + reports
 
 
-def _convert_imaging(converter: Converter, path: Path) -> list[Record]:
-    if path.is_dir():
-        items = [
-            (str(p.relative_to(path.parent)), p.read_bytes())
-            for p in sorted(path.rglob("*"))
-            if p.is_file()
-        ]
-        return list(converter.convert_files(items))
-    return converter.convert(path.read_bytes(), source=path.name)
-
-
 def _variants(settings: Settings, tally: _Tally, out: TextIO) -> None:
     from .reports import ReportVariants
 
@@ -134,7 +123,7 @@ def run_demo(settings: Settings, out: TextIO) -> int:
         f"{examples / 'imaging'}\n\n"
     )
     for path in imaging:
-        tally.show(path.name, _convert_imaging(converter, path))
+        tally.show(path.name, converter.convert_path(path))
 
     out.write("\n3. report variants (co-branded, bilingual; HTML and PDF)\n\n")
     _variants(settings, tally, out)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import orjson
 
@@ -115,6 +116,15 @@ class Converter:
         code of the network) stands in for studies that do not say who sent them."""
         for unit in self._read("dicom", items, sender):
             yield self.finish(unit, None, trace)
+
+    def convert_path(self, path: Path, trace: bool = False) -> list[Record]:
+        """A file, or a folder of DICOM files (one study spread over files), as the demo
+        and the golden files take them."""
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.is_file())
+            items = [(str(p.relative_to(path.parent)), p.read_bytes()) for p in files]
+            return list(self.convert_files(items, trace=trace))
+        return self.convert(path.read_bytes(), source=path.name, trace=trace)
 
     def _read(
         self, kind: str, items: list[tuple[str, bytes]], sender: str | None = None

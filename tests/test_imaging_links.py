@@ -22,11 +22,7 @@ Index = dict[tuple[str, str, str], dict[str, Any]]
 
 
 def _convert(converter: Converter, path: Path) -> list[dict[str, Any]]:
-    if path.is_dir():
-        items = [(str(p), p.read_bytes()) for p in sorted(path.rglob("*.dcm"))]
-        records = list(converter.convert_files(items))
-    else:
-        records = converter.convert(path.read_bytes(), source=path.name)
+    records = converter.convert_path(path)
     assert records and all(r.ok for r in records), [i.line() for r in records for i in r.errors]
     return [e["resource"] for r in records if r.bundle for e in r.bundle["entry"]]
 

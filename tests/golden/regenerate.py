@@ -56,11 +56,7 @@ def outcome(record: Record) -> Any:
 
 
 def convert(converter: Converter, source: Path, trace: bool = False) -> list[Record]:
-    if source.is_dir():  # a DICOM study spread over files
-        files = sorted(p for p in source.rglob("*") if p.is_file())
-        items = [(str(p.relative_to(source.parent)), p.read_bytes()) for p in files]
-        return list(converter.convert_files(items, trace=trace))
-    return converter.convert(source.read_bytes(), source=source.name, trace=trace)
+    return converter.convert_path(source, trace=trace)  # a .study folder: one study
 
 
 def render(converter: Converter, source: Path) -> bytes:

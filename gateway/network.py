@@ -13,7 +13,9 @@ from urllib.parse import quote
 from .datafiles import load_data_file
 from .errors import ConfigError
 
-__all__ = ["UNREGISTERED_BASE", "Institution", "Network"]
+__all__ = ["CHARSET_MISMATCH", "UNREGISTERED_BASE", "Institution", "Network"]
+
+CHARSET_MISMATCH = ("refuse", "decode")
 
 # Base for identifier systems of senders the network does not know: the reserved
 # '.invalid' TLD says plainly that the URI was made up by the gateway.
@@ -107,6 +109,20 @@ class Network:
     def charset(self, facility: str) -> str | None:
         inst = self.institution(facility)
         return inst.charset if inst else None
+
+    def charset_mismatch(self, facility: str | None) -> str:
+        """What to do when a sender's declared single-byte charset (or none) meets bytes
+        that are Chinese text in a multi-byte charset: ``refuse`` (the default: mojibake
+        is never forwarded) or ``decode`` (as the likely charset, with a warning)."""
+        inst = self.institution(facility)
+        value = str(inst.data.get("charset_mismatch", "refuse")) if inst else "refuse"
+        if value not in CHARSET_MISMATCH:
+            raise ConfigError(
+                "network",
+                f"{self.source}: institution {inst.key if inst else facility!r}: "
+                f"charset_mismatch must be one of {', '.join(CHARSET_MISMATCH)}, not {value!r}",
+            )
+        return value
 
 
 def _fold(name: str) -> str:

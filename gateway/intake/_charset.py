@@ -12,7 +12,7 @@ from functools import lru_cache
 from ..datafiles import data_dir, load_data_file
 from ..errors import IntakeError
 
-__all__ = ["Decoded", "codec_for", "decode_strict"]
+__all__ = ["MULTI_BYTE", "Decoded", "codec_for", "decode_strict", "likely_cjk_charset"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,3 +90,43 @@ def decode_strict(data: bytes, codec: str, *, declared: str, location: str) -> D
             location=location,
             offset=exc.start,
         ) from None
+
+
+# Multi-byte charsets whose bytes a single-byte declaration (or none) may be hiding, in
+# the order tried when the sender's jurisdiction says nothing: UTF-8 first (its byte
+# grammar is strict, so valid UTF-8 is rarely an accident), then the mainland's and
+# Hong Kong's national charsets.
+MULTI_BYTE = ("utf-8", "gb18030", "big5hkscs")
+
+
+def _is_cjk(ch: str) -> bool:
+    code = ord(ch)
+    return (
+        0x4E00 <= code <= 0x9FFF  # CJK Unified Ideographs
+        or 0x3400 <= code <= 0x4DBF  # Extension A
+        or 0x3000 <= code <= 0x303F  # CJK punctuation
+        or 0xFF00 <= code <= 0xFFEF  # full-width forms
+    )
+
+
+def likely_cjk_charset(data: bytes, prefer: tuple[str, ...] = MULTI_BYTE) -> str | None:
+    """The multi-byte codec that ``data`` most likely is, when its non-ASCII bytes decode
+    strictly in it to Chinese text; None when no candidate does (the bytes are then
+    plausibly what a single-byte charset says they are).
+
+    "Chinese text" means every non-ASCII character decoded is a CJK ideograph, CJK
+    punctuation or a full-width form: Latin-1 accents decoded as GB 18030 give rare
+    ideographs mixed with other blocks far more often than clean Chinese. ``prefer``
+    orders the candidates (a Hong Kong sender's Big5 before GB 18030).
+    """
+    if data.isascii():
+        return None
+    for codec in prefer:
+        try:
+            text = data.decode(codec)
+        except UnicodeDecodeError:
+            continue
+        wide = [ch for ch in text if not ch.isascii()]
+        if wide and all(_is_cjk(ch) for ch in wide):
+            return codec
+    return None

@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 # The demo keeps everything it writes inside the checkout unless you say otherwise.
 export GATEWAY_HOME ?= $(CURDIR)/.demo-home
 
-.PHONY: demo test lint golden bench bench-imaging serve clean
+.PHONY: demo test lint docs golden bench bench-imaging serve clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,9 @@ test: $(STAMP)            ## the whole test suite
 lint: $(STAMP)            ## ruff on everything, mypy (strict) on gateway/
 	$(BIN)/ruff check gateway tests bench
 	$(BIN)/mypy
+
+docs: $(STAMP)            ## regenerate the generated parts of docs/ (error codes)
+	$(BIN)/python -c 'import gateway.errors as e; print(e.errors_markdown(), end="")' > docs/errors.md
 
 golden: $(STAMP)          ## regenerate tests/golden/**/*.expected.json; review with git diff
 	$(BIN)/python -m tests.golden.regenerate

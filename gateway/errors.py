@@ -11,31 +11,79 @@ problem, and turns into one readable CLI line or one ``OperationOutcome.issue``:
 
 Errors raised by third-party libraries (codecs, YAML, pydantic) are translated into
 this family where the gateway calls them; nothing else should reach a user.
+
+Every code is registered, with its stage, HTTP status and meaning, in ``errors.yaml``
+beside this module (:func:`registry`); ``docs/errors.md`` is generated from it
+(``make docs``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from functools import cache
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 __all__ = [
     "ConfigError",
+    "ErrorCode",
+    "errors_markdown",
     "GatewayError",
     "IntakeError",
     "Issue",
     "MappingError",
     "ValidationError",
+    "http_status",
     "operation_outcome",
+    "registry",
     "shape",
 ]
 
-# OperationOutcome.issue.code per error family (http://hl7.org/fhir/issue-type).
-_ISSUE_TYPE = {
-    "intake": "structure",
-    "mapping": "value",
-    "validation": "invalid",
-    "config": "exception",
-}
+
+@dataclass(frozen=True, slots=True)
+class ErrorCode:
+    """One registered error code (``errors.yaml``)."""
+
+    code: str
+    family: str
+    stage: str  # the pipeline stage that raises it
+    http: int  # the API's status for a record failing with it
+    issue_type: str  # OperationOutcome.issue.code (http://hl7.org/fhir/issue-type)
+    meaning: str
+    severity: str = "error"
+
+
+@cache
+def registry() -> dict[str, ErrorCode]:
+    """Every error code the gateway raises, by code."""
+    raw = yaml.safe_load(Path(__file__).with_name("errors.yaml").read_text(encoding="utf-8"))
+    families: dict[str, dict[str, Any]] = raw["families"]
+    out: dict[str, ErrorCode] = {}
+    for code, entry in raw["codes"].items():
+        spec = entry if isinstance(entry, dict) else {"meaning": entry}
+        family = families[code.split(".", 1)[0]]
+        out[code] = ErrorCode(
+            code=code,
+            family=code.split(".", 1)[0],
+            stage=str(family["stage"]),
+            http=int(spec.get("http", family["http"])),
+            issue_type=str(spec.get("issue_type", family["issue_type"])),
+            meaning=str(spec["meaning"]),
+            severity=str(spec.get("severity", "error")),
+        )
+    return out
+
+
+def http_status(issues: list[Issue]) -> int:
+    """The API's status for a record failing with these issues: the highest of its
+    errors' registered statuses (a fault of the gateway outranks bad input)."""
+    known = registry()
+    statuses = [
+        known[i.code].http for i in issues if i.severity in ("error", "fatal") and i.code in known
+    ]
+    return max(statuses, default=422)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,10 +105,12 @@ class Issue:
         return f"{self.severity}: {prefix}{self.message} [{self.code}]"
 
     def to_fhir(self) -> dict[str, Any]:
-        family = self.code.split(".", 1)[0]
+        registered = registry().get(self.code)
         issue: dict[str, Any] = {
             "severity": self.severity,
-            "code": self.details.get("issue_type", _ISSUE_TYPE.get(family, "processing")),
+            "code": self.details.get(
+                "issue_type", registered.issue_type if registered else "processing"
+            ),
             "details": {
                 "coding": [{"system": "urn:fhir-gateway:error-code", "code": self.code}],
                 "text": self.message if not self.record else f"{self.record}: {self.message}",
@@ -143,3 +193,28 @@ def shape(value: object, limit: int = 24) -> str:
 def operation_outcome(issues: list[Issue]) -> dict[str, Any]:
     """A FHIR OperationOutcome holding the given issues."""
     return {"resourceType": "OperationOutcome", "issue": [i.to_fhir() for i in issues]}
+
+
+def errors_markdown() -> str:
+    """docs/errors.md, generated from the registry (``make docs``)."""
+    raw = yaml.safe_load(Path(__file__).with_name("errors.yaml").read_text(encoding="utf-8"))
+    lines = [
+        "# Error codes",
+        "",
+        "Every error and warning the gateway reports carries one of these codes: on the CLI",
+        "in brackets at the end of the line, on the API in",
+        "`OperationOutcome.issue.details.coding` (system `urn:fhir-gateway:error-code`).",
+        "Generated from `gateway/errors.yaml` by `make docs`; do not edit.",
+        "",
+        "| family | stage | HTTP | issue type | what |",
+        "|---|---|---:|---|---|",
+    ]
+    for name, fam in raw["families"].items():
+        lines.append(
+            f"| `{name}` | {fam['stage']} | {fam['http']} | {fam['issue_type']} | {fam['what']} |"
+        )
+    lines += ["", "| code | HTTP | severity | meaning |", "|---|---:|---|---|"]
+    for code in registry().values():
+        lines.append(f"| `{code.code}` | {code.http} | {code.severity} | {code.meaning} |")
+    return "\n".join(lines) + "\n"
+

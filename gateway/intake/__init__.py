@@ -2,6 +2,14 @@
 
 from ._charset import codec_for, decode_strict
 from ._detect import FORMATS, detect_format
-from ._unit import Unit
+from ._unit import MemoView, RecordView, Unit
 
-__all__ = ["FORMATS", "Unit", "codec_for", "decode_strict", "detect_format"]
+__all__ = [
+    "FORMATS",
+    "MemoView",
+    "RecordView",
+    "Unit",
+    "codec_for",
+    "decode_strict",
+    "detect_format",
+]

@@ -29,12 +29,12 @@ import yaml
 __all__ = [
     "ConfigError",
     "ErrorCode",
-    "errors_markdown",
     "GatewayError",
     "IntakeError",
     "Issue",
     "MappingError",
     "ValidationError",
+    "errors_markdown",
     "http_status",
     "operation_outcome",
     "registry",
@@ -217,4 +217,3 @@ def errors_markdown() -> str:
     for code in registry().values():
         lines.append(f"| `{code.code}` | {code.http} | {code.severity} | {code.meaning} |")
     return "\n".join(lines) + "\n"
-

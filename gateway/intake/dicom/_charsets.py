@@ -94,12 +94,14 @@ def _terms(ds: Dataset) -> tuple[str, ...] | None:
 
 
 def _vr(elem: Any) -> str | None:
-    if elem.VR:
+    """The element's VR; for implicit VR or UN (which pydicom converts to the
+    dictionary's VR when it reads the value), the dictionary's."""
+    if elem.VR and elem.VR != "UN":
         return str(elem.VR)
     try:
         return str(dictionary_VR(elem.tag))
-    except KeyError:  # a private tag read with implicit VR: not known to be text
-        return None
+    except KeyError:  # a private tag: not known to be text
+        return str(elem.VR) if elem.VR else None
 
 
 class _Checker:
@@ -125,7 +127,7 @@ class _Checker:
                     seq = _element(ds, tag, where)
                     self._items(seq.value if seq is not None else None, where, terms)
                 elif vr in _TEXT_VRS and _ESC not in value:
-                    self._text(ds, elem, vr, where, terms)
+                    self._text(ds, elem, value, vr, where, terms)
             elif vr == "SQ" and elem.value:  # read already (undefined length)
                 self._items(elem.value, where, terms)
 
@@ -134,17 +136,25 @@ class _Checker:
             self.dataset(item, f"{where}[{n}] > ", terms)
 
     def _text(
-        self, ds: Dataset, elem: RawDataElement, vr: str, label: str, terms: tuple[str, ...] | None
+        self,
+        ds: Dataset,
+        elem: RawDataElement,
+        data: bytes,
+        vr: str,
+        label: str,
+        terms: tuple[str, ...] | None,
     ) -> None:
-        data: bytes = elem.value
         policy = self.policy
         if terms is None and policy.default_codec is not None:
             codec = policy.default_codec
             prefer = ("utf-8", codec, *(c for c in policy.prefer if c not in ("utf-8", codec)))
             likely = likely_cjk_charset(data, prefer)
-            if likely is not None and likely != codec and not _plausible(data, codec, True):
+            # A multi-byte default is trusted unless the bytes are Chinese in another
+            # charset; a single-byte one unless they are not words in it either.
+            plausible = codec not in MULTI_BYTE and _plausible(data, codec, True)
+            if likely is not None and likely != codec and not plausible:
                 what = f"{policy.default}, the configured charset of {policy.facility}"
-                self._mismatch(ds, elem, vr, label, likely, what)
+                self._mismatch(ds, elem, data, vr, label, likely, what)
                 return
             try:
                 text = data.decode(codec)
@@ -175,10 +185,17 @@ class _Checker:
             what = f"(0008,0005) SpecificCharacterSet {declared[0]!r}"
         else:
             what = "ISO_IR 6 (ASCII), the default when (0008,0005) SpecificCharacterSet is absent"
-        self._mismatch(ds, elem, vr, label, likely, what)
+        self._mismatch(ds, elem, data, vr, label, likely, what)
 
     def _mismatch(
-        self, ds: Dataset, elem: RawDataElement, vr: str, label: str, likely: str, what: str
+        self,
+        ds: Dataset,
+        elem: RawDataElement,
+        data: bytes,
+        vr: str,
+        label: str,
+        likely: str,
+        what: str,
     ) -> None:
         name = _NAMES.get(likely, likely)
         if self.policy.mismatch != "decode":
@@ -190,7 +207,7 @@ class _Checker:
                 f"as {name})",
                 location=label,
             )
-        ds[elem.tag] = _decoded(elem, vr, elem.value.decode(likely))
+        ds[elem.tag] = _decoded(elem, vr, data.decode(likely))
         self._note(
             "intake.charset-mislabelled",
             f"declared {what} but the bytes are Chinese text in {name}; decoded as {name}",

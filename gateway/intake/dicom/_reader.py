@@ -189,7 +189,11 @@ def _read_all(
                 touched.append(study)
         for study in touched:  # an archive's skipped members concern the studies in it
             study.issues.extend(n for n in notes if n not in study.issues)
-        if notes and not read and not any(isinstance(s, _Broken) and s.group == name for s in slots):
+        if (
+            notes
+            and not read
+            and not any(isinstance(s, _Broken) and s.group == name for s in slots)
+        ):
             slots.append(
                 IntakeError(
                     "dicom-no-instances",
@@ -385,8 +389,7 @@ def _datasets(
     else:
         yield IntakeError(
             "dicom-not-dicom",
-            f"{_safe(name)}: not DICOM (no 'DICM' marker at byte 128), "
-            "DICOM JSON or a zip archive",
+            f"{_safe(name)}: not DICOM (no 'DICM' marker at byte 128), DICOM JSON or a zip archive",
         )
 
 
@@ -470,7 +473,8 @@ def _incomplete(ds: Dataset, fp: IO[bytes], size: int, name: str) -> IntakeError
     )
     if last is None or last.length == _UNDEFINED:
         return None
-    if any(isinstance(e, DataElement) and (e.file_tell or 0) > last.value_tell for _, e in ds.items()):
+    read_whole = [e for _, e in ds.items() if isinstance(e, DataElement)]
+    if any((e.file_tell or 0) > last.value_tell for e in read_whole):
         return None  # a sequence of undefined length came last: pydicom found its end
     end = last.value_tell + last.length
     label = tag_label(last.tag)
@@ -615,9 +619,7 @@ def _json_fault(where: str, obj: dict[str, Any], path: str = "") -> IntakeError:
                 "that the VR can hold)",
                 location=label,
             )
-    return IntakeError(
-        "dicom-json", f"{_safe(where)}: not a DICOM JSON dataset (PS3.18 Annex F)"
-    )
+    return IntakeError("dicom-json", f"{_safe(where)}: not a DICOM JSON dataset (PS3.18 Annex F)")
 
 
 def _skip(notes: list[Issue], member: str, why: str) -> None:

@@ -146,7 +146,8 @@ def test_a_file_without_study_uid_is_an_error_record_naming_the_tag(
 
 def test_a_file_without_study_uid_fails_the_studies_of_its_folder(converter: Converter) -> None:
     # It may be an instance of the study beside it: all or nothing.
-    items = [("cd/good.dcm", _chest()), ("cd/broken.dcm", part10(wang_wei(number=2, StudyInstanceUID=None)))]
+    broken = part10(wang_wei(number=2, StudyInstanceUID=None))
+    items = [("cd/good.dcm", _chest()), ("cd/broken.dcm", broken)]
     [record] = converter.convert_files(items)
     assert record.control_id == LAX2_CHEST and record.bundle is None
     [error] = record.errors

@@ -18,7 +18,7 @@ import pytest
 
 from gateway import Converter, Settings
 from gateway.envelope import Record
-from tests.golden.dicom.make_studies import LAX2_CHEST, instance, part10, wang_wei
+from tests.golden.dicom.make_studies import LAX2_CHEST, part10, wang_wei
 
 REPO = Path(__file__).resolve().parents[3]
 PATIENT_DATA = ("王", "伟", "李", "WANG", "0012345", "0099999", "Íõ")

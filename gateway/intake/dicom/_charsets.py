@@ -82,7 +82,7 @@ def single_byte_or_none(ds: Dataset) -> bool:
 
 def _terms(ds: Dataset) -> tuple[str, ...] | None:
     """The dataset's Specific Character Set terms; None when it has none."""
-    elem = ds.get_item(_CHARSET)
+    elem = ds.get_item(_CHARSET, keep_deferred=True)
     value = elem.value if elem is not None else None
     if isinstance(value, bytes):  # not decoded yet: ASCII by the standard
         value = value.decode("ascii", "replace")

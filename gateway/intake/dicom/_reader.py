@@ -253,7 +253,7 @@ def _ascii(ds: Dataset, tag: int) -> str | None:
     patient check read these from every instance, and pydicom's general conversion
     costs ~8x more. Anything unusual (implicit VR, non-ASCII, several values) takes
     the checked path."""
-    raw = ds.get_item(tag)
+    raw = ds.get_item(tag, keep_deferred=True)
     if isinstance(raw, RawDataElement) and raw.VR in ("UI", "IS", "LO") and raw.value is not None:
         try:
             text = raw.value.decode("ascii").strip(" \x00")
@@ -280,7 +280,7 @@ def _missing(name: str, tag: int) -> IntakeError:
 
 def _is_dicomdir(ds: Dataset) -> bool:
     meta = getattr(ds, "file_meta", None)
-    raw = meta.get_item(0x00020002) if meta is not None else None
+    raw = meta.get_item(0x00020002, keep_deferred=True) if meta is not None else None
     value = raw.value if raw is not None else None
     if isinstance(value, bytes):
         value = value.decode("ascii", "replace")
@@ -495,7 +495,7 @@ def _cut(name: str, label: str, why: str) -> IntakeError:
 
 def _transfer_syntax(ds: Dataset) -> str:
     meta = getattr(ds, "file_meta", None)
-    raw = meta.get_item(0x00020010) if meta is not None else None
+    raw = meta.get_item(0x00020010, keep_deferred=True) if meta is not None else None
     value = raw.value if raw is not None else None
     if isinstance(value, bytes):
         value = value.decode("ascii", "replace")
@@ -830,7 +830,7 @@ def _institution_text(ds: Dataset) -> str:
     multi-byte charset under an absent or single-byte one are read as that charset
     here (only to look the name up; whether the study may be read so is decided by
     the sender's policy in check_text)."""
-    raw = ds.get_item(_INSTITUTION)
+    raw = ds.get_item(_INSTITUTION, keep_deferred=True)
     data = raw.value if isinstance(raw, RawDataElement) else None
     if isinstance(data, bytes) and not data.isascii() and single_byte_or_none(ds):
         codec = likely_cjk_charset(data)

@@ -345,7 +345,7 @@ def _element(
     decode in the charset (it then uses U+FFFD): that becomes a warning in ``notes``
     (the record's issues). A value its VR cannot hold is the record's error. Both are
     named by tag, never by value."""
-    raw = ds.get_item(tag)
+    raw = ds.get_item(tag, keep_deferred=True)
     if raw is None or not isinstance(raw, RawDataElement):
         return raw
     if raw.value is None and raw.length and raw.length != _UNDEFINED:
@@ -390,7 +390,8 @@ def _element(
 
 
 def _has_data(ds: Dataset, tag: Any) -> bool:
-    raw = ds.get_item(tag)  # not decoded: tracing must not cost a full conversion
+    # Not decoded (tracing must not cost a full conversion), nor read if skipped unread.
+    raw = ds.get_item(tag, keep_deferred=True)
     if raw is None:
         return False
     if isinstance(raw, RawDataElement):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import struct
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -376,3 +377,46 @@ def test_an_empty_zip_is_named_so(converter: Converter) -> None:
     [record] = converter.convert(buffer.getvalue(), source="empty.zip")
     [error] = record.errors
     assert error.code == "intake.dicom-zip" and "an empty zip archive" in error.message
+
+
+# -- 6. resource bounds (the memory test itself: test_dicom_memory.py) ---------------------
+def test_large_elements_are_skipped_counted_and_refused_when_mapped(converter: Converter) -> None:
+    from gateway.intake.dicom import read_studies
+
+    with warnings.catch_warnings():  # pydicom: "exceeds the maximum length ... for VR LO"
+        warnings.simplefilter("ignore")
+        ds = wang_wei(StudyDescription="CT " * 700)  # 2100 bytes, read by the mapping
+        ds.add_new(0x00290010, "LO", "GATEWAY TEST")
+        ds.add_new(0x00291010, "OB", b"\0" * 4096)  # a private blob nobody reads
+        data = part10(ds)
+    [unit] = read_studies([("x.dcm", data)], converter.network, max_element_bytes=1024)
+    [note] = [i for i in unit.issues if i.code == "intake.dicom-skipped-elements"]
+    assert "2 element(s) larger than 1024 bytes" in note.message
+    assert "(0008,1030) StudyDescription" in note.message and "(0029,1010)" in note.message
+    record = converter.finish(unit)
+    assert record.bundle is None
+    [error] = record.errors
+    assert error.code == "intake.dicom-too-large" and "(0008,1030)" in (error.location or "")
+
+
+def test_the_element_limit_is_a_setting(tmp_path: Path) -> None:
+    from gateway.errors import ConfigError
+
+    env = {"GATEWAY_DICOM_MAX_ELEMENT_BYTES": "2048"}
+    assert Settings.load(home=tmp_path, env=env).dicom_max_element_bytes == 2048
+    assert Settings.load(home=tmp_path, env={}).dicom_max_element_bytes == 1 << 20
+    for bad in ("lots", "10"):
+        with pytest.raises(ConfigError):
+            Settings.load(home=tmp_path, env={"GATEWAY_DICOM_MAX_ELEMENT_BYTES": bad})
+
+
+def test_listing_unmapped_attributes_does_not_read_skipped_ones(converter: Converter) -> None:
+    from gateway.intake.dicom import read_studies
+
+    ds = wang_wei()
+    ds.add_new(0x00420011, "OB", b"%PDF" + b"\0" * 4092)  # EncapsulatedDocument
+    [unit] = read_studies([("x.dcm", part10(ds))], converter.network, max_element_bytes=1024)
+    record = converter.finish(unit, trace=True)
+    assert record.ok and "(0042,0011) EncapsulatedDocument" in record.unmapped
+    raw = unit.view.root.datasets[0].get_item(0x00420011, keep_deferred=True)
+    assert raw.value is None  # still unread

@@ -39,6 +39,9 @@ class Settings:
     api_token_file: Path | None = None  # bearer tokens for the API, one per line
     host: str = "127.0.0.1"
     port: int = 8080
+    # DICOM elements larger than this (private blobs, embedded documents) are skipped
+    # unread and counted in a warning; pixel data is never read.
+    dicom_max_element_bytes: int = 1 << 20
 
     @property
     def out_dir(self) -> Path:
@@ -92,6 +95,16 @@ def _coerce(name: str, value: Any, home: Path) -> Any:
         if not 0 < port < 65536:
             raise ConfigError("bad-setting", f"port must be 1–65535, not {port}")
         return port
+    if name == "dicom_max_element_bytes":
+        try:
+            limit = int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(
+                "bad-setting", f"dicom_max_element_bytes must be a number, not {value!r}"
+            ) from None
+        if limit < 1024:
+            raise ConfigError("bad-setting", f"dicom_max_element_bytes must be ≥ 1024, not {limit}")
+        return limit
     if name == "timezone" and not re.fullmatch(r"[+-](?:0\d|1[0-4]):[0-5]\d|Z", str(value)):
         raise ConfigError("bad-setting", f"timezone must be an offset like +08:00, not {value!r}")
     return str(value)

@@ -133,7 +133,8 @@ class Converter:
             for _, data in items:
                 yield from read_messages(data, self.network.charset)
         elif kind == "dicom":
-            yield from read_studies(items, self.network, sender)
+            limit = self.settings.dicom_max_element_bytes
+            yield from read_studies(items, self.network, sender, max_element_bytes=limit)
         else:
             for name, data in items:
                 yield from read_documents(data, name)

@@ -2,18 +2,25 @@
 
 Instances are grouped by Study Instance UID across every item of a batch (a study's
 files may come from a folder, an archive and loose files at once). Only headers are
-read (``stop_before_pixels``). A file that cannot be read, or has no Study Instance
-UID, is an error record of its own; an instance without Series or SOP Instance UID
-fails its study (a partial ImagingStudy would misstate the counts); neither stops the
-other studies.
+read (``stop_before_pixels``), and elements larger than ``max_element_bytes`` are
+skipped unread (counted in a warning).
+
+All or nothing: a study is converted only when every instance that may belong to it
+was read whole. An instance that cannot be read, is cut short or is damaged in its
+archive fails its study (or, when its Study Instance UID cannot be read, every study
+of its archive, JSON document or folder), naming the file or member; a study is never
+converted with a part of its instances. Its instances must name one patient
+(PatientID and IssuerOfPatientID). A file that is not DICOM, or a readable DICOM
+object without Study Instance UID that concerns no study, is an error record of its
+own; neither stops the other studies.
 """
 
 from __future__ import annotations
 
-import gc
 import io
 import lzma
 import re
+import struct
 import warnings
 import zipfile
 import zlib
@@ -22,19 +29,28 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 import orjson
-from pydicom import Dataset, config, dcmread
+from pydicom import Dataset, dcmread
 from pydicom.charset import python_encoding
 from pydicom.datadict import tag_for_keyword
-from pydicom.dataelem import RawDataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.multival import MultiValue
 
-from ...errors import IntakeError, Issue
+from ...errors import GatewayError, IntakeError, Issue
 from ...network import Network
+from .._charset import MULTI_BYTE, codec_for, likely_cjk_charset
 from .._unit import Unit
+from ._charsets import CharsetPolicy, check_text, single_byte_or_none
 from ._paths import tag_label
+from ._scope import no_gc, quiet_pydicom
 from ._view import DicomView, Node, _element
 
-__all__ = ["MAX_MEMBERS", "MAX_MEMBER_BYTES", "MAX_TOTAL_BYTES", "read_studies"]
+__all__ = [
+    "MAX_ELEMENT_BYTES",
+    "MAX_MEMBERS",
+    "MAX_MEMBER_BYTES",
+    "MAX_TOTAL_BYTES",
+    "read_studies",
+]
 
 # Zip-bomb guards. Members are streamed and read only up to the pixel data, but their
 # declared sizes still bound what an archive may claim (zipfile enforces them).
@@ -42,13 +58,28 @@ MAX_MEMBERS = 20_000
 MAX_MEMBER_BYTES = 2 << 30  # one file of an archive
 MAX_TOTAL_BYTES = 32 << 30  # all files of an archive
 MAX_JSON_BYTES = 256 << 20  # a DICOM JSON member is read whole
+# Elements beyond this many bytes (private blobs, encapsulated documents) are skipped
+# unread: the setting dicom_max_element_bytes (docs/configuration.md).
+MAX_ELEMENT_BYTES = 1 << 20
 _MAX_RATIO = 200  # uncompressed/compressed beyond 1 MiB: pixel data never packs that well
 _RATIO_FLOOR = 1 << 20
+_DRAIN = 1 << 20  # bytes per read when a member is read to its end (for its CRC)
 
 _STUDY, _SERIES, _SOP = 0x0020000D, 0x0020000E, 0x00080018
+_PATIENT_ID, _ISSUER = 0x00100020, 0x00100021
 _CHARSET = 0x00080005
-# What zipfile and its decompressors raise on a damaged member (ValueError: a negative
-# seek to a local header; NotImplementedError: an unknown compression method).
+_INSTITUTION = 0x00080080
+_DICOMDIR = "1.2.840.10008.1.3.10"  # Media Storage Directory Storage: no instance
+_DEFLATED = "1.2.840.10008.1.2.1.99"
+_PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})
+_ITEM, _SEQ_END = 0xFFFEE000, 0xFFFEE0DD
+_UNDEFINED = 0xFFFFFFFF
+_LONG_VRS = frozenset(
+    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+)
+# What zipfile and its decompressors raise on a damaged archive or member (ValueError: a
+# negative seek to a local header; NotImplementedError: an unknown compression method
+# or a zip version beyond 6.3; IndexError: a member without a name).
 _DAMAGED = (
     zipfile.BadZipFile,
     zipfile.LargeZipFile,
@@ -56,6 +87,7 @@ _DAMAGED = (
     EOFError,
     ValueError,
     NotImplementedError,
+    IndexError,
     zlib.error,
     lzma.LZMAError,
 )
@@ -68,11 +100,29 @@ def _safe(name: str) -> str:
     return cleaned if len(cleaned) <= 160 else "…" + cleaned[-159:]
 
 
+def _why(exc: BaseException) -> str:
+    """What a zip or codec error says (zipfile's messages hold no file content)."""
+    text = str(exc).splitlines()[0][:120] if str(exc) else ""
+    return f"{type(exc).__name__}: {_safe(text)}" if text else type(exc).__name__
+
+
 @dataclass(slots=True)
 class _Instance:
     ds: Dataset
     name: str
     size: int
+    group: str  # the archive, JSON document or folder it came in
+    skipped: tuple[int, ...] = ()  # tags of elements skipped unread (too large)
+
+
+@dataclass(slots=True)
+class _Broken:
+    """An item or member that may be an instance but could not be read whole."""
+
+    name: str
+    group: str
+    error: IntakeError
+    study: str | None = None  # its Study Instance UID, when that much was read
 
 
 @dataclass(slots=True, eq=False)
@@ -82,58 +132,68 @@ class _Study:
     series: dict[str, list[_Instance]] = field(default_factory=dict)
     issues: list[Issue] = field(default_factory=list)
     error: IntakeError | None = None
+    groups: set[str] = field(default_factory=set)
+    patient: tuple[str, str] | None = None  # (PatientID, IssuerOfPatientID) of the first
+    patient_from: str = ""  # the instance that set it
+    skipped: dict[int, int] = field(default_factory=dict)  # tag → instances skipping it
+
+
+_Slot = _Study | IntakeError | _Broken
 
 
 def read_studies(
-    items: list[tuple[str, bytes]], network: Network, default_sender: str | None = None
+    items: list[tuple[str, bytes]],
+    network: Network,
+    default_sender: str | None = None,
+    *,
+    max_element_bytes: int = MAX_ELEMENT_BYTES,
 ) -> Iterator[Unit]:
     """One Unit per study (in order of first appearance), and one error Unit per item
     that holds no readable instance of a study. ``default_sender`` (a facility code) is
     the sender of studies that name no institution and no accession issuer: the
-    hospital whose PACS the files were exported from."""
-    # pydicom's value validation warns with the offending value (a name, a birth date):
-    # no patient data may reach the logs, and the gateway reports its own problems.
-    config.settings.reading_validation_mode = config.IGNORE
-    slots: list[_Study | IntakeError] = []
+    hospital whose PACS the files were exported from. Elements larger than
+    ``max_element_bytes`` are skipped unread."""
     studies: dict[str, _Study] = {}
-    # pydicom allocates many small objects per header, none of them garbage until the
-    # study is mapped: the cyclic collector's passes cost ~25 % of the read (bench/).
-    paused = gc.isenabled()
-    gc.disable()
-    try:
-        _read_all(items, studies, slots)
-    finally:
-        if paused:
-            gc.enable()
-    for index, slot in enumerate(slots, 1):
+    slots: list[_Slot] = []
+    # The process-wide switches are held while reading and each study's checks, and
+    # never across a yield: the caller runs with them as they were.
+    with quiet_pydicom(), no_gc():
+        _read_all(items, studies, slots, max_element_bytes)
+        settled = _settle(slots, studies)
+    for index, slot in enumerate(settled, 1):
         if isinstance(slot, IntakeError):
             yield Unit(b"", index, "dicom", kind="study", error=slot)
-        else:
-            yield _unit(slot, index, network, default_sender)
+            continue
+        with quiet_pydicom():
+            unit = _unit(slot, index, network, default_sender, max_element_bytes)
+        yield unit
 
 
 def _read_all(
-    items: list[tuple[str, bytes]], studies: dict[str, _Study], slots: list[_Study | IntakeError]
+    items: list[tuple[str, bytes]],
+    studies: dict[str, _Study],
+    slots: list[_Slot],
+    limit: int,
 ) -> None:
     for name, data in items:
         notes: list[Issue] = []
         touched: list[_Study] = []
-        for got in _datasets(name, data, notes):
-            if isinstance(got, IntakeError):
+        read = 0
+        for got in _datasets(name, data, notes, limit):
+            if not isinstance(got, _Instance):
                 slots.append(got)
                 continue
-            try:
-                study = _place(got, studies, slots)
-            except IntakeError as exc:  # a Study Instance UID pydicom cannot decode
-                slots.append(_in_file(got.name, exc))
-                continue
+            read += 1
+            study = _place(got, studies, slots)
             if study is not None and study not in touched:
                 touched.append(study)
-            elif study is None:
-                slots.append(_missing(got.name, _STUDY))
         for study in touched:  # an archive's skipped members concern the studies in it
             study.issues.extend(n for n in notes if n not in study.issues)
-        if notes and not touched:
+        if (
+            notes
+            and not read
+            and not any(isinstance(s, _Broken) and s.group == name for s in slots)
+        ):
             slots.append(
                 IntakeError(
                     "dicom-no-instances",
@@ -141,6 +201,39 @@ def _read_all(
                     f"({len(notes)} member(s) skipped)",
                 )
             )
+
+
+def _settle(slots: list[_Slot], studies: dict[str, _Study]) -> list[_Study | IntakeError]:
+    """Each broken item fails the study it belongs to or, when its study is unknown,
+    every study of its group; one that concerns no study is an error record."""
+    out: list[_Study | IntakeError] = []
+    for slot in slots:
+        if not isinstance(slot, _Broken):
+            out.append(slot)
+            continue
+        if slot.study is not None:
+            targets = [studies[slot.study]] if slot.study in studies else []
+        else:
+            targets = [s for s in studies.values() if slot.group in s.groups]
+        if not targets:
+            out.append(slot.error)
+        for study in targets:
+            _fail(study, slot)
+    return out
+
+
+def _fail(study: _Study, broken: _Broken) -> None:
+    if study.error is not None:
+        return
+    if broken.study is not None:
+        tail = "the study is not converted (all of its instances or none)"
+    else:
+        tail = "it may be an instance of this study, so the study is not converted"
+    study.error = IntakeError(
+        broken.error.code,
+        f"{broken.error.issue.message}; {tail}",
+        location=broken.error.location,
+    )
 
 
 def _value(ds: Dataset, tag: int) -> Any:
@@ -156,11 +249,12 @@ def _in_file(name: str, exc: IntakeError) -> IntakeError:
 
 
 def _ascii(ds: Dataset, tag: int) -> str | None:
-    """A UI or IS value straight from its raw bytes: grouping and ordering read these
-    from every instance, and pydicom's general conversion costs ~8x more. Anything
-    unusual (implicit VR, non-ASCII, several values) takes the checked path."""
-    raw = ds.get_item(tag)
-    if isinstance(raw, RawDataElement) and raw.VR in ("UI", "IS") and raw.value is not None:
+    """A UI, IS or LO value straight from its raw bytes: grouping, ordering and the
+    patient check read these from every instance, and pydicom's general conversion
+    costs ~8x more. Anything unusual (implicit VR, non-ASCII, several values) takes
+    the checked path."""
+    raw = ds.get_item(tag, keep_deferred=True)
+    if isinstance(raw, RawDataElement) and raw.VR in ("UI", "IS", "LO") and raw.value is not None:
         try:
             text = raw.value.decode("ascii").strip(" \x00")
         except (UnicodeDecodeError, AttributeError):
@@ -184,20 +278,44 @@ def _missing(name: str, tag: int) -> IntakeError:
     )
 
 
-def _place(inst: _Instance, studies: dict[str, _Study], slots: list[Any]) -> _Study | None:
-    """File the instance under its study and series; None when it has no study UID."""
-    study_uid = _uid(inst.ds, _STUDY)
+def _is_dicomdir(ds: Dataset) -> bool:
+    meta = getattr(ds, "file_meta", None)
+    raw = meta.get_item(0x00020002, keep_deferred=True) if meta is not None else None
+    value = raw.value if raw is not None else None
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    return str(value or "").strip(" \x00") == _DICOMDIR
+
+
+def _place(inst: _Instance, studies: dict[str, _Study], slots: list[_Slot]) -> _Study | None:
+    """File the instance under its study and series. Without a readable Study Instance
+    UID it may belong to any study of its group: a broken slot (a DICOMDIR belongs to
+    none: an error record of its own)."""
+    try:
+        study_uid = _uid(inst.ds, _STUDY)
+    except IntakeError as exc:
+        slots.append(_Broken(inst.name, inst.group, _in_file(inst.name, exc)))
+        return None
     if study_uid is None:
+        error = _missing(inst.name, _STUDY)
+        slots.append(error if _is_dicomdir(inst.ds) else _Broken(inst.name, inst.group, error))
         return None
     study = studies.get(study_uid)
     if study is None:
         study = studies[study_uid] = _Study(study_uid)
         slots.append(study)
+    study.groups.add(inst.group)
+    for tag in inst.skipped:
+        study.skipped[tag] = study.skipped.get(tag, 0) + 1
+    try:
+        _same_patient(study, inst)
+    except IntakeError as exc:
+        study.error = study.error or exc
+        return study
     try:
         series_uid, sop_uid = _uid(inst.ds, _SERIES), _uid(inst.ds, _SOP)
     except IntakeError as exc:
-        if study.error is None:
-            study.error = _in_file(inst.name, exc)
+        study.error = study.error or _in_file(inst.name, exc)
         return study
     if series_uid is None or sop_uid is None:
         if study.error is None:
@@ -220,29 +338,64 @@ def _place(inst: _Instance, studies: dict[str, _Study], slots: list[Any]) -> _St
     return study
 
 
-# -- items -> datasets ---------------------------------------------------------------------
-def _datasets(name: str, data: bytes, notes: list[Issue]) -> Iterator[_Instance | IntakeError]:
-    kind = _kind(data)
+def _same_patient(study: _Study, inst: _Instance) -> None:
+    """One patient per study: every instance (a duplicate too) names the patient of
+    the first by PatientID and IssuerOfPatientID. Raises IntakeError naming both
+    instances and the tag, never a value."""
     try:
-        if kind == "zip":
-            yield from _archive(name, data, notes)
-        elif kind == "json":
-            yield from _json(name, data)
-        elif kind in ("part10", "raw"):
-            yield _Instance(_part10(name, io.BytesIO(data), kind == "raw"), name, len(data))
-        else:
-            raise IntakeError(
-                "dicom-not-dicom",
-                f"{_safe(name)}: not DICOM (no 'DICM' marker at byte 128), "
-                "DICOM JSON or a zip archive",
-            )
+        ident = (_ascii(inst.ds, _PATIENT_ID) or "", _ascii(inst.ds, _ISSUER) or "")
     except IntakeError as exc:
-        yield exc
+        raise _in_file(inst.name, exc) from None
+    if study.patient is None:
+        study.patient, study.patient_from = ident, inst.name
+        return
+    for n, tag in enumerate((_PATIENT_ID, _ISSUER)):
+        mine, first = ident[n], study.patient[n]
+        if mine == first:
+            continue
+        a, b = _safe(study.patient_from), _safe(inst.name)
+        if not mine or not first:
+            lacking, having = (b, a) if not mine else (a, b)
+            raise IntakeError(
+                "dicom-patient-missing",
+                f"{lacking} has no {tag_label(tag)} but {having}, of the same study, has "
+                "one: the instances cannot be shown to be of one patient, so the study "
+                "is not converted",
+                location=tag_label(tag),
+            )
+        raise IntakeError(
+            "dicom-patient-mismatch",
+            f"{a} and {b} are instances of one study but name different patients "
+            f"({tag_label(tag)} differs), so the study is not converted",
+            location=tag_label(tag),
+        )
+
+
+# -- items -> datasets ---------------------------------------------------------------------
+def _folder(name: str) -> str:
+    return name.rsplit("/", 1)[0] if "/" in name else ""
+
+
+def _datasets(
+    name: str, data: bytes, notes: list[Issue], limit: int
+) -> Iterator[_Instance | _Broken | IntakeError]:
+    kind = _kind(data)
+    if kind == "zip":
+        yield from _archive(name, data, notes, limit)
+    elif kind == "json":
+        yield from _json(name, data, name)
+    elif kind in ("part10", "raw"):
+        yield _instance(name, io.BytesIO(data), len(data), kind == "raw", limit, _folder(name))
+    else:
+        yield IntakeError(
+            "dicom-not-dicom",
+            f"{_safe(name)}: not DICOM (no 'DICM' marker at byte 128), DICOM JSON or a zip archive",
+        )
 
 
 def _kind(head: bytes) -> str:
-    if head[:4] == b"PK\x03\x04":
-        return "zip"
+    if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
+        return "zip"  # a local file header, or the end record of an empty archive
     if len(head) >= 132 and head[128:132] == b"DICM":
         return "part10"
     stripped = head[:64].lstrip(b"\xef\xbb\xbf \t\r\n")
@@ -253,11 +406,50 @@ def _kind(head: bytes) -> str:
     return "other"
 
 
-def _part10(name: str, fp: IO[bytes], force: bool = False) -> Dataset:
+def _instance(
+    name: str, fp: IO[bytes], size: int, force: bool, limit: int, group: str, drain: bool = False
+) -> _Instance | _Broken:
+    """One Part 10 file read whole: its header parsed (elements beyond ``limit`` bytes
+    skipped), its end checked (an element cut short fails it), and, for an archive
+    member, its bytes read to the end so that the archive's CRC is checked."""
+    ds: Dataset | None = None
+    try:
+        ds = _part10(name, fp, force, limit)
+        problem = _incomplete(ds, fp, size, name)
+        if problem is not None:
+            return _Broken(name, group, problem, _study_of(ds))
+        if drain:
+            while fp.read(_DRAIN):
+                pass
+    except IntakeError as exc:
+        return _Broken(name, group, exc)
+    except _DAMAGED as exc:
+        error = IntakeError(
+            "dicom-damaged-member", f"{_safe(name)}: damaged in the archive ({_why(exc)})"
+        )
+        return _Broken(name, group, error, _study_of(ds) if ds is not None else None)
+    skipped = tuple(
+        tag
+        for tag, e in ds.items()
+        if isinstance(e, RawDataElement) and e.value is None and e.length not in (0, _UNDEFINED)
+    )
+    return _Instance(ds, name, size, group, skipped)
+
+
+def _study_of(ds: Dataset) -> str | None:
+    try:
+        return _uid(ds, _STUDY)
+    except IntakeError:
+        return None
+
+
+def _part10(name: str, fp: IO[bytes], force: bool, limit: int) -> Dataset:
     try:
         with warnings.catch_warnings():  # charset and VR complaints: intake reports its own
             warnings.simplefilter("ignore")
-            return dcmread(fp, stop_before_pixels=True, force=force)
+            return dcmread(fp, stop_before_pixels=True, force=force, defer_size=limit)
+    except (zipfile.BadZipFile, zlib.error, lzma.LZMAError):
+        raise  # the archive is damaged, not the DICOM in it
     except Exception as exc:  # pydicom raises many kinds on damaged data; name none of it
         raise IntakeError(
             "dicom-unreadable",
@@ -265,32 +457,169 @@ def _part10(name: str, fp: IO[bytes], force: bool = False) -> Dataset:
         ) from None
 
 
+def _incomplete(ds: Dataset, fp: IO[bytes], size: int, name: str) -> IntakeError | None:
+    """An element cut short by the end of the file (pydicom stops there silently: the
+    elements after it would just be missing), named by tag; None when whole."""
+    implicit, little = ds.original_encoding
+    if implicit is None or little is None or _transfer_syntax(ds) == _DEFLATED:
+        return None  # a deflated dataset is read from an inflated copy: no positions
+    pos = fp.tell()
+    if pos < size:  # stopped before the pixel data
+        return _pixels_incomplete(fp, pos, size, bool(implicit), bool(little), name)
+    last = max(
+        (e for _, e in ds.items() if isinstance(e, RawDataElement)),
+        key=lambda e: e.value_tell,
+        default=None,
+    )
+    if last is None or last.length == _UNDEFINED:
+        return None
+    read_whole = [e for _, e in ds.items() if isinstance(e, DataElement)]
+    if any((e.file_tell or 0) > last.value_tell for e in read_whole):
+        return None  # a sequence of undefined length came last: pydicom found its end
+    end = last.value_tell + last.length
+    label = tag_label(last.tag)
+    if end > size:
+        return _cut(name, label, f"its value needs {end - size} more byte(s) than the file has")
+    if end < size:
+        return _cut(name, label, "the file ends inside the header of the next element")
+    return None
+
+
+def _cut(name: str, label: str, why: str) -> IntakeError:
+    return IntakeError(
+        "dicom-truncated",
+        f"{_safe(name)}: the file is cut short at {label}: {why}",
+        location=label,
+    )
+
+
+def _transfer_syntax(ds: Dataset) -> str:
+    meta = getattr(ds, "file_meta", None)
+    raw = meta.get_item(0x00020010, keep_deferred=True) if meta is not None else None
+    value = raw.value if raw is not None else None
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    return str(value or "").strip(" \x00")
+
+
+def _pixels_incomplete(
+    fp: IO[bytes], pos: int, size: int, implicit: bool, little: bool, name: str
+) -> IntakeError | None:
+    """Whether the pixel data element (where reading stopped) fits in the file: its
+    length, or for encapsulated data its fragments up to the sequence delimiter."""
+    endian = "<" if little else ">"
+    head = fp.read(8)
+    if len(head) < 8:
+        return _cut(name, "(7FE0,0010) PixelData", "the file ends inside its header")
+    group, element = struct.unpack(endian + "HH", head[:4])
+    tag = group << 16 | element
+    label = tag_label(tag)
+    if tag not in _PIXEL_TAGS:
+        return None  # not where stop_before_pixels stops: nothing to say about it
+    if implicit:
+        length = struct.unpack(endian + "L", head[4:])[0]
+    elif head[4:6] in _LONG_VRS:
+        more = fp.read(4)
+        if len(more) < 4:
+            return _cut(name, label, "the file ends inside its header")
+        length = struct.unpack(endian + "L", more)[0]
+    else:
+        length = struct.unpack(endian + "H", head[6:8])[0]
+    if length != _UNDEFINED:
+        end = fp.tell() + length
+        return _cut(name, label, f"{end - size} byte(s) of it are missing") if end > size else None
+    while True:  # encapsulated: (FFFE,E000) fragments, then (FFFE,E0DD)
+        item = fp.read(8)
+        if len(item) < 8:
+            return _cut(name, label, "its fragments end without a sequence delimiter")
+        g, e, n = struct.unpack(endian + "HHL", item)
+        if (g << 16 | e) == _SEQ_END:
+            return None
+        if (g << 16 | e) != _ITEM or n == _UNDEFINED:
+            return None  # malformed fragments: not a question of length
+        if fp.tell() + n > size:
+            return _cut(name, label, "a fragment is cut short")
+        fp.seek(n, io.SEEK_CUR)
+
+
 def _no_bulk(tag: str, vr: str, uri: str) -> None:
     return None  # BulkDataURI values (pixel data elsewhere) are not fetched
 
 
-def _json(name: str, data: bytes) -> Iterator[_Instance | IntakeError]:
+_BOM = b"\xef\xbb\xbf"
+
+
+def _json(name: str, data: bytes, group: str) -> Iterator[_Instance | _Broken | IntakeError]:
     try:
-        doc = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        raise IntakeError("dicom-json", f"{_safe(name)}: not valid JSON") from None
+        doc = orjson.loads(data[len(_BOM) :] if data.startswith(_BOM) else data)
+    except orjson.JSONDecodeError as exc:
+        yield IntakeError(
+            "dicom-json",
+            f"{_safe(name)}: not valid JSON (line {exc.lineno}, column {exc.colno})",
+        )
+        return
     objects = doc if isinstance(doc, list) else [doc]
     for n, obj in enumerate(objects, 1):
         where = name if len(objects) == 1 else f"{name}[{n}]"
         if not isinstance(obj, dict):
-            yield IntakeError("dicom-json", f"{_safe(where)}: not a DICOM JSON object")
+            error = IntakeError("dicom-json", f"{_safe(where)}: not a DICOM JSON object")
+            yield _Broken(where, group, error)
             continue
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 ds = Dataset.from_json(obj, bulk_data_uri_handler=_no_bulk)
-        except Exception as exc:  # malformed attribute objects: pydicom's own exceptions
-            yield IntakeError(
-                "dicom-json",
-                f"{_safe(where)}: not a DICOM JSON dataset (PS3.18 Annex F) ({type(exc).__name__})",
-            )
+        except Exception:  # malformed attribute objects: pydicom's own exceptions
+            yield _Broken(where, group, _json_fault(where, obj), _json_study(obj))
             continue
-        yield _Instance(ds, where, len(data) // len(objects))
+        yield _Instance(ds, where, len(data) // len(objects), group)
+
+
+def _json_study(obj: dict[str, Any]) -> str | None:
+    attr = obj.get("0020000D")
+    values = attr.get("Value") if isinstance(attr, dict) else None
+    if isinstance(values, list) and values and isinstance(values[0], str) and values[0]:
+        return values[0].strip()
+    return None
+
+
+def _json_fault(where: str, obj: dict[str, Any], path: str = "") -> IntakeError:
+    """The first attribute of ``obj`` pydicom cannot read, named by tag (inside the
+    first bad sequence item when the sequence is what fails)."""
+    for key, attr in obj.items():
+        try:
+            tag = int(key, 16) if len(key) == 8 else -1
+        except ValueError:
+            tag = -1
+        if tag < 0:
+            label = f"{path}key {_safe(key)[:16]!r}"
+            why = "is not a DICOM tag (8 hexadecimal digits)"
+            return IntakeError("dicom-json", f"{_safe(where)}: {label} {why}", location=label)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                Dataset.from_json({key: attr}, bulk_data_uri_handler=_no_bulk)
+        except Exception:
+            label = f"{path}{tag_label(tag)}"
+            items = attr.get("Value") if isinstance(attr, dict) else None
+            if isinstance(attr, dict) and attr.get("vr") == "SQ" and isinstance(items, list):
+                for n, item in enumerate(items, 1):
+                    if not isinstance(item, dict):
+                        break
+                    try:
+                        with warnings.catch_warnings():
+                            warnings.simplefilter("ignore")
+                            Dataset.from_json(item, bulk_data_uri_handler=_no_bulk)
+                    except Exception:
+                        return _json_fault(where, item, f"{label}[{n}] > ")
+            return IntakeError(
+                "dicom-json",
+                f"{_safe(where)}: {label} is not a valid DICOM JSON attribute "
+                "(PS3.18 Annex F: 'vr' and a 'Value', 'InlineBinary' or 'BulkDataURI' "
+                "that the VR can hold)",
+                location=label,
+            )
+    return IntakeError("dicom-json", f"{_safe(where)}: not a DICOM JSON dataset (PS3.18 Annex F)")
 
 
 def _skip(notes: list[Issue], member: str, why: str) -> None:
@@ -299,38 +628,58 @@ def _skip(notes: list[Issue], member: str, why: str) -> None:
     )
 
 
-def _archive(name: str, data: bytes, notes: list[Issue]) -> Iterator[_Instance | IntakeError]:
+def _archive(
+    name: str, data: bytes, notes: list[Issue], limit: int
+) -> Iterator[_Instance | _Broken | IntakeError]:
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
-    except (zipfile.BadZipFile, ValueError):
-        raise IntakeError("dicom-zip", f"{_safe(name)}: not a readable zip archive") from None
-    members = [i for i in archive.infolist() if not i.is_dir()]
+        infos = archive.infolist()
+    except _DAMAGED as exc:
+        yield IntakeError("dicom-zip", f"{_safe(name)}: not a readable zip archive ({_why(exc)})")
+        return
+    members = [i for i in infos if not i.filename.endswith("/")]
+    if not members:
+        yield IntakeError("dicom-zip", f"{_safe(name)}: an empty zip archive (no files in it)")
+        return
     if len(members) > MAX_MEMBERS:
-        raise IntakeError(
+        yield IntakeError(
             "dicom-zip", f"{_safe(name)}: {len(members)} files, more than {MAX_MEMBERS} allowed"
         )
+        return
     if sum(i.file_size for i in members) > MAX_TOTAL_BYTES:
-        raise IntakeError(
+        yield IntakeError(
             "dicom-zip", f"{_safe(name)}: unpacks to more than {MAX_TOTAL_BYTES >> 30} GiB"
         )
+        return
     for info in members:
         member = f"{name}/{info.filename}"
         base = info.filename.rsplit("/", 1)[-1]
         if base.startswith(".") or info.filename.startswith("__MACOSX/"):
             continue  # finder and editor litter, like the hidden files a folder walk skips
-        why = _refused(info)
-        if why:
-            _skip(notes, member, why)
+        if not info.filename:
+            error = IntakeError("dicom-damaged-member", f"{_safe(name)}: a member has no name")
+            yield _Broken(member, name, error)
+            continue
+        if info.flag_bits & 0x1:
+            error = IntakeError(
+                "dicom-damaged-member",
+                f"{_safe(member)}: encrypted, so it cannot be told whether it is an instance",
+            )
+            yield _Broken(member, name, error)
             continue
         try:
-            yield from _member(archive, info, member, notes)
-        except _DAMAGED:
-            _skip(notes, member, "damaged in the archive")
+            yield from _member(archive, info, member, name, notes, limit)
+        except _DAMAGED as exc:
+            error = IntakeError(
+                "dicom-damaged-member", f"{_safe(member)}: damaged in the archive ({_why(exc)})"
+            )
+            yield _Broken(member, name, error)
+
+
+_NOT_INSTANCE = {"zip": "an archive inside the archive", "other": "not a DICOM file"}
 
 
 def _refused(info: zipfile.ZipInfo) -> str | None:
-    if info.flag_bits & 0x1:
-        return "encrypted"
     if info.file_size > MAX_MEMBER_BYTES:
         return f"larger than {MAX_MEMBER_BYTES >> 30} GiB"
     if info.file_size > _RATIO_FLOOR and info.file_size > _MAX_RATIO * max(info.compress_size, 1):
@@ -339,28 +688,30 @@ def _refused(info: zipfile.ZipInfo) -> str | None:
 
 
 def _member(
-    archive: zipfile.ZipFile, info: zipfile.ZipInfo, member: str, notes: list[Issue]
-) -> Iterator[_Instance | IntakeError]:
+    archive: zipfile.ZipFile,
+    info: zipfile.ZipInfo,
+    member: str,
+    group: str,
+    notes: list[Issue],
+    limit: int,
+) -> Iterator[_Instance | _Broken | IntakeError]:
     with archive.open(info) as fp:
-        kind = _kind(fp.read(132))
+        kind = _kind(fp.read(132))  # a bomb too: its first bytes are cheap to inflate
+        why = _refused(info)
+        if kind in ("zip", "other"):  # not an instance: the study does not depend on it
+            _skip(notes, member, why or _NOT_INSTANCE[kind])
+            return
+        if why is None and kind == "json" and info.file_size > MAX_JSON_BYTES:
+            why = "a DICOM JSON file too large to read whole"
+        if why is not None:  # a DICOM file or DICOM JSON the gateway will not read
+            error = IntakeError("dicom-refused-member", f"{_safe(member)}: {why}; not read")
+            yield _Broken(member, group, error)
+            return
+        fp.seek(0)
         if kind == "json":
-            if info.file_size > MAX_JSON_BYTES:
-                _skip(notes, member, "a DICOM JSON file too large to read whole")
-                return
-            fp.seek(0)
-            yield from _json(member, fp.read())
-        elif kind in ("part10", "raw"):
-            fp.seek(0)  # a member is streamed: dcmread stops at the pixel data
-            try:
-                ds = _part10(member, fp, kind == "raw")
-            except IntakeError as exc:
-                _skip(notes, member, exc.issue.message.split(": ", 1)[-1])
-                return
-            yield _Instance(ds, member, info.file_size)
-        elif kind == "zip":
-            _skip(notes, member, "an archive inside the archive")
-        else:
-            _skip(notes, member, "not a DICOM file")
+            yield from _json(member, fp.read(), group)
+        else:  # streamed: dcmread stops at the pixel data, then the rest is drained
+            yield _instance(member, fp, info.file_size, kind == "raw", limit, group, drain=True)
 
 
 # -- studies -> units ----------------------------------------------------------------------
@@ -463,7 +814,59 @@ def _manifest(study: _Study, root: Node) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
-def _unit(study: _Study, index: int, network: Network, default_sender: str | None) -> Unit:
+def _skipped_note(skipped: dict[int, int], limit: int) -> Issue:
+    tags = sorted(skipped)
+    named = ", ".join(tag_label(t) for t in tags[:5]) + (", …" if len(tags) > 5 else "")
+    return Issue(
+        "intake.dicom-skipped-elements",
+        f"{sum(skipped.values())} element(s) larger than {limit} bytes (dicom_max_element_bytes) "
+        f"skipped unread: {named}",
+        severity="warning",
+    )
+
+
+def _institution_text(ds: Dataset) -> str:
+    """InstitutionName as text, to find the sender: bytes that are Chinese in a
+    multi-byte charset under an absent or single-byte one are read as that charset
+    here (only to look the name up; whether the study may be read so is decided by
+    the sender's policy in check_text)."""
+    raw = ds.get_item(_INSTITUTION, keep_deferred=True)
+    data = raw.value if isinstance(raw, RawDataElement) else None
+    if isinstance(data, bytes) and not data.isascii() and single_byte_or_none(ds):
+        codec = likely_cjk_charset(data)
+        if codec is not None:
+            return data.decode(codec).strip(" \x00")
+    value = _value(ds, _INSTITUTION)
+    return str(value).strip() if value not in (None, "") else ""
+
+
+def _first_sender(root: Node, network: Network) -> str | None:
+    """The sender's facility code before the text is checked: its charset policy
+    decides how the text is read (``_sender`` names the sender for the record)."""
+    name = next((t for ds in root.datasets if (t := _institution_text(ds))), None)
+    found = network.find(name)
+    if found is None:
+        probe = DicomView(root)
+        for path in ("LocalNamespaceEntityID", "UniversalEntityID"):
+            found = network.find(probe.first(f"IssuerOfAccessionNumberSequence.{path}", root))
+            if found is not None:
+                break
+    return found.facility if found is not None else None
+
+
+def _policy(network: Network, facility: str | None) -> CharsetPolicy:
+    inst = network.institution(facility)
+    default = inst.charset if inst is not None else None
+    codec = codec_for(default, location=tag_label(_CHARSET)) if default else None
+    prefer = MULTI_BYTE
+    if inst is not None and (inst.jurisdiction or "").upper().startswith(("HK", "MO", "TW")):
+        prefer = ("utf-8", "big5hkscs", "gb18030")  # Big5 before GB 18030 where it is used
+    return CharsetPolicy(facility, default, codec, network.charset_mismatch(facility), prefer)
+
+
+def _unit(
+    study: _Study, index: int, network: Network, default_sender: str | None, limit: int
+) -> Unit:
     unit = Unit(b"", index, "dicom", kind="study", control_id=study.uid)
     unit.message_type = "dicom-study"
     unit.issues = list(study.issues)
@@ -472,6 +875,8 @@ def _unit(study: _Study, index: int, network: Network, default_sender: str | Non
         return unit
     root = _tree(study)
     unit.raw = _manifest(study, root)
+    if study.skipped:
+        unit.issues.append(_skipped_note(study.skipped, limit))
     try:
         unit.charset = _charset(root.datasets[0])
     except IntakeError as exc:
@@ -481,6 +886,15 @@ def _unit(study: _Study, index: int, network: Network, default_sender: str | Non
     if problems:
         unit.issues += problems
         _known_charsets_only(root.datasets)
+    try:
+        policy = _policy(network, _first_sender(root, network) or default_sender)
+        instances = [(i.datasets[0], i.label) for s in root.children for i in s.children]
+        check_text(instances, policy, unit.issues)
+    except GatewayError as exc:  # refused text, or a sender charset the gateway lacks
+        unit.error = exc
+        return unit
+    if unit.charset is None and any(i.code == "intake.charset-default" for i in unit.issues):
+        unit.charset = policy.default
     cache: dict[str, str | None] = {}
 
     def find(name: str) -> str | None:

@@ -22,6 +22,7 @@ from pydicom.valuerep import PersonName
 
 from ...errors import IntakeError, Issue
 from ._paths import ALL, Path, Step, compile_path, tag_label
+from ._scope import quiet_pydicom
 
 __all__ = ["DicomView", "Node"]
 
@@ -45,6 +46,12 @@ _NO_TEXT = (bytes, bytearray, memoryview, Dataset)
 # Attributes intake itself reads (charset, UIDs, the sender): mapped, when tracing.
 _INTAKE_TAGS = frozenset({0x00080005, 0x0020000D, 0x0020000E, 0x00080018, 0x00080080})
 _PIXEL_DATA = 0x7FE00010
+# VRs that hold text: a standard attribute of one of these sent with another VR (a
+# PatientName as US) has no text to give, only numbers or bytes.
+_TEXT_VRS = frozenset(
+    {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI"}
+    | {"UR", "UT"}
+)
 
 
 def _empty(value: Any) -> bool:
@@ -287,6 +294,13 @@ class DicomView:
         if elem is None:
             return []
         value, vr = elem.value, elem.VR
+        if step.vr in _TEXT_VRS and vr not in _TEXT_VRS:
+            raise IntakeError(
+                "dicom-bad-vr",
+                f"{here} is sent with VR {vr}, which cannot hold its text (VR {step.vr}); "
+                "the value is not read",
+                location=here,
+            )
         last = i == len(steps) - 1
         if vr == "SQ":
             items = list(value or ())
@@ -321,6 +335,7 @@ class _Plain:
 # and times. pydicom's general conversion (and the warnings guard around it) costs
 # several times more, and these are most of what a study's mapping reads.
 _ASCII_VRS = frozenset({"UI", "CS", "DA", "TM", "DT", "AS"})
+_UNDEFINED = 0xFFFFFFFF
 
 
 def _element(
@@ -330,9 +345,18 @@ def _element(
     decode in the charset (it then uses U+FFFD): that becomes a warning in ``notes``
     (the record's issues). A value its VR cannot hold is the record's error. Both are
     named by tag, never by value."""
-    raw = ds.get_item(tag)
+    raw = ds.get_item(tag, keep_deferred=True)
     if raw is None or not isinstance(raw, RawDataElement):
         return raw
+    if raw.value is None and raw.length and raw.length != _UNDEFINED:
+        # Skipped unread (beyond dicom_max_element_bytes): pydicom would try to reopen
+        # the file by name to read it now.
+        raise IntakeError(
+            "dicom-too-large",
+            f"{label} holds {raw.length} bytes, more than the gateway reads "
+            "(dicom_max_element_bytes); it was skipped unread",
+            location=label,
+        )
     if raw.VR in _ASCII_VRS and raw.value is not None:
         try:
             text = raw.value.decode("ascii")
@@ -343,7 +367,7 @@ def _element(
             if "\\" not in text:  # several values: pydicom's MultiValue
                 return _Plain(raw.VR, text)
     try:
-        with warnings.catch_warnings(record=True) as caught:
+        with quiet_pydicom(), warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             elem = ds[tag]
     except Exception:  # pydicom's conversion errors are of many kinds
@@ -366,7 +390,8 @@ def _element(
 
 
 def _has_data(ds: Dataset, tag: Any) -> bool:
-    raw = ds.get_item(tag)  # not decoded: tracing must not cost a full conversion
+    # Not decoded (tracing must not cost a full conversion), nor read if skipped unread.
+    raw = ds.get_item(tag, keep_deferred=True)
     if raw is None:
         return False
     if isinstance(raw, RawDataElement):

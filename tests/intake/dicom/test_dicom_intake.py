@@ -133,14 +133,25 @@ def test_a_folder_with_two_studies_gives_two_bundles(converter: Converter) -> No
 def test_a_file_without_study_uid_is_an_error_record_naming_the_tag(
     converter: Converter,
 ) -> None:
+    # In a folder of its own it concerns no study: an error record of its own.
     broken = wang_wei(StudyInstanceUID=None)
-    items = [("good.dcm", _chest()), ("broken.dcm", part10(broken))]
+    items = [("a/good.dcm", _chest()), ("b/broken.dcm", part10(broken))]
     good, bad = converter.convert_files(items)
     assert good.ok
     [error] = bad.errors
     assert error.code == "intake.dicom-missing-uid"
     assert error.location == "(0020,000D) StudyInstanceUID"
     assert "broken.dcm" in error.message
+
+
+def test_a_file_without_study_uid_fails_the_studies_of_its_folder(converter: Converter) -> None:
+    # It may be an instance of the study beside it: all or nothing.
+    broken = part10(wang_wei(number=2, StudyInstanceUID=None))
+    items = [("cd/good.dcm", _chest()), ("cd/broken.dcm", broken)]
+    [record] = converter.convert_files(items)
+    assert record.control_id == LAX2_CHEST and record.bundle is None
+    [error] = record.errors
+    assert error.code == "intake.dicom-missing-uid" and "cd/broken.dcm" in error.message
 
 
 def test_an_instance_without_sop_uid_fails_its_study_only(converter: Converter) -> None:
@@ -203,7 +214,10 @@ def test_dicom_json_array_and_single_object(converter: Converter) -> None:
 
 
 def test_an_unknown_character_set_is_a_warning(converter: Converter) -> None:
-    data = _chest(SpecificCharacterSet="ISO_IR 192").replace(b"ISO_IR 192", b"ISO_IR 999")
+    ascii_only = {"PatientName": "WANG^WEI", "InstitutionName": "LAX2", "StudyDescription": "CT"}
+    ascii_only |= {"ReferringPhysicianName": "ZHANG^JIANGUO"}
+    data = _chest(SpecificCharacterSet="ISO_IR 192", **ascii_only)
+    data = data.replace(b"ISO_IR 192", b"ISO_IR 999")
     [record] = converter.convert(data, source="x.dcm")
     assert any(w.code == "intake.charset-unknown" for w in record.warnings)
 
@@ -227,10 +241,10 @@ def test_an_undecodable_uid_or_charset_is_an_error_record_not_a_traceback(
 
     knee = {"PatientID": "0098765", "InstitutionName": "南沙中心医院"}
     knee["SpecificCharacterSet"] = "ISO_IR 192"
-    items = [
-        ("study.dcm", damaged(b"\x20\x00\x0d\x00", b"UI")),
-        ("sop.dcm", damaged(b"\x08\x00\x18\x00", b"UI", number=2)),
-        ("good.dcm", part10(instance(NSCH_KNEE, 1, 1, **knee))),
+    items = [  # in folders of their own: study.dcm's study cannot be told
+        ("a/study.dcm", damaged(b"\x20\x00\x0d\x00", b"UI")),
+        ("b/sop.dcm", damaged(b"\x08\x00\x18\x00", b"UI", number=2)),
+        ("c/good.dcm", part10(instance(NSCH_KNEE, 1, 1, **knee))),
     ]
     bad_study, bad_sop, good = converter.convert_files(items)
     assert good.ok
@@ -248,7 +262,7 @@ def test_an_undecodable_uid_or_charset_is_an_error_record_not_a_traceback(
     assert [e.code for e in number.errors] == ["intake.dicom-bad-value"]
 
 
-def test_a_corrupt_deflate_stream_skips_the_member(converter: Converter) -> None:
+def test_a_corrupt_deflate_stream_fails_the_study(converter: Converter) -> None:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         archive.writestr("IM1.dcm", _chest(1, 1))
@@ -257,9 +271,9 @@ def test_a_corrupt_deflate_stream_skips_the_member(converter: Converter) -> None
     second = data.index(b"IM2.dcm") + len(b"IM2.dcm")  # the member's compressed bytes
     data[second : second + 40] = b"\xff" * 40  # zlib.error while inflating
     [record] = converter.convert(bytes(data), source="cd.zip")
-    assert record.ok and _study_of(record)["numberOfInstances"] == 1
-    [warning] = record.warnings
-    assert warning.code == "intake.skipped-member" and "damaged" in warning.message
+    assert record.control_id == LAX2_CHEST and record.bundle is None
+    [error] = record.errors
+    assert error.code == "intake.dicom-damaged-member" and "cd.zip/IM2.dcm" in error.message
 
 
 def test_an_undecodable_institution_fails_its_study_only(converter: Converter) -> None:
@@ -278,7 +292,7 @@ def test_an_undecodable_institution_fails_its_study_only(converter: Converter) -
     assert good.ok
 
 
-def test_a_damaged_member_header_skips_the_member(converter: Converter) -> None:
+def test_a_damaged_member_header_fails_the_study(converter: Converter) -> None:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
         archive.writestr("IM1.dcm", _chest(1, 1))
@@ -287,9 +301,9 @@ def test_a_damaged_member_header_skips_the_member(converter: Converter) -> None:
     central = data.rindex(b"PK\x01\x02")  # IM2's central directory entry
     data[central + 10 : central + 12] = (99).to_bytes(2, "little")  # NotImplementedError
     [record] = converter.convert(bytes(data), source="cd.zip")
-    assert record.ok and _study_of(record)["numberOfInstances"] == 1
-    [warning] = record.warnings
-    assert warning.code == "intake.skipped-member" and "IM2.dcm" in warning.message
+    assert record.control_id == LAX2_CHEST and record.bundle is None
+    [error] = record.errors
+    assert error.code == "intake.dicom-damaged-member" and "IM2.dcm" in error.message
 
 
 def test_a_central_directory_offset_past_its_place_is_an_error_record(
@@ -307,7 +321,7 @@ def test_a_central_directory_offset_past_its_place_is_an_error_record(
     bad, good = converter.convert_files(items)  # in order of first appearance
     assert good.ok and _study_of(good)["numberOfInstances"] == 1
     [error] = bad.errors
-    assert error.code == "intake.dicom-no-instances" and "cd.zip" in error.message
+    assert error.code == "intake.dicom-damaged-member" and "cd.zip/IM1.dcm" in error.message
 
 
 def test_bytes_that_do_not_decode_are_a_warning_named_by_tag(converter: Converter) -> None:

@@ -40,9 +40,9 @@ def _raised_codes() -> tuple[dict[str, list[str]], list[str]]:
     for path in sorted(GATEWAY.rglob("*.py")):
         rel = path.relative_to(ROOT).as_posix()
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Constant) and isinstance(node.value, str):
-                if _CODE.fullmatch(node.value):
-                    codes.setdefault(node.value, []).append(f"{rel}:{node.lineno}")
+            is_text = isinstance(node, ast.Constant) and isinstance(node.value, str)
+            if is_text and _CODE.fullmatch(node.value):
+                codes.setdefault(node.value, []).append(f"{rel}:{node.lineno}")
             if not isinstance(node, ast.Call) or not node.args:
                 continue
             func = node.func

@@ -12,10 +12,11 @@ from collections.abc import Iterator
 
 from ...errors import GatewayError
 from .._unit import Unit
-from ._parse import REFUSED, parse_document, refuse_declarations
+from ._parse import LXML_FAULTS, REFUSED, parse_document, refuse_declarations
 from ._view import NAMESPACES, CdaView, Position, check_path, element_text
 
 __all__ = [
+    "LXML_FAULTS",
     "NAMESPACES",
     "REFUSED",
     "CdaView",

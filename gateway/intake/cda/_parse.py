@@ -15,9 +15,12 @@ from lxml import etree  # type: ignore[import-untyped]  # no lxml-stubs in the v
 
 from ...errors import IntakeError
 
-__all__ = ["V3", "parse_document"]
+__all__ = ["LXML_FAULTS", "V3", "parse_document"]
 
 V3 = "urn:hl7-org:v3"
+# What lxml raises that the CDA reader translates: the base of every lxml error
+# (syntax errors get their own message with line and column first).
+LXML_FAULTS: tuple[type[Exception], ...] = (etree.Error,)
 _V3_PREFIX = "{" + V3 + "}"
 REFUSED = "XML with a DOCTYPE/entity declarations is refused (XXE, entity expansion)"
 
@@ -90,6 +93,10 @@ def parse_document(data: bytes) -> etree._ElementTree:
         ) from None
     except ValueError as exc:  # e.g. an encoding name libxml2 does not know
         raise IntakeError("xml-syntax", f"not well-formed XML: {exc}") from None
+    except LXML_FAULTS as exc:  # any other refusal of libxml2's parser
+        raise IntakeError(
+            "xml-syntax", f"the XML cannot be parsed ({type(exc).__name__})"
+        ) from None
     tree = root.getroottree()
     info = tree.docinfo
     if info.doctype or info.internalDTD is not None or info.externalDTD is not None:

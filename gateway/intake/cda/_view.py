@@ -173,7 +173,7 @@ class CdaView:
         xpath = _compile(path)
         try:
             result = xpath(here.node)
-        except etree.XPathEvalError as exc:
+        except etree.XPathError as exc:  # evaluation, an unknown function, a bad result
             raise MappingError(
                 "bad-path", f"XPath {path!r} failed: {exc}", location=here.label
             ) from None
@@ -205,7 +205,7 @@ class CdaView:
         """The XPath location ``path`` denotes from ``here`` (for error messages)."""
         try:
             items = _compile(path)(here.node)
-        except etree.XPathEvalError:
+        except etree.XPathError:
             items = []
         if isinstance(items, list) and items:
             return self._label_of(items[0], path, here)

@@ -1,8 +1,18 @@
 """DICOM intake: Part 10 files, zip archives and DICOM JSON → one study per Unit, read
 by the mappings in ``mappings/dicom/`` through :class:`DicomView` (docs/mapping-dicom.md)."""
 
+from ._faults import ARCHIVE_FAULTS, PYDICOM_FAULTS
 from ._paths import check_path, compile_path, tag_label
 from ._reader import read_studies
 from ._view import DicomView, Node
 
-__all__ = ["DicomView", "Node", "check_path", "compile_path", "read_studies", "tag_label"]
+__all__ = [
+    "ARCHIVE_FAULTS",
+    "PYDICOM_FAULTS",
+    "DicomView",
+    "Node",
+    "check_path",
+    "compile_path",
+    "read_studies",
+    "tag_label",
+]

@@ -40,6 +40,7 @@ from ...network import Network
 from .._charset import MULTI_BYTE, codec_for, likely_cjk_charset
 from .._unit import Unit
 from ._charsets import CharsetPolicy, check_text, single_byte_or_none
+from ._faults import ARCHIVE_FAULTS, PYDICOM_FAULTS
 from ._paths import tag_label
 from ._scope import no_gc, quiet_pydicom
 from ._view import DicomView, Node, _element
@@ -76,20 +77,6 @@ _ITEM, _SEQ_END = 0xFFFEE000, 0xFFFEE0DD
 _UNDEFINED = 0xFFFFFFFF
 _LONG_VRS = frozenset(
     {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
-)
-# What zipfile and its decompressors raise on a damaged archive or member (ValueError: a
-# negative seek to a local header; NotImplementedError: an unknown compression method
-# or a zip version beyond 6.3; IndexError: a member without a name).
-_DAMAGED = (
-    zipfile.BadZipFile,
-    zipfile.LargeZipFile,
-    OSError,
-    EOFError,
-    ValueError,
-    NotImplementedError,
-    IndexError,
-    zlib.error,
-    lzma.LZMAError,
 )
 _UNSAFE = re.compile(r"[^\w.\-/ #()\[\]+]")
 
@@ -423,7 +410,7 @@ def _instance(
                 pass
     except IntakeError as exc:
         return _Broken(name, group, exc)
-    except _DAMAGED as exc:
+    except ARCHIVE_FAULTS as exc:
         error = IntakeError(
             "dicom-damaged-member", f"{_safe(name)}: damaged in the archive ({_why(exc)})"
         )
@@ -450,7 +437,7 @@ def _part10(name: str, fp: IO[bytes], force: bool, limit: int) -> Dataset:
             return dcmread(fp, stop_before_pixels=True, force=force, defer_size=limit)
     except (zipfile.BadZipFile, zlib.error, lzma.LZMAError):
         raise  # the archive is damaged, not the DICOM in it
-    except Exception as exc:  # pydicom raises many kinds on damaged data; name none of it
+    except PYDICOM_FAULTS as exc:
         raise IntakeError(
             "dicom-unreadable",
             f"{_safe(name)}: the DICOM header cannot be read ({type(exc).__name__})",
@@ -569,7 +556,7 @@ def _json(name: str, data: bytes, group: str) -> Iterator[_Instance | _Broken | 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 ds = Dataset.from_json(obj, bulk_data_uri_handler=_no_bulk)
-        except Exception:  # malformed attribute objects: pydicom's own exceptions
+        except PYDICOM_FAULTS:  # malformed attribute objects
             yield _Broken(where, group, _json_fault(where, obj), _json_study(obj))
             continue
         yield _Instance(ds, where, len(data) // len(objects), group)
@@ -599,7 +586,7 @@ def _json_fault(where: str, obj: dict[str, Any], path: str = "") -> IntakeError:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 Dataset.from_json({key: attr}, bulk_data_uri_handler=_no_bulk)
-        except Exception:
+        except PYDICOM_FAULTS:
             label = f"{path}{tag_label(tag)}"
             items = attr.get("Value") if isinstance(attr, dict) else None
             if isinstance(attr, dict) and attr.get("vr") == "SQ" and isinstance(items, list):
@@ -610,7 +597,7 @@ def _json_fault(where: str, obj: dict[str, Any], path: str = "") -> IntakeError:
                         with warnings.catch_warnings():
                             warnings.simplefilter("ignore")
                             Dataset.from_json(item, bulk_data_uri_handler=_no_bulk)
-                    except Exception:
+                    except PYDICOM_FAULTS:
                         return _json_fault(where, item, f"{label}[{n}] > ")
             return IntakeError(
                 "dicom-json",
@@ -634,7 +621,7 @@ def _archive(
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
         infos = archive.infolist()
-    except _DAMAGED as exc:
+    except ARCHIVE_FAULTS as exc:
         yield IntakeError("dicom-zip", f"{_safe(name)}: not a readable zip archive ({_why(exc)})")
         return
     members = [i for i in infos if not i.filename.endswith("/")]
@@ -669,7 +656,7 @@ def _archive(
             continue
         try:
             yield from _member(archive, info, member, name, notes, limit)
-        except _DAMAGED as exc:
+        except ARCHIVE_FAULTS as exc:
             error = IntakeError(
                 "dicom-damaged-member", f"{_safe(member)}: damaged in the archive ({_why(exc)})"
             )

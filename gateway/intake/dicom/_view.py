@@ -21,6 +21,7 @@ from pydicom.multival import MultiValue
 from pydicom.valuerep import PersonName
 
 from ...errors import IntakeError, Issue
+from ._faults import PYDICOM_FAULTS
 from ._paths import ALL, Path, Step, compile_path, tag_label
 from ._scope import quiet_pydicom
 
@@ -370,7 +371,7 @@ def _element(
         with quiet_pydicom(), warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             elem = ds[tag]
-    except Exception:  # pydicom's conversion errors are of many kinds
+    except PYDICOM_FAULTS:  # a value its VR cannot hold
         raise IntakeError(
             "dicom-bad-value",
             f"{label} holds a value its VR ({raw.VR}) cannot hold",

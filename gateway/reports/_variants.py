@@ -23,7 +23,7 @@ from typing import Any
 
 from ..config import Settings
 from ..errors import ConfigError, IntakeError, MappingError, ValidationError
-from ..mapping._terminology import Terminology, language_of
+from ..mapping import Terminology, language_of
 from ..network import Network
 from ..validation import check_bundle, validate_bundle, validate_resource
 from ._document import ReportDocument, Resource

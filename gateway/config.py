@@ -39,6 +39,9 @@ class Settings:
     api_token_file: Path | None = None  # bearer tokens for the API, one per line
     host: str = "127.0.0.1"
     port: int = 8080
+    # A bilingual report joins two reports: refuse one whose patient has no identifier
+    # (false: accept it, still refusing two reports whose identifiers disagree).
+    report_require_patient_identity: bool = True
 
     @property
     def out_dir(self) -> Path:
@@ -73,16 +76,19 @@ class Settings:
         return replace(cls(home=root), **{k: _coerce(k, v, root) for k, v in values.items()})
 
 
+_BOOLS = ("validate", "report_require_patient_identity")
+
+
 def _coerce(name: str, value: Any, home: Path) -> Any:
     if name in ("network", "mappings", "api_token_file"):
         path = Path(str(value)).expanduser()
         return path if path.is_absolute() else home / path
-    if name == "validate" and isinstance(value, bool):
+    if name in _BOOLS and isinstance(value, bool):
         return value
-    if name == "validate":
+    if name in _BOOLS:
         text = str(value).lower()
         if text not in ("1", "true", "yes", "0", "false", "no"):
-            raise ConfigError("bad-setting", f"validate must be true or false, not {value!r}")
+            raise ConfigError("bad-setting", f"{name} must be true or false, not {value!r}")
         return text in ("1", "true", "yes")
     if name == "port":
         try:

@@ -139,3 +139,35 @@ def test_the_partner_preference_picks_the_variant(client: Client, converter: Con
     assert {f["language"] for f in report["presentedForm"]} == {"zh-Hans", "zh-Hant-HK", "en"}
     unknown = client.post("/report/variants?for=NOWHERE", content=chinese, headers=BEARER)
     assert unknown.status_code == 400
+
+
+def test_an_english_report_of_another_patient_is_refused_by_identifier(
+    client: Client, converter: Converter
+) -> None:
+    """Issue 8: a bare English DiagnosticReport naming another MRN by a logical reference
+    (no Patient resource) must not be joined to the Chinese report."""
+    chinese = _bundle(converter, "oru_r01_nsch_cta_zh.hl7")
+    english = _report(_bundle(converter, "oru_r01_hkpmc_cta_en.hl7"))
+    english = {k: v for k, v in english.items() if k not in ("result", "resultsInterpreter")}
+    mrn = _report(chinese)["subject"]
+    patient = next(e["resource"] for e in chinese["entry"] if e["fullUrl"] == mrn["reference"])
+    [system] = {i["system"] for i in patient["identifier"] if i["value"] == "0098765"}
+    english["subject"] = {"identifier": {"system": system, "value": "0099999"}}
+    body = {
+        "resourceType": "Parameters",
+        "parameter": [
+            {"name": "report", "resource": chinese},
+            {"name": "english", "resource": english},
+        ],
+    }
+    for fmt in ("json", "html"):
+        resp = client.post(
+            f"/report/variants?lang=bilingual&format={fmt}",
+            content=orjson.dumps(body),
+            headers=BEARER,
+        )
+        assert resp.status_code == 422, resp.text
+        issue = resp.json()["issue"][0]
+        assert issue["details"]["coding"][0]["code"] == "mapping.translation-other-patient"
+        for secret in ("0098765", "0099999", "許", "许", "HUI"):
+            assert secret not in resp.text

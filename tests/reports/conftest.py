@@ -335,6 +335,10 @@ def english_bundle(link: dict[str, str] | None = None) -> dict[str, Any]:
             23,
             {
                 "resourceType": "Patient",
+                # the partner names the patient by the Nansha MRN, as its ORU's PID-3 does
+                "identifier": [
+                    {"system": "https://fhir.nsch.example.cn/sid/mrn", "value": "0098765"}
+                ],
                 "name": [{"family": "HUI", "given": ["KA WAI"]}],
                 "gender": "male",
             },

@@ -30,7 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import __version__
 from ..config import Settings
 from ..envelope import Record
-from ..errors import ConfigError, GatewayError, IntakeError, Issue, operation_outcome
+from ..errors import ConfigError, GatewayError, IntakeError, Issue, operation_outcome, shape
 from ..intake import FORMATS
 from ..pipeline import Converter
 from ..reports import variant_response
@@ -264,10 +264,32 @@ def _report_parameters(body: bytes) -> tuple[bytes, bytes | None]:
         return body, None  # the variants stage says what is wrong with it
     if not isinstance(parsed, dict) or parsed.get("resourceType") != "Parameters":
         return body, None
+    parameters = parsed.get("parameter")
+    if not isinstance(parameters, list):
+        raise IntakeError(
+            "report-parameters",
+            f"Parameters.parameter is not a list (value of form {shape(parameters)})",
+            location="Parameters.parameter",
+        )
     found: dict[str, bytes] = {}
-    for parameter in parsed.get("parameter") or []:
-        if isinstance(parameter, dict) and isinstance(parameter.get("resource"), dict):
-            found[str(parameter.get("name"))] = orjson.dumps(parameter["resource"])
+    for n, parameter in enumerate(parameters):
+        if not isinstance(parameter, dict) or parameter.get("name") not in ("report", "english"):
+            continue  # other parameters are not ours to read
+        name = str(parameter["name"])
+        if not isinstance(parameter.get("resource"), dict):
+            raise IntakeError(
+                "report-parameters",
+                f"the parameter {name!r} holds no resource",
+                location=f"Parameters.parameter[{n}].resource",
+            )
+        if name in found:
+            raise IntakeError(
+                "report-parameters",
+                f"more than one parameter {name!r}: a request joins one report and at "
+                "most one English report",
+                location=f"Parameters.parameter[{n}]",
+            )
+        found[name] = orjson.dumps(parameter["resource"])
     if "report" not in found:
         raise IntakeError(
             "report-parameters",

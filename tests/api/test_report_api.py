@@ -85,6 +85,31 @@ def test_pdf_of_a_report_without_english_is_marked_pending(
         (b"not json", "lang=en", 400, None),
         (b'{"resourceType": "Parameters", "parameter": []}', "lang=en", 400, "report-parameters"),
         (b'{"resourceType": "Patient"}', "lang=en", 400, None),
+        # a non-list parameter raised TypeError (a bare 500)
+        (b'{"resourceType": "Parameters", "parameter": 5}', "lang=en", 400, "report-parameters"),
+        (
+            b'{"resourceType": "Parameters", "parameter": [{"name": "report", "valueString": '
+            b'"x"}]}',
+            "lang=en",
+            400,
+            "report-parameters",
+        ),
+        (
+            b'{"resourceType": "Parameters", "parameter": ['
+            b'{"name": "report", "resource": {"resourceType": "DiagnosticReport"}},'
+            b'{"name": "report", "resource": {"resourceType": "DiagnosticReport"}}]}',
+            "lang=en",
+            400,
+            "report-parameters",
+        ),
+        (  # raised ValueError from get_fhir_model_class (issue 8)
+            b'{"resourceType": "Parameters", "parameter": [{"name": "report", "resource": '
+            b'{"resourceType": "Bundle", "type": "collection", "entry": [{"resource": '
+            b'{"resourceType": "Foo"}}]}}]}',
+            "lang=en",
+            400,
+            "report-resource-type",
+        ),
     ],
 )
 def test_variant_errors_are_operation_outcomes(
@@ -96,6 +121,8 @@ def test_variant_errors_are_operation_outcomes(
     assert outcome["resourceType"] == "OperationOutcome"
     if code:
         assert code in outcome["issue"][0]["details"]["coding"][0]["code"]
+    if code == "report-resource-type":
+        assert outcome["issue"][0]["expression"] == ["Bundle.entry[0].resource.resourceType"]
 
 
 def test_variants_need_a_token(client: Client) -> None:

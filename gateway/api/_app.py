@@ -11,13 +11,22 @@
 
 Every error is a FHIR OperationOutcome: 400 for input that is not a readable record
 (framing, charset, syntax), 422 for a readable record that cannot be mapped or
-validated, 401 without a valid token, 413 for oversized bodies.
+validated, 500 for a record the gateway failed on (an internal error, logged with its
+traceback, never sent), 401 without a valid token, 408 for a body that does not arrive
+in time, 413 for oversized bodies.
+
+Conversions take turns under one lock in FastAPI's thread pool; report variants render
+in worker processes (``VariantPool``), so a long render never delays ``/convert``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
+import traceback
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
@@ -33,10 +42,12 @@ from ..envelope import Record
 from ..errors import ConfigError, GatewayError, IntakeError, Issue, operation_outcome, shape
 from ..intake import FORMATS
 from ..pipeline import Converter
-from ..reports import variant_response
+from ..reports import VariantPool, WorkerCrash
 from ._auth import TokenSet, load_tokens
 
 __all__ = ["create_app"]
+
+log = logging.getLogger("gateway.api")
 
 FHIR_JSON = "application/fhir+json"
 MAX_BODY = 4 * 1024 * 1024  # a referral with embedded documents stays far below this
@@ -72,8 +83,32 @@ def _too_large(limit: int) -> Response:
     return _outcome([issue], 413)
 
 
+_REASONS = {400: "Bad Request", 422: "Unprocessable", 500: "Internal Server Error"}
+
+
+def _internal(issue: Issue) -> bool:
+    """An unexpected failure of the gateway on a record (not a problem of the record)."""
+    return issue.code == "internal" or issue.code.endswith(".internal")
+
+
 def _status_for(record: Record) -> int:
+    if any(_internal(i) for i in record.errors):
+        return 500
     return 400 if any(i.code.startswith("intake.") for i in record.errors) else 422
+
+
+def _stack(exc: BaseException) -> str:
+    """Where an exception happened, without its message (which may quote the input)."""
+    return f"{type(exc).__name__}\n" + "".join(traceback.format_tb(exc.__traceback__))
+
+
+def _internal_issue(record: str | None = None) -> Issue:
+    return Issue(
+        "internal",
+        "the gateway failed on this record (an internal error, logged on the server)",
+        record=record,
+        details={"issue_type": "exception"},
+    )
 
 
 def capability_statement(converter: Converter) -> dict[str, Any]:
@@ -129,7 +164,15 @@ def create_app(
     converter = converter or Converter(settings)
     tokens = tokens or load_tokens(settings)
     metadata = capability_statement(converter)
-    app = FastAPI(title="FHIR gateway", version=__version__, docs_url="/docs")
+    reports = VariantPool(converter.settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        reports.shutdown()
+
+    app = FastAPI(title="FHIR gateway", version=__version__, docs_url="/docs", lifespan=lifespan)
+    app.state.reports = reports
 
     @app.get("/health")
     def health() -> dict[str, Any]:
@@ -145,8 +188,17 @@ def create_app(
     lock = threading.Lock()
 
     def run(body: bytes, fmt: str, sender: str | None) -> list[Record]:
+        records: list[Record] = []
         with lock:
-            return converter.convert(body, source="request", fmt=fmt, sender=sender)
+            try:
+                for record in converter.iter_convert(body, "request", fmt, sender=sender):
+                    records.append(record)
+            except Exception as exc:  # a gateway bug: this record fails, never the request
+                failed = Record(body, "request", len(records) + 1, format=fmt)
+                log.error("internal error converting %s:\n%s", failed.label, _stack(exc))
+                failed.issues.append(_internal_issue(failed.label))
+                records.append(failed)
+        return records
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
@@ -168,6 +220,7 @@ def create_app(
 
     @app.exception_handler(Exception)
     async def crashed(request: Request, exc: Exception) -> Response:  # never a bare 500
+        log.error("internal error on %s %s:\n%s", request.method, request.url.path, _stack(exc))
         issue = Issue(
             "request.internal",
             "the gateway failed to process the request; see its log",
@@ -187,15 +240,6 @@ def create_app(
         )
         return _outcome([issue], 401, {"WWW-Authenticate": "Bearer"})
 
-    def make_variant(
-        body: bytes, lang: str | None, fmt: str, partner: str | None
-    ) -> tuple[int, str, bytes]:
-        report, english = _report_parameters(body)
-        with lock:  # the validation cache is shared with conversions
-            return variant_response(
-                report, lang, english, fmt, settings=converter.settings, partner=partner
-            )
-
     @app.post("/report/variants")
     async def report_variants(
         request: Request,
@@ -210,12 +254,14 @@ def create_app(
         if body is None:
             return _too_large(MAX_BODY)
         try:
-            status, content_type, out = await run_in_threadpool(
-                make_variant, body, lang, format, partner
-            )
+            report, english = _report_parameters(body)
+            status, content_type, out = await reports.render(report, lang, english, format, partner)
         except GatewayError as exc:
             bad_request = isinstance(exc, (IntakeError, ConfigError))
             return _outcome([exc.issue], 400 if bad_request else 422)
+        except WorkerCrash as exc:
+            log.error("internal error rendering a report variant:\n%s\n%s", exc.kind, exc.stack)
+            return _outcome([_internal_issue()], 500)
         return Response(out, status, media_type=content_type)
 
     @app.post("/convert")
@@ -325,7 +371,7 @@ def _batch_response(records: list[Record]) -> dict[str, Any]:
             entries.append(
                 {
                     "response": {
-                        "status": f"{status} {'Bad Request' if status == 400 else 'Unprocessable'}",
+                        "status": f"{status} {_REASONS[status]}",
                         "outcome": operation_outcome(record.issues),
                     }
                 }

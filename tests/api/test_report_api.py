@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,10 @@ BEARER = {"Authorization": f"Bearer {TOKEN}"}
 
 
 @pytest.fixture(scope="module")
-def client(converter: Converter, settings: Settings) -> Client:
-    return Client(create_app(settings, converter, TokenSet([TOKEN])))
+def client(converter: Converter, settings: Settings) -> Iterator[Client]:
+    app = create_app(settings, converter, TokenSet([TOKEN]))
+    yield Client(app)
+    app.state.reports.shutdown()  # the report workers (no lifespan in ASGITransport)
 
 
 def _bundle(converter: Converter, name: str) -> dict[str, Any]:

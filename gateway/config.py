@@ -39,6 +39,8 @@ class Settings:
     api_token_file: Path | None = None  # bearer tokens for the API, one per line
     host: str = "127.0.0.1"
     port: int = 8080
+    api_header_timeout: float = 10.0  # seconds for a request's line and headers
+    api_body_timeout: float = 30.0  # seconds between pieces of a body (docs/configuration.md)
     # A bilingual report joins two reports: refuse one whose patient has no identifier
     # (false: accept it, still refusing two reports whose identifiers disagree).
     report_require_patient_identity: bool = True
@@ -90,6 +92,14 @@ def _coerce(name: str, value: Any, home: Path) -> Any:
         if text not in ("1", "true", "yes", "0", "false", "no"):
             raise ConfigError("bad-setting", f"{name} must be true or false, not {value!r}")
         return text in ("1", "true", "yes")
+    if name in ("api_header_timeout", "api_body_timeout"):
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError("bad-setting", f"{name} must be seconds, not {value!r}") from None
+        if not 0 < seconds <= 3600:
+            raise ConfigError("bad-setting", f"{name} must be 0–3600 seconds, not {seconds}")
+        return seconds
     if name == "port":
         try:
             port = int(value)

@@ -21,6 +21,7 @@ in worker processes (``VariantPool``), so a long render never delays ``/convert`
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import threading
@@ -52,6 +53,7 @@ log = logging.getLogger("gateway.api")
 FHIR_JSON = "application/fhir+json"
 MAX_BODY = 4 * 1024 * 1024  # a referral with embedded documents stays far below this
 MAX_DICOM_BODY = 64 * 1024 * 1024  # a zip of a study's headers-and-pixels, within reason
+MIN_BODY_RATE = 64 * 1024  # bytes/s a body must keep up once past api_body_timeout
 # Content types that name the input format (RFC 3240 DICOM, PS3.18 DICOM JSON,
 # HL7's registered v2 and CDA types, and the generic XML/zip ones).
 CONTENT_FORMATS = {
@@ -228,6 +230,12 @@ def create_app(
         )
         return _outcome([issue], 500)
 
+    async def read_body(request: Request, limit: int) -> bytes | Response | None:
+        try:
+            return await _read_body(request, limit, settings.api_body_timeout)
+        except _BodyLate:
+            return _late(settings.api_body_timeout)
+
     def unauthorized(request: Request) -> Response | None:
         auth = request.headers.get("authorization", "")
         scheme, _, token = auth.partition(" ")
@@ -250,7 +258,9 @@ def create_app(
         refused = unauthorized(request)
         if refused is not None:
             return refused
-        body = await _read_body(request, MAX_BODY)
+        body = await read_body(request, MAX_BODY)
+        if isinstance(body, Response):
+            return body
         if body is None:
             return _too_large(MAX_BODY)
         try:
@@ -283,7 +293,9 @@ def create_app(
             content_type = request.headers.get("content-type", "").split(";")[0].strip()
             format = CONTENT_FORMATS.get(content_type.lower(), "auto")
         limit = MAX_DICOM_BODY if format == "dicom" else MAX_BODY
-        body = await _read_body(request, limit)
+        body = await read_body(request, limit)
+        if isinstance(body, Response):
+            return body
         if body is None:
             return _too_large(limit)
         try:
@@ -346,18 +358,43 @@ def _report_parameters(body: bytes) -> tuple[bytes, bytes | None]:
     return found["report"], found.get("english")
 
 
-async def _read_body(request: Request, limit: int) -> bytes | None:
+class _BodyLate(Exception):
+    """The body stopped arriving (``api_body_timeout``)."""
+
+
+async def _read_body(request: Request, limit: int, timeout: float) -> bytes | None:
     """The request body, or None when it is larger than ``limit`` (refused before
-    reading when Content-Length says so)."""
+    reading when Content-Length says so). _BodyLate when a piece takes more than
+    ``timeout`` seconds, or the whole more than ``timeout`` plus a second per
+    MIN_BODY_RATE bytes: a client trickling bytes cannot hold a connection."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         return None
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
     body = bytearray()
-    async for chunk in request.stream():
+    chunks = request.stream().__aiter__()
+    while True:
+        wait = min(timeout, deadline + len(body) / MIN_BODY_RATE - loop.time())
+        try:
+            async with asyncio.timeout(max(wait, 0)):
+                chunk = await anext(chunks)
+        except StopAsyncIteration:
+            return bytes(body)
+        except TimeoutError:
+            raise _BodyLate from None
         body += chunk
         if len(body) > limit:
             return None
-    return bytes(body)
+
+
+def _late(timeout: float) -> Response:
+    issue = Issue(
+        "request.timeout",
+        f"the request body did not arrive in time (api_body_timeout {timeout:g} s)",
+        details={"issue_type": "timeout"},
+    )
+    return _outcome([issue], 408, {"Connection": "close"})
 
 
 def _batch_response(records: list[Record]) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import multiprocessing
+import os
 import threading
 import traceback
 from concurrent.futures.process import BrokenProcessPool
@@ -32,7 +33,9 @@ from ..errors import (
 
 __all__ = ["REPORT_WORKERS", "VariantPool", "WorkerCrash"]
 
-REPORT_WORKERS = 2  # renders at once; each worker holds ~200 MB (models, font)
+# Renders at once: 2, but always a core left for conversions (each worker holds
+# ~300 MB: FHIR models, terminology, the PDF font).
+REPORT_WORKERS = min(2, max(1, (os.cpu_count() or 2) - 1))
 
 _FAMILIES: dict[str, type[GatewayError]] = {
     cls.family: cls for cls in (IntakeError, MappingError, ValidationError, ConfigError)

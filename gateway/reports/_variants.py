@@ -314,7 +314,7 @@ def _document(data: bytes | Resource | None, what: str) -> ReportDocument:
 
 
 # A radiology report's text runs to a few thousand characters; rendering grows with it
-# (~10 s for 200,000), and the API renders under the lock conversions share.
+# (~12 s for a bilingual variant of 59,000), and each render holds a report worker.
 MAX_TEXT = 60_000
 
 

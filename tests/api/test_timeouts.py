@@ -125,3 +125,21 @@ def test_a_slow_but_steady_request_is_served(port: int) -> None:
             time.sleep(TIMEOUT / 5)
         answer = sock.recv(100)
     assert answer.startswith(b"HTTP/1.1 200 ")
+
+
+@pytest.mark.parametrize("refused", ["no token", "too large"])
+def test_the_body_of_an_answered_request_cannot_trickle_forever(port: int, refused: str) -> None:
+    """A 401 or 413 is sent before the body is read; h11 would then read and discard the
+    rest of the body for as long as the client kept sending it."""
+    length = 10 * 1024 * 1024 if refused == "too large" else len(REFERRAL)
+    token = "" if refused == "no token" else f"Authorization: Bearer {TOKEN}\r\n"
+    head = (
+        f"POST /convert HTTP/1.1\r\nHost: gw\r\n{token}"
+        f"Content-Type: x-application/hl7-v2+er7\r\nContent-Length: {length}\r\n\r\n"
+    )
+    with _connect(port) as sock:
+        sock.sendall(head.encode() + REFERRAL[:10])
+        started = time.monotonic()
+        answer = _trickle(sock, REFERRAL[10:], 4 * TIMEOUT)
+    assert answer.startswith(b"HTTP/1.1 401 " if refused == "no token" else b"HTTP/1.1 413 ")
+    assert time.monotonic() - started < 4 * TIMEOUT  # closed at TIMEOUT, not after the trickle

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway import Converter, Settings
+from gateway import ConfigError, Converter, Settings
 from gateway.api import TokenSet, create_app
 from tests.api.live import live_server
 from tests.api.test_app import TOKEN
@@ -78,7 +78,12 @@ def _all_trickle(socks: list[socket.socket], data: bytes, seconds: float) -> lis
 def test_trickling_headers_get_408_and_are_closed(port: int) -> None:
     socks = [_connect(port) for _ in range(5)]
     started = time.monotonic()
-    answers = _all_trickle(socks, _request(port, REFERRAL), 3 * TIMEOUT)
+    with ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(_all_trickle, socks, _request(port, REFERRAL), 3 * TIMEOUT)
+        time.sleep(TIMEOUT / 2)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            assert client.get("/health").status_code == 200  # others are served meanwhile
+        answers = slow.result()
     for answer in answers:
         assert answer.startswith(b"HTTP/1.1 408 "), answer[:80]
         assert b"request.timeout" in answer
@@ -143,3 +148,14 @@ def test_the_body_of_an_answered_request_cannot_trickle_forever(port: int, refus
         answer = _trickle(sock, REFERRAL[10:], 4 * TIMEOUT)
     assert answer.startswith(b"HTTP/1.1 401 " if refused == "no token" else b"HTTP/1.1 413 ")
     assert time.monotonic() - started < 4 * TIMEOUT  # closed at TIMEOUT, not after the trickle
+
+
+def test_the_timeouts_are_settings(tmp_path: Path) -> None:
+    env = {"GATEWAY_API_HEADER_TIMEOUT": "2.5", "GATEWAY_API_BODY_TIMEOUT": "45"}
+    loaded = Settings.load(home=tmp_path, env=env)
+    assert (loaded.api_header_timeout, loaded.api_body_timeout) == (2.5, 45.0)
+    defaults = Settings.load(home=tmp_path, env={})
+    assert (defaults.api_header_timeout, defaults.api_body_timeout) == (10.0, 30.0)
+    for bad in ("soon", "0", "-1"):
+        with pytest.raises(ConfigError, match="api_body_timeout"):
+            Settings.load(home=tmp_path, env={"GATEWAY_API_BODY_TIMEOUT": bad})

@@ -7,35 +7,20 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import httpx
 import orjson
 
 from gateway import Converter, Settings
 from gateway.api import TokenSet, create_app
-from gateway.reports._variants import MAX_TEXT, _strings
 from tests.api.live import live_server
 from tests.api.test_app import TOKEN
-from tests.reports.conftest import laian_bundle, nansha_bundle, report_of, resource_of
+from tests.reports.conftest import laian_bundle, long_report
 
 REPO = Path(__file__).resolve().parents[2]
 REFERRAL = (REPO / "examples/hl7v2/ref_i12_lax2_to_njmu2.hl7").read_bytes()
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
 HL7 = {**BEARER, "Content-Type": "x-application/hl7-v2+er7"}
-
-
-def long_report(size: int = 59_000) -> dict[str, Any]:
-    """The Nansha report with findings long enough for ``size`` characters of text (the
-    most the variants take is MAX_TEXT); its bilingual variant renders for seconds."""
-    assert size <= MAX_TEXT
-    bundle = nansha_bundle()
-    findings = resource_of(bundle, report_of(bundle)["result"][0]["reference"])
-    need = size - sum(len(t) for t in _strings(bundle)) + len(findings["valueString"])
-    sentence = "右肺上叶见一磨玻璃结节，直径约8mm，边缘清楚。纵隔淋巴结未见肿大。"
-    findings["valueString"] = (sentence * (need // len(sentence) + 1))[:need]
-    assert sum(len(t) for t in _strings(bundle)) == size
-    return bundle
 
 
 def _post(port: int, path: str, body: bytes, headers: dict[str, str]) -> httpx.Response:

@@ -42,6 +42,11 @@ class Settings:
     # DICOM elements larger than this (private blobs, embedded documents) are skipped
     # unread and counted in a warning; pixel data is never read.
     dicom_max_element_bytes: int = 1 << 20
+    api_header_timeout: float = 10.0  # seconds for a request's line and headers
+    api_body_timeout: float = 30.0  # seconds between pieces of a body (docs/configuration.md)
+    # A bilingual report joins two reports: refuse one whose patient has no identifier
+    # (false: accept it, still refusing two reports whose identifiers disagree).
+    report_require_patient_identity: bool = True
 
     @property
     def out_dir(self) -> Path:
@@ -76,17 +81,28 @@ class Settings:
         return replace(cls(home=root), **{k: _coerce(k, v, root) for k, v in values.items()})
 
 
+_BOOLS = ("validate", "report_require_patient_identity")
+
+
 def _coerce(name: str, value: Any, home: Path) -> Any:
     if name in ("network", "mappings", "api_token_file"):
         path = Path(str(value)).expanduser()
         return path if path.is_absolute() else home / path
-    if name == "validate" and isinstance(value, bool):
+    if name in _BOOLS and isinstance(value, bool):
         return value
-    if name == "validate":
+    if name in _BOOLS:
         text = str(value).lower()
         if text not in ("1", "true", "yes", "0", "false", "no"):
-            raise ConfigError("bad-setting", f"validate must be true or false, not {value!r}")
+            raise ConfigError("bad-setting", f"{name} must be true or false, not {value!r}")
         return text in ("1", "true", "yes")
+    if name in ("api_header_timeout", "api_body_timeout"):
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError("bad-setting", f"{name} must be seconds, not {value!r}") from None
+        if not 0 < seconds <= 3600:
+            raise ConfigError("bad-setting", f"{name} must be 0–3600 seconds, not {seconds}")
+        return seconds
     if name == "port":
         try:
             port = int(value)

@@ -11,13 +11,23 @@
 
 Every error is a FHIR OperationOutcome: 400 for input that is not a readable record
 (framing, charset, syntax), 422 for a readable record that cannot be mapped or
-validated, 401 without a valid token, 413 for oversized bodies.
+validated, 500 for a record the gateway failed on (an internal error, logged with its
+traceback, never sent), 401 without a valid token, 408 for a body that does not arrive
+in time, 413 for oversized bodies.
+
+Conversions take turns under one lock in FastAPI's thread pool; report variants render
+in worker processes (``VariantPool``), so a long render never delays ``/convert``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import logging
 import threading
+import traceback
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
@@ -30,17 +40,28 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import __version__
 from ..config import Settings
 from ..envelope import Record
-from ..errors import ConfigError, GatewayError, IntakeError, Issue, operation_outcome
+from ..errors import (
+    ConfigError,
+    GatewayError,
+    IntakeError,
+    Issue,
+    http_status,
+    operation_outcome,
+    shape,
+)
 from ..intake import FORMATS
 from ..pipeline import Converter
-from ..reports import variant_response
+from ..reports import VariantPool, WorkerCrash
 from ._auth import TokenSet, load_tokens
 
 __all__ = ["create_app"]
 
+log = logging.getLogger("gateway.api")
+
 FHIR_JSON = "application/fhir+json"
 MAX_BODY = 4 * 1024 * 1024  # a referral with embedded documents stays far below this
 MAX_DICOM_BODY = 64 * 1024 * 1024  # a zip of a study's headers-and-pixels, within reason
+MIN_BODY_RATE = 64 * 1024  # bytes/s a body must keep up once past api_body_timeout
 # Content types that name the input format (RFC 3240 DICOM, PS3.18 DICOM JSON,
 # HL7's registered v2 and CDA types, and the generic XML/zip ones).
 CONTENT_FORMATS = {
@@ -72,8 +93,27 @@ def _too_large(limit: int) -> Response:
     return _outcome([issue], 413)
 
 
+_REASONS = {400: "Bad Request", 422: "Unprocessable", 500: "Internal Server Error"}
+
+
 def _status_for(record: Record) -> int:
-    return 400 if any(i.code.startswith("intake.") for i in record.errors) else 422
+    """The registered status of the record's errors (gateway/errors.yaml): 500 for a
+    failure of the gateway itself, else 400 unreadable input, 422 unmappable record."""
+    return http_status(record.errors)
+
+
+def _stack(exc: BaseException) -> str:
+    """Where an exception happened, without its message (which may quote the input)."""
+    return f"{type(exc).__name__}\n" + "".join(traceback.format_tb(exc.__traceback__))
+
+
+def _internal_issue(record: str | None = None) -> Issue:
+    return Issue(
+        "internal",
+        "the gateway failed on this record (an internal error, logged on the server)",
+        record=record,
+        details={"issue_type": "exception"},
+    )
 
 
 def capability_statement(converter: Converter) -> dict[str, Any]:
@@ -129,7 +169,15 @@ def create_app(
     converter = converter or Converter(settings)
     tokens = tokens or load_tokens(settings)
     metadata = capability_statement(converter)
-    app = FastAPI(title="FHIR gateway", version=__version__, docs_url="/docs")
+    reports = VariantPool(converter.settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        reports.shutdown()
+
+    app = FastAPI(title="FHIR gateway", version=__version__, docs_url="/docs", lifespan=lifespan)
+    app.state.reports = reports
 
     @app.get("/health")
     def health() -> dict[str, Any]:
@@ -145,8 +193,17 @@ def create_app(
     lock = threading.Lock()
 
     def run(body: bytes, fmt: str, sender: str | None) -> list[Record]:
+        records: list[Record] = []
         with lock:
-            return converter.convert(body, source="request", fmt=fmt, sender=sender)
+            try:
+                for record in converter.iter_convert(body, "request", fmt, sender=sender):
+                    records.append(record)
+            except Exception as exc:  # a gateway bug: this record fails, never the request
+                failed = Record(body, "request", len(records) + 1, format=fmt)
+                log.error("internal error converting %s:\n%s", failed.label, _stack(exc))
+                failed.issues.append(_internal_issue(failed.label))
+                records.append(failed)
+        return records
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
@@ -168,12 +225,19 @@ def create_app(
 
     @app.exception_handler(Exception)
     async def crashed(request: Request, exc: Exception) -> Response:  # never a bare 500
+        log.error("internal error on %s %s:\n%s", request.method, request.url.path, _stack(exc))
         issue = Issue(
             "request.internal",
             "the gateway failed to process the request; see its log",
             details={"issue_type": "exception"},
         )
         return _outcome([issue], 500)
+
+    async def read_body(request: Request, limit: int) -> bytes | Response | None:
+        try:
+            return await _read_body(request, limit, settings.api_body_timeout)
+        except _BodyLate:
+            return _late(settings.api_body_timeout)
 
     def unauthorized(request: Request) -> Response | None:
         auth = request.headers.get("authorization", "")
@@ -187,15 +251,6 @@ def create_app(
         )
         return _outcome([issue], 401, {"WWW-Authenticate": "Bearer"})
 
-    def make_variant(
-        body: bytes, lang: str | None, fmt: str, partner: str | None
-    ) -> tuple[int, str, bytes]:
-        report, english = _report_parameters(body)
-        with lock:  # the validation cache is shared with conversions
-            return variant_response(
-                report, lang, english, fmt, settings=converter.settings, partner=partner
-            )
-
     @app.post("/report/variants")
     async def report_variants(
         request: Request,
@@ -206,16 +261,20 @@ def create_app(
         refused = unauthorized(request)
         if refused is not None:
             return refused
-        body = await _read_body(request, MAX_BODY)
+        body = await read_body(request, MAX_BODY)
+        if isinstance(body, Response):
+            return body
         if body is None:
             return _too_large(MAX_BODY)
         try:
-            status, content_type, out = await run_in_threadpool(
-                make_variant, body, lang, format, partner
-            )
+            report, english = _report_parameters(body)
+            status, content_type, out = await reports.render(report, lang, english, format, partner)
         except GatewayError as exc:
             bad_request = isinstance(exc, (IntakeError, ConfigError))
             return _outcome([exc.issue], 400 if bad_request else 422)
+        except WorkerCrash as exc:
+            log.error("internal error rendering a report variant:\n%s\n%s", exc.kind, exc.stack)
+            return _outcome([_internal_issue()], 500)
         return Response(out, status, media_type=content_type)
 
     @app.post("/convert")
@@ -237,7 +296,9 @@ def create_app(
             content_type = request.headers.get("content-type", "").split(";")[0].strip()
             format = CONTENT_FORMATS.get(content_type.lower(), "auto")
         limit = MAX_DICOM_BODY if format == "dicom" else MAX_BODY
-        body = await _read_body(request, limit)
+        body = await read_body(request, limit)
+        if isinstance(body, Response):
+            return body
         if body is None:
             return _too_large(limit)
         try:
@@ -264,10 +325,32 @@ def _report_parameters(body: bytes) -> tuple[bytes, bytes | None]:
         return body, None  # the variants stage says what is wrong with it
     if not isinstance(parsed, dict) or parsed.get("resourceType") != "Parameters":
         return body, None
+    parameters = parsed.get("parameter")
+    if not isinstance(parameters, list):
+        raise IntakeError(
+            "report-parameters",
+            f"Parameters.parameter is not a list (value of form {shape(parameters)})",
+            location="Parameters.parameter",
+        )
     found: dict[str, bytes] = {}
-    for parameter in parsed.get("parameter") or []:
-        if isinstance(parameter, dict) and isinstance(parameter.get("resource"), dict):
-            found[str(parameter.get("name"))] = orjson.dumps(parameter["resource"])
+    for n, parameter in enumerate(parameters):
+        if not isinstance(parameter, dict) or parameter.get("name") not in ("report", "english"):
+            continue  # other parameters are not ours to read
+        name = str(parameter["name"])
+        if not isinstance(parameter.get("resource"), dict):
+            raise IntakeError(
+                "report-parameters",
+                f"the parameter {name!r} holds no resource",
+                location=f"Parameters.parameter[{n}].resource",
+            )
+        if name in found:
+            raise IntakeError(
+                "report-parameters",
+                f"more than one parameter {name!r}: a request joins one report and at "
+                "most one English report",
+                location=f"Parameters.parameter[{n}]",
+            )
+        found[name] = orjson.dumps(parameter["resource"])
     if "report" not in found:
         raise IntakeError(
             "report-parameters",
@@ -278,18 +361,43 @@ def _report_parameters(body: bytes) -> tuple[bytes, bytes | None]:
     return found["report"], found.get("english")
 
 
-async def _read_body(request: Request, limit: int) -> bytes | None:
+class _BodyLate(Exception):
+    """The body stopped arriving (``api_body_timeout``)."""
+
+
+async def _read_body(request: Request, limit: int, timeout: float) -> bytes | None:
     """The request body, or None when it is larger than ``limit`` (refused before
-    reading when Content-Length says so)."""
+    reading when Content-Length says so). _BodyLate when a piece takes more than
+    ``timeout`` seconds, or the whole more than ``timeout`` plus a second per
+    MIN_BODY_RATE bytes: a client trickling bytes cannot hold a connection."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         return None
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
     body = bytearray()
-    async for chunk in request.stream():
+    chunks = request.stream().__aiter__()
+    while True:
+        wait = min(timeout, deadline + len(body) / MIN_BODY_RATE - loop.time())
+        try:
+            async with asyncio.timeout(max(wait, 0)):
+                chunk = await anext(chunks)
+        except StopAsyncIteration:
+            return bytes(body)
+        except TimeoutError:
+            raise _BodyLate from None
         body += chunk
         if len(body) > limit:
             return None
-    return bytes(body)
+
+
+def _late(timeout: float) -> Response:
+    issue = Issue(
+        "request.timeout",
+        f"the request body did not arrive in time (api_body_timeout {timeout:g} s)",
+        details={"issue_type": "timeout"},
+    )
+    return _outcome([issue], 408, {"Connection": "close"})
 
 
 def _batch_response(records: list[Record]) -> dict[str, Any]:
@@ -303,7 +411,7 @@ def _batch_response(records: list[Record]) -> dict[str, Any]:
             entries.append(
                 {
                     "response": {
-                        "status": f"{status} {'Bad Request' if status == 400 else 'Unprocessable'}",
+                        "status": f"{status} {_REASONS[status]}",
                         "outcome": operation_outcome(record.issues),
                     }
                 }

@@ -1,8 +1,22 @@
-"""Mapping stage: applies the declarative mappings in ``mappings/`` to parsed records."""
+"""Mapping stage: applies the declarative mappings in ``mappings/`` to parsed records.
+
+Other stages use what this ``__all__`` exports (the report variants read the
+terminology, ``language_of`` and the translation extension's URL), never the private
+modules behind it.
+"""
 
 from ._bundle import NAMESPACE, resource_id
 from ._engine import MappingSet, MessageMapping
-from ._functions import Env
-from ._terminology import Terminology
+from ._functions import TRANSLATION_URL, Env
+from ._terminology import Terminology, language_of
 
-__all__ = ["NAMESPACE", "Env", "MappingSet", "MessageMapping", "Terminology", "resource_id"]
+__all__ = [
+    "NAMESPACE",
+    "TRANSLATION_URL",
+    "Env",
+    "MappingSet",
+    "MessageMapping",
+    "Terminology",
+    "language_of",
+    "resource_id",
+]

@@ -6,7 +6,8 @@ rendered as co-branded HTML and PDF (docs/reports.md).
     v.resource, v.pdf, v.html, v.pending
 
 Surfaces: ``add_cli`` / ``cmd_report_variants`` (``gateway report variants``) and
-``variant_response`` (the API's report-variant endpoint).
+``variant_response`` (the API's report-variant endpoint), which the API runs in the
+worker processes of a ``VariantPool``.
 """
 
 from ._cli import (
@@ -17,13 +18,17 @@ from ._cli import (
     variants_for,
 )
 from ._pdf import font_path
+from ._pool import REPORT_WORKERS, VariantPool, WorkerCrash
 from ._variants import BILINGUAL, ReportVariants, Variant
 
 __all__ = [
     "BILINGUAL",
     "CONTENT_TYPES",
+    "REPORT_WORKERS",
     "ReportVariants",
     "Variant",
+    "VariantPool",
+    "WorkerCrash",
     "add_cli",
     "cmd_report_variants",
     "font_path",

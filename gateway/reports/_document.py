@@ -9,8 +9,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from fhir.resources.R4B import get_fhir_model_class
+from fhir.resources.R4B.resource import Resource as _ResourceModel
 
-from ..errors import IntakeError
+from ..errors import IntakeError, shape
 
 __all__ = ["ReportDocument"]
 
@@ -39,6 +41,8 @@ class ReportDocument:
             raise IntakeError("report-shape", f"the {what} is not a FHIR resource (JSON object)")
         root = copy.deepcopy(root) if copy_it else root
         kind = root.get("resourceType")
+        if kind in ("DiagnosticReport", "Bundle"):
+            _check_resources(root, str(kind), what)
         if kind == "DiagnosticReport":
             return cls(root, root)
         if kind == "Bundle":
@@ -56,10 +60,15 @@ class ReportDocument:
                     location="Bundle.entry",
                 )
             return cls(root, reports[0])
+        if not kind:
+            found = "a resource without resourceType"
+        elif isinstance(kind, str) and _is_resource_type(kind):
+            found = f"a {kind}"
+        else:  # whatever it holds is named by its form only
+            found = f"of resourceType {shape(kind)}"
         raise IntakeError(
             "report-shape",
-            f"the {what} is a {kind or 'resource without resourceType'}, "
-            "not a DiagnosticReport or a Bundle holding one",
+            f"the {what} is {found}, not a DiagnosticReport or a Bundle holding one",
             location="resourceType",
         )
 
@@ -109,3 +118,79 @@ class ReportDocument:
 
     def entry_of(self, resource: Resource) -> Resource | None:
         return next((e for e in self.entries() if e.get("resource") is resource), None)
+
+
+def _check_resources(resource: Resource, path: str, what: str) -> None:
+    """Every resource the input holds (Bundle entries, contained resources, Parameters
+    values, at any depth) is a JSON object of a known FHIR R4 resource type.
+
+    The FHIR models pick a model by ``resourceType`` and fail with a bare ValueError on
+    an unknown one; refused here first, the input gets an error naming where it is."""
+    kind = resource.get("resourceType")
+    if not isinstance(kind, str) or not _is_resource_type(kind):
+        problem = (
+            "has no resourceType"
+            if kind is None
+            else (f"has resourceType {shape(kind)}, which is not a FHIR R4 resource type")
+        )
+        raise IntakeError(
+            "report-resource-type",
+            f"the {what}'s {path} {problem}",
+            location=f"{path}.resourceType",
+        )
+    _check_children(resource.get("contained"), f"{path}.contained", what)
+    if kind == "Bundle":
+        for n, entry in enumerate(_items(resource.get("entry"), f"{path}.entry", what)):
+            _check_held(entry, f"{path}.entry[{n}]", what)
+    elif kind == "Parameters":
+        _check_parameters(resource.get("parameter"), f"{path}.parameter", what)
+
+
+def _check_parameters(parameters: Any, path: str, what: str) -> None:
+    for n, parameter in enumerate(_items(parameters, path, what)):
+        _check_held(parameter, f"{path}[{n}]", what)
+        _check_parameters(parameter.get("part"), f"{path}[{n}].part", what)
+
+
+def _check_held(holder: Any, path: str, what: str) -> None:
+    """A Bundle entry or a parameter: an object whose ``resource``, if any, is one."""
+    if not isinstance(holder, dict):
+        raise IntakeError(
+            "report-invalid",
+            f"the {what}'s {path} is not a JSON object (value of form {shape(holder)})",
+            location=path,
+        )
+    if "resource" in holder:
+        _check_children([holder["resource"]], f"{path}.resource", what, single=True)
+
+
+def _check_children(values: Any, path: str, what: str, single: bool = False) -> None:
+    for n, value in enumerate(_items(values, path, what)):
+        where = path if single else f"{path}[{n}]"
+        if not isinstance(value, dict):
+            raise IntakeError(
+                "report-invalid",
+                f"the {what}'s {where} is not a resource (value of form {shape(value)})",
+                location=where,
+            )
+        _check_resources(value, where, what)
+
+
+def _items(values: Any, path: str, what: str) -> list[Any]:
+    if values is None:
+        return []
+    if not isinstance(values, list):
+        raise IntakeError(
+            "report-invalid",
+            f"the {what}'s {path} is not a list (value of form {shape(values)})",
+            location=path,
+        )
+    return values
+
+
+def _is_resource_type(kind: str) -> bool:
+    try:
+        model = get_fhir_model_class(kind)
+    except (KeyError, ValueError):  # ValueError: "Foo is not a valid FHIR Model"
+        return False
+    return isinstance(model, type) and issubclass(model, _ResourceModel)

@@ -15,8 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..mapping._functions import TRANSLATION_URL
-from ..mapping._terminology import language_of
+from ..mapping import TRANSLATION_URL, language_of
 from ._document import ReportDocument, Resource
 from ._names import Names, translation
 

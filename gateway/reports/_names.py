@@ -10,8 +10,7 @@ from typing import Any, Protocol, cast
 import opencc
 
 from ..datafiles import load_data_file
-from ..mapping._functions import TRANSLATION_URL
-from ..mapping._terminology import Terminology, language_of
+from ..mapping import TRANSLATION_URL, Terminology, language_of
 from ..network import Institution, Network
 from ._rules import Rules
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from ..config import Settings
 from ..errors import ConfigError, IntakeError, MappingError, ValidationError
-from ..mapping._terminology import Terminology, language_of
+from ..mapping import Terminology, language_of
 from ..network import Network
 from ..validation import check_bundle, validate_bundle, validate_resource
 from ._document import ReportDocument, Resource
@@ -199,7 +199,7 @@ class ReportVariants:
                 f"but the report's identifiers are {', '.join(own) or '(none)'}",
                 location="DiagnosticReport.extension.valueReference.identifier",
             )
-        _same_patient(doc, english)
+        _same_patient(doc, english, self.settings.report_require_patient_identity)
         findings = [
             str(obs["valueString"])
             for obs in (english.resolve(r) for r in report.get("result") or [])
@@ -314,7 +314,7 @@ def _document(data: bytes | Resource | None, what: str) -> ReportDocument:
 
 
 # A radiology report's text runs to a few thousand characters; rendering grows with it
-# (~10 s for 200,000), and the API renders under the lock conversions share.
+# (~12 s for a bilingual variant of 59,000), and each render holds a report worker.
 MAX_TEXT = 60_000
 
 
@@ -340,21 +340,108 @@ def _strings(node: Any) -> Iterator[str]:
             yield from _strings(item)
 
 
-def _patient_ids(doc: ReportDocument) -> set[str]:
-    patient = doc.resolve(doc.report.get("subject"))
-    ids = patient.get("identifier") if isinstance(patient, dict) else None
-    return {_ident(i) for i in ids or [] if isinstance(i, dict) and i.get("value")}
+# A patient's identity: identifier values by system ("" for identifiers without one).
+Identity = dict[str, frozenset[str]]
 
 
-def _same_patient(doc: ReportDocument, english: ReportDocument) -> None:
-    """A translation is of the same patient's report: when both name their patient's
-    identifiers, they share one (a mistyped link must not put one patient's English
-    words into another's report)."""
-    own, theirs = _patient_ids(doc), _patient_ids(english)
-    if own and theirs and not own & theirs:
+def _identity(identifiers: list[Any]) -> Identity:
+    found: dict[str, set[str]] = {}
+    for ident in identifiers:
+        if isinstance(ident, dict) and isinstance(ident.get("value"), str) and ident["value"]:
+            system = ident.get("system")
+            found.setdefault(system if isinstance(system, str) else "", set()).add(ident["value"])
+    return {system: frozenset(values) for system, values in found.items()}
+
+
+def _disagreement(a: Identity, b: Identity) -> str | None:
+    """Why two identities are not one patient's, or None when they are: a system both
+    name with no value in common, or no identifier in common at all. Names systems only,
+    never values."""
+    differ = sorted(
+        system or "(no system)" for system in a.keys() & b.keys() if not a[system] & b[system]
+    )
+    if differ:
+        return f"their patient identifiers differ in {', '.join(differ)}"
+    if not any(a[system] & b[system] for system in a.keys() & b.keys()):
+        return "their patients share no identifier"
+    return None
+
+
+def _reference_identity(
+    doc: ReportDocument, reference: Any, within: Resource, what: str, location: str
+) -> Identity:
+    """Who a Reference names: its logical ``identifier`` and the identifiers of the
+    resource it resolves to (a Bundle entry or a contained resource), which must agree."""
+    if not isinstance(reference, dict):
+        return {}
+    target = doc.resolve(reference, within)
+    named = _identity([reference.get("identifier")])
+    held = _identity(target.get("identifier") or [] if target is not None else [])
+    problem = _disagreement(named, held) if named and held else None
+    if problem:
+        raise MappingError(
+            "report-other-patient",
+            f"{_label(doc, what)} names a patient by an identifier that is not the one "
+            f"of the resource it references: {problem}",
+            location=location,
+        )
+    return {s: named.get(s, frozenset()) | held.get(s, frozenset()) for s in named | held}
+
+
+def _label(doc: ReportDocument, what: str) -> str:
+    """How errors name a report: by its (first) identifier, never by its patient."""
+    for ident in doc.report.get("identifier") or []:
+        if isinstance(ident, dict) and isinstance(ident.get("value"), str) and ident["value"]:
+            return f"{what} {ident['value']}"
+    return f"the {what}"
+
+
+def _patient_of(doc: ReportDocument, what: str) -> Identity:
+    """The identity of the report's patient, once the report's parts are checked to
+    agree on it: its subject, and the subjects of its results (findings of another
+    patient must not be shown under this one's name)."""
+    where = "DiagnosticReport.subject"
+    identity = _reference_identity(doc, doc.report.get("subject"), doc.report, what, where)
+    for n, ref in enumerate(doc.report.get("result") or []):
+        result = doc.resolve(ref)
+        if result is None or not identity:
+            continue
+        where = f"DiagnosticReport.result[{n}]"
+        theirs = _reference_identity(doc, result.get("subject"), result, what, where)
+        problem = _disagreement(identity, theirs) if theirs else None
+        if problem:
+            raise MappingError(
+                "report-other-patient",
+                f"{_label(doc, what)}: result {n + 1} is of another patient than the "
+                f"report: {problem}",
+                location=where,
+            )
+    return identity
+
+
+def _same_patient(
+    doc: ReportDocument, english: ReportDocument, require_identity: bool = True
+) -> None:
+    """A translation is of the same patient's report, checked by identifier however
+    each side names its patient (Patient entry, contained Patient, logical reference):
+    a mistyped link must not put one patient's English words into another's report.
+    Errors name the two reports by their identifiers, never the patient."""
+    own, theirs = _patient_of(doc, "report"), _patient_of(english, "English report")
+    report, translation = _label(doc, "report"), _label(english, "English report")
+    for side, identity in ((report, own), (translation, theirs)):
+        if not identity and require_identity:
+            raise MappingError(
+                "report-patient-unidentified",
+                f"{side} names no patient identifier (DiagnosticReport.subject: a "
+                f"reference with an identifier, or to a Patient that has one), so "
+                f"{translation} cannot be checked to be of the patient of {report}",
+                location="DiagnosticReport.subject",
+            )
+    problem = _disagreement(own, theirs) if own and theirs else None
+    if problem:
         raise MappingError(
             "translation-other-patient",
-            "the English report's patient shares no identifier with the report's patient",
+            f"{translation} is not of the patient of {report}: {problem}",
             location="DiagnosticReport.subject",
         )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..mapping._terminology import language_of
+from ..mapping import language_of
 from ._document import ReportDocument, Resource
 from ._rules import Rules
 

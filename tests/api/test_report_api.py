@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,10 @@ BEARER = {"Authorization": f"Bearer {TOKEN}"}
 
 
 @pytest.fixture(scope="module")
-def client(converter: Converter, settings: Settings) -> Client:
-    return Client(create_app(settings, converter, TokenSet([TOKEN])))
+def client(converter: Converter, settings: Settings) -> Iterator[Client]:
+    app = create_app(settings, converter, TokenSet([TOKEN]))
+    yield Client(app)
+    app.state.reports.shutdown()  # the report workers (no lifespan in ASGITransport)
 
 
 def _bundle(converter: Converter, name: str) -> dict[str, Any]:
@@ -85,6 +88,31 @@ def test_pdf_of_a_report_without_english_is_marked_pending(
         (b"not json", "lang=en", 400, None),
         (b'{"resourceType": "Parameters", "parameter": []}', "lang=en", 400, "report-parameters"),
         (b'{"resourceType": "Patient"}', "lang=en", 400, None),
+        # a non-list parameter raised TypeError (a bare 500)
+        (b'{"resourceType": "Parameters", "parameter": 5}', "lang=en", 400, "report-parameters"),
+        (
+            b'{"resourceType": "Parameters", "parameter": [{"name": "report", "valueString": '
+            b'"x"}]}',
+            "lang=en",
+            400,
+            "report-parameters",
+        ),
+        (
+            b'{"resourceType": "Parameters", "parameter": ['
+            b'{"name": "report", "resource": {"resourceType": "DiagnosticReport"}},'
+            b'{"name": "report", "resource": {"resourceType": "DiagnosticReport"}}]}',
+            "lang=en",
+            400,
+            "report-parameters",
+        ),
+        (  # raised ValueError from get_fhir_model_class (issue 8)
+            b'{"resourceType": "Parameters", "parameter": [{"name": "report", "resource": '
+            b'{"resourceType": "Bundle", "type": "collection", "entry": [{"resource": '
+            b'{"resourceType": "Foo"}}]}}]}',
+            "lang=en",
+            400,
+            "report-resource-type",
+        ),
     ],
 )
 def test_variant_errors_are_operation_outcomes(
@@ -96,6 +124,8 @@ def test_variant_errors_are_operation_outcomes(
     assert outcome["resourceType"] == "OperationOutcome"
     if code:
         assert code in outcome["issue"][0]["details"]["coding"][0]["code"]
+    if code == "report-resource-type":
+        assert outcome["issue"][0]["expression"] == ["Bundle.entry[0].resource.resourceType"]
 
 
 def test_variants_need_a_token(client: Client) -> None:
@@ -139,3 +169,35 @@ def test_the_partner_preference_picks_the_variant(client: Client, converter: Con
     assert {f["language"] for f in report["presentedForm"]} == {"zh-Hans", "zh-Hant-HK", "en"}
     unknown = client.post("/report/variants?for=NOWHERE", content=chinese, headers=BEARER)
     assert unknown.status_code == 400
+
+
+def test_an_english_report_of_another_patient_is_refused_by_identifier(
+    client: Client, converter: Converter
+) -> None:
+    """Issue 8: a bare English DiagnosticReport naming another MRN by a logical reference
+    (no Patient resource) must not be joined to the Chinese report."""
+    chinese = _bundle(converter, "oru_r01_nsch_cta_zh.hl7")
+    english = _report(_bundle(converter, "oru_r01_hkpmc_cta_en.hl7"))
+    english = {k: v for k, v in english.items() if k not in ("result", "resultsInterpreter")}
+    mrn = _report(chinese)["subject"]
+    patient = next(e["resource"] for e in chinese["entry"] if e["fullUrl"] == mrn["reference"])
+    [system] = {i["system"] for i in patient["identifier"] if i["value"] == "0098765"}
+    english["subject"] = {"identifier": {"system": system, "value": "0099999"}}
+    body = {
+        "resourceType": "Parameters",
+        "parameter": [
+            {"name": "report", "resource": chinese},
+            {"name": "english", "resource": english},
+        ],
+    }
+    for fmt in ("json", "html"):
+        resp = client.post(
+            f"/report/variants?lang=bilingual&format={fmt}",
+            content=orjson.dumps(body),
+            headers=BEARER,
+        )
+        assert resp.status_code == 422, resp.text
+        issue = resp.json()["issue"][0]
+        assert issue["details"]["coding"][0]["code"] == "mapping.translation-other-patient"
+        for secret in ("0098765", "0099999", "許", "许", "HUI"):
+            assert secret not in resp.text

@@ -11,6 +11,7 @@ import pytest
 
 from gateway import Settings
 from gateway.reports import ReportVariants
+from gateway.reports._variants import MAX_TEXT, _strings
 
 TRANSLATION = "http://hl7.org/fhir/StructureDefinition/translation"
 TRANSLATION_OF = "https://fhir-gateway.example.org/StructureDefinition/translation-of"
@@ -335,6 +336,10 @@ def english_bundle(link: dict[str, str] | None = None) -> dict[str, Any]:
             23,
             {
                 "resourceType": "Patient",
+                # the partner names the patient by the Nansha MRN, as its ORU's PID-3 does
+                "identifier": [
+                    {"system": "https://fhir.nsch.example.cn/sid/mrn", "value": "0098765"}
+                ],
                 "name": [{"family": "HUI", "given": ["KA WAI"]}],
                 "gender": "male",
             },
@@ -359,6 +364,19 @@ def english_bundle(link: dict[str, str] | None = None) -> dict[str, Any]:
         _entry(27, report),
     ]
     return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+
+
+def long_report(size: int = 59_000) -> dict[str, Any]:
+    """The Nansha report with findings long enough for ``size`` characters of text (the
+    most the variants take is MAX_TEXT); its bilingual variant renders for seconds."""
+    assert size <= MAX_TEXT
+    bundle = nansha_bundle()
+    findings = resource_of(bundle, report_of(bundle)["result"][0]["reference"])
+    need = size - sum(len(t) for t in _strings(bundle)) + len(findings["valueString"])
+    sentence = "右肺上叶见一磨玻璃结节，直径约8mm，边缘清楚。纵隔淋巴结未见肿大。"
+    findings["valueString"] = (sentence * (need // len(sentence) + 1))[:need]
+    assert sum(len(t) for t in _strings(bundle)) == size
+    return bundle
 
 
 @pytest.fixture(scope="session")

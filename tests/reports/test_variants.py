@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -19,6 +20,8 @@ from .conftest import (
     NANSHA_CONCLUSION,
     TRANSLATION,
     english_bundle,
+    laian_bundle,
+    nansha_bundle,
     report_of,
     resource_of,
 )
@@ -252,3 +255,74 @@ def test_a_malformed_english_report_is_a_gateway_error(
         variants.variant(_bytes(nansha), "bilingual", _bytes(english))
     assert caught.value.code == "intake.report-invalid"
     assert "English report" in caught.value.issue.message
+
+
+def _with_unknown_type(bundle: dict[str, Any]) -> dict[str, Any]:
+    bundle["entry"][2]["resource"]["resourceType"] = "Foo"
+    return bundle
+
+
+@pytest.mark.parametrize(
+    ("report", "english", "location"),
+    [
+        # each raised ValueError from get_fhir_model_class (issue 8)
+        (lambda: _with_unknown_type(nansha_bundle()), None, "Bundle.entry[2].resource"),
+        (nansha_bundle, lambda: _with_unknown_type(english_bundle()), "Bundle.entry[2].resource"),
+        (
+            lambda: {**report_of(nansha_bundle()), "contained": [{"resourceType": "Foo"}]},
+            None,
+            "DiagnosticReport.contained[0]",
+        ),
+        (
+            lambda: {**report_of(nansha_bundle()), "contained": [{"id": "p"}]},
+            None,
+            "DiagnosticReport.contained[0]",
+        ),
+        (
+            lambda: {
+                **report_of(nansha_bundle()),
+                "contained": [{"resourceType": "Patient", "contained": [{"resourceType": 5}]}],
+            },
+            None,
+            "DiagnosticReport.contained[0].contained[0]",
+        ),
+        (  # a data type is no resource
+            lambda: {**report_of(nansha_bundle()), "contained": [{"resourceType": "HumanName"}]},
+            None,
+            "DiagnosticReport.contained[0]",
+        ),
+    ],
+)
+def test_an_unknown_resource_type_is_an_intake_error_naming_where(
+    variants: ReportVariants,
+    report: Callable[[], dict[str, Any]],
+    english: Callable[[], dict[str, Any]] | None,
+    location: str,
+) -> None:
+    with pytest.raises(IntakeError) as caught:
+        variants.variant(_bytes(report()), "bilingual", _bytes(english()) if english else None)
+    assert caught.value.code == "intake.report-resource-type"
+    assert caught.value.location == f"{location}.resourceType"
+    assert ("English report" in caught.value.issue.message) is (english is not None)
+
+
+@pytest.mark.parametrize(
+    ("change", "location"),
+    [
+        # an entry whose resource is not an object was carried into the variant as it was
+        (lambda b: b["entry"].append({"resource": 5}), "Bundle.entry[7].resource"),
+        (lambda b: b["entry"].append("x"), "Bundle.entry[7]"),
+        (lambda b: b.update(entry={"a": 1}), "Bundle.entry"),
+        (lambda b: report_of(b).update(contained=["x"]), "Bundle.entry[6].resource.contained[0]"),
+        (lambda b: report_of(b).update(contained={}), "Bundle.entry[6].resource.contained"),
+    ],
+)
+def test_entries_and_contained_resources_must_be_objects(
+    variants: ReportVariants, change: Callable[[dict[str, Any]], None], location: str
+) -> None:
+    bundle = laian_bundle()
+    change(bundle)
+    with pytest.raises(IntakeError) as caught:
+        variants.variant(_bytes(bundle), "zh-Hant-HK")
+    assert caught.value.code == "intake.report-invalid"
+    assert caught.value.location == location

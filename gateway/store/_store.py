@@ -467,6 +467,14 @@ class Store:
             ).first()
         return None if row is None else (row.raw, row.format, row.sender)
 
+    def state_of(self, message_id: int) -> str | None:
+        """A message's state; None when there is no such message."""
+        with self.engine.connect() as conn:
+            state = conn.execute(
+                sa.select(messages.c.state).where(messages.c.id == message_id)
+            ).scalar()
+        return None if state is None else str(state)
+
     def find(
         self, where: MessageFilter | None = None, limit: int = 50, after: str | None = None
     ) -> Page:

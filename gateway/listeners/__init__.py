@@ -2,16 +2,20 @@
 arrives before it acknowledges it (shared: the group-commit writer and the worker
 that converts stored messages after the ACK)."""
 
+from ._run import DEFAULT_MLLP_PORT, add_cli, serve_gateway
 from .mllp import Ack, MllpServer, build_ack, frame, mllp_running, tls_context
 from .shared import Processor, StoreWriter
 
 __all__ = [
+    "DEFAULT_MLLP_PORT",
     "Ack",
     "MllpServer",
     "Processor",
     "StoreWriter",
+    "add_cli",
     "build_ack",
     "frame",
     "mllp_running",
+    "serve_gateway",
     "tls_context",
 ]

@@ -35,6 +35,7 @@ from ..intake import FORMATS
 from ..pipeline import Converter
 from ..reports import variant_response
 from ._auth import TokenSet, load_tokens
+from ._dicomweb import add_dicomweb_routes
 
 __all__ = ["create_app"]
 
@@ -186,6 +187,8 @@ def create_app(
             details={"issue_type": "login"},
         )
         return _outcome([issue], 401, {"WWW-Authenticate": "Bearer"})
+
+    add_dicomweb_routes(app, settings, unauthorized)  # STOW-RS: docs/listeners-dicom.md
 
     def make_variant(
         body: bytes, lang: str | None, fmt: str, partner: str | None

@@ -1,0 +1,410 @@
+"""DICOM listeners: a C-STORE SCP (pynetdicom) and the intake behind it and behind
+DICOMweb STOW-RS (``gateway/api/_dicomweb.py``).
+
+    modality ──C-STORE──▶ DicomSCP ─┐
+                                    ├─▶ DicomIntake.receive ─▶ store (durable) ─▶ 0x0000 / 200
+    PACS ─────STOW-RS───▶ /dicomweb ┘         │
+                                              ▼  quiet for dicom_quiet_seconds, or commit
+                                   DicomIntake.commit ─▶ one message per study ─▶ Bundle
+
+Every instance is stored, and committed, before the sender hears success; a storage
+failure answers 0xA700 (out of resources), an instance that cannot be read 0xC000
+(cannot understand). Unless ``dicom_keep_pixels`` is set, pixel data and the other
+bulk data elements are removed first: the gateway maps headers, and a study's headers
+are a few hundred kilobytes where its pixels are hundreds of megabytes.
+
+A study is complete when no instance of it has arrived for ``dicom_quiet_seconds``
+(the :class:`StudyCompleter` thread looks every second or so), or when someone says so:
+``gateway dicom commit STUDY_UID`` or ``POST /dicomweb/studies/{study}/$commit``.
+Its instances then become one message, converted as ``gateway convert`` converts the
+same files. See docs/listeners-dicom.md.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from pydicom import dcmread
+from pydicom.datadict import dictionary_VR
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.filewriter import dcmwrite
+from pydicom.uid import UID, ExplicitVRLittleEndian
+
+from ..config import Settings
+from ..errors import ConfigError, GatewayError, IntakeError
+from ._stow import DICOM, Outcome, Part, media_type, response_json, split_multipart
+
+__all__ = [
+    "CANNOT_UNDERSTAND",
+    "DICOM",
+    "OUT_OF_RESOURCES",
+    "SUCCESS",
+    "WRONG_STUDY",
+    "CommitResult",
+    "DicomIntake",
+    "DicomSCP",
+    "Instance",
+    "InstanceStore",
+    "Origin",
+    "Outcome",
+    "Part",
+    "StoreFailure",
+    "StudyCompleter",
+    "iter_outcomes",
+    "media_type",
+    "prepare_instance",
+    "response_json",
+    "split_multipart",
+]
+
+log = logging.getLogger("gateway.dicom")
+
+# Storage Service Class statuses (PS3.4 B.2.3) and STOW-RS failure reasons (PS3.18
+# §10.5.3), which share their values.
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700  # the store could not keep the instance
+WRONG_STUDY = 0xA900  # STOW to /studies/{study}: an instance of another study
+CANNOT_UNDERSTAND = 0xC000  # not DICOM, damaged, or without its UIDs
+
+# Bulk data: what PS3.18 sends as BulkDataURIs, and what the gateway does not map.
+_BULK_TAGS = frozenset(
+    {
+        0x7FE00010,  # PixelData
+        0x7FE00008,  # FloatPixelData
+        0x7FE00009,  # DoubleFloatPixelData
+        0x54001010,  # WaveformData
+        0x56000020,  # SpectroscopyData
+        0x00420011,  # EncapsulatedDocument
+        0xFFFCFFFC,  # DataSetTrailingPadding
+    }
+)
+_REPEATING_BULK = (0x60003000, 0x50003000)  # OverlayData (60xx,3000), CurveData (50xx,3000)
+
+
+@dataclass(frozen=True, slots=True)
+class Instance:
+    """One received instance, ready for the store: its UIDs and its Part 10 bytes
+    (bulk data removed unless configured)."""
+
+    study_uid: str
+    series_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    data: bytes
+    stripped: bool  # bulk data was removed
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Who sent an instance and how: ``listener`` is ``dicom`` (C-STORE) or ``stow``;
+    ``sender`` the calling AE title or the API client."""
+
+    listener: str
+    peer: str | None = None
+    sender: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CommitResult:
+    """A study taken out of the pending instances: its message and how it converted."""
+
+    study_uid: str
+    message_id: int | str
+    instances: int
+    ok: bool
+    errors: tuple[str, ...] = ()  # Issue.line()s, no patient data
+
+
+class StoreFailure(Exception):
+    """The store could not keep an instance (database down, disk full): the sender
+    gets 0xA700 and may resend."""
+
+
+class InstanceStore(Protocol):
+    """What the DICOM listeners need of the message store."""
+
+    def add_instance(self, instance: Instance, origin: Origin) -> None:
+        """Keep the instance durably (committed) or raise; a resend of the same
+        instance is kept once."""
+
+    def quiet_studies(self, quiet_seconds: float) -> list[str]:
+        """Studies with pending instances, none received in the last ``quiet_seconds``."""
+
+    def pending_studies(self) -> list[tuple[str, int, float]]:
+        """(study UID, instances, seconds since the last one) of every pending study."""
+
+    def commit_study(self, study_uid: str) -> CommitResult | None:
+        """Take the study's pending instances into one message and convert it; None
+        when nothing of that study is pending."""
+
+
+def prepare_instance(data: bytes, keep_pixels: bool = False) -> Instance:
+    """A Part 10 file as the store keeps it: bulk data removed unless ``keep_pixels``,
+    otherwise the bytes as sent. IntakeError when it is not DICOM or lacks a UID."""
+    try:
+        ds = dcmread(io.BytesIO(data))
+        uids = {
+            "study_uid": _uid(ds, 0x0020000D, "StudyInstanceUID"),
+            "series_uid": _uid(ds, 0x0020000E, "SeriesInstanceUID"),
+            "sop_instance_uid": _uid(ds, 0x00080018, "SOPInstanceUID"),
+            "sop_class_uid": _uid(ds, 0x00080016, "SOPClassUID"),
+        }
+    except InvalidDicomError:
+        raise IntakeError(
+            "dicom-not-dicom", "the instance is not a DICOM Part 10 file (no DICM prefix)"
+        ) from None
+    except (ValueError, EOFError, KeyError, TypeError, OverflowError) as exc:
+        raise IntakeError(
+            "dicom-unreadable", f"the instance cannot be parsed ({type(exc).__name__})"
+        ) from None
+    if keep_pixels or not _strip(ds):
+        return Instance(data=data, stripped=False, **uids)
+    syntax = UID(ds.file_meta.get("TransferSyntaxUID", ExplicitVRLittleEndian))
+    if syntax.is_encapsulated:
+        # The dataset of an encapsulated syntax is Explicit VR Little Endian; without
+        # its pixels it is exactly that.
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    out = io.BytesIO()
+    dcmwrite(out, ds, enforce_file_format=True)
+    return Instance(data=out.getvalue(), stripped=True, **uids)
+
+
+def _uid(ds: Dataset, tag: int, keyword: str) -> str:
+    value = ds.get(tag)
+    text = str(value.value).strip("\0 ") if value is not None and value.value else ""
+    if not text:
+        raise IntakeError(
+            "dicom-missing-uid",
+            f"the instance has no {keyword}",
+            location=f"({tag >> 16:04X},{tag & 0xFFFF:04X}) {keyword}",
+        )
+    return text
+
+
+def _strip(ds: Dataset) -> bool:
+    """Remove bulk data elements at every depth; True when something was removed."""
+    removed = False
+    tags = list(ds.keys())  # iterating a Dataset would parse every element
+    for tag in [t for t in tags if _is_bulk(int(t))]:
+        del ds[tag]
+        removed = True
+    for tag in ds.keys():  # noqa: SIM118
+        # get_item leaves the element raw: only sequences are parsed, so everything
+        # else is written back byte for byte.
+        raw = ds.get_item(tag)
+        vr = raw.VR if raw is not None and raw.VR else _dictionary_vr(int(tag))
+        if vr == "SQ":
+            for item in ds[tag].value or []:
+                removed = _strip(item) or removed
+    return removed
+
+
+def _dictionary_vr(tag: int) -> str | None:
+    try:
+        return str(dictionary_VR(tag))
+    except KeyError:  # a private or unknown element of an implicit VR dataset
+        return None
+
+
+def _is_bulk(tag: int) -> bool:
+    return tag in _BULK_TAGS or (tag & 0xFF00FFFF) in _REPEATING_BULK
+
+
+class DicomIntake:
+    """The one way in for DICOM instances, whichever listener received them."""
+
+    def __init__(self, settings: Settings, store: InstanceStore) -> None:
+        self.settings = settings
+        self.store = store
+        self._commit_lock = threading.Lock()  # a study is taken once, by one thread
+
+    def receive(self, data: bytes, origin: Origin, study_uid: str | None = None) -> Instance:
+        """Read, strip and store one instance. IntakeError when it cannot be
+        understood (or, with ``study_uid``, belongs to another study); StoreFailure
+        when the store cannot keep it. Returns only once it is durable."""
+        instance = prepare_instance(data, self.settings.dicom_keep_pixels)
+        if study_uid is not None and instance.study_uid != study_uid:
+            raise IntakeError(
+                "dicom-wrong-study",
+                "the instance belongs to another study than the request's URL names",
+                location="(0020,000D) StudyInstanceUID",
+            )
+        try:
+            self.store.add_instance(instance, origin)
+        except Exception as exc:  # whatever the store raises: never a success status
+            log.exception("storing a DICOM instance failed")
+            raise StoreFailure(type(exc).__name__) from exc
+        return instance
+
+    def commit(self, study_uid: str) -> CommitResult | None:
+        """Convert the study's pending instances now (explicit commit)."""
+        with self._commit_lock:
+            return self.store.commit_study(study_uid)
+
+    def sweep(self) -> list[CommitResult]:
+        """Commit every study that has been quiet for ``dicom_quiet_seconds``."""
+        done = []
+        for study in self.store.quiet_studies(self.settings.dicom_quiet_seconds):
+            result = self.commit(study)
+            if result is not None:
+                done.append(result)
+                log.info(
+                    "study committed after its quiet period: message %s, %d instances, %s",
+                    result.message_id,
+                    result.instances,
+                    "converted" if result.ok else "failed",
+                )
+        return done
+
+
+class StudyCompleter:
+    """A daemon thread that commits quiet studies (``DicomIntake.sweep``)."""
+
+    def __init__(self, intake: DicomIntake, interval: float | None = None) -> None:
+        self.intake = intake
+        quiet = intake.settings.dicom_quiet_seconds
+        self.interval = interval if interval is not None else min(max(quiet / 4, 0.05), 1.0)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="dicom-completer", daemon=True)
+
+    def start(self) -> StudyCompleter:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.intake.sweep()
+            except Exception:  # a failed sweep is retried at the next tick
+                log.exception("committing quiet DICOM studies failed")
+
+
+class DicomSCP:
+    """The C-STORE and C-ECHO SCP (pynetdicom). Calling AE titles not in
+    ``dicom_allowed_aes`` are rejected at association (A-ASSOCIATE-RJ, "calling AE
+    title not recognised"); ``*`` lets any in."""
+
+    def __init__(self, settings: Settings, intake: DicomIntake) -> None:
+        from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
+        from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+        self.settings = settings
+        self.intake = intake
+        allowed = list(settings.dicom_allowed_aes)
+        if not allowed:
+            raise ConfigError(
+                "dicom-no-allowed-aes",
+                "dicom_allowed_aes is empty, so no modality could connect: list the calling "
+                "AE titles allowed to send, or '*' for any",
+                location="dicom_allowed_aes",
+            )
+        self.ae = AE(ae_title=settings.dicom_ae_title)
+        self.ae.require_called_aet = True  # associations must name this AE
+        self.ae.require_calling_aet = [] if "*" in allowed else allowed
+        for context in AllStoragePresentationContexts:
+            # any transfer syntax: headers are read, pixels never decoded
+            assert context.abstract_syntax is not None
+            self.ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        self.ae.add_supported_context(Verification)
+        self._server: Any = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self._server.server_address[:2]
+        return str(host), int(port)
+
+    def start(self, host: str | None = None, port: int | None = None) -> DicomSCP:
+        """Listen in background threads (port 0: a free port, see ``address``)."""
+        from pynetdicom import evt
+
+        handlers: list[Any] = [
+            (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_C_ECHO, self._on_echo),
+        ]
+        where = (host or self.settings.dicom_host, self._port(port))
+        self._server = self.ae.start_server(where, block=False, evt_handlers=handlers)
+        return self
+
+    def _port(self, port: int | None) -> int:
+        if port is not None:
+            return port
+        if self.settings.dicom_port is None:
+            raise ConfigError("bad-setting", "dicom_port is not set", location="dicom_port")
+        return self.settings.dicom_port
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+
+    def _on_echo(self, event: Any) -> int:
+        return SUCCESS
+
+    def _on_store(self, event: Any) -> Dataset | int:
+        assoc = event.assoc
+        origin = Origin(
+            listener="dicom",
+            peer=f"{assoc.requestor.address}:{assoc.requestor.port}",
+            sender=str(assoc.requestor.ae_title).strip(),
+        )
+        try:
+            self.intake.receive(event.encoded_dataset(include_meta=True), origin)
+        except GatewayError as exc:
+            log.warning("C-STORE refused: %s", exc.issue.line())
+            return _status(CANNOT_UNDERSTAND, exc.issue.line())
+        except StoreFailure:
+            return _status(OUT_OF_RESOURCES, "the instance could not be stored; send it again")
+        return SUCCESS
+
+
+def _status(code: int, comment: str) -> Dataset:
+    """A failure status with an Error Comment (LO: 64 characters, no patient data)."""
+    status = Dataset()
+    status.Status = code
+    status.ErrorComment = comment[:64]
+    return status
+
+
+def iter_outcomes(
+    intake: DicomIntake, parts: Iterator[Part], origin: Origin, study_uid: str | None
+) -> list[Outcome]:
+    """Receive every application/dicom part of a STOW-RS request; one Outcome each."""
+    outcomes = []
+    for part in parts:
+        if part.content_type != DICOM:
+            outcomes.append(Outcome(None, None, CANNOT_UNDERSTAND))
+            continue
+        try:
+            instance = intake.receive(part.data, origin, study_uid)
+        except IntakeError as exc:
+            sop = _sop_of(part.data)
+            reason = WRONG_STUDY if exc.code == "intake.dicom-wrong-study" else CANNOT_UNDERSTAND
+            outcomes.append(Outcome(*sop, reason))
+        except StoreFailure:
+            outcomes.append(Outcome(*_sop_of(part.data), OUT_OF_RESOURCES))
+        else:
+            outcomes.append(Outcome(instance.sop_class_uid, instance.sop_instance_uid))
+    return outcomes
+
+
+def _sop_of(data: bytes) -> tuple[str | None, str | None]:
+    """The SOP Class and Instance UIDs of a refused part, when it has them."""
+    try:
+        tags = [0x00080016, 0x00080018]
+        ds = dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=tags)
+        return (
+            str(ds.get("SOPClassUID", "")) or None,
+            str(ds.get("SOPInstanceUID", "")) or None,
+        )
+    except Exception:
+        return None, None

@@ -19,6 +19,7 @@ _RAISERS = {
     "MappingError": "mapping",
     "ValidationError": "validation",
     "ConfigError": "config",
+    "StoreError": "store",
     "GatewayError": None,
     "Issue": None,
 }

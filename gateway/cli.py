@@ -4,6 +4,7 @@
     gateway report variants REPORT.json [--lang L] [--pdf OUT.pdf]    report language variants
     gateway demo                                             the demo network, end to end
     gateway serve [--host H] [--port P]                      the HTTP API
+    gateway dicom commit UID | pending | listen              DICOM listeners (C-STORE, STOW-RS)
     gateway config                                           effective settings
 
 Errors are one readable line each on stderr; the exit code is 0 when every record
@@ -26,6 +27,8 @@ from .config import Settings
 from .envelope import Record
 from .errors import GatewayError
 from .intake import FORMATS, detect_format
+from .listeners.dicom import add_cli as add_dicom_cli
+from .listeners.dicom import start_dicom
 from .pipeline import Converter
 from .reports import add_cli
 
@@ -236,7 +239,11 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         f"bearer tokens: {tokens}",
         file=sys.stderr,
     )
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    dicom = start_dicom(settings, app)  # study completer; C-STORE SCP when dicom_port is set
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="info")
+    finally:
+        dicom.stop()
     return 0
 
 
@@ -282,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_serve)
 
     add_cli(sub)  # gateway report variants
+    add_dicom_cli(sub)  # gateway dicom commit / pending / listen
 
     config = sub.add_parser("config", help="print the effective settings")
     config.set_defaults(func=cmd_config)

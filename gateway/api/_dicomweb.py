@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request
@@ -69,24 +68,22 @@ def add_dicomweb_routes(
         kind, params = media_type(request.headers.get("content-type", ""))
         part_type = params.get("type", DICOM).lower()
         if kind != "multipart/related" or part_type != DICOM:
-            return _outcome(
-                "request.stow-media-type",
-                "STOW-RS takes multipart/related; type=\"application/dicom\" (DICOM Part 10 "
-                "instances); DICOM JSON or XML metadata with bulk data is not supported",
-                415,
-                "Content-Type",
+            problem = (
+                'STOW-RS takes multipart/related; type="application/dicom" (DICOM Part 10 '
+                "instances); DICOM JSON or XML metadata with bulk data is not supported"
             )
+            issue = Issue("request.stow-media-type", problem, location="Content-Type")
+            return _outcome(issue, 415)
         body = await _read_limited(request, MAX_STOW_BODY)
         if body is None:
-            return _outcome(
-                "request.too-large", f"body is larger than {MAX_STOW_BODY} bytes", 413, None
-            )
+            issue = Issue("request.too-large", f"body is larger than {MAX_STOW_BODY} bytes")
+            return _outcome(issue, 413)
         try:
             parts = list(split_multipart(body, params.get("boundary", "")))
         except GatewayError as exc:
-            return _fhir(operation_outcome([exc.issue]), 400)
+            return _outcome(exc.issue, 400)
         if not parts:
-            return _outcome("request.stow-empty", "the request holds no instance", 400, None)
+            return _outcome(Issue("request.stow-empty", "the request holds no body part"), 400)
         client = request.client
         origin = Origin("stow", f"{client.host}:{client.port}" if client else None)
         outcomes = await run_in_threadpool(iter_outcomes, intake(), iter(parts), origin, study)
@@ -111,12 +108,8 @@ def add_dicomweb_routes(
             return refused
         result = await run_in_threadpool(lambda: intake().commit(study))
         if result is None:
-            return _outcome(
-                "request.no-pending-study",
-                "no instance of this study is waiting to be converted",
-                404,
-                "study",
-            )
+            problem = "no instance of this study is waiting to be converted"
+            return _outcome(Issue("request.no-pending-study", problem, location="study"), 404)
         body = {
             "study": result.study_uid,
             "message": result.message_id,
@@ -124,7 +117,9 @@ def add_dicomweb_routes(
             "converted": result.ok,
             "errors": list(result.errors),
         }
-        return Response(orjson.dumps(body), 200 if result.ok else 422, media_type="application/json")
+        return Response(
+            orjson.dumps(body), 200 if result.ok else 422, media_type="application/json"
+        )
 
 
 def _stow_status(outcomes: list[Outcome]) -> int:
@@ -136,12 +131,9 @@ def _stow_status(outcomes: list[Outcome]) -> int:
     return 503 if all(o.failure == OUT_OF_RESOURCES for o in failed) else 409
 
 
-def _fhir(body: Any, status: int) -> Response:
-    return Response(orjson.dumps(body), status, media_type="application/fhir+json")
-
-
-def _outcome(code: str, message: str, status: int, location: str | None) -> Response:
-    return _fhir(operation_outcome([Issue(code, message, location=location)]), status)
+def _outcome(issue: Issue, status: int) -> Response:
+    body = orjson.dumps(operation_outcome([issue]))
+    return Response(body, status, media_type="application/fhir+json")
 
 
 async def _read_limited(request: Request, limit: int) -> bytes | None:

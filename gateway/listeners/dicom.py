@@ -22,13 +22,20 @@ same files. See docs/listeners-dicom.md.
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import io
 import logging
+import signal
+import sys
 import threading
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from datetime import timedelta
+from typing import Any
 
+import orjson
 from pydicom import dcmread
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
@@ -38,6 +45,8 @@ from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from ..config import Settings
 from ..errors import ConfigError, GatewayError, IntakeError
+from ..pipeline import Converter
+from ..store import DicomInstance, Store, open_store, process_message
 from ._stow import DICOM, Outcome, Part, media_type, response_json, split_multipart
 
 __all__ = [
@@ -49,18 +58,21 @@ __all__ = [
     "CommitResult",
     "DicomIntake",
     "DicomSCP",
+    "DicomService",
     "Instance",
-    "InstanceStore",
     "Origin",
     "Outcome",
     "Part",
     "StoreFailure",
     "StudyCompleter",
+    "add_cli",
     "iter_outcomes",
     "media_type",
+    "open_intake",
     "prepare_instance",
     "response_json",
     "split_multipart",
+    "start_dicom",
 ]
 
 log = logging.getLogger("gateway.dicom")
@@ -115,33 +127,16 @@ class CommitResult:
     """A study taken out of the pending instances: its message and how it converted."""
 
     study_uid: str
-    message_id: int | str
+    message_id: int
     instances: int
     ok: bool
-    errors: tuple[str, ...] = ()  # Issue.line()s, no patient data
+    duplicate: bool  # the same instances were committed before: that message again
+    errors: tuple[str, ...] = ()  # "code: message at location", no patient data
 
 
 class StoreFailure(Exception):
     """The store could not keep an instance (database down, disk full): the sender
     gets 0xA700 and may resend."""
-
-
-class InstanceStore(Protocol):
-    """What the DICOM listeners need of the message store."""
-
-    def add_instance(self, instance: Instance, origin: Origin) -> None:
-        """Keep the instance durably (committed) or raise; a resend of the same
-        instance is kept once."""
-
-    def quiet_studies(self, quiet_seconds: float) -> list[str]:
-        """Studies with pending instances, none received in the last ``quiet_seconds``."""
-
-    def pending_studies(self) -> list[tuple[str, int, float]]:
-        """(study UID, instances, seconds since the last one) of every pending study."""
-
-    def commit_study(self, study_uid: str) -> CommitResult | None:
-        """Take the study's pending instances into one message and convert it; None
-        when nothing of that study is pending."""
 
 
 def prepare_instance(data: bytes, keep_pixels: bool = False) -> Instance:
@@ -217,17 +212,33 @@ def _is_bulk(tag: int) -> bool:
 
 
 class DicomIntake:
-    """The one way in for DICOM instances, whichever listener received them."""
+    """The one way in for DICOM instances, whichever listener received them, over the
+    message store (``dicom_instances`` until a study is complete, then one message)."""
 
-    def __init__(self, settings: Settings, store: InstanceStore) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        converter: Converter | None = None,
+        lock: threading.Lock | None = None,
+    ) -> None:
         self.settings = settings
         self.store = store
+        self._converter = converter
+        self._lock = lock or threading.Lock()  # conversions take turns on one converter
         self._commit_lock = threading.Lock()  # a study is taken once, by one thread
+
+    @property
+    def converter(self) -> Converter:
+        with self._lock:
+            if self._converter is None:  # built on first use: the SCP starts at once
+                self._converter = Converter(self.settings)
+            return self._converter
 
     def receive(self, data: bytes, origin: Origin, study_uid: str | None = None) -> Instance:
         """Read, strip and store one instance. IntakeError when it cannot be
         understood (or, with ``study_uid``, belongs to another study); StoreFailure
-        when the store cannot keep it. Returns only once it is durable."""
+        when the store cannot keep it. Returns only once it is committed."""
         instance = prepare_instance(data, self.settings.dicom_keep_pixels)
         if study_uid is not None and instance.study_uid != study_uid:
             raise IntakeError(
@@ -235,22 +246,56 @@ class DicomIntake:
                 "the instance belongs to another study than the request's URL names",
                 location="(0020,000D) StudyInstanceUID",
             )
+        row = DicomInstance(
+            study_uid=instance.study_uid,
+            series_uid=instance.series_uid,
+            sop_uid=instance.sop_instance_uid,
+            data=instance.data,
+            channel=origin.listener,
+            peer=origin.peer,
+        )
         try:
-            self.store.add_instance(instance, origin)
-        except Exception as exc:  # whatever the store raises: never a success status
+            self.store.add_instance(row)
+        except Exception as exc:  # whatever the database raises: never a success status
             log.exception("storing a DICOM instance failed")
             raise StoreFailure(type(exc).__name__) from exc
         return instance
 
     def commit(self, study_uid: str) -> CommitResult | None:
-        """Convert the study's pending instances now (explicit commit)."""
+        """Take the study's pending instances into one message and convert it now;
+        None when nothing of that study is pending."""
         with self._commit_lock:
-            return self.store.commit_study(study_uid)
+            receipt = self.store.commit_study(study_uid)
+            if receipt is None:
+                return None
+            converter = self.converter  # outside the lock process_message takes
+            if receipt.duplicate:
+                stored = self.store.get(receipt.id)
+                outs = [o for o in stored.outcomes if o.current] if stored else []
+                state, issues = (outs[-1].state, outs[-1].issues) if outs else (receipt.state, [])
+            else:
+                outcome = process_message(self.store, converter, receipt.id, self._lock)
+                state, issues = outcome.state, outcome.issues
+        found = self.store.raw(receipt.id)
+        members = len(zipfile.ZipFile(io.BytesIO(found[0])).namelist()) if found and found[0] else 0
+        errors = tuple(
+            f"{i['code']}: {i['message']}" + (f" at {i['location']}" if i.get("location") else "")
+            for i in issues
+            if i.get("severity") in ("error", "fatal")
+        )
+        return CommitResult(
+            study_uid, receipt.id, members, state == "converted", receipt.duplicate, errors
+        )
+
+    def pending(self) -> list[str]:
+        """Studies with instances received and not yet committed."""
+        return self.store.quiet_studies(timedelta(0))
 
     def sweep(self) -> list[CommitResult]:
         """Commit every study that has been quiet for ``dicom_quiet_seconds``."""
         done = []
-        for study in self.store.quiet_studies(self.settings.dicom_quiet_seconds):
+        quiet = timedelta(seconds=self.settings.dicom_quiet_seconds)
+        for study in self.store.quiet_studies(quiet):
             result = self.commit(study)
             if result is not None:
                 done.append(result)
@@ -261,6 +306,11 @@ class DicomIntake:
                     "converted" if result.ok else "failed",
                 )
         return done
+
+
+def open_intake(settings: Settings) -> DicomIntake:
+    """The DICOM intake over the configured store."""
+    return DicomIntake(settings, open_store(settings))
 
 
 class StudyCompleter:
@@ -365,6 +415,96 @@ class DicomSCP:
         except StoreFailure:
             return _status(OUT_OF_RESOURCES, "the instance could not be stored; send it again")
         return SUCCESS
+
+
+class DicomService:
+    """What ``gateway serve`` and ``gateway dicom listen`` run: the study completer and,
+    when ``dicom_port`` is set, the C-STORE SCP, over one intake."""
+
+    def __init__(self, settings: Settings, intake: DicomIntake, port: int | None = None) -> None:
+        self.intake = intake
+        self.scp: DicomSCP | None = None
+        if port is not None or settings.dicom_port is not None:
+            self.scp = DicomSCP(settings, intake).start(port=port)
+        self.completer = StudyCompleter(intake).start()
+
+    def stop(self) -> None:
+        if self.scp is not None:
+            self.scp.stop()
+        self.completer.stop()
+
+
+def start_dicom(settings: Settings, app: Any = None, port: int | None = None) -> DicomService:
+    """Start the DICOM listeners (the SCP on ``port``, else ``dicom_port`` when set);
+    with the API's ``app``, STOW-RS shares their intake."""
+    intake = open_intake(settings)
+    if app is not None:
+        app.state.dicom_intake = intake
+    service = DicomService(settings, intake, port)
+    if service.scp is not None:
+        host, port = service.scp.address
+        print(
+            f"DICOM C-STORE SCP {settings.dicom_ae_title} on {host}:{port}; calling AEs: "
+            f"{', '.join(settings.dicom_allowed_aes)}",
+            file=sys.stderr,
+        )
+    return service
+
+
+def add_cli(sub: Any) -> None:
+    """``gateway dicom commit | pending | listen``."""
+    dicom = sub.add_parser("dicom", help="DICOM listeners: commit studies, list pending ones")
+    actions = dicom.add_subparsers(dest="dicom_command", required=True)
+    commit = actions.add_parser(
+        "commit", help="convert a study's received instances now (not after its quiet period)"
+    )
+    commit.add_argument("study", help="Study Instance UID")
+    commit.add_argument("--json", action="store_true", help="the result as JSON")
+    commit.set_defaults(func=cmd_commit)
+    pending = actions.add_parser("pending", help="studies received and not yet committed")
+    pending.set_defaults(func=cmd_pending)
+    listen = actions.add_parser(
+        "listen", help="run the C-STORE SCP and the study completer (no HTTP API)"
+    )
+    listen.add_argument("--port", type=int, default=None, help="instead of dicom_port")
+    listen.set_defaults(func=cmd_listen)
+
+
+def cmd_commit(args: argparse.Namespace, settings: Settings) -> int:
+    result = open_intake(settings).commit(args.study)
+    if result is None:
+        print(
+            f"error: no instance of study {args.study} is waiting to be converted", file=sys.stderr
+        )
+        return 2
+    if args.json:
+        print(orjson.dumps(dataclasses.asdict(result)).decode())
+    else:
+        state = "converted" if result.ok else "failed"
+        again = " (the same instances as before)" if result.duplicate else ""
+        print(f"message {result.message_id}: {result.instances} instances, {state}{again}")
+        for line in result.errors:
+            print(f"error: {line}", file=sys.stderr)
+    return 0 if result.ok else 1
+
+
+def cmd_pending(args: argparse.Namespace, settings: Settings) -> int:
+    for study in open_intake(settings).pending():
+        print(study)
+    return 0
+
+
+def cmd_listen(args: argparse.Namespace, settings: Settings) -> int:
+    service = start_dicom(settings, port=args.port)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        service.stop()
+    return 0
 
 
 def _status(code: int, comment: str) -> Dataset:

@@ -32,11 +32,11 @@ import threading
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
-from pydicom import dcmread
+from pydicom import config, dcmread
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
@@ -142,6 +142,9 @@ class StoreFailure(Exception):
 def prepare_instance(data: bytes, keep_pixels: bool = False) -> Instance:
     """A Part 10 file as the store keeps it: bulk data removed unless ``keep_pixels``,
     otherwise the bytes as sent. IntakeError when it is not DICOM or lacks a UID."""
+    # pydicom's value validation warns with the offending value: no patient data may
+    # reach the logs (the DICOM reader does the same).
+    config.settings.reading_validation_mode = config.IGNORE
     try:
         ds = dcmread(io.BytesIO(data))
         uids = {
@@ -291,11 +294,12 @@ class DicomIntake:
         """Studies with instances received and not yet committed."""
         return self.store.quiet_studies(timedelta(0))
 
-    def sweep(self) -> list[CommitResult]:
-        """Commit every study that has been quiet for ``dicom_quiet_seconds``."""
+    def sweep(self, now: datetime | None = None) -> list[CommitResult]:
+        """Commit every study that has been quiet for ``dicom_quiet_seconds`` (by the
+        store's clock: naive UTC)."""
         done = []
         quiet = timedelta(seconds=self.settings.dicom_quiet_seconds)
-        for study in self.store.quiet_studies(quiet):
+        for study in self.store.quiet_studies(quiet, now):
             result = self.commit(study)
             if result is not None:
                 done.append(result)

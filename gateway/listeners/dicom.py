@@ -46,7 +46,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian
 from ..config import Settings
 from ..errors import ConfigError, GatewayError, IntakeError
 from ..pipeline import Converter
-from ..store import DicomInstance, Store, open_store, process_message
+from ..store import DicomInstance, MessageFilter, Store, open_store, process_message
 from ._stow import DICOM, Outcome, Part, media_type, response_json, split_multipart
 
 __all__ = [
@@ -114,12 +114,11 @@ class Instance:
 
 @dataclass(frozen=True, slots=True)
 class Origin:
-    """Who sent an instance and how: ``listener`` is ``dicom`` (C-STORE) or ``stow``;
-    ``sender`` the calling AE title or the API client."""
+    """How an instance came: ``listener`` is ``dicom`` (C-STORE) or ``stow``; ``peer``
+    the calling AE title and address (``CT01@10.0.0.5:40112``) or the HTTP client's."""
 
     listener: str
     peer: str | None = None
-    sender: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,6 +289,19 @@ class DicomIntake:
             study_uid, receipt.id, members, state == "converted", receipt.duplicate, errors
         )
 
+    def resume(self) -> int:
+        """Convert the DICOM messages committed but never converted (the process
+        stopped in between); returns how many. Run once when the completer starts."""
+        ids = [
+            m.id
+            for m in self.store.find(MessageFilter(state="received"), limit=1000).items
+            if m.format == "dicom" and m.channel in ("dicom", "stow")
+        ]
+        for message_id in sorted(ids):
+            with self._commit_lock:
+                process_message(self.store, self.converter, message_id, self._lock)
+        return len(ids)
+
     def pending(self) -> list[str]:
         """Studies with instances received and not yet committed."""
         return self.store.quiet_studies(timedelta(0))
@@ -336,6 +348,10 @@ class StudyCompleter:
         self._thread.join(timeout=10)
 
     def _run(self) -> None:
+        try:
+            self.intake.resume()
+        except Exception:
+            log.exception("converting DICOM messages left from an earlier run failed")
         while not self._stop.wait(self.interval):
             try:
                 self.intake.sweep()
@@ -406,11 +422,8 @@ class DicomSCP:
 
     def _on_store(self, event: Any) -> Dataset | int:
         assoc = event.assoc
-        origin = Origin(
-            listener="dicom",
-            peer=f"{assoc.requestor.address}:{assoc.requestor.port}",
-            sender=str(assoc.requestor.ae_title).strip(),
-        )
+        peer = assoc.requestor
+        origin = Origin("dicom", f"{str(peer.ae_title).strip()}@{peer.address}:{peer.port}")
         try:
             self.intake.receive(event.encoded_dataset(include_meta=True), origin)
         except GatewayError as exc:

@@ -4,6 +4,7 @@ depth removed unless configured, the sender's bytes untouched when there is none
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import pytest
 from pydicom import dcmread
@@ -11,9 +12,11 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import ExplicitVRLittleEndian, JPEGLosslessSV1
 
-from gateway import IntakeError
-from gateway.listeners.dicom import prepare_instance
+from gateway import Converter, IntakeError
+from gateway.listeners.dicom import Origin, prepare_instance
 from tests.golden.dicom.make_studies import part10, wang_wei
+
+from .dicom_support import NSCH_CTA, converted, dicom_settings, intake_for, study_files
 
 
 def _bulky() -> Dataset:
@@ -82,3 +85,22 @@ def test_what_cannot_be_understood_is_an_intake_error(data: bytes, code: str) ->
         prepare_instance(data)
     assert caught.value.code == code
     assert "WANG" not in str(caught.value) and "王" not in str(caught.value)
+
+
+def test_a_study_taken_but_not_converted_before_a_stop_is_converted_on_resume(
+    tmp_path: Path, converter: Converter
+) -> None:
+    intake = intake_for(dicom_settings(tmp_path), converter)
+    files = study_files(NSCH_CTA)
+    for _, data in files:
+        intake.receive(data, Origin("dicom", "MODALITY1@127.0.0.1:40000"))
+    receipt = intake.store.commit_study("2.16.156.10011.99.1.1.3.20260615.17")
+    assert receipt is not None  # ... and the process stopped before converting it
+    taken = intake.store.get(receipt.id)
+    assert taken is not None and taken.state == "received"
+    assert intake.resume() == 1
+    done = intake.store.get(receipt.id)
+    assert done is not None and done.state == "converted"
+    assert done.outcomes[-1].output == converted(converter, files)
+    assert intake.resume() == 0
+    intake.store.close()

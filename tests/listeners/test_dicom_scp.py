@@ -95,6 +95,8 @@ def test_a_study_sent_by_pynetdicom_becomes_the_bundle_gateway_convert_makes(
         scp.stop()
     messages = intake.store.find(where).items
     assert len(messages) == 1 and messages[0].state == "converted"
+    assert messages[0].channel == "dicom" and messages[0].peer is not None
+    assert messages[0].peer.startswith(f"{SCU_AE}@127.0.0.1:")  # who sent it, from where
     message = intake.store.get(messages[0].id)
     assert message is not None
     bundle = message.outcomes[-1].output

@@ -108,7 +108,7 @@ def test_a_stow_request_becomes_the_bundle_gateway_convert_makes(
     result = commit.json()
     assert (result["instances"], result["converted"], result["errors"]) == (8, True, [])
     messages = api.intake.store.find(MessageFilter(control_id=LAX2_HEAD_STUDY)).items
-    assert [m.id for m in messages] == [result["message"]]
+    assert [m.id for m in messages] == [result["message"]] and messages[0].channel == "stow"
     message = api.intake.store.get(result["message"])
     assert message is not None
     assert message.outcomes[-1].output == converted(converter, files)  # byte for byte

@@ -50,8 +50,8 @@ class Settings:
     mllp_tls_ca: Path | None = None  # set: client certificates required, checked against it
     # Days a message's content is kept, by state; a state not named is kept for ever, and
     # received/held/queued (still waiting) never lose theirs (gateway messages prune).
-    retention_days: dict[str, int] = field(
-        default_factory=lambda: {"converted": 30, "failed": 90, "rejected": 30}
+    retention_days: dict[str, int] = field(  # hash=False: Settings stays hashable
+        default_factory=lambda: {"converted": 30, "failed": 90, "rejected": 30}, hash=False
     )
     # DICOM listeners (gateway/listeners/dicom.py; docs/listeners-dicom.md)
     dicom_port: int | None = None  # the C-STORE SCP runs only when set

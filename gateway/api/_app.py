@@ -36,6 +36,7 @@ from ..pipeline import Converter
 from ..reports import variant_response
 from ._auth import TokenSet, load_tokens
 from ._dicomweb import add_dicomweb_routes
+from ._messages import add_message_routes
 
 __all__ = ["create_app"]
 
@@ -255,6 +256,7 @@ def create_app(
             return _outcome(record.issues, _status_for(record))
         return _fhir(_batch_response(records))
 
+    add_message_routes(app, settings, unauthorized)  # GET /messages, $reprocess (the store)
     return app
 
 

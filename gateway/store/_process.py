@@ -10,13 +10,15 @@ import time
 from contextlib import nullcontext
 from typing import Any
 
+from ..config import Settings
+from ..datafiles import load_data_file
 from ..envelope import Record
 from ..errors import GatewayError, Issue
 from ..intake.hl7v2 import parse_message, split_messages
 from ..pipeline import Converter
 from ._store import StageOutcome, Store, StoredOutcome, StoreError
 
-__all__ = ["outcome_of", "process_message"]
+__all__ = ["current_converter", "outcome_of", "process_message"]
 
 log = logging.getLogger("gateway.store")
 
@@ -50,6 +52,14 @@ def outcome_of(records: list[Record], raw: bytes = b"", fmt: str = "hl7v2") -> S
         sender=first.sender if first else None,
         charset=first.charset if first else None,
     )
+
+
+def current_converter(settings: Settings) -> Converter:
+    """A converter built from the mapping files as they are now. Data files are cached
+    per process (they are read-only while converting); reprocessing after a mapping fix
+    must read them again."""
+    load_data_file.cache_clear()
+    return Converter(settings)
 
 
 def process_message(

@@ -19,8 +19,6 @@ from typing import Any
 
 import orjson
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
@@ -250,6 +248,9 @@ class Store:
     # -- schema -----------------------------------------------------------------------
     def upgrade(self, revision: str = "head") -> None:
         """Run the Alembic migrations up to ``revision`` (idempotent)."""
+        from alembic import command  # imported here: `gateway convert` needs no store
+        from alembic.config import Config
+
         config = Config()
         config.set_main_option("script_location", str(_MIGRATIONS))
         with self._writer.begin() as conn:
@@ -466,6 +467,14 @@ class Store:
                 )
             ).first()
         return None if row is None else (row.raw, row.format, row.sender)
+
+    def state_of(self, message_id: int) -> str | None:
+        """A message's state; None when there is no such message."""
+        with self.engine.connect() as conn:
+            state = conn.execute(
+                sa.select(messages.c.state).where(messages.c.id == message_id)
+            ).scalar()
+        return None if state is None else str(state)
 
     def find(
         self, where: MessageFilter | None = None, limit: int = 50, after: str | None = None

@@ -26,8 +26,10 @@ def dicom_settings(home: Path, **env: str) -> Settings:
     return Settings.load(home=home, env=values)
 
 
-def intake_for(settings: Settings, converter: Converter) -> DicomIntake:
-    return DicomIntake(settings, Store.for_home(settings.home), converter)
+def intake_for(settings: Settings, converter: Converter, store: Store | None = None) -> DicomIntake:
+    """The intake over ``store`` (the listener tests' fixture: SQLite, and PostgreSQL
+    where one is configured), else over the home's SQLite store."""
+    return DicomIntake(settings, store or Store.for_home(settings.home), converter)
 
 
 def converted(converter: Converter, files: list[tuple[str, bytes]]) -> bytes:
@@ -45,3 +47,30 @@ def stored_bundle(store: Store, result: CommitResult) -> bytes:
     current = [o for o in message.outcomes if o.current and o.stage == "convert"]
     assert len(current) == 1 and current[0].output is not None
     return current[0].output
+
+
+def refuse_writes(store: Store) -> None:
+    """Make the database refuse new DICOM instances, as a full disk or a lost server
+    would (a trigger: the insert fails inside the database)."""
+    with store.engine.begin() as conn:
+        if store.dialect == "sqlite":
+            conn.exec_driver_sql(
+                "CREATE TRIGGER disk_full BEFORE INSERT ON dicom_instances "
+                "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
+            )
+        else:
+            conn.exec_driver_sql(
+                "CREATE FUNCTION full_disk() RETURNS trigger AS $$ BEGIN "
+                "RAISE EXCEPTION 'could not extend file: No space left on device'; END $$ "
+                "LANGUAGE plpgsql"
+            )
+            conn.exec_driver_sql(
+                "CREATE TRIGGER disk_full BEFORE INSERT ON dicom_instances "
+                "FOR EACH ROW EXECUTE FUNCTION full_disk()"
+            )
+
+
+def allow_writes(store: Store) -> None:
+    with store.engine.begin() as conn:
+        on = "" if store.dialect == "sqlite" else " ON dicom_instances"
+        conn.exec_driver_sql(f"DROP TRIGGER disk_full{on}")

@@ -28,9 +28,11 @@ from tests.golden.dicom.make_studies import part10, wang_wei
 from .dicom_support import (
     NSCH_CTA,
     SCU_AE,
+    allow_writes,
     converted,
     dicom_settings,
     intake_for,
+    refuse_writes,
     study_files,
 )
 
@@ -38,13 +40,14 @@ NSCH_STUDY = "2.16.156.10011.99.1.1.3.20260615.17"
 
 
 @pytest.fixture
-def running(tmp_path: Path, converter: Converter) -> Iterator[tuple[DicomSCP, DicomIntake]]:
+def running(
+    tmp_path: Path, converter: Converter, store: Store
+) -> Iterator[tuple[DicomSCP, DicomIntake]]:
     settings = dicom_settings(tmp_path)
-    intake = intake_for(settings, converter)
+    intake = intake_for(settings, converter, store)
     scp = DicomSCP(settings, intake).start("127.0.0.1", 0)
     yield scp, intake
     scp.stop()
-    intake.store.close()
 
 
 def _associate(scp: DicomSCP, calling: str = SCU_AE, called: str = "FHIRGATEWAY") -> object:
@@ -72,10 +75,10 @@ def _pending(store: Store) -> int:
 
 
 def test_a_study_sent_by_pynetdicom_becomes_the_bundle_gateway_convert_makes(
-    tmp_path: Path, converter: Converter
+    tmp_path: Path, converter: Converter, store: Store
 ) -> None:
     settings = dicom_settings(tmp_path, dicom_quiet_seconds="0.3")
-    intake = intake_for(settings, converter)
+    intake = intake_for(settings, converter, store)
     scp = DicomSCP(settings, intake).start("127.0.0.1", 0)
     completer = StudyCompleter(intake, interval=0.05).start()
     try:
@@ -108,7 +111,6 @@ def test_a_study_sent_by_pynetdicom_becomes_the_bundle_gateway_convert_makes(
     ]
     assert len(studies) == 1 and len(studies[0]["series"]) == 3
     assert studies[0]["numberOfInstances"] == 8
-    intake.store.close()
 
 
 def test_storescu_then_gateway_dicom_commit_from_the_command_line(
@@ -201,19 +203,13 @@ def test_a_store_failure_is_answered_with_a_failure_status_never_success(
     running: tuple[DicomSCP, DicomIntake],
 ) -> None:
     scp, intake = running
-    # The database refuses the write, as a full disk or a lost server would.
-    with intake.store.engine.begin() as conn:
-        conn.exec_driver_sql(
-            "CREATE TRIGGER full BEFORE INSERT ON dicom_instances "
-            "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
-        )
+    refuse_writes(intake.store)
     ds = wang_wei(series=1, number=1)
     [status] = _send(scp, [ds])
     assert status.Status == 0xA700  # Refused: out of resources
     assert "stored" in status.ErrorComment and "WANG" not in status.ErrorComment
     assert _pending(intake.store) == 0
-    with intake.store.engine.begin() as conn:
-        conn.exec_driver_sql("DROP TRIGGER full")
+    allow_writes(intake.store)
     [status] = _send(scp, [ds])  # the sender's retry succeeds, once it is stored
     assert status.Status == 0x0000 and _pending(intake.store) == 1
 
@@ -256,9 +252,11 @@ def test_pixel_data_is_not_stored_unless_configured(
     assert kept == header and kept.Rows == 4  # the header is kept whole
 
 
-def test_pixel_data_is_stored_when_configured(tmp_path: Path, converter: Converter) -> None:
+def test_pixel_data_is_stored_when_configured(
+    tmp_path: Path, converter: Converter, store: Store
+) -> None:
     settings = dicom_settings(tmp_path, dicom_keep_pixels="true")
-    intake = intake_for(settings, converter)
+    intake = intake_for(settings, converter, store)
     scp = DicomSCP(settings, intake).start("127.0.0.1", 0)
     try:
         [status] = _send(scp, [_with_pixels()])
@@ -266,7 +264,6 @@ def test_pixel_data_is_stored_when_configured(tmp_path: Path, converter: Convert
         scp.stop()
     assert status.Status == 0x0000
     assert _stored(intake.store).PixelData == bytes(range(32))
-    intake.store.close()
 
 
 def test_settings_for_the_scp(tmp_path: Path) -> None:

@@ -6,7 +6,6 @@ instance with their FailureReason and never as success."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from fastapi import FastAPI
 from gateway import Converter
 from gateway.api import TokenSet, create_app
 from gateway.listeners.dicom import DicomIntake, Origin, split_multipart
-from gateway.store import MessageFilter, utcnow
+from gateway.store import MessageFilter, Store, utcnow
 from tests.golden.dicom.make_studies import part10, wang_wei
 
 from .dicom_support import (
@@ -27,6 +26,7 @@ from .dicom_support import (
     converted,
     dicom_settings,
     intake_for,
+    refuse_writes,
     stored_bundle,
     study_files,
 )
@@ -71,12 +71,11 @@ class Api:
 
 
 @pytest.fixture
-def api(tmp_path: Path, converter: Converter) -> Iterator[Api]:
+def api(tmp_path: Path, converter: Converter, store: Store) -> Api:
     settings = dicom_settings(tmp_path)
     app = create_app(settings, converter, TokenSet([TOKEN]))
-    intake = app.state.dicom_intake = intake_for(settings, converter)
-    yield Api(app, intake)
-    intake.store.close()
+    intake = app.state.dicom_intake = intake_for(settings, converter, store)
+    return Api(app, intake)
 
 
 def _items(response: httpx.Response, key: str) -> list[dict[str, Any]]:
@@ -133,11 +132,7 @@ def test_an_instance_of_another_study_than_the_url_names_fails_the_others_are_st
 
 
 def test_a_store_failure_is_a_failure_never_success(api: Api) -> None:
-    with api.intake.store.engine.begin() as conn:
-        conn.exec_driver_sql(
-            "CREATE TRIGGER full BEFORE INSERT ON dicom_instances "
-            "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
-        )
+    refuse_writes(api.intake.store)
     response = api.post("/dicomweb/studies", multipart([part10(wang_wei())]))
     assert response.status_code == 503
     assert REFERENCED not in response.json()
@@ -207,8 +202,10 @@ def test_multipart_parts_are_split_exactly() -> None:
     assert (second.content_type, second.data) == ("text/plain", b"plain")
 
 
-def test_a_study_is_committed_after_its_quiet_period(tmp_path: Path, converter: Converter) -> None:
-    intake = intake_for(dicom_settings(tmp_path, dicom_quiet_seconds="60"), converter)
+def test_a_study_is_committed_after_its_quiet_period(
+    tmp_path: Path, converter: Converter, store: Store
+) -> None:
+    intake = intake_for(dicom_settings(tmp_path, dicom_quiet_seconds="60"), converter, store)
     files = study_files(NSCH_CTA)
     for _, data in files:
         intake.receive(data, Origin("stow"))
@@ -219,4 +216,3 @@ def test_a_study_is_committed_after_its_quiet_period(tmp_path: Path, converter: 
     assert (result.instances, result.ok) == (8, True)
     assert stored_bundle(intake.store, result) == converted(converter, files)
     assert intake.sweep(last + timedelta(seconds=600)) == [] and intake.pending() == []
-    intake.store.close()

@@ -428,7 +428,7 @@ class DicomSCP:
             self.intake.receive(event.encoded_dataset(include_meta=True), origin)
         except GatewayError as exc:
             log.warning("C-STORE refused: %s", exc.issue.line())
-            return _status(CANNOT_UNDERSTAND, exc.issue.line())
+            return _status(CANNOT_UNDERSTAND, f"{exc.code}: {exc.location or exc.issue.message}")
         except StoreFailure:
             return _status(OUT_OF_RESOURCES, "the instance could not be stored; send it again")
         return SUCCESS

@@ -9,6 +9,7 @@ import contextlib
 import logging
 import signal
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 from ..config import Settings
@@ -50,8 +51,18 @@ async def serve_gateway(app: Any, settings: Settings, host: str, port: int) -> N
     loop; the store is migrated first and pruned every hour."""
     import uvicorn
 
+    class Server(uvicorn.Server):
+        # uvicorn re-raises SIGINT/SIGTERM once it has stopped, which would cut the
+        # listeners' shutdown short (the writer commits what it holds): we take them.
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
+
     store = open_store(settings)
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info"))
+    server = Server(uvicorn.Config(app, host=host, port=port, log_level="info"))
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, setattr, server, "should_exit", True)
     pruning = asyncio.create_task(_prune_every(store, settings))
     try:
         if settings.mllp_port:

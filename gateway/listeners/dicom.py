@@ -270,7 +270,7 @@ class DicomIntake:
             receipt = self.store.commit_study(study_uid)
             if receipt is None:
                 return None
-            converter = self.converter  # outside the lock process_message takes
+            converter = self.converter  # first: building it takes the lock process_message holds
             if receipt.duplicate:
                 stored = self.store.get(receipt.id)
                 outs = [o for o in stored.outcomes if o.current] if stored else []
@@ -297,10 +297,14 @@ class DicomIntake:
             for m in self.store.find(MessageFilter(state="received"), limit=1000).items
             if m.format == "dicom" and m.channel in ("dicom", "stow")
         ]
+        done = 0
         for message_id in sorted(ids):
+            converter = self.converter
             with self._commit_lock:
-                process_message(self.store, self.converter, message_id, self._lock)
-        return len(ids)
+                if self.store.state_of(message_id) == "received":  # not converted meanwhile
+                    process_message(self.store, converter, message_id, self._lock)
+                    done += 1
+        return done
 
     def pending(self) -> list[str]:
         """Studies with instances received and not yet committed."""

@@ -500,17 +500,23 @@ class Store:
             query = query.where(m.message_type == where.message_type)
         if where.control_id:
             query = query.where(m.control_id == where.control_id)
-        if where.since is not None:
-            # ids grow with time: the first id received since then bounds the scan, so
-            # the (filter, id) indexes serve the query instead of a sort.
-            first = (
-                sa.select(sa.func.min(m.id)).where(m.received_at >= where.since).scalar_subquery()
-            )
-            query = query.where(key >= first)
         if after:
             query = query.where(key < _cursor(after))
         query = query.order_by(key.desc()).limit(limit + 1)
         with self.engine.connect() as conn:
+            if where.since is not None:
+                # ids grow with time: the first id received since then bounds the scan,
+                # so the (filter, id) indexes serve the query instead of a sort. Found
+                # on the (received_at, id) index: min(id) would walk the primary key.
+                first = conn.execute(
+                    sa.select(m.id)
+                    .where(m.received_at >= where.since)
+                    .order_by(m.received_at, m.id)
+                    .limit(1)
+                ).scalar()
+                if first is None:
+                    return Page([], None)
+                query = query.where(key >= int(first))
             rows = conn.execute(query).all()
         items = [_summary(r) for r in rows[:limit]]
         more = len(rows) > limit

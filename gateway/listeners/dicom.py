@@ -406,7 +406,14 @@ class DicomSCP:
             (evt.EVT_C_ECHO, self._on_echo),
         ]
         where = (host or self.settings.dicom_host, self._port(port))
-        self._server = self.ae.start_server(where, block=False, evt_handlers=handlers)
+        try:
+            self._server = self.ae.start_server(where, block=False, evt_handlers=handlers)
+        except OSError as exc:  # the port is taken, or the address is not this machine's
+            raise ConfigError(
+                "bad-setting",
+                f"the DICOM listener cannot listen on {where[0]}:{where[1]}: {exc.strerror}",
+                location="dicom_port",
+            ) from None
         return self
 
     def _port(self, port: int | None) -> int:

@@ -20,7 +20,8 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
 
-from gateway import Converter, Settings
+from gateway import ConfigError, Converter, Settings
+from gateway.cli import main
 from gateway.listeners.dicom import DicomIntake, DicomSCP, StudyCompleter
 from gateway.store import MessageFilter, Store
 from tests.golden.dicom.make_studies import part10, wang_wei
@@ -114,7 +115,7 @@ def test_a_study_sent_by_pynetdicom_becomes_the_bundle_gateway_convert_makes(
 
 
 def test_storescu_then_gateway_dicom_commit_from_the_command_line(
-    tmp_path: Path, converter: Converter
+    tmp_path: Path, converter: Converter, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The applications as a site runs them: `gateway dicom listen`, pynetdicom's
     `storescu` app, `gateway dicom commit`."""
@@ -158,11 +159,9 @@ def test_storescu_then_gateway_dicom_commit_from_the_command_line(
     store = Store.for_home(tmp_path)
     try:
         assert DicomIntake(Settings.load(home=tmp_path, env={}), store).pending() == [NSCH_STUDY]
-        commit = subprocess.run(
-            [*gateway, "dicom", "commit", NSCH_STUDY, "--json"], capture_output=True, timeout=120
-        )
-        assert commit.returncode == 0, commit.stderr.decode()
-        result = orjson.loads(commit.stdout)
+        # the command in-process: a second interpreter would only add its start-up time
+        assert main(["--home", str(tmp_path), "dicom", "commit", NSCH_STUDY, "--json"]) == 0
+        result = orjson.loads(capsys.readouterr().out)
         assert (result["instances"], result["ok"]) == (8, True)
         stored = store.get(result["message_id"])
         assert stored is not None
@@ -192,8 +191,6 @@ def test_unknown_calling_or_called_ae_is_refused_at_association(
 
 def test_no_allowed_aes_is_a_configuration_error(tmp_path: Path, converter: Converter) -> None:
     settings = dicom_settings(tmp_path, dicom_allowed_aes="")
-    from gateway import ConfigError
-
     with pytest.raises(ConfigError, match="dicom_allowed_aes") as caught:
         DicomSCP(settings, intake_for(settings, converter))
     assert caught.value.code == "config.dicom-no-allowed-aes"
@@ -276,8 +273,6 @@ def test_settings_for_the_scp(tmp_path: Path) -> None:
     assert Settings.load(
         home=tmp_path, env={"GATEWAY_DICOM_ALLOWED_AES": "A, B"}
     ).dicom_allowed_aes == ("A", "B")
-    from gateway import ConfigError
-
     for name, value in [
         ("DICOM_AE_TITLE", "A" * 17),
         ("DICOM_ALLOWED_AES", "BAD\\AE"),
@@ -287,3 +282,12 @@ def test_settings_for_the_scp(tmp_path: Path) -> None:
     ]:
         with pytest.raises(ConfigError, match=name.lower()):
             Settings.load(home=tmp_path, env={f"GATEWAY_{name}": value})
+
+
+def test_a_port_already_taken_is_a_clear_configuration_error(
+    running: tuple[DicomSCP, DicomIntake], tmp_path: Path, converter: Converter
+) -> None:
+    host, port = running[0].address
+    settings = dicom_settings(tmp_path / "second")
+    with pytest.raises(ConfigError, match=f"cannot listen on 127.0.0.1:{port}"):
+        DicomSCP(settings, running[1]).start(host, port)

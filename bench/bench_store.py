@@ -123,8 +123,8 @@ def _control_id(store: Store, message_id: int) -> str:
 
 
 def lookups(store: Store, count: int) -> list[tuple[str, float, float, int]]:
-    _, patients = rows(min(count, 1000))
-    patient = str(patients[500][1])
+    found = store.get(count // 2)
+    patient = found.patients[0] if found and found.patients else "none"
     middle = str(count // 2)
     cases: list[tuple[str, MessageFilter, str | None]] = [
         ("newest page, no filter", MessageFilter(), None),
@@ -211,8 +211,7 @@ def machine() -> list[str]:
         pass
     return [
         f"- CPU: {cpu}, {os.cpu_count()} logical cores (shared with other work while measured)",
-        f"- Python {platform.python_version()}, SQLAlchemy {sa.__version__}, "
-        f"SQLite {sqlite3.sqlite_version}",
+        f"- Python {platform.python_version()}, SQLAlchemy {sa.__version__}",
     ]
 
 
@@ -233,10 +232,11 @@ def main() -> int:
             backends.append(("PostgreSQL", args.pg))
         for name, url in backends:
             store = Store.open(url)
+            version = f"SQLite {sqlite3.sqlite_version} (WAL, synchronous=FULL)"
             if name == "PostgreSQL":
                 with store.engine.connect() as conn:
-                    lines.append(f"- {conn.exec_driver_sql('SHOW server_version').scalar()} "
-                                 "(PostgreSQL, local socket over TCP, fsync on)")
+                    server = conn.exec_driver_sql("SHOW server_version").scalar()
+                    version = f"PostgreSQL {server} (same machine, over TCP, fsync on)"
                     if conn.exec_driver_sql("SELECT count(*) FROM messages").scalar():
                         raise SystemExit("--pg must name an empty database")
             started = time.perf_counter()
@@ -248,8 +248,9 @@ def main() -> int:
             print(f"{name}: {args.rows} rows generated in {filled:.0f} s", file=sys.stderr)
             results = lookups(store, args.rows)
             lines += ["", f"### Look-ups on {args.rows:,} stored messages: {name}", "",
-                      "One page of 50 (`Store.find`, as `gateway messages list` and "
-                      "`GET /messages`), warm cache, 30 runs.", "",
+                      f"{version}. One page of 50 (`Store.find`, as `gateway messages list` "
+                      "and `GET /messages`), warm cache, 30 runs; the worst run includes the "
+                      "machine's other work.", "",
                       "| query | median ms | worst ms | rows |", "|---|---:|---:|---:|"]
             for label, median, worst, found in results:
                 lines.append(f"| {label} | {median:.2f} | {worst:.2f} | {found} |")
@@ -272,7 +273,19 @@ def main() -> int:
                 rate = intake(url, connections, args.intake // connections, folder / "home")
                 lines.append(f"| {name} | {connections} | {rate:,.0f} |")
                 print(f"  intake {name} x{connections}: {rate:.0f}/s", file=sys.stderr)
-    lines += ["", END]
+    lines += [
+        "",
+        "Reading: every filtered page stays far under the issue's 50 ms on a million rows,",
+        "because each filter walks an `(x, id)` index from the newest id (keyset pages:",
+        "`after=` is an id, never an OFFSET) and stops after 51 rows. Intake: one",
+        "connection that waits for each ACK is bound by one disk flush per message (an",
+        "ACK means committed: SQLite synchronous=FULL, PostgreSQL fsync); with several",
+        "connections the listener's writer thread commits what arrived meanwhile in one",
+        "transaction, so the flushes are shared. Conversion is not included (it runs",
+        "after the ACK; see the conversion benchmark above for its cost).",
+        "",
+        END,
+    ]
     section = "\n".join(lines) + "\n"
     if args.out == "-":
         print(section)

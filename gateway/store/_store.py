@@ -254,6 +254,8 @@ class Store:
         config = Config()
         config.set_main_option("script_location", str(_MIGRATIONS))
         with self._writer.begin() as conn:
+            if self.dialect == "postgresql":  # two gateways starting at once: one migrates
+                conn.exec_driver_sql("SELECT pg_advisory_xact_lock(727746)")
             config.attributes["connection"] = conn
             command.upgrade(config, revision)
 

@@ -4,6 +4,7 @@
     gateway report variants REPORT.json [--lang L] [--pdf OUT.pdf]    report language variants
     gateway demo                                             the demo network, end to end
     gateway serve [--host H] [--port P]                      the HTTP API (+ MLLP: mllp_port)
+    gateway dicom commit UID | pending | listen              DICOM listeners (C-STORE, STOW-RS)
     gateway listen [--port P]                                HL7 v2 over MLLP into the store
     gateway messages list|show|reprocess|prune               the message store
     gateway db upgrade                                       create or migrate the store
@@ -31,6 +32,8 @@ from .envelope import Record
 from .errors import GatewayError
 from .intake import FORMATS, detect_format
 from .listeners import add_cli as add_listen_cli
+from .listeners.dicom import add_cli as add_dicom_cli
+from .listeners.dicom import start_dicom
 from .pipeline import Converter
 from .reports import add_cli
 from .store import add_cli as add_store_cli
@@ -241,9 +244,13 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         f"bearer tokens: {tokens}",
         file=sys.stderr,
     )
-    # The store is migrated at start; the MLLP listener runs beside the API when
-    # mllp_port is set (gateway/listeners).
-    asyncio.run(serve_gateway(app, settings, host, port))
+    dicom = start_dicom(settings, app)  # study completer; C-STORE SCP when dicom_port is set
+    try:
+        # The store is migrated at start; the MLLP listener runs beside the API when
+        # mllp_port is set (gateway/listeners).
+        asyncio.run(serve_gateway(app, settings, host, port))
+    finally:
+        dicom.stop()
     return 0
 
 
@@ -291,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_cli(sub)  # gateway report variants
     add_listen_cli(sub)  # gateway listen
     add_store_cli(sub)  # gateway messages ..., gateway db upgrade
+    add_dicom_cli(sub)  # gateway dicom commit / pending / listen
 
     config = sub.add_parser("config", help="print the effective settings")
     config.set_defaults(func=cmd_config)

@@ -61,6 +61,13 @@ class Settings:
     retention_days: dict[str, int] = field(  # hash=False: Settings stays hashable
         default_factory=lambda: {"converted": 30, "failed": 90, "rejected": 30}, hash=False
     )
+    # DICOM listeners (gateway/listeners/dicom.py; docs/listeners-dicom.md)
+    dicom_port: int | None = None  # the C-STORE SCP runs only when set
+    dicom_host: str = "127.0.0.1"
+    dicom_ae_title: str = "FHIRGATEWAY"
+    dicom_allowed_aes: tuple[str, ...] = ()  # calling AE titles let in; "*" lets in any
+    dicom_quiet_seconds: float = 60.0  # a study is complete after this long with no instance
+    dicom_keep_pixels: bool = False  # store pixel data and other bulk data too
 
     @property
     def out_dir(self) -> Path:
@@ -137,6 +144,8 @@ def _coerce(name: str, value: Any, home: Path) -> Any:
         if limit < 1024:
             raise ConfigError("bad-setting", f"dicom_max_element_bytes must be ≥ 1024, not {limit}")
         return limit
+    if name.startswith("dicom_") and name != "dicom_max_element_bytes":
+        return _dicom_setting(name, value)
     if name == "timezone" and not re.fullmatch(r"[+-](?:0\d|1[0-4]):[0-5]\d|Z", str(value)):
         raise ConfigError("bad-setting", f"timezone must be an offset like +08:00, not {value!r}")
     return str(value)
@@ -186,3 +195,51 @@ def _retention(value: Any) -> dict[str, int]:
             raise ConfigError("bad-setting", f"retention_days.{state} must not be negative")
         out[str(state)] = int(number)
     return out
+def _dicom_setting(name: str, value: Any) -> Any:
+    """The DICOM listener settings, from TOML values or GATEWAY_DICOM_* strings."""
+    text = str(value).strip()
+    if name == "dicom_port":
+        if not text.isdigit() or not 0 < int(text) < 65536:
+            raise ConfigError("bad-setting", f"dicom_port must be 1–65535, not {value!r}")
+        return int(text)
+    if name == "dicom_quiet_seconds":
+        try:
+            seconds = float(text)
+        except ValueError:
+            seconds = -1.0
+        if not 0 < seconds <= 86400:
+            raise ConfigError(
+                "bad-setting", f"dicom_quiet_seconds must be a number of seconds, not {value!r}"
+            )
+        return seconds
+    if name == "dicom_keep_pixels":
+        if isinstance(value, bool):
+            return value
+        if text.lower() not in ("1", "true", "yes", "0", "false", "no"):
+            raise ConfigError(
+                "bad-setting", f"dicom_keep_pixels must be true or false, not {value!r}"
+            )
+        return text.lower() in ("1", "true", "yes")
+    if name == "dicom_allowed_aes":
+        # a TOML list, or a comma-separated GATEWAY_DICOM_ALLOWED_AES
+        titles = value if isinstance(value, list) else text.split(",")
+        aes = tuple(str(t).strip() for t in titles if str(t).strip())
+        for title in aes:
+            if title != "*":
+                _ae_title(name, title)
+        return aes
+    if name == "dicom_ae_title":
+        return _ae_title(name, text)
+    return text
+
+
+def _ae_title(name: str, title: str) -> str:
+    """An AE title as PS3.5 allows it: 1-16 characters of the default repertoire,
+    no backslash, no control characters."""
+    printable = title.isascii() and title.isprintable() and "\\" not in title
+    if not 0 < len(title) <= 16 or not printable:
+        raise ConfigError(
+            "bad-setting",
+            f"{name}: {title!r} is not an AE title (1–16 ASCII characters, no backslash)",
+        )
+    return title

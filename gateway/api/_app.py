@@ -53,6 +53,7 @@ from ..intake import FORMATS
 from ..pipeline import Converter
 from ..reports import VariantPool, WorkerCrash
 from ._auth import TokenSet, load_tokens
+from ._dicomweb import add_dicomweb_routes
 from ._messages import add_message_routes
 
 __all__ = ["create_app"]
@@ -251,6 +252,8 @@ def create_app(
             details={"issue_type": "login"},
         )
         return _outcome([issue], 401, {"WWW-Authenticate": "Bearer"})
+
+    add_dicomweb_routes(app, settings, unauthorized)  # STOW-RS: docs/listeners-dicom.md
 
     @app.post("/report/variants")
     async def report_variants(

@@ -1,0 +1,578 @@
+"""DICOM listeners: a C-STORE SCP (pynetdicom) and the intake behind it and behind
+DICOMweb STOW-RS (``gateway/api/_dicomweb.py``).
+
+    modality ──C-STORE──▶ DicomSCP ─┐
+                                    ├─▶ DicomIntake.receive ─▶ store (durable) ─▶ 0x0000 / 200
+    PACS ─────STOW-RS───▶ /dicomweb ┘         │
+                                              ▼  quiet for dicom_quiet_seconds, or commit
+                                   DicomIntake.commit ─▶ one message per study ─▶ Bundle
+
+Every instance is stored, and committed, before the sender hears success; a storage
+failure answers 0xA700 (out of resources), an instance that cannot be read 0xC000
+(cannot understand). Unless ``dicom_keep_pixels`` is set, pixel data and the other
+bulk data elements are removed first: the gateway maps headers, and a study's headers
+are a few hundred kilobytes where its pixels are hundreds of megabytes.
+
+A study is complete when no instance of it has arrived for ``dicom_quiet_seconds``
+(the :class:`StudyCompleter` thread looks every second or so), or when someone says so:
+``gateway dicom commit STUDY_UID`` or ``POST /dicomweb/studies/{study}/$commit``.
+Its instances then become one message, converted as ``gateway convert`` converts the
+same files. See docs/listeners-dicom.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import logging
+import signal
+import sys
+import threading
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import orjson
+from pydicom import config, dcmread
+from pydicom.datadict import dictionary_VR
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.filewriter import dcmwrite
+from pydicom.uid import UID, ExplicitVRLittleEndian
+
+from ..config import Settings
+from ..errors import ConfigError, GatewayError, IntakeError
+from ..pipeline import Converter
+from ..store import DicomInstance, MessageFilter, Store, open_store, process_message
+from ._stow import DICOM, Outcome, Part, media_type, response_json, split_multipart
+
+__all__ = [
+    "CANNOT_UNDERSTAND",
+    "DICOM",
+    "OUT_OF_RESOURCES",
+    "SUCCESS",
+    "WRONG_STUDY",
+    "CommitResult",
+    "DicomIntake",
+    "DicomSCP",
+    "DicomService",
+    "Instance",
+    "Origin",
+    "Outcome",
+    "Part",
+    "StoreFailure",
+    "StudyCompleter",
+    "add_cli",
+    "iter_outcomes",
+    "media_type",
+    "open_intake",
+    "prepare_instance",
+    "response_json",
+    "split_multipart",
+    "start_dicom",
+]
+
+log = logging.getLogger("gateway.dicom")
+
+# Storage Service Class statuses (PS3.4 B.2.3) and STOW-RS failure reasons (PS3.18
+# §10.5.3), which share their values.
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700  # the store could not keep the instance
+WRONG_STUDY = 0xA900  # STOW to /studies/{study}: an instance of another study
+CANNOT_UNDERSTAND = 0xC000  # not DICOM, damaged, or without its UIDs
+
+# Bulk data: what PS3.18 sends as BulkDataURIs, and what the gateway does not map.
+_BULK_TAGS = frozenset(
+    {
+        0x7FE00010,  # PixelData
+        0x7FE00008,  # FloatPixelData
+        0x7FE00009,  # DoubleFloatPixelData
+        0x54001010,  # WaveformData
+        0x56000020,  # SpectroscopyData
+        0x00420011,  # EncapsulatedDocument
+        0xFFFCFFFC,  # DataSetTrailingPadding
+    }
+)
+_REPEATING_BULK = (0x60003000, 0x50003000)  # OverlayData (60xx,3000), CurveData (50xx,3000)
+
+
+@dataclass(frozen=True, slots=True)
+class Instance:
+    """One received instance, ready for the store: its UIDs and its Part 10 bytes
+    (bulk data removed unless configured)."""
+
+    study_uid: str
+    series_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    data: bytes
+    stripped: bool  # bulk data was removed
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """How an instance came: ``listener`` is ``dicom`` (C-STORE) or ``stow``; ``peer``
+    the calling AE title and address (``CT01@10.0.0.5:40112``) or the HTTP client's."""
+
+    listener: str
+    peer: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CommitResult:
+    """A study taken out of the pending instances: its message and how it converted."""
+
+    study_uid: str
+    message_id: int
+    instances: int
+    ok: bool
+    duplicate: bool  # the same instances were committed before: that message again
+    errors: tuple[str, ...] = ()  # "code: message at location", no patient data
+
+
+class StoreFailure(Exception):
+    """The store could not keep an instance (database down, disk full): the sender
+    gets 0xA700 and may resend."""
+
+
+def prepare_instance(data: bytes, keep_pixels: bool = False) -> Instance:
+    """A Part 10 file as the store keeps it: bulk data removed unless ``keep_pixels``,
+    otherwise the bytes as sent. IntakeError when it is not DICOM or lacks a UID."""
+    # pydicom's value validation warns with the offending value: no patient data may
+    # reach the logs (the DICOM reader does the same).
+    config.settings.reading_validation_mode = config.IGNORE
+    try:
+        ds = dcmread(io.BytesIO(data))
+        uids = {
+            "study_uid": _uid(ds, 0x0020000D, "StudyInstanceUID"),
+            "series_uid": _uid(ds, 0x0020000E, "SeriesInstanceUID"),
+            "sop_instance_uid": _uid(ds, 0x00080018, "SOPInstanceUID"),
+            "sop_class_uid": _uid(ds, 0x00080016, "SOPClassUID"),
+        }
+    except InvalidDicomError:
+        raise IntakeError(
+            "dicom-not-dicom", "the instance is not a DICOM Part 10 file (no DICM prefix)"
+        ) from None
+    except (ValueError, EOFError, KeyError, TypeError, OverflowError) as exc:
+        raise IntakeError(
+            "dicom-unreadable", f"the instance cannot be parsed ({type(exc).__name__})"
+        ) from None
+    if keep_pixels or not _strip(ds):
+        return Instance(data=data, stripped=False, **uids)
+    syntax = UID(ds.file_meta.get("TransferSyntaxUID", ExplicitVRLittleEndian))
+    if syntax.is_encapsulated:
+        # The dataset of an encapsulated syntax is Explicit VR Little Endian; without
+        # its pixels it is exactly that.
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    out = io.BytesIO()
+    dcmwrite(out, ds, enforce_file_format=True)
+    return Instance(data=out.getvalue(), stripped=True, **uids)
+
+
+def _uid(ds: Dataset, tag: int, keyword: str) -> str:
+    value = ds.get(tag)
+    text = str(value.value).strip("\0 ") if value is not None and value.value else ""
+    if not text:
+        raise IntakeError(
+            "dicom-missing-uid",
+            f"the instance has no {keyword}",
+            location=f"({tag >> 16:04X},{tag & 0xFFFF:04X}) {keyword}",
+        )
+    return text
+
+
+def _strip(ds: Dataset) -> bool:
+    """Remove bulk data elements at every depth; True when something was removed."""
+    removed = False
+    tags = list(ds.keys())  # iterating a Dataset would parse every element
+    for tag in [t for t in tags if _is_bulk(int(t))]:
+        del ds[tag]
+        removed = True
+    for tag in ds.keys():  # noqa: SIM118
+        # get_item leaves the element raw: only sequences are parsed, so everything
+        # else is written back byte for byte.
+        raw = ds.get_item(tag)
+        vr = raw.VR if raw is not None and raw.VR else _dictionary_vr(int(tag))
+        if vr == "SQ":
+            for item in ds[tag].value or []:
+                removed = _strip(item) or removed
+    return removed
+
+
+def _dictionary_vr(tag: int) -> str | None:
+    try:
+        return str(dictionary_VR(tag))
+    except KeyError:  # a private or unknown element of an implicit VR dataset
+        return None
+
+
+def _is_bulk(tag: int) -> bool:
+    return tag in _BULK_TAGS or (tag & 0xFF00FFFF) in _REPEATING_BULK
+
+
+class DicomIntake:
+    """The one way in for DICOM instances, whichever listener received them, over the
+    message store (``dicom_instances`` until a study is complete, then one message)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        converter: Converter | None = None,
+        lock: threading.Lock | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self._converter = converter
+        self._lock = lock or threading.Lock()  # conversions take turns on one converter
+        self._commit_lock = threading.Lock()  # a study is taken once, by one thread
+
+    @property
+    def converter(self) -> Converter:
+        with self._lock:
+            if self._converter is None:  # built on first use: the SCP starts at once
+                self._converter = Converter(self.settings)
+            return self._converter
+
+    def receive(self, data: bytes, origin: Origin, study_uid: str | None = None) -> Instance:
+        """Read, strip and store one instance. IntakeError when it cannot be
+        understood (or, with ``study_uid``, belongs to another study); StoreFailure
+        when the store cannot keep it. Returns only once it is committed."""
+        instance = prepare_instance(data, self.settings.dicom_keep_pixels)
+        if study_uid is not None and instance.study_uid != study_uid:
+            raise IntakeError(
+                "dicom-wrong-study",
+                "the instance belongs to another study than the request's URL names",
+                location="(0020,000D) StudyInstanceUID",
+            )
+        row = DicomInstance(
+            study_uid=instance.study_uid,
+            series_uid=instance.series_uid,
+            sop_uid=instance.sop_instance_uid,
+            data=instance.data,
+            channel=origin.listener,
+            peer=origin.peer,
+        )
+        try:
+            self.store.add_instance(row)
+        except Exception as exc:  # whatever the database raises: never a success status
+            log.exception("storing a DICOM instance failed")
+            raise StoreFailure(type(exc).__name__) from exc
+        return instance
+
+    def commit(self, study_uid: str) -> CommitResult | None:
+        """Take the study's pending instances into one message and convert it now;
+        None when nothing of that study is pending."""
+        with self._commit_lock:
+            receipt = self.store.commit_study(study_uid)
+            if receipt is None:
+                return None
+            converter = self.converter  # first: building it takes the lock process_message holds
+            if receipt.duplicate:
+                stored = self.store.get(receipt.id)
+                outs = [o for o in stored.outcomes if o.current] if stored else []
+                state, issues = (outs[-1].state, outs[-1].issues) if outs else (receipt.state, [])
+            else:
+                outcome = process_message(self.store, converter, receipt.id, self._lock)
+                state, issues = outcome.state, outcome.issues
+        found = self.store.raw(receipt.id)
+        members = len(zipfile.ZipFile(io.BytesIO(found[0])).namelist()) if found and found[0] else 0
+        errors = tuple(
+            f"{i['code']}: {i['message']}" + (f" at {i['location']}" if i.get("location") else "")
+            for i in issues
+            if i.get("severity") in ("error", "fatal")
+        )
+        return CommitResult(
+            study_uid, receipt.id, members, state == "converted", receipt.duplicate, errors
+        )
+
+    def resume(self) -> int:
+        """Convert the DICOM messages committed but never converted (the process
+        stopped in between); returns how many. Run once when the completer starts."""
+        ids = [
+            m.id
+            for m in self.store.find(MessageFilter(state="received"), limit=1000).items
+            if m.format == "dicom" and m.channel in ("dicom", "stow")
+        ]
+        done = 0
+        for message_id in sorted(ids):
+            converter = self.converter
+            with self._commit_lock:
+                if self.store.state_of(message_id) == "received":  # not converted meanwhile
+                    process_message(self.store, converter, message_id, self._lock)
+                    done += 1
+        return done
+
+    def pending(self) -> list[str]:
+        """Studies with instances received and not yet committed."""
+        return self.store.quiet_studies(timedelta(0))
+
+    def sweep(self, now: datetime | None = None) -> list[CommitResult]:
+        """Commit every study that has been quiet for ``dicom_quiet_seconds`` (by the
+        store's clock: naive UTC)."""
+        done = []
+        quiet = timedelta(seconds=self.settings.dicom_quiet_seconds)
+        for study in self.store.quiet_studies(quiet, now):
+            result = self.commit(study)
+            if result is not None:
+                done.append(result)
+                log.info(
+                    "study committed after its quiet period: message %s, %d instances, %s",
+                    result.message_id,
+                    result.instances,
+                    "converted" if result.ok else "failed",
+                )
+        return done
+
+
+def open_intake(settings: Settings) -> DicomIntake:
+    """The DICOM intake over the configured store."""
+    return DicomIntake(settings, open_store(settings))
+
+
+class StudyCompleter:
+    """A daemon thread that commits quiet studies (``DicomIntake.sweep``)."""
+
+    def __init__(self, intake: DicomIntake, interval: float | None = None) -> None:
+        self.intake = intake
+        quiet = intake.settings.dicom_quiet_seconds
+        self.interval = interval if interval is not None else min(max(quiet / 4, 0.05), 1.0)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="dicom-completer", daemon=True)
+
+    def start(self) -> StudyCompleter:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        try:
+            self.intake.resume()
+        except Exception:
+            log.exception("converting DICOM messages left from an earlier run failed")
+        while not self._stop.wait(self.interval):
+            try:
+                self.intake.sweep()
+            except Exception:  # a failed sweep is retried at the next tick
+                log.exception("committing quiet DICOM studies failed")
+
+
+class DicomSCP:
+    """The C-STORE and C-ECHO SCP (pynetdicom). Calling AE titles not in
+    ``dicom_allowed_aes`` are rejected at association (A-ASSOCIATE-RJ, "calling AE
+    title not recognised"); ``*`` lets any in."""
+
+    def __init__(self, settings: Settings, intake: DicomIntake) -> None:
+        from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
+        from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+        self.settings = settings
+        self.intake = intake
+        allowed = list(settings.dicom_allowed_aes)
+        if not allowed:
+            raise ConfigError(
+                "dicom-no-allowed-aes",
+                "dicom_allowed_aes is empty, so no modality could connect: list the calling "
+                "AE titles allowed to send, or '*' for any",
+                location="dicom_allowed_aes",
+            )
+        self.ae = AE(ae_title=settings.dicom_ae_title)
+        self.ae.require_called_aet = True  # associations must name this AE
+        self.ae.require_calling_aet = [] if "*" in allowed else allowed
+        for context in AllStoragePresentationContexts:
+            # any transfer syntax: headers are read, pixels never decoded
+            assert context.abstract_syntax is not None
+            self.ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        self.ae.add_supported_context(Verification)
+        self._server: Any = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self._server.server_address[:2]
+        return str(host), int(port)
+
+    def start(self, host: str | None = None, port: int | None = None) -> DicomSCP:
+        """Listen in background threads (port 0: a free port, see ``address``)."""
+        from pynetdicom import evt
+
+        handlers: list[Any] = [
+            (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_C_ECHO, self._on_echo),
+        ]
+        where = (host or self.settings.dicom_host, self._port(port))
+        try:
+            self._server = self.ae.start_server(where, block=False, evt_handlers=handlers)
+        except OSError as exc:  # the port is taken, or the address is not this machine's
+            raise ConfigError(
+                "bad-setting",
+                f"the DICOM listener cannot listen on {where[0]}:{where[1]}: {exc.strerror}",
+                location="dicom_port",
+            ) from None
+        return self
+
+    def _port(self, port: int | None) -> int:
+        if port is not None:
+            return port
+        if self.settings.dicom_port is None:
+            raise ConfigError("bad-setting", "dicom_port is not set", location="dicom_port")
+        return self.settings.dicom_port
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+
+    def _on_echo(self, event: Any) -> int:
+        return SUCCESS
+
+    def _on_store(self, event: Any) -> Dataset | int:
+        assoc = event.assoc
+        peer = assoc.requestor
+        origin = Origin("dicom", f"{str(peer.ae_title).strip()}@{peer.address}:{peer.port}")
+        try:
+            self.intake.receive(event.encoded_dataset(include_meta=True), origin)
+        except GatewayError as exc:
+            log.warning("C-STORE refused: %s", exc.issue.line())
+            return _status(CANNOT_UNDERSTAND, f"{exc.code}: {exc.location or exc.issue.message}")
+        except StoreFailure:
+            return _status(OUT_OF_RESOURCES, "the instance could not be stored; send it again")
+        return SUCCESS
+
+
+class DicomService:
+    """What ``gateway serve`` and ``gateway dicom listen`` run: the study completer and,
+    when ``dicom_port`` is set, the C-STORE SCP, over one intake."""
+
+    def __init__(self, settings: Settings, intake: DicomIntake, port: int | None = None) -> None:
+        self.intake = intake
+        self.scp: DicomSCP | None = None
+        if port is not None or settings.dicom_port is not None:
+            self.scp = DicomSCP(settings, intake).start(port=port)
+        self.completer = StudyCompleter(intake).start()
+
+    def stop(self) -> None:
+        if self.scp is not None:
+            self.scp.stop()
+        self.completer.stop()
+
+
+def start_dicom(settings: Settings, app: Any = None, port: int | None = None) -> DicomService:
+    """Start the DICOM listeners (the SCP on ``port``, else ``dicom_port`` when set);
+    with the API's ``app``, STOW-RS shares their intake."""
+    intake = open_intake(settings)
+    if app is not None:
+        app.state.dicom_intake = intake
+    service = DicomService(settings, intake, port)
+    if service.scp is not None:
+        host, port = service.scp.address
+        print(
+            f"DICOM C-STORE SCP {settings.dicom_ae_title} on {host}:{port}; calling AEs: "
+            f"{', '.join(settings.dicom_allowed_aes)}",
+            file=sys.stderr,
+        )
+    return service
+
+
+def add_cli(sub: Any) -> None:
+    """``gateway dicom commit | pending | listen``."""
+    dicom = sub.add_parser("dicom", help="DICOM listeners: commit studies, list pending ones")
+    actions = dicom.add_subparsers(dest="dicom_command", required=True)
+    commit = actions.add_parser(
+        "commit", help="convert a study's received instances now (not after its quiet period)"
+    )
+    commit.add_argument("study", help="Study Instance UID")
+    commit.add_argument("--json", action="store_true", help="the result as JSON")
+    commit.set_defaults(func=cmd_commit)
+    pending = actions.add_parser("pending", help="studies received and not yet committed")
+    pending.set_defaults(func=cmd_pending)
+    listen = actions.add_parser(
+        "listen", help="run the C-STORE SCP and the study completer (no HTTP API)"
+    )
+    listen.add_argument("--port", type=int, default=None, help="instead of dicom_port")
+    listen.set_defaults(func=cmd_listen)
+
+
+def cmd_commit(args: argparse.Namespace, settings: Settings) -> int:
+    result = open_intake(settings).commit(args.study)
+    if result is None:
+        print(
+            f"error: no instance of study {args.study} is waiting to be converted", file=sys.stderr
+        )
+        return 2
+    if args.json:
+        print(orjson.dumps(dataclasses.asdict(result)).decode())
+    else:
+        state = "converted" if result.ok else "failed"
+        again = " (the same instances as before)" if result.duplicate else ""
+        print(f"message {result.message_id}: {result.instances} instances, {state}{again}")
+        for line in result.errors:
+            print(f"error: {line}", file=sys.stderr)
+    return 0 if result.ok else 1
+
+
+def cmd_pending(args: argparse.Namespace, settings: Settings) -> int:
+    for study in open_intake(settings).pending():
+        print(study)
+    return 0
+
+
+def cmd_listen(args: argparse.Namespace, settings: Settings) -> int:
+    service = start_dicom(settings, port=args.port)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        service.stop()
+    return 0
+
+
+def _status(code: int, comment: str) -> Dataset:
+    """A failure status with an Error Comment (LO: 64 characters, no patient data)."""
+    status = Dataset()
+    status.Status = code
+    status.ErrorComment = comment[:64]
+    return status
+
+
+def iter_outcomes(
+    intake: DicomIntake, parts: Iterator[Part], origin: Origin, study_uid: str | None
+) -> list[Outcome]:
+    """Receive every application/dicom part of a STOW-RS request; one Outcome each."""
+    outcomes = []
+    for part in parts:
+        if part.content_type != DICOM:
+            outcomes.append(Outcome(None, None, CANNOT_UNDERSTAND))
+            continue
+        try:
+            instance = intake.receive(part.data, origin, study_uid)
+        except IntakeError as exc:
+            sop = _sop_of(part.data)
+            reason = WRONG_STUDY if exc.code == "intake.dicom-wrong-study" else CANNOT_UNDERSTAND
+            outcomes.append(Outcome(*sop, reason))
+        except StoreFailure:
+            outcomes.append(Outcome(*_sop_of(part.data), OUT_OF_RESOURCES))
+        else:
+            outcomes.append(Outcome(instance.sop_class_uid, instance.sop_instance_uid))
+    return outcomes
+
+
+def _sop_of(data: bytes) -> tuple[str | None, str | None]:
+    """The SOP Class and Instance UIDs of a refused part, when it has them."""
+    try:
+        tags = [0x00080016, 0x00080018]
+        ds = dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=tags)
+        return (
+            str(ds.get("SOPClassUID", "")) or None,
+            str(ds.get("SOPInstanceUID", "")) or None,
+        )
+    except Exception:
+        return None, None

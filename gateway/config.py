@@ -14,6 +14,7 @@ from typing import Any
 
 from .datafiles import data_dir
 from .errors import ConfigError
+from .logs import LEVELS, LOG_FORMATS
 
 __all__ = ["DEFAULT_HOME", "Settings"]
 
@@ -39,6 +40,10 @@ class Settings:
     api_token_file: Path | None = None  # bearer tokens for the API, one per line
     host: str = "127.0.0.1"
     port: int = 8080
+    # A record whose serialised Bundle is larger fails (validation.bundle-too-large).
+    max_bundle_bytes: int = 16 * 1024 * 1024
+    log_level: str = "warning"  # debug | info | warning | error (gateway/logs.py)
+    log_format: str = "text"  # text | json (one JSON object per line)
 
     @property
     def out_dir(self) -> Path:
@@ -84,6 +89,24 @@ def _coerce(name: str, value: Any, home: Path) -> Any:
         if text not in ("1", "true", "yes", "0", "false", "no"):
             raise ConfigError("bad-setting", f"validate must be true or false, not {value!r}")
         return text in ("1", "true", "yes")
+    if name == "max_bundle_bytes":
+        try:
+            size = int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(
+                "bad-setting", f"max_bundle_bytes must be a number, not {value!r}"
+            ) from None
+        if size < 1024:
+            raise ConfigError("bad-setting", f"max_bundle_bytes must be at least 1024, not {size}")
+        return size
+    if name in ("log_level", "log_format"):
+        allowed = LEVELS if name == "log_level" else LOG_FORMATS
+        text = str(value).lower()
+        if text not in allowed:
+            raise ConfigError(
+                "bad-setting", f"{name} must be one of {', '.join(allowed)}, not {value!r}"
+            )
+        return text
     if name == "port":
         try:
             port = int(value)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..shared import share
+from ..shared import freeze
 
 if TYPE_CHECKING:
     from ._compile import Ctx
@@ -55,8 +55,10 @@ def memoised(fn: Callable[[Ctx], Any], scope: Scope) -> Callable[[Ctx], Any]:
     """Remember a spec's results by everything it can depend on (see Scope).
 
     Organisations, codings and practitioners recur in every message of a feed, so their
-    resources and data types are built once. Results are shared and must never be
-    changed afterwards (gateway/shared.py; the Bundle builder copies before it merges).
+    resources and data types are built once. Results are shared between records, so
+    they are frozen when remembered (gateway/shared.py): an in-place edit raises
+    instead of reaching other records. Freezing copies the result once, on a miss,
+    never on a hit.
     """
     if scope.rooted:
         return fn
@@ -97,12 +99,10 @@ def memoised(fn: Callable[[Ctx], Any], scope: Scope) -> Callable[[Ctx], Any]:
         except TypeError:  # an unhashable variable value: compute, do not remember
             return fn(ctx)
         if found is _MISS:
-            found = fn(ctx)
+            found = freeze(fn(ctx))
             if len(memo) >= _MEMO_SIZE:
                 memo.clear()
             memo[key] = found
-            if not (refs or ref_vars):  # shared values skip the reference check: none in them
-                share(found)
         return found
 
     return cached

@@ -13,6 +13,7 @@ converted, 1 when some failed, 2 for usage or configuration errors.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import re
 import sys
 from collections.abc import Iterable
@@ -26,12 +27,14 @@ from .config import Settings
 from .envelope import Record
 from .errors import GatewayError
 from .intake import FORMATS, detect_format
+from .logs import configure as configure_logs
 from .pipeline import Converter
 from .reports import add_cli
 
 __all__ = ["main"]
 
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._\-]+")
+_MAX_STEM = 100  # characters (ASCII): far below every file system's 255-byte name limit
 # Files taken from a folder (a file named on the command line is always read). DICOM
 # files often have no suffix; JSON (DICOM JSON) is read only when named, so that a
 # folder of converted Bundles is not taken for input.
@@ -99,13 +102,27 @@ def _read(name: str) -> tuple[str, bytes]:
     return name, Path(name).read_bytes()
 
 
+def output_stem(ident: str) -> str:
+    """A file name stem for a record id (control id, document id, Study UID): the id
+    itself when it is short and made of safe characters; otherwise its safe characters,
+    shortened, and a hash of the whole id, so that ids differing only in unsafe or cut
+    characters still get different names, and no id is too long for a file name."""
+    safe = _SAFE_NAME.sub("_", ident).strip("._-")
+    if safe == ident and 0 < len(ident) <= _MAX_STEM:
+        return ident
+    digest = hashlib.sha256(ident.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return f"{safe[: _MAX_STEM - 17]}-{digest}" if safe else digest
+
+
 def _output_name(record: Record, used: set[str]) -> str:
-    base = _SAFE_NAME.sub("_", record.control_id or f"message-{record.index}").strip("_")
+    """``<stem>.json``, with ``-2``, ``-3``... when an earlier record of the batch took
+    it (compared case-blind: macOS and Windows file systems are)."""
+    base = output_stem(record.control_id) if record.control_id else f"message-{record.index}"
     name, n = f"{base}.json", 1
-    while name in used:
+    while name.casefold() in used:
         n += 1
         name = f"{base}-{n}.json"
-    used.add(name)
+    used.add(name.casefold())
     return name
 
 
@@ -236,7 +253,9 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         f"bearer tokens: {tokens}",
         file=sys.stderr,
     )
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    # uvicorn's own lines go through the gateway's handler and format too.
+    configure_logs(settings.log_level, settings.log_format, loggers=("gateway", "uvicorn"))
+    uvicorn.run(app, host=host, port=port, log_config=None, log_level=settings.log_level)
     return 0
 
 
@@ -292,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = Settings.load(args.home)
+        configure_logs(settings.log_level, settings.log_format)
         code: int = args.func(args, settings)
         return code
     except GatewayError as exc:

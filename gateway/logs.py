@@ -6,7 +6,8 @@ once (``gateway convert``, ``demo``, ``serve``) with the ``log_level`` and
 
 What a line may carry: a record's control id or position (``Record.log_id``, never the
 file name a user gave), the stage, the outcome, an error code, a duration, exception
-*types* and traceback *frames*. Never an exception's message: a library's message may
+*types* and traceback *frames* (file, line, function: not the source line, which could
+hold anything a test or a plug-in wrote). Never an exception's message: a library's message may
 quote the value it choked on (``invalid literal for int(): '王伟'``), so tracebacks are
 formatted by :func:`safe_traceback`, which withholds every message except those of
 :class:`~gateway.errors.GatewayError` (written to name places, never values).
@@ -36,7 +37,7 @@ _WITHHELD = "(message withheld: it may quote patient data)"
 
 def safe_traceback(exc: BaseException) -> str:
     """The traceback of ``exc`` and the exceptions it chains to: frames (file, line,
-    function, source line) and exception types, without their messages."""
+    function) and exception types, without their messages."""
     chain: list[BaseException] = []
     seen: set[int] = set()
     current: BaseException | None = exc
@@ -52,7 +53,10 @@ def safe_traceback(exc: BaseException) -> str:
         if n:
             parts.append("\nwhich led to:\n\n")
         parts.append("Traceback (most recent call last):\n")
-        parts.extend(traceback.format_list(traceback.extract_tb(item.__traceback__)))
+        parts.extend(
+            f'  File "{frame.filename}", line {frame.lineno}, in {frame.name}\n'
+            for frame in traceback.extract_tb(item.__traceback__)
+        )
         kind = type(item)
         name = (
             kind.__qualname__

@@ -313,7 +313,9 @@ def test_a_frozen_shared_value_refuses_an_edit_loudly(settings: Settings) -> Non
     converter = Converter(settings)
     [unit] = read_messages(REFERRALS[0].read_bytes(), converter.network.charset)
     mapped: list[Any] = []
-    converter.finish(unit, after=lambda s, r, out: mapped.append(out) if s.name == "mapping" else None)
+    converter.finish(
+        unit, after=lambda s, r, out: mapped.append(out) if s.name == "mapping" else None
+    )
     organisations = _by_type(mapped[0], "Organization")
     assert organisations
     with pytest.raises(TypeError, match="shared between records"):

@@ -33,7 +33,7 @@ from .reports import add_cli
 
 __all__ = ["main"]
 
-_SAFE_NAME = re.compile(r"[^A-Za-z0-9._\-]+")
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9._^\-]+")  # ^: CDA ids (root^extension)
 _MAX_STEM = 100  # characters (ASCII): far below every file system's 255-byte name limit
 # Files taken from a folder (a file named on the command line is always read). DICOM
 # files often have no suffix; JSON (DICOM JSON) is read only when named, so that a

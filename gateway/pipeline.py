@@ -571,4 +571,3 @@ def write_stage_doc(path: Path) -> bool:
     if new != text:
         path.write_text(new, encoding="utf-8")
     return new != text
-

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import re
 from pathlib import Path
 from typing import Any
@@ -187,7 +188,7 @@ def test_built_stages_hand_on_what_the_next_one_takes() -> None:
 
     built = [s for s in STAGES if s.run is not None]
     assert [s.name for s in built] == ["intake", "mapping", "validation", "serialise"]
-    for before, after in zip(built, built[1:], strict=False):
+    for before, after in itertools.pairwise(built):
         assert before.output is after.input, (before.name, after.name)
     # each stage's state is reachable from the one before it
     state = State.RECEIVED

@@ -80,7 +80,8 @@ def test_copies_are_plain_and_mutable() -> None:
     for shallow in (dict(value), copy.copy(value), {**value}, value | {}):
         assert type(shallow) is dict
     given = value["name"][0]["given"]
-    assert type(given + ["x"]) is list and type(given[:]) is list and type(list(given)) is list
+    assert type(given.__add__(["x"])) is list  # given + [...]
+    assert type(given[:]) is list and type(list(given)) is list
 
 
 def test_frozen_values_serialise_and_validate_as_plain_ones() -> None:

@@ -92,7 +92,7 @@ class Record:
     unmapped: list[str] | None = None  # fields holding data that no mapping read (traced)
     state: State = State.RECEIVED
     history: list[Step] = field(default_factory=list)
-    _bundle: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+    _bundle: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def bundle(self) -> dict[str, Any] | None:

@@ -382,9 +382,10 @@ class Converter:
     ) -> Record:
         """Run the built stages of :data:`STAGES` over one read record.
 
-        ``after(stage, record, output)`` is called after each stage that ran (tests use
-        it to look at, and tamper with, what each stage hands on); ``read_ms`` is the
-        time the reader took to make ``unit`` (part of the intake step)."""
+        ``after(stage, record, output)`` is called after each stage that ran, with what
+        it handed on (its input when it failed); tests use it to look at, and tamper
+        with, each stage's output. ``read_ms`` is the time the reader took to make
+        ``unit`` (part of the intake step)."""
         record = Record(unit.raw, source, unit.index, unit.line, unit.format, unit.kind)
         record.control_id = unit.control_id
         record.charset, record.message_type, record.sender = (
@@ -406,7 +407,9 @@ class Converter:
                 code: str | None = exc.code
             except RecordFailed as exc:
                 record.issues.extend(_named(i, record.label) for i in exc.issues)
-                code = exc.issues[0].code if exc.issues else None
+                code = exc.issues[0].code if exc.issues else INTERNAL
+                if not exc.issues:  # a stage failed without saying why: a bug
+                    _internal(record, stage, exc)
             except Exception as exc:  # isolation: one record, one internal error
                 _internal(record, stage, exc)
                 code = INTERNAL

@@ -62,6 +62,8 @@ _TYPE_FIELD = {
     "cda": "/ClinicalDocument/code",
 }
 
+_KIND = {"hl7v2": "message", "dicom": "study", "cda": "document"}  # how errors name records
+
 INTERNAL = "internal"  # the issue code of an unexpected exception in a stage
 
 # What flows between stages. A mapped Bundle may hold frozen values shared with other
@@ -366,7 +368,7 @@ class Converter:
                 yield from read_documents(data, name)
 
     def _broken(self, broken: _Broken, source: str | None, kind: str) -> Record:
-        record = Record(b"", source, broken.index, format=kind)
+        record = Record(b"", source, broken.index, format=kind, kind=_KIND.get(kind, "message"))
         _internal(record, STAGES[0], broken.exc)
         record.history.append(Step(STAGES[0].name, "failed", broken.ms, INTERNAL))
         _log_record(record, broken.ms)

@@ -407,3 +407,20 @@ def test_a_bundle_over_the_size_limit_fails_its_record_only(settings: Settings) 
         else:
             assert record.ok
     assert sorted(s > 20_000 for s in sizes.values()) == [False, True]
+
+
+def test_a_dicom_reader_that_raises_gives_an_internal_record_not_a_traceback(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gateway import pipeline
+
+    def reader(items: Any, network: Any, sender: Any) -> Any:
+        raise NotImplementedError("unknown VR 'XY' in (0020,0011)")
+        yield  # a generator, as the real reader
+
+    monkeypatch.setattr(pipeline, "read_studies", reader)
+    [record] = Converter(settings).convert_files([("a.dcm", b"DICM")])
+    assert record.kind == "study" and record.errors[0].code == "internal"
+    assert record.errors[0].line() == (
+        "error: study #1: unexpected error in stage intake; see the gateway log [internal]"
+    )

@@ -11,8 +11,8 @@ Copying gives a plain, mutable value (``dict(d)``, ``list(l)``, ``{**d}``, ``l +
 ``copy.copy`` and ``copy.deepcopy``): copy-on-write for whoever needs to change one.
 
 A frozen dict also knows whether any ``reference`` key is inside it (``holds_refs``):
-the validator reuses a frozen subtree's checked skeleton, and the reference check skips
-subtrees that hold no reference.
+the validator keeps a frozen subtree's checked skeleton on it (``skeleton``) and reuses
+it, and the reference check skips subtrees that hold no reference.
 """
 
 from __future__ import annotations
@@ -33,8 +33,13 @@ def _frozen(self: object, *args: object, **kwargs: object) -> NoReturn:
 class FrozenDict(dict[str, Any]):
     """A read-only dict (see the module docstring)."""
 
-    __slots__ = ("holds_refs",)
+    __slots__ = ("checked_as", "holds_refs", "skeleton")
     holds_refs: bool
+    # What the validator found this value to be (its skeleton as a ``checked_as`` model):
+    # a function of the unchanging value alone, so it travels with the value instead of
+    # filling a cache.
+    checked_as: Any
+    skeleton: Any
 
     __setitem__ = __delitem__ = __ior__ = _frozen
     clear = pop = popitem = setdefault = update = _frozen
@@ -71,37 +76,57 @@ class FrozenList(list[Any]):
 def freeze(value: Any) -> Any:
     """``value`` with every dict and list inside it frozen (already frozen parts are
     reused as they are). Strings, numbers and other scalars are immutable already."""
-    return _freeze(value)[0]
-
-
-def _freeze(value: Any) -> tuple[Any, bool]:
-    """(frozen value, whether a ``reference`` key is inside it)."""
     kind = type(value)
     if kind is FrozenDict or kind is FrozenList:
-        return value, value.holds_refs
+        return value
     if isinstance(value, dict):
-        refs = "reference" in value
-        items = {}
-        for k, v in value.items():
-            if isinstance(v, (dict, list)):
-                v, inner = _freeze(v)
-                refs = refs or inner
-            items[k] = v
-        out = FrozenDict(items)
-        out.holds_refs = refs
-        return out, refs
+        return _freeze_dict(value)
     if isinstance(value, list):
-        refs = False
-        frozen_items = []
-        for v in value:
-            if isinstance(v, (dict, list)):
-                v, inner = _freeze(v)
-                refs = refs or inner
-            frozen_items.append(v)
-        frozen = FrozenList(frozen_items)
-        frozen.holds_refs = refs
-        return frozen, refs
-    return value, False
+        return _freeze_list(value)
+    return value
+
+
+# Memoised results are frozen on every memo miss: one copy per container, no temporary
+# containers (each would cost the garbage collector as much as the copy itself).
+
+
+def _freeze_dict(value: dict[str, Any]) -> FrozenDict:
+    out = FrozenDict(value)
+    refs = "reference" in value
+    for key, item in value.items():
+        kind = type(item)
+        if kind is FrozenDict or kind is FrozenList:
+            refs = refs or item.holds_refs
+        elif isinstance(item, dict):
+            item = _freeze_dict(item)
+            dict.__setitem__(out, key, item)
+            refs = refs or item.holds_refs
+        elif isinstance(item, list):
+            item = _freeze_list(item)
+            dict.__setitem__(out, key, item)
+            refs = refs or item.holds_refs
+    out.holds_refs = refs
+    out.checked_as = None
+    return out
+
+
+def _freeze_list(value: list[Any]) -> FrozenList:
+    out = FrozenList(value)
+    refs = False
+    for n, item in enumerate(value):
+        kind = type(item)
+        if kind is FrozenDict or kind is FrozenList:
+            refs = refs or item.holds_refs
+        elif isinstance(item, dict):
+            item = _freeze_dict(item)
+            list.__setitem__(out, n, item)
+            refs = refs or item.holds_refs
+        elif isinstance(item, list):
+            item = _freeze_list(item)
+            list.__setitem__(out, n, item)
+            refs = refs or item.holds_refs
+    out.holds_refs = refs
+    return out
 
 
 def is_frozen(value: Any) -> bool:

@@ -16,11 +16,11 @@ from the model's field annotations). Anything unexpected — an unknown key, a v
 primitive validator rejects — falls back to the full model, whose errors are reported.
 ``tests/validation`` checks that this verdict and ``Bundle.model_validate``'s agree.
 
-What it learns (known skeletons, accepted values, skeletons of frozen shared subtrees)
-belongs to a :class:`Validator`; each ``Converter`` makes its own. The module functions
+What it learns (known skeletons, accepted values) belongs to a :class:`Validator`; each ``Converter`` makes its own. The module functions
 (``check_bundle``, ``validate_bundle``, ``validate_resource``) use a default instance,
 for callers without a converter (report variants, tests). What stays module-level is
-derived from the model classes alone (``_fields``, ``_adapter``).
+derived from the model classes alone (``_fields``, ``_adapter``); the skeleton of a
+frozen shared subtree is kept on the subtree itself (``FrozenDict.skeleton``).
 
 fhir.resources' R4B models are structurally identical to R4 for these resources.
 """
@@ -131,21 +131,18 @@ class _Walker:
     def __init__(self) -> None:
         self.references: list[str] = []  # reference strings met by the walks since reset
         self._accepted: set[tuple[int, type, Any]] = set()
-        self._shared: dict[tuple[Any, int], tuple[Any, Any]] = {}  # (model, id) → (obj, skeleton)
 
     def skeleton(self, model: Any, data: dict[str, Any]) -> Any:
         # A frozen subtree without references never changes: its skeleton is walked once
-        # (one holding references is walked every time: the walk collects them).
+        # and kept on it (one holding references is walked every time: the walk collects
+        # them). The skeleton of a valid value is a function of the value and the model
+        # alone, so it may travel with the value from one validator to another.
         if type(data) is not FrozenDict or data.holds_refs:
             return self._walk(model, data)
-        key = (model, id(data))
-        known = self._shared.get(key)
-        if known is not None and known[0] is data:
-            return known[1]
+        if data.checked_as is model:
+            return data.skeleton
         skeleton = self._walk(model, data)  # raises for an invalid value: nothing stored
-        if len(self._shared) >= _MAX_VALUES:
-            self._shared.clear()
-        self._shared[key] = (data, skeleton)
+        data.skeleton, data.checked_as = skeleton, model
         return skeleton
 
     def _walk(self, model: Any, data: dict[str, Any]) -> Any:

@@ -16,9 +16,10 @@ from the model's field annotations). Anything unexpected — an unknown key, a v
 primitive validator rejects — falls back to the full model, whose errors are reported.
 ``tests/validation`` checks that this verdict and ``Bundle.model_validate``'s agree.
 
-What it learns (known skeletons, accepted values) belongs to a :class:`Validator`; each ``Converter`` makes its own. The module functions
-(``check_bundle``, ``validate_bundle``, ``validate_resource``) use a default instance,
-for callers without a converter (report variants, tests). What stays module-level is
+What it learns (known skeletons, accepted values) belongs to a :class:`Validator`; each
+``Converter`` makes its own. The module functions (``check_bundle``,
+``validate_bundle``, ``validate_resource``) use a default instance, for callers
+without a converter (report variants, tests). What stays module-level is
 derived from the model classes alone (``_fields``, ``_adapter``); the skeleton of a
 frozen shared subtree is kept on the subtree itself (``FrozenDict.skeleton``).
 

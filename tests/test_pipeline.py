@@ -425,3 +425,25 @@ def test_a_dicom_reader_that_raises_gives_an_internal_record_not_a_traceback(
     assert record.errors[0].line() == (
         "error: study #1: unexpected error in stage intake; see the gateway log [internal]"
     )
+
+
+def test_the_memo_shares_a_value_from_its_second_use_on(settings: Settings) -> None:
+    from gateway.intake.hl7v2 import read_messages
+    from gateway.shared import is_frozen
+
+    converter = Converter(settings)
+    data = REFERRALS[0].read_bytes()
+
+    def organisation_identifiers() -> list[Any]:
+        [unit] = read_messages(data, converter.network.charset)
+        out: list[Any] = []
+        converter.finish(unit, after=lambda s, r, o: out.append(o) if s.name == "mapping" else None)
+        return [o["identifier"] for o in _by_type(out[0], "Organization")]
+
+    first = organisation_identifiers()  # met once: this record's own, shared with nobody
+    assert first and not any(is_frozen(i) for i in first)
+    second = organisation_identifiers()  # met again: remembered, frozen, shared
+    shared = [n for n, i in enumerate(second) if is_frozen(i)]
+    assert shared and second == first  # (organisations read from the root: never memoised)
+    third = organisation_identifiers()
+    assert all(third[n] is second[n] for n in shared)

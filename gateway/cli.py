@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import re
 import sys
 from collections.abc import Iterable
@@ -34,13 +35,15 @@ from .intake import FORMATS, detect_format
 from .listeners import add_cli as add_listen_cli
 from .listeners.dicom import add_cli as add_dicom_cli
 from .listeners.dicom import start_dicom
+from .logs import configure as configure_logs
 from .pipeline import Converter
 from .reports import add_cli
 from .store import add_cli as add_store_cli
 
 __all__ = ["main"]
 
-_SAFE_NAME = re.compile(r"[^A-Za-z0-9._\-]+")
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9._^\-]+")  # ^: CDA ids (root^extension)
+_MAX_STEM = 100  # characters (ASCII): far below every file system's 255-byte name limit
 # Files taken from a folder (a file named on the command line is always read). DICOM
 # files often have no suffix; JSON (DICOM JSON) is read only when named, so that a
 # folder of converted Bundles is not taken for input.
@@ -108,13 +111,27 @@ def _read(name: str) -> tuple[str, bytes]:
     return name, Path(name).read_bytes()
 
 
+def output_stem(ident: str) -> str:
+    """A file name stem for a record id (control id, document id, Study UID): the id
+    itself when it is short and made of safe characters; otherwise its safe characters,
+    shortened, and a hash of the whole id, so that ids differing only in unsafe or cut
+    characters still get different names, and no id is too long for a file name."""
+    safe = _SAFE_NAME.sub("_", ident).strip("._-")
+    if safe == ident and 0 < len(ident) <= _MAX_STEM:
+        return ident
+    digest = hashlib.sha256(ident.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return f"{safe[: _MAX_STEM - 17]}-{digest}" if safe else digest
+
+
 def _output_name(record: Record, used: set[str]) -> str:
-    base = _SAFE_NAME.sub("_", record.control_id or f"message-{record.index}").strip("_")
+    """``<stem>.json``, with ``-2``, ``-3``... when an earlier record of the batch took
+    it (compared case-blind: macOS and Windows file systems are)."""
+    base = output_stem(record.control_id) if record.control_id else f"message-{record.index}"
     name, n = f"{base}.json", 1
-    while name in used:
+    while name.casefold() in used:
         n += 1
         name = f"{base}-{n}.json"
-    used.add(name)
+    used.add(name.casefold())
     return name
 
 
@@ -244,6 +261,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         f"bearer tokens: {tokens}",
         file=sys.stderr,
     )
+    # uvicorn's own lines go through the gateway's handler and format too.
+    configure_logs(settings.log_level, settings.log_format, loggers=("gateway", "uvicorn"))
     dicom = start_dicom(settings, app)  # study completer; C-STORE SCP when dicom_port is set
     try:
         # The store is migrated at start; the MLLP listener runs beside the API when
@@ -309,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = Settings.load(args.home)
+        configure_logs(settings.log_level, settings.log_format)
         code: int = args.func(args, settings)
         return code
     except GatewayError as exc:

@@ -14,6 +14,7 @@ from typing import Any
 
 from .datafiles import data_dir
 from .errors import ConfigError
+from .logs import LEVELS, LOG_FORMATS
 
 __all__ = ["DEFAULT_HOME", "Settings"]
 
@@ -68,6 +69,10 @@ class Settings:
     dicom_allowed_aes: tuple[str, ...] = ()  # calling AE titles let in; "*" lets in any
     dicom_quiet_seconds: float = 60.0  # a study is complete after this long with no instance
     dicom_keep_pixels: bool = False  # store pixel data and other bulk data too
+    # A record whose serialised Bundle is larger fails (validation.bundle-too-large).
+    max_bundle_bytes: int = 16 * 1024 * 1024
+    log_level: str = "warning"  # debug | info | warning | error (gateway/logs.py)
+    log_format: str = "text"  # text | json (one JSON object per line)
 
     @property
     def out_dir(self) -> Path:
@@ -126,6 +131,24 @@ def _coerce(name: str, value: Any, home: Path) -> Any:
         if not 0 < seconds <= 3600:
             raise ConfigError("bad-setting", f"{name} must be 0–3600 seconds, not {seconds}")
         return seconds
+    if name == "max_bundle_bytes":
+        try:
+            size = int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(
+                "bad-setting", f"max_bundle_bytes must be a number, not {value!r}"
+            ) from None
+        if size < 1024:
+            raise ConfigError("bad-setting", f"max_bundle_bytes must be at least 1024, not {size}")
+        return size
+    if name in ("log_level", "log_format"):
+        allowed = LEVELS if name == "log_level" else LOG_FORMATS
+        text = str(value).lower()
+        if text not in allowed:
+            raise ConfigError(
+                "bad-setting", f"{name} must be one of {', '.join(allowed)}, not {value!r}"
+            )
+        return text
     if name == "port":
         try:
             port = int(value)
@@ -153,8 +176,15 @@ def _coerce(name: str, value: Any, home: Path) -> Any:
 
 _STORE_SETTINGS = frozenset(
     {
-        "database_url", "mllp_host", "mllp_port", "mllp_max_bytes", "mllp_idle_timeout",
-        "mllp_tls_cert", "mllp_tls_key", "mllp_tls_ca", "retention_days",
+        "database_url",
+        "mllp_host",
+        "mllp_port",
+        "mllp_max_bytes",
+        "mllp_idle_timeout",
+        "mllp_tls_cert",
+        "mllp_tls_key",
+        "mllp_tls_ca",
+        "retention_days",
     }
 )
 
@@ -195,6 +225,8 @@ def _retention(value: Any) -> dict[str, int]:
             raise ConfigError("bad-setting", f"retention_days.{state} must not be negative")
         out[str(state)] = int(number)
     return out
+
+
 def _dicom_setting(name: str, value: Any) -> Any:
     """The DICOM listener settings, from TOML values or GATEWAY_DICOM_* strings."""
     text = str(value).strip()

@@ -2,7 +2,10 @@
 
 In a checkout (editable install) the folders are the top-level ``mappings/``,
 ``seeds/`` and ``profiles/``; in a wheel they are packed under ``gateway/_data/``.
-Parse errors become :class:`~gateway.errors.ConfigError` naming the file.
+Parse errors become :class:`~gateway.errors.ConfigError` naming the file. What the
+loader returns is frozen (gateway/shared.py): one parse serves every caller, and values
+from it (constants, code-table targets, institution addresses) end up inside many
+Bundles, so no caller may change it in place; ``copy.deepcopy`` gives a mutable copy.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import orjson
 import yaml
 
 from .errors import ConfigError
+from .shared import freeze
 
 __all__ = ["data_dir", "load_data_file"]
 
@@ -45,14 +49,15 @@ def data_dir(name: str) -> Path:
 
 @lru_cache(maxsize=512)
 def load_data_file(path: Path) -> Any:
-    """Parse a YAML or JSON data file (cached: data files are read-only at run time)."""
+    """Parse a YAML or JSON data file, frozen (cached: every caller gets the same value,
+    so none can change it: dicts and lists in it raise ``TypeError`` when changed)."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError("unreadable", f"cannot read {path}: {exc.strerror}") from exc
     try:
         if path.suffix == ".json":
-            return orjson.loads(text)
-        return yaml.load(text, Loader=_Loader)
+            return freeze(orjson.loads(text))
+        return freeze(yaml.load(text, Loader=_Loader))
     except (yaml.YAMLError, orjson.JSONDecodeError) as exc:
         raise ConfigError("syntax", f"{path}: {exc}") from exc

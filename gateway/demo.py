@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TextIO
 
+from .cli import output_stem
 from .config import Settings
 from .datafiles import data_dir
 from .envelope import Record
@@ -55,7 +56,7 @@ class _Tally:
                 self.converted += 1
                 self.bundles[name] = record
                 folder.mkdir(parents=True, exist_ok=True)
-                ident = record.control_id or str(record.index)
+                ident = output_stem(record.control_id) if record.control_id else str(record.index)
                 (folder / f"{ident}.json").write_bytes(record.bundle_json)
                 kind = record.message_type or record.format
                 self.out.write(

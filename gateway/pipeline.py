@@ -1,22 +1,32 @@
-"""The conversion pipeline: intake → mapping → validation → serialisation.
+"""The conversion pipeline: one declared list of stages, run for every record.
+
+:data:`STAGES` is the one place the order lives: intake → mapping → validation →
+serialise, then the places where policy, signing and the outbox will plug in (declared,
+not built yet). Each stage has a name (used in logs and in the record's history), a
+typed input and output, and the :class:`~gateway.envelope.State` a record reaches when
+it passes. ``python -m gateway.stagedoc`` writes the stage table into
+docs/architecture.md (a test fails when the two differ).
 
 One :class:`Converter` is built once (it loads and compiles the mappings, the
-terminology and the network) and then converts any number of inputs. A bad record
-becomes a :class:`~gateway.envelope.Record` with its issues; it never stops the
-others.
+terminology and the network, and owns its validator) and then converts any number of
+inputs. A bad record becomes a :class:`~gateway.envelope.Record` with its issues; an
+unexpected exception in one record's stage becomes an ``internal`` issue on that record
+(its traceback in the log, without the exception's message); neither stops the others.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
+import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-
-import orjson
+from typing import Any, Generic, NewType, TypeVar
 
 from .config import Settings
-from .envelope import Record
-from .errors import ConfigError, GatewayError, Issue
+from .envelope import TRANSITIONS, Record, State, Step, dump_json
+from .errors import ConfigError, GatewayError, IntakeError, Issue, ValidationError
 from .intake import FORMATS, Unit, detect_format
 from .intake.cda import check_path as cda_path
 from .intake.cda import read_documents
@@ -24,11 +34,26 @@ from .intake.dicom import check_path as dicom_path
 from .intake.dicom import read_studies
 from .intake.hl7v2 import check_path as hl7v2_path
 from .intake.hl7v2 import read_messages
+from .logs import safe_traceback
 from .mapping import Env, MappingSet, Terminology
 from .network import Network
-from .validation import check_bundle
+from .validation import Validator
 
-__all__ = ["Converter", "dump_json"]
+__all__ = [
+    "INTERNAL",
+    "STAGES",
+    "Converter",
+    "MappedBundle",
+    "RecordFailed",
+    "Stage",
+    "ValidBundle",
+    "dump_json",
+    "internal_issue",
+    "stage_doc",
+    "write_stage_doc",
+]
+
+log = logging.getLogger("gateway.pipeline")
 
 # Where each format names the field that picks its mapping (for "unsupported" errors).
 _TYPE_FIELD = {
@@ -37,10 +62,175 @@ _TYPE_FIELD = {
     "cda": "/ClinicalDocument/code",
 }
 
+_KIND = {"hl7v2": "message", "dicom": "study", "cda": "document"}  # how errors name records
 
-def dump_json(resource: object) -> bytes:
-    """The gateway's one JSON form: UTF-8, 2-space indent, newline-terminated, stable."""
-    return orjson.dumps(resource, option=orjson.OPT_INDENT_2) + b"\n"
+INTERNAL = "internal"  # the issue code of an unexpected exception in a stage
+
+# What flows between stages. A mapped Bundle may hold frozen values shared with other
+# records (the mapping memo, data files): read-only. A record's own, mutable Bundle is
+# ``Record.bundle``, parsed from the serialised output.
+MappedBundle = NewType("MappedBundle", dict[str, Any])
+ValidBundle = NewType("ValidBundle", dict[str, Any])
+
+In = TypeVar("In")
+Out = TypeVar("Out")
+
+
+class RecordFailed(Exception):
+    """Raised by a stage that found several problems in its record (not a bug)."""
+
+    def __init__(self, issues: list[Issue]) -> None:
+        super().__init__(f"{len(issues)} issues")
+        self.issues = issues
+
+
+@dataclass(frozen=True, slots=True)
+class Stage(Generic[In, Out]):
+    """One step every record goes through, in :data:`STAGES` order."""
+
+    name: str  # in logs, in Record.history and in internal-error messages
+    input: object  # a type (or NewType)
+    output: object
+    reaches: State | None  # the record's state once the stage passed (None: unchanged)
+    summary: str  # one line for docs/architecture.md
+    where: str  # the code that does it
+    # converter, record, input, trace → output; None: a planned stage, not built yet
+    run: Callable[[Converter, Record, In, bool], Out] | None = None
+
+
+# -- the stages ----------------------------------------------------------------------------
+
+
+def _intake(conv: Converter, record: Record, unit: Unit, trace: bool) -> Unit:
+    """The reader split the input and parsed this record (batch work, timed per record
+    in ``_units``); here its outcome is taken over."""
+    if unit.error is not None:
+        raise unit.error
+    if unit.view is None:
+        raise IntakeError("unreadable", "the record could not be read")
+    record.issues.extend(_named(i, record.label) for i in unit.issues)
+    return unit
+
+
+def _map(conv: Converter, record: Record, unit: Unit, trace: bool) -> MappedBundle:
+    seen = len(unit.issues)  # the view may add warnings while the mapping reads it
+    view = unit.view
+    assert view is not None  # _intake refused a unit without one
+    try:
+        mapping = conv.mappings[unit.format].for_type(unit.message_type or "")
+        if trace:
+            view.trace()
+        bundle, warnings = mapping.run(view, conv.env, conv.settings.timezone)
+        if trace:
+            record.unmapped = view.unmapped()
+    finally:
+        record.issues.extend(_named(i, record.label) for i in unit.issues[seen:])
+    record.issues.extend(_named(w, record.label) for w in warnings)
+    return MappedBundle(bundle)
+
+
+def _validate(conv: Converter, record: Record, bundle: MappedBundle, trace: bool) -> ValidBundle:
+    problems = conv.validator.check_bundle(bundle, conv.settings.validate)
+    if problems:
+        raise RecordFailed(problems)
+    return ValidBundle(bundle)
+
+
+def _serialise(conv: Converter, record: Record, bundle: ValidBundle, trace: bool) -> bytes:
+    data = dump_json(bundle)
+    limit = conv.settings.max_bundle_bytes
+    if len(data) > limit:
+        raise ValidationError(
+            "bundle-too-large",
+            f"the Bundle is {len(data):,} bytes, over the limit of {limit:,} "
+            "(setting max_bundle_bytes)",
+            location="Bundle",
+            issue_type="too-costly",
+        )
+    record.bundle_json = data
+    return data
+
+
+STAGES: tuple[Stage[Any, Any], ...] = (
+    Stage(
+        "intake",
+        Unit,
+        Unit,
+        State.READ,
+        "detect the format; split, decode and parse each record into a view "
+        "(HL7 v2 terser paths, DICOM study tree, CDA XPath)",
+        "gateway/intake/",
+        _intake,
+    ),
+    Stage(
+        "mapping",
+        Unit,
+        MappedBundle,
+        State.MAPPED,
+        "pick the mapping by the record's type and run it over the view → transaction "
+        "Bundle (memoised parts frozen, shared)",
+        "gateway/mapping/",
+        _map,
+    ),
+    Stage(
+        "validation",
+        MappedBundle,
+        ValidBundle,
+        State.VALIDATED,
+        "fhir.resources R4B models (by skeleton) and reference integrity",
+        "gateway/validation/",
+        _validate,
+    ),
+    Stage(
+        "serialise",
+        ValidBundle,
+        bytes,
+        State.CONVERTED,
+        "orjson, 2-space indent, stable bytes; size limit (max_bundle_bytes); "
+        "`Record.bundle` is parsed back from them: the record's own",
+        "gateway/envelope.py",
+        _serialise,
+    ),
+    Stage(
+        "policy",
+        bytes,
+        bytes,
+        None,
+        "not built: remove or pseudonymise what may not cross the boundary (on "
+        "`Record.bundle`), or hold the record (`held`)",
+        "-",
+    ),
+    Stage(
+        "signing",
+        bytes,
+        bytes,
+        State.SIGNED,
+        "not built: signature and Provenance",
+        "-",
+    ),
+    Stage(
+        "outbox",
+        bytes,
+        bytes,
+        State.QUEUED,
+        "not built: durable queue towards the partner; delivery makes it `delivered`",
+        "-",
+    ),
+)
+
+
+# -- the converter -------------------------------------------------------------------------
+
+
+class _Broken:
+    """A reader that raised: the records it had not yet yielded are lost (its iterator
+    is finished); one record stands for them."""
+
+    def __init__(self, index: int, exc: BaseException, ms: float) -> None:
+        self.index, self.exc, self.ms = index, exc, ms
+
+
+AfterStage = Callable[[Stage[Any, Any], Record, Any], None]
 
 
 class Converter:
@@ -48,6 +238,7 @@ class Converter:
         self.settings = settings or Settings.load()
         self.network = Network.load(self.settings.network)
         self.env = Env(Terminology(self.settings.mappings), self.network)
+        self.validator = Validator()
         self.mappings: dict[str, MappingSet] = {}
         for fmt, path_check in _path_checks().items():
             self.mappings[fmt] = MappingSet(
@@ -91,10 +282,14 @@ class Converter:
         trace: bool = False,
         sender: str | None = None,
     ) -> Iterator[Record]:
-        """One Record per message, study or document. ``trace`` also lists, on each
-        Record, the input fields holding data that no mapping read (slower: the memo
-        steps aside)."""
-        kind = detect_format(data) if fmt == "auto" else fmt
+        """One Record per message, study or document; never raises for one record's
+        fault. ``trace`` also lists, on each Record, the input fields holding data that
+        no mapping read (slower: the memo steps aside)."""
+        try:
+            kind = detect_format(data) if fmt == "auto" else fmt
+        except Exception as exc:  # isolation: one input, one internal error
+            yield self._broken(_Broken(1, exc, 0.0), source, "unknown")
+            return
         if kind == "unknown":
             # The HL7 v2 reader says precisely what is wrong (no MSH, binary data, ...).
             kind = "hl7v2"
@@ -103,10 +298,12 @@ class Converter:
             supported = ", ".join(FORMATS)
             problem = f"{kind} input is not supported (supported: {supported})"
             record.issues.append(Issue("intake.unsupported-format", problem, record.label))
+            record.advance(State.FAILED)
+            record.history.append(Step("intake", "failed", 0.0, "intake.unsupported-format"))
+            _log_record(record, 0.0)
             yield record
             return
-        for unit in self._read(kind, [(source or "input", data)], sender):
-            yield self.finish(unit, source, trace)
+        yield from self._records(kind, [(source or "input", data)], source, trace, sender)
 
     def convert_files(
         self, items: list[tuple[str, bytes]], trace: bool = False, sender: str | None = None
@@ -114,8 +311,7 @@ class Converter:
         """DICOM files of one batch, read together: a study's instances may come in
         many files (a folder, a zip archive, several arguments). ``sender`` (a facility
         code of the network) stands in for studies that do not say who sent them."""
-        for unit in self._read("dicom", items, sender):
-            yield self.finish(unit, None, trace)
+        yield from self._records("dicom", items, None, trace, sender)
 
     def convert_path(self, path: Path, trace: bool = False) -> list[Record]:
         """A file, or a folder of DICOM files (one study spread over files), as the demo
@@ -125,6 +321,40 @@ class Converter:
             items = [(str(p.relative_to(path.parent)), p.read_bytes()) for p in files]
             return list(self.convert_files(items, trace=trace))
         return self.convert(path.read_bytes(), source=path.name, trace=trace)
+
+    def _records(
+        self,
+        kind: str,
+        items: list[tuple[str, bytes]],
+        source: str | None,
+        trace: bool,
+        sender: str | None,
+    ) -> Iterator[Record]:
+        for unit, read_ms in self._units(kind, items, sender):
+            if isinstance(unit, _Broken):
+                yield self._broken(unit, source, kind)
+            else:
+                yield self.finish(unit, source, trace, read_ms=read_ms)
+
+    def _units(
+        self, kind: str, items: list[tuple[str, bytes]], sender: str | None
+    ) -> Iterator[tuple[Unit | _Broken, float]]:
+        """The reader's Units, each with the milliseconds the reader took to make it
+        (they count in its intake step); an exception inside the reader ends it with
+        one ``_Broken``."""
+        reader = self._read(kind, items, sender)
+        index = 0
+        while True:
+            start = time.perf_counter()
+            try:
+                unit = next(reader)
+            except StopIteration:
+                return
+            except Exception as exc:  # isolation: see _Broken
+                yield _Broken(index + 1, exc, _ms(start)), 0.0
+                return
+            index = unit.index
+            yield unit, _ms(start)
 
     def _read(
         self, kind: str, items: list[tuple[str, bytes]], sender: str | None = None
@@ -139,8 +369,27 @@ class Converter:
             for name, data in items:
                 yield from read_documents(data, name)
 
-    def finish(self, unit: Unit, source: str | None = None, trace: bool = False) -> Record:
-        """Map, validate and serialise one read record."""
+    def _broken(self, broken: _Broken, source: str | None, kind: str) -> Record:
+        record = Record(b"", source, broken.index, format=kind, kind=_KIND.get(kind, "message"))
+        _internal(record, STAGES[0], broken.exc)
+        record.history.append(Step(STAGES[0].name, "failed", broken.ms, INTERNAL))
+        _log_record(record, broken.ms)
+        return record
+
+    def finish(
+        self,
+        unit: Unit,
+        source: str | None = None,
+        trace: bool = False,
+        after: AfterStage | None = None,
+        read_ms: float = 0.0,
+    ) -> Record:
+        """Run the built stages of :data:`STAGES` over one read record.
+
+        ``after(stage, record, output)`` is called after each stage that ran, with what
+        it handed on (its input when it failed); tests use it to look at, and tamper
+        with, each stage's output. ``read_ms`` is the time the reader took to make
+        ``unit`` (part of the intake step)."""
         record = Record(unit.raw, source, unit.index, unit.line, unit.format, unit.kind)
         record.control_id = unit.control_id
         record.charset, record.message_type, record.sender = (
@@ -148,33 +397,115 @@ class Converter:
             unit.message_type,
             unit.sender,
         )
-        if unit.error is not None or unit.view is None:
-            error = unit.error or GatewayError("intake.unreadable", "the record could not be read")
-            record.issues.append(error.with_record(record.label).issue)
-            return record
-        record.issues.extend(_named(i, record.label) for i in unit.issues)
-        seen = len(unit.issues)  # the view may add warnings while the mapping reads it
-        view = unit.view
-        try:
-            mapping = self.mappings[unit.format].for_type(unit.message_type or "")
-            if trace:
-                view.trace()
-            bundle, warnings = mapping.run(view, self.env, self.settings.timezone)
-            if trace:
-                record.unmapped = view.unmapped()
-        except GatewayError as exc:
-            record.issues.extend(_named(i, record.label) for i in unit.issues[seen:])
-            record.issues.append(exc.with_record(record.label).issue)
-            return record
-        record.issues.extend(_named(i, record.label) for i in unit.issues[seen:])
-        record.issues.extend(_named(w, record.label) for w in warnings)
-        problems = check_bundle(bundle, self.settings.validate)
-        if problems:
-            record.issues.extend(_named(p, record.label) for p in problems)
-            return record
-        record.bundle = bundle
-        record.bundle_json = dump_json(bundle)
+        debug = log.isEnabledFor(logging.DEBUG)
+        total = 0.0
+        payload: Any = unit
+        for stage in STAGES:
+            if stage.run is None:
+                continue  # planned, not built
+            start = time.perf_counter()
+            try:
+                payload = stage.run(self, record, payload, trace)
+            except GatewayError as exc:
+                record.issues.append(exc.with_record(record.label).issue)
+                code: str | None = exc.code
+            except RecordFailed as exc:
+                record.issues.extend(_named(i, record.label) for i in exc.issues)
+                code = exc.issues[0].code if exc.issues else INTERNAL
+                if not exc.issues:  # a stage failed without saying why: a bug
+                    _internal(record, stage, exc)
+            except Exception as exc:  # isolation: one record, one internal error
+                _internal(record, stage, exc)
+                code = INTERNAL
+            else:
+                code = None
+            ms = _ms(start) + (read_ms if stage is STAGES[0] else 0.0)
+            total += ms
+            if code is None:
+                if stage.reaches is not None:
+                    record.advance(stage.reaches)
+                record.history.append(Step(stage.name, "ok", ms))
+                if debug:
+                    _log_step(record, stage.name, "ok", None, ms)
+            else:
+                if record.state is not State.FAILED:
+                    record.advance(State.FAILED)
+                record.history.append(Step(stage.name, "failed", ms, code))
+                if debug:
+                    _log_step(record, stage.name, "failed", code, ms)
+            if after is not None:
+                after(stage, record, payload)
+            if code is not None:
+                break
+        _log_record(record, total)
         return record
+
+
+def internal_issue(stage: str, record: str | None = None) -> Issue:
+    """The issue standing for an unexpected exception in ``stage``: its message never
+    carries the exception's text (it may quote patient data); the log has the
+    traceback."""
+    return Issue(
+        INTERNAL,
+        f"unexpected error in stage {stage}; see the gateway log",
+        record,
+        severity="error",
+        details={"issue_type": "exception"},
+    )
+
+
+def _internal(record: Record, stage: Stage[Any, Any], exc: BaseException) -> None:
+    record.issues.append(internal_issue(stage.name, record.label))
+    if record.state is not State.FAILED:
+        record.advance(State.FAILED)
+    log.error(
+        "unexpected error in stage %s: %s",
+        stage.name,
+        type(exc).__name__,
+        extra={
+            "record": record.log_id,
+            "stage": stage.name,
+            "outcome": "failed",
+            "code": INTERNAL,
+            "traceback": safe_traceback(exc),
+        },
+    )
+
+
+def _log_step(record: Record, stage: str, outcome: str, code: str | None, ms: float) -> None:
+    log.debug(
+        "stage %s",
+        outcome,
+        extra={
+            "record": record.log_id,
+            "stage": stage,
+            "outcome": outcome,
+            "code": code,
+            "ms": round(ms, 3),
+        },
+    )
+
+
+def _log_record(record: Record, ms: float) -> None:
+    if not log.isEnabledFor(logging.INFO):
+        return
+    failed = record.state is State.FAILED
+    code = record.errors[0].code if failed and record.errors else None
+    log.info(
+        "record %s",
+        record.state.value,
+        extra={
+            "record": record.log_id,
+            "stage": record.history[-1].stage if record.history else None,
+            "outcome": record.state.value,
+            "code": code,
+            "ms": round(ms, 3),
+        },
+    )
+
+
+def _ms(start: float) -> float:
+    return (time.perf_counter() - start) * 1000.0
 
 
 def _path_checks() -> dict[str, Callable[[str], None]]:
@@ -184,3 +515,66 @@ def _path_checks() -> dict[str, Callable[[str], None]]:
 
 def _named(issue: Issue, label: str) -> Issue:
     return issue if issue.record else dataclasses.replace(issue, record=label)
+
+
+# -- the stage list, drawn into docs/architecture.md ---------------------------------------
+
+DOC_BEGIN = "<!-- stages:begin (generated by `python -m gateway.stagedoc`; do not edit) -->"
+DOC_END = "<!-- stages:end -->"
+
+
+def _type_name(kind: object) -> str:
+    return getattr(kind, "__name__", str(kind))
+
+
+def stage_doc() -> str:
+    """The stage list and the record states, as Markdown, from :data:`STAGES` and
+    :data:`~gateway.envelope.TRANSITIONS`."""
+
+    built = [s.name for s in STAGES if s.run is not None]
+    planned = [f"({s.name})" for s in STAGES if s.run is None]
+    lines = [
+        "```",
+        "bytes ─▶ " + " ─▶ ".join(built + planned),
+        "```",
+        "",
+        "| # | stage | input → output | record state after | code | what it does |",
+        "|---|---|---|---|---|---|",
+    ]
+    for n, s in enumerate(STAGES, 1):
+        name = s.name if s.run is not None else f"{s.name} (planned)"
+        where = f"`{s.where}`" if s.where != "-" else "—"
+        lines.append(
+            f"| {n} | {name} | `{_type_name(s.input)}` → `{_type_name(s.output)}` "
+            f"| {f'`{s.reaches.value}`' if s.reaches else 'unchanged'} | {where} "
+            f"| {s.summary} |"
+        )
+    lines += [
+        "",
+        "Record states and the moves allowed between them (`Record.advance` raises "
+        "`TransitionError` for any other):",
+        "",
+        "| state | may become |",
+        "|---|---|",
+    ]
+    for state, targets in TRANSITIONS.items():
+        nxt = ", ".join(f"`{t.value}`" for t in sorted(targets, key=_state_order)) or "—"
+        lines.append(f"| `{state.value}` | {nxt} |")
+    return "\n".join(lines) + "\n"
+
+
+def _state_order(state: State) -> int:
+    return list(State).index(state)
+
+
+def write_stage_doc(path: Path) -> bool:
+    """Put :func:`stage_doc` between the markers of ``path``; True when it changed."""
+    text = path.read_text(encoding="utf-8")
+    head, _, rest = text.partition(DOC_BEGIN)
+    _, _, tail = rest.partition(DOC_END)
+    if DOC_BEGIN not in text or DOC_END not in rest:
+        raise ValueError(f"{path}: the markers {DOC_BEGIN!r} … {DOC_END!r} are missing")
+    new = f"{head}{DOC_BEGIN}\n{stage_doc()}{DOC_END}{tail}"
+    if new != text:
+        path.write_text(new, encoding="utf-8")
+    return new != text

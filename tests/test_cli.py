@@ -146,3 +146,25 @@ def test_sender_names_who_sent_a_study_that_does_not_say(tmp_path: Path) -> None
     }
     unknown = run("convert", "--sender", "NOWHERE", str(tmp_path / "export"), home=tmp_path)
     assert unknown.returncode == 2 and b"not an institution of the network" in unknown.stderr
+
+
+def test_output_names_are_bounded_and_never_collide(tmp_path: Path) -> None:
+    # Control ids too long for a file name, with characters unsafe in one, differing only
+    # in those characters or in case: each record gets its own short file; none is lost.
+    template = (EXAMPLES / "ref_i12_nsch_to_hkpmc.hl7").read_bytes()
+    ids = [b"A" * 300, b"A" * 299 + b"B", b"x/../y", b"x:..:y", b"CASE1", b"case1", b"CASE1"]
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    for n, ident in enumerate(ids):
+        (inbox / f"m{n}.hl7").write_bytes(template.replace(b"NSCH20260618143000017", ident))
+    out = tmp_path / "out"
+    proc = run("convert", str(inbox), "-o", f"{out}/", home=tmp_path)
+    stderr = proc.stderr.decode()
+    assert proc.returncode == 0, stderr
+    assert "converted 7, failed 0" in stderr and "too long" not in stderr
+    names = sorted(p.name for p in out.iterdir())
+    assert len({n.casefold() for n in names}) == 7
+    assert all(len(n) <= 105 and n.endswith(".json") for n in names)
+    assert "CASE1.json" in names and not (out / "y.json").exists()
+    values = {json.loads(p.read_bytes())["identifier"]["value"] for p in out.iterdir()}
+    assert values == {i.decode() for i in ids}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import re
 from pathlib import Path
 from typing import Any
@@ -10,7 +12,7 @@ import orjson
 import pytest
 from fhir.resources.R4B.bundle import Bundle
 
-from gateway import Converter
+from gateway import Converter, Settings
 from gateway.mapping import resource_id
 
 REPO = Path(__file__).resolve().parents[1]
@@ -167,3 +169,280 @@ def test_a_message_that_cannot_be_decoded_is_still_named_by_its_control_id(
     [error] = record.errors
     assert error.code == "intake.charset-unknown"
     assert error.record == "inbox.hl7, message CTRL-77"
+
+
+# -- the stage list ----------------------------------------------------------------------
+
+
+def test_architecture_page_draws_the_stage_list_from_the_code() -> None:
+    from gateway.pipeline import DOC_BEGIN, DOC_END, stage_doc
+
+    text = (REPO / "docs" / "architecture.md").read_text(encoding="utf-8")
+    drawn = text.split(DOC_BEGIN, 1)[1].split(DOC_END, 1)[0]
+    assert drawn == "\n" + stage_doc(), "run: python -m gateway.stagedoc"
+
+
+def test_built_stages_hand_on_what_the_next_one_takes() -> None:
+    from gateway.envelope import TRANSITIONS, State
+    from gateway.pipeline import STAGES
+
+    built = [s for s in STAGES if s.run is not None]
+    assert [s.name for s in built] == ["intake", "mapping", "validation", "serialise"]
+    for before, after in itertools.pairwise(built):
+        assert before.output is after.input, (before.name, after.name)
+    # each stage's state is reachable from the one before it
+    state = State.RECEIVED
+    for stage in built:
+        assert stage.reaches in TRANSITIONS[state]
+        state = stage.reaches
+    assert state is State.CONVERTED
+    names = [s.name for s in STAGES]
+    assert len(set(names)) == len(names)
+    assert names[len(built) :] == ["policy", "signing", "outbox"]  # planned, in order
+
+
+def test_a_record_keeps_its_state_and_history(converter: Converter) -> None:
+    records = converter.convert((REPO / "examples/hl7v2/batch_mixed.hl7").read_bytes())
+    from gateway.envelope import State
+
+    good, bad = records[0], records[1]
+    assert good.state is State.CONVERTED
+    assert [(s.stage, s.outcome, s.code) for s in good.history] == [
+        ("intake", "ok", None),
+        ("mapping", "ok", None),
+        ("validation", "ok", None),
+        ("serialise", "ok", None),
+    ]
+    assert all(s.ms >= 0 for s in good.history)
+    assert bad.state is State.FAILED
+    assert [(s.stage, s.outcome, s.code) for s in bad.history] == [
+        ("intake", "ok", None),
+        ("mapping", "failed", "mapping.no-identity"),
+    ]
+
+
+def test_an_illegal_state_transition_raises(converter: Converter) -> None:
+    from gateway.envelope import State, TransitionError
+
+    [record] = converter.convert((REPO / "examples/hl7v2/omi_o23_nsch_ct.hl7").read_bytes())
+    with pytest.raises(TransitionError):
+        record.advance(State.MAPPED)  # converted records do not go back
+    record.advance(State.FAILED)
+    with pytest.raises(TransitionError):
+        record.advance(State.CONVERTED)  # nor do failed ones
+
+
+# -- records are theirs alone ------------------------------------------------------------
+
+REFERRALS = (
+    REPO / "examples/hl7v2/ref_i12_lax2_to_njmu2.hl7",  # GB 18030
+    REPO / "examples/hl7v2/ref_i12_nsgp_to_nsch.hl7",
+)
+
+
+def _tamper(node: Any, tally: dict[str, int]) -> None:
+    """Change every value inside ``node`` in place: each string, number and boolean in
+    every dict and list. A change refused (a frozen shared value) is counted."""
+
+    def changed(value: Any) -> Any:
+        if isinstance(value, bool):
+            return not value
+        if isinstance(value, (int, float)):
+            return value + 1
+        return f"{value}·tampered"
+
+    if isinstance(node, dict):
+        items: Any = list(node.items())
+    elif isinstance(node, list):
+        items = list(enumerate(node))
+    else:
+        return
+    for key, value in items:
+        if isinstance(value, (dict, list)):
+            _tamper(value, tally)
+            continue
+        try:
+            node[key] = changed(value)
+            tally["changed"] += 1
+        except TypeError:
+            tally["refused"] += 1
+
+
+def test_changing_a_records_bundle_changes_no_other_record(settings: Settings) -> None:
+    converter = Converter(settings)
+    first, second = (p.read_bytes() for p in REFERRALS)
+    [a] = converter.convert(first)
+    [b] = converter.convert(second)
+    before = (a.bundle_json, b.bundle_json)
+    tally = {"changed": 0, "refused": 0}
+    _tamper(a.bundle, tally)
+    assert tally["changed"] > 100 and tally["refused"] == 0  # the record's own Bundle
+    assert (converter.convert(first)[0].bundle_json, converter.convert(second)[0].bundle_json) == (
+        before
+    )
+
+
+@pytest.mark.parametrize("stage", ["intake", "mapping", "validation", "serialise"])
+def test_changing_what_any_stage_hands_on_changes_no_other_record(
+    settings: Settings, stage: str
+) -> None:
+    from gateway.intake.hl7v2 import read_messages
+
+    converter = Converter(settings)
+    first, second = (p.read_bytes() for p in REFERRALS)
+    before = [converter.convert(d)[0].bundle_json for d in (first, second)]
+    tally = {"changed": 0, "refused": 0}
+
+    def tamper(done: Any, record: Any, output: Any) -> None:
+        if done.name == stage:
+            _tamper(output, tally)  # the stage's output (a Bundle, or bytes / a Unit)
+            _tamper(record.bundle, tally)  # the record's own Bundle, once there is one
+
+    [unit] = read_messages(first, converter.network.charset)
+    converter.finish(unit, after=tamper)
+    if stage in ("mapping", "validation"):
+        # the mapped Bundle: built for this record, except the frozen shared parts
+        assert tally["changed"] > 50 and tally["refused"] > 50
+    if stage == "serialise":
+        assert tally["changed"] > 100
+    assert [converter.convert(d)[0].bundle_json for d in (second, first)] == before[::-1]
+
+
+def test_a_frozen_shared_value_refuses_an_edit_loudly(settings: Settings) -> None:
+    from gateway.intake.hl7v2 import read_messages
+
+    converter = Converter(settings)
+    converter.convert(REFERRALS[0].read_bytes())  # met once before: the memo remembers…
+    [unit] = read_messages(REFERRALS[0].read_bytes(), converter.network.charset)
+    mapped: list[Any] = []  # …and shares what it remembered
+    converter.finish(
+        unit, after=lambda s, r, out: mapped.append(out) if s.name == "mapping" else None
+    )
+    organisations = _by_type(mapped[0], "Organization")
+    assert organisations
+    with pytest.raises(TypeError, match="shared between records"):
+        organisations[0]["name"] = "changed"  # the resource dict is the record's own…
+        organisations[0]["identifier"][0]["value"] = "changed"  # …its memoised parts are not
+
+
+# -- isolation -----------------------------------------------------------------------------
+
+
+def _failing(stage_name: str, when: Any, message: str) -> tuple[Any, ...]:
+    from gateway import pipeline
+
+    def wrap(stage: Any) -> Any:
+        if stage.name != stage_name:
+            return stage
+        inner = stage.run
+
+        def run(conv: Any, record: Any, payload: Any, trace: bool) -> Any:
+            if when(record):
+                raise ValueError(message)
+            return inner(conv, record, payload, trace)
+
+        return dataclasses.replace(stage, run=run)
+
+    return tuple(wrap(s) for s in pipeline.STAGES)
+
+
+@pytest.mark.parametrize("stage", ["intake", "mapping", "validation", "serialise"])
+def test_an_unexpected_exception_fails_only_its_record(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, stage: str
+) -> None:
+    from gateway import pipeline
+
+    converter = Converter(settings)
+    data = (REPO / "examples/hl7v2/batch_mixed.hl7").read_bytes()
+    expected = [r.bundle_json for r in converter.convert(data)]
+    monkeypatch.setattr(
+        pipeline,
+        "STAGES",
+        _failing(stage, lambda r: r.index == 1, "invalid literal for int(): '王伟'"),
+    )
+    records = converter.convert(data, source="王伟.hl7")
+    assert [r.ok for r in records] == [False, False, True]
+    [issue] = records[0].errors
+    assert issue.code == "internal" and issue.severity == "error"
+    assert issue.message == f"unexpected error in stage {stage}; see the gateway log"
+    assert issue.to_fhir()["code"] == "exception"
+    assert records[0].history[-1].code == "internal"
+    assert records[2].bundle_json == expected[2]
+
+
+def test_a_reader_that_raises_ends_its_input_with_one_internal_record(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gateway import pipeline
+
+    real = pipeline.read_messages
+
+    def reader(data: bytes, charset: Any) -> Any:
+        units = real(data, charset)
+        yield next(units)
+        raise IndexError("list index out of range: 0012345")
+
+    converter = Converter(settings)
+    monkeypatch.setattr(pipeline, "read_messages", reader)
+    records = converter.convert((REPO / "examples/hl7v2/batch_mixed.hl7").read_bytes())
+    assert [r.ok for r in records] == [True, False]
+    [issue] = records[1].errors
+    assert issue.code == "internal" and "stage intake" in issue.message
+    assert records[1].index == 2 and "0012345" not in issue.line()
+
+
+def test_a_bundle_over_the_size_limit_fails_its_record_only(settings: Settings) -> None:
+    small = dataclasses.replace(settings, max_bundle_bytes=20_000)
+    converter = Converter(small)
+    sizes = {
+        p.name: len(Converter(settings).convert(p.read_bytes())[0].bundle_json or b"")
+        for p in REFERRALS
+    }
+    records = [converter.convert(p.read_bytes())[0] for p in REFERRALS]
+    for path, record in zip(REFERRALS, records, strict=True):
+        if sizes[path.name] > 20_000:
+            [error] = record.errors
+            assert error.code == "validation.bundle-too-large" and error.location == "Bundle"
+            assert f"{sizes[path.name]:,} bytes" in error.message
+            assert record.bundle_json is None and record.history[-1].stage == "serialise"
+        else:
+            assert record.ok
+    assert sorted(s > 20_000 for s in sizes.values()) == [False, True]
+
+
+def test_a_dicom_reader_that_raises_gives_an_internal_record_not_a_traceback(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gateway import pipeline
+
+    def reader(items: Any, network: Any, sender: Any) -> Any:
+        raise NotImplementedError("unknown VR 'XY' in (0020,0011)")
+        yield  # a generator, as the real reader
+
+    monkeypatch.setattr(pipeline, "read_studies", reader)
+    [record] = Converter(settings).convert_files([("a.dcm", b"DICM")])
+    assert record.kind == "study" and record.errors[0].code == "internal"
+    assert record.errors[0].line() == (
+        "error: study #1: unexpected error in stage intake; see the gateway log [internal]"
+    )
+
+
+def test_the_memo_shares_a_value_from_its_second_use_on(settings: Settings) -> None:
+    from gateway.intake.hl7v2 import read_messages
+    from gateway.shared import is_frozen
+
+    converter = Converter(settings)
+    data = REFERRALS[0].read_bytes()
+
+    def staff_identifiers() -> list[Any]:
+        [unit] = read_messages(data, converter.network.charset)
+        out: list[Any] = []
+        converter.finish(unit, after=lambda s, r, o: out.append(o) if s.name == "mapping" else None)
+        return [o["identifier"] for o in _by_type(out[0], "Practitioner")]
+
+    first = staff_identifiers()  # met once: this record's own, shared with nobody
+    assert first and not any(is_frozen(i) for i in first)
+    second = staff_identifiers()  # met again: remembered, frozen, shared
+    assert all(is_frozen(i) for i in second) and second == first
+    third = staff_identifiers()
+    assert all(t is s for t, s in zip(third, second, strict=True))

@@ -25,7 +25,6 @@ import asyncio
 import dataclasses
 import logging
 import threading
-import traceback
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -50,7 +49,8 @@ from ..errors import (
     shape,
 )
 from ..intake import FORMATS
-from ..pipeline import Converter
+from ..logs import safe_traceback
+from ..pipeline import Converter, internal_issue
 from ..reports import VariantPool, WorkerCrash
 from ._auth import TokenSet, load_tokens
 from ._dicomweb import add_dicomweb_routes
@@ -102,20 +102,6 @@ def _status_for(record: Record) -> int:
     """The registered status of the record's errors (gateway/errors.yaml): 500 for a
     failure of the gateway itself, else 400 unreadable input, 422 unmappable record."""
     return http_status(record.errors)
-
-
-def _stack(exc: BaseException) -> str:
-    """Where an exception happened, without its message (which may quote the input)."""
-    return f"{type(exc).__name__}\n" + "".join(traceback.format_tb(exc.__traceback__))
-
-
-def _internal_issue(record: str | None = None) -> Issue:
-    return Issue(
-        "internal",
-        "the gateway failed on this record (an internal error, logged on the server)",
-        record=record,
-        details={"issue_type": "exception"},
-    )
 
 
 def capability_statement(converter: Converter) -> dict[str, Any]:
@@ -190,22 +176,15 @@ def create_app(
         return _fhir(metadata)
 
     # Conversion is CPU work: it runs in FastAPI's thread pool, off the event loop, so
-    # /health answers while a large batch converts. The converter's caches are shared,
-    # so conversions take turns.
+    # /health answers while a large batch converts. Conversions take turns: reading DICOM
+    # switches pydicom's process-wide reading mode and pauses the cyclic GC for the
+    # duration (intake/dicom/_scope.py), which two threads must not interleave. The
+    # converter isolates each record: a fault is an `internal` issue on that record.
     lock = threading.Lock()
 
     def run(body: bytes, fmt: str, sender: str | None) -> list[Record]:
-        records: list[Record] = []
         with lock:
-            try:
-                for record in converter.iter_convert(body, "request", fmt, sender=sender):
-                    records.append(record)
-            except Exception as exc:  # a gateway bug: this record fails, never the request
-                failed = Record(body, "request", len(records) + 1, format=fmt)
-                log.error("internal error converting %s:\n%s", failed.label, _stack(exc))
-                failed.issues.append(_internal_issue(failed.label))
-                records.append(failed)
-        return records
+            return converter.convert(body, source="request", fmt=fmt, sender=sender)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
@@ -227,7 +206,8 @@ def create_app(
 
     @app.exception_handler(Exception)
     async def crashed(request: Request, exc: Exception) -> Response:  # never a bare 500
-        log.error("internal error on %s %s:\n%s", request.method, request.url.path, _stack(exc))
+        where = f"{request.method} {request.url.path}"
+        log.error("internal error on %s:\n%s", where, safe_traceback(exc))
         issue = Issue(
             "request.internal",
             "the gateway failed to process the request; see its log",
@@ -278,7 +258,7 @@ def create_app(
             return _outcome([exc.issue], 400 if bad_request else 422)
         except WorkerCrash as exc:
             log.error("internal error rendering a report variant:\n%s\n%s", exc.kind, exc.stack)
-            return _outcome([_internal_issue()], 500)
+            return _outcome([internal_issue("variants", None)], 500)
         return Response(out, status, media_type=content_type)
 
     @app.post("/convert")

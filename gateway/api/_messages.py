@@ -115,8 +115,12 @@ def add_message_routes(
             return refused
         try:
             where = MessageFilter(
-                state, sender, message_type,
-                parse_since(since, settings.timezone) if since else None, patient, control_id,
+                state,
+                sender,
+                message_type,
+                parse_since(since, settings.timezone) if since else None,
+                patient,
+                control_id,
             )
             page = await run_in_threadpool(lambda: lazy.store().find(where, limit, after))
         except GatewayError as exc:

@@ -30,7 +30,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from ..config import Settings
 from ..errors import Issue, operation_outcome
 
-__all__ = ["serve", "server_config"]
+__all__ = ["server_config"]
 
 
 def _timeout_response(seconds: float) -> bytes:
@@ -124,20 +124,10 @@ def server_config(app: FastAPI, settings: Settings, **overrides: Any) -> uvicorn
     options: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
-        "log_level": "info",
+        # uvicorn logs through the gateway's handler and level (gateway/logs.py)
+        "log_config": None,
+        "log_level": settings.log_level,
         "http": _protocol(settings),
     }
     options.update(overrides)
     return uvicorn.Config(app, **options)
-
-
-def serve(
-    app: FastAPI, settings: Settings, host: str | None = None, port: int | None = None
-) -> None:
-    """Run the API until interrupted (``gateway serve``)."""
-    overrides: dict[str, Any] = {}
-    if host:
-        overrides["host"] = host
-    if port:
-        overrides["port"] = port
-    uvicorn.Server(server_config(app, settings, **overrides)).run()

@@ -51,6 +51,8 @@ async def serve_gateway(app: Any, settings: Settings, host: str, port: int) -> N
     loop; the store is migrated first and pruned every hour."""
     import uvicorn
 
+    from ..api import server_config
+
     class Server(uvicorn.Server):
         # uvicorn re-raises SIGINT/SIGTERM once it has stopped, which would cut the
         # listeners' shutdown short (the writer commits what it holds): we take them.
@@ -59,7 +61,7 @@ async def serve_gateway(app: Any, settings: Settings, host: str, port: int) -> N
             yield
 
     store = open_store(settings)
-    server = Server(uvicorn.Config(app, host=host, port=port, log_level="info"))
+    server = Server(server_config(app, settings, host=host, port=port))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, setattr, server, "should_exit", True)
@@ -68,7 +70,8 @@ async def serve_gateway(app: Any, settings: Settings, host: str, port: int) -> N
         if settings.mllp_port:
             async with mllp_running(settings, store, Converter(settings)) as mllp:
                 print(
-                    f"MLLP listener on {settings.mllp_host}:{mllp.port}", file=sys.stderr,
+                    f"MLLP listener on {settings.mllp_host}:{mllp.port}",
+                    file=sys.stderr,
                     flush=True,
                 )
                 await server.serve()
@@ -99,7 +102,9 @@ def add_cli(sub: Any) -> None:
     listen = sub.add_parser("listen", help="receive HL7 v2 over MLLP into the store (no API)")
     listen.add_argument("--host", default=None, help="address (default: mllp_host)")
     listen.add_argument(
-        "--port", type=int, default=None,
+        "--port",
+        type=int,
+        default=None,
         help=f"port (default: mllp_port, else {DEFAULT_MLLP_PORT}; 0: any free port)",
     )
     listen.add_argument(

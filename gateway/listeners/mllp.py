@@ -86,8 +86,12 @@ def frame(message: bytes) -> bytes:
 
 
 def _header_of(message: Message) -> _Header:
-    return _Header(message.separators, list(message.segments[0]), message.charset,
-                   message.declared_charset or "")
+    return _Header(
+        message.separators,
+        list(message.segments[0]),
+        message.charset,
+        message.declared_charset or "",
+    )
 
 
 def _peek_header(payload: bytes) -> _Header:
@@ -177,9 +181,7 @@ def _err(issue: Issue, seps: str, version: tuple[int, ...]) -> str:
         where = cs.join([segment, "1" if segment else "", position, code])
         return fs.join(["ERR", where])
     location = cs.join([segment, "1", position]) if segment else ""
-    return fs.join(
-        ["ERR", "", location, cs.join([number, name, "HL70357"]), "E", "", "", "", text]
-    )
+    return fs.join(["ERR", "", location, cs.join([number, name, "HL70357"]), "E", "", "", "", text])
 
 
 @dataclass(slots=True)
@@ -360,8 +362,10 @@ class MllpServer:
         full = ("C" if enhanced else "A") + code
         if enhanced:
             wanted = header.get(15) or "AL"
-            if wanted == "NE" or (wanted == "ER" and code == "A") or (
-                wanted == "SU" and code != "A"
+            if (
+                wanted == "NE"
+                or (wanted == "ER" and code == "A")
+                or (wanted == "SU" and code != "A")
             ):
                 return Ack(full, None)
         return Ack(full, build_ack(header, full, issue))

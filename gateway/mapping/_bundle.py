@@ -65,7 +65,8 @@ def _merge(into: dict[str, Any], other: dict[str, Any]) -> None:
     """Fill what ``into`` lacks from ``other``; lists gain the items they lack.
 
     New lists are built rather than extended: mapped values may be shared with the
-    engine's memo of pure fragments, and must never change once made.
+    engine's memo of pure fragments, frozen (gateway/shared.py): changing one would
+    raise.
     """
     for key, value in other.items():
         if key not in into:

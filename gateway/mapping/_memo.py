@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..shared import share
+from ..shared import freeze
 
 if TYPE_CHECKING:
     from ._compile import Ctx
@@ -48,6 +48,7 @@ class Scope:
 
 
 _MEMO_SIZE = 4096  # results kept per pure fragment; the memo is cleared when full
+_SEEN_SIZE = 16384  # keys met once, per pure fragment; cleared when full
 _MISS = object()
 
 
@@ -55,8 +56,15 @@ def memoised(fn: Callable[[Ctx], Any], scope: Scope) -> Callable[[Ctx], Any]:
     """Remember a spec's results by everything it can depend on (see Scope).
 
     Organisations, codings and practitioners recur in every message of a feed, so their
-    resources and data types are built once. Results are shared and must never be
-    changed afterwards (gateway/shared.py; the Bundle builder copies before it merges).
+    resources and data types are built once. Results are shared between records, so
+    they are frozen when remembered (gateway/shared.py): an in-place edit raises
+    instead of reaching other records.
+
+    A result is remembered the second time its key is met, not the first: most keys of
+    a feed never recur (the patient's identifiers, names, visit), and remembering them
+    would mean a frozen copy of each, kept alive until the memo is cleared, for nothing
+    (the garbage collector pays for every one). A key met once is the record's own
+    value, shared with nobody.
     """
     if scope.rooted:
         return fn
@@ -65,6 +73,7 @@ def memoised(fn: Callable[[Ctx], Any], scope: Scope) -> Callable[[Ctx], Any]:
     ref_vars = tuple(sorted(scope.ref_vars))
     segments = frozenset(scope.segments)
     memo: dict[Any, Any] = {}
+    seen: set[Any] = set()  # keys met once, not (yet) remembered
 
     def cached(ctx: Ctx) -> Any:
         view = ctx.view
@@ -94,15 +103,18 @@ def memoised(fn: Callable[[Ctx], Any], scope: Scope) -> Callable[[Ctx], Any]:
                 key += tuple(tuple(state.refs(k)) for k in refs)
                 key += tuple(tuple(state.refs(str(ctx.vars.get(v) or ""))) for v in ref_vars)
             found = memo.get(key, _MISS)
+            if found is _MISS and key not in seen:
+                if len(seen) >= _SEEN_SIZE:
+                    seen.clear()
+                seen.add(key)
+                return fn(ctx)  # the first time: this record's own value
         except TypeError:  # an unhashable variable value: compute, do not remember
             return fn(ctx)
         if found is _MISS:
-            found = fn(ctx)
+            found = freeze(fn(ctx))
             if len(memo) >= _MEMO_SIZE:
                 memo.clear()
             memo[key] = found
-            if not (refs or ref_vars):  # shared values skip the reference check: none in them
-                share(found)
         return found
 
     return cached

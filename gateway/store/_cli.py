@@ -259,5 +259,3 @@ def add_cli(sub: Any) -> None:
     db_verbs = db.add_subparsers(dest="verb", required=True)
     upgrade = db_verbs.add_parser("upgrade", help="create or migrate the schema")
     upgrade.set_defaults(func=cmd_db_upgrade)
-
-

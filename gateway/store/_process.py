@@ -75,9 +75,7 @@ def process_message(
         raise StoreError("not-found", f"no message {message_id} in the store")
     raw, fmt, sender = found
     if raw is None:
-        raise StoreError(
-            "pruned", f"message {message_id} was pruned: its original bytes are gone"
-        )
+        raise StoreError("pruned", f"message {message_id} was pruned: its original bytes are gone")
     started = time.perf_counter()
     with lock or nullcontext():
         records = _convert(converter, raw, fmt, sender, message_id)

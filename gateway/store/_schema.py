@@ -81,9 +81,7 @@ outcomes = Table(
     "outcomes",
     metadata,
     Column("id", ID, primary_key=True, autoincrement=True),
-    Column(
-        "message_id", ID, ForeignKey("messages.id", ondelete="CASCADE"), nullable=False
-    ),
+    Column("message_id", ID, ForeignKey("messages.id", ondelete="CASCADE"), nullable=False),
     Column("attempt", Integer(), nullable=False),  # 1 for the first processing, 2 on ...
     Column("stage", String(32), nullable=False),  # convert (later: policy, sign, deliver)
     Column("state", String(16), nullable=False),  # the message's state this outcome set

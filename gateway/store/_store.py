@@ -287,8 +287,9 @@ class Store:
         sha = item.sha256
         key = _dedup_key(item.sender, item.control_id, sha)
         found = conn.execute(
-            sa.select(messages.c.id, messages.c.revision, messages.c.flagged, messages.c.state)
-            .where(messages.c.dedup_key == key)
+            sa.select(
+                messages.c.id, messages.c.revision, messages.c.flagged, messages.c.state
+            ).where(messages.c.dedup_key == key)
         ).first()
         if found is not None:
             return Receipt(found.id, True, found.revision, found.flagged, found.state)
@@ -368,9 +369,14 @@ class Store:
         now: datetime,
     ) -> StoredOutcome:
         o = outcomes.c
-        attempt = conn.execute(
-            sa.select(sa.func.count()).where(o.message_id == message_id, o.stage == outcome.stage)
-        ).scalar_one() + 1
+        attempt = (
+            conn.execute(
+                sa.select(sa.func.count()).where(
+                    o.message_id == message_id, o.stage == outcome.stage
+                )
+            ).scalar_one()
+            + 1
+        )
         conn.execute(
             outcomes.update()
             .where(o.message_id == message_id, o.stage == outcome.stage, o.current.is_(True))
@@ -408,8 +414,15 @@ class Store:
         if outcome.patients or outcome.stage == "convert":
             self._set_patients(conn, message_id, outcome.patients)
         return StoredOutcome(
-            int(new_id), attempt, outcome.stage, outcome.state, now, duration_ms,
-            outcome.output, issues, True,
+            int(new_id),
+            attempt,
+            outcome.stage,
+            outcome.state,
+            now,
+            duration_ms,
+            outcome.output,
+            issues,
+            True,
         )
 
     def _set_patients(self, conn: Connection, message_id: int, patients: Iterable[str]) -> None:
@@ -438,22 +451,33 @@ class Store:
             if row is None:
                 return None
             outs = conn.execute(
-                sa.select(outcomes).where(outcomes.c.message_id == message_id).order_by(
-                    outcomes.c.id
-                )
+                sa.select(outcomes)
+                .where(outcomes.c.message_id == message_id)
+                .order_by(outcomes.c.id)
             ).all()
-            patients = conn.execute(
-                sa.select(message_patients.c.identifier)
-                .where(message_patients.c.message_id == message_id)
-                .order_by(message_patients.c.identifier)
-            ).scalars().all()
+            patients = (
+                conn.execute(
+                    sa.select(message_patients.c.identifier)
+                    .where(message_patients.c.message_id == message_id)
+                    .order_by(message_patients.c.identifier)
+                )
+                .scalars()
+                .all()
+            )
         return StoredMessage(
             _summary(row),
             row.raw,
             [
                 StoredOutcome(
-                    o.id, o.attempt, o.stage, o.state, o.at, o.duration_ms, o.output,
-                    orjson.loads(o.issues or "[]"), bool(o.current),
+                    o.id,
+                    o.attempt,
+                    o.stage,
+                    o.state,
+                    o.at,
+                    o.duration_ms,
+                    o.output,
+                    orjson.loads(o.issues or "[]"),
+                    bool(o.current),
                 )
                 for o in outs
             ],
@@ -655,8 +679,9 @@ class Store:
         d = dicom_instances.c
         with self._write() as conn:
             rows = conn.execute(
-                sa.select(d.series_uid, d.sop_uid, d.data, d.channel, d.peer, d.sender,
-                          d.message_id)
+                sa.select(
+                    d.series_uid, d.sop_uid, d.data, d.channel, d.peer, d.sender, d.message_id
+                )
                 .where(d.study_uid == study_uid)
                 .order_by(d.series_uid, d.sop_uid)
             ).all()
@@ -676,9 +701,9 @@ class Store:
             )
             receipt = self._receive(conn, incoming)
             conn.execute(
-                dicom_instances.update().where(d.study_uid == study_uid).values(
-                    message_id=receipt.id
-                )
+                dicom_instances.update()
+                .where(d.study_uid == study_uid)
+                .values(message_id=receipt.id)
             )
             return receipt
 
@@ -702,7 +727,8 @@ def _cursor(text: str) -> int:
         return int(text)
     except ValueError:
         raise StoreError(
-            "bad-cursor", "not a page cursor (give the 'next' of a previous page)",
+            "bad-cursor",
+            "not a page cursor (give the 'next' of a previous page)",
             location="after",
         ) from None
 

@@ -1,5 +1,17 @@
 """Validation stage: structure (fhir.resources R4B models) and Bundle reference integrity."""
 
-from ._models import check_bundle, check_references, validate_bundle, validate_resource
+from ._models import (
+    Validator,
+    check_bundle,
+    check_references,
+    validate_bundle,
+    validate_resource,
+)
 
-__all__ = ["check_bundle", "check_references", "validate_bundle", "validate_resource"]
+__all__ = [
+    "Validator",
+    "check_bundle",
+    "check_references",
+    "validate_bundle",
+    "validate_resource",
+]

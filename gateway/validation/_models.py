@@ -16,6 +16,13 @@ from the model's field annotations). Anything unexpected — an unknown key, a v
 primitive validator rejects — falls back to the full model, whose errors are reported.
 ``tests/validation`` checks that this verdict and ``Bundle.model_validate``'s agree.
 
+What it learns (known skeletons, accepted values) belongs to a :class:`Validator`; each
+``Converter`` makes its own. The module functions (``check_bundle``,
+``validate_bundle``, ``validate_resource``) use a default instance, for callers
+without a converter (report variants, tests). What stays module-level is
+derived from the model classes alone (``_fields``, ``_adapter``); the skeleton of a
+frozen shared subtree is kept on the subtree itself (``FrozenDict.skeleton``).
+
 fhir.resources' R4B models are structurally identical to R4 for these resources.
 """
 
@@ -32,9 +39,15 @@ from pydantic import TypeAdapter
 from pydantic import ValidationError as PydanticError
 
 from ..errors import Issue, shape
-from ..shared import is_shared
+from ..shared import FrozenDict, FrozenList
 
-__all__ = ["check_bundle", "check_references", "validate_bundle", "validate_resource"]
+__all__ = [
+    "Validator",
+    "check_bundle",
+    "check_references",
+    "validate_bundle",
+    "validate_resource",
+]
 
 _MAX_SKELETONS = 50_000  # a few KB each at most; a mapping makes a handful per type
 
@@ -119,19 +132,18 @@ class _Walker:
     def __init__(self) -> None:
         self.references: list[str] = []  # reference strings met by the walks since reset
         self._accepted: set[tuple[int, type, Any]] = set()
-        self._shared: dict[tuple[Any, int], tuple[Any, Any]] = {}  # (model, id) → (obj, skeleton)
 
     def skeleton(self, model: Any, data: dict[str, Any]) -> Any:
-        if not is_shared(data):
+        # A frozen subtree without references never changes: its skeleton is walked once
+        # and kept on it (one holding references is walked every time: the walk collects
+        # them). The skeleton of a valid value is a function of the value and the model
+        # alone, so it may travel with the value from one validator to another.
+        if type(data) is not FrozenDict or data.holds_refs:
             return self._walk(model, data)
-        key = (model, id(data))
-        known = self._shared.get(key)
-        if known is not None and known[0] is data:
-            return known[1]
+        if data.checked_as is model:
+            return data.skeleton
         skeleton = self._walk(model, data)  # raises for an invalid value: nothing stored
-        if len(self._shared) >= _MAX_VALUES:
-            self._shared.clear()
-        self._shared[key] = (data, skeleton)
+        data.skeleton, data.checked_as = skeleton, model
         return skeleton
 
     def _walk(self, model: Any, data: dict[str, Any]) -> Any:
@@ -194,63 +206,100 @@ class _Skeletons:
         return issues
 
 
-_SKELETONS = _Skeletons()
+class Validator:
+    """Structure and reference checks for Bundles, with what it has learnt so far.
+
+    Each ``Converter`` owns one, so nothing learnt while converting is shared through
+    the module; the module functions below use a default instance.
+    """
+
+    def __init__(self) -> None:
+        self._skeletons = _Skeletons()
+
+    def validate_resource(self, resource: dict[str, Any], prefix: str | None = None) -> list[Issue]:
+        """Issues the R4B model would raise for ``resource``; [] when it is valid."""
+        rtype = resource.get("resourceType")
+        where = prefix or str(rtype)
+        try:
+            model = get_fhir_model_class(str(rtype))
+        except KeyError:
+            return [
+                Issue("validation.structure", f"unknown resourceType {rtype!r}", location=where)
+            ]
+        return self._skeletons.validate(model, resource, where)
+
+    def check_bundle(self, bundle: dict[str, Any], validate: bool = True) -> list[Issue]:
+        """Reference integrity, and the R4B models' verdict when ``validate``.
+
+        The validating walk collects the references it meets (frozen subtrees without
+        references are skipped), so the separate reference walk runs only when that walk
+        stopped early or found a reference to place in an error.
+        """
+        if not validate:
+            return check_references(bundle)
+        skeletons = self._skeletons
+        walker = skeletons.walker
+        walker.references = []
+        skeletons.complete = True
+        issues = self.validate_bundle(bundle)
+        urls = {e.get("fullUrl") for e in bundle.get("entry", []) if isinstance(e, dict)}
+        if not skeletons.complete or any(ref not in urls for ref in walker.references):
+            issues += check_references(bundle)
+        return issues
+
+    def validate_bundle(self, bundle: dict[str, Any]) -> list[Issue]:
+        """Issues found by parsing ``bundle`` with the R4B models; [] when valid.
+
+        The Bundle's own elements and each entry's resource are checked separately, so a
+        new mix of entries never forces a full re-validation of resources already known.
+        """
+        entries = bundle.get("entry") or []
+        shell = dict(bundle)
+        if isinstance(entries, list):
+            shell["entry"] = [
+                {k: v for k, v in e.items() if k != "resource"} if isinstance(e, dict) else e
+                for e in entries
+            ]
+        issues = self.validate_resource(shell, "Bundle")
+        for n, entry in enumerate(entries if isinstance(entries, list) else []):
+            resource = entry.get("resource") if isinstance(entry, dict) else None
+            if isinstance(resource, dict):
+                issues += self.validate_resource(resource, f"Bundle.entry[{n}].resource")
+        return issues
+
+    def check_references(self, bundle: dict[str, Any]) -> list[Issue]:
+        return check_references(bundle)
+
+
+_DEFAULT: Validator | None = None
+
+
+def _default() -> Validator:
+    global _DEFAULT
+    if _DEFAULT is None:
+        _DEFAULT = Validator()
+    return _DEFAULT
 
 
 def validate_resource(resource: dict[str, Any], prefix: str | None = None) -> list[Issue]:
-    """Issues the R4B model would raise for ``resource``; [] when it is valid."""
-    rtype = resource.get("resourceType")
-    where = prefix or str(rtype)
-    try:
-        model = get_fhir_model_class(str(rtype))
-    except KeyError:
-        return [Issue("validation.structure", f"unknown resourceType {rtype!r}", location=where)]
-    return _SKELETONS.validate(model, resource, where)
+    """:meth:`Validator.validate_resource` of the default validator."""
+    return _default().validate_resource(resource, prefix)
 
 
 def check_bundle(bundle: dict[str, Any], validate: bool = True) -> list[Issue]:
-    """Reference integrity, and the R4B models' verdict when ``validate``.
-
-    The validating walk collects the references it meets (memoised fragments hold none),
-    so the separate reference walk runs only when that walk stopped early or found a
-    reference to place in an error.
-    """
-    if not validate:
-        return check_references(bundle)
-    walker = _SKELETONS.walker
-    walker.references = []
-    _SKELETONS.complete = True
-    issues = validate_bundle(bundle)
-    urls = {e.get("fullUrl") for e in bundle.get("entry", []) if isinstance(e, dict)}
-    if not _SKELETONS.complete or any(ref not in urls for ref in walker.references):
-        issues += check_references(bundle)
-    return issues
+    """:meth:`Validator.check_bundle` of the default validator."""
+    return _default().check_bundle(bundle, validate)
 
 
 def validate_bundle(bundle: dict[str, Any]) -> list[Issue]:
-    """Issues found by parsing ``bundle`` with the R4B models; [] when valid.
-
-    The Bundle's own elements and each entry's resource are checked separately, so a
-    new mix of entries never forces a full re-validation of resources already known.
-    """
-    entries = bundle.get("entry") or []
-    shell = dict(bundle)
-    if isinstance(entries, list):
-        shell["entry"] = [
-            {k: v for k, v in e.items() if k != "resource"} if isinstance(e, dict) else e
-            for e in entries
-        ]
-    issues = validate_resource(shell, "Bundle")
-    for n, entry in enumerate(entries if isinstance(entries, list) else []):
-        resource = entry.get("resource") if isinstance(entry, dict) else None
-        if isinstance(resource, dict):
-            issues += validate_resource(resource, f"Bundle.entry[{n}].resource")
-    return issues
+    """:meth:`Validator.validate_bundle` of the default validator."""
+    return _default().validate_bundle(bundle)
 
 
 def _reference_values(node: Any, out: list[str]) -> None:
-    if is_shared(node):
-        return  # a memoised pure fragment holds no reference
+    kind = type(node)
+    if (kind is FrozenDict or kind is FrozenList) and not node.holds_refs:
+        return  # a frozen subtree that holds no reference (a memoised pure fragment)
     if isinstance(node, dict):
         ref = node.get("reference")
         if isinstance(ref, str):

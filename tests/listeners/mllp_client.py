@@ -35,8 +35,9 @@ def with_control_id(data: bytes, control_id: str) -> bytes:
 
 
 class Client:
-    def __init__(self, port: int, timeout: float = 20, context: ssl.SSLContext | None = None
-                 ) -> None:
+    def __init__(
+        self, port: int, timeout: float = 20, context: ssl.SSLContext | None = None
+    ) -> None:
         sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
         self.sock: socket.socket = (
             context.wrap_socket(sock, server_hostname="localhost") if context else sock

@@ -94,20 +94,37 @@ def test_a_failed_commit_gets_ae_never_aa(store_url: str, tmp_path: Path) -> Non
 MALFORMED = [
     # (what, bytes, ACK code, ERR-2 location, ERR-3 code)
     ("no MSH-9", b"MSH|^~\\&|HIS|LAX2|GW|GW|20260101|||C1|P|2.5\rPID|1\r", "AR", "MSH^1^9", "101"),
-    ("no version", b"MSH|^~\\&|HIS|LAX2|GW|GW|20260101||ADT^A01|C2|P|\rPID|1\r", "AR",
-     "MSH^1^12", "101"),
+    (
+        "no version",
+        b"MSH|^~\\&|HIS|LAX2|GW|GW|20260101||ADT^A01|C2|P|\rPID|1\r",
+        "AR",
+        "MSH^1^12",
+        "101",
+    ),
     ("not HL7", b"hello, is anyone there?", "AR", "", "100"),
-    ("GB 18030 bytes declared UTF-8",
-     "MSH|^~\\&|HIS|LAX2|GW|GW|20260101||ADT^A01|C3|P|2.5||||||UNICODE UTF-8\rPID|1||1^^^X||王\r"
-     .encode("gb18030"), "AE", "MSH^1^18", "102"),
-    ("unknown charset",
-     b"MSH|^~\\&|HIS|LAX2|GW|GW|20260101||ADT^A01|C4|P|2.5||||||KLINGON\rPID|1\r", "AE",
-     "MSH^1^18", "103"),
+    (
+        "GB 18030 bytes declared UTF-8",
+        (
+            "MSH|^~\\&|HIS|LAX2|GW|GW|20260101||ADT^A01|C3|P|2.5||||||UNICODE UTF-8\r"
+            "PID|1||1^^^X||王\r"
+        ).encode("gb18030"),
+        "AE",
+        "MSH^1^18",
+        "102",
+    ),
+    (
+        "unknown charset",
+        b"MSH|^~\\&|HIS|LAX2|GW|GW|20260101||ADT^A01|C4|P|2.5||||||KLINGON\rPID|1\r",
+        "AE",
+        "MSH^1^18",
+        "103",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("what", "data", "code", "where", "err"), MALFORMED,
-                         ids=[m[0] for m in MALFORMED])
+@pytest.mark.parametrize(
+    ("what", "data", "code", "where", "err"), MALFORMED, ids=[m[0] for m in MALFORMED]
+)
 def test_malformed_messages_get_an_err_naming_the_field(
     store: Store, tmp_path: Path, what: str, data: bytes, code: str, where: str, err: str
 ) -> None:
@@ -141,6 +158,7 @@ def test_err_before_v25_uses_err1(store: Store, tmp_path: Path) -> None:
 
 def test_enhanced_mode_follows_msh15(store: Store, tmp_path: Path) -> None:
     base = example("ref_i12_nsch_to_hkpmc.hl7", original_mode=False)  # AL/NE
+
     def mode(control: str, accept: str) -> bytes:
         return with_control_id(base, control).replace(b"|AL|NE|", f"|{accept}|NE|".encode(), 1)
 
@@ -208,6 +226,7 @@ def test_fifty_connections_forty_messages_each(store: Store, tmp_path: Path) -> 
     lock = threading.Lock()
 
     with Listener(settings_for(tmp_path), store) as listener:
+
         async def sender(n: int) -> None:
             reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
             for m in range(40):

@@ -60,8 +60,11 @@ def test_mllp_over_tls_with_client_certificates(store: Store, tmp_path: Path) ->
     issuer = (ca.subject, ca_key)
     for name in ("server", "client"):
         key = ec.generate_private_key(ec.SECP256R1())
-        _write(tmp_path / name, _cert("localhost" if name == "server" else "LAX2-HIS", key,
-                                      issuer), key)
+        _write(
+            tmp_path / name,
+            _cert("localhost" if name == "server" else "LAX2-HIS", key, issuer),
+            key,
+        )
     (tmp_path / "ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     settings = settings_for(
         tmp_path,

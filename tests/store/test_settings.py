@@ -17,7 +17,8 @@ def test_defaults_and_environment(tmp_path: Path) -> None:
     default = Settings.load(tmp_path, env={})
     assert default.database_url is None and default.mllp_port is None
     assert retention(default) == {
-        "converted": timedelta(days=30), "failed": timedelta(days=90),
+        "converted": timedelta(days=30),
+        "failed": timedelta(days=90),
         "rejected": timedelta(days=30),
     }
     hash(default)  # settings stay hashable (report variants are cached by them)

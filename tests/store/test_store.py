@@ -34,7 +34,11 @@ STUDY = REPO / "examples" / "imaging" / "lax2_ct_head.study"
 def msg(control: str, body: str = "x", sender: str = "LAX2", state: str = "received") -> Incoming:
     raw = f"MSH|^~\\&|HIS|{sender}|GW|GW|20260101||ORU^R01|{control}|P|2.5\rZZZ|{body}\r"
     return Incoming(
-        raw.encode(), "cli", sender=sender, control_id=control, message_type="ORU^R01",
+        raw.encode(),
+        "cli",
+        sender=sender,
+        control_id=control,
+        message_type="ORU^R01",
         state=state,
     )
 
@@ -90,8 +94,12 @@ def test_rejected_message_keeps_its_intake_issue(store: Store) -> None:
     assert stored is not None and stored.state == "rejected"
     assert stored.outcomes[0].stage == "intake"
     assert stored.outcomes[0].issues == [
-        {"code": "intake.no-msh", "severity": "error", "message": "no MSH segment",
-         "location": "MSH"}
+        {
+            "code": "intake.no-msh",
+            "severity": "error",
+            "message": "no MSH segment",
+            "location": "MSH",
+        }
     ]
 
 

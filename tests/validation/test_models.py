@@ -104,3 +104,86 @@ def test_check_bundle_finds_a_dangling_reference_with_and_without_validation(
     for validate in (True, False):
         [issue] = check_bundle(broken, validate)
         assert issue.code == "validation.dangling-reference"
+
+
+# -- frozen shared values and the converter's own validator -------------------------------
+
+
+def _mapped(converter: Converter, name: str) -> dict[str, Any]:
+    """The Bundle as the mapping stage hands it on: memoised parts frozen and shared."""
+    from gateway.intake.hl7v2 import read_messages
+
+    [unit] = read_messages((REPO / "examples/hl7v2" / name).read_bytes(), converter.network.charset)
+    out: list[dict[str, Any]] = []
+    converter.finish(unit, after=lambda s, r, o: out.append(o) if s.name == "mapping" else None)
+    return out[0]
+
+
+def test_a_mapped_bundle_with_frozen_parts_is_judged_as_its_plain_copy(
+    converter: Converter,
+) -> None:
+    from gateway.shared import is_frozen
+    from gateway.validation import Validator
+
+    mapped = _mapped(converter, "ref_i12_lax2_to_njmu2.hl7")
+    frozen = [
+        e["resource"]["identifier"]
+        for e in mapped["entry"]
+        if is_frozen(e["resource"].get("identifier"))
+    ]
+    assert frozen  # memoised parts are shared, frozen
+    Bundle.model_validate(mapped)  # pydantic takes the dict and list subclasses
+    for validator in (Validator(), Validator()):
+        assert validator.check_bundle(mapped) == []
+        assert validator.check_bundle(mapped) == []  # second sight: skeletons cached
+        assert validator.check_bundle(copy.deepcopy(mapped)) == []
+
+
+def test_a_reference_inside_a_frozen_value_is_still_checked() -> None:
+    from gateway.shared import freeze
+    from gateway.validation import Validator
+
+    patient = {"resourceType": "Patient", "id": "p1"}
+    report = freeze(
+        {
+            "resourceType": "DiagnosticReport",
+            "status": "final",
+            "code": {"text": "CT"},
+            "subject": {"reference": "urn:uuid:nowhere"},
+        }
+    )
+    assert report.holds_refs and not report["code"].holds_refs
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "fullUrl": "urn:uuid:p1",
+                "resource": patient,
+                "request": {"method": "POST", "url": "Patient"},
+            },
+            {
+                "fullUrl": "urn:uuid:r1",
+                "resource": report,
+                "request": {"method": "POST", "url": "DiagnosticReport"},
+            },
+        ],
+    }
+    validator = Validator()
+    for _ in range(2):  # the second time the frozen parts' skeletons are known
+        for validate in (True, False):
+            [issue] = validator.check_bundle(bundle, validate)
+            assert issue.code == "validation.dangling-reference"
+            assert issue.location == "Bundle.entry[1].resource.subject.reference"
+
+
+def test_each_converter_owns_its_validator(settings: Any) -> None:
+    from gateway.validation import _models
+
+    first, second = Converter(settings), Converter(settings)
+    assert first.validator is not second.validator
+    default = _models._default()
+    known = len(default._skeletons._known)
+    first.convert((REPO / "examples/hl7v2/omi_o23_nsch_ct.hl7").read_bytes())
+    assert len(default._skeletons._known) == known  # the module's default learnt nothing
+    assert first.validator._skeletons._known and not second.validator._skeletons._known

@@ -142,7 +142,7 @@ def decode_strict(
     they are, with a note. ``place(text)`` names where the text first leaves ASCII
     (``PID-5``), for the message.
     """
-    if not data.isascii() and is_single_byte(codec):
+    if is_single_byte(codec) and not data.isascii():
         likely = mislabelled_as(data, prefer)
         if likely is not None:
             return _mislabelled(data, likely, declared, location, mismatch, place)

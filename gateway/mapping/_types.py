@@ -47,7 +47,9 @@ def _out_of_range(m: re.Match[str]) -> str | None:
         return "the year is 0000"
     if month and not 1 <= int(month) <= 12:
         return "the month is not 01-12"
-    if day:
+    if day == "00":
+        return "the day does not exist in that month"
+    if day and int(day) > 28:  # days up to 28 exist in every month
         try:
             date(int(year), int(month), int(day))
         except ValueError:

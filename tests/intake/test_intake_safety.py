@@ -338,3 +338,22 @@ def test_bad_base64_in_an_ed_names_the_field(converter: Converter) -> None:
     [record] = convert(converter, good.replace(pdf, pdf[:-3]))
     [error] = record.errors
     assert (error.code, error.location) == ("mapping.bad-base64", "OBX(5)-5.5")  # the fifth OBX
+
+
+@pytest.mark.parametrize("framed", [False, True], ids=["plain", "mllp"])
+def test_a_stray_form_feed_in_a_name_is_removed_with_a_warning(
+    converter: Converter, framed: bool
+) -> None:
+    # FF is not refused as binary; like \X0C\ it is removed, never silently.
+    texts = [message(name="王\x0c伟^小明"), message(n=2, name="王\x0c伟^小明")]
+    if framed:
+        data = b"".join(b"\x0b" + t.encode() + b"\x1c\r" for t in texts)
+    else:
+        data = "".join(texts).encode()
+    records = convert(converter, data)
+    assert len(records) == 2
+    for record in records:
+        assert record.ok, [i.line() for i in record.issues]
+        assert [(w.code, w.location) for w in record.warnings] == [
+            ("intake.control-characters", "PID-5.1.1")
+        ]

@@ -41,6 +41,10 @@ _NON_ASCII = re.compile(r"[^\x00-\x7f]")
 # the input is not an HL7 text message (a PDF, an image, a zip...).
 _BINARY = re.compile(rb"[\x00-\x08\x0e-\x1a\x1d-\x1f\x7f]")
 _HL7_START = (b"MSH", b"FHS", b"BHS")
+# The control bytes _BINARY lets through (VT and FS frame MLLP; FF and ESC turn up in
+# text): values holding them lose them with a warning (see Hl7View).
+_STRAY_CONTROLS = (b"\x0b", b"\x0c", b"\x1b", b"\x1c")
+_CONTROL_BYTES = bytes([*range(0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F])
 # UTF-16/UTF-32 text (BOM, or "MSH" with NUL bytes between the letters): refused with
 # a charset error rather than reported as binary data.
 _UTF16 = re.compile(rb"\A(?:\xff\xfe|\xfe\xff|\x00*M\x00+S\x00+H)")
@@ -96,6 +100,7 @@ class RawMessage:
     line: int  # line number of its first segment
     segments: list[bytes]
     error: IntakeError | None = None  # set when the bytes cannot be a message at all
+    controls: bool = True  # may hold control bytes (False: its input had none at all)
 
     @property
     def data(self) -> bytes:
@@ -117,6 +122,7 @@ class Message:
     declared_charset: str | None
     warnings: list[str] = field(default_factory=list)
     lines: list[str] = field(default_factory=list)  # each segment's text, as decoded
+    controls: bool = False  # a value may hold a control character (a byte or \Xhh\)
 
     @property
     def control_id(self) -> str:
@@ -189,7 +195,10 @@ def split_messages(data: bytes) -> list[RawMessage]:
             location="MSH-18",
         )
         return [RawMessage(1, 1, [], err)]
-    binary = _BINARY.search(data)
+    # One translate finds out whether there is any control byte at all, several times
+    # faster than the regular expression that then says where.
+    clean = len(data.translate(None, _CONTROL_BYTES)) == len(data)
+    binary = None if clean else _BINARY.search(data)
     if binary and not data.lstrip(b"\xef\xbb\xbf \t\r\n\x0b").startswith(_HL7_START):
         return [RawMessage(1, 1, [], _binary_error(binary.start()))]
     messages: list[RawMessage] = []
@@ -203,6 +212,9 @@ def split_messages(data: bytes) -> list[RawMessage]:
             hit = _BINARY.search(message.data) if message.error is None else None
             if hit:
                 message.error = _control_byte_error(message.data, hit.start())
+    if clean:
+        for message in messages:
+            message.controls = False
     if not messages:
         err = IntakeError("empty", "no HL7 v2 message found: the input is empty")
         messages.append(RawMessage(1, 1, [], err))
@@ -366,6 +378,8 @@ def parse_message(
     segments: list[list[str]] = []
     positions: dict[str, list[int]] = {}
     lines: list[str] = []
+    most_fields = bounds.fields + 1  # a segment's list holds its name, then its fields
+    too_many: list[str] | None = None
     for n, line in enumerate(text.split("\r")):
         if not line:
             continue
@@ -383,8 +397,15 @@ def parse_message(
         positions.setdefault(name, []).append(len(segments))
         segments.append(fields)
         lines.append(line)
+        if len(fields) > most_fields and too_many is None:
+            too_many = fields
     message = Message(segments, positions, separators, decoded.codec, declared, lines=lines)
-    _check_bounds(message, text, bounds)
+    if too_many:
+        raise _too_many_fields(message, too_many, bounds)
+    _check_bounds(message, data, bounds)
+    message.controls = separators[3].encode() + b"X" in data or (
+        raw.controls and any(b in data for b in _STRAY_CONTROLS)
+    )
     if decoded.note:
         message.warnings.append(decoded.note)
     _check_header(message)
@@ -425,24 +446,18 @@ def _check_encoding_characters(fs: str, enc: str, separators: str) -> None:
         )
 
 
-def _check_bounds(message: Message, text: str, bounds: Limits) -> None:
+def _check_bounds(message: Message, data: bytes, bounds: Limits) -> None:
     """The limits of ``mappings/hl7v2/limits.yaml``. Counting each delimiter over the
-    whole text settles almost every message at C speed (n delimiters make at most n + 1
-    parts); only a message where some count reaches a limit is looked at field by field."""
+    message's bytes settles almost every message at C speed: the delimiters are ASCII,
+    one byte each in every supported charset, so the bytes hold at least as many as the
+    text (a Big5 trail byte may add some, never hide one), and n delimiters make at most
+    n + 1 parts. Only a message where some count reaches a limit is looked at field by
+    field, on the text."""
     cs, rs, ss = message.separators[1], message.separators[2], message.separators[4]
-    if max(map(len, message.segments)) - 1 > bounds.fields:
-        fields = next(f for f in message.segments if len(f) - 1 > bounds.fields)
-        label = _segment_label(message, fields)
-        raise IntakeError(
-            "too-many-fields",
-            f"{len(fields) - 1} fields, more than the limit of {bounds.fields} "
-            "(mappings/hl7v2/limits.yaml)",
-            location=label,
-        )
     if (
-        text.count(rs) < bounds.repetitions
-        and text.count(cs) < bounds.components
-        and text.count(ss) < bounds.subcomponents
+        data.count(rs.encode()) < bounds.repetitions
+        and data.count(cs.encode()) < bounds.components
+        and data.count(ss.encode()) < bounds.subcomponents
     ):
         return
     for fields, line in zip(message.segments, message.lines, strict=True):
@@ -463,6 +478,16 @@ def _check_bounds(message: Message, text: str, bounds: Limits) -> None:
                     f"{count} {what}, more than the limit of {limit} (mappings/hl7v2/limits.yaml)",
                     location=label,
                 )
+
+
+def _too_many_fields(message: Message, fields: list[str], bounds: Limits) -> IntakeError:
+    label = _segment_label(message, fields)
+    return IntakeError(
+        "too-many-fields",
+        f"{len(fields) - 1} fields, more than the limit of {bounds.fields} "
+        "(mappings/hl7v2/limits.yaml)",
+        location=label,
+    )
 
 
 def _field_problem(
@@ -522,7 +547,7 @@ def _sender_policy(msh: bytes, network: Network | None) -> tuple[str, tuple[str,
 
 def _decode(data: bytes, name: str, msh: bytes, network: Network | None, location: str) -> Decoded:
     codec = codec_for(name, location=location)
-    if data.isascii() or not is_single_byte(codec):
+    if not is_single_byte(codec) or data.isascii():
         return decode_strict(data, codec, declared=name, location=location)
     mismatch, prefer = _sender_policy(msh, network)
     return decode_strict(

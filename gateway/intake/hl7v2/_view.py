@@ -73,22 +73,25 @@ def _compile(path: str) -> _Path:
 # with a warning; a value that holds nothing else is an error (no value is lost
 # silently, see docs/mapping-language.md).
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-_HEX = re.compile(r"X((?:[0-9A-Fa-f]{2})+)\Z")
 
 
 def _has_controls(message: Message) -> bool:
     """Whether some value of ``message`` may hold a control character: a stray byte, or
-    a hex escape that decodes to one. Such a message is not memoised (see Hl7View)."""
+    a hex escape that decodes to one (as :meth:`Hl7View._escape` reads it). Such a
+    message is not memoised (see Hl7View)."""
     es = message.separators[3]
     for line in message.lines:
         if _CONTROL.search(line):
             return True
         if es + "X" in line:
             for seq in line.split(es)[1::2]:
-                m = _HEX.match(seq)
-                if m and any(
-                    (b < 0x20 and b not in (9, 10, 13)) or b == 0x7F for b in bytes.fromhex(m[1])
-                ):
+                if seq[:1] != "X":
+                    continue
+                try:
+                    data = bytes.fromhex(seq[1:])
+                except ValueError:
+                    continue  # kept as written: no control character
+                if _CONTROL.search(data.decode("latin-1")):  # control bytes are ASCII
                     return True
     return False
 
@@ -109,7 +112,7 @@ class Hl7View:
 
     def __init__(self, message: Message) -> None:
         self.message = message
-        if _has_controls(message):
+        if message.controls and _has_controls(message):
             self.memo = False
         # Warnings found while the mapping reads values (control characters removed);
         # the reader points this at the record's issues.

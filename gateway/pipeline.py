@@ -361,7 +361,7 @@ class Converter:
     ) -> Iterator[Unit]:
         if kind == "hl7v2":
             for _, data in items:
-                yield from read_messages(data, self.network.charset)
+                yield from read_messages(data, network=self.network)
         elif kind == "dicom":
             limit = self.settings.dicom_max_element_bytes
             yield from read_studies(items, self.network, sender, max_element_bytes=limit)

@@ -19,8 +19,14 @@ ORDERS_AND_REFERRALS: dict[str, tuple[Any, ...]] = {
     "ms_ORM-O01-01.hl7": ("ok", {"ServiceRequest": 1, "Patient": 1, "Condition": 1}),
     "ms_ORM-O01-03.hl7": ("ok", {"ServiceRequest": 2, "Patient": 1, "Condition": 1}),
     "dcm4che_ORM_O01.hl7": ("ok", {"ServiceRequest": 1, "Patient": 1}),
-    "dcm4che_OMI_O23-ImagingOrder.hl7": ("ok", {"ServiceRequest": 1, "Patient": 1}),
-    "dcm4che_OMG_O19-GeneralClinicalOrder-Eyecare.hl7": ("ok", {"ServiceRequest": 1}),
+    # Declared 8859/1 but OBR-31 holds a UTF-8 en dash: refused unless the sender is set
+    # to charset_mismatch: decode (issue 8; they were read as UTF-8 with a warning before).
+    "dcm4che_OMI_O23-ImagingOrder.hl7": ("error", "intake.charset-mislabelled", "MSH-18"),
+    "dcm4che_OMG_O19-GeneralClinicalOrder-Eyecare.hl7": (
+        "error",
+        "intake.charset-mislabelled",
+        "MSH-18",
+    ),
     "v2tofhir_ORM_O01-IHE-RAD-4-Message-v2.3.1.txt": ("ok", {"ServiceRequest": 1}),
     # ORC-5 holds 'NW', an order *control* code, where an order *status* belongs.
     "ms_LAB-ORM-1.hl7": ("error", "mapping.unknown-code", "ORC-5"),
@@ -87,13 +93,15 @@ def test_corpus_referral_maps_its_business_fields(corpus: Path, converter: Conve
     assert request["note"][0]["text"] == "Lab Test for Ulcer"
 
 
-def test_mislabelled_8859_1_is_read_as_utf8_with_a_warning(
+def test_mislabelled_8859_1_is_refused_naming_the_likely_charset(
     corpus: Path, converter: Converter
 ) -> None:
     path = corpus / "hl7v2/dcm4che_OMI_O23-ImagingOrder.hl7"
     [record] = converter.convert(path.read_bytes())
-    assert record.ok and record.charset == "utf-8"
-    assert any(w.code == "intake.charset-mislabelled" for w in record.warnings)
+    assert not record.ok and record.bundle is None
+    [error] = record.errors
+    assert (error.code, error.location) == ("intake.charset-mislabelled", "MSH-18")
+    assert "OBR-31" in error.message and "UNICODE UTF-8" in error.message
 
 
 def test_corpus_radiology_report_links_its_studies(corpus: Path, converter: Converter) -> None:

@@ -5,14 +5,25 @@ The table is data (``mappings/charsets/hl7v2.yaml``); this module only applies i
 
 from __future__ import annotations
 
+import codecs
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
 from ..datafiles import data_dir, load_data_file
 from ..errors import IntakeError
 
-__all__ = ["MULTI_BYTE", "Decoded", "codec_for", "decode_strict", "likely_cjk_charset"]
+__all__ = [
+    "MULTI_BYTE",
+    "Decoded",
+    "charset_name",
+    "codec_for",
+    "decode_strict",
+    "is_single_byte",
+    "likely_cjk_charset",
+    "mislabelled_as",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,37 +72,6 @@ def _table_names() -> tuple[str, ...]:
     return tuple(raw["codecs"])
 
 
-def decode_strict(data: bytes, codec: str, *, declared: str, location: str) -> Decoded:
-    """Decode ``data``; a byte the codec cannot decode is an error that names its offset.
-
-    A single-byte charset decodes any byte, so a UTF-8 message mislabelled as 8859/1
-    would silently turn 王 into mojibake. When the bytes are valid multi-byte UTF-8,
-    UTF-8 wins and the note says so.
-    """
-    _, _, single_byte = _table()
-    if codec in single_byte and not data.isascii():
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError:
-            pass
-        else:
-            return Decoded(
-                text,
-                "utf-8",
-                f"declared {declared!r} but the bytes are UTF-8; decoded as UTF-8",
-            )
-    try:
-        return Decoded(data.decode(codec), codec)
-    except UnicodeDecodeError as exc:
-        # The offset, not the bytes: they may be part of a patient's name.
-        raise IntakeError(
-            "charset-mismatch",
-            f"bytes are not valid {declared} ({codec}): cannot decode the byte at {exc.start}",
-            location=location,
-            offset=exc.start,
-        ) from None
-
-
 # Multi-byte charsets whose bytes a single-byte declaration (or none) may be hiding, in
 # the order tried when the sender's jurisdiction says nothing: UTF-8 first (its byte
 # grammar is strict, so valid UTF-8 is rarely an accident), then the mainland's and
@@ -130,3 +110,167 @@ def likely_cjk_charset(data: bytes, prefer: tuple[str, ...] = MULTI_BYTE) -> str
         if wide and all(_is_cjk(ch) for ch in wide):
             return codec
     return None
+
+
+def is_single_byte(codec: str) -> bool:
+    """Whether ``codec`` decodes any byte (so it can never say the bytes are wrong)."""
+    return codec in _table()[2]
+
+
+@lru_cache(maxsize=8)
+def charset_name(codec: str) -> str:
+    """The MSH-18 name a sender should declare for ``codec`` (``GB 18030-2000``)."""
+    raw = load_data_file(data_dir("mappings") / "charsets" / "hl7v2.yaml")
+    return next((str(k) for k, v in raw["codecs"].items() if v == codec), codec)
+
+
+def decode_strict(
+    data: bytes,
+    codec: str,
+    *,
+    declared: str,
+    location: str,
+    mismatch: str = "refuse",
+    prefer: tuple[str, ...] = MULTI_BYTE,
+    place: Callable[[str], str | None] | None = None,
+) -> Decoded:
+    """Decode ``data``; a byte the codec cannot decode is an error that names its offset.
+
+    A single-byte charset decodes any byte, so GB 18030, Big5 or UTF-8 text mislabelled
+    as 8859/1 would silently turn 王 into mojibake. When :func:`mislabelled_as` finds
+    that the bytes are such text, ``mismatch`` (the sender's ``charset_mismatch``)
+    decides: ``refuse`` raises ``charset-mislabelled``; ``decode`` decodes them as what
+    they are, with a note. ``place(text)`` names where the text first leaves ASCII
+    (``PID-5``), for the message.
+    """
+    if is_single_byte(codec) and not data.isascii():
+        likely = mislabelled_as(data, prefer, codec)
+        if likely is not None:
+            return _mislabelled(data, likely, declared, location, mismatch, place)
+    try:
+        return Decoded(data.decode(codec), codec)
+    except UnicodeDecodeError as exc:
+        # The offset, not the bytes: they may be part of a patient's name.
+        raise IntakeError(
+            "charset-mismatch",
+            f"bytes are not valid {declared} ({codec}): cannot decode the byte at {exc.start}",
+            location=location,
+            offset=exc.start,
+        ) from None
+
+
+def _mislabelled(
+    data: bytes,
+    likely: str,
+    declared: str,
+    location: str,
+    mismatch: str,
+    place: Callable[[str], str | None] | None,
+) -> Decoded:
+    text = data.decode(likely)  # mislabelled_as checked that it decodes
+    where = place(text) if place else None
+    name = charset_name(likely)
+    what = f"the bytes{f' of {where}' if where else ''} are {name} text"
+    if mismatch == "decode":
+        note = f"declared {declared!r}, a single-byte charset, but {what}; decoded as {name}"
+        return Decoded(text, likely, note)
+    raise IntakeError(
+        "charset-mislabelled",
+        f"declared {declared!r}, a single-byte charset, but {what}: refused rather than "
+        f"forwarded as mojibake. The sender should declare {name!r}; or set "
+        "charset_mismatch: decode for this sender in the network",
+        location=location,
+        likely=name,
+    )
+
+
+def mislabelled_as(
+    data: bytes, prefer: tuple[str, ...] = MULTI_BYTE, declared: str | None = None
+) -> str | None:
+    """The multi-byte codec that non-ASCII bytes declared single-byte really are, or None
+    when they are plausibly what the single-byte charset says. ``declared``, the declared
+    codec when one is, lets text that reads as words in it pass (:func:`_plausible`).
+
+    Valid UTF-8 with any non-ASCII character is UTF-8: its byte grammar is strict, and
+    Latin text only passes it with sequences such as 'Ã©' that no name holds. GB 18030
+    and Big5 must pass :func:`likely_cjk_charset` *and* read as Chinese in context
+    (:func:`_reads_as_chinese`): a Latin-1 accent and the ASCII letter after it often
+    form one ideograph (GONÇALVES, São, Françoise), glued to the letters around it.
+    """
+    if data.isascii():
+        return None
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    else:
+        return "utf-8"
+    if declared is not None and _plausible(data, declared):
+        return None
+    best: tuple[float, str] | None = None
+    for codec in prefer:
+        if codec != "utf-8" and likely_cjk_charset(data, (codec,)) == codec:
+            text = data.decode(codec)
+            if _reads_as_chinese(text):
+                share = _common_share(text, codec)
+                if best is None or share > best[0]:  # ties: the sender's preferred order
+                    best = (share, codec)
+    return best[1] if best else None
+
+
+# The "frequently used" ideographs of each national charset, by lead and trail byte
+# ranges: GB 2312 level 1 (B0A1-D7FE) and Big5 level 1 (A440-C67E). GB 2312 text read
+# as Big5 mostly lands in Big5 level 2 and Big5 text read as GB 18030 outside GB 2312,
+# so the share of common characters tells the two apart where both decode.
+_COMMON = {
+    "gb18030": lambda b: 0xB0 <= b[0] <= 0xD7 and b[1] >= 0xA1,
+    "big5hkscs": lambda b: (0xA4 <= b[0] <= 0xC5) or (b[0] == 0xC6 and b[1] <= 0x7E),
+}
+
+
+def _common_share(text: str, codec: str) -> float:
+    wide = [ch.encode(codec) for ch in text if not ch.isascii()]
+    common = _COMMON.get(codec)
+    if not wide or common is None:
+        return 0.0
+    return sum(1 for b in wide if len(b) == 2 and common(b)) / len(wide)
+
+
+def _reads_as_chinese(text: str) -> bool:
+    """Whether some ideograph stands as Chinese does: next to another one, or apart from
+    ASCII letters and digits (a name component between delimiters, 王^伟). Latin-1
+    accents read as GB 18030 or Big5 give lone ideographs inside Latin words."""
+    last = len(text) - 1
+    for i, ch in enumerate(text):
+        if ch.isascii() or not _is_cjk(ch):
+            continue
+        before = text[i - 1] if i else " "
+        after = text[i + 1] if i < last else " "
+        if not after.isascii() or not before.isascii():
+            return True
+        if not (before.isalnum() or after.isalnum()):
+            return True
+    return False
+
+
+_LATIN = frozenset(
+    codecs.lookup(name).name
+    for name in ("latin-1", "iso8859-2", "iso8859-3", "iso8859-4", "iso8859-9", "iso8859-15")
+)
+_WORD = re.compile(r"[^\W\d_]+")
+
+
+def _plausible(data: bytes, codec: str) -> bool:
+    """Whether the bytes read as ordinary words in a single-byte charset: its letters
+    only and, in a Latin script, no word made of accented letters alone. A Latin-1
+    accent and the letter after it can form an ideograph, and two of them side by side
+    look like Chinese (Jérôme); ``Íõ``, the GB 18030 王, is no word."""
+    try:
+        text = data.decode(codec)
+    except (UnicodeDecodeError, LookupError):
+        return False
+    if any(not ch.isalpha() for ch in text if not ch.isascii()):
+        return False
+    if codecs.lookup(codec).name not in _LATIN:
+        return True
+    return all(any(c.isascii() for c in word) for word in _WORD.findall(text))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import re
 from collections.abc import Callable
+from datetime import date
 from decimal import Decimal, InvalidOperation
 
 from ..errors import MappingError, shape
@@ -27,7 +28,41 @@ def _parts(value: str, location: str) -> re.Match[str]:
             "(YYYY[MM[DD[HH[MM[SS[.S]]]]]][+/-ZZZZ])",
             location=location,
         )
+    problem = _out_of_range(m)
+    if problem:
+        # Caught here, at the field, rather than by the FHIR validator at a Bundle path.
+        raise MappingError(
+            "bad-datetime",
+            f"value of form {shape(value)} is not a valid date/time: {problem}",
+            location=location,
+        )
     return m
+
+
+def _out_of_range(m: re.Match[str]) -> str | None:
+    """What is impossible in a well-formed DTM (month 13, 30 February, 25 o'clock), or
+    None. The ranges are FHIR's: year 0001-9999, seconds to 60, zones up to ±14:00."""
+    year, month, day, hour, minute, second, _, zone = m.groups()
+    if year == "0000":
+        return "the year is 0000"
+    if month and not 1 <= int(month) <= 12:
+        return "the month is not 01-12"
+    if day == "00":
+        return "the day does not exist in that month"
+    if day and int(day) > 28:  # days up to 28 exist in every month
+        try:
+            date(int(year), int(month), int(day))
+        except ValueError:
+            return "the day does not exist in that month"
+    if hour and int(hour) > 23:
+        return "the hour is not 00-23"
+    if minute and int(minute) > 59:
+        return "the minute is not 00-59"
+    if second and int(second) > 60:  # 60: a leap second, which FHIR allows
+        return "the second is not 00-60"
+    if zone and (int(zone[3:]) > 59 or zone[1:] > "1400"):
+        return "the time zone offset is beyond 14 hours"
+    return None
 
 
 def to_date(value: str, location: str, tz: str) -> str:
@@ -84,8 +119,22 @@ def to_base64(value: str, location: str, tz: str) -> str:
     return base64.b64encode(value.encode("utf-8")).decode("ascii")
 
 
+def to_base64_binary(value: str, location: str, tz: str) -> str:
+    """Data that already is base64 (an ED sent with encoding Base64), unchanged once it
+    is known to decode: the FHIR validator would otherwise refuse it at a Bundle path."""
+    try:
+        base64.b64decode(value)  # as lenient as the validator: whitespace is skipped
+    except ValueError as exc:  # binascii.Error, or non-ASCII text
+        reason = "it holds non-ASCII characters" if not value.isascii() else str(exc)
+        raise MappingError(
+            "bad-base64", f"the value is not valid base64: {reason}", location=location
+        ) from None
+    return value
+
+
 CONVERTERS: dict[str, Callable[[str, str, str], object]] = {
     "base64": to_base64,
+    "base64Binary": to_base64_binary,
     "date": to_date,
     "dateTime": to_datetime,
     "instant": to_instant,

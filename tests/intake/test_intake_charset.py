@@ -198,20 +198,27 @@ def test_undecodable_bytes_are_a_charset_mismatch_with_offset(
 
 
 def test_ascii_declared_with_non_ascii_non_utf8_bytes_is_a_mismatch() -> None:
-    data = (msh("ASCII") + "\rPID|1||X1||").encode() + "陈".encode("gb18030") + b"\r"
+    data = (msh("ASCII") + "\rPID|1||X1||").encode() + b"\xe9t\xe9\r"  # Latin-1 'été'
     assert fails(data).code == "intake.charset-mismatch"
 
 
+def test_ascii_declared_with_gb18030_text_is_mislabelled() -> None:
+    data = (msh("ASCII") + "\rPID|1||X1||").encode() + "陈".encode("gb18030") + b"\r"
+    err = fails(data)
+    assert (err.code, err.location) == ("intake.charset-mislabelled", "MSH-18")
+    assert "GB 18030-2000" in str(err)
+
+
 @pytest.mark.parametrize("text", ["12 –35", "王^伟"], ids=["en-dash", "chinese"])
-def test_8859_1_declared_but_utf8_bytes_decodes_as_utf8_with_a_warning(text: str) -> None:
-    # As in the dcm4che OMI/OMG samples: an en dash (E2 80 93) in an 8859/1 message.
-    message = parse(build([msh("8859/1"), f"PID|1||X1||{text}"], "utf-8"))
-    assert message.charset == "utf-8"
-    assert message.declared_charset == "8859/1"
-    assert message.segments[1][5] == text  # not mojibake such as 'â\x80\x93'
-    [warning] = message.warnings
-    assert "'8859/1'" in warning
-    assert "UTF-8" in warning
+def test_8859_1_declared_but_utf8_bytes_is_refused(text: str) -> None:
+    # Until issue 8, valid UTF-8 under 8859/1 was read as UTF-8 with a warning; now it
+    # follows the sender's charset_mismatch like GB 18030 and Big5 do: refused by default.
+    err = fails(build([msh("8859/1"), f"PID|1||X1||{text}"], "utf-8"))
+    assert (err.code, err.location) == ("intake.charset-mislabelled", "MSH-18")
+    assert "'8859/1'" in str(err)
+    assert "bytes of PID-5 are UNICODE UTF-8 text" in str(err)
+    assert err.issue.details["likely"] == "UNICODE UTF-8"
+    assert text not in str(err) and "王" not in str(err)
 
 
 def test_8859_1_with_latin1_bytes_has_no_warning() -> None:
@@ -314,8 +321,14 @@ def test_decode_strict() -> None:
     with pytest.raises(IntakeError) as exc:
         decode_strict(b"ab\xff", "utf-8", declared="UTF-8", location="MSH-18")
     assert exc.value.issue.details["offset"] == 2
-    # Latin-1 decodes anything, but valid UTF-8 wins and says so.
-    mislabelled = decode_strict("王".encode(), "latin-1", declared="8859/1", location="MSH-18")
+    # Latin-1 decodes anything, but valid UTF-8 is refused by default (charset_mismatch)...
+    with pytest.raises(IntakeError) as exc:
+        decode_strict("王".encode(), "latin-1", declared="8859/1", location="MSH-18")
+    assert exc.value.code == "intake.charset-mislabelled"
+    # ... and read as what it is, with a note, when the sender is set to 'decode'.
+    mislabelled = decode_strict(
+        "王".encode(), "latin-1", declared="8859/1", location="MSH-18", mismatch="decode"
+    )
     assert (mislabelled.text, mislabelled.codec) == ("王", "utf-8")
     assert mislabelled.note is not None
 
@@ -324,3 +337,11 @@ def test_plain_utf16_name_is_refused_as_unsupported() -> None:
     with pytest.raises(IntakeError) as err:
         codec_for("UTF-16", location="MSH-18")
     assert err.value.code == "intake.charset-unsupported"
+
+
+@pytest.mark.parametrize("name", ["BUC^JÉRÔME", "Buc^Jérôme", "MÜLLER^ÄNNE", "LOPES^JOSÉ"])
+def test_8859_1_names_whose_accents_pair_into_ideographs_are_latin1(name: str) -> None:
+    # 'érô' read as GB 18030 is two ideographs side by side: Chinese-looking, yet every
+    # word is a Latin word, so the declared charset stands (one rule for HL7 v2 and DICOM).
+    message = parse(build([msh("8859/1"), f"PID|1||X1||{name}"], "latin-1"))
+    assert value(message, "PID-5.2") == name.split("^")[1]

@@ -12,6 +12,7 @@ import pytest
 
 from gateway.errors import IntakeError
 from gateway.intake.hl7v2 import Hl7View, Message, parse_message, split_messages
+from gateway.network import Institution, Network
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples" / "hl7v2"
@@ -115,15 +116,6 @@ ORDERS = [
     ("ms_OMG-O19-01.hl7", "OMG^O19", "MSG00019", "utf-8", None, 2),
     ("ms_LAB-ORM-1.hl7", "ORM^O01", "MSGID20060307110114", "utf-8", None, 1),
     ("dcm4che_ORM_O01.hl7", "ORM^O01", "103106", "utf-8", None, 1),  # MSH-18 is ' '
-    ("dcm4che_OMI_O23-ImagingOrder.hl7", "OMI^O23", "1001125", "utf-8", "8859/1", 1),
-    (
-        "dcm4che_OMG_O19-GeneralClinicalOrder-Eyecare.hl7",
-        "OMG^O19",
-        "1001124",
-        "utf-8",
-        "8859/1",
-        1,
-    ),
     (
         "v2tofhir_ORM_O01-IHE-RAD-4-Message-v2.3.1.txt",
         "ORM^O01",
@@ -162,19 +154,40 @@ def test_corpus_order_and_referral_messages(
         assert v.value("RF1-1.1", v.root)[0]
 
 
-@pytest.mark.parametrize(
-    "name", ["dcm4che_OMI_O23-ImagingOrder.hl7", "dcm4che_OMG_O19-GeneralClinicalOrder-Eyecare.hl7"]
-)
-def test_corpus_8859_1_files_with_a_utf8_en_dash(corpus: Path, name: str) -> None:
+DASHED = ["dcm4che_OMI_O23-ImagingOrder.hl7", "dcm4che_OMG_O19-GeneralClinicalOrder-Eyecare.hl7"]
+
+
+@pytest.mark.parametrize("name", DASHED)
+def test_corpus_8859_1_files_with_a_utf8_en_dash_are_refused(corpus: Path, name: str) -> None:
     # OBR-31 holds '12 –35' with the en dash as UTF-8 E2 80 93, in an 8859/1 message.
+    # Before issue 8 this was read as UTF-8 with a warning; a sender that declares one
+    # charset and sends another is now refused unless configured (charset_mismatch).
     data = (corpus / name).read_bytes()
     assert b"\xe2\x80\x93" in data
     [raw] = split_messages(data)
-    message = parse_message(raw)
-    assert message.charset == "utf-8"
+    with pytest.raises(IntakeError) as exc:
+        parse_message(raw)
+    assert (exc.value.code, exc.value.location) == ("intake.charset-mislabelled", "MSH-18")
+    assert "bytes of OBR-31 are UNICODE UTF-8 text" in str(exc.value)
+
+
+@pytest.mark.parametrize("name", DASHED)
+def test_corpus_8859_1_files_with_a_utf8_en_dash_decode_when_configured(
+    corpus: Path, name: str
+) -> None:
+    sender = Institution("xyz", "XYZ_RADIOLOGY", "https://xyz.example", {}, data={})
+    decode = Institution(
+        "xyz", "XYZ_RADIOLOGY", "https://xyz.example", {}, data={"charset_mismatch": "decode"}
+    )
+    [raw] = split_messages((corpus / name).read_bytes())
+    with pytest.raises(IntakeError):
+        parse_message(raw, network=Network([sender]))  # 'refuse' is the default
+    message = parse_message(raw, network=Network([decode]))
+    assert (message.charset, message.declared_charset) == ("utf-8", "8859/1")
     [warning] = message.warnings
-    assert "'8859/1'" in warning
+    assert "'8859/1'" in warning and "UNICODE UTF-8" in warning
     v = view(message)
+    assert message.message_type in ("OMI^O23", "OMG^O19")
     reason = v.value("OBR-31.2", v.root)[0]
     assert reason is not None
     assert "12 –35" in reason

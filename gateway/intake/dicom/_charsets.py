@@ -31,7 +31,7 @@ from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.valuerep import PersonName
 
 from ...errors import IntakeError, Issue
-from .._charset import MULTI_BYTE, likely_cjk_charset
+from .._charset import MULTI_BYTE, likely_cjk_charset, mislabelled_as
 from ._paths import tag_label
 from ._view import _element
 
@@ -148,11 +148,13 @@ class _Checker:
         if terms is None and policy.default_codec is not None:
             codec = policy.default_codec
             prefer = ("utf-8", codec, *(c for c in policy.prefer if c not in ("utf-8", codec)))
-            likely = likely_cjk_charset(data, prefer)
             # A multi-byte default is trusted unless the bytes are Chinese in another
-            # charset; a single-byte one unless they are not words in it either.
-            plausible = codec not in MULTI_BYTE and _plausible(data, codec, True)
-            if likely is not None and likely != codec and not plausible:
+            # charset; a single-byte one unless they read as Chinese (mislabelled_as).
+            if codec in MULTI_BYTE:
+                likely = likely_cjk_charset(data, prefer)
+            else:
+                likely = mislabelled_as(data, policy.prefer, codec)
+            if likely is not None and likely != codec:
                 what = f"{policy.default}, the configured charset of {policy.facility}"
                 self._mismatch(ds, elem, data, vr, label, likely, what)
                 return
@@ -174,14 +176,12 @@ class _Checker:
                 "(0008,0005) SpecificCharacterSet",
             )
             return
-        likely = likely_cjk_charset(data, policy.prefer)
-        if likely is None:
-            return  # not Chinese in any likely charset: pydicom decodes it as declared
         declared = [t for t in (terms or ()) if t not in _DEFAULT_TERMS]
+        said = python_encoding.get(declared[0], "latin_1") if declared else None
+        likely = mislabelled_as(data, policy.prefer, said)
+        if likely is None:
+            return  # not Chinese text in a likely charset: pydicom decodes it as declared
         if declared:
-            codec = python_encoding.get(declared[0], "latin_1")
-            if _plausible(data, codec, declared[0] in _LATIN_TERMS):
-                return
             what = f"(0008,0005) SpecificCharacterSet {declared[0]!r}"
         else:
             what = "ISO_IR 6 (ASCII), the default when (0008,0005) SpecificCharacterSet is absent"
@@ -224,19 +224,6 @@ class _Checker:
 def _generic(label: str) -> str:
     """The tag path without the instance: one warning per attribute, not per file."""
     return re.sub(r"^series\[\d+\]/instance\[\d+\] ", "", label)
-
-
-def _plausible(data: bytes, codec: str, latin: bool) -> bool:
-    """Whether the bytes read as ordinary words in a single-byte charset: its letters
-    only and, in a Latin script, no word made of accented letters alone (``Íõ`` is the
-    GB 18030 王, not a word)."""
-    try:
-        text = data.decode(codec)
-    except (UnicodeDecodeError, LookupError):
-        return False
-    if any(not ch.isalpha() for ch in text if not ch.isascii()):
-        return False
-    return not latin or all(any(c.isascii() for c in w) for w in _WORD.findall(text))
 
 
 def _decoded(raw: RawDataElement, vr: str, text: str) -> DataElement:

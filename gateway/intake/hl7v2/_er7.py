@@ -12,27 +12,84 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import TYPE_CHECKING
 
-from ...errors import IntakeError, shape
-from .._charset import Decoded, codec_for, decode_strict
+from ...datafiles import data_dir, load_data_file
+from ...errors import ConfigError, IntakeError, shape
+from .._charset import (
+    MULTI_BYTE,
+    Decoded,
+    charset_name,
+    codec_for,
+    decode_strict,
+    is_single_byte,
+    mislabelled_as,
+)
+
+if TYPE_CHECKING:
+    from ...network import Network
 
 __all__ = ["Message", "RawMessage", "parse_message", "peek_control_id", "split_messages"]
 
 _BOM = b"\xef\xbb\xbf"
-# No referral or order comes near this; a message beyond it is an error, not a workload.
-MAX_SEGMENTS = 5_000
 _SEGMENT_NAME = re.compile(r"[A-Z][A-Z0-9]{2}\Z")
 _BATCH_SEGMENTS = (b"FHS", b"BHS", b"BTS", b"FTS")
 _LINE_END = re.compile(rb"\r\n|\r|\n")
+_NON_ASCII = re.compile(r"[^\x00-\x7f]")
 # Control bytes other than CR, LF, TAB and the MLLP frame bytes: their presence means
 # the input is not an HL7 text message (a PDF, an image, a zip...).
 _BINARY = re.compile(rb"[\x00-\x08\x0e-\x1a\x1d-\x1f\x7f]")
 _HL7_START = (b"MSH", b"FHS", b"BHS")
+# The control bytes _BINARY lets through (VT and FS frame MLLP; FF and ESC turn up in
+# text): values holding them lose them with a warning (see Hl7View).
+_STRAY_CONTROLS = (b"\x0b", b"\x0c", b"\x1b", b"\x1c")
+_CONTROL_BYTES = bytes([*range(0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F])
 # UTF-16/UTF-32 text (BOM, or "MSH" with NUL bytes between the letters): refused with
 # a charset error rather than reported as binary data.
 _UTF16 = re.compile(rb"\A(?:\xff\xfe|\xfe\xff|\x00*M\x00+S\x00+H)")
 # Multi-byte codecs whose trail bytes can be HL7 delimiters (see _declared_charset).
 _MULTIBYTE = ("utf-8", "gb18030", "big5hkscs")
+# A Hong Kong sender's bytes are Big5 before GB 18030 when both decode.
+_HK_PREFER = ("utf-8", "big5hkscs", "gb18030")
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds on one message's shape (``mappings/hl7v2/limits.yaml``)."""
+
+    segments: int
+    fields: int
+    repetitions: int  # per field, unless the field is in ``more_repetitions``
+    more_repetitions: dict[str, int]  # 'OBX-5' → its own limit
+    components: int  # per field repetition
+    subcomponents: int  # per component
+
+    def repetitions_of(self, segment: str, n: int) -> int:
+        return self.more_repetitions.get(f"{segment}-{n}", self.repetitions)
+
+
+@lru_cache(maxsize=1)
+def limits() -> Limits:
+    path = data_dir("mappings") / "hl7v2" / "limits.yaml"
+    raw = load_data_file(path)
+    try:
+        reps = dict(raw["repetitions"])
+        out = Limits(
+            int(raw["segments"]),
+            int(raw["fields"]),
+            int(reps.pop("default")),
+            {str(k): int(v) for k, v in reps.items()},
+            int(raw["components"]),
+            int(raw["subcomponents"]),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(
+            "limits",
+            f"{path}: expected segments, fields, repetitions "
+            f"(default and per-field), components and subcomponents ({exc})",
+        ) from None
+    return out
 
 
 @dataclass(slots=True)
@@ -43,6 +100,7 @@ class RawMessage:
     line: int  # line number of its first segment
     segments: list[bytes]
     error: IntakeError | None = None  # set when the bytes cannot be a message at all
+    controls: bool = True  # may hold control bytes (False: its input had none at all)
 
     @property
     def data(self) -> bytes:
@@ -64,6 +122,7 @@ class Message:
     declared_charset: str | None
     warnings: list[str] = field(default_factory=list)
     lines: list[str] = field(default_factory=list)  # each segment's text, as decoded
+    controls: bool = False  # a value may hold a control character (a byte or \Xhh\)
 
     @property
     def control_id(self) -> str:
@@ -136,7 +195,10 @@ def split_messages(data: bytes) -> list[RawMessage]:
             location="MSH-18",
         )
         return [RawMessage(1, 1, [], err)]
-    binary = _BINARY.search(data)
+    # One translate finds out whether there is any control byte at all, several times
+    # faster than the regular expression that then says where.
+    clean = len(data.translate(None, _CONTROL_BYTES)) == len(data)
+    binary = None if clean else _BINARY.search(data)
     if binary and not data.lstrip(b"\xef\xbb\xbf \t\r\n\x0b").startswith(_HL7_START):
         return [RawMessage(1, 1, [], _binary_error(binary.start()))]
     messages: list[RawMessage] = []
@@ -149,17 +211,37 @@ def split_messages(data: bytes) -> list[RawMessage]:
         for message in messages:
             hit = _BINARY.search(message.data) if message.error is None else None
             if hit:
-                message.error = _binary_error(hit.start(), " of the message")
+                message.error = _control_byte_error(message.data, hit.start())
+    if clean:
+        for message in messages:
+            message.controls = False
     if not messages:
         err = IntakeError("empty", "no HL7 v2 message found: the input is empty")
         messages.append(RawMessage(1, 1, [], err))
     return messages
 
 
-def _binary_error(offset: int, where: str = "") -> IntakeError:
+def _binary_error(offset: int) -> IntakeError:
     return IntakeError(
         "binary",
-        f"binary data (control byte at offset {offset}{where}): not an HL7 v2 text message",
+        f"binary data (control byte at offset {offset}): not an HL7 v2 text message",
+    )
+
+
+def _control_byte_error(data: bytes, offset: int) -> IntakeError:
+    """A control byte inside an HL7 message, named by the field that holds it."""
+    start = data.rfind(b"\r", 0, offset) + 1
+    line = data[start:offset]
+    fs = data[3:4]
+    n = line.count(fs) + (1 if line.startswith(b"MSH") else 0)
+    name = line[:3].decode("ascii", "replace")
+    where = f"{name}-{n}" if n and _SEGMENT_NAME.match(name) else f"offset {offset}"
+    return IntakeError(
+        "binary",
+        f"a control byte (at offset {offset} of the message) is not text: an HL7 v2 field "
+        "cannot hold it; the sender should escape it or leave it out",
+        location=where,
+        offset=offset,
     )
 
 
@@ -197,16 +279,17 @@ def _split_frame(payload: bytes, first_line: int, out: list[RawMessage]) -> None
 
 
 def peek_control_id(raw: RawMessage) -> str | None:
-    """MSH-10 read from the raw bytes, to name a message whose decoding failed. Control
-    ids are ASCII in practice; anything else gives None and the message keeps its
-    position as its name."""
-    if raw.error is not None or not raw.segments or len(raw.segments[0]) < 8:
+    """MSH-10 read from the raw bytes, to name a message whose decoding failed (or that
+    holds a control byte elsewhere). Control ids are printable ASCII in practice;
+    anything else gives None and the message keeps its position as its name."""
+    if not raw.segments or len(raw.segments[0]) < 8 or not raw.segments[0].startswith(b"MSH"):
         return None
     msh = raw.segments[0]
     parts = msh.split(msh[3:4])
     if len(parts) < 10 or not parts[9].isascii():
         return None
-    return parts[9].decode("ascii").strip() or None
+    value = parts[9].decode("ascii").strip()
+    return value if value and value.isprintable() else None
 
 
 def _declared_charset(msh: bytes) -> str | None:
@@ -254,38 +337,49 @@ def _codec_or_none(name: str) -> str | None:
 
 
 def parse_message(
-    raw: RawMessage, fallback_charset: Callable[[str], str | None] | None = None
+    raw: RawMessage,
+    fallback_charset: Callable[[str], str | None] | None = None,
+    network: Network | None = None,
 ) -> Message:
     """Decode and tokenise one message.
 
     ``fallback_charset(sending_facility)`` names the charset to try when MSH-18 is empty
-    and the bytes are not UTF-8 (a sender's configured default).
+    and the bytes are not UTF-8 (a sender's configured default; ``network.charset`` when
+    only ``network`` is given). ``network`` also says, per sender, what to do when a
+    single-byte charset meets Chinese multi-byte text (``charset_mismatch``; refused
+    without it) and which of GB 18030 and Big5 to try first.
     """
     if raw.error is not None:
         raise raw.error
-    if len(raw.segments) > MAX_SEGMENTS:
+    bounds = limits()
+    if len(raw.segments) > bounds.segments:
         raise IntakeError(
             "too-many-segments",
-            f"the message has {len(raw.segments)} segments; the limit is {MAX_SEGMENTS}",
-            location=f"segment {MAX_SEGMENTS + 1}",
+            f"the message has {len(raw.segments)} segments; the limit is {bounds.segments} "
+            "(mappings/hl7v2/limits.yaml)",
+            location=f"segment {bounds.segments + 1}",
         )
     msh = raw.segments[0]
     _check_msh(msh)
+    if fallback_charset is None and network is not None:
+        fallback_charset = network.charset
     declared = _declared_charset(msh)
     data = raw.data
     if declared:
-        decoded = decode_strict(
-            data, codec_for(declared, location="MSH-18"), declared=declared, location="MSH-18"
-        )
+        decoded = _decode(data, declared, msh, network, "MSH-18")
     else:
-        decoded = _decode_undeclared(data, msh, fallback_charset)
+        decoded = _decode_undeclared(data, msh, fallback_charset, network)
     text = decoded.text
     fs = text[3]
-    enc = text[4 : text.index(fs, 4)] if fs in text[4:] else text[4:]
+    head = text[: text.find("\r")]  # the MSH segment (the text always ends with CR)
+    enc = head[4 : head.index(fs, 4)] if fs in head[4:] else head[4:]
     separators = fs + (enc + "^~\\&"[len(enc) :])[:4]
+    _check_encoding_characters(fs, enc, separators)
     segments: list[list[str]] = []
     positions: dict[str, list[int]] = {}
     lines: list[str] = []
+    most_fields = bounds.fields + 1  # a segment's list holds its name, then its fields
+    too_many: list[str] | None = None
     for n, line in enumerate(text.split("\r")):
         if not line:
             continue
@@ -303,7 +397,15 @@ def parse_message(
         positions.setdefault(name, []).append(len(segments))
         segments.append(fields)
         lines.append(line)
+        if len(fields) > most_fields and too_many is None:
+            too_many = fields
     message = Message(segments, positions, separators, decoded.codec, declared, lines=lines)
+    if too_many:
+        raise _too_many_fields(message, too_many, bounds)
+    _check_bounds(message, data, bounds)
+    message.controls = separators[3].encode() + b"X" in data or (
+        raw.controls and any(b in data for b in _STRAY_CONTROLS)
+    )
     if decoded.note:
         message.warnings.append(decoded.note)
     _check_header(message)
@@ -311,13 +413,110 @@ def parse_message(
 
 
 def _check_msh(msh: bytes) -> None:
-    if len(msh) < 8 or msh[3:4].isalnum() or msh[3:4] in (b" ", b""):
+    sep = msh[3:4]
+    if len(msh) < 8 or not sep.isascii() or sep.isalnum() or not sep.strip() or sep < b"!":
         raise IntakeError(
             "msh-syntax",
             "MSH is truncated or malformed: expected 'MSH' then a field separator and the "
             "encoding characters (e.g. MSH|^~\\&|...)",
             location="MSH-1",
         )
+
+
+def _check_encoding_characters(fs: str, enc: str, separators: str) -> None:
+    """MSH-2: component, repetition, escape and subcomponent separators (and, from v2.7,
+    the truncation character), each a distinct punctuation mark. ``^^^^`` would make
+    every '^' mean four things at once and split a name where no sender meant it."""
+    if enc == "^~\\&" and fs == "|":
+        return  # what nearly every sender writes
+    used = separators + enc[4:]
+    problem = None
+    if len(enc) > 5:
+        problem = f"it has {len(enc)} characters; at most 5 are defined"
+    elif any(not ch.isascii() or ch.isalnum() or not ch.strip() or ch < "!" for ch in enc):
+        problem = "a letter, digit, space or non-ASCII character cannot be a delimiter"
+    elif len(set(used)) != len(used):
+        problem = "the delimiters are not distinct from each other and from MSH-1"
+    if problem:
+        raise IntakeError(
+            "msh-encoding-characters",
+            f"the encoding characters, of form {shape(enc, 8)}, are malformed: {problem} "
+            "(expected e.g. ^~\\&)",
+            location="MSH-2",
+        )
+
+
+def _check_bounds(message: Message, data: bytes, bounds: Limits) -> None:
+    """The limits of ``mappings/hl7v2/limits.yaml``. Counting each delimiter over the
+    message's bytes settles almost every message at C speed: the delimiters are ASCII,
+    one byte each in every supported charset, so the bytes hold at least as many as the
+    text (a Big5 trail byte may add some, never hide one), and n delimiters make at most
+    n + 1 parts. Only a message where some count reaches a limit is looked at field by
+    field, on the text."""
+    cs, rs, ss = message.separators[1], message.separators[2], message.separators[4]
+    if (
+        data.count(rs.encode()) < bounds.repetitions
+        and data.count(cs.encode()) < bounds.components
+        and data.count(ss.encode()) < bounds.subcomponents
+    ):
+        return
+    for fields, line in zip(message.segments, message.lines, strict=True):
+        if (
+            line.count(rs) < bounds.repetitions
+            and line.count(cs) < bounds.components
+            and line.count(ss) < bounds.subcomponents
+        ):
+            continue
+        first = 3 if fields[0] == "MSH" else 1  # MSH-1/2 are the delimiters themselves
+        for n in range(first, len(fields)):
+            problem = _field_problem(fields[n], message.separators, bounds, fields[0], n)
+            if problem:
+                what, count, limit, where = problem
+                label = f"{_segment_label(message, fields)}-{n}{where}"
+                raise IntakeError(
+                    f"too-many-{what}",
+                    f"{count} {what}, more than the limit of {limit} (mappings/hl7v2/limits.yaml)",
+                    location=label,
+                )
+
+
+def _too_many_fields(message: Message, fields: list[str], bounds: Limits) -> IntakeError:
+    label = _segment_label(message, fields)
+    return IntakeError(
+        "too-many-fields",
+        f"{len(fields) - 1} fields, more than the limit of {bounds.fields} "
+        "(mappings/hl7v2/limits.yaml)",
+        location=label,
+    )
+
+
+def _field_problem(
+    value: str, separators: str, bounds: Limits, segment: str, n: int
+) -> tuple[str, int, int, str] | None:
+    """(what, how many, limit, where inside the field) for the first bound passed."""
+    cs, rs, ss = separators[1], separators[2], separators[4]
+    reps = value.split(rs)
+    limit = bounds.repetitions_of(segment, n)
+    if len(reps) > limit:
+        return "repetitions", len(reps), limit, ""
+    for r, rep in enumerate(reps, 1):
+        at = f"({r})" if r > 1 else ""
+        components = rep.split(cs)
+        if len(components) > bounds.components:
+            return "components", len(components), bounds.components, at
+        for c, comp in enumerate(components, 1):
+            count = comp.count(ss) + 1
+            if count > bounds.subcomponents:
+                return "subcomponents", count, bounds.subcomponents, f"{at}.{c}"
+    return None
+
+
+def _segment_label(message: Message, fields: list[str]) -> str:
+    found = message.positions[fields[0]]
+    if len(found) == 1:
+        return fields[0]
+    index = next(i for i in found if message.segments[i] is fields)
+    return f"{fields[0]}({found.index(index) + 1})"
 
 
 def _check_header(message: Message) -> None:
@@ -336,8 +535,53 @@ def _check_header(message: Message) -> None:
         )
 
 
+def _sender_policy(msh: bytes, network: Network | None) -> tuple[str, tuple[str, ...]]:
+    """The sender's ``charset_mismatch`` and the multi-byte charsets to try, in order."""
+    if network is None:
+        return "refuse", MULTI_BYTE
+    facility = _facility(msh)
+    inst = network.institution(facility)
+    hk = inst is not None and (inst.jurisdiction or "").upper().startswith("HK")
+    return network.charset_mismatch(facility), _HK_PREFER if hk else MULTI_BYTE
+
+
+def _decode(data: bytes, name: str, msh: bytes, network: Network | None, location: str) -> Decoded:
+    codec = codec_for(name, location=location)
+    if not is_single_byte(codec) or data.isascii():
+        return decode_strict(data, codec, declared=name, location=location)
+    mismatch, prefer = _sender_policy(msh, network)
+    return decode_strict(
+        data,
+        codec,
+        declared=name,
+        location=location,
+        mismatch=mismatch,
+        prefer=prefer,
+        place=_first_non_ascii,
+    )
+
+
+def _first_non_ascii(text: str) -> str | None:
+    """The terser path of the field where ``text`` first leaves ASCII (``PID-5``): where
+    a mislabelled charset shows. Only the form of the message is used, no content."""
+    found = _NON_ASCII.search(text)
+    if found is None:
+        return None
+    offset = found.start()
+    start = text.rfind("\r", 0, offset) + 1
+    line = text[start:offset]
+    name = line[:3]
+    if not _SEGMENT_NAME.match(name) or len(text) < 4:
+        return None
+    n = line.count(text[3]) + (1 if name == "MSH" else 0)
+    return f"{name}-{n}" if n else None
+
+
 def _decode_undeclared(
-    data: bytes, msh: bytes, fallback_charset: Callable[[str], str | None] | None
+    data: bytes,
+    msh: bytes,
+    fallback_charset: Callable[[str], str | None] | None,
+    network: Network | None,
 ) -> Decoded:
     try:
         return decode_strict(data, "utf-8", declared="UTF-8", location="MSH-18")
@@ -345,18 +589,18 @@ def _decode_undeclared(
         facility = _facility(msh)
         name = fallback_charset(facility) if (fallback_charset and facility) else None
         if not name:
+            likely = mislabelled_as(data, _sender_policy(msh, network)[1])
+            hint = f" (they look like {charset_name(likely)} text)" if likely else ""
             raise IntakeError(
                 "charset-undeclared",
-                "MSH-18 is empty and the bytes are not valid UTF-8; declare the character "
-                f"set in MSH-18 or configure a default charset for sender {facility or '?'}",
+                f"MSH-18 is empty and the bytes are not valid UTF-8{hint}; declare the "
+                "character set in MSH-18 or configure a default charset for sender "
+                f"{facility or '?'}",
                 location="MSH-18",
             ) from None
-        decoded = decode_strict(
-            data,
-            codec_for(name, location="MSH-18"),
-            declared=name,
-            location="MSH-18 (sender default)",
-        )
+        decoded = _decode(data, name, msh, network, "MSH-18 (sender default)")
+        if decoded.note:  # decoded as what the bytes are, not as the sender's default
+            return decoded
         note = f"MSH-18 is empty; decoded with {name}, the configured charset of {facility}"
         return Decoded(decoded.text, decoded.codec, note)
 

@@ -18,7 +18,7 @@ from bisect import bisect_left
 from dataclasses import dataclass
 from functools import lru_cache
 
-from ...errors import ConfigError
+from ...errors import ConfigError, IntakeError, Issue
 from ._er7 import Message
 
 __all__ = ["Hl7View", "Position", "check_path"]
@@ -69,14 +69,31 @@ def _compile(path: str) -> _Path:
 
 
 # Control characters other than TAB, LF and CR are not allowed in FHIR strings; they
-# reach a value through \Xhh\ escapes or stray bytes (VT, FF, ESC).
+# reach a value through \Xhh\ escapes or stray bytes (VT, FF, ESC). They are removed
+# with a warning; a value that holds nothing else is an error (no value is lost
+# silently, see docs/mapping-language.md).
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
-def _clean(value: str) -> str:
-    if _CONTROL.search(value):
-        value = _CONTROL.sub("", value)
-    return value.strip()
+def _has_controls(message: Message) -> bool:
+    """Whether some value of ``message`` may hold a control character: a stray byte, or
+    a hex escape that decodes to one (as :meth:`Hl7View._escape` reads it). Such a
+    message is not memoised (see Hl7View)."""
+    es = message.separators[3]
+    for line in message.lines:
+        if _CONTROL.search(line):
+            return True
+        if es + "X" in line:
+            for seq in line.split(es)[1::2]:
+                if seq[:1] != "X":
+                    continue
+                try:
+                    data = bytes.fromhex(seq[1:])
+                except ValueError:
+                    continue  # kept as written: no control character
+                if _CONTROL.search(data.decode("latin-1")):  # control bytes are ASCII
+                    return True
+    return False
 
 
 def check_path(path: str) -> None:
@@ -89,10 +106,18 @@ class Hl7View:
 
     kind = "hl7v2"
 
-    memo = True  # node text is the whole meaning (with separators and charset): memoisable
+    # Node text is the whole meaning (with separators and charset): memoisable. Not when
+    # a value holds control characters: a memo hit would skip the warning it gives.
+    memo = True
 
     def __init__(self, message: Message) -> None:
         self.message = message
+        if message.controls and _has_controls(message):
+            self.memo = False
+        # Warnings found while the mapping reads values (control characters removed);
+        # the reader points this at the record's issues.
+        self.notes: list[Issue] = []
+        self._noted: set[str] = set()
         self.root = Position(0, len(message.segments))
         fs, cs, rs, es, ss = tuple(message.separators)
         self._fs, self._cs, self._rs, self._es, self._ss = fs, cs, rs, es, ss
@@ -189,10 +214,39 @@ class Hl7View:
                 raw = raw.split(self._cs, 1)[0]  # a field read whole means its first component
             if node.level <= 1 and self._ss in raw:
                 raw = raw.split(self._ss, 1)[0]
-            value = _clean(self.unescape(raw))
+            value = self._clean(self.unescape(raw), node.label)
             if value and value != '""':  # "" is HL7's explicit null
                 out.append((value, node.label))
         return out
+
+    def _clean(
+        self, value: str, label: str | None, path: str = "", here: Position | None = None
+    ) -> str:
+        """``value`` stripped, without control characters (a warning names the field);
+        an error when nothing else was there."""
+        if not _CONTROL.search(value):
+            return value.strip()
+        kept = _CONTROL.sub("", value).strip()
+        if label is None:
+            label = self.label(path, here or self.root)
+        if not kept or kept == '""':
+            raise IntakeError(
+                "control-characters",
+                "the value holds only control characters (e.g. a \\X00\\ escape), which "
+                "FHIR strings cannot carry: it would be lost",
+                location=label,
+            )
+        if label not in self._noted:
+            self._noted.add(label)
+            self.notes.append(
+                Issue(
+                    "intake.control-characters",
+                    "control characters removed: FHIR strings cannot carry them",
+                    location=label,
+                    severity="warning",
+                )
+            )
+        return kept
 
     def first(self, path: str, here: Position) -> str | None:
         """The first non-empty value at ``path`` — ``values(...)[0][0]`` without building
@@ -241,7 +295,7 @@ class Hl7View:
             raw = raw.split(self._ss, 1)[0]
         if self._es in raw:
             raw = self.unescape(raw)
-        value = _clean(raw)
+        value = self._clean(raw, None, path, here)
         return value if value and value != '""' else None
 
     def _parts(self, text: str | None, level: int, component: int, sub: int) -> tuple[str, int]:

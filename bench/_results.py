@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -162,12 +163,19 @@ def method(args: argparse.Namespace, unit: str) -> str:
 def environment(first: pyperf.Benchmark | None, packages: Sequence[str]) -> list[str]:
     """Machine and software lines, from pyperf's metadata of one benchmark."""
     meta = first.get_metadata() if first is not None else {}
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     out = [
         f"CPU: {meta.get('cpu_model_name', '?')}; {meta.get('cpu_count', '?')} logical CPUs; "
-        f"load average (1 min) at the start: {meta.get('load_avg_1min', '?')}",
+        f"load average (1, 5, 15 min) at the end of the run: {load} (other work on the "
+        "machine: the CPU clock leaves out the time a worker waited for its core)",
         f"OS: {meta.get('platform', '?')}; Python {meta.get('python_version', '?')}",
         f"gateway commit: {commit()}",
     ]
+    import gateway  # where the measured code comes from (PYTHONPATH may point elsewhere)
+
+    source = Path(gateway.__file__).resolve().parent.parent
+    if source != REPO:
+        out[-1] = f"gateway code: {source} (not this checkout, whose commit is {commit()})"
     versions = []
     for name in packages:
         try:

@@ -24,6 +24,7 @@ See bench/README.md for what each row means.
 from __future__ import annotations
 
 import argparse
+import atexit
 import base64
 import dataclasses
 import datetime as dt
@@ -33,6 +34,7 @@ import itertools
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -355,6 +357,7 @@ class Context:
     @functools.cached_property
     def settings(self) -> Settings:
         home = Path(tempfile.mkdtemp(prefix="bench-home-"))
+        atexit.register(shutil.rmtree, home, True)
         return Settings.load(home=home, env={})
 
     @functools.cached_property

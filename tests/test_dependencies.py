@@ -54,7 +54,7 @@ def _imported_top_level() -> set[str]:
 
 def test_a_fresh_install_pulls_no_matplotlib_nor_numpy() -> None:
     pulled = _closure(DIST)
-    assert "fpdf2" in pulled and "noto-cjk-sans-otc" in pulled  # the walk sees the tree
+    assert {"fpdf2", "pydantic-core", "starlette"} <= pulled  # the walk sees the whole tree
     assert not pulled & {"matplotlib", "numpy", "mplfonts"}
 
 

@@ -1,26 +1,27 @@
 """Imaging benchmark: DICOM headers → FHIR ImagingStudy, instances/s on one core.
 
-In one run, on the same generated DICOM files, single-threaded, it times
+Measured with pyperf (worker processes, calibrated loops, warm-ups, statistics). On
+generated DICOM files, single-threaded, it times
 
 * the floor: a bare ``pydicom.dcmread(path, stop_before_pixels=True)`` of every file;
 * the gateway end to end: ``Converter.convert_files([(name, bytes), ...])`` over every
   file of the data set (read the files, group by study, map, reference check, R4B model
-  validation, JSON), plus the same with validation off, its DICOM intake alone, and the
-  very same files again;
+  validation, JSON), its DICOM intake alone and, with ``--extra-rows``, the same with
+  validation off and on the very same files again;
 * dicom2fhir (``from_directory`` per study folder, as its README shows, then
   ``model_dump_json``), a peer converter, in its own virtual environment
   (``bench/.peers/dicom2fhir``, made by ``--setup-peers``) as a worker process that times
   itself; the worker also times the bare ``dcmread`` there, a cross-check that both
   environments read headers equally fast;
 
-and reports medians, ranges and paired ratios, and a cProfile of the gateway's path.
-The data set (studies × series × instances of CT headers without pixel data, Chinese
-names in GB18030 or UTF-8) is generated into a temporary folder from a seed; every
-round gets a data set of its own, so no content-keyed cache sees a file twice.
+and writes medians and their ratios to the imaging section of bench/RESULTS.md. The
+data set (studies × series × instances of CT headers without pixel data, Chinese names
+in GB18030 or UTF-8) is generated from a seed; every pyperf value converts a data set of
+its own, so no content-keyed cache sees a file twice.
 
 Run from the repository root::
 
-    .venv/bin/python bench/bench_imaging.py [--rounds N] [--out bench/RESULTS.md | -]
+    .venv/bin/python bench/bench_imaging.py [--out bench/RESULTS.md | -] [pyperf options]
 
 See bench/README.md ("Imaging") for what each row means.
 """
@@ -28,30 +29,25 @@ See bench/README.md ("Imaging") for what each row means.
 from __future__ import annotations
 
 import argparse
-import cProfile
 import dataclasses
 import datetime as dt
-import gc
+import functools
+import itertools
 import json
-import os
-import platform
-import pstats
 import random
-import re
-import statistics
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError
-from importlib.metadata import version as package_version
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import _results  # bench/_results.py (this script's folder is on sys.path)
 import pydicom
-from _peer import PeerWorker  # bench/_peer.py (this script's folder is on sys.path)
+from _peer import PeerWorker  # bench/_peer.py
 from pydicom.charset import convert_encodings
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
@@ -62,16 +58,12 @@ from gateway.config import Settings
 from gateway.envelope import Record
 from gateway.pipeline import Converter
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = _results.REPO
 BENCH = REPO / "bench"
 PEER_VENV = BENCH / ".peers" / "dicom2fhir"
 # dicom2fhir 0.1.25 breaks on fhir.resources 8.3 (the gateway's): its bare
 # ``Extension()`` fails "url is required"; 8.2.0 is the newest that works.
 PEER_PINS = ("dicom2fhir==0.1.25", "fhir.resources==8.2.0")
-RESULTS = BENCH / "RESULTS.md"
-# bench_imaging.py owns the part of RESULTS.md between these two lines.
-BEGIN = "<!-- imaging benchmark: begin (written by bench/bench_imaging.py) -->"
-END = "<!-- imaging benchmark: end -->"
 
 # -- the data set ------------------------------------------------------------------------
 
@@ -329,42 +321,6 @@ def write_dataset(root: Path, seed: int, k: int, shape: Shape) -> DataSet:
     return data
 
 
-# -- rows --------------------------------------------------------------------------------
-
-Timing = tuple[float, float, int]  # wall s, CPU s, instances
-
-
-@dataclass
-class Row:
-    key: str
-    label: str
-    what: str
-    run: Callable[[DataSet], Timing]
-    warmed: bool = False  # the untimed check already ran it once
-    rates: list[float] = field(default_factory=list)  # instances/s, one per round
-    cpus: list[float] = field(default_factory=list)  # CPU time / wall time
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.rates)
-
-
-def _timed(work: Callable[[DataSet], int]) -> Callable[[DataSet], Timing]:
-    def run(data: DataSet) -> Timing:
-        gc.collect()
-        c0, t0 = time.process_time(), time.perf_counter()
-        n = work(data)
-        return time.perf_counter() - t0, time.process_time() - c0, n
-
-    return run
-
-
-def dcmread_all(data: DataSet) -> int:
-    for path in data.files:
-        pydicom.dcmread(path, stop_before_pixels=True)
-    return len(data.files)
-
-
 def _instances(records: Sequence[Record]) -> int:
     """Instances listed in the ImagingStudy resources of the Bundles (fails loudly)."""
     n = 0
@@ -378,58 +334,10 @@ def _instances(records: Sequence[Record]) -> int:
     return n
 
 
-def gateway_rows(conv: Converter, extra: tuple[Converter, DataSet] | None) -> list[Row]:
-    """The gateway's rows; ``extra`` (a converter with validation off, and the data set
-    converted again every round) adds the two optional ones."""
-    from gateway.intake.dicom import read_studies
+# -- rows --------------------------------------------------------------------------------
 
-    def e2e(c: Converter) -> Callable[[DataSet], int]:
-        def convert(data: DataSet) -> int:
-            return _instances(list(c.convert_files(data.items())))
-
-        return convert
-
-    def intake(data: DataSet) -> int:
-        list(read_studies(data.items(), conv.network))
-        return len(data.files)
-
-    rows = [
-        Row(
-            "gw",
-            "gateway end to end",
-            "read the files, `Converter.convert_files(items)`: "
-            "parse headers, group by study, map, validate + reference check, JSON",
-            _timed(e2e(conv)),
-            warmed=True,
-        ),
-        Row(
-            "gw_intake",
-            "gateway DICOM intake only",
-            "read the files, "
-            "`list(read_studies(items, network))`: header parse, charset, grouping, views",
-            _timed(intake),
-        ),
-    ]
-    if extra is not None:
-        novalidate, repeat = extra
-        again = _timed(e2e(conv))
-        rows.append(
-            Row(
-                "gw_noval",
-                "gateway, validation off",
-                "the same with `Settings.validate = False` (the reference check stays)",
-                _timed(e2e(novalidate)),
-            )
-        )
-        rows.append(
-            Row(
-                "gw_again",
-                "gateway end to end, same files again",
-                "the first row on the very same files every round (content-keyed caches may hit)",
-                lambda _data: again(repeat),
-            )
-        )
-    return rows
+Work = _results.Work
+Prepared = Callable[[int], Work]  # loops → the timed work on data sets written now
 
 
 class Peer(PeerWorker):
@@ -439,12 +347,206 @@ class Peer(PeerWorker):
         super().__init__(python, BENCH / "peer_dicom2fhir.py", "dicom2fhir")
         self.versions: dict[str, str] = self.ask({"hello": 1})["versions"]
 
-    def timer(self, mode: str) -> Callable[[DataSet], Timing]:
-        def run(data: DataSet) -> Timing:
-            reply = self.ask({"run": mode, "studies": [str(p) for p in data.studies]})
-            return float(reply["wall"]), float(reply["cpu"]), int(reply["n"])
+    def run(self, mode: str, data: Sequence[DataSet]) -> tuple[float, float]:
+        """(wall, CPU) seconds of converting (or reading) the data sets, in its process."""
+        wall = cpu = 0.0
+        for one in data:
+            reply = self.ask({"run": mode, "studies": [str(p) for p in one.studies]})
+            wall, cpu = wall + float(reply["wall"]), cpu + float(reply["cpu"])
+        return wall, cpu
 
-        return run
+
+class Context:
+    """One pyperf worker process: its converter(s), peer and data sets, made on first use.
+    Every value gets data sets of its own (a running number in this process), written
+    before the clock starts and removed after the next value's are written."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.shape = Shape(args.studies, args.series, args.instances)
+        self.numbers = itertools.count(1)
+        self.old: list[DataSet] = []
+
+    @functools.cached_property
+    def root(self) -> Path:
+        return Path(tempfile.mkdtemp(prefix="bench-imaging-"))
+
+    @functools.cached_property
+    def conv(self) -> Converter:
+        return Converter(Settings.load(home=self.root / "home", env={}))
+
+    @functools.cached_property
+    def novalidate(self) -> Converter:
+        return Converter(dataclasses.replace(self.conv.settings, validate=False))
+
+    @functools.cached_property
+    def peer(self) -> Peer:
+        return Peer(PEER_VENV / "bin" / "python")
+
+    @functools.cached_property
+    def again(self) -> DataSet:
+        """The data set the *same files again* row converts every time."""
+        return self.write(0)
+
+    def write(self, k: int) -> DataSet:
+        return write_dataset(self.root / f"set-{k}", self.args.seed, k, self.shape)
+
+    def fresh(self, loops: int) -> list[DataSet]:
+        for old in self.old:
+            shutil.rmtree(old.root, ignore_errors=True)
+        self.old = [self.write(next(self.numbers)) for _ in range(loops)]
+        return self.old
+
+
+def dcmread_all(data: DataSet) -> None:
+    for path in data.files:
+        pydicom.dcmread(path, stop_before_pixels=True)
+
+
+def _each(sets: list[DataSet], step: Callable[[DataSet], object]) -> Work:
+    def run() -> None:
+        for data in sets:
+            step(data)
+
+    return run
+
+
+def _floor(ctx: Context) -> Prepared:
+    return lambda loops: _each(ctx.fresh(loops), dcmread_all)
+
+
+def _gateway(which: str) -> Callable[[Context], Prepared]:
+    def make(ctx: Context) -> Prepared:
+        conv = ctx.novalidate if which == "novalidate" else ctx.conv
+
+        def convert(data: DataSet) -> None:
+            _instances(list(conv.convert_files(data.items())))
+
+        if which == "again":
+            again = ctx.again
+            return lambda loops: _each([again] * loops, convert)
+        return lambda loops: _each(ctx.fresh(loops), convert)
+
+    return make
+
+
+def _intake(ctx: Context) -> Prepared:
+    from gateway.intake.dicom import read_studies
+
+    network = ctx.conv.network
+    return lambda loops: _each(ctx.fresh(loops), lambda d: list(read_studies(d.items(), network)))
+
+
+def _peer(mode: str) -> Callable[[Context], Prepared]:
+    def make(ctx: Context) -> Prepared:
+        peer = ctx.peer
+
+        def prepare(loops: int) -> Work:
+            sets = ctx.fresh(loops)
+            return lambda: peer.run(mode, sets)
+
+        return prepare
+
+    return make
+
+
+@dataclass
+class Spec:
+    row: _results.Row
+    make: Callable[[Context], Prepared]
+
+
+def specs(args: argparse.Namespace) -> list[Spec]:
+    R = _results.Row
+    out = [
+        Spec(
+            R(
+                "pydicom",
+                "pydicom dcmread (floor)",
+                "`pydicom.dcmread(path, stop_before_pixels=True)` of every file",
+            ),
+            _floor,
+        ),
+        Spec(
+            R(
+                "gw",
+                "gateway end to end",
+                "read the files, `Converter.convert_files(items)`: parse headers, group by "
+                "study, map, validate + reference check, JSON",
+            ),
+            _gateway("validate"),
+        ),
+        Spec(
+            R(
+                "gw_intake",
+                "gateway DICOM intake only",
+                "read the files, `list(read_studies(items, network))`: header parse, charset, "
+                "grouping, views",
+            ),
+            _intake,
+        ),
+    ]
+    if args.extra_rows:
+        out.append(
+            Spec(
+                R(
+                    "gw_noval",
+                    "gateway, validation off",
+                    "the same with `Settings.validate = False` (the reference check stays)",
+                ),
+                _gateway("novalidate"),
+            )
+        )
+        out.append(
+            Spec(
+                R(
+                    "gw_again",
+                    "gateway end to end, same files again",
+                    "the end-to-end row on the very same files every time (content-keyed "
+                    "caches may hit)",
+                ),
+                _gateway("again"),
+            )
+        )
+    if not args.no_peer and (PEER_VENV / "bin" / "python").exists():
+        out.append(
+            Spec(
+                R(
+                    "d2f",
+                    "dicom2fhir 0.1.25 (peer converter)",
+                    "per study folder: `asyncio.run(from_directory(folder, config))` (it lists "
+                    "the folder, checks each file's preamble, `dcmread` + `to_json_dict`, "
+                    "builds fhir.resources R4B models), then `model_dump_json()`; instances "
+                    "listed (`add_instances`)",
+                ),
+                _peer("dicom2fhir"),
+            )
+        )
+        out.append(
+            Spec(
+                R(
+                    "d2f_pydicom",
+                    "pydicom dcmread, in dicom2fhir's venv",
+                    "the floor row in the worker process: the two environments read alike",
+                ),
+                _peer("pydicom"),
+            )
+        )
+    if args.rows:
+        wanted = set(args.rows.split(","))
+        out = [s for s in out if s.row.key in wanted]
+    return out
+
+
+def time_func(ctx: Context, spec: Spec) -> Callable[[int], float]:
+    made: list[Prepared] = []
+
+    def prepare(loops: int) -> Work:
+        if not made:
+            made.append(spec.make(ctx))
+        return made[0](loops)
+
+    return _results.time_func(ctx.args.clock, prepare)
 
 
 def setup_peers() -> None:
@@ -596,581 +698,216 @@ def check_peer(peer: Peer, data: DataSet, studies: int = 4) -> Check:
     )
 
 
-# -- measuring ---------------------------------------------------------------------------
+# -- report ------------------------------------------------------------------------------
 
-
-def measure(rows: Sequence[Row], sets: Sequence[DataSet]) -> None:
-    """Round r: every row converts data set r once; the order rotates round by round so
-    that drift and file-cache effects hit all rows alike."""
-    for r, data in enumerate(sets):
-        shift = r % len(rows)
-        for row in list(rows[shift:]) + list(rows[:shift]):
-            wall, cpu, n = row.run(data)
-            row.rates.append(n / wall)
-            row.cpus.append(cpu / wall)
-        print(f"  round {r + 1}/{len(sets)} done", file=sys.stderr)
-
-
-def paired(a: Row, b: Row) -> tuple[float, float, float]:
-    ratios = [x / y for x, y in zip(a.rates, b.rates, strict=True)]
-    return statistics.median(ratios), min(ratios), max(ratios)
-
-
-def steal_ticks() -> tuple[int, int] | None:
-    """(steal, all) CPU jiffies from /proc/stat's first line."""
-    try:
-        ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except (OSError, ValueError):
-        return None
-    return (ticks[7], sum(ticks[:8])) if len(ticks) >= 8 else None
-
-
-@dataclass
-class Hotspots:
-    studies: int
-    instances: int
-    seconds: float
-    packages: list[tuple[str, float]]  # share of own time
-    by_cum: list[tuple[str, float, float, str]]  # calls, own µs/inst, cum µs/inst, where
-    by_own: list[tuple[str, float, float, str]]
-
-
-_PACKAGES = (
-    ("/gateway/intake/dicom/", "gateway.intake.dicom (reader, view)"),
-    ("/gateway/intake/", "gateway.intake (shared)"),
-    ("/gateway/mapping/", "gateway.mapping (mapping engine)"),
-    ("/gateway/validation/", "gateway.validation (reference walk, model call)"),
-    ("/gateway/", "gateway (pipeline, other)"),
-    ("/pydicom/", "pydicom"),
-    ("/pydantic", "pydantic"),
+RATIOS = (
+    ("gw", "pydicom"),
+    ("gw", "d2f"),
+    ("gw_noval", "d2f"),
+    ("gw_intake", "pydicom"),
+    ("d2f", "d2f_pydicom"),
+    ("pydicom", "d2f_pydicom"),
+    ("gw", "gw_noval"),
+    ("gw_again", "gw"),
 )
 
 
-def _where(filename: str, line: int, func: str) -> str:
-    if filename == "~":
-        return func
-    for marker in ("site-packages/", f"{REPO}/"):
-        if marker in filename:
-            return f"{filename.split(marker, 1)[1]}:{line}({func})"
-    return f"{Path(filename).name}:{line}({func})"
-
-
-def _package(filename: str) -> str:
-    if filename == "~":
-        return "built-ins"
-    return next((name for marker, name in _PACKAGES if marker in filename), "stdlib and others")
-
-
-def profile_gateway(conv: Converter, data: DataSet, top: int) -> Hotspots:
-    items = data.items()
-    profiler = cProfile.Profile()
-    gc.collect()
-    t0 = time.perf_counter()
-    profiler.enable()
-    records = list(conv.convert_files(items))
-    profiler.disable()
-    seconds = time.perf_counter() - t0
-    n = _instances(records)
-    stats: dict[tuple[str, int, str], tuple[int, int, float, float, Any]]
-    stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
-    rows, packages, total = [], {}, 0.0
-    for (filename, line, func), (prim, calls, own, cum, callers) in stats.items():
-        # A built-in's time (bytes.decode, dict.get, ...) goes to whoever called it.
-        shares = (
-            [(_package(c[0]), t[2]) for c, t in callers.items()]
-            if filename == "~" and callers
-            else [(_package(filename), own)]
-        )
-        for package, seconds_ in shares:
-            packages[package] = packages.get(package, 0.0) + seconds_
-            total += seconds_
-        shown = str(calls) if calls == prim else f"{calls}/{prim}"
-        rows.append((shown, own / n * 1e6, cum / n * 1e6, _where(filename, line, func)))
-    shares = sorted(((k, v / total) for k, v in packages.items()), key=lambda kv: -kv[1])
-    by_cum = sorted(rows, key=lambda r: -r[2])[:top]
-    by_own = sorted(rows, key=lambda r: -r[1])[:top]
-    return Hotspots(len(records), n, seconds, shares, by_cum, by_own)
-
-
-# -- report ------------------------------------------------------------------------------
-
-
-def _rate(x: float) -> str:
-    return f"{x:,.0f}" if x >= 100 else f"{x:,.1f}"
-
-
-def _factor(ratio: float) -> str:
-    """'5.3× faster' or '1.9× slower' for a throughput ratio."""
-    x = ratio if ratio >= 1 else 1 / ratio
-    times = f"{x:.1f}×" if x < 10 else f"{x:.0f}×"
-    return f"{times} faster" if ratio >= 1 else f"{times} slower"
-
-
-def _reading(ratio: float) -> str:
-    return f"A is {_factor(ratio)}"
-
-
-def _versions(names: Sequence[str]) -> str:
-    out = []
-    for name in names:
-        try:
-            out.append(f"{name} {package_version(name)}")
-        except PackageNotFoundError:
-            out.append(f"{name} (not installed)")
-    return ", ".join(out)
-
-
-def _machine() -> list[str]:
-    cpu = "unknown CPU"
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-        found = re.search(r"^model name\s*:\s*(.+)$", info, re.M)
-        cpu = found.group(1).strip() if found else cpu
-        if re.search(r"^flags\s*:.*\bhypervisor\b", info, re.M):
-            cpu += " (virtual machine)"
-    except OSError:
-        pass
-    allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else "?"
-    return [
-        f"CPU: {cpu}; {os.cpu_count()} logical CPUs, {allowed} usable by this process; "
-        "every timed loop runs in one thread.",
-        f"OS: {platform.system()} {platform.release()}; Python {platform.python_version()} "
-        f"({platform.python_implementation()})",
-    ]
-
-
-def _commit() -> str:
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", "-C", str(REPO), *args], capture_output=True, text=True
-        ).stdout.strip()
-
-    head = git("rev-parse", "--short", "HEAD") or "unknown"
-    dirty = git("status", "--porcelain", "--", "gateway", "mappings")
-    return f"{head} (gateway/ or mappings/ modified in the work tree)" if dirty else head
-
-
-@dataclass
-class Report:
-    command: str
-    started: str
-    seconds: float
-    load: tuple[str, str]  # load average (1, 5, 15 min) before and after
-    shape: Shape
-    seed: int
-    sample: DataSet
-    rows: list[Row]
-    notes: list[str]
-    checks: list[Check]
-    peer_versions: dict[str, str]
-    steal: float | None
-    hotspots: Hotspots | None
-
-    def row(self, key: str) -> Row | None:
-        return next((r for r in self.rows if r.key == key), None)
-
-    def render(self) -> str:
-        lines: list[str] = []
-        add = lines.append
-        sh = self.shape
-        add("## Imaging benchmark: DICOM headers → FHIR ImagingStudy")
+def render(
+    args: argparse.Namespace,
+    command: str,
+    started: str,
+    seconds: float,
+    sample: DataSet,
+    rows: list[_results.Row],
+    checks: list[Check],
+    notes: list[str],
+    peer_versions: str,
+) -> str:
+    lines: list[str] = []
+    add = lines.append
+    sh = Shape(args.studies, args.series, args.instances)
+    measured = [r for r in rows if r.bench is not None]
+    add("## Imaging benchmark: DICOM headers → FHIR ImagingStudy")
+    add("")
+    add(
+        f"Recorded {started} by `bench/bench_imaging.py` in {seconds:.0f} s. Reproduce from "
+        "the repository root (`make bench-imaging` does both steps; `--setup-peers` makes "
+        "dicom2fhir's own venv in `bench/.peers/` once):"
+    )
+    add("")
+    add("```sh")
+    add(command)
+    add("```")
+    add("")
+    add("### Machine and software")
+    add("")
+    packages = ("fhir-gateway", "pydicom", "fhir.resources", "pydantic", "orjson")
+    for line in _results.environment(measured[0].bench if measured else None, packages):
+        add(f"- {line}")
+    if peer_versions:
+        add(f"- dicom2fhir's own venv: {peer_versions}")
+    add("")
+    add("### Data set")
+    add("")
+    mean = sample.sizes / max(1, len(sample.files))
+    add(
+        f"Generated at run time (seed {args.seed}; nothing is committed): {sh.studies} CT "
+        f"studies × {sh.series} series × {sh.instances} instances = **{sh.total:,} Part-10 "
+        f"files** per data set, headers only (no Pixel Data), mean {mean:,.0f} bytes a file, "
+        "one folder per study. Specific Character Set alternates GB18030 / ISO_IR 192; "
+        "Chinese patient names (ideographic, or pinyin=ideographic), InstitutionName "
+        f"{INSTITUTION}, AccessionNumber with IssuerOfAccessionNumberSequence ({ISSUER[0]}, "
+        f"{ISSUER[1]}), BodyPartExamined HEAD/CHEST/ABDOMEN/LSPINE/PELVIS, Chinese and "
+        "English SeriesDescription, a localizer series, contrast phases, CT acquisition "
+        "attributes. Every pyperf value converts data sets of its own (new UIDs, patients, "
+        "accession numbers), written before its clock starts; the files are in the page "
+        "cache (just written), so the rows measure CPU, not the disk."
+    )
+    add("")
+    add("### Method")
+    add("")
+    add(
+        _results.method(args, "instances")
+        + " dicom2fhir runs in its own venv and process, driven over a pipe and timed inside "
+        "itself (`bench/peer_dicom2fhir.py`)."
+    )
+    add("")
+    add("### Results")
+    add("")
+    lines.extend(_results.results_table(rows, "instances"))
+    add("")
+    for note in notes:
+        add(note)
         add("")
+    ratios = _results.ratios_table(rows, RATIOS)
+    if ratios:
+        add("#### Ratios (throughput of A ÷ throughput of B, same run)")
+        add("")
+        lines.extend(ratios)
+        add("")
+    if checks:
+        _render_checks(add, checks)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _render_checks(add: Callable[[str], None], checks: list[Check]) -> None:
+    add("#### What each converter made (checked once, untimed, on one data set)")
+    add("")
+    add(
+        "| converter | studies converted | ImagingStudy = pydicom's reading | resources "
+        "per Bundle | Patient.name (pydicom's reading → converter's) | notes |"
+    )
+    add("| --- | ---: | ---: | --- | --- | --- |")
+    for c in checks:
+        names = "; ".join(f"`{a}` → `{b}`" for a, b in c.names)
         add(
-            f"Recorded {self.started} by `bench/bench_imaging.py` in {self.seconds:.0f} s. "
-            "Reproduce from the repository root (`make bench-imaging` does both steps; "
-            "`--setup-peers` makes dicom2fhir's own venv in `bench/.peers/` once):"
+            f"| {c.converter} | {c.converted}/{c.studies} | {c.structure_ok}/{c.studies} | "
+            f"{', '.join(c.types)} | {names} | {c.note or '–'} |"
         )
-        add("")
-        add("```sh")
-        add(self.command)
-        add("```")
-        add("")
-        add("### Machine and software")
-        add("")
-        for line in _machine():
-            add(f"- {line}")
-        add(
-            f"- load average (1, 5, 15 min) before the run: {self.load[0]}; after: "
-            f"{self.load[1]} (other work on the machine shows here and in the CPU column)"
-        )
-        add(f"- gateway commit: {_commit()}")
-        add(
-            "- libraries: "
-            + _versions(["fhir-gateway", "pydicom", "fhir.resources", "pydantic", "orjson"])
-        )
-        if self.peer_versions:
-            add(
-                "- dicom2fhir's own venv: "
-                + ", ".join(f"{k} {v}" for k, v in self.peer_versions.items())
-            )
-        add("")
-        add("### Data set")
-        add("")
-        mean = self.sample.sizes / max(1, len(self.sample.files))
-        add(
-            f"Generated at run time (seed {self.seed}; nothing is committed): {sh.studies} CT "
-            f"studies × {sh.series} series × {sh.instances} instances = **{sh.total:,} "
-            f"Part-10 files** per data set, headers only (no Pixel Data), mean "
-            f"{mean:,.0f} bytes a file, one folder per study. Specific Character Set "
-            "alternates GB18030 / ISO_IR 192; Chinese patient names (ideographic, or "
-            f"pinyin=ideographic), InstitutionName {INSTITUTION}, AccessionNumber with "
-            f"IssuerOfAccessionNumberSequence ({ISSUER[0]}, {ISSUER[1]}), BodyPartExamined "
-            "HEAD/CHEST/ABDOMEN/LSPINE/PELVIS, Chinese and English SeriesDescription, a "
-            "localizer series, contrast phases, CT acquisition attributes. Every round "
-            "converts a data set of its own (new UIDs, patients, accession numbers), all rows "
-            "the same files; one more set warms up (and is checked), one is profiled"
-            + (
-                ", one is converted again every round (*same files again*)."
-                if self.row("gw_again")
-                else "."
-            )
-        )
-        add("")
-        add("### Method")
-        add("")
-        add(
-            f"Single thread. Each row converts the round's whole data set once ({sh.total:,} "
-            f"instances); {len(self.rows[0].rates)} rounds, rows in a rotating order each "
-            "round. Rates are instances per wall-clock second (`time.perf_counter`); "
-            "*min – max* is over the rounds; *CPU* is process CPU time / wall time. "
-            "Ratios are taken round by round (paired) and their median shown. dicom2fhir runs "
-            "in its own process and venv, driven over a pipe and timed inside itself "
-            "(`bench/peer_dicom2fhir.py`). The garbage collector stays on and runs before each "
-            "measurement. Every file is in the page cache (just written), so the rows measure "
-            "CPU, not the disk."
-        )
-        if self.steal is not None:
-            add(
-                f"CPU time stolen by the hypervisor during the rounds: {self.steal:.1%}. "
-                "On a shared virtual machine the speed drifts by tens of per cent from minute "
-                "to minute: trust the medians and paired ratios, not one round."
-            )
-        add("")
-        add("### Results")
-        add("")
-        add("| row | what is timed | instances/s (median) | min – max | µs/instance | CPU |")
-        add("| --- | --- | ---: | ---: | ---: | ---: |")
-        for r in self.rows:
-            add(
-                f"| {r.label} | {r.what} | **{_rate(r.median)}** | {_rate(min(r.rates))} – "
-                f"{_rate(max(r.rates))} | {1e6 / r.median:,.0f} | "
-                f"{statistics.median(r.cpus):.0%} |"
-            )
-        add("")
-        for note in self.notes:
-            add(note)
-            add("")
-        pairs = [
-            ("gw", "pydicom"),
-            ("gw", "d2f"),
-            ("gw_noval", "d2f"),
-            ("gw_intake", "pydicom"),
-            ("d2f", "d2f_pydicom"),
-            ("pydicom", "d2f_pydicom"),
-            ("gw", "gw_noval"),
-            ("gw_again", "gw"),
-        ]
-        present = [
-            (a, b)
-            for a, b in ((self.row(x), self.row(y)) for x, y in pairs)
-            if a is not None and b is not None
-        ]
-        if present:
-            add("#### Ratios (throughput of A ÷ throughput of B, paired by round)")
-            add("")
-            add("| A | B | A/B (median) | min – max | reading |")
-            add("| --- | --- | ---: | ---: | --- |")
-            for a, b in present:
-                med, lo, hi = paired(a, b)
-                add(
-                    f"| {a.label} | {b.label} | **{med:.3g}** | {lo:.3g} – {hi:.3g} | "
-                    f"{_reading(med)} |"
-                )
-            add("")
-        self._render_checks(add)
-        findings = self._interpret()
-        if findings:
-            add("### Reading")
-            add("")
-            for finding in findings:
-                add(f"- {finding}")
-                add("")
-        if self.hotspots is not None:
-            self._render_hotspots(add)
-        return "\n".join(lines).rstrip() + "\n"
-
-    def _interpret(self) -> list[str]:
-        out: list[str] = []
-        gw, floor, intake = self.row("gw"), self.row("pydicom"), self.row("gw_intake")
-        d2f, d2f_floor = self.row("d2f"), self.row("d2f_pydicom")
-        if gw is not None and floor is not None:
-            med, lo, hi = paired(gw, floor)
-            out.append(
-                f"**Gateway against the floor:** the gateway converts {_rate(gw.median)} "
-                f"instances/s end to end, {1 / med:.1f}× the time of the bare header read "
-                f"(paired, range {1 / hi:.1f}–{1 / lo:.1f}×); pydicom's `dcmread` alone "
-                f"reads {_rate(floor.median)} files/s."
-            )
-        if gw is not None and intake is not None:
-            share = min(1.0, gw.median / intake.median)
-            out.append(
-                f"**Where the gateway's time goes:** its DICOM intake alone (read, parse, "
-                f"group, views) runs at {_rate(intake.median)} instances/s, about {share:.0%} "
-                "of the end-to-end time by the medians; mapping, validation and JSON take the "
-                "rest. See the profile below."
-            )
-        if gw is not None and d2f is not None:
-            med, lo, hi = paired(gw, d2f)
-            out.append(
-                f"**Gateway against dicom2fhir:** on the same files the gateway is "
-                f"{_factor(med)} than dicom2fhir (paired median {med:.2g}, range "
-                f"{lo:.2g}–{hi:.2g}), which converts {_rate(d2f.median)} instances/s, while "
-                "the gateway also validates every Bundle with the R4B models and checks its "
-                "references."
-            )
-        if floor is not None and d2f_floor is not None:
-            med, _, _ = paired(floor, d2f_floor)
-            out.append(
-                f"**The two environments:** the bare `dcmread` runs at {med:.2f}× the speed in "
-                "the gateway's venv as in dicom2fhir's (same pydicom): the ratios compare the "
-                "converters, not the environments."
-            )
-        mangled = [c for c in self.checks for _, theirs in c.names if "Alphabetic" in theirs]
-        if mangled:
-            out.append(
-                f"**Names:** {mangled[0].converter} writes the DICOM JSON form of the name "
-                '(`{"Alphabetic": ...}`, as text, Chinese characters escaped) into '
-                "Patient.name.family/given: it stringifies the PN object of its DICOM JSON "
-                "proxy."
-            )
-        return out
-
-    def _render_checks(self, add: Callable[[str], None]) -> None:
-        add("#### What each converter made (checked once, untimed, on the warm-up set)")
-        add("")
-        add(
-            "| converter | studies converted | ImagingStudy = pydicom's reading | resources "
-            "per Bundle | Patient.name (pydicom's reading → converter's) | notes |"
-        )
-        add("| --- | ---: | ---: | --- | --- | --- |")
-        for c in self.checks:
-            names = "; ".join(f"`{a}` → `{b}`" for a, b in c.names)
-            add(
-                f"| {c.converter} | {c.converted}/{c.studies} | {c.structure_ok}/{c.studies} | "
-                f"{', '.join(c.types)} | {names} | {c.note or '–'} |"
-            )
-        add("")
-        add(
-            "*ImagingStudy = pydicom's reading*: numberOfSeries, numberOfInstances, every series "
-            "UID and the SOP Instance UIDs of each series equal what `pydicom.dcmread` reads "
-            "from the study's files."
-        )
-        add("")
-
-    def _render_hotspots(self, add: Callable[[str], None]) -> None:
-        h = self.hotspots
-        assert h is not None
-        add("#### Profile of the gateway's DICOM path")
-        add("")
-        add(
-            f"cProfile of `Converter.convert_files(items)` over a fresh data set (the files "
-            f"already read into `items`): {h.studies} studies, {h.instances:,} instances in "
-            f"{h.seconds:.1f} s. The profiler slows Python code, and calls into C most, by 2× "
-            "or more: read the shares, not the absolute times. Times are µs per instance; a "
-            "built-in's time (`bytes.decode`, `dict.get`, ...) counts for the package that "
-            "called it."
-        )
-        add("")
-        add("| package | share of own time |")
-        add("| --- | ---: |")
-        for name, share in h.packages:
-            if share >= 0.005:
-                add(f"| {name} | {share:.0%} |")
-        for title, table in (("cumulative", h.by_cum), ("own time", h.by_own)):
-            add("")
-            add(f"Top {len(table)} by {title}:")
-            add("")
-            add("| calls | own µs/inst | cum. µs/inst | function |")
-            add("| ---: | ---: | ---: | --- |")
-            for calls, own, cum, where in table:
-                add(f"| {calls} | {own:,.1f} | {cum:,.1f} | `{where}` |")
-        add("")
-
-
-def write_section(path: Path, text: str) -> None:
-    """Put ``text`` between the imaging markers of ``path``, keeping everything else."""
-    old = path.read_text(encoding="utf-8") if path.exists() else ""
-    block = f"{BEGIN}\n\n{text.rstrip()}\n\n{END}\n"
-    if BEGIN in old and END in old:
-        head, rest = old.split(BEGIN, 1)
-        new = head + block + rest.split(END, 1)[1].lstrip("\n")
-    else:
-        new = (old.rstrip() + "\n\n" if old.strip() else "") + block
-    path.write_text(new, encoding="utf-8")
+    add("")
+    add(
+        "*ImagingStudy = pydicom's reading*: numberOfSeries, numberOfInstances, every series "
+        "UID and the SOP Instance UIDs of each series equal what `pydicom.dcmread` reads "
+        "from the study's files."
+    )
+    add("")
 
 
 # -- main --------------------------------------------------------------------------------
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    p.add_argument("--rounds", type=int, default=5, help="measured rounds (default 5)")
-    p.add_argument("--studies", type=int, default=20, help="studies per data set (default 20)")
-    p.add_argument("--series", type=int, default=4, help="series per study (default 4)")
-    p.add_argument("--instances", type=int, default=25, help="instances per series (default 25)")
-    p.add_argument("--seed", type=int, default=4, help="data set seed (default 4)")
-    p.add_argument(
+def add_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--studies", type=int, default=10, help="studies per data set (10)")
+    parser.add_argument("--series", type=int, default=4, help="series per study (4)")
+    parser.add_argument("--instances", type=int, default=25, help="instances per series (25)")
+    parser.add_argument("--seed", type=int, default=4, help="data set seed (default 4)")
+    parser.add_argument(
         "--out",
-        default=str(RESULTS),
-        help="results file whose imaging section is replaced (default "
-        "bench/RESULTS.md; '-' to print only)",
+        default=str(_results.RESULTS),
+        help="results file whose imaging section is replaced (default bench/RESULTS.md; "
+        "'-' to print only)",
     )
-    p.add_argument("--pin", type=int, default=None, help="pin to this CPU (and the worker)")
-    p.add_argument("--no-profile", action="store_true", help="skip the cProfile run")
-    p.add_argument("--top", type=int, default=12, help="profile rows shown (default 12)")
-    p.add_argument("--no-peer", action="store_true", help="skip dicom2fhir")
-    p.add_argument(
+    parser.add_argument("--rows", default="", help="only these rows, comma-separated keys")
+    parser.add_argument("--no-peer", action="store_true", help="skip dicom2fhir")
+    parser.add_argument(
         "--extra-rows",
         action="store_true",
         help="also time the gateway with validation off and on the same files again",
     )
-    p.add_argument(
+    parser.add_argument(
         "--setup-peers",
         action="store_true",
         help="first make bench/.peers/dicom2fhir with " + " ".join(PEER_PINS),
     )
-    return p.parse_args(argv)
+    _results.add_clock_option(parser)
 
 
-@dataclass
-class Run:
-    rows: list[Row]
-    notes: list[str]
-    checks: list[Check]
-    peer: Peer | None = None
+def forward(args: argparse.Namespace) -> list[str]:
+    """This script's options, for pyperf's worker processes."""
+    out = ["--out", "-", "--clock", args.clock, "--seed", str(args.seed)]
+    out += ["--studies", str(args.studies), "--series", str(args.series)]
+    out += ["--instances", str(args.instances)]
+    out += ["--rows", args.rows] if args.rows else []
+    out += ["--no-peer"] if args.no_peer else []
+    out += ["--extra-rows"] if args.extra_rows else []
+    return out
 
 
-def _build_rows(
-    args: argparse.Namespace, conv: Converter, warm: DataSet, again: DataSet | None
-) -> Run:
-    floor = Row(
-        "pydicom",
-        "pydicom dcmread (floor)",
-        "`pydicom.dcmread(path, stop_before_pixels=True)` of every file",
-        _timed(dcmread_all),
-    )
-    run = Run([floor], [], [])
-    extra = None
-    if again is not None:
-        extra = (Converter(dataclasses.replace(conv.settings, validate=False)), again)
-    try:
-        run.rows += gateway_rows(conv, extra)
-    except ImportError:
-        run.notes.append(
-            "**gateway rows skipped:** `gateway.intake.dicom` is not installed "
-            "in this tree yet (no DICOM reader)."
-        )
-    else:
-        run.checks.append(check_gateway(conv, warm))
-    python = PEER_VENV / "bin" / "python"
-    if args.no_peer:
-        run.notes.append("dicom2fhir skipped: --no-peer.")
-    elif not python.exists():
-        run.notes.append(
-            "dicom2fhir skipped: `bench/.peers/dicom2fhir` does not exist; run "
-            "once with --setup-peers."
-        )
-    else:
-        run.peer = Peer(python)
-        run.checks.append(check_peer(run.peer, warm))
-        run.rows.append(
-            Row(
-                "d2f",
-                "dicom2fhir 0.1.25 (peer converter)",
-                "per study folder: "
-                "`asyncio.run(from_directory(folder, config))` (it lists the folder, "
-                "checks each file's preamble, `dcmread` + `to_json_dict`, builds "
-                "fhir.resources R4B models), then `model_dump_json()`; instances "
-                "listed (`add_instances`)",
-                run.peer.timer("dicom2fhir"),
-                warmed=True,
-            )
-        )
-        run.rows.append(
-            Row(
-                "d2f_pydicom",
-                "pydicom dcmread, in dicom2fhir's venv",
-                "the floor row in the worker process: the two environments read alike",
-                run.peer.timer("pydicom"),
-            )
-        )
-    return run
+def main() -> int:
+    runner = _results.runner(processes=3, values=3, forward=forward)
+    add_options(runner.argparser)
+    args = runner.parse_args()
+    inner = args.studies * args.series * args.instances
+    if args.worker:
+        ctx = Context(args)
+        try:
+            for spec in specs(args):
+                runner.bench_time_func(spec.row.key, time_func(ctx, spec), inner_loops=inner)
+        finally:
+            shutil.rmtree(ctx.root, ignore_errors=True)
+        return 0
 
-
-def _load() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "?"
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
     started = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    t_start, load_before = time.perf_counter(), _load()
-    if args.pin is not None:
-        os.sched_setaffinity(0, {args.pin})  # inherited by the dicom2fhir worker
+    t_start = time.perf_counter()
     if args.setup_peers:
         setup_peers()
-    shape = Shape(args.studies, args.series, args.instances)
+    notes: list[str] = []
+    checks: list[Check] = []
+    peer_versions = ""
     with tempfile.TemporaryDirectory(prefix="bench-imaging-") as tmp:
         root = Path(tmp)
-        # warm-up, profile, one per round, and the one converted again every round
-        count = args.rounds + 2 + args.extra_rows
-        print(f"writing {count} data sets of {shape.total:,} files ...", file=sys.stderr)
-        sets = [write_dataset(root / f"set-{k}", args.seed, k, shape) for k in range(count)]
-        warm, fresh, rounds = sets[0], sets[1], sets[2 : 2 + args.rounds]
-        again = sets[-1] if args.extra_rows else None
+        shape = Shape(args.studies, args.series, args.instances)
+        sample = write_dataset(root / "check", args.seed, 0, shape)
         conv = Converter(Settings.load(home=root / "home", env={}))
-        run = _build_rows(args, conv, warm, again)
-        print("warming up ...", file=sys.stderr)
-        for row in run.rows:
-            if not row.warmed:
-                row.run(warm)  # gw_again: converts its own set, the one it repeats
-        ticks0 = steal_ticks()
-        measure(run.rows, rounds)
-        ticks1 = steal_ticks()
-        if run.peer is not None:
-            run.peer.close()
-        steal = (
-            (ticks1[0] - ticks0[0]) / max(1, ticks1[1] - ticks0[1])
-            if ticks0 is not None and ticks1 is not None
-            else None
-        )
-        hotspots = None
-        if not args.no_profile and any(r.key == "gw" for r in run.rows):
-            hotspots = profile_gateway(conv, fresh, args.top)
-
-    shown = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--setup-peers"]
-    report = Report(
-        command=" ".join([".venv/bin/python bench/bench_imaging.py", *shown]),
-        started=started,
-        seconds=time.perf_counter() - t_start,
-        load=(load_before, _load()),
-        shape=shape,
-        seed=args.seed,
-        sample=warm,
-        rows=run.rows,
-        notes=run.notes,
-        checks=run.checks,
-        peer_versions=run.peer.versions if run.peer else {},
-        steal=steal,
-        hotspots=hotspots,
-    )
-    text = report.render()
+        checks.append(check_gateway(conv, sample))
+        python = PEER_VENV / "bin" / "python"
+        if args.no_peer:
+            notes.append("dicom2fhir skipped: --no-peer.")
+        elif not python.exists():
+            notes.append(
+                "dicom2fhir skipped: `bench/.peers/dicom2fhir` does not exist; run once with "
+                "--setup-peers."
+            )
+        else:
+            peer = Peer(python)
+            try:
+                checks.append(check_peer(peer, sample))
+                peer_versions = ", ".join(f"{k} {v}" for k, v in peer.versions.items())
+            finally:
+                peer.close()
+        rows = []
+        for spec in specs(args):
+            spec.row.bench = runner.bench_time_func(
+                spec.row.key, time_func(Context(args), spec), inner_loops=inner
+            )
+            rows.append(spec.row)
+        shown = [a for a in sys.argv[1:] if a != "--setup-peers"]
+        command = " ".join([".venv/bin/python bench/bench_imaging.py", *shown])
+        seconds = time.perf_counter() - t_start
+        text = render(args, command, started, seconds, sample, rows, checks, notes, peer_versions)
     print(text)
     if args.out != "-":
-        write_section(Path(args.out), text)
+        _results.write_section(Path(args.out), "imaging", text)
         print(f"imaging section written to {args.out}", file=sys.stderr)
     return 0
 

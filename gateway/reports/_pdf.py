@@ -1,12 +1,16 @@
-"""The rendered report as PDF (fpdf2), with Noto Sans CJK SC from the PyPI package
-``mplfonts`` subset and embedded: no system fonts, no network.
+"""The rendered report as PDF (fpdf2), with Noto Sans CJK subset and embedded: no
+system fonts, no network.
 
-Loading the 16 MB OpenType font is the expensive part of a PDF (fontTools reads its
-cmap and metrics for ~65,000 glyphs: ~0.3 s). It is loaded once per process into a
-prototype; each document gets a copy of the prototype's metrics (fpdf2's own
-``TTFFont.__deepcopy__``, which FPDFRecorder uses) and a fresh lazy fontTools reader
-over the cached font bytes, because fpdf2 subsets that reader in place when it writes
-the PDF.
+The font is the Noto Sans CJK OpenType Collection (Regular, SIL OFL 1.1) of the PyPI
+package ``noto-cjk-sans-otc``, whose distribution installs the licence with it; one
+19 MB file holds the Simplified Chinese (SC), Traditional (TC) and Hong Kong (HK) cuts,
+each a face of the collection (:func:`pdf_font`).
+
+Loading a face is the expensive part of a PDF (fontTools reads its cmap and metrics for
+~65,000 glyphs: ~0.3 s). It is loaded once per process into a prototype; each document
+gets a copy of the prototype's metrics (fpdf2's own ``TTFFont.__deepcopy__``, which
+FPDFRecorder uses) and a fresh lazy fontTools reader over the cached font bytes, because
+fpdf2 subsets that reader in place when it writes the PDF.
 """
 
 from __future__ import annotations
@@ -17,10 +21,11 @@ import io
 import logging
 import threading
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime
-from importlib import resources
+from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from fontTools import ttLib  # type: ignore[import-untyped]
 from fpdf import FPDF, FontFace
@@ -30,10 +35,18 @@ from ..errors import ConfigError
 from ._render import DETAILS, detail_value, header_lines, joined, signer_line
 from ._view import ReportView
 
-__all__ = ["font_path", "render_pdf"]
+__all__ = ["Cut", "PdfFont", "font_path", "pdf_font", "render_pdf"]
 
-FONT_PACKAGE = "mplfonts"
-FONT_FILE = "NotoSansCJKsc-Regular.otf"
+Cut = Literal["sc", "tc", "hk"]  # Simplified Chinese, Traditional Chinese, Hong Kong
+FONT_DISTRIBUTION = "noto-cjk-sans-otc"
+FONT_FILE = "NotoSansCJK-Regular.ttc"
+# The face of each cut in the collection, by PostScript name (not by index: a new
+# release of the collection may order its faces differently).
+_FACES: dict[str, str] = {
+    "sc": "NotoSansCJKsc-Regular",
+    "tc": "NotoSansCJKtc-Regular",
+    "hk": "NotoSansCJKhk-Regular",
+}
 _FAMILY = "notosanscjk"
 _NAVY = (31, 59, 99)
 _GREY = (90, 90, 90)
@@ -46,7 +59,8 @@ _DETAIL_CHARS = 200  # a detail value (name, MRN, exam) beyond this is cut with 
 
 _NEXT: dict[str, Any] = {"new_x": XPos.LMARGIN, "new_y": YPos.NEXT}
 _LOCK = threading.Lock()
-_PROTOTYPE: dict[str, Any] = {}  # "font" → TTFFont, "data" → bytes
+_PROTOTYPES: dict[str, Any] = {}  # cut → fpdf2 TTFFont of that face
+_DATA: dict[str, bytes] = {}  # "ttc" → the collection's bytes, read once
 
 
 class _NoGlyphList(logging.Filter):
@@ -63,25 +77,74 @@ class _NoGlyphList(logging.Filter):
 logging.getLogger("fpdf.output").addFilter(_NoGlyphList())
 
 
-def font_path() -> Path:
-    """The installed Noto Sans CJK SC file (package data of mplfonts)."""
+@dataclass(frozen=True, slots=True)
+class PdfFont:
+    """One cut of the PDF font: the collection file, the face's index in it, and the
+    OFL licence file its distribution installed."""
+
+    path: Path
+    index: int
+    name: str  # PostScript name, e.g. NotoSansCJKsc-Regular
+    licence: Path
+
+
+def _distribution_file(dist: metadata.Distribution, suffix: str) -> Path | None:
+    for file in dist.files or ():
+        if str(file).endswith(suffix):
+            return Path(str(dist.locate_file(file)))
+    return None
+
+
+def _missing(what: str) -> ConfigError:
+    return ConfigError(
+        "report-font",
+        f"the PDF font's {what} was not found: install the {FONT_DISTRIBUTION} package "
+        f"(pip install {FONT_DISTRIBUTION}; the gateway's install does)",
+    )
+
+
+@functools.cache
+def _installed() -> tuple[Path, Path]:
+    """(collection file, licence file) of the installed font distribution."""
     try:
-        path = Path(str(resources.files(FONT_PACKAGE) / "fonts" / FONT_FILE))
-    except ModuleNotFoundError:
-        path = None
+        dist = metadata.distribution(FONT_DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        raise _missing("package") from None
+    path = _distribution_file(dist, "/" + FONT_FILE)
     if path is None or not path.is_file():
-        raise ConfigError(
-            "report-font",
-            f"the PDF font {FONT_FILE} was not found: install the {FONT_PACKAGE} package "
-            "(pip install mplfonts; the README's set-up does)",
-        )
-    return path
+        raise _missing(f"file {FONT_FILE}")
+    licence = _distribution_file(dist, "/LICENSE")
+    if licence is None or not licence.is_file():
+        raise _missing("licence file")
+    return path, licence
+
+
+@functools.cache
+def pdf_font(cut: Cut = "sc") -> PdfFont:
+    """The face of the PDF font for ``cut`` (SC, TC or HK glyph shapes; every cut covers
+    the same characters). Raises ConfigError ``report-font`` when it is not installed."""
+    path, licence = _installed()
+    wanted = _FACES[cut]
+    collection = ttLib.TTCollection(str(path), lazy=True)
+    try:
+        names = [font["name"].getDebugName(6) for font in collection.fonts]
+    finally:
+        collection.close()
+    if wanted not in names:
+        raise _missing(f"face {wanted}")
+    return PdfFont(path, names.index(wanted), wanted, licence)
+
+
+def font_path(cut: Cut = "sc") -> Path:
+    """The installed font collection file (every cut is a face of it: :func:`pdf_font`)."""
+    return pdf_font(cut).path
 
 
 @functools.cache
 def _covered() -> frozenset[int]:
     """The code points the PDF font has glyphs for (its best cmap), read once."""
-    font = ttLib.TTFont(str(font_path()), lazy=True)
+    face = pdf_font()
+    font = ttLib.TTFont(str(face.path), fontNumber=face.index, lazy=True)
     try:
         return frozenset(font.getBestCmap() or ())
     finally:
@@ -90,29 +153,32 @@ def _covered() -> frozenset[int]:
 
 def missing_glyphs(texts: Iterable[str]) -> int:
     """How many distinct characters of ``texts`` the PDF font cannot draw (some rare
-    characters of Hong Kong names are beyond Noto Sans CJK SC): the PDF shows them
+    characters of Hong Kong names are beyond Noto Sans CJK): the PDF shows them
     blank, so the caller must say so. Never which characters: they may be a name."""
     covered = _covered()
     seen = {ch for text in texts for ch in text if not ch.isspace()}
     return sum(1 for ch in seen if ord(ch) not in covered)
 
 
-def _prototype() -> tuple[Any, bytes]:
+def _prototype(cut: Cut) -> tuple[Any, PdfFont, bytes]:
+    face = pdf_font(cut)
     with _LOCK:
-        if not _PROTOTYPE:
-            path = font_path()
+        if cut not in _PROTOTYPES:
             loader = FPDF()
-            loader.add_font(_FAMILY, fname=str(path))
-            _PROTOTYPE["font"] = loader.fonts[_FAMILY]
-            _PROTOTYPE["data"] = path.read_bytes()
-        return _PROTOTYPE["font"], _PROTOTYPE["data"]
+            loader.add_font(_FAMILY, fname=str(face.path), collection_font_number=face.index)
+            _PROTOTYPES[cut] = loader.fonts[_FAMILY]
+        if "ttc" not in _DATA:
+            _DATA["ttc"] = face.path.read_bytes()
+        return _PROTOTYPES[cut], face, _DATA["ttc"]
 
 
-def _new_pdf(created: datetime, lang: str, title: str) -> FPDF:
-    proto, data = _prototype()
+def _new_pdf(created: datetime, lang: str, title: str, cut: Cut = "sc") -> FPDF:
+    proto, face, data = _prototype(cut)
     pdf = FPDF(format="A4")
     font = copy.deepcopy(proto)
-    font.ttfont = ttLib.TTFont(io.BytesIO(data), recalcTimestamp=False, lazy=True)
+    font.ttfont = ttLib.TTFont(
+        io.BytesIO(data), recalcTimestamp=False, lazy=True, fontNumber=face.index
+    )
     font.i = len(pdf.fonts) + 1
     pdf.fonts[_FAMILY] = font
     if font.is_cff and font.is_cid_keyed:

@@ -1,0 +1,228 @@
+"""What bench_convert.py and bench_imaging.py share: pyperf's runner set-up, rows and
+their rates, the tables of RESULTS.md and writing one section of it.
+
+pyperf does the measuring (worker processes, loop calibration, warm-ups, values) and
+the statistics; this module only turns its Benchmarks into Markdown."""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
+from pathlib import Path
+
+import pyperf  # type: ignore[import-untyped]
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "RESULTS.md"
+SECTIONS = ("conversion", "imaging")  # their order in RESULTS.md
+CLOCKS = {
+    "cpu": "Times are the worker's CPU time (`time.process_time`, `--clock cpu`): on a "
+    "shared machine, time spent waiting for the core does not count, so a rate is what one "
+    "core does (`--clock wall` times by the wall clock instead).",
+    "wall": "Times are wall-clock time (`time.perf_counter`, `--clock wall`).",
+}
+
+
+def runner(
+    processes: int, values: int, forward: Callable[[argparse.Namespace], list[str]]
+) -> pyperf.Runner:
+    """A pyperf Runner whose worker processes get this script's own options back
+    (``forward(args)``): each worker re-runs the script and must declare the same rows."""
+
+    def add_cmdline_args(cmd: list[str], args: argparse.Namespace) -> None:
+        cmd.extend(forward(args))
+
+    return pyperf.Runner(processes=processes, values=values, add_cmdline_args=add_cmdline_args)
+
+
+# The timed work of one pyperf value, on inputs made beforehand; work that times itself
+# in another process (a peer's worker) returns its (wall, CPU) seconds.
+Work = Callable[[], "tuple[float, float] | None"]
+
+
+def add_clock_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--clock",
+        choices=("cpu", "wall"),
+        default="cpu",
+        help="time by the process's CPU clock (default) or the wall clock",
+    )
+
+
+def time_func(clock: str, prepare: Callable[[int], Work]) -> Callable[[int], float]:
+    """pyperf's time function: ``prepare(loops)`` makes the inputs (untimed: fresh
+    messages, a new data set), then the work on them is timed, by the process's CPU clock
+    (``cpu``: on a shared machine, waiting for the core does not count) or the wall
+    clock. The garbage collector stays on; it is run before each value."""
+    cpu = clock == "cpu"
+    now = time.process_time if cpu else time.perf_counter
+
+    def timed(loops: int) -> float:
+        work = prepare(loops)
+        gc.collect()
+        t0 = now()
+        own = work()
+        elapsed = now() - t0
+        if own is not None:  # timed inside the peer's own process
+            return own[1] if cpu else own[0]
+        return elapsed
+
+    return timed
+
+
+@dataclass
+class Row:
+    key: str
+    label: str
+    what: str
+    group: str = "main"
+    bench: pyperf.Benchmark | None = None
+
+    @property
+    def rate(self) -> float:
+        """Items (messages, instances) per second: 1 / pyperf's median time per item."""
+        assert self.bench is not None
+        return 1.0 / float(self.bench.median())
+
+    @property
+    def us(self) -> float:
+        assert self.bench is not None
+        return float(self.bench.median()) * 1e6
+
+    @property
+    def spread(self) -> float:
+        """Standard deviation / mean of pyperf's values (0 with a single value)."""
+        assert self.bench is not None
+        values = self.bench.get_values()
+        return float(self.bench.stdev()) / float(self.bench.mean()) if len(values) > 1 else 0.0
+
+
+def rate(x: float) -> str:
+    return f"{x:,.0f}" if x >= 100 else f"{x:,.1f}"
+
+
+def reading(ratio: float) -> str:
+    if ratio >= 1:
+        return f"A is {ratio:.1f}× faster" if ratio < 10 else f"A is {ratio:.0f}× faster"
+    inverse = 1 / ratio
+    return f"A is {inverse:.1f}× slower" if inverse < 10 else f"A is {inverse:.0f}× slower"
+
+
+def results_table(rows: Sequence[Row], unit: str) -> list[str]:
+    out = [
+        f"| row | what is timed | {unit}/s (median) | ± std. dev. | µs/{unit[:-1]} | values |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        if r.bench is None:
+            continue
+        out.append(
+            f"| {r.label} | {r.what} | **{rate(r.rate)}** | {r.spread:.0%} | {r.us:,.0f} | "
+            f"{len(r.bench.get_values())} |"
+        )
+    return out
+
+
+def ratios_table(rows: Sequence[Row], pairs: Sequence[tuple[str, str]]) -> list[str]:
+    by_key = {r.key: r for r in rows if r.bench is not None}
+    out = [
+        "| A | B | A/B (ratio of medians) | reading |",
+        "| --- | --- | ---: | --- |",
+    ]
+    for ka, kb in pairs:
+        a, b = by_key.get(ka), by_key.get(kb)
+        if a is not None and b is not None:
+            ratio = a.rate / b.rate
+            out.append(f"| {a.label} | {b.label} | **{ratio:.3g}** | {reading(ratio)} |")
+    return out if len(out) > 2 else []
+
+
+def method(args: argparse.Namespace, unit: str) -> str:
+    """How pyperf measured, from the runner's own (parsed) options."""
+    return (
+        f"Measured with [pyperf](https://pyperf.readthedocs.io/) {pyperf.__version__}: every "
+        f"row runs in {args.processes} fresh worker processes (each its own interpreter, "
+        f"caches and hash seed), each discarding {args.warmups} warm-up value(s) and then "
+        f"recording {args.values} values of at least {args.min_time} s (pyperf calibrates how "
+        f"many passes one value makes). {CLOCKS[getattr(args, 'clock', 'wall')]} Rates are "
+        f"{unit} per second from the median time per {unit[:-1]}; *± std. dev.* is the "
+        "standard deviation of the values over their mean. "
+        "Single thread; the garbage collector stays on. Ratios divide the medians of two rows "
+        "of the same run. On a shared virtual machine the speed drifts from minute to minute: "
+        "rerun before drawing conclusions from a small difference."
+    )
+
+
+def environment(first: pyperf.Benchmark | None, packages: Sequence[str]) -> list[str]:
+    """Machine and software lines, from pyperf's metadata of one benchmark."""
+    meta = first.get_metadata() if first is not None else {}
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    out = [
+        f"CPU: {meta.get('cpu_model_name', '?')}; {meta.get('cpu_count', '?')} logical CPUs; "
+        f"load average (1, 5, 15 min) at the end of the run: {load} (other work on the "
+        "machine: the CPU clock leaves out the time a worker waited for its core)",
+        f"OS: {meta.get('platform', '?')}; Python {meta.get('python_version', '?')}",
+        f"gateway commit: {commit()}",
+    ]
+    import gateway  # where the measured code comes from (PYTHONPATH may point elsewhere)
+
+    source = Path(gateway.__file__).resolve().parent.parent
+    if source != REPO:
+        out[-1] = f"gateway code: {source} (not this checkout, whose commit is {commit()})"
+    versions = []
+    for name in packages:
+        try:
+            versions.append(f"{name} {package_version(name)}")
+        except PackageNotFoundError:
+            versions.append(f"{name} not installed")
+    out.append("libraries: " + ", ".join(versions))
+    return out
+
+
+def commit() -> str:
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(REPO), *args], capture_output=True, text=True, check=True
+        ).stdout.strip()
+
+    try:
+        head = git("rev-parse", "--short", "HEAD")
+        dirty = git("status", "--porcelain", "--", "gateway", "mappings")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{head} (gateway/ or mappings/ modified in the work tree)" if dirty else head
+
+
+def _markers(name: str) -> tuple[str, str]:
+    return (
+        f"<!-- {name} benchmark: begin (written by bench/) -->",
+        f"<!-- {name} benchmark: end -->",
+    )
+
+
+def write_section(path: Path, name: str, text: str) -> None:
+    """Replace section ``name`` of ``path`` and keep the others (text outside the
+    sections' markers, such as a file of the old layout, is dropped)."""
+    old = path.read_text(encoding="utf-8") if path.exists() else ""
+    kept: dict[str, str] = {}
+    for other in SECTIONS:
+        begin, end = _markers(other)
+        legacy = f"<!-- {other} benchmark: begin (written by bench/bench_imaging.py) -->"
+        for start in (begin, legacy):
+            if start in old and end in old:
+                body = old.split(start, 1)[1].split(end, 1)[0]
+                kept[other] = body.strip("\n")
+    kept[name] = text.rstrip("\n")
+    blocks = []
+    for other in SECTIONS:
+        if other in kept:
+            begin, end = _markers(other)
+            blocks.append(f"{begin}\n\n{kept[other].strip()}\n\n{end}\n")
+    path.write_text("\n".join(blocks), encoding="utf-8")

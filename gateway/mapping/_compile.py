@@ -15,6 +15,7 @@ from typing import Any
 
 from ..datafiles import load_data_file
 from ..errors import ConfigError, MappingError
+from ..intake import RecordView
 from ._bundle import BundleBuilder, ResourceTemplate
 from ._functions import FUNCTIONS, Env
 from ._memo import Scope, memoised
@@ -58,7 +59,7 @@ _MODIFIERS: dict[str, frozenset[str]] = {
 class Ctx:
     """Evaluation state: the record view, where we stand in it, variables, the bundle."""
 
-    view: Any  # a record view (Hl7View, ...) exposing select/first/values/label
+    view: RecordView  # what the engine reads the record through (gateway/intake/_unit.py)
     here: Any  # the view's position
     vars: dict[str, Any]
     state: BundleBuilder

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ..shared import freeze
 
 if TYPE_CHECKING:
+    from ..intake import MemoView
     from ._compile import Ctx
 
 __all__ = ["Scope", "memoised"]
@@ -76,11 +77,11 @@ def memoised(fn: Callable[[Ctx], Any], scope: Scope) -> Callable[[Ctx], Any]:
     seen: set[Any] = set()  # keys met once, not (yet) remembered
 
     def cached(ctx: Ctx) -> Any:
-        view = ctx.view
         # A memo hit would hide which fields the spec reads while tracing; views whose
         # nodes have no stable text (DICOM, XML) opt out with memo = False.
-        if view.tracing or not view.memo:
+        if ctx.view.tracing or not ctx.view.memo:
             return fn(ctx)
+        view = cast("MemoView", ctx.view)  # memo = True promises the MemoView members
         here = ctx.here
         try:
             # The same text means the same thing only with the same delimiters and charset
@@ -89,11 +90,11 @@ def memoised(fn: Callable[[Ctx], Any], scope: Scope) -> Callable[[Ctx], Any]:
                 here.text,
                 here.level,
                 ctx.tz,
-                ctx.view.reading,
+                view.reading,
                 *(ctx.vars.get(n) for n in names),
             )
             if segments:
-                lines = ctx.view.group_key(here, segments)
+                lines = view.group_key(here, segments)
                 if lines is None:
                     return fn(ctx)
                 key += lines

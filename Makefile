@@ -27,8 +27,9 @@ lint: $(STAMP)            ## ruff on everything, mypy (strict) on gateway/
 	$(BIN)/ruff check gateway tests bench
 	$(BIN)/mypy
 
-docs: $(STAMP)            ## regenerate the generated parts of docs/ (error codes)
+docs: $(STAMP)            ## regenerate the generated parts of docs/ (error codes, stage list)
 	$(BIN)/python -c 'import gateway.errors as e; print(e.errors_markdown(), end="")' > docs/errors.md
+	$(BIN)/python -m gateway.stagedoc
 
 golden: $(STAMP)          ## regenerate tests/golden/**/*.expected.json; review with git diff
 	$(BIN)/python -m tests.golden.regenerate

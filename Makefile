@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 # The demo keeps everything it writes inside the checkout unless you say otherwise.
 export GATEWAY_HOME ?= $(CURDIR)/.demo-home
 
-.PHONY: demo test lint golden bench bench-imaging serve clean
+.PHONY: demo test lint golden bench bench-imaging serve clean fuzz
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,9 @@ bench: $(STAMP)           ## HL7 v2 conversion benchmark against peer libraries 
 
 bench-imaging: $(STAMP)   ## DICOM headers → ImagingStudy against pydicom and dicom2fhir
 	$(BIN)/python bench/bench_imaging.py --setup-peers --out bench/RESULTS.md
+
+fuzz: $(STAMP)            ## mutation fuzzing, FUZZ_SECONDS (300) per format, random seed; see tests/fuzz/README.md
+	$(BIN)/python -m tests.fuzz.run
 
 serve: $(STAMP)           ## the HTTP API on 127.0.0.1:8080
 	$(BIN)/gateway serve

@@ -17,7 +17,7 @@ import zlib
 from collections.abc import Callable
 from typing import Any
 
-from lxml import etree
+from lxml import etree  # type: ignore[import-untyped]
 
 from .harness import Case, study_zip
 
@@ -254,9 +254,9 @@ def _hl7_one(rng: Rng, data: bytes, pool: list[bytes]) -> bytes:
         return b"BHS|^~\\&\r" + body
     elif op == 14:  # re-encode the text
         try:
-            text = sep.join(segs).decode("utf-8")
-            enc = rng.choice(["gb18030", "big5", "utf-16", "latin-1", "utf-8-sig", "cp1252"])
-            return text.encode(enc, "replace")
+            decoded = sep.join(segs).decode("utf-8")
+            codec = rng.choice(["gb18030", "big5", "utf-16", "latin-1", "utf-8-sig", "cp1252"])
+            return decoded.encode(codec, "replace")
         except UnicodeDecodeError:
             return sep.join(segs).decode("gb18030", "replace").encode("utf-8")
     else:
@@ -535,10 +535,10 @@ def _dicom_one(rng: Rng, data: bytes, pool: list[bytes]) -> bytes:
         chunk = bytes(b[e.start : e.end])
         del b[e.start : e.end]
         if rng.random() < 0.6:
-            other = rng.choice(elems)
-            at = other.start if other.start < e.start else max(other.start - len(chunk), 0)
+            near = rng.choice(elems)
+            where = near.start if near.start < e.start else max(near.start - len(chunk), 0)
             times = rng.randrange(1, 3) if rng.random() < 0.9 else _repeat(rng, long=False)
-            b[at:at] = chunk * (times + (1 if rng.random() < 0.5 else 0))
+            b[where:where] = chunk * (times + (1 if rng.random() < 0.5 else 0))
     elif op == 6:  # transfer syntax
         ts = next((x for x in elems if x.tag == 0x00020010), None)
         if ts is not None:
@@ -547,26 +547,26 @@ def _dicom_one(rng: Rng, data: bytes, pool: list[bytes]) -> bytes:
         tag = rng.choice([0x00081110, 0x00081115, 0x00400275, 0x00091010, 0x00080005, 0x00100010])
         if rng.random() < 0.5:
             item = b"\xfe\xff\x00\xe0" + struct.pack("<I", rng.choice([0, 8, 0xFFFFFFFF, 1000]))
-            value = item + rng.randbytes(rng.randrange(0, 24))
-            elem = (
+            payload = item + rng.randbytes(rng.randrange(0, 24))
+            blob = (
                 struct.pack("<HH", tag >> 16, tag & 0xFFFF)
                 + b"SQ\0\0"
-                + struct.pack("<I", rng.choice([len(value), 0xFFFFFFFF, len(value) + 8]))
-                + value
+                + struct.pack("<I", rng.choice([len(payload), 0xFFFFFFFF, len(payload) + 8]))
+                + payload
             )
         else:
-            elem = _header(
+            blob = _header(
                 tag | 0x1,
                 rng.choice([b"OB", b"UN", b"LO", b"UT"]),
                 rng.randbytes(rng.randrange(0, 2048)),
             )
-        b[e.start : e.start] = elem
+        b[e.start : e.start] = blob
     elif op == 8 and pool:  # an element from another file (another patient's name...)
-        other = rng.choice(pool)
-        oe = elements(other)
-        if oe:
-            pick = rng.choice(oe)
-            b[e.start : e.end] = other[pick.start : pick.end]
+        donor = rng.choice(pool)
+        found = elements(donor)
+        if found:
+            pick = rng.choice(found)
+            b[e.start : e.end] = donor[pick.start : pick.end]
     elif op == 9:  # remove the preamble or the DICM marker
         return data[132:] if rng.random() < 0.5 else data[:128] + b"DICN" + data[132:]
     elif op == 10:  # group length wrong
@@ -1125,9 +1125,9 @@ def _cda_tree(rng: Rng, data: bytes) -> bytes | None:
         n.set("nullFlavor", rng.choice(["UNK", "NI", "", "XX"]))
     encoding = rng.choice(["UTF-8", "UTF-8", "GB18030", "UTF-16", "Big5", "ISO-8859-1"])
     try:
-        return etree.tostring(root, xml_declaration=rng.random() < 0.8, encoding=encoding)
+        return bytes(etree.tostring(root, xml_declaration=rng.random() < 0.8, encoding=encoding))
     except (LookupError, ValueError):
-        return etree.tostring(root)
+        return bytes(etree.tostring(root))
 
 
 def _cda_text(rng: Rng, data: bytes) -> bytes:

@@ -23,7 +23,8 @@ def test_every_format_is_fuzzed() -> None:
 def test_bounded_fuzz_run(fuzz_targets: Targets, fmt: str) -> None:
     stats = campaign(fuzz_targets, fmt, SEED, iterations=ITERATIONS[fmt])
     assert stats.runs == ITERATIONS[fmt]
-    unknown, known = [], []
+    unknown: list[str] = []
+    known: list[str] = []
     for failure, case in stats.distinct.values():
         path = save(case, FOUND / fmt)
         line = f"{failure.kind}: {failure.summary} (input: {path})"

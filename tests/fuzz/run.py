@@ -22,7 +22,18 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .harness import FORMATS, FOUND, TIME_BUDGET, Case, Failure, Targets, check, save, seeds
+from .harness import (
+    FORMATS,
+    FOUND,
+    TIME_BUDGET,
+    WALL_FACTOR,
+    Case,
+    Failure,
+    Targets,
+    check,
+    save,
+    seeds,
+)
 from .mutators import mutator
 
 # Inputs beyond the API's body limit (4 MiB) are dropped: stacked repeats can build
@@ -127,7 +138,7 @@ def _last_input(fmt: str) -> Callable[[Case | None], None]:
         if folder.exists():
             shutil.rmtree(folder)
         save(case, folder, "input")
-        faulthandler.dump_traceback_later(TIME_BUDGET * 6 + 30, exit=True)
+        faulthandler.dump_traceback_later(TIME_BUDGET * WALL_FACTOR * 5, exit=True)
 
     return keep
 

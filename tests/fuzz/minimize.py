@@ -21,13 +21,17 @@ from typing import Any
 from .harness import REGRESSIONS, Case, Failure, Targets, check, load, save
 
 
+def _key(failure: Failure) -> str:
+    """What must stay the same while shrinking: the raise site (signature); for a hang or
+    a blow-up the kind, and for a RecursionError the family (where they land varies)."""
+    if failure.kind in ("timeout", "memory"):
+        return failure.kind
+    return failure.family if failure.signature.startswith("RecursionError") else failure.signature
+
+
 def _same(targets: Targets, case: Case, family: str) -> bool:
-    """Still the same failure: same signature (same raise site), or for a hang or a
-    blow-up, the same kind (where the alarm lands varies)."""
     found = check(targets, case)
-    if found is None:
-        return False
-    return (found.kind if found.kind in ("timeout", "memory") else found.signature) == family
+    return found is not None and _key(found) == family
 
 
 def _drop_parts(targets: Targets, case: Case, family: str, deadline: float) -> Case:
@@ -108,7 +112,7 @@ def _shrink_bytes(targets: Targets, case: Case, name: str, family: str, deadline
 
 def minimize(targets: Targets, case: Case, failure: Failure, seconds: float = 120) -> Case:
     deadline = time.monotonic() + seconds
-    family = failure.kind if failure.kind in ("timeout", "memory") else failure.signature
+    family = _key(failure)
     case = _drop_parts(targets, case, family, deadline)
     for name in list(case.parts):
         if case.fmt in ("variants", "dicomjson"):

@@ -360,6 +360,7 @@ _VRS = [
     b"ZZ",
     b"XX",
     b"ox",
+    b"I\x00",
     b"\x00\x00",
     b"  ",
     b"??",
@@ -502,8 +503,10 @@ def _dicom_one(rng: Rng, data: bytes, pool: list[bytes]) -> bytes:
     e = rng.choice(read) if read and rng.random() < 0.5 else rng.choice(elems)
     b = bytearray(data)
     op = rng.randrange(12)
-    if op == 0:  # flip the VR (unknown VRs included)
+    if op == 0:  # flip the VR (unknown VRs included), sometimes emptying the value too
         b[e.start + 4 : e.start + 6] = rng.choice(_VRS)
+        if rng.random() < 0.3:
+            b[e.start + 6 : e.start + 8] = b"\0\0"
     elif op == 1:  # the length field
         size = e.len_size
         value = rng.choice(_INT32) if size == 4 else rng.choice([0, 1, 2, 0x7FFF, 0xFFFF, 3])
@@ -779,6 +782,9 @@ _ODD = [
 ]
 
 
+MAX_NODES = 200_000  # values in a mutated JSON document, beyond which it grows no more
+
+
 def _nodes(node: Any, out: list[tuple[Any, Any]]) -> None:
     """(container, key) of every value under node, down to 60 levels (deep nests are fuzzed)."""
     stack = [(node, 0)]
@@ -830,9 +836,11 @@ def _json_one(
             )
         )
     elif op == 2 and isinstance(parent, list):  # duplicate an item
-        parent[key + 1 : key + 1] = [copy.deepcopy(value)] * (
-            rng.randrange(1, 4) if rng.random() < 0.9 else _repeat(rng, long=False)
-        )
+        times = rng.randrange(1, 4) if rng.random() < 0.9 else _repeat(rng, long=False)
+        # Copies are shared objects: stacked duplications would grow the document
+        # exponentially, so they stop at about MAX_NODES values.
+        room = max(MAX_NODES - len(spots), 0) // (_count(value) + 1)
+        parent[key + 1 : key + 1] = [copy.deepcopy(value)] * min(times, room)
     elif op == 3:  # a value from elsewhere in the document
         p2, k2 = rng.choice(spots)
         try:
@@ -866,9 +874,25 @@ def _json_one(
     return doc
 
 
+def _count(node: Any, cap: int = MAX_NODES) -> int:
+    """How many values are under node (stops counting at cap)."""
+    seen, stack = 0, [node]
+    while stack and seen < cap:
+        cur = stack.pop()
+        seen += 1
+        if isinstance(cur, dict):
+            stack.extend(cur.values())
+        elif isinstance(cur, list):
+            stack.extend(cur)
+    return seen
+
+
 def dump(rng: Rng, doc: Any) -> bytes:
+    ascii_only = rng.random() < 0.3
     try:
-        text = json.dumps(doc, ensure_ascii=rng.random() < 0.3, indent=rng.choice([None, 1, 2]))
+        text = json.dumps(doc, ensure_ascii=ascii_only)  # the C encoder: fast on big documents
+        if len(text) < 1 << 18 and rng.random() < 0.5:  # indented: the pure-Python encoder
+            text = json.dumps(doc, ensure_ascii=ascii_only, indent=rng.choice([1, 2]))
     except (ValueError, RecursionError):
         return b"[]"
     data = text.encode("utf-8", "surrogatepass")

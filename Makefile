@@ -10,7 +10,7 @@ BENCH_STAMP := $(VENV)/.installed-bench
 # The demo keeps everything it writes inside the checkout unless you say otherwise.
 export GATEWAY_HOME ?= $(CURDIR)/.demo-home
 
-.PHONY: demo test lint docs golden bench bench-imaging bench-store serve clean
+.PHONY: demo test lint docs golden bench bench-imaging bench-store serve clean fuzz
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,9 @@ bench-imaging: $(BENCH_STAMP)  ## DICOM headers → ImagingStudy against pydicom
 
 bench-store: $(STAMP)     ## message store: 1M-row look-ups, MLLP intake (PostgreSQL too: --pg URL)
 	$(BIN)/python bench/bench_store.py --out bench/RESULTS.md
+
+fuzz: $(STAMP)            ## mutation fuzzing, FUZZ_SECONDS (300) per format, random seed; see tests/fuzz/README.md
+	$(BIN)/python -m tests.fuzz.run
 
 serve: $(STAMP)           ## the HTTP API on 127.0.0.1:8080
 	$(BIN)/gateway serve

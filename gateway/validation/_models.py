@@ -74,7 +74,9 @@ def _model_issues(model: Any, data: dict[str, Any], prefix: str) -> list[Issue]:
             )
             for e in exc.errors()[:20]
         ]
-    except (ValueError, TypeError) as exc:  # raised by some fhir.resources checks
+    # fhir.resources' own validators fail this way on values of the wrong kind (an
+    # extension that is a number, a mapping where a string goes): malformed input.
+    except (ValueError, TypeError, AttributeError, KeyError) as exc:
         return [Issue("validation.structure", str(exc).splitlines()[0], location=prefix)]
     return []
 
@@ -151,6 +153,8 @@ class _Walker:
         out: list[Any] = []
         for key, value in data.items():
             if key == "resourceType":
+                if not isinstance(value, str):
+                    raise _Invalid(key)
                 out.append((key, value))
                 continue
             check = fields.get(key)

@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 # The demo keeps everything it writes inside the checkout unless you say otherwise.
 export GATEWAY_HOME ?= $(CURDIR)/.demo-home
 
-.PHONY: demo test lint docs golden bench bench-imaging serve clean
+.PHONY: demo test lint docs golden bench bench-imaging bench-store serve clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,9 @@ bench: $(STAMP)           ## HL7 v2 conversion benchmark against peer libraries 
 
 bench-imaging: $(STAMP)   ## DICOM headers → ImagingStudy against pydicom and dicom2fhir
 	$(BIN)/python bench/bench_imaging.py --setup-peers --out bench/RESULTS.md
+
+bench-store: $(STAMP)     ## message store: 1M-row look-ups, MLLP intake (PostgreSQL too: --pg URL)
+	$(BIN)/python bench/bench_store.py --out bench/RESULTS.md
 
 serve: $(STAMP)           ## the HTTP API on 127.0.0.1:8080
 	$(BIN)/gateway serve

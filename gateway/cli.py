@@ -3,7 +3,10 @@
     gateway convert PATH... [--format auto|hl7v2|dicom|cda] [-o OUT]   records → FHIR Bundles
     gateway report variants REPORT.json [--lang L] [--pdf OUT.pdf]    report language variants
     gateway demo                                             the demo network, end to end
-    gateway serve [--host H] [--port P]                      the HTTP API
+    gateway serve [--host H] [--port P]                      the HTTP API (+ MLLP: mllp_port)
+    gateway listen [--port P]                                HL7 v2 over MLLP into the store
+    gateway messages list|show|reprocess|prune               the message store
+    gateway db upgrade                                       create or migrate the store
     gateway config                                           effective settings
 
 Errors are one readable line each on stderr; the exit code is 0 when every record
@@ -13,6 +16,7 @@ converted, 1 when some failed, 2 for usage or configuration errors.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import re
 import sys
 from collections.abc import Iterable
@@ -26,8 +30,10 @@ from .config import Settings
 from .envelope import Record
 from .errors import GatewayError
 from .intake import FORMATS, detect_format
+from .listeners import add_cli as add_listen_cli
 from .pipeline import Converter
 from .reports import add_cli
+from .store import add_cli as add_store_cli
 
 __all__ = ["main"]
 
@@ -223,9 +229,8 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    import uvicorn
-
     from .api import create_app
+    from .listeners import serve_gateway
 
     app = create_app(settings)
     host = args.host or settings.host
@@ -236,7 +241,9 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         f"bearer tokens: {tokens}",
         file=sys.stderr,
     )
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    # The store is migrated at start; the MLLP listener runs beside the API when
+    # mllp_port is set (gateway/listeners).
+    asyncio.run(serve_gateway(app, settings, host, port))
     return 0
 
 
@@ -282,6 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_serve)
 
     add_cli(sub)  # gateway report variants
+    add_listen_cli(sub)  # gateway listen
+    add_store_cli(sub)  # gateway messages ..., gateway db upgrade
 
     config = sub.add_parser("config", help="print the effective settings")
     config.set_defaults(func=cmd_config)

@@ -47,6 +47,20 @@ class Settings:
     # A bilingual report joins two reports: refuse one whose patient has no identifier
     # (false: accept it, still refusing two reports whose identifiers disagree).
     report_require_patient_identity: bool = True
+    # The message store and the MLLP listener (docs/store.md).
+    database_url: str | None = None  # SQLAlchemy URL; None: SQLite $GATEWAY_HOME/gateway.db
+    mllp_host: str = "127.0.0.1"
+    mllp_port: int | None = None  # set: `gateway serve` also receives HL7 v2 over MLLP
+    mllp_max_bytes: int = 4 * 1024 * 1024  # one message; larger ones are refused (AR)
+    mllp_idle_timeout: float = 300.0  # seconds without a byte before a connection closes
+    mllp_tls_cert: Path | None = None  # both set: the MLLP listener speaks TLS only
+    mllp_tls_key: Path | None = None
+    mllp_tls_ca: Path | None = None  # set: client certificates required, checked against it
+    # Days a message's content is kept, by state; a state not named is kept for ever, and
+    # received/held/queued (still waiting) never lose theirs (gateway messages prune).
+    retention_days: dict[str, int] = field(  # hash=False: Settings stays hashable
+        default_factory=lambda: {"converted": 30, "failed": 90, "rejected": 30}, hash=False
+    )
 
     @property
     def out_dir(self) -> Path:
@@ -85,6 +99,8 @@ _BOOLS = ("validate", "report_require_patient_identity")
 
 
 def _coerce(name: str, value: Any, home: Path) -> Any:
+    if name in _STORE_SETTINGS:
+        return _coerce_store(name, value, home)
     if name in ("network", "mappings", "api_token_file"):
         path = Path(str(value)).expanduser()
         return path if path.is_absolute() else home / path
@@ -124,3 +140,49 @@ def _coerce(name: str, value: Any, home: Path) -> Any:
     if name == "timezone" and not re.fullmatch(r"[+-](?:0\d|1[0-4]):[0-5]\d|Z", str(value)):
         raise ConfigError("bad-setting", f"timezone must be an offset like +08:00, not {value!r}")
     return str(value)
+
+
+_STORE_SETTINGS = frozenset(
+    {
+        "database_url", "mllp_host", "mllp_port", "mllp_max_bytes", "mllp_idle_timeout",
+        "mllp_tls_cert", "mllp_tls_key", "mllp_tls_ca", "retention_days",
+    }
+)
+
+
+def _coerce_store(name: str, value: Any, home: Path) -> Any:
+    """The message store's and MLLP listener's settings."""
+    if name.startswith("mllp_tls_"):
+        path = Path(str(value)).expanduser()
+        return path if path.is_absolute() else home / path
+    if name in ("mllp_port", "mllp_max_bytes", "mllp_idle_timeout"):
+        number = _number(name, value, float if name == "mllp_idle_timeout" else int)
+        if number <= 0 or (name == "mllp_port" and number >= 65536):
+            raise ConfigError("bad-setting", f"{name} must be positive (a port: 1–65535)")
+        return number
+    if name == "retention_days":
+        return _retention(value)
+    return str(value)
+
+
+def _number(name: str, value: Any, kind: type[int] | type[float]) -> int | float:
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError("bad-setting", f"{name} must be a number, not {value!r}") from None
+
+
+def _retention(value: Any) -> dict[str, int]:
+    """A TOML table {state = days}, or (environment) "converted=30,failed=90"."""
+    if isinstance(value, str):
+        pairs = [p.partition("=") for p in value.split(",") if p.strip()]
+        value = {k.strip(): v.strip() for k, _, v in pairs}
+    if not isinstance(value, dict):
+        raise ConfigError("bad-setting", "retention_days must be a table of state = days")
+    out: dict[str, int] = {}
+    for state, days in value.items():
+        number = _number(f"retention_days.{state}", days, int)
+        if number < 0:
+            raise ConfigError("bad-setting", f"retention_days.{state} must not be negative")
+        out[str(state)] = int(number)
+    return out

@@ -20,6 +20,7 @@ _RAISERS = {
     "MappingError": "mapping",
     "ValidationError": "validation",
     "ConfigError": "config",
+    "StoreError": "store",
     "GatewayError": None,
     "Issue": None,
 }

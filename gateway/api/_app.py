@@ -53,6 +53,7 @@ from ..intake import FORMATS
 from ..pipeline import Converter
 from ..reports import VariantPool, WorkerCrash
 from ._auth import TokenSet, load_tokens
+from ._messages import add_message_routes
 
 __all__ = ["create_app"]
 
@@ -313,6 +314,7 @@ def create_app(
             return _outcome(record.issues, _status_for(record))
         return _fhir(_batch_response(records))
 
+    add_message_routes(app, settings, unauthorized)  # GET /messages, $reprocess (the store)
     return app
 
 

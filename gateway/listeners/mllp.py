@@ -1,0 +1,417 @@
+"""The MLLP listener: HL7 v2 over TCP (optionally TLS), one ACK per message.
+
+Framing is the standard one (0x0B message 0x1C 0x0D). A message is answered ``AA`` only
+once its row is committed to the store; conversion runs afterwards (an ACK means
+"stored", not "converted"). ``AE``/``AR`` carry an ERR segment with the HL7 error code
+(table 0357) and the field. The ACK is written in the message's own version, separators
+and character set (MSH-18 echoed), with MSH-10 in MSA-2. In enhanced mode (MSH-15 or
+MSH-16 valued) the accept acknowledgement is ``CA``/``CE``/``CR``, sent as MSH-15 asks
+(AL, NE, ER, SU); application acknowledgements are not sent (the gateway has no route
+back to the sender): the message's outcome is in the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import re
+import ssl
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from ..config import Settings
+from ..errors import GatewayError, IntakeError, Issue
+from ..intake import codec_for
+from ..intake.hl7v2 import Message, parse_message, split_messages
+from ..network import Network
+from ..pipeline import Converter
+from ..store import Incoming, Receipt, Store
+from .shared import Processor, StoreWriter
+
+__all__ = ["Ack", "MllpServer", "build_ack", "frame", "mllp_running", "tls_context"]
+
+log = logging.getLogger("gateway.listeners.mllp")
+
+START, END = b"\x0b", b"\x1c\x0d"
+# Intake errors that mean "this is not an HL7 v2 message one can read the header of":
+# rejected (AR), as HL7 rejects an unreadable MSH; others are content errors (AE).
+_REJECTS = {
+    "intake.empty",
+    "intake.no-msh",
+    "intake.binary",
+    "intake.msh-syntax",
+    "intake.msh-truncated",
+    "intake.mllp-too-large",
+}
+# HL7 table 0357 (message error condition codes) for the gateway's intake errors.
+_HL7_ERROR = {
+    "intake.msh-truncated": ("101", "Required field missing"),
+    "intake.msh-syntax": ("102", "Data type error"),
+    "intake.charset-unknown": ("103", "Table value not found"),
+    "intake.charset-unsupported": ("103", "Table value not found"),
+    "intake.charset-mismatch": ("102", "Data type error"),
+    "intake.charset-undeclared": ("102", "Data type error"),
+}
+_SEGMENT_ERROR = ("100", "Segment sequence error")
+_INTERNAL = ("207", "Application internal error")
+_FIELD = re.compile(r"([A-Z][A-Z0-9]{2})-(\d+)")
+_control_ids = itertools.count(1)
+
+
+@dataclass(slots=True)
+class _Header:
+    """What the ACK needs from the message's MSH (read even when the message is bad)."""
+
+    separators: str = "|^~\\&"
+    fields: list[str] = field(default_factory=list)  # fields[n] is MSH-n
+    codec: str = "ascii"
+    charset: str = ""  # MSH-18 as declared (echoed in the ACK)
+
+    def get(self, n: int) -> str:
+        return self.fields[n] if n < len(self.fields) else ""
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    code: str  # AA AE AR (original mode) or CA CE CR (enhanced)
+    data: bytes | None  # the ACK message; None when MSH-15 says not to send one
+
+
+def frame(message: bytes) -> bytes:
+    return START + message + END
+
+
+def _header_of(message: Message) -> _Header:
+    return _Header(message.separators, list(message.segments[0]), message.charset,
+                   message.declared_charset or "")
+
+
+def _peek_header(payload: bytes) -> _Header:
+    """A bad message's MSH, best effort: its separators, ASCII fields and declared
+    charset, so that even an error ACK names the message and speaks its charset."""
+    line = payload.lstrip(b"\r\n \t").split(b"\r", 1)[0].split(b"\n", 1)[0]
+    if not line.startswith(b"MSH") or len(line) < 8 or line[3:4].isalnum():
+        return _Header()
+    text = line.decode("latin-1")
+    fs = text[3]
+    enc = text[4 : text.find(fs, 4)] if fs in text[4:] else text[4:8]
+    fields = text.split(fs)
+    fields.insert(1, fs)
+    # Fields with non-ASCII bytes may be cut wrong (Big5 trail bytes): left out.
+    fields = [f if f.isascii() else "" for f in fields]
+    header = _Header(fs + (enc + "^~\\&"[len(enc) :])[:4], fields)
+    declared = header.get(18).split(header.separators[2])[0].strip()
+    if declared:
+        with contextlib.suppress(IntakeError):
+            header.codec, header.charset = codec_for(declared, location="MSH-18"), declared
+    return header
+
+
+def _escape(text: str, seps: str) -> str:
+    fs, cs, rs, es, ss = seps[0], seps[1], seps[2], seps[3], seps[4]
+    out = text.replace(es, f"{es}E{es}")
+    for ch, code in ((fs, "F"), (cs, "S"), (rs, "R"), (ss, "T")):
+        out = out.replace(ch, f"{es}{code}{es}")
+    return out.replace("\r", " ").replace("\n", " ")
+
+
+def _version(text: str) -> tuple[int, ...]:
+    parts = re.findall(r"\d+", text.split("^")[0])
+    return tuple(int(p) for p in parts[:3]) or (2, 5)
+
+
+def build_ack(
+    header: _Header, code: str, issue: Issue | None = None, now: datetime | None = None
+) -> bytes:
+    """The acknowledgement of a message with this header: MSH, MSA and, for an error,
+    ERR (ERR-1 before v2.5; ERR-2 location, ERR-3 code, ERR-4 severity, ERR-8 text from
+    v2.5), encoded in the message's character set."""
+    seps = header.separators
+    fs, cs = seps[0], seps[1]
+    version = header.get(12)
+    trigger = header.get(9).split(cs)[1] if cs in header.get(9) else ""
+    kind = "ACK"
+    if trigger:
+        kind = f"ACK{cs}{trigger}" + (f"{cs}ACK" if _version(version) >= (2, 4) else "")
+    stamp = (now or datetime.now().astimezone()).strftime("%Y%m%d%H%M%S%z")
+    msh = [
+        "MSH",
+        seps[1:],
+        header.get(5),
+        header.get(6),
+        header.get(3),
+        header.get(4),
+        stamp,
+        "",
+        kind,
+        f"GW{stamp[:14]}{next(_control_ids):06d}",
+        header.get(11) or "P",
+        version or "2.5",
+        *[""] * 5,  # MSH-13..17
+        header.charset,  # MSH-18
+    ]
+    while msh and msh[-1] == "":
+        msh.pop()
+    segments = [fs.join(msh), fs.join(["MSA", code, header.get(10)])]
+    if issue is not None:
+        segments[1] += fs + _escape(issue.message, seps) if _version(version) < (2, 5) else ""
+        segments.append(_err(issue, seps, _version(version)))
+    text = "\r".join(segments) + "\r"
+    return text.encode(header.codec, "replace")
+
+
+def _err(issue: Issue, seps: str, version: tuple[int, ...]) -> str:
+    fs, cs, ss = seps[0], seps[1], seps[4]
+    number, name = _HL7_ERROR.get(issue.code, _SEGMENT_ERROR)
+    if issue.code in ("store.unavailable", "intake.mllp-too-large"):
+        number, name = _INTERNAL
+    found = _FIELD.match(issue.location or "")
+    segment, position = (found.group(1), found.group(2)) if found else ("", "")
+    text = _escape(f"{issue.message} [{issue.code}]", seps)
+    if version < (2, 5):
+        code = ss.join([number, name, "HL70357"])
+        where = cs.join([segment, "1" if segment else "", position, code])
+        return fs.join(["ERR", where])
+    location = cs.join([segment, "1", position]) if segment else ""
+    return fs.join(
+        ["ERR", "", location, cs.join([number, name, "HL70357"]), "E", "", "", "", text]
+    )
+
+
+@dataclass(slots=True)
+class _Read:
+    """One frame as read: its payload, or how much was dropped for being too large."""
+
+    payload: bytes
+    too_large: int = 0
+
+
+class MllpServer:
+    """An asyncio MLLP server writing to the store through one StoreWriter, converting
+    through a Processor (None: store only)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        writer: StoreWriter,
+        processor: Processor | None = None,
+        network: Network | None = None,
+    ) -> None:
+        self.settings = settings
+        self.writer = writer
+        self.processor = processor
+        self.network = network or Network.load(settings.network)
+        self.max_bytes = settings.mllp_max_bytes
+        self.idle_timeout = settings.mllp_idle_timeout
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._connections: set[asyncio.Task[Any]] = set()
+
+    async def start(self, host: str | None = None, port: int | None = None) -> int:
+        """Listen; returns the port (given 0, the one the system chose)."""
+        self._server = await asyncio.start_server(
+            self._connection,
+            host or self.settings.mllp_host,
+            self.settings.mllp_port if port is None else port,
+            ssl=tls_context(self.settings),
+            limit=self.max_bytes + 2,
+            backlog=512,
+        )
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            for task in list(self._connections):
+                task.cancel()
+            await self._server.wait_closed()
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._connections.add(task)
+        address = writer.get_extra_info("peername")
+        peer = f"{address[0]}:{address[1]}" if isinstance(address, tuple) else str(address)
+        auth = _client_name(writer.get_extra_info("peercert"))
+        try:
+            while True:
+                read = await asyncio.wait_for(self._read_frame(reader), self.idle_timeout)
+                if read is None:
+                    break
+                ack = await self.answer(read.payload, peer, auth, read.too_large)
+                if ack.data is not None:
+                    writer.write(frame(ack.data))
+                    await writer.drain()
+        except (TimeoutError, ConnectionError, asyncio.IncompleteReadError):
+            pass  # idle, gone, or cut mid-frame (no ACK: the sender resends)
+        except asyncio.CancelledError:
+            pass
+        finally:
+            if task is not None:
+                self._connections.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _read_frame(self, reader: asyncio.StreamReader) -> _Read | None:
+        """The next frame; None at the end of the stream. Bytes before a start block
+        (line ends some senders put between frames) are skipped."""
+        try:
+            await reader.readuntil(START)
+        except asyncio.IncompleteReadError:
+            return None
+        except asyncio.LimitOverrunError as exc:  # garbage without a start block
+            await reader.readexactly(exc.consumed)
+            return await self._read_frame(reader)
+        try:
+            return _Read((await reader.readuntil(END))[: -len(END)])
+        except asyncio.LimitOverrunError as exc:
+            head = await reader.readexactly(exc.consumed)
+            dropped = len(head)
+            while True:  # drop the rest of the frame, keep the head for the ACK
+                try:
+                    dropped += len(await reader.readuntil(END))
+                    break
+                except asyncio.LimitOverrunError as more:
+                    dropped += len(await reader.readexactly(more.consumed))
+            return _Read(head[:65536], dropped)
+
+    async def answer(
+        self, payload: bytes, peer: str | None, auth: str | None, too_large: int = 0
+    ) -> Ack:
+        """Store one message and say so: the ACK to send back."""
+        message: Message | None = None
+        issue: Issue | None = None
+        if too_large:
+            issue = IntakeError(
+                "mllp-too-large",
+                f"the message is {too_large} bytes or more; the limit is {self.max_bytes} "
+                "(mllp_max_bytes)",
+                location="MSH",
+            ).issue
+        else:
+            message, issue = self._parse(payload)
+        header = _header_of(message) if message is not None else _peek_header(payload)
+        enhanced = bool(header.get(15) or header.get(16))
+        if issue is not None:
+            code = "R" if issue.code in _REJECTS else "E"
+            if not too_large:  # kept, refused, so that the browser shows it
+                await self._keep_rejected(payload, peer, auth, header, issue)
+            return self._ack(header, code, enhanced, issue)
+        assert message is not None
+        incoming = Incoming(
+            payload,
+            "mllp",
+            "hl7v2",
+            peer=peer,
+            auth_sender=auth,
+            sender=message.msh(4).split(message.separators[1])[0] or None,
+            control_id=message.control_id or None,
+            message_type=message.message_type or None,
+            charset=message.declared_charset or message.charset,
+        )
+        try:
+            receipt: Receipt = await self.writer.receive(incoming)
+        except Exception:
+            failure = Issue(
+                "store.unavailable",
+                "the message could not be stored; send it again later",
+                location="MSH-10",
+            )
+            return self._ack(header, "E", enhanced, failure)
+        if self.processor is not None and not receipt.duplicate:
+            self.processor.submit(receipt.id)
+        return self._ack(header, "A", enhanced, None)
+
+    def _parse(self, payload: bytes) -> tuple[Message | None, Issue | None]:
+        raws = split_messages(payload)
+        if not raws:
+            return None, Issue("intake.empty", "the MLLP frame is empty", location="MSH")
+        try:
+            return parse_message(raws[0], self.network.charset), None
+        except GatewayError as exc:
+            return None, exc.issue
+
+    async def _keep_rejected(
+        self, payload: bytes, peer: str | None, auth: str | None, header: _Header, issue: Issue
+    ) -> None:
+        incoming = Incoming(
+            payload,
+            "mllp",
+            "hl7v2",
+            peer=peer,
+            auth_sender=auth,
+            sender=header.get(4).split(header.separators[1])[0] or None,
+            control_id=header.get(10) or None,
+            charset=header.charset or None,
+            state="rejected",
+            issues=(issue,),
+        )
+        try:
+            await self.writer.receive(incoming)
+        except Exception:  # refused either way; the log says the store failed
+            log.exception("a rejected message could not be kept")
+
+    def _ack(self, header: _Header, code: str, enhanced: bool, issue: Issue | None) -> Ack:
+        full = ("C" if enhanced else "A") + code
+        if enhanced:
+            wanted = header.get(15) or "AL"
+            if wanted == "NE" or (wanted == "ER" and code == "A") or (
+                wanted == "SU" and code != "A"
+            ):
+                return Ack(full, None)
+        return Ack(full, build_ack(header, full, issue))
+
+
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """The listener's TLS context when a certificate and key are configured; with
+    ``mllp_tls_ca`` the clients must present certificates signed by it."""
+    if settings.mllp_tls_cert is None or settings.mllp_tls_key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(settings.mllp_tls_cert, settings.mllp_tls_key)
+    if settings.mllp_tls_ca is not None:
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(settings.mllp_tls_ca)
+    return context
+
+
+def _client_name(cert: Any) -> str | None:
+    """The common name of a verified client certificate (the authenticated sender)."""
+    if not cert:
+        return None
+    for rdn in cert.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return str(value)
+    return None
+
+
+@contextlib.asynccontextmanager
+async def mllp_running(
+    settings: Settings,
+    store: Store,
+    converter: Converter | None = None,
+    host: str | None = None,
+    port: int | None = None,
+) -> AsyncIterator[MllpServer]:
+    """An MLLP listener on the store, for as long as the block runs; with a converter,
+    stored messages are converted after their ACK (and those left ``received`` by an
+    earlier run first). ``server.port`` is the port it listens on."""
+    writer = StoreWriter(store)
+    processor = Processor(store, converter) if converter is not None else None
+    server = MllpServer(settings, writer, processor, converter.network if converter else None)
+    try:
+        server.port = await server.start(host, port)
+        if processor is not None:
+            processor.start()
+        yield server
+    finally:
+        await server.close()
+        await asyncio.get_running_loop().run_in_executor(None, writer.close)
+        if processor is not None:
+            await asyncio.get_running_loop().run_in_executor(None, processor.close)

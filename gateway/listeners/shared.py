@@ -1,0 +1,129 @@
+"""What every listener shares: one writer thread that commits what arrives in groups
+(one transaction and one fsync for all that came in meanwhile: SQLite has one writer,
+and an ACK must wait for the commit), and one worker that converts stored messages
+after they were acknowledged (an ACK means "stored", not "converted")."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import sys
+import threading
+from concurrent.futures import Future
+
+from ..pipeline import Converter
+from ..store import Incoming, Receipt, Store, process_message
+
+__all__ = ["Processor", "StoreWriter"]
+
+log = logging.getLogger("gateway.listeners")
+_STOP = object()
+
+
+class StoreWriter:
+    """Commits received messages from one thread, in groups of up to ``batch``.
+
+    ``receive`` (async) returns the Receipt once the message's row is committed, or
+    raises what the store raised: the caller then answers with an error, never an ACK.
+    """
+
+    def __init__(self, store: Store, batch: int = 256) -> None:
+        self.store = store
+        self.batch = batch
+        self._queue: queue.Queue[object] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, item: Incoming) -> Future[Receipt]:
+        future: Future[Receipt] = Future()
+        self._queue.put((item, future))
+        return future
+
+    async def receive(self, item: Incoming) -> Receipt:
+        return await asyncio.wrap_future(self.submit(item))
+
+    def close(self) -> None:
+        """Commit what is queued, then stop."""
+        self._queue.put(_STOP)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is _STOP:
+                return
+            group = [first]
+            while len(group) < self.batch:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is _STOP:
+                    self._queue.put(_STOP)  # commit this group first, then stop
+                    break
+                group.append(more)
+            self._commit(group)  # type: ignore[arg-type]
+
+    def _commit(self, group: list[tuple[Incoming, Future[Receipt]]]) -> None:
+        try:
+            receipts = self.store.receive_many([item for item, _ in group])
+        except Exception:
+            if len(group) > 1:  # one bad message must not fail the others: one at a time
+                for one in group:
+                    self._commit([one])
+                return
+            log.exception("a received message could not be stored")
+            group[0][1].set_exception(sys.exc_info()[1] or RuntimeError("store failed"))
+            return
+        for (_, future), receipt in zip(group, receipts, strict=True):
+            future.set_result(receipt)
+
+
+class Processor:
+    """Converts stored messages on a worker thread, in the order they were submitted.
+    ``start`` first queues the messages still ``received`` (a listener restarted after
+    a crash converts what it had acknowledged)."""
+
+    def __init__(self, store: Store, converter: Converter) -> None:
+        self.store = store
+        self.converter = converter
+        self._queue: queue.Queue[int | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="processor", daemon=True)
+        self.done = 0
+
+    def start(self, recover: bool = True) -> None:
+        if recover:
+            for message_id in self.store.pending(limit=1_000_000):
+                self._queue.put(message_id)
+        self._thread.start()
+
+    def submit(self, message_id: int) -> None:
+        self._queue.put(message_id)
+
+    def close(self) -> None:
+        """Stop after the message being converted (the rest stays ``received`` and is
+        picked up at the next start)."""
+        with self._queue.mutex:
+            self._queue.queue.clear()
+        self._queue.put(None)
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def idle(self) -> bool:
+        return self._queue.unfinished_tasks == 0
+
+    def _run(self) -> None:
+        while True:
+            message_id = self._queue.get()
+            try:
+                if message_id is None:
+                    return
+                # queued twice (recovered at start and submitted): converted once
+                if self.store.state_of(message_id) == "received":
+                    process_message(self.store, self.converter, message_id)
+                self.done += 1
+            except Exception:  # the message stays "received": retried at the next start
+                log.exception("stored message %s could not be processed", message_id)
+            finally:
+                self._queue.task_done()

@@ -1,0 +1,60 @@
+"""The message store: every message as received (original bytes, SHA-256, channel,
+peer, sender), its state, and what each stage made of it; SQLite by default,
+PostgreSQL when ``database_url`` names one. See docs/store.md."""
+
+from ._cli import add_cli, decoded, message_json, parse_since
+from ._engine import database_url, make_engine
+from ._open import open_store, retention
+from ._process import current_converter, outcome_of, process_message
+from ._schema import metadata
+from ._store import (
+    CHANNELS,
+    NEVER_PRUNED,
+    STATES,
+    DicomInstance,
+    Incoming,
+    MessageFilter,
+    MessageSummary,
+    Page,
+    Receipt,
+    StageOutcome,
+    Store,
+    StoredMessage,
+    StoredOutcome,
+    StoreError,
+    issue_json,
+    study_zip,
+    utcnow,
+)
+
+__all__ = [
+    "CHANNELS",
+    "NEVER_PRUNED",
+    "STATES",
+    "DicomInstance",
+    "Incoming",
+    "MessageFilter",
+    "MessageSummary",
+    "Page",
+    "Receipt",
+    "StageOutcome",
+    "Store",
+    "StoreError",
+    "StoredMessage",
+    "StoredOutcome",
+    "add_cli",
+    "current_converter",
+    "database_url",
+    "decoded",
+    "issue_json",
+    "make_engine",
+    "message_json",
+    "metadata",
+    "open_store",
+    "outcome_of",
+    "parse_since",
+    "process_message",
+    "retention",
+    "study_zip",
+    "utcnow",
+]

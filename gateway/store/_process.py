@@ -1,0 +1,139 @@
+"""Processing a stored message: load its original bytes, convert them with the
+current mappings, keep the outcome. Used by the listeners (after the ACK), by
+``gateway messages reprocess`` and by ``POST /messages/{id}/$reprocess``."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from contextlib import nullcontext
+from typing import Any
+
+from ..config import Settings
+from ..datafiles import load_data_file
+from ..envelope import Record
+from ..errors import GatewayError, Issue
+from ..intake.hl7v2 import parse_message, split_messages
+from ..pipeline import Converter
+from ._store import StageOutcome, Store, StoredOutcome, StoreError
+
+__all__ = ["current_converter", "outcome_of", "process_message"]
+
+log = logging.getLogger("gateway.store")
+
+
+def outcome_of(records: list[Record], raw: bytes = b"", fmt: str = "hl7v2") -> StageOutcome:
+    """THE mapping from what the converter made to what the store keeps: one outcome of
+    the "convert" stage. Converted when every record converted (one Bundle; several are
+    kept one JSON document per line); failed otherwise, with every record's issues."""
+    ok = bool(records) and all(r.ok for r in records)
+    issues = tuple(i for r in records for i in r.issues)
+    if not records:
+        issues = (Issue("intake.empty", "the stored message holds no record"),)
+    bundles = [r.bundle_json for r in records if r.bundle_json is not None]
+    output = None
+    if ok and len(bundles) == 1:
+        output = bundles[0]
+    elif ok:
+        output = b"".join(b.rstrip(b"\n").replace(b"\n", b"") + b"\n" for b in bundles)
+    patients = [p for r in records for p in _bundle_patients(r.bundle)]
+    if not patients and fmt == "hl7v2":
+        patients = _pid3(raw)  # a failed message is found by its patient too
+    first = records[0] if records else None
+    return StageOutcome(
+        stage="convert",
+        state="converted" if ok else "failed",
+        output=output,
+        issues=issues,
+        patients=tuple(dict.fromkeys(patients)),
+        control_id=first.control_id if first else None,
+        message_type=first.message_type if first else None,
+        sender=first.sender if first else None,
+        charset=first.charset if first else None,
+    )
+
+
+def current_converter(settings: Settings) -> Converter:
+    """A converter built from the mapping files as they are now. Data files are cached
+    per process (they are read-only while converting); reprocessing after a mapping fix
+    must read them again."""
+    load_data_file.cache_clear()
+    return Converter(settings)
+
+
+def process_message(
+    store: Store,
+    converter: Converter,
+    message_id: int,
+    lock: threading.Lock | None = None,
+) -> StoredOutcome:
+    """Convert a stored message from its original bytes and record the outcome (the
+    earlier outcomes stay). ``lock`` serialises use of a converter shared by threads."""
+    found = store.raw(message_id)
+    if found is None:
+        raise StoreError("not-found", f"no message {message_id} in the store")
+    raw, fmt, sender = found
+    if raw is None:
+        raise StoreError(
+            "pruned", f"message {message_id} was pruned: its original bytes are gone"
+        )
+    started = time.perf_counter()
+    with lock or nullcontext():
+        records = _convert(converter, raw, fmt, sender, message_id)
+    duration = int((time.perf_counter() - started) * 1000)
+    return store.record_outcome(message_id, outcome_of(records, raw, fmt), duration)
+
+
+def _convert(
+    converter: Converter, raw: bytes, fmt: str, sender: str | None, message_id: int
+) -> list[Record]:
+    source = f"message {message_id}"
+    try:
+        if fmt == "dicom":
+            facility = converter.known_sender(sender) if sender else None
+            return converter.convert(raw, source, fmt, sender=facility)
+        return converter.convert(raw, source, fmt)
+    except GatewayError as exc:  # a configuration problem: the message failed, not us
+        record = Record(raw, source, 1, format=fmt)
+        record.issues.append(exc.issue)
+        return [record]
+    except Exception:  # never lose the message to a bug: it fails, with the log saying why
+        log.exception("conversion of stored message %s crashed", message_id)
+        record = Record(raw, source, 1, format=fmt)
+        record.issues.append(
+            Issue("internal", "the conversion crashed; see the gateway's log", location="convert")
+        )
+        return [record]
+
+
+def _bundle_patients(bundle: dict[str, Any] | None) -> list[str]:
+    found: list[str] = []
+    for entry in (bundle or {}).get("entry") or []:
+        resource = entry.get("resource") or {}
+        if resource.get("resourceType") != "Patient":
+            continue
+        for ident in resource.get("identifier") or []:
+            value = ident.get("value")
+            if value:
+                found.append(f"{ident.get('system', '')}|{value}")
+    return found
+
+
+def _pid3(raw: bytes) -> list[str]:
+    """PID-3 identifiers (no system: none is known without the mapping) of a message
+    that did not convert."""
+    try:
+        message = parse_message(split_messages(raw)[0])
+    except (GatewayError, IndexError):
+        return []
+    comp, rep = message.separators[1], message.separators[2]
+    found = []
+    for index in message.positions.get("PID", []):
+        fields = message.segments[index]
+        if len(fields) > 3:
+            for value in fields[3].split(rep):
+                ident = value.split(comp)[0].strip()
+                if ident:
+                    found.append(f"|{ident}")
+    return found

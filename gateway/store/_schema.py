@@ -1,0 +1,116 @@
+"""The store's tables (SQLAlchemy Core). The migrations in ``migrations/versions``
+create exactly these; tests/store/test_schema.py checks that they agree.
+
+Times are naive UTC datetimes (SQLite has no zone type; PostgreSQL stores them as
+``timestamp``). Indexes follow the look-ups of the message browser: every list is a
+keyset page ordered by id, newest first, so each filter has an (x, id) index.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+__all__ = ["dicom_instances", "message_patients", "messages", "metadata", "outcomes"]
+
+# SQLite only auto-numbers an INTEGER PRIMARY KEY; PostgreSQL gets a 64-bit identity.
+ID = BigInteger().with_variant(Integer(), "sqlite")
+
+metadata = MetaData()
+
+messages = Table(
+    "messages",
+    metadata,
+    Column("id", ID, primary_key=True, autoincrement=True),
+    Column("received_at", DateTime(), nullable=False),
+    Column("channel", String(16), nullable=False),  # mllp, api, cli, dicom, stow
+    Column("peer", String(255)),  # remote address (host:port) or calling AE title
+    Column("auth_sender", String(255)),  # who authenticated (TLS client, API token, AE)
+    Column("sender", String(255)),  # the sending facility the record names (MSH-4, ...)
+    Column("control_id", String(255)),  # MSH-10, Study Instance UID, document id
+    Column("message_type", String(64)),  # ORU^R01, dicom-study, ...
+    Column("format", String(16), nullable=False),  # hl7v2, dicom, cda
+    Column("charset", String(32)),  # as declared (MSH-18) or as read
+    Column("sha256", String(64), nullable=False),
+    Column("size", BigInteger(), nullable=False),
+    Column("raw", LargeBinary()),  # NULL once pruned
+    Column("state", String(16), nullable=False),
+    Column("revision", Integer(), nullable=False, default=1),
+    # Same sender and control id as an earlier message, different bytes.
+    Column("flagged", Boolean(), nullable=False, default=False),
+    # sender|control id|sha256 hashed: the same message received twice is one row.
+    Column("dedup_key", String(64), unique=True),
+    Column("updated_at", DateTime(), nullable=False),
+    Column("pruned_at", DateTime()),
+)
+Index("ix_messages_state_id", messages.c.state, messages.c.id)
+Index("ix_messages_state_sender_id", messages.c.state, messages.c.sender, messages.c.id)
+Index("ix_messages_sender_id", messages.c.sender, messages.c.id)
+Index("ix_messages_type_id", messages.c.message_type, messages.c.id)
+Index("ix_messages_control_id", messages.c.control_id)
+Index("ix_messages_received_id", messages.c.received_at, messages.c.id)
+
+message_patients = Table(
+    "message_patients",
+    metadata,
+    Column(
+        "message_id",
+        ID,
+        ForeignKey("messages.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("identifier", String(255), primary_key=True),  # "system|value"
+    Column("value", String(255), nullable=False),  # the value alone, for look-ups without it
+)
+Index("ix_patients_identifier", message_patients.c.identifier, message_patients.c.message_id)
+Index("ix_patients_value", message_patients.c.value, message_patients.c.message_id)
+
+outcomes = Table(
+    "outcomes",
+    metadata,
+    Column("id", ID, primary_key=True, autoincrement=True),
+    Column(
+        "message_id", ID, ForeignKey("messages.id", ondelete="CASCADE"), nullable=False
+    ),
+    Column("attempt", Integer(), nullable=False),  # 1 for the first processing, 2 on ...
+    Column("stage", String(32), nullable=False),  # convert (later: policy, sign, deliver)
+    Column("state", String(16), nullable=False),  # the message's state this outcome set
+    Column("at", DateTime(), nullable=False),
+    Column("duration_ms", Integer()),
+    Column("output", LargeBinary()),  # the Bundle JSON; NULL when failed or pruned
+    Column("issues", Text()),  # JSON list of issues (code, message, location, severity)
+    Column("current", Boolean(), nullable=False, default=True),
+)
+Index("ix_outcomes_message", outcomes.c.message_id, outcomes.c.id)
+
+dicom_instances = Table(
+    "dicom_instances",
+    metadata,
+    Column("id", ID, primary_key=True, autoincrement=True),
+    Column("study_uid", String(64), nullable=False),
+    Column("series_uid", String(64), nullable=False),
+    Column("sop_uid", String(64), nullable=False, unique=True),
+    Column("received_at", DateTime(), nullable=False),
+    Column("channel", String(16), nullable=False),  # dicom (C-STORE), stow
+    Column("peer", String(255)),  # calling AE title and address
+    Column("sender", String(255)),  # facility code, when configured for the peer
+    Column("data", LargeBinary(), nullable=False),  # Part 10 bytes (pixel data dropped)
+    Column("sha256", String(64), nullable=False),
+    Column(
+        "message_id", ID, ForeignKey("messages.id", ondelete="SET NULL")
+    ),  # set when its study is committed into a message
+)
+Index("ix_dicom_study", dicom_instances.c.study_uid, dicom_instances.c.message_id)
+Index("ix_dicom_pending", dicom_instances.c.message_id, dicom_instances.c.received_at)

@@ -1,0 +1,734 @@
+"""The message store: what came in (original bytes, from whom, how), its state, and
+what each stage made of it. One interface over SQLite and PostgreSQL.
+
+Every write is one transaction; ``receive`` returns only once its row is committed
+(SQLite with synchronous=FULL), which is what lets a listener acknowledge.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import zipfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+
+from ..errors import GatewayError, Issue
+from ._engine import database_url, make_engine
+from ._schema import dicom_instances, message_patients, messages, outcomes
+
+__all__ = [
+    "CHANNELS",
+    "NEVER_PRUNED",
+    "STATES",
+    "DicomInstance",
+    "Incoming",
+    "MessageFilter",
+    "MessageSummary",
+    "Page",
+    "Receipt",
+    "StageOutcome",
+    "Store",
+    "StoreError",
+    "StoredMessage",
+    "StoredOutcome",
+    "issue_json",
+    "study_zip",
+    "utcnow",
+]
+
+# A message's state: where it is in the gateway. "received" is stored, not yet
+# processed; held/queued/delivered belong to the policy and delivery stages to come.
+STATES = ("received", "converted", "failed", "rejected", "held", "queued", "delivered")
+# States of a message still waiting for the gateway to act: never pruned.
+NEVER_PRUNED = frozenset({"received", "held", "queued"})
+CHANNELS = ("mllp", "api", "cli", "dicom", "stow")
+_MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+class StoreError(GatewayError):
+    """The store cannot do what was asked (no such message, content pruned, bad cursor,
+    database unreachable)."""
+
+    family = "store"
+
+
+def utcnow() -> datetime:
+    """Now, as the store keeps times: naive UTC."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """A message as it arrives, before any stage has looked at it."""
+
+    raw: bytes
+    channel: str  # mllp, api, cli, dicom, stow
+    format: str = "hl7v2"
+    peer: str | None = None
+    auth_sender: str | None = None
+    sender: str | None = None  # sending facility, when the listener could read it
+    control_id: str | None = None
+    message_type: str | None = None
+    charset: str | None = None
+    state: str = "received"  # "rejected" for bytes a listener refused (with ``issues``)
+    issues: tuple[Issue, ...] = ()
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.raw).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """What ``receive`` did: the row, and whether it was already there."""
+
+    id: int
+    duplicate: bool  # the same sender, control id and bytes: the earlier row
+    revision: int
+    flagged: bool  # an earlier message had this control id and other bytes
+    state: str
+
+
+@dataclass(frozen=True, slots=True)
+class StageOutcome:
+    """What one stage made of a message; :func:`gateway.store.outcome_of` builds it."""
+
+    stage: str
+    state: str
+    output: bytes | None = None
+    issues: tuple[Issue, ...] = ()
+    patients: tuple[str, ...] = ()  # "system|value" identifiers found
+    # What the stage learnt of the message (the store keeps what intake did not know).
+    control_id: str | None = None
+    message_type: str | None = None
+    sender: str | None = None
+    charset: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredOutcome:
+    id: int
+    attempt: int
+    stage: str
+    state: str
+    at: datetime
+    duration_ms: int | None
+    output: bytes | None
+    issues: list[dict[str, Any]]
+    current: bool
+
+
+@dataclass(frozen=True, slots=True)
+class MessageSummary:
+    id: int
+    received_at: datetime
+    channel: str
+    peer: str | None
+    auth_sender: str | None
+    sender: str | None
+    control_id: str | None
+    message_type: str | None
+    format: str
+    charset: str | None
+    sha256: str
+    size: int
+    state: str
+    revision: int
+    flagged: bool
+    updated_at: datetime
+    pruned_at: datetime | None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name in self.__slots__:
+            value = getattr(self, name)
+            out[name] = _iso(value) if isinstance(value, datetime) else value
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    summary: MessageSummary
+    raw: bytes | None  # None once pruned
+    outcomes: list[StoredOutcome]
+    patients: list[str]
+
+    @property
+    def id(self) -> int:
+        return self.summary.id
+
+    @property
+    def state(self) -> str:
+        return self.summary.state
+
+
+@dataclass(frozen=True, slots=True)
+class MessageFilter:
+    state: str | None = None
+    sender: str | None = None
+    message_type: str | None = None
+    since: datetime | None = None  # received at or after (naive UTC)
+    patient: str | None = None  # "system|value", or a value alone
+    control_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    items: list[MessageSummary]
+    next: str | None  # the cursor of the next page (``after=``), None on the last
+
+
+@dataclass(frozen=True, slots=True)
+class DicomInstance:
+    """One DICOM instance as received (C-STORE or STOW-RS), pixel data already dropped."""
+
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    data: bytes  # Part 10 bytes
+    channel: str = "dicom"
+    peer: str | None = None  # calling AE title (and address)
+    sender: str | None = None  # facility code configured for that peer
+
+
+_SUMMARY_COLUMNS = [c for c in messages.c if c.name not in ("raw", "dedup_key")]
+
+
+def _iso(value: datetime) -> str:
+    return value.isoformat(timespec="microseconds") + "Z"
+
+
+def _dedup_key(sender: str | None, control_id: str | None, sha: str) -> str:
+    key = "\x1f".join((sender or "", control_id or "", sha))
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def issue_json(issue: Issue) -> dict[str, Any]:
+    """An issue as stored: no record label (the message is the record)."""
+    out: dict[str, Any] = {"code": issue.code, "severity": issue.severity, "message": issue.message}
+    if issue.location:
+        out["location"] = issue.location
+    return out
+
+
+class Store:
+    """The message store over one database. Thread-safe: share one per process."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._writer = engine.execution_options(write=True)
+        self.dialect = engine.dialect.name
+
+    @classmethod
+    def open(cls, url: str, *, upgrade: bool = True) -> Store:
+        """The store at ``url`` (a SQLAlchemy URL), migrated to the current schema."""
+        store = cls(make_engine(url))
+        if upgrade:
+            store.upgrade()
+        return store
+
+    @classmethod
+    def for_home(cls, home: Path, url: str | None = None, *, upgrade: bool = True) -> Store:
+        """The configured store: ``url`` or $GATEWAY_HOME/gateway.db."""
+        return cls.open(database_url(home, url), upgrade=upgrade)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- schema -----------------------------------------------------------------------
+    def upgrade(self, revision: str = "head") -> None:
+        """Run the Alembic migrations up to ``revision`` (idempotent)."""
+        from alembic import command  # imported here: `gateway convert` needs no store
+        from alembic.config import Config
+
+        config = Config()
+        config.set_main_option("script_location", str(_MIGRATIONS))
+        with self._writer.begin() as conn:
+            if self.dialect == "postgresql":  # two gateways starting at once: one migrates
+                conn.exec_driver_sql("SELECT pg_advisory_xact_lock(727746)")
+            config.attributes["connection"] = conn
+            command.upgrade(config, revision)
+
+    def revision(self) -> str | None:
+        from alembic.runtime.migration import MigrationContext
+
+        with self.engine.connect() as conn:
+            rev: str | None = MigrationContext.configure(conn).get_current_revision()
+            return rev
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        with self._writer.begin() as conn:
+            yield conn
+
+    # -- intake -----------------------------------------------------------------------
+    def receive(self, incoming: Incoming) -> Receipt:
+        """Store one message; returns once it is committed."""
+        return self.receive_many([incoming])[0]
+
+    def receive_many(self, batch: Sequence[Incoming]) -> list[Receipt]:
+        """Store several messages in one transaction (one fsync: a listener's group
+        commit). All or none are stored."""
+        with self._write() as conn:
+            return [self._receive(conn, item) for item in batch]
+
+    def _receive(self, conn: Connection, item: Incoming, now: datetime | None = None) -> Receipt:
+        now = now or utcnow()
+        sha = item.sha256
+        key = _dedup_key(item.sender, item.control_id, sha)
+        found = conn.execute(
+            sa.select(messages.c.id, messages.c.revision, messages.c.flagged, messages.c.state)
+            .where(messages.c.dedup_key == key)
+        ).first()
+        if found is not None:
+            return Receipt(found.id, True, found.revision, found.flagged, found.state)
+        revision, flagged = 1, False
+        if item.control_id:
+            last = conn.execute(
+                sa.select(sa.func.max(messages.c.revision)).where(
+                    messages.c.control_id == item.control_id,
+                    _same(messages.c.sender, item.sender),
+                )
+            ).scalar()
+            if last is not None:
+                revision, flagged = int(last) + 1, True
+        values = {
+            "received_at": now,
+            "channel": item.channel,
+            "peer": item.peer,
+            "auth_sender": item.auth_sender,
+            "sender": item.sender,
+            "control_id": item.control_id,
+            "message_type": item.message_type,
+            "format": item.format,
+            "charset": item.charset,
+            "sha256": sha,
+            "size": len(item.raw),
+            "raw": item.raw,
+            "state": item.state,
+            "revision": revision,
+            "flagged": flagged,
+            "dedup_key": key,
+            "updated_at": now,
+        }
+        new_id = self._insert_ignore(conn, values)
+        if new_id is None:  # another process stored the same message meanwhile
+            row = conn.execute(
+                sa.select(
+                    messages.c.id, messages.c.revision, messages.c.flagged, messages.c.state
+                ).where(messages.c.dedup_key == key)
+            ).one()
+            return Receipt(row.id, True, row.revision, row.flagged, row.state)
+        if item.issues:
+            self._add_outcome(
+                conn,
+                new_id,
+                StageOutcome("intake", item.state, issues=item.issues),
+                None,
+                now,
+            )
+        return Receipt(new_id, False, revision, flagged, item.state)
+
+    def _insert_ignore(self, conn: Connection, values: dict[str, Any]) -> int | None:
+        dialect: Any = postgresql if self.dialect == "postgresql" else sqlite
+        stmt = (
+            dialect.insert(messages)
+            .values(**values)
+            .on_conflict_do_nothing(index_elements=["dedup_key"])
+            .returning(messages.c.id)
+        )
+        new_id = conn.execute(stmt).scalar()
+        return None if new_id is None else int(new_id)
+
+    # -- stages -----------------------------------------------------------------------
+    def record_outcome(
+        self, message_id: int, outcome: StageOutcome, duration_ms: int | None = None
+    ) -> StoredOutcome:
+        """Keep what a stage made of a message, and move the message to its state.
+        Earlier outcomes of the stage stay (``current`` false)."""
+        with self._write() as conn:
+            return self._add_outcome(conn, message_id, outcome, duration_ms, utcnow())
+
+    def _add_outcome(
+        self,
+        conn: Connection,
+        message_id: int,
+        outcome: StageOutcome,
+        duration_ms: int | None,
+        now: datetime,
+    ) -> StoredOutcome:
+        o = outcomes.c
+        attempt = conn.execute(
+            sa.select(sa.func.count()).where(o.message_id == message_id, o.stage == outcome.stage)
+        ).scalar_one() + 1
+        conn.execute(
+            outcomes.update()
+            .where(o.message_id == message_id, o.stage == outcome.stage, o.current.is_(True))
+            .values(current=False)
+        )
+        issues = [issue_json(i) for i in outcome.issues]
+        new_id = conn.execute(
+            outcomes.insert()
+            .values(
+                message_id=message_id,
+                attempt=attempt,
+                stage=outcome.stage,
+                state=outcome.state,
+                at=now,
+                duration_ms=duration_ms,
+                output=outcome.output,
+                issues=orjson.dumps(issues).decode(),
+                current=True,
+            )
+            .returning(o.id)
+        ).scalar_one()
+        m = messages.c
+        conn.execute(
+            messages.update()
+            .where(m.id == message_id)
+            .values(
+                state=outcome.state,
+                updated_at=now,
+                control_id=sa.func.coalesce(m.control_id, outcome.control_id),
+                message_type=sa.func.coalesce(m.message_type, outcome.message_type),
+                sender=sa.func.coalesce(m.sender, outcome.sender),
+                charset=sa.func.coalesce(m.charset, outcome.charset),
+            )
+        )
+        if outcome.patients or outcome.stage == "convert":
+            self._set_patients(conn, message_id, outcome.patients)
+        return StoredOutcome(
+            int(new_id), attempt, outcome.stage, outcome.state, now, duration_ms,
+            outcome.output, issues, True,
+        )
+
+    def _set_patients(self, conn: Connection, message_id: int, patients: Iterable[str]) -> None:
+        conn.execute(message_patients.delete().where(message_patients.c.message_id == message_id))
+        rows = [
+            {"message_id": message_id, "identifier": p[:255], "value": p.rpartition("|")[2][:255]}
+            for p in dict.fromkeys(patients)
+        ]
+        if rows:
+            conn.execute(message_patients.insert(), rows)
+
+    def set_state(self, message_id: int, state: str) -> None:
+        with self._write() as conn:
+            conn.execute(
+                messages.update()
+                .where(messages.c.id == message_id)
+                .values(state=state, updated_at=utcnow())
+            )
+
+    # -- reading ----------------------------------------------------------------------
+    def get(self, message_id: int) -> StoredMessage | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(*_SUMMARY_COLUMNS, messages.c.raw).where(messages.c.id == message_id)
+            ).first()
+            if row is None:
+                return None
+            outs = conn.execute(
+                sa.select(outcomes).where(outcomes.c.message_id == message_id).order_by(
+                    outcomes.c.id
+                )
+            ).all()
+            patients = conn.execute(
+                sa.select(message_patients.c.identifier)
+                .where(message_patients.c.message_id == message_id)
+                .order_by(message_patients.c.identifier)
+            ).scalars().all()
+        return StoredMessage(
+            _summary(row),
+            row.raw,
+            [
+                StoredOutcome(
+                    o.id, o.attempt, o.stage, o.state, o.at, o.duration_ms, o.output,
+                    orjson.loads(o.issues or "[]"), bool(o.current),
+                )
+                for o in outs
+            ],
+            list(patients),
+        )
+
+    def raw(self, message_id: int) -> tuple[bytes | None, str, str | None] | None:
+        """(raw bytes or None if pruned, format, sender) of a message; None if unknown."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(messages.c.raw, messages.c.format, messages.c.sender).where(
+                    messages.c.id == message_id
+                )
+            ).first()
+        return None if row is None else (row.raw, row.format, row.sender)
+
+    def state_of(self, message_id: int) -> str | None:
+        """A message's state; None when there is no such message."""
+        with self.engine.connect() as conn:
+            state = conn.execute(
+                sa.select(messages.c.state).where(messages.c.id == message_id)
+            ).scalar()
+        return None if state is None else str(state)
+
+    def find(
+        self, where: MessageFilter | None = None, limit: int = 50, after: str | None = None
+    ) -> Page:
+        """One page of messages, newest first (keyset pagination: ``after`` is the
+        cursor a previous page gave as ``next``)."""
+        where = where or MessageFilter()
+        limit = max(1, min(limit, 1000))
+        m = messages.c
+        key: Any = m.id
+        query = sa.select(*_SUMMARY_COLUMNS)
+        if where.patient:
+            p = message_patients.c
+            query = query.select_from(messages.join(message_patients, p.message_id == m.id))
+            key = p.message_id
+            column = p.identifier if "|" in where.patient else p.value
+            query = query.where(column == where.patient)
+        if where.state:
+            query = query.where(m.state == where.state)
+        if where.sender:
+            query = query.where(m.sender == where.sender)
+        if where.message_type:
+            query = query.where(m.message_type == where.message_type)
+        if where.control_id:
+            query = query.where(m.control_id == where.control_id)
+        if after:
+            query = query.where(key < _cursor(after))
+        query = query.order_by(key.desc()).limit(limit + 1)
+        with self.engine.connect() as conn:
+            if where.since is not None:
+                # ids grow with time: the first id received since then bounds the scan,
+                # so the (filter, id) indexes serve the query instead of a sort. Found
+                # on the (received_at, id) index: min(id) would walk the primary key.
+                first = conn.execute(
+                    sa.select(m.id)
+                    .where(m.received_at >= where.since)
+                    .order_by(m.received_at, m.id)
+                    .limit(1)
+                ).scalar()
+                if first is None:
+                    return Page([], None)
+                query = query.where(key >= int(first))
+            rows = conn.execute(query).all()
+        items = [_summary(r) for r in rows[:limit]]
+        more = len(rows) > limit
+        return Page(items, str(items[-1].id) if more and items else None)
+
+    def pending(self, limit: int = 1000, state: str = "received") -> list[int]:
+        """Ids of messages in ``state`` (oldest first): what a restarted listener still
+        has to process."""
+        with self.engine.connect() as conn:
+            return [
+                int(i)
+                for i in conn.execute(
+                    sa.select(messages.c.id)
+                    .where(messages.c.state == state)
+                    .order_by(messages.c.id)
+                    .limit(limit)
+                ).scalars()
+            ]
+
+    def ids(self, where: MessageFilter) -> Iterator[int]:
+        """Every id matching ``where``, oldest first (for reprocessing in bulk)."""
+        after: str | None = None
+        found: list[int] = []
+        while True:
+            page = self.find(where, 1000, after)
+            found += [s.id for s in page.items]
+            if page.next is None:
+                break
+            after = page.next
+        yield from reversed(found)
+
+    def count(self, state: str | None = None) -> int:
+        query = sa.select(sa.func.count()).select_from(messages)
+        if state:
+            query = query.where(messages.c.state == state)
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
+
+    # -- retention --------------------------------------------------------------------
+    def prune(self, retention: Mapping[str, timedelta], now: datetime | None = None) -> int:
+        """Drop the content (original bytes, outputs, DICOM instances) of messages past
+        their state's retention, keeping a metadata stub with the issues. States in
+        NEVER_PRUNED are never pruned, whatever ``retention`` says. Returns how many."""
+        now = now or utcnow()
+        m = messages.c
+        total = 0
+        with self._write() as conn:
+            for state, keep in retention.items():
+                if state in NEVER_PRUNED:
+                    continue
+                doomed = sa.select(m.id).where(
+                    m.state == state, m.received_at < now - keep, m.pruned_at.is_(None)
+                )
+                ids = [int(i) for i in conn.execute(doomed).scalars()]
+                for chunk in _chunks(ids, 500):
+                    conn.execute(
+                        outcomes.update()
+                        .where(outcomes.c.message_id.in_(chunk))
+                        .values(output=None)
+                    )
+                    conn.execute(
+                        dicom_instances.delete().where(dicom_instances.c.message_id.in_(chunk))
+                    )
+                    conn.execute(
+                        messages.update()
+                        .where(m.id.in_(chunk))
+                        .values(raw=None, pruned_at=now, updated_at=now)
+                    )
+                total += len(ids)
+        return total
+
+    # -- DICOM ------------------------------------------------------------------------
+    def add_instance(self, instance: DicomInstance) -> bool:
+        """Keep one received DICOM instance (durably: returns after the commit). False
+        when the same instance (same SOP Instance UID and bytes) is already here; an
+        instance sent again with other bytes replaces it and reopens its study."""
+        d = dicom_instances.c
+        sha = hashlib.sha256(instance.data).hexdigest()
+        now = utcnow()
+        with self._write() as conn:
+            found = sa.select(d.id, d.sha256).where(d.sop_uid == instance.sop_uid)
+            row = conn.execute(found).first()
+            if row is not None and row.sha256 == sha:
+                return False
+            values = {
+                "study_uid": instance.study_uid,
+                "series_uid": instance.series_uid,
+                "received_at": now,
+                "channel": instance.channel,
+                "peer": instance.peer,
+                "sender": instance.sender,
+                "data": instance.data,
+                "sha256": sha,
+                "message_id": None,
+            }
+            if row is None:
+                conn.execute(dicom_instances.insert().values(sop_uid=instance.sop_uid, **values))
+            else:
+                conn.execute(dicom_instances.update().where(d.id == row.id).values(**values))
+        return True
+
+    def quiet_studies(self, quiet: timedelta, now: datetime | None = None) -> list[str]:
+        """Studies with instances not yet committed and none received for ``quiet``:
+        complete, by the quiet-period rule."""
+        now = now or utcnow()
+        d = dicom_instances.c
+        query = (
+            sa.select(d.study_uid)
+            .where(d.message_id.is_(None))
+            .group_by(d.study_uid)
+            .having(sa.func.max(d.received_at) <= now - quiet)
+            .order_by(sa.func.min(d.id))
+        )
+        with self.engine.connect() as conn:
+            return [str(s) for s in conn.execute(query).scalars()]
+
+    def study_instances(self, study_uid: str) -> list[tuple[str, bytes]]:
+        """(name, Part 10 bytes) of every instance of a study, in a stable order."""
+        d = dicom_instances.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(d.series_uid, d.sop_uid, d.data)
+                .where(d.study_uid == study_uid)
+                .order_by(d.series_uid, d.sop_uid)
+            ).all()
+        return [(f"{r.series_uid}/{r.sop_uid}.dcm", r.data) for r in rows]
+
+    def commit_study(self, study_uid: str, message_type: str | None = None) -> Receipt | None:
+        """Take a study's instances (all of them, also those committed before) into one
+        message (format dicom, control id the Study Instance UID, the raw bytes an
+        uncompressed zip of the instances, which the DICOM reader reads as one study).
+        None when the study has no pending instance. The same instances committed again
+        are a duplicate; a study grown since is a new revision, flagged."""
+        d = dicom_instances.c
+        with self._write() as conn:
+            rows = conn.execute(
+                sa.select(d.series_uid, d.sop_uid, d.data, d.channel, d.peer, d.sender,
+                          d.message_id)
+                .where(d.study_uid == study_uid)
+                .order_by(d.series_uid, d.sop_uid)
+            ).all()
+            pending = [r for r in rows if r.message_id is None]
+            if not pending:
+                return None
+            first = pending[0]
+            raw = study_zip((f"{r.series_uid}/{r.sop_uid}.dcm", r.data) for r in rows)
+            incoming = Incoming(
+                raw,
+                first.channel,
+                "dicom",
+                peer=first.peer,
+                sender=first.sender,
+                control_id=study_uid,
+                message_type=message_type,
+            )
+            receipt = self._receive(conn, incoming)
+            conn.execute(
+                dicom_instances.update().where(d.study_uid == study_uid).values(
+                    message_id=receipt.id
+                )
+            )
+            return receipt
+
+
+def study_zip(members: Iterable[tuple[str, bytes]]) -> bytes:
+    """An uncompressed zip of DICOM files with fixed member times: the same instances
+    always make the same bytes (and SHA-256)."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as archive:
+        for name, data in members:
+            archive.writestr(zipfile.ZipInfo(name, (1980, 1, 1, 0, 0, 0)), data)
+    return out.getvalue()
+
+
+def _same(column: Any, value: str | None) -> Any:
+    return column.is_(None) if value is None else column == value
+
+
+def _cursor(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise StoreError(
+            "bad-cursor", "not a page cursor (give the 'next' of a previous page)",
+            location="after",
+        ) from None
+
+
+def _chunks(ids: list[int], size: int) -> Iterator[list[int]]:
+    for start in range(0, len(ids), size):
+        yield ids[start : start + size]
+
+
+def _summary(row: Any) -> MessageSummary:
+    return MessageSummary(
+        id=int(row.id),
+        received_at=row.received_at,
+        channel=row.channel,
+        peer=row.peer,
+        auth_sender=row.auth_sender,
+        sender=row.sender,
+        control_id=row.control_id,
+        message_type=row.message_type,
+        format=row.format,
+        charset=row.charset,
+        sha256=row.sha256,
+        size=int(row.size),
+        state=row.state,
+        revision=int(row.revision),
+        flagged=bool(row.flagged),
+        updated_at=row.updated_at,
+        pruned_at=row.pruned_at,
+    )

@@ -1,0 +1,87 @@
+"""MLLP over TLS: a client with a certificate from the configured CA is served and
+named as the authenticated sender; one without a certificate is refused."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ssl
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from gateway.store import Store
+
+from .mllp_client import Client, Listener, example, segments, settings_for
+
+Signer = tuple[x509.Name, ec.EllipticCurvePrivateKey]
+
+
+def _cert(
+    name: str, key: ec.EllipticCurvePrivateKey, issuer: Signer | None, ca: bool = False
+) -> x509.Certificate:
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    issuer_name, signer = issuer or (subject, key)
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if not ca:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False
+        )
+    return builder.sign(signer, hashes.SHA256())
+
+
+def _write(path: Path, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> None:
+    path.with_suffix(".crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    path.with_suffix(".key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+
+
+def test_mllp_over_tls_with_client_certificates(store: Store, tmp_path: Path) -> None:
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = _cert("Gateway test CA", ca_key, None, ca=True)
+    issuer = (ca.subject, ca_key)
+    for name in ("server", "client"):
+        key = ec.generate_private_key(ec.SECP256R1())
+        _write(tmp_path / name, _cert("localhost" if name == "server" else "LAX2-HIS", key,
+                                      issuer), key)
+    (tmp_path / "ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    settings = settings_for(
+        tmp_path,
+        mllp_tls_cert=tmp_path / "server.crt",
+        mllp_tls_key=tmp_path / "server.key",
+        mllp_tls_ca=tmp_path / "ca.crt",
+    )
+    with Listener(settings, store) as listener:
+        context = ssl.create_default_context(cafile=tmp_path / "ca.crt")
+        context.load_cert_chain(tmp_path / "client.crt", tmp_path / "client.key")
+        client = Client(listener.port, context=context)
+        assert segments(client.call(example("ref_i12_nsch_to_hkpmc.hl7")))["MSA"][1] == "AA"
+        client.close()
+
+        anonymous = ssl.create_default_context(cafile=tmp_path / "ca.crt")
+        refused: Client | None = None
+        with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
+            refused = Client(listener.port, context=anonymous)
+            refused.call(example("ref_i12_nsch_to_hkpmc.hl7"))
+        if refused is not None:
+            refused.close()
+    items = store.find().items
+    assert len(items) == 1 and items[0].auth_sender == "LAX2-HIS"

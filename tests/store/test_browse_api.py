@@ -1,0 +1,86 @@
+"""GET /messages, GET /messages/{id}, POST /messages/{id}/$reprocess: Bearer token,
+keyset pages with a next link, OperationOutcome errors, and a failed message converted
+after the mapping fix with both outcomes kept."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import httpx
+from fastapi import FastAPI
+
+from gateway.api import TokenSet, create_app
+
+from .browse import GB18030_REF, broken_home, fill, fix_mapping
+
+TOKEN = "store-test-token-0123456789"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def call(app: FastAPI, method: str, url: str, **kwargs: Any) -> httpx.Response:
+    async def go() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
+            return await http.request(method, url, **kwargs)
+
+    return asyncio.run(go())
+
+
+def test_browse_and_reprocess_on_the_api(store_url: str, tmp_path: Path) -> None:
+    settings = broken_home(tmp_path, store_url)
+    failed, converted = fill(settings)
+    app = create_app(settings, tokens=TokenSet([TOKEN]))
+
+    assert call(app, "GET", "/messages").status_code == 401
+    assert call(app, "GET", f"/messages/{failed}").status_code == 401
+    assert call(app, "POST", f"/messages/{failed}/$reprocess").status_code == 401
+
+    page = call(app, "GET", "/messages?state=failed", headers=AUTH).json()
+    assert [m["id"] for m in page["messages"]] == [failed] and page["next"] is None
+    assert page["messages"][0]["control_id"] == "LAX220260611101500003"
+
+    first = call(app, "GET", "/messages?limit=1", headers=AUTH)
+    assert first.json()["next"] == str(converted)
+    link = first.json()["links"]["next"]
+    assert first.headers["link"] == f'<{link}>; rel="next"'
+    second = call(app, "GET", link, headers=AUTH).json()
+    assert [m["id"] for m in second["messages"]] == [failed] and second["next"] is None
+
+    shown = call(app, "GET", f"/messages/{failed}", headers=AUTH).json()
+    assert shown["original"]["text"] == GB18030_REF.decode("gb18030")
+    assert shown["outcomes"][0]["issues"][0]["code"] == "mapping.unsupported-message"
+    by_patient = call(
+        app, "GET", "/messages", params={"patient": shown["patients"][0]}, headers=AUTH
+    ).json()
+    assert [m["id"] for m in by_patient["messages"]] == [failed]
+
+    fix_mapping(settings)
+    done = call(app, "POST", f"/messages/{failed}/$reprocess", headers=AUTH)
+    assert done.status_code == 200
+    body = done.json()
+    assert body["state"] == "converted"
+    assert [(o["state"], o["current"]) for o in body["outcomes"]] == [
+        ("failed", False),
+        ("converted", True),
+    ]
+    assert body["outcomes"][1]["output"]["type"] == "transaction"
+    app.state.messages.close()
+
+
+def test_errors_are_operation_outcomes(store_url: str, tmp_path: Path) -> None:
+    settings = broken_home(tmp_path, store_url)
+    app = create_app(settings, tokens=TokenSet([TOKEN]))
+    for method, url, status, code in [
+        ("GET", "/messages/77", 404, "store.not-found"),
+        ("POST", "/messages/77/$reprocess", 404, "store.not-found"),
+        ("GET", "/messages?after=zz", 400, "store.bad-cursor"),
+        ("GET", "/messages?since=yesterday-ish", 400, "config.bad-setting"),
+    ]:
+        resp = call(app, method, url, headers=AUTH)
+        assert resp.status_code == status, url
+        outcome = resp.json()
+        assert outcome["resourceType"] == "OperationOutcome"
+        assert outcome["issue"][0]["details"]["coding"][0]["code"] == code
+    app.state.messages.close()

@@ -1,0 +1,63 @@
+"""The store's and MLLP listener's settings: read from gateway.toml and GATEWAY_*,
+checked, and the retention periods derived from them."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from gateway import Settings
+from gateway.errors import ConfigError
+from gateway.store import open_store, retention
+
+
+def test_defaults_and_environment(tmp_path: Path) -> None:
+    default = Settings.load(tmp_path, env={})
+    assert default.database_url is None and default.mllp_port is None
+    assert retention(default) == {
+        "converted": timedelta(days=30), "failed": timedelta(days=90),
+        "rejected": timedelta(days=30),
+    }
+    hash(default)  # settings stay hashable (report variants are cached by them)
+    env = {
+        "GATEWAY_MLLP_PORT": "2575",
+        "GATEWAY_MLLP_IDLE_TIMEOUT": "2.5",
+        "GATEWAY_MLLP_TLS_CERT": "tls/cert.pem",
+        "GATEWAY_RETENTION_DAYS": "converted=7, received=1",
+        "GATEWAY_DATABASE_URL": f"sqlite:///{tmp_path / 'elsewhere.db'}",
+    }
+    settings = Settings.load(tmp_path, env=env)
+    assert (settings.mllp_port, settings.mllp_idle_timeout) == (2575, 2.5)
+    assert settings.mllp_tls_cert == tmp_path / "tls" / "cert.pem"
+    assert retention(settings) == {"converted": timedelta(days=7)}  # received: never
+    store = open_store(settings)
+    store.close()
+    assert (tmp_path / "elsewhere.db").exists() and not (tmp_path / "gateway.db").exists()
+
+
+def test_toml_table(tmp_path: Path) -> None:
+    (tmp_path / "gateway.toml").write_text("mllp_port = 2600\n[retention_days]\nfailed = 365\n")
+    settings = Settings.load(tmp_path, env={})
+    assert settings.mllp_port == 2600 and settings.retention_days == {"failed": 365}
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"GATEWAY_MLLP_PORT": "70000"},
+        {"GATEWAY_MLLP_MAX_BYTES": "lots"},
+        {"GATEWAY_MLLP_IDLE_TIMEOUT": "-1"},
+        {"GATEWAY_RETENTION_DAYS": "converted=-3"},
+    ],
+)
+def test_bad_values_are_refused(tmp_path: Path, env: dict[str, str]) -> None:
+    with pytest.raises(ConfigError):
+        Settings.load(tmp_path, env=env)
+
+
+def test_unknown_state_in_retention(tmp_path: Path) -> None:
+    settings = Settings.load(tmp_path, env={"GATEWAY_RETENTION_DAYS": "convertd=3"})
+    with pytest.raises(ConfigError, match="convertd"):
+        retention(settings)

@@ -1,0 +1,239 @@
+"""The message store: migrations, idempotent intake, outcomes, look-ups, keyset pages,
+retention, and DICOM instances gathered into studies; on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
+from gateway import Converter
+from gateway.errors import Issue
+from gateway.store import (
+    NEVER_PRUNED,
+    DicomInstance,
+    Incoming,
+    MessageFilter,
+    StageOutcome,
+    Store,
+    StoreError,
+    metadata,
+    process_message,
+    utcnow,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+HL7 = REPO / "examples" / "hl7v2"
+STUDY = REPO / "examples" / "imaging" / "lax2_ct_head.study"
+
+
+def msg(control: str, body: str = "x", sender: str = "LAX2", state: str = "received") -> Incoming:
+    raw = f"MSH|^~\\&|HIS|{sender}|GW|GW|20260101||ORU^R01|{control}|P|2.5\rZZZ|{body}\r"
+    return Incoming(
+        raw.encode(), "cli", sender=sender, control_id=control, message_type="ORU^R01",
+        state=state,
+    )
+
+
+def test_migrations_create_exactly_the_schema_and_run_twice(store: Store) -> None:
+    store.upgrade()  # idempotent: a second start changes nothing
+    assert store.revision() == "0001"
+    with store.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), metadata)
+    assert diff == []
+
+
+def test_sqlite_is_durable_and_concurrent(tmp_path: Path) -> None:
+    store = Store.open(f"sqlite:///{tmp_path / 'g.db'}")
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
+    store.close()
+
+
+def test_the_same_message_twice_is_one_row(store: Store) -> None:
+    first = store.receive(msg("C1"))
+    again = store.receive(msg("C1"))
+    assert not first.duplicate and again.duplicate
+    assert again.id == first.id and again.revision == 1 and not again.flagged
+    assert store.count() == 1
+
+
+def test_same_control_id_other_bytes_is_a_flagged_revision(store: Store) -> None:
+    first = store.receive(msg("C1", "a"))
+    second = store.receive(msg("C1", "b"))
+    other_sender = store.receive(msg("C1", "b", sender="NSCH"))
+    assert (second.revision, second.flagged) == (2, True)
+    assert second.id != first.id
+    assert (other_sender.revision, other_sender.flagged) == (1, False)
+    assert store.count() == 3
+
+
+def test_receive_many_is_one_transaction(store: Store) -> None:
+    receipts = store.receive_many([msg("A"), msg("B"), msg("A")])
+    assert [r.duplicate for r in receipts] == [False, False, True]
+    assert receipts[2].id == receipts[0].id
+    with pytest.raises(sa.exc.StatementError):  # a NULL channel breaks the batch ...
+        store.receive_many([msg("C"), Incoming(b"x", None)])  # type: ignore[arg-type]
+    assert store.count() == 2  # ... and nothing of it is kept
+
+
+def test_rejected_message_keeps_its_intake_issue(store: Store) -> None:
+    issue = Issue("intake.no-msh", "no MSH segment", location="MSH")
+    receipt = store.receive(Incoming(b"garbage", "mllp", state="rejected", issues=(issue,)))
+    stored = store.get(receipt.id)
+    assert stored is not None and stored.state == "rejected"
+    assert stored.outcomes[0].stage == "intake"
+    assert stored.outcomes[0].issues == [
+        {"code": "intake.no-msh", "severity": "error", "message": "no MSH segment",
+         "location": "MSH"}
+    ]
+
+
+def test_process_converts_and_indexes_patients(store: Store, converter: Converter) -> None:
+    raw = (HL7 / "ref_i12_lax2_to_njmu2.hl7").read_bytes()
+    receipt = store.receive(Incoming(raw, "cli"))
+    outcome = process_message(store, converter, receipt.id)
+    assert outcome.state == "converted" and outcome.attempt == 1
+    expected = converter.convert(raw)[0]
+    assert outcome.output == expected.bundle_json
+    stored = store.get(receipt.id)
+    assert stored is not None and stored.raw == raw
+    # what intake did not say, the conversion filled in
+    assert stored.summary.control_id == "LAX220260611101500003"
+    assert stored.summary.message_type == "REF^I12"
+    assert stored.summary.charset is not None
+    assert stored.patients, "the Patient's identifiers are indexed"
+    identifier = stored.patients[0]
+    by_identifier = store.find(MessageFilter(patient=identifier)).items
+    by_value = store.find(MessageFilter(patient=identifier.rpartition("|")[2])).items
+    assert [s.id for s in by_identifier] == [s.id for s in by_value] == [receipt.id]
+
+
+def test_failed_message_then_reprocess_keeps_both_outcomes(
+    store: Store, converter: Converter
+) -> None:
+    raw = (HL7 / "ref_i12_nsgp_to_nsch.hl7").read_bytes().replace(b"REF^I12", b"ZZZ^Z99", 1)
+    receipt = store.receive(Incoming(raw, "cli"))
+    first = process_message(store, converter, receipt.id)
+    assert first.state == "failed" and first.output is None
+    assert first.issues[0]["code"] == "mapping.unsupported-message"
+    # the failed message is found by its patient (PID-3) too
+    stored = store.get(receipt.id)
+    assert stored is not None and stored.patients
+    second = process_message(store, converter, receipt.id)
+    stored = store.get(receipt.id)
+    assert stored is not None
+    assert [(o.attempt, o.current) for o in stored.outcomes] == [(1, False), (2, True)]
+    assert second.attempt == 2
+    assert store.find(MessageFilter(state="failed")).items[0].id == receipt.id
+
+
+def test_process_unknown_and_pruned(store: Store, converter: Converter) -> None:
+    with pytest.raises(StoreError) as info:
+        process_message(store, converter, 999)
+    assert info.value.code == "store.not-found"
+    receipt = store.receive(msg("OLD", state="received"))
+    store.record_outcome(receipt.id, StageOutcome("convert", "failed"))
+    assert store.prune({"failed": timedelta(0)}, utcnow() + timedelta(seconds=1)) == 1
+    with pytest.raises(StoreError) as info:
+        process_message(store, converter, receipt.id)
+    assert info.value.code == "store.pruned"
+
+
+def test_keyset_pages_with_filters(store: Store) -> None:
+    for n in range(25):
+        store.receive(msg(f"M{n}", sender="LAX2" if n % 2 else "NSCH"))
+    for n in range(0, 25, 3):
+        store.set_state(n + 1, "failed")
+    seen: list[int] = []
+    after = None
+    while True:
+        page = store.find(MessageFilter(sender="LAX2"), limit=4, after=after)
+        seen += [s.id for s in page.items]
+        if page.next is None:
+            break
+        after = page.next
+    assert seen == sorted((n + 1 for n in range(25) if n % 2), reverse=True)
+    failed_lax2 = store.find(MessageFilter(state="failed", sender="LAX2"), limit=100).items
+    assert [s.id for s in failed_lax2] == [n + 1 for n in (21, 15, 9, 3)]
+    assert [s.id for s in store.find(MessageFilter(control_id="M7")).items] == [8]
+    assert store.find(MessageFilter(message_type="ADT^A01")).items == []
+    assert len(store.find(MessageFilter(since=utcnow() - timedelta(minutes=5))).items) == 25
+    assert store.find(MessageFilter(since=utcnow() + timedelta(minutes=5))).items == []
+    with pytest.raises(StoreError):
+        store.find(after="nonsense")
+
+
+def test_prune_keeps_stubs_and_never_touches_waiting_messages(store: Store) -> None:
+    done = store.receive(msg("DONE"))
+    store.record_outcome(done.id, StageOutcome("convert", "converted", output=b"{}"))
+    waiting = store.receive(msg("WAIT"))
+    later = utcnow() + timedelta(days=400)
+    retention = {state: timedelta(days=1) for state in ("converted", *NEVER_PRUNED)}
+    assert store.prune(retention, later) == 1
+    stub = store.get(done.id)
+    assert stub is not None and stub.raw is None and stub.summary.pruned_at is not None
+    assert stub.summary.sha256 and stub.outcomes[0].output is None
+    kept = store.get(waiting.id)
+    assert kept is not None and kept.raw is not None
+    assert store.prune(retention, later) == 0  # a stub is pruned once
+
+
+def _instances() -> list[tuple[str, bytes]]:
+    files = sorted(p for p in STUDY.rglob("*") if p.is_file())
+    return [(str(p.relative_to(STUDY.parent)), p.read_bytes()) for p in files]
+
+
+def _uids(data: bytes) -> tuple[str, str, str]:
+    import io
+
+    import pydicom
+
+    ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    return str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)
+
+
+def test_dicom_instances_become_one_study_message(store: Store, converter: Converter) -> None:
+    files = _instances()
+    assert len({_uids(d)[1] for _, d in files}) == 3, "a 3-series study"
+    for _, data in files:
+        study, series, sop = _uids(data)
+        assert store.add_instance(DicomInstance(study, series, sop, data, peer="CT01"))
+        assert not store.add_instance(DicomInstance(study, series, sop, data, peer="CT01"))
+    study_uid = _uids(files[0][1])[0]
+    assert store.quiet_studies(timedelta(minutes=1)) == []  # still arriving
+    assert store.quiet_studies(timedelta(0), utcnow() + timedelta(seconds=1)) == [study_uid]
+    receipt = store.commit_study(study_uid)
+    assert receipt is not None and not receipt.duplicate
+    assert store.commit_study(study_uid) is None  # nothing pending any more
+    assert store.quiet_studies(timedelta(0), utcnow() + timedelta(seconds=1)) == []
+    stored = store.get(receipt.id)
+    assert stored is not None
+    assert (stored.summary.format, stored.summary.control_id) == ("dicom", study_uid)
+    outcome = process_message(store, converter, receipt.id)
+    assert outcome.state == "converted", outcome.issues
+    expected = list(converter.convert_files(files))
+    assert len(expected) == 1
+    assert outcome.output == expected[0].bundle_json
+
+
+def test_dicom_study_grown_later_is_a_new_revision(store: Store) -> None:
+    files = _instances()
+    uids = [_uids(d) for _, d in files]
+    for (study, series, sop), (_, data) in zip(uids[:-1], files[:-1], strict=True):
+        store.add_instance(DicomInstance(study, series, sop, data))
+    first = store.commit_study(uids[0][0])
+    study, series, sop = uids[-1]
+    store.add_instance(DicomInstance(study, series, sop, files[-1][1]))
+    second = store.commit_study(study)
+    assert first is not None and second is not None
+    assert (second.revision, second.flagged) == (2, True)
+    stored = store.get(second.id)
+    assert stored is not None and stored.raw is not None
+    assert len(store.study_instances(study)) == len(files)

@@ -32,6 +32,7 @@ from .errors import GatewayError
 from .intake import FORMATS, detect_format
 from .listeners import add_cli as add_listen_cli
 from .pipeline import Converter
+from .policy import add_cli as add_policy_cli
 from .reports import add_cli
 from .store import add_cli as add_store_cli
 
@@ -289,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_serve)
 
     add_cli(sub)  # gateway report variants
+    add_policy_cli(sub)  # gateway policy check|decisions|show, gateway consent import|list|withdraw
     add_listen_cli(sub)  # gateway listen
     add_store_cli(sub)  # gateway messages ..., gateway db upgrade
 

@@ -54,6 +54,7 @@ from ..pipeline import Converter
 from ..reports import VariantPool, WorkerCrash
 from ._auth import TokenSet, load_tokens
 from ._messages import add_message_routes
+from ._policy import add_policy_routes
 
 __all__ = ["create_app"]
 
@@ -315,6 +316,7 @@ def create_app(
         return _fhir(_batch_response(records))
 
     add_message_routes(app, settings, unauthorized)  # GET /messages, $reprocess (the store)
+    add_policy_routes(app, settings, unauthorized)  # /policy/check, /policy/decisions, /Consent
     return app
 
 

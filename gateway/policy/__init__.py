@@ -3,6 +3,7 @@
 en, minimised, labelled with its legal basis, and held — not lost — while consent is
 missing. See docs/policy.md."""
 
+from ._cli import add_cli, render_decision
 from ._consent import PURPOSE_SYSTEM, ConsentRecord, MemoryConsents, PolicyError, parse_consent
 from ._data import Agreement, PolicyData, Profile
 from ._engine import (
@@ -14,6 +15,7 @@ from ._engine import (
     RuleResult,
 )
 from ._key import policy_key
+from ._records import STATE_OF, PolicyRecords, Released
 from ._minimise import PSEUDONYM_SYSTEM, Change, minimise, pseudonym
 
 __all__ = [
@@ -21,6 +23,7 @@ __all__ = [
     "OUTCOMES",
     "PSEUDONYM_SYSTEM",
     "PURPOSE_SYSTEM",
+    "STATE_OF",
     "Agreement",
     "Change",
     "ConsentRecord",
@@ -30,10 +33,14 @@ __all__ = [
     "Policy",
     "PolicyData",
     "PolicyError",
+    "PolicyRecords",
+    "Released",
     "Profile",
     "RuleResult",
+    "add_cli",
     "minimise",
     "parse_consent",
     "policy_key",
     "pseudonym",
+    "render_decision",
 ]

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 import orjson
 
 from ..config import Settings
-from ..datafiles import data_dir
+from ..datafiles import data_dir, load_data_file
 from ..errors import ConfigError, Issue
 from ..network import Institution, Network
 from ._consent import PURPOSE_SYSTEM, V3_ACT_REASON, ConsentRecord, PolicyError
@@ -217,6 +217,11 @@ class Policy:
             settings.policy_agreements or data_dir("seeds") / "agreements.yaml",
             (settings.policy_volume_limit, settings.policy_volume_warning),
         )
+        self._institutions = [
+            inst
+            for entry in (load_data_file(settings.network) or {}).get("institutions") or []
+            if (inst := self.network.find(str(entry.get("key")))) is not None
+        ]
         self._key = key
         self._key_lock = threading.Lock()
         self._rules: list[tuple[str, str, Rule, dict[str, Any]]] = []
@@ -236,8 +241,8 @@ class Policy:
             return self._key
 
     # -- words ------------------------------------------------------------------------
-    def say(self, code: str, **params: Any) -> Text:
-        templates = self.data.labels["reasons"][code]
+    def say(self, reason: str, **params: Any) -> Text:
+        templates = self.data.labels["reasons"][reason]
         return {
             lang: str(templates[lang]).format(
                 **{k: (v[lang] if isinstance(v, dict) else v) for k, v in params.items()}
@@ -263,6 +268,15 @@ class Policy:
             code = "unknown-partner" if role == "recipient" else "unknown-sender"
             raise ConfigError(code, f"the {role} {name!r} is not an institution of the network")
         return inst
+
+    def sender_of(self, bundle: bytes | dict[str, Any]) -> str | None:
+        """The sender a Bundle names: the institution whose identifier-system base its
+        Bundle.identifier uses (``https://fhir.nsch.example.cn/sid/hl7v2-message``)."""
+        system = str((_bundle(bundle).get("identifier") or {}).get("system") or "")
+        for inst in self._institutions:
+            if system.startswith(inst.base + "/"):
+                return inst.key
+        return None
 
     def purpose_of(self, bundle: dict[str, Any]) -> str:
         types = {

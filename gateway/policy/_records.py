@@ -21,6 +21,7 @@ from ._minimise import Change, pseudonym
 __all__ = [
     "STATE_OF",
     "PolicyRecords",
+    "Released",
     "consents",
     "counters",
     "decisions",

@@ -388,18 +388,15 @@ class Policy:
             labels.append({"system": V3_ACT_CODE, "code": "PSEUD", "display": "pseudonymize"})
         if decision.changes:
             labels.append({"system": V3_ACT_CODE, "code": "MINEC", "display": "minimum necessary"})
-        targets = []
-        for entry in bundle.get("entry") or []:
-            resource = entry.get("resource")
-            if not isinstance(resource, dict):
-                continue
-            meta = resource.setdefault("meta", {})
-            security = meta.setdefault("security", [])
-            security.extend(dict(label) for label in labels)
-            if entry.get("fullUrl"):
-                targets.append({"reference": entry["fullUrl"]})
+        entries = [e for e in bundle.get("entry") or [] if isinstance(e.get("resource"), dict)]
+        targets = [{"reference": e["fullUrl"]} for e in entries if e.get("fullUrl")]
         if targets:
-            bundle.setdefault("entry", []).append(self._provenance(bundle, t, decision, targets))
+            provenance = self._provenance(bundle, t, decision, targets)
+            bundle.setdefault("entry", []).append(provenance)
+            entries.append(provenance)
+        for entry in entries:
+            security = entry["resource"].setdefault("meta", {}).setdefault("security", [])
+            security.extend(dict(label) for label in labels)
         return bundle
 
     def _provenance(

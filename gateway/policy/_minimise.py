@@ -229,8 +229,10 @@ def _walk(
             value = node[k]
             if isinstance(value, str):
                 if rewrite is not None and rewrite.hits(value):
-                    node[k] = rewrite(value)
                     changes.append(Change(f"{path}.{k}", "text-rewritten"))
+                    node[k] = rewrite(value)
+                    if not node[k].strip():  # nothing left (a postal code): no empty strings
+                        del node[k]
             elif isinstance(value, (dict, list)):
                 result = _walk(value, f"{path}.{k}", rewrite, profile, changes)
                 if result is _DROP:
@@ -245,7 +247,8 @@ def _walk(
                 if rewrite is not None and rewrite.hits(item):
                     changes.append(Change(f"{path}[{n}]", "text-rewritten"))
                     item = rewrite(item)
-                kept.append(item)
+                if item.strip():
+                    kept.append(item)
             elif _walk(item, f"{path}[{n}]", rewrite, profile, changes) is not _DROP:
                 kept.append(item)
         node[:] = kept

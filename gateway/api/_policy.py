@@ -90,7 +90,8 @@ def add_policy_routes(
                 who = sender or records.policy.sender_of(body)
                 if who is None:
                     raise PolicyError(
-                        "no-sender", "the Bundle does not say who sent it: give ?from=",
+                        "no-sender",
+                        "the Bundle does not say who sent it: give ?from=",
                         location="from",
                     )
                 return records.policy.decide(
@@ -139,7 +140,11 @@ def add_policy_routes(
             {
                 "consent": record.summary(),
                 "released": [
-                    {"message_id": r.message_id, "decision": r.decision.id, "outcome": r.decision.outcome}
+                    {
+                        "message_id": r.message_id,
+                        "decision": r.decision.id,
+                        "outcome": r.decision.outcome,
+                    }
                     for r in released
                 ],
             },

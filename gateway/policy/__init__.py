@@ -15,8 +15,8 @@ from ._engine import (
     RuleResult,
 )
 from ._key import policy_key
-from ._records import STATE_OF, PolicyRecords, Released
 from ._minimise import PSEUDONYM_SYSTEM, Change, minimise, pseudonym
+from ._records import STATE_OF, PolicyRecords, Released
 
 __all__ = [
     "LEGAL_BASIS_SYSTEM",
@@ -34,8 +34,8 @@ __all__ = [
     "PolicyData",
     "PolicyError",
     "PolicyRecords",
-    "Released",
     "Profile",
+    "Released",
     "RuleResult",
     "add_cli",
     "minimise",

@@ -1,13 +1,13 @@
 """The policy on the command line (registered by ``add_cli`` in gateway/cli.py):
 
-    gateway policy check BUNDLE --to PARTNER [--from SENDER] [--purpose P] [--json] [-o OUT]
-                                       the decision, without sending (exit 0 allowed, 1 not)
-    gateway policy decisions [--message ID] [--outcome hold] [--json]   stored decisions
-    gateway policy show ID [--json]    one stored decision: rules, reasons, changes
-    gateway policy pseudonym SYSTEM|VALUE   the pseudonym of an identifier (re-identification)
-    gateway consent import FILE        a Consent (or a Bundle of them); releases held records
-    gateway consent list [--patient SYSTEM|VALUE] [--json]
-    gateway consent withdraw ID
+gateway policy check BUNDLE --to PARTNER [--from SENDER] [--purpose P] [--json] [-o OUT]
+                                   the decision, without sending (exit 0 allowed, 1 not)
+gateway policy decisions [--message ID] [--outcome hold] [--json]   stored decisions
+gateway policy show ID [--json]    one stored decision: rules, reasons, changes
+gateway policy pseudonym SYSTEM|VALUE   the pseudonym of an identifier (re-identification)
+gateway consent import FILE        a Consent (or a Bundle of them); releases held records
+gateway consent list [--patient SYSTEM|VALUE] [--json]
+gateway consent withdraw ID
 """
 
 from __future__ import annotations
@@ -54,7 +54,9 @@ def render_decision(policy: Policy, decision: Decision) -> str:
     recipient = policy.institution(decision.recipient, "recipient")
     lines = []
     if decision.id is not None:
-        lines.append(f"#{decision.id}" + (f" (message {decision.message_id})" if decision.message_id else ""))
+        lines.append(
+            f"#{decision.id}" + (f" (message {decision.message_id})" if decision.message_id else "")
+        )
     lines += [
         f"{ui('decision')}: {both(policy.label('outcomes', decision.outcome))}",
         f"{ui('transfer')}: {sender.name('zh-Hans')} → {recipient.name('zh-Hans')} / "
@@ -90,7 +92,8 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
     sender = args.sender or policy.sender_of(body)
     if sender is None:
         raise PolicyError(
-            "no-sender", "the Bundle does not say which institution sent it: give --from",
+            "no-sender",
+            "the Bundle does not say which institution sent it: give --from",
             location="--from",
         )
     at = datetime.fromisoformat(args.at) if args.at else None
@@ -100,7 +103,9 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
     if args.output and decision.bundle_json is not None:
         Path(args.output).write_bytes(decision.bundle_json)
     if args.json:
-        sys.stdout.buffer.write(orjson.dumps(_decision_json(decision), option=orjson.OPT_INDENT_2) + b"\n")
+        sys.stdout.buffer.write(
+            orjson.dumps(_decision_json(decision), option=orjson.OPT_INDENT_2) + b"\n"
+        )
     else:
         sys.stdout.write(render_decision(policy, decision))
     return 0 if decision.allowed else 1
@@ -110,7 +115,9 @@ def cmd_decisions(args: argparse.Namespace, settings: Settings) -> int:
     records = _records(settings)
     found = records.find(message_id=args.message, outcome=args.outcome, limit=args.limit)
     if args.json:
-        sys.stdout.buffer.write(orjson.dumps([d.to_json() for d in found], option=orjson.OPT_INDENT_2) + b"\n")
+        sys.stdout.buffer.write(
+            orjson.dumps([d.to_json() for d in found], option=orjson.OPT_INDENT_2) + b"\n"
+        )
         return 0
     for d in found:
         message = f" message {d.message_id}" if d.message_id else ""
@@ -125,7 +132,9 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
     records = _records(settings)
     decision = records.get(args.id)
     if args.json:
-        sys.stdout.buffer.write(orjson.dumps(_decision_json(decision), option=orjson.OPT_INDENT_2) + b"\n")
+        sys.stdout.buffer.write(
+            orjson.dumps(_decision_json(decision), option=orjson.OPT_INDENT_2) + b"\n"
+        )
     else:
         sys.stdout.write(render_decision(records.policy, decision))
     return 0
@@ -134,7 +143,9 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_pseudonym(args: argparse.Namespace, settings: Settings) -> int:
     system, bar, value = args.identifier.rpartition("|")
     if not bar or not system or not value:
-        raise PolicyError("bad-identifier", "give the identifier as SYSTEM|VALUE", location="identifier")
+        raise PolicyError(
+            "bad-identifier", "give the identifier as SYSTEM|VALUE", location="identifier"
+        )
     sys.stdout.write(pseudonym(_policy(settings).key, system, value) + "\n")
     return 0
 
@@ -152,7 +163,11 @@ def _consent_line(record: ConsentRecord) -> str:
 
 def cmd_consent_import(args: argparse.Namespace, settings: Settings) -> int:
     records = _records(settings)
-    raw = orjson.loads(Path(args.file).read_bytes()) if args.file != "-" else orjson.loads(sys.stdin.buffer.read())
+    raw = (
+        orjson.loads(Path(args.file).read_bytes())
+        if args.file != "-"
+        else orjson.loads(sys.stdin.buffer.read())
+    )
     items = (
         [e.get("resource") for e in raw.get("entry") or []]
         if isinstance(raw, dict) and raw.get("resourceType") == "Bundle"
@@ -163,14 +178,18 @@ def cmd_consent_import(args: argparse.Namespace, settings: Settings) -> int:
         sys.stdout.write(f"imported {_consent_line(record)}\n")
         for r in released:
             target = f"message {r.message_id}" if r.message_id else f"decision #{r.decision.id}"
-            sys.stdout.write(f"released {target}: {r.decision.outcome} (decision #{r.decision.id})\n")
+            sys.stdout.write(
+                f"released {target}: {r.decision.outcome} (decision #{r.decision.id})\n"
+            )
     return 0
 
 
 def cmd_consent_list(args: argparse.Namespace, settings: Settings) -> int:
     found = _records(settings).list_consents(args.patient)
     if args.json:
-        sys.stdout.buffer.write(orjson.dumps([r.summary() for r in found], option=orjson.OPT_INDENT_2) + b"\n")
+        sys.stdout.buffer.write(
+            orjson.dumps([r.summary() for r in found], option=orjson.OPT_INDENT_2) + b"\n"
+        )
         return 0
     for record in found:
         sys.stdout.write(_consent_line(record) + "\n")

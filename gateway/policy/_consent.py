@@ -12,8 +12,8 @@ from typing import Any
 import orjson
 from pydantic import ValidationError as PydanticError
 
-from ..network import Network
 from ..errors import GatewayError
+from ..network import Network
 
 __all__ = [
     "PURPOSE_SYSTEM",
@@ -103,13 +103,18 @@ def parse_consent(
         Consent.model_validate(resource)
     except PydanticError as exc:
         where = ".".join(str(p) for p in exc.errors()[0]["loc"]) if exc.errors() else ""
-        raise _invalid(f"Consent.{where}".rstrip("."), "does not follow the R4 Consent structure") from None
+        raise _invalid(
+            f"Consent.{where}".rstrip("."), "does not follow the R4 Consent structure"
+        ) from None
     codes = [c.get("code") for c in (resource.get("scope") or {}).get("coding") or []]
     if "patient-privacy" not in codes:
         raise _invalid("Consent.scope", "the scope must be patient-privacy")
     ident = (resource.get("patient") or {}).get("identifier") or {}
     if not ident.get("system") or not ident.get("value"):
-        raise _invalid("Consent.patient.identifier", "the patient must be named by identifier (system and value)")
+        raise _invalid(
+            "Consent.patient.identifier",
+            "the patient must be named by identifier (system and value)",
+        )
     provision = resource.get("provision") or {}
     found_purposes: set[str] = set()
     for coding in provision.get("purpose") or []:
@@ -133,35 +138,42 @@ def parse_consent(
         if inst is None:
             raise _invalid(
                 f"Consent.provision.actor[{n}].reference",
-                "the recipient is not an institution of the network (give its OID or facility code)",
+                "the recipient is not an institution of the network "
+                "(give its OID or facility code)",
             )
         recipients.add(inst.key)
     if not recipients:
         raise _invalid("Consent.provision.actor", "no actor with role IRCP (the recipient)")
     period = provision.get("period") or {}
-    consent_id = str(resource.get("id") or uuid.uuid5(_NS, orjson.dumps(resource, option=orjson.OPT_SORT_KEYS).decode()))
+    consent_id = str(
+        resource.get("id")
+        or uuid.uuid5(_NS, orjson.dumps(resource, option=orjson.OPT_SORT_KEYS).decode())
+    )
     return ConsentRecord(
         id=consent_id,
         patient=f"{ident['system']}|{ident['value']}",
         status=str(resource.get("status")),
         purposes=frozenset(found_purposes),
         recipients=frozenset(recipients),
-        start=_moment(period.get("start"), end=False),
-        end=_moment(period.get("end"), end=True),
+        start=_moment(period.get("start"), end=False, where="Consent.provision.period.start"),
+        end=_moment(period.get("end"), end=True, where="Consent.provision.period.end"),
         permit=provision.get("type", "permit") == "permit",
         resource=orjson.dumps(resource),
     )
 
 
-def _moment(value: Any, *, end: bool) -> datetime | None:
+def _moment(value: Any, *, end: bool, where: str) -> datetime | None:
     """A FHIR date or dateTime as naive UTC; a date alone spans its whole day."""
     if not value:
         return None
     text = str(value)
-    if len(text) == 10:
-        day = date.fromisoformat(text)
-        return datetime.combine(day, time.max if end else time.min)
-    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    try:
+        if len(text) == 10:
+            day = date.fromisoformat(text)
+            return datetime.combine(day, time.max if end else time.min)
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise _invalid(where, "give a full date (YYYY-MM-DD) or date and time") from None
     if moment.tzinfo is not None:
         from datetime import UTC
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from ..datafiles import load_data_file
 from ..errors import ConfigError
-from ..network import Institution, Network
+from ..network import Institution
 
 __all__ = ["LANGS", "Agreement", "Basis", "PolicyData", "Profile", "Text"]
 
@@ -124,10 +124,15 @@ class PolicyData:
             data.agreements.append(_agreement(agreements_file, n, entry, data))
         for name, spec in data.prohibited.items():
             for code in spec.get("codes") or []:
-                data.codes[f"{code['system']}|{code['code']}"] = (name, str(code.get("display", "")))
+                data.codes[f"{code['system']}|{code['code']}"] = (
+                    name,
+                    str(code.get("display", "")),
+                )
         for rule in data.rules:
             if not isinstance(rule, dict) or "id" not in rule or "kind" not in rule:
-                raise ConfigError("policy", f"{policy_dir / 'rules.yaml'}: a rule needs id and kind")
+                raise ConfigError(
+                    "policy", f"{policy_dir / 'rules.yaml'}: a rule needs id and kind"
+                )
         return data
 
     # -- places -----------------------------------------------------------------------
@@ -253,5 +258,3 @@ def _profile(path: Path, spec: Any) -> Profile:
         telecom=frozenset(spec.get("telecom") or []),
         attachments=attachments,
     )
-
-

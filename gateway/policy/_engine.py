@@ -229,7 +229,8 @@ class Policy:
             kind = str(spec["kind"])
             if kind not in RULES:
                 raise ConfigError(
-                    "policy", f"rules.yaml: rule {spec['id']}: unknown kind {kind!r} ({', '.join(RULES)})"
+                    "policy",
+                    f"rules.yaml: rule {spec['id']}: unknown kind {kind!r} ({', '.join(RULES)})",
                 )
             self._rules.append((str(spec["id"]), kind, RULES[kind], dict(spec.get("params") or {})))
 
@@ -279,9 +280,7 @@ class Policy:
         return None
 
     def purpose_of(self, bundle: dict[str, Any]) -> str:
-        types = {
-            (e.get("resource") or {}).get("resourceType") for e in bundle.get("entry") or []
-        }
+        types = {(e.get("resource") or {}).get("resourceType") for e in bundle.get("entry") or []}
         for resource_type, purpose in self.data.default_purpose.items():
             if resource_type in types:
                 return purpose
@@ -494,25 +493,39 @@ def _joined(texts: list[Text]) -> Text:
     return {lang: ("、" if lang != "en" else ", ").join(t[lang] for t in texts) for lang in LANGS}
 
 
-def rule_prohibited(policy: Policy, t: _Transfer, rule_id: str, params: dict[str, Any]) -> RuleResult:
+def rule_prohibited(
+    policy: Policy, t: _Transfer, rule_id: str, params: dict[str, Any]
+) -> RuleResult:
     lists = [str(x) for x in params.get("lists") or []]
     data = policy.data
     names = _joined([dict(data.prohibited[n]["name"]) for n in lists if n in data.prohibited])
     exporting = {j for n in lists for j in data.prohibited.get(n, {}).get("exporting") or []}
     if not t.cross_border or t.from_j not in exporting:
-        where = _joined([data.jurisdictions.get(j, {lang: j for lang in LANGS}) for j in sorted(exporting)])
+        where = _joined(
+            [data.jurisdictions.get(j, {lang: j for lang in LANGS}) for j in sorted(exporting)]
+        )
         return RuleResult(
-            rule_id, "prohibited", "pass", "prohibited.not-exporting",
+            rule_id,
+            "prohibited",
+            "pass",
+            "prohibited.not-exporting",
             policy.say("prohibited.not-exporting", exporting=where),
         )
     hit = _find_code(t.bundle, data.codes, set(lists))
     if hit is None:
         return RuleResult(
-            rule_id, "prohibited", "pass", "prohibited.none", policy.say("prohibited.none", lists=names)
+            rule_id,
+            "prohibited",
+            "pass",
+            "prohibited.none",
+            policy.say("prohibited.none", lists=names),
         )
     name, code, display, path = hit
     return RuleResult(
-        rule_id, "prohibited", "deny", "prohibited.found",
+        rule_id,
+        "prohibited",
+        "deny",
+        "prohibited.found",
         policy.say(
             "prohibited.found",
             list=dict(data.prohibited[name]["name"]),
@@ -546,11 +559,15 @@ def _find_code(
     return None
 
 
-def rule_agreement(policy: Policy, t: _Transfer, rule_id: str, params: dict[str, Any]) -> RuleResult:
+def rule_agreement(
+    policy: Policy, t: _Transfer, rule_id: str, params: dict[str, Any]
+) -> RuleResult:
     candidates = policy.data.agreements_between(t.sender.key, t.recipient.key)
     names = _names(policy, t)
     if not candidates:
-        return RuleResult(rule_id, "agreement", "deny", "agreement.none", policy.say("agreement.none", **names))
+        return RuleResult(
+            rule_id, "agreement", "deny", "agreement.none", policy.say("agreement.none", **names)
+        )
     refusals = []
     for agreement in candidates:
         code, text = _check_agreement(policy, t, agreement, names)
@@ -583,9 +600,13 @@ def _check_agreement(
                 )
     today = t.now.date()
     if agreement.valid_to is not None and today > agreement.valid_to:
-        return "agreement.expired", policy.say("agreement.expired", until=agreement.valid_to.isoformat(), **params)
+        return "agreement.expired", policy.say(
+            "agreement.expired", until=agreement.valid_to.isoformat(), **params
+        )
     if agreement.valid_from is not None and today < agreement.valid_from:
-        return "agreement.not-yet", policy.say("agreement.not-yet", since=agreement.valid_from.isoformat(), **params)
+        return "agreement.not-yet", policy.say(
+            "agreement.not-yet", since=agreement.valid_from.isoformat(), **params
+        )
     if t.purpose not in agreement.purposes:
         return "agreement.purpose", policy.say("agreement.purpose", **params)
     missing = [c for c in t.categories if c not in agreement.categories]
@@ -593,7 +614,9 @@ def _check_agreement(
     if missing:
         return "agreement.category", policy.say(
             "agreement.category",
-            categories=_joined([dict(category_names.get(c) or {lang: c for lang in LANGS}) for c in missing]),
+            categories=_joined(
+                [dict(category_names.get(c) or {lang: c for lang in LANGS}) for c in missing]
+            ),
             **params,
         )
     filings = [f["number"] for f in agreement.filing if f.get("number")]
@@ -605,7 +628,9 @@ def _check_agreement(
         "agreement.ok",
         filing=filing_text,
         until=agreement.valid_to.isoformat() if agreement.valid_to else "—",
-        categories=_joined([dict(category_names.get(c) or {lang: c for lang in LANGS}) for c in t.categories]),
+        categories=_joined(
+            [dict(category_names.get(c) or {lang: c for lang in LANGS}) for c in t.categories]
+        ),
         **params,
     )
 
@@ -616,15 +641,28 @@ def rule_consent(policy: Policy, t: _Transfer, rule_id: str, params: dict[str, A
         required = params.get("across", "required") == "required"
     else:
         within = params.get("within", "setting")
-        required = policy.settings.policy_consent_within if within == "setting" else within == "required"
+        required = (
+            policy.settings.policy_consent_within if within == "setting" else within == "required"
+        )
     if not required:
-        return RuleResult(rule_id, "consent", "pass", "consent.not-required", policy.say("consent.not-required", **names))
+        return RuleResult(
+            rule_id,
+            "consent",
+            "pass",
+            "consent.not-required",
+            policy.say("consent.not-required", **names),
+        )
     if not t.patients:
-        return RuleResult(rule_id, "consent", "hold", "consent.no-patient", policy.say("consent.no-patient"))
+        return RuleResult(
+            rule_id, "consent", "hold", "consent.no-patient", policy.say("consent.no-patient")
+        )
     for record in t.consents.for_patients(t.patients):
         if record.covers(t.patients, t.purpose, t.recipient.key, t.now):
             return RuleResult(
-                rule_id, "consent", "pass", "consent.ok",
+                rule_id,
+                "consent",
+                "pass",
+                "consent.ok",
                 policy.say(
                     "consent.ok",
                     consent=record.id,
@@ -632,7 +670,9 @@ def rule_consent(policy: Policy, t: _Transfer, rule_id: str, params: dict[str, A
                     **names,
                 ),
             )
-    return RuleResult(rule_id, "consent", "hold", "consent.missing", policy.say("consent.missing", **names))
+    return RuleResult(
+        rule_id, "consent", "hold", "consent.missing", policy.say("consent.missing", **names)
+    )
 
 
 def rule_volume(policy: Policy, t: _Transfer, rule_id: str, params: dict[str, Any]) -> RuleResult:
@@ -640,13 +680,25 @@ def rule_volume(policy: Policy, t: _Transfer, rule_id: str, params: dict[str, An
     exporting = [str(j) for j in params.get("exporting") or ["CN"]]
     if not t.cross_border or t.from_j not in exporting:
         where = _joined([data.jurisdictions.get(j, {lang: j for lang in LANGS}) for j in exporting])
-        return RuleResult(rule_id, "volume", "pass", "volume.not-exporting", policy.say("volume.not-exporting", exporting=where))
+        return RuleResult(
+            rule_id,
+            "volume",
+            "pass",
+            "volume.not-exporting",
+            policy.say("volume.not-exporting", exporting=where),
+        )
     if t.agreement is None:
         return RuleResult(rule_id, "volume", "skip", "skipped", policy.say("skipped"))
     basis = data.bases[t.agreement.basis]
     basis_name = policy.label("bases", basis.key)
     if basis.volume_limit is None:
-        return RuleResult(rule_id, "volume", "pass", "volume.no-threshold", policy.say("volume.no-threshold", basis=basis_name))
+        return RuleResult(
+            rule_id,
+            "volume",
+            "pass",
+            "volume.no-threshold",
+            policy.say("volume.no-threshold", basis=basis_name),
+        )
     category = str(params.get("category", "sensitive"))
     year = t.now.year
     person = _person(policy, t)
@@ -663,11 +715,15 @@ def rule_volume(policy: Policy, t: _Transfer, rule_id: str, params: dict[str, An
         warning=f"{basis.volume_warning or basis.volume_limit:,}",
     )
     if count > basis.volume_limit:
-        return RuleResult(rule_id, "volume", "deny", "volume.over", policy.say("volume.over", **words))
+        return RuleResult(
+            rule_id, "volume", "deny", "volume.over", policy.say("volume.over", **words)
+        )
     if person:
         t.count = (year, t.sender.key, basis.key, category, person)
     if basis.volume_warning is not None and count >= basis.volume_warning:
-        return RuleResult(rule_id, "volume", "warn", "volume.warn", policy.say("volume.warn", **words))
+        return RuleResult(
+            rule_id, "volume", "warn", "volume.warn", policy.say("volume.warn", **words)
+        )
     return RuleResult(rule_id, "volume", "pass", "volume.ok", policy.say("volume.ok", **words))
 
 
@@ -690,15 +746,27 @@ def rule_minimise(policy: Policy, t: _Transfer, rule_id: str, params: dict[str, 
         return RuleResult(rule_id, "minimise", "pass", "minimise.none", policy.say("minimise.none"))
     t.minimised, t.changes = minimise(t.bundle, profile, policy.key, t.sender.key)
     if not t.changes:
-        return RuleResult(rule_id, "minimise", "pass", "minimise.unchanged", policy.say("minimise.unchanged", profile=profile.id))
+        return RuleResult(
+            rule_id,
+            "minimise",
+            "pass",
+            "minimise.unchanged",
+            policy.say("minimise.unchanged", profile=profile.id),
+        )
     counts: dict[str, int] = {}
     for change in t.changes:
         counts[change.action] = counts.get(change.action, 0) + 1
     summary = _joined(
-        [{lang: f"{policy.label('actions', a)[lang]} {n}" for lang in LANGS} for a, n in counts.items()]
+        [
+            {lang: f"{policy.label('actions', a)[lang]} {n}" for lang in LANGS}
+            for a, n in counts.items()
+        ]
     )
     return RuleResult(
-        rule_id, "minimise", "change", "minimise.changed",
+        rule_id,
+        "minimise",
+        "change",
+        "minimise.changed",
         policy.say("minimise.changed", profile=profile.id, changes=summary),
     )
 

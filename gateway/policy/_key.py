@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import secrets
 import stat
-from pathlib import Path
 
 from ..config import Settings
 from ..errors import ConfigError
@@ -34,9 +33,13 @@ def policy_key(settings: Settings, env: dict[str, str] | None = None) -> bytes:
         mode = path.stat().st_mode
         text = path.read_text(encoding="ascii").strip()
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError("policy-key", f"{path}: the pseudonym key cannot be read ({type(exc).__name__})") from None
+        raise ConfigError(
+            "policy-key", f"{path}: the pseudonym key cannot be read ({type(exc).__name__})"
+        ) from None
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ConfigError("policy-key", f"{path}: the pseudonym key file must be private (chmod 600)")
+        raise ConfigError(
+            "policy-key", f"{path}: the pseudonym key file must be private (chmod 600)"
+        )
     return _decode(text, str(path))
 
 
@@ -46,5 +49,7 @@ def _decode(text: str, where: str) -> bytes:
     except ValueError:
         raise ConfigError("policy-key", f"{where}: the pseudonym key must be hex") from None
     if len(key) < MIN_BYTES:
-        raise ConfigError("policy-key", f"{where}: the pseudonym key must have at least {MIN_BYTES} bytes")
+        raise ConfigError(
+            "policy-key", f"{where}: the pseudonym key must have at least {MIN_BYTES} bytes"
+        )
     return key

@@ -184,7 +184,11 @@ def _structural(
             if profile.address == "remove" or not city:
                 changes.append(Change(f"{path}.address[{n}]", "address-removed"))
                 continue
-            reduced = {k: address[k] for k in ("use", "type", "city", "state", "country", "period") if k in address}
+            reduced = {
+                k: address[k]
+                for k in ("use", "type", "city", "state", "country", "period")
+                if k in address
+            }
             kept.append(reduced)
             changes.append(Change(f"{path}.address[{n}]", "address-reduced"))
         if kept:
@@ -198,7 +202,9 @@ def _structural(
                 value = telecom.get("value")
                 if isinstance(value, str) and re.search(r"\d{5}", re.sub(r"\D", "", value)):
                     found.patterns.append((_phone(value), "***"))
-                changes.append(Change(f"{path}.telecom[{n}]", "telecom-removed", str(telecom.get("system"))))
+                changes.append(
+                    Change(f"{path}.telecom[{n}]", "telecom-removed", str(telecom.get("system")))
+                )
             else:
                 kept.append(telecom)
         if kept:

@@ -96,9 +96,11 @@ class PolicyRecords:
     def for_patients(self, patients: list[str]) -> list[ConsentRecord]:
         keys = [self._patient_key(p) for p in patients]
         with self.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(consents.c.resource).where(consents.c.patient_key.in_(keys))
-            ).scalars().all()
+            rows = (
+                conn.execute(sa.select(consents.c.resource).where(consents.c.patient_key.in_(keys)))
+                .scalars()
+                .all()
+            )
         return [self._parse(r) for r in rows]
 
     def count(self, year: int, sender: str, basis: str, category: str) -> int:
@@ -112,7 +114,10 @@ class PolicyRecords:
     def has(self, year: int, sender: str, basis: str, category: str, person: str) -> bool:
         c = counters.c
         query = sa.select(c.person).where(
-            c.year == year, c.sender == sender, c.basis == basis, c.category == category,
+            c.year == year,
+            c.sender == sender,
+            c.basis == basis,
+            c.category == category,
             c.person == person,
         )
         with self.engine.connect() as conn:
@@ -233,16 +238,22 @@ class PolicyRecords:
                 year, sender, basis, category, person = decision.count
                 exists = conn.execute(
                     sa.select(counters.c.person).where(
-                        counters.c.year == year, counters.c.sender == sender,
-                        counters.c.basis == basis, counters.c.category == category,
+                        counters.c.year == year,
+                        counters.c.sender == sender,
+                        counters.c.basis == basis,
+                        counters.c.category == category,
                         counters.c.person == person,
                     )
                 ).first()
                 if exists is None:
                     conn.execute(
                         counters.insert().values(
-                            year=year, sender=sender, basis=basis, category=category,
-                            person=person, first_at=utcnow(),
+                            year=year,
+                            sender=sender,
+                            basis=basis,
+                            category=category,
+                            person=person,
+                            first_at=utcnow(),
                         )
                     )
         if message_id is not None:
@@ -261,17 +272,22 @@ class PolicyRecords:
         held leave the held state (outbox, or denied if a rule now refuses)."""
         with self.engine.connect() as conn:
             rows = conn.execute(
-                sa.select(decisions).where(
-                    decisions.c.outcome == "hold", decisions.c.current.is_(True)
-                ).order_by(decisions.c.id)
+                sa.select(decisions)
+                .where(decisions.c.outcome == "hold", decisions.c.current.is_(True))
+                .order_by(decisions.c.id)
             ).all()
         released = []
         for row in rows:
             if row.input is None:
                 continue
             decision = self.policy.decide(
-                row.input, row.sender, row.recipient, row.purpose,
-                consents=self, counters=self, now=now,
+                row.input,
+                row.sender,
+                row.recipient,
+                row.purpose,
+                consents=self,
+                counters=self,
+                now=now,
             )
             if decision.outcome == "hold":
                 continue

@@ -21,8 +21,12 @@ KEY = bytes(range(32))
 NOW = datetime(2026, 6, 18, 8, 0)
 HKID = "https://fhir-gateway.example.org/sid/hkid"
 RESIDENT_ID = "urn:oid:2.16.156.10011.1.3"
-OIDS = {"HKPMC": "1.3.6.1.4.1.99999.1.1", "NSCH": "2.16.156.10011.99.1.1",
-        "NJMU2": "2.16.156.10011.99.1.3", "LAX2": "2.16.156.10011.99.1.4"}
+OIDS = {
+    "HKPMC": "1.3.6.1.4.1.99999.1.1",
+    "NSCH": "2.16.156.10011.99.1.1",
+    "NJMU2": "2.16.156.10011.99.1.3",
+    "LAX2": "2.16.156.10011.99.1.4",
+}
 
 
 @pytest.fixture(scope="session")
@@ -34,8 +38,12 @@ def policy(settings: Settings) -> Policy:
 def bundles(converter: Converter) -> dict[str, bytes]:
     """Converted Bundles of the demo referrals, by example file stem."""
     out = {}
-    for name in ("ref_i12_nsch_to_hkpmc", "ref_i12_hkpmc_to_nsch", "ref_i12_lax2_to_njmu2",
-                 "ref_i12_nsgp_to_nsch"):
+    for name in (
+        "ref_i12_nsch_to_hkpmc",
+        "ref_i12_hkpmc_to_nsch",
+        "ref_i12_lax2_to_njmu2",
+        "ref_i12_nsgp_to_nsch",
+    ):
         records = converter.convert_path(REPO / "examples" / "hl7v2" / f"{name}.hl7")
         assert records[0].ok and records[0].bundle_json is not None
         out[name] = records[0].bundle_json
@@ -57,22 +65,44 @@ def consent(
         "resourceType": "Consent",
         "id": ident,
         "status": status,
-        "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope",
-                              "code": "patient-privacy"}]},
-        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0",
-                                  "display": "Patient Consent"}]}],
+        "scope": {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/consentscope",
+                    "code": "patient-privacy",
+                }
+            ]
+        },
+        "category": [
+            {
+                "coding": [
+                    {"system": "http://loinc.org", "code": "59284-0", "display": "Patient Consent"}
+                ]
+            }
+        ],
         "patient": {"identifier": {"system": patient[0], "value": patient[1]}},
         "dateTime": start,
         "provision": {
             "type": "permit",
             "period": {"start": start, "end": end},
-            "actor": [{
-                "role": {"coding": [{
-                    "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
-                    "code": "IRCP"}]},
-                "reference": {"identifier": {"system": "urn:ietf:rfc:3986",
-                                             "value": f"urn:oid:{OIDS[recipient]}"}},
-            }],
+            "actor": [
+                {
+                    "role": {
+                        "coding": [
+                            {
+                                "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
+                                "code": "IRCP",
+                            }
+                        ]
+                    },
+                    "reference": {
+                        "identifier": {
+                            "system": "urn:ietf:rfc:3986",
+                            "value": f"urn:oid:{OIDS[recipient]}",
+                        }
+                    },
+                }
+            ],
             "purpose": [{"system": PURPOSE_SYSTEM, "code": p} for p in purposes],
         },
     }

@@ -12,8 +12,8 @@ from typing import Any
 
 import orjson
 import pypdf
-from fpdf import FPDF
 from fhir.resources.R4B.bundle import Bundle
+from fpdf import FPDF
 
 from gateway.policy import LEGAL_BASIS_SYSTEM, MemoryConsents, Policy, parse_consent
 
@@ -65,10 +65,15 @@ def _report_bundle(bundle: bytes) -> dict[str, Any]:
                 "status": "final",
                 "code": {"text": "头颅CT平扫"},
                 "subject": {"reference": f"Patient?identifier={RESIDENT_ID}|{ID}"},
-                "conclusion": f"左侧基底节区陈旧性腔隙性梗死灶。如有疑问请致电患者 13900000001（{LINE}）。",
+                "conclusion": "左侧基底节区陈旧性腔隙性梗死灶。"
+                f"如有疑问请致电患者 13900000001（{LINE}）。",
                 "presentedForm": [
-                    {"contentType": "text/html; charset=utf-8", "language": "zh-Hans",
-                     "data": _b64(html), "size": len(html)},
+                    {
+                        "contentType": "text/html; charset=utf-8",
+                        "language": "zh-Hans",
+                        "data": _b64(html),
+                        "size": len(html),
+                    },
                     {"contentType": "application/pdf", "language": "zh-Hans", "data": _b64(pdf)},
                     {"contentType": "text/plain", "data": _b64(text)},
                 ],
@@ -97,7 +102,9 @@ def _strings(node: Any, found: list[str], content_type: str | None = None) -> No
         if "data" in node and "contentType" in node:
             data = base64.b64decode(node["data"])
             if node["contentType"].startswith("application/pdf"):
-                found.append("".join(p.extract_text() for p in pypdf.PdfReader(io.BytesIO(data)).pages))
+                found.append(
+                    "".join(p.extract_text() for p in pypdf.PdfReader(io.BytesIO(data)).pages)
+                )
             else:
                 found.append(data.decode("utf-8"))
         for key, value in node.items():
@@ -127,29 +134,48 @@ def test_no_configured_value_survives_anywhere(policy: Policy, bundles: dict[str
     source = _report_bundle(bundles["ref_i12_lax2_to_njmu2"])
     originals = [ID, PHONE, "13900000001", LINE, TEXT, POSTAL]
     assert set(_leaks(source, originals)) == set(originals)  # the search finds them all
-    consents = MemoryConsents([parse_consent(
-        consent((RESIDENT_ID, ID), "HKPMC", ("second-opinion",)), policy.network, policy.data.purposes
-    )])
+    consents = MemoryConsents(
+        [
+            parse_consent(
+                consent((RESIDENT_ID, ID), "HKPMC", ("second-opinion",)),
+                policy.network,
+                policy.data.purposes,
+            )
+        ]
+    )
     decision = policy.decide(source, "LAX2", "HKPMC", "second-opinion", consents=consents, now=NOW)
     assert decision.outcome == "allow-with-changes", [r.reason["en"] for r in decision.results]
     out = decision.bundle
     assert out is not None
     assert _leaks(out, originals) == []
     # What stays: the city, the pseudonym in place of the ID, the HTML forms rewritten.
-    patient = next(e["resource"] for e in out["entry"] if e["resource"]["resourceType"] == "Patient")
-    assert patient["address"] == [{"use": "home", "city": "滁州市", "state": "安徽省", "country": "CHN"}]
+    patient = next(
+        e["resource"] for e in out["entry"] if e["resource"]["resourceType"] == "Patient"
+    )
+    assert patient["address"] == [
+        {"use": "home", "city": "滁州市", "state": "安徽省", "country": "CHN"}
+    ]
     assert "telecom" not in patient
     alias = next(i for i in patient["identifier"] if i["system"].endswith("/pseudonym/lax2"))
     assert alias["value"].startswith("PSN-")
-    report = next(e["resource"] for e in out["entry"] if e["resource"]["resourceType"] == "DiagnosticReport")
-    assert [f["contentType"] for f in report["presentedForm"]] == ["text/html; charset=utf-8", "text/plain"]
+    report = next(
+        e["resource"] for e in out["entry"] if e["resource"]["resourceType"] == "DiagnosticReport"
+    )
+    assert [f["contentType"] for f in report["presentedForm"]] == [
+        "text/html; charset=utf-8",
+        "text/plain",
+    ]
     html = base64.b64decode(report["presentedForm"][0]["data"]).decode()
     assert alias["value"] in html and "滁州市" in html
     assert report["presentedForm"][0]["size"] == len(html.encode())
     assert report["subject"]["reference"].endswith(f"/pseudonym/lax2|{alias['value']}")
     # The changes say where, never what.
     paths = {c.path: c.action for c in decision.changes}
-    n = next(i for i, e in enumerate(source["entry"]) if e["resource"]["resourceType"] == "DiagnosticReport")
+    n = next(
+        i
+        for i, e in enumerate(source["entry"])
+        if e["resource"]["resourceType"] == "DiagnosticReport"
+    )
     assert paths[f"Bundle.entry[{n}].resource.presentedForm[1]"] == "attachment-dropped"
     assert paths[f"Bundle.entry[{n + 1}].resource.content[0].attachment"] == "attachment-dropped"
     assert "attachment-rewritten" in paths.values() and "text-rewritten" in paths.values()
@@ -159,18 +185,34 @@ def test_no_configured_value_survives_anywhere(policy: Policy, bundles: dict[str
 
 def test_hkid_in_any_spelling_is_replaced(policy: Policy, bundles: dict[str, bytes]) -> None:
     source = orjson.loads(bundles["ref_i12_nsch_to_hkpmc"])
-    request = next(e["resource"] for e in source["entry"] if e["resource"]["resourceType"] == "ServiceRequest")
-    request["note"].append({"text": "HKID K583726(A)；香港地址 協和街88號錦東大廈12樓B室；電話 +852 0000 0002"})
-    consents = MemoryConsents([parse_consent(consent((HKID, "K583726A"), "HKPMC"), policy.network, policy.data.purposes)])
+    request = next(
+        e["resource"] for e in source["entry"] if e["resource"]["resourceType"] == "ServiceRequest"
+    )
+    request["note"].append(
+        {"text": "HKID K583726(A)；香港地址 協和街88號錦東大廈12樓B室；電話 +852 0000 0002"}
+    )
+    consents = MemoryConsents(
+        [parse_consent(consent((HKID, "K583726A"), "HKPMC"), policy.network, policy.data.purposes)]
+    )
     decision = policy.decide(source, "NSCH", "HKPMC", consents=consents, now=NOW)
     assert decision.bundle is not None
-    originals = ["K583726A", "協和街88號錦東大廈12樓B室", "+85200000002", "+8613900000002", "海景路66号3栋1502房"]
+    originals = [
+        "K583726A",
+        "協和街88號錦東大廈12樓B室",
+        "+85200000002",
+        "+8613900000002",
+        "海景路66号3栋1502房",
+    ]
     assert _leaks(decision.bundle, originals) == []
 
 
 def test_what_leaves_is_labelled_and_valid(policy: Policy, bundles: dict[str, bytes]) -> None:
-    consents = MemoryConsents([parse_consent(consent((HKID, "K583726A"), "HKPMC"), policy.network, policy.data.purposes)])
-    decision = policy.decide(bundles["ref_i12_nsch_to_hkpmc"], "NSCH", "HKPMC", consents=consents, now=NOW)
+    consents = MemoryConsents(
+        [parse_consent(consent((HKID, "K583726A"), "HKPMC"), policy.network, policy.data.purposes)]
+    )
+    decision = policy.decide(
+        bundles["ref_i12_nsch_to_hkpmc"], "NSCH", "HKPMC", consents=consents, now=NOW
+    )
     out = decision.bundle
     assert out is not None
     Bundle.model_validate(out)  # the R4 structure still holds, Provenance included

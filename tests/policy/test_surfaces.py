@@ -40,7 +40,9 @@ def _held(home: Path, converter: Converter) -> tuple[int, int]:
     message = store.receive(Incoming(raw, "cli")).id
     bundle = process_message(store, converter, message).output
     assert bundle is not None
-    decision = PolicyRecords(store, Policy(settings)).apply(message, bundle, "NSCH", "HKPMC", now=NOW)
+    decision = PolicyRecords(store, Policy(settings)).apply(
+        message, bundle, "NSCH", "HKPMC", now=NOW
+    )
     store.close()
     assert decision.id is not None
     return message, decision.id
@@ -48,22 +50,46 @@ def _held(home: Path, converter: Converter) -> tuple[int, int]:
 
 def test_policy_check_on_the_cli_in_chinese_and_english(tmp_path: Path) -> None:
     bundle = REPO / "examples" / "hl7v2" / "bundles" / "ref_i12_nsch_to_hkpmc.json"
-    out = run("policy", "check", str(bundle), "--to", "HKPMC", "--at", "2026-06-18T08:00", home=tmp_path)
+    out = run(
+        "policy", "check", str(bundle), "--to", "HKPMC", "--at", "2026-06-18T08:00", home=tmp_path
+    )
     assert out.returncode == 1, out.stderr
     text = out.stdout.decode()
     assert "决定 / decision: 暂存 / hold" in text
     assert "未找到患者对用途“转诊”及接收方大湾区医疗集团香港合作医疗中心的有效单独同意" in text
     assert "no separate consent of the patient in force for the purpose “referral”" in text
-    as_json = run("policy", "check", str(bundle), "--to", "HKPMC", "--json", "--at",
-                  "2026-06-18T08:00", home=tmp_path)
+    as_json = run(
+        "policy",
+        "check",
+        str(bundle),
+        "--to",
+        "HKPMC",
+        "--json",
+        "--at",
+        "2026-06-18T08:00",
+        home=tmp_path,
+    )
     decision = orjson.loads(as_json.stdout)
     assert decision["outcome"] == "hold" and decision["agreement"] == "GBA-SC-2024-NSCH-HKPMC"
     assert decision["operationOutcome"]["issue"][2]["details"]["coding"][0]["code"] == "policy.held"
     lax2 = REPO / "examples" / "hl7v2" / "bundles" / "ref_i12_lax2_to_njmu2.json"
-    allowed = run("policy", "check", str(lax2), "--to", "NJMU2", "-o", str(tmp_path / "out.json"),
-                  "--at", "2026-06-18T08:00", home=tmp_path)
+    allowed = run(
+        "policy",
+        "check",
+        str(lax2),
+        "--to",
+        "NJMU2",
+        "-o",
+        str(tmp_path / "out.json"),
+        "--at",
+        "2026-06-18T08:00",
+        home=tmp_path,
+    )
     assert allowed.returncode == 0 and "允许 / allow" in allowed.stdout.decode()
-    assert orjson.loads((tmp_path / "out.json").read_bytes())["entry"][-1]["resource"]["resourceType"] == "Provenance"
+    assert (
+        orjson.loads((tmp_path / "out.json").read_bytes())["entry"][-1]["resource"]["resourceType"]
+        == "Provenance"
+    )
     unknown = run("policy", "check", str(lax2), "--to", "NOWHERE", home=tmp_path)
     assert unknown.returncode == 2 and b"[config.unknown-partner]" in unknown.stderr
 
@@ -78,7 +104,12 @@ def test_decisions_and_consents_on_the_cli(tmp_path: Path, converter: Converter)
     assert "no separate consent of the patient" in shown
     as_json = orjson.loads(run("policy", "show", str(decision), "--json", home=tmp_path).stdout)
     assert as_json["message_id"] == message and [r["outcome"] for r in as_json["rules"]] == [
-        "pass", "pass", "hold", "pass", "skip"]
+        "pass",
+        "pass",
+        "hold",
+        "pass",
+        "skip",
+    ]
 
     (tmp_path / "consent.json").write_bytes(dumps(consent((HKID, "K583726A"), "HKPMC")))
     imported = run("consent", "import", str(tmp_path / "consent.json"), home=tmp_path)
@@ -105,17 +136,28 @@ def test_decisions_and_consents_on_the_api(tmp_path: Path, converter: Converter)
     body = got.json()
     assert body["outcome"] == "hold" and body["message_id"] == message
     consent_issue = body["operationOutcome"]["issue"][2]
-    assert consent_issue["severity"] == "warning" and "未找到患者" in consent_issue["details"]["text"]
+    assert (
+        consent_issue["severity"] == "warning" and "未找到患者" in consent_issue["details"]["text"]
+    )
     assert call(app, "GET", "/policy/decisions/999", headers=AUTH).status_code == 404
     listed = call(app, "GET", f"/policy/decisions?message={message}", headers=AUTH).json()
     assert [d["id"] for d in listed] == [decision]
 
     bad = call(app, "POST", "/Consent", content=b'{"resourceType": "Consent"}', headers=AUTH)
-    assert bad.status_code == 400 and bad.json()["issue"][0]["details"]["coding"][0]["code"] == "policy.consent-invalid"
-    made = call(app, "POST", "/Consent", content=dumps(consent((HKID, "K583726A"), "HKPMC")), headers=AUTH)
+    assert (
+        bad.status_code == 400
+        and bad.json()["issue"][0]["details"]["coding"][0]["code"] == "policy.consent-invalid"
+    )
+    made = call(
+        app, "POST", "/Consent", content=dumps(consent((HKID, "K583726A"), "HKPMC")), headers=AUTH
+    )
     assert made.status_code == 201
-    assert made.json()["released"] == [{"message_id": message, "decision": decision + 1, "outcome": "allow-with-changes"}]
-    found = call(app, "GET", "/Consent", params={"patient": f"{HKID}|K583726A"}, headers=AUTH).json()
+    assert made.json()["released"] == [
+        {"message_id": message, "decision": decision + 1, "outcome": "allow-with-changes"}
+    ]
+    found = call(
+        app, "GET", "/Consent", params={"patient": f"{HKID}|K583726A"}, headers=AUTH
+    ).json()
     assert found["total"] == 1 and found["entry"][0]["resource"]["id"] == "consent-1"
     gone = call(app, "POST", "/Consent/consent-1/$withdraw", headers=AUTH)
     assert gone.status_code == 200 and gone.json()["status"] == "inactive"

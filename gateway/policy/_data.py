@@ -90,6 +90,7 @@ class PolicyData:
     prohibited: dict[str, dict[str, Any]]
     labels: dict[str, Any]
     codes: dict[str, tuple[str, str]] = field(default_factory=dict)  # "system|code" → list
+    needles: tuple[bytes, ...] = ()  # the prohibited codes as JSON strings: b'"51969-4"'
 
     @classmethod
     def load(cls, policy_dir: Path, agreements_file: Path, defaults: tuple[int, int]) -> PolicyData:
@@ -128,6 +129,7 @@ class PolicyData:
                     name,
                     str(code.get("display", "")),
                 )
+        data.needles = tuple(sorted({f'"{k.split("|", 1)[1]}"'.encode() for k in data.codes}))
         for rule in data.rules:
             if not isinstance(rule, dict) or "id" not in rule or "kind" not in rule:
                 raise ConfigError(
@@ -154,7 +156,7 @@ class PolicyData:
         juris = self.jurisdiction(inst)
         if juris in (spec.get("jurisdictions") or []):
             return True
-        return juris == "CN" and self.city(inst) in {str(c) for c in spec.get("cities") or []}
+        return juris == "CN" and self.city(inst) in [str(c) for c in spec.get("cities") or []]
 
     def place(self, inst: Institution) -> Text:
         """Where an institution is, in each language (its division, else jurisdiction)."""

@@ -183,6 +183,7 @@ class _Transfer:
     from_j: str
     to_j: str
     bundle: dict[str, Any]
+    text: bytes  # the Bundle as JSON
     patients: list[str]
     categories: list[str]
     consents: Consents
@@ -222,6 +223,7 @@ class Policy:
             for entry in (load_data_file(settings.network) or {}).get("institutions") or []
             if (inst := self.network.find(str(entry.get("key")))) is not None
         ]
+        self._names: dict[tuple[str, str, str], dict[str, Any]] = {}  # rule words per transfer
         self._key = key
         self._key_lock = threading.Lock()
         self._rules: list[tuple[str, str, Rule, dict[str, Any]]] = []
@@ -321,6 +323,7 @@ class Policy:
             from_j=self.data.jurisdiction(source),
             to_j=self.data.jurisdiction(target),
             bundle=parsed,
+            text=bundle if isinstance(bundle, bytes) else orjson.dumps(parsed),
             patients=_patients(parsed),
             categories=self._categories(parsed),
             consents=consents or MemoryConsents(),
@@ -480,6 +483,14 @@ def _patients(bundle: dict[str, Any]) -> list[str]:
 
 # -- the rules ---------------------------------------------------------------------------
 def _names(policy: Policy, t: _Transfer) -> dict[str, Any]:
+    key = (t.sender.key, t.recipient.key, t.purpose)
+    found = policy._names.get(key)
+    if found is None:
+        found = policy._names[key] = _name_words(policy, t)
+    return found
+
+
+def _name_words(policy: Policy, t: _Transfer) -> dict[str, Any]:
     return {
         "sender": policy.name(t.sender),
         "recipient": policy.name(t.recipient),
@@ -511,7 +522,11 @@ def rule_prohibited(
             "prohibited.not-exporting",
             policy.say("prohibited.not-exporting", exporting=where),
         )
-    hit = _find_code(t.bundle, data.codes, set(lists))
+    # The codes are looked for in the Bundle's JSON first (one substring search each);
+    # only a Bundle holding one of them is walked to name its system and place.
+    text = t.text
+    present = any(needle in text for needle in data.needles)
+    hit = _find_code(t.bundle, data.codes, set(lists)) if present else None
     if hit is None:
         return RuleResult(
             rule_id,

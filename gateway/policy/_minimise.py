@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import html
 import re
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from ._data import Profile
 
@@ -57,9 +60,7 @@ def minimise(
     bundle: dict[str, Any], profile: Profile, key: bytes, sender: str
 ) -> tuple[dict[str, Any], list[Change]]:
     """A minimised copy of ``bundle`` and the list of changes (paths, never values)."""
-    import orjson  # the cheapest deep copy of JSON data
-
-    out: dict[str, Any] = orjson.loads(orjson.dumps(bundle))
+    out: dict[str, Any] = orjson.loads(orjson.dumps(bundle))  # the cheapest deep copy
     changes: list[Change] = []
     found = _Secrets()
     for n, entry in enumerate(out.get("entry") or []):
@@ -73,9 +74,15 @@ def minimise(
                         inner, f"{path}.contained[{m}]", profile, key, sender, found, changes
                     )
     rewrite = found.compile()
-    for n, entry in enumerate(out.get("entry") or []):
-        if isinstance(entry, dict):
-            _walk(entry, f"Bundle.entry[{n}]", rewrite, profile, changes)
+    # Pass 2 visits every string: first ask, over the whole Bundle serialised once,
+    # whether any original value (or any attachment) is left at all. Most records hold
+    # the values only where pass 1 already changed them.
+    data = orjson.dumps(out)
+    strings = rewrite is not None and rewrite.present(data)
+    if strings or b'"contentType"' in data:
+        for n, entry in enumerate(out.get("entry") or []):
+            if isinstance(entry, dict):
+                _walk(entry, f"Bundle.entry[{n}]", rewrite, profile, changes, strings)
     return out, changes
 
 
@@ -86,6 +93,7 @@ class _Secrets:
     def __init__(self) -> None:
         self.literal: dict[str, str] = {}  # exact strings (address lines, texts)
         self.patterns: list[tuple[str, str]] = []  # (regex, replacement)
+        self.probes: list[bytes] = []  # compact values, looked for in squeezed JSON
 
     def add_literal(self, value: str, replacement: str) -> None:
         value = value.strip()
@@ -100,15 +108,34 @@ class _Secrets:
         parts = [(re.escape(v), r) for v, r in ordered] + self.patterns
         if not parts:
             return None
-        return _Rewriter(parts)
+        return _Rewriter(parts, [orjson.dumps(v)[1:-1] for v in self.literal], self.probes)
 
 
 class _Rewriter:
-    """One regex for every original value; each match becomes its replacement."""
+    """One regex for every original value; each match becomes its replacement. The
+    regex is compiled only when some value is present (most records: none)."""
 
-    def __init__(self, parts: list[tuple[str, str]]) -> None:
-        self.regex = re.compile("|".join(f"({p})" for p, _ in parts), re.IGNORECASE)
+    def __init__(
+        self, parts: list[tuple[str, str]], literals: list[bytes], probes: list[bytes]
+    ) -> None:
+        self.parts = parts
         self.replacements = [r for _, r in parts]
+        self.literals = literals  # as they appear in JSON (escaped)
+        self.probes = probes
+
+    @functools.cached_property
+    def regex(self) -> re.Pattern[str]:
+        return re.compile("|".join(f"({p})" for p, _ in self.parts), re.IGNORECASE)
+
+    def present(self, data: bytes) -> bool:
+        """Whether any original value may be in ``data`` (a serialised Bundle): a
+        superset of what the rewriter finds, so False means nothing to rewrite."""
+        if any(literal in data for literal in self.literals):
+            return True
+        if not self.probes:
+            return False
+        squeezed = _squeeze(data)
+        return any(probe in squeezed for probe in self.probes)
 
     def hits(self, text: str) -> bool:
         return self.regex.search(text) is not None
@@ -117,22 +144,54 @@ class _Rewriter:
         return self.regex.sub(lambda m: self.replacements[(m.lastindex or 1) - 1], text)
 
 
+# What may stand between the characters of an identifier or phone number in text:
+# ASCII spaces, no-break and ideographic spaces, hyphens, brackets (and for phones
+# dots). _SEP is the patterns' class; _squeeze removes the same from JSON bytes (JSON
+# writes \t, \n ... as escapes; the others as themselves, in UTF-8).
+_SEP = "[ \t\n\r\x0b\x0c\u00a0\u3000\\-()]"
+_PHONE_SEP = "[ \t\n\r\x0b\x0c\u00a0\u3000\\-().]"
+_GAP_BYTES = b" -().+"
+_ESCAPED = re.compile(rb"\\[nrtbf]|\\u000[bc]")
+_WIDE = (b"\xc2\xa0", b"\xe3\x80\x80")
+
+
+def _squeeze(data: bytes) -> bytes:
+    """JSON bytes without anything the patterns allow between characters, upper-cased:
+    a spaced value (``K583726(A)``, ``+86 139-0000-0001``) is then a plain substring."""
+    if b"\\" in data:
+        data = _ESCAPED.sub(b"", data)
+    for space in _WIDE:
+        if space in data:
+            data = data.replace(space, b"")
+    return data.translate(None, _GAP_BYTES).upper()
+
+
+def _probe(chars: str) -> bytes:
+    return "".join(c for c in chars if c.isalnum()).upper().encode()
+
+
+@functools.lru_cache(maxsize=4096)
 def _spaced(value: str) -> str:
     """A regex for an identifier or number written with or without separators
     (spaces, hyphens, brackets: ``K583726(A)``, ``+86 139-0000-0001``)."""
     chars = [re.escape(c) for c in value if c.isalnum()]
-    return r"(?<![0-9A-Za-z])" + r"[\s\-()]*".join(chars) + r"\)?(?![0-9A-Za-z])"
+    return r"(?<![0-9A-Za-z])" + f"{_SEP}*".join(chars) + r"\)?(?![0-9A-Za-z])"
 
 
-def _phone(value: str) -> str:
+def _national(value: str) -> str:
+    """The digits of a phone number without its country code (86, 852, 853)."""
     digits = re.sub(r"\D", "", value)
-    national = digits
     for code in _COUNTRY_CODES:
         if value.strip().startswith(("+" + code, "00" + code)) and len(digits) > len(code) + 6:
-            national = digits[len(code) :]
-            break
-    body = r"[\s\-().]*".join(national)
-    prefix = r"(?:(?:\+|00)?(?:86|852|853)[\s\-().]*)?"
+            return digits[len(code) :]
+    return digits
+
+
+@functools.lru_cache(maxsize=4096)
+def _phone(value: str) -> str:
+    national = _national(value)
+    body = f"{_PHONE_SEP}*".join(national)
+    prefix = rf"(?:(?:\+|00)?(?:86|852|853){_PHONE_SEP}*)?"
     return rf"(?<!\d){prefix}{body}(?!\d)"
 
 
@@ -154,6 +213,7 @@ def _structural(
             new_system = f"{PSEUDONYM_SYSTEM}/{sender}"
             found.literal.setdefault(f"{system}|{value}", f"{new_system}|{alias}")
             found.patterns.append((_spaced(value), alias))
+            found.probes.append(_probe(value))
             ident.clear()
             ident.update(
                 {
@@ -178,9 +238,9 @@ def _structural(
             for part in (*(address.get("line") or []), address.get("text")):
                 if isinstance(part, str):
                     found.add_literal(part, city)
-            postal = address.get("postalCode")
-            if isinstance(postal, str) and postal.strip().isdigit():  # whole numbers only
-                found.patterns.append((rf"(?<!\d){re.escape(postal.strip())}(?!\d)", ""))
+            # The postal code and the district go with the structure but are not searched
+            # for in text: like the city they name an area, and the institutions' own
+            # addresses share them (scrubbing them everywhere would strip those).
             if profile.address == "remove" or not city:
                 changes.append(Change(f"{path}.address[{n}]", "address-removed"))
                 continue
@@ -202,6 +262,7 @@ def _structural(
                 value = telecom.get("value")
                 if isinstance(value, str) and re.search(r"\d{5}", re.sub(r"\D", "", value)):
                     found.patterns.append((_phone(value), "***"))
+                    found.probes.append(_probe(_national(value)))
                 changes.append(
                     Change(f"{path}.telecom[{n}]", "telecom-removed", str(telecom.get("system")))
                 )
@@ -227,20 +288,23 @@ def _walk(
     rewrite: _Rewriter | None,
     profile: Profile,
     changes: list[Change],
+    strings: bool = True,
 ) -> Any:
+    """Rewrite strings (when ``strings``: some original value is left somewhere) and
+    attachments (always: their text is hidden in base64)."""
     if isinstance(node, dict):
         if "contentType" in node and "data" in node:
             return _attachment(node, path, rewrite, profile, changes)
         for k in list(node):
             value = node[k]
             if isinstance(value, str):
-                if rewrite is not None and rewrite.hits(value):
+                if strings and rewrite is not None and rewrite.hits(value):
                     changes.append(Change(f"{path}.{k}", "text-rewritten"))
                     node[k] = rewrite(value)
                     if not node[k].strip():  # nothing left (a postal code): no empty strings
                         del node[k]
             elif isinstance(value, (dict, list)):
-                result = _walk(value, f"{path}.{k}", rewrite, profile, changes)
+                result = _walk(value, f"{path}.{k}", rewrite, profile, changes, strings)
                 if result is _DROP:
                     if k == "attachment":  # DocumentReference.content[n]: drop the content
                         return _DROP
@@ -250,12 +314,12 @@ def _walk(
         kept = []
         for n, item in enumerate(node):
             if isinstance(item, str):
-                if rewrite is not None and rewrite.hits(item):
+                if strings and rewrite is not None and rewrite.hits(item):
                     changes.append(Change(f"{path}[{n}]", "text-rewritten"))
                     item = rewrite(item)
                 if item.strip():
                     kept.append(item)
-            elif _walk(item, f"{path}[{n}]", rewrite, profile, changes) is not _DROP:
+            elif _walk(item, f"{path}[{n}]", rewrite, profile, changes, strings) is not _DROP:
                 kept.append(item)
         node[:] = kept
         return node

@@ -14,8 +14,10 @@ from gateway.store import Incoming, Store, process_message
 from .conftest import HKID, NOW, REPO, consent
 
 
-def _received(store: Store, converter: Converter, name: str) -> int:
+def _received(store: Store, converter: Converter, name: str, control_id: bytes = b"") -> int:
     raw = (REPO / "examples" / "hl7v2" / name).read_bytes()
+    if control_id:  # another referral of the same patient: a message of its own
+        raw = raw.replace(b"NSCH20260618143000017", control_id)
     receipt = store.receive(Incoming(raw, "cli"))
     process_message(store, converter, receipt.id)
     return receipt.id
@@ -56,10 +58,13 @@ def test_held_released_on_consent_held_again_after_withdrawal(
     # Withdrawn: the next referral of the patient is held again.
     withdrawn = records.withdraw("consent-1")
     assert withdrawn.status == "inactive"
-    again = _received(store, converter, "ref_i12_nsch_to_hkpmc.hl7")
-    assert again == message  # the same message again is one row: decide it again
-    decision = records.apply(again, bundle, "NSCH", "HKPMC", now=NOW)
+    again = _received(store, converter, "ref_i12_nsch_to_hkpmc.hl7", b"NSCH20260618150000018")
+    assert again != message
+    next_bundle = store.get(again).outcomes[-1].output  # type: ignore[union-attr]
+    assert next_bundle is not None
+    decision = records.apply(again, next_bundle, "NSCH", "HKPMC", now=NOW)
     assert decision.outcome == "hold" and store.state_of(again) == "held"
+    assert store.state_of(message) == "outbox"  # the one released stays released
     assert [c.status for c in records.list_consents()] == ["active", "inactive"]
 
 

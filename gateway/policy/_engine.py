@@ -108,6 +108,7 @@ class Decision:
     count: tuple[int, str, str, str, str] | None = None  # the counter row, once sent
     id: int | None = None  # the stored decision's id
     message_id: int | None = None
+    _json: bytes | None = field(default=None, repr=False)
 
     @property
     def allowed(self) -> bool:
@@ -115,9 +116,12 @@ class Decision:
 
     @property
     def bundle_json(self) -> bytes | None:
+        """What leaves, serialised (once)."""
         from ..pipeline import dump_json  # the one serialiser of Bundles
 
-        return None if self.bundle is None else dump_json(self.bundle)
+        if self.bundle is not None and self._json is None:
+            self._json = dump_json(self.bundle)
+        return self._json
 
     def issues(self) -> list[Issue]:
         out = []
@@ -374,9 +378,8 @@ class Policy:
 
     def _label(self, bundle: dict[str, Any], t: _Transfer, decision: Decision) -> dict[str, Any]:
         """The basis on every resource (meta.security) and a Provenance naming the
-        agreement (policy); ``bundle`` is already a copy when minimised."""
-        if t.minimised is None:
-            bundle = orjson.loads(orjson.dumps(bundle))
+        agreement (policy). Copies what it changes: the Bundle, its entry list, each
+        entry, resource and meta (the resources' other parts are shared, never changed)."""
         basis = decision.basis or "domestic"
         labels = [
             {
@@ -390,16 +393,23 @@ class Policy:
             labels.append({"system": V3_ACT_CODE, "code": "PSEUD", "display": "pseudonymize"})
         if decision.changes:
             labels.append({"system": V3_ACT_CODE, "code": "MINEC", "display": "minimum necessary"})
-        entries = [e for e in bundle.get("entry") or [] if isinstance(e.get("resource"), dict)]
-        targets = [{"reference": e["fullUrl"]} for e in entries if e.get("fullUrl")]
+        out = dict(bundle)
+        entries = []
+        for entry in bundle.get("entry") or []:
+            resource = entry.get("resource") if isinstance(entry, dict) else None
+            if isinstance(resource, dict):
+                entry = dict(entry)
+                entry["resource"] = resource = dict(resource)
+                resource["meta"] = meta = dict(resource.get("meta") or {})
+                meta["security"] = [*(meta.get("security") or []), *labels]
+            entries.append(entry)
+        targets = [{"reference": e["fullUrl"]} for e in entries if isinstance(e, dict) and e.get("fullUrl")]
         if targets:
-            provenance = self._provenance(bundle, t, decision, targets)
-            bundle.setdefault("entry", []).append(provenance)
+            provenance = self._provenance(out, t, decision, targets)
+            provenance["resource"]["meta"] = {"security": list(labels)}
             entries.append(provenance)
-        for entry in entries:
-            security = entry["resource"].setdefault("meta", {}).setdefault("security", [])
-            security.extend(dict(label) for label in labels)
-        return bundle
+        out["entry"] = entries
+        return out
 
     def _provenance(
         self, bundle: dict[str, Any], t: _Transfer, decision: Decision, targets: list[Any]

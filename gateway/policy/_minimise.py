@@ -59,20 +59,26 @@ def pseudonym(key: bytes, system: str, value: str) -> str:
 def minimise(
     bundle: dict[str, Any], profile: Profile, key: bytes, sender: str
 ) -> tuple[dict[str, Any], list[Change]]:
-    """A minimised copy of ``bundle`` and the list of changes (paths, never values)."""
-    out: dict[str, Any] = orjson.loads(orjson.dumps(bundle))  # the cheapest deep copy
+    """A minimised copy of ``bundle`` and the list of changes (paths, never values).
+
+    The copy shares what it does not change: the profile's resources are copied and
+    changed; the rest is copied (deeply) only when some original value or attachment
+    is found in it."""
+    out = dict(bundle)
+    out["entry"] = entries = list(bundle.get("entry") or [])
     changes: list[Change] = []
     found = _Secrets()
-    for n, entry in enumerate(out.get("entry") or []):
+    for n, entry in enumerate(entries):
         resource = entry.get("resource") if isinstance(entry, dict) else None
-        if isinstance(resource, dict):
-            path = f"Bundle.entry[{n}].resource"
-            _structural(resource, path, profile, key, sender, found, changes)
-            for m, inner in enumerate(resource.get("contained") or []):
-                if isinstance(inner, dict):
-                    _structural(
-                        inner, f"{path}.contained[{m}]", profile, key, sender, found, changes
-                    )
+        if not isinstance(resource, dict) or not _touched(resource, profile):
+            continue
+        resource = orjson.loads(orjson.dumps(resource))
+        entries[n] = dict(entry, resource=resource)
+        path = f"Bundle.entry[{n}].resource"
+        _structural(resource, path, profile, key, sender, found, changes)
+        for m, inner in enumerate(resource.get("contained") or []):
+            if isinstance(inner, dict):
+                _structural(inner, f"{path}.contained[{m}]", profile, key, sender, found, changes)
     rewrite = found.compile()
     # Pass 2 visits every string: first ask, over the whole Bundle serialised once,
     # whether any original value (or any attachment) is left at all. Most records hold
@@ -80,10 +86,21 @@ def minimise(
     data = orjson.dumps(out)
     strings = rewrite is not None and rewrite.present(data)
     if strings or b'"contentType"' in data:
+        out = orjson.loads(data)  # now every part may change: a copy of its own
         for n, entry in enumerate(out.get("entry") or []):
             if isinstance(entry, dict):
                 _walk(entry, f"Bundle.entry[{n}]", rewrite, profile, changes, strings)
     return out, changes
+
+
+def _touched(resource: dict[str, Any], profile: Profile) -> bool:
+    """Whether pass 1 changes this resource (itself or a contained one)."""
+    if resource.get("resourceType") in profile.resources:
+        return True
+    return any(
+        isinstance(c, dict) and c.get("resourceType") in profile.resources
+        for c in resource.get("contained") or []
+    )
 
 
 # -- pass 1: the profile's resources -----------------------------------------------------

@@ -403,7 +403,9 @@ class Policy:
                 resource["meta"] = meta = dict(resource.get("meta") or {})
                 meta["security"] = [*(meta.get("security") or []), *labels]
             entries.append(entry)
-        targets = [{"reference": e["fullUrl"]} for e in entries if isinstance(e, dict) and e.get("fullUrl")]
+        targets = [
+            {"reference": e["fullUrl"]} for e in entries if isinstance(e, dict) and e.get("fullUrl")
+        ]
         if targets:
             provenance = self._provenance(out, t, decision, targets)
             provenance["resource"]["meta"] = {"security": list(labels)}

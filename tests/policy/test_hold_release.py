@@ -7,8 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from gateway import Converter
-from gateway.policy import Policy
-from gateway.policy._records import PolicyRecords
+from gateway.policy import Policy, PolicyRecords
 from gateway.store import Incoming, Store, process_message
 
 from .conftest import HKID, NOW, REPO, consent

@@ -12,7 +12,6 @@ import pytest
 
 from gateway import Settings
 from gateway.policy import MemoryConsents, MemoryCounters, Policy, RuleResult, parse_consent
-from gateway.policy._engine import _person  # noqa: F401  (the counting key is tested below)
 
 from .conftest import HKID, KEY, NOW, RESIDENT_ID, consent
 

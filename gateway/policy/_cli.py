@@ -173,15 +173,22 @@ def cmd_consent_import(args: argparse.Namespace, settings: Settings) -> int:
         if isinstance(raw, dict) and raw.get("resourceType") == "Bundle"
         else [raw]
     )
-    for item in items:
-        record, released = records.import_consent(item if isinstance(item, dict) else {})
+    failed = 0
+    for n, item in enumerate(items, 1):
+        try:
+            record, released = records.import_consent(item if isinstance(item, dict) else {})
+        except PolicyError as exc:  # one bad Consent never stops the others
+            failed += 1
+            where = f"{args.file}, Consent #{n}" if len(items) > 1 else args.file
+            sys.stderr.write(exc.with_record(where).issue.line() + "\n")
+            continue
         sys.stdout.write(f"imported {_consent_line(record)}\n")
         for r in released:
             target = f"message {r.message_id}" if r.message_id else f"decision #{r.decision.id}"
             sys.stdout.write(
                 f"released {target}: {r.decision.outcome} (decision #{r.decision.id})\n"
             )
-    return 0
+    return 1 if failed else 0
 
 
 def cmd_consent_list(args: argparse.Namespace, settings: Settings) -> int:

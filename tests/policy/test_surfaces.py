@@ -118,6 +118,18 @@ def test_decisions_and_consents_on_the_cli(tmp_path: Path, converter: Converter)
     assert f"released message {message}: allow-with-changes" in text
     assert "K583726A" not in text  # the patient's identifier is shown by its shape only
     assert "consent-1 active" in run("consent", "list", home=tmp_path).stdout.decode()
+    batch = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [
+            {"resource": {"resourceType": "Consent", "status": "active"}},
+            {"resource": consent((HKID, "K583726A"), "NSCH", ident="consent-2")},
+        ],
+    }
+    (tmp_path / "batch.json").write_bytes(dumps(batch))
+    mixed = run("consent", "import", str(tmp_path / "batch.json"), home=tmp_path)
+    assert mixed.returncode == 1 and "imported consent-2 active" in mixed.stdout.decode()
+    assert b"Consent #1" in mixed.stderr and b"[policy.consent-invalid]" in mixed.stderr
     withdrawn = run("consent", "withdraw", "consent-1", home=tmp_path)
     assert "withdrawn consent-1 inactive" in withdrawn.stdout.decode()
     missing = run("consent", "withdraw", "nope", home=tmp_path)

@@ -37,6 +37,7 @@ from .listeners.dicom import add_cli as add_dicom_cli
 from .listeners.dicom import start_dicom
 from .logs import configure as configure_logs
 from .pipeline import Converter
+from .policy import add_cli as add_policy_cli
 from .reports import add_cli
 from .store import add_cli as add_store_cli
 
@@ -315,6 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_serve)
 
     add_cli(sub)  # gateway report variants
+    add_policy_cli(sub)  # gateway policy check|decisions|show, gateway consent import|list|withdraw
     add_listen_cli(sub)  # gateway listen
     add_store_cli(sub)  # gateway messages ..., gateway db upgrade
     add_dicom_cli(sub)  # gateway dicom commit / pending / listen

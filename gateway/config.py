@@ -57,6 +57,14 @@ class Settings:
     mllp_tls_cert: Path | None = None  # both set: the MLLP listener speaks TLS only
     mllp_tls_key: Path | None = None
     mllp_tls_ca: Path | None = None  # set: client certificates required, checked against it
+    # The cross-border policy (docs/policy.md). The pseudonym key is a secret: from
+    # GATEWAY_POLICY_KEY, else policy_key_file, else $GATEWAY_HOME/secrets/policy-key.
+    policy_dir: Path | None = None  # rules, labels...; None: mappings/policy
+    policy_agreements: Path | None = None  # None: seeds/agreements.yaml
+    policy_key_file: Path | None = None
+    policy_consent_within: bool = False  # consent also inside one jurisdiction
+    policy_volume_limit: int = 10_000  # individuals a year, for bases with a threshold
+    policy_volume_warning: int = 8_000
     # Days a message's content is kept, by state; a state not named is kept for ever, and
     # received/held/queued (still waiting) never lose theirs (gateway messages prune).
     retention_days: dict[str, int] = field(  # hash=False: Settings stays hashable
@@ -107,15 +115,20 @@ class Settings:
         return replace(cls(home=root), **{k: _coerce(k, v, root) for k, v in values.items()})
 
 
-_BOOLS = ("validate", "report_require_patient_identity")
+_BOOLS = ("validate", "report_require_patient_identity", "policy_consent_within")
 
 
 def _coerce(name: str, value: Any, home: Path) -> Any:
     if name in _STORE_SETTINGS:
         return _coerce_store(name, value, home)
-    if name in ("network", "mappings", "api_token_file"):
+    if name in ("network", "mappings", "api_token_file", *_POLICY_PATHS):
         path = Path(str(value)).expanduser()
         return path if path.is_absolute() else home / path
+    if name in ("policy_volume_limit", "policy_volume_warning"):
+        number = _number(name, value, int)
+        if number < 1:
+            raise ConfigError("bad-setting", f"{name} must be at least 1, not {number}")
+        return int(number)
     if name in _BOOLS and isinstance(value, bool):
         return value
     if name in _BOOLS:
@@ -174,6 +187,7 @@ def _coerce(name: str, value: Any, home: Path) -> Any:
     return str(value)
 
 
+_POLICY_PATHS = ("policy_dir", "policy_agreements", "policy_key_file")
 _STORE_SETTINGS = frozenset(
     {
         "database_url",

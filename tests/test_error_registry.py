@@ -21,13 +21,14 @@ _RAISERS = {
     "ValidationError": "validation",
     "ConfigError": "config",
     "StoreError": "store",
+    "PolicyError": "policy",
     "GatewayError": None,
     "Issue": None,
 }
 # A code is a family and a name; every string literal of this form in gateway/ is one
 # (codes also travel through helpers such as a reader's _note(code, ...)).
 _CODE = re.compile(
-    r"(?:intake|mapping|validation|config|request|security)\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?"
+    r"(?:intake|mapping|validation|config|request|security|policy)\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?"
 )
 # Codes built at run time, by file: the test names every value they can take instead.
 _BUILT = {

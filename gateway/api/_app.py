@@ -55,6 +55,7 @@ from ..reports import VariantPool, WorkerCrash
 from ._auth import TokenSet, load_tokens
 from ._dicomweb import add_dicomweb_routes
 from ._messages import add_message_routes
+from ._policy import add_policy_routes
 
 __all__ = ["create_app"]
 
@@ -298,6 +299,7 @@ def create_app(
         return _fhir(_batch_response(records))
 
     add_message_routes(app, settings, unauthorized)  # GET /messages, $reprocess (the store)
+    add_policy_routes(app, settings, unauthorized)  # /policy/check, /policy/decisions, /Consent
     return app
 
 

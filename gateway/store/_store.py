@@ -47,10 +47,14 @@ __all__ = [
 ]
 
 # A message's state: where it is in the gateway. "received" is stored, not yet
-# processed; held/queued/delivered belong to the policy and delivery stages to come.
-STATES = ("received", "converted", "failed", "rejected", "held", "queued", "delivered")
+# processed; held/outbox/denied are the policy stage's (gateway/policy: outbox = allowed
+# or released, waiting for delivery); queued/delivered belong to delivery.
+STATES = (
+    "received", "converted", "failed", "rejected", "held", "outbox", "denied", "queued",
+    "delivered",
+)
 # States of a message still waiting for the gateway to act: never pruned.
-NEVER_PRUNED = frozenset({"received", "held", "queued"})
+NEVER_PRUNED = frozenset({"received", "held", "outbox", "queued"})
 CHANNELS = ("mllp", "api", "cli", "dicom", "stow")
 _MIGRATIONS = Path(__file__).with_name("migrations")
 

@@ -1,0 +1,177 @@
+"""The cross-border policy on the API (Bearer token):
+
+    POST /policy/check?to=&from=&purpose=   a Bundle in; its decision out (nothing sent,
+                                            nothing stored): rules, reasons in zh-Hans,
+                                            zh-Hant and en, changes, the OperationOutcome
+    GET  /policy/decisions?message=&outcome=&limit=   stored decisions, newest first
+    GET  /policy/decisions/{id}             one stored decision (read-back for audit)
+    POST /Consent                           import a FHIR Consent; held records it now
+                                            allows are released (201)
+    GET  /Consent?patient=SYSTEM|VALUE      consents on file (a searchset Bundle)
+    POST /Consent/{id}/$withdraw            withdraw (status inactive)
+
+Errors are OperationOutcomes with the status registered for their code.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
+
+from ..config import Settings
+from ..errors import GatewayError, http_status, operation_outcome
+from ..policy import Decision, Policy, PolicyError, PolicyRecords
+from ..store import open_store
+
+__all__ = ["add_policy_routes"]
+
+JSON = "application/json"
+FHIR_JSON = "application/fhir+json"
+MAX_BODY = 4 * 1024 * 1024
+
+
+class _Lazy:
+    """The policy and its records, made at the first request that needs them."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._records: PolicyRecords | None = None
+        self._lock = threading.Lock()
+
+    def records(self) -> PolicyRecords:
+        with self._lock:
+            if self._records is None:
+                self._records = PolicyRecords(open_store(self.settings), Policy(self.settings))
+            return self._records
+
+
+def _json(body: Any, status: int = 200, media: str = JSON) -> Response:
+    return Response(orjson.dumps(body), status, media_type=media)
+
+
+def _error(exc: GatewayError) -> Response:
+    return _json(operation_outcome([exc.issue]), http_status([exc.issue]), FHIR_JSON)
+
+
+def _decision(decision: Decision) -> dict[str, Any]:
+    return dict(decision.to_json(), operationOutcome=decision.operation_outcome())
+
+
+def add_policy_routes(
+    app: FastAPI, settings: Settings, unauthorized: Callable[[Request], Response | None]
+) -> None:
+    lazy = _Lazy(settings)
+
+    async def body_of(request: Request) -> bytes:
+        body = await request.body()
+        if len(body) > MAX_BODY:
+            raise PolicyError("too-large", f"body is larger than {MAX_BODY} bytes")
+        return body
+
+    @app.post("/policy/check")
+    async def policy_check(
+        request: Request, to: str, purpose: str | None = None, sender: str | None = None
+    ) -> Response:
+        refused = unauthorized(request)
+        if refused is not None:
+            return refused
+        sender = sender or request.query_params.get("from")
+        try:
+            body = await body_of(request)
+
+            def run() -> Decision:
+                records = lazy.records()
+                who = sender or records.policy.sender_of(body)
+                if who is None:
+                    raise PolicyError(
+                        "no-sender",
+                        "the Bundle does not say who sent it: give ?from=",
+                        location="from",
+                    )
+                return records.policy.decide(
+                    body, who, to, purpose, consents=records, counters=records
+                )
+
+            decision = await run_in_threadpool(run)
+        except GatewayError as exc:
+            return _error(exc)
+        return _json(_decision(decision))
+
+    @app.get("/policy/decisions")
+    async def policy_decisions(
+        request: Request, message: int | None = None, outcome: str | None = None, limit: int = 50
+    ) -> Response:
+        refused = unauthorized(request)
+        if refused is not None:
+            return refused
+        found = await run_in_threadpool(
+            lambda: lazy.records().find(message_id=message, outcome=outcome, limit=limit)
+        )
+        return _json([_decision(d) for d in found])
+
+    @app.get("/policy/decisions/{decision_id}")
+    async def policy_decision(request: Request, decision_id: int) -> Response:
+        refused = unauthorized(request)
+        if refused is not None:
+            return refused
+        try:
+            decision = await run_in_threadpool(lambda: lazy.records().get(decision_id))
+        except GatewayError as exc:
+            return _error(exc)
+        return _json(_decision(decision))
+
+    @app.post("/Consent")
+    async def consent_import(request: Request) -> Response:
+        refused = unauthorized(request)
+        if refused is not None:
+            return refused
+        try:
+            body = await body_of(request)
+            record, released = await run_in_threadpool(lambda: lazy.records().import_consent(body))
+        except GatewayError as exc:
+            return _error(exc)
+        return _json(
+            {
+                "consent": record.summary(),
+                "released": [
+                    {
+                        "message_id": r.message_id,
+                        "decision": r.decision.id,
+                        "outcome": r.decision.outcome,
+                    }
+                    for r in released
+                ],
+            },
+            201,
+        )
+
+    @app.get("/Consent")
+    async def consent_list(request: Request, patient: str | None = None) -> Response:
+        refused = unauthorized(request)
+        if refused is not None:
+            return refused
+        found = await run_in_threadpool(lambda: lazy.records().list_consents(patient))
+        bundle = {
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "total": len(found),
+            "entry": [{"resource": orjson.loads(r.resource)} for r in found],
+        }
+        return _json(bundle, media=FHIR_JSON)
+
+    @app.post("/Consent/{consent_id}/$withdraw")
+    async def consent_withdraw(request: Request, consent_id: str) -> Response:
+        refused = unauthorized(request)
+        if refused is not None:
+            return refused
+        try:
+            record = await run_in_threadpool(lambda: lazy.records().withdraw(consent_id))
+        except GatewayError as exc:
+            return _error(exc)
+        return _json(orjson.loads(record.resource), media=FHIR_JSON)

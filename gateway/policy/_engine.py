@@ -1,0 +1,807 @@
+"""The decision engine: the rules of ``mappings/policy/rules.yaml`` run over one transfer
+(a Bundle, its sender, its recipient, its purpose) and give a :class:`Decision`."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import orjson
+
+from ..config import Settings
+from ..datafiles import data_dir, load_data_file
+from ..errors import ConfigError, Issue
+from ..network import Institution, Network
+from ._consent import PURPOSE_SYSTEM, V3_ACT_REASON, ConsentRecord, PolicyError
+from ._data import LANGS, Agreement, PolicyData, Text
+from ._key import policy_key
+from ._minimise import Change, minimise, pseudonym
+
+__all__ = [
+    "LEGAL_BASIS_SYSTEM",
+    "OUTCOMES",
+    "Consents",
+    "Counters",
+    "Decision",
+    "MemoryCounters",
+    "Policy",
+    "RuleResult",
+]
+
+LEGAL_BASIS_SYSTEM = "https://fhir-gateway.example.org/CodeSystem/cross-border-legal-basis"
+AGREEMENT_BASE = "https://fhir-gateway.example.org/agreement/"
+V3_ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
+OUTCOMES = ("allow", "allow-with-changes", "hold", "deny")
+_NS = uuid.UUID("0b6f3c1e-4d2a-5f8b-a7c9-1e3d5f7a9b2c")
+# OperationOutcome issue per rule outcome: (code, severity)
+_ISSUES = {
+    "deny": ("policy.denied", "error"),
+    "hold": ("policy.held", "warning"),
+    "warn": ("policy.threshold-warning", "warning"),
+    "change": ("policy.changed", "information"),
+    "pass": ("policy.passed", "information"),
+    "skip": ("policy.not-run", "information"),
+}
+
+
+class Consents(Protocol):
+    def for_patients(self, patients: list[str]) -> list[ConsentRecord]: ...
+
+
+class Counters(Protocol):
+    def count(self, year: int, sender: str, basis: str, category: str) -> int: ...
+
+    def has(self, year: int, sender: str, basis: str, category: str, person: str) -> bool: ...
+
+
+class MemoryCounters:
+    """Yearly counters in memory (``policy check``, tests)."""
+
+    def __init__(self) -> None:
+        self.people: dict[tuple[int, str, str, str], set[str]] = {}
+
+    def count(self, year: int, sender: str, basis: str, category: str) -> int:
+        return len(self.people.get((year, sender, basis, category), ()))
+
+    def has(self, year: int, sender: str, basis: str, category: str, person: str) -> bool:
+        return person in self.people.get((year, sender, basis, category), ())
+
+    def add(self, year: int, sender: str, basis: str, category: str, person: str) -> None:
+        self.people.setdefault((year, sender, basis, category), set()).add(person)
+
+
+@dataclass(frozen=True, slots=True)
+class RuleResult:
+    rule: str
+    kind: str
+    outcome: str  # pass, warn, change, hold, deny, skip
+    reason_code: str
+    reason: Text
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "rule": self.rule,
+            "kind": self.kind,
+            "outcome": self.outcome,
+            "reason_code": self.reason_code,
+            "reason": self.reason,
+        }
+
+
+@dataclass
+class Decision:
+    outcome: str  # allow, allow-with-changes, hold, deny
+    sender: str  # institution keys
+    recipient: str
+    purpose: str
+    decided_at: datetime
+    results: list[RuleResult]
+    basis: str | None = None
+    agreement: str | None = None
+    changes: list[Change] = field(default_factory=list)
+    patients: list[str] = field(default_factory=list)  # pseudonyms of the patient's ids
+    bundle: dict[str, Any] | None = None  # what leaves: minimised and labelled
+    count: tuple[int, str, str, str, str] | None = None  # the counter row, once sent
+    id: int | None = None  # the stored decision's id
+    message_id: int | None = None
+    _json: bytes | None = field(default=None, repr=False)
+
+    @property
+    def allowed(self) -> bool:
+        return self.outcome in ("allow", "allow-with-changes")
+
+    @property
+    def bundle_json(self) -> bytes | None:
+        """What leaves, serialised (once)."""
+        from ..pipeline import dump_json  # the one serialiser of Bundles
+
+        if self.bundle is not None and self._json is None:
+            self._json = dump_json(self.bundle)
+        return self._json
+
+    def issues(self) -> list[Issue]:
+        out = []
+        for r in self.results:
+            code, severity = _ISSUES[r.outcome]
+            out.append(
+                Issue(
+                    code,
+                    r.reason["en"],
+                    location=f"policy.{r.rule}",
+                    severity=severity,
+                    details={"issue_type": _issue_type(r.outcome)},
+                )
+            )
+        return out
+
+    def operation_outcome(self) -> dict[str, Any]:
+        """What the sender gets: one issue per rule, its reason in zh-Hans (text) with
+        zh-Hant and en translations, and in English as diagnostics."""
+        issues = []
+        for r, issue in zip(self.results, self.issues(), strict=True):
+            fhir = issue.to_fhir()
+            fhir["details"]["text"] = r.reason["zh-Hans"]
+            fhir["details"]["_text"] = {
+                "extension": [
+                    {
+                        "url": "http://hl7.org/fhir/StructureDefinition/translation",
+                        "extension": [
+                            {"url": "lang", "valueCode": lang},
+                            {"url": "content", "valueString": r.reason[lang]},
+                        ],
+                    }
+                    for lang in ("zh-Hant", "en")
+                ]
+            }
+            issues.append(fhir)
+        return {"resourceType": "OperationOutcome", "issue": issues}
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "message_id": self.message_id,
+            "outcome": self.outcome,
+            "sender": self.sender,
+            "recipient": self.recipient,
+            "purpose": self.purpose,
+            "basis": self.basis,
+            "agreement": self.agreement,
+            "decided_at": self.decided_at.isoformat() + "Z",
+            "rules": [r.to_json() for r in self.results],
+            "changes": [c.to_json() for c in self.changes],
+        }
+
+
+@dataclass
+class _Transfer:
+    """What the rules look at."""
+
+    sender: Institution
+    recipient: Institution
+    purpose: str
+    now: datetime
+    from_j: str
+    to_j: str
+    bundle: dict[str, Any]
+    text: bytes  # the Bundle as JSON
+    patients: list[str]
+    categories: list[str]
+    consents: Consents
+    counters: Counters
+    agreement: Agreement | None = None
+    count: tuple[int, str, str, str, str] | None = None
+    changes: list[Change] = field(default_factory=list)
+    minimised: dict[str, Any] | None = None
+
+    @property
+    def cross_border(self) -> bool:
+        return self.from_j != self.to_j
+
+
+Rule = Callable[["Policy", _Transfer, str, dict[str, Any]], RuleResult]
+
+
+class Policy:
+    """The rules, agreements and labels, loaded once; :meth:`decide` is thread-safe."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        network: Network | None = None,
+        data: PolicyData | None = None,
+        key: bytes | None = None,
+    ) -> None:
+        self.settings = settings
+        self.network = network or Network.load(settings.network)
+        self.data = data or PolicyData.load(
+            settings.policy_dir or data_dir("mappings") / "policy",
+            settings.policy_agreements or data_dir("seeds") / "agreements.yaml",
+            (settings.policy_volume_limit, settings.policy_volume_warning),
+        )
+        self._institutions = [
+            inst
+            for entry in (load_data_file(settings.network) or {}).get("institutions") or []
+            if (inst := self.network.find(str(entry.get("key")))) is not None
+        ]
+        self._names: dict[tuple[str, str, str], dict[str, Any]] = {}  # rule words per transfer
+        self._key = key
+        self._key_lock = threading.Lock()
+        self._rules: list[tuple[str, str, Rule, dict[str, Any]]] = []
+        for spec in self.data.rules:
+            kind = str(spec["kind"])
+            if kind not in RULES:
+                raise ConfigError(
+                    "policy",
+                    f"rules.yaml: rule {spec['id']}: unknown kind {kind!r} ({', '.join(RULES)})",
+                )
+            self._rules.append((str(spec["id"]), kind, RULES[kind], dict(spec.get("params") or {})))
+
+    @property
+    def key(self) -> bytes:
+        with self._key_lock:
+            if self._key is None:
+                self._key = policy_key(self.settings)
+            return self._key
+
+    # -- words ------------------------------------------------------------------------
+    def say(self, reason: str, **params: Any) -> Text:
+        templates = self.data.labels["reasons"][reason]
+        return {
+            lang: str(templates[lang]).format(
+                **{k: (v[lang] if isinstance(v, dict) else v) for k, v in params.items()}
+            )
+            for lang in LANGS
+        }
+
+    def label(self, group: str, key: str) -> Text:
+        found = (self.data.labels.get(group) or {}).get(key)
+        return dict(found) if found else {lang: key for lang in LANGS}
+
+    def name(self, inst: Institution) -> Text:
+        return {lang: inst.name(lang) or inst.key for lang in LANGS}
+
+    def purpose_name(self, purpose: str) -> Text:
+        spec = self.data.purposes.get(purpose) or {}
+        return {lang: str(spec.get(lang, purpose)) for lang in LANGS}
+
+    # -- deciding ---------------------------------------------------------------------
+    def institution(self, name: str, role: str) -> Institution:
+        inst = self.network.find(name)
+        if inst is None:
+            code = "unknown-partner" if role == "recipient" else "unknown-sender"
+            raise ConfigError(code, f"the {role} {name!r} is not an institution of the network")
+        return inst
+
+    def sender_of(self, bundle: bytes | dict[str, Any]) -> str | None:
+        """The sender a Bundle names: the institution whose identifier-system base its
+        Bundle.identifier uses (``https://fhir.nsch.example.cn/sid/hl7v2-message``)."""
+        system = str((_bundle(bundle).get("identifier") or {}).get("system") or "")
+        for inst in self._institutions:
+            if system.startswith(inst.base + "/"):
+                return inst.key
+        return None
+
+    def purpose_of(self, bundle: dict[str, Any]) -> str:
+        types = {(e.get("resource") or {}).get("resourceType") for e in bundle.get("entry") or []}
+        for resource_type, purpose in self.data.default_purpose.items():
+            if resource_type in types:
+                return purpose
+        return self.data.default_purpose.get("*", "continuing-care")
+
+    def decide(
+        self,
+        bundle: bytes | dict[str, Any],
+        sender: str,
+        recipient: str,
+        purpose: str | None = None,
+        *,
+        consents: Consents | None = None,
+        counters: Counters | None = None,
+        now: datetime | None = None,
+    ) -> Decision:
+        """Decide one transfer. ``bundle`` is the converted Bundle (JSON bytes or dict);
+        the decision's ``bundle`` is what may leave (minimised, labelled, with a
+        Provenance), None unless allowed. Nothing is stored or counted here."""
+        from ._consent import MemoryConsents
+
+        parsed = _bundle(bundle)
+        source = self.institution(sender, "sender")
+        target = self.institution(recipient, "recipient")
+        purpose = purpose or self.purpose_of(parsed)
+        if purpose not in self.data.purposes:
+            raise PolicyError(
+                "unknown-purpose",
+                f"unknown purpose {purpose!r} (one of {', '.join(self.data.purposes)})",
+                location="purpose",
+            )
+        now = now or datetime.now(UTC).replace(tzinfo=None)
+        t = _Transfer(
+            sender=source,
+            recipient=target,
+            purpose=purpose,
+            now=now,
+            from_j=self.data.jurisdiction(source),
+            to_j=self.data.jurisdiction(target),
+            bundle=parsed,
+            text=bundle if isinstance(bundle, bytes) else orjson.dumps(parsed),
+            patients=_patients(parsed),
+            categories=self._categories(parsed),
+            consents=consents or MemoryConsents(),
+            counters=counters or MemoryCounters(),
+        )
+        results: list[RuleResult] = []
+        for rule_id, kind, rule, params in self._rules:
+            stopped = any(r.outcome in ("deny", "hold") for r in results)
+            if kind == "minimise" and stopped:
+                results.append(RuleResult(rule_id, kind, "skip", "skipped", self.say("skipped")))
+                continue
+            results.append(rule(self, t, rule_id, params))
+        outcomes = {r.outcome for r in results}
+        if "deny" in outcomes:
+            outcome = "deny"
+        elif "hold" in outcomes:
+            outcome = "hold"
+        elif t.changes:
+            outcome = "allow-with-changes"
+        else:
+            outcome = "allow"
+        decision = Decision(
+            outcome=outcome,
+            sender=source.key,
+            recipient=target.key,
+            purpose=purpose,
+            decided_at=now,
+            results=results,
+            basis=t.agreement.basis if t.agreement else None,
+            agreement=t.agreement.id if t.agreement else None,
+            changes=t.changes,
+            patients=[pseudonym(self.key, *p.split("|", 1)) for p in t.patients],
+        )
+        if decision.allowed:
+            decision.bundle = self._label(t.minimised or parsed, t, decision)
+            decision.count = t.count
+        return decision
+
+    def _categories(self, bundle: dict[str, Any]) -> list[str]:
+        found: dict[str, None] = {}
+        table = self.data.categories
+        for entry in bundle.get("entry") or []:
+            resource_type = (entry.get("resource") or {}).get("resourceType")
+            category = table[resource_type] if resource_type in table else table.get("*")
+            if category:
+                found[category] = None
+        return list(found)
+
+    def _label(self, bundle: dict[str, Any], t: _Transfer, decision: Decision) -> dict[str, Any]:
+        """The basis on every resource (meta.security) and a Provenance naming the
+        agreement (policy). Copies what it changes: the Bundle, its entry list, each
+        entry, resource and meta (the resources' other parts are shared, never changed)."""
+        basis = decision.basis or "domestic"
+        labels = [
+            {
+                "system": LEGAL_BASIS_SYSTEM,
+                "code": basis,
+                "display": self.label("bases", basis)["en"],
+            },
+            {"system": V3_ACT_REASON, "code": self.data.purposes[t.purpose].get("v3", "TREAT")},
+        ]
+        if any(c.action == "pseudonymised" for c in decision.changes):
+            labels.append({"system": V3_ACT_CODE, "code": "PSEUD", "display": "pseudonymize"})
+        if decision.changes:
+            labels.append({"system": V3_ACT_CODE, "code": "MINEC", "display": "minimum necessary"})
+        out = dict(bundle)
+        entries = []
+        for entry in bundle.get("entry") or []:
+            resource = entry.get("resource") if isinstance(entry, dict) else None
+            if isinstance(resource, dict):
+                entry = dict(entry)
+                entry["resource"] = resource = dict(resource)
+                resource["meta"] = meta = dict(resource.get("meta") or {})
+                meta["security"] = [*(meta.get("security") or []), *labels]
+            entries.append(entry)
+        targets = [
+            {"reference": e["fullUrl"]} for e in entries if isinstance(e, dict) and e.get("fullUrl")
+        ]
+        if targets:
+            provenance = self._provenance(out, t, decision, targets)
+            provenance["resource"]["meta"] = {"security": list(labels)}
+            entries.append(provenance)
+        out["entry"] = entries
+        return out
+
+    def _provenance(
+        self, bundle: dict[str, Any], t: _Transfer, decision: Decision, targets: list[Any]
+    ) -> dict[str, Any]:
+        ident = str(uuid.uuid5(_NS, f"{bundle.get('id')}|{decision.agreement}|{t.recipient.key}"))
+        policies = [f"{LEGAL_BASIS_SYSTEM}#{decision.basis or 'domestic'}"]
+        if decision.agreement:
+            policies.insert(0, AGREEMENT_BASE + decision.agreement)
+        who: dict[str, Any] = {"display": t.sender.name("en") or t.sender.key}
+        if t.sender.oid:
+            who["identifier"] = {"system": "urn:ietf:rfc:3986", "value": f"urn:oid:{t.sender.oid}"}
+        purpose = self.data.purposes[t.purpose]
+        return {
+            "fullUrl": f"urn:uuid:{ident}",
+            "resource": {
+                "resourceType": "Provenance",
+                "id": ident,
+                "target": targets,
+                "recorded": t.now.isoformat(timespec="seconds") + "Z",
+                "policy": policies,
+                "reason": [
+                    {
+                        "coding": [
+                            {"system": PURPOSE_SYSTEM, "code": t.purpose, "display": purpose["en"]},
+                            {"system": V3_ACT_REASON, "code": purpose.get("v3", "TREAT")},
+                        ]
+                    }
+                ],
+                "activity": {
+                    "coding": [
+                        {
+                            "system": "http://terminology.hl7.org/CodeSystem/iso-21089-lifecycle",
+                            "code": "transmit",
+                        }
+                    ]
+                },
+                "agent": [
+                    {
+                        "type": {
+                            "coding": [
+                                {
+                                    "system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type",
+                                    "code": "custodian",
+                                }
+                            ]
+                        },
+                        "who": who,
+                    }
+                ],
+            },
+            "request": {"method": "PUT", "url": f"Provenance/{ident}"},
+        }
+
+
+def _issue_type(outcome: str) -> str:
+    return {"deny": "forbidden", "hold": "business-rule", "warn": "business-rule"}.get(
+        outcome, "informational"
+    )
+
+
+def _bundle(body: bytes | dict[str, Any]) -> dict[str, Any]:
+    try:
+        parsed = orjson.loads(body) if isinstance(body, (bytes, str)) else body
+    except orjson.JSONDecodeError:
+        raise PolicyError("bundle", "the record is not JSON", location="Bundle") from None
+    if not isinstance(parsed, dict) or parsed.get("resourceType") != "Bundle":
+        raise PolicyError("bundle", "the record is not a FHIR Bundle", location="Bundle")
+    return parsed
+
+
+def _patients(bundle: dict[str, Any]) -> list[str]:
+    found: dict[str, None] = {}
+    for entry in bundle.get("entry") or []:
+        resource = entry.get("resource") or {}
+        if resource.get("resourceType") == "Patient":
+            for ident in resource.get("identifier") or []:
+                if ident.get("system") and ident.get("value"):
+                    found[f"{ident['system']}|{ident['value']}"] = None
+    return list(found)
+
+
+# -- the rules ---------------------------------------------------------------------------
+def _names(policy: Policy, t: _Transfer) -> dict[str, Any]:
+    key = (t.sender.key, t.recipient.key, t.purpose)
+    found = policy._names.get(key)
+    if found is None:
+        found = policy._names[key] = _name_words(policy, t)
+    return found
+
+
+def _name_words(policy: Policy, t: _Transfer) -> dict[str, Any]:
+    return {
+        "sender": policy.name(t.sender),
+        "recipient": policy.name(t.recipient),
+        "purpose": policy.purpose_name(t.purpose),
+        "from_j": policy.data.jurisdictions.get(t.from_j, {lang: t.from_j for lang in LANGS}),
+        "to_j": policy.data.jurisdictions.get(t.to_j, {lang: t.to_j for lang in LANGS}),
+    }
+
+
+def _joined(texts: list[Text]) -> Text:
+    return {lang: ("、" if lang != "en" else ", ").join(t[lang] for t in texts) for lang in LANGS}
+
+
+def rule_prohibited(
+    policy: Policy, t: _Transfer, rule_id: str, params: dict[str, Any]
+) -> RuleResult:
+    lists = [str(x) for x in params.get("lists") or []]
+    data = policy.data
+    names = _joined([dict(data.prohibited[n]["name"]) for n in lists if n in data.prohibited])
+    exporting = {j for n in lists for j in data.prohibited.get(n, {}).get("exporting") or []}
+    if not t.cross_border or t.from_j not in exporting:
+        where = _joined(
+            [data.jurisdictions.get(j, {lang: j for lang in LANGS}) for j in sorted(exporting)]
+        )
+        return RuleResult(
+            rule_id,
+            "prohibited",
+            "pass",
+            "prohibited.not-exporting",
+            policy.say("prohibited.not-exporting", exporting=where),
+        )
+    # The codes are looked for in the Bundle's JSON first (one substring search each);
+    # only a Bundle holding one of them is walked to name its system and place.
+    text = t.text
+    present = any(needle in text for needle in data.needles)
+    hit = _find_code(t.bundle, data.codes, set(lists)) if present else None
+    if hit is None:
+        return RuleResult(
+            rule_id,
+            "prohibited",
+            "pass",
+            "prohibited.none",
+            policy.say("prohibited.none", lists=names),
+        )
+    name, code, display, path = hit
+    return RuleResult(
+        rule_id,
+        "prohibited",
+        "deny",
+        "prohibited.found",
+        policy.say(
+            "prohibited.found",
+            list=dict(data.prohibited[name]["name"]),
+            code=code,
+            display=f" {display}" if display else "",
+            path=path,
+            **_names(policy, t),
+        ),
+    )
+
+
+def _find_code(
+    node: Any, codes: dict[str, tuple[str, str]], lists: set[str], path: str = "Bundle"
+) -> tuple[str, str, str, str] | None:
+    if isinstance(node, dict):
+        system, code = node.get("system"), node.get("code")
+        if isinstance(system, str) and isinstance(code, str):
+            found = codes.get(f"{system}|{code}")
+            if found and found[0] in lists:
+                return found[0], f"{system}|{code}", found[1], path
+        for k, v in node.items():
+            if isinstance(v, (dict, list)):
+                hit = _find_code(v, codes, lists, f"{path}.{k}")
+                if hit:
+                    return hit
+    elif isinstance(node, list):
+        for n, item in enumerate(node):
+            hit = _find_code(item, codes, lists, f"{path}[{n}]")
+            if hit:
+                return hit
+    return None
+
+
+def rule_agreement(
+    policy: Policy, t: _Transfer, rule_id: str, params: dict[str, Any]
+) -> RuleResult:
+    candidates = policy.data.agreements_between(t.sender.key, t.recipient.key)
+    names = _names(policy, t)
+    if not candidates:
+        return RuleResult(
+            rule_id, "agreement", "deny", "agreement.none", policy.say("agreement.none", **names)
+        )
+    refusals = []
+    for agreement in candidates:
+        code, text = _check_agreement(policy, t, agreement, names)
+        if code == "agreement.ok":
+            t.agreement = agreement
+            return RuleResult(rule_id, "agreement", "pass", code, text)
+        refusals.append((code, text))
+    code, text = refusals[0]
+    return RuleResult(rule_id, "agreement", "deny", code, text)
+
+
+def _check_agreement(
+    policy: Policy, t: _Transfer, agreement: Agreement, names: dict[str, Any]
+) -> tuple[str, Text]:
+    data = policy.data
+    basis = data.bases[agreement.basis]
+    params = dict(names, agreement=agreement.id, basis=policy.label("bases", agreement.basis))
+    if basis.cross_border != t.cross_border:
+        return "agreement.wrong-basis", policy.say("agreement.wrong-basis", **params)
+    if basis.region:
+        for party in (t.sender, t.recipient):
+            if not data.in_region(party, basis.region):
+                region = dict((data.regions.get(basis.region) or {}).get("name") or {})
+                return "agreement.outside-region", policy.say(
+                    "agreement.outside-region",
+                    party=policy.name(party),
+                    place=data.place(party),
+                    region=region or {lang: basis.region for lang in LANGS},
+                    **params,
+                )
+    today = t.now.date()
+    if agreement.valid_to is not None and today > agreement.valid_to:
+        return "agreement.expired", policy.say(
+            "agreement.expired", until=agreement.valid_to.isoformat(), **params
+        )
+    if agreement.valid_from is not None and today < agreement.valid_from:
+        return "agreement.not-yet", policy.say(
+            "agreement.not-yet", since=agreement.valid_from.isoformat(), **params
+        )
+    if t.purpose not in agreement.purposes:
+        return "agreement.purpose", policy.say("agreement.purpose", **params)
+    missing = [c for c in t.categories if c not in agreement.categories]
+    category_names = data.category_names
+    if missing:
+        return "agreement.category", policy.say(
+            "agreement.category",
+            categories=_joined(
+                [dict(category_names.get(c) or {lang: c for lang in LANGS}) for c in missing]
+            ),
+            **params,
+        )
+    filings = [f["number"] for f in agreement.filing if f.get("number")]
+    filing_text = {
+        lang: ("，" if lang != "en" else ", filed ") + " / ".join(filings) if filings else ""
+        for lang in LANGS
+    }
+    return "agreement.ok", policy.say(
+        "agreement.ok",
+        filing=filing_text,
+        until=agreement.valid_to.isoformat() if agreement.valid_to else "—",
+        categories=_joined(
+            [dict(category_names.get(c) or {lang: c for lang in LANGS}) for c in t.categories]
+        ),
+        **params,
+    )
+
+
+def rule_consent(policy: Policy, t: _Transfer, rule_id: str, params: dict[str, Any]) -> RuleResult:
+    names = _names(policy, t)
+    if t.cross_border:
+        required = params.get("across", "required") == "required"
+    else:
+        within = params.get("within", "setting")
+        required = (
+            policy.settings.policy_consent_within if within == "setting" else within == "required"
+        )
+    if not required:
+        return RuleResult(
+            rule_id,
+            "consent",
+            "pass",
+            "consent.not-required",
+            policy.say("consent.not-required", **names),
+        )
+    if not t.patients:
+        return RuleResult(
+            rule_id, "consent", "hold", "consent.no-patient", policy.say("consent.no-patient")
+        )
+    for record in t.consents.for_patients(t.patients):
+        if record.covers(t.patients, t.purpose, t.recipient.key, t.now):
+            return RuleResult(
+                rule_id,
+                "consent",
+                "pass",
+                "consent.ok",
+                policy.say(
+                    "consent.ok",
+                    consent=record.id,
+                    until=record.end.date().isoformat() if record.end else "—",
+                    **names,
+                ),
+            )
+    return RuleResult(
+        rule_id, "consent", "hold", "consent.missing", policy.say("consent.missing", **names)
+    )
+
+
+def rule_volume(policy: Policy, t: _Transfer, rule_id: str, params: dict[str, Any]) -> RuleResult:
+    data = policy.data
+    exporting = [str(j) for j in params.get("exporting") or ["CN"]]
+    if not t.cross_border or t.from_j not in exporting:
+        where = _joined([data.jurisdictions.get(j, {lang: j for lang in LANGS}) for j in exporting])
+        return RuleResult(
+            rule_id,
+            "volume",
+            "pass",
+            "volume.not-exporting",
+            policy.say("volume.not-exporting", exporting=where),
+        )
+    if t.agreement is None:
+        return RuleResult(rule_id, "volume", "skip", "skipped", policy.say("skipped"))
+    basis = data.bases[t.agreement.basis]
+    basis_name = policy.label("bases", basis.key)
+    if basis.volume_limit is None:
+        return RuleResult(
+            rule_id,
+            "volume",
+            "pass",
+            "volume.no-threshold",
+            policy.say("volume.no-threshold", basis=basis_name),
+        )
+    category = str(params.get("category", "sensitive"))
+    year = t.now.year
+    person = _person(policy, t)
+    count = t.counters.count(year, t.sender.key, basis.key, category)
+    if person and not t.counters.has(year, t.sender.key, basis.key, category, person):
+        count += 1
+    words = dict(
+        _names(policy, t),
+        year=str(year),
+        basis=basis_name,
+        category=dict(data.category_names.get(category) or {lang: category for lang in LANGS}),
+        count=f"{count:,}",
+        limit=f"{basis.volume_limit:,}",
+        warning=f"{basis.volume_warning or basis.volume_limit:,}",
+    )
+    if count > basis.volume_limit:
+        return RuleResult(
+            rule_id, "volume", "deny", "volume.over", policy.say("volume.over", **words)
+        )
+    if person:
+        t.count = (year, t.sender.key, basis.key, category, person)
+    if basis.volume_warning is not None and count >= basis.volume_warning:
+        return RuleResult(
+            rule_id, "volume", "warn", "volume.warn", policy.say("volume.warn", **words)
+        )
+    return RuleResult(rule_id, "volume", "pass", "volume.ok", policy.say("volume.ok", **words))
+
+
+def _person(policy: Policy, t: _Transfer) -> str | None:
+    """One key per individual: the keyed pseudonym of a national identifier when the
+    record has one, else of its first identifier."""
+    if not t.patients:
+        return None
+    national = {s for p in policy.data.profiles for s in p.pseudonymise}
+    chosen = next((p for p in t.patients if p.split("|", 1)[0] in national), t.patients[0])
+    return pseudonym(policy.key, *chosen.split("|", 1))
+
+
+def rule_minimise(policy: Policy, t: _Transfer, rule_id: str, params: dict[str, Any]) -> RuleResult:
+    profile = next(
+        (p for p in policy.data.profiles if p.matches(t.cross_border, t.purpose, t.recipient.key)),
+        None,
+    )
+    if profile is None:
+        return RuleResult(rule_id, "minimise", "pass", "minimise.none", policy.say("minimise.none"))
+    t.minimised, t.changes = minimise(t.bundle, profile, policy.key, t.sender.key)
+    if not t.changes:
+        return RuleResult(
+            rule_id,
+            "minimise",
+            "pass",
+            "minimise.unchanged",
+            policy.say("minimise.unchanged", profile=profile.id),
+        )
+    counts: dict[str, int] = {}
+    for change in t.changes:
+        counts[change.action] = counts.get(change.action, 0) + 1
+    summary = _joined(
+        [
+            {lang: f"{policy.label('actions', a)[lang]} {n}" for lang in LANGS}
+            for a, n in counts.items()
+        ]
+    )
+    return RuleResult(
+        rule_id,
+        "minimise",
+        "change",
+        "minimise.changed",
+        policy.say("minimise.changed", profile=profile.id, changes=summary),
+    )
+
+
+RULES: dict[str, Rule] = {
+    "prohibited": rule_prohibited,
+    "agreement": rule_agreement,
+    "consent": rule_consent,
+    "volume": rule_volume,
+    "minimise": rule_minimise,
+}

@@ -1,0 +1,380 @@
+"""Minimisation: what a profile says is removed or pseudonymised before a record leaves.
+
+Two passes over a copy of the Bundle:
+
+1. the profile's resources (Patient, RelatedPerson) change structurally: identifiers of
+   the configured systems become a keyed pseudonym, addresses are reduced to the city,
+   phone numbers are removed — and every original value is remembered;
+2. every string of every resource (narratives, notes, conditional URLs, displays) and
+   every base64 attachment is searched for those values: text is rewritten (HTML and
+   plain text attachments are decoded, rewritten and encoded again), anything that
+   cannot be rewritten (PDF) is dropped.
+
+Changes are reported by path (``Bundle.entry[2].resource.telecom[0]``), never by value.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import hashlib
+import hmac
+import html
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from ._data import Profile
+
+__all__ = ["PSEUDONYM_SYSTEM", "Change", "minimise", "pseudonym"]
+
+PSEUDONYM_SYSTEM = "https://fhir-gateway.example.org/sid/pseudonym"
+_DROP = object()  # a walker's answer: remove this element from its parent
+_COUNTRY_CODES = ("86", "852", "853")
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    path: str
+    action: str  # pseudonymised, address-reduced, telecom-removed, text-rewritten, ...
+    kind: str = ""  # what was changed (identifier system, telecom system, content type)
+
+    def to_json(self) -> dict[str, str]:
+        out = {"path": self.path, "action": self.action}
+        if self.kind:
+            out["kind"] = self.kind
+        return out
+
+
+def pseudonym(key: bytes, system: str, value: str) -> str:
+    """The keyed pseudonym of an identifier: the sender, who holds the key, finds it
+    again from the original; no one else can reverse it."""
+    digest = hmac.new(key, f"{system}|{value.strip().upper()}".encode(), hashlib.sha256)
+    return "PSN-" + base64.b32encode(digest.digest()[:15]).decode("ascii")
+
+
+def minimise(
+    bundle: dict[str, Any], profile: Profile, key: bytes, sender: str
+) -> tuple[dict[str, Any], list[Change]]:
+    """A minimised copy of ``bundle`` and the list of changes (paths, never values).
+
+    The copy shares what it does not change: the profile's resources are copied and
+    changed; the rest is copied (deeply) only when some original value or attachment
+    is found in it."""
+    out = dict(bundle)
+    out["entry"] = entries = list(bundle.get("entry") or [])
+    changes: list[Change] = []
+    found = _Secrets()
+    for n, entry in enumerate(entries):
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if not isinstance(resource, dict) or not _touched(resource, profile):
+            continue
+        resource = orjson.loads(orjson.dumps(resource))
+        entries[n] = dict(entry, resource=resource)
+        path = f"Bundle.entry[{n}].resource"
+        _structural(resource, path, profile, key, sender, found, changes)
+        for m, inner in enumerate(resource.get("contained") or []):
+            if isinstance(inner, dict):
+                _structural(inner, f"{path}.contained[{m}]", profile, key, sender, found, changes)
+    rewrite = found.compile()
+    # Pass 2 visits every string: first ask, over the whole Bundle serialised once,
+    # whether any original value (or any attachment) is left at all. Most records hold
+    # the values only where pass 1 already changed them.
+    data = orjson.dumps(out)
+    strings = rewrite is not None and rewrite.present(data)
+    if strings or b'"contentType"' in data:
+        out = orjson.loads(data)  # now every part may change: a copy of its own
+        for n, entry in enumerate(out.get("entry") or []):
+            if isinstance(entry, dict):
+                _walk(entry, f"Bundle.entry[{n}]", rewrite, profile, changes, strings)
+    return out, changes
+
+
+def _touched(resource: dict[str, Any], profile: Profile) -> bool:
+    """Whether pass 1 changes this resource (itself or a contained one)."""
+    if resource.get("resourceType") in profile.resources:
+        return True
+    return any(
+        isinstance(c, dict) and c.get("resourceType") in profile.resources
+        for c in resource.get("contained") or []
+    )
+
+
+# -- pass 1: the profile's resources -----------------------------------------------------
+class _Secrets:
+    """Original values and what replaces them in free text."""
+
+    def __init__(self) -> None:
+        self.literal: dict[str, str] = {}  # exact strings (address lines, texts)
+        self.patterns: list[tuple[str, str]] = []  # (regex, replacement)
+        self.probes: list[bytes] = []  # compact values, looked for in squeezed JSON
+
+    def add_literal(self, value: str, replacement: str) -> None:
+        value = value.strip()
+        if len(value) >= 2:
+            self.literal.setdefault(value, replacement)
+            escaped = html.escape(value, quote=True)
+            if escaped != value:
+                self.literal.setdefault(escaped, html.escape(replacement))
+
+    def compile(self) -> _Rewriter | None:
+        ordered = sorted(self.literal.items(), key=lambda x: -len(x[0]))  # longest first
+        parts = [(re.escape(v), r) for v, r in ordered] + self.patterns
+        if not parts:
+            return None
+        return _Rewriter(parts, [orjson.dumps(v)[1:-1] for v in self.literal], self.probes)
+
+
+class _Rewriter:
+    """One regex for every original value; each match becomes its replacement. The
+    regex is compiled only when some value is present (most records: none)."""
+
+    def __init__(
+        self, parts: list[tuple[str, str]], literals: list[bytes], probes: list[bytes]
+    ) -> None:
+        self.parts = parts
+        self.replacements = [r for _, r in parts]
+        self.literals = literals  # as they appear in JSON (escaped)
+        self.probes = probes
+
+    @functools.cached_property
+    def regex(self) -> re.Pattern[str]:
+        return re.compile("|".join(f"({p})" for p, _ in self.parts), re.IGNORECASE)
+
+    def present(self, data: bytes) -> bool:
+        """Whether any original value may be in ``data`` (a serialised Bundle): a
+        superset of what the rewriter finds, so False means nothing to rewrite."""
+        if any(literal in data for literal in self.literals):
+            return True
+        if not self.probes:
+            return False
+        squeezed = _squeeze(data)
+        return any(probe in squeezed for probe in self.probes)
+
+    def hits(self, text: str) -> bool:
+        return self.regex.search(text) is not None
+
+    def __call__(self, text: str) -> str:
+        return self.regex.sub(lambda m: self.replacements[(m.lastindex or 1) - 1], text)
+
+
+# What may stand between the characters of an identifier or phone number in text:
+# ASCII spaces, no-break and ideographic spaces, hyphens, brackets (and for phones
+# dots). _SEP is the patterns' class; _squeeze removes the same from JSON bytes (JSON
+# writes \t, \n ... as escapes; the others as themselves, in UTF-8).
+_SEP = "[ \t\n\r\x0b\x0c\u00a0\u3000\\-()]"
+_PHONE_SEP = "[ \t\n\r\x0b\x0c\u00a0\u3000\\-().]"
+_GAP_BYTES = b" -().+"
+_ESCAPED = re.compile(rb"\\[nrtbf]|\\u000[bc]")
+_WIDE = (b"\xc2\xa0", b"\xe3\x80\x80")
+
+
+def _squeeze(data: bytes) -> bytes:
+    """JSON bytes without anything the patterns allow between characters, upper-cased:
+    a spaced value (``K583726(A)``, ``+86 139-0000-0001``) is then a plain substring."""
+    if b"\\" in data:
+        data = _ESCAPED.sub(b"", data)
+    for space in _WIDE:
+        if space in data:
+            data = data.replace(space, b"")
+    return data.translate(None, _GAP_BYTES).upper()
+
+
+def _probe(chars: str) -> bytes:
+    return "".join(c for c in chars if c.isalnum()).upper().encode()
+
+
+@functools.lru_cache(maxsize=4096)
+def _spaced(value: str) -> str:
+    """A regex for an identifier or number written with or without separators
+    (spaces, hyphens, brackets: ``K583726(A)``, ``+86 139-0000-0001``)."""
+    chars = [re.escape(c) for c in value if c.isalnum()]
+    return r"(?<![0-9A-Za-z])" + f"{_SEP}*".join(chars) + r"\)?(?![0-9A-Za-z])"
+
+
+def _national(value: str) -> str:
+    """The digits of a phone number without its country code (86, 852, 853)."""
+    digits = re.sub(r"\D", "", value)
+    for code in _COUNTRY_CODES:
+        if value.strip().startswith(("+" + code, "00" + code)) and len(digits) > len(code) + 6:
+            return digits[len(code) :]
+    return digits
+
+
+@functools.lru_cache(maxsize=4096)
+def _phone(value: str) -> str:
+    national = _national(value)
+    body = f"{_PHONE_SEP}*".join(national)
+    prefix = rf"(?:(?:\+|00)?(?:86|852|853){_PHONE_SEP}*)?"
+    return rf"(?<!\d){prefix}{body}(?!\d)"
+
+
+def _structural(
+    resource: dict[str, Any],
+    path: str,
+    profile: Profile,
+    key: bytes,
+    sender: str,
+    found: _Secrets,
+    changes: list[Change],
+) -> None:
+    if resource.get("resourceType") not in profile.resources:
+        return
+    for n, ident in enumerate(resource.get("identifier") or []):
+        system, value = ident.get("system"), ident.get("value")
+        if system in profile.pseudonymise and isinstance(value, str) and value:
+            alias = pseudonym(key, system, value)
+            new_system = f"{PSEUDONYM_SYSTEM}/{sender}"
+            found.literal.setdefault(f"{system}|{value}", f"{new_system}|{alias}")
+            found.patterns.append((_spaced(value), alias))
+            found.probes.append(_probe(value))
+            ident.clear()
+            ident.update(
+                {
+                    "type": {
+                        "coding": [
+                            {
+                                "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
+                                "code": "PSEUDED",
+                                "display": "pseudonymized",
+                            }
+                        ]
+                    },
+                    "system": new_system,
+                    "value": alias,
+                }
+            )
+            changes.append(Change(f"{path}.identifier[{n}]", "pseudonymised", system))
+    if profile.address != "keep" and resource.get("address"):
+        kept = []
+        for n, address in enumerate(resource["address"]):
+            city = str(address.get("city") or "")
+            for part in (*(address.get("line") or []), address.get("text")):
+                if isinstance(part, str):
+                    found.add_literal(part, city)
+            # The postal code and the district go with the structure but are not searched
+            # for in text: like the city they name an area, and the institutions' own
+            # addresses share them (scrubbing them everywhere would strip those).
+            if profile.address == "remove" or not city:
+                changes.append(Change(f"{path}.address[{n}]", "address-removed"))
+                continue
+            reduced = {
+                k: address[k]
+                for k in ("use", "type", "city", "state", "country", "period")
+                if k in address
+            }
+            kept.append(reduced)
+            changes.append(Change(f"{path}.address[{n}]", "address-reduced"))
+        if kept:
+            resource["address"] = kept
+        else:
+            del resource["address"]
+    if profile.telecom and resource.get("telecom"):
+        kept = []
+        for n, telecom in enumerate(resource["telecom"]):
+            if telecom.get("system") in profile.telecom:
+                value = telecom.get("value")
+                if isinstance(value, str) and re.search(r"\d{5}", re.sub(r"\D", "", value)):
+                    found.patterns.append((_phone(value), "***"))
+                    found.probes.append(_probe(_national(value)))
+                changes.append(
+                    Change(f"{path}.telecom[{n}]", "telecom-removed", str(telecom.get("system")))
+                )
+            else:
+                kept.append(telecom)
+        if kept:
+            resource["telecom"] = kept
+        else:
+            del resource["telecom"]
+    contacts = resource.get("contact")
+    if isinstance(contacts, list):  # a Patient's contacts: their phones and addresses too
+        for n, contact in enumerate(contacts):
+            if isinstance(contact, dict):
+                contact.setdefault("resourceType", resource["resourceType"])
+                _structural(contact, f"{path}.contact[{n}]", profile, key, sender, found, changes)
+                contact.pop("resourceType", None)
+
+
+# -- pass 2: every string, every attachment -------------------------------------------------
+def _walk(
+    node: Any,
+    path: str,
+    rewrite: _Rewriter | None,
+    profile: Profile,
+    changes: list[Change],
+    strings: bool = True,
+) -> Any:
+    """Rewrite strings (when ``strings``: some original value is left somewhere) and
+    attachments (always: their text is hidden in base64)."""
+    if isinstance(node, dict):
+        if "contentType" in node and "data" in node:
+            return _attachment(node, path, rewrite, profile, changes)
+        for k in list(node):
+            value = node[k]
+            if isinstance(value, str):
+                if strings and rewrite is not None and rewrite.hits(value):
+                    changes.append(Change(f"{path}.{k}", "text-rewritten"))
+                    node[k] = rewrite(value)
+                    if not node[k].strip():  # nothing left (a postal code): no empty strings
+                        del node[k]
+            elif isinstance(value, (dict, list)):
+                result = _walk(value, f"{path}.{k}", rewrite, profile, changes, strings)
+                if result is _DROP:
+                    if k == "attachment":  # DocumentReference.content[n]: drop the content
+                        return _DROP
+                    del node[k]
+        return node
+    if isinstance(node, list):
+        kept = []
+        for n, item in enumerate(node):
+            if isinstance(item, str):
+                if strings and rewrite is not None and rewrite.hits(item):
+                    changes.append(Change(f"{path}[{n}]", "text-rewritten"))
+                    item = rewrite(item)
+                if item.strip():
+                    kept.append(item)
+            elif _walk(item, f"{path}[{n}]", rewrite, profile, changes, strings) is not _DROP:
+                kept.append(item)
+        node[:] = kept
+        return node
+    return node
+
+
+def _attachment(
+    node: dict[str, Any],
+    path: str,
+    rewrite: _Rewriter | None,
+    profile: Profile,
+    changes: list[Change],
+) -> Any:
+    content_type = str(node.get("contentType") or "")
+    if profile.attachment_action(content_type) == "drop":
+        changes.append(Change(path, "attachment-dropped", content_type.split(";")[0]))
+        return _DROP
+    try:
+        raw = base64.b64decode(str(node["data"]), validate=True)
+        charset = _charset(content_type)
+        text = raw.decode(charset)
+    except (binascii.Error, ValueError, LookupError):  # not base64, not text: cannot check
+        changes.append(Change(path, "attachment-dropped", content_type.split(";")[0]))
+        return _DROP
+    if rewrite is not None and rewrite.hits(text):
+        data = rewrite(text).encode(charset)
+        node["data"] = base64.b64encode(data).decode("ascii")
+        if "size" in node:
+            node["size"] = len(data)
+        if "hash" in node:  # FHIR: base64 SHA-1 of the data
+            node["hash"] = base64.b64encode(hashlib.sha1(data).digest()).decode("ascii")
+        changes.append(Change(path, "attachment-rewritten", content_type.split(";")[0]))
+    for k in ("title",):
+        if isinstance(node.get(k), str) and rewrite is not None and rewrite.hits(node[k]):
+            node[k] = rewrite(node[k])
+    return node
+
+
+def _charset(content_type: str) -> str:
+    match = re.search(r"charset=([\w\-]+)", content_type, re.IGNORECASE)
+    return match.group(1) if match else "utf-8"

@@ -1,0 +1,343 @@
+"""What the policy keeps in the message store: consents, decisions (with the record
+they decide, so that a held one can be decided again), and the yearly counters. The
+tables are created by the store's migration ``v0002_policy``; messages move through
+the store's state column: ``held``, ``outbox`` (released or allowed: ready for
+delivery), ``denied``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+
+from ..store import StageOutcome, Store, metadata, utcnow
+from ._consent import ConsentRecord, PolicyError, parse_consent
+from ._engine import Decision, Policy, RuleResult
+from ._minimise import Change, pseudonym
+
+__all__ = [
+    "STATE_OF",
+    "PolicyRecords",
+    "Released",
+    "consents",
+    "counters",
+    "decisions",
+]
+
+# A decision's outcome → the message's state in the store.
+STATE_OF = {"allow": "outbox", "allow-with-changes": "outbox", "hold": "held", "deny": "denied"}
+ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+consents = sa.Table(
+    "policy_consents",
+    metadata,
+    sa.Column("id", ID, primary_key=True, autoincrement=True),
+    sa.Column("consent_id", sa.String(128), nullable=False, unique=True),  # Consent.id
+    sa.Column("patient_key", sa.String(64), nullable=False),  # keyed pseudonym of the patient
+    sa.Column("status", sa.String(24), nullable=False),
+    sa.Column("resource", sa.LargeBinary(), nullable=False),  # the Consent as imported
+    sa.Column("imported_at", sa.DateTime(), nullable=False),
+    sa.Column("updated_at", sa.DateTime(), nullable=False),
+)
+sa.Index("ix_policy_consents_patient", consents.c.patient_key)
+
+decisions = sa.Table(
+    "policy_decisions",
+    metadata,
+    sa.Column("id", ID, primary_key=True, autoincrement=True),
+    sa.Column("message_id", ID, sa.ForeignKey("messages.id", ondelete="CASCADE")),
+    sa.Column("decided_at", sa.DateTime(), nullable=False),
+    sa.Column("sender", sa.String(64), nullable=False),
+    sa.Column("recipient", sa.String(64), nullable=False),
+    sa.Column("purpose", sa.String(32), nullable=False),
+    sa.Column("outcome", sa.String(24), nullable=False),
+    sa.Column("basis", sa.String(48)),
+    sa.Column("agreement", sa.String(128)),
+    sa.Column("rules", sa.Text(), nullable=False),  # JSON: each rule, outcome, reason
+    sa.Column("changes", sa.Text(), nullable=False),  # JSON: paths and actions, no values
+    sa.Column("patients", sa.Text(), nullable=False),  # JSON: pseudonyms of the patient
+    sa.Column("input", sa.LargeBinary()),  # the Bundle decided (kept while held)
+    sa.Column("current", sa.Boolean(), nullable=False),
+)
+sa.Index("ix_policy_decisions_message", decisions.c.message_id, decisions.c.id)
+sa.Index("ix_policy_decisions_current", decisions.c.outcome, decisions.c.current)
+
+counters = sa.Table(
+    "policy_counters",
+    metadata,
+    sa.Column("year", sa.Integer(), primary_key=True),
+    sa.Column("sender", sa.String(64), primary_key=True),
+    sa.Column("basis", sa.String(48), primary_key=True),
+    sa.Column("category", sa.String(32), primary_key=True),
+    sa.Column("person", sa.String(64), primary_key=True),  # keyed pseudonym: one per individual
+    sa.Column("first_at", sa.DateTime(), nullable=False),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Released:
+    message_id: int | None
+    decision: Decision
+
+
+class PolicyRecords:
+    """Consents, decisions and counters over the message store's database; the
+    ``Consents`` and ``Counters`` the engine reads."""
+
+    def __init__(self, store: Store, policy: Policy) -> None:
+        self.store = store
+        self.policy = policy
+        self.engine = store.engine
+
+    # -- the engine's sources -------------------------------------------------------------
+    def for_patients(self, patients: list[str]) -> list[ConsentRecord]:
+        keys = [self._patient_key(p) for p in patients]
+        with self.engine.connect() as conn:
+            rows = (
+                conn.execute(sa.select(consents.c.resource).where(consents.c.patient_key.in_(keys)))
+                .scalars()
+                .all()
+            )
+        return [self._parse(r) for r in rows]
+
+    def count(self, year: int, sender: str, basis: str, category: str) -> int:
+        c = counters.c
+        query = sa.select(sa.func.count()).where(
+            c.year == year, c.sender == sender, c.basis == basis, c.category == category
+        )
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
+
+    def has(self, year: int, sender: str, basis: str, category: str, person: str) -> bool:
+        c = counters.c
+        query = sa.select(c.person).where(
+            c.year == year,
+            c.sender == sender,
+            c.basis == basis,
+            c.category == category,
+            c.person == person,
+        )
+        with self.engine.connect() as conn:
+            return conn.execute(query).first() is not None
+
+    # -- consents -------------------------------------------------------------------------
+    def _patient_key(self, patient: str) -> str:
+        return pseudonym(self.policy.key, *patient.split("|", 1))
+
+    def _parse(self, resource: bytes) -> ConsentRecord:
+        return parse_consent(resource, self.policy.network, self.policy.data.purposes)
+
+    def import_consent(
+        self, body: bytes | dict[str, Any], now: datetime | None = None
+    ) -> tuple[ConsentRecord, list[Released]]:
+        """Keep a Consent (a new one, or a new version of one by id) and release the held
+        records it now allows."""
+        record = self._parse(body if isinstance(body, bytes) else orjson.dumps(body))
+        stamp = utcnow()
+        with self.store.engine.execution_options(write=True).begin() as conn:
+            found = conn.execute(
+                sa.select(consents.c.id).where(consents.c.consent_id == record.id)
+            ).first()
+            values = {
+                "patient_key": self._patient_key(record.patient),
+                "status": record.status,
+                "resource": record.resource,
+                "updated_at": stamp,
+            }
+            if found is None:
+                conn.execute(
+                    consents.insert().values(consent_id=record.id, imported_at=stamp, **values)
+                )
+            else:
+                conn.execute(consents.update().where(consents.c.id == found.id).values(**values))
+        return record, self.release_held(now)
+
+    def list_consents(self, patient: str | None = None) -> list[ConsentRecord]:
+        query = sa.select(consents.c.resource).order_by(consents.c.id)
+        if patient:
+            query = query.where(consents.c.patient_key == self._patient_key(patient))
+        with self.engine.connect() as conn:
+            return [self._parse(r) for r in conn.execute(query).scalars()]
+
+    def withdraw(self, consent_id: str) -> ConsentRecord:
+        """Withdrawal: the Consent's status becomes inactive (kept, as evidence)."""
+        with self.store.engine.execution_options(write=True).begin() as conn:
+            row = conn.execute(
+                sa.select(consents.c.id, consents.c.resource).where(
+                    consents.c.consent_id == consent_id
+                )
+            ).first()
+            if row is None:
+                raise PolicyError(
+                    "consent-not-found", f"no consent {consent_id!r}", location="Consent.id"
+                )
+            resource = orjson.loads(row.resource)
+            resource["status"] = "inactive"
+            data = orjson.dumps(resource)
+            conn.execute(
+                consents.update()
+                .where(consents.c.id == row.id)
+                .values(status="inactive", resource=data, updated_at=utcnow())
+            )
+        return self._parse(data)
+
+    # -- decisions ------------------------------------------------------------------------
+    def apply(
+        self,
+        message_id: int | None,
+        bundle: bytes | dict[str, Any],
+        sender: str,
+        recipient: str,
+        purpose: str | None = None,
+        now: datetime | None = None,
+    ) -> Decision:
+        """THE policy stage: decide, keep the decision with the record, count the
+        individual when the record goes, and move the message to outbox, held or
+        denied (with the minimised Bundle as the stage's output)."""
+        decision = self.policy.decide(
+            bundle, sender, recipient, purpose, consents=self, counters=self, now=now
+        )
+        raw = bundle if isinstance(bundle, bytes) else orjson.dumps(bundle)
+        self._record(message_id, decision, raw)
+        return decision
+
+    def _record(self, message_id: int | None, decision: Decision, raw: bytes) -> None:
+        with self.store.engine.execution_options(write=True).begin() as conn:
+            if message_id is not None:
+                conn.execute(
+                    decisions.update()
+                    .where(decisions.c.message_id == message_id, decisions.c.current.is_(True))
+                    .values(current=False, input=None)
+                )
+            decision.id = int(
+                conn.execute(
+                    decisions.insert()
+                    .values(
+                        message_id=message_id,
+                        decided_at=decision.decided_at,
+                        sender=decision.sender,
+                        recipient=decision.recipient,
+                        purpose=decision.purpose,
+                        outcome=decision.outcome,
+                        basis=decision.basis,
+                        agreement=decision.agreement,
+                        rules=orjson.dumps([r.to_json() for r in decision.results]).decode(),
+                        changes=orjson.dumps([c.to_json() for c in decision.changes]).decode(),
+                        patients=orjson.dumps(decision.patients).decode(),
+                        input=raw if decision.outcome == "hold" else None,
+                        current=True,
+                    )
+                    .returning(decisions.c.id)
+                ).scalar_one()
+            )
+            decision.message_id = message_id
+            if decision.allowed and decision.count is not None:
+                year, sender, basis, category, person = decision.count
+                exists = conn.execute(
+                    sa.select(counters.c.person).where(
+                        counters.c.year == year,
+                        counters.c.sender == sender,
+                        counters.c.basis == basis,
+                        counters.c.category == category,
+                        counters.c.person == person,
+                    )
+                ).first()
+                if exists is None:
+                    conn.execute(
+                        counters.insert().values(
+                            year=year,
+                            sender=sender,
+                            basis=basis,
+                            category=category,
+                            person=person,
+                            first_at=utcnow(),
+                        )
+                    )
+        if message_id is not None:
+            self.store.record_outcome(
+                message_id,
+                StageOutcome(
+                    "policy",
+                    STATE_OF[decision.outcome],
+                    output=decision.bundle_json,
+                    issues=tuple(decision.issues()),
+                ),
+            )
+
+    def release_held(self, now: datetime | None = None) -> list[Released]:
+        """Decide every held record again (after a consent arrived); those no longer
+        held leave the held state (outbox, or denied if a rule now refuses)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(decisions)
+                .where(decisions.c.outcome == "hold", decisions.c.current.is_(True))
+                .order_by(decisions.c.id)
+            ).all()
+        released = []
+        for row in rows:
+            if row.input is None:
+                continue
+            decision = self.policy.decide(
+                row.input,
+                row.sender,
+                row.recipient,
+                row.purpose,
+                consents=self,
+                counters=self,
+                now=now,
+            )
+            if decision.outcome == "hold":
+                continue
+            if row.message_id is None:  # no message to move: close the old decision
+                with self.store.engine.execution_options(write=True).begin() as conn:
+                    conn.execute(
+                        decisions.update().where(decisions.c.id == row.id).values(current=False)
+                    )
+            self._record(row.message_id, decision, row.input)
+            released.append(Released(row.message_id, decision))
+        return released
+
+    def get(self, decision_id: int) -> Decision:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(decisions).where(decisions.c.id == decision_id)).first()
+        if row is None:
+            raise PolicyError(
+                "decision-not-found", f"no policy decision {decision_id}", location="decision"
+            )
+        return _decision(row)
+
+    def find(
+        self, message_id: int | None = None, outcome: str | None = None, limit: int = 50
+    ) -> list[Decision]:
+        query = sa.select(decisions).order_by(decisions.c.id.desc()).limit(max(1, min(limit, 1000)))
+        if message_id is not None:
+            query = query.where(decisions.c.message_id == message_id)
+        if outcome:
+            query = query.where(decisions.c.outcome == outcome, decisions.c.current.is_(True))
+        with self.engine.connect() as conn:
+            return [_decision(r) for r in conn.execute(query).all()]
+
+
+def _decision(row: Any) -> Decision:
+    results = [
+        RuleResult(r["rule"], r["kind"], r["outcome"], r["reason_code"], r["reason"])
+        for r in orjson.loads(row.rules)
+    ]
+    changes = [Change(c["path"], c["action"], c.get("kind", "")) for c in orjson.loads(row.changes)]
+    return Decision(
+        outcome=row.outcome,
+        sender=row.sender,
+        recipient=row.recipient,
+        purpose=row.purpose,
+        decided_at=row.decided_at,
+        results=results,
+        basis=row.basis,
+        agreement=row.agreement,
+        changes=changes,
+        patients=orjson.loads(row.patients),
+        id=int(row.id),
+        message_id=row.message_id,
+    )

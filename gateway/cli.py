@@ -21,7 +21,7 @@ from typing import TextIO
 
 import orjson
 
-from . import __version__
+from . import __version__, signing
 from .config import Settings
 from .envelope import Record
 from .errors import GatewayError
@@ -282,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_serve)
 
     add_cli(sub)  # gateway report variants
+    signing.add_cli(sub)  # gateway keys init, sign, verify
 
     config = sub.add_parser("config", help="print the effective settings")
     config.set_defaults(func=cmd_config)

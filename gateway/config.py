@@ -47,6 +47,11 @@ class Settings:
     # A bilingual report joins two reports: refuse one whose patient has no identifier
     # (false: accept it, still refusing two reports whose identifiers disagree).
     report_require_patient_identity: bool = True
+    # Signing (docs/signing.md): keys folder (as `gateway keys init --out` makes it), the
+    # trust store (CA certificates and CRLs), which key signs what: SENDER/TYPE=KEY;...
+    signing_keys: Path | None = None
+    signing_trust: Path | None = None
+    signing_rules: str = ""
 
     @property
     def out_dir(self) -> Path:
@@ -85,7 +90,7 @@ _BOOLS = ("validate", "report_require_patient_identity")
 
 
 def _coerce(name: str, value: Any, home: Path) -> Any:
-    if name in ("network", "mappings", "api_token_file"):
+    if name in ("network", "mappings", "api_token_file", "signing_keys", "signing_trust"):
         path = Path(str(value)).expanduser()
         return path if path.is_absolute() else home / path
     if name in _BOOLS and isinstance(value, bool):

@@ -53,6 +53,7 @@ from ..intake import FORMATS
 from ..pipeline import Converter
 from ..reports import VariantPool, WorkerCrash
 from ._auth import TokenSet, load_tokens
+from ._verify import add_verify_route
 
 __all__ = ["create_app"]
 
@@ -276,6 +277,8 @@ def create_app(
             log.error("internal error rendering a report variant:\n%s\n%s", exc.kind, exc.stack)
             return _outcome([_internal_issue()], 500)
         return Response(out, status, media_type=content_type)
+
+    add_verify_route(app, settings, unauthorized, read_body)  # POST /$verify (signing)
 
     @app.post("/convert")
     async def convert(

@@ -10,7 +10,7 @@ certificates and CRLs; the auditor's report.
 
 from ._algorithms import ALGORITHMS, DEFAULT_ALG, Algorithm
 from ._bundle import PROFILE, sign_bundle, sign_record_bundle, signature_entries, signed_content
-from ._cli import add_cli, signer_for, verify_bytes
+from ._cli import add_cli, signer_for, trust_store, verify_bytes
 from ._errors import SigningError
 from ._jcs import canonicalize, es6_number
 from ._jws import COMMITMENTS, sign_detached, verify_detached
@@ -42,6 +42,7 @@ __all__ = [
     "signature_entries",
     "signed_content",
     "signer_for",
+    "trust_store",
     "verify_bundle",
     "verify_bytes",
     "verify_detached",

@@ -53,6 +53,8 @@ _BY_OID = {oid: role for role, (oid, _) in COMMITMENTS.items()}
 # The JAdES headers this verifier processes; any other name in "crit" is refused (RFC
 # 7515 4.1.11).
 UNDERSTOOD_CRIT = frozenset({"sigT", "srCms"})
+# RFC 9864's fully-specified name for what JAdES and IHE DSG still call EdDSA
+_ALIASES = {"Ed25519": "EdDSA"}
 
 
 def commitment(role: str) -> tuple[str, str]:
@@ -132,6 +134,7 @@ def parse_header(jws: str) -> tuple[Header, str, bytes]:
             f"alg {alg}: an HMAC algorithm with a certificate's public key as its secret "
             "(algorithm confusion) refused",
         )
+    alg = _ALIASES.get(alg, alg)
     if alg not in ALGORITHMS:
         raise SigningError("unsupported-alg", f"alg {alg!r} is not one the gateway verifies "
                            f"({', '.join(ALGORITHMS)})")

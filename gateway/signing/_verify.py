@@ -19,7 +19,14 @@ from cryptography.exceptions import InvalidSignature
 
 from ._bundle import JOSE, signature_entries, signed_content
 from ._errors import SigningError
-from ._jws import COMMITMENTS, SIGNATURE_TYPE_SYSTEM, Header, format_time, verify_detached
+from ._jws import (
+    COMMITMENTS,
+    SIGNATURE_TYPE_SYSTEM,
+    Header,
+    format_time,
+    parse_header,
+    verify_detached,
+)
 from ._pki import TrustStore, describe
 
 __all__ = ["Check", "FileReport", "SignatureReport", "check_certificate", "verify_bundle"]
@@ -256,6 +263,9 @@ def _verify_one(
     trust: TrustStore | None, now: dt.datetime | None,
 ) -> SignatureReport:
     report = SignatureReport(k or 1, where=where)
+    claimed = sig.get("who") if isinstance(sig, dict) else None
+    if isinstance(claimed, dict) and isinstance(claimed.get("display"), str):
+        report.signer = claimed["display"]  # as the Bundle claims, until the JWS says
     try:
         if not isinstance(sig, dict) or sig.get("sigFormat") != JOSE:
             raise SigningError("malformed", f"{where} is not a JWS signature (sigFormat {JOSE})")
@@ -263,6 +273,7 @@ def _verify_one(
             jws = b64decode(str(sig.get("data", "")), validate=True).decode("ascii")
         except (binascii.Error, UnicodeDecodeError):
             raise SigningError("malformed", f"{where}.data is not base64 of a JWS") from None
+        _name_signer(report, jws)
         header = verify_detached(jws, signed_content(bundle, k))
     except SigningError as exc:
         name = {"content-changed": "content"}.get(exc.code.split(".", 1)[1], "jws")
@@ -273,6 +284,16 @@ def _verify_one(
     _check_metadata(report, sig, header)
     check_certificate(report, header.chain, header.signing_time, trust, now)
     return report
+
+
+def _name_signer(report: SignatureReport, jws: str) -> None:
+    """Name the signer in messages before the content is checked (when the header can
+    be read at all)."""
+    try:
+        header = parse_header(jws)[0]
+    except SigningError:
+        return
+    report.signer, report.institution, _ = describe(header.chain[0])
 
 
 def _fill(report: SignatureReport, header: Header) -> None:

@@ -113,3 +113,14 @@ def test_a_document_bundle_excludes_its_id_and_meta(golden: dict[str, Any], lax2
     assert verify_bundle(moved, trust).ok
     changed = {**signed, "identifier": {"system": "urn:x", "value": "other"}}
     assert not verify_bundle(changed, trust).ok
+
+
+def test_the_profile_is_published_and_valid() -> None:
+    from fhir.resources.R4B.structuredefinition import StructureDefinition
+
+    from gateway.datafiles import data_dir
+    from gateway.signing import PROFILE
+
+    path = data_dir("profiles") / "StructureDefinition-signature-provenance.json"
+    definition = StructureDefinition.model_validate(orjson.loads(path.read_bytes()))
+    assert definition.url == PROFILE and definition.type == "Provenance"

@@ -1,6 +1,12 @@
 """Detached JWS (RFC 7515 appendix F) with the JAdES baseline-B header (ETSI TS 119 182-1)
 as IHE DSG's JSON option uses it: ``alg``, ``kid``, ``x5c``, ``sigT``, ``srCms`` and
-``crit`` naming the JAdES headers the verifier must understand."""
+``crit`` naming the headers the verifier must understand.
+
+The payload is detached and unencoded (RFC 7797 ``"b64": false``, listed in ``crit``, as
+JAdES allows for detached signatures): the signing input is ``BASE64URL(header) || '.' ||
+canonical bytes``. Not base64-encoding a Bundle of tens of kilobytes is what keeps the
+JOSE layer within 1.2x of the bare signature (bench/RESULTS.md). Signatures made by
+others with ``b64`` absent or true (the payload base64url-encoded) verify too."""
 
 from __future__ import annotations
 
@@ -52,7 +58,7 @@ COMMITMENTS: dict[str, tuple[str, str]] = {
 _BY_OID = {oid: role for role, (oid, _) in COMMITMENTS.items()}
 # The JAdES headers this verifier processes; any other name in "crit" is refused (RFC
 # 7515 4.1.11).
-UNDERSTOOD_CRIT = frozenset({"sigT", "srCms"})
+UNDERSTOOD_CRIT = frozenset({"b64", "sigT", "srCms"})
 # RFC 9864's fully-specified name for what JAdES and IHE DSG still call EdDSA
 _ALIASES = {"Ed25519": "EdDSA"}
 
@@ -88,10 +94,11 @@ def sign_detached(payload: bytes, signer: Signer, role: str, when: dt.datetime) 
         "x5c": signer.x5c,
         "sigT": format_time(when),
         "srCms": [{"commId": {"id": f"urn:oid:{oid}", "desc": desc}}],
-        "crit": ["sigT", "srCms"],
+        "b64": False,
+        "crit": ["b64", "sigT", "srCms"],
     }
     protected = _b64(orjson.dumps(header))
-    signature = signer.algorithm.sign(signer.key, protected + b"." + _b64(payload))
+    signature = signer.algorithm.sign(signer.key, b"".join((protected, b".", payload)))
     return (protected + b".." + _b64(signature)).decode("ascii")
 
 
@@ -147,6 +154,8 @@ def parse_header(jws: str) -> tuple[Header, str, bytes]:
             "unknown-crit",
             f"crit names headers this verifier does not process or that are absent: {unknown}",
         )
+    if "b64" in raw and (not isinstance(raw["b64"], bool) or "b64" not in crit):
+        raise SigningError("malformed", "b64 must be a boolean listed in crit (RFC 7797 6)")
     chain = _chain(raw.get("x5c"))
     kid = raw.get("kid")
     if kid != thumbprint(chain[0]) or raw.get("x5t#S256", kid) != kid:
@@ -170,7 +179,8 @@ def verify_detached(jws: str, payload: bytes) -> Header:
     """The header of a JWS whose signature over ``payload`` holds; SigningError
     ``content-changed`` when it does not."""
     header, protected, signature = parse_header(jws)
-    signing_input = protected.encode("ascii") + b"." + _b64(payload)
+    encoded = payload if header.raw.get("b64", True) is False else _b64(payload)
+    signing_input = b"".join((protected.encode("ascii"), b".", encoded))
     if not ALGORITHMS[header.alg].verify(header.chain[0].public_key(), signature, signing_input):
         raise SigningError(
             "content-changed",

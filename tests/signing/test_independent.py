@@ -95,7 +95,8 @@ def test_joserfc_verifies_both_signatures_of_the_cosigned_report(
         leaf = x509.load_der_x509_certificate(b64decode(header["x5c"][0]))
         payload = _independent_payload(cosigned, k, canonical)
         verified = jws.deserialize_compact(token, _key(leaf), payload=payload, registry=REGISTRY)
-        assert verified.protected["crit"] == ["sigT", "srCms"]
+        assert verified.protected["crit"] == ["b64", "sigT", "srCms"]
+        assert verified.protected["b64"] is False  # RFC 7797 unencoded detached payload
         assert verified.payload == payload
     assert cosigned["signature"] == cosigned["entry"][-1]["resource"]["signature"][0]
 

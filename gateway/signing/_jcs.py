@@ -27,7 +27,7 @@ __all__ = ["canonicalize", "es6_number"]
 
 _STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+"')
 _TOKEN = re.compile(rb'"(?:[^"\\]++|\\.)*+"|-?[0-9][0-9.eE+-]*')
-_NEEDS_FIX = re.compile(rb"[0-9]\.|[0-9][eE]|[0-9]{16,}")
+_LONG_INT = re.compile(rb"[0-9]{16}")
 _ASTRAL_LEADS = (b"\xf0", b"\xf1", b"\xf2", b"\xf3", b"\xf4")  # UTF-8 lead bytes beyond U+FFFF
 _MAX_SAFE = 2**53 - 1
 
@@ -44,9 +44,19 @@ def canonicalize(value: Any) -> bytes:
     bare = _outside_strings(out)  # structure, numbers and literals only
     if b"null" in bare and _has_non_finite(value):
         raise SigningError("canonical", "NaN and Infinity have no JSON form (RFC 8785 3.2.2.3)")
-    if _NEEDS_FIX.search(bare) is None:
+    if not _needs_fix(bare):
         return out
     return _TOKEN.sub(_fix_number, out)
+
+
+def _needs_fix(bare: bytes) -> bool:
+    """Whether the text outside strings has a float (a '.', an exponent: an 'e' that
+    is not in true/false) or an integer of 16 digits or more."""
+    if b"." in bare or b"E" in bare:
+        return True
+    if bare.count(b"e") != bare.count(b"true") + bare.count(b"false"):
+        return True
+    return _LONG_INT.search(bare) is not None
 
 
 def _outside_strings(out: bytes) -> bytes:

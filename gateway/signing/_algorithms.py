@@ -41,13 +41,14 @@ class ES256:
     """ECDSA P-256 with SHA-256; JWS signatures are r||s, 32 bytes each (RFC 7518 3.4)."""
 
     name = "ES256"
+    _scheme = ec.ECDSA(hashes.SHA256())
 
     def fits(self, key: Any) -> bool:
         ok = isinstance(key, (ec.EllipticCurvePrivateKey, ec.EllipticCurvePublicKey))
         return ok and isinstance(key.curve, ec.SECP256R1)
 
     def sign(self, key: Any, data: bytes) -> bytes:
-        r, s = decode_dss_signature(key.sign(data, ec.ECDSA(hashes.SHA256())))
+        r, s = decode_dss_signature(key.sign(data, self._scheme))
         return r.to_bytes(32, "big") + s.to_bytes(32, "big")
 
     def verify(self, key: Any, signature: bytes, data: bytes) -> bool:
@@ -57,7 +58,7 @@ class ES256:
             int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
         )
         try:
-            key.verify(der, data, ec.ECDSA(hashes.SHA256()))
+            key.verify(der, data, self._scheme)
         except InvalidSignature:
             return False
         return True

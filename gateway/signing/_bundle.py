@@ -30,7 +30,7 @@ import orjson
 
 from ._errors import SigningError
 from ._jcs import canonicalize
-from ._jws import COMMITMENTS, SIGNATURE_TYPE_SYSTEM, commitment, format_time, sign_detached
+from ._jws import SIGNATURE_TYPE_SYSTEM, commitment, format_time, sign_detached
 from ._pki import Signer
 
 __all__ = [
@@ -190,7 +190,3 @@ def sign_record_bundle(
     except orjson.JSONDecodeError:
         raise SigningError("bad-input", "the Bundle to sign is not JSON") from None
     return orjson.dumps(sign_bundle(bundle, signer, role, when))
-
-
-def role_of(oid: str | None) -> str | None:
-    return next((r for r, (o, _) in COMMITMENTS.items() if o == oid), None)

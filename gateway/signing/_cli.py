@@ -21,7 +21,7 @@ from ._bundle import sign_bundle
 from ._errors import SigningError
 from ._jws import COMMITMENTS
 from ._pki import Signer, TrustStore, make_demo_pki
-from ._verify import FileReport, load_json, verify_bundle
+from ._verify import Check, FileReport, load_json, verify_bundle
 
 __all__ = ["add_cli", "parse_rules", "signer_for", "trust_store", "verify_bytes"]
 
@@ -93,8 +93,6 @@ def verify_bytes(data: bytes, source: str, trust: TrustStore | None) -> FileRepo
         bundle = load_json(data, source)
     except SigningError as exc:
         report = FileReport(source, "bundle")
-        from ._verify import Check
-
         report.problem = Check("format", False, exc.issue.message, exc.code)
         return report
     return verify_bundle(bundle, trust, source)

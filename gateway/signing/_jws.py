@@ -14,6 +14,7 @@ import binascii
 import datetime as dt
 from base64 import urlsafe_b64decode, urlsafe_b64encode
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -73,7 +74,9 @@ def commitment(role: str) -> tuple[str, str]:
 
 
 def format_time(when: dt.datetime) -> str:
-    return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """An instant in UTC to the second: 2026-06-10T07:20:00Z (sigT, Signature.when)."""
+    w = when.astimezone(dt.UTC)
+    return f"{w.year:04d}-{w.month:02d}-{w.day:02d}T{w.hour:02d}:{w.minute:02d}:{w.second:02d}Z"
 
 
 def _b64(data: bytes) -> bytes:
@@ -86,20 +89,38 @@ def _unb64(text: str) -> bytes:
 
 def sign_detached(payload: bytes, signer: Signer, role: str, when: dt.datetime) -> str:
     """The compact detached JWS ``header..signature`` over ``payload`` (the canonical
-    bytes; base64url-encoded into the signing input as RFC 7515 5.1 says)."""
-    oid, desc = commitment(role)
-    header = {
-        "alg": signer.algorithm.name,
-        "kid": signer.kid,
-        "x5c": signer.x5c,
-        "sigT": format_time(when),
-        "srCms": [{"commId": {"id": f"urn:oid:{oid}", "desc": desc}}],
-        "b64": False,
-        "crit": ["b64", "sigT", "srCms"],
-    }
-    protected = _b64(orjson.dumps(header))
+    bytes, unencoded: RFC 7797)."""
+    protected = _protected(signer.algorithm.name, signer.kid, signer.x5c, role, when)
     signature = signer.algorithm.sign(signer.key, b"".join((protected, b".", payload)))
     return (protected + b".." + _b64(signature)).decode("ascii")
+
+
+def _protected(alg: str, kid: str, x5c: tuple[str, ...], role: str, when: dt.datetime) -> bytes:
+    """BASE64URL of the protected header. The part that is the same for every signature
+    of a signer (alg, kid, x5c with its kilobytes of certificates, b64, crit) is encoded
+    once: JSON whitespace pads it to a multiple of 3 bytes, so its base64 joins the
+    base64 of the rest (sigT, srCms) without re-encoding."""
+    if role not in _ROLE_TAILS:
+        commitment(role)  # raises signing.bad-role
+    return _constant_part(alg, kid, x5c) + _b64(_ROLE_TAILS[role] % format_time(when).encode())
+
+
+@lru_cache(maxsize=64)
+def _constant_part(alg: str, kid: str, x5c: tuple[str, ...]) -> bytes:
+    head = orjson.dumps(
+        {"alg": alg, "kid": kid, "x5c": x5c, "b64": False, "crit": ["b64", "sigT", "srCms"]}
+    )[:-1] + b","
+    head += b" " * (-len(head) % 3)
+    return _b64(head)
+
+
+def _role_tail(role: str) -> bytes:
+    oid, desc = COMMITMENTS[role]
+    srcms = orjson.dumps([{"commId": {"id": f"urn:oid:{oid}", "desc": desc}}])
+    return b'"sigT":"%s","srCms":' + srcms.replace(b"%", b"%%") + b"}"
+
+
+_ROLE_TAILS = {role: _role_tail(role) for role in COMMITMENTS}
 
 
 @dataclass(frozen=True)

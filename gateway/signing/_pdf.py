@@ -7,17 +7,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import datetime as dt
-import tempfile
 import warnings
-from functools import cache
 from io import BytesIO
-from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from ._errors import SigningError
+from ._font import font_file
 from ._labels import label
 from ._pki import Signer, TrustStore, describe
 from ._verify import Check, FileReport, SignatureReport, check_certificate
@@ -40,23 +38,6 @@ def _pyhanko() -> Any:
     import pyhanko
 
     return pyhanko
-
-
-@cache
-def _font_file() -> str:
-    """The reports' CJK font as a single-font file pyHanko can embed (a .ttc/.otc
-    collection's first font is extracted once)."""
-    from ..reports import font_path
-
-    path = Path(font_path())
-    if path.suffix.lower() not in (".ttc", ".otc"):
-        return str(path)
-    from fontTools.ttLib import TTCollection
-
-    font = TTCollection(str(path)).fonts[0]
-    out = Path(tempfile.mkdtemp(prefix="gateway-font-")) / "font.otf"
-    font.save(str(out))
-    return str(out)
 
 
 def sign_pdf(data: bytes, signer: Signer, role: str = "author") -> bytes:
@@ -106,7 +87,7 @@ def sign_pdf(data: bytes, signer: Signer, role: str = "author") -> bytes:
     style = TextStampStyle(
         stamp_text=text,
         timestamp_format="%Y-%m-%d %H:%M:%S UTC",
-        text_box_style=TextBoxStyle(font=GlyphAccumulatorFactory(_font_file()), font_size=7),
+        text_box_style=TextBoxStyle(font=GlyphAccumulatorFactory(font_file()), font_size=7),
         border_width=1,
     )
     column, row = count % 2, count // 2

@@ -11,6 +11,7 @@ import datetime as dt
 import hashlib
 import os
 from base64 import b64encode, urlsafe_b64encode
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,8 +117,11 @@ def issue_certificate(
 
 
 def make_crl(
-    ca_cert: x509.Certificate, ca_key: Any, revoked: list[x509.Certificate] = (), days: int = 30
-) -> x509.CertificateRevocationList:  # type: ignore[assignment]
+    ca_cert: x509.Certificate,
+    ca_key: Any,
+    revoked: Sequence[x509.Certificate] = (),
+    days: int = 30,
+) -> x509.CertificateRevocationList:
     now = dt.datetime.now(UTC)
     builder = (
         x509.CertificateRevocationListBuilder()
@@ -329,7 +333,7 @@ class Signer:
         cls,
         key_file: Path,
         cert_file: Path | None = None,
-        chain_files: list[Path] = (),  # type: ignore[assignment]
+        chain_files: Sequence[Path] = (),
         password: bytes | None = None,
     ) -> Signer:
         try:

@@ -69,10 +69,10 @@ def report_html(files: list[FileReport]) -> bytes:
 def report_pdf(files: list[FileReport]) -> bytes:
     from fpdf import FPDF
 
-    from ..reports import font_path
+    from ._font import font_file
 
     pdf = FPDF(format="A4")
-    pdf.add_font("cjk", fname=str(font_path()))
+    pdf.add_font("cjk", fname=font_file())
     pdf.set_auto_page_break(True, margin=15)
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     for file in files:

@@ -27,24 +27,9 @@ MAX_VERIFY_BODY = 32 * 1024 * 1024  # a signed report PDF with embedded fonts fi
 
 
 def verification_outcome(report: FileReport) -> dict[str, Any]:
-    issues: list[Issue] = []
-    if report.problem is not None:
-        issues.append(Issue(report.problem.code or "signing.malformed", report.problem.message,
-                            location=report.problem.name))
-    for sig in report.signatures:
-        failed = [c for c in sig.checks if not c.ok]
-        for check in failed:
-            issues.append(Issue(check.code or "signing.malformed", check.message,
-                                location=sig.where))
-        if not failed:
-            issues.append(Issue(
-                "signing.valid",
-                f"signature {sig.index}: {sig.signer} ({sig.institution}), role "
-                f"{sig.role or sig.role_display}, {sig.time}, {sig.algorithm}: valid and trusted",
-                location=sig.where, severity="information",
-                details={"issue_type": "informational"},
-            ))
-    return operation_outcome(issues)
+    """The OperationOutcome of a verification: an error per failed check, an information
+    issue (``signing.valid``) per valid signature."""
+    return operation_outcome(report.issues())
 
 
 def add_verify_route(
@@ -62,15 +47,17 @@ def add_verify_route(
         if isinstance(body, Response):
             return body
         if body is None:
-            issue = Issue("request.too-large", f"body is larger than {MAX_VERIFY_BODY} bytes",
-                          details={"issue_type": "too-costly"})
+            issue = Issue(
+                "request.too-large",
+                f"body is larger than {MAX_VERIFY_BODY} bytes",
+                details={"issue_type": "too-costly"},
+            )
             return Response(orjson.dumps(operation_outcome([issue])), 413, media_type=FHIR_JSON)
         try:
             trust = trust_store(settings)
             report = await run_in_threadpool(verify_bytes, body, "request", trust)
         except GatewayError as exc:
-            return Response(orjson.dumps(operation_outcome([exc.issue])), 400,
-                            media_type=FHIR_JSON)
+            return Response(orjson.dumps(operation_outcome([exc.issue])), 400, media_type=FHIR_JSON)
         status = 200 if report.ok else 422
         if format == "json":
             return Response(orjson.dumps(report.to_json()), status, media_type="application/json")

@@ -35,16 +35,22 @@ from ._pki import Signer
 
 __all__ = [
     "PROFILE",
-    "signature_entries",
     "sign_bundle",
     "sign_record_bundle",
+    "signature_entries",
     "signed_content",
 ]
 
 PROFILE = "https://fhir-gateway.example.org/StructureDefinition/signature-provenance"
 JOSE = "application/jose"
-_AGENT_TYPES = {"author": "author", "coauthor": "author", "verification": "verifier",
-                "validation": "verifier", "review": "verifier", "transcriptionist": "enterer"}
+_AGENT_TYPES = {
+    "author": "author",
+    "coauthor": "author",
+    "verification": "verifier",
+    "validation": "verifier",
+    "review": "verifier",
+    "transcriptionist": "enterer",
+}
 
 
 def _is_signature(entry: Any) -> bool:
@@ -104,10 +110,15 @@ def _who(bundle: dict[str, Any], signer: Signer) -> dict[str, Any]:
         if not isinstance(resource, dict) or resource.get("resourceType") != signer.who["type"]:
             continue
         for own in resource.get("identifier") or ():
-            if own.get("system") == ident.get("system") and own.get("value") == ident.get("value"):
-                if entry.get("fullUrl"):
-                    return {"reference": entry["fullUrl"], "type": signer.who["type"],
-                            "display": signer.name}
+            same = own.get("system") == ident.get("system") and own.get("value") == ident.get(
+                "value"
+            )
+            if same and entry.get("fullUrl"):
+                return {
+                    "reference": entry["fullUrl"],
+                    "type": signer.who["type"],
+                    "display": signer.name,
+                }
     return dict(signer.who)
 
 
@@ -151,10 +162,14 @@ def sign_bundle(
         "recorded": format_time(when),
         "agent": [
             {
-                "type": {"coding": [{
-                    "system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type",
-                    "code": agent_type,
-                }]},
+                "type": {
+                    "coding": [
+                        {
+                            "system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type",
+                            "code": agent_type,
+                        }
+                    ]
+                },
                 "who": who,
             }
         ],

@@ -65,8 +65,11 @@ def _load_signer(settings: Settings, key: str) -> Signer:
     if key.startswith("env:"):
         found = Signer.from_env(key[4:])
         if found is None:
-            raise ConfigError("signing-key", f"signing key {key}: GATEWAY_SIGNING_KEY_"
-                              f"{key[4:].upper().replace('-', '_')} is not set")
+            raise ConfigError(
+                "signing-key",
+                f"signing key {key}: GATEWAY_SIGNING_KEY_"
+                f"{key[4:].upper().replace('-', '_')} is not set",
+            )
         return found
     if settings.signing_keys is None:
         raise ConfigError("signing-key", f"signing key {key!r}: signing_keys is not set")
@@ -74,8 +77,9 @@ def _load_signer(settings: Settings, key: str) -> Signer:
     for name in ("key.p12", "key.pfx"):
         if (folder / name).is_file():
             return Signer.load(folder / name, password=password.encode() if password else None)
-    return Signer.load(folder / "key.pem", folder / "cert.pem",
-                       password=password.encode() if password else None)
+    return Signer.load(
+        folder / "key.pem", folder / "cert.pem", password=password.encode() if password else None
+    )
 
 
 def trust_store(settings: Settings, given: str | None = None) -> TrustStore | None:
@@ -115,43 +119,66 @@ def add_cli(subparsers: Any) -> None:
         "sign", help="sign a Bundle (JWS + Provenance) or a PDF (PAdES); again to co-sign"
     )
     sign.add_argument("file", metavar="FILE", help="a FHIR Bundle (.json) or a PDF")
-    sign.add_argument("--key", required=True, metavar="K",
-                      help="private key: PEM, DER or PKCS#12 (password: $GATEWAY_SIGNING_PASSWORD)")
-    sign.add_argument("--cert", metavar="C", help="certificate chain PEM, leaf first "
-                      "(not needed with PKCS#12)")
-    sign.add_argument("--role", default="author", choices=list(COMMITMENTS),
-                      help="signature type (FHIR signature-type: author, verification, ...)")
+    sign.add_argument(
+        "--key",
+        required=True,
+        metavar="K",
+        help="private key: PEM, DER or PKCS#12 (password: $GATEWAY_SIGNING_PASSWORD), "
+        "or env:NAME for $GATEWAY_SIGNING_KEY_NAME and $GATEWAY_SIGNING_CERT_NAME",
+    )
+    sign.add_argument(
+        "--cert", metavar="C", help="certificate chain PEM, leaf first (not needed with PKCS#12)"
+    )
+    sign.add_argument(
+        "--role",
+        default="author",
+        choices=list(COMMITMENTS),
+        help="signature type (FHIR signature-type: author, verification, ...)",
+    )
     sign.add_argument("-o", "--output", required=True, metavar="OUT")
     sign.set_defaults(func=cmd_sign)
 
     verify = subparsers.add_parser(
-        "verify", help="verify every signature of signed Bundles and PDFs (exit 0: all "
-        "valid and trusted)"
+        "verify",
+        help="verify every signature of signed Bundles and PDFs (exit 0: all valid and trusted)",
     )
     verify.add_argument("files", nargs="+", metavar="FILE")
-    verify.add_argument("--trust", metavar="DIR",
-                        help="trust store: CA certificates and CRLs (default: signing_trust)")
+    verify.add_argument(
+        "--trust",
+        metavar="DIR",
+        help="trust store: CA certificates and CRLs (default: signing_trust)",
+    )
     verify.add_argument("--json", action="store_true", help="print the results as JSON")
-    verify.add_argument("--report", metavar="OUT.html|OUT.pdf",
-                        help="write the auditor's verification report")
+    verify.add_argument(
+        "--report", metavar="OUT.html|OUT.pdf", help="write the auditor's verification report"
+    )
     verify.set_defaults(func=cmd_verify)
 
 
 def cmd_keys_init(args: argparse.Namespace, settings: Settings) -> int:
     out = Path(args.out)
     written = make_demo_pki(settings.network, out, args.alg)
-    print(f"demo network CA {out / 'ca' / 'cert.pem'} (CRL {out / 'ca' / 'crl.pem'}) and "
-          f"{len(written) - 1} keys and certificates ({args.alg}) in {out}; DEMO ONLY",
-          file=sys.stderr)
+    print(
+        f"demo network CA {out / 'ca' / 'cert.pem'} (CRL {out / 'ca' / 'crl.pem'}) and "
+        f"{len(written) - 1} keys and certificates ({args.alg}) in {out}; DEMO ONLY",
+        file=sys.stderr,
+    )
     return 0
 
 
 def cmd_sign(args: argparse.Namespace, settings: Settings) -> int:
     password = os.environ.get("GATEWAY_SIGNING_PASSWORD")
-    signer = Signer.load(
-        Path(args.key), Path(args.cert) if args.cert else None,
-        password=password.encode() if password else None,
-    )
+    if args.key.startswith("env:"):
+        found = Signer.from_env(args.key[4:])
+        if found is None:
+            raise SigningError("key", f"--key {args.key}: no such key in the environment")
+        signer = found
+    else:
+        signer = Signer.load(
+            Path(args.key),
+            Path(args.cert) if args.cert else None,
+            password=password.encode() if password else None,
+        )
     try:
         data = Path(args.file).read_bytes()
     except OSError as exc:
@@ -162,12 +189,16 @@ def cmd_sign(args: argparse.Namespace, settings: Settings) -> int:
 
         out = sign_pdf(data, signer, args.role)
     else:
-        out = orjson.dumps(sign_bundle(load_json(data, args.file), signer, args.role),
-                           option=orjson.OPT_INDENT_2)
+        out = orjson.dumps(
+            sign_bundle(load_json(data, args.file), signer, args.role), option=orjson.OPT_INDENT_2
+        )
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_bytes(out)
-    print(f"signed {args.file} as {signer.name} ({args.role}, {signer.algorithm.name}): "
-          f"{args.output}", file=sys.stderr)
+    print(
+        f"signed {args.file} as {signer.name} ({args.role}, {signer.algorithm.name}): "
+        f"{args.output}",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -183,7 +214,8 @@ def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
         reports.append(verify_bytes(data, name, trust))
     if args.json:
         sys.stdout.buffer.write(
-            orjson.dumps([r.to_json() for r in reports], option=orjson.OPT_INDENT_2) + b"\n")
+            orjson.dumps([r.to_json() for r in reports], option=orjson.OPT_INDENT_2) + b"\n"
+        )
     else:
         for report in reports:
             _print(report)
@@ -202,8 +234,10 @@ def _print(report: FileReport) -> None:
         print(f"  error: {report.problem.message} [{report.problem.code}]")
     for sig in report.signatures:
         mark = "ok" if sig.ok else "FAILED"
-        print(f"  {sig.index}. {sig.signer} — {sig.institution}; role {sig.role or sig.role_display};"
-              f" {sig.time}; {sig.algorithm}: {mark}")
+        print(
+            f"  {sig.index}. {sig.signer} — {sig.institution}; role {sig.role or sig.role_display};"
+            f" {sig.time}; {sig.algorithm}: {mark}"
+        )
         for check in sig.checks:
             if not check.ok:
                 print(f"     error: {check.message} [{check.code}]")

@@ -18,7 +18,7 @@ def font_file() -> str:
     path = Path(font_path())
     if path.suffix.lower() not in (".ttc", ".otc"):
         return str(path)
-    from fontTools.ttLib import TTCollection
+    from fontTools.ttLib import TTCollection  # type: ignore[import-untyped]
 
     font = TTCollection(str(path)).fonts[0]
     out = Path(tempfile.mkdtemp(prefix="gateway-font-")) / "font.otf"

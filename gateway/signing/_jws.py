@@ -100,16 +100,31 @@ def _protected(alg: str, kid: str, x5c: tuple[str, ...], role: str, when: dt.dat
     of a signer (alg, kid, x5c with its kilobytes of certificates, b64, crit) is encoded
     once: JSON whitespace pads it to a multiple of 3 bytes, so its base64 joins the
     base64 of the rest (sigT, srCms) without re-encoding."""
+    return _constant_part(alg, kid, x5c) + _variable_part(role, when)
+
+
+def _variable_part(role: str, when: dt.datetime) -> bytes:
+    """BASE64URL of sigT and srCms. Signing times are to the second, so the records of a
+    batch signed within one second share it: the last one is kept."""
+    global _last_variable
+    key, encoded = _last_variable
+    if key == (role, when):
+        return encoded
     if role not in _ROLE_TAILS:
         commitment(role)  # raises signing.bad-role
-    return _constant_part(alg, kid, x5c) + _b64(_ROLE_TAILS[role] % format_time(when).encode())
+    encoded = _b64(_ROLE_TAILS[role] % format_time(when).encode())
+    _last_variable = ((role, when), encoded)
+    return encoded
 
 
 @lru_cache(maxsize=64)
 def _constant_part(alg: str, kid: str, x5c: tuple[str, ...]) -> bytes:
-    head = orjson.dumps(
-        {"alg": alg, "kid": kid, "x5c": x5c, "b64": False, "crit": ["b64", "sigT", "srCms"]}
-    )[:-1] + b","
+    head = (
+        orjson.dumps(
+            {"alg": alg, "kid": kid, "x5c": x5c, "b64": False, "crit": ["b64", "sigT", "srCms"]}
+        )[:-1]
+        + b","
+    )
     head += b" " * (-len(head) % 3)
     return _b64(head)
 
@@ -121,6 +136,7 @@ def _role_tail(role: str) -> bytes:
 
 
 _ROLE_TAILS = {role: _role_tail(role) for role in COMMITMENTS}
+_last_variable: tuple[tuple[str, dt.datetime] | None, bytes] = (None, b"")
 
 
 @dataclass(frozen=True)
@@ -150,7 +166,9 @@ def parse_header(jws: str) -> tuple[Header, str, bytes]:
         raw = orjson.loads(_unb64(protected))
         sig = _unb64(signature)
     except (binascii.Error, ValueError, orjson.JSONDecodeError):
-        raise SigningError("malformed", "the JWS header or signature is not base64url JSON") from None
+        raise SigningError(
+            "malformed", "the JWS header or signature is not base64url JSON"
+        ) from None
     if not isinstance(raw, dict):
         raise SigningError("malformed", "the JWS protected header is not a JSON object")
     alg = raw.get("alg")
@@ -164,8 +182,10 @@ def parse_header(jws: str) -> tuple[Header, str, bytes]:
         )
     alg = _ALIASES.get(alg, alg)
     if alg not in ALGORITHMS:
-        raise SigningError("unsupported-alg", f"alg {alg!r} is not one the gateway verifies "
-                           f"({', '.join(ALGORITHMS)})")
+        raise SigningError(
+            "unsupported-alg",
+            f"alg {alg!r} is not one the gateway verifies ({', '.join(ALGORITHMS)})",
+        )
     crit = raw.get("crit", [])
     if not isinstance(crit, list) or not crit or not all(isinstance(c, str) for c in crit):
         raise SigningError("unknown-crit", "crit must be a non-empty list of header names")

@@ -5,8 +5,8 @@ role and time; a co-signature is an incremental update, so the first stays intac
 from __future__ import annotations
 
 import asyncio
-import logging
 import datetime as dt
+import logging
 import warnings
 from io import BytesIO
 from typing import Any
@@ -29,9 +29,9 @@ def _pyhanko() -> Any:
     # pyHanko imports cryptography's deprecated DSA module; the warning is not ours
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        import pyhanko.sign  # noqa: F401
-        import pyhanko.sign.validation  # noqa: F401
-        import pyhanko.stamp  # noqa: F401
+        import pyhanko.sign
+        import pyhanko.sign.validation
+        import pyhanko.stamp
         from pyhanko.pdf_utils.font import opentype  # noqa: F401
         from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter  # noqa: F401
         from pyhanko.pdf_utils.reader import PdfFileReader  # noqa: F401
@@ -66,24 +66,27 @@ def sign_pdf(data: bytes, signer: Signer, role: str = "author") -> bytes:
         raise SigningError("pdf", f"the PDF cannot be read for signing: {exc}") from None
     der = [c.public_bytes(serialization.Encoding.DER) for c in signer.chain]
     key = signer.key.private_bytes(
-        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+        serialization.Encoding.DER,
+        serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
     cms_signer = signers.SimpleSigner(
         signing_cert=asn1_x509.Certificate.load(der[0]),
         signing_key=asn1_keys.PrivateKeyInfo.load(key),
-        cert_registry=SimpleCertificateStore.from_certs(
+        cert_registry=SimpleCertificateStore.from_certs(  # type: ignore[no-untyped-call]
             [asn1_x509.Certificate.load(d) for d in der[1:]]
         ),
         prefer_pss=isinstance(signer.key, rsa.RSAPrivateKey),
     )
-    text = "\n".join([
-        f"{label('stamp', 'signer')}: {signer.name}",
-        f"{label('stamp', 'institution')}: {signer.institution}",
-        f"{label('stamp', 'role')}: {label('roles', role)}"
-        + (f" · {signer.role_title}" if signer.role_title else ""),
-        f"{label('stamp', 'time')}: %(ts)s",
-    ])
+    text = "\n".join(
+        [
+            f"{label('stamp', 'signer')}: {signer.name}",
+            f"{label('stamp', 'institution')}: {signer.institution}",
+            f"{label('stamp', 'role')}: {label('roles', role)}"
+            + (f" · {signer.role_title}" if signer.role_title else ""),
+            f"{label('stamp', 'time')}: %(ts)s",
+        ]
+    )
     style = TextStampStyle(
         stamp_text=text,
         timestamp_format="%Y-%m-%d %H:%M:%S UTC",
@@ -124,15 +127,19 @@ def _validation_context(trust: TrustStore | None) -> Any:
     from asn1crypto import x509 as asn1_x509
     from pyhanko_certvalidator import ValidationContext
 
-    roots = [asn1_x509.Certificate.load(c.public_bytes(serialization.Encoding.DER))
-             for c in (trust.roots if trust else [])]
+    roots = [
+        asn1_x509.Certificate.load(c.public_bytes(serialization.Encoding.DER))
+        for c in (trust.roots if trust else [])
+    ]
     crls = [c.public_bytes(serialization.Encoding.DER) for c in (trust.crls if trust else [])]
     logging.getLogger("pyhanko.sign.validation.generic_cms").setLevel(logging.ERROR)
     return ValidationContext(trust_roots=roots, crls=crls, allow_fetching=False)
 
 
 def verify_pdf(
-    data: bytes, trust: TrustStore | None, source: str = "pdf",
+    data: bytes,
+    trust: TrustStore | None,
+    source: str = "pdf",
     now: dt.datetime | None = None,
 ) -> FileReport:
     """Every PAdES signature of a PDF: pyHanko says whether it is intact and valid and
@@ -151,13 +158,15 @@ def verify_pdf(
         reader = PdfFileReader(BytesIO(data), strict=False)
         embedded = list(reader.embedded_signatures)
     except (PdfError, ValueError, KeyError) as exc:
-        report.problem = Check("format", False, f"{source}: not a readable PDF ({exc})",
-                               "signing.bad-input")
+        report.problem = Check(
+            "format", False, f"{source}: not a readable PDF ({exc})", "signing.bad-input"
+        )
         return report
     report.resources = [f"PDF, {len(data)} bytes"]
     if not embedded:
-        report.problem = Check("signatures", False, f"{source}: the PDF is not signed",
-                               "signing.unsigned")
+        report.problem = Check(
+            "signatures", False, f"{source}: the PDF is not signed", "signing.unsigned"
+        )
         return report
     for n, emb in enumerate(embedded, 1):
         sig = SignatureReport(n, where=f"PDF field {emb.field_name}")
@@ -167,10 +176,11 @@ def verify_pdf(
                 warnings.simplefilter("ignore")
                 status = asyncio.run(async_validate_pdf_signature(emb, context))
         except Exception as exc:  # pyHanko raises many kinds for damaged signatures
-            sig.fail("pdf", SigningError("pdf", f"pyHanko cannot validate it: {type(exc).__name__}"))
+            sig.fail(
+                "pdf", SigningError("pdf", f"pyHanko cannot validate it: {type(exc).__name__}")
+            )
             continue
-        certs = [x509.load_der_x509_certificate(c.dump())
-                 for c in emb.signed_data["certificates"]]
+        certs = [x509.load_der_x509_certificate(c.dump()) for c in emb.signed_data["certificates"]]
         leaf = x509.load_der_x509_certificate(status.signing_cert.dump())
         chain = (leaf, *[c for c in certs if c != leaf])
         sig.signer, sig.institution, _ = describe(leaf)
@@ -180,27 +190,40 @@ def verify_pdf(
         sig.role_display = COMMITMENTS[sig.role][1] if sig.role else reason or None
         when = status.signer_reported_dt or dt.datetime.now(dt.UTC)
         sig.time = when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        sig.algorithm = str(status.md_algorithm) + " / " + str(
-            emb.signer_info["signature_algorithm"]["algorithm"].native)
+        sig.algorithm = (
+            str(status.md_algorithm)
+            + " / "
+            + str(emb.signer_info["signature_algorithm"]["algorithm"].native)
+        )
         if status.intact and status.valid:
             sig.passed("content", "pyHanko: intact and valid")
         else:
-            sig.fail("content", SigningError(
-                "content-changed",
-                f"pyHanko: intact={status.intact} valid={status.valid}: the signed bytes "
-                "changed after signing (or the signature is damaged)"))
+            sig.fail(
+                "content",
+                SigningError(
+                    "content-changed",
+                    f"pyHanko: intact={status.intact} valid={status.valid}: the signed bytes "
+                    "changed after signing (or the signature is damaged)",
+                ),
+            )
         level = status.modification_level
         coverage = getattr(status.coverage, "name", str(status.coverage))
         if status.docmdp_ok is False or (
-            coverage != "ENTIRE_FILE" and level is not None
+            coverage != "ENTIRE_FILE"
+            and level is not None
             and level.name not in ("NONE", "LTA_UPDATES", "FORM_FILLING")
         ):
-            sig.fail("coverage", SigningError(
-                "content-changed",
-                f"the PDF was changed after this signature beyond adding signatures "
-                f"({coverage}, {getattr(level, 'name', level)})"))
+            sig.fail(
+                "coverage",
+                SigningError(
+                    "content-changed",
+                    f"the PDF was changed after this signature beyond adding signatures "
+                    f"({coverage}, {getattr(level, 'name', level)})",
+                ),
+            )
         else:
-            sig.passed("coverage", f"{coverage}"
-                       + (f", later: {level.name}" if level is not None else ""))
+            sig.passed(
+                "coverage", f"{coverage}" + (f", later: {level.name}" if level is not None else "")
+            )
         check_certificate(sig, chain, when, trust, now)
     return report

@@ -11,7 +11,7 @@ import datetime as dt
 import hashlib
 import os
 from base64 import b64encode, urlsafe_b64encode
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,10 +74,12 @@ def new_key(alg: str = DEFAULT_ALG) -> Any:
         return ed25519.Ed25519PrivateKey.generate()
     if alg == "PS256":
         return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    raise SigningError("unsupported-alg", f"no key type for algorithm {alg!r} (ES256, EdDSA, PS256)")
+    raise SigningError(
+        "unsupported-alg", f"no key type for algorithm {alg!r} (ES256, EdDSA, PS256)"
+    )
 
 
-def _hash_for(key: Any) -> hashes.HashAlgorithm | None:
+def _hash_for(key: Any) -> hashes.SHA256 | None:
     return None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
 
 
@@ -247,7 +249,9 @@ def _load_key_and_certs(
         try:
             return serialization.load_pem_private_key(data, password), []
         except (ValueError, TypeError) as exc:
-            raise SigningError("key", f"{source}: not a usable PEM private key ({_why(exc)})") from None
+            raise SigningError(
+                "key", f"{source}: not a usable PEM private key ({_why(exc)})"
+            ) from None
     try:
         key, cert, extra = pkcs12.load_key_and_certificates(data, password)
     except (ValueError, TypeError):
@@ -319,12 +323,17 @@ class Signer:
         leaf = chain[0]
         if leaf.public_key() != key.public_key():
             raise SigningError("cert", "the certificate is not the signing key's certificate")
-        x5c = tuple(
-            b64encode(c.public_bytes(serialization.Encoding.DER)).decode() for c in chain
-        )
+        x5c = tuple(b64encode(c.public_bytes(serialization.Encoding.DER)).decode() for c in chain)
         name, institution, who = describe(leaf)
         return cls(
-            key, tuple(chain), algorithm, thumbprint(leaf), x5c, name, institution, who,
+            key,
+            tuple(chain),
+            algorithm,
+            thumbprint(leaf),
+            x5c,
+            name,
+            institution,
+            who,
             _attr(leaf.subject, NameOID.TITLE),
         )
 
@@ -338,7 +347,9 @@ class Signer:
     ) -> Signer:
         try:
             key_data = key_file.read_bytes()
-            certs_data = [p.read_bytes() for p in ([cert_file] if cert_file else []) + list(chain_files)]
+            certs_data = [
+                p.read_bytes() for p in ([cert_file] if cert_file else []) + list(chain_files)
+            ]
         except OSError as exc:
             raise SigningError("key", f"cannot read {exc.filename}: {exc.strerror}") from None
         key, certs = _load_key_and_certs(key_data, password, str(key_file))
@@ -350,13 +361,13 @@ class Signer:
     def from_env(cls, name: str, env: dict[str, str] | None = None) -> Signer | None:
         """``GATEWAY_SIGNING_KEY_<NAME>`` (PEM) and ``GATEWAY_SIGNING_CERT_<NAME>`` (PEM
         chain, leaf first), optional ``GATEWAY_SIGNING_PASSWORD_<NAME>``."""
-        env = os.environ if env is None else env
+        source: Mapping[str, str] = os.environ if env is None else env
         suffix = name.upper().replace("-", "_")
-        key_pem = env.get(f"{_ENV_PREFIX}KEY_{suffix}")
+        key_pem = source.get(f"{_ENV_PREFIX}KEY_{suffix}")
         if not key_pem:
             return None
-        cert_pem = env.get(f"{_ENV_PREFIX}CERT_{suffix}", "")
-        password = env.get(f"{_ENV_PREFIX}PASSWORD_{suffix}")
+        cert_pem = source.get(f"{_ENV_PREFIX}CERT_{suffix}", "")
+        password = source.get(f"{_ENV_PREFIX}PASSWORD_{suffix}")
         key, certs = _load_key_and_certs(
             key_pem.encode(), password.encode() if password else None, f"${_ENV_PREFIX}KEY_{suffix}"
         )
@@ -372,8 +383,12 @@ def describe(cert: x509.Certificate) -> tuple[str, str, dict[str, Any]]:
     subject = cert.subject
     cn = _attr(subject, NameOID.COMMON_NAME) or subject.rfc4514_string()
     org = " / ".join(
-        v for v in (_attr(subject, NameOID.ORGANIZATION_NAME),
-                    _attr(subject, NameOID.ORGANIZATIONAL_UNIT_NAME)) if v
+        v
+        for v in (
+            _attr(subject, NameOID.ORGANIZATION_NAME),
+            _attr(subject, NameOID.ORGANIZATIONAL_UNIT_NAME),
+        )
+        if v
     )
     staff = _attr(subject, NameOID.SERIAL_NUMBER)
     oid = (_attr(subject, NameOID.ORGANIZATION_IDENTIFIER) or "").removeprefix("OID:")

@@ -29,16 +29,22 @@ def _rows(file: FileReport) -> list[tuple[str, list[tuple[str, str]]]]:
         rows = [
             (label("report", "signer"), sig.signer),
             (label("report", "institution"), sig.institution),
-            (label("report", "role"), label("roles", sig.role) if sig.role
-             else (sig.role_display or "?")),
+            (
+                label("report", "role"),
+                label("roles", sig.role) if sig.role else (sig.role_display or "?"),
+            ),
             (label("report", "time"), sig.time or "?"),
             (label("report", "algorithm"), sig.algorithm or "?"),
             (label("report", "chain"), " → ".join(sig.chain) or label("report", "none")),
         ]
         for check in sig.checks:
             outcome = label("report", "passed" if check.ok else "failed")
-            rows.append((label("checks", check.name), f"{outcome}: {check.message}"
-                         + (f" [{check.code}]" if check.code else "")))
+            rows.append(
+                (
+                    label("checks", check.name),
+                    f"{outcome}: {check.message}" + (f" [{check.code}]" if check.code else ""),
+                )
+            )
         sections.append((f"{label('report', 'signature')} {sig.index} · {sig.where}", rows))
     return sections
 
@@ -86,8 +92,9 @@ def report_pdf(files: list[FileReport]) -> bytes:
                 pdf.multi_cell(0, 5, f"{key}: {value}", new_x="LMARGIN", new_y="NEXT")
             pdf.ln(2)
         pdf.set_font("cjk", size=7)
-        pdf.multi_cell(0, 5, f"{label('report', 'generated')}: {now}", new_x="LMARGIN",
-                       new_y="NEXT")
+        pdf.multi_cell(
+            0, 5, f"{label('report', 'generated')}: {now}", new_x="LMARGIN", new_y="NEXT"
+        )
     return bytes(pdf.output())
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import binascii
 import datetime as dt
+import itertools
 from base64 import b64decode
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -17,6 +18,7 @@ import orjson
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
+from ..errors import Issue
 from ._bundle import JOSE, signature_entries, signed_content
 from ._errors import SigningError
 from ._jws import (
@@ -63,8 +65,9 @@ class SignatureReport:
         return f"signature {self.index} ({self.signer})"
 
     def fail(self, name: str, exc: SigningError) -> None:
-        self.checks.append(Check(name, False, f"{self.label()}: {name}: {exc.issue.message}",
-                                 exc.code))
+        self.checks.append(
+            Check(name, False, f"{self.label()}: {name}: {exc.issue.message}", exc.code)
+        )
 
     def passed(self, name: str, message: str = "") -> None:
         self.checks.append(Check(name, True, message))
@@ -81,13 +84,50 @@ class FileReport:
 
     @property
     def ok(self) -> bool:
-        return self.problem is None and bool(self.signatures) and all(
-            s.ok for s in self.signatures
-        )
+        return self.problem is None and bool(self.signatures) and all(s.ok for s in self.signatures)
 
     def failures(self) -> list[Check]:
         found = [self.problem] if self.problem else []
         return found + [c for s in self.signatures for c in s.checks if not c.ok]
+
+    def issues(self) -> list[Issue]:
+        """One issue per failed check (errors) and per valid signature (information,
+        ``signing.valid``): what an OperationOutcome of the verification holds."""
+        found: list[Issue] = []
+        if self.problem is not None:
+            found.append(
+                Issue(
+                    self.problem.code or "signing.malformed",
+                    self.problem.message,
+                    record=self.source,
+                    location=self.problem.name,
+                )
+            )
+        for sig in self.signatures:
+            failed = [c for c in sig.checks if not c.ok]
+            for check in failed:
+                found.append(
+                    Issue(
+                        check.code or "signing.malformed",
+                        check.message,
+                        record=self.source,
+                        location=sig.where,
+                    )
+                )
+            if not failed:
+                found.append(
+                    Issue(
+                        "signing.valid",
+                        f"signature {sig.index}: {sig.signer} ({sig.institution}), role "
+                        f"{sig.role or sig.role_display}, {sig.time}, {sig.algorithm}: "
+                        "valid and trusted",
+                        record=self.source,
+                        location=sig.where,
+                        severity="information",
+                        details={"issue_type": "informational"},
+                    )
+                )
+        return found
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -125,28 +165,38 @@ def check_certificate(
             path.append(issuer)
             current = issuer
         if root is None:
-            report.fail("chain", SigningError(
-                "untrusted",
-                f"the certificate of {leaf.subject.rfc4514_string()[:80]} does not chain "
-                f"to a CA of the trust store {trust.source}",
-            ))
+            report.fail(
+                "chain",
+                SigningError(
+                    "untrusted",
+                    f"the certificate of {leaf.subject.rfc4514_string()[:80]} does not chain "
+                    f"to a CA of the trust store {trust.source}",
+                ),
+            )
         else:
             report.passed("chain", f"trusted root {root.subject.rfc4514_string()}")
     report.chain = [c.subject.rfc4514_string() for c in path]
     if signing_time > now + CLOCK_SKEW:
-        report.fail("validity", SigningError("expired", f"signing time {format_time(signing_time)}"
-                                             " is in the future"))
+        report.fail(
+            "validity",
+            SigningError("expired", f"signing time {format_time(signing_time)} is in the future"),
+        )
     else:
-        bad = [c for c in path
-               if not c.not_valid_before_utc <= signing_time <= c.not_valid_after_utc]
+        bad = [
+            c for c in path if not c.not_valid_before_utc <= signing_time <= c.not_valid_after_utc
+        ]
         if bad:
             c = bad[0]
-            report.fail("validity", SigningError(
-                "expired",
-                f"certificate {c.subject.rfc4514_string()[:60]} valid "
-                f"{format_time(c.not_valid_before_utc)} to {format_time(c.not_valid_after_utc)},"
-                f" not at the signing time {format_time(signing_time)} (expired or not yet valid)",
-            ))
+            report.fail(
+                "validity",
+                SigningError(
+                    "expired",
+                    f"certificate {c.subject.rfc4514_string()[:60]} valid "
+                    f"{format_time(c.not_valid_before_utc)} to "
+                    f"{format_time(c.not_valid_after_utc)}, not at the signing time "
+                    f"{format_time(signing_time)} (expired or not yet valid)",
+                ),
+            )
         else:
             report.passed("validity", f"valid at {format_time(signing_time)}")
     if trust is not None:
@@ -169,28 +219,45 @@ def _issuer(cert: x509.Certificate, pool: list[x509.Certificate]) -> x509.Certif
 def _check_revocation(
     report: SignatureReport, path: list[x509.Certificate], trust: TrustStore, now: dt.datetime
 ) -> None:
-    for cert, issuer in zip(path, path[1:], strict=False):
+    for cert, issuer in itertools.pairwise(path):
+        issuer_key: Any = issuer.public_key()  # a CA key: one of the signing key types
         crl = next(
-            (c for c in trust.crls
-             if c.issuer == issuer.subject and c.is_signature_valid(issuer.public_key())),
+            (
+                c
+                for c in trust.crls
+                if c.issuer == issuer.subject and c.is_signature_valid(issuer_key)
+            ),
             None,
         )
         if crl is None:
-            report.fail("revocation", SigningError(
-                "no-crl", f"no CRL of {issuer.subject.rfc4514_string()[:60]} in the trust store"))
+            report.fail(
+                "revocation",
+                SigningError(
+                    "no-crl", f"no CRL of {issuer.subject.rfc4514_string()[:60]} in the trust store"
+                ),
+            )
             return
         if crl.next_update_utc is not None and crl.next_update_utc < now:
-            report.fail("revocation", SigningError(
-                "no-crl", f"the CRL of {issuer.subject.rfc4514_string()[:60]} expired "
-                f"{format_time(crl.next_update_utc)}"))
+            report.fail(
+                "revocation",
+                SigningError(
+                    "no-crl",
+                    f"the CRL of {issuer.subject.rfc4514_string()[:60]} expired "
+                    f"{format_time(crl.next_update_utc)}",
+                ),
+            )
             return
         revoked = crl.get_revoked_certificate_by_serial_number(cert.serial_number)
         if revoked is not None:
-            report.fail("revocation", SigningError(
-                "revoked",
-                f"certificate {cert.subject.rfc4514_string()[:60]} (serial "
-                f"{cert.serial_number:x}) was revoked {format_time(revoked.revocation_date_utc)}",
-            ))
+            report.fail(
+                "revocation",
+                SigningError(
+                    "revoked",
+                    f"certificate {cert.subject.rfc4514_string()[:60]} (serial "
+                    f"{cert.serial_number:x}) was revoked "
+                    f"{format_time(revoked.revocation_date_utc)}",
+                ),
+            )
             return
     if len(path) > 1:
         report.passed("revocation", "not revoked (CRL of the trust store)")
@@ -203,16 +270,21 @@ def _check_key_usage(report: SignatureReport, leaf: x509.Certificate) -> None:
         report.fail("key-usage", SigningError("key-usage", "the certificate has no key usage"))
         return
     if not (usage.digital_signature or usage.content_commitment):
-        report.fail("key-usage", SigningError(
+        report.fail(
             "key-usage",
-            "the certificate's key usage allows neither digitalSignature nor nonRepudiation",
-        ))
+            SigningError(
+                "key-usage",
+                "the certificate's key usage allows neither digitalSignature nor nonRepudiation",
+            ),
+        )
         return
     report.passed("key-usage", "digitalSignature/nonRepudiation")
 
 
 def verify_bundle(
-    bundle: Any, trust: TrustStore | None, source: str = "bundle",
+    bundle: Any,
+    trust: TrustStore | None,
+    source: str = "bundle",
     now: dt.datetime | None = None,
 ) -> FileReport:
     """Every signature of a signed Bundle, in signing order."""
@@ -224,24 +296,30 @@ def verify_bundle(
     positions = signature_entries(bundle)
     entries = bundle.get("entry") or []
     if not positions and not bundle.get("signature"):
-        report.problem = Check("signatures", False, f"{source}: the Bundle is not signed",
-                               "signing.unsigned")
+        report.problem = Check(
+            "signatures", False, f"{source}: the Bundle is not signed", "signing.unsigned"
+        )
         return report
     if positions:
         for k, pos in enumerate(positions, 1):
             sig = (entries[pos]["resource"].get("signature") or [None])[0]
             where = f"Bundle.entry[{pos}].resource.signature[0]"
-            report.signatures.append(
-                _verify_one(bundle, k, sig, where, trust, now))
+            report.signatures.append(_verify_one(bundle, k, sig, where, trust, now))
         last = entries[positions[-1]]["resource"]["signature"][0]
         sig_report = report.signatures[-1]
         if bundle.get("signature") != last:
-            sig_report.fail("Bundle.signature", SigningError(
-                "mismatch", "Bundle.signature is not the latest signature's copy "
-                "(it was changed or removed)"))
+            sig_report.fail(
+                "Bundle.signature",
+                SigningError(
+                    "mismatch",
+                    "Bundle.signature is not the latest signature's copy "
+                    "(it was changed or removed)",
+                ),
+            )
     else:
         report.signatures.append(
-            _verify_one(bundle, None, bundle.get("signature"), "Bundle.signature", trust, now))
+            _verify_one(bundle, None, bundle.get("signature"), "Bundle.signature", trust, now)
+        )
     return report
 
 
@@ -259,8 +337,12 @@ def _describe_content(report: FileReport, bundle: dict[str, Any]) -> None:
 
 
 def _verify_one(
-    bundle: dict[str, Any], k: int | None, sig: Any, where: str,
-    trust: TrustStore | None, now: dt.datetime | None,
+    bundle: dict[str, Any],
+    k: int | None,
+    sig: Any,
+    where: str,
+    trust: TrustStore | None,
+    now: dt.datetime | None,
 ) -> SignatureReport:
     report = SignatureReport(k or 1, where=where)
     claimed = sig.get("who") if isinstance(sig, dict) else None

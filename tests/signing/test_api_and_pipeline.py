@@ -25,25 +25,26 @@ BEARER = {"Authorization": f"Bearer {TOKEN}"}
 
 @pytest.fixture(scope="module")
 def client(settings: Settings, pki: Path) -> Iterator[Client]:
-    app = create_app(dataclasses.replace(settings, signing_trust=pki / "ca"), None,
-                     TokenSet([TOKEN]))
+    app = create_app(
+        dataclasses.replace(settings, signing_trust=pki / "ca"), None, TokenSet([TOKEN])
+    )
     yield Client(app)
     app.state.reports.shutdown()
 
 
-def test_verify_endpoint_lists_both_signatures(client: Client,
-                                               cosigned: dict[str, Any]) -> None:
+def test_verify_endpoint_lists_both_signatures(client: Client, cosigned: dict[str, Any]) -> None:
     resp = client.post("/$verify", content=orjson.dumps(cosigned), headers=BEARER)
     assert resp.status_code == 200, resp.text
     issues = resp.json()["issue"]
     assert [i["severity"] for i in issues] == ["information", "information"]
     assert "role author" in issues[0]["diagnostics"]
-    assert "徐静 XU Jing" in issues[1]["diagnostics"] and "role verification" in issues[1][
-        "diagnostics"]
+    assert (
+        "徐静 XU Jing" in issues[1]["diagnostics"]
+        and "role verification" in issues[1]["diagnostics"]
+    )
 
 
-def test_verify_endpoint_refuses_a_changed_bundle(client: Client,
-                                                  cosigned: dict[str, Any]) -> None:
+def test_verify_endpoint_refuses_a_changed_bundle(client: Client, cosigned: dict[str, Any]) -> None:
     changed = orjson.loads(orjson.dumps(cosigned))
     changed["entry"][0]["resource"]["name"] = "x"
     resp = client.post("/$verify?format=json", content=orjson.dumps(changed), headers=BEARER)
@@ -60,7 +61,8 @@ def test_verify_endpoint_needs_a_token(client: Client, cosigned: dict[str, Any])
 
 def test_signer_for_follows_the_rules(settings: Settings, pki: Path) -> None:
     configured = dataclasses.replace(
-        settings, signing_keys=pki,
+        settings,
+        signing_keys=pki,
         signing_rules="LAX2/ORU^R01=njmu2/xu-jing; LAX2/*=lax2",
     )
     signer = signer_for(configured, "LAX2", "ORU^R01")
@@ -84,8 +86,7 @@ def test_bad_rules_are_a_config_error() -> None:
     assert caught.value.code == "config.signing-rules"
 
 
-def test_sign_record_bundle_is_the_outbound_hook(lax2: Signer, xu_jing: Signer,
-                                                  trust: Any) -> None:
+def test_sign_record_bundle_is_the_outbound_hook(lax2: Signer, xu_jing: Signer, trust: Any) -> None:
     signed = sign_record_bundle(GOLDEN_COBRANDED.read_bytes(), lax2, "author", WHEN)
     cosigned = sign_record_bundle(signed, xu_jing, "verification", WHEN)
     report = verify_bundle(orjson.loads(cosigned), trust)
@@ -103,11 +104,11 @@ def test_the_signature_provenance_is_valid_fhir(cosigned: dict[str, Any]) -> Non
     assert provenance["target"] and all(t["reference"] for t in provenance["target"])
 
 
-def test_a_document_bundle_excludes_its_id_and_meta(golden: dict[str, Any], lax2: Signer,
-                                                    trust: Any) -> None:
+def test_a_document_bundle_excludes_its_id_and_meta(
+    golden: dict[str, Any], lax2: Signer, trust: Any
+) -> None:
     document = {**golden, "type": "document", "id": "doc-1", "meta": {"versionId": "1"}}
-    document["entry"] = [{k: v for k, v in e.items() if k != "request"}
-                         for e in golden["entry"]]
+    document["entry"] = [{k: v for k, v in e.items() if k != "request"} for e in golden["entry"]]
     signed = sign_bundle(document, lax2, "author", WHEN)
     moved = {**signed, "id": "doc-2", "meta": {"versionId": "7"}}  # a server reassigned them
     assert verify_bundle(moved, trust).ok

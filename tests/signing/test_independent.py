@@ -23,6 +23,7 @@ from gateway.signing import PROFILE, Signer, make_demo_pki, sign_bundle
 from .conftest import WHEN
 from .test_jcs import reference
 
+
 def _is_list(value: Any) -> None:
     if not isinstance(value, list):
         raise ValueError("srCms must be a list")
@@ -55,7 +56,8 @@ def _independent_payload(bundle: dict[str, Any], k: int, canonical: Any) -> byte
     for entry in bundle["entry"]:
         resource = entry["resource"]
         is_sig = resource["resourceType"] == "Provenance" and PROFILE in resource.get(
-            "meta", {}).get("profile", [])
+            "meta", {}
+        ).get("profile", [])
         if is_sig:
             seen += 1
             if seen > k:
@@ -73,19 +75,21 @@ def _key(cert: x509.Certificate) -> Any:
     for kind in (ECKey, OKPKey, RSAKey):
         try:
             return kind.import_key(public)  # type: ignore[arg-type]
-        except Exception:  # noqa: S112 - try the next key type
+        except Exception:
             continue
     raise AssertionError("no joserfc key type")
 
 
 def _jws_of(bundle: dict[str, Any], k: int) -> str:
-    provenances = [e["resource"] for e in bundle["entry"]
-                   if e["resource"]["resourceType"] == "Provenance"]
+    provenances = [
+        e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Provenance"
+    ]
     return b64decode(provenances[k - 1]["signature"][0]["data"]).decode()
 
 
-@pytest.mark.parametrize("canonical", [rfc8785.dumps, lambda v: reference(v).encode()],
-                         ids=["rfc8785", "reference"])
+@pytest.mark.parametrize(
+    "canonical", [rfc8785.dumps, lambda v: reference(v).encode()], ids=["rfc8785", "reference"]
+)
 def test_joserfc_verifies_both_signatures_of_the_cosigned_report(
     cosigned: dict[str, Any], canonical: Any
 ) -> None:
@@ -105,9 +109,7 @@ def test_joserfc_verifies_both_signatures_of_the_cosigned_report(
 # still name EdDSA, which the gateway writes (and it reads both).
 @pytest.mark.filterwarnings("ignore:EdDSA is deprecated")
 @pytest.mark.parametrize("alg", ["ES256", "EdDSA", "PS256"])
-def test_joserfc_verifies_every_algorithm(
-    alg: str, tmp_path: Path, golden: dict[str, Any]
-) -> None:
+def test_joserfc_verifies_every_algorithm(alg: str, tmp_path: Path, golden: dict[str, Any]) -> None:
     from gateway.datafiles import data_dir
 
     make_demo_pki(data_dir("seeds") / "network.yaml", tmp_path, alg)
@@ -115,8 +117,9 @@ def test_joserfc_verifies_every_algorithm(
     signed = sign_bundle(golden, signer, "author", WHEN)
     token = b64decode(signed["signature"]["data"]).decode()
     payload = _independent_payload(signed, 1, rfc8785.dumps)
-    verified = jws.deserialize_compact(token, _key(signer.chain[0]), payload=payload,
-                                       registry=REGISTRY)
+    verified = jws.deserialize_compact(
+        token, _key(signer.chain[0]), payload=payload, registry=REGISTRY
+    )
     assert verified.protected["alg"] == alg
     assert verified.protected["sigT"] == WHEN.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     assert verified.protected["srCms"][0]["commId"]["id"] == "urn:oid:1.2.840.10065.1.12.1.1"

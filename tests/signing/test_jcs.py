@@ -95,10 +95,16 @@ def test_section_3_2_3_sorting_by_utf16_code_units() -> None:
 
 
 def test_section_3_2_4_utf8_output() -> None:
-    value = {"peach": "This sorting order", "péché": "is wrong according to French",
-             "pêche": "but canonicalization MUST", "sin": "ignore locale"}
-    expected = ('{"peach":"This sorting order","péché":"is wrong according to French",'
-                '"pêche":"but canonicalization MUST","sin":"ignore locale"}')
+    value = {
+        "peach": "This sorting order",
+        "péché": "is wrong according to French",
+        "pêche": "but canonicalization MUST",
+        "sin": "ignore locale",
+    }
+    expected = (
+        '{"peach":"This sorting order","péché":"is wrong according to French",'
+        '"pêche":"but canonicalization MUST","sin":"ignore locale"}'
+    )
     assert canonicalize(value) == expected.encode("utf-8")
 
 
@@ -109,6 +115,7 @@ def test_unsafe_integers_are_refused() -> None:
 
 
 # -- a reference implementation from the RFC's text, independent of both ----------------
+
 
 def _ref_string(text: str) -> str:
     out = ['"']
@@ -186,8 +193,9 @@ JSON = st.recursive(
     | st.integers(-(2**53) + 1, 2**53 - 1)
     | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=6), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=6), children, max_size=4)
+    ),
     max_leaves=20,
 )
 

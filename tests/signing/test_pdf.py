@@ -65,7 +65,9 @@ def test_the_signature_block_is_visible_text(cosigned_pdf: bytes) -> None:
 
     reader = PdfReader(BytesIO(cosigned_pdf))
     widgets = [
-        a.get_object() for page in reader.pages for a in page.get("/Annots") or []
+        a.get_object()
+        for page in reader.pages
+        for a in page.get("/Annots") or []
         if a.get_object().get("/FT") == "/Sig"
     ]
     assert len(widgets) == 2

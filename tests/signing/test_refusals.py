@@ -43,10 +43,7 @@ def _with_header(bundle: dict[str, Any], change: Any, signature: bytes | None = 
     header = json.loads(urlsafe_b64decode(head + "=" * (-len(head) % 4)))
     change(header)
     new_head = _b64(json.dumps(header).encode())
-    if signature is None:
-        new_sig = sig
-    else:
-        new_sig = _b64(signature)
+    new_sig = sig if signature is None else _b64(signature)
     new_token = f"{new_head}..{new_sig}"
     data = b64encode(new_token.encode()).decode()
     out = json.loads(json.dumps(bundle))
@@ -74,7 +71,14 @@ def test_the_untouched_signature_verifies(signed: dict[str, Any], trust: TrustSt
     assert (sig.index, sig.role, sig.algorithm) == (1, "author", "ES256")
     assert sig.signer == "来安县第二人民医院"
     assert [c.name for c in sig.checks] == [
-        "jws", "content", "metadata", "chain", "validity", "revocation", "key-usage"]
+        "jws",
+        "content",
+        "metadata",
+        "chain",
+        "validity",
+        "revocation",
+        "key-usage",
+    ]
 
 
 def test_alg_none_is_refused(signed: dict[str, Any], trust: TrustStore) -> None:
@@ -84,11 +88,15 @@ def test_alg_none_is_refused(signed: dict[str, Any], trust: TrustStore) -> None:
     assert check.message.startswith("signature 1 (来安县第二人民医院): jws: alg 'none'")
 
 
-def test_hmac_with_the_public_key_is_refused(signed: dict[str, Any], trust: TrustStore,
-                                              lax2: Signer) -> None:
+def test_hmac_with_the_public_key_is_refused(
+    signed: dict[str, Any], trust: TrustStore, lax2: Signer
+) -> None:
     # the classic confusion attack: HS256 keyed with the certificate's public key
-    secret = lax2.chain[0].public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    secret = (
+        lax2.chain[0]
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
 
     def to_hs256(header: dict[str, Any]) -> None:
         header["alg"] = "HS256"
@@ -110,10 +118,12 @@ def test_alg_not_fitting_the_key_is_refused(signed: dict[str, Any], trust: Trust
     assert "does not fit the certificate's" in check.message
 
 
-def test_kid_x5c_mismatch_is_refused(signed: dict[str, Any], trust: TrustStore,
-                                     xu_jing: Signer) -> None:
-    check = _failure(verify_bundle(_with_header(signed, lambda h: h.update(kid=xu_jing.kid)),
-                                   trust))
+def test_kid_x5c_mismatch_is_refused(
+    signed: dict[str, Any], trust: TrustStore, xu_jing: Signer
+) -> None:
+    check = _failure(
+        verify_bundle(_with_header(signed, lambda h: h.update(kid=xu_jing.kid)), trust)
+    )
     assert check.code == "signing.kid-mismatch"
     assert "not the SHA-256 thumbprint of the x5c certificate" in check.message
     assert check.message.startswith("signature 1 (来安县第二人民医院)")
@@ -144,8 +154,9 @@ def _signer(pki: Path, golden: dict[str, Any], **options: Any) -> tuple[Any, Sig
     return cert, signer
 
 
-def test_expired_certificate_is_refused(pki: Path, golden: dict[str, Any],
-                                        trust: TrustStore) -> None:
+def test_expired_certificate_is_refused(
+    pki: Path, golden: dict[str, Any], trust: TrustStore
+) -> None:
     past = dt.datetime.now(dt.UTC) - dt.timedelta(days=400)
     _, signer = _signer(pki, golden, not_before=past, days=30)
     report = verify_bundle(sign_bundle(golden, signer, "author"), trust)
@@ -155,8 +166,7 @@ def test_expired_certificate_is_refused(pki: Path, golden: dict[str, Any],
     assert "not at the signing time" in check.message
 
 
-def test_revoked_certificate_is_refused(pki: Path, golden: dict[str, Any],
-                                        tmp_path: Path) -> None:
+def test_revoked_certificate_is_refused(pki: Path, golden: dict[str, Any], tmp_path: Path) -> None:
     cert, signer = _signer(pki, golden)
     ca_key, ca_cert = _ca(pki)
     shutil.copy(pki / "ca" / "cert.pem", tmp_path / "cert.pem")
@@ -168,16 +178,18 @@ def test_revoked_certificate_is_refused(pki: Path, golden: dict[str, Any],
     assert "was revoked" in check.message and check.message.startswith("signature 1 (")
 
 
-def test_missing_crl_is_refused(pki: Path, golden: dict[str, Any], lax2: Signer,
-                                tmp_path: Path) -> None:
+def test_missing_crl_is_refused(
+    pki: Path, golden: dict[str, Any], lax2: Signer, tmp_path: Path
+) -> None:
     shutil.copy(pki / "ca" / "cert.pem", tmp_path / "cert.pem")
     report = verify_bundle(sign_bundle(golden, lax2, "author"), TrustStore.load(tmp_path))
     check = _failure(report)
     assert check.code == "signing.no-crl" and "no CRL of" in check.message
 
 
-def test_untrusted_certificate_is_refused(pki: Path, golden: dict[str, Any],
-                                          trust: TrustStore) -> None:
+def test_untrusted_certificate_is_refused(
+    pki: Path, golden: dict[str, Any], trust: TrustStore
+) -> None:
     other_key = new_key()
     other_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Other CA")])
     other = issue_certificate(other_name, other_key.public_key(), other_key, ca=True)
@@ -187,12 +199,17 @@ def test_untrusted_certificate_is_refused(pki: Path, golden: dict[str, Any],
     assert "does not chain to a CA of the trust store" in check.message
 
 
-def test_wrong_key_usage_is_refused(pki: Path, golden: dict[str, Any],
-                                    trust: TrustStore) -> None:
+def test_wrong_key_usage_is_refused(pki: Path, golden: dict[str, Any], trust: TrustStore) -> None:
     encipher_only = x509.KeyUsage(
-        digital_signature=False, content_commitment=False, key_encipherment=True,
-        data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
-        encipher_only=False, decipher_only=False,
+        digital_signature=False,
+        content_commitment=False,
+        key_encipherment=True,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=False,
+        crl_sign=False,
+        encipher_only=False,
+        decipher_only=False,
     )
     _, signer = _signer(pki, golden, key_usage=encipher_only)
     check = _failure(verify_bundle(sign_bundle(golden, signer, "author"), trust))
@@ -211,8 +228,7 @@ def test_an_unsigned_bundle_is_named(golden: dict[str, Any], trust: TrustStore) 
     assert report.problem.code == "signing.unsigned"
 
 
-def test_a_changed_signature_metadata_is_refused(signed: dict[str, Any],
-                                                 trust: TrustStore) -> None:
+def test_a_changed_signature_metadata_is_refused(signed: dict[str, Any], trust: TrustStore) -> None:
     bad = json.loads(json.dumps(signed))
     bad["signature"]["when"] = "2020-01-01T00:00:00Z"
     check = _failure(verify_bundle(bad, trust))

@@ -49,7 +49,9 @@ def _set(bundle: Any, path: Path_, value: Any) -> None:
 
 
 def _signature_positions(bundle: dict[str, Any]) -> list[int]:
-    return [n for n, e in enumerate(bundle["entry"]) if e["resource"]["resourceType"] == "Provenance"]
+    return [
+        n for n, e in enumerate(bundle["entry"]) if e["resource"]["resourceType"] == "Provenance"
+    ]
 
 
 def test_every_single_change_fails_and_names_the_signature(
@@ -77,7 +79,8 @@ def test_every_single_change_fails_and_names_the_signature(
         # second covers it); the second Provenance or Bundle.signature → the second only
         indexes = {s.index for s in broken}
         if path[:2] in (("entry", first), ("entry", second)) and path[3:4] in (
-            ("resourceType",), ("meta",)
+            ("resourceType",),
+            ("meta",),
         ):
             continue  # no longer a signature Provenance: the signatures are renumbered
         if path[0] == "signature" or (path[0] == "entry" and path[1] == second):

@@ -95,9 +95,10 @@ class FileReport:
         ``signing.valid``): what an OperationOutcome of the verification holds."""
         found: list[Issue] = []
         if self.problem is not None:
+            code = self.problem.code or "signing.malformed"
             found.append(
                 Issue(
-                    self.problem.code or "signing.malformed",
+                    code,
                     self.problem.message,
                     record=self.source,
                     location=self.problem.name,
@@ -106,9 +107,10 @@ class FileReport:
         for sig in self.signatures:
             failed = [c for c in sig.checks if not c.ok]
             for check in failed:
+                code = check.code or "signing.malformed"
                 found.append(
                     Issue(
-                        check.code or "signing.malformed",
+                        code,
                         check.message,
                         record=self.source,
                         location=sig.where,

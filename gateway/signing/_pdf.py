@@ -12,7 +12,7 @@ from io import BytesIO
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from ._errors import SigningError
 from ._font import font_file
@@ -99,7 +99,8 @@ def sign_pdf(data: bytes, signer: Signer, role: str = "author") -> bytes:
     field_name = f"Signature{count + 1}"
     meta = signers.PdfSignatureMetadata(
         field_name=field_name,
-        md_algorithm="sha256",
+        # Ed25519 in CMS signs a SHA-512 digest (RFC 8419); SHA-256 otherwise
+        md_algorithm="sha512" if isinstance(signer.key, ed25519.Ed25519PrivateKey) else "sha256",
         subfilter=fields.SigSeedSubFilter.PADES,
         reason=f"{label('roles', role, both=False)} ({role})",
         name=signer.name,
@@ -116,7 +117,10 @@ def sign_pdf(data: bytes, signer: Signer, role: str = "author") -> bytes:
     out = BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        pdf_signer.sign_pdf(writer, output=out)
+        try:
+            pdf_signer.sign_pdf(writer, output=out)
+        except (PdfError, ValueError) as exc:  # pyHanko's SigningError is a ValueError
+            raise SigningError("pdf", f"pyHanko could not sign the PDF: {exc}") from None
     return out.getvalue()
 
 

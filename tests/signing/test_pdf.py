@@ -91,3 +91,14 @@ def test_one_changed_byte_breaks_both(cosigned_pdf: bytes, trust: TrustStore) ->
 def test_an_unsigned_pdf_is_named(report_pdf: bytes, trust: TrustStore) -> None:
     report = verify_pdf(report_pdf, trust, "report.pdf")
     assert report.problem is not None and report.problem.code == "signing.unsigned"
+
+
+@pytest.mark.parametrize("alg", ["EdDSA", "PS256"])
+def test_other_algorithms_sign_pdfs(alg: str, report_pdf: bytes, tmp_path: Path) -> None:
+    from gateway.datafiles import data_dir
+    from gateway.signing import make_demo_pki
+
+    make_demo_pki(data_dir("seeds") / "network.yaml", tmp_path, alg)
+    signer = Signer.load(tmp_path / "nsch" / "key.pem", tmp_path / "nsch" / "cert.pem")
+    report = verify_pdf(sign_pdf(report_pdf, signer), TrustStore.load(tmp_path / "ca"))
+    assert report.ok, report.failures()

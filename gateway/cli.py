@@ -27,7 +27,7 @@ from typing import TextIO
 
 import orjson
 
-from . import __version__
+from . import __version__, signing
 from .config import Settings
 from .envelope import Record
 from .errors import GatewayError
@@ -320,6 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_listen_cli(sub)  # gateway listen
     add_store_cli(sub)  # gateway messages ..., gateway db upgrade
     add_dicom_cli(sub)  # gateway dicom commit / pending / listen
+    signing.add_cli(sub)  # gateway keys init, sign, verify
 
     config = sub.add_parser("config", help="print the effective settings")
     config.set_defaults(func=cmd_config)

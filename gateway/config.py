@@ -81,6 +81,11 @@ class Settings:
     max_bundle_bytes: int = 16 * 1024 * 1024
     log_level: str = "warning"  # debug | info | warning | error (gateway/logs.py)
     log_format: str = "text"  # text | json (one JSON object per line)
+    # Signing (docs/signing.md): keys folder (as `gateway keys init --out` makes it), the
+    # trust store (CA certificates and CRLs), which key signs what: SENDER/TYPE=KEY;...
+    signing_keys: Path | None = None
+    signing_trust: Path | None = None
+    signing_rules: str = ""
 
     @property
     def out_dir(self) -> Path:
@@ -121,7 +126,7 @@ _BOOLS = ("validate", "report_require_patient_identity", "policy_consent_within"
 def _coerce(name: str, value: Any, home: Path) -> Any:
     if name in _STORE_SETTINGS:
         return _coerce_store(name, value, home)
-    if name in ("network", "mappings", "api_token_file", *_POLICY_PATHS):
+    if name in ("network", "mappings", "api_token_file", *_POLICY_PATHS, *_SIGNING_PATHS):
         path = Path(str(value)).expanduser()
         return path if path.is_absolute() else home / path
     if name in ("policy_volume_limit", "policy_volume_warning"):
@@ -188,6 +193,7 @@ def _coerce(name: str, value: Any, home: Path) -> Any:
 
 
 _POLICY_PATHS = ("policy_dir", "policy_agreements", "policy_key_file")
+_SIGNING_PATHS = ("signing_keys", "signing_trust")
 _STORE_SETTINGS = frozenset(
     {
         "database_url",

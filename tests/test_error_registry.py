@@ -22,14 +22,14 @@ _RAISERS = {
     "ConfigError": "config",
     "StoreError": "store",
     "PolicyError": "policy",
+    "SigningError": "signing",
     "GatewayError": None,
     "Issue": None,
 }
 # A code is a family and a name; every string literal of this form in gateway/ is one
 # (codes also travel through helpers such as a reader's _note(code, ...)).
-_CODE = re.compile(
-    r"(?:intake|mapping|validation|config|request|security|policy)\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?"
-)
+_FAMILIES = "|".join(sorted({code.family for code in registry().values()} - {"internal"}))
+_CODE = re.compile(rf"(?:{_FAMILIES})\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?")
 # Codes built at run time, by file: the test names every value they can take instead.
 _BUILT = {
     "gateway/api/_app.py": {"request.http-404", "request.http-405"},

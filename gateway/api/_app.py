@@ -56,6 +56,7 @@ from ._auth import TokenSet, load_tokens
 from ._dicomweb import add_dicomweb_routes
 from ._messages import add_message_routes
 from ._policy import add_policy_routes
+from ._verify import add_verify_route
 
 __all__ = ["create_app"]
 
@@ -261,6 +262,8 @@ def create_app(
             log.error("internal error rendering a report variant:\n%s\n%s", exc.kind, exc.stack)
             return _outcome([internal_issue("variants", None)], 500)
         return Response(out, status, media_type=content_type)
+
+    add_verify_route(app, settings, unauthorized, read_body)  # POST /$verify (signing)
 
     @app.post("/convert")
     async def convert(

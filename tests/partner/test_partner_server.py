@@ -172,3 +172,47 @@ def test_the_bilingual_variant_after_the_original_arrives_whole(
         ]
 
     assert forms(stored) == forms(sent) and len(forms(sent)) > 1
+
+
+def test_without_the_split_the_partner_refuses_a_referral(
+    partner: PartnerServer, converter: Converter
+) -> None:
+    # Why the split exists: Medplum's limit is in force on this partner.
+    partner.reset()
+    referral = _convert(converter, (GOLDEN / "hl7v2" / "ref_i12_gb18030.hl7").read_bytes())
+    answer = partner.post(referral)
+    assert answer.status_code == 400 and "too many entries" in answer.text
+    assert partner.count() == {}
+
+
+def test_an_interpreter_in_the_xcn_shape_passes_the_partners_validation(
+    partner: PartnerServer, converter: Converter
+) -> None:
+    # OBR-32 as 2077^戴^奇山: the partner validates every write (ext-1 included)
+    partner.reset()
+    raw = (GOLDEN / "hl7v2" / "oru_r01_chinese.hl7").read_bytes()
+    raw = raw.replace("NS0415&何&慧敏&&&&&&NSCH".encode(), "2077^戴^奇山".encode())
+    _apply(partner, "XCN-shaped OBR-32", _convert(converter, raw))
+    [stored] = partner.search("Practitioner?identifier=https://fhir.nsch.example.cn/sid/staff|2077")
+    assert stored["name"][0]["family"] == "戴"
+
+
+def test_batches_apply_the_same_as_transactions(
+    partner: PartnerServer, every_bundle: list[Named]
+) -> None:
+    # A partner without atomic transactions: ordered batches of independent entries.
+    batch = Partner("partner", "http://127.0.0.1/fhir/R4", max_entries=8, write="batch")
+    partner.reset()
+    for name, bundle in every_bundle:
+        _apply(partner, name, bundle)
+    by_transactions = partner.count()
+    partner.reset()
+    for name, bundle in every_bundle:
+        for n, part in enumerate(batch.split(bundle)):
+            answer = partner.post(part)
+            assert answer.status_code == 200, f"{name} batch {n}: {answer.text[:800]}"
+            statuses = [e["response"]["status"][:3] for e in answer.json()["entry"]]
+            assert all(s in ("200", "201") for s in statuses), (
+                f"{name} batch {n}: {answer.text[:800]}"
+            )
+    assert partner.count() == by_transactions

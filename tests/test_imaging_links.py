@@ -1,15 +1,16 @@
 """The imaging story links up across separate conversions: the order (ORM/OMI), the
 DICOM study and the radiology report (ORU) are converted one by one, as they arrive,
-and their conditional references (``Type?identifier=system|value``) find each other.
+and their logical references (``type`` + ``identifier``, docs/partners.md) find each
+other.
 
-A receiving FHIR server resolves those references when it processes each transaction;
-here a small index of the converted resources by identifier plays that part."""
+A partner finds the target by that identifier (the delivery stage may make the link
+literal once the target is there); here a small index of the converted resources by
+identifier plays that part."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
 
 import pytest
 
@@ -37,11 +38,12 @@ def _index(resources: list[dict[str, Any]]) -> Index:
 
 
 def _resolve(index: Index, reference: dict[str, Any]) -> dict[str, Any]:
-    kind, _, query = reference["reference"].partition("?identifier=")
-    system, _, value = unquote(query).partition("|")
-    assert reference["identifier"] == {"system": system, "value": value}
-    found = index.get((kind, system, value))
-    assert found is not None, f"{reference['reference']} matches nothing converted"
+    # A logical reference: never a literal or conditional one, which a strict partner
+    # would have to resolve (and fail on) when the target is not there yet.
+    assert "reference" not in reference
+    kind, identifier = reference["type"], reference["identifier"]
+    found = index.get((kind, identifier["system"], identifier["value"]))
+    assert found is not None, f"{kind} {identifier} matches nothing converted"
     return found
 
 

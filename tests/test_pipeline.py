@@ -13,7 +13,7 @@ import pytest
 from fhir.resources.R4B.bundle import Bundle
 
 from gateway import Converter, Settings
-from gateway.mapping import resource_id
+from gateway.mapping import resource_id, write_rules
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = sorted((REPO / "examples" / "hl7v2").glob("*.hl7")) + sorted(
@@ -66,27 +66,40 @@ def test_ids_are_uuid5_of_business_identifiers_and_entries_are_conditional(
     converter: Converter,
 ) -> None:
     bundle = _bundles(converter, REPO / "examples/hl7v2/ref_i12_lax2_to_njmu2.hl7")[0]
+    modes = set()
     for entry in bundle["entry"]:
         resource, request = entry["resource"], entry["request"]
-        assert entry["fullUrl"] == f"urn:uuid:{resource['id']}"
-        assert request["method"] == "POST" and request["url"] == resource["resourceType"]
-        system, value = request["ifNoneExist"].removeprefix("identifier=").split("|", 1)
-        assert resource["id"] == resource_id(resource["resourceType"], system, value)
+        rtype = resource["resourceType"]
+        mode = write_rules().mode(rtype)
+        modes.add(mode)
+        if mode == "update":  # conditional update: the partner keeps its own id
+            assert request["method"] == "PUT" and "id" not in resource
+            query = request["url"].removeprefix(f"{rtype}?")
+        else:  # conditional create
+            assert request["method"] == "POST" and request["url"] == rtype
+            query = request["ifNoneExist"]
+        system, value = query.removeprefix("identifier=").split("|", 1)
+        rid = resource_id(rtype, system, value)
+        assert entry["fullUrl"] == f"urn:uuid:{rid}" and resource.get("id", rid) == rid
         assert {"system": system, "value": value}.items() <= next(
             i for i in resource["identifier"] if i["value"] == value
         ).items()
+    assert modes == {"create-if-none-exist", "update"}
 
 
 def test_the_same_referral_from_two_messages_is_the_same_resource(converter: Converter) -> None:
-    # The REF^I14 cancels the REF^I12 by quoting the same RF1-6 referral number.
-    referral = _by_type(
-        _bundles(converter, REPO / "examples/hl7v2/ref_i12_lax2_to_njmu2.hl7")[0], "ServiceRequest"
-    )[0]
-    cancel = _by_type(
-        _bundles(converter, REPO / "examples/hl7v2/ref_i14_lax2_cancel.hl7")[0], "ServiceRequest"
-    )[0]
-    assert referral["id"] == cancel["id"]
-    assert (referral["status"], cancel["status"]) == ("active", "revoked")
+    # The REF^I14 cancels the REF^I12 by quoting the same RF1-6 referral number: the same
+    # conditional update, so the partner's referral becomes revoked.
+    def referral_entry(name: str) -> dict[str, Any]:
+        bundle = _bundles(converter, REPO / "examples/hl7v2" / name)[0]
+        return next(e for e in bundle["entry"] if e["resource"]["resourceType"] == "ServiceRequest")
+
+    referral = referral_entry("ref_i12_lax2_to_njmu2.hl7")
+    cancel = referral_entry("ref_i14_lax2_cancel.hl7")
+    assert referral["fullUrl"] == cancel["fullUrl"]
+    assert referral["request"] == cancel["request"]
+    assert referral["request"]["method"] == "PUT"
+    assert (referral["resource"]["status"], cancel["resource"]["status"]) == ("active", "revoked")
 
 
 def test_gb18030_referral_keeps_chinese_names_notes_and_diagnoses(converter: Converter) -> None:

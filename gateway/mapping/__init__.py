@@ -5,7 +5,7 @@ terminology, ``language_of`` and the translation extension's URL), never the pri
 modules behind it.
 """
 
-from ._bundle import NAMESPACE, resource_id
+from ._bundle import NAMESPACE, WriteRules, resource_id, write_rules
 from ._engine import MappingSet, MessageMapping
 from ._functions import TRANSLATION_URL, Env
 from ._terminology import Terminology, language_of
@@ -17,6 +17,8 @@ __all__ = [
     "MappingSet",
     "MessageMapping",
     "Terminology",
+    "WriteRules",
     "language_of",
     "resource_id",
+    "write_rules",
 ]

@@ -1,10 +1,13 @@
 """Transaction Bundle assembly with deterministic identity.
 
 Each resource's id is ``uuid5(NAMESPACE, "<type>|<system>|<value>")`` of its chosen
-business identifier, its ``fullUrl`` is ``urn:uuid:<id>``, and its entry is a
-conditional create (``ifNoneExist: identifier=<system>|<value>``), so the same record
-always gives the same Bundle and a resend never duplicates at the partner. Two
-entries with the same identity are merged into one.
+business identifier and its ``fullUrl`` is ``urn:uuid:<id>``. How its entry writes it
+at the partner is data (``mappings/writes.yaml``, per resource type): reference data by
+conditional create (``POST``, ``ifNoneExist: identifier=<system>|<value>``), content that
+evolves by conditional update (``PUT <type>?identifier=<system>|<value>``, the resource
+without an id: the partner keeps its own). Either way the same record always gives the
+same Bundle and a resend never duplicates at the partner. Two entries with the same
+identity are merged into one.
 """
 
 from __future__ import annotations
@@ -16,9 +19,18 @@ from typing import Any
 from urllib.parse import quote
 from uuid import NAMESPACE_URL, uuid5
 
-from ..errors import Issue, MappingError
+from ..datafiles import data_dir, load_data_file
+from ..errors import ConfigError, Issue, MappingError
 
-__all__ = ["NAMESPACE", "BundleBuilder", "ResourceTemplate", "resource_id"]
+__all__ = [
+    "NAMESPACE",
+    "WRITE_MODES",
+    "BundleBuilder",
+    "ResourceTemplate",
+    "WriteRules",
+    "resource_id",
+    "write_rules",
+]
 
 # Fixed forever: changing it would change every id the gateway has ever sent.
 NAMESPACE = uuid5(NAMESPACE_URL, "urn:fhir-gateway:resource-id")
@@ -27,6 +39,43 @@ NAMESPACE = uuid5(NAMESPACE_URL, "urn:fhir-gateway:resource-id")
 @lru_cache(maxsize=65536)  # organisations and staff recur in every message
 def resource_id(resource_type: str, system: str, value: str) -> str:
     return str(uuid5(NAMESPACE, f"{resource_type}|{system}|{value}"))
+
+
+# create-if-none-exist: POST + ifNoneExist (reference data); update: conditional PUT.
+WRITE_MODES = ("create-if-none-exist", "update")
+
+
+@dataclass(frozen=True, slots=True)
+class WriteRules:
+    """How each resource type is written at the partner (``mappings/writes.yaml``)."""
+
+    default: str
+    by_type: dict[str, str]
+
+    def mode(self, resource_type: str) -> str:
+        return self.by_type.get(resource_type, self.default)
+
+    @classmethod
+    def parse(cls, raw: Any, where: str) -> WriteRules:
+        if not isinstance(raw, dict):
+            raise ConfigError("mapping", f"{where}: needs 'default' and 'types'")
+        default = raw.get("default", WRITE_MODES[0])
+        by_type = {str(k): v for k, v in (raw.get("types") or {}).items()}
+        for name, mode in [("default", default), *by_type.items()]:
+            if mode not in WRITE_MODES:
+                raise ConfigError(
+                    "mapping",
+                    f"{where}: {name}: unknown write mode {mode!r}; use one of "
+                    + ", ".join(WRITE_MODES),
+                )
+        return cls(str(default), {k: str(v) for k, v in by_type.items()})
+
+
+@lru_cache(maxsize=1)
+def write_rules() -> WriteRules:
+    """The shipped rules, read once."""
+    path = data_dir("mappings") / "writes.yaml"
+    return WriteRules.parse(load_data_file(path), path.name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,8 +124,16 @@ def _merge(into: dict[str, Any], other: dict[str, Any]) -> None:
             into[key] = into[key] + [v for v in value if v not in into[key]]
 
 
+def _request(mode: str, rtype: str, system: str, value: str) -> dict[str, str]:
+    query = f"identifier={_search_escape(system)}|{_search_escape(value)}"
+    if mode == "update":
+        return {"method": "PUT", "url": f"{rtype}?{query}"}
+    return {"method": "POST", "url": rtype, "ifNoneExist": query}
+
+
 class BundleBuilder:
-    def __init__(self) -> None:
+    def __init__(self, writes: WriteRules | None = None) -> None:
+        self.writes = writes or write_rules()
         self.entries: list[dict[str, Any]] = []
         self.warnings: list[Issue] = []
         self._by_id: dict[str, dict[str, Any]] = {}
@@ -138,18 +195,19 @@ class BundleBuilder:
         if existing is not None:
             _merge(existing, fields)
         else:
-            resource = {"resourceType": rtype, "id": rid, **fields}
+            mode = self.writes.mode(rtype)
+            # A conditional update carries no id: the partner keeps the id it gave the
+            # resource (Medplum refuses a create-by-update with one: "Cannot provide ID").
+            if mode == "update":
+                resource = {"resourceType": rtype, **fields}
+            else:
+                resource = {"resourceType": rtype, "id": rid, **fields}
             self._by_id[rid] = resource
             self.entries.append(
                 {
                     "fullUrl": url,
                     "resource": resource,
-                    "request": {
-                        "method": "POST",
-                        "url": rtype,
-                        "ifNoneExist": f"identifier={_search_escape(system)}|"
-                        f"{_search_escape(value)}",
-                    },
+                    "request": _request(mode, rtype, system, value),
                 }
             )
         self._scopes[-1].setdefault(key, {})[url] = None

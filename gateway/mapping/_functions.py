@@ -1,7 +1,8 @@
 """The few named functions a mapping can call with ``fn:``.
 
 They are generic (no message type appears here): identifier-system URIs, codings with
-ConceptMap translations and display translations, and institution look-ups.
+ConceptMap translations and display translations, institution look-ups, and logical
+references to resources of other conversions.
 """
 
 from __future__ import annotations
@@ -156,9 +157,15 @@ def script(env: Env, *, text: str | None = None) -> str | None:
 def reference_by_identifier(
     env: Env, *, type: str | None = None, identifier: Any = None
 ) -> dict[str, Any] | None:
-    """A conditional reference to a resource another conversion makes (the order behind
-    a study, the study behind a report): the receiving server resolves
-    ``Type?identifier=system|value`` when it processes the transaction."""
+    """A logical reference (``Reference.identifier`` with ``type``) to a resource another
+    conversion makes: the order behind a study, the study behind a report.
+
+    Never a literal or conditional reference: the target may not be at the partner yet,
+    and a strict server fails the whole transaction on a conditional reference that
+    matches nothing (R4 http.html#trules). A logical reference needs no resolution; the
+    delivery stage may make it literal once it knows the partner holds the target
+    (docs/partners.md). An identifier without both system and value names nothing
+    (``|LA2H...`` matches no order), so it gives no reference at all."""
     if isinstance(identifier, list):
         identifier = identifier[0] if identifier else None
     if not type or not isinstance(identifier, dict):
@@ -166,9 +173,7 @@ def reference_by_identifier(
     system, value = identifier.get("system"), identifier.get("value")
     if not system or not value:
         return None
-    query = quote(f"{system}|{value}", safe=":/|.-_~")
-    reference = {"reference": f"{type}?identifier={query}", "type": type}
-    return {**reference, "identifier": {"system": system, "value": value}}
+    return {"type": type, "identifier": {"system": system, "value": value}}
 
 
 FUNCTIONS: dict[str, Callable[..., Any]] = {

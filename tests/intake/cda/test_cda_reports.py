@@ -75,12 +75,18 @@ def test_local_chinese_report(converter: Converter) -> None:
     [finding] = [urls[r["reference"]] for r in report["result"]]
     assert finding["code"]["coding"][0]["code"] == "59776-5"
     assert finding["valueString"].startswith("双侧大脑半球对称")
-    assert report["imagingStudy"][0]["reference"] == (
-        "ImagingStudy?identifier=urn:dicom:uid|urn:oid:2.16.156.10011.99.1.4.3.20260610.1"
-    )
-    assert report["basedOn"][0]["reference"] == (
-        f"ServiceRequest?identifier={LAX2}/sid/placer-order|PLC0001"
-    )
+    # logical references to the study and the order (other conversions: docs/partners.md)
+    assert report["imagingStudy"][0] == {
+        "type": "ImagingStudy",
+        "identifier": {
+            "system": "urn:dicom:uid",
+            "value": "urn:oid:2.16.156.10011.99.1.4.3.20260610.1",
+        },
+    }
+    assert report["basedOn"][0] == {
+        "type": "ServiceRequest",
+        "identifier": {"system": f"{LAX2}/sid/placer-order", "value": "PLC0001"},
+    }
 
 
 def test_cobranded_report_names_both_institutions(converter: Converter) -> None:

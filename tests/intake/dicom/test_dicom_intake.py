@@ -83,7 +83,10 @@ def test_the_same_patient_as_the_hl7_order(converter: Converter) -> None:
     [request] = _resources(order, "ServiceRequest")
     acsn = next(i for i in request["identifier"] if i["type"]["coding"][0]["code"] == "ACSN")
     [based_on] = _study_of(study_record)["basedOn"]
-    assert based_on["reference"] == f"ServiceRequest?identifier={acsn['system']}|{acsn['value']}"
+    assert based_on == {  # a logical reference (docs/partners.md)
+        "type": "ServiceRequest",
+        "identifier": {"system": acsn["system"], "value": acsn["value"]},
+    }
 
 
 def test_a_zip_archive_skips_what_is_not_dicom(converter: Converter) -> None:

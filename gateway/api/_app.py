@@ -34,6 +34,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
@@ -55,6 +56,7 @@ from ..reports import VariantPool, WorkerCrash
 from ._auth import TokenSet, load_tokens
 from ._dicomweb import add_dicomweb_routes
 from ._messages import add_message_routes
+from ._openapi import install_openapi
 
 __all__ = ["create_app"]
 
@@ -94,6 +96,14 @@ def _too_large(limit: int) -> Response:
     )
     return _outcome([issue], 413)
 
+
+API_DESCRIPTION = (
+    "HL7 v2, DICOM and CDA records in, FHIR R4 transaction Bundles out; language "
+    "variants of imaging reports. Every route but /health and /metadata needs a Bearer "
+    "token (Authorize). Errors are FHIR OperationOutcomes with the gateway's error code; "
+    "they never hold patient data: a bad value is described by its form, letters as A, "
+    "digits as 9 (docs/api.md, docs/errors.md)."
+)
 
 _REASONS = {400: "Bad Request", 422: "Unprocessable", 500: "Internal Server Error"}
 
@@ -164,7 +174,18 @@ def create_app(
         yield
         reports.shutdown()
 
-    app = FastAPI(title="FHIR gateway", version=__version__, docs_url="/docs", lifespan=lifespan)
+    # Swagger UI (/docs) and ReDoc (/redoc) from the files fastapi-offline installs: a
+    # hospital network without internet still has its API documentation. No validator
+    # badge: Swagger UI would send the description to an outside validator.
+    app = FastAPIOffline(
+        title="FHIR gateway",
+        version=__version__,
+        description=API_DESCRIPTION,
+        docs_url="/docs",
+        redoc_url="/redoc",
+        lifespan=lifespan,
+        swagger_ui_parameters={"validatorUrl": None, "persistAuthorization": True},
+    )
     app.state.reports = reports
 
     @app.get("/health")
@@ -298,6 +319,7 @@ def create_app(
         return _fhir(_batch_response(records))
 
     add_message_routes(app, settings, unauthorized)  # GET /messages, $reprocess (the store)
+    install_openapi(app, converter, lock)  # bodies, examples, responses, the bearer scheme
     return app
 
 

@@ -55,6 +55,7 @@ from ..pipeline import Converter, internal_issue
 from ..reports import VariantPool, WorkerCrash
 from ._auth import TokenSet, load_tokens
 from ._dicomweb import add_dicomweb_routes
+from ._docs import DOCS_ASSETS, add_docs_routes
 from ._messages import add_message_routes
 from ._openapi import install_openapi
 
@@ -174,18 +175,18 @@ def create_app(
         yield
         reports.shutdown()
 
-    # Swagger UI (/docs) and ReDoc (/redoc) from the files fastapi-offline installs: a
-    # hospital network without internet still has its API documentation. No validator
-    # badge: Swagger UI would send the description to an outside validator.
+    # Swagger UI (/docs) and ReDoc (/redoc) from the files fastapi-offline installs
+    # (_docs.py): a hospital network without internet still has its API documentation.
     app = FastAPIOffline(
         title="FHIR gateway",
         version=__version__,
         description=API_DESCRIPTION,
-        docs_url="/docs",
-        redoc_url="/redoc",
+        docs_url=None,
+        redoc_url=None,
+        static_url=DOCS_ASSETS,
         lifespan=lifespan,
-        swagger_ui_parameters={"validatorUrl": None, "persistAuthorization": True},
     )
+    add_docs_routes(app)
     app.state.reports = reports
 
     @app.get("/health")

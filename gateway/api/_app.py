@@ -22,7 +22,6 @@ in worker processes (``VariantPool``), so a long render never delays ``/convert`
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import threading
 from collections.abc import AsyncIterator
@@ -277,6 +276,7 @@ def create_app(
             status, content_type, out = await reports.render(report, lang, english, format, partner)
         except GatewayError as exc:
             bad_request = isinstance(exc, (IntakeError, ConfigError))
+            _log_refused("report variant", exc.issue)
             return _outcome([exc.issue], 400 if bad_request else 422)
         except WorkerCrash as exc:
             log.error("internal error rendering a report variant:\n%s\n%s", exc.kind, exc.stack)
@@ -309,9 +309,10 @@ def create_app(
             return _too_large(limit)
         try:
             facility = converter.known_sender(sender) if sender else None
-        except GatewayError as exc:
-            return _outcome([dataclasses.replace(exc.issue, location="sender")], 400)
+        except GatewayError:
+            return _outcome([_unknown_sender(sender or "")], 400)
         records = await run_in_threadpool(run, body, format, facility)
+        _log_failures(records)
         if len(records) == 1:
             record = records[0]
             if record.ok:
@@ -322,6 +323,49 @@ def create_app(
     add_message_routes(app, settings, unauthorized)  # GET /messages, $reprocess (the store)
     install_openapi(app, converter, lock)  # bodies, examples, responses, the bearer scheme
     return app
+
+
+def _unknown_sender(sender: str) -> Issue:
+    """?sender= naming no institution, without the server's network file path (the
+    pipeline's message names it, which serves the CLI's user, not an API client)."""
+    return Issue(
+        "config.unknown-sender",
+        f"?sender= names no institution of the gateway's network (value of form "
+        f"{shape(sender, 20)}): give the facility code of the hospital that sent the "
+        "record, as the network lists it (e.g. the code in its HL7 v2 MSH-4)",
+        location="sender",
+        details={"issue_type": "value"},
+    )
+
+
+def _log_failures(records: list[Record]) -> None:
+    """A warning line per record the API could not convert: which record (control id or
+    position), where and why (field, error code), never its data (docs/api.md)."""
+    for record in records:
+        if not record.ok:
+            for issue in record.errors:
+                _log_refused("convert", issue, record)
+
+
+def _log_refused(route: str, issue: Issue, record: Record | None = None) -> None:
+    where = f" at {issue.location}" if issue.location else ""
+    log.warning(
+        "%s: %s failed%s [%s]",
+        route,
+        record.log_id if record is not None else "request",
+        where,
+        issue.code,
+        extra={
+            "record": record.log_id if record is not None else None,
+            "stage": issue.code.partition(".")[0] if record is None else _stage(record),
+            "outcome": "failed",
+            "code": issue.code,
+        },
+    )
+
+
+def _stage(record: Record) -> str | None:
+    return record.history[-1].stage if record.history else None
 
 
 def _report_parameters(body: bytes) -> tuple[bytes, bytes | None]:

@@ -43,7 +43,7 @@ from .store import add_cli as add_store_cli
 
 __all__ = ["main"]
 
-_SAFE_NAME = re.compile(r"[^A-Za-z0-9._^\-]+")  # ^: CDA ids (root^extension)
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9._\-]+")
 _MAX_STEM = 100  # characters (ASCII): far below every file system's 255-byte name limit
 # Files taken from a folder (a file named on the command line is always read). DICOM
 # files often have no suffix; JSON (DICOM JSON) is read only when named, so that a
@@ -117,9 +117,12 @@ def output_stem(ident: str) -> str:
     itself when it is short and made of safe characters; otherwise its safe characters,
     shortened, and a hash of the whole id, so that ids differing only in unsafe or cut
     characters still get different names, and no id is too long for a file name."""
-    safe = _SAFE_NAME.sub("_", ident).strip("._-")
-    if safe == ident and 0 < len(ident) <= _MAX_STEM:
-        return ident
+    # A CDA id (root^extension) keeps its form with _ for ^: the caret is the escape
+    # character of Windows' cmd and must be quoted in shells and URLs.
+    plain = ident.replace("^", "_")
+    safe = _SAFE_NAME.sub("_", plain).strip("._-")
+    if safe == plain and 0 < len(plain) <= _MAX_STEM:
+        return plain
     digest = hashlib.sha256(ident.encode("utf-8", "surrogatepass")).hexdigest()[:16]
     return f"{safe[: _MAX_STEM - 17]}-{digest}" if safe else digest
 
@@ -256,7 +259,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     app = create_app(settings)
     host = args.host or settings.host
     port = args.port or settings.port
-    tokens = settings.api_token_file or settings.secrets_dir / "api-tokens"
+    tokens = settings.effective_token_file
     print(
         f"gateway API on http://{host}:{port} (GATEWAY_HOME={settings.home}); "
         f"bearer tokens: {tokens}",
@@ -275,7 +278,11 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
+    """Each setting as it is in effect: a default that stands for a file or database
+    shows that file (and says it is the default), not None."""
     for name, value in vars(settings).items():
+        if name == "api_token_file" and value is None:
+            value = f"{settings.effective_token_file} (default: $GATEWAY_HOME/secrets)"
         print(f"{name} = {value}")
     return 0
 
@@ -291,7 +298,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     convert = sub.add_parser("convert", help="convert records to FHIR transaction Bundles")
     convert.add_argument("paths", nargs="+", help="files or folders ('-' for stdin)")
-    convert.add_argument("--format", default="auto", choices=["auto", *FORMATS])
+    convert.add_argument(
+        "--format",
+        default="auto",
+        choices=["auto", *FORMATS],
+        help="the input format (default auto: told from each file's bytes); name it for a "
+        "file the bytes do not tell, e.g. DICOM JSON (dicom) or a CDA document (cda)",
+    )
     convert.add_argument("-o", "--output", help="output file (one message) or folder (many)")
     convert.add_argument(
         "--sender",
@@ -310,9 +323,20 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run the demo network's records through the gateway")
     demo.set_defaults(func=cmd_demo)
 
-    serve = sub.add_parser("serve", help="run the HTTP API")
-    serve.add_argument("--host", default=None)
-    serve.add_argument("--port", type=int, default=None)
+    serve = sub.add_parser(
+        "serve",
+        help="run the HTTP API",
+        description="Run the HTTP API (docs at /docs, /redoc; description at /openapi.json), "
+        "and the MLLP and DICOM listeners when mllp_port / dicom_port are set. Every route "
+        "but /health and /metadata needs a Bearer token from the token file "
+        "(`gateway config` shows it).",
+    )
+    serve.add_argument(
+        "--host", default=None, help="address to listen on (default: the host setting, 127.0.0.1)"
+    )
+    serve.add_argument(
+        "--port", type=int, default=None, help="port to listen on (default: the port setting, 8080)"
+    )
     serve.set_defaults(func=cmd_serve)
 
     add_cli(sub)  # gateway report variants

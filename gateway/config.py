@@ -95,6 +95,12 @@ class Settings:
     def secrets_dir(self) -> Path:
         return self.home / "secrets"
 
+    @property
+    def effective_token_file(self) -> Path:
+        """The API's bearer token file: api_token_file, else the one the gateway keeps
+        (and creates on first start) in $GATEWAY_HOME/secrets."""
+        return self.api_token_file or self.secrets_dir / "api-tokens"
+
     @classmethod
     def load(cls, home: Path | str | None = None, env: dict[str, str] | None = None) -> Settings:
         env = dict(os.environ if env is None else env)

@@ -206,6 +206,10 @@ def errors_markdown() -> str:
         "`OperationOutcome.issue.details.coding` (system `urn:fhir-gateway:error-code`).",
         "Generated from `gateway/errors.yaml` by `make docs`; do not edit.",
         "",
+        "Messages never quote a record's data: a bad value appears as its form, letters as",
+        "`A`, Chinese characters as `字`, digits as `9` (`'AAAAA AAAAA'`): see",
+        "[api.md](api.md#masked-values).",
+        "",
         "| family | stage | HTTP | issue type | what |",
         "|---|---|---:|---|---|",
     ]

@@ -132,6 +132,11 @@ def test_sender_names_who_sent_a_study_that_does_not_say(tmp_path: Path) -> None
     _anonymous_study(tmp_path / "export")
     refused = run("convert", str(tmp_path / "export"), home=tmp_path)
     assert refused.returncode == 1 and b"(0010,0020) PatientID" in refused.stderr
+    # it says what is missing and how to give it, and does not claim PatientID is empty
+    error = refused.stderr.decode()
+    assert "[intake.dicom-no-sender]" in error and "--sender" in error and "?sender=" in error
+    assert "PatientID is empty" not in error and "0012345" not in error
+    assert "WANG" not in error
     done = run("convert", "--sender", "LAX2", str(tmp_path / "export"), home=tmp_path)
     assert done.returncode == 0, done.stderr.decode()
     bundle = json.loads(done.stdout)
@@ -168,3 +173,56 @@ def test_output_names_are_bounded_and_never_collide(tmp_path: Path) -> None:
     assert "CASE1.json" in names and not (out / "y.json").exists()
     values = {json.loads(p.read_bytes())["identifier"]["value"] for p in out.iterdir()}
     assert values == {i.decode() for i in ids}
+
+
+def test_config_shows_the_token_file_in_effect(tmp_path: Path) -> None:
+    proc = run("config", home=tmp_path)
+    lines = proc.stdout.decode().splitlines()
+    [token] = [line for line in lines if line.startswith("api_token_file = ")]
+    default = tmp_path / "secrets" / "api-tokens"
+    assert token == f"api_token_file = {default} (default: $GATEWAY_HOME/secrets)"
+    (tmp_path / "gateway.toml").write_text('api_token_file = "tokens.txt"\n', encoding="utf-8")
+    proc = run("config", home=tmp_path)
+    assert f"api_token_file = {tmp_path / 'tokens.txt'}\n" in proc.stdout.decode()
+
+
+def test_serve_and_convert_format_have_help() -> None:
+    from gateway.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    choices = sub.choices  # type: ignore[attr-defined]
+    serve = {a.dest: a.help for a in choices["serve"]._actions}
+    assert serve["host"] and serve["port"] and "token" in choices["serve"].description
+    convert = {a.dest: a.help for a in choices["convert"]._actions}
+    assert convert["format"] and "auto" in convert["format"]
+
+
+def test_serve_help_on_the_command_line(tmp_path: Path) -> None:
+    proc = run("serve", "--help", home=tmp_path)
+    out = proc.stdout.decode()
+    assert proc.returncode == 0 and "/docs" in out and "address to listen on" in out
+
+
+def test_output_names_have_no_caret(tmp_path: Path) -> None:
+    """CDA ids are root^extension: the file takes _ for ^ (cmd's escape character,
+    quoted in shells and URLs), keeping the rest of the id readable."""
+    from gateway.cli import output_stem
+
+    assert output_stem("2.16.156.10011.1.1^LAX2-CT-1") == "2.16.156.10011.1.1_LAX2-CT-1"
+    assert "^" not in output_stem("A^B/../C" * 40)
+    imaging = REPO / "examples" / "imaging"
+    proc = run(
+        "convert",
+        str(imaging / "lax2-ct-report-local.xml"),
+        str(imaging / "lax2-ct-report-cobranded.xml"),
+        "-o",
+        f"{tmp_path / 'out'}/",
+        home=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert names == [
+        "2.16.156.10011.1.1_LAX2-CT-20260610-0001-NJMU2.json",
+        "2.16.156.10011.1.1_LAX2-CT-20260610-0001.json",
+    ]

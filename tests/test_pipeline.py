@@ -391,7 +391,7 @@ def test_a_reader_that_raises_ends_its_input_with_one_internal_record(
     real = pipeline.read_messages
 
     def reader(data: bytes, *args: Any, **kwargs: Any) -> Any:
-        units = real(data, *args, **kwargs)
+        units = real(data, *args, **kwargs)  # the pipeline passes network= by keyword
         yield next(units)
         raise IndexError("list index out of range: 0012345")
 

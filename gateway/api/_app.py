@@ -22,7 +22,6 @@ in worker processes (``VariantPool``), so a long render never delays ``/convert`
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import threading
 from collections.abc import AsyncIterator
@@ -34,6 +33,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
@@ -54,7 +54,9 @@ from ..pipeline import Converter, internal_issue
 from ..reports import VariantPool, WorkerCrash
 from ._auth import TokenSet, load_tokens
 from ._dicomweb import add_dicomweb_routes
+from ._docs import DOCS_ASSETS, add_docs_routes
 from ._messages import add_message_routes
+from ._openapi import install_openapi
 from ._policy import add_policy_routes
 from ._verify import add_verify_route
 
@@ -96,6 +98,14 @@ def _too_large(limit: int) -> Response:
     )
     return _outcome([issue], 413)
 
+
+API_DESCRIPTION = (
+    "HL7 v2, DICOM and CDA records in, FHIR R4 transaction Bundles out; language "
+    "variants of imaging reports. Every route but /health and /metadata needs a Bearer "
+    "token (Authorize). Errors are FHIR OperationOutcomes with the gateway's error code; "
+    "they never hold patient data: a bad value is described by its form, letters as A, "
+    "digits as 9 (docs/api.md, docs/errors.md)."
+)
 
 _REASONS = {400: "Bad Request", 422: "Unprocessable", 500: "Internal Server Error"}
 
@@ -166,7 +176,18 @@ def create_app(
         yield
         reports.shutdown()
 
-    app = FastAPI(title="FHIR gateway", version=__version__, docs_url="/docs", lifespan=lifespan)
+    # Swagger UI (/docs) and ReDoc (/redoc) from the files fastapi-offline installs
+    # (_docs.py): a hospital network without internet still has its API documentation.
+    app = FastAPIOffline(
+        title="FHIR gateway",
+        version=__version__,
+        description=API_DESCRIPTION,
+        docs_url=None,
+        redoc_url=None,
+        static_url=DOCS_ASSETS,
+        lifespan=lifespan,
+    )
+    add_docs_routes(app)
     app.state.reports = reports
 
     @app.get("/health")
@@ -257,6 +278,7 @@ def create_app(
             status, content_type, out = await reports.render(report, lang, english, format, partner)
         except GatewayError as exc:
             bad_request = isinstance(exc, (IntakeError, ConfigError))
+            _log_refused("report variant", exc.issue)
             return _outcome([exc.issue], 400 if bad_request else 422)
         except WorkerCrash as exc:
             log.error("internal error rendering a report variant:\n%s\n%s", exc.kind, exc.stack)
@@ -291,9 +313,10 @@ def create_app(
             return _too_large(limit)
         try:
             facility = converter.known_sender(sender) if sender else None
-        except GatewayError as exc:
-            return _outcome([dataclasses.replace(exc.issue, location="sender")], 400)
+        except GatewayError:
+            return _outcome([_unknown_sender(sender or "")], 400)
         records = await run_in_threadpool(run, body, format, facility)
+        _log_failures(records)
         if len(records) == 1:
             record = records[0]
             if record.ok:
@@ -303,7 +326,51 @@ def create_app(
 
     add_message_routes(app, settings, unauthorized)  # GET /messages, $reprocess (the store)
     add_policy_routes(app, settings, unauthorized)  # /policy/check, /policy/decisions, /Consent
+    install_openapi(app, converter, lock)  # bodies, examples, responses, the bearer scheme
     return app
+
+
+def _unknown_sender(sender: str) -> Issue:
+    """?sender= naming no institution, without the server's network file path (the
+    pipeline's message names it, which serves the CLI's user, not an API client)."""
+    return Issue(
+        "config.unknown-sender",
+        f"?sender= names no institution of the gateway's network (value of form "
+        f"{shape(sender, 20)}): give the facility code of the hospital that sent the "
+        "record, as the network lists it (e.g. the code in its HL7 v2 MSH-4)",
+        location="sender",
+        details={"issue_type": "value"},
+    )
+
+
+def _log_failures(records: list[Record]) -> None:
+    """A warning line per record the API could not convert: which record (control id or
+    position), where and why (field, error code), never its data (docs/api.md)."""
+    for record in records:
+        if not record.ok:
+            for issue in record.errors:
+                _log_refused("convert", issue, record)
+
+
+def _log_refused(route: str, issue: Issue, record: Record | None = None) -> None:
+    where = f" at {issue.location}" if issue.location else ""
+    log.warning(
+        "%s: %s failed%s [%s]",
+        route,
+        record.log_id if record is not None else "request",
+        where,
+        issue.code,
+        extra={
+            "record": record.log_id if record is not None else None,
+            "stage": issue.code.partition(".")[0] if record is None else _stage(record),
+            "outcome": "failed",
+            "code": issue.code,
+        },
+    )
+
+
+def _stage(record: Record) -> str | None:
+    return record.history[-1].stage if record.history else None
 
 
 def _report_parameters(body: bytes) -> tuple[bytes, bytes | None]:

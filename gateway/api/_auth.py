@@ -33,7 +33,7 @@ class TokenSet:
 
 
 def load_tokens(settings: Settings) -> TokenSet:
-    path = settings.api_token_file or settings.secrets_dir / "api-tokens"
+    path = settings.effective_token_file
     if not path.exists():
         if settings.api_token_file is not None:
             raise ConfigError("no-tokens", f"api_token_file {path} does not exist")

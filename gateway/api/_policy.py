@@ -76,13 +76,20 @@ def add_policy_routes(
 
     @app.post("/policy/check")
     async def policy_check(
-        request: Request, to: str, purpose: str | None = None, sender: str | None = None
+        request: Request,
+        to: str | None = None,
+        purpose: str | None = None,
+        sender: str | None = None,
     ) -> Response:
+        # Parameters are checked here, after the token: FastAPI would answer a missing
+        # required one with 400 before any handler code, telling strangers the API's shape.
         refused = unauthorized(request)
         if refused is not None:
             return refused
         sender = sender or request.query_params.get("from")
         try:
+            if not to:
+                raise PolicyError("no-recipient", "give the recipient: ?to=", location="to")
             body = await body_of(request)
 
             def run() -> Decision:
@@ -116,12 +123,17 @@ def add_policy_routes(
         return _json([_decision(d) for d in found])
 
     @app.get("/policy/decisions/{decision_id}")
-    async def policy_decision(request: Request, decision_id: int) -> Response:
+    async def policy_decision(request: Request, decision_id: str) -> Response:
         refused = unauthorized(request)
         if refused is not None:
             return refused
         try:
-            decision = await run_in_threadpool(lambda: lazy.records().get(decision_id))
+            if not decision_id.isdigit():
+                raise PolicyError(
+                    "decision-not-found", "a decision id is a number", location="decision_id"
+                )
+            number = int(decision_id)
+            decision = await run_in_threadpool(lambda: lazy.records().get(number))
         except GatewayError as exc:
             return _error(exc)
         return _json(_decision(decision))

@@ -50,7 +50,14 @@ __all__ = [
 # processed; held/outbox/denied are the policy stage's (gateway/policy: outbox = allowed
 # or released, waiting for delivery); queued/delivered belong to delivery.
 STATES = (
-    "received", "converted", "failed", "rejected", "held", "outbox", "denied", "queued",
+    "received",
+    "converted",
+    "failed",
+    "rejected",
+    "held",
+    "outbox",
+    "denied",
+    "queued",
     "delivered",
 )
 # States of a message still waiting for the gateway to act: never pruned.

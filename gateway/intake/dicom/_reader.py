@@ -897,5 +897,26 @@ def _unit(
         unit.error = exc
         return unit
     view.notes = unit.issues
-    unit.view = view
+    unit.view = view  # kept when it fails below: its text is read (names, charsets)
+    if view.sender is None and _unowned_patient_id(view):
+        unit.error = _no_sender()
     return unit
+
+
+def _unowned_patient_id(view: DicomView) -> bool:
+    """A PatientID with no issuer of its own, in a study that names no sender: nothing
+    says whose medical record number it is."""
+    issuers = ("IssuerOfPatientID", "IssuerOfPatientIDQualifiersSequence.UniversalEntityID")
+    has_id = bool(view.first("PatientID", view.root))
+    return has_id and not any(view.first(path, view.root) for path in issuers)
+
+
+def _no_sender() -> IntakeError:
+    return IntakeError(
+        "dicom-no-sender",
+        "the study names no sender: (0008,0080) InstitutionName and the accession number's "
+        "issuer are empty and (0010,0021) IssuerOfPatientID too, so nothing says whose "
+        "number (0010,0020) PatientID is; name the hospital that sent it with --sender "
+        "(gateway convert) or ?sender= (POST /convert), e.g. --sender LAX2",
+        location=tag_label(_INSTITUTION),
+    )

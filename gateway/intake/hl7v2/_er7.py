@@ -41,6 +41,12 @@ _NON_ASCII = re.compile(r"[^\x00-\x7f]")
 # the input is not an HL7 text message (a PDF, an image, a zip...).
 _BINARY = re.compile(rb"[\x00-\x08\x0e-\x1a\x1d-\x1f\x7f]")
 _HL7_START = (b"MSH", b"FHS", b"BHS")
+# Segments that follow MSH in the messages the gateway reads (and the usual others): one
+# of them inside a one-line message means its segment separators were lost.
+_NEXT_SEGMENTS = (
+    "EVN|PID|PD1|PV1|PV2|NK1|RF1|PRD|CTD|ORC|OBR|OBX|NTE|AL1|DG1|PR1|IN1|IN2|GT1|MSA|ERR|"
+    "SCH|TQ1|TQ2|SPM|SFT|UAC|ARQ|AIS|AIG|AIL|AIP|RXO|RXE|RXR|FT1|TXA|IPC|ROL|MRG|ZDS"
+)
 # The control bytes _BINARY lets through (VT and FS frame MLLP; FF and ESC turn up in
 # text): values holding them lose them with a warning (see Hl7View).
 _STRAY_CONTROLS = (b"\x0b", b"\x0c", b"\x1b", b"\x1c")
@@ -361,6 +367,8 @@ def parse_message(
         )
     msh = raw.segments[0]
     _check_msh(msh)
+    if len(raw.segments) == 1:
+        _check_separators(msh)
     if fallback_charset is None and network is not None:
         fallback_charset = network.charset
     declared = _declared_charset(msh)
@@ -410,6 +418,27 @@ def parse_message(
         message.warnings.append(decoded.note)
     _check_header(message)
     return message
+
+
+def _check_separators(line: bytes) -> None:
+    """A message that is one line holding another segment (``…|UNICODE UTF-8PID|1|…``)
+    lost its carriage returns on the way (``curl -d`` strips them): say so, rather than
+    report the MSH-18 that now runs into the next segment as an unknown charset. The
+    next segment starts inside MSH's last field, never before MSH-12 (the version id,
+    required); earlier fields name applications and facilities (NSCH ends in SCH)."""
+    sep = line[3:4]
+    pattern = rb"(?:" + _NEXT_SEGMENTS.encode() + rb")" + re.escape(sep)
+    for glued in re.finditer(pattern, line):
+        field = line.count(sep, 0, glued.start()) + 1  # MSH-n holding the match
+        if field >= 12:
+            raise IntakeError(
+                "no-segment-separators",
+                "no segment separators (carriage returns): the message is one line, "
+                f"segment {glued.group()[:3].decode()} running on inside MSH-{field}; "
+                "the line ends were lost in transit: send the bytes as they are "
+                "(curl --data-binary @file, not -d, which strips them)",
+                location="MSH",
+            )
 
 
 def _check_msh(msh: bytes) -> None:

@@ -4,7 +4,8 @@ with the specific reason pinned here. The samples are not copied into the reposi
 Most pydicom samples are anonymous test objects: no InstitutionName and no issuer of
 their PatientID, so nobody says whose number the PatientID is, and a Patient cannot be
 given an identifier system (ImagingStudy.subject is required): the same rule as an HL7
-v2 message whose sender is unknown.
+v2 message whose sender is unknown. The error says so and asks for the sender
+(intake.dicom-no-sender); a study with no PatientID at all fails in the mapping.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from gateway import Converter
 from gateway.intake.dicom import read_studies
 
 NO_ISSUER = ("error", "mapping.no-identity", "(0010,0020) PatientID")
+# a PatientID, but no sender and no issuer: the error asks for --sender / ?sender=
+NO_SENDER = ("error", "intake.dicom-no-sender", "(0008,0080) InstitutionName")
 NO_STUDY = ("error", "intake.dicom-missing-uid", "(0020,000D) StudyInstanceUID")
 
 # file → ("ok", modality, series, instances, patient identifier system) or ("error", code, location)
@@ -36,7 +39,7 @@ CORPUS: dict[str, tuple[Any, ...]] = {
         1,
         "https://unregistered.invalid/facility/TOSHIBA/sid/mrn",
     ),
-    "images/CR_77654033_CR1_6154.dcm": NO_ISSUER,
+    "images/CR_77654033_CR1_6154.dcm": NO_SENDER,
     "images/test-SR.dcm": NO_ISSUER,  # and no PatientID at all
     "json/pydicom_test1.json": (
         "ok",
@@ -58,7 +61,7 @@ CHARSET_FILES = [
     "chrHbrw", "chrI2", "chrJapMulti", "chrJapMultiExplicitIR6", "chrKoreanMulti",
     "chrRuss", "chrX1", "chrX2",
 ]  # fmt: skip
-CORPUS |= {f"charset/{name}.dcm": NO_ISSUER for name in CHARSET_FILES}
+CORPUS |= {f"charset/{name}.dcm": NO_SENDER for name in CHARSET_FILES}
 
 # Patient names as pydicom's charset_files/FileInfo.txt gives them, read through the view.
 NAMES = {

@@ -1,0 +1,53 @@
+"""An HL7 v2 message whose carriage returns were stripped in transit (``curl -d``) is
+refused for what it is, not as an unknown MSH-18 character set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway import Converter
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "hl7v2"
+
+
+@pytest.mark.parametrize(
+    ("name", "segment"),
+    [
+        ("ref_i12_nsch_to_hkpmc.hl7", "RF1"),  # UTF-8
+        ("omg_o19_nsch.hl7", "PID"),
+        ("ref_i12_hkpmc_to_nsch.hl7", "RF1"),  # Big5
+        ("ref_i12_lax2_to_njmu2.hl7", "RF1"),  # GB 18030
+    ],
+)
+def test_stripped_line_ends_are_named(converter: Converter, name: str, segment: str) -> None:
+    flat = (EXAMPLES / name).read_bytes().replace(b"\r", b"").replace(b"\n", b"")
+    [record] = converter.convert(flat, source=name)
+    [error] = record.errors
+    assert error.code == "intake.no-segment-separators" and error.location == "MSH"
+    assert error.message.startswith("no segment separators (carriage returns)")
+    assert f"segment {segment} running on inside MSH-18" in error.message
+    assert "--data-binary" in error.message
+
+
+def test_a_message_ending_at_msh12_is_caught_too(converter: Converter) -> None:
+    flat = b"MSH|^~\\&|NSCH_HIS|NSCH|HKPMC_HIS|HKPMC|20260615100000||ADT^A01|C1|P|2.5EVN|A01"
+    [record] = converter.convert(flat, source="flat")
+    assert record.errors[0].code == "intake.no-segment-separators"
+    assert "inside MSH-12" in record.errors[0].message
+
+
+@pytest.mark.parametrize(
+    "msh",
+    [
+        # facility names that end in a segment id (NSCH: SCH, XPID: PID) before MSH-12
+        b"MSH|^~\\&|XPID|NSCH|A|B|20260615100000||OMI^O23^OMI_O23|C1|P|2.5|||||CHN|UNICODE UTF-8",
+        b"MSH|^~\\&|NSCH_HIS|NSCH|RIS|NSCH|20260615100000||ADT^A01|C1|P|2.5",
+    ],
+)
+def test_an_msh_only_message_is_not_taken_for_a_flattened_one(
+    converter: Converter, msh: bytes
+) -> None:
+    [record] = converter.convert(msh, source="msh")
+    assert all(i.code != "intake.no-segment-separators" for i in record.issues)

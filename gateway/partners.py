@@ -23,6 +23,7 @@ from typing import Any
 from .datafiles import data_dir, load_data_file
 from .errors import ConfigError
 from .network import Network
+from .validation import reference_values
 
 __all__ = ["WRITE_KINDS", "Partner", "load_partners", "split_bundle"]
 
@@ -117,23 +118,9 @@ def _dependencies(entries: list[dict[str, Any]]) -> list[set[int]]:
     out: list[set[int]] = []
     for n, entry in enumerate(entries):
         found: list[str] = []
-        _references(entry.get("resource"), found)
+        reference_values(entry.get("resource"), found)
         out.append({by_url[r] for r in found if r in by_url and by_url[r] != n})
     return out
-
-
-def _references(node: Any, out: list[str]) -> None:
-    if isinstance(node, dict):
-        ref = node.get("reference")
-        if isinstance(ref, str):
-            out.append(ref)
-        for value in node.values():
-            if isinstance(value, (dict, list)):
-                _references(value, out)
-    elif isinstance(node, list):
-        for value in node:
-            if isinstance(value, (dict, list)):
-                _references(value, out)
 
 
 def _levels(deps: list[set[int]]) -> list[int]:

@@ -4,6 +4,7 @@ from ._models import (
     Validator,
     check_bundle,
     check_references,
+    reference_values,
     validate_bundle,
     validate_resource,
 )
@@ -12,6 +13,7 @@ __all__ = [
     "Validator",
     "check_bundle",
     "check_references",
+    "reference_values",
     "validate_bundle",
     "validate_resource",
 ]

@@ -45,6 +45,7 @@ __all__ = [
     "Validator",
     "check_bundle",
     "check_references",
+    "reference_values",
     "validate_bundle",
     "validate_resource",
 ]
@@ -300,7 +301,8 @@ def validate_bundle(bundle: dict[str, Any]) -> list[Issue]:
     return _default().validate_bundle(bundle)
 
 
-def _reference_values(node: Any, out: list[str]) -> None:
+def reference_values(node: Any, out: list[str]) -> None:
+    """Append every ``reference`` string inside ``node`` to ``out``."""
     kind = type(node)
     if (kind is FrozenDict or kind is FrozenList) and not node.holds_refs:
         return  # a frozen subtree that holds no reference (a memoised pure fragment)
@@ -310,10 +312,10 @@ def _reference_values(node: Any, out: list[str]) -> None:
             out.append(ref)
         for value in node.values():
             if isinstance(value, (dict, list)):
-                _reference_values(value, out)
+                reference_values(value, out)
     elif isinstance(node, list):
         for item in node:
-            _reference_values(item, out)
+            reference_values(item, out)
 
 
 def _locate(node: Any, path: str, wanted: str, out: list[str]) -> None:
@@ -339,7 +341,7 @@ def check_references(bundle: dict[str, Any]) -> list[Issue]:
     entries = bundle.get("entry", [])
     urls = {e.get("fullUrl") for e in entries}
     found: list[str] = []
-    _reference_values([e.get("resource") for e in entries], found)
+    reference_values([e.get("resource") for e in entries], found)
     dangling = sorted({ref for ref in found if ref not in urls and not _CONDITIONAL.match(ref)})
     issues = []
     for ref in dangling:  # rare: only now are the paths worth building

@@ -15,6 +15,11 @@ PACKAGES = [
     "gateway.api",
     "gateway.reports",
     "gateway.intake.cda",
+    "gateway.intake.dicom",
+    "gateway.store",
+    "gateway.listeners",
+    "gateway.signing",
+    "gateway.policy",
 ]
 
 

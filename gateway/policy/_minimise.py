@@ -22,6 +22,7 @@ import hashlib
 import hmac
 import html
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,29 +57,47 @@ def pseudonym(key: bytes, system: str, value: str) -> str:
     return "PSN-" + base64.b32encode(digest.digest()[:15]).decode("ascii")
 
 
+Alias = Callable[[str, str], str]  # (system, value) → pseudonym
+
+
 def minimise(
-    bundle: dict[str, Any], profile: Profile, key: bytes, sender: str
+    bundle: dict[str, Any],
+    profile: Profile,
+    key: bytes,
+    sender: str,
+    *,
+    in_place: bool = False,
+    alias: Alias | None = None,
 ) -> tuple[dict[str, Any], list[Change]]:
     """A minimised copy of ``bundle`` and the list of changes (paths, never values).
 
     The copy shares what it does not change: the profile's resources are copied and
     changed; the rest is copied (deeply) only when some original value or attachment
-    is found in it."""
-    out = dict(bundle)
-    out["entry"] = entries = list(bundle.get("entry") or [])
+    is found in it. ``in_place``: the caller owns ``bundle`` (the policy stage's own
+    parse) and it is changed and returned itself — no copies at all. ``alias``: the
+    pseudonym function to use (the stage memoises it per decision)."""
+    if alias is None:
+        alias = functools.partial(pseudonym, key)
+    if in_place:
+        out = bundle
+        entries = bundle.get("entry") or []
+    else:
+        out = dict(bundle)
+        out["entry"] = entries = list(bundle.get("entry") or [])
     changes: list[Change] = []
     found = _Secrets()
     for n, entry in enumerate(entries):
         resource = entry.get("resource") if isinstance(entry, dict) else None
         if not isinstance(resource, dict) or not _touched(resource, profile):
             continue
-        resource = orjson.loads(orjson.dumps(resource))
-        entries[n] = dict(entry, resource=resource)
+        if not in_place:
+            resource = orjson.loads(orjson.dumps(resource))
+            entries[n] = dict(entry, resource=resource)
         path = f"Bundle.entry[{n}].resource"
-        _structural(resource, path, profile, key, sender, found, changes)
+        _structural(resource, path, profile, alias, sender, found, changes)
         for m, inner in enumerate(resource.get("contained") or []):
             if isinstance(inner, dict):
-                _structural(inner, f"{path}.contained[{m}]", profile, key, sender, found, changes)
+                _structural(inner, f"{path}.contained[{m}]", profile, alias, sender, found, changes)
     rewrite = found.compile()
     # Pass 2 visits every string: first ask, over the whole Bundle serialised once,
     # whether any original value (or any attachment) is left at all. Most records hold
@@ -86,7 +105,8 @@ def minimise(
     data = orjson.dumps(out)
     strings = rewrite is not None and rewrite.present(data)
     if strings or b'"contentType"' in data:
-        out = orjson.loads(data)  # now every part may change: a copy of its own
+        if not in_place:
+            out = orjson.loads(data)  # now every part may change: a copy of its own
         for n, entry in enumerate(out.get("entry") or []):
             if isinstance(entry, dict):
                 _walk(entry, f"Bundle.entry[{n}]", rewrite, profile, changes, strings)
@@ -216,7 +236,7 @@ def _structural(
     resource: dict[str, Any],
     path: str,
     profile: Profile,
-    key: bytes,
+    alias: Alias,
     sender: str,
     found: _Secrets,
     changes: list[Change],
@@ -226,10 +246,10 @@ def _structural(
     for n, ident in enumerate(resource.get("identifier") or []):
         system, value = ident.get("system"), ident.get("value")
         if system in profile.pseudonymise and isinstance(value, str) and value:
-            alias = pseudonym(key, system, value)
+            pseudo = alias(system, value)
             new_system = f"{PSEUDONYM_SYSTEM}/{sender}"
-            found.literal.setdefault(f"{system}|{value}", f"{new_system}|{alias}")
-            found.patterns.append((_spaced(value), alias))
+            found.literal.setdefault(f"{system}|{value}", f"{new_system}|{pseudo}")
+            found.patterns.append((_spaced(value), pseudo))
             found.probes.append(_probe(value))
             ident.clear()
             ident.update(
@@ -244,7 +264,7 @@ def _structural(
                         ]
                     },
                     "system": new_system,
-                    "value": alias,
+                    "value": pseudo,
                 }
             )
             changes.append(Change(f"{path}.identifier[{n}]", "pseudonymised", system))
@@ -294,7 +314,7 @@ def _structural(
         for n, contact in enumerate(contacts):
             if isinstance(contact, dict):
                 contact.setdefault("resourceType", resource["resourceType"])
-                _structural(contact, f"{path}.contact[{n}]", profile, key, sender, found, changes)
+                _structural(contact, f"{path}.contact[{n}]", profile, alias, sender, found, changes)
                 contact.pop("resourceType", None)
 
 

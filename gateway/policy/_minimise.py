@@ -141,24 +141,31 @@ class _Secrets:
                 self.literal.setdefault(escaped, html.escape(replacement))
 
     def compile(self) -> _Rewriter | None:
-        ordered = sorted(self.literal.items(), key=lambda x: -len(x[0]))  # longest first
-        parts = [(re.escape(v), r) for v, r in ordered] + self.patterns
-        if not parts:
+        if not self.literal and not self.patterns:
             return None
-        return _Rewriter(parts, [orjson.dumps(v)[1:-1] for v in self.literal], self.probes)
+        return _Rewriter(self, [orjson.dumps(v)[1:-1] for v in self.literal], self.probes)
+
+    def parts(self) -> list[tuple[str, str]]:
+        ordered = sorted(self.literal.items(), key=lambda x: -len(x[0]))  # longest first
+        return [(re.escape(v), r) for v, r in ordered] + self.patterns
 
 
 class _Rewriter:
     """One regex for every original value; each match becomes its replacement. The
-    regex is compiled only when some value is present (most records: none)."""
+    regex (and its parts) is made only when some value is present (most records: none)."""
 
-    def __init__(
-        self, parts: list[tuple[str, str]], literals: list[bytes], probes: list[bytes]
-    ) -> None:
-        self.parts = parts
-        self.replacements = [r for _, r in parts]
+    def __init__(self, secrets: _Secrets, literals: list[bytes], probes: list[bytes]) -> None:
+        self.secrets = secrets
         self.literals = literals  # as they appear in JSON (escaped)
         self.probes = probes
+
+    @functools.cached_property
+    def parts(self) -> list[tuple[str, str]]:
+        return self.secrets.parts()
+
+    @functools.cached_property
+    def replacements(self) -> list[str]:
+        return [r for _, r in self.parts]
 
     @functools.cached_property
     def regex(self) -> re.Pattern[str]:
@@ -189,7 +196,10 @@ _SEP = "[ \t\n\r\x0b\x0c\u00a0\u3000\\-()]"
 _PHONE_SEP = "[ \t\n\r\x0b\x0c\u00a0\u3000\\-().]"
 _GAP_BYTES = b" -().+"
 _ESCAPED = re.compile(rb"\\[nrtbf]|\\u000[bc]")
-_WIDE = (b"\xc2\xa0", b"\xe3\x80\x80")
+# The no-break and ideographic spaces in UTF-8, each behind a one-byte test of its lead
+# byte (memchr: a multi-byte search is slow on CJK text, whose bytes are everywhere;
+# \xc2 is rare, \xe3 is not).
+_WIDE = ((b"\xc2", b"\xc2\xa0"), (b"\xe3", b"\xe3\x80\x80"))
 
 
 def _squeeze(data: bytes) -> bytes:
@@ -197,8 +207,8 @@ def _squeeze(data: bytes) -> bytes:
     a spaced value (``K583726(A)``, ``+86 139-0000-0001``) is then a plain substring."""
     if b"\\" in data:
         data = _ESCAPED.sub(b"", data)
-    for space in _WIDE:
-        if space in data:
+    for lead, space in _WIDE:
+        if lead in data and space in data:
             data = data.replace(space, b"")
     return data.translate(None, _GAP_BYTES).upper()
 

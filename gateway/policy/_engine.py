@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import uuid
 from collections.abc import Callable
@@ -196,10 +197,21 @@ class _Transfer:
     count: tuple[int, str, str, str, str] | None = None
     changes: list[Change] = field(default_factory=list)
     minimised: dict[str, Any] | None = None
+    owned: bool = False  # ``bundle`` is the stage's own parse: the last rule may change it
+    key: Callable[[], bytes] = bytes  # the pseudonym key, read on first use
+    aliases: dict[tuple[str, str], str] = field(default_factory=dict)
 
     @property
     def cross_border(self) -> bool:
         return self.from_j != self.to_j
+
+    def alias(self, system: str, value: str) -> str:
+        """The pseudonym of an identifier, computed once per decision (the minimisation,
+        the decision's patients and the volume counter each need it)."""
+        found = self.aliases.get((system, value))
+        if found is None:
+            found = self.aliases[(system, value)] = pseudonym(self.key(), system, value)
+        return found
 
 
 Rule = Callable[["Policy", _Transfer, str, dict[str, Any]], RuleResult]
@@ -228,6 +240,12 @@ class Policy:
             if (inst := self.network.find(str(entry.get("key")))) is not None
         ]
         self._names: dict[tuple[str, str, str], dict[str, Any]] = {}  # rule words per transfer
+        # Results that depend only on the transfer's parties, purpose, categories and day
+        # (never on the patient): computed once per process. The data is read once; a
+        # new PolicyData means a new Policy (the caches are tied to this one's).
+        self._results: dict[tuple[Any, ...], tuple[RuleResult, Agreement | None]] = {}
+        self._national = frozenset(s for p in self.data.profiles for s in p.pseudonymise)
+        self._needles = _needle_regex(self.data.needles)
         self._key = key
         self._key_lock = threading.Lock()
         self._rules: list[tuple[str, str, Rule, dict[str, Any]]] = []
@@ -239,6 +257,10 @@ class Policy:
                     f"rules.yaml: rule {spec['id']}: unknown kind {kind!r} ({', '.join(RULES)})",
                 )
             self._rules.append((str(spec["id"]), kind, RULES[kind], dict(spec.get("params") or {})))
+        # The minimisation may change the stage's own parse in place when no rule reads
+        # the Bundle after it (rules.yaml: it comes last).
+        self._in_place = bool(self._rules) and self._rules[-1][1] == "minimise"
+        self._in_place = self._in_place and sum(r[1] == "minimise" for r in self._rules) == 1
 
     @property
     def key(self) -> bytes:
@@ -286,7 +308,11 @@ class Policy:
         return None
 
     def purpose_of(self, bundle: dict[str, Any]) -> str:
-        types = {(e.get("resource") or {}).get("resourceType") for e in bundle.get("entry") or []}
+        return self._purpose_for(
+            {(e.get("resource") or {}).get("resourceType") for e in bundle.get("entry") or []}
+        )
+
+    def _purpose_for(self, types: set[Any]) -> str:
         for resource_type, purpose in self.data.default_purpose.items():
             if resource_type in types:
                 return purpose
@@ -308,10 +334,11 @@ class Policy:
         Provenance), None unless allowed. Nothing is stored or counted here."""
         from ._consent import MemoryConsents
 
-        parsed = _bundle(bundle)
+        parsed, text = _parse(bundle)
         source = self.institution(sender, "sender")
         target = self.institution(recipient, "recipient")
-        purpose = purpose or self.purpose_of(parsed)
+        types, patients, categories = self._scan(parsed)
+        purpose = purpose or self._purpose_for(types)
         if purpose not in self.data.purposes:
             raise PolicyError(
                 "unknown-purpose",
@@ -327,11 +354,13 @@ class Policy:
             from_j=self.data.jurisdiction(source),
             to_j=self.data.jurisdiction(target),
             bundle=parsed,
-            text=bundle if isinstance(bundle, bytes) else orjson.dumps(parsed),
-            patients=_patients(parsed),
-            categories=self._categories(parsed),
+            text=text,
+            patients=patients,
+            categories=categories,
             consents=consents or MemoryConsents(),
             counters=counters or MemoryCounters(),
+            owned=self._in_place,
+            key=lambda: self.key,
         )
         results: list[RuleResult] = []
         for rule_id, kind, rule, params in self._rules:
@@ -359,22 +388,46 @@ class Policy:
             basis=t.agreement.basis if t.agreement else None,
             agreement=t.agreement.id if t.agreement else None,
             changes=t.changes,
-            patients=[pseudonym(self.key, *p.split("|", 1)) for p in t.patients],
+            patients=[t.alias(*p.split("|", 1)) for p in t.patients],
         )
         if decision.allowed:
             decision.bundle = self._label(t.minimised or parsed, t, decision)
             decision.count = t.count
         return decision
 
-    def _categories(self, bundle: dict[str, Any]) -> list[str]:
-        found: dict[str, None] = {}
+    def _scan(self, bundle: dict[str, Any]) -> tuple[set[Any], list[str], list[str]]:
+        """One pass over the entries: their resource types (the default purpose), the
+        patients' identifiers (``system|value``: consent, counters) and the data
+        categories (the agreement)."""
+        types: set[Any] = set()
+        patients: dict[str, None] = {}
+        categories: dict[str, None] = {}
         table = self.data.categories
         for entry in bundle.get("entry") or []:
-            resource_type = (entry.get("resource") or {}).get("resourceType")
+            resource = entry.get("resource") or {}
+            resource_type = resource.get("resourceType")
+            types.add(resource_type)
             category = table[resource_type] if resource_type in table else table.get("*")
             if category:
-                found[category] = None
-        return list(found)
+                categories[category] = None
+            if resource_type == "Patient":
+                for ident in resource.get("identifier") or []:
+                    if ident.get("system") and ident.get("value"):
+                        patients[f"{ident['system']}|{ident['value']}"] = None
+        return types, list(patients), list(categories)
+
+    def _cached(
+        self, key: tuple[Any, ...], make: Callable[[], tuple[RuleResult, Agreement | None]]
+    ) -> tuple[RuleResult, Agreement | None]:
+        """A rule's result for a key naming everything it depends on; a copy of its
+        reason each time (a caller may change what it gets)."""
+        found = self._results.get(key)
+        if found is None:
+            if len(self._results) > 4096:  # one per parties, purpose and day: a bound
+                self._results.clear()
+            found = self._results[key] = make()
+        r, agreement = found
+        return RuleResult(r.rule, r.kind, r.outcome, r.reason_code, dict(r.reason)), agreement
 
     def _label(self, bundle: dict[str, Any], t: _Transfer, decision: Decision) -> dict[str, Any]:
         """The basis on every resource (meta.security) and a Provenance naming the
@@ -393,14 +446,14 @@ class Policy:
             labels.append({"system": V3_ACT_CODE, "code": "PSEUD", "display": "pseudonymize"})
         if decision.changes:
             labels.append({"system": V3_ACT_CODE, "code": "MINEC", "display": "minimum necessary"})
-        out = dict(bundle)
+        # The stage's own parse (``_parse``): labelled in place, nothing copied.
+        out = bundle
         entries = []
         for entry in bundle.get("entry") or []:
             resource = entry.get("resource") if isinstance(entry, dict) else None
             if isinstance(resource, dict):
-                entry = dict(entry)
-                entry["resource"] = resource = dict(resource)
-                resource["meta"] = meta = dict(resource.get("meta") or {})
+                meta = resource.get("meta") or {}
+                resource["meta"] = meta
                 meta["security"] = [*(meta.get("security") or []), *labels]
             entries.append(entry)
         targets = [
@@ -472,6 +525,24 @@ def _issue_type(outcome: str) -> str:
     )
 
 
+def _needle_regex(needles: tuple[bytes, ...]) -> re.Pattern[bytes] | None:
+    """One search for every prohibited code as a JSON string (``"51969-4"``): the same
+    answer as one substring search per code, in one scan."""
+    if not needles:
+        return None
+    return re.compile(b'"(?:' + b"|".join(re.escape(n[1:-1]) for n in needles) + b')"')
+
+
+def _parse(body: bytes | dict[str, Any]) -> tuple[dict[str, Any], bytes]:
+    """The Bundle as a dict of the stage's own (changed in place by the minimisation and
+    the labels: the caller's dict never is) and as JSON (the prohibited-code search)."""
+    if isinstance(body, bytes):
+        return _bundle(body), body
+    parsed = _bundle(body)
+    text = orjson.dumps(parsed)
+    return (orjson.loads(text) if isinstance(body, dict) else parsed), text
+
+
 def _bundle(body: bytes | dict[str, Any]) -> dict[str, Any]:
     try:
         parsed = orjson.loads(body) if isinstance(body, (bytes, str)) else body
@@ -480,17 +551,6 @@ def _bundle(body: bytes | dict[str, Any]) -> dict[str, Any]:
     if not isinstance(parsed, dict) or parsed.get("resourceType") != "Bundle":
         raise PolicyError("bundle", "the record is not a FHIR Bundle", location="Bundle")
     return parsed
-
-
-def _patients(bundle: dict[str, Any]) -> list[str]:
-    found: dict[str, None] = {}
-    for entry in bundle.get("entry") or []:
-        resource = entry.get("resource") or {}
-        if resource.get("resourceType") == "Patient":
-            for ident in resource.get("identifier") or []:
-                if ident.get("system") and ident.get("value"):
-                    found[f"{ident['system']}|{ident['value']}"] = None
-    return list(found)
 
 
 # -- the rules ---------------------------------------------------------------------------
@@ -521,6 +581,22 @@ def rule_prohibited(
 ) -> RuleResult:
     lists = [str(x) for x in params.get("lists") or []]
     data = policy.data
+    # The codes are looked for in the Bundle's JSON first (one scan for all of them);
+    # only a Bundle holding one of them is walked to name its system and place.
+    needles = policy._needles
+    exporting = {j for n in lists for j in data.prohibited.get(n, {}).get("exporting") or []}
+    searched = t.cross_border and t.from_j in exporting
+    if searched and needles is not None and needles.search(t.text) is not None:
+        hit = _find_code(t.bundle, data.codes, set(lists))
+        if hit is not None:
+            return _prohibited_found(policy, t, rule_id, hit)
+    # Nothing found: the answer depends on the directions alone.
+    key = ("prohibited", rule_id, tuple(lists), t.from_j, t.to_j)
+    return policy._cached(key, lambda: (_prohibited_pass(policy, t, rule_id, lists), None))[0]
+
+
+def _prohibited_pass(policy: Policy, t: _Transfer, rule_id: str, lists: list[str]) -> RuleResult:
+    data = policy.data
     names = _joined([dict(data.prohibited[n]["name"]) for n in lists if n in data.prohibited])
     exporting = {j for n in lists for j in data.prohibited.get(n, {}).get("exporting") or []}
     if not t.cross_border or t.from_j not in exporting:
@@ -534,19 +610,19 @@ def rule_prohibited(
             "prohibited.not-exporting",
             policy.say("prohibited.not-exporting", exporting=where),
         )
-    # The codes are looked for in the Bundle's JSON first (one substring search each);
-    # only a Bundle holding one of them is walked to name its system and place.
-    text = t.text
-    present = any(needle in text for needle in data.needles)
-    hit = _find_code(t.bundle, data.codes, set(lists)) if present else None
-    if hit is None:
-        return RuleResult(
-            rule_id,
-            "prohibited",
-            "pass",
-            "prohibited.none",
-            policy.say("prohibited.none", lists=names),
-        )
+    return RuleResult(
+        rule_id,
+        "prohibited",
+        "pass",
+        "prohibited.none",
+        policy.say("prohibited.none", lists=names),
+    )
+
+
+def _prohibited_found(
+    policy: Policy, t: _Transfer, rule_id: str, hit: tuple[str, str, str, str]
+) -> RuleResult:
+    data = policy.data
     name, code, display, path = hit
     return RuleResult(
         rule_id,
@@ -589,21 +665,36 @@ def _find_code(
 def rule_agreement(
     policy: Policy, t: _Transfer, rule_id: str, params: dict[str, Any]
 ) -> RuleResult:
+    # Depends on the parties, the purpose, the categories and the day, never the patient.
+    key = (
+        "agreement",
+        rule_id,
+        t.sender.key,
+        t.recipient.key,
+        t.purpose,
+        tuple(t.categories),
+        t.now.date(),
+    )
+    result, t.agreement = policy._cached(key, lambda: _agreement_result(policy, t, rule_id))
+    return result
+
+
+def _agreement_result(
+    policy: Policy, t: _Transfer, rule_id: str
+) -> tuple[RuleResult, Agreement | None]:
     candidates = policy.data.agreements_between(t.sender.key, t.recipient.key)
     names = _names(policy, t)
     if not candidates:
-        return RuleResult(
-            rule_id, "agreement", "deny", "agreement.none", policy.say("agreement.none", **names)
-        )
+        none = policy.say("agreement.none", **names)
+        return RuleResult(rule_id, "agreement", "deny", "agreement.none", none), None
     refusals = []
     for agreement in candidates:
         code, text = _check_agreement(policy, t, agreement, names)
         if code == "agreement.ok":
-            t.agreement = agreement
-            return RuleResult(rule_id, "agreement", "pass", code, text)
+            return RuleResult(rule_id, "agreement", "pass", code, text), agreement
         refusals.append((code, text))
     code, text = refusals[0]
-    return RuleResult(rule_id, "agreement", "deny", code, text)
+    return RuleResult(rule_id, "agreement", "deny", code, text), None
 
 
 def _check_agreement(
@@ -759,9 +850,9 @@ def _person(policy: Policy, t: _Transfer) -> str | None:
     record has one, else of its first identifier."""
     if not t.patients:
         return None
-    national = {s for p in policy.data.profiles for s in p.pseudonymise}
+    national = policy._national
     chosen = next((p for p in t.patients if p.split("|", 1)[0] in national), t.patients[0])
-    return pseudonym(policy.key, *chosen.split("|", 1))
+    return t.alias(*chosen.split("|", 1))
 
 
 def rule_minimise(policy: Policy, t: _Transfer, rule_id: str, params: dict[str, Any]) -> RuleResult:
@@ -771,7 +862,9 @@ def rule_minimise(policy: Policy, t: _Transfer, rule_id: str, params: dict[str, 
     )
     if profile is None:
         return RuleResult(rule_id, "minimise", "pass", "minimise.none", policy.say("minimise.none"))
-    t.minimised, t.changes = minimise(t.bundle, profile, policy.key, t.sender.key)
+    t.minimised, t.changes = minimise(
+        t.bundle, profile, policy.key, t.sender.key, in_place=t.owned, alias=t.alias
+    )
     if not t.changes:
         return RuleResult(
             rule_id,

@@ -22,6 +22,7 @@ import hashlib
 import hmac
 import html
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,29 +57,47 @@ def pseudonym(key: bytes, system: str, value: str) -> str:
     return "PSN-" + base64.b32encode(digest.digest()[:15]).decode("ascii")
 
 
+Alias = Callable[[str, str], str]  # (system, value) → pseudonym
+
+
 def minimise(
-    bundle: dict[str, Any], profile: Profile, key: bytes, sender: str
+    bundle: dict[str, Any],
+    profile: Profile,
+    key: bytes,
+    sender: str,
+    *,
+    in_place: bool = False,
+    alias: Alias | None = None,
 ) -> tuple[dict[str, Any], list[Change]]:
     """A minimised copy of ``bundle`` and the list of changes (paths, never values).
 
     The copy shares what it does not change: the profile's resources are copied and
     changed; the rest is copied (deeply) only when some original value or attachment
-    is found in it."""
-    out = dict(bundle)
-    out["entry"] = entries = list(bundle.get("entry") or [])
+    is found in it. ``in_place``: the caller owns ``bundle`` (the policy stage's own
+    parse) and it is changed and returned itself — no copies at all. ``alias``: the
+    pseudonym function to use (the stage memoises it per decision)."""
+    if alias is None:
+        alias = functools.partial(pseudonym, key)
+    if in_place:
+        out = bundle
+        entries = bundle.get("entry") or []
+    else:
+        out = dict(bundle)
+        out["entry"] = entries = list(bundle.get("entry") or [])
     changes: list[Change] = []
     found = _Secrets()
     for n, entry in enumerate(entries):
         resource = entry.get("resource") if isinstance(entry, dict) else None
         if not isinstance(resource, dict) or not _touched(resource, profile):
             continue
-        resource = orjson.loads(orjson.dumps(resource))
-        entries[n] = dict(entry, resource=resource)
+        if not in_place:
+            resource = orjson.loads(orjson.dumps(resource))
+            entries[n] = dict(entry, resource=resource)
         path = f"Bundle.entry[{n}].resource"
-        _structural(resource, path, profile, key, sender, found, changes)
+        _structural(resource, path, profile, alias, sender, found, changes)
         for m, inner in enumerate(resource.get("contained") or []):
             if isinstance(inner, dict):
-                _structural(inner, f"{path}.contained[{m}]", profile, key, sender, found, changes)
+                _structural(inner, f"{path}.contained[{m}]", profile, alias, sender, found, changes)
     rewrite = found.compile()
     # Pass 2 visits every string: first ask, over the whole Bundle serialised once,
     # whether any original value (or any attachment) is left at all. Most records hold
@@ -86,7 +105,8 @@ def minimise(
     data = orjson.dumps(out)
     strings = rewrite is not None and rewrite.present(data)
     if strings or b'"contentType"' in data:
-        out = orjson.loads(data)  # now every part may change: a copy of its own
+        if not in_place:
+            out = orjson.loads(data)  # now every part may change: a copy of its own
         for n, entry in enumerate(out.get("entry") or []):
             if isinstance(entry, dict):
                 _walk(entry, f"Bundle.entry[{n}]", rewrite, profile, changes, strings)
@@ -121,24 +141,31 @@ class _Secrets:
                 self.literal.setdefault(escaped, html.escape(replacement))
 
     def compile(self) -> _Rewriter | None:
-        ordered = sorted(self.literal.items(), key=lambda x: -len(x[0]))  # longest first
-        parts = [(re.escape(v), r) for v, r in ordered] + self.patterns
-        if not parts:
+        if not self.literal and not self.patterns:
             return None
-        return _Rewriter(parts, [orjson.dumps(v)[1:-1] for v in self.literal], self.probes)
+        return _Rewriter(self, [orjson.dumps(v)[1:-1] for v in self.literal], self.probes)
+
+    def parts(self) -> list[tuple[str, str]]:
+        ordered = sorted(self.literal.items(), key=lambda x: -len(x[0]))  # longest first
+        return [(re.escape(v), r) for v, r in ordered] + self.patterns
 
 
 class _Rewriter:
     """One regex for every original value; each match becomes its replacement. The
-    regex is compiled only when some value is present (most records: none)."""
+    regex (and its parts) is made only when some value is present (most records: none)."""
 
-    def __init__(
-        self, parts: list[tuple[str, str]], literals: list[bytes], probes: list[bytes]
-    ) -> None:
-        self.parts = parts
-        self.replacements = [r for _, r in parts]
+    def __init__(self, secrets: _Secrets, literals: list[bytes], probes: list[bytes]) -> None:
+        self.secrets = secrets
         self.literals = literals  # as they appear in JSON (escaped)
         self.probes = probes
+
+    @functools.cached_property
+    def parts(self) -> list[tuple[str, str]]:
+        return self.secrets.parts()
+
+    @functools.cached_property
+    def replacements(self) -> list[str]:
+        return [r for _, r in self.parts]
 
     @functools.cached_property
     def regex(self) -> re.Pattern[str]:
@@ -169,7 +196,10 @@ _SEP = "[ \t\n\r\x0b\x0c\u00a0\u3000\\-()]"
 _PHONE_SEP = "[ \t\n\r\x0b\x0c\u00a0\u3000\\-().]"
 _GAP_BYTES = b" -().+"
 _ESCAPED = re.compile(rb"\\[nrtbf]|\\u000[bc]")
-_WIDE = (b"\xc2\xa0", b"\xe3\x80\x80")
+# The no-break and ideographic spaces in UTF-8, each behind a one-byte test of its lead
+# byte (memchr: a multi-byte search is slow on CJK text, whose bytes are everywhere;
+# \xc2 is rare, \xe3 is not).
+_WIDE = ((b"\xc2", b"\xc2\xa0"), (b"\xe3", b"\xe3\x80\x80"))
 
 
 def _squeeze(data: bytes) -> bytes:
@@ -177,8 +207,8 @@ def _squeeze(data: bytes) -> bytes:
     a spaced value (``K583726(A)``, ``+86 139-0000-0001``) is then a plain substring."""
     if b"\\" in data:
         data = _ESCAPED.sub(b"", data)
-    for space in _WIDE:
-        if space in data:
+    for lead, space in _WIDE:
+        if lead in data and space in data:
             data = data.replace(space, b"")
     return data.translate(None, _GAP_BYTES).upper()
 
@@ -216,7 +246,7 @@ def _structural(
     resource: dict[str, Any],
     path: str,
     profile: Profile,
-    key: bytes,
+    alias: Alias,
     sender: str,
     found: _Secrets,
     changes: list[Change],
@@ -226,10 +256,10 @@ def _structural(
     for n, ident in enumerate(resource.get("identifier") or []):
         system, value = ident.get("system"), ident.get("value")
         if system in profile.pseudonymise and isinstance(value, str) and value:
-            alias = pseudonym(key, system, value)
+            pseudo = alias(system, value)
             new_system = f"{PSEUDONYM_SYSTEM}/{sender}"
-            found.literal.setdefault(f"{system}|{value}", f"{new_system}|{alias}")
-            found.patterns.append((_spaced(value), alias))
+            found.literal.setdefault(f"{system}|{value}", f"{new_system}|{pseudo}")
+            found.patterns.append((_spaced(value), pseudo))
             found.probes.append(_probe(value))
             ident.clear()
             ident.update(
@@ -244,7 +274,7 @@ def _structural(
                         ]
                     },
                     "system": new_system,
-                    "value": alias,
+                    "value": pseudo,
                 }
             )
             changes.append(Change(f"{path}.identifier[{n}]", "pseudonymised", system))
@@ -294,7 +324,7 @@ def _structural(
         for n, contact in enumerate(contacts):
             if isinstance(contact, dict):
                 contact.setdefault("resourceType", resource["resourceType"])
-                _structural(contact, f"{path}.contact[{n}]", profile, key, sender, found, changes)
+                _structural(contact, f"{path}.contact[{n}]", profile, alias, sender, found, changes)
                 contact.pop("resourceType", None)
 
 

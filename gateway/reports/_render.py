@@ -124,14 +124,11 @@ def signature_fields(view: ReportView) -> list[list[str]]:
 def footer_spans(
     views: list[ReportView], page: str | None = None, pages: str = ""
 ) -> list[tuple[ReportView, str]]:
-    """The footer, one span per language: the report number, and page x of y on paged
-    media (the PDF)."""
-    spans = []
-    for view in views:
-        text = view.field("report_number", view.report_number)
-        if page is not None:
-            text += "  " + view.label("page").format(page=page, pages=pages)
-        spans.append((view, text))
+    """The footer: the report number (in the first language), then page x of y in each
+    language on paged media (the PDF)."""
+    spans = [(views[0], views[0].field("report_number", views[0].report_number))]
+    if page is not None:
+        spans += [(v, v.label("page").format(page=page, pages=pages)) for v in views]
     return spans
 
 
@@ -225,7 +222,7 @@ def _texts(views: list[ReportView], body: dict[str, str]) -> dict[str, str]:
                 view.label("signature"),
                 view.label("not_reported"),
                 *(f for fields in signature_fields(view) for f in fields),
-                *(text for v, text in footer_spans(views) if v is view),
+                *(text for v, text in footer_spans(views, "0123456789") if v is view),
                 " /·",
             ]
         )

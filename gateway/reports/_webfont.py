@@ -55,7 +55,7 @@ def font_faces(views: list[ReportView], texts: dict[str, str]) -> str:
     ``texts[cut]`` as a data: URL, and each language's text set in its cut."""
     rules = []
     for cut in dict.fromkeys(v.cut for v in views):
-        characters = "".join(sorted({ch for ch in texts.get(cut, "") if not ch.isspace()}))
+        characters = "".join(sorted(set(texts.get(cut, "")) - set("\n\r\t")))
         data = base64.b64encode(woff_subset(cast("Cut", cut), characters)).decode("ascii")
         rules.append(
             f'@font-face {{ font-family: "{web_family(cut)}"; '

@@ -190,7 +190,9 @@ class _ReportPDF(FPDF):
     """A4 with a footer on every page: the report number and page x of y, each
     language in its own font."""
 
-    views: list[ReportView] = []
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.views: list[ReportView] = []
 
     def footer(self) -> None:
         if not self.views:
@@ -204,9 +206,7 @@ class _ReportPDF(FPDF):
         _spans_line(self, [(v.cut, text) for v, text in spans], 8, 5)
 
 
-def _new_pdf(
-    created: datetime, lang: str, title: str, cuts: Iterable[Cut] = ("sc",)
-) -> _ReportPDF:
+def _new_pdf(created: datetime, lang: str, title: str, cuts: Iterable[Cut] = ("sc",)) -> _ReportPDF:
     """A document with a face registered per cut (family ``family(cut)``)."""
     pdf = _ReportPDF(format="A4")
     for cut in dict.fromkeys(cuts):

@@ -57,7 +57,9 @@ def header_lines(views: list[ReportView]) -> list[list[tuple[ReportView, str]]]:
 
 def institution_rows(view: ReportView) -> list[str]:
     """Who did what: where the examination was performed, who reported it."""
-    reported = " / ".join(view.reported_at) or (view.label("not_reported") if view.pending else None)
+    reported = " / ".join(view.reported_at) or (
+        view.label("not_reported") if view.pending else None
+    )
     return [
         view.field("performed_at", " / ".join(view.performed_at) or None),
         view.field("interpreted_at", reported),
@@ -179,8 +181,7 @@ def render_html(template: str, views: list[ReportView]) -> bytes:
         ] or [f'<p class="pending">{escape(view.label("not_reported"))}</p>']
         signatures.append(_column(view, "".join(boxes)))
     footer = " · ".join(
-        f"<span {_lang(view)}>{escape(text)}</span>"
-        for view, text in footer_spans(views)
+        f"<span {_lang(view)}>{escape(text)}</span>" for view, text in footer_spans(views)
     )
     body = {
         "institutions": institutions,

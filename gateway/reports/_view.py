@@ -42,6 +42,7 @@ class ReportView:
     def field(self, key: str, value: str | None) -> str:
         """'label: value' in this language ('—' for no value)."""
         return f"{self.label(key)}{self.colon}{value or self.label('none')}"
+
     patient: str | None
     sex: str | None
     birth_date: str | None

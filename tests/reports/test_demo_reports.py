@@ -64,9 +64,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Rendered]:
     cases = [(r, e, maker.preferred(p), n) for r, e, p, n in VARIANTS] + [HK_COBRANDED]
     for report, english, lang, name in cases:
         columns = tuple(lang.split("+"))
-        sources = tuple(
-            next((out / Path(f).stem).glob("*.json")) for f in (report, english) if f
-        )
+        sources = tuple(next((out / Path(f).stem).glob("*.json")) for f in (report, english) if f)
         pdf = (out / "variants" / f"{name}.pdf").read_bytes()
         found[name] = Rendered(name, columns, pdf, out / "variants" / f"{name}.html", sources)
     return found
@@ -133,16 +131,16 @@ def _source_names(bundles: tuple[Path, ...]) -> set[str]:
 
 def _runs(pdf: bytes) -> Iterator[tuple[str, str]]:
     """(text, font PostScript name) of every text run of the PDF."""
+    runs: list[tuple[str, str]] = []
+
+    def visit(text: str, cm: Any, tm: Any, font: Any, size: Any) -> None:
+        if text.strip() and font is not None:
+            base = str(font.get("/BaseFont", "")).lstrip("/").partition("+")[2]
+            runs.append((text.replace("\x00", ""), base))  # pypdf: UTF-16 leftovers
+
     for page in PdfReader(io.BytesIO(pdf)).pages:
-        runs: list[tuple[str, str]] = []
-
-        def visit(text: str, cm: Any, tm: Any, font: Any, size: Any) -> None:
-            if text.strip() and font is not None:
-                base = str(font.get("/BaseFont", "")).lstrip("/").partition("+")[2]
-                runs.append((text.replace("\x00", ""), base))  # pypdf: UTF-16 leftovers
-
         page.extract_text(visitor_text=visit)
-        yield from runs
+    yield from runs
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -190,7 +188,10 @@ def test_both_institutions_appear_with_their_roles(demo: dict[str, Rendered], na
         "lax2-ct-cobranded-for-lax2": {"zh-Hans": "来安县第二人民医院"},
         "lax2-ct-cobranded-hk": {"zh-Hant-HK": "來安縣第二人民醫院", "en": "Lai'an"},
         "nsch-cta-for-hkpmc": {"zh-Hant-HK": "廣州市第一人民醫院南沙醫院", "en": "Nansha Hospital"},
-        "nsch-cta-for-nsgp": {"zh-Hans": "广州市第一人民医院南沙医院", "zh-Hant-HK": "廣州市第一人民醫院南沙醫院"},
+        "nsch-cta-for-nsgp": {
+            "zh-Hans": "广州市第一人民医院南沙医院",
+            "zh-Hant-HK": "廣州市第一人民醫院南沙醫院",
+        },
     }[name]
     reported = {
         "lax2-ct-cobranded-for-lax2": {"zh-Hans": "南京医科大学第二附属医院"},
@@ -249,7 +250,9 @@ def test_every_page_has_the_footer_with_page_x_of_y(demo: dict[str, Rendered], n
 
 def _chromium() -> Any:
     if CHROMIUM is None or CHROMEDRIVER is None:
-        pytest.skip("chromium and chromium-driver (Debian) are not installed: .ci/run installs them")
+        pytest.skip(
+            "chromium and chromium-driver (Debian) are not installed: .ci/run installs them"
+        )
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -304,9 +307,9 @@ def _glyphs_by_font(browser: Any, page: Path) -> tuple[list[str], Counter[tuple[
         ]:
             # an element holding others counts their glyphs too: its language is theirs
             # only when it is a leaf
-            glyphs[(font["familyName"], font["isCustomFont"], owner if leaf else "")] += (
-                font["glyphCount"]
-            )
+            glyphs[(font["familyName"], font["isCustomFont"], owner if leaf else "")] += font[
+                "glyphCount"
+            ]
     return loaded, glyphs
 
 
@@ -320,9 +323,7 @@ def test_the_html_draws_every_glyph_from_its_embedded_fonts(
     assert len(case.html.read_bytes()) < 400_000  # subsets, not the 19 MB collection
     loaded, glyphs = _glyphs_by_font(browser, case.html)
     cuts = {"zh-Hans": "sc", "zh-Hant-HK": "hk", "en": "sc"}
-    assert sorted(loaded) == sorted(
-        {f"{web_family(cuts[lang])}: loaded" for lang in case.columns}
-    )
+    assert sorted(loaded) == sorted({f"{web_family(cuts[lang])}: loaded" for lang in case.columns})
     fallback = {key: n for key, n in glyphs.items() if not key[1]}
     assert not fallback, f"glyphs drawn by system fonts: {fallback}"
     for (family, _, lang), count in glyphs.items():

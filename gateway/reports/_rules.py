@@ -101,11 +101,13 @@ class Rules:
         return rules
 
     def columns(self, value: str) -> tuple[str, ...] | None:
-        """The languages of a bilingual request written ``zh-Hant-HK+en`` (None when
+        """The languages of a bilingual request written ``zh-Hant-HK+en`` (or with spaces,
+        as a URL query decodes an unescaped '+'; None when
         ``value`` is not one, or names a language twice or one that is not a variant)."""
-        if "+" not in value:
+        parts = value.replace("+", " ").split()  # a URL query's '+' arrives as a space
+        if len(parts) < 2:
             return None
-        found = tuple(self.language(part.strip()) for part in value.split("+"))
+        found = tuple(self.language(part) for part in parts)
         if any(lang is None for lang in found) or len(set(found)) != len(found):
             return None
         return tuple(str(lang) for lang in found)

@@ -93,7 +93,7 @@ class ReportVariants:
             self._language(str(wanted))
         except MappingError:
             raise ConfigError(
-                "report-variant-preference",
+                "network",
                 f"institution {inst.facility}: report_variant {wanted!r} is not a variant "
                 f"(one of {', '.join(self.languages())}, or a list of languages)",
             ) from None

@@ -80,7 +80,11 @@ def test_people_keep_their_names_in_every_variant(
 
 def test_the_html_shows_the_signing_layout(variants: ReportVariants, laian: dict[str, Any]) -> None:
     html = variants.variant(_bytes(laian), "zh-Hant-HK+en").html.decode()
-    for text in ("檢查機構：來安縣第二人民醫院", "報告機構：南京醫科大學第二附屬醫院", "報告編號："):
+    for text in (
+        "檢查機構：來安縣第二人民醫院",
+        "報告機構：南京醫科大學第二附屬醫院",
+        "報告編號：",
+    ):
         assert text in html
     assert html.count('<div class="signature">') == 1  # the Chinese report's signer
     assert "Reported by: Not yet reported (the English report is pending)" in html

@@ -286,6 +286,12 @@ def render_pdf(views: list[ReportView], created: datetime) -> bytes:
     return bytes(pdf.output())
 
 
+def _unbroken(view: ReportView, text: str) -> str:
+    """Chinese text with its spaces non-breaking: fpdf2 breaks lines at spaces first, so
+    '1. 左側基底節區…' broke after '1.'; Chinese breaks between any two characters."""
+    return text.replace(" ", "\u00a0") if view.chinese else text
+
+
 def _table(pdf: FPDF, views: list[ReportView], **options: Any) -> Any:
     """A table with a column per language: text top-aligned and ragged right (justified
     English opened wide gaps)."""
@@ -314,7 +320,7 @@ def _columns(
             row = table.row()
             for view, column in zip(views, lines, strict=True):
                 style = FontFace(family=family(view.cut), color=_GREY if grey else None)
-                row.cell(column[n] if n < len(column) else "", style=style)
+                row.cell(_unbroken(view, column[n]) if n < len(column) else "", style=style)
 
 
 def _sections(pdf: FPDF, views: list[ReportView]) -> None:
@@ -349,7 +355,7 @@ def _sections(pdf: FPDF, views: list[ReportView]) -> None:
                     text, style = (
                         column[n] if n < len(column) else ("", FontFace(family=family(view.cut)))
                     )
-                    row.cell(text, style=style)
+                    row.cell(_unbroken(view, text), style=style)
         pdf.ln(3)
 
 
@@ -378,7 +384,7 @@ def _signatures(pdf: FPDF, views: list[ReportView]) -> None:
             for view, signers in zip(views, fields, strict=True):
                 face = FontFace(family=family(view.cut))
                 if n < len(signers):
-                    row.cell("\n".join(signers[n]), style=face)
+                    row.cell(_unbroken(view, "\n".join(signers[n])), style=face)
                 elif n == 0:
                     pending = FontFace(family=family(view.cut), color=_PENDING)
                     row.cell(view.label("not_reported"), style=pending)

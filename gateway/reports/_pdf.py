@@ -286,10 +286,55 @@ def render_pdf(views: list[ReportView], created: datetime) -> bytes:
     return bytes(pdf.output())
 
 
-def _unbroken(view: ReportView, text: str) -> str:
-    """Chinese text with its spaces non-breaking: fpdf2 breaks lines at spaces first, so
-    '1. 左側基底節區…' broke after '1.'; Chinese breaks between any two characters."""
-    return text.replace(" ", "\u00a0") if view.chinese else text
+# Chinese line breaking (kinsoku): closing punctuation never starts a line, opening
+# punctuation never ends one (fpdf2 knows no such rule: '，大小約' started a line).
+_NO_START = frozenset("，。、；：？！）」』】》〉〕］｝”’…%％·・～")
+_NO_END = frozenset("（「『【《〈〔［｛“‘")
+
+
+def _unbroken(pdf: FPDF, view: ReportView, text: str, width: float = 0, size: float = 0) -> str:
+    """Chinese text as the cell should show it: broken into lines of ``width`` mm by the
+    Chinese rules (when given), its spaces non-breaking (fpdf2 breaks lines at spaces
+    first, so '1. 左側基底節區…' broke after '1.')."""
+    if not view.chinese:
+        return text
+    if width > 0:
+        pdf.set_font(family(view.cut), size=size)
+        text = "\n".join(_kinsoku(pdf, para, width) for para in text.split("\n"))
+    return text.replace(" ", "\u00a0")
+
+
+def _kinsoku(pdf: FPDF, text: str, width: float) -> str:
+    lines: list[str] = []
+    line = ""
+    for ch in text:
+        if line and pdf.get_string_width(line + ch) > width:
+            whole, carry = line, ch
+            # a closing mark takes the character before it along; a Latin word or
+            # number ('12HU', 'MRI') moves whole; an opening mark goes with what follows
+            while len(line) > 1 and (
+                carry[0] in _NO_START
+                or (_latin(carry[0]) and _latin(line[-1]))
+                or line[-1] in _NO_END
+            ):
+                carry, line = line[-1] + carry, line[:-1]
+            if len(line) <= 1:  # one unbreakable run ('xxxx…'): break at the width
+                line, carry = whole, ch
+            lines.append(line)
+            line = carry
+        else:
+            line += ch
+    lines.append(line)
+    return "\n".join(lines)
+
+
+def _latin(ch: str) -> bool:
+    return ch.isascii() and (ch.isalnum() or ch in ".+-%")
+
+
+def _cell_width(pdf: FPDF, views: list[ReportView], padding: float, gutter: float = 0) -> float:
+    """The text width of a column's cell (a little less: fpdf2 measures its own way)."""
+    return (pdf.epw - gutter * (len(views) - 1)) / len(views) - 2 * padding - 1.5
 
 
 def _table(pdf: FPDF, views: list[ReportView], **options: Any) -> Any:
@@ -316,11 +361,14 @@ def _columns(
         line_height=size * 0.55,
         padding=1,
     ) as table:
+        width = _cell_width(pdf, views, 1)
         for n in range(max(len(column) for column in lines)):
             row = table.row()
             for view, column in zip(views, lines, strict=True):
                 style = FontFace(family=family(view.cut), color=_GREY if grey else None)
-                row.cell(_unbroken(view, column[n]) if n < len(column) else "", style=style)
+                text = column[n] if n < len(column) else ""
+                row.cell(_unbroken(pdf, view, text, width, size), style=style)
+        pdf.set_font(family(views[0].cut), size=size)
 
 
 def _sections(pdf: FPDF, views: list[ReportView]) -> None:
@@ -336,6 +384,7 @@ def _sections(pdf: FPDF, views: list[ReportView]) -> None:
             line_height=6,
             padding=2,
         ) as table:
+            width = _cell_width(pdf, views, 2)
             head = table.row()
             for view in views:
                 head.cell(view.label(key), style=FontFace(family=family(view.cut), color=_NAVY))
@@ -355,7 +404,8 @@ def _sections(pdf: FPDF, views: list[ReportView]) -> None:
                     text, style = (
                         column[n] if n < len(column) else ("", FontFace(family=family(view.cut)))
                     )
-                    row.cell(_unbroken(view, text), style=style)
+                    row.cell(_unbroken(pdf, view, text, width, 10), style=style)
+            pdf.set_font(family(views[0].cut), size=10)
         pdf.ln(3)
 
 
@@ -376,6 +426,7 @@ def _signatures(pdf: FPDF, views: list[ReportView]) -> None:
         gutter_width=4,
         gutter_height=2,
     ) as table:
+        width = _cell_width(pdf, views, 2, 4)
         head = table.row()
         for view in views:
             head.cell(view.label("signature"), style=FontFace(family=family(view.cut), color=_NAVY))
@@ -384,12 +435,14 @@ def _signatures(pdf: FPDF, views: list[ReportView]) -> None:
             for view, signers in zip(views, fields, strict=True):
                 face = FontFace(family=family(view.cut))
                 if n < len(signers):
-                    row.cell(_unbroken(view, "\n".join(signers[n])), style=face)
+                    text = "\n".join(signers[n])
+                    row.cell(_unbroken(pdf, view, text, width, 9), style=face)
                 elif n == 0:
                     pending = FontFace(family=family(view.cut), color=_PENDING)
                     row.cell(view.label("not_reported"), style=pending)
                 else:
                     row.cell("", style=face)
+        pdf.set_font(family(views[0].cut), size=9)  # the table draws at the block's end
 
 
 def _pieces(text: str) -> list[str]:

@@ -89,3 +89,21 @@ def test_the_html_shows_the_signing_layout(variants: ReportVariants, laian: dict
     assert html.count('<div class="signature">') == 1  # the Chinese report's signer
     assert "Reported by: Not yet reported (the English report is pending)" in html
     assert "@font-face" in html and "url(data:font/woff;base64," in html
+
+
+def test_chinese_lines_follow_the_line_breaking_rules() -> None:
+    # fpdf2 broke anywhere: '，大小約' and '），較前' started lines, '12H|U' split.
+    from datetime import UTC, datetime
+
+    from gateway.reports._pdf import _kinsoku, _new_pdf, family
+
+    pdf = _new_pdf(datetime(2026, 6, 10, tzinfo=UTC), "zh-HK", "t", ["hk"])
+    pdf.set_font(family("hk"), size=10)
+    text = "左側基底節區陳舊性腔隙性腦梗死（軟化灶形成），較前片無明顯變化。CT值約12HU，" * 3
+    for width in range(20, 80, 3):
+        lines = _kinsoku(pdf, text, width).split("\n")
+        assert "".join(lines) == text
+        assert not any(line[0] in "，。）" for line in lines[1:]), lines
+        assert not any(line[-1] == "（" for line in lines), lines
+        assert all(pdf.get_string_width(line) <= width for line in lines)
+        assert not any(line.endswith(("12", "12H")) for line in lines), lines

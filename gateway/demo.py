@@ -4,8 +4,11 @@
 2. The imaging story (``examples/imaging/``): the Lai'an head CT (DICOM) and its
    co-branded reports (ORU from Nanjing, CDA), the Nansha CTA (DICOM) with the Chinese
    report and the Hong Kong radiologist's English one.
-3. Report variants: the Nansha report made bilingual (zh-Hans, zh-Hant-HK, English)
-   with its PDF, and the co-branded Lai'an report for a Hong Kong reader.
+3. Report variants, each as its receiving partner prefers (``report_variant`` in
+   seeds/network.yaml): the Nansha report with the Hong Kong radiologist's English one
+   for the Hong Kong centre (zh-Hant-HK + en) and for the Nansha clinic (all three),
+   and the co-branded Lai'an CT report (performed at Lai'an, reported by the Nanjing
+   expert; the CDA names both radiologists) for Lai'an (zh-Hans).
 
 Bundles go under ``$GATEWAY_HOME/out/demo/<file>/<id>.json``, variants under
 ``$GATEWAY_HOME/out/demo/variants/``. Records that fail on purpose (the broken message
@@ -27,12 +30,15 @@ from .pipeline import Converter, dump_json
 
 __all__ = ["run_demo"]
 
-# (report, English report or None, variant: a language or "for:<partner>", output name):
-# the story's last step. The Hong Kong partner's preference (seeds/network.yaml,
-# report_variant) asks for the bilingual report.
+# (report, English report or None, receiving partner, output name): the story's last
+# step. Each partner gets the variant it prefers in the network (seeds/network.yaml,
+# report_variant): the Hong Kong centre Hong Kong Traditional beside English, the
+# Nansha clinic all three languages, Lai'an (the co-branded report of two mainland
+# hospitals) Simplified Chinese.
 VARIANTS = [
-    ("oru_r01_nsch_cta_zh.hl7", "oru_r01_hkpmc_cta_en.hl7", "for:HKPMC", "nsch-cta-bilingual"),
-    ("oru_r01_lax2_ct_cobranded.hl7", None, "zh-Hant-HK", "lax2-ct-cobranded-zh-Hant-HK"),
+    ("oru_r01_nsch_cta_zh.hl7", "oru_r01_hkpmc_cta_en.hl7", "HKPMC", "nsch-cta-for-hkpmc"),
+    ("oru_r01_nsch_cta_zh.hl7", "oru_r01_hkpmc_cta_en.hl7", "NSGP", "nsch-cta-for-nsgp"),
+    ("lax2-ct-report-cobranded.xml", None, "LAX2", "lax2-ct-cobranded-for-lax2"),
 ]
 
 
@@ -86,14 +92,13 @@ def _variants(settings: Settings, tally: _Tally, out: TextIO) -> None:
     maker = ReportVariants(settings)
     folder = tally.target / "variants"
     folder.mkdir(parents=True, exist_ok=True)
-    for report, english, lang, name in VARIANTS:
+    for report, english, partner, name in VARIANTS:
         original = tally.bundles.get(report)
         if original is None or original.bundle_json is None:
             out.write(f"  skip  {name}: {report} did not convert\n")
             continue
         linked = tally.bundles.get(english) if english else None
-        if lang.startswith("for:"):
-            lang = maker.preferred(lang.removeprefix("for:"))
+        lang = maker.preferred(partner)
         variant = maker.variant(
             original.bundle_json, lang, linked.bundle_json if linked is not None else None
         )
@@ -101,7 +106,7 @@ def _variants(settings: Settings, tally: _Tally, out: TextIO) -> None:
         (folder / f"{name}.html").write_bytes(variant.html)
         (folder / f"{name}.pdf").write_bytes(variant.pdf)
         state = "English pending" if variant.pending else "complete"
-        out.write(f"  ok    {name:<34} {lang:<12} {state:<10} → .json, .html, .pdf\n")
+        out.write(f"  ok    {name:<34} {lang:<22} {state:<10} → .json, .html, .pdf\n")
 
 
 def run_demo(settings: Settings, out: TextIO) -> int:

@@ -111,9 +111,10 @@ def test_demo_runs_on_a_fresh_home_and_says_where_the_output_is(tmp_path: Path) 
     assert f"Bundles are in {demo}" in out
     bundles = [p for p in demo.rglob("*.json") if p.parent.name != "variants"]
     assert len(bundles) == 18
-    # The story ends in the bilingual Nansha report and the co-branded Lai'an one.
+    # The story ends in the Nansha report and the co-branded Lai'an one, each as its
+    # receiving partner prefers (seeds/network.yaml).
     variants = demo / "variants"
-    for name in ("nsch-cta-bilingual", "lax2-ct-cobranded-zh-Hant-HK"):
+    for name in ("nsch-cta-for-hkpmc", "nsch-cta-for-nsgp", "lax2-ct-cobranded-for-lax2"):
         assert (variants / f"{name}.pdf").read_bytes().startswith(b"%PDF")
         assert b"<html" in (variants / f"{name}.html").read_bytes()
 

@@ -30,7 +30,11 @@ CONTENT_TYPES = {
     "html": "text/html; charset=utf-8",
     "pdf": "application/pdf",
 }
-_CLI_LANGS = ("zh-Hant-HK", "en", BILINGUAL, "zh-Hans")
+# bilingual: one form per language; "a+b": one form with those columns (a partner's choice).
+_CLI_LANGS = (
+    *("zh-Hant-HK", "en", BILINGUAL, "zh-Hans"),
+    *("zh-Hans+en", "zh-Hant-HK+en", "zh-Hans+zh-Hant-HK+en"),
+)
 
 _BUILT: dict[Settings, ReportVariants] = {}
 _LOCK = threading.Lock()

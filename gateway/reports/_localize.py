@@ -6,8 +6,9 @@
   keeping the other languages in ``translation`` extensions on ``_display``;
 * clinical free text (rules.narrative) converted between Chinese scripts; in English
   taken from the linked English report only, else absent and the report marked pending;
-* institution names from the network, people's names from the seed file, otherwise
-  converted (Chinese) or left as received (English).
+* institution names from the network (its own zh-Hant names for Hong Kong Traditional);
+  people's names (rules.verbatim) never converted: what the ID card says, in every
+  variant; an English variant adds the seed file's Latin name beside.
 """
 
 from __future__ import annotations
@@ -131,6 +132,8 @@ class Localizer:
         display: str = ref["display"]
         target = doc.resolve(ref)
         kind = (target or {}).get("resourceType") or ref.get("type")
+        if kind in self.rules.verbatim or kind == "PractitionerRole":
+            return display  # a person's name (a PractitionerRole's display names its person)
         if kind in ("Organization", None):
             inst = self.names.institution(target, display)
             if inst is not None:
@@ -180,9 +183,12 @@ class Localizer:
             if variant:
                 by_lang.setdefault(variant, parts)
         names = [n for n in person.get("name") or [] if isinstance(n, dict)]
+        verbatim = "name" in self.rules.verbatim.get(str(person.get("resourceType")), ())
         for name in names:
-            if lang == source or lang not in self.rules.chinese or not _is_chinese_name(name):
-                continue  # as received, or an English name
+            if verbatim or lang == source or lang not in self.rules.chinese:
+                continue  # a legal name, as received
+            if not _is_chinese_name(name):
+                continue  # an English name
             seed = by_lang.get(lang)
             for part in ("text", "family"):
                 value = name.get(part)

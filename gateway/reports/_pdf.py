@@ -25,17 +25,25 @@ from dataclasses import dataclass
 from datetime import datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from fontTools import ttLib  # type: ignore[import-untyped]
 from fpdf import FPDF, FontFace
 from fpdf.enums import XPos, YPos
 
 from ..errors import ConfigError
-from ._render import DETAILS, detail_value, header_lines, joined, signer_line
+from ._render import (
+    detail_rows,
+    footer_spans,
+    header_lines,
+    institution_rows,
+    joined,
+    radiologist_lines,
+    signature_fields,
+)
 from ._view import ReportView
 
-__all__ = ["Cut", "PdfFont", "font_path", "pdf_font", "render_pdf"]
+__all__ = ["Cut", "PdfFont", "family", "font_path", "pdf_font", "render_pdf"]
 
 Cut = Literal["sc", "tc", "hk"]  # Simplified Chinese, Traditional Chinese, Hong Kong
 FONT_DISTRIBUTION = "noto-cjk-sans-otc"
@@ -56,6 +64,7 @@ _PENDING = (170, 51, 51)
 # many characters and lines (a third of A4's width holds ~15 CJK characters a line).
 _ROW_CHARS, _ROW_LINES = 300, 15
 _DETAIL_CHARS = 200  # a detail value (name, MRN, exam) beyond this is cut with '…'
+_SIGNATURE_HEIGHT = 38  # mm: the fields and blank room for a signature's appearance
 
 _NEXT: dict[str, Any] = {"new_x": XPos.LMARGIN, "new_y": YPos.NEXT}
 _LOCK = threading.Lock()
@@ -172,119 +181,268 @@ def _prototype(cut: Cut) -> tuple[Any, PdfFont, bytes]:
         return _PROTOTYPES[cut], face, _DATA["ttc"]
 
 
-def _new_pdf(created: datetime, lang: str, title: str, cut: Cut = "sc") -> FPDF:
-    proto, face, data = _prototype(cut)
-    pdf = FPDF(format="A4")
-    font = copy.deepcopy(proto)
-    font.ttfont = ttLib.TTFont(
-        io.BytesIO(data), recalcTimestamp=False, lazy=True, fontNumber=face.index
-    )
-    font.i = len(pdf.fonts) + 1
-    pdf.fonts[_FAMILY] = font
-    if font.is_cff and font.is_cid_keyed:
-        pdf._set_min_pdf_version("1.6")  # as FPDF.add_font does for CID-keyed CFF fonts
+def family(cut: str) -> str:
+    """The fpdf2 family name of a cut's face."""
+    return f"{_FAMILY}{cut}"
+
+
+class _ReportPDF(FPDF):
+    """A4 with a footer on every page: the report number and page x of y, each
+    language in its own font."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.views: list[ReportView] = []
+
+    def footer(self) -> None:
+        if not self.views:
+            return
+        self.set_y(-13)
+        self.set_text_color(*_GREY)
+        self.set_draw_color(*_GREY)
+        self.set_line_width(0.2)
+        self.line(self.l_margin, self.get_y(), self.l_margin + self.epw, self.get_y())
+        spans = footer_spans(self.views, str(self.page_no()), self.str_alias_nb_pages)
+        _spans_line(self, [(v.cut, text) for v, text in spans], 8, 5)
+
+
+def _new_pdf(created: datetime, lang: str, title: str, cuts: Iterable[Cut] = ("sc",)) -> _ReportPDF:
+    """A document with a face registered per cut (family ``family(cut)``)."""
+    pdf = _ReportPDF(format="A4")
+    for cut in dict.fromkeys(cuts):
+        proto, face, data = _prototype(cut)
+        font = copy.deepcopy(proto)
+        font.ttfont = ttLib.TTFont(
+            io.BytesIO(data), recalcTimestamp=False, lazy=True, fontNumber=face.index
+        )
+        font.i = len(pdf.fonts) + 1
+        font.fontkey = family(cut)
+        pdf.fonts[family(cut)] = font
+        if font.is_cff and font.is_cid_keyed:
+            pdf._set_min_pdf_version("1.6")  # as FPDF.add_font does for CID-keyed CFF fonts
     pdf.set_creation_date(created)  # the report's time: same report, same bytes
     pdf.set_lang(lang)
     pdf.set_title(title)
     pdf.set_creator("fhir-gateway")
     pdf.set_margins(15, 15, 15)
-    pdf.set_auto_page_break(True, margin=15)
+    pdf.set_auto_page_break(True, margin=18)  # room for the footer
     pdf.add_page()
     return pdf
 
 
+def _spans_line(pdf: FPDF, spans: list[tuple[str, str]], size: float, height: float) -> None:
+    """One centred line of spans, each in its cut's face, joined by ' · ' (a line too
+    long for the page is written span by span, one line each)."""
+    sep = " · "
+    widths = []
+    for cut, text in spans:
+        pdf.set_font(family(cut), size=size)
+        widths.append(pdf.get_string_width(text))
+    total = sum(widths) + pdf.get_string_width(sep) * (len(spans) - 1)
+    if total > pdf.epw:
+        for cut, text in spans:
+            pdf.set_font(family(cut), size=size)
+            pdf.multi_cell(pdf.epw, height, text, align="C", **_NEXT)
+        return
+    pdf.set_x(pdf.l_margin + (pdf.epw - total) / 2)
+    for n, ((cut, text), width) in enumerate(zip(spans, widths, strict=True)):
+        pdf.set_font(family(cut), size=size)
+        if n:
+            pdf.cell(pdf.get_string_width(sep), height, sep, new_x=XPos.RIGHT, new_y=YPos.TOP)
+        pdf.cell(width, height, text, new_x=XPos.RIGHT, new_y=YPos.TOP)
+    pdf.ln(height)
+
+
 def render_pdf(views: list[ReportView], created: datetime) -> bytes:
+    """The report on A4, one column per language, each language in its font cut:
+    header (co-branded institutions, titles), who did what, details, findings and
+    impression, radiologists with roles and issue times, a signature block per signer;
+    a footer with the report number and page x of y on every page."""
     title = joined([v.label("title") for v in views]) or ""
-    pdf = _new_pdf(created, views[0].lang, title)
+    pdf = _new_pdf(created, views[0].lang, title, [cast(Cut, v.cut) for v in views])
+    pdf.views = views
     width = pdf.epw
     # Co-branded header: every institution, performer first, in each column's language.
     pdf.set_text_color(*_NAVY)
     for names in header_lines(views):
-        for n, name in enumerate(names):  # the first language large, the others beneath
-            pdf.set_font(_FAMILY, size=13 if n == 0 else 9)
+        for n, (view, name) in enumerate(names):  # the first language large, others beneath
+            pdf.set_font(family(view.cut), size=13 if n == 0 else 9)
             pdf.multi_cell(width, 7 if n == 0 else 5, name, align="C", **_NEXT)
-    pdf.set_font(_FAMILY, size=17)
     pdf.ln(1)
-    pdf.multi_cell(width, 9, title, align="C", **_NEXT)
+    _spans_line(pdf, [(v.cut, v.label("title")) for v in views], 17, 9)
     pdf.set_draw_color(*_NAVY)
     pdf.set_line_width(0.6)
     pdf.line(pdf.l_margin, pdf.get_y() + 1, pdf.l_margin + width, pdf.get_y() + 1)
     pdf.ln(4)
-    _details(pdf, views)
+    pdf.set_text_color(0, 0, 0)
+    _columns(pdf, views, [institution_rows(v) for v in views], size=9.5)
+    pdf.ln(2)
+    _columns(pdf, views, [detail_rows(v, _DETAIL_CHARS) for v in views], size=9, grey=True)
     pdf.ln(3)
     _sections(pdf, views)
-    pdf.ln(4)
-    pdf.set_text_color(0, 0, 0)
-    pdf.set_font(_FAMILY, size=10)
-    for view in views:
-        pdf.multi_cell(width, 6, signer_line(view), **_NEXT)
-    issued = joined([v.issued for v in views])
-    if issued:
-        label = joined([v.label("issued") for v in views])
-        pdf.multi_cell(width, 6, f"{label}: {issued}", **_NEXT)
+    _columns(pdf, views, [radiologist_lines(v) for v in views], size=9.5)
+    pdf.ln(3)
+    _signatures(pdf, views)
     return bytes(pdf.output())
 
 
-def _details(pdf: FPDF, views: list[ReportView]) -> None:
-    """Patient and exam details: two label/value pairs per row."""
-    pdf.set_font(_FAMILY, size=9)
-    pairs = []
-    for key in DETAILS:
-        # Labels stack (one line per language); values share a line when they differ.
-        label = joined([v.label(key) for v in views], "\n") or key
-        value = joined([detail_value(v, key) for v in views]) or views[0].label("none")
-        if len(value) > _DETAIL_CHARS:
-            value = value[: _DETAIL_CHARS - 1] + "…"
-        pairs.append((label, value))
-    grey = FontFace(color=_GREY)
-    with pdf.table(
-        col_widths=(18, 32, 18, 32),
+# Chinese line breaking (kinsoku): closing punctuation never starts a line, opening
+# punctuation never ends one (fpdf2 knows no such rule: '，大小約' started a line).
+_NO_START = frozenset("，。、；：？！）」』】》〉〕］｝”’…%％·・～")
+_NO_END = frozenset("（「『【《〈〔［｛“‘")
+
+
+def _unbroken(pdf: FPDF, view: ReportView, text: str, width: float = 0, size: float = 0) -> str:
+    """Chinese text as the cell should show it: broken into lines of ``width`` mm by the
+    Chinese rules (when given), its spaces non-breaking (fpdf2 breaks lines at spaces
+    first, so '1. 左側基底節區…' broke after '1.')."""
+    if not view.chinese:
+        return text
+    if width > 0:
+        pdf.set_font(family(view.cut), size=size)
+        text = "\n".join(_kinsoku(pdf, para, width) for para in text.split("\n"))
+    return text.replace(" ", "\u00a0")
+
+
+def _kinsoku(pdf: FPDF, text: str, width: float) -> str:
+    lines: list[str] = []
+    line = ""
+    for ch in text:
+        if line and pdf.get_string_width(line + ch) > width:
+            whole, carry = line, ch
+            # a closing mark takes the character before it along; a Latin word or
+            # number ('12HU', 'MRI') moves whole; an opening mark goes with what follows
+            while len(line) > 1 and (
+                carry[0] in _NO_START
+                or (_latin(carry[0]) and _latin(line[-1]))
+                or line[-1] in _NO_END
+            ):
+                carry, line = line[-1] + carry, line[:-1]
+            if len(line) <= 1:  # one unbreakable run ('xxxx…'): break at the width
+                line, carry = whole, ch
+            lines.append(line)
+            line = carry
+        else:
+            line += ch
+    lines.append(line)
+    return "\n".join(lines)
+
+
+def _latin(ch: str) -> bool:
+    return ch.isascii() and (ch.isalnum() or ch in ".+-%")
+
+
+def _cell_width(pdf: FPDF, views: list[ReportView], padding: float, gutter: float = 0) -> float:
+    """The text width of a column's cell (a little less: fpdf2 measures its own way)."""
+    return (pdf.epw - gutter * (len(views) - 1)) / len(views) - 2 * padding - 1.5
+
+
+def _table(pdf: FPDF, views: list[ReportView], **options: Any) -> Any:
+    """A table with a column per language: text top-aligned and ragged right (justified
+    English opened wide gaps)."""
+    return pdf.table(
+        col_widths=tuple(1 for _ in views),
+        v_align="TOP",
+        text_align="LEFT",
+        **options,
+    )
+
+
+def _columns(
+    pdf: FPDF, views: list[ReportView], lines: list[list[str]], size: float, grey: bool = False
+) -> None:
+    """Rows of one line per language, each column in its language's face."""
+    pdf.set_font(family(views[0].cut), size=size)
+    with _table(
+        pdf,
+        views,
         first_row_as_headings=False,
         borders_layout="HORIZONTAL_LINES",
-        line_height=5.5,
+        line_height=size * 0.55,
         padding=1,
     ) as table:
-        for n in range(0, len(pairs), 2):
+        width = _cell_width(pdf, views, 1)
+        for n in range(max(len(column) for column in lines)):
             row = table.row()
-            for label, value in pairs[n : n + 2]:
-                row.cell(label, style=grey)
-                row.cell(value)
-            if len(pairs[n : n + 2]) == 1:
-                row.cell("")
-                row.cell("")
+            for view, column in zip(views, lines, strict=True):
+                style = FontFace(family=family(view.cut), color=_GREY if grey else None)
+                text = column[n] if n < len(column) else ""
+                row.cell(_unbroken(pdf, view, text, width, size), style=style)
+        pdf.set_font(family(views[0].cut), size=size)
 
 
 def _sections(pdf: FPDF, views: list[ReportView]) -> None:
     """Findings and impression, the languages side by side (one column each)."""
-    heading = FontFace(color=_NAVY, fill_color=(230, 236, 245))
-    pending = FontFace(color=_PENDING)
     pdf.set_text_color(0, 0, 0)
     for key in ("findings", "impression"):
-        pdf.set_font(_FAMILY, size=10)
-        with pdf.table(
-            col_widths=tuple(1 for _ in views),
+        pdf.set_font(family(views[0].cut), size=10)
+        with _table(
+            pdf,
+            views,
             first_row_as_headings=True,
-            headings_style=heading,
+            headings_style=FontFace(color=_NAVY, fill_color=(230, 236, 245)),
             line_height=6,
             padding=2,
         ) as table:
+            width = _cell_width(pdf, views, 2)
             head = table.row()
             for view in views:
-                head.cell(view.label(key))
-            cells: list[list[tuple[str, FontFace | None]]] = []
+                head.cell(view.label(key), style=FontFace(family=family(view.cut), color=_NAVY))
+            cells: list[list[tuple[str, FontFace]]] = []
             for view in views:
+                face = FontFace(family=family(view.cut))
                 texts = view.findings if key == "findings" else (view.impression,)
                 text = "\n".join(t for t in texts if t)
                 if not text and view.pending:
+                    pending = FontFace(family=family(view.cut), color=_PENDING)
                     cells.append([(view.label("pending"), pending)])
                 else:
-                    cells.append([(piece, None) for piece in _pieces(text or view.label("none"))])
+                    cells.append([(piece, face) for piece in _pieces(text or view.label("none"))])
             for n in range(max(len(c) for c in cells)):
                 row = table.row()
-                for column in cells:
-                    text, style = column[n] if n < len(column) else ("", None)
-                    row.cell(text, style=style)
+                for view, column in zip(views, cells, strict=True):
+                    text, style = (
+                        column[n] if n < len(column) else ("", FontFace(family=family(view.cut)))
+                    )
+                    row.cell(_unbroken(pdf, view, text, width, 10), style=style)
+            pdf.set_font(family(views[0].cut), size=10)
         pdf.ln(3)
+
+
+def _signatures(pdf: FPDF, views: list[ReportView]) -> None:
+    """The signature block: per language, a box per signer with the signer's name, role,
+    institution and time, and blank room beneath for the signature the signing step
+    places there; a pending language says it is not reported yet."""
+    fields = [signature_fields(v) for v in views]
+    rows = max(1, *(len(f) for f in fields))
+    pdf.set_font(family(views[0].cut), size=9)
+    with _table(
+        pdf,
+        views,
+        first_row_as_headings=True,
+        headings_style=FontFace(color=_NAVY, fill_color=(230, 236, 245)),
+        line_height=5,
+        padding=2,
+        gutter_width=4,
+        gutter_height=2,
+    ) as table:
+        width = _cell_width(pdf, views, 2, 4)
+        head = table.row()
+        for view in views:
+            head.cell(view.label("signature"), style=FontFace(family=family(view.cut), color=_NAVY))
+        for n in range(rows):
+            row = table.row(min_height=_SIGNATURE_HEIGHT)
+            for view, signers in zip(views, fields, strict=True):
+                face = FontFace(family=family(view.cut))
+                if n < len(signers):
+                    text = "\n".join(signers[n])
+                    row.cell(_unbroken(pdf, view, text, width, 9), style=face)
+                elif n == 0:
+                    pending = FontFace(family=family(view.cut), color=_PENDING)
+                    row.cell(view.label("not_reported"), style=pending)
+                else:
+                    row.cell("", style=face)
+        pdf.set_font(family(views[0].cut), size=9)  # the table draws at the block's end
 
 
 def _pieces(text: str) -> list[str]:

@@ -16,7 +16,11 @@ _LABEL_KEYS = (
     *("title", "patient", "name", "sex", "birth_date", "mrn", "exam", "study_date"),
     *("accession", "findings", "impression", "signed_by", "issued", "status"),
     *("performed_at", "interpreted_at", "pending", "none", "sexes", "statuses"),
+    *("report_number", "local_radiologist", "expert_radiologist", "signature"),
+    *("signature_name", "signature_role", "signature_institution", "signature_time"),
+    *("not_reported", "page"),
 )
+_CUTS = ("sc", "tc", "hk")
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +38,8 @@ class Rules:
     pending_url: str
     data_absent_reason: dict[str, Any]
     forms: dict[str, tuple[str, ...]]
+    verbatim: dict[str, frozenset[str]]  # resource type → elements never converted
+    fonts: dict[str, str]  # language → font cut (sc, tc, hk)
     fallback_date: datetime
     labels: dict[str, dict[str, Any]]
     template: str
@@ -76,6 +82,8 @@ class Rules:
                 pending_url=str(raw["pending"]["url"]),
                 data_absent_reason=dict(raw["pending"]["data_absent_reason"]),
                 forms={k: tuple(v) for k, v in raw["forms"].items()},
+                verbatim={str(k): frozenset(map(str, v)) for k, v in raw["verbatim"].items()},
+                fonts={lang: str(raw["fonts"][lang]) for lang in order},
                 fallback_date=datetime.fromisoformat(str(raw["fallback_date"])),
                 labels={lang: dict(labels[lang]) for lang in order},
                 template=(folder / "report.html").read_text(encoding="utf-8"),
@@ -87,7 +95,22 @@ class Rules:
         for lang in (rules.default_chinese, *rules.forms, *sum(rules.forms.values(), ())):
             if lang not in order:
                 raise ConfigError("report-rules", f"{where}: {lang!r} is not in order {order}")
+        bad = {lang: cut for lang, cut in rules.fonts.items() if cut not in _CUTS}
+        if bad:
+            raise ConfigError("report-rules", f"{where}: fonts {bad}: a cut is one of {_CUTS}")
         return rules
+
+    def columns(self, value: str) -> tuple[str, ...] | None:
+        """The languages of a bilingual request written ``zh-Hant-HK+en`` (or with spaces,
+        as a URL query decodes an unescaped '+'; None when
+        ``value`` is not one, or names a language twice or one that is not a variant)."""
+        parts = value.replace("+", " ").split()  # a URL query's '+' arrives as a space
+        if len(parts) < 2:
+            return None
+        found = tuple(self.language(part) for part in parts)
+        if any(lang is None for lang in found) or len(set(found)) != len(found):
+            return None
+        return tuple(str(lang) for lang in found)
 
     def language(self, tag: str | None) -> str | None:
         """The variant language a BCP-47 tag stands for (None when it is none of them)."""

@@ -78,20 +78,33 @@ class ReportVariants:
 
     def preferred(self, partner: str) -> str:
         """The variant a partner institution asks for (``report_variant`` in the
-        network; bilingual when it names none)."""
+        network: one language, ``bilingual``, or a list of the languages its bilingual
+        report shows side by side, given as ``zh-Hant-HK+en``; bilingual when it names
+        none)."""
         inst = self.network.find(partner)
         if inst is None:
             raise ConfigError(
                 "unknown-partner", f"{partner!r} is not an institution of the network"
             )
-        return str(inst.data.get("report_variant") or BILINGUAL)
+        wanted = inst.data.get("report_variant") or BILINGUAL
+        if isinstance(wanted, (list, tuple)):
+            wanted = "+".join(str(lang) for lang in wanted)
+        try:
+            self._language(str(wanted))
+        except MappingError:
+            raise ConfigError(
+                "network",
+                f"institution {inst.facility}: report_variant {wanted!r} is not a variant "
+                f"(one of {', '.join(self.languages())}, or a list of languages)",
+            ) from None
+        return str(wanted)
 
     def variant(
         self, report: bytes | Resource, lang: str, english: bytes | Resource | None = None
     ) -> Variant:
         """The ``lang`` variant of ``report`` (a DiagnosticReport or a Bundle holding one),
         with ``english`` the linked English report if there is one. Inputs are not modified."""
-        target = self._language(lang)
+        target, columns = self._language(lang)
         doc = _document(report, "report")
         _check_length(doc.root, "report")
         source = self._source_language(doc)
@@ -111,13 +124,18 @@ class ReportVariants:
         }
         if target == BILINGUAL:
             out = self._bilingual(source, trees)
-            forms = self.rules.forms
-            primary = source
+            # A partner's own columns give one form; plain bilingual one per language.
+            forms = {columns[0]: columns} if columns else self.rules.forms
+            primary = columns[0] if columns else source
         else:
             out = trees[target].doc
             forms = {target: (target,)}
             primary = target
-        rendered = self._forms(out, trees, forms, signers)
+        # Each language's issue time: the English column's is its own report's.
+        issued = {lang: base.report.get("issued") for lang in self.rules.order}
+        if linked is not None:
+            issued["en"] = linked.doc.report.get("issued")
+        rendered = self._forms(out, trees, forms, signers, issued)
         _set_forms(out.report, rendered, self.rules)
         self._validate(out)
         pending = any(trees[lang].pending for lang in forms[primary])
@@ -134,7 +152,7 @@ class ReportVariants:
                 f"({self.rules.pending_url}); link one with --english"
             )
         return Variant(
-            lang=target,
+            lang="+".join(columns) if columns else target,
             resource=out.root,
             pending=pending,
             html=rendered[primary][HTML],
@@ -144,17 +162,23 @@ class ReportVariants:
 
     # -- inputs -----------------------------------------------------------------------
 
-    def _language(self, lang: str) -> str:
+    def _language(self, lang: str) -> tuple[str, tuple[str, ...] | None]:
+        """(variant, columns): columns when ``lang`` is a bilingual choice such as
+        ``zh-Hant-HK+en`` (the languages shown side by side, in that order)."""
         if lang.lower() == BILINGUAL:
-            return BILINGUAL
+            return BILINGUAL, None
+        columns = self.rules.columns(lang)
+        if columns is not None and len(columns) > 1:
+            return BILINGUAL, columns
         found = self.rules.language(lang)
         if found is None:
             raise MappingError(
                 "report-language",
-                f"unknown report language {lang!r} (one of {', '.join(self.languages())})",
+                f"unknown report language {lang!r} (one of {', '.join(self.languages())}, "
+                "or languages joined with '+', e.g. zh-Hant-HK+en)",
                 location="lang",
             )
-        return found
+        return found, None
 
     def _source_language(self, doc: ReportDocument) -> str:
         declared = self.rules.language(doc.report.get("language"))
@@ -266,12 +290,15 @@ class ReportVariants:
         trees: dict[str, _Tree],
         forms: dict[str, tuple[str, ...]],
         signers: dict[str, list[int]],
+        issued: dict[str, Any],
     ) -> dict[str, dict[str, bytes]]:
         """HTML and PDF per form language (each form shows its columns side by side)."""
         views: dict[str, ReportView] = {}
         for lang in {col for cols in forms.values() for col in cols}:
             tree = trees[lang]
-            views[lang] = build_view(tree.doc, lang, self.rules, signers[lang], tree.pending)
+            views[lang] = build_view(
+                tree.doc, lang, self.rules, signers[lang], tree.pending, issued[lang]
+            )
         created = _created(out.report, self.rules.fallback_date)
         rendered = {}
         for lang, columns in forms.items():

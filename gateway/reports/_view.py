@@ -19,6 +19,9 @@ _MRN = ("http://terminology.hl7.org/CodeSystem/v2-0203", "MR")
 class Signer:
     name: str
     institution: str | None
+    # "local": a radiologist of the performing institution; "expert": of another one
+    # (the reporting institution of a co-branded report, or the partner's radiologist).
+    role: str = "local"
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +29,20 @@ class ReportView:
     lang: str
     labels: dict[str, Any]
     institutions: tuple[tuple[str, str], ...]  # (identity key, name), performer first
+    performed_at: tuple[str, ...]  # the institutions where the examination was done
+    reported_at: tuple[str, ...]  # the institutions whose radiologists reported it
+    report_number: str | None
+    cut: str  # the font cut of this language (rules.fonts)
+    chinese: bool
+
+    @property
+    def colon(self) -> str:
+        return "：" if self.chinese else ": "  # full width in Chinese
+
+    def field(self, key: str, value: str | None) -> str:
+        """'label: value' in this language ('—' for no value)."""
+        return f"{self.label(key)}{self.colon}{value or self.label('none')}"
+
     patient: str | None
     sex: str | None
     birth_date: str | None
@@ -45,18 +62,31 @@ class ReportView:
 
 
 def build_view(
-    doc: ReportDocument, lang: str, rules: Rules, signers: list[int], pending: bool
+    doc: ReportDocument,
+    lang: str,
+    rules: Rules,
+    signers: list[int],
+    pending: bool,
+    issued: Any = None,
 ) -> ReportView:
     """The view of ``doc`` (already localized to ``lang``); ``signers`` are the indexes
-    in resultsInterpreter of those who wrote this language's text."""
+    in resultsInterpreter of those who wrote this language's text, ``issued`` this
+    language's issue time. A pending language has no signers and no issue time: its
+    report does not exist yet."""
     report = doc.report
     patient = doc.resolve(report.get("subject"), report)
     interpreters = list(report.get("resultsInterpreter") or [])
     orgs: list[tuple[str, str]] = []
+    performers: list[tuple[str, str]] = []
     for ref in report.get("performer") or []:
         _add(orgs, _organization(doc, ref, report))
+        _add(performers, _organization(doc, ref, report))
     for ref in interpreters:
         _add(orgs, _organization(doc, ref, report))
+    people = [] if pending else [interpreters[n] for n in signers if n < len(interpreters)]
+    shown = tuple(_signer(doc, ref, lang, rules, report, performers) for ref in people)
+    experts = [s.institution for s in shown if s.role == "expert" and s.institution]
+    reporters = experts or [s.institution for s in shown if s.institution]
     findings = [
         str(obs["valueString"])
         for obs in (doc.resolve(r, report) for r in report.get("result") or [])
@@ -80,12 +110,13 @@ def build_view(
         findings=tuple(findings),
         impression=report.get("conclusion") if isinstance(report.get("conclusion"), str) else None,
         pending=pending,
-        signers=tuple(
-            _signer(doc, interpreters[n], lang, rules, report)
-            for n in signers
-            if n < len(interpreters)
-        ),
-        issued=_when(report.get("issued")),
+        signers=shown,
+        issued=None if pending else _when(issued),
+        performed_at=tuple(name for _, name in performers),
+        reported_at=tuple(dict.fromkeys(reporters)),
+        report_number=_report_number(report),
+        cut=rules.fonts[lang],
+        chinese=lang in rules.chinese,
     )
 
 
@@ -135,17 +166,40 @@ def _person_name(person: Resource, lang: str, rules: Rules) -> str | None:
     return texts[0] if texts else None
 
 
-def _signer(doc: ReportDocument, ref: Any, lang: str, rules: Rules, report: Resource) -> Signer:
+def _signer(
+    doc: ReportDocument,
+    ref: Any,
+    lang: str,
+    rules: Rules,
+    report: Resource,
+    performers: list[tuple[str, str]],
+) -> Signer:
     target = doc.resolve(ref, report)
-    person, org = target, None
+    person, found = target, None
     if target and target.get("resourceType") == "PractitionerRole":
         person = doc.resolve(target.get("practitioner"), report)
         found = _organization(doc, ref, report)
-        org = found[1] if found else None
     name = (_person_name(person, lang, rules) if person else None) or _display(ref)
     if name is None and target:
         name = _display(target.get("practitioner"))
-    return Signer(name or str(rules.label(lang, "none")), org)
+    local = found is None or not performers or any(found[0] == k for k, _ in performers)
+    return Signer(
+        name or str(rules.label(lang, "none")),
+        found[1] if found else None,
+        "local" if local else "expert",
+    )
+
+
+def _report_number(report: Resource) -> str | None:
+    """The report's number: its identifier of a report system (…/sid/report), else its
+    first identifier."""
+    values = [
+        (str(i.get("system", "")).endswith("/sid/report"), str(i["value"]))
+        for i in report.get("identifier") or []
+        if isinstance(i, dict) and isinstance(i.get("value"), str) and i["value"]
+    ]
+    values.sort(key=lambda v: not v[0])
+    return values[0][1] if values else None
 
 
 def _identifier(resource: Resource, type_code: tuple[str, str], suffix: str) -> str | None:

@@ -12,7 +12,7 @@ import pytest
 from pypdf import PdfReader
 
 from gateway.reports import font_path
-from gateway.reports._pdf import FONT_DISTRIBUTION, _new_pdf, pdf_font
+from gateway.reports._pdf import FONT_DISTRIBUTION, _new_pdf, family, pdf_font
 
 WHEN = datetime(2025, 3, 1, 9, 30, tzinfo=UTC)
 
@@ -44,8 +44,8 @@ def test_the_ofl_licence_is_installed_with_the_font() -> None:
 def test_each_cut_is_its_own_face_of_the_collection_and_is_embedded_subset(cut: Any) -> None:
     face = pdf_font(cut)
     assert face.name == f"NotoSansCJK{cut}-Regular" and face.path == font_path()
-    pdf = _new_pdf(WHEN, "zh-HK", "t", cut)
-    pdf.set_font("notosanscjk", size=12)
+    pdf = _new_pdf(WHEN, "zh-HK", "t", [cut])
+    pdf.set_font(family(cut), size=12)
     pdf.multi_cell(100, 10, "陳大文 骨 這是測試")
     data = bytes(pdf.output())
     [base] = _base_fonts(data)

@@ -127,7 +127,12 @@ def test_a_report_too_long_to_render_is_refused_quickly(
 
 
 @pytest.mark.parametrize(
-    ("partner", "expected"), [("HKPMC", "bilingual"), ("南京医科大学第二附属医院", "zh-Hans")]
+    ("partner", "expected"),
+    [
+        ("HKPMC", "zh-Hant-HK+en"),  # Hong Kong Traditional beside English
+        ("NSGP", "zh-Hans+zh-Hant-HK+en"),  # all three
+        ("南京医科大学第二附属医院", "zh-Hans"),
+    ],
 )
 def test_a_partner_gets_the_variant_it_prefers(
     variants: ReportVariants, partner: str, expected: str

@@ -62,10 +62,11 @@ def test_zh_hant_hk_converts_findings_conclusion_and_displays(
     # LOINC display from the terminology's zh-HK designation; the local code by OpenCC.
     assert _coding(report, "30799-1")["display"] == "頭顱CT平掃"
     assert _coding(report, "CT001")["display"] == "頭顱CT平掃"
-    # Institutions: the network's Traditional names; people: converted.
+    # Institutions: the network's Traditional names; people: as their ID card says
+    # (OpenCC made 王伟 into 王偉).
     assert resource_of(out, report["performer"][0]["reference"])["name"] == "來安縣第二人民醫院"
     patient = resource_of(out, report["subject"]["reference"])
-    assert patient["name"][0]["text"] == "王偉"
+    assert patient["name"][0]["text"] == "王伟"
 
 
 def test_zh_hans_is_as_received(variants: ReportVariants, laian: dict[str, Any]) -> None:

@@ -28,6 +28,7 @@ from pydicom import Dataset, config
 from pydicom.charset import python_encoding
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.multival import MultiValue
 from pydicom.valuerep import PersonName
 
 from ...errors import IntakeError, Issue
@@ -88,7 +89,12 @@ def _terms(ds: Dataset) -> tuple[str, ...] | None:
         value = value.decode("ascii", "replace")
     if not value:
         return None
-    items = value.split("\\") if isinstance(value, str) else list(value)
+    if isinstance(value, str):
+        items = value.split("\\")
+    elif isinstance(value, (list, tuple, MultiValue)):
+        items = list(value)
+    else:  # a number where a code string belongs (DICOM JSON): one term, as text
+        items = [value]
     terms = tuple(str(t).strip() for t in items)
     return terms if any(terms) else None
 

@@ -134,3 +134,15 @@ def test_doctype_text_inside_the_document_is_only_text() -> None:
     data = BODY.replace("&xxe;", "&lt;!DOCTYPE html&gt; 不是声明").encode()
     tree = parse_document(data)
     assert tree.getroot().findtext("title") == "<!DOCTYPE html> 不是声明"
+
+
+def test_mapping_paths_with_double_slash_are_refused_at_load() -> None:
+    # '//section[...]' made a fuzzed 1 MB CDA of 2,400 sections take 20 s of CPU in
+    # libxml2; '/descendant::section[...]' takes milliseconds. URLs in literals stay.
+    from gateway.errors import ConfigError
+    from gateway.intake.cda import check_path
+
+    with pytest.raises(ConfigError, match="descendant::"):
+        check_path("/ClinicalDocument/component/structuredBody//section[title='印象']/text")
+    check_path("/ClinicalDocument/component/structuredBody/descendant::section[title='印象']/text")
+    check_path("/ClinicalDocument/code[@codeSystemName='http://loinc.org']/@code")

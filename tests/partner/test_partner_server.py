@@ -151,7 +151,7 @@ def test_the_bilingual_variant_after_the_original_arrives_whole(
 ) -> None:
     partner.reset()
     [(_, original)] = _bundles(next((demo_out / "oru_r01_nsch_cta_zh").glob("*.json")), "original")
-    [(_, variant)] = _bundles(demo_out / "variants" / "nsch-cta-bilingual.json", "variant")
+    [(_, variant)] = _bundles(demo_out / "variants" / "nsch-cta-for-nsgp.json", "variant")
     [sent] = [
         e["resource"]
         for e in variant["entry"]

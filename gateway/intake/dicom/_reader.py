@@ -654,6 +654,16 @@ def _archive(
             )
             yield _Broken(member, name, error)
             continue
+        if info.compress_type == zipfile.ZIP_LZMA:
+            # An LZMA header names its own dictionary size, up to 4 GiB, which the
+            # decompressor allocates before the first byte: a memory bomb in 20 bytes.
+            error = IntakeError(
+                "dicom-refused-member",
+                f"{_safe(member)}: LZMA-compressed; only stored, deflated or bzip2 members "
+                "are read",
+            )
+            yield _Broken(member, name, error)
+            continue
         try:
             yield from _member(archive, info, member, name, notes, limit)
         except ARCHIVE_FAULTS as exc:

@@ -420,3 +420,20 @@ def test_listing_unmapped_attributes_does_not_read_skipped_ones(converter: Conve
     assert record.ok and "(0042,0011) EncapsulatedDocument" in record.unmapped
     raw = unit.view.root.datasets[0].get_item(0x00420011, keep_deferred=True)
     assert raw.value is None  # still unread
+
+
+def test_an_lzma_member_is_refused_unread() -> None:
+    # An LZMA header names its dictionary size (up to 4 GiB), allocated before the first
+    # byte is decompressed; the fuzzer met it as a MemoryError under a memory cap.
+    import io
+    import zipfile
+
+    from gateway import Converter
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_LZMA) as archive:
+        archive.writestr("IM0001.dcm", b"\0" * 132 + b"DICM")
+    records = Converter().convert(buf.getvalue(), source="study.zip", fmt="dicom")
+    codes = [issue.code for record in records for issue in record.errors]
+    assert codes == ["intake.dicom-refused-member"]
+    assert "LZMA" in records[0].errors[0].message

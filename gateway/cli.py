@@ -253,7 +253,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    from .api import create_app
+    from .api import create_app, server_config
     from .listeners import serve_gateway
 
     app = create_app(settings)
@@ -271,7 +271,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     try:
         # The store is migrated at start; the MLLP listener runs beside the API when
         # mllp_port is set (gateway/listeners).
-        asyncio.run(serve_gateway(app, settings, host, port))
+        config = server_config(app, settings, host=host, port=port)
+        asyncio.run(serve_gateway(config, settings))
     finally:
         dicom.stop()
     return 0

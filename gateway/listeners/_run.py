@@ -46,12 +46,11 @@ async def _listen(settings: Settings, host: str, port: int, process: bool) -> in
     return 0
 
 
-async def serve_gateway(app: Any, settings: Settings, host: str, port: int) -> None:
-    """The API (uvicorn) and, when ``mllp_port`` is set, the MLLP listener, in one event
-    loop; the store is migrated first and pruned every hour."""
+async def serve_gateway(config: Any, settings: Settings) -> None:
+    """The API (uvicorn, as ``config``, a ``uvicorn.Config`` that the caller made of the
+    app) and, when ``mllp_port`` is set, the MLLP listener, in one event loop; the store
+    is migrated first and pruned every hour."""
     import uvicorn
-
-    from ..api import server_config
 
     class Server(uvicorn.Server):
         # uvicorn re-raises SIGINT/SIGTERM once it has stopped, which would cut the
@@ -61,7 +60,7 @@ async def serve_gateway(app: Any, settings: Settings, host: str, port: int) -> N
             yield
 
     store = open_store(settings)
-    server = Server(server_config(app, settings, host=host, port=port))
+    server = Server(config)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, setattr, server, "should_exit", True)

@@ -9,56 +9,30 @@ the gateway's split for such a partner (gateway/partners.py), as the outbox will
 
 from __future__ import annotations
 
-import io
 import random
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 
-from gateway import Converter, Settings
-from gateway.demo import run_demo
+from gateway import Converter
 from gateway.partners import Partner
-from tests.conftest import REPO
+from tests import outputs
+from tests.outputs import GOLDEN, Named, bundles, run_demo_into
 from tests.partner.conftest import PartnerServer
 
-GOLDEN = REPO / "tests" / "golden"
-EXAMPLES = REPO / "examples"
 MEDPLUM = Partner("partner", "http://127.0.0.1/fhir/R4", max_entries=8, write="transaction")
-
-Named = tuple[str, dict[str, Any]]
-
-
-def _bundles(path: Path, label: str) -> list[Named]:
-    data = orjson.loads(path.read_bytes())
-    found = data if isinstance(data, list) else [data]
-    return [
-        (f"{label}[{n}]" if len(found) > 1 else label, b)
-        for n, b in enumerate(found)
-        if b.get("resourceType") == "Bundle"  # not a batch file's refused message's outcome
-    ]
 
 
 @pytest.fixture(scope="module")
 def demo_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    home = tmp_path_factory.mktemp("demo-home")
-    settings = Settings.load(home=home, env={})
-    run_demo(settings, io.StringIO())
-    return settings.out_dir / "demo"
+    return run_demo_into(tmp_path_factory.mktemp("demo-home"))
 
 
 @pytest.fixture(scope="module")
 def every_bundle(demo_out: Path) -> list[Named]:
     """The goldens, examples/ and what `make demo` writes (variants included)."""
-    out: list[Named] = []
-    for path in sorted(GOLDEN.glob("**/*.expected.json")):
-        out += _bundles(path, str(path.relative_to(REPO)))
-    for path in sorted(EXAMPLES.glob("*/bundles/*.json")):
-        out += _bundles(path, str(path.relative_to(REPO)))
-    for path in sorted(demo_out.glob("**/*.json")):
-        out += _bundles(path, f"demo:{path.relative_to(demo_out)}")
-    return out
+    return outputs.every_bundle(demo_out)
 
 
 def _apply(partner: PartnerServer, name: str, bundle: dict[str, Any]) -> None:
@@ -150,8 +124,8 @@ def test_the_bilingual_variant_after_the_original_arrives_whole(
     partner: PartnerServer, demo_out: Path
 ) -> None:
     partner.reset()
-    [(_, original)] = _bundles(next((demo_out / "oru_r01_nsch_cta_zh").glob("*.json")), "original")
-    [(_, variant)] = _bundles(demo_out / "variants" / "nsch-cta-for-nsgp.json", "variant")
+    [(_, original)] = bundles(next((demo_out / "oru_r01_nsch_cta_zh").glob("*.json")), "original")
+    [(_, variant)] = bundles(demo_out / "variants" / "nsch-cta-for-nsgp.json", "variant")
     [sent] = [
         e["resource"]
         for e in variant["entry"]

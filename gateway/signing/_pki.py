@@ -100,7 +100,9 @@ def issue_certificate(
     key_usage: x509.KeyUsage | None = None,
     san: list[x509.GeneralName] | None = None,
 ) -> x509.Certificate:
-    start = not_before or dt.datetime.now(UTC) - dt.timedelta(minutes=5)
+    # A day back: partners check signing times against their own clocks, which may lag
+    # (and a signature made right after the key must verify at once everywhere).
+    start = not_before or dt.datetime.now(UTC) - dt.timedelta(days=1)
     builder = (
         x509.CertificateBuilder()
         .subject_name(subject)

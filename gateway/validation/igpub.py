@@ -37,7 +37,9 @@ VALIDATE = "http://hl7.org/fhir/OperationDefinition/Resource-validate"
 
 def _profiles(resources: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return [
-        r for r in resources if r["resourceType"] == "StructureDefinition" and r.get("kind") == "resource"
+        r
+        for r in resources
+        if r["resourceType"] == "StructureDefinition" and r.get("kind") == "resource"
     ]
 
 
@@ -57,8 +59,11 @@ def capability_statement(resources: list[dict[str, Any]]) -> dict[str, Any]:
             entry["conditionalUpdate"] = True
         client.append(entry)
     server_resources = [
-        {"type": rtype, "supportedProfile": sorted(by_type[rtype]),
-         "operation": [{"name": "validate", "definition": VALIDATE}]}
+        {
+            "type": rtype,
+            "supportedProfile": sorted(by_type[rtype]),
+            "operation": [{"name": "validate", "definition": VALIDATE}],
+        }
         for rtype in sorted(by_type)
     ]
     return {
@@ -153,8 +158,11 @@ def implementation_guide(listed: list[dict[str, Any]]) -> dict[str, Any]:
         "license": "Apache-2.0",
         "fhirVersion": ["4.0.1"],
         "dependsOn": [
-            {"uri": "http://hl7.org/fhir/ImplementationGuide/hl7.fhir.r4.core",
-             "packageId": "hl7.fhir.r4.core", "version": "4.0.1"}
+            {
+                "uri": "http://hl7.org/fhir/ImplementationGuide/hl7.fhir.r4.core",
+                "packageId": "hl7.fhir.r4.core",
+                "version": "4.0.1",
+            }
         ],
         "definition": {
             "resource": resources,
@@ -207,7 +215,10 @@ def _changed_ids(sd: dict[str, Any]) -> set[str]:
 
 def _zh_title(sd: dict[str, Any]) -> str:
     for ext in sd.get("_title", {}).get("extension", []):
-        parts = {p["url"]: next(v for k, v in p.items() if k.startswith("value")) for p in ext["extension"]}
+        parts = {
+            p["url"]: next(v for k, v in p.items() if k.startswith("value"))
+            for p in ext["extension"]
+        }
         if parts.get("lang") == "zh-Hans":
             return str(parts.get("content", ""))
     return ""
@@ -300,19 +311,27 @@ def render_docs(resources: list[dict[str, Any]]) -> dict[str, str]:
     for sd in resources:
         if sd["resourceType"] != "StructureDefinition":
             continue
-        name = str(sd.get("title") or sd["name"])
-        index.append(
-            f"| [{_cell(name)}]({sd['id']}.md) | {_cell(_zh_title(sd))} | {sd['type']} | `{sd['url']}` |"
-        )
+        name = _cell(sd.get("title") or sd["name"])
+        zh = _cell(_zh_title(sd))
+        index.append(f"| [{name}]({sd['id']}.md) | {zh} | {sd['type']} | `{sd['url']}` |")
         pages[f"{sd['id']}.md"] = _profile_page(sd)
-    others = [r for r in resources if r["resourceType"] not in ("StructureDefinition", "CapabilityStatement")]
+    others = [
+        r
+        for r in resources
+        if r["resourceType"] not in ("StructureDefinition", "CapabilityStatement")
+    ]
     if others:
-        index += ["", "## Code systems, value sets, naming systems", "", "| resource | URL | title |", "|---|---|---|"]
+        index += [
+            "",
+            "## Code systems, value sets, naming systems",
+            "",
+            "| resource | URL | title |",
+            "|---|---|---|",
+        ]
         for r in others:
             url = r.get("url") or ", ".join(u["value"] for u in r.get("uniqueId", []))
-            index.append(
-                f"| {r['resourceType']}/{r['id']} | `{url}` | {_cell(r.get('title') or r.get('name', ''))} |"
-            )
+            title = _cell(r.get("title") or r.get("name", ""))
+            index.append(f"| {r['resourceType']}/{r['id']} | `{url}` | {title} |")
     pages["README.md"] = "\n".join(index) + "\n"
     return pages
 

@@ -52,9 +52,7 @@ _NOT_MERGED = {"id", "path", "constraint"}
 
 
 def _fail(profile: str, element: str, problem: str) -> ConfigError:
-    return ConfigError(
-        "config.profile", f"profile {profile}: {problem}", location=element or None
-    )
+    return ConfigError("config.profile", f"profile {profile}: {problem}", location=element or None)
 
 
 def _max(value: str | None) -> float:
@@ -114,7 +112,9 @@ class _Builder:
             return found
         segments = _segments(element_id)
         if len(segments) < 2:
-            raise _fail(self.url, element_id, "the differential names a root that is not the base's")
+            raise _fail(
+                self.url, element_id, "the differential names a root that is not the base's"
+            )
         last = segments[-1]
         parent_id = ".".join(segments[:-1])
         name, _, slice_name = last.partition(":")
@@ -131,7 +131,9 @@ class _Builder:
         """Insert the children of the parent's data type, unless it has children already."""
         parent = self.elements[parent_index]
         parent_id = parent["id"]
-        following = self.elements[parent_index + 1] if parent_index + 1 < len(self.elements) else None
+        following = (
+            self.elements[parent_index + 1] if parent_index + 1 < len(self.elements) else None
+        )
         if following is not None and following["id"].startswith(parent_id + "."):
             return
         types = parent.get("type") or []
@@ -173,9 +175,13 @@ class _Builder:
         element = self.elements[index]
         where = element["id"]
         if "min" in diff and int(diff["min"]) < int(element.get("min", 0)):
-            raise _fail(self.url, where, f"min {diff['min']} is below the base's {element.get('min')}")
+            raise _fail(
+                self.url, where, f"min {diff['min']} is below the base's {element.get('min')}"
+            )
         if "max" in diff and _max(diff["max"]) > _max(element.get("max")):
-            raise _fail(self.url, where, f"max {diff['max']} is above the base's {element.get('max')}")
+            raise _fail(
+                self.url, where, f"max {diff['max']} is above the base's {element.get('max')}"
+            )
         if "min" in diff and "max" not in diff and int(diff["min"]) > _max(element.get("max")):
             raise _fail(self.url, where, f"min {diff['min']} is above max {element.get('max')}")
         for key, value in diff.items():

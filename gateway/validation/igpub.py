@@ -224,6 +224,19 @@ def _zh_title(sd: dict[str, Any]) -> str:
     return ""
 
 
+def _inherits(sd: dict[str, Any]) -> list[str]:
+    """A profile on another gateway profile says so: its page lists only its own changes."""
+    base = str(sd["baseDefinition"])
+    if not base.startswith(f"{BASE}/StructureDefinition/"):
+        return []
+    name = base.rsplit("/", 1)[-1]
+    return [
+        f"Everything [{name}]({name}.md) requires holds here too; below, what this",
+        "profile adds.",
+        "",
+    ]
+
+
 def _profile_page(sd: dict[str, Any]) -> str:
     changed = _changed_ids(sd)
     zh = _zh_title(sd)
@@ -238,6 +251,7 @@ def _profile_page(sd: dict[str, Any]) -> str:
         "",
         str(sd.get("description", "")),
         "",
+        *_inherits(sd),
         "## Elements the profile constrains",
         "",
         "Bold rows are changed by this profile; the others are shown for context (their",

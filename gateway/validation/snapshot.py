@@ -149,12 +149,34 @@ class _Builder:
         if "contentReference" in parent or code in ("BackboneElement", "Element"):
             raise _fail(self.url, parent_id, "its children are not in the base")
         children = []
-        for child in self.type_children(str(code)):
+        for child in self._template(parent_id, str(code)):
             made = copy.deepcopy(child)
-            made["id"] = parent_id + made["id"][len(code) :]
-            made["path"] = parent["path"] + made["path"][len(code) :]
+            made["id"] = parent_id + made["id"][len(child["_prefix"]) :]
+            made["path"] = parent["path"] + made["path"][len(child["_path"]) :]
+            made.pop("_prefix")
+            made.pop("_path")
             children.append(made)
         self.elements[parent_index + 1 : parent_index + 1] = children
+
+    def _template(self, parent_id: str, code: str) -> list[Element]:
+        """The children a new subtree starts from, each with the id and path prefix to
+        replace: a slice's are those of the element it slices, when that one has
+        children (what holds for every slice, e.g. a contentType the base profile
+        requires), else the data type's own."""
+        sliced_id, _, slice_name = parent_id.rpartition(":")
+        if slice_name and "." not in slice_name:
+            sliced = _find(self.elements, sliced_id)
+            if sliced is not None:
+                end = _subtree_end(self.elements, sliced)
+                path = self.elements[sliced]["path"]
+                own = [
+                    {**e, "_prefix": sliced_id, "_path": path}
+                    for e in self.elements[sliced + 1 : end]
+                    if e["id"].startswith(sliced_id + ".")
+                ]
+                if own:
+                    return own
+        return [{**e, "_prefix": code, "_path": code} for e in self.type_children(code)]
 
     def make_slice(self, sliced_id: str, slice_name: str) -> int:
         sliced_index = self.ensure(sliced_id)

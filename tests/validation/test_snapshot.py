@@ -275,3 +275,36 @@ def test_snapshots_do_not_change_their_input() -> None:
     for url in local:
         resolve(url)
     assert local == before
+
+
+def test_a_slice_inherits_what_its_sliced_element_requires_of_its_children() -> None:
+    sd = _profile(
+        {
+            "id": "DiagnosticReport.presentedForm",
+            "path": "DiagnosticReport.presentedForm",
+            "slicing": {"discriminator": [{"type": "value", "path": "language"}], "rules": "open"},
+        },
+        {
+            "id": "DiagnosticReport.presentedForm.contentType",
+            "path": "DiagnosticReport.presentedForm.contentType",
+            "min": 1,
+        },
+        {
+            "id": "DiagnosticReport.presentedForm:en",
+            "path": "DiagnosticReport.presentedForm",
+            "sliceName": "en",
+        },
+        {
+            "id": "DiagnosticReport.presentedForm:en.language",
+            "path": "DiagnosticReport.presentedForm.language",
+            "fixedCode": "en",
+        },
+    )
+    elements = _by_id(generate_snapshot(sd, RESOLVE))
+    inherited = elements["DiagnosticReport.presentedForm:en.contentType"]
+    assert (inherited["min"], inherited["path"]) == (
+        1,
+        "DiagnosticReport.presentedForm.contentType",
+    )
+    assert elements["DiagnosticReport.presentedForm:en.language"]["fixedCode"] == "en"
+    assert "fixedCode" not in elements["DiagnosticReport.presentedForm.language"]

@@ -17,6 +17,7 @@ from gateway.validation.igpub import publish
 from gateway.validation.snapshot import (
     generate_snapshot,
     local_profiles,
+    main,
     profile_resolver,
     regenerate,
 )
@@ -308,3 +309,22 @@ def test_a_slice_inherits_what_its_sliced_element_requires_of_its_children() -> 
     )
     assert elements["DiagnosticReport.presentedForm:en.language"]["fixedCode"] == "en"
     assert "fixedCode" not in elements["DiagnosticReport.presentedForm.language"]
+
+
+def test_make_profiles_rebuilds_everything_from_the_differentials_alone(tmp_path: Path) -> None:
+    folder, docs = tmp_path / "profiles", tmp_path / "docs"
+    folder.mkdir()
+    for path in PROFILES.glob("*.json"):
+        resource = orjson.loads(path.read_bytes())
+        if resource["resourceType"] in ("ImplementationGuide", "CapabilityStatement"):
+            continue
+        resource.pop("snapshot", None)
+        (folder / path.name).write_bytes(orjson.dumps(resource))
+    assert main([str(folder), str(docs)]) == 0
+    for path in PROFILES.glob("*.json"):
+        made = folder / path.name
+        if path.name.startswith(("StructureDefinition-", "ImplementationGuide-", "Capability")):
+            assert made.read_bytes() == path.read_bytes(), path.name
+    assert {p.name: p.read_bytes() for p in docs.glob("*.md")} == {
+        p.name: p.read_bytes() for p in DOCS.glob("*.md")
+    }

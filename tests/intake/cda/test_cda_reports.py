@@ -155,7 +155,8 @@ def test_the_ccda_diagnostic_imaging_report(converter: Converter, corpus: Path) 
     urls = by_url(record)
     assert report["language"] == "en"
     # the exam (serviceEvent code, CPT-4), its display the document's text only
-    assert report["code"]["coding"] == [{"system": "http://www.ama-assn.org/go/cpt", "code": "70544"}]
+    cpt = "http://www.ama-assn.org/go/cpt"
+    assert report["code"]["coding"] == [{"system": cpt, "code": "70544"}]
     assert report["code"]["text"].startswith("Magnetic resonance angiography, head")
     assert report["conclusion"].startswith("Impression: No acute cardiopulmonary process.")
     [finding] = [urls[r["reference"]] for r in report["result"]]

@@ -431,3 +431,17 @@ def test_the_published_designations_and_tables_use_the_three_tags() -> None:
         if path.stem in ("report-language", "cda-language"):
             tags |= {str(v) for v in raw["map"].values()}
         assert tags <= TAGS, (path.name, tags - TAGS)
+
+
+def test_the_report_variants_use_the_three_tags() -> None:
+    """gateway/reports writes the same three tags, whatever its inputs said (zh-CN,
+    zh-HK are aliases there): resource and attachment language, translation extensions.
+    (A guard: the variants needed no change.)"""
+    from gateway import Settings
+    from gateway.reports import ReportVariants
+
+    zh = (EXAMPLES / "imaging" / "bundles" / "oru_r01_nsch_cta_zh.json").read_bytes()
+    en = (EXAMPLES / "imaging" / "bundles" / "oru_r01_hkpmc_cta_en.json").read_bytes()
+    variant = ReportVariants(Settings()).variant(zh, "bilingual", en)
+    tags = set(_language_tags(variant.resource))
+    assert tags and tags <= TAGS, tags - TAGS

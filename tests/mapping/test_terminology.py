@@ -403,6 +403,23 @@ def test_a_radiologist_is_one_practitioner_from_hl7v2_and_cda() -> None:
     assert from_oru["id"] == from_cda["id"]
 
 
+def test_an_institutions_staff_oid_gives_its_staff_system() -> None:
+    """HL7 v2 naming HKPMC's staff numbers by OID only (CNN.10/.11 = the OID, ISO) gives
+    the same system as naming HKPMC (CNN.9); another OID stays urn:oid:."""
+    from gateway.mapping import Env
+    from gateway.mapping._functions import identifier_system
+    from gateway.network import Network
+
+    env = Env(Terminology(MAPPINGS), Network.load(data_dir("seeds") / "network.yaml"))
+    by_oid = identifier_system(
+        env, kind="staff", authority_oid="1.3.6.1.4.1.99999.1.1.3", authority_type="ISO"
+    )
+    by_name = identifier_system(env, kind="staff", authority="HKPMC")
+    assert by_oid == by_name == "https://fhir.hkpmc.example.hk/sid/staff"
+    other = identifier_system(env, kind="staff", authority_oid="1.2.3.4", authority_type="ISO")
+    assert other == "urn:oid:1.2.3.4"
+
+
 # -- 7. one language-tag convention --------------------------------------------------------------
 
 

@@ -114,11 +114,13 @@ def test_gb18030_referral_keeps_chinese_names_notes_and_diagnoses(converter: Con
     assert {"family": "WANG", "given": ["WEI"]}.items() <= patient["name"][1].items()
     condition = _by_type(bundle, "Condition")[0]
     coding = condition["code"]["coding"][0]
-    assert (coding["code"], coding["display"]) == ("I63.9", "脑梗死")
-    english = coding["_display"]["extension"][0]["extension"]
-    assert english == [
-        {"url": "lang", "valueCode": "en"},
-        {"url": "content", "valueString": "Cerebral infarction, unspecified"},
+    # the display is ICD-10's; the sender's words are the text, zh-Hans a translation
+    assert (coding["code"], coding["display"]) == ("I63.9", "Cerebral infarction, unspecified")
+    assert condition["code"]["text"] == "脑梗死"
+    simplified = coding["_display"]["extension"][0]["extension"]
+    assert simplified == [
+        {"url": "lang", "valueCode": "zh-Hans"},
+        {"url": "content", "valueString": "脑梗死"},
     ]
     notes = _by_type(bundle, "ServiceRequest")[0]["note"]
     assert "介入治疗" in notes[0]["text"]
@@ -143,7 +145,7 @@ def test_big5_referral_keeps_traditional_chinese(converter: Converter) -> None:
     request = _by_type(bundle, "ServiceRequest")[0]
     assert request["reasonCode"][0]["text"] == "術後病情穩定，轉回南沙跟進（下轉）"
     assert "LDL-C|HDL-C" in request["note"][0]["text"]
-    diagnoses = {c["code"]["coding"][0]["display"] for c in _by_type(bundle, "Condition")}
+    diagnoses = {c["code"]["text"] for c in _by_type(bundle, "Condition")}
     assert "冠狀動脈粥樣硬化性心臟病" in diagnoses
 
 
@@ -153,8 +155,8 @@ def test_local_exam_code_is_translated_to_loinc_through_the_conceptmap(
     bundle = _bundles(converter, REPO / "tests/golden/hl7v2/orm_o01_two_orders.hl7")[0]
     codes = [r["code"]["coding"] for r in _by_type(bundle, "ServiceRequest")]
     assert [[(c["system"].rsplit("/", 1)[-1], c["code"]) for c in cc] for cc in codes] == [
-        [("99LAX2", "CT001"), ("loinc.org", "30799-1")],
-        [("99LAX2", "CT002"), ("loinc.org", "29252-4")],
+        [("lax2-99lax2", "CT001"), ("loinc.org", "30799-1")],
+        [("lax2-99lax2", "CT002"), ("loinc.org", "29252-4")],
     ]
 
 

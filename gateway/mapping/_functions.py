@@ -13,12 +13,24 @@ from typing import Any
 from urllib.parse import quote
 
 from ..network import Network
-from ._terminology import Terminology, language_of
+from ._terminology import SAME_CONCEPT, Terminology, language_of
 
-__all__ = ["FUNCTIONS", "TRANSLATION_URL", "Env"]
+__all__ = ["CODE_SYSTEM_BASE", "FUNCTIONS", "TRANSLATION_URL", "Env", "local_code_system"]
 
 TRANSLATION_URL = "http://hl7.org/fhir/StructureDefinition/translation"
+#: Where every code system the gateway names lives (published in profiles/ as
+#: CodeSystem-<id>.json): its own, and the local code lists of senders (docs/terminology.md).
+CODE_SYSTEM_BASE = "https://fhir-gateway.example.org/CodeSystem/"
 _HL7_TABLE = re.compile(r"HL7(\d{4})\Z", re.IGNORECASE)
+_NOT_ID = re.compile(r"[^a-z0-9]+")
+
+
+def local_code_system(owner: str, name: str) -> str:
+    """The canonical URL of an institution's local code list: ``<base>/CodeSystem/
+    <owner>-<name>``, lower case, runs of characters other than letters and digits as one
+    ``-`` (99LAX2 of LAX2 → lax2-99lax2; 99LOCAL of NSCH → nsch-99local)."""
+    ident = _NOT_ID.sub("-", f"{owner}-{name}".lower()).strip("-")[:64]
+    return CODE_SYSTEM_BASE + ident
 
 
 class Env:
@@ -30,21 +42,26 @@ class Env:
 
     def code_system(self, mnemonic: str | None, facility: str | None) -> str:
         """URI of a coding system named by an HL7 table 0396 mnemonic (CWE.3)."""
+        return self.code_system_of(mnemonic, facility)[0]
+
+    def code_system_of(self, mnemonic: str | None, facility: str | None) -> tuple[str, bool]:
+        """(URI, local): the system a mnemonic names, and whether it is an institution's
+        local code list (whose displays are the institution's own words)."""
         if mnemonic:
             uri = self.terminology.table("coding-systems").lookup(mnemonic)
             if uri:
-                return str(uri)
+                return str(uri), False
             m = _HL7_TABLE.match(mnemonic)
             if m:
-                return f"http://terminology.hl7.org/CodeSystem/v2-{m[1]}"
-        # Local codes live in their owner's namespace: 99<FACILITY> names the facility
-        # (99LAX2 is Lai'an's code list wherever it travels); L, other 99zzz and names we
-        # do not know belong to the sender.
+                return f"http://terminology.hl7.org/CodeSystem/v2-{m[1]}", False
+        # Local codes belong to their owner: 99<FACILITY> names the facility (99LAX2 is
+        # Lai'an's code list wherever it travels); L, other 99zzz and names we do not know
+        # belong to the sender. Their canonical URL is under the gateway's base.
         local = mnemonic or "local"
         owner = facility or "unknown"
         if local.upper().startswith("99") and self.network.institution(local[2:]):
             owner = local[2:]
-        return f"{self.network.base(owner)}/CodeSystem/{quote(local, safe='')}"
+        return local_code_system(owner, local), True
 
 
 def identifier_system(
@@ -65,6 +82,9 @@ def identifier_system(
         if env.network.institution(authority):
             return f"{env.network.base(authority)}/sid/{kind}"
     if authority_oid and (authority_type or "").upper() == "ISO":
+        owned = env.terminology.table("institution-identifier-oids").lookup(authority_oid)
+        if isinstance(owned, dict) and env.network.institution(str(owned.get("institution"))):
+            return f"{env.network.base(str(owned['institution']))}/sid/{owned['kind']}"
         return f"urn:oid:{authority_oid}"
     if authority:
         return f"{env.network.base(authority)}/sid/{quote(kind, safe='')}"
@@ -92,8 +112,13 @@ def _translations(display: str, names: dict[str, str]) -> list[dict[str, Any]]:
 
 
 def _one_coding(env: Env, system: str, code: str, display: str | None) -> dict[str, Any]:
+    """A Coding whose display is the code system's: the one the terminology knows, else
+    ``display`` when the caller vouches for it (a local code list's own words, a
+    ConceptMap target's display), else none. Designations in other languages follow as
+    translation extensions."""
     coding: dict[str, Any] = {"system": system, "code": code}
     names = env.terminology.designations(system, code)
+    display = env.terminology.display(system, code) or display
     if not display and names:
         display = names.get("en") or next(iter(names.values()))
     if display:
@@ -112,13 +137,20 @@ def coding(
     system: str | None = None,
     facility: str | None = None,
 ) -> list[dict[str, Any]]:
-    """A Coding, then the codings its ConceptMaps translate it to (local exam → LOINC)."""
+    """A Coding, then the codings its ConceptMaps translate it to as the same concept
+    (local exam → LOINC; a wider or narrower target is another concept and is left out).
+
+    ``display`` is the text the record wrote beside the code: it is the display only for
+    an institution's local code list (the institution's own words); for any other system
+    the display is the code system's, or none, and the record's text belongs in
+    ``CodeableConcept.text`` (the mappings put it there)."""
     if not code:
         return []
-    uri = env.code_system(system, facility)
-    out = [_one_coding(env, uri, code, display)]
+    uri, local = env.code_system_of(system, facility)
+    out = [_one_coding(env, uri, code, display if local else None)]
     for target in env.terminology.translate(uri, code):
-        out.append(_one_coding(env, target.system, target.code, target.display))
+        if target.relationship in SAME_CONCEPT:
+            out.append(_one_coding(env, target.system, target.code, target.display))
     return out
 
 

@@ -1,9 +1,20 @@
-"""Code tables, ConceptMaps and display translations, all loaded from ``mappings/``.
+"""Code tables, ConceptMaps, code system displays and their translations.
+
+From ``mappings/``:
 
 * ``tables/<name>.yaml``      — ``map`` of source code → target code, optional ``default``
 * ``conceptmaps/*.json``      — FHIR ConceptMap resources (local codes → LOINC, ...)
-* ``terminology/*.json``      — FHIR CodeSystem fragments whose concept designations give
-                               displays in other languages (zh-CN, zh-HK, en)
+* ``terminology/hl7-v2-displays.yaml`` — the displays of the HL7 v2 tables (as FHIR R4
+                               publishes them) that coded HL7 v2 fields may carry
+
+From ``profiles/`` (what the gateway publishes is what it uses: one source of truth):
+
+* ``CodeSystem-*.json`` with ``content: supplement`` — the zh-Hans / zh-Hant-HK
+  designations of LOINC, SNOMED CT and ICD-10 codes (``supplements`` names the system)
+* every other ``CodeSystem-*.json`` — the gateway's and the demo network's own code
+  systems, their displays and designations
+
+Language tags are BCP 47 as the gateway writes them: ``zh-Hans``, ``zh-Hant-HK``, ``en``.
 """
 
 from __future__ import annotations
@@ -13,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..datafiles import load_data_file
+from ..datafiles import data_dir, load_data_file
 from ..errors import ConfigError
 
 __all__ = ["CodeTable", "Terminology", "language_of"]
@@ -60,15 +71,31 @@ class Target:
     relationship: str
 
 
+#: ConceptMap equivalences whose target is the same concept as the source: a target
+#: joins the source's CodeableConcept only then (one concept per CodeableConcept).
+SAME_CONCEPT = frozenset({"equal", "equivalent"})
+
+
+def profiles_beside(mappings: Path) -> Path:
+    """The profiles/ folder that goes with a mappings folder: its sibling (a checkout, or
+    the wheel's gateway/_data/), else the one shipped with the gateway."""
+    sibling = mappings.parent / "profiles"
+    return sibling if sibling.is_dir() else data_dir("profiles")
+
+
 class Terminology:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, profiles: Path | None = None) -> None:
         self.root = root
+        self.profiles = profiles if profiles is not None else profiles_beside(root)
         self.tables: dict[str, CodeTable] = {}
         self._maps: dict[tuple[str, str], list[Target]] = {}
         self._designations: dict[tuple[str, str], dict[str, str]] = {}
+        self._displays: dict[tuple[str, str], str] = {}
+        self.published: dict[str, str] = {}  # CodeSystem url → file name, in profiles/
         self._load_tables(root / "tables")
         self._load_conceptmaps(root / "conceptmaps")
-        self._load_designations(root / "terminology")
+        self._load_hl7_displays(root / "terminology" / "hl7-v2-displays.yaml")
+        self._load_code_systems(self.profiles)
 
     def table(self, name: str) -> CodeTable:
         try:
@@ -82,8 +109,12 @@ class Terminology:
         return self._maps.get((system, code), [])
 
     def designations(self, system: str, code: str) -> dict[str, str]:
-        """Displays of a code by language tag, e.g. {'en': 'Cerebral infarction', 'zh-CN': ...}."""
+        """Displays of a code by language tag: {'en': 'Cerebral infarction', 'zh-Hans': ...}."""
         return self._designations.get((system, code), {})
+
+    def display(self, system: str, code: str) -> str | None:
+        """The code system's own display of a code, when the gateway knows it."""
+        return self._displays.get((system, code))
 
     def _load_tables(self, folder: Path) -> None:
         for path in sorted(folder.glob("*.yaml")):
@@ -114,17 +145,43 @@ class Terminology:
                             Target(target, t["code"], t.get("display"), rel)
                         )
 
-    def _load_designations(self, folder: Path) -> None:
-        for path in sorted(folder.glob("*.json")):
+    def _load_hl7_displays(self, path: Path) -> None:
+        if not path.is_file():
+            return
+        raw = load_data_file(path)
+        systems = raw.get("displays") if isinstance(raw, dict) else None
+        if not isinstance(systems, dict):
+            raise ConfigError("codesystem", f"{path}: needs 'displays' (system → code → display)")
+        for system, codes in systems.items():
+            for code, display in (codes or {}).items():
+                self._displays[(str(system), str(code))] = str(display)
+
+    def _load_code_systems(self, folder: Path) -> None:
+        for path in sorted(folder.glob("CodeSystem-*.json")):
             cs = load_data_file(path)
-            system = cs.get("url") or cs.get("supplements", "").split("|")[0]
+            supplement = cs.get("content") == "supplement"
+            system = (cs.get("supplements") or "").split("|")[0] if supplement else cs.get("url")
             if cs.get("resourceType") != "CodeSystem" or not system:
-                raise ConfigError("codesystem", f"{path}: not a FHIR CodeSystem with a url")
+                raise ConfigError(
+                    "codesystem", f"{path}: not a FHIR CodeSystem with a url (or supplements)"
+                )
+            self.published[str(cs.get("url"))] = path.name
             default_lang = cs.get("language", "en")
-            for concept in cs.get("concept", []):
-                names = self._designations.setdefault((system, concept["code"]), {})
+            for concept in _concepts(cs.get("concept", [])):
+                key = (system, concept["code"])
+                names = self._designations.setdefault(key, {})
                 if concept.get("display"):
+                    self._displays.setdefault(key, concept["display"])
                     names.setdefault(default_lang, concept["display"])
                 for d in concept.get("designation", []):
                     if d.get("language") and d.get("value"):
                         names.setdefault(d["language"], d["value"])
+
+
+def _concepts(concepts: Any) -> list[Any]:
+    """A CodeSystem's concepts, nested ones included."""
+    out = []
+    for concept in concepts or []:
+        out.append(concept)
+        out.extend(_concepts(concept.get("concept")))
+    return out

@@ -141,7 +141,8 @@ class Decision:
 
     def operation_outcome(self) -> dict[str, Any]:
         """What the sender gets: one issue per rule, its reason in zh-Hans (text) with
-        zh-Hant and en translations, and in English as diagnostics."""
+        zh-Hant-HK and en translations, and in English as diagnostics. The labels' zh-Hant
+        is tagged zh-Hant-HK, the gateway's one Traditional tag (docs/terminology.md)."""
         issues = []
         for r, issue in zip(self.results, self.issues(), strict=True):
             fhir = issue.to_fhir()
@@ -151,11 +152,11 @@ class Decision:
                     {
                         "url": "http://hl7.org/fhir/StructureDefinition/translation",
                         "extension": [
-                            {"url": "lang", "valueCode": lang},
+                            {"url": "lang", "valueCode": tag},
                             {"url": "content", "valueString": r.reason[lang]},
                         ],
                     }
-                    for lang in ("zh-Hant", "en")
+                    for lang, tag in (("zh-Hant", "zh-Hant-HK"), ("en", "en"))
                 ]
             }
             issues.append(fhir)

@@ -74,6 +74,22 @@ def test_prohibited_code_denies_mainland_to_hong_kong_naming_it(
     assert decision.bundle is None
 
 
+def test_the_decisions_operation_outcome_uses_the_gateway_language_tags(
+    policy: Policy, bundles: dict[str, bytes]
+) -> None:
+    """Translations are tagged zh-Hant-HK and en (docs/terminology.md), not zh-Hant."""
+    name, sender, recipient = MAINLAND_TO_HK
+    outcome = policy.decide(bundles[name], sender, recipient, now=NOW).operation_outcome()
+    tags = {
+        part["valueCode"]
+        for issue in outcome["issue"]
+        for ext in issue["details"]["_text"]["extension"]
+        for part in ext["extension"]
+        if part["url"] == "lang"
+    }
+    assert tags == {"zh-Hant-HK", "en"}
+
+
 def test_prohibited_list_by_direction(
     policy: Policy, bundles: dict[str, bytes], settings: Settings
 ) -> None:

@@ -53,9 +53,13 @@ def test_local_chinese_report(converter: Converter) -> None:
     }
     assert report["category"][0]["coding"][0]["code"] == "RAD"
     codes = [(c["system"], c["code"]) for c in report["code"]["coding"]]
-    assert ("http://loinc.org", "18748-4") in codes
-    assert ("http://loinc.org", "30799-1") in codes  # CT001 头颅CT平扫 via the LAX2 ConceptMap
-    assert report["code"]["coding"][0]["display"] == "影像学检查报告"
+    # one concept, the exam: CT001 头颅CT平扫 and LOINC 30799-1 via the LAX2 ConceptMap
+    assert codes == [
+        ("https://fhir-gateway.example.org/CodeSystem/lax2-99lax2", "CT001"),
+        ("http://loinc.org", "30799-1"),
+    ]
+    assert report["code"]["coding"][1]["display"] == "CT Head WO contrast"
+    assert report["code"]["text"] == "头颅CT平扫"
     assert report["effectiveDateTime"] == "2026-06-10T09:05:00+08:00"
     assert report["issued"] == "2026-06-10T10:30:00+08:00"
     assert report["conclusion"].startswith("1. 左侧基底节区软化灶")
@@ -150,7 +154,10 @@ def test_the_ccda_diagnostic_imaging_report(converter: Converter, corpus: Path) 
     [report] = resources(record, "DiagnosticReport")
     urls = by_url(record)
     assert report["language"] == "en"
-    assert report["code"]["coding"][0]["code"] == "18748-4"
+    # the exam (serviceEvent code, CPT-4), its display the document's text only
+    cpt = "http://www.ama-assn.org/go/cpt"
+    assert report["code"]["coding"] == [{"system": cpt, "code": "70544"}]
+    assert report["code"]["text"].startswith("Magnetic resonance angiography, head")
     assert report["conclusion"].startswith("Impression: No acute cardiopulmonary process.")
     [finding] = [urls[r["reference"]] for r in report["result"]]
     assert "new round density at the left hilus" in finding["valueString"]

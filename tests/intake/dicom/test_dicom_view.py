@@ -20,6 +20,7 @@ from tests.golden.dicom.make_studies import issuer, part10, wang_wei
 
 REPO = Path(__file__).resolve().parents[3]
 MAPPINGS = REPO / "mappings"
+PROFILES = REPO / "profiles"
 BODY_PART_SYSTEM = "https://fhir-gateway.example.org/CodeSystem/dicom-body-part-examined"
 
 
@@ -138,8 +139,9 @@ def test_unmapped_lists_attributes_nothing_read(converter: Converter) -> None:
 
 
 def test_body_part_comes_from_the_concept_map_with_chinese_displays(converter: Converter) -> None:
-    """bodySite is the ConceptMap's target, with the zh displays of terminology/."""
-    zh = json.loads((MAPPINGS / "terminology" / "dicom-snomed-zh.json").read_text())
+    """bodySite is the ConceptMap's target, with the zh displays of the published SNOMED CT
+    supplement (profiles/)."""
+    zh = json.loads((PROFILES / "CodeSystem-snomed-zh-supplement.json").read_text())
     designations = {
         c["code"]: {d["language"]: d["value"] for d in c["designation"]} for c in zh["concept"]
     }

@@ -5,6 +5,7 @@ A stage below the store and the partners; the API and listeners use it, never th
 reverse. See docs/delivery.md."""
 
 from ._ask import Verdict, ask, same_content
+from ._cli import add_cli
 from ._outbox import (
     ACTIVE,
     DUE,
@@ -33,6 +34,7 @@ __all__ = [
     "OutboxEvent",
     "OutboxRecord",
     "Verdict",
+    "add_cli",
     "ask",
     "backoff",
     "classify_error",

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Literal
-from urllib.parse import parse_qsl
 
 import httpx
 import orjson
@@ -44,9 +43,11 @@ def ask(client: httpx.Client, part: dict[str, Any]) -> Verdict:
         search = _search_of(request)
         if search is None:
             return Verdict("unverifiable", f"entry[{n}] has no condition to search by")
-        kind, params = search
+        kind, query = search
         try:
-            answer = client.get(kind, params=params, headers={"Accept": "application/fhir+json"})
+            answer = client.get(
+                kind, params=httpx.QueryParams(query), headers={"Accept": "application/fhir+json"}
+            )
         except httpx.TransportError as exc:
             return Verdict("unreachable", f"search for entry[{n}] failed ({type(exc).__name__})")
         if answer.status_code >= 500 or answer.status_code in (408, 429):
@@ -64,19 +65,19 @@ def ask(client: httpx.Client, part: dict[str, Any]) -> Verdict:
     return Verdict("present", f"all {len(entries)} entries at the partner")
 
 
-def _search_of(request: dict[str, Any]) -> tuple[str, list[tuple[str, str]]] | None:
-    """(resource type, search parameters) that find the entry's resource, from its own
+def _search_of(request: dict[str, Any]) -> tuple[str, str] | None:
+    """(resource type, search query) that find the entry's resource, from its own
     condition; None when it has none (a plain create, a delete)."""
     url = str(request.get("url") or "")
     method = request.get("method")
     if method == "POST" and request.get("ifNoneExist"):
-        return url, parse_qsl(str(request["ifNoneExist"]), keep_blank_values=True)
+        return url, str(request["ifNoneExist"])
     if method == "PUT" and "?" in url:
         kind, _, query = url.partition("?")
-        return kind, parse_qsl(query, keep_blank_values=True)
+        return kind, query
     if method == "PUT" and url.count("/") == 1:  # an update of Type/id: its _id
         kind, _, rid = url.partition("/")
-        return kind, [("_id", rid)]
+        return kind, f"_id={rid}"
     return None
 
 

@@ -173,7 +173,8 @@ class Outbox:
             if found is not None:
                 return int(found), False
             row_id = conn.execute(
-                _outbox.insert().values(
+                _outbox.insert()
+                .values(
                     message_id=message_id,
                     partner=partner.key,
                     label=label,
@@ -188,7 +189,8 @@ class Outbox:
                     created_at=now,
                     updated_at=now,
                 )
-            ).inserted_primary_key[0]
+                .returning(_outbox.c.id)
+            ).scalar_one()
             self._event(conn, int(row_id), now, None, "pending", 0, None, "queued")
         return int(row_id), True
 
@@ -336,6 +338,7 @@ class Outbox:
         """Rows left ``sending`` by a worker that stopped (its lease ran out): the
         request may have been applied, so they wait for the partner to be asked."""
         o = _outbox.c
+        code = "delivery.interrupted"
         with self._write() as conn:
             ids = conn.execute(
                 sa.select(o.id, o.part).where(o.state == "sending", o.lease_until <= now)
@@ -344,9 +347,15 @@ class Outbox:
                 conn.execute(
                     _outbox.update()
                     .where(o.id == row_id, o.state == "sending")
-                    .values(state="waiting", next_at=now, lease_until=None, updated_at=now)
+                    .values(
+                        state="waiting",
+                        next_at=now,
+                        lease_until=None,
+                        updated_at=now,
+                        last_error=code,
+                    )
                 )
-                reason = "delivery.interrupted: the worker stopped while sending; ask first"
+                reason = f"{code}: the worker stopped while sending; ask first"
                 self._event(conn, row_id, now, "sending", "waiting", part, None, reason)
         return len(ids)
 

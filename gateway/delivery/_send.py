@@ -63,9 +63,7 @@ def classify_response(response: httpx.Response, now: datetime) -> Answer:
         return _entries(status, response, body)
     if status in _RETRIED_4XX or status >= 500:
         wait = retry_after(response.headers.get("Retry-After"), now)
-        return Answer(
-            "retry", f"HTTP {status}", "delivery.partner-unavailable", status, body, wait
-        )
+        return Answer("retry", f"HTTP {status}", "delivery.partner-unavailable", status, body, wait)
     if 400 <= status < 500:
         return Answer("dead", f"HTTP {status}", "delivery.partner-rejected", status, body)
     return Answer("dead", f"HTTP {status}", "delivery.unexpected-answer", status, body)

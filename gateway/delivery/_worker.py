@@ -14,6 +14,7 @@ import random
 import threading
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
+from typing import Any
 
 import httpx
 
@@ -82,8 +83,9 @@ class Deliverer:
         now = self.clock()
         partner = self.partners.get(record.partner)
         if partner is None:
-            reason = "delivery.unknown-partner: not in the configured partners"
-            self.outbox.move(record.id, record.state, "held", reason, now=now)
+            code = "delivery.unknown-partner"
+            reason = f"{code}: not in the configured partners"
+            self.outbox.move(record.id, record.state, "held", reason, now=now, last_error=code)
             return True
         breaker = self.breaker(partner.key)
         if not breaker.allow(now):
@@ -100,8 +102,15 @@ class Deliverer:
             part, attempts, state = resolved
         while part < len(parts):
             if state != "sending":
-                self.outbox.move(record.id, state, "sending", "sending", now=now,
-                                 lease=self.config.lease, part=part)
+                self.outbox.move(
+                    record.id,
+                    state,
+                    "sending",
+                    "sending",
+                    now=now,
+                    lease=self.config.lease,
+                    part=part,
+                )
                 state = "sending"
             attempts += 1
             answer = send_part(self.client(partner), parts[part], self.clock())
@@ -113,15 +122,25 @@ class Deliverer:
             part, attempts = part + 1, 0
             if part < len(parts):
                 self.outbox.move(
-                    record.id, "sending", "sending",
+                    record.id,
+                    "sending",
+                    "sending",
                     f"part {part}/{len(parts)} delivered ({answer.reason})",
-                    now=now, lease=self.config.lease, status=answer.status,
-                    part=part, attempts=0,
+                    now=now,
+                    lease=self.config.lease,
+                    status=answer.status,
+                    part=part,
+                    attempts=0,
                 )
         self.outbox.move(
-            record.id, state, "delivered",
+            record.id,
+            state,
+            "delivered",
             f"all {len(parts)} parts delivered",
-            now=now, part=len(parts), attempts=0, last_error=None,
+            now=now,
+            part=len(parts),
+            attempts=0,
+            last_error=None,
         )
         return True
 
@@ -138,50 +157,91 @@ class Deliverer:
             breaker.failure(now)
             wait = self._wait(record.attempts + 1, None)
             self.outbox.move(
-                record.id, "waiting", "waiting",
-                f"delivery.ambiguous: partner not asked ({verdict.reason}); ask again in {wait:.1f} s",
-                now=now, next_at=now + timedelta(seconds=wait), attempts=record.attempts + 1,
+                record.id,
+                "waiting",
+                "waiting",
+                f"delivery.ambiguous: not asked ({verdict.reason}); ask again in {wait:.1f} s",
+                now=now,
+                next_at=now + timedelta(seconds=wait),
+                attempts=record.attempts + 1,
             )
             return None
         breaker.success()
         if verdict.found == "unverifiable":
             self.outbox.move(
-                record.id, "waiting", "held", f"delivery.unverifiable: {verdict.reason}",
-                now=now, last_error="delivery.unverifiable",
+                record.id,
+                "waiting",
+                "held",
+                f"delivery.unverifiable: {verdict.reason}",
+                now=now,
+                last_error="delivery.unverifiable",
             )
             return None
         if verdict.found == "present":
             part += 1
             reason = f"asked: part {part}/{record.part_count} delivered ({verdict.reason})"
             if part == record.part_count:
-                self.outbox.move(record.id, "waiting", "delivered", reason, now=now,
-                                 part=part, attempts=0, last_error=None)
+                self.outbox.move(
+                    record.id,
+                    "waiting",
+                    "delivered",
+                    reason,
+                    now=now,
+                    part=part,
+                    attempts=0,
+                    last_error=None,
+                )
                 return None
-            self.outbox.move(record.id, "waiting", "sending", reason, now=now,
-                             lease=self.config.lease, part=part, attempts=0)
+            self.outbox.move(
+                record.id,
+                "waiting",
+                "sending",
+                reason,
+                now=now,
+                lease=self.config.lease,
+                part=part,
+                attempts=0,
+            )
             return part, 0, "sending"
         reason = f"asked: {verdict.reason}; sending part {part + 1} again"
-        self.outbox.move(record.id, "waiting", "sending", reason, now=now,
-                         lease=self.config.lease)
+        self.outbox.move(record.id, "waiting", "sending", reason, now=now, lease=self.config.lease)
         return part, record.attempts, "sending"
 
-    def _failed(self, record: OutboxRecord, part: int, attempts: int, answer: Answer,
-                now: datetime) -> None:
+    def _failed(
+        self, record: OutboxRecord, part: int, attempts: int, answer: Answer, now: datetime
+    ) -> None:
         where = f"part {part + 1}/{record.part_count}"
-        kept = {"last_status": answer.status, "last_error": answer.code,
-                "last_response": answer.body, "attempts": attempts, "part": part}
+        kept: dict[str, Any] = {
+            "last_status": answer.status,
+            "last_error": answer.code,
+            "last_response": answer.body,
+            "attempts": attempts,
+            "part": part,
+        }
         if answer.kind == "dead":
-            self.outbox.move(record.id, "sending", "dead", f"{answer.code}: {answer.reason}, {where}",
-                             now=now, status=answer.status, **kept)
+            self.outbox.move(
+                record.id,
+                "sending",
+                "dead",
+                f"{answer.code}: {answer.reason}, {where}",
+                now=now,
+                status=answer.status,
+                **kept,
+            )
             return
         if answer.kind == "ambiguous":
             # Never a blind resend: the partner is asked first (gateway/delivery/_ask.py),
             # after a pause that lets a slow partner finish what it received.
             wait = max(self.config.backoff_base, self._wait(attempts, None))
             self.outbox.move(
-                record.id, "sending", "waiting",
+                record.id,
+                "sending",
+                "waiting",
                 f"{answer.code}: {answer.reason}, {where}; ask the partner in {wait:.1f} s",
-                now=now, status=answer.status, next_at=now + timedelta(seconds=wait), **kept,
+                now=now,
+                status=answer.status,
+                next_at=now + timedelta(seconds=wait),
+                **kept,
             )
             return
         too_old = now - record.created_at >= self.config.max_age
@@ -189,16 +249,25 @@ class Deliverer:
             why = "too old" if too_old else f"{attempts} attempts"
             kept["last_error"] = "delivery.gave-up"
             self.outbox.move(
-                record.id, "sending", "dead",
+                record.id,
+                "sending",
+                "dead",
                 f"delivery.gave-up ({why}): last {answer.code}: {answer.reason}, {where}",
-                now=now, status=answer.status, **kept,
+                now=now,
+                status=answer.status,
+                **kept,
             )
             return
         wait = self._wait(attempts, answer.wait)
         self.outbox.move(
-            record.id, "sending", "retrying",
+            record.id,
+            "sending",
+            "retrying",
             f"{answer.code}: {answer.reason}, {where}; retry in {wait:.1f} s",
-            now=now, status=answer.status, next_at=now + timedelta(seconds=wait), **kept,
+            now=now,
+            status=answer.status,
+            next_at=now + timedelta(seconds=wait),
+            **kept,
         )
 
     def _wait(self, attempt: int, asked: float | None) -> float:
@@ -232,10 +301,11 @@ class Deliverer:
             self._clients[partner.key] = httpx.Client(
                 base_url=partner.base,
                 timeout=httpx.Timeout(
-                    connect=c.connect_timeout, read=c.read_timeout,
-                    write=c.write_timeout, pool=c.pool_timeout,
+                    connect=c.connect_timeout,
+                    read=c.read_timeout,
+                    write=c.write_timeout,
+                    pool=c.pool_timeout,
                 ),
                 limits=httpx.Limits(max_connections=4, max_keepalive_connections=4),
             )
         return self._clients[partner.key]
-

@@ -25,8 +25,12 @@ MRN = "urn:oid:1.3.6.1.4.1.99999.1.1.2"
 ORDERS = "https://fhir.lax2.example.cn/sid/accession"
 # Fast, deterministic settings: backoff in seconds the fake clock skips over.
 CONFIG = DeliveryConfig(
-    backoff_base=1.0, backoff_cap=30.0, max_attempts=4, breaker_threshold=3,
-    breaker_cooldown=60.0, max_age=timedelta(hours=1),
+    backoff_base=1.0,
+    backoff_cap=30.0,
+    max_attempts=4,
+    breaker_threshold=3,
+    breaker_cooldown=60.0,
+    max_age=timedelta(hours=1),
 )
 
 
@@ -41,7 +45,9 @@ class Clock:
         self.now += timedelta(seconds=seconds)
 
 
-def bundle(patient: str, order: str, status: str = "active", name: str = "陳大文") -> dict[str, Any]:
+def bundle(
+    patient: str, order: str, status: str = "active", name: str = "陳大文"
+) -> dict[str, Any]:
     """A referral: the patient (created if none exists) and its ServiceRequest
     (conditional update), the way mappings/writes.yaml writes them."""
     pid = f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, patient)}"

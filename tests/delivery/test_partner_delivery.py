@@ -11,8 +11,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
-import pytest
-
 from gateway.delivery import Deliverer, DeliveryConfig, Outbox
 from gateway.partners import Partner
 from gateway.store import Store
@@ -21,8 +19,12 @@ from tests.partner.conftest import PartnerServer
 
 # Short waits (real time): the test is about outcomes, not timing.
 FAST = DeliveryConfig(
-    backoff_base=0.05, backoff_cap=0.2, max_attempts=50, breaker_threshold=3,
-    breaker_cooldown=0.2, read_timeout=30,
+    backoff_base=0.05,
+    backoff_cap=0.2,
+    max_attempts=50,
+    breaker_threshold=3,
+    breaker_cooldown=0.2,
+    read_timeout=30,
 )
 
 
@@ -57,7 +59,8 @@ def test_goldens_survive_a_partner_outage_delivered_once(
     assert partner.http.get("/$fault").json()["mode"] == "none"  # the outage was used up
     states = Counter(outbox.require(r).state for r in rows)
     assert states == {"delivered": len(rows)}, [
-        (outbox.require(r).label, outbox.require(r).last_response) for r in rows
+        (outbox.require(r).label, outbox.require(r).last_response)
+        for r in rows
         if outbox.require(r).state != "delivered"
     ]
     retried = [r for r in rows if any(e.to_state == "retrying" for e in outbox.events(r))]

@@ -17,7 +17,7 @@ patients' records go on.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -231,9 +231,12 @@ class Outbox:
         with self.store.engine.connect() as conn:
             return [_record(row) for row in conn.execute(query)]
 
-    def due(self, now: datetime, limit: int = 100) -> list[OutboxRecord]:
-        """Rows to act on now, oldest first: due, not held by a worker, and first of
-        their (partner, order key) among the undelivered."""
+    def due(
+        self, now: datetime, limit: int = 100, exclude: Sequence[str] = ()
+    ) -> list[OutboxRecord]:
+        """Rows to act on now, oldest first: due, not held by a worker, first of their
+        (partner, order key) among the undelivered, and not for a partner in
+        ``exclude`` (its breaker is open)."""
         o = _outbox
         earlier = o.alias("earlier")
         blocked = (
@@ -253,6 +256,7 @@ class Outbox:
                 o.c.next_at <= now,
                 sa.or_(o.c.lease_until.is_(None), o.c.lease_until <= now),
                 ~blocked,
+                o.c.partner.not_in(exclude) if exclude else sa.true(),
             )
             .order_by(o.c.id)
             .limit(limit)

@@ -91,6 +91,11 @@ class Breaker:
             return "closed"
         return "half-open" if now >= self.opened_at + self.cooldown else "open"
 
+    def may_try(self, now: datetime) -> bool:
+        """Whether :meth:`allow` could say yes now (without taking the probe)."""
+        state = self.state(now)
+        return state == "closed" or (state == "half-open" and not self.probing)
+
     def allow(self, now: datetime) -> bool:
         """May a request go now? In half-open, only the first caller gets a yes."""
         state = self.state(now)

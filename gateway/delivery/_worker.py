@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 
+from ..errors import GatewayError
 from ..partners import Partner
 from ._ask import ask
 from ._outbox import Outbox, OutboxRecord
@@ -58,13 +59,22 @@ class Deliverer:
                 stop.wait(self.config.poll)
 
     def run_once(self, limit: int = 100) -> int:
-        """Act once on every due row (up to ``limit``); how many were acted on."""
+        """Act once on every due row (up to ``limit``); how many were acted on. Rows of
+        partners whose breaker is open are not even picked, so they never crowd out
+        another partner's rows."""
         now = self.clock()
         self.outbox.recover(now)
+        closed_to = [key for key, b in self.breakers.items() if not b.may_try(now)]
         acted = 0
-        for record in self.outbox.due(now, limit):
-            if self._handle(record):
-                acted += 1
+        for record in self.outbox.due(now, limit, exclude=closed_to):
+            try:
+                if self._handle(record):
+                    acted += 1
+            except GatewayError as exc:  # e.g. another worker moved the row: leave it
+                log.warning("outbox record %s: %s", record.id, exc.issue.line())
+            except Exception:  # one record's fault never stops the others
+                # A row left sending is asked about once its lease runs out (recover).
+                log.exception("outbox record %s: delivery failed", record.id)
         return acted
 
     def close(self) -> None:

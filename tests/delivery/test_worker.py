@@ -491,3 +491,41 @@ def test_settings_sized_client_timeouts(outbox: Outbox) -> None:
         timeout = deliverer.client(PARTNER).timeout
         assert (timeout.connect, timeout.read, timeout.write, timeout.pool) == (1.5, 9, 4, 2)
         assert deliverer.client(PARTNER) is deliverer.client(PARTNER)  # one pool per partner
+
+
+def test_a_partner_with_an_open_breaker_never_crowds_out_another(
+    outbox: Outbox, clock: Clock, partner_api: respx.MockRouter
+) -> None:
+    other = Partner("nsch", "https://fhir.nsch.example.cn/fhir")
+    partner_api.post(POST_URL).respond(503, json=OUTCOME)
+    nsch = partner_api.post(other.base + "/").respond(200, json=response("200", "200"))
+    down = [outbox.enqueue(PARTNER, bundle(f"P{n}", f"O{n}"))[0] for n in range(6)]
+    up, _ = outbox.enqueue(other, bundle("P9", "O9"))
+    partners = {"hkpmc": PARTNER, "nsch": other}
+    with Deliverer(outbox, partners, CONFIG, rng=random.Random(4)) as deliverer:
+        deliverer.run_once(limit=3)  # three failures: hkpmc's breaker opens
+        clock.advance(CONFIG.backoff_cap)
+        # 6 hkpmc rows are due before the nsch one; a page of 3 still reaches it.
+        deliverer.run_once(limit=3)
+    assert outbox.require(up).state == "delivered" and nsch.call_count == 1
+    assert [outbox.require(r).state for r in down[3:]] == ["pending"] * 3
+
+
+def test_a_record_whose_handling_fails_never_stops_the_others(
+    outbox: Outbox, deliverer: Deliverer, clock: Clock, partner_api: respx.MockRouter
+) -> None:
+    def answer(request: httpx.Request) -> httpx.Response:
+        if b'"P1"' in request.content:
+            raise RuntimeError("a fault of the gateway itself")
+        return httpx.Response(200, json=response("200", "200"))
+
+    partner_api.post(POST_URL).mock(side_effect=answer)
+    broken, _ = outbox.enqueue(PARTNER, bundle("P1", "O1"))
+    fine, _ = outbox.enqueue(PARTNER, bundle("P2", "O2"))
+    deliverer.run_once()
+    assert outbox.require(fine).state == "delivered"
+    assert outbox.require(broken).state == "sending"  # held by its lease, then asked
+    clock.advance(CONFIG.lease.total_seconds())
+    partner_api.get(url__startswith=BASE).respond(200, json=searchset())
+    deliverer.run_once()
+    assert path(outbox, broken)[2] == ("sending", "waiting")

@@ -47,9 +47,7 @@ def upgrade() -> None:
     op.create_table(
         "outbox_events",
         sa.Column("id", ID, primary_key=True, autoincrement=True),
-        sa.Column(
-            "outbox_id", ID, sa.ForeignKey("outbox.id", ondelete="CASCADE"), nullable=False
-        ),
+        sa.Column("outbox_id", ID, sa.ForeignKey("outbox.id", ondelete="CASCADE"), nullable=False),
         sa.Column("at", sa.DateTime(), nullable=False),
         sa.Column("from_state", sa.String(16)),
         sa.Column("to_state", sa.String(16), nullable=False),

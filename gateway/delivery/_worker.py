@@ -116,7 +116,7 @@ class Deliverer:
                     record.id,
                     state,
                     "sending",
-                    "sending",
+                    f"sending part {part + 1}/{len(parts)}",
                     now=now,
                     lease=self.config.lease,
                     part=part,

@@ -29,6 +29,7 @@ import orjson
 
 from . import __version__, signing
 from .config import Settings
+from .delivery import add_cli as add_outbox_cli
 from .envelope import Record
 from .errors import GatewayError
 from .intake import FORMATS, detect_format
@@ -344,6 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_policy_cli(sub)  # gateway policy check|decisions|show, gateway consent import|list|withdraw
     add_listen_cli(sub)  # gateway listen
     add_store_cli(sub)  # gateway messages ..., gateway db upgrade
+    add_outbox_cli(sub)  # gateway outbox list|show|stats
     add_dicom_cli(sub)  # gateway dicom commit / pending / listen
     signing.add_cli(sub)  # gateway keys init, sign, verify
 

@@ -86,6 +86,20 @@ class Settings:
     signing_keys: Path | None = None
     signing_trust: Path | None = None
     signing_rules: str = ""
+    # Delivery to partner FHIR servers (gateway/delivery; docs/delivery.md). Seconds unless
+    # named otherwise; every delivery_* setting is checked by _delivery_setting.
+    delivery_connect_timeout: float = 5.0  # nothing sent yet: a failure is safe to retry
+    delivery_read_timeout: float = 60.0  # after the request was sent: ambiguous, ask
+    delivery_write_timeout: float = 30.0
+    delivery_pool_timeout: float = 10.0
+    delivery_backoff_base: float = 2.0  # retry n waits up to base * 2^(n-1) (full jitter)
+    delivery_backoff_cap: float = 600.0  # ... and never more than this
+    delivery_max_attempts: int = 20  # sends of one part, then dead
+    delivery_max_age_hours: float = 72.0  # a record still not delivered after this: dead
+    delivery_breaker_threshold: int = 5  # consecutive failures that open a partner's breaker
+    delivery_breaker_cooldown: float = 60.0  # open this long, then one probe (half-open)
+    delivery_lease_seconds: float = 300.0  # a row `sending` longer than this was interrupted
+    delivery_poll_seconds: float = 1.0  # the worker's pause when nothing is due
 
     @property
     def out_dir(self) -> Path:
@@ -191,6 +205,8 @@ def _coerce(name: str, value: Any, home: Path) -> Any:
         if limit < 1024:
             raise ConfigError("bad-setting", f"dicom_max_element_bytes must be ≥ 1024, not {limit}")
         return limit
+    if name.startswith("delivery_"):
+        return _delivery_setting(name, value)
     if name.startswith("dicom_") and name != "dicom_max_element_bytes":
         return _dicom_setting(name, value)
     if name == "timezone" and not re.fullmatch(r"[+-](?:0\d|1[0-4]):[0-5]\d|Z", str(value)):
@@ -301,3 +317,12 @@ def _ae_title(name: str, title: str) -> str:
             f"{name}: {title!r} is not an AE title (1–16 ASCII characters, no backslash)",
         )
     return title
+
+
+def _delivery_setting(name: str, value: Any) -> int | float:
+    """The delivery settings: positive numbers (attempts and the breaker's threshold whole)."""
+    whole = name in ("delivery_max_attempts", "delivery_breaker_threshold")
+    number = _number(name, value, int if whole else float)
+    if number <= 0:
+        raise ConfigError("bad-setting", f"{name} must be positive, not {number}")
+    return number

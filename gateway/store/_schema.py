@@ -23,7 +23,15 @@ from sqlalchemy import (
     Text,
 )
 
-__all__ = ["dicom_instances", "message_patients", "messages", "metadata", "outcomes"]
+__all__ = [
+    "dicom_instances",
+    "message_patients",
+    "messages",
+    "metadata",
+    "outbox",
+    "outbox_events",
+    "outcomes",
+]
 
 # SQLite only auto-numbers an INTEGER PRIMARY KEY; PostgreSQL gets a 64-bit identity.
 ID = BigInteger().with_variant(Integer(), "sqlite")
@@ -112,3 +120,49 @@ dicom_instances = Table(
 )
 Index("ix_dicom_study", dicom_instances.c.study_uid, dicom_instances.c.message_id)
 Index("ix_dicom_pending", dicom_instances.c.message_id, dicom_instances.c.received_at)
+
+# -- delivery (gateway/delivery, docs/delivery.md; migration v0003_outbox) ------------
+# One row per (record, partner): the ordered parts Partner.split made of its Bundle, where
+# delivery is (state, next part), when to try next, and the partner's last answer.
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("id", ID, primary_key=True, autoincrement=True),
+    Column("message_id", ID, ForeignKey("messages.id", ondelete="SET NULL")),
+    Column("partner", String(64), nullable=False),  # institution key (seeds/partners.yaml)
+    Column("label", String(255)),  # what the record is, for people (never patient data)
+    # Records with the same (partner, order_key) are delivered in id order; NULL: no order.
+    Column("order_key", String(255)),  # the patient identifier "system|value"
+    # partner|sha256 of the Bundle: the same Bundle queued twice for a partner is one row.
+    Column("dedup_key", String(64), nullable=False, unique=True),
+    Column("parts", LargeBinary(), nullable=False),  # JSON list of the requests, in order
+    Column("part_count", Integer(), nullable=False),
+    Column("part", Integer(), nullable=False, default=0),  # parts before it are delivered
+    Column("state", String(16), nullable=False),
+    Column("attempts", Integer(), nullable=False, default=0),  # sends of the current part
+    Column("next_at", DateTime(), nullable=False),  # due from then
+    Column("lease_until", DateTime()),  # a worker holds the row until then
+    Column("created_at", DateTime(), nullable=False),
+    Column("updated_at", DateTime(), nullable=False),
+    Column("last_status", Integer()),  # the partner's last HTTP status
+    Column("last_error", String(64)),  # the last gateway error code (delivery.*)
+    Column("last_response", Text()),  # the partner's last answer (OperationOutcome), truncated
+)
+Index("ix_outbox_state_next", outbox.c.state, outbox.c.next_at)
+Index("ix_outbox_order", outbox.c.partner, outbox.c.order_key, outbox.c.id)
+Index("ix_outbox_message", outbox.c.message_id)
+
+# Every transition of an outbox row, in order (from_state NULL: queued).
+outbox_events = Table(
+    "outbox_events",
+    metadata,
+    Column("id", ID, primary_key=True, autoincrement=True),
+    Column("outbox_id", ID, ForeignKey("outbox.id", ondelete="CASCADE"), nullable=False),
+    Column("at", DateTime(), nullable=False),
+    Column("from_state", String(16)),
+    Column("to_state", String(16), nullable=False),
+    Column("part", Integer()),  # the part it concerns
+    Column("status", Integer()),  # the partner's HTTP status, when it answered
+    Column("reason", Text(), nullable=False),
+)
+Index("ix_outbox_events_row", outbox_events.c.outbox_id, outbox_events.c.id)

@@ -1,0 +1,321 @@
+"""The delivery worker: picks the outbox rows that are due and sends their parts, one
+after the other, each only after the one before was delivered.
+
+One failing record never holds up another patient's: a row that fails is rescheduled
+(retrying or waiting) and the loop goes on. Order is the outbox's: a row is due only
+when its patient's earlier rows at the same partner are delivered. A partner whose
+breaker is open is skipped until its cool-down has passed.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+import httpx
+
+from ..errors import GatewayError
+from ..partners import Partner
+from ._ask import ask
+from ._outbox import Outbox, OutboxRecord
+from ._retry import Breaker, DeliveryConfig, backoff
+from ._send import Answer, send_part
+
+__all__ = ["Deliverer"]
+
+log = logging.getLogger("gateway.delivery")
+
+
+class Deliverer:
+    """Delivers an outbox to its partners. ``clock`` (naive UTC; default: the outbox's)
+    and ``rng`` (backoff jitter) are for tests."""
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        partners: Mapping[str, Partner],
+        config: DeliveryConfig | None = None,
+        *,
+        clock: Callable[[], datetime] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.outbox = outbox
+        self.partners = dict(partners)
+        self.config = config or DeliveryConfig()
+        self.clock = clock or outbox.clock
+        self.rng = rng or random.Random()
+        self._clients: dict[str, httpx.Client] = {}
+        self.breakers: dict[str, Breaker] = {}
+
+    # -- the loop -------------------------------------------------------------------
+    def run(self, stop: threading.Event) -> None:
+        """Deliver until ``stop`` is set, pausing ``poll`` seconds when nothing is due."""
+        while not stop.is_set():
+            if self.run_once() == 0:
+                stop.wait(self.config.poll)
+
+    def run_once(self, limit: int = 100) -> int:
+        """Act once on every due row (up to ``limit``); how many were acted on. Rows of
+        partners whose breaker is open are not even picked, so they never crowd out
+        another partner's rows."""
+        now = self.clock()
+        self.outbox.recover(now)
+        closed_to = [key for key, b in self.breakers.items() if not b.may_try(now)]
+        acted = 0
+        for record in self.outbox.due(now, limit, exclude=closed_to):
+            try:
+                if self._handle(record):
+                    acted += 1
+            except GatewayError as exc:  # e.g. another worker moved the row: leave it
+                log.warning("outbox record %s: %s", record.id, exc.issue.line())
+            except Exception:  # one record's fault never stops the others
+                # A row left sending is asked about once its lease runs out (recover).
+                log.exception("outbox record %s: delivery failed", record.id)
+        return acted
+
+    def close(self) -> None:
+        for client in self._clients.values():
+            client.close()
+        self._clients.clear()
+
+    def __enter__(self) -> Deliverer:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    # -- one record -----------------------------------------------------------------
+    def _handle(self, record: OutboxRecord) -> bool:
+        now = self.clock()
+        partner = self.partners.get(record.partner)
+        if partner is None:
+            code = "delivery.unknown-partner"
+            reason = f"{code}: not in the configured partners"
+            self.outbox.move(record.id, record.state, "held", reason, now=now, last_error=code)
+            return True
+        breaker = self.breaker(partner.key)
+        if not breaker.allow(now):
+            return False  # open: its rows stay due, untouched, until the cool-down ends
+        if not self.outbox.claim(record, now, self.config.lease):
+            breaker.probing = False  # not sent: the probe is still to come
+            return False
+        parts = self.outbox.parts(record.id)
+        part, attempts, state = record.part, record.attempts, record.state
+        if state == "waiting":
+            resolved = self._resolve(record, partner, parts[part])
+            if resolved is None:
+                return True
+            part, attempts, state = resolved
+        while part < len(parts):
+            if state != "sending":
+                self.outbox.move(
+                    record.id,
+                    state,
+                    "sending",
+                    f"sending part {part + 1}/{len(parts)}",
+                    now=now,
+                    lease=self.config.lease,
+                    part=part,
+                )
+                state = "sending"
+            attempts += 1
+            answer = send_part(self.client(partner), parts[part], self.clock())
+            now = self.clock()
+            self._count(breaker, answer, now)
+            if answer.kind != "delivered":
+                self._failed(record, part, attempts, answer, now)
+                return True
+            part, attempts = part + 1, 0
+            if part < len(parts):
+                self.outbox.move(
+                    record.id,
+                    "sending",
+                    "sending",
+                    f"part {part}/{len(parts)} delivered ({answer.reason})",
+                    now=now,
+                    lease=self.config.lease,
+                    status=answer.status,
+                    part=part,
+                    attempts=0,
+                )
+        self.outbox.move(
+            record.id,
+            state,
+            "delivered",
+            f"all {len(parts)} parts delivered",
+            now=now,
+            part=len(parts),
+            attempts=0,
+            last_error=None,
+        )
+        return True
+
+    def _resolve(
+        self, record: OutboxRecord, partner: Partner, part_bundle: dict[str, object]
+    ) -> tuple[int, int, str] | None:
+        """Ask the partner about the part of an ambiguous send. (part, attempts, state)
+        to go on with, or None when the record was moved (asked later, or held)."""
+        breaker = self.breaker(partner.key)
+        verdict = ask(self.client(partner), part_bundle)
+        now = self.clock()
+        part = record.part
+        if verdict.found == "unreachable":
+            breaker.failure(now)
+            wait = self._wait(record.attempts + 1, None)
+            self.outbox.move(
+                record.id,
+                "waiting",
+                "waiting",
+                f"delivery.ambiguous: not asked ({verdict.reason}); ask again in {wait:.1f} s",
+                now=now,
+                next_at=now + timedelta(seconds=wait),
+                attempts=record.attempts + 1,
+            )
+            return None
+        breaker.success()
+        if verdict.found == "unverifiable":
+            self.outbox.move(
+                record.id,
+                "waiting",
+                "held",
+                f"delivery.unverifiable: {verdict.reason}",
+                now=now,
+                last_error="delivery.unverifiable",
+            )
+            return None
+        if verdict.found == "present":
+            part += 1
+            reason = f"asked: part {part}/{record.part_count} delivered ({verdict.reason})"
+            if part == record.part_count:
+                self.outbox.move(
+                    record.id,
+                    "waiting",
+                    "delivered",
+                    reason,
+                    now=now,
+                    part=part,
+                    attempts=0,
+                    last_error=None,
+                )
+                return None
+            self.outbox.move(
+                record.id,
+                "waiting",
+                "sending",
+                reason,
+                now=now,
+                lease=self.config.lease,
+                part=part,
+                attempts=0,
+            )
+            return part, 0, "sending"
+        reason = f"asked: {verdict.reason}; sending part {part + 1} again"
+        self.outbox.move(record.id, "waiting", "sending", reason, now=now, lease=self.config.lease)
+        return part, record.attempts, "sending"
+
+    def _failed(
+        self, record: OutboxRecord, part: int, attempts: int, answer: Answer, now: datetime
+    ) -> None:
+        where = f"part {part + 1}/{record.part_count}"
+        kept: dict[str, Any] = {
+            "last_status": answer.status,
+            "last_error": answer.code,
+            "last_response": answer.body,
+            "attempts": attempts,
+            "part": part,
+        }
+        if answer.kind == "dead":
+            self.outbox.move(
+                record.id,
+                "sending",
+                "dead",
+                f"{answer.code}: {answer.reason}, {where}",
+                now=now,
+                status=answer.status,
+                **kept,
+            )
+            return
+        if answer.kind == "ambiguous":
+            # Never a blind resend: the partner is asked first (gateway/delivery/_ask.py),
+            # after a pause that lets a slow partner finish what it received.
+            wait = max(self.config.backoff_base, self._wait(attempts, None))
+            self.outbox.move(
+                record.id,
+                "sending",
+                "waiting",
+                f"{answer.code}: {answer.reason}, {where}; ask the partner in {wait:.1f} s",
+                now=now,
+                status=answer.status,
+                next_at=now + timedelta(seconds=wait),
+                **kept,
+            )
+            return
+        too_old = now - record.created_at >= self.config.max_age
+        if attempts >= self.config.max_attempts or too_old:
+            why = "too old" if too_old else f"{attempts} attempts"
+            kept["last_error"] = "delivery.gave-up"
+            self.outbox.move(
+                record.id,
+                "sending",
+                "dead",
+                f"delivery.gave-up ({why}): last {answer.code}: {answer.reason}, {where}",
+                now=now,
+                status=answer.status,
+                **kept,
+            )
+            return
+        wait = self._wait(attempts, answer.wait)
+        self.outbox.move(
+            record.id,
+            "sending",
+            "retrying",
+            f"{answer.code}: {answer.reason}, {where}; retry in {wait:.1f} s",
+            now=now,
+            status=answer.status,
+            next_at=now + timedelta(seconds=wait),
+            **kept,
+        )
+
+    def _wait(self, attempt: int, asked: float | None) -> float:
+        """Seconds before the next try: what the partner asked (Retry-After), else
+        backoff with full jitter."""
+        if asked is not None:
+            return asked
+        return backoff(attempt, self.config.backoff_base, self.config.backoff_cap, self.rng)
+
+    @staticmethod
+    def _count(breaker: Breaker, answer: Answer, now: datetime) -> None:
+        """An answer (delivered, or refused: the partner is up) closes the breaker; no
+        answer, 5xx, 408 and 429 count as failures."""
+        if answer.kind in ("delivered", "dead"):
+            breaker.success()
+        else:
+            breaker.failure(now)
+
+    # -- per partner ----------------------------------------------------------------
+    def breaker(self, key: str) -> Breaker:
+        if key not in self.breakers:
+            self.breakers[key] = Breaker(
+                self.config.breaker_threshold, self.config.breaker_cooldown
+            )
+        return self.breakers[key]
+
+    def client(self, partner: Partner) -> httpx.Client:
+        """The partner's pooled client (keep-alive connections reused across records)."""
+        if partner.key not in self._clients:
+            c = self.config
+            self._clients[partner.key] = httpx.Client(
+                base_url=partner.base,
+                timeout=httpx.Timeout(
+                    connect=c.connect_timeout,
+                    read=c.read_timeout,
+                    write=c.write_timeout,
+                    pool=c.pool_timeout,
+                ),
+                limits=httpx.Limits(max_connections=4, max_keepalive_connections=4),
+            )
+        return self._clients[partner.key]

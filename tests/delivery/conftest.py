@@ -1,0 +1,125 @@
+"""Delivery fixtures: an outbox in an empty store on each database backend, a clock
+the tests move, and small transaction Bundles of named patients."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.delivery import Deliverer, DeliveryConfig, Outbox
+from gateway.partners import Partner
+from gateway.store import Store
+from tests.partner.conftest import partner  # noqa: F401  (the real partner server)
+from tests.store.dbs import BACKENDS, database
+
+BASE = "https://fhir.hkpmc.example.hk/fhir/R4"
+POST_URL = BASE + "/"  # httpx's base_url ends in "/": a POST to the base goes there
+PARTNER = Partner("hkpmc", BASE)
+MRN = "urn:oid:1.3.6.1.4.1.99999.1.1.2"
+ORDERS = "https://fhir.lax2.example.cn/sid/accession"
+# Fast, deterministic settings: backoff in seconds the fake clock skips over.
+CONFIG = DeliveryConfig(
+    backoff_base=1.0,
+    backoff_cap=30.0,
+    max_attempts=4,
+    breaker_threshold=3,
+    breaker_cooldown=60.0,
+    max_age=timedelta(hours=1),
+)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime(2026, 12, 5, 8, 0, 0)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+def bundle(
+    patient: str, order: str, status: str = "active", name: str = "陳大文"
+) -> dict[str, Any]:
+    """A referral: the patient (created if none exists) and its ServiceRequest
+    (conditional update), the way mappings/writes.yaml writes them."""
+    pid = f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, patient)}"
+    return {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "identifier": {"system": "urn:ietf:rfc:3986", "value": f"urn:uuid:bundle-{order}-{status}"},
+        "entry": [
+            {
+                "fullUrl": pid,
+                "resource": {
+                    "resourceType": "Patient",
+                    "identifier": [{"system": MRN, "value": patient}],
+                    "name": [{"text": name}],
+                },
+                "request": {
+                    "method": "POST",
+                    "url": "Patient",
+                    "ifNoneExist": f"identifier={MRN}|{patient}",
+                },
+            },
+            {
+                "fullUrl": f"urn:uuid:{order}",
+                "resource": {
+                    "resourceType": "ServiceRequest",
+                    "identifier": [{"system": ORDERS, "value": order}],
+                    "status": status,
+                    "intent": "order",
+                    "subject": {"reference": pid},
+                },
+                "request": {"method": "PUT", "url": f"ServiceRequest?identifier={ORDERS}|{order}"},
+            },
+        ],
+    }
+
+
+def response(*statuses: str) -> dict[str, Any]:
+    return {
+        "resourceType": "Bundle",
+        "type": "transaction-response",
+        "entry": [{"response": {"status": s}} for s in statuses],
+    }
+
+
+def searchset(*resources: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "total": len(resources),
+        "entry": [{"resource": r, "search": {"mode": "match"}} for r in resources],
+    }
+
+
+@pytest.fixture(params=BACKENDS)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    for url in database(request.param, tmp_path):
+        opened = Store.open(url)
+        yield opened
+        opened.close()
+
+
+@pytest.fixture
+def outbox(store: Store, clock: Clock) -> Outbox:
+    return Outbox(store, clock)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def deliverer(outbox: Outbox, clock: Clock) -> Iterator[Deliverer]:
+    with Deliverer(outbox, {"hkpmc": PARTNER}, CONFIG, rng=random.Random(7)) as d:
+        yield d

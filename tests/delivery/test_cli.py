@@ -1,0 +1,76 @@
+"""gateway outbox list|show|stats on a real store: a delivered record, a refused one
+(with the partner's OperationOutcome) and one still queued."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import respx
+
+from gateway.cli import main
+from gateway.delivery import Deliverer, Outbox
+from gateway.store import Store
+
+from .conftest import CONFIG, PARTNER, POST_URL, bundle, response
+
+
+def run(capsys: pytest.CaptureFixture[str], home: Path, *args: str) -> tuple[int, str]:
+    code = main(["--home", str(home), *args])
+    return code, capsys.readouterr().out
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    store = Store.for_home(tmp_path)
+    outbox = Outbox(store)
+    rows = [outbox.enqueue(PARTNER, bundle(f"P{n}", f"O{n}"))[0] for n in range(3)]
+    with respx.mock as partner_api:
+        post = partner_api.post(POST_URL)
+        post.side_effect = [
+            respx.MockResponse(200, json=response("201", "201")),
+            respx.MockResponse(400, json={"resourceType": "OperationOutcome", "issue": []}),
+        ]
+        with Deliverer(outbox, {"hkpmc": PARTNER}, CONFIG) as deliverer:
+            deliverer.run_once(limit=2)
+    assert [outbox.require(r).state for r in rows] == ["delivered", "dead", "pending"]
+    store.close()
+    return tmp_path
+
+
+def test_list_show_and_stats(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = run(capsys, home, "outbox", "list", "--json")
+    assert code == 0
+    assert [(r["id"], r["state"]) for r in json.loads(out)] == [
+        (3, "pending"),
+        (2, "dead"),
+        (1, "delivered"),
+    ]
+    assert "order_key" not in out  # the patient identifier only on `show`
+    code, out = run(capsys, home, "outbox", "list", "--state", "dead")
+    assert code == 0 and [line.split()[0] for line in out.splitlines()[1:]] == ["2"]
+
+    code, out = run(capsys, home, "outbox", "show", "2", "--json")
+    shown = json.loads(out)
+    assert shown["state"] == "dead" and shown["last_error"] == "delivery.partner-rejected"
+    assert json.loads(shown["last_response"])["resourceType"] == "OperationOutcome"
+    assert [(e["from"], e["to"]) for e in shown["events"]] == [
+        (None, "pending"),
+        ("pending", "sending"),
+        ("sending", "dead"),
+    ]
+    code, out = run(capsys, home, "outbox", "show", "2")
+    assert code == 0 and "sending → dead" in out and "OperationOutcome" in out
+
+    code, out = run(capsys, home, "outbox", "stats", "--json")
+    (stats,) = json.loads(out)
+    assert stats["partner"] == "hkpmc" and stats["depth"] == 1
+    assert stats["states"] == {"delivered": 1, "dead": 1, "pending": 1}
+    code, out = run(capsys, home, "outbox", "stats")
+    assert code == 0 and out.startswith("hkpmc: depth 1; oldest waiting since")
+
+
+def test_show_of_a_record_that_is_not_there(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--home", str(home), "outbox", "show", "99"]) == 2
+    assert "delivery.not-found" in capsys.readouterr().err

@@ -17,6 +17,7 @@ from gateway.datafiles import data_dir, load_data_file
 from gateway.errors import ConfigError
 from gateway.mapping import Narratives
 from gateway.network import Network
+from gateway.shared import freeze
 from tests.golden.regenerate import expected_path, inputs
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
@@ -261,6 +262,32 @@ def test_the_display_of_a_code_comes_with_its_translation() -> None:
     text = _text(study["text"]["div"])
     assert "计算机断层扫描 / Computed Tomography (DICOM CT)" in text
     assert f"{study['numberOfSeries']}" in text and "胸部CT平扫" in text
+
+
+def test_a_shared_frozen_coding_follows_each_records_languages(narratives: Narratives) -> None:
+    # The mapping memo shares frozen codings between records; their lines are kept per
+    # label language, so an English record never shows another record's Chinese.
+    ct = freeze(
+        {
+            "coding": [
+                {
+                    "system": "http://dicom.nema.org/resources/ontology/DCM",
+                    "code": "CT",
+                    "display": "Computed Tomography",
+                    "_display": {"extension": [{
+                        "url": "http://hl7.org/fhir/StructureDefinition/translation",
+                        "extension": [{"url": "lang", "valueCode": "zh-HK"},
+                                      {"url": "content", "valueString": "計算機斷層掃描"}],
+                    }]},
+                }
+            ]
+        }
+    )  # fmt: skip
+    english = {"resourceType": "Task", "language": "en", "status": "draft", "code": ct}
+    chinese = {"resourceType": "Task", "language": "zh-Hant-HK", "status": "draft", "code": ct}
+    for _ in range(2):
+        assert "計算機斷層掃描" not in narratives.render(english)
+        assert "計算機斷層掃描 / Computed Tomography (DICOM CT)" in narratives.render(chinese)
 
 
 def test_a_resource_with_a_narrative_keeps_it(narratives: Narratives) -> None:

@@ -35,7 +35,7 @@ from .intake.dicom import read_studies
 from .intake.hl7v2 import check_path as hl7v2_path
 from .intake.hl7v2 import read_messages
 from .logs import safe_traceback
-from .mapping import Env, MappingSet, Terminology
+from .mapping import Env, MappingSet, Narratives, Terminology
 from .network import Network
 from .validation import Validator
 
@@ -126,6 +126,7 @@ def _map(conv: Converter, record: Record, unit: Unit, trace: bool) -> MappedBund
     finally:
         record.issues.extend(_named(i, record.label) for i in unit.issues[seen:])
     record.issues.extend(_named(w, record.label) for w in warnings)
+    conv.narratives.add(bundle, unit.sender)  # Resource.text (dom-6), docs/narrative.md
     return MappedBundle(bundle)
 
 
@@ -239,6 +240,7 @@ class Converter:
         self.network = Network.load(self.settings.network)
         self.env = Env(Terminology(self.settings.mappings), self.network)
         self.validator = Validator()
+        self.narratives = Narratives.load(self.settings.mappings, self.network)
         self.mappings: dict[str, MappingSet] = {}
         for fmt, path_check in _path_checks().items():
             self.mappings[fmt] = MappingSet(

@@ -8,6 +8,7 @@ modules behind it.
 from ._bundle import NAMESPACE, WriteRules, resource_id, write_rules
 from ._engine import MappingSet, MessageMapping
 from ._functions import TRANSLATION_URL, Env
+from ._narrative import Narratives
 from ._terminology import Terminology, language_of
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "Env",
     "MappingSet",
     "MessageMapping",
+    "Narratives",
     "Terminology",
     "WriteRules",
     "language_of",

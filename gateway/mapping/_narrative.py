@@ -1,0 +1,472 @@
+"""Generated narratives: ``Resource.text`` (status ``generated``) for each resource the
+gateway makes, so a partner's clinician reads the key facts without a FHIR viewer
+(FHIR R4 dom-6: a resource should have a narrative).
+
+What each type shows is data (``mappings/narrative/<Type>.yaml``: rows of a label and
+the elements it shows), and so are the labels, in en, zh-Hans and zh-Hant-HK
+(``mappings/narrative/labels.yaml``). Labels are English alone, or Chinese then English
+where the data is Chinese: the resource's ``language`` says which, else whether it holds
+a Chinese character; the script is the resource's language tag's, else the sender's (its
+jurisdiction). Values are shown as they are: names are never
+converted between scripts and free text is never translated.
+
+Every value is escaped as :func:`html.escape` (``quote=True``) does (the form the policy
+stage's minimisation looks for in narratives); the markup itself is a handful of fixed
+tags (``div p b table tr th td br``), all in FHIR's allowed XHTML subset (txt-1).
+docs/narrative.md says what is shown and why.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from html import escape
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from ..datafiles import load_data_file
+from ..errors import ConfigError
+from ..network import Network
+from ..shared import FrozenDict, FrozenList
+
+__all__ = ["Narratives"]
+
+EN = "en"
+LANGS = (EN, "zh-Hans", "zh-Hant-HK")  # every label has all three
+XHTML = '<div xmlns="http://www.w3.org/1999/xhtml">'
+TRANSLATION = "http://hl7.org/fhir/StructureDefinition/translation"
+_CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")  # as mapping.language_of
+_UNDECLARED = "(undeclared)"  # a resource without language: the record decides
+_MAX_ITEMS = 50  # values shown per row (a study of 2,000 series lists 50 and says so)
+
+Resource = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    label: str  # key in labels.yaml
+    paths: tuple[tuple[str, ...], ...]  # first non-empty wins
+    show: str  # how: auto (by the value's shape), series
+    key: str | None = None  # the one top-level element, when that is all the row reads
+
+
+class Narratives:
+    """The narrative rules of ``mappings/narrative/``, loaded once per converter."""
+
+    def __init__(self, folder: Path, network: Network) -> None:
+        self.network = network
+        raw = load_data_file(folder / "labels.yaml")
+        where = "narrative/labels.yaml"
+        if not isinstance(raw, dict) or not isinstance(raw.get("labels"), dict):
+            raise ConfigError("mapping", f"{where}: needs 'labels'")
+        self._tags = _str_map(raw.get("languages"), f"{where}: languages")
+        self._jurisdictions = _str_map(raw.get("jurisdictions"), f"{where}: jurisdictions")
+        self._default_chinese = str(raw.get("default_chinese", "zh-Hans"))
+        self._systems = _str_map(raw.get("systems"), f"{where}: systems")
+        sep = str(raw.get("separator", " / "))
+        labels = {str(k): _texts(v, f"{where}: labels.{k}") for k, v in raw["labels"].items()}
+        id_types = {
+            str(k): _texts(v, f"{where}: identifier_types.{k}")
+            for k, v in (raw.get("identifier_types") or {}).items()
+        }
+        # One escaped label set per choice: English alone, or each Chinese script + English.
+        self._labels: dict[str | None, dict[str, str]] = {}
+        self._id_types: dict[str | None, dict[str, str]] = {}
+        for chinese in (None, "zh-Hans", "zh-Hant-HK"):
+            langs = (chinese, EN) if chinese else (EN,)
+            self._labels[chinese] = {
+                k: escape(sep.join(v[lang] for lang in langs)) for k, v in labels.items()
+            }
+            self._id_types[chinese] = {
+                k: sep.join(v[lang] for lang in langs) for k, v in id_types.items()
+            }
+        self._rows: dict[str, tuple[Row, ...]] = {}
+        for path in sorted(folder.glob("*.yaml")):
+            if path.name != "labels.yaml":
+                self._load_type(path, labels)
+        self._sender_script: dict[str | None, str] = {}
+        # Lines of frozen values (the mapping memo's: codings, staff names recur in every
+        # message), by id and label language; the value is kept with them, so its id
+        # cannot be reused while the entry lives.
+        self._lines: dict[tuple[int, str | None], tuple[Any, list[str]]] = {}
+
+    @classmethod
+    def load(cls, mappings: Path, network: Network) -> Narratives:
+        return cls(mappings / "narrative", network)
+
+    @property
+    def types(self) -> list[str]:
+        return sorted(self._rows)
+
+    def _load_type(self, path: Path, labels: dict[str, dict[str, str]]) -> None:
+        raw = load_data_file(path)
+        where = f"narrative/{path.name}"
+        if not isinstance(raw, dict) or not raw.get("resourceType") or not raw.get("rows"):
+            raise ConfigError("mapping", f"{where}: needs 'resourceType' and 'rows'")
+        rtype = str(raw["resourceType"])
+        if rtype not in labels:
+            raise ConfigError("mapping", f"{where}: no label {rtype!r} (its title) in labels.yaml")
+        rows = []
+        for n, spec in enumerate(raw["rows"]):
+            if not isinstance(spec, dict) or "label" not in spec or "path" not in spec:
+                raise ConfigError("mapping", f"{where}: rows[{n}] needs 'label' and 'path'")
+            label, show = str(spec["label"]), str(spec.get("show", "auto"))
+            if label not in labels:
+                raise ConfigError("mapping", f"{where}: rows[{n}]: no label {label!r}")
+            if show not in _SHOW:
+                raise ConfigError(
+                    "mapping", f"{where}: rows[{n}]: show {show!r}; use one of {', '.join(_SHOW)}"
+                )
+            paths = spec["path"] if isinstance(spec["path"], list) else [spec["path"]]
+            steps = tuple(tuple(str(p).split(".")) for p in paths)
+            key = steps[0][0] if len(steps) == 1 and len(steps[0]) == 1 else None
+            rows.append(Row(label, steps, show, key))
+        self._rows[rtype] = tuple(rows)
+
+    # -- applying -----------------------------------------------------------------------
+
+    def add(self, bundle: dict[str, Any], sender: str | None = None) -> None:
+        """Give each entry's resource of a type with rules a generated ``text`` (in place;
+        the entry gets a new resource dict, as resources may hold shared frozen values)."""
+        entries = bundle.get("entry") or []
+        view: _View | None = None
+        for entry in entries:
+            resource = entry.get("resource")
+            if not isinstance(resource, dict):
+                continue
+            rows = self._rows.get(resource.get("resourceType", ""))
+            if rows is None or "text" in resource:
+                continue
+            chinese = self._declared(resource)
+            if chinese is _UNDECLARED:
+                chinese = self._script(sender) if _holds_chinese(resource) else None
+            if view is None:
+                view = _View({e.get("fullUrl"): e.get("resource") for e in entries}, self)
+            entry["resource"] = _with_text(resource, self._div(resource, rows, view, chinese))
+
+    def render(
+        self,
+        resource: Resource,
+        by_url: dict[Any, Any] | None = None,
+        chinese: str | None = None,
+    ) -> str:
+        """The XHTML div of one resource, with labels in English or ``chinese`` + English
+        (its ``language`` decides when it has one); references resolve within ``by_url``."""
+        declared = self._declared(resource)
+        rows = self._rows.get(str(resource.get("resourceType", "")), ())
+        chosen = chinese if declared is _UNDECLARED else declared
+        return self._div(resource, rows, _View(by_url or {}, self), chosen)
+
+    def _div(
+        self, resource: Resource, rows: Iterable[Row], view: _View, chinese: str | None
+    ) -> str:
+        labels = self._labels[chinese]
+        view.chinese = chinese
+        view.id_types = self._id_types[chinese]
+        parts = [XHTML, "<p><b>", labels[resource["resourceType"]], "</b></p>"]
+        table = False
+        for row in rows:
+            value = resource.get(row.key) if row.key else _first(resource, row.paths)
+            if value is None or value == "" or value == []:
+                continue
+            shown = _SHOW[row.show](view, value)
+            if shown:
+                if not table:
+                    parts.append("<table><tbody>")
+                    table = True
+                parts += ["<tr><th>", labels[row.label], "</th><td>", "<br/>".join(shown)]
+                parts.append("</td></tr>")
+        if table:
+            parts.append("</tbody></table>")
+        parts.append("</div>")
+        return "".join(parts)
+
+    def _declared(self, resource: Resource) -> str | None:
+        """The labels' Chinese variant by the resource's ``language``: None for English,
+        _UNDECLARED when it has none."""
+        tag = resource.get("language")
+        if not isinstance(tag, str) or not tag:
+            return _UNDECLARED
+        lang = self._tags.get(tag) or self._tags.get(tag.split("-")[0])
+        return None if lang in (None, EN) else lang
+
+    def _script(self, sender: str | None) -> str:
+        """zh-Hans or zh-Hant-HK, by the sender's jurisdiction (HK: Traditional)."""
+        found = self._sender_script.get(sender)
+        if found is None:
+            inst = self.network.find(sender) if sender else None
+            where = (inst.jurisdiction or "") if inst else ""
+            found = (
+                self._jurisdictions.get(where)
+                or self._jurisdictions.get(where.split("-")[0])
+                or self._default_chinese
+            )
+            self._sender_script[sender] = found
+        return found
+
+
+# The UTF-8 lead bytes of U+4000-U+9FFF (CJK Unified Ideographs and most of extension A):
+# a byte search (memchr, in C) is ten times faster than a regular expression here.
+_CJK_LEADS = tuple(bytes([b]) for b in range(0xE4, 0xEA))
+
+
+def _holds_chinese(resource: Resource) -> bool:
+    """Whether any value of the resource (names, text, displays and their translations)
+    holds a Chinese character: a search in its JSON (orjson, in C) rather than a walk."""
+    data = orjson.dumps(resource)
+    return not data.isascii() and any(lead in data for lead in _CJK_LEADS)
+
+
+# -- values: each becomes one line of escaped XHTML -------------------------------------------
+
+
+class _View:
+    """What rendering values needs: the Bundle's resources by fullUrl, the labels'
+    languages, and the lines already made for referenced resources (a patient is named
+    in every resource of its record)."""
+
+    def __init__(self, by_url: dict[Any, Any], owner: Narratives) -> None:
+        self.by_url = by_url
+        self.systems = owner._systems
+        self.chinese: str | None = None
+        self.id_types: dict[str, str] = {}
+        self.described: dict[tuple[str, str | None], list[str]] = {}
+        self.lines = owner._lines
+
+
+def _esc(text: str) -> str:
+    """Escaped (html.escape, quote=True); line breaks become <br/>."""
+    if "&" in text or "<" in text or ">" in text or '"' in text or "'" in text:
+        text = escape(text)
+    return text.replace("\n", "<br/>") if "\n" in text else text
+
+
+_LINES_SIZE = 4096  # frozen values whose lines are kept; cleared when full
+
+
+def _auto(view: _View, value: Any) -> list[str]:
+    """Any element, by its shape; a frozen value without references (shared between
+    records, unchanging) is rendered once per label language."""
+    kind = type(value)
+    if (kind is FrozenDict or kind is FrozenList) and not value.holds_refs:
+        key = (id(value), view.chinese)
+        hit = view.lines.get(key)
+        if hit is not None and hit[0] is value:
+            return hit[1]
+        lines = _shape(view, value)
+        if len(view.lines) >= _LINES_SIZE:
+            view.lines.clear()
+        view.lines[key] = (value, lines)
+        return lines
+    return _shape(view, value)
+
+
+def _shape(view: _View, value: Any) -> list[str]:
+    """Any element, by its shape (lists: one line per item, at most _MAX_ITEMS)."""
+    if isinstance(value, dict):
+        return _element(view, value)
+    if isinstance(value, list):
+        out: list[str] = []
+        for item in value[:_MAX_ITEMS]:
+            out += _auto(view, item)
+        if len(value) > _MAX_ITEMS:
+            out.append(f"… (+{len(value) - _MAX_ITEMS})")
+        return out
+    if isinstance(value, bool):
+        return ["true" if value else "false"]
+    return [_esc(str(value))]
+
+
+def _element(view: _View, value: dict[str, Any]) -> list[str]:
+    if "reference" in value:
+        return _reference(view, value)
+    if "coding" in value:
+        return _concept(view, value)
+    if "code" in value and "system" in value and "value" not in value:
+        return [_coding(view, value)]
+    if "value" in value and "system" in value and "code" not in value:
+        return [_identifier(view, value)]
+    if "start" in value or "end" in value:
+        return [_esc(f"{value.get('start') or '…'} – {value.get('end') or '…'}")]
+    if "family" in value or "given" in value:  # HumanName without text
+        return [_esc(_name(value))]
+    if "value" in value:  # Quantity
+        unit = value.get("unit") or value.get("code") or ""
+        return [_esc(f"{value['value']} {unit}".strip())]
+    if "text" in value:  # Annotation, a concept or a name with text only
+        return [_esc(str(value["text"]))]
+    if "display" in value or "identifier" in value:  # a reference without a target
+        return _reference(view, value)
+    return []
+
+
+def _concept(view: _View, concept: dict[str, Any]) -> list[str]:
+    codings = [c for c in concept.get("coding") or () if isinstance(c, dict)]
+    out = [_coding(view, c) for c in codings]
+    text = concept.get("text")
+    if text and all(text != c.get("display") for c in codings):
+        out.insert(0, _esc(str(text)))
+    return out
+
+
+def _coding(view: _View, coding: dict[str, Any]) -> str:
+    """display / its translation into the labels' other language (system code)"""
+    display = str(coding.get("display") or "")
+    other = _translation(coding, view.chinese) if view.chinese else None
+    if other:
+        head = f"{display} / {other}" if _CJK.search(display) else f"{other} / {display}"
+    else:
+        head = display
+    system = coding.get("system")
+    name = view.systems.get(system, "") if isinstance(system, str) else ""
+    code = str(coding.get("code") or "")
+    tail = f"{name} {code}" if name and code else name or code
+    return _esc(f"{head} ({tail})" if head and tail else head or tail)
+
+
+# translation tags as the terminology files write them today → the label variants
+_SCRIPT_OF = {"zh-CN": "zh-Hans", "zh-HK": "zh-Hant-HK", "zh-Hant": "zh-Hant-HK"}
+
+
+def _translation(coding: dict[str, Any], chinese: str) -> str | None:
+    """The display's translation into the other language of the labels (English for a
+    Chinese display, ``chinese`` for an English one), from the translation extension."""
+    extensions = (coding.get("_display") or {}).get("extension")
+    if not extensions:
+        return None
+    want = EN if _CJK.search(str(coding.get("display") or "")) else chinese
+    for ext in extensions:
+        if ext.get("url") != TRANSLATION:
+            continue
+        parts = {e.get("url"): e for e in ext.get("extension") or ()}
+        lang = (parts.get("lang") or {}).get("valueCode")
+        if lang and _SCRIPT_OF.get(lang, lang) == want:
+            content = (parts.get("content") or {}).get("valueString")
+            return str(content) if content else None
+    return None
+
+
+def _identifier(view: _View, ident: dict[str, Any]) -> str:
+    value = str(ident.get("value", ""))
+    coding = (ident.get("type") or {}).get("coding")
+    code = coding[0].get("code") if coding else None
+    label = view.id_types.get(code) or code if code else None
+    return _esc(f"{label} {value}" if label else value)
+
+
+def _reference(view: _View, ref: dict[str, Any]) -> list[str]:
+    url = ref.get("reference")
+    target = view.by_url.get(url) if url else None
+    if isinstance(target, dict):
+        key = (str(url), view.chinese)
+        found = view.described.get(key)
+        if found is None:
+            found = view.described[key] = _described(view, target)
+        return found
+    if ref.get("display"):
+        return [_esc(str(ref["display"]))]
+    ident = ref.get("identifier")
+    if isinstance(ident, dict) and ident.get("value"):
+        return [_identifier(view, ident)]
+    return []
+
+
+def _described(view: _View, target: Resource) -> list[str]:
+    """A referenced resource in one line: who (name, identifier) or what (its code)."""
+    rtype = target.get("resourceType")
+    if rtype == "PractitionerRole":
+        who = _reference(view, target.get("practitioner") or {})
+        org = _reference(view, target.get("organization") or {})
+        line = " — ".join(x[0] for x in (who, org) if x)
+        return [line] if line else []
+    if rtype in ("Patient", "Practitioner", "RelatedPerson"):
+        return [_person(view, target)]
+    if rtype == "Organization":
+        return [_esc(str(target["name"]))] if target.get("name") else []
+    code = target.get("code") or target.get("modality")
+    return _auto(view, code) if code else []
+
+
+def _person(view: _View, person: Resource) -> str:
+    """Every name as the data has it (joined with ' / ', never converted), then the
+    first identifier in parentheses."""
+    names = [_name(n) for n in person.get("name") or () if isinstance(n, dict)]
+    line = _esc(" / ".join(n for n in names if n))
+    for ident in person.get("identifier") or ():
+        if isinstance(ident, dict) and ident.get("value"):
+            shown = _identifier(view, ident)
+            return f"{line} ({shown})" if line else shown
+    return line
+
+
+def _name(name: dict[str, Any]) -> str:
+    if name.get("text"):
+        return str(name["text"])
+    family = str(name.get("family") or "")
+    given = " ".join(str(g) for g in name.get("given") or ())
+    if _CJK.search(family + given):
+        return family + given.replace(" ", "")
+    return ", ".join(p for p in (family, given) if p)
+
+
+def _series(view: _View, series: Any) -> list[str]:
+    """ImagingStudy.series: number, modality, description, instances (one line each)."""
+    out: list[str] = []
+    items = series if isinstance(series, list) else [series]
+    for s in items[:_MAX_ITEMS]:
+        if not isinstance(s, dict):
+            continue
+        modality = (s.get("modality") or {}).get("code", "")
+        head = " ".join(str(p) for p in (f"#{s.get('number', '?')}", modality) if p)
+        desc = s.get("description")
+        count = s.get("numberOfInstances", len(s.get("instance") or ()))
+        out.append(_esc(f"{head} {desc} ({count})" if desc else f"{head} ({count})"))
+    if len(items) > _MAX_ITEMS:
+        out.append(f"… (+{len(items) - _MAX_ITEMS})")
+    return out
+
+
+_SHOW: dict[str, Callable[[_View, Any], list[str]]] = {"auto": _auto, "series": _series}
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def _first(resource: Resource, paths: tuple[tuple[str, ...], ...]) -> Any:
+    for path in paths:
+        value: Any = resource
+        for step in path:
+            value = value.get(step) if isinstance(value, dict) else None
+            if value is None:
+                break
+        if value is not None and value != "" and value != [] and value != {}:
+            return value
+    return None
+
+
+# FHIR's order of a DomainResource's first elements: text goes after these.
+_BEFORE_TEXT = ("resourceType", "id", "meta", "implicitRules", "language")
+
+
+def _with_text(resource: Resource, div: str) -> Resource:
+    out = {k: resource[k] for k in _BEFORE_TEXT if k in resource}
+    out["text"] = {"status": "generated", "div": div}
+    out.update((k, v) for k, v in resource.items() if k not in out)
+    return out
+
+
+def _str_map(raw: Any, where: str) -> dict[str, str]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError("mapping", f"{where}: expected a mapping")
+    return {str(k): str(v) for k, v in raw.items()}
+
+
+def _texts(raw: Any, where: str) -> dict[str, str]:
+    if not isinstance(raw, dict) or any(not raw.get(lang) for lang in LANGS):
+        raise ConfigError("mapping", f"{where}: needs a text for each of {', '.join(LANGS)}")
+    return {lang: str(raw[lang]) for lang in LANGS}

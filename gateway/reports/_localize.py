@@ -226,8 +226,14 @@ class Localizer:
             if isinstance(value, str):
                 resource[key] = self._convert_any(value, source, lang)
         text = resource.get("text")
-        if isinstance(text, dict) and isinstance(text.get("div"), str):
-            # OpenCC only touches CJK characters, so markup passes through unchanged.
+        # A generated narrative is made again for the variant (it shows names, which are
+        # never converted); a sender's own is clinical text. OpenCC only touches CJK
+        # characters, so markup passes through unchanged.
+        if (
+            isinstance(text, dict)
+            and text.get("status") != "generated"
+            and isinstance(text.get("div"), str)
+        ):
             text["div"] = self._convert_any(text["div"], source, lang)
 
     def _english_narrative(

@@ -23,7 +23,7 @@ from typing import Any
 
 from ..config import Settings
 from ..errors import ConfigError, IntakeError, MappingError, ValidationError
-from ..mapping import Terminology, language_of
+from ..mapping import Narratives, Terminology, language_of
 from ..network import Network
 from ..validation import check_bundle, validate_bundle, validate_resource
 from ._document import ReportDocument, Resource
@@ -72,6 +72,7 @@ class ReportVariants:
         self.network = Network.load(settings.network)
         self.names = Names(self.rules, Terminology(settings.mappings), self.network)
         self.localizer = Localizer(self.names)
+        self.narratives = Narratives.load(settings.mappings, self.network)
 
     def languages(self) -> list[str]:
         return [*self.rules.order, BILINGUAL]
@@ -137,6 +138,7 @@ class ReportVariants:
             issued["en"] = linked.doc.report.get("issued")
         rendered = self._forms(out, trees, forms, signers, issued)
         _set_forms(out.report, rendered, self.rules)
+        self._narrate(out)
         self._validate(out)
         pending = any(trees[lang].pending for lang in forms[primary])
         notes = []
@@ -159,6 +161,17 @@ class ReportVariants:
             pdf=rendered[primary][PDF],
             notes=notes,
         )
+
+    def _narrate(self, out: ReportDocument) -> None:
+        """The gateway's generated narratives are made again from the variant's content:
+        converting them would script-convert the names they show, and their labels follow
+        the variant's language (a lone DiagnosticReport is left without one)."""
+        for resource in out.resources():
+            text = resource.get("text")
+            if isinstance(text, dict) and text.get("status") == "generated":
+                del resource["text"]
+        if out.is_bundle:
+            self.narratives.add(out.root)
 
     # -- inputs -----------------------------------------------------------------------
 

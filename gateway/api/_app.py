@@ -387,7 +387,7 @@ def _report_parameters(body: bytes) -> tuple[bytes, bytes | None]:
         raise IntakeError(
             "report-parameters",
             f"Parameters.parameter is not a list (value of form {shape(parameters)})",
-            location="Parameters.parameter",
+            expression="Parameters.parameter",
         )
     found: dict[str, bytes] = {}
     for n, parameter in enumerate(parameters):
@@ -398,14 +398,14 @@ def _report_parameters(body: bytes) -> tuple[bytes, bytes | None]:
             raise IntakeError(
                 "report-parameters",
                 f"the parameter {name!r} holds no resource",
-                location=f"Parameters.parameter[{n}].resource",
+                expression=f"Parameters.parameter[{n}].resource",
             )
         if name in found:
             raise IntakeError(
                 "report-parameters",
                 f"more than one parameter {name!r}: a request joins one report and at "
                 "most one English report",
-                location=f"Parameters.parameter[{n}]",
+                expression=f"Parameters.parameter[{n}]",
             )
         found[name] = orjson.dumps(parameter["resource"])
     if "report" not in found:
@@ -413,7 +413,7 @@ def _report_parameters(body: bytes) -> tuple[bytes, bytes | None]:
             "report-parameters",
             "a Parameters body needs a parameter 'report' holding the DiagnosticReport "
             "(or a Bundle with it); 'english' is optional",
-            location="Parameters.parameter",
+            expression="Parameters.parameter",
         )
     return found["report"], found.get("english")
 

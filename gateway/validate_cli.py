@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
@@ -63,7 +64,9 @@ def check_resource(resource: dict[str, Any], profile: str | None = None) -> list
                 "validate without --profile / profile",
                 location="profile",
             )
-        issues = list(validation.validate_resource(resource, profile=profile))
+        # Typed loosely: the keyword exists only once the validator has profile checks.
+        validate: Callable[..., list[Issue]] = validation.validate_resource
+        issues = list(validate(resource, profile=profile))
     else:
         issues = list(validation.validate_resource(resource))
     if resource.get("resourceType") == "Bundle" and resource.get("type") == "transaction":

@@ -51,7 +51,9 @@ def test_both_when_the_source_and_the_element_are_known() -> None:
 
 
 def test_an_expression_alone_is_shown_on_the_cli_line() -> None:
-    error = MappingError("report-not-english", "not English", expression="DiagnosticReport.language")
+    error = MappingError(
+        "report-not-english", "not English", expression="DiagnosticReport.language"
+    )
     assert error.issue.location is None and error.expression == "DiagnosticReport.language"
     assert "DiagnosticReport.language: not English" in error.issue.line()
     assert error.issue.to_fhir()["expression"] == ["DiagnosticReport.language"]

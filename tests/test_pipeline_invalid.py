@@ -67,7 +67,9 @@ def test_the_store_keeps_it_failed_with_its_issues_and_no_output(
 
 
 def test_gateway_convert_writes_no_bundle_and_exits_1(
-    tmp_path: Path, broken_mappings: Path, monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    broken_mappings: Path,
+    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.setenv("GATEWAY_MAPPINGS", str(broken_mappings))

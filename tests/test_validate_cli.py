@@ -64,7 +64,9 @@ def test_each_file_is_summarised_and_one_bad_file_stops_nothing(
     assert blocks[str(bad)] == f"{bad}: 1 error, 0 warnings"
     lines = out.splitlines()
     detail = lines[lines.index(blocks[str(bad)]) + 1]
-    assert detail.split()[:2] == ["error", "Patient.birthDate"] and "[validation.structure]" in detail
+    assert (
+        detail.split()[:2] == ["error", "Patient.birthDate"] and "[validation.structure]" in detail
+    )
     after_broken = lines[lines.index(blocks[str(broken)]) + 1]
     assert "not JSON" in after_broken and "line 2, column" in after_broken
     assert "[intake.json]" in after_broken

@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[3]
 REFERRAL = (REPO / "examples" / "hl7v2" / "ref_i12_nsch_to_hkpmc.hl7").read_bytes()
 ORDER = (REPO / "examples" / "hl7v2" / "orm_o01_lax2_ct.hl7").read_bytes()
 # RF1|status|priority|type|disposition|category|RF1-6 id|RF1-7|RF1-8|RF1-9 process date|...
-RF1_DATES = "|20260618|20260818|20260618|".encode()
+RF1_DATES = b"|20260618|20260818|20260618|"
 
 
 def _one(converter: Converter, data: bytes) -> Record:
@@ -29,9 +29,7 @@ def _one(converter: Converter, data: bytes) -> Record:
 
 def _entries(record: Record, rtype: str) -> list[dict[str, Any]]:
     assert record.bundle is not None
-    return [
-        e["resource"] for e in record.bundle["entry"] if e["resource"]["resourceType"] == rtype
-    ]
+    return [e["resource"] for e in record.bundle["entry"] if e["resource"]["resourceType"] == rtype]
 
 
 def _dropped(record: Record) -> list[str]:

@@ -4,7 +4,8 @@ checked by the gateway's validator (``gateway.validation``), one summary per fil
     bundle.json: 2 errors, 1 warning
       error    Bundle.entry[0].resource.birthDate  Invalid date [validation.structure]
 
-Files, folders (their ``*.json`` files) and ``-`` (stdin). One bad file never stops the
+Files, folders (their ``*.json`` files) and ``-`` (stdin); a file may hold one resource,
+a JSON array of them or one per line (``#n`` names each). One bad file never stops the
 others; a file that cannot be read or is not JSON is an error of that file. The exit
 code is 0 only when no file has an error (warnings do not count), 1 otherwise, 2 for
 usage errors. ``--json`` prints one OperationOutcome per file instead (pretty for one
@@ -130,13 +131,48 @@ def _check_file(name: str, profile: str | None) -> tuple[str, list[Issue]]:
     shown = "<stdin>" if name == "-" else name
     try:
         data = sys.stdin.buffer.read() if name == "-" else Path(name).read_bytes()
-        issues = check_resource(parse_resource(data, "the file"), profile)
+        issues = _check_data(data, shown, profile)
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         issues = [Issue("intake.file-unreadable", f"cannot read the file: {reason}")]
     except IntakeError as exc:
         issues = [exc.issue]
     return shown, [_with_record(i, shown) for i in issues]
+
+
+def _check_data(data: bytes, shown: str, profile: str | None) -> list[Issue]:
+    """One resource, or several: a JSON array of them (``gateway convert``'s batch
+    examples) or one per line (its output to stdout for several records), each named
+    ``file #n`` in its issues."""
+    try:
+        return check_resource(parse_resource(data, "the file"), profile)
+    except IntakeError as exc:
+        several = _several(data)
+        if several is None:
+            raise
+        if not several:
+            raise IntakeError("not-a-resource", "the file holds no resource") from exc
+    issues: list[Issue] = []
+    for n, item in enumerate(several, 1):
+        where = f"{shown} #{n}"
+        try:
+            found = check_resource(parse_resource(item, f"resource #{n}"), profile)
+        except IntakeError as exc:
+            found = [exc.issue]
+        issues += [_with_record(i, where) for i in found]
+    return issues
+
+
+def _several(data: bytes) -> list[bytes] | None:
+    """The items of a JSON array, or the lines of JSON-per-line text; None for neither."""
+    if data.lstrip()[:1] == b"[":
+        try:
+            items = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return None
+        return [orjson.dumps(i) for i in items] if isinstance(items, list) else None
+    lines = [line for line in data.splitlines() if line.strip()]
+    return lines if len(lines) > 1 and all(line.lstrip()[:1] == b"{" for line in lines) else None
 
 
 def _with_record(issue: Issue, record: str) -> Issue:
@@ -159,6 +195,8 @@ def summary(name: str, issues: list[Issue]) -> list[str]:
     ordered = sorted(issues, key=lambda i: _SEVERITY_ORDER.index(i.severity))
     for issue in ordered:
         where = issue.fhirpath or issue.location or "-"
+        if issue.record and issue.record.startswith(f"{name} #"):  # one of several
+            where = f"{issue.record[len(name) + 1 :]} {where}"
         lines.append(f"  {issue.severity:<8} {where}  {issue.message} [{issue.code}]")
     return lines
 

@@ -167,3 +167,27 @@ def test_no_files_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture
     empty = tmp_path / "empty"
     empty.mkdir()
     assert main(["--home", str(tmp_path / "home"), "validate", str(empty)]) == 2
+
+
+def test_a_file_of_several_resources_names_each(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """gateway convert's batch output: a JSON array, or one Bundle per line on stdout."""
+    bad = {**PATIENT, "gender": 5}
+    array = _write(tmp_path, "array.json", [PATIENT, bad])
+    lines = _write(
+        tmp_path, "lines.json", orjson.dumps(PATIENT) + b"\n" + orjson.dumps(bad) + b"\n"
+    )
+    empty = _write(tmp_path, "empty.json", b"[]")
+    code, out = _validate(tmp_path, capsys, str(array), str(lines), str(empty))
+    assert code == 1
+    assert out.splitlines() == [
+        f"{array}: 1 error, 0 warnings",
+        out.splitlines()[1],
+        f"{lines}: 1 error, 0 warnings",
+        out.splitlines()[3],
+        f"{empty}: 1 error, 0 warnings",
+        "  error    -  the file holds no resource [intake.not-a-resource]",
+    ]
+    for detail in (out.splitlines()[1], out.splitlines()[3]):
+        assert detail.split()[:3] == ["error", "#2", "Patient.gender"]

@@ -362,7 +362,8 @@ def _log_failures(records: list[Record]) -> None:
 
 
 def _log_refused(route: str, issue: Issue, record: Record | None = None) -> None:
-    where = f" at {issue.location}" if issue.location else ""
+    place = issue.location or issue.fhirpath  # the source field, else the FHIR element
+    where = f" at {place}" if place else ""
     log.warning(
         "%s: %s failed%s [%s]",
         route,

@@ -44,9 +44,9 @@ class Leniency:
 
 
 def load_leniency(folder: Path, types: list[str]) -> dict[str, Leniency]:
-    """The lenient fields per message type from ``folder/strict.yaml`` ({} when absent);
-    a message type the folder has no mapping for is a ConfigError (a typo would
-    otherwise make a whole feed strict without a word)."""
+    """The lenient fields per message type from ``folder/strict.yaml`` ({} when absent).
+    A message type no mapping handles is skipped (a type switched off keeps its listing;
+    a misspelt one leaves its fields strict: the safe side)."""
     path = folder / FILE
     if not path.is_file():
         return {}
@@ -57,11 +57,8 @@ def load_leniency(folder: Path, types: list[str]) -> dict[str, Leniency]:
         raise ConfigError("mapping", f"{where}: needs 'lenient', a map of message type → fields")
     out: dict[str, Leniency] = {}
     for mtype, fields in lenient.items():
-        if str(mtype) not in types:
-            raise ConfigError(
-                "mapping", f"{where}: lenient.{mtype}: no mapping handles this message type"
-            )
         if not isinstance(fields, list) or not all(isinstance(f, str) for f in fields):
             raise ConfigError("mapping", f"{where}: lenient.{mtype}: needs a list of fields")
-        out[str(mtype)] = Leniency(frozenset(fields), f"mappings/{where}")
+        if str(mtype) in types:
+            out[str(mtype)] = Leniency(frozenset(fields), f"mappings/{where}")
     return out

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from gateway import ConfigError, Converter, Settings
-from gateway.datafiles import data_dir
+from gateway.datafiles import data_dir, load_data_file
 from gateway.envelope import Record
 
 REPO = Path(__file__).resolve().parents[3]
@@ -121,13 +121,20 @@ def test_the_same_value_in_a_strict_field_fails(converter: Converter) -> None:
     assert not _dropped(record)
 
 
-def test_strictness_names_only_mapped_message_types(tmp_path: Path) -> None:
+def test_a_listing_is_checked_when_the_gateway_starts(tmp_path: Path) -> None:
     root = tmp_path / "mappings"
     shutil.copytree(data_dir("mappings"), root)
-    (root / "hl7v2" / "strict.yaml").write_text("lenient:\n  REF^I99: [RF1-9]\n", "utf-8")
+    strict = root / "hl7v2" / "strict.yaml"
     settings = Settings.load(home=tmp_path / "home", env={"GATEWAY_MAPPINGS": str(root)})
-    with pytest.raises(ConfigError, match=r"REF\^I99: no mapping handles"):
+    strict.write_text("lenient:\n  REF^I12: RF1-9\n", "utf-8")
+    with pytest.raises(ConfigError, match=r"lenient.REF\^I12: needs a list of fields"):
         Converter(settings)
+    # a type no mapping handles (switched off, misspelt) leaves every field strict
+    strict.write_text("lenient:\n  REF^I99: [RF1-9]\n", "utf-8")
+    load_data_file.cache_clear()  # data files are read once per process
+    data = REFERRAL.replace(RF1_DATES, b"|20260618|20260818|20261345|")
+    record = _one(Converter(settings), data)
+    assert [(e.code, e.location) for e in record.errors] == [("mapping.bad-datetime", "RF1-9")]
 
 
 def test_without_a_listing_every_field_is_strict(tmp_path: Path) -> None:

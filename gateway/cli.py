@@ -8,6 +8,7 @@
     gateway listen [--port P]                                HL7 v2 over MLLP into the store
     gateway messages list|show|reprocess|prune               the message store
     gateway db upgrade                                       create or migrate the store
+    gateway validate FILE... [--profile URL] [--json]        validate FHIR JSON resources/Bundles
     gateway config                                           effective settings
 
 Errors are one readable line each on stderr; the exit code is 0 when every record
@@ -41,6 +42,7 @@ from .pipeline import Converter
 from .policy import add_cli as add_policy_cli
 from .reports import add_cli
 from .store import add_cli as add_store_cli
+from .validate_cli import add_cli as add_validate_cli
 
 __all__ = ["main"]
 
@@ -348,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_outbox_cli(sub)  # gateway outbox list|show|stats
     add_dicom_cli(sub)  # gateway dicom commit / pending / listen
     signing.add_cli(sub)  # gateway keys init, sign, verify
+    add_validate_cli(sub)  # gateway validate FILE... [--profile URL] [--json]
 
     config = sub.add_parser("config", help="print the effective settings")
     config.set_defaults(func=cmd_config)

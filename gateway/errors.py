@@ -88,23 +88,53 @@ def http_status(issues: list[Issue]) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Issue:
-    """One problem found in a record; errors carry one, warnings travel on the envelope."""
+    """One problem found in a record; errors carry one, warnings travel on the envelope.
+
+    Two places, kept apart because they speak different languages:
+
+    - ``location``: where in the *source* (an HL7 terser path ``PID-3``, a DICOM tag
+      ``(0020,0011) SeriesNumber``, a CDA XPath, an HTTP parameter such as ``sender``);
+      it goes to ``OperationOutcome.issue.location``.
+    - ``expression``: the FHIR element concerned, as FHIRPath
+      (``Bundle.entry[0].resource.subject``); it goes to ``OperationOutcome.issue.expression``,
+      which R4 defines as FHIRPath only.
+
+    Validation issues (``validation.*``) locate FHIR elements by nature: when they give only
+    ``location`` (the validator's convention), it is their FHIRPath expression.
+    """
 
     code: str  # stable, grouped by stage: "intake.charset", "mapping.unknown-code", ...
     message: str
     record: str | None = None  # "message MSG00112" or "file x.hl7, message #2"
-    location: str | None = None  # HL7 terser path, XPath, DICOM tag or FHIRPath
+    location: str | None = None  # source location: HL7 terser path, XPath, DICOM tag, ...
     severity: str = "error"  # fatal | error | warning | information
     details: dict[str, Any] = field(default_factory=dict)
+    expression: str | None = None  # FHIRPath of the FHIR element concerned
+
+    @property
+    def fhirpath(self) -> str | None:
+        """The FHIRPath expression of the FHIR element concerned, if the issue is about one."""
+        if self.expression is not None:
+            return self.expression
+        return self.location if self.code.startswith("validation.") else None
+
+    @property
+    def source_location(self) -> str | None:
+        """Where in the source record or request (never FHIRPath), if known."""
+        if self.expression is None and self.code.startswith("validation."):
+            return None
+        return self.location
 
     def line(self) -> str:
         """The readable one-liner printed by the CLI."""
-        parts = [p for p in (self.record, self.location) if p]
+        parts = [p for p in (self.record, self.location or self.expression) if p]
         where = ": ".join(parts)
         prefix = f"{where}: " if where else ""
         return f"{self.severity}: {prefix}{self.message} [{self.code}]"
 
     def to_fhir(self) -> dict[str, Any]:
+        """One ``OperationOutcome.issue``: FHIRPath in ``expression``, the source location
+        (terser path, DICOM tag, XPath) in ``location`` (docs/errors.md says why)."""
         registered = registry().get(self.code)
         issue: dict[str, Any] = {
             "severity": self.severity,
@@ -117,8 +147,11 @@ class Issue:
             },
             "diagnostics": self.message,
         }
-        if self.location:
-            issue["expression"] = [self.location]
+        source, fhirpath = self.source_location, self.fhirpath
+        if source:
+            issue["location"] = [source]
+        if fhirpath:
+            issue["expression"] = [fhirpath]
         return issue
 
 
@@ -134,11 +167,14 @@ class GatewayError(Exception):
         *,
         record: str | None = None,
         location: str | None = None,
+        expression: str | None = None,
         **details: Any,
     ) -> None:
+        """``location``: where in the source (terser path, DICOM tag, XPath);
+        ``expression``: the FHIR element concerned, as FHIRPath (see :class:`Issue`)."""
         if not code.startswith(self.family + "."):
             code = f"{self.family}.{code}"
-        self.issue = Issue(code, message, record, location, "error", details)
+        self.issue = Issue(code, message, record, location, "error", details, expression)
         super().__init__(self.issue.line())
 
     @property
@@ -148,6 +184,10 @@ class GatewayError(Exception):
     @property
     def location(self) -> str | None:
         return self.issue.location
+
+    @property
+    def expression(self) -> str | None:
+        return self.issue.fhirpath
 
     def with_record(self, record: str) -> GatewayError:
         """Attach the record name once it is known (errors deep in a parse don't know it)."""
@@ -209,6 +249,25 @@ def errors_markdown() -> str:
         "Messages never quote a record's data: a bad value appears as its form, letters as",
         "`A`, Chinese characters as `字`, digits as `9` (`'AAAAA AAAAA'`): see",
         "[api.md](api.md#masked-values).",
+        "",
+        "## Where an issue is",
+        "",
+        "An `OperationOutcome.issue` says where the problem is in two separate elements:",
+        "",
+        "- `expression`: the FHIR element concerned, as FHIRPath",
+        "  (`Bundle.entry[2].resource.birthDate`), and nothing else: R4 defines",
+        "  `issue.expression` as FHIRPath. Validation issues (`validation.*`), report variants",
+        "  and signature checks locate FHIR elements this way.",
+        "- `location`: where in the *source* the sender can fix it: an HL7 v2 terser path",
+        "  (`PID-3`, `RF1-9`, `OBR(2)-27.4`), a DICOM tag (`(0020,0011) SeriesNumber`), a CDA",
+        "  XPath, or the request parameter (`sender`, `format`). R4 keeps `issue.location` (a",
+        "  string, 0..*) and deprecates it only as an XPath into FHIR XML; HAPI uses it the",
+        "  same way for the position in the input (`Line[1] Col[2]`). An extension would",
+        "  need a published definition that every partner's tooling must learn; `location`",
+        "  is read by all of them.",
+        "",
+        "An issue may have either or both. On the CLI the one-liner names the source",
+        "location (else the expression): `error: message M1: PID-7: ... [mapping.bad-datetime]`.",
         "",
         "| family | stage | HTTP | issue type | what |",
         "|---|---|---:|---|---|",

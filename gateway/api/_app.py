@@ -8,6 +8,9 @@
                      a DiagnosticReport (or a Bundle holding one) in, its language
                      variant out (Bearer token); with the English report of a partner,
                      send a FHIR Parameters resource: parameter 'report' and 'english'
+    POST /$validate, POST /{type}/$validate [?profile=URL]
+                     a FHIR resource (or Parameters with 'resource', 'profile') in, its
+                     OperationOutcome out (200; "All OK" when valid) (Bearer token)
 
 Every error is a FHIR OperationOutcome: 400 for input that is not a readable record
 (framing, charset, syntax), 422 for a readable record that cannot be mapped or
@@ -58,6 +61,7 @@ from ._docs import DOCS_ASSETS, add_docs_routes
 from ._messages import add_message_routes
 from ._openapi import install_openapi
 from ._policy import add_policy_routes
+from ._validate import add_validate_routes
 from ._verify import add_verify_route
 
 __all__ = ["create_app"]
@@ -153,6 +157,10 @@ def capability_statement(converter: Converter) -> dict[str, Any]:
                     {
                         "name": "report-variants",
                         "definition": "urn:fhir-gateway:OperationDefinition/report-variants",
+                    },
+                    {
+                        "name": "validate",
+                        "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate",
                     },
                 ],
             }
@@ -286,6 +294,7 @@ def create_app(
         return Response(out, status, media_type=content_type)
 
     add_verify_route(app, settings, unauthorized, read_body)  # POST /$verify (signing)
+    add_validate_routes(app, unauthorized, read_body)  # POST /$validate, /{type}/$validate
 
     @app.post("/convert")
     async def convert(
@@ -353,7 +362,8 @@ def _log_failures(records: list[Record]) -> None:
 
 
 def _log_refused(route: str, issue: Issue, record: Record | None = None) -> None:
-    where = f" at {issue.location}" if issue.location else ""
+    place = issue.location or issue.fhirpath  # the source field, else the FHIR element
+    where = f" at {place}" if place else ""
     log.warning(
         "%s: %s failed%s [%s]",
         route,
@@ -387,7 +397,7 @@ def _report_parameters(body: bytes) -> tuple[bytes, bytes | None]:
         raise IntakeError(
             "report-parameters",
             f"Parameters.parameter is not a list (value of form {shape(parameters)})",
-            location="Parameters.parameter",
+            expression="Parameters.parameter",
         )
     found: dict[str, bytes] = {}
     for n, parameter in enumerate(parameters):
@@ -398,14 +408,14 @@ def _report_parameters(body: bytes) -> tuple[bytes, bytes | None]:
             raise IntakeError(
                 "report-parameters",
                 f"the parameter {name!r} holds no resource",
-                location=f"Parameters.parameter[{n}].resource",
+                expression=f"Parameters.parameter[{n}].resource",
             )
         if name in found:
             raise IntakeError(
                 "report-parameters",
                 f"more than one parameter {name!r}: a request joins one report and at "
                 "most one English report",
-                location=f"Parameters.parameter[{n}]",
+                expression=f"Parameters.parameter[{n}]",
             )
         found[name] = orjson.dumps(parameter["resource"])
     if "report" not in found:
@@ -413,7 +423,7 @@ def _report_parameters(body: bytes) -> tuple[bytes, bytes | None]:
             "report-parameters",
             "a Parameters body needs a parameter 'report' holding the DiagnosticReport "
             "(or a Bundle with it); 'english' is optional",
-            location="Parameters.parameter",
+            expression="Parameters.parameter",
         )
     return found["report"], found.get("english")
 

@@ -42,8 +42,9 @@ SCHEMAS: dict[str, Any] = {
     "OperationOutcome": {
         "type": "object",
         "description": "Every error: one issue per problem, with the gateway's error code "
-        "(details.coding, docs/errors.md), the field (expression: an HL7 v2 terser path, "
-        "DICOM tag or XPath) and a message that never holds patient data (a value is "
+        "(details.coding, docs/errors.md), where it is (location: the source field, an HL7 "
+        "v2 terser path, DICOM tag, XPath or request parameter; expression: the FHIR "
+        "element, as FHIRPath) and a message that never holds patient data (a value is "
         "described by its form, 'AAAAA AAAAA': see docs/api.md).",
         "required": ["resourceType", "issue"],
         "properties": {
@@ -68,6 +69,7 @@ SCHEMAS: dict[str, Any] = {
                             },
                         },
                         "diagnostics": {"type": "string"},
+                        "location": {"type": "array", "items": {"type": "string"}},
                         "expression": {"type": "array", "items": {"type": "string"}},
                     },
                 },
@@ -228,6 +230,41 @@ def _operations(examples: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any
         (413, "the body is larger than the limit"),
         (415, 'not multipart/related; type="application/dicom"'),
     )
+    # FHIR $validate (gateway/api/_validate.py): a resource, or Parameters with it
+    resource = {"schema": {"type": "object", "required": ["resourceType"]}}
+    validate = {
+        "requestBody": {
+            "required": True,
+            "description": "A FHIR R4 resource (a Bundle is validated with its entries), or "
+            "a Parameters with 'resource' and optionally 'profile' (valueUri)",
+            "content": {
+                FHIR_JSON: resource
+                | {
+                    "examples": {
+                        "bundle": {
+                            "summary": "an imaging report's Bundle",
+                            "value": examples["report"],
+                        },
+                        "parameters": {
+                            "summary": "Parameters with the resource",
+                            "value": {
+                                "resourceType": "Parameters",
+                                "parameter": [
+                                    {"name": "resource", "resource": examples["report"]},
+                                ],
+                            },
+                        },
+                    }
+                },
+                "application/json": resource,
+            },
+        },
+        "responses": _outcomes(
+            (200, "validated: 'All OK' (information), or the errors and warnings found"),
+            (400, "not a FHIR resource in JSON, or not of the type the URL names"),
+            *_BODY_ERRORS,
+        ),
+    }
     return {
         ("/convert", "post"): {
             "requestBody": _convert_body(examples),
@@ -348,6 +385,8 @@ def _operations(examples: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any
                 (422, "a signature is invalid or untrusted; the issues name it"),
             ),
         },
+        ("/$validate", "post"): validate,
+        ("/{resource_type}/$validate", "post"): validate,
         ("/dicomweb/studies/{study}/$commit", "post"): {
             "responses": {
                 "200": {

@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from ..datafiles import load_data_file
-from ..errors import ConfigError, MappingError
+from ..errors import ConfigError, Issue, MappingError
 from ..intake import RecordView
 from ._bundle import BundleBuilder, ResourceTemplate
 from ._functions import FUNCTIONS, Env
 from ._memo import Scope, memoised
+from ._strictness import Leniency
 from ._types import CONVERTERS, convert
 
 __all__ = ["Compiler", "Ctx", "Fn"]
@@ -66,15 +67,42 @@ class Ctx:
     env: Env
     tz: str
     label_of: str = ""  # the path whose value is being converted (for error locations)
+    lenient: Leniency | None = None  # fields whose malformed values are dropped (strict.yaml)
 
     def pending_label(self) -> str:
         return str(self.view.label(self.label_of, self.here)) if self.label_of else ""
 
     def at(self, here: Any) -> Ctx:
-        return Ctx(self.view, here, self.vars, self.state, self.env, self.tz)
+        return Ctx(self.view, here, self.vars, self.state, self.env, self.tz, "", self.lenient)
 
     def with_vars(self, extra: dict[str, Any]) -> Ctx:
-        return Ctx(self.view, self.here, {**self.vars, **extra}, self.state, self.env, self.tz)
+        merged = {**self.vars, **extra}
+        return Ctx(self.view, self.here, merged, self.state, self.env, self.tz, "", self.lenient)
+
+
+# What a leaf gives for a malformed value in a lenient field: read as absent (the next
+# alternative of ``a | b`` is tried, a ``required`` path fails as empty).
+_DROPPED: Any = object()
+
+
+def _convert(kind: str, value: str, label: str | None, ctx: Ctx) -> Any:
+    """``as:`` conversion; a refused value in a lenient field is dropped with a warning."""
+    try:
+        return convert(kind, value, label or ctx.pending_label(), ctx.tz)
+    except MappingError as exc:
+        lenient = ctx.lenient
+        if lenient is None or not lenient.allows(exc.location):
+            raise
+        ctx.state.warnings.append(
+            Issue(
+                "mapping.value-dropped",
+                f"{exc.issue.message}; dropped: the field is optional ({lenient.source})",
+                location=exc.location,
+                severity="warning",
+                details={"cause": exc.code},
+            )
+        )
+        return _DROPPED
 
 
 def _empty(value: Any) -> bool:
@@ -252,7 +280,9 @@ class Compiler:
         def leaf(value: str, label: str | None, ctx: Ctx) -> Any:
             out: Any = value
             if kind is not None:
-                out = convert(kind, value, label or ctx.pending_label(), ctx.tz)
+                out = _convert(kind, value, label, ctx)
+                if out is _DROPPED:
+                    return out
             if table is not None:
                 mapped = table.lookup(str(out))
                 if mapped is None and not table.has_default:
@@ -301,7 +331,9 @@ class Compiler:
                 value = view.first(alt, here)
                 if value is not None:
                     ctx.label_of = alt  # for an error raised by the leaf steps
-                    return leaf(value, None, ctx)
+                    out = leaf(value, None, ctx)
+                    if out is not _DROPPED:
+                        return out
             return missing(ctx, alts[0])
 
         def every(ctx: Ctx) -> Any:
@@ -310,7 +342,12 @@ class Compiler:
                 found = view.values(alt, here)
                 if found:
                     values = [v for v in (leaf(v, lbl, ctx) for v, lbl in found) if not _empty(v)]
+                    if _DROPPED in values:  # malformed values of a lenient field: absent
+                        values = [v for v in values if v is not _DROPPED]
+                        if not values:
+                            continue
                     return sep.join(map(str, values)) if sep is not None else values
+            return missing(ctx, alts[0])
             return missing(ctx, alts[0])
 
         return every if many else one
@@ -325,7 +362,10 @@ class Compiler:
             value = ctx.vars.get(name)
             if _empty(value):
                 return missing(ctx, f"${name}")
-            return leaf(value, f"${name}", ctx) if isinstance(value, str) else value
+            if not isinstance(value, str):
+                return value
+            out = leaf(value, f"${name}", ctx)
+            return missing(ctx, f"${name}") if out is _DROPPED else out
 
         return var
 

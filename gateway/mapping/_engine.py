@@ -7,7 +7,7 @@ the types they handle (``messages: [REF^I12, REF^I14]``) and list their resource
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from ..errors import ConfigError, Issue, MappingError
 from ._bundle import BundleBuilder, resource_id
 from ._compile import Compiler, Ctx, Fn
 from ._functions import Env
+from ._strictness import Leniency, load_leniency
 
 __all__ = ["MappingSet", "MessageMapping"]
 
@@ -28,10 +29,11 @@ class MessageMapping:
     entries: list[Fn]
     bundle_identifier: Fn
     bundle_timestamp: Fn
+    lenient: Leniency | None = None  # this message type's lenient fields (strict.yaml)
 
     def run(self, view: Any, env: Env, tz: str) -> tuple[dict[str, Any], list[Issue]]:
         state = BundleBuilder()
-        ctx = Ctx(view, view.root, {}, state, env, tz)
+        ctx = Ctx(view, view.root, {}, state, env, tz, "", self.lenient)
         if self.vars:
             ctx = ctx.with_vars({k: fn(ctx) for k, fn in self.vars.items()})
         for entry in self.entries:
@@ -49,7 +51,7 @@ class MessageMapping:
         if timestamp:
             bundle["timestamp"] = timestamp
         bundle["entry"] = state.entries
-        return bundle, state.warnings
+        return bundle, _once(state.warnings)
 
 
 class MappingSet:
@@ -77,6 +79,9 @@ class MappingSet:
                         f"{path.name}: {t} is already mapped by {self._by_type[t].name}",
                     )
                 self._by_type[t] = mapping
+        # Each message type's mapping, bound to its lenient fields (strict.yaml)
+        for mtype, lenient in load_leniency(self.folder, self.types).items():
+            self._by_type[mtype] = replace(self._by_type[mtype], lenient=lenient)
 
     @property
     def types(self) -> list[str]:
@@ -114,3 +119,16 @@ class MappingSet:
             bundle_identifier=compiler.spec(bundle["identifier"], f"{where}: bundle.identifier"),
             bundle_timestamp=compiler.spec(bundle.get("timestamp"), f"{where}: bundle.timestamp"),
         )
+
+
+def _once(warnings: list[Issue]) -> list[Issue]:
+    """Each warning once: a field read by two elements (RF1-7 gives occurrencePeriod.start
+    and is authoredOn's fallback) is dropped, and named, once."""
+    seen: set[tuple[str, str | None, str]] = set()
+    out = []
+    for w in warnings:
+        key = (w.code, w.location, w.message)
+        if key not in seen:
+            seen.add(key)
+            out.append(w)
+    return out

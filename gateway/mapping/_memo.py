@@ -112,7 +112,11 @@ def memoised(fn: Callable[[Ctx], Any], scope: Scope) -> Callable[[Ctx], Any]:
         except TypeError:  # an unhashable variable value: compute, do not remember
             return fn(ctx)
         if found is _MISS:
-            found = freeze(fn(ctx))
+            warned = len(ctx.state.warnings)
+            result = fn(ctx)
+            if len(ctx.state.warnings) > warned:
+                return result  # a memo hit would not repeat the warning (a dropped value)
+            found = freeze(result)
             if len(memo) >= _MEMO_SIZE:
                 memo.clear()
             memo[key] = found

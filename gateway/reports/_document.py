@@ -57,7 +57,7 @@ class ReportDocument:
                 raise IntakeError(
                     "report-shape",
                     f"the {what} Bundle holds {len(reports)} DiagnosticReports; expected one",
-                    location="Bundle.entry",
+                    expression="Bundle.entry",
                 )
             return cls(root, reports[0])
         if not kind:
@@ -69,7 +69,7 @@ class ReportDocument:
         raise IntakeError(
             "report-shape",
             f"the {what} is {found}, not a DiagnosticReport or a Bundle holding one",
-            location="resourceType",
+            expression="resourceType",
         )
 
     @property
@@ -136,7 +136,7 @@ def _check_resources(resource: Resource, path: str, what: str) -> None:
         raise IntakeError(
             "report-resource-type",
             f"the {what}'s {path} {problem}",
-            location=f"{path}.resourceType",
+            expression=f"{path}.resourceType",
         )
     _check_children(resource.get("contained"), f"{path}.contained", what)
     if kind == "Bundle":
@@ -158,7 +158,7 @@ def _check_held(holder: Any, path: str, what: str) -> None:
         raise IntakeError(
             "report-invalid",
             f"the {what}'s {path} is not a JSON object (value of form {shape(holder)})",
-            location=path,
+            expression=path,
         )
     if "resource" in holder:
         _check_children([holder["resource"]], f"{path}.resource", what, single=True)
@@ -171,7 +171,7 @@ def _check_children(values: Any, path: str, what: str, single: bool = False) -> 
             raise IntakeError(
                 "report-invalid",
                 f"the {what}'s {where} is not a resource (value of form {shape(value)})",
-                location=where,
+                expression=where,
             )
         _check_resources(value, where, what)
 
@@ -183,7 +183,7 @@ def _items(values: Any, path: str, what: str) -> list[Any]:
         raise IntakeError(
             "report-invalid",
             f"the {what}'s {path} is not a list (value of form {shape(values)})",
-            location=path,
+            expression=path,
         )
     return values
 

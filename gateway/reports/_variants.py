@@ -213,7 +213,7 @@ class ReportVariants:
             raise MappingError(
                 "report-not-english",
                 f"the English report has language {report.get('language')!r}, not 'en'",
-                location="DiagnosticReport.language",
+                expression="DiagnosticReport.language",
             )
         links = [
             e.get("valueReference", {}).get("identifier")
@@ -227,14 +227,14 @@ class ReportVariants:
                 "translation-of-missing",
                 f"the English report has no {self.rules.translation_of} extension naming "
                 "the report it translates",
-                location="DiagnosticReport.extension",
+                expression="DiagnosticReport.extension",
             )
         if not any(_ident(link) in own for link in links):
             raise MappingError(
                 "translation-of-mismatch",
                 f"the English report is a translation of {', '.join(_ident(x) for x in links)}, "
                 f"but the report's identifiers are {', '.join(own) or '(none)'}",
-                location="DiagnosticReport.extension.valueReference.identifier",
+                expression="DiagnosticReport.extension.valueReference.identifier",
             )
         _same_patient(doc, english, self.settings.report_require_patient_identity)
         findings = [
@@ -331,7 +331,7 @@ class ReportVariants:
             raise ValidationError(
                 "report-variant",
                 f"the report variant is not valid FHIR: {first.message}",
-                location=first.location,
+                expression=first.fhirpath,
             )
 
 
@@ -348,7 +348,7 @@ def _document(data: bytes | Resource | None, what: str) -> ReportDocument:
         raise IntakeError(
             "report-invalid",
             f"the {what} is not valid FHIR R4: {first.message}",
-            location=first.location,
+            expression=first.fhirpath,
         )
     return doc
 
@@ -423,7 +423,7 @@ def _reference_identity(
             "report-other-patient",
             f"{_label(doc, what)} names a patient by an identifier that is not the one "
             f"of the resource it references: {problem}",
-            location=location,
+            expression=location,
         )
     return {s: named.get(s, frozenset()) | held.get(s, frozenset()) for s in named | held}
 
@@ -454,7 +454,7 @@ def _patient_of(doc: ReportDocument, what: str) -> Identity:
                 "report-other-patient",
                 f"{_label(doc, what)}: result {n + 1} is of another patient than the "
                 f"report: {problem}",
-                location=where,
+                expression=where,
             )
     return identity
 
@@ -475,14 +475,14 @@ def _same_patient(
                 f"{side} names no patient identifier (DiagnosticReport.subject: a "
                 f"reference with an identifier, or to a Patient that has one), so "
                 f"{translation} cannot be checked to be of the patient of {report}",
-                location="DiagnosticReport.subject",
+                expression="DiagnosticReport.subject",
             )
     problem = _disagreement(own, theirs) if own and theirs else None
     if problem:
         raise MappingError(
             "translation-other-patient",
             f"{translation} is not of the patient of {report}: {problem}",
-            location="DiagnosticReport.subject",
+            expression="DiagnosticReport.subject",
         )
 
 

@@ -113,7 +113,7 @@ class FileReport:
                         code,
                         check.message,
                         record=self.source,
-                        location=sig.where,
+                        expression=sig.where,
                     )
                 )
             if not failed:
@@ -124,7 +124,7 @@ class FileReport:
                         f"{sig.role or sig.role_display}, {sig.time}, {sig.algorithm}: "
                         "valid and trusted",
                         record=self.source,
-                        location=sig.where,
+                        expression=sig.where,
                         severity="information",
                         details={"issue_type": "informational"},
                     )

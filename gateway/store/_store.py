@@ -229,6 +229,8 @@ def issue_json(issue: Issue) -> dict[str, Any]:
     out: dict[str, Any] = {"code": issue.code, "severity": issue.severity, "message": issue.message}
     if issue.location:
         out["location"] = issue.location
+    if issue.fhirpath:  # the FHIR element (FHIRPath), as OperationOutcome.issue.expression
+        out["expression"] = issue.fhirpath
     return out
 
 

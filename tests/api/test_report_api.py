@@ -158,7 +158,7 @@ def test_convert_a_dicom_instance_with_a_default_sender(client: Client) -> None:
     assert {"ImagingStudy", "Patient", "Organization", "Endpoint"} <= kinds
     unknown = client.post("/convert?sender=NOWHERE", content=body, headers=headers)
     assert unknown.status_code == 400
-    assert unknown.json()["issue"][0]["expression"] == ["sender"]
+    assert unknown.json()["issue"][0]["location"] == ["sender"]
 
 
 def test_the_partner_preference_picks_the_variant(client: Client, converter: Converter) -> None:

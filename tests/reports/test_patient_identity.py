@@ -57,7 +57,7 @@ def test_a_logical_reference_to_another_patient_is_refused(variants: ReportVaria
     english = _bare_english({"identifier": {"system": NSCH_MRN, "value": OTHER_MRN}})
     error = _refused(variants, english)
     assert error.code == "mapping.translation-other-patient"
-    assert error.location == "DiagnosticReport.subject"
+    assert error.expression == "DiagnosticReport.subject"
     _no_patient_data(error)
 
 
@@ -116,7 +116,7 @@ def test_findings_of_another_patient_in_the_english_report_are_refused(
     findings["subject"] = {"identifier": {"system": NSCH_MRN, "value": OTHER_MRN}}
     error = _refused(variants, english)
     assert error.code == "mapping.report-other-patient"
-    assert error.location == "DiagnosticReport.result[0]"
+    assert error.expression == "DiagnosticReport.result[0]"
     _no_patient_data(error, both=False)
 
 
@@ -152,7 +152,7 @@ def test_an_english_report_without_patient_identity_is_refused(
         del english["subject"]
     error = _refused(variants, english)
     assert error.code == "mapping.report-patient-unidentified"
-    assert error.location == "DiagnosticReport.subject"
+    assert error.expression == "DiagnosticReport.subject"
     assert "English report HKR-2026-0617-01" in error.issue.message
 
 

@@ -303,7 +303,7 @@ def test_an_unknown_resource_type_is_an_intake_error_naming_where(
     with pytest.raises(IntakeError) as caught:
         variants.variant(_bytes(report()), "bilingual", _bytes(english()) if english else None)
     assert caught.value.code == "intake.report-resource-type"
-    assert caught.value.location == f"{location}.resourceType"
+    assert caught.value.expression == f"{location}.resourceType"
     assert ("English report" in caught.value.issue.message) is (english is not None)
 
 
@@ -326,4 +326,4 @@ def test_entries_and_contained_resources_must_be_objects(
     with pytest.raises(IntakeError) as caught:
         variants.variant(_bytes(bundle), "zh-Hant-HK")
     assert caught.value.code == "intake.report-invalid"
-    assert caught.value.location == location
+    assert caught.value.expression == location

@@ -121,13 +121,18 @@ def structural(bundle: dict[str, Any], profile: Profile, sender: str, alias: Ali
             continue
         if resource.get("resourceType") not in resources and not _holds(resource, resources):
             continue
-        resource = orjson.loads(orjson.dumps(resource))  # a deep copy of its own
+        resource = dict(resource)  # _structural replaces what it changes: no deep copy
         entries[n] = dict(entry, resource=resource)
         path = f"Bundle.entry[{n}].resource"
         _structural(resource, path, profile, alias, sender, found, changes)
-        for m, inner in enumerate(resource.get("contained") or []):
-            if isinstance(inner, dict):
-                _structural(inner, f"{path}.contained[{m}]", profile, alias, sender, found, changes)
+        contained = resource.get("contained")
+        if isinstance(contained, list):
+            resource["contained"] = contained = list(contained)
+            for m, inner in enumerate(contained):
+                if isinstance(inner, dict) and inner.get("resourceType") in resources:
+                    contained[m] = inner = dict(inner)
+                    where = f"{path}.contained[{m}]"
+                    _structural(inner, where, profile, alias, sender, found, changes)
     return Minimisation(out, changes, profile, found.compile())
 
 
@@ -165,6 +170,7 @@ class _Secrets:
         self.literal: dict[str, str] = {}  # exact strings (address lines, texts)
         self.patterns: list[tuple[str, str]] = []  # (regex, replacement)
         self.probes: list[str] = []  # compact values (alphanumerics), for squeezed JSON
+        self.covered: set[str] = set()  # literals holding a probe's value: not searched
 
     def add_literal(self, value: str, replacement: str) -> None:
         value = value.strip()
@@ -177,7 +183,10 @@ class _Secrets:
     def compile(self) -> _Rewriter | None:
         if not self.literal and not self.patterns:
             return None
-        literals = [_needle(orjson.dumps(v)[1:-1].decode()) for v in self.literal]
+        # A literal holding another (an address's text holds its line) is found with it.
+        rest = [v for v in self.literal if v not in self.covered]
+        searched = [v for v in rest if not any(o != v and o in v for o in rest)]
+        literals = [_needle(orjson.dumps(v)[1:-1].decode()) for v in searched]
         return _Rewriter(self, literals, [_needle(p) for p in self.probes])
 
     def parts(self) -> list[tuple[str, str]]:
@@ -210,14 +219,15 @@ def _needle(text: str) -> _Needle:
     return pre, (None if full == pre else full)
 
 
-def _found(needles: list[_Needle], data: bytes) -> bool:
-    """Whether any needle may match in ``data`` (see _Needle): plain byte searches; the
-    upper-cased copy is made only when a needle's caseless part is there."""
+def _found(needles: list[_Needle], data: bytes, raw: bytes) -> bool:
+    """Whether any needle may match in ``data`` (``raw``, or squeezed from it; see
+    _Needle): plain byte searches; the upper-cased copy is made only when a needle's
+    caseless part is there."""
     upper: bytes | None = None
     for pre, full in needles:
         if pre not in data:
             continue
-        if full is None or any(f in data for f in _FOLD_BYTES):
+        if full is None or any(f in raw for f in _FOLD_BYTES):
             return True
         if upper is None:
             upper = data.upper()
@@ -234,6 +244,7 @@ class _Rewriter:
         self.secrets = secrets
         self.literals = literals  # as they appear in JSON (escaped)
         self.probes = probes
+        self.ascii_probes = all(p.isascii() for p in secrets.probes)
 
     @functools.cached_property
     def parts(self) -> list[tuple[str, str]]:
@@ -252,9 +263,11 @@ class _Rewriter:
         of what the rewriter finds, so False means nothing to rewrite. Literals are
         looked for as they are; identifiers and phone numbers in the JSON squeezed of
         everything the patterns allow between characters."""
-        if _found(self.literals, data):
+        if _found(self.literals, data, data):
             return True
-        return bool(self.probes) and _found(self.probes, _squeeze(data))
+        if not self.probes:
+            return False
+        return _found(self.probes, _squeeze(data, self.ascii_probes), data)
 
     def hits(self, text: str) -> bool:
         return self.regex.search(text) is not None
@@ -270,27 +283,51 @@ class _Rewriter:
 _SEP = "[ \t\n\r\x0b\x0c\u00a0\u3000\\-()]"
 _PHONE_SEP = "[ \t\n\r\x0b\x0c\u00a0\u3000\\-().]"
 _GAP_BYTES = b" -().+"
-# The separators JSON writes as escapes (\t, \n, \r, \f and \u000b); an escaped backslash
-# is read first, as one neutral byte, so that its second half never starts one of them.
-_ESCAPES = (b"\\n", b"\\r", b"\\t", b"\\f", b"\\u000b", b"\\u000c")
-# The no-break and ideographic spaces in UTF-8, each behind a one-byte test of its lead
-# byte (memchr: a multi-byte search is slow on CJK text, whose bytes are everywhere;
-# \xc2 is rare, \xe3 is not).
-_WIDE = ((b"\xc2", b"\xc2\xa0"), (b"\xe3", b"\xe3\x80\x80"))
+# ASCII values are looked for in the JSON without any non-ASCII byte at all (the no-break
+# and ideographic spaces go with the rest: one C-level pass, where a search for a
+# multi-byte space is slow over CJK text, whose lead bytes are everywhere). Joining what
+# a CJK character separated can only make a false alarm (then pass 2 looks exactly).
+_GAP_AND_WIDE = _GAP_BYTES + bytes(range(0x80, 0x100))
+_WIDE = ("\u00a0".encode(), "\u3000".encode())
+# The separators JSON writes as escapes (\t, \n, \r, \f, \u000b and \u000c).
+_ESCAPED_GAPS = (b"n", b"r", b"t", b"f", b"u000b", b"u000c")
 
 
-def _squeeze(data: bytes) -> bytes:
+def _squeeze(data: bytes, ascii_only: bool = True) -> bytes:
     """JSON bytes without anything the patterns allow between characters: a spaced
-    value (``K583726(A)``, ``+86 139-0000-0001``) is then a plain substring."""
-    if b"\\" in data:
-        data = data.replace(b"\\\\", b"/")
-        for escape in _ESCAPES:
-            if escape in data:
-                data = data.replace(escape, b"")
-    for lead, space in _WIDE:
-        if lead in data and space in data:
+    value (``K583726(A)``, ``+86 139-0000-0001``) is then a plain substring.
+    ``ascii_only``: every value looked for is ASCII, and every non-ASCII byte goes."""
+    if b"\\" in data:  # memchr; escapes are rare (a narrative's \" ...)
+        data = _unescape_gaps(data)
+    if ascii_only:
+        return data.translate(None, _GAP_AND_WIDE)
+    for space in _WIDE:
+        if space[:1] in data and space in data:
             data = data.replace(space, b"")
     return data.translate(None, _GAP_BYTES)
+
+
+def _unescape_gaps(data: bytes) -> bytes:
+    """``data`` without the JSON escapes of separators; every other escape's backslash
+    becomes a neutral ``/`` (an escaped backslash one ``/``: its second half never
+    starts an escape). One split at the backslashes (memchr), not one search per escape
+    (a two-byte search is slow)."""
+    parts = data.split(b"\\")
+    out = [parts[0]]
+    n, last = 1, len(parts)
+    while n < last:
+        part = parts[n]
+        if not part and n + 1 < last:  # "\\\\": an escaped backslash, then plain text
+            out.append(b"/")
+            out.append(parts[n + 1])
+            n += 2
+            continue
+        if part.startswith(_ESCAPED_GAPS):
+            out.append(part[1:] if part[:1] != b"u" else part[5:])
+        else:
+            out.append(b"/" + part)
+        n += 1
+    return b"".join(out)
 
 
 def _probe(chars: str) -> str:
@@ -331,32 +368,36 @@ def _structural(
     found: _Secrets,
     changes: list[Change],
 ) -> None:
+    """Pass 1 on ``resource``, a copy of its own whose parts are shared with the input:
+    what changes is replaced (new lists and dicts), never changed in place."""
     if resource.get("resourceType") not in profile.resources:
         return
-    for n, ident in enumerate(resource.get("identifier") or []):
+    identifiers: list[Any] = []
+    if isinstance(resource.get("identifier"), list) and resource["identifier"]:
+        resource["identifier"] = identifiers = list(resource["identifier"])
+    for n, ident in enumerate(identifiers):
         system, value = ident.get("system"), ident.get("value")
         if system in profile.pseudonymise and isinstance(value, str) and value:
             pseudo = alias(system, value)
             new_system = f"{PSEUDONYM_SYSTEM}/{sender}"
             found.literal.setdefault(f"{system}|{value}", f"{new_system}|{pseudo}")
+            if all(c.isalnum() or c in " -()" for c in value):  # its probe finds it too
+                found.covered.add(f"{system}|{value}")
             found.patterns.append((_spaced(value), pseudo))
             found.probes.append(_probe(value))
-            ident.clear()
-            ident.update(
-                {
-                    "type": {
-                        "coding": [
-                            {
-                                "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
-                                "code": "PSEUDED",
-                                "display": "pseudonymized",
-                            }
-                        ]
-                    },
-                    "system": new_system,
-                    "value": pseudo,
-                }
-            )
+            identifiers[n] = {
+                "type": {
+                    "coding": [
+                        {
+                            "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
+                            "code": "PSEUDED",
+                            "display": "pseudonymized",
+                        }
+                    ]
+                },
+                "system": new_system,
+                "value": pseudo,
+            }
             changes.append(Change(f"{path}.identifier[{n}]", "pseudonymised", system))
     if profile.address != "keep" and resource.get("address"):
         kept = []
@@ -401,8 +442,10 @@ def _structural(
             del resource["telecom"]
     contacts = resource.get("contact")
     if isinstance(contacts, list):  # a Patient's contacts: their phones and addresses too
+        resource["contact"] = contacts = list(contacts)
         for n, contact in enumerate(contacts):
             if isinstance(contact, dict):
+                contacts[n] = contact = dict(contact)
                 contact.setdefault("resourceType", resource["resourceType"])
                 _structural(contact, f"{path}.contact[{n}]", profile, alias, sender, found, changes)
                 contact.pop("resourceType", None)

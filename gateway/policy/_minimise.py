@@ -41,6 +41,8 @@ PSEUDONYM_SYSTEM = "https://fhir-gateway.example.org/sid/pseudonym"
 _DROP = object()  # a walker's answer: remove this element from its parent
 _COUNTRY_CODES = ("86", "852", "853")
 _NON_DIGIT = re.compile(r"\D")
+_NOT_ALNUM = re.compile(r"[\W_]")
+_SPELLED = re.compile(r"(?:[^\W_]|[ \-()])*")  # alphanumerics and separators only
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +121,9 @@ def structural(bundle: dict[str, Any], profile: Profile, sender: str, alias: Ali
         resource = entry.get("resource") if isinstance(entry, dict) else None
         if not isinstance(resource, dict):
             continue
-        if resource.get("resourceType") not in resources and not _holds(resource, resources):
+        if resource.get("resourceType") not in resources and (
+            "contained" not in resource or not _holds(resource, resources)
+        ):
             continue
         resource = dict(resource)  # _structural replaces what it changes: no deep copy
         entries[n] = dict(entry, resource=resource)
@@ -290,7 +294,8 @@ _GAP_BYTES = b" -().+"
 _GAP_AND_WIDE = _GAP_BYTES + bytes(range(0x80, 0x100))
 _WIDE = ("\u00a0".encode(), "\u3000".encode())
 # The separators JSON writes as escapes (\t, \n, \r, \f, \u000b and \u000c).
-_ESCAPED_GAPS = (b"n", b"r", b"t", b"f", b"u000b", b"u000c")
+_GAP_CODES = (b"n", b"r", b"t", b"f")
+_WIDE_GAPS = (b"u000b", b"u000c")
 
 
 def _squeeze(data: bytes, ascii_only: bool = True) -> bytes:
@@ -308,30 +313,32 @@ def _squeeze(data: bytes, ascii_only: bool = True) -> bytes:
 
 
 def _unescape_gaps(data: bytes) -> bytes:
-    """``data`` without the JSON escapes of separators; every other escape's backslash
-    becomes a neutral ``/`` (an escaped backslash one ``/``: its second half never
-    starts an escape). One split at the backslashes (memchr), not one search per escape
-    (a two-byte search is slow)."""
-    parts = data.split(b"\\")
-    out = [parts[0]]
-    n, last = 1, len(parts)
-    while n < last:
-        part = parts[n]
-        if not part and n + 1 < last:  # "\\\\": an escaped backslash, then plain text
-            out.append(b"/")
-            out.append(parts[n + 1])
-            n += 2
-            continue
-        if part.startswith(_ESCAPED_GAPS):
-            out.append(part[1:] if part[:1] != b"u" else part[5:])
-        else:
-            out.append(b"/" + part)
-        n += 1
+    """``data`` without the JSON escapes of separators; an escaped backslash becomes a
+    neutral ``/`` (its second half never starts an escape). Escapes are few (a
+    narrative's ``\\"``): found by memchr, the bytes copied only when one is a gap."""
+    cuts: list[tuple[int, int, bytes]] = []
+    at = data.find(b"\\")
+    while at >= 0:
+        code = data[at + 1 : at + 2]
+        if code == b"\\":
+            cuts.append((at, at + 2, b"/"))
+        elif code in _GAP_CODES or data.startswith(_WIDE_GAPS, at + 1):
+            cuts.append((at, at + (6 if code == b"u" else 2), b""))
+        at = data.find(b"\\", at + 2)
+    if not cuts:
+        return data
+    out: list[bytes] = []
+    last = 0
+    for start, end, put in cuts:
+        out += (data[last:start], put)
+        last = end
+    out.append(data[last:])
     return b"".join(out)
 
 
 def _probe(chars: str) -> str:
-    return "".join(c for c in chars if c.isalnum())
+    """The alphanumerics of a value (``[\\W_]`` is exactly what str.isalnum refuses)."""
+    return _NOT_ALNUM.sub("", chars)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -381,7 +388,7 @@ def _structural(
             pseudo = alias(system, value)
             new_system = f"{PSEUDONYM_SYSTEM}/{sender}"
             found.literal.setdefault(f"{system}|{value}", f"{new_system}|{pseudo}")
-            if all(c.isalnum() or c in " -()" for c in value):  # its probe finds it too
+            if _SPELLED.fullmatch(value):  # its probe finds this literal too
                 found.covered.add(f"{system}|{value}")
             found.patterns.append((_spaced(value), pseudo))
             found.probes.append(_probe(value))

@@ -87,6 +87,10 @@ class Record:
     message_type: str | None = None
     sender: str | None = None
     bundle_json: bytes | None = None  # the serialised Bundle (the output)
+    # The validated Bundle bundle_json was made from, as the converter built it: read-only
+    # (frozen parts are shared with other records), for a stage that only reads it or
+    # copies what it changes (the policy) instead of parsing bundle_json again.
+    mapped: dict[str, Any] | None = field(default=None, repr=False, compare=False)
     issues: list[Issue] = field(default_factory=list)
     unmapped: list[str] | None = None  # fields holding data that no mapping read (traced)
     state: State = State.RECEIVED

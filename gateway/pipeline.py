@@ -149,6 +149,7 @@ def _serialise(conv: Converter, record: Record, bundle: ValidBundle, trace: bool
             issue_type="too-costly",
         )
     record.bundle_json = data
+    record.mapped = bundle  # read-only: the policy stage reads it instead of parsing data
     return data
 
 

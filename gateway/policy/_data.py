@@ -90,7 +90,6 @@ class PolicyData:
     prohibited: dict[str, dict[str, Any]]
     labels: dict[str, Any]
     codes: dict[str, tuple[str, str]] = field(default_factory=dict)  # "system|code" → list
-    needles: tuple[bytes, ...] = ()  # the prohibited codes as JSON strings: b'"51969-4"'
 
     @classmethod
     def load(cls, policy_dir: Path, agreements_file: Path, defaults: tuple[int, int]) -> PolicyData:
@@ -129,7 +128,6 @@ class PolicyData:
                     name,
                     str(code.get("display", "")),
                 )
-        data.needles = tuple(sorted({f'"{k.split("|", 1)[1]}"'.encode() for k in data.codes}))
         for rule in data.rules:
             if not isinstance(rule, dict) or "id" not in rule or "kind" not in rule:
                 raise ConfigError(

@@ -3,10 +3,11 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -15,12 +16,13 @@ import orjson
 
 from ..config import Settings
 from ..datafiles import data_dir, load_data_file
+from ..envelope import dump_json
 from ..errors import ConfigError, Issue
 from ..network import Institution, Network
 from ._consent import PURPOSE_SYSTEM, V3_ACT_REASON, ConsentRecord, PolicyError
 from ._data import LANGS, Agreement, PolicyData, Text
 from ._key import policy_key
-from ._minimise import Change, minimise, pseudonym
+from ._minimise import Change, Minimisation, pseudonym, structural
 
 __all__ = [
     "LEGAL_BASIS_SYSTEM",
@@ -105,11 +107,11 @@ class Decision:
     agreement: str | None = None
     changes: list[Change] = field(default_factory=list)
     patients: list[str] = field(default_factory=list)  # pseudonyms of the patient's ids
-    bundle: dict[str, Any] | None = None  # what leaves: minimised and labelled
     count: tuple[int, str, str, str, str] | None = None  # the counter row, once sent
     id: int | None = None  # the stored decision's id
     message_id: int | None = None
-    _json: bytes | None = field(default=None, repr=False)
+    _json: bytes | None = field(default=None, repr=False)  # what leaves, serialised
+    _bundle: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @property
     def allowed(self) -> bool:
@@ -117,12 +119,16 @@ class Decision:
 
     @property
     def bundle_json(self) -> bytes | None:
-        """What leaves, serialised (once)."""
-        from ..pipeline import dump_json  # the one serialiser of Bundles
-
-        if self.bundle is not None and self._json is None:
-            self._json = dump_json(self.bundle)
+        """What leaves (minimised and labelled), serialised: None unless allowed."""
         return self._json
+
+    @property
+    def bundle(self) -> dict[str, Any] | None:
+        """What leaves as a Bundle of the caller's own, parsed from ``bundle_json`` on
+        first use (the stage itself only makes the bytes)."""
+        if self._bundle is None and self._json is not None:
+            self._bundle = orjson.loads(self._json)
+        return self._bundle
 
     def issues(self) -> list[Issue]:
         out = []
@@ -188,8 +194,8 @@ class _Transfer:
     now: datetime
     from_j: str
     to_j: str
-    bundle: dict[str, Any]
-    text: bytes  # the Bundle as JSON
+    bundle: dict[str, Any]  # read, never changed (it may be the converter's)
+    text: bytes | None  # the Bundle as canonical JSON (orjson's), when at hand
     patients: list[str]
     categories: list[str]
     consents: Consents
@@ -197,14 +203,20 @@ class _Transfer:
     agreement: Agreement | None = None
     count: tuple[int, str, str, str, str] | None = None
     changes: list[Change] = field(default_factory=list)
-    minimised: dict[str, Any] | None = None
-    owned: bool = False  # ``bundle`` is the stage's own parse: the last rule may change it
+    minimised: Minimisation | None = None
+    minimise_rule: tuple[str, str] | None = None  # (rule id, profile id) when it changed
     key: Callable[[], bytes] = bytes  # the pseudonym key, read on first use
     aliases: dict[tuple[str, str], str] = field(default_factory=dict)
 
     @property
     def cross_border(self) -> bool:
         return self.from_j != self.to_j
+
+    def json(self) -> bytes:
+        """The Bundle as canonical JSON (the prohibited-code search), made once."""
+        if self.text is None:
+            self.text = orjson.dumps(self.bundle)
+        return self.text
 
     def alias(self, system: str, value: str) -> str:
         """The pseudonym of an identifier, computed once per decision (the minimisation,
@@ -246,7 +258,8 @@ class Policy:
         # new PolicyData means a new Policy (the caches are tied to this one's).
         self._results: dict[tuple[Any, ...], tuple[RuleResult, Agreement | None]] = {}
         self._national = frozenset(s for p in self.data.profiles for s in p.pseudonymise)
-        self._needles = _needle_regex(self.data.needles)
+        self._needles = _needle_regex(code.split("|", 1)[1] for code in self.data.codes)
+        self._provenances: dict[tuple[Any, ...], dict[str, Any]] = {}  # fixed parts
         self._key = key
         self._key_lock = threading.Lock()
         self._rules: list[tuple[str, str, Rule, dict[str, Any]]] = []
@@ -258,10 +271,6 @@ class Policy:
                     f"rules.yaml: rule {spec['id']}: unknown kind {kind!r} ({', '.join(RULES)})",
                 )
             self._rules.append((str(spec["id"]), kind, RULES[kind], dict(spec.get("params") or {})))
-        # The minimisation may change the stage's own parse in place when no rule reads
-        # the Bundle after it (rules.yaml: it comes last).
-        self._in_place = bool(self._rules) and self._rules[-1][1] == "minimise"
-        self._in_place = self._in_place and sum(r[1] == "minimise" for r in self._rules) == 1
 
     @property
     def key(self) -> bytes:
@@ -329,13 +338,17 @@ class Policy:
         consents: Consents | None = None,
         counters: Counters | None = None,
         now: datetime | None = None,
+        text: bytes | None = None,
     ) -> Decision:
-        """Decide one transfer. ``bundle`` is the converted Bundle (JSON bytes or dict);
-        the decision's ``bundle`` is what may leave (minimised, labelled, with a
-        Provenance), None unless allowed. Nothing is stored or counted here."""
+        """Decide one transfer. ``bundle`` is the converted Bundle: JSON bytes, or a dict
+        that is only read, never changed — the converter's own (``Record.mapped``, frozen
+        parts shared with other records) saves parsing the JSON again; ``text``: that
+        dict's JSON when the caller has it (``Record.bundle_json``). The decision's
+        ``bundle_json`` is what may leave (minimised, labelled, with a Provenance), None
+        unless allowed. Nothing is stored or counted here."""
         from ._consent import MemoryConsents
 
-        parsed, text = _parse(bundle)
+        parsed, text = _parse(bundle, text)
         source = self.institution(sender, "sender")
         target = self.institution(recipient, "recipient")
         types, patients, categories = self._scan(parsed)
@@ -360,27 +373,19 @@ class Policy:
             categories=categories,
             consents=consents or MemoryConsents(),
             counters=counters or MemoryCounters(),
-            owned=self._in_place,
             key=lambda: self.key,
         )
         results: list[RuleResult] = []
+        stopped = False
         for rule_id, kind, rule, params in self._rules:
-            stopped = any(r.outcome in ("deny", "hold") for r in results)
             if kind == "minimise" and stopped:
                 results.append(RuleResult(rule_id, kind, "skip", "skipped", self.say("skipped")))
                 continue
-            results.append(rule(self, t, rule_id, params))
-        outcomes = {r.outcome for r in results}
-        if "deny" in outcomes:
-            outcome = "deny"
-        elif "hold" in outcomes:
-            outcome = "hold"
-        elif t.changes:
-            outcome = "allow-with-changes"
-        else:
-            outcome = "allow"
+            result = rule(self, t, rule_id, params)
+            results.append(result)
+            stopped = stopped or result.outcome in ("deny", "hold")
         decision = Decision(
-            outcome=outcome,
+            outcome=_outcome(results, t.changes),
             sender=source.key,
             recipient=target.key,
             purpose=purpose,
@@ -392,9 +397,31 @@ class Policy:
             patients=[t.alias(*p.split("|", 1)) for p in t.patients],
         )
         if decision.allowed:
-            decision.bundle = self._label(t.minimised or parsed, t, decision)
+            decision._json = self._leave(t, decision)
             decision.count = t.count
         return decision
+
+    def _leave(self, t: _Transfer, decision: Decision) -> bytes:
+        """What leaves, serialised once: the minimised Bundle labelled. Pass 2 of the
+        minimisation (original values left in any string, attachments) runs only when
+        one search of the minimised Bundle's compact JSON finds something; then the
+        Bundle is labelled and serialised again, with what pass 2 changed. (That JSON,
+        not the bytes that leave: a third of their size — no indentation, no labels —
+        so one more orjson call costs less than scanning the indented form.)"""
+        done = t.minimised
+        data = dump_json(self._label(done.bundle if done else t.bundle, t, decision))
+        if done is None:
+            return data
+        compact = orjson.dumps(done.bundle)
+        if done.clean(compact):
+            return data
+        done.finish(done.rewrite is not None and done.rewrite.present(compact), compact)
+        if t.minimise_rule is not None:
+            rule_id, profile = t.minimise_rule
+            n = next(i for i, r in enumerate(decision.results) if r.rule == rule_id)
+            decision.results[n] = _minimised(self, rule_id, profile, done.changes)
+        decision.outcome = _outcome(decision.results, done.changes)
+        return dump_json(self._label(done.bundle, t, decision))
 
     def _scan(self, bundle: dict[str, Any]) -> tuple[set[Any], list[str], list[str]]:
         """One pass over the entries: their resource types (the default purpose), the
@@ -432,8 +459,9 @@ class Policy:
 
     def _label(self, bundle: dict[str, Any], t: _Transfer, decision: Decision) -> dict[str, Any]:
         """The basis on every resource (meta.security) and a Provenance naming the
-        agreement (policy). Copies what it changes: the Bundle, its entry list, each
-        entry, resource and meta (the resources' other parts are shared, never changed)."""
+        agreement (policy). ``bundle`` is only read: what changes is copied (the Bundle,
+        its entry list, each entry, resource and meta; the resources' other parts are
+        shared, and only serialised)."""
         basis = decision.basis or "domestic"
         labels = [
             {
@@ -447,30 +475,57 @@ class Policy:
             labels.append({"system": V3_ACT_CODE, "code": "PSEUD", "display": "pseudonymize"})
         if decision.changes:
             labels.append({"system": V3_ACT_CODE, "code": "MINEC", "display": "minimum necessary"})
-        # The stage's own parse (``_parse``): labelled in place, nothing copied.
-        out = bundle
         entries = []
+        targets = []
         for entry in bundle.get("entry") or []:
-            resource = entry.get("resource") if isinstance(entry, dict) else None
-            if isinstance(resource, dict):
-                meta = resource.get("meta") or {}
-                resource["meta"] = meta
-                meta["security"] = [*(meta.get("security") or []), *labels]
+            if isinstance(entry, dict):
+                resource = entry.get("resource")
+                if isinstance(resource, dict):
+                    meta = resource.get("meta") or {}
+                    security = [*(meta.get("security") or []), *labels]
+                    entry = {
+                        **entry,
+                        "resource": {**resource, "meta": {**meta, "security": security}},
+                    }
+                if entry.get("fullUrl"):
+                    targets.append({"reference": entry["fullUrl"]})
             entries.append(entry)
-        targets = [
-            {"reference": e["fullUrl"]} for e in entries if isinstance(e, dict) and e.get("fullUrl")
-        ]
+        out = {**bundle, "entry": entries}
         if targets:
-            provenance = self._provenance(out, t, decision, targets)
-            provenance["resource"]["meta"] = {"security": list(labels)}
-            entries.append(provenance)
-        out["entry"] = entries
+            entries.append(self._provenance(out, t, decision, targets, labels))
         return out
 
     def _provenance(
-        self, bundle: dict[str, Any], t: _Transfer, decision: Decision, targets: list[Any]
+        self,
+        bundle: dict[str, Any],
+        t: _Transfer,
+        decision: Decision,
+        targets: list[Any],
+        labels: list[dict[str, str]],
     ) -> dict[str, Any]:
         ident = str(uuid.uuid5(_NS, f"{bundle.get('id')}|{decision.agreement}|{t.recipient.key}"))
+        key = (t.sender.key, decision.agreement, decision.basis, t.purpose)
+        fixed = self._provenances.get(key)
+        if fixed is None:
+            if len(self._provenances) > 4096:  # one per parties, agreement and purpose
+                self._provenances.clear()
+            fixed = self._provenances[key] = self._provenance_parts(t, decision)
+        return {
+            "fullUrl": f"urn:uuid:{ident}",
+            "resource": {
+                "resourceType": "Provenance",
+                "id": ident,
+                "target": targets,
+                "recorded": t.now.isoformat(timespec="seconds") + "Z",
+                **fixed,
+                "meta": {"security": labels},
+            },
+            "request": {"method": "PUT", "url": f"Provenance/{ident}"},
+        }
+
+    def _provenance_parts(self, t: _Transfer, decision: Decision) -> dict[str, Any]:
+        """The parts of a Provenance fixed by sender, agreement, basis and purpose
+        (shared between decisions: they are only serialised)."""
         policies = [f"{LEGAL_BASIS_SYSTEM}#{decision.basis or 'domestic'}"]
         if decision.agreement:
             policies.insert(0, AGREEMENT_BASE + decision.agreement)
@@ -479,45 +534,46 @@ class Policy:
             who["identifier"] = {"system": "urn:ietf:rfc:3986", "value": f"urn:oid:{t.sender.oid}"}
         purpose = self.data.purposes[t.purpose]
         return {
-            "fullUrl": f"urn:uuid:{ident}",
-            "resource": {
-                "resourceType": "Provenance",
-                "id": ident,
-                "target": targets,
-                "recorded": t.now.isoformat(timespec="seconds") + "Z",
-                "policy": policies,
-                "reason": [
-                    {
-                        "coding": [
-                            {"system": PURPOSE_SYSTEM, "code": t.purpose, "display": purpose["en"]},
-                            {"system": V3_ACT_REASON, "code": purpose.get("v3", "TREAT")},
-                        ]
-                    }
-                ],
-                "activity": {
+            "policy": policies,
+            "reason": [
+                {
                     "coding": [
-                        {
-                            "system": "http://terminology.hl7.org/CodeSystem/iso-21089-lifecycle",
-                            "code": "transmit",
-                        }
+                        {"system": PURPOSE_SYSTEM, "code": t.purpose, "display": purpose["en"]},
+                        {"system": V3_ACT_REASON, "code": purpose.get("v3", "TREAT")},
                     ]
-                },
-                "agent": [
+                }
+            ],
+            "activity": {
+                "coding": [
                     {
-                        "type": {
-                            "coding": [
-                                {
-                                    "system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type",
-                                    "code": "custodian",
-                                }
-                            ]
-                        },
-                        "who": who,
+                        "system": "http://terminology.hl7.org/CodeSystem/iso-21089-lifecycle",
+                        "code": "transmit",
                     }
-                ],
+                ]
             },
-            "request": {"method": "PUT", "url": f"Provenance/{ident}"},
+            "agent": [
+                {
+                    "type": {
+                        "coding": [
+                            {
+                                "system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type",
+                                "code": "custodian",
+                            }
+                        ]
+                    },
+                    "who": who,
+                }
+            ],
         }
+
+
+def _outcome(results: list[RuleResult], changes: list[Change]) -> str:
+    outcomes = {r.outcome for r in results}
+    if "deny" in outcomes:
+        return "deny"
+    if "hold" in outcomes:
+        return "hold"
+    return "allow-with-changes" if changes else "allow"
 
 
 def _issue_type(outcome: str) -> str:
@@ -526,22 +582,25 @@ def _issue_type(outcome: str) -> str:
     )
 
 
-def _needle_regex(needles: tuple[bytes, ...]) -> re.Pattern[bytes] | None:
-    """One search for every prohibited code as a JSON string (``"51969-4"``): the same
-    answer as one substring search per code, in one scan."""
-    if not needles:
+def _needle_regex(codes: Iterable[str]) -> re.Pattern[bytes] | None:
+    """One search for every prohibited code as the value of a ``code`` element in
+    canonical JSON (``"code": "51969-4"``): a superset of what :func:`_find_code` finds
+    (a code counts only in a Coding), anchored on the element's name so that the scan
+    stops at the few ``"code"`` strings rather than at every quote."""
+    values = sorted({orjson.dumps(code) for code in codes})
+    if not values:
         return None
-    return re.compile(b'"(?:' + b"|".join(re.escape(n[1:-1]) for n in needles) + b')"')
+    return re.compile(rb'"code"\s*:\s*(?:' + b"|".join(re.escape(v) for v in values) + rb")")
 
 
-def _parse(body: bytes | dict[str, Any]) -> tuple[dict[str, Any], bytes]:
-    """The Bundle as a dict of the stage's own (changed in place by the minimisation and
-    the labels: the caller's dict never is) and as JSON (the prohibited-code search)."""
+def _parse(body: bytes | dict[str, Any], text: bytes | None) -> tuple[dict[str, Any], bytes | None]:
+    """The Bundle as a dict that is only read, and its canonical JSON (orjson's: the
+    prohibited-code search reads it) when at hand: ``text``, the JSON of a dict given by
+    the caller; bytes given are used as they are unless they hold a ``\\u`` escape
+    (which could spell a code that the byte search would not see)."""
     if isinstance(body, bytes):
-        return _bundle(body), body
-    parsed = _bundle(body)
-    text = orjson.dumps(parsed)
-    return (orjson.loads(text) if isinstance(body, dict) else parsed), text
+        return _bundle(body), (body if b"\\u" not in body else None)
+    return _bundle(body), text
 
 
 def _bundle(body: bytes | dict[str, Any]) -> dict[str, Any]:
@@ -587,7 +646,7 @@ def rule_prohibited(
     needles = policy._needles
     exporting = {j for n in lists for j in data.prohibited.get(n, {}).get("exporting") or []}
     searched = t.cross_border and t.from_j in exporting
-    if searched and needles is not None and needles.search(t.text) is not None:
+    if searched and needles is not None and needles.search(t.json()) is not None:
         hit = _find_code(t.bundle, data.codes, set(lists))
         if hit is not None:
             return _prohibited_found(policy, t, rule_id, hit)
@@ -777,21 +836,22 @@ def rule_consent(policy: Policy, t: _Transfer, rule_id: str, params: dict[str, A
         )
     for record in t.consents.for_patients(t.patients):
         if record.covers(t.patients, t.purpose, t.recipient.key, t.now):
-            return RuleResult(
-                rule_id,
-                "consent",
-                "pass",
-                "consent.ok",
-                policy.say(
-                    "consent.ok",
-                    consent=record.id,
-                    until=record.end.date().isoformat() if record.end else "—",
-                    **names,
-                ),
-            )
+            # Whether it covers is asked every time (consents change); the words depend
+            # on the consent's id and end and the transfer's parties and purpose only.
+            key = ("consent", rule_id, record.id, record.end, t.sender.key, t.recipient.key)
+            make = functools.partial(_consent_ok, policy, rule_id, record, names)
+            return policy._cached((*key, t.purpose), make)[0]
     return RuleResult(
         rule_id, "consent", "hold", "consent.missing", policy.say("consent.missing", **names)
     )
+
+
+def _consent_ok(
+    policy: Policy, rule_id: str, record: ConsentRecord, names: dict[str, Any]
+) -> tuple[RuleResult, None]:
+    until = record.end.date().isoformat() if record.end else "—"
+    words = policy.say("consent.ok", consent=record.id, until=until, **names)
+    return RuleResult(rule_id, "consent", "pass", "consent.ok", words), None
 
 
 def rule_volume(policy: Policy, t: _Transfer, rule_id: str, params: dict[str, Any]) -> RuleResult:
@@ -863,20 +923,35 @@ def rule_minimise(policy: Policy, t: _Transfer, rule_id: str, params: dict[str, 
     )
     if profile is None:
         return RuleResult(rule_id, "minimise", "pass", "minimise.none", policy.say("minimise.none"))
-    t.minimised, t.changes = minimise(
-        t.bundle, profile, policy.key, t.sender.key, in_place=t.owned, alias=t.alias
-    )
-    if not t.changes:
+    # Pass 1 here; pass 2 (values left in any string, attachments) once the Bundle that
+    # leaves is serialised (Policy._leave), which then updates this result.
+    t.minimised = structural(t.bundle, profile, t.sender.key, t.alias)
+    t.changes = t.minimised.changes
+    t.minimise_rule = (rule_id, profile.id)
+    return _minimised(policy, rule_id, profile.id, t.changes)
+
+
+def _minimised(policy: Policy, rule_id: str, profile: str, changes: list[Change]) -> RuleResult:
+    counts: dict[str, int] = {}
+    for change in changes:
+        counts[change.action] = counts.get(change.action, 0) + 1
+    key = ("minimise", rule_id, profile, *counts.items())
+    return policy._cached(key, lambda: (_minimised_words(policy, rule_id, profile, counts), None))[
+        0
+    ]
+
+
+def _minimised_words(
+    policy: Policy, rule_id: str, profile: str, counts: dict[str, int]
+) -> RuleResult:
+    if not counts:
         return RuleResult(
             rule_id,
             "minimise",
             "pass",
             "minimise.unchanged",
-            policy.say("minimise.unchanged", profile=profile.id),
+            policy.say("minimise.unchanged", profile=profile),
         )
-    counts: dict[str, int] = {}
-    for change in t.changes:
-        counts[change.action] = counts.get(change.action, 0) + 1
     summary = _joined(
         [
             {lang: f"{policy.label('actions', a)[lang]} {n}" for lang in LANGS}
@@ -888,7 +963,7 @@ def rule_minimise(policy: Policy, t: _Transfer, rule_id: str, params: dict[str, 
         "minimise",
         "change",
         "minimise.changed",
-        policy.say("minimise.changed", profile=profile.id, changes=summary),
+        policy.say("minimise.changed", profile=profile, changes=summary),
     )
 
 

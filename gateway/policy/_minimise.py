@@ -1,14 +1,19 @@
 """Minimisation: what a profile says is removed or pseudonymised before a record leaves.
 
-Two passes over a copy of the Bundle:
+Two passes:
 
 1. the profile's resources (Patient, RelatedPerson) change structurally: identifiers of
    the configured systems become a keyed pseudonym, addresses are reduced to the city,
-   phone numbers are removed — and every original value is remembered;
+   phone numbers are removed — and every original value is remembered. Only those
+   resources are copied (:func:`structural`): the rest of the Bundle is shared with the
+   input, which is never changed (it may be the converter's, with frozen parts);
 2. every string of every resource (narratives, notes, conditional URLs, displays) and
    every base64 attachment is searched for those values: text is rewritten (HTML and
    plain text attachments are decoded, rewritten and encoded again), anything that
-   cannot be rewritten (PDF) is dropped.
+   cannot be rewritten (PDF) is dropped. Pass 2 runs only when one search of the
+   serialised Bundle (:meth:`Minimisation.clean`: one squeeze, then plain byte
+   searches; the policy stage runs it over the bytes that leave) finds a value or an
+   attachment; it works on a copy of its own.
 
 Changes are reported by path (``Bundle.entry[2].resource.telecom[0]``), never by value.
 """
@@ -30,11 +35,14 @@ import orjson
 
 from ._data import Profile
 
-__all__ = ["PSEUDONYM_SYSTEM", "Change", "minimise", "pseudonym"]
+__all__ = ["PSEUDONYM_SYSTEM", "Change", "Minimisation", "minimise", "pseudonym", "structural"]
 
 PSEUDONYM_SYSTEM = "https://fhir-gateway.example.org/sid/pseudonym"
 _DROP = object()  # a walker's answer: remove this element from its parent
 _COUNTRY_CODES = ("86", "852", "853")
+_NON_DIGIT = re.compile(r"\D")
+_NOT_ALNUM = re.compile(r"[\W_]")
+_SPELLED = re.compile(r"(?:[^\W_]|[ \-()])*")  # alphanumerics and separators only
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,11 +61,83 @@ class Change:
 def pseudonym(key: bytes, system: str, value: str) -> str:
     """The keyed pseudonym of an identifier: the sender, who holds the key, finds it
     again from the original; no one else can reverse it."""
-    digest = hmac.new(key, f"{system}|{value.strip().upper()}".encode(), hashlib.sha256)
-    return "PSN-" + base64.b32encode(digest.digest()[:15]).decode("ascii")
+    digest = hmac.digest(key, f"{system}|{value.strip().upper()}".encode(), "sha256")
+    return "PSN-" + base64.b32encode(digest[:15]).decode("ascii")
 
 
 Alias = Callable[[str, str], str]  # (system, value) → pseudonym
+
+
+class Minimisation:
+    """Pass 1 done (:func:`structural`): ``bundle`` shares every part it did not change
+    with the input; :meth:`clean` says whether pass 2 has anything to do, :meth:`finish`
+    does it (on a copy of its own)."""
+
+    __slots__ = ("bundle", "changes", "profile", "rewrite")
+
+    def __init__(
+        self,
+        bundle: dict[str, Any],
+        changes: list[Change],
+        profile: Profile,
+        rewrite: _Rewriter | None,
+    ) -> None:
+        self.bundle = bundle
+        self.changes = changes
+        self.profile = profile
+        self.rewrite = rewrite
+
+    def clean(self, data: bytes) -> bool:
+        """Whether ``data`` (serialised JSON holding the Bundle: the policy stage gives
+        the very bytes that leave) has no attachment and no original value in any spelling
+        the rewriter would find. False may be a false alarm (pass 2 then changes nothing);
+        True never is."""
+        if b'"contentType"' in data:  # base64 hides its text: always decoded and checked
+            return False
+        return self.rewrite is None or not self.rewrite.present(data)
+
+    def finish(self, strings: bool, data: bytes | None = None) -> None:
+        """Pass 2, on a copy of the Bundle of its own (parsed from ``data`` when given:
+        the Bundle serialised): strings, when ``strings`` (some original value may be
+        left), and attachments."""
+        out = orjson.loads(orjson.dumps(self.bundle) if data is None else data)
+        for n, entry in enumerate(out.get("entry") or []):
+            if isinstance(entry, dict):
+                _walk(
+                    entry, f"Bundle.entry[{n}]", self.rewrite, self.profile, self.changes, strings
+                )
+        self.bundle = out
+
+
+def structural(bundle: dict[str, Any], profile: Profile, sender: str, alias: Alias) -> Minimisation:
+    """Pass 1 over the profile's resources, each copied before it changes: the input is
+    never changed (it may hold frozen values shared between records, gateway/shared.py)."""
+    out = dict(bundle)
+    out["entry"] = entries = list(bundle.get("entry") or [])
+    changes: list[Change] = []
+    found = _Secrets()
+    resources = profile.resources
+    for n, entry in enumerate(entries):
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if not isinstance(resource, dict):
+            continue
+        if resource.get("resourceType") not in resources and (
+            "contained" not in resource or not _holds(resource, resources)
+        ):
+            continue
+        resource = dict(resource)  # _structural replaces what it changes: no deep copy
+        entries[n] = dict(entry, resource=resource)
+        path = f"Bundle.entry[{n}].resource"
+        _structural(resource, path, profile, alias, sender, found, changes)
+        contained = resource.get("contained")
+        if isinstance(contained, list):
+            resource["contained"] = contained = list(contained)
+            for m, inner in enumerate(contained):
+                if isinstance(inner, dict) and inner.get("resourceType") in resources:
+                    contained[m] = inner = dict(inner)
+                    where = f"{path}.contained[{m}]"
+                    _structural(inner, where, profile, alias, sender, found, changes)
+    return Minimisation(out, changes, profile, found.compile())
 
 
 def minimise(
@@ -66,61 +146,24 @@ def minimise(
     key: bytes,
     sender: str,
     *,
-    in_place: bool = False,
     alias: Alias | None = None,
 ) -> tuple[dict[str, Any], list[Change]]:
-    """A minimised copy of ``bundle`` and the list of changes (paths, never values).
-
-    The copy shares what it does not change: the profile's resources are copied and
-    changed; the rest is copied (deeply) only when some original value or attachment
-    is found in it. ``in_place``: the caller owns ``bundle`` (the policy stage's own
-    parse) and it is changed and returned itself — no copies at all. ``alias``: the
-    pseudonym function to use (the stage memoises it per decision)."""
-    if alias is None:
-        alias = functools.partial(pseudonym, key)
-    if in_place:
-        out = bundle
-        entries = bundle.get("entry") or []
-    else:
-        out = dict(bundle)
-        out["entry"] = entries = list(bundle.get("entry") or [])
-    changes: list[Change] = []
-    found = _Secrets()
-    for n, entry in enumerate(entries):
-        resource = entry.get("resource") if isinstance(entry, dict) else None
-        if not isinstance(resource, dict) or not _touched(resource, profile):
-            continue
-        if not in_place:
-            resource = orjson.loads(orjson.dumps(resource))
-            entries[n] = dict(entry, resource=resource)
-        path = f"Bundle.entry[{n}].resource"
-        _structural(resource, path, profile, alias, sender, found, changes)
-        for m, inner in enumerate(resource.get("contained") or []):
-            if isinstance(inner, dict):
-                _structural(inner, f"{path}.contained[{m}]", profile, alias, sender, found, changes)
-    rewrite = found.compile()
-    # Pass 2 visits every string: first ask, over the whole Bundle serialised once,
-    # whether any original value (or any attachment) is left at all. Most records hold
-    # the values only where pass 1 already changed them.
-    data = orjson.dumps(out)
-    strings = rewrite is not None and rewrite.present(data)
-    if strings or b'"contentType"' in data:
-        if not in_place:
-            out = orjson.loads(data)  # now every part may change: a copy of its own
-        for n, entry in enumerate(out.get("entry") or []):
-            if isinstance(entry, dict):
-                _walk(entry, f"Bundle.entry[{n}]", rewrite, profile, changes, strings)
-    return out, changes
+    """A minimised copy of ``bundle`` (never changed) and the list of changes (paths,
+    never values). The copy shares with ``bundle`` what it does not change. ``alias``:
+    the pseudonym function to use (the policy stage memoises it per decision)."""
+    done = structural(bundle, profile, sender, alias or functools.partial(pseudonym, key))
+    data = orjson.dumps(done.bundle)
+    if not done.clean(data):
+        done.finish(done.rewrite is not None and done.rewrite.present(data), data)
+    return done.bundle, done.changes
 
 
-def _touched(resource: dict[str, Any], profile: Profile) -> bool:
-    """Whether pass 1 changes this resource (itself or a contained one)."""
-    if resource.get("resourceType") in profile.resources:
-        return True
-    return any(
-        isinstance(c, dict) and c.get("resourceType") in profile.resources
-        for c in resource.get("contained") or []
-    )
+def _holds(resource: dict[str, Any], resources: frozenset[str]) -> bool:
+    """Whether a contained resource is one pass 1 changes."""
+    contained = resource.get("contained")
+    if not isinstance(contained, list) or not contained:
+        return False
+    return any(isinstance(c, dict) and c.get("resourceType") in resources for c in contained)
 
 
 # -- pass 1: the profile's resources -----------------------------------------------------
@@ -130,7 +173,8 @@ class _Secrets:
     def __init__(self) -> None:
         self.literal: dict[str, str] = {}  # exact strings (address lines, texts)
         self.patterns: list[tuple[str, str]] = []  # (regex, replacement)
-        self.probes: list[bytes] = []  # compact values, looked for in squeezed JSON
+        self.probes: list[str] = []  # compact values (alphanumerics), for squeezed JSON
+        self.covered: set[str] = set()  # literals holding a probe's value: not searched
 
     def add_literal(self, value: str, replacement: str) -> None:
         value = value.strip()
@@ -143,21 +187,68 @@ class _Secrets:
     def compile(self) -> _Rewriter | None:
         if not self.literal and not self.patterns:
             return None
-        return _Rewriter(self, [orjson.dumps(v)[1:-1] for v in self.literal], self.probes)
+        # A literal holding another (an address's text holds its line) is found with it.
+        rest = [v for v in self.literal if v not in self.covered]
+        searched = [v for v in rest if not any(o != v and o in v for o in rest)]
+        literals = [_needle(orjson.dumps(v)[1:-1].decode()) for v in searched]
+        return _Rewriter(self, literals, [_needle(p) for p in self.probes])
 
     def parts(self) -> list[tuple[str, str]]:
         ordered = sorted(self.literal.items(), key=lambda x: -len(x[0]))  # longest first
         return [(re.escape(v), r) for v, r in ordered] + self.patterns
 
 
+# A needle for a value the rewriter matches case-insensitively, looked for in JSON bytes:
+# ``pre``, the value's longest run without cased letters (digits, CJK, punctuation: any
+# match holds it verbatim), and ``full``, the whole value upper-cased when its only cased
+# characters are ASCII letters (None: ``pre`` is the whole value, or the value has other
+# cased letters; then ``pre`` found is enough to say "maybe").
+_Needle = tuple[bytes, bytes | None]
+_ASCII_LETTERS = re.compile("[A-Za-z]+")
+_ASCII = re.compile("[\x00-\x7f]+")
+# The non-ASCII characters re.IGNORECASE matches to an ASCII letter (İ ı ſ and the Kelvin
+# sign, tests/policy/test_minimise.py checks the list): data holding one may spell an
+# ASCII value in a way bytes.upper() does not see.
+_FOLD_BYTES = tuple(c.encode() for c in "\u0130\u0131\u017f\u212a")
+
+
+@functools.lru_cache(maxsize=4096)
+def _needle(text: str) -> _Needle:
+    wide = _ASCII.sub("", text)
+    if wide.lower() != wide or wide.upper() != wide:  # rare: split at every cased letter
+        runs = "".join(c if c.lower() == c == c.upper() else "\0" for c in text).split("\0")
+        return max(runs, key=len).encode(), None
+    pre = max(_ASCII_LETTERS.split(text), key=len).encode()
+    full = text.upper().encode()
+    return pre, (None if full == pre else full)
+
+
+def _found(needles: list[_Needle], data: bytes, raw: bytes) -> bool:
+    """Whether any needle may match in ``data`` (``raw``, or squeezed from it; see
+    _Needle): plain byte searches; the upper-cased copy is made only when a needle's
+    caseless part is there."""
+    upper: bytes | None = None
+    for pre, full in needles:
+        if pre not in data:
+            continue
+        if full is None or any(f in raw for f in _FOLD_BYTES):
+            return True
+        if upper is None:
+            upper = data.upper()
+        if full in upper:
+            return True
+    return False
+
+
 class _Rewriter:
     """One regex for every original value; each match becomes its replacement. The
     regex (and its parts) is made only when some value is present (most records: none)."""
 
-    def __init__(self, secrets: _Secrets, literals: list[bytes], probes: list[bytes]) -> None:
+    def __init__(self, secrets: _Secrets, literals: list[_Needle], probes: list[_Needle]) -> None:
         self.secrets = secrets
         self.literals = literals  # as they appear in JSON (escaped)
         self.probes = probes
+        self.ascii_probes = all(p.isascii() for p in secrets.probes)
 
     @functools.cached_property
     def parts(self) -> list[tuple[str, str]]:
@@ -172,14 +263,15 @@ class _Rewriter:
         return re.compile("|".join(f"({p})" for p, _ in self.parts), re.IGNORECASE)
 
     def present(self, data: bytes) -> bool:
-        """Whether any original value may be in ``data`` (a serialised Bundle): a
-        superset of what the rewriter finds, so False means nothing to rewrite."""
-        if any(literal in data for literal in self.literals):
+        """Whether any original value may be in ``data`` (serialised JSON): a superset
+        of what the rewriter finds, so False means nothing to rewrite. Literals are
+        looked for as they are; identifiers and phone numbers in the JSON squeezed of
+        everything the patterns allow between characters."""
+        if _found(self.literals, data, data):
             return True
         if not self.probes:
             return False
-        squeezed = _squeeze(data)
-        return any(probe in squeezed for probe in self.probes)
+        return _found(self.probes, _squeeze(data, self.ascii_probes), data)
 
     def hits(self, text: str) -> bool:
         return self.regex.search(text) is not None
@@ -195,26 +287,58 @@ class _Rewriter:
 _SEP = "[ \t\n\r\x0b\x0c\u00a0\u3000\\-()]"
 _PHONE_SEP = "[ \t\n\r\x0b\x0c\u00a0\u3000\\-().]"
 _GAP_BYTES = b" -().+"
-_ESCAPED = re.compile(rb"\\[nrtbf]|\\u000[bc]")
-# The no-break and ideographic spaces in UTF-8, each behind a one-byte test of its lead
-# byte (memchr: a multi-byte search is slow on CJK text, whose bytes are everywhere;
-# \xc2 is rare, \xe3 is not).
-_WIDE = ((b"\xc2", b"\xc2\xa0"), (b"\xe3", b"\xe3\x80\x80"))
+# ASCII values are looked for in the JSON without any non-ASCII byte at all (the no-break
+# and ideographic spaces go with the rest: one C-level pass, where a search for a
+# multi-byte space is slow over CJK text, whose lead bytes are everywhere). Joining what
+# a CJK character separated can only make a false alarm (then pass 2 looks exactly).
+_GAP_AND_WIDE = _GAP_BYTES + bytes(range(0x80, 0x100))
+_WIDE = ("\u00a0".encode(), "\u3000".encode())
+# The separators JSON writes as escapes (\t, \n, \r, \f, \u000b and \u000c).
+_GAP_CODES = (b"n", b"r", b"t", b"f")
+_WIDE_GAPS = (b"u000b", b"u000c")
 
 
-def _squeeze(data: bytes) -> bytes:
-    """JSON bytes without anything the patterns allow between characters, upper-cased:
-    a spaced value (``K583726(A)``, ``+86 139-0000-0001``) is then a plain substring."""
-    if b"\\" in data:
-        data = _ESCAPED.sub(b"", data)
-    for lead, space in _WIDE:
-        if lead in data and space in data:
+def _squeeze(data: bytes, ascii_only: bool = True) -> bytes:
+    """JSON bytes without anything the patterns allow between characters: a spaced
+    value (``K583726(A)``, ``+86 139-0000-0001``) is then a plain substring.
+    ``ascii_only``: every value looked for is ASCII, and every non-ASCII byte goes."""
+    if b"\\" in data:  # memchr; escapes are rare (a narrative's \" ...)
+        data = _unescape_gaps(data)
+    if ascii_only:
+        return data.translate(None, _GAP_AND_WIDE)
+    for space in _WIDE:
+        if space[:1] in data and space in data:
             data = data.replace(space, b"")
-    return data.translate(None, _GAP_BYTES).upper()
+    return data.translate(None, _GAP_BYTES)
 
 
-def _probe(chars: str) -> bytes:
-    return "".join(c for c in chars if c.isalnum()).upper().encode()
+def _unescape_gaps(data: bytes) -> bytes:
+    """``data`` without the JSON escapes of separators; an escaped backslash becomes a
+    neutral ``/`` (its second half never starts an escape). Escapes are few (a
+    narrative's ``\\"``): found by memchr, the bytes copied only when one is a gap."""
+    cuts: list[tuple[int, int, bytes]] = []
+    at = data.find(b"\\")
+    while at >= 0:
+        code = data[at + 1 : at + 2]
+        if code == b"\\":
+            cuts.append((at, at + 2, b"/"))
+        elif code in _GAP_CODES or data.startswith(_WIDE_GAPS, at + 1):
+            cuts.append((at, at + (6 if code == b"u" else 2), b""))
+        at = data.find(b"\\", at + 2)
+    if not cuts:
+        return data
+    out: list[bytes] = []
+    last = 0
+    for start, end, put in cuts:
+        out += (data[last:start], put)
+        last = end
+    out.append(data[last:])
+    return b"".join(out)
+
+
+def _probe(chars: str) -> str:
+    """The alphanumerics of a value (``[\\W_]`` is exactly what str.isalnum refuses)."""
+    return _NOT_ALNUM.sub("", chars)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -227,7 +351,7 @@ def _spaced(value: str) -> str:
 
 def _national(value: str) -> str:
     """The digits of a phone number without its country code (86, 852, 853)."""
-    digits = re.sub(r"\D", "", value)
+    digits = _NON_DIGIT.sub("", value)
     for code in _COUNTRY_CODES:
         if value.strip().startswith(("+" + code, "00" + code)) and len(digits) > len(code) + 6:
             return digits[len(code) :]
@@ -251,32 +375,36 @@ def _structural(
     found: _Secrets,
     changes: list[Change],
 ) -> None:
+    """Pass 1 on ``resource``, a copy of its own whose parts are shared with the input:
+    what changes is replaced (new lists and dicts), never changed in place."""
     if resource.get("resourceType") not in profile.resources:
         return
-    for n, ident in enumerate(resource.get("identifier") or []):
+    identifiers: list[Any] = []
+    if isinstance(resource.get("identifier"), list) and resource["identifier"]:
+        resource["identifier"] = identifiers = list(resource["identifier"])
+    for n, ident in enumerate(identifiers):
         system, value = ident.get("system"), ident.get("value")
         if system in profile.pseudonymise and isinstance(value, str) and value:
             pseudo = alias(system, value)
             new_system = f"{PSEUDONYM_SYSTEM}/{sender}"
             found.literal.setdefault(f"{system}|{value}", f"{new_system}|{pseudo}")
+            if _SPELLED.fullmatch(value):  # its probe finds this literal too
+                found.covered.add(f"{system}|{value}")
             found.patterns.append((_spaced(value), pseudo))
             found.probes.append(_probe(value))
-            ident.clear()
-            ident.update(
-                {
-                    "type": {
-                        "coding": [
-                            {
-                                "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
-                                "code": "PSEUDED",
-                                "display": "pseudonymized",
-                            }
-                        ]
-                    },
-                    "system": new_system,
-                    "value": pseudo,
-                }
-            )
+            identifiers[n] = {
+                "type": {
+                    "coding": [
+                        {
+                            "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
+                            "code": "PSEUDED",
+                            "display": "pseudonymized",
+                        }
+                    ]
+                },
+                "system": new_system,
+                "value": pseudo,
+            }
             changes.append(Change(f"{path}.identifier[{n}]", "pseudonymised", system))
     if profile.address != "keep" and resource.get("address"):
         kept = []
@@ -307,7 +435,7 @@ def _structural(
         for n, telecom in enumerate(resource["telecom"]):
             if telecom.get("system") in profile.telecom:
                 value = telecom.get("value")
-                if isinstance(value, str) and re.search(r"\d{5}", re.sub(r"\D", "", value)):
+                if isinstance(value, str) and len(_NON_DIGIT.sub("", value)) >= 5:
                     found.patterns.append((_phone(value), "***"))
                     found.probes.append(_probe(_national(value)))
                 changes.append(
@@ -321,8 +449,10 @@ def _structural(
             del resource["telecom"]
     contacts = resource.get("contact")
     if isinstance(contacts, list):  # a Patient's contacts: their phones and addresses too
+        resource["contact"] = contacts = list(contacts)
         for n, contact in enumerate(contacts):
             if isinstance(contact, dict):
+                contacts[n] = contact = dict(contact)
                 contact.setdefault("resourceType", resource["resourceType"])
                 _structural(contact, f"{path}.contact[{n}]", profile, alias, sender, found, changes)
                 contact.pop("resourceType", None)

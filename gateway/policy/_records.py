@@ -193,14 +193,20 @@ class PolicyRecords:
         recipient: str,
         purpose: str | None = None,
         now: datetime | None = None,
+        text: bytes | None = None,
     ) -> Decision:
         """THE policy stage: decide, keep the decision with the record, count the
         individual when the record goes, and move the message to outbox, held or
-        denied (with the minimised Bundle as the stage's output)."""
+        denied (with the minimised Bundle as the stage's output). ``bundle`` may be the
+        converter's (``Record.mapped``, only read) with ``text`` its JSON
+        (``Record.bundle_json``): then nothing is parsed or serialised again."""
         decision = self.policy.decide(
-            bundle, sender, recipient, purpose, consents=self, counters=self, now=now
+            bundle, sender, recipient, purpose, consents=self, counters=self, now=now, text=text
         )
-        raw = bundle if isinstance(bundle, bytes) else orjson.dumps(bundle)
+        if isinstance(bundle, bytes):
+            raw = bundle
+        else:
+            raw = text if text is not None else orjson.dumps(bundle)
         self._record(message_id, decision, raw)
         return decision
 

@@ -76,3 +76,21 @@ def test_a_referral_held_without_a_message_is_released_too(
     _, released = records.import_consent(consent((HKID, "K583726A"), "HKPMC"), now=NOW)
     assert len(released) == 1 and released[0].decision.allowed
     assert records.find(outcome="hold") == []
+
+
+def test_the_converters_bundle_held_is_kept_as_its_json_and_released(
+    store: Store, converter: Converter, policy: Policy
+) -> None:
+    # The outbound path hands the stage the converter's Bundle and its JSON: a held record
+    # keeps that JSON (no second serialisation) and is decided again from it.
+    record = converter.convert(
+        (REPO / "examples" / "hl7v2" / "ref_i12_nsch_to_hkpmc.hl7").read_bytes()
+    )[0]
+    assert record.mapped is not None and record.bundle_json is not None
+    records = PolicyRecords(store, policy)
+    held = records.apply(None, record.mapped, "NSCH", "HKPMC", now=NOW, text=record.bundle_json)
+    assert held.outcome == "hold"
+    _, released = records.import_consent(consent((HKID, "K583726A"), "HKPMC"), now=NOW)
+    assert len(released) == 1 and released[0].decision.outcome == "allow-with-changes"
+    again = policy.decide(record.bundle_json, "NSCH", "HKPMC", consents=records, now=NOW)
+    assert released[0].decision.bundle_json == again.bundle_json

@@ -83,7 +83,9 @@ def _error(issue: Issue) -> GatewayError:
     """The worker's GatewayError, rebuilt in this process from its Issue."""
     cls = _FAMILIES.get(issue.code.split(".", 1)[0], GatewayError)
     return cls(
-        issue.code, issue.message, record=issue.record,
+        issue.code,
+        issue.message,
+        record=issue.record,
         location=issue.location,
         expression=issue.expression,
         **issue.details,

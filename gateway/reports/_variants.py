@@ -56,6 +56,12 @@ class Variant:
     notes: list[str] = field(default_factory=list)
 
 
+# The profile of a bilingual report (profiles/, docs/profiles/): its forms per language.
+BILINGUAL_PROFILE = (
+    "https://fhir-gateway.example.org/StructureDefinition/bilingual-diagnosticreport"
+)
+
+
 @dataclass(slots=True)
 class _Tree:
     doc: ReportDocument
@@ -125,6 +131,7 @@ class ReportVariants:
         }
         if target == BILINGUAL:
             out = self._bilingual(source, trees)
+            out.report["meta"] = {**(out.report.get("meta") or {}), "profile": [BILINGUAL_PROFILE]}
             # A partner's own columns give one form; plain bilingual one per language.
             forms = {columns[0]: columns} if columns else self.rules.forms
             primary = columns[0] if columns else source

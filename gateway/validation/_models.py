@@ -40,6 +40,7 @@ from pydantic import ValidationError as PydanticError
 
 from ..errors import Issue, shape
 from ..shared import FrozenDict, FrozenList
+from ._check import ProfileValidator
 
 __all__ = [
     "Validator",
@@ -197,18 +198,19 @@ class _Skeletons:
         self.walker = _Walker()
         self.complete = True  # every resource since reset was walked to the end
 
-    def validate(self, model: Any, data: dict[str, Any], prefix: str) -> list[Issue]:
+    def validate(self, model: Any, data: dict[str, Any], prefix: str) -> tuple[list[Issue], Any]:
+        """The model's issues, and the resource's skeleton (None when unknown)."""
         try:
             key = (model, self.walker.skeleton(model, data))
         except (_Invalid, KeyError):
             key = None
             self.complete = False
         if key is not None and key in self._known:
-            return []
+            return [], key
         issues = _model_issues(model, data, prefix)
         if not issues and key is not None and len(self._known) < _MAX_SKELETONS:
             self._known.add(key)
-        return issues
+        return issues, key if not issues else None
 
 
 class Validator:
@@ -220,9 +222,19 @@ class Validator:
 
     def __init__(self) -> None:
         self._skeletons = _Skeletons()
+        self._profiles = ProfileValidator()
+        # what the last check_bundle found that does not fail the record (warnings,
+        # information): the pipeline may put them on the envelope
+        self.warnings: list[Issue] = []
+        self._urls: dict[str, str] | None = None  # fullUrl → resourceType, in a Bundle
 
-    def validate_resource(self, resource: dict[str, Any], prefix: str | None = None) -> list[Issue]:
-        """Issues the R4B model would raise for ``resource``; [] when it is valid."""
+    def validate_resource(
+        self, resource: dict[str, Any], prefix: str | None = None, *, profile: str | None = None
+    ) -> list[Issue]:
+        """Issues for ``resource``: the R4B model's (structure) and the profile's; [] when
+        valid. ``profile`` is a canonical URL; None means the profile the resource declares
+        in ``meta.profile``, else the gateway's profile for its type, else the base R4
+        definition."""
         rtype = resource.get("resourceType")
         where = prefix or str(rtype)
         try:
@@ -231,7 +243,10 @@ class Validator:
             return [
                 Issue("validation.structure", f"unknown resourceType {rtype!r}", location=where)
             ]
-        return self._skeletons.validate(model, resource, where)
+        issues, skeleton = self._skeletons.validate(model, resource, where)
+        if issues:
+            return issues  # the profile walk assumes a structurally valid resource
+        return self._profiles.validate(resource, where, profile, skeleton, self._urls)
 
     def check_bundle(self, bundle: dict[str, Any], validate: bool = True) -> list[Issue]:
         """Reference integrity, and the R4B models' verdict when ``validate``.
@@ -240,13 +255,16 @@ class Validator:
         references are skipped), so the separate reference walk runs only when that walk
         stopped early or found a reference to place in an error.
         """
+        self.warnings = []
         if not validate:
             return check_references(bundle)
         skeletons = self._skeletons
         walker = skeletons.walker
         walker.references = []
         skeletons.complete = True
-        issues = self.validate_bundle(bundle)
+        found = self.validate_bundle(bundle)
+        issues = [i for i in found if i.severity in ("error", "fatal")]
+        self.warnings = [i for i in found if i.severity not in ("error", "fatal")]
         urls = {e.get("fullUrl") for e in bundle.get("entry", []) if isinstance(e, dict)}
         if not skeletons.complete or any(ref not in urls for ref in walker.references):
             issues += check_references(bundle)
@@ -265,11 +283,22 @@ class Validator:
                 {k: v for k, v in e.items() if k != "resource"} if isinstance(e, dict) else e
                 for e in entries
             ]
-        issues = self.validate_resource(shell, "Bundle")
-        for n, entry in enumerate(entries if isinstance(entries, list) else []):
-            resource = entry.get("resource") if isinstance(entry, dict) else None
-            if isinstance(resource, dict):
-                issues += self.validate_resource(resource, f"Bundle.entry[{n}].resource")
+        entries = entries if isinstance(entries, list) else []
+        self._urls = {
+            e["fullUrl"]: str(e["resource"].get("resourceType"))
+            for e in entries
+            if isinstance(e, dict)
+            and isinstance(e.get("fullUrl"), str)
+            and isinstance(e.get("resource"), dict)
+        }
+        try:
+            issues = self.validate_resource(shell, "Bundle")
+            for n, entry in enumerate(entries):
+                resource = entry.get("resource") if isinstance(entry, dict) else None
+                if isinstance(resource, dict):
+                    issues += self.validate_resource(resource, f"Bundle.entry[{n}].resource")
+        finally:
+            self._urls = None
         return issues
 
     def check_references(self, bundle: dict[str, Any]) -> list[Issue]:
@@ -286,9 +315,11 @@ def _default() -> Validator:
     return _DEFAULT
 
 
-def validate_resource(resource: dict[str, Any], prefix: str | None = None) -> list[Issue]:
+def validate_resource(
+    resource: dict[str, Any], prefix: str | None = None, *, profile: str | None = None
+) -> list[Issue]:
     """:meth:`Validator.validate_resource` of the default validator."""
-    return _default().validate_resource(resource, prefix)
+    return _default().validate_resource(resource, prefix, profile=profile)
 
 
 def check_bundle(bundle: dict[str, Any], validate: bool = True) -> list[Issue]:

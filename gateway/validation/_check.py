@@ -1,0 +1,80 @@
+"""Which profile a resource is checked against, and the per-skeleton memory of the walk."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from ..errors import Issue
+from ._definitions import definitions
+from ._profiles import Elem, Plans, ProfileWalk
+
+__all__ = ["ProfileValidator", "plans"]
+
+_MAX_KNOWN = 50_000
+_PLANS: Plans | None = None
+
+
+def plans() -> Plans:
+    """The compiled plans of the process (definitions are read once, plans compiled lazily)."""
+    global _PLANS
+    if _PLANS is None:
+        _PLANS = Plans(definitions())
+    return _PLANS
+
+
+class ProfileValidator:
+    """Runs plans; remembers the (plan, skeleton) pairs whose structure checks passed."""
+
+    def __init__(self) -> None:
+        # (plan, skeleton) → the warnings its structure checks gave, location after the prefix
+        self._known: dict[tuple[int, Any], list[tuple[Issue, str]]] = {}
+        self._gateway: dict[str, str] | None = None
+
+    def plan_for(self, resource: dict[str, Any], profile: str | None) -> Elem | None:
+        compiled = plans()
+        if profile is not None:
+            return compiled.plan(profile)
+        declared = (resource.get("meta") or {}).get("profile")
+        if isinstance(declared, list):
+            for url in declared:
+                found = compiled.plan(str(url)) if isinstance(url, str) else None
+                if found is not None:
+                    return found
+        if self._gateway is None:
+            self._gateway = compiled.defs.gateway_profiles()
+        rtype = str(resource.get("resourceType"))
+        return compiled.plan(self._gateway.get(rtype, rtype))
+
+    def validate(
+        self,
+        resource: dict[str, Any],
+        where: str,
+        profile: str | None,
+        skeleton: Any,
+        urls: dict[str, str] | None,
+    ) -> list[Issue]:
+        plan = self.plan_for(resource, profile)
+        if plan is None:
+            if profile is not None:
+                return [
+                    Issue(
+                        "validation.profile-unknown",
+                        f"no StructureDefinition with a snapshot for {profile}",
+                        location=where,
+                    )
+                ]
+            return []  # no definitions installed for this type: structure only
+        key = (id(plan), skeleton) if skeleton is not None else None
+        values_only = key is not None and key in self._known
+        walk = ProfileWalk(plans(), resource, values_only, urls)
+        walk.item(plan, resource, str(resource.get("resourceType")), where)
+        if values_only:
+            assert key is not None
+            for issue, tail in self._known[key]:
+                walk.issues.append(replace(issue, location=where + tail))
+        elif key is not None and not walk.structure_failed:
+            if len(self._known) >= _MAX_KNOWN:
+                self._known.clear()
+            self._known[key] = [(i, (i.location or where)[len(where) :]) for i in walk.structural]
+        return walk.issues

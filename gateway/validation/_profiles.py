@@ -1,0 +1,487 @@
+"""Profile validation driven by StructureDefinition snapshots.
+
+Each snapshot is compiled once into a tree of :class:`Elem` (a *check plan*): per JSON key
+the element's cardinality, fixed/pattern value, binding (expanded once), reference target
+types, slices and compiled invariants. Complex datatypes the snapshot does not expand
+(``ServiceRequest.code`` is a CodeableConcept) take their children from the datatype's own
+base definition, compiled once too.
+
+The checks fall in two kinds, as in the structural check (``_models``):
+
+* **structure**: cardinality and existence-only invariants depend only on which elements
+  are present, i.e. on the resource's skeleton. A walk that finds none of them failing
+  records the (plan, skeleton) pair; later resources of that skeleton skip them;
+* **values**: fixed/pattern values, bindings, slice membership, reference targets,
+  counts against a ``max`` above one, and value-dependent invariants, checked on every
+  resource, walking only the subtrees whose plan holds such a check.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import Issue, shape
+from ._definitions import Definitions
+from ._invariants import Invariant, compile_invariant
+from ._terminology import Expansion, expand
+
+__all__ = ["Elem", "Plans", "ProfileWalk"]
+
+_CORE = "http://hl7.org/fhir/StructureDefinition/"
+
+
+def _is_primitive(code: str) -> bool:
+    return code[:1].islower() or code.startswith("http://hl7.org/fhirpath/")
+
+
+@dataclass(slots=True, eq=False)
+class Slice:
+    name: str
+    elem: Elem
+    # (path, value, pattern?) that an item must carry; ("$type", name, False) for type
+    match: list[tuple[str, Any, bool]]
+
+
+@dataclass(slots=True, eq=False)
+class Elem:
+    id: str
+    name: str  # the JSON name (no [x])
+    min: int
+    max: int | None  # None: unbounded
+    types: tuple[str, ...]
+    choice: bool
+    fixed: tuple[str, Any] | None = None  # ("fixed" | "pattern", value)
+    binding: tuple[str, str] | None = None  # (strength, ValueSet URL)
+    targets: frozenset[str] | None = None  # allowed resource types of a Reference
+    invariants: list[Invariant] = field(default_factory=list)
+    children: dict[str, Elem] | None = None  # None: from the datatype's definition
+    slices: list[Slice] = field(default_factory=list)
+    closed: bool = False
+    profile: str | None = None  # the type's profile (an extension slice's definition)
+    has_values: bool = True  # this subtree holds a check on values (see the module doc)
+
+    def keys(self) -> list[tuple[str, str]]:
+        """(JSON key, type) pairs this element may appear as."""
+        if not self.choice:
+            return [(self.name, self.types[0] if self.types else "")]
+        return [(self.name + t[:1].upper() + t[1:], t) for t in self.types]
+
+
+def _strip_slices(element_id: str) -> str:
+    return ".".join(part.split(":", 1)[0] for part in element_id.split("."))
+
+
+class Plans:
+    """Compiled check plans, by StructureDefinition URL and by datatype."""
+
+    def __init__(self, defs: Definitions) -> None:
+        self.defs = defs
+        self._plans: dict[str, Elem | None] = {}
+        self.skipped_invariants: dict[str, str] = {}
+
+    def plan(self, url_or_type: str) -> Elem | None:
+        if url_or_type not in self._plans:
+            self._plans[url_or_type] = None  # recursion guard (Extension.extension)
+            sd = self.defs.structure(url_or_type)
+            self._plans[url_or_type] = self._compile(sd) if sd and "snapshot" in sd else None
+        return self._plans[url_or_type]
+
+    def type_children(self, type_name: str) -> dict[str, Elem]:
+        root = self.plan(type_name)
+        return root.children or {} if root else {}
+
+    # -- compiling a snapshot -------------------------------------------------------
+    def _compile(self, sd: dict[str, Any]) -> Elem:
+        by_id: dict[str, Elem] = {}
+        root: Elem | None = None
+        raw_by_id: dict[str, dict[str, Any]] = {}
+        for raw in sd["snapshot"]["element"]:
+            eid = str(raw.get("id") or raw["path"])
+            raw_by_id[eid] = raw
+            elem = self._elem(raw, eid, str(sd.get("type")))
+            by_id[eid] = elem
+            if root is None:
+                root = elem
+                root.children = {}
+                continue
+            parent_id, _, last = eid.rpartition(".")
+            if ":" in last:  # a slice: belongs to the sliced element
+                base_id = parent_id + "." + last.split(":", 1)[0]
+                owner = by_id.get(base_id)
+                if owner is not None:
+                    owner.slices.append(Slice(last.split(":", 1)[1], elem, []))
+                continue
+            parent = by_id.get(parent_id)
+            if parent is None:
+                continue
+            if parent.children is None:
+                parent.children = {}
+            parent.children[elem.name] = elem
+        assert root is not None
+        for eid, elem in by_id.items():
+            raw = raw_by_id[eid]
+            if raw.get("contentReference") and elem.children is None:
+                target = by_id.get(str(raw["contentReference"]).split("#", 1)[-1])
+                if target is not None:
+                    elem.children = target.children
+                    elem.types = target.types
+            if raw.get("slicing"):
+                elem.closed = raw["slicing"].get("rules") == "closed"
+                discriminators = raw["slicing"].get("discriminator") or []
+                for sl in elem.slices:
+                    sl.match = self._slice_match(sl.elem, discriminators, by_id)
+        self._mark_values(root, set())
+        return root
+
+    def _elem(self, raw: dict[str, Any], eid: str, sd_type: str) -> Elem:
+        path = str(raw["path"])
+        name = path.rsplit(".", 1)[-1]
+        choice = name.endswith("[x]")
+        types = tuple(str(t.get("code")) for t in raw.get("type") or [])
+        mx = str(raw.get("max", "*"))
+        elem = Elem(
+            id=eid,
+            name=name[:-3] if choice else name,
+            min=int(raw.get("min", 0)),
+            max=None if mx == "*" else int(mx),
+            types=types,
+            choice=choice,
+        )
+        for key, value in raw.items():
+            if key.startswith("fixed"):
+                elem.fixed = ("fixed", value)
+            elif key.startswith("pattern"):
+                elem.fixed = ("pattern", value)
+        binding = raw.get("binding")
+        if binding and binding.get("valueSet") and binding.get("strength") in (
+            "required",
+            "extensible",
+        ):
+            elem.binding = (str(binding["strength"]), str(binding["valueSet"]))
+        targets: set[str] = set()
+        for t in raw.get("type") or []:
+            if t.get("profile") and elem.profile is None:
+                elem.profile = str(t["profile"][0])
+            for profile in t.get("targetProfile") or []:
+                target_sd = self.defs.structure(str(profile))
+                targets.add(str(target_sd["type"]) if target_sd else str(profile).rsplit("/", 1)[-1])
+        if targets and "Resource" not in targets:
+            elem.targets = frozenset(targets)
+        node_type = sd_type if "." not in path else (types[0] if len(types) == 1 else "")
+        for constraint in raw.get("constraint") or []:
+            if not node_type or _is_primitive(node_type):
+                key = str(constraint.get("key"))
+                if key != "ele-1":
+                    self.skipped_invariants[key] = "on a primitive value or a choice of types"
+                continue
+            compiled = compile_invariant(constraint, node_type)
+            if isinstance(compiled, str):
+                self.skipped_invariants[str(constraint.get("key"))] = compiled
+            else:
+                elem.invariants.append(compiled)
+        return elem
+
+    def _slice_match(
+        self, elem: Elem, discriminators: list[dict[str, Any]], by_id: dict[str, Elem]
+    ) -> list[tuple[str, Any, bool]]:
+        out: list[tuple[str, Any, bool]] = []
+        for disc in discriminators:
+            kind, path = disc.get("type"), str(disc.get("path", "$this"))
+            if kind == "type":
+                out.append(("$type", elem.types[0] if elem.types else "", False))
+                continue
+            if kind not in ("value", "pattern"):
+                continue
+            target = elem if path == "$this" else by_id.get(elem.id + "." + path)
+            if target is not None and target.fixed is not None:
+                out.append((path, target.fixed[1], target.fixed[0] == "pattern"))
+            elif path == "url" and elem.types == ("Extension",):
+                profile = self._extension_url(elem)
+                if profile:
+                    out.append(("url", profile, False))
+            elif elem.fixed is not None and path != "$this":  # pattern on the slice itself
+                value = _at(elem.fixed[1], path)
+                if value is not None:
+                    out.append((path, value, True))
+        return out
+
+    def _extension_url(self, elem: Elem) -> str | None:
+        return elem.profile
+
+    def _mark_values(self, elem: Elem, seen: set[int]) -> bool:
+        if id(elem) in seen:
+            return elem.has_values
+        seen.add(id(elem))
+        own = bool(
+            elem.fixed
+            or elem.binding
+            or elem.targets
+            or elem.slices
+            or (elem.max is not None and elem.max > 1)
+            or elem.min > 1
+            or any(not inv.existence_only for inv in elem.invariants)
+        )
+        below = False
+        for child in (elem.children or {}).values():
+            below = self._mark_values(child, seen) or below
+        for sl in elem.slices:
+            below = self._mark_values(sl.elem, seen) or below
+        if elem.children is None:
+            for t in elem.types:  # children from the datatype's own plan
+                if t == "Resource" or _is_primitive(t) or t in ("Element", "BackboneElement"):
+                    below = below or t == "Resource"
+                    continue
+                plan = self.plan(elem.profile or t)
+                below = below or plan is None or plan.has_values
+        elem.has_values = own or below
+        return elem.has_values
+
+
+def _at(value: Any, path: str) -> Any:
+    for name in path.split("."):
+        if not isinstance(value, dict):
+            return None
+        value = value.get(name)
+    return value
+
+
+def _contains(value: Any, pattern: Any) -> bool:
+    """FHIR pattern[x]: every element of the pattern is in the value."""
+    if isinstance(pattern, dict):
+        if not isinstance(value, dict):
+            return False
+        return all(_contains(value.get(k), v) for k, v in pattern.items())
+    if isinstance(pattern, list):
+        items = value if isinstance(value, list) else [value]
+        return all(any(_contains(i, p) for i in items) for p in pattern)
+    return bool(value == pattern)
+
+
+def _matches(item: Any, match: list[tuple[str, Any, bool]], type_name: str) -> bool:
+    if not match:
+        return False
+    for path, want, pattern in match:
+        if path == "$type":
+            got = item.get("resourceType") if isinstance(item, dict) and "resourceType" in item else type_name
+            if got != want:
+                return False
+            continue
+        got = item if path == "$this" else _at(item, path)
+        if not (_contains(got, want) if pattern else got == want):
+            return False
+    return True
+
+
+class ProfileWalk:
+    """One resource's walk against a plan; issues accumulate in ``issues``."""
+
+    __slots__ = (
+        "plans", "issues", "structural", "structure_failed", "values_only", "resource", "urls"
+    )
+
+    def __init__(
+        self, plans: Plans, resource: Any, values_only: bool, urls: dict[str, str] | None
+    ) -> None:
+        self.plans = plans
+        self.issues: list[Issue] = []
+        self.structural: list[Issue] = []  # warnings of structure checks: kept per skeleton
+        self.structure_failed = False
+        self.values_only = values_only
+        self.resource = resource
+        self.urls = urls or {}
+
+    def _issue(self, code: str, message: str, where: str, severity: str = "error") -> None:
+        self.issues.append(Issue(code, message, location=where, severity=severity))
+
+    def node(self, children: dict[str, Elem], data: dict[str, Any], where: str) -> None:
+        for elem in children.values():
+            if self.values_only and not elem.has_values:
+                continue
+            self.element(elem, data, where)
+
+    def element(self, elem: Elem, data: dict[str, Any], where: str) -> None:
+        present = [(k, t) for k, t in elem.keys() if k in data]
+        if not present:
+            if elem.min > 0 and not self.values_only:
+                self._cardinality(elem, 0, f"{where}.{elem.name}")
+            return
+        key, type_name = present[0]
+        value = data[key]
+        items = value if isinstance(value, list) else [value]
+        loc = f"{where}.{key}"
+        if (elem.max is not None and len(items) > elem.max) or len(items) < elem.min:
+            if elem.max is None or elem.max > 1 or elem.min > 1 or not self.values_only:
+                self._cardinality(elem, len(items), loc)
+        many = isinstance(value, list)
+        for n, item in enumerate(items):
+            self.item(elem, item, type_name, f"{loc}[{n}]" if many else loc)
+        if elem.slices:
+            self._slicing(elem, items, type_name, loc, many)
+
+    def _cardinality(self, elem: Elem, count: int, loc: str) -> None:
+        self.structure_failed = True
+        bound = "*" if elem.max is None else str(elem.max)
+        self._issue(
+            "validation.cardinality",
+            f"{elem.id} has {count} value(s), the profile allows {elem.min}..{bound}",
+            loc,
+        )
+
+    def item(self, elem: Elem, item: Any, type_name: str, loc: str) -> None:
+        if elem.fixed is not None:
+            kind, want = elem.fixed
+            if not (_contains(item, want) if kind == "pattern" else item == want):
+                self._issue(
+                    "validation.fixed",
+                    f"{elem.id} must {'match the pattern' if kind == 'pattern' else 'be'} "
+                    f"{want!r}, found a value of form {shape(item)}",
+                    loc,
+                )
+        if elem.binding is not None:
+            self._binding(elem, item, type_name, loc)
+        if elem.targets is not None and isinstance(item, dict):
+            self._reference(elem, item, loc)
+        for inv in elem.invariants:
+            if inv.existence_only and self.values_only:
+                continue
+            if not isinstance(item, dict):
+                continue
+            try:
+                ok = inv.holds(item, self.resource)
+            except Exception:  # fhirpathpy fails on odd input: not the record's fault
+                continue
+            if not ok:
+                self._issue(
+                    "validation.invariant",
+                    f"constraint {inv.key} not met: {inv.human}",
+                    loc,
+                    "error" if inv.severity == "error" else "warning",
+                )
+                if inv.existence_only:
+                    self.structure_failed |= inv.severity == "error"
+                    self.structural.append(self.issues[-1])
+        if not isinstance(item, dict):
+            return
+        children = elem.children
+        if children is None:
+            if elem.profile is not None and (own := self.plans.plan(elem.profile)) is not None:
+                children = own.children
+            elif "resourceType" in item:  # a resource inside (Bundle.entry.resource, contained)
+                root = self.plans.plan(str(item["resourceType"]))
+                children = root.children if root else None
+            elif type_name and not _is_primitive(type_name):
+                children = self.plans.type_children(type_name)
+        if children:
+            self.node(children, item, loc)
+
+    def _slicing(self, elem: Elem, items: list[Any], type_name: str, loc: str, many: bool) -> None:
+        counts = [0] * len(elem.slices)
+        for n, item in enumerate(items):
+            hit = next(
+                (i for i, sl in enumerate(elem.slices) if _matches(item, sl.match, type_name)), None
+            )
+            where = f"{loc}[{n}]" if many else loc
+            if hit is None:
+                if elem.closed:
+                    self._issue(
+                        "validation.slicing",
+                        f"{elem.id} is closed: this item matches none of its slices",
+                        where,
+                    )
+                continue
+            counts[hit] += 1
+            sl = elem.slices[hit]
+            sub = ProfileWalk(self.plans, self.resource, False, self.urls)
+            sub.item(sl.elem, item, type_name, where)
+            self.issues += [i for i in sub.issues if i.code != "validation.invariant"]
+        for sl, count in zip(elem.slices, counts, strict=True):
+            if count < sl.elem.min or (sl.elem.max is not None and count > sl.elem.max):
+                bound = "*" if sl.elem.max is None else str(sl.elem.max)
+                self._issue(
+                    "validation.slicing",
+                    f"slice {sl.elem.id} has {count} item(s), the profile allows "
+                    f"{sl.elem.min}..{bound}",
+                    loc,
+                )
+
+    def _binding(self, elem: Elem, item: Any, type_name: str, loc: str) -> None:
+        assert elem.binding is not None
+        strength, url = elem.binding
+        if type_name == "code" and isinstance(item, str):
+            codings: list[tuple[str | None, Any, str]] = [(None, item, loc)]
+        elif type_name == "Coding" and isinstance(item, dict):
+            codings = [(item.get("system"), item.get("code"), loc)]
+        elif type_name == "CodeableConcept" and isinstance(item, dict):
+            codings = [
+                (c.get("system"), c.get("code"), f"{loc}.coding[{n}]")
+                for n, c in enumerate(item.get("coding") or [])
+                if isinstance(c, dict)
+            ]
+        else:
+            return  # Quantity, string, uri...: not checked against a ValueSet here
+        codings = [c for c in codings if isinstance(c[1], str)]
+        if not codings:
+            return
+        expansion = expand(self.plans.defs, url)
+        if expansion is None:
+            self._issue(
+                "validation.binding",
+                f"{elem.id}: ValueSet {url} cannot be expanded here; codes not checked",
+                loc,
+                "information",
+            )
+            return
+        if any(expansion.has(system, code) for system, code, _ in codings):
+            return
+        self._bad_codes(elem, expansion, strength, url, codings)
+
+    def _bad_codes(
+        self,
+        elem: Elem,
+        expansion: Expansion,
+        strength: str,
+        url: str,
+        codings: list[tuple[str | None, Any, str]],
+    ) -> None:
+        if strength == "required":
+            system, _, where = codings[0]
+            self._issue(
+                "validation.binding",
+                f"{elem.id}: no code is in the required ValueSet {url}"
+                + (f" (system {system})" if system else ""),
+                where,
+            )
+            return
+        for system, _, where in codings:  # extensible: a code of the set's own systems
+            if system is not None and system in expansion.by_system:
+                self._issue(
+                    "validation.binding",
+                    f"{elem.id}: the code is not in the extensible ValueSet {url} "
+                    f"although its system {system} is",
+                    where,
+                    "warning",
+                )
+
+    def _reference(self, elem: Elem, item: dict[str, Any], loc: str) -> None:
+        assert elem.targets is not None
+        allowed = elem.targets
+        declared = item.get("type")
+        if isinstance(declared, str) and declared not in allowed:
+            self._issue(
+                "validation.reference-type",
+                f"{elem.id}: Reference.type {declared} is not one of {sorted(allowed)}",
+                loc + ".type",
+            )
+        ref = item.get("reference")
+        if not isinstance(ref, str):
+            return
+        target = self.urls.get(ref)
+        if target is None and not ref.startswith(("urn:", "#", "http:", "https:")):
+            target = ref.split("?", 1)[0].split("/", 1)[0] if ("/" in ref or "?" in ref) else None
+        if target is not None and target not in allowed:
+            self._issue(
+                "validation.reference-type",
+                f"{elem.id}: the reference points at a {target}, not one of {sorted(allowed)}",
+                loc + ".reference",
+            )

@@ -51,6 +51,7 @@ __all__ = [
     "validate_resource",
 ]
 
+_FAILING = ("error", "fatal")  # severities that fail a record; warnings travel beside it
 _MAX_SKELETONS = 50_000  # a few KB each at most; a mapping makes a handful per type
 
 
@@ -229,12 +230,23 @@ class Validator:
         self._urls: dict[str, str] | None = None  # fullUrl → resourceType, in a Bundle
 
     def validate_resource(
-        self, resource: dict[str, Any], prefix: str | None = None, *, profile: str | None = None
+        self,
+        resource: dict[str, Any],
+        prefix: str | None = None,
+        *,
+        profile: str | None = None,
+        all_issues: bool = False,
     ) -> list[Issue]:
-        """Issues for ``resource``: the R4B model's (structure) and the profile's; [] when
+        """Errors in ``resource``: the R4B model's (structure) and the profile's; [] when
         valid. ``profile`` is a canonical URL; None means the profile the resource declares
         in ``meta.profile``, else the gateway's profile for its type, else the base R4
-        definition."""
+        definition. ``all_issues`` adds the warnings and information issues ($validate)."""
+        found = self._resource_issues(resource, prefix, profile)
+        return found if all_issues else [i for i in found if i.severity in _FAILING]
+
+    def _resource_issues(
+        self, resource: dict[str, Any], prefix: str | None, profile: str | None
+    ) -> list[Issue]:
         rtype = resource.get("resourceType")
         where = prefix or str(rtype)
         try:
@@ -262,16 +274,17 @@ class Validator:
         walker = skeletons.walker
         walker.references = []
         skeletons.complete = True
-        found = self.validate_bundle(bundle)
-        issues = [i for i in found if i.severity in ("error", "fatal")]
-        self.warnings = [i for i in found if i.severity not in ("error", "fatal")]
+        found = self.validate_bundle(bundle, all_issues=True)
+        issues = [i for i in found if i.severity in _FAILING]
+        self.warnings = [i for i in found if i.severity not in _FAILING]
         urls = {e.get("fullUrl") for e in bundle.get("entry", []) if isinstance(e, dict)}
         if not skeletons.complete or any(ref not in urls for ref in walker.references):
             issues += check_references(bundle)
         return issues
 
-    def validate_bundle(self, bundle: dict[str, Any]) -> list[Issue]:
-        """Issues found by parsing ``bundle`` with the R4B models; [] when valid.
+    def validate_bundle(self, bundle: dict[str, Any], *, all_issues: bool = False) -> list[Issue]:
+        """Errors found in ``bundle`` by the R4B models and the profiles; [] when valid
+        (``all_issues``: with the warnings and information issues).
 
         The Bundle's own elements and each entry's resource are checked separately, so a
         new mix of entries never forces a full re-validation of resources already known.
@@ -292,14 +305,14 @@ class Validator:
             and isinstance(e.get("resource"), dict)
         }
         try:
-            issues = self.validate_resource(shell, "Bundle")
+            issues = self._resource_issues(shell, "Bundle", None)
             for n, entry in enumerate(entries):
                 resource = entry.get("resource") if isinstance(entry, dict) else None
                 if isinstance(resource, dict):
-                    issues += self.validate_resource(resource, f"Bundle.entry[{n}].resource")
+                    issues += self._resource_issues(resource, f"Bundle.entry[{n}].resource", None)
         finally:
             self._urls = None
-        return issues
+        return issues if all_issues else [i for i in issues if i.severity in _FAILING]
 
     def check_references(self, bundle: dict[str, Any]) -> list[Issue]:
         return check_references(bundle)
@@ -316,10 +329,14 @@ def _default() -> Validator:
 
 
 def validate_resource(
-    resource: dict[str, Any], prefix: str | None = None, *, profile: str | None = None
+    resource: dict[str, Any],
+    prefix: str | None = None,
+    *,
+    profile: str | None = None,
+    all_issues: bool = False,
 ) -> list[Issue]:
     """:meth:`Validator.validate_resource` of the default validator."""
-    return _default().validate_resource(resource, prefix, profile=profile)
+    return _default().validate_resource(resource, prefix, profile=profile, all_issues=all_issues)
 
 
 def check_bundle(bundle: dict[str, Any], validate: bool = True) -> list[Issue]:
@@ -327,9 +344,9 @@ def check_bundle(bundle: dict[str, Any], validate: bool = True) -> list[Issue]:
     return _default().check_bundle(bundle, validate)
 
 
-def validate_bundle(bundle: dict[str, Any]) -> list[Issue]:
+def validate_bundle(bundle: dict[str, Any], *, all_issues: bool = False) -> list[Issue]:
     """:meth:`Validator.validate_bundle` of the default validator."""
-    return _default().validate_bundle(bundle)
+    return _default().validate_bundle(bundle, all_issues=all_issues)
 
 
 def reference_values(node: Any, out: list[str]) -> None:

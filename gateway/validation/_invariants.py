@@ -39,6 +39,8 @@ _NAME = r"[A-Za-z_][\w.]*"
 _GUARD_EMPTY = re.compile(rf"\(?({_NAME})\.empty\(\)\)?\Z")
 _GUARD_NOT_EXISTS = re.compile(rf"\(?({_NAME})\.exists\(\)\.not\(\)\)?\Z")
 _GUARD_NO_VALUE = re.compile(rf"\(?({_NAME})\.hasValue\(\)\.not\(\)\)?\Z")
+_GUARD_NOT_CONTAINS = re.compile(rf"\(?({_NAME})\.contains\('([^']*)'\)\.not\(\)\)?\Z")
+_WHERE_EMPTY = re.compile(r"where\((\w+) = '([^']*)'\)\.empty\(\)\Z")
 _GUARD_PREFIX = re.compile(rf"\(?({_NAME})\.startsWith\('([^']*)'\)\.not\(\)\)?\Z")
 _IMPLIES = re.compile(rf"\(?\s*({_NAME})\s*=\s*'([^']*)'\s*\)?\s+implies\s")
 
@@ -95,15 +97,22 @@ def _guard(expression: str) -> Guard | None:
     if implied:
         name, literal = implied.groups()
         return lambda node: _get(node, name) != [literal]
-    parts = _split_or(expression)
-    if len(parts) < 2:
-        return None
-    for part in parts:
+    if where := _WHERE_EMPTY.match(expression):  # on a list item: its own element
+        name, literal = where.groups()
+        return lambda node: _get(node, name) != [literal]
+    for part in _split_or(expression):
         if m := (
             _GUARD_EMPTY.match(part) or _GUARD_NOT_EXISTS.match(part) or _GUARD_NO_VALUE.match(part)
         ):
             name = m.group(1)
             tests.append(lambda node, name=name: not _get(node, name))
+        elif m := _GUARD_NOT_CONTAINS.match(part):
+            name, text = m.groups()
+            tests.append(
+                lambda node, name=name, text=text: not any(
+                    isinstance(v, str) and text in v for v in _get(node, name)
+                )
+            )
         elif m := _GUARD_PREFIX.match(part):
             name, prefix = m.groups()
             tests.append(
@@ -126,13 +135,55 @@ class Invariant:
     existence_only: bool
     guard: Guard | None
     run: Callable[..., list[Any]]
+    names: frozenset[str] | None  # the element names it reads (None: it reads wider)
 
     def holds(self, node: Any, resource: Any) -> bool:
         if self.guard is not None and self.guard(node):
             return True
+        key = None
+        if self.names is not None and (node is resource or "%" not in self.expression):
+            key = (self.key, self.type_name, _project(node, self.names))
+            known = _MEMO.get(key)
+            if known is not None:
+                return known
         typed = ResourceNode.create_node(node, self.type_name)
         result = self.run(typed, {"resource": resource, "rootResource": resource})
-        return result == [True] or result == []  # empty: nothing to test (FHIRPath rule)
+        ok = result == [True] or result == []  # empty: nothing to test (FHIRPath rule)
+        if key is not None:
+            if len(_MEMO) >= _MAX_MEMO:
+                _MEMO.clear()
+            _MEMO[key] = ok
+        return ok
+
+
+# Outcomes of value-dependent invariants by the part of the node they can read (the
+# elements their expression names): a Bundle's entry pattern, an Organization's address
+# uses recur in every message although the resources around them are new.
+_MEMO: dict[tuple[str, str, Any], bool] = {}
+_MAX_MEMO = 100_000
+_CHOICE = re.compile(r"[a-z]+")
+# expressions reading beyond the elements they name: no projection stands for them
+_WIDE = re.compile(r"descendants|children|repeat|resolve|ofType|\$index|\$total|extension\(")
+
+
+def _names(expression: str) -> frozenset[str] | None:
+    if _WIDE.search(expression):
+        return None
+    text = re.sub(r"'[^']*'", "", expression)
+    return frozenset(re.findall(r"[A-Za-z_]\w*", text))
+
+
+def _project(value: Any, names: frozenset[str]) -> Any:
+    """``value`` with only the elements ``names`` may reach, hashable."""
+    if isinstance(value, dict):
+        return tuple(
+            (k, _project(v, names))
+            for k, v in value.items()
+            if k in names or ((m := _CHOICE.match(k)) is not None and m.group() in names)
+        )
+    if isinstance(value, list):
+        return tuple(_project(v, names) for v in value)
+    return value
 
 
 def _has_value(inputs: list[Any]) -> list[bool]:
@@ -185,6 +236,7 @@ def compile_invariant(constraint: dict[str, Any], type_name: str) -> Invariant |
                 existence_only=existence,
                 guard=None if existence else _guard(expression),
                 run=run,
+                names=None if existence else _names(expression),
             )
     _COMPILED[cache_key] = out
     return out

@@ -214,6 +214,30 @@ class _Skeletons:
         return issues, key if not issues else None
 
 
+def _bdl7(bundle: dict[str, Any], entries: list[Any]) -> list[Issue]:
+    """Invariant bdl-7, natively (see invariants.yaml): fullUrl + versionId unique."""
+    if bundle.get("type") == "history":
+        return []
+    seen: set[tuple[str, Any]] = set()
+    for entry in entries:
+        if not isinstance(entry, dict) or not isinstance(entry.get("fullUrl"), str):
+            continue
+        resource = entry.get("resource")
+        meta = resource.get("meta") if isinstance(resource, dict) else None
+        key = (entry["fullUrl"], meta.get("versionId") if isinstance(meta, dict) else None)
+        if key in seen:
+            return [
+                Issue(
+                    "validation.invariant",
+                    "constraint bdl-7 not met: FullUrl must be unique in a bundle, or else "
+                    "entries with the same fullUrl must have different meta.versionId",
+                    location="Bundle",
+                )
+            ]
+        seen.add(key)
+    return []
+
+
 class Validator:
     """Structure and reference checks for Bundles, with what it has learnt so far.
 
@@ -305,7 +329,8 @@ class Validator:
             and isinstance(e.get("resource"), dict)
         }
         try:
-            issues = self._resource_issues(shell, "Bundle", None)
+            issues = _bdl7(bundle, entries)
+            issues += self._resource_issues(shell, "Bundle", None)
             for n, entry in enumerate(entries):
                 resource = entry.get("resource") if isinstance(entry, dict) else None
                 if isinstance(resource, dict):

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import Issue, shape
+from ..shared import FrozenDict
 from ._definitions import Definitions
 from ._invariants import Invariant, compile_invariant
 from ._terminology import Expansion, expand
@@ -273,6 +274,21 @@ def _matches(item: Any, match: list[tuple[str, Any, bool]], type_name: str) -> b
     return True
 
 
+_FROZEN_OK: dict[tuple[int, int, bool], Any] = {}  # (elem, subtree, mode) → the subtree
+_MAX_FROZEN = 100_000
+_INDEX: dict[int, tuple[dict[str, Elem], dict[str, tuple[Elem, str]], list[Elem]]] = {}
+
+
+def _index(children: dict[str, Elem]) -> tuple[dict[str, tuple[Elem, str]], list[Elem]]:
+    """JSON key → (element, its type), and the required elements, of one children map."""
+    known = _INDEX.get(id(children))
+    if known is None or known[0] is not children:
+        by_key = {k: (e, t) for e in children.values() for k, t in e.keys()}
+        known = (children, by_key, [e for e in children.values() if e.min > 0])
+        _INDEX[id(children)] = known
+    return known[1], known[2]
+
+
 class ProfileWalk:
     """One resource's walk against a plan; issues accumulate in ``issues``."""
 
@@ -295,19 +311,19 @@ class ProfileWalk:
         self.issues.append(Issue(code, message, location=where, severity=severity))
 
     def node(self, children: dict[str, Elem], data: dict[str, Any], where: str) -> None:
-        for elem in children.values():
-            if self.values_only and not elem.has_values:
-                continue
-            self.element(elem, data, where)
+        by_key, required = _index(children)
+        if not self.values_only:
+            for elem in required:
+                if not any(k in data for k, _ in elem.keys()):
+                    self._cardinality(elem, 0, f"{where}.{elem.name}")
+        values_only = self.values_only
+        for key, value in data.items():
+            hit = by_key.get(key)
+            if hit is None or (values_only and not hit[0].has_values):
+                continue  # resourceType, _primitive extensions; a subtree without value checks
+            self.element(hit[0], key, hit[1], value, where)
 
-    def element(self, elem: Elem, data: dict[str, Any], where: str) -> None:
-        present = [(k, t) for k, t in elem.keys() if k in data]
-        if not present:
-            if elem.min > 0 and not self.values_only:
-                self._cardinality(elem, 0, f"{where}.{elem.name}")
-            return
-        key, type_name = present[0]
-        value = data[key]
+    def element(self, elem: Elem, key: str, type_name: str, value: Any, where: str) -> None:
         items = value if isinstance(value, list) else [value]
         loc = f"{where}.{key}"
         if (elem.max is not None and len(items) > elem.max) or len(items) < elem.min:
@@ -329,6 +345,21 @@ class ProfileWalk:
         )
 
     def item(self, elem: Elem, item: Any, type_name: str, loc: str) -> None:
+        # A frozen subtree without references (a memoised fragment: staff, organisations,
+        # codes) never changes: once it passed an element's checks, it passes them again.
+        frozen = type(item) is FrozenDict and not item.holds_refs
+        if frozen:
+            token = (id(elem), id(item), self.values_only)
+            if _FROZEN_OK.get(token) is item:
+                return
+            before = len(self.issues)
+        self._item(elem, item, type_name, loc)
+        if frozen and len(self.issues) == before:
+            if len(_FROZEN_OK) >= _MAX_FROZEN:
+                _FROZEN_OK.clear()
+            _FROZEN_OK[token] = item
+
+    def _item(self, elem: Elem, item: Any, type_name: str, loc: str) -> None:
         if elem.fixed is not None:
             kind, want = elem.fixed
             if not (_contains(item, want) if kind == "pattern" else item == want):

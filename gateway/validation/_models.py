@@ -248,9 +248,6 @@ class Validator:
     def __init__(self) -> None:
         self._skeletons = _Skeletons()
         self._profiles = ProfileValidator()
-        # what the last check_bundle found that does not fail the record (warnings,
-        # information): the pipeline may put them on the envelope
-        self.warnings: list[Issue] = []
         self._urls: dict[str, str] | None = None  # fullUrl → resourceType, in a Bundle
 
     def validate_resource(
@@ -265,11 +262,15 @@ class Validator:
         valid. ``profile`` is a canonical URL; None means the profile the resource declares
         in ``meta.profile``, else the gateway's profile for its type, else the base R4
         definition. ``all_issues`` adds the warnings and information issues ($validate)."""
-        found = self._resource_issues(resource, prefix, profile)
+        found = self._resource_issues(resource, prefix, profile, not all_issues)
         return found if all_issues else [i for i in found if i.severity in _FAILING]
 
     def _resource_issues(
-        self, resource: dict[str, Any], prefix: str | None, profile: str | None
+        self,
+        resource: dict[str, Any],
+        prefix: str | None,
+        profile: str | None,
+        errors_only: bool,
     ) -> list[Issue]:
         rtype = resource.get("resourceType")
         where = prefix or str(rtype)
@@ -282,7 +283,9 @@ class Validator:
         issues, skeleton = self._skeletons.validate(model, resource, where)
         if issues:
             return issues  # the profile walk assumes a structurally valid resource
-        return self._profiles.validate(resource, where, profile, skeleton, self._urls)
+        return self._profiles.validate(
+            resource, where, profile, skeleton, self._urls, errors_only
+        )
 
     def check_bundle(self, bundle: dict[str, Any], validate: bool = True) -> list[Issue]:
         """Reference integrity, and the R4B models' verdict when ``validate``.
@@ -291,16 +294,13 @@ class Validator:
         references are skipped), so the separate reference walk runs only when that walk
         stopped early or found a reference to place in an error.
         """
-        self.warnings = []
         if not validate:
             return check_references(bundle)
         skeletons = self._skeletons
         walker = skeletons.walker
         walker.references = []
         skeletons.complete = True
-        found = self.validate_bundle(bundle, all_issues=True)
-        issues = [i for i in found if i.severity in _FAILING]
-        self.warnings = [i for i in found if i.severity not in _FAILING]
+        issues = self.validate_bundle(bundle)
         urls = {e.get("fullUrl") for e in bundle.get("entry", []) if isinstance(e, dict)}
         if not skeletons.complete or any(ref not in urls for ref in walker.references):
             issues += check_references(bundle)
@@ -330,11 +330,12 @@ class Validator:
         }
         try:
             issues = _bdl7(bundle, entries)
-            issues += self._resource_issues(shell, "Bundle", None)
+            issues += self._resource_issues(shell, "Bundle", None, not all_issues)
             for n, entry in enumerate(entries):
                 resource = entry.get("resource") if isinstance(entry, dict) else None
                 if isinstance(resource, dict):
-                    issues += self._resource_issues(resource, f"Bundle.entry[{n}].resource", None)
+                    where = f"Bundle.entry[{n}].resource"
+                    issues += self._resource_issues(resource, where, None, not all_issues)
         finally:
             self._urls = None
         return issues if all_issues else [i for i in issues if i.severity in _FAILING]

@@ -60,7 +60,6 @@ class Elem:
     slices: list[Slice] = field(default_factory=list)
     closed: bool = False
     profile: str | None = None  # the type's profile (an extension slice's definition)
-    has_values: bool = True  # this subtree holds a check on values (see the module doc)
 
     def keys(self) -> list[tuple[str, str]]:
         """(JSON key, type) pairs this element may appear as."""
@@ -73,12 +72,21 @@ def _strip_slices(element_id: str) -> str:
     return ".".join(part.split(":", 1)[0] for part in element_id.split("."))
 
 
+# Every element may hold extensions, and an extension's value may be of any type: counted
+# in, they would make every subtree "hold value checks". So a known skeleton's walk skips
+# the extensions of elements without other value checks (their values were checked on the
+# skeleton's first resource, and each time by the structural check's primitive validators);
+# an element that is walked has its extensions walked too.
+_EXTENSIONS = frozenset({"extension", "modifierExtension"})
+
+
 class Plans:
     """Compiled check plans, by StructureDefinition URL and by datatype."""
 
     def __init__(self, defs: Definitions) -> None:
         self.defs = defs
         self._plans: dict[str, Elem | None] = {}
+        self._needs: dict[tuple[int, str, bool], bool] = {}
         self.skipped_invariants: dict[str, str] = {}
 
     def plan(self, url_or_type: str) -> Elem | None:
@@ -132,7 +140,6 @@ class Plans:
                 discriminators = raw["slicing"].get("discriminator") or []
                 for sl in elem.slices:
                     sl.match = self._slice_match(sl.elem, discriminators, by_id)
-        self._mark_values(root, set())
         return root
 
     def _elem(self, raw: dict[str, Any], eid: str, sd_type: str) -> Elem:
@@ -210,33 +217,46 @@ class Plans:
     def _extension_url(self, elem: Elem) -> str | None:
         return elem.profile
 
-    def _mark_values(self, elem: Elem, seen: set[int]) -> bool:
-        if id(elem) in seen:
-            return elem.has_values
-        seen.add(id(elem))
-        own = bool(
-            elem.fixed
-            or elem.binding
-            or elem.targets
-            or elem.slices
-            or (elem.max is not None and elem.max > 1)
-            or elem.min > 1
-            or any(not inv.existence_only for inv in elem.invariants)
-        )
-        below = False
-        for child in (elem.children or {}).values():
-            below = self._mark_values(child, seen) or below
-        for sl in elem.slices:
-            below = self._mark_values(sl.elem, seen) or below
-        if elem.children is None:
-            for t in elem.types:  # children from the datatype's own plan
-                if t == "Resource" or _is_primitive(t) or t in ("Element", "BackboneElement"):
-                    below = below or t == "Resource"
-                    continue
-                plan = self.plan(elem.profile or t)
-                below = below or plan is None or plan.has_values
-        elem.has_values = own or below
-        return elem.has_values
+    def children_of(self, elem: Elem, type_name: str) -> dict[str, Elem] | None:
+        """The elements inside a value of ``elem`` of type ``type_name``."""
+        if elem.children is not None:
+            return elem.children
+        if elem.profile is not None and (own := self.plan(elem.profile)) is not None:
+            return own.children
+        if type_name and not _is_primitive(type_name) and type_name != "Resource":
+            return self.type_children(type_name)
+        return None
+
+    def needs(self, elem: Elem, type_name: str, errors_only: bool) -> bool:
+        """Whether a value of ``elem`` (of that type) holds a check on values: the walk of
+        a known skeleton visits only such subtrees. Inside a cycle (Extension.extension):
+        yes, to be safe."""
+        token = (id(elem), type_name, errors_only)
+        known = self._needs.get(token)
+        if known is not None:
+            return known
+        self._needs[token] = True  # in progress
+        if type_name == "Resource" or elem.slices or elem.targets or elem.fixed:
+            out = True
+        elif elem.binding is not None and (elem.binding[0] == "required" or not errors_only):
+            out = True
+        elif (elem.max is not None and elem.max > 1) or elem.min > 1:
+            out = True
+        elif any(
+            not inv.existence_only and (inv.severity == "error" or not errors_only)
+            for inv in elem.invariants
+        ):
+            out = True
+        else:
+            children = self.children_of(elem, type_name) or {}
+            out = any(
+                self.needs(child, t, errors_only)
+                for name, child in children.items()
+                if name not in _EXTENSIONS
+                for _, t in child.keys()
+            )
+        self._needs[token] = out
+        return out
 
 
 def _at(value: Any, path: str) -> Any:
@@ -274,32 +294,49 @@ def _matches(item: Any, match: list[tuple[str, Any, bool]], type_name: str) -> b
     return True
 
 
-_FROZEN_OK: dict[tuple[int, int, bool], Any] = {}  # (elem, subtree, mode) → the subtree
+_FROZEN_OK: dict[tuple[int, int, bool, bool], Any] = {}  # (elem, subtree, mode) → the subtree
 _MAX_FROZEN = 100_000
-_INDEX: dict[int, tuple[dict[str, Elem], dict[str, tuple[Elem, str]], list[Elem]]] = {}
+_Index = tuple[dict[str, tuple[Elem, str, bool]], list[Elem]]
+_INDEX: dict[tuple[int, bool], tuple[dict[str, Elem], _Index]] = {}
 
 
-def _index(children: dict[str, Elem]) -> tuple[dict[str, tuple[Elem, str]], list[Elem]]:
-    """JSON key → (element, its type), and the required elements, of one children map."""
-    known = _INDEX.get(id(children))
+def _index(plans: Plans, children: dict[str, Elem], errors_only: bool) -> _Index:
+    """JSON key → (element, its type, whether its subtree has value checks), and the
+    required elements, of one children map."""
+    known = _INDEX.get((id(children), errors_only))
     if known is None or known[0] is not children:
-        by_key = {k: (e, t) for e in children.values() for k, t in e.keys()}
-        known = (children, by_key, [e for e in children.values() if e.min > 0])
-        _INDEX[id(children)] = known
-    return known[1], known[2]
+        by_key = {
+            k: (e, t, plans.needs(e, t, errors_only)) for e in children.values() for k, t in e.keys()
+        }
+        known = (children, (by_key, [e for e in children.values() if e.min > 0]))
+        _INDEX[(id(children), errors_only)] = known
+    return known[1]
 
 
 class ProfileWalk:
     """One resource's walk against a plan; issues accumulate in ``issues``."""
 
     __slots__ = (
-        "plans", "issues", "structural", "structure_failed", "values_only", "resource", "urls"
+        "plans",
+        "issues",
+        "structural",
+        "structure_failed",
+        "values_only",
+        "errors_only",
+        "resource",
+        "urls",
     )
 
     def __init__(
-        self, plans: Plans, resource: Any, values_only: bool, urls: dict[str, str] | None
+        self,
+        plans: Plans,
+        resource: Any,
+        values_only: bool,
+        urls: dict[str, str] | None,
+        errors_only: bool = False,
     ) -> None:
         self.plans = plans
+        self.errors_only = errors_only  # the pipeline's question: warnings are not asked
         self.issues: list[Issue] = []
         self.structural: list[Issue] = []  # warnings of structure checks: kept per skeleton
         self.structure_failed = False
@@ -311,7 +348,7 @@ class ProfileWalk:
         self.issues.append(Issue(code, message, location=where, severity=severity))
 
     def node(self, children: dict[str, Elem], data: dict[str, Any], where: str) -> None:
-        by_key, required = _index(children)
+        by_key, required = _index(self.plans, children, self.errors_only)
         if not self.values_only:
             for elem in required:
                 if not any(k in data for k, _ in elem.keys()):
@@ -319,7 +356,7 @@ class ProfileWalk:
         values_only = self.values_only
         for key, value in data.items():
             hit = by_key.get(key)
-            if hit is None or (values_only and not hit[0].has_values):
+            if hit is None or (values_only and not hit[2]):
                 continue  # resourceType, _primitive extensions; a subtree without value checks
             self.element(hit[0], key, hit[1], value, where)
 
@@ -349,7 +386,7 @@ class ProfileWalk:
         # codes) never changes: once it passed an element's checks, it passes them again.
         frozen = type(item) is FrozenDict and not item.holds_refs
         if frozen:
-            token = (id(elem), id(item), self.values_only)
+            token = (id(elem), id(item), self.values_only, self.errors_only)
             if _FROZEN_OK.get(token) is item:
                 return
             before = len(self.issues)
@@ -369,12 +406,14 @@ class ProfileWalk:
                     f"{want!r}, found a value of form {shape(item)}",
                     loc,
                 )
-        if elem.binding is not None:
+        if elem.binding is not None and (elem.binding[0] == "required" or not self.errors_only):
             self._binding(elem, item, type_name, loc)
         if elem.targets is not None and isinstance(item, dict):
             self._reference(elem, item, loc)
         for inv in elem.invariants:
-            if inv.existence_only and self.values_only:
+            if (inv.existence_only and self.values_only) or (
+                self.errors_only and inv.severity != "error"
+            ):
                 continue
             if not isinstance(item, dict):
                 continue
@@ -394,15 +433,11 @@ class ProfileWalk:
                     self.structural.append(self.issues[-1])
         if not isinstance(item, dict):
             return
-        children = elem.children
-        if children is None:
-            if elem.profile is not None and (own := self.plans.plan(elem.profile)) is not None:
-                children = own.children
-            elif "resourceType" in item:  # a resource inside (Bundle.entry.resource, contained)
-                root = self.plans.plan(str(item["resourceType"]))
-                children = root.children if root else None
-            elif type_name and not _is_primitive(type_name):
-                children = self.plans.type_children(type_name)
+        if elem.children is None and "resourceType" in item:  # Bundle.entry.resource, contained
+            root = self.plans.plan(str(item["resourceType"]))
+            children = root.children if root else None
+        else:
+            children = self.plans.children_of(elem, type_name)
         if children:
             self.node(children, item, loc)
 
@@ -423,7 +458,7 @@ class ProfileWalk:
                 continue
             counts[hit] += 1
             sl = elem.slices[hit]
-            sub = ProfileWalk(self.plans, self.resource, False, self.urls)
+            sub = ProfileWalk(self.plans, self.resource, False, self.urls, self.errors_only)
             sub.item(sl.elem, item, type_name, where)
             self.issues += [i for i in sub.issues if i.code != "validation.invariant"]
         for sl, count in zip(elem.slices, counts, strict=True):

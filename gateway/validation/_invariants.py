@@ -34,7 +34,15 @@ __all__ = ["Invariant", "compile_invariant", "skipped"]
 
 _FUNCTION = re.compile(r"([A-Za-z_]\w*)\s*\(")
 _EXISTENCE_FUNCTIONS = {"exists", "empty", "not"}
-_OPERATORS = {"as", "is", "in", "and", "or", "implies", "xor"}  # words before "(" that are not calls
+_OPERATORS = {
+    "as",
+    "is",
+    "in",
+    "and",
+    "or",
+    "implies",
+    "xor",
+}  # words before "(" that are not calls
 _NAME = r"[A-Za-z_][\w.]*"
 _GUARD_EMPTY = re.compile(rf"\(?({_NAME})\.empty\(\)\)?\Z")
 _GUARD_NOT_EXISTS = re.compile(rf"\(?({_NAME})\.exists\(\)\.not\(\)\)?\Z")
@@ -90,36 +98,42 @@ def _get(node: Any, path: str) -> list[Any]:
 Guard = Callable[[Any], bool]
 
 
+def _absent(name: str) -> Guard:
+    return lambda node: not _get(node, name)
+
+
+def _no_string(name: str, test: Callable[[str], bool]) -> Guard:
+    return lambda node: not any(isinstance(v, str) and test(v) for v in _get(node, name))
+
+
+def _holding(text: str) -> Callable[[str], bool]:
+    return lambda value: text in value
+
+
+def _starting(prefix: str) -> Callable[[str], bool]:
+    return lambda value: value.startswith(prefix)
+
+
+def _differs(name: str, literal: str) -> Guard:
+    return lambda node: _get(node, name) != [literal]
+
+
 def _guard(expression: str) -> Guard | None:
     """A cheap test that, when true for a node, makes the invariant true."""
-    tests: list[Guard] = []
-    implied = _IMPLIES.match(expression)
-    if implied:
-        name, literal = implied.groups()
-        return lambda node: _get(node, name) != [literal]
+    if implied := _IMPLIES.match(expression):
+        return _differs(*implied.groups())
     if where := _WHERE_EMPTY.match(expression):  # on a list item: its own element
-        name, literal = where.groups()
-        return lambda node: _get(node, name) != [literal]
+        return _differs(*where.groups())
+    tests: list[Guard] = []
     for part in _split_or(expression):
         if m := (
             _GUARD_EMPTY.match(part) or _GUARD_NOT_EXISTS.match(part) or _GUARD_NO_VALUE.match(part)
         ):
-            name = m.group(1)
-            tests.append(lambda node, name=name: not _get(node, name))
+            tests.append(_absent(m.group(1)))
         elif m := _GUARD_NOT_CONTAINS.match(part):
-            name, text = m.groups()
-            tests.append(
-                lambda node, name=name, text=text: not any(
-                    isinstance(v, str) and text in v for v in _get(node, name)
-                )
-            )
+            tests.append(_no_string(m.group(1), _holding(m.group(2))))
         elif m := _GUARD_PREFIX.match(part):
-            name, prefix = m.groups()
-            tests.append(
-                lambda node, name=name, prefix=prefix: not any(
-                    isinstance(v, str) and v.startswith(prefix) for v in _get(node, name)
-                )
-            )
+            tests.append(_no_string(m.group(1), _starting(m.group(2))))
     if not tests:
         return None
     return lambda node: any(test(node) for test in tests)
@@ -146,7 +160,7 @@ class Invariant:
             known = _MEMO.get(key)
             if known is not None:
                 return known
-        typed = ResourceNode.create_node(node, self.type_name)
+        typed = ResourceNode.create_node(node, self.type_name)  # type: ignore[no-untyped-call]
         result = self.run(typed, {"resource": resource, "rootResource": resource})
         ok = result == [True] or result == []  # empty: nothing to test (FHIRPath rule)
         if key is not None:

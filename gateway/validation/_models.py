@@ -283,9 +283,7 @@ class Validator:
         issues, skeleton = self._skeletons.validate(model, resource, where)
         if issues:
             return issues  # the profile walk assumes a structurally valid resource
-        return self._profiles.validate(
-            resource, where, profile, skeleton, self._urls, errors_only
-        )
+        return self._profiles.validate(resource, where, profile, skeleton, self._urls, errors_only)
 
     def check_bundle(self, bundle: dict[str, Any], validate: bool = True) -> list[Issue]:
         """Reference integrity, and the R4B models' verdict when ``validate``.

@@ -61,7 +61,7 @@ class Elem:
     closed: bool = False
     profile: str | None = None  # the type's profile (an extension slice's definition)
 
-    def keys(self) -> list[tuple[str, str]]:
+    def json_keys(self) -> list[tuple[str, str]]:
         """(JSON key, type) pairs this element may appear as."""
         if not self.choice:
             return [(self.name, self.types[0] if self.types else "")]
@@ -162,9 +162,14 @@ class Plans:
             elif key.startswith("pattern"):
                 elem.fixed = ("pattern", value)
         binding = raw.get("binding")
-        if binding and binding.get("valueSet") and binding.get("strength") in (
-            "required",
-            "extensible",
+        if (
+            binding
+            and binding.get("valueSet")
+            and binding.get("strength")
+            in (
+                "required",
+                "extensible",
+            )
         ):
             elem.binding = (str(binding["strength"]), str(binding["valueSet"]))
         targets: set[str] = set()
@@ -173,7 +178,9 @@ class Plans:
                 elem.profile = str(t["profile"][0])
             for profile in t.get("targetProfile") or []:
                 target_sd = self.defs.structure(str(profile))
-                targets.add(str(target_sd["type"]) if target_sd else str(profile).rsplit("/", 1)[-1])
+                targets.add(
+                    str(target_sd["type"]) if target_sd else str(profile).rsplit("/", 1)[-1]
+                )
         if targets and "Resource" not in targets:
             elem.targets = frozenset(targets)
         node_type = sd_type if "." not in path else (types[0] if len(types) == 1 else "")
@@ -236,16 +243,7 @@ class Plans:
         if known is not None:
             return known
         self._needs[token] = True  # in progress
-        if type_name == "Resource" or elem.slices or elem.targets or elem.fixed:
-            out = True
-        elif elem.binding is not None and (elem.binding[0] == "required" or not errors_only):
-            out = True
-        elif (elem.max is not None and elem.max > 1) or elem.min > 1:
-            out = True
-        elif any(
-            not inv.existence_only and (inv.severity == "error" or not errors_only)
-            for inv in elem.invariants
-        ):
+        if type_name == "Resource" or _checks_values(elem, errors_only):
             out = True
         else:
             children = self.children_of(elem, type_name) or {}
@@ -253,10 +251,24 @@ class Plans:
                 self.needs(child, t, errors_only)
                 for name, child in children.items()
                 if name not in _EXTENSIONS
-                for _, t in child.keys()
+                for _, t in child.json_keys()
             )
         self._needs[token] = out
         return out
+
+
+def _checks_values(elem: Elem, errors_only: bool) -> bool:
+    """Whether ``elem`` itself has a check on values (see the module doc)."""
+    if elem.slices or elem.targets or elem.fixed is not None:
+        return True
+    if elem.binding is not None and (elem.binding[0] == "required" or not errors_only):
+        return True
+    if (elem.max is not None and elem.max > 1) or elem.min > 1:
+        return True
+    return any(
+        not inv.existence_only and (inv.severity == "error" or not errors_only)
+        for inv in elem.invariants
+    )
 
 
 def _at(value: Any, path: str) -> Any:
@@ -284,7 +296,11 @@ def _matches(item: Any, match: list[tuple[str, Any, bool]], type_name: str) -> b
         return False
     for path, want, pattern in match:
         if path == "$type":
-            got = item.get("resourceType") if isinstance(item, dict) and "resourceType" in item else type_name
+            got = (
+                item.get("resourceType")
+                if isinstance(item, dict) and "resourceType" in item
+                else type_name
+            )
             if got != want:
                 return False
             continue
@@ -306,7 +322,9 @@ def _index(plans: Plans, children: dict[str, Elem], errors_only: bool) -> _Index
     known = _INDEX.get((id(children), errors_only))
     if known is None or known[0] is not children:
         by_key = {
-            k: (e, t, plans.needs(e, t, errors_only)) for e in children.values() for k, t in e.keys()
+            k: (e, t, plans.needs(e, t, errors_only))
+            for e in children.values()
+            for k, t in e.json_keys()
         }
         known = (children, (by_key, [e for e in children.values() if e.min > 0]))
         _INDEX[(id(children), errors_only)] = known
@@ -317,14 +335,14 @@ class ProfileWalk:
     """One resource's walk against a plan; issues accumulate in ``issues``."""
 
     __slots__ = (
-        "plans",
+        "errors_only",
         "issues",
+        "plans",
+        "resource",
         "structural",
         "structure_failed",
-        "values_only",
-        "errors_only",
-        "resource",
         "urls",
+        "values_only",
     )
 
     def __init__(
@@ -351,7 +369,7 @@ class ProfileWalk:
         by_key, required = _index(self.plans, children, self.errors_only)
         if not self.values_only:
             for elem in required:
-                if not any(k in data for k, _ in elem.keys()):
+                if not any(k in data for k, _ in elem.json_keys()):
                     self._cardinality(elem, 0, f"{where}.{elem.name}")
         values_only = self.values_only
         for key, value in data.items():
@@ -363,9 +381,10 @@ class ProfileWalk:
     def element(self, elem: Elem, key: str, type_name: str, value: Any, where: str) -> None:
         items = value if isinstance(value, list) else [value]
         loc = f"{where}.{key}"
-        if (elem.max is not None and len(items) > elem.max) or len(items) < elem.min:
-            if elem.max is None or elem.max > 1 or elem.min > 1 or not self.values_only:
-                self._cardinality(elem, len(items), loc)
+        wrong = (elem.max is not None and len(items) > elem.max) or len(items) < elem.min
+        # a count is a value unless the bounds are 0/1 (then it is the skeleton's)
+        if wrong and (elem.max is None or elem.max > 1 or elem.min > 1 or not self.values_only):
+            self._cardinality(elem, len(items), loc)
         many = isinstance(value, list)
         for n, item in enumerate(items):
             self.item(elem, item, type_name, f"{loc}[{n}]" if many else loc)

@@ -68,9 +68,9 @@ def _descendants(table: dict[str, list[str]], root: str) -> set[str]:
 def _include(defs: Definitions, part: dict[str, Any], seen: frozenset[str]) -> dict[str, set[str]]:
     out: dict[str, set[str]] = {}
     for url in part.get("valueSet") or []:
-        inner = _expand(defs, url, seen)
-        for system, codes in inner.by_system.items():
-            out.setdefault(system, set()).update(codes)
+        inner = _expand(defs, str(url), seen)
+        for inner_system, inner_codes in inner.by_system.items():
+            out.setdefault(inner_system, set()).update(inner_codes)
     system = part.get("system")
     if not isinstance(system, str):
         if not part.get("valueSet"):
@@ -78,7 +78,7 @@ def _include(defs: Definitions, part: dict[str, Any], seen: frozenset[str]) -> d
         return out
     codes: set[str] = set()
     if part.get("concept"):
-        codes = {c["code"] for c in part["concept"] if isinstance(c.get("code"), str)}
+        codes = {str(c["code"]) for c in part["concept"] if isinstance(c.get("code"), str)}
     elif part.get("filter"):
         table = _hierarchy(defs, system)
         for filt in part["filter"]:

@@ -61,7 +61,7 @@ def test_golden_bundles_give_no_error() -> None:
 
 
 def _bundle() -> dict[str, Any]:
-    name, bundle = next(
+    _, bundle = next(
         (n, b)
         for n, b in golden_bundles()
         if any(e["resource"]["resourceType"] == "ServiceRequest" for e in b["entry"])
@@ -187,6 +187,12 @@ def test_invariant_guards_and_skips() -> None:
     assert period.guard is not None and period.guard({"start": "2026"})  # no call needed
     assert not period.holds({"start": "2026-02-01", "end": "2026-01-01"}, {})
     assert period.holds({"start": "2026-01-01", "end": "2026-02-01"}, {})
+    history = compile_invariant(
+        {"key": "bdl-8", "expression": "fullUrl.contains('/_history/').not()"}, "Bundle.entry"
+    )
+    assert not isinstance(history, str) and history.guard is not None
+    assert history.guard({"fullUrl": "urn:uuid:1"})
+    assert not history.guard({"fullUrl": "https://x.org/Patient/1/_history/2"})
     html = compile_invariant({"key": "x-1", "expression": "div.htmlChecks()"}, "Narrative")
     assert html == "uses htmlChecks(), which fhirpathpy lacks"
     assert "ele-1" in skipped() and "dom-3" in skipped()

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import replace
 from typing import Any
-
-import orjson
 
 from ..errors import Issue
 from ._definitions import definitions
@@ -15,7 +12,6 @@ from ._profiles import Elem, Plans, ProfileWalk
 __all__ = ["ProfileValidator", "plans"]
 
 _MAX_KNOWN = 50_000
-_REFERENCE = re.compile(rb'"reference":"((?:[^"\\]|\\.)*)"')
 _PLANS: Plans | None = None
 
 
@@ -34,8 +30,6 @@ class ProfileValidator:
         # (plan, skeleton) → the warnings its structure checks gave, location after the prefix
         self._known: dict[tuple[int, bool, Any], list[tuple[Issue, str]]] = {}
         self._gateway: dict[str, str] | None = None
-        # resources found valid, by content (and what their references resolve to)
-        self._clean: set[tuple[int, bool, bytes, tuple[str | None, ...]]] = set()
 
     def plan_for(self, resource: dict[str, Any], profile: str | None) -> Elem | None:
         compiled = plans()
@@ -74,31 +68,8 @@ class ProfileValidator:
             return []  # no definitions installed for this type: structure only
         key = (id(plan), errors_only, skeleton) if skeleton is not None else None
         values_only = key is not None and key in self._known
-        content = None
-        if values_only:
-            # Reference data (organisations, staff) recurs in every message as new dicts of
-            # the same content: the verdict is a function of the content and of the types
-            # its references resolve to in the Bundle.
-            try:
-                content = orjson.dumps(resource)
-            except TypeError:
-                content = None
-            if content is not None:
-                # with what each of its references resolves to in this Bundle
-                refs = _REFERENCE.findall(content)
-                if any(b"\\" in ref for ref in refs):  # escaped: not the string itself
-                    content = None
-                else:
-                    targets = tuple((urls or {}).get(ref.decode()) for ref in refs)
-                    memo = (id(plan), errors_only, content, targets)
-                    if memo in self._clean:
-                        return []
         walk = ProfileWalk(plans(), resource, values_only, urls, errors_only)
         walk.item(plan, resource, str(resource.get("resourceType")), where)
-        if content is not None and key is not None and not walk.issues and not self._known[key]:
-            if len(self._clean) >= _MAX_KNOWN:
-                self._clean.clear()
-            self._clean.add(memo)
         if values_only:
             assert key is not None
             for issue, tail in self._known[key]:

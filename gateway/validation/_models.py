@@ -34,6 +34,7 @@ import typing
 from functools import cache
 from typing import Any
 
+import orjson
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import TypeAdapter
 from pydantic import ValidationError as PydanticError
@@ -53,6 +54,8 @@ __all__ = [
 
 _FAILING = ("error", "fatal")  # severities that fail a record; warnings travel beside it
 _MAX_SKELETONS = 50_000  # a few KB each at most; a mapping makes a handful per type
+_MAX_CLEAN = 20_000  # reference data (staff, organisations) of a region fits
+_REFERENCE = re.compile(rb'"reference":"((?:[^"\\]|\\.)*)"')
 
 
 def _location(prefix: str, loc: tuple[Any, ...]) -> str:
@@ -248,6 +251,7 @@ class Validator:
     def __init__(self) -> None:
         self._skeletons = _Skeletons()
         self._profiles = ProfileValidator()
+        self._clean: set[tuple[Any, ...]] = set()  # valid resources by content (see below)
         self._urls: dict[str, str] | None = None  # fullUrl → resourceType, in a Bundle
 
     def validate_resource(
@@ -280,10 +284,40 @@ class Validator:
             return [
                 Issue("validation.structure", f"unknown resourceType {rtype!r}", location=where)
             ]
+        # Reference data (organisations, staff) recurs in every message as new dicts of the
+        # same content: a valid one's verdict is a function of its content and of what its
+        # references resolve to in the Bundle, so it is remembered by those.
+        memo = self._content_key(resource, profile, errors_only)
+        if memo is not None and memo[0] in self._clean:
+            self._skeletons.walker.references.extend(memo[1])
+            return []
         issues, skeleton = self._skeletons.validate(model, resource, where)
         if issues:
             return issues  # the profile walk assumes a structurally valid resource
-        return self._profiles.validate(resource, where, profile, skeleton, self._urls, errors_only)
+        issues = self._profiles.validate(
+            resource, where, profile, skeleton, self._urls, errors_only
+        )
+        if memo is not None and not issues:
+            if len(self._clean) >= _MAX_CLEAN:
+                self._clean.clear()
+            self._clean.add(memo[0])
+        return issues
+
+    def _content_key(
+        self, resource: dict[str, Any], profile: str | None, errors_only: bool
+    ) -> tuple[tuple[Any, ...], list[str]] | None:
+        """The key of a resource's verdict by content, and its references; None when its
+        JSON cannot be made or a reference is escaped in it (not the string itself)."""
+        try:
+            content = orjson.dumps(resource)
+        except TypeError:
+            return None
+        raw = _REFERENCE.findall(content)
+        if any(b"\\" in ref for ref in raw):
+            return None
+        refs = [ref.decode() for ref in raw]
+        urls = self._urls or {}
+        return (profile, errors_only, content, tuple(urls.get(r) for r in refs)), refs
 
     def check_bundle(self, bundle: dict[str, Any], validate: bool = True) -> list[Issue]:
         """Reference integrity, and the R4B models' verdict when ``validate``.

@@ -7,7 +7,7 @@ from typing import Any
 
 from ..errors import Issue
 from ._definitions import definitions
-from ._profiles import Elem, Plans, ProfileWalk
+from ._profiles import Elem, Plans, ProfileWalk, Program
 
 __all__ = ["ProfileValidator", "plans"]
 
@@ -28,7 +28,9 @@ class ProfileValidator:
 
     def __init__(self) -> None:
         # (plan, skeleton) → the warnings its structure checks gave, location after the prefix
-        self._known: dict[tuple[int, bool, Any], list[tuple[Issue, str]]] = {}
+        # (plan, mode, skeleton) → its value checks, and the warnings its structure checks
+        # gave (with their locations after the prefix)
+        self._known: dict[tuple[int, bool, Any], tuple[Program, list[tuple[Issue, str]]]] = {}
         self._gateway: dict[str, str] | None = None
 
     def plan_for(self, resource: dict[str, Any], profile: str | None) -> Elem | None:
@@ -69,13 +71,21 @@ class ProfileValidator:
         key = (id(plan), errors_only, skeleton) if skeleton is not None else None
         values_only = key is not None and key in self._known
         walk = ProfileWalk(plans(), resource, values_only, urls, errors_only)
-        walk.item(plan, resource, str(resource.get("resourceType")), where)
+        rtype = str(resource.get("resourceType"))
         if values_only:
             assert key is not None
-            for issue, tail in self._known[key]:
+            program, structural = self._known[key]
+            walk.own(plan, resource, rtype, where)
+            walk.run(program, resource, where)
+            for issue, tail in structural:
                 walk.issues.append(replace(issue, location=where + tail))
-        elif key is not None and not walk.structure_failed:
+            return walk.issues
+        if key is not None:
+            walk.sites = {}
+        walk.item(plan, resource, rtype, where)
+        if key is not None and not walk.structure_failed:
             if len(self._known) >= _MAX_KNOWN:
                 self._known.clear()
-            self._known[key] = [(i, (i.location or where)[len(where) :]) for i in walk.structural]
+            tails = [(i, (i.location or where)[len(where) :]) for i in walk.structural]
+            self._known[key] = (walk.program(), tails)
         return walk.issues

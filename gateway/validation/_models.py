@@ -55,7 +55,7 @@ __all__ = [
 _FAILING = ("error", "fatal")  # severities that fail a record; warnings travel beside it
 _MAX_SKELETONS = 50_000  # a few KB each at most; a mapping makes a handful per type
 _MAX_CLEAN = 20_000  # reference data (staff, organisations) of a region fits
-_REFERENCE = re.compile(rb'"reference":"((?:[^"\\]|\\.)*)"')
+_REFERENCE = re.compile(rb'"reference":"([^"\\]*)"')  # an escaped one does not match
 
 
 def _location(prefix: str, loc: tuple[Any, ...]) -> str:
@@ -217,8 +217,30 @@ class _Skeletons:
         return issues, key if not issues else None
 
 
+_REQUESTED = ("batch", "transaction", "history")  # bdl-3: entries carry a request
+_RESPONDED = ("batch-response", "transaction-response", "history")  # bdl-4: a response
+
+
+def _bundle_invariants(bundle: dict[str, Any], entries: list[Any]) -> list[Issue]:
+    """Invariants bdl-3, bdl-4 and bdl-7, natively (see invariants.yaml)."""
+    out = []
+    kind = bundle.get("type")
+    for key, name, kinds in (("bdl-3", "request", _REQUESTED), ("bdl-4", "response", _RESPONDED)):
+        wanted = kind in kinds
+        if any(isinstance(e, dict) and (name in e) != wanted for e in entries):
+            out.append(
+                Issue(
+                    "validation.invariant",
+                    f"constraint {key} not met: entry.{name} mandatory for {'/'.join(kinds)}, "
+                    "otherwise prohibited",
+                    location="Bundle",
+                )
+            )
+    return out + _bdl7(bundle, entries)
+
+
 def _bdl7(bundle: dict[str, Any], entries: list[Any]) -> list[Issue]:
-    """Invariant bdl-7, natively (see invariants.yaml): fullUrl + versionId unique."""
+    """Invariant bdl-7: fullUrl + versionId unique."""
     if bundle.get("type") == "history":
         return []
     seen: set[tuple[str, Any]] = set()
@@ -307,13 +329,13 @@ class Validator:
         self, resource: dict[str, Any], profile: str | None, errors_only: bool
     ) -> tuple[tuple[Any, ...], list[str]] | None:
         """The key of a resource's verdict by content, and its references; None when its
-        JSON cannot be made or a reference is escaped in it (not the string itself)."""
+        JSON cannot be made or a reference in it is escaped (not the string itself)."""
         try:
             content = orjson.dumps(resource)
         except TypeError:
             return None
         raw = _REFERENCE.findall(content)
-        if any(b"\\" in ref for ref in raw):
+        if len(raw) != content.count(b'"reference":'):  # one is escaped, or not a string
             return None
         refs = [ref.decode() for ref in raw]
         urls = self._urls or {}
@@ -361,8 +383,9 @@ class Validator:
             and isinstance(e.get("resource"), dict)
         }
         try:
-            issues = _bdl7(bundle, entries)
-            issues += self._resource_issues(shell, "Bundle", None, not all_issues)
+            issues = self._resource_issues(shell, "Bundle", None, not all_issues)
+            if not any(i.code == "validation.structure" for i in issues):
+                issues = _bundle_invariants(bundle, entries) + issues
             for n, entry in enumerate(entries):
                 resource = entry.get("resource") if isinstance(entry, dict) else None
                 if isinstance(resource, dict):

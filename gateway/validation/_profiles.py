@@ -87,6 +87,7 @@ class Plans:
         self.defs = defs
         self._plans: dict[str, Elem | None] = {}
         self._needs: dict[tuple[int, str, bool], bool] = {}
+        self._expansions: dict[str, Expansion | None] = {}
         self.skipped_invariants: dict[str, str] = {}
 
     def plan(self, url_or_type: str) -> Elem | None:
@@ -224,6 +225,11 @@ class Plans:
     def _extension_url(self, elem: Elem) -> str | None:
         return elem.profile
 
+    def expansion(self, url: str) -> Expansion | None:
+        if url not in self._expansions:
+            self._expansions[url] = expand(self.defs, url)
+        return self._expansions[url]
+
     def children_of(self, elem: Elem, type_name: str) -> dict[str, Elem] | None:
         """The elements inside a value of ``elem`` of type ``type_name``."""
         if elem.children is not None:
@@ -331,14 +337,38 @@ def _index(plans: Plans, children: dict[str, Elem], errors_only: bool) -> _Index
     return known[1]
 
 
+# What a known skeleton's resources need checked: (path to a parent node, with "*" for
+# each item of a list; the value-checked elements met under it)
+Program = tuple[tuple[tuple[str, ...], tuple[tuple[str, Elem, str], ...]], ...]
+
+
+def _reach(root: Any, path: tuple[str, ...], where: str) -> list[tuple[Any, str]]:
+    """The nodes at ``path`` from ``root``, with their FHIRPath locations."""
+    level = [(root, where)]
+    for step in path:
+        nxt: list[tuple[Any, str]] = []
+        if step == "*":
+            for node, loc in level:
+                if isinstance(node, list):
+                    nxt += [(item, f"{loc}[{n}]") for n, item in enumerate(node)]
+        else:
+            for node, loc in level:
+                if isinstance(node, dict) and step in node:
+                    nxt.append((node[step], f"{loc}.{step}"))
+        level = nxt
+    return level
+
+
 class ProfileWalk:
     """One resource's walk against a plan; issues accumulate in ``issues``."""
 
     __slots__ = (
         "errors_only",
         "issues",
+        "path",
         "plans",
         "resource",
+        "sites",
         "structural",
         "structure_failed",
         "urls",
@@ -361,6 +391,14 @@ class ProfileWalk:
         self.values_only = values_only
         self.resource = resource
         self.urls = urls or {}
+        # when recording: parent path → the value-checked elements met there
+        self.sites: dict[tuple[str, ...], dict[tuple[str, int], tuple[str, Elem, str]]] | None
+        self.sites = None
+        self.path: list[str] = []
+
+    def program(self) -> Program:
+        assert self.sites is not None
+        return tuple((path, tuple(found.values())) for path, found in self.sites.items())
 
     def _issue(self, code: str, message: str, where: str, severity: str = "error") -> None:
         self.issues.append(Issue(code, message, location=where, severity=severity))
@@ -381,15 +419,45 @@ class ProfileWalk:
     def element(self, elem: Elem, key: str, type_name: str, value: Any, where: str) -> None:
         items = value if isinstance(value, list) else [value]
         loc = f"{where}.{key}"
+        many = isinstance(value, list)
         wrong = (elem.max is not None and len(items) > elem.max) or len(items) < elem.min
         # a count is a value unless the bounds are 0/1 (then it is the skeleton's)
         if wrong and (elem.max is None or elem.max > 1 or elem.min > 1 or not self.values_only):
             self._cardinality(elem, len(items), loc)
-        many = isinstance(value, list)
+        sites = self.sites
+        if sites is not None:  # recording the skeleton's value checks (see Program)
+            if _checks_values(elem, self.errors_only):
+                sites.setdefault(tuple(self.path), {})[(key, id(elem))] = (key, elem, type_name)
+            self.path.append(key)
+            if many:
+                self.path.append("*")
         for n, item in enumerate(items):
             self.item(elem, item, type_name, f"{loc}[{n}]" if many else loc)
+        if sites is not None:
+            del self.path[-2 if many else -1 :]
         if elem.slices:
             self._slicing(elem, items, type_name, loc, many)
+
+    def run(self, program: Program, resource: dict[str, Any], where: str) -> None:
+        """The value checks of a known skeleton, where its first resource had them."""
+        for path, sites in program:
+            for node, loc in _reach(resource, path, where):
+                if not isinstance(node, dict):
+                    continue
+                for key, elem, type_name in sites:
+                    value = node.get(key)
+                    if value is None:
+                        continue
+                    many = isinstance(value, list)
+                    items = value if many else [value]
+                    at = f"{loc}.{key}"
+                    count = len(items)
+                    if (elem.max is not None and count > elem.max) or count < elem.min:
+                        self._cardinality(elem, count, at)
+                    for n, item in enumerate(items):
+                        self.own(elem, item, type_name, f"{at}[{n}]" if many else at)
+                    if elem.slices:
+                        self._slicing(elem, items, type_name, at, many)
 
     def _cardinality(self, elem: Elem, count: int, loc: str) -> None:
         self.structure_failed = True
@@ -403,7 +471,7 @@ class ProfileWalk:
     def item(self, elem: Elem, item: Any, type_name: str, loc: str) -> None:
         # A frozen subtree without references (a memoised fragment: staff, organisations,
         # codes) never changes: once it passed an element's checks, it passes them again.
-        frozen = type(item) is FrozenDict and not item.holds_refs
+        frozen = type(item) is FrozenDict and not item.holds_refs and self.sites is None
         if frozen:
             token = (id(elem), id(item), self.values_only, self.errors_only)
             if _FROZEN_OK.get(token) is item:
@@ -416,6 +484,19 @@ class ProfileWalk:
             _FROZEN_OK[token] = item
 
     def _item(self, elem: Elem, item: Any, type_name: str, loc: str) -> None:
+        self.own(elem, item, type_name, loc)
+        if not isinstance(item, dict):
+            return
+        if elem.children is None and "resourceType" in item:  # Bundle.entry.resource, contained
+            root = self.plans.plan(str(item["resourceType"]))
+            children = root.children if root else None
+        else:
+            children = self.plans.children_of(elem, type_name)
+        if children:
+            self.node(children, item, loc)
+
+    def own(self, elem: Elem, item: Any, type_name: str, loc: str) -> None:
+        """The element's own checks on one of its values (not its children's)."""
         if elem.fixed is not None:
             kind, want = elem.fixed
             if not (_contains(item, want) if kind == "pattern" else item == want):
@@ -450,15 +531,6 @@ class ProfileWalk:
                 if inv.existence_only:
                     self.structure_failed |= inv.severity == "error"
                     self.structural.append(self.issues[-1])
-        if not isinstance(item, dict):
-            return
-        if elem.children is None and "resourceType" in item:  # Bundle.entry.resource, contained
-            root = self.plans.plan(str(item["resourceType"]))
-            children = root.children if root else None
-        else:
-            children = self.plans.children_of(elem, type_name)
-        if children:
-            self.node(children, item, loc)
 
     def _slicing(self, elem: Elem, items: list[Any], type_name: str, loc: str, many: bool) -> None:
         counts = [0] * len(elem.slices)
@@ -508,7 +580,7 @@ class ProfileWalk:
         codings = [c for c in codings if isinstance(c[1], str)]
         if not codings:
             return
-        expansion = expand(self.plans.defs, url)
+        expansion = self.plans.expansion(url)
         if expansion is None:
             self._issue(
                 "validation.binding",

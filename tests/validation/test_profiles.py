@@ -196,3 +196,17 @@ def test_invariant_guards_and_skips() -> None:
     html = compile_invariant({"key": "x-1", "expression": "div.htmlChecks()"}, "Narrative")
     assert html == "uses htmlChecks(), which fhirpathpy lacks"
     assert "ele-1" in skipped() and "dom-3" in skipped()
+
+
+def test_bundle_invariants_evaluated_natively() -> None:
+    """bdl-3 and bdl-7 (see invariants.yaml): a transaction entry without its request; a
+    fullUrl twice."""
+    bundle = _bundle()
+    assert Validator().check_bundle(copy.deepcopy(bundle)) == []
+    del bundle["entry"][1]["request"]
+    bundle["entry"][2]["fullUrl"] = bundle["entry"][3]["fullUrl"]
+    found = {
+        (i.code, i.location, i.message.split(":")[0]) for i in Validator().validate_bundle(bundle)
+    }
+    assert ("validation.invariant", "Bundle", "constraint bdl-3 not met") in found
+    assert ("validation.invariant", "Bundle", "constraint bdl-7 not met") in found

@@ -55,6 +55,7 @@ __all__ = [
 _FAILING = ("error", "fatal")  # severities that fail a record; warnings travel beside it
 _MAX_SKELETONS = 50_000  # a few KB each at most; a mapping makes a handful per type
 _MAX_CLEAN = 20_000  # reference data (staff, organisations) of a region fits
+_PROBE = 64
 _REFERENCE = re.compile(rb'"reference":"([^"\\]*)"')  # an escaped one does not match
 
 
@@ -274,6 +275,7 @@ class Validator:
         self._skeletons = _Skeletons()
         self._profiles = ProfileValidator()
         self._clean: set[tuple[Any, ...]] = set()  # valid resources by content (see below)
+        self._memo_stats: dict[str, list[int]] = {}
         self._urls: dict[str, str] | None = None  # fullUrl → resourceType, in a Bundle
 
     def validate_resource(
@@ -309,8 +311,14 @@ class Validator:
         # Reference data (organisations, staff) recurs in every message as new dicts of the
         # same content: a valid one's verdict is a function of its content and of what its
         # references resolve to in the Bundle, so it is remembered by those.
-        memo = self._content_key(resource, profile, errors_only)
+        # A type whose resources are new in every message (the patient, the order) stops
+        # being looked up after a while; it is tried again now and then.
+        stats = self._memo_stats.setdefault(str(rtype), [0, 0])  # [tries, hits]
+        worth = stats[0] < _PROBE or stats[1] * 8 >= stats[0] or stats[0] % _PROBE == 0
+        stats[0] += 1
+        memo = self._content_key(resource, profile, errors_only) if worth else None
         if memo is not None and memo[0] in self._clean:
+            stats[1] += 1
             self._skeletons.walker.references.extend(memo[1])
             return []
         issues, skeleton = self._skeletons.validate(model, resource, where)

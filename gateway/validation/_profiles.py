@@ -566,6 +566,9 @@ class ProfileWalk:
         assert elem.binding is not None
         strength, url = elem.binding
         if type_name == "code" and isinstance(item, str):
+            known = self.plans.expansion(url)
+            if known is not None and item in known.codes:
+                return  # the common case, at once
             codings: list[tuple[str | None, Any, str]] = [(None, item, loc)]
         elif type_name == "Coding" and isinstance(item, dict):
             codings = [(item.get("system"), item.get("code"), loc)]

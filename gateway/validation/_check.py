@@ -56,6 +56,7 @@ class ProfileValidator:
         skeleton: Any,
         urls: dict[str, str] | None,
         errors_only: bool = False,
+        nested: bool = True,
     ) -> list[Issue]:
         plan = self.plan_for(resource, profile)
         if plan is None:
@@ -71,6 +72,7 @@ class ProfileValidator:
         key = (id(plan), errors_only, skeleton) if skeleton is not None else None
         values_only = key is not None and key in self._known
         walk = ProfileWalk(plans(), resource, values_only, urls, errors_only)
+        walk.nested = nested
         rtype = str(resource.get("resourceType"))
         if values_only:
             assert key is not None

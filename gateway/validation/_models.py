@@ -299,7 +299,11 @@ class Validator:
         prefix: str | None,
         profile: str | None,
         errors_only: bool,
+        whole: dict[str, Any] | None = None,
     ) -> list[Issue]:
+        """Structure of ``resource``, then its profile; ``whole``: the Bundle whose shell
+        ``resource`` is, which the profile sees with its entries' resources (slices by
+        resource type) but without walking them (they are validated one by one)."""
         rtype = resource.get("resourceType")
         where = prefix or str(rtype)
         try:
@@ -316,6 +320,7 @@ class Validator:
         stats = self._memo_stats.setdefault(str(rtype), [0, 0])  # [tries, hits]
         worth = stats[0] < _PROBE or stats[1] * 8 >= stats[0] or stats[0] % _PROBE == 0
         stats[0] += 1
+        worth = worth and whole is None  # a shell's verdict depends on its entries too
         memo = self._content_key(resource, profile, errors_only) if worth else None
         if memo is not None and memo[0] in self._clean:
             stats[1] += 1
@@ -325,7 +330,13 @@ class Validator:
         if issues:
             return issues  # the profile walk assumes a structurally valid resource
         issues = self._profiles.validate(
-            resource, where, profile, skeleton, self._urls, errors_only
+            whole if whole is not None else resource,
+            where,
+            profile,
+            skeleton,
+            self._urls,
+            errors_only,
+            nested=whole is None,
         )
         if memo is not None and not issues:
             if len(self._clean) >= _MAX_CLEAN:
@@ -391,7 +402,7 @@ class Validator:
             and isinstance(e.get("resource"), dict)
         }
         try:
-            issues = self._resource_issues(shell, "Bundle", None, not all_issues)
+            issues = self._resource_issues(shell, "Bundle", None, not all_issues, bundle)
             if not any(i.code == "validation.structure" for i in issues):
                 issues = _bundle_invariants(bundle, entries) + issues
             for n, entry in enumerate(entries):

@@ -41,7 +41,7 @@ class Slice:
     name: str
     elem: Elem
     # (path, value, pattern?) that an item must carry; ("$type", name, False) for type
-    match: list[tuple[str, Any, bool]]
+    match: list[tuple[str, Any, bool]] | None  # None: not evaluable (see _slice_match)
 
 
 @dataclass(slots=True, eq=False)
@@ -200,16 +200,25 @@ class Plans:
 
     def _slice_match(
         self, elem: Elem, discriminators: list[dict[str, Any]], by_id: dict[str, Elem]
-    ) -> list[tuple[str, Any, bool]]:
+    ) -> list[tuple[str, Any, bool]] | None:
+        """What an item must carry to be in the slice; None when a discriminator is one the
+        validator does not evaluate (profile, exists, resolve()): the slicing is then not
+        checked, rather than every item said to match no slice."""
         out: list[tuple[str, Any, bool]] = []
         for disc in discriminators:
             kind, path = disc.get("type"), str(disc.get("path", "$this"))
-            if kind == "type":
-                out.append(("$type", elem.types[0] if elem.types else "", False))
-                continue
-            if kind not in ("value", "pattern"):
-                continue
             target = elem if path == "$this" else by_id.get(elem.id + "." + path)
+            if kind == "type" and "(" not in path:
+                if target is None or not target.types:
+                    return None
+                wanted = target.types[0]
+                if target.profile is not None:  # a profiled resource: its type
+                    found = self.defs.structure(target.profile)
+                    wanted = str(found["type"]) if found else wanted
+                out.append(("$type" if path == "$this" else f"$type:{path}", wanted, False))
+                continue
+            if kind not in ("value", "pattern") or "(" in path:
+                return None
             if target is not None and target.fixed is not None:
                 out.append((path, target.fixed[1], target.fixed[0] == "pattern"))
             elif path == "url" and elem.types == ("Extension",):
@@ -218,8 +227,11 @@ class Plans:
                     out.append(("url", profile, False))
             elif elem.fixed is not None and path != "$this":  # pattern on the slice itself
                 value = _at(elem.fixed[1], path)
-                if value is not None:
-                    out.append((path, value, True))
+                if value is None:
+                    return None
+                out.append((path, value, True))
+            else:
+                return None
         return out
 
     def _extension_url(self, elem: Elem) -> str | None:
@@ -297,14 +309,15 @@ def _contains(value: Any, pattern: Any) -> bool:
     return bool(value == pattern)
 
 
-def _matches(item: Any, match: list[tuple[str, Any, bool]], type_name: str) -> bool:
+def _matches(item: Any, match: list[tuple[str, Any, bool]] | None, type_name: str) -> bool:
     if not match:
         return False
     for path, want, pattern in match:
-        if path == "$type":
+        if path.startswith("$type"):
+            inner = item if path == "$type" else _at(item, path.split(":", 1)[1])
             got = (
-                item.get("resourceType")
-                if isinstance(item, dict) and "resourceType" in item
+                inner.get("resourceType")
+                if isinstance(inner, dict) and "resourceType" in inner
                 else type_name
             )
             if got != want:
@@ -365,6 +378,7 @@ class ProfileWalk:
     __slots__ = (
         "errors_only",
         "issues",
+        "nested",
         "path",
         "plans",
         "resource",
@@ -395,6 +409,7 @@ class ProfileWalk:
         self.sites: dict[tuple[str, ...], dict[tuple[str, int], tuple[str, Elem, str]]] | None
         self.sites = None
         self.path: list[str] = []
+        self.nested = True  # walk resources inside (contained); not a Bundle's entries
 
     def program(self) -> Program:
         assert self.sites is not None
@@ -488,6 +503,8 @@ class ProfileWalk:
         if not isinstance(item, dict):
             return
         if elem.children is None and "resourceType" in item:  # Bundle.entry.resource, contained
+            if not self.nested:
+                return  # a Bundle's entries are validated one by one
             root = self.plans.plan(str(item["resourceType"]))
             children = root.children if root else None
         else:
@@ -533,6 +550,8 @@ class ProfileWalk:
                     self.structural.append(self.issues[-1])
 
     def _slicing(self, elem: Elem, items: list[Any], type_name: str, loc: str, many: bool) -> None:
+        if any(sl.match is None for sl in elem.slices):
+            return  # a discriminator not evaluated here: no verdict rather than a false one
         counts = [0] * len(elem.slices)
         for n, item in enumerate(items):
             hit = next(

@@ -62,8 +62,10 @@ def _errors(plans: Plans, url: str, resource: dict[str, Any]) -> list[tuple[str,
 
 def _sample(plans: Plans, url: str, rtype: str) -> dict[str, Any]:
     for _, bundle in golden_bundles():
-        for entry in bundle.get("entry", []):
-            resource = entry.get("resource") or {}
+        found = (
+            [bundle] if rtype == "Bundle" else [e.get("resource") or {} for e in bundle["entry"]]
+        )
+        for resource in found:
             if resource.get("resourceType") == rtype and not _errors(plans, url, resource):
                 return copy.deepcopy(resource)
     pytest.fail(f"no golden or example {rtype} conforms to {url}: nothing to mutate")

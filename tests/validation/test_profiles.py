@@ -210,3 +210,39 @@ def test_bundle_invariants_evaluated_natively() -> None:
     }
     assert ("validation.invariant", "Bundle", "constraint bdl-3 not met") in found
     assert ("validation.invariant", "Bundle", "constraint bdl-7 not met") in found
+
+
+def test_every_unusable_core_invariant_is_listed_with_its_reason() -> None:
+    """invariants.yaml names every base R4 invariant the validator does not evaluate."""
+    from gateway.validation._definitions import definitions
+
+    unlisted = []
+    for sd in definitions().by_url.values():
+        if sd.get("resourceType") != "StructureDefinition" or "snapshot" not in sd:
+            continue
+        if sd.get("derivation") != "specialization":
+            continue
+        for element in sd["snapshot"]["element"]:
+            for constraint in element.get("constraint") or []:
+                compiled = compile_invariant(constraint, str(sd["type"]))
+                if isinstance(compiled, str) and constraint["key"] not in skipped():
+                    unlisted.append(f"{constraint['key']}: {compiled}")
+    assert not unlisted, sorted(set(unlisted))
+
+
+def test_bundle_profile_slices_entries_by_resource_type(test_plans: Plans) -> None:
+    """A Bundle profile sees its entries' resource types (their contents are validated
+    one by one): one ServiceRequest entry required."""
+    url = "https://fhir-gateway.example.org/test/StructureDefinition/test-order-bundle"
+    bundle = _bundle()
+    n, _ = _entry(bundle, "ServiceRequest")
+    assert _bundle_errors(url, copy.deepcopy(bundle)) == []
+    del bundle["entry"][n]
+    assert _bundle_errors(url, bundle) == [("validation.slicing", "Bundle.entry")]
+
+
+def _bundle_errors(url: str, bundle: dict[str, Any]) -> list[tuple[str, str | None]]:
+    from gateway.validation._check import ProfileValidator
+
+    issues = ProfileValidator().validate(bundle, "Bundle", url, None, None, True, nested=False)
+    return [(i.code, i.location) for i in issues]

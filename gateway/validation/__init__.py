@@ -1,4 +1,6 @@
-"""Validation stage: structure (fhir.resources R4B models) and Bundle reference integrity."""
+"""Validation stage: structure (fhir.resources R4B models), the profiles (StructureDefinition
+snapshots: cardinality, fixed/pattern, slicing, bindings, FHIRPath invariants, reference
+types) and Bundle reference integrity."""
 
 from ._models import (
     Validator,

@@ -34,12 +34,14 @@ import typing
 from functools import cache
 from typing import Any
 
+import orjson
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import TypeAdapter
 from pydantic import ValidationError as PydanticError
 
 from ..errors import Issue, shape
 from ..shared import FrozenDict, FrozenList
+from ._check import ProfileValidator
 
 __all__ = [
     "Validator",
@@ -50,7 +52,11 @@ __all__ = [
     "validate_resource",
 ]
 
+_FAILING = ("error", "fatal")  # severities that fail a record; warnings travel beside it
 _MAX_SKELETONS = 50_000  # a few KB each at most; a mapping makes a handful per type
+_MAX_CLEAN = 20_000  # reference data (staff, organisations) of a region fits
+_PROBE = 64
+_REFERENCE = re.compile(rb'"reference":"([^"\\]*)"')  # an escaped one does not match
 
 
 def _location(prefix: str, loc: tuple[Any, ...]) -> str:
@@ -197,18 +203,65 @@ class _Skeletons:
         self.walker = _Walker()
         self.complete = True  # every resource since reset was walked to the end
 
-    def validate(self, model: Any, data: dict[str, Any], prefix: str) -> list[Issue]:
+    def validate(self, model: Any, data: dict[str, Any], prefix: str) -> tuple[list[Issue], Any]:
+        """The model's issues, and the resource's skeleton (None when unknown)."""
         try:
             key = (model, self.walker.skeleton(model, data))
         except (_Invalid, KeyError):
             key = None
             self.complete = False
         if key is not None and key in self._known:
-            return []
+            return [], key
         issues = _model_issues(model, data, prefix)
         if not issues and key is not None and len(self._known) < _MAX_SKELETONS:
             self._known.add(key)
-        return issues
+        return issues, key if not issues else None
+
+
+_REQUESTED = ("batch", "transaction", "history")  # bdl-3: entries carry a request
+_RESPONDED = ("batch-response", "transaction-response", "history")  # bdl-4: a response
+
+
+def _bundle_invariants(bundle: dict[str, Any], entries: list[Any]) -> list[Issue]:
+    """Invariants bdl-3, bdl-4 and bdl-7, natively (see invariants.yaml)."""
+    out = []
+    kind = bundle.get("type")
+    for key, name, kinds in (("bdl-3", "request", _REQUESTED), ("bdl-4", "response", _RESPONDED)):
+        wanted = kind in kinds
+        if any(isinstance(e, dict) and (name in e) != wanted for e in entries):
+            out.append(
+                Issue(
+                    "validation.invariant",
+                    f"constraint {key} not met: entry.{name} mandatory for {'/'.join(kinds)}, "
+                    "otherwise prohibited",
+                    location="Bundle",
+                )
+            )
+    return out + _bdl7(bundle, entries)
+
+
+def _bdl7(bundle: dict[str, Any], entries: list[Any]) -> list[Issue]:
+    """Invariant bdl-7: fullUrl + versionId unique."""
+    if bundle.get("type") == "history":
+        return []
+    seen: set[tuple[str, Any]] = set()
+    for entry in entries:
+        if not isinstance(entry, dict) or not isinstance(entry.get("fullUrl"), str):
+            continue
+        resource = entry.get("resource")
+        meta = resource.get("meta") if isinstance(resource, dict) else None
+        key = (entry["fullUrl"], meta.get("versionId") if isinstance(meta, dict) else None)
+        if key in seen:
+            return [
+                Issue(
+                    "validation.invariant",
+                    "constraint bdl-7 not met: FullUrl must be unique in a bundle, or else "
+                    "entries with the same fullUrl must have different meta.versionId",
+                    location="Bundle",
+                )
+            ]
+        seen.add(key)
+    return []
 
 
 class Validator:
@@ -220,9 +273,37 @@ class Validator:
 
     def __init__(self) -> None:
         self._skeletons = _Skeletons()
+        self._profiles = ProfileValidator()
+        self._clean: set[tuple[Any, ...]] = set()  # valid resources by content (see below)
+        self._memo_stats: dict[str, list[int]] = {}
+        self._urls: dict[str, str] | None = None  # fullUrl → resourceType, in a Bundle
 
-    def validate_resource(self, resource: dict[str, Any], prefix: str | None = None) -> list[Issue]:
-        """Issues the R4B model would raise for ``resource``; [] when it is valid."""
+    def validate_resource(
+        self,
+        resource: dict[str, Any],
+        prefix: str | None = None,
+        *,
+        profile: str | None = None,
+        all_issues: bool = False,
+    ) -> list[Issue]:
+        """Errors in ``resource``: the R4B model's (structure) and the profile's; [] when
+        valid. ``profile`` is a canonical URL; None means the profile the resource declares
+        in ``meta.profile``, else the gateway's profile for its type, else the base R4
+        definition. ``all_issues`` adds the warnings and information issues ($validate)."""
+        found = self._resource_issues(resource, prefix, profile, not all_issues)
+        return found if all_issues else [i for i in found if i.severity in _FAILING]
+
+    def _resource_issues(
+        self,
+        resource: dict[str, Any],
+        prefix: str | None,
+        profile: str | None,
+        errors_only: bool,
+        whole: dict[str, Any] | None = None,
+    ) -> list[Issue]:
+        """Structure of ``resource``, then its profile; ``whole``: the Bundle whose shell
+        ``resource`` is, which the profile sees with its entries' resources (slices by
+        resource type) but without walking them (they are validated one by one)."""
         rtype = resource.get("resourceType")
         where = prefix or str(rtype)
         try:
@@ -231,7 +312,53 @@ class Validator:
             return [
                 Issue("validation.structure", f"unknown resourceType {rtype!r}", location=where)
             ]
-        return self._skeletons.validate(model, resource, where)
+        # Reference data (organisations, staff) recurs in every message as new dicts of the
+        # same content: a valid one's verdict is a function of its content and of what its
+        # references resolve to in the Bundle, so it is remembered by those.
+        # A type whose resources are new in every message (the patient, the order) stops
+        # being looked up after a while; it is tried again now and then.
+        stats = self._memo_stats.setdefault(str(rtype), [0, 0])  # [tries, hits]
+        worth = stats[0] < _PROBE or stats[1] * 8 >= stats[0] or stats[0] % _PROBE == 0
+        stats[0] += 1
+        worth = worth and whole is None  # a shell's verdict depends on its entries too
+        memo = self._content_key(resource, profile, errors_only) if worth else None
+        if memo is not None and memo[0] in self._clean:
+            stats[1] += 1
+            self._skeletons.walker.references.extend(memo[1])
+            return []
+        issues, skeleton = self._skeletons.validate(model, resource, where)
+        if issues:
+            return issues  # the profile walk assumes a structurally valid resource
+        issues = self._profiles.validate(
+            whole if whole is not None else resource,
+            where,
+            profile,
+            skeleton,
+            self._urls,
+            errors_only,
+            nested=whole is None,
+        )
+        if memo is not None and not issues:
+            if len(self._clean) >= _MAX_CLEAN:
+                self._clean.clear()
+            self._clean.add(memo[0])
+        return issues
+
+    def _content_key(
+        self, resource: dict[str, Any], profile: str | None, errors_only: bool
+    ) -> tuple[tuple[Any, ...], list[str]] | None:
+        """The key of a resource's verdict by content, and its references; None when its
+        JSON cannot be made or a reference in it is escaped (not the string itself)."""
+        try:
+            content = orjson.dumps(resource)
+        except TypeError:
+            return None
+        raw = _REFERENCE.findall(content)
+        if len(raw) != content.count(b'"reference":'):  # one is escaped, or not a string
+            return None
+        refs = [ref.decode() for ref in raw]
+        urls = self._urls or {}
+        return (profile, errors_only, content, tuple(urls.get(r) for r in refs)), refs
 
     def check_bundle(self, bundle: dict[str, Any], validate: bool = True) -> list[Issue]:
         """Reference integrity, and the R4B models' verdict when ``validate``.
@@ -252,8 +379,9 @@ class Validator:
             issues += check_references(bundle)
         return issues
 
-    def validate_bundle(self, bundle: dict[str, Any]) -> list[Issue]:
-        """Issues found by parsing ``bundle`` with the R4B models; [] when valid.
+    def validate_bundle(self, bundle: dict[str, Any], *, all_issues: bool = False) -> list[Issue]:
+        """Errors found in ``bundle`` by the R4B models and the profiles; [] when valid
+        (``all_issues``: with the warnings and information issues).
 
         The Bundle's own elements and each entry's resource are checked separately, so a
         new mix of entries never forces a full re-validation of resources already known.
@@ -265,12 +393,26 @@ class Validator:
                 {k: v for k, v in e.items() if k != "resource"} if isinstance(e, dict) else e
                 for e in entries
             ]
-        issues = self.validate_resource(shell, "Bundle")
-        for n, entry in enumerate(entries if isinstance(entries, list) else []):
-            resource = entry.get("resource") if isinstance(entry, dict) else None
-            if isinstance(resource, dict):
-                issues += self.validate_resource(resource, f"Bundle.entry[{n}].resource")
-        return issues
+        entries = entries if isinstance(entries, list) else []
+        self._urls = {
+            e["fullUrl"]: str(e["resource"].get("resourceType"))
+            for e in entries
+            if isinstance(e, dict)
+            and isinstance(e.get("fullUrl"), str)
+            and isinstance(e.get("resource"), dict)
+        }
+        try:
+            issues = self._resource_issues(shell, "Bundle", None, not all_issues, bundle)
+            if not any(i.code == "validation.structure" for i in issues):
+                issues = _bundle_invariants(bundle, entries) + issues
+            for n, entry in enumerate(entries):
+                resource = entry.get("resource") if isinstance(entry, dict) else None
+                if isinstance(resource, dict):
+                    where = f"Bundle.entry[{n}].resource"
+                    issues += self._resource_issues(resource, where, None, not all_issues)
+        finally:
+            self._urls = None
+        return issues if all_issues else [i for i in issues if i.severity in _FAILING]
 
     def check_references(self, bundle: dict[str, Any]) -> list[Issue]:
         return check_references(bundle)
@@ -286,9 +428,15 @@ def _default() -> Validator:
     return _DEFAULT
 
 
-def validate_resource(resource: dict[str, Any], prefix: str | None = None) -> list[Issue]:
+def validate_resource(
+    resource: dict[str, Any],
+    prefix: str | None = None,
+    *,
+    profile: str | None = None,
+    all_issues: bool = False,
+) -> list[Issue]:
     """:meth:`Validator.validate_resource` of the default validator."""
-    return _default().validate_resource(resource, prefix)
+    return _default().validate_resource(resource, prefix, profile=profile, all_issues=all_issues)
 
 
 def check_bundle(bundle: dict[str, Any], validate: bool = True) -> list[Issue]:
@@ -296,9 +444,9 @@ def check_bundle(bundle: dict[str, Any], validate: bool = True) -> list[Issue]:
     return _default().check_bundle(bundle, validate)
 
 
-def validate_bundle(bundle: dict[str, Any]) -> list[Issue]:
+def validate_bundle(bundle: dict[str, Any], *, all_issues: bool = False) -> list[Issue]:
     """:meth:`Validator.validate_bundle` of the default validator."""
-    return _default().validate_bundle(bundle)
+    return _default().validate_bundle(bundle, all_issues=all_issues)
 
 
 def reference_values(node: Any, out: list[str]) -> None:

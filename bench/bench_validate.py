@@ -1,0 +1,216 @@
+"""Validation benchmark: the gateway's validator (structure + profile) per profile, in
+resources per second, beside the bare ``fhir.resources`` parse of the same JSON.
+
+For every profile the pipeline applies (the gateway's profile for a resource type where
+profiles/ has one, else the base R4 definition), the resources of that profile found in
+the golden outputs and examples are validated with ``Validator.validate_resource`` as the
+pipeline does (a warm validator: their skeletons are known, as in a feed), and parsed
+with the R4B model's ``model_validate_json`` (the bare parse a validating reader does at
+least). Every pyperf value works on never-seen variants (ids, identifier values, names,
+dates changed), so that no content-keyed cache answers from an earlier pass.
+
+Run from the repository root (the venv has the ``bench`` extras)::
+
+    .venv/bin/python bench/bench_validate.py [--out bench/RESULTS.md | -] [pyperf options]
+
+``--out FILE`` replaces the validation section of FILE (between its markers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import itertools
+import json
+import os
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import _results  # bench/_results.py (this script's folder is on sys.path)
+import orjson
+import pyperf  # type: ignore[import-untyped]
+from fhir.resources.R4B import get_fhir_model_class
+
+from gateway.validation import Validator
+from gateway.validation._check import ProfileValidator
+from gateway.validation._definitions import core_package_path
+
+REPO = _results.REPO
+BEGIN = "<!-- validation benchmark: begin (written by bench/bench_validate.py) -->"
+END = "<!-- validation benchmark: end -->"
+_COUNTER = itertools.count(1)
+
+
+def samples() -> dict[str, list[dict[str, Any]]]:
+    """Profile URL → the resources of the goldens and examples it applies to."""
+    chooser = ProfileValidator()
+    out: dict[str, list[dict[str, Any]]] = {}
+    files = sorted(REPO.glob("tests/golden/**/*.expected.json"))
+    files += sorted(REPO.glob("examples/**/bundles/*.json"))
+    for path in files:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        for bundle in data if isinstance(data, list) else [data]:
+            if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+                continue
+            for entry in bundle.get("entry", []):
+                resource = entry.get("resource")
+                if not isinstance(resource, dict):
+                    continue
+                plan = chooser.plan_for(resource, None)
+                if plan is None:
+                    continue
+                url = _url_of(resource)
+                out.setdefault(url, []).append(resource)
+    return dict(sorted(out.items()))
+
+
+def _url_of(resource: dict[str, Any]) -> str:
+    gateway = ProfileValidator()
+    gateway.plan_for(resource, None)  # loads the gateway's profiles
+    found = (gateway._gateway or {}).get(str(resource["resourceType"]))
+    return found or f"http://hl7.org/fhir/StructureDefinition/{resource['resourceType']}"
+
+
+def _freshen(node: Any, k: int) -> Any:
+    """A never-seen variant: ids, identifier values, names, texts and dates changed."""
+    if isinstance(node, list):
+        return [_freshen(v, k) for v in node]
+    if not isinstance(node, dict):
+        return node
+    out = {}
+    for key, value in node.items():
+        if key in ("id", "value", "family", "text") and isinstance(value, str):
+            out[key] = f"{value}{k}" if key != "id" else f"{value[:40]}-{k}"
+        elif key in ("birthDate", "authoredOn", "issued", "started") and isinstance(value, str):
+            out[key] = f"{1950 + k % 60}{value[4:]}"
+        else:
+            out[key] = _freshen(value, k)
+    return out
+
+
+def _validate_work(resources: list[dict[str, Any]]) -> Callable[[int], _results.Work]:
+    validator = Validator()
+    for resource in resources:  # warm: the skeletons are known, as in a running feed
+        assert validator.validate_resource(copy.deepcopy(resource)) == [], "invalid sample"
+
+    def prepare(loops: int) -> _results.Work:
+        batch = [_freshen(r, next(_COUNTER)) for _ in range(loops) for r in resources]
+
+        def run() -> None:
+            for r in batch:
+                validator.validate_resource(r)
+
+        return run
+
+    return prepare
+
+
+def _parse_work(resources: list[dict[str, Any]]) -> Callable[[int], _results.Work]:
+    models = [get_fhir_model_class(str(r["resourceType"])) for r in resources]
+
+    def prepare(loops: int) -> _results.Work:
+        batch = [
+            (m, orjson.dumps(_freshen(r, next(_COUNTER))))
+            for _ in range(loops)
+            for m, r in zip(models, resources, strict=True)
+        ]
+
+        def run() -> None:
+            for model, data in batch:
+                model.model_validate_json(data)
+
+        return run
+
+    return prepare
+
+
+def _short(url: str) -> str:
+    return url.rsplit("/", 1)[-1] + ("" if "hl7.org/fhir" not in url else " (base R4)")
+
+
+def render(rows: list[tuple[str, int, pyperf.Benchmark, pyperf.Benchmark]], args: Any) -> str:
+    lines = [
+        BEGIN,
+        "",
+        "## Validation benchmark: profile validation beside the bare fhir.resources parse",
+        "",
+        f"Recorded {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by `bench/bench_validate.py`; "
+        "reproduce with `make bench-validate`. Gateway commit "
+        f"{_results.commit()}; load average {' '.join(f'{x:.1f}' for x in os.getloadavg())} "
+        "at the end (a shared 2-core VM: expect tens of per cent of drift).",
+        "",
+        "Per profile the pipeline applies, the golden and example resources of that profile "
+        "(never-seen variants every value: ids, identifier values, names, dates changed) are "
+        "validated by a warm `Validator.validate_resource` (structure with the R4B models + "
+        "the profile: cardinality, fixed/pattern, slicing, required bindings, invariants, "
+        "reference types; their skeletons known, as in a feed), and parsed by the R4B "
+        "model's `model_validate_json` of the same JSON. Ratio = validation rate ÷ parse "
+        "rate, same run.",
+        "",
+        _results.method(args, "resources"),
+        "",
+        "| profile | resources | validate: resources/s | parse: resources/s | ratio |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for url, n, valid, parse in rows:
+        v, p = 1 / float(valid.median()), 1 / float(parse.median())
+        lines.append(
+            f"| `{_short(url)}` | {n} | **{_results.rate(v)}** | {_results.rate(p)} | "
+            f"**{v / p:.2f}** |"
+        )
+    lines += ["", END, ""]
+    return "\n".join(lines)
+
+
+def write(path: Path, text: str) -> None:
+    old = path.read_text(encoding="utf-8") if path.exists() else ""
+    if BEGIN in old and END in old:
+        head, rest = old.split(BEGIN, 1)
+        new = head + text.rstrip("\n") + rest.split(END, 1)[1]
+    else:
+        new = old.rstrip("\n") + "\n\n" + text
+    path.write_text(new, encoding="utf-8")
+
+
+def main() -> int:
+    def forward(args: argparse.Namespace) -> list[str]:
+        return ["--clock", args.clock]
+
+    runner = _results.runner(3, 3, forward)
+    _results.add_clock_option(runner.argparser)
+    runner.argparser.add_argument("--out", default="-", help="RESULTS.md to update, or -")
+    args = runner.parse_args()
+    if core_package_path() is None:
+        print("hl7.fhir.r4.core is not installed (make test installs it)", file=sys.stderr)
+        return 1
+    rows = []
+    for url, resources in samples().items():
+        name = _short(url).split(" ")[0]
+        valid = runner.bench_time_func(
+            f"validate {name}",
+            _results.time_func(args.clock, _validate_work(resources)),
+            inner_loops=len(resources),
+        )
+        parse = runner.bench_time_func(
+            f"parse {name}",
+            _results.time_func(args.clock, _parse_work(resources)),
+            inner_loops=len(resources),
+        )
+        if valid is not None and parse is not None:
+            rows.append((url, len(resources), valid, parse))
+    if args.worker or not rows:
+        return 0
+    text = render(rows, args)
+    if args.out == "-":
+        print(text)
+    else:
+        write(Path(args.out), text)
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

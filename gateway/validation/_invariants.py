@@ -1,0 +1,256 @@
+"""FHIRPath invariants (``ElementDefinition.constraint``), compiled once with fhirpathpy.
+
+fhirpathpy is slow per call (tens of µs even for small nodes), so an invariant runs only
+when its outcome can differ:
+
+* **existence-only** expressions (paths, ``exists()``, ``empty()``, ``not()``, boolean
+  operators; no literal, comparison or variable) depend on which elements are present,
+  never on their values: the profile validator evaluates them on the first resource of
+  each skeleton and remembers the verdict with the skeleton;
+* the others run per value, behind a **guard** read from the expression when it has one
+  (``X.empty() or …``, ``X.startsWith('#').not() or …``, ``P = 'lit' implies …``): when
+  the guard holds for the node, the invariant holds without calling fhirpathpy.
+
+Invariants fhirpathpy cannot evaluate (a function it lacks) or that the structural check
+already enforces are skipped; ``invariants.yaml`` lists them with the reason.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import fhirpathpy
+import yaml
+from fhirpathpy.engine.invocations import invocation_registry
+from fhirpathpy.engine.nodes import ResourceNode
+from fhirpathpy.models import models
+
+__all__ = ["Invariant", "compile_invariant", "skipped"]
+
+_FUNCTION = re.compile(r"([A-Za-z_]\w*)\s*\(")
+_EXISTENCE_FUNCTIONS = {"exists", "empty", "not"}
+_OPERATORS = {
+    "as",
+    "is",
+    "in",
+    "and",
+    "or",
+    "implies",
+    "xor",
+}  # words before "(" that are not calls
+_NAME = r"[A-Za-z_][\w.]*"
+_GUARD_EMPTY = re.compile(rf"\(?({_NAME})\.empty\(\)\)?\Z")
+_GUARD_NOT_EXISTS = re.compile(rf"\(?({_NAME})\.exists\(\)\.not\(\)\)?\Z")
+_GUARD_NO_VALUE = re.compile(rf"\(?({_NAME})\.hasValue\(\)\.not\(\)\)?\Z")
+_GUARD_NOT_CONTAINS = re.compile(rf"\(?({_NAME})\.contains\('([^']*)'\)\.not\(\)\)?\Z")
+_WHERE_EMPTY = re.compile(r"where\((\w+) = '([^']*)'\)\.empty\(\)\Z")
+_GUARD_PREFIX = re.compile(rf"\(?({_NAME})\.startsWith\('([^']*)'\)\.not\(\)\)?\Z")
+_IMPLIES = re.compile(rf"\(?\s*({_NAME})\s*=\s*'([^']*)'\s*\)?\s+implies\s")
+
+
+@cache
+def skipped() -> dict[str, str]:
+    """Invariant key → why it is not evaluated (``invariants.yaml``)."""
+    raw = yaml.safe_load(Path(__file__).with_name("invariants.yaml").read_text(encoding="utf-8"))
+    return {str(k): str(v) for k, v in (raw.get("skip") or {}).items()}
+
+
+def _split_or(expression: str) -> list[str]:
+    """The top-level ``or`` operands (outside parentheses and quotes)."""
+    parts, depth, quoted, start = [], 0, False, 0
+    i = 0
+    while i < len(expression):
+        ch = expression[i]
+        if ch == "'":
+            quoted = not quoted
+        elif not quoted and ch in "([":
+            depth += 1
+        elif not quoted and ch in ")]":
+            depth -= 1
+        elif not quoted and depth == 0 and expression.startswith(" or ", i):
+            parts.append(expression[start:i].strip())
+            start = i + 4
+            i += 3
+        i += 1
+    parts.append(expression[start:].strip())
+    return parts
+
+
+def _get(node: Any, path: str) -> list[Any]:
+    values = [node]
+    for name in path.split("."):
+        nxt: list[Any] = []
+        for v in values:
+            got = v.get(name) if isinstance(v, dict) else None
+            if isinstance(got, list):
+                nxt += got
+            elif got is not None:
+                nxt.append(got)
+        values = nxt
+    return values
+
+
+Guard = Callable[[Any], bool]
+
+
+def _absent(name: str) -> Guard:
+    return lambda node: not _get(node, name)
+
+
+def _no_string(name: str, test: Callable[[str], bool]) -> Guard:
+    return lambda node: not any(isinstance(v, str) and test(v) for v in _get(node, name))
+
+
+def _holding(text: str) -> Callable[[str], bool]:
+    return lambda value: text in value
+
+
+def _starting(prefix: str) -> Callable[[str], bool]:
+    return lambda value: value.startswith(prefix)
+
+
+def _differs(name: str, literal: str) -> Guard:
+    return lambda node: _get(node, name) != [literal]
+
+
+def _guard(expression: str) -> Guard | None:
+    """A cheap test that, when true for a node, makes the invariant true."""
+    if implied := _IMPLIES.match(expression):
+        return _differs(*implied.groups())
+    if where := _WHERE_EMPTY.match(expression):  # on a list item: its own element
+        return _differs(*where.groups())
+    tests: list[Guard] = []
+    for part in _split_or(expression):
+        if m := (
+            _GUARD_EMPTY.match(part) or _GUARD_NOT_EXISTS.match(part) or _GUARD_NO_VALUE.match(part)
+        ):
+            tests.append(_absent(m.group(1)))
+        elif m := _GUARD_NOT_CONTAINS.match(part):
+            tests.append(_no_string(m.group(1), _holding(m.group(2))))
+        elif m := _GUARD_PREFIX.match(part):
+            tests.append(_no_string(m.group(1), _starting(m.group(2))))
+    if not tests:
+        return None
+    return lambda node: any(test(node) for test in tests)
+
+
+@dataclass(frozen=True, slots=True)
+class Invariant:
+    key: str
+    severity: str  # error | warning
+    human: str
+    expression: str
+    type_name: str  # the FHIR type of the node it is evaluated on
+    existence_only: bool
+    guard: Guard | None
+    run: Callable[..., list[Any]]
+    names: frozenset[str] | None  # the element names it reads (None: it reads wider)
+
+    def holds(self, node: Any, resource: Any) -> bool:
+        if self.guard is not None and self.guard(node):
+            return True
+        key = None
+        if self.names is not None and (node is resource or "%" not in self.expression):
+            key = (self.key, self.type_name, _project(node, self.names))
+            known = _MEMO.get(key)
+            if known is not None:
+                return known
+        typed = ResourceNode.create_node(node, self.type_name)  # type: ignore[no-untyped-call]
+        result = self.run(typed, {"resource": resource, "rootResource": resource})
+        ok = result == [True] or result == []  # empty: nothing to test (FHIRPath rule)
+        if key is not None:
+            if len(_MEMO) >= _MAX_MEMO:
+                _MEMO.clear()
+            _MEMO[key] = ok
+        return ok
+
+
+# Outcomes of value-dependent invariants by the part of the node they can read (the
+# elements their expression names): a Bundle's entry pattern, an Organization's address
+# uses recur in every message although the resources around them are new.
+_MEMO: dict[tuple[str, str, Any], bool] = {}
+_MAX_MEMO = 100_000
+_CHOICE = re.compile(r"[a-z]+")
+# expressions reading beyond the elements they name: no projection stands for them
+_WIDE = re.compile(r"descendants|children|repeat|resolve|ofType|\$index|\$total|extension\(")
+
+
+def _names(expression: str) -> frozenset[str] | None:
+    if _WIDE.search(expression):
+        return None
+    text = re.sub(r"'[^']*'", "", expression)
+    return frozenset(re.findall(r"[A-Za-z_]\w*", text))
+
+
+def _project(value: Any, names: frozenset[str]) -> Any:
+    """``value`` with only the elements ``names`` may reach, hashable."""
+    if isinstance(value, dict):
+        return tuple(
+            (k, _project(v, names))
+            for k, v in value.items()
+            if k in names or ((m := _CHOICE.match(k)) is not None and m.group() in names)
+        )
+    if isinstance(value, list):
+        return tuple(_project(v, names) for v in value)
+    return value
+
+
+def _has_value(inputs: list[Any]) -> list[bool]:
+    """FHIRPath hasValue(), which fhirpathpy lacks: one primitive with a value."""
+    return [len(inputs) == 1 and inputs[0] is not None and not isinstance(inputs[0], (dict, list))]
+
+
+# Functions the gateway gives fhirpathpy (its userInvocationTable option).
+_OPTIONS = {"userInvocationTable": {"hasValue": {"fn": _has_value, "arity": {0: []}}}}
+
+
+def _why_unusable(expression: str) -> str | None:
+    known = set(invocation_registry) | set(_OPTIONS["userInvocationTable"])
+    missing = sorted({f for f in _FUNCTION.findall(expression) if f not in known} - _OPERATORS)
+    if missing:
+        return "uses " + ", ".join(f + "()" for f in missing) + ", which fhirpathpy lacks"
+    return None
+
+
+_COMPILED: dict[tuple[str, str, str], Invariant | str] = {}
+
+
+def compile_invariant(constraint: dict[str, Any], type_name: str) -> Invariant | str:
+    """The compiled invariant, or the reason it is skipped."""
+    key = str(constraint.get("key"))
+    expression = str(constraint.get("expression") or "")
+    cache_key = (key, expression, type_name)
+    if cache_key in _COMPILED:
+        return _COMPILED[cache_key]
+    out: Invariant | str
+    reason = skipped().get(key) or (_why_unusable(expression) if expression else "no expression")
+    if reason:
+        out = reason
+    else:
+        try:
+            run = fhirpathpy.compile(expression, models["r4"], _OPTIONS)
+        except Exception as exc:  # fhirpathpy raises bare Exceptions for syntax it lacks
+            out = f"fhirpathpy cannot parse it ({type(exc).__name__})"
+        else:
+            functions = set(_FUNCTION.findall(expression))
+            existence = functions <= _EXISTENCE_FUNCTIONS and not re.search(
+                r"['%<>0-9]", expression
+            )
+            out = Invariant(
+                key=key,
+                severity=str(constraint.get("severity", "error")),
+                human=str(constraint.get("human", "")),
+                expression=expression,
+                type_name=type_name,
+                existence_only=existence,
+                guard=None if existence else _guard(expression),
+                run=run,
+                names=None if existence else _names(expression),
+            )
+    _COMPILED[cache_key] = out
+    return out

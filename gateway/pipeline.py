@@ -37,7 +37,7 @@ from .intake.hl7v2 import read_messages
 from .logs import safe_traceback
 from .mapping import Env, MappingSet, Narratives, Terminology
 from .network import Network
-from .validation import Validator
+from .validation import TRANSACTION_PROFILE, Validator
 
 __all__ = [
     "INTERNAL",
@@ -131,7 +131,7 @@ def _map(conv: Converter, record: Record, unit: Unit, trace: bool) -> MappedBund
 
 
 def _validate(conv: Converter, record: Record, bundle: MappedBundle, trace: bool) -> ValidBundle:
-    problems = conv.validator.check_bundle(bundle, conv.settings.validate)
+    problems = conv.validator.check_bundle(bundle, conv.settings.validate, TRANSACTION_PROFILE)
     if problems:
         raise RecordFailed(problems)
     return ValidBundle(bundle)

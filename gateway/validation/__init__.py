@@ -11,7 +11,12 @@ from ._models import (
     validate_resource,
 )
 
+# The profile of the transaction Bundle a conversion makes (profiles/, docs/profiles/);
+# the pipeline holds each Bundle to it. Its resources name theirs in meta.profile.
+TRANSACTION_PROFILE = "https://fhir-gateway.example.org/StructureDefinition/transaction-bundle"
+
 __all__ = [
+    "TRANSACTION_PROFILE",
     "Validator",
     "check_bundle",
     "check_references",

@@ -31,7 +31,6 @@ class ProfileValidator:
         # (plan, mode, skeleton) → its value checks, and the warnings its structure checks
         # gave (with their locations after the prefix)
         self._known: dict[tuple[int, bool, Any], tuple[Program, list[tuple[Issue, str]]]] = {}
-        self._gateway: dict[str, str] | None = None
 
     def plan_for(self, resource: dict[str, Any], profile: str | None) -> Elem | None:
         compiled = plans()
@@ -43,10 +42,9 @@ class ProfileValidator:
                 found = compiled.plan(str(url)) if isinstance(url, str) else None
                 if found is not None:
                     return found
-        if self._gateway is None:
-            self._gateway = compiled.defs.gateway_profiles()
-        rtype = str(resource.get("resourceType"))
-        return compiled.plan(self._gateway.get(rtype, rtype))
+        # A resource is held to a gateway profile only when it claims it (or the caller
+        # asks): another institution's resource, or an official example, is plain R4.
+        return compiled.plan(str(resource.get("resourceType")))
 
     def validate(
         self,

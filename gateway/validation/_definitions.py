@@ -100,22 +100,6 @@ class Definitions:
         found = self.get(url_or_type)
         return found if found and found.get("resourceType") == "StructureDefinition" else None
 
-    def gateway_profiles(self) -> dict[str, str]:
-        """Resource type → URL of the gateway's profile for it, for the types with one
-        profile only: where there are several (referral and imaging ServiceRequests), a
-        resource says which in ``meta.profile``, else it meets the base definition."""
-        found: dict[str, list[str]] = {}
-        for url in sorted(self.local):
-            sd = self.by_url[url]
-            if (
-                sd.get("resourceType") == "StructureDefinition"
-                and sd.get("kind") == "resource"
-                and sd.get("derivation") == "constraint"
-                and "snapshot" in sd
-            ):
-                found.setdefault(str(sd.get("type")), []).append(url)
-        return {rtype: urls[0] for rtype, urls in found.items() if len(urls) == 1}
-
 
 @cache
 def _core() -> dict[str, dict[str, Any]]:

@@ -288,8 +288,8 @@ class Validator:
     ) -> list[Issue]:
         """Errors in ``resource``: the R4B model's (structure) and the profile's; [] when
         valid. ``profile`` is a canonical URL; None means the profile the resource declares
-        in ``meta.profile``, else the gateway's profile for its type, else the base R4
-        definition. ``all_issues`` adds the warnings and information issues ($validate)."""
+        in ``meta.profile``, else the base R4 definition. ``all_issues`` adds the warnings
+        and information issues ($validate)."""
         found = self._resource_issues(resource, prefix, profile, not all_issues)
         return found if all_issues else [i for i in found if i.severity in _FAILING]
 
@@ -360,8 +360,11 @@ class Validator:
         urls = self._urls or {}
         return (profile, errors_only, content, tuple(urls.get(r) for r in refs)), refs
 
-    def check_bundle(self, bundle: dict[str, Any], validate: bool = True) -> list[Issue]:
-        """Reference integrity, and the R4B models' verdict when ``validate``.
+    def check_bundle(
+        self, bundle: dict[str, Any], validate: bool = True, profile: str | None = None
+    ) -> list[Issue]:
+        """Reference integrity, and the R4B models' and profiles' verdict when ``validate``
+        (``profile``: the Bundle's own, else the one it declares, else base R4).
 
         The validating walk collects the references it meets (frozen subtrees without
         references are skipped), so the separate reference walk runs only when that walk
@@ -373,13 +376,15 @@ class Validator:
         walker = skeletons.walker
         walker.references = []
         skeletons.complete = True
-        issues = self.validate_bundle(bundle)
+        issues = self.validate_bundle(bundle, profile=profile)
         urls = {e.get("fullUrl") for e in bundle.get("entry", []) if isinstance(e, dict)}
         if not skeletons.complete or any(ref not in urls for ref in walker.references):
             issues += check_references(bundle)
         return issues
 
-    def validate_bundle(self, bundle: dict[str, Any], *, all_issues: bool = False) -> list[Issue]:
+    def validate_bundle(
+        self, bundle: dict[str, Any], *, all_issues: bool = False, profile: str | None = None
+    ) -> list[Issue]:
         """Errors found in ``bundle`` by the R4B models and the profiles; [] when valid
         (``all_issues``: with the warnings and information issues).
 
@@ -402,7 +407,7 @@ class Validator:
             and isinstance(e.get("resource"), dict)
         }
         try:
-            issues = self._resource_issues(shell, "Bundle", None, not all_issues, bundle)
+            issues = self._resource_issues(shell, "Bundle", profile, not all_issues, bundle)
             if not any(i.code == "validation.structure" for i in issues):
                 issues = _bundle_invariants(bundle, entries) + issues
             for n, entry in enumerate(entries):
@@ -439,14 +444,18 @@ def validate_resource(
     return _default().validate_resource(resource, prefix, profile=profile, all_issues=all_issues)
 
 
-def check_bundle(bundle: dict[str, Any], validate: bool = True) -> list[Issue]:
+def check_bundle(
+    bundle: dict[str, Any], validate: bool = True, profile: str | None = None
+) -> list[Issue]:
     """:meth:`Validator.check_bundle` of the default validator."""
-    return _default().check_bundle(bundle, validate)
+    return _default().check_bundle(bundle, validate, profile)
 
 
-def validate_bundle(bundle: dict[str, Any], *, all_issues: bool = False) -> list[Issue]:
+def validate_bundle(
+    bundle: dict[str, Any], *, all_issues: bool = False, profile: str | None = None
+) -> list[Issue]:
     """:meth:`Validator.validate_bundle` of the default validator."""
-    return _default().validate_bundle(bundle, all_issues=all_issues)
+    return _default().validate_bundle(bundle, all_issues=all_issues, profile=profile)
 
 
 def reference_values(node: Any, out: list[str]) -> None:

@@ -179,7 +179,10 @@ STAGES: tuple[Stage[Any, Any], ...] = (
         MappedBundle,
         ValidBundle,
         State.VALIDATED,
-        "fhir.resources R4B models (by skeleton) and reference integrity",
+        "R4 structure (fhir.resources R4B models, by skeleton); the profile each resource "
+        "names in meta.profile, the Bundle's transaction-bundle, else base R4 (cardinality, "
+        "fixed/pattern, slicing, bindings, FHIRPath invariants, reference types); "
+        "reference integrity",
         "gateway/validation/",
         _validate,
     ),
@@ -198,25 +201,27 @@ STAGES: tuple[Stage[Any, Any], ...] = (
         bytes,
         bytes,
         None,
-        "not built: remove or pseudonymise what may not cross the boundary (on "
-        "`Record.bundle`), or hold the record (`held`)",
-        "-",
+        "built, not run by the converter (it needs the recipient the outbox knows): "
+        "remove or pseudonymise what may not cross the boundary, or hold the record "
+        "(`held`)",
+        "gateway/policy/",
     ),
     Stage(
         "signing",
         bytes,
         bytes,
         State.SIGNED,
-        "not built: signature and Provenance",
-        "-",
+        "built, not run by the converter (it needs the recipient): JWS signature and Provenance",
+        "gateway/signing/",
     ),
     Stage(
         "outbox",
         bytes,
         bytes,
         State.QUEUED,
-        "not built: durable queue towards the partner; delivery makes it `delivered`",
-        "-",
+        "built, not yet fed by the converter: durable queue per partner; the deliverer "
+        "sends it and makes it `delivered` (docs/delivery.md)",
+        "gateway/delivery/",
     ),
 )
 

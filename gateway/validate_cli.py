@@ -17,9 +17,7 @@ file, one per line for several), each issue naming the file in ``details.text``.
 from __future__ import annotations
 
 import argparse
-import inspect
 import sys
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
@@ -28,7 +26,7 @@ import orjson
 
 from . import validation
 from .config import Settings
-from .errors import ConfigError, IntakeError, Issue, operation_outcome
+from .errors import IntakeError, Issue, operation_outcome
 
 __all__ = ["add_cli", "all_ok", "check_resource", "cmd_validate", "parse_resource", "summary"]
 
@@ -46,30 +44,16 @@ def all_ok(record: str | None = None) -> Issue:
     )
 
 
-def _profiles_supported() -> bool:
-    """Whether this build's validator takes ``profile=`` (it gains it with the profile
-    checks; until then a profile asked for must not be silently ignored)."""
-    return "profile" in inspect.signature(validation.validate_resource).parameters
-
-
 def check_resource(resource: dict[str, Any], profile: str | None = None) -> list[Issue]:
-    """The validator's issues for one resource (a Bundle with its entries), against
-    ``profile`` when given (else what ``meta.profile`` declares, else the base R4
-    definition). A transaction Bundle is also checked for references that resolve to
-    none of its entries, as the pipeline does."""
-    if profile is not None:
-        if not _profiles_supported():
-            raise ConfigError(
-                "profile-unsupported",
-                "this gateway's validator cannot check against a profile yet; "
-                "validate without --profile / profile",
-                location="profile",
-            )
-        # Typed loosely: the keyword exists only once the validator has profile checks.
-        validate: Callable[..., list[Issue]] = validation.validate_resource
-        issues = list(validate(resource, profile=profile))
+    """Every issue (errors, warnings, information) for one resource — a Bundle with its
+    entries, each against the profile it names — against ``profile`` when given (else
+    what ``meta.profile`` declares, else the base R4 definition). A transaction Bundle is
+    also checked for references that resolve to none of its entries, as the pipeline
+    does."""
+    if resource.get("resourceType") == "Bundle" and isinstance(resource.get("entry"), list):
+        issues = validation.validate_bundle(resource, all_issues=True, profile=profile)
     else:
-        issues = list(validation.validate_resource(resource))
+        issues = validation.validate_resource(resource, profile=profile, all_issues=True)
     if resource.get("resourceType") == "Bundle" and resource.get("type") == "transaction":
         entries = resource.get("entry")
         if isinstance(entries, list) and all(isinstance(e, dict) for e in entries):
@@ -206,12 +190,6 @@ def cmd_validate(args: argparse.Namespace, settings: Settings, out: TextIO | Non
     files = _files(args.paths)
     if not files:
         print("error: no input files (folders are searched for *.json files)", file=sys.stderr)
-        return 2
-    if args.profile is not None and not _profiles_supported():
-        print(
-            "error: --profile: this gateway's validator cannot check against a profile yet",
-            file=sys.stderr,
-        )
         return 2
     failed = 0
     outcomes: list[dict[str, Any]] = []

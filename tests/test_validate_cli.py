@@ -11,7 +11,6 @@ import orjson
 import pytest
 from fhir.resources.R4B.operationoutcome import OperationOutcome
 
-from gateway import validation
 from gateway.cli import main
 from gateway.errors import Issue
 from gateway.validate_cli import summary
@@ -119,34 +118,27 @@ def test_a_transaction_bundle_with_a_dangling_reference_is_an_error(
     assert code == 1 and "[validation.dangling-reference]" in out
 
 
-def test_the_profile_is_passed_only_when_given(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+# Valid R4, but not a referral as the gateway's profile has it (no identifier, code...).
+BARE_REFERRAL = {
+    "resourceType": "ServiceRequest",
+    "status": "active",
+    "intent": "order",
+    "subject": {"reference": "Patient/1"},
+}
+REFERRAL = "https://fhir-gateway.example.org/StructureDefinition/referral-servicerequest"
+
+
+def test_a_profile_is_checked_only_when_asked_for(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The validator gains ``profile=`` with its profile checks; the command works with
-    either signature and never drops a profile silently."""
-    seen: list[str | None] = []
-
-    def with_profiles(
-        resource: dict[str, Any], prefix: str | None = None, *, profile: str | None = None
-    ) -> list[Issue]:
-        seen.append(profile)
-        return []
-
-    def without_profiles(resource: dict[str, Any], prefix: str | None = None) -> list[Issue]:
-        seen.append("(none)")
-        return []
-
-    path = _write(tmp_path, "p.json", PATIENT)
-    url = "https://fhir-gateway.example.org/StructureDefinition/imagingstudy"
-    monkeypatch.setattr(validation, "validate_resource", with_profiles)
-    assert _validate(tmp_path, capsys, "--profile", url, str(path))[0] == 0
-    assert _validate(tmp_path, capsys, str(path))[0] == 0
-    assert seen == [url, None]
-
-    monkeypatch.setattr(validation, "validate_resource", without_profiles)
-    assert _validate(tmp_path, capsys, str(path))[0] == 0
-    assert main(["--home", str(tmp_path / "h"), "validate", "--profile", url, str(path)]) == 2
-    assert "cannot check against a profile" in capsys.readouterr().err
+    path = _write(tmp_path, "sr.json", BARE_REFERRAL)
+    code, text = _validate(tmp_path, capsys, str(path))
+    assert code == 0, text
+    code, text = _validate(tmp_path, capsys, "--profile", REFERRAL, str(path))
+    assert code == 1 and "ServiceRequest.identifier" in text and "validation.cardinality" in text
+    claimed = _write(tmp_path, "claimed.json", {**BARE_REFERRAL, "meta": {"profile": [REFERRAL]}})
+    code, text = _validate(tmp_path, capsys, str(claimed))
+    assert code == 1 and "validation.cardinality" in text
 
 
 def test_the_summary_counts_and_orders_by_severity() -> None:

@@ -198,6 +198,23 @@ def test_invariant_guards_and_skips() -> None:
     assert "ele-1" in skipped() and "dom-3" in skipped()
 
 
+def test_invariant_memo_sees_primitive_extensions() -> None:
+    """An element with only extensions (``_conclusion``: its translations) exists to
+    FHIRPath; the memo of outcomes must not take it for an absent one."""
+    final = compile_invariant(
+        {
+            "key": "x-final",
+            "expression": "status = 'final' implies (conclusion.exists() or result.exists())",
+        },
+        "DiagnosticReport",
+    )
+    assert not isinstance(final, str)
+    translated = {"status": "final", "_conclusion": {"extension": [{"url": "x"}]}}
+    assert final.holds(translated, translated)
+    bare = {"status": "final"}
+    assert not final.holds(bare, bare)
+
+
 def test_bundle_invariants_evaluated_natively() -> None:
     """bdl-3 and bdl-7 (see invariants.yaml): a transaction entry without its request; a
     fullUrl twice."""

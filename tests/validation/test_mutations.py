@@ -209,9 +209,7 @@ def _profiles() -> list[Path]:
 def _issues(url: str, resource: dict[str, Any]) -> list[Expected]:
     issues = ProfileValidator().validate(resource, str(resource["resourceType"]), url, None, None)
     return sorted(
-        (i.code, i.location or "", i.severity)
-        for i in issues
-        if i.severity in ("error", "warning")
+        (i.code, i.location or "", i.severity) for i in issues if i.severity in ("error", "warning")
     )
 
 

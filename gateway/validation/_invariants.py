@@ -187,14 +187,17 @@ def _names(expression: str) -> frozenset[str] | None:
     return frozenset(re.findall(r"[A-Za-z_]\w*", text))
 
 
+def _reaches(key: str, names: frozenset[str]) -> bool:
+    # a primitive's extensions (``_conclusion``) are that element to FHIRPath: an element
+    # with only extensions exists, so they belong to the projection too
+    name = key[1:] if key.startswith("_") else key
+    return name in names or ((m := _CHOICE.match(name)) is not None and m.group() in names)
+
+
 def _project(value: Any, names: frozenset[str]) -> Any:
     """``value`` with only the elements ``names`` may reach, hashable."""
     if isinstance(value, dict):
-        return tuple(
-            (k, _project(v, names))
-            for k, v in value.items()
-            if k in names or ((m := _CHOICE.match(k)) is not None and m.group() in names)
-        )
+        return tuple((k, _project(v, names)) for k, v in value.items() if _reaches(k, names))
     if isinstance(value, list):
         return tuple(_project(v, names) for v in value)
     return value

@@ -22,6 +22,38 @@ needs_core = pytest.mark.skipif(
 )
 
 
+@pytest.fixture(scope="session")
+def produced_bundles(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[str, dict[str, Any]]]:
+    """Bundles no golden file holds, made by the gateway's own code: the bilingual variant
+    of an example report (reports), the co-branded golden report signed (signing). They
+    are the only outputs of the bilingual-diagnosticreport and signature-provenance
+    profiles."""
+    import datetime as dt
+
+    from gateway import Settings
+    from gateway.datafiles import data_dir
+    from gateway.reports import ReportVariants
+    from gateway.signing import Signer, make_demo_pki, sign_bundle
+
+    home = tmp_path_factory.mktemp("produced")
+    examples = REPO / "examples" / "imaging" / "bundles"
+    variant = ReportVariants(Settings.load(home=home / "home", env={})).variant(
+        (examples / "oru_r01_nsch_cta_zh.json").read_bytes(),
+        "bilingual",
+        (examples / "oru_r01_hkpmc_cta_en.json").read_bytes(),
+    )
+    make_demo_pki(data_dir("seeds") / "network.yaml", home / "pki")
+    signer = Signer.load(home / "pki" / "lax2" / "key.pem", home / "pki" / "lax2" / "cert.pem")
+    cobranded = REPO / "tests" / "golden" / "cda" / "lax2-ct-report-cobranded.expected.json"
+    signed = sign_bundle(
+        json.loads(cobranded.read_text(encoding="utf-8")),
+        signer,
+        "author",
+        dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+    )
+    return [("bilingual variant", variant.resource), ("signed co-branded report", signed)]
+
+
 def golden_bundles() -> list[tuple[str, dict[str, Any]]]:
     """Every Bundle the golden tests and examples hold, with its file name."""
     out = []

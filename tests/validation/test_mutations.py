@@ -29,7 +29,10 @@ from .conftest import REPO, TEST_PROFILES, golden_bundles, needs_core
 
 pytestmark = needs_core
 
-Mutation = tuple[str, Callable[[dict[str, Any]], None], str, str]  # name, mutate, code, where
+# An expected issue: (code, FHIRPath location, severity)
+Expected = tuple[str, str, str]
+Mutation = tuple[str, Callable[[dict[str, Any]], None], list[Expected]]  # name, mutate, issues
+Mutate = Callable[[dict[str, Any]], None]
 
 
 # Profile invariants: key → (how to violate it on a conforming sample, the location
@@ -39,8 +42,156 @@ def _no_reason(resource: dict[str, Any]) -> None:
     resource.pop("note", None)
 
 
-INVARIANT_CASES: dict[str, tuple[Callable[[dict[str, Any]], None], str]] = {
+def _revoked_without_reason(resource: dict[str, Any]) -> None:
+    resource["status"] = "revoked"
+    _no_reason(resource)
+
+
+def _set(key: str, value: Any) -> Mutate:
+    def mutate(resource: dict[str, Any]) -> None:
+        resource[key] = copy.deepcopy(value)
+
+    return mutate
+
+
+def _add_identifier(identifier: dict[str, Any]) -> Mutate:
+    def mutate(resource: dict[str, Any]) -> None:
+        resource["identifier"] = [*resource["identifier"], identifier]
+
+    return mutate
+
+
+def _miscount(*path: str | int) -> Mutate:
+    """A count that no longer matches what is listed."""
+
+    def mutate(resource: dict[str, Any]) -> None:
+        node: Any = resource
+        for step in path[:-1]:
+            node = node[step]
+        node[path[-1]] += 1
+
+    return mutate
+
+
+def _oid_without_prefix(resource: dict[str, Any]) -> None:
+    uid = next(i for i in resource["identifier"] if i["system"] == "urn:dicom:uid")
+    uid["value"] = uid["value"].removeprefix("urn:oid:")
+
+
+def _final_saying_nothing(resource: dict[str, Any]) -> None:
+    resource["status"] = "final"
+    for key in ("conclusion", "result", "presentedForm"):
+        resource.pop(key, None)
+        resource.pop("_" + key, None)  # its translations: with them the element exists
+
+
+def _form(resource: dict[str, Any], content_type: str) -> dict[str, Any]:
+    return next(f for f in resource["presentedForm"] if f["contentType"] == content_type)
+
+
+def _form_twice(resource: dict[str, Any]) -> None:
+    """An HTML and a PDF form of one language twice (so gw-bil-2 still holds)."""
+    html, pdf = _form(resource, "text/html"), _form(resource, "application/pdf")
+    resource["presentedForm"] = [*resource["presentedForm"], html, pdf]
+
+
+def _pdf_missing(resource: dict[str, Any]) -> None:
+    resource["presentedForm"].remove(_form(resource, "application/pdf"))
+
+
+def _plain_entry(resource: dict[str, Any]) -> None:
+    entry = next(e for e in resource["entry"] if e["resource"]["resourceType"] != "Provenance")
+    entry["request"] = {"method": "POST", "url": entry["resource"]["resourceType"]}
+
+
+def _entry_url_not_uuid(resource: dict[str, Any]) -> None:
+    entry = resource["entry"][0]
+    entry["fullUrl"] = f"https://example.org/fhir/{entry['resource']['resourceType']}/1"
+
+
+_OTHER_ID = {"system": "https://example.org/sid/other", "value": "1"}
+INVARIANT_CASES: dict[str, tuple[Mutate, str]] = {
     "tsr-1": (_no_reason, ""),
+    # referral-servicerequest
+    "gw-ref-1": (_set("identifier", [_OTHER_ID]), ""),
+    "gw-ref-2": (_revoked_without_reason, ""),
+    # imaging-servicerequest
+    "gw-ord-1": (_add_identifier({"system": "urn:dicom:uid", "value": "1.2.840.1"}), ""),
+    "gw-ord-2": (_set("identifier", [_OTHER_ID]), ""),
+    # imagingstudy
+    "gw-is-1": (_miscount("numberOfSeries"), ""),
+    "gw-is-2": (_miscount("numberOfInstances"), ""),
+    "gw-is-3": (_oid_without_prefix, ""),
+    "gw-is-4": (_miscount("series", 0, "numberOfInstances"), ".series[0]"),
+    # diagnosticreport (and the bilingual variant, derived from it)
+    "gw-dr-1": (_set("language", "fr"), ""),
+    "gw-dr-2": (_final_saying_nothing, ""),
+    "gw-dr-3": (
+        _set(
+            "imagingStudy",
+            [{"type": "ImagingStudy", "identifier": {"system": "urn:ietf:rfc:3986", "value": "1"}}],
+        ),
+        "",
+    ),
+    # bilingual-diagnosticreport
+    "gw-bil-1": (_form_twice, ""),
+    "gw-bil-2": (_pdf_missing, ""),
+    # transaction-bundle
+    "gw-bun-1": (_entry_url_not_uuid, ""),
+    "gw-bun-2": (_plain_entry, ""),
+}
+
+# Where one change breaks two rules of the profile, both are reported (HAPI reports each
+# failed rule too: a slice's or an element's cardinality and an invariant are separate
+# findings, never merged). (profile id, mutation) → its other issues, each checked.
+_DR = "DiagnosticReport"
+_BIL = "bilingual-diagnosticreport"
+_RAD_SLICE_GONE = [("validation.slicing", f"{_DR}.category", "error")]  # category:radiology 1..1
+_FORM_UNSLICED = [  # closed slicing by language and content type; gw-bil-1/2 read both
+    ("validation.invariant", _DR, "error"),
+    ("validation.invariant", _DR, "error"),
+    ("validation.slicing", f"{_DR}.presentedForm[0]", "error"),
+]
+ALSO_BROKEN: dict[tuple[str, str], list[Expected]] = {
+    # the radiology category slice (1..1) is recognised by its code
+    ("diagnosticreport", f"code outside {_DR}.category"): _RAD_SLICE_GONE,
+    (_BIL, f"code outside {_DR}.category"): _RAD_SLICE_GONE,
+    # a form without language or content type: in no slice, and gw-bil-1/2 fail
+    (_BIL, f"remove {_DR}.presentedForm.contentType"): _FORM_UNSLICED,
+    (_BIL, f"remove {_DR}.presentedForm.language"): _FORM_UNSLICED,
+    # each slice of presentedForm is 0..1: a form twice over-fills two slices
+    (_BIL, "violate gw-bil-1"): [("validation.slicing", f"{_DR}.presentedForm", "error")] * 2,
+    # presentedForm is 1..*: a final report without it breaks its cardinality too
+    (_BIL, "violate gw-dr-2"): [("validation.cardinality", f"{_DR}.presentedForm", "error")],
+    # gw-ref-1 / gw-ord-2 ask for a referral number / an order number among identifiers
+    ("referral-servicerequest", "remove ServiceRequest.identifier"): [
+        ("validation.invariant", "ServiceRequest", "error")
+    ],
+    ("imaging-servicerequest", "remove ServiceRequest.identifier"): [
+        ("validation.invariant", "ServiceRequest", "error")
+    ],
+    # gw-is-1/2: the counts no longer match what is listed; gw-is-4 the series' own count
+    ("imagingstudy", "remove ImagingStudy.series"): [
+        ("validation.invariant", "ImagingStudy", "error"),
+        ("validation.invariant", "ImagingStudy", "error"),
+    ],
+    ("imagingstudy", "remove ImagingStudy.series.instance"): [
+        ("validation.invariant", "ImagingStudy", "error"),
+        ("validation.invariant", "ImagingStudy.series[0]", "error"),
+    ],
+    # gw-bun-1 reads every fullUrl, gw-bun-2 every request's method
+    ("transaction-bundle", "remove Bundle.entry.fullUrl"): [
+        ("validation.invariant", "Bundle", "error")
+    ],
+    ("transaction-bundle", "remove Bundle.entry.request"): [
+        ("validation.invariant", "Bundle", "error")
+    ],
+    ("transaction-bundle", "remove Bundle.entry.request.method"): [
+        ("validation.invariant", "Bundle", "error")
+    ],
+    ("transaction-bundle", "code outside Bundle.entry.request.method"): [
+        ("validation.invariant", "Bundle", "error")
+    ],
 }
 
 
@@ -55,20 +206,28 @@ def _profiles() -> list[Path]:
     return out
 
 
-def _errors(plans: Plans, url: str, resource: dict[str, Any]) -> list[tuple[str, str]]:
+def _issues(url: str, resource: dict[str, Any]) -> list[Expected]:
     issues = ProfileValidator().validate(resource, str(resource["resourceType"]), url, None, None)
-    return sorted((i.code, i.location or "") for i in issues if i.severity == "error")
+    return sorted(
+        (i.code, i.location or "", i.severity) for i in issues if i.severity in ("error", "warning")
+    )
 
 
-def _sample(plans: Plans, url: str, rtype: str) -> dict[str, Any]:
-    for _, bundle in golden_bundles():
+def _errors(plans: Plans, url: str, resource: dict[str, Any]) -> list[Expected]:
+    return [i for i in _issues(url, resource) if i[2] == "error"]
+
+
+def _sample(
+    plans: Plans, url: str, rtype: str, produced: list[tuple[str, dict[str, Any]]]
+) -> dict[str, Any]:
+    for _, bundle in [*golden_bundles(), *produced]:
         found = (
             [bundle] if rtype == "Bundle" else [e.get("resource") or {} for e in bundle["entry"]]
         )
         for resource in found:
             if resource.get("resourceType") == rtype and not _errors(plans, url, resource):
                 return copy.deepcopy(resource)
-    pytest.fail(f"no golden or example {rtype} conforms to {url}: nothing to mutate")
+    pytest.fail(f"no golden, example or produced {rtype} conforms to {url}: nothing to mutate")
 
 
 def _present(data: dict[str, Any], elem: Elem) -> tuple[str, Any] | None:
@@ -119,7 +278,11 @@ def _mutations(plans: Plans, root: Elem, sample: dict[str, Any]) -> list[Mutatio
                         target.pop(k, None)
 
                 out.append(
-                    (f"remove {elem.id}", remove, "validation.cardinality", f"{where}.{elem.name}")
+                    (
+                        f"remove {elem.id}",
+                        remove,
+                        [("validation.cardinality", f"{where}.{elem.name}", "error")],
+                    )
                 )
             if found is None:
                 continue
@@ -142,7 +305,9 @@ def _mutations(plans: Plans, root: Elem, sample: dict[str, Any]) -> list[Mutatio
                     old = target[p[-1]]
                     target[p[-1]] = others[0] if others and isinstance(old, str) else _break(old)
 
-                out.append((f"break fixed {elem.id}", set_to, "validation.fixed", first_where))
+                out.append(
+                    (f"break fixed {elem.id}", set_to, [("validation.fixed", first_where, "error")])
+                )
             type_name = elem.json_keys()[0][1] if not elem.choice else ""
             if (
                 elem.binding is not None
@@ -170,7 +335,9 @@ def _mutations(plans: Plans, root: Elem, sample: dict[str, Any]) -> list[Mutatio
                             "coding": [{**coding[0], "code": "zz-not-in-the-valueset"}],
                         }
 
-                out.append((f"code outside {elem.id}", off, "validation.binding", where_code))
+                out.append(
+                    (f"code outside {elem.id}", off, [("validation.binding", where_code, "error")])
+                )
             if elem.children and isinstance(value if not many else value[0], dict):
                 visit(elem.children, first_path, first_where)
 
@@ -182,43 +349,57 @@ def _keys(sd: dict[str, Any]) -> list[str]:
     return [str(c["key"]) for e in sd["snapshot"]["element"] for c in e.get("constraint") or []]
 
 
-def _own_invariants(plans: Plans, sd: dict[str, Any]) -> list[str]:
-    """The profile's constraints that its base definition does not have."""
+def _own_invariants(plans: Plans, sd: dict[str, Any]) -> dict[str, str]:
+    """The profile's constraints that its base definition does not have, with severity."""
     base = plans.defs.structure(str(sd["type"]))
     inherited = set(_keys(base)) if base else set()
-    return sorted(set(_keys(sd)) - inherited)
+    return {
+        str(c["key"]): str(c.get("severity", "error"))
+        for e in sd["snapshot"]["element"]
+        for c in e.get("constraint") or []
+        if c["key"] not in inherited
+    }
 
 
 @pytest.mark.parametrize("path", _profiles(), ids=lambda p: p.stem)
-def test_every_mutation_gives_its_issue(path: Path, test_plans: Plans) -> None:
+def test_every_mutation_gives_its_issue(
+    path: Path, test_plans: Plans, produced_bundles: list[tuple[str, dict[str, Any]]]
+) -> None:
     sd = json.loads(path.read_text(encoding="utf-8"))
     url, rtype = str(sd["url"]), str(sd["type"])
     root = test_plans.plan(url)
     assert root is not None
-    sample = _sample(test_plans, url, rtype)
+    sample = _sample(test_plans, url, rtype, produced_bundles)
     cases: list[Mutation] = _mutations(test_plans, root, sample)
-    for key in _own_invariants(test_plans, sd):
+    for key, severity in sorted(_own_invariants(test_plans, sd).items()):
         assert key in INVARIANT_CASES, f"{url}: add a violating case for invariant {key}"
         mutate, tail = INVARIANT_CASES[key]
-        cases.append((f"violate {key}", mutate, "validation.invariant", rtype + tail))
-    kinds = {code for _, _, code, _ in cases}
+        cases.append((f"violate {key}", mutate, [("validation.invariant", rtype + tail, severity)]))
+    kinds = {code for _, _, expected in cases for code, _, _ in expected}
     assert "validation.cardinality" in kinds, f"{url}: no required element present in the sample"
+    # the sample's own warnings (an extensible binding...) are not the mutation's
+    before = set(_issues(url, sample))
     failures = []
-    for name, mutate, code, where in cases:
+    unused = {name for pid, name in ALSO_BROKEN if pid == sd["id"]} - {n for n, *_ in cases}
+    assert not unused, f"ALSO_BROKEN names mutations {url} no longer makes: {sorted(unused)}"
+    for name, mutate, expected in cases:
+        expected = expected + ALSO_BROKEN.get((str(sd["id"]), name), [])
         mutant = copy.deepcopy(sample)
         mutate(mutant)
-        got = _errors(test_plans, url, mutant)
-        if got != [(code, where)]:
-            failures.append(f"{name}: expected [{code} at {where}], got {got}")
+        got = [i for i in _issues(url, mutant) if i[2] == "error" or i not in before]
+        if got != sorted(expected):
+            failures.append(f"{name}: expected {sorted(expected)}, got {got}")
     assert not failures, "\n".join(failures)
 
 
-def test_the_test_profile_covers_each_kind(test_plans: Plans) -> None:
+def test_the_test_profile_covers_each_kind(
+    test_plans: Plans, produced_bundles: list[tuple[str, dict[str, Any]]]
+) -> None:
     """The generated mutations of the test profile include every kind of check."""
     url = "https://fhir-gateway.example.org/test/StructureDefinition/test-servicerequest"
     root = test_plans.plan(url)
     assert root is not None
-    sample = _sample(test_plans, url, "ServiceRequest")
+    sample = _sample(test_plans, url, "ServiceRequest", produced_bundles)
     names = {name for name, *_ in _mutations(test_plans, root, sample)}
     assert {
         "remove ServiceRequest.identifier",

@@ -22,6 +22,7 @@ pytestmark = needs_core
 EXAMPLES = REPO.parent / "shared" / "corpus" / "fhir-examples"
 _TYPES = ("ServiceRequest", "ImagingStudy", "DiagnosticReport", "Patient", "Bundle")
 TEST_SR = "https://fhir-gateway.example.org/test/StructureDefinition/test-servicerequest"
+REFERRAL = "https://fhir-gateway.example.org/StructureDefinition/referral-servicerequest"
 
 
 def _examples() -> list[Path]:
@@ -95,10 +96,17 @@ def test_extension_without_value_breaks_ext1_at_its_path() -> None:
 
 
 def test_reference_to_the_wrong_type() -> None:
+    """Target types are the named profile's (a referral's requester is a PractitionerRole
+    or an Organization), else base R4's (a Patient may request and perform)."""
     bundle = _bundle()
     n, request = _entry(bundle, "ServiceRequest")
+    assert request["meta"]["profile"] == [REFERRAL]
     patient_url = request["subject"]["reference"]
-    request["requester"] = {"reference": patient_url}  # a Patient is allowed as requester
+    request["requester"] = {"reference": patient_url}
+    assert [(i.code, i.location) for i in Validator().check_bundle(copy.deepcopy(bundle))] == [
+        ("validation.reference-type", f"Bundle.entry[{n}].resource.requester.reference")
+    ]
+    del request["meta"]  # plain R4: another institution's referral
     assert Validator().check_bundle(copy.deepcopy(bundle)) == []
     request["performer"] = [{"reference": patient_url}, *request.get("performer", [])]
     doctor = next(
@@ -121,7 +129,10 @@ def test_bindings_required_error_extensible_warning_unexpandable_information() -
         ("validation.binding", "ServiceRequest.status", "error")
     ]
     request["status"] = "active"
+    # beside the referral's own number (gw-ref-1 asks for it)
+    extra = len(request["identifier"])
     request["identifier"] = [
+        *request["identifier"],
         {
             "type": {
                 "coding": [
@@ -129,14 +140,16 @@ def test_bindings_required_error_extensible_warning_unexpandable_information() -
                 ]
             },
             "value": "1",
-        }
+        },
     ]
     issues = validate_resource(request, all_issues=True)
-    assert ("validation.binding", "ServiceRequest.identifier[0].type.coding[0]", "warning") in [
-        (i.code, i.location, i.severity) for i in issues
-    ]
+    assert (
+        "validation.binding",
+        f"ServiceRequest.identifier[{extra}].type.coding[0]",
+        "warning",
+    ) in [(i.code, i.location, i.severity) for i in issues]
     assert not _errors(issues)
-    request["identifier"][0]["type"]["coding"][0]["system"] = "https://example.org/local"
+    request["identifier"][extra]["type"]["coding"][0]["system"] = "https://example.org/local"
     issues = validate_resource(request, all_issues=True)
     assert not [i for i in issues if i.location and "identifier" in i.location]
 
@@ -167,10 +180,18 @@ def test_cached_skeleton_still_checks_values() -> None:
     """A resource of a known skeleton skips the structure checks, never the values."""
     validator = Validator()
     _, request = _entry(_bundle(), "ServiceRequest")
+    assert request["meta"]["profile"] == [REFERRAL]  # intent fixed to "order"
     assert validator.validate_resource(copy.deepcopy(request)) == []
-    request["intent"] = "sometimes"
+    request["intent"] = "plan"  # a request-intent code, not the fixed one
     assert [(i.code, i.location) for i in validator.validate_resource(request)] == [
-        ("validation.binding", "ServiceRequest.intent")
+        ("validation.fixed", "ServiceRequest.intent")
+    ]
+    # not a request-intent code either: two rules broken, each reported (as HAPI does: the
+    # fixed value and the base binding are separate checks)
+    request["intent"] = "sometimes"
+    assert sorted((i.code, i.location) for i in validator.validate_resource(request)) == [
+        ("validation.binding", "ServiceRequest.intent"),
+        ("validation.fixed", "ServiceRequest.intent"),
     ]
 
 
@@ -196,6 +217,23 @@ def test_invariant_guards_and_skips() -> None:
     html = compile_invariant({"key": "x-1", "expression": "div.htmlChecks()"}, "Narrative")
     assert html == "uses htmlChecks(), which fhirpathpy lacks"
     assert "ele-1" in skipped() and "dom-3" in skipped()
+
+
+def test_invariant_memo_sees_primitive_extensions() -> None:
+    """An element with only extensions (``_conclusion``: its translations) exists to
+    FHIRPath; the memo of outcomes must not take it for an absent one."""
+    final = compile_invariant(
+        {
+            "key": "x-final",
+            "expression": "status = 'final' implies (conclusion.exists() or result.exists())",
+        },
+        "DiagnosticReport",
+    )
+    assert not isinstance(final, str)
+    translated = {"status": "final", "_conclusion": {"extension": [{"url": "x"}]}}
+    assert final.holds(translated, translated)
+    bare = {"status": "final"}
+    assert not final.holds(bare, bare)
 
 
 def test_bundle_invariants_evaluated_natively() -> None:

@@ -34,14 +34,18 @@ ORDERS_AND_REFERRALS: dict[str, tuple[Any, ...]] = {
     # to identify them by, so a resend could not be recognised at the partner.
     "ms_OMG-O19-01.hl7": ("error", "mapping.no-identity", "ORC(1)"),
 }
-_LAB = ("error", "mapping.required", "OBR-24")  # laboratory results: not a radiology report
+_LAB = ("error", "mapping.required", "OBR-24")
+_EMPTY_FINAL = ("error", "validation.invariant", "Bundle.entry[2].resource")  # laboratory results: not a radiology report
 RESULTS: dict[str, tuple[Any, ...]] = {
     # IHE-style radiology results: the study UID in OBX 113014 links the report to the
     # ImagingStudy; the CDA one carries its CDA document inline (ED, text/xml).
-    "dcm4che_ORU_R01-SR.hl7": ("ok", {"DiagnosticReport": 1, "Patient": 1}),
     "dcm4che_ORU_R01-CDA.hl7": ("ok", {"DiagnosticReport": 1, "Patient": 1}),
-    # An echocardiogram report (OBR-24 CT) with no coded OBX: a report with no text.
-    "lfh_ORU-multiline-short.hl7": ("ok", {"DiagnosticReport": 1, "Patient": 1}),
+    # A final report whose findings are in OBX the report mapping does not carry (SR
+    # measurements, codes of other systems), and an echocardiogram report (OBR-24 CT)
+    # with no coded OBX: each would leave as a final report saying nothing, which the
+    # DiagnosticReport profile's gw-dr-2 refuses (nothing leaves half converted).
+    "dcm4che_ORU_R01-SR.hl7": _EMPTY_FINAL,
+    "lfh_ORU-multiline-short.hl7": _EMPTY_FINAL,
     "ms_ORU-R01-RMGEAD.hl7": _LAB,
     "ms_LAB-ORU-1.hl7": _LAB,
     "v2tofhir_ORU_R01-Basic-NG-ExampleMessage-v2.5.1.txt": _LAB,

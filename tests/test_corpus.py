@@ -34,8 +34,8 @@ ORDERS_AND_REFERRALS: dict[str, tuple[Any, ...]] = {
     # to identify them by, so a resend could not be recognised at the partner.
     "ms_OMG-O19-01.hl7": ("error", "mapping.no-identity", "ORC(1)"),
 }
-_LAB = ("error", "mapping.required", "OBR-24")
-_EMPTY_FINAL = ("error", "validation.invariant", "Bundle.entry[2].resource")  # laboratory results: not a radiology report
+_LAB = ("error", "mapping.required", "OBR-24")  # laboratory results: not a radiology report
+_EMPTY_FINAL = ("error", "validation.invariant", "Bundle.entry[2].resource")
 RESULTS: dict[str, tuple[Any, ...]] = {
     # IHE-style radiology results: the study UID in OBX 113014 links the report to the
     # ImagingStudy; the CDA one carries its CDA document inline (ED, text/xml).

@@ -33,6 +33,7 @@ from .config import Settings
 from .delivery import add_cli as add_outbox_cli
 from .envelope import Record
 from .errors import GatewayError
+from .inputs import input_files
 from .intake import FORMATS, detect_format
 from .listeners import add_cli as add_listen_cli
 from .listeners.dicom import add_cli as add_dicom_cli
@@ -94,19 +95,8 @@ class Progress:
 
 
 def _input_files(paths: Iterable[str]) -> list[str]:
-    """The files to read: those named, and in named folders the record files
-    (RECORD_SUFFIXES), skipping hidden files and folders. '-' is stdin."""
-    found: list[str] = []
-    for name in paths:
-        path = Path(name)
-        if name == "-" or not path.is_dir():
-            found.append(name)
-            continue
-        for child in sorted(path.rglob("*")):
-            hidden = any(part.startswith(".") for part in child.relative_to(path).parts)
-            if child.is_file() and not hidden and child.suffix.lower() in RECORD_SUFFIXES:
-                found.append(str(child))
-    return found
+    """The files named, and in named folders the record files (RECORD_SUFFIXES)."""
+    return input_files(paths, RECORD_SUFFIXES)
 
 
 def _read(name: str) -> tuple[str, bytes]:

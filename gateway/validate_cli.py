@@ -27,6 +27,7 @@ import orjson
 from . import validation
 from .config import Settings
 from .errors import IntakeError, Issue, operation_outcome
+from .inputs import input_files
 
 __all__ = ["add_cli", "all_ok", "check_resource", "cmd_validate", "parse_resource", "summary"]
 
@@ -97,17 +98,7 @@ def parse_resource(data: bytes, what: str) -> dict[str, Any]:
 
 def _files(paths: list[str]) -> list[str]:
     """The files named, and the ``*.json`` files of the folders named (hidden skipped)."""
-    found: list[str] = []
-    for name in paths:
-        path = Path(name)
-        if name == "-" or not path.is_dir():
-            found.append(name)
-            continue
-        for child in sorted(path.rglob("*.json")):
-            hidden = any(part.startswith(".") for part in child.relative_to(path).parts)
-            if child.is_file() and not hidden:
-                found.append(str(child))
-    return found
+    return input_files(paths, (".json",))
 
 
 def _check_file(name: str, profile: str | None) -> tuple[str, list[Issue]]:

@@ -324,6 +324,19 @@ class Compiler:
             self._scope.path(alt)
         leaf = self._leaf(spec, where)
         missing = self._missing(spec, " or ".join(alts))
+        if not many and len(alts) == 1 and spec.get("as") is None and "map" not in spec:
+            # The most common path by far (a field or component as it is): no leaf steps,
+            # so no label to keep for their errors.
+            alt = alts[0]
+            fallback = spec.get("default") is not None or bool(spec.get("required"))
+
+            def plain(ctx: Ctx) -> Any:
+                value = ctx.view.first(alt, ctx.here)
+                if value is None and fallback:
+                    return missing(ctx, alt)
+                return value
+
+            return plain
 
         def one(ctx: Ctx) -> Any:
             view, here = ctx.view, ctx.here
@@ -347,7 +360,6 @@ class Compiler:
                         if not values:
                             continue
                     return sep.join(map(str, values)) if sep is not None else values
-            return missing(ctx, alts[0])
             return missing(ctx, alts[0])
 
         return every if many else one

@@ -112,6 +112,9 @@ class Hl7View:
 
     def __init__(self, message: Message) -> None:
         self.message = message
+        # Without control characters anywhere (the common case), a value needs no
+        # search for them: stripping it is all :meth:`_clean` would do.
+        self._plain = not message.controls
         if message.controls and _has_controls(message):
             self.memo = False
         # Warnings found while the mapping reads values (control characters removed);
@@ -127,6 +130,8 @@ class Hl7View:
         # What else, beside a node's text, decides what the text means: the memo keys on it.
         self.reading = (message.separators, message.charset)
         self._labels: dict[int, str] = {}
+        # A node's components, split once: a fragment reads up to a dozen of one node.
+        self._components: dict[str, list[str]] = {}
 
     @property
     def tracing(self) -> bool:
@@ -214,7 +219,8 @@ class Hl7View:
                 raw = raw.split(self._cs, 1)[0]  # a field read whole means its first component
             if node.level <= 1 and self._ss in raw:
                 raw = raw.split(self._ss, 1)[0]
-            value = self._clean(self.unescape(raw), node.label)
+            raw = self.unescape(raw)
+            value = raw.strip() if self._plain else self._clean(raw, node.label)
             if value and value != '""':  # "" is HL7's explicit null
                 out.append((value, node.label))
         return out
@@ -295,21 +301,32 @@ class Hl7View:
             raw = raw.split(self._ss, 1)[0]
         if self._es in raw:
             raw = self.unescape(raw)
-        value = self._clean(raw, None, path, here)
+        value = raw.strip() if self._plain else self._clean(raw, None, path, here)
         return value if value and value != '""' else None
 
     def _parts(self, text: str | None, level: int, component: int, sub: int) -> tuple[str, int]:
         """Descend from a node's text to a component/subcomponent (no labels)."""
-        for index in (component, sub):
-            if not index or not text:
-                break
-            if level >= 2:
-                return "", level
-            parts = text.split(self._cs if level == 0 else self._ss)
-            if index > len(parts):
-                return "", level
-            text, level = parts[index - 1], level + 1
-        return text or "", level
+        if not component or not text:
+            return text or "", level
+        if level >= 2:
+            return "", level
+        if level == 0:
+            parts = self._components.get(text)
+            if parts is None:
+                parts = self._components[text] = text.split(self._cs)
+        else:
+            parts = text.split(self._ss)
+        if component > len(parts):
+            return "", level
+        text, level = parts[component - 1], level + 1
+        if not sub or not text:
+            return text, level
+        if level >= 2:
+            return "", level
+        parts = text.split(self._ss)
+        if sub > len(parts):
+            return "", level
+        return parts[sub - 1], level + 1
 
     def _relative_text(self, p: _Path, here: Position) -> str | None:
         self._relative(p, here)  # raises the ConfigError for a relative path outside a node

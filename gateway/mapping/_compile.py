@@ -109,6 +109,11 @@ def _empty(value: Any) -> bool:
     return value is None or value == "" or value == [] or value == {}
 
 
+def _present(value: Any) -> bool:
+    """not _empty(value), in one call (conditions run for every node)"""
+    return value is not None and value != "" and value != [] and value != {}
+
+
 def _extend(out: list[Any], value: Any) -> None:
     if isinstance(value, list):
         out.extend(v for v in value if not _empty(v))
@@ -204,7 +209,12 @@ class Compiler:
             def many(ctx: Ctx) -> Any:
                 out: list[Any] = []
                 for fn in fns:
-                    _extend(out, fn(ctx))
+                    value = fn(ctx)
+                    # _extend(out, value), inlined: lists of names, codes, identifiers
+                    if isinstance(value, list):
+                        out.extend(v for v in value if not _empty(v))
+                    elif value is not None and value != "" and value != {}:
+                        out.append(value)
                 if len(out) > 1:  # the same name or code from two sources is listed once
                     out = [v for i, v in enumerate(out) if v not in out[:i]]
                 return out or None
@@ -454,13 +464,13 @@ class Compiler:
         if name not in FUNCTIONS:
             raise ConfigError("spec", f"{where}: unknown function {name!r} ({list(FUNCTIONS)})")
         func = FUNCTIONS[name]
-        args = {
-            str(k).replace("-", "_"): self.spec(v, f"{where}.args.{k}")
+        args = tuple(
+            (str(k).replace("-", "_"), self.spec(v, f"{where}.args.{k}"))
             for k, v in (spec.get("args") or {}).items()
-        }
+        )
 
         def call(ctx: Ctx) -> Any:
-            return func(ctx.env, **{k: fn(ctx) for k, fn in args.items()})
+            return func(ctx.env, **{k: fn(ctx) for k, fn in args})
 
         return call
 
@@ -518,7 +528,7 @@ class Compiler:
     def condition(self, spec: Any, where: str) -> Cond:
         if isinstance(spec, str):
             value = self.spec({"var": spec[1:]} if spec.startswith("$") else {"path": spec}, where)
-            return lambda ctx: not _empty(value(ctx))
+            return lambda ctx: _present(value(ctx))
         if not isinstance(spec, dict):
             raise ConfigError("condition", f"{where}: a condition is a path or a mapping")
         if "not" in spec:
@@ -538,7 +548,7 @@ class Compiler:
         if "in" in tests:
             allowed = {str(x) for x in tests["in"]}
             return lambda ctx: str(value(ctx) or "") in allowed
-        return lambda ctx: not _empty(value(ctx))
+        return lambda ctx: _present(value(ctx))
 
     # -- message mappings ------------------------------------------------------------------
     def entries(self, entries: list[Any], where: str, defined: list[str]) -> list[Fn]:

@@ -86,13 +86,9 @@ def memoised(fn: Callable[[Ctx], Any], scope: Scope) -> Callable[[Ctx], Any]:
         try:
             # The same text means the same thing only with the same delimiters and charset
             # (escapes such as \Xhh\ decode in the message's charset).
-            key: tuple[Any, ...] = (
-                here.text,
-                here.level,
-                ctx.tz,
-                view.reading,
-                *(ctx.vars.get(n) for n in names),
-            )
+            key: tuple[Any, ...] = (here.text, here.level, ctx.tz, view.reading)
+            if names:
+                key += tuple(map(ctx.vars.get, names))
             if segments:
                 lines = view.group_key(here, segments)
                 if lines is None:

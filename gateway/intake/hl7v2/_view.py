@@ -96,6 +96,12 @@ def _has_controls(message: Message) -> bool:
     return False
 
 
+@lru_cache(maxsize=256)
+def _sorted(names: frozenset[str]) -> tuple[str, ...]:
+    """A memoised spec's segment names in a stable order (its memo key's), sorted once."""
+    return tuple(sorted(names))
+
+
 def check_path(path: str) -> None:
     """Raise ConfigError when ``path`` is not valid (used when mappings are loaded)."""
     _compile(path)
@@ -172,7 +178,7 @@ class Hl7View:
         lines = self.message.lines
         return tuple(
             lines[i]
-            for name in sorted(segments)
+            for name in _sorted(segments)
             for i in self._in_range(name, here.start, here.end)
         )
 

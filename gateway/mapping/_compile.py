@@ -11,11 +11,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
+from weakref import WeakKeyDictionary
 
 from ..datafiles import load_data_file
 from ..errors import ConfigError, Issue, MappingError
 from ..intake import RecordView
+from ..shared import freeze
 from ._bundle import BundleBuilder, ResourceTemplate
 from ._functions import FUNCTIONS, Env
 from ._memo import Scope, memoised
@@ -88,7 +90,14 @@ _DROPPED: Any = object()
 def _convert(kind: str, value: str, label: str | None, ctx: Ctx) -> Any:
     """``as:`` conversion; a refused value in a lenient field is dropped with a warning."""
     try:
-        return convert(kind, value, label or ctx.pending_label(), ctx.tz)
+        if not label:
+            # The field's terser path is worked out only for an error: converters are
+            # pure, so the refused value is converted again to name it.
+            try:
+                return convert(kind, value, "", ctx.tz)
+            except MappingError:
+                label = ctx.pending_label()
+        return convert(kind, value, label, ctx.tz)
     except MappingError as exc:
         lenient = ctx.lenient
         if lenient is None or not lenient.allows(exc.location):
@@ -125,8 +134,27 @@ def _none(ctx: Ctx) -> None:
     return None
 
 
+# Compiled specs whose value is fixed when the mappings load, with that value: an object
+# or list made only of them is built once (frozen, as memoised values are: gateway/shared.py)
+# instead of for every record. Keyed by the function itself; specs live as long as this.
+_CONSTANTS: WeakKeyDictionary[Fn, Any] = WeakKeyDictionary()
+_CONSTANTS[_none] = None
+_VARIES: Any = object()
+
+
 def _constant(value: Any) -> Fn:
-    return lambda ctx: value
+    def constant(ctx: Ctx) -> Any:
+        return value
+
+    _CONSTANTS[constant] = value
+    return constant
+
+
+def _folded(fns: list[Fn], make: Fn) -> Fn | None:
+    """``make``'s value as a constant when every spec in ``fns`` is one; else None."""
+    if all(fn in _CONSTANTS for fn in fns):
+        return _constant(freeze(make(cast(Ctx, None))))
+    return None
 
 
 class Compiler:
@@ -219,7 +247,7 @@ class Compiler:
                     out = [v for i, v in enumerate(out) if v not in out[:i]]
                 return out or None
 
-            return many
+            return _folded(fns, many) or many
         if not isinstance(spec, dict):
             raise ConfigError("spec", f"{where}: unexpected {type(spec).__name__} in a mapping")
         # 'each' takes the rest of the mapping as its body: {each: PID-3, use: ...}
@@ -253,17 +281,20 @@ class Compiler:
         if "reference" in spec:
             self._scope.rooted = True  # a literal reference: the reference check must see it
         items = [(str(k), self.spec(v, f"{where}.{k}")) for k, v in spec.items()]
+        # constants (a system URI, a fixed code) taken as they are, without a call
+        steps = [(key, _CONSTANTS.get(fn, _VARIES), fn) for key, fn in items]
 
         def build(ctx: Ctx) -> Any:
             out: dict[str, Any] = {}
-            for key, fn in items:
-                value = fn(ctx)
+            for key, value, fn in steps:
+                if value is _VARIES:
+                    value = fn(ctx)
                 # _empty(value), inlined: this loop runs for every element of every resource
                 if value is not None and value != "" and value != [] and value != {}:
                     out[key] = value
             return out or None
 
-        return build
+        return _folded([fn for _, fn in items], build) or build
 
     def _check(self, path: str, where: str) -> None:
         try:
@@ -382,7 +413,7 @@ class Compiler:
 
         def var(ctx: Ctx) -> Any:
             value = ctx.vars.get(name)
-            if _empty(value):
+            if value is None or value == "" or value == [] or value == {}:  # _empty, inlined
                 return missing(ctx, f"${name}")
             if not isinstance(value, str):
                 return value
@@ -487,6 +518,8 @@ class Compiler:
         extra = {
             str(k): self.spec(v, f"{where}.with.{k}") for k, v in (spec.get("with") or {}).items()
         }
+        if at is None and not extra:
+            return body  # nothing to position: no wrapper call per record
 
         def positioned(ctx: Ctx) -> Any:
             if at is not None:

@@ -268,6 +268,23 @@ class Hl7View:
             text, level = here.text, here.level
             if text is None:
                 return self._relative_text(p, here)
+            if level == 0 and not p.sub and text:
+                # A component of a field repetition (.5 of a CX): the mappings' most
+                # common read, without the general descent
+                parts = self._components.get(text)
+                if parts is None:
+                    parts = self._components[text] = text.split(self._cs)
+                if p.component > len(parts):
+                    return None
+                raw = parts[p.component - 1]
+                if not raw:
+                    return None
+                if self._ss in raw:
+                    raw = raw.split(self._ss, 1)[0]
+                if self._es in raw:
+                    raw = self.unescape(raw)
+                value = raw.strip() if self._plain else self._clean(raw, None, path, here)
+                return value if value and value != '""' else None
             raw, level = self._parts(text, level, p.component, p.sub)
         else:
             start, end = (0, len(self.message.segments)) if p.root else (here.start, here.end)

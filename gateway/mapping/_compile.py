@@ -114,19 +114,24 @@ def _convert(kind: str, value: str, label: str | None, ctx: Ctx) -> Any:
         return _DROPPED
 
 
+# Empty: None, "", [] or {}. Every value that is true is not (the common case, one
+# truth test); of the false ones, 0 and False are values. The checks below are inlined
+# on the hot paths: comparing a dict with "" costs more than its truth test.
+
+
 def _empty(value: Any) -> bool:
-    return value is None or value == "" or value == [] or value == {}
+    return not value and (value is None or value == "" or value == [] or value == {})
 
 
 def _present(value: Any) -> bool:
     """not _empty(value), in one call (conditions run for every node)"""
-    return value is not None and value != "" and value != [] and value != {}
+    return bool(value) or not (value is None or value == "" or value == [] or value == {})
 
 
 def _extend(out: list[Any], value: Any) -> None:
     if isinstance(value, list):
-        out.extend(v for v in value if not _empty(v))
-    elif not _empty(value):
+        out.extend([v for v in value if v or not _empty(v)])
+    elif value or not _empty(value):
         out.append(value)
 
 
@@ -240,8 +245,8 @@ class Compiler:
                     value = fn(ctx)
                     # _extend(out, value), inlined: lists of names, codes, identifiers
                     if isinstance(value, list):
-                        out.extend(v for v in value if not _empty(v))
-                    elif value is not None and value != "" and value != {}:
+                        out.extend([v for v in value if v or not _empty(v)])
+                    elif value or not _empty(value):
                         out.append(value)
                 if len(out) > 1:  # the same name or code from two sources is listed once
                     out = [v for i, v in enumerate(out) if v not in out[:i]]
@@ -289,8 +294,8 @@ class Compiler:
             for key, value, fn in steps:
                 if value is _VARIES:
                     value = fn(ctx)
-                # _empty(value), inlined: this loop runs for every element of every resource
-                if value is not None and value != "" and value != [] and value != {}:
+                # not _empty(value), inlined: this loop runs for every element of every resource
+                if value or not (value is None or value == "" or value == [] or value == {}):
                     out[key] = value
             return out or None
 
@@ -413,7 +418,7 @@ class Compiler:
 
         def var(ctx: Ctx) -> Any:
             value = ctx.vars.get(name)
-            if value is None or value == "" or value == [] or value == {}:  # _empty, inlined
+            if not value and _empty(value):
                 return missing(ctx, f"${name}")
             if not isinstance(value, str):
                 return value

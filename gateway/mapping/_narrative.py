@@ -170,7 +170,7 @@ class Narratives:
         table = False
         for row in rows:
             value = resource.get(row.key) if row.key else _first(resource, row.paths)
-            if value is None or value == "" or value == []:
+            if not value and (value is None or value == "" or value == []):
                 continue
             shown = _SHOW[row.show](view, value)
             if shown:
@@ -453,7 +453,7 @@ def _first(resource: Resource, paths: tuple[tuple[str, ...], ...]) -> Any:
             value = value.get(step) if isinstance(value, dict) else None
             if value is None:
                 break
-        if value is not None and value != "" and value != [] and value != {}:
+        if value or not (value is None or value == "" or value == [] or value == {}):
             return value
     return None
 

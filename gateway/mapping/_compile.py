@@ -383,6 +383,19 @@ class Compiler:
                 return value
 
             return plain
+        if not many and len(alts) == 1:
+            only = alts[0]
+
+            def single(ctx: Ctx) -> Any:
+                value = ctx.view.first(only, ctx.here)
+                if value is not None:
+                    ctx.label_of = only  # for an error raised by the leaf steps
+                    out = leaf(value, None, ctx)
+                    if out is not _DROPPED:
+                        return out
+                return missing(ctx, only)
+
+            return single
 
         def one(ctx: Ctx) -> Any:
             view, here = ctx.view, ctx.here

@@ -17,6 +17,7 @@ import re
 from bisect import bisect_left
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import NamedTuple
 
 from ...errors import ConfigError, IntakeError, Issue
 from ._er7 import Message
@@ -32,9 +33,11 @@ _REL = re.compile(r"\.([1-9]\d*)(?:\.([1-9]\d*))?\Z")
 _ALL = -1  # '*' in a compiled path
 
 
-@dataclass(frozen=True, slots=True)
-class Position:
-    """Where the engine stands: a segment group and, inside it, maybe one node."""
+class Position(NamedTuple):
+    """Where the engine stands: a segment group and, inside it, maybe one node.
+
+    Immutable; a named tuple rather than a frozen dataclass, whose constructor costs
+    three times as much (a mapping makes a few dozen per message)."""
 
     start: int
     end: int
@@ -433,13 +436,15 @@ class Hl7View:
             return []
         nodes = []
         for r, text in chosen:
+            if not text:
+                continue  # an empty repetition: no node (nor any component of it)
             rlabel = label if r == 1 else f"{label}({r})"
             node = Position(seg_index, seg_index + 1, rlabel, text, 0)
             if p.component:
                 sub = self._descend(node, p.component, p.sub)
                 if sub is not None:
                     nodes.append(sub)
-            elif text:
+            else:
                 nodes.append(node)
         return nodes
 

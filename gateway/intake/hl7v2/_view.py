@@ -56,6 +56,8 @@ class _Path:
     repetition: int = 0  # 0 = not given: the first for a value, all for 'each'/'at' lists
     component: int = 0
     sub: int = 0
+    star: bool = False  # an occurrence or repetition is '*'
+    skip: int = 0  # occurrences before the one named (for bisect)
 
 
 @lru_cache(maxsize=4096)
@@ -68,7 +70,9 @@ def _compile(path: str) -> _Path:
         raise ConfigError("bad-path", f"{path!r} is not an HL7 v2 terser path (e.g. PID-5(2).1)")
     occ = _ALL if m[3] == "*" else int(m[3] or 0)
     rep = _ALL if m[5] == "*" else int(m[5] or 0)
-    return _Path(False, bool(m[1]), m[2], occ, int(m[4] or 0), rep, int(m[6] or 0), int(m[7] or 0))
+    comp, sub = int(m[6] or 0), int(m[7] or 0)
+    star, skip = _ALL in (occ, rep), max(occ - 1, 0)
+    return _Path(False, bool(m[1]), m[2], occ, int(m[4] or 0), rep, comp, sub, star, skip)
 
 
 # Control characters other than TAB, LF and CR are not allowed in FHIR strings; they
@@ -179,10 +183,11 @@ class Hl7View:
         if here.start == 0 and here.end == len(self.message.segments):
             return None
         lines = self.message.lines
+        names = _sorted(segments)
+        if len(names) == 1:  # most specs read one segment of their group
+            return tuple([lines[i] for i in self._in_range(names[0], here.start, here.end)])
         return tuple(
-            lines[i]
-            for name in _sorted(segments)
-            for i in self._in_range(name, here.start, here.end)
+            lines[i] for name in names for i in self._in_range(name, here.start, here.end)
         )
 
     # -- groups and nodes (for 'each' and 'at') ----------------------------------------
@@ -291,12 +296,12 @@ class Hl7View:
             raw, level = self._parts(text, level, p.component, p.sub)
         else:
             start, end = (0, len(self.message.segments)) if p.root else (here.start, here.end)
-            if _ALL in (p.occurrence, p.repetition):
+            if p.star:
                 return self._first_slow(path, here)
             found = self.message.positions.get(p.segment)
             if not found:
                 return None
-            i = bisect_left(found, start) + max(p.occurrence - 1, 0)
+            i = bisect_left(found, start) + p.skip
             if i >= len(found) or found[i] >= end:
                 return None
             fields = self.message.segments[found[i]]

@@ -11,11 +11,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
+from weakref import WeakKeyDictionary
 
 from ..datafiles import load_data_file
 from ..errors import ConfigError, Issue, MappingError
 from ..intake import RecordView
+from ..shared import freeze
 from ._bundle import BundleBuilder, ResourceTemplate
 from ._functions import FUNCTIONS, Env
 from ._memo import Scope, memoised
@@ -88,7 +90,14 @@ _DROPPED: Any = object()
 def _convert(kind: str, value: str, label: str | None, ctx: Ctx) -> Any:
     """``as:`` conversion; a refused value in a lenient field is dropped with a warning."""
     try:
-        return convert(kind, value, label or ctx.pending_label(), ctx.tz)
+        if not label:
+            # The field's terser path is worked out only for an error: converters are
+            # pure, so the refused value is converted again to name it.
+            try:
+                return convert(kind, value, "", ctx.tz)
+            except MappingError:
+                label = ctx.pending_label()
+        return convert(kind, value, label, ctx.tz)
     except MappingError as exc:
         lenient = ctx.lenient
         if lenient is None or not lenient.allows(exc.location):
@@ -105,14 +114,24 @@ def _convert(kind: str, value: str, label: str | None, ctx: Ctx) -> Any:
         return _DROPPED
 
 
+# Empty: None, "", [] or {}. Every value that is true is not (the common case, one
+# truth test); of the false ones, 0 and False are values. The checks below are inlined
+# on the hot paths: comparing a dict with "" costs more than its truth test.
+
+
 def _empty(value: Any) -> bool:
-    return value is None or value == "" or value == [] or value == {}
+    return not value and (value is None or value == "" or value == [] or value == {})
+
+
+def _present(value: Any) -> bool:
+    """not _empty(value), in one call (conditions run for every node)"""
+    return bool(value) or not (value is None or value == "" or value == [] or value == {})
 
 
 def _extend(out: list[Any], value: Any) -> None:
     if isinstance(value, list):
-        out.extend(v for v in value if not _empty(v))
-    elif not _empty(value):
+        out.extend([v for v in value if v or not _empty(v)])
+    elif value or not _empty(value):
         out.append(value)
 
 
@@ -120,8 +139,27 @@ def _none(ctx: Ctx) -> None:
     return None
 
 
+# Compiled specs whose value is fixed when the mappings load, with that value: an object
+# or list made only of them is built once (frozen, as memoised values are: gateway/shared.py)
+# instead of for every record. Keyed by the function itself; specs live as long as this.
+_CONSTANTS: WeakKeyDictionary[Fn, Any] = WeakKeyDictionary()
+_CONSTANTS[_none] = None
+_VARIES: Any = object()
+
+
 def _constant(value: Any) -> Fn:
-    return lambda ctx: value
+    def constant(ctx: Ctx) -> Any:
+        return value
+
+    _CONSTANTS[constant] = value
+    return constant
+
+
+def _folded(fns: list[Fn], make: Fn) -> Fn | None:
+    """``make``'s value as a constant when every spec in ``fns`` is one; else None."""
+    if all(fn in _CONSTANTS for fn in fns):
+        return _constant(freeze(make(cast(Ctx, None))))
+    return None
 
 
 class Compiler:
@@ -204,12 +242,17 @@ class Compiler:
             def many(ctx: Ctx) -> Any:
                 out: list[Any] = []
                 for fn in fns:
-                    _extend(out, fn(ctx))
+                    value = fn(ctx)
+                    # _extend(out, value), inlined: lists of names, codes, identifiers
+                    if isinstance(value, list):
+                        out.extend([v for v in value if v or not _empty(v)])
+                    elif value or not _empty(value):
+                        out.append(value)
                 if len(out) > 1:  # the same name or code from two sources is listed once
                     out = [v for i, v in enumerate(out) if v not in out[:i]]
                 return out or None
 
-            return many
+            return _folded(fns, many) or many
         if not isinstance(spec, dict):
             raise ConfigError("spec", f"{where}: unexpected {type(spec).__name__} in a mapping")
         # 'each' takes the rest of the mapping as its body: {each: PID-3, use: ...}
@@ -243,17 +286,20 @@ class Compiler:
         if "reference" in spec:
             self._scope.rooted = True  # a literal reference: the reference check must see it
         items = [(str(k), self.spec(v, f"{where}.{k}")) for k, v in spec.items()]
+        # constants (a system URI, a fixed code) taken as they are, without a call
+        steps = [(key, _CONSTANTS.get(fn, _VARIES), fn) for key, fn in items]
 
         def build(ctx: Ctx) -> Any:
             out: dict[str, Any] = {}
-            for key, fn in items:
-                value = fn(ctx)
-                # _empty(value), inlined: this loop runs for every element of every resource
-                if value is not None and value != "" and value != [] and value != {}:
+            for key, value, fn in steps:
+                if value is _VARIES:
+                    value = fn(ctx)
+                # not _empty(value), inlined: this loop runs for every element of every resource
+                if value or not (value is None or value == "" or value == [] or value == {}):
                     out[key] = value
             return out or None
 
-        return build
+        return _folded([fn for _, fn in items], build) or build
 
     def _check(self, path: str, where: str) -> None:
         try:
@@ -324,6 +370,32 @@ class Compiler:
             self._scope.path(alt)
         leaf = self._leaf(spec, where)
         missing = self._missing(spec, " or ".join(alts))
+        if not many and len(alts) == 1 and spec.get("as") is None and "map" not in spec:
+            # The most common path by far (a field or component as it is): no leaf steps,
+            # so no label to keep for their errors.
+            alt = alts[0]
+            fallback = spec.get("default") is not None or bool(spec.get("required"))
+
+            def plain(ctx: Ctx) -> Any:
+                value = ctx.view.first(alt, ctx.here)
+                if value is None and fallback:
+                    return missing(ctx, alt)
+                return value
+
+            return plain
+        if not many and len(alts) == 1:
+            only = alts[0]
+
+            def single(ctx: Ctx) -> Any:
+                value = ctx.view.first(only, ctx.here)
+                if value is not None:
+                    ctx.label_of = only  # for an error raised by the leaf steps
+                    out = leaf(value, None, ctx)
+                    if out is not _DROPPED:
+                        return out
+                return missing(ctx, only)
+
+            return single
 
         def one(ctx: Ctx) -> Any:
             view, here = ctx.view, ctx.here
@@ -348,7 +420,6 @@ class Compiler:
                             continue
                     return sep.join(map(str, values)) if sep is not None else values
             return missing(ctx, alts[0])
-            return missing(ctx, alts[0])
 
         return every if many else one
 
@@ -360,7 +431,7 @@ class Compiler:
 
         def var(ctx: Ctx) -> Any:
             value = ctx.vars.get(name)
-            if _empty(value):
+            if not value and _empty(value):
                 return missing(ctx, f"${name}")
             if not isinstance(value, str):
                 return value
@@ -442,13 +513,13 @@ class Compiler:
         if name not in FUNCTIONS:
             raise ConfigError("spec", f"{where}: unknown function {name!r} ({list(FUNCTIONS)})")
         func = FUNCTIONS[name]
-        args = {
-            str(k).replace("-", "_"): self.spec(v, f"{where}.args.{k}")
+        args = tuple(
+            (str(k).replace("-", "_"), self.spec(v, f"{where}.args.{k}"))
             for k, v in (spec.get("args") or {}).items()
-        }
+        )
 
         def call(ctx: Ctx) -> Any:
-            return func(ctx.env, **{k: fn(ctx) for k, fn in args.items()})
+            return func(ctx.env, **{k: fn(ctx) for k, fn in args})
 
         return call
 
@@ -465,6 +536,8 @@ class Compiler:
         extra = {
             str(k): self.spec(v, f"{where}.with.{k}") for k, v in (spec.get("with") or {}).items()
         }
+        if at is None and not extra:
+            return body  # nothing to position: no wrapper call per record
 
         def positioned(ctx: Ctx) -> Any:
             if at is not None:
@@ -506,7 +579,7 @@ class Compiler:
     def condition(self, spec: Any, where: str) -> Cond:
         if isinstance(spec, str):
             value = self.spec({"var": spec[1:]} if spec.startswith("$") else {"path": spec}, where)
-            return lambda ctx: not _empty(value(ctx))
+            return lambda ctx: _present(value(ctx))
         if not isinstance(spec, dict):
             raise ConfigError("condition", f"{where}: a condition is a path or a mapping")
         if "not" in spec:
@@ -526,7 +599,7 @@ class Compiler:
         if "in" in tests:
             allowed = {str(x) for x in tests["in"]}
             return lambda ctx: str(value(ctx) or "") in allowed
-        return lambda ctx: not _empty(value(ctx))
+        return lambda ctx: _present(value(ctx))
 
     # -- message mappings ------------------------------------------------------------------
     def entries(self, entries: list[Any], where: str, defined: list[str]) -> list[Fn]:

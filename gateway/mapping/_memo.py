@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from ..shared import freeze
 
@@ -81,18 +81,15 @@ def memoised(fn: Callable[[Ctx], Any], scope: Scope) -> Callable[[Ctx], Any]:
         # nodes have no stable text (DICOM, XML) opt out with memo = False.
         if ctx.view.tracing or not ctx.view.memo:
             return fn(ctx)
-        view = cast("MemoView", ctx.view)  # memo = True promises the MemoView members
+        # memo = True promises the MemoView members (an annotation, not a cast() call)
+        view: MemoView = ctx.view  # type: ignore[assignment]
         here = ctx.here
         try:
             # The same text means the same thing only with the same delimiters and charset
             # (escapes such as \Xhh\ decode in the message's charset).
-            key: tuple[Any, ...] = (
-                here.text,
-                here.level,
-                ctx.tz,
-                view.reading,
-                *(ctx.vars.get(n) for n in names),
-            )
+            key: tuple[Any, ...] = (here.text, here.level, ctx.tz, view.reading)
+            if names:
+                key += tuple(map(ctx.vars.get, names))
             if segments:
                 lines = view.group_key(here, segments)
                 if lines is None:

@@ -170,7 +170,7 @@ class Narratives:
         table = False
         for row in rows:
             value = resource.get(row.key) if row.key else _first(resource, row.paths)
-            if value is None or value == "" or value == []:
+            if not value and (value is None or value == "" or value == []):
                 continue
             shown = _SHOW[row.show](view, value)
             if shown:
@@ -251,6 +251,13 @@ def _auto(view: _View, value: Any) -> list[str]:
     """Any element, by its shape; a frozen value without references (shared between
     records, unchanging) is rendered once per label language."""
     kind = type(value)
+    # the record's own values first, by their exact type (what the mapping makes)
+    if kind is dict:
+        return _element(view, value)
+    if kind is str:
+        return [_esc(value)]
+    if kind is list:
+        return _items(view, value)
     if (kind is FrozenDict or kind is FrozenList) and not value.holds_refs:
         key = (id(value), view.chinese)
         hit = view.lines.get(key)
@@ -269,15 +276,19 @@ def _shape(view: _View, value: Any) -> list[str]:
     if isinstance(value, dict):
         return _element(view, value)
     if isinstance(value, list):
-        out: list[str] = []
-        for item in value[:_MAX_ITEMS]:
-            out += _auto(view, item)
-        if len(value) > _MAX_ITEMS:
-            out.append(f"… (+{len(value) - _MAX_ITEMS})")
-        return out
+        return _items(view, value)
     if isinstance(value, bool):
         return ["true" if value else "false"]
     return [_esc(str(value))]
+
+
+def _items(view: _View, value: list[Any]) -> list[str]:
+    out: list[str] = []
+    for item in value[:_MAX_ITEMS]:
+        out += _auto(view, item)
+    if len(value) > _MAX_ITEMS:
+        out.append(f"… (+{len(value) - _MAX_ITEMS})")
+    return out
 
 
 def _element(view: _View, value: dict[str, Any]) -> list[str]:
@@ -442,7 +453,7 @@ def _first(resource: Resource, paths: tuple[tuple[str, ...], ...]) -> Any:
             value = value.get(step) if isinstance(value, dict) else None
             if value is None:
                 break
-        if value is not None and value != "" and value != [] and value != {}:
+        if value or not (value is None or value == "" or value == [] or value == {}):
             return value
     return None
 

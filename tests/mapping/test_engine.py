@@ -15,6 +15,8 @@ from gateway.datafiles import data_dir
 from gateway.intake.hl7v2 import Hl7View, check_path, parse_message, split_messages
 from gateway.mapping import Env, MappingSet, Terminology
 from gateway.network import Network
+from gateway.shared import is_frozen
+from tests.conftest import REPO
 
 MAPPINGS = data_dir("mappings")
 
@@ -196,3 +198,27 @@ def test_group_resources_do_not_leak_into_the_next_group(converter: Converter) -
     ]
     assert orders[0]["requester"] == {"reference": roles[0]}
     assert orders[1]["requester"]["reference"] != roles[0]  # falls back to the sender
+
+
+def test_a_template_part_made_of_constants_is_built_once_and_frozen(
+    converter: Converter,
+) -> None:
+    """Condition.clinicalStatus (a fixed coding in Condition-DG1.yaml) is made when the
+    mappings load: every record gets that one frozen value, even the first time a
+    template runs (a record-built copy would be remade and revalidated per record)."""
+    data = (REPO / "examples" / "hl7v2" / "ref_i12_lax2_to_njmu2.hl7").read_bytes()
+
+    def status(mrn: bytes) -> Any:
+        record = converter.convert(data.replace(b"0012388^^^LAX2", mrn + b"^^^LAX2"))[0]
+        assert record.ok and record.mapped is not None  # the mapped Bundle (not parsed back)
+        resources = [e["resource"] for e in record.mapped["entry"]]
+        return next(r for r in resources if r["resourceType"] == "Condition")["clinicalStatus"]
+
+    first, second = status(b"CONST-1"), status(b"CONST-2")
+    assert first == {"coding": [{"system": CLINICAL, "code": "active"}]}
+    assert first is second and is_frozen(first)
+    with pytest.raises(TypeError):
+        first["coding"].append({})
+
+
+CLINICAL = "http://terminology.hl7.org/CodeSystem/condition-clinical"

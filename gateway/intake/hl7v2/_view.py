@@ -17,6 +17,7 @@ import re
 from bisect import bisect_left
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import NamedTuple
 
 from ...errors import ConfigError, IntakeError, Issue
 from ._er7 import Message
@@ -32,9 +33,11 @@ _REL = re.compile(r"\.([1-9]\d*)(?:\.([1-9]\d*))?\Z")
 _ALL = -1  # '*' in a compiled path
 
 
-@dataclass(frozen=True, slots=True)
-class Position:
-    """Where the engine stands: a segment group and, inside it, maybe one node."""
+class Position(NamedTuple):
+    """Where the engine stands: a segment group and, inside it, maybe one node.
+
+    Immutable; a named tuple rather than a frozen dataclass, whose constructor costs
+    three times as much (a mapping makes a few dozen per message)."""
 
     start: int
     end: int
@@ -53,6 +56,8 @@ class _Path:
     repetition: int = 0  # 0 = not given: the first for a value, all for 'each'/'at' lists
     component: int = 0
     sub: int = 0
+    star: bool = False  # an occurrence or repetition is '*'
+    skip: int = 0  # occurrences before the one named (for bisect)
 
 
 @lru_cache(maxsize=4096)
@@ -65,7 +70,9 @@ def _compile(path: str) -> _Path:
         raise ConfigError("bad-path", f"{path!r} is not an HL7 v2 terser path (e.g. PID-5(2).1)")
     occ = _ALL if m[3] == "*" else int(m[3] or 0)
     rep = _ALL if m[5] == "*" else int(m[5] or 0)
-    return _Path(False, bool(m[1]), m[2], occ, int(m[4] or 0), rep, int(m[6] or 0), int(m[7] or 0))
+    comp, sub = int(m[6] or 0), int(m[7] or 0)
+    star, skip = _ALL in (occ, rep), max(occ - 1, 0)
+    return _Path(False, bool(m[1]), m[2], occ, int(m[4] or 0), rep, comp, sub, star, skip)
 
 
 # Control characters other than TAB, LF and CR are not allowed in FHIR strings; they
@@ -96,6 +103,12 @@ def _has_controls(message: Message) -> bool:
     return False
 
 
+@lru_cache(maxsize=256)
+def _sorted(names: frozenset[str]) -> tuple[str, ...]:
+    """A memoised spec's segment names in a stable order (its memo key's), sorted once."""
+    return tuple(sorted(names))
+
+
 def check_path(path: str) -> None:
     """Raise ConfigError when ``path`` is not valid (used when mappings are loaded)."""
     _compile(path)
@@ -112,6 +125,9 @@ class Hl7View:
 
     def __init__(self, message: Message) -> None:
         self.message = message
+        # Without control characters anywhere (the common case), a value needs no
+        # search for them: stripping it is all :meth:`_clean` would do.
+        self._plain = not message.controls
         if message.controls and _has_controls(message):
             self.memo = False
         # Warnings found while the mapping reads values (control characters removed);
@@ -127,6 +143,8 @@ class Hl7View:
         # What else, beside a node's text, decides what the text means: the memo keys on it.
         self.reading = (message.separators, message.charset)
         self._labels: dict[int, str] = {}
+        # A node's components, split once: a fragment reads up to a dozen of one node.
+        self._components: dict[str, list[str]] = {}
 
     @property
     def tracing(self) -> bool:
@@ -165,10 +183,11 @@ class Hl7View:
         if here.start == 0 and here.end == len(self.message.segments):
             return None
         lines = self.message.lines
+        names = _sorted(segments)
+        if len(names) == 1:  # most specs read one segment of their group
+            return tuple([lines[i] for i in self._in_range(names[0], here.start, here.end)])
         return tuple(
-            lines[i]
-            for name in sorted(segments)
-            for i in self._in_range(name, here.start, here.end)
+            lines[i] for name in names for i in self._in_range(name, here.start, here.end)
         )
 
     # -- groups and nodes (for 'each' and 'at') ----------------------------------------
@@ -214,7 +233,8 @@ class Hl7View:
                 raw = raw.split(self._cs, 1)[0]  # a field read whole means its first component
             if node.level <= 1 and self._ss in raw:
                 raw = raw.split(self._ss, 1)[0]
-            value = self._clean(self.unescape(raw), node.label)
+            raw = self.unescape(raw)
+            value = raw.strip() if self._plain else self._clean(raw, node.label)
             if value and value != '""':  # "" is HL7's explicit null
                 out.append((value, node.label))
         return out
@@ -256,15 +276,32 @@ class Hl7View:
             text, level = here.text, here.level
             if text is None:
                 return self._relative_text(p, here)
+            if level == 0 and not p.sub and text:
+                # A component of a field repetition (.5 of a CX): the mappings' most
+                # common read, without the general descent
+                parts = self._components.get(text)
+                if parts is None:
+                    parts = self._components[text] = text.split(self._cs)
+                if p.component > len(parts):
+                    return None
+                raw = parts[p.component - 1]
+                if not raw:
+                    return None
+                if self._ss in raw:
+                    raw = raw.split(self._ss, 1)[0]
+                if self._es in raw:
+                    raw = self.unescape(raw)
+                value = raw.strip() if self._plain else self._clean(raw, None, path, here)
+                return value if value and value != '""' else None
             raw, level = self._parts(text, level, p.component, p.sub)
         else:
             start, end = (0, len(self.message.segments)) if p.root else (here.start, here.end)
-            if _ALL in (p.occurrence, p.repetition):
+            if p.star:
                 return self._first_slow(path, here)
             found = self.message.positions.get(p.segment)
             if not found:
                 return None
-            i = bisect_left(found, start) + max(p.occurrence - 1, 0)
+            i = bisect_left(found, start) + p.skip
             if i >= len(found) or found[i] >= end:
                 return None
             fields = self.message.segments[found[i]]
@@ -295,21 +332,32 @@ class Hl7View:
             raw = raw.split(self._ss, 1)[0]
         if self._es in raw:
             raw = self.unescape(raw)
-        value = self._clean(raw, None, path, here)
+        value = raw.strip() if self._plain else self._clean(raw, None, path, here)
         return value if value and value != '""' else None
 
     def _parts(self, text: str | None, level: int, component: int, sub: int) -> tuple[str, int]:
         """Descend from a node's text to a component/subcomponent (no labels)."""
-        for index in (component, sub):
-            if not index or not text:
-                break
-            if level >= 2:
-                return "", level
-            parts = text.split(self._cs if level == 0 else self._ss)
-            if index > len(parts):
-                return "", level
-            text, level = parts[index - 1], level + 1
-        return text or "", level
+        if not component or not text:
+            return text or "", level
+        if level >= 2:
+            return "", level
+        if level == 0:
+            parts = self._components.get(text)
+            if parts is None:
+                parts = self._components[text] = text.split(self._cs)
+        else:
+            parts = text.split(self._ss)
+        if component > len(parts):
+            return "", level
+        text, level = parts[component - 1], level + 1
+        if not sub or not text:
+            return text, level
+        if level >= 2:
+            return "", level
+        parts = text.split(self._ss)
+        if sub > len(parts):
+            return "", level
+        return parts[sub - 1], level + 1
 
     def _relative_text(self, p: _Path, here: Position) -> str | None:
         self._relative(p, here)  # raises the ConfigError for a relative path outside a node
@@ -393,13 +441,15 @@ class Hl7View:
             return []
         nodes = []
         for r, text in chosen:
+            if not text:
+                continue  # an empty repetition: no node (nor any component of it)
             rlabel = label if r == 1 else f"{label}({r})"
             node = Position(seg_index, seg_index + 1, rlabel, text, 0)
             if p.component:
                 sub = self._descend(node, p.component, p.sub)
                 if sub is not None:
                     nodes.append(sub)
-            elif text:
+            else:
                 nodes.append(node)
         return nodes
 

@@ -150,8 +150,11 @@ class Invariant:
     guard: Guard | None
     run: Callable[..., list[Any]]
     names: frozenset[str] | None  # the element names it reads (None: it reads wider)
+    native: Callable[[Any], bool] | None = None  # the same test in Python (see NATIVE)
 
     def holds(self, node: Any, resource: Any) -> bool:
+        if self.native is not None:
+            return self.native(node)
         if self.guard is not None and self.guard(node):
             return True
         key = None
@@ -223,6 +226,78 @@ def _why_unusable(expression: str) -> str | None:
 _COMPILED: dict[tuple[str, str, str], Invariant | str] = {}
 
 
+# -- invariants run in Python -----------------------------------------------------------
+# The gateway's own invariants that read values which change with every record (entry
+# URLs, identifiers), so no memo can serve them: fhirpathpy spends about a millisecond on
+# a Bundle's gw-bun-2, more than the rest of the validation. Each is keyed by its exact
+# expression text: a profile that changes the expression falls back to fhirpathpy, and
+# tests/validation/test_native_invariants.py checks both agree (FHIRPath's empty counts
+# as not true here, as in all()).
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _items(node: Any, key: str) -> list[Any]:
+    value = node.get(key) if isinstance(node, dict) else None
+    if isinstance(value, list):
+        return [v for v in value if isinstance(v, dict)]
+    return [value] if isinstance(value, dict) else []
+
+
+def _uuid_urls(bundle: Any) -> bool:
+    return all(
+        (_text(e.get("fullUrl")) or "").startswith("urn:uuid:") for e in _items(bundle, "entry")
+    )
+
+
+def _conditional_entry(entry: dict[str, Any]) -> bool:
+    resource = entry.get("resource")
+    if isinstance(resource, dict) and resource.get("resourceType") == "Provenance":
+        return True
+    request = entry.get("request")
+    if not isinstance(request, dict):
+        return False
+    method = request.get("method")
+    if method == "POST":
+        return request.get("ifNoneExist") is not None
+    return method == "PUT" and "?identifier=" in (_text(request.get("url")) or "")
+
+
+def _conditional(bundle: Any) -> bool:
+    return all(_conditional_entry(e) for e in _items(bundle, "entry"))
+
+
+def _dicom_uids_are_oids(request: Any) -> bool:
+    return all(
+        (_text(i.get("value")) or "").startswith("urn:oid:")
+        for i in _items(request, "identifier")
+        if i.get("system") == "urn:dicom:uid"
+    )
+
+
+def _has_referral_number(request: Any) -> bool:
+    return any(
+        (_text(i.get("system")) or "").endswith("/sid/referral") and i.get("value") is not None
+        for i in _items(request, "identifier")
+    )
+
+
+NATIVE: dict[str, Callable[[Any], bool]] = {
+    "entry.all(fullUrl.startsWith('urn:uuid:'))": _uuid_urls,
+    "entry.all(resource.is(Provenance) or (request.method = 'POST' and "
+    "request.ifNoneExist.exists()) or (request.method = 'PUT' and "
+    "request.url.contains('?identifier=')))": _conditional,
+    "identifier.where(system = 'urn:dicom:uid').all(value.startsWith('urn:oid:'))": (
+        _dicom_uids_are_oids
+    ),
+    "identifier.where(system.endsWith('/sid/referral') and value.exists()).exists()": (
+        _has_referral_number
+    ),
+}
+
+
 def compile_invariant(constraint: dict[str, Any], type_name: str) -> Invariant | str:
     """The compiled invariant, or the reason it is skipped."""
     key = str(constraint.get("key"))
@@ -254,6 +329,7 @@ def compile_invariant(constraint: dict[str, Any], type_name: str) -> Invariant |
                 guard=None if existence else _guard(expression),
                 run=run,
                 names=None if existence else _names(expression),
+                native=NATIVE.get(expression),
             )
     _COMPILED[cache_key] = out
     return out

@@ -68,9 +68,9 @@ def samples() -> dict[str, list[dict[str, Any]]]:
 
 
 def _url_of(resource: dict[str, Any]) -> str:
-    gateway = ProfileValidator()
-    gateway.plan_for(resource, None)  # loads the gateway's profiles
-    found = (gateway._gateway or {}).get(str(resource["resourceType"]))
+    """The profile the resource names (the gateway's own), else its base definition."""
+    named = (resource.get("meta") or {}).get("profile") or []
+    found = next((str(u) for u in named if isinstance(u, str)), None)
     return found or f"http://hl7.org/fhir/StructureDefinition/{resource['resourceType']}"
 
 

@@ -36,6 +36,7 @@ lint: $(STAMP)            ## ruff on everything, mypy (strict) on gateway/
 
 docs: $(STAMP)            ## regenerate the generated parts of docs/ (error codes, stage list)
 	$(BIN)/python -c 'import gateway.errors as e; print(e.errors_markdown(), end="")' > docs/errors.md
+	$(BIN)/python -c 'import json, gateway.errors as e; print(json.dumps(e.errors_codesystem(), ensure_ascii=False, indent=2))' > profiles/CodeSystem-error-code.json
 	$(BIN)/python -m gateway.stagedoc
 
 profiles: $(STAMP)        ## snapshots of profiles/StructureDefinition-*, the ImplementationGuide, CapabilityStatement, docs/profiles/

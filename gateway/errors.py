@@ -55,6 +55,11 @@ class ErrorCode:
     severity: str = "error"
 
 
+# The code system of these codes in OperationOutcome.issue.details, published in
+# profiles/ (CodeSystem-error-code.json, written by `make docs` from errors.yaml).
+ERROR_CODE_SYSTEM = "https://fhir-gateway.example.org/CodeSystem/error-code"
+
+
 @cache
 def registry() -> dict[str, ErrorCode]:
     """Every error code the gateway raises, by code."""
@@ -142,7 +147,7 @@ class Issue:
                 "issue_type", registered.issue_type if registered else "processing"
             ),
             "details": {
-                "coding": [{"system": "urn:fhir-gateway:error-code", "code": self.code}],
+                "coding": [{"system": ERROR_CODE_SYSTEM, "code": self.code}],
                 "text": self.message if not self.record else f"{self.record}: {self.message}",
             },
             "diagnostics": self.message,
@@ -235,6 +240,41 @@ def operation_outcome(issues: list[Issue]) -> dict[str, Any]:
     return {"resourceType": "OperationOutcome", "issue": [i.to_fhir() for i in issues]}
 
 
+def errors_codesystem() -> dict[str, Any]:
+    """profiles/CodeSystem-error-code.json, generated from the registry (``make docs``):
+    a partner resolves the code of an OperationOutcome by the system's canonical URL."""
+    return {
+        "resourceType": "CodeSystem",
+        "id": "error-code",
+        "url": ERROR_CODE_SYSTEM,
+        "name": "GatewayErrorCode",
+        "title": "FHIR gateway error codes",
+        "status": "active",
+        "experimental": False,
+        "description": (
+            "The stable codes of every error and warning the gateway reports, in "
+            "OperationOutcome.issue.details.coding. Generated from gateway/errors.yaml."
+        ),
+        "caseSensitive": True,
+        "content": "complete",
+        "property": [
+            {"code": "stage", "type": "string", "description": "the stage that raises it"},
+            {"code": "http", "type": "integer", "description": "the API's HTTP status"},
+        ],
+        "concept": [
+            {
+                "code": e.code,
+                "display": e.meaning,
+                "property": [
+                    {"code": "stage", "valueString": e.stage},
+                    {"code": "http", "valueInteger": e.http},
+                ],
+            }
+            for e in registry().values()
+        ],
+    }
+
+
 def errors_markdown() -> str:
     """docs/errors.md, generated from the registry (``make docs``)."""
     raw = yaml.safe_load(Path(__file__).with_name("errors.yaml").read_text(encoding="utf-8"))
@@ -243,7 +283,8 @@ def errors_markdown() -> str:
         "",
         "Every error and warning the gateway reports carries one of these codes: on the CLI",
         "in brackets at the end of the line, on the API in",
-        "`OperationOutcome.issue.details.coding` (system `urn:fhir-gateway:error-code`).",
+        "`OperationOutcome.issue.details.coding` (system",
+        f"`{ERROR_CODE_SYSTEM}`, published as profiles/CodeSystem-error-code.json).",
         "Generated from `gateway/errors.yaml` by `make docs`; do not edit.",
         "",
         "Messages never quote a record's data: a bad value appears as its form, letters as",

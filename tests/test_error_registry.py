@@ -7,9 +7,10 @@ import ast
 import re
 from pathlib import Path
 
+import orjson
 import pytest
 
-from gateway.errors import Issue, errors_markdown, http_status, registry
+from gateway.errors import Issue, errors_codesystem, errors_markdown, http_status, registry
 
 ROOT = Path(__file__).resolve().parents[1]
 GATEWAY = ROOT / "gateway"
@@ -103,6 +104,14 @@ def test_registry_entries_are_complete() -> None:
 def test_docs_are_generated_from_the_registry() -> None:
     doc = (ROOT / "docs" / "errors.md").read_text(encoding="utf-8")
     assert doc == errors_markdown(), "docs/errors.md is stale: run `make docs`"
+
+
+def test_the_published_code_system_holds_every_code() -> None:
+    published = orjson.loads((ROOT / "profiles" / "CodeSystem-error-code.json").read_bytes())
+    assert published == errors_codesystem(), "the CodeSystem is stale: run `make docs`"
+    assert {c["code"] for c in published["concept"]} == set(registry())
+    issue = Issue("mapping.required", "PID-3 is empty", location="PID-3").to_fhir()
+    assert issue["details"]["coding"][0]["system"] == published["url"]
 
 
 @pytest.mark.parametrize(

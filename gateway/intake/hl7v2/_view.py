@@ -186,9 +186,7 @@ class Hl7View:
         names = _sorted(segments)
         if len(names) == 1:  # most specs read one segment of their group
             return tuple([lines[i] for i in self._in_range(names[0], here.start, here.end)])
-        return tuple(
-            lines[i] for name in names for i in self._in_range(name, here.start, here.end)
-        )
+        return tuple(lines[i] for name in names for i in self._in_range(name, here.start, here.end))
 
     # -- groups and nodes (for 'each' and 'at') ----------------------------------------
     def select(self, path: str, here: Position) -> list[Position]:

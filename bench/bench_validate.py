@@ -36,7 +36,7 @@ from fhir.resources.R4B import get_fhir_model_class
 
 from gateway.validation import Validator
 from gateway.validation._check import ProfileValidator
-from gateway.validation._definitions import core_package_path
+from gateway.validation.corepkg import core_package_path
 
 REPO = _results.REPO
 BEGIN = "<!-- validation benchmark: begin (written by bench/bench_validate.py) -->"

@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 
 from gateway.validation import _check
-from gateway.validation._definitions import core_available, definitions
+from gateway.validation._definitions import definitions
 from gateway.validation._profiles import Plans
+from gateway.validation.corepkg import core_available
 
 REPO = Path(__file__).resolve().parents[2]
 TEST_PROFILES = Path(__file__).resolve().parent / "profiles"

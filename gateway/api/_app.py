@@ -246,11 +246,14 @@ def create_app(
         )
         return _outcome([issue], 500)
 
-    async def read_body(request: Request, limit: int) -> bytes | Response | None:
+    async def read_body(request: Request, limit: int) -> bytes | Response:
+        """The request's body, or the answer to send instead: 413 over ``limit``, 408 when
+        it arrives too slowly."""
         try:
-            return await _read_body(request, limit, settings.api_body_timeout)
+            body = await _read_body(request, limit, settings.api_body_timeout)
         except _BodyLate:
             return _late(settings.api_body_timeout)
+        return _too_large(limit) if body is None else body
 
     def unauthorized(request: Request) -> Response | None:
         auth = request.headers.get("authorization", "")
@@ -279,8 +282,6 @@ def create_app(
         body = await read_body(request, MAX_BODY)
         if isinstance(body, Response):
             return body
-        if body is None:
-            return _too_large(MAX_BODY)
         try:
             report, english = _report_parameters(body)
             status, content_type, out = await reports.render(report, lang, english, format, partner)
@@ -318,8 +319,6 @@ def create_app(
         body = await read_body(request, limit)
         if isinstance(body, Response):
             return body
-        if body is None:
-            return _too_large(limit)
         try:
             facility = converter.known_sender(sender) if sender else None
         except GatewayError:

@@ -97,7 +97,7 @@ def validate_request(
 def add_validate_routes(
     app: FastAPI,
     unauthorized: Callable[[Request], Response | None],
-    read_body: Callable[[Request, int], Awaitable[bytes | Response | None]],
+    read_body: Callable[[Request, int], Awaitable[bytes | Response]],
 ) -> None:
     # The default validator learns structures as it goes (gateway/validation): one
     # request at a time uses it.
@@ -115,13 +115,6 @@ def add_validate_routes(
         body = await read_body(request, MAX_VALIDATE_BODY)
         if isinstance(body, Response):
             return body
-        if body is None:
-            issue = Issue(
-                "request.too-large",
-                f"body is larger than {MAX_VALIDATE_BODY} bytes",
-                details={"issue_type": "too-costly"},
-            )
-            return _outcome([issue], 413)
         return await run_in_threadpool(run, body, resource_type, profile)
 
     @app.post("/$validate")

@@ -17,7 +17,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from ..config import Settings
-from ..errors import GatewayError, Issue, operation_outcome
+from ..errors import GatewayError, operation_outcome
 from ..signing import FileReport, trust_store, verify_bytes
 
 __all__ = ["add_verify_route", "verification_outcome"]
@@ -36,7 +36,7 @@ def add_verify_route(
     app: FastAPI,
     settings: Settings,
     unauthorized: Callable[[Request], Response | None],
-    read_body: Callable[[Request, int], Awaitable[bytes | Response | None]],
+    read_body: Callable[[Request, int], Awaitable[bytes | Response]],
 ) -> None:
     @app.post("/$verify")
     async def verify(request: Request, format: str = "fhir") -> Response:
@@ -46,13 +46,6 @@ def add_verify_route(
         body = await read_body(request, MAX_VERIFY_BODY)
         if isinstance(body, Response):
             return body
-        if body is None:
-            issue = Issue(
-                "request.too-large",
-                f"body is larger than {MAX_VERIFY_BODY} bytes",
-                details={"issue_type": "too-costly"},
-            )
-            return Response(orjson.dumps(operation_outcome([issue])), 413, media_type=FHIR_JSON)
         try:
             trust = trust_store(settings)
             report = await run_in_threadpool(verify_bytes, body, "request", trust)

@@ -12,6 +12,7 @@ from fhir.resources.R4B.operationoutcome import OperationOutcome
 
 from gateway import Converter, Settings
 from gateway.api import TokenSet, create_app
+from gateway.api._validate import MAX_VALIDATE_BODY
 from tests.api.test_app import Client
 
 TOKEN = "validate-test-token"
@@ -156,3 +157,11 @@ def test_the_operations_are_described(client: Client) -> None:
         assert operation["security"] == [{"HTTPBearer": []}]
     names = [o["name"] for o in client.get("/metadata").json()["rest"][0]["operation"]]
     assert "validate" in names
+
+
+def test_an_oversized_body_is_refused_with_413(client: Client) -> None:
+    resp = client.post("/$validate", content=b" " * (MAX_VALIDATE_BODY + 1), headers=AUTH)
+    assert resp.status_code == 413
+    [issue] = resp.json()["issue"]
+    assert issue["details"]["coding"][0]["code"] == "request.too-large"
+    assert str(MAX_VALIDATE_BODY) in issue["diagnostics"]

@@ -5,7 +5,6 @@ instance with their FailureReason and never as success."""
 
 from __future__ import annotations
 
-import asyncio
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from gateway import Converter
 from gateway.api import TokenSet, create_app
 from gateway.listeners.dicom import DicomIntake, Origin, split_multipart
 from gateway.store import MessageFilter, Store, utcnow
+from tests.api.test_app import Client
 from tests.golden.dicom.make_studies import part10, wang_wei
 
 from .dicom_support import (
@@ -62,12 +62,7 @@ class Api:
         if token:
             sent["Authorization"] = f"Bearer {token}"
 
-        async def go() -> httpx.Response:
-            transport = httpx.ASGITransport(app=self.app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
-                return await http.post(url, content=body, headers=sent)
-
-        return asyncio.run(go())
+        return Client(self.app).post(url, content=body, headers=sent)
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ English; consents imported, listed and withdrawn on both."""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ from gateway import Converter, Settings
 from gateway.api import TokenSet, create_app
 from gateway.policy import Policy, PolicyRecords
 from gateway.store import Incoming, open_store, process_message
+from tests.api.test_app import Client
 
 from ..gateway_cli import run
 from .conftest import HKID, NOW, REPO, consent, dumps
@@ -24,12 +24,7 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def call(app: FastAPI, method: str, url: str, **kwargs: Any) -> httpx.Response:
-    async def go() -> httpx.Response:
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
-            return await http.request(method, url, **kwargs)
-
-    return asyncio.run(go())
+    return Client(app).request(method, url, **kwargs)
 
 
 def _held(home: Path, converter: Converter) -> tuple[int, int]:

@@ -4,7 +4,6 @@ after the mapping fix with both outcomes kept."""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,7 @@ import httpx
 from fastapi import FastAPI
 
 from gateway.api import TokenSet, create_app
+from tests.api.test_app import Client
 
 from .browse import GB18030_REF, broken_home, fill, fix_mapping
 
@@ -20,12 +20,7 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def call(app: FastAPI, method: str, url: str, **kwargs: Any) -> httpx.Response:
-    async def go() -> httpx.Response:
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
-            return await http.request(method, url, **kwargs)
-
-    return asyncio.run(go())
+    return Client(app).request(method, url, **kwargs)
 
 
 def test_browse_and_reprocess_on_the_api(store_url: str, tmp_path: Path) -> None:

@@ -8,6 +8,7 @@
     gateway listen [--port P]                                HL7 v2 over MLLP into the store
     gateway messages list|show|reprocess|prune               the message store
     gateway db upgrade                                       create or migrate the store
+    gateway partners list|set|check                          partner FHIR servers
     gateway validate FILE... [--profile URL] [--json]        validate FHIR JSON resources/Bundles
     gateway config                                           effective settings
 
@@ -39,6 +40,7 @@ from .listeners import add_cli as add_listen_cli
 from .listeners.dicom import add_cli as add_dicom_cli
 from .listeners.dicom import start_dicom
 from .logs import configure as configure_logs
+from .partners import add_cli as add_partners_cli
 from .pipeline import Converter
 from .policy import add_cli as add_policy_cli
 from .reports import add_cli
@@ -338,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_listen_cli(sub)  # gateway listen
     add_store_cli(sub)  # gateway messages ..., gateway db upgrade
     add_outbox_cli(sub)  # gateway outbox list|show|stats
+    add_partners_cli(sub)  # gateway partners list|set|check
     add_dicom_cli(sub)  # gateway dicom commit / pending / listen
     signing.add_cli(sub)  # gateway keys init, sign, verify
     add_validate_cli(sub)  # gateway validate FILE... [--profile URL] [--json]

@@ -38,6 +38,9 @@ class Settings:
     timezone: str = "+08:00"
     validate: bool = True  # parse every Bundle with the fhir.resources R4B models
     api_token_file: Path | None = None  # bearer tokens for the API, one per line
+    # This gateway's own institution: a key of the network (seeds/network.yaml). It names
+    # the gateway to partners (the SMART client_id, the key it authenticates with).
+    institution: str | None = None
     host: str = "127.0.0.1"
     port: int = 8080
     # DICOM elements larger than this (private blobs, embedded documents) are skipped

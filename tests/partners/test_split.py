@@ -1,5 +1,5 @@
-"""gateway/partners.py: partner configuration and splitting a Bundle into requests
-that a partner with a size limit applies in order (docs/partners.md)."""
+"""gateway/partners/_split.py: splitting a Bundle into requests that a partner with a
+size limit applies in order (docs/partners.md)."""
 
 from __future__ import annotations
 
@@ -142,9 +142,13 @@ def test_an_entry_without_a_condition_cannot_be_referred_to_across_parts() -> No
 def test_the_shipped_partners_are_institutions_of_the_network() -> None:
     network = Network.load(data_dir("seeds") / "network.yaml")
     partners = load_partners(network=network)
-    assert partners["hkpmc"] == Partner(
-        "hkpmc", "https://fhir.hkpmc.example.hk/fhir/R4", max_entries=8, write="transaction"
+    hkpmc = partners["hkpmc"]
+    assert (hkpmc.base, hkpmc.max_entries, hkpmc.write) == (
+        "https://fhir.hkpmc.example.hk/fhir/R4",
+        8,
+        "transaction",
     )
+    assert isinstance(hkpmc, Partner) and hkpmc.jurisdiction == "HK"  # from the network
     assert {p.write for p in partners.values()} == {"transaction", "batch"}
 
 
@@ -152,12 +156,24 @@ def test_the_shipped_partners_are_institutions_of_the_network() -> None:
     ("text", "code", "words"),
     [
         ("partners: {hkpmc: {max_entries: 8}}", "config.partners", "needs 'base'"),
-        ("partners: {hkpmc: {base: x, max_entries: -1}}", "config.partners", "max_entries"),
-        ("partners: {hkpmc: {base: x, max_entries: 1}}", "config.partners", "max_entries"),
-        ("partners: {hkpmc: {base: x, write: stream}}", "config.partners", "write"),
-        ("partners: {hkpmc: {base: x, limit: 8}}", "config.partners", "unknown keys limit"),
+        (
+            "partners: {hkpmc: {base: 'https://x', max_entries: -1}}",
+            "config.partners",
+            "max_entries",
+        ),
+        (
+            "partners: {hkpmc: {base: 'https://x', max_entries: 1}}",
+            "config.partners",
+            "max_entries",
+        ),
+        ("partners: {hkpmc: {base: 'https://x', write: stream}}", "config.partners", "write"),
+        (
+            "partners: {hkpmc: {base: 'https://x', limit: 8}}",
+            "config.partners",
+            "unknown keys limit",
+        ),
         ("partners: [hkpmc]", "config.partners", "'partners' mapping"),
-        ("partners: {nowhere: {base: x}}", "config.unknown-partner", "partners.nowhere"),
+        ("partners: {nowhere: {base: 'https://x'}}", "config.unknown-partner", "partners.nowhere"),
     ],
 )
 def test_a_malformed_partners_file_is_refused_naming_the_key(

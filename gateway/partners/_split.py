@@ -1,7 +1,6 @@
-"""Partner FHIR servers and fitting a transaction Bundle to what each one accepts.
+"""Fitting a transaction Bundle to what a partner accepts.
 
-``seeds/partners.yaml`` says, per partner institution of the network, where its FHIR
-server is (``base``), the most entries it takes in one request (``max_entries``, 0 = no
+A partner says the most entries it takes in one request (``max_entries``, 0 = no
 limit: Medplum refuses a transaction of more than 8 entries when one is conditional)
 and how to write (``transaction`` or ``batch``). :func:`split_bundle` turns one Bundle
 the gateway made into the ordered list of requests that apply all of it at that
@@ -16,73 +15,14 @@ the partner resolves to the resource an earlier part already wrote.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from .datafiles import data_dir, load_data_file
-from .errors import ConfigError
-from .network import Network
-from .validation import reference_values
+from ..errors import ConfigError
+from ..validation import reference_values
 
-__all__ = ["WRITE_KINDS", "Partner", "load_partners", "split_bundle"]
+__all__ = ["WRITE_KINDS", "split_bundle"]
 
 WRITE_KINDS = ("transaction", "batch")
-
-
-@dataclass(frozen=True, slots=True)
-class Partner:
-    key: str  # the institution key in the network
-    base: str  # FHIR base URL, e.g. https://fhir.example.hk/fhir/R4
-    max_entries: int = 0  # most entries per request; 0 = no limit
-    write: str = "transaction"  # transaction: atomic parts; batch: entry by entry
-
-    def split(self, bundle: dict[str, Any]) -> list[dict[str, Any]]:
-        return split_bundle(bundle, self.max_entries, self.write)
-
-
-def _partner(key: str, raw: Any, where: str) -> Partner:
-    if not isinstance(raw, dict) or not isinstance(raw.get("base"), str) or not raw["base"]:
-        raise ConfigError("partners", f"{where}: partners.{key}: needs 'base' (a URL)")
-    unknown = set(raw) - {"base", "max_entries", "write"}
-    if unknown:
-        raise ConfigError(
-            "partners", f"{where}: partners.{key}: unknown keys {', '.join(sorted(unknown))}"
-        )
-    limit = raw.get("max_entries", 0)
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0 or limit == 1:
-        raise ConfigError(
-            "partners",
-            f"{where}: partners.{key}.max_entries: expected 0 (no limit) or a number from 2",
-        )
-    write = raw.get("write", "transaction")
-    if write not in WRITE_KINDS:
-        raise ConfigError(
-            "partners",
-            f"{where}: partners.{key}.write: expected one of {', '.join(WRITE_KINDS)}",
-        )
-    return Partner(str(key), str(raw["base"]).rstrip("/"), limit, str(write))
-
-
-def load_partners(path: Path | None = None, network: Network | None = None) -> dict[str, Partner]:
-    """The partners of ``path`` (default ``seeds/partners.yaml``) by institution key;
-    with a ``network``, each key must be one of its institutions."""
-    path = path or data_dir("seeds") / "partners.yaml"
-    raw = load_data_file(path)
-    if not isinstance(raw, dict) or not isinstance(raw.get("partners"), dict):
-        raise ConfigError("partners", f"{path.name}: expected a mapping with a 'partners' mapping")
-    out = {}
-    for key, entry in raw["partners"].items():
-        if network is not None and network.find(str(key)) is None:
-            raise ConfigError(
-                "unknown-partner",
-                f"{path.name}: partners.{key} is not an institution of the network",
-            )
-        out[str(key)] = _partner(str(key), entry, path.name)
-    return out
-
-
-# --- splitting ----------------------------------------------------------------------
 
 
 def split_bundle(

@@ -210,7 +210,10 @@ def _build(
                 wanted = "+".join(str(lang) for lang in wanted)
             partner = replace(
                 partner,
-                name=inst.name(),
+                # in its own script: Traditional for Hong Kong, else Simplified
+                name=inst.name("zh-Hant")
+                if (inst.jurisdiction or "").startswith("HK")
+                else inst.name(),
                 jurisdiction=inst.jurisdiction,
                 report_variant=str(wanted),
             )

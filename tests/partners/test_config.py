@@ -1,0 +1,200 @@
+"""Partner configuration: the network's defaults under $GATEWAY_HOME/partners.yaml,
+errors that name the file, the partner and the key, and ``gateway partners list|set``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+import yaml
+
+from gateway.cli import main
+from gateway.errors import ConfigError
+from gateway.network import Network
+from gateway.partners import DEFAULT_SCOPE, configured_partners, load_partners
+from tests.partners.conftest import NETWORK, MakeSettings
+
+
+def _load(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "partners.yaml"
+    path.write_text(text, encoding="utf-8")
+    load_partners(path, Network.load(NETWORK))
+
+
+@pytest.mark.parametrize(
+    ("entry", "code", "words"),
+    [
+        ("fhir_version: R5", "config.partner-fhir-version", "partners.hkpmc.fhir_version: 'R5'"),
+        ("fhir_version: 3.0.2", "config.partner-fhir-version", "FHIR R4 (4.0.1) only"),
+        ("auth: kerberos", "config.partner-auth", "partners.hkpmc.auth.type: 'kerberos'"),
+        ("auth: bearer", "config.partner-auth", "bearer needs token_file or token_env"),
+        (
+            "auth: {type: none, token_file: t}",
+            "config.partner-auth",
+            "token_file not used by auth type none",
+        ),
+        (
+            "auth: {type: smart, token_url: ftp://x}",
+            "config.partner-auth",
+            "auth.token_url: expected an http(s) URL",
+        ),
+        ("auth: {type: mtls, cert_file: c.pem}", "config.partner-auth", "cert_file and key_file"),
+        ("auth: {type: bearer, token: s3cr3t}", "config.partner-secret", "'token' would keep"),
+        ("client_secret: s3cr3t", "config.partner-secret", "'client_secret'"),
+        ("concurrency: 0", "config.partners", "partners.hkpmc.concurrency"),
+        ("rate_limit: fast", "config.partners", "partners.hkpmc.rate_limit"),
+        ("base: ftp://x", "config.partners", "partners.hkpmc.base"),
+    ],
+)
+def test_a_bad_partner_setting_is_named_clearly(
+    tmp_path: Path, entry: str, code: str, words: str
+) -> None:
+    text = f"partners:\n  hkpmc:\n    base: https://fhir.hkpmc.example.hk/fhir/R4\n    {entry}\n"
+    with pytest.raises(ConfigError) as caught:
+        _load(tmp_path, text)
+    message = caught.value.issue.message
+    assert caught.value.code == code and words in message, message
+    assert str(tmp_path / "partners.yaml") in message  # the file is named
+    assert "s3cr3t" not in message  # a secret is never repeated
+
+
+def test_r4_is_accepted_under_its_usual_names(tmp_path: Path) -> None:
+    for version in ("R4", "4.0", "4.0.1"):
+        text = f"partners: {{hkpmc: {{base: 'https://h/fhir', fhir_version: '{version}'}}}}"
+        path = tmp_path / "partners.yaml"
+        path.write_text(text, encoding="utf-8")
+        assert load_partners(path)["hkpmc"].fhir_version == "R4"
+
+
+def test_the_network_gives_name_jurisdiction_and_report_variant(
+    make_settings: MakeSettings,
+) -> None:
+    partners = configured_partners(make_settings())
+    hkpmc, nsch = partners["hkpmc"], partners["nsch"]
+    assert (hkpmc.jurisdiction, hkpmc.report_variant) == ("HK", "zh-Hant-HK+en")
+    assert hkpmc.name == "大灣區醫療集團香港合作醫療中心"
+    assert (nsch.jurisdiction, nsch.report_variant) == ("CN-GD", "zh-Hans")
+    assert (hkpmc.auth.type, hkpmc.concurrency, hkpmc.rate_limit) == ("none", 4, 0.0)
+
+
+def test_the_home_file_wins_over_the_network_defaults(make_settings: MakeSettings) -> None:
+    settings = make_settings()
+    settings.home.mkdir(parents=True)
+    (settings.home / "partners.yaml").write_text(
+        "partners:\n"
+        "  hkpmc:\n"
+        "    base: https://partner.example.hk/fhir\n"
+        "    auth: {type: bearer, token_file: secrets/hkpmc-token}\n"
+        "    rate_limit: 2.5\n"
+        "  lax2:\n"
+        "    base: https://lax2.example.cn/fhir\n",
+        encoding="utf-8",
+    )
+    partners = configured_partners(settings)
+    hkpmc = partners["hkpmc"]
+    assert hkpmc.base == "https://partner.example.hk/fhir"  # from the home file
+    assert (hkpmc.max_entries, hkpmc.write) == (8, "transaction")  # kept from the seeds
+    assert hkpmc.auth.token_file == settings.home / "secrets" / "hkpmc-token"  # relative to it
+    assert hkpmc.rate_limit == 2.5
+    assert partners["njmu2"].base == "https://fhir.njmu2.example.cn/fhir"  # untouched
+    assert partners["lax2"].base == "https://lax2.example.cn/fhir"  # added
+
+
+def test_an_override_naming_no_institution_is_refused_naming_the_home_file(
+    make_settings: MakeSettings,
+) -> None:
+    settings = make_settings()
+    settings.home.mkdir(parents=True)
+    (settings.home / "partners.yaml").write_text(
+        "partners: {nowhere: {base: 'https://x'}}", encoding="utf-8"
+    )
+    with pytest.raises(ConfigError) as caught:
+        configured_partners(settings)
+    assert caught.value.code == "config.unknown-partner"
+    assert str(settings.home / "partners.yaml") in caught.value.issue.message
+
+
+def test_smart_defaults_come_from_the_institution_setting(make_settings: MakeSettings) -> None:
+    settings = make_settings()
+    settings.home.mkdir(parents=True)
+    (settings.home / "partners.yaml").write_text(
+        "partners: {hkpmc: {auth: smart}}", encoding="utf-8"
+    )
+    auth = configured_partners(settings)["hkpmc"].auth
+    assert (auth.client_id, auth.key, auth.scope) == ("lax2", "lax2", DEFAULT_SCOPE)
+    assert auth.signing_keys == settings.signing_keys and auth.token_url is None
+
+
+def test_an_institution_setting_outside_the_network_is_refused(
+    make_settings: MakeSettings,
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        configured_partners(make_settings(institution="mayo"))
+    assert caught.value.code == "config.bad-setting"
+    assert "institution: 'mayo'" in caught.value.issue.message
+
+
+# --- the CLI -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def home(make_settings: MakeSettings, monkeypatch: pytest.MonkeyPatch) -> Path:
+    settings = make_settings()
+    monkeypatch.setenv("GATEWAY_HOME", str(settings.home))
+    monkeypatch.setenv("GATEWAY_INSTITUTION", "lax2")
+    monkeypatch.setenv("GATEWAY_SIGNING_KEYS", str(settings.signing_keys))
+    return settings.home
+
+
+def test_set_writes_the_home_file_and_list_shows_it(
+    home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    token = tmp_path / "token"
+    token.write_text("abc\n", encoding="utf-8")
+    url = "https://fhir.hkpmc.example.hk/R4"
+    assert main(["partners", "set", "hkpmc", "--url", url, "--auth", "bearer",
+                 "--token-file", str(token), "--rate-limit", "5"]) == 0  # fmt: skip
+    written = yaml.safe_load((home / "partners.yaml").read_text(encoding="utf-8"))
+    assert written == {
+        "partners": {
+            "hkpmc": {
+                "base": url,
+                "rate_limit": 5.0,
+                "auth": {"type": "bearer", "token_file": str(token)},
+            }
+        }
+    }
+    assert not [p for p in home.iterdir() if p.name.startswith(".partners-")]  # no temp left
+    capsys.readouterr()
+    assert main(["partners", "list", "--json"]) == 0
+    listed = {p["id"]: p for p in orjson.loads(capsys.readouterr().out)}
+    assert listed["hkpmc"]["endpoint"] == url
+    assert listed["hkpmc"]["auth"] == {"type": "bearer", "token_file": str(token)}
+    assert listed["hkpmc"]["jurisdiction"] == "HK" and listed["hkpmc"]["max_entries"] == 8
+    assert "abc" not in str(listed)  # the token itself is never shown
+    assert main(["partners", "list"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("hkpmc"))
+    assert "HK" in line and "bearer" in line and url in line
+
+
+def test_auth_options_without_auth_change_the_current_auth(home: Path, tmp_path: Path) -> None:
+    assert main(["partners", "set", "njmu2", "--auth", "smart", "--scope", "system/*.write"]) == 0
+    assert main(["partners", "set", "njmu2", "--token-url", "https://njmu2/token"]) == 0
+    written = yaml.safe_load((home / "partners.yaml").read_text(encoding="utf-8"))
+    assert written["partners"]["njmu2"]["auth"] == {
+        "type": "smart",
+        "scope": "system/*.write",
+        "token_url": "https://njmu2/token",
+    }
+
+
+def test_set_checks_before_writing(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["partners", "set", "hkpmc", "--url", "https://a.example/fhir"]) == 0
+    before = (home / "partners.yaml").read_bytes()
+    assert main(["partners", "set", "hkpmc", "--fhir-version", "R5"]) == 2
+    assert "config.partner-fhir-version" in capsys.readouterr().err
+    assert main(["partners", "set", "hkpmc", "--auth", "bearer"]) == 2  # no token given
+    assert main(["partners", "set", "hkpmc", "--auth", "bearer", "--token-file", "/nowhere"]) == 2
+    assert main(["partners", "set", "mayo", "--url", "https://mayo.example/fhir"]) == 2
+    assert (home / "partners.yaml").read_bytes() == before

@@ -485,7 +485,15 @@ def client_assertion(signer: Signer, client_id: str, token_url: str, now: float)
         "exp": issued + ASSERTION_LIFETIME,
         "jti": uuid.uuid4().hex,
     }
-    return jwt.encode(header, claims, jwk.import_key(signer.key), algorithms=[alg])
+    return jwt.encode(header, claims, _jose_key(signer.key), algorithms=[alg])
+
+
+def _jose_key(key: Any) -> jwk.RSAKey | jwk.ECKey | jwk.OKPKey:
+    if isinstance(key, rsa.RSAPrivateKey):
+        return jwk.RSAKey.import_key(key)
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        return jwk.ECKey.import_key(key)
+    return jwk.OKPKey.import_key(key)
 
 
 def gateway_signer(signing_keys: Path | None, name: str) -> Signer:

@@ -1,0 +1,130 @@
+"""Mutual TLS against a real local TLS server (the ssl module) that requires a client
+certificate from the demo network CA: the partner client presents the gateway's own
+institution certificate, and a client without one is refused."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import ssl
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import ClassVar
+
+import httpx
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from gateway.delivery import DeliveryConfig
+from gateway.errors import ConfigError
+from gateway.network import Network
+from gateway.partners import Auth, Partner, names_institution, partner_client
+from gateway.signing import issue_certificate
+from tests.partners.conftest import NETWORK
+
+
+class _Handler(BaseHTTPRequestHandler):
+    seen: ClassVar[list[bytes]] = []  # DER client certificates, one per request
+
+    def do_GET(self) -> None:
+        assert isinstance(self.connection, ssl.SSLSocket)
+        peer = self.connection.getpeercert(binary_form=True)
+        assert peer is not None  # CERT_REQUIRED: the handshake already insisted
+        type(self).seen.append(peer)
+        body = json.dumps({"resourceType": "CapabilityStatement", "fhirVersion": "4.0.1"})
+        self.send_response(200)
+        self.send_header("Content-Type", "application/fhir+json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body.encode())
+
+    def log_message(self, *_: object) -> None:  # quiet
+        pass
+
+
+def _server_context(pki: Path, folder: Path) -> ssl.SSLContext:
+    """A server certificate for 127.0.0.1 from the demo CA; client certificates required
+    and checked against the same CA."""
+    ca_cert = x509.load_pem_x509_certificate((pki / "ca" / "cert.pem").read_bytes())
+    ca_key = serialization.load_pem_private_key((pki / "ca" / "key.pem").read_bytes(), None)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "partner.test")])
+    san = [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    cert = issue_certificate(name, key.public_key(), ca_key, ca_cert.subject, san=san)
+    (folder / "server.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (folder / "server-key.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(folder / "server.pem", folder / "server-key.pem")
+    context.load_verify_locations(pki / "ca" / "cert.pem")
+    context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+@pytest.fixture
+def tls_partner(pki: Path, tmp_path: Path) -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    server.socket = _server_context(pki, tmp_path).wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    _Handler.seen.clear()
+    try:
+        yield f"https://127.0.0.1:{server.server_address[1]}/fhir"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_mtls_presents_the_institution_certificate(tls_partner: str, pki: Path) -> None:
+    auth = Auth("mtls", key="lax2", signing_keys=pki)  # the gateway's own key folder
+    partner = Partner("hkpmc", tls_partner, auth=auth, ca_file=pki / "ca" / "cert.pem")
+    with partner_client(partner, DeliveryConfig()) as client:
+        answer = client.get("metadata")
+        assert answer.status_code == 200 and "Authorization" not in answer.request.headers
+        client.get("metadata")
+    lax2 = Network.load(NETWORK).institution("lax2")
+    assert lax2 is not None
+    assert len(_Handler.seen) == 2
+    assert names_institution(x509.load_der_x509_certificate(_Handler.seen[0]), lax2)
+
+
+def test_mtls_with_named_files(tls_partner: str, pki: Path) -> None:
+    auth = Auth("mtls", cert_file=pki / "njmu2" / "cert.pem", key_file=pki / "njmu2" / "key.pem")
+    partner = Partner("hkpmc", tls_partner, auth=auth, ca_file=pki / "ca" / "cert.pem")
+    with partner_client(partner, DeliveryConfig()) as client:
+        assert client.get("metadata").status_code == 200
+    njmu2 = Network.load(NETWORK).institution("njmu2")
+    assert njmu2 is not None
+    assert names_institution(x509.load_der_x509_certificate(_Handler.seen[0]), njmu2)
+
+
+def test_without_a_client_certificate_the_partner_refuses(tls_partner: str, pki: Path) -> None:
+    partner = Partner("hkpmc", tls_partner, ca_file=pki / "ca" / "cert.pem")
+    with partner_client(partner, DeliveryConfig()) as client, pytest.raises(httpx.TransportError):
+        client.get("metadata")
+    assert _Handler.seen == []
+
+
+def test_unusable_mtls_files_are_a_clear_error(pki: Path, tmp_path: Path) -> None:
+    missing = tmp_path / "missing.pem"
+    auth = Auth("mtls", cert_file=missing, key_file=pki / "lax2" / "key.pem")
+    with pytest.raises(ConfigError) as caught:
+        partner_client(Partner("hkpmc", "https://h/fhir", auth=auth), DeliveryConfig())
+    assert caught.value.code == "config.partner-auth"
+    assert str(missing) in caught.value.issue.message
+    wrong_pair = Auth(
+        "mtls", cert_file=pki / "lax2" / "cert.pem", key_file=pki / "njmu2" / "key.pem"
+    )
+    with pytest.raises(ConfigError, match="cannot be used"):
+        partner_client(Partner("hkpmc", "https://h/fhir", auth=wrong_pair), DeliveryConfig())

@@ -59,8 +59,13 @@ class PartnerReport:
 
 def sent_types(settings: Settings) -> list[str]:
     """The resource types the gateway's Bundles hold: those of the mappings' resource
-    templates, and Provenance (signatures, the policy's record of a transfer)."""
+    templates, those ``writes.yaml`` says how to write (Task: referral status), and
+    Provenance (signatures, the policy's record of a transfer)."""
     found = {"Provenance"}
+    writes = settings.mappings / "writes.yaml"
+    if writes.is_file():
+        raw = load_data_file(writes)
+        found |= {str(t) for t in (raw.get("types") or {})} if isinstance(raw, Mapping) else set()
     for path in sorted(settings.mappings.glob("*/resources/*.yaml")):
         raw = load_data_file(path)
         if isinstance(raw, Mapping) and isinstance(raw.get("resourceType"), str):

@@ -42,3 +42,14 @@ def make_settings(tmp_path: Path, pki: Path) -> MakeSettings:
         return Settings.load(tmp_path / "home", env=env)
 
     return make
+
+
+@pytest.fixture
+def home(make_settings: MakeSettings, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """GATEWAY_HOME and the settings of make_settings() in the environment, for the
+    ``gateway`` command run in-process (gateway.cli.main)."""
+    settings = make_settings()
+    monkeypatch.setenv("GATEWAY_HOME", str(settings.home))
+    monkeypatch.setenv("GATEWAY_INSTITUTION", "lax2")
+    monkeypatch.setenv("GATEWAY_SIGNING_KEYS", str(settings.signing_keys))
+    return settings.home

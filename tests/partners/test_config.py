@@ -138,15 +138,6 @@ def test_an_institution_setting_outside_the_network_is_refused(
 # --- the CLI -----------------------------------------------------------------------------
 
 
-@pytest.fixture
-def home(make_settings: MakeSettings, monkeypatch: pytest.MonkeyPatch) -> Path:
-    settings = make_settings()
-    monkeypatch.setenv("GATEWAY_HOME", str(settings.home))
-    monkeypatch.setenv("GATEWAY_INSTITUTION", "lax2")
-    monkeypatch.setenv("GATEWAY_SIGNING_KEYS", str(settings.signing_keys))
-    return settings.home
-
-
 def test_set_writes_the_home_file_and_list_shows_it(
     home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

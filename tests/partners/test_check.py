@@ -5,6 +5,7 @@ institution, no answer)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import socket
 import subprocess
@@ -17,11 +18,22 @@ import pytest
 import respx
 
 from gateway.cli import main
-from gateway.partners import Auth, Partner, check_partner, configured_partners, sent_types
+from gateway.config import Settings
+from gateway.delivery import DeliveryConfig, send_part
+from gateway.partners import (
+    Auth,
+    Partner,
+    check_partner,
+    configured_partners,
+    partner_client,
+    sent_types,
+)
+from tests.conftest import REPO
 from tests.partner.conftest import PARTNER_DIR, _cache_home, _free_port
 from tests.partners.conftest import MakeSettings
 
 TOKEN = "partner-test-token-7f3a"
+REFERRAL = REPO / "examples" / "hl7v2" / "bundles" / "ref_i12_lax2_to_njmu2.json"
 
 
 @dataclass(frozen=True)
@@ -98,6 +110,23 @@ def test_check_reports_a_wrong_token(
     found = {r["id"]: r for r in orjson.loads(capsys.readouterr().out)}
     assert {k: r["ok"] for k, r in found.items()} == {"hkpmc": False, "njmu2": True, "nsch": False}
     assert [c["name"] for c in found["nsch"]["checks"] if not c["ok"]] == ["auth"]
+
+
+def test_delivery_sends_with_the_partner_client(
+    token_partner: TokenPartner, home: Path, tmp_path: Path
+) -> None:
+    """delivery's send_part through partner_client: the token-protected partner applies
+    a referral, in the parts its 8-entry limit needs."""
+    token = _token_file(tmp_path, TOKEN)
+    assert main(["partners", "set", "hkpmc", "--url", token_partner.base,
+                 "--auth", "bearer", "--token-file", token]) == 0  # fmt: skip
+    partner = configured_partners(Settings.load(home))["hkpmc"]
+    bundle = orjson.loads(REFERRAL.read_bytes())
+    parts = partner.split(bundle)
+    assert len(parts) > 1
+    with partner_client(partner, DeliveryConfig()) as client:
+        answers = [send_part(client, part, dt.datetime(2026, 6, 1)) for part in parts]
+    assert [a.kind for a in answers] == ["delivered"] * len(parts)
 
 
 # --- mocked partners -------------------------------------------------------------------------

@@ -72,6 +72,9 @@ class PartnerAuthError(GatewayError, httpx.ConnectError):
     def __init__(self, code: str, message: str, request: httpx.Request | None = None) -> None:
         GatewayError.__init__(self, code, message)
         self._request = request
+        # Delivery records only "no connection (PartnerAuthError)": the reason goes to
+        # the log (it names files, URLs and OAuth error codes, never a token or key).
+        log.warning("%s", self.issue.line())
 
 
 class Timeouts(Protocol):

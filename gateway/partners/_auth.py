@@ -51,7 +51,9 @@ __all__ = [
     "client_assertion",
     "gateway_signer",
     "jwt_algorithm",
+    "partner_auth",
     "partner_client",
+    "tls_context",
 ]
 
 log = logging.getLogger("gateway.partners")
@@ -120,6 +122,7 @@ def partner_client(partner: Partner, settings: Settings | Timeouts) -> httpx.Cli
 
 
 def partner_auth(partner: Partner) -> httpx.Auth:
+    """The partner's httpx.Auth: its credentials and its rate limit."""
     throttle = Throttle(partner.rate_limit)
     auth = partner.auth
     if auth.type == "bearer":

@@ -1,0 +1,44 @@
+"""The policy stage decides, and lets leave, the same as recorded before its speed work
+(equivalence.json, made by make_equivalence.py at commit aaf6d1c): on every golden and
+example Bundle, each decision path (allow, allow-with-changes, hold, deny), the Bundles
+with the Patient's values quoted everywhere (narratives, notes, references, HTML, text
+and PDF attachments) and with a prohibited code; the input given as bytes, as the
+converter's dict with its JSON, and as a dict alone; each decided twice by one Policy
+(whatever it keeps between decisions must not change the answer), and the bytes that
+leave valid JSON equal to the recorded Bundle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from gateway import Settings
+from gateway.policy import Policy
+
+from . import make_equivalence as eq
+
+EXPECTED: dict[str, dict[str, Any]] = orjson.loads(
+    Path(__file__).with_name("equivalence.json").read_bytes()
+)
+CASES = list(eq.cases())
+
+
+def test_every_recorded_case_is_run() -> None:
+    assert sorted(eq.key(name, path) for name, _, path in CASES) == sorted(EXPECTED)
+    outcomes = {found["outcome"] for found in EXPECTED.values()}
+    assert outcomes == {"allow", "allow-with-changes", "hold", "deny"}
+
+
+@pytest.mark.parametrize("form", ["bytes", "dict+text", "dict"])
+def test_same_decision_and_bundle_as_recorded(form: str, settings: Settings) -> None:
+    policy = Policy(settings, key=eq.KEY)  # its own: nothing kept from other tests
+    wrong = []
+    for round_ in (1, 2):
+        for name, data, path in CASES:
+            found = eq.record(eq.decide(policy, data, path, form))
+            if found != EXPECTED[eq.key(name, path)]:
+                wrong.append(f"round {round_}: {eq.key(name, path)}")
+    assert wrong == []

@@ -108,6 +108,8 @@ def with_quotes(data: bytes, in_patient: bool = True) -> bytes | None:
     for entry in parsed["entry"]:
         resource = entry["resource"]
         if resource["resourceType"] != "Patient":
+            if in_patient:  # an empty meta (then labelled like any other)
+                resource["meta"] = {}
             resource["text"] = {
                 "status": "additional",
                 "div": f'<div xmlns="http://www.w3.org/1999/xhtml"><p>{said}</p></div>',
@@ -118,6 +120,7 @@ def with_quotes(data: bytes, in_patient: bool = True) -> bytes | None:
             "fullUrl": "urn:uuid:00000000-0000-4000-8000-0000000000e1",
             "resource": {
                 "resourceType": "DocumentReference",
+                "meta": {"security": [{"system": "urn:example:label", "code": "R"}]},
                 "status": "current",
                 "description": f"患者 {said}",
                 "subject": {"reference": reference or "Patient/x"},

@@ -623,9 +623,10 @@ def _squeezed_regex(codes: Iterable[str]) -> re.Pattern[bytes] | None:
     """:func:`_needle_regex` for JSON squeezed and upper-cased (:func:`squeezed`): each
     code squeezed the same way, so that a code in the JSON is one in the squeezed JSON
     (a squeezed match may be a false alarm: :func:`_find_code` decides)."""
-    values = sorted({squeezed(orjson.dumps(code)) for code in codes})
-    if not values:
-        return None
+    listed = [orjson.dumps(code) for code in codes]
+    if not listed or not all(code.isascii() for code in listed):
+        return None  # a code squeezed away in part: searched in the JSON as it is
+    values = sorted({squeezed(code) for code in listed})
     return re.compile(rb'"CODE"\s*:\s*(?:' + b"|".join(re.escape(v) for v in values) + rb")")
 
 
@@ -915,7 +916,7 @@ def rule_volume(policy: Policy, t: _Transfer, rule_id: str, params: dict[str, An
     exporting = [str(j) for j in params.get("exporting") or ["CN"]]
     if not t.cross_border or t.from_j not in exporting:
         make = functools.partial(_volume_elsewhere, policy, rule_id, exporting)
-        return policy._cached(("volume", rule_id, *exporting), make)[0]
+        return policy._cached(("volume-elsewhere", rule_id, *exporting), make)[0]
     if t.agreement is None:
         return RuleResult(rule_id, "volume", "skip", "skipped", policy.say("skipped"))
     basis = data.bases[t.agreement.basis]

@@ -6,14 +6,16 @@ Two passes:
    the configured systems become a keyed pseudonym, addresses are reduced to the city,
    phone numbers are removed — and every original value is remembered. Only those
    resources are copied (:func:`structural`): the rest of the Bundle is shared with the
-   input, which is never changed (it may be the converter's, with frozen parts);
+   input, which is never changed (it may be the converter's, with frozen parts). The
+   policy stage replays it per patient (:func:`structural_memo`: same pseudonymised
+   identifiers, addresses, phones and contacts, same changes and search);
 2. every string of every resource (narratives, notes, conditional URLs, displays) and
    every base64 attachment is searched for those values: text is rewritten (HTML and
    plain text attachments are decoded, rewritten and encoded again), anything that
    cannot be rewritten (PDF) is dropped. Pass 2 runs only when one search of the
-   serialised Bundle (:meth:`Minimisation.clean`: one squeeze, then plain byte
-   searches; the policy stage runs it over the bytes that leave) finds a value or an
-   attachment; it works on a copy of its own.
+   minimised Bundle's compact JSON (:meth:`Minimisation.clean`: one squeeze, which
+   also upper-cases, then plain byte searches) finds a value or an attachment; it
+   works on a copy of its own.
 
 Changes are reported by path (``Bundle.entry[2].resource.telecom[0]``), never by value.
 """

@@ -327,8 +327,10 @@ that needs no squeeze) and a third less Python.
         text = out.read_text(encoding="utf-8")
         start = text.find(SECTION)
         if start >= 0:
-            end = text.find("\n## ", start + len(SECTION))
-            text = text[:start] + section + (text[end + 1 :] if end >= 0 else "")
+            # The section ends where the next one (or another script's marker) begins.
+            ends = [text.find(m, start + len(SECTION)) for m in ("\n## ", "\n<!-- ")]
+            end = min((e for e in ends if e >= 0), default=-1)
+            text = text[:start] + section + (text[end:] if end >= 0 else "")
         else:
             text = text.rstrip("\n") + "\n\n" + section
         out.write_text(text, encoding="utf-8")

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import re
 import threading
 import uuid
@@ -20,9 +21,9 @@ from ..envelope import dump_json
 from ..errors import ConfigError, Issue
 from ..network import Institution, Network
 from ._consent import PURPOSE_SYSTEM, V3_ACT_REASON, ConsentRecord, PolicyError
-from ._data import LANGS, Agreement, PolicyData, Text
+from ._data import LANGS, Agreement, Basis, PolicyData, Profile, Text
 from ._key import policy_key
-from ._minimise import Change, Minimisation, pseudonym, structural
+from ._minimise import Change, Minimisation, pseudonym, squeezed, structural_memo
 
 __all__ = [
     "LEGAL_BASIS_SYSTEM",
@@ -205,8 +206,9 @@ class _Transfer:
     changes: list[Change] = field(default_factory=list)
     minimised: Minimisation | None = None
     minimise_rule: tuple[str, str] | None = None  # (rule id, profile id) when it changed
+    early: Minimisation | None = None  # pass 1, made once (_structural)
     key: Callable[[], bytes] = bytes  # the pseudonym key, read on first use
-    aliases: dict[tuple[str, str], str] = field(default_factory=dict)
+    aliases: dict[tuple[str, str], str] = field(default_factory=dict)  # the Policy's memo
 
     @property
     def cross_border(self) -> bool:
@@ -223,6 +225,8 @@ class _Transfer:
         the decision's patients and the volume counter each need it)."""
         found = self.aliases.get((system, value))
         if found is None:
+            if len(self.aliases) > 65536:  # a bound: one per identifier seen
+                self.aliases.clear()
             found = self.aliases[(system, value)] = pseudonym(self.key(), system, value)
         return found
 
@@ -259,6 +263,9 @@ class Policy:
         self._results: dict[tuple[Any, ...], tuple[RuleResult, Agreement | None]] = {}
         self._national = frozenset(s for p in self.data.profiles for s in p.pseudonymise)
         self._needles = _needle_regex(code.split("|", 1)[1] for code in self.data.codes)
+        self._aliases: dict[tuple[str, str], str] = {}  # pseudonyms (the key never changes)
+        self._passes: dict[tuple[Any, ...], Any] = {}  # pass 1 per patient (structural_memo)
+        self._squeezed_needles = _squeezed_regex(c.split("|", 1)[1] for c in self.data.codes)
         self._provenances: dict[tuple[Any, ...], dict[str, Any]] = {}  # fixed parts
         self._key = key
         self._key_lock = threading.Lock()
@@ -374,6 +381,7 @@ class Policy:
             consents=consents or MemoryConsents(),
             counters=counters or MemoryCounters(),
             key=lambda: self.key,
+            aliases=self._aliases,
         )
         results: list[RuleResult] = []
         stopped = False
@@ -412,10 +420,11 @@ class Policy:
         data = dump_json(self._label(done.bundle if done else t.bundle, t, decision))
         if done is None:
             return data
-        compact = orjson.dumps(done.bundle)
-        if done.clean(compact):
+        compact, squeezed_compact = done.searched()
+        if done.clean(compact, squeezed_compact):
             return data
-        done.finish(done.rewrite is not None and done.rewrite.present(compact), compact)
+        strings = done.rewrite is not None and done.rewrite.present(compact, squeezed_compact)
+        done.finish(strings, compact)
         if t.minimise_rule is not None:
             rule_id, profile = t.minimise_rule
             n = next(i for i, r in enumerate(decision.results) if r.rule == rule_id)
@@ -462,19 +471,7 @@ class Policy:
         agreement (policy). ``bundle`` is only read: what changes is copied (the Bundle,
         its entry list, each entry, resource and meta; the resources' other parts are
         shared, and only serialised)."""
-        basis = decision.basis or "domestic"
-        labels = [
-            {
-                "system": LEGAL_BASIS_SYSTEM,
-                "code": basis,
-                "display": self.label("bases", basis)["en"],
-            },
-            {"system": V3_ACT_REASON, "code": self.data.purposes[t.purpose].get("v3", "TREAT")},
-        ]
-        if any(c.action == "pseudonymised" for c in decision.changes):
-            labels.append({"system": V3_ACT_CODE, "code": "PSEUD", "display": "pseudonymize"})
-        if decision.changes:
-            labels.append({"system": V3_ACT_CODE, "code": "MINEC", "display": "minimum necessary"})
+        labels = self._labels(t, decision)
         entries = []
         targets = []
         for entry in bundle.get("entry") or []:
@@ -495,6 +492,23 @@ class Policy:
             entries.append(self._provenance(out, t, decision, targets, labels))
         return out
 
+    def _labels(self, t: _Transfer, decision: Decision) -> list[dict[str, str]]:
+        """The security labels of every resource that leaves."""
+        basis = decision.basis or "domestic"
+        labels = [
+            {
+                "system": LEGAL_BASIS_SYSTEM,
+                "code": basis,
+                "display": self.label("bases", basis)["en"],
+            },
+            {"system": V3_ACT_REASON, "code": self.data.purposes[t.purpose].get("v3", "TREAT")},
+        ]
+        if any(c.action == "pseudonymised" for c in decision.changes):
+            labels.append({"system": V3_ACT_CODE, "code": "PSEUD", "display": "pseudonymize"})
+        if decision.changes:
+            labels.append({"system": V3_ACT_CODE, "code": "MINEC", "display": "minimum necessary"})
+        return labels
+
     def _provenance(
         self,
         bundle: dict[str, Any],
@@ -503,7 +517,7 @@ class Policy:
         targets: list[Any],
         labels: list[dict[str, str]],
     ) -> dict[str, Any]:
-        ident = str(uuid.uuid5(_NS, f"{bundle.get('id')}|{decision.agreement}|{t.recipient.key}"))
+        ident = _uuid5(f"{bundle.get('id')}|{decision.agreement}|{t.recipient.key}")
         key = (t.sender.key, decision.agreement, decision.basis, t.purpose)
         fixed = self._provenances.get(key)
         if fixed is None:
@@ -567,6 +581,18 @@ class Policy:
         }
 
 
+_NS_BYTES = _NS.bytes
+
+
+def _uuid5(name: str) -> str:
+    """``str(uuid.uuid5(_NS, name))`` without the UUID object (a Provenance per decision)."""
+    digest = bytearray(hashlib.sha1(_NS_BYTES + name.encode()).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
 def _outcome(results: list[RuleResult], changes: list[Change]) -> str:
     outcomes = {r.outcome for r in results}
     if "deny" in outcomes:
@@ -591,6 +617,17 @@ def _needle_regex(codes: Iterable[str]) -> re.Pattern[bytes] | None:
     if not values:
         return None
     return re.compile(rb'"code"\s*:\s*(?:' + b"|".join(re.escape(v) for v in values) + rb")")
+
+
+def _squeezed_regex(codes: Iterable[str]) -> re.Pattern[bytes] | None:
+    """:func:`_needle_regex` for JSON squeezed and upper-cased (:func:`squeezed`): each
+    code squeezed the same way, so that a code in the JSON is one in the squeezed JSON
+    (a squeezed match may be a false alarm: :func:`_find_code` decides)."""
+    listed = [orjson.dumps(code) for code in codes]
+    if not listed or not all(code.isascii() for code in listed):
+        return None  # a code squeezed away in part: searched in the JSON as it is
+    values = sorted({squeezed(code) for code in listed})
+    return re.compile(rb'"CODE"\s*:\s*(?:' + b"|".join(re.escape(v) for v in values) + rb")")
 
 
 def _parse(body: bytes | dict[str, Any], text: bytes | None) -> tuple[dict[str, Any], bytes | None]:
@@ -646,13 +683,33 @@ def rule_prohibited(
     needles = policy._needles
     exporting = {j for n in lists for j in data.prohibited.get(n, {}).get("exporting") or []}
     searched = t.cross_border and t.from_j in exporting
-    if searched and needles is not None and needles.search(t.json()) is not None:
+    if searched and needles is not None and _maybe_code(policy, t, needles):
         hit = _find_code(t.bundle, data.codes, set(lists))
         if hit is not None:
             return _prohibited_found(policy, t, rule_id, hit)
     # Nothing found: the answer depends on the directions alone.
     key = ("prohibited", rule_id, tuple(lists), t.from_j, t.to_j)
     return policy._cached(key, lambda: (_prohibited_pass(policy, t, rule_id, lists), None))[0]
+
+
+def _maybe_code(policy: Policy, t: _Transfer, needles: re.Pattern[bytes]) -> bool:
+    """Whether a prohibited code may be in the Bundle. With a minimisation profile, in
+    the minimised Bundle's squeezed JSON (which the minimisation searches next) and in
+    the resources pass 1 replaced, as they were: that is the whole Bundle. Else in the
+    Bundle's JSON."""
+    profile = _profile(policy, t)
+    squeezed_needles = policy._squeezed_needles
+    if profile is None or squeezed_needles is None:
+        return needles.search(t.json()) is not None
+    done = _structural(policy, t, profile)
+    if squeezed_needles.search(done.searched()[1]) is not None:
+        return True
+    before, after = t.bundle.get("entry") or [], done.bundle["entry"]
+    return any(
+        squeezed_needles.search(squeezed(orjson.dumps(old))) is not None
+        for old, new in zip(before, after, strict=True)
+        if old is not new
+    )
 
 
 def _prohibited_pass(policy: Policy, t: _Transfer, rule_id: str, lists: list[str]) -> RuleResult:
@@ -858,14 +915,8 @@ def rule_volume(policy: Policy, t: _Transfer, rule_id: str, params: dict[str, An
     data = policy.data
     exporting = [str(j) for j in params.get("exporting") or ["CN"]]
     if not t.cross_border or t.from_j not in exporting:
-        where = _joined([data.jurisdictions.get(j, {lang: j for lang in LANGS}) for j in exporting])
-        return RuleResult(
-            rule_id,
-            "volume",
-            "pass",
-            "volume.not-exporting",
-            policy.say("volume.not-exporting", exporting=where),
-        )
+        make = functools.partial(_volume_elsewhere, policy, rule_id, exporting)
+        return policy._cached(("volume-elsewhere", rule_id, *exporting), make)[0]
     if t.agreement is None:
         return RuleResult(rule_id, "volume", "skip", "skipped", policy.say("skipped"))
     basis = data.bases[t.agreement.basis]
@@ -884,26 +935,45 @@ def rule_volume(policy: Policy, t: _Transfer, rule_id: str, params: dict[str, An
     count = t.counters.count(year, t.sender.key, basis.key, category)
     if person and not t.counters.has(year, t.sender.key, basis.key, category, person):
         count += 1
+    if person and count <= basis.volume_limit:
+        t.count = (year, t.sender.key, basis.key, category, person)
+    # The words depend on the parties, purpose, basis, category, year and count alone.
+    key = ("volume", rule_id, t.sender.key, t.recipient.key, t.purpose, basis.key, category)
+    make = functools.partial(_volume_result, policy, t, rule_id, basis, category, count)
+    return policy._cached((*key, year, count), make)[0]
+
+
+def _volume_elsewhere(
+    policy: Policy, rule_id: str, exporting: list[str]
+) -> tuple[RuleResult, None]:
+    jurisdictions = policy.data.jurisdictions
+    where = _joined([jurisdictions.get(j, {lang: j for lang in LANGS}) for j in exporting])
+    words = policy.say("volume.not-exporting", exporting=where)
+    return RuleResult(rule_id, "volume", "pass", "volume.not-exporting", words), None
+
+
+def _volume_result(
+    policy: Policy, t: _Transfer, rule_id: str, basis: Basis, category: str, count: int
+) -> tuple[RuleResult, None]:
+    data = policy.data
+    assert basis.volume_limit is not None
     words = dict(
         _names(policy, t),
-        year=str(year),
-        basis=basis_name,
+        year=str(t.now.year),
+        basis=policy.label("bases", basis.key),
         category=dict(data.category_names.get(category) or {lang: category for lang in LANGS}),
         count=f"{count:,}",
         limit=f"{basis.volume_limit:,}",
         warning=f"{basis.volume_warning or basis.volume_limit:,}",
     )
     if count > basis.volume_limit:
-        return RuleResult(
-            rule_id, "volume", "deny", "volume.over", policy.say("volume.over", **words)
-        )
-    if person:
-        t.count = (year, t.sender.key, basis.key, category, person)
+        over = policy.say("volume.over", **words)
+        return RuleResult(rule_id, "volume", "deny", "volume.over", over), None
     if basis.volume_warning is not None and count >= basis.volume_warning:
-        return RuleResult(
-            rule_id, "volume", "warn", "volume.warn", policy.say("volume.warn", **words)
-        )
-    return RuleResult(rule_id, "volume", "pass", "volume.ok", policy.say("volume.ok", **words))
+        warn = policy.say("volume.warn", **words)
+        return RuleResult(rule_id, "volume", "warn", "volume.warn", warn), None
+    ok = policy.say("volume.ok", **words)
+    return RuleResult(rule_id, "volume", "pass", "volume.ok", ok), None
 
 
 def _person(policy: Policy, t: _Transfer) -> str | None:
@@ -916,16 +986,29 @@ def _person(policy: Policy, t: _Transfer) -> str | None:
     return t.alias(*chosen.split("|", 1))
 
 
+def _profile(policy: Policy, t: _Transfer) -> Profile | None:
+    """The minimisation profile of the transfer: the first that matches."""
+    for profile in policy.data.profiles:
+        if profile.matches(t.cross_border, t.purpose, t.recipient.key):
+            return profile
+    return None
+
+
+def _structural(policy: Policy, t: _Transfer, profile: Profile) -> Minimisation:
+    """Pass 1 of ``profile``, made once per decision (the prohibited-code search may ask
+    for it before the minimisation rule)."""
+    if t.early is None or t.early.profile is not profile:
+        t.early = structural_memo(t.bundle, profile, t.sender.key, t.alias, policy._passes)
+    return t.early
+
+
 def rule_minimise(policy: Policy, t: _Transfer, rule_id: str, params: dict[str, Any]) -> RuleResult:
-    profile = next(
-        (p for p in policy.data.profiles if p.matches(t.cross_border, t.purpose, t.recipient.key)),
-        None,
-    )
+    profile = _profile(policy, t)
     if profile is None:
         return RuleResult(rule_id, "minimise", "pass", "minimise.none", policy.say("minimise.none"))
     # Pass 1 here; pass 2 (values left in any string, attachments) once the Bundle that
     # leaves is serialised (Policy._leave), which then updates this result.
-    t.minimised = structural(t.bundle, profile, t.sender.key, t.alias)
+    t.minimised = _structural(policy, t, profile)
     t.changes = t.minimised.changes
     t.minimise_rule = (rule_id, profile.id)
     return _minimised(policy, rule_id, profile.id, t.changes)

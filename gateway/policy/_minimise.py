@@ -6,14 +6,16 @@ Two passes:
    the configured systems become a keyed pseudonym, addresses are reduced to the city,
    phone numbers are removed — and every original value is remembered. Only those
    resources are copied (:func:`structural`): the rest of the Bundle is shared with the
-   input, which is never changed (it may be the converter's, with frozen parts);
+   input, which is never changed (it may be the converter's, with frozen parts). The
+   policy stage replays it per patient (:func:`structural_memo`: same pseudonymised
+   identifiers, addresses, phones and contacts, same changes and search);
 2. every string of every resource (narratives, notes, conditional URLs, displays) and
    every base64 attachment is searched for those values: text is rewritten (HTML and
    plain text attachments are decoded, rewritten and encoded again), anything that
    cannot be rewritten (PDF) is dropped. Pass 2 runs only when one search of the
-   serialised Bundle (:meth:`Minimisation.clean`: one squeeze, then plain byte
-   searches; the policy stage runs it over the bytes that leave) finds a value or an
-   attachment; it works on a copy of its own.
+   minimised Bundle's compact JSON (:meth:`Minimisation.clean`: one squeeze, which
+   also upper-cases, then plain byte searches) finds a value or an attachment; it
+   works on a copy of its own.
 
 Changes are reported by path (``Bundle.entry[2].resource.telecom[0]``), never by value.
 """
@@ -35,7 +37,15 @@ import orjson
 
 from ._data import Profile
 
-__all__ = ["PSEUDONYM_SYSTEM", "Change", "Minimisation", "minimise", "pseudonym", "structural"]
+__all__ = [
+    "PSEUDONYM_SYSTEM",
+    "Change",
+    "Minimisation",
+    "minimise",
+    "pseudonym",
+    "structural",
+    "structural_memo",
+]
 
 PSEUDONYM_SYSTEM = "https://fhir-gateway.example.org/sid/pseudonym"
 _DROP = object()  # a walker's answer: remove this element from its parent
@@ -73,7 +83,7 @@ class Minimisation:
     with the input; :meth:`clean` says whether pass 2 has anything to do, :meth:`finish`
     does it (on a copy of its own)."""
 
-    __slots__ = ("bundle", "changes", "profile", "rewrite")
+    __slots__ = ("_searched", "bundle", "changes", "profile", "rewrite")
 
     def __init__(
         self,
@@ -86,15 +96,26 @@ class Minimisation:
         self.changes = changes
         self.profile = profile
         self.rewrite = rewrite
+        self._searched: tuple[bytes, bytes] | None = None
 
-    def clean(self, data: bytes) -> bool:
+    def searched(self) -> tuple[bytes, bytes]:
+        """The minimised Bundle's compact JSON and that JSON squeezed and upper-cased as
+        :meth:`clean` reads it (:func:`squeezed`), made once: the policy stage's
+        prohibited-code search reads them too."""
+        if self._searched is None:
+            data = orjson.dumps(self.bundle)
+            ascii_only = self.rewrite is None or self.rewrite.ascii_probes
+            self._searched = (data, squeezed(data, ascii_only))
+        return self._searched
+
+    def clean(self, data: bytes, squeezed_data: bytes | None = None) -> bool:
         """Whether ``data`` (serialised JSON holding the Bundle: the policy stage gives
         the very bytes that leave) has no attachment and no original value in any spelling
         the rewriter would find. False may be a false alarm (pass 2 then changes nothing);
-        True never is."""
+        True never is. ``squeezed_data``: ``data`` squeezed, when at hand."""
         if b'"contentType"' in data:  # base64 hides its text: always decoded and checked
             return False
-        return self.rewrite is None or not self.rewrite.present(data)
+        return self.rewrite is None or not self.rewrite.present(data, squeezed_data)
 
     def finish(self, strings: bool, data: bytes | None = None) -> None:
         """Pass 2, on a copy of the Bundle of its own (parsed from ``data`` when given:
@@ -107,6 +128,7 @@ class Minimisation:
                     entry, f"Bundle.entry[{n}]", self.rewrite, self.profile, self.changes, strings
                 )
         self.bundle = out
+        self._searched = None
 
 
 def structural(bundle: dict[str, Any], profile: Profile, sender: str, alias: Alias) -> Minimisation:
@@ -138,6 +160,103 @@ def structural(bundle: dict[str, Any], profile: Profile, sender: str, alias: Ali
                     where = f"{path}.contained[{m}]"
                     _structural(inner, where, profile, alias, sender, found, changes)
     return Minimisation(out, changes, profile, found.compile())
+
+
+# Pass 1 as it went for a Bundle whose changed resources read the same: (entry number,
+# the identifiers replaced by position, the elements replaced or removed) for each,
+# the changes, the rewriter. See :func:`structural_memo`.
+_Done = tuple[
+    tuple[tuple[int, dict[int, Any] | None, dict[str, Any]], ...], tuple[Change, ...], Any
+]
+_GONE = object()  # an element pass 1 removed
+_PARTS = ("address", "telecom", "contact")
+
+
+def structural_memo(
+    bundle: dict[str, Any],
+    profile: Profile,
+    sender: str,
+    alias: Alias,
+    memo: dict[tuple[Any, ...], _Done],
+) -> Minimisation:
+    """:func:`structural`, remembering per patient what it did: the next Bundle whose
+    changed resources have the same pseudonymised identifiers (by position), addresses,
+    telecoms and contacts — all pass 1 reads — gets the same changes and the same
+    rewriter without doing it again (a new MRN or control id changes nothing of it).
+    ``memo`` is the caller's (one per key: the pseudonyms depend on it)."""
+    key: list[Any] = [profile.id, sender]
+    resources = profile.resources
+    entries = bundle.get("entry") or []
+    for n, entry in enumerate(entries):
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if not isinstance(resource, dict):
+            continue
+        if "contained" in resource:
+            return structural(bundle, profile, sender, alias)  # rare: not remembered
+        if resource.get("resourceType") in resources:
+            key += (n, _shape(resource, profile))
+    found = memo.get(tuple(key))
+    if found is None:
+        done = structural(bundle, profile, sender, alias)
+        if len(memo) > 4096:  # a bound: one per patient and profile
+            memo.clear()
+        memo[tuple(key)] = _remember(bundle, done)
+        return done
+    out = dict(bundle)
+    out["entry"] = changed = list(entries)
+    for n, identifiers, parts in found[0]:
+        entry = changed[n]
+        resource = dict(entry["resource"])
+        if identifiers is not None:
+            resource["identifier"] = [
+                identifiers.get(i, ident) for i, ident in enumerate(resource["identifier"])
+            ]
+        for name, value in parts.items():
+            if value is _GONE:
+                del resource[name]
+            else:
+                resource[name] = value
+        changed[n] = dict(entry, resource=resource)
+    return Minimisation(out, list(found[1]), profile, found[2])
+
+
+def _shape(resource: dict[str, Any], profile: Profile) -> bytes:
+    """All pass 1 reads of a resource (not its other identifiers: they stay as they are)."""
+    identifiers = resource.get("identifier")
+    picked = []
+    count = -1
+    if isinstance(identifiers, list) and identifiers:
+        count = len(identifiers)
+        for n, ident in enumerate(identifiers):
+            system, value = ident.get("system"), ident.get("value")
+            if system in profile.pseudonymise and isinstance(value, str) and value:
+                picked.append((n, system, value))
+    return orjson.dumps(
+        [resource.get("resourceType"), count, picked, *(resource.get(p) for p in _PARTS)]
+    )
+
+
+def _remember(bundle: dict[str, Any], done: Minimisation) -> _Done:
+    """What :func:`structural` did, as :func:`structural_memo` replays it."""
+    replayed = []
+    for n, (before, after) in enumerate(zip(bundle["entry"], done.bundle["entry"], strict=True)):
+        if before is after:
+            continue
+        old, new = before["resource"], after["resource"]
+        identifiers = None
+        if new.get("identifier") is not old.get("identifier"):
+            identifiers = {
+                i: ident
+                for i, ident in enumerate(new["identifier"])
+                if ident is not old["identifier"][i]
+            }
+        parts = {
+            name: new.get(name, _GONE)
+            for name in _PARTS
+            if name in old and new.get(name) is not old[name]
+        }
+        replayed.append((n, identifiers, parts))
+    return tuple(replayed), tuple(done.changes), done.rewrite
 
 
 def minimise(
@@ -240,6 +359,16 @@ def _found(needles: list[_Needle], data: bytes, raw: bytes) -> bool:
     return False
 
 
+def _found_upper(needles: list[_Needle], data: bytes, raw: bytes) -> bool:
+    """:func:`_found` over ``data`` already upper-cased (:func:`squeezed`): no copy, and
+    digit needles are found faster where no lower-case letter is left (bytes.find skips
+    on a character-class filter that puts ``p``-``y`` with the digits)."""
+    for pre, full in needles:
+        if pre in data and (full is None or full in data or any(f in raw for f in _FOLD_BYTES)):
+            return True
+    return False
+
+
 class _Rewriter:
     """One regex for every original value; each match becomes its replacement. The
     regex (and its parts) is made only when some value is present (most records: none)."""
@@ -262,7 +391,7 @@ class _Rewriter:
     def regex(self) -> re.Pattern[str]:
         return re.compile("|".join(f"({p})" for p, _ in self.parts), re.IGNORECASE)
 
-    def present(self, data: bytes) -> bool:
+    def present(self, data: bytes, squeezed_data: bytes | None = None) -> bool:
         """Whether any original value may be in ``data`` (serialised JSON): a superset
         of what the rewriter finds, so False means nothing to rewrite. Literals are
         looked for as they are; identifiers and phone numbers in the JSON squeezed of
@@ -271,7 +400,9 @@ class _Rewriter:
             return True
         if not self.probes:
             return False
-        return _found(self.probes, _squeeze(data, self.ascii_probes), data)
+        if squeezed_data is None:
+            squeezed_data = squeezed(data, self.ascii_probes)
+        return _found_upper(self.probes, squeezed_data, data)
 
     def hits(self, text: str) -> bool:
         return self.regex.search(text) is not None
@@ -296,6 +427,22 @@ _WIDE = ("\u00a0".encode(), "\u3000".encode())
 # The separators JSON writes as escapes (\t, \n, \r, \f, \u000b and \u000c).
 _GAP_CODES = (b"n", b"r", b"t", b"f")
 _WIDE_GAPS = (b"u000b", b"u000c")
+
+
+_UPPER = bytes(range(256)).upper()  # ASCII letters upper-cased, every other byte kept
+
+
+def squeezed(data: bytes, ascii_only: bool = True) -> bytes:
+    """:func:`_squeeze`, and its ASCII letters upper-cased in the same pass (what
+    :meth:`_Rewriter.present_in` and the prohibited-code search read)."""
+    if b"\\" in data:
+        data = _unescape_gaps(data)
+    if ascii_only:
+        return data.translate(_UPPER, _GAP_AND_WIDE)
+    for space in _WIDE:
+        if space[:1] in data and space in data:
+            data = data.replace(space, b"")
+    return data.translate(_UPPER, _GAP_BYTES)
 
 
 def _squeeze(data: bytes, ascii_only: bool = True) -> bytes:

@@ -91,6 +91,10 @@ class PolicyRecords:
         self.store = store
         self.policy = policy
         self.engine = store.engine
+        # Consents as read (the R4 model's check is most of a decision's cost), by their
+        # stored bytes: the rows are read every time (another process may import or
+        # withdraw one), and a changed Consent is other bytes.
+        self._parsed: dict[bytes, ConsentRecord] = {}
 
     # -- the engine's sources -------------------------------------------------------------
     def for_patients(self, patients: list[str]) -> list[ConsentRecord]:
@@ -128,7 +132,13 @@ class PolicyRecords:
         return pseudonym(self.policy.key, *patient.split("|", 1))
 
     def _parse(self, resource: bytes) -> ConsentRecord:
-        return parse_consent(resource, self.policy.network, self.policy.data.purposes)
+        found = self._parsed.get(resource)
+        if found is None:
+            found = parse_consent(resource, self.policy.network, self.policy.data.purposes)
+            if len(self._parsed) > 4096:  # a bound: one per consent in use
+                self._parsed.clear()
+            self._parsed[resource] = found
+        return found
 
     def import_consent(
         self, body: bytes | dict[str, Any], now: datetime | None = None

@@ -64,6 +64,10 @@ ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 SIGNING_ALGS = ("ES256", "ES384", "RS384", "PS256", "EdDSA")
 MAX_ASSERTION_LIFETIME = timedelta(minutes=5)
 CLOCK_SKEW = timedelta(seconds=30)
+# The header carries the x5c chain (two certificates with Chinese subjects: ~2 KiB of
+# base64): joserfc's default 512-byte header limit is for headers without one.
+_REGISTRY = jws.JWSRegistry(algorithms=list(SIGNING_ALGS))
+_REGISTRY.max_header_length = 16 * 1024
 _SCOPE = re.compile(r"system/(\*|[A-Z][A-Za-z]+)\.(read|write|[cruds]+)")
 _PARTNER_LINE = re.compile(r"(\S+)\s+(\S+)")
 
@@ -335,7 +339,7 @@ class Authenticator:
     ) -> tuple[str, str, datetime]:
         """Verify the client assertion: (institution key, jti, expiry)."""
         try:
-            header = jws.extract_compact(assertion.encode()).headers()
+            header = jws.extract_compact(assertion.encode(), registry=_REGISTRY).headers()
         except (JoseError, ValueError):
             raise TokenError(
                 "invalid_client", "client_assertion is not a compact JWS", 401
@@ -352,7 +356,7 @@ class Authenticator:
         if key is None:
             raise TokenError("invalid_client", "the x5c certificate's key type is not usable", 401)
         try:
-            claims = jwt.decode(assertion, key, algorithms=[str(alg)]).claims
+            claims = jwt.decode(assertion, key, algorithms=[str(alg)], registry=_REGISTRY).claims
         except (JoseError, ValueError):
             raise TokenError(
                 "invalid_client",

@@ -47,8 +47,7 @@ def make_home(home: Path, pki: Path, institution: str, tokens: dict[str, str]) -
     lines = "".join(f"{partner} {token}\n" for partner, token in tokens.items())
     (home / "secrets" / "partner-tokens").write_text("# partner tokens\n" + lines)
     (home / "gateway.toml").write_text(
-        f'institution = "{institution}"\nsigning_trust = "{pki / "ca"}"\n'
-        f'signing_keys = "{pki}"\n'
+        f'institution = "{institution}"\nsigning_trust = "{pki / "ca"}"\nsigning_keys = "{pki}"\n'
     )
     return Settings.load(home=home, env={})
 
@@ -110,7 +109,9 @@ def assertion(
     return jwt.encode(header, claims, key)
 
 
-def token_form(client_assertion: str, scope: str = "system/*.write system/*.read") -> dict[str, str]:
+def token_form(
+    client_assertion: str, scope: str = "system/*.write system/*.read"
+) -> dict[str, str]:
     return {
         "grant_type": "client_credentials",
         "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
@@ -120,3 +121,24 @@ def token_form(client_assertion: str, scope: str = "system/*.write system/*.read
 
 
 WHEN = dt.datetime.now(dt.UTC)
+
+
+def counts(settings: Settings) -> dict[str, int]:
+    """Rows of each inbound table in a gateway's store."""
+    import sqlalchemy as sa
+
+    from gateway.inbound import bundles, identifiers, resources, tokens
+    from gateway.store import open_store
+
+    store = open_store(settings)
+    try:
+        with store.engine.connect() as conn:
+            return {
+                t.name: int(conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one())
+                for t in (bundles, resources, identifiers, tokens)
+            }
+    finally:
+        store.close()
+
+
+NOTHING = {"inbound_bundles": 0, "inbound_resources": 0, "inbound_identifiers": 0}

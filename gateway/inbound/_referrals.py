@@ -12,6 +12,7 @@ mean the same at both ends.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -21,7 +22,7 @@ from sqlalchemy.engine import Connection
 from ..config import Settings
 from ..mapping import NAMESPACE
 from ..network import Institution, Network
-from ..partners import load_partners
+from ..partners import Partner, load_partners
 from ..store import Store, utcnow
 from ._errors import InboundError
 from ._resources import Resources, Search, Stored, instant
@@ -100,11 +101,19 @@ def _token(ident: dict[str, Any] | None) -> str | None:
 class Referrals:
     """Tasks of referrals over one store."""
 
-    def __init__(self, settings: Settings, store: Store, network: Network | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        network: Network | None = None,
+        partners: Callable[[], Mapping[str, Partner]] | None = None,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.resources = Resources(store)
         self.network = network or Network.load(settings.network)
+        # where status updates go: the configured partners (seeds/partners.yaml)
+        self.partners = partners or (lambda: load_partners(network=self.network))
 
     def own(self) -> Institution:
         """This gateway's institution (setting ``institution``)."""
@@ -269,14 +278,13 @@ class Referrals:
 
         if referral.partner is None:
             return None, "the referral's sender is not known: status kept here only"
-        partner = load_partners(network=self.network).get(referral.partner)
+        partner = self.partners().get(referral.partner)
         if partner is None:
             return None, (
                 f"no partner endpoint for {referral.partner!r} (seeds/partners.yaml): "
                 "status kept here only"
             )
-        bundle = self.status_bundle(referral.task)
-        bundle = self._signed(bundle)
+        bundle = self._signed(self.status_bundle(referral.task), partner)
         row, _ = Outbox(self.store).enqueue(
             partner,
             bundle,
@@ -326,10 +334,12 @@ class Referrals:
             ],
         }
 
-    def _signed(self, bundle: dict[str, Any]) -> dict[str, Any]:
+    def _signed(self, bundle: dict[str, Any], partner: Partner) -> dict[str, Any]:
         """Signed as the gateway's outbound records are (signing_rules, record type
         ``TASK``), else with the institution's own key in signing_keys (keys init's
-        layout), else unsigned."""
+        layout), else unsigned. Also unsigned for a partner that would take it in several
+        requests (``write: batch``): a signature covers the whole Bundle, no part of it,
+        and such a partner is a FHIR server, not a gateway that verifies."""
         from ..signing import Signer, sign_bundle, signer_for
 
         own = self.own()
@@ -337,7 +347,13 @@ class Referrals:
         keys = self.settings.signing_keys
         if signer is None and keys is not None and (keys / own.key / "key.pem").is_file():
             signer = Signer.load(keys / own.key / "key.pem", keys / own.key / "cert.pem")
-        return sign_bundle(bundle, signer, "author") if signer is not None else bundle
+        if signer is None:
+            return bundle
+        signed = sign_bundle(bundle, signer, "author")
+        whole = partner.write == "transaction" and (
+            not partner.max_entries or len(signed["entry"]) <= partner.max_entries
+        )
+        return signed if whole else bundle
 
 
 def _organization(inst: Institution) -> dict[str, Any]:

@@ -112,8 +112,8 @@ def test_reject_needs_a_reason(
     no_reason = client.post(f"/fhir/Task/{task['id']}/$reject", headers=LOCAL_AUTH)
     assert no_reason.status_code == 400
     assert no_reason.json()["issue"][0]["details"]["coding"][0]["code"] == "inbound.reason-required"
-    reason = {"resourceType": "Parameters",
-              "parameter": [{"name": "reason", "valueString": "本院心臟科暫無床位，請轉介其他醫院"}]}  # fmt: skip
+    why = "本院心臟科暫無床位，請轉介其他醫院"
+    reason = {"resourceType": "Parameters", "parameter": [{"name": "reason", "valueString": why}]}
     rejected = client.post(
         f"/fhir/Task/{task['id']}/$reject", content=orjson.dumps(reason), headers=LOCAL_AUTH
     )
@@ -220,7 +220,8 @@ def test_a_task_from_a_partner_is_not_ours_to_change(
     task_bundle = {
         "resourceType": "Bundle",
         "type": "transaction",
-        "identifier": {"system": "https://fhir.nsch.example.cn/sid/referral-status", "value": "t-2"},
+        "identifier": {"system": "https://fhir.nsch.example.cn/sid/referral-status",
+                       "value": "t-2"},
         "entry": [
             {
                 "resource": {

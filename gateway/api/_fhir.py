@@ -30,7 +30,9 @@ from .. import __version__
 from ..config import Settings
 from ..errors import GatewayError, Issue, http_status, operation_outcome
 from ..inbound import (
+    ID_PATTERN,
     SIGNING_ALGS,
+    TYPE_PATTERN,
     Authenticator,
     Inbound,
     InboundError,
@@ -39,7 +41,6 @@ from ..inbound import (
     TokenError,
     parse_last_updated,
 )
-from ..inbound._resources import ID_PATTERN, TYPE_PATTERN
 from ..network import Network
 from ..store import Store, open_store
 
@@ -165,6 +166,8 @@ def add_fhir_routes(
             media_type="application/json",
         )  # fmt: skip
 
+    # httpx (the outbox's client) posts to its base URL with a trailing slash: "/fhir/"
+    @app.post("/fhir/", include_in_schema=False)
     @app.post("/fhir")
     async def receive(request: Request) -> Response:
         try:

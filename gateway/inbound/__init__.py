@@ -19,14 +19,24 @@ from ._cli import add_cli
 from ._errors import InboundError
 from ._receive import Answer, Inbound
 from ._referrals import ACTIONS, REFERRAL_CATEGORY, Referral, Referrals, is_referral
-from ._resources import Resources, Search, Stored, parse_last_updated, patient_of
+from ._resources import (
+    ID_PATTERN,
+    TYPE_PATTERN,
+    Resources,
+    Search,
+    Stored,
+    parse_last_updated,
+    patient_of,
+)
 from ._schema import bundles, identifiers, jtis, resources, tokens
 
 __all__ = [
     "ACTIONS",
     "ASSERTION_TYPE",
+    "ID_PATTERN",
     "REFERRAL_CATEGORY",
     "SIGNING_ALGS",
+    "TYPE_PATTERN",
     "Answer",
     "Applied",
     "Authenticator",

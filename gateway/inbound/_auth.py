@@ -42,8 +42,9 @@ from joserfc.jwk import ECKey, OKPKey, RSAKey
 
 from ..config import Settings
 from ..network import Institution, Network
-from ..signing import SignatureReport, TrustStore
-from ..signing._verify import check_certificate  # the chain/validity/CRL checks of signatures
+
+# the chain, validity, CRL and key-usage checks signatures get
+from ..signing import SignatureReport, TrustStore, check_certificate
 from ..store import Store, utcnow
 from ._errors import InboundError
 from ._schema import jtis, tokens

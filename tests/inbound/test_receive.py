@@ -188,7 +188,8 @@ def test_the_same_bundle_twice_stores_once_and_answers_the_same(
 ) -> None:
     first = client.post("/fhir", content=signed_referral, headers=partner(NSCH_TOKEN))
     after_first = _stored(hk_settings)
-    second = client.post("/fhir", content=signed_referral, headers=partner(NSCH_TOKEN))
+    # the outbox's httpx client posts to its base URL with a trailing slash
+    second = client.post("/fhir/", content=signed_referral, headers=partner(NSCH_TOKEN))
     assert first.status_code == second.status_code == 200
     assert first.json() == second.json()
     assert _stored(hk_settings) == after_first

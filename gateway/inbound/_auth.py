@@ -394,9 +394,9 @@ class Authenticator:
         if not (aud == token_url or (isinstance(aud, list) and token_url in aud)):
             raise TokenError("invalid_client", f"aud must be the token URL {token_url}", 401)
         exp = claims.get("exp")
-        if not isinstance(exp, int) or isinstance(exp, bool):
+        if not isinstance(exp, (int, float)) or isinstance(exp, bool):
             raise TokenError("invalid_client", "exp is required (a number of seconds)", 401)
-        expires = _utc(exp)
+        expires = _utc(int(exp))
         if expires <= now - CLOCK_SKEW:
             raise TokenError("invalid_client", "the client_assertion has expired", 401)
         if expires > now + MAX_ASSERTION_LIFETIME + CLOCK_SKEW:

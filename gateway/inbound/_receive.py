@@ -85,6 +85,7 @@ class Inbound:
             bundle = _bundle(body)
             self._check_sender(bundle, who.partner)
         except InboundError as exc:
+            log.warning("inbound: a Bundle from %s refused [%s]", who.partner, exc.code)
             return _refused(exc.issue, http_status([exc.issue]))
         canonical = orjson.dumps(bundle, option=orjson.OPT_SORT_KEYS)
         sha = hashlib.sha256(canonical).hexdigest()
@@ -98,6 +99,7 @@ class Inbound:
         refused = self._verify(bundle, who.partner)
         if refused is not None:
             self._keep_refused(body, bundle, who, token, sha, refused)
+            log.warning("inbound: a Bundle from %s refused: its signatures", who.partner)
             return refused
         denied = self._decide(bundle, who.partner, own)
         if denied is not None:
@@ -197,7 +199,11 @@ class Inbound:
         force, a prohibited category, a party outside the agreement's region) refuses.
         A hold for consent is the sender's to resolve (it holds the patient's consent
         and decided before sending), so it does not refuse here."""
-        decision = self.policy().decide(bundle, partner, own.key)
+        try:
+            decision = self.policy().decide(bundle, partner, own.key)
+        except GatewayError as exc:  # a party the agreements do not place, a bad purpose
+            log.warning("inbound: a Bundle from %s not decided [%s]", partner, exc.code)
+            return _refused(exc.issue, http_status([exc.issue]))
         if decision.outcome != "deny":
             return None
         log.warning("inbound: a Bundle from %s refused by policy", partner)

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
+import gateway.inbound  # (so do the inbound stage's tables: migration 0005_inbound)
 import gateway.policy  # noqa: F401  (its tables join the store's metadata: compared below too)
 from gateway import Converter
 from gateway.errors import Issue

@@ -10,6 +10,7 @@
     gateway db upgrade                                       create or migrate the store
     gateway partners list|set|check                          partner FHIR servers
     gateway validate FILE... [--profile URL] [--json]        validate FHIR JSON resources/Bundles
+    gateway referrals list|show|accept|reject|complete ID    referral status (inbound)
     gateway config                                           effective settings
 
 Errors are one readable line each on stderr; the exit code is 0 when every record
@@ -34,6 +35,7 @@ from .config import Settings
 from .delivery import add_cli as add_outbox_cli
 from .envelope import Record
 from .errors import GatewayError
+from .inbound import add_cli as add_inbound_cli
 from .inputs import input_files
 from .intake import FORMATS, detect_format
 from .listeners import add_cli as add_listen_cli
@@ -341,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_store_cli(sub)  # gateway messages ..., gateway db upgrade
     add_outbox_cli(sub)  # gateway outbox list|show|stats
     add_partners_cli(sub)  # gateway partners list|set|check
+    add_inbound_cli(sub)  # gateway referrals list|show|accept|reject|complete|notify, inbound token
     add_dicom_cli(sub)  # gateway dicom commit / pending / listen
     signing.add_cli(sub)  # gateway keys init, sign, verify
     add_validate_cli(sub)  # gateway validate FILE... [--profile URL] [--json]

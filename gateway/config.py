@@ -103,6 +103,15 @@ class Settings:
     delivery_breaker_cooldown: float = 60.0  # open this long, then one probe (half-open)
     delivery_lease_seconds: float = 300.0  # a row `sending` longer than this was interrupted
     delivery_poll_seconds: float = 1.0  # the worker's pause when nothing is due
+    # Inbound from partners (gateway/inbound; docs/inbound.md): partner tokens, who may
+    # send unsigned, SMART token lifetime, the public URL partners use, mTLS at a reverse
+    # proxy (off by default). Who this gateway is: `institution` above.
+    inbound_token_file: Path | None = None  # None: $GATEWAY_HOME/secrets/partner-tokens
+    inbound_unsigned: tuple[str, ...] = ()  # partner keys allowed to send unsigned Bundles
+    inbound_token_seconds: int = 300
+    inbound_public_url: str | None = None  # e.g. https://gw.hkpmc.example.hk (token aud)
+    inbound_mtls_header: str = ""  # e.g. X-SSL-Client-Cert (URL-encoded PEM)
+    inbound_mtls_proxies: tuple[str, ...] = ()  # proxy addresses trusted to set it
 
     @property
     def out_dir(self) -> Path:
@@ -210,6 +219,8 @@ def _coerce(name: str, value: Any, home: Path) -> Any:
         return limit
     if name.startswith("delivery_"):
         return _delivery_setting(name, value)
+    if name.startswith("inbound_"):
+        return _inbound_setting(name, value, home)
     if name.startswith("dicom_") and name != "dicom_max_element_bytes":
         return _dicom_setting(name, value)
     if name == "timezone" and not re.fullmatch(r"[+-](?:0\d|1[0-4]):[0-5]\d|Z", str(value)):
@@ -329,3 +340,20 @@ def _delivery_setting(name: str, value: Any) -> int | float:
     if number <= 0:
         raise ConfigError("bad-setting", f"{name} must be positive, not {number}")
     return number
+
+
+def _inbound_setting(name: str, value: Any, home: Path) -> Any:
+    """The inbound settings: a path, lists (TOML, or comma-separated in the environment),
+    the token lifetime (seconds, 30 to 3600)."""
+    if name == "inbound_token_file":
+        path = Path(str(value)).expanduser()
+        return path if path.is_absolute() else home / path
+    if name in ("inbound_unsigned", "inbound_mtls_proxies"):
+        items = value if isinstance(value, list) else str(value).split(",")
+        return tuple(str(i).strip() for i in items if str(i).strip())
+    if name == "inbound_token_seconds":
+        seconds = int(_number(name, value, int))
+        if not 30 <= seconds <= 3600:
+            raise ConfigError("bad-setting", f"{name} must be 30–3600 seconds, not {seconds}")
+        return seconds
+    return str(value).strip().rstrip("/") if name == "inbound_public_url" else str(value).strip()

@@ -20,6 +20,7 @@ PACKAGES = [
     "gateway.listeners",
     "gateway.signing",
     "gateway.policy",
+    "gateway.inbound",
 ]
 
 

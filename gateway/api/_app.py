@@ -58,6 +58,7 @@ from ..reports import VariantPool, WorkerCrash
 from ._auth import TokenSet, load_tokens
 from ._dicomweb import add_dicomweb_routes
 from ._docs import DOCS_ASSETS, add_docs_routes
+from ._fhir import add_fhir_routes
 from ._messages import add_message_routes
 from ._openapi import install_openapi
 from ._policy import add_policy_routes
@@ -334,6 +335,7 @@ def create_app(
 
     add_message_routes(app, settings, unauthorized)  # GET /messages, $reprocess (the store)
     add_policy_routes(app, settings, unauthorized)  # /policy/check, /policy/decisions, /Consent
+    add_fhir_routes(app, settings, unauthorized, read_body)  # POST /fhir, /auth/token (inbound)
     install_openapi(app, converter, lock)  # bodies, examples, responses, the bearer scheme
     return app
 

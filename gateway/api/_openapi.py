@@ -27,7 +27,10 @@ __all__ = ["BEARER", "PUBLIC_PATHS", "install_openapi"]
 
 BEARER = "HTTPBearer"  # the security scheme's name in components.securitySchemes
 # Routes anyone may call (as FHIR servers answer /metadata); every other one wants a token.
-PUBLIC_PATHS = frozenset({"/health", "/metadata"})
+PUBLIC_PATHS = frozenset(
+    {"/health", "/metadata", "/fhir/metadata", "/fhir/.well-known/smart-configuration",
+     "/auth/token"}  # the inbound endpoint's discovery and SMART token endpoint (docs/inbound.md)
+)  # fmt: skip
 FHIR_JSON = "application/fhir+json"
 DICOM_JSON = "application/dicom+json"
 
@@ -469,7 +472,7 @@ def complete(schema: dict[str, Any], operations: dict[tuple[str, str], dict[str,
     }
     for path, methods in schema.get("paths", {}).items():
         for method, operation in methods.items():
-            extra = operations.get((path, method), {})
+            extra = operations.get((path, method)) or _inbound_operation(path, method)
             if "requestBody" in extra:
                 operation["requestBody"] = extra["requestBody"]
             responses = operation.setdefault("responses", {})
@@ -481,3 +484,29 @@ def complete(schema: dict[str, Any], operations: dict[tuple[str, str], dict[str,
     # FastAPI's HTTPValidationError is never answered (request.invalid is an outcome)
     for unused in ("HTTPValidationError", "ValidationError"):
         components["schemas"].pop(unused, None)
+
+
+def _inbound_operation(path: str, method: str) -> dict[str, Any]:
+    """The inbound endpoint's bodies (docs/inbound.md): a partner's Bundle, the SMART
+    token request, a referral status change's optional Parameters."""
+    bodies = {
+        ("/fhir", "post"): (FHIR_JSON, "a transaction or batch Bundle from a partner"),
+        ("/auth/token", "post"): (
+            "application/x-www-form-urlencoded",
+            "grant_type=client_credentials, client_assertion_type, client_assertion, scope",
+        ),
+        ("/fhir/Task/{task_id}/{operation}", "post"): (
+            FHIR_JSON,
+            "optional Parameters with 'reason' (valueString); $reject needs a reason",
+        ),
+    }
+    if (path, method) not in bodies:
+        return {}
+    media, text = bodies[(path, method)]
+    return {
+        "requestBody": {
+            "required": path != "/fhir/Task/{task_id}/{operation}",
+            "description": text,
+            "content": {media: {"schema": {"type": "object"}}},
+        }
+    }

@@ -163,7 +163,13 @@ def test_every_route_but_health_and_metadata_is_protected_and_says_so(client: Cl
             assert "401" in operation["responses"]
             resp = client.request(method.upper(), url, content=b"x")
             assert resp.status_code == 401, (method, path)
-    assert sorted(public) == ["/health", "/metadata"]
+    assert sorted(public) == [
+        "/auth/token",  # the inbound endpoint's SMART discovery and token endpoint
+        "/fhir/.well-known/smart-configuration",
+        "/fhir/metadata",
+        "/health",
+        "/metadata",
+    ]
 
 
 def test_every_operation_with_a_body_has_its_content_types(client: Client) -> None:

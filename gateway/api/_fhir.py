@@ -1,0 +1,386 @@
+"""The inbound FHIR endpoint (docs/inbound.md):
+
+    POST /fhir                         a partner's transaction or batch Bundle (partner
+                                       credentials only: a partner token, a SMART access
+                                       token, or a client certificate at the TLS proxy)
+    POST /auth/token                   SMART Backend Services token endpoint
+    GET  /fhir/.well-known/smart-configuration, GET /fhir/metadata      (no auth)
+    GET  /fhir/{type}/{id}             read      (local API token: everything; partner
+    GET  /fhir/{type}?identifier=&patient=&status=&_lastUpdated=&_count=&_after=
+                                       search     credentials: only what it sent)
+    POST /fhir/Task/{id}/$accept|$reject|$complete   a referral's status (local API token;
+                                       $reject needs ?reason= or a Parameters 'reason')
+
+Registered by ``create_app`` with one call: ``add_fhir_routes(app, settings, ...)``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import parse_qsl
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
+
+from .. import __version__
+from ..config import Settings
+from ..errors import GatewayError, Issue, http_status, operation_outcome
+from ..inbound import (
+    ID_PATTERN,
+    SIGNING_ALGS,
+    TYPE_PATTERN,
+    Authenticator,
+    Inbound,
+    InboundError,
+    PartnerAuth,
+    Search,
+    TokenError,
+    parse_last_updated,
+)
+from ..network import Network
+from ..store import Store, open_store
+
+__all__ = ["add_fhir_routes"]
+
+FHIR_JSON = "application/fhir+json"
+SEARCH_PARAMS = ("identifier", "patient", "status", "_lastUpdated", "_id", "_count", "_after")
+SCOPES = ("system/*.read", "system/*.write", "system/*.rs", "system/*.cud", "system/*.cruds")
+
+
+class _Lazy:
+    """The store, the inbound stage and the authenticator, opened at first use."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._store: Store | None = None
+        self._inbound: Inbound | None = None
+        self._auth: Authenticator | None = None
+
+    def inbound(self) -> Inbound:
+        with self._lock:
+            if self._inbound is None:
+                self._store = open_store(self.settings)
+                network = Network.load(self.settings.network)
+                self._inbound = Inbound(self.settings, self._store, network)
+                self._auth = Authenticator(self.settings, self._store, network)
+            return self._inbound
+
+    def auth(self) -> Authenticator:
+        self.inbound()
+        assert self._auth is not None
+        return self._auth
+
+    def close(self) -> None:
+        with self._lock:
+            if self._store is not None:
+                self._store.close()
+            self._store = self._inbound = self._auth = None
+
+
+def _fhir(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(body), status, headers, media_type=FHIR_JSON)
+
+
+def _error(issue: Issue, status: int | None = None) -> Response:
+    status = status or http_status([issue])
+    headers = None
+    if status == 401:
+        headers = {"WWW-Authenticate": 'Bearer realm="fhir-gateway", error="invalid_token"'}
+    return _fhir(operation_outcome([issue]), status, headers)
+
+
+def add_fhir_routes(
+    app: FastAPI,
+    settings: Settings,
+    unauthorized: Callable[[Request], Response | None],
+    read_body: Callable[[Request, int], Awaitable[bytes | Response]],
+) -> None:
+    lazy = _Lazy(settings)
+    app.state.fhir = lazy  # app.state.fhir.close() releases the database
+
+    def base_url(request: Request) -> str:
+        return settings.inbound_public_url or str(request.base_url).rstrip("/")
+
+    def partner(request: Request) -> PartnerAuth:
+        header = settings.inbound_mtls_header
+        return lazy.auth().authenticate(
+            request.headers.get("authorization", ""),
+            request.client.host if request.client else None,
+            request.headers.get(header) if header else None,
+        )
+
+    async def reader(request: Request, resource_type: str) -> str | Response | None:
+        """None: a local system (everything); a partner key: only what it sent; or the
+        refusal to answer."""
+        if unauthorized(request) is None:
+            return None
+        try:
+            who = await run_in_threadpool(partner, request)
+        except GatewayError as exc:
+            return _error(exc.issue)
+        if not who.may("read", resource_type):
+            return _error(_scope_issue("read"))
+        return who.partner
+
+    @app.get("/fhir/.well-known/smart-configuration")
+    def smart_configuration(request: Request) -> Response:
+        return Response(
+            orjson.dumps(
+                {
+                    "token_endpoint": base_url(request) + "/auth/token",
+                    "grant_types_supported": ["client_credentials"],
+                    "token_endpoint_auth_methods_supported": ["private_key_jwt"],
+                    "token_endpoint_auth_signing_alg_values_supported": list(SIGNING_ALGS),
+                    "scopes_supported": list(SCOPES),
+                    "capabilities": ["client-confidential-asymmetric"],
+                }
+            ),
+            media_type="application/json",
+        )
+
+    @app.get("/fhir/metadata")
+    def fhir_metadata(request: Request) -> Response:
+        return _fhir(_capability(base_url(request)))
+
+    @app.post("/auth/token")
+    async def token(request: Request) -> Response:
+        body = await read_body(request, 64 * 1024)
+        if isinstance(body, Response):
+            return body
+        form = dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+        url = base_url(request) + "/auth/token"
+        try:
+            answer = await run_in_threadpool(lambda: lazy.auth().issue(form, url))
+        except TokenError as exc:
+            return Response(
+                orjson.dumps(exc.body()), exc.status, {"Cache-Control": "no-store"},
+                media_type="application/json",
+            )  # fmt: skip
+        return Response(
+            orjson.dumps(answer), 200, {"Cache-Control": "no-store", "Pragma": "no-cache"},
+            media_type="application/json",
+        )  # fmt: skip
+
+    # httpx (the outbox's client) posts to its base URL with a trailing slash: "/fhir/"
+    @app.post("/fhir/", include_in_schema=False)
+    @app.post("/fhir")
+    async def receive(request: Request) -> Response:
+        try:
+            who = await run_in_threadpool(partner, request)
+        except GatewayError as exc:
+            return _error(exc.issue)
+        if not who.may("write"):
+            return _error(_scope_issue("write"))
+        body = await read_body(request, settings.max_bundle_bytes)
+        if isinstance(body, Response):
+            return body
+        answer = await run_in_threadpool(lambda: lazy.inbound().receive(body, who))
+        return _fhir(answer.body, answer.status, answer.headers)
+
+    @app.post("/fhir/Task/{task_id}/{operation}")
+    async def referral_status(request: Request, task_id: str, operation: str) -> Response:
+        refused = unauthorized(request)
+        if refused is not None:
+            return refused
+        action = operation.removeprefix("$")
+        if not operation.startswith("$") or action not in ("accept", "reject", "complete"):
+            issue = Issue(
+                "request.http-404", "no such operation ($accept, $reject, $complete)",
+                details={"issue_type": "not-found"},
+            )  # fmt: skip
+            return _error(issue, 404)
+        body = await read_body(request, 64 * 1024)
+        if isinstance(body, Response):
+            return body
+        reason = request.query_params.get("reason") or _reason(body)
+
+        def act() -> tuple[Any, int | None, str]:
+            return lazy.inbound().referrals.act(task_id, action, reason)
+
+        try:
+            updated, row, note = await run_in_threadpool(act)
+        except GatewayError as exc:
+            return _error(exc.issue)
+        headers = {"X-Gateway-Outbox": str(row) if row is not None else "none",
+                   "X-Gateway-Note": note.encode("ascii", "replace").decode()}  # fmt: skip
+        return _fhir(updated.task.resource, 200, headers)
+
+    @app.get("/fhir/{resource_type}/{logical_id}")
+    async def read(request: Request, resource_type: str, logical_id: str) -> Response:
+        who = await reader(request, resource_type)
+        if isinstance(who, Response):
+            return who
+        if not TYPE_PATTERN.fullmatch(resource_type) or not ID_PATTERN.fullmatch(logical_id):
+            return _error(_not_found())
+        found = await run_in_threadpool(
+            lambda: lazy.inbound().resources.read(resource_type, logical_id)
+        )
+        if found is None or (who is not None and found.partner != who):
+            return _error(_not_found())
+        headers = {
+            "ETag": f'W/"{found.version}"',
+            "Last-Modified": found.resource["meta"]["lastUpdated"],
+        }
+        return _fhir(found.resource, 200, headers)
+
+    @app.get("/fhir/{resource_type}")
+    async def search(request: Request, resource_type: str) -> Response:
+        who = await reader(request, resource_type)
+        if isinstance(who, Response):
+            return who
+        if not TYPE_PATTERN.fullmatch(resource_type):
+            return _error(_not_found())
+        try:
+            where, count, after = _search(request, who)
+            page, nxt = await run_in_threadpool(
+                lambda: lazy.inbound().resources.search(resource_type, where, count, after)
+            )
+        except GatewayError as exc:
+            return _error(exc.issue)
+        base = base_url(request)
+        links = [{"relation": "self", "url": str(request.url)}]
+        if nxt is not None:
+            links.append(
+                {"relation": "next", "url": str(request.url.include_query_params(_after=nxt))}
+            )
+        return _fhir(
+            {
+                "resourceType": "Bundle",
+                "type": "searchset",
+                "link": links,
+                "entry": [
+                    {
+                        "fullUrl": f"{base}/fhir/{s.reference}",
+                        "resource": s.resource,
+                        "search": {"mode": "match"},
+                    }
+                    for s in page
+                ],
+            }
+        )
+
+
+def _search(request: Request, who: str | None) -> tuple[Search, int, int]:
+    where = Search(partner=who)
+    count, after = 50, 0
+    for name, value in request.query_params.multi_items():
+        if name not in SEARCH_PARAMS:
+            raise InboundError(
+                "inbound.bad-search",
+                f"unknown search parameter {name!r} (the gateway searches by "
+                f"{', '.join(SEARCH_PARAMS)})",
+                location=name,
+            )
+        if name == "identifier":
+            where.identifier = value
+        elif name == "patient":
+            where.patient = value
+        elif name == "status":
+            where.status += [s for s in value.split(",") if s]
+        elif name == "_id":
+            where.ids += [s for s in value.split(",") if s]
+        elif name == "_lastUpdated":
+            where.last_updated.append(parse_last_updated(value))
+        elif not value.isdigit():
+            raise InboundError("inbound.bad-search", f"{name} must be a number", location=name)
+        elif name == "_count":
+            count = max(1, min(int(value), 1000))
+        else:
+            after = int(value)
+    return where, count, after
+
+
+def _reason(body: bytes) -> str | None:
+    """The 'reason' of a Parameters body (valueString), if any."""
+    if not body.strip():
+        return None
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    for parameter in parsed.get("parameter") or [] if isinstance(parsed, dict) else []:
+        if isinstance(parameter, dict) and parameter.get("name") == "reason":
+            value = parameter.get("valueString")
+            return str(value) if value else None
+    return None
+
+
+def _scope_issue(action: str) -> Issue:
+    return Issue(
+        "inbound.scope",
+        f"the access token's scope does not allow {action} here",
+        details={"issue_type": "forbidden"},
+    )
+
+
+def _not_found() -> Issue:
+    return Issue("inbound.not-found", "no such resource", details={"issue_type": "not-found"})
+
+
+def _capability(base: str) -> dict[str, Any]:
+    token_url = base + "/auth/token"
+    return {
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": "2026-12-06",
+        "kind": "instance",
+        "software": {"name": "fhir-gateway", "version": __version__},
+        "implementation": {
+            "description": "inbound endpoint of the FHIR gateway",
+            "url": base + "/fhir",
+        },
+        "fhirVersion": "4.0.1",
+        "format": [FHIR_JSON, "json"],
+        "rest": [
+            {
+                "mode": "server",
+                "security": {
+                    "extension": [
+                        {
+                            "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+                            "extension": [{"url": "token", "valueUri": token_url}],
+                        }
+                    ],
+                    "service": [
+                        {
+                            "coding": [
+                                {
+                                    "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                                    "code": "SMART-on-FHIR",
+                                }
+                            ]
+                        }
+                    ],
+                    "description": "partners: a partner Bearer token, a SMART Backend Services "
+                    "access token or a client certificate; local systems: the API token",
+                },
+                "interaction": [{"code": "transaction"}, {"code": "batch"}],
+                "resource": [
+                    {
+                        "type": t,
+                        "interaction": [{"code": "read"}, {"code": "search-type"}],
+                        "searchParam": [
+                            {"name": "identifier", "type": "token"},
+                            {"name": "patient", "type": "reference"},
+                            {"name": "status", "type": "token"},
+                            {"name": "_lastUpdated", "type": "date"},
+                        ],
+                    }
+                    for t in (
+                        "Patient",
+                        "ServiceRequest",
+                        "Task",
+                        "DiagnosticReport",
+                        "ImagingStudy",
+                        "Observation",
+                        "Condition",
+                    )
+                ],
+            }
+        ],
+    }

@@ -1,0 +1,64 @@
+"""The inbound stage (issue #13 items 5 and 6; docs/inbound.md): partner
+authentication (static bearer tokens, SMART Backend Services, mTLS at a proxy),
+``POST /fhir`` of transaction Bundles from partners — checked to be in the partner's
+own name, signatures verified, the inbound policy run, stored idempotently — the
+stored resources read and searched by local systems, and referral status: a Task per
+referral received, accepted, rejected or completed here and sent back to the sender."""
+
+from ._apply import Applied, apply_bundle
+from ._auth import (
+    ASSERTION_TYPE,
+    SIGNING_ALGS,
+    Authenticator,
+    PartnerAuth,
+    TokenError,
+    certificate_institution,
+    load_partner_tokens,
+)
+from ._cli import add_cli
+from ._errors import InboundError
+from ._receive import Answer, Inbound
+from ._referrals import ACTIONS, REFERRAL_CATEGORY, Referral, Referrals, is_referral
+from ._resources import (
+    ID_PATTERN,
+    TYPE_PATTERN,
+    Resources,
+    Search,
+    Stored,
+    parse_last_updated,
+    patient_of,
+)
+from ._schema import bundles, identifiers, jtis, resources, tokens
+
+__all__ = [
+    "ACTIONS",
+    "ASSERTION_TYPE",
+    "ID_PATTERN",
+    "REFERRAL_CATEGORY",
+    "SIGNING_ALGS",
+    "TYPE_PATTERN",
+    "Answer",
+    "Applied",
+    "Authenticator",
+    "Inbound",
+    "InboundError",
+    "PartnerAuth",
+    "Referral",
+    "Referrals",
+    "Resources",
+    "Search",
+    "Stored",
+    "TokenError",
+    "add_cli",
+    "apply_bundle",
+    "bundles",
+    "certificate_institution",
+    "identifiers",
+    "is_referral",
+    "jtis",
+    "load_partner_tokens",
+    "parse_last_updated",
+    "patient_of",
+    "resources",
+    "tokens",
+]

@@ -1,0 +1,270 @@
+"""Applying a partner's transaction or batch Bundle to the stored resources, with FHIR's
+semantics for what the gateway's Bundles use: create (``POST``), conditional create
+(``POST`` + ``ifNoneExist``: nothing written when one resource matches), update
+(``PUT Type/id``), conditional update (``PUT Type?query``: create when none matches,
+update the one that does, 412 when several do); ``urn:uuid`` references between entries
+and conditional references (``Patient?identifier=...``) made literal.
+
+A transaction is all or nothing (the caller's database transaction); a batch applies
+each entry on its own (a savepoint each) and answers each entry's outcome.
+"""
+
+from __future__ import annotations
+
+import copy
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.engine import Connection
+
+from ..errors import http_status, operation_outcome, shape
+from ._errors import InboundError
+from ._resources import (
+    ID_PATTERN,
+    TYPE_PATTERN,
+    Resources,
+    Stored,
+    instant,
+    iter_references,
+    parse_identifier,
+)
+
+__all__ = ["Applied", "apply_bundle"]
+
+_REASONS = {200: "OK", 201: "Created", 400: "Bad Request", 404: "Not Found",
+            412: "Precondition Failed", 422: "Unprocessable Entity"}  # fmt: skip
+
+
+@dataclass
+class _Entry:
+    n: int
+    resource_type: str
+    resource: dict[str, Any]
+    full_url: str | None
+    logical_id: str | None = None  # the target; None: a new resource, id assigned on write
+    write: bool = True  # False: a conditional create that matched (nothing written)
+    created: bool = False  # set on write: a new resource
+
+
+@dataclass
+class Applied:
+    """What a Bundle did: the response Bundle and the versions it wrote."""
+
+    response: dict[str, Any]
+    written: list[Stored] = field(default_factory=list)
+    status: int = 200
+
+
+def apply_bundle(
+    conn: Connection,
+    store: Resources,
+    bundle: dict[str, Any],
+    partner: str,
+    bundle_id: int | None,
+    now: datetime,
+) -> Applied:
+    """Apply ``bundle`` (a transaction or batch) on ``conn``. A transaction raises an
+    InboundError on the first entry that fails (the caller rolls back)."""
+    kind = bundle.get("type")
+    entries = bundle.get("entry") or []
+    if not isinstance(entries, list):
+        raise InboundError(
+            "inbound.bad-bundle", "Bundle.entry is not a list", expression="Bundle.entry"
+        )
+    if kind == "transaction":
+        plans = [_plan(conn, store, n, e) for n, e in enumerate(entries)]
+        for plan in plans:  # every target known before any reference is made literal
+            plan.logical_id = plan.logical_id or str(uuid.uuid4())
+        urls = {p.full_url: f"{p.resource_type}/{p.logical_id}" for p in plans if p.full_url}
+        index = _identifier_index(plans)
+        written: list[Stored] = []
+        out = []
+        for plan in plans:
+            stored = _write(conn, store, plan, urls, index, partner, bundle_id, now)
+            if stored is not None and plan.write:
+                written.append(stored)
+            out.append(_response_entry(plan, stored))
+        return Applied(_response_bundle("transaction-response", out), written)
+    applied = Applied(_response_bundle("batch-response", []))
+    for n, entry in enumerate(entries):
+        savepoint = conn.begin_nested()
+        try:
+            plan = _plan(conn, store, n, entry)
+            stored = _write(conn, store, plan, {}, {}, partner, bundle_id, now)
+        except InboundError as exc:
+            savepoint.rollback()
+            status = http_status([exc.issue])
+            applied.response["entry"].append(
+                {"response": {"status": f"{status} {_REASONS[status]}",
+                              "outcome": operation_outcome([exc.issue])}}
+            )  # fmt: skip
+            continue
+        savepoint.commit()
+        if stored is not None and plan.write:
+            applied.written.append(stored)
+        applied.response["entry"].append(_response_entry(plan, stored))
+    return applied
+
+
+def _plan(conn: Connection, store: Resources, n: int, entry: Any) -> _Entry:
+    """Where entry ``n`` goes: a new resource, a stored one to update, or (a matched
+    conditional create) nothing to write."""
+    where = f"Bundle.entry[{n}]"
+    if not isinstance(entry, dict) or not isinstance(entry.get("resource"), dict):
+        raise InboundError(
+            "inbound.bad-entry", f"{where} holds no resource", expression=f"{where}.resource"
+        )
+    resource: dict[str, Any] = entry["resource"]
+    given = entry.get("request")
+    request: dict[str, Any] = given if isinstance(given, dict) else {}
+    method, url = str(request.get("method") or ""), str(request.get("url") or "")
+    resource_type = str(resource.get("resourceType") or "")
+    path, _, query = url.partition("?")
+    target_type, _, target_id = path.partition("/")
+    if method not in ("POST", "PUT"):
+        raise InboundError(
+            "inbound.unsupported-request",
+            f"{where}.request.method {shape(method, 8)}: the inbound endpoint takes POST "
+            "(create, conditional create) and PUT (update, conditional update)",
+            expression=f"{where}.request.method",
+        )
+    if not TYPE_PATTERN.fullmatch(resource_type) or target_type != resource_type:
+        raise InboundError(
+            "inbound.bad-entry",
+            f"{where}.request.url does not name the resource's type {resource_type!r}",
+            expression=f"{where}.request.url",
+        )
+    full_url = entry.get("fullUrl") if isinstance(entry.get("fullUrl"), str) else None
+    plan = _Entry(n, resource_type, resource, full_url)
+    if method == "POST":
+        condition = request.get("ifNoneExist")
+        if target_id or query:
+            raise InboundError(
+                "inbound.bad-entry",
+                f"{where}.request.url: a create names only the type",
+                expression=f"{where}.request.url",
+            )
+        if condition:
+            _match(plan, store.find(conn, resource_type, str(condition)), where, update=False)
+        return plan
+    if query:
+        _match(plan, store.find(conn, resource_type, query), where, update=True)
+    elif ID_PATTERN.fullmatch(target_id):
+        plan.logical_id = target_id
+    else:
+        raise InboundError(
+            "inbound.bad-entry",
+            f"{where}.request.url: an update names Type/id or Type?query",
+            expression=f"{where}.request.url",
+        )
+    return plan
+
+
+def _match(plan: _Entry, found: list[str], where: str, *, update: bool) -> None:
+    if len(found) > 1:
+        raise InboundError(
+            "inbound.multiple-matches",
+            f"{where}: the condition matches {len(found)} stored {plan.resource_type} "
+            "resources (one at most)",
+            expression=f"{where}.request",
+        )
+    if found:
+        plan.logical_id = found[0]
+        plan.write = update
+
+
+def _identifier_index(plans: list[_Entry]) -> dict[tuple[str, str, str], str | None]:
+    """(type, system, value) → the planned target of the Bundle's own entries, for
+    conditional references to resources the same transaction creates."""
+    index: dict[tuple[str, str, str], str | None] = {}
+    for plan in plans:
+        for ident in plan.resource.get("identifier") or []:
+            if isinstance(ident, dict) and ident.get("value"):
+                key = (plan.resource_type, str(ident.get("system") or ""), str(ident["value"]))
+                index[key] = plan.logical_id
+    return index
+
+
+def _write(
+    conn: Connection,
+    store: Resources,
+    plan: _Entry,
+    urls: dict[str, str],
+    index: dict[tuple[str, str, str], str | None],
+    partner: str,
+    bundle_id: int | None,
+    now: datetime,
+) -> Stored | None:
+    if not plan.write:
+        return store.current(conn, plan.resource_type, str(plan.logical_id))
+    if plan.logical_id is None:  # a create: its id is known before any reference to it
+        plan.logical_id = str(uuid.uuid4())
+        if plan.full_url:
+            urls[plan.full_url] = f"{plan.resource_type}/{plan.logical_id}"
+    resource = copy.deepcopy(plan.resource)
+    resource.pop("id", None)
+    for ref in iter_references(resource):
+        ref["reference"] = _resolve(conn, store, str(ref["reference"]), urls, index, plan.n)
+    stored, written = store.write(
+        conn, resource, logical_id=plan.logical_id, partner=partner, bundle_id=bundle_id, now=now
+    )
+    plan.created = written and stored.version == 1
+    plan.write = written
+    return stored
+
+
+def _resolve(
+    conn: Connection,
+    store: Resources,
+    ref: str,
+    urls: dict[str, str],
+    index: dict[tuple[str, str, str], str | None],
+    n: int,
+) -> str:
+    """A reference as stored: an entry's fullUrl → Type/id; ``Type?identifier=...`` →
+    the one resource it finds (this Bundle's entries first); others unchanged."""
+    if ref in urls:
+        return urls[ref]
+    if ref.startswith("urn:uuid:"):
+        raise InboundError(
+            "inbound.unresolved-reference",
+            f"Bundle.entry[{n}]: a urn:uuid reference that is no entry's fullUrl",
+            expression=f"Bundle.entry[{n}].resource",
+        )
+    path, mark, query = ref.partition("?")
+    if not mark or not TYPE_PATTERN.fullmatch(path):
+        return ref
+    if query.startswith("identifier=") and "&" not in query:
+        system, value = parse_identifier(query.removeprefix("identifier="))
+        own = index.get((path, system or "", value))
+        if own is not None:
+            return f"{path}/{own}"
+    found = store.find(conn, path, query)
+    if len(found) != 1:
+        raise InboundError(
+            "inbound.unresolved-reference",
+            f"Bundle.entry[{n}]: a conditional reference to {path} matches {len(found)} "
+            "stored resources (exactly one needed)",
+            expression=f"Bundle.entry[{n}].resource",
+        )
+    return f"{path}/{found[0]}"
+
+
+def _response_entry(plan: _Entry, stored: Stored | None) -> dict[str, Any]:
+    if stored is None:  # not reached: a write returns what it stored
+        return {"response": {"status": "200 OK"}}
+    status = 201 if plan.created else 200
+    return {
+        "response": {
+            "status": f"{status} {_REASONS[status]}",
+            "location": f"{stored.reference}/_history/{stored.version}",
+            "etag": f'W/"{stored.version}"',
+            "lastModified": instant(stored.last_updated),
+        }
+    }
+
+
+def _response_bundle(kind: str, entries: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"resourceType": "Bundle", "type": kind, "entry": entries}

@@ -1,0 +1,314 @@
+"""Receiving one Bundle from an authenticated partner (docs/inbound.md), in order:
+
+1. readable: a FHIR Bundle of type transaction or batch (else 400);
+2. in the partner's own name: its identifier's system, the custodian of its Provenance,
+   the first (author) signature's certificate name no other institution (else 403);
+3. the same Bundle again: the answer given the first time, nothing stored again;
+4. signatures: every one verified against the trust store; an unsigned Bundle only
+   from a partner in ``inbound_unsigned`` (else 422, the bytes kept as evidence);
+5. the inbound policy (``Policy.decide``, sender → this institution): a deny refuses
+   (403, the decision's reasons);
+6. stored in one transaction with the referral Tasks it starts, committed before the
+   answer (a transaction-response or batch-response Bundle).
+"""
+
+from __future__ import annotations
+
+import binascii
+import hashlib
+import json
+import logging
+import threading
+from base64 import b64decode, urlsafe_b64decode
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+from ..config import Settings
+from ..errors import GatewayError, Issue, http_status, operation_outcome
+from ..network import Institution, Network
+from ..signing import signature_entries, trust_store, verify_bundle
+from ..store import Store, utcnow
+from ._apply import apply_bundle
+from ._auth import PartnerAuth
+from ._errors import InboundError
+from ._referrals import Referrals
+from ._resources import Resources
+from ._schema import bundles
+
+__all__ = ["Answer", "Inbound"]
+
+log = logging.getLogger("gateway.inbound")
+_SENDING_AGENTS = ("custodian", "author", "assembler")
+
+
+@dataclass
+class Answer:
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+    replayed: bool = False  # the stored answer to the same Bundle sent before
+
+
+def _refused(issue: Issue, status: int) -> Answer:
+    return Answer(status, operation_outcome([issue]))
+
+
+class Inbound:
+    """The inbound stage over one store (thread-safe: share one per process)."""
+
+    def __init__(self, settings: Settings, store: Store, network: Network | None = None) -> None:
+        self.settings = settings
+        self.store = store
+        self.network = network or Network.load(settings.network)
+        self.resources = Resources(store)
+        self.referrals = Referrals(settings, store, self.network)
+        self._lock = threading.Lock()
+        self._policy: Any = None
+
+    def policy(self) -> Any:
+        from ..policy import Policy
+
+        with self._lock:
+            if self._policy is None:
+                self._policy = Policy(self.settings, self.network)
+            return self._policy
+
+    # -- the whole flow ---------------------------------------------------------------
+    def receive(self, body: bytes, who: PartnerAuth) -> Answer:
+        try:
+            own = self.referrals.own()
+            bundle = _bundle(body)
+            self._check_sender(bundle, who.partner)
+        except InboundError as exc:
+            log.warning("inbound: a Bundle from %s refused [%s]", who.partner, exc.code)
+            return _refused(exc.issue, http_status([exc.issue]))
+        canonical = orjson.dumps(bundle, option=orjson.OPT_SORT_KEYS)
+        sha = hashlib.sha256(canonical).hexdigest()
+        given = bundle.get("identifier")
+        ident: dict[str, Any] = given if isinstance(given, dict) else {}
+        token = f"{ident.get('system') or ''}|{ident['value']}" if ident.get("value") else None
+        dedup = hashlib.sha256(f"{who.partner}|{token or ''}|{sha}".encode()).hexdigest()
+        earlier = self._earlier(dedup)
+        if earlier is not None:
+            return earlier
+        refused = self._verify(bundle, who.partner)
+        if refused is not None:
+            self._keep_refused(body, bundle, who, token, sha, refused)
+            log.warning("inbound: a Bundle from %s refused: its signatures", who.partner)
+            return refused
+        denied = self._decide(bundle, who.partner, own)
+        if denied is not None:
+            return denied
+        return self._store(body, bundle, who, token, sha, dedup)
+
+    # -- 2: in whose name -------------------------------------------------------------
+    def _check_sender(self, bundle: dict[str, Any], partner: str) -> None:
+        named = self.policy().sender_of(bundle)
+        if named is not None and named != partner:
+            raise _wrong_sender("Bundle.identifier.system", named, partner)
+        for n, entry in enumerate(bundle.get("entry") or []):
+            resource = entry.get("resource") if isinstance(entry, dict) else None
+            if not isinstance(resource, dict) or resource.get("resourceType") != "Provenance":
+                continue
+            if _is_signature(resource):
+                continue  # signers: their certificates are checked below
+            for k, agent in enumerate(resource.get("agent") or []):
+                if not isinstance(agent, dict) or _agent_type(agent) not in _SENDING_AGENTS:
+                    continue
+                for part in ("who", "onBehalfOf"):
+                    inst = self._institution_of(agent.get(part))
+                    if inst is not None and inst.key != partner:
+                        where = f"Bundle.entry[{n}].resource.agent[{k}].{part}"
+                        raise _wrong_sender(where, inst.key, partner)
+        first = _first_signer(bundle)
+        if first is not None:
+            where, oid = first  # unreadable (None): the verification says why, next
+            inst = self.network.find(f"urn:oid:{oid}") if oid else None
+            if oid is not None and (inst is None or inst.key != partner):
+                raise _wrong_sender(where, inst.key if inst else "another organisation", partner)
+
+    def _institution_of(self, ref: Any) -> Institution | None:
+        if not isinstance(ref, dict):
+            return None
+        ident = ref.get("identifier")
+        if not isinstance(ident, dict):
+            return None
+        value = str(ident.get("value") or "")
+        system = str(ident.get("system") or "")
+        if system == "urn:ietf:rfc:3986" and value.startswith("urn:oid:"):
+            return self.network.find(value)
+        if system.endswith("/sid/hl7-facility"):
+            return self.network.institution(value)
+        return None
+
+    # -- 3: the same Bundle again -----------------------------------------------------
+    def _earlier(self, dedup: str) -> Answer | None:
+        with self.store.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(bundles.c.status, bundles.c.response).where(bundles.c.dedup_key == dedup)
+            ).first()
+        if row is None:
+            return None
+        return Answer(int(row.status), orjson.loads(row.response), replayed=True)
+
+    # -- 4: signatures ----------------------------------------------------------------
+    def _verify(self, bundle: dict[str, Any], partner: str) -> Answer | None:
+        signed = bool(signature_entries(bundle)) or bool(bundle.get("signature"))
+        if not signed:
+            if partner in self.settings.inbound_unsigned:
+                return None
+            issue = Issue(
+                "inbound.unsigned",
+                f"Bundles from {partner} must be signed (it is not in inbound_unsigned)",
+                expression="Bundle.signature",
+            )
+            return _refused(issue, 422)
+        try:
+            trust = trust_store(self.settings)
+        except GatewayError as exc:
+            return _refused(exc.issue, 500)
+        report = verify_bundle(bundle, trust, "request")
+        if report.ok:
+            return None
+        return Answer(422, operation_outcome([i for i in report.issues() if i.severity == "error"]))
+
+    def _keep_refused(
+        self, body: bytes, bundle: dict[str, Any], who: PartnerAuth, token: str | None,
+        sha: str, answer: Answer,
+    ) -> None:  # fmt: skip
+        """A Bundle refused for its signatures: its bytes kept as evidence, never applied
+        (no dedup key: sent again after a fix, it is checked again)."""
+        with self.store.engine.execution_options(write=True).begin() as conn:
+            conn.execute(
+                bundles.insert().values(
+                    received_at=utcnow(), partner=who.partner, auth=who.method,
+                    bundle_type=str(bundle.get("type"))[:32], identifier=(token or None),
+                    sha256=sha, dedup_key=None, state="refused", status=answer.status,
+                    response=orjson.dumps(answer.body), raw=body,
+                )
+            )  # fmt: skip
+
+    # -- 5: policy --------------------------------------------------------------------
+    def _decide(self, bundle: dict[str, Any], partner: str, own: Institution) -> Answer | None:
+        """The cross-border policy, from the receiving side: a deny (no agreement in
+        force, a prohibited category, a party outside the agreement's region) refuses.
+        A hold for consent is the sender's to resolve (it holds the patient's consent
+        and decided before sending), so it does not refuse here."""
+        try:
+            decision = self.policy().decide(bundle, partner, own.key)
+        except GatewayError as exc:  # a party the agreements do not place, a bad purpose
+            log.warning("inbound: a Bundle from %s not decided [%s]", partner, exc.code)
+            return _refused(exc.issue, http_status([exc.issue]))
+        if decision.outcome != "deny":
+            return None
+        log.warning("inbound: a Bundle from %s refused by policy", partner)
+        return Answer(403, decision.operation_outcome())
+
+    # -- 6: store ---------------------------------------------------------------------
+    def _store(
+        self, body: bytes, bundle: dict[str, Any], who: PartnerAuth, token: str | None,
+        sha: str, dedup: str,
+    ) -> Answer:  # fmt: skip
+        now = utcnow()
+        try:
+            with self.store.engine.execution_options(write=True).begin() as conn:
+                row = conn.execute(
+                    bundles.insert()
+                    .values(
+                        received_at=now, partner=who.partner, auth=who.method,
+                        bundle_type=str(bundle.get("type"))[:32], identifier=token,
+                        sha256=sha, dedup_key=dedup, state="applied", status=200,
+                        response=b"{}", raw=body,
+                    )
+                    .returning(bundles.c.id)
+                ).scalar_one()  # fmt: skip
+                applied = apply_bundle(conn, self.resources, bundle, who.partner, int(row), now)
+                self.referrals.on_received(conn, applied.written, who.partner, now)
+                conn.execute(
+                    bundles.update()
+                    .where(bundles.c.id == row)
+                    .values(response=orjson.dumps(applied.response))
+                )
+        except InboundError as exc:  # rolled back: nothing of the Bundle is stored
+            return _refused(exc.issue, http_status([exc.issue]))
+        except sa.exc.IntegrityError:
+            earlier = self._earlier(dedup)  # the same Bundle, stored meanwhile by another
+            if earlier is None:
+                raise
+            return earlier
+        return Answer(200, applied.response)
+
+
+def _bundle(body: bytes) -> dict[str, Any]:
+    try:
+        bundle = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise InboundError("inbound.bad-bundle", "the body is not JSON") from None
+    if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+        raise InboundError("inbound.bad-bundle", "the body is not a FHIR Bundle")
+    if bundle.get("type") not in ("transaction", "batch"):
+        raise InboundError(
+            "inbound.bad-bundle",
+            "POST /fhir takes a transaction or batch Bundle",
+            expression="Bundle.type",
+        )
+    return bundle
+
+
+def _wrong_sender(where: str, named: str, partner: str) -> InboundError:
+    return InboundError(
+        "inbound.wrong-sender",
+        f"{where} names {named}, but the request was authenticated as {partner}: a partner "
+        "sends only in its own name",
+        expression=where,
+        issue_type="forbidden",
+    )
+
+
+def _agent_type(agent: dict[str, Any]) -> str | None:
+    for coding in (agent.get("type") or {}).get("coding") or []:
+        if isinstance(coding, dict) and coding.get("code"):
+            return str(coding["code"])
+    return None
+
+
+def _is_signature(provenance: dict[str, Any]) -> bool:
+    return any(
+        isinstance(s, dict) and s.get("sigFormat") == "application/jose"
+        for s in provenance.get("signature") or []
+    )
+
+
+def _first_signer(bundle: dict[str, Any]) -> tuple[str, str | None] | None:
+    """(where, organisation OID of its certificate) of the Bundle's first signature —
+    the author's; co-signers after it may be of other institutions."""
+    positions = signature_entries(bundle)
+    if positions:
+        where = f"Bundle.entry[{positions[0]}].resource.signature[0]"
+        sig = ((bundle["entry"][positions[0]]["resource"].get("signature")) or [None])[0]
+    elif isinstance(bundle.get("signature"), dict):
+        where, sig = "Bundle.signature", bundle["signature"]
+    else:
+        return None
+    return where, _signer_oid(sig)
+
+
+def _signer_oid(sig: Any) -> str | None:
+    """The organizationIdentifier OID of a JWS signature's x5c[0], unverified (the
+    signature is verified next): enough to refuse another institution's name early."""
+    try:
+        jws = b64decode(str(sig.get("data", "")), validate=True).decode("ascii")
+        head = jws.split(".", 1)[0]
+        header = json.loads(urlsafe_b64decode(head + "=" * (-len(head) % 4)))
+        cert = x509.load_der_x509_certificate(b64decode(header["x5c"][0]))
+    except (AttributeError, binascii.Error, UnicodeDecodeError, ValueError, KeyError,
+            IndexError, TypeError):  # fmt: skip
+        return None
+    found = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_IDENTIFIER)
+    value = found[0].value if found else None
+    return value.removeprefix("OID:") if isinstance(value, str) else None

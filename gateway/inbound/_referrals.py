@@ -1,0 +1,363 @@
+"""Referral status (issue #13 item 6): a ``Task`` per referral received (focus = the
+ServiceRequest); the receiving side accepts, rejects (with a reason in
+``statusReason``) or completes it, and each new status goes back to the sending
+gateway as a transaction Bundle through the outbox (``Outbox.enqueue``). The sender's
+own inbound stores that Task, so both sides list the referral with its status.
+
+The Task that travels carries no patient data: its focus and owner are logical
+references by identifier (the referral's identifier, the institution's OID), which
+mean the same at both ends.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.engine import Connection
+
+from ..config import Settings
+from ..mapping import NAMESPACE
+from ..network import Institution, Network
+from ..partners import Partner, load_partners
+from ..store import Store, utcnow
+from ._errors import InboundError
+from ._resources import Resources, Search, Stored, instant
+
+__all__ = ["ACTIONS", "REFERRAL_CATEGORY", "Referral", "Referrals", "is_referral"]
+
+REFERRAL_CATEGORY = ("http://snomed.info/sct", "3457005")  # Patient referral
+REFERRAL_PROFILE = "https://fhir-gateway.example.org/StructureDefinition/referral-servicerequest"
+GATEWAY_SID = "https://fhir-gateway.example.org/sid"
+# action → (statuses it may start from, the status it sets)
+ACTIONS = {
+    "accept": (("requested", "received"), "accepted"),
+    "reject": (("requested", "received", "accepted"), "rejected"),
+    "complete": (("accepted", "in-progress"), "completed"),
+}
+_CLOSED = ("completed", "rejected", "cancelled", "failed", "entered-in-error")
+
+
+def is_referral(resource: dict[str, Any]) -> bool:
+    """A ServiceRequest that is a patient referral (category SNOMED CT 3457005, or the
+    gateway's referral profile)."""
+    if resource.get("resourceType") != "ServiceRequest":
+        return False
+    profiles = (resource.get("meta") or {}).get("profile") or []
+    if REFERRAL_PROFILE in profiles:
+        return True
+    return any(
+        (c.get("system"), c.get("code")) == REFERRAL_CATEGORY
+        for cat in resource.get("category") or []
+        if isinstance(cat, dict)
+        for c in cat.get("coding") or []
+        if isinstance(c, dict)
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Referral:
+    """A referral as listed: its Task and what it is about."""
+
+    task: Stored
+    direction: str  # received (a Task made here) | sent (a partner's Task about ours)
+    partner: str | None  # the other institution
+    referral: str | None  # the referral's identifier "system|value"
+
+    @property
+    def status(self) -> str:
+        return str(self.task.resource.get("status"))
+
+    @property
+    def reason(self) -> str | None:
+        text = (self.task.resource.get("statusReason") or {}).get("text")
+        return str(text) if text else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "task": self.task.logical_id,
+            "version": self.task.version,
+            "direction": self.direction,
+            "partner": self.partner,
+            "referral": self.referral,
+            "status": self.status,
+            "reason": self.reason,
+            "last_updated": instant(self.task.last_updated),
+        }
+
+
+def _focus_identifier(task: dict[str, Any]) -> dict[str, Any] | None:
+    ident = (task.get("focus") or {}).get("identifier")
+    return ident if isinstance(ident, dict) and ident.get("value") else None
+
+
+def _token(ident: dict[str, Any] | None) -> str | None:
+    return f"{ident.get('system') or ''}|{ident['value']}" if ident else None
+
+
+class Referrals:
+    """Tasks of referrals over one store."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        network: Network | None = None,
+        partners: Callable[[], Mapping[str, Partner]] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.resources = Resources(store)
+        self.network = network or Network.load(settings.network)
+        # where status updates go: the configured partners (seeds/partners.yaml)
+        self.partners = partners or (lambda: load_partners(network=self.network))
+
+    def own(self) -> Institution:
+        """This gateway's institution (setting ``institution``)."""
+        inst = self.network.institution(self.settings.institution)
+        if inst is None:
+            raise InboundError(
+                "inbound.not-configured",
+                "set `institution` (this gateway's institution key in the network) to "
+                "receive from partners and answer referrals",
+            )
+        return inst
+
+    # -- on receipt (inside the inbound transaction) ----------------------------------
+    def on_received(
+        self, conn: Connection, written: list[Stored], partner: str, now: datetime
+    ) -> list[Stored]:
+        """A Task for each referral just stored that has none; a cancelled referral
+        (ServiceRequest revoked) cancels its open Task. Returns the Tasks written."""
+        out = []
+        for stored in written:
+            if not is_referral(stored.resource):
+                continue
+            ident = next(iter(stored.resource.get("identifier") or []), None)
+            if not isinstance(ident, dict) or not ident.get("value"):
+                continue
+            task_ident = self._task_identifier(partner, ident)
+            found = self.resources.find(
+                conn, "Task", f"identifier={task_ident['system']}|{task_ident['value']}"
+            )
+            if not found:
+                task = self._new_task(stored, ident, task_ident, now)
+                out.append(self.resources.write(conn, task, partner=None, now=now)[0])
+                continue
+            current = self.resources.current(conn, "Task", found[0])
+            revoked = stored.resource.get("status") in ("revoked", "entered-in-error")
+            if current is not None and revoked and current.resource.get("status") not in _CLOSED:
+                task = {**current.resource, "status": "cancelled", "lastModified": instant(now)}
+                out.append(self.resources.write(conn, task, logical_id=found[0], partner=None,
+                                                now=now)[0])  # fmt: skip
+        return out
+
+    def _task_identifier(self, partner: str, ident: dict[str, Any]) -> dict[str, str]:
+        inst = self.network.institution(self.settings.institution)
+        base = f"{inst.base}/sid" if inst is not None else GATEWAY_SID
+        sender = self.network.institution(partner)
+        prefix = sender.facility if sender is not None else partner
+        return {"system": f"{base}/referral-task", "value": f"{prefix}-{ident['value']}"}
+
+    def _new_task(
+        self, stored: Stored, ident: dict[str, Any], task_ident: dict[str, str], now: datetime
+    ) -> dict[str, Any]:
+        sr = stored.resource
+        task: dict[str, Any] = {
+            "resourceType": "Task",
+            "identifier": [task_ident],
+            "basedOn": [{"reference": stored.reference}],
+            "status": "requested",
+            "intent": "order",
+            "priority": sr.get("priority") if sr.get("priority") in ("routine", "urgent",
+                                                                       "asap", "stat") else None,
+            "focus": {
+                "reference": stored.reference,
+                "type": "ServiceRequest",
+                "identifier": {"system": ident.get("system"), "value": ident["value"]},
+            },
+            "for": sr.get("subject"),
+            "authoredOn": instant(now),
+            "lastModified": instant(now),
+            "requester": sr.get("requester"),
+        }  # fmt: skip
+        inst = self.network.institution(self.settings.institution)
+        if inst is not None:
+            task["owner"] = _organization(inst)
+        return {k: v for k, v in task.items() if v is not None}
+
+    # -- listing ----------------------------------------------------------------------
+    def list(self, status: str | None = None, direction: str | None = None) -> list[Referral]:
+        where = Search(status=[status] if status else [])
+        found: list[Referral] = []
+        after = 0
+        while True:
+            page, nxt = self.resources.search("Task", where, 500, after)
+            found += [self._referral(t) for t in page]
+            if nxt is None:
+                break
+            after = nxt
+        return [r for r in found if direction in (None, r.direction)]
+
+    def _referral(self, task: Stored) -> Referral:
+        ident = _focus_identifier(task.resource)
+        if task.partner is not None:
+            return Referral(task, "sent", task.partner, _token(ident))
+        return Referral(task, "received", self._sender_of(task), _token(ident))
+
+    def _sender_of(self, task: Stored) -> str | None:
+        ref = str((task.resource.get("focus") or {}).get("reference") or "")
+        if not ref.startswith("ServiceRequest/"):
+            return None
+        sr = self.resources.read("ServiceRequest", ref.split("/")[1])
+        return sr.partner if sr is not None else None
+
+    def get(self, key: str) -> Referral:
+        """A referral by its Task's id, or by the referral's identifier value."""
+        task = self.resources.read("Task", key)
+        if task is None:
+            for referral in self.list():
+                if (referral.referral or "").split("|")[-1] == key:
+                    return referral
+            raise InboundError(
+                "inbound.referral-not-found",
+                "no referral Task with that id, nor a referral with that identifier",
+            )
+        return self._referral(task)
+
+    # -- acting -----------------------------------------------------------------------
+    def act(
+        self, key: str, action: str, reason: str | None = None
+    ) -> tuple[Referral, int | None, str]:
+        """Accept, reject or complete a referral received here: the Task's new version,
+        the outbox row that takes the status to the sender (None when it cannot be
+        queued) and a sentence saying what happened to the status update."""
+        starts, target = ACTIONS[action]
+        if action == "reject" and not (reason or "").strip():
+            raise InboundError(
+                "inbound.reason-required", "a rejection needs a reason (statusReason)"
+            )
+        referral = self.get(key)
+        if referral.direction != "received":
+            raise InboundError(
+                "inbound.referral-state",
+                "this Task is the partner's (a referral sent from here): only the receiving "
+                "side changes its status",
+            )
+        current = referral.task.resource
+        if current.get("status") not in starts:
+            raise InboundError(
+                "inbound.referral-state",
+                f"cannot {action} a referral whose Task is {current.get('status')} (from "
+                f"{', '.join(starts)})",
+            )
+        now = utcnow()
+        task = {**current, "status": target, "lastModified": instant(now)}
+        if action == "reject":
+            task["statusReason"] = {"text": str(reason).strip()}
+        with self.store.engine.execution_options(write=True).begin() as conn:
+            locked = self.resources.current(conn, "Task", referral.task.logical_id)
+            if locked is None or locked.version != referral.task.version:
+                raise InboundError(
+                    "inbound.referral-state", "the Task changed meanwhile: try again"
+                )
+            stored, _ = self.resources.write(
+                conn, task, logical_id=referral.task.logical_id, partner=None, now=now
+            )
+        updated = Referral(stored, "received", referral.partner, referral.referral)
+        row, note = self.notify(updated)
+        return updated, row, note
+
+    def notify(self, referral: Referral) -> tuple[int | None, str]:
+        """Queue the Task's current status for the gateway that sent the referral
+        (again: the outbox keeps one row per identical Bundle)."""
+        from ..delivery import Outbox
+
+        if referral.partner is None:
+            return None, "the referral's sender is not known: status kept here only"
+        partner = self.partners().get(referral.partner)
+        if partner is None:
+            return None, (
+                f"no partner endpoint for {referral.partner!r} (seeds/partners.yaml): "
+                "status kept here only"
+            )
+        bundle = self._signed(self.status_bundle(referral.task), partner)
+        row, _ = Outbox(self.store).enqueue(
+            partner,
+            bundle,
+            label=f"referral {referral.referral.split('|')[-1] if referral.referral else ''} "
+            f"{referral.status}"[:255],
+            order_key=f"referral|{referral.referral}"[:255] if referral.referral else None,
+        )
+        return row, f"status {referral.status} queued for {partner.key} (outbox {row})"
+
+    def status_bundle(self, task: Stored) -> dict[str, Any]:
+        """The transaction Bundle that carries a Task's status to the referral's sender:
+        one conditional update by the Task's identifier, logical references only."""
+        own = self.own()
+        body = task.resource
+        ident = (body.get("identifier") or [{}])[0]
+        out: dict[str, Any] = {
+            "resourceType": "Task",
+            "identifier": [ident],
+            "status": body.get("status"),
+            "statusReason": body.get("statusReason"),
+            "intent": body.get("intent", "order"),
+            "focus": {"type": "ServiceRequest", "identifier": _focus_identifier(body)},
+            "authoredOn": body.get("authoredOn"),
+            "lastModified": body.get("lastModified") or instant(task.last_updated),
+            "owner": _organization(own),
+        }
+        out = {k: v for k, v in out.items() if v is not None}
+        key = f"Task|{ident.get('system')}|{ident.get('value')}|{task.version}"
+        return {
+            "resourceType": "Bundle",
+            "id": str(uuid.uuid5(NAMESPACE, f"Bundle|{key}")),
+            "identifier": {
+                "system": f"{own.base}/sid/referral-status",
+                "value": f"{task.logical_id}-{task.version}",
+            },
+            "type": "transaction",
+            "timestamp": instant(task.last_updated),
+            "entry": [
+                {
+                    "fullUrl": f"urn:uuid:{uuid.uuid5(NAMESPACE, key)}",
+                    "resource": out,
+                    "request": {
+                        "method": "PUT",
+                        "url": f"Task?identifier={ident.get('system')}|{ident.get('value')}",
+                    },
+                }
+            ],
+        }
+
+    def _signed(self, bundle: dict[str, Any], partner: Partner) -> dict[str, Any]:
+        """Signed as the gateway's outbound records are (signing_rules, record type
+        ``TASK``), else with the institution's own key in signing_keys (keys init's
+        layout), else unsigned. Also unsigned for a partner that would take it in several
+        requests (``write: batch``): a signature covers the whole Bundle, no part of it,
+        and such a partner is a FHIR server, not a gateway that verifies."""
+        from ..signing import Signer, sign_bundle, signer_for
+
+        own = self.own()
+        signer = signer_for(self.settings, own.facility, "TASK")
+        keys = self.settings.signing_keys
+        if signer is None and keys is not None and (keys / own.key / "key.pem").is_file():
+            signer = Signer.load(keys / own.key / "key.pem", keys / own.key / "cert.pem")
+        if signer is None:
+            return bundle
+        signed = sign_bundle(bundle, signer, "author")
+        whole = partner.write == "transaction" and (
+            not partner.max_entries or len(signed["entry"]) <= partner.max_entries
+        )
+        return signed if whole else bundle
+
+
+def _organization(inst: Institution) -> dict[str, Any]:
+    ref: dict[str, Any] = {"type": "Organization", "display": inst.name("zh-Hans", "zh-Hant")}
+    if inst.oid:
+        ref["identifier"] = {"system": "urn:ietf:rfc:3986", "value": f"urn:oid:{inst.oid}"}
+    return ref

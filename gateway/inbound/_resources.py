@@ -1,0 +1,406 @@
+"""The resources partners sent, as a small FHIR store over the message store's database:
+read, search (identifier, patient, status, _lastUpdated) and versioned writes. Writes
+take the caller's connection, so that a whole transaction Bundle commits or not at all.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import parse_qsl
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from ..errors import shape
+from ..store import Store, utcnow
+from ._errors import InboundError
+from ._schema import identifiers, resources
+
+__all__ = [
+    "ID_PATTERN",
+    "TYPE_PATTERN",
+    "Resources",
+    "Search",
+    "Stored",
+    "instant",
+    "parse_identifier",
+    "parse_last_updated",
+    "patient_of",
+]
+
+TYPE_PATTERN = re.compile(r"[A-Z][A-Za-z]{1,63}")
+ID_PATTERN = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+# Elements that name the patient a resource is about, in the order FHIR resources use them.
+_PATIENT_ELEMENTS = ("subject", "patient", "for", "beneficiary")
+_LAST_UPDATED = re.compile(
+    r"(eq|ge|gt|le|lt)?(\d{4})(?:-(\d{2})(?:-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2})(?:\.\d+)?)?"
+    r"(Z|[+-]\d{2}:\d{2}))?)?)?"
+)
+
+
+def instant(moment: datetime) -> str:
+    """A naive UTC store time as a FHIR instant."""
+    return moment.isoformat(timespec="milliseconds") + "Z"
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    row: int
+    resource_type: str
+    logical_id: str
+    version: int
+    partner: str | None
+    patient: str | None
+    status: str | None
+    last_updated: datetime
+    resource: dict[str, Any] = field(compare=False)
+
+    @property
+    def reference(self) -> str:
+        return f"{self.resource_type}/{self.logical_id}"
+
+
+def parse_identifier(token: str) -> tuple[str | None, str]:
+    """A token search value: ``system|value``, ``|value`` (no system) or ``value`` (any
+    system: system None). An empty system is returned as ''."""
+    if "|" in token:
+        system, value = token.split("|", 1)
+        return system, value
+    return None, token
+
+
+def parse_last_updated(value: str) -> tuple[str, datetime, datetime]:
+    """``_lastUpdated=[prefix]date[time]`` → (prefix, start, end) of the instant range the
+    value's precision names, naive UTC."""
+    m = _LAST_UPDATED.fullmatch(value.strip())
+    if m is None:
+        raise InboundError(
+            "inbound.bad-search",
+            f"_lastUpdated: not a FHIR date or dateTime with an optional prefix (eq, ge, gt, "
+            f"le, lt); value of form {shape(value)}",
+            location="_lastUpdated",
+        )
+    prefix, year, month, day, hour, minute, second, zone = m.groups()
+    try:
+        start = datetime(
+            int(year),
+            int(month or 1),
+            int(day or 1),
+            int(hour or 0),
+            int(minute or 0),
+            int(second or 0),
+            tzinfo=UTC,
+        )
+    except ValueError:
+        raise InboundError(
+            "inbound.bad-search",
+            f"_lastUpdated: not a calendar date (value of form {shape(value)})",
+            location="_lastUpdated",
+        ) from None
+    if zone and zone != "Z":
+        sign = 1 if zone[0] == "+" else -1
+        start -= sign * timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6]))
+    if second is not None:
+        end = start + timedelta(seconds=1)
+    elif minute is not None:
+        end = start + timedelta(minutes=1)
+    elif day is not None:
+        end = start + timedelta(days=1)
+    elif month is not None:
+        end = start.replace(year=start.year + start.month // 12, month=start.month % 12 + 1)
+    else:
+        end = start.replace(year=start.year + 1)
+    return prefix or "eq", start.replace(tzinfo=None), end.replace(tzinfo=None)
+
+
+def patient_of(resource: dict[str, Any]) -> str | None:
+    """Who a resource is about: ``Patient/<id>`` for a literal reference to a patient,
+    ``system|value`` for a logical one; None for a Patient itself or none named."""
+    if resource.get("resourceType") == "Patient":
+        return None
+    for name in _PATIENT_ELEMENTS:
+        ref = resource.get(name)
+        if not isinstance(ref, dict):
+            continue
+        literal = ref.get("reference")
+        if isinstance(literal, str) and literal.startswith("Patient/"):
+            return literal.split("/_history", 1)[0][:512]
+        ident = ref.get("identifier")
+        if isinstance(ident, dict) and ident.get("value"):
+            return f"{ident.get('system') or ''}|{ident['value']}"[:512]
+    return None
+
+
+@dataclass
+class Search:
+    """What ``GET /fhir/{type}?...`` asks; every parameter ANDed."""
+
+    identifier: str | None = None
+    patient: str | None = None
+    status: list[str] = field(default_factory=list)
+    last_updated: list[tuple[str, datetime, datetime]] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
+    partner: str | None = None  # only what this partner sent (partner credentials)
+
+
+class Resources:
+    """The stored resources of one store (thread-safe, like the store)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.engine = store.engine
+
+    # -- reading ----------------------------------------------------------------------
+    def read(self, resource_type: str, logical_id: str) -> Stored | None:
+        with self.engine.connect() as conn:
+            return self.current(conn, resource_type, logical_id)
+
+    def current(self, conn: Connection, resource_type: str, logical_id: str) -> Stored | None:
+        row = conn.execute(
+            _select().where(
+                resources.c.resource_type == resource_type,
+                resources.c.logical_id == logical_id,
+                resources.c.current.is_(True),
+            )
+        ).first()
+        return _stored(row) if row is not None else None
+
+    def search(
+        self, resource_type: str, where: Search, limit: int = 50, after: int = 0
+    ) -> tuple[list[Stored], int | None]:
+        """One page in row order (oldest change first) and the cursor of the next page."""
+        with self.engine.connect() as conn:
+            query = self._filtered(conn, resource_type, where)
+            rows = conn.execute(
+                query.where(resources.c.id > after).order_by(resources.c.id).limit(limit + 1)
+            ).all()
+        found = [_stored(r) for r in rows[:limit]]
+        return found, (found[-1].row if len(rows) > limit else None)
+
+    def _filtered(self, conn: Connection, resource_type: str, where: Search) -> sa.Select[Any]:
+        c = resources.c
+        query = _select().where(c.resource_type == resource_type, c.current.is_(True))
+        if where.partner is not None:
+            query = query.where(c.partner == where.partner)
+        if where.ids:
+            query = query.where(c.logical_id.in_(where.ids))
+        if where.identifier is not None:
+            query = query.where(c.id.in_(_rows_with(resource_type, where.identifier)))
+        if where.patient is not None:
+            query = query.where(c.patient.in_(self._patient_keys(conn, where.patient)))
+        if where.status:
+            query = query.where(c.status.in_(where.status))
+        for prefix, start, end in where.last_updated:
+            query = query.where(_moment(prefix, start, end))
+        return query
+
+    def _patient_keys(self, conn: Connection, patient: str) -> list[str]:
+        """``patient=`` as the ``patient`` column holds it: ``Patient/id`` or ``id`` as is;
+        ``system|value`` also as every stored Patient with that identifier."""
+        if "|" not in patient:
+            return [patient if patient.startswith("Patient/") else f"Patient/{patient}"]
+        ids = conn.execute(
+            sa.select(resources.c.logical_id).where(
+                resources.c.id.in_(_rows_with("Patient", patient)), resources.c.current.is_(True)
+            )
+        ).scalars()
+        return [patient, *(f"Patient/{i}" for i in ids)]
+
+    def find(self, conn: Connection, resource_type: str, query: str) -> list[str]:
+        """The logical ids a conditional create's or update's query matches
+        (``identifier=system|value``, ``_id=``; several parameters ANDed)."""
+        where = Search()
+        pairs = parse_qsl(query, keep_blank_values=True)
+        if not pairs:
+            raise InboundError(
+                "inbound.bad-condition",
+                f"a conditional {resource_type} request without search parameters",
+                location="Bundle.entry.request",
+            )
+        for name, value in pairs:
+            if name == "identifier" and where.identifier is None:
+                where.identifier = value
+            elif name == "_id":
+                where.ids.append(value)
+            elif name == "patient" and where.patient is None:
+                where.patient = value
+            elif name == "status":
+                where.status += value.split(",")
+            else:
+                raise InboundError(
+                    "inbound.bad-condition",
+                    f"a conditional {resource_type} request by {name!r}: the gateway matches "
+                    "on identifier, _id, patient and status",
+                    location="Bundle.entry.request",
+                )
+        rows = conn.execute(
+            self._filtered(conn, resource_type, where).with_only_columns(resources.c.logical_id)
+        ).scalars()
+        return list(rows)
+
+    def versions(self, resource_type: str, logical_id: str) -> list[Stored]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                _select()
+                .where(
+                    resources.c.resource_type == resource_type,
+                    resources.c.logical_id == logical_id,
+                )
+                .order_by(resources.c.version)
+            ).all()
+        return [_stored(r) for r in rows]
+
+    # -- writing (in the caller's transaction) ----------------------------------------
+    def write(
+        self,
+        conn: Connection,
+        resource: dict[str, Any],
+        *,
+        logical_id: str | None = None,
+        partner: str | None,
+        bundle_id: int | None = None,
+        now: datetime | None = None,
+    ) -> tuple[Stored, bool]:
+        """Store ``resource`` as the next version of ``logical_id`` (a new resource when
+        None or not stored yet); (stored, written). The same content as the current
+        version writes nothing (written False): a resend stores nothing twice."""
+        now = now or utcnow()
+        resource_type = str(resource["resourceType"])
+        logical_id = logical_id or str(uuid.uuid4())
+        found = self.current(conn, resource_type, logical_id)
+        if found is not None and _content(found.resource) == _content(resource):
+            return found, False
+        version = found.version + 1 if found is not None else 1
+        body = {**resource, "id": logical_id}
+        meta = dict(body.get("meta") or {})
+        meta.update(versionId=str(version), lastUpdated=instant(now))
+        body["meta"] = meta
+        if found is not None:
+            conn.execute(
+                resources.update().where(resources.c.id == found.row).values(current=False)
+            )
+        status = body.get("status")
+        patient = patient_of(body)
+        state = str(status)[:32] if isinstance(status, str) else None
+        values: dict[str, Any] = {
+            "resource_type": resource_type,
+            "logical_id": logical_id,
+            "version": version,
+            "current": True,
+            "partner": partner,
+            "bundle_id": bundle_id,
+            "patient": patient,
+            "status": state,
+            "last_updated": now,
+            "resource": orjson.dumps(body),
+        }
+        row = conn.execute(
+            resources.insert().values(**values).returning(resources.c.id)
+        ).scalar_one()
+        idents = [
+            {
+                "resource_row": row,
+                "n": n,
+                "resource_type": resource_type,
+                "system": str(i.get("system") or "")[:512],
+                "value": str(i["value"])[:512],
+            }
+            for n, i in enumerate(body.get("identifier") or [])
+            if isinstance(i, dict) and i.get("value")
+        ]
+        if idents:
+            conn.execute(identifiers.insert(), idents)
+        stored = Stored(
+            int(row),
+            resource_type,
+            logical_id,
+            version,
+            partner,
+            patient,
+            state,
+            now,
+            body,
+        )
+        return stored, True
+
+
+def _content(resource: dict[str, Any]) -> bytes:
+    """A resource without what the server sets (id, meta.versionId, meta.lastUpdated)."""
+    body = {k: v for k, v in resource.items() if k != "id"}
+    meta = {
+        k: v for k, v in (body.get("meta") or {}).items() if k not in ("versionId", "lastUpdated")
+    }
+    if meta:
+        body["meta"] = meta
+    else:
+        body.pop("meta", None)
+    return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+
+
+def _rows_with(resource_type: str, token: str) -> sa.Select[Any]:
+    system, value = parse_identifier(token)
+    query = sa.select(identifiers.c.resource_row).where(
+        identifiers.c.resource_type == resource_type, identifiers.c.value == value
+    )
+    if system is not None:
+        query = query.where(identifiers.c.system == system)
+    return query
+
+
+def _moment(prefix: str, start: datetime, end: datetime) -> Any:
+    at = resources.c.last_updated
+    return {
+        "eq": sa.and_(at >= start, at < end),
+        "ge": at >= start,
+        "gt": at >= end,
+        "le": at < end,
+        "lt": at < start,
+    }[prefix]
+
+
+def _select() -> sa.Select[Any]:
+    c = resources.c
+    return sa.select(
+        c.id,
+        c.resource_type,
+        c.logical_id,
+        c.version,
+        c.partner,
+        c.patient,
+        c.status,
+        c.last_updated,
+        c.resource,
+    )
+
+
+def _stored(row: Any) -> Stored:
+    return Stored(
+        int(row.id),
+        row.resource_type,
+        row.logical_id,
+        int(row.version),
+        row.partner,
+        row.patient,
+        row.status,
+        row.last_updated,
+        orjson.loads(row.resource),
+    )
+
+
+def iter_references(node: Any) -> Iterator[dict[str, Any]]:
+    """Every Reference-like dict (one with a ``reference`` string) inside ``node``."""
+    if isinstance(node, dict):
+        if isinstance(node.get("reference"), str):
+            yield node
+        for value in node.values():
+            if isinstance(value, (dict, list)):
+                yield from iter_references(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from iter_references(item)

@@ -1,0 +1,144 @@
+"""Inbound fixtures: the demo PKI, a receiving gateway (GATEWAY_HOME of its own, as the
+Hong Kong partner HKPMC) with partner tokens for NSCH and NJMU2, and the golden
+NSCH → HKPMC referral (许嘉玮 / 許嘉瑋) signed by NSCH."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from joserfc import jwt
+from joserfc.jwk import ECKey
+
+from gateway import Converter, Settings
+from gateway.api import TokenSet, create_app
+from gateway.datafiles import data_dir
+from gateway.signing import Signer, make_demo_pki, sign_bundle
+from tests.api.test_app import Client
+
+ROOT = Path(__file__).resolve().parents[2]
+GOLDEN_REFERRAL = ROOT / "tests" / "golden" / "hl7v2" / "ref_i12_utf8.expected.json"
+LOCAL = "local-api-token-0123456789"  # a local system's API token (never a partner's)
+NSCH_TOKEN = "nsch-partner-token-0123456789abcdef"
+NJMU2_TOKEN = "njmu2-partner-token-0123456789abcdef"
+REFERRAL_SYSTEM = "https://fhir.nsch.example.cn/sid/referral"
+TOKEN_URL = "http://gw/auth/token"
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("pki")
+    make_demo_pki(data_dir("seeds") / "network.yaml", out)
+    return out
+
+
+def signer(pki: Path, who: str) -> Signer:
+    return Signer.load(pki / who / "key.pem", pki / who / "cert.pem")
+
+
+def make_home(home: Path, pki: Path, institution: str, tokens: dict[str, str]) -> Settings:
+    (home / "secrets").mkdir(parents=True, exist_ok=True)
+    lines = "".join(f"{partner} {token}\n" for partner, token in tokens.items())
+    (home / "secrets" / "partner-tokens").write_text("# partner tokens\n" + lines)
+    (home / "gateway.toml").write_text(
+        f'institution = "{institution}"\nsigning_trust = "{pki / "ca"}"\nsigning_keys = "{pki}"\n'
+    )
+    return Settings.load(home=home, env={})
+
+
+@pytest.fixture
+def hk_settings(tmp_path: Path, pki: Path) -> Settings:
+    """The receiving gateway: HKPMC, trusting the demo CA."""
+    return make_home(tmp_path / "hkpmc", pki, "hkpmc", {"nsch": NSCH_TOKEN, "njmu2": NJMU2_TOKEN})
+
+
+@pytest.fixture
+def client(hk_settings: Settings, converter: Converter) -> Iterator[Client]:
+    app = create_app(hk_settings, converter, TokenSet([LOCAL]))
+    yield Client(app)
+    app.state.fhir.close()
+
+
+@pytest.fixture(scope="session")
+def referral() -> dict[str, Any]:
+    bundle: dict[str, Any] = orjson.loads(GOLDEN_REFERRAL.read_bytes())
+    return bundle
+
+
+@pytest.fixture(scope="session")
+def signed_referral(referral: dict[str, Any], pki: Path) -> bytes:
+    return orjson.dumps(sign_bundle(referral, signer(pki, "nsch"), "author"))
+
+
+def partner(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}", "Content-Type": "application/fhir+json"}
+
+
+LOCAL_AUTH = {"Authorization": f"Bearer {LOCAL}"}
+
+
+def assertion(
+    pki: Path,
+    key_of: str,
+    client_id: str,
+    *,
+    aud: str = TOKEN_URL,
+    exp_in: int = 240,
+    jti: str | None = None,
+    sub: str | None = None,
+) -> str:
+    """A SMART client assertion signed with ``key_of``'s key and certificate chain."""
+    who = signer(pki, key_of)
+    key = ECKey.import_key((pki / key_of / "key.pem").read_bytes())
+    now = int(time.time())
+    claims = {
+        "iss": client_id,
+        "sub": sub or client_id,
+        "aud": aud,
+        "exp": now + exp_in,
+        "iat": now,
+        "jti": jti or str(uuid.uuid4()),
+    }
+    header = {"alg": "ES256", "typ": "JWT", "kid": who.kid, "x5c": list(who.x5c)}
+    return jwt.encode(header, claims, key)
+
+
+def token_form(
+    client_assertion: str, scope: str = "system/*.write system/*.read"
+) -> dict[str, str]:
+    return {
+        "grant_type": "client_credentials",
+        "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+        "client_assertion": client_assertion,
+        "scope": scope,
+    }
+
+
+WHEN = dt.datetime.now(dt.UTC)
+
+
+def counts(settings: Settings) -> dict[str, int]:
+    """Rows of each inbound table in a gateway's store."""
+    import sqlalchemy as sa
+
+    from gateway.inbound import bundles, identifiers, resources, tokens
+    from gateway.store import open_store
+
+    store = open_store(settings)
+    try:
+        with store.engine.connect() as conn:
+            return {
+                t.name: int(conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one())
+                for t in (bundles, resources, identifiers, tokens)
+            }
+    finally:
+        store.close()
+
+
+NOTHING = {"inbound_bundles": 0, "inbound_resources": 0, "inbound_identifiers": 0}

@@ -1,0 +1,86 @@
+"""The inbound stage on PostgreSQL too (when GATEWAY_TEST_DATABASE_URL names a server:
+.ci/run starts one): receive, the same Bundle again, a batch entry rolled back to its
+savepoint, SMART tokens and a replayed jti, a referral accepted and queued."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from gateway import Converter, Settings
+from gateway.api import TokenSet, create_app
+from gateway.signing import sign_bundle
+from tests.api.test_app import Client
+from tests.store.dbs import BACKENDS, database
+
+from .conftest import (
+    LOCAL,
+    LOCAL_AUTH,
+    NSCH_TOKEN,
+    assertion,
+    counts,
+    make_home,
+    partner,
+    signer,
+    token_form,
+)
+
+
+@pytest.fixture(params=BACKENDS)
+def db_client(
+    request: pytest.FixtureRequest, tmp_path: Path, pki: Path, converter: Converter
+) -> Iterator[tuple[Client, Settings]]:
+    for url in database(request.param, tmp_path):
+        settings = make_home(tmp_path / "hkpmc", pki, "hkpmc", {"nsch": NSCH_TOKEN})
+        toml = settings.home / "gateway.toml"
+        toml.write_text(toml.read_text() + f'database_url = "{url}"\n')
+        settings = Settings.load(home=settings.home, env={})
+        app = create_app(settings, converter, TokenSet([LOCAL]))
+        try:
+            yield Client(app), settings
+        finally:
+            app.state.fhir.close()
+
+
+def test_the_inbound_flow_on_each_database(
+    db_client: tuple[Client, Settings], signed_referral: bytes, pki: Path
+) -> None:
+    client, settings = db_client
+    first = client.post("/fhir", content=signed_referral, headers=partner(NSCH_TOKEN))
+    assert first.status_code == 200, first.text
+    again = client.post("/fhir", content=signed_referral, headers=partner(NSCH_TOKEN))
+    assert again.json() == first.json()
+    assert counts(settings)["inbound_bundles"] == 1
+
+    batch: dict[str, Any] = {
+        "resourceType": "Bundle",
+        "type": "batch",
+        "identifier": {"system": "https://fhir.nsch.example.cn/sid/batch", "value": "PG-1"},
+        "entry": [
+            {"resource": {"resourceType": "Observation", "status": "final",
+                          "code": {"text": "血压"},
+                          "subject": {"reference": "Patient?identifier=x|nobody"}},
+             "request": {"method": "POST", "url": "Observation"}},
+            {"resource": {"resourceType": "Observation", "status": "final",
+                          "code": {"text": "心率"}},
+             "request": {"method": "POST", "url": "Observation"}},
+        ],
+    }  # fmt: skip
+    body = orjson.dumps(sign_bundle(batch, signer(pki, "nsch"), "author"))
+    answer = client.post("/fhir", content=body, headers=partner(NSCH_TOKEN)).json()
+    statuses = [e["response"]["status"][:3] for e in answer["entry"]]
+    assert statuses == ["422", "201", "201"]
+    found = client.get("/fhir/Observation", headers=LOCAL_AUTH).json()["entry"]
+    assert [o["resource"]["code"]["text"] for o in found] == ["心率"]
+
+    jwt = assertion(pki, "nsch", "nsch")
+    assert client.post("/auth/token", data=token_form(jwt)).status_code == 200
+    assert client.post("/auth/token", data=token_form(jwt)).status_code == 401
+
+    task = client.get("/fhir/Task", headers=LOCAL_AUTH).json()["entry"][0]["resource"]
+    accepted = client.post(f"/fhir/Task/{task['id']}/$accept", headers=LOCAL_AUTH)
+    assert accepted.status_code == 200 and accepted.headers["x-gateway-outbox"] != "none"

@@ -13,6 +13,7 @@ from . import _events as events
 from ._cli import add_cli, audit_signer, open_log, periodic
 from ._events import GATEWAY, KINDS, PROFILE, Party, Subject
 from ._export import PROOF_TYPE, ExportFilter, export_bundle, verify_export
+from ._hooks import decision_event, delivery_event, record_events, subject_of
 from ._log import LOG_ID, Appended, AuditError, AuditLog, Entry, SignedHead, head_payload
 from ._merkle import Frontier, Tree, leaf_hash, node_hash, verify_consistency, verify_inclusion
 from ._verify import Problem, Verdict, cert_checker, verify_log
@@ -38,6 +39,8 @@ __all__ = [
     "add_cli",
     "audit_signer",
     "cert_checker",
+    "decision_event",
+    "delivery_event",
     "events",
     "export_bundle",
     "head_payload",
@@ -45,6 +48,8 @@ __all__ = [
     "node_hash",
     "open_log",
     "periodic",
+    "record_events",
+    "subject_of",
     "verify_consistency",
     "verify_export",
     "verify_inclusion",

@@ -12,6 +12,7 @@ without guessing. Builders return plain dicts; :meth:`AuditLog.record` appends t
 
 from __future__ import annotations
 
+import socket
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from typing import Any
 
 __all__ = [
     "BASIS_EXTENSION",
+    "DISCLOSURE",
     "GATEWAY",
     "KINDS",
     "KIND_SYSTEM",
@@ -43,6 +45,7 @@ __all__ = [
 
 CANONICAL = "https://fhir-gateway.example.org"
 PROFILE = f"{CANONICAL}/StructureDefinition/audit-event"
+DISCLOSURE = f"{CANONICAL}/StructureDefinition/audit-event-disclosure"  # delivery, inbound
 KIND_SYSTEM = f"{CANONICAL}/CodeSystem/audit-event-kind"
 BASIS_EXTENSION = f"{CANONICAL}/StructureDefinition/audit-legal-basis"
 BASIS_SYSTEM = f"{CANONICAL}/CodeSystem/cross-border-legal-basis"
@@ -114,7 +117,8 @@ class Party:
         return agent
 
 
-GATEWAY = Party("gateway", "fhir-gateway")
+# The gateway as an agent: its name and host (BALP wants the source's network address).
+GATEWAY = Party("gateway", "fhir-gateway", socket.gethostname() or None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,7 +184,8 @@ def _reference(value: str, kind: str | None) -> dict[str, Any]:
 
 
 def _instant(when: datetime | None) -> str:
-    w = (when or datetime.now(UTC)).astimezone(UTC)
+    w = when or datetime.now(UTC)
+    w = w.replace(tzinfo=UTC) if w.tzinfo is None else w.astimezone(UTC)  # naive: UTC
     return w.strftime("%Y-%m-%dT%H:%M:%S.") + f"{w.microsecond // 1000:03d}Z"
 
 
@@ -206,7 +211,7 @@ def event(
     resource: dict[str, Any] = {
         "resourceType": "AuditEvent",
         "id": event_id or str(uuid.uuid4()),
-        "meta": {"profile": [PROFILE]},
+        "meta": {"profile": [DISCLOSURE if kind in ("delivery", "inbound") else PROFILE]},
     }
     if basis is not None:
         code, agreement = basis

@@ -104,9 +104,9 @@ def transfers(store: Store, year: int, network: Network | None = None) -> list[T
         deliveries = _deliveries(conn, start, end)
     for (partner, basis), count in deliveries.items():
         row(partner, basis).delivered += count
-    for found in rows.values():
-        inst = network.find(found.partner) if network else None
-        found.names = {lang: (inst.name(lang) if inst else None) or found.partner for lang in LANGS}
+    for made in rows.values():
+        inst = network.find(made.partner) if network else None
+        made.names = {lang: (inst.name(lang) if inst else None) or made.partner for lang in LANGS}
     return sorted(rows.values(), key=lambda r: (r.partner, r.basis or ""))
 
 
@@ -178,7 +178,7 @@ def render(rows: list[TransferRow], year: int, fmt: str) -> str:
             writer.writerow([r.partner, r.basis or "", *cells])
         return out.getvalue()
     title = f"{_both(label('report', 'title'))} — {year}"
-    cells = (
+    table = (
         "".join(
             "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in line) + "</tr>\n"
             for line in body
@@ -191,7 +191,7 @@ def render(rows: list[TransferRow], year: int, fmt: str) -> str:
         "<table>\n<tr>"
         + "".join(f"<th>{html.escape(h)}</th>" for h in header)
         + "</tr>\n"
-        + cells
+        + table
         + "</table>\n"
         f"<p>{html.escape(_both(label('report', 'source')))}</p>\n</body></html>\n"
     )

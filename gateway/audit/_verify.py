@@ -36,7 +36,7 @@ class Problem:
 
     def line(self) -> str:
         if self.index is None:
-            where = "log"
+            where = f"event {self.event_id}" if self.event_id else "log"
         else:
             where = f"entry {self.index}" + (f" (event {self.event_id})" if self.event_id else "")
         return f"{where}: {self.message} [{self.code}]"

@@ -66,16 +66,28 @@ def transfer_events(n: int, start: datetime = START) -> list[dict[str, Any]]:
         elif step == 2:
             out.append(
                 events.policy_decision(
-                    "NSCH", partner, "allow", record, basis="gba-standard-contract",
-                    agreement=AGREEMENT, purpose="referral", when=when,
+                    "NSCH",
+                    partner,
+                    "allow",
+                    record,
+                    basis="gba-standard-contract",
+                    agreement=AGREEMENT,
+                    purpose="referral",
+                    when=when,
                 )
             )
         else:
             out.append(
                 events.delivery(
-                    partner, record, url=f"https://fhir.{partner.lower()}.example.hk/fhir",
-                    outcome="success", basis="gba-standard-contract", agreement=AGREEMENT,
-                    purpose="referral", status=200, when=when,
+                    partner,
+                    record,
+                    url=f"https://fhir.{partner.lower()}.example.hk/fhir",
+                    outcome="success",
+                    basis="gba-standard-contract",
+                    agreement=AGREEMENT,
+                    purpose="referral",
+                    status=200,
+                    when=when,
                 )
             )
     return out

@@ -41,7 +41,7 @@ def test_concurrent_writers_get_distinct_contiguous_indices(log: AuditLog) -> No
         try:
             for i, event in enumerate(transfer_events(15, START + timedelta(hours=k))):
                 log.record(event) if i % 2 else log.record_many([event])
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=write, args=(k,)) for k in range(6)]
@@ -105,7 +105,9 @@ def test_altered_event_is_named(filled: AuditLog) -> None:
     entry = next(e for e in filled.rows() if e.index == 7)
     event = orjson.loads(entry.canonical)
     event["outcome"] = "8"  # a success rewritten as a failure
-    _exec(filled, sa.update(entries).where(entries.c.idx == 7).values(canonical=canonicalize(event)))
+    _exec(
+        filled, sa.update(entries).where(entries.c.idx == 7).values(canonical=canonicalize(event))
+    )
     lines = _lines(filled)
     assert lines[0].startswith(f"entry 7 (event {entry.event_id}): the stored event does not hash")
     assert lines[0].endswith("[audit.altered]")
@@ -133,7 +135,10 @@ def test_deleted_and_renumbered_is_named(filled: AuditLog) -> None:
 
 def test_inserted_event_is_named(filled: AuditLog) -> None:
     forged = events.delivery(
-        "HKPMC", Subject("Patient/3f0c9a43-wang-wei"), url=None, outcome="success",
+        "HKPMC",
+        Subject("Patient/3f0c9a43-wang-wei"),
+        url=None,
+        outcome="success",
         basis="gba-standard-contract",
     )
     canonical = canonicalize(forged)
@@ -143,9 +148,15 @@ def test_inserted_event_is_named(filled: AuditLog) -> None:
         sa.update(entries).where(entries.c.idx >= 5).values(idx=entries.c.idx + 1000),
         sa.update(entries).where(entries.c.idx >= 1000).values(idx=entries.c.idx - 999),
         sa.insert(entries).values(
-            idx=5, event_id=forged["id"], recorded=START.replace(tzinfo=None), kind="delivery",
-            patient="Patient/3f0c9a43-wang-wei", partner="HKPMC", canonical=canonical,
-            leaf_hash=leaf_hash(canonical), root=b"\0" * 32,
+            idx=5,
+            event_id=forged["id"],
+            recorded=START.replace(tzinfo=None),
+            kind="delivery",
+            patient="Patient/3f0c9a43-wang-wei",
+            partner="HKPMC",
+            canonical=canonical,
+            leaf_hash=leaf_hash(canonical),
+            root=b"\0" * 32,
         ),
         sa.update(state).values(size=21),
     )
@@ -160,9 +171,15 @@ def test_appended_outside_the_gateway_is_named(filled: AuditLog) -> None:
     _exec(
         filled,
         sa.insert(entries).values(
-            idx=20, event_id=forged["id"], recorded=START.replace(tzinfo=None), kind="converted",
-            patient="Patient/x", partner=None, canonical=canonical,
-            leaf_hash=leaf_hash(canonical), root=tree.root(),
+            idx=20,
+            event_id=forged["id"],
+            recorded=START.replace(tzinfo=None),
+            kind="converted",
+            patient="Patient/x",
+            partner=None,
+            canonical=canonical,
+            leaf_hash=leaf_hash(canonical),
+            root=tree.root(),
         ),
     )
     lines = _lines(filled)

@@ -101,7 +101,8 @@ def _checker(args: argparse.Namespace, settings: Settings) -> CertCheck | None:
     certs = []
     for name in args.cert:
         try:
-            certs += load_certificates(Path(name).read_bytes(), name)
+            # the file's first certificate: a chain file pins its leaf, not its CA
+            certs += load_certificates(Path(name).read_bytes(), name)[:1]
         except OSError as exc:
             raise ConfigError("bad-setting", f"--cert {name}: {exc.strerror}") from None
     folder = Path(args.trust) if args.trust else settings.signing_trust

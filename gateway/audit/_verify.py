@@ -16,7 +16,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
 from ..signing import SigningError, TrustStore, canonicalize
-from ..signing._jws import Header, format_time
+from ..signing._jws import Header
 from ..signing._verify import SignatureReport, check_certificate
 from ._events import keys_of
 from ._log import AuditLog, SignedHead, verify_head
@@ -109,7 +109,7 @@ def check_head(verdict: Verdict, head: SignedHead, label: str, trusted: CertChec
     except SigningError as exc:
         verdict.add("bad-head", f"{label}: signature refused: {exc.issue.message} [{exc.code}]")
         return False
-    signer = f"{header.chain[0].subject.rfc4514_string()} at {format_time(header.signing_time)}"
+    signer = header.chain[0].subject.rfc4514_string()
     if signer not in verdict.signers:
         verdict.signers.append(signer)
     for problem in trusted(header) if trusted else []:

@@ -124,7 +124,7 @@ def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
         verdict = verify_export(bundle, args.file, trusted)
         if trusted is None:
             verdict.add(
-                "untrusted-head",
+                "audit.untrusted-head",
                 "no certificate given (--cert or --trust): the signer is not checked",
             )
     else:
@@ -167,7 +167,7 @@ def _sign(settings: Settings, args: argparse.Namespace | None = None) -> Signer:
     signer = audit_signer(settings)
     if signer is None:
         raise AuditError(
-            "no-key",
+            "audit.no-key",
             "no key to sign tree heads: set audit_key (a folder of signing_keys or "
             "env:NAME) or give --key",
         )
@@ -202,7 +202,7 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
             head = log.sign_head(signer)
         elif head is None:
             raise AuditError(
-                "no-key",
+                "audit.no-key",
                 "no signed tree head yet and no audit_key to sign one: "
                 "run `gateway audit sign-head --key K --cert C` first",
             )

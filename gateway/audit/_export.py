@@ -67,7 +67,7 @@ def export_bundle(log: AuditLog, where: ExportFilter, head: SignedHead) -> dict[
     tree = log.tree(head.tree_size)
     if tree.root() != head.root_hash:
         raise AuditError(
-            "tampered",
+            "audit.tampered",
             f"the log's root at size {head.tree_size} is not the signed head's: run "
             "`gateway audit verify`",
         )
@@ -104,24 +104,26 @@ def export_bundle(log: AuditLog, where: ExportFilter, head: SignedHead) -> dict[
 
 def _proof_document(bundle: Any) -> dict[str, Any]:
     if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
-        raise AuditError("bad-export", "not a FHIR Bundle")
+        raise AuditError("audit.bad-export", "not a FHIR Bundle")
     for entry in bundle.get("entry") or []:
         resource = entry.get("resource") if isinstance(entry, dict) else None
         if isinstance(resource, dict) and resource.get("contentType") == PROOF_TYPE:
             try:
                 document = orjson.loads(b64decode(str(resource.get("data", ""))))
             except (ValueError, orjson.JSONDecodeError):
-                raise AuditError("bad-export", "the proof Binary is not base64 JSON") from None
+                raise AuditError(
+                    "audit.bad-export", "the proof Binary is not base64 JSON"
+                ) from None
             if not isinstance(document, dict):
-                raise AuditError("bad-export", "the proof document is not a JSON object")
+                raise AuditError("audit.bad-export", "the proof document is not a JSON object")
             return document
-    raise AuditError("bad-export", f"no proof Binary ({PROOF_TYPE}): not an audit export")
+    raise AuditError("audit.bad-export", f"no proof Binary ({PROOF_TYPE}): not an audit export")
 
 
 def _head(document: dict[str, Any]) -> SignedHead:
     raw = document.get("tree_head")
     if not isinstance(raw, dict) or raw.get("log") != LOG_ID:
-        raise AuditError("bad-export", "the proof document has no tree head of this log")
+        raise AuditError("audit.bad-export", "the proof document has no tree head of this log")
     try:
         return SignedHead(
             None,
@@ -132,7 +134,7 @@ def _head(document: dict[str, Any]) -> SignedHead:
         )
     except (KeyError, TypeError, ValueError):
         raise AuditError(
-            "bad-export", "the tree head lacks size, root, time or signature"
+            "audit.bad-export", "the tree head lacks size, root, time or signature"
         ) from None
 
 
@@ -144,13 +146,13 @@ def verify_export(bundle: Any, source: str, trusted: CertCheck | None) -> Verdic
         document = _proof_document(bundle)
         head = _head(document)
     except AuditError as exc:
-        verdict.add(exc.code.split(".", 1)[1], exc.issue.message)
+        verdict.add(exc.code, exc.issue.message)
         return verdict
     verdict.heads = 1
     check_head(verdict, head, f"signed head (size {head.tree_size})", trusted)
     proofs = document.get("proofs")
     if not isinstance(proofs, list):
-        verdict.add("bad-export", "the proof document lists no proofs")
+        verdict.add("audit.bad-export", "the proof document lists no proofs")
         return verdict
     events = [
         e["resource"]
@@ -168,7 +170,7 @@ def verify_export(bundle: Any, source: str, trusted: CertCheck | None) -> Verdic
         found = by_id.get(event_id)
         if found is None or event_id in matched:
             verdict.add(
-                "inserted",
+                "audit.inserted",
                 f"the Bundle's event {n + 1} has no inclusion proof: not from the log",
                 None,
                 event_id,
@@ -178,17 +180,17 @@ def verify_export(bundle: Any, source: str, trusted: CertCheck | None) -> Verdic
         pos, proof = found
         index = proof.get("index")
         if not isinstance(index, int):
-            verdict.add("bad-export", f"proof {pos + 1} has no index", None, event_id)
+            verdict.add("audit.bad-export", f"proof {pos + 1} has no index", None, event_id)
             continue
         if pos < last:
-            verdict.add("reordered", "out of log order in the Bundle", index, event_id)
+            verdict.add("audit.reordered", "out of log order in the Bundle", index, event_id)
         last = max(last, pos)
         _included(verdict, resource, proof, index, head)
     for proof in proofs:
         if isinstance(proof, dict) and str(proof.get("event")) not in matched:
             index = proof.get("index")
             verdict.add(
-                "missing",
+                "audit.missing",
                 "listed in the proofs, missing from the Bundle (removed)",
                 index if isinstance(index, int) else None,
                 str(proof.get("event")),
@@ -204,11 +206,11 @@ def _included(
         leaf = leaf_hash(canonicalize(resource))
         path = [decode_hash(p, f"the proof of entry {index}") for p in proof.get("path") or []]
     except (SigningError, AuditError) as exc:
-        verdict.add("bad-export", exc.issue.message, index, event_id)
+        verdict.add("audit.bad-export", exc.issue.message, index, event_id)
         return
     if not verify_inclusion(leaf, index, head.tree_size, path, head.root_hash):
         verdict.add(
-            "altered",
+            "audit.altered",
             f"not included at this index in the signed tree of {head.tree_size}: the event or "
             "its proof was changed",
             index,

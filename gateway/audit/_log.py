@@ -116,17 +116,17 @@ def _recorded(text: str) -> dt.datetime:
         when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         raise AuditError(
-            "bad-event", f"AuditEvent.recorded {text[:40]!r} is not an instant"
+            "audit.bad-event", f"AuditEvent.recorded {text[:40]!r} is not an instant"
         ) from None
     if when.tzinfo is None:
-        raise AuditError("bad-event", "AuditEvent.recorded has no time zone")
+        raise AuditError("audit.bad-event", "AuditEvent.recorded has no time zone")
     return when.astimezone(dt.UTC).replace(tzinfo=None)
 
 
 def _prepare(resource: Mapping[str, Any]) -> dict[str, Any]:
     """The row of one event, but its index and root."""
     if resource.get("resourceType") != "AuditEvent":
-        raise AuditError("bad-event", "only AuditEvents are recorded in the audit log")
+        raise AuditError("audit.bad-event", "only AuditEvents are recorded in the audit log")
     event = dict(resource)
     event.setdefault("id", str(uuid.uuid4()))
     kind, recorded, patient, partner = keys_of(event)
@@ -294,7 +294,7 @@ def decode_hash(text: Any, what: str) -> bytes:
     try:
         raw = b64decode(str(text), validate=True)
     except ValueError:
-        raise AuditError("bad-export", f"{what} is not base64") from None
+        raise AuditError("audit.bad-export", f"{what} is not base64") from None
     if len(raw) != 32:
-        raise AuditError("bad-export", f"{what} is not a SHA-256 hash")
+        raise AuditError("audit.bad-export", f"{what} is not a SHA-256 hash")
     return raw

@@ -57,7 +57,7 @@ class Verdict:
     def add(
         self, code: str, message: str, index: int | None = None, event: str | None = None
     ) -> None:
-        self.problems.append(Problem(f"audit.{code}", message, index, event))
+        self.problems.append(Problem(code, message, index, event))
 
 
 def cert_checker(
@@ -107,13 +107,15 @@ def check_head(verdict: Verdict, head: SignedHead, label: str, trusted: CertChec
     try:
         header = verify_head(head)
     except SigningError as exc:
-        verdict.add("bad-head", f"{label}: signature refused: {exc.issue.message} [{exc.code}]")
+        verdict.add(
+            "audit.bad-head", f"{label}: signature refused: {exc.issue.message} [{exc.code}]"
+        )
         return False
     signer = header.chain[0].subject.rfc4514_string()
     if signer not in verdict.signers:
         verdict.signers.append(signer)
     for problem in trusted(header) if trusted else []:
-        verdict.add("untrusted-head", f"{label}: {problem}")
+        verdict.add("audit.untrusted-head", f"{label}: {problem}")
     return True
 
 
@@ -123,18 +125,20 @@ def _check_entry(verdict: Verdict, index: int, event_id: str, canonical: bytes, 
         resource = orjson.loads(canonical)
         again = canonicalize(resource)
     except (orjson.JSONDecodeError, SigningError):
-        verdict.add("altered", "the stored event is not JSON any more", index, event_id)
+        verdict.add("audit.altered", "the stored event is not JSON any more", index, event_id)
         return
     if again != canonical:
         verdict.add(
-            "altered", "the stored event is not in RFC 8785 canonical form", index, event_id
+            "audit.altered", "the stored event is not in RFC 8785 canonical form", index, event_id
         )
     if resource.get("id") != event_id:
-        verdict.add("altered", "the event's id is not the one it was logged under", index, event_id)
+        verdict.add(
+            "audit.altered", "the event's id is not the one it was logged under", index, event_id
+        )
     kind, _, patient, partner = keys_of(resource)
     if (kind[:32], patient, partner) != (row.kind, row.patient, row.partner):
         verdict.add(
-            "altered",
+            "audit.altered",
             "the look-up columns (kind, patient, partner) disagree with the event",
             index,
             event_id,
@@ -155,7 +159,7 @@ def verify_log(log: AuditLog, trusted: CertCheck | None = None) -> Verdict:
         expected = frontier.size
         if entry.index != expected and not moved:
             verdict.add(
-                "missing",
+                "audit.missing",
                 f"entries {expected}..{entry.index - 1} are missing (deleted): the next stored "
                 f"entry is {entry.index} (event {entry.event_id})"
                 if entry.index > expected
@@ -165,7 +169,7 @@ def verify_log(log: AuditLog, trusted: CertCheck | None = None) -> Verdict:
         leaf = leaf_hash(entry.canonical)
         if leaf != entry.leaf_hash:
             verdict.add(
-                "altered",
+                "audit.altered",
                 "the stored event does not hash to the leaf hash logged with it: it was "
                 "changed after it was logged",
                 entry.index,
@@ -178,7 +182,7 @@ def verify_log(log: AuditLog, trusted: CertCheck | None = None) -> Verdict:
         root = frontier.root()
         if root != entry.root and not moved and entry.index == expected:
             verdict.add(
-                "reordered",
+                "audit.reordered",
                 "the tree of the entries up to here is not the one logged when this entry was "
                 "appended: an entry before it or this one was altered, inserted, removed or "
                 "moved",
@@ -194,20 +198,20 @@ def verify_log(log: AuditLog, trusted: CertCheck | None = None) -> Verdict:
     size, root = log.current()
     if frontier.size > size:
         verdict.add(
-            "inserted",
+            "audit.inserted",
             f"not counted by the log's state ({size} entries): written outside the gateway",
             size,
             ids[size] if size < len(ids) else None,
         )
     elif frontier.size < size:
         verdict.add(
-            "missing",
+            "audit.missing",
             f"the log's state counts {size} entries, the table holds {frontier.size}: the last "
             f"{size - frontier.size} were deleted",
             frontier.size,
         )
     elif root != frontier.root():
-        verdict.add("altered", "the log's state (frontier) does not give the tree's root")
+        verdict.add("audit.altered", "the log's state (frontier) does not give the tree's root")
     _check_heads(verdict, heads, roots, Tree(leaves), trusted)
     return verdict
 
@@ -226,13 +230,13 @@ def _check_heads(
         signed = check_head(verdict, head, label, trusted)
         if head.tree_size > tree.size:
             verdict.add(
-                "missing",
+                "audit.missing",
                 f"{label} covers {head.tree_size} entries, the log holds {tree.size}: entries "
                 "were deleted",
             )
         elif roots.get(head.tree_size) != head.root_hash:
             verdict.add(
-                "rewritten",
+                "audit.rewritten",
                 f"{label}: the log's root at that size is not the signed one: entries before "
                 f"{head.tree_size} changed after it was signed",
             )
@@ -245,13 +249,13 @@ def _check_heads(
 def _consistent(verdict: Verdict, old: SignedHead, new: SignedHead, tree: Tree) -> None:
     label = f"signed heads #{old.id} (size {old.tree_size}) and #{new.id} (size {new.tree_size})"
     if new.tree_size < old.tree_size:
-        verdict.add("rewritten", f"{label}: the log shrank")
+        verdict.add("audit.rewritten", f"{label}: the log shrank")
         return
     if new.tree_size > tree.size:
         return  # reported above
     proof = tree.consistency_proof(old.tree_size, new.tree_size)
     if not verify_consistency(old.tree_size, new.tree_size, old.root_hash, new.root_hash, proof):
         verdict.add(
-            "inconsistent",
+            "audit.inconsistent",
             f"{label}: no consistency proof from the log links them: history was rewritten",
         )

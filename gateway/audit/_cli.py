@@ -18,12 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from cryptography import x509
 
 from ..config import Settings
 from ..errors import ConfigError
 from ..signing import Signer, TrustStore
-from ..signing._cli import _load_signer
-from ..signing._pki import load_certificates
 from ._events import Subject, operator_action
 from ._export import ExportFilter, export_bundle, verify_export
 from ._log import AuditError, AuditLog
@@ -40,9 +39,40 @@ def open_log(settings: Settings) -> AuditLog:
 
 def audit_signer(settings: Settings) -> Signer | None:
     """The gateway's key for tree heads: ``audit_key`` (a folder of ``signing_keys`` or
-    ``env:NAME``, as in signing_rules); None when it is not set."""
+    ``env:NAME``, as a KEY of signing_rules); None when it is not set."""
     key = settings.audit_key.strip()
-    return _load_signer(settings, key) if key else None
+    if not key:
+        return None
+    if key.startswith("env:"):
+        found = Signer.from_env(key[4:])
+        if found is None:
+            raise ConfigError(
+                "signing-key",
+                f"audit_key {key}: GATEWAY_SIGNING_KEY_{key[4:].upper().replace('-', '_')} "
+                "is not set",
+            )
+        return found
+    if settings.signing_keys is None:
+        raise ConfigError("signing-key", f"audit_key {key!r}: signing_keys is not set")
+    password = os.environ.get("GATEWAY_SIGNING_PASSWORD")
+    folder = settings.signing_keys / key
+    return Signer.load(
+        folder / "key.pem", folder / "cert.pem", password=password.encode() if password else None
+    )
+
+
+def _certificates(name: str) -> list[x509.Certificate]:
+    """The first certificate of a PEM or DER file: a chain file pins its leaf."""
+    try:
+        data = Path(name).read_bytes()
+    except OSError as exc:
+        raise ConfigError("bad-setting", f"--cert {name}: {exc.strerror}") from None
+    try:
+        if b"-----BEGIN" in data:
+            return x509.load_pem_x509_certificates(data)[:1]
+        return [x509.load_der_x509_certificate(data)]
+    except ValueError:
+        raise ConfigError("bad-setting", f"--cert {name}: not a PEM or DER certificate") from None
 
 
 def _operator() -> str:
@@ -98,13 +128,7 @@ def add_cli(subparsers: Any) -> None:
 
 
 def _checker(args: argparse.Namespace, settings: Settings) -> CertCheck | None:
-    certs = []
-    for name in args.cert:
-        try:
-            # the file's first certificate: a chain file pins its leaf, not its CA
-            certs += load_certificates(Path(name).read_bytes(), name)[:1]
-        except OSError as exc:
-            raise ConfigError("bad-setting", f"--cert {name}: {exc.strerror}") from None
+    certs = [c for name in args.cert for c in _certificates(name)]
     folder = Path(args.trust) if args.trust else settings.signing_trust
     trust = TrustStore.load(folder) if folder is not None and (args.trust or not certs) else None
     return cert_checker(certs, trust) if certs or trust else None

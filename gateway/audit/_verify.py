@@ -15,16 +15,16 @@ import orjson
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
-from ..signing import SigningError, TrustStore, canonicalize
-from ..signing._jws import Header
-from ..signing._verify import SignatureReport, check_certificate
+from ..signing import SignatureReport, SigningError, TrustStore, canonicalize, check_certificate
 from ._events import keys_of
 from ._log import AuditLog, SignedHead, verify_head
 from ._merkle import EMPTY_ROOT, Frontier, Tree, leaf_hash, verify_consistency
 
 __all__ = ["CertCheck", "Problem", "Verdict", "cert_checker", "verify_log"]
 
-CertCheck = Callable[[Header], list[str]]
+# A JWS header (gateway.signing's, as verify_detached returns it) → what is wrong with its
+# signer, if anything.
+CertCheck = Callable[[Any], list[str]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +66,7 @@ def cert_checker(
     """How a head's signer is trusted: pinned certificates (the signer's own, or a CA
     that issued its chain), and/or a trust store (chain, validity, CRL, key usage)."""
 
-    def check(header: Header) -> list[str]:
+    def check(header: Any) -> list[str]:
         problems: list[str] = []
         if certs and not _pinned(header.chain, certs, header.signing_time):
             problems.append(

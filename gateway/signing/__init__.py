@@ -15,7 +15,7 @@ from ._errors import SigningError
 from ._jcs import canonicalize, es6_number
 from ._jws import COMMITMENTS, sign_detached, verify_detached
 from ._pki import Signer, TrustStore, issue_certificate, make_crl, make_demo_pki, new_key
-from ._verify import Check, FileReport, SignatureReport, verify_bundle
+from ._verify import Check, FileReport, SignatureReport, check_certificate, verify_bundle
 
 __all__ = [
     "ALGORITHMS",
@@ -31,6 +31,7 @@ __all__ = [
     "TrustStore",
     "add_cli",
     "canonicalize",
+    "check_certificate",
     "es6_number",
     "issue_certificate",
     "make_crl",

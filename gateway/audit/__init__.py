@@ -14,7 +14,16 @@ from ._cli import add_cli, audit_signer, open_log, periodic
 from ._events import GATEWAY, KINDS, PROFILE, Party, Subject
 from ._export import PROOF_TYPE, ExportFilter, export_bundle, verify_export
 from ._hooks import decision_event, delivery_event, record_events, subject_of
-from ._log import LOG_ID, Appended, AuditError, AuditLog, Entry, SignedHead, head_payload
+from ._log import (
+    LOG_ID,
+    Appended,
+    AuditError,
+    AuditLog,
+    AuditWriter,
+    Entry,
+    SignedHead,
+    head_payload,
+)
 from ._merkle import Frontier, Tree, leaf_hash, node_hash, verify_consistency, verify_inclusion
 from ._verify import Problem, Verdict, cert_checker, verify_log
 
@@ -27,6 +36,7 @@ __all__ = [
     "Appended",
     "AuditError",
     "AuditLog",
+    "AuditWriter",
     "Entry",
     "ExportFilter",
     "Frontier",

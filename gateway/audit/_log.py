@@ -11,6 +11,10 @@ from the whole tree on append.
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import queue
+import threading
+import time
 import uuid
 from base64 import b64decode, b64encode
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -33,12 +37,14 @@ __all__ = [
     "Appended",
     "AuditError",
     "AuditLog",
+    "AuditWriter",
     "Entry",
     "SignedHead",
     "head_payload",
 ]
 
 LOG_ID = "https://fhir-gateway.example.org/audit-log"
+_LOG = logging.getLogger("gateway.audit")
 HEAD_ROLE = "verification"  # the JWS commitment of a tree head (FHIR signature-type)
 
 
@@ -166,10 +172,15 @@ class AuditLog:
         with self._writer.begin() as conn:
             return self.append_rows(conn, rows)
 
-    def record_in(self, conn: Connection, resource: Mapping[str, Any]) -> Appended:
-        """Append inside the caller's write transaction: the event commits (or not)
-        with the change it records."""
-        return self.append_rows(conn, [_prepare(resource)])[0]
+    def record_in(self, conn: Connection, *resources: Mapping[str, Any]) -> list[Appended]:
+        """Append inside the caller's write transaction: the events commit (or not)
+        with the change they record, at no commit of their own."""
+        return self.append_rows(conn, [_prepare(r) for r in resources])
+
+    def writer(self, flush_every: float = 0.2, max_batch: int = 500) -> AuditWriter:
+        """A background writer for a hot path: events queue and are appended together
+        every ``flush_every`` seconds (one commit for many). ``close()`` flushes."""
+        return AuditWriter(self, flush_every, max_batch)
 
     def append_rows(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> list[Appended]:
         query = sa.select(state.c.size, state.c.frontier).where(state.c.id == 1)
@@ -288,6 +299,56 @@ class AuditLog:
             if latest.tree_size == size or age < every:
                 return None
         return self.sign_head(signer, now)
+
+
+class AuditWriter:
+    """Group commit for the audit log: ``submit`` returns at once; a thread appends what
+    was queued every ``flush_every`` seconds or ``max_batch`` events, in one transaction.
+    Events still queued when the process dies are lost (at most ``flush_every`` of
+    them): use ``record``/``record_in`` where an event must be durable with its step."""
+
+    def __init__(self, log: AuditLog, flush_every: float, max_batch: int) -> None:
+        self.log = log
+        self.flush_every = flush_every
+        self.max_batch = max_batch
+        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
+        self._thread.start()
+        self.failed = 0  # events that could not be appended (logged)
+
+    def submit(self, *resources: Mapping[str, Any]) -> None:
+        for resource in resources:
+            self._queue.put(_prepare(resource))
+
+    def close(self) -> None:
+        """Append everything queued, then stop."""
+        self._queue.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        stop = False
+        while not stop:
+            batch: list[dict[str, Any]] = []
+            deadline = time.monotonic() + self.flush_every
+            while len(batch) < self.max_batch:
+                try:
+                    item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+            if batch:
+                self._append(batch)
+
+    def _append(self, batch: list[dict[str, Any]]) -> None:
+        try:
+            with self.log._writer.begin() as conn:
+                self.log.append_rows(conn, batch)
+        except sa.exc.SQLAlchemyError as exc:
+            self.failed += len(batch)
+            _LOG.error("audit writer: %d events not appended: %s", len(batch), type(exc).__name__)
 
 
 def decode_hash(text: Any, what: str) -> bytes:

@@ -259,3 +259,32 @@ def test_a_forged_head_signature_is_refused(filled: AuditLog) -> None:
     _exec(filled, sa.update(heads).values(root_hash=b"\1" * 32))
     lines = _lines(filled)
     assert "signature refused" in lines[0] and "[audit.bad-head]" in lines[0]
+
+
+def test_the_background_writer_appends_everything_in_group_commits(log: AuditLog) -> None:
+    writer = log.writer(flush_every=0.05, max_batch=7)
+
+    def submit(k: int) -> None:
+        for event in transfer_events(20, START + timedelta(hours=k)):
+            writer.submit(event)
+
+    threads = [threading.Thread(target=submit, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    writer.close()
+    assert writer.failed == 0
+    assert [e.index for e in log.rows()] == list(range(60))
+    assert verify_log(log).ok
+
+
+def test_record_in_commits_with_the_callers_transaction(log: AuditLog) -> None:
+    events_ = transfer_events(3)
+    with pytest.raises(RuntimeError), log.engine.execution_options(write=True).begin() as conn:
+        log.record_in(conn, *events_)
+        raise RuntimeError("the step failed: its events roll back with it")
+    assert log.size() == 0 and list(log.rows()) == []
+    with log.engine.execution_options(write=True).begin() as conn:
+        appended = log.record_in(conn, *events_)
+    assert [a.index for a in appended] == [0, 1, 2] and verify_log(log).ok

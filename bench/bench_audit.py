@@ -159,9 +159,9 @@ def section(results: dict[str, dict[str, float]], count: int, rounds: int) -> st
         "",
         "An append costs O(log n) hashes (the frontier) and one row per event; what costs "
         "is the commit (an fsync: SQLite synchronous=FULL, PostgreSQL fsync on) and the "
-        "pages it writes. A commit of its own per message costs a quarter to a third of the pipeline; "
-        "appended 50 messages at a time, or by `AuditLog.writer()` (group commit every "
-        "0.2 s; what is queued when the process dies is lost), it stays within the "
+        "pages it writes. A commit of its own per message costs a quarter to a third of "
+        "the pipeline; appended 50 messages at a time, or by `AuditLog.writer()` (group "
+        "commit every 0.2 s; what is queued when the process dies is lost), it stays within the "
         "issue's 10 %. Cost columns: the pipeline's time per message with the audit, "
         "against without (noisy: a 2-core VM shared with other jobs).",
         "",

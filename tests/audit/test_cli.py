@@ -73,7 +73,8 @@ def test_sign_verify_export(home: Path, pki: Path, capsys: pytest.CaptureFixture
     assert lines[0].startswith(f"entry 4 (event {event_id}): the stored event does not hash")
     assert (
         lines[1]
-        == f"entry 4 (event {event_id}): the event's id is not the one it was logged under [audit.altered]"
+        == f"entry 4 (event {event_id}): the event's id is not the one it was logged under "
+        "[audit.altered]"
     )
     assert "live log: 审计日志验证失败 verification FAILED: 14 entries, 2 signed heads" in lines[-2]
 

@@ -23,7 +23,7 @@ from cryptography import x509
 from ..config import Settings
 from ..errors import ConfigError
 from ..signing import Signer, TrustStore
-from ._events import Subject, operator_action
+from ._events import IRCP, Party, Subject, event, operator_action
 from ._export import ExportFilter, export_bundle, verify_export
 from ._log import AuditError, AuditLog
 from ._verify import CertCheck, Verdict, cert_checker, verify_log
@@ -238,7 +238,14 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
     else:
         sys.stdout.buffer.write(data)
     detail = tuple((k, v) for k, v in where.to_json().items() if k != "patient")
-    log.record(operator_action("export", _operator(), Subject(where.patient, (), detail)))
+    log.record(
+        event(
+            "audit-export",
+            outcome_desc="export",
+            subject=Subject(where.patient, (), detail),
+            agents=[Party("operator", _operator(), requestor=True, role=IRCP)],
+        )
+    )
     count = len(bundle["entry"]) - 1
     print(
         f"exported {count} events under signed head #{head.id} (size {head.tree_size})"

@@ -64,6 +64,7 @@ NETWORK_TYPE = "http://terminology.hl7.org/CodeSystem/network-type"
 PARTICIPATION = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
 SOURCE_ROLE = (DCM, "110153", "Source Role ID")
 DESTINATION_ROLE = (DCM, "110152", "Destination Role ID")
+IRCP = (PARTICIPATION, "IRCP", "information recipient")
 
 # kind → (type (system, code, display), action, lifecycle subtype)
 KINDS: dict[str, tuple[tuple[str, str, str], str, str]] = {
@@ -133,9 +134,12 @@ class Subject:
     def entities(self) -> list[dict[str, Any]]:
         found: list[dict[str, Any]] = []
         if self.patient:
+            patient = self.patient
+            if "|" not in patient and "/" not in patient:
+                patient = f"Patient/{patient}"  # a bare logical id
             found.append(
                 {
-                    "what": _reference(self.patient, "Patient"),
+                    "what": _reference(patient, "Patient"),
                     "type": _coding(ENTITY_TYPE, "1", "Person"),
                     "role": _coding(OBJECT_ROLE, "1", "Patient"),
                 }
@@ -475,7 +479,7 @@ def operator_action(
                 operator,
                 network,
                 requestor=True,
-                role=(PARTICIPATION, "IRCP", "information recipient"),
+                role=IRCP,
             ),
         ],
     )
@@ -505,7 +509,7 @@ def api_read(
                 "operator",
                 user,
                 requestor=True,
-                role=(PARTICIPATION, "IRCP", "information recipient"),
+                role=IRCP,
             )
         )
     return event(

@@ -41,7 +41,11 @@ class ExportFilter:
         if self.patient:
             p = self.patient
             terms.append(
-                sa.or_(c.patient == p, c.patient == f"Patient/{p}", c.patient.like(f"%|{p}"))
+                sa.or_(
+                    c.patient == p,
+                    c.patient == f"Patient/{p}",
+                    c.patient.endswith(f"|{p}", autoescape=True),  # an identifier's value
+                )
             )
         if self.partner:
             terms.append(c.partner == self.partner)

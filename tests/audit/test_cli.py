@@ -63,7 +63,7 @@ def test_sign_verify_export(home: Path, pki: Path, capsys: pytest.CaptureFixture
 
     with log.engine.begin() as conn:  # the export itself was logged: an operator action
         kinds = conn.execute(sa.select(entries.c.kind).order_by(entries.c.idx)).scalars().all()
-        assert kinds[-2:] == ["operator", "operator"]
+        assert kinds[-2:] == ["operator", "audit-export"]  # sign-head, export
         conn.execute(
             sa.update(entries).where(entries.c.idx == 4).values(canonical=b'{"resourceType":"X"}')
         )

@@ -187,3 +187,11 @@ def test_one_patients_export_verifies_in_a_fresh_process_with_no_store(
     assert done.returncode == 1
     assert f"(event {event['id']}): not included at this index" in done.stdout
     assert list(home.iterdir()) == []
+
+
+def test_the_patient_filter_takes_its_value_literally(log: AuditLog, signer: Signer) -> None:
+    log.record_many(transfer_events(6))
+    head = log.sign_head(signer)
+    assert len(export_bundle(log, ExportFilter(patient="%"), head)["entry"]) == 1  # proof only
+    bare = PATIENTS[1].split("/", 1)[1]
+    assert len(export_bundle(log, ExportFilter(patient=bare), head)["entry"]) == 3

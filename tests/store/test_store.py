@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-import gateway.audit  # noqa: F401  (its tables join the store's metadata: compared below too)
+import gateway.audit  # its tables join the store's metadata too: compared below
 import gateway.policy  # noqa: F401  (its tables join the store's metadata: compared below too)
 from gateway import Converter
 from gateway.errors import Issue

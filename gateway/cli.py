@@ -11,6 +11,7 @@
     gateway partners list|set|check                          partner FHIR servers
     gateway validate FILE... [--profile URL] [--json]        validate FHIR JSON resources/Bundles
     gateway referrals list|show|accept|reject|complete ID    referral status (inbound)
+    gateway audit verify|export|sign-head|transfers          the audit trail (docs/audit.md)
     gateway config                                           effective settings
 
 Errors are one readable line each on stderr; the exit code is 0 when every record
@@ -31,6 +32,7 @@ from typing import TextIO
 import orjson
 
 from . import __version__, signing
+from .audit import add_cli as add_audit_cli
 from .config import Settings
 from .delivery import add_cli as add_outbox_cli
 from .envelope import Record
@@ -347,6 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_dicom_cli(sub)  # gateway dicom commit / pending / listen
     signing.add_cli(sub)  # gateway keys init, sign, verify
     add_validate_cli(sub)  # gateway validate FILE... [--profile URL] [--json]
+    add_audit_cli(sub)  # gateway audit verify|export|sign-head|transfers
 
     config = sub.add_parser("config", help="print the effective settings")
     config.set_defaults(func=cmd_config)

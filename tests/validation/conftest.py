@@ -28,7 +28,7 @@ def produced_bundles(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[str
     """Bundles no golden file holds, made by the gateway's own code: the bilingual variant
     of an example report (reports), the co-branded golden report signed (signing). They
     are the only outputs of the bilingual-diagnosticreport and signature-provenance
-    profiles."""
+    profiles; and an audit export (audit)."""
     import datetime as dt
 
     from gateway import Settings
@@ -52,7 +52,37 @@ def produced_bundles(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[str
         "author",
         dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
     )
-    return [("bilingual variant", variant.resource), ("signed co-branded report", signed)]
+    return [
+        ("bilingual variant", variant.resource),
+        ("signed co-branded report", signed),
+        ("audit export", _audit_export(home, signer)),
+    ]
+
+
+def _audit_export(home: Path, signer: Any) -> dict[str, Any]:
+    """An audit export (gateway/audit): the only outputs of the audit-event profiles."""
+    from gateway.audit import AuditLog, ExportFilter, Subject, events, export_bundle
+    from gateway.store import Store
+
+    store = Store.open(f"sqlite:///{home / 'audit.db'}")
+    log = AuditLog(store)
+    subject = Subject("Patient/3f0c9a43", ("Bundle/0b6f",))
+    log.record(events.received("NSCH", subject, peer="10.8.0.21:40112"))
+    log.record(
+        events.delivery(
+            "HKPMC",
+            subject,
+            url="https://fhir.hkpmc.example.hk/fhir",
+            outcome="success",
+            basis="gba-standard-contract",
+            agreement="粤港澳大湾区标准合同 NSCH-HKPMC-2026",
+            purpose="referral",
+            status=200,
+        )
+    )
+    bundle = export_bundle(log, ExportFilter(), log.sign_head(signer))
+    store.close()
+    return bundle
 
 
 def golden_bundles() -> list[tuple[str, dict[str, Any]]]:

@@ -110,6 +110,41 @@ def _entry_url_not_uuid(resource: dict[str, Any]) -> None:
 
 
 _OTHER_ID = {"system": "https://example.org/sid/other", "value": "1"}
+_DCM = "http://dicom.nema.org/resources/ontology/DCM"
+
+
+def _audit_observer_elsewhere(resource: dict[str, Any]) -> None:
+    resource["source"]["observer"] = {"display": "another gateway"}
+
+
+def _audit_without_kind(resource: dict[str, Any]) -> None:
+    resource["subtype"] = [s for s in resource["subtype"] if "audit-event-kind" not in s["system"]]
+
+
+def _audit_import_read(resource: dict[str, Any]) -> None:
+    resource["type"] = {"system": _DCM, "code": "110107"}
+    resource["action"] = "R"
+
+
+def _audit_export_without_basis(resource: dict[str, Any]) -> None:
+    resource["type"] = {"system": _DCM, "code": "110106"}
+    resource["action"] = "R"
+    resource.pop("extension", None)
+
+
+def _audit_agent_off_network(code: str) -> Mutate:
+    def mutate(resource: dict[str, Any]) -> None:
+        for agent in resource["agent"]:
+            if code in [c.get("code") for c in (agent.get("type") or {}).get("coding", [])]:
+                agent.pop("network", None)
+
+    return mutate
+
+
+def _audit_without_patient(resource: dict[str, Any]) -> None:
+    resource["entity"] = [e for e in resource["entity"] if e.get("role", {}).get("code") != "1"]
+
+
 INVARIANT_CASES: dict[str, tuple[Mutate, str]] = {
     "tsr-1": (_no_reason, ""),
     # referral-servicerequest
@@ -139,6 +174,15 @@ INVARIANT_CASES: dict[str, tuple[Mutate, str]] = {
     # transaction-bundle
     "gw-bun-1": (_entry_url_not_uuid, ""),
     "gw-bun-2": (_plain_entry, ""),
+    # audit-event, audit-event-disclosure (gateway/audit; sample: produced_bundles)
+    "gw-ae-1": (_audit_observer_elsewhere, ""),
+    "gw-ae-2": (_audit_without_kind, ""),
+    "gw-ae-3": (_audit_import_read, ""),
+    "gw-ae-4": (_audit_export_without_basis, ""),
+    "gw-aed-1": (_audit_agent_off_network("110153"), ""),
+    "gw-aed-2": (_audit_agent_off_network("110152"), ""),
+    "gw-aed-3": (_audit_without_patient, ""),
+    "gw-aed-4": (_set("type", {"system": _DCM, "code": "110100"}), ""),
 }
 
 # Where one change breaks two rules of the profile, both are reported (HAPI reports each
@@ -191,7 +235,32 @@ ALSO_BROKEN: dict[tuple[str, str], list[Expected]] = {
     ],
     ("transaction-bundle", "code outside Bundle.entry.request.method"): [
         ("validation.invariant", "Bundle", "error")
-    ],
+    ],  # gw-ae-1 reads the agents' and the observer's identifiers, gw-ae-2 the subtypes,
+    # gw-ae-3 the action; the disclosure's gw-aed-* its agents, entities, type and subtype
+    **{
+        ("audit-event", mutation): [("validation.invariant", "AuditEvent", "error")]
+        for mutation in (
+            "remove AuditEvent.subtype",
+            "code outside AuditEvent.action",
+            "remove AuditEvent.agent",
+            "remove AuditEvent.agent.who",
+            "remove AuditEvent.source",
+            "remove AuditEvent.source.observer",
+        )
+    },
+    **{
+        ("audit-event-disclosure", mutation): [("validation.invariant", "AuditEvent", "error")]
+        * count
+        for mutation, count in (
+            ("remove AuditEvent.subtype", 2),
+            ("code outside AuditEvent.action", 1),
+            ("remove AuditEvent.agent", 3),
+            ("remove AuditEvent.agent.who", 2),
+            ("remove AuditEvent.source", 1),
+            ("remove AuditEvent.source.observer", 1),
+            ("remove AuditEvent.entity", 1),
+        )
+    },
 }
 
 

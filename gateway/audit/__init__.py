@@ -1,0 +1,67 @@
+"""The audit trail (docs/audit.md): every significant step as a FHIR AuditEvent (IHE
+BALP patterns) in an append-only log that forms an RFC 9162 Merkle tree, with signed
+tree heads, inclusion and consistency proofs, offline-verifiable exports and the yearly
+cross-border transfer report.
+
+    log = AuditLog(store)
+    log.record(events.delivery("HKPMC", Subject("Patient/123", ("Bundle/abc",)),
+                               url=..., outcome="success", basis="gba-standard-contract"))
+    log.sign_head(signer)          # or periodic(settings)() from the serve loop
+"""
+
+from . import _events as events
+from ._cli import add_cli, audit_signer, open_log, periodic
+from ._events import GATEWAY, KINDS, PROFILE, Party, Subject
+from ._export import PROOF_TYPE, ExportFilter, export_bundle, verify_export
+from ._hooks import decision_event, delivery_event, record_events, subject_of
+from ._log import (
+    LOG_ID,
+    Appended,
+    AuditError,
+    AuditLog,
+    AuditWriter,
+    Entry,
+    SignedHead,
+    head_payload,
+)
+from ._merkle import Frontier, Tree, leaf_hash, node_hash, verify_consistency, verify_inclusion
+from ._verify import Problem, Verdict, cert_checker, verify_log
+
+__all__ = [
+    "GATEWAY",
+    "KINDS",
+    "LOG_ID",
+    "PROFILE",
+    "PROOF_TYPE",
+    "Appended",
+    "AuditError",
+    "AuditLog",
+    "AuditWriter",
+    "Entry",
+    "ExportFilter",
+    "Frontier",
+    "Party",
+    "Problem",
+    "SignedHead",
+    "Subject",
+    "Tree",
+    "Verdict",
+    "add_cli",
+    "audit_signer",
+    "cert_checker",
+    "decision_event",
+    "delivery_event",
+    "events",
+    "export_bundle",
+    "head_payload",
+    "leaf_hash",
+    "node_hash",
+    "open_log",
+    "periodic",
+    "record_events",
+    "subject_of",
+    "verify_consistency",
+    "verify_export",
+    "verify_inclusion",
+    "verify_log",
+]

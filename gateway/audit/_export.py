@@ -1,0 +1,222 @@
+"""Read-back: the log's events (for a patient, a partner, a period) as a FHIR Bundle of
+type collection that an auditor verifies offline with the gateway's certificate alone.
+
+The Bundle holds the AuditEvents exactly as logged (their RFC 8785 form hashes to the
+leaf) in index order, and first one ``Binary`` (``PROOF_TYPE``) whose data is the JSON
+proof document: the signed tree head and one inclusion proof per event (docs/audit.md).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from base64 import b64decode, b64encode
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+
+from ..signing import SigningError, canonicalize
+from ._log import LOG_ID, AuditError, AuditLog, SignedHead, decode_hash
+from ._merkle import leaf_hash, verify_inclusion
+from ._tables import entries
+from ._verify import CertCheck, Verdict, check_head
+
+__all__ = ["PROOF_TYPE", "ExportFilter", "export_bundle", "verify_export"]
+
+PROOF_TYPE = "application/vnd.fhir-gateway.audit-proof+json"
+
+
+@dataclass(frozen=True, slots=True)
+class ExportFilter:
+    patient: str | None = None  # an id, "Patient/<id>", "system|value" or a value alone
+    partner: str | None = None  # facility code
+    since: dt.datetime | None = None  # naive UTC, inclusive
+    until: dt.datetime | None = None  # naive UTC, exclusive
+
+    def where(self) -> Any:
+        c = entries.c
+        terms = []
+        if self.patient:
+            p = self.patient
+            terms.append(
+                sa.or_(
+                    c.patient == p,
+                    c.patient == f"Patient/{p}",
+                    c.patient.endswith(f"|{p}", autoescape=True),  # an identifier's value
+                )
+            )
+        if self.partner:
+            terms.append(c.partner == self.partner)
+        if self.since:
+            terms.append(c.recorded >= self.since)
+        if self.until:
+            terms.append(c.recorded < self.until)
+        return sa.and_(*terms) if terms else None
+
+    def to_json(self) -> dict[str, str]:
+        out = {
+            "patient": self.patient,
+            "partner": self.partner,
+            "since": self.since.isoformat() + "Z" if self.since else None,
+            "until": self.until.isoformat() + "Z" if self.until else None,
+        }
+        return {k: v for k, v in out.items() if v}
+
+
+def export_bundle(log: AuditLog, where: ExportFilter, head: SignedHead) -> dict[str, Any]:
+    """The selected events with ``head`` (which must cover them all) and their proofs."""
+    selected = [e for e in log.rows(where.where()) if e.index < head.tree_size]
+    tree = log.tree(head.tree_size)
+    if tree.root() != head.root_hash:
+        raise AuditError(
+            "audit.tampered",
+            f"the log's root at size {head.tree_size} is not the signed head's: run "
+            "`gateway audit verify`",
+        )
+    proofs = [
+        {
+            "index": e.index,
+            "event": e.event_id,
+            "leaf_hash": b64encode(e.leaf_hash).decode(),
+            "path": [b64encode(p).decode() for p in tree.inclusion_proof(e.index)],
+        }
+        for e in selected
+    ]
+    document = {
+        "log": LOG_ID,
+        "filter": where.to_json(),
+        "tree_head": head.to_json(),
+        "proofs": proofs,
+    }
+    binary = {
+        "resourceType": "Binary",
+        "id": str(uuid.uuid4()),
+        "contentType": PROOF_TYPE,
+        "data": b64encode(orjson.dumps(document)).decode(),
+    }
+    return {
+        "resourceType": "Bundle",
+        "id": str(uuid.uuid4()),
+        "type": "collection",
+        "timestamp": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "entry": [{"fullUrl": f"urn:uuid:{binary['id']}", "resource": binary}]
+        + [{"fullUrl": f"urn:uuid:{e.event_id}", "resource": e.resource()} for e in selected],
+    }
+
+
+def _proof_document(bundle: Any) -> dict[str, Any]:
+    if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+        raise AuditError("audit.bad-export", "not a FHIR Bundle")
+    for entry in bundle.get("entry") or []:
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if isinstance(resource, dict) and resource.get("contentType") == PROOF_TYPE:
+            try:
+                document = orjson.loads(b64decode(str(resource.get("data", ""))))
+            except (ValueError, orjson.JSONDecodeError):
+                raise AuditError(
+                    "audit.bad-export", "the proof Binary is not base64 JSON"
+                ) from None
+            if not isinstance(document, dict):
+                raise AuditError("audit.bad-export", "the proof document is not a JSON object")
+            return document
+    raise AuditError("audit.bad-export", f"no proof Binary ({PROOF_TYPE}): not an audit export")
+
+
+def _head(document: dict[str, Any]) -> SignedHead:
+    raw = document.get("tree_head")
+    if not isinstance(raw, dict) or raw.get("log") != LOG_ID:
+        raise AuditError("audit.bad-export", "the proof document has no tree head of this log")
+    try:
+        return SignedHead(
+            None,
+            int(raw["tree_size"]),
+            decode_hash(raw["root_hash"], "tree_head.root_hash"),
+            int(raw["timestamp"]),
+            str(raw["signature"]),
+        )
+    except (KeyError, TypeError, ValueError):
+        raise AuditError(
+            "audit.bad-export", "the tree head lacks size, root, time or signature"
+        ) from None
+
+
+def verify_export(bundle: Any, source: str, trusted: CertCheck | None) -> Verdict:
+    """An exported Bundle, offline: the head's signature and signer, then each event
+    against its inclusion proof, in the order the proofs list them."""
+    verdict = Verdict(source)
+    try:
+        document = _proof_document(bundle)
+        head = _head(document)
+    except AuditError as exc:
+        verdict.add(exc.code, exc.issue.message)
+        return verdict
+    verdict.heads = 1
+    check_head(verdict, head, f"signed head (size {head.tree_size})", trusted)
+    proofs = document.get("proofs")
+    if not isinstance(proofs, list):
+        verdict.add("audit.bad-export", "the proof document lists no proofs")
+        return verdict
+    events = [
+        e["resource"]
+        for e in bundle.get("entry") or []
+        if isinstance(e, dict)
+        and isinstance(e.get("resource"), dict)
+        and e["resource"].get("resourceType") == "AuditEvent"
+    ]
+    verdict.entries = len(events)
+    by_id = {str(p.get("event")): (pos, p) for pos, p in enumerate(proofs) if isinstance(p, dict)}
+    matched: set[str] = set()
+    last = -1
+    for n, resource in enumerate(events):
+        event_id = str(resource.get("id"))
+        found = by_id.get(event_id)
+        if found is None or event_id in matched:
+            verdict.add(
+                "audit.inserted",
+                f"the Bundle's event {n + 1} has no inclusion proof: not from the log",
+                None,
+                event_id,
+            )
+            continue
+        matched.add(event_id)
+        pos, proof = found
+        index = proof.get("index")
+        if not isinstance(index, int):
+            verdict.add("audit.bad-export", f"proof {pos + 1} has no index", None, event_id)
+            continue
+        if pos < last:
+            verdict.add("audit.reordered", "out of log order in the Bundle", index, event_id)
+        last = max(last, pos)
+        _included(verdict, resource, proof, index, head)
+    for proof in proofs:
+        if isinstance(proof, dict) and str(proof.get("event")) not in matched:
+            index = proof.get("index")
+            verdict.add(
+                "audit.missing",
+                "listed in the proofs, missing from the Bundle (removed)",
+                index if isinstance(index, int) else None,
+                str(proof.get("event")),
+            )
+    return verdict
+
+
+def _included(
+    verdict: Verdict, resource: dict[str, Any], proof: dict[str, Any], index: int, head: SignedHead
+) -> None:
+    event_id = str(resource.get("id"))
+    try:
+        leaf = leaf_hash(canonicalize(resource))
+        path = [decode_hash(p, f"the proof of entry {index}") for p in proof.get("path") or []]
+    except (SigningError, AuditError) as exc:
+        verdict.add("audit.bad-export", exc.issue.message, index, event_id)
+        return
+    if not verify_inclusion(leaf, index, head.tree_size, path, head.root_hash):
+        verdict.add(
+            "audit.altered",
+            f"not included at this index in the signed tree of {head.tree_size}: the event or "
+            "its proof was changed",
+            index,
+            event_id,
+        )

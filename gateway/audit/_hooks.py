@@ -1,0 +1,111 @@
+"""The events of the pipeline's steps, made from what each stage already holds (a
+``Record``, a policy ``Decision``, a delivery attempt), for the stages to append with
+:meth:`AuditLog.record` (or ``record_in`` inside their own transaction).
+
+Where each is called (docs/audit.md, "Hook points"): store processing
+(gateway/store/_process.py) after each conversion: ``record_events``; the policy
+(gateway/policy/_records.py) after a decision is stored: ``decision_event``; the
+delivery worker (gateway/delivery/_worker.py) after each send: ``delivery_event``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from ..envelope import Record
+from ._events import Subject, converted, delivery, policy_decision, received, validation_failed
+
+__all__ = ["decision_event", "delivery_event", "record_events", "subject_of"]
+
+PSEUDONYM = "https://fhir-gateway.example.org/sid/patient-pseudonym"
+
+
+def subject_of(record: Record, message_id: int | None = None) -> Subject:
+    """The patient (the Bundle's Patient, by its logical id) and the records (the
+    Bundle, the stored message) of a record; no value from inside the record but ids."""
+    patient = None
+    bundle = record.bundle if record.bundle_json else None
+    records: list[str] = []
+    if isinstance(bundle, dict):
+        if bundle.get("id"):
+            records.append(f"Bundle/{bundle['id']}")
+        for entry in bundle.get("entry") or []:
+            resource = entry.get("resource") or {}
+            if resource.get("resourceType") == "Patient" and resource.get("id"):
+                patient = f"Patient/{resource['id']}"
+                break
+    if message_id is not None:
+        records.append(f"{_MESSAGE}|{message_id}")
+    detail: tuple[tuple[str, str], ...] = ()
+    if record.control_id:
+        detail += (("control-id", record.control_id),)
+    if record.message_type:
+        detail += (("message-type", record.message_type),)
+    return Subject(patient, tuple(records), detail)
+
+
+_MESSAGE = "https://fhir-gateway.example.org/sid/stored-message"
+
+
+def record_events(
+    record: Record,
+    *,
+    channel: str = "cli",
+    peer: str | None = None,
+    message_id: int | None = None,
+    when: datetime | None = None,
+) -> list[dict[str, Any]]:
+    """Record received, then converted or failed (the first error's code)."""
+    subject = subject_of(record, message_id)
+    first = received(record.sender or "unknown", subject, peer=peer, channel=channel, when=when)
+    if record.ok:
+        return [first, converted(subject, when=when)]
+    code = record.errors[0].code if record.errors else "internal"
+    return [first, validation_failed(subject, code, when=when)]
+
+
+def decision_event(decision: Any, subject: Subject, when: datetime | None = None) -> dict[str, Any]:
+    """A policy ``Decision`` (gateway/policy): sender, recipient, outcome, basis,
+    agreement, purpose. Without a patient in ``subject``, its first pseudonym."""
+    if subject.patient is None and decision.patients:
+        subject = Subject(f"{PSEUDONYM}|{decision.patients[0]}", subject.records, subject.detail)
+    return policy_decision(
+        decision.sender,
+        decision.recipient,
+        decision.outcome,
+        subject,
+        basis=decision.basis,
+        agreement=decision.agreement,
+        purpose=decision.purpose,
+        when=when or decision.decided_at,
+    )
+
+
+def delivery_event(
+    partner: str,
+    subject: Subject,
+    *,
+    url: str | None,
+    delivered: bool,
+    status: int | None,
+    attempt: int,
+    basis: str | None,
+    agreement: str | None = None,
+    purpose: str | None = None,
+    when: datetime | None = None,
+) -> dict[str, Any]:
+    """One send to a partner: success when it was delivered, else a serious failure
+    with the partner's HTTP status."""
+    return delivery(
+        partner,
+        subject,
+        url=url,
+        outcome="success" if delivered else "serious",
+        basis=basis,
+        agreement=agreement,
+        purpose=purpose,
+        status=status,
+        attempt=attempt,
+        when=when,
+    )

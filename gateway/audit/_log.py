@@ -1,0 +1,361 @@
+"""The audit log: an append-only table of canonical AuditEvents forming an RFC 9162
+Merkle tree, and its signed tree heads.
+
+Appending is one transaction: the state row (size and frontier) is locked (``FOR
+UPDATE`` on PostgreSQL; SQLite's write transactions are already serial, BEGIN
+IMMEDIATE), the entry takes the index ``size``, the frontier absorbs its leaf hash in
+O(log n) and gives the new root, stored beside the entry. Nothing is ever recomputed
+from the whole tree on append.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import queue
+import threading
+import time
+import uuid
+from base64 import b64decode, b64encode
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from ..errors import GatewayError
+from ..signing import Signer, canonicalize, sign_detached, verify_detached
+from ..store import Store, utcnow
+from ._events import keys_of
+from ._merkle import Frontier, Tree, leaf_hash
+from ._tables import entries, heads, state
+
+__all__ = [
+    "LOG_ID",
+    "Appended",
+    "AuditError",
+    "AuditLog",
+    "AuditWriter",
+    "Entry",
+    "SignedHead",
+    "head_payload",
+]
+
+LOG_ID = "https://fhir-gateway.example.org/audit-log"
+_LOG = logging.getLogger("gateway.audit")
+HEAD_ROLE = "verification"  # the JWS commitment of a tree head (FHIR signature-type)
+
+
+class AuditError(GatewayError):
+    """The audit log cannot do what was asked, or found itself tampered with."""
+
+    family = "audit"
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    index: int
+    event_id: str
+    leaf_hash: bytes
+    root: bytes  # the tree's root once this entry joined it
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    index: int
+    event_id: str
+    recorded: dt.datetime
+    kind: str
+    patient: str | None
+    partner: str | None
+    canonical: bytes
+    leaf_hash: bytes
+    root: bytes
+
+    def resource(self) -> dict[str, Any]:
+        value: dict[str, Any] = orjson.loads(self.canonical)
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class SignedHead:
+    id: int | None
+    tree_size: int
+    root_hash: bytes
+    timestamp: int  # ms since the epoch
+    jws: str
+
+    def payload(self, log: str = LOG_ID) -> bytes:
+        return head_payload(log, self.tree_size, self.root_hash, self.timestamp)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "log": LOG_ID,
+            "tree_size": self.tree_size,
+            "root_hash": b64encode(self.root_hash).decode(),
+            "timestamp": self.timestamp,
+            "signature": self.jws,
+        }
+
+
+def head_payload(log: str, size: int, root: bytes, timestamp: int) -> bytes:
+    """What a tree head's JWS signs: RFC 8785 JSON of the log, size, root, time."""
+    return canonicalize(
+        {
+            "log": log,
+            "tree_size": size,
+            "root_hash": b64encode(root).decode(),
+            "timestamp": timestamp,
+        }
+    )
+
+
+def verify_head(head: SignedHead, log: str = LOG_ID) -> Any:
+    """The JWS header (signer's chain, time) of a head whose signature holds."""
+    return verify_detached(head.jws, head.payload(log))
+
+
+def _recorded(text: str) -> dt.datetime:
+    try:
+        when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise AuditError(
+            "audit.bad-event", f"AuditEvent.recorded {text[:40]!r} is not an instant"
+        ) from None
+    if when.tzinfo is None:
+        raise AuditError("audit.bad-event", "AuditEvent.recorded has no time zone")
+    return when.astimezone(dt.UTC).replace(tzinfo=None)
+
+
+def _prepare(resource: Mapping[str, Any]) -> dict[str, Any]:
+    """The row of one event, but its index and root."""
+    if resource.get("resourceType") != "AuditEvent":
+        raise AuditError("audit.bad-event", "only AuditEvents are recorded in the audit log")
+    event = dict(resource)
+    event.setdefault("id", str(uuid.uuid4()))
+    kind, recorded, patient, partner = keys_of(event)
+    canonical = canonicalize(event)
+    return {
+        "event_id": str(event["id"]),
+        "recorded": _recorded(recorded),
+        "kind": kind[:32],
+        "patient": patient[:255] if patient else None,
+        "partner": partner[:64] if partner else None,
+        "canonical": canonical,
+        "leaf_hash": leaf_hash(canonical),
+    }
+
+
+def _frontier(blob: bytes, size: int) -> Frontier:
+    return Frontier(size, tuple(blob[i : i + 32] for i in range(0, len(blob), 32)))
+
+
+class AuditLog:
+    """The audit log over the message store's database. Thread-safe; share one."""
+
+    def __init__(self, store: Store, log: str = LOG_ID) -> None:
+        self.store = store
+        self.log = log
+        self.engine = store.engine
+        self._writer = store.engine.execution_options(write=True)
+
+    # -- appending ------------------------------------------------------------------------
+    def record(self, resource: Mapping[str, Any]) -> Appended:
+        """Append one AuditEvent; returns once it is committed."""
+        return self.record_many([resource])[0]
+
+    def record_many(self, resources: Iterable[Mapping[str, Any]]) -> list[Appended]:
+        """Append several events in one transaction (one commit)."""
+        rows = [_prepare(r) for r in resources]
+        with self._writer.begin() as conn:
+            return self.append_rows(conn, rows)
+
+    def record_in(self, conn: Connection, *resources: Mapping[str, Any]) -> list[Appended]:
+        """Append inside the caller's write transaction: the events commit (or not)
+        with the change they record, at no commit of their own."""
+        return self.append_rows(conn, [_prepare(r) for r in resources])
+
+    def writer(self, flush_every: float = 0.2, max_batch: int = 500) -> AuditWriter:
+        """A background writer for a hot path: events queue and are appended together
+        every ``flush_every`` seconds (one commit for many). ``close()`` flushes."""
+        return AuditWriter(self, flush_every, max_batch)
+
+    def append_rows(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> list[Appended]:
+        query = sa.select(state.c.size, state.c.frontier).where(state.c.id == 1)
+        if conn.dialect.name == "postgresql":
+            query = query.with_for_update()
+        found = conn.execute(query).first()
+        if found is None:  # a fresh log: the row is made once, under the write lock
+            conn.execute(sa.insert(state).values(id=1, size=0, frontier=b""))
+            frontier = Frontier()
+        else:
+            frontier = _frontier(found.frontier, found.size)
+        done: list[Appended] = []
+        values = []
+        for row in rows:
+            index = frontier.size
+            frontier = frontier.append(row["leaf_hash"])
+            root = frontier.root()
+            values.append({**row, "idx": index, "root": root})
+            done.append(Appended(index, row["event_id"], row["leaf_hash"], root))
+        if values:
+            conn.execute(sa.insert(entries), values)
+            conn.execute(
+                sa.update(state)
+                .where(state.c.id == 1)
+                .values(size=frontier.size, frontier=b"".join(frontier.hashes))
+            )
+        return done
+
+    # -- reading --------------------------------------------------------------------------
+    def size(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(sa.select(state.c.size)).scalar() or 0)
+
+    def current(self) -> tuple[int, bytes]:
+        """(size, root) as the appender keeps them."""
+        with self.engine.connect() as conn:
+            found = conn.execute(sa.select(state.c.size, state.c.frontier)).first()
+        frontier = _frontier(found.frontier, found.size) if found else Frontier()
+        return frontier.size, frontier.root()
+
+    def leaf_hashes(self, size: int | None = None) -> list[bytes]:
+        query = sa.select(entries.c.leaf_hash).order_by(entries.c.idx)
+        if size is not None:
+            query = query.where(entries.c.idx < size)
+        with self.engine.connect() as conn:
+            return [bytes(h) for h in conn.execute(query).scalars()]
+
+    def tree(self, size: int | None = None) -> Tree:
+        return Tree(self.leaf_hashes(size))
+
+    def rows(self, where: Any = None, chunk: int = 1000) -> Iterator[Entry]:
+        """Entries in index order (all, or those ``where`` selects), read in chunks."""
+        last = -1
+        while True:
+            query = sa.select(entries).where(entries.c.idx > last).order_by(entries.c.idx)
+            if where is not None:
+                query = query.where(where)
+            with self.engine.connect() as conn:
+                batch = conn.execute(query.limit(chunk)).all()
+            for row in batch:
+                yield Entry(
+                    row.idx,
+                    row.event_id,
+                    row.recorded,
+                    row.kind,
+                    row.patient,
+                    row.partner,
+                    bytes(row.canonical),
+                    bytes(row.leaf_hash),
+                    bytes(row.root),
+                )
+            if len(batch) < chunk:
+                return
+            last = batch[-1].idx
+
+    # -- signed tree heads ----------------------------------------------------------------
+    def sign_head(self, signer: Signer, when: dt.datetime | None = None) -> SignedHead:
+        """Sign the current tree head with the gateway's key and keep it."""
+        now = (when or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
+        size, root = self.current()
+        timestamp = int(now.timestamp() * 1000)
+        jws = sign_detached(head_payload(self.log, size, root, timestamp), signer, HEAD_ROLE, now)
+        with self._writer.begin() as conn:
+            new_id = conn.execute(
+                sa.insert(heads)
+                .values(
+                    tree_size=size,
+                    root_hash=root,
+                    timestamp=timestamp,
+                    signed_at=utcnow(),
+                    jws=jws,
+                )
+                .returning(heads.c.id)
+            ).scalar_one()
+        return SignedHead(int(new_id), size, root, timestamp, jws)
+
+    def heads(self) -> list[SignedHead]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(heads).order_by(heads.c.id)).all()
+        return [SignedHead(r.id, r.tree_size, bytes(r.root_hash), r.timestamp, r.jws) for r in rows]
+
+    def latest_head(self) -> SignedHead | None:
+        found = self.heads()
+        return found[-1] if found else None
+
+    def sign_if_due(
+        self, signer: Signer, every: dt.timedelta, now: dt.datetime | None = None
+    ) -> SignedHead | None:
+        """Periodic signing, for the serve loop: a new head when the log grew and the
+        latest head is older than ``every`` (or there is none)."""
+        now = (now or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
+        latest = self.latest_head()
+        size, _ = self.current()
+        if latest is not None:
+            age = now - dt.datetime.fromtimestamp(latest.timestamp / 1000, dt.UTC)
+            if latest.tree_size == size or age < every:
+                return None
+        return self.sign_head(signer, now)
+
+
+class AuditWriter:
+    """Group commit for the audit log: ``submit`` returns at once; a thread appends what
+    was queued every ``flush_every`` seconds or ``max_batch`` events, in one transaction.
+    Events still queued when the process dies are lost (at most ``flush_every`` of
+    them): use ``record``/``record_in`` where an event must be durable with its step."""
+
+    def __init__(self, log: AuditLog, flush_every: float, max_batch: int) -> None:
+        self.log = log
+        self.flush_every = flush_every
+        self.max_batch = max_batch
+        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
+        self._thread.start()
+        self.failed = 0  # events that could not be appended (logged)
+
+    def submit(self, *resources: Mapping[str, Any]) -> None:
+        for resource in resources:
+            self._queue.put(_prepare(resource))
+
+    def close(self) -> None:
+        """Append everything queued, then stop."""
+        self._queue.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        stop = False
+        while not stop:
+            batch: list[dict[str, Any]] = []
+            deadline = time.monotonic() + self.flush_every
+            while len(batch) < self.max_batch:
+                try:
+                    item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+            if batch:
+                self._append(batch)
+
+    def _append(self, batch: list[dict[str, Any]]) -> None:
+        try:
+            with self.log._writer.begin() as conn:
+                self.log.append_rows(conn, batch)
+        except sa.exc.SQLAlchemyError as exc:
+            self.failed += len(batch)
+            _LOG.error("audit writer: %d events not appended: %s", len(batch), type(exc).__name__)
+
+
+def decode_hash(text: Any, what: str) -> bytes:
+    try:
+        raw = b64decode(str(text), validate=True)
+    except ValueError:
+        raise AuditError("audit.bad-export", f"{what} is not base64") from None
+    if len(raw) != 32:
+        raise AuditError("audit.bad-export", f"{what} is not a SHA-256 hash")
+    return raw

@@ -11,6 +11,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 
 import gateway.inbound
 import gateway.policy
@@ -23,14 +24,16 @@ def test_the_migration_creates_exactly_the_inbound_tables(tmp_path: Path) -> Non
     store = Store.open(f"sqlite:///{tmp_path / 'g.db'}")
     try:
         store.upgrade()
-        assert store.revision() == "0005_inbound"
-        with store.engine.connect() as conn:
-            diff = compare_metadata(MigrationContext.configure(conn), metadata)
-        assert diff == []
         config = Config()  # and back down, as Store.upgrade runs the migrations
         config.set_main_option(
             "script_location", str(Path(gateway.store.__file__).parent / "migrations")
         )
+        scripts = ScriptDirectory.from_config(config)
+        assert "0005_inbound" in {s.revision for s in scripts.walk_revisions()}
+        assert store.revision() == scripts.get_current_head()
+        with store.engine.connect() as conn:
+            diff = compare_metadata(MigrationContext.configure(conn), metadata)
+        assert diff == []
         with store.engine.execution_options(write=True).begin() as conn:
             config.attributes["connection"] = conn
             command.downgrade(config, "0003_outbox")

@@ -100,6 +100,14 @@ class Settings:
     delivery_breaker_cooldown: float = 60.0  # open this long, then one probe (half-open)
     delivery_lease_seconds: float = 300.0  # a row `sending` longer than this was interrupted
     delivery_poll_seconds: float = 1.0  # the worker's pause when nothing is due
+    # The outbound path (docs/delivery.md): which institution of the network this gateway
+    # is (routes never send to it), the routing rules (None: seeds/routes.yaml), whether
+    # `gateway serve` runs the delivery worker, and how long a record waits for the
+    # record it links to (its order, its study) before it goes with the logical reference.
+    institution: str | None = None
+    delivery_routes: Path | None = None
+    delivery_worker: bool = True
+    delivery_reference_wait: float = 600.0
 
     @property
     def out_dir(self) -> Path:
@@ -140,7 +148,12 @@ class Settings:
         return replace(cls(home=root), **{k: _coerce(k, v, root) for k, v in values.items()})
 
 
-_BOOLS = ("validate", "report_require_patient_identity", "policy_consent_within")
+_BOOLS = (
+    "validate",
+    "report_require_patient_identity",
+    "policy_consent_within",
+    "delivery_worker",
+)
 
 
 def _coerce(name: str, value: Any, home: Path) -> Any:
@@ -215,7 +228,7 @@ def _coerce(name: str, value: Any, home: Path) -> Any:
 
 
 _POLICY_PATHS = ("policy_dir", "policy_agreements", "policy_key_file")
-_SIGNING_PATHS = ("signing_keys", "signing_trust")
+_SIGNING_PATHS = ("signing_keys", "signing_trust", "delivery_routes")
 _STORE_SETTINGS = frozenset(
     {
         "database_url",

@@ -17,15 +17,34 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
+import orjson
 
 from ..errors import GatewayError
 from ..partners import Partner
 from ._ask import ask
+from ._links import Link, links_of, resolve_links
 from ._outbox import Outbox, OutboxRecord
 from ._retry import Breaker, DeliveryConfig, backoff
 from ._send import Answer, send_part
 
-__all__ = ["Deliverer"]
+__all__ = ["ClientFactory", "Deliverer", "partner_client"]
+
+ClientFactory = Callable[[Partner, DeliveryConfig], httpx.Client]
+
+
+def partner_client(partner: Partner, config: DeliveryConfig) -> httpx.Client:
+    """THE one place the worker's HTTP client for a partner is made: pooled keep-alive
+    connections, the delivery timeouts. (Partner authentication plugs in here.)"""
+    return httpx.Client(
+        base_url=partner.base,
+        timeout=httpx.Timeout(
+            connect=config.connect_timeout,
+            read=config.read_timeout,
+            write=config.write_timeout,
+            pool=config.pool_timeout,
+        ),
+        limits=httpx.Limits(max_connections=4, max_keepalive_connections=4),
+    )
 
 log = logging.getLogger("gateway.delivery")
 
@@ -42,8 +61,10 @@ class Deliverer:
         *,
         clock: Callable[[], datetime] | None = None,
         rng: random.Random | None = None,
+        client_factory: ClientFactory = partner_client,
     ) -> None:
         self.outbox = outbox
+        self.client_factory = client_factory
         self.partners = dict(partners)
         self.config = config or DeliveryConfig()
         self.clock = clock or outbox.clock
@@ -105,6 +126,13 @@ class Deliverer:
             return False
         parts = self.outbox.parts(record.id)
         part, attempts, state = record.part, record.attempts, record.state
+        linked: dict[str, Any] = {}
+        note = ""
+        if record.links_until is not None and state == "pending" and part == 0:
+            # The first send of a row linked to other records: its references are
+            # settled now, once, and kept (a resend sends the same).
+            parts, note = self._link(record, parts)
+            linked = {"parts": orjson.dumps(parts), "links_until": None}
         if state == "waiting":
             resolved = self._resolve(record, partner, parts[part])
             if resolved is None:
@@ -116,12 +144,13 @@ class Deliverer:
                     record.id,
                     state,
                     "sending",
-                    f"sending part {part + 1}/{len(parts)}",
+                    f"sending part {part + 1}/{len(parts)}" + (f"; {note}" if note else ""),
                     now=now,
                     lease=self.config.lease,
                     part=part,
+                    **linked,
                 )
-                state = "sending"
+                state, linked, note = "sending", {}, ""
             attempts += 1
             answer = send_part(self.client(partner), parts[part], self.clock())
             now = self.clock()
@@ -307,15 +336,30 @@ class Deliverer:
     def client(self, partner: Partner) -> httpx.Client:
         """The partner's pooled client (keep-alive connections reused across records)."""
         if partner.key not in self._clients:
-            c = self.config
-            self._clients[partner.key] = httpx.Client(
-                base_url=partner.base,
-                timeout=httpx.Timeout(
-                    connect=c.connect_timeout,
-                    read=c.read_timeout,
-                    write=c.write_timeout,
-                    pool=c.pool_timeout,
-                ),
-                limits=httpx.Limits(max_connections=4, max_keepalive_connections=4),
-            )
+            self._clients[partner.key] = self.client_factory(partner, self.config)
         return self._clients[partner.key]
+
+    # -- links at the partner (gateway/delivery/_links.py) ----------------------------
+    def _link(self, record: OutboxRecord, parts: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str]:
+        """The parts to send, each logical reference to a record already delivered to
+        this partner made conditional (resolved there: linked); and what to say."""
+        provides: set[Link] = set()
+        needs: set[Link] = set()
+        for part in parts:
+            given, wanted = links_of(part)
+            provides |= given
+            needs |= wanted
+        needs -= provides
+        delivered = self.outbox.delivered_links(record.id, needs)
+        parts = resolve_links(parts, delivered)
+        missing = needs - delivered
+        said = []
+        if delivered:
+            said.append("linked to " + ", ".join(sorted({k for k, _, _ in delivered})))
+        if missing:
+            names = ", ".join(sorted({f"{k} ({s})" for k, s, _ in missing}))
+            said.append(
+                f"delivery.reference-timeout: sent with the logical reference only: {names} "
+                "not delivered to this partner in time"
+            )
+        return parts, "; ".join(said)

@@ -46,7 +46,7 @@ def msg(control: str, body: str = "x", sender: str = "LAX2", state: str = "recei
 
 def test_migrations_create_exactly_the_schema_and_run_twice(store: Store) -> None:
     store.upgrade()  # idempotent: a second start changes nothing
-    assert store.revision() == "0003_outbox"  # the outbox (gateway/delivery)
+    assert store.revision() == "0004_outbound"  # the outbound path (gateway/delivery)
     with store.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), metadata)
     assert diff == []

@@ -76,10 +76,10 @@ class Deliverer:
     def run(self, stop: threading.Event) -> None:
         """Deliver until ``stop`` is set, pausing ``poll`` seconds when nothing is due."""
         while not stop.is_set():
-            if self.run_once() == 0:
+            if self.run_once(stop=stop) == 0:
                 stop.wait(self.config.poll)
 
-    def run_once(self, limit: int = 100) -> int:
+    def run_once(self, limit: int = 100, stop: threading.Event | None = None) -> int:
         """Act once on every due row (up to ``limit``); how many were acted on. Rows of
         partners whose breaker is open are not even picked, so they never crowd out
         another partner's rows."""
@@ -88,6 +88,8 @@ class Deliverer:
         closed_to = [key for key, b in self.breakers.items() if not b.may_try(now)]
         acted = 0
         for record in self.outbox.due(now, limit, exclude=closed_to):
+            if stop is not None and stop.is_set():
+                break  # stopping: the rows not begun stay due, untouched
             try:
                 if self._handle(record):
                     acted += 1

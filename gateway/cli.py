@@ -7,7 +7,7 @@
     gateway dicom commit UID | pending | listen              DICOM listeners (C-STORE, STOW-RS)
     gateway listen [--port P]                                HL7 v2 over MLLP into the store
     gateway messages list|show|reprocess|prune               the message store
-    gateway send PATH... [--to P] [--wait]                   store, convert, route, queue for partners
+    gateway send PATH... [--to P] [--wait]                   store, convert, route, queue, deliver
     gateway route PATH...                                    which rule sends each record where
     gateway outbox list|show|stats|retry|replay|release      the queue to partner FHIR servers
     gateway db upgrade                                       create or migrate the store

@@ -54,7 +54,7 @@ def add_cli(sub: Any) -> None:
     _decision(replay, cmd_replay)
     release = verbs.add_parser(
         "release",
-        help="queue a held record (one the policy holds is decided again: a consent must be in force)",
+        help="queue a held record (one the policy holds is decided again: needs a consent)",
     )
     release.add_argument("id", type=int)
     _decision(release, cmd_release)

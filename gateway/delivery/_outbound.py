@@ -386,7 +386,9 @@ class Outbound:
             message_type=stored.summary.message_type,
             sender=stored.summary.sender,
         )
-        out, notes = self._finish(decision.bundle_json or data, partner, facts, stored.summary.sender)
+        out, notes = self._finish(
+            decision.bundle_json or data, partner, facts, stored.summary.sender
+        )
         self.outbox.fill(
             row.id,
             partner,

@@ -333,7 +333,13 @@ class Outbox:
         self, conn: Connection, row_id: int, provides: set[Link], needs: set[Link]
     ) -> None:
         rows = [
-            {"outbox_id": row_id, "role": role, "kind": k, "system": s[:255], "ref": link_ref((k, s, v))}
+            {
+                "outbox_id": row_id,
+                "role": role,
+                "kind": k,
+                "system": s[:255],
+                "ref": link_ref((k, s, v)),
+            }
             for role, links in (("provides", provides), ("needs", needs))
             for k, s, v in sorted(links)
         ]
@@ -655,9 +661,7 @@ class Outbox:
             )
         o = _outbox.c
         with self._write() as conn:
-            row = conn.execute(
-                sa.select(o.dedup_key, o.parts).where(o.id == row_id)
-            ).one()
+            row = conn.execute(sa.select(o.dedup_key, o.parts).where(o.id == row_id)).one()
             # An explicit replay is a new row: its own dedup key.
             dedup = hashlib.sha256(
                 f"{row.dedup_key}|replay|{now.isoformat()}|{self._count(conn, row_id)}".encode()
@@ -686,9 +690,17 @@ class Outbox:
                     .returning(o.id)
                 ).scalar_one()
             )
-            self._event(conn, new_id, now, None, "pending", 0, None, f"replay of {row_id}: {reason}")
             self._event(
-                conn, row_id, now, "delivered", "delivered", record.part, None,
+                conn, new_id, now, None, "pending", 0, None, f"replay of {row_id}: {reason}"
+            )
+            self._event(
+                conn,
+                row_id,
+                now,
+                "delivered",
+                "delivered",
+                record.part,
+                None,
                 f"replayed as {new_id}: {reason}",
             )
             if record.message_id is not None:

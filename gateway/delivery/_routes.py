@@ -40,7 +40,16 @@ from ..datafiles import data_dir, load_data_file
 from ..errors import ConfigError
 from ..network import Network
 
-__all__ = ["CONDITIONS", "DERIVED", "Destination", "Facts", "Route", "Routes", "Routing", "facts_of"]
+__all__ = [
+    "CONDITIONS",
+    "DERIVED",
+    "Destination",
+    "Facts",
+    "Route",
+    "Routes",
+    "Routing",
+    "facts_of",
+]
 
 CONDITIONS = (
     "message_type",
@@ -211,7 +220,9 @@ def _route(entry: Any, n: int, where: str, network: Network) -> Route:
     rid = str(entry["id"])
     unknown = set(entry) - {"id", "description", "when", "to", "purpose"}
     if unknown:
-        raise ConfigError("routes", f"{where}: rule {rid}: unknown keys {', '.join(sorted(unknown))}")
+        raise ConfigError(
+            "routes", f"{where}: rule {rid}: unknown keys {', '.join(sorted(unknown))}"
+        )
     when_raw = entry.get("when") or {}
     if not isinstance(when_raw, Mapping):
         raise ConfigError("routes", f"{where}: rule {rid}: 'when' must be a mapping")
@@ -225,12 +236,16 @@ def _route(entry: Any, n: int, where: str, network: Network) -> Route:
             )
         values = _strings(value, f"{where}: rule {rid}: when.{condition}")
         if condition in ("sender", "receiving_facility", "performer", "target"):
-            values = tuple(_institution(v, network, f"{where}: rule {rid}: when.{condition}") for v in values)
+            values = tuple(
+                _institution(v, network, f"{where}: rule {rid}: when.{condition}") for v in values
+            )
         when[str(condition)] = values
     to = _strings(entry.get("to"), f"{where}: rule {rid}: to")
     if not to:
         raise ConfigError("routes", f"{where}: rule {rid}: 'to' names no partner")
-    to = tuple(t if t in DERIVED else _institution(t, network, f"{where}: rule {rid}: to") for t in to)
+    to = tuple(
+        t if t in DERIVED else _institution(t, network, f"{where}: rule {rid}: to") for t in to
+    )
     purpose = entry.get("purpose")
     description = entry.get("description")
     return Route(

@@ -157,7 +157,9 @@ def _send_one(
 ) -> int:
     """Store, convert, queue one message; the number of problems (0 or 1)."""
     receipt = store.receive(
-        Incoming(item.raw, "cli", item.format, sender=args.sender if item.format == "dicom" else None)
+        Incoming(
+            item.raw, "cli", item.format, sender=args.sender if item.format == "dicom" else None
+        )
     )
     state = store.state_of(receipt.id) or "received"
     issues: list[dict[str, Any]] = []
@@ -279,7 +281,9 @@ def cmd_route(args: argparse.Namespace, settings: Settings) -> int:
             print(f"error: {item[0]}: {item[1]}", file=sys.stderr)
             continue
         sender = converter.known_sender(args.sender) if args.sender else None
-        for n, record in enumerate(converter.convert(item.raw, item.source, item.format, sender=sender)):
+        for n, record in enumerate(
+            converter.convert(item.raw, item.source, item.format, sender=sender)
+        ):
             label = f"{item.source}, message #{item.index}" + (f" record {n + 1}" if n else "")
             if record.bundle is None:
                 for issue in record.errors:

@@ -17,11 +17,12 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
+from datetime import datetime
 
 import sqlalchemy as sa
 
 from ..config import Settings
-from ..store import Store, metadata
+from ..store import Store, metadata, utcnow
 from ..store._process import on_converted
 from ._outbound import Outbound
 from ._outbox import Outbox
@@ -36,9 +37,12 @@ _messages = metadata.tables["messages"]
 _outcomes = metadata.tables["outcomes"]
 
 
-def unrouted(store: Store, limit: int = 1000) -> list[int]:
-    """Messages converted (or allowed by the policy) whose current conversion no
-    ``route`` outcome followed: the outbound path has not taken them yet. Oldest first."""
+def unrouted(store: Store, since: datetime | None = None, limit: int = 1000) -> list[int]:
+    """Messages received since ``since``, converted (or allowed by the policy), whose
+    current conversion no ``route`` outcome followed: the outbound path has not taken
+    them yet. Oldest first. (The service looks back ``delivery_max_age_hours`` only: a
+    store that predates routing must not send its history, and what is older would be
+    too old to deliver anyway.)"""
     m = _messages.c
     conv, route = _outcomes.alias("conv"), _outcomes.alias("route")
     last_convert = (
@@ -48,14 +52,16 @@ def unrouted(store: Store, limit: int = 1000) -> list[int]:
     )
     routed = (
         sa.select(route.c.id)
-        .where(
-            route.c.message_id == m.id, route.c.stage == "route", route.c.id > last_convert
-        )
+        .where(route.c.message_id == m.id, route.c.stage == "route", route.c.id > last_convert)
         .exists()
     )
     query = (
         sa.select(m.id)
-        .where(m.state.in_(("converted", "outbox")), ~routed)
+        .where(
+            m.state.in_(("converted", "outbox")),
+            m.received_at >= since if since is not None else sa.true(),
+            ~routed,
+        )
         .order_by(m.id)
         .limit(limit)
     )
@@ -132,7 +138,8 @@ class DeliveryService:
 
     def _sweep(self) -> None:
         try:
-            for message_id in unrouted(self.store):
+            since = utcnow() - self.deliverer.config.max_age
+            for message_id in unrouted(self.store, since):
                 if self._stop.is_set():
                     return
                 self._one(message_id)

@@ -46,6 +46,7 @@ def partner_client(partner: Partner, config: DeliveryConfig) -> httpx.Client:
         limits=httpx.Limits(max_connections=4, max_keepalive_connections=4),
     )
 
+
 log = logging.getLogger("gateway.delivery")
 
 
@@ -342,7 +343,9 @@ class Deliverer:
         return self._clients[partner.key]
 
     # -- links at the partner (gateway/delivery/_links.py) ----------------------------
-    def _link(self, record: OutboxRecord, parts: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str]:
+    def _link(
+        self, record: OutboxRecord, parts: list[dict[str, Any]]
+    ) -> tuple[list[dict[str, Any]], str]:
         """The parts to send, each logical reference to a record already delivered to
         this partner made conditional (resolved there: linked); and what to say."""
         provides: set[Link] = set()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import random
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from gateway import Converter, Settings
 from gateway.delivery import Deliverer, DeliveryConfig, Outbound, Outbox, unrouted
 from gateway.errors import ConfigError
 from gateway.policy import PolicyRecords
-from gateway.store import Incoming, Store, open_store, process_message
+from gateway.store import Incoming, Store, open_store, process_message, utcnow
 from gateway.store._process import on_converted
 from tests.conftest import REPO
 from tests.policy.conftest import HKID, consent
@@ -86,8 +87,9 @@ def test_a_referral_is_routed_decided_and_queued_and_says_why(
     route = next(o for o in stored.outcomes if o.stage == "route")
     codes = [i["code"] for i in route.issues]
     assert codes == ["delivery.routed", "delivery.queued"]
-    assert "referral-to-its-target: message type REF^I12 in [REF^I12, REF^I14]" in (
-        route.issues[0]["message"]
+    assert (
+        "referral-to-its-target: message type REF^I12 in [REF^I12, REF^I14]"
+        in (route.issues[0]["message"])
     )
     # The policy decided it, with the message: a domestic referral, allowed.
     [decision] = outbound.policy.find(message_id=message)
@@ -151,7 +153,9 @@ def test_held_for_consent_then_released_queued_minimised_as_the_partner_prefers(
     assert outbound.recheck_held() == []  # no consent yet: still held
     records = PolicyRecords(store, outbound.policy.policy)
     records.import_consent(
-        consent((HKID, "K583726A"), "HKPMC", ("second-opinion",), start="2026-01-01", end="2099-12-31")
+        consent(
+            (HKID, "K583726A"), "HKPMC", ("second-opinion",), start="2026-01-01", end="2099-12-31"
+        )
     )
     [moved] = outbound.recheck_held()
     assert (moved.id, moved.state, moved.last_error) == (row.id, "pending", None)
@@ -231,3 +235,5 @@ def test_a_converted_message_reaches_the_outbound_path(
     # A reprocess (a mapping fix) makes it new again.
     process_message(store, converter, message)
     assert unrouted(store) == [message]
+    # ... unless it is older than the service looks back.
+    assert unrouted(store, since=utcnow() + timedelta(seconds=1)) == []

@@ -120,7 +120,9 @@ def test_a_waiting_record_steps_aside_for_its_patients_later_ones(outbox: Outbox
     here = P("hkpmc", "https://fhir.hkpmc.example.hk/fhir/R4")
     report = _bundle("imaging/bundles/oru_r01_lax2_ct_cobranded.json")
     waiting = outbox.enqueue(here, report, links_wait=timedelta(seconds=60))[0]
-    referral = outbox.enqueue(here, bundle("P1", "O1"), order_key=outbox.require(waiting).order_key)[0]
+    referral = outbox.enqueue(
+        here, bundle("P1", "O1"), order_key=outbox.require(waiting).order_key
+    )[0]
     assert [r.id for r in outbox.due(outbox.clock())] == [referral]
     # Without a wait, the same report is due at once (and keeps its patient's order).
     other = outbox.enqueue(

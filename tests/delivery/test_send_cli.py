@@ -124,7 +124,14 @@ def test_retry_replay_release_keep_their_reasons(
 
     # Replay: the partner lost it; the same parts go again as a new record.
     code, out, _ = run(
-        capsys, tmp_path, "outbox", "replay", str(row["id"]), "--reason", "restored backup", "--json"
+        capsys,
+        tmp_path,
+        "outbox",
+        "replay",
+        str(row["id"]),
+        "--reason",
+        "restored backup",
+        "--json",
     )
     [replay] = json.loads(out)
     assert code == 0 and (replay["replay_of"], replay["state"]) == (row["id"], "pending")
@@ -141,7 +148,9 @@ def test_retry_replay_release_keep_their_reasons(
     [held] = json.loads(out)
     placed = held["outbound"]["records"][0]["placed"][0]
     assert (held["state"], placed["outcome"]) == ("held", "held")
-    code, _, err = run(capsys, tmp_path, "outbox", "release", str(placed["outbox_id"]), "--reason", "asked")
+    code, _, err = run(
+        capsys, tmp_path, "outbox", "release", str(placed["outbox_id"]), "--reason", "asked"
+    )
     assert code == 2 and "the policy still holds it" in err and "[delivery.not-releasable]" in err
     given = tmp_path / "consent.json"
     given.write_text(
@@ -150,7 +159,13 @@ def test_retry_replay_release_keep_their_reasons(
     )
     assert run(capsys, tmp_path, "consent", "import", str(given))[0] == 0
     code, out, _ = run(
-        capsys, tmp_path, "outbox", "release", str(placed["outbox_id"]), "--reason", "consent signed"
+        capsys,
+        tmp_path,
+        "outbox",
+        "release",
+        str(placed["outbox_id"]),
+        "--reason",
+        "consent signed",
     )
     assert code == 0 and "pending" in out
     _deliver(tmp_path, partners)

@@ -50,9 +50,9 @@ def _serve(home: Path, base: str, log: str) -> subprocess.Popen[bytes]:
         "GATEWAY_DELIVERY_POLL_SECONDS": "0.05",
         "GATEWAY_DELIVERY_BACKOFF_BASE": "0.1",
         "GATEWAY_DELIVERY_BACKOFF_CAP": "0.5",
-        "GATEWAY_DELIVERY_READ_TIMEOUT": "3",
-        "GATEWAY_DELIVERY_WRITE_TIMEOUT": "3",
-        "GATEWAY_DELIVERY_LEASE_SECONDS": "4",  # a killed worker's row is asked about soon
+        "GATEWAY_DELIVERY_READ_TIMEOUT": "10",
+        "GATEWAY_DELIVERY_WRITE_TIMEOUT": "10",
+        "GATEWAY_DELIVERY_LEASE_SECONDS": "12",  # over the timeouts: a killed row is asked soon
         "GATEWAY_DELIVERY_MAX_ATTEMPTS": "100",
         "GATEWAY_LOG_LEVEL": "info",
     }
@@ -77,14 +77,18 @@ def test_sigkill_mid_delivery_then_restart_delivers_each_record_once(
     first = _serve(tmp_path, partner.base, "first.log")
     try:
         deadline = time.monotonic() + 120
-        while _states(store)["delivered"] < RECORDS // 5 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        while time.monotonic() < deadline:  # a fifth delivered, one being sent: kill
+            states = _states(store)
+            if states["delivered"] >= RECORDS // 5 and states["sending"]:
+                break
+            time.sleep(0.01)
         first.send_signal(signal.SIGKILL)
         first.wait(10)
     finally:
         first.kill()
     killed = _states(store)
-    assert 0 < killed["delivered"] < RECORDS, killed  # killed mid-delivery
+    assert 0 < killed["delivered"] < RECORDS and killed["sending"] == 1, killed
+    [cut] = [r.id for r in Outbox(store).records(state="sending")]
     second = _serve(tmp_path, partner.base, "second.log")
     try:
         deadline = time.monotonic() + 900
@@ -95,6 +99,10 @@ def test_sigkill_mid_delivery_then_restart_delivers_each_record_once(
     finally:
         second.kill()
     assert _states(store) == {"delivered": RECORDS}
+    # The record cut mid-send was not sent blindly again: the partner was asked first.
+    reasons = [e.reason for e in Outbox(store).events(cut)]
+    assert any(r.startswith("delivery.interrupted") for r in reasons), reasons
+    assert any(r.startswith("asked: ") for r in reasons), reasons
     # Exactly once at the partner: every order's identifier once, every patient once.
     answer = partner.http.get("/ServiceRequest", params={"_count": "1000"}).json()
     idents = Counter(

@@ -41,6 +41,7 @@ from ._routes import Destination, Facts, Routes, Routing, facts_of
 __all__ = ["Outbound", "OutboundResult", "Placed", "bundles_of"]
 
 log = logging.getLogger("gateway.delivery")
+VARIANT_FAILED = "delivery.variant-failed"  # the partner's report variant: not made
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,7 +296,7 @@ class Outbound:
         try:
             variant = maker.variant(data, lang)
         except GatewayError as exc:
-            return data, f"delivery.variant-failed: {lang} ({exc.code}); sent as converted"
+            return data, f"{VARIANT_FAILED}: {lang} ({exc.code}); sent as converted"
         return dump_json(variant.resource), f"report variant {variant.lang}"
 
     def _signer(self, sender: str | None, record_type: str | None) -> Any:

@@ -1,7 +1,7 @@
 """Delivery inside ``gateway serve``: two threads beside the API and the listeners.
 
 - **outbound**: takes each stored message that converted (the store calls back:
-  ``gateway.store._process.on_converted``) through the outbound path; every
+  ``gateway.store.on_converted``) through the outbound path; every
   ``FEED_EVERY`` seconds it also looks for converted messages no route outcome followed
   (the gateway stopped in between, ``gateway messages reprocess`` in another process)
   and decides again the records the policy holds (a consent may have arrived);
@@ -22,8 +22,7 @@ from datetime import datetime
 import sqlalchemy as sa
 
 from ..config import Settings
-from ..store import Store, metadata, utcnow
-from ..store._process import on_converted
+from ..store import Store, metadata, on_converted, utcnow
 from ._outbound import Outbound
 from ._outbox import Outbox
 from ._retry import DeliveryConfig

@@ -30,6 +30,7 @@ from ._send import Answer, send_part
 __all__ = ["ClientFactory", "Deliverer", "partner_client"]
 
 ClientFactory = Callable[[Partner, DeliveryConfig], httpx.Client]
+REFERENCE_TIMEOUT = "delivery.reference-timeout"  # a linked record never came: logical only
 
 
 def partner_client(partner: Partner, config: DeliveryConfig) -> httpx.Client:
@@ -364,7 +365,7 @@ class Deliverer:
         if missing:
             names = ", ".join(sorted({f"{k} ({s})" for k, s, _ in missing}))
             said.append(
-                f"delivery.reference-timeout: sent with the logical reference only: {names} "
+                f"{REFERENCE_TIMEOUT}: sent with the logical reference only: {names} "
                 "not delivered to this partner in time"
             )
         return parts, "; ".join(said)

@@ -19,8 +19,7 @@ from gateway import Converter, Settings
 from gateway.delivery import Deliverer, DeliveryConfig, Outbound, Outbox, unrouted
 from gateway.errors import ConfigError
 from gateway.policy import PolicyRecords
-from gateway.store import Incoming, Store, open_store, process_message, utcnow
-from gateway.store._process import on_converted
+from gateway.store import Incoming, Store, on_converted, open_store, process_message, utcnow
 from tests.conftest import REPO
 from tests.policy.conftest import HKID, consent
 

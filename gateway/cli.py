@@ -7,6 +7,9 @@
     gateway dicom commit UID | pending | listen              DICOM listeners (C-STORE, STOW-RS)
     gateway listen [--port P]                                HL7 v2 over MLLP into the store
     gateway messages list|show|reprocess|prune               the message store
+    gateway send PATH... [--to P] [--wait]                   store, convert, route, queue, deliver
+    gateway route PATH...                                    which rule sends each record where
+    gateway outbox list|show|stats|retry|replay|release      the queue to partner FHIR servers
     gateway db upgrade                                       create or migrate the store
     gateway partners list|set|check                          partner FHIR servers
     gateway validate FILE... [--profile URL] [--json]        validate FHIR JSON resources/Bundles
@@ -343,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_policy_cli(sub)  # gateway policy check|decisions|show, gateway consent import|list|withdraw
     add_listen_cli(sub)  # gateway listen
     add_store_cli(sub)  # gateway messages ..., gateway db upgrade
-    add_outbox_cli(sub)  # gateway outbox list|show|stats
+    add_outbox_cli(sub)  # gateway outbox list|show|stats|retry|replay|release, send, route
     add_partners_cli(sub)  # gateway partners list|set|check
     add_inbound_cli(sub)  # gateway referrals list|show|accept|reject|complete|notify, inbound token
     add_dicom_cli(sub)  # gateway dicom commit / pending / listen

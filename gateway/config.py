@@ -114,6 +114,12 @@ class Settings:
     inbound_public_url: str | None = None  # e.g. https://gw.hkpmc.example.hk (token aud)
     inbound_mtls_header: str = ""  # e.g. X-SSL-Client-Cert (URL-encoded PEM)
     inbound_mtls_proxies: tuple[str, ...] = ()  # proxy addresses trusted to set it
+    # The outbound path (docs/delivery.md): the routing rules (None: seeds/routes.yaml), whether
+    # `gateway serve` runs the delivery worker, and how long a record waits for the
+    # record it links to (its order, its study) before it goes with the logical reference.
+    delivery_routes: Path | None = None
+    delivery_worker: bool = True
+    delivery_reference_wait: float = 600.0
 
     @property
     def out_dir(self) -> Path:
@@ -154,7 +160,12 @@ class Settings:
         return replace(cls(home=root), **{k: _coerce(k, v, root) for k, v in values.items()})
 
 
-_BOOLS = ("validate", "report_require_patient_identity", "policy_consent_within")
+_BOOLS = (
+    "validate",
+    "report_require_patient_identity",
+    "policy_consent_within",
+    "delivery_worker",
+)
 
 
 def _coerce(name: str, value: Any, home: Path) -> Any:
@@ -231,7 +242,7 @@ def _coerce(name: str, value: Any, home: Path) -> Any:
 
 
 _POLICY_PATHS = ("policy_dir", "policy_agreements", "policy_key_file")
-_SIGNING_PATHS = ("signing_keys", "signing_trust")
+_SIGNING_PATHS = ("signing_keys", "signing_trust", "delivery_routes")
 _STORE_SETTINGS = frozenset(
     {
         "database_url",

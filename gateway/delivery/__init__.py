@@ -1,11 +1,14 @@
 """Delivery: the durable outbox of records for partner FHIR servers, and the worker
 that sends them (httpx, backoff with jitter, Retry-After, a circuit breaker per
 partner, ambiguous sends resolved by asking the partner, order kept per patient).
-A stage below the store and the partners; the API and listeners use it, never the
-reverse. See docs/delivery.md."""
+A stage below the store, the partners, the policy, the report variants and signing
+(the outbound path runs them: _outbound.py); routing is data (_routes.py). The API,
+listeners and CLI use it, never the reverse. See docs/delivery.md."""
 
 from ._ask import Verdict, ask, same_content
 from ._cli import add_cli
+from ._links import LINKED_TYPES, link_ref, links_of, resolve_links
+from ._outbound import Outbound, OutboundResult, Placed, bundles_of
 from ._outbox import (
     ACTIVE,
     DUE,
@@ -14,33 +17,54 @@ from ._outbox import (
     Outbox,
     OutboxEvent,
     OutboxRecord,
+    label_of,
     order_key_of,
 )
 from ._retry import Breaker, DeliveryConfig, backoff, retry_after
+from ._routes import Facts, Route, Routes, Routing, facts_of
 from ._send import KEPT_CHARS, Answer, classify_error, classify_response, send_part
-from ._worker import Deliverer
+from ._service import DeliveryService, unrouted
+from ._worker import ClientFactory, Deliverer, partner_client
 
 __all__ = [
     "ACTIVE",
     "DUE",
     "KEPT_CHARS",
+    "LINKED_TYPES",
     "STATES",
     "Answer",
     "Breaker",
+    "ClientFactory",
     "Deliverer",
     "DeliveryConfig",
     "DeliveryError",
+    "DeliveryService",
+    "Facts",
+    "Outbound",
+    "OutboundResult",
     "Outbox",
     "OutboxEvent",
     "OutboxRecord",
+    "Placed",
+    "Route",
+    "Routes",
+    "Routing",
     "Verdict",
     "add_cli",
     "ask",
     "backoff",
+    "bundles_of",
     "classify_error",
     "classify_response",
+    "facts_of",
+    "label_of",
+    "link_ref",
+    "links_of",
     "order_key_of",
+    "partner_client",
+    "resolve_links",
     "retry_after",
     "same_content",
     "send_part",
+    "unrouted",
 ]

@@ -1,4 +1,5 @@
-"""``gateway outbox list|show|stats``: what waits for which partner, and why."""
+"""``gateway outbox list|show|stats|retry|replay|release``: what waits for which partner,
+and why, and a person's decisions; ``gateway send`` (_send_cli.py) and ``gateway route``."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import orjson
 
 from ..config import Settings
 from ..store import open_store
-from ._outbox import STATES, Outbox
+from ._outbox import STATES, Outbox, OutboxRecord
 
 __all__ = ["add_cli"]
 
@@ -39,6 +40,82 @@ def add_cli(sub: Any) -> None:
     )
     stats.add_argument("--json", action="store_true")
     stats.set_defaults(func=cmd_stats)
+
+    retry = verbs.add_parser("retry", help="queue dead records again from the part that failed")
+    which = retry.add_mutually_exclusive_group(required=True)
+    which.add_argument("id", type=int, nargs="?", help="the outbox record")
+    which.add_argument("--dead", action="store_true", help="every dead record")
+    retry.add_argument("--partner", help="with --dead: only this partner's")
+    _decision(retry, cmd_retry)
+    replay = verbs.add_parser(
+        "replay", help="send a delivered record again (a new outbox record, the same parts)"
+    )
+    replay.add_argument("id", type=int)
+    _decision(replay, cmd_replay)
+    release = verbs.add_parser(
+        "release",
+        help="queue a held record (one the policy holds is decided again: needs a consent)",
+    )
+    release.add_argument("id", type=int)
+    _decision(release, cmd_release)
+
+    from ._send_cli import add_send_cli
+
+    add_send_cli(sub)
+
+
+def _decision(parser: argparse.ArgumentParser, func: Any) -> None:
+    parser.add_argument(
+        "--reason", required=True, help="why (kept in the record's transitions, outbox_events)"
+    )
+    parser.add_argument("--json", action="store_true")
+    parser.set_defaults(func=func)
+
+
+def _done(args: argparse.Namespace, verb: str, rows: list[OutboxRecord]) -> int:
+    if args.json:
+        _json([r.to_json() for r in rows])
+    for r in rows if not args.json else []:
+        print(f"{verb} outbox record {r.id} ({r.partner}, {r.label or '-'}): {r.state}")
+    if not rows and not args.json:
+        print("no outbox record matched")
+    return 0
+
+
+def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
+    store = open_store(settings)
+    try:
+        outbox = Outbox(store)
+        if args.dead:
+            ids = [r.id for r in outbox.records("dead", args.partner, 1_000_000)]
+            dead = [outbox.require(i) for i in reversed(ids)]
+            ids = [r.id for r in dead if not (r.last_error or "").startswith("policy.")]
+        else:
+            ids = [args.id]
+        rows = [outbox.retry(i, args.reason) for i in ids]
+    finally:
+        store.close()
+    return _done(args, "retried", rows)
+
+
+def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
+    store = open_store(settings)
+    try:
+        row = Outbox(store).replay(args.id, args.reason)
+    finally:
+        store.close()
+    return _done(args, "replayed", [row])
+
+
+def cmd_release(args: argparse.Namespace, settings: Settings) -> int:
+    from ._outbound import Outbound
+
+    store = open_store(settings)
+    try:
+        row = Outbound(settings, store).release(args.id, args.reason)
+    finally:
+        store.close()
+    return _done(args, "released", [row])
 
 
 def _json(value: Any) -> None:

@@ -30,6 +30,7 @@ from sqlalchemy.engine import Connection
 from ..errors import GatewayError
 from ..partners import Partner
 from ..store import Store, metadata, utcnow
+from ._links import Link, link_ref, links_of
 
 __all__ = [
     "ACTIVE",
@@ -39,15 +40,28 @@ __all__ = [
     "Outbox",
     "OutboxEvent",
     "OutboxRecord",
+    "label_of",
     "order_key_of",
 ]
 
 STATES = ("pending", "waiting", "sending", "delivered", "retrying", "held", "dead")
 DUE = ("pending", "retrying", "waiting")  # a worker picks these up at next_at
 ACTIVE = ("pending", "waiting", "sending", "retrying", "held")  # not final yet
+# Moves from or to these change what the message's state is (held, dead, delivered).
+_SETTLED = frozenset({"held", "dead", "delivered"})
 
 _outbox = metadata.tables["outbox"]
 _events = metadata.tables["outbox_events"]
+_links = metadata.tables["outbox_links"]
+_messages = metadata.tables["messages"]
+# A message's state from its outbox rows: the first of these any row is in decides
+# (held and dead wait for a person, queued for the worker; delivered only when all are).
+_MESSAGE_STATE = (
+    ("held", ("held",)),
+    ("dead", ("dead",)),
+    ("queued", ("pending", "waiting", "sending", "retrying")),
+    ("delivered", ("delivered",)),
+)
 
 
 class DeliveryError(GatewayError):
@@ -73,6 +87,10 @@ class OutboxRecord:
     last_status: int | None
     last_error: str | None
     last_response: str | None
+    record: int | None = None  # the record's position in its message (0-based)
+    purpose: str | None = None  # the policy purpose it was decided for
+    replay_of: int | None = None  # the row this one replays
+    links_until: datetime | None = None  # waits for the records it links to until then
 
     def to_json(self, *, with_order_key: bool = False) -> dict[str, Any]:
         out = {
@@ -89,6 +107,10 @@ class OutboxRecord:
             "updated_at": _iso(self.updated_at),
             "last_status": self.last_status,
             "last_error": self.last_error,
+            "record": self.record,
+            "purpose": self.purpose,
+            "replay_of": self.replay_of,
+            "links_until": _iso(self.links_until) if self.links_until else None,
         }
         if with_order_key:  # the patient identifier: shown on request only
             out["order_key"] = self.order_key
@@ -117,6 +139,13 @@ class OutboxEvent:
 
 def _iso(value: datetime) -> str:
     return value.isoformat(timespec="milliseconds") + "Z"
+
+
+def label_of(bundle: dict[str, Any]) -> str | None:
+    """What a record is, for people: its Bundle's identifier value (a control id,
+    document id or Study UID; never patient data)."""
+    ident = bundle.get("identifier") or {}
+    return str(ident["value"])[:255] if isinstance(ident, dict) and ident.get("value") else None
 
 
 def order_key_of(bundle: dict[str, Any]) -> str | None:
@@ -155,17 +184,28 @@ class Outbox:
         label: str | None = None,
         order_key: str | None = None,
         now: datetime | None = None,
+        record: int | None = None,
+        purpose: str | None = None,
+        dedup: str | None = None,
+        links_wait: timedelta | None = None,
+        replay_of: int | None = None,
+        reason: str = "queued",
     ) -> tuple[int, bool]:
         """Queue ``bundle`` for ``partner`` as the parts its split makes; (row id, new).
-        The same Bundle queued again for the same partner is the existing row. Without
-        ``order_key`` the Bundle's patient is the key (:func:`order_key_of`)."""
+        The same Bundle queued again for the same partner is the existing row (``dedup``:
+        another key for "the same", e.g. of the converted Bundle before signing).
+        Without ``order_key`` the Bundle's patient is the key (:func:`order_key_of`).
+        ``links_wait``: how long the row waits for the records it links to
+        (gateway/delivery/_links.py); None: it does not wait."""
         now = now or self.clock()
-        raw = orjson.dumps(bundle, option=orjson.OPT_SORT_KEYS)
-        dedup = hashlib.sha256(partner.key.encode() + b"|" + raw).hexdigest()
+        if dedup is None:
+            raw = orjson.dumps(bundle, option=orjson.OPT_SORT_KEYS)
+            dedup = hashlib.sha256(partner.key.encode() + b"|" + raw).hexdigest()
         parts = partner.split(bundle)
         if label is None:
-            ident = bundle.get("identifier") or {}
-            label = str(ident["value"])[:255] if ident.get("value") else None
+            label = label_of(bundle)
+        provides, needs = links_of(bundle)
+        waits = bool(needs) and links_wait is not None
         with self._write() as conn:
             found = conn.execute(
                 sa.select(_outbox.c.id).where(_outbox.c.dedup_key == dedup)
@@ -188,11 +228,178 @@ class Outbox:
                     next_at=now,
                     created_at=now,
                     updated_at=now,
+                    record=record,
+                    purpose=purpose,
+                    replay_of=replay_of,
+                    links_until=now + links_wait if waits and links_wait is not None else None,
                 )
                 .returning(_outbox.c.id)
             ).scalar_one()
-            self._event(conn, int(row_id), now, None, "pending", 0, None, "queued")
+            self._add_links(conn, int(row_id), provides, needs)
+            self._event(conn, int(row_id), now, None, "pending", 0, None, reason)
+            if message_id is not None:
+                self._sync_message(conn, message_id, now)
         return int(row_id), True
+
+    def hold(
+        self,
+        partner: str,
+        *,
+        message_id: int,
+        record: int,
+        purpose: str | None,
+        order_key: str | None,
+        label: str | None,
+        dedup: str,
+        code: str,
+        reason: str,
+        now: datetime | None = None,
+    ) -> tuple[int, bool]:
+        """A row for a record a stage holds before anything can be sent (the policy:
+        no consent yet): no parts until :meth:`fill` gives them. (row id, new)."""
+        now = now or self.clock()
+        with self._write() as conn:
+            found = conn.execute(
+                sa.select(_outbox.c.id).where(_outbox.c.dedup_key == dedup)
+            ).scalar()
+            if found is not None:
+                return int(found), False
+            row_id = int(
+                conn.execute(
+                    _outbox.insert()
+                    .values(
+                        message_id=message_id,
+                        partner=partner,
+                        label=label,
+                        order_key=order_key,
+                        dedup_key=dedup,
+                        parts=b"[]",
+                        part_count=0,
+                        part=0,
+                        state="held",
+                        attempts=0,
+                        next_at=now,
+                        created_at=now,
+                        updated_at=now,
+                        last_error=code,
+                        record=record,
+                        purpose=purpose,
+                    )
+                    .returning(_outbox.c.id)
+                ).scalar_one()
+            )
+            self._event(conn, row_id, now, None, "held", 0, None, reason)
+            self._sync_message(conn, message_id, now)
+        return row_id, True
+
+    def fill(
+        self,
+        row_id: int,
+        partner: Partner,
+        bundle: dict[str, Any],
+        reason: str,
+        *,
+        links_wait: timedelta | None = None,
+        now: datetime | None = None,
+    ) -> None:
+        """Give a held row (:meth:`hold`) its Bundle and queue it: held → pending."""
+        now = now or self.clock()
+        parts = partner.split(bundle)
+        provides, needs = links_of(bundle)
+        waits = bool(needs) and links_wait is not None
+        with self._write() as conn:
+            self._add_links(conn, row_id, provides, needs)
+            self._move(
+                conn,
+                row_id,
+                "held",
+                "pending",
+                reason,
+                now,
+                None,
+                values={
+                    "parts": orjson.dumps(parts),
+                    "part_count": len(parts),
+                    "part": 0,
+                    "attempts": 0,
+                    "next_at": now,
+                    "last_error": None,
+                    "links_until": now + links_wait if waits and links_wait else None,
+                    "lease_until": None,
+                },
+            )
+
+    def _add_links(
+        self, conn: Connection, row_id: int, provides: set[Link], needs: set[Link]
+    ) -> None:
+        rows = [
+            {
+                "outbox_id": row_id,
+                "role": role,
+                "kind": k,
+                "system": s[:255],
+                "ref": link_ref((k, s, v)),
+            }
+            for role, links in (("provides", provides), ("needs", needs))
+            for k, s, v in sorted(links)
+        ]
+        if rows:
+            conn.execute(_links.insert(), rows)
+
+    def dedup_row(self, dedup: str) -> OutboxRecord | None:
+        with self.store.engine.connect() as conn:
+            row = conn.execute(_select().where(_outbox.c.dedup_key == dedup)).first()
+        return _record(row) if row is not None else None
+
+    def for_message(self, message_id: int) -> list[OutboxRecord]:
+        with self.store.engine.connect() as conn:
+            rows = conn.execute(
+                _select().where(_outbox.c.message_id == message_id).order_by(_outbox.c.id)
+            ).all()
+        return [_record(r) for r in rows]
+
+    def delivered_links(self, row_id: int, needs: set[Link]) -> set[Link]:
+        """Which of ``needs`` (a row's) a delivered row provides at the row's partner."""
+        if not needs:
+            return set()
+        by_ref = {link_ref(link): link for link in needs}
+        target = _outbox.alias("target")
+        me = _outbox.alias("me")
+        query = (
+            sa.select(_links.c.ref)
+            .join(target, target.c.id == _links.c.outbox_id)
+            .join(me, me.c.id == row_id)
+            .where(
+                _links.c.role == "provides",
+                _links.c.ref.in_(list(by_ref)),
+                target.c.partner == me.c.partner,
+                target.c.state == "delivered",
+            )
+        )
+        with self.store.engine.connect() as conn:
+            return {by_ref[r] for r in conn.execute(query).scalars()}
+
+    def sync_message(self, message_id: int) -> str | None:
+        """Set the message's state from its outbox rows (see :data:`_MESSAGE_STATE`)."""
+        with self._write() as conn:
+            return self._sync_message(conn, message_id, self.clock())
+
+    @staticmethod
+    def _sync_message(conn: Connection, message_id: int, now: datetime) -> str | None:
+        o = _outbox.c
+        present = set(
+            conn.execute(
+                sa.select(o.state).where(o.message_id == message_id).group_by(o.state)
+            ).scalars()
+        )
+        state = next((name for name, states in _MESSAGE_STATE if present & set(states)), None)
+        if state is not None:
+            conn.execute(
+                _messages.update()
+                .where(_messages.c.id == message_id, _messages.c.state != state)
+                .values(state=state, updated_at=now)
+            )
+        return state
 
     # -- reading --------------------------------------------------------------------
     def get(self, row_id: int) -> OutboxRecord | None:
@@ -234,9 +441,11 @@ class Outbox:
     def due(
         self, now: datetime, limit: int = 100, exclude: Sequence[str] = ()
     ) -> list[OutboxRecord]:
-        """Rows to act on now, oldest first: due, not held by a worker, first of their
-        (partner, order key) among the undelivered, and not for a partner in
-        ``exclude`` (its breaker is open)."""
+        """Rows to act on now, oldest first: due, not held by a worker, not waiting for
+        a record they link to (until ``links_until``), first of their (partner, order
+        key) among the undelivered — a row waiting for a linked record steps aside for
+        its patient's later ones — and not for a partner in ``exclude`` (its breaker is
+        open)."""
         o = _outbox
         earlier = o.alias("earlier")
         blocked = (
@@ -246,6 +455,7 @@ class Outbox:
                 earlier.c.order_key == o.c.order_key,  # NULL = NULL is not true: no order
                 earlier.c.id < o.c.id,
                 earlier.c.state != "delivered",
+                ~_unmet(earlier, now),
             )
             .exists()
         )
@@ -255,6 +465,7 @@ class Outbox:
                 o.c.state.in_(DUE),
                 o.c.next_at <= now,
                 sa.or_(o.c.lease_until.is_(None), o.c.lease_until <= now),
+                ~_unmet(o, now),
                 ~blocked,
                 o.c.partner.not_in(exclude) if exclude else sa.true(),
             )
@@ -329,7 +540,7 @@ class Outbox:
                 _outbox.update()
                 .where(o.id == row_id, o.state == from_state)
                 .values(state=to_state, updated_at=now, **values)
-                .returning(o.part)
+                .returning(o.part, o.message_id)
             ).first()
             if done is None:
                 raise DeliveryError(
@@ -337,6 +548,34 @@ class Outbox:
                     f"outbox record {row_id} is no longer {from_state} (another worker?)",
                 )
             self._event(conn, row_id, now, from_state, to_state, int(done[0]), status, reason)
+            if done[1] is not None and _SETTLED & {from_state, to_state}:
+                self._sync_message(conn, int(done[1]), now)
+
+    def _move(
+        self,
+        conn: Connection,
+        row_id: int,
+        from_state: str,
+        to_state: str,
+        reason: str,
+        now: datetime,
+        status: int | None,
+        values: dict[str, Any],
+    ) -> None:
+        o = _outbox.c
+        done = conn.execute(
+            _outbox.update()
+            .where(o.id == row_id, o.state == from_state)
+            .values(state=to_state, updated_at=now, **values)
+            .returning(o.part, o.message_id)
+        ).first()
+        if done is None:
+            raise DeliveryError(
+                "delivery.conflict", f"outbox record {row_id} is no longer {from_state}"
+            )
+        self._event(conn, row_id, now, from_state, to_state, int(done[0]), status, reason)
+        if done[1] is not None:
+            self._sync_message(conn, int(done[1]), now)
 
     def recover(self, now: datetime) -> int:
         """Rows left ``sending`` by a worker that stopped (its lease ran out): the
@@ -362,6 +601,119 @@ class Outbox:
                 reason = f"{code}: the worker stopped while sending; ask first"
                 self._event(conn, row_id, now, "sending", "waiting", part, None, reason)
         return len(ids)
+
+    # -- a person's decisions (gateway outbox retry|replay|release) ---------------------
+    def retry(self, row_id: int, reason: str, now: datetime | None = None) -> OutboxRecord:
+        """A dead row queued again from the part that failed (attempts start over)."""
+        now = now or self.clock()
+        record = self.require(row_id)
+        if record.state != "dead" or (record.last_error or "").startswith("policy."):
+            why = "the policy refused it" if record.state == "dead" else f"it is {record.state}"
+            raise DeliveryError(
+                "delivery.not-retryable", f"outbox record {row_id} cannot be retried: {why}"
+            )
+        with self._write() as conn:
+            self._move(
+                conn,
+                row_id,
+                "dead",
+                "pending",
+                f"retry: {reason}",
+                now,
+                None,
+                {"attempts": 0, "next_at": now, "last_error": None, "lease_until": None},
+            )
+        return self.require(row_id)
+
+    def release(self, row_id: int, reason: str, now: datetime | None = None) -> OutboxRecord:
+        """A row the delivery stage held (an ambiguous send nobody could check, a partner
+        no longer configured) queued again: its current part is sent. A row the policy
+        holds is not released here (gateway.delivery.Outbound.release decides again)."""
+        now = now or self.clock()
+        record = self.require(row_id)
+        if record.state != "held" or (record.last_error or "").startswith("policy."):
+            why = "the policy holds it" if record.state == "held" else f"it is {record.state}"
+            raise DeliveryError(
+                "delivery.not-releasable", f"outbox record {row_id} cannot be released: {why}"
+            )
+        with self._write() as conn:
+            self._move(
+                conn,
+                row_id,
+                "held",
+                "pending",
+                f"release: {reason}",
+                now,
+                None,
+                {"attempts": 0, "next_at": now, "last_error": None, "lease_until": None},
+            )
+        return self.require(row_id)
+
+    def replay(self, row_id: int, reason: str, now: datetime | None = None) -> OutboxRecord:
+        """A delivered row queued again as a new row with the same parts (exactly what
+        left the first time); the original stays delivered."""
+        now = now or self.clock()
+        record = self.require(row_id)
+        if record.state != "delivered":
+            raise DeliveryError(
+                "delivery.not-replayable",
+                f"outbox record {row_id} cannot be replayed: it is {record.state}",
+            )
+        o = _outbox.c
+        with self._write() as conn:
+            row = conn.execute(sa.select(o.dedup_key, o.parts).where(o.id == row_id)).one()
+            # An explicit replay is a new row: its own dedup key.
+            dedup = hashlib.sha256(
+                f"{row.dedup_key}|replay|{now.isoformat()}|{self._count(conn, row_id)}".encode()
+            ).hexdigest()
+            new_id = int(
+                conn.execute(
+                    _outbox.insert()
+                    .values(
+                        message_id=record.message_id,
+                        partner=record.partner,
+                        label=record.label,
+                        order_key=record.order_key,
+                        dedup_key=dedup,
+                        parts=row.parts,
+                        part_count=record.part_count,
+                        part=0,
+                        state="pending",
+                        attempts=0,
+                        next_at=now,
+                        created_at=now,
+                        updated_at=now,
+                        record=record.record,
+                        purpose=record.purpose,
+                        replay_of=row_id,
+                    )
+                    .returning(o.id)
+                ).scalar_one()
+            )
+            self._event(
+                conn, new_id, now, None, "pending", 0, None, f"replay of {row_id}: {reason}"
+            )
+            self._event(
+                conn,
+                row_id,
+                now,
+                "delivered",
+                "delivered",
+                record.part,
+                None,
+                f"replayed as {new_id}: {reason}",
+            )
+            if record.message_id is not None:
+                self._sync_message(conn, record.message_id, now)
+        return self.require(new_id)
+
+    @staticmethod
+    def _count(conn: Connection, row_id: int) -> int:
+        return int(
+            conn.execute(
+                sa.select(sa.func.count()).where(_outbox.c.replay_of == row_id)
+            ).scalar_one()
+        )
 
     @staticmethod
     def _event(
@@ -405,7 +757,37 @@ def _select() -> sa.Select[Any]:
         o.last_status,
         o.last_error,
         o.last_response,
+        o.record,
+        o.purpose,
+        o.replay_of,
+        o.links_until,
     )
+
+
+def _unmet(row: Any, now: datetime) -> Any:
+    """SQL: ``row`` (an outbox table or alias) still waits for a record it links to:
+    within its ``links_until``, one of its needs is provided by no row delivered to its
+    partner."""
+    need = _links.alias("need")
+    given = _links.alias("given")
+    target = _outbox.alias("target")
+    provided = (
+        sa.select(given.c.id)
+        .join(target, target.c.id == given.c.outbox_id)
+        .where(
+            given.c.ref == need.c.ref,
+            given.c.role == "provides",
+            target.c.partner == row.c.partner,
+            target.c.state == "delivered",
+        )
+        .exists()
+    )
+    missing = (
+        sa.select(need.c.id)
+        .where(need.c.outbox_id == row.c.id, need.c.role == "needs", ~provided)
+        .exists()
+    )
+    return sa.and_(row.c.links_until.is_not(None), row.c.links_until > now, missing)
 
 
 def _record(row: Any) -> OutboxRecord:

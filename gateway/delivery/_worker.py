@@ -17,15 +17,29 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
+import orjson
 
 from ..errors import GatewayError
 from ..partners import Partner
+from ..partners import partner_client as partners_client
 from ._ask import ask
+from ._links import Link, links_of, resolve_links
 from ._outbox import Outbox, OutboxRecord
 from ._retry import Breaker, DeliveryConfig, backoff
 from ._send import Answer, send_part
 
-__all__ = ["Deliverer"]
+__all__ = ["ClientFactory", "Deliverer", "partner_client"]
+
+ClientFactory = Callable[[Partner, DeliveryConfig], httpx.Client]
+REFERENCE_TIMEOUT = "delivery.reference-timeout"  # a linked record never came: logical only
+
+
+def partner_client(partner: Partner, config: DeliveryConfig) -> httpx.Client:
+    """THE one place the worker's HTTP client for a partner is made: pooled keep-alive
+    connections (the partner's concurrency), the delivery timeouts, its TLS and its auth
+    (bearer, SMART Backend Services, mTLS) and rate limit: gateway.partners."""
+    return partners_client(partner, config)
+
 
 log = logging.getLogger("gateway.delivery")
 
@@ -42,8 +56,10 @@ class Deliverer:
         *,
         clock: Callable[[], datetime] | None = None,
         rng: random.Random | None = None,
+        client_factory: ClientFactory = partner_client,
     ) -> None:
         self.outbox = outbox
+        self.client_factory = client_factory
         self.partners = dict(partners)
         self.config = config or DeliveryConfig()
         self.clock = clock or outbox.clock
@@ -55,10 +71,10 @@ class Deliverer:
     def run(self, stop: threading.Event) -> None:
         """Deliver until ``stop`` is set, pausing ``poll`` seconds when nothing is due."""
         while not stop.is_set():
-            if self.run_once() == 0:
+            if self.run_once(stop=stop) == 0:
                 stop.wait(self.config.poll)
 
-    def run_once(self, limit: int = 100) -> int:
+    def run_once(self, limit: int = 100, stop: threading.Event | None = None) -> int:
         """Act once on every due row (up to ``limit``); how many were acted on. Rows of
         partners whose breaker is open are not even picked, so they never crowd out
         another partner's rows."""
@@ -67,6 +83,8 @@ class Deliverer:
         closed_to = [key for key, b in self.breakers.items() if not b.may_try(now)]
         acted = 0
         for record in self.outbox.due(now, limit, exclude=closed_to):
+            if stop is not None and stop.is_set():
+                break  # stopping: the rows not begun stay due, untouched
             try:
                 if self._handle(record):
                     acted += 1
@@ -105,6 +123,13 @@ class Deliverer:
             return False
         parts = self.outbox.parts(record.id)
         part, attempts, state = record.part, record.attempts, record.state
+        linked: dict[str, Any] = {}
+        note = ""
+        if record.links_until is not None and state == "pending" and part == 0:
+            # The first send of a row linked to other records: its references are
+            # settled now, once, and kept (a resend sends the same).
+            parts, note = self._link(record, parts)
+            linked = {"parts": orjson.dumps(parts), "links_until": None}
         if state == "waiting":
             resolved = self._resolve(record, partner, parts[part])
             if resolved is None:
@@ -116,12 +141,13 @@ class Deliverer:
                     record.id,
                     state,
                     "sending",
-                    f"sending part {part + 1}/{len(parts)}",
+                    f"sending part {part + 1}/{len(parts)}" + (f"; {note}" if note else ""),
                     now=now,
                     lease=self.config.lease,
                     part=part,
+                    **linked,
                 )
-                state = "sending"
+                state, linked, note = "sending", {}, ""
             attempts += 1
             answer = send_part(self.client(partner), parts[part], self.clock())
             now = self.clock()
@@ -307,15 +333,32 @@ class Deliverer:
     def client(self, partner: Partner) -> httpx.Client:
         """The partner's pooled client (keep-alive connections reused across records)."""
         if partner.key not in self._clients:
-            c = self.config
-            self._clients[partner.key] = httpx.Client(
-                base_url=partner.base,
-                timeout=httpx.Timeout(
-                    connect=c.connect_timeout,
-                    read=c.read_timeout,
-                    write=c.write_timeout,
-                    pool=c.pool_timeout,
-                ),
-                limits=httpx.Limits(max_connections=4, max_keepalive_connections=4),
-            )
+            self._clients[partner.key] = self.client_factory(partner, self.config)
         return self._clients[partner.key]
+
+    # -- links at the partner (gateway/delivery/_links.py) ----------------------------
+    def _link(
+        self, record: OutboxRecord, parts: list[dict[str, Any]]
+    ) -> tuple[list[dict[str, Any]], str]:
+        """The parts to send, each logical reference to a record already delivered to
+        this partner made conditional (resolved there: linked); and what to say."""
+        provides: set[Link] = set()
+        needs: set[Link] = set()
+        for part in parts:
+            given, wanted = links_of(part)
+            provides |= given
+            needs |= wanted
+        needs -= provides
+        delivered = self.outbox.delivered_links(record.id, needs)
+        parts = resolve_links(parts, delivered)
+        missing = needs - delivered
+        said = []
+        if delivered:
+            said.append("linked to " + ", ".join(sorted({k for k, _, _ in delivered})))
+        if missing:
+            names = ", ".join(sorted({f"{k} ({s})" for k, s, _ in missing}))
+            said.append(
+                f"{REFERENCE_TIMEOUT}: sent with the logical reference only: {names} "
+                "not delivered to this partner in time"
+            )
+        return parts, "; ".join(said)

@@ -22,7 +22,7 @@ from sqlalchemy.engine import Connection
 from ..config import Settings
 from ..mapping import NAMESPACE
 from ..network import Institution, Network
-from ..partners import Partner, load_partners
+from ..partners import Partner, configured_partners
 from ..store import Store, utcnow
 from ._errors import InboundError
 from ._resources import Resources, Search, Stored, instant
@@ -112,8 +112,9 @@ class Referrals:
         self.store = store
         self.resources = Resources(store)
         self.network = network or Network.load(settings.network)
-        # where status updates go: the configured partners (seeds/partners.yaml)
-        self.partners = partners or (lambda: load_partners(network=self.network))
+        # where status updates go: the configured partners (the network's, under the
+        # operator's overrides in GATEWAY_HOME)
+        self.partners = partners or (lambda: configured_partners(self.settings))
 
     def own(self) -> Institution:
         """This gateway's institution (setting ``institution``)."""

@@ -49,7 +49,8 @@ async def _listen(settings: Settings, host: str, port: int, process: bool) -> in
 async def serve_gateway(config: Any, settings: Settings) -> None:
     """The API (uvicorn, as ``config``, a ``uvicorn.Config`` that the caller made of the
     app) and, when ``mllp_port`` is set, the MLLP listener, in one event loop; the store
-    is migrated first and pruned every hour."""
+    is migrated first and pruned every hour; the delivery worker and the outbound path
+    run on threads beside them unless ``delivery_worker`` is false."""
     import uvicorn
 
     class Server(uvicorn.Server):
@@ -65,6 +66,11 @@ async def serve_gateway(config: Any, settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, setattr, server, "should_exit", True)
     pruning = asyncio.create_task(_prune_every(store, settings))
+    delivery = None
+    if settings.delivery_worker:  # converted messages → outbox → partners (gateway/delivery)
+        from ..delivery import DeliveryService
+
+        delivery = DeliveryService(settings, store).start()
     try:
         if settings.mllp_port:
             async with mllp_running(settings, store, Converter(settings)) as mllp:
@@ -77,6 +83,8 @@ async def serve_gateway(config: Any, settings: Settings) -> None:
         else:
             await server.serve()
     finally:
+        if delivery is not None:  # the worker finishes its record: no lease left behind
+            await loop.run_in_executor(None, delivery.stop)
         pruning.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await pruning

@@ -5,7 +5,7 @@ PostgreSQL when ``database_url`` names one. See docs/store.md."""
 from ._cli import add_cli, decoded, message_json, parse_since
 from ._engine import database_url, make_engine
 from ._open import open_store, retention
-from ._process import current_converter, outcome_of, process_message
+from ._process import current_converter, on_converted, outcome_of, process_message
 from ._schema import metadata
 from ._store import (
     CHANNELS,
@@ -50,6 +50,7 @@ __all__ = [
     "make_engine",
     "message_json",
     "metadata",
+    "on_converted",
     "open_store",
     "outcome_of",
     "parse_since",

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from typing import Any
 
@@ -18,9 +19,21 @@ from ..intake.hl7v2 import parse_message, split_messages
 from ..pipeline import Converter
 from ._store import StageOutcome, Store, StoredOutcome, StoreError
 
-__all__ = ["current_converter", "outcome_of", "process_message"]
+__all__ = ["current_converter", "on_converted", "outcome_of", "process_message"]
 
 log = logging.getLogger("gateway.store")
+
+# Called with a message's id after it converted: the outbound path (gateway/delivery),
+# which `gateway serve` registers here (the store is an earlier stage: it cannot import it).
+Converted = Callable[[int], None]
+_converted: list[Converted] = []
+
+
+def on_converted(hook: Converted) -> Callable[[], None]:
+    """Have ``hook(message_id)`` called after every stored message that converted (in
+    this process); returns the function that removes it."""
+    _converted.append(hook)
+    return lambda: _converted.remove(hook) if hook in _converted else None
 
 
 def outcome_of(records: list[Record], raw: bytes = b"", fmt: str = "hl7v2") -> StageOutcome:
@@ -80,7 +93,14 @@ def process_message(
     with lock or nullcontext():
         records = _convert(converter, raw, fmt, sender, message_id)
     duration = int((time.perf_counter() - started) * 1000)
-    return store.record_outcome(message_id, outcome_of(records, raw, fmt), duration)
+    stored = store.record_outcome(message_id, outcome_of(records, raw, fmt), duration)
+    if stored.state == "converted":
+        for hook in list(_converted):
+            try:
+                hook(message_id)
+            except Exception:  # the message stays converted: the outbound path finds it later
+                log.exception("after converting message %s", message_id)
+    return stored
 
 
 def _convert(

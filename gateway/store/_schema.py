@@ -30,6 +30,7 @@ __all__ = [
     "metadata",
     "outbox",
     "outbox_events",
+    "outbox_links",
     "outcomes",
 ]
 
@@ -147,6 +148,13 @@ outbox = Table(
     Column("last_status", Integer()),  # the partner's last HTTP status
     Column("last_error", String(64)),  # the last gateway error code (delivery.*)
     Column("last_response", Text()),  # the partner's last answer (OperationOutcome), truncated
+    # Migration v0004_outbound: which record of the message (0-based) and for what purpose
+    # (the policy decides again from them while held), the row it replays, and until when
+    # it waits for the records it links to (outbox_links; NULL: it waits for none).
+    Column("record", Integer()),
+    Column("purpose", String(32)),
+    Column("replay_of", ID),
+    Column("links_until", DateTime()),
 )
 Index("ix_outbox_state_next", outbox.c.state, outbox.c.next_at)
 Index("ix_outbox_order", outbox.c.partner, outbox.c.order_key, outbox.c.id)
@@ -166,3 +174,20 @@ outbox_events = Table(
     Column("reason", Text(), nullable=False),
 )
 Index("ix_outbox_events_row", outbox_events.c.outbox_id, outbox_events.c.id)
+
+# What an outbox row's Bundle provides and needs at the partner (migration v0004_outbound):
+# ``provides`` each identifier of its orders, studies and reports; ``needs`` each logical
+# reference to one made by another conversion. ``ref`` is the SHA-256 of
+# "type|system|value" (the value itself stays in the row's parts).
+outbox_links = Table(
+    "outbox_links",
+    metadata,
+    Column("id", ID, primary_key=True, autoincrement=True),
+    Column("outbox_id", ID, ForeignKey("outbox.id", ondelete="CASCADE"), nullable=False),
+    Column("role", String(8), nullable=False),  # provides | needs
+    Column("kind", String(64), nullable=False),  # the resource type
+    Column("system", String(255), nullable=False),  # the identifier's system (for people)
+    Column("ref", String(64), nullable=False),
+)
+Index("ix_outbox_links_ref", outbox_links.c.ref, outbox_links.c.role)
+Index("ix_outbox_links_row", outbox_links.c.outbox_id, outbox_links.c.role)

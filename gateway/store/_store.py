@@ -48,7 +48,8 @@ __all__ = [
 
 # A message's state: where it is in the gateway. "received" is stored, not yet
 # processed; held/outbox/denied are the policy stage's (gateway/policy: outbox = allowed
-# or released, waiting for delivery); queued/delivered belong to delivery.
+# or released, waiting for delivery); queued/delivered/dead belong to delivery (dead: a
+# partner refused it or delivery gave up; held is also delivery's, for a person).
 STATES = (
     "received",
     "converted",
@@ -59,6 +60,7 @@ STATES = (
     "denied",
     "queued",
     "delivered",
+    "dead",
 )
 # States of a message still waiting for the gateway to act: never pruned.
 NEVER_PRUNED = frozenset({"received", "held", "outbox", "queued"})

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0005_inbound"
-down_revision = "0003_outbox"
+down_revision = "0004_outbound"
 branch_labels = None
 depends_on = None
 

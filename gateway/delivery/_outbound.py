@@ -1,0 +1,455 @@
+"""The outbound path: from a converted message in the store to its outbox rows.
+
+For each record of the message and each partner routing sends it to
+(gateway/delivery/_routes.py, or the partners a caller names):
+
+1. **policy** (gateway/policy): allow, allow-with-changes (the minimised Bundle goes),
+   hold (a ``held`` outbox row without content waits for a consent: :meth:`Outbound.recheck_held`
+   decides again and queues it) or deny (nothing is queued);
+2. **report variant** (gateway/reports): a Bundle with a DiagnosticReport becomes the
+   variant the partner prefers (``report_variant`` in the network);
+3. **signing** (gateway/signing): signed with the key ``signing_rules`` names for the
+   sender and record type, when one does;
+4. **outbox**: queued with its links (what it provides and needs at the partner).
+
+The message's state follows (``queued``, ``held``, ``denied``...), and a ``route``
+outcome in the store keeps, per record, which rules matched and why and what became of
+each partner. The same converted record is queued once per partner however often it
+is processed (its key is the converted Bundle's hash); a mapping fix that changes it
+queues the new content.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import orjson
+
+from ..config import Settings
+from ..errors import ConfigError, GatewayError, Issue
+from ..network import Network
+from ..partners import Partner, configured_partners
+from ..store import StageOutcome, Store, StoreError
+from ._outbox import DeliveryError, Outbox, OutboxRecord, label_of, order_key_of
+from ._routes import Destination, Facts, Routes, Routing, facts_of
+
+__all__ = ["Outbound", "OutboundResult", "Placed", "bundles_of"]
+
+log = logging.getLogger("gateway.delivery")
+VARIANT_FAILED = "delivery.variant-failed"  # the partner's report variant: not made
+
+
+@dataclass(frozen=True, slots=True)
+class Placed:
+    """What became of one record for one partner."""
+
+    record: int  # position in the message (0-based)
+    partner: str
+    outcome: str  # queued | held | denied | already | failed
+    outbox_id: int | None = None
+    decision_id: int | None = None
+    reason: str = ""
+    code: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "record": self.record,
+            "partner": self.partner,
+            "outcome": self.outcome,
+            "outbox_id": self.outbox_id,
+            "decision_id": self.decision_id,
+            "reason": self.reason,
+            "code": self.code,
+        }
+
+
+@dataclass(slots=True)
+class OutboundResult:
+    message_id: int
+    state: str | None = None  # the message's state afterwards
+    placed: list[Placed] = field(default_factory=list)
+    routings: list[Routing] = field(default_factory=list)  # per record
+    labels: list[str | None] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "message_id": self.message_id,
+            "state": self.state,
+            "records": [
+                {
+                    "record": n,
+                    "label": self.labels[n] if n < len(self.labels) else None,
+                    "routing": routing.to_json(),
+                    "placed": [p.to_json() for p in self.placed if p.record == n],
+                }
+                for n, routing in enumerate(self.routings)
+            ],
+        }
+
+
+def bundles_of(output: bytes | None) -> list[bytes]:
+    """The Bundles of a stored convert outcome: one JSON document, or (several records)
+    one per line (gateway/store/_process.py:outcome_of)."""
+    if not output:
+        return []
+    try:
+        parsed = orjson.loads(output)
+    except orjson.JSONDecodeError:
+        return [line for line in output.split(b"\n") if line.strip()]
+    return [output] if isinstance(parsed, dict) else []
+
+
+class Outbound:
+    """The outbound path over one store; build once per process (it loads the routes,
+    partners, policy and, on first use, the report variants and signing keys).
+    Thread-safe: one record at a time."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        outbox: Outbox | None = None,
+        *,
+        partners: dict[str, Partner] | None = None,
+        routes: Routes | None = None,
+    ) -> None:
+        from ..policy import Policy, PolicyRecords
+
+        self.settings = settings
+        self.store = store
+        self.outbox = outbox or Outbox(store)
+        self.network = Network.load(settings.network)
+        self.institution = self._institution(settings.institution)
+        self.partners = partners if partners is not None else configured_partners(settings)
+        self.routes = routes or Routes.load(self.network, settings.delivery_routes)
+        self.policy = PolicyRecords(store, Policy(settings, self.network))
+        self.wait = timedelta(seconds=settings.delivery_reference_wait)
+        self._lock = threading.RLock()
+        self._variants: Any = None
+        self._signers: dict[tuple[str | None, str | None], Any] = {}
+
+    def _institution(self, name: str | None) -> str | None:
+        if not name:
+            return None
+        inst = self.network.find(name)
+        if inst is None:
+            raise ConfigError(
+                "institution", f"institution {name!r} is not an institution of the network"
+            )
+        return inst.key
+
+    # -- a message ------------------------------------------------------------------
+    def process(self, message_id: int, to: list[str] | None = None) -> OutboundResult:
+        """Route (or send to ``to``), decide, sign and queue every record of a
+        converted message; record the ``route`` outcome and the message's state."""
+        with self._lock:
+            return self._process(message_id, to)
+
+    def _process(self, message_id: int, to: list[str] | None) -> OutboundResult:
+        stored = self.store.get(message_id)
+        if stored is None:
+            raise StoreError("not-found", f"no message {message_id} in the store")
+        result = OutboundResult(message_id)
+        convert = next((o for o in stored.outcomes if o.stage == "convert" and o.current), None)
+        if convert is None or convert.state != "converted":
+            result.state = stored.state
+            return result  # nothing converted: nothing goes out
+        issues: list[Issue] = []
+        summary = stored.summary
+        for n, data in enumerate(bundles_of(convert.output)):
+            bundle = orjson.loads(data)
+            label = label_of(bundle)
+            result.labels.append(label)
+            facts = facts_of(
+                bundle,
+                self.network,
+                format=summary.format,
+                message_type=summary.message_type,
+                sender=summary.sender,
+                raw=stored.raw,
+            )
+            routing = self._explicit(to) if to is not None else self.route(facts)
+            result.routings.append(routing)
+            where = f"record {n + 1}" + (f" ({label})" if label else "")
+            issues += _routing_issues(routing, where)
+            for dest in routing.partners.values():
+                placed = self._place(message_id, n, data, bundle, facts, dest, summary.sender)
+                result.placed.append(placed)
+                issues.append(_placed_issue(placed, where))
+        state = self._state(result, stored.state)
+        self.store.record_outcome(message_id, StageOutcome("route", state, issues=tuple(issues)))
+        # A worker may have moved a row meanwhile: the rows have the last word.
+        result.state = self.outbox.sync_message(message_id) or state
+        return result
+
+    def route(self, facts: Facts) -> Routing:
+        return self.routes.route(facts, self.partners, self.institution)
+
+    def _explicit(self, to: list[str]) -> Routing:
+        routing = Routing()
+        for name in to:
+            inst = self.network.find(name)
+            key = inst.key if inst else name
+            routing.checked.append(("--to", True, f"named: {name}"))
+            if key not in self.partners:
+                routing.skipped.append((key, "no FHIR server configured (partners)"))
+            else:
+                routing.partners.setdefault(key, Destination(key, ["--to"], None, ["named"]))
+        return routing
+
+    def _state(self, result: OutboundResult, before: str) -> str:
+        rows = [p for p in result.placed if p.outbox_id is not None]
+        if rows:
+            return "queued"
+        if result.placed and all(p.outcome == "denied" for p in result.placed):
+            return "denied"
+        return "converted" if before in ("outbox", "denied", "held") else before
+
+    # -- one record, one partner ----------------------------------------------------
+    def _place(
+        self,
+        message_id: int,
+        n: int,
+        data: bytes,
+        bundle: dict[str, Any],
+        facts: Facts,
+        dest: Destination,
+        sender: str | None,
+    ) -> Placed:
+        partner = self.partners[dest.partner]
+        dedup = _dedup(partner.key, data)
+        found = self.outbox.dedup_row(dedup)
+        if found is not None:
+            return Placed(n, partner.key, "already", found.id, reason=f"already {found.state}")
+        from_key = facts.sender or self.institution
+        try:
+            if from_key is None:
+                raise DeliveryError(
+                    "delivery.outbound-failed",
+                    "the record names no sender the network knows and no institution is set",
+                )
+            decision = self.policy.apply(message_id, data, from_key, partner.key, dest.purpose)
+            if decision.outcome == "deny":
+                why = _rule_reason(decision, "deny")
+                return Placed(n, partner.key, "denied", None, decision.id, why, "policy.denied")
+            if decision.outcome == "hold":
+                why = _rule_reason(decision, "hold")
+                row, _ = self.outbox.hold(
+                    partner.key,
+                    message_id=message_id,
+                    record=n,
+                    purpose=decision.purpose,
+                    order_key=order_key_of(bundle),
+                    label=label_of(bundle),
+                    dedup=dedup,
+                    code="policy.held",
+                    reason=f"policy.held: {why} (decision {decision.id})",
+                )
+                return Placed(n, partner.key, "held", row, decision.id, why, "policy.held")
+            out, notes = self._finish(decision.bundle_json or data, partner, facts, sender)
+            row, _ = self.outbox.enqueue(
+                partner,
+                out,
+                message_id=message_id,
+                order_key=order_key_of(bundle),
+                record=n,
+                purpose=decision.purpose,
+                dedup=dedup,
+                links_wait=self.wait,
+                reason=f"queued: {decision.outcome} (policy decision {decision.id})"
+                + "".join(f"; {note}" for note in notes),
+            )
+            return Placed(n, partner.key, "queued", row, decision.id, "; ".join(notes))
+        except GatewayError as exc:
+            log.warning("message %s record %d for %s: %s", message_id, n + 1, partner.key, exc.code)
+            return Placed(n, partner.key, "failed", None, None, exc.issue.message, exc.code)
+
+    def _finish(
+        self, data: bytes, partner: Partner, facts: Facts, sender: str | None
+    ) -> tuple[dict[str, Any], list[str]]:
+        """The allowed Bundle as the partner gets it: its report variant, signed."""
+        notes: list[str] = []
+        bundle: dict[str, Any] = orjson.loads(data)
+        if _has(bundle, "DiagnosticReport"):
+            data, note = self._variant(data, partner)
+            if note:
+                notes.append(note)
+        signer = self._signer(sender, facts.message_type)
+        if signer is not None:
+            from ..signing import sign_record_bundle
+
+            data = sign_record_bundle(data, signer)
+            notes.append(f"signed by {signer.name}")
+        return orjson.loads(data), notes
+
+    def _variant(self, data: bytes, partner: Partner) -> tuple[bytes, str | None]:
+        from ..pipeline import dump_json
+        from ..reports import variants_for
+
+        maker = variants_for(self.settings)
+        lang = maker.preferred(partner.key)
+        try:
+            variant = maker.variant(data, lang)
+        except GatewayError as exc:
+            return data, f"{VARIANT_FAILED}: {lang} ({exc.code}); sent as converted"
+        return dump_json(variant.resource), f"report variant {variant.lang}"
+
+    def _signer(self, sender: str | None, record_type: str | None) -> Any:
+        from ..signing import signer_for
+
+        key = (sender, record_type)
+        if key not in self._signers:
+            self._signers[key] = signer_for(self.settings, sender, record_type)
+        return self._signers[key]
+
+    # -- held records ---------------------------------------------------------------
+    def recheck_held(self) -> list[OutboxRecord]:
+        """Decide again every record the policy holds (after a consent arrived: gateway
+        consent import, POST /Consent); those now allowed are queued, those refused
+        die. Returns the rows that moved."""
+        with self._lock:
+            held = [
+                r
+                for r in self.outbox.records(state="held", limit=100_000)
+                if r.last_error == "policy.held" and r.message_id is not None
+            ]
+            moved = []
+            for row in reversed(held):  # oldest first
+                try:
+                    if self._redecide(row, force=False):
+                        moved.append(self.outbox.require(row.id))
+                except GatewayError as exc:
+                    log.warning("held outbox record %s: %s", row.id, exc.code)
+            return moved
+
+    def release(self, row_id: int, reason: str) -> OutboxRecord:
+        """``gateway outbox release``: a row the policy holds is decided again (a person
+        cannot overrule a missing consent); any other held row is queued again."""
+        with self._lock:
+            row = self.outbox.require(row_id)
+            if row.state == "held" and row.last_error == "policy.held":
+                if not self._redecide(row, force=True, reason=reason):
+                    raise DeliveryError(
+                        "delivery.not-releasable",
+                        f"outbox record {row_id}: the policy still holds it (no consent in "
+                        "force for this purpose and recipient)",
+                    )
+                return self.outbox.require(row_id)
+            return self.outbox.release(row_id, reason)
+
+    def _redecide(self, row: OutboxRecord, force: bool, reason: str = "consent") -> bool:
+        assert row.message_id is not None and row.record is not None
+        stored = self.store.get(row.message_id)
+        convert = (
+            next((o for o in stored.outcomes if o.stage == "convert" and o.current), None)
+            if stored
+            else None
+        )
+        datas = bundles_of(convert.output if convert else None)
+        if stored is None or row.record >= len(datas):
+            return False
+        data = datas[row.record]
+        sender = self.network.find(stored.summary.sender or "") if stored.summary.sender else None
+        from_key = sender.key if sender else self.institution
+        if from_key is None:
+            return False
+        pure = self.policy.policy.decide(
+            data, from_key, row.partner, row.purpose, consents=self.policy, counters=self.policy
+        )
+        if pure.outcome == "hold":
+            return False
+        decision = self.policy.apply(row.message_id, data, from_key, row.partner, row.purpose)
+        if decision.outcome == "deny":
+            self.outbox.move(
+                row.id,
+                "held",
+                "dead",
+                f"policy.denied: {_rule_reason(decision, 'deny')} (decision {decision.id})",
+                now=self.outbox.clock(),
+                last_error="policy.denied",
+            )
+            return True
+        if decision.outcome == "hold":
+            return False
+        partner = self.partners.get(row.partner)
+        if partner is None:
+            return False
+        bundle = orjson.loads(data)
+        facts = facts_of(
+            bundle,
+            self.network,
+            format=stored.summary.format,
+            message_type=stored.summary.message_type,
+            sender=stored.summary.sender,
+        )
+        out, notes = self._finish(
+            decision.bundle_json or data, partner, facts, stored.summary.sender
+        )
+        self.outbox.fill(
+            row.id,
+            partner,
+            out,
+            f"released ({reason}): {decision.outcome} (policy decision {decision.id})"
+            + "".join(f"; {note}" for note in notes),
+            links_wait=self.wait,
+        )
+        return True
+
+
+def _dedup(partner: str, data: bytes) -> str:
+    """One outbox row per partner and converted Bundle (before policy and signing,
+    whose output may differ from one run to the next: a signature's time)."""
+    return hashlib.sha256(partner.encode() + b"|converted|" + data).hexdigest()
+
+
+def _has(bundle: dict[str, Any], kind: str) -> bool:
+    return any(
+        (e.get("resource") or {}).get("resourceType") == kind for e in bundle.get("entry") or []
+    )
+
+
+def _rule_reason(decision: Any, outcome: str) -> str:
+    for result in decision.results:
+        if result.outcome == outcome:
+            return f"{result.rule}: {result.reason['en']}"
+    return outcome
+
+
+def _routing_issues(routing: Routing, where: str) -> list[Issue]:
+    issues = [
+        Issue(
+            "delivery.routed",
+            f"{where} → {d.partner}: " + "; ".join(d.why),
+            location=f"route.{','.join(d.rules)}",
+            severity="information",
+        )
+        for d in routing.partners.values()
+    ]
+    issues += [
+        Issue("delivery.not-a-partner", f"{where}: not sent to {inst}: {why}", severity="warning")
+        for inst, why in routing.skipped
+    ]
+    if not routing.partners and not routing.skipped:
+        issues.append(
+            Issue("delivery.no-route", f"{where}: no routing rule matched", severity="information")
+        )
+    return issues
+
+
+def _placed_issue(placed: Placed, where: str) -> Issue:
+    text = f"{where} for {placed.partner}: {placed.outcome}"
+    if placed.outbox_id is not None:
+        text += f" (outbox {placed.outbox_id})"
+    if placed.reason:
+        text += f": {placed.reason}"
+    code = placed.code or "delivery.outbound-failed"
+    if placed.outcome == "failed":
+        return Issue(code, text, location="outbound")
+    if placed.outcome in ("held", "denied"):
+        return Issue(code, text, location="policy", severity="warning")
+    return Issue("delivery.queued", text, location="outbound", severity="information")

@@ -4,7 +4,7 @@ once and again, and changes arrive (issue 9, first "Done when" line).
 The partner is Medplum's router (tests/partner/conftest.py) with conditional references
 resolved strictly (no match → the transaction fails), atomic transactions and Medplum's
 limit of 8 entries per transaction with conditional entries: each Bundle goes through
-the gateway's split for such a partner (gateway/partners.py), as the outbox will send it.
+the gateway's split for such a partner (gateway/partners/), as the outbox will send it.
 """
 
 from __future__ import annotations

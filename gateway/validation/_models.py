@@ -156,7 +156,10 @@ class _Walker:
         return skeleton
 
     def _walk(self, model: Any, data: dict[str, Any]) -> Any:
+        # The hot loop of the structural check: primitives are checked inline (most
+        # values of a resource are), lists without a generator.
         fields = _fields(model)
+        accepted = self._accepted
         out: list[Any] = []
         for key, value in data.items():
             if key == "resourceType":
@@ -169,11 +172,29 @@ class _Walker:
                 raise _Invalid(key)
             if key == "reference" and isinstance(value, str):
                 self.references.append(value)
-            if isinstance(value, list):
-                out.append((key, "[]", frozenset(self._item(check, v) for v in value)))
-            else:
-                out.append((key, self._item(check, value)))
+            many = isinstance(value, list)
+            kinds = []
+            for item in value if many else (value,):
+                if check[0] == "prim":
+                    if isinstance(item, (dict, list)):
+                        raise _Invalid(item)
+                    token = (id(check[1]), type(item), item)
+                    if token not in accepted:
+                        self._accept(check[1], item, token)
+                    kinds.append(type(item))
+                else:
+                    kinds.append(self._item(check, item))
+            out.append((key, "[]", frozenset(kinds)) if many else (key, kinds[0]))
         return tuple(out)
+
+    def _accept(self, adapter: TypeAdapter[Any], value: Any, token: tuple[int, type, Any]) -> None:
+        try:
+            adapter.validate_python(value)
+        except PydanticError:
+            raise _Invalid(value) from None
+        if len(self._accepted) >= _MAX_VALUES:
+            self._accepted.clear()
+        self._accepted.add(token)
 
     def _item(self, check: _Check, value: Any) -> Any:
         kind, target = check
@@ -182,13 +203,7 @@ class _Walker:
                 raise _Invalid(value)
             token = (id(target), type(value), value)
             if token not in self._accepted:
-                try:
-                    target.validate_python(value)
-                except PydanticError:
-                    raise _Invalid(value) from None
-                if len(self._accepted) >= _MAX_VALUES:
-                    self._accepted.clear()
-                self._accepted.add(token)
+                self._accept(target, value, token)
             return type(value)
         if not isinstance(value, dict):
             raise _Invalid(value)

@@ -332,7 +332,7 @@ def _matches(item: Any, match: list[tuple[str, Any, bool]] | None, type_name: st
     return True
 
 
-_FROZEN_OK: dict[tuple[int, int, bool, bool], Any] = {}  # (elem, subtree, mode) → the subtree
+_FROZEN_OK: dict[tuple[int, int, bool, bool, bool], Any] = {}  # (elem, subtree, mode) → the subtree
 _MAX_FROZEN = 100_000
 _Index = tuple[dict[str, tuple[Elem, str, bool]], list[Elem]]
 _INDEX: dict[tuple[int, bool], tuple[dict[str, Elem], _Index]] = {}
@@ -380,6 +380,7 @@ class ProfileWalk:
 
     __slots__ = (
         "errors_only",
+        "invariants",
         "issues",
         "nested",
         "path",
@@ -413,6 +414,8 @@ class ProfileWalk:
         self.sites = None
         self.path: list[str] = []
         self.nested = True  # walk resources inside (contained); not a Bundle's entries
+        # a slice's walk reports no invariant (the item's own walk did): it runs none
+        self.invariants = True
 
     def program(self) -> Program:
         assert self.sites is not None
@@ -491,7 +494,7 @@ class ProfileWalk:
         # codes) never changes: once it passed an element's checks, it passes them again.
         frozen = type(item) is FrozenDict and not item.holds_refs and self.sites is None
         if frozen:
-            token = (id(elem), id(item), self.values_only, self.errors_only)
+            token = (id(elem), id(item), self.values_only, self.errors_only, self.invariants)
             if _FROZEN_OK.get(token) is item:
                 return
             before = len(self.issues)
@@ -530,7 +533,7 @@ class ProfileWalk:
             self._binding(elem, item, type_name, loc)
         if elem.targets is not None and isinstance(item, dict):
             self._reference(elem, item, loc)
-        for inv in elem.invariants:
+        for inv in elem.invariants if self.invariants else ():
             if (inv.existence_only and self.values_only) or (
                 self.errors_only and inv.severity != "error"
             ):
@@ -572,6 +575,7 @@ class ProfileWalk:
             counts[hit] += 1
             sl = elem.slices[hit]
             sub = ProfileWalk(self.plans, self.resource, False, self.urls, self.errors_only)
+            sub.invariants = False
             sub.item(sl.elem, item, type_name, where)
             self.issues += [i for i in sub.issues if i.code != "validation.invariant"]
         for sl, count in zip(elem.slices, counts, strict=True):

@@ -24,6 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from ..errors import Issue, shape
 from ..shared import FrozenDict
 from ._definitions import Definitions
@@ -353,8 +355,43 @@ def _index(plans: Plans, children: dict[str, Elem], errors_only: bool) -> _Index
     return known[1]
 
 
+# Slice walks found clean, by what they read (ProfileWalk._verdict_key)
+_SLICE_OK: set[tuple[Any, ...]] = set()
+
+
+def _content(value: Any) -> Any:
+    """A value's whole content as a key (its JSON, the kind of a primitive beside it:
+    1 == True), or None when it holds a reference or cannot be serialised."""
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or kind is float:
+        return (kind, value)
+    try:
+        data = orjson.dumps(value)
+    except TypeError:
+        return None
+    return None if b'"reference"' in data else data
+
+
+def _shape(value: Any) -> Any:
+    """Keys, kinds and list lengths (what cardinality and required elements read); the
+    content of extensions (a full walk checks their values and slices)."""
+    if isinstance(value, dict):
+        out = []
+        for key, inner in value.items():
+            part = _content(inner) if key in _EXTENSIONS else _shape(inner)
+            if part is None:
+                return None
+            out.append((key, part))
+        return tuple(out)
+    if isinstance(value, list):
+        items = [_shape(v) for v in value]
+        return None if None in items else ("[]", *items)
+    return type(value)
+
+
 # What a known skeleton's resources need checked: (path to a parent node, with "*" for
-# each item of a list; the value-checked elements met under it)
+# each item of a list and "#Type" for a resource inside of that type; the value-checked
+# elements met under it)
 Program = tuple[tuple[tuple[str, ...], tuple[tuple[str, Elem, str], ...]], ...]
 
 
@@ -367,6 +404,12 @@ def _reach(root: Any, path: tuple[str, ...], where: str) -> list[tuple[Any, str]
             for node, loc in level:
                 if isinstance(node, list):
                     nxt += [(item, f"{loc}[{n}]") for n, item in enumerate(node)]
+        elif step[:1] == "#":  # a resource inside (Bundle.entry.resource): of that type
+            nxt = [
+                (n, loc)
+                for n, loc in level
+                if isinstance(n, dict) and n.get("resourceType") == step[1:]
+            ]
         else:
             for node, loc in level:
                 if isinstance(node, dict) and step in node:
@@ -511,7 +554,15 @@ class ProfileWalk:
         if elem.children is None and "resourceType" in item:  # Bundle.entry.resource, contained
             if not self.nested:
                 return  # a Bundle's entries are validated one by one
-            root = self.plans.plan(str(item["resourceType"]))
+            rtype = str(item["resourceType"])
+            root = self.plans.plan(rtype)
+            if root and root.children and self.sites is not None:
+                # the program keeps each type's sites apart: a Bundle's Patient and
+                # Organization both have an 'address', under different rules
+                self.path.append("#" + rtype)
+                self.node(root.children, item, loc)
+                self.path.pop()
+                return
             children = root.children if root else None
         else:
             children = self.plans.children_of(elem, type_name)
@@ -574,10 +625,17 @@ class ProfileWalk:
                 continue
             counts[hit] += 1
             sl = elem.slices[hit]
+            known = self._verdict_key(sl.elem, item, type_name)
+            if known is not None and known in _SLICE_OK:
+                continue
             sub = ProfileWalk(self.plans, self.resource, False, self.urls, self.errors_only)
             sub.invariants = False
             sub.item(sl.elem, item, type_name, where)
             self.issues += [i for i in sub.issues if i.code != "validation.invariant"]
+            if known is not None and not sub.issues:
+                if len(_SLICE_OK) >= _MAX_FROZEN:
+                    _SLICE_OK.clear()
+                _SLICE_OK.add(known)
         for sl, count in zip(elem.slices, counts, strict=True):
             if count < sl.elem.min or (sl.elem.max is not None and count > sl.elem.max):
                 bound = "*" if sl.elem.max is None else str(sl.elem.max)
@@ -587,6 +645,30 @@ class ProfileWalk:
                     f"{sl.elem.min}..{bound}",
                     loc,
                 )
+
+    def _verdict_key(self, elem: Elem, item: Any, type_name: str) -> tuple[Any, ...] | None:
+        """What a slice's walk of ``item`` (no invariants) can depend on, or None: the
+        values of its elements with value checks (their JSON) and the shape of the rest
+        (keys, kinds, list lengths: what cardinality reads). A record's identifier is new
+        (its value), but not what its slice checks (type, system): one walk serves all.
+        Not for an item with a reference (the check reads the Bundle's URLs) or a check
+        of its own (a fixed value or binding reads all of it)."""
+        if not isinstance(item, dict) or "resourceType" in item:
+            return None
+        if elem.fixed is not None or elem.binding is not None or elem.targets is not None:
+            return None
+        children = self.plans.children_of(elem, type_name)
+        if not children:
+            return None
+        by_key = _index(self.plans, children, self.errors_only)[0]
+        parts: list[Any] = []
+        for key, value in item.items():
+            hit = by_key.get(key)
+            part = _content(value) if hit is not None and hit[2] else _shape(value)
+            if part is None:
+                return None
+            parts.append((key, part))
+        return (id(elem), type_name, self.errors_only, tuple(parts))
 
     def _binding(self, elem: Elem, item: Any, type_name: str, loc: str) -> None:
         assert elem.binding is not None

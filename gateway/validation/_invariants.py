@@ -82,6 +82,11 @@ def _split_or(expression: str) -> list[str]:
 
 
 def _get(node: Any, path: str) -> list[Any]:
+    if "." not in path:  # most guards name one element of the node
+        got = node.get(path) if isinstance(node, dict) else None
+        if isinstance(got, list):
+            return got
+        return [] if got is None else [got]
     values = [node]
     for name in path.split("."):
         nxt: list[Any] = []
@@ -136,6 +141,8 @@ def _guard(expression: str) -> Guard | None:
             tests.append(_no_string(m.group(1), _starting(m.group(2))))
     if not tests:
         return None
+    if len(tests) == 1:
+        return tests[0]
     return lambda node: any(test(node) for test in tests)
 
 

@@ -90,7 +90,8 @@ def _model_issues(model: Any, data: dict[str, Any], prefix: str) -> list[Issue]:
 
 # -- one walk: the skeleton, and every value checked on the way ----------------------
 
-_Check = tuple[str, Any]  # ("prim", TypeAdapter) | ("model", class) | ("resource", None)
+# ("prim", TypeAdapter, its id) | ("model", class, 0) | ("resource", None, 0)
+_Check = tuple[str, Any, int]
 _MAX_VALUES = 200_000  # primitive values already accepted, per adapter pair
 
 
@@ -116,11 +117,12 @@ def _fields(model: Any) -> dict[str, _Check]:
         key = info.alias or name
         type_name = getattr(inner, "__name__", "")
         if typing.get_origin(inner) is typing.Annotated or not type_name.endswith("Type"):
-            table[key] = ("prim", _adapter(inner))
+            adapter = _adapter(inner)
+            table[key] = ("prim", adapter, id(adapter))
         elif type_name in ("ResourceType", "FHIRResourceType"):
-            table[key] = ("resource", None)
+            table[key] = ("resource", None, 0)
         else:
-            table[key] = ("model", get_fhir_model_class(type_name[: -len("Type")]))
+            table[key] = ("model", get_fhir_model_class(type_name[: -len("Type")]), 0)
     return table
 
 
@@ -170,21 +172,33 @@ class _Walker:
             check = fields.get(key)
             if check is None:
                 raise _Invalid(key)
-            if key == "reference" and isinstance(value, str):
-                self.references.append(value)
-            many = isinstance(value, list)
-            kinds = []
-            for item in value if many else (value,):
-                if check[0] == "prim":
+            prim = check[0] == "prim"
+            if not isinstance(value, list):  # most values: one primitive
+                if not prim:
+                    out.append((key, self._item(check, value)))
+                    continue
+                if isinstance(value, dict):
+                    raise _Invalid(value)
+                if key == "reference" and isinstance(value, str):
+                    self.references.append(value)
+                kind = type(value)
+                token = (check[2], kind, value)
+                if token not in accepted:
+                    self._accept(check[1], value, token)
+                out.append((key, kind))
+                continue
+            kinds = set()
+            for item in value:
+                if prim:
                     if isinstance(item, (dict, list)):
                         raise _Invalid(item)
-                    token = (id(check[1]), type(item), item)
+                    token = (check[2], type(item), item)
                     if token not in accepted:
                         self._accept(check[1], item, token)
-                    kinds.append(type(item))
+                    kinds.add(type(item))
                 else:
-                    kinds.append(self._item(check, item))
-            out.append((key, "[]", frozenset(kinds)) if many else (key, kinds[0]))
+                    kinds.add(self._item(check, item))
+            out.append((key, "[]", frozenset(kinds)))
         return tuple(out)
 
     def _accept(self, adapter: TypeAdapter[Any], value: Any, token: tuple[int, type, Any]) -> None:
@@ -197,11 +211,11 @@ class _Walker:
         self._accepted.add(token)
 
     def _item(self, check: _Check, value: Any) -> Any:
-        kind, target = check
+        kind, target, ident = check
         if kind == "prim":
             if isinstance(value, (dict, list)):
                 raise _Invalid(value)
-            token = (id(target), type(value), value)
+            token = (ident, type(value), value)
             if token not in self._accepted:
                 self._accept(target, value, token)
             return type(value)

@@ -357,6 +357,9 @@ def _index(plans: Plans, children: dict[str, Elem], errors_only: bool) -> _Index
 
 # Slice walks found clean, by what they read (ProfileWalk._verdict_key)
 _SLICE_OK: set[tuple[Any, ...]] = set()
+# String values found clean at an element (fixed value, binding: a function of the
+# element and the string alone); the element itself in the key, kept alive by it
+_STRING_OK: set[tuple[Elem, str, bool, str]] = set()
 
 
 def _content(value: Any) -> Any:
@@ -519,6 +522,17 @@ class ProfileWalk:
                     if (elem.max is not None and count > elem.max) or count < elem.min:
                         self._cardinality(elem, count, at)
                     for n, item in enumerate(items):
+                        if type(item) is str:  # a code, a system: its verdict is its own
+                            token = (elem, type_name, self.errors_only, item)
+                            if token in _STRING_OK:
+                                continue
+                            before = len(self.issues)
+                            self.own(elem, item, type_name, f"{at}[{n}]" if many else at)
+                            if len(self.issues) == before:
+                                if len(_STRING_OK) >= _MAX_FROZEN:
+                                    _STRING_OK.clear()
+                                _STRING_OK.add(token)
+                            continue
                         self.own(elem, item, type_name, f"{at}[{n}]" if many else at)
                     if elem.slices:
                         self._slicing(elem, items, type_name, at, many)

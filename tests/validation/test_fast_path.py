@@ -35,6 +35,7 @@ def _forget() -> None:
     """Empty the module-level memos: what a validator sees next, it walks in full."""
     profile_walk._FROZEN_OK.clear()
     profile_walk._SLICE_OK.clear()
+    profile_walk._STRING_OK.clear()
     _invariants._MEMO.clear()
 
 

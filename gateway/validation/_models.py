@@ -226,25 +226,39 @@ class _Walker:
         return self.skeleton(get_fhir_model_class(str(value.get("resourceType", ""))), value)
 
 
+class _Shape:
+    """One known skeleton, by identity: what the profile check keys its memory on. A
+    skeleton is a deep tuple; hashing and comparing it once per resource is enough."""
+
+    __slots__ = ()
+
+
 class _Skeletons:
     def __init__(self) -> None:
-        self._known: set[Any] = set()
+        self._known: dict[Any, _Shape] = {}
         self.walker = _Walker()
         self.complete = True  # every resource since reset was walked to the end
 
-    def validate(self, model: Any, data: dict[str, Any], prefix: str) -> tuple[list[Issue], Any]:
+    def validate(
+        self, model: Any, data: dict[str, Any], prefix: str
+    ) -> tuple[list[Issue], _Shape | None]:
         """The model's issues, and the resource's skeleton (None when unknown)."""
         try:
             key = (model, self.walker.skeleton(model, data))
         except (_Invalid, KeyError):
             key = None
             self.complete = False
-        if key is not None and key in self._known:
-            return [], key
+        if key is not None:
+            known = self._known.get(key)
+            if known is not None:
+                return [], known
         issues = _model_issues(model, data, prefix)
-        if not issues and key is not None and len(self._known) < _MAX_SKELETONS:
-            self._known.add(key)
-        return issues, key if not issues else None
+        if issues or key is None:
+            return issues, None
+        shape = _Shape()
+        if len(self._known) < _MAX_SKELETONS:
+            self._known[key] = shape
+        return [], shape
 
 
 _REQUESTED = ("batch", "transaction", "history")  # bdl-3: entries carry a request

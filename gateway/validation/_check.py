@@ -68,13 +68,12 @@ class ProfileValidator:
                 ]
             return []  # no definitions installed for this type: structure only
         key = (id(plan), errors_only, skeleton) if skeleton is not None else None
-        values_only = key is not None and key in self._known
-        walk = ProfileWalk(plans(), resource, values_only, urls, errors_only)
+        known = self._known.get(key) if key is not None else None
+        walk = ProfileWalk(plans(), resource, known is not None, urls, errors_only)
         walk.nested = nested
         rtype = str(resource.get("resourceType"))
-        if values_only:
-            assert key is not None
-            program, structural = self._known[key]
+        if known is not None:
+            program, structural = known
             walk.own(plan, resource, rtype, where)
             walk.run(program, resource, where)
             for issue, tail in structural:

@@ -82,6 +82,11 @@ def _split_or(expression: str) -> list[str]:
 
 
 def _get(node: Any, path: str) -> list[Any]:
+    if "." not in path:  # most guards name one element of the node
+        got = node.get(path) if isinstance(node, dict) else None
+        if isinstance(got, list):
+            return got
+        return [] if got is None else [got]
     values = [node]
     for name in path.split("."):
         nxt: list[Any] = []
@@ -136,6 +141,8 @@ def _guard(expression: str) -> Guard | None:
             tests.append(_no_string(m.group(1), _starting(m.group(2))))
     if not tests:
         return None
+    if len(tests) == 1:
+        return tests[0]
     return lambda node: any(test(node) for test in tests)
 
 
@@ -284,6 +291,50 @@ def _has_referral_number(request: Any) -> bool:
     )
 
 
+_V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
+_ORDER_NUMBER_TYPES = ("PLAC", "FILL", "ACSN")  # a tuple: `in` compares, never hashes
+_VER_STATUS = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
+_REPORT_LANGUAGES = ("zh-Hans", "zh-Hant-HK", "en")
+
+
+def _has_order_number(request: Any) -> bool:
+    return any(
+        c.get("system") == _V2_0203 and c.get("code") in _ORDER_NUMBER_TYPES
+        for i in _items(request, "identifier")
+        for t in _items(i, "type")
+        for c in _items(t, "coding")
+    )
+
+
+def _not_refuted_with_status(condition: Any) -> bool:
+    if not _get(condition, "clinicalStatus"):
+        return True
+    return not any(
+        c.get("system") == _VER_STATUS and c.get("code") == "entered-in-error"
+        for v in _items(condition, "verificationStatus")
+        for c in _items(v, "coding")
+    )
+
+
+def _no_history_url(entry: Any) -> bool:
+    # contains() on an absent fullUrl is empty, and so is its not(): the invariant holds
+    return not any(isinstance(u, str) and "/_history/" in u for u in _get(entry, "fullUrl"))
+
+
+def _report_language(report: Any) -> bool:
+    found = _get(report, "language")
+    # implies: an absent language holds; '=' compares one value (several: not true)
+    return not found or (len(found) == 1 and found[0] in _REPORT_LANGUAGES)
+
+
+def _study_ids_are_dicom(report: Any) -> bool:
+    return all(i.get("system") == "urn:dicom:uid" for i in _study_identifiers(report))
+
+
+def _study_identifiers(report: Any) -> list[dict[str, Any]]:
+    return [i for s in _items(report, "imagingStudy") for i in _items(s, "identifier")]
+
+
 NATIVE: dict[str, Callable[[Any], bool]] = {
     "entry.all(fullUrl.startsWith('urn:uuid:'))": _uuid_urls,
     "entry.all(resource.is(Provenance) or (request.method = 'POST' and "
@@ -295,6 +346,21 @@ NATIVE: dict[str, Callable[[Any], bool]] = {
     "identifier.where(system.endsWith('/sid/referral') and value.exists()).exists()": (
         _has_referral_number
     ),
+    # run on every record: each projected and memoised cost more than the rest of its
+    # resource's profile checks
+    "identifier.where(type.coding.where(system = 'http://terminology.hl7.org/CodeSystem/"
+    "v2-0203' and (code = 'PLAC' or code = 'FILL' or code = 'ACSN')).exists()).exists()": (
+        _has_order_number
+    ),
+    "verificationStatus.coding.where(system='http://terminology.hl7.org/CodeSystem/"
+    "condition-ver-status' and code='entered-in-error').empty() or clinicalStatus.empty()": (
+        _not_refuted_with_status
+    ),
+    "fullUrl.contains('/_history/').not()": _no_history_url,
+    "language.exists() implies (language = 'zh-Hans' or language = 'zh-Hant-HK' or "
+    "language = 'en')": _report_language,
+    "imagingStudy.identifier.exists() implies imagingStudy.identifier.all(system = "
+    "'urn:dicom:uid')": _study_ids_are_dicom,
 }
 
 

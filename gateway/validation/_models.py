@@ -90,7 +90,8 @@ def _model_issues(model: Any, data: dict[str, Any], prefix: str) -> list[Issue]:
 
 # -- one walk: the skeleton, and every value checked on the way ----------------------
 
-_Check = tuple[str, Any]  # ("prim", TypeAdapter) | ("model", class) | ("resource", None)
+# ("prim", TypeAdapter, its id) | ("model", class, 0) | ("resource", None, 0)
+_Check = tuple[str, Any, int]
 _MAX_VALUES = 200_000  # primitive values already accepted, per adapter pair
 
 
@@ -116,11 +117,12 @@ def _fields(model: Any) -> dict[str, _Check]:
         key = info.alias or name
         type_name = getattr(inner, "__name__", "")
         if typing.get_origin(inner) is typing.Annotated or not type_name.endswith("Type"):
-            table[key] = ("prim", _adapter(inner))
+            adapter = _adapter(inner)
+            table[key] = ("prim", adapter, id(adapter))
         elif type_name in ("ResourceType", "FHIRResourceType"):
-            table[key] = ("resource", None)
+            table[key] = ("resource", None, 0)
         else:
-            table[key] = ("model", get_fhir_model_class(type_name[: -len("Type")]))
+            table[key] = ("model", get_fhir_model_class(type_name[: -len("Type")]), 0)
     return table
 
 
@@ -156,7 +158,10 @@ class _Walker:
         return skeleton
 
     def _walk(self, model: Any, data: dict[str, Any]) -> Any:
+        # The hot loop of the structural check: primitives are checked inline (most
+        # values of a resource are), lists without a generator.
         fields = _fields(model)
+        accepted = self._accepted
         out: list[Any] = []
         for key, value in data.items():
             if key == "resourceType":
@@ -167,28 +172,52 @@ class _Walker:
             check = fields.get(key)
             if check is None:
                 raise _Invalid(key)
-            if key == "reference" and isinstance(value, str):
-                self.references.append(value)
-            if isinstance(value, list):
-                out.append((key, "[]", frozenset(self._item(check, v) for v in value)))
-            else:
-                out.append((key, self._item(check, value)))
+            prim = check[0] == "prim"
+            if not isinstance(value, list):  # most values: one primitive
+                if not prim:
+                    out.append((key, self._item(check, value)))
+                    continue
+                if isinstance(value, dict):
+                    raise _Invalid(value)
+                if key == "reference" and isinstance(value, str):
+                    self.references.append(value)
+                kind = type(value)
+                token = (check[2], kind, value)
+                if token not in accepted:
+                    self._accept(check[1], value, token)
+                out.append((key, kind))
+                continue
+            kinds = set()
+            for item in value:
+                if prim:
+                    if isinstance(item, (dict, list)):
+                        raise _Invalid(item)
+                    token = (check[2], type(item), item)
+                    if token not in accepted:
+                        self._accept(check[1], item, token)
+                    kinds.add(type(item))
+                else:
+                    kinds.add(self._item(check, item))
+            out.append((key, "[]", frozenset(kinds)))
         return tuple(out)
 
+    def _accept(self, adapter: TypeAdapter[Any], value: Any, token: tuple[int, type, Any]) -> None:
+        try:
+            adapter.validate_python(value)
+        except PydanticError:
+            raise _Invalid(value) from None
+        if len(self._accepted) >= _MAX_VALUES:
+            self._accepted.clear()
+        self._accepted.add(token)
+
     def _item(self, check: _Check, value: Any) -> Any:
-        kind, target = check
+        kind, target, ident = check
         if kind == "prim":
             if isinstance(value, (dict, list)):
                 raise _Invalid(value)
-            token = (id(target), type(value), value)
+            token = (ident, type(value), value)
             if token not in self._accepted:
-                try:
-                    target.validate_python(value)
-                except PydanticError:
-                    raise _Invalid(value) from None
-                if len(self._accepted) >= _MAX_VALUES:
-                    self._accepted.clear()
-                self._accepted.add(token)
+                self._accept(target, value, token)
             return type(value)
         if not isinstance(value, dict):
             raise _Invalid(value)
@@ -197,25 +226,39 @@ class _Walker:
         return self.skeleton(get_fhir_model_class(str(value.get("resourceType", ""))), value)
 
 
+class _Shape:
+    """One known skeleton, by identity: what the profile check keys its memory on. A
+    skeleton is a deep tuple; hashing and comparing it once per resource is enough."""
+
+    __slots__ = ()
+
+
 class _Skeletons:
     def __init__(self) -> None:
-        self._known: set[Any] = set()
+        self._known: dict[Any, _Shape] = {}
         self.walker = _Walker()
         self.complete = True  # every resource since reset was walked to the end
 
-    def validate(self, model: Any, data: dict[str, Any], prefix: str) -> tuple[list[Issue], Any]:
+    def validate(
+        self, model: Any, data: dict[str, Any], prefix: str
+    ) -> tuple[list[Issue], _Shape | None]:
         """The model's issues, and the resource's skeleton (None when unknown)."""
         try:
             key = (model, self.walker.skeleton(model, data))
         except (_Invalid, KeyError):
             key = None
             self.complete = False
-        if key is not None and key in self._known:
-            return [], key
+        if key is not None:
+            known = self._known.get(key)
+            if known is not None:
+                return [], known
         issues = _model_issues(model, data, prefix)
-        if not issues and key is not None and len(self._known) < _MAX_SKELETONS:
-            self._known.add(key)
-        return issues, key if not issues else None
+        if issues or key is None:
+            return issues, None
+        shape = _Shape()
+        if len(self._known) < _MAX_SKELETONS:
+            self._known[key] = shape
+        return [], shape
 
 
 _REQUESTED = ("batch", "transaction", "history")  # bdl-3: entries carry a request

@@ -24,6 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from ..errors import Issue, shape
 from ..shared import FrozenDict
 from ._definitions import Definitions
@@ -332,7 +334,7 @@ def _matches(item: Any, match: list[tuple[str, Any, bool]] | None, type_name: st
     return True
 
 
-_FROZEN_OK: dict[tuple[int, int, bool, bool], Any] = {}  # (elem, subtree, mode) → the subtree
+_FROZEN_OK: dict[tuple[int, int, bool, bool, bool], Any] = {}  # (elem, subtree, mode) → the subtree
 _MAX_FROZEN = 100_000
 _Index = tuple[dict[str, tuple[Elem, str, bool]], list[Elem]]
 _INDEX: dict[tuple[int, bool], tuple[dict[str, Elem], _Index]] = {}
@@ -353,8 +355,46 @@ def _index(plans: Plans, children: dict[str, Elem], errors_only: bool) -> _Index
     return known[1]
 
 
+# Slice walks found clean, by what they read (ProfileWalk._verdict_key)
+_SLICE_OK: set[tuple[Any, ...]] = set()
+# String values found clean at an element (fixed value, binding: a function of the
+# element and the string alone); the element itself in the key, kept alive by it
+_STRING_OK: set[tuple[Elem, str, bool, str]] = set()
+
+
+def _content(value: Any) -> Any:
+    """A value's whole content as a key (its JSON, the kind of a primitive beside it:
+    1 == True), or None when it holds a reference or cannot be serialised."""
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or kind is float:
+        return (kind, value)
+    try:
+        data = orjson.dumps(value)
+    except TypeError:
+        return None
+    return None if b'"reference"' in data else data
+
+
+def _shape(value: Any) -> Any:
+    """Keys, kinds and list lengths (what cardinality and required elements read); the
+    content of extensions (a full walk checks their values and slices)."""
+    if isinstance(value, dict):
+        out = []
+        for key, inner in value.items():
+            part = _content(inner) if key in _EXTENSIONS else _shape(inner)
+            if part is None:
+                return None
+            out.append((key, part))
+        return tuple(out)
+    if isinstance(value, list):
+        items = [_shape(v) for v in value]
+        return None if None in items else ("[]", *items)
+    return type(value)
+
+
 # What a known skeleton's resources need checked: (path to a parent node, with "*" for
-# each item of a list; the value-checked elements met under it)
+# each item of a list and "#Type" for a resource inside of that type; the value-checked
+# elements met under it)
 Program = tuple[tuple[tuple[str, ...], tuple[tuple[str, Elem, str], ...]], ...]
 
 
@@ -367,6 +407,12 @@ def _reach(root: Any, path: tuple[str, ...], where: str) -> list[tuple[Any, str]
             for node, loc in level:
                 if isinstance(node, list):
                     nxt += [(item, f"{loc}[{n}]") for n, item in enumerate(node)]
+        elif step[:1] == "#":  # a resource inside (Bundle.entry.resource): of that type
+            nxt = [
+                (n, loc)
+                for n, loc in level
+                if isinstance(n, dict) and n.get("resourceType") == step[1:]
+            ]
         else:
             for node, loc in level:
                 if isinstance(node, dict) and step in node:
@@ -380,6 +426,7 @@ class ProfileWalk:
 
     __slots__ = (
         "errors_only",
+        "invariants",
         "issues",
         "nested",
         "path",
@@ -413,6 +460,8 @@ class ProfileWalk:
         self.sites = None
         self.path: list[str] = []
         self.nested = True  # walk resources inside (contained); not a Bundle's entries
+        # a slice's walk reports no invariant (the item's own walk did): it runs none
+        self.invariants = True
 
     def program(self) -> Program:
         assert self.sites is not None
@@ -473,6 +522,17 @@ class ProfileWalk:
                     if (elem.max is not None and count > elem.max) or count < elem.min:
                         self._cardinality(elem, count, at)
                     for n, item in enumerate(items):
+                        if type(item) is str:  # a code, a system: its verdict is its own
+                            token = (elem, type_name, self.errors_only, item)
+                            if token in _STRING_OK:
+                                continue
+                            before = len(self.issues)
+                            self.own(elem, item, type_name, f"{at}[{n}]" if many else at)
+                            if len(self.issues) == before:
+                                if len(_STRING_OK) >= _MAX_FROZEN:
+                                    _STRING_OK.clear()
+                                _STRING_OK.add(token)
+                            continue
                         self.own(elem, item, type_name, f"{at}[{n}]" if many else at)
                     if elem.slices:
                         self._slicing(elem, items, type_name, at, many)
@@ -491,7 +551,7 @@ class ProfileWalk:
         # codes) never changes: once it passed an element's checks, it passes them again.
         frozen = type(item) is FrozenDict and not item.holds_refs and self.sites is None
         if frozen:
-            token = (id(elem), id(item), self.values_only, self.errors_only)
+            token = (id(elem), id(item), self.values_only, self.errors_only, self.invariants)
             if _FROZEN_OK.get(token) is item:
                 return
             before = len(self.issues)
@@ -508,7 +568,15 @@ class ProfileWalk:
         if elem.children is None and "resourceType" in item:  # Bundle.entry.resource, contained
             if not self.nested:
                 return  # a Bundle's entries are validated one by one
-            root = self.plans.plan(str(item["resourceType"]))
+            rtype = str(item["resourceType"])
+            root = self.plans.plan(rtype)
+            if root and root.children and self.sites is not None:
+                # the program keeps each type's sites apart: a Bundle's Patient and
+                # Organization both have an 'address', under different rules
+                self.path.append("#" + rtype)
+                self.node(root.children, item, loc)
+                self.path.pop()
+                return
             children = root.children if root else None
         else:
             children = self.plans.children_of(elem, type_name)
@@ -530,7 +598,7 @@ class ProfileWalk:
             self._binding(elem, item, type_name, loc)
         if elem.targets is not None and isinstance(item, dict):
             self._reference(elem, item, loc)
-        for inv in elem.invariants:
+        for inv in elem.invariants if self.invariants else ():
             if (inv.existence_only and self.values_only) or (
                 self.errors_only and inv.severity != "error"
             ):
@@ -571,9 +639,17 @@ class ProfileWalk:
                 continue
             counts[hit] += 1
             sl = elem.slices[hit]
+            known = self._verdict_key(sl.elem, item, type_name)
+            if known is not None and known in _SLICE_OK:
+                continue
             sub = ProfileWalk(self.plans, self.resource, False, self.urls, self.errors_only)
+            sub.invariants = False
             sub.item(sl.elem, item, type_name, where)
             self.issues += [i for i in sub.issues if i.code != "validation.invariant"]
+            if known is not None and not sub.issues:
+                if len(_SLICE_OK) >= _MAX_FROZEN:
+                    _SLICE_OK.clear()
+                _SLICE_OK.add(known)
         for sl, count in zip(elem.slices, counts, strict=True):
             if count < sl.elem.min or (sl.elem.max is not None and count > sl.elem.max):
                 bound = "*" if sl.elem.max is None else str(sl.elem.max)
@@ -583,6 +659,30 @@ class ProfileWalk:
                     f"{sl.elem.min}..{bound}",
                     loc,
                 )
+
+    def _verdict_key(self, elem: Elem, item: Any, type_name: str) -> tuple[Any, ...] | None:
+        """What a slice's walk of ``item`` (no invariants) can depend on, or None: the
+        values of its elements with value checks (their JSON) and the shape of the rest
+        (keys, kinds, list lengths: what cardinality reads). A record's identifier is new
+        (its value), but not what its slice checks (type, system): one walk serves all.
+        Not for an item with a reference (the check reads the Bundle's URLs) or a check
+        of its own (a fixed value or binding reads all of it)."""
+        if not isinstance(item, dict) or "resourceType" in item:
+            return None
+        if elem.fixed is not None or elem.binding is not None or elem.targets is not None:
+            return None
+        children = self.plans.children_of(elem, type_name)
+        if not children:
+            return None
+        by_key = _index(self.plans, children, self.errors_only)[0]
+        parts: list[Any] = []
+        for key, value in item.items():
+            hit = by_key.get(key)
+            part = _content(value) if hit is not None and hit[2] else _shape(value)
+            if part is None:
+                return None
+            parts.append((key, part))
+        return (id(elem), type_name, self.errors_only, tuple(parts))
 
     def _binding(self, elem: Elem, item: Any, type_name: str, loc: str) -> None:
         assert elem.binding is not None

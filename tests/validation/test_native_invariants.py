@@ -5,6 +5,7 @@ the edge cases FHIRPath's empty makes (missing fullUrl, request, method, value).
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any
 
 import fhirpathpy
@@ -16,6 +17,10 @@ from tests import outputs
 
 BUNDLE_EXPRESSIONS = [e for e in NATIVE if e.startswith("entry.")]
 REQUEST_EXPRESSIONS = [e for e in NATIVE if e.startswith("identifier.")]
+# The others, by the node they run on (Bundle.entry, Condition, DiagnosticReport).
+ENTRY_EXPRESSIONS = [e for e in NATIVE if e.startswith("fullUrl.")]
+CONDITION_EXPRESSIONS = [e for e in NATIVE if e.startswith("verificationStatus.")]
+REPORT_EXPRESSIONS = [e for e in NATIVE if e.startswith(("language.", "imagingStudy."))]
 
 
 def _bundles() -> list[dict[str, Any]]:
@@ -67,13 +72,89 @@ def _request_cases() -> list[dict[str, Any]]:
         [{"system": "https://a.example/sid/referral", "value": "R1"}],
         [{"system": "https://a.example/sid/referrals", "value": "R1"}],
         [{"value": "R1"}],
+        [{"type": {"coding": [{"system": _V2, "code": "PLAC"}]}}],
+        [{"type": {"coding": [{"system": _V2, "code": "FILL"}]}, "value": "F1"}],
+        [{"type": {"coding": [{"system": _V2, "code": "ACSN"}, {"code": "x"}]}}],
+        [{"type": {"coding": [{"system": _V2, "code": "MR"}]}, "value": "M1"}],
+        [{"type": {"coding": [{"code": "PLAC"}]}}, {"type": {"text": "PLAC"}}],
+        [{"type": {"coding": [{"system": _V2 + "x", "code": "PLAC"}]}}],
     ]
     found += [{"resourceType": "ServiceRequest", "identifier": ids} for ids in extra]
     return found
 
 
+_V2 = "http://terminology.hl7.org/CodeSystem/v2-0203"
+
+
+def _resources(kind: str) -> list[dict[str, Any]]:
+    return [
+        e["resource"]
+        for b in _bundles()
+        for e in b["entry"]
+        if e["resource"]["resourceType"] == kind
+    ]
+
+
+def _entry_cases() -> list[dict[str, Any]]:
+    found = [e for b in _bundles() for e in b["entry"]]
+    extra: list[dict[str, Any]] = [
+        {},
+        {"fullUrl": "http://x.example/Patient/1/_history/2"},
+        {"fullUrl": "http://x.example/Patient/1"},
+        {"fullUrl": "urn:uuid:0d3a1f4e-0000-5000-8000-000000000000"},
+    ]
+    return found + extra
+
+
+def _condition_cases() -> list[dict[str, Any]]:
+    found = _resources("Condition")
+    vs = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
+    clinical = {"coding": [{"system": "x", "code": "active"}]}
+    refuted = {"coding": [{"system": vs, "code": "entered-in-error"}]}
+    extra: list[dict[str, Any]] = [
+        {},
+        {"clinicalStatus": clinical},
+        {"verificationStatus": refuted},
+        {"verificationStatus": refuted, "clinicalStatus": clinical},
+        {
+            "verificationStatus": {"coding": [{"system": vs, "code": "confirmed"}]},
+            "clinicalStatus": clinical,
+        },
+        {
+            "verificationStatus": {"coding": [{"code": "entered-in-error"}]},
+            "clinicalStatus": clinical,
+        },
+        {
+            "verificationStatus": {"coding": [{"system": vs, "code": "x"}, refuted["coding"][0]]},
+            "clinicalStatus": clinical,
+        },
+    ]
+    return found + [{"resourceType": "Condition", **c} for c in extra]
+
+
+def _report_cases() -> list[dict[str, Any]]:
+    found = _resources("DiagnosticReport")
+    study = {
+        "type": "ImagingStudy",
+        "identifier": {"system": "urn:dicom:uid", "value": "urn:oid:1.2"},
+    }
+    extra: list[dict[str, Any]] = [
+        {},
+        {"language": "en"},
+        {"language": "zh-Hant-HK"},
+        {"language": "zh-Hant"},
+        {"language": "fr"},
+        {"imagingStudy": [study]},
+        {"imagingStudy": [study, {"identifier": {"system": "urn:other", "value": "1"}}]},
+        {"imagingStudy": [{"identifier": {"value": "1"}}]},
+        {"imagingStudy": [{"reference": "urn:uuid:1"}]},
+    ]
+    return found + [{"resourceType": "DiagnosticReport", **c} for c in extra]
+
+
 def _fhirpath(expression: str, node: dict[str, Any]) -> bool:
-    return bool(fhirpathpy.evaluate(node, expression, {}, models["r4"]) == [True])
+    # the validator's reading of a result (Invariant.holds): true, or empty (nothing to test)
+    return fhirpathpy.evaluate(node, expression, {}, models["r4"]) in ([True], [])
 
 
 @pytest.mark.parametrize("expression", BUNDLE_EXPRESSIONS)
@@ -90,3 +171,29 @@ def test_request_invariants_agree_with_fhirpathpy(expression: str) -> None:
     verdicts = [(_fhirpath(expression, c), NATIVE[expression](c)) for c in cases]
     assert [n for n, (a, b) in enumerate(verdicts) if a != b] == []
     assert {a for a, _ in verdicts} == {True, False}
+
+
+@pytest.mark.parametrize(
+    ("expression", "cases"),
+    [(e, _entry_cases) for e in ENTRY_EXPRESSIONS]
+    + [(e, _condition_cases) for e in CONDITION_EXPRESSIONS]
+    + [(e, _report_cases) for e in REPORT_EXPRESSIONS],
+)
+def test_resource_invariants_agree_with_fhirpathpy(
+    expression: str, cases: Callable[[], list[dict[str, Any]]]
+) -> None:
+    found = cases()
+    verdicts = [(_fhirpath(expression, c), NATIVE[expression](c)) for c in found]
+    assert [n for n, (a, b) in enumerate(verdicts) if a != b] == []
+    assert {a for a, _ in verdicts} == {True, False}
+
+
+def test_every_native_invariant_is_tested() -> None:
+    tested = (
+        BUNDLE_EXPRESSIONS
+        + REQUEST_EXPRESSIONS
+        + ENTRY_EXPRESSIONS
+        + CONDITION_EXPRESSIONS
+        + REPORT_EXPRESSIONS
+    )
+    assert sorted(tested) == sorted(NATIVE)

@@ -605,44 +605,35 @@ class Outbox:
     # -- a person's decisions (gateway outbox retry|replay|release) ---------------------
     def retry(self, row_id: int, reason: str, now: datetime | None = None) -> OutboxRecord:
         """A dead row queued again from the part that failed (attempts start over)."""
-        now = now or self.clock()
-        record = self.require(row_id)
-        if record.state != "dead" or (record.last_error or "").startswith("policy."):
-            why = "the policy refused it" if record.state == "dead" else f"it is {record.state}"
-            raise DeliveryError(
-                "delivery.not-retryable", f"outbox record {row_id} cannot be retried: {why}"
-            )
-        with self._write() as conn:
-            self._move(
-                conn,
-                row_id,
-                "dead",
-                "pending",
-                f"retry: {reason}",
-                now,
-                None,
-                {"attempts": 0, "next_at": now, "last_error": None, "lease_until": None},
-            )
-        return self.require(row_id)
+        return self._requeue(row_id, "dead", "retry", reason, now)
 
     def release(self, row_id: int, reason: str, now: datetime | None = None) -> OutboxRecord:
         """A row the delivery stage held (an ambiguous send nobody could check, a partner
         no longer configured) queued again: its current part is sent. A row the policy
         holds is not released here (gateway.delivery.Outbound.release decides again)."""
+        return self._requeue(row_id, "held", "release", reason, now)
+
+    def _requeue(
+        self, row_id: int, state: str, action: str, reason: str, now: datetime | None
+    ) -> OutboxRecord:
+        """A person's retry (of a ``dead`` row) or release (of a ``held`` one): back to
+        ``pending`` at its current part, attempts from zero. A row the policy stopped is
+        the policy's to decide again, never a person's to push through here."""
         now = now or self.clock()
         record = self.require(row_id)
-        if record.state != "held" or (record.last_error or "").startswith("policy."):
-            why = "the policy holds it" if record.state == "held" else f"it is {record.state}"
-            raise DeliveryError(
-                "delivery.not-releasable", f"outbox record {row_id} cannot be released: {why}"
-            )
+        if record.state != state or (record.last_error or "").startswith("policy."):
+            policy = "the policy refused it" if state == "dead" else "the policy holds it"
+            why = policy if record.state == state else f"it is {record.state}"
+            code = "delivery.not-retryable" if action == "retry" else "delivery.not-releasable"
+            verb = "retried" if action == "retry" else "released"
+            raise DeliveryError(code, f"outbox record {row_id} cannot be {verb}: {why}")
         with self._write() as conn:
             self._move(
                 conn,
                 row_id,
-                "held",
+                state,
                 "pending",
-                f"release: {reason}",
+                f"{action}: {reason}",
                 now,
                 None,
                 {"attempts": 0, "next_at": now, "last_error": None, "lease_until": None},

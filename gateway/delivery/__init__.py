@@ -6,7 +6,7 @@ A stage below the store, the partners, the policy, the report variants and signi
 listeners and CLI use it, never the reverse. See docs/delivery.md."""
 
 from ._ask import Verdict, ask, same_content
-from ._cli import add_cli
+from ._cli import Detail, add_cli, add_outbox_detail
 from ._links import LINKED_TYPES, link_ref, links_of, resolve_links
 from ._outbound import Outbound, OutboundResult, Placed, bundles_of
 from ._outbox import (
@@ -39,6 +39,7 @@ __all__ = [
     "DeliveryConfig",
     "DeliveryError",
     "DeliveryService",
+    "Detail",
     "Facts",
     "Outbound",
     "OutboundResult",
@@ -51,6 +52,7 @@ __all__ = [
     "Routing",
     "Verdict",
     "add_cli",
+    "add_outbox_detail",
     "ask",
     "backoff",
     "bundles_of",

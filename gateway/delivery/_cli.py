@@ -5,15 +5,28 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 
 from ..config import Settings
-from ..store import open_store
+from ..store import Store, open_store
 from ._outbox import STATES, Outbox, OutboxRecord
 
-__all__ = ["add_cli"]
+__all__ = ["Detail", "add_cli", "add_outbox_detail"]
+
+# What a later stage knows about an outbox record that delivery cannot (the referral's
+# status the partner sent back: gateway/inbound): (name, value) pairs for `outbox show`.
+# Registered by that stage, so delivery never imports it.
+Detail = Callable[[Settings, Store, OutboxRecord, list[dict[str, Any]]], list[tuple[str, str]]]
+_DETAILS: list[Detail] = []
+
+
+def add_outbox_detail(detail: Detail) -> None:
+    """Show ``detail``'s pairs in ``gateway outbox show`` (once, however often added)."""
+    if detail not in _DETAILS:
+        _DETAILS.append(detail)
 
 
 def add_cli(sub: Any) -> None:
@@ -148,18 +161,21 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
         outbox = Outbox(store)
         record = outbox.require(args.id)
         events = outbox.events(args.id)
+        parts = outbox.parts(args.id) if _DETAILS else []
+        details = [pair for detail in _DETAILS for pair in detail(settings, store, record, parts)]
     finally:
         store.close()
     if args.json:
         _json(
             {
                 **record.to_json(with_order_key=True),
+                "details": dict(details),
                 "last_response": record.last_response,
                 "events": [e.to_json() for e in events],
             }
         )
         return 0
-    for name, value in record.to_json(with_order_key=True).items():
+    for name, value in [*record.to_json(with_order_key=True).items(), *details]:
         print(f"{name:>12}: {value if value is not None else '-'}")
     print("\n-- transitions")
     for e in events:

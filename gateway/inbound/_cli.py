@@ -12,16 +12,19 @@ from typing import Any
 import orjson
 
 from ..config import Settings
+from ..delivery import add_outbox_detail
 from ..network import Network
 from ..store import open_store
 from ._errors import InboundError
-from ._referrals import Referral, Referrals
+from ._referrals import Referral, Referrals, referral_status_detail
 
 __all__ = ["add_cli"]
 
 
 def add_cli(sub: Any) -> None:
-    """Add ``referrals`` and ``inbound`` to the gateway command's subparsers."""
+    """Add ``referrals`` and ``inbound`` to the gateway command's subparsers, and the
+    referral's status to ``gateway outbox show``."""
+    add_outbox_detail(referral_status_detail)
     referrals = sub.add_parser("referrals", help="referrals received and sent, and their status")
     verbs = referrals.add_subparsers(dest="verb", required=True)
     listing = verbs.add_parser("list", help="referral Tasks: received here and sent from here")

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import Connection
 
@@ -27,7 +27,17 @@ from ..store import Store, utcnow
 from ._errors import InboundError
 from ._resources import Resources, Search, Stored, instant
 
-__all__ = ["ACTIONS", "REFERRAL_CATEGORY", "Referral", "Referrals", "is_referral"]
+if TYPE_CHECKING:
+    from ..delivery import OutboxRecord
+
+__all__ = [
+    "ACTIONS",
+    "REFERRAL_CATEGORY",
+    "Referral",
+    "Referrals",
+    "is_referral",
+    "referral_status_detail",
+]
 
 REFERRAL_CATEGORY = ("http://snomed.info/sct", "3457005")  # Patient referral
 REFERRAL_PROFILE = "https://fhir-gateway.example.org/StructureDefinition/referral-servicerequest"
@@ -362,3 +372,32 @@ def _organization(inst: Institution) -> dict[str, Any]:
     if inst.oid:
         ref["identifier"] = {"system": "urn:ietf:rfc:3986", "value": f"urn:oid:{inst.oid}"}
     return ref
+
+
+def referral_status_detail(
+    settings: Settings, store: Store, record: OutboxRecord, parts: list[dict[str, Any]]
+) -> list[tuple[str, str]]:
+    """For ``gateway outbox show``: the status its partner reported back (the Task it
+    sent about our referral) for each referral an outbox record carried to it."""
+    sent = {
+        _token(ident)
+        for part in parts
+        for entry in part.get("entry") or []
+        if is_referral(resource := entry.get("resource") or {})
+        for ident in resource.get("identifier") or []
+        if isinstance(ident, dict) and ident.get("value")
+    }
+    if not sent:
+        return []
+    found = [
+        r
+        for r in Referrals(settings, store).list(direction="sent")
+        if r.partner == record.partner and r.referral in sent
+    ]
+    if not found:
+        return [("referral", f"no status from {record.partner} yet")]
+    return [
+        ("referral", f"{r.status} at {r.partner}" + (f" ({r.reason})" if r.reason else ""))
+        for r in found
+    ]
+

@@ -168,6 +168,14 @@ def test_the_status_shows_at_the_sending_gateway(
     _, bundle = _queued(hk_settings, int(accepted.headers["x-gateway-outbox"]))
 
     nsch = make_home(tmp_path / "nsch", pki, "nsch", {"hkpmc": HKPMC_TOKEN})
+    store = open_store(nsch)  # the referral as NSCH's outbox sent it to HKPMC
+    try:
+        hkpmc = Partner("hkpmc", "http://hkpmc-gateway.example.hk/fhir")
+        sent, _ = Outbox(store).enqueue(hkpmc, orjson.loads(signed_referral))
+    finally:
+        store.close()
+    shown = run("outbox", "show", str(sent), "--json", home=nsch.home)
+    assert orjson.loads(shown.stdout)["details"] == {"referral": "no status from hkpmc yet"}
     app = create_app(nsch, converter, TokenSet([LOCAL]))
     try:
         sender = Client(app)
@@ -185,6 +193,12 @@ def test_the_status_shows_at_the_sending_gateway(
         ("sent", "hkpmc", "accepted")
     ]
     assert rows[0]["referral"] == f"{REFERRAL_SYSTEM}|REF20260618001"
+    # ... and on the outbox record that carried the referral
+    shown = run("outbox", "show", str(sent), "--json", home=nsch.home)
+    assert shown.returncode == 0, shown.stderr.decode()
+    assert orjson.loads(shown.stdout)["details"] == {"referral": "accepted at hkpmc"}
+    text = run("outbox", "show", str(sent), home=nsch.home).stdout.decode()
+    assert "referral: accepted at hkpmc" in text
 
 
 def test_the_cli_lists_and_acts(

@@ -94,7 +94,8 @@ class Stage(Generic[In, Out]):
     reaches: State | None  # the record's state once the stage passed (None: unchanged)
     summary: str  # one line for docs/architecture.md
     where: str  # the code that does it
-    # converter, record, input, trace → output; None: a planned stage, not built yet
+    # converter, record, input, trace → output; None: a stage run per routed partner by
+    # the outbound path (gateway/delivery/_outbound.py) once the record is stored
     run: Callable[[Converter, Record, In, bool], Out] | None = None
 
 
@@ -201,9 +202,9 @@ STAGES: tuple[Stage[Any, Any], ...] = (
         bytes,
         bytes,
         None,
-        "built, not run by the converter (it needs the recipient the outbox knows): "
-        "remove or pseudonymise what may not cross the boundary, or hold the record "
-        "(`held`)",
+        "per routed partner, by the outbound path (`PolicyRecords.apply`): allow, remove "
+        "or pseudonymise what may not cross the boundary, hold the record until consent "
+        "(`held`), or deny it",
         "gateway/policy/",
     ),
     Stage(
@@ -211,7 +212,8 @@ STAGES: tuple[Stage[Any, Any], ...] = (
         bytes,
         bytes,
         State.SIGNED,
-        "built, not run by the converter (it needs the recipient): JWS signature and Provenance",
+        "per routed partner, by the outbound path, when `signing_rules` names a key: "
+        "JWS signature and Provenance (after the partner's report variant)",
         "gateway/signing/",
     ),
     Stage(
@@ -219,8 +221,8 @@ STAGES: tuple[Stage[Any, Any], ...] = (
         bytes,
         bytes,
         State.QUEUED,
-        "built, not yet fed by the converter: durable queue per partner; the deliverer "
-        "sends it and makes it `delivered` (docs/delivery.md)",
+        "per routed partner, by the outbound path: durable queue per partner; the "
+        "deliverer sends it and makes it `delivered` (docs/delivery.md)",
         "gateway/delivery/",
     ),
 )
@@ -410,7 +412,7 @@ class Converter:
         payload: Any = unit
         for stage in STAGES:
             if stage.run is None:
-                continue  # planned, not built
+                continue  # run per partner by the outbound path, not here
             start = time.perf_counter()
             try:
                 payload = stage.run(self, record, payload, trace)
@@ -540,17 +542,17 @@ def stage_doc() -> str:
     :data:`~gateway.envelope.TRANSITIONS`."""
 
     built = [s.name for s in STAGES if s.run is not None]
-    planned = [f"({s.name})" for s in STAGES if s.run is None]
+    per_partner = [f"({s.name})" for s in STAGES if s.run is None]
     lines = [
         "```",
-        "bytes ─▶ " + " ─▶ ".join(built + planned),
+        "bytes ─▶ " + " ─▶ ".join(built + per_partner),
         "```",
         "",
         "| # | stage | input → output | record state after | code | what it does |",
         "|---|---|---|---|---|---|",
     ]
     for n, s in enumerate(STAGES, 1):
-        name = s.name if s.run is not None else f"{s.name} (planned)"
+        name = s.name if s.run is not None else f"{s.name} (per partner)"
         where = f"`{s.where}`" if s.where != "-" else "—"
         lines.append(
             f"| {n} | {name} | `{_type_name(s.input)}` → `{_type_name(s.output)}` "

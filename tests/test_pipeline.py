@@ -213,7 +213,7 @@ def test_built_stages_hand_on_what_the_next_one_takes() -> None:
     assert state is State.CONVERTED
     names = [s.name for s in STAGES]
     assert len(set(names)) == len(names)
-    assert names[len(built) :] == ["policy", "signing", "outbox"]  # planned, in order
+    assert names[len(built) :] == ["policy", "signing", "outbox"]  # per partner, in order
 
 
 def test_a_record_keeps_its_state_and_history(converter: Converter) -> None:

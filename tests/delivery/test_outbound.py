@@ -224,9 +224,7 @@ def test_a_partner_that_takes_it_in_parts_gets_it_unsigned_not_failed(
     signing = dataclasses.replace(
         home, signing_keys=tmp_path / "keys", signing_rules="LAX2/REF^I12=lax2"
     )
-    outbound = Outbound(
-        signing, store, partners={"njmu2": Partner("njmu2", NJMU2, max_entries=8)}
-    )
+    outbound = Outbound(signing, store, partners={"njmu2": Partner("njmu2", NJMU2, max_entries=8)})
     message = receive(store, converter, "hl7v2/ref_i12_lax2_to_njmu2.hl7")
     [placed] = outbound.process(message).placed
     assert placed.outcome == "queued", placed

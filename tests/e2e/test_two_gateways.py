@@ -253,7 +253,7 @@ def test_a_referral_sent_at_a_reaches_b_and_the_partner_server(net: Network) -> 
         net.a,
     )
     assert len(at_partner) == 1
-    # Both partners' rows delivered at A; each Bundle B stored came signed by NSCH.
+    # Both partners' rows delivered at A (B took it signed: it refuses unsigned Bundles).
     rows = orjson.loads(net.a.cli("outbox", "list", "--json").stdout)
     assert sorted((r["partner"], r["state"]) for r in rows) == [
         ("hkpmc", "delivered"),

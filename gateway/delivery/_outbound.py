@@ -283,8 +283,16 @@ class Outbound:
         if signer is not None:
             from ..signing import sign_record_bundle
 
-            data = sign_record_bundle(data, signer)
-            notes.append(f"signed by {signer.name}")
+            signed = sign_record_bundle(data, signer)
+            # One signature covers the whole Bundle: a partner that takes it in several
+            # requests gets it unsigned (as referral statuses: inbound/_referrals.py).
+            if partner.write == "transaction" and (
+                not partner.max_entries or len(orjson.loads(signed)["entry"]) <= partner.max_entries
+            ):
+                data = signed
+                notes.append(f"signed by {signer.name}")
+            else:
+                notes.append(f"not signed: {partner.key} takes it in several requests")
         return orjson.loads(data), notes
 
     def _variant(self, data: bytes, partner: Partner) -> tuple[bytes, str | None]:

@@ -19,6 +19,7 @@ from gateway import Converter, Settings
 from gateway.delivery import Deliverer, DeliveryConfig, Outbound, Outbox, unrouted
 from gateway.errors import ConfigError
 from gateway.policy import PolicyRecords
+from gateway.signing import make_demo_pki
 from gateway.store import Incoming, Store, on_converted, open_store, process_message, utcnow
 from tests.conftest import REPO
 from tests.policy.conftest import HKID, consent
@@ -196,7 +197,7 @@ def test_an_unknown_partner_is_not_sent_and_said(
 def test_signed_with_the_key_the_signing_rules_name(
     home: Settings, store: Store, converter: Converter, tmp_path: Path
 ) -> None:
-    from gateway.signing import TrustStore, make_demo_pki, verify_bundle
+    from gateway.signing import TrustStore, verify_bundle
 
     make_demo_pki(home.network, tmp_path / "keys", "EdDSA")
     signing = dataclasses.replace(
@@ -209,6 +210,29 @@ def test_signed_with_the_key_the_signing_rules_name(
     report = verify_bundle(bundle, TrustStore.load(tmp_path / "keys" / "ca"))
     assert report.ok and len(report.signatures) == 1
     assert "signed by" in outbound.outbox.events(placed.outbox_id or 0)[0].reason
+
+
+def test_a_partner_that_takes_it_in_parts_gets_it_unsigned_not_failed(
+    home: Settings, store: Store, converter: Converter, tmp_path: Path
+) -> None:
+    """A signature covers the whole Bundle: for a partner taking at most 8 entries a
+    request the signed referral (its signature Provenance refers to every entry) could
+    not be split and failed (config.partner-limit); it goes unsigned, and says so."""
+    from gateway.partners import Partner
+
+    make_demo_pki(home.network, tmp_path / "keys", "EdDSA")
+    signing = dataclasses.replace(
+        home, signing_keys=tmp_path / "keys", signing_rules="LAX2/REF^I12=lax2"
+    )
+    outbound = Outbound(signing, store, partners={"njmu2": Partner("njmu2", NJMU2, max_entries=8)})
+    message = receive(store, converter, "hl7v2/ref_i12_lax2_to_njmu2.hl7")
+    [placed] = outbound.process(message).placed
+    assert placed.outcome == "queued", placed
+    sent = parts(outbound.outbox, placed.outbox_id or 0)
+    assert len(sent) > 1 and all(len(p["entry"]) <= 8 for p in sent)
+    assert not any(p.get("signature") for p in sent)
+    said = outbound.outbox.events(placed.outbox_id or 0)[0].reason
+    assert "not signed: njmu2 takes it in several requests" in said
 
 
 def test_the_institution_must_be_of_the_network(home: Settings, store: Store) -> None:

@@ -1,12 +1,14 @@
 """Against the real partner server (../shared/partner-fhir: Medplum's router, strict
 conditional references, atomic transactions, its 8-entry limit): every golden Bundle
 queued, the partner down (503) for a while and back, the worker run until idle:
-everything delivered, nothing twice (each identifier once at the partner)."""
+everything delivered, in order per patient, nothing twice (each identifier once at the
+partner)."""
 
 from __future__ import annotations
 
 import random
-from collections import Counter
+from collections import Counter, defaultdict
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
@@ -65,6 +67,19 @@ def test_goldens_survive_a_partner_outage_delivered_once(
     ]
     retried = [r for r in rows if any(e.to_state == "retrying" for e in outbox.events(r))]
     assert retried, "the 503s reached no record"
+    # In order per patient: none of a patient's records was sent before the one queued
+    # ahead of it had been delivered, outage or not.
+    per_patient: dict[str, list[int]] = defaultdict(list)
+    for r in rows:
+        key = outbox.require(r).order_key
+        if key:
+            per_patient[key].append(r)
+    assert any(len(ids) > 1 for ids in per_patient.values())
+    for ids in per_patient.values():
+        for earlier, later in pairwise(ids):
+            delivered = max(e.at for e in outbox.events(earlier) if e.to_state == "delivered")
+            first_send = min(e.at for e in outbox.events(later) if e.to_state == "sending")
+            assert delivered <= first_send, (earlier, later)
     # Nothing twice: every conditional entry's identifier matches exactly one resource.
     conditions = set().union(*(_conditions(b) for _, b in golden))
     counts = {c: len(partner.search(f"{c[0]}?{c[1]}={c[2]}")) for c in sorted(conditions)}

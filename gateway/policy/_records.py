@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 import sqlalchemy as sa
 
+from ..audit import AuditLog, decision_event, message_subject
 from ..store import StageOutcome, Store, metadata, utcnow
 from ._consent import ConsentRecord, PolicyError, parse_consent
 from ._engine import Decision, Policy, RuleResult
@@ -87,10 +88,12 @@ class PolicyRecords:
     """Consents, decisions and counters over the message store's database; the
     ``Consents`` and ``Counters`` the engine reads."""
 
-    def __init__(self, store: Store, policy: Policy) -> None:
+    def __init__(self, store: Store, policy: Policy, *, audit: bool = True) -> None:
         self.store = store
         self.policy = policy
         self.engine = store.engine
+        # The audit trail: each decision's AuditEvent joins the decision's transaction.
+        self.audit = AuditLog(store) if audit else None
         # Consents as read (the R4 model's check is most of a decision's cost), by their
         # stored bytes: the rows are read every time (another process may import or
         # withdraw one), and a changed Consent is other bytes.
@@ -272,6 +275,9 @@ class PolicyRecords:
                             first_at=utcnow(),
                         )
                     )
+            if self.audit is not None:
+                event = decision_event(decision, message_subject(message_id))
+                self.audit.record_guarded(conn, event)
         if message_id is not None:
             self.store.record_outcome(
                 message_id,

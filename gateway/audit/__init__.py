@@ -14,13 +14,16 @@ from ._cli import add_cli, audit_signer, open_log, periodic
 from ._events import GATEWAY, KINDS, PROFILE, Party, Subject
 from ._export import PROOF_TYPE, ExportFilter, export_bundle, verify_export
 from ._hooks import (
+    PSEUDONYM,
     audit_log,
     basis_of,
     bundle_subject,
     decision_event,
     delivery_event,
     message_subject,
+    operator,
     record_events,
+    record_operator,
     store_hook,
     subject_of,
 )
@@ -43,6 +46,7 @@ __all__ = [
     "LOG_ID",
     "PROFILE",
     "PROOF_TYPE",
+    "PSEUDONYM",
     "Appended",
     "AuditError",
     "AuditLog",
@@ -71,8 +75,10 @@ __all__ = [
     "message_subject",
     "node_hash",
     "open_log",
+    "operator",
     "periodic",
     "record_events",
+    "record_operator",
     "store_hook",
     "subject_of",
     "verify_consistency",

@@ -10,6 +10,7 @@ delivery worker (gateway/delivery/_worker.py) after each send: ``delivery_event`
 
 from __future__ import annotations
 
+import getpass
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -24,6 +25,7 @@ from ._events import (
     Subject,
     converted,
     delivery,
+    operator_action,
     policy_decision,
     received,
     validation_failed,
@@ -37,7 +39,9 @@ __all__ = [
     "decision_event",
     "delivery_event",
     "message_subject",
+    "operator",
     "record_events",
+    "record_operator",
     "store_hook",
     "subject_of",
 ]
@@ -52,23 +56,52 @@ def audit_log(store: Store, settings: Settings | None = None) -> AuditLog | None
     return AuditLog(store)
 
 
-def store_hook(log: AuditLog | None, *, channel: str, peer: str | None = None) -> StoreHook | None:
+def store_hook(
+    log: AuditLog | None, *, channel: str, peer: str | None = None, received: bool = True
+) -> StoreHook | None:
     """What store processing (``process_message(audit=...)``) calls inside the
     transaction that keeps a conversion's outcome: received, then converted or
-    validation-failed, for each record of the message. The store cannot import the
-    audit (an earlier stage), so the caller that knows the channel passes this."""
+    validation-failed, for each record of the message (``received`` False: a
+    reprocessed message, received long ago: its outcome only). The store cannot import
+    the audit (an earlier stage), so the caller that knows the channel passes this."""
     if log is None:
         return None
+    skip = 0 if received else 1
 
     def hook(conn: Connection, message_id: int, records: Sequence[Record]) -> None:
         found = [
             e
             for r in records
-            for e in record_events(r, channel=channel, peer=peer, message_id=message_id)
+            for e in record_events(r, channel=channel, peer=peer, message_id=message_id)[skip:]
         ]
         log.record_guarded(conn, *found)
 
     return hook
+
+
+def operator() -> str:
+    """Who runs a command: the OS account (an operator's events name it)."""
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):
+        return "operator"
+
+
+def record_operator(
+    store: Store,
+    settings: Settings,
+    action: str,
+    message_ids: Iterable[int | None],
+    who: str | None = None,
+) -> None:
+    """An operator's action on stored messages (reprocess, retry, replay, release),
+    one event per message, in a commit of its own (after the action succeeded)."""
+    log = audit_log(store, settings)
+    if log is None:
+        return
+    made = [operator_action(action, who or operator(), message_subject(m)) for m in message_ids]
+    if made:
+        log.record_guarded(None, *made)
 
 
 def message_subject(message_id: int | None, patient: str | None = None) -> Subject:

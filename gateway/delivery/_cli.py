@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 
+from ..audit import record_operator
 from ..config import Settings
 from ..store import open_store
 from ._outbox import STATES, Outbox, OutboxRecord
@@ -93,6 +94,7 @@ def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
         else:
             ids = [args.id]
         rows = [outbox.retry(i, args.reason) for i in ids]
+        record_operator(store, settings, "retry", [r.message_id for r in rows])
     finally:
         store.close()
     return _done(args, "retried", rows)
@@ -102,6 +104,7 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     store = open_store(settings)
     try:
         row = Outbox(store).replay(args.id, args.reason)
+        record_operator(store, settings, "replay", [row.message_id])
     finally:
         store.close()
     return _done(args, "replayed", [row])
@@ -113,6 +116,7 @@ def cmd_release(args: argparse.Namespace, settings: Settings) -> int:
     store = open_store(settings)
     try:
         row = Outbound(settings, store).release(args.id, args.reason)
+        record_operator(store, settings, "release", [row.message_id])
     finally:
         store.close()
     return _done(args, "released", [row])

@@ -402,7 +402,7 @@ class Outbound:
             sender=stored.summary.sender,
         )
         out, notes = self._finish(
-            decision.bundle_json or data, partner, facts, stored.summary.sender
+            decision.bundle_json or data, partner, facts, stored.summary.sender, row.message_id
         )
         self.outbox.fill(
             row.id,

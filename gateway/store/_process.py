@@ -102,10 +102,10 @@ def process_message(
     duration = int((time.perf_counter() - started) * 1000)
     within = None
     if audit is not None:
-        hook = audit
+        audit_hook = audit
 
         def within(conn: Connection) -> None:
-            hook(conn, message_id, records)
+            audit_hook(conn, message_id, records)
 
     stored = store.record_outcome(message_id, outcome_of(records, raw, fmt), duration, within)
     if stored.state == "converted":

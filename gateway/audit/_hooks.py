@@ -2,10 +2,12 @@
 ``Record``, a policy ``Decision``, a delivery attempt), for the stages to append with
 :meth:`AuditLog.record` (or ``record_in`` inside their own transaction).
 
-Where each is called (docs/audit.md, "Hook points"): store processing
-(gateway/store/_process.py) after each conversion: ``record_events``; the policy
-(gateway/policy/_records.py) after a decision is stored: ``decision_event``; the
-delivery worker (gateway/delivery/_worker.py) after each send: ``delivery_event``.
+Where each is called (docs/audit.md, "Hook points: what is wired"): store processing
+through ``store_hook`` (passed to ``process_message`` by its callers); the policy's
+decisions and consents (gateway/policy/_records.py); signing and each send
+(gateway/delivery); the inbound endpoint; operator commands (``record_operator``).
+Every stage appends with :meth:`AuditLog.record_guarded`: an audit failure never fails
+the record.
 """
 
 from __future__ import annotations
@@ -57,16 +59,16 @@ def audit_log(store: Store, settings: Settings | None = None) -> AuditLog | None
 
 
 def store_hook(
-    log: AuditLog | None, *, channel: str, peer: str | None = None, received: bool = True
+    log: AuditLog | None, *, channel: str, peer: str | None = None, with_receipt: bool = True
 ) -> StoreHook | None:
     """What store processing (``process_message(audit=...)``) calls inside the
     transaction that keeps a conversion's outcome: received, then converted or
-    validation-failed, for each record of the message (``received`` False: a
+    validation-failed, for each record of the message (``with_receipt`` False: a
     reprocessed message, received long ago: its outcome only). The store cannot import
     the audit (an earlier stage), so the caller that knows the channel passes this."""
     if log is None:
         return None
-    skip = 0 if received else 1
+    skip = 0 if with_receipt else 1
 
     def hook(conn: Connection, message_id: int, records: Sequence[Record]) -> None:
         found = [

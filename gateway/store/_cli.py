@@ -185,7 +185,7 @@ def cmd_reprocess(args: argparse.Namespace, settings: Settings) -> int:
     # The audit imports the store: imported here, where the command runs (not at load).
     from ..audit import audit_log, record_operator, store_hook
 
-    audit = store_hook(audit_log(store, settings), channel="cli", received=False)
+    audit = store_hook(audit_log(store, settings), channel="cli", with_receipt=False)
     failed = done = 0
     try:
         for message_id in ids:

@@ -91,6 +91,8 @@ class Settings:
     signing_rules: str = ""
     # The audit trail (docs/audit.md): the key that signs tree heads, as a signing_rules KEY.
     audit_key: str = ""
+    # Off: no stage appends AuditEvents (a test rig, a bench); on in any deployment.
+    audit_enabled: bool = True
     # Delivery to partner FHIR servers (gateway/delivery; docs/delivery.md). Seconds unless
     # named otherwise; every delivery_* setting is checked by _delivery_setting.
     delivery_connect_timeout: float = 5.0  # nothing sent yet: a failure is safe to retry

@@ -179,7 +179,8 @@ def add_fhir_routes(
         body = await read_body(request, settings.max_bundle_bytes)
         if isinstance(body, Response):
             return body
-        answer = await run_in_threadpool(lambda: lazy.inbound().receive(body, who))
+        peer = request.client.host if request.client else None  # for the audit trail
+        answer = await run_in_threadpool(lambda: lazy.inbound().receive(body, who, peer))
         return _fhir(answer.body, answer.status, answer.headers)
 
     @app.post("/fhir/Task/{task_id}/{operation}")

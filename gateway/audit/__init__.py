@@ -13,7 +13,20 @@ from . import _events as events
 from ._cli import add_cli, audit_signer, open_log, periodic
 from ._events import GATEWAY, KINDS, PROFILE, Party, Subject
 from ._export import PROOF_TYPE, ExportFilter, export_bundle, verify_export
-from ._hooks import decision_event, delivery_event, record_events, subject_of
+from ._hooks import (
+    PSEUDONYM,
+    audit_log,
+    basis_of,
+    bundle_subject,
+    decision_event,
+    delivery_event,
+    message_subject,
+    operator,
+    record_events,
+    record_operator,
+    store_hook,
+    subject_of,
+)
 from ._log import (
     LOG_ID,
     Appended,
@@ -33,6 +46,7 @@ __all__ = [
     "LOG_ID",
     "PROFILE",
     "PROOF_TYPE",
+    "PSEUDONYM",
     "Appended",
     "AuditError",
     "AuditLog",
@@ -47,7 +61,10 @@ __all__ = [
     "Tree",
     "Verdict",
     "add_cli",
+    "audit_log",
     "audit_signer",
+    "basis_of",
+    "bundle_subject",
     "cert_checker",
     "decision_event",
     "delivery_event",
@@ -55,10 +72,14 @@ __all__ = [
     "export_bundle",
     "head_payload",
     "leaf_hash",
+    "message_subject",
     "node_hash",
     "open_log",
+    "operator",
     "periodic",
     "record_events",
+    "record_operator",
+    "store_hook",
     "subject_of",
     "verify_consistency",
     "verify_export",

@@ -2,21 +2,115 @@
 ``Record``, a policy ``Decision``, a delivery attempt), for the stages to append with
 :meth:`AuditLog.record` (or ``record_in`` inside their own transaction).
 
-Where each is called (docs/audit.md, "Hook points"): store processing
-(gateway/store/_process.py) after each conversion: ``record_events``; the policy
-(gateway/policy/_records.py) after a decision is stored: ``decision_event``; the
-delivery worker (gateway/delivery/_worker.py) after each send: ``delivery_event``.
+Where each is called (docs/audit.md, "Hook points: what is wired"): store processing
+through ``store_hook`` (passed to ``process_message`` by its callers); the policy's
+decisions and consents (gateway/policy/_records.py); signing and each send
+(gateway/delivery); the inbound endpoint; operator commands (``record_operator``).
+Every stage appends with :meth:`AuditLog.record_guarded`: an audit failure never fails
+the record.
 """
 
 from __future__ import annotations
 
+import getpass
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from ..envelope import Record
-from ._events import Subject, converted, delivery, policy_decision, received, validation_failed
+from sqlalchemy.engine import Connection
 
-__all__ = ["decision_event", "delivery_event", "record_events", "subject_of"]
+from ..config import Settings
+from ..envelope import Record
+from ..store import Store
+from ._events import (
+    BASIS_SYSTEM,
+    Subject,
+    converted,
+    delivery,
+    operator_action,
+    policy_decision,
+    received,
+    validation_failed,
+)
+from ._log import AuditLog
+
+__all__ = [
+    "audit_log",
+    "basis_of",
+    "bundle_subject",
+    "decision_event",
+    "delivery_event",
+    "message_subject",
+    "operator",
+    "record_events",
+    "record_operator",
+    "store_hook",
+    "subject_of",
+]
+
+StoreHook = Callable[[Connection, int, Sequence[Record]], None]
+
+
+def audit_log(store: Store, settings: Settings | None = None) -> AuditLog | None:
+    """The stages' audit log over ``store``; None when ``audit_enabled`` is off."""
+    if settings is not None and not settings.audit_enabled:
+        return None
+    return AuditLog(store)
+
+
+def store_hook(
+    log: AuditLog | None, *, channel: str, peer: str | None = None, with_receipt: bool = True
+) -> StoreHook | None:
+    """What store processing (``process_message(audit=...)``) calls inside the
+    transaction that keeps a conversion's outcome: received, then converted or
+    validation-failed, for each record of the message (``with_receipt`` False: a
+    reprocessed message, received long ago: its outcome only). The store cannot import
+    the audit (an earlier stage), so the caller that knows the channel passes this."""
+    if log is None:
+        return None
+    skip = 0 if with_receipt else 1
+
+    def hook(conn: Connection, message_id: int, records: Sequence[Record]) -> None:
+        found = [
+            e
+            for r in records
+            for e in record_events(r, channel=channel, peer=peer, message_id=message_id)[skip:]
+        ]
+        log.record_guarded(conn, *found)
+
+    return hook
+
+
+def operator() -> str:
+    """Who runs a command: the OS account (an operator's events name it)."""
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):
+        return "operator"
+
+
+def record_operator(
+    store: Store,
+    settings: Settings,
+    action: str,
+    message_ids: Iterable[int | None],
+    who: str | None = None,
+) -> None:
+    """An operator's action on stored messages (reprocess, retry, replay, release),
+    one event per message, in a commit of its own (after the action succeeded)."""
+    log = audit_log(store, settings)
+    if log is None:
+        return
+    made = [operator_action(action, who or operator(), message_subject(m)) for m in message_ids]
+    if made:
+        log.record_guarded(None, *made)
+
+
+def message_subject(message_id: int | None, patient: str | None = None) -> Subject:
+    """A stored message (and its patient, when known) as an event's entities."""
+    records = (f"{_MESSAGE}|{message_id}",) if message_id is not None else ()
+    return Subject(patient, records)
+
 
 PSEUDONYM = "https://fhir-gateway.example.org/sid/patient-pseudonym"
 
@@ -24,10 +118,22 @@ PSEUDONYM = "https://fhir-gateway.example.org/sid/patient-pseudonym"
 def subject_of(record: Record, message_id: int | None = None) -> Subject:
     """The patient (the Bundle's Patient, by its logical id) and the records (the
     Bundle, the stored message) of a record; no value from inside the record but ids."""
-    patient = None
     bundle = record.bundle if record.bundle_json else None
+    subject = bundle_subject(bundle if isinstance(bundle, dict) else None, message_id)
+    detail: tuple[tuple[str, str], ...] = ()
+    if record.control_id:
+        detail += (("control-id", record.control_id),)
+    if record.message_type:
+        detail += (("message-type", record.message_type),)
+    return Subject(subject.patient, subject.records, detail)
+
+
+def bundle_subject(bundle: Mapping[str, Any] | None, message_id: int | None = None) -> Subject:
+    """The patient (``Patient/<logical id>``, as the converter made it: the same in
+    every event of a record, before and after the policy) and records of a Bundle."""
+    patient = None
     records: list[str] = []
-    if isinstance(bundle, dict):
+    if bundle is not None:
         if bundle.get("id"):
             records.append(f"Bundle/{bundle['id']}")
         for entry in bundle.get("entry") or []:
@@ -37,12 +143,17 @@ def subject_of(record: Record, message_id: int | None = None) -> Subject:
                 break
     if message_id is not None:
         records.append(f"{_MESSAGE}|{message_id}")
-    detail: tuple[tuple[str, str], ...] = ()
-    if record.control_id:
-        detail += (("control-id", record.control_id),)
-    if record.message_type:
-        detail += (("message-type", record.message_type),)
-    return Subject(patient, tuple(records), detail)
+    return Subject(patient, tuple(records))
+
+
+def basis_of(bundles: Iterable[Mapping[str, Any]]) -> str | None:
+    """The legal basis the policy labelled a Bundle's resources with (meta.security)."""
+    for bundle in bundles:
+        for entry in bundle.get("entry") or []:
+            for label in ((entry.get("resource") or {}).get("meta") or {}).get("security") or []:
+                if label.get("system") == BASIS_SYSTEM and label.get("code"):
+                    return str(label["code"])
+    return None
 
 
 _MESSAGE = "https://fhir-gateway.example.org/sid/stored-message"

@@ -148,6 +148,13 @@ def _prepare(resource: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def _kind(resource: Mapping[str, Any]) -> str:
+    try:
+        return keys_of(dict(resource))[0]
+    except Exception:
+        return "unknown"
+
+
 def _frontier(blob: bytes, size: int) -> Frontier:
     return Frontier(size, tuple(blob[i : i + 32] for i in range(0, len(blob), 32)))
 
@@ -160,6 +167,7 @@ class AuditLog:
         self.log = log
         self.engine = store.engine
         self._writer = store.engine.execution_options(write=True)
+        self.failures = 0  # events record_guarded could not append (logged)
 
     # -- appending ------------------------------------------------------------------------
     def record(self, resource: Mapping[str, Any]) -> Appended:
@@ -176,6 +184,32 @@ class AuditLog:
         """Append inside the caller's write transaction: the events commit (or not)
         with the change they record, at no commit of their own."""
         return self.append_rows(conn, [_prepare(r) for r in resources])
+
+    def record_guarded(self, conn: Connection | None, *resources: Mapping[str, Any]) -> bool:
+        """Append for a pipeline stage, which the audit must never fail: inside the
+        caller's transaction (``conn``) under a SAVEPOINT, so a failed append undoes only
+        itself, or in a transaction of its own. A failure is logged (``audit.write-failed``,
+        the events' kinds and the error's type: no patient data) and counted in
+        ``failures``, which the operator sees; False then."""
+        try:
+            rows = [_prepare(r) for r in resources]
+            if conn is None:
+                with self._writer.begin() as own:
+                    self.append_rows(own, rows)
+            else:
+                with conn.begin_nested():
+                    self.append_rows(conn, rows)
+            return True
+        except Exception as exc:
+            self.failures += 1
+            kinds = ",".join(sorted({str(_kind(r)) for r in resources}))
+            _LOG.error(
+                "audit.write-failed: %d AuditEvent(s) (%s) not recorded: %s",
+                len(resources),
+                kinds,
+                type(exc).__name__,
+            )
+            return False
 
     def writer(self, flush_every: float = 0.2, max_batch: int = 500) -> AuditWriter:
         """A background writer for a hot path: events queue and are appended together

@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 
+from ..audit import record_operator
 from ..config import Settings
 from ..store import Store, open_store
 from ._outbox import STATES, Outbox, OutboxRecord
@@ -106,6 +107,7 @@ def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
         else:
             ids = [args.id]
         rows = [outbox.retry(i, args.reason) for i in ids]
+        record_operator(store, settings, "retry", [r.message_id for r in rows])
     finally:
         store.close()
     return _done(args, "retried", rows)
@@ -115,6 +117,7 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     store = open_store(settings)
     try:
         row = Outbox(store).replay(args.id, args.reason)
+        record_operator(store, settings, "replay", [row.message_id])
     finally:
         store.close()
     return _done(args, "replayed", [row])
@@ -126,6 +129,7 @@ def cmd_release(args: argparse.Namespace, settings: Settings) -> int:
     store = open_store(settings)
     try:
         row = Outbound(settings, store).release(args.id, args.reason)
+        record_operator(store, settings, "release", [row.message_id])
     finally:
         store.close()
     return _done(args, "released", [row])

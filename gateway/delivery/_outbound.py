@@ -30,6 +30,7 @@ from typing import Any
 
 import orjson
 
+from ..audit import audit_log, bundle_subject, events
 from ..config import Settings
 from ..errors import ConfigError, GatewayError, Issue
 from ..network import Network
@@ -127,7 +128,10 @@ class Outbound:
         self.institution = self._institution(settings.institution)
         self.partners = partners if partners is not None else configured_partners(settings)
         self.routes = routes or Routes.load(self.network, settings.delivery_routes)
-        self.policy = PolicyRecords(store, Policy(settings, self.network))
+        self.audit = audit_log(store, settings)
+        self.policy = PolicyRecords(
+            store, Policy(settings, self.network), audit=self.audit is not None
+        )
         self.wait = timedelta(seconds=settings.delivery_reference_wait)
         self._lock = threading.RLock()
         self._variants: Any = None
@@ -251,7 +255,9 @@ class Outbound:
                     reason=f"policy.held: {why} (decision {decision.id})",
                 )
                 return Placed(n, partner.key, "held", row, decision.id, why, "policy.held")
-            out, notes = self._finish(decision.bundle_json or data, partner, facts, sender)
+            out, notes = self._finish(
+                decision.bundle_json or data, partner, facts, sender, message_id
+            )
             row, _ = self.outbox.enqueue(
                 partner,
                 out,
@@ -270,7 +276,12 @@ class Outbound:
             return Placed(n, partner.key, "failed", None, None, exc.issue.message, exc.code)
 
     def _finish(
-        self, data: bytes, partner: Partner, facts: Facts, sender: str | None
+        self,
+        data: bytes,
+        partner: Partner,
+        facts: Facts,
+        sender: str | None,
+        message_id: int | None = None,
     ) -> tuple[dict[str, Any], list[str]]:
         """The allowed Bundle as the partner gets it: its report variant, signed."""
         notes: list[str] = []
@@ -291,6 +302,9 @@ class Outbound:
             ):
                 data = signed
                 notes.append(f"signed by {signer.name}")
+                if self.audit is not None:
+                    subject = bundle_subject(bundle, message_id)
+                    self.audit.record_guarded(None, events.signed(subject, signer.name, "author"))
             else:
                 notes.append(f"not signed: {partner.key} takes it in several requests")
         return orjson.loads(data), notes
@@ -396,7 +410,7 @@ class Outbound:
             sender=stored.summary.sender,
         )
         out, notes = self._finish(
-            decision.bundle_json or data, partner, facts, stored.summary.sender
+            decision.bundle_json or data, partner, facts, stored.summary.sender, row.message_id
         )
         self.outbox.fill(
             row.id,

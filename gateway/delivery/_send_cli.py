@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from ..audit import store_hook
 from ..config import Settings
 from ..errors import Issue
 from ..store import Incoming, Store, open_store, process_message, study_zip
@@ -164,7 +165,8 @@ def _send_one(
     state = store.state_of(receipt.id) or "received"
     issues: list[dict[str, Any]] = []
     if state in ("received", "failed"):  # new, or failed before: (again) with today's mappings
-        outcome = process_message(store, converter, receipt.id)
+        audit = store_hook(outbound.audit, channel="cli")
+        outcome = process_message(store, converter, receipt.id, audit=audit)
         state, issues = outcome.state, outcome.issues
     item.result = {"source": item.source, "message": item.index, "message_id": receipt.id}
     progress.messages += 1
@@ -213,7 +215,9 @@ def _wait(
     outbox = outbound.outbox
     config = DeliveryConfig.from_settings(settings)
     deadline = time.monotonic() + args.timeout
-    with Deliverer(outbox, outbound.partners, config, rng=random.Random()) as deliverer:
+    with Deliverer(
+        outbox, outbound.partners, config, rng=random.Random(), audit=outbound.audit
+    ) as deliverer:
         while time.monotonic() < deadline:
             if all(outbox.require(r).state in _SETTLED for r in rows):
                 break

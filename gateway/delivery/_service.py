@@ -82,7 +82,10 @@ class DeliveryService:
         self.store = store
         self.outbound = outbound or Outbound(settings, store, outbox)
         self.deliverer = deliverer or Deliverer(
-            outbox, self.outbound.partners, DeliveryConfig.from_settings(settings)
+            outbox,
+            self.outbound.partners,
+            DeliveryConfig.from_settings(settings),
+            audit=self.outbound.audit,
         )
         self.feed_every = feed_every
         self._stop = threading.Event()

@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import orjson
 
+from ..audit import AuditLog, basis_of, bundle_subject, delivery_event
 from ..errors import GatewayError
 from ..partners import Partner
 from ..partners import partner_client as partners_client
@@ -57,8 +58,10 @@ class Deliverer:
         clock: Callable[[], datetime] | None = None,
         rng: random.Random | None = None,
         client_factory: ClientFactory = partner_client,
+        audit: AuditLog | None = None,
     ) -> None:
         self.outbox = outbox
+        self.audit = audit  # each send's AuditEvent (gateway.audit.audit_log)
         self.client_factory = client_factory
         self.partners = dict(partners)
         self.config = config or DeliveryConfig()
@@ -151,6 +154,7 @@ class Deliverer:
             attempts += 1
             answer = send_part(self.client(partner), parts[part], self.clock())
             now = self.clock()
+            self._audit(record, partner, parts, answer, attempts)
             self._count(breaker, answer, now)
             if answer.kind != "delivered":
                 self._failed(record, part, attempts, answer, now)
@@ -305,6 +309,35 @@ class Deliverer:
             next_at=now + timedelta(seconds=wait),
             **kept,
         )
+
+    def _audit(
+        self,
+        record: OutboxRecord,
+        partner: Partner,
+        parts: list[dict[str, Any]],
+        answer: Answer,
+        attempt: int,
+    ) -> None:
+        """One send as an AuditEvent, in its own commit (the outbox row moves after it;
+        a failed audit write is logged and counted, never fails the delivery)."""
+        if self.audit is None:
+            return
+        # The patient is in one of the parts (a split Bundle): the first that names one.
+        subject = next(
+            (s for p in parts if (s := bundle_subject(p, record.message_id)).patient),
+            bundle_subject(None, record.message_id),
+        )
+        event = delivery_event(
+            partner.key,
+            subject,
+            url=partner.base,
+            delivered=answer.kind == "delivered",
+            status=answer.status,
+            attempt=attempt,
+            basis=basis_of(parts),
+            purpose=record.purpose,
+        )
+        self.audit.record_guarded(None, event)
 
     def _wait(self, attempt: int, asked: float | None) -> float:
         """Seconds before the next try: what the partner asked (Retry-After), else

@@ -28,6 +28,7 @@ import sqlalchemy as sa
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
+from ..audit import PSEUDONYM, Subject, audit_log, bundle_subject, events
 from ..config import Settings
 from ..errors import GatewayError, Issue, http_status, operation_outcome
 from ..network import Institution, Network
@@ -69,6 +70,7 @@ class Inbound:
         self.referrals = Referrals(settings, store, self.network)
         self._lock = threading.Lock()
         self._policy: Any = None
+        self.audit = audit_log(store, settings)
 
     def policy(self) -> Any:
         from ..policy import Policy
@@ -79,7 +81,8 @@ class Inbound:
             return self._policy
 
     # -- the whole flow ---------------------------------------------------------------
-    def receive(self, body: bytes, who: PartnerAuth) -> Answer:
+    def receive(self, body: bytes, who: PartnerAuth, peer: str | None = None) -> Answer:
+        """``peer``: the sender's network address (its audit event names it)."""
         try:
             own = self.referrals.own()
             bundle = _bundle(body)
@@ -97,14 +100,61 @@ class Inbound:
         if earlier is not None:
             return earlier
         refused = self._verify(bundle, who.partner)
+        self._audit_verified(bundle, who.partner, refused)
         if refused is not None:
             self._keep_refused(body, bundle, who, token, sha, refused)
             log.warning("inbound: a Bundle from %s refused: its signatures", who.partner)
-            return refused
+            return self._audited(bundle, who.partner, peer, refused)
         denied = self._decide(bundle, who.partner, own)
         if denied is not None:
-            return denied
-        return self._store(body, bundle, who, token, sha, dedup)
+            return self._audited(bundle, who.partner, peer, denied)
+        return self._audited(
+            bundle, who.partner, peer, self._store(body, bundle, who, token, sha, dedup)
+        )
+
+    # -- the audit trail (each event in a commit of its own; a failure is logged) -----
+    def _subject(self, bundle: dict[str, Any]) -> Subject:
+        """The Bundle and its patient, by the policy's pseudonym of the Patient's first
+        identifier (a partner's Bundle has no id of ours yet; no identifier is logged)."""
+        from ..policy import pseudonym
+
+        subject = bundle_subject(bundle)
+        for entry in bundle.get("entry") or []:
+            resource = entry.get("resource") if isinstance(entry, dict) else None
+            if not isinstance(resource, dict) or resource.get("resourceType") != "Patient":
+                continue
+            for ident in resource.get("identifier") or []:
+                if isinstance(ident, dict) and ident.get("value"):
+                    alias = pseudonym(
+                        self.policy().key, str(ident.get("system") or ""), str(ident["value"])
+                    )
+                    return Subject(f"{PSEUDONYM}|{alias}", subject.records)
+        return Subject(None, subject.records)
+
+    def _audit_verified(self, bundle: dict[str, Any], partner: str, refused: Answer | None) -> None:
+        if self.audit is None or not (signature_entries(bundle) or bundle.get("signature")):
+            return
+        code = _first_code(refused) if refused is not None else None
+        event = events.signature_verified(
+            self._subject(bundle), partner, refused is None, code=code
+        )
+        self.audit.record_guarded(None, event)
+
+    def _audited(
+        self, bundle: dict[str, Any], partner: str, peer: str | None, answer: Answer
+    ) -> Answer:
+        """The receipt's AuditEvent (stored or refused, with the refusal's code)."""
+        if self.audit is not None and not answer.replayed:
+            ok = answer.status < 400
+            event = events.inbound_receipt(
+                partner,
+                self._subject(bundle),
+                peer=peer,
+                outcome="success" if ok else "serious",
+                why=None if ok else _first_code(answer),
+            )
+            self.audit.record_guarded(None, event)
+        return answer
 
     # -- 2: in whose name -------------------------------------------------------------
     def _check_sender(self, bundle: dict[str, Any], partner: str) -> None:
@@ -242,6 +292,14 @@ class Inbound:
                 raise
             return earlier
         return Answer(200, applied.response)
+
+
+def _first_code(answer: Answer) -> str | None:
+    for issue in answer.body.get("issue") or []:
+        for coding in (issue.get("details") or {}).get("coding") or []:
+            if coding.get("code"):
+                return str(coding["code"])
+    return None
 
 
 def _bundle(body: bytes) -> dict[str, Any]:

@@ -43,6 +43,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.filewriter import dcmwrite
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
+from ..audit import audit_log, store_hook
 from ..config import Settings
 from ..errors import ConfigError, GatewayError, IntakeError
 from ..pipeline import Converter
@@ -229,6 +230,7 @@ class DicomIntake:
         self._converter = converter
         self._lock = lock or threading.Lock()  # conversions take turns on one converter
         self._commit_lock = threading.Lock()  # a study is taken once, by one thread
+        self._audit = store_hook(audit_log(store, settings), channel="dicom")
 
     @property
     def converter(self) -> Converter:
@@ -276,7 +278,9 @@ class DicomIntake:
                 outs = [o for o in stored.outcomes if o.current] if stored else []
                 state, issues = (outs[-1].state, outs[-1].issues) if outs else (receipt.state, [])
             else:
-                outcome = process_message(self.store, converter, receipt.id, self._lock)
+                outcome = process_message(
+                    self.store, converter, receipt.id, self._lock, self._audit
+                )
                 state, issues = outcome.state, outcome.issues
         found = self.store.raw(receipt.id)
         members = len(zipfile.ZipFile(io.BytesIO(found[0])).namelist()) if found and found[0] else 0
@@ -302,7 +306,7 @@ class DicomIntake:
             converter = self.converter
             with self._commit_lock:
                 if self.store.state_of(message_id) == "received":  # not converted meanwhile
-                    process_message(self.store, converter, message_id, self._lock)
+                    process_message(self.store, converter, message_id, self._lock, self._audit)
                     done += 1
         return done
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from ..audit import audit_log, store_hook
 from ..config import Settings
 from ..errors import GatewayError, IntakeError, Issue
 from ..intake import codec_for
@@ -407,7 +408,8 @@ async def mllp_running(
     stored messages are converted after their ACK (and those left ``received`` by an
     earlier run first). ``server.port`` is the port it listens on."""
     writer = StoreWriter(store)
-    processor = Processor(store, converter) if converter is not None else None
+    audit = store_hook(audit_log(store, settings), channel="mllp")
+    processor = Processor(store, converter, audit) if converter is not None else None
     server = MllpServer(settings, writer, processor, converter.network if converter else None)
     try:
         server.port = await server.start(host, port)

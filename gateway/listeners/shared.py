@@ -13,7 +13,7 @@ import threading
 from concurrent.futures import Future
 
 from ..pipeline import Converter
-from ..store import Incoming, Receipt, Store, process_message
+from ..store import AuditHook, Incoming, Receipt, Store, process_message
 
 __all__ = ["Processor", "StoreWriter"]
 
@@ -85,9 +85,10 @@ class Processor:
     ``start`` first queues the messages still ``received`` (a listener restarted after
     a crash converts what it had acknowledged)."""
 
-    def __init__(self, store: Store, converter: Converter) -> None:
+    def __init__(self, store: Store, converter: Converter, audit: AuditHook | None = None) -> None:
         self.store = store
         self.converter = converter
+        self.audit = audit  # gateway.audit.store_hook: the audit trail's events
         self._queue: queue.Queue[int | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="processor", daemon=True)
         self.done = 0
@@ -121,7 +122,7 @@ class Processor:
                     return
                 # queued twice (recovered at start and submitted): converted once
                 if self.store.state_of(message_id) == "received":
-                    process_message(self.store, self.converter, message_id)
+                    process_message(self.store, self.converter, message_id, audit=self.audit)
                 self.done += 1
             except Exception:  # the message stays "received": retried at the next start
                 log.exception("stored message %s could not be processed", message_id)

@@ -20,6 +20,7 @@ from typing import Any
 
 import orjson
 
+from ..audit import operator
 from ..config import Settings
 from ..errors import shape
 from ..store import open_store
@@ -38,7 +39,7 @@ def _policy(settings: Settings) -> Policy:
 
 
 def _records(settings: Settings) -> PolicyRecords:
-    return PolicyRecords(open_store(settings), _policy(settings))
+    return PolicyRecords(open_store(settings), _policy(settings), audit=settings.audit_enabled)
 
 
 def render_decision(policy: Policy, decision: Decision) -> str:
@@ -176,7 +177,9 @@ def cmd_consent_import(args: argparse.Namespace, settings: Settings) -> int:
     failed = 0
     for n, item in enumerate(items, 1):
         try:
-            record, released = records.import_consent(item if isinstance(item, dict) else {})
+            record, released = records.import_consent(
+                item if isinstance(item, dict) else {}, operator=operator()
+            )
         except PolicyError as exc:  # one bad Consent never stops the others
             failed += 1
             where = f"{args.file}, Consent #{n}" if len(items) > 1 else args.file
@@ -204,7 +207,7 @@ def cmd_consent_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_consent_withdraw(args: argparse.Namespace, settings: Settings) -> int:
-    record = _records(settings).withdraw(args.id)
+    record = _records(settings).withdraw(args.id, operator=operator())
     sys.stdout.write(f"withdrawn {_consent_line(record)}\n")
     return 0
 

@@ -12,7 +12,10 @@ from typing import Any
 
 import orjson
 import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 
+from ..audit import PSEUDONYM, AuditLog, decision_event, message_subject
+from ..audit import events as audit_events
 from ..store import StageOutcome, Store, metadata, utcnow
 from ._consent import ConsentRecord, PolicyError, parse_consent
 from ._engine import Decision, Policy, RuleResult
@@ -87,10 +90,12 @@ class PolicyRecords:
     """Consents, decisions and counters over the message store's database; the
     ``Consents`` and ``Counters`` the engine reads."""
 
-    def __init__(self, store: Store, policy: Policy) -> None:
+    def __init__(self, store: Store, policy: Policy, *, audit: bool = True) -> None:
         self.store = store
         self.policy = policy
         self.engine = store.engine
+        # The audit trail: each decision's AuditEvent joins the decision's transaction.
+        self.audit = AuditLog(store) if audit else None
         # Consents as read (the R4 model's check is most of a decision's cost), by their
         # stored bytes: the rows are read every time (another process may import or
         # withdraw one), and a changed Consent is other bytes.
@@ -141,10 +146,10 @@ class PolicyRecords:
         return found
 
     def import_consent(
-        self, body: bytes | dict[str, Any], now: datetime | None = None
+        self, body: bytes | dict[str, Any], now: datetime | None = None, operator: str | None = None
     ) -> tuple[ConsentRecord, list[Released]]:
         """Keep a Consent (a new one, or a new version of one by id) and release the held
-        records it now allows."""
+        records it now allows. ``operator``: who imported it (its audit event names them)."""
         record = self._parse(body if isinstance(body, bytes) else orjson.dumps(body))
         stamp = utcnow()
         with self.store.engine.execution_options(write=True).begin() as conn:
@@ -163,6 +168,7 @@ class PolicyRecords:
                 )
             else:
                 conn.execute(consents.update().where(consents.c.id == found.id).values(**values))
+            self._audit_consent(conn, record, record.status, operator)
         return record, self.release_held(now)
 
     def list_consents(self, patient: str | None = None) -> list[ConsentRecord]:
@@ -172,7 +178,17 @@ class PolicyRecords:
         with self.engine.connect() as conn:
             return [self._parse(r) for r in conn.execute(query).scalars()]
 
-    def withdraw(self, consent_id: str) -> ConsentRecord:
+    def _audit_consent(
+        self, conn: Connection, record: ConsentRecord, status: str, operator: str | None
+    ) -> None:
+        """The consent change's AuditEvent, in its transaction; the patient by the
+        pseudonym the decisions name them with (no identifier in the log)."""
+        if self.audit is not None:
+            patient = f"{PSEUDONYM}|{self._patient_key(record.patient)}"
+            event = audit_events.consent_changed(patient, record.id, status, operator=operator)
+            self.audit.record_guarded(conn, event)
+
+    def withdraw(self, consent_id: str, operator: str | None = None) -> ConsentRecord:
         """Withdrawal: the Consent's status becomes inactive (kept, as evidence)."""
         with self.store.engine.execution_options(write=True).begin() as conn:
             row = conn.execute(
@@ -192,7 +208,9 @@ class PolicyRecords:
                 .where(consents.c.id == row.id)
                 .values(status="inactive", resource=data, updated_at=utcnow())
             )
-        return self._parse(data)
+            withdrawn = self._parse(data)
+            self._audit_consent(conn, withdrawn, "inactive", operator)
+        return withdrawn
 
     # -- decisions ------------------------------------------------------------------------
     def apply(
@@ -272,6 +290,9 @@ class PolicyRecords:
                             first_at=utcnow(),
                         )
                     )
+            if self.audit is not None:
+                event = decision_event(decision, message_subject(message_id))
+                self.audit.record_guarded(conn, event)
         if message_id is not None:
             self.store.record_outcome(
                 message_id,

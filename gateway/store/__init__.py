@@ -5,7 +5,7 @@ PostgreSQL when ``database_url`` names one. See docs/store.md."""
 from ._cli import add_cli, decoded, message_json, parse_since
 from ._engine import database_url, make_engine
 from ._open import open_store, retention
-from ._process import current_converter, on_converted, outcome_of, process_message
+from ._process import AuditHook, current_converter, on_converted, outcome_of, process_message
 from ._schema import metadata
 from ._store import (
     CHANNELS,
@@ -31,6 +31,7 @@ __all__ = [
     "CHANNELS",
     "NEVER_PRUNED",
     "STATES",
+    "AuditHook",
     "DicomInstance",
     "Incoming",
     "MessageFilter",

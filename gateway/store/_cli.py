@@ -182,10 +182,15 @@ def cmd_reprocess(args: argparse.Namespace, settings: Settings) -> int:
     store = open_store(settings)
     ids: Iterable[int] = [args.id] if args.id is not None else store.ids(_filter(args, settings))
     converter = current_converter(settings)
+    # The audit imports the store: imported here, where the command runs (not at load).
+    from ..audit import audit_log, record_operator, store_hook
+
+    audit = store_hook(audit_log(store, settings), channel="cli", with_receipt=False)
     failed = done = 0
     try:
         for message_id in ids:
-            outcome = process_message(store, converter, message_id)
+            outcome = process_message(store, converter, message_id, audit=audit)
+            record_operator(store, settings, "reprocess", [message_id])
             done += 1
             failed += outcome.state != "converted"
             print(f"message {message_id}: {outcome.state} (attempt {outcome.attempt})")

@@ -7,9 +7,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from typing import Any
+
+from sqlalchemy.engine import Connection
 
 from ..config import Settings
 from ..datafiles import load_data_file
@@ -19,7 +21,7 @@ from ..intake.hl7v2 import parse_message, split_messages
 from ..pipeline import Converter
 from ._store import StageOutcome, Store, StoredOutcome, StoreError
 
-__all__ = ["current_converter", "on_converted", "outcome_of", "process_message"]
+__all__ = ["AuditHook", "current_converter", "on_converted", "outcome_of", "process_message"]
 
 log = logging.getLogger("gateway.store")
 
@@ -27,6 +29,9 @@ log = logging.getLogger("gateway.store")
 # which `gateway serve` registers here (the store is an earlier stage: it cannot import it).
 Converted = Callable[[int], None]
 _converted: list[Converted] = []
+# The audit trail's hook (gateway.audit.store_hook): called with the outcome's write
+# transaction, the message's id and its records; the caller passes it (no import here).
+AuditHook = Callable[[Connection, int, Sequence[Record]], None]
 
 
 def on_converted(hook: Converted) -> Callable[[], None]:
@@ -80,9 +85,11 @@ def process_message(
     converter: Converter,
     message_id: int,
     lock: threading.Lock | None = None,
+    audit: AuditHook | None = None,
 ) -> StoredOutcome:
     """Convert a stored message from its original bytes and record the outcome (the
-    earlier outcomes stay). ``lock`` serialises use of a converter shared by threads."""
+    earlier outcomes stay). ``lock`` serialises use of a converter shared by threads;
+    ``audit`` appends the audit events in the outcome's own transaction."""
     found = store.raw(message_id)
     if found is None:
         raise StoreError("not-found", f"no message {message_id} in the store")
@@ -93,7 +100,14 @@ def process_message(
     with lock or nullcontext():
         records = _convert(converter, raw, fmt, sender, message_id)
     duration = int((time.perf_counter() - started) * 1000)
-    stored = store.record_outcome(message_id, outcome_of(records, raw, fmt), duration)
+    within = None
+    if audit is not None:
+        audit_hook = audit
+
+        def within(conn: Connection) -> None:
+            audit_hook(conn, message_id, records)
+
+    stored = store.record_outcome(message_id, outcome_of(records, raw, fmt), duration, within)
     if stored.state == "converted":
         for hook in list(_converted):
             try:

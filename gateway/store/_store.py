@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import zipfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -368,12 +368,20 @@ class Store:
 
     # -- stages -----------------------------------------------------------------------
     def record_outcome(
-        self, message_id: int, outcome: StageOutcome, duration_ms: int | None = None
+        self,
+        message_id: int,
+        outcome: StageOutcome,
+        duration_ms: int | None = None,
+        within: Callable[[Connection], None] | None = None,
     ) -> StoredOutcome:
         """Keep what a stage made of a message, and move the message to its state.
-        Earlier outcomes of the stage stay (``current`` false)."""
+        Earlier outcomes of the stage stay (``current`` false). ``within(conn)`` runs
+        in the same write transaction (the audit trail's events: no commit of their own)."""
         with self._write() as conn:
-            return self._add_outcome(conn, message_id, outcome, duration_ms, utcnow())
+            stored = self._add_outcome(conn, message_id, outcome, duration_ms, utcnow())
+            if within is not None:
+                within(conn)
+            return stored
 
     def _add_outcome(
         self,

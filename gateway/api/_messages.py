@@ -23,6 +23,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
+from ..audit import audit_log, record_operator, store_hook
 from ..config import Settings
 from ..errors import GatewayError, http_status, operation_outcome
 from ..pipeline import Converter
@@ -153,9 +154,16 @@ def add_message_routes(
         if refused is not None:
             return refused
 
+        peer = request.client.host if request.client else None
+
         def run() -> dict[str, Any]:
             store = lazy.store()
-            process_message(store, lazy.converter(), message_id, lazy.convert_lock)
+            # audited as `gateway messages reprocess` is: the new outcome (no second
+            # receipt), then the operator's action (the API's tokens name no person)
+            log = audit_log(store, lazy.settings)
+            hook = store_hook(log, channel="api", peer=peer, with_receipt=False)
+            process_message(store, lazy.converter(), message_id, lazy.convert_lock, hook)
+            record_operator(store, lazy.settings, "reprocess", [message_id], who="api-token")
             found = store.get(message_id)
             assert found is not None
             return message_json(found)

@@ -11,6 +11,9 @@ import httpx
 from fastapi import FastAPI
 
 from gateway.api import TokenSet, create_app
+from gateway.audit import AuditLog
+from gateway.audit._events import keys_of
+from gateway.store import open_store
 from tests.api.test_app import Client
 
 from .browse import GB18030_REF, broken_home, fill, fix_mapping
@@ -62,6 +65,17 @@ def test_browse_and_reprocess_on_the_api(store_url: str, tmp_path: Path) -> None
     ]
     assert body["outcomes"][1]["output"]["type"] == "transaction"
     app.state.messages.close()
+    # audited: the new outcome and the operator's action, after the first conversions
+    store = open_store(settings)
+    try:
+        events = [e.resource() for e in AuditLog(store).rows()]
+    finally:
+        store.close()
+    kinds = [keys_of(e)[0] for e in events]
+    assert kinds[-2:] == ["converted", "operator"] and "received" not in kinds[-2:]
+    assert events[-1]["outcomeDesc"] == "reprocess"
+    requestor = next(a for a in events[-1]["agent"] if a["requestor"])
+    assert requestor["who"]["identifier"]["value"] == "api-token"
 
 
 def test_errors_are_operation_outcomes(store_url: str, tmp_path: Path) -> None:

@@ -212,34 +212,27 @@ class Outbox:
             ).scalar()
             if found is not None:
                 return int(found), False
-            row_id = conn.execute(
-                _outbox.insert()
-                .values(
-                    message_id=message_id,
-                    partner=partner.key,
-                    label=label,
-                    order_key=order_key or order_key_of(bundle),
-                    dedup_key=dedup,
-                    parts=orjson.dumps(parts),
-                    part_count=len(parts),
-                    part=0,
-                    state="pending",
-                    attempts=0,
-                    next_at=now,
-                    created_at=now,
-                    updated_at=now,
-                    record=record,
-                    purpose=purpose,
-                    replay_of=replay_of,
-                    links_until=now + links_wait if waits and links_wait is not None else None,
-                )
-                .returning(_outbox.c.id)
-            ).scalar_one()
-            self._add_links(conn, int(row_id), provides, needs)
-            self._event(conn, int(row_id), now, None, "pending", 0, None, reason)
+            row_id = _insert(
+                conn,
+                now,
+                message_id=message_id,
+                partner=partner.key,
+                label=label,
+                order_key=order_key or order_key_of(bundle),
+                dedup_key=dedup,
+                parts=orjson.dumps(parts),
+                part_count=len(parts),
+                state="pending",
+                record=record,
+                purpose=purpose,
+                replay_of=replay_of,
+                links_until=now + links_wait if waits and links_wait is not None else None,
+            )
+            self._add_links(conn, row_id, provides, needs)
+            self._event(conn, row_id, now, None, "pending", 0, None, reason)
             if message_id is not None:
                 self._sync_message(conn, message_id, now)
-        return int(row_id), True
+        return row_id, True
 
     def hold(
         self,
@@ -264,29 +257,20 @@ class Outbox:
             ).scalar()
             if found is not None:
                 return int(found), False
-            row_id = int(
-                conn.execute(
-                    _outbox.insert()
-                    .values(
-                        message_id=message_id,
-                        partner=partner,
-                        label=label,
-                        order_key=order_key,
-                        dedup_key=dedup,
-                        parts=b"[]",
-                        part_count=0,
-                        part=0,
-                        state="held",
-                        attempts=0,
-                        next_at=now,
-                        created_at=now,
-                        updated_at=now,
-                        last_error=code,
-                        record=record,
-                        purpose=purpose,
-                    )
-                    .returning(_outbox.c.id)
-                ).scalar_one()
+            row_id = _insert(
+                conn,
+                now,
+                message_id=message_id,
+                partner=partner,
+                label=label,
+                order_key=order_key,
+                dedup_key=dedup,
+                parts=b"[]",
+                part_count=0,
+                state="held",
+                last_error=code,
+                record=record,
+                purpose=purpose,
             )
             self._event(conn, row_id, now, None, "held", 0, None, reason)
             self._sync_message(conn, message_id, now)
@@ -657,29 +641,20 @@ class Outbox:
             dedup = hashlib.sha256(
                 f"{row.dedup_key}|replay|{now.isoformat()}|{self._count(conn, row_id)}".encode()
             ).hexdigest()
-            new_id = int(
-                conn.execute(
-                    _outbox.insert()
-                    .values(
-                        message_id=record.message_id,
-                        partner=record.partner,
-                        label=record.label,
-                        order_key=record.order_key,
-                        dedup_key=dedup,
-                        parts=row.parts,
-                        part_count=record.part_count,
-                        part=0,
-                        state="pending",
-                        attempts=0,
-                        next_at=now,
-                        created_at=now,
-                        updated_at=now,
-                        record=record.record,
-                        purpose=record.purpose,
-                        replay_of=row_id,
-                    )
-                    .returning(o.id)
-                ).scalar_one()
+            new_id = _insert(
+                conn,
+                now,
+                message_id=record.message_id,
+                partner=record.partner,
+                label=record.label,
+                order_key=record.order_key,
+                dedup_key=dedup,
+                parts=row.parts,
+                part_count=record.part_count,
+                state="pending",
+                record=record.record,
+                purpose=record.purpose,
+                replay_of=row_id,
             )
             self._event(
                 conn, new_id, now, None, "pending", 0, None, f"replay of {row_id}: {reason}"
@@ -783,3 +758,11 @@ def _unmet(row: Any, now: datetime) -> Any:
 
 def _record(row: Any) -> OutboxRecord:
     return OutboxRecord(*row)
+
+
+def _insert(conn: Connection, now: datetime, **values: Any) -> int:
+    """A new outbox row (queued, held or replayed): from its first part, no attempt
+    yet, due and dated ``now``. Returns its id."""
+    row = {"part": 0, "attempts": 0, "next_at": now, "created_at": now, "updated_at": now}
+    query = _outbox.insert().values(**row, **values).returning(_outbox.c.id)
+    return int(conn.execute(query).scalar_one())

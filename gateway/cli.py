@@ -35,6 +35,7 @@ from typing import TextIO
 import orjson
 
 from . import __version__, signing
+from .alerts import add_cli as add_alerts_cli
 from .audit import add_cli as add_audit_cli
 from .config import Settings
 from .delivery import add_cli as add_outbox_cli
@@ -353,6 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     signing.add_cli(sub)  # gateway keys init, sign, verify
     add_validate_cli(sub)  # gateway validate FILE... [--profile URL] [--json]
     add_audit_cli(sub)  # gateway audit verify|export|sign-head|transfers
+    add_alerts_cli(sub)  # gateway alerts list|check|test-notify
 
     config = sub.add_parser("config", help="print the effective settings")
     config.set_defaults(func=cmd_config)

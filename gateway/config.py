@@ -122,6 +122,20 @@ class Settings:
     delivery_routes: Path | None = None
     delivery_worker: bool = True
     delivery_reference_wait: float = 600.0
+    # Alerts (gateway/alerts; docs/alerts.md): thresholds are data (seeds/alerts.yaml under
+    # $GATEWAY_HOME/alerts.yaml); these say how often and where notices go. The SMTP
+    # password: GATEWAY_ALERT_SMTP_PASSWORD, else alert_smtp_password_file.
+    alert_interval: float = 60.0  # seconds between evaluations of the alert watch
+    alert_webhook_url: str | None = None
+    alert_webhook_token_file: Path | None = None  # a bearer token, first line
+    alert_smtp_host: str | None = None
+    alert_smtp_port: int = 587
+    alert_smtp_starttls: bool = True
+    alert_smtp_user: str | None = None
+    alert_smtp_password_file: Path | None = None
+    alert_smtp_ca_file: Path | None = None  # CAs of the SMTP server's TLS; None: the system's
+    alert_email_from: str | None = None
+    alert_email_to: tuple[str, ...] = ()
 
     @property
     def out_dir(self) -> Path:
@@ -173,6 +187,8 @@ _BOOLS = (
 def _coerce(name: str, value: Any, home: Path) -> Any:
     if name in _STORE_SETTINGS:
         return _coerce_store(name, value, home)
+    if name.startswith("alert_"):
+        return _alert_setting(name, value, home)
     if name in ("network", "mappings", "api_token_file", *_POLICY_PATHS, *_SIGNING_PATHS):
         path = Path(str(value)).expanduser()
         return path if path.is_absolute() else home / path
@@ -372,3 +388,26 @@ def _inbound_setting(name: str, value: Any, home: Path) -> Any:
             raise ConfigError("bad-setting", f"{name} must be 30–3600 seconds, not {seconds}")
         return seconds
     return str(value).strip().rstrip("/") if name == "inbound_public_url" else str(value).strip()
+
+
+def _alert_setting(name: str, value: Any, home: Path) -> Any:
+    """The alert channels' settings (docs/alerts.md)."""
+    if name.endswith("_file"):
+        path = Path(str(value)).expanduser()
+        return path if path.is_absolute() else home / path
+    if name == "alert_email_to":  # a TOML list, or comma-separated in the environment
+        items = value if isinstance(value, list) else str(value).split(",")
+        return tuple(str(i).strip() for i in items if str(i).strip())
+    if name == "alert_smtp_starttls":
+        text = str(value).lower()
+        if not isinstance(value, bool) and text not in ("1", "true", "yes", "0", "false", "no"):
+            raise ConfigError("bad-setting", f"{name} must be true or false, not {value!r}")
+        return value if isinstance(value, bool) else text in ("1", "true", "yes")
+    if name in ("alert_interval", "alert_smtp_port"):
+        number = _number(name, value, float if name == "alert_interval" else int)
+        if number <= 0 or (name == "alert_smtp_port" and number >= 65536):
+            raise ConfigError("bad-setting", f"{name} must be positive (a port: 1–65535)")
+        return number
+    if name == "alert_webhook_url" and not str(value).startswith(("https://", "http://")):
+        raise ConfigError("bad-setting", f"{name} must be an http(s) URL")
+    return str(value).strip()

@@ -68,22 +68,33 @@ class Threshold:
         return {"warning": self.warning, "critical": self.critical}
 
 
+# The levels an entry gives for a kind (a level absent: inherited; None: not watched).
+Given = Mapping[str, float | None]
+
+
 @dataclass(frozen=True, slots=True)
 class AlertRules:
-    defaults: Mapping[str, Threshold]
-    partners: Mapping[str, Mapping[str, Threshold]]
+    defaults: Mapping[str, Given]
+    partners: Mapping[str, Mapping[str, Given]]
 
     def for_partner(self, partner: str) -> dict[str, Threshold]:
-        """The partner's thresholds by kind (kinds switched off are left out)."""
-        merged = dict(self.defaults)
-        merged.update(self.partners.get(partner, {}))
-        return {k: t for k, t in merged.items() if t.warning is not None or t.critical is not None}
+        """The partner's thresholds by kind: its own levels over the defaults' (kinds
+        switched off are left out)."""
+        out = {}
+        for kind in KINDS:
+            base = self.defaults.get(kind, {})
+            own = self.partners.get(partner, {}).get(kind, {})
+            levels = {**base, **own}
+            threshold = Threshold(levels.get("warning"), levels.get("critical"))
+            if threshold.warning is not None or threshold.critical is not None:
+                out[kind] = threshold
+        return out
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "defaults": {k: t.to_json() for k, t in self.defaults.items()},
+            "defaults": {k: dict(v) for k, v in self.defaults.items()},
             "partners": {
-                p: {k: t.to_json() for k, t in kinds.items()} for p, kinds in self.partners.items()
+                p: {k: dict(v) for k, v in kinds.items()} for p, kinds in self.partners.items()
             },
         }
 
@@ -111,12 +122,11 @@ def alert_rules(settings: Settings) -> AlertRules:
 def load_rules(
     path: Path, *, override: Path | None = None, network: Network | None = None
 ) -> AlertRules:
-    """The thresholds of ``path`` under ``override``'s: a partner's own entry wins over
-    the defaults (whichever file each is in), the override's over the seeds', level by
-    level."""
+    """The thresholds of ``path`` under ``override``'s, level by level: a partner's own
+    levels win over the defaults (whichever file each is in), the override's over the
+    seeds'."""
     seeds = _sections(load_data_file(path), path, network)
-    defaults = _merge({}, seeds[0])
-    partners = {key: _merge({}, kinds) for key, kinds in seeds[1].items()}
+    defaults, partners = seeds[0], dict(seeds[1])
     if override is not None and override.is_file():
         extra = _sections(_read_yaml(override), override, network)
         defaults = _merge(defaults, extra[0])
@@ -125,24 +135,11 @@ def load_rules(
     return AlertRules(defaults, partners)
 
 
-def _merge(base: Mapping[str, Threshold], extra: Mapping[str, Any]) -> dict[str, Threshold]:
+def _merge(base: Mapping[str, Given], extra: Mapping[str, Given]) -> dict[str, Given]:
     out = dict(base)
-    for kind, value in extra.items():
-        out[kind] = value.over(out.get(kind)) if isinstance(value, _Partial) else value
+    for kind, given in extra.items():
+        out[kind] = {**out.get(kind, {}), **given}
     return out
-
-
-@dataclass(frozen=True, slots=True)
-class _Partial:
-    """The levels an entry names (an override keeps the others)."""
-
-    given: Mapping[str, float | None]
-
-    def over(self, base: Threshold | None) -> Threshold:
-        base = base or Threshold()
-        warning = self.given.get("warning", base.warning)
-        critical = self.given.get("critical", base.critical)
-        return Threshold(warning, critical)
 
 
 def _read_yaml(path: Path) -> Any:
@@ -161,7 +158,7 @@ def _fail(path: Path, key: str, problem: str) -> ConfigError:
 
 def _sections(
     raw: Any, path: Path, network: Network | None
-) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+) -> tuple[dict[str, Given], dict[str, dict[str, Given]]]:
     if not isinstance(raw, Mapping) or not isinstance(raw.get("alerts"), Mapping):
         raise _fail(path, "alerts", "expected a mapping with an 'alerts' mapping")
     body = raw["alerts"]
@@ -181,16 +178,16 @@ def _sections(
     return defaults, partners
 
 
-def _kinds(raw: Any, path: Path, where: str) -> dict[str, Any]:
+def _kinds(raw: Any, path: Path, where: str) -> dict[str, Given]:
     if not isinstance(raw, Mapping):
         raise _fail(path, where, f"expected a mapping of {', '.join(KINDS)}")
-    out: dict[str, Any] = {}
+    out: dict[str, Given] = {}
     for kind, levels in raw.items():
         key = f"{where}.{kind}"
         if kind not in KINDS:
             raise _fail(path, key, f"unknown kind (one of {', '.join(KINDS)})")
         if levels is None or levels is False:  # `off`, `false`, `null`: not watched
-            out[kind] = Threshold()
+            out[kind] = dict.fromkeys(LEVELS)
             continue
         if not isinstance(levels, Mapping):
             raise _fail(path, key, "expected {warning: N, critical: N} or off")
@@ -205,7 +202,7 @@ def _kinds(raw: Any, path: Path, where: str) -> dict[str, Any]:
         warning, critical = given.get("warning"), given.get("critical")
         if warning is not None and critical is not None and warning > critical:
             raise _fail(path, key, "warning must not be above critical")
-        out[kind] = _Partial(given)
+        out[kind] = given
     return out
 
 

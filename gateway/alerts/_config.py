@@ -153,7 +153,7 @@ def _read_yaml(path: Path) -> Any:
 
 
 def _fail(path: Path, key: str, problem: str) -> ConfigError:
-    return ConfigError("alerts", f"{path}: {key}: {problem}", location=key)
+    return ConfigError("alerts", f"{path}: {key}: {problem}")
 
 
 def _sections(

@@ -76,7 +76,8 @@ def test_queue_depth_fires_escalates_and_resolves_each_notified_once(
     assert first["firing_since"] == "2026-12-05T08:01:00Z"  # first seen firing
     assert first["gateway"] == "nsch" and first["threshold"] == 3.0
     assert set(first["texts"]) == set(LANGUAGES)
-    assert "香港" in first["texts"]["zh-Hant-HK"] and "待發送記錄 3 條" in first["texts"]["zh-Hant-HK"]
+    hk = first["texts"]["zh-Hant-HK"]
+    assert "香港" in hk and "待發送記錄 3 條" in hk
     assert "待发送记录 3 条" in first["texts"]["zh-Hans"]
     assert "3 records waiting" in first["texts"]["en"]
     last = hook.received[-1][1]

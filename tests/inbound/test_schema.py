@@ -13,6 +13,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
+import gateway.alerts  # its table joins the metadata too (migration 0008_alerts)
 import gateway.inbound
 import gateway.policy
 import gateway.store

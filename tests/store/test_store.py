@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
+import gateway.alerts  # (and the alerts' state: migration 0008_alerts)
 import gateway.audit  # its tables join the store's metadata too: compared below
 import gateway.inbound  # (so do the inbound stage's tables: migration 0005_inbound)
 import gateway.policy  # noqa: F401  (its tables join the store's metadata: compared below too)
@@ -48,7 +49,7 @@ def msg(control: str, body: str = "x", sender: str = "LAX2", state: str = "recei
 
 def test_migrations_create_exactly_the_schema_and_run_twice(store: Store) -> None:
     store.upgrade()  # idempotent: a second start changes nothing
-    assert store.revision() == "0006_audit"  # the audit log (gateway/audit)
+    assert store.revision() == "0008_alerts"  # the alerts' state (gateway/alerts)
     with store.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), metadata)
     assert diff == []

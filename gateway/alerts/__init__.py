@@ -11,6 +11,8 @@ from ._cli import add_cli
 from ._config import (
     KINDS,
     LEVELS,
+    LISTENER_KINDS,
+    PARTNER_KINDS,
     AlertRules,
     Threshold,
     alert_rules,
@@ -37,6 +39,8 @@ __all__ = [
     "KINDS",
     "LANGUAGES",
     "LEVELS",
+    "LISTENER_KINDS",
+    "PARTNER_KINDS",
     "PASSWORD_ENV",
     "Alert",
     "AlertError",

@@ -32,6 +32,8 @@ from ..network import Network
 __all__ = [
     "KINDS",
     "LEVELS",
+    "LISTENER_KINDS",
+    "PARTNER_KINDS",
     "AlertRules",
     "Threshold",
     "alert_rules",
@@ -42,7 +44,11 @@ __all__ = [
 ]
 
 # What is watched per partner; oldest_age is in seconds, the others are counts.
-KINDS = ("queue_depth", "oldest_age", "dead_letters", "policy_holds")
+PARTNER_KINDS = ("queue_depth", "oldest_age", "dead_letters", "policy_holds")
+# ... and per listener the gateway runs (mllp_port, dicom_port set): 1 when its port
+# refuses a connection. Given under alerts.defaults only.
+LISTENER_KINDS = ("listener_down",)
+KINDS = (*PARTNER_KINDS, *LISTENER_KINDS)
 LEVELS = ("warning", "critical")  # level 1 and 2; 0 is "not firing"
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd])")
@@ -68,6 +74,8 @@ class Threshold:
         return {"warning": self.warning, "critical": self.critical}
 
 
+LISTENER_PREFIX = "listener:"  # alerts of a listener name it so where a partner goes
+
 # The levels an entry gives for a kind (a level absent: inherited; None: not watched).
 Given = Mapping[str, float | None]
 
@@ -79,11 +87,18 @@ class AlertRules:
 
     def for_partner(self, partner: str) -> dict[str, Threshold]:
         """The partner's thresholds by kind: its own levels over the defaults' (kinds
-        switched off are left out)."""
+        switched off are left out); a listener's (``listener:mllp``) are the defaults'."""
+        if partner.startswith(LISTENER_PREFIX):
+            return self._levels(LISTENER_KINDS, {})
+        return self._levels(PARTNER_KINDS, self.partners.get(partner, {}))
+
+    def _levels(
+        self, kinds: tuple[str, ...], own_levels: Mapping[str, Given]
+    ) -> dict[str, Threshold]:
         out = {}
-        for kind in KINDS:
+        for kind in kinds:
             base = self.defaults.get(kind, {})
-            own = self.partners.get(partner, {}).get(kind, {})
+            own = own_levels.get(kind, {})
             levels = {**base, **own}
             threshold = Threshold(levels.get("warning"), levels.get("critical"))
             if threshold.warning is not None or threshold.critical is not None:
@@ -175,6 +190,9 @@ def _sections(
         if network is not None and network.find(str(key)) is None:
             raise _fail(path, where, "not an institution of the network")
         partners[str(key)] = _kinds(kinds or {}, path, where)
+        for kind in LISTENER_KINDS:
+            if kind in partners[str(key)]:
+                raise _fail(path, f"{where}.{kind}", "a listener's: give it in alerts.defaults")
     return defaults, partners
 
 
@@ -207,8 +225,12 @@ def _kinds(raw: Any, path: Path, where: str) -> dict[str, Given]:
 
 
 def _value(raw: Any, path: Path, key: str, kind: str) -> float | None:
-    if raw is None or raw is False:
+    if raw is None or raw is False or (kind in LISTENER_KINDS and raw == 0):
         return None
+    if kind in LISTENER_KINDS:
+        if raw is not True and raw != 1:
+            raise _fail(path, key, f"expected 1 (the listener is down) or off, not {raw!r}")
+        return 1.0
     if kind == "oldest_age":
         seconds = parse_duration(raw)
         if seconds is None:

@@ -11,6 +11,7 @@ store notify it once, and an alert that stays firing is not notified again.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -23,7 +24,7 @@ from ..config import Settings
 from ..delivery import Outbox
 from ..network import Network
 from ..store import Store, metadata, utcnow
-from ._config import LEVELS, AlertRules, alert_rules
+from ._config import LEVELS, LISTENER_PREFIX, AlertRules, alert_rules
 from ._labels import Labels, labels, partner_names
 from ._tables import alert_state
 
@@ -128,10 +129,15 @@ def _iso(value: datetime | None) -> str | None:
 # -- observing -------------------------------------------------------------------------
 
 
-def observe(store: Store, now: datetime | None = None) -> dict[tuple[str, str], float]:
-    """(partner, kind) → value, for the partners with outbox rows."""
+def observe(
+    store: Store, now: datetime | None = None, settings: Settings | None = None
+) -> dict[tuple[str, str], float]:
+    """(partner, kind) → value, for the partners with outbox rows; with ``settings``, also
+    (``listener:<name>``, ``listener_down``) for each listener they configure."""
     now = now or utcnow()
     out: dict[tuple[str, str], float] = {}
+    for name, host, port in _listeners(settings):
+        out[(LISTENER_PREFIX + name, "listener_down")] = 0.0 if _accepts(host, port) else 1.0
     for entry in Outbox(store, clock=lambda: now).stats(now):
         partner = entry["partner"]
         out[(partner, "queue_depth")] = float(entry["depth"])
@@ -147,6 +153,24 @@ def observe(store: Store, now: datetime | None = None) -> dict[tuple[str, str], 
         for partner, count in conn.execute(held):
             out[(partner, "policy_holds")] = float(count)
     return out
+
+
+def _listeners(settings: Settings | None) -> list[tuple[str, str, int]]:
+    if settings is None:
+        return []
+    found = [("mllp", settings.mllp_host, settings.mllp_port)]
+    found.append(("dicom", settings.dicom_host, settings.dicom_port))
+    return [(name, host, port) for name, host, port in found if port]
+
+
+def _accepts(host: str, port: int) -> bool:
+    """Whether a listener's port takes a connection (closed at once, nothing sent)."""
+    local = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    try:
+        with socket.create_connection((local, port), timeout=2.0):
+            return True
+    except OSError:
+        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,7 +216,7 @@ def current(store: Store, settings: Settings, now: datetime | None = None) -> li
     with store.engine.connect() as conn:
         rows = _rows(conn)
     alerts = []
-    for reading in _readings(rules, observe(store, now), ()):
+    for reading in _readings(rules, observe(store, now, settings), ()):
         if reading.level:
             row = rows.get((reading.partner, reading.kind))
             since = row.firing_since if row is not None else None
@@ -287,7 +311,7 @@ def check(
     with store.engine.connect() as conn:
         known = [k for k, r in _rows(conn).items() if r.level or r.notified_level]
     notices: list[tuple[_Claim, Notice]] = []
-    for reading in _readings(rules, observe(store, now), known):
+    for reading in _readings(rules, observe(store, now, settings), known):
         claim = _record(store, reading, now)
         if claim is None:
             continue

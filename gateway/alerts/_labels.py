@@ -12,7 +12,7 @@ from typing import Any
 from ..datafiles import load_data_file
 from ..errors import ConfigError
 from ..network import Network
-from ._config import KINDS, LEVELS
+from ._config import KINDS, LEVELS, LISTENER_PREFIX
 
 __all__ = ["LABELS_FILE", "LANGUAGES", "Labels", "labels", "partner_names"]
 
@@ -41,6 +41,8 @@ class Labels:
                 need(self._get("kinds", kind, part), f"kinds.{kind}.{part}")
         for severity in (*LEVELS, "resolved"):
             need(self._get("severity", severity), f"severity.{severity}")
+        for listener in ("mllp", "dicom"):
+            need(self._get("listeners", listener), f"listeners.{listener}")
         need(self._get("subject"), "subject")
         need(self._get("test"), "test")
         for unit in ("d", "h", "m", "s", "join"):
@@ -88,7 +90,11 @@ def labels(path: Path = LABELS_FILE) -> Labels:
 
 
 def partner_names(network: Network | None, partner: str) -> dict[str, str]:
-    """The partner's name in each language (its key when the network does not know it)."""
+    """The partner's name in each language (its key when the network does not know it);
+    a listener's (``listener:mllp``) from the labels."""
+    if partner.startswith(LISTENER_PREFIX):
+        names = labels()._get("listeners", partner.removeprefix(LISTENER_PREFIX))
+        return {lang: str(names[lang]) if names else partner for lang in LANGUAGES}
     inst = network.find(partner) if network is not None else None
     out = {}
     for lang in LANGUAGES:

@@ -13,6 +13,7 @@ from gateway.alerts import (
     KINDS,
     LANGUAGES,
     LEVELS,
+    PARTNER_KINDS,
     Threshold,
     alert_rules,
     labels,
@@ -32,7 +33,8 @@ def test_the_seeds_give_every_partner_defaults_and_some_their_own() -> None:
     rules = alert_rules(Settings.load(Path("/nonexistent-home"), env={}))
     assert seeds_file(Settings.load(Path("/x"), env={})) == data_dir("seeds") / "alerts.yaml"
     lax2 = rules.for_partner("lax2")
-    assert set(lax2) == set(KINDS)
+    assert set(lax2) == set(PARTNER_KINDS)
+    assert rules.for_partner("listener:mllp") == {"listener_down": Threshold(None, 1.0)}
     assert lax2["oldest_age"] == Threshold(1800.0, 14400.0)
     assert rules.for_partner("hkpmc")["oldest_age"] == Threshold(900.0, 3600.0)
     assert rules.for_partner("nsch")["queue_depth"] == Threshold(500.0, 5000.0)
@@ -91,6 +93,10 @@ alerts:
         ("alerts: {partners: {hkpcm: {queue_depth: {warning: 1}}}}", "alerts.partners.hkpcm",
          "not an institution of the network"),
         ("alerts: {partners: [hkpmc]}", "alerts.partners", "expected a mapping of partner keys"),
+        ("alerts: {partners: {nsch: {listener_down: {critical: 1}}}}",
+         "alerts.partners.nsch.listener_down", "a listener's: give it in alerts.defaults"),
+        ("alerts: {defaults: {listener_down: {warning: 2}}}",
+         "alerts.defaults.listener_down.warning", "expected 1 (the listener is down) or off"),
     ],
 )  # fmt: skip
 def test_a_bad_file_is_a_config_error_naming_file_and_key(

@@ -5,6 +5,7 @@ with no patient data."""
 from __future__ import annotations
 
 import json
+import socket
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -177,3 +178,30 @@ def test_a_notice_no_channel_took_is_tried_again_next_time(
     assert [n.event for n in second.notices] == ["firing"]
     assert second.notices[0].alert.firing_since == T0  # since the first evaluation
     assert hook.events() == [("firing", "hkpmc", "queue_depth")]
+
+
+def test_a_listener_that_refuses_connections_fires_and_resolves(
+    store: Store, settings: Settings, hook: Hook, tmp_path: Path
+) -> None:
+    settings, notifier = webhook(hook, settings, tmp_path / "token")
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    settings = replace(settings, mllp_host="0.0.0.0", mllp_port=port)
+    try:
+        assert check(store, settings, T0, notifier).notices == []  # it accepts
+        listener.close()  # the listener stopped
+        down = check(store, settings, T0 + timedelta(minutes=1), notifier)
+        assert [(a.partner, a.kind, a.severity) for a in down.alerts] == [
+            ("listener:mllp", "listener_down", "critical")
+        ]
+        assert down.alerts[0].texts["zh-Hant-HK"].startswith("HL7 v2（MLLP）接收端口不接受連接")
+        assert check(store, settings, T0 + timedelta(minutes=2), notifier).notices == []
+        listener = socket.create_server(("127.0.0.1", port))  # back
+        up = check(store, settings, T0 + timedelta(minutes=3), notifier)
+        assert [n.event for n in up.notices] == ["resolved"] and up.alerts == []
+    finally:
+        listener.close()
+    assert hook.events() == [
+        ("firing", "listener:mllp", "listener_down"),
+        ("resolved", "listener:mllp", "listener_down"),
+    ]

@@ -309,9 +309,13 @@ def check(
     rules = alert_rules(settings)
     network = Network.load(settings.network)
     with store.engine.connect() as conn:
-        known = [k for k, r in _rows(conn).items() if r.level or r.notified_level]
+        rows = _rows(conn)
+    known = [k for k, r in rows.items() if r.level or r.notified_level]
     notices: list[tuple[_Claim, Notice]] = []
     for reading in _readings(rules, observe(store, now, settings), known):
+        row = rows.get((reading.partner, reading.kind))
+        if not reading.level and (row is None or not (row.level or row.notified_level)):
+            continue  # quiet, and was: nothing to write (no write lock taken)
         claim = _record(store, reading, now)
         if claim is None:
             continue

@@ -24,6 +24,7 @@ import orjson
 
 from ..config import Settings
 from ..errors import ConfigError, GatewayError
+from ..logs import safe_traceback
 from ._evaluate import Notice
 from ._labels import LANGUAGES
 
@@ -227,6 +228,13 @@ class Notifier:
                     "%s: %s %s %s not notified: %s",
                     exc.issue.code, notice.event, notice.alert.partner, notice.alert.kind,
                     exc.issue.message, extra={"code": exc.issue.code},
+                )  # fmt: skip
+            except Exception as exc:  # a fault of a channel: the others still send
+                log.error(
+                    "%s %s %s not notified by %s: %s",
+                    notice.event, notice.alert.partner, notice.alert.kind, channel.name,
+                    type(exc).__name__,
+                    extra={"code": "internal", "traceback": safe_traceback(exc)},
                 )  # fmt: skip
         return delivered
 

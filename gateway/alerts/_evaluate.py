@@ -213,10 +213,14 @@ def current(store: Store, settings: Settings, now: datetime | None = None) -> li
     now = now or utcnow()
     rules = alert_rules(settings)
     network = Network.load(settings.network)
+    return _firing(store, _readings(rules, observe(store, now, settings), ()), network)
+
+
+def _firing(store: Store, readings: list[_Reading], network: Network) -> list[Alert]:
     with store.engine.connect() as conn:
         rows = _rows(conn)
     alerts = []
-    for reading in _readings(rules, observe(store, now, settings), ()):
+    for reading in readings:
         if reading.level:
             row = rows.get((reading.partner, reading.kind))
             since = row.firing_since if row is not None else None
@@ -312,7 +316,8 @@ def check(
         rows = _rows(conn)
     known = [k for k, r in rows.items() if r.level or r.notified_level]
     notices: list[tuple[_Claim, Notice]] = []
-    for reading in _readings(rules, observe(store, now, settings), known):
+    readings = _readings(rules, observe(store, now, settings), known)
+    for reading in readings:
         row = rows.get((reading.partner, reading.kind))
         if not reading.level and (row is None or not (row.level or row.notified_level)):
             continue  # quiet, and was: nothing to write (no write lock taken)
@@ -338,7 +343,7 @@ def check(
         else:
             _unclaim(store, claim, now)
             failed.append(notice)
-    return CheckResult(current(store, settings, now), sent, failed)
+    return CheckResult(_firing(store, readings, network), sent, failed)
 
 
 def _threshold_of(

@@ -13,6 +13,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
+import gateway.console  # its tables are on the store's metadata too
 import gateway.inbound
 import gateway.policy
 import gateway.store

@@ -12,6 +12,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 import gateway.audit  # its tables join the store's metadata too: compared below
+import gateway.console  # (the console's too: migration 0007_console)
 import gateway.inbound  # (so do the inbound stage's tables: migration 0005_inbound)
 import gateway.policy  # noqa: F401  (its tables join the store's metadata: compared below too)
 from gateway import Converter
@@ -48,7 +49,7 @@ def msg(control: str, body: str = "x", sender: str = "LAX2", state: str = "recei
 
 def test_migrations_create_exactly_the_schema_and_run_twice(store: Store) -> None:
     store.upgrade()  # idempotent: a second start changes nothing
-    assert store.revision() == "0006_audit"  # the audit log (gateway/audit)
+    assert store.revision() == "0007_console"  # the operator console (gateway/console)
     with store.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), metadata)
     assert diff == []

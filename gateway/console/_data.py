@@ -20,6 +20,8 @@ from ._tables import actions
 
 __all__ = [
     "BUCKETS",
+    "COLUMNS",
+    "PARTNER_COLUMNS",
     "Detail",
     "Row",
     "Signature",
@@ -34,6 +36,8 @@ _events = metadata.tables["outbox_events"]
 BUCKETS = 12  # the sparkline: 12 buckets of 5 minutes (the last hour)
 BUCKET = timedelta(minutes=5)
 COLUMNS = ("received", "converted", "failed", "held", "delivered", "dead")
+# A partner's row: records queued for it, held, delivered, dead (conversion is not theirs).
+PARTNER_COLUMNS = ("received", "held", "delivered", "dead")
 # A message's state → the dashboard columns it counts in (received counts every one).
 _COUNTS = {
     "converted": ("converted",),

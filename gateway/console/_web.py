@@ -224,6 +224,7 @@ def create_console(
             session,
             data=data,
             columns=_data.COLUMNS,
+            partner_columns=_data.PARTNER_COLUMNS,
             spark=_data.sparkline,
             alerts=_alerts(settings, store()),
         )

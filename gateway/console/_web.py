@@ -10,6 +10,7 @@ Every page that shows a message's content, and every search result, writes an
 
 from __future__ import annotations
 
+import importlib
 import logging
 import secrets
 import threading
@@ -464,9 +465,9 @@ def _referrals(settings: Settings, store: Store) -> list[dict[str, Any]]:
 
 def _alerts(settings: Settings, store: Store) -> list[Any] | None:
     """gateway.alerts.current(store, settings, now) when that package is installed
-    (another issue builds it); None when it is not."""
+    (another issue builds it); None when it is not (the page says so)."""
     try:
-        from .. import alerts  # type: ignore[attr-defined]
+        alerts = importlib.import_module("gateway.alerts")
     except ImportError:
         return None
     current = getattr(alerts, "current", None)

@@ -93,7 +93,18 @@ class Sessions:
         now = utcnow()
         s, u = sessions.c, users.c
         query = (
-            sa.select(s.token_hash, s.csrf, s.created_at, s.seen_at, users)
+            sa.select(
+                s.token_hash,
+                s.csrf,
+                s.created_at.label("started"),
+                s.seen_at,
+                u.id,
+                u.name,
+                u.role,
+                u.lang,
+                u.disabled,
+                u.created_at,
+            )
             .join(users, u.id == s.user_id)
             .where(s.token_hash == _hash(token))
         )
@@ -101,7 +112,7 @@ class Sessions:
             row = conn.execute(query).first()
         if row is None or row.disabled:
             return None
-        if row.seen_at < now - IDLE or row.created_at < now - LIFETIME:
+        if row.seen_at < now - IDLE or row.started < now - LIFETIME:
             self.end(token)
             return None
         if now - row.seen_at > _TOUCH:
@@ -109,7 +120,7 @@ class Sessions:
                 conn.execute(
                     sessions.update().where(s.token_hash == row.token_hash).values(seen_at=now)
                 )
-        user = User(int(row.id), row.name, row.role, row.lang, False, row.created_at_1)
+        user = User(int(row.id), row.name, row.role, row.lang, False, row.created_at)
         return Session(user, row.csrf)
 
     def end(self, token: str | None) -> None:

@@ -365,17 +365,17 @@ def test_a_post_without_the_csrf_token_is_refused(gw: Gateway, browser: Callable
     status = tab.evaluate(
         """async () => {
             const body = new URLSearchParams({reason: "no token"});
-            const r = await fetch(location.pathname + "/resolve", {method: "POST", body});
+            const r = await fetch(location.pathname + "/reprocess", {method: "POST", body});
             return r.status;
         }"""
     )
     assert status == 403
     tab.evaluate(
         """() => {
-            document.querySelector("form[data-action='resolve'] input[name=csrf]").remove();
+            document.querySelector("form[data-action='reprocess'] input[name=csrf]").remove();
         }"""
     )
-    form = tab.locator("form[data-action='resolve']")
+    form = tab.locator("form[data-action='reprocess']")
     form.locator("input[name=reason]").fill("no token")
     form.locator("button").click()
     tab.wait_for_load_state()

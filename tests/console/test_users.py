@@ -102,3 +102,22 @@ def test_a_bad_role_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
         _run(
             tmp_path, monkeypatch, "add", "z", "--role", "root", "--password-stdin", stdin="x" * 12
         )
+
+
+def test_a_session_ends_when_idle_too_long(tmp_path: Path) -> None:
+    settings = Settings.load(home=tmp_path, env={})
+    store = open_store(settings)
+    try:
+        user = Users(store).add("chan", "auditor", "a long enough password")
+        sessions = Sessions(store)
+        token = sessions.start(user)
+        live = sessions.get(token)
+        assert live is not None and live.user.name == "chan" and live.user.role == "auditor"
+        assert sessions.get("not-a-token") is None and sessions.get(None) is None
+        with store.engine.begin() as conn:
+            conn.execute(sa.text("UPDATE console_sessions SET seen_at = '2000-01-01 00:00:00'"))
+        assert sessions.get(token) is None
+        with store.engine.connect() as conn:  # and the row is gone
+            assert conn.execute(sa.text("SELECT count(*) FROM console_sessions")).scalar() == 0
+    finally:
+        store.close()

@@ -12,6 +12,7 @@ from fastapi import FastAPI
 
 from gateway import Settings
 from gateway.audit import AuditLog, events
+from gateway.console import _data
 from gateway.store import open_store
 from tests.store.browse import fix_mapping
 
@@ -180,3 +181,17 @@ def test_the_language_is_remembered_per_user(app: FastAPI) -> None:
     assert switched.status_code == 303
     again = login(browser(app), "olivia").get("/console/dashboard")  # another browser
     assert "總覽" in again.text and "⟦" not in again.text
+
+
+def test_the_dashboard_counts_per_listener(app: FastAPI, home: tuple) -> None:
+    settings = home[0]
+    store = open_store(settings)
+    try:
+        rows = {r.name: r for r in _data.dashboard(store, {})["listeners"]}
+    finally:
+        store.close()
+    mllp = rows["mllp"]  # the failed referral and the converted report
+    assert (mllp.hour["received"], mllp.hour["failed"], mllp.hour["converted"]) == (2, 1, 1)
+    assert mllp.day == mllp.hour and sum(mllp.spark) == 2
+    page = login(browser(app), "olivia").get("/console/dashboard?fragment=1")
+    assert page.status_code == 200 and "<svg" in page.text and 'data-name="mllp"' in page.text

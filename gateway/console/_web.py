@@ -46,6 +46,7 @@ HERE = Path(__file__).parent
 PREFIX = "/console"
 MAX_FORM = 64 * 1024
 PAGE = 50
+_SINCE = "since: 30m, 2h, 7d or an ISO 8601 time (2026-12-01T08:00)"
 _SEARCHES = 2000  # opaque searches kept (per process), oldest forgotten first
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -274,14 +275,9 @@ def create_console(
                 patient=fields.get("patient", "").strip() or None,
                 control_id=fields.get("control_id", "").strip() or None,
             )
-        except GatewayError as exc:
+        except GatewayError:  # its message quotes what was typed: not shown back, not logged
             return render(
-                request,
-                "error.html",
-                session,
-                400,
-                message="app.bad_request",
-                detail=exc.issue.message,
+                request, "error.html", session, 400, message="app.bad_request", detail=_SINCE
             )
         qid = secrets.token_urlsafe(16)
         with searches_lock:
@@ -391,7 +387,7 @@ def create_console(
         from ._audit import auditor_view
 
         view = await run_in_threadpool(auditor_view, settings, store(), year)
-        return render(request, "audit.html", session, v=view)
+        return render(request, "auditor.html", session, v=view)
 
     return app
 

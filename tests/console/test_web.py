@@ -195,3 +195,10 @@ def test_the_dashboard_counts_per_listener(app: FastAPI, home: tuple) -> None:
     assert mllp.day == mllp.hour and sum(mllp.spark) == 2
     page = login(browser(app), "olivia").get("/console/dashboard?fragment=1")
     assert page.status_code == 200 and "<svg" in page.text and 'data-name="mllp"' in page.text
+
+
+def test_a_bad_since_is_refused_without_echoing_it(app: FastAPI) -> None:
+    client = login(browser(app), "olivia")
+    csrf = csrf_of(client.get("/console/messages").text)
+    answer = client.post("/console/messages", data={"since": "K583726A", "csrf": csrf})
+    assert answer.status_code == 400 and "K583726A" not in answer.text

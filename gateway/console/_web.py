@@ -366,6 +366,9 @@ def create_console(
         except _Login:
             return _redirect("/login")
         rows = await run_in_threadpool(_referrals, settings, store())
+        if rows:  # referrals are about patients: the listing is audited as a search
+            tasks = tuple(f"Task/{r['task']}" for r in rows)
+            audit_read(request, session.user, Subject(None, tasks), "search-type")
         return render(request, "referrals.html", session, rows=rows)
 
     @app.get("/alerts")

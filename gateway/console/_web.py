@@ -117,6 +117,9 @@ def create_console(
 
     async def form(request: Request, session: Session | None) -> dict[str, str]:
         """The POSTed form, once its CSRF token matched (403 otherwise)."""
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > MAX_FORM:  # refused before it is read
+            raise _Denied(413, "app.bad_request")
         body = await request.body()
         if len(body) > MAX_FORM:
             raise _Denied(413, "app.bad_request")

@@ -218,3 +218,10 @@ def test_the_auditor_page_verifies_the_log_and_shows_the_transfer_report(
     page = client.get("/console/audit")
     assert 'id="transfers-unavailable"' not in page.text
     assert "No transfers this year" in page.text and "⟦" not in page.text
+
+
+def test_an_oversized_form_is_refused(app: FastAPI) -> None:
+    client = login(browser(app), "olivia")
+    csrf = csrf_of(client.get("/console/messages").text)
+    answer = client.post("/console/messages", data={"sender": "x" * 70_000, "csrf": csrf})
+    assert answer.status_code == 413

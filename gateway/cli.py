@@ -15,6 +15,7 @@
     gateway validate FILE... [--profile URL] [--json]        validate FHIR JSON resources/Bundles
     gateway referrals list|show|accept|reject|complete ID    referral status (inbound)
     gateway audit verify|export|sign-head|transfers          the audit trail (docs/audit.md)
+    gateway users add|list|passwd|disable                    the operator console's users (/console)
     gateway config                                           effective settings
 
 Errors are one readable line each on stderr; the exit code is 0 when every record
@@ -38,6 +39,7 @@ from . import __version__, signing
 from .alerts import add_cli as add_alerts_cli
 from .audit import add_cli as add_audit_cli
 from .config import Settings
+from .console import add_cli as add_users_cli
 from .delivery import add_cli as add_outbox_cli
 from .envelope import Record
 from .errors import GatewayError
@@ -355,6 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_validate_cli(sub)  # gateway validate FILE... [--profile URL] [--json]
     add_audit_cli(sub)  # gateway audit verify|export|sign-head|transfers
     add_alerts_cli(sub)  # gateway alerts list|check|test-notify
+    add_users_cli(sub)  # gateway users add|list|passwd|disable (the console's users)
 
     config = sub.add_parser("config", help="print the effective settings")
     config.set_defaults(func=cmd_config)

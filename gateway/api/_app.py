@@ -41,6 +41,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..config import Settings
+from ..console import create_console
 from ..envelope import Record
 from ..errors import (
     ConfigError,
@@ -334,6 +335,11 @@ def create_app(
         return _fhir(_batch_response(records))
 
     add_message_routes(app, settings, unauthorized)  # GET /messages, $reprocess (the store)
+    messages = app.state.messages  # the console shares the store and converter (docs/console.md)
+    app.mount(
+        "/console",
+        create_console(settings, messages.store, messages.converter, messages.convert_lock),
+    )
     add_policy_routes(app, settings, unauthorized)  # /policy/check, /policy/decisions, /Consent
     add_fhir_routes(app, settings, unauthorized, read_body)  # POST /fhir, /auth/token (inbound)
     install_openapi(app, converter, lock)  # bodies, examples, responses, the bearer scheme

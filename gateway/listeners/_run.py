@@ -71,6 +71,9 @@ async def serve_gateway(config: Any, settings: Settings) -> None:
         from ..delivery import DeliveryService
 
         delivery = DeliveryService(settings, store).start()
+        from ..console import watch_delivery  # its breakers on the console's dashboard
+
+        watch_delivery(delivery.deliverer)
     try:
         if settings.mllp_port:
             async with mllp_running(settings, store, Converter(settings)) as mllp:

@@ -28,7 +28,7 @@ def test_the_migration_creates_exactly_the_alert_table(store: Store) -> None:
     )
     with store.engine.execution_options(write=True).begin() as conn:
         config.attributes["connection"] = conn
-        command.downgrade(config, "0006_audit")
+        command.downgrade(config, "0007_console")
     with store.engine.connect() as conn:
         assert "alert_state" not in set(conn.dialect.get_table_names(conn))
     store.upgrade()

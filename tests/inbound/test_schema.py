@@ -14,6 +14,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
 import gateway.alerts  # its table joins the metadata too (migration 0008_alerts)
+import gateway.console  # its tables are on the store's metadata too
 import gateway.inbound
 import gateway.policy
 import gateway.store

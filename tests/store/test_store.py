@@ -13,6 +13,7 @@ from alembic.runtime.migration import MigrationContext
 
 import gateway.alerts  # (and the alerts' state: migration 0008_alerts)
 import gateway.audit  # its tables join the store's metadata too: compared below
+import gateway.console  # (the console's too: migration 0007_console)
 import gateway.inbound  # (so do the inbound stage's tables: migration 0005_inbound)
 import gateway.policy  # noqa: F401  (its tables join the store's metadata: compared below too)
 from gateway import Converter

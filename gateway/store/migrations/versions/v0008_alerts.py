@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0008_alerts"
-down_revision = "0006_audit"
+down_revision = "0007_console"
 branch_labels = None
 depends_on = None
 

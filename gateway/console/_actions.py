@@ -1,0 +1,104 @@
+"""An operator's actions from the console, through the functions the CLI uses
+(``process_message``, ``Outbox.retry|replay``, ``Outbound.release``) and audited as the
+CLI audits them (``record_operator``, naming the console user). Each needs a reason,
+kept with the action (``console_actions``; outbox actions also in ``outbox_events``)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+from ..audit import audit_log, record_operator, store_hook
+from ..config import Settings
+from ..delivery import Outbound, Outbox
+from ..pipeline import Converter
+from ..store import Store, StoreError, process_message, utcnow
+from ._tables import actions
+from ._users import ConsoleError, User
+
+__all__ = ["MESSAGE_ACTIONS", "OUTBOX_ACTIONS", "Actions"]
+
+MESSAGE_ACTIONS = ("reprocess", "resolve")
+OUTBOX_ACTIONS = ("retry", "release", "replay")
+MAX_REASON = 1000
+
+
+def _reason(text: str) -> str:
+    reason = " ".join(text.split())
+    if not reason:
+        raise ConsoleError("console.no-reason", "an action needs a reason", location="reason")
+    if len(reason) > MAX_REASON:
+        raise ConsoleError(
+            "console.no-reason", f"a reason is at most {MAX_REASON} characters", location="reason"
+        )
+    return reason
+
+
+class Actions:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Callable[[], Store],
+        converter: Callable[[], Converter],
+        convert_lock: threading.Lock,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.converter = converter
+        self.convert_lock = convert_lock
+        self._outbound: Outbound | None = None  # built at the first release (it is heavy)
+        self._lock = threading.Lock()
+
+    def outbound(self) -> Outbound:
+        with self._lock:
+            if self._outbound is None:
+                self._outbound = Outbound(self.settings, self.store())
+            return self._outbound
+
+    def on_message(self, action: str, message_id: int, user: User, reason: str) -> None:
+        why = _reason(reason)
+        store = self.store()
+        if store.state_of(message_id) is None:
+            raise StoreError("not-found", f"no message {message_id} in the store")
+        if action == "reprocess":
+            # as `gateway messages reprocess`: the new outcome audited in its transaction
+            hook = store_hook(
+                audit_log(store, self.settings), channel="console", with_receipt=False
+            )
+            process_message(store, self.converter(), message_id, self.convert_lock, hook)
+        elif action != "resolve":
+            raise ConsoleError("console.bad-action", f"unknown action {action!r}")
+        self._note(store, user, action, message_id, None, why)
+        record_operator(store, self.settings, action, [message_id], who=user.name)
+
+    def on_outbox(self, action: str, row_id: int, user: User, reason: str) -> int | None:
+        """Retry, release or replay an outbox row; returns its message's id."""
+        why = _reason(reason)
+        store = self.store()
+        if action == "retry":
+            row = Outbox(store).retry(row_id, why)
+        elif action == "replay":
+            row = Outbox(store).replay(row_id, why)
+        elif action == "release":  # a policy hold is decided again (consent): Outbound's
+            row = self.outbound().release(row_id, why)
+        else:
+            raise ConsoleError("console.bad-action", f"unknown action {action!r}")
+        self._note(store, user, action, row.message_id, row_id, why)
+        record_operator(store, self.settings, action, [row.message_id], who=user.name)
+        return row.message_id
+
+    @staticmethod
+    def _note(
+        store: Store, user: User, action: str, message_id: int | None, row: int | None, why: str
+    ) -> None:
+        with store.engine.execution_options(write=True).begin() as conn:
+            conn.execute(
+                actions.insert().values(
+                    at=utcnow(),
+                    user_name=user.name,
+                    action=action,
+                    message_id=message_id,
+                    outbox_id=row,
+                    reason=why,
+                )
+            )

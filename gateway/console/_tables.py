@@ -1,0 +1,54 @@
+"""The console's tables, on the message store's metadata (migration ``v0007_console``
+creates the same): local users, server-side sessions, and what operators did through
+the console with their reasons."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from ..store import metadata
+
+__all__ = ["actions", "sessions", "users"]
+
+ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+users = sa.Table(
+    "console_users",
+    metadata,
+    sa.Column("id", ID, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(64), nullable=False, unique=True),  # the login
+    sa.Column("password_hash", sa.String(255), nullable=False),  # argon2id, PHC string
+    sa.Column("role", sa.String(16), nullable=False),  # operator | auditor | admin
+    sa.Column("lang", sa.String(16), nullable=False),  # zh-Hans | zh-Hant-HK | en
+    sa.Column("disabled", sa.Boolean(), nullable=False),
+    sa.Column("created_at", sa.DateTime(), nullable=False),
+    sa.Column("updated_at", sa.DateTime(), nullable=False),
+)
+
+# One row per signed-in browser; the cookie holds a random token, the row its SHA-256
+# (a copy of the table gives no usable session).
+sessions = sa.Table(
+    "console_sessions",
+    metadata,
+    sa.Column("token_hash", sa.String(64), primary_key=True),
+    sa.Column("user_id", ID, sa.ForeignKey("console_users.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("csrf", sa.String(64), nullable=False),  # the forms' token for this session
+    sa.Column("created_at", sa.DateTime(), nullable=False),
+    sa.Column("seen_at", sa.DateTime(), nullable=False),  # idle expiry counts from here
+)
+sa.Index("ix_console_sessions_user", sessions.c.user_id)
+
+# An operator's action in the console (reprocess, retry, release, replay, resolve) with
+# the reason they gave; the audit log has the same action without the free text.
+actions = sa.Table(
+    "console_actions",
+    metadata,
+    sa.Column("id", ID, primary_key=True, autoincrement=True),
+    sa.Column("at", sa.DateTime(), nullable=False),
+    sa.Column("user_name", sa.String(64), nullable=False),
+    sa.Column("action", sa.String(16), nullable=False),
+    sa.Column("message_id", ID),
+    sa.Column("outbox_id", ID),
+    sa.Column("reason", sa.Text(), nullable=False),
+)
+sa.Index("ix_console_actions_message", actions.c.message_id, actions.c.id)

@@ -50,6 +50,12 @@ class Scope:
 
 _MEMO_SIZE = 4096  # results kept per pure fragment; the memo is cleared when full
 _SEEN_SIZE = 16384  # keys met once, per pure fragment; cleared when full
+# A memo whose keys do not recur (a template reading the patient's PID, an order's ORC)
+# only costs: after _PROBE look-ups of which fewer than 1 in _RARE met a key again, it
+# rests for _REST calls (no key, no seen set), then looks again.
+_PROBE = 512
+_RARE = 50
+_REST = 8192
 _MISS = object()
 
 
@@ -75,12 +81,22 @@ def memoised(fn: Callable[[Ctx], Any], scope: Scope) -> Callable[[Ctx], Any]:
     segments = frozenset(scope.segments)
     memo: dict[Any, Any] = {}
     seen: set[Any] = set()  # keys met once, not (yet) remembered
+    # [look-ups, of which a key met before, calls left to rest]: see _PROBE
+    stats = [0, 0, 0]
 
     def cached(ctx: Ctx) -> Any:
         # A memo hit would hide which fields the spec reads while tracing; views whose
         # nodes have no stable text (DICOM, XML) opt out with memo = False.
-        if ctx.view.tracing or not ctx.view.memo:
+        if stats[2] or ctx.view.tracing or not ctx.view.memo:
+            if stats[2]:
+                stats[2] -= 1
             return fn(ctx)
+        stats[0] += 1
+        if stats[0] >= _PROBE:
+            if stats[1] * _RARE < stats[0]:  # keys that do not recur: rest, forget them
+                stats[2] = _REST
+                seen.clear()
+            stats[0] = stats[1] = 0
         # memo = True promises the MemoView members (an annotation, not a cast() call)
         view: MemoView = ctx.view  # type: ignore[assignment]
         here = ctx.here
@@ -108,6 +124,7 @@ def memoised(fn: Callable[[Ctx], Any], scope: Scope) -> Callable[[Ctx], Any]:
                 return fn(ctx)  # the first time: this record's own value
         except TypeError:  # an unhashable variable value: compute, do not remember
             return fn(ctx)
+        stats[1] += 1  # a key met before
         if found is _MISS:
             warned = len(ctx.state.warnings)
             result = fn(ctx)

@@ -12,6 +12,7 @@ identity are merged into one.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -102,9 +103,19 @@ class ResourceTemplate:
     location: str | None = None  # where the identifier comes from, for errors
 
 
-@lru_cache(maxsize=65536)
+# What quote(safe=":/") leaves as it is, and no search escape: most identifiers.
+_PLAIN_TOKEN = re.compile(r"[A-Za-z0-9_.~:/-]*")
+
+
 def _search_escape(text: str) -> str:
     # FHIR search: \ , $ | are escaped with a backslash inside a token, then URL-encoded.
+    if _PLAIN_TOKEN.fullmatch(text):
+        return text  # the patient's and order's own identifiers: never cached
+    return _search_escape_quoted(text)
+
+
+@lru_cache(maxsize=16384)
+def _search_escape_quoted(text: str) -> str:
     for ch in ("\\", ",", "$", "|"):
         text = text.replace(ch, "\\" + ch)
     return quote(text, safe=":/")
@@ -113,13 +124,20 @@ def _search_escape(text: str) -> str:
 def _choose(identifiers: Any, prefer: tuple[str, ...]) -> tuple[str, str] | None:
     if isinstance(identifiers, dict):
         identifiers = [identifiers]
-    usable = [i for i in identifiers or [] if i.get("system") and i.get("value")]
-    for code in prefer:
-        for ident in usable:
-            codes = {c.get("code") for c in (ident.get("type") or {}).get("coding", [])}
-            if code in codes:
-                return ident["system"], ident["value"]
-    return (usable[0]["system"], usable[0]["value"]) if usable else None
+    usable = [i for i in identifiers or () if i.get("system") and i.get("value")]
+    if not usable:
+        return None
+    if prefer and (len(usable) > 1 or prefer[0] not in _codes(usable[0])):
+        codes = [_codes(ident) for ident in usable]  # each identifier's type codes, once
+        for code in prefer:
+            for ident, have in zip(usable, codes, strict=True):
+                if code in have:
+                    return ident["system"], ident["value"]
+    return usable[0]["system"], usable[0]["value"]
+
+
+def _codes(ident: Any) -> set[Any]:
+    return {c.get("code") for c in (ident.get("type") or {}).get("coding", [])}
 
 
 def _merge(into: dict[str, Any], other: dict[str, Any]) -> None:

@@ -31,14 +31,15 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, MappingError
-from ._compile import _CONSTANTS, _DROPPED, _VARIES, SHAPES, Ctx, Fn
+from ._compile import _CONSTANTS, _DROPPED, _VARIES, SHAPES, Ctx, Fn, _convert
+from ._types import CONVERTERS
 
 __all__ = ["ENGINES", "GENERATOR_VERSION", "CodeCache", "Lowering", "engine_setting"]
 
 log = logging.getLogger(__name__)
 
 # Part of the cache key: bump it whenever the generated code changes for the same input.
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"
 ENGINES = ("compiled", "interpreted")
 _MAX_DEPTH = 40  # indentation levels in one function; deeper specs are called instead
 _EMPTY = "({0} is None or {0} == '' or {0} == [] or {0} == {{}})"  # _compile._empty, falsy part
@@ -93,6 +94,7 @@ class Lowering:
             "__name__": "gateway.mapping.generated",
             "_DROPPED": _DROPPED,
             "MappingError": MappingError,
+            "_convert": _convert,
         }
         self._names: dict[int, str] = {}
         self._units = 0
@@ -178,10 +180,29 @@ class Lowering:
             f.add(ind, f"{t} = None")
 
     def _leaf(self, f: _Func, t: str, v: str, label: str, c: str, ind: int, leaf: Any) -> None:
-        if SHAPES.get(leaf) == ("identity",):
+        """``t = leaf(v, label, c)``: the ``as`` conversion called directly when it is the
+        only step and the value's label is not known (a path): a refused value goes to
+        ``_convert``, which converts it again (converters are pure) to name the field and
+        apply the leniency rules; a code table looked up inline."""
+        shape = SHAPES.get(leaf)
+        if shape == ("identity",):
             f.add(ind, f"{t} = {v}")
-        else:
-            f.add(ind, f"{t} = {self._name(leaf, 'L')}({v}, {label}, {c})")
+            return
+        if shape is not None and shape[0] == "leaf":
+            kind, table = shape[1], shape[2]
+            if table is None and label == "None":
+                f.add(ind, "try:")
+                f.add(ind + 1, f"{t} = {self._name(CONVERTERS[kind], 'CV')}({v}, '', {c}.tz)")
+                f.add(ind, "except MappingError:")
+                f.add(ind + 1, f"{t} = _convert({kind!r}, {v}, None, {c})")
+                return
+            if kind is None:
+                f.add(ind, f"{t} = {self._name(table, 'TB')}.lookup(str({v}))")
+                if not table.has_default:  # an unknown code: the leaf raises, naming it
+                    f.add(ind, f"if {t} is None:")
+                    f.add(ind + 1, f"{t} = {self._name(leaf, 'L')}({v}, {label}, {c})")
+                return
+        f.add(ind, f"{t} = {self._name(leaf, 'L')}({v}, {label}, {c})")
 
     def _path(self, f: _Func, t: str, c: str, h: str, ind: int, *shape: Any) -> None:
         alts, leaf, missing, _ = shape

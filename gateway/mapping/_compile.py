@@ -359,7 +359,7 @@ class Compiler:
                 out = mapped
             return out
 
-        return leaf
+        return _shaped(leaf, "leaf", kind, table)
 
     def _missing(self, spec: dict[str, Any], what: str) -> Callable[[Ctx, str], Any]:
         """What an empty path or var gives: its default, an error, or nothing. ``path`` is

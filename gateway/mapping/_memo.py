@@ -85,11 +85,14 @@ def memoised(fn: Callable[[Ctx], Any], scope: Scope) -> Callable[[Ctx], Any]:
     stats = [0, 0, 0]
 
     def cached(ctx: Ctx) -> Any:
+        if stats[2]:  # resting
+            stats[2] -= 1
+            return fn(ctx)
         # A memo hit would hide which fields the spec reads while tracing; views whose
         # nodes have no stable text (DICOM, XML) opt out with memo = False.
-        if stats[2] or ctx.view.tracing or not ctx.view.memo:
-            if stats[2]:
-                stats[2] -= 1
+        # memo = True promises the MemoView members (an annotation, not a cast() call)
+        view: MemoView = ctx.view  # type: ignore[assignment]
+        if not view.memo or view.tracing:
             return fn(ctx)
         stats[0] += 1
         if stats[0] >= _PROBE:
@@ -97,15 +100,20 @@ def memoised(fn: Callable[[Ctx], Any], scope: Scope) -> Callable[[Ctx], Any]:
                 stats[2] = _REST
                 seen.clear()
             stats[0] = stats[1] = 0
-        # memo = True promises the MemoView members (an annotation, not a cast() call)
-        view: MemoView = ctx.view  # type: ignore[assignment]
         here = ctx.here
         try:
             # The same text means the same thing only with the same delimiters and charset
             # (escapes such as \Xhh\ decode in the message's charset).
-            key: tuple[Any, ...] = (here.text, here.level, ctx.tz, view.reading)
             if names:
-                key += tuple(map(ctx.vars.get, names))
+                key: tuple[Any, ...] = (
+                    here.text,
+                    here.level,
+                    ctx.tz,
+                    view.reading,
+                    *map(ctx.vars.get, names),
+                )
+            else:
+                key = (here.text, here.level, ctx.tz, view.reading)
             if segments:
                 lines = view.group_key(here, segments)
                 if lines is None:

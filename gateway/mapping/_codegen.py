@@ -39,7 +39,7 @@ __all__ = ["ENGINES", "GENERATOR_VERSION", "CodeCache", "Lowering", "engine_sett
 log = logging.getLogger(__name__)
 
 # Part of the cache key: bump it whenever the generated code changes for the same input.
-GENERATOR_VERSION = "2"
+GENERATOR_VERSION = "3"
 ENGINES = ("compiled", "interpreted")
 _MAX_DEPTH = 40  # indentation levels in one function; deeper specs are called instead
 _EMPTY = "({0} is None or {0} == '' or {0} == [] or {0} == {{}})"  # _compile._empty, falsy part
@@ -68,18 +68,35 @@ def _literal(value: Any) -> str | None:
 
 
 class _Func:
-    """The lines of one generated function and its fresh local names."""
+    """The lines of one generated function, its fresh local names, and the view look-ups
+    already made (each path read once per node: the view's answers are pure)."""
 
     def __init__(self) -> None:
         self.lines: list[str] = []
         self._n = 0
+        # (method, path, node variable) → (variable holding the answer, its indentation)
+        self._known: dict[tuple[str, str, str], tuple[str, int]] = {}
 
     def var(self, prefix: str) -> str:
         self._n += 1
         return f"{prefix}{self._n}"
 
     def add(self, ind: int, text: str) -> None:
+        # A line less indented than an answer's assignment is outside its block: the
+        # answer may not have been computed on the way here.
+        if self._known and any(level > ind for _, level in self._known.values()):
+            self._known = {k: v for k, v in self._known.items() if v[1] <= ind}
         self.lines.append("    " * ind + text)
+
+    def look(self, ind: int, method: str, path: str, h: str) -> str:
+        """A variable holding ``view.<method>(path, h)``, assigned here unless known."""
+        found = self._known.get((method, path, h))
+        if found is not None and found[1] <= ind:
+            return found[0]
+        v = self.var("q")
+        self.add(ind, f"{v} = view.{method}({path!r}, {h})")
+        self._known[(method, path, h)] = (v, ind)
+        return v
 
 
 class Lowering:
@@ -161,7 +178,7 @@ class Lowering:
 
     def _plain(self, f: _Func, t: str, c: str, h: str, ind: int, *shape: Any) -> None:
         alt, missing, fallback = shape
-        f.add(ind, f"{t} = view.first({alt!r}, {h})")
+        f.add(ind, f"{t} = {f.look(ind, 'first', alt, h)}")
         if fallback:
             f.add(ind, f"if {t} is None:")
             self._missing(f, t, c, ind + 1, missing, alt)
@@ -213,7 +230,7 @@ class Lowering:
             if n:
                 f.add(ind, f"if {t} is _DROPPED:")
                 inner = ind + 1
-            f.add(inner, f"{v} = view.first({alt!r}, {h})")
+            f.add(inner, f"{v} = {f.look(inner, 'first', alt, h)}")
             f.add(inner, f"if {v} is not None:")
             f.add(inner + 1, f"{c}.label_of = {alt!r}")
             self._leaf(f, t, v, "None", c, inner + 1, leaf)
@@ -339,10 +356,10 @@ class Lowering:
             self.emit(f, body, t, self._with(f, c, h, ind, extra), h, ind)
             return
         nodes, h2, c2 = f.var("n"), f.var("h"), f.var("c")
-        f.add(ind, f"{nodes} = view.select({at[0]!r}, {h})")
+        f.add(ind, f"{nodes} = {f.look(ind, 'select', at[0], h)}")
         for alt in at[1:]:
             f.add(ind, f"if not {nodes}:")
-            f.add(ind + 1, f"{nodes} = view.select({alt!r}, {h})")
+            f.add(ind + 1, f"{nodes} = {f.look(ind + 1, 'select', alt, h)}")
         f.add(ind, f"if {nodes}:")
         f.add(ind + 1, f"{h2} = {nodes}[0]")
         f.add(ind + 1, f"{c2} = {c}.at({h2})")
@@ -356,7 +373,7 @@ class Lowering:
     ) -> Iterator[tuple[str, str]]:
         """``for`` each node of ``selector`` that ``keep`` keeps: yields its (ctx, here)."""
         h2, c2 = f.var("h"), f.var("c")
-        f.add(ind, f"for {h2} in view.select({selector!r}, {h}):")
+        f.add(ind, f"for {h2} in {f.look(ind, 'select', selector, h)}:")
         f.add(ind + 1, f"{c2} = {c}.at({h2})")
         if keep is not None:
             b = f.var("b")
@@ -443,7 +460,7 @@ class Lowering:
             value = shape[1]
             vs = SHAPES.get(value)
             if vs is not None and vs[0] == "plain" and not vs[3]:
-                f.add(ind, f"{b} = view.first({vs[1]!r}, {h}) is not None")
+                f.add(ind, f"{b} = {f.look(ind, 'first', vs[1], h)} is not None")
                 return
             v = f.var("v")
             self.emit(f, value, v, c, h, ind)

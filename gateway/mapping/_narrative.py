@@ -215,9 +215,35 @@ _CJK_LEADS = tuple(bytes([b]) for b in range(0xE4, 0xEA))
 
 def _holds_chinese(resource: Resource) -> bool:
     """Whether any value of the resource (names, text, displays and their translations)
-    holds a Chinese character: a search in its JSON (orjson, in C) rather than a walk."""
-    data = orjson.dumps(resource)
+    holds a Chinese character (U+4000-U+9FFF): a search in each value's JSON (orjson, in
+    C) rather than a walk; a shared frozen value (a memoised organisation's name, a
+    coding) is searched once (keys are element names: ASCII)."""
+    for value in resource.values():
+        kind = type(value)
+        if kind is str:
+            if not value.isascii() and _CJK_TEXT.search(value):
+                return True
+        elif kind is FrozenDict or kind is FrozenList:
+            hit = _HOLDS.get(id(value))
+            if hit is None or hit[0] is not value:
+                if len(_HOLDS) >= _LINES_SIZE:
+                    _HOLDS.clear()
+                hit = _HOLDS[id(value)] = (value, _json_holds_chinese(value))
+            if hit[1]:
+                return True
+        elif (kind is dict or kind is list) and _json_holds_chinese(value):
+            return True
+    return False
+
+
+def _json_holds_chinese(value: Any) -> bool:
+    data = orjson.dumps(value)
     return not data.isascii() and any(lead in data for lead in _CJK_LEADS)
+
+
+_CJK_TEXT = re.compile("[\u4000-\u9fff]")  # what the lead bytes above encode
+# Frozen values by id, with whether they hold Chinese (the value kept: its id stays its).
+_HOLDS: dict[int, tuple[Any, bool]] = {}
 
 
 # -- values: each becomes one line of escaped XHTML -------------------------------------------

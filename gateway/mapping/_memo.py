@@ -80,7 +80,7 @@ def memoised(fn: Callable[[Ctx], Any], scope: Scope) -> Callable[[Ctx], Any]:
     ref_vars = tuple(sorted(scope.ref_vars))
     segments = frozenset(scope.segments)
     memo: dict[Any, Any] = {}
-    seen: set[Any] = set()  # keys met once, not (yet) remembered
+    seen: set[int] = set()  # hashes of keys met once, not (yet) remembered
     # [look-ups, of which a key met before, calls left to rest]: see _PROBE
     stats = [0, 0, 0]
 
@@ -125,11 +125,16 @@ def memoised(fn: Callable[[Ctx], Any], scope: Scope) -> Callable[[Ctx], Any]:
                 key += tuple(tuple(state.refs(k)) for k in refs)
                 key += tuple(tuple(state.refs(str(ctx.vars.get(v) or ""))) for v in ref_vars)
             found = memo.get(key, _MISS)
-            if found is _MISS and key not in seen:
-                if len(seen) >= _SEEN_SIZE:
-                    seen.clear()
-                seen.add(key)
-                return fn(ctx)  # the first time: this record's own value
+            if found is _MISS:
+                # Keys met once are kept as their hashes (ints: small, nothing for the
+                # garbage collector to walk); two keys with one hash only mean that the
+                # second is remembered the first time it is met.
+                hashed = hash(key)
+                if hashed not in seen:
+                    if len(seen) >= _SEEN_SIZE:
+                        seen.clear()
+                    seen.add(hashed)
+                    return fn(ctx)  # the first time: this record's own value
         except TypeError:  # an unhashable variable value: compute, do not remember
             return fn(ctx)
         stats[1] += 1  # a key met before

@@ -606,6 +606,21 @@ class CodeCache:
             log.info("mapping code cache %s not written: %s", self.path, exc)
             return
         self.dirty = False
+        _prune(self.path.parent)
+
+
+_KEEP = 16  # cache entries kept per cache dir (the newest): mapping folders, versions
+
+
+def _prune(folder: Path) -> None:
+    """Remove all but the newest _KEEP entries (edited mappings leave old ones behind)."""
+    try:
+        entries = sorted(folder.glob("*.marshal"), key=lambda p: p.stat().st_mtime)
+        for old in entries[:-_KEEP]:
+            old.unlink(missing_ok=True)
+            old.with_suffix(".py").unlink(missing_ok=True)
+    except OSError as exc:  # another process pruning at the same time
+        log.info("mapping code cache %s not pruned: %s", folder, exc)
 
 
 def _is_code(value: Any) -> bool:

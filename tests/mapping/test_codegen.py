@@ -260,3 +260,20 @@ def test_cache_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     mappings = MappingSet(data_dir("mappings"), "hl7v2", env, check_path, engine="compiled")
     assert mappings._lowering is not None and mappings._lowering.cache is None
     assert mappings._lowering.sources
+
+
+def test_cache_keeps_the_newest_entries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from gateway.mapping import _codegen
+
+    for n in range(_codegen._KEEP + 3):
+        stale = tmp_path / f"old{n:02d}.marshal"
+        stale.write_bytes(b"")
+        stale.with_suffix(".py").write_text("", encoding="utf-8")
+        os.utime(stale, (n, n))
+    _load(data_dir("mappings"), tmp_path, monkeypatch)
+    left = sorted(p.name for p in tmp_path.glob("*.marshal"))
+    assert len(left) == _codegen._KEEP
+    assert "old00.marshal" not in left and "old18.marshal" in left
+    assert not (tmp_path / "old00.py").exists()

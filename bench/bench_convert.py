@@ -18,7 +18,12 @@ Every gateway and in-process peer row converts never-seen variants of the messag
 
     .venv/bin/python bench/bench_convert.py [--rows gw_e2e] [--out -] [pyperf options]
 
-See bench/README.md for what each row means.
+See bench/README.md for what each row means. The rows ``gw_e2e_interp`` and
+``stage_map_interp`` run the mappings interpreted (``GATEWAY_MAPPING_ENGINE=interpreted``)
+beside the compiled default. ``--paired DIR`` instead compares, in paired rounds in three
+worker processes fed the same fresh messages pass by pass, the gateway in DIR (an older
+commit unpacked with ``git archive``) with this checkout, compiled and interpreted; it
+prints a table (bench/RESULTS.md, "HL7 v2 end to end before/after issue 9").
 """
 
 from __future__ import annotations

@@ -32,6 +32,7 @@ from typing import Any
 
 from ..errors import ConfigError, MappingError
 from ._compile import _CONSTANTS, _DROPPED, _VARIES, SHAPES, Ctx, Fn, _convert
+from ._memo import MEMOS
 from ._types import CONVERTERS
 
 __all__ = ["ENGINES", "GENERATOR_VERSION", "CodeCache", "Lowering", "engine_setting"]
@@ -39,7 +40,7 @@ __all__ = ["ENGINES", "GENERATOR_VERSION", "CodeCache", "Lowering", "engine_sett
 log = logging.getLogger(__name__)
 
 # Part of the cache key: bump it whenever the generated code changes for the same input.
-GENERATOR_VERSION = "3"
+GENERATOR_VERSION = "4"
 ENGINES = ("compiled", "interpreted")
 _MAX_DEPTH = 40  # indentation levels in one function; deeper specs are called instead
 _EMPTY = "({0} is None or {0} == '' or {0} == [] or {0} == {{}})"  # _compile._empty, falsy part
@@ -362,18 +363,42 @@ class Lowering:
             f.add(ind + 1, f"{nodes} = {f.look(ind + 1, 'select', alt, h)}")
         f.add(ind, f"if {nodes}:")
         f.add(ind + 1, f"{h2} = {nodes}[0]")
-        f.add(ind + 1, f"{c2} = {c}.at({h2})")
-        self.emit(f, body, t, self._with(f, c2, h2, ind + 1, extra), h2, ind + 1)
+        if not extra and self._direct(f, body, t, c, h2, ind + 1):
+            pass  # run at the node without a context made for it
+        else:
+            f.add(ind + 1, f"{c2} = {c}.at({h2})")
+            self.emit(f, body, t, self._with(f, c2, h2, ind + 1, extra), h2, ind + 1)
         f.add(ind, "else:")
         f.add(ind + 1, f"{t} = None")
 
+    def _direct(self, f: _Func, body: Fn, t: str, c: str, h: str, ind: int) -> bool:
+        """Code for ``body`` at node ``h`` from context ``c`` when it needs no context of
+        its own there: a memoised spec, or an entry whose fields are one, takes the node
+        as it is (``cached(ctx, node)``, gateway/mapping/_memo.py); False otherwise."""
+        if body in MEMOS:
+            f.add(ind, f"{t} = {self._name(body, 'F')}({c}, {h})")
+            return True
+        shape = SHAPES.get(body)
+        if shape is not None and shape[0] == "add" and shape[2].fields in MEMOS:
+            key, template = shape[1], shape[2]
+            fields = self._name(template.fields, "T")
+            rt = self._name(template, "R")
+            f.add(ind, f"state.add({key!r}, {rt}, {fields}({c}, {h}) or {{}}, {h})")
+            f.add(ind, f"{t} = None")
+            return True
+        return False
+
     @contextmanager
     def _loop(
-        self, f: _Func, c: str, h: str, ind: int, selector: str, keep: Any
+        self, f: _Func, c: str, h: str, ind: int, selector: str, keep: Any, ctx: bool = True
     ) -> Iterator[tuple[str, str]]:
-        """``for`` each node of ``selector`` that ``keep`` keeps: yields its (ctx, here)."""
+        """``for`` each node of ``selector`` that ``keep`` keeps: yields its (ctx, here);
+        without ``ctx``, no context is made for the node and ``c`` itself is yielded."""
         h2, c2 = f.var("h"), f.var("c")
         f.add(ind, f"for {h2} in {f.look(ind, 'select', selector, h)}:")
+        if not ctx:
+            yield c, h2
+            return
         f.add(ind + 1, f"{c2} = {c}.at({h2})")
         if keep is not None:
             b = f.var("b")
@@ -386,10 +411,22 @@ class Lowering:
         selector, keep, body = shape
         out, v = f.var("o"), f.var("v")
         f.add(ind, f"{out} = []")
-        with self._loop(f, c, h, ind, selector, keep) as (c2, h2):
-            self.emit(f, body, v, c2, h2, ind + 1)
+        with self._loop(f, c, h, ind, selector, keep, self._needs_ctx(keep, body)) as (c2, h2):
+            if c2 == c:
+                self._direct(f, body, v, c, h2, ind + 1)
+            else:
+                self.emit(f, body, v, c2, h2, ind + 1)
             self._extend(f, out, body, v, ind + 1)
         f.add(ind, f"{t} = {out} or None")
+
+    @staticmethod
+    def _needs_ctx(keep: Any, body: Fn) -> bool:
+        if keep is not None:
+            return True
+        if body in MEMOS:
+            return False
+        shape = SHAPES.get(body)
+        return not (shape is not None and shape[0] == "add" and shape[2].fields in MEMOS)
 
     # -- resource entries --------------------------------------------------------------
     def _add(self, f: _Func, t: str, c: str, h: str, ind: int, key: str, template: Any) -> None:
@@ -399,8 +436,11 @@ class Lowering:
 
     def _each_entry(self, f: _Func, t: str, c: str, h: str, ind: int, *shape: Any) -> None:
         selector, keep, body = shape
-        with self._loop(f, c, h, ind, selector, keep) as (c2, h2):
-            self.emit(f, body, f.var("v"), c2, h2, ind + 1)
+        with self._loop(f, c, h, ind, selector, keep, self._needs_ctx(keep, body)) as (c2, h2):
+            if c2 == c:
+                self._direct(f, body, f.var("v"), c, h2, ind + 1)
+            else:
+                self.emit(f, body, f.var("v"), c2, h2, ind + 1)
         f.add(ind, f"{t} = None")
 
     def _checked(self, f: _Func, t: str, c: str, h: str, ind: int, *shape: Any) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+from weakref import WeakSet
 
 from ..shared import freeze
 
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
     from ..intake import MemoView
     from ._compile import Ctx
 
-__all__ = ["Scope", "memoised"]
+__all__ = ["MEMOS", "Scope", "memoised"]
 
 
 @dataclass
@@ -57,6 +58,10 @@ _PROBE = 512
 _RARE = 50
 _REST = 8192
 _MISS = object()
+_HERE: Any = object()  # cached(ctx) without ``at``: at ctx.here
+
+# The memo wrappers: generated code may call them as ``cached(ctx, node)``.
+MEMOS: WeakSet[Callable[..., Any]] = WeakSet()
 
 
 def memoised(fn: Callable[[Ctx], Any], scope: Scope) -> Callable[[Ctx], Any]:
@@ -84,26 +89,29 @@ def memoised(fn: Callable[[Ctx], Any], scope: Scope) -> Callable[[Ctx], Any]:
     # [look-ups, of which a key met before, calls left to rest]: see _PROBE
     stats = [0, 0, 0]
 
-    def cached(ctx: Ctx) -> Any:
+    def cached(ctx: Ctx, at: Any = _HERE) -> Any:
+        # ``at``: run at that node, as ``cached(ctx.at(at))`` would, without making that
+        # context unless the spec runs (generated code passes it: a hit never needs it).
+        here = ctx.here if at is _HERE else at
         if stats[2]:  # resting
             stats[2] -= 1
-            return fn(ctx)
+            return fn(ctx if at is _HERE else ctx.at(at))
         # A memo hit would hide which fields the spec reads while tracing; views whose
         # nodes have no stable text (DICOM, XML) opt out with memo = False.
         # memo = True promises the MemoView members (an annotation, not a cast() call)
         view: MemoView = ctx.view  # type: ignore[assignment]
         if not view.memo or view.tracing:
-            return fn(ctx)
+            return fn(ctx if at is _HERE else ctx.at(at))
         stats[0] += 1
         if stats[0] >= _PROBE:
             if stats[1] * _RARE < stats[0]:  # keys that do not recur: rest, forget them
                 stats[2] = _REST
                 seen.clear()
             stats[0] = stats[1] = 0
-        here = ctx.here
         try:
             # The same text means the same thing only with the same delimiters and charset
-            # (escapes such as \Xhh\ decode in the message's charset).
+            # (escapes such as \Xhh\ decode in the message's charset). ctx.at(here) has
+            # ctx's variables, state and zone.
             if names:
                 key: tuple[Any, ...] = (
                     here.text,
@@ -117,7 +125,7 @@ def memoised(fn: Callable[[Ctx], Any], scope: Scope) -> Callable[[Ctx], Any]:
             if segments:
                 lines = view.group_key(here, segments)
                 if lines is None:
-                    return fn(ctx)
+                    return fn(ctx if at is _HERE else ctx.at(at))
                 key += lines
             if refs or ref_vars:
                 state = ctx.state
@@ -134,13 +142,13 @@ def memoised(fn: Callable[[Ctx], Any], scope: Scope) -> Callable[[Ctx], Any]:
                     if len(seen) >= _SEEN_SIZE:
                         seen.clear()
                     seen.add(hashed)
-                    return fn(ctx)  # the first time: this record's own value
+                    return fn(ctx if at is _HERE else ctx.at(at))  # the record's own value
         except TypeError:  # an unhashable variable value: compute, do not remember
-            return fn(ctx)
+            return fn(ctx if at is _HERE else ctx.at(at))
         stats[1] += 1  # a key met before
         if found is _MISS:
             warned = len(ctx.state.warnings)
-            result = fn(ctx)
+            result = fn(ctx if at is _HERE else ctx.at(at))
             if len(ctx.state.warnings) > warned:
                 return result  # a memo hit would not repeat the warning (a dropped value)
             found = freeze(result)
@@ -149,4 +157,5 @@ def memoised(fn: Callable[[Ctx], Any], scope: Scope) -> Callable[[Ctx], Any]:
             memo[key] = found
         return found
 
+    MEMOS.add(cached)
     return cached

@@ -130,8 +130,8 @@ def memoised(fn: Callable[[Ctx], Any], scope: Scope) -> Callable[[Ctx], Any]:
             if refs or ref_vars:
                 state = ctx.state
                 # every URL a ref/refs could return (refs(k)[0] is what ref(k) gives)
-                key += tuple(tuple(state.refs(k)) for k in refs)
-                key += tuple(tuple(state.refs(str(ctx.vars.get(v) or ""))) for v in ref_vars)
+                key += tuple([tuple(state.refs(k)) for k in refs])
+                key += tuple([tuple(state.refs(str(ctx.vars.get(v) or ""))) for v in ref_vars])
             found = memo.get(key, _MISS)
             if found is _MISS:
                 # Keys met once are kept as their hashes (ints: small, nothing for the

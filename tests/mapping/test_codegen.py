@@ -6,8 +6,11 @@ code cache on disk is used only when it matches."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -152,10 +155,7 @@ def _freshen(text: str, k: int) -> str:
 def test_every_language_test_passes_interpreted_too() -> None:
     """test_engine.py runs with the default engine (compiled); the reference must pass
     the same tests: run here with GATEWAY_MAPPING_ENGINE=interpreted."""
-    import subprocess
-    import sys
-
-    env = {**__import__("os").environ, "GATEWAY_MAPPING_ENGINE": "interpreted"}
+    env = {**os.environ, "GATEWAY_MAPPING_ENGINE": "interpreted"}
     done = subprocess.run(
         [
             sys.executable,
@@ -263,8 +263,6 @@ def test_cache_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_cache_keeps_the_newest_entries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import os
-
     from gateway.mapping import _codegen
 
     for n in range(_codegen._KEEP + 3):

@@ -51,7 +51,7 @@ def engine_setting(env: dict[str, str] | None = None) -> str:
     value = (env if env is not None else os.environ).get("GATEWAY_MAPPING_ENGINE") or "compiled"
     if value not in ENGINES:
         raise ConfigError(
-            "setting",
+            "bad-setting",
             f"GATEWAY_MAPPING_ENGINE={value!r}: use one of {', '.join(ENGINES)}",
         )
     return value

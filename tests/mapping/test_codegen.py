@@ -275,3 +275,11 @@ def test_cache_keeps_the_newest_entries(tmp_path: Path, monkeypatch: pytest.Monk
     assert len(left) == _codegen._KEEP
     assert "old00.marshal" not in left and "old18.marshal" in left
     assert not (tmp_path / "old00.py").exists()
+
+
+def test_engine_setting_error_is_registered() -> None:
+    from gateway.errors import registry
+
+    with pytest.raises(ConfigError) as caught:
+        engine_setting({"GATEWAY_MAPPING_ENGINE": "jit"})
+    assert caught.value.code in registry()

@@ -18,7 +18,12 @@ Every gateway and in-process peer row converts never-seen variants of the messag
 
     .venv/bin/python bench/bench_convert.py [--rows gw_e2e] [--out -] [pyperf options]
 
-See bench/README.md for what each row means.
+See bench/README.md for what each row means. The rows ``gw_e2e_interp`` and
+``stage_map_interp`` run the mappings interpreted (``GATEWAY_MAPPING_ENGINE=interpreted``)
+beside the compiled default. ``--paired DIR`` instead compares, in paired rounds in three
+worker processes fed the same fresh messages pass by pass, the gateway in DIR (an older
+commit unpacked with ``git archive``) with this checkout, compiled and interpreted; it
+prints a table (bench/RESULTS.md, "HL7 v2 end to end before/after issue 9").
 """
 
 from __future__ import annotations
@@ -368,6 +373,12 @@ class Context:
     def novalidate(self) -> Converter:
         return Converter(dataclasses.replace(self.settings, validate=False))
 
+    @functools.cached_property
+    def interpreted(self) -> Converter:
+        """The same converter with the mappings run by the closures (the reference
+        interpreter) instead of the generated code: the two side by side."""
+        return converter(self.settings, "interpreted")
+
     def work(self, on: str = "common", fresh: bool = True) -> Workload:
         samples = self.messages.common if on == "common" else self.messages.samples
         return Workload(samples, fresh=fresh)
@@ -375,6 +386,19 @@ class Context:
     @functools.cached_property
     def peer(self) -> BrightohirPeer:
         return BrightohirPeer(BRIGHTOHIR_VENV / "bin" / "python", self.messages.common)
+
+
+def converter(settings: Settings, engine: str) -> Converter:
+    """A Converter whose mappings run on ``engine`` (GATEWAY_MAPPING_ENGINE)."""
+    before = os.environ.get("GATEWAY_MAPPING_ENGINE")
+    os.environ["GATEWAY_MAPPING_ENGINE"] = engine
+    try:
+        return Converter(settings)
+    finally:
+        if before is None:
+            del os.environ["GATEWAY_MAPPING_ENGINE"]
+        else:
+            os.environ["GATEWAY_MAPPING_ENGINE"] = before
 
 
 def _each(items: list[Any], step: Callable[[Any], object]) -> Work:
@@ -387,7 +411,7 @@ def _each(items: list[Any], step: Callable[[Any], object]) -> Work:
 
 def _e2e(which: str, fresh: bool = True, on: str = "common") -> Callable[[Context], Prepared]:
     def make(ctx: Context) -> Prepared:
-        conv = ctx.conv if which == "validate" else ctx.novalidate
+        conv = {"validate": ctx.conv, "novalidate": ctx.novalidate}.get(which) or ctx.interpreted
         work = ctx.work(on, fresh)
         return lambda loops: _each(work.datas(loops), conv.convert)
 
@@ -438,6 +462,7 @@ def _stage(stage: str) -> Callable[[Context], Prepared]:
 
         conv, work = ctx.conv, ctx.work()
         charset, env, tz = conv.network.charset, conv.env, conv.settings.timezone
+        interpreted = ctx.interpreted.hl7v2 if stage == "stage_map_interp" else None
 
         def parsed(loops: int) -> list[Any]:
             return [parse_message(split_messages(d)[0], charset) for d in work.datas(loops)]
@@ -456,6 +481,11 @@ def _stage(stage: str) -> Callable[[Context], Prepared]:
             "stage_map": (
                 parsed,
                 lambda m: conv.hl7v2.for_type(m.message_type).run(Hl7View(m), env, tz),
+                True,
+            ),
+            "stage_map_interp": (
+                parsed,
+                lambda m: interpreted.for_type(m.message_type).run(Hl7View(m), env, tz),  # type: ignore[union-attr]
                 True,
             ),
             "stage_validate": (mapped, lambda b: check_bundle(b, True), True),
@@ -497,6 +527,15 @@ def specs(args: argparse.Namespace, messages: MessageSet) -> list[Spec]:
                 "reference check, JSON",
             ),
             _e2e("validate"),
+        ),
+        Spec(
+            R(
+                "gw_e2e_interp",
+                "gateway end to end, interpreted mappings",
+                "the first row with `GATEWAY_MAPPING_ENGINE=interpreted`: the mappings run "
+                "by the closures instead of the generated Python (docs/mapping-language.md)",
+            ),
+            _e2e("interpreted"),
         ),
         Spec(
             R(
@@ -571,7 +610,12 @@ def specs(args: argparse.Namespace, messages: MessageSet) -> list[Spec]:
             (
                 "stage_map",
                 "map",
-                "`MessageMapping.run(Hl7View(msg))` → Bundle dict (fresh messages)",
+                "`MessageMapping.run(Hl7View(msg))` → Bundle dict (fresh messages), compiled",
+            ),
+            (
+                "stage_map_interp",
+                "map, interpreted (not in the sum)",
+                "the same with the interpreted mappings (closures), for comparison",
             ),
             (
                 "stage_validate",
@@ -587,7 +631,7 @@ def specs(args: argparse.Namespace, messages: MessageSet) -> list[Spec]:
             ),
         ]
         for key, label, what in stages:
-            group = "stage-ref" if key == "stage_full_model" else "stage"
+            group = "stage-ref" if key in ("stage_full_model", "stage_map_interp") else "stage"
             out.append(Spec(R(key, label, what, group=group), _stage(key)))
     if args.rows:
         wanted = set(args.rows.split(","))
@@ -689,6 +733,8 @@ RATIOS = (
     ("gw_parse", "hl7apy"),
     ("gw_parse", "hl7apy_g"),
     ("gw_e2e", "gw_noval"),
+    ("gw_e2e", "gw_e2e_interp"),
+    ("stage_map", "stage_map_interp"),
     ("gw_e2e", "gw_parse"),
     ("gw_repeat", "gw_e2e"),
 )
@@ -864,6 +910,127 @@ def interpret(rows: list[_results.Row]) -> list[str]:
     return out
 
 
+# -- paired rounds against another checkout ----------------------------------------------
+
+# A worker process converting what it is sent with the gateway found on its PYTHONPATH
+# (this checkout, or an older one unpacked by `git archive`), timing itself: one JSON
+# request per line in ({"datas": [base64...]}), one answer per line out.
+_WORKER = r"""
+import base64, hashlib, json, sys, tempfile, time
+from pathlib import Path
+import gateway
+from gateway.config import Settings
+from gateway.pipeline import Converter
+conv = Converter(Settings.load(home=Path(tempfile.mkdtemp(prefix="paired-")), env={}))
+print(json.dumps({"gateway": gateway.__file__}), flush=True)
+for line in sys.stdin:
+    datas = [base64.b64decode(d) for d in json.loads(line)["datas"]]
+    outs, convert = [], conv.convert
+    wall, cpu = time.perf_counter(), time.process_time()
+    for data in datas:
+        outs.append([(r.ok, r.bundle_json) for r in convert(data)])
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    digest = hashlib.sha256(b"".join(b or b"" for o in outs for _, b in o)).hexdigest()
+    ok = sum(k for o in outs for k, _ in o)
+    print(json.dumps({"cpu": cpu, "wall": wall, "ok": ok, "digest": digest}), flush=True)
+"""
+
+
+class _Worker:
+    def __init__(self, name: str, pythonpath: Path, engine: str) -> None:
+        self.name = name
+        env = {**os.environ, "PYTHONPATH": str(pythonpath), "GATEWAY_MAPPING_ENGINE": engine}
+        env.pop("GATEWAY_HOME", None)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _WORKER],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=tempfile.gettempdir(),  # not the checkout: PYTHONPATH decides which gateway
+        )
+        self.gateway = self._answer()["gateway"]
+
+    def _answer(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"paired worker {self.name} stopped (see its errors above)")
+        answer: dict[str, Any] = json.loads(line)
+        return answer
+
+    def run(self, datas: list[str]) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps({"datas": datas}) + "\n")
+        self.proc.stdin.flush()
+        return self._answer()
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+def paired(args: argparse.Namespace, messages: MessageSet) -> str:
+    """In-process paired rounds: the same never-seen messages converted, round after
+    round and in rotating order, by the gateway of ``--paired DIR`` (an older checkout),
+    by this one with compiled mappings and by this one interpreted, each in its own
+    worker process timing its own CPU clock. The ratio of one round is immune to the
+    machine's drift between rounds; the median over rounds is reported."""
+    workers = [
+        _Worker("before", Path(args.paired).resolve(), "compiled"),
+        _Worker("compiled", REPO, "compiled"),
+        _Worker("interpreted", REPO, "interpreted"),
+    ]
+    work = Workload(messages.common, fresh=True)
+    load_before = os.getloadavg()
+    times: dict[str, list[float]] = {w.name: [] for w in workers}
+    lines = [f"- {w.name}: `{w.gateway}`" for w in workers]
+    lines += ["", "| round | " + " | ".join(f"{w.name} µs/msg" for w in workers) + " |"]
+    lines.append("| ---: |" + " ---: |" * len(workers))
+    for rnd in range(args.rounds + 1):  # round 0 warms up every worker, not counted
+        cpu = dict.fromkeys(times, 0.0)
+        count = 0
+        # One pass at a time, each sent to every worker in turn (the first one rotating):
+        # the workers' clocks are compared over the same seconds, not minutes apart.
+        for p in range(args.passes):
+            datas = [base64.b64encode(d).decode() for d in work.datas(1)]
+            count += len(datas)
+            turn = (rnd + p) % len(workers)
+            answers = {w.name: w.run(datas) for w in workers[turn:] + workers[:turn]}
+            if answers["compiled"]["digest"] != answers["interpreted"]["digest"]:
+                raise RuntimeError(f"round {rnd}: compiled and interpreted Bundles differ")
+            for name, a in answers.items():
+                cpu[name] += a["cpu"]
+        if rnd == 0:
+            continue
+        for name, seconds in cpu.items():
+            times[name].append(seconds / count * 1e6)
+        lines.append(
+            f"| {rnd} | " + " | ".join(f"{times[w.name][-1]:,.0f}" for w in workers) + " |"
+        )
+    for w in workers:
+        w.close()
+    load_after = os.getloadavg()
+    before = times["before"]
+
+    def ratio(name: str) -> str:
+        per_round = [b / a for b, a in zip(before, times[name], strict=True)]
+        return (
+            f"{statistics.median(per_round):.3f} (rounds {min(per_round):.3f}–{max(per_round):.3f})"
+        )
+
+    lines += [
+        "",
+        f"- rate after ÷ before, compiled mappings: **{ratio('compiled')}**",
+        f"- rate after ÷ before, interpreted mappings: {ratio('interpreted')}",
+        f"- {args.rounds} rounds of {args.passes} × {len(messages.common)} fresh messages; "
+        f"load average before {' '.join(f'{x:.1f}' for x in load_before)}, after "
+        f"{' '.join(f'{x:.1f}' for x in load_after)}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 # -- main --------------------------------------------------------------------------------
 
 
@@ -894,6 +1061,18 @@ def add_options(parser: argparse.ArgumentParser) -> None:
         help=f"first make {_rel(BRIGHTOHIR_VENV)} with {BRIGHTOHIR_PIN}",
     )
     parser.add_argument("--samples", default="", help=argparse.SUPPRESS)  # for the workers
+    parser.add_argument(
+        "--paired",
+        default="",
+        metavar="DIR",
+        help="instead of the pyperf rows: paired rounds against the gateway in DIR (e.g. "
+        "`git archive b9eb931 gateway mappings seeds` unpacked there), compiled and "
+        "interpreted; prints a table",
+    )
+    parser.add_argument("--rounds", type=int, default=7, help="paired rounds (with --paired)")
+    parser.add_argument(
+        "--passes", type=int, default=10, help="passes over the messages per paired round"
+    )
 
 
 def forward(args: argparse.Namespace) -> list[str]:
@@ -935,6 +1114,9 @@ def main() -> int:
             print("error: no message to benchmark", file=sys.stderr)
             return 1
         check_freshening(conv, messages.samples)
+        if args.paired:
+            print(paired(args, messages))
+            return 0
         args.samples = str(Path(tmp) / "samples.json")
         messages.dump(Path(args.samples))
         rows = []

@@ -12,6 +12,7 @@ identity are merged into one.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -22,6 +23,7 @@ from uuid import NAMESPACE_URL, uuid5
 
 from ..datafiles import data_dir, load_data_file
 from ..errors import ConfigError, Issue, MappingError
+from ..shared import FrozenDict
 
 __all__ = [
     "NAMESPACE",
@@ -102,9 +104,19 @@ class ResourceTemplate:
     location: str | None = None  # where the identifier comes from, for errors
 
 
-@lru_cache(maxsize=65536)
+# What quote(safe=":/") leaves as it is, and no search escape: most identifiers.
+_PLAIN_TOKEN = re.compile(r"[A-Za-z0-9_.~:/-]*")
+
+
 def _search_escape(text: str) -> str:
     # FHIR search: \ , $ | are escaped with a backslash inside a token, then URL-encoded.
+    if _PLAIN_TOKEN.fullmatch(text):
+        return text  # the patient's and order's own identifiers: never cached
+    return _search_escape_quoted(text)
+
+
+@lru_cache(maxsize=16384)
+def _search_escape_quoted(text: str) -> str:
     for ch in ("\\", ",", "$", "|"):
         text = text.replace(ch, "\\" + ch)
     return quote(text, safe=":/")
@@ -113,13 +125,20 @@ def _search_escape(text: str) -> str:
 def _choose(identifiers: Any, prefer: tuple[str, ...]) -> tuple[str, str] | None:
     if isinstance(identifiers, dict):
         identifiers = [identifiers]
-    usable = [i for i in identifiers or [] if i.get("system") and i.get("value")]
-    for code in prefer:
-        for ident in usable:
-            codes = {c.get("code") for c in (ident.get("type") or {}).get("coding", [])}
-            if code in codes:
-                return ident["system"], ident["value"]
-    return (usable[0]["system"], usable[0]["value"]) if usable else None
+    usable = [i for i in identifiers or () if i.get("system") and i.get("value")]
+    if not usable:
+        return None
+    if prefer and (len(usable) > 1 or prefer[0] not in _codes(usable[0])):
+        codes = [_codes(ident) for ident in usable]  # each identifier's type codes, once
+        for code in prefer:
+            for ident, have in zip(usable, codes, strict=True):
+                if code in have:
+                    return ident["system"], ident["value"]
+    return usable[0]["system"], usable[0]["value"]
+
+
+def _codes(ident: Any) -> set[Any]:
+    return {c.get("code") for c in (ident.get("type") or {}).get("coding", [])}
 
 
 def _merge(into: dict[str, Any], other: dict[str, Any]) -> None:
@@ -134,6 +153,12 @@ def _merge(into: dict[str, Any], other: dict[str, Any]) -> None:
             into[key] = value
         elif isinstance(into[key], list) and isinstance(value, list):
             into[key] = into[key] + [v for v in value if v not in into[key]]
+
+
+# The identity of memoised (frozen, shared) fields by their ids: (fields, template, id,
+# fullUrl, write mode, request). Organisations and staff recur in every message.
+_IDENTITIES: dict[tuple[int, int, int], tuple[Any, ...]] = {}
+_IDENTITIES_SIZE = 4096  # cleared when full
 
 
 def _request(mode: str, rtype: str, system: str, value: str) -> dict[str, str]:
@@ -185,6 +210,11 @@ class BundleBuilder:
 
     def add(self, key: str, template: ResourceTemplate, fields: dict[str, Any], here: Any) -> None:
         rtype = template.resource_type
+        if type(fields) is FrozenDict:  # a memoised resource: its identity worked out once
+            known = _IDENTITIES.get((id(fields), id(template), id(self.writes)))
+            if known is not None and known[0] is fields and known[1] is template:
+                self._place(key, rtype, fields, *known[2:])
+                return
         label = getattr(here, "label", "") or template.location
         chosen = _choose(fields.get(template.identity_element), template.prefer)
         if chosen is None:
@@ -202,12 +232,37 @@ class BundleBuilder:
             return
         system, value = chosen
         rid = resource_id(rtype, system, value)
-        url = f"urn:uuid:{rid}"
+        mode = self.writes.mode(rtype)
+        request = _request(mode, rtype, system, value)
+        if type(fields) is FrozenDict:
+            if len(_IDENTITIES) >= _IDENTITIES_SIZE:
+                _IDENTITIES.clear()
+            # fields and template kept with their ids: the ids cannot be reused meanwhile
+            _IDENTITIES[(id(fields), id(template), id(self.writes))] = (
+                fields,
+                template,
+                rid,
+                f"urn:uuid:{rid}",
+                mode,
+                request,
+            )
+        self._place(key, rtype, fields, rid, f"urn:uuid:{rid}", mode, request)
+
+    def _place(
+        self,
+        key: str,
+        rtype: str,
+        fields: dict[str, Any],
+        rid: str,
+        url: str,
+        mode: str,
+        request: dict[str, str],
+    ) -> None:
+        """The resource's entry (or ``fields`` merged into the entry of the same id)."""
         existing = self._by_id.get(rid)
         if existing is not None:
             _merge(existing, fields)
         else:
-            mode = self.writes.mode(rtype)
             # A conditional update carries no id: the partner keeps the id it gave the
             # resource (Medplum refuses a create-by-update with one: "Cannot provide ID").
             if mode == "update":
@@ -215,11 +270,6 @@ class BundleBuilder:
             else:
                 resource = {"resourceType": rtype, "id": rid, **fields}
             self._by_id[rid] = resource
-            self.entries.append(
-                {
-                    "fullUrl": url,
-                    "resource": resource,
-                    "request": _request(mode, rtype, system, value),
-                }
-            )
+            # the request is the record's own (a copy): later stages may edit entries
+            self.entries.append({"fullUrl": url, "resource": resource, "request": dict(request)})
         self._scopes[-1].setdefault(key, {})[url] = None

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 from weakref import WeakKeyDictionary
 
 from ..datafiles import load_data_file
@@ -28,6 +28,7 @@ __all__ = ["Compiler", "Ctx", "Fn"]
 
 Fn = Callable[["Ctx"], Any]
 Cond = Callable[["Ctx"], bool]
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 _CORE = (
     "path",
@@ -146,6 +147,16 @@ _CONSTANTS: WeakKeyDictionary[Fn, Any] = WeakKeyDictionary()
 _CONSTANTS[_none] = None
 _VARIES: Any = object()
 
+# What each compiled spec is, for the code generator (gateway/mapping/_codegen.py): the
+# construct's name and the parts it was made of. A spec without an entry is called as it
+# is from generated code (correct, only not inlined).
+SHAPES: WeakKeyDictionary[Callable[..., Any], tuple[Any, ...]] = WeakKeyDictionary()
+
+
+def _shaped(fn: _F, *shape: Any) -> _F:
+    SHAPES[fn] = shape
+    return fn
+
 
 def _constant(value: Any) -> Fn:
     def constant(ctx: Ctx) -> Any:
@@ -174,6 +185,12 @@ class Compiler:
         self._purity: dict[Path, Scope] = {}
         self._including: set[Path] = set()
         self._scope = Scope()
+        # Turns a compiled unit (a fragment's value, a template's fields, a message's
+        # entries) into generated Python (gateway/mapping/_codegen.py); None: closures.
+        self.lower: Callable[[Fn, str], Fn] | None = None
+
+    def _lowered(self, fn: Fn, unit: str) -> Fn:
+        return fn if self.lower is None else self.lower(fn, unit)
 
     # -- files -----------------------------------------------------------------------------
     def _file(self, rel: str, where: str) -> Path:
@@ -194,6 +211,7 @@ class Compiler:
             fn, scope = self._isolated(raw["value"], f"{path.name}: value")
             self._purity[path] = scope
             self._including.discard(path)
+            fn = self._lowered(fn, f"fragment {path.name}")
             self._fragments[path] = memoised(fn, scope)
         self._scope.absorb(self._purity.get(path, Scope()))
         return self._fragments[path]
@@ -216,7 +234,7 @@ class Compiler:
                 )
             fields, scope = self._isolated(raw["fields"], f"{path.name}: fields")
             refs = scope.refs
-            fields = memoised(fields, scope)
+            fields = memoised(self._lowered(fields, f"template {path.name}"), scope)
             identity = raw.get("identity") or {}
             self._templates[path] = ResourceTemplate(
                 resource_type=str(raw["resourceType"]),
@@ -252,7 +270,7 @@ class Compiler:
                     out = [v for i, v in enumerate(out) if v not in out[:i]]
                 return out or None
 
-            return _folded(fns, many) or many
+            return _folded(fns, many) or _shaped(many, "list", fns)
         if not isinstance(spec, dict):
             raise ConfigError("spec", f"{where}: unexpected {type(spec).__name__} in a mapping")
         # 'each' takes the rest of the mapping as its body: {each: PID-3, use: ...}
@@ -279,7 +297,7 @@ class Compiler:
             def guarded(ctx: Ctx) -> Any:
                 return inner(ctx) if cond(ctx) else None
 
-            return guarded
+            return _shaped(guarded, "when", cond, inner)
         return fn
 
     def _object(self, spec: dict[str, Any], where: str) -> Fn:
@@ -299,7 +317,7 @@ class Compiler:
                     out[key] = value
             return out or None
 
-        return _folded([fn for _, fn in items], build) or build
+        return _folded([fn for _, fn in items], build) or _shaped(build, "object", steps)
 
     def _check(self, path: str, where: str) -> None:
         try:
@@ -321,7 +339,7 @@ class Compiler:
         except ConfigError as exc:
             raise ConfigError("spec", f"{where}: {exc.issue.message}") from None
         if kind is None and table is None:
-            return lambda value, label, ctx: value
+            return _shaped(lambda value, label, ctx: value, "identity")
 
         def leaf(value: str, label: str | None, ctx: Ctx) -> Any:
             out: Any = value
@@ -341,7 +359,7 @@ class Compiler:
                 out = mapped
             return out
 
-        return leaf
+        return _shaped(leaf, "leaf", kind, table)
 
     def _missing(self, spec: dict[str, Any], what: str) -> Callable[[Ctx, str], Any]:
         """What an empty path or var gives: its default, an error, or nothing. ``path`` is
@@ -358,7 +376,7 @@ class Compiler:
                 )
             return None
 
-        return missing
+        return _shaped(missing, "missing", default, required)
 
     def _path(self, spec: dict[str, Any], where: str) -> Fn:
         alts = [a.strip() for a in str(spec["path"]).split("|")]
@@ -382,7 +400,7 @@ class Compiler:
                     return missing(ctx, alt)
                 return value
 
-            return plain
+            return _shaped(plain, "plain", alt, missing, fallback)
         if not many and len(alts) == 1:
             only = alts[0]
 
@@ -395,7 +413,7 @@ class Compiler:
                         return out
                 return missing(ctx, only)
 
-            return single
+            return _shaped(single, "path", (only,), leaf, missing, True)
 
         def one(ctx: Ctx) -> Any:
             view, here = ctx.view, ctx.here
@@ -421,7 +439,7 @@ class Compiler:
                     return sep.join(map(str, values)) if sep is not None else values
             return missing(ctx, alts[0])
 
-        return every if many else one
+        return every if many else _shaped(one, "path", tuple(alts), leaf, missing, True)
 
     def _var(self, spec: dict[str, Any], where: str) -> Fn:
         name = str(spec["var"])
@@ -438,7 +456,7 @@ class Compiler:
             out = leaf(value, f"${name}", ctx)
             return missing(ctx, f"${name}") if out is _DROPPED else out
 
-        return var
+        return _shaped(var, "var", name, leaf, missing)
 
     def _const(self, spec: dict[str, Any], where: str) -> Fn:
         return _constant(spec["const"])
@@ -494,7 +512,7 @@ class Compiler:
                     return value
             return None
 
-        return first
+        return _shaped(first, "first", fns)
 
     def _join(self, spec: dict[str, Any], where: str) -> Fn:
         fns = [self.spec(s, f"{where}.join[{i}]") for i, s in enumerate(spec["join"])]
@@ -506,7 +524,7 @@ class Compiler:
                 _extend(parts, fn(ctx))
             return sep.join(map(str, parts)) or None
 
-        return join
+        return _shaped(join, "join", fns, sep)
 
     def _fn(self, spec: dict[str, Any], where: str) -> Fn:
         name = str(spec["fn"])
@@ -521,7 +539,7 @@ class Compiler:
         def call(ctx: Ctx) -> Any:
             return func(ctx.env, **{k: fn(ctx) for k, fn in args})
 
-        return call
+        return _shaped(call, "fn", func, args)
 
     def _include(self, spec: dict[str, Any], where: str) -> Fn:
         fragment = self.fragment(str(spec["include"]), where)
@@ -552,7 +570,7 @@ class Compiler:
                 ctx = ctx.with_vars({k: fn(ctx) for k, fn in extra.items()})
             return body(ctx)
 
-        return positioned
+        return _shaped(positioned, "at", at, extra, body)
 
     def _each(self, spec: dict[str, Any], where: str) -> Fn:
         selector = str(spec["each"])
@@ -574,32 +592,32 @@ class Compiler:
                     _extend(out, body(item))
             return out or None
 
-        return each
+        return _shaped(each, "each", selector, keep, body)
 
     def condition(self, spec: Any, where: str) -> Cond:
         if isinstance(spec, str):
             value = self.spec({"var": spec[1:]} if spec.startswith("$") else {"path": spec}, where)
-            return lambda ctx: _present(value(ctx))
+            return _shaped(lambda ctx: _present(value(ctx)), "present", value)
         if not isinstance(spec, dict):
             raise ConfigError("condition", f"{where}: a condition is a path or a mapping")
         if "not" in spec:
             inner = self.condition(spec["not"], f"{where}.not")
-            return lambda ctx: not inner(ctx)
+            return _shaped(lambda ctx: not inner(ctx), "not", inner)
         if "all" in spec or "any" in spec:
             combinator = "all" if "all" in spec else "any"
             parts = [self.condition(c, f"{where}.{combinator}") for c in spec[combinator]]
             if combinator == "all":
-                return lambda ctx: all(p(ctx) for p in parts)
-            return lambda ctx: any(p(ctx) for p in parts)
+                return _shaped(lambda ctx: all(p(ctx) for p in parts), "all", parts)
+            return _shaped(lambda ctx: any(p(ctx) for p in parts), "any", parts)
         tests = {k: spec[k] for k in ("equals", "in") if k in spec}
         value = self.spec({k: v for k, v in spec.items() if k not in tests}, where)
         if "equals" in tests:
             expected = str(tests["equals"])
-            return lambda ctx: str(value(ctx) or "") == expected
+            return _shaped(lambda ctx: str(value(ctx) or "") == expected, "equals", value, expected)
         if "in" in tests:
             allowed = {str(x) for x in tests["in"]}
-            return lambda ctx: str(value(ctx) or "") in allowed
-        return lambda ctx: _present(value(ctx))
+            return _shaped(lambda ctx: str(value(ctx) or "") in allowed, "in", value, allowed)
+        return _shaped(lambda ctx: _present(value(ctx)), "present", value)
 
     # -- message mappings ------------------------------------------------------------------
     def entries(self, entries: list[Any], where: str, defined: list[str]) -> list[Fn]:
@@ -666,7 +684,9 @@ class Compiler:
             if required and not kept:  # none there, or none that 'where' keeps
                 raise MappingError("required", str(required), location=required_at)
 
-        return group
+        return _shaped(
+            group, "group", selector, cond, keep, extra, children, export, required, required_at
+        )
 
     def _entry(self, entry: dict[str, Any], where: str, defined: list[str]) -> Fn:
         allowed = {"key", "template", "at", "with", "each", "where", "when", "required"}
@@ -693,7 +713,7 @@ class Compiler:
             ctx.state.add(key, template, template.fields(ctx) or {}, ctx.here)
             return None
 
-        body = self._positioned(entry, where, build)
+        body = self._positioned(entry, where, _shaped(build, "add", key, template))
         if "each" in entry:
             selector = str(entry["each"])
             self._check(selector, where)
@@ -706,7 +726,7 @@ class Compiler:
                         body(item)
                 return None
 
-            run: Fn = each
+            run: Fn = _shaped(each, "each-entry", selector, keep, body)
         else:
             run = body
         if required:
@@ -719,12 +739,12 @@ class Compiler:
                     raise MappingError("required", str(required), location=entry.get("at"))
                 return None
 
-            run = checked
+            run = _shaped(checked, "checked", key, str(required), entry.get("at"), inner)
         if "when" in entry:
             cond, unguarded = self.condition(entry["when"], f"{where}.when"), run
 
             def guarded(ctx: Ctx) -> Any:
                 return unguarded(ctx) if cond(ctx) else None
 
-            return guarded
+            return _shaped(guarded, "when", cond, unguarded)
         return run

@@ -14,6 +14,7 @@ from typing import Any
 from ..datafiles import load_data_file
 from ..errors import ConfigError, Issue, MappingError
 from ._bundle import BundleBuilder, resource_id
+from ._codegen import Lowering, engine_setting, lowering_for, seq
 from ._compile import Compiler, Ctx, Fn
 from ._functions import Env
 from ._strictness import Leniency, load_leniency
@@ -64,11 +65,22 @@ class MappingSet:
         env: Env,
         check_path: Callable[[str], None],
         type_field: str = "MSH-9",
+        engine: str | None = None,
     ) -> None:
         self.folder = root / fmt
         self.type_field = type_field
         self.env = env
+        # compiled (generated Python, gateway/mapping/_codegen.py) or interpreted (the
+        # closures, the reference): GATEWAY_MAPPING_ENGINE unless given
+        self.engine = (
+            engine_setting()
+            if engine is None
+            else engine_setting({"GATEWAY_MAPPING_ENGINE": engine})
+        )
         self._compiler = Compiler(self.folder, env, check_path)
+        self._lowering: Lowering | None = None
+        if self.engine == "compiled":
+            self._lowering = self._compiler.lower = lowering_for(self.folder)
         self._by_type: dict[str, MessageMapping] = {}
         for path in sorted((self.folder / "messages").glob("*.yaml")):
             mapping = self._load(path)
@@ -79,6 +91,8 @@ class MappingSet:
                         f"{path.name}: {t} is already mapped by {self._by_type[t].name}",
                     )
                 self._by_type[t] = mapping
+        if self._lowering is not None and self._lowering.cache is not None:
+            self._lowering.cache.save(self._lowering.sources)
         # Each message type's mapping, bound to its lenient fields (strict.yaml)
         for mtype, lenient in load_leniency(self.folder, self.types).items():
             self._by_type[mtype] = replace(self._by_type[mtype], lenient=lenient)
@@ -107,17 +121,23 @@ class MappingSet:
         bundle = raw.get("bundle") or {}
         if "identifier" not in bundle:
             raise ConfigError("mapping", f"{where}: needs bundle.identifier")
+        lower = self._lowering or (lambda fn, unit: fn)
         variables = {
-            str(k): compiler.spec(v, f"{where}: vars.{k}")
+            str(k): lower(compiler.spec(v, f"{where}: vars.{k}"), f"{where}: vars.{k}")
             for k, v in (raw.get("vars") or {}).items()
         }
+        entries = compiler.entries(list(raw["resources"]), f"{where}: resources", [])
+        if self._lowering is not None:  # one function for all resources
+            entries = [self._lowering(seq(entries), f"{where}: resources")]
+        identifier = compiler.spec(bundle["identifier"], f"{where}: bundle.identifier")
+        timestamp = compiler.spec(bundle.get("timestamp"), f"{where}: bundle.timestamp")
         return MessageMapping(
             name=where,
             types=tuple(str(t) for t in raw["messages"]),
             vars=variables,
-            entries=compiler.entries(list(raw["resources"]), f"{where}: resources", []),
-            bundle_identifier=compiler.spec(bundle["identifier"], f"{where}: bundle.identifier"),
-            bundle_timestamp=compiler.spec(bundle.get("timestamp"), f"{where}: bundle.timestamp"),
+            entries=entries,
+            bundle_identifier=lower(identifier, f"{where}: bundle.identifier"),
+            bundle_timestamp=lower(timestamp, f"{where}: bundle.timestamp"),
         )
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+from weakref import WeakSet
 
 from ..shared import freeze
 
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
     from ..intake import MemoView
     from ._compile import Ctx
 
-__all__ = ["Scope", "memoised"]
+__all__ = ["MEMOS", "Scope", "memoised"]
 
 
 @dataclass
@@ -50,7 +51,17 @@ class Scope:
 
 _MEMO_SIZE = 4096  # results kept per pure fragment; the memo is cleared when full
 _SEEN_SIZE = 16384  # keys met once, per pure fragment; cleared when full
+# A memo whose keys do not recur (a template reading the patient's PID, an order's ORC)
+# only costs: after _PROBE look-ups of which fewer than 1 in _RARE met a key again, it
+# rests for _REST calls (no key, no seen set), then looks again.
+_PROBE = 512
+_RARE = 50
+_REST = 8192
 _MISS = object()
+_HERE: Any = object()  # cached(ctx) without ``at``: at ctx.here
+
+# The memo wrappers: generated code may call them as ``cached(ctx, node)``.
+MEMOS: WeakSet[Callable[..., Any]] = WeakSet()
 
 
 def memoised(fn: Callable[[Ctx], Any], scope: Scope) -> Callable[[Ctx], Any]:
@@ -74,43 +85,70 @@ def memoised(fn: Callable[[Ctx], Any], scope: Scope) -> Callable[[Ctx], Any]:
     ref_vars = tuple(sorted(scope.ref_vars))
     segments = frozenset(scope.segments)
     memo: dict[Any, Any] = {}
-    seen: set[Any] = set()  # keys met once, not (yet) remembered
+    seen: set[int] = set()  # hashes of keys met once, not (yet) remembered
+    # [look-ups, of which a key met before, calls left to rest]: see _PROBE
+    stats = [0, 0, 0]
 
-    def cached(ctx: Ctx) -> Any:
+    def cached(ctx: Ctx, at: Any = _HERE) -> Any:
+        # ``at``: run at that node, as ``cached(ctx.at(at))`` would, without making that
+        # context unless the spec runs (generated code passes it: a hit never needs it).
+        here = ctx.here if at is _HERE else at
+        if stats[2]:  # resting
+            stats[2] -= 1
+            return fn(ctx if at is _HERE else ctx.at(at))
         # A memo hit would hide which fields the spec reads while tracing; views whose
         # nodes have no stable text (DICOM, XML) opt out with memo = False.
-        if ctx.view.tracing or not ctx.view.memo:
-            return fn(ctx)
         # memo = True promises the MemoView members (an annotation, not a cast() call)
         view: MemoView = ctx.view  # type: ignore[assignment]
-        here = ctx.here
+        if not view.memo or view.tracing:
+            return fn(ctx if at is _HERE else ctx.at(at))
+        stats[0] += 1
+        if stats[0] >= _PROBE:
+            if stats[1] * _RARE < stats[0]:  # keys that do not recur: rest, forget them
+                stats[2] = _REST
+                seen.clear()
+            stats[0] = stats[1] = 0
         try:
             # The same text means the same thing only with the same delimiters and charset
-            # (escapes such as \Xhh\ decode in the message's charset).
-            key: tuple[Any, ...] = (here.text, here.level, ctx.tz, view.reading)
+            # (escapes such as \Xhh\ decode in the message's charset). ctx.at(here) has
+            # ctx's variables, state and zone.
             if names:
-                key += tuple(map(ctx.vars.get, names))
+                key: tuple[Any, ...] = (
+                    here.text,
+                    here.level,
+                    ctx.tz,
+                    view.reading,
+                    *map(ctx.vars.get, names),
+                )
+            else:
+                key = (here.text, here.level, ctx.tz, view.reading)
             if segments:
                 lines = view.group_key(here, segments)
                 if lines is None:
-                    return fn(ctx)
+                    return fn(ctx if at is _HERE else ctx.at(at))
                 key += lines
             if refs or ref_vars:
                 state = ctx.state
                 # every URL a ref/refs could return (refs(k)[0] is what ref(k) gives)
-                key += tuple(tuple(state.refs(k)) for k in refs)
-                key += tuple(tuple(state.refs(str(ctx.vars.get(v) or ""))) for v in ref_vars)
+                key += tuple([tuple(state.refs(k)) for k in refs])
+                key += tuple([tuple(state.refs(str(ctx.vars.get(v) or ""))) for v in ref_vars])
             found = memo.get(key, _MISS)
-            if found is _MISS and key not in seen:
-                if len(seen) >= _SEEN_SIZE:
-                    seen.clear()
-                seen.add(key)
-                return fn(ctx)  # the first time: this record's own value
+            if found is _MISS:
+                # Keys met once are kept as their hashes (ints: small, nothing for the
+                # garbage collector to walk); two keys with one hash only mean that the
+                # second is remembered the first time it is met.
+                hashed = hash(key)
+                if hashed not in seen:
+                    if len(seen) >= _SEEN_SIZE:
+                        seen.clear()
+                    seen.add(hashed)
+                    return fn(ctx if at is _HERE else ctx.at(at))  # the record's own value
         except TypeError:  # an unhashable variable value: compute, do not remember
-            return fn(ctx)
+            return fn(ctx if at is _HERE else ctx.at(at))
+        stats[1] += 1  # a key met before
         if found is _MISS:
             warned = len(ctx.state.warnings)
-            result = fn(ctx)
+            result = fn(ctx if at is _HERE else ctx.at(at))
             if len(ctx.state.warnings) > warned:
                 return result  # a memo hit would not repeat the warning (a dropped value)
             found = freeze(result)
@@ -119,4 +157,5 @@ def memoised(fn: Callable[[Ctx], Any], scope: Scope) -> Callable[[Ctx], Any]:
             memo[key] = found
         return found
 
+    MEMOS.add(cached)
     return cached

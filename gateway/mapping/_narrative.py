@@ -92,6 +92,8 @@ class Narratives:
         # message), by id and label language; the value is kept with them, so its id
         # cannot be reused while the entry lives.
         self._lines: dict[tuple[int, str | None], tuple[Any, list[str]]] = {}
+        # A person's line by the ids of frozen name and identifier lists (see _person).
+        self._persons: dict[tuple[int, int, str | None], tuple[Any, Any, str]] = {}
 
     @classmethod
     def load(cls, mappings: Path, network: Network) -> Narratives:
@@ -215,9 +217,35 @@ _CJK_LEADS = tuple(bytes([b]) for b in range(0xE4, 0xEA))
 
 def _holds_chinese(resource: Resource) -> bool:
     """Whether any value of the resource (names, text, displays and their translations)
-    holds a Chinese character: a search in its JSON (orjson, in C) rather than a walk."""
-    data = orjson.dumps(resource)
+    holds a Chinese character (U+4000-U+9FFF): a search in each value's JSON (orjson, in
+    C) rather than a walk; a shared frozen value (a memoised organisation's name, a
+    coding) is searched once (keys are element names: ASCII)."""
+    for value in resource.values():
+        kind = type(value)
+        if kind is str:
+            if not value.isascii() and _CJK_TEXT.search(value):
+                return True
+        elif kind is FrozenDict or kind is FrozenList:
+            hit = _HOLDS.get(id(value))
+            if hit is None or hit[0] is not value:
+                if len(_HOLDS) >= _LINES_SIZE:
+                    _HOLDS.clear()
+                hit = _HOLDS[id(value)] = (value, _json_holds_chinese(value))
+            if hit[1]:
+                return True
+        elif (kind is dict or kind is list) and _json_holds_chinese(value):
+            return True
+    return False
+
+
+def _json_holds_chinese(value: Any) -> bool:
+    data = orjson.dumps(value)
     return not data.isascii() and any(lead in data for lead in _CJK_LEADS)
+
+
+_CJK_TEXT = re.compile("[\u4000-\u9fff]")  # what the lead bytes above encode
+# Frozen values by id, with whether they hold Chinese (the value kept: its id stays its).
+_HOLDS: dict[int, tuple[Any, bool]] = {}
 
 
 # -- values: each becomes one line of escaped XHTML -------------------------------------------
@@ -235,6 +263,7 @@ class _View:
         self.id_types: dict[str, str] = {}
         self.described: dict[tuple[str, str | None], list[str]] = {}
         self.lines = owner._lines
+        self.persons = owner._persons
 
 
 def _esc(text: str) -> str:
@@ -403,10 +432,26 @@ def _described(view: _View, target: Resource) -> list[str]:
 
 def _person(view: _View, person: Resource) -> str:
     """Every name as the data has it (joined with ' / ', never converted), then the
-    first identifier in parentheses."""
-    names = [_name(n) for n in person.get("name") or () if isinstance(n, dict)]
-    line = _esc(" / ".join(n for n in names if n))
-    for ident in person.get("identifier") or ():
+    first identifier in parentheses. Names and identifiers that are frozen shared values
+    (a memoised practitioner's) are rendered once per label language."""
+    names, idents = person.get("name"), person.get("identifier")
+    if type(names) is FrozenList and (idents is None or type(idents) is FrozenList):
+        key = (id(names), id(idents), view.chinese)
+        hit = view.persons.get(key)
+        if hit is not None and hit[0] is names and hit[1] is idents:
+            return hit[2]
+        line = _person_line(view, names, idents)
+        if len(view.persons) >= _LINES_SIZE:
+            view.persons.clear()
+        view.persons[key] = (names, idents, line)  # kept: their ids stay theirs
+        return line
+    return _person_line(view, names, idents)
+
+
+def _person_line(view: _View, names: Any, idents: Any) -> str:
+    shown_names = [_name(n) for n in names or () if isinstance(n, dict)]
+    line = _esc(" / ".join(n for n in shown_names if n))
+    for ident in idents or ():
         if isinstance(ident, dict) and ident.get("value"):
             shown = _identifier(view, ident)
             return f"{line} ({shown})" if line else shown

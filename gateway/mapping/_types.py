@@ -72,7 +72,10 @@ def to_date(value: str, location: str, tz: str) -> str:
 
 def to_datetime(value: str, location: str, tz: str) -> str:
     """FHIR dateTime. A time needs a zone in FHIR; a zoneless sender gets ``tz``."""
-    m = _parts(value, location)
+    return _datetime(_parts(value, location), tz)
+
+
+def _datetime(m: re.Match[str], tz: str) -> str:
     date = "-".join(p for p in (m[1], m[2], m[3]) if p)
     if not m[4]:
         return date
@@ -88,7 +91,7 @@ def to_instant(value: str, location: str, tz: str) -> str | None:
     m = _parts(value, location)
     if not m[5]:
         return None
-    return to_datetime(value, location, tz)
+    return _datetime(m, tz)  # parsed once
 
 
 def to_integer(value: str, location: str, tz: str) -> int:

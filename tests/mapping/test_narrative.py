@@ -330,3 +330,28 @@ def test_a_row_with_an_unknown_label_is_refused_at_start_up(tmp_path: Path) -> N
     )
     with pytest.raises(ConfigError, match="no label 'nonsense'"):
         Narratives.load(root, NETWORK)
+
+
+def test_holds_chinese_is_a_search_of_the_whole_json() -> None:
+    """The per-value search (frozen values searched once) answers as a search of the
+    resource's whole JSON does, on every resource of the golden Bundles, frozen or not."""
+    import json
+
+    from gateway.mapping._narrative import _CJK_LEADS, _holds_chinese
+
+    def whole(resource: dict[str, object]) -> bool:
+        data = orjson.dumps(resource)
+        return not data.isascii() and any(lead in data for lead in _CJK_LEADS)
+
+    golden = Path(__file__).resolve().parents[1] / "golden"
+    resources = []
+    for path in sorted(golden.rglob("*.expected.json")):
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        for bundle in doc if isinstance(doc, list) else [doc]:
+            resources += [e["resource"] for e in bundle.get("entry", ())]
+    resources += [{"resourceType": "Patient", "name": [{"text": "\u3400\u9fff"}]}, {"x": "é"}]
+    assert any(whole(r) for r in resources) and not all(whole(r) for r in resources)
+    for resource in resources:
+        shared = {k: freeze(v) for k, v in resource.items()}
+        assert _holds_chinese(resource) == whole(resource) == _holds_chinese(shared)
+        assert _holds_chinese(shared) == whole(resource)  # the frozen values' answers, again

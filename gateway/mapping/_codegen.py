@@ -1,0 +1,674 @@
+"""Compiled mappings: each unit of a mapping (a fragment's value, a template's fields, a
+message's entries) as one generated Python function instead of a chain of closures.
+
+The YAML is still compiled to closures first (gateway/mapping/_compile.py, the reference
+implementation, which checks the files and works out what each spec depends on); every
+closure records its construct in ``SHAPES``, and this module writes the Python those
+closures would run: paths as direct ``view.first``/``view.select`` calls with their
+text fixed at compile time, objects as dict literals and ``if`` tests, lists and
+conditions inline, no call per node. A closure whose construct is not generated here
+(references, memoised fragments, ``sep`` lists) is called from the generated code as it
+is, so the output is the interpreter's by construction; tests/mapping/test_codegen.py
+proves it byte for byte on every golden, example and generated message.
+
+``GATEWAY_MAPPING_ENGINE=interpreted`` keeps the closures. The generated source and its
+compiled code are cached on disk (:class:`CodeCache`); a cached unit is used only when
+its source hash matches the freshly generated one, so a stale or corrupt entry is
+regenerated, never trusted. docs/mapping-language.md, "Compiled mappings".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import keyword
+import logging
+import marshal
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError, MappingError
+from ._compile import _CONSTANTS, _DROPPED, _VARIES, SHAPES, Ctx, Fn, _convert
+from ._memo import MEMOS
+from ._types import CONVERTERS
+
+__all__ = ["ENGINES", "GENERATOR_VERSION", "CodeCache", "Lowering", "engine_setting"]
+
+log = logging.getLogger(__name__)
+
+# Part of the cache key: bump it whenever the generated code changes for the same input.
+GENERATOR_VERSION = "4"
+ENGINES = ("compiled", "interpreted")
+_MAX_DEPTH = 40  # indentation levels in one function; deeper specs are called instead
+_EMPTY = "({0} is None or {0} == '' or {0} == [] or {0} == {{}})"  # _compile._empty, falsy part
+
+
+def engine_setting(env: dict[str, str] | None = None) -> str:
+    """``GATEWAY_MAPPING_ENGINE``: compiled (default) or interpreted (the closures)."""
+    value = (env if env is not None else os.environ).get("GATEWAY_MAPPING_ENGINE") or "compiled"
+    if value not in ENGINES:
+        raise ConfigError(
+            "bad-setting",
+            f"GATEWAY_MAPPING_ENGINE={value!r}: use one of {', '.join(ENGINES)}",
+        )
+    return value
+
+
+def _not_empty(var: str) -> str:
+    return f"({var} or not {_EMPTY.format(var)})"
+
+
+def _literal(value: Any) -> str | None:
+    """Python source for a plain scalar, or None when it must be passed by name."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return repr(value)
+    return None
+
+
+class _Func:
+    """The lines of one generated function, its fresh local names, and the view look-ups
+    already made (each path read once per node: the view's answers are pure)."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self._n = 0
+        # (method, path, node variable) → (variable holding the answer, its indentation)
+        self._known: dict[tuple[str, str, str], tuple[str, int]] = {}
+
+    def var(self, prefix: str) -> str:
+        self._n += 1
+        return f"{prefix}{self._n}"
+
+    def add(self, ind: int, text: str) -> None:
+        # A line less indented than an answer's assignment is outside its block: the
+        # answer may not have been computed on the way here.
+        if self._known and any(level > ind for _, level in self._known.values()):
+            self._known = {k: v for k, v in self._known.items() if v[1] <= ind}
+        self.lines.append("    " * ind + text)
+
+    def look(self, ind: int, method: str, path: str, h: str) -> str:
+        """A variable holding ``view.<method>(path, h)``, assigned here unless known."""
+        found = self._known.get((method, path, h))
+        if found is not None and found[1] <= ind:
+            return found[0]
+        v = self.var("q")
+        self.add(ind, f"{v} = view.{method}({path!r}, {h})")
+        self._known[(method, path, h)] = (v, ind)
+        return v
+
+
+class Lowering:
+    """Generates, compiles and binds the units of one mapping folder (one per format).
+
+    Objects the generated code uses (closures it calls, constants, tables, templates)
+    live in the module namespace ``ns`` under generated names; the source never holds a
+    value that is not a plain literal."""
+
+    def __init__(self, cache: CodeCache | None = None) -> None:
+        self.ns: dict[str, Any] = {
+            "__name__": "gateway.mapping.generated",
+            "_DROPPED": _DROPPED,
+            "MappingError": MappingError,
+            "_convert": _convert,
+        }
+        self._names: dict[int, str] = {}
+        self._units = 0
+        self.cache = cache
+        self.sources: list[str] = []  # every unit's source, in order (the cache's .py file)
+
+    # -- units -------------------------------------------------------------------------
+    def __call__(self, fn: Fn, unit: str) -> Fn:
+        """The generated function for the compiled spec ``fn`` (``fn`` itself when the
+        generated code does not compile: correctness first)."""
+        if fn in _CONSTANTS or fn not in SHAPES:
+            return fn  # nothing to gain: a constant, or a closure called as it is
+        self._units += 1
+        name = f"unit_{self._units}"
+        source = self.source(fn, name, unit)
+        try:
+            code = (
+                self.cache.code(name, source)
+                if self.cache
+                else compile(source, f"<mapping {unit}>", "exec")
+            )
+            exec(code, self.ns)
+        except (SyntaxError, RecursionError, MemoryError, ValueError) as exc:
+            log.warning("mapping %s: generated code refused (%s); closures used", unit, exc)
+            return fn
+        self.sources.append(source)
+        generated: Fn = self.ns[name]
+        return generated
+
+    def source(self, fn: Fn, name: str, unit: str) -> str:
+        f = _Func()
+        f.add(0, f"def {name}(ctx):  # {unit}")
+        f.add(1, "view = ctx.view")
+        f.add(1, "state = ctx.state")
+        f.add(1, "h0 = ctx.here")
+        self.emit(f, fn, "result", "ctx", "h0", 1)
+        f.add(1, "return result")
+        return "\n".join(f.lines) + "\n"
+
+    def _name(self, obj: Any, prefix: str) -> str:
+        """The namespace name of ``obj`` (the same object, the same name)."""
+        found = self._names.get(id(obj))
+        if found is None:
+            found = f"{prefix}{len(self._names) + 1}"
+            self._names[id(obj)] = found
+            self.ns[found] = obj
+        return found
+
+    def _value(self, value: Any) -> str:
+        lit = _literal(value)
+        return lit if lit is not None else self._name(value, "K")
+
+    # -- values ------------------------------------------------------------------------
+    def emit(self, f: _Func, fn: Fn, t: str, c: str, h: str, ind: int) -> None:
+        """Code that sets ``t`` to ``fn``'s value at context ``c`` (its node in ``h``)."""
+        if fn in _CONSTANTS:
+            f.add(ind, f"{t} = {self._value(_CONSTANTS[fn])}")
+            return
+        shape = SHAPES.get(fn)
+        if shape is None or ind > _MAX_DEPTH:
+            f.add(ind, f"{t} = {self._name(fn, 'F')}({c})")
+            return
+        getattr(self, "_" + shape[0].replace("-", "_"))(f, t, c, h, ind, *shape[1:])
+
+    def _plain(self, f: _Func, t: str, c: str, h: str, ind: int, *shape: Any) -> None:
+        alt, missing, fallback = shape
+        f.add(ind, f"{t} = {f.look(ind, 'first', alt, h)}")
+        if fallback:
+            f.add(ind, f"if {t} is None:")
+            self._missing(f, t, c, ind + 1, missing, alt)
+
+    def _missing(self, f: _Func, t: str, c: str, ind: int, missing: Any, path: str) -> None:
+        shape = SHAPES.get(missing)
+        if shape is None:
+            f.add(ind, f"{t} = {self._name(missing, 'F')}({c}, {path!r})")
+            return
+        default, required = shape[1], shape[2]
+        if default is not None:
+            f.add(ind, f"{t} = {self._value(default)}")
+        elif required:  # raises, naming the field
+            f.add(ind, f"{t} = {self._name(missing, 'F')}({c}, {path!r})")
+        else:
+            f.add(ind, f"{t} = None")
+
+    def _leaf(self, f: _Func, t: str, v: str, label: str, c: str, ind: int, leaf: Any) -> None:
+        """``t = leaf(v, label, c)``: the ``as`` conversion called directly when it is the
+        only step and the value's label is not known (a path): a refused value goes to
+        ``_convert``, which converts it again (converters are pure) to name the field and
+        apply the leniency rules; a code table looked up inline."""
+        shape = SHAPES.get(leaf)
+        if shape == ("identity",):
+            f.add(ind, f"{t} = {v}")
+            return
+        if shape is not None and shape[0] == "leaf":
+            kind, table = shape[1], shape[2]
+            if table is None and label == "None":
+                f.add(ind, "try:")
+                f.add(ind + 1, f"{t} = {self._name(CONVERTERS[kind], 'CV')}({v}, '', {c}.tz)")
+                f.add(ind, "except MappingError:")
+                f.add(ind + 1, f"{t} = _convert({kind!r}, {v}, None, {c})")
+                return
+            if kind is None:
+                f.add(ind, f"{t} = {self._name(table, 'TB')}.lookup(str({v}))")
+                if not table.has_default:  # an unknown code: the leaf raises, naming it
+                    f.add(ind, f"if {t} is None:")
+                    f.add(ind + 1, f"{t} = {self._name(leaf, 'L')}({v}, {label}, {c})")
+                return
+        f.add(ind, f"{t} = {self._name(leaf, 'L')}({v}, {label}, {c})")
+
+    def _path(self, f: _Func, t: str, c: str, h: str, ind: int, *shape: Any) -> None:
+        alts, leaf, missing, _ = shape
+        v = f.var("v")
+        f.add(ind, f"{t} = _DROPPED")
+        for n, alt in enumerate(alts):
+            inner = ind
+            if n:
+                f.add(ind, f"if {t} is _DROPPED:")
+                inner = ind + 1
+            f.add(inner, f"{v} = {f.look(inner, 'first', alt, h)}")
+            f.add(inner, f"if {v} is not None:")
+            f.add(inner + 1, f"{c}.label_of = {alt!r}")
+            self._leaf(f, t, v, "None", c, inner + 1, leaf)
+        f.add(ind, f"if {t} is _DROPPED:")
+        self._missing(f, t, c, ind + 1, missing, alts[0])
+
+    def _var(self, f: _Func, t: str, c: str, h: str, ind: int, *shape: Any) -> None:
+        name, leaf, missing = shape
+        label = f"${name}"
+        v = f.var("v")
+        f.add(ind, f"{v} = {c}.vars.get({name!r})")
+        f.add(ind, f"if not {v} and {_EMPTY.format(v)}:")
+        self._missing(f, t, c, ind + 1, missing, label)
+        f.add(ind, f"elif not isinstance({v}, str):")
+        f.add(ind + 1, f"{t} = {v}")
+        f.add(ind, "else:")
+        self._leaf(f, t, v, repr(label), c, ind + 1, leaf)
+        if SHAPES.get(leaf) != ("identity",):
+            f.add(ind + 1, f"if {t} is _DROPPED:")
+            self._missing(f, t, c, ind + 2, missing, label)
+
+    def _extend(self, f: _Func, out: str, fn: Fn, v: str, ind: int) -> None:
+        """``_compile._extend(out, v)``, knowing what ``fn`` can give."""
+        if fn in _CONSTANTS:
+            value = _CONSTANTS[fn]
+            if isinstance(value, list):
+                f.add(ind, f"{out}.extend([x for x in {v} if x or not {_EMPTY.format('x')}])")
+            elif value or not _empty_value(value):
+                f.add(ind, f"{out}.append({v})")
+            return
+        if _truthy_or_none(fn):
+            f.add(ind, f"if {v}:")
+            f.add(ind + 1, f"{out}.append({v})")
+            return
+        f.add(ind, f"if isinstance({v}, list):")
+        f.add(ind + 1, f"{out}.extend([x for x in {v} if x or not {_EMPTY.format('x')}])")
+        f.add(ind, f"elif {_not_empty(v)}:")
+        f.add(ind + 1, f"{out}.append({v})")
+
+    def _list(self, f: _Func, t: str, c: str, h: str, ind: int, fns: list[Fn]) -> None:
+        out, v = f.var("o"), f.var("v")
+        f.add(ind, f"{out} = []")
+        for fn in fns:
+            self.emit(f, fn, v, c, h, ind)
+            self._extend(f, out, fn, v, ind)
+        if len(fns) > 1 or not _truthy_or_none(fns[0]):  # else one value at most
+            f.add(ind, f"if len({out}) > 1:  # the same value from two sources is listed once")
+            f.add(ind + 1, f"{out} = [x for i, x in enumerate({out}) if x not in {out}[:i]]")
+        f.add(ind, f"{t} = {out} or None")
+
+    def _object(self, f: _Func, t: str, c: str, h: str, ind: int, steps: Any) -> None:
+        out, v = f.var("o"), f.var("v")
+        head: list[str] = []  # leading constant members: a dict literal (key order kept)
+        rest = list(steps)
+        while rest and rest[0][1] is not _VARIES:
+            key, value, _ = rest.pop(0)
+            if not _empty_value(value):
+                head.append(f"{key!r}: {self._value(value)}")
+        f.add(ind, f"{out} = {{{', '.join(head)}}}")
+        for key, value, fn in rest:
+            if value is not _VARIES:
+                if not _empty_value(value):
+                    f.add(ind, f"{out}[{key!r}] = {self._value(value)}")
+                continue
+            self.emit(f, fn, v, c, h, ind)
+            test = v if _none_if_false(fn) else _not_empty(v)
+            f.add(ind, f"if {test}:")
+            f.add(ind + 1, f"{out}[{key!r}] = {v}")
+        f.add(ind, f"{t} = {out} or None")
+
+    def _when(self, f: _Func, t: str, c: str, h: str, ind: int, cond: Any, inner: Fn) -> None:
+        b = f.var("b")
+        self.condition(f, cond, b, c, h, ind)
+        f.add(ind, f"if {b}:")
+        self.emit(f, inner, t, c, h, ind + 1)
+        f.add(ind, "else:")
+        f.add(ind + 1, f"{t} = None")
+
+    def _first(self, f: _Func, t: str, c: str, h: str, ind: int, fns: list[Fn]) -> None:
+        for n, fn in enumerate(fns):
+            level = ind + n
+            self.emit(f, fn, t, c, h, level)
+            f.add(level, f"if not {_not_empty(t)}:")
+        f.add(ind + len(fns), f"{t} = None")
+
+    def _join(self, f: _Func, t: str, c: str, h: str, ind: int, fns: list[Fn], sep: str) -> None:
+        parts, v = f.var("p"), f.var("v")
+        f.add(ind, f"{parts} = []")
+        for fn in fns:
+            self.emit(f, fn, v, c, h, ind)
+            self._extend(f, parts, fn, v, ind)
+        f.add(ind, f"{t} = {sep!r}.join(map(str, {parts})) or None")
+
+    def _fn(self, f: _Func, t: str, c: str, h: str, ind: int, func: Any, args: Any) -> None:
+        named = []
+        for key, fn in args:
+            v = f.var("a")
+            self.emit(f, fn, v, c, h, ind)
+            named.append((key, v))
+        if all(k.isidentifier() and not keyword.iskeyword(k) for k, _ in named):
+            call = ", ".join(f"{k}={v}" for k, v in named)
+        else:
+            call = "**{" + ", ".join(f"{k!r}: {v}" for k, v in named) + "}"
+        sep = ", " if named else ""
+        f.add(ind, f"{t} = {self._name(func, 'FN')}({c}.env{sep}{call})")
+
+    def _with(self, f: _Func, c: str, h: str, ind: int, extra: dict[str, Fn]) -> str:
+        """``ctx.with_vars`` of the ``with``/``vars`` specs, each evaluated at ``c``."""
+        if not extra:
+            return c
+        values = []
+        for key, fn in extra.items():
+            v = f.var("w")
+            self.emit(f, fn, v, c, h, ind)
+            values.append(f"{key!r}: {v}")
+        c2 = f.var("c")
+        f.add(ind, f"{c2} = {c}.with_vars({{{', '.join(values)}}})")
+        return c2
+
+    def _at(self, f: _Func, t: str, c: str, h: str, ind: int, *shape: Any) -> None:
+        at, extra, body = shape
+        if at is None:
+            self.emit(f, body, t, self._with(f, c, h, ind, extra), h, ind)
+            return
+        nodes, h2, c2 = f.var("n"), f.var("h"), f.var("c")
+        f.add(ind, f"{nodes} = {f.look(ind, 'select', at[0], h)}")
+        for alt in at[1:]:
+            f.add(ind, f"if not {nodes}:")
+            f.add(ind + 1, f"{nodes} = {f.look(ind + 1, 'select', alt, h)}")
+        f.add(ind, f"if {nodes}:")
+        f.add(ind + 1, f"{h2} = {nodes}[0]")
+        if not extra and self._direct(f, body, t, c, h2, ind + 1):
+            pass  # run at the node without a context made for it
+        else:
+            f.add(ind + 1, f"{c2} = {c}.at({h2})")
+            self.emit(f, body, t, self._with(f, c2, h2, ind + 1, extra), h2, ind + 1)
+        f.add(ind, "else:")
+        f.add(ind + 1, f"{t} = None")
+
+    def _direct(self, f: _Func, body: Fn, t: str, c: str, h: str, ind: int) -> bool:
+        """Code for ``body`` at node ``h`` from context ``c`` when it needs no context of
+        its own there: a memoised spec, or an entry whose fields are one, takes the node
+        as it is (``cached(ctx, node)``, gateway/mapping/_memo.py); False otherwise."""
+        if body in MEMOS:
+            f.add(ind, f"{t} = {self._name(body, 'F')}({c}, {h})")
+            return True
+        shape = SHAPES.get(body)
+        if shape is not None and shape[0] == "add" and shape[2].fields in MEMOS:
+            key, template = shape[1], shape[2]
+            fields = self._name(template.fields, "T")
+            rt = self._name(template, "R")
+            f.add(ind, f"state.add({key!r}, {rt}, {fields}({c}, {h}) or {{}}, {h})")
+            f.add(ind, f"{t} = None")
+            return True
+        return False
+
+    @contextmanager
+    def _loop(
+        self, f: _Func, c: str, h: str, ind: int, selector: str, keep: Any, ctx: bool = True
+    ) -> Iterator[tuple[str, str]]:
+        """``for`` each node of ``selector`` that ``keep`` keeps: yields its (ctx, here);
+        without ``ctx``, no context is made for the node and ``c`` itself is yielded."""
+        h2, c2 = f.var("h"), f.var("c")
+        f.add(ind, f"for {h2} in {f.look(ind, 'select', selector, h)}:")
+        if not ctx:
+            yield c, h2
+            return
+        f.add(ind + 1, f"{c2} = {c}.at({h2})")
+        if keep is not None:
+            b = f.var("b")
+            self.condition(f, keep, b, c2, h2, ind + 1)
+            f.add(ind + 1, f"if not {b}:")
+            f.add(ind + 2, "continue")
+        yield c2, h2
+
+    def _each(self, f: _Func, t: str, c: str, h: str, ind: int, *shape: Any) -> None:
+        selector, keep, body = shape
+        out, v = f.var("o"), f.var("v")
+        f.add(ind, f"{out} = []")
+        with self._loop(f, c, h, ind, selector, keep, self._needs_ctx(keep, body)) as (c2, h2):
+            if c2 == c:
+                self._direct(f, body, v, c, h2, ind + 1)
+            else:
+                self.emit(f, body, v, c2, h2, ind + 1)
+            self._extend(f, out, body, v, ind + 1)
+        f.add(ind, f"{t} = {out} or None")
+
+    @staticmethod
+    def _needs_ctx(keep: Any, body: Fn) -> bool:
+        if keep is not None:
+            return True
+        if body in MEMOS:
+            return False
+        shape = SHAPES.get(body)
+        return not (shape is not None and shape[0] == "add" and shape[2].fields in MEMOS)
+
+    # -- resource entries --------------------------------------------------------------
+    def _add(self, f: _Func, t: str, c: str, h: str, ind: int, key: str, template: Any) -> None:
+        fields = self._name(template.fields, "T")
+        f.add(ind, f"state.add({key!r}, {self._name(template, 'R')}, {fields}({c}) or {{}}, {h})")
+        f.add(ind, f"{t} = None")
+
+    def _each_entry(self, f: _Func, t: str, c: str, h: str, ind: int, *shape: Any) -> None:
+        selector, keep, body = shape
+        with self._loop(f, c, h, ind, selector, keep, self._needs_ctx(keep, body)) as (c2, h2):
+            if c2 == c:
+                self._direct(f, body, f.var("v"), c, h2, ind + 1)
+            else:
+                self.emit(f, body, f.var("v"), c2, h2, ind + 1)
+        f.add(ind, f"{t} = None")
+
+    def _checked(self, f: _Func, t: str, c: str, h: str, ind: int, *shape: Any) -> None:
+        key, required, at, inner = shape
+        before = f.var("n")
+        f.add(ind, f"{before} = state.count({key!r})")
+        self.emit(f, inner, t, c, h, ind)
+        f.add(ind, f"if state.count({key!r}) == {before}:")
+        f.add(
+            ind + 1,
+            f"raise MappingError('required', {required!r}, location={self._value(at)})",
+        )
+        f.add(ind, f"{t} = None")
+
+    def _group(self, f: _Func, t: str, c: str, h: str, ind: int, *shape: Any) -> None:
+        selector, cond, keep, extra, children, export, required, required_at = shape
+        f.add(ind, f"{t} = None")
+        if cond is not None:
+            b = f.var("b")
+            self.condition(f, cond, b, c, h, ind)
+            f.add(ind, f"if {b}:")
+            ind += 1
+        kept = f.var("k")
+        f.add(ind, f"{kept} = 0")
+        with self._loop(f, c, h, ind, selector, keep) as (c2, h2):
+            f.add(ind + 1, f"{kept} += 1")
+            c3 = self._with(f, c2, h2, ind + 1, extra)
+            f.add(ind + 1, "state.push()")
+            f.add(ind + 1, "try:")
+            for child in children:
+                self.emit(f, child, f.var("v"), c3, h2, ind + 2)
+            if not children:
+                f.add(ind + 2, "pass")
+            f.add(ind + 1, "finally:")
+            f.add(ind + 2, f"state.pop({self._value(export)})")
+        if required:
+            f.add(ind, f"if not {kept}:  # none there, or none that 'where' keeps")
+            f.add(
+                ind + 1,
+                f"raise MappingError('required', {str(required)!r}, location={required_at!r})",
+            )
+
+    def _seq(self, f: _Func, t: str, c: str, h: str, ind: int, entries: list[Fn]) -> None:
+        for entry in entries:
+            self.emit(f, entry, f.var("v"), c, h, ind)
+        f.add(ind, f"{t} = None")
+
+    # -- conditions --------------------------------------------------------------------
+    def condition(self, f: _Func, cond: Any, b: str, c: str, h: str, ind: int) -> None:
+        """Code that sets ``b`` to a value as true as ``cond`` at ``c``."""
+        shape = SHAPES.get(cond)
+        if shape is None or ind > _MAX_DEPTH:
+            f.add(ind, f"{b} = {self._name(cond, 'C')}({c})")
+            return
+        kind = shape[0]
+        if kind == "present":
+            value = shape[1]
+            vs = SHAPES.get(value)
+            if vs is not None and vs[0] == "plain" and not vs[3]:
+                f.add(ind, f"{b} = {f.look(ind, 'first', vs[1], h)} is not None")
+                return
+            v = f.var("v")
+            self.emit(f, value, v, c, h, ind)
+            f.add(ind, f"{b} = {_not_empty(v)}")
+        elif kind == "not":
+            self.condition(f, shape[1], b, c, h, ind)
+            f.add(ind, f"{b} = not {b}")
+        elif kind in ("all", "any"):
+            f.add(ind, f"{b} = {kind == 'all'}")
+            level = ind
+            for part in shape[1]:
+                self.condition(f, part, b, c, h, level)
+                f.add(level, f"if {'' if kind == 'all' else 'not '}{b}:")
+                level += 1
+            f.add(level, "pass")
+        else:  # equals, in
+            v = f.var("v")
+            self.emit(f, shape[1], v, c, h, ind)
+            op = "==" if kind == "equals" else "in"
+            f.add(ind, f"{b} = str({v} or '') {op} {self._value(shape[2])}")
+
+
+def _empty_value(value: Any) -> bool:
+    return not value and (value is None or value == "" or value == [] or value == {})
+
+
+def _none_if_false(fn: Fn) -> bool:
+    """Whether ``fn`` gives either None or a true value (an object, a list, a path's text
+    without a default): then ``if v:`` is the whole emptiness test."""
+    shape = SHAPES.get(fn)
+    if shape is None:
+        return False
+    kind = shape[0]
+    if kind == "when":
+        return _none_if_false(shape[2])
+    return kind in ("object", "list", "each", "join") or (kind == "plain" and not shape[3])
+
+
+def _truthy_or_none(fn: Fn) -> bool:
+    """:func:`_none_if_false`, and never a list."""
+    shape = SHAPES.get(fn)
+    if shape is None:
+        return False
+    if shape[0] == "when":
+        return _truthy_or_none(shape[2])
+    return shape[0] in ("object", "join") or (shape[0] == "plain" and not shape[3])
+
+
+def seq(entries: list[Fn]) -> Fn:
+    """One spec running ``entries`` in order (a message's resources), for lowering."""
+
+    def run(ctx: Ctx) -> None:
+        for entry in entries:
+            entry(ctx)
+
+    SHAPES[run] = ("seq", entries)
+    return run
+
+
+# -- the cache on disk ----------------------------------------------------------------------
+
+
+def cache_dir(env: dict[str, str] | None = None) -> Path | None:
+    """Where generated code is cached: ``GATEWAY_MAPPING_CACHE`` (``off``: nowhere), else
+    ``$GATEWAY_HOME/cache/mappings``, else the user cache dir (``$XDG_CACHE_HOME`` or
+    ``~/.cache``) ``/fhir-gateway/mappings``."""
+    env = env if env is not None else dict(os.environ)
+    explicit = env.get("GATEWAY_MAPPING_CACHE")
+    if explicit:
+        return None if explicit == "off" else Path(explicit).expanduser()
+    if env.get("GATEWAY_HOME"):
+        return Path(env["GATEWAY_HOME"]).expanduser() / "cache" / "mappings"
+    base = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base).expanduser() / "fhir-gateway" / "mappings"
+
+
+def folder_key(folder: Path) -> str:
+    """Hash of the mapping files under ``folder`` (names and bytes), the generator's
+    version and the Python that compiles (code objects are version-specific)."""
+    h = hashlib.sha256(f"{GENERATOR_VERSION}|{sys.version}|{folder.name}".encode())
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            h.update(path.relative_to(folder).as_posix().encode() + b"\0")
+            h.update(hashlib.sha256(path.read_bytes()).digest())
+    return h.hexdigest()[:32]
+
+
+class CodeCache:
+    """Compiled units of one mapping folder on disk: ``<key>.marshal`` (each unit's code
+    with the SHA-256 of the source it came from) and ``<key>.py`` (the source, to read).
+    A unit whose source hash differs, or a file that does not load, is compiled again;
+    a cache that cannot be written is skipped (logged), never an error."""
+
+    def __init__(self, folder: Path, key: str) -> None:
+        self.path = folder / f"{key}.marshal"
+        self.units: dict[str, tuple[str, Any]] = {}
+        self.hits = 0
+        self.dirty = False
+        self._load()
+
+    def _load(self) -> None:
+        try:
+            raw = marshal.loads(self.path.read_bytes())
+        except FileNotFoundError:
+            return
+        except (OSError, EOFError, ValueError, TypeError) as exc:
+            log.info("mapping code cache %s unreadable (%s): regenerated", self.path, exc)
+            return
+        if isinstance(raw, dict) and raw.get("version") == GENERATOR_VERSION:
+            units = raw.get("units")
+            if isinstance(units, dict):
+                self.units = {
+                    k: v
+                    for k, v in units.items()
+                    if isinstance(v, tuple) and len(v) == 2 and isinstance(v[0], str)
+                }
+
+    def code(self, name: str, source: str) -> Any:
+        digest = hashlib.sha256(source.encode()).hexdigest()
+        found = self.units.get(name)
+        if found is not None and found[0] == digest and _is_code(found[1]):
+            self.hits += 1
+            return found[1]
+        code = compile(source, f"<mapping {name}>", "exec")
+        self.units[name] = (digest, code)
+        self.dirty = True
+        return code
+
+    def save(self, sources: list[str]) -> None:
+        if not self.dirty:
+            return
+        data = marshal.dumps({"version": GENERATOR_VERSION, "units": self.units})
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            for target, body in (
+                (self.path, data),
+                (self.path.with_suffix(".py"), "\n\n".join(sources).encode()),
+            ):
+                tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+                tmp.write_bytes(body)
+                os.replace(tmp, target)  # readers see the old file or the new, never half
+        except OSError as exc:
+            log.info("mapping code cache %s not written: %s", self.path, exc)
+            return
+        self.dirty = False
+        _prune(self.path.parent)
+
+
+_KEEP = 16  # cache entries kept per cache dir (the newest): mapping folders, versions
+
+
+def _prune(folder: Path) -> None:
+    """Remove all but the newest _KEEP entries (edited mappings leave old ones behind)."""
+    try:
+        entries = sorted(folder.glob("*.marshal"), key=lambda p: p.stat().st_mtime)
+        for old in entries[:-_KEEP]:
+            old.unlink(missing_ok=True)
+            old.with_suffix(".py").unlink(missing_ok=True)
+    except OSError as exc:  # another process pruning at the same time
+        log.info("mapping code cache %s not pruned: %s", folder, exc)
+
+
+def _is_code(value: Any) -> bool:
+    return type(value) is type(_is_code.__code__)
+
+
+def lowering_for(folder: Path, env: dict[str, str] | None = None) -> Lowering:
+    """A :class:`Lowering` with the folder's on-disk cache when there is a cache dir."""
+    where = cache_dir(env)
+    cache = CodeCache(where, folder_key(folder)) if where is not None else None
+    return Lowering(cache)

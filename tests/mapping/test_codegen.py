@@ -1,0 +1,285 @@
+"""Compiled mappings (gateway/mapping/_codegen.py) give the interpreter's output byte for
+byte: Bundles, issue lists (as OperationOutcome and as issues) and, traced, the fields
+left unmapped, on every golden and example input and on generated messages; and the
+code cache on disk is used only when it matches."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway import ConfigError, Converter, Settings, dump_json, operation_outcome
+from gateway.datafiles import data_dir
+from gateway.envelope import Record
+from gateway.intake.hl7v2 import check_path
+from gateway.mapping import Env, MappingSet, Terminology
+from gateway.mapping._codegen import CodeCache, engine_setting, folder_key
+from gateway.network import Network
+from tests.fuzz import harness, mutators
+from tests.golden import regenerate
+
+MUTANTS = 150  # generated messages per format and seed round (seeded: the same every run)
+
+
+@pytest.fixture(scope="module")
+def engines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Converter]]:
+    """One converter per engine, each with its own code cache, on the same settings."""
+    settings = Settings.load(home=tmp_path_factory.mktemp("codegen-home"), env={})
+    cache = tmp_path_factory.mktemp("codegen-cache")
+    out = {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GATEWAY_MAPPING_CACHE", str(cache))
+        for engine in ("interpreted", "compiled"):
+            mp.setenv("GATEWAY_MAPPING_ENGINE", engine)
+            out[engine] = Converter(settings)
+    yield out
+
+
+def _outcome(records: list[Record]) -> list[Any]:
+    """All a caller sees of a conversion: Bundle bytes, issues, OperationOutcome bytes."""
+    return [
+        (
+            r.state,
+            r.bundle_json,
+            [dataclasses.asdict(i) for i in r.issues],
+            dump_json(operation_outcome(r.issues)),
+            r.unmapped,
+        )
+        for r in records
+    ]
+
+
+def _same(engines: dict[str, Converter], data: bytes, name: str, **kw: Any) -> None:
+    for trace in (False, True):  # traced: no memo, and every field read is recorded
+        got = {
+            engine: _outcome(list(conv.iter_convert(data, name, trace=trace, **kw)))
+            for engine, conv in engines.items()
+        }
+        assert got["compiled"] == got["interpreted"], f"{name} (trace={trace})"
+
+
+def test_the_compiled_engine_runs_generated_code(engines: dict[str, Converter]) -> None:
+    """Not two runs of the closures: the compiled mappings are generated functions."""
+    for fmt, mappings in engines["compiled"].mappings.items():
+        assert mappings.engine == "compiled"
+        for mapping in {m.name: m for m in map(mappings.for_type, mappings.types)}.values():
+            assert all(e.__module__ == "gateway.mapping.generated" for e in mapping.entries), fmt
+    assert engines["interpreted"].hl7v2.engine == "interpreted"
+
+
+def _inputs() -> list[Path]:
+    return regenerate.inputs() + regenerate.example_inputs()
+
+
+@pytest.mark.parametrize("source", _inputs(), ids=lambda p: p.name)
+def test_goldens_and_examples_byte_identical(engines: dict[str, Converter], source: Path) -> None:
+    got = {
+        engine: [
+            *_outcome(regenerate.convert(conv, source)),
+            regenerate.render(conv, source),
+            _outcome(regenerate.convert(conv, source, trace=True)),
+        ]
+        for engine, conv in engines.items()
+    }
+    assert got["compiled"] == got["interpreted"]
+
+
+@pytest.mark.parametrize("fmt", ["hl7v2", "cda", "dicom"])
+def test_generated_messages_byte_identical(engines: dict[str, Converter], fmt: str) -> None:
+    """Mutated inputs (tests/fuzz's mutators, seeded): values, shapes, missing and bad
+    fields, failing records; each converted twice in a row, so memo hits count too."""
+    seeds = harness.seeds(fmt)
+    mutate = mutators.mutator(fmt, harness.seeds("dicom"))
+    rng = random.Random(f"codegen-{fmt}")
+    failed = 0
+    for n in range(MUTANTS if fmt != "dicom" else MUTANTS // 5):
+        case = mutate(rng, rng.choice(seeds), seeds)
+        items = list(case.parts.items())
+        if fmt == "dicom":
+            got = {
+                e: [_outcome(list(c.convert_files(items))) for _ in range(2)]
+                for e, c in engines.items()
+            }
+            assert got["compiled"] == got["interpreted"], f"dicom case {n}"
+            continue
+        name, data = items[0]
+        _same(engines, data, f"{fmt} case {n}")
+        _same(engines, data, f"{fmt} case {n}, again")
+        failed += any(not r.ok for r in engines["compiled"].convert(data, name))
+    if fmt == "hl7v2":
+        assert 0 < failed < MUTANTS  # both outcomes were compared, not only one kind
+
+
+def test_fresh_messages_byte_identical(engines: dict[str, Converter]) -> None:
+    """Every golden/example HL7 v2 message with its identifiers, times and names made new
+    (as bench_convert does), three variants each: memo misses, then hits."""
+    from gateway.intake.hl7v2 import split_messages
+
+    for path in harness.seeds("hl7v2"):
+        for raw in split_messages(next(iter(path.parts.values()))):
+            if not raw.segments:
+                continue
+            text = raw.data.decode("utf-8", "surrogateescape")
+            for k in range(3):
+                data = _freshen(text, k).encode("utf-8", "surrogateescape")
+                _same(engines, data, f"{next(iter(path.parts))}#{raw.index} variant {k}")
+
+
+def _freshen(text: str, k: int) -> str:
+    """New patient and order identifiers, a new name: PID-3, PID-5, ORC-2, OBR-2, RF1-6."""
+    fields = {"PID": (3, 5), "ORC": (2,), "OBR": (2, 3), "RF1": (6,)}
+    lines = text.split("\r")
+    fs = text[3:4] or "|"
+    for n, line in enumerate(lines):
+        wanted = fields.get(line[:3], ())
+        parts = line.split(fs)
+        for i in wanted:
+            if i < len(parts) and parts[i]:
+                parts[i] = f"Z{k}" + parts[i]
+        lines[n] = fs.join(parts)
+    return "\r".join(lines)
+
+
+# -- the language's constructs, one by one (tests/mapping/test_engine.py's mappings) --------
+
+
+def test_every_language_test_passes_interpreted_too() -> None:
+    """test_engine.py runs with the default engine (compiled); the reference must pass
+    the same tests: run here with GATEWAY_MAPPING_ENGINE=interpreted."""
+    env = {**os.environ, "GATEWAY_MAPPING_ENGINE": "interpreted"}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-x",
+            "-p",
+            "no:cacheprovider",
+            str(Path(__file__).with_name("test_engine.py")),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-2000:]
+
+
+# -- settings and the cache -------------------------------------------------------------
+
+
+def test_engine_setting() -> None:
+    assert engine_setting({}) == "compiled"
+    assert engine_setting({"GATEWAY_MAPPING_ENGINE": "interpreted"}) == "interpreted"
+    with pytest.raises(ConfigError, match="GATEWAY_MAPPING_ENGINE"):
+        engine_setting({"GATEWAY_MAPPING_ENGINE": "jit"})
+
+
+def _load(root: Path, cache: Path, monkeypatch: pytest.MonkeyPatch) -> MappingSet:
+    monkeypatch.setenv("GATEWAY_MAPPING_CACHE", str(cache))
+    env = Env(Terminology(root), Network.load(data_dir("seeds") / "network.yaml"))
+    return MappingSet(root, "hl7v2", env, check_path, engine="compiled")
+
+
+def _cache_file(cache: Path) -> Path:
+    (found,) = cache.glob("*.marshal")
+    return found
+
+
+def test_cache_is_written_then_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = data_dir("mappings")
+    first = _load(root, tmp_path, monkeypatch)
+    assert first._lowering is not None and first._lowering.cache is not None
+    assert first._lowering.cache.hits == 0
+    units = len(first._lowering.sources)
+    assert units > 10
+    source = _cache_file(tmp_path).with_suffix(".py").read_text(encoding="utf-8")
+    assert source.count("\ndef unit_") + source.startswith("def unit_") == units
+    again = _load(root, tmp_path, monkeypatch)
+    assert again._lowering is not None and again._lowering.cache is not None
+    assert again._lowering.cache.hits == units
+    assert not again._lowering.cache.dirty
+
+
+def test_corrupt_cache_is_regenerated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = data_dir("mappings")
+    _load(root, tmp_path, monkeypatch)
+    path = _cache_file(tmp_path)
+    path.write_bytes(path.read_bytes()[:100])  # truncated
+    again = _load(root, tmp_path, monkeypatch)
+    assert again._lowering is not None and again._lowering.cache is not None
+    assert again._lowering.cache.hits == 0
+    third = _load(root, tmp_path, monkeypatch)  # the rewritten cache is good again
+    assert third._lowering is not None and third._lowering.cache is not None
+    assert third._lowering.cache.hits == len(third._lowering.sources)
+
+
+def test_stale_cache_entry_is_not_trusted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cached unit compiled from other source (as if the key had collided, or the file
+    were swapped) is compiled again from the fresh source, not run."""
+    root = data_dir("mappings")
+    _load(root, tmp_path, monkeypatch)
+    path = _cache_file(tmp_path)
+    cache = CodeCache(tmp_path, path.stem)
+    evil = compile("def unit_1(ctx):\n    raise AssertionError('stale code ran')\n", "x", "exec")
+    for name, (digest, _) in list(cache.units.items()):
+        cache.units[name] = ("0" * len(digest), evil)
+    cache.dirty = True
+    cache.save([])
+    again = _load(root, tmp_path, monkeypatch)
+    assert again._lowering is not None and again._lowering.cache is not None
+    assert again._lowering.cache.hits == 0
+    conv = Converter(Settings.load(home=tmp_path / "home", env={}))
+    conv.mappings["hl7v2"] = again
+    sample = Path(regenerate.EXAMPLES / "hl7v2" / "ref_i12_hkpmc_to_nsch.hl7").read_bytes()
+    assert all(r.ok for r in conv.convert(sample))
+
+
+def test_cache_key_follows_the_mapping_files(tmp_path: Path) -> None:
+    root = tmp_path / "mappings"
+    shutil.copytree(data_dir("mappings"), root)
+    before = folder_key(root / "hl7v2")
+    fragment = next((root / "hl7v2").rglob("*.yaml"))
+    fragment.write_text(fragment.read_text(encoding="utf-8") + "\n# edited\n", encoding="utf-8")
+    assert folder_key(root / "hl7v2") != before
+
+
+def test_cache_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GATEWAY_MAPPING_CACHE", "off")
+    env = Env(Terminology(data_dir("mappings")), Network.load(data_dir("seeds") / "network.yaml"))
+    mappings = MappingSet(data_dir("mappings"), "hl7v2", env, check_path, engine="compiled")
+    assert mappings._lowering is not None and mappings._lowering.cache is None
+    assert mappings._lowering.sources
+
+
+def test_cache_keeps_the_newest_entries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.mapping import _codegen
+
+    for n in range(_codegen._KEEP + 3):
+        stale = tmp_path / f"old{n:02d}.marshal"
+        stale.write_bytes(b"")
+        stale.with_suffix(".py").write_text("", encoding="utf-8")
+        os.utime(stale, (n, n))
+    _load(data_dir("mappings"), tmp_path, monkeypatch)
+    left = sorted(p.name for p in tmp_path.glob("*.marshal"))
+    assert len(left) == _codegen._KEEP
+    assert "old00.marshal" not in left and "old18.marshal" in left
+    assert not (tmp_path / "old00.py").exists()
+
+
+def test_engine_setting_error_is_registered() -> None:
+    from gateway.errors import registry
+
+    with pytest.raises(ConfigError) as caught:
+        engine_setting({"GATEWAY_MAPPING_ENGINE": "jit"})
+    assert caught.value.code in registry()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,6 +13,15 @@ from gateway import Converter, Settings
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO.parent / "shared" / "corpus"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The compiled mappings' code cache goes to a folder of this run, not the user's
+    # ~/.cache (subprocesses started by tests inherit it); tests of the cache set their own.
+    if "GATEWAY_MAPPING_CACHE" not in os.environ:
+        folder = tempfile.mkdtemp(prefix="gateway-mapping-cache-")
+        os.environ["GATEWAY_MAPPING_CACHE"] = folder
+        config.add_cleanup(lambda: shutil.rmtree(folder, ignore_errors=True))
 
 
 @pytest.fixture(scope="session")

@@ -917,7 +917,9 @@ def _consent_words(
     policy: Policy, rule_id: str, outcome: str, code: str, t: _Transfer
 ) -> tuple[RuleResult, None]:
     """The consent rule's words that depend on the parties and purpose alone."""
-    return RuleResult(rule_id, "consent", outcome, code, policy.say(code, **_names(policy, t))), None
+    return RuleResult(
+        rule_id, "consent", outcome, code, policy.say(code, **_names(policy, t))
+    ), None
 
 
 def _consent_ok(

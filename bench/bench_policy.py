@@ -540,8 +540,9 @@ words that depend on the parties alone, and searches a phone probe contained in 
 once; the outbound path now hands the stage the Bundle it has already parsed with its
 stored JSON (no second parse per partner, which this benchmark does not count). Against
 the code this work started from (6c610ba) in the same minutes (three pairs of paired
-runs, alternating the two trees) policy alone went from 152 to 138 µs (medians), the share staying within the
-noise of the load (23–26 % for both): the gain is real but small. Every
+runs, alternating the two trees) policy alone went from 152 to 138 µs (medians), the
+share staying within the noise of the load (23–26 % for both): the gain is real but
+small. Every
 golden and example Bundle, on every decision path, still gives the decisions and bytes
 recorded before the speed work (tests/policy/test_equivalence.py, 546 cases). Splicing
 the bytes that leave from the converter's indented JSON was tried before and was slower

@@ -237,7 +237,10 @@ class Outbound:
                     "delivery.outbound-failed",
                     "the record names no sender the network knows and no institution is set",
                 )
-            decision = self.policy.apply(message_id, data, from_key, partner.key, dest.purpose)
+            # The Bundle already parsed, with its stored JSON: the stage parses nothing again.
+            decision = self.policy.apply(
+                message_id, bundle, from_key, partner.key, dest.purpose, text=data
+            )
             if decision.outcome == "deny":
                 why = _rule_reason(decision, "deny")
                 return Placed(n, partner.key, "denied", None, decision.id, why, "policy.denied")
@@ -380,12 +383,21 @@ class Outbound:
         from_key = sender.key if sender else self.institution
         if from_key is None:
             return False
+        bundle = orjson.loads(data)  # once, for both decisions and the facts (only read)
         pure = self.policy.policy.decide(
-            data, from_key, row.partner, row.purpose, consents=self.policy, counters=self.policy
+            bundle,
+            from_key,
+            row.partner,
+            row.purpose,
+            consents=self.policy,
+            counters=self.policy,
+            text=data,
         )
         if pure.outcome == "hold":
             return False
-        decision = self.policy.apply(row.message_id, data, from_key, row.partner, row.purpose)
+        decision = self.policy.apply(
+            row.message_id, bundle, from_key, row.partner, row.purpose, text=data
+        )
         if decision.outcome == "deny":
             self.outbox.move(
                 row.id,
@@ -401,7 +413,6 @@ class Outbound:
         partner = self.partners.get(row.partner)
         if partner is None:
             return False
-        bundle = orjson.loads(data)
         facts = facts_of(
             bundle,
             self.network,

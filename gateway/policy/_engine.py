@@ -20,7 +20,13 @@ from ..datafiles import data_dir, load_data_file
 from ..envelope import dump_json
 from ..errors import ConfigError, Issue
 from ..network import Institution, Network
-from ._consent import PURPOSE_SYSTEM, V3_ACT_REASON, ConsentRecord, PolicyError
+from ._consent import (
+    PURPOSE_SYSTEM,
+    V3_ACT_REASON,
+    ConsentRecord,
+    MemoryConsents,
+    PolicyError,
+)
 from ._data import LANGS, Agreement, Basis, PolicyData, Profile, Text
 from ._key import policy_key
 from ._minimise import Change, Minimisation, pseudonym, squeezed, structural_memo
@@ -267,6 +273,7 @@ class Policy:
         self._passes: dict[tuple[Any, ...], Any] = {}  # pass 1 per patient (structural_memo)
         self._squeezed_needles = _squeezed_regex(c.split("|", 1)[1] for c in self.data.codes)
         self._provenances: dict[tuple[Any, ...], dict[str, Any]] = {}  # fixed parts
+        self._label_sets: dict[tuple[Any, ...], list[dict[str, str]]] = {}  # _labels
         self._key = key
         self._key_lock = threading.Lock()
         self._rules: list[tuple[str, str, Rule, dict[str, Any]]] = []
@@ -353,8 +360,6 @@ class Policy:
         dict's JSON when the caller has it (``Record.bundle_json``). The decision's
         ``bundle_json`` is what may leave (minimised, labelled, with a Provenance), None
         unless allowed. Nothing is stored or counted here."""
-        from ._consent import MemoryConsents
-
         parsed, text = _parse(bundle, text)
         source = self.institution(sender, "sender")
         target = self.institution(recipient, "recipient")
@@ -470,22 +475,23 @@ class Policy:
         """The basis on every resource (meta.security) and a Provenance naming the
         agreement (policy). ``bundle`` is only read: what changes is copied (the Bundle,
         its entry list, each entry, resource and meta; the resources' other parts are
-        shared, and only serialised)."""
+        shared, and only serialised). A resource without meta gets one meta shared by
+        all of them (the labelled Bundle is only serialised, never handed out)."""
         labels = self._labels(t, decision)
+        bare = {"security": labels}
         entries = []
         targets = []
         for entry in bundle.get("entry") or []:
             if isinstance(entry, dict):
                 resource = entry.get("resource")
                 if isinstance(resource, dict):
-                    meta = resource.get("meta") or {}
-                    security = [*(meta.get("security") or []), *labels]
-                    entry = {
-                        **entry,
-                        "resource": {**resource, "meta": {**meta, "security": security}},
-                    }
-                if entry.get("fullUrl"):
-                    targets.append({"reference": entry["fullUrl"]})
+                    meta = resource.get("meta")
+                    if meta:
+                        meta = {**meta, "security": [*(meta.get("security") or []), *labels]}
+                    entry = {**entry, "resource": {**resource, "meta": meta or bare}}
+                url = entry.get("fullUrl")
+                if url:
+                    targets.append({"reference": url})
             entries.append(entry)
         out = {**bundle, "entry": entries}
         if targets:
@@ -493,20 +499,29 @@ class Policy:
         return out
 
     def _labels(self, t: _Transfer, decision: Decision) -> list[dict[str, str]]:
-        """The security labels of every resource that leaves."""
+        """The security labels of every resource that leaves: made once per basis,
+        purpose and kind of change (shared between decisions: they are only
+        serialised)."""
         basis = decision.basis or "domestic"
-        labels = [
-            {
-                "system": LEGAL_BASIS_SYSTEM,
-                "code": basis,
-                "display": self.label("bases", basis)["en"],
-            },
-            {"system": V3_ACT_REASON, "code": self.data.purposes[t.purpose].get("v3", "TREAT")},
-        ]
-        if any(c.action == "pseudonymised" for c in decision.changes):
-            labels.append({"system": V3_ACT_CODE, "code": "PSEUD", "display": "pseudonymize"})
-        if decision.changes:
-            labels.append({"system": V3_ACT_CODE, "code": "MINEC", "display": "minimum necessary"})
+        pseud = any(c.action == "pseudonymised" for c in decision.changes)
+        key = (basis, t.purpose, pseud, bool(decision.changes))
+        labels = self._label_sets.get(key)
+        if labels is None:
+            labels = [
+                {
+                    "system": LEGAL_BASIS_SYSTEM,
+                    "code": basis,
+                    "display": self.label("bases", basis)["en"],
+                },
+                {"system": V3_ACT_REASON, "code": self.data.purposes[t.purpose].get("v3", "TREAT")},
+            ]
+            if pseud:
+                labels.append({"system": V3_ACT_CODE, "code": "PSEUD", "display": "pseudonymize"})
+            if decision.changes:
+                labels.append(
+                    {"system": V3_ACT_CODE, "code": "MINEC", "display": "minimum necessary"}
+                )
+            self._label_sets[key] = labels  # bounded: bases x purposes x 4
         return labels
 
     def _provenance(
@@ -879,14 +894,10 @@ def rule_consent(policy: Policy, t: _Transfer, rule_id: str, params: dict[str, A
         required = (
             policy.settings.policy_consent_within if within == "setting" else within == "required"
         )
+    parties = (t.sender.key, t.recipient.key, t.purpose)
     if not required:
-        return RuleResult(
-            rule_id,
-            "consent",
-            "pass",
-            "consent.not-required",
-            policy.say("consent.not-required", **names),
-        )
+        make = functools.partial(_consent_words, policy, rule_id, "pass", "consent.not-required", t)
+        return policy._cached(("consent-words", rule_id, "not-required", *parties), make)[0]
     if not t.patients:
         return RuleResult(
             rule_id, "consent", "hold", "consent.no-patient", policy.say("consent.no-patient")
@@ -898,9 +909,17 @@ def rule_consent(policy: Policy, t: _Transfer, rule_id: str, params: dict[str, A
             key = ("consent", rule_id, record.id, record.end, t.sender.key, t.recipient.key)
             make = functools.partial(_consent_ok, policy, rule_id, record, names)
             return policy._cached((*key, t.purpose), make)[0]
+    make = functools.partial(_consent_words, policy, rule_id, "hold", "consent.missing", t)
+    return policy._cached(("consent-words", rule_id, "missing", *parties), make)[0]
+
+
+def _consent_words(
+    policy: Policy, rule_id: str, outcome: str, code: str, t: _Transfer
+) -> tuple[RuleResult, None]:
+    """The consent rule's words that depend on the parties and purpose alone."""
     return RuleResult(
-        rule_id, "consent", "hold", "consent.missing", policy.say("consent.missing", **names)
-    )
+        rule_id, "consent", outcome, code, policy.say(code, **_names(policy, t))
+    ), None
 
 
 def _consent_ok(
@@ -920,15 +939,9 @@ def rule_volume(policy: Policy, t: _Transfer, rule_id: str, params: dict[str, An
     if t.agreement is None:
         return RuleResult(rule_id, "volume", "skip", "skipped", policy.say("skipped"))
     basis = data.bases[t.agreement.basis]
-    basis_name = policy.label("bases", basis.key)
-    if basis.volume_limit is None:
-        return RuleResult(
-            rule_id,
-            "volume",
-            "pass",
-            "volume.no-threshold",
-            policy.say("volume.no-threshold", basis=basis_name),
-        )
+    if basis.volume_limit is None:  # the words depend on the basis alone
+        make = functools.partial(_volume_unlimited, policy, rule_id, basis.key)
+        return policy._cached(("volume-unlimited", rule_id, basis.key), make)[0]
     category = str(params.get("category", "sensitive"))
     year = t.now.year
     person = _person(policy, t)
@@ -941,6 +954,11 @@ def rule_volume(policy: Policy, t: _Transfer, rule_id: str, params: dict[str, An
     key = ("volume", rule_id, t.sender.key, t.recipient.key, t.purpose, basis.key, category)
     make = functools.partial(_volume_result, policy, t, rule_id, basis, category, count)
     return policy._cached((*key, year, count), make)[0]
+
+
+def _volume_unlimited(policy: Policy, rule_id: str, basis: str) -> tuple[RuleResult, None]:
+    words = policy.say("volume.no-threshold", basis=policy.label("bases", basis))
+    return RuleResult(rule_id, "volume", "pass", "volume.no-threshold", words), None
 
 
 def _volume_elsewhere(

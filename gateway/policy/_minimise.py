@@ -310,7 +310,7 @@ class _Secrets:
         rest = [v for v in self.literal if v not in self.covered]
         searched = [v for v in rest if not any(o != v and o in v for o in rest)]
         literals = [_needle(orjson.dumps(v)[1:-1].decode()) for v in searched]
-        return _Rewriter(self, literals, [_needle(p) for p in self.probes])
+        return _Rewriter(self, literals, _fewest(self.probes))
 
     def parts(self) -> list[tuple[str, str]]:
         ordered = sorted(self.literal.items(), key=lambda x: -len(x[0]))  # longest first
@@ -340,6 +340,19 @@ def _needle(text: str) -> _Needle:
     pre = max(_ASCII_LETTERS.split(text), key=len).encode()
     full = text.upper().encode()
     return pre, (None if full == pre else full)
+
+
+def _fewest(values: list[str]) -> list[_Needle]:
+    """The needles of ``values`` less those found whenever another is: a needle whose
+    caseless part holds the whole of a caseless needle (a phone's digits with and
+    without its country code) is only looked for through that one."""
+    needles = list(dict.fromkeys(_needle(v) for v in values))
+    whole = [pre for pre, full in needles if full is None]
+    return [
+        (pre, full)
+        for pre, full in needles
+        if not any(other in pre and (other != pre or full is not None) for other in whole)
+    ]
 
 
 def _found(needles: list[_Needle], data: bytes, raw: bytes) -> bool:

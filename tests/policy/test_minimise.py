@@ -229,3 +229,25 @@ def test_what_leaves_is_labelled_and_valid(policy: Policy, bundles: dict[str, by
     ]
     assert len(provenance["target"]) == len(out["entry"]) - 1
     assert out["entry"][-1]["request"]["method"] == "PUT"
+
+
+def test_probes_contained_in_another_are_searched_once_with_the_same_answers() -> None:
+    """A phone's digits with their country code hold its digits without: only the
+    shorter is looked for, and the search answers as with every probe."""
+    from gateway.policy._minimise import _fewest, _found_upper, _needle, squeezed
+
+    values = ["K583726A", "8613900000002", "13900000002", "13900000002", "A1234567"]
+    kept = _fewest(values)
+    assert (b"13900000002", None) in kept and (b"8613900000002", None) not in kept
+    assert len(kept) == 3  # duplicates and the longer phone gone, the IDs kept
+    every = [_needle(v) for v in values]
+    for text in (
+        b'{"note":"call +86 139-0000-0002"}',
+        b'{"note":"id k583726a"}',
+        b'{"note":"id K 583726 (A)"}',
+        b'{"note":"A 123456 (7)"}',
+        b'{"note":"8613900000003, K583726B"}',
+        b'{"note":"nothing"}',
+    ):
+        data = squeezed(text)
+        assert _found_upper(kept, data, text) == _found_upper(every, data, text), text

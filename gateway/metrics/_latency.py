@@ -31,7 +31,11 @@ def stage_histogram() -> Any:
     global _histogram
     with _made:
         if _histogram is None:
-            from prometheus_client import Histogram
+            from prometheus_client import Histogram, disable_created_metrics
+
+            # The same series with one process or several (the multiprocess mode has
+            # no *_created): the gateway uses prometheus-client for nothing else.
+            disable_created_metrics()
 
             _histogram = Histogram(
                 STAGE_SECONDS,

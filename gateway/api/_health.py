@@ -2,8 +2,9 @@
 answers hold the status of each check and nothing else):
 
     GET /health/live    200 while the process answers (its event loop runs)
-    GET /health/ready   200 when the store can be queried and each configured listener
-                        (MLLP: mllp_port, DICOM: dicom_port) accepts connections;
+    GET /health/ready   200 when the store can be queried (its message table) and each
+                        configured listener (MLLP: mllp_port, DICOM: dicom_port)
+                        accepts connections;
                         503 otherwise, naming the check that failed
 
 The listeners are checked by connecting to their port, because with ``--workers N`` they
@@ -24,13 +25,14 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from ..config import Settings
-from ..store import Store
+from ..store import Store, metadata
 
 __all__ = ["READY_CACHE", "LazyStore", "add_health_routes", "readiness"]
 
 READY_CACHE = 1.0  # seconds a readiness answer is reused
 CONNECT_TIMEOUT = 1.0  # seconds for a listener to accept a probe
 _ANY = {"", "0.0.0.0", "::"}  # a wildcard bind is probed on the loopback
+_messages = metadata.tables["messages"]
 
 
 class LazyStore:
@@ -58,9 +60,10 @@ class LazyStore:
 
 
 def _store_ok(store: LazyStore) -> bool:
+    """The database answers a query on the message table (so it is there and migrated)."""
     try:
         with store().engine.connect() as conn:
-            conn.execute(sa.text("SELECT 1"))
+            conn.execute(sa.select(_messages.c.id).limit(1))
         return True
     except Exception:  # any failure of the database is "not ready", never a 500
         return False

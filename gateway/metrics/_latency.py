@@ -35,7 +35,7 @@ def stage_histogram() -> Any:
 
             # The same series with one process or several (the multiprocess mode has
             # no *_created): the gateway uses prometheus-client for nothing else.
-            disable_created_metrics()
+            disable_created_metrics()  # type: ignore[no-untyped-call]
 
             _histogram = Histogram(
                 STAGE_SECONDS,

@@ -441,8 +441,10 @@ def section(
         )
     lines += [
         "",
-        "Where one request's time goes (cProfile, in-process through the ASGI app, "
-        f"{args.profile} requests per row, own time by package):",
+        "Where one request's time goes (cProfile, one request at a time in-process "
+        f"through the ASGI app, the thread pool's work run inline, {args.profile} requests "
+        "per row after a warm-up; own time by package, waits for the disk included; the "
+        "profiler roughly doubles the time of Python code):",
         "",
     ]
     for key, found in profiles.items():
@@ -454,7 +456,7 @@ def section(
             if spent / total >= 0.02
         )
         lines.append(
-            f"- **{key}**: {found['per_request_ms']:.1f} ms of CPU per request under the "
+            f"- **{key}**: {found['per_request_ms']:.1f} ms per request under the "
             f"profiler — {parts}."
         )
     return "\n".join(lines)

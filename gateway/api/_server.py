@@ -149,6 +149,7 @@ def server_config(app: FastAPI, settings: Settings, **overrides: Any) -> uvicorn
 # -- gateway serve --workers N ---------------------------------------------------------
 GRACE = 30.0  # seconds a worker has to finish its requests after SIGTERM, then SIGKILL
 RESTART_DELAY = (1.0, 30.0)  # a worker that died is started again after 1 s, doubling
+STEADY = 60.0  # seconds of running after which a worker's next death waits 1 s again
 
 
 def _api_worker(settings: Settings, sock: socket.socket, host: str, port: int) -> None:
@@ -198,7 +199,7 @@ class Supervisor:
         sock.set_inheritable(True)
         procs: list[Any] = [None] * self.workers
         delays = [RESTART_DELAY[0]] * self.workers
-        due = [0.0] * self.workers
+        due, started = [0.0] * self.workers, [0.0] * self.workers
         loop = asyncio.get_running_loop()
         try:
             while not self.should_exit:
@@ -208,6 +209,8 @@ class Supervisor:
                     if proc is not None:  # it died: started again after a pause
                         log.error("API worker %s exited (%s); restarting", proc.pid, proc.exitcode)
                         _dead(proc.pid)
+                        if loop.time() - started[n] > STEADY:  # it had been running well
+                            delays[n] = RESTART_DELAY[0]
                         due[n] = loop.time() + delays[n]
                         delays[n] = min(delays[n] * 2, RESTART_DELAY[1])
                         procs[n] = None
@@ -218,6 +221,7 @@ class Supervisor:
                             name=f"gateway-api-{n + 1}",
                         )
                         procs[n].start()
+                        started[n] = loop.time()
                 await asyncio.sleep(0.2)
         finally:
             await loop.run_in_executor(None, _stop_all, [p for p in procs if p is not None])

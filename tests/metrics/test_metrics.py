@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import pytest
 from cryptography import x509
 from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
@@ -19,6 +20,7 @@ from gateway import Converter, Settings
 from gateway.api import TokenSet, create_app
 from gateway.datafiles import data_dir
 from gateway.delivery import DeliveryService, Outbound
+from gateway.metrics import _store as store_metrics
 from gateway.partners import Partner
 from gateway.signing import make_demo_pki
 from gateway.store import Incoming, Store, open_store, process_message
@@ -71,6 +73,13 @@ def _receive(store: Store, converter: Converter, raw: bytes) -> int:
     return receipt.id
 
 
+@pytest.fixture
+def fresh(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every scrape reads the store again (not the shared reading of MIN_INTERVAL)."""
+    monkeypatch.setattr(store_metrics, "MIN_INTERVAL", 0.0)
+
+
+@pytest.mark.usefixtures("fresh")
 def test_every_documented_metric_is_scraped_and_moves(
     partner: PartnerServer,  # noqa: F811
     tmp_path: Path,
@@ -153,6 +162,24 @@ def test_every_documented_metric_is_scraped_and_moves(
     store.close()
 
 
+def test_scrapes_close_together_share_one_reading(tmp_path: Path, converter: Converter) -> None:
+    """/metrics needs no token: a flood of scrapes reads the store once per MIN_INTERVAL."""
+    settings = Settings.load(home=tmp_path, env={})
+    store = open_store(settings)
+    app = create_app(settings, converter, TokenSet(["t" * 24]))
+    _, first = scrape(app)
+    _receive(store, converter, (HL7 / ROUTED).read_bytes())
+    _, second = scrape(app)  # within the interval: the same reading of the store
+    for name in ("gateway_store_scrape_duration_seconds", "gateway_messages_received_total"):
+        assert total(second, name) == total(first, name), name
+    assert total(second, "gateway_messages_received_total") == 0
+    assert total(second, "gateway_stage_duration_seconds_count", stage="process") > total(
+        first, "gateway_stage_duration_seconds_count", stage="process"
+    )  # latencies are the process's own, never held back
+    store.close()
+
+
+@pytest.mark.usefixtures("fresh")
 def test_a_store_that_cannot_be_read_is_reported_not_failed(tmp_path: Path) -> None:
     """A database that is gone: the scrape answers, with gateway_store_up 0."""
     settings = dataclasses.replace(

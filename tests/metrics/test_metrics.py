@@ -139,7 +139,8 @@ def test_every_documented_metric_is_scraped_and_moves(
     assert moved("gateway_messages", state="failed") == 1
     assert moved("gateway_records_total", partner=PARTNER, outcome="queued") == 1
     assert moved("gateway_records_total", partner=PARTNER, outcome="delivered") == 1
-    assert moved("gateway_outbox_records", partner=PARTNER, state="delivered") == 1
+    assert total(queued, "gateway_outbox_records", partner=PARTNER, state="pending") == 1
+    assert total(after, "gateway_outbox_records", partner=PARTNER) == 0  # none open
     assert moved("gateway_delivery_attempts_total", partner=PARTNER, outcome="delivered") == 1
     assert total(after, "gateway_queue_depth", partner=PARTNER) == 0  # drained
     assert total(after, "gateway_queue_oldest_age_seconds", partner=PARTNER) == 0

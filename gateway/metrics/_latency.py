@@ -22,6 +22,7 @@ BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 log = logging.getLogger("gateway.metrics")
 _made = threading.Lock()
 _histogram: Any = None
+_children: dict[str, Any] = {}  # the histogram's series per stage: .labels() costs a lock
 _broken = False
 
 
@@ -54,8 +55,10 @@ def observe_stage(stage: str, seconds: float) -> None:
     a measurement must not fail a record."""
     global _broken
     try:
-        histogram = _histogram if _histogram is not None else stage_histogram()
-        histogram.labels(stage).observe(seconds)
+        child = _children.get(stage)
+        if child is None:
+            child = _children[stage] = stage_histogram().labels(stage)
+        child.observe(seconds)
     except Exception as exc:  # a full or removed metrics directory, say: said once
         if not _broken:
             _broken = True

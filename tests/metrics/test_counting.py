@@ -5,14 +5,18 @@ second process (a fresh collector) counts the same."""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 
 from gateway import Settings
 from gateway.metrics._store import SETTLE, StoreCollector
 from gateway.store import Store, metadata, open_store
+from tests.store.dbs import BACKENDS, database
 
 T0 = datetime(2026, 12, 6, 3, 0, 0)
 _messages = metadata.tables["messages"]
@@ -53,8 +57,16 @@ def _received(collector: StoreCollector) -> dict[str, float]:
     raise AssertionError("no gateway_messages_received")
 
 
-def test_late_commits_are_counted_once_and_processes_agree(tmp_path: Path) -> None:
-    store = open_store(Settings.load(home=tmp_path, env={}))
+@pytest.fixture(params=BACKENDS)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    for url in database(request.param, tmp_path):
+        settings = dataclasses.replace(Settings.load(home=tmp_path, env={}), database_url=url)
+        opened = open_store(settings)
+        yield opened
+        opened.close()
+
+
+def test_late_commits_are_counted_once_and_processes_agree(store: Store) -> None:
     clock = Clock()
     counted = StoreCollector(lambda: store, clock, min_interval=0)
     for ident in (1, 2, 3):  # history: counted in SQL at the first reading
@@ -85,4 +97,3 @@ def test_late_commits_are_counted_once_and_processes_agree(tmp_path: Path) -> No
     clock.now += timedelta(seconds=SETTLE + 1)
     assert _received(counted) == {"LAX2": 4, "NSCH": 2, "unknown": 1}
     assert _received(StoreCollector(lambda: store, clock, min_interval=0)) == _received(counted)
-    store.close()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -27,6 +27,7 @@ from gateway.store import Incoming, Store, open_store, process_message
 from tests.conftest import REPO
 from tests.metrics.documented import documented, family_name
 from tests.partner.conftest import PartnerServer, partner  # noqa: F401
+from tests.store.dbs import BACKENDS, database
 
 HL7 = REPO / "examples" / "hl7v2"
 ROUTED = "ref_i12_lax2_to_njmu2.hl7"  # routed to njmu2 (seeds/routes.yaml)
@@ -79,17 +80,24 @@ def fresh(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(store_metrics, "MIN_INTERVAL", 0.0)
 
 
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    yield from database(request.param, tmp_path)
+
+
 @pytest.mark.usefixtures("fresh")
 def test_every_documented_metric_is_scraped_and_moves(
     partner: PartnerServer,  # noqa: F811
     tmp_path: Path,
     converter: Converter,
+    database_url: str,
 ) -> None:
     partner.reset()
     keys = tmp_path / "keys"
     make_demo_pki(data_dir("seeds") / "network.yaml", keys)
     settings = dataclasses.replace(
         Settings.load(home=tmp_path / "home", env={}),
+        database_url=database_url,
         signing_keys=keys,
         delivery_poll_seconds=0.05,
         delivery_backoff_base=0.05,

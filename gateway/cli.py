@@ -3,7 +3,7 @@
     gateway convert PATH... [--format auto|hl7v2|dicom|cda] [-o OUT]   records → FHIR Bundles
     gateway report variants REPORT.json [--lang L] [--pdf OUT.pdf]    report language variants
     gateway demo                                             the demo network, end to end
-    gateway serve [--host H] [--port P]                      the HTTP API (+ MLLP: mllp_port)
+    gateway serve [--host H] [--port P] [--workers N]        the HTTP API (+ MLLP: mllp_port)
     gateway dicom commit UID | pending | listen              DICOM listeners (C-STORE, STOW-RS)
     gateway listen [--port P]                                HL7 v2 over MLLP into the store
     gateway messages list|show|reprocess|prune               the message store
@@ -258,16 +258,18 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    from .api import create_app, server_config
+    from .api import Supervisor, create_app, server_config
     from .listeners import serve_gateway
 
-    app = create_app(settings)
     host = args.host or settings.host
     port = args.port or settings.port
+    # --workers N: N API processes, this one runs the listeners and delivery (api/_server.py)
+    workers = Supervisor(settings, host, port, args.workers) if args.workers > 1 else None
+    app = create_app(settings) if workers is None else None
     tokens = settings.effective_token_file
     print(
-        f"gateway API on http://{host}:{port} (GATEWAY_HOME={settings.home}); "
-        f"bearer tokens: {tokens}",
+        f"gateway API on http://{host}:{port} (GATEWAY_HOME={settings.home}"
+        f"{f'; {args.workers} workers' if workers else ''}); bearer tokens: {tokens}",
         file=sys.stderr,
     )
     # uvicorn's own lines go through the gateway's handler and format too.
@@ -276,11 +278,18 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     try:
         # The store is migrated at start; the MLLP listener runs beside the API when
         # mllp_port is set (gateway/listeners).
-        config = server_config(app, settings, host=host, port=port)
-        asyncio.run(serve_gateway(config, settings))
+        config = server_config(app, settings, host=host, port=port) if app else None
+        asyncio.run(serve_gateway(config, settings, workers))
     finally:
         dicom.stop()
     return 0
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
 
 
 def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
@@ -342,6 +351,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--port", type=int, default=None, help="port to listen on (default: the port setting, 8080)"
+    )
+    serve.add_argument(
+        "--workers",
+        type=_positive,
+        default=1,
+        help="API worker processes (default 1); with more, this process runs the listeners "
+        "and delivery and the workers only the API (docs/deployment.md)",
     )
     serve.set_defaults(func=cmd_serve)
 

@@ -36,6 +36,7 @@ from .intake.hl7v2 import check_path as hl7v2_path
 from .intake.hl7v2 import read_messages
 from .logs import safe_traceback
 from .mapping import Env, MappingSet, Narratives, Terminology
+from .metrics import observe_stage
 from .network import Network
 from .validation import TRANSACTION_PROFILE, Validator
 
@@ -431,6 +432,7 @@ class Converter:
                 code = None
             ms = _ms(start) + (read_ms if stage is STAGES[0] else 0.0)
             total += ms
+            observe_stage(stage.name, ms / 1000.0)  # gateway_stage_duration_seconds
             if code is None:
                 if stage.reaches is not None:
                     record.advance(stage.reaches)

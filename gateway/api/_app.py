@@ -2,6 +2,7 @@
 
     GET  /health     liveness and what the gateway converts (no auth)
     GET  /metadata   CapabilityStatement (no auth, as FHIR servers do)
+    GET  /health/live, /health/ready, /metrics   probes and Prometheus (no auth)
     POST /convert    raw record(s) in, transaction Bundle out (Bearer token); the
                      format comes from ?format=, else the Content-Type, else the bytes
     POST /report/variants?lang=bilingual|for=HKPMC&format=json|pdf|html
@@ -54,12 +55,14 @@ from ..errors import (
 )
 from ..intake import FORMATS
 from ..logs import safe_traceback
+from ..metrics import add_metrics_route
 from ..pipeline import Converter, internal_issue
 from ..reports import VariantPool, WorkerCrash
 from ._auth import TokenSet, load_tokens
 from ._dicomweb import add_dicomweb_routes
 from ._docs import DOCS_ASSETS, add_docs_routes
 from ._fhir import add_fhir_routes
+from ._health import LazyStore, add_health_routes
 from ._messages import add_message_routes
 from ._openapi import install_openapi
 from ._policy import add_policy_routes
@@ -180,11 +183,13 @@ def create_app(
     tokens = tokens or load_tokens(settings)
     metadata = capability_statement(converter)
     reports = VariantPool(converter.settings)
+    ops_store = LazyStore(settings)  # /health/ready and /metrics read the store
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
         reports.shutdown()
+        ops_store.close()
 
     # Swagger UI (/docs) and ReDoc (/redoc) from the files fastapi-offline installs
     # (_docs.py): a hospital network without internet still has its API documentation.
@@ -207,6 +212,9 @@ def create_app(
     @app.get("/metadata")
     def capability() -> Response:
         return _fhir(metadata)
+
+    add_health_routes(app, settings, ops_store)  # /health/live, /health/ready (no token)
+    add_metrics_route(app, settings, ops_store)  # /metrics (no token; docs/metrics.md)
 
     # Conversion is CPU work: it runs in FastAPI's thread pool, off the event loop, so
     # /health answers while a large batch converts. Conversions take turns: reading DICOM

@@ -19,6 +19,16 @@ in. Five such clients held connections open for as long as they liked, so:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
+import logging
+import multiprocessing
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import time
 from typing import Any
 
 import h11
@@ -29,8 +39,11 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from ..config import Settings
 from ..errors import Issue, operation_outcome
+from ..metrics import MULTIPROC_ENV
 
-__all__ = ["server_config"]
+__all__ = ["GRACE", "Supervisor", "server_config"]
+
+log = logging.getLogger("gateway.api")
 
 
 def _timeout_response(seconds: float) -> bytes:
@@ -131,3 +144,114 @@ def server_config(app: FastAPI, settings: Settings, **overrides: Any) -> uvicorn
     }
     options.update(overrides)
     return uvicorn.Config(app, **options)
+
+
+# -- gateway serve --workers N ---------------------------------------------------------
+GRACE = 30.0  # seconds a worker has to finish its requests after SIGTERM, then SIGKILL
+RESTART_DELAY = (1.0, 30.0)  # a worker that died is started again after 1 s, doubling
+STEADY = 60.0  # seconds of running after which a worker's next death waits 1 s again
+
+
+def _api_worker(settings: Settings, sock: socket.socket, host: str, port: int) -> None:
+    """One API worker process: the app on the supervisor's listening socket. It runs no
+    delivery and no listener (the supervisor does: never twice); uvicorn's own SIGTERM
+    handling stops accepting, finishes the requests in flight, then exits."""
+    from ..logs import configure as configure_logs
+    from ._app import create_app
+
+    configure_logs(settings.log_level, settings.log_format, loggers=("gateway", "uvicorn"))
+    settings = dataclasses.replace(settings, delivery_worker=False)
+    app = create_app(settings)
+    config = server_config(app, settings, host=host, port=port, timeout_graceful_shutdown=GRACE)
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+class Supervisor:
+    """``gateway serve --workers N``: N API worker processes accepting on one socket (the
+    kernel spreads connections between them), started and watched by this process,
+    which keeps the rest of ``gateway serve`` (``serve_gateway``: the MLLP listener,
+    delivery, retention; the DICOM listeners): each runs once whatever N is.
+
+    It looks like a ``uvicorn.Server`` to ``serve_gateway``: ``serve()`` runs until
+    ``should_exit`` (SIGTERM/SIGINT), then sends each worker SIGTERM and waits up to
+    :data:`GRACE` seconds for it. A worker that dies is started again.
+
+    The stage latency histograms of all the processes are shared through
+    ``PROMETHEUS_MULTIPROC_DIR``: set before any process measures (so this object is
+    made before the app or the listeners), to a fresh directory unless the operator set
+    one (docs/metrics.md), which is removed at the end."""
+
+    def __init__(self, settings: Settings, host: str, port: int, workers: int) -> None:
+        self.settings, self.host, self.port, self.workers = settings, host, port, workers
+        self.should_exit = False
+        self._own_dir: str | None = None
+        if not os.environ.get(MULTIPROC_ENV):
+            if "prometheus_client" in sys.modules:  # too late to share: say so
+                log.warning("%s set after prometheus_client was imported", MULTIPROC_ENV)
+            self._own_dir = tempfile.mkdtemp(prefix="gateway-metrics-")
+            os.environ[MULTIPROC_ENV] = self._own_dir
+
+    async def serve(self) -> None:
+        context = multiprocessing.get_context("spawn")  # no fork of a threaded process
+        sock = socket.create_server(
+            (self.host, self.port), family=_family(self.host), reuse_port=False, backlog=2048
+        )
+        sock.set_inheritable(True)
+        procs: list[Any] = [None] * self.workers
+        delays = [RESTART_DELAY[0]] * self.workers
+        due, started = [0.0] * self.workers, [0.0] * self.workers
+        loop = asyncio.get_running_loop()
+        try:
+            while not self.should_exit:
+                for n, proc in enumerate(procs):
+                    if proc is not None and proc.is_alive():
+                        continue
+                    if proc is not None:  # it died: started again after a pause
+                        log.error("API worker %s exited (%s); restarting", proc.pid, proc.exitcode)
+                        _dead(proc.pid)
+                        if loop.time() - started[n] > STEADY:  # it had been running well
+                            delays[n] = RESTART_DELAY[0]
+                        due[n] = loop.time() + delays[n]
+                        delays[n] = min(delays[n] * 2, RESTART_DELAY[1])
+                        procs[n] = None
+                    elif loop.time() >= due[n]:
+                        procs[n] = context.Process(
+                            target=_api_worker,
+                            args=(self.settings, sock, self.host, self.port),
+                            name=f"gateway-api-{n + 1}",
+                        )
+                        procs[n].start()
+                        started[n] = loop.time()
+                await asyncio.sleep(0.2)
+        finally:
+            await loop.run_in_executor(None, _stop_all, [p for p in procs if p is not None])
+            sock.close()
+            if self._own_dir is not None:
+                shutil.rmtree(self._own_dir, ignore_errors=True)
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def _stop_all(procs: list[Any]) -> None:
+    """SIGTERM to every worker, then wait for them all (GRACE in all), then SIGKILL."""
+    for proc in procs:
+        if proc.is_alive():
+            proc.terminate()
+    deadline = time.monotonic() + GRACE
+    for proc in procs:
+        proc.join(max(deadline - time.monotonic(), 0.0))
+        if proc.is_alive():
+            log.error("API worker %s did not stop in %g s: killed", proc.pid, GRACE)
+            proc.kill()
+            proc.join()
+        _dead(proc.pid)
+
+
+def _dead(pid: int) -> None:
+    """Forget a dead worker's live gauges (its counters and histograms stay counted)."""
+    from prometheus_client import multiprocess
+
+    with contextlib.suppress(OSError):
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]

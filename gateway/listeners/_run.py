@@ -46,11 +46,13 @@ async def _listen(settings: Settings, host: str, port: int, process: bool) -> in
     return 0
 
 
-async def serve_gateway(config: Any, settings: Settings) -> None:
+async def serve_gateway(config: Any, settings: Settings, server: Any = None) -> None:
     """The API (uvicorn, as ``config``, a ``uvicorn.Config`` that the caller made of the
-    app) and, when ``mllp_port`` is set, the MLLP listener, in one event loop; the store
-    is migrated first and pruned every hour; the delivery worker and the outbound path
-    run on threads beside them unless ``delivery_worker`` is false."""
+    app; or ``server``, an object with ``serve()`` and ``should_exit`` such as the API
+    worker processes' ``gateway.api.Supervisor``) and, when ``mllp_port`` is set, the MLLP
+    listener, in one event loop; the store is migrated first and pruned every hour; the
+    delivery worker and the outbound path run on threads beside them unless
+    ``delivery_worker`` is false."""
     import uvicorn
 
     class Server(uvicorn.Server):
@@ -61,7 +63,7 @@ async def serve_gateway(config: Any, settings: Settings) -> None:
             yield
 
     store = open_store(settings)
-    server = Server(config)
+    server = server if server is not None else Server(config)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, setattr, server, "should_exit", True)

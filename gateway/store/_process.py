@@ -18,6 +18,7 @@ from ..datafiles import load_data_file
 from ..envelope import Record
 from ..errors import GatewayError, Issue
 from ..intake.hl7v2 import parse_message, split_messages
+from ..metrics import observe_stage
 from ..pipeline import Converter
 from ._store import StageOutcome, Store, StoredOutcome, StoreError
 
@@ -108,6 +109,7 @@ def process_message(
             audit_hook(conn, message_id, records)
 
     stored = store.record_outcome(message_id, outcome_of(records, raw, fmt), duration, within)
+    observe_stage("process", time.perf_counter() - started)  # converted and kept
     if stored.state == "converted":
         for hook in list(_converted):
             try:

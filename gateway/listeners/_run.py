@@ -84,9 +84,9 @@ async def serve_gateway(config: Any, settings: Settings, server: Any = None) -> 
                     file=sys.stderr,
                     flush=True,
                 )
-                await server.serve()
+                await _serve_watched(server, store, settings)
         else:
-            await server.serve()
+            await _serve_watched(server, store, settings)
     finally:
         if delivery is not None:  # the worker finishes its record: no lease left behind
             await loop.run_in_executor(None, delivery.stop)
@@ -94,6 +94,18 @@ async def serve_gateway(config: Any, settings: Settings, server: Any = None) -> 
         with contextlib.suppress(asyncio.CancelledError):
             await pruning
         store.close()
+
+
+async def _serve_watched(server: Any, store: Store, settings: Settings) -> None:
+    """Serve with the alert watch (gateway/alerts) beside it, started once the listeners
+    are up so a port still opening is not reported as a listener down."""
+    from ..alerts import start_alert_watch
+
+    stop_alerts = start_alert_watch(store, settings)
+    try:
+        await server.serve()
+    finally:
+        await asyncio.get_running_loop().run_in_executor(None, stop_alerts)
 
 
 async def _prune_every(store: Store, settings: Settings) -> None:

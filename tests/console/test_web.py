@@ -225,3 +225,28 @@ def test_an_oversized_form_is_refused(app: FastAPI) -> None:
     csrf = csrf_of(client.get("/console/messages").text)
     answer = client.post("/console/messages", data={"sender": "x" * 70_000, "csrf": csrf})
     assert answer.status_code == 413
+
+
+def test_a_firing_alert_shows_on_the_alerts_page_in_the_users_language(
+    app: FastAPI, home: tuple
+) -> None:
+    from tests.alerts.conftest import Queue
+
+    settings = home[0]
+    (settings.home / "alerts.yaml").write_text(
+        "alerts:\n  defaults:\n    queue_depth: {warning: 2}\n", encoding="utf-8"
+    )
+    client = login(browser(app), "olivia")  # zh-Hans
+    assert 'class="alert warning"' not in client.get("/console/alerts").text
+    store = open_store(settings)
+    try:
+        Queue(store).add("hkpmc", count=2)
+    finally:
+        store.close()
+    page = client.get("/console/alerts").text
+    assert 'class="alert warning"' in page and "开始于" in page
+    english = login(browser(app), "audrey").get("/console/alerts").text  # en
+    assert 'class="alert warning"' in english and "since" in english
+    (settings.home / "alerts.yaml").write_text("alerts: [", encoding="utf-8")
+    broken = client.get("/console/alerts")
+    assert broken.status_code == 200 and 'id="alerts-unavailable"' in broken.text

@@ -245,7 +245,8 @@ class _Analysis:
                 if isinstance(item, (dict, list)):
                     raise _Refused(at)
                 if isinstance(item, str):
-                    whole = bound or () in reads
+                    # the element's own checks (fixed, binding, slicing) read the value
+                    whole = bound or () in reads or any(_reads_value(e) for e, _, _ in applied)
                     if path[-1] == "reference" and not many:
                         self.refs.append(len(self.kinds))
                     kind = REF if is_ref and not whole else (BOUND if whole else FREE)
@@ -307,6 +308,10 @@ def _by_adapter(free: list[tuple[int, Any, int]]) -> tuple[tuple[Any, Any, int],
     return tuple((_getter(ns), adapter, ident) for ident, (adapter, ns) in groups.items())
 
 
+def _reads_value(elem: Elem) -> bool:
+    return elem.fixed is not None or elem.binding is not None or bool(elem.slices)
+
+
 def _shell_ok(root: Elem) -> bool:
     entry = (root.children or {}).get("entry")
     if entry is None or entry.slices:
@@ -353,8 +358,8 @@ class Shapes:
             for raw in new:
                 try:
                     adapter.validate_python(text(raw))
-                except PydanticError:
-                    return False
+                except (PydanticError, ValueError, TypeError, AttributeError, KeyError):
+                    return False  # fhir.resources' own validators may fail so
             if len(accepted) >= MAX_ACCEPTED:
                 accepted.clear()
             accepted.update(new)

@@ -216,7 +216,9 @@ class _Walker:
     def _accept(self, adapter: TypeAdapter[Any], value: Any, token: tuple[int, type, Any]) -> None:
         try:
             adapter.validate_python(value)
-        except PydanticError:
+        # fhir.resources' own validators fail so on a value of the wrong kind (see
+        # _model_issues): the full model says what is wrong
+        except (PydanticError, ValueError, TypeError, AttributeError, KeyError):
             raise _Invalid(value) from None
         if len(self._accepted) >= _MAX_VALUES:
             self._accepted.clear()
@@ -257,7 +259,7 @@ class _Skeletons:
         """The model's issues, and the resource's skeleton (None when unknown)."""
         try:
             key = (model, self.walker.skeleton(model, data))
-        except (_Invalid, KeyError):
+        except (_Invalid, KeyError, ValueError):
             key = None
             self.complete = False
         if key is not None:
@@ -393,7 +395,7 @@ class Validator:
         where = prefix or str(rtype)
         try:
             model = get_fhir_model_class(str(rtype))
-        except KeyError:
+        except (KeyError, ValueError):  # fhir.resources 8 raises ValueError for a bad name
             return [
                 Issue("validation.structure", f"unknown resourceType {rtype!r}", location=where)
             ]
@@ -443,12 +445,18 @@ class Validator:
         answered from its bound values, reference targets and residual invariants; the
         others are validated incrementally, and their verdict remembered. ``whole``: the
         Bundle whose shell ``resource`` is (its entries' resource types are keyed)."""
+        # What answers a resource the shapes cannot: the incremental walk gives the
+        # reference's issues in its order when only errors are asked (the pipeline); with
+        # warnings, it would list a known skeleton's structural warnings last.
+        slow = self._incremental if errors_only else self._reference_issues
         target = whole if whole is not None else resource
+        if not isinstance(target.get("meta", {}), dict):
+            return slow(model, resource, where, profile, errors_only, whole)  # plan_for's
         plan = self._profiles.plan_for(target, profile)
         inside = _entry_types(whole) if whole is not None else ()
         content = _construct.dump(resource)
         if content is None or plan is None or inside is None:
-            return self._incremental(model, resource, where, profile, errors_only, whole)
+            return slow(model, resource, where, profile, errors_only, whole)
         shapes = self.shapes
         urls = self._urls or {}
         exact = None
@@ -465,13 +473,13 @@ class Validator:
                     return _construct.answer(tails, where) if tails else []
         found = _construct.split(content)
         if found is None:
-            return self._incremental(model, resource, where, profile, errors_only, whole)
+            return slow(model, resource, where, profile, errors_only, whole)
         shape_bytes, leaves = found
         key = (shape_bytes, id(plan), errors_only, inside)
         shape = shapes.known.get(key, False)
         tails = None
         if shape is False:  # a new shape: the incremental verdict, then the analysis
-            issues = self._incremental(model, resource, where, profile, errors_only, whole)
+            issues = slow(model, resource, where, profile, errors_only, whole)
             if any(i.code == "validation.structure" for i in issues):
                 return issues  # a shape is learnt from a resource the model accepts
             shape = _construct.analyse(
@@ -482,12 +490,12 @@ class Validator:
                 verdict_key = shapes.key(shape, target, leaves, urls)
                 tails = shapes.remember(shape, verdict_key, issues, where)
         elif shape is None or not shapes.free_ok(shape, leaves):
-            return self._incremental(model, resource, where, profile, errors_only, whole)
+            return slow(model, resource, where, profile, errors_only, whole)
         else:
             verdict_key = shapes.key(shape, target, leaves, urls)
             tails = shape.verdicts.get(verdict_key)
             if tails is None:
-                issues = self._incremental(model, resource, where, profile, errors_only, whole)
+                issues = slow(model, resource, where, profile, errors_only, whole)
                 if not any(i.code == "validation.structure" for i in issues):
                     tails = shapes.remember(shape, verdict_key, issues, where)
             else:
@@ -528,6 +536,10 @@ class Validator:
         issues, skeleton = self._skeletons.validate(model, resource, where)
         if issues:
             return issues  # the profile walk assumes a structurally valid resource
+        if whole is not None and skeleton is not None:
+            # the shell's walk sees its entries' resources (their presence, their types)
+            inside = _entry_types(whole)
+            skeleton = (skeleton, inside) if inside is not None else None
         issues = self._profiles.validate(
             whole if whole is not None else resource,
             where,

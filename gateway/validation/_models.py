@@ -476,9 +476,8 @@ class Validator:
             return slow(model, resource, where, profile, errors_only, whole)
         shape_bytes, leaves = found
         key = (shape_bytes, id(plan), errors_only, inside)
-        shape = shapes.known.get(key, False)
         tails = None
-        if shape is False:  # a new shape: the incremental verdict, then the analysis
+        if key not in shapes.known:  # a new shape: the slow verdict, then the analysis
             issues = slow(model, resource, where, profile, errors_only, whole)
             if any(i.code == "validation.structure" for i in issues):
                 return issues  # a shape is learnt from a resource the model accepts
@@ -489,7 +488,7 @@ class Validator:
             if shape is not None and shapes.free_ok(shape, leaves):
                 verdict_key = shapes.key(shape, target, leaves, urls)
                 tails = shapes.remember(shape, verdict_key, issues, where)
-        elif shape is None or not shapes.free_ok(shape, leaves):
+        elif (shape := shapes.known[key]) is None or not shapes.free_ok(shape, leaves):
             return slow(model, resource, where, profile, errors_only, whole)
         else:
             verdict_key = shapes.key(shape, target, leaves, urls)
@@ -536,15 +535,16 @@ class Validator:
         issues, skeleton = self._skeletons.validate(model, resource, where)
         if issues:
             return issues  # the profile walk assumes a structurally valid resource
+        known: Any = skeleton
         if whole is not None and skeleton is not None:
             # the shell's walk sees its entries' resources (their presence, their types)
             inside = _entry_types(whole)
-            skeleton = (skeleton, inside) if inside is not None else None
+            known = (skeleton, inside) if inside is not None else None
         issues = self._profiles.validate(
             whole if whole is not None else resource,
             where,
             profile,
-            skeleton,
+            known,
             self._urls,
             errors_only,
             nested=whole is None,

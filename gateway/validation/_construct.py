@@ -57,7 +57,8 @@ _OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
 
 MAX_SHAPES = 2_000  # analyses kept (a mapping makes a handful of shapes per resource type)
 MAX_VERDICTS = 20_000  # verdicts kept over all shapes (most are [])
-MAX_EXACT = 20_000  # verdicts by whole content kept over all shapes
+MAX_EXACT_BYTES = 4 << 20  # verdicts by whole content: the JSON they are keyed by, in bytes
+_PROBE = 64
 MAX_ACCEPTED = 50_000  # free leaf values accepted, per validator
 
 FREE, BOUND, REF = 0, 1, 2
@@ -350,6 +351,8 @@ class Shapes:
         self.verdicts = 0
         # verdicts by whole content (JSON and reference targets): reference data recurs
         self.exact: dict[Any, Tails] = {}
+        self.exact_bytes = 0
+        self._tries: dict[str, list[int]] = {}
         self.hits = 0  # resources answered by construction (tests and benchmarks read it)
 
     def free_ok(self, shape: Shape, leaves: list[bytes]) -> bool:
@@ -399,10 +402,24 @@ class Shapes:
             tuple(outcomes),
         )
 
+    def worth(self, rtype: str) -> bool:
+        """Whether to look a resource of this type up by its content: while it is young,
+        while one in eight lookups hits, and now and then (the feed may change)."""
+        stats = self._tries.setdefault(rtype, [0, 0])  # [tries, hits]
+        stats[0] += 1
+        tries, hits = stats
+        return tries <= _PROBE or hits * 8 >= tries or tries % _PROBE == 0
+
+    def exact_hit(self, rtype: str) -> None:
+        self._tries[rtype][1] += 1
+
     def remember_exact(self, key: Any, tails: Tails) -> None:
-        if len(self.exact) >= MAX_EXACT:
+        size = len(key[0])  # the JSON: what the table holds
+        if self.exact_bytes + size > MAX_EXACT_BYTES:
             self.exact.clear()
+            self.exact_bytes = 0
         self.exact[key] = tails
+        self.exact_bytes += size
 
     def remember(self, shape: Shape, key: Any, issues: list[Issue], where: str) -> Tails | None:
         tails = []

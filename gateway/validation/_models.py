@@ -460,7 +460,9 @@ class Validator:
         shapes = self.shapes
         urls = self._urls or {}
         exact = None
-        if whole is None:  # a shell's residual invariants read its entries: no content key
+        # by content: not a shell (its residual invariants read its entries), nor a type
+        # whose resources are new every time (the patient, the order) once that is clear
+        if whole is None and shapes.worth(str(resource.get("resourceType"))):
             raw = _construct.references(content)
             if raw is not None:
                 refs = [ref.decode() for ref in raw]
@@ -469,6 +471,7 @@ class Validator:
                 tails = shapes.exact.get(exact)
                 if tails is not None:
                     shapes.hits += 1
+                    shapes.exact_hit(str(resource.get("resourceType")))
                     self._skeletons.walker.references.extend(refs)
                     return _construct.answer(tails, where) if tails else []
         found = _construct.split(content)

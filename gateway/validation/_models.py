@@ -24,6 +24,11 @@ derived from the model classes alone (``_fields``, ``_adapter``); the skeleton o
 frozen shared subtree is kept on the subtree itself (``FrozenDict.skeleton``).
 
 fhir.resources' R4B models are structurally identical to R4 for these resources.
+
+Before all this, a ``Validator`` on its default path answers a resource whose *shape* it
+has met by construction (``_construct``; docs/validation.md); ``GATEWAY_VALIDATION_PATH``
+selects the incremental walk alone, or the reference walk (everything, every time, no
+memo) that ``tests/validation/test_construct.py`` holds the others to.
 """
 
 from __future__ import annotations

@@ -24,10 +24,13 @@ profile's check plan, which says for each leaf what can read its value:
 The verdict of a resource is then a function of (shape, bound leaves, reference targets,
 residual outcomes) provided each free leaf passes its primitive validator — the same
 premise the skeleton cache of ``_models`` rests on. The first resource of each key is
-validated by the full validator and its issue list remembered; later ones cost one
-orjson dump, one regex split, the free leaves' validators (remembered per value) and the
-residual invariants. Anything the analysis cannot place (a nested resource, a key the model
-lacks, a ``null``, odd keys) is left to the full validator.
+validated by the slow path (incremental, or the reference walk when warnings are asked) and
+its issue list remembered; later ones cost one orjson dump, one split on quotes, the free
+leaves' validators (remembered per value) and the residual invariants; a resource met
+before whole (reference data) only the dump and a look-up. Anything the analysis cannot
+place (a nested resource, a key the model lacks, a ``null``, odd keys) is left to the slow
+path. docs/validation.md says more; tests/validation/test_construct.py holds the verdicts
+to the reference walk's.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ from ..errors import Issue
 from ._invariants import Invariant
 from ._profiles import Elem, Plans, _index
 
-__all__ = ["Shape", "Shapes", "analyse", "split"]
+__all__ = ["Shape", "Shapes", "analyse", "answer", "dump", "references", "split", "target", "text"]
 
 _LAYOUTS: dict[bytes, tuple[Any, Any]] = {}  # see split()
 _REFERENCE = re.compile(rb'"reference":"([^"\\]*)"')  # an escaped one does not match

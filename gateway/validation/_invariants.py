@@ -159,13 +159,15 @@ class Invariant:
     names: frozenset[str] | None  # the element names it reads (None: it reads wider)
     native: Callable[[Any], bool] | None = None  # the same test in Python (see NATIVE)
 
-    def holds(self, node: Any, resource: Any) -> bool:
+    def holds(self, node: Any, resource: Any, memo: bool = True) -> bool:
+        """Whether the invariant holds on ``node``; ``memo``: outcomes may be remembered
+        by the part of the node the expression reads (off: fhirpathpy every time)."""
         if self.native is not None:
             return self.native(node)
         if self.guard is not None and self.guard(node):
             return True
         key = None
-        if self.names is not None and (node is resource or "%" not in self.expression):
+        if memo and self.names is not None and (node is resource or "%" not in self.expression):
             key = (self.key, self.type_name, _project(node, self.names))
             known = _MEMO.get(key)
             if known is not None:

@@ -24,10 +24,16 @@ derived from the model classes alone (``_fields``, ``_adapter``); the skeleton o
 frozen shared subtree is kept on the subtree itself (``FrozenDict.skeleton``).
 
 fhir.resources' R4B models are structurally identical to R4 for these resources.
+
+Before all this, a ``Validator`` on its default path answers a resource whose *shape* it
+has met by construction (``_construct``; docs/validation.md); ``GATEWAY_VALIDATION_PATH``
+selects the incremental walk alone, or the reference walk (everything, every time, no
+memo) that ``tests/validation/test_construct.py`` holds the others to.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import types
 import typing
@@ -39,11 +45,14 @@ from fhir.resources.R4B import get_fhir_model_class
 from pydantic import TypeAdapter
 from pydantic import ValidationError as PydanticError
 
-from ..errors import Issue, shape
+from ..errors import ConfigError, Issue, shape
 from ..shared import FrozenDict, FrozenList
-from ._check import ProfileValidator
+from . import _construct
+from ._check import ProfileValidator, plans
+from ._profiles import ProfileWalk
 
 __all__ = [
+    "MODES",
     "Validator",
     "check_bundle",
     "check_references",
@@ -52,6 +61,14 @@ __all__ = [
     "validate_resource",
 ]
 
+# How a Validator reaches its verdict (GATEWAY_VALIDATION_PATH, or Validator(mode=)):
+# "construct" answers a resource of a known shape from the values its checks read (see
+# _construct) and walks the others incrementally; "incremental" walks every resource by
+# its skeleton (known skeletons: primitives and the value program only); "reference"
+# walks every resource in full with no memo, every time: the verdict the others must
+# give, issue for issue.
+MODES = ("construct", "incremental", "reference")
+MODE_VARIABLE = "GATEWAY_VALIDATION_PATH"
 _FAILING = ("error", "fatal")  # severities that fail a record; warnings travel beside it
 _MAX_SKELETONS = 50_000  # a few KB each at most; a mapping makes a handful per type
 _MAX_CLEAN = 20_000  # reference data (staff, organisations) of a region fits
@@ -204,7 +221,9 @@ class _Walker:
     def _accept(self, adapter: TypeAdapter[Any], value: Any, token: tuple[int, type, Any]) -> None:
         try:
             adapter.validate_python(value)
-        except PydanticError:
+        # fhir.resources' own validators fail so on a value of the wrong kind (see
+        # _model_issues): the full model says what is wrong
+        except (PydanticError, ValueError, TypeError, AttributeError, KeyError):
             raise _Invalid(value) from None
         if len(self._accepted) >= _MAX_VALUES:
             self._accepted.clear()
@@ -245,7 +264,7 @@ class _Skeletons:
         """The model's issues, and the resource's skeleton (None when unknown)."""
         try:
             key = (model, self.walker.skeleton(model, data))
-        except (_Invalid, KeyError):
+        except (_Invalid, KeyError, ValueError):
             key = None
             self.complete = False
         if key is not None:
@@ -261,6 +280,29 @@ class _Skeletons:
         return [], shape
 
 
+def _entry_types(bundle: dict[str, Any]) -> tuple[Any, ...] | None:
+    """Each entry's resource type (None: no resource), which a shell's verdict reads; None
+    when an entry or a resource is not an object, or a type not a string."""
+    entries = bundle.get("entry")
+    if entries is None:
+        return ()
+    if not isinstance(entries, list):
+        return None
+    out: list[Any] = []
+    for entry in entries:
+        if not isinstance(entry, dict):
+            return None
+        resource = entry.get("resource", _NONE)
+        if resource is _NONE:
+            out.append(None)
+        elif isinstance(resource, dict) and isinstance(resource.get("resourceType"), str):
+            out.append(resource["resourceType"])
+        else:
+            return None
+    return tuple(out)
+
+
+_NONE = object()
 _REQUESTED = ("batch", "transaction", "history")  # bdl-3: entries carry a request
 _RESPONDED = ("batch-response", "transaction-response", "history")  # bdl-4: a response
 
@@ -314,7 +356,14 @@ class Validator:
     the module; the module functions below use a default instance.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, mode: str | None = None) -> None:
+        mode = mode or os.environ.get(MODE_VARIABLE) or "construct"
+        if mode not in MODES:
+            raise ConfigError(
+                "bad-setting", f"{MODE_VARIABLE} must be one of {', '.join(MODES)}, not {mode!r}"
+            )
+        self.mode = mode
+        self.shapes = _construct.Shapes()
         self._skeletons = _Skeletons()
         self._profiles = ProfileValidator()
         self._clean: set[tuple[Any, ...]] = set()  # valid resources by content (see below)
@@ -351,10 +400,132 @@ class Validator:
         where = prefix or str(rtype)
         try:
             model = get_fhir_model_class(str(rtype))
-        except KeyError:
+        except (KeyError, ValueError):  # fhir.resources 8 raises ValueError for a bad name
             return [
                 Issue("validation.structure", f"unknown resourceType {rtype!r}", location=where)
             ]
+        if self.mode == "reference":
+            return self._reference_issues(model, resource, where, profile, errors_only, whole)
+        if self.mode == "construct":
+            return self._constructed(model, resource, where, profile, errors_only, whole)
+        return self._incremental(model, resource, where, profile, errors_only, whole)
+
+    def _reference_issues(
+        self,
+        model: Any,
+        resource: dict[str, Any],
+        where: str,
+        profile: str | None,
+        errors_only: bool,
+        whole: dict[str, Any] | None,
+    ) -> list[Issue]:
+        """The full verdict, nothing remembered: the model validates the whole resource,
+        the profile's walk visits every element and runs every check."""
+        issues = _model_issues(model, resource, where)
+        if issues:
+            return issues
+        target = whole if whole is not None else resource
+        plan = self._profiles.plan_for(target, profile)
+        if plan is None:
+            if profile is None:
+                return []
+            message = f"no StructureDefinition with a snapshot for {profile}"
+            return [Issue("validation.profile-unknown", message, location=where)]
+        walk = ProfileWalk(plans(), target, False, self._urls, errors_only)
+        walk.nested = whole is None
+        walk.memo = False
+        walk.item(plan, target, str(target.get("resourceType")), where)
+        return walk.issues
+
+    def _constructed(
+        self,
+        model: Any,
+        resource: dict[str, Any],
+        where: str,
+        profile: str | None,
+        errors_only: bool,
+        whole: dict[str, Any] | None,
+    ) -> list[Issue]:
+        """The verdict by construction (see _construct): a known shape's resource is
+        answered from its bound values, reference targets and residual invariants; the
+        others are validated incrementally, and their verdict remembered. ``whole``: the
+        Bundle whose shell ``resource`` is (its entries' resource types are keyed)."""
+        # What answers a resource the shapes cannot: the incremental walk gives the
+        # reference's issues in its order when only errors are asked (the pipeline); with
+        # warnings, it would list a known skeleton's structural warnings last.
+        slow = self._incremental if errors_only else self._reference_issues
+        target = whole if whole is not None else resource
+        if not isinstance(target.get("meta", {}), dict):
+            return slow(model, resource, where, profile, errors_only, whole)  # plan_for's
+        plan = self._profiles.plan_for(target, profile)
+        inside = _entry_types(whole) if whole is not None else ()
+        content = _construct.dump(resource)
+        if content is None or plan is None or inside is None:
+            return slow(model, resource, where, profile, errors_only, whole)
+        shapes = self.shapes
+        urls = self._urls or {}
+        exact = None
+        # by content: not a shell (its residual invariants read its entries), nor a type
+        # whose resources are new every time (the patient, the order) once that is clear
+        if whole is None and shapes.worth(str(resource.get("resourceType"))):
+            raw = _construct.references(content)
+            if raw is not None:
+                refs = [ref.decode() for ref in raw]
+                targets = tuple(_construct.target(ref, urls) for ref in refs)
+                exact = (content, targets, id(plan), errors_only)
+                tails = shapes.exact.get(exact)
+                if tails is not None:
+                    shapes.hits += 1
+                    shapes.exact_hit(str(resource.get("resourceType")))
+                    self._skeletons.walker.references.extend(refs)
+                    return _construct.answer(tails, where) if tails else []
+        found = _construct.split(content)
+        if found is None:
+            return slow(model, resource, where, profile, errors_only, whole)
+        shape_bytes, leaves = found
+        key = (shape_bytes, id(plan), errors_only, inside)
+        tails = None
+        if key not in shapes.known:  # a new shape: the slow verdict, then the analysis
+            issues = slow(model, resource, where, profile, errors_only, whole)
+            if any(i.code == "validation.structure" for i in issues):
+                return issues  # a shape is learnt from a resource the model accepts
+            shape = _construct.analyse(
+                plans(), plan, model, resource, leaves, errors_only, _fields, whole is not None
+            )
+            shapes.add(key, shape)
+            if shape is not None and shapes.free_ok(shape, leaves):
+                verdict_key = shapes.key(shape, target, leaves, urls)
+                tails = shapes.remember(shape, verdict_key, issues, where)
+        elif (shape := shapes.known[key]) is None or not shapes.free_ok(shape, leaves):
+            return slow(model, resource, where, profile, errors_only, whole)
+        else:
+            verdict_key = shapes.key(shape, target, leaves, urls)
+            tails = shape.verdicts.get(verdict_key)
+            if tails is None:
+                issues = slow(model, resource, where, profile, errors_only, whole)
+                if not any(i.code == "validation.structure" for i in issues):
+                    tails = shapes.remember(shape, verdict_key, issues, where)
+            else:
+                shapes.hits += 1
+                self._skeletons.walker.references.extend(
+                    _construct.text(leaves[n]) for n in shape.refs
+                )
+                issues = _construct.answer(tails, where) if tails else []
+        if exact is not None and tails is not None:
+            shapes.remember_exact(exact, tails)
+        return issues
+
+    def _incremental(
+        self,
+        model: Any,
+        resource: dict[str, Any],
+        where: str,
+        profile: str | None,
+        errors_only: bool,
+        whole: dict[str, Any] | None,
+    ) -> list[Issue]:
+        """The skeleton-keyed walk of _check and this module, with its memos."""
+        rtype = resource.get("resourceType")
         # Reference data (organisations, staff) recurs in every message as new dicts of the
         # same content: a valid one's verdict is a function of its content and of what its
         # references resolve to in the Bundle, so it is remembered by those.
@@ -372,11 +543,16 @@ class Validator:
         issues, skeleton = self._skeletons.validate(model, resource, where)
         if issues:
             return issues  # the profile walk assumes a structurally valid resource
+        known: Any = skeleton
+        if whole is not None and skeleton is not None:
+            # the shell's walk sees its entries' resources (their presence, their types)
+            inside = _entry_types(whole)
+            known = (skeleton, inside) if inside is not None else None
         issues = self._profiles.validate(
             whole if whole is not None else resource,
             where,
             profile,
-            skeleton,
+            known,
             self._urls,
             errors_only,
             nested=whole is None,
@@ -415,6 +591,8 @@ class Validator:
         """
         if not validate:
             return check_references(bundle)
+        if self.mode == "reference":
+            return self.validate_bundle(bundle, profile=profile) + check_references(bundle)
         skeletons = self._skeletons
         walker = skeletons.walker
         walker.references = []

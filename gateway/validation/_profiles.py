@@ -428,6 +428,7 @@ class ProfileWalk:
         "errors_only",
         "invariants",
         "issues",
+        "memo",
         "nested",
         "path",
         "plans",
@@ -462,6 +463,9 @@ class ProfileWalk:
         self.nested = True  # walk resources inside (contained); not a Bundle's entries
         # a slice's walk reports no invariant (the item's own walk did): it runs none
         self.invariants = True
+        # the memos shared between resources (frozen subtrees, slice walks, invariant
+        # outcomes); off for the reference validator, which walks everything every time
+        self.memo = True
 
     def program(self) -> Program:
         assert self.sites is not None
@@ -549,7 +553,9 @@ class ProfileWalk:
     def item(self, elem: Elem, item: Any, type_name: str, loc: str) -> None:
         # A frozen subtree without references (a memoised fragment: staff, organisations,
         # codes) never changes: once it passed an element's checks, it passes them again.
-        frozen = type(item) is FrozenDict and not item.holds_refs and self.sites is None
+        frozen = (
+            type(item) is FrozenDict and not item.holds_refs and self.sites is None and self.memo
+        )
         if frozen:
             token = (id(elem), id(item), self.values_only, self.errors_only, self.invariants)
             if _FROZEN_OK.get(token) is item:
@@ -606,7 +612,7 @@ class ProfileWalk:
             if not isinstance(item, dict):
                 continue
             try:
-                ok = inv.holds(item, self.resource)
+                ok = inv.holds(item, self.resource, self.memo)
             except Exception:  # fhirpathpy fails on odd input: not the record's fault
                 continue
             if not ok:
@@ -639,11 +645,12 @@ class ProfileWalk:
                 continue
             counts[hit] += 1
             sl = elem.slices[hit]
-            known = self._verdict_key(sl.elem, item, type_name)
+            known = self._verdict_key(sl.elem, item, type_name) if self.memo else None
             if known is not None and known in _SLICE_OK:
                 continue
             sub = ProfileWalk(self.plans, self.resource, False, self.urls, self.errors_only)
             sub.invariants = False
+            sub.memo = self.memo
             sub.item(sl.elem, item, type_name, where)
             self.issues += [i for i in sub.issues if i.code != "validation.invariant"]
             if known is not None and not sub.issues:

@@ -1,0 +1,451 @@
+"""Validation by construction: a resource's verdict from its *shape* and a few of its values.
+
+A mapping template makes resources of a fixed form: the same keys, list lengths and
+constants in every message, and new values only where it copies the input (identifiers,
+names, dates, narrative). So a resource is split, at C speed, into
+
+* its **shape**: its compact JSON (orjson) with every string *value* cut out (keys, list
+  lengths, numbers and booleans stay), and
+* its **leaves**: those strings, in document order.
+
+The first resource of a shape is analysed once against the model classes (R4B) and the
+profile's check plan, which says for each leaf what can read its value:
+
+* **free** leaves are read by nothing but their primitive type's pydantic validator
+  (the structural check): identifier values, names, dates, ids, narrative;
+* **reference** leaves (``Reference.reference``) are read through what they resolve to: the
+  type of the entry whose fullUrl they name (reference target checks);
+* **bound** leaves are read by a value check: fixed/pattern values, bindings, slice
+  discriminators, reference types, the profile choice (``meta.profile``) — the constant
+  codes and systems of a template;
+* invariants that read values (not existence-only) are **residual**: run per resource on
+  the node they were found on (the shape pins every node's place).
+
+The verdict of a resource is then a function of (shape, bound leaves, reference targets,
+residual outcomes) provided each free leaf passes its primitive validator — the same
+premise the skeleton cache of ``_models`` rests on. The first resource of each key is
+validated by the slow path (incremental, or the reference walk when warnings are asked) and
+its issue list remembered; later ones cost one orjson dump, one split on quotes, the free
+leaves' validators (remembered per value) and the residual invariants; a resource met
+before whole (reference data) only the dump and a look-up. Anything the analysis cannot
+place (a nested resource, a key the model lacks, a ``null``, odd keys) is left to the slow
+path. docs/validation.md says more; tests/validation/test_construct.py holds the verdicts
+to the reference walk's.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+from operator import itemgetter
+from typing import Any
+
+import orjson
+from pydantic import ValidationError as PydanticError
+
+from ..errors import Issue
+from ._invariants import Invariant
+from ._profiles import Elem, Plans, _index
+
+__all__ = ["Shape", "Shapes", "analyse", "answer", "dump", "references", "split", "target", "text"]
+
+_LAYOUTS: dict[bytes, tuple[Any, Any]] = {}  # see split()
+_REFERENCE = re.compile(rb'"reference":"([^"\\]*)"')  # an escaped one does not match
+_KEY = re.compile(r"[A-Za-z0-9_]+\Z")
+# ext-1 compares two existences (extension.exists() != value.exists()): still the shape's
+_EXISTENCES = re.compile(
+    r"\s*[\w.]+\.(?:exists|empty)\(\)\s*!?=\s*[\w.]+\.(?:exists|empty)\(\)\s*\Z"
+)
+_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+
+MAX_SHAPES = 2_000  # analyses kept (a mapping makes a handful of shapes per resource type)
+MAX_VERDICTS = 20_000  # verdicts kept over all shapes (most are [])
+MAX_EXACT_BYTES = 4 << 20  # verdicts by whole content: the JSON they are keyed by, in bytes
+_PROBE = 64
+MAX_ACCEPTED = 50_000  # free leaf values accepted, per validator
+
+FREE, BOUND, REF = 0, 1, 2
+Tails = tuple[tuple[Issue, str], ...]  # a verdict: issues, locations after the resource's
+
+
+def dump(resource: dict[str, Any]) -> bytes | None:
+    """The resource's compact JSON, or None when it is not plain JSON data (a datetime, a
+    non-string key)."""
+    try:
+        return orjson.dumps(resource, option=_OPTIONS)
+    except TypeError:
+        return None
+
+
+def references(content: bytes) -> list[bytes] | None:
+    """The ``reference`` strings of a resource's JSON, or None when one is escaped or not
+    a string (the regex would not see it)."""
+    raw = _REFERENCE.findall(content)
+    return raw if len(raw) == content.count(b'"reference":') else None
+
+
+def split(content: bytes) -> tuple[Any, list[bytes]] | None:
+    """(shape, leaves) of a resource's JSON, or None when it holds a ``null`` (orjson
+    writes NaN so too)."""
+    if b"\\" in content:  # escapes: \\ and \" become bytes orjson never writes
+        # (find first: a two-byte replace costs several times a search that fails)
+        if content.find(b"\\\\") >= 0:
+            content = content.replace(b"\\\\", b"\x01")
+        if content.find(b'\\"') >= 0:
+            content = content.replace(b'\\"', b"\x02")
+    # Unescaped quotes delimit strings: odd parts are strings, even parts what lies between
+    # (braces, commas, numbers); a string is a key when what follows it starts with ':'.
+    parts = content.split(b'"')
+    strings = parts[1::2]
+    between = b"\x00".join(parts[0::2])  # orjson escapes NUL: an unambiguous separator
+    layout = _LAYOUTS.get(between)
+    if layout is None:
+        if b"null" in between:
+            return None
+        layout = _layout(parts[0::2])
+    keys, values = layout
+    return (between, b"\x00".join(keys(strings))), list(values(strings))
+
+
+def _layout(between: list[bytes]) -> tuple[Any, Any]:
+    """Which strings are keys, which values, for one sequence of what lies between them."""
+    keys = [n for n in range(len(between) - 1) if between[n + 1][:1] == b":"]
+    values = [n for n in range(len(between) - 1) if between[n + 1][:1] != b":"]
+    layout = (_getter(keys), _getter(values))
+    if len(_LAYOUTS) >= MAX_SHAPES:
+        _LAYOUTS.clear()
+    _LAYOUTS[b"\x00".join(between)] = layout
+    return layout
+
+
+def _getter(indexes: list[int]) -> Any:
+    """A function of a list giving the tuple of its items at ``indexes``."""
+    if len(indexes) == 1:
+        n = indexes[0]
+        return lambda items: (items[n],)
+    return itemgetter(*indexes) if indexes else (lambda items: ())
+
+
+_INSIDE_RESOURCE = re.compile(r"resource\.(?!exists\(\)|empty\(\))")
+
+
+def _shape_only(inv: Invariant, shell: bool) -> bool:
+    """Whether the invariant's outcome depends on which elements exist alone (on a Bundle's
+    shell: no further into an entry's resource than its existence, which is keyed)."""
+    if not inv.existence_only or (shell and _INSIDE_RESOURCE.search(inv.expression)):
+        return False
+    return not re.search(r"[=~]", inv.expression) or bool(_EXISTENCES.match(inv.expression))
+
+
+def text(leaf: bytes) -> str:
+    """A leaf's Python string (JSON-unescaped; see split for the escapes)."""
+    if b"\\" in leaf or b"\x01" in leaf or b"\x02" in leaf:
+        leaf = leaf.replace(b"\x01", b"\\\\").replace(b"\x02", b'\\"')
+        return str(orjson.loads(b'"' + leaf + b'"'))
+    return leaf.decode()
+
+
+@dataclass(slots=True, eq=False)
+class Shape:
+    """What the analysis of one shape found, and the verdicts met so far."""
+
+    bound: Any  # leaves → the tuple of bound leaves (an itemgetter)
+    free: tuple[tuple[Any, Any, int], ...]  # (leaves → free leaves, validator, adapter id)
+    refs: tuple[int, ...]  # every Reference.reference leaf (the reference check reads them)
+    keyed_refs: tuple[int, ...]  # of those, the free ones: keyed by what they resolve to
+    residual: tuple[tuple[Invariant, tuple[str | int, ...]], ...]
+    verdicts: dict[Any, tuple[tuple[Issue, str], ...]] = field(default_factory=dict)
+
+
+class _Refused(Exception):
+    """A resource the analysis cannot place: the full validator takes it."""
+
+
+# (element, its type, whether the walk runs its invariants there: not in a slice's walk)
+_Applied = tuple[Elem, str, bool]
+
+
+class _Analysis:
+    def __init__(self, plans: Plans, errors_only: bool, fields: Any, shell: bool) -> None:
+        self.plans = plans
+        self.shell = shell
+        self.errors_only = errors_only
+        self.fields = fields  # _models._fields: JSON key → how the model checks it
+        self.kinds: list[int] = []
+        self.values: list[str] = []
+        self.adapters: list[tuple[Any, int]] = []
+        self.residual: list[tuple[Invariant, tuple[str | int, ...]]] = []
+        self.refs: list[int] = []  # leaves of Reference.reference (single strings)
+
+    def leaf(self, value: str, check: Any, kind: int) -> None:
+        self.kinds.append(kind)
+        self.values.append(value)
+        self.adapters.append((check[1], check[2]) if check is not None else (None, 0))
+
+    def node(
+        self,
+        data: dict[str, Any],
+        model: Any,
+        applied: list[_Applied],
+        bound: bool,
+        reads: set[tuple[str, ...]],
+        path: tuple[str | int, ...],
+    ) -> None:
+        """One dict value of the elements ``applied`` (and of their slices): what their
+        own checks read, then its keys."""
+        applied = list(applied)
+        reads = set(reads)
+        targets = False
+        for elem, type_name, invariants in applied:  # grows with slices while iterating
+            if elem.fixed is not None or elem.binding is not None:
+                bound = True
+            if elem.targets is not None:
+                targets = True
+                reads.add(("type",))
+            if invariants:
+                for inv in elem.invariants:
+                    if _shape_only(inv, self.shell) or (
+                        self.errors_only and inv.severity != "error"
+                    ):
+                        continue
+                    self.residual.append((inv, path))
+            if elem.slices and all(sl.match is not None for sl in elem.slices):
+                for sl in elem.slices:
+                    for where, _, _ in sl.match or ():
+                        if where == "$this":
+                            bound = True
+                        elif where.startswith("$type:"):
+                            reads.add(tuple(where.split(":", 1)[1].split(".")))
+                        elif where != "$type":
+                            reads.add(tuple(where.split(".")))
+                    applied.append((sl.elem, type_name, False))
+        bound = bound or () in reads
+        fields = self.fields(model)
+        maps = []
+        for elem, type_name, invariants in applied:
+            children = self.plans.children_of(elem, type_name)
+            if children:
+                maps.append((_index(self.plans, children, self.errors_only)[0], invariants))
+        for key, value in data.items():
+            if key == "resourceType" and not path and isinstance(value, str):
+                self.leaf(value, None, BOUND)  # the model and the plan are chosen by it
+                continue
+            if not _KEY.match(key) or key == "resourceType":
+                raise _Refused(key)  # a resource inside (contained, Bundle.entry): not here
+            check = fields.get(key)
+            if check is None or check[0] == "resource":
+                raise _Refused(key)
+            inner = [(hit[0], hit[1], inv) for by_key, inv in maps if (hit := by_key.get(key))]
+            below = {r[1:] for r in reads if r and r[0] == key}
+            is_ref = key == "reference" and not bound and () not in below
+            self.value(value, check, inner, bound, below, (*path, key), is_ref, targets)
+
+    def value(
+        self,
+        value: Any,
+        check: Any,
+        applied: list[_Applied],
+        bound: bool,
+        reads: set[tuple[str, ...]],
+        path: tuple[str | int, ...],
+        is_ref: bool = False,
+        targets: bool = False,
+    ) -> None:
+        many = isinstance(value, list)
+        for n, item in enumerate(value if many else [value]):
+            at = (*path, n) if many else path
+            if check[0] == "prim":
+                if isinstance(item, (dict, list)):
+                    raise _Refused(at)
+                if isinstance(item, str):
+                    # the element's own checks (fixed, binding, slicing) read the value
+                    whole = bound or () in reads or any(_reads_value(e) for e, _, _ in applied)
+                    if path[-1] == "reference" and not many:
+                        self.refs.append(len(self.kinds))
+                    kind = REF if is_ref and not whole else (BOUND if whole else FREE)
+                    self.leaf(item, check, kind)
+                continue
+            if not isinstance(item, dict):
+                raise _Refused(at)
+            self.node(item, check[1], applied, bound, reads, at)
+
+
+def analyse(
+    plans: Plans,
+    root: Elem,
+    model: Any,
+    resource: dict[str, Any],
+    leaves: list[bytes],
+    errors_only: bool,
+    fields: Any,
+    shell: bool = False,
+) -> Shape | None:
+    """The analysis of ``resource``'s shape against the model and the plan ``root``; None
+    when the resource holds what the analysis does not place. ``shell``: ``resource`` is
+    a Bundle without its entries' resources, whose walk meets them only as values of
+    ``Bundle.entry.resource`` (their types and presence are keyed by the caller); refused
+    when that element, or the entry's, has a check that would read into them."""
+    if shell and not _shell_ok(root):
+        return None
+    found = _Analysis(plans, errors_only, fields, shell)
+    rtype = str(resource.get("resourceType"))
+    try:
+        found.node(resource, model, [(root, rtype, True)], False, {("meta", "profile")}, ())
+    except _Refused:
+        return None
+    if len(found.values) != len(leaves) or any(
+        text(raw) != value for raw, value in zip(leaves, found.values, strict=True)
+    ):
+        return None  # the split and the walk disagree: not a shape to trust
+    kinds = found.kinds
+    bound = [n for n, kind in enumerate(kinds) if kind == BOUND]
+    return Shape(
+        bound=itemgetter(*bound) if bound else None,
+        free=_by_adapter([(n, *found.adapters[n]) for n, kind in enumerate(kinds) if kind == FREE]),
+        refs=tuple(found.refs),
+        keyed_refs=tuple(n for n in found.refs if kinds[n] == REF),
+        residual=tuple(found.residual),
+    )
+
+
+def _by_adapter(free: list[tuple[int, Any, int]]) -> tuple[tuple[Any, Any, int], ...]:
+    """The free leaves grouped by validator: (getter of their leaves, the TypeAdapter's
+    validator, the adapter's id)."""
+    groups: dict[int, tuple[Any, list[int]]] = {}
+    for n, adapter, ident in free:
+        groups.setdefault(ident, (adapter, []))[1].append(n)
+    # the adapter's core validator: what TypeAdapter.validate_python calls with its defaults
+    return tuple((_getter(ns), adapter.validator, ident) for ident, (adapter, ns) in groups.items())
+
+
+def _reads_value(elem: Elem) -> bool:
+    return elem.fixed is not None or elem.binding is not None or bool(elem.slices)
+
+
+def _shell_ok(root: Elem) -> bool:
+    entry = (root.children or {}).get("entry")
+    if entry is None or entry.slices:
+        return False  # a slice's walk of an entry walks its resource in full
+    inner = (entry.children or {}).get("resource")
+    return inner is None or not (
+        inner.fixed is not None
+        or inner.binding is not None
+        or inner.targets is not None
+        or inner.slices
+        or inner.invariants
+    )
+
+
+def target(ref: str, urls: dict[str, str]) -> str | None:
+    """What a reference resolves to for the reference-type check (``ProfileWalk._reference``)."""
+    found = urls.get(ref)
+    local = found is None and not ref.startswith(("urn:", "#", "http:", "https:"))
+    if local and ("/" in ref or "?" in ref):
+        return ref.split("?", 1)[0].split("/", 1)[0]
+    return found
+
+
+class Shapes:
+    """The shapes one validator has analysed, with their verdicts (bounded: entries)."""
+
+    def __init__(self) -> None:
+        self.known: dict[tuple[Any, ...], Shape | None] = {}
+        self.accepted: dict[int, set[bytes]] = {}  # adapter id → leaves it accepted
+        self.verdicts = 0
+        # verdicts by whole content (JSON and reference targets): reference data recurs
+        self.exact: dict[Any, Tails] = {}
+        self.exact_bytes = 0
+        self._tries: dict[str, list[int]] = {}
+        self.hits = 0  # resources answered by construction (tests and benchmarks read it)
+
+    def free_ok(self, shape: Shape, leaves: list[bytes]) -> bool:
+        """Every free leaf passes its primitive type's validator."""
+        for getter, validator, ident in shape.free:
+            accepted = self.accepted.get(ident)
+            if accepted is None:
+                accepted = self.accepted[ident] = set()
+            new = set(getter(leaves)).difference(accepted)
+            if not new:
+                continue
+            for raw in new:
+                try:
+                    validator.validate_python(text(raw))
+                except (PydanticError, ValueError, TypeError, AttributeError, KeyError):
+                    return False  # fhir.resources' own validators may fail so
+            if len(accepted) >= MAX_ACCEPTED:
+                accepted.clear()
+            accepted.update(new)
+        return True
+
+    def key(
+        self,
+        shape: Shape,
+        resource: dict[str, Any],
+        leaves: list[bytes],
+        urls: dict[str, str],
+    ) -> Any:
+        """What the verdict of a resource of ``shape`` depends on, besides the shape
+        (``resource``: the whole Bundle for a shell, where the residual invariants run)."""
+        outcomes = []
+        for inv, path in shape.residual:
+            node: Any = resource
+            for step in path:
+                node = node[step]
+            if not isinstance(node, dict):
+                outcomes.append(True)  # the walk runs invariants on dicts only
+                continue
+            try:
+                ok = inv.holds(node, resource)
+            except Exception:  # the walk counts a failing evaluation as holding
+                ok = True
+            outcomes.append(ok)
+        return (
+            shape.bound(leaves) if shape.bound is not None else (),
+            tuple(target(text(leaves[n]), urls) for n in shape.keyed_refs),
+            tuple(outcomes),
+        )
+
+    def worth(self, rtype: str) -> bool:
+        """Whether to look a resource of this type up by its content: while it is young,
+        while one in eight lookups hits, and now and then (the feed may change)."""
+        stats = self._tries.setdefault(rtype, [0, 0])  # [tries, hits]
+        stats[0] += 1
+        tries, hits = stats
+        return tries <= _PROBE or hits * 8 >= tries or tries % _PROBE == 0
+
+    def exact_hit(self, rtype: str) -> None:
+        self._tries[rtype][1] += 1
+
+    def remember_exact(self, key: Any, tails: Tails) -> None:
+        size = len(key[0])  # the JSON: what the table holds
+        if self.exact_bytes + size > MAX_EXACT_BYTES:
+            self.exact.clear()
+            self.exact_bytes = 0
+        self.exact[key] = tails
+        self.exact_bytes += size
+
+    def remember(self, shape: Shape, key: Any, issues: list[Issue], where: str) -> Tails | None:
+        tails = []
+        for issue in issues:
+            location = issue.location or ""
+            if not location.startswith(where):
+                return None  # placed elsewhere: not a function of this resource's place
+            tails.append((issue, location[len(where) :]))
+        if self.verdicts >= MAX_VERDICTS:
+            for known in self.known.values():
+                if known is not None:
+                    known.verdicts.clear()
+            self.verdicts = 0
+        shape.verdicts[key] = out = tuple(tails)
+        self.verdicts += 1
+        return out
+
+    def add(self, key: tuple[Any, ...], shape: Shape | None) -> None:
+        if len(self.known) >= MAX_SHAPES:
+            self.known.clear()
+            self.verdicts = 0
+        self.known[key] = shape
+
+
+def answer(tails: Tails, where: str) -> list[Issue]:
+    return [replace(issue, location=where + tail) for issue, tail in tails]

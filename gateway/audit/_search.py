@@ -54,7 +54,7 @@ class AuditQuery:
 
 
 def _bad(name: str, why: str) -> AuditError:
-    return AuditError("audit.bad-search", f"{name}: {why}", location=name)
+    return AuditError("audit.bad-search", f"search parameter {name!r}: {why}", location=name)
 
 
 def _token(value: str) -> tuple[str | None, str]:

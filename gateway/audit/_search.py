@@ -210,6 +210,7 @@ def search_events(log: AuditLog, query: AuditQuery) -> tuple[list[tuple[Entry, E
 
 
 def _chunk(log: AuditLog, query: AuditQuery, after: int, limit: int) -> Iterable[Entry]:
+    log.flush()  # the events deferred on this store are part of the log
     select = sa.select(entries).where(entries.c.idx > after, *query.where)
     with log.engine.connect() as conn:
         rows = conn.execute(select.order_by(entries.c.idx).limit(limit)).all()

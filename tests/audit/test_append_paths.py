@@ -5,11 +5,15 @@ transaction join the store's next write commit, or their own, and a read sees th
 
 from __future__ import annotations
 
+import logging
+
+import pytest
 import sqlalchemy as sa
 
 from gateway.audit import AuditLog, Subject, Tree, events, verify_log
 from gateway.audit import _log as audit_log_module
-from gateway.store import Store
+from gateway.store import Incoming, Store
+from tests.conftest import REPO
 
 from .conftest import PATIENTS
 
@@ -69,3 +73,20 @@ def test_deferred_events_are_committed_when_the_store_closes(store: Store) -> No
         assert [e.kind for e in AuditLog(reopened).rows()] == ["converted"]
     finally:
         reopened.close()
+
+
+def test_a_deferred_append_that_fails_never_fails_the_commit_it_joins(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    log = AuditLog(store, defer=60)
+    log.record(event(0))
+    with store.engine.begin() as conn:  # the log's table is gone: every append fails
+        conn.exec_driver_sql("ALTER TABLE audit_entries RENAME TO audit_entries_gone")
+    assert log.record_guarded(None, event(1))  # queued
+    raw = (REPO / "examples/hl7v2/ref_i12_lax2_to_njmu2.hl7").read_bytes()
+    with caplog.at_level(logging.ERROR, "gateway.audit"):
+        message = store.receive(Incoming(raw, "mllp")).id  # commits, and the append fails
+    assert store.get(message) is not None  # the store's own write committed
+    assert log.failures == 1
+    [line] = [r.getMessage() for r in caplog.records if r.name == "gateway.audit"]
+    assert line.startswith("audit.write-failed: 1 AuditEvent(s) (converted)")

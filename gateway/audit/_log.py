@@ -204,7 +204,9 @@ class AuditLog:
     def record_guarded(self, conn: Connection | None, *resources: Mapping[str, Any]) -> bool:
         """Append for a pipeline stage, which the audit must never fail: inside the
         caller's transaction (``conn``) under a SAVEPOINT, so a failed append undoes only
-        itself, or in a transaction of its own. A failure is logged (``audit.write-failed``,
+        itself; without ``conn``, joining the store's next write commit (a deferring
+        log: ``_Deferred``) or in a transaction of its own. A failure is logged
+        (``audit.write-failed``,
         the events' kinds and the error's type: no patient data) and counted in
         ``failures``, which the operator sees; False then."""
         try:

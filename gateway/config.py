@@ -181,6 +181,7 @@ _BOOLS = (
     "report_require_patient_identity",
     "policy_consent_within",
     "delivery_worker",
+    "audit_enabled",
 )
 
 

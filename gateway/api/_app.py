@@ -58,7 +58,7 @@ from ..logs import safe_traceback
 from ..metrics import add_metrics_route
 from ..pipeline import Converter, internal_issue
 from ..reports import VariantPool, WorkerCrash
-from ._auth import TokenSet, load_tokens
+from ._auth import AccessDenied, TokenSet, load_tokens
 from ._dicomweb import add_dicomweb_routes
 from ._docs import DOCS_ASSETS, add_docs_routes
 from ._fhir import add_fhir_routes
@@ -266,16 +266,15 @@ def create_app(
         return _too_large(limit) if body is None else body
 
     def unauthorized(request: Request) -> Response | None:
-        auth = request.headers.get("authorization", "")
-        scheme, _, token = auth.partition(" ")
-        if scheme.lower() == "bearer" and tokens.check(token.strip()):
-            return None
-        issue = Issue(
-            "security.unauthorized",
-            "a valid Bearer token is required",
-            details={"issue_type": "login"},
-        )
-        return _outcome([issue], 401, {"WWW-Authenticate": "Bearer"})
+        """None when the token's role may use this route (its Principal is then
+        ``request.state.principal``, for the audit trail); else the 401 or 403."""
+        try:
+            request.state.principal = tokens.authorize(
+                request.headers.get("authorization", ""), request.url.path
+            )
+        except AccessDenied as denied:
+            return _outcome([denied.issue], denied.status, denied.headers)
+        return None
 
     add_dicomweb_routes(app, settings, unauthorized)  # STOW-RS: docs/listeners-dicom.md
 

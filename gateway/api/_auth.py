@@ -1,4 +1,19 @@
-"""Bearer tokens for the API: read from a file (one per line), never from the repo.
+"""Bearer tokens for the API and the role each one holds: read from a file, never from
+the repo.
+
+One token per line, optionally followed by its role and a name (whitespace between;
+``#`` starts a comment line)::
+
+    Yz1…Qk                          a line without a role: operator (as before roles)
+    Hk9…aw  auditor  compliance-hk  the name appears in the audit trail
+    Zr2…p0  admin
+
+Roles are the web console's three: ``operator`` runs the gateway (every route of the
+API as it was before roles: convert, messages and ``$reprocess``, policy and consents,
+inbound reads and referral actions) but may not read the audit log; ``auditor`` reads
+the audit log (``GET /fhir/AuditEvent``) and nothing else; ``admin`` both. A line
+without a role keeps exactly the rights tokens had before roles existed (operator): an
+old token file gains no access to the audit log. An unknown role refuses the whole file.
 
 With no ``api_token_file`` configured, the gateway keeps its tokens in
 ``$GATEWAY_HOME/secrets/api-tokens`` and creates that file with one random token
@@ -8,28 +23,133 @@ never open.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import os
 import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import Settings
-from ..errors import ConfigError
+from ..errors import ConfigError, Issue, shape
 
-__all__ = ["TokenSet", "load_tokens"]
+__all__ = [
+    "AUDIT_PATH",
+    "ROLES",
+    "AccessDenied",
+    "Principal",
+    "TokenSet",
+    "load_tokens",
+    "permission_for",
+]
+
+ROLES = ("operator", "auditor", "admin")  # the web console's role names
+DEFAULT_ROLE = "operator"  # a line without a role: the rights tokens had before roles
+# What each role may do: "api" every route but the audit log's, "audit" the audit log.
+PERMISSIONS: dict[str, frozenset[str]] = {
+    "operator": frozenset({"api"}),
+    "auditor": frozenset({"audit"}),
+    "admin": frozenset({"api", "audit"}),
+}
+AUDIT_PATH = "/fhir/AuditEvent"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who a token is: a name (the line's, else a fingerprint of the token: never the
+    token itself) and a role."""
+
+    name: str
+    role: str
+
+    def may(self, permission: str) -> bool:
+        return permission in PERMISSIONS[self.role]
+
+
+class AccessDenied(Exception):
+    """The request has no valid token (401) or its role may not do this (403)."""
+
+    def __init__(self, status: int, issue: Issue) -> None:
+        super().__init__(issue.message)
+        self.status = status
+        self.issue = issue
+        self.headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+
+
+def permission_for(path: str) -> str:
+    """The permission a route needs: the audit log's own, or the API's."""
+    if path == AUDIT_PATH or path.startswith(AUDIT_PATH + "/"):
+        return "audit"
+    return "api"
+
+
+def fingerprint(token: str) -> str:
+    """A stable, non-secret name for a token without one (48 bits of its SHA-256)."""
+    return "token-" + hashlib.sha256(token.encode()).hexdigest()[:12]
+
+
+def _parse(line: str, number: int, source: Path | None) -> tuple[bytes, Principal]:
+    token, *rest = line.split()
+    role = rest[0] if rest else DEFAULT_ROLE
+    if role not in ROLES or len(rest) > 2:
+        where = f"{source or 'the API tokens'}, line {number}"
+        raise ConfigError(
+            "bad-token-role",
+            f"{where}: a token line is TOKEN [ROLE [NAME]] with ROLE one of "
+            f"{', '.join(ROLES)} (found {len(rest)} word(s) after the token, the first of "
+            f"form {shape(role)})",
+        )
+    name = rest[1] if len(rest) > 1 else fingerprint(token)
+    return token.encode(), Principal(name, role)
 
 
 class TokenSet:
-    def __init__(self, tokens: list[str], source: Path | None = None) -> None:
-        if not tokens:
+    """The API's tokens. ``lines`` as in the token file: ``TOKEN [ROLE [NAME]]``."""
+
+    def __init__(self, lines: Iterable[str], source: Path | None = None) -> None:
+        parsed = []
+        for number, line in enumerate(lines, 1):
+            text = line.strip()
+            if text and not text.startswith("#"):
+                parsed.append(_parse(text, number, source))
+        if not parsed:
             raise ConfigError("no-tokens", f"no API tokens in {source or 'configuration'}")
-        self._tokens = [t.encode() for t in tokens]
+        self._tokens = parsed
         self.source = source
 
-    def check(self, presented: str) -> bool:
+    def identify(self, presented: str) -> Principal | None:
+        """The principal of a presented token, or None."""
         given = presented.encode()
         # compare_digest on every token: timing does not reveal which one matched
-        return any([hmac.compare_digest(given, t) for t in self._tokens])
+        matches = [hmac.compare_digest(given, t) for t, _ in self._tokens]
+        return next((p for (_, p), hit in zip(self._tokens, matches, strict=True) if hit), None)
+
+    def check(self, presented: str) -> bool:
+        return self.identify(presented) is not None
+
+    def authorize(self, authorization: str, path: str) -> Principal:
+        """The principal of an ``Authorization`` header allowed on ``path``; else
+        AccessDenied: 401 without a valid token, 403 when its role may not."""
+        scheme, _, token = authorization.partition(" ")
+        found = self.identify(token.strip()) if scheme.lower() == "bearer" else None
+        if found is None:
+            issue = Issue(
+                "security.unauthorized",
+                "a valid Bearer token is required",
+                details={"issue_type": "login"},
+            )
+            raise AccessDenied(401, issue)
+        needed = permission_for(path)
+        if not found.may(needed):
+            what = "the audit log" if needed == "audit" else "this route (audit log only)"
+            issue = Issue(
+                "security.forbidden",
+                f"the token's role ({found.role}) may not use {what}",
+                details={"issue_type": "forbidden"},
+            )
+            raise AccessDenied(403, issue)
+        return found
 
 
 def load_tokens(settings: Settings) -> TokenSet:
@@ -40,10 +160,9 @@ def load_tokens(settings: Settings) -> TokenSet:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as fh:
-            fh.write(secrets.token_urlsafe(32) + "\n")
+            fh.write(secrets.token_urlsafe(32) + "\n")  # no role: operator
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
         raise ConfigError("no-tokens", f"cannot read {path}: {exc.strerror}") from None
-    tokens = [ln.strip() for ln in lines]
-    return TokenSet([t for t in tokens if t and not t.startswith("#")], path)
+    return TokenSet(lines, path)

@@ -5,12 +5,15 @@
                                        token, or a client certificate at the TLS proxy)
     POST /auth/token                   SMART Backend Services token endpoint
     GET  /fhir/.well-known/smart-configuration, GET /fhir/metadata      (no auth)
+    GET  /fhir/AuditEvent[/{id}]       the audit log (auditor and admin tokens: _auditing.py)
     GET  /fhir/{type}/{id}             read      (local API token: everything; partner
     GET  /fhir/{type}?identifier=&patient=&status=&_lastUpdated=&_count=&_after=
                                        search     credentials: only what it sent)
     POST /fhir/Task/{id}/$accept|$reject|$complete   a referral's status (local API token;
                                        $reject needs ?reason= or a Parameters 'reason')
 
+Every read and search of stored resources writes one api-read AuditEvent (who: the API
+token's name and role, or the partner; what: the resources and their patients).
 Registered by ``create_app`` with one call: ``add_fhir_routes(app, settings, ...)``.
 """
 
@@ -43,6 +46,7 @@ from ..inbound import (
 )
 from ..network import Network
 from ..store import Store, open_store
+from ._auditing import ReadAudit, add_audit_event_routes, read_audit
 
 __all__ = ["add_fhir_routes"]
 
@@ -54,8 +58,9 @@ SCOPES = ("system/*.read", "system/*.write", "system/*.rs", "system/*.cud", "sys
 class _Lazy:
     """The store, the inbound stage and the authenticator, opened at first use."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, audit: ReadAudit | None = None) -> None:
         self.settings = settings
+        self.audit = audit
         self._lock = threading.Lock()
         self._store: Store | None = None
         self._inbound: Inbound | None = None
@@ -80,6 +85,8 @@ class _Lazy:
             if self._store is not None:
                 self._store.close()
             self._store = self._inbound = self._auth = None
+        if self.audit is not None:
+            self.audit.close()  # the read events' database too
 
 
 def _fhir(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -100,7 +107,8 @@ def add_fhir_routes(
     unauthorized: Callable[[Request], Response | None],
     read_body: Callable[[Request, int], Awaitable[bytes | Response]],
 ) -> None:
-    lazy = _Lazy(settings)
+    audit = read_audit(app, settings)  # reads and searches are audited (api-read)
+    lazy = _Lazy(settings, audit)
     app.state.fhir = lazy  # app.state.fhir.close() releases the database
 
     def base_url(request: Request) -> str:
@@ -117,8 +125,11 @@ def add_fhir_routes(
     async def reader(request: Request, resource_type: str) -> str | Response | None:
         """None: a local system (everything); a partner key: only what it sent; or the
         refusal to answer."""
-        if unauthorized(request) is None:
+        refused = unauthorized(request)
+        if refused is None:
             return None
+        if refused.status_code == 403:  # a valid API token whose role may not read
+            return refused
         try:
             who = await run_in_threadpool(partner, request)
         except GatewayError as exc:
@@ -211,6 +222,8 @@ def add_fhir_routes(
                    "X-Gateway-Note": note.encode("ascii", "replace").decode()}  # fmt: skip
         return _fhir(updated.task.resource, 200, headers)
 
+    add_audit_event_routes(app, settings, unauthorized, base_url)  # before /fhir/{type}
+
     @app.get("/fhir/{resource_type}/{logical_id}")
     async def read(request: Request, resource_type: str, logical_id: str) -> Response:
         who = await reader(request, resource_type)
@@ -223,6 +236,11 @@ def add_fhir_routes(
         )
         if found is None or (who is not None and found.partner != who):
             return _error(_not_found())
+        patient = found.reference if resource_type == "Patient" else found.patient
+        await run_in_threadpool(
+            audit.write, request, interaction="read", patients=[patient],
+            records=[found.reference], partner=who,
+        )  # fmt: skip
         headers = {
             "ETag": f'W/"{found.version}"',
             "Last-Modified": found.resource["meta"]["lastUpdated"],
@@ -243,6 +261,11 @@ def add_fhir_routes(
             )
         except GatewayError as exc:
             return _error(exc.issue)
+        await run_in_threadpool(
+            audit.write, request, interaction="search-type",
+            patients=[s.reference if s.resource_type == "Patient" else s.patient for s in page],
+            records=[s.reference for s in page], partner=who,
+        )  # fmt: skip
         base = base_url(request)
         links = [{"relation": "self", "url": str(request.url)}]
         if nxt is not None:
@@ -381,7 +404,29 @@ def _capability(base: str) -> dict[str, Any]:
                         "Observation",
                         "Condition",
                     )
-                ],
+                ]
+                + [_AUDIT_EVENT],
             }
         ],
     }
+
+
+# The audit log on the API (_auditing.py): auditor and admin tokens only.
+_AUDIT_EVENT: dict[str, Any] = {
+    "type": "AuditEvent",
+    "documentation": "the audit trail: auditor and admin API tokens only (403 otherwise)",
+    "interaction": [{"code": "read"}, {"code": "search-type"}],
+    "searchParam": [
+        {"name": name, "type": kind}
+        for name, kind in (
+            ("patient", "reference"),
+            ("entity", "reference"),
+            ("agent", "reference"),
+            ("date", "date"),
+            ("type", "token"),
+            ("subtype", "token"),
+            ("outcome", "token"),
+            ("action", "token"),
+        )
+    ],
+}

@@ -23,7 +23,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
-from ..audit import audit_log, record_operator, store_hook
+from ..audit import audit_log, message_subject, record_operator, store_hook
 from ..config import Settings
 from ..errors import GatewayError, http_status, operation_outcome
 from ..pipeline import Converter
@@ -37,6 +37,7 @@ from ..store import (
     parse_since,
     process_message,
 )
+from ._auditing import ReadAudit, read_audit
 
 __all__ = ["add_message_routes"]
 
@@ -47,8 +48,9 @@ class _Lazy:
     """The store and a converter of its own, opened at the first request that needs them
     (an API that never browses messages creates no database)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, audit: ReadAudit | None = None) -> None:
         self.settings = settings
+        self.audit = audit
         self._store: Store | None = None
         self._converter: Converter | None = None
         self._stamp = 0.0
@@ -66,6 +68,8 @@ class _Lazy:
             if self._store is not None:
                 self._store.close()
                 self._store = None
+        if self.audit is not None:
+            self.audit.close()  # the read events' database too
 
     def converter(self) -> Converter:
         """The converter, rebuilt when a mapping file changed since it was built: a
@@ -96,7 +100,8 @@ def _error(exc: GatewayError) -> Response:
 def add_message_routes(
     app: FastAPI, settings: Settings, unauthorized: Callable[[Request], Response | None]
 ) -> None:
-    lazy = _Lazy(settings)
+    audit = read_audit(app, settings)  # reads of stored messages are audited (api-read)
+    lazy = _Lazy(settings, audit)
     app.state.messages = lazy  # app.state.messages.close() releases the database
 
     @app.get("/messages")
@@ -126,6 +131,10 @@ def add_message_routes(
             page = await run_in_threadpool(lambda: lazy.store().find(where, limit, after))
         except GatewayError as exc:
             return _error(exc)
+        await run_in_threadpool(
+            audit.write, request, interaction="search-type", patients=[patient],
+            records=[message_subject(s.id).records[0] for s in page.items],
+        )  # fmt: skip
         body: dict[str, Any] = {
             "messages": [s.to_json() for s in page.items],
             "next": page.next,
@@ -146,6 +155,10 @@ def add_message_routes(
         found = await run_in_threadpool(lambda: lazy.store().get(message_id))
         if found is None:
             return _error(StoreError("not-found", f"no message {message_id} in the store"))
+        await run_in_threadpool(
+            audit.write, request, interaction="read", patients=found.patients,
+            records=message_subject(message_id).records,
+        )  # fmt: skip
         return _json(message_json(found))
 
     @app.post("/messages/{message_id}/$reprocess")
@@ -155,15 +168,16 @@ def add_message_routes(
             return refused
 
         peer = request.client.host if request.client else None
+        who = request.state.principal.name  # the token's name (unauthorized() set it)
 
         def run() -> dict[str, Any]:
             store = lazy.store()
             # audited as `gateway messages reprocess` is: the new outcome (no second
-            # receipt), then the operator's action (the API's tokens name no person)
+            # receipt), then the operator's action, by the token's name
             log = audit_log(store, lazy.settings)
             hook = store_hook(log, channel="api", peer=peer, with_receipt=False)
             process_message(store, lazy.converter(), message_id, lazy.convert_lock, hook)
-            record_operator(store, lazy.settings, "reprocess", [message_id], who="api-token")
+            record_operator(store, lazy.settings, "reprocess", [message_id], who=who)
             found = store.get(message_id)
             assert found is not None
             return message_json(found)

@@ -24,10 +24,12 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
+from ..audit import PSEUDONYM, message_subject
 from ..config import Settings
 from ..errors import GatewayError, http_status, operation_outcome
 from ..policy import Decision, Policy, PolicyError, PolicyRecords
 from ..store import open_store
+from ._auditing import read_audit
 
 __all__ = ["add_policy_routes"]
 
@@ -63,10 +65,21 @@ def _decision(decision: Decision) -> dict[str, Any]:
     return dict(decision.to_json(), operationOutcome=decision.operation_outcome())
 
 
+def _decisions_read(found: list[Decision], interaction: str) -> dict[str, Any]:
+    """What an api-read event names of the decisions read: their patients (by the
+    policy's keyed pseudonym) and stored messages."""
+    return {
+        "interaction": interaction,
+        "patients": [f"{PSEUDONYM}|{p}" for d in found for p in d.patients],
+        "records": [r for d in found for r in message_subject(d.message_id).records],
+    }
+
+
 def add_policy_routes(
     app: FastAPI, settings: Settings, unauthorized: Callable[[Request], Response | None]
 ) -> None:
     lazy = _Lazy(settings)
+    audit = read_audit(app, settings)  # reads of decisions and consents: api-read events
 
     async def body_of(request: Request) -> bytes:
         body = await request.body()
@@ -120,6 +133,7 @@ def add_policy_routes(
         found = await run_in_threadpool(
             lambda: lazy.records().find(message_id=message, outcome=outcome, limit=limit)
         )
+        await run_in_threadpool(audit.write, request, **_decisions_read(found, "search-type"))
         return _json([_decision(d) for d in found])
 
     @app.get("/policy/decisions/{decision_id}")
@@ -136,6 +150,7 @@ def add_policy_routes(
             decision = await run_in_threadpool(lambda: lazy.records().get(number))
         except GatewayError as exc:
             return _error(exc)
+        await run_in_threadpool(audit.write, request, **_decisions_read([decision], "read"))
         return _json(_decision(decision))
 
     @app.post("/Consent")
@@ -169,6 +184,11 @@ def add_policy_routes(
         if refused is not None:
             return refused
         found = await run_in_threadpool(lambda: lazy.records().list_consents(patient))
+        await run_in_threadpool(
+            audit.write, request, interaction="search-type",
+            patients=[patient, *(r.patient for r in found)],
+            records=[f"Consent/{r.id}" for r in found],
+        )  # fmt: skip
         bundle = {
             "resourceType": "Bundle",
             "type": "searchset",

@@ -102,6 +102,7 @@ class Party:
     network: str | None = None  # address, host:port or URL
     requestor: bool = False
     role: tuple[str, str, str] | None = None  # (system, code, display): agent.type
+    title: str | None = None  # agent.role as text: an API token's role (auditor, ...)
 
     def agent(self) -> dict[str, Any]:
         system = {"partner": FACILITY, "operator": OPERATOR}.get(
@@ -110,6 +111,8 @@ class Party:
         agent: dict[str, Any] = {}
         if self.role:
             agent["type"] = _concept(*self.role)
+        if self.title:
+            agent["role"] = [{"text": self.title}]
         agent["who"] = {"identifier": {"system": system, "value": self.name}, "display": self.name}
         agent["requestor"] = self.requestor
         if self.network:
@@ -486,7 +489,7 @@ def operator_action(
 
 
 def api_read(
-    client: str,
+    client: str | Party,
     user: str | None,
     subject: Subject,
     *,
@@ -494,25 +497,24 @@ def api_read(
     network: str | None = None,
     server: str | None = None,
     outcome: str = "success",
+    role: str | None = None,
+    query: str | None = None,
+    patients: Sequence[str] = (),
     gateway: Party = GATEWAY,
     when: datetime | None = None,
 ) -> dict[str, Any]:
     """An API read or search of patient data (BALP PatientRead / PatientQuery: client
-    110152, server 110153, user IRCP requestor)."""
-    agents = [
-        Party("gateway", gateway.name, server, role=SOURCE_ROLE),
-        Party("system", client, network, role=DESTINATION_ROLE),
-    ]
+    110152, server 110153, user IRCP requestor with its ``role``). ``client`` a name (an
+    API token's) or a Party (a partner reading what it sent); ``patients``: more patients
+    than the subject's, one entity each (a search's); ``query``: the request's method,
+    path and parameters, as a Query entity's detail (the profile forbids
+    ``entity.query``): references and codes, never clinical content."""
+    if isinstance(client, str):
+        client = Party("system", client, network, role=DESTINATION_ROLE)
+    agents = [Party("gateway", gateway.name, server, role=SOURCE_ROLE), client]
     if user:
-        agents.append(
-            Party(
-                "operator",
-                user,
-                requestor=True,
-                role=IRCP,
-            )
-        )
-    return event(
+        agents.append(Party("operator", user, requestor=True, role=IRCP, title=role))
+    made = event(
         "api-read",
         outcome=outcome,
         subject=subject,
@@ -520,6 +522,21 @@ def api_read(
         when=when,
         subtypes=[(REST, interaction, interaction)],
     )
+    extra = [p for p in dict.fromkeys(patients) if p != subject.patient]
+    entities = made.setdefault("entity", [])
+    at = 1 if subject.patient else 0  # patients first, as keys_of reads them
+    entities[at:at] = [e for p in extra for e in Subject(p).entities()]
+    if query:
+        entities.append(
+            {
+                "type": _coding(ENTITY_TYPE, "2", "System Object"),
+                "role": _coding(OBJECT_ROLE, "24", "Query"),
+                "detail": [{"type": "query", "valueString": query[:2000]}],
+            }
+        )
+    if not entities:
+        del made["entity"]
+    return made
 
 
 # -- reading events back ------------------------------------------------------------------

@@ -48,14 +48,18 @@ __all__ = [
     "subject_of",
 ]
 
+DEFER = 0.2  # seconds a deferred event waits for a commit to join before its own
+
 StoreHook = Callable[[Connection, int, Sequence[Record]], None]
 
 
 def audit_log(store: Store, settings: Settings | None = None) -> AuditLog | None:
-    """The stages' audit log over ``store``; None when ``audit_enabled`` is off."""
+    """The stages' audit log over ``store``; None when ``audit_enabled`` is off. Its
+    appends outside a caller's transaction join the store's next write commit (within
+    DEFER seconds: ``AuditLog(defer=)``) rather than paying a commit each."""
     if settings is not None and not settings.audit_enabled:
         return None
-    return AuditLog(store)
+    return AuditLog(store, defer=DEFER)
 
 
 def store_hook(
@@ -98,9 +102,9 @@ def record_operator(
 ) -> None:
     """An operator's action on stored messages (reprocess, retry, replay, release),
     one event per message, in a commit of its own (after the action succeeded)."""
-    log = audit_log(store, settings)
-    if log is None:
+    if not settings.audit_enabled:
         return
+    log = AuditLog(store)  # a commit of its own: the command may end right after
     made = [operator_action(action, who or operator(), message_subject(m)) for m in message_ids]
     if made:
         log.record_guarded(None, *made)

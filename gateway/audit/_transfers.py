@@ -22,6 +22,7 @@ import yaml
 from ..datafiles import data_dir, load_data_file
 from ..network import Network
 from ..store import Store
+from ._log import AuditLog
 from ._tables import entries
 
 __all__ = ["TransferRow", "render", "transfers"]
@@ -87,6 +88,7 @@ def transfers(store: Store, year: int, network: Network | None = None) -> list[T
         return rows[key]
 
     metadata = sa.MetaData()
+    AuditLog(store).flush()  # events deferred on this store count too
     with store.engine.connect() as conn:
         if sa.inspect(conn).has_table("policy_decisions"):
             decisions = sa.Table("policy_decisions", metadata, autoload_with=conn)

@@ -400,4 +400,3 @@ def referral_status_detail(
         ("referral", f"{r.status} at {r.partner}" + (f" ({r.reason})" if r.reason else ""))
         for r in found
     ]
-

@@ -33,6 +33,30 @@ LISTED = (
 )
 CONTENT_TYPES = ("ServiceRequest", "ImagingStudy", "DiagnosticReport", "Provenance", "Bundle")
 VALIDATE = "http://hl7.org/fhir/OperationDefinition/Resource-validate"
+_AUDIT_SEARCH = "http://hl7.org/fhir/SearchParameter/AuditEvent-"
+# Resources the gateway serves but never sends: the audit log (GET /fhir/AuditEvent,
+# gateway/api/_auditing.py), read and searched by auditor and admin tokens.
+SERVER_ONLY: dict[str, dict[str, Any]] = {
+    "AuditEvent": {
+        "documentation": "The audit trail (docs/audit.md): GET /fhir/AuditEvent (searchset "
+        "Bundle in log order, paged by _count and the next link) and GET "
+        "/fhir/AuditEvent/{id}, for auditor and admin API tokens only (403 otherwise).",
+        "interaction": [{"code": "read"}, {"code": "search-type"}],
+        "searchParam": [
+            {"name": name, "definition": _AUDIT_SEARCH + name, "type": kind}
+            for name, kind in (
+                ("patient", "reference"),
+                ("entity", "reference"),
+                ("agent", "reference"),
+                ("date", "date"),
+                ("type", "token"),
+                ("subtype", "token"),
+                ("outcome", "token"),
+                ("action", "token"),
+            )
+        ],
+    }
+}
 
 
 def _profiles(resources: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -52,6 +76,8 @@ def capability_statement(resources: list[dict[str, Any]]) -> dict[str, Any]:
         by_type.setdefault(str(sd["type"]), []).append(str(sd["url"]))
     client = []
     for rtype in sorted(by_type):
+        if rtype in SERVER_ONLY:
+            continue  # never sent to a partner: the gateway's own log
         entry: dict[str, Any] = {"type": rtype, "supportedProfile": sorted(by_type[rtype])}
         if rtype != "Bundle":
             entry["interaction"] = [{"code": "create"}, {"code": "update"}]
@@ -62,6 +88,7 @@ def capability_statement(resources: list[dict[str, Any]]) -> dict[str, Any]:
         {
             "type": rtype,
             "supportedProfile": sorted(by_type[rtype]),
+            **SERVER_ONLY.get(rtype, {}),
             "operation": [{"name": "validate", "definition": VALIDATE}],
         }
         for rtype in sorted(by_type)
@@ -99,7 +126,8 @@ def capability_statement(resources: list[dict[str, Any]]) -> dict[str, Any]:
                     "POST /report/variants: a DiagnosticReport in, its zh-Hans, zh-Hant-HK, "
                     "en or bilingual variant out. POST /$validate and POST /{type}/$validate: "
                     "a resource in, an OperationOutcome against the gateway's profiles out "
-                    "(profile= a canonical URL of this guide). GET /metadata: this statement."
+                    "(profile= a canonical URL of this guide). GET /fhir/AuditEvent: the "
+                    "audit trail, for auditor and admin tokens. GET /metadata: this statement."
                 ),
                 "security": {
                     "cors": False,

@@ -11,6 +11,7 @@ import httpx
 from fastapi import FastAPI
 
 from gateway.api import TokenSet, create_app
+from gateway.api._auth import fingerprint
 from gateway.audit import AuditLog
 from gateway.audit._events import keys_of
 from gateway.store import open_store
@@ -75,7 +76,7 @@ def test_browse_and_reprocess_on_the_api(store_url: str, tmp_path: Path) -> None
     assert kinds[-2:] == ["converted", "operator"] and "received" not in kinds[-2:]
     assert events[-1]["outcomeDesc"] == "reprocess"
     requestor = next(a for a in events[-1]["agent"] if a["requestor"])
-    assert requestor["who"]["identifier"]["value"] == "api-token"
+    assert requestor["who"]["identifier"]["value"] == fingerprint(TOKEN)  # the token's name
 
 
 def test_errors_are_operation_outcomes(store_url: str, tmp_path: Path) -> None:

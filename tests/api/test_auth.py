@@ -1,0 +1,69 @@
+"""API token roles (gateway/api/_auth.py): ``TOKEN [ROLE [NAME]]`` per line; a line
+without a role is an operator (the rights tokens had before roles: no audit log); a bad
+role refuses the file without quoting the token; a token's name in the audit trail is
+its line's, else a fingerprint, never the token."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway import Settings
+from gateway.api import load_tokens
+from gateway.api._auth import AccessDenied, TokenSet, fingerprint, permission_for
+from gateway.errors import ConfigError
+
+OLD = "old-token-0123456789abcdef"
+AUD = "aud-token-0123456789abcdef"
+
+
+def settings_with(tmp_path: Path, text: str) -> Settings:
+    path = tmp_path / "tokens"
+    path.write_text(text, encoding="utf-8")
+    (tmp_path / "gateway.toml").write_text(f'api_token_file = "{path}"\n')
+    return Settings.load(home=tmp_path, env={})
+
+
+def test_a_token_file_of_before_roles_keeps_its_rights(tmp_path: Path) -> None:
+    tokens = load_tokens(settings_with(tmp_path, f"# ours\n{OLD}\n\n"))
+    who = tokens.authorize(f"Bearer {OLD}", "/messages")
+    assert (who.role, who.name) == ("operator", fingerprint(OLD))
+    assert OLD not in who.name and who.name.startswith("token-")
+    for path in ("/convert", "/fhir/Patient", "/Consent", "/messages/1/$reprocess"):
+        assert tokens.authorize(f"Bearer {OLD}", path).role == "operator"
+    with pytest.raises(AccessDenied) as denied:
+        tokens.authorize(f"Bearer {OLD}", "/fhir/AuditEvent")
+    assert denied.value.status == 403 and denied.value.issue.code == "security.forbidden"
+
+
+def test_roles_and_names(tmp_path: Path) -> None:
+    tokens = load_tokens(settings_with(tmp_path, f"{OLD} admin\n{AUD}\tauditor  合规-hk\n"))
+    assert tokens.authorize(f"Bearer {AUD}", "/fhir/AuditEvent/x").name == "合规-hk"
+    assert tokens.authorize(f"bearer {OLD}", "/fhir/AuditEvent").role == "admin"
+    assert tokens.authorize(f"Bearer {OLD}", "/messages").role == "admin"
+    with pytest.raises(AccessDenied) as denied:
+        tokens.authorize(f"Bearer {AUD}", "/fhir/AuditEventX")  # not the audit log
+    assert denied.value.status == 403
+    for header in ("", f"Basic {AUD}", f"Bearer {AUD[:-1]}", AUD):
+        with pytest.raises(AccessDenied) as denied:
+            tokens.authorize(header, "/fhir/AuditEvent")
+        assert denied.value.status == 401 and denied.value.headers == {"WWW-Authenticate": "Bearer"}
+    assert permission_for("/fhir/AuditEvent") == permission_for("/fhir/AuditEvent/1") == "audit"
+
+
+@pytest.mark.parametrize("line", [f"{OLD} superuser", f"{OLD} auditor name extra", f"{OLD} {AUD}"])
+def test_a_bad_role_refuses_the_file_without_quoting_tokens(tmp_path: Path, line: str) -> None:
+    with pytest.raises(ConfigError) as bad:
+        load_tokens(settings_with(tmp_path, f"# ok\n{AUD} auditor\n{line}\n"))
+    assert bad.value.code == "config.bad-token-role"
+    assert "line 3" in bad.value.issue.message
+    assert OLD not in str(bad.value.issue.message) and AUD not in str(bad.value.issue.message)
+
+
+def test_token_sets_in_code_take_the_same_lines() -> None:
+    tokens = TokenSet([OLD, f"{AUD} auditor"])
+    assert tokens.check(OLD) and tokens.check(AUD) and not tokens.check("nope")
+    assert tokens.identify(AUD) is not None and tokens.identify(OLD) is not None
+    with pytest.raises(ConfigError):
+        TokenSet(["# only a comment", ""])

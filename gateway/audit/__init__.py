@@ -38,6 +38,7 @@ from ._log import (
     head_payload,
 )
 from ._merkle import Frontier, Tree, leaf_hash, node_hash, verify_consistency, verify_inclusion
+from ._transfers import TransferRow, transfers
 from ._verify import Problem, Verdict, cert_checker, verify_log
 
 __all__ = [
@@ -58,6 +59,7 @@ __all__ = [
     "Problem",
     "SignedHead",
     "Subject",
+    "TransferRow",
     "Tree",
     "Verdict",
     "add_cli",
@@ -81,6 +83,7 @@ __all__ = [
     "record_operator",
     "store_hook",
     "subject_of",
+    "transfers",
     "verify_consistency",
     "verify_export",
     "verify_inclusion",

@@ -27,7 +27,7 @@ class AuditorView:
     year: int
     verdict: Verdict
     signatures: list[dict[str, Any]]
-    transfers: list[Any] | None  # gateway.audit's TransferRows; None: not exported there
+    transfers: list[audit.TransferRow]  # the year's report, as `gateway audit transfers`
 
 
 def basis_names(basis: str | None) -> dict[str, str]:
@@ -76,8 +76,5 @@ def _signatures(store: Store) -> list[dict[str, Any]]:
 def auditor_view(settings: Settings, store: Store, year: int | None = None) -> AuditorView:
     year = year or utcnow().year
     verdict = verify_log(AuditLog(store))
-    # `gateway audit transfers`' report; gateway.audit does not export it (yet): the
-    # page says so rather than reach into the audit package's private modules
-    report = getattr(audit, "transfers", None)
-    rows = report(store, year, Network.load(settings.network)) if report else None
+    rows = audit.transfers(store, year, Network.load(settings.network))  # `audit transfers`
     return AuditorView(year, verdict, _signatures(store), rows)

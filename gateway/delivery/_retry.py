@@ -29,6 +29,9 @@ class DeliveryConfig:
     breaker_cooldown: float = 60.0
     lease: timedelta = timedelta(seconds=300)
     poll: float = 1.0
+    # Rows a worker claims at a time: enough to keep it busy between claims, few enough
+    # that several workers share a queue (each claimed row waits for its worker).
+    batch: int = 10
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DeliveryConfig:

@@ -464,9 +464,7 @@ class Outbox:
             )
         return [r for r in rows if r.id in taken], until
 
-    def renew(
-        self, record: OutboxRecord, token: datetime, now: datetime, lease: timedelta
-    ) -> bool:
+    def renew(self, record: OutboxRecord, token: datetime, now: datetime, lease: timedelta) -> bool:
         """Start on a claimed row: its lease runs from ``now`` again. False when the
         claim is no longer this worker's (it ran out and another worker took the row,
         or the row moved): the row is left alone. ``token``: the lease

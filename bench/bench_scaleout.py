@@ -6,7 +6,8 @@ Each run queues N small records (tests/delivery/test_scaleout.py's: two updates 
 times the outbox from its first ``sending`` event to its last ``delivered`` one (the
 processes' start-up is not counted). The runs alternate backend and worker count
 (1, 2, 3, then again) so that the machine's load falls on all of them alike; each
-figure is the median of ``--repeat`` runs, with the load average at its end.
+figure is the median of ``--repeat`` rounds, and each round's ratio to one worker is
+taken within the round (paired), with the load average at the end of each run.
 
 PostgreSQL: ``--pg URL`` or GATEWAY_TEST_DATABASE_URL (each run in a schema of its own,
 dropped afterwards); without either only SQLite is measured.
@@ -167,20 +168,24 @@ def _write(
         f"- {args.records} records per run (two updates by id each, 100 patients, order kept "
         "per patient) queued, then delivered by `gateway work --workers N` to "
         "../shared/partner-fhir on loopback (validation on; it handles one request at a "
-        "time); timed from the first send to the last delivery; median of "
-        f"{args.repeat} runs, runs interleaved",
+        "time); timed from the first send to the last delivery; "
+        f"{args.repeat} rounds, each running every case once, interleaved",
         "",
-        "| store | workers | records/s | vs 1 worker | load average (1 min) |",
+        "| store | workers | records/s, median (each round) | vs 1 worker, same round | "
+        "load average (1 min) per round |",
         "|---|---:|---:|---:|---:|",
     ]
     for backend in backends:
-        one = statistics.median(rates[(backend, 1)])
+        ones = rates[(backend, 1)]
         for workers in WORKERS:
-            rate = statistics.median(rates[(backend, workers)])
-            load = statistics.median(loads[(backend, workers)])
+            runs = rates[(backend, workers)]
+            # Paired: each run against the 1-worker run of the same round (same load).
+            ratio = statistics.median(r / one for r, one in zip(runs, ones, strict=True))
+            each = ", ".join(f"{r:.0f}" for r in runs)
             lines.append(
                 f"| {'PostgreSQL' if backend == 'postgresql' else 'SQLite'} | {workers} | "
-                f"{rate:.1f} | {rate / one:.2f}× | {load:.1f} |"
+                f"{statistics.median(runs):.1f} ({each}) | {ratio:.2f}× | "
+                f"{', '.join(f'{x:.1f}' for x in loads[(backend, workers)])} |"
             )
     lines += [
         "",

@@ -12,6 +12,12 @@ States (docs/delivery.md has the diagram):
 Order: a row is due only when no earlier row with the same (partner, order key) is
 undelivered, so a patient's later record never overtakes an earlier one, while other
 patients' records go on.
+
+Workers (threads, processes, machines on one PostgreSQL) take due rows with
+:meth:`Outbox.claim_due`: a batch leased in one transaction (``FOR UPDATE SKIP LOCKED``
+on PostgreSQL, the lease's compare-and-set on SQLite), each row begun with
+:meth:`Outbox.renew` (fenced by the claim's lease), the rest let go with
+:meth:`Outbox.unclaim`.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from datetime import timedelta
 import sqlalchemy as sa
 
 from gateway.delivery import Outbox
+from gateway.delivery._service import sweep_lock
 from gateway.store import Store, metadata
 
 from .conftest import CONFIG, PARTNER, Clock, bundle
@@ -73,3 +74,12 @@ def test_postgresql_skips_a_row_another_worker_is_claiming(store: Store, clock: 
         other.rollback()
     claim.join()
     assert finished and got == [free]  # not waited for, not taken twice
+
+
+def test_one_process_sweeps_at_a_time(store: Store) -> None:
+    # Another process's sweep is another connection (PostgreSQL's advisory lock) or
+    # another open file (SQLite's flock): the same as a second sweep_lock here.
+    with sweep_lock(store) as first, sweep_lock(store) as second:
+        assert first and not second
+    with sweep_lock(store) as again:
+        assert again

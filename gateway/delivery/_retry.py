@@ -32,6 +32,10 @@ class DeliveryConfig:
     # Rows a worker claims at a time: enough to keep it busy between claims, few enough
     # that several workers share a queue (each claimed row waits for its worker).
     batch: int = 10
+    # How long a claimed row not begun yet stays the worker's (at most ``lease``): a
+    # worker that dies holding a batch delays it this long, not a whole lease. Safe when
+    # short: a row is begun only if its claim is still the worker's (Outbox.renew).
+    claim_lease: timedelta = timedelta(seconds=30)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DeliveryConfig:

@@ -86,7 +86,8 @@ class Deliverer:
         now = self.clock()
         self.outbox.recover(now)
         closed_to = [key for key, b in self.breakers.items() if not b.may_try(now)]
-        claimed, token = self.outbox.claim_due(now, self.config.lease, limit, exclude=closed_to)
+        hold = min(self.config.claim_lease, self.config.lease)
+        claimed, token = self.outbox.claim_due(now, hold, limit, exclude=closed_to)
         acted = 0
         untouched: list[int] = []  # claimed, never begun: released below
         try:

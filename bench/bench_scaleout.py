@@ -194,7 +194,9 @@ def _write(
         "event and audit record); several workers overlap those waits. The partner "
         "processes one request at a time, and every process shares the same 2 cores, so "
         "the gain flattens when the cores (not the waits) are what is short. On SQLite the "
-        "writers also take turns on the one database lock.",
+        "writers also take turns on the one database lock. On this shared machine the same "
+        "case differs by up to 2× from round to round as other work comes and goes: read "
+        "the paired ratios, and more rounds (`--repeat`) before sizing anything on them.",
         "",
         END,
         "",

@@ -56,12 +56,13 @@ def sweep_lock(store: Store) -> Iterator[bool]:
     if store.dialect == "postgresql":
         with store.engine.connect() as conn:
             got = bool(conn.exec_driver_sql(f"SELECT pg_try_advisory_lock({SWEEP_LOCK})").scalar())
+            conn.commit()  # the lock is the session's: no transaction left open meanwhile
             try:
                 yield got
             finally:
                 if got:
                     conn.exec_driver_sql(f"SELECT pg_advisory_unlock({SWEEP_LOCK})")
-                conn.rollback()
+                    conn.commit()
         return
     database = store.engine.url.database
     if not database or database == ":memory:":  # one process only

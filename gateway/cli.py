@@ -10,6 +10,7 @@
     gateway send PATH... [--to P] [--wait]                   store, convert, route, queue, deliver
     gateway route PATH...                                    which rule sends each record where
     gateway outbox list|show|stats|retry|replay|release      the queue to partner FHIR servers
+    gateway work [--workers N]                               delivery worker processes (no API)
     gateway db upgrade                                       create or migrate the store
     gateway partners list|set|check                          partner FHIR servers
     gateway validate FILE... [--profile URL] [--json]        validate FHIR JSON resources/Bundles
@@ -41,6 +42,7 @@ from .audit import add_cli as add_audit_cli
 from .config import Settings
 from .console import add_cli as add_users_cli
 from .delivery import add_cli as add_outbox_cli
+from .delivery._work_cli import add_cli as add_work_cli
 from .envelope import Record
 from .errors import GatewayError
 from .inbound import add_cli as add_inbound_cli
@@ -366,6 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_listen_cli(sub)  # gateway listen
     add_store_cli(sub)  # gateway messages ..., gateway db upgrade
     add_outbox_cli(sub)  # gateway outbox list|show|stats|retry|replay|release, send, route
+    add_work_cli(sub)  # gateway work [--workers N]: delivery worker processes, no API
     add_partners_cli(sub)  # gateway partners list|set|check
     add_inbound_cli(sub)  # gateway referrals list|show|accept|reject|complete|notify, inbound token
     add_dicom_cli(sub)  # gateway dicom commit / pending / listen

@@ -12,6 +12,12 @@ States (docs/delivery.md has the diagram):
 Order: a row is due only when no earlier row with the same (partner, order key) is
 undelivered, so a patient's later record never overtakes an earlier one, while other
 patients' records go on.
+
+Workers (threads, processes, machines on one PostgreSQL) take due rows with
+:meth:`Outbox.claim_due`: a batch leased in one transaction (``FOR UPDATE SKIP LOCKED``
+on PostgreSQL, the lease's compare-and-set on SQLite), each row begun with
+:meth:`Outbox.renew` (fenced by the claim's lease), the rest let go with
+:meth:`Outbox.unclaim`.
 """
 
 from __future__ import annotations
@@ -429,35 +435,75 @@ class Outbox:
         a record they link to (until ``links_until``), first of their (partner, order
         key) among the undelivered — a row waiting for a linked record steps aside for
         its patient's later ones — and not for a partner in ``exclude`` (its breaker is
-        open)."""
-        o = _outbox
-        earlier = o.alias("earlier")
-        blocked = (
-            sa.select(earlier.c.id)
-            .where(
-                earlier.c.partner == o.c.partner,
-                earlier.c.order_key == o.c.order_key,  # NULL = NULL is not true: no order
-                earlier.c.id < o.c.id,
-                earlier.c.state != "delivered",
-                ~_unmet(earlier, now),
-            )
-            .exists()
-        )
-        query = (
-            _select()
-            .where(
-                o.c.state.in_(DUE),
-                o.c.next_at <= now,
-                sa.or_(o.c.lease_until.is_(None), o.c.lease_until <= now),
-                ~_unmet(o, now),
-                ~blocked,
-                o.c.partner.not_in(exclude) if exclude else sa.true(),
-            )
-            .order_by(o.c.id)
-            .limit(limit)
-        )
+        open). Read only: :meth:`claim_due` is what a worker takes them with."""
         with self.store.engine.connect() as conn:
-            return [_record(row) for row in conn.execute(query)]
+            return [_record(row) for row in conn.execute(_due_query(now, limit, exclude))]
+
+    def claim_due(
+        self, now: datetime, lease: timedelta, limit: int = 100, exclude: Sequence[str] = ()
+    ) -> tuple[list[OutboxRecord], datetime]:
+        """Take a batch of :meth:`due` rows for this worker until ``now + lease``, in one
+        transaction; (the rows, the lease they hold: the claim's token for
+        :meth:`renew` and :meth:`unclaim`).
+
+        PostgreSQL: ``SELECT … FOR UPDATE SKIP LOCKED``, so workers claiming at once get
+        disjoint batches instead of all racing for the same first rows. SQLite (one
+        writer at a time, ``BEGIN IMMEDIATE``): the compare-and-set on ``lease_until``.
+        Per-patient order holds across workers: a patient's next row is not due while
+        an earlier one, claimed or not, is undelivered."""
+        until = now + lease
+        query = _due_query(now, limit, exclude)
+        if self.store.dialect == "postgresql":
+            query = query.with_for_update(skip_locked=True, of=_outbox)
+        o = _outbox.c
+        with self._write() as conn:
+            rows = [_record(row) for row in conn.execute(query)]
+            if not rows:
+                return [], until
+            taken = set(
+                conn.execute(
+                    _outbox.update()
+                    .where(o.id.in_([r.id for r in rows]), _free(now))
+                    .values(lease_until=until)
+                    .returning(o.id)
+                ).scalars()
+            )
+        return [r for r in rows if r.id in taken], until
+
+    def renew(self, record: OutboxRecord, token: datetime, now: datetime, lease: timedelta) -> bool:
+        """Start on a claimed row: its lease runs from ``now`` again. False when the
+        claim is no longer this worker's (it ran out and another worker took the row,
+        or the row moved): the row is left alone. ``token``: the lease
+        :meth:`claim_due` set; a later claim always sets a later one, so it tells this
+        claim from any other."""
+        o = _outbox.c
+        with self._write() as conn:
+            done = conn.execute(
+                _outbox.update()
+                .where(
+                    o.id == record.id,
+                    o.lease_until == token,
+                    o.state == record.state,
+                    o.part == record.part,
+                )
+                .values(lease_until=now + lease)
+            )
+            return bool(done.rowcount == 1)
+
+    def unclaim(self, row_ids: Sequence[int], token: datetime) -> int:
+        """Let go of claimed rows not begun (stopping, a breaker that opened): due
+        again at once for any worker. Rows begun since (moved, renewed) are not
+        touched. How many were let go."""
+        if not row_ids:
+            return 0
+        o = _outbox.c
+        with self._write() as conn:
+            done = conn.execute(
+                _outbox.update()
+                .where(o.id.in_(list(row_ids)), o.lease_until == token, o.state.in_(DUE))
+                .values(lease_until=None)
+            )
+            return int(done.rowcount)
 
     def stats(self, now: datetime | None = None) -> list[dict[str, Any]]:
         """Per partner: records by state, queue depth (not final) and the oldest record
@@ -497,7 +543,7 @@ class Outbox:
                     o.id == record.id,
                     o.state == record.state,
                     o.part == record.part,
-                    sa.or_(o.lease_until.is_(None), o.lease_until <= now),
+                    _free(now),
                 )
                 .values(lease_until=now + lease)
             )
@@ -563,17 +609,20 @@ class Outbox:
 
     def recover(self, now: datetime) -> int:
         """Rows left ``sending`` by a worker that stopped (its lease ran out): the
-        request may have been applied, so they wait for the partner to be asked."""
+        request may have been applied, so they wait for the partner to be asked.
+        Several workers may recover at once: each row moves (and gets its event) once."""
         o = _outbox.c
         code = "delivery.interrupted"
+        reason = f"{code}: the worker stopped while sending; ask first"
+        query = sa.select(o.id, o.part).where(o.state == "sending", o.lease_until <= now)
+        if self.store.dialect == "postgresql":
+            query = query.with_for_update(skip_locked=True)
+        moved = 0
         with self._write() as conn:
-            ids = conn.execute(
-                sa.select(o.id, o.part).where(o.state == "sending", o.lease_until <= now)
-            ).all()
-            for row_id, part in ids:
-                conn.execute(
+            for row_id, part in conn.execute(query).all():
+                done = conn.execute(
                     _outbox.update()
-                    .where(o.id == row_id, o.state == "sending")
+                    .where(o.id == row_id, o.state == "sending", o.lease_until <= now)
                     .values(
                         state="waiting",
                         next_at=now,
@@ -582,9 +631,10 @@ class Outbox:
                         last_error=code,
                     )
                 )
-                reason = f"{code}: the worker stopped while sending; ask first"
-                self._event(conn, row_id, now, "sending", "waiting", part, None, reason)
-        return len(ids)
+                if done.rowcount == 1:
+                    self._event(conn, row_id, now, "sending", "waiting", part, None, reason)
+                    moved += 1
+        return moved
 
     # -- a person's decisions (gateway outbox retry|replay|release) ---------------------
     def retry(self, row_id: int, reason: str, now: datetime | None = None) -> OutboxRecord:
@@ -727,6 +777,42 @@ def _select() -> sa.Select[Any]:
         o.purpose,
         o.replay_of,
         o.links_until,
+    )
+
+
+def _free(now: datetime) -> Any:
+    """SQL: no worker holds the row (never leased, or its lease ran out)."""
+    o = _outbox.c
+    return sa.or_(o.lease_until.is_(None), o.lease_until <= now)
+
+
+def _due_query(now: datetime, limit: int, exclude: Sequence[str]) -> sa.Select[Any]:
+    """The rows :meth:`Outbox.due` describes, oldest first, at most ``limit``."""
+    o = _outbox
+    earlier = o.alias("earlier")
+    blocked = (
+        sa.select(earlier.c.id)
+        .where(
+            earlier.c.partner == o.c.partner,
+            earlier.c.order_key == o.c.order_key,  # NULL = NULL is not true: no order
+            earlier.c.id < o.c.id,
+            earlier.c.state != "delivered",
+            ~_unmet(earlier, now),
+        )
+        .exists()
+    )
+    return (
+        _select()
+        .where(
+            o.c.state.in_(DUE),
+            o.c.next_at <= now,
+            _free(now),
+            ~_unmet(o, now),
+            ~blocked,
+            o.c.partner.not_in(exclude) if exclude else sa.true(),
+        )
+        .order_by(o.c.id)
+        .limit(limit)
     )
 
 

@@ -29,6 +29,13 @@ class DeliveryConfig:
     breaker_cooldown: float = 60.0
     lease: timedelta = timedelta(seconds=300)
     poll: float = 1.0
+    # Rows a worker claims at a time: enough to keep it busy between claims, few enough
+    # that several workers share a queue (each claimed row waits for its worker).
+    batch: int = 10
+    # How long a claimed row not begun yet stays the worker's (at most ``lease``): a
+    # worker that dies holding a batch delays it this long, not a whole lease. Safe when
+    # short: a row is begun only if its claim is still the worker's (Outbox.renew).
+    claim_lease: timedelta = timedelta(seconds=30)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DeliveryConfig:

@@ -9,15 +9,23 @@
 
 ``stop`` lets each finish what it holds (the worker its current record: no lease is
 left behind) and closes the partners' connections.
+
+Several services may share a store (``gateway work --workers N``, several machines on
+one PostgreSQL): the worker's claims keep them apart (gateway/delivery/_outbox.py),
+and the sweep runs in one of them at a time (:func:`sweep_lock`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import queue
 import threading
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Iterator
 from datetime import datetime
+from pathlib import Path
 
 import sqlalchemy as sa
 
@@ -28,12 +36,48 @@ from ._outbox import Outbox
 from ._retry import DeliveryConfig
 from ._worker import Deliverer
 
-__all__ = ["FEED_EVERY", "DeliveryService", "unrouted"]
+__all__ = ["FEED_EVERY", "DeliveryService", "sweep_lock", "unrouted"]
 
 log = logging.getLogger("gateway.delivery")
 FEED_EVERY = 30.0  # seconds between looks for unrouted messages and released holds
 _messages = metadata.tables["messages"]
 _outcomes = metadata.tables["outcomes"]
+# The PostgreSQL advisory lock of the outbound sweep (any stable 64-bit number will do).
+SWEEP_LOCK = zlib.crc32(b"gateway.delivery.sweep")
+
+
+@contextlib.contextmanager
+def sweep_lock(store: Store) -> Iterator[bool]:
+    """Whether this process may sweep now: one process of those sharing ``store`` at a
+    time (two sweeps would take the same message through the outbound path at once and
+    race on its outbox rows). PostgreSQL: a session advisory lock; SQLite: an exclusive
+    ``flock`` on a file beside the database. Never waits: another process sweeping
+    means this one skips its turn."""
+    if store.dialect == "postgresql":
+        with store.engine.connect() as conn:
+            got = bool(conn.exec_driver_sql(f"SELECT pg_try_advisory_lock({SWEEP_LOCK})").scalar())
+            conn.commit()  # the lock is the session's: no transaction left open meanwhile
+            try:
+                yield got
+            finally:
+                if got:
+                    conn.exec_driver_sql(f"SELECT pg_advisory_unlock({SWEEP_LOCK})")
+                    conn.commit()
+        return
+    database = store.engine.url.database
+    if not database or database == ":memory:":  # one process only
+        yield True
+        return
+    with Path(database + ".sweep-lock").open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def unrouted(store: Store, since: datetime | None = None, limit: int = 1000) -> list[int]:
@@ -140,11 +184,14 @@ class DeliveryService:
 
     def _sweep(self) -> None:
         try:
-            since = utcnow() - self.deliverer.config.max_age
-            for message_id in unrouted(self.store, since):
-                if self._stop.is_set():
-                    return
-                self._one(message_id)
-            self.outbound.recheck_held()
+            with sweep_lock(self.store) as mine:
+                if not mine:
+                    return  # another process sweeps: its turn
+                since = utcnow() - self.deliverer.config.max_age
+                for message_id in unrouted(self.store, since):
+                    if self._stop.is_set():
+                        return
+                    self._one(message_id)
+                self.outbound.recheck_held()
         except Exception:
             log.exception("outbound sweep")

@@ -72,30 +72,42 @@ class Deliverer:
 
     # -- the loop -------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
-        """Deliver until ``stop`` is set, pausing ``poll`` seconds when nothing is due."""
+        """Deliver until ``stop`` is set, a batch of ``config.batch`` rows at a time,
+        pausing ``poll`` seconds when nothing is due."""
         while not stop.is_set():
-            if self.run_once(stop=stop) == 0:
+            if self.run_once(self.config.batch, stop=stop) == 0:
                 stop.wait(self.config.poll)
 
     def run_once(self, limit: int = 100, stop: threading.Event | None = None) -> int:
-        """Act once on every due row (up to ``limit``); how many were acted on. Rows of
-        partners whose breaker is open are not even picked, so they never crowd out
-        another partner's rows."""
+        """Claim the due rows (up to ``limit``: :meth:`Outbox.claim_due`) and act on each;
+        how many were acted on. Rows of partners whose breaker is open are not even
+        claimed, so they never crowd out another partner's rows. Claimed rows not begun
+        (stopping, a breaker that opened meanwhile) are released: due again at once."""
         now = self.clock()
         self.outbox.recover(now)
         closed_to = [key for key, b in self.breakers.items() if not b.may_try(now)]
+        hold = min(self.config.claim_lease, self.config.lease)
+        claimed, token = self.outbox.claim_due(now, hold, limit, exclude=closed_to)
         acted = 0
-        for record in self.outbox.due(now, limit, exclude=closed_to):
-            if stop is not None and stop.is_set():
-                break  # stopping: the rows not begun stay due, untouched
-            try:
-                if self._handle(record):
-                    acted += 1
-            except GatewayError as exc:  # e.g. another worker moved the row: leave it
-                log.warning("outbox record %s: %s", record.id, exc.issue.line())
-            except Exception:  # one record's fault never stops the others
-                # A row left sending is asked about once its lease runs out (recover).
-                log.exception("outbox record %s: delivery failed", record.id)
+        untouched: list[int] = []  # claimed, never begun: released below
+        try:
+            for n, record in enumerate(claimed):
+                if stop is not None and stop.is_set():
+                    untouched.extend(r.id for r in claimed[n:])
+                    break  # stopping: the rows not begun are let go, untouched
+                try:
+                    if self._handle(record, token):
+                        acted += 1
+                    else:
+                        untouched.append(record.id)
+                except GatewayError as exc:  # e.g. another worker moved the row: leave it
+                    log.warning("outbox record %s: %s", record.id, exc.issue.line())
+                except Exception:  # one record's fault never stops the others
+                    # A row left sending is asked about once its lease runs out (recover).
+                    log.exception("outbox record %s: delivery failed", record.id)
+        finally:
+            if untouched:
+                self.outbox.unclaim(untouched, token)
         return acted
 
     def close(self) -> None:
@@ -110,7 +122,9 @@ class Deliverer:
         self.close()
 
     # -- one record -----------------------------------------------------------------
-    def _handle(self, record: OutboxRecord) -> bool:
+    def _handle(self, record: OutboxRecord, token: datetime) -> bool:
+        """Act on one claimed row (``token``: its claim); False when it was not begun
+        (the breaker is open, or the claim is no longer this worker's)."""
         now = self.clock()
         partner = self.partners.get(record.partner)
         if partner is None:
@@ -121,7 +135,7 @@ class Deliverer:
         breaker = self.breaker(partner.key)
         if not breaker.allow(now):
             return False  # open: its rows stay due, untouched, until the cool-down ends
-        if not self.outbox.claim(record, now, self.config.lease):
+        if not self.outbox.renew(record, token, now, self.config.lease):
             breaker.probing = False  # not sent: the probe is still to come
             return False
         parts = self.outbox.parts(record.id)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
@@ -21,6 +22,7 @@ import orjson
 
 from ..audit import AuditLog, basis_of, bundle_subject, delivery_event
 from ..errors import GatewayError
+from ..metrics import observe_stage
 from ..partners import Partner
 from ..partners import partner_client as partners_client
 from ._ask import ask
@@ -166,7 +168,9 @@ class Deliverer:
                 )
                 state, linked, note = "sending", {}, ""
             attempts += 1
+            started = time.perf_counter()
             answer = send_part(self.client(partner), parts[part], self.clock())
+            observe_stage("deliver", time.perf_counter() - started)  # one send, any answer
             now = self.clock()
             self._audit(record, partner, parts, answer, attempts)
             self._count(breaker, answer, now)
@@ -196,6 +200,7 @@ class Deliverer:
             attempts=0,
             last_error=None,
         )
+        observe_stage("queue", (now - record.created_at).total_seconds())  # queued → delivered
         return True
 
     def _resolve(

@@ -16,8 +16,12 @@ __all__ = ["BUCKETS", "STAGE_SECONDS", "observe_stage", "stage_histogram"]
 
 STAGE_SECONDS = "gateway_stage_duration_seconds"
 # From a cached mapping fragment (well under a millisecond) to a large DICOM study or a
-# store write waiting for its turn (seconds).
-BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# store write waiting for its turn (seconds), and a record's wait in the outbox (`queue`:
+# retries and holds, up to hours).
+BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    30.0, 60.0, 300.0, 1800.0, 3600.0, 14400.0,
+)  # fmt: skip
 
 log = logging.getLogger("gateway.metrics")
 _made = threading.Lock()

@@ -152,7 +152,7 @@ def test_every_documented_metric_is_scraped_and_moves(
     assert moved("gateway_delivery_attempts_total", partner=PARTNER, outcome="delivered") == 1
     assert total(after, "gateway_queue_depth", partner=PARTNER) == 0  # drained
     assert total(after, "gateway_queue_oldest_age_seconds", partner=PARTNER) == 0
-    for stage in (*CONVERTER_STAGES, "process"):
+    for stage in (*CONVERTER_STAGES, "process", "deliver", "queue"):
         assert moved("gateway_stage_duration_seconds_count", stage=stage) >= 1, stage
         assert moved("gateway_stage_duration_seconds_sum", stage=stage) > 0, stage
     assert total(after, "gateway_store_up") == 1

@@ -21,6 +21,7 @@ import orjson
 
 from ..audit import AuditLog, basis_of, bundle_subject, delivery_event
 from ..errors import GatewayError
+from ..metrics import trace_attempt
 from ..partners import Partner
 from ..partners import partner_client as partners_client
 from ._ask import ask
@@ -153,6 +154,7 @@ class Deliverer:
                 state, linked, note = "sending", {}, ""
             attempts += 1
             answer = send_part(self.client(partner), parts[part], self.clock())
+            trace_attempt(record, answer, now, self.clock)  # when tracing is on
             now = self.clock()
             self._audit(record, partner, parts, answer, attempts)
             self._count(breaker, answer, now)

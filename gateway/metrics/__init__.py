@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 from ._latency import BUCKETS, STAGE_SECONDS, observe_stage
 from ._tracing import (
     configure_tracing,
+    trace_attempt,
+    trace_placed,
     trace_record,
     trace_stage,
     traced_message,
@@ -36,6 +38,8 @@ __all__ = [
     "add_metrics_route",
     "configure_tracing",
     "observe_stage",
+    "trace_attempt",
+    "trace_placed",
     "trace_record",
     "trace_stage",
     "traced_message",

@@ -24,9 +24,10 @@ import secrets
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from contextvars import ContextVar
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -35,7 +36,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "configure_tracing",
+    "trace_attempt",
     "trace_id_of",
+    "trace_placed",
     "trace_record",
     "trace_stage",
     "traced_message",
@@ -223,3 +226,25 @@ def _span(
         if not _broken:
             _broken = True
             log.warning("tracing: span not recorded: %s", type(exc).__name__)
+
+
+def trace_placed(settings: Settings, message_id: int, placed: Any) -> None:
+    """The outbound path's span for one record and one partner (policy, report variant,
+    signing, outbox; a ``gateway.delivery.Placed``), ending now. Its duration is not
+    measured: the span marks what became of the record for the partner, and when."""
+    configure_tracing(settings)  # a process that converts nothing (gateway work)
+    if _tracer is None:
+        return
+    outcome, code, index = placed.outcome, placed.code, placed.record + 1
+    trace_stage("outbound", 0.0, message_id, outcome, code, index, placed.partner)
+
+
+def trace_attempt(row: Any, answer: Any, since: datetime, clock: Callable[[], datetime]) -> None:
+    """A delivery attempt's span (``row``: an OutboxRecord, ``answer``: the partner's
+    Answer): from ``since`` (the worker took the row, or the previous part arrived) to
+    the answer, on the worker's clock (read only when tracing is on: tests drive it)."""
+    if _tracer is None:
+        return
+    seconds = max((clock() - since).total_seconds(), 0.0)
+    index = row.record + 1 if row.record is not None else None
+    trace_stage("deliver", seconds, row.message_id, answer.kind, answer.code, index, row.partner)

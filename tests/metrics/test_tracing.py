@@ -12,15 +12,17 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
+import respx
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 from packaging.requirements import Requirement
 
 from gateway import Converter, Settings
+from gateway.delivery import Deliverer, Outbound
 from gateway.errors import ConfigError
 from gateway.metrics import _tracing
-from gateway.store import Incoming, Store, process_message
+from gateway.store import Incoming, Store, open_store, process_message
 from tests.conftest import REPO
 
 # GB 18030: 王伟 / WANG^WEI, MRN 0012345, hospital no. J20250043, resident id card number
@@ -36,6 +38,8 @@ PATIENT_DATA = (
     "LAX220260611101500003",  # the control id (MSH-10)
 )
 CONVERTER_STAGES = ["intake", "mapping", "validation", "serialise"]
+NJMU2 = "https://fhir.njmu2.example.cn/fhir/"  # the demo partner the message is routed to
+ANSWER = {"resourceType": "Bundle", "type": "transaction-response", "entry": []}
 
 
 @pytest.fixture
@@ -92,6 +96,47 @@ def test_a_stored_message_is_one_trace_of_its_stages_without_patient_data(
     assert leaked == []
     # The span ids differ; the trace id is the message's, in any process of this gateway.
     assert len({s.context.span_id for s in finished if s.context}) == len(finished)
+
+
+def test_the_outbound_path_and_the_delivery_attempt_join_the_messages_trace(
+    tmp_path: Path, spans: tuple[Settings, InMemorySpanExporter]
+) -> None:
+    settings, exporter = spans
+    store = open_store(settings)
+    try:
+        receipt = store.receive(Incoming(MESSAGE.read_bytes(), "cli"))
+        process_message(store, Converter(settings), receipt.id)
+        outbound = Outbound(settings, store)
+        [placed] = outbound.process(receipt.id).placed
+        assert (placed.partner, placed.outcome) == ("njmu2", "queued")
+        with respx.mock(assert_all_mocked=True) as partner:
+            partner.post(NJMU2).mock(return_value=respx.MockResponse(200, json=ANSWER))
+            with Deliverer(outbound.outbox, outbound.partners) as worker:
+                worker.run_once()
+        assert store.state_of(receipt.id) == "delivered"
+    finally:
+        store.close()
+    finished = exporter.get_finished_spans()
+    assert [s.name for s in finished] == [*CONVERTER_STAGES, "process", "outbound", "deliver"]
+    assert {s.context.trace_id for s in finished if s.context} == {
+        _tracing.trace_id_of(receipt.id)[0]
+    }
+    outbound_span, deliver = (dict(s.attributes or {}) for s in finished[-2:])
+    common = {"gateway.message_id": receipt.id, "gateway.record_index": 1}
+    assert outbound_span == {
+        **common,
+        "gateway.stage": "outbound",
+        "gateway.outcome": "queued",
+        "gateway.partner": "njmu2",
+    }
+    assert deliver == {
+        **common,
+        "gateway.stage": "deliver",
+        "gateway.outcome": "delivered",
+        "gateway.partner": "njmu2",
+    }
+    texts = [text for span in finished for text in _values(span)]
+    assert [(d, t) for t in texts for d in PATIENT_DATA if d.lower() in t.lower()] == []
 
 
 def test_the_trace_id_is_the_installations_own() -> None:

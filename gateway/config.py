@@ -122,6 +122,11 @@ class Settings:
     delivery_routes: Path | None = None
     delivery_worker: bool = True
     delivery_reference_wait: float = 600.0
+    # Optional OpenTelemetry tracing of records through their stages (docs/metrics.md,
+    # "Tracing"): off | console | otlp. Off imports nothing of opentelemetry.
+    tracing: str = "off"
+    tracing_endpoint: str | None = None  # OTLP/HTTP traces URL (None: the exporter's default)
+    tracing_service_name: str = "fhir-gateway"  # service.name; also salts the trace ids
     # Alerts (gateway/alerts; docs/alerts.md): thresholds are data (seeds/alerts.yaml under
     # $GATEWAY_HOME/alerts.yaml); these say how often and where notices go. The SMTP
     # password: GATEWAY_ALERT_SMTP_PASSWORD, else alert_smtp_password_file.
@@ -186,6 +191,8 @@ _BOOLS = (
 
 
 def _coerce(name: str, value: Any, home: Path) -> Any:
+    if name.startswith("tracing"):
+        return _tracing_setting(name, value)
     if name in _STORE_SETTINGS:
         return _coerce_store(name, value, home)
     if name.startswith("alert_"):
@@ -412,3 +419,19 @@ def _alert_setting(name: str, value: Any, home: Path) -> Any:
     if name == "alert_webhook_url" and not str(value).startswith(("https://", "http://")):
         raise ConfigError("bad-setting", f"{name} must be an http(s) URL")
     return str(value).strip()
+
+
+TRACING_MODES = ("off", "console", "otlp")
+
+
+def _tracing_setting(name: str, value: Any) -> str:
+    """tracing, tracing_endpoint, tracing_service_name (docs/metrics.md, "Tracing")."""
+    text = str(value).strip()
+    if name == "tracing" and text.lower() not in TRACING_MODES:
+        modes = " | ".join(TRACING_MODES)
+        raise ConfigError("bad-setting", f"tracing must be {modes}, not {value!r}")
+    if name == "tracing_endpoint" and not text.startswith(("https://", "http://")):
+        raise ConfigError("bad-setting", f"{name} must be an http(s) URL (OTLP/HTTP)")
+    if name == "tracing_service_name" and not text:
+        raise ConfigError("bad-setting", f"{name} must not be empty")
+    return text.lower() if name == "tracing" else text

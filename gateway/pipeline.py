@@ -36,7 +36,7 @@ from .intake.hl7v2 import check_path as hl7v2_path
 from .intake.hl7v2 import read_messages
 from .logs import safe_traceback
 from .mapping import Env, MappingSet, Narratives, Terminology
-from .metrics import observe_stage
+from .metrics import configure_tracing, observe_stage, trace_record
 from .network import Network
 from .validation import TRANSACTION_PROFILE, Validator
 
@@ -246,6 +246,7 @@ AfterStage = Callable[[Stage[Any, Any], Record, Any], None]
 class Converter:
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or Settings.load()
+        configure_tracing(self.settings)  # once per process; off: nothing imported
         self.network = Network.load(self.settings.network)
         self.env = Env(Terminology(self.settings.mappings), self.network)
         self.validator = Validator()
@@ -449,6 +450,7 @@ class Converter:
                 after(stage, record, payload)
             if code is not None:
                 break
+        trace_record(record)  # a span per stage, when tracing is on
         _log_record(record, total)
         return record
 

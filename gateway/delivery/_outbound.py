@@ -33,6 +33,7 @@ import orjson
 from ..audit import audit_log, bundle_subject, events
 from ..config import Settings
 from ..errors import ConfigError, GatewayError, Issue
+from ..metrics import trace_placed
 from ..network import Network
 from ..partners import Partner, configured_partners
 from ..store import StageOutcome, Store, StoreError
@@ -183,6 +184,7 @@ class Outbound:
             issues += _routing_issues(routing, where)
             for dest in routing.partners.values():
                 placed = self._place(message_id, n, data, bundle, facts, dest, summary.sender)
+                trace_placed(self.settings, message_id, placed)  # when tracing is on
                 result.placed.append(placed)
                 issues.append(_placed_issue(placed, where))
         state = self._state(result, stored.state)

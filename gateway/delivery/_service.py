@@ -30,6 +30,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from ..config import Settings
+from ..metrics import configure_tracing
 from ..store import Store, metadata, on_converted, utcnow
 from ._outbound import Outbound
 from ._outbox import Outbox
@@ -122,6 +123,7 @@ class DeliveryService:
         deliverer: Deliverer | None = None,
         feed_every: float = FEED_EVERY,
     ) -> None:
+        configure_tracing(settings)  # so a delivery-only process (gateway work) traces too
         outbox = Outbox(store)
         self.store = store
         self.outbound = outbound or Outbound(settings, store, outbox)

@@ -22,7 +22,7 @@ import orjson
 
 from ..audit import AuditLog, basis_of, bundle_subject, delivery_event
 from ..errors import GatewayError
-from ..metrics import observe_stage
+from ..metrics import observe_stage, trace_attempt
 from ..partners import Partner
 from ..partners import partner_client as partners_client
 from ._ask import ask
@@ -171,6 +171,7 @@ class Deliverer:
             started = time.perf_counter()
             answer = send_part(self.client(partner), parts[part], self.clock())
             observe_stage("deliver", time.perf_counter() - started)  # one send, any answer
+            trace_attempt(record, answer, now, self.clock)  # when tracing is on
             now = self.clock()
             self._audit(record, partner, parts, answer, attempts)
             self._count(breaker, answer, now)

@@ -1,5 +1,6 @@
 """Metrics (docs/metrics.md): ``GET /metrics`` for Prometheus and the stage latency
-histograms the pipeline and the store feed.
+histograms the pipeline and the store feed; optional OpenTelemetry tracing of a record
+through its stages (``_tracing``: off by default, and then opentelemetry is not imported).
 
 Counts and queue figures are read from the store when scraped (right across processes
 and restarts); latencies are histograms in the process that measured them, shared
@@ -14,6 +15,15 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ._latency import BUCKETS, STAGE_SECONDS, observe_stage
+from ._tracing import (
+    configure_tracing,
+    trace_attempt,
+    trace_placed,
+    trace_record,
+    trace_stage,
+    traced_message,
+    tracing_on,
+)
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -21,7 +31,20 @@ if TYPE_CHECKING:
     from ..config import Settings
     from ..store import Store
 
-__all__ = ["BUCKETS", "MULTIPROC_ENV", "STAGE_SECONDS", "add_metrics_route", "observe_stage"]
+__all__ = [
+    "BUCKETS",
+    "MULTIPROC_ENV",
+    "STAGE_SECONDS",
+    "add_metrics_route",
+    "configure_tracing",
+    "observe_stage",
+    "trace_attempt",
+    "trace_placed",
+    "trace_record",
+    "trace_stage",
+    "traced_message",
+    "tracing_on",
+]
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 

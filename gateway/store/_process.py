@@ -18,7 +18,7 @@ from ..datafiles import load_data_file
 from ..envelope import Record
 from ..errors import GatewayError, Issue
 from ..intake.hl7v2 import parse_message, split_messages
-from ..metrics import observe_stage
+from ..metrics import observe_stage, trace_stage, traced_message, tracing_on
 from ..pipeline import Converter
 from ._store import StageOutcome, Store, StoredOutcome, StoreError
 
@@ -98,7 +98,7 @@ def process_message(
     if raw is None:
         raise StoreError("pruned", f"message {message_id} was pruned: its original bytes are gone")
     started = time.perf_counter()
-    with lock or nullcontext():
+    with lock or nullcontext(), traced_message(message_id):  # records join its trace
         records = _convert(converter, raw, fmt, sender, message_id)
     duration = int((time.perf_counter() - started) * 1000)
     within = None
@@ -110,6 +110,9 @@ def process_message(
 
     stored = store.record_outcome(message_id, outcome_of(records, raw, fmt), duration, within)
     observe_stage("process", time.perf_counter() - started)  # converted and kept
+    if tracing_on():  # the step's span, in the message's trace
+        code = str(stored.issues[0].get("code")) if stored.issues else None
+        trace_stage("process", time.perf_counter() - started, message_id, stored.state, code)
     if stored.state == "converted":
         for hook in list(_converted):
             try:

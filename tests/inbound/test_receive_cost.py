@@ -169,3 +169,31 @@ def test_trust_cache_follows_files_added_and_removed(tmp_path: Path, own_trust: 
     shutil.rmtree(own_trust)  # unreadable: the load's error, every time (nothing cached)
     with pytest.raises(Exception, match="trust store"):
         cache.trust()
+
+
+def test_a_changed_trust_store_applies_to_proxy_certificates_too(
+    tmp_path: Path, pki: Path, own_trust: Path, converter: Converter
+) -> None:
+    """The authenticator kept the first trust store it loaded for the process's life: a
+    CA withdrawn from signing_trust still let its client certificates in."""
+    from urllib.parse import quote
+
+    home = tmp_path / "proxied"
+    (home / "secrets").mkdir(parents=True)
+    (home / "gateway.toml").write_text(
+        f'institution = "hkpmc"\nsigning_trust = "{own_trust}"\nsigning_keys = "{pki}"\n'
+        'inbound_mtls_header = "X-SSL-Client-Cert"\ninbound_mtls_proxies = ["127.0.0.1"]\n'
+    )
+    client = Client(create_app(Settings.load(home=home, env={}), converter, TokenSet([LOCAL])))
+    cert = quote((pki / "nsch" / "cert.pem").read_text())
+    headers = {"X-SSL-Client-Cert": cert, "Content-Type": "application/fhir+json"}
+    try:
+        # not a Bundle: past authentication (400), not refused by it (401)
+        assert client.post("/fhir", content=b"{}", headers=headers).status_code == 400
+        other = tmp_path / "other-pki"
+        make_demo_pki(data_dir("seeds") / "network.yaml", other)
+        for name in ("cert.pem", "crl.pem"):
+            shutil.copy(other / "ca" / name, own_trust / name)
+        assert client.post("/fhir", content=b"{}", headers=headers).status_code == 401
+    finally:
+        client.app.state.fhir.close()

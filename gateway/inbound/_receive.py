@@ -113,7 +113,7 @@ class Inbound:
             return denied
         return self._store(body, bundle, who, token, sha, dedup, verified, peer)
 
-    # -- the audit trail (each event in a commit of its own; a failure is logged) -----
+    # -- the audit trail (in the transaction of what it records; a failure is logged) --
     def _subject(self, bundle: dict[str, Any]) -> Subject:
         """The Bundle and its patient, by the policy's pseudonym of the Patient's first
         identifier (a partner's Bundle has no id of ours yet; no identifier is logged)."""
@@ -244,16 +244,20 @@ class Inbound:
         """A Bundle refused for its signatures: its bytes kept as evidence, never applied
         (no dedup key: sent again after a fix, it is checked again), with the check's
         and the receipt's AuditEvents in the same transaction."""
-        with self.store.engine.execution_options(write=True).begin() as conn:
-            conn.execute(
-                bundles.insert().values(
-                    received_at=utcnow(), partner=who.partner, auth=who.method,
-                    bundle_type=str(bundle.get("type"))[:32], identifier=(token or None),
-                    sha256=sha, dedup_key=None, state="refused", status=answer.status,
-                    response=orjson.dumps(answer.body), raw=body,
-                )
-            )  # fmt: skip
-            self._record(conn, [*verified, *self._receipt(bundle, who.partner, peer, answer)])
+        try:
+            with self.store.engine.execution_options(write=True).begin() as conn:
+                conn.execute(
+                    bundles.insert().values(
+                        received_at=utcnow(), partner=who.partner, auth=who.method,
+                        bundle_type=str(bundle.get("type"))[:32], identifier=(token or None),
+                        sha256=sha, dedup_key=None, state="refused", status=answer.status,
+                        response=orjson.dumps(answer.body), raw=body,
+                    )
+                )  # fmt: skip
+                self._record(conn, [*verified, *self._receipt(bundle, who.partner, peer, answer)])
+        except Exception:
+            self._record(None, verified)  # the check happened, whatever failed after it
+            raise
 
     # -- 5: policy --------------------------------------------------------------------
     def _decide(self, bundle: dict[str, Any], partner: str, own: Institution) -> Answer | None:

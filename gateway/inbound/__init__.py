@@ -29,6 +29,7 @@ from ._resources import (
     patient_of,
 )
 from ._schema import bundles, identifiers, jtis, resources, tokens
+from ._trust import TrustCache
 
 __all__ = [
     "ACTIONS",
@@ -49,6 +50,7 @@ __all__ = [
     "Search",
     "Stored",
     "TokenError",
+    "TrustCache",
     "add_cli",
     "apply_bundle",
     "bundles",

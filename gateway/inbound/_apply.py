@@ -74,15 +74,24 @@ def apply_bundle(
             "inbound.bad-bundle", "Bundle.entry is not a list", expression="Bundle.entry"
         )
     if kind == "transaction":
-        plans = [_plan(conn, store, n, e) for n, e in enumerate(entries)]
+        # Every entry is planned against the store as it was before the Bundle, so the
+        # conditions' look-ups can be one statement, and the targets' current versions
+        # another (a write keeps ``known`` up to date for a later entry of the same id).
+        matches = store.find_identifiers(conn, _conditions(entries))
+        plans = [_plan(conn, store, n, e, matches) for n, e in enumerate(entries)]
+        stored_ids = {(p.resource_type, p.logical_id) for p in plans if p.logical_id}
+        known: dict[tuple[str, str], Stored | None] = dict.fromkeys(stored_ids)
+        known.update(store.current_many(conn, stored_ids))
         for plan in plans:  # every target known before any reference is made literal
-            plan.logical_id = plan.logical_id or str(uuid.uuid4())
+            if plan.logical_id is None:
+                plan.logical_id = str(uuid.uuid4())
+                known[(plan.resource_type, plan.logical_id)] = None  # new: nothing to read
         urls = {p.full_url: f"{p.resource_type}/{p.logical_id}" for p in plans if p.full_url}
         index = _identifier_index(plans)
         written: list[Stored] = []
         out = []
         for plan in plans:
-            stored = _write(conn, store, plan, urls, index, partner, bundle_id, now)
+            stored = _write(conn, store, plan, urls, index, partner, bundle_id, now, known)
             if stored is not None and plan.write:
                 written.append(stored)
             out.append(_response_entry(plan, stored))
@@ -108,9 +117,43 @@ def apply_bundle(
     return applied
 
 
-def _plan(conn: Connection, store: Resources, n: int, entry: Any) -> _Entry:
+def _conditions(entries: list[Any]) -> list[tuple[str, str]]:
+    """(type, query) of each entry's condition (``ifNoneExist``, ``PUT Type?query``),
+    for one look-up of them all; malformed entries are left to ``_plan`` to refuse."""
+    out = []
+    for entry in entries:
+        request = entry.get("request") if isinstance(entry, dict) else None
+        if not isinstance(request, dict):
+            continue
+        path, _, query = str(request.get("url") or "").partition("?")
+        if request.get("method") == "POST" and request.get("ifNoneExist") and not query:
+            out.append((path, str(request["ifNoneExist"])))
+        elif request.get("method") == "PUT" and query:
+            out.append((path, query))
+    return out
+
+
+def _find(
+    conn: Connection,
+    store: Resources,
+    resource_type: str,
+    query: str,
+    matches: dict[tuple[str, str], list[str]] | None,
+) -> list[str]:
+    if matches is not None and (resource_type, query) in matches:
+        return matches[(resource_type, query)]
+    return store.find(conn, resource_type, query)
+
+
+def _plan(
+    conn: Connection,
+    store: Resources,
+    n: int,
+    entry: Any,
+    matches: dict[tuple[str, str], list[str]] | None = None,
+) -> _Entry:
     """Where entry ``n`` goes: a new resource, a stored one to update, or (a matched
-    conditional create) nothing to write."""
+    conditional create) nothing to write. ``matches``: conditions already looked up."""
     where = f"Bundle.entry[{n}]"
     if not isinstance(entry, dict) or not isinstance(entry.get("resource"), dict):
         raise InboundError(
@@ -147,10 +190,11 @@ def _plan(conn: Connection, store: Resources, n: int, entry: Any) -> _Entry:
                 expression=f"{where}.request.url",
             )
         if condition:
-            _match(plan, store.find(conn, resource_type, str(condition)), where, update=False)
+            found = _find(conn, store, resource_type, str(condition), matches)
+            _match(plan, found, where, update=False)
         return plan
     if query:
-        _match(plan, store.find(conn, resource_type, query), where, update=True)
+        _match(plan, _find(conn, store, resource_type, query, matches), where, update=True)
     elif ID_PATTERN.fullmatch(target_id):
         plan.logical_id = target_id
     else:
@@ -196,8 +240,12 @@ def _write(
     partner: str,
     bundle_id: int | None,
     now: datetime,
+    known: dict[tuple[str, str], Stored | None] | None = None,
 ) -> Stored | None:
     if not plan.write:
+        key = (plan.resource_type, str(plan.logical_id))
+        if known is not None and key in known:
+            return known[key]
         return store.current(conn, plan.resource_type, str(plan.logical_id))
     if plan.logical_id is None:  # a create: its id is known before any reference to it
         plan.logical_id = str(uuid.uuid4())
@@ -208,8 +256,9 @@ def _write(
     for ref in iter_references(resource):
         ref["reference"] = _resolve(conn, store, str(ref["reference"]), urls, index, plan.n)
     stored, written = store.write(
-        conn, resource, logical_id=plan.logical_id, partner=partner, bundle_id=bundle_id, now=now
-    )
+        conn, resource, logical_id=plan.logical_id, partner=partner, bundle_id=bundle_id,
+        now=now, known=known,
+    )  # fmt: skip
     plan.created = written and stored.version == 1
     plan.write = written
     return stored

@@ -48,6 +48,7 @@ from ..signing import SignatureReport, TrustStore, check_certificate
 from ..store import Store, utcnow
 from ._errors import InboundError
 from ._schema import jtis, tokens
+from ._trust import TrustCache
 
 __all__ = [
     "ASSERTION_TYPE",
@@ -186,14 +187,12 @@ class Authenticator:
         self._static: dict[str, str] = {}
         self._stamp: float | None = None
         self._lock = threading.Lock()
-        self._trust: TrustStore | None = None
+        self._trust = TrustCache(settings)
 
     # -- trust ------------------------------------------------------------------------
     def trust(self) -> TrustStore | None:
-        with self._lock:
-            if self._trust is None and self.settings.signing_trust is not None:
-                self._trust = TrustStore.load(self.settings.signing_trust)
-            return self._trust
+        """The trust store as on disk now (a changed CRL or CA takes effect at once)."""
+        return self._trust.trust()
 
     # -- requests ---------------------------------------------------------------------
     def authenticate(self, authorization: str, client_host: str | None, cert_header: str | None

@@ -32,7 +32,7 @@ from ..audit import PSEUDONYM, Subject, audit_log, bundle_subject, events
 from ..config import Settings
 from ..errors import GatewayError, Issue, http_status, operation_outcome
 from ..network import Institution, Network
-from ..signing import signature_entries, trust_store, verify_bundle
+from ..signing import signature_entries, verify_bundle
 from ..store import Store, utcnow
 from ._apply import apply_bundle
 from ._auth import PartnerAuth
@@ -40,6 +40,7 @@ from ._errors import InboundError
 from ._referrals import Referrals
 from ._resources import Resources
 from ._schema import bundles
+from ._trust import TrustCache
 
 __all__ = ["Answer", "Inbound"]
 
@@ -70,6 +71,7 @@ class Inbound:
         self.referrals = Referrals(settings, store, self.network)
         self._lock = threading.Lock()
         self._policy: Any = None
+        self.trust = TrustCache(settings)
         self.audit = audit_log(store, settings)
 
     def policy(self) -> Any:
@@ -100,19 +102,18 @@ class Inbound:
         if earlier is not None:
             return earlier
         refused = self._verify(bundle, who.partner)
-        self._audit_verified(bundle, who.partner, refused)
+        verified = self._verified_events(bundle, who.partner, refused)
         if refused is not None:
-            self._keep_refused(body, bundle, who, token, sha, refused)
             log.warning("inbound: a Bundle from %s refused: its signatures", who.partner)
-            return self._audited(bundle, who.partner, peer, refused)
+            self._keep_refused(body, bundle, who, token, sha, refused, verified, peer)
+            return refused
         denied = self._decide(bundle, who.partner, own)
         if denied is not None:
-            return self._audited(bundle, who.partner, peer, denied)
-        return self._audited(
-            bundle, who.partner, peer, self._store(body, bundle, who, token, sha, dedup)
-        )
+            self._record(None, [*verified, *self._receipt(bundle, who.partner, peer, denied)])
+            return denied
+        return self._store(body, bundle, who, token, sha, dedup, verified, peer)
 
-    # -- the audit trail (each event in a commit of its own; a failure is logged) -----
+    # -- the audit trail (in the transaction of what it records; a failure is logged) --
     def _subject(self, bundle: dict[str, Any]) -> Subject:
         """The Bundle and its patient, by the policy's pseudonym of the Patient's first
         identifier (a partner's Bundle has no id of ours yet; no identifier is logged)."""
@@ -131,30 +132,39 @@ class Inbound:
                     return Subject(f"{PSEUDONYM}|{alias}", subject.records)
         return Subject(None, subject.records)
 
-    def _audit_verified(self, bundle: dict[str, Any], partner: str, refused: Answer | None) -> None:
+    def _verified_events(
+        self, bundle: dict[str, Any], partner: str, refused: Answer | None
+    ) -> list[dict[str, Any]]:
+        """The signature check's AuditEvent (none for an unsigned Bundle)."""
         if self.audit is None or not (signature_entries(bundle) or bundle.get("signature")):
-            return
+            return []
         code = _first_code(refused) if refused is not None else None
-        event = events.signature_verified(
-            self._subject(bundle), partner, refused is None, code=code
-        )
-        self.audit.record_guarded(None, event)
+        return [events.signature_verified(self._subject(bundle), partner, refused is None,
+                                          code=code)]  # fmt: skip
 
-    def _audited(
+    def _receipt(
         self, bundle: dict[str, Any], partner: str, peer: str | None, answer: Answer
-    ) -> Answer:
-        """The receipt's AuditEvent (stored or refused, with the refusal's code)."""
-        if self.audit is not None and not answer.replayed:
-            ok = answer.status < 400
-            event = events.inbound_receipt(
+    ) -> list[dict[str, Any]]:
+        """The receipt's AuditEvent (stored or refused, with the refusal's code); none
+        for the stored answer to a Bundle sent before."""
+        if self.audit is None or answer.replayed:
+            return []
+        ok = answer.status < 400
+        return [
+            events.inbound_receipt(
                 partner,
                 self._subject(bundle),
                 peer=peer,
                 outcome="success" if ok else "serious",
                 why=None if ok else _first_code(answer),
             )
-            self.audit.record_guarded(None, event)
-        return answer
+        ]
+
+    def _record(self, conn: sa.Connection | None, found: list[dict[str, Any]]) -> None:
+        """Append ``found`` inside ``conn``'s transaction (under a savepoint: a failed
+        append undoes only itself), else in one transaction of their own."""
+        if self.audit is not None and found:
+            self.audit.record_guarded(conn, *found)
 
     # -- 2: in whose name -------------------------------------------------------------
     def _check_sender(self, bundle: dict[str, Any], partner: str) -> None:
@@ -219,7 +229,7 @@ class Inbound:
             )
             return _refused(issue, 422)
         try:
-            trust = trust_store(self.settings)
+            trust = self.trust.trust()  # parsed once, re-read when it changes
         except GatewayError as exc:
             return _refused(exc.issue, 500)
         report = verify_bundle(bundle, trust, "request")
@@ -229,19 +239,25 @@ class Inbound:
 
     def _keep_refused(
         self, body: bytes, bundle: dict[str, Any], who: PartnerAuth, token: str | None,
-        sha: str, answer: Answer,
+        sha: str, answer: Answer, verified: list[dict[str, Any]], peer: str | None,
     ) -> None:  # fmt: skip
         """A Bundle refused for its signatures: its bytes kept as evidence, never applied
-        (no dedup key: sent again after a fix, it is checked again)."""
-        with self.store.engine.execution_options(write=True).begin() as conn:
-            conn.execute(
-                bundles.insert().values(
-                    received_at=utcnow(), partner=who.partner, auth=who.method,
-                    bundle_type=str(bundle.get("type"))[:32], identifier=(token or None),
-                    sha256=sha, dedup_key=None, state="refused", status=answer.status,
-                    response=orjson.dumps(answer.body), raw=body,
-                )
-            )  # fmt: skip
+        (no dedup key: sent again after a fix, it is checked again), with the check's
+        and the receipt's AuditEvents in the same transaction."""
+        try:
+            with self.store.engine.execution_options(write=True).begin() as conn:
+                conn.execute(
+                    bundles.insert().values(
+                        received_at=utcnow(), partner=who.partner, auth=who.method,
+                        bundle_type=str(bundle.get("type"))[:32], identifier=(token or None),
+                        sha256=sha, dedup_key=None, state="refused", status=answer.status,
+                        response=orjson.dumps(answer.body), raw=body,
+                    )
+                )  # fmt: skip
+                self._record(conn, [*verified, *self._receipt(bundle, who.partner, peer, answer)])
+        except Exception:
+            self._record(None, verified)  # the check happened, whatever failed after it
+            raise
 
     # -- 5: policy --------------------------------------------------------------------
     def _decide(self, bundle: dict[str, Any], partner: str, own: Institution) -> Answer | None:
@@ -262,8 +278,11 @@ class Inbound:
     # -- 6: store ---------------------------------------------------------------------
     def _store(
         self, body: bytes, bundle: dict[str, Any], who: PartnerAuth, token: str | None,
-        sha: str, dedup: str,
+        sha: str, dedup: str, verified: list[dict[str, Any]], peer: str | None,
     ) -> Answer:  # fmt: skip
+        """One write transaction, one commit: the Bundle's record (its dedup key), its
+        entries, the referral Tasks, the answer kept for a resend and the AuditEvents;
+        committed before the answer is returned (a 200 means durably stored)."""
         now = utcnow()
         try:
             with self.store.engine.execution_options(write=True).begin() as conn:
@@ -284,14 +303,22 @@ class Inbound:
                     .where(bundles.c.id == row)
                     .values(response=orjson.dumps(applied.response))
                 )
+                answer = Answer(200, applied.response)
+                self._record(conn, [*verified, *self._receipt(bundle, who.partner, peer, answer)])
         except InboundError as exc:  # rolled back: nothing of the Bundle is stored
-            return _refused(exc.issue, http_status([exc.issue]))
+            refused = _refused(exc.issue, http_status([exc.issue]))
+            self._record(None, [*verified, *self._receipt(bundle, who.partner, peer, refused)])
+            return refused
         except sa.exc.IntegrityError:
+            self._record(None, verified)  # the check happened; the receipt is the other's
             earlier = self._earlier(dedup)  # the same Bundle, stored meanwhile by another
             if earlier is None:
                 raise
             return earlier
-        return Answer(200, applied.response)
+        except Exception:
+            self._record(None, verified)  # the check happened, whatever failed after it
+            raise
+        return answer
 
 
 def _first_code(answer: Answer) -> str | None:

@@ -244,6 +244,61 @@ class Resources:
         ).scalars()
         return list(rows)
 
+    def find_identifiers(
+        self, conn: Connection, wanted: list[tuple[str, str]]
+    ) -> dict[tuple[str, str], list[str]]:
+        """``find`` for many ``(type, query)`` at once, in one statement: those whose query
+        is one ``identifier=`` parameter (what conditional creates and updates carry);
+        the others are left out (the caller asks ``find``). Same matches as ``find``."""
+        tokens: dict[tuple[str, str], tuple[str | None, str]] = {}
+        for resource_type, query in wanted:
+            pairs = parse_qsl(query, keep_blank_values=True)
+            if len(pairs) == 1 and pairs[0][0] == "identifier":
+                tokens[(resource_type, query)] = parse_identifier(pairs[0][1])
+        if not tokens:
+            return {}
+        i, r = identifiers.c, resources.c
+        rows = conn.execute(
+            sa.select(i.resource_type, i.system, i.value, r.id, r.logical_id)
+            .join(resources, r.id == i.resource_row)
+            .where(
+                i.resource_type.in_(sorted({t for t, _ in tokens})),
+                i.value.in_(sorted({v for _, v in tokens.values()})),
+                r.current.is_(True),
+            )
+            .order_by(r.id)
+        ).all()
+        found: dict[tuple[str, str], list[str]] = {}
+        for key, (system, value) in tokens.items():
+            seen: dict[int, str] = {}  # one id per stored row, as find's IN (subquery) gives
+            for row in rows:
+                if (
+                    row.resource_type == key[0]
+                    and row.value == value
+                    and (system is None or (row.system or "") == system)
+                ):
+                    seen.setdefault(int(row.id), str(row.logical_id))
+            found[key] = list(seen.values())
+        return found
+
+    def current_many(
+        self, conn: Connection, keys: set[tuple[str, str]]
+    ) -> dict[tuple[str, str], Stored]:
+        """The current versions of several ``(type, logical id)`` in one statement (those
+        not stored are absent)."""
+        if not keys:
+            return {}
+        c = resources.c
+        rows = conn.execute(
+            _select().where(
+                c.resource_type.in_(sorted({t for t, _ in keys})),
+                c.logical_id.in_(sorted({i for _, i in keys})),
+                c.current.is_(True),
+            )
+        ).all()
+        out = {(row.resource_type, row.logical_id): row for row in rows}
+        return {k: _stored(row) for k, row in out.items() if k in keys}
+
     def versions(self, resource_type: str, logical_id: str) -> list[Stored]:
         with self.engine.connect() as conn:
             rows = conn.execute(
@@ -266,14 +321,21 @@ class Resources:
         partner: str | None,
         bundle_id: int | None = None,
         now: datetime | None = None,
+        known: dict[tuple[str, str], Stored | None] | None = None,
     ) -> tuple[Stored, bool]:
         """Store ``resource`` as the next version of ``logical_id`` (a new resource when
         None or not stored yet); (stored, written). The same content as the current
-        version writes nothing (written False): a resend stores nothing twice."""
+        version writes nothing (written False): a resend stores nothing twice.
+        ``known``: current versions already read in this transaction (None: not stored),
+        by (type, id); kept up to date with what this writes."""
         now = now or utcnow()
         resource_type = str(resource["resourceType"])
         logical_id = logical_id or str(uuid.uuid4())
-        found = self.current(conn, resource_type, logical_id)
+        key = (resource_type, logical_id)
+        if known is not None and key in known:
+            found = known[key]
+        else:
+            found = self.current(conn, resource_type, logical_id)
         if found is not None and _content(found.resource) == _content(resource):
             return found, False
         version = found.version + 1 if found is not None else 1
@@ -327,6 +389,8 @@ class Resources:
             now,
             body,
         )
+        if known is not None:
+            known[key] = stored
         return stored, True
 
 

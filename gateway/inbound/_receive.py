@@ -162,9 +162,18 @@ class Inbound:
 
     def _record(self, conn: sa.Connection | None, found: list[dict[str, Any]]) -> None:
         """Append ``found`` inside ``conn``'s transaction (under a savepoint: a failed
-        append undoes only itself), else in one transaction of their own."""
-        if self.audit is not None and found:
+        append undoes only itself), else in one transaction of their own, committed
+        before the answer goes (not deferred: a refusal is answered once it is logged)."""
+        if self.audit is None or not found:
+            return
+        if conn is not None:
             self.audit.record_guarded(conn, *found)
+            return
+        try:
+            with self.store.engine.execution_options(write=True).begin() as own:
+                self.audit.record_guarded(own, *found)
+        except Exception as exc:  # the audit never fails a request: said, without data
+            log.error("inbound: audit events not written (%s)", type(exc).__name__)
 
     # -- 2: in whose name -------------------------------------------------------------
     def _check_sender(self, bundle: dict[str, Any], partner: str) -> None:

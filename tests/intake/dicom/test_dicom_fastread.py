@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from pydicom import Dataset, dcmread
 from pydicom.dataelem import RawDataElement
+from pydicom.multival import MultiValue
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
@@ -27,7 +28,11 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
+from gateway.errors import IntakeError
 from gateway.intake.dicom._fastread import read_header
+from gateway.intake.dicom._paths import compile_path
+from gateway.intake.dicom._scope import quiet_pydicom
+from gateway.intake.dicom._view import _element, _Plain, _text_of
 from tests.golden.dicom.make_studies import part10, wang_wei
 
 REPO = Path(__file__).resolve().parents[3]
@@ -154,3 +159,39 @@ def test_a_deflated_file_still_reads() -> None:
     data = _file(DeflatedExplicitVRLittleEndian)
     assert zlib is not None and read_header(io.BytesIO(data), LIMIT) is None
     assert str(dcmread(io.BytesIO(data), stop_before_pixels=True).PatientID) == "0012345"
+
+
+PLAIN_IS = [b"1 ", b"01", b"+3", b"-0", b" 7 ", b"999999999999"]
+
+
+@pytest.mark.parametrize("sent", [*PLAIN_IS, b"1.0 ", b"1\\2 ", b"x1"])
+def test_an_integer_string_reads_as_pydicom_reads_it(sent: bytes) -> None:
+    """InstanceNumber is read straight from its bytes when it is one plain integer,
+    as the text pydicom's IS gives; anything else (a decimal, two values, a bad value)
+    is still pydicom's to convert, or to refuse as dicom-bad-value."""
+
+    def one() -> Dataset:
+        raw = RawDataElement(0x00200013, "IS", len(sent), sent, 0, False, True)
+        return Dataset({0x00200013: raw})
+
+    path = compile_path("InstanceNumber")
+    label = "(0020,0013) InstanceNumber"
+    with quiet_pydicom(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            value = one()[0x00200013].value
+            want: Any = [_text_of(v, "IS", path) for v in _listed(value)]
+        except (ValueError, TypeError, OverflowError):
+            want = "intake.dicom-bad-value"
+        try:
+            got = _element(one(), 0x00200013, label)
+        except IntakeError as exc:
+            assert exc.code == want
+            return
+    assert got is not None
+    assert isinstance(got, _Plain) == (sent in PLAIN_IS)
+    assert [_text_of(v, got.VR, path) for v in _listed(got.value)] == want
+
+
+def _listed(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, MultiValue) else [value]

@@ -774,6 +774,11 @@ def render(
     add("")
     add("### Results")
     add("")
+    add(
+        "Taken on a loaded shared machine (7 other helpers' jobs; load average above); rows "
+        "are CPU time per worker, so they are comparable within this run, not across runs."
+    )
+    add("")
     lines.extend(_results.results_table(rows, "instances"))
     add("")
     for note in notes:

@@ -337,6 +337,7 @@ class _Plain:
 # several times more, and these are most of what a study's mapping reads.
 _ASCII_VRS = frozenset({"UI", "CS", "DA", "TM", "DT", "AS"})
 _UNDEFINED = 0xFFFFFFFF
+_PLAIN_IS = re.compile(rb" *[+-]?[0-9]{1,12} *")  # one value: IS allows 12 characters
 
 
 def _element(
@@ -367,6 +368,10 @@ def _element(
             text = text.rstrip("\x00 ") if raw.VR == "UI" else text.strip(" ")
             if "\\" not in text:  # several values: pydicom's MultiValue
                 return _Plain(raw.VR, text)
+    elif raw.VR == "IS" and raw.value is not None and _PLAIN_IS.fullmatch(raw.value):
+        # An ordinary integer string (InstanceNumber, SeriesNumber): pydicom's IS
+        # reads as this text too (str() gives the string as sent, spaces stripped).
+        return _Plain("IS", raw.value.decode("ascii").strip(" "))
     try:
         with quiet_pydicom(), warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")

@@ -25,8 +25,9 @@ route, policy, report variant, signing, outbox, delivery to an in-process partne
 SQLite with synchronous=FULL), as the time inside the outbound path's policy calls
 (``PolicyRecords.apply``; ``Policy.decide`` within it) over the message's whole time,
 both taken around the same calls in the same run; and a cProfile of that pipeline by
-part. ``--out`` replaces this benchmark's
-section of RESULTS.md (the other sections stay).
+part. (It needs the bench_audit.py that has ``Pipeline``: the auditor branch's.)
+
+``--out`` replaces this benchmark's section of RESULTS.md (the other sections stay).
 """
 
 from __future__ import annotations

@@ -239,70 +239,82 @@ class PolicyRecords:
         return decision
 
     def _record(self, message_id: int | None, decision: Decision, raw: bytes) -> None:
-        with self.store.engine.execution_options(write=True).begin() as conn:
-            if message_id is not None:
-                conn.execute(
-                    decisions.update()
-                    .where(decisions.c.message_id == message_id, decisions.c.current.is_(True))
-                    .values(current=False, input=None)
-                )
-            decision.id = int(
-                conn.execute(
-                    decisions.insert()
-                    .values(
-                        message_id=message_id,
-                        decided_at=decision.decided_at,
-                        sender=decision.sender,
-                        recipient=decision.recipient,
-                        purpose=decision.purpose,
-                        outcome=decision.outcome,
-                        basis=decision.basis,
-                        agreement=decision.agreement,
-                        rules=orjson.dumps([r.to_json() for r in decision.results]).decode(),
-                        changes=orjson.dumps([c.to_json() for c in decision.changes]).decode(),
-                        patients=orjson.dumps(decision.patients).decode(),
-                        input=raw if decision.outcome == "hold" else None,
-                        current=True,
-                    )
-                    .returning(decisions.c.id)
-                ).scalar_one()
-            )
-            decision.message_id = message_id
-            if decision.allowed and decision.count is not None:
-                year, sender, basis, category, person = decision.count
-                exists = conn.execute(
-                    sa.select(counters.c.person).where(
-                        counters.c.year == year,
-                        counters.c.sender == sender,
-                        counters.c.basis == basis,
-                        counters.c.category == category,
-                        counters.c.person == person,
-                    )
-                ).first()
-                if exists is None:
-                    conn.execute(
-                        counters.insert().values(
-                            year=year,
-                            sender=sender,
-                            basis=basis,
-                            category=category,
-                            person=person,
-                            first_at=utcnow(),
-                        )
-                    )
-            if self.audit is not None:
-                event = decision_event(decision, message_subject(message_id))
-                self.audit.record_guarded(conn, event)
+        """Keep the decision (and the counted individual, its audit event) and move the
+        message to its state in ONE transaction: one commit (an fsync on SQLite, the
+        stage's largest cost as wired: bench/RESULTS.md), and never a decision kept
+        without the message's state, or the reverse."""
+        if message_id is None:
+            with self.store.engine.execution_options(write=True).begin() as conn:
+                self._keep(conn, None, decision, raw)
+            return
+        self.store.record_outcome(
+            message_id,
+            StageOutcome(
+                "policy",
+                STATE_OF[decision.outcome],
+                output=decision.bundle_json,
+                issues=tuple(decision.issues()),
+            ),
+            within=lambda conn: self._keep(conn, message_id, decision, raw),
+        )
+
+    def _keep(
+        self, conn: Connection, message_id: int | None, decision: Decision, raw: bytes
+    ) -> None:
+        """The decision's rows, in the caller's transaction."""
         if message_id is not None:
-            self.store.record_outcome(
-                message_id,
-                StageOutcome(
-                    "policy",
-                    STATE_OF[decision.outcome],
-                    output=decision.bundle_json,
-                    issues=tuple(decision.issues()),
-                ),
+            conn.execute(
+                decisions.update()
+                .where(decisions.c.message_id == message_id, decisions.c.current.is_(True))
+                .values(current=False, input=None)
             )
+        decision.id = int(
+            conn.execute(
+                decisions.insert()
+                .values(
+                    message_id=message_id,
+                    decided_at=decision.decided_at,
+                    sender=decision.sender,
+                    recipient=decision.recipient,
+                    purpose=decision.purpose,
+                    outcome=decision.outcome,
+                    basis=decision.basis,
+                    agreement=decision.agreement,
+                    rules=orjson.dumps([r.to_json() for r in decision.results]).decode(),
+                    changes=orjson.dumps([c.to_json() for c in decision.changes]).decode(),
+                    patients=orjson.dumps(decision.patients).decode(),
+                    input=raw if decision.outcome == "hold" else None,
+                    current=True,
+                )
+                .returning(decisions.c.id)
+            ).scalar_one()
+        )
+        decision.message_id = message_id
+        if decision.allowed and decision.count is not None:
+            year, sender, basis, category, person = decision.count
+            exists = conn.execute(
+                sa.select(counters.c.person).where(
+                    counters.c.year == year,
+                    counters.c.sender == sender,
+                    counters.c.basis == basis,
+                    counters.c.category == category,
+                    counters.c.person == person,
+                )
+            ).first()
+            if exists is None:
+                conn.execute(
+                    counters.insert().values(
+                        year=year,
+                        sender=sender,
+                        basis=basis,
+                        category=category,
+                        person=person,
+                        first_at=utcnow(),
+                    )
+                )
+        if self.audit is not None:
+            event = decision_event(decision, message_subject(message_id))
+            self.audit.record_guarded(conn, event)
 
     def release_held(self, now: datetime | None = None) -> list[Released]:
         """Decide every held record again (after a consent arrived); those no longer

@@ -26,12 +26,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import gc
 import hashlib
+import os
 import re
 import sys
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import TextIO
+from typing import BinaryIO, TextIO
 
 import orjson
 
@@ -44,7 +49,7 @@ from .delivery import add_cli as add_outbox_cli
 from .envelope import Record
 from .errors import GatewayError
 from .inbound import add_cli as add_inbound_cli
-from .inputs import input_files
+from .inputs import DicomInput, input_files
 from .intake import FORMATS, detect_format
 from .listeners import add_cli as add_listen_cli
 from .listeners.dicom import add_cli as add_dicom_cli
@@ -70,16 +75,31 @@ RECORD_SUFFIXES = frozenset(
 
 
 class Progress:
-    """A one-line progress bar over the input files on a terminal; silent otherwise.
+    """A one-line progress bar on a terminal (silent otherwise): records converted and
+    failed, their rate, and the files done; with the inputs' size known, the share of
+    their bytes read and an ETA, so that one large file shows progress as it converts.
     Error lines are printed above it as they happen."""
 
-    def __init__(self, total: int, stream: TextIO, enabled: bool) -> None:
+    _EVERY = 0.2  # seconds between redraws: a bar that redraws per record costs time
+
+    def __init__(
+        self, total: int, stream: TextIO, enabled: bool, total_bytes: int | None = None
+    ) -> None:
         self.total, self.stream, self.enabled = total, stream, enabled
-        self.files = self.messages = self.failed = 0
+        self.total_bytes = total_bytes or None
+        self.files = self.messages = self.failed = 0  # messages: records of any format
+        self.bytes = 0
+        self._start = self._drawn = time.monotonic()
 
     def record(self, record: Record) -> None:
         self.messages += 1
         self.failed += 0 if record.ok else 1
+        if self.enabled and time.monotonic() - self._drawn >= self._EVERY:
+            self._draw()
+
+    def read(self, size: int) -> None:
+        """``size`` more bytes of the inputs were read."""
+        self.bytes += size
 
     def file_done(self) -> None:
         self.files += 1
@@ -91,30 +111,47 @@ class Progress:
         self.stream.write(line + "\n")
         self._draw()
 
+    def line(self) -> str:
+        """The bar's text (without the carriage return)."""
+        elapsed = max(time.monotonic() - self._start, 1e-6)
+        width = 30
+        share = (
+            min(self.bytes / self.total_bytes, 1.0)
+            if self.total_bytes
+            else self.files / max(self.total, 1)
+        )
+        filled = int(width * share)
+        rate = self.messages / elapsed
+        text = (
+            f"[{'#' * filled}{'.' * (width - filled)}] {share:4.0%} "
+            f"{self.messages:,} records, {self.failed:,} failed, {rate:,.0f}/s, "
+            f"{self.files}/{self.total} files"
+        )
+        if self.total_bytes and 0 < self.bytes < self.total_bytes:
+            left = elapsed * (self.total_bytes - self.bytes) / self.bytes
+            text += f", ETA {_clock(left)}"
+        return text
+
     def _draw(self) -> None:
         if self.enabled:
-            width = 30
-            filled = width * self.files // max(self.total, 1)
-            self.stream.write(
-                f"\r[{'#' * filled}{'.' * (width - filled)}] {self.files}/{self.total} files, "
-                f"{self.messages} messages, {self.failed} failed"
-            )
+            self._drawn = time.monotonic()
+            self.stream.write(f"\r\033[K{self.line()}")
             self.stream.flush()
 
     def close(self) -> None:
         if self.enabled:
+            self._draw()
             self.stream.write("\n")
+
+
+def _clock(seconds: float) -> str:
+    whole = int(seconds)
+    return f"{whole // 3600}:{whole // 60 % 60:02d}:{whole % 60:02d}"
 
 
 def _input_files(paths: Iterable[str]) -> list[str]:
     """The files named, and in named folders the record files (RECORD_SUFFIXES)."""
     return input_files(paths, RECORD_SUFFIXES)
-
-
-def _read(name: str) -> tuple[str, bytes]:
-    if name == "-":
-        return "<stdin>", sys.stdin.buffer.read()
-    return name, Path(name).read_bytes()
 
 
 def output_stem(ident: str) -> str:
@@ -201,10 +238,11 @@ def cmd_convert(args: argparse.Namespace, settings: Settings) -> int:
             file=sys.stderr,
         )
         return 2
+    batch_gc()
     sink = _Sink(args.output)
-    progress = Progress(
-        len(files), sys.stderr, args.progress or (sys.stderr.isatty() and len(files) > 1)
-    )
+    size = _total_size(files)
+    show = args.progress or (sys.stderr.isatty() and (len(files) > 1 or (size or 0) > _CHUNK))
+    progress = Progress(len(files), sys.stderr, show, size)
 
     def report(records: Iterable[Record]) -> None:
         for record in records:
@@ -217,25 +255,43 @@ def cmd_convert(args: argparse.Namespace, settings: Settings) -> int:
             if record.ok:
                 sink.add(record)
 
-    # DICOM files are read together at the end: a study's instances may be spread over
-    # many files and folders.
-    dicom: list[tuple[str, bytes]] = []
+    # DICOM files are converted after the others, whole studies at a time: a study's
+    # instances may be spread over many files and folders (Converter.convert_dicom_inputs).
+    dicom: list[DicomInput] = []
     try:
         for name in files:
             try:
-                source, data = _read(name)
+                source, opened = _open(name)
             except OSError as exc:
                 progress.close()
                 print(f"error: cannot read {exc.filename}: {exc.strerror}", file=sys.stderr)
                 return 2
+            with opened as fp:
+                head = _read_chunk(fp, progress)
+                told = detect_format(head) if args.format == "auto" else args.format
+                if told == "hl7v2":  # streamed: one message at a time, whatever the size
+                    chunks = _chunks(head, fp, progress)
+                    report(converter.iter_convert_stream(chunks, source, trace=args.unmapped))
+                    progress.file_done()
+                    continue
+                if told == "dicom" and name != "-":  # read again with its study
+                    progress.read(-len(head))
+                    dicom.append(DicomInput(source, Path(name)))
+                    progress.file_done()
+                    continue
+                data = head + b"".join(_chunks(b"", fp, progress))
             kind = detect_format(data) if args.format == "auto" else args.format
             if kind == "dicom":
-                dicom.append((source, data))
+                progress.read(-len(data))
+                dicom.append(DicomInput(source, data=data))
             else:
                 report(converter.iter_convert(data, source, kind, trace=args.unmapped))
             progress.file_done()
         if dicom:
-            report(converter.convert_files(dicom, trace=args.unmapped, sender=sender))
+            records = converter.convert_dicom_inputs(
+                dicom, trace=args.unmapped, sender=sender, on_read=progress.read
+            )
+            report(records)
     except _Usage as exc:
         progress.close()
         print(f"error: {exc}", file=sys.stderr)
@@ -249,6 +305,56 @@ def cmd_convert(args: argparse.Namespace, settings: Settings) -> int:
         file=sys.stderr,
     )
     return 0 if progress.failed == 0 else 1
+
+
+_CHUNK = 1 << 20  # bytes read at a time from an input
+
+
+def _open(name: str) -> tuple[str, AbstractContextManager[BinaryIO]]:
+    if name == "-":  # stdin is the process's: read, not closed
+        return "<stdin>", contextlib.nullcontext(sys.stdin.buffer)
+    return name, open(name, "rb")  # closed by the caller's with
+
+
+def _read_chunk(fp: BinaryIO, progress: Progress) -> bytes:
+    data = fp.read(_CHUNK)
+    progress.read(len(data))
+    return data
+
+
+def _chunks(head: bytes, fp: BinaryIO, progress: Progress) -> Iterator[bytes]:
+    """``head``, then the rest of ``fp`` chunk by chunk (counted as read)."""
+    if head:
+        yield head
+    while data := _read_chunk(fp, progress):
+        yield data
+
+
+def _total_size(files: list[str]) -> int | None:
+    """The inputs' bytes (for the progress bar's share and ETA); None with stdin."""
+    if "-" in files:
+        return None
+    try:
+        return sum(os.stat(name).st_size for name in files)
+    except OSError:
+        return None  # the read reports it
+
+
+def batch_gc() -> None:
+    """Tune the garbage collector for a batch, once the converter is built.
+
+    Everything built at start-up (mappings, terminology, profiles, the network) lives
+    as long as the process: ``gc.freeze`` moves it out of the collector's sight, so
+    that a full collection no longer walks it (those walks were the long pauses). A
+    record makes thousands of short-lived containers: a larger first threshold runs
+    the young collection less often, and full collections wait for more survivors.
+    bench/bench_memory.py measures the longest pause."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*_GC_THRESHOLDS)
+
+
+_GC_THRESHOLDS = (10_000, 20, 50)
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:

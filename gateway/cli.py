@@ -238,7 +238,7 @@ def cmd_convert(args: argparse.Namespace, settings: Settings) -> int:
             file=sys.stderr,
         )
         return 2
-    batch_gc()
+    collector = BatchGC()
     sink = _Sink(args.output)
     size = _total_size(files)
     show = args.progress or (sys.stderr.isatty() and (len(files) > 1 or (size or 0) > _CHUNK))
@@ -246,6 +246,7 @@ def cmd_convert(args: argparse.Namespace, settings: Settings) -> int:
 
     def report(records: Iterable[Record]) -> None:
         for record in records:
+            collector.record()
             progress.record(record)
             for issue in record.issues:
                 if not args.quiet or issue.severity != "warning":
@@ -296,6 +297,8 @@ def cmd_convert(args: argparse.Namespace, settings: Settings) -> int:
         progress.close()
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        collector.close()
     progress.close()
     sink.close()
     where = f" into {sink.path}" if sink.path is not None else ""
@@ -340,21 +343,41 @@ def _total_size(files: list[str]) -> int | None:
         return None  # the read reports it
 
 
-def batch_gc() -> None:
-    """Tune the garbage collector for a batch, once the converter is built.
+class BatchGC:
+    """The garbage collector tuned for a batch (``gateway convert``).
 
-    Everything built at start-up (mappings, terminology, profiles, the network) lives
-    as long as the process: ``gc.freeze`` moves it out of the collector's sight, so
-    that a full collection no longer walks it (those walks were the long pauses). A
-    record makes thousands of short-lived containers: a larger first threshold runs
-    the young collection less often, and full collections wait for more survivors.
-    bench/bench_memory.py measures the longest pause."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*_GC_THRESHOLDS)
+    What start-up builds (mappings, terminology, the network) and what the first records
+    build lazily (profiles' check plans, compiled paths, the validator's skeletons) lives
+    as long as the process; collections that walk it were the long pauses (up to 400 ms).
+    So: ``gc.freeze()`` once the converter is built, the collector off while the first
+    record warms up, and ``gc.freeze()`` again after records 1, 10, 100 and 1,000 (new
+    message types warm up later); after that, a larger first threshold runs the young
+    collection less often and full collections wait for more survivors. Objects frozen
+    are still freed by reference counting; only a reference cycle that becomes garbage
+    after a freeze waits for the process's end. bench/bench_memory.py measures the
+    longest pause."""
 
+    THRESHOLDS = (10_000, 20, 50)
+    FREEZE_AFTER = frozenset({1, 10, 100, 1_000})  # records
 
-_GC_THRESHOLDS = (10_000, 20, 50)
+    def __init__(self) -> None:
+        self.records = 0
+        self._before = gc.get_threshold()
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(*self.THRESHOLDS)
+        gc.disable()
+
+    def record(self) -> None:
+        self.records += 1
+        if self.records in self.FREEZE_AFTER:
+            gc.freeze()
+            gc.enable()
+
+    def close(self) -> None:
+        """Back to the interpreter's settings (for callers that go on: tests, send)."""
+        gc.enable()
+        gc.set_threshold(*self._before)
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:

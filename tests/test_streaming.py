@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from gateway import Converter
-from gateway.cli import Progress, batch_gc
+from gateway.cli import BatchGC, Progress
 from gateway.inputs import DicomInput, dicom_batches
 from gateway.intake.hl7v2 import parse_message, split_messages
 from gateway.intake.hl7v2._reader import stream_raw_messages
@@ -257,12 +257,22 @@ def test_gateway_convert_a_dicom_folder_of_interleaved_studies(tmp_path: Path) -
 # -- garbage collector ---------------------------------------------------------------------
 
 
-def test_batch_gc_freezes_start_up_and_raises_the_thresholds() -> None:
+def test_batch_gc_freezes_start_up_and_the_warm_up_records() -> None:
     before = gc.get_threshold()
     try:
-        batch_gc()
-        assert gc.get_freeze_count() > 0
+        collector = BatchGC()
+        frozen = gc.get_freeze_count()
+        assert frozen > 0 and not gc.isenabled()  # off while the first record warms up
         assert gc.get_threshold()[0] > before[0]
+        warmed = [[] for _ in range(1000)]  # what a first record builds and keeps
+        collector.record()
+        assert gc.isenabled() and gc.get_freeze_count() >= frozen + 1000
+        for _ in range(9):
+            collector.record()
+        collector.close()
+        assert gc.isenabled() and gc.get_threshold() == before
+        del warmed
     finally:
+        gc.enable()
         gc.unfreeze()
         gc.set_threshold(*before)

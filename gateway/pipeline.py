@@ -35,8 +35,7 @@ from .intake.cda import read_documents
 from .intake.dicom import check_path as dicom_path
 from .intake.dicom import read_studies
 from .intake.hl7v2 import check_path as hl7v2_path
-from .intake.hl7v2 import read_messages
-from .intake.hl7v2._reader import stream_messages
+from .intake.hl7v2 import read_messages, stream_messages
 from .logs import safe_traceback
 from .mapping import Env, MappingSet, Narratives, Terminology
 from .metrics import observe_stage

@@ -27,12 +27,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import gc
 import hashlib
+import os
 import re
 import sys
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import TextIO
+from typing import BinaryIO, TextIO
 
 import orjson
 
@@ -46,7 +51,7 @@ from .delivery._work_cli import add_cli as add_work_cli
 from .envelope import Record
 from .errors import GatewayError
 from .inbound import add_cli as add_inbound_cli
-from .inputs import input_files
+from .inputs import DicomInput, input_files
 from .intake import FORMATS, detect_format
 from .listeners import add_cli as add_listen_cli
 from .listeners.dicom import add_cli as add_dicom_cli
@@ -72,16 +77,31 @@ RECORD_SUFFIXES = frozenset(
 
 
 class Progress:
-    """A one-line progress bar over the input files on a terminal; silent otherwise.
+    """A one-line progress bar on a terminal (silent otherwise): records converted and
+    failed, their rate, and the files done; with the inputs' size known, the share of
+    their bytes read and an ETA, so that one large file shows progress as it converts.
     Error lines are printed above it as they happen."""
 
-    def __init__(self, total: int, stream: TextIO, enabled: bool) -> None:
+    _EVERY = 0.2  # seconds between redraws: a bar that redraws per record costs time
+
+    def __init__(
+        self, total: int, stream: TextIO, enabled: bool, total_bytes: int | None = None
+    ) -> None:
         self.total, self.stream, self.enabled = total, stream, enabled
-        self.files = self.messages = self.failed = 0
+        self.total_bytes = total_bytes or None
+        self.files = self.messages = self.failed = 0  # messages: records of any format
+        self.bytes = 0
+        self._start = self._drawn = time.monotonic()
 
     def record(self, record: Record) -> None:
         self.messages += 1
         self.failed += 0 if record.ok else 1
+        if self.enabled and time.monotonic() - self._drawn >= self._EVERY:
+            self._draw()
+
+    def read(self, size: int) -> None:
+        """``size`` more bytes of the inputs were read."""
+        self.bytes += size
 
     def file_done(self) -> None:
         self.files += 1
@@ -93,30 +113,47 @@ class Progress:
         self.stream.write(line + "\n")
         self._draw()
 
+    def line(self) -> str:
+        """The bar's text (without the carriage return)."""
+        elapsed = max(time.monotonic() - self._start, 1e-6)
+        width = 30
+        share = (
+            min(self.bytes / self.total_bytes, 1.0)
+            if self.total_bytes
+            else self.files / max(self.total, 1)
+        )
+        filled = int(width * share)
+        rate = self.messages / elapsed
+        text = (
+            f"[{'#' * filled}{'.' * (width - filled)}] {share:4.0%} "
+            f"{self.messages:,} records, {self.failed:,} failed, {rate:,.0f}/s, "
+            f"{self.files}/{self.total} files"
+        )
+        if self.total_bytes and 0 < self.bytes < self.total_bytes:
+            left = elapsed * (self.total_bytes - self.bytes) / self.bytes
+            text += f", ETA {_clock(left)}"
+        return text
+
     def _draw(self) -> None:
         if self.enabled:
-            width = 30
-            filled = width * self.files // max(self.total, 1)
-            self.stream.write(
-                f"\r[{'#' * filled}{'.' * (width - filled)}] {self.files}/{self.total} files, "
-                f"{self.messages} messages, {self.failed} failed"
-            )
+            self._drawn = time.monotonic()
+            self.stream.write(f"\r\033[K{self.line()}")
             self.stream.flush()
 
     def close(self) -> None:
         if self.enabled:
+            self._draw()
             self.stream.write("\n")
+
+
+def _clock(seconds: float) -> str:
+    whole = int(seconds)
+    return f"{whole // 3600}:{whole // 60 % 60:02d}:{whole % 60:02d}"
 
 
 def _input_files(paths: Iterable[str]) -> list[str]:
     """The files named, and in named folders the record files (RECORD_SUFFIXES)."""
     return input_files(paths, RECORD_SUFFIXES)
-
-
-def _read(name: str) -> tuple[str, bytes]:
-    if name == "-":
-        return "<stdin>", sys.stdin.buffer.read()
-    return name, Path(name).read_bytes()
 
 
 def output_stem(ident: str) -> str:
@@ -203,13 +240,15 @@ def cmd_convert(args: argparse.Namespace, settings: Settings) -> int:
             file=sys.stderr,
         )
         return 2
+    collector = BatchGC()
     sink = _Sink(args.output)
-    progress = Progress(
-        len(files), sys.stderr, args.progress or (sys.stderr.isatty() and len(files) > 1)
-    )
+    size = _total_size(files)
+    show = args.progress or (sys.stderr.isatty() and (len(files) > 1 or (size or 0) > _CHUNK))
+    progress = Progress(len(files), sys.stderr, show, size)
 
     def report(records: Iterable[Record]) -> None:
         for record in records:
+            collector.record()
             progress.record(record)
             for issue in record.issues:
                 if not args.quiet or issue.severity != "warning":
@@ -219,29 +258,49 @@ def cmd_convert(args: argparse.Namespace, settings: Settings) -> int:
             if record.ok:
                 sink.add(record)
 
-    # DICOM files are read together at the end: a study's instances may be spread over
-    # many files and folders.
-    dicom: list[tuple[str, bytes]] = []
+    # DICOM files are converted after the others, whole studies at a time: a study's
+    # instances may be spread over many files and folders (Converter.convert_dicom_inputs).
+    dicom: list[DicomInput] = []
     try:
         for name in files:
             try:
-                source, data = _read(name)
+                source, opened = _open(name)
             except OSError as exc:
                 progress.close()
                 print(f"error: cannot read {exc.filename}: {exc.strerror}", file=sys.stderr)
                 return 2
+            with opened as fp:
+                head = _read_chunk(fp, progress)
+                told = detect_format(head) if args.format == "auto" else args.format
+                if told == "hl7v2":  # streamed: one message at a time, whatever the size
+                    chunks = _chunks(head, fp, progress)
+                    report(converter.iter_convert_stream(chunks, source, trace=args.unmapped))
+                    progress.file_done()
+                    continue
+                if told == "dicom" and name != "-":  # read again with its study
+                    progress.read(-len(head))
+                    dicom.append(DicomInput(source, Path(name)))
+                    progress.file_done()
+                    continue
+                data = head + b"".join(_chunks(b"", fp, progress))
             kind = detect_format(data) if args.format == "auto" else args.format
             if kind == "dicom":
-                dicom.append((source, data))
+                progress.read(-len(data))
+                dicom.append(DicomInput(source, data=data))
             else:
                 report(converter.iter_convert(data, source, kind, trace=args.unmapped))
             progress.file_done()
         if dicom:
-            report(converter.convert_files(dicom, trace=args.unmapped, sender=sender))
+            records = converter.convert_dicom_inputs(
+                dicom, trace=args.unmapped, sender=sender, on_read=progress.read
+            )
+            report(records)
     except _Usage as exc:
         progress.close()
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        collector.close()
     progress.close()
     sink.close()
     where = f" into {sink.path}" if sink.path is not None else ""
@@ -251,6 +310,76 @@ def cmd_convert(args: argparse.Namespace, settings: Settings) -> int:
         file=sys.stderr,
     )
     return 0 if progress.failed == 0 else 1
+
+
+_CHUNK = 1 << 20  # bytes read at a time from an input
+
+
+def _open(name: str) -> tuple[str, AbstractContextManager[BinaryIO]]:
+    if name == "-":  # stdin is the process's: read, not closed
+        return "<stdin>", contextlib.nullcontext(sys.stdin.buffer)
+    return name, open(name, "rb")  # closed by the caller's with
+
+
+def _read_chunk(fp: BinaryIO, progress: Progress) -> bytes:
+    data = fp.read(_CHUNK)
+    progress.read(len(data))
+    return data
+
+
+def _chunks(head: bytes, fp: BinaryIO, progress: Progress) -> Iterator[bytes]:
+    """``head``, then the rest of ``fp`` chunk by chunk (counted as read)."""
+    if head:
+        yield head
+    while data := _read_chunk(fp, progress):
+        yield data
+
+
+def _total_size(files: list[str]) -> int | None:
+    """The inputs' bytes (for the progress bar's share and ETA); None with stdin."""
+    if "-" in files:
+        return None
+    try:
+        return sum(os.stat(name).st_size for name in files)
+    except OSError:
+        return None  # the read reports it
+
+
+class BatchGC:
+    """The garbage collector tuned for a batch (``gateway convert``).
+
+    What start-up builds (mappings, terminology, the network) and what the first records
+    build lazily (profiles' check plans, compiled paths, the validator's skeletons) lives
+    as long as the process; collections that walk it were the long pauses (up to 400 ms).
+    So: ``gc.freeze()`` once the converter is built, the collector off while the first
+    record warms up, and ``gc.freeze()`` again after records 1, 10, 100 and 1,000 (new
+    message types warm up later); after that, a larger first threshold runs the young
+    collection less often and full collections wait for more survivors. Objects frozen
+    are still freed by reference counting; only a reference cycle that becomes garbage
+    after a freeze waits for the process's end. bench/bench_memory.py measures the
+    longest pause."""
+
+    THRESHOLDS = (10_000, 20, 50)
+    FREEZE_AFTER = frozenset({1, 10, 100, 1_000})  # records
+
+    def __init__(self) -> None:
+        self.records = 0
+        self._before = gc.get_threshold()
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(*self.THRESHOLDS)
+        gc.disable()
+
+    def record(self) -> None:
+        self.records += 1
+        if self.records in self.FREEZE_AFTER:
+            gc.freeze()
+            gc.enable()
+
+    def close(self) -> None:
+        """Back to the interpreter's settings (for callers that go on: tests, send)."""
+        gc.enable()
+        gc.set_threshold(*self._before)
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:

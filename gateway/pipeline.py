@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, NewType, TypeVar
@@ -27,13 +28,14 @@ from typing import Any, Generic, NewType, TypeVar
 from .config import Settings
 from .envelope import TRANSITIONS, Record, State, Step, dump_json
 from .errors import ConfigError, GatewayError, IntakeError, Issue, ValidationError
+from .inputs import DicomInput, dicom_batches
 from .intake import FORMATS, Unit, detect_format
 from .intake.cda import check_path as cda_path
 from .intake.cda import read_documents
 from .intake.dicom import check_path as dicom_path
 from .intake.dicom import read_studies
 from .intake.hl7v2 import check_path as hl7v2_path
-from .intake.hl7v2 import read_messages
+from .intake.hl7v2 import read_messages, stream_messages
 from .logs import safe_traceback
 from .mapping import Env, MappingSet, Narratives, Terminology
 from .metrics import configure_tracing, observe_stage, trace_record
@@ -317,6 +319,15 @@ class Converter:
             return
         yield from self._records(kind, [(source or "input", data)], source, trace, sender)
 
+    def iter_convert_stream(
+        self, chunks: Iterable[bytes], source: str | None = None, trace: bool = False
+    ) -> Iterator[Record]:
+        """HL7 v2 given as chunks (a large file read piece by piece): the same Records
+        as :meth:`iter_convert` of the joined bytes, made one message at a time, so
+        memory does not grow with the input (``gateway convert``)."""
+        reader = stream_messages(chunks, network=self.network)
+        yield from self._run(reader, "hl7v2", source, trace)
+
     def convert_files(
         self, items: list[tuple[str, bytes]], trace: bool = False, sender: str | None = None
     ) -> Iterator[Record]:
@@ -324,6 +335,55 @@ class Converter:
         many files (a folder, a zip archive, several arguments). ``sender`` (a facility
         code of the network) stands in for studies that do not say who sent them."""
         yield from self._records("dicom", items, None, trace, sender)
+
+    def convert_dicom_inputs(
+        self,
+        items: list[DicomInput],
+        trace: bool = False,
+        sender: str | None = None,
+        on_read: Callable[[int], None] | None = None,
+    ) -> Iterator[Record]:
+        """DICOM inputs of one batch, each study converted as soon as its files are read
+        and only its files held: :func:`~gateway.inputs.dicom_batches` groups the files
+        whole studies at a time (a study's files wherever they are; a file of unknown
+        study with its folder). A study met again in a later batch (a file whose header
+        changed between the look and the read, or an archive holding an instance of a
+        study already converted) is not converted a second time, partly: it fails with
+        ``intake.dicom-late-file`` naming the file. ``on_read(n)``: n bytes were read."""
+        reader = self._dicom_units(dicom_batches(items), sender, on_read)
+        yield from self._run(reader, "dicom", None, trace)
+
+    def _dicom_units(
+        self,
+        batches: list[list[DicomInput]],
+        sender: str | None,
+        on_read: Callable[[int], None] | None,
+    ) -> Iterator[Unit]:
+        limit = self.settings.dicom_max_element_bytes
+        done: set[str] = set()  # studies converted by earlier batches
+        offset = 0
+        for batch in batches:
+            loaded = []
+            for item in batch:
+                data = item.read()
+                if on_read is not None:
+                    on_read(len(data))
+                loaded.append((item.name, data))
+            last = 0
+            seen: set[str] = set()
+            for unit in read_studies(loaded, self.network, sender, max_element_bytes=limit):
+                last = unit.index
+                unit.index += offset
+                study = unit.control_id
+                if study is not None and unit.error is None:
+                    seen.add(study)
+                    if study in done:
+                        yield _late(unit, batch)
+                        continue
+                yield unit
+            del loaded  # this batch's bytes go before the next batch's are read
+            done |= seen
+            offset += last
 
     def convert_path(self, path: Path, trace: bool = False) -> list[Record]:
         """A file, or a folder of DICOM files (one study spread over files), as the demo
@@ -342,19 +402,22 @@ class Converter:
         trace: bool,
         sender: str | None,
     ) -> Iterator[Record]:
-        for unit, read_ms in self._units(kind, items, sender):
+        yield from self._run(self._read(kind, items, sender), kind, source, trace)
+
+    def _run(
+        self, reader: Iterator[Unit], kind: str, source: str | None, trace: bool
+    ) -> Iterator[Record]:
+        for unit, read_ms in self._units(reader):
             if isinstance(unit, _Broken):
                 yield self._broken(unit, source, kind)
             else:
                 yield self.finish(unit, source, trace, read_ms=read_ms)
 
-    def _units(
-        self, kind: str, items: list[tuple[str, bytes]], sender: str | None
-    ) -> Iterator[tuple[Unit | _Broken, float]]:
+    @staticmethod
+    def _units(reader: Iterator[Unit]) -> Iterator[tuple[Unit | _Broken, float]]:
         """The reader's Units, each with the milliseconds the reader took to make it
         (they count in its intake step); an exception inside the reader ends it with
         one ``_Broken``."""
-        reader = self._read(kind, items, sender)
         index = 0
         while True:
             start = time.perf_counter()
@@ -453,6 +516,32 @@ class Converter:
         trace_record(record)  # a span per stage, when tracing is on
         _log_record(record, total)
         return record
+
+
+def _late(unit: Unit, batch: list[DicomInput]) -> Unit:
+    """A study met again after it was converted: an error naming the file that brought
+    it (the batch's file peeked at as that study, else its first file of unknown study)."""
+    culprit = next(
+        (i for i in batch if i.study == unit.control_id),
+        next((i for i in batch if i.study is None), batch[0]),
+    )
+    error = IntakeError(
+        "dicom-late-file",
+        f"{_safe_name(culprit.name)}: holds an instance of a study already converted "
+        "earlier in the batch; a study is converted once, whole (convert this file "
+        "again together with the study's other files)",
+        location="(0020,000D) StudyInstanceUID",
+    )
+    return Unit(b"", unit.index, "dicom", kind="study", control_id=unit.control_id, error=error)
+
+
+_UNSAFE = re.compile(r"[^\w.\-/ #()\[\]+]")  # as the DICOM reader names files
+
+
+def _safe_name(name: str) -> str:
+    """A file name fit for an error line: no control or markup characters, bounded."""
+    cleaned = _UNSAFE.sub("_", name)
+    return cleaned if len(cleaned) <= 160 else "…" + cleaned[-159:]
 
 
 def internal_issue(stage: str, record: str | None = None) -> Issue:

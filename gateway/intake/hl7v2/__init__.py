@@ -1,7 +1,7 @@
 """HL7 v2 ER7 intake: framing, charsets, tokenising and terser-path look-ups."""
 
 from ._er7 import Message, RawMessage, parse_message, peek_control_id, split_messages
-from ._reader import read_messages
+from ._reader import read_messages, stream_messages, stream_raw_messages
 from ._view import Hl7View, Position, check_path
 
 __all__ = [
@@ -14,4 +14,6 @@ __all__ = [
     "peek_control_id",
     "read_messages",
     "split_messages",
+    "stream_messages",
+    "stream_raw_messages",
 ]

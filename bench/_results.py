@@ -208,21 +208,20 @@ def _markers(name: str) -> tuple[str, str]:
 
 
 def write_section(path: Path, name: str, text: str) -> None:
-    """Replace section ``name`` of ``path`` and keep the others (text outside the
-    sections' markers, such as a file of the old layout, is dropped)."""
+    """Replace section ``name`` of ``path`` between its markers, in place, keeping every
+    other section and the hand-written text around them (the other benchmarks' sections
+    live in the same file); a section not there yet goes first (conversion) or last."""
     old = path.read_text(encoding="utf-8") if path.exists() else ""
-    kept: dict[str, str] = {}
-    for other in SECTIONS:
-        begin, end = _markers(other)
-        legacy = f"<!-- {other} benchmark: begin (written by bench/bench_imaging.py) -->"
-        for start in (begin, legacy):
-            if start in old and end in old:
-                body = old.split(start, 1)[1].split(end, 1)[0]
-                kept[other] = body.strip("\n")
-    kept[name] = text.rstrip("\n")
-    blocks = []
-    for other in SECTIONS:
-        if other in kept:
-            begin, end = _markers(other)
-            blocks.append(f"{begin}\n\n{kept[other].strip()}\n\n{end}\n")
-    path.write_text("\n".join(blocks), encoding="utf-8")
+    begin, end = _markers(name)
+    block = f"{begin}\n\n{text.strip()}\n\n{end}"
+    legacy = f"<!-- {name} benchmark: begin (written by bench/bench_imaging.py) -->"
+    for start in (begin, legacy):
+        if start in old and end in old.split(start, 1)[1]:
+            head, rest = old.split(start, 1)
+            path.write_text(head + block + rest.split(end, 1)[1], encoding="utf-8")
+            return
+    if name == SECTIONS[0] or not old.strip():
+        new = f"{block}\n\n{old.lstrip()}" if old.strip() else f"{block}\n"
+    else:
+        new = f"{old.rstrip()}\n\n{block}\n"
+    path.write_text(new, encoding="utf-8")

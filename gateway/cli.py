@@ -47,7 +47,7 @@ from .audit import add_cli as add_audit_cli
 from .config import Settings
 from .console import add_cli as add_users_cli
 from .delivery import add_cli as add_outbox_cli
-from .delivery._work_cli import add_cli as add_work_cli
+from .delivery import add_work_cli
 from .envelope import Record
 from .errors import GatewayError
 from .inbound import add_cli as add_inbound_cli

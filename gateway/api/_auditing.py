@@ -22,9 +22,7 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
-from ..audit import AuditLog, Party, Subject, events
-from ..audit._events import DESTINATION_ROLE, OBJECT_ROLE
-from ..audit._search import parse_query, read_event, search_events
+from ..audit import AuditLog, Party, Subject, events, parse_query, read_event, search_events
 from ..config import Settings
 from ..errors import GatewayError, http_status, operation_outcome
 from ..store import Store, open_store
@@ -71,11 +69,11 @@ class ReadAudit:
         peer = request.client.host if request.client else None
         principal = getattr(request.state, "principal", None)
         if partner is not None:
-            client: str | Party = Party("partner", partner, peer, role=DESTINATION_ROLE)
+            client: str | Party = Party("partner", partner, peer, role=events.DESTINATION_ROLE)
             user, role = None, None
         else:
             name = principal.name if principal is not None else "unknown"
-            client, user = Party("system", name, peer, role=DESTINATION_ROLE), name
+            client, user = Party("system", name, peer, role=events.DESTINATION_ROLE), name
             role = principal.role if principal is not None else None
         found = [p for p in dict.fromkeys(patients) if p]
         query = f"{request.method} {request.url.path}"
@@ -192,7 +190,7 @@ def _patients_of(event: dict[str, Any]) -> list[str]:
     out = []
     for entity in event.get("entity") or []:
         role = entity.get("role") or {}
-        if role.get("system") != OBJECT_ROLE or role.get("code") != "1":
+        if role.get("system") != events.OBJECT_ROLE or role.get("code") != "1":
             continue
         what = entity.get("what") or {}
         ident = what.get("identifier") or {}

@@ -38,6 +38,7 @@ from ._log import (
     head_payload,
 )
 from ._merkle import Frontier, Tree, leaf_hash, node_hash, verify_consistency, verify_inclusion
+from ._search import AuditQuery, parse_query, read_event, search_events
 from ._transfers import TransferRow, transfers
 from ._verify import Problem, Verdict, cert_checker, verify_log
 
@@ -51,6 +52,7 @@ __all__ = [
     "Appended",
     "AuditError",
     "AuditLog",
+    "AuditQuery",
     "AuditWriter",
     "Entry",
     "ExportFilter",
@@ -78,9 +80,12 @@ __all__ = [
     "node_hash",
     "open_log",
     "operator",
+    "parse_query",
     "periodic",
+    "read_event",
     "record_events",
     "record_operator",
+    "search_events",
     "store_hook",
     "subject_of",
     "transfers",

@@ -18,6 +18,7 @@ from gateway.delivery import _outbox as outbox_module
 from gateway.policy import PolicyRecords
 from gateway.store import Incoming, Store, open_store, process_message
 from tests.conftest import REPO
+from tests.delivery.conftest import bundle
 
 DOMESTIC = "hl7v2/ref_i12_lax2_to_njmu2.hl7"  # allowed: queued for njmu2
 HELD = "imaging/oru_r01_nsch_cta_zh.hl7"  # to Hong Kong, no consent yet: held
@@ -174,3 +175,37 @@ def test_a_failed_decision_keeps_no_outbox_row(
     with pytest.raises(sa.exc.OperationalError):
         outbound.process(message)
     _nothing_kept(store, outbound, message)
+
+
+class _MissesFirstLookUp:
+    """The caller's connection, whose first query (the dedup look-up) sees nothing: as
+    when another writer inserts the same row between the look-up and the insert."""
+
+    def __init__(self, conn: sa.Connection) -> None:
+        self.conn = conn
+        self.missed = False
+
+    def execute(self, statement: Any, *args: Any) -> Any:
+        if not self.missed:
+            self.missed = True
+            return self.conn.execute(sa.select(sa.literal(1)).where(sa.false()))
+        return self.conn.execute(statement, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.conn, name)
+
+
+def test_a_lost_dedup_race_in_the_callers_transaction_is_already_there(
+    store: Store, outbound: Outbound
+) -> None:
+    partner = outbound.partners["njmu2"]
+    sent = bundle("MRN-1", "ORD-1")
+    first, _ = outbound.outbox.enqueue(partner, sent, dedup="same")
+    with store.engine.execution_options(write=True).begin() as conn:
+        racing = _MissesFirstLookUp(conn)
+        again = outbound.outbox.enqueue(partner, sent, dedup="same", conn=racing)  # type: ignore[arg-type]
+        assert racing.missed
+        # The insert failed in its SAVEPOINT only: the caller's transaction goes on.
+        conn.execute(sa.select(sa.literal(1))).scalar_one()
+    assert again == (first, False)
+    assert [r.id for r in outbound.outbox.records()] == [first]

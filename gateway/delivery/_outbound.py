@@ -403,21 +403,13 @@ class Outbound:
         if from_key is None:
             return False
         bundle = orjson.loads(data)  # once, for both decisions and the facts (only read)
-        pure = self.policy.policy.decide(
-            bundle,
-            from_key,
-            row.partner,
-            row.purpose,
-            consents=self.policy,
-            counters=self.policy,
-            text=data,
-        )
-        if pure.outcome == "hold":
+        # Decided once (nothing recorded), the variant and signature made, then kept. The
+        # outbox row moves in a commit of its own (Outbox.move/fill take no connection).
+        decision = self.policy.decide(bundle, from_key, row.partner, row.purpose, text=data)
+        if decision.outcome == "hold":
             return False
-        decision = self.policy.apply(
-            row.message_id, bundle, from_key, row.partner, row.purpose, text=data
-        )
         if decision.outcome == "deny":
+            self.policy.record(row.message_id, decision, data)
             self.outbox.move(
                 row.id,
                 "held",
@@ -427,8 +419,6 @@ class Outbound:
                 last_error="policy.denied",
             )
             return True
-        if decision.outcome == "hold":
-            return False
         partner = self.partners.get(row.partner)
         if partner is None:
             return False
@@ -442,6 +432,7 @@ class Outbound:
         out, notes = self._finish(
             decision.bundle_json or data, partner, facts, stored.summary.sender, row.message_id
         )
+        self.policy.record(row.message_id, decision, data)
         self.outbox.fill(
             row.id,
             partner,

@@ -240,42 +240,59 @@ class Outbound:
                     "the record names no sender the network knows and no institution is set",
                 )
             # The Bundle already parsed, with its stored JSON: the stage parses nothing again.
-            decision = self.policy.apply(
-                message_id, bundle, from_key, partner.key, dest.purpose, text=data
-            )
+            decision = self.policy.decide(bundle, from_key, partner.key, dest.purpose, text=data)
+            # What follows the decision is computed first (variant, signing); then the
+            # decision, the message's policy outcome and the outbox row (or hold) go in ONE
+            # transaction: one commit, never a decision kept without its row or the reverse.
             if decision.outcome == "deny":
+                self.policy.record(message_id, decision, data)
                 why = _rule_reason(decision, "deny")
                 return Placed(n, partner.key, "denied", None, decision.id, why, "policy.denied")
             if decision.outcome == "hold":
                 why = _rule_reason(decision, "hold")
-                row, _ = self.outbox.hold(
-                    partner.key,
-                    message_id=message_id,
-                    record=n,
-                    purpose=decision.purpose,
-                    order_key=order_key_of(bundle),
-                    label=label_of(bundle),
-                    dedup=dedup,
-                    code="policy.held",
-                    reason=f"policy.held: {why} (decision {decision.id})",
+                held = self.policy.record(
+                    message_id,
+                    decision,
+                    data,
+                    lambda conn: self.outbox.hold(
+                        partner.key,
+                        message_id=message_id,
+                        record=n,
+                        purpose=decision.purpose,
+                        order_key=order_key_of(bundle),
+                        label=label_of(bundle),
+                        dedup=dedup,
+                        code="policy.held",
+                        reason=f"policy.held: {why} (decision {decision.id})",
+                        conn=conn,
+                    ),
                 )
-                return Placed(n, partner.key, "held", row, decision.id, why, "policy.held")
+                assert held is not None
+                return Placed(n, partner.key, "held", held[0], decision.id, why, "policy.held")
             out, notes = self._finish(
                 decision.bundle_json or data, partner, facts, sender, message_id
             )
-            row, _ = self.outbox.enqueue(
-                partner,
-                out,
-                message_id=message_id,
-                order_key=order_key_of(bundle),
-                record=n,
-                purpose=decision.purpose,
-                dedup=dedup,
-                links_wait=self.wait,
-                reason=f"queued: {decision.outcome} (policy decision {decision.id})"
-                + "".join(f"; {note}" for note in notes),
+            queued = self.policy.record(
+                message_id,
+                decision,
+                data,
+                lambda conn: self.outbox.enqueue(
+                    partner,
+                    out,
+                    message_id=message_id,
+                    order_key=order_key_of(bundle),
+                    record=n,
+                    purpose=decision.purpose,
+                    dedup=dedup,
+                    links_wait=self.wait,
+                    # decision.id: set by then, the decision's row is in the same transaction
+                    reason=f"queued: {decision.outcome} (policy decision {decision.id})"
+                    + "".join(f"; {note}" for note in notes),
+                    conn=conn,
+                ),
             )
-            return Placed(n, partner.key, "queued", row, decision.id, "; ".join(notes))
+            assert queued is not None
+            return Placed(n, partner.key, "queued", queued[0], decision.id, "; ".join(notes))
         except GatewayError as exc:
             log.warning("message %s record %d for %s: %s", message_id, n + 1, partner.key, exc.code)
             return Placed(n, partner.key, "failed", None, None, exc.issue.message, exc.code)
@@ -386,21 +403,13 @@ class Outbound:
         if from_key is None:
             return False
         bundle = orjson.loads(data)  # once, for both decisions and the facts (only read)
-        pure = self.policy.policy.decide(
-            bundle,
-            from_key,
-            row.partner,
-            row.purpose,
-            consents=self.policy,
-            counters=self.policy,
-            text=data,
-        )
-        if pure.outcome == "hold":
+        # Decided once (nothing recorded), the variant and signature made, then kept. The
+        # outbox row moves in a commit of its own (Outbox.move/fill take no connection).
+        decision = self.policy.decide(bundle, from_key, row.partner, row.purpose, text=data)
+        if decision.outcome == "hold":
             return False
-        decision = self.policy.apply(
-            row.message_id, bundle, from_key, row.partner, row.purpose, text=data
-        )
         if decision.outcome == "deny":
+            self.policy.record(row.message_id, decision, data)
             self.outbox.move(
                 row.id,
                 "held",
@@ -410,8 +419,6 @@ class Outbound:
                 last_error="policy.denied",
             )
             return True
-        if decision.outcome == "hold":
-            return False
         partner = self.partners.get(row.partner)
         if partner is None:
             return False
@@ -425,6 +432,7 @@ class Outbound:
         out, notes = self._finish(
             decision.bundle_json or data, partner, facts, stored.summary.sender, row.message_id
         )
+        self.policy.record(row.message_id, decision, data)
         self.outbox.fill(
             row.id,
             partner,

@@ -180,6 +180,29 @@ class Outbox:
         with self._writer.begin() as conn:
             yield conn
 
+    @contextmanager
+    def _within(self, conn: Connection | None) -> Iterator[Connection]:
+        """A write transaction of its own, or (``conn``) a SAVEPOINT in the caller's
+        transaction, whose commit is the caller's (the policy decision the row follows:
+        gateway/delivery/_outbound.py): a lost dedup race undoes the insert only."""
+        if conn is None:
+            with self._write() as own:
+                yield own
+        else:
+            with conn.begin_nested():
+                yield conn
+
+    def _raced(self, conn: Connection | None, dedup: str) -> int | None:
+        """The row another writer inserted first under ``dedup`` (None: none, the
+        IntegrityError was another one)."""
+        query = sa.select(_outbox.c.id).where(_outbox.c.dedup_key == dedup)
+        if conn is not None:
+            found = conn.execute(query).scalar()
+        else:
+            with self.store.engine.connect() as own:
+                found = own.execute(query).scalar()
+        return None if found is None else int(found)
+
     # -- queueing -------------------------------------------------------------------
     def enqueue(
         self,
@@ -196,13 +219,15 @@ class Outbox:
         links_wait: timedelta | None = None,
         replay_of: int | None = None,
         reason: str = "queued",
+        conn: Connection | None = None,
     ) -> tuple[int, bool]:
         """Queue ``bundle`` for ``partner`` as the parts its split makes; (row id, new).
         The same Bundle queued again for the same partner is the existing row (``dedup``:
         another key for "the same", e.g. of the converted Bundle before signing).
         Without ``order_key`` the Bundle's patient is the key (:func:`order_key_of`).
         ``links_wait``: how long the row waits for the records it links to
-        (gateway/delivery/_links.py); None: it does not wait."""
+        (gateway/delivery/_links.py); None: it does not wait. ``conn``: within the
+        caller's transaction (:meth:`_within`)."""
         now = now or self.clock()
         if dedup is None:
             raw = orjson.dumps(bundle, option=orjson.OPT_SORT_KEYS)
@@ -212,32 +237,39 @@ class Outbox:
             label = label_of(bundle)
         provides, needs = links_of(bundle)
         waits = bool(needs) and links_wait is not None
-        with self._write() as conn:
-            found = conn.execute(
-                sa.select(_outbox.c.id).where(_outbox.c.dedup_key == dedup)
-            ).scalar()
-            if found is not None:
-                return int(found), False
-            row_id = _insert(
-                conn,
-                now,
-                message_id=message_id,
-                partner=partner.key,
-                label=label,
-                order_key=order_key or order_key_of(bundle),
-                dedup_key=dedup,
-                parts=orjson.dumps(parts),
-                part_count=len(parts),
-                state="pending",
-                record=record,
-                purpose=purpose,
-                replay_of=replay_of,
-                links_until=now + links_wait if waits and links_wait is not None else None,
-            )
-            self._add_links(conn, row_id, provides, needs)
-            self._event(conn, row_id, now, None, "pending", 0, None, reason)
-            if message_id is not None:
-                self._sync_message(conn, message_id, now)
+        caller = conn
+        try:
+            with self._within(caller) as conn:
+                found = conn.execute(
+                    sa.select(_outbox.c.id).where(_outbox.c.dedup_key == dedup)
+                ).scalar()
+                if found is not None:
+                    return int(found), False
+                row_id = _insert(
+                    conn,
+                    now,
+                    message_id=message_id,
+                    partner=partner.key,
+                    label=label,
+                    order_key=order_key or order_key_of(bundle),
+                    dedup_key=dedup,
+                    parts=orjson.dumps(parts),
+                    part_count=len(parts),
+                    state="pending",
+                    record=record,
+                    purpose=purpose,
+                    replay_of=replay_of,
+                    links_until=now + links_wait if waits and links_wait is not None else None,
+                )
+                self._add_links(conn, row_id, provides, needs)
+                self._event(conn, row_id, now, None, "pending", 0, None, reason)
+                if message_id is not None:
+                    self._sync_message(conn, message_id, now)
+        except sa.exc.IntegrityError:  # a concurrent insert of the same dedup key: already
+            raced = self._raced(caller, dedup)
+            if raced is None:
+                raise
+            return raced, False
         return row_id, True
 
     def hold(
@@ -253,33 +285,42 @@ class Outbox:
         code: str,
         reason: str,
         now: datetime | None = None,
+        conn: Connection | None = None,
     ) -> tuple[int, bool]:
         """A row for a record a stage holds before anything can be sent (the policy:
-        no consent yet): no parts until :meth:`fill` gives them. (row id, new)."""
+        no consent yet): no parts until :meth:`fill` gives them. (row id, new).
+        ``conn``: within the caller's transaction (:meth:`_within`)."""
         now = now or self.clock()
-        with self._write() as conn:
-            found = conn.execute(
-                sa.select(_outbox.c.id).where(_outbox.c.dedup_key == dedup)
-            ).scalar()
-            if found is not None:
-                return int(found), False
-            row_id = _insert(
-                conn,
-                now,
-                message_id=message_id,
-                partner=partner,
-                label=label,
-                order_key=order_key,
-                dedup_key=dedup,
-                parts=b"[]",
-                part_count=0,
-                state="held",
-                last_error=code,
-                record=record,
-                purpose=purpose,
-            )
-            self._event(conn, row_id, now, None, "held", 0, None, reason)
-            self._sync_message(conn, message_id, now)
+        caller = conn
+        try:
+            with self._within(caller) as conn:
+                found = conn.execute(
+                    sa.select(_outbox.c.id).where(_outbox.c.dedup_key == dedup)
+                ).scalar()
+                if found is not None:
+                    return int(found), False
+                row_id = _insert(
+                    conn,
+                    now,
+                    message_id=message_id,
+                    partner=partner,
+                    label=label,
+                    order_key=order_key,
+                    dedup_key=dedup,
+                    parts=b"[]",
+                    part_count=0,
+                    state="held",
+                    last_error=code,
+                    record=record,
+                    purpose=purpose,
+                )
+                self._event(conn, row_id, now, None, "held", 0, None, reason)
+                self._sync_message(conn, message_id, now)
+        except sa.exc.IntegrityError:  # a concurrent insert of the same dedup key: already
+            raced = self._raced(caller, dedup)
+            if raced is None:
+                raise
+            return raced, False
         return row_id, True
 
     def fill(

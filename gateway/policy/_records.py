@@ -6,9 +6,10 @@ delivery), ``denied``."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import sqlalchemy as sa
@@ -33,6 +34,7 @@ __all__ = [
 # A decision's outcome → the message's state in the store.
 STATE_OF = {"allow": "outbox", "allow-with-changes": "outbox", "hold": "held", "deny": "denied"}
 ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+T = TypeVar("T")
 
 consents = sa.Table(
     "policy_consents",
@@ -228,35 +230,64 @@ class PolicyRecords:
         denied (with the minimised Bundle as the stage's output). ``bundle`` may be the
         converter's (``Record.mapped``, only read) with ``text`` its JSON
         (``Record.bundle_json``): then nothing is parsed or serialised again."""
-        decision = self.policy.decide(
-            bundle, sender, recipient, purpose, consents=self, counters=self, now=now, text=text
-        )
+        decision = self.decide(bundle, sender, recipient, purpose, now=now, text=text)
         if isinstance(bundle, bytes):
             raw = bundle
         else:
             raw = text if text is not None else orjson.dumps(bundle)
-        self._record(message_id, decision, raw)
+        self.record(message_id, decision, raw)
         return decision
 
-    def _record(self, message_id: int | None, decision: Decision, raw: bytes) -> None:
-        """Keep the decision (and the counted individual, its audit event) and move the
-        message to its state in ONE transaction: one commit (an fsync on SQLite, the
-        stage's largest cost as wired: bench/RESULTS.md), and never a decision kept
-        without the message's state, or the reverse."""
+    def decide(
+        self,
+        bundle: bytes | dict[str, Any],
+        sender: str,
+        recipient: str,
+        purpose: str | None = None,
+        now: datetime | None = None,
+        text: bytes | None = None,
+    ) -> Decision:
+        """The decision alone, over the kept consents and counters: nothing recorded
+        (:meth:`record` keeps it, with what it leads to)."""
+        return self.policy.decide(
+            bundle, sender, recipient, purpose, consents=self, counters=self, now=now, text=text
+        )
+
+    def record(
+        self,
+        message_id: int | None,
+        decision: Decision,
+        raw: bytes,
+        then: Callable[[Connection], T] | None = None,
+    ) -> T | None:
+        """Keep the decision (and the counted individual, its audit event), move the
+        message to its state and run ``then(conn)`` (the outbox row the decision leads
+        to: gateway/delivery/_outbound.py) in ONE transaction: one commit (an fsync on
+        SQLite, the stage's largest cost as wired: bench/RESULTS.md), and never a
+        decision kept without the message's state or its outbox row, or the reverse.
+        ``raw``: the Bundle decided (kept while held). Returns what ``then`` returns."""
+        done: list[T] = []
+
+        def keep(conn: Connection) -> None:
+            self._keep(conn, message_id, decision, raw)  # sets decision.id: ``then`` names it
+            if then is not None:
+                done.append(then(conn))
+
         if message_id is None:
             with self.store.engine.execution_options(write=True).begin() as conn:
-                self._keep(conn, None, decision, raw)
-            return
-        self.store.record_outcome(
-            message_id,
-            StageOutcome(
-                "policy",
-                STATE_OF[decision.outcome],
-                output=decision.bundle_json,
-                issues=tuple(decision.issues()),
-            ),
-            within=lambda conn: self._keep(conn, message_id, decision, raw),
-        )
+                keep(conn)
+        else:
+            self.store.record_outcome(
+                message_id,
+                StageOutcome(
+                    "policy",
+                    STATE_OF[decision.outcome],
+                    output=decision.bundle_json,
+                    issues=tuple(decision.issues()),
+                ),
+                within=keep,
+            )
+        return done[0] if done else None
 
     def _keep(
         self, conn: Connection, message_id: int | None, decision: Decision, raw: bytes
@@ -345,7 +376,7 @@ class PolicyRecords:
                     conn.execute(
                         decisions.update().where(decisions.c.id == row.id).values(current=False)
                     )
-            self._record(row.message_id, decision, row.input)
+            self.record(row.message_id, decision, row.input)
             released.append(Released(row.message_id, decision))
         return released
 

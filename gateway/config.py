@@ -107,6 +107,7 @@ class Settings:
     delivery_breaker_cooldown: float = 60.0  # open this long, then one probe (half-open)
     delivery_lease_seconds: float = 300.0  # a row `sending` longer than this was interrupted
     delivery_poll_seconds: float = 1.0  # the worker's pause when nothing is due
+    delivery_sweep_seconds: float = 30.0  # between looks for never-routed messages and holds
     # Inbound from partners (gateway/inbound; docs/inbound.md): partner tokens, who may
     # send unsigned, SMART token lifetime, the public URL partners use, mTLS at a reverse
     # proxy (off by default). Who this gateway is: `institution` above.

@@ -2,7 +2,7 @@
 
 - **outbound**: takes each stored message that converted (the store calls back:
   ``gateway.store.on_converted``) through the outbound path; every
-  ``FEED_EVERY`` seconds it also looks for converted messages no route outcome followed
+  ``delivery_sweep_seconds`` it also looks for converted messages no route outcome followed
   (the gateway stopped in between, ``gateway messages reprocess`` in another process)
   and decides again the records the policy holds (a consent may have arrived);
 - **worker**: the :class:`Deliverer` loop.
@@ -40,7 +40,7 @@ from ._worker import Deliverer
 __all__ = ["FEED_EVERY", "DeliveryService", "sweep_lock", "unrouted"]
 
 log = logging.getLogger("gateway.delivery")
-FEED_EVERY = 30.0  # seconds between looks for unrouted messages and released holds
+FEED_EVERY = 30.0  # the default of delivery_sweep_seconds: looks for unrouted messages and holds
 _messages = metadata.tables["messages"]
 _outcomes = metadata.tables["outcomes"]
 # The PostgreSQL advisory lock of the outbound sweep (any stable 64-bit number will do).
@@ -121,7 +121,7 @@ class DeliveryService:
         *,
         outbound: Outbound | None = None,
         deliverer: Deliverer | None = None,
-        feed_every: float = FEED_EVERY,
+        feed_every: float | None = None,
     ) -> None:
         configure_tracing(settings)  # so a delivery-only process (gateway work) traces too
         outbox = Outbox(store)
@@ -133,7 +133,7 @@ class DeliveryService:
             DeliveryConfig.from_settings(settings),
             audit=self.outbound.audit,
         )
-        self.feed_every = feed_every
+        self.feed_every = feed_every if feed_every is not None else settings.delivery_sweep_seconds
         self._stop = threading.Event()
         self._queue: queue.Queue[int | None] = queue.Queue()
         self._threads: list[threading.Thread] = []

@@ -61,6 +61,8 @@ HELD_CONTROL = "NSCH20260618143000017"
 DEADLINE = 90.0
 SERVE_ENV = {
     "GATEWAY_DELIVERY_POLL_SECONDS": "0.1",
+    # no sweep during the tests: the held referral waits for the operator's release
+    "GATEWAY_DELIVERY_SWEEP_SECONDS": "3600",
     "GATEWAY_DELIVERY_BACKOFF_BASE": "0.2",
     "GATEWAY_DELIVERY_BACKOFF_CAP": "1",
     "GATEWAY_DELIVERY_MAX_ATTEMPTS": "50",
@@ -296,10 +298,10 @@ def test_a_referral_held_for_consent_is_released_after_the_consent(
     )
     gw.cli("consent", "import", str(given))
     tab.reload()
-    # the serve loop decides held records again every 30 s; the operator need not wait
-    if tab.get_attribute("#deliveries article", "data-state") == "held":
-        act(tab, "release", "consent received on paper, imported", "#deliveries")
-        assert "consent received on paper, imported" in tab.inner_text("#actions")
+    # still held: the serve loop's sweep (delivery_sweep_seconds) is not due in this test
+    assert tab.get_attribute("#deliveries article", "data-state") == "held"
+    act(tab, "release", "consent received on paper, imported", "#deliveries")
+    assert "consent received on paper, imported" in tab.inner_text("#actions")
     until(_state_becomes(tab, "delivered"), "the released referral delivered", gw.log)
     found = gw.partner.search(
         "ServiceRequest?identifier=https://fhir.nsch.example.cn/sid/referral|REF20260618001"

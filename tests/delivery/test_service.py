@@ -10,8 +10,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from gateway import Converter, Settings
 from gateway.delivery import DeliveryService, Outbound
+from gateway.errors import ConfigError
 from gateway.partners import Partner
 from gateway.store import Incoming, Store, open_store, process_message
 from tests.conftest import REPO
@@ -85,3 +88,16 @@ def test_stop_mid_send_finishes_the_record_and_leaves_no_lease(
     assert (row.state, store.state_of(message)) == ("delivered", "delivered")
     assert [r for r in service.outbound.outbox.records() if r.state == "sending"] == []
     store.close()
+
+
+def test_the_sweep_interval_is_a_setting(tmp_path: Path) -> None:
+    settings = Settings.load(home=tmp_path, env={"GATEWAY_DELIVERY_SWEEP_SECONDS": "7.5"})
+    store = open_store(settings)
+    try:
+        assert DeliveryService(settings, store).feed_every == 7.5
+        default = Settings.load(home=tmp_path / "other", env={})
+        assert DeliveryService(default, store).feed_every == 30.0
+    finally:
+        store.close()
+    with pytest.raises(ConfigError, match="delivery_sweep_seconds must be positive"):
+        Settings.load(home=tmp_path, env={"GATEWAY_DELIVERY_SWEEP_SECONDS": "0"})

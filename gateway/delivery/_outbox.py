@@ -192,6 +192,26 @@ class Outbox:
             with conn.begin_nested():
                 yield conn
 
+    def _insert_once(
+        self, caller: Connection | None, dedup: str, insert: Callable[[Connection], int]
+    ) -> tuple[int, bool]:
+        """(row id, new): the row already kept under ``dedup``, else the one ``insert``
+        makes, within ``caller``'s transaction or one of its own (:meth:`_within`); a
+        concurrent insert of the same key that won resolves to its row."""
+        try:
+            with self._within(caller) as conn:
+                found = conn.execute(
+                    sa.select(_outbox.c.id).where(_outbox.c.dedup_key == dedup)
+                ).scalar()
+                if found is not None:
+                    return int(found), False
+                return insert(conn), True
+        except sa.exc.IntegrityError:  # a concurrent insert of the same dedup key: already
+            raced = self._raced(caller, dedup)
+            if raced is None:
+                raise
+            return raced, False
+
     def _raced(self, conn: Connection | None, dedup: str) -> int | None:
         """The row another writer inserted first under ``dedup`` (None: none, the
         IntegrityError was another one)."""
@@ -237,40 +257,31 @@ class Outbox:
             label = label_of(bundle)
         provides, needs = links_of(bundle)
         waits = bool(needs) and links_wait is not None
-        caller = conn
-        try:
-            with self._within(caller) as conn:
-                found = conn.execute(
-                    sa.select(_outbox.c.id).where(_outbox.c.dedup_key == dedup)
-                ).scalar()
-                if found is not None:
-                    return int(found), False
-                row_id = _insert(
-                    conn,
-                    now,
-                    message_id=message_id,
-                    partner=partner.key,
-                    label=label,
-                    order_key=order_key or order_key_of(bundle),
-                    dedup_key=dedup,
-                    parts=orjson.dumps(parts),
-                    part_count=len(parts),
-                    state="pending",
-                    record=record,
-                    purpose=purpose,
-                    replay_of=replay_of,
-                    links_until=now + links_wait if waits and links_wait is not None else None,
-                )
-                self._add_links(conn, row_id, provides, needs)
-                self._event(conn, row_id, now, None, "pending", 0, None, reason)
-                if message_id is not None:
-                    self._sync_message(conn, message_id, now)
-        except sa.exc.IntegrityError:  # a concurrent insert of the same dedup key: already
-            raced = self._raced(caller, dedup)
-            if raced is None:
-                raise
-            return raced, False
-        return row_id, True
+
+        def insert(conn: Connection) -> int:
+            row_id = _insert(
+                conn,
+                now,
+                message_id=message_id,
+                partner=partner.key,
+                label=label,
+                order_key=order_key or order_key_of(bundle),
+                dedup_key=dedup,
+                parts=orjson.dumps(parts),
+                part_count=len(parts),
+                state="pending",
+                record=record,
+                purpose=purpose,
+                replay_of=replay_of,
+                links_until=now + links_wait if waits and links_wait is not None else None,
+            )
+            self._add_links(conn, row_id, provides, needs)
+            self._event(conn, row_id, now, None, "pending", 0, None, reason)
+            if message_id is not None:
+                self._sync_message(conn, message_id, now)
+            return row_id
+
+        return self._insert_once(conn, dedup, insert)
 
     def hold(
         self,
@@ -291,37 +302,28 @@ class Outbox:
         no consent yet): no parts until :meth:`fill` gives them. (row id, new).
         ``conn``: within the caller's transaction (:meth:`_within`)."""
         now = now or self.clock()
-        caller = conn
-        try:
-            with self._within(caller) as conn:
-                found = conn.execute(
-                    sa.select(_outbox.c.id).where(_outbox.c.dedup_key == dedup)
-                ).scalar()
-                if found is not None:
-                    return int(found), False
-                row_id = _insert(
-                    conn,
-                    now,
-                    message_id=message_id,
-                    partner=partner,
-                    label=label,
-                    order_key=order_key,
-                    dedup_key=dedup,
-                    parts=b"[]",
-                    part_count=0,
-                    state="held",
-                    last_error=code,
-                    record=record,
-                    purpose=purpose,
-                )
-                self._event(conn, row_id, now, None, "held", 0, None, reason)
-                self._sync_message(conn, message_id, now)
-        except sa.exc.IntegrityError:  # a concurrent insert of the same dedup key: already
-            raced = self._raced(caller, dedup)
-            if raced is None:
-                raise
-            return raced, False
-        return row_id, True
+
+        def insert(conn: Connection) -> int:
+            row_id = _insert(
+                conn,
+                now,
+                message_id=message_id,
+                partner=partner,
+                label=label,
+                order_key=order_key,
+                dedup_key=dedup,
+                parts=b"[]",
+                part_count=0,
+                state="held",
+                last_error=code,
+                record=record,
+                purpose=purpose,
+            )
+            self._event(conn, row_id, now, None, "held", 0, None, reason)
+            self._sync_message(conn, message_id, now)
+            return row_id
+
+        return self._insert_once(conn, dedup, insert)
 
     def fill(
         self,

@@ -1,8 +1,11 @@
-"""What bench_convert.py and bench_imaging.py share: pyperf's runner set-up, rows and
-their rates, the tables of RESULTS.md and writing one section of it.
+"""What the bench scripts share: pyperf's runner set-up, rows and their rates, the tables
+of RESULTS.md (bench_convert.py, bench_imaging.py, bench_validate.py) and writing one
+section of it (every script).
 
 pyperf does the measuring (worker processes, loop calibration, warm-ups, values) and
-the statistics; this module only turns its Benchmarks into Markdown."""
+the statistics; this module only turns its Benchmarks into Markdown. pyperf is imported
+where it is used: the scripts that do not measure with it run without the bench extra
+(make bench-store)."""
 
 from __future__ import annotations
 
@@ -16,12 +19,13 @@ from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pyperf  # type: ignore[import-untyped]
+if TYPE_CHECKING:
+    import pyperf  # type: ignore[import-untyped]
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "RESULTS.md"
-SECTIONS = ("conversion", "imaging")  # their order in RESULTS.md
 CLOCKS = {
     "cpu": "Times are the worker's CPU time (`time.process_time`, `--clock cpu`): on a "
     "shared machine, time spent waiting for the core does not count, so a rate is what one "
@@ -35,6 +39,8 @@ def runner(
 ) -> pyperf.Runner:
     """A pyperf Runner whose worker processes get this script's own options back
     (``forward(args)``): each worker re-runs the script and must declare the same rows."""
+
+    import pyperf
 
     def add_cmdline_args(cmd: list[str], args: argparse.Namespace) -> None:
         cmd.extend(forward(args))
@@ -146,6 +152,8 @@ def ratios_table(rows: Sequence[Row], pairs: Sequence[tuple[str, str]]) -> list[
 
 def method(args: argparse.Namespace, unit: str) -> str:
     """How pyperf measured, from the runner's own (parsed) options."""
+    import pyperf
+
     return (
         f"Measured with [pyperf](https://pyperf.readthedocs.io/) {pyperf.__version__}: every "
         f"row runs in {args.processes} fresh worker processes (each its own interpreter, "
@@ -200,27 +208,36 @@ def commit() -> str:
     return f"{head} (gateway/ or mappings/ modified in the work tree)" if dirty else head
 
 
-def _markers(name: str) -> tuple[str, str]:
+Markers = tuple[str, str]  # the begin and end comments around a section of RESULTS.md
+
+
+def markers(name: str, writer: str = "bench/") -> Markers:
+    """The comments around benchmark ``name``'s section, as RESULTS.md spells them (each
+    script keeps the ``writer`` its section was first written with: they find it by it)."""
     return (
-        f"<!-- {name} benchmark: begin (written by bench/) -->",
+        f"<!-- {name} benchmark: begin (written by {writer}) -->",
         f"<!-- {name} benchmark: end -->",
     )
 
 
-def write_section(path: Path, name: str, text: str) -> None:
-    """Replace section ``name`` of ``path`` between its markers, in place, keeping every
-    other section and the hand-written text around them (the other benchmarks' sections
-    live in the same file); a section not there yet goes first (conversion) or last."""
+def section_block(marks: Markers, text: str) -> str:
+    """The section as it stands in RESULTS.md: ``text`` between its markers."""
+    begin, end = marks
+    return f"{begin}\n\n{text.strip()}\n\n{end}"
+
+
+def write_section(path: Path, marks: Markers, text: str, *, first: bool = False) -> None:
+    """Replace the section between ``marks`` in ``path``, in place, keeping every other
+    section and the hand-written text around them (the other benchmarks' sections live
+    in the same file); a section not there yet goes last (``first``: first)."""
     old = path.read_text(encoding="utf-8") if path.exists() else ""
-    begin, end = _markers(name)
-    block = f"{begin}\n\n{text.strip()}\n\n{end}"
-    legacy = f"<!-- {name} benchmark: begin (written by bench/bench_imaging.py) -->"
-    for start in (begin, legacy):
-        if start in old and end in old.split(start, 1)[1]:
-            head, rest = old.split(start, 1)
-            path.write_text(head + block + rest.split(end, 1)[1], encoding="utf-8")
-            return
-    if name == SECTIONS[0] or not old.strip():
+    begin, end = marks
+    block = section_block(marks, text)
+    if begin in old and end in old.split(begin, 1)[1]:
+        head, rest = old.split(begin, 1)
+        path.write_text(head + block + rest.split(end, 1)[1], encoding="utf-8")
+        return
+    if first or not old.strip():
         new = f"{block}\n\n{old.lstrip()}" if old.strip() else f"{block}\n"
     else:
         new = f"{old.rstrip()}\n\n{block}\n"

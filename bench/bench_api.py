@@ -51,6 +51,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import _results  # bench/_results.py (this script's folder is on sys.path)
 import anyio.to_thread
 import httpx
 import orjson
@@ -59,8 +60,7 @@ from fastapi.responses import Response
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "RESULTS.md"
-BEGIN = "<!-- api benchmark: begin (written by bench/bench_api.py) -->"
-END = "<!-- api benchmark: end -->"
+MARKERS = _results.markers("api", "bench/bench_api.py")
 GOLDEN = REPO / "tests" / "golden" / "hl7v2" / "ref_i12_utf8.expected.json"
 NSCH_TOKEN = "nsch-partner-token-bench-0123456789abcdef"
 LOCAL_TOKEN = "local-api-token-bench-0123456789"
@@ -394,7 +394,7 @@ def main() -> None:
     if args.out == "-":
         print(text)
     else:
-        _write(Path(args.out), text)
+        _results.write_section(Path(args.out), MARKERS, text)
         print(f"wrote {args.out}", file=sys.stderr)
 
 
@@ -460,17 +460,6 @@ def section(
             f"profiler — {parts}."
         )
     return "\n".join(lines)
-
-
-def _write(path: Path, text: str) -> None:
-    old = path.read_text(encoding="utf-8") if path.exists() else ""
-    block = f"{BEGIN}\n\n{text.strip()}\n\n{END}\n"
-    if BEGIN in old and END in old:
-        head, _, rest = old.partition(BEGIN)
-        _, _, tail = rest.partition(END + "\n")
-        path.write_text(head + block + tail, encoding="utf-8")
-    else:
-        path.write_text(old.rstrip("\n") + "\n\n" + block, encoding="utf-8")
 
 
 if __name__ == "__main__":

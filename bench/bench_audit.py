@@ -38,6 +38,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import _results  # bench/_results.py (this script's folder is on sys.path)
 import httpx
 import orjson
 
@@ -52,8 +53,7 @@ from gateway.store import Incoming, Store, open_store, process_message
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "RESULTS.md"
-BEGIN = "<!-- audit benchmark: begin (written by bench/bench_audit.py) -->"
-END = "<!-- audit benchmark: end -->"
+MARKERS = _results.markers("audit", "bench/bench_audit.py")
 REFERRAL = (REPO / "examples" / "hl7v2" / "ref_i12_nsch_to_hkpmc.hl7").read_bytes()
 HKID = "https://fhir-gateway.example.org/sid/hkid"
 PURPOSE = "https://fhir-gateway.example.org/CodeSystem/transfer-purpose"
@@ -272,8 +272,6 @@ def section(r: dict[str, Any], count: int, rounds: int, load: tuple[float, float
     kinds = ", ".join(f"{k} {v:g}" for k, v in sorted(per_message.items()))
     spread = ", ".join(f"{x - 1:+.1%}" for x in r["ratios"])
     lines = [
-        BEGIN,
-        "",
         "## Audit trail cost (bench/bench_audit.py)",
         "",
         f"The whole outbound pipeline as `gateway serve` wires it (receive, convert, route, "
@@ -307,9 +305,6 @@ def section(r: dict[str, Any], count: int, rounds: int, load: tuple[float, float
         "frontier) and the event's RFC 8785 canonical JSON. Before this work (each of "
         "those two with a commit of its own, SQLAlchemy Core statements built per "
         "append) the same bench gave +18 % wall clock and +17 % CPU.",
-        "",
-        END,
-        "",
     ]
     return "\n".join(lines)
 
@@ -328,20 +323,10 @@ def main() -> int:
     print(result["seen"], file=sys.stderr)
     text = section(result, args.messages, args.rounds, load)  # type: ignore[arg-type]
     if args.out == "-":
-        sys.stdout.write(text)
+        print(_results.section_block(MARKERS, text))
         return 0
-    write_section(Path(args.out), text)
+    _results.write_section(Path(args.out), MARKERS, text)
     return 0
-
-
-def write_section(path: Path, text: str) -> None:
-    old = path.read_text(encoding="utf-8") if path.exists() else ""
-    if BEGIN in old and END in old:
-        head, _, rest = old.partition(BEGIN)
-        _, _, tail = rest.partition(END + "\n")
-        path.write_text(head + text + tail, encoding="utf-8")
-    else:
-        path.write_text(old.rstrip("\n") + "\n\n" + text, encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _results  # bench/_results.py
 from bench_store import fill_sqlite, machine
 
 from gateway import Settings
@@ -41,8 +42,7 @@ from gateway.store import MessageFilter, Store, utcnow
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "RESULTS.md"
-BEGIN = "<!-- console benchmark: begin (written by bench/bench_console.py) -->"
-END = "<!-- console benchmark: end -->"
+MARKERS = _results.markers("console", "bench/bench_console.py")
 BAR_MS = 200.0
 PASSWORD = "benchmark password 0123"
 
@@ -176,7 +176,7 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         table, ok = run(args.rows, Path(tmp))
-    lines = [BEGIN, "", "## Console benchmark (bench/bench_console.py)", "", *machine(), ""]
+    lines = ["## Console benchmark (bench/bench_console.py)", "", *machine(), ""]
     lines += [
         f"### The message search page on {args.rows:,} stored messages (SQLite, WAL, "
         "synchronous=FULL)",
@@ -195,23 +195,13 @@ def main() -> int:
         "(median). The console adds no index: the store's `(filter, id)` indexes "
         "(migration 0001) serve its searches; the cost above `Store.find` is the page "
         "itself and the audit event's commit (a disk flush).",
-        "",
-        END,
     ]  # fmt: skip
-    section = "\n".join(lines) + "\n"
+    text = "\n".join(lines)
     if args.out == "-":
-        print(section)
+        print(_results.section_block(MARKERS, text))
         return 0 if ok else 1
-    path = Path(args.out)
-    text = path.read_text(encoding="utf-8") if path.exists() else ""
-    if BEGIN in text and END in text:
-        head, _, rest = text.partition(BEGIN)
-        _, _, tail = rest.partition(END + "\n")
-        text = head + section + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text, encoding="utf-8")
-    print(f"wrote {path}", file=sys.stderr)
+    _results.write_section(Path(args.out), MARKERS, text)
+    print(f"wrote {args.out}", file=sys.stderr)
     return 0 if ok else 1
 
 

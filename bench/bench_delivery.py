@@ -32,6 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import _results  # bench/_results.py (this script's folder is on sys.path)
 import httpx
 import sqlalchemy as sa
 
@@ -42,8 +43,7 @@ from gateway.store import Incoming, Store, metadata, open_store, process_message
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "RESULTS.md"
-BEGIN = "<!-- delivery benchmark: begin (written by bench/bench_delivery.py) -->"
-END = "<!-- delivery benchmark: end -->"
+MARKERS = _results.markers("delivery", "bench/bench_delivery.py")
 PARTNER_DIR = Path(os.environ.get("PARTNER_FHIR_DIR") or REPO.parent / "shared" / "partner-fhir")
 SAMPLE = REPO / "examples" / "hl7v2" / "ref_i12_lax2_to_njmu2.hl7"
 
@@ -207,8 +207,6 @@ def _write(
             break
     load = os.getloadavg()[0]
     lines = [
-        BEGIN,
-        "",
         "## Delivery benchmark (bench/bench_delivery.py)",
         "",
         f"- CPU: {cpu}, {os.cpu_count()} logical cores, shared (load average {load:.1f} "
@@ -244,22 +242,12 @@ def _write(
         "write costs more as it fills: the burst's rate falls with its size. The worker sends "
         "one request at a time (order per patient; one pooled connection in use). Latency is "
         "from `messages.received_at` to the outbox row's `delivered` event.",
-        "",
-        END,
-        "",
     ]
     text = "\n".join(lines)
     if args.out == "-":
-        sys.stdout.write(text)
-        return
-    path = Path(args.out)
-    old = path.read_text(encoding="utf-8") if path.exists() else ""
-    if BEGIN in old and END in old:
-        head, _, rest = old.partition(BEGIN)
-        _, _, tail = rest.partition(END + "\n")
-        path.write_text(head + text + tail, encoding="utf-8")
+        print(_results.section_block(MARKERS, text))
     else:
-        path.write_text(old.rstrip("\n") + "\n\n" + text, encoding="utf-8")
+        _results.write_section(Path(args.out), MARKERS, text)
 
 
 if __name__ == "__main__":

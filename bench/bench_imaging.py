@@ -912,7 +912,7 @@ def main() -> int:
         text = render(args, command, started, seconds, sample, rows, checks, notes, peer_versions)
     print(text)
     if args.out != "-":
-        _results.write_section(Path(args.out), "imaging", text)
+        _results.write_section(Path(args.out), _results.markers("imaging"), text)
         print(f"imaging section written to {args.out}", file=sys.stderr)
     return 0
 

@@ -26,16 +26,16 @@ import argparse
 import gc
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import _results  # bench/_results.py (this script's folder is on sys.path)
+
 REPO = Path(__file__).resolve().parent.parent
-BEGIN = "<!-- memory benchmark: begin (written by bench/bench_memory.py) -->"
-END = "<!-- memory benchmark: end -->"
+MARKERS = _results.markers("memory", "bench/bench_memory.py")
 PER_STUDY = 100  # DICOM instances per generated study
 
 # Fields made unique per generated message: (segment, field numbers) → first component.
@@ -329,14 +329,7 @@ def main() -> int:
     if args.out == "-":
         print(text)
         return 0
-    out = Path(args.out)
-    old = out.read_text(encoding="utf-8") if out.exists() else ""
-    block = f"{BEGIN}\n\n{text}\n{END}"
-    if BEGIN in old and END in old:
-        new = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: block, old, flags=re.S)
-    else:
-        new = old.rstrip("\n") + "\n\n" + block + "\n"
-    out.write_text(new, encoding="utf-8")
+    _results.write_section(Path(args.out), MARKERS, text)
     return 0
 
 

@@ -30,6 +30,7 @@ import time
 import uuid
 from pathlib import Path
 
+import _results  # bench/_results.py (this script's folder is on sys.path)
 import httpx
 import sqlalchemy as sa
 
@@ -42,8 +43,7 @@ from gateway.store import Store, metadata  # noqa: E402
 from tests.delivery.test_scaleout import enqueue, start_workers  # noqa: E402
 
 RESULTS = REPO / "bench" / "RESULTS.md"
-BEGIN = "<!-- scale-out benchmark: begin (written by bench/bench_scaleout.py) -->"
-END = "<!-- scale-out benchmark: end -->"
+MARKERS = _results.markers("scale-out", "bench/bench_scaleout.py")
 WORKERS = (1, 2, 3)
 
 
@@ -158,8 +158,6 @@ def _write(
             cpu = line.split(":", 1)[1].strip()
             break
     lines = [
-        BEGIN,
-        "",
         "## Scale-out benchmark (bench/bench_scaleout.py)",
         "",
         f"- CPU: {cpu}, {os.cpu_count()} logical cores, **shared with other work while "
@@ -197,22 +195,12 @@ def _write(
         "writers also take turns on the one database lock. On this shared machine the same "
         "case differs by up to 2× from round to round as other work comes and goes: read "
         "the paired ratios, and more rounds (`--repeat`) before sizing anything on them.",
-        "",
-        END,
-        "",
     ]
     text = "\n".join(lines)
     if args.out == "-":
-        sys.stdout.write(text)
-        return
-    path = Path(args.out)
-    old = path.read_text(encoding="utf-8") if path.exists() else ""
-    if BEGIN in old and END in old:
-        head, _, rest = old.partition(BEGIN)
-        _, _, tail = rest.partition(END + "\n")
-        path.write_text(head + text + tail, encoding="utf-8")
+        print(_results.section_block(MARKERS, text))
     else:
-        path.write_text(old.rstrip("\n") + "\n\n" + text, encoding="utf-8")
+        _results.write_section(Path(args.out), MARKERS, text)
 
 
 if __name__ == "__main__":

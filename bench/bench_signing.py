@@ -33,6 +33,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import _results  # bench/_results.py (this script's folder is on sys.path)
 import orjson
 import pyperf
 import rfc8785
@@ -56,7 +57,7 @@ from gateway.signing import (  # noqa: E402
 BUNDLE = ROOT / "tests" / "golden" / "cda" / "lax2-ct-report-cobranded.expected.json"
 ALGS = ("ES256", "EdDSA", "PS256")
 WHEN = dt.datetime(2026, 6, 10, 7, 20, tzinfo=dt.UTC)
-START, END = "<!-- bench_signing: start -->", "<!-- bench_signing: end -->"
+MARKERS = ("<!-- bench_signing: start -->", "<!-- bench_signing: end -->")
 
 
 def _signer(alg: str) -> Signer:
@@ -211,7 +212,6 @@ def section(results: dict[str, Any], seconds: float, ratios: dict[str, tuple[flo
     first = next(v for k, v in results.items() if not k.startswith("_"))
     meta = first.get_metadata()
     lines = [
-        START,
         "## Signing benchmark: JWS sign and verify, RFC 8785 canonicalisation",
         "",
         f"Recorded {when} by `bench/bench_signing.py` (pyperf {pyperf.__version__}, "
@@ -266,24 +266,15 @@ def section(results: dict[str, Any], seconds: float, ratios: dict[str, tuple[flo
         "the *gateway ÷ raw (paired)* column of the sign rows. The gateway's verify also parses "
         "the x5c certificate and checks kid against its thumbprint (chain, validity and "
         "CRL checks come on top and are not timed here).",
-        END,
     ]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines)
 
 
 def write(out: str, text: str) -> None:
     if out == "-":
-        sys.stdout.write(text)
-        return
-    path = Path(out)
-    old = path.read_text(encoding="utf-8") if path.exists() else ""
-    if START in old and END in old:
-        head, _, rest = old.partition(START)
-        _, _, tail = rest.partition(END)
-        new = head + text.rstrip("\n") + tail
+        print(_results.section_block(MARKERS, text))
     else:
-        new = old.rstrip("\n") + "\n\n" + text
-    path.write_text(new, encoding="utf-8")
+        _results.write_section(Path(out), MARKERS, text)
 
 
 def main() -> None:

@@ -36,14 +36,14 @@ from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
+import _results  # bench/_results.py (this script's folder is on sys.path)
 import sqlalchemy as sa
 
 from gateway.store import MessageFilter, Store, utcnow
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "RESULTS.md"
-BEGIN = "<!-- store benchmark: begin (written by bench/bench_store.py) -->"
-END = "<!-- store benchmark: end -->"
+MARKERS = _results.markers("store", "bench/bench_store.py")
 
 SENDERS = [f"H{n:02d}" for n in range(20)]
 TYPES = ["ADT^A01", "ADT^A08", "ORU^R01", "ORM^O01", "REF^I12", "dicom-study"]
@@ -222,7 +222,7 @@ def main() -> int:
     parser.add_argument("--intake", type=int, default=2000, help="messages per intake run")
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args()
-    lines = [BEGIN, "", "## Message store benchmark (bench/bench_store.py)", ""]
+    lines = ["## Message store benchmark (bench/bench_store.py)", ""]
     lines += machine()
     backends: list[tuple[str, str]] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -283,22 +283,12 @@ def main() -> int:
         "connections the listener's writer thread commits what arrived meanwhile in one",
         "transaction, so the flushes are shared. Conversion is not included (it runs",
         "after the ACK; see the conversion benchmark above for its cost).",
-        "",
-        END,
     ]
-    section = "\n".join(lines) + "\n"
+    text = "\n".join(lines)
     if args.out == "-":
-        print(section)
+        print(_results.section_block(MARKERS, text))
         return 0
-    path = Path(args.out)
-    text = path.read_text(encoding="utf-8") if path.exists() else ""
-    if BEGIN in text and END in text:
-        head, _, rest = text.partition(BEGIN)
-        _, _, tail = rest.partition(END + "\n")
-        text = head + section + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text, encoding="utf-8")
+    _results.write_section(Path(args.out), MARKERS, text)
     return 0
 
 

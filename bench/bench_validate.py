@@ -52,8 +52,7 @@ from gateway.validation._check import ProfileValidator
 from gateway.validation.corepkg import core_package_path
 
 REPO = _results.REPO
-BEGIN = "<!-- validation benchmark: begin (written by bench/bench_validate.py) -->"
-END = "<!-- validation benchmark: end -->"
+MARKERS = _results.markers("validation", "bench/bench_validate.py")
 _COUNTER = itertools.count(1)
 
 
@@ -229,8 +228,6 @@ def render(
     args: Any,
 ) -> str:
     lines = [
-        BEGIN,
-        "",
         "## Validation benchmark: profile validation beside the bare fhir.resources parse",
         "",
         f"Recorded {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by `bench/bench_validate.py`; "
@@ -258,7 +255,6 @@ def render(
             f"**{v / p:.2f}** |"
         )
     lines += _per_message(per_message, rounds, messages)
-    lines += ["", END, ""]
     return "\n".join(lines)
 
 
@@ -318,16 +314,6 @@ def _per_message(
     return lines
 
 
-def write(path: Path, text: str) -> None:
-    old = path.read_text(encoding="utf-8") if path.exists() else ""
-    if BEGIN in old and END in old:
-        head, rest = old.split(BEGIN, 1)
-        new = head + text.rstrip("\n") + rest.split(END, 1)[1]
-    else:
-        new = old.rstrip("\n") + "\n\n" + text
-    path.write_text(new, encoding="utf-8")
-
-
 def main() -> int:
     def forward(args: argparse.Namespace) -> list[str]:
         out = ["--clock", args.clock, "--corpus", str(args.corpus)]
@@ -383,11 +369,9 @@ def main() -> int:
         return 0
     rounds = paired(messages())
     text = render(rows, per_message, rounds, len(messages().samples), args)
-    if args.out == "-":
-        print(text)
-    else:
-        write(Path(args.out), text)
-        print(text)
+    if args.out != "-":
+        _results.write_section(Path(args.out), MARKERS, text)
+    print(_results.section_block(MARKERS, text))
     return 0
 
 

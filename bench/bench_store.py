@@ -49,8 +49,22 @@ SENDERS = [f"H{n:02d}" for n in range(20)]
 TYPES = ["ADT^A01", "ADT^A08", "ORU^R01", "ORM^O01", "REF^I12", "dicom-study"]
 STATES = ["converted"] * 85 + ["failed"] * 10 + ["rejected"] * 2 + ["received"] * 3
 COLUMNS = (
-    "id", "received_at", "channel", "peer", "sender", "control_id", "message_type", "format",
-    "charset", "sha256", "size", "raw", "state", "revision", "flagged", "dedup_key",
+    "id",
+    "received_at",
+    "channel",
+    "peer",
+    "sender",
+    "control_id",
+    "message_type",
+    "format",
+    "charset",
+    "sha256",
+    "size",
+    "raw",
+    "state",
+    "revision",
+    "flagged",
+    "dedup_key",
     "updated_at",
 )
 
@@ -66,10 +80,27 @@ def rows(count: int, seed: int = 7) -> tuple[list[tuple[object, ...]], list[tupl
         control = f"{sender}{i:010d}"
         raw = f"MSH|^~\\&|HIS|{sender}|GW|GW|{at:%Y%m%d%H%M%S}||ORU^R01|{control}|P|2.5\r".encode()
         sha = f"{i:064x}"
-        messages.append((
-            i, at, "mllp", "10.0.0.1:5000", sender, control, rng.choice(TYPES), "hl7v2",
-            "UNICODE UTF-8", sha, len(raw), raw, rng.choice(STATES), 1, False, sha, at,
-        ))
+        messages.append(
+            (
+                i,
+                at,
+                "mllp",
+                "10.0.0.1:5000",
+                sender,
+                control,
+                rng.choice(TYPES),
+                "hl7v2",
+                "UNICODE UTF-8",
+                sha,
+                len(raw),
+                raw,
+                rng.choice(STATES),
+                1,
+                False,
+                sha,
+                at,
+            )
+        )
         value = f"P{rng.randrange(count // 4):08d}"
         patients.append((i, f"urn:oid:2.16.156.1|{value}", value))
     return messages, patients
@@ -128,17 +159,26 @@ def lookups(store: Store, count: int) -> list[tuple[str, float, float, int]]:
     middle = str(count // 2)
     cases: list[tuple[str, MessageFilter, str | None]] = [
         ("newest page, no filter", MessageFilter(), None),
-        ("state=failed + sender=H07, first page",
-         MessageFilter(state="failed", sender="H07"), None),
-        ("state=failed + sender=H07, page after the middle id",
-         MessageFilter(state="failed", sender="H07"), middle),
+        (
+            "state=failed + sender=H07, first page",
+            MessageFilter(state="failed", sender="H07"),
+            None,
+        ),
+        (
+            "state=failed + sender=H07, page after the middle id",
+            MessageFilter(state="failed", sender="H07"),
+            middle,
+        ),
         ("sender=H07, first page", MessageFilter(sender="H07"), None),
         ("type=ORU^R01, first page", MessageFilter(message_type="ORU^R01"), None),
         ("patient identifier (system\\|value)", MessageFilter(patient=patient), None),
         ("patient value alone", MessageFilter(patient=patient.rpartition("|")[2]), None),
         ("control id", MessageFilter(control_id=_control_id(store, count // 3)), None),
-        ("state=failed since 1 h ago",
-         MessageFilter(state="failed", since=utcnow() - timedelta(hours=1)), None),
+        (
+            "state=failed since 1 h ago",
+            MessageFilter(state="failed", since=utcnow() - timedelta(hours=1)),
+            None,
+        ),
         ("state=received (rare state), first page", MessageFilter(state="received"), None),
     ]
     out = []
@@ -151,9 +191,19 @@ def lookups(store: Store, count: int) -> list[tuple[str, float, float, int]]:
 def start_listener(home: Path, url: str) -> tuple[subprocess.Popen[bytes], int]:
     env = {**os.environ, "GATEWAY_DATABASE_URL": url}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "--home", str(home), "listen", "--port", "0",
-         "--no-process"],
-        stderr=subprocess.PIPE, env=env,
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "--home",
+            str(home),
+            "listen",
+            "--port",
+            "0",
+            "--no-process",
+        ],
+        stderr=subprocess.PIPE,
+        env=env,
     )
     assert proc.stderr is not None
     while True:
@@ -247,19 +297,31 @@ def main() -> int:
             filled = time.perf_counter() - started
             print(f"{name}: {args.rows} rows generated in {filled:.0f} s", file=sys.stderr)
             results = lookups(store, args.rows)
-            lines += ["", f"### Look-ups on {args.rows:,} stored messages: {name}", "",
-                      f"{version}. One page of 50 (`Store.find`, as `gateway messages list` "
-                      "and `GET /messages`), warm cache, 30 runs; the worst run includes the "
-                      "machine's other work.", "",
-                      "| query | median ms | worst ms | rows |", "|---|---:|---:|---:|"]
+            lines += [
+                "",
+                f"### Look-ups on {args.rows:,} stored messages: {name}",
+                "",
+                f"{version}. One page of 50 (`Store.find`, as `gateway messages list` "
+                "and `GET /messages`), warm cache, 30 runs; the worst run includes the "
+                "machine's other work.",
+                "",
+                "| query | median ms | worst ms | rows |",
+                "|---|---:|---:|---:|",
+            ]
             for label, median, worst, found in results:
                 lines.append(f"| {label} | {median:.2f} | {worst:.2f} | {found} |")
                 print(f"  {label}: {median:.2f} ms (worst {worst:.2f})", file=sys.stderr)
             store.close()
-        lines += ["", "### MLLP intake (`gateway listen --no-process`, ACK after commit)", "",
-                  f"{args.intake} messages of 2.4 KB per run, each connection waiting for each "
-                  "ACK before the next message.", "",
-                  "| store | connections | messages/s acknowledged |", "|---|---:|---:|"]
+        lines += [
+            "",
+            "### MLLP intake (`gateway listen --no-process`, ACK after commit)",
+            "",
+            f"{args.intake} messages of 2.4 KB per run, each connection waiting for each "
+            "ACK before the next message.",
+            "",
+            "| store | connections | messages/s acknowledged |",
+            "|---|---:|---:|",
+        ]
         for name, url in backends:
             if name == "PostgreSQL":  # a clean database for the intake runs
                 Store.open(url).close()

@@ -139,12 +139,30 @@ def create_console(
             audit.record_guarded(None, event)
 
     def need(request: Request, roles: tuple[str, ...] = ROLES) -> Session:
+        """The signed-in session whose role is one of ``roles``: without one the page
+        redirects to the sign-in form, with another role it is refused (403)."""
         session = session_of(request)
         if session is None:
             raise _Login()
         if session.user.role not in roles:
             raise _Denied(403, "app.forbidden")
         return session
+
+    async def posted(
+        request: Request, roles: tuple[str, ...] = ROLES
+    ) -> tuple[Session, dict[str, str]]:
+        """A signed-in user's POST: the session (as ``need``) and its CSRF-checked form."""
+        session = need(request, roles)
+        return session, await form(request, session)
+
+    # What every page does when ``need`` or ``form`` stops it, held here once.
+    @app.exception_handler(_Login)
+    async def to_login(request: Request, exc: _Login) -> Response:
+        return _redirect("/login")
+
+    @app.exception_handler(_Denied)
+    async def refused(request: Request, exc: _Denied) -> Response:
+        return denied(request, session_of(request), exc)
 
     # -- sign-in --------------------------------------------------------------------------
     @app.get("/")
@@ -165,7 +183,7 @@ def create_console(
     async def login(request: Request) -> Response:
         try:
             fields = await form(request, None)
-        except _Denied as exc:
+        except _Denied as exc:  # the sign-in page is refused as anonymous, whatever the cookie
             return denied(request, None, exc)
         name, password = fields.get("name", ""), fields.get("password", "")
         keys = (f"name:{name}", f"ip:{_client(request)}")
@@ -188,11 +206,7 @@ def create_console(
 
     @app.post("/logout")
     async def logout(request: Request) -> Response:
-        session = session_of(request)
-        try:
-            await form(request, session)
-        except _Denied as exc:
-            return denied(request, session, exc)
+        await form(request, session_of(request))
         Sessions(store()).end(request.cookies.get(COOKIE))
         response = _redirect("/login")
         response.delete_cookie(COOKIE, path=PREFIX)
@@ -200,13 +214,7 @@ def create_console(
 
     @app.post("/lang")
     async def switch_lang(request: Request) -> Response:
-        try:
-            session = need(request)
-            fields = await form(request, session)
-        except _Login:
-            return _redirect("/login")
-        except _Denied as exc:
-            return denied(request, session_of(request), exc)
+        session, fields = await posted(request)
         lang = fields.get("lang", "")
         if lang in LANGS:  # remembered for the user, whichever browser they use next
             Users(store()).set_lang(session.user.id, lang)
@@ -216,10 +224,7 @@ def create_console(
     # -- dashboard ------------------------------------------------------------------------
     @app.get("/dashboard")
     async def dashboard(request: Request, fragment: int = 0) -> Response:
-        try:
-            session = need(request)
-        except _Login:
-            return _redirect("/login")
+        session = need(request)
         data = await run_in_threadpool(_data.dashboard, store(), breaker_states())
         name = "dashboard_live.html" if fragment else "dashboard.html"
         return render(
@@ -236,10 +241,7 @@ def create_console(
     # -- messages -------------------------------------------------------------------------
     @app.get("/messages")
     async def messages(request: Request, q: str = "", after: str = "") -> Response:
-        try:
-            session = need(request)
-        except _Login:
-            return _redirect("/login")
+        session = need(request)
         with searches_lock:
             found = searches.get(q)
         where = found[1] if found and found[0] == session.user.id else MessageFilter()
@@ -260,13 +262,7 @@ def create_console(
 
     @app.post("/messages")
     async def search(request: Request) -> Response:
-        try:
-            session = need(request)
-            fields = await form(request, session)
-        except _Login:
-            return _redirect("/login")
-        except _Denied as exc:
-            return denied(request, session_of(request), exc)
+        session, fields = await posted(request)
         try:
             since = fields.get("since", "").strip()
             where = MessageFilter(
@@ -290,10 +286,7 @@ def create_console(
 
     @app.get("/messages/{message_id}")
     async def message(request: Request, message_id: int) -> Response:
-        try:
-            session = need(request)
-        except _Login:
-            return _redirect("/login")
+        session = need(request)
         found = await run_in_threadpool(_data.detail, store(), message_id)
         if found is None:
             return render(request, "error.html", session, 404, message="app.not_found")
@@ -325,13 +318,7 @@ def create_console(
         message_id: int | None,
         row_id: int | None,
     ) -> Response:
-        try:
-            session = need(request, ("operator", "admin"))
-            fields = await form(request, session)
-        except _Login:
-            return _redirect("/login")
-        except _Denied as exc:
-            return denied(request, session_of(request), exc)
+        session, fields = await posted(request, ("operator", "admin"))
         if action not in allowed:
             return render(request, "error.html", session, 404, message="app.not_found")
         reason = fields.get("reason", "")
@@ -363,10 +350,7 @@ def create_console(
     # -- referrals, alerts, auditor -------------------------------------------------------
     @app.get("/referrals")
     async def referrals(request: Request) -> Response:
-        try:
-            session = need(request)
-        except _Login:
-            return _redirect("/login")
+        session = need(request)
         rows = await run_in_threadpool(_referrals, settings, store())
         if rows:  # referrals are about patients: the listing is audited as a search
             tasks = tuple(f"Task/{r['task']}" for r in rows)
@@ -375,20 +359,12 @@ def create_console(
 
     @app.get("/alerts")
     async def alerts(request: Request) -> Response:
-        try:
-            session = need(request)
-        except _Login:
-            return _redirect("/login")
+        session = need(request)
         return render(request, "alerts.html", session, alerts=_alerts(settings, store()))
 
     @app.get("/audit")
     async def auditor(request: Request, year: int | None = None) -> Response:
-        try:
-            session = need(request, ("auditor", "admin"))
-        except _Login:
-            return _redirect("/login")
-        except _Denied as exc:
-            return denied(request, session_of(request), exc)
+        session = need(request, ("auditor", "admin"))
         from ._audit import auditor_view
 
         view = await run_in_threadpool(auditor_view, settings, store(), year)

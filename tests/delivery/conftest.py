@@ -1,5 +1,6 @@
 """Delivery fixtures: an outbox in an empty store on each database backend, a clock
-the tests move, and small transaction Bundles of named patients."""
+the tests move, and small transaction Bundles of named patients; for the outbound
+path, a gateway home, its own store and the Outbound over them."""
 
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ from typing import Any
 
 import pytest
 
-from gateway.delivery import Deliverer, DeliveryConfig, Outbox
+from gateway import Converter, Settings
+from gateway.delivery import Deliverer, DeliveryConfig, Outbound, Outbox
 from gateway.partners import Partner
-from gateway.store import Store
+from gateway.store import Incoming, Store, open_store, process_message
+from tests.conftest import REPO
 from tests.partner.conftest import partner  # noqa: F401  (the real partner server)
 from tests.store.dbs import BACKENDS, database
 
@@ -123,3 +126,31 @@ def clock() -> Clock:
 def deliverer(outbox: Outbox, clock: Clock) -> Iterator[Deliverer]:
     with Deliverer(outbox, {"hkpmc": PARTNER}, CONFIG, rng=random.Random(7)) as d:
         yield d
+
+
+# -- the outbound path: a home and the store it configures -----------------------------
+@pytest.fixture
+def home(tmp_path: Path) -> Settings:
+    return Settings.load(home=tmp_path, env={})
+
+
+@pytest.fixture
+def home_store(home: Settings) -> Iterator[Store]:
+    """The home's own store (SQLite in it). A module whose tests take ``store`` from the
+    home names it so (``store = home_store``): then ``outbound`` is over it too."""
+    opened = open_store(home)
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def outbound(home: Settings, store: Store) -> Outbound:
+    """The outbound path over the home and the test's ``store``: the one the test sees."""
+    return Outbound(home, store)
+
+
+def receive(store: Store, converter: Converter, name: str) -> int:
+    """examples/<name> received and converted; its message id."""
+    receipt = store.receive(Incoming((REPO / "examples" / name).read_bytes(), "cli"))
+    assert process_message(store, converter, receipt.id).state == "converted"
+    return receipt.id

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -20,38 +19,15 @@ from gateway.delivery import Deliverer, DeliveryConfig, Outbound, Outbox, unrout
 from gateway.errors import ConfigError
 from gateway.policy import PolicyRecords
 from gateway.signing import make_demo_pki
-from gateway.store import Incoming, Store, on_converted, open_store, process_message, utcnow
-from tests.conftest import REPO
+from gateway.store import Store, on_converted, process_message, utcnow
 from tests.policy.conftest import HKID, consent
 
-from .conftest import response
+from .conftest import home_store, receive, response
 
 NJMU2 = "https://fhir.njmu2.example.cn/fhir/"
 HKPMC = "https://fhir.hkpmc.example.hk/fhir/R4/"
 FAST = DeliveryConfig(backoff_base=0.01, backoff_cap=0.01, max_attempts=2)
-
-
-@pytest.fixture
-def home(tmp_path: Path) -> Settings:
-    return Settings.load(home=tmp_path, env={})
-
-
-@pytest.fixture
-def store(home: Settings) -> Iterator[Store]:
-    opened = open_store(home)
-    yield opened
-    opened.close()
-
-
-@pytest.fixture
-def outbound(home: Settings, store: Store) -> Outbound:
-    return Outbound(home, store)
-
-
-def receive(store: Store, converter: Converter, name: str) -> int:
-    receipt = store.receive(Incoming((REPO / "examples" / name).read_bytes(), "cli"))
-    assert process_message(store, converter, receipt.id).state == "converted"
-    return receipt.id
+store = home_store  # these tests' store is the home's (conftest), not a bare one per backend
 
 
 def parts(outbox: Outbox, row: int) -> list[dict[str, Any]]:

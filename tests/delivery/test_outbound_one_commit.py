@@ -6,45 +6,21 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
-from gateway import Converter, Settings
+from gateway import Converter
 from gateway.delivery import DeliveryError, Outbound
 from gateway.delivery import _outbox as outbox_module
 from gateway.policy import PolicyRecords
-from gateway.store import Incoming, Store, open_store, process_message
-from tests.conftest import REPO
-from tests.delivery.conftest import bundle
+from gateway.store import Store
+from tests.delivery.conftest import bundle, home_store, receive
 
 DOMESTIC = "hl7v2/ref_i12_lax2_to_njmu2.hl7"  # allowed: queued for njmu2
 HELD = "imaging/oru_r01_nsch_cta_zh.hl7"  # to Hong Kong, no consent yet: held
-
-
-@pytest.fixture
-def home(tmp_path: Path) -> Settings:
-    return Settings.load(home=tmp_path, env={})
-
-
-@pytest.fixture
-def store(home: Settings) -> Iterator[Store]:
-    opened = open_store(home)
-    yield opened
-    opened.close()
-
-
-@pytest.fixture
-def outbound(home: Settings, store: Store) -> Outbound:
-    return Outbound(home, store)
-
-
-def receive(store: Store, converter: Converter, name: str) -> int:
-    receipt = store.receive(Incoming((REPO / "examples" / name).read_bytes(), "cli"))
-    assert process_message(store, converter, receipt.id).state == "converted"
-    return receipt.id
+store = home_store  # these tests' store is the home's (conftest), not a bare one per backend
 
 
 @contextmanager

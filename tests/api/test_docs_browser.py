@@ -4,85 +4,33 @@ made at all)."""
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
-import uvicorn
-from playwright.sync_api import Page, Route, sync_playwright
+from playwright.sync_api import Page
 
 from gateway import Converter, Settings
 from gateway.api import TokenSet, create_app
+from tests._browser import browsers, needs_chromium
+from tests.api.live import live_server
 from tests.api.test_app import TOKEN
 
-CHROMIUM = Path("/usr/bin/chromium")
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists(), reason="Debian's chromium is not installed (/usr/bin/chromium)"
-)
+pytestmark = needs_chromium
 
 
 @pytest.fixture(scope="module")
 def base_url(converter: Converter, settings: Settings) -> Iterator[str]:
     app = create_app(settings, converter, TokenSet([TOKEN]))
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", lifespan="off")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    for _ in range(200):  # up within a few seconds; the loop only waits for it
-        if server.started:
-            break
-        time.sleep(0.05)
-    assert server.started
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
-    app.state.reports.shutdown()
-
-
-def _loopback(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
-    return host in ("127.0.0.1", "localhost", "::1") or url.startswith(("data:", "blob:"))
+    with live_server(app, settings) as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture()
 def page(tmp_path: Path) -> Iterator[tuple[Page, list[str]]]:
-    outside: list[str] = []
-    with sync_playwright() as pw:
-        # a fresh profile (user data dir) per test: nothing cached from an earlier run
-        context = pw.chromium.launch_persistent_context(
-            tmp_path / "profile", executable_path=CHROMIUM, args=FLAGS, headless=True
-        )
-
-        def guard(route: Route) -> None:
-            url = route.request.url
-            if _loopback(url):
-                route.continue_()
-            else:
-                outside.append(url)
-                route.abort()
-
-        context.route("**/*", guard)
-        yield context.new_page(), outside
-        context.close()
+    """A browser with a fresh profile, and the requests off loopback it was refused."""
+    with browsers(tmp_path) as (new, outside):
+        yield new(), outside
 
 
 def test_swagger_ui_renders_offline_with_the_bearer_scheme(

@@ -15,24 +15,23 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from typing import TypeVar
 
 import httpx
 import orjson
 import pytest
-from playwright.sync_api import Page, Route, sync_playwright
+from playwright.sync_api import Page
 
 from gateway import Converter, Settings
 from gateway.console import LANGS, Users, labels
 from gateway.store import Incoming, open_store, process_message
+from tests._browser import browsers, free_port, needs_chromium
 from tests.conftest import REPO
 from tests.gateway_cli import run
 from tests.partner.conftest import (
@@ -44,17 +43,6 @@ from tests.store.browse import GB18030_REF, REF
 
 from .conftest import PASSWORD
 
-CHROMIUM = Path("/usr/bin/chromium")
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 FAILED_CONTROL = "LAX220260611101500003"  # the GB 18030 referral Lai'an → Nanjing
 HELD_REFERRAL = REPO / "examples" / "hl7v2" / "ref_i12_nsch_to_hkpmc.hl7"
 HELD_CONTROL = "NSCH20260618143000017"
@@ -72,15 +60,7 @@ SERVE_ENV = {
 HAN = re.compile(r"[\u3400-\u9fff]")
 T = TypeVar("T")
 
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists(), reason="Debian's chromium is not installed (/usr/bin/chromium)"
-)
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+pytestmark = needs_chromium
 
 
 def until(probe: Callable[[], T | None], what: str, log: Path | None = None) -> T:
@@ -152,7 +132,7 @@ def gw(
         done = run("partners", "set", key, "--url", partner.base, "--max-entries", "8",
                    home=settings.home)  # fmt: skip
         assert done.returncode == 0, done.stderr.decode()
-    port = _port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
     env.update(SERVE_ENV, GATEWAY_HOME=str(settings.home))
     code = (
@@ -184,41 +164,12 @@ def gw(
             process.wait(10)
 
 
-def _loopback(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
-    return host in ("127.0.0.1", "localhost", "::1") or url.startswith(("data:", "blob:"))
-
-
 @pytest.fixture()
 def browser(tmp_path: Path) -> Iterator[Callable[[], Page]]:
     """New browsers (each a fresh profile: its own cookies); requests off loopback are
     refused and counted (there must be none)."""
-    outside: list[str] = []
-    with sync_playwright() as pw:
-        contexts: list[Any] = []
-
-        def new() -> Page:
-            context = pw.chromium.launch_persistent_context(
-                tmp_path / f"profile-{len(contexts)}",
-                executable_path=CHROMIUM,
-                args=FLAGS,
-                headless=True,
-            )
-
-            def guard(route: Route) -> None:
-                if _loopback(route.request.url):
-                    route.continue_()
-                else:
-                    outside.append(route.request.url)
-                    route.abort()
-
-            context.route("**/*", guard)
-            contexts.append(context)
-            return context.pages[0] if context.pages else context.new_page()
-
+    with browsers(tmp_path) as (new, outside):
         yield new
-        for context in contexts:
-            context.close()
     assert outside == []
 
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import platform
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -194,6 +196,17 @@ def environment(first: pyperf.Benchmark | None, packages: Sequence[str]) -> list
     return out
 
 
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what ``platform`` knows of it."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def commit() -> str:
     def git(*args: str) -> str:
         return subprocess.run(
@@ -242,3 +255,13 @@ def write_section(path: Path, marks: Markers, text: str, *, first: bool = False)
     else:
         new = f"{old.rstrip()}\n\n{block}\n"
     path.write_text(new, encoding="utf-8")
+
+
+def emit(out: str, marks: Markers, text: str) -> None:
+    """A script's ``--out``: its section written into that file, or printed (``-``) as it
+    would stand there."""
+    if out == "-":
+        print(section_block(marks, text))
+        return
+    write_section(Path(out), marks, text)
+    print(f"wrote {out}", file=sys.stderr)

@@ -391,11 +391,7 @@ def main() -> None:
         "validate": profile("/$validate", local, unsigned * args.profile, home),
     }
     text = section(results, profiles, args)
-    if args.out == "-":
-        print(text)
-    else:
-        _results.write_section(Path(args.out), MARKERS, text)
-        print(f"wrote {args.out}", file=sys.stderr)
+    _results.emit(args.out, MARKERS, text)
 
 
 ROWS = {
@@ -408,11 +404,7 @@ ROWS = {
 def section(
     results: dict[str, dict[str, Any]], profiles: dict[str, dict[str, Any]], args: Any
 ) -> str:
-    cpu = platform.processor() or platform.machine()
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
+    cpu = _results.cpu_model()
     bare = results["bare"]["closed"]["rate"]
     lines = [
         "## API benchmark (bench/bench_api.py)",

@@ -322,10 +322,7 @@ def main() -> int:
     load = tuple(max(a, b) for a, b in zip(load_before, load_after, strict=True))
     print(result["seen"], file=sys.stderr)
     text = section(result, args.messages, args.rounds, load)  # type: ignore[arg-type]
-    if args.out == "-":
-        print(_results.section_block(MARKERS, text))
-        return 0
-    _results.write_section(Path(args.out), MARKERS, text)
+    _results.emit(args.out, MARKERS, text)
     return 0
 
 

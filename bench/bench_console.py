@@ -196,12 +196,7 @@ def main() -> int:
         "(migration 0001) serve its searches; the cost above `Store.find` is the page "
         "itself and the audit event's commit (a disk flush).",
     ]  # fmt: skip
-    text = "\n".join(lines)
-    if args.out == "-":
-        print(_results.section_block(MARKERS, text))
-        return 0 if ok else 1
-    _results.write_section(Path(args.out), MARKERS, text)
-    print(f"wrote {args.out}", file=sys.stderr)
+    _results.emit(args.out, MARKERS, "\n".join(lines))
     return 0 if ok else 1
 
 

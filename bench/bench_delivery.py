@@ -200,11 +200,7 @@ def main() -> int:
 def _write(
     args: argparse.Namespace, results: dict[str, tuple[int, list[float], float, float]]
 ) -> None:
-    cpu = platform.processor() or platform.machine()
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
+    cpu = _results.cpu_model()
     load = os.getloadavg()[0]
     lines = [
         "## Delivery benchmark (bench/bench_delivery.py)",
@@ -243,11 +239,7 @@ def _write(
         "one request at a time (order per patient; one pooled connection in use). Latency is "
         "from `messages.received_at` to the outbox row's `delivered` event.",
     ]
-    text = "\n".join(lines)
-    if args.out == "-":
-        print(_results.section_block(MARKERS, text))
-    else:
-        _results.write_section(Path(args.out), MARKERS, text)
+    _results.emit(args.out, MARKERS, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -325,11 +325,7 @@ def main() -> int:
         f"- Longest single pause with `BatchGC`: **{tuned['longest_ms']:.1f} ms** "
         f"(goal < 50 ms: {_verdict(tuned['longest_ms'] < 50)}).",
     ]
-    text = "\n".join(lines) + "\n"
-    if args.out == "-":
-        print(text)
-        return 0
-    _results.write_section(Path(args.out), MARKERS, text)
+    _results.emit(args.out, MARKERS, "\n".join(lines))
     return 0
 
 

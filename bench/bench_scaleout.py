@@ -152,11 +152,7 @@ def _write(
     rates: dict[tuple[str, int], list[float]],
     loads: dict[tuple[str, int], list[float]],
 ) -> None:
-    cpu = platform.processor() or platform.machine()
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
+    cpu = _results.cpu_model()
     lines = [
         "## Scale-out benchmark (bench/bench_scaleout.py)",
         "",
@@ -196,11 +192,7 @@ def _write(
         "case differs by up to 2× from round to round as other work comes and goes: read "
         "the paired ratios, and more rounds (`--repeat`) before sizing anything on them.",
     ]
-    text = "\n".join(lines)
-    if args.out == "-":
-        print(_results.section_block(MARKERS, text))
-    else:
-        _results.write_section(Path(args.out), MARKERS, text)
+    _results.emit(args.out, MARKERS, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -270,13 +270,6 @@ def section(results: dict[str, Any], seconds: float, ratios: dict[str, tuple[flo
     return "\n".join(lines)
 
 
-def write(out: str, text: str) -> None:
-    if out == "-":
-        print(_results.section_block(MARKERS, text))
-    else:
-        _results.write_section(Path(out), MARKERS, text)
-
-
 def main() -> None:
     import time
 
@@ -289,7 +282,7 @@ def main() -> None:
     if runner.args.worker or any(v is None for k, v in results.items() if not k.startswith("_")):
         return
     ratios = {name: paired(funcs) for name, funcs in results["_pairs"].items()}
-    write(runner.args.out, section(results, time.monotonic() - started, ratios))
+    _results.emit(runner.args.out, MARKERS, section(results, time.monotonic() - started, ratios))
 
 
 if __name__ == "__main__":

@@ -251,14 +251,7 @@ def intake(url: str, connections: int, per_connection: int, home: Path) -> float
 
 
 def machine() -> list[str]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = _results.cpu_model()
     return [
         f"- CPU: {cpu}, {os.cpu_count()} logical cores (shared with other work while measured)",
         f"- Python {platform.python_version()}, SQLAlchemy {sa.__version__}",
@@ -346,11 +339,7 @@ def main() -> int:
         "transaction, so the flushes are shared. Conversion is not included (it runs",
         "after the ACK; see the conversion benchmark above for its cost).",
     ]
-    text = "\n".join(lines)
-    if args.out == "-":
-        print(_results.section_block(MARKERS, text))
-        return 0
-    _results.write_section(Path(args.out), MARKERS, text)
+    _results.emit(args.out, MARKERS, "\n".join(lines))
     return 0
 
 

@@ -32,6 +32,7 @@ test: $(STAMP)            ## the whole test suite
 
 lint: $(STAMP)            ## ruff on everything, mypy (strict) on gateway/
 	$(BIN)/ruff check gateway tests bench
+	$(BIN)/ruff format --check gateway tests bench
 	$(BIN)/mypy
 
 docs: $(STAMP)            ## regenerate the generated parts of docs/ (error codes, stage list)

@@ -1134,7 +1134,7 @@ def main() -> int:
     text = render(args, command, started, time.perf_counter() - t_start, messages, rows, peer)
     print(text)
     if args.out != "-":
-        _results.write_section(Path(args.out), "conversion", text)
+        _results.write_section(Path(args.out), _results.markers("conversion"), text, first=True)
         print(f"conversion section written to {args.out}", file=sys.stderr)
     return 0
 

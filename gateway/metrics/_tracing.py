@@ -207,9 +207,7 @@ def _attributes(
     return attrs
 
 
-def _span(
-    name: str, ids: tuple[int, int], attrs: dict[str, Any], start: int, end: int
-) -> None:
+def _span(name: str, ids: tuple[int, int], attrs: dict[str, Any], start: int, end: int) -> None:
     """Record one finished span; never raises (a trace must not fail a record)."""
     global _broken
     try:

@@ -42,7 +42,11 @@ NAMESPACE = uuid5(NAMESPACE_URL, "urn:fhir-gateway:resource-id")
 _NAMESPACE_BYTES = NAMESPACE.bytes
 
 
-@lru_cache(maxsize=65536)  # organisations and staff recur in every message
+# Organisations and staff recur in every message. Bounded to entries of a known small
+# size (three short strings and a 36-character id, ~350 bytes: ~1.4 MB in all), full
+# within the first thousand or so fresh messages (issue 18: memory must not grow with
+# the batch); the patients' and orders' own ids that never recur only pass through.
+@lru_cache(maxsize=4096)
 def resource_id(resource_type: str, system: str, value: str) -> str:
     """``str(uuid5(NAMESPACE, "<type>|<system>|<value>"))`` (RFC 4122 §4.3), made from
     the SHA-1 digest directly: building a UUID object and formatting it cost twice the
@@ -115,7 +119,7 @@ def _search_escape(text: str) -> str:
     return _search_escape_quoted(text)
 
 
-@lru_cache(maxsize=16384)
+@lru_cache(maxsize=2048)  # identifiers that need escaping: short strings, bounded
 def _search_escape_quoted(text: str) -> str:
     for ch in ("\\", ",", "$", "|"):
         text = text.replace(ch, "\\" + ch)
@@ -158,7 +162,10 @@ def _merge(into: dict[str, Any], other: dict[str, Any]) -> None:
 # The identity of memoised (frozen, shared) fields by their ids: (fields, template, id,
 # fullUrl, write mode, request). Organisations and staff recur in every message.
 _IDENTITIES: dict[tuple[int, int, int], tuple[Any, ...]] = {}
-_IDENTITIES_SIZE = 4096  # cleared when full
+# Cleared when full. Each entry keeps its frozen fields alive (even once their memo let
+# them go), so it holds few: the memoised resources that recur are a feed's few dozen
+# organisations and staff.
+_IDENTITIES_SIZE = 512
 
 
 def _request(mode: str, rtype: str, system: str, value: str) -> dict[str, str]:

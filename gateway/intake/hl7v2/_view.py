@@ -197,10 +197,28 @@ class Hl7View:
             return [node] if node is not None else []
         if p.field == 0:
             return self._groups(p, here)
+        if p.occurrence != _ALL:  # one segment at most: the mappings' common 'at'/'each'
+            idx = self._segment_at(p, here)
+            if idx is None:
+                return []
+            return self._field_nodes(p, idx, self._segment_label(p.segment, idx), every=True)
         out: list[Position] = []
         for seg_index, seg_label in self._segments(p, here):
             out.extend(self._field_nodes(p, seg_index, seg_label, every=True))
         return out
+
+    def _segment_at(self, p: _Path, here: Position) -> int | None:
+        """The index of the one segment ``p`` names (occurrence given or the first) in
+        ``here``'s group, or the message for a rooted path: ``_segments`` without labels
+        or lists."""
+        found = self.message.positions.get(p.segment)
+        if not found:
+            return None
+        start, end = (0, len(self.message.segments)) if p.root else (here.start, here.end)
+        i = bisect_left(found, start) + p.skip
+        if i >= len(found) or found[i] >= end:
+            return None
+        return found[i]
 
     def _groups(self, p: _Path, here: Position) -> list[Position]:
         start, end = (0, len(self.message.segments)) if p.root else (here.start, here.end)
@@ -428,6 +446,12 @@ class Hl7View:
         label = f"{seg_label}-{p.field}"
         if p.segment == "MSH" and p.field <= 2:
             return [Position(seg_index, seg_index + 1, label, raw, 2)]
+        if p.repetition <= 1 and self._rs not in raw:  # one repetition (most fields)
+            node = Position(seg_index, seg_index + 1, label, raw, 0)
+            if p.component:
+                sub = self._descend(node, p.component, p.sub)
+                return [sub] if sub is not None else []
+            return [node]
         reps = raw.split(self._rs)
         if p.repetition == _ALL or (p.repetition == 0 and every):
             chosen = list(enumerate(reps, 1))

@@ -159,9 +159,10 @@ def _merge(into: dict[str, Any], other: dict[str, Any]) -> None:
             into[key] = into[key] + [v for v in value if v not in into[key]]
 
 
-# The identity of memoised (frozen, shared) fields by their ids: (fields, template, id,
-# fullUrl, write mode, request). Organisations and staff recur in every message.
-_IDENTITIES: dict[tuple[int, int, int], tuple[Any, ...]] = {}
+# The identity of memoised (frozen, shared) fields by their id: (fields, template,
+# write rules, id, fullUrl, write mode, request). Organisations and staff recur in every
+# message.
+_IDENTITIES: dict[int, tuple[Any, ...]] = {}
 # Cleared when full. Each entry keeps its frozen fields alive (even once their memo let
 # them go), so it holds few: the memoised resources that recur are a feed's few dozen
 # organisations and staff.
@@ -217,10 +218,16 @@ class BundleBuilder:
 
     def add(self, key: str, template: ResourceTemplate, fields: dict[str, Any], here: Any) -> None:
         rtype = template.resource_type
-        if type(fields) is FrozenDict:  # a memoised resource: its identity worked out once
-            known = _IDENTITIES.get((id(fields), id(template), id(self.writes)))
-            if known is not None and known[0] is fields and known[1] is template:
-                self._place(key, rtype, fields, *known[2:])
+        frozen = type(fields) is FrozenDict
+        if frozen:  # a memoised resource: its identity worked out once
+            known = _IDENTITIES.get(id(fields))
+            if (
+                known is not None
+                and known[0] is fields
+                and known[1] is template
+                and known[2] is self.writes
+            ):
+                self._place(key, rtype, fields, known[3], known[4], known[5], known[6])
                 return
         label = getattr(here, "label", "") or template.location
         chosen = _choose(fields.get(template.identity_element), template.prefer)
@@ -241,19 +248,14 @@ class BundleBuilder:
         rid = resource_id(rtype, system, value)
         mode = self.writes.mode(rtype)
         request = _request(mode, rtype, system, value)
-        if type(fields) is FrozenDict:
+        url = f"urn:uuid:{rid}"
+        if frozen:
             if len(_IDENTITIES) >= _IDENTITIES_SIZE:
                 _IDENTITIES.clear()
-            # fields and template kept with their ids: the ids cannot be reused meanwhile
-            _IDENTITIES[(id(fields), id(template), id(self.writes))] = (
-                fields,
-                template,
-                rid,
-                f"urn:uuid:{rid}",
-                mode,
-                request,
-            )
-        self._place(key, rtype, fields, rid, f"urn:uuid:{rid}", mode, request)
+            # fields kept with their id: the id cannot be reused meanwhile (one fields
+            # object under two templates or rules: the last one's is kept)
+            _IDENTITIES[id(fields)] = (fields, template, self.writes, rid, url, mode, request)
+        self._place(key, rtype, fields, rid, url, mode, request)
 
     def _place(
         self,
@@ -278,5 +280,10 @@ class BundleBuilder:
                 resource = {"resourceType": rtype, "id": rid, **fields}
             self._by_id[rid] = resource
             # the request is the record's own (a copy): later stages may edit entries
-            self.entries.append({"fullUrl": url, "resource": resource, "request": dict(request)})
-        self._scopes[-1].setdefault(key, {})[url] = None
+            self.entries.append({"fullUrl": url, "resource": resource, "request": request.copy()})
+        scope = self._scopes[-1]
+        urls = scope.get(key)
+        if urls is None:
+            scope[key] = {url: None}
+        else:
+            urls[url] = None

@@ -181,7 +181,8 @@ class BundleBuilder:
         self.writes = writes or write_rules()
         self.entries: list[dict[str, Any]] = []
         self.warnings: list[Issue] = []
-        self._by_id: dict[str, dict[str, Any]] = {}
+        # id → (its resource, the fields it was made from)
+        self._by_id: dict[str, tuple[dict[str, Any], Any]] = {}
         # key → fullUrls in insertion order (a dict as an ordered set: thousands of DG1s
         # must not make membership tests quadratic)
         self._scopes: list[dict[str, dict[str, None]]] = [{}]
@@ -270,7 +271,10 @@ class BundleBuilder:
         """The resource's entry (or ``fields`` merged into the entry of the same id)."""
         existing = self._by_id.get(rid)
         if existing is not None:
-            _merge(existing, fields)
+            # The very fields the entry was made from (a memoised organisation met
+            # twice: one frozen object) add nothing: merging only adds what is missing.
+            if existing[1] is not fields:
+                _merge(existing[0], fields)
         else:
             # A conditional update carries no id: the partner keeps the id it gave the
             # resource (Medplum refuses a create-by-update with one: "Cannot provide ID").
@@ -278,7 +282,7 @@ class BundleBuilder:
                 resource = {"resourceType": rtype, **fields}
             else:
                 resource = {"resourceType": rtype, "id": rid, **fields}
-            self._by_id[rid] = resource
+            self._by_id[rid] = (resource, fields)
             # the request is the record's own (a copy): later stages may edit entries
             self.entries.append({"fullUrl": url, "resource": resource, "request": request.copy()})
         scope = self._scopes[-1]

@@ -42,7 +42,11 @@ NAMESPACE = uuid5(NAMESPACE_URL, "urn:fhir-gateway:resource-id")
 _NAMESPACE_BYTES = NAMESPACE.bytes
 
 
-@lru_cache(maxsize=65536)  # organisations and staff recur in every message
+# Organisations and staff recur in every message. Bounded to entries of a known small
+# size (three short strings and a 36-character id, ~350 bytes: ~1.4 MB in all), full
+# within the first thousand or so fresh messages (issue 18: memory must not grow with
+# the batch); the patients' and orders' own ids that never recur only pass through.
+@lru_cache(maxsize=4096)
 def resource_id(resource_type: str, system: str, value: str) -> str:
     """``str(uuid5(NAMESPACE, "<type>|<system>|<value>"))`` (RFC 4122 §4.3), made from
     the SHA-1 digest directly: building a UUID object and formatting it cost twice the
@@ -115,7 +119,7 @@ def _search_escape(text: str) -> str:
     return _search_escape_quoted(text)
 
 
-@lru_cache(maxsize=16384)
+@lru_cache(maxsize=2048)  # identifiers that need escaping: short strings, bounded
 def _search_escape_quoted(text: str) -> str:
     for ch in ("\\", ",", "$", "|"):
         text = text.replace(ch, "\\" + ch)
@@ -155,10 +159,14 @@ def _merge(into: dict[str, Any], other: dict[str, Any]) -> None:
             into[key] = into[key] + [v for v in value if v not in into[key]]
 
 
-# The identity of memoised (frozen, shared) fields by their ids: (fields, template, id,
-# fullUrl, write mode, request). Organisations and staff recur in every message.
-_IDENTITIES: dict[tuple[int, int, int], tuple[Any, ...]] = {}
-_IDENTITIES_SIZE = 4096  # cleared when full
+# The identity of memoised (frozen, shared) fields by their id: (fields, template,
+# write rules, id, fullUrl, write mode, request). Organisations and staff recur in every
+# message.
+_IDENTITIES: dict[int, tuple[Any, ...]] = {}
+# Cleared when full. Each entry keeps its frozen fields alive (even once their memo let
+# them go), so it holds few: the memoised resources that recur are a feed's few dozen
+# organisations and staff.
+_IDENTITIES_SIZE = 512
 
 
 def _request(mode: str, rtype: str, system: str, value: str) -> dict[str, str]:
@@ -173,7 +181,8 @@ class BundleBuilder:
         self.writes = writes or write_rules()
         self.entries: list[dict[str, Any]] = []
         self.warnings: list[Issue] = []
-        self._by_id: dict[str, dict[str, Any]] = {}
+        # id → (its resource, the fields it was made from)
+        self._by_id: dict[str, tuple[dict[str, Any], Any]] = {}
         # key → fullUrls in insertion order (a dict as an ordered set: thousands of DG1s
         # must not make membership tests quadratic)
         self._scopes: list[dict[str, dict[str, None]]] = [{}]
@@ -210,10 +219,16 @@ class BundleBuilder:
 
     def add(self, key: str, template: ResourceTemplate, fields: dict[str, Any], here: Any) -> None:
         rtype = template.resource_type
-        if type(fields) is FrozenDict:  # a memoised resource: its identity worked out once
-            known = _IDENTITIES.get((id(fields), id(template), id(self.writes)))
-            if known is not None and known[0] is fields and known[1] is template:
-                self._place(key, rtype, fields, *known[2:])
+        frozen = type(fields) is FrozenDict
+        if frozen:  # a memoised resource: its identity worked out once
+            known = _IDENTITIES.get(id(fields))
+            if (
+                known is not None
+                and known[0] is fields
+                and known[1] is template
+                and known[2] is self.writes
+            ):
+                self._place(key, rtype, fields, known[3], known[4], known[5], known[6])
                 return
         label = getattr(here, "label", "") or template.location
         chosen = _choose(fields.get(template.identity_element), template.prefer)
@@ -234,19 +249,14 @@ class BundleBuilder:
         rid = resource_id(rtype, system, value)
         mode = self.writes.mode(rtype)
         request = _request(mode, rtype, system, value)
-        if type(fields) is FrozenDict:
+        url = f"urn:uuid:{rid}"
+        if frozen:
             if len(_IDENTITIES) >= _IDENTITIES_SIZE:
                 _IDENTITIES.clear()
-            # fields and template kept with their ids: the ids cannot be reused meanwhile
-            _IDENTITIES[(id(fields), id(template), id(self.writes))] = (
-                fields,
-                template,
-                rid,
-                f"urn:uuid:{rid}",
-                mode,
-                request,
-            )
-        self._place(key, rtype, fields, rid, f"urn:uuid:{rid}", mode, request)
+            # fields kept with their id: the id cannot be reused meanwhile (one fields
+            # object under two templates or rules: the last one's is kept)
+            _IDENTITIES[id(fields)] = (fields, template, self.writes, rid, url, mode, request)
+        self._place(key, rtype, fields, rid, url, mode, request)
 
     def _place(
         self,
@@ -261,7 +271,10 @@ class BundleBuilder:
         """The resource's entry (or ``fields`` merged into the entry of the same id)."""
         existing = self._by_id.get(rid)
         if existing is not None:
-            _merge(existing, fields)
+            # The very fields the entry was made from (a memoised organisation met
+            # twice: one frozen object) add nothing: merging only adds what is missing.
+            if existing[1] is not fields:
+                _merge(existing[0], fields)
         else:
             # A conditional update carries no id: the partner keeps the id it gave the
             # resource (Medplum refuses a create-by-update with one: "Cannot provide ID").
@@ -269,7 +282,12 @@ class BundleBuilder:
                 resource = {"resourceType": rtype, **fields}
             else:
                 resource = {"resourceType": rtype, "id": rid, **fields}
-            self._by_id[rid] = resource
+            self._by_id[rid] = (resource, fields)
             # the request is the record's own (a copy): later stages may edit entries
-            self.entries.append({"fullUrl": url, "resource": resource, "request": dict(request)})
-        self._scopes[-1].setdefault(key, {})[url] = None
+            self.entries.append({"fullUrl": url, "resource": resource, "request": request.copy()})
+        scope = self._scopes[-1]
+        urls = scope.get(key)
+        if urls is None:
+            scope[key] = {url: None}
+        else:
+            urls[url] = None

@@ -11,10 +11,13 @@ never memoised.
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from weakref import WeakSet
+
+import orjson
 
 from ..shared import freeze
 
@@ -49,11 +52,22 @@ class Scope:
             self.segments.add(path[:3])
 
 
-_MEMO_SIZE = 4096  # results kept per pure fragment; the memo is cleared when full
-_SEEN_SIZE = 16384  # keys met once, per pure fragment; cleared when full
+# Both stores are bounded in bytes, not entries, and fill early: a 100,000-message
+# batch must peak where a 10,000-message one does (issue 18).
+# Remembered results per pure fragment: at most _MEMO_BYTES of their JSON and key text
+# (a proxy for their size: results differ by orders of magnitude, an organisation's
+# coding from a whole practitioner); the memo is cleared when full.
+_MEMO_BYTES = 64 * 1024
+_ENTRY_BYTES = 64  # counted per entry on top of its text: its key tuple and dict slot
+# Keys met once, per pure fragment: their hashes in a fixed table of _SEEN_SLOTS slots
+# (slot = hash's low bits; a newer key takes the slot), allocated whole when the
+# mappings load (16 KiB), so it never grows. A recurring key is remembered the second
+# time it is met unless another key took its slot in between, which only delays it.
+_SEEN_SLOTS = 2048  # a power of two
+_SEEN_MASK = _SEEN_SLOTS - 1
 # A memo whose keys do not recur (a template reading the patient's PID, an order's ORC)
 # only costs: after _PROBE look-ups of which fewer than 1 in _RARE met a key again, it
-# rests for _REST calls (no key, no seen set), then looks again.
+# rests for _REST calls (no key, no look-up), then looks again.
 _PROBE = 512
 _RARE = 50
 _REST = 8192
@@ -85,9 +99,9 @@ def memoised(fn: Callable[[Ctx], Any], scope: Scope) -> Callable[[Ctx], Any]:
     ref_vars = tuple(sorted(scope.ref_vars))
     segments = frozenset(scope.segments)
     memo: dict[Any, Any] = {}
-    seen: set[int] = set()  # hashes of keys met once, not (yet) remembered
-    # [look-ups, of which a key met before, calls left to rest]: see _PROBE
-    stats = [0, 0, 0]
+    seen = array("q", bytes(8 * _SEEN_SLOTS))  # hashes of keys met once (see _SEEN_SLOTS)
+    # [look-ups, of which a key met before, calls left to rest, bytes held by memo]
+    stats = [0, 0, 0, 0]
 
     def cached(ctx: Ctx, at: Any = _HERE) -> Any:
         # ``at``: run at that node, as ``cached(ctx.at(at))`` would, without making that
@@ -104,9 +118,8 @@ def memoised(fn: Callable[[Ctx], Any], scope: Scope) -> Callable[[Ctx], Any]:
             return fn(ctx if at is _HERE else ctx.at(at))
         stats[0] += 1
         if stats[0] >= _PROBE:
-            if stats[1] * _RARE < stats[0]:  # keys that do not recur: rest, forget them
+            if stats[1] * _RARE < stats[0]:  # keys that do not recur: rest
                 stats[2] = _REST
-                seen.clear()
             stats[0] = stats[1] = 0
         try:
             # The same text means the same thing only with the same delimiters and charset
@@ -134,14 +147,13 @@ def memoised(fn: Callable[[Ctx], Any], scope: Scope) -> Callable[[Ctx], Any]:
                 key += tuple([tuple(state.refs(str(ctx.vars.get(v) or ""))) for v in ref_vars])
             found = memo.get(key, _MISS)
             if found is _MISS:
-                # Keys met once are kept as their hashes (ints: small, nothing for the
-                # garbage collector to walk); two keys with one hash only mean that the
-                # second is remembered the first time it is met.
+                # Keys met once are kept as their hashes (no object for the garbage
+                # collector to walk); two keys with one hash only mean that the second
+                # is remembered the first time it is met.
                 hashed = hash(key)
-                if hashed not in seen:
-                    if len(seen) >= _SEEN_SIZE:
-                        seen.clear()
-                    seen.add(hashed)
+                slot = hashed & _SEEN_MASK
+                if seen[slot] != hashed:
+                    seen[slot] = hashed
                     return fn(ctx if at is _HERE else ctx.at(at))  # the record's own value
         except TypeError:  # an unhashable variable value: compute, do not remember
             return fn(ctx if at is _HERE else ctx.at(at))
@@ -152,10 +164,24 @@ def memoised(fn: Callable[[Ctx], Any], scope: Scope) -> Callable[[Ctx], Any]:
             if len(ctx.state.warnings) > warned:
                 return result  # a memo hit would not repeat the warning (a dropped value)
             found = freeze(result)
-            if len(memo) >= _MEMO_SIZE:
+            size = _size(key, found)
+            if stats[3] + size > _MEMO_BYTES:
                 memo.clear()
+                stats[3] = 0
             memo[key] = found
+            stats[3] += size
         return found
 
     MEMOS.add(cached)
     return cached
+
+
+def _size(key: tuple[Any, ...], result: Any) -> int:
+    """What a memo entry holds, in bytes of text: its key's strings and its result's
+    JSON (computed once per remembered key: keys are remembered on their second use)."""
+    text = sum(len(part) for part in key if type(part) is str)
+    try:
+        body = len(orjson.dumps(result))
+    except TypeError:  # not JSON (no mapping makes one): count it as filling the memo
+        body = _MEMO_BYTES
+    return text + body + _ENTRY_BYTES

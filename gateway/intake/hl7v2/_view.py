@@ -125,6 +125,11 @@ class Hl7View:
 
     def __init__(self, message: Message) -> None:
         self.message = message
+        # The message's tables, one attribute away: every look-up reads them (the
+        # message is not changed once tokenised)
+        self._segs = message.segments
+        self._positions = message.positions
+        self._nseg = len(message.segments)
         # Without control characters anywhere (the common case), a value needs no
         # search for them: stripping it is all :meth:`_clean` would do.
         self._plain = not message.controls
@@ -140,20 +145,19 @@ class Hl7View:
         self._escapes = {"F": fs, "S": cs, "T": ss, "R": rs, "E": es, ".br": "\n", ".sp": "\n"}
         # (segment index, field) pairs read so far, when tracing what the mapping used
         self.read: set[tuple[int, int]] | None = None
+        # Whether it does (an attribute, not a property: the memo asks on every call)
+        self.tracing = False
         # What else, beside a node's text, decides what the text means: the memo keys on it.
         self.reading = (message.separators, message.charset)
         self._labels: dict[int, str] = {}
         # A node's components, split once: a fragment reads up to a dozen of one node.
         self._components: dict[str, list[str]] = {}
 
-    @property
-    def tracing(self) -> bool:
-        return self.read is not None
-
     def trace(self) -> None:
         """Start recording which fields are read (see :meth:`unmapped`). The header fields
         intake itself uses (type, control id, version, charset) count as read."""
         self.read = {(0, 9), (0, 10), (0, 12), (0, 18)}
+        self.tracing = True
 
     def unmapped(self) -> list[str]:
         """Segments and fields holding data that nothing read, e.g. ``['AL1', 'PID-10']``:
@@ -180,7 +184,7 @@ class Hl7View:
         """The text of the named segments inside ``here``'s group: all that a spec reading
         only those segments of that group can depend on (the engine memoises on it).
         None for the whole message, where memoising would not pay."""
-        if here.start == 0 and here.end == len(self.message.segments):
+        if here.start == 0 and here.end == self._nseg:
             return None
         lines = self.message.lines
         names = _sorted(segments)
@@ -197,13 +201,26 @@ class Hl7View:
             return [node] if node is not None else []
         if p.field == 0:
             return self._groups(p, here)
-        out: list[Position] = []
-        for seg_index, seg_label in self._segments(p, here):
-            out.extend(self._field_nodes(p, seg_index, seg_label, every=True))
-        return out
+        if p.occurrence == _ALL:
+            out: list[Position] = []
+            for seg_index, seg_label in self._segments(p, here):
+                out.extend(self._field_nodes(p, seg_index, seg_label, every=True))
+            return out
+        # One segment at most (the mappings' common 'at'/'each'): ``_segments`` inlined,
+        # without its lists
+        found = self._positions.get(p.segment)
+        if not found:
+            return []
+        i = bisect_left(found, 0 if p.root else here.start) + p.skip
+        if i >= len(found):
+            return []
+        idx = found[i]
+        if idx >= (self._nseg if p.root else here.end):
+            return []
+        return self._field_nodes(p, idx, self._segment_label(p.segment, idx), every=True)
 
     def _groups(self, p: _Path, here: Position) -> list[Position]:
-        start, end = (0, len(self.message.segments)) if p.root else (here.start, here.end)
+        start, end = (0, self._nseg) if p.root else (here.start, here.end)
         found = self._in_range(p.segment, start, end)
         groups = []
         for n, idx in enumerate(found):
@@ -293,16 +310,16 @@ class Hl7View:
                 return value if value and value != '""' else None
             raw, level = self._parts(text, level, p.component, p.sub)
         else:
-            start, end = (0, len(self.message.segments)) if p.root else (here.start, here.end)
+            start, end = (0, self._nseg) if p.root else (here.start, here.end)
             if p.star:
                 return self._first_slow(path, here)
-            found = self.message.positions.get(p.segment)
+            found = self._positions.get(p.segment)
             if not found:
                 return None
             i = bisect_left(found, start) + p.skip
             if i >= len(found) or found[i] >= end:
                 return None
-            fields = self.message.segments[found[i]]
+            fields = self._segs[found[i]]
             if self.read is not None:
                 self.read.add((found[i], p.field))
             if p.field >= len(fields):
@@ -393,7 +410,7 @@ class Hl7View:
 
     # -- internals -------------------------------------------------------------------------
     def _in_range(self, name: str, start: int, end: int) -> list[int]:
-        found = self.message.positions.get(name)
+        found = self._positions.get(name)
         if not found:
             return []
         i = bisect_left(found, start)
@@ -403,13 +420,13 @@ class Hl7View:
     def _segment_label(self, name: str, idx: int) -> str:
         label = self._labels.get(idx)
         if label is None:  # bisect, not list.index: messages may hold thousands of segments
-            found = self.message.positions[name]
+            found = self._positions[name]
             label = name if len(found) == 1 else f"{name}({bisect_left(found, idx) + 1})"
             self._labels[idx] = label
         return label
 
     def _segments(self, p: _Path, here: Position) -> list[tuple[int, str]]:
-        start, end = (0, len(self.message.segments)) if p.root else (here.start, here.end)
+        start, end = (0, self._nseg) if p.root else (here.start, here.end)
         found = self._in_range(p.segment, start, end)
         if p.occurrence != _ALL:
             occ = p.occurrence or 1
@@ -419,7 +436,7 @@ class Hl7View:
     def _field_nodes(
         self, p: _Path, seg_index: int, seg_label: str, every: bool = False
     ) -> list[Position]:
-        fields = self.message.segments[seg_index]
+        fields = self._segs[seg_index]
         if self.read is not None:
             self.read.add((seg_index, p.field))
         if p.field >= len(fields) or not fields[p.field]:
@@ -428,6 +445,12 @@ class Hl7View:
         label = f"{seg_label}-{p.field}"
         if p.segment == "MSH" and p.field <= 2:
             return [Position(seg_index, seg_index + 1, label, raw, 2)]
+        if p.repetition <= 1 and self._rs not in raw:  # one repetition (most fields)
+            node = Position(seg_index, seg_index + 1, label, raw, 0)
+            if p.component:
+                sub = self._descend(node, p.component, p.sub)
+                return [sub] if sub is not None else []
+            return [node]
         reps = raw.split(self._rs)
         if p.repetition == _ALL or (p.repetition == 0 and every):
             chosen = list(enumerate(reps, 1))

@@ -1,0 +1,77 @@
+"""The memo's memory is bounded in bytes and does not grow with the batch (issue 18):
+keys met once leave nothing behind, and remembered results stop at a byte budget
+however many recurring keys a feed has."""
+
+from __future__ import annotations
+
+import tracemalloc
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.mapping._memo import Scope, memoised
+
+
+@dataclass
+class _Node:
+    text: str
+    level: int = 0
+
+
+@dataclass
+class _View:
+    memo: bool = True
+    tracing: bool = False
+    reading: tuple[str, str] = ("|^~\\&", "utf-8")
+
+
+@dataclass
+class _State:
+    warnings: list[Any] = field(default_factory=list)
+
+
+@dataclass
+class _Ctx:
+    here: _Node
+    view: _View = field(default_factory=_View)
+    tz: str = "Asia/Hong_Kong"
+    vars: dict[str, Any] = field(default_factory=dict)
+    state: _State = field(default_factory=_State)
+
+    def at(self, here: _Node) -> _Ctx:
+        return _Ctx(here, self.view, self.tz, self.vars, self.state)
+
+
+def _spec(ctx: Any) -> Any:
+    # a result worth remembering: an organisation-sized value (~1 KB of JSON, its own text)
+    return {"name": ctx.here.text, "alias": [ctx.here.text * 50], "active": True}
+
+
+def _retained(calls: list[str]) -> int:
+    """Bytes still allocated after the memo met ``calls`` (node texts, in order)."""
+    cached = memoised(_spec, Scope())
+    ctx = _Ctx(_Node("warm-up"))
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for text in calls:
+            cached(ctx, _Node(text))
+        return tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+
+
+def test_keys_met_once_leave_nothing_behind() -> None:
+    # 15,000 one-off keys (a feed's patients), with a key that recurs often enough
+    # that the memo keeps looking (it rests when keys hardly ever recur)
+    calls = []
+    for n in range(15_000):
+        calls.append(f"patient-{n}")
+        if n % 5 == 0:
+            calls.append("the hospital")
+    assert _retained(calls) < 100_000
+
+
+def test_remembered_results_stop_at_a_byte_budget() -> None:
+    # 2,000 recurring keys, each met twice: every one is remembered (~1 KB each)
+    calls = [f"organisation-{n}" for n in range(2_000) for _ in range(2)]
+    assert _retained(calls) < 400_000

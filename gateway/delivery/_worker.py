@@ -35,6 +35,8 @@ __all__ = ["ClientFactory", "Deliverer", "partner_client"]
 
 ClientFactory = Callable[[Partner, DeliveryConfig], httpx.Client]
 REFERENCE_TIMEOUT = "delivery.reference-timeout"  # a linked record never came: logical only
+CREDENTIALS_REFUSED = "delivery.credentials-refused"  # 401/403: held, see _send.py
+_FIX = "fix its token or certificate (gateway partners check), then: gateway outbox release"
 
 
 def partner_client(partner: Partner, config: DeliveryConfig) -> httpx.Client:
@@ -226,6 +228,18 @@ class Deliverer:
                 attempts=record.attempts + 1,
             )
             return None
+        if verdict.found == "refused":
+            breaker.failure(now)
+            self.outbox.move(
+                record.id,
+                "waiting",
+                "held",
+                f"{CREDENTIALS_REFUSED}: partner {record.partner} refused the gateway's "
+                f"credentials ({verdict.reason}); {_FIX} {record.id}",
+                now=now,
+                last_error=CREDENTIALS_REFUSED,
+            )
+            return None
         breaker.success()
         if verdict.found == "unverifiable":
             self.outbox.move(
@@ -284,6 +298,20 @@ class Deliverer:
                 "sending",
                 "dead",
                 f"{answer.code}: {answer.reason}, {where}",
+                now=now,
+                status=answer.status,
+                **kept,
+            )
+            return
+        if answer.kind == "held":
+            # Our credentials were refused: nothing was applied and nothing is lost. The
+            # row waits for a person to fix the token or certificate, then release it.
+            self.outbox.move(
+                record.id,
+                "sending",
+                "held",
+                f"{answer.code}: partner {record.partner} refused the gateway's credentials "
+                f"(HTTP {answer.status}), {where}; {_FIX} {record.id}",
                 now=now,
                 status=answer.status,
                 **kept,
@@ -369,7 +397,9 @@ class Deliverer:
     @staticmethod
     def _count(breaker: Breaker, answer: Answer, now: datetime) -> None:
         """An answer (delivered, or refused: the partner is up) closes the breaker; no
-        answer, 5xx, 408 and 429 count as failures."""
+        answer, 5xx, 408 and 429 count as failures, and so does a refusal of our
+        credentials: every request would be refused alike, so after a few the partner's
+        other rows stay queued (the breaker open) instead of each being held in turn."""
         if answer.kind in ("delivered", "dead"):
             breaker.success()
         else:

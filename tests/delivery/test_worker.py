@@ -79,6 +79,63 @@ def test_4xx_is_dead_at_once_with_the_partners_operation_outcome(
     assert outbox.events(row)[-1].status == 400
 
 
+REFUSED = {
+    "resourceType": "OperationOutcome",
+    "issue": [{"severity": "error", "code": "login", "diagnostics": "Unauthorized"}],
+}
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_refused_credentials_hold_the_record_until_released(
+    status: int, outbox: Outbox, deliverer: Deliverer, clock: Clock, partner_api: respx.MockRouter
+) -> None:
+    post = partner_api.post(POST_URL)
+    post.side_effect = [
+        httpx.Response(status, json=REFUSED),
+        httpx.Response(200, json=response("201", "201")),
+    ]
+    row, _ = outbox.enqueue(PARTNER, bundle("P1", "O1"))
+    deliverer.run_once()
+    clock.advance(3600)
+    deliverer.run_once()  # held: not sent again, not given up, never dead
+    record = outbox.require(row)
+    assert record.state == "held" and post.call_count == 1
+    assert (record.last_status, record.last_error) == (status, "delivery.credentials-refused")
+    assert orjson.loads(record.last_response or "") == REFUSED
+    reason = outbox.events(row)[-1].reason
+    assert path(outbox, row)[-1] == ("sending", "held") and outbox.events(row)[-1].status == status
+    assert reason.startswith("delivery.credentials-refused: partner hkpmc refused")
+    assert f"HTTP {status}" in reason and f"gateway outbox release {row}" in reason
+    outbox.release(row, "token renewed")  # the token fixed: a person releases it
+    deliverer.run_once()
+    assert outbox.require(row).state == "delivered" and post.call_count == 2
+
+
+def test_refused_credentials_while_asking_hold_the_record(
+    outbox: Outbox, deliverer: Deliverer, clock: Clock, partner_api: respx.MockRouter
+) -> None:
+    post = partner_api.post(POST_URL).mock(side_effect=httpx.ReadTimeout("timed out"))
+    partner_api.get(BASE + "/Patient").respond(401, json=REFUSED)
+    row, _ = outbox.enqueue(PARTNER, bundle("P1", "O1"))
+    deliverer.run_once()
+    clock.now = outbox.require(row).next_at
+    deliverer.run_once()
+    record = outbox.require(row)
+    assert record.state == "held" and record.last_error == "delivery.credentials-refused"
+    assert post.call_count == 1 and "answered 401" in outbox.events(row)[-1].reason
+
+
+def test_refused_credentials_open_the_breaker_instead_of_holding_every_row(
+    outbox: Outbox, deliverer: Deliverer, partner_api: respx.MockRouter
+) -> None:
+    post = partner_api.post(POST_URL).respond(401, json=REFUSED)
+    rows = [outbox.enqueue(PARTNER, bundle(f"P{n}", f"O{n}"))[0] for n in range(6)]
+    deliverer.run_once()
+    states = [outbox.require(r).state for r in rows]
+    assert states == ["held"] * 3 + ["pending"] * 3  # threshold 3, then the breaker is open
+    assert post.call_count == 3
+
+
 def test_a_long_answer_is_kept_truncated(
     outbox: Outbox, deliverer: Deliverer, partner_api: respx.MockRouter
 ) -> None:

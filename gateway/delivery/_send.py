@@ -13,6 +13,7 @@ from typing import Any, Literal
 import httpx
 import orjson
 
+from ..partners import PartnerAuthError
 from ._retry import retry_after
 
 __all__ = ["KEPT_CHARS", "Answer", "classify_error", "classify_response", "send_part"]
@@ -55,6 +56,8 @@ def classify_error(exc: httpx.TransportError) -> Answer:
     Anything else happened after the request started to leave (read or write timeout,
     reset, the peer closed mid-answer): ambiguous."""
     name = type(exc).__name__
+    if isinstance(exc, PartnerAuthError):  # no token to send: said by its own code
+        return Answer("retry", f"no credentials ({exc.code})", exc.code)
     if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)):
         return Answer("retry", f"no connection ({name})", "delivery.unreachable")
     return Answer("ambiguous", f"sent, no complete answer ({name})", "delivery.ambiguous")

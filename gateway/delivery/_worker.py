@@ -36,6 +36,8 @@ __all__ = ["ClientFactory", "Deliverer", "partner_client"]
 ClientFactory = Callable[[Partner, DeliveryConfig], httpx.Client]
 REFERENCE_TIMEOUT = "delivery.reference-timeout"  # a linked record never came: logical only
 CREDENTIALS_REFUSED = "delivery.credentials-refused"  # 401/403: held, see _send.py
+# No token could be had (gateway.partners.PartnerAuthError): retried, then held, never dead.
+_NO_TOKEN = frozenset({"delivery.token-file", "delivery.token-endpoint"})
 _FIX = "fix its token or certificate (gateway partners check), then: gateway outbox release"
 
 
@@ -333,6 +335,20 @@ class Deliverer:
             )
             return
         too_old = now - record.created_at >= self.config.max_age
+        if (attempts >= self.config.max_attempts or too_old) and answer.code in _NO_TOKEN:
+            # Never sent for want of a token: ours to fix, not the record's to die of.
+            why = "too old" if too_old else f"{attempts} attempts"
+            self.outbox.move(
+                record.id,
+                "sending",
+                "held",
+                f"{answer.code}: no credentials for partner {record.partner} ({why}), "
+                f"{where}; {_FIX} {record.id}",
+                now=now,
+                status=answer.status,
+                **kept,
+            )
+            return
         if attempts >= self.config.max_attempts or too_old:
             why = "too old" if too_old else f"{attempts} attempts"
             kept["last_error"] = "delivery.gave-up"

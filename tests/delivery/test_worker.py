@@ -16,7 +16,7 @@ import pytest
 import respx
 
 from gateway.delivery import Deliverer, DeliveryConfig, Outbox
-from gateway.partners import Partner
+from gateway.partners import Auth, Partner
 
 from .conftest import BASE, CONFIG, ORDERS, PARTNER, POST_URL, Clock, bundle, response, searchset
 
@@ -134,6 +134,30 @@ def test_refused_credentials_open_the_breaker_instead_of_holding_every_row(
     states = [outbox.require(r).state for r in rows]
     assert states == ["held"] * 3 + ["pending"] * 3  # threshold 3, then the breaker is open
     assert post.call_count == 3
+
+
+def test_no_token_is_retried_then_held_never_dead(
+    outbox: Outbox, clock: Clock, partner_api: respx.MockRouter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("HKPMC_TOKEN_FOR_TESTS", raising=False)
+    tokenless = Partner("hkpmc", BASE, auth=Auth(type="bearer", token_env="HKPMC_TOKEN_FOR_TESTS"))
+    post = partner_api.post(POST_URL).respond(200, json=response("201", "201"))
+    row, _ = outbox.enqueue(tokenless, bundle("P1", "O1"))
+    with Deliverer(outbox, {"hkpmc": tokenless}, CONFIG, rng=random.Random(7)) as deliverer:
+        for _ in range(CONFIG.max_attempts * 3):
+            deliverer.run_once()
+            clock.advance(CONFIG.breaker_cooldown + CONFIG.backoff_cap)
+        record = outbox.require(row)
+        assert record.state == "held" and record.last_error == "delivery.token-file"
+        assert post.call_count == 0 and record.attempts == CONFIG.max_attempts
+        retried = [e.reason for e in outbox.events(row) if e.to_state == "retrying"]
+        assert retried and all("no credentials (delivery.token-file)" in r for r in retried)
+        assert outbox.events(row)[-1].reason.startswith("delivery.token-file: no credentials")
+        monkeypatch.setenv("HKPMC_TOKEN_FOR_TESTS", "renewed-token")
+        outbox.release(row, "token set")
+        deliverer.run_once()
+    assert outbox.require(row).state == "delivered"
+    assert post.calls[0].request.headers["authorization"] == "Bearer renewed-token"
 
 
 def test_a_long_answer_is_kept_truncated(

@@ -15,6 +15,7 @@ import orjson
 import pytest
 import respx
 
+from gateway.alerts import observe
 from gateway.delivery import Deliverer, DeliveryConfig, Outbox
 from gateway.partners import Auth, Partner
 
@@ -106,6 +107,9 @@ def test_refused_credentials_hold_the_record_until_released(
     assert path(outbox, row)[-1] == ("sending", "held") and outbox.events(row)[-1].status == status
     assert reason.startswith("delivery.credentials-refused: partner hkpmc refused")
     assert f"HTTP {status}" in reason and f"gateway outbox release {row}" in reason
+    # The existing alerts see it: a held row is queued and ages (oldest_age, queue_depth).
+    seen = observe(outbox.store, clock())
+    assert seen[("hkpmc", "queue_depth")] == 1 and seen[("hkpmc", "oldest_age")] >= 3600
     outbox.release(row, "token renewed")  # the token fixed: a person releases it
     deliverer.run_once()
     assert outbox.require(row).state == "delivered" and post.call_count == 2

@@ -17,6 +17,7 @@ file, one per line for several), each issue naming the file in ``details.text``.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -51,7 +52,10 @@ def check_resource(resource: dict[str, Any], profile: str | None = None) -> list
     what ``meta.profile`` declares, else the base R4 definition). A transaction Bundle is
     also checked for references that resolve to none of its entries, as the pipeline
     does."""
-    if resource.get("resourceType") == "Bundle" and isinstance(resource.get("entry"), list):
+    entries = resource.get("entry")
+    if resource.get("resourceType") == "Bundle" and isinstance(entries, list):
+        if not all(isinstance(e, dict) for e in entries):
+            return _entries_apart(resource, entries, profile)
         issues = validation.validate_bundle(resource, all_issues=True, profile=profile)
     else:
         issues = validation.validate_resource(resource, profile=profile, all_issues=True)
@@ -60,6 +64,45 @@ def check_resource(resource: dict[str, Any], profile: str | None = None) -> list
         if isinstance(entries, list) and all(isinstance(e, dict) for e in entries):
             issues += validation.check_references(resource)
     return _once(issues)
+
+
+_JSON_KINDS = {bool: "true or false", int: "a number", float: "a number", str: "a string",
+               list: "an array", type(None): "null"}  # fmt: skip
+_ENTRY_INDEX = re.compile(r"Bundle\.entry\[(\d+)\]")
+
+
+def _entries_apart(bundle: dict[str, Any], entries: list[Any], profile: str | None) -> list[Issue]:
+    """A Bundle with entries that are not objects: one error per such entry, naming it,
+    and the Bundle checked without them (the other entries' issues keep their own
+    indices), instead of one error for the whole list or a crash of the validator."""
+    kept = [n for n, e in enumerate(entries) if isinstance(e, dict)]
+    issues = [
+        Issue(
+            "validation.structure",
+            f"{_JSON_KINDS.get(type(e), 'a value')} where a BundleEntry (a JSON object) "
+            "belongs: not checked further",
+            location=f"Bundle.entry[{n}]",
+        )
+        for n, e in enumerate(entries)
+        if not isinstance(e, dict)
+    ]
+    rest = check_resource({**bundle, "entry": [entries[n] for n in kept]}, profile)
+
+    def moved(text: str | None) -> str | None:
+        if text is None:
+            return None
+        return _ENTRY_INDEX.sub(lambda m: f"Bundle.entry[{kept[int(m[1])]}]", text)
+
+    for issue in rest:
+        issues.append(
+            replace(
+                issue,
+                message=moved(issue.message) or issue.message,
+                location=moved(issue.location),
+                expression=moved(issue.expression),
+            )
+        )
+    return issues
 
 
 def _once(issues: list[Issue]) -> list[Issue]:

@@ -183,3 +183,61 @@ def test_a_file_of_several_resources_names_each(
     ]
     for detail in (out.splitlines()[1], out.splitlines()[3]):
         assert detail.split()[:3] == ["error", "#2", "Patient.gender"]
+
+
+# Entries that are not objects, between a bad and a good one: each named by its index.
+ODD_ENTRIES = {
+    "resourceType": "Bundle",
+    "type": "transaction",
+    "entry": [
+        1,
+        "x",
+        None,
+        {
+            "fullUrl": "urn:uuid:6f1c2a9e-5b1d-4c1e-9a63-0d3f3b1c9e01",
+            "resource": {**PATIENT, "birthDate": "1957-13-45"},
+            "request": {"method": "POST", "url": "Patient"},
+        },
+        [],
+    ],
+}
+
+
+def test_entries_that_are_not_objects_are_one_error_each(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _write(tmp_path, "odd.json", ODD_ENTRIES)
+    code, out = _validate(tmp_path, capsys, str(path), str(GOLDEN))
+    assert code == 1
+    lines = out.splitlines()
+    assert lines[0] == f"{path}: 5 errors, 0 warnings"
+    where = sorted(line.split()[1] for line in lines[1:6])
+    assert where == [
+        "Bundle.entry[0]",
+        "Bundle.entry[1]",
+        "Bundle.entry[2]",
+        "Bundle.entry[3].resource.birthDate",  # the real entry keeps its own index
+        "Bundle.entry[4]",
+    ]
+    kinds = {line.split()[1]: line for line in lines[1:6]}
+    assert "a number where a BundleEntry" in kinds["Bundle.entry[0]"]
+    assert "null where a BundleEntry" in kinds["Bundle.entry[2]"]
+    assert lines[6].startswith(f"{GOLDEN}: 0 errors")  # and it goes on
+
+
+def test_entries_that_are_not_objects_in_the_api_operation_outcome() -> None:
+    from gateway.api._validate import validate_request
+
+    issues, status = validate_request(orjson.dumps(ODD_ENTRIES), "Bundle", None)
+    assert status == 200
+    outcome = orjson.loads(orjson.dumps({"resourceType": "OperationOutcome", "issue": [
+        i.to_fhir() for i in issues]}))  # fmt: skip
+    OperationOutcome.model_validate(outcome)
+    expressions = sorted(e for i in outcome["issue"] for e in i.get("expression", []))
+    assert expressions == [
+        "Bundle.entry[0]",
+        "Bundle.entry[1]",
+        "Bundle.entry[2]",
+        "Bundle.entry[3].resource.birthDate",
+        "Bundle.entry[4]",
+    ]

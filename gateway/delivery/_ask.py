@@ -25,7 +25,7 @@ import orjson
 
 __all__ = ["Verdict", "ask", "same_content"]
 
-Found = Literal["present", "absent", "unreachable", "unverifiable"]
+Found = Literal["present", "absent", "unreachable", "unverifiable", "refused"]
 _IGNORED = frozenset({"id", "meta"})  # the partner's own: its id, versionId, lastUpdated
 
 
@@ -52,6 +52,9 @@ def ask(client: httpx.Client, part: dict[str, Any]) -> Verdict:
             return Verdict("unreachable", f"search for entry[{n}] failed ({type(exc).__name__})")
         if answer.status_code >= 500 or answer.status_code in (408, 429):
             return Verdict("unreachable", f"search for entry[{n}] answered {answer.status_code}")
+        if answer.status_code in (401, 403):  # our credentials, not the question
+            reason = f"search for entry[{n}] ({kind}) answered {answer.status_code}"
+            return Verdict("refused", reason)
         if answer.status_code >= 300:
             reason = f"search for entry[{n}] ({kind}) refused with {answer.status_code}"
             return Verdict("unverifiable", reason)

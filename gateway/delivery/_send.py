@@ -1,7 +1,8 @@
 """Sending one part (a transaction or batch Bundle) to a partner and classifying what
 happened: delivered, dead (the partner refused it), retry (nothing was applied and the
-partner or the network may recover) or ambiguous (the request left and no answer came:
-the partner may have applied it). The table is in docs/delivery.md."""
+partner or the network may recover), ambiguous (the request left and no answer came:
+the partner may have applied it) or held (the partner refused our credentials: a person
+fixes the token or certificate and releases it). The table is in docs/delivery.md."""
 
 from __future__ import annotations
 
@@ -12,14 +13,18 @@ from typing import Any, Literal
 import httpx
 import orjson
 
+from ..partners import PartnerAuthError
 from ._retry import retry_after
 
 __all__ = ["KEPT_CHARS", "Answer", "classify_error", "classify_response", "send_part"]
 
-Kind = Literal["delivered", "dead", "retry", "ambiguous"]
+Kind = Literal["delivered", "dead", "retry", "ambiguous", "held"]
 KEPT_CHARS = 16_384  # of the partner's answer kept with the record (its OperationOutcome)
 FHIR_JSON = "application/fhir+json"
 _RETRIED_4XX = (408, 429)  # request timeout, too many requests: the partner is busy
+# Unauthorized, forbidden: our credentials, not the record, were refused. Nothing was
+# applied; the record waits (held) for a fixed token or certificate, never dies of it.
+_CREDENTIALS_REFUSED = (401, 403)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +56,8 @@ def classify_error(exc: httpx.TransportError) -> Answer:
     Anything else happened after the request started to leave (read or write timeout,
     reset, the peer closed mid-answer): ambiguous."""
     name = type(exc).__name__
+    if isinstance(exc, PartnerAuthError):  # no token to send: said by its own code
+        return Answer("retry", f"no credentials ({exc.code})", exc.code)
     if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)):
         return Answer("retry", f"no connection ({name})", "delivery.unreachable")
     return Answer("ambiguous", f"sent, no complete answer ({name})", "delivery.ambiguous")
@@ -64,6 +71,9 @@ def classify_response(response: httpx.Response, now: datetime) -> Answer:
     if status in _RETRIED_4XX or status >= 500:
         wait = retry_after(response.headers.get("Retry-After"), now)
         return Answer("retry", f"HTTP {status}", "delivery.partner-unavailable", status, body, wait)
+    if status in _CREDENTIALS_REFUSED:
+        reason = f"HTTP {status}: the partner refused our credentials"
+        return Answer("held", reason, "delivery.credentials-refused", status, body)
     if 400 <= status < 500:
         return Answer("dead", f"HTTP {status}", "delivery.partner-rejected", status, body)
     return Answer("dead", f"HTTP {status}", "delivery.unexpected-answer", status, body)

@@ -35,6 +35,10 @@ __all__ = ["ClientFactory", "Deliverer", "partner_client"]
 
 ClientFactory = Callable[[Partner, DeliveryConfig], httpx.Client]
 REFERENCE_TIMEOUT = "delivery.reference-timeout"  # a linked record never came: logical only
+CREDENTIALS_REFUSED = "delivery.credentials-refused"  # 401/403: held, see _send.py
+# No token could be had (gateway.partners.PartnerAuthError): retried, then held, never dead.
+_NO_TOKEN = frozenset({"delivery.token-file", "delivery.token-endpoint"})
+_FIX = "fix its token or certificate (gateway partners check), then: gateway outbox release"
 
 
 def partner_client(partner: Partner, config: DeliveryConfig) -> httpx.Client:
@@ -226,6 +230,18 @@ class Deliverer:
                 attempts=record.attempts + 1,
             )
             return None
+        if verdict.found == "refused":
+            breaker.failure(now)
+            self.outbox.move(
+                record.id,
+                "waiting",
+                "held",
+                f"{CREDENTIALS_REFUSED}: partner {record.partner} refused the gateway's "
+                f"credentials ({verdict.reason}); {_FIX} {record.id}",
+                now=now,
+                last_error=CREDENTIALS_REFUSED,
+            )
+            return None
         breaker.success()
         if verdict.found == "unverifiable":
             self.outbox.move(
@@ -289,6 +305,20 @@ class Deliverer:
                 **kept,
             )
             return
+        if answer.kind == "held":
+            # Our credentials were refused: nothing was applied and nothing is lost. The
+            # row waits for a person to fix the token or certificate, then release it.
+            self.outbox.move(
+                record.id,
+                "sending",
+                "held",
+                f"{answer.code}: partner {record.partner} refused the gateway's credentials "
+                f"(HTTP {answer.status}), {where}; {_FIX} {record.id}",
+                now=now,
+                status=answer.status,
+                **kept,
+            )
+            return
         if answer.kind == "ambiguous":
             # Never a blind resend: the partner is asked first (gateway/delivery/_ask.py),
             # after a pause that lets a slow partner finish what it received.
@@ -305,6 +335,20 @@ class Deliverer:
             )
             return
         too_old = now - record.created_at >= self.config.max_age
+        if (attempts >= self.config.max_attempts or too_old) and answer.code in _NO_TOKEN:
+            # Never sent for want of a token: ours to fix, not the record's to die of.
+            why = "too old" if too_old else f"{attempts} attempts"
+            self.outbox.move(
+                record.id,
+                "sending",
+                "held",
+                f"{answer.code}: no credentials for partner {record.partner} ({why}), "
+                f"{where}; {_FIX} {record.id}",
+                now=now,
+                status=answer.status,
+                **kept,
+            )
+            return
         if attempts >= self.config.max_attempts or too_old:
             why = "too old" if too_old else f"{attempts} attempts"
             kept["last_error"] = "delivery.gave-up"
@@ -369,7 +413,9 @@ class Deliverer:
     @staticmethod
     def _count(breaker: Breaker, answer: Answer, now: datetime) -> None:
         """An answer (delivered, or refused: the partner is up) closes the breaker; no
-        answer, 5xx, 408 and 429 count as failures."""
+        answer, 5xx, 408 and 429 count as failures, and so does a refusal of our
+        credentials: every request would be refused alike, so after a few the partner's
+        other rows stay queued (the breaker open) instead of each being held in turn."""
         if answer.kind in ("delivered", "dead"):
             breaker.success()
         else:

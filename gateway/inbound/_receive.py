@@ -1,6 +1,8 @@
 """Receiving one Bundle from an authenticated partner (docs/inbound.md), in order:
 
-1. readable: a FHIR Bundle of type transaction or batch (else 400);
+1. readable: a FHIR Bundle of type transaction or batch (else 400), valid R4 (base
+   definitions, by the gateway's validator: structure, cardinality, types, invariants;
+   else 422, each issue naming ``Bundle.entry[n].resource.<path>``);
 2. in the partner's own name: its identifier's system, the custodian of its Provenance,
    the first (author) signature's certificate name no other institution (else 403);
 3. the same Bundle again: the answer given the first time, nothing stored again;
@@ -18,6 +20,7 @@ import binascii
 import hashlib
 import json
 import logging
+import re
 import threading
 from base64 import b64decode, urlsafe_b64decode
 from dataclasses import dataclass, field
@@ -34,6 +37,7 @@ from ..errors import GatewayError, Issue, http_status, operation_outcome
 from ..network import Institution, Network
 from ..signing import signature_entries, verify_bundle
 from ..store import Store, utcnow
+from ..validation import Validator
 from ._apply import apply_bundle
 from ._auth import PartnerAuth
 from ._errors import InboundError
@@ -46,6 +50,7 @@ __all__ = ["Answer", "Inbound"]
 
 log = logging.getLogger("gateway.inbound")
 _SENDING_AGENTS = ("custodian", "author", "assembler")
+BASE_BUNDLE = "http://hl7.org/fhir/StructureDefinition/Bundle"
 
 
 @dataclass
@@ -73,6 +78,10 @@ class Inbound:
         self._policy: Any = None
         self.trust = TrustCache(settings)
         self.audit = audit_log(store, settings)
+        # Its own validator (the skeletons it learns are inbound shapes), one call at a
+        # time: a Validator keeps the Bundle it is walking.
+        self.validator = Validator()
+        self._validating = threading.Lock()
 
     def policy(self) -> Any:
         from ..policy import Policy
@@ -92,6 +101,12 @@ class Inbound:
         except InboundError as exc:
             log.warning("inbound: a Bundle from %s refused [%s]", who.partner, exc.code)
             return _refused(exc.issue, http_status([exc.issue]))
+        invalid = self._validate(bundle)
+        if invalid:
+            log.warning("inbound: a Bundle from %s refused: not valid R4", who.partner)
+            answer = Answer(422, operation_outcome(invalid))
+            self._record(None, self._receipt(bundle, who.partner, peer, answer))
+            return answer
         canonical = orjson.dumps(bundle, option=orjson.OPT_SORT_KEYS)
         sha = hashlib.sha256(canonical).hexdigest()
         given = bundle.get("identifier")
@@ -174,6 +189,40 @@ class Inbound:
                 self.audit.record_guarded(own, *found)
         except Exception as exc:  # the audit never fails a request: said, without data
             log.error("inbound: audit events not written (%s)", type(exc).__name__)
+
+    # -- 1: valid R4 -------------------------------------------------------------------
+    def _validate(self, bundle: dict[str, Any]) -> list[Issue]:
+        """The errors of the Bundle and its entries against the base R4 definitions (a
+        partner's resources may claim profiles of its own: their base is what we hold
+        them to). A validator fault is one error naming the entry it met, never a crash."""
+        plain = _without_profiles(bundle)
+        try:
+            with self._validating:
+                found = self.validator.validate_bundle(plain, profile=BASE_BUNDLE)
+            return [i for i in found if not _untargeted_signature(plain, i)]
+        except Exception:  # the entry it failed on is found below
+            log.exception("inbound: the validator failed on a Bundle; checking entry by entry")
+        issues: list[Issue] = []
+        for n, entry in enumerate(plain.get("entry") or []):
+            resource = entry.get("resource") if isinstance(entry, dict) else None
+            if not isinstance(resource, dict):
+                continue
+            where = f"Bundle.entry[{n}].resource"
+            try:
+                with self._validating:
+                    issues += self.validator.validate_resource(resource, where)
+            except Exception as exc:  # a fault of the validator: said, not raised
+                issues.append(
+                    Issue(
+                        "inbound.unvalidated",
+                        f"{where} could not be validated ({type(exc).__name__}); see the "
+                        "gateway log",
+                        expression=where,
+                    )
+                )
+        return issues or [
+            Issue("inbound.unvalidated", "the Bundle could not be validated; see the gateway log")
+        ]
 
     # -- 2: in whose name -------------------------------------------------------------
     def _check_sender(self, bundle: dict[str, Any], partner: str) -> None:
@@ -352,6 +401,47 @@ def _bundle(body: bytes) -> dict[str, Any]:
             expression="Bundle.type",
         )
     return bundle
+
+
+def _without_profiles(bundle: dict[str, Any]) -> dict[str, Any]:
+    """The Bundle with its resources' ``meta.profile`` left out (shallow copies): each is
+    then checked against its base R4 definition, not a profile the gateway may not know
+    or a gateway profile a partner's resource names but need not meet."""
+    entries = bundle.get("entry")
+    if not isinstance(entries, list):
+        return bundle
+    out: list[Any] = []
+    for entry in entries:
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        meta = resource.get("meta") if isinstance(resource, dict) else None
+        if isinstance(meta, dict) and "profile" in meta:
+            rest = {k: v for k, v in meta.items() if k != "profile"}
+            plain = {k: v for k, v in resource.items() if k != "meta"}  # type: ignore[union-attr]
+            if rest:
+                plain["meta"] = rest
+            entry = {**entry, "resource": plain}
+        out.append(entry)
+    return {**bundle, "entry": out}
+
+
+_TARGET = re.compile(r"Bundle\.entry\[(\d+)\]\.resource\.target")
+
+
+def _untargeted_signature(bundle: dict[str, Any], issue: Issue) -> bool:
+    """A signature Provenance over entries without a fullUrl (a batch) has nothing to
+    name in ``target`` (1..*): what it covers is the Bundle, which its signature proves
+    (verified next). That one issue is not held against it."""
+    found = _TARGET.fullmatch(issue.fhirpath or "")
+    if found is None or issue.code != "validation.cardinality":
+        return False
+    entry = bundle["entry"][int(found[1])]
+    resource = entry.get("resource") if isinstance(entry, dict) else None
+    return (
+        isinstance(resource, dict)
+        and resource.get("resourceType") == "Provenance"
+        and _is_signature(resource)
+        and not resource.get("target")
+    )
 
 
 def _wrong_sender(where: str, named: str, partner: str) -> InboundError:

@@ -22,6 +22,7 @@ order, each with its role (docs/signing.md).
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import uuid
 from base64 import b64encode
 from typing import Any
@@ -122,6 +123,20 @@ def _who(bundle: dict[str, Any], signer: Signer) -> dict[str, Any]:
     return dict(signer.who)
 
 
+def provenance_id(bundle: dict[str, Any], kid: str, role: str, index: int) -> str:
+    """The uuid5 of signature ``index`` (0-based) by ``kid`` in ``role`` over the Bundle:
+    named by the Bundle's identifier as the other resources are by theirs (a Bundle
+    without one: by its canonical content), never by the signing time."""
+    ident = bundle.get("identifier")
+    if isinstance(ident, dict) and ident.get("value"):
+        named = f"{ident.get('system') or ''}|{ident['value']}"
+    else:
+        content = {key: v for key, v in bundle.items() if key != "signature"}
+        named = "sha256:" + hashlib.sha256(canonicalize(content)).hexdigest()
+    key = f"signature|{named}|{kid}|{role}|{index}"
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, key))
+
+
 def sign_bundle(
     bundle: dict[str, Any],
     signer: Signer,
@@ -175,13 +190,14 @@ def sign_bundle(
         ],
         "signature": [signature],
     }
-    key = f"{signer.kid}|{format_time(when)}|{len(existing)}|{role}"
-    entry: dict[str, Any] = {
-        "fullUrl": f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, key)}",
-        "resource": provenance,
-    }
+    rid = provenance_id(bundle, signer.kid, role, len(existing))
+    entry: dict[str, Any] = {"fullUrl": f"urn:uuid:{rid}", "resource": provenance}
     if bundle.get("type") in ("transaction", "batch"):
-        entry["request"] = {"method": "POST", "url": "Provenance"}
+        # Provenance has no identifier to create it on condition: an update of its
+        # deterministic id instead, so a resend (or a re-signing of the same Bundle)
+        # leaves one Provenance at the partner, never two (docs/partners.md).
+        provenance["id"] = rid
+        entry["request"] = {"method": "PUT", "url": f"Provenance/{rid}"}
     out = {**bundle, "entry": [*entries, entry]}
     out.pop("signature", None)
     payload = signed_content(out, len(existing) + 1)

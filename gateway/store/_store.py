@@ -703,7 +703,15 @@ class Store:
         with self._write() as conn:
             rows = conn.execute(
                 sa.select(
-                    d.series_uid, d.sop_uid, d.data, d.channel, d.peer, d.sender, d.message_id
+                    d.id,
+                    d.sha256,
+                    d.series_uid,
+                    d.sop_uid,
+                    d.data,
+                    d.channel,
+                    d.peer,
+                    d.sender,
+                    d.message_id,
                 )
                 .where(d.study_uid == study_uid)
                 .order_by(d.series_uid, d.sop_uid)
@@ -723,11 +731,17 @@ class Store:
                 message_type=message_type,
             )
             receipt = self._receive(conn, incoming)
-            conn.execute(
-                dicom_instances.update()
-                .where(d.study_uid == study_uid)
-                .values(message_id=receipt.id)
-            )
+            # Only the rows read, as read: an instance stored (or sent again with other
+            # bytes) meanwhile by another process is not in this zip, so it stays
+            # pending for the next commit instead of being marked taken and lost
+            # (PostgreSQL lets it commit in between; SQLite's writer lock does not).
+            read = {int(r.id): r.sha256 for r in rows}
+            for ids in _chunks(sorted(read), 400):  # within any SQLite's variable limit
+                conn.execute(
+                    dicom_instances.update()
+                    .where(sa.tuple_(d.id, d.sha256).in_([(i, read[i]) for i in ids]))
+                    .values(message_id=receipt.id)
+                )
             return receipt
 
 

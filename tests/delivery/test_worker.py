@@ -15,8 +15,9 @@ import orjson
 import pytest
 import respx
 
+from gateway.alerts import observe
 from gateway.delivery import Deliverer, DeliveryConfig, Outbox
-from gateway.partners import Partner
+from gateway.partners import Auth, Partner
 
 from .conftest import BASE, CONFIG, ORDERS, PARTNER, POST_URL, Clock, bundle, response, searchset
 
@@ -77,6 +78,90 @@ def test_4xx_is_dead_at_once_with_the_partners_operation_outcome(
     assert orjson.loads(record.last_response or "") == OUTCOME
     assert path(outbox, row)[-1] == ("sending", "dead")
     assert outbox.events(row)[-1].status == 400
+
+
+REFUSED = {
+    "resourceType": "OperationOutcome",
+    "issue": [{"severity": "error", "code": "login", "diagnostics": "Unauthorized"}],
+}
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_refused_credentials_hold_the_record_until_released(
+    status: int, outbox: Outbox, deliverer: Deliverer, clock: Clock, partner_api: respx.MockRouter
+) -> None:
+    post = partner_api.post(POST_URL)
+    post.side_effect = [
+        httpx.Response(status, json=REFUSED),
+        httpx.Response(200, json=response("201", "201")),
+    ]
+    row, _ = outbox.enqueue(PARTNER, bundle("P1", "O1"))
+    deliverer.run_once()
+    clock.advance(3600)
+    deliverer.run_once()  # held: not sent again, not given up, never dead
+    record = outbox.require(row)
+    assert record.state == "held" and post.call_count == 1
+    assert (record.last_status, record.last_error) == (status, "delivery.credentials-refused")
+    assert orjson.loads(record.last_response or "") == REFUSED
+    reason = outbox.events(row)[-1].reason
+    assert path(outbox, row)[-1] == ("sending", "held") and outbox.events(row)[-1].status == status
+    assert reason.startswith("delivery.credentials-refused: partner hkpmc refused")
+    assert f"HTTP {status}" in reason and f"gateway outbox release {row}" in reason
+    # The existing alerts see it: a held row is queued and ages (oldest_age, queue_depth).
+    seen = observe(outbox.store, clock())
+    assert seen[("hkpmc", "queue_depth")] == 1 and seen[("hkpmc", "oldest_age")] >= 3600
+    outbox.release(row, "token renewed")  # the token fixed: a person releases it
+    deliverer.run_once()
+    assert outbox.require(row).state == "delivered" and post.call_count == 2
+
+
+def test_refused_credentials_while_asking_hold_the_record(
+    outbox: Outbox, deliverer: Deliverer, clock: Clock, partner_api: respx.MockRouter
+) -> None:
+    post = partner_api.post(POST_URL).mock(side_effect=httpx.ReadTimeout("timed out"))
+    partner_api.get(BASE + "/Patient").respond(401, json=REFUSED)
+    row, _ = outbox.enqueue(PARTNER, bundle("P1", "O1"))
+    deliverer.run_once()
+    clock.now = outbox.require(row).next_at
+    deliverer.run_once()
+    record = outbox.require(row)
+    assert record.state == "held" and record.last_error == "delivery.credentials-refused"
+    assert post.call_count == 1 and "answered 401" in outbox.events(row)[-1].reason
+
+
+def test_refused_credentials_open_the_breaker_instead_of_holding_every_row(
+    outbox: Outbox, deliverer: Deliverer, partner_api: respx.MockRouter
+) -> None:
+    post = partner_api.post(POST_URL).respond(401, json=REFUSED)
+    rows = [outbox.enqueue(PARTNER, bundle(f"P{n}", f"O{n}"))[0] for n in range(6)]
+    deliverer.run_once()
+    states = [outbox.require(r).state for r in rows]
+    assert states == ["held"] * 3 + ["pending"] * 3  # threshold 3, then the breaker is open
+    assert post.call_count == 3
+
+
+def test_no_token_is_retried_then_held_never_dead(
+    outbox: Outbox, clock: Clock, partner_api: respx.MockRouter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("HKPMC_TOKEN_FOR_TESTS", raising=False)
+    tokenless = Partner("hkpmc", BASE, auth=Auth(type="bearer", token_env="HKPMC_TOKEN_FOR_TESTS"))
+    post = partner_api.post(POST_URL).respond(200, json=response("201", "201"))
+    row, _ = outbox.enqueue(tokenless, bundle("P1", "O1"))
+    with Deliverer(outbox, {"hkpmc": tokenless}, CONFIG, rng=random.Random(7)) as deliverer:
+        for _ in range(CONFIG.max_attempts * 3):
+            deliverer.run_once()
+            clock.advance(CONFIG.breaker_cooldown + CONFIG.backoff_cap)
+        record = outbox.require(row)
+        assert record.state == "held" and record.last_error == "delivery.token-file"
+        assert post.call_count == 0 and record.attempts == CONFIG.max_attempts
+        retried = [e.reason for e in outbox.events(row) if e.to_state == "retrying"]
+        assert retried and all("no credentials (delivery.token-file)" in r for r in retried)
+        assert outbox.events(row)[-1].reason.startswith("delivery.token-file: no credentials")
+        monkeypatch.setenv("HKPMC_TOKEN_FOR_TESTS", "renewed-token")
+        outbox.release(row, "token set")
+        deliverer.run_once()
+    assert outbox.require(row).state == "delivered"
+    assert post.calls[0].request.headers["authorization"] == "Bearer renewed-token"
 
 
 def test_a_long_answer_is_kept_truncated(

@@ -111,9 +111,10 @@ def test_a_missing_token_file_fails_before_sending_as_a_retryable_error(
             client.post("", json=BUNDLE)
         assert caught.value.code == "delivery.token-file"
         assert str(missing) in caught.value.issue.message
-        # delivery reads it as "nothing was sent": retried with backoff, never dead
+        # delivery reads it as "nothing was sent": retried with backoff (under its own
+        # code), then held, never dead
         answer = send_part(client, BUNDLE, dt.datetime(2026, 6, 1))
-    assert (answer.kind, answer.code) == ("retry", "delivery.unreachable")
+    assert (answer.kind, answer.code) == ("retry", "delivery.token-file")
     assert not route.called
 
 

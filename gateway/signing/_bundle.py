@@ -25,6 +25,7 @@ import datetime as dt
 import hashlib
 import uuid
 from base64 import b64encode
+from collections.abc import Container
 from typing import Any
 
 import orjson
@@ -137,6 +138,28 @@ def provenance_id(bundle: dict[str, Any], kid: str, role: str, index: int) -> st
     return str(uuid.uuid5(uuid.NAMESPACE_URL, key))
 
 
+def _targets(
+    bundle: dict[str, Any], entries: list[Any], existing: Container[int]
+) -> list[dict[str, Any]]:
+    """What the signature covers, for ``Provenance.target`` (1..*): the entries' fullUrls;
+    entries without one (a batch) by their ``Type/id``; none of either: the Bundle itself,
+    by its identifier (or a display) — never an empty list, which R4 refuses."""
+    mine = [e for n, e in enumerate(entries) if isinstance(e, dict) and n not in existing]
+    targets = [{"reference": e["fullUrl"]} for e in mine if e.get("fullUrl")]
+    if targets:
+        return targets
+    for e in mine:
+        res = e.get("resource")
+        if isinstance(res, dict) and res.get("resourceType") and res.get("id"):
+            targets.append({"reference": f"{res['resourceType']}/{res['id']}"})
+    if targets:
+        return targets
+    ident = bundle.get("identifier")
+    if isinstance(ident, dict) and ident.get("value"):
+        return [{"type": "Bundle", "identifier": ident}]
+    return [{"type": "Bundle", "display": "the Bundle that holds this signature"}]
+
+
 def sign_bundle(
     bundle: dict[str, Any],
     signer: Signer,
@@ -157,11 +180,7 @@ def sign_bundle(
             "co-signing it would drop that signature",
         )
     who = _who(bundle, signer)
-    targets = [
-        {"reference": e["fullUrl"]}
-        for n, e in enumerate(entries)
-        if isinstance(e, dict) and e.get("fullUrl") and n not in existing
-    ]
+    targets = _targets(bundle, entries, existing)
     signature: dict[str, Any] = {
         "type": [{"system": SIGNATURE_TYPE_SYSTEM, "code": oid, "display": desc}],
         "when": format_time(when),

@@ -123,27 +123,62 @@ def _differs(name: str, literal: str) -> Guard:
     return lambda node: _get(node, name) != [literal]
 
 
-def _guard(expression: str) -> Guard | None:
-    """A cheap test that, when true for a node, makes the invariant true."""
+def _plain(type_name: str, path: str) -> bool:
+    """Whether no step of ``path`` (from a node of ``type_name``) is a choice element:
+    ``_get`` reads JSON keys by name, and FHIRPath's ``abatement`` is the JSON's
+    ``abatementDateTime``, ``abatementAge``...: a guard reading one would see it absent."""
+    fhir = models["r4"]
+    base = type_name
+    for step in path.split("."):
+        if base in ("BackboneElement", "Element"):
+            return False  # whose elements are not known here (an invariant on one)
+        full = f"{base}.{step}"
+        if full in fhir["choiceTypePaths"]:
+            return False
+        # a type's own path goes on from the type; a backbone element's from its path
+        base = fhir["path2Type"].get(full) or fhir["pathsDefinedElsewhere"].get(full, full)
+    return True
+
+
+def _choice_keys(type_name: str, name: str) -> list[str]:
+    """The JSON keys of the choice element ``name`` of ``type_name`` (``abatement``:
+    ``abatementDateTime``, ``abatementAge``...); [] when it is not one."""
+    types = models["r4"]["choiceTypePaths"].get(f"{type_name}.{name}") or []
+    return [name + t[:1].upper() + t[1:] for t in types]
+
+
+def _absent_test(type_name: str, path: str) -> Guard | None:
+    """``path`` is absent (``empty()``, ``exists().not()``): a choice element in every
+    form of its value; None when the path reaches one through another element."""
+    keys = _choice_keys(type_name, path) if "." not in path else []
+    if keys:
+        return lambda node: not any(_get(node, key) for key in keys)
+    return _absent(path) if _plain(type_name, path) else None
+
+
+def _guard(expression: str, type_name: str) -> Guard | None:
+    """A cheap test that, when true for a node, makes the invariant true (none that reads
+    a choice element by name: see _plain)."""
     if implied := _IMPLIES.match(expression):
-        return _differs(*implied.groups())
+        return _differs(*implied.groups()) if _plain(type_name, implied.group(1)) else None
     if where := _WHERE_EMPTY.match(expression):  # on a list item: its own element
-        return _differs(*where.groups())
-    tests: list[Guard] = []
+        return _differs(*where.groups()) if _plain(type_name, where.group(1)) else None
+    tests: list[Guard | None] = []
     for part in _split_or(expression):
         if m := (
             _GUARD_EMPTY.match(part) or _GUARD_NOT_EXISTS.match(part) or _GUARD_NO_VALUE.match(part)
         ):
-            tests.append(_absent(m.group(1)))
-        elif m := _GUARD_NOT_CONTAINS.match(part):
+            tests.append(_absent_test(type_name, m.group(1)))
+        elif (m := _GUARD_NOT_CONTAINS.match(part)) and _plain(type_name, m.group(1)):
             tests.append(_no_string(m.group(1), _holding(m.group(2))))
-        elif m := _GUARD_PREFIX.match(part):
+        elif (m := _GUARD_PREFIX.match(part)) and _plain(type_name, m.group(1)):
             tests.append(_no_string(m.group(1), _starting(m.group(2))))
-    if not tests:
+    found = [test for test in tests if test is not None]
+    if not found:
         return None
-    if len(tests) == 1:
-        return tests[0]
-    return lambda node: any(test(node) for test in tests)
+    if len(found) == 1:
+        return found[0]
+    return lambda node: any(test(node) for test in found)
 
 
 @dataclass(frozen=True, slots=True)
@@ -394,7 +429,7 @@ def compile_invariant(constraint: dict[str, Any], type_name: str) -> Invariant |
                 expression=expression,
                 type_name=type_name,
                 existence_only=existence,
-                guard=None if existence else _guard(expression),
+                guard=None if existence else _guard(expression, type_name),
                 run=run,
                 names=None if existence else _names(expression),
                 native=NATIVE.get(expression),

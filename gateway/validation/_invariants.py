@@ -156,6 +156,21 @@ def _absent_test(type_name: str, path: str) -> Guard | None:
     return _absent(path) if _plain(type_name, path) else None
 
 
+def _absence(expression: str, type_name: str) -> Guard | None:
+    """The part of the guard that tests absence alone (``X.empty() or ...``): on a node
+    whose elements are known (a shape's), it decides the invariant without its values."""
+    if _IMPLIES.match(expression) or _WHERE_EMPTY.match(expression):
+        return None
+    tests = []
+    for part in _split_or(expression):
+        m = _GUARD_EMPTY.match(part) or _GUARD_NOT_EXISTS.match(part) or _GUARD_NO_VALUE.match(part)
+        if m and (test := _absent_test(type_name, m.group(1))) is not None:
+            tests.append(test)
+    if not tests:
+        return None
+    return tests[0] if len(tests) == 1 else lambda node: any(test(node) for test in tests)
+
+
 def _guard(expression: str, type_name: str) -> Guard | None:
     """A cheap test that, when true for a node, makes the invariant true (none that reads
     a choice element by name: see _plain)."""
@@ -193,6 +208,8 @@ class Invariant:
     run: Callable[..., list[Any]]
     names: frozenset[str] | None  # the element names it reads (None: it reads wider)
     native: Callable[[Any], bool] | None = None  # the same test in Python (see NATIVE)
+    absence: Guard | None = None  # a guard on which elements exist alone (see _absence)
+    needle: bytes | None = None  # holds on a node whose JSON lacks this (see NEEDLES)
 
     def holds(self, node: Any, resource: Any, memo: bool = True) -> bool:
         """Whether the invariant holds on ``node``; ``memo``: outcomes may be remembered
@@ -401,6 +418,14 @@ NATIVE: dict[str, Callable[[Any], bool]] = {
 }
 
 
+# Invariants that hold on any node whose JSON does not hold the text: one search of a
+# resource's (or a Bundle's) JSON stands for them on all its nodes. The text must be
+# ASCII without quotes or backslashes, which JSON writes as they are.
+NEEDLES: dict[str, bytes] = {
+    "fullUrl.contains('/_history/').not()": b"/_history/",  # bdl-8, on every entry
+}
+
+
 def compile_invariant(constraint: dict[str, Any], type_name: str) -> Invariant | str:
     """The compiled invariant, or the reason it is skipped."""
     key = str(constraint.get("key"))
@@ -433,6 +458,8 @@ def compile_invariant(constraint: dict[str, Any], type_name: str) -> Invariant |
                 run=run,
                 names=None if existence else _names(expression),
                 native=NATIVE.get(expression),
+                absence=None if existence else _absence(expression, type_name),
+                needle=NEEDLES.get(expression),
             )
     _COMPILED[cache_key] = out
     return out

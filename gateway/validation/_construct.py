@@ -48,7 +48,18 @@ from ..errors import Issue
 from ._invariants import Invariant
 from ._profiles import Elem, Plans, _index
 
-__all__ = ["Shape", "Shapes", "analyse", "answer", "dump", "references", "split", "target", "text"]
+__all__ = [
+    "Shape",
+    "Shapes",
+    "analyse",
+    "answer",
+    "dump",
+    "references",
+    "split",
+    "target",
+    "targets",
+    "text",
+]
 
 _LAYOUTS: dict[bytes, tuple[Any, Any]] = {}  # see split()
 _REFERENCE = re.compile(rb'"reference":"([^"\\]*)"')  # an escaped one does not match
@@ -58,7 +69,7 @@ _ESCAPED = re.compile(rb"[\\\x01\x02]")  # an escape, or what split made of one
 _EXISTENCES = re.compile(
     r"\s*[\w.]+\.(?:exists|empty)\(\)\s*!?=\s*[\w.]+\.(?:exists|empty)\(\)\s*\Z"
 )
-_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
 
 MAX_SHAPES = 2_000  # analyses kept (a mapping makes a handful of shapes per resource type)
 MAX_VERDICTS = 20_000  # verdicts kept over all shapes (most are [])
@@ -75,7 +86,7 @@ def dump(resource: dict[str, Any]) -> bytes | None:
     """The resource's compact JSON, or None when it is not plain JSON data (a datetime, a
     non-string key)."""
     try:
-        return orjson.dumps(resource, option=_OPTIONS)
+        return orjson.dumps(resource, option=OPTIONS)
     except TypeError:
         return None
 
@@ -398,6 +409,12 @@ def target(ref: str, urls: dict[str, str]) -> str | None:
     return found
 
 
+def targets(refs: Iterable[str], urls: dict[str, str]) -> tuple[str | None, ...]:
+    """What each reference resolves to (``target``; most name an entry: one look-up)."""
+    get = urls.get
+    return tuple([get(ref) or target(ref, urls) for ref in refs])
+
+
 class Shapes:
     """The shapes one validator has analysed, with their verdicts. Every table is bounded
     (entries of a known small size, or bytes), and what is keyed by values remembers only
@@ -465,7 +482,7 @@ class Shapes:
         the shell)."""
         return (
             shape.bound(leaves) if shape.bound is not None else (),
-            tuple([target(refs[n], urls) for n in shape.keyed_refs]) if shape.keyed_refs else (),
+            targets([refs[n] for n in shape.keyed_refs], urls) if shape.keyed_refs else (),
             _outcomes(shape.residual, resource, content) if shape.residual else (),
         )
 
@@ -488,8 +505,8 @@ class Shapes:
         known = self.exact.get(key)
         if known is None:
             return None
-        refs, targets, tails = known
-        if refs and tuple([target(ref, urls) for ref in refs]) != targets:
+        refs, found, tails = known
+        if refs and targets(refs, urls) != found:
             return None
         self.hits += 1
         self._tries[rtype][1] += 1
@@ -510,7 +527,7 @@ class Shapes:
         if self.exact_bytes + size > MAX_EXACT_BYTES:
             self.exact.clear()
             self.exact_bytes = 0
-        self.exact[key] = (refs, tuple([target(ref, urls) for ref in refs]), tails)
+        self.exact[key] = (refs, targets(refs, urls), tails)
         self.exact_bytes += size
 
     def remember(self, shape: Shape, key: Any, issues: list[Issue], where: str) -> Tails | None:
@@ -591,8 +608,11 @@ def _outcomes(
         if not isinstance(node, dict):
             out.append(True)  # the walk runs invariants on dicts only
             continue
-        try:
-            ok = inv.native(node) if inv.native is not None else inv.holds(node, resource)
+        try:  # (holds' first steps inline: a native, else a guard that holds)
+            if inv.native is not None:
+                ok = inv.native(node)
+            else:
+                ok = (inv.guard is not None and inv.guard(node)) or inv.holds(node, resource)
         except Exception:  # the walk counts a failing evaluation as holding
             ok = True
         out.append(ok)

@@ -228,9 +228,7 @@ class Invariant:
         result = self.run(typed, {"resource": resource, "rootResource": resource})
         ok = result == [True] or result == []  # empty: nothing to test (FHIRPath rule)
         if key is not None:
-            if len(_MEMO) >= _MAX_MEMO:
-                _MEMO.clear()
-            _MEMO[key] = ok
+            _remember(key, ok)
         return ok
 
 
@@ -238,7 +236,22 @@ class Invariant:
 # elements their expression names): a Bundle's entry pattern, an Organization's address
 # uses recur in every message although the resources around them are new.
 _MEMO: dict[tuple[str, str, Any], bool] = {}
-_MAX_MEMO = 100_000
+_MAX_MEMO_BYTES = 2 << 20  # a projection holds values (an Observation's): bound in bytes
+_memo_bytes = 0
+
+
+def _remember(key: tuple[str, str, Any], ok: bool) -> None:
+    """Keep an outcome; the table is emptied when full (its size: what the projection
+    prints as, measured only here, after fhirpathpy has run: cheap beside it)."""
+    global _memo_bytes
+    size = len(repr(key[2])) + 200  # the tuples and the dict slot besides the text
+    if _memo_bytes + size > _MAX_MEMO_BYTES:
+        _MEMO.clear()
+        _memo_bytes = 0
+    _MEMO[key] = ok
+    _memo_bytes += size
+
+
 _CHOICE = re.compile(r"[a-z]+")
 # expressions reading beyond the elements they name: no projection stands for them
 _WIDE = re.compile(r"descendants|children|repeat|resolve|ofType|\$index|\$total|extension\(")

@@ -473,8 +473,8 @@ class Validator:
         resource type) but without walking them (they are validated one by one)."""
         rtype = resource.get("resourceType")
         where = prefix or str(rtype)
-        model = _model_class(str(rtype))
-        if model is None:
+        model = _MODELS.get(rtype) if type(rtype) is str else None  # (most: known)
+        if model is None and (model := _model_class(str(rtype))) is None:
             return [
                 Issue("validation.structure", f"unknown resourceType {rtype!r}", location=where)
             ]
@@ -517,8 +517,9 @@ class Validator:
         # warnings, it would list a known skeleton's structural warnings last.
         slow = self._incremental if req.errors_only else self._reference_issues
         resource, whole = req.resource, req.whole
-        content = _construct.dump(resource)
-        if content is None:
+        try:  # (inline: _construct.dump, once per resource)
+            content = orjson.dumps(resource, option=_construct.OPTIONS)
+        except TypeError:  # not plain JSON data (a datetime, a non-string key)
             return slow(req)
         shapes = self.shapes
         urls = self._urls or {}

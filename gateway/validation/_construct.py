@@ -26,8 +26,9 @@ residual outcomes) provided each free leaf passes its primitive validator — th
 premise the skeleton cache of ``_models`` rests on. The first resource of each key is
 validated by the slow path (incremental, or the reference walk when warnings are asked) and
 its issue list remembered; later ones cost one orjson dump, one split on quotes, the free
-leaves' validators (remembered per value) and the residual invariants; a resource met
-before whole (reference data) only the dump and a look-up. Anything the analysis cannot
+leaves' validators (a steady leaf's value remembered once met twice, a varying one's never)
+and the residual invariants the shape does not settle; a resource met before whole
+(reference data) only the dump and a look-up. Anything the analysis cannot
 place (a nested resource, a key the model lacks, a ``null``, odd keys) is left to the slow
 path. docs/validation.md says more; tests/validation/test_construct.py holds the verdicts
 to the reference walk's.

@@ -321,9 +321,11 @@ def _items(node: Any, key: str) -> list[Any]:
 
 
 def _uuid_urls(bundle: Any) -> bool:
-    return all(
-        (_text(e.get("fullUrl")) or "").startswith("urn:uuid:") for e in _items(bundle, "entry")
-    )
+    for entry in _items(bundle, "entry"):  # a loop: run on every Bundle
+        url = entry.get("fullUrl")
+        if not isinstance(url, str) or not url.startswith("urn:uuid:"):
+            return False
+    return True
 
 
 def _conditional_entry(entry: dict[str, Any]) -> bool:
@@ -340,7 +342,16 @@ def _conditional_entry(entry: dict[str, Any]) -> bool:
 
 
 def _conditional(bundle: Any) -> bool:
-    return all(_conditional_entry(e) for e in _items(bundle, "entry"))
+    for entry in _items(bundle, "entry"):  # a loop: run on every Bundle
+        request = entry.get("request")
+        # the usual entry inline (POST with ifNoneExist), any other by _conditional_entry
+        if not (
+            type(request) is dict
+            and request.get("method") == "POST"
+            and request.get("ifNoneExist") is not None
+        ) and not _conditional_entry(entry):
+            return False
+    return True
 
 
 def _dicom_uids_are_oids(request: Any) -> bool:

@@ -33,7 +33,7 @@ class ProfileValidator:
         self._known: dict[tuple[int, bool, Any], tuple[Program, list[tuple[Issue, str]]]] = {}
 
     def plan_for(self, resource: dict[str, Any], profile: str | None) -> Elem | None:
-        compiled = plans()
+        compiled = _PLANS if _PLANS is not None else plans()
         if profile is not None:
             return compiled.plan(profile)
         declared = (resource.get("meta") or {}).get("profile")

@@ -26,8 +26,9 @@ residual outcomes) provided each free leaf passes its primitive validator — th
 premise the skeleton cache of ``_models`` rests on. The first resource of each key is
 validated by the slow path (incremental, or the reference walk when warnings are asked) and
 its issue list remembered; later ones cost one orjson dump, one split on quotes, the free
-leaves' validators (remembered per value) and the residual invariants; a resource met
-before whole (reference data) only the dump and a look-up. Anything the analysis cannot
+leaves' validators (a steady leaf's value remembered once met twice, a varying one's never)
+and the residual invariants the shape does not settle; a resource met before whole
+(reference data) only the dump and a look-up. Anything the analysis cannot
 place (a nested resource, a key the model lacks, a ``null``, odd keys) is left to the slow
 path. docs/validation.md says more; tests/validation/test_construct.py holds the verdicts
 to the reference walk's.
@@ -36,6 +37,7 @@ to the reference walk's.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from operator import itemgetter
 from typing import Any
@@ -47,22 +49,35 @@ from ..errors import Issue
 from ._invariants import Invariant
 from ._profiles import Elem, Plans, _index
 
-__all__ = ["Shape", "Shapes", "analyse", "answer", "dump", "references", "split", "target", "text"]
+__all__ = [
+    "Shape",
+    "Shapes",
+    "analyse",
+    "answer",
+    "dump",
+    "references",
+    "split",
+    "target",
+    "targets",
+    "text",
+]
 
 _LAYOUTS: dict[bytes, tuple[Any, Any]] = {}  # see split()
 _REFERENCE = re.compile(rb'"reference":"([^"\\]*)"')  # an escaped one does not match
 _KEY = re.compile(r"[A-Za-z0-9_]+\Z")
+_ESCAPED = re.compile(rb"[\\\x01\x02]")  # an escape, or what split made of one
 # ext-1 compares two existences (extension.exists() != value.exists()): still the shape's
 _EXISTENCES = re.compile(
     r"\s*[\w.]+\.(?:exists|empty)\(\)\s*!?=\s*[\w.]+\.(?:exists|empty)\(\)\s*\Z"
 )
-_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
 
 MAX_SHAPES = 2_000  # analyses kept (a mapping makes a handful of shapes per resource type)
 MAX_VERDICTS = 20_000  # verdicts kept over all shapes (most are [])
-MAX_EXACT_BYTES = 4 << 20  # verdicts by whole content: the JSON they are keyed by, in bytes
+MAX_EXACT_BYTES = 2 << 20  # verdicts by whole content (their JSON and what it holds)
 _PROBE = 64
-MAX_ACCEPTED = 50_000  # free leaf values accepted, per validator
+MAX_ACCEPTED_BYTES = 1 << 20  # free leaf values accepted, over every primitive validator
+MAX_ONCE_BYTES = 64 << 10  # values and contents met once (see _Once): a span of 1,024
 
 FREE, BOUND, REF = 0, 1, 2
 Tails = tuple[tuple[Issue, str], ...]  # a verdict: issues, locations after the resource's
@@ -72,7 +87,7 @@ def dump(resource: dict[str, Any]) -> bytes | None:
     """The resource's compact JSON, or None when it is not plain JSON data (a datetime, a
     non-string key)."""
     try:
-        return orjson.dumps(resource, option=_OPTIONS)
+        return orjson.dumps(resource, option=OPTIONS)
     except TypeError:
         return None
 
@@ -84,10 +99,12 @@ def references(content: bytes) -> list[bytes] | None:
     return raw if len(raw) == content.count(b'"reference":') else None
 
 
-def split(content: bytes) -> tuple[Any, list[bytes]] | None:
-    """(shape, leaves) of a resource's JSON, or None when it holds a ``null`` (orjson
-    writes NaN so too)."""
+def split(content: bytes) -> tuple[Any, list[bytes], Callable[[bytes], str]] | None:
+    """(shape, leaves, the function giving a leaf's string) of a resource's JSON, or None
+    when it holds a ``null`` (orjson writes NaN so too)."""
+    decode: Callable[[bytes], str] = bytes.decode  # no escape anywhere: a leaf is its UTF-8
     if b"\\" in content:  # escapes: \\ and \" become bytes orjson never writes
+        decode = text
         # (find first: a two-byte replace costs several times a search that fails)
         if content.find(b"\\\\") >= 0:
             content = content.replace(b"\\\\", b"\x01")
@@ -104,7 +121,7 @@ def split(content: bytes) -> tuple[Any, list[bytes]] | None:
             return None
         layout = _layout(parts[0::2])
     keys, values = layout
-    return (between, b"\x00".join(keys(strings))), list(values(strings))
+    return (between, b"\x00".join(keys(strings))), list(values(strings)), decode
 
 
 def _layout(between: list[bytes]) -> tuple[Any, Any]:
@@ -139,7 +156,7 @@ def _shape_only(inv: Invariant, shell: bool) -> bool:
 
 def text(leaf: bytes) -> str:
     """A leaf's Python string (JSON-unescaped; see split for the escapes)."""
-    if b"\\" in leaf or b"\x01" in leaf or b"\x02" in leaf:
+    if _ESCAPED.search(leaf) is not None:  # one scan for the three bytes
         leaf = leaf.replace(b"\x01", b"\\\\").replace(b"\x02", b'\\"')
         return str(orjson.loads(b'"' + leaf + b'"'))
     return leaf.decode()
@@ -150,11 +167,19 @@ class Shape:
     """What the analysis of one shape found, and the verdicts met so far."""
 
     bound: Any  # leaves → the tuple of bound leaves (an itemgetter)
-    free: tuple[tuple[Any, Any, int], ...]  # (leaves → free leaves, validator, adapter id)
-    refs: tuple[int, ...]  # every Reference.reference leaf (the reference check reads them)
-    keyed_refs: tuple[int, ...]  # of those, the free ones: keyed by what they resolve to
+    # (leaves → free leaves, validator, adapter id): the *steady* ones once classified
+    free: tuple[tuple[Any, Any, int], ...]
+    refs: Any  # leaves → every Reference.reference leaf (the reference check reads them)
+    keyed_refs: tuple[int, ...]  # of those (by place in refs), the free ones: keyed by
+    # what they resolve to
     residual: tuple[tuple[Invariant, tuple[str | int, ...]], ...]
     verdicts: dict[Any, tuple[tuple[Issue, str], ...]] = field(default_factory=dict)
+    # The free leaves that changed from the first resource of the shape to the next (the
+    # patient's name, the order's number, the dates: new in every message) are *varying*:
+    # checked every time, never remembered. ``first``: the first resource's free leaves
+    # and their validators, until the next resource classifies them.
+    varying: tuple[tuple[Any, Any], ...] = ()  # (leaves → varying leaves, validator)
+    first: tuple[list[bytes], list[tuple[int, Any, int]]] | None = None
 
 
 class _Refused(Exception):
@@ -278,13 +303,14 @@ def analyse(
     leaves: list[bytes],
     errors_only: bool,
     fields: Any,
-    shell: bool = False,
+    whole: dict[str, Any] | None = None,
 ) -> Shape | None:
     """The analysis of ``resource``'s shape against the model and the plan ``root``; None
-    when the resource holds what the analysis does not place. ``shell``: ``resource`` is
+    when the resource holds what the analysis does not place. ``whole``: ``resource`` is
     a Bundle without its entries' resources, whose walk meets them only as values of
     ``Bundle.entry.resource`` (their types and presence are keyed by the caller); refused
     when that element, or the entry's, has a check that would read into them."""
+    shell = whole is not None
     if shell and not _shell_ok(root):
         return None
     found = _Analysis(plans, errors_only, fields, shell)
@@ -299,13 +325,38 @@ def analyse(
         return None  # the split and the walk disagree: not a shape to trust
     kinds = found.kinds
     bound = [n for n, kind in enumerate(kinds) if kind == BOUND]
+    free = [(n, *found.adapters[n]) for n, kind in enumerate(kinds) if kind == FREE]
     return Shape(
         bound=itemgetter(*bound) if bound else None,
-        free=_by_adapter([(n, *found.adapters[n]) for n, kind in enumerate(kinds) if kind == FREE]),
-        refs=tuple(found.refs),
-        keyed_refs=tuple(n for n in found.refs if kinds[n] == REF),
-        residual=tuple(found.residual),
+        free=_by_adapter(free),
+        refs=_getter(found.refs) if found.refs else None,
+        keyed_refs=tuple(i for i, n in enumerate(found.refs) if kinds[n] == REF),
+        residual=_unsettled(found.residual, whole if whole is not None else resource, shell),
+        first=(leaves, free),
     )
+
+
+def _unsettled(
+    residual: list[tuple[Invariant, tuple[str | int, ...]]], resource: dict[str, Any], shell: bool
+) -> tuple[tuple[Invariant, tuple[str | int, ...]], ...]:
+    """The residual invariants whose outcome the shape does not settle: not those on a
+    node that is not an object (never run), nor those whose absence guard holds there
+    (which elements exist is the shape's; on a shell, not for what reads into an entry's
+    resource, which the shell's key holds by type alone)."""
+    out = []
+    for inv, path in residual:
+        node: Any = resource
+        for step in path:
+            node = node[step]
+        if not isinstance(node, dict):
+            continue
+        settled = inv.absence is not None and not (
+            shell and _INSIDE_RESOURCE.search(inv.expression)
+        )
+        if settled and inv.absence is not None and inv.absence(node):
+            continue
+        out.append((inv, path))
+    return tuple(out)
 
 
 def _by_adapter(free: list[tuple[int, Any, int]]) -> tuple[tuple[Any, Any, int], ...]:
@@ -316,6 +367,20 @@ def _by_adapter(free: list[tuple[int, Any, int]]) -> tuple[tuple[Any, Any, int],
         groups.setdefault(ident, (adapter, []))[1].append(n)
     # the adapter's core validator: what TypeAdapter.validate_python calls with its defaults
     return tuple((_getter(ns), adapter.validator, ident) for ident, (adapter, ns) in groups.items())
+
+
+def _classify(shape: Shape, leaves: list[bytes]) -> None:
+    """Split the shape's free leaves into steady and varying, by the first resource's and
+    this one's (a steady one that varies later is still checked, and remembered only when
+    its value recurs: see Shapes._accept)."""
+    if shape.first is None:
+        return
+    first, free = shape.first
+    steady = [item for item in free if leaves[item[0]] == first[item[0]]]
+    varying = [item for item in free if leaves[item[0]] != first[item[0]]]
+    shape.free = _by_adapter(steady)
+    shape.varying = tuple((getter, validator) for getter, validator, _ in _by_adapter(varying))
+    shape.first = None
 
 
 def _reads_value(elem: Elem) -> bool:
@@ -345,37 +410,63 @@ def target(ref: str, urls: dict[str, str]) -> str | None:
     return found
 
 
+def targets(refs: Iterable[str], urls: dict[str, str]) -> tuple[str | None, ...]:
+    """What each reference resolves to (``target``; most name an entry: one look-up)."""
+    get = urls.get
+    return tuple([get(ref) or target(ref, urls) for ref in refs])
+
+
 class Shapes:
-    """The shapes one validator has analysed, with their verdicts (bounded: entries)."""
+    """The shapes one validator has analysed, with their verdicts. Every table is bounded
+    (entries of a known small size, or bytes), and what is keyed by values remembers only
+    values met twice: a patient's name, an order's number, a Patient resource never recur,
+    and keeping them kept the garbage collector busy and the memory growing."""
 
     def __init__(self) -> None:
         self.known: dict[tuple[Any, ...], Shape | None] = {}
-        self.accepted: dict[int, set[bytes]] = {}  # adapter id → leaves it accepted
+        self.accepted: dict[int, set[bytes]] = {}  # adapter id → leaves it accepted twice
+        self.accepted_bytes = 0
         self.verdicts = 0
-        # verdicts by whole content (JSON and reference targets): reference data recurs
-        self.exact: dict[Any, Tails] = {}
+        # verdicts by whole content: reference data (staff, organisations) recurs whole
+        self.exact: dict[Any, _Exact] = {}
         self.exact_bytes = 0
+        self._once = _Once()  # values and contents met once: the second time, remembered
         self._tries: dict[str, list[int]] = {}
         self.hits = 0  # resources answered by construction (tests and benchmarks read it)
 
-    def free_ok(self, shape: Shape, leaves: list[bytes]) -> bool:
+    def free_ok(self, shape: Shape, leaves: list[bytes], decode: Callable[[bytes], str]) -> bool:
         """Every free leaf passes its primitive type's validator."""
-        for getter, validator, ident in shape.free:
-            accepted = self.accepted.get(ident)
-            if accepted is None:
-                accepted = self.accepted[ident] = set()
-            new = set(getter(leaves)).difference(accepted)
-            if not new:
-                continue
-            for raw in new:
-                try:
-                    validator.validate_python(text(raw))
-                except (PydanticError, ValueError, TypeError, AttributeError, KeyError):
-                    return False  # fhir.resources' own validators may fail so
-            if len(accepted) >= MAX_ACCEPTED:
-                accepted.clear()
-            accepted.update(new)
+        if shape.first is not None and shape.first[0] is not leaves:
+            _classify(shape, leaves)
+        try:
+            for getter, validator in shape.varying:  # new in every message: no memo
+                for raw in getter(leaves):
+                    validator.validate_python(decode(raw))
+            tables = self.accepted
+            for getter, validator, ident in shape.free:
+                values = getter(leaves)
+                accepted = tables[ident]  # made when the shape was added
+                if accepted.issuperset(values):  # at C speed, no set built: most groups
+                    continue
+                new = set(values).difference(accepted)
+                for raw in new:
+                    validator.validate_python(decode(raw))
+                self._accept(accepted, new)
+        except (PydanticError, ValueError, TypeError, AttributeError, KeyError):
+            return False  # fhir.resources' own validators may fail so
         return True
+
+    def _accept(self, accepted: set[bytes], new: set[bytes]) -> None:
+        """Remember the accepted values met before (by any validator: each is checked by
+        its own before it comes here)."""
+        for raw in self._once.recurring(new):
+            size = len(raw) + _SET_ITEM
+            if self.accepted_bytes + size > MAX_ACCEPTED_BYTES:
+                for table in self.accepted.values():
+                    table.clear()
+                self.accepted_bytes = 0
+            accepted.add(raw)
+            self.accepted_bytes += size
 
     def key(
         self,
@@ -383,45 +474,61 @@ class Shapes:
         resource: dict[str, Any],
         leaves: list[bytes],
         urls: dict[str, str],
+        refs: list[str],
+        content: bytes,
     ) -> Any:
         """What the verdict of a resource of ``shape`` depends on, besides the shape
-        (``resource``: the whole Bundle for a shell, where the residual invariants run)."""
-        outcomes = []
-        for inv, path in shape.residual:
-            node: Any = resource
-            for step in path:
-                node = node[step]
-            if not isinstance(node, dict):
-                outcomes.append(True)  # the walk runs invariants on dicts only
-                continue
-            try:
-                ok = inv.holds(node, resource)
-            except Exception:  # the walk counts a failing evaluation as holding
-                ok = True
-            outcomes.append(ok)
+        (``resource``: the whole Bundle for a shell, where the residual invariants run;
+        ``refs``: its references' strings; ``content``: the JSON of the resource, or of
+        the shell)."""
         return (
             shape.bound(leaves) if shape.bound is not None else (),
-            tuple(target(text(leaves[n]), urls) for n in shape.keyed_refs),
-            tuple(outcomes),
+            targets([refs[n] for n in shape.keyed_refs], urls) if shape.keyed_refs else (),
+            _outcomes(shape.residual, resource, content) if shape.residual else (),
         )
 
     def worth(self, rtype: str) -> bool:
         """Whether to look a resource of this type up by its content: while it is young,
         while one in eight lookups hits, and now and then (the feed may change)."""
-        stats = self._tries.setdefault(rtype, [0, 0])  # [tries, hits]
+        stats = self._tries.get(rtype)
+        if stats is None:
+            stats = self._tries[rtype] = [0, 0]  # [tries, hits]
         stats[0] += 1
         tries, hits = stats
         return tries <= _PROBE or hits * 8 >= tries or tries % _PROBE == 0
 
-    def exact_hit(self, rtype: str) -> None:
+    def exact_answer(
+        self, key: tuple[bytes, str | None, bool], urls: dict[str, str], rtype: str
+    ) -> tuple[tuple[str, ...], Tails] | None:
+        """(its references, its verdict) of a resource met before whole (``key``: its JSON,
+        the profile asked for and the mode) when its references resolve to the same types
+        again."""
+        known = self.exact.get(key)
+        if known is None:
+            return None
+        refs, found, tails = known
+        if refs and targets(refs, urls) != found:
+            return None
+        self.hits += 1
         self._tries[rtype][1] += 1
+        return refs, tails
 
-    def remember_exact(self, key: Any, tails: Tails) -> None:
-        size = len(key[0])  # the JSON: what the table holds
+    def remember_exact(
+        self, key: tuple[bytes, str | None, bool], tails: Tails, urls: dict[str, str]
+    ) -> None:
+        """Remember a verdict by content the second time the content is met."""
+        content = key[0]
+        size = len(content) + _EXACT_ITEM
+        if not self._once.seen(content):
+            return
+        raw = references(content)
+        if raw is None:
+            return
+        refs = tuple([ref.decode() for ref in raw])
         if self.exact_bytes + size > MAX_EXACT_BYTES:
             self.exact.clear()
             self.exact_bytes = 0
-        self.exact[key] = tails
+        self.exact[key] = (refs, targets(refs, urls), tails)
         self.exact_bytes += size
 
     def remember(self, shape: Shape, key: Any, issues: list[Issue], where: str) -> Tails | None:
@@ -445,6 +552,72 @@ class Shapes:
             self.known.clear()
             self.verdicts = 0
         self.known[key] = shape
+        for _, _, ident in shape.free if shape is not None else ():
+            self.accepted.setdefault(ident, set())  # one per primitive type: bounded
+
+
+_Exact = tuple[tuple[str, ...], tuple[str | None, ...], Tails]  # refs, their targets, verdict
+_SET_ITEM = 80  # what a set slot and a bytes object cost besides the bytes themselves
+_EXACT_ITEM = 400  # a key tuple, its dict slot, the references and the verdict's tuples
+
+
+class _Once:
+    """Which values (their hashes) were met once: a table bounded in bytes, emptied when
+    full, so a value met twice within its span is taken for one that recurs."""
+
+    def __init__(self) -> None:
+        self._hashes: set[int] = set()
+
+    def seen(self, value: bytes) -> bool:
+        """Whether ``value`` was met before (a hash collision only remembers one more)."""
+        return bool(self.recurring((value,)))
+
+    def recurring(self, values: Iterable[bytes]) -> list[bytes]:
+        """Those of ``values`` met before; the others are noted."""
+        hashes = self._hashes
+        out = []
+        for value in values:
+            digest = hash(value)
+            if digest in hashes:
+                hashes.discard(digest)
+                out.append(value)
+            else:
+                if len(hashes) * _HASH_ITEM >= MAX_ONCE_BYTES:
+                    hashes.clear()
+                hashes.add(digest)
+        return out
+
+
+_HASH_ITEM = 64  # an int and its set slot
+
+
+def _outcomes(
+    residual: tuple[tuple[Invariant, tuple[str | int, ...]], ...],
+    resource: dict[str, Any],
+    content: bytes,
+) -> tuple[bool, ...]:
+    """Each residual invariant's outcome on its node (``content``: the JSON they lie in,
+    which a needle is looked for in: see _invariants.NEEDLES)."""
+    out = []
+    for inv, path in residual:
+        if inv.needle is not None and inv.needle not in content:
+            out.append(True)
+            continue
+        node: Any = resource
+        for step in path:
+            node = node[step]
+        if not isinstance(node, dict):
+            out.append(True)  # the walk runs invariants on dicts only
+            continue
+        try:  # (holds' first steps inline: a native, else a guard that holds)
+            if inv.native is not None:
+                ok = inv.native(node)
+            else:
+                ok = (inv.guard is not None and inv.guard(node)) or inv.holds(node, resource)
+        except Exception:  # the walk counts a failing evaluation as holding
+            ok = True
+        out.append(ok)
+    return tuple(out)
 
 
 def answer(tails: Tails, where: str) -> list[Issue]:

@@ -123,27 +123,77 @@ def _differs(name: str, literal: str) -> Guard:
     return lambda node: _get(node, name) != [literal]
 
 
-def _guard(expression: str) -> Guard | None:
-    """A cheap test that, when true for a node, makes the invariant true."""
+def _plain(type_name: str, path: str) -> bool:
+    """Whether no step of ``path`` (from a node of ``type_name``) is a choice element:
+    ``_get`` reads JSON keys by name, and FHIRPath's ``abatement`` is the JSON's
+    ``abatementDateTime``, ``abatementAge``...: a guard reading one would see it absent."""
+    fhir = models["r4"]
+    base = type_name
+    for step in path.split("."):
+        if base in ("BackboneElement", "Element"):
+            return False  # whose elements are not known here (an invariant on one)
+        full = f"{base}.{step}"
+        if full in fhir["choiceTypePaths"]:
+            return False
+        # a type's own path goes on from the type; a backbone element's from its path
+        base = fhir["path2Type"].get(full) or fhir["pathsDefinedElsewhere"].get(full, full)
+    return True
+
+
+def _choice_keys(type_name: str, name: str) -> list[str]:
+    """The JSON keys of the choice element ``name`` of ``type_name`` (``abatement``:
+    ``abatementDateTime``, ``abatementAge``...); [] when it is not one."""
+    types = models["r4"]["choiceTypePaths"].get(f"{type_name}.{name}") or []
+    return [name + t[:1].upper() + t[1:] for t in types]
+
+
+def _absent_test(type_name: str, path: str) -> Guard | None:
+    """``path`` is absent (``empty()``, ``exists().not()``): a choice element in every
+    form of its value; None when the path reaches one through another element."""
+    keys = _choice_keys(type_name, path) if "." not in path else []
+    if keys:
+        return lambda node: not any(_get(node, key) for key in keys)
+    return _absent(path) if _plain(type_name, path) else None
+
+
+def _absence(expression: str, type_name: str) -> Guard | None:
+    """The part of the guard that tests absence alone (``X.empty() or ...``): on a node
+    whose elements are known (a shape's), it decides the invariant without its values."""
+    if _IMPLIES.match(expression) or _WHERE_EMPTY.match(expression):
+        return None
+    tests = []
+    for part in _split_or(expression):
+        m = _GUARD_EMPTY.match(part) or _GUARD_NOT_EXISTS.match(part) or _GUARD_NO_VALUE.match(part)
+        if m and (test := _absent_test(type_name, m.group(1))) is not None:
+            tests.append(test)
+    if not tests:
+        return None
+    return tests[0] if len(tests) == 1 else lambda node: any(test(node) for test in tests)
+
+
+def _guard(expression: str, type_name: str) -> Guard | None:
+    """A cheap test that, when true for a node, makes the invariant true (none that reads
+    a choice element by name: see _plain)."""
     if implied := _IMPLIES.match(expression):
-        return _differs(*implied.groups())
+        return _differs(*implied.groups()) if _plain(type_name, implied.group(1)) else None
     if where := _WHERE_EMPTY.match(expression):  # on a list item: its own element
-        return _differs(*where.groups())
-    tests: list[Guard] = []
+        return _differs(*where.groups()) if _plain(type_name, where.group(1)) else None
+    tests: list[Guard | None] = []
     for part in _split_or(expression):
         if m := (
             _GUARD_EMPTY.match(part) or _GUARD_NOT_EXISTS.match(part) or _GUARD_NO_VALUE.match(part)
         ):
-            tests.append(_absent(m.group(1)))
-        elif m := _GUARD_NOT_CONTAINS.match(part):
+            tests.append(_absent_test(type_name, m.group(1)))
+        elif (m := _GUARD_NOT_CONTAINS.match(part)) and _plain(type_name, m.group(1)):
             tests.append(_no_string(m.group(1), _holding(m.group(2))))
-        elif m := _GUARD_PREFIX.match(part):
+        elif (m := _GUARD_PREFIX.match(part)) and _plain(type_name, m.group(1)):
             tests.append(_no_string(m.group(1), _starting(m.group(2))))
-    if not tests:
+    found = [test for test in tests if test is not None]
+    if not found:
         return None
-    if len(tests) == 1:
-        return tests[0]
-    return lambda node: any(test(node) for test in tests)
+    if len(found) == 1:
+        return found[0]
+    return lambda node: any(test(node) for test in found)
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +208,8 @@ class Invariant:
     run: Callable[..., list[Any]]
     names: frozenset[str] | None  # the element names it reads (None: it reads wider)
     native: Callable[[Any], bool] | None = None  # the same test in Python (see NATIVE)
+    absence: Guard | None = None  # a guard on which elements exist alone (see _absence)
+    needle: bytes | None = None  # holds on a node whose JSON lacks this (see NEEDLES)
 
     def holds(self, node: Any, resource: Any, memo: bool = True) -> bool:
         """Whether the invariant holds on ``node``; ``memo``: outcomes may be remembered
@@ -176,9 +228,7 @@ class Invariant:
         result = self.run(typed, {"resource": resource, "rootResource": resource})
         ok = result == [True] or result == []  # empty: nothing to test (FHIRPath rule)
         if key is not None:
-            if len(_MEMO) >= _MAX_MEMO:
-                _MEMO.clear()
-            _MEMO[key] = ok
+            _remember(key, ok)
         return ok
 
 
@@ -186,7 +236,22 @@ class Invariant:
 # elements their expression names): a Bundle's entry pattern, an Organization's address
 # uses recur in every message although the resources around them are new.
 _MEMO: dict[tuple[str, str, Any], bool] = {}
-_MAX_MEMO = 100_000
+_MAX_MEMO_BYTES = 2 << 20  # a projection holds values (an Observation's): bound in bytes
+_memo_bytes = 0
+
+
+def _remember(key: tuple[str, str, Any], ok: bool) -> None:
+    """Keep an outcome; the table is emptied when full (its size: what the projection
+    prints as, measured only here, after fhirpathpy has run: cheap beside it)."""
+    global _memo_bytes
+    size = len(repr(key[2])) + 200  # the tuples and the dict slot besides the text
+    if _memo_bytes + size > _MAX_MEMO_BYTES:
+        _MEMO.clear()
+        _memo_bytes = 0
+    _MEMO[key] = ok
+    _memo_bytes += size
+
+
 _CHOICE = re.compile(r"[a-z]+")
 # expressions reading beyond the elements they name: no projection stands for them
 _WIDE = re.compile(r"descendants|children|repeat|resolve|ofType|\$index|\$total|extension\(")
@@ -256,9 +321,11 @@ def _items(node: Any, key: str) -> list[Any]:
 
 
 def _uuid_urls(bundle: Any) -> bool:
-    return all(
-        (_text(e.get("fullUrl")) or "").startswith("urn:uuid:") for e in _items(bundle, "entry")
-    )
+    for entry in _items(bundle, "entry"):  # a loop: run on every Bundle
+        url = entry.get("fullUrl")
+        if not isinstance(url, str) or not url.startswith("urn:uuid:"):
+            return False
+    return True
 
 
 def _conditional_entry(entry: dict[str, Any]) -> bool:
@@ -275,7 +342,16 @@ def _conditional_entry(entry: dict[str, Any]) -> bool:
 
 
 def _conditional(bundle: Any) -> bool:
-    return all(_conditional_entry(e) for e in _items(bundle, "entry"))
+    for entry in _items(bundle, "entry"):  # a loop: run on every Bundle
+        request = entry.get("request")
+        # the usual entry inline (POST with ifNoneExist), any other by _conditional_entry
+        if not (
+            type(request) is dict
+            and request.get("method") == "POST"
+            and request.get("ifNoneExist") is not None
+        ) and not _conditional_entry(entry):
+            return False
+    return True
 
 
 def _dicom_uids_are_oids(request: Any) -> bool:
@@ -366,6 +442,14 @@ NATIVE: dict[str, Callable[[Any], bool]] = {
 }
 
 
+# Invariants that hold on any node whose JSON does not hold the text: one search of a
+# resource's (or a Bundle's) JSON stands for them on all its nodes. The text must be
+# ASCII without quotes or backslashes, which JSON writes as they are.
+NEEDLES: dict[str, bytes] = {
+    "fullUrl.contains('/_history/').not()": b"/_history/",  # bdl-8, on every entry
+}
+
+
 def compile_invariant(constraint: dict[str, Any], type_name: str) -> Invariant | str:
     """The compiled invariant, or the reason it is skipped."""
     key = str(constraint.get("key"))
@@ -394,10 +478,12 @@ def compile_invariant(constraint: dict[str, Any], type_name: str) -> Invariant |
                 expression=expression,
                 type_name=type_name,
                 existence_only=existence,
-                guard=None if existence else _guard(expression),
+                guard=None if existence else _guard(expression, type_name),
                 run=run,
                 names=None if existence else _names(expression),
                 native=NATIVE.get(expression),
+                absence=None if existence else _absence(expression, type_name),
+                needle=NEEDLES.get(expression),
             )
     _COMPILED[cache_key] = out
     return out

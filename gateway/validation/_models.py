@@ -38,7 +38,7 @@ import re
 import types
 import typing
 from functools import cache
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from fhir.resources.R4B import get_fhir_model_class
@@ -49,7 +49,7 @@ from ..errors import ConfigError, Issue, shape
 from ..shared import FrozenDict, FrozenList
 from . import _construct
 from ._check import ProfileValidator, plans
-from ._profiles import ProfileWalk
+from ._profiles import Elem, ProfileWalk
 
 __all__ = [
     "MODES",
@@ -74,6 +74,35 @@ _MAX_SKELETONS = 50_000  # a few KB each at most; a mapping makes a handful per 
 _MAX_CLEAN = 20_000  # reference data (staff, organisations) of a region fits
 _PROBE = 64
 _REFERENCE = re.compile(rb'"reference":"([^"\\]*)"')  # an escaped one does not match
+
+
+class _Request(NamedTuple):
+    """One resource to validate, as each path (reference, incremental, construct) takes it."""
+
+    model: Any  # its R4B model class
+    resource: dict[str, Any]
+    where: str  # its location (``Bundle.entry[3].resource``): where its issues start
+    profile: str | None  # the profile asked for; None: the one it declares, else base R4
+    errors_only: bool
+    whole: dict[str, Any] | None  # the Bundle whose shell ``resource`` is
+
+
+_NEW = tuple.__new__
+_UNSEEN: Any = object()
+_MODELS: dict[str, Any] = {}
+
+
+def _model_class(rtype: str) -> Any:
+    """The R4B model class of a resource type, None for an unknown type
+    (``get_fhir_model_class`` costs microseconds a call: the pipeline asks per resource)."""
+    model = _MODELS.get(rtype)
+    if model is None:
+        try:
+            model = get_fhir_model_class(rtype)
+        except (KeyError, ValueError):  # fhir.resources 8 raises ValueError for a bad name
+            return None
+        _MODELS[rtype] = model  # the known types only: a bounded table
+    return model
 
 
 def _location(prefix: str, loc: tuple[Any, ...]) -> str:
@@ -307,13 +336,56 @@ _REQUESTED = ("batch", "transaction", "history")  # bdl-3: entries carry a reque
 _RESPONDED = ("batch-response", "transaction-response", "history")  # bdl-4: a response
 
 
-def _bundle_invariants(bundle: dict[str, Any], entries: list[Any]) -> list[Issue]:
+class _Entries:
+    """What one pass over a Bundle's entries finds for the Bundle's own checks."""
+
+    __slots__ = ("dicts", "full", "inside", "requests", "responses", "shell", "urls")
+
+    def __init__(self, raw: Any) -> None:
+        entries = raw if isinstance(raw, list) else []
+        self.shell: list[Any] = []  # the entries without their resources: the shell's
+        self.urls: dict[str, str] = {}  # fullUrl → the type of its entry's resource
+        self.full: list[str] = []  # every string fullUrl (bdl-7)
+        self.dicts = self.requests = self.responses = 0  # entries; with request, response
+        types: list[Any] | None = [] if raw is None or isinstance(raw, list) else None
+        for entry in entries:
+            if not isinstance(entry, dict):
+                self.shell.append(entry)
+                types = None
+                continue
+            own = dict(entry)
+            resource = own.pop("resource", _NONE)
+            self.shell.append(own)
+            self.dicts += 1
+            self.requests += "request" in entry
+            self.responses += "response" in entry
+            url = entry.get("fullUrl")
+            if isinstance(url, str):
+                self.full.append(url)
+                if isinstance(resource, dict):
+                    self.urls[url] = str(resource.get("resourceType"))
+            if types is None:
+                continue
+            if resource is _NONE:
+                types.append(None)
+            elif isinstance(resource, dict) and isinstance(resource.get("resourceType"), str):
+                types.append(resource["resourceType"])
+            else:
+                types = None
+        # each entry's resource type, which a shell's verdict reads (see _entry_types)
+        self.inside = tuple(types) if types is not None else None
+
+
+def _bundle_invariants(bundle: dict[str, Any], entries: list[Any], found: _Entries) -> list[Issue]:
     """Invariants bdl-3, bdl-4 and bdl-7, natively (see invariants.yaml)."""
     out = []
     kind = bundle.get("type")
-    for key, name, kinds in (("bdl-3", "request", _REQUESTED), ("bdl-4", "response", _RESPONDED)):
-        wanted = kind in kinds
-        if any(isinstance(e, dict) and (name in e) != wanted for e in entries):
+    for key, name, kinds, count in (
+        ("bdl-3", "request", _REQUESTED, found.requests),
+        ("bdl-4", "response", _RESPONDED, found.responses),
+    ):
+        # every entry that is an object has it, or none has
+        if count != (found.dicts if kind in kinds else 0):
             out.append(
                 Issue(
                     "validation.invariant",
@@ -322,6 +394,8 @@ def _bundle_invariants(bundle: dict[str, Any], entries: list[Any]) -> list[Issue
                     location="Bundle",
                 )
             )
+    if len(set(found.full)) == len(found.full):
+        return out  # distinct fullUrls: distinct (fullUrl, versionId) pairs
     return out + _bdl7(bundle, entries)
 
 
@@ -369,6 +443,7 @@ class Validator:
         self._clean: set[tuple[Any, ...]] = set()  # valid resources by content (see below)
         self._memo_stats: dict[str, list[int]] = {}
         self._urls: dict[str, str] | None = None  # fullUrl → resourceType, in a Bundle
+        self._inside: tuple[Any, ...] | None = None  # its entries' types (_entry_types)
 
     def validate_resource(
         self,
@@ -398,29 +473,23 @@ class Validator:
         resource type) but without walking them (they are validated one by one)."""
         rtype = resource.get("resourceType")
         where = prefix or str(rtype)
-        try:
-            model = get_fhir_model_class(str(rtype))
-        except (KeyError, ValueError):  # fhir.resources 8 raises ValueError for a bad name
+        model = _MODELS.get(rtype) if type(rtype) is str else None  # (most: known)
+        if model is None and (model := _model_class(str(rtype))) is None:
             return [
                 Issue("validation.structure", f"unknown resourceType {rtype!r}", location=where)
             ]
+        # tuple.__new__: the request without NamedTuple's Python-level __new__ (per resource)
+        req = _NEW(_Request, (model, resource, where, profile, errors_only, whole))
         if self.mode == "reference":
-            return self._reference_issues(model, resource, where, profile, errors_only, whole)
+            return self._reference_issues(req)
         if self.mode == "construct":
-            return self._constructed(model, resource, where, profile, errors_only, whole)
-        return self._incremental(model, resource, where, profile, errors_only, whole)
+            return self._constructed(req)
+        return self._incremental(req)
 
-    def _reference_issues(
-        self,
-        model: Any,
-        resource: dict[str, Any],
-        where: str,
-        profile: str | None,
-        errors_only: bool,
-        whole: dict[str, Any] | None,
-    ) -> list[Issue]:
+    def _reference_issues(self, req: _Request) -> list[Issue]:
         """The full verdict, nothing remembered: the model validates the whole resource,
         the profile's walk visits every element and runs every check."""
+        model, resource, where, profile, errors_only, whole = req
         issues = _model_issues(model, resource, where)
         if issues:
             return issues
@@ -437,94 +506,111 @@ class Validator:
         walk.item(plan, target, str(target.get("resourceType")), where)
         return walk.issues
 
-    def _constructed(
-        self,
-        model: Any,
-        resource: dict[str, Any],
-        where: str,
-        profile: str | None,
-        errors_only: bool,
-        whole: dict[str, Any] | None,
-    ) -> list[Issue]:
-        """The verdict by construction (see _construct): a known shape's resource is
-        answered from its bound values, reference targets and residual invariants; the
-        others are validated incrementally, and their verdict remembered. ``whole``: the
-        Bundle whose shell ``resource`` is (its entries' resource types are keyed)."""
+    def _constructed(self, req: _Request) -> list[Issue]:
+        """The verdict by construction (see _construct): a resource met before whole is
+        answered from its content; one of a known shape from its bound values, reference
+        targets and residual invariants; the others are validated incrementally, and their
+        verdict remembered. ``req.whole``: the Bundle whose shell ``req.resource`` is (its
+        entries' resource types are keyed)."""
         # What answers a resource the shapes cannot: the incremental walk gives the
         # reference's issues in its order when only errors are asked (the pipeline); with
         # warnings, it would list a known skeleton's structural warnings last.
-        slow = self._incremental if errors_only else self._reference_issues
-        target = whole if whole is not None else resource
-        if not isinstance(target.get("meta", {}), dict):
-            return slow(model, resource, where, profile, errors_only, whole)  # plan_for's
-        plan = self._profiles.plan_for(target, profile)
-        inside = _entry_types(whole) if whole is not None else ()
-        content = _construct.dump(resource)
-        if content is None or plan is None or inside is None:
-            return slow(model, resource, where, profile, errors_only, whole)
+        slow = self._incremental if req.errors_only else self._reference_issues
+        resource, whole = req.resource, req.whole
+        try:  # (inline: _construct.dump, once per resource)
+            content = orjson.dumps(resource, option=_construct.OPTIONS)
+        except TypeError:  # not plain JSON data (a datetime, a non-string key)
+            return slow(req)
         shapes = self.shapes
         urls = self._urls or {}
         exact = None
-        # by content: not a shell (its residual invariants read its entries), nor a type
-        # whose resources are new every time (the patient, the order) once that is clear
-        if whole is None and shapes.worth(str(resource.get("resourceType"))):
-            raw = _construct.references(content)
-            if raw is not None:
-                refs = [ref.decode() for ref in raw]
-                targets = tuple(_construct.target(ref, urls) for ref in refs)
-                exact = (content, targets, id(plan), errors_only)
-                tails = shapes.exact.get(exact)
-                if tails is not None:
-                    shapes.hits += 1
-                    shapes.exact_hit(str(resource.get("resourceType")))
-                    self._skeletons.walker.references.extend(refs)
-                    return _construct.answer(tails, where) if tails else []
+        if whole is None:
+            # By content, before the plan: equal JSON declares the same profiles. Not a
+            # shell (its residual invariants read its entries), nor a type whose resources
+            # are new every time (the patient, the order).
+            rtype = resource["resourceType"]  # a str: _resource_issues found its model
+            if shapes.worth(rtype):
+                exact = (content, req.profile, req.errors_only)
+                known = shapes.exact_answer(exact, urls, rtype)
+                if known is not None:
+                    self._skeletons.walker.references.extend(known[0])
+                    return _construct.answer(known[1], req.where) if known[1] else []
+        target = whole if whole is not None else resource
+        if "meta" in target and not isinstance(target["meta"], dict):
+            return slow(req)  # plan_for's
+        plan = self._profiles.plan_for(target, req.profile)
+        if plan is None:
+            return slow(req)
+        inside: tuple[Any, ...] = ()
+        if whole is not None:
+            # the shell's own entries' types: validate_bundle's survey, else found now
+            types = self._inside if self._inside is not None else _entry_types(whole)
+            if types is None:
+                return slow(req)
+            inside = types
         found = _construct.split(content)
         if found is None:
-            return slow(model, resource, where, profile, errors_only, whole)
-        shape_bytes, leaves = found
-        key = (shape_bytes, id(plan), errors_only, inside)
-        tails = None
-        if key not in shapes.known:  # a new shape: the slow verdict, then the analysis
-            issues = slow(model, resource, where, profile, errors_only, whole)
-            if any(i.code == "validation.structure" for i in issues):
-                return issues  # a shape is learnt from a resource the model accepts
-            shape = _construct.analyse(
-                plans(), plan, model, resource, leaves, errors_only, _fields, whole is not None
-            )
-            shapes.add(key, shape)
-            if shape is not None and shapes.free_ok(shape, leaves):
-                verdict_key = shapes.key(shape, target, leaves, urls)
-                tails = shapes.remember(shape, verdict_key, issues, where)
-        elif (shape := shapes.known[key]) is None or not shapes.free_ok(shape, leaves):
-            return slow(model, resource, where, profile, errors_only, whole)
-        else:
-            verdict_key = shapes.key(shape, target, leaves, urls)
-            tails = shape.verdicts.get(verdict_key)
-            if tails is None:
-                issues = slow(model, resource, where, profile, errors_only, whole)
-                if not any(i.code == "validation.structure" for i in issues):
-                    tails = shapes.remember(shape, verdict_key, issues, where)
-            else:
-                shapes.hits += 1
-                self._skeletons.walker.references.extend(
-                    _construct.text(leaves[n]) for n in shape.refs
-                )
-                issues = _construct.answer(tails, where) if tails else []
+            return slow(req)
+        tails, issues = self._by_shape(req, plan, content, found, inside, urls)
         if exact is not None and tails is not None:
-            shapes.remember_exact(exact, tails)
+            shapes.remember_exact(exact, tails, urls)
         return issues
 
-    def _incremental(
+    def _by_shape(
         self,
-        model: Any,
-        resource: dict[str, Any],
-        where: str,
-        profile: str | None,
-        errors_only: bool,
-        whole: dict[str, Any] | None,
-    ) -> list[Issue]:
+        req: _Request,
+        plan: Elem,
+        content: bytes,
+        found: tuple[Any, list[bytes], Any],
+        inside: tuple[Any, ...],
+        urls: dict[str, str],
+    ) -> tuple[_construct.Tails | None, list[Issue]]:
+        """The verdict of a resource from its shape (``found``: _construct.split's of its
+        JSON ``content``), and the same as tails after its location when it is remembered.
+        A shape or a verdict not met before is learnt from the slow path's verdict."""
+        shapes = self.shapes
+        shape_bytes, leaves, decode = found
+        target = req.whole if req.whole is not None else req.resource
+        key = (shape_bytes, id(plan), req.errors_only, inside)
+        shape = shapes.known.get(key, _UNSEEN)
+        slow = self._incremental if req.errors_only else self._reference_issues
+        if shape is _UNSEEN:  # a new shape: the slow verdict, then the analysis
+            issues = slow(req)
+            if any(i.code == "validation.structure" for i in issues):
+                return None, issues  # a shape is learnt from a resource the model accepts
+            shape = _construct.analyse(
+                plans(),
+                plan,
+                req.model,
+                req.resource,
+                leaves,
+                req.errors_only,
+                _fields,
+                req.whole,
+            )
+            shapes.add(key, shape)
+            if shape is None or not shapes.free_ok(shape, leaves, decode):
+                return None, issues
+            refs = [decode(raw) for raw in shape.refs(leaves)] if shape.refs else []
+            verdict_key = shapes.key(shape, target, leaves, urls, refs, content)
+            return shapes.remember(shape, verdict_key, issues, req.where), issues
+        if shape is None or not shapes.free_ok(shape, leaves, decode):
+            return None, slow(req)
+        refs = [decode(raw) for raw in shape.refs(leaves)] if shape.refs else []
+        verdict_key = shapes.key(shape, target, leaves, urls, refs, content)
+        tails = shape.verdicts.get(verdict_key)
+        if tails is None:  # values not met before: the slow verdict, remembered
+            issues = slow(req)
+            if any(i.code == "validation.structure" for i in issues):
+                return None, issues
+            return shapes.remember(shape, verdict_key, issues, req.where), issues
+        shapes.hits += 1
+        self._skeletons.walker.references.extend(refs)
+        return tails, _construct.answer(tails, req.where) if tails else []
+
+    def _incremental(self, req: _Request) -> list[Issue]:
         """The skeleton-keyed walk of _check and this module, with its memos."""
+        model, resource, where, profile, errors_only, whole = req
         rtype = resource.get("resourceType")
         # Reference data (organisations, staff) recurs in every message as new dicts of the
         # same content: a valid one's verdict is a function of its content and of what its
@@ -612,25 +698,18 @@ class Validator:
         The Bundle's own elements and each entry's resource are checked separately, so a
         new mix of entries never forces a full re-validation of resources already known.
         """
-        entries = bundle.get("entry") or []
+        raw = bundle.get("entry")
+        found = _Entries(raw)
         shell = dict(bundle)
-        if isinstance(entries, list):
-            shell["entry"] = [
-                {k: v for k, v in e.items() if k != "resource"} if isinstance(e, dict) else e
-                for e in entries
-            ]
-        entries = entries if isinstance(entries, list) else []
-        self._urls = {
-            e["fullUrl"]: str(e["resource"].get("resourceType"))
-            for e in entries
-            if isinstance(e, dict)
-            and isinstance(e.get("fullUrl"), str)
-            and isinstance(e.get("resource"), dict)
-        }
+        if isinstance(raw or [], list):  # an absent or empty entry too: the shell's is []
+            shell["entry"] = found.shell
+        entries = raw if isinstance(raw, list) else []
+        self._urls = found.urls
+        self._inside = found.inside
         try:
             issues = self._resource_issues(shell, "Bundle", profile, not all_issues, bundle)
             if not any(i.code == "validation.structure" for i in issues):
-                issues = _bundle_invariants(bundle, entries) + issues
+                issues = _bundle_invariants(bundle, entries, found) + issues
             for n, entry in enumerate(entries):
                 resource = entry.get("resource") if isinstance(entry, dict) else None
                 if isinstance(resource, dict):
@@ -638,6 +717,7 @@ class Validator:
                     issues += self._resource_issues(resource, where, None, not all_issues)
         finally:
             self._urls = None
+            self._inside = None
         return issues if all_issues else [i for i in issues if i.severity in _FAILING]
 
     def check_references(self, bundle: dict[str, Any]) -> list[Issue]:

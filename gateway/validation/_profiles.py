@@ -85,6 +85,9 @@ def _strip_slices(element_id: str) -> str:
 _EXTENSIONS = frozenset({"extension", "modifierExtension"})
 
 
+_MISSING: Any = object()
+
+
 class Plans:
     """Compiled check plans, by StructureDefinition URL and by datatype."""
 
@@ -96,6 +99,9 @@ class Plans:
         self.skipped_invariants: dict[str, str] = {}
 
     def plan(self, url_or_type: str) -> Elem | None:
+        found: Elem | None = self._plans.get(url_or_type, _MISSING)  # asked per resource
+        if found is not _MISSING:
+            return found
         if url_or_type not in self._plans:
             self._plans[url_or_type] = None  # recursion guard (Extension.extension)
             sd = self.defs.structure(url_or_type)

@@ -214,3 +214,30 @@ def test_the_switch_selects_the_path(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     with pytest.raises(ConfigError) as raised:
         Validator()
     assert raised.value.code == "config.bad-setting"
+
+
+def test_values_that_never_recur_are_not_remembered(tmp_path: Path) -> None:
+    """A feed of new patients: the validator's tables stop growing once the feed's shapes,
+    constants and reference data are known; names, numbers and dates of each message (and
+    its Patient) are checked but not kept (issue 18: memory independent of the batch)."""
+    conv = Converter(Settings.load(home=tmp_path, env={}))
+    text = (REPO / "examples" / "hl7v2" / "ref_i12_hkpmc_to_nsch.hl7").read_bytes()
+
+    def variant(k: int) -> bytes:  # new dates, identifiers and names every time
+        dated = text.replace(b"|20", f"|{19 - k % 10}".encode())
+        return dated.replace(b"^^^", f"{k}^^^".encode()).replace(b"|\xe9", f"|{k}\xe9".encode())
+
+    def sizes() -> tuple[int, int, int]:
+        shapes = conv.validator.shapes
+        accepted = sum(len(values) for values in shapes.accepted.values())
+        return accepted, len(shapes.exact), shapes.verdicts
+
+    for k in range(12):
+        assert conv.convert(variant(k))[0].ok
+    learnt = sizes()
+    hits = conv.validator.shapes.hits
+    for k in range(12, 60):
+        record = conv.convert(variant(k))[0]
+        assert record.ok, record.issues
+    assert conv.validator.shapes.hits > hits, "the feed must be answered by construction"
+    assert sizes() == learnt

@@ -197,3 +197,41 @@ def test_every_native_invariant_is_tested() -> None:
         + REPORT_EXPRESSIONS
     )
     assert sorted(tested) == sorted(NATIVE)
+
+
+# -- guards on choice elements --------------------------------------------------------
+# con-4 (Condition): abatement.empty() or clinicalStatus is inactive/resolved/remission.
+# FHIRPath's ``abatement`` is the JSON's abatementDateTime, abatementAge...: the guard
+# that skips fhirpathpy when abatement is absent must see every form of it.
+_CLINICAL = "http://terminology.hl7.org/CodeSystem/condition-clinical"
+_ABATEMENTS = {
+    "abatementDateTime": "2024-03-01",
+    "abatementAge": {"value": 3, "unit": "a", "system": "http://unitsofmeasure.org", "code": "a"},
+    "abatementPeriod": {"start": "2024-01-01", "end": "2024-03-01"},
+    "abatementRange": {"low": {"value": 1}, "high": {"value": 2}},
+    "abatementString": "据患者所述已缓解",
+}
+
+
+def _condition(status: str, **more: Any) -> dict[str, Any]:
+    return {
+        "resourceType": "Condition",
+        "clinicalStatus": {"coding": [{"system": _CLINICAL, "code": status}]},
+        "subject": {"reference": "Patient/1"},
+        **more,
+    }
+
+
+@pytest.mark.parametrize("mode", ["reference", "incremental", "construct"])
+@pytest.mark.parametrize("key", sorted(_ABATEMENTS))
+def test_con4_sees_every_abatement_choice(key: str, mode: str) -> None:
+    from gateway.validation import Validator
+
+    validator = Validator(mode)
+    abated = _condition("active", **{key: _ABATEMENTS[key]})
+    issues = validator.validate_resource(abated)
+    assert [(i.code, i.message.split(":")[0], i.location) for i in issues] == [
+        ("validation.invariant", "constraint con-4 not met", "Condition")
+    ]
+    assert validator.validate_resource(_condition("resolved", **{key: _ABATEMENTS[key]})) == []
+    assert validator.validate_resource(_condition("active")) == []

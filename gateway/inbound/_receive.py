@@ -428,9 +428,10 @@ _TARGET = re.compile(r"Bundle\.entry\[(\d+)\]\.resource\.target")
 
 
 def _untargeted_signature(bundle: dict[str, Any], issue: Issue) -> bool:
-    """A signature Provenance over entries without a fullUrl (a batch) has nothing to
-    name in ``target`` (1..*): what it covers is the Bundle, which its signature proves
-    (verified next). That one issue is not held against it."""
+    """A signature Provenance made by an earlier gateway over entries without a fullUrl
+    (a batch) came with an empty ``target`` (1..*; signing now names the resources or the
+    Bundle): what it covers is the Bundle, which its signature proves (verified next).
+    That one issue is not held against it."""
     found = _TARGET.fullmatch(issue.fhirpath or "")
     if found is None or issue.code != "validation.cardinality":
         return False

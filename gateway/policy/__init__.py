@@ -16,11 +16,12 @@ from ._engine import (
 )
 from ._key import policy_key
 from ._minimise import PSEUDONYM_SYSTEM, Change, minimise, pseudonym
-from ._records import STATE_OF, PolicyRecords, Released
+from ._records import KEPT_IN_OUTBOX, STATE_OF, PolicyRecords, Released
 
 __all__ = [
     "LEGAL_BASIS_SYSTEM",
     "OUTCOMES",
+    "KEPT_IN_OUTBOX",
     "PSEUDONYM_SYSTEM",
     "PURPOSE_SYSTEM",
     "STATE_OF",

@@ -127,6 +127,7 @@ class PolicyRecords:
         self.store = store
         self.policy = policy
         self.engine = store.engine
+        self._writer = store.engine.execution_options(write=True)  # SQLite: BEGIN IMMEDIATE
         # The audit trail: each decision's AuditEvent joins the decision's transaction.
         self.audit = AuditLog(store) if audit else None
         # Consents as read (the R4 model's check is most of a decision's cost), by their
@@ -171,7 +172,7 @@ class PolicyRecords:
         records it now allows. ``operator``: who imported it (its audit event names them)."""
         record = self._parse(body if isinstance(body, bytes) else orjson.dumps(body))
         stamp = utcnow()
-        with self.store.engine.execution_options(write=True).begin() as conn:
+        with self._writer.begin() as conn:
             found = conn.execute(
                 sa.select(consents.c.id).where(consents.c.consent_id == record.id)
             ).first()
@@ -209,7 +210,7 @@ class PolicyRecords:
 
     def withdraw(self, consent_id: str, operator: str | None = None) -> ConsentRecord:
         """Withdrawal: the Consent's status becomes inactive (kept, as evidence)."""
-        with self.store.engine.execution_options(write=True).begin() as conn:
+        with self._writer.begin() as conn:
             row = conn.execute(
                 sa.select(consents.c.id, consents.c.resource).where(
                     consents.c.consent_id == consent_id
@@ -288,7 +289,7 @@ class PolicyRecords:
         else does (no ``then``: ``apply``, ``release_held``); when ``then`` queues it,
         the outbox row keeps it (as the partner gets it) and the outcome names it by
         its SHA-256 (:func:`kept_in_outbox`). Returns what ``then`` returns."""
-        with self.store.engine.execution_options(write=True).begin() as conn:
+        with self._writer.begin() as conn:
             self._keep(conn, message_id, decision, raw)  # sets decision.id: ``then`` names it
             if message_id is not None:
                 self.store.record_outcome(
@@ -374,7 +375,7 @@ class PolicyRecords:
             if decision.outcome == "hold":
                 continue
             if row.message_id is None:  # no message to move: close the old decision
-                with self.store.engine.execution_options(write=True).begin() as conn:
+                with self._writer.begin() as conn:
                     conn.execute(
                         decisions.update().where(decisions.c.id == row.id).values(current=False)
                     )

@@ -19,9 +19,9 @@ from ._minimise import PSEUDONYM_SYSTEM, Change, minimise, pseudonym
 from ._records import KEPT_IN_OUTBOX, STATE_OF, PolicyRecords, Released
 
 __all__ = [
+    "KEPT_IN_OUTBOX",
     "LEGAL_BASIS_SYSTEM",
     "OUTCOMES",
-    "KEPT_IN_OUTBOX",
     "PSEUDONYM_SYSTEM",
     "PURPOSE_SYSTEM",
     "STATE_OF",

@@ -436,6 +436,6 @@ def kept_in_outbox(decision: Decision, output: bytes) -> Issue:
         f"the Bundle this decision let go (sha256 {digest}) is kept in the outbox row "
         f"queued for {decision.recipient} under policy decision {decision.id}, as the "
         "partner gets it (report variant, signature): not again in this outcome",
-        location="policy.outbox",
+        location="outbox",
         severity="information",
     )

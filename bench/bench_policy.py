@@ -816,12 +816,15 @@ the same value: 3 index pages per commit); (4) a held record's release keeps its
 decision, outcome and the row's move (fill, or held → dead) in one transaction, as a
 first decision does. The stage's transaction wrote 48 WAL pages per record before
 (1)–(3) and 40 after (most of the rest are the outbox row's and the deferred signature
-event's). Before this work, in the run recorded at 04:33 UTC (load 2.0–3.7): 14.1 % of
-the wall clock and 13.9 % of CPU charged with the commit, 9.4 % / 12.4 % without it;
-the first minutes of this work, under a load of about 7, gave the old code 12.7 % wall /
-12.9 % CPU charged and the new 12.9 % / 8.1 % (5 rounds each): on a disk shared with
-other jobs the commit's fsync, charged to the stage, is what the wall-clock figure
-follows. Tried and not taken (earlier): one compiled `re` alternation over the JSON for
+event's). Before and after, with this harness, alternating the two trees in the same
+minutes (06:46–06:47 UTC, load average 3.4–3.8; 9 rounds each, two runs of each; old:
+gateway/ at 7e9502a): charged with the commit, audit on, the old code took 15.8 % and
+15.2 % of the wall clock and 13.6 % and 13.7 % of CPU; this code 12.0 % and 10.7 % of
+the wall clock and 8.3 % and 9.4 % of CPU (audit off: 15.7 / 13.9 % wall and
+13.1 / 13.4 % CPU against 10.9 / 11.8 % and 9.6 / 9.8 %). The CPU share fell by about a
+third; the wall clock less, because the shared commit's fsync (5–11 % of the wall clock
+by itself, depending on what else the disk serves) is charged whole to the stage.
+Tried and not taken (earlier): one compiled `re` alternation over the JSON for
 all the value needles instead of one `bytes.find` each — 10 to 30 times slower on these
 records. Not done: the rules folded into a plan made once per sender, recipient and
 purpose (it would cut Python time in `Policy.decide`: Figure 1 and the decide part of

@@ -692,7 +692,7 @@ def _write(
     on, off = whole_run["on"], whole_run["off"]
 
     def verdict(*shares: float) -> str:
-        return "met" if max(shares) < 0.10 else "**not met**"
+        return "met" if max(shares) < 0.10 else "not met"
 
     wired_verdict = verdict(on[1], off[1])
     wired_cpu = verdict(on[2], off[2])

@@ -29,6 +29,7 @@ from datetime import timedelta
 from typing import Any
 
 import orjson
+from sqlalchemy.engine import Connection
 
 from ..audit import audit_log, bundle_subject, events
 from ..config import Settings
@@ -403,21 +404,28 @@ class Outbound:
         if from_key is None:
             return False
         bundle = orjson.loads(data)  # once, for both decisions and the facts (only read)
-        # Decided once (nothing recorded), the variant and signature made, then kept. The
-        # outbox row moves in a commit of its own (Outbox.move/fill take no connection).
+        # Decided once (nothing recorded), the variant and signature made, then the
+        # decision, the message's policy outcome and the row's move kept in ONE
+        # transaction: a decision never kept without its row moved, or the reverse.
         decision = self.policy.decide(bundle, from_key, row.partner, row.purpose, text=data)
         if decision.outcome == "hold":
             return False
         if decision.outcome == "deny":
-            self.policy.record(row.message_id, decision, data)
-            self.outbox.move(
-                row.id,
-                "held",
-                "dead",
-                f"policy.denied: {_rule_reason(decision, 'deny')} (decision {decision.id})",
-                now=self.outbox.clock(),
-                last_error="policy.denied",
-            )
+
+            def dead(conn: Connection) -> tuple[int, bool]:
+                why = _rule_reason(decision, "deny")
+                self.outbox.move(
+                    row.id,
+                    "held",
+                    "dead",
+                    f"policy.denied: {why} (decision {decision.id})",
+                    now=self.outbox.clock(),
+                    conn=conn,
+                    last_error="policy.denied",
+                )
+                return row.id, False
+
+            self.policy.record(row.message_id, decision, data, dead)
             return True
         partner = self.partners.get(row.partner)
         if partner is None:
@@ -432,15 +440,20 @@ class Outbound:
         out, notes = self._finish(
             decision.bundle_json or data, partner, facts, stored.summary.sender, row.message_id
         )
-        self.policy.record(row.message_id, decision, data)
-        self.outbox.fill(
-            row.id,
-            partner,
-            out,
-            f"released ({reason}): {decision.outcome} (policy decision {decision.id})"
-            + "".join(f"; {note}" for note in notes),
-            links_wait=self.wait,
-        )
+
+        def fill(conn: Connection) -> tuple[int, bool]:
+            self.outbox.fill(
+                row.id,
+                partner,
+                out,
+                f"released ({reason}): {decision.outcome} (policy decision {decision.id})"
+                + "".join(f"; {note}" for note in notes),
+                links_wait=self.wait,
+                conn=conn,
+            )
+            return row.id, True
+
+        self.policy.record(row.message_id, decision, data, fill)
         return True
 
 

@@ -192,6 +192,17 @@ class Outbox:
             with conn.begin_nested():
                 yield conn
 
+    @contextmanager
+    def _joined(self, conn: Connection | None) -> Iterator[Connection]:
+        """The caller's transaction as it is (a failure undoes the caller's change too:
+        the policy decision a held row's release follows), or a write transaction of
+        its own."""
+        if conn is None:
+            with self._write() as own:
+                yield own
+        else:
+            yield conn
+
     def _insert_once(
         self, caller: Connection | None, dedup: str, insert: Callable[[Connection], int]
     ) -> tuple[int, bool]:
@@ -334,13 +345,15 @@ class Outbox:
         *,
         links_wait: timedelta | None = None,
         now: datetime | None = None,
+        conn: Connection | None = None,
     ) -> None:
-        """Give a held row (:meth:`hold`) its Bundle and queue it: held → pending."""
+        """Give a held row (:meth:`hold`) its Bundle and queue it: held → pending.
+        ``conn``: in the caller's transaction (:meth:`_joined`)."""
         now = now or self.clock()
         parts = partner.split(bundle)
         provides, needs = links_of(bundle)
         waits = bool(needs) and links_wait is not None
-        with self._write() as conn:
+        with self._joined(conn) as conn:
             self._add_links(conn, row_id, provides, needs)
             self._move(
                 conn,
@@ -602,13 +615,15 @@ class Outbox:
         now: datetime,
         lease: timedelta | None = None,
         status: int | None = None,
+        conn: Connection | None = None,
         **values: Any,
     ) -> None:
-        """One transition, with its event, in one transaction. ``lease``: keep holding
-        the row (sending); otherwise the row is let go. ``values``: columns to set."""
+        """One transition, with its event, in one transaction (``conn``: the caller's,
+        :meth:`_joined`). ``lease``: keep holding the row (sending); otherwise the row
+        is let go. ``values``: columns to set."""
         o = _outbox.c
         values["lease_until"] = now + lease if lease is not None else None
-        with self._write() as conn:
+        with self._joined(conn) as conn:
             done = conn.execute(
                 _outbox.update()
                 .where(o.id == row_id, o.state == from_state)

@@ -16,9 +16,10 @@ from ._engine import (
 )
 from ._key import policy_key
 from ._minimise import PSEUDONYM_SYSTEM, Change, minimise, pseudonym
-from ._records import STATE_OF, PolicyRecords, Released
+from ._records import KEPT_IN_OUTBOX, STATE_OF, PolicyRecords, Released
 
 __all__ = [
+    "KEPT_IN_OUTBOX",
     "LEGAL_BASIS_SYSTEM",
     "OUTCOMES",
     "PSEUDONYM_SYSTEM",

@@ -6,10 +6,11 @@ delivery), ``denied``."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 import sqlalchemy as sa
@@ -17,24 +18,31 @@ from sqlalchemy.engine import Connection
 
 from ..audit import PSEUDONYM, AuditLog, decision_event, message_subject
 from ..audit import events as audit_events
+from ..errors import Issue
 from ..store import StageOutcome, Store, metadata, utcnow
 from ._consent import ConsentRecord, PolicyError, parse_consent
 from ._engine import Decision, Policy, RuleResult
 from ._minimise import Change, pseudonym
 
 __all__ = [
+    "KEPT_IN_OUTBOX",
     "STATE_OF",
     "PolicyRecords",
     "Released",
     "consents",
     "counters",
     "decisions",
+    "kept_in_outbox",
 ]
 
 # A decision's outcome → the message's state in the store.
 STATE_OF = {"allow": "outbox", "allow-with-changes": "outbox", "hold": "held", "deny": "denied"}
 ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
-T = TypeVar("T")
+# The policy outcome of a record whose Bundle an outbox row keeps names it (a digest)
+# instead of keeping ~35 KB a second time in the same transaction.
+KEPT_IN_OUTBOX = "policy.kept-in-outbox"
+# What the outbox path puts in a decision's transaction: (outbox row id, new row).
+OutboxRow = tuple[int, bool]
 
 consents = sa.Table(
     "policy_consents",
@@ -81,6 +89,29 @@ counters = sa.Table(
     sa.Column("first_at", sa.DateTime(), nullable=False),
 )
 
+# The statements of every decision, built once (building them with .values() per call
+# cost several times their execution: bench/RESULTS.md, "Policy stage benchmark").
+_d, _c = decisions.c, counters.c
+_SUPERSEDE = decisions.update().where(_d.message_id == sa.bindparam("m"), _d.current.is_(True))
+_ADD_DECISION = decisions.insert().returning(_d.id)
+_COUNTED = sa.select(_c.person).where(
+    _c.year == sa.bindparam("year"),
+    _c.sender == sa.bindparam("sender"),
+    _c.basis == sa.bindparam("basis"),
+    _c.category == sa.bindparam("category"),
+    _c.person == sa.bindparam("person"),
+)
+_COUNT = sa.select(sa.func.count()).where(
+    _c.year == sa.bindparam("year"),
+    _c.sender == sa.bindparam("sender"),
+    _c.basis == sa.bindparam("basis"),
+    _c.category == sa.bindparam("category"),
+)
+_ADD_COUNTED = counters.insert()
+_CONSENTS_OF = sa.select(consents.c.resource).where(
+    consents.c.patient_key.in_(sa.bindparam("keys", expanding=True))
+)
+
 
 @dataclass(frozen=True, slots=True)
 class Released:
@@ -96,6 +127,7 @@ class PolicyRecords:
         self.store = store
         self.policy = policy
         self.engine = store.engine
+        self._writer = store.engine.execution_options(write=True)  # SQLite: BEGIN IMMEDIATE
         # The audit trail: each decision's AuditEvent joins the decision's transaction.
         self.audit = AuditLog(store) if audit else None
         # Consents as read (the R4 model's check is most of a decision's cost), by their
@@ -107,32 +139,18 @@ class PolicyRecords:
     def for_patients(self, patients: list[str]) -> list[ConsentRecord]:
         keys = [self._patient_key(p) for p in patients]
         with self.engine.connect() as conn:
-            rows = (
-                conn.execute(sa.select(consents.c.resource).where(consents.c.patient_key.in_(keys)))
-                .scalars()
-                .all()
-            )
+            rows = conn.execute(_CONSENTS_OF, {"keys": keys}).scalars().all()
         return [self._parse(r) for r in rows]
 
     def count(self, year: int, sender: str, basis: str, category: str) -> int:
-        c = counters.c
-        query = sa.select(sa.func.count()).where(
-            c.year == year, c.sender == sender, c.basis == basis, c.category == category
-        )
+        where = {"year": year, "sender": sender, "basis": basis, "category": category}
         with self.engine.connect() as conn:
-            return int(conn.execute(query).scalar_one())
+            return int(conn.execute(_COUNT, where).scalar_one())
 
     def has(self, year: int, sender: str, basis: str, category: str, person: str) -> bool:
-        c = counters.c
-        query = sa.select(c.person).where(
-            c.year == year,
-            c.sender == sender,
-            c.basis == basis,
-            c.category == category,
-            c.person == person,
-        )
+        where = {"year": year, "sender": sender, "basis": basis, "category": category}
         with self.engine.connect() as conn:
-            return conn.execute(query).first() is not None
+            return conn.execute(_COUNTED, {**where, "person": person}).first() is not None
 
     # -- consents -------------------------------------------------------------------------
     def _patient_key(self, patient: str) -> str:
@@ -154,7 +172,7 @@ class PolicyRecords:
         records it now allows. ``operator``: who imported it (its audit event names them)."""
         record = self._parse(body if isinstance(body, bytes) else orjson.dumps(body))
         stamp = utcnow()
-        with self.store.engine.execution_options(write=True).begin() as conn:
+        with self._writer.begin() as conn:
             found = conn.execute(
                 sa.select(consents.c.id).where(consents.c.consent_id == record.id)
             ).first()
@@ -192,7 +210,7 @@ class PolicyRecords:
 
     def withdraw(self, consent_id: str, operator: str | None = None) -> ConsentRecord:
         """Withdrawal: the Consent's status becomes inactive (kept, as evidence)."""
-        with self.store.engine.execution_options(write=True).begin() as conn:
+        with self._writer.begin() as conn:
             row = conn.execute(
                 sa.select(consents.c.id, consents.c.resource).where(
                     consents.c.consent_id == consent_id
@@ -258,91 +276,76 @@ class PolicyRecords:
         message_id: int | None,
         decision: Decision,
         raw: bytes,
-        then: Callable[[Connection], T] | None = None,
-    ) -> T | None:
+        then: Callable[[Connection], OutboxRow] | None = None,
+    ) -> OutboxRow | None:
         """Keep the decision (and the counted individual, its audit event), move the
         message to its state and run ``then(conn)`` (the outbox row the decision leads
-        to: gateway/delivery/_outbound.py) in ONE transaction: one commit (an fsync on
-        SQLite, the stage's largest cost as wired: bench/RESULTS.md), and never a
-        decision kept without the message's state or its outbox row, or the reverse.
-        ``raw``: the Bundle decided (kept while held). Returns what ``then`` returns."""
-        done: list[T] = []
+        to, or the held row it fills: gateway/delivery/_outbound.py) in ONE transaction:
+        one commit (an fsync on SQLite, the stage's largest cost as wired:
+        bench/RESULTS.md), and never a decision kept without the message's state or its
+        outbox row, or the reverse. ``raw``: the Bundle decided (kept while held).
 
-        def keep(conn: Connection) -> None:
+        The message's ``policy`` outcome keeps the Bundle that leaves only when nothing
+        else does (no ``then``: ``apply``, ``release_held``); when ``then`` queues it,
+        the outbox row keeps it (as the partner gets it) and the outcome names it by
+        its SHA-256 (:func:`kept_in_outbox`). Returns what ``then`` returns."""
+        with self._writer.begin() as conn:
             self._keep(conn, message_id, decision, raw)  # sets decision.id: ``then`` names it
-            if then is not None:
-                done.append(then(conn))
+            if message_id is not None:
+                self.store.record_outcome(
+                    message_id, self._outcome(decision, queued=then is not None), conn=conn
+                )
+            return then(conn) if then is not None else None
 
-        if message_id is None:
-            with self.store.engine.execution_options(write=True).begin() as conn:
-                keep(conn)
-        else:
-            self.store.record_outcome(
-                message_id,
-                StageOutcome(
-                    "policy",
-                    STATE_OF[decision.outcome],
-                    output=decision.bundle_json,
-                    issues=tuple(decision.issues()),
-                ),
-                within=keep,
-            )
-        return done[0] if done else None
+    @staticmethod
+    def _outcome(decision: Decision, queued: bool) -> StageOutcome:
+        """The message's ``policy`` outcome: the decision's issues, and the Bundle that
+        leaves (or, ``queued``, the reference to the outbox row that keeps it)."""
+        issues = tuple(decision.issues())
+        output = decision.bundle_json
+        if queued and output is not None:
+            issues += (kept_in_outbox(decision, output),)
+            output = None
+        return StageOutcome("policy", STATE_OF[decision.outcome], output=output, issues=issues)
 
     def _keep(
         self, conn: Connection, message_id: int | None, decision: Decision, raw: bytes
     ) -> None:
         """The decision's rows, in the caller's transaction."""
         if message_id is not None:
-            conn.execute(
-                decisions.update()
-                .where(decisions.c.message_id == message_id, decisions.c.current.is_(True))
-                .values(current=False, input=None)
-            )
+            conn.execute(_SUPERSEDE, {"m": message_id, "current": False, "input": None})
         decision.id = int(
             conn.execute(
-                decisions.insert()
-                .values(
-                    message_id=message_id,
-                    decided_at=decision.decided_at,
-                    sender=decision.sender,
-                    recipient=decision.recipient,
-                    purpose=decision.purpose,
-                    outcome=decision.outcome,
-                    basis=decision.basis,
-                    agreement=decision.agreement,
-                    rules=orjson.dumps([r.to_json() for r in decision.results]).decode(),
-                    changes=orjson.dumps([c.to_json() for c in decision.changes]).decode(),
-                    patients=orjson.dumps(decision.patients).decode(),
-                    input=raw if decision.outcome == "hold" else None,
-                    current=True,
-                )
-                .returning(decisions.c.id)
+                _ADD_DECISION,
+                {
+                    "message_id": message_id,
+                    "decided_at": decision.decided_at,
+                    "sender": decision.sender,
+                    "recipient": decision.recipient,
+                    "purpose": decision.purpose,
+                    "outcome": decision.outcome,
+                    "basis": decision.basis,
+                    "agreement": decision.agreement,
+                    "rules": orjson.dumps([r.to_json() for r in decision.results]).decode(),
+                    "changes": orjson.dumps([c.to_json() for c in decision.changes]).decode(),
+                    "patients": orjson.dumps(decision.patients).decode(),
+                    "input": raw if decision.outcome == "hold" else None,
+                    "current": True,
+                },
             ).scalar_one()
         )
         decision.message_id = message_id
         if decision.allowed and decision.count is not None:
             year, sender, basis, category, person = decision.count
-            exists = conn.execute(
-                sa.select(counters.c.person).where(
-                    counters.c.year == year,
-                    counters.c.sender == sender,
-                    counters.c.basis == basis,
-                    counters.c.category == category,
-                    counters.c.person == person,
-                )
-            ).first()
-            if exists is None:
-                conn.execute(
-                    counters.insert().values(
-                        year=year,
-                        sender=sender,
-                        basis=basis,
-                        category=category,
-                        person=person,
-                        first_at=utcnow(),
-                    )
-                )
+            row = {
+                "year": year,
+                "sender": sender,
+                "basis": basis,
+                "category": category,
+                "person": person,
+            }
+            if conn.execute(_COUNTED, row).first() is None:
+                conn.execute(_ADD_COUNTED, {**row, "first_at": utcnow()})
         if self.audit is not None:
             event = decision_event(decision, message_subject(message_id))
             self.audit.record_guarded(conn, event)
@@ -372,7 +375,7 @@ class PolicyRecords:
             if decision.outcome == "hold":
                 continue
             if row.message_id is None:  # no message to move: close the old decision
-                with self.store.engine.execution_options(write=True).begin() as conn:
+                with self._writer.begin() as conn:
                     conn.execute(
                         decisions.update().where(decisions.c.id == row.id).values(current=False)
                     )
@@ -420,4 +423,19 @@ def _decision(row: Any) -> Decision:
         patients=orjson.loads(row.patients),
         id=int(row.id),
         message_id=row.message_id,
+    )
+
+
+def kept_in_outbox(decision: Decision, output: bytes) -> Issue:
+    """The policy outcome's reference to the Bundle that left: its SHA-256 and the
+    outbox row that keeps it (the one this decision queued or filled for the recipient;
+    its first event names the decision), instead of a second copy in the outcome."""
+    digest = hashlib.sha256(output).hexdigest()
+    return Issue(
+        KEPT_IN_OUTBOX,
+        f"the Bundle this decision let go (sha256 {digest}) is kept in the outbox row "
+        f"queued for {decision.recipient} under policy decision {decision.id}, as the "
+        "partner gets it (report variant, signature): not again in this outcome",
+        location="outbox",
+        severity="information",
     )

@@ -67,6 +67,28 @@ NEVER_PRUNED = frozenset({"received", "held", "outbox", "queued"})
 CHANNELS = ("mllp", "api", "cli", "dicom", "stow")
 _MIGRATIONS = Path(__file__).with_name("migrations")
 
+# The statements every stage outcome runs (Store._add_outcome), built once.
+_o, _m = outcomes.c, messages.c
+_ATTEMPTS = sa.select(sa.func.count()).where(
+    _o.message_id == sa.bindparam("m"), _o.stage == sa.bindparam("s")
+)
+_SUPERSEDE = outcomes.update().where(
+    _o.message_id == sa.bindparam("m"), _o.stage == sa.bindparam("s"), _o.current.is_(True)
+)
+_ADD_OUTCOME = outcomes.insert().returning(_o.id)
+# The message's state; with what the stage learnt of it, kept where intake did not know
+# it. Without the coalesces when the stage learnt nothing (policy, route): SQLite
+# rewrites every index of a column SET, even to itself (4 index pages per commit).
+_MESSAGE_STATE = messages.update().where(_m.id == sa.bindparam("m"))
+_MESSAGE_LEARNT = _MESSAGE_STATE.values(
+    control_id=sa.func.coalesce(_m.control_id, sa.bindparam("new_control_id", type_=sa.String())),
+    message_type=sa.func.coalesce(
+        _m.message_type, sa.bindparam("new_message_type", type_=sa.String())
+    ),
+    sender=sa.func.coalesce(_m.sender, sa.bindparam("new_sender", type_=sa.String())),
+    charset=sa.func.coalesce(_m.charset, sa.bindparam("new_charset", type_=sa.String())),
+)
+
 
 class StoreError(GatewayError):
     """The store cannot do what was asked (no such message, content pruned, bad cursor,
@@ -373,14 +395,22 @@ class Store:
         outcome: StageOutcome,
         duration_ms: int | None = None,
         within: Callable[[Connection], None] | None = None,
+        conn: Connection | None = None,
     ) -> StoredOutcome:
         """Keep what a stage made of a message, and move the message to its state.
         Earlier outcomes of the stage stay (``current`` false). ``within(conn)`` runs
-        in the same write transaction (the audit trail's events: no commit of their own)."""
-        with self._write() as conn:
+        in the same write transaction (the audit trail's events: no commit of their own).
+        ``conn``: in the caller's write transaction instead (its commit is the caller's:
+        the policy decision and its outbox row, gateway/policy/_records.py)."""
+        if conn is not None:
             stored = self._add_outcome(conn, message_id, outcome, duration_ms, utcnow())
             if within is not None:
                 within(conn)
+            return stored
+        with self._write() as own:
+            stored = self._add_outcome(own, message_id, outcome, duration_ms, utcnow())
+            if within is not None:
+                within(own)
             return stored
 
     def _add_outcome(
@@ -391,49 +421,36 @@ class Store:
         duration_ms: int | None,
         now: datetime,
     ) -> StoredOutcome:
-        o = outcomes.c
-        attempt = (
-            conn.execute(
-                sa.select(sa.func.count()).where(
-                    o.message_id == message_id, o.stage == outcome.stage
-                )
-            ).scalar_one()
-            + 1
-        )
-        conn.execute(
-            outcomes.update()
-            .where(o.message_id == message_id, o.stage == outcome.stage, o.current.is_(True))
-            .values(current=False)
-        )
+        # Statements built once (module level), values bound per call: building them
+        # with .values() per call cost several times their execution (bench_policy).
+        attempt = conn.execute(_ATTEMPTS, {"m": message_id, "s": outcome.stage}).scalar_one() + 1
+        conn.execute(_SUPERSEDE, {"m": message_id, "s": outcome.stage, "current": False})
         issues = [issue_json(i) for i in outcome.issues]
         new_id = conn.execute(
-            outcomes.insert()
-            .values(
-                message_id=message_id,
-                attempt=attempt,
-                stage=outcome.stage,
-                state=outcome.state,
-                at=now,
-                duration_ms=duration_ms,
-                output=outcome.output,
-                issues=orjson.dumps(issues).decode(),
-                current=True,
-            )
-            .returning(o.id)
+            _ADD_OUTCOME,
+            {
+                "message_id": message_id,
+                "attempt": attempt,
+                "stage": outcome.stage,
+                "state": outcome.state,
+                "at": now,
+                "duration_ms": duration_ms,
+                "output": outcome.output,
+                "issues": orjson.dumps(issues).decode(),
+                "current": True,
+            },
         ).scalar_one()
-        m = messages.c
-        conn.execute(
-            messages.update()
-            .where(m.id == message_id)
-            .values(
-                state=outcome.state,
-                updated_at=now,
-                control_id=sa.func.coalesce(m.control_id, outcome.control_id),
-                message_type=sa.func.coalesce(m.message_type, outcome.message_type),
-                sender=sa.func.coalesce(m.sender, outcome.sender),
-                charset=sa.func.coalesce(m.charset, outcome.charset),
-            )
-        )
+        state = {"m": message_id, "state": outcome.state, "updated_at": now}
+        learnt = {
+            "new_control_id": outcome.control_id,
+            "new_message_type": outcome.message_type,
+            "new_sender": outcome.sender,
+            "new_charset": outcome.charset,
+        }
+        if any(v is not None for v in learnt.values()):
+            conn.execute(_MESSAGE_LEARNT, {**state, **learnt})
+        else:
+            conn.execute(_MESSAGE_STATE, state)
         if outcome.patients or outcome.stage == "convert":
             self._set_patients(conn, message_id, outcome.patients)
         return StoredOutcome(

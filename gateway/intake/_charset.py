@@ -45,8 +45,17 @@ def _table() -> tuple[dict[str, str], dict[str, str], frozenset[str]]:
     return codecs, refused, frozenset(raw.get("single_byte", []))
 
 
+# Declared names already resolved (normalising is a regular expression, for every
+# message): only names the table knows, and at most _KNOWN_SIZE spellings of them.
+_known: dict[str, str] = {}
+_KNOWN_SIZE = 64
+
+
 def codec_for(name: str, *, location: str) -> str:
     """The Python codec for a declared character set name, or a clear error."""
+    found = _known.get(name)
+    if found is not None:
+        return found
     codecs, refused, _ = _table()
     key = _norm(name)
     if key in refused:
@@ -56,7 +65,7 @@ def codec_for(name: str, *, location: str) -> str:
             location=location,
         )
     try:
-        return codecs[key]
+        codec = codecs[key]
     except KeyError:
         known = ", ".join(_table_names())
         raise IntakeError(
@@ -64,6 +73,9 @@ def codec_for(name: str, *, location: str) -> str:
             f"unknown character set {name!r} (known: {known})",
             location=location,
         ) from None
+    if len(_known) < _KNOWN_SIZE:
+        _known[name] = codec
+    return codec
 
 
 @lru_cache(maxsize=1)

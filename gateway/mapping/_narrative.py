@@ -22,6 +22,7 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from html import escape
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -168,23 +169,23 @@ class Narratives:
         labels = self._labels[chinese]
         view.chinese = chinese
         view.id_types = self._id_types[chinese]
-        parts = [XHTML, "<p><b>", labels[resource["resourceType"]], "</b></p>"]
-        table = False
+        cells: list[str] = []
         for row in rows:
             value = resource.get(row.key) if row.key else _first(resource, row.paths)
             if not value and (value is None or value == "" or value == []):
                 continue
-            shown = _SHOW[row.show](view, value)
-            if shown:
-                if not table:
-                    parts.append("<table><tbody>")
-                    table = True
-                parts += ["<tr><th>", labels[row.label], "</th><td>", "<br/>".join(shown)]
-                parts.append("</td></tr>")
-        if table:
-            parts.append("</tbody></table>")
-        parts.append("</div>")
-        return "".join(parts)
+            if type(value) is str and row.show == "auto":
+                cell = _esc(value)  # what _auto makes of a string, without the list
+            else:
+                shown = _SHOW[row.show](view, value)
+                if not shown:
+                    continue
+                cell = shown[0] if len(shown) == 1 else "<br/>".join(shown)
+            cells.append(f"<tr><th>{labels[row.label]}</th><td>{cell}</td></tr>")
+        title = labels[resource["resourceType"]]
+        if not cells:
+            return f"{XHTML}<p><b>{title}</b></p></div>"
+        return f"{XHTML}<p><b>{title}</b></p><table><tbody>{''.join(cells)}</tbody></table></div>"
 
     def _declared(self, resource: Resource) -> str | None:
         """The labels' Chinese variant by the resource's ``language``: None for English,
@@ -220,6 +221,7 @@ def _holds_chinese(resource: Resource) -> bool:
     holds a Chinese character (U+4000-U+9FFF): a search in each value's JSON (orjson, in
     C) rather than a walk; a shared frozen value (a memoised organisation's name, a
     coding) is searched once (keys are element names: ASCII)."""
+    own: list[Any] = []  # the record's own dicts and lists: searched in one dump
     for value in resource.values():
         kind = type(value)
         if kind is str:
@@ -233,9 +235,10 @@ def _holds_chinese(resource: Resource) -> bool:
                 hit = _HOLDS[id(value)] = (value, _json_holds_chinese(value))
             if hit[1]:
                 return True
-        elif (kind is dict or kind is list) and _json_holds_chinese(value):
-            return True
-    return False
+        elif kind is dict or kind is list:
+            own.append(value)
+    # A list's JSON is its items' JSON joined by ASCII: one search answers for all of them.
+    return bool(own) and _json_holds_chinese(own)
 
 
 def _json_holds_chinese(value: Any) -> bool:
@@ -313,7 +316,7 @@ def _shape(view: _View, value: Any) -> list[str]:
 
 def _items(view: _View, value: list[Any]) -> list[str]:
     out: list[str] = []
-    for item in value[:_MAX_ITEMS]:
+    for item in value if len(value) <= _MAX_ITEMS else value[:_MAX_ITEMS]:
         out += _auto(view, item)
     if len(value) > _MAX_ITEMS:
         out.append(f"… (+{len(value) - _MAX_ITEMS})")
@@ -463,7 +466,8 @@ def _name(name: dict[str, Any]) -> str:
         return str(name["text"])
     family = str(name.get("family") or "")
     given = " ".join(str(g) for g in name.get("given") or ())
-    if _CJK.search(family + given):
+    joined = family + given
+    if not joined.isascii() and _CJK.search(joined):
         return family + given.replace(" ", "")
     return ", ".join(p for p in (family, given) if p)
 
@@ -505,9 +509,25 @@ def _first(resource: Resource, paths: tuple[tuple[str, ...], ...]) -> Any:
 
 # FHIR's order of a DomainResource's first elements: text goes after these.
 _BEFORE_TEXT = ("resourceType", "id", "meta", "implicitRules", "language")
+_BEFORE_TEXT_SET = frozenset(_BEFORE_TEXT)
+_BEFORE_INDEX = {k: n for n, k in enumerate(_BEFORE_TEXT)}
 
 
 def _with_text(resource: Resource, div: str) -> Resource:
+    """``resource`` with ``text`` after its leading elements (as _BEFORE_TEXT orders them)."""
+    lead, last = 0, -1  # the first keys that are _BEFORE_TEXT's, in its order
+    for key in resource:
+        at = _BEFORE_INDEX.get(key)
+        if at is None or at < last:
+            break
+        lead, last = lead + 1, at
+    if lead == len(_BEFORE_TEXT_SET.intersection(resource)):
+        # none of them comes later (the usual resource): copied in one pass, in C
+        items = iter(resource.items())
+        out = dict(islice(items, lead))
+        out["text"] = {"status": "generated", "div": div}
+        out.update(items)
+        return out
     out = {k: resource[k] for k in _BEFORE_TEXT if k in resource}
     out["text"] = {"status": "generated", "div": div}
     out.update((k, v) for k, v in resource.items() if k not in out)

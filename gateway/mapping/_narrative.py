@@ -324,6 +324,8 @@ def _items(view: _View, value: list[Any]) -> list[str]:
 
 
 def _element(view: _View, value: dict[str, Any]) -> list[str]:
+    if len(value) == 1 and "text" in value:  # an Annotation as most are: no test below fits
+        return [_esc(str(value["text"]))]
     if "reference" in value:
         return _reference(view, value)
     if "coding" in value:
@@ -453,7 +455,7 @@ def _person(view: _View, person: Resource) -> str:
 
 def _person_line(view: _View, names: Any, idents: Any) -> str:
     shown_names = [_name(n) for n in names or () if isinstance(n, dict)]
-    line = _esc(" / ".join(n for n in shown_names if n))
+    line = _esc(" / ".join(filter(None, shown_names)))
     for ident in idents or ():
         if isinstance(ident, dict) and ident.get("value"):
             shown = _identifier(view, ident)
@@ -465,11 +467,11 @@ def _name(name: dict[str, Any]) -> str:
     if name.get("text"):
         return str(name["text"])
     family = str(name.get("family") or "")
-    given = " ".join(str(g) for g in name.get("given") or ())
+    given = " ".join(map(str, name.get("given") or ()))
     joined = family + given
     if not joined.isascii() and _CJK.search(joined):
         return family + given.replace(" ", "")
-    return ", ".join(p for p in (family, given) if p)
+    return f"{family}, {given}" if family and given else family or given
 
 
 def _series(view: _View, series: Any) -> list[str]:

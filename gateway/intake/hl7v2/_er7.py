@@ -421,23 +421,31 @@ def _tokenise(
     first part split on ``fs`` is its name exactly when the line is well formed (a name
     is letters and digits, ``fs`` never is), so one set look-up per segment checks it;
     a line that fails goes to :func:`_segment_syntax`, which names it."""
-    lines = [line for line in text.split("\r") if line]
+    lines = text.split("\r")
+    if lines[-1] == "":
+        lines.pop()  # the text ends with CR
+    if "" in lines:
+        lines = [line for line in lines if line]
     segments = [line.split(fs) for line in lines]
+    names = [fields[0] for fields in segments]
+    if not _COMMON_SEGMENTS.issuperset(names) and not all(map(_SEGMENT_NAME.match, names)):
+        raise _segment_syntax(text, fs)
+    if names.count("MSH") == 1 and names[0] == "MSH":
+        segments[0].insert(1, fs)  # MSH-1 *is* the separator; MSH-2 the encoding characters
+    else:
+        for fields in segments:
+            if fields[0] == "MSH":
+                fields.insert(1, fs)
     positions: dict[str, list[int]] = {}
-    too_many: list[str] | None = None
-    for n, fields in enumerate(segments):
-        name = fields[0]
-        if name not in _COMMON_SEGMENTS and not _SEGMENT_NAME.match(name):
-            raise _segment_syntax(text, fs)
-        if name == "MSH":
-            fields.insert(1, fs)  # MSH-1 *is* the separator; MSH-2 the encoding characters
+    for n, name in enumerate(names):
         found = positions.get(name)
         if found is None:
             positions[name] = [n]
         else:
             found.append(n)
-        if len(fields) > most_fields and too_many is None:
-            too_many = fields
+    too_many: list[str] | None = None
+    if max(map(len, segments), default=0) > most_fields:
+        too_many = next(fields for fields in segments if len(fields) > most_fields)
     return segments, positions, lines, too_many
 
 

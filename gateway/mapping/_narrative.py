@@ -92,9 +92,12 @@ class Narratives:
         # Lines of frozen values (the mapping memo's: codings, staff names recur in every
         # message), by id and label language; the value is kept with them, so its id
         # cannot be reused while the entry lives.
-        self._lines: dict[tuple[int, str | None], tuple[Any, list[str]]] = {}
+        # One dict per label language, keyed by ints (no key tuple made per look-up).
+        self._lines: dict[str | None, dict[int, tuple[Any, list[str]]]] = {}
         # A person's line by the ids of frozen name and identifier lists (see _person).
-        self._persons: dict[tuple[int, int, str | None], tuple[Any, Any, str]] = {}
+        self._persons: dict[str | None, dict[tuple[int, int], tuple[Any, Any, str]]] = {}
+        for chinese in self._labels:
+            self._lines[chinese], self._persons[chinese] = {}, {}
 
     @classmethod
     def load(cls, mappings: Path, network: Network) -> Narratives:
@@ -169,6 +172,8 @@ class Narratives:
         labels = self._labels[chinese]
         view.chinese = chinese
         view.id_types = self._id_types[chinese]
+        view.lines, view.persons = self._lines[chinese], self._persons[chinese]
+        view.described = view.by_language.setdefault(chinese, {})
         cells: list[str] = []
         for row in rows:
             value = resource.get(row.key) if row.key else _first(resource, row.paths)
@@ -264,9 +269,12 @@ class _View:
         self.systems = owner._systems
         self.chinese: str | None = None
         self.id_types: dict[str, str] = {}
-        self.described: dict[tuple[str, str | None], list[str]] = {}
-        self.lines = owner._lines
-        self.persons = owner._persons
+        # Lines of referenced resources by fullUrl, per label language (see _div).
+        self.by_language: dict[str | None, dict[str, list[str]]] = {}
+        self.described: dict[str, list[str]] = {}
+        # The renderer's caches for the labels' language (set by Narratives._div).
+        self.lines: dict[int, tuple[Any, list[str]]] = {}
+        self.persons: dict[tuple[int, int], tuple[Any, Any, str]] = {}
 
 
 def _esc(text: str) -> str:
@@ -291,7 +299,7 @@ def _auto(view: _View, value: Any) -> list[str]:
     if kind is list:
         return _items(view, value)
     if (kind is FrozenDict or kind is FrozenList) and not value.holds_refs:
-        key = (id(value), view.chinese)
+        key = id(value)
         hit = view.lines.get(key)
         if hit is not None and hit[0] is value:
             return hit[1]
@@ -406,7 +414,7 @@ def _reference(view: _View, ref: dict[str, Any]) -> list[str]:
     url = ref.get("reference")
     target = view.by_url.get(url) if url else None
     if isinstance(target, dict):
-        key = (str(url), view.chinese)
+        key = url if type(url) is str else str(url)
         found = view.described.get(key)
         if found is None:
             found = view.described[key] = _described(view, target)
@@ -441,7 +449,7 @@ def _person(view: _View, person: Resource) -> str:
     (a memoised practitioner's) are rendered once per label language."""
     names, idents = person.get("name"), person.get("identifier")
     if type(names) is FrozenList and (idents is None or type(idents) is FrozenList):
-        key = (id(names), id(idents), view.chinese)
+        key = (id(names), id(idents))
         hit = view.persons.get(key)
         if hit is not None and hit[0] is names and hit[1] is idents:
             return hit[2]

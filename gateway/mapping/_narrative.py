@@ -284,7 +284,7 @@ def _esc(text: str) -> str:
     return text.replace("\n", "<br/>") if "\n" in text else text
 
 
-_LINES_SIZE = 4096  # frozen values whose lines are kept; cleared when full
+_LINES_SIZE = 4096  # frozen values whose lines are kept, per label language; cleared when full
 
 
 def _auto(view: _View, value: Any) -> list[str]:

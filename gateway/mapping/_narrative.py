@@ -137,20 +137,21 @@ class Narratives:
     def add(self, bundle: dict[str, Any], sender: str | None = None) -> None:
         """Give each entry's resource of a type with rules a generated ``text`` (in place;
         the entry gets a new resource dict, as resources may hold shared frozen values)."""
-        entries = bundle.get("entry") or []
-        view: _View | None = None
-        for entry in entries:
-            resource = entry.get("resource")
-            if not isinstance(resource, dict):
-                continue
-            rows = self._rows.get(resource.get("resourceType", ""))
-            if rows is None or "text" in resource:
-                continue
+        by_url: dict[Any, Any] = {}  # every resource, as references resolve them
+        todo: list[tuple[dict[str, Any], Resource, tuple[Row, ...]]] = []
+        for entry in bundle.get("entry") or []:  # one pass: the index and what needs text
+            resource = by_url[entry.get("fullUrl")] = entry.get("resource")
+            if isinstance(resource, dict):
+                rows = self._rows.get(resource.get("resourceType", ""))
+                if rows is not None and "text" not in resource:
+                    todo.append((entry, resource, rows))
+        if not todo:
+            return
+        view = _View(by_url, self)
+        for entry, resource, rows in todo:
             chinese = self._declared(resource)
             if chinese is _UNDECLARED:
                 chinese = self._script(sender) if _holds_chinese(resource) else None
-            if view is None:
-                view = _View({e.get("fullUrl"): e.get("resource") for e in entries}, self)
             entry["resource"] = _with_text(resource, self._div(resource, rows, view, chinese))
 
     def render(

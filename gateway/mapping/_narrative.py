@@ -532,12 +532,12 @@ def _with_text(resource: Resource, div: str) -> Resource:
         if at is None or at < last:
             break
         lead, last = lead + 1, at
-    if lead == len(_BEFORE_TEXT_SET.intersection(resource)):
-        # none of them comes later (the usual resource): copied in one pass, in C
-        items = iter(resource.items())
-        out = dict(islice(items, lead))
+    if lead == len(resource.keys() & _BEFORE_TEXT_SET):  # the view's & walks the small set
+        # none of them comes later (the usual resource): the leading ones, text, then all
+        # of it merged dict to dict (in C, sized once; the leading keys keep their place)
+        out = dict(islice(resource.items(), lead))
         out["text"] = {"status": "generated", "div": div}
-        out.update(items)
+        out.update(resource)
         return out
     out = {k: resource[k] for k in _BEFORE_TEXT if k in resource}
     out["text"] = {"status": "generated", "div": div}

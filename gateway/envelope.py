@@ -46,6 +46,11 @@ class State(enum.Enum):
     QUEUED = "queued"  # not built: in the outbox, waiting for delivery
     DELIVERED = "delivered"  # not built: the partner accepted it
 
+    # Members are singletons compared by identity: hashing by identity (in C) gives the
+    # same dict and set behaviour as Enum's own hash of the name (a Python call), and
+    # Record.advance looks states up four times a record.
+    __hash__ = object.__hash__
+
 
 TRANSITIONS: dict[State, frozenset[State]] = {
     State.RECEIVED: frozenset({State.READ, State.FAILED}),

@@ -8,8 +8,8 @@ from __future__ import annotations
 import codecs
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import lru_cache
+from typing import NamedTuple
 
 from ..datafiles import data_dir, load_data_file
 from ..errors import IntakeError
@@ -26,8 +26,9 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
-class Decoded:
+class Decoded(NamedTuple):
+    """Decoded text (a tuple: made once a message, cheaper than a frozen dataclass)."""
+
     text: str
     codec: str
     note: str | None = None  # a warning about how the bytes were decoded
@@ -45,8 +46,17 @@ def _table() -> tuple[dict[str, str], dict[str, str], frozenset[str]]:
     return codecs, refused, frozenset(raw.get("single_byte", []))
 
 
+# Declared names already resolved (normalising is a regular expression, for every
+# message): only names the table knows, and at most _KNOWN_SIZE spellings of them.
+_known: dict[str, str] = {}
+_KNOWN_SIZE = 64
+
+
 def codec_for(name: str, *, location: str) -> str:
     """The Python codec for a declared character set name, or a clear error."""
+    found = _known.get(name)
+    if found is not None:
+        return found
     codecs, refused, _ = _table()
     key = _norm(name)
     if key in refused:
@@ -56,7 +66,7 @@ def codec_for(name: str, *, location: str) -> str:
             location=location,
         )
     try:
-        return codecs[key]
+        codec = codecs[key]
     except KeyError:
         known = ", ".join(_table_names())
         raise IntakeError(
@@ -64,6 +74,9 @@ def codec_for(name: str, *, location: str) -> str:
             f"unknown character set {name!r} (known: {known})",
             location=location,
         ) from None
+    if len(_known) < _KNOWN_SIZE:
+        _known[name] = codec
+    return codec
 
 
 @lru_cache(maxsize=1)

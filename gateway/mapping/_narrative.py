@@ -22,6 +22,7 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from html import escape
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -91,9 +92,12 @@ class Narratives:
         # Lines of frozen values (the mapping memo's: codings, staff names recur in every
         # message), by id and label language; the value is kept with them, so its id
         # cannot be reused while the entry lives.
-        self._lines: dict[tuple[int, str | None], tuple[Any, list[str]]] = {}
+        # One dict per label language, keyed by ints (no key tuple made per look-up).
+        self._lines: dict[str | None, dict[int, tuple[Any, list[str]]]] = {}
         # A person's line by the ids of frozen name and identifier lists (see _person).
-        self._persons: dict[tuple[int, int, str | None], tuple[Any, Any, str]] = {}
+        self._persons: dict[str | None, dict[tuple[int, int], tuple[Any, Any, str]]] = {}
+        for chinese in self._labels:
+            self._lines[chinese], self._persons[chinese] = {}, {}
 
     @classmethod
     def load(cls, mappings: Path, network: Network) -> Narratives:
@@ -133,20 +137,21 @@ class Narratives:
     def add(self, bundle: dict[str, Any], sender: str | None = None) -> None:
         """Give each entry's resource of a type with rules a generated ``text`` (in place;
         the entry gets a new resource dict, as resources may hold shared frozen values)."""
-        entries = bundle.get("entry") or []
-        view: _View | None = None
-        for entry in entries:
-            resource = entry.get("resource")
-            if not isinstance(resource, dict):
-                continue
-            rows = self._rows.get(resource.get("resourceType", ""))
-            if rows is None or "text" in resource:
-                continue
+        by_url: dict[Any, Any] = {}  # every resource, as references resolve them
+        todo: list[tuple[dict[str, Any], Resource, tuple[Row, ...]]] = []
+        for entry in bundle.get("entry") or []:  # one pass: the index and what needs text
+            resource = by_url[entry.get("fullUrl")] = entry.get("resource")
+            if isinstance(resource, dict):
+                rows = self._rows.get(resource.get("resourceType", ""))
+                if rows is not None and "text" not in resource:
+                    todo.append((entry, resource, rows))
+        if not todo:
+            return
+        view = _View(by_url, self)
+        for entry, resource, rows in todo:
             chinese = self._declared(resource)
             if chinese is _UNDECLARED:
                 chinese = self._script(sender) if _holds_chinese(resource) else None
-            if view is None:
-                view = _View({e.get("fullUrl"): e.get("resource") for e in entries}, self)
             entry["resource"] = _with_text(resource, self._div(resource, rows, view, chinese))
 
     def render(
@@ -168,23 +173,25 @@ class Narratives:
         labels = self._labels[chinese]
         view.chinese = chinese
         view.id_types = self._id_types[chinese]
-        parts = [XHTML, "<p><b>", labels[resource["resourceType"]], "</b></p>"]
-        table = False
+        view.lines, view.persons = self._lines[chinese], self._persons[chinese]
+        view.described = view.by_language.setdefault(chinese, {})
+        cells: list[str] = []
         for row in rows:
             value = resource.get(row.key) if row.key else _first(resource, row.paths)
             if not value and (value is None or value == "" or value == []):
                 continue
-            shown = _SHOW[row.show](view, value)
-            if shown:
-                if not table:
-                    parts.append("<table><tbody>")
-                    table = True
-                parts += ["<tr><th>", labels[row.label], "</th><td>", "<br/>".join(shown)]
-                parts.append("</td></tr>")
-        if table:
-            parts.append("</tbody></table>")
-        parts.append("</div>")
-        return "".join(parts)
+            if type(value) is str and row.show == "auto":
+                cell = _esc(value)  # what _auto makes of a string, without the list
+            else:
+                shown = _SHOW[row.show](view, value)
+                if not shown:
+                    continue
+                cell = shown[0] if len(shown) == 1 else "<br/>".join(shown)
+            cells.append(f"<tr><th>{labels[row.label]}</th><td>{cell}</td></tr>")
+        title = labels[resource["resourceType"]]
+        if not cells:
+            return f"{XHTML}<p><b>{title}</b></p></div>"
+        return f"{XHTML}<p><b>{title}</b></p><table><tbody>{''.join(cells)}</tbody></table></div>"
 
     def _declared(self, resource: Resource) -> str | None:
         """The labels' Chinese variant by the resource's ``language``: None for English,
@@ -220,6 +227,7 @@ def _holds_chinese(resource: Resource) -> bool:
     holds a Chinese character (U+4000-U+9FFF): a search in each value's JSON (orjson, in
     C) rather than a walk; a shared frozen value (a memoised organisation's name, a
     coding) is searched once (keys are element names: ASCII)."""
+    own: list[Any] = []  # the record's own dicts and lists: searched in one dump
     for value in resource.values():
         kind = type(value)
         if kind is str:
@@ -233,9 +241,10 @@ def _holds_chinese(resource: Resource) -> bool:
                 hit = _HOLDS[id(value)] = (value, _json_holds_chinese(value))
             if hit[1]:
                 return True
-        elif (kind is dict or kind is list) and _json_holds_chinese(value):
-            return True
-    return False
+        elif kind is dict or kind is list:
+            own.append(value)
+    # A list's JSON is its items' JSON joined by ASCII: one search answers for all of them.
+    return bool(own) and _json_holds_chinese(own)
 
 
 def _json_holds_chinese(value: Any) -> bool:
@@ -261,9 +270,12 @@ class _View:
         self.systems = owner._systems
         self.chinese: str | None = None
         self.id_types: dict[str, str] = {}
-        self.described: dict[tuple[str, str | None], list[str]] = {}
-        self.lines = owner._lines
-        self.persons = owner._persons
+        # Lines of referenced resources by fullUrl, per label language (see _div).
+        self.by_language: dict[str | None, dict[str, list[str]]] = {}
+        self.described: dict[str, list[str]] = {}
+        # The renderer's caches for the labels' language (set by Narratives._div).
+        self.lines: dict[int, tuple[Any, list[str]]] = {}
+        self.persons: dict[tuple[int, int], tuple[Any, Any, str]] = {}
 
 
 def _esc(text: str) -> str:
@@ -273,7 +285,7 @@ def _esc(text: str) -> str:
     return text.replace("\n", "<br/>") if "\n" in text else text
 
 
-_LINES_SIZE = 4096  # frozen values whose lines are kept; cleared when full
+_LINES_SIZE = 4096  # frozen values whose lines are kept, per label language; cleared when full
 
 
 def _auto(view: _View, value: Any) -> list[str]:
@@ -288,7 +300,7 @@ def _auto(view: _View, value: Any) -> list[str]:
     if kind is list:
         return _items(view, value)
     if (kind is FrozenDict or kind is FrozenList) and not value.holds_refs:
-        key = (id(value), view.chinese)
+        key = id(value)
         hit = view.lines.get(key)
         if hit is not None and hit[0] is value:
             return hit[1]
@@ -313,7 +325,7 @@ def _shape(view: _View, value: Any) -> list[str]:
 
 def _items(view: _View, value: list[Any]) -> list[str]:
     out: list[str] = []
-    for item in value[:_MAX_ITEMS]:
+    for item in value if len(value) <= _MAX_ITEMS else value[:_MAX_ITEMS]:
         out += _auto(view, item)
     if len(value) > _MAX_ITEMS:
         out.append(f"… (+{len(value) - _MAX_ITEMS})")
@@ -321,6 +333,8 @@ def _items(view: _View, value: list[Any]) -> list[str]:
 
 
 def _element(view: _View, value: dict[str, Any]) -> list[str]:
+    if len(value) == 1 and "text" in value:  # an Annotation as most are: no test below fits
+        return [_esc(str(value["text"]))]
     if "reference" in value:
         return _reference(view, value)
     if "coding" in value:
@@ -401,7 +415,7 @@ def _reference(view: _View, ref: dict[str, Any]) -> list[str]:
     url = ref.get("reference")
     target = view.by_url.get(url) if url else None
     if isinstance(target, dict):
-        key = (str(url), view.chinese)
+        key = url if type(url) is str else str(url)
         found = view.described.get(key)
         if found is None:
             found = view.described[key] = _described(view, target)
@@ -436,7 +450,7 @@ def _person(view: _View, person: Resource) -> str:
     (a memoised practitioner's) are rendered once per label language."""
     names, idents = person.get("name"), person.get("identifier")
     if type(names) is FrozenList and (idents is None or type(idents) is FrozenList):
-        key = (id(names), id(idents), view.chinese)
+        key = (id(names), id(idents))
         hit = view.persons.get(key)
         if hit is not None and hit[0] is names and hit[1] is idents:
             return hit[2]
@@ -450,7 +464,7 @@ def _person(view: _View, person: Resource) -> str:
 
 def _person_line(view: _View, names: Any, idents: Any) -> str:
     shown_names = [_name(n) for n in names or () if isinstance(n, dict)]
-    line = _esc(" / ".join(n for n in shown_names if n))
+    line = _esc(" / ".join(filter(None, shown_names)))
     for ident in idents or ():
         if isinstance(ident, dict) and ident.get("value"):
             shown = _identifier(view, ident)
@@ -462,10 +476,11 @@ def _name(name: dict[str, Any]) -> str:
     if name.get("text"):
         return str(name["text"])
     family = str(name.get("family") or "")
-    given = " ".join(str(g) for g in name.get("given") or ())
-    if _CJK.search(family + given):
+    given = " ".join(map(str, name.get("given") or ()))
+    joined = family + given
+    if not joined.isascii() and _CJK.search(joined):
         return family + given.replace(" ", "")
-    return ", ".join(p for p in (family, given) if p)
+    return f"{family}, {given}" if family and given else family or given
 
 
 def _series(view: _View, series: Any) -> list[str]:
@@ -505,9 +520,25 @@ def _first(resource: Resource, paths: tuple[tuple[str, ...], ...]) -> Any:
 
 # FHIR's order of a DomainResource's first elements: text goes after these.
 _BEFORE_TEXT = ("resourceType", "id", "meta", "implicitRules", "language")
+_BEFORE_TEXT_SET = frozenset(_BEFORE_TEXT)
+_BEFORE_INDEX = {k: n for n, k in enumerate(_BEFORE_TEXT)}
 
 
 def _with_text(resource: Resource, div: str) -> Resource:
+    """``resource`` with ``text`` after its leading elements (as _BEFORE_TEXT orders them)."""
+    lead, last = 0, -1  # the first keys that are _BEFORE_TEXT's, in its order
+    for key in resource:
+        at = _BEFORE_INDEX.get(key)
+        if at is None or at < last:
+            break
+        lead, last = lead + 1, at
+    if lead == len(resource.keys() & _BEFORE_TEXT_SET):  # the view's & walks the small set
+        # none of them comes later (the usual resource): the leading ones, text, then all
+        # of it merged dict to dict (in C, sized once; the leading keys keep their place)
+        out = dict(islice(resource.items(), lead))
+        out["text"] = {"status": "generated", "div": div}
+        out.update(resource)
+        return out
     out = {k: resource[k] for k in _BEFORE_TEXT if k in resource}
     out["text"] = {"status": "generated", "div": div}
     out.update((k, v) for k, v in resource.items() if k not in out)

@@ -355,3 +355,26 @@ def test_holds_chinese_is_a_search_of_the_whole_json() -> None:
         shared = {k: freeze(v) for k, v in resource.items()}
         assert _holds_chinese(resource) == whole(resource) == _holds_chinese(shared)
         assert _holds_chinese(shared) == whole(resource)  # the frozen values' answers, again
+
+
+@pytest.mark.parametrize(
+    "keys",
+    [
+        ["resourceType", "id", "meta", "status"],  # the usual order: one pass
+        ["resourceType", "status", "language"],  # language later: put before text
+        ["meta", "resourceType", "status"],  # leading elements out of FHIR's order
+        ["status", "code"],  # none of them
+        ["resourceType", "id", "meta", "implicitRules", "language"],  # only them
+    ],
+)
+def test_text_goes_after_the_leading_elements_in_fhir_order(keys: list[str]) -> None:
+    """Whatever order the mapping made, the leading elements come first in FHIR's
+    order, then text, then the rest in their own order."""
+    from gateway.mapping._narrative import _BEFORE_TEXT, _with_text
+
+    resource = {k: k.upper() for k in keys}
+    out = _with_text(resource, "<div/>")
+    lead = [k for k in _BEFORE_TEXT if k in resource]
+    assert list(out) == [*lead, "text", *(k for k in keys if k not in lead)]
+    assert out["text"] == {"status": "generated", "div": "<div/>"}
+    assert all(out[k] == k.upper() for k in keys) and "text" not in resource

@@ -72,10 +72,10 @@ def _unit(
     network: Network | None,
 ) -> Unit:
     unit = Unit(raw.data if raw.segments else b"", raw.index, "hl7v2", raw.line)
-    unit.control_id = peek_control_id(raw)  # names the message even if decoding fails
     try:
         message = parse_message(raw, default_charset, network)
     except GatewayError as exc:
+        unit.control_id = peek_control_id(raw)  # names the message though it did not decode
         unit.error = exc
         return unit
     unit.charset = message.charset

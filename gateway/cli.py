@@ -377,7 +377,10 @@ class BatchGC:
             gc.enable()
 
     def close(self) -> None:
-        """Back to the interpreter's settings (for callers that go on: tests, send)."""
+        """Back to the interpreter's settings (for callers that go on: tests, send). The
+        frozen objects go back too: ``gc.get_referrers`` and cycle collection do not see
+        a frozen object, so a process left frozen misleads whatever runs next."""
+        gc.unfreeze()
         gc.enable()
         gc.set_threshold(*self._before)
 

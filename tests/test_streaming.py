@@ -270,6 +270,7 @@ def test_batch_gc_freezes_start_up_and_the_warm_up_records() -> None:
             collector.record()
         collector.close()
         assert gc.isenabled() and gc.get_threshold() == before
+        assert gc.get_freeze_count() == 0  # nothing left frozen for what runs next
         del warmed
     finally:
         gc.enable()

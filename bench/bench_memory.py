@@ -291,12 +291,16 @@ def main() -> int:
         f"- HL7 v2: {args.large:,} messages peak at **{hl7_ratio:.2f}×** the RSS of "
         f"{args.small:,} (goal ≤ 1.10×: {_verdict(hl7_ratio <= 1.10)}).",
         "  Before streaming, one file of 100,000 messages peaked at 914 MB (the file and "
-        "the list of its messages were held). What still grows here is not the input: "
-        "tracemalloc between messages 1,500 and 4,500 (2026-12-06) puts it in the "
-        "converter's content caches filling up to their caps, which count entries, not "
-        "bytes (validation by construction in `validation/_construct.py`: content splits, "
-        "verdicts, accepted values; the mapping memo's seen-set in `mapping/_memo.py`; "
-        "`resource_id`): issue 18 item 3, outside the streaming path.",
+        "the list of its messages were held). "
+        "Until 2026-12-06 the 100,000-message file still peaked at 1.29× (397 MiB): "
+        "the converter's content caches counted entries, not bytes, and kept filling "
+        "(validation by construction's accepted values and verdicts, the mapping "
+        "memo's seen-set, `resource_id`). Now each is bounded in bytes and full "
+        "within the first few thousand messages: the mapping memo's seen-set is a "
+        "fixed 2,048-slot table, remembered fragments are capped at 64 KiB each, the "
+        "validator stores a value only once it recurs and never the values that vary "
+        "per record (names, numbers, dates); `tests/mapping/test_memo_bounds.py` and "
+        "`tests/validation/test_construct.py` hold the bounds.",
         f"- DICOM: {args.dicom_large:,} files peak at **{dicom_ratio:.2f}×** the RSS of "
         f"{args.dicom_small:,} (goal ≤ 1.10×: {_verdict(dicom_ratio <= 1.10)}).",
         "",

@@ -22,6 +22,7 @@ from sqlalchemy.engine import Connection
 
 from ..config import Settings
 from ..delivery import Outbox
+from ..metrics import credentials_blocked
 from ..network import Network
 from ..store import Store, metadata, utcnow
 from ._config import LEVELS, LISTENER_PREFIX, AlertRules, alert_rules
@@ -161,34 +162,11 @@ def _observe(
     with store.engine.connect() as conn:
         for partner, count in conn.execute(held):
             out[(partner, "policy_holds")] = float(count)
-        for partner, code, count in conn.execute(_credentials_blocked()):
+        for partner, code, count in conn.execute(credentials_blocked(_outbox)):
             key = (partner, "credentials_refused")
             out[key] = out.get(key, 0.0) + float(count)
             codes.setdefault(partner, set()).add(code)
     return out, {partner: tuple(sorted(found)) for partner, found in codes.items()}
-
-
-# Codes the delivery worker leaves on a row our credentials block (gateway/delivery/
-# _worker.py, docs/delivery.md): refused (401/403) is held at once; no token to send is
-# retried, then held. A release clears last_error, so a released row no longer counts.
-CREDENTIALS_REFUSED = "delivery.credentials-refused"
-NO_TOKEN = ("delivery.token-file", "delivery.token-endpoint")
-
-
-def _credentials_blocked() -> sa.Select[tuple[str, str, int]]:
-    """(partner, code, rows) held for a credentials code or retrying under a token one;
-    read through the (state, next_at) index, as the outbox's stats are."""
-    o = _outbox.c
-    return (
-        sa.select(o.partner, o.last_error, sa.func.count())
-        .where(
-            sa.or_(
-                sa.and_(o.state == "held", o.last_error.in_((CREDENTIALS_REFUSED, *NO_TOKEN))),
-                sa.and_(o.state == "retrying", o.last_error.in_(NO_TOKEN)),
-            )
-        )
-        .group_by(o.partner, o.last_error)
-    )
 
 
 def _listeners(settings: Settings | None) -> list[tuple[str, str, int]]:

@@ -315,3 +315,49 @@ def test_the_console_alerts_view_shows_it_in_the_users_language(
             opened.close()
         app.state.messages.close()
         app.state.reports.shutdown()
+
+
+def _blocked(store: Store, clock: Clock) -> dict[tuple[str, str], float]:
+    from gateway.metrics._store import StoreCollector
+
+    for family in StoreCollector(lambda: store, clock, min_interval=0).collect():
+        if family.name == "gateway_outbox_credentials_blocked":
+            return {(s.labels["partner"], s.labels["code"]): s.value for s in family.samples}
+    raise AssertionError("no gateway_outbox_credentials_blocked")
+
+
+def test_the_metric_prometheus_alerts_on_counts_the_same_rows(
+    store: Store,
+    outbox: Outbox,
+    clock: Clock,
+    partner_api: respx.MockRouter,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """gateway_outbox_credentials_blocked (deploy/prometheus-alerts.yaml,
+    GatewayCredentialsRefused): per partner and code, 0 once released."""
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    partner_api.post(POST_URL).respond(401, json=REFUSED)
+    partner_api.post("https://fhir.njmu2.example.cn/fhir/").respond(200, json=DELIVERED)
+    tokenless = Partner(
+        "njmu2", "https://fhir.njmu2.example.cn/fhir", auth=Auth(type="bearer", token_env=TOKEN_ENV)
+    )
+    refused = enqueue(outbox, PARTNER, 1)
+    enqueue(outbox, tokenless, 2)
+    partners = {"hkpmc": PARTNER, "njmu2": tokenless}
+    with Deliverer(outbox, partners, CONFIG, rng=random.Random(7)) as deliverer:
+        deliverer.run_once()
+    seen = _blocked(store, clock)
+    assert seen[("hkpmc", "delivery.credentials-refused")] == 1
+    assert seen[("njmu2", "delivery.token-file")] == 1  # retrying: counted already
+    assert seen[("hkpmc", "delivery.token-file")] == 0  # every code of every partner
+    assert sum(seen.values()) == 2
+    assert check_values(store, clock) == {"hkpmc": 1.0, "njmu2": 1.0}
+    outbox.release(refused, "certificate renewed")
+    assert _blocked(store, clock)[("hkpmc", "delivery.credentials-refused")] == 0
+
+
+def check_values(store: Store, clock: Clock) -> dict[str, float]:
+    from gateway.alerts import observe
+
+    seen = observe(store, clock())
+    return {p: v for (p, kind), v in seen.items() if kind == "credentials_refused"}

@@ -1,12 +1,13 @@
 """Evaluating the thresholds over the store, and the alerts' state in it.
 
 ``observe`` reads what is watched, per partner, from the outbox (``Outbox.stats``: depth,
-oldest waiting record, dead rows; rows the policy holds; rows our credentials block). ``current`` turns it into the
-firing :class:`Alert` s, reading nothing but the store. ``check`` also records each
-(partner, kind)'s state in ``alert_state`` and claims its notifications: a transition
-(fired, escalated to critical, resolved) is notified by the one process whose
-compare-and-set of ``notified_level`` succeeds, so several gateways evaluating the same
-store notify it once, and an alert that stays firing is not notified again.
+oldest waiting record, dead rows; rows the policy holds; rows our credentials block).
+``current`` turns it into the firing :class:`Alert` s, reading nothing but the store.
+``check`` also records each (partner, kind)'s state in ``alert_state`` and claims its
+notifications: a transition (fired, escalated to critical, resolved) is notified by the
+one process whose compare-and-set of ``notified_level`` succeeds, so several gateways
+evaluating the same store notify it once, and an alert that stays firing is not
+notified again.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ NO_TOKEN = ("delivery.token-file", "delivery.token-endpoint")
 CREDENTIALS_CODES = (CREDENTIALS_REFUSED, *NO_TOKEN)
 
 
-def credentials_blocked(outbox: sa.Table) -> sa.Select[tuple[str, str, int]]:
+def credentials_blocked(outbox: sa.Table) -> sa.Select[str, str, int]:
     """(partner, code, rows): held for a credentials code, or retrying under a token
     code; by the outbox's (state, next_at) index, as its stats are read."""
     import sqlalchemy as sa  # late: importing gateway.metrics decides and costs nothing

@@ -1,7 +1,8 @@
 """Alerts per partner (docs/alerts.md): thresholds as data (``seeds/alerts.yaml`` under
 ``$GATEWAY_HOME/alerts.yaml``) on the outbox's queue depth, oldest waiting record, dead
-letters and policy holds; their state in the store (``alert_state``), each transition
-notified once by webhook or e-mail, in zh-Hans, zh-Hant-HK and en.
+letters, policy holds and records our credentials block (refused, or no token); their
+state in the store (``alert_state``), each transition notified once by webhook or
+e-mail, in zh-Hans, zh-Hant-HK and en.
 
     alerts = current(store, settings)            # what fires now (the console)
     stop = start_alert_watch(store, settings, 60)  # evaluate and notify, in a thread

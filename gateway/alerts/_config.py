@@ -44,7 +44,13 @@ __all__ = [
 ]
 
 # What is watched per partner; oldest_age is in seconds, the others are counts.
-PARTNER_KINDS = ("queue_depth", "oldest_age", "dead_letters", "policy_holds")
+PARTNER_KINDS = (
+    "queue_depth",
+    "oldest_age",
+    "dead_letters",
+    "policy_holds",
+    "credentials_refused",
+)
 # ... and per listener the gateway runs (mllp_port, dicom_port set): 1 when its port
 # refuses a connection. Given under alerts.defaults only.
 LISTENER_KINDS = ("listener_down",)
@@ -78,6 +84,9 @@ LISTENER_PREFIX = "listener:"  # alerts of a listener name it so where a partner
 
 # The levels an entry gives for a kind (a level absent: inherited; None: not watched).
 Given = Mapping[str, float | None]
+# Under every file: a partner refusing our credentials blocks all its records, so it is
+# watched even where a network's alerts.yaml predates the kind (`off` still silences it).
+BUILT_IN: Mapping[str, Given] = {"credentials_refused": {"critical": 1.0}}
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +150,7 @@ def load_rules(
     levels win over the defaults (whichever file each is in), the override's over the
     seeds'."""
     seeds = _sections(load_data_file(path), path, network)
-    defaults, partners = seeds[0], dict(seeds[1])
+    defaults, partners = _merge(BUILT_IN, seeds[0]), dict(seeds[1])
     if override is not None and override.is_file():
         extra = _sections(_read_yaml(override), override, network)
         defaults = _merge(defaults, extra[0])

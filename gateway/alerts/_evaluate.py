@@ -1,12 +1,13 @@
 """Evaluating the thresholds over the store, and the alerts' state in it.
 
 ``observe`` reads what is watched, per partner, from the outbox (``Outbox.stats``: depth,
-oldest waiting record, dead rows; rows the policy holds). ``current`` turns it into the
-firing :class:`Alert` s, reading nothing but the store. ``check`` also records each
-(partner, kind)'s state in ``alert_state`` and claims its notifications: a transition
-(fired, escalated to critical, resolved) is notified by the one process whose
-compare-and-set of ``notified_level`` succeeds, so several gateways evaluating the same
-store notify it once, and an alert that stays firing is not notified again.
+oldest waiting record, dead rows; rows the policy holds; rows our credentials block).
+``current`` turns it into the firing :class:`Alert` s, reading nothing but the store.
+``check`` also records each (partner, kind)'s state in ``alert_state`` and claims its
+notifications: a transition (fired, escalated to critical, resolved) is notified by the
+one process whose compare-and-set of ``notified_level`` succeeds, so several gateways
+evaluating the same store notify it once, and an alert that stays firing is not
+notified again.
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ from sqlalchemy.engine import Connection
 
 from ..config import Settings
 from ..delivery import Outbox
+from ..metrics import credentials_blocked
 from ..network import Network
 from ..store import Store, metadata, utcnow
 from ._config import LEVELS, LISTENER_PREFIX, AlertRules, alert_rules
-from ._labels import Labels, labels, partner_names
+from ._labels import LANGUAGES, Labels, labels, partner_names
 from ._tables import alert_state
 
 __all__ = ["Alert", "AlertState", "CheckResult", "Notice", "check", "current", "observe", "states"]
@@ -134,6 +136,14 @@ def observe(
 ) -> dict[tuple[str, str], float]:
     """(partner, kind) → value, for the partners with outbox rows; with ``settings``, also
     (``listener:<name>``, ``listener_down``) for each listener they configure."""
+    return _observe(store, now, settings)[0]
+
+
+def _observe(
+    store: Store, now: datetime | None, settings: Settings | None
+) -> tuple[dict[tuple[str, str], float], dict[str, tuple[str, ...]]]:
+    """What ``observe`` says, and per partner the credentials codes its rows are blocked
+    by (the ``credentials_refused`` alert names them)."""
     now = now or utcnow()
     out: dict[tuple[str, str], float] = {}
     for name, host, port in _listeners(settings):
@@ -149,10 +159,15 @@ def observe(
         .where(o.state == "held", o.last_error == "policy.held")
         .group_by(o.partner)
     )
+    codes: dict[str, set[str]] = {}
     with store.engine.connect() as conn:
         for partner, count in conn.execute(held):
             out[(partner, "policy_holds")] = float(count)
-    return out
+        for partner, code, count in conn.execute(credentials_blocked(_outbox)):
+            key = (partner, "credentials_refused")
+            out[key] = out.get(key, 0.0) + float(count)
+            codes.setdefault(partner, set()).add(code)
+    return out, {partner: tuple(sorted(found)) for partner, found in codes.items()}
 
 
 def _listeners(settings: Settings | None) -> list[tuple[str, str, int]]:
@@ -180,10 +195,14 @@ class _Reading:
     value: float
     level: int
     threshold: float | None
+    codes: tuple[str, ...] = ()  # credentials_refused: the codes blocking the rows
 
 
 def _readings(
-    rules: AlertRules, observed: Mapping[tuple[str, str], float], also: Iterable[tuple[str, str]]
+    rules: AlertRules,
+    observed: Mapping[tuple[str, str], float],
+    also: Iterable[tuple[str, str]],
+    codes: Mapping[str, tuple[str, ...]] | None = None,
 ) -> list[_Reading]:
     """Every (partner, kind) watched with a value, and those in ``also`` (state rows
     that may need resolving: a kind switched off resolves)."""
@@ -196,7 +215,8 @@ def _readings(
         value = observed.get((partner, kind), 0.0)
         threshold = rules.for_partner(partner).get(kind)
         level, crossed = threshold.level(value) if threshold is not None else (0, None)
-        out.append(_Reading(partner, kind, value, level, crossed))
+        named = (codes or {}).get(partner, ()) if kind == "credentials_refused" else ()
+        out.append(_Reading(partner, kind, value, level, crossed, named))
     return out
 
 
@@ -213,7 +233,8 @@ def current(store: Store, settings: Settings, now: datetime | None = None) -> li
     now = now or utcnow()
     rules = alert_rules(settings)
     network = Network.load(settings.network)
-    return _firing(store, _readings(rules, observe(store, now, settings), ()), network)
+    observed, codes = _observe(store, now, settings)
+    return _firing(store, _readings(rules, observed, (), codes), network)
 
 
 def _firing(store: Store, readings: list[_Reading], network: Network) -> list[Alert]:
@@ -276,6 +297,9 @@ def _alert(
             partner=names,
             value=texts.value(reading.kind, reading.value),
             threshold=texts.value(reading.kind, crossed),
+            # codes and the partner's key are the gateway's words, alike in every language
+            codes=dict.fromkeys(LANGUAGES, ", ".join(reading.codes) or "-"),
+            key=dict.fromkeys(LANGUAGES, reading.partner),
         ),
         texts.texts(
             "subject",
@@ -316,7 +340,8 @@ def check(
         rows = _rows(conn)
     known = [k for k, r in rows.items() if r.level or r.notified_level]
     notices: list[tuple[_Claim, Notice]] = []
-    readings = _readings(rules, observe(store, now, settings), known)
+    observed, codes = _observe(store, now, settings)
+    readings = _readings(rules, observed, known, codes)
     for reading in readings:
         row = rows.get((reading.partner, reading.kind))
         if not reading.level and (row is None or not (row.level or row.notified_level)):

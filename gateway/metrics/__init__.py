@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from ._blocked import CREDENTIALS_CODES, credentials_blocked
 from ._latency import BUCKETS, STAGE_SECONDS, observe_stage
 from ._tracing import (
     configure_tracing,
@@ -33,10 +34,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BUCKETS",
+    "CREDENTIALS_CODES",
     "MULTIPROC_ENV",
     "STAGE_SECONDS",
     "add_metrics_route",
     "configure_tracing",
+    "credentials_blocked",
     "observe_stage",
     "trace_attempt",
     "trace_placed",

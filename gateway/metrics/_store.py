@@ -29,6 +29,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from ..store import Store, metadata, utcnow
+from ._blocked import CREDENTIALS_CODES, credentials_blocked
 
 __all__ = ["ATTEMPT_OUTCOMES", "DEPTH_STATES", "MIN_INTERVAL", "SETTLE", "StoreCollector"]
 
@@ -264,6 +265,26 @@ class StoreCollector(Collector):
         yield records
         yield depth
         yield oldest
+        yield self._blocked(conn, partners)
+
+    def _blocked(self, conn: sa.Connection, partners: set[str]) -> Metric:
+        """Rows our credentials block (refused, or no token): an alert at the first one,
+        not when the queue has aged (docs/alerts.md, credentials_refused)."""
+        family = GaugeMetricFamily(
+            "gateway_outbox_credentials_blocked",
+            "Outbox records held because the partner refused the gateway's credentials "
+            "(delivery.credentials-refused) or no token could be had (delivery.token-file, "
+            "delivery.token-endpoint; retrying, then held), by partner and code.",
+            labels=["partner", "code"],
+        )
+        found = {
+            (str(partner), str(code)): int(count)
+            for partner, code, count in conn.execute(credentials_blocked(_outbox))
+        }
+        for partner in sorted(partners | {p for p, _ in found}):  # 0 when none
+            for code in CREDENTIALS_CODES:
+                family.add_metric([partner, code], found.get((partner, code), 0))
+        return family
 
     def _partners(self) -> set[str]:
         """Every partner any record was queued for: an empty queue shows as 0, not as

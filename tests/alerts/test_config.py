@@ -125,7 +125,27 @@ def test_a_network_seeds_file_beside_the_network_file_is_used(tmp_path: Path) ->
     )
     settings = Settings.load(tmp_path / "home", env={"GATEWAY_NETWORK": str(network)})
     assert seeds_file(settings) == tmp_path / "alerts.yaml"
-    assert alert_rules(settings).for_partner("nsch") == {"queue_depth": Threshold(7.0, None)}
+    # credentials_refused is watched even when a network's file predates it (built in)
+    assert alert_rules(settings).for_partner("nsch") == {
+        "queue_depth": Threshold(7.0, None),
+        "credentials_refused": Threshold(None, 1.0),
+    }
+
+
+def test_credentials_refused_fires_at_one_critical_and_can_be_tuned_or_switched_off(
+    home: Path,
+) -> None:
+    assert alert_rules(Settings.load(home, env={})).for_partner("lax2")[
+        "credentials_refused"
+    ] == Threshold(None, 1.0)
+    write_overrides(
+        home,
+        "alerts:\n  defaults:\n    credentials_refused: {warning: 1, critical: 5}\n"
+        "  partners:\n    hkpmc:\n      credentials_refused: off\n",
+    )
+    rules = alert_rules(Settings.load(home, env={}))
+    assert rules.for_partner("lax2")["credentials_refused"] == Threshold(1.0, 5.0)
+    assert "credentials_refused" not in rules.for_partner("hkpmc")
 
 
 @pytest.mark.parametrize(

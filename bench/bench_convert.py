@@ -23,7 +23,9 @@ See bench/README.md for what each row means. The rows ``gw_e2e_interp`` and
 beside the compiled default. ``--paired DIR`` instead compares, in paired rounds in three
 worker processes fed the same fresh messages pass by pass, the gateway in DIR (an older
 commit unpacked with ``git archive``) with this checkout, compiled and interpreted; it
-prints a table (bench/RESULTS.md, "HL7 v2 end to end before/after issue 9").
+prints a table (bench/RESULTS.md, "HL7 v2 end to end before/after issue 9"); a fourth
+worker parses the same messages with python-hl7 (``hl7.parse``), for the paired ratio
+issue 18 asks for.
 """
 
 from __future__ import annotations
@@ -916,8 +918,21 @@ def interpret(rows: list[_results.Row]) -> list[str]:
 # (this checkout, or an older one unpacked by `git archive`), timing itself: one JSON
 # request per line in ({"datas": [base64...]}), one answer per line out.
 _WORKER = r"""
-import base64, hashlib, json, sys, tempfile, time
+import base64, hashlib, json, os, sys, tempfile, time
 from pathlib import Path
+if os.environ.get("BENCH_PEER") == "python-hl7":  # the peer: bare parse, no FHIR at all
+    import hl7
+    from importlib.metadata import version
+    print(json.dumps({"gateway": f"python-hl7 {version('hl7')} (hl7.parse)"}), flush=True)
+    for line in sys.stdin:
+        req = json.loads(line)
+        pairs = [(base64.b64decode(d), c) for d, c in zip(req["datas"], req["codecs"])]
+        wall, cpu = time.perf_counter(), time.process_time()
+        for data, codec in pairs:
+            hl7.parse(data.decode(codec))
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        print(json.dumps({"cpu": cpu, "wall": wall, "ok": len(pairs), "digest": ""}), flush=True)
+    sys.exit(0)
 import gateway
 from gateway.config import Settings
 from gateway.pipeline import Converter
@@ -937,9 +952,10 @@ for line in sys.stdin:
 
 
 class _Worker:
-    def __init__(self, name: str, pythonpath: Path, engine: str) -> None:
+    def __init__(self, name: str, pythonpath: Path, engine: str, peer: str = "") -> None:
         self.name = name
         env = {**os.environ, "PYTHONPATH": str(pythonpath), "GATEWAY_MAPPING_ENGINE": engine}
+        env["BENCH_PEER"] = peer
         env.pop("GATEWAY_HOME", None)
         self.proc = subprocess.Popen(
             [sys.executable, "-c", _WORKER],
@@ -959,9 +975,9 @@ class _Worker:
         answer: dict[str, Any] = json.loads(line)
         return answer
 
-    def run(self, datas: list[str]) -> dict[str, Any]:
+    def run(self, datas: list[str], codecs: list[str]) -> dict[str, Any]:
         assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps({"datas": datas}) + "\n")
+        self.proc.stdin.write(json.dumps({"datas": datas, "codecs": codecs}) + "\n")
         self.proc.stdin.flush()
         return self._answer()
 
@@ -981,6 +997,7 @@ def paired(args: argparse.Namespace, messages: MessageSet) -> str:
         _Worker("before", Path(args.paired).resolve(), "compiled"),
         _Worker("compiled", REPO, "compiled"),
         _Worker("interpreted", REPO, "interpreted"),
+        _Worker("python-hl7", REPO, "compiled", peer="python-hl7"),
     ]
     work = Workload(messages.common, fresh=True)
     load_before = os.getloadavg()
@@ -994,10 +1011,12 @@ def paired(args: argparse.Namespace, messages: MessageSet) -> str:
         # One pass at a time, each sent to every worker in turn (the first one rotating):
         # the workers' clocks are compared over the same seconds, not minutes apart.
         for p in range(args.passes):
-            datas = [base64.b64encode(d).decode() for d in work.datas(1)]
+            batch = work.batch(1)
+            datas = [base64.b64encode(d).decode() for d, _ in batch]
+            codecs = [c for _, c in batch]
             count += len(datas)
             turn = (rnd + p) % len(workers)
-            answers = {w.name: w.run(datas) for w in workers[turn:] + workers[:turn]}
+            answers = {w.name: w.run(datas, codecs) for w in workers[turn:] + workers[:turn]}
             if answers["compiled"]["digest"] != answers["interpreted"]["digest"]:
                 raise RuntimeError(f"round {rnd}: compiled and interpreted Bundles differ")
             for name, a in answers.items():
@@ -1014,8 +1033,8 @@ def paired(args: argparse.Namespace, messages: MessageSet) -> str:
     load_after = os.getloadavg()
     before = times["before"]
 
-    def ratio(name: str) -> str:
-        per_round = [b / a for b, a in zip(before, times[name], strict=True)]
+    def ratio(name: str, base: list[float] = before) -> str:
+        per_round = [b / a for b, a in zip(base, times[name], strict=True)]
         return (
             f"{statistics.median(per_round):.3f} (rounds {min(per_round):.3f}–{max(per_round):.3f})"
         )
@@ -1024,6 +1043,10 @@ def paired(args: argparse.Namespace, messages: MessageSet) -> str:
         "",
         f"- rate after ÷ before, compiled mappings: **{ratio('compiled')}**",
         f"- rate after ÷ before, interpreted mappings: {ratio('interpreted')}",
+        "- gateway end to end ÷ python-hl7's bare parse (issue 18: ≥ 3), compiled: "
+        f"**{ratio('compiled', times['python-hl7'])}**; interpreted: "
+        f"{ratio('interpreted', times['python-hl7'])}; "
+        f"before: {ratio('before', times['python-hl7'])}",
         f"- {args.rounds} rounds of {args.passes} × {len(messages.common)} fresh messages; "
         f"load average before {' '.join(f'{x:.1f}' for x in load_before)}, after "
         f"{' '.join(f'{x:.1f}' for x in load_after)}",

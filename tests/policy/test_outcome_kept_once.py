@@ -7,46 +7,25 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from gateway import Converter, Settings
+from gateway import Converter
 from gateway.console import _data as console_data
 from gateway.delivery import DeliveryError, Outbound, Outbox
 from gateway.policy import KEPT_IN_OUTBOX, PolicyRecords
-from gateway.store import Incoming, Store, open_store, process_message
+from gateway.store import Store
 from gateway.store._cli import message_json
+from tests.delivery.conftest import home, home_store, outbound, receive
 
-from .conftest import HKID, REPO, consent
+from .conftest import HKID, consent
+
+store = home_store  # the outbound path's own store (tests/delivery/conftest.py)
+__all__ = ["home", "outbound"]  # fixtures, used by name
 
 ALLOWED = "hl7v2/ref_i12_lax2_to_njmu2.hl7"  # domestic: allowed, queued for njmu2
 HELD = "imaging/oru_r01_nsch_cta_zh.hl7"  # to Hong Kong, no consent yet: held
-
-
-@pytest.fixture
-def home(tmp_path: Path) -> Settings:
-    return Settings.load(home=tmp_path, env={})
-
-
-@pytest.fixture
-def store(home: Settings) -> Iterator[Store]:
-    opened = open_store(home)
-    yield opened
-    opened.close()
-
-
-@pytest.fixture
-def outbound(home: Settings, store: Store) -> Outbound:
-    return Outbound(home, store)
-
-
-def _receive(store: Store, converter: Converter, name: str) -> int:
-    receipt = store.receive(Incoming((REPO / "examples" / name).read_bytes(), "cli"))
-    assert process_message(store, converter, receipt.id).state == "converted"
-    return receipt.id
 
 
 def test_a_queued_records_policy_outcome_names_its_outbox_row_not_a_copy(
@@ -60,7 +39,7 @@ def test_a_queued_records_policy_outcome_names_its_outbox_row_not_a_copy(
         return record(self, message_id, decision, *rest)
 
     monkeypatch.setattr(PolicyRecords, "record", seen)
-    message = _receive(store, converter, ALLOWED)
+    message = receive(store, converter, ALLOWED)
     [placed] = outbound.process(message).placed
     assert placed.outcome == "queued" and placed.outbox_id is not None
     stored = store.get(message)
@@ -89,7 +68,7 @@ def test_a_queued_records_policy_outcome_names_its_outbox_row_not_a_copy(
 def test_a_decision_without_an_outbox_row_keeps_its_bundle(
     store: Store, converter: Converter, outbound: Outbound
 ) -> None:
-    message = _receive(store, converter, ALLOWED)
+    message = receive(store, converter, ALLOWED)
     stored = store.get(message)
     assert stored is not None and stored.outcomes[-1].output is not None
     decision = outbound.policy.apply(message, stored.outcomes[-1].output, "LAX2", "NJMU2")
@@ -102,7 +81,7 @@ def test_a_decision_without_an_outbox_row_keeps_its_bundle(
 def test_a_failed_release_of_a_held_row_keeps_no_decision(
     store: Store, converter: Converter, outbound: Outbound, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    message = _receive(store, converter, HELD)
+    message = receive(store, converter, HELD)
     [placed] = outbound.process(message).placed
     assert placed.outcome == "held" and placed.outbox_id is not None
     outbound.policy.import_consent(

@@ -60,9 +60,7 @@ class Searches:
             )
             # the table stays bounded: expired rows, then the oldest beyond the cap
             conn.execute(searches.delete().where(s.expires_at <= now))
-            beyond = (
-                sa.select(s.id).order_by(s.created_at.desc(), s.id.desc()).offset(self.cap)
-            )
+            beyond = sa.select(s.id).order_by(s.created_at.desc(), s.id.desc()).offset(self.cap)
             conn.execute(searches.delete().where(s.id.in_(beyond.scalar_subquery())))
         return qid
 

@@ -78,9 +78,7 @@ def test_searches_expire_and_the_oldest_go_beyond_the_cap(store: Store) -> None:
     assert saved.get(ids[4], olivia) == MessageFilter(sender="S4")
     with store.engine.begin() as conn:
         conn.execute(
-            searches.update()
-            .where(searches.c.id == ids[4])
-            .values(expires_at=datetime(2026, 1, 1))
+            searches.update().where(searches.c.id == ids[4]).values(expires_at=datetime(2026, 1, 1))
         )
     assert saved.get(ids[4], olivia) is None
 
@@ -102,9 +100,7 @@ def test_the_limiter_blocks_at_the_limit_and_forgets_a_passed_window(store: Stor
     assert limiter.failed("name:olivia") == 1 and limiter.failed("ip:10.0.0.9") == 2
 
 
-def test_failures_counted_at_once_by_many_processes_are_all_kept(
-    store: Store, url: str
-) -> None:
+def test_failures_counted_at_once_by_many_processes_are_all_kept(store: Store, url: str) -> None:
     workers = [Store.open(url, upgrade=False) for _ in range(4)]
     start = threading.Barrier(len(workers))
 

@@ -40,9 +40,7 @@ def upgrade() -> None:
         sa.Column("failures", sa.Integer(), nullable=False),
         sa.Column("window_start", sa.DateTime(), nullable=False),
     )
-    op.create_index(
-        "ix_console_login_failures_window", "console_login_failures", ["window_start"]
-    )
+    op.create_index("ix_console_login_failures_window", "console_login_failures", ["window_start"])
 
 
 def downgrade() -> None:

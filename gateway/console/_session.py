@@ -7,8 +7,10 @@ login rate limiting.
   password changes or the user is disabled.
 - Every form POST carries the session's CSRF token (a random value of the session row);
   before login, the login form's token is a double-submit of a pre-login cookie.
-- Logins are limited per login name and per client address: ``MAX_FAILURES`` failures in
-  ``WINDOW`` block further tries from either until the window has passed (per process).
+- Logins are limited per login name and per client address: ``max_failures`` failures
+  in ``window`` block further tries from either until the window has passed. The counts
+  are rows of the store, so every API worker process of ``gateway serve --workers N``
+  counts the same failures.
 """
 
 from __future__ import annotations
@@ -16,16 +18,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-import threading
-import time
-from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import sqlalchemy as sa
 
 from ..store import Store, utcnow
-from ._tables import sessions, users
+from ._tables import logins, sessions, users
 from ._users import User
 
 __all__ = [
@@ -130,34 +131,72 @@ class Sessions:
 
 
 class LoginLimiter:
-    """Failed logins per key (a login name, a client address) in a sliding window."""
+    """Failed logins per key (a login name, a client address): a count in a window that
+    starts at the key's first failure, one row per key (its SHA-256: a typed name may be
+    anything, of any length)."""
 
-    def __init__(self, max_failures: int = 5, window: float = 300.0) -> None:
+    def __init__(self, store: Store, max_failures: int = 5, window: float = 300.0) -> None:
+        self.store = store
         self.max_failures = max_failures
-        self.window = window
-        self._failures: dict[str, deque[float]] = {}
-        self._lock = threading.Lock()
-
-    def _recent(self, key: str, now: float) -> deque[float]:
-        found = self._failures.setdefault(key, deque())
-        while found and found[0] <= now - self.window:
-            found.popleft()
-        return found
+        self.window = timedelta(seconds=window)
+        self._writer = store.engine.execution_options(write=True)
 
     def blocked(self, *keys: str) -> bool:
-        now = time.monotonic()
-        with self._lock:
-            return any(len(self._recent(k, now)) >= self.max_failures for k in keys)
+        f = logins.c
+        query = (
+            sa.select(f.key_hash)
+            .where(
+                f.key_hash.in_([_hash(k) for k in keys]),
+                f.failures >= self.max_failures,
+                f.window_start > utcnow() - self.window,
+            )
+            .limit(1)
+        )
+        with self.store.engine.connect() as conn:
+            return conn.execute(query).first() is not None
 
-    def failed(self, *keys: str) -> None:
-        now = time.monotonic()
-        with self._lock:
-            for key in keys:
-                self._recent(key, now).append(now)
-            if len(self._failures) > 10_000:  # a bound: forget keys with no recent failure
-                for key in [k for k, v in self._failures.items() if not self._recent(k, now)]:
-                    del self._failures[key]
+    def failed(self, *keys: str) -> int:
+        """Counts one failure under each key; returns the highest count now held. Each
+        count is one atomic statement (INSERT ... ON CONFLICT DO UPDATE ... RETURNING):
+        processes failing at once never lose each other's failures."""
+        now = utcnow()
+        start = now - self.window
+        f = logins.c
+        counts = [0]
+        with self._writer.begin() as conn:
+            # a bound: keys whose window has passed are forgotten
+            conn.execute(logins.delete().where(f.window_start <= start))
+            insert = _insert_for(conn.dialect.name)
+            for key in sorted(set(keys)):
+                expired = f.window_start <= start  # passed since the delete above
+                statement = (
+                    insert(logins)
+                    .values(key_hash=_hash(key), failures=1, window_start=now)
+                    .on_conflict_do_update(
+                        index_elements=[f.key_hash],
+                        set_={
+                            "failures": sa.case((expired, 1), else_=f.failures + 1),
+                            "window_start": sa.case(
+                                (expired, sa.literal(now, sa.DateTime())), else_=f.window_start
+                            ),
+                        },
+                    )
+                    .returning(f.failures)
+                )
+                counts.append(int(conn.execute(statement).scalar_one()))
+        return max(counts)
 
     def succeeded(self, name_key: str) -> None:
-        with self._lock:
-            self._failures.pop(name_key, None)
+        with self._writer.begin() as conn:
+            conn.execute(logins.delete().where(logins.c.key_hash == _hash(name_key)))
+
+
+def _insert_for(dialect: str) -> Callable[..., Any]:
+    """The dialect's INSERT with ON CONFLICT (the store runs on SQLite and PostgreSQL)."""
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert

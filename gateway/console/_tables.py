@@ -1,6 +1,7 @@
 """The console's tables, on the message store's metadata (migration ``v0007_console``
-creates the same): local users, server-side sessions, and what operators did through
-the console with their reasons."""
+creates the same; ``v0009_console_shared`` the searches and the sign-in limiter): local
+users, server-side sessions, what operators did through the console with their reasons,
+and what every API worker process must share (saved searches, failed sign-ins)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import sqlalchemy as sa
 
 from ..store import metadata
 
-__all__ = ["actions", "sessions", "users"]
+__all__ = ["actions", "logins", "searches", "sessions", "users"]
 
 ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
@@ -52,3 +53,28 @@ actions = sa.Table(
     sa.Column("reason", sa.Text(), nullable=False),
 )
 sa.Index("ix_console_actions_message", actions.c.message_id, actions.c.id)
+
+# A search POSTed by a user, kept under an opaque random id (the ``?q=`` of the results'
+# URL) so that its criteria, which may hold a patient identifier, never go in a URL; any
+# API worker process can read it back. Rows expire and the oldest go beyond a cap.
+searches = sa.Table(
+    "console_searches",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),  # random, URL-safe
+    sa.Column("user_id", ID, sa.ForeignKey("console_users.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("criteria", sa.Text(), nullable=False),  # JSON; may hold patient values: never logged
+    sa.Column("created_at", sa.DateTime(), nullable=False),
+    sa.Column("expires_at", sa.DateTime(), nullable=False),
+)
+sa.Index("ix_console_searches_created", searches.c.created_at)
+
+# Failed sign-ins per key (SHA-256 of a login name or a client address): a count in a
+# window that starts at the first failure, shared by every API worker process.
+logins = sa.Table(
+    "console_login_failures",
+    metadata,
+    sa.Column("key_hash", sa.String(64), primary_key=True),
+    sa.Column("failures", sa.Integer(), nullable=False),
+    sa.Column("window_start", sa.DateTime(), nullable=False),
+)
+sa.Index("ix_console_login_failures_window", logins.c.window_start)

@@ -3,7 +3,8 @@
 Server-rendered (Jinja2, autoescaped); one small script of our own polls the dashboard
 (static/console.js); every asset ships in the package and the Content-Security-Policy
 allows nothing from elsewhere. No patient data in URLs: a search is a POST whose filter
-stays on the server under an opaque id (``?q=``); a message is named by its store id.
+stays in the store under an opaque id (``?q=``, any worker process finds it: _searches.py);
+a message is named by its store id.
 Every page that shows a message's content, and every search result, writes an
 ``api-read`` AuditEvent naming the console user.
 """
@@ -13,7 +14,6 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
-from collections import OrderedDict
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -35,6 +35,7 @@ from ._actions import MESSAGE_ACTIONS, OUTBOX_ACTIONS, Actions
 from ._audit import basis_names
 from ._labels import translate
 from ._live import breaker_states
+from ._searches import Searches
 from ._session import COOKIE, PRE_COOKIE, LoginLimiter, Session, Sessions, same_token
 from ._users import LANGS, ROLES, User, Users
 
@@ -46,7 +47,6 @@ PREFIX = "/console"
 MAX_FORM = 64 * 1024
 PAGE = 50
 _SINCE = "since: 30m, 2h, 7d or an ISO 8601 time (2026-12-01T08:00)"
-_SEARCHES = 2000  # opaque searches kept (per process), oldest forgotten first
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
@@ -85,10 +85,7 @@ def create_console(
     at /console: gateway/api/_app.py)."""
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
-    limiter = LoginLimiter()
     actions = Actions(settings, store, converter, convert_lock)
-    searches: OrderedDict[str, tuple[int, MessageFilter]] = OrderedDict()
-    searches_lock = threading.Lock()
 
     def session_of(request: Request) -> Session | None:
         return Sessions(store()).get(request.cookies.get(COOKIE))
@@ -188,15 +185,16 @@ def create_console(
         name, password = fields.get("name", ""), fields.get("password", "")
         keys = (f"name:{name}", f"ip:{_client(request)}")
         pre = request.cookies.get(PRE_COOKIE, "")
-        if limiter.blocked(*keys):
+        limiter = LoginLimiter(store())  # rows: every worker process counts the same
+        if await run_in_threadpool(limiter.blocked, *keys):
             log.warning("console: sign-in refused (rate limit) from %s", _client(request))
             return render(request, "login.html", None, 429, pre=pre, failed="login.limited")
         user = await run_in_threadpool(Users(store()).authenticate, name, password)
         if user is None:
-            limiter.failed(*keys)
+            await run_in_threadpool(limiter.failed, *keys)
             log.warning("console: failed sign-in from %s", _client(request))
             return render(request, "login.html", None, 401, pre=pre, failed="login.failed")
-        limiter.succeeded(keys[0])
+        await run_in_threadpool(limiter.succeeded, keys[0])
         token = await run_in_threadpool(Sessions(store()).start, user)
         response = _redirect("/dashboard")
         _cookie(response, COOKIE, token)
@@ -242,9 +240,8 @@ def create_console(
     @app.get("/messages")
     async def messages(request: Request, q: str = "", after: str = "") -> Response:
         session = need(request)
-        with searches_lock:
-            found = searches.get(q)
-        where = found[1] if found and found[0] == session.user.id else MessageFilter()
+        found = await run_in_threadpool(Searches(store()).get, q, session.user.id)
+        where = found or MessageFilter()
         cursor = after if after.isdigit() else None
         page: Page = await run_in_threadpool(store().find, where, PAGE, cursor)
         if page.items:
@@ -255,7 +252,7 @@ def create_console(
             "messages.html",
             session,
             page=page,
-            q=q if found else "",
+            q=q if found is not None else "",
             where=where,
             states=STATES,
         )
@@ -277,11 +274,7 @@ def create_console(
             return render(
                 request, "error.html", session, 400, message="app.bad_request", detail=_SINCE
             )
-        qid = secrets.token_urlsafe(16)
-        with searches_lock:
-            searches[qid] = (session.user.id, where)
-            while len(searches) > _SEARCHES:
-                searches.popitem(last=False)
+        qid = await run_in_threadpool(Searches(store()).save, session.user.id, where)
         return _redirect(f"/messages?q={qid}")
 
     @app.get("/messages/{message_id}")

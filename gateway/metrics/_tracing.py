@@ -18,6 +18,7 @@ partner, format. NEVER patient data, control ids or identifiers.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import logging
 import secrets
@@ -55,6 +56,12 @@ _broken = False
 # The stored message being converted in this thread (set by the store's process step).
 _message: ContextVar[int | None] = ContextVar("gateway_trace_message", default=None)
 _OFF: AbstractContextManager[None] = nullcontext()
+# How long closing tracing (at exit, or on new settings) waits for the exporter to send
+# what it holds: a collector that is up takes the last batch in milliseconds; one that
+# is down would otherwise hold even a one-file `gateway convert` ~10 s at exit while the
+# OTLP exporter retries. Past this, the spans not yet sent are dropped (logged).
+SHUTDOWN_SECONDS = 2.0
+_exit_hook = False
 
 
 def tracing_on() -> bool:
@@ -78,7 +85,7 @@ def configure_tracing(settings: Settings, exporter: Any = None) -> None:
         return
     with _lock:
         if _provider is not None:
-            _provider.shutdown()  # flushes what it holds
+            _close(_provider)  # flushes what it holds, for SHUTDOWN_SECONDS at most
         _tracer = _provider = None
         _configured = (key, exporter)
         if settings.tracing == "off" and exporter is None:
@@ -93,8 +100,39 @@ def reset_tracing() -> None:
     global _tracer, _provider, _configured
     with _lock:
         if _provider is not None:
-            _provider.shutdown()
+            _close(_provider)
         _tracer = _provider = _configured = None
+
+
+def _close(provider: Any) -> None:
+    """Shut ``provider`` down (its processors send what they hold), waiting
+    SHUTDOWN_SECONDS at most. The SDK's own shutdown waits for the exporter, which
+    retries an unreachable collector for its whole timeout (10 s by default); here it
+    runs in a daemon thread, left behind (with the spans it still holds) when the time
+    is up, so neither a short command's exit nor a change of settings waits for it."""
+    done = threading.Event()
+
+    def shut() -> None:
+        try:
+            provider.shutdown()
+        except Exception as exc:  # an exporter's fault must not fail the exit
+            log.warning("tracing: shutdown failed: %s", type(exc).__name__)
+        finally:
+            done.set()
+
+    threading.Thread(target=shut, name="gateway-tracing-shutdown", daemon=True).start()
+    if not done.wait(SHUTDOWN_SECONDS):
+        log.warning(
+            "tracing: the collector did not take the last spans within %.0f s; dropped",
+            SHUTDOWN_SECONDS,
+        )
+
+
+def _at_exit() -> None:
+    global _tracer, _provider
+    provider, _tracer, _provider = _provider, None, None
+    if provider is not None:
+        _close(provider)
 
 
 def _make_provider(settings: Settings, exporter: Any) -> Any:
@@ -107,10 +145,15 @@ def _make_provider(settings: Settings, exporter: Any) -> Any:
         SimpleSpanProcessor,
     )
 
+    global _exit_hook
     resource = Resource.create({"service.name": settings.tracing_service_name})
     # Not the global provider: the gateway's spans go where its settings say, whatever
-    # else runs in the process.
-    provider = TracerProvider(resource=resource)
+    # else runs in the process. Not the SDK's exit hook either (it waits as long as the
+    # exporter retries): ours bounds the wait (_close).
+    provider = TracerProvider(resource=resource, shutdown_on_exit=False)
+    if not _exit_hook:
+        atexit.register(_at_exit)
+        _exit_hook = True
     if exporter is not None:
         provider.add_span_processor(SimpleSpanProcessor(exporter))
     elif settings.tracing == "console":

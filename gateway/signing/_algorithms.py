@@ -37,31 +37,55 @@ class Algorithm(Protocol):
     def verify(self, key: Any, signature: bytes, data: bytes) -> bool: ...
 
 
-class ES256:
-    """ECDSA P-256 with SHA-256; JWS signatures are r||s, 32 bytes each (RFC 7518 3.4)."""
+class _ECDSA:
+    """ECDSA on one curve with one hash; JWS signatures are r||s, each the curve's size in
+    big-endian bytes (RFC 7518 3.4): not the DER that ``cryptography`` reads and writes."""
 
-    name = "ES256"
-    _scheme = ec.ECDSA(hashes.SHA256())
+    name: str
+    _curve: type[ec.EllipticCurve]
+    _size: int  # bytes of r (and of s)
+    _scheme: ec.ECDSA
 
     def fits(self, key: Any) -> bool:
         ok = isinstance(key, (ec.EllipticCurvePrivateKey, ec.EllipticCurvePublicKey))
-        return ok and isinstance(key.curve, ec.SECP256R1)
+        return ok and isinstance(key.curve, self._curve)
 
     def sign(self, key: Any, data: bytes) -> bytes:
         r, s = decode_dss_signature(key.sign(data, self._scheme))
-        return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+        return r.to_bytes(self._size, "big") + s.to_bytes(self._size, "big")
 
     def verify(self, key: Any, signature: bytes, data: bytes) -> bool:
-        if len(signature) != 64:
+        # a length of another curve's signature is refused here, never re-split
+        if len(signature) != 2 * self._size:
             return False
+        half = self._size
         der = encode_dss_signature(
-            int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
+            int.from_bytes(signature[:half], "big"), int.from_bytes(signature[half:], "big")
         )
         try:
             key.verify(der, data, self._scheme)
         except InvalidSignature:
             return False
         return True
+
+
+class ES256(_ECDSA):
+    """ECDSA P-256 with SHA-256; r||s, 32 bytes each (RFC 7518 3.4)."""
+
+    name = "ES256"
+    _curve = ec.SECP256R1
+    _size = 32
+    _scheme = ec.ECDSA(hashes.SHA256())
+
+
+class ES384(_ECDSA):
+    """ECDSA P-384 with SHA-384; r||s, 48 bytes each (RFC 7518 3.4). Hospitals' and HK
+    partners' PKIs often issue P-384 certificates."""
+
+    name = "ES384"
+    _curve = ec.SECP384R1
+    _size = 48
+    _scheme = ec.ECDSA(hashes.SHA384())
 
 
 class EdDSA:
@@ -103,7 +127,7 @@ class PS256:
         return True
 
 
-ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (ES256(), EdDSA(), PS256())}
+ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (ES256(), ES384(), EdDSA(), PS256())}
 
 
 def for_key(key: Any) -> Algorithm | None:

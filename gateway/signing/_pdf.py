@@ -40,6 +40,14 @@ def _pyhanko() -> Any:
     return pyhanko
 
 
+def _digest_for(signer: Signer) -> str:
+    # Ed25519 in CMS signs a SHA-512 digest (RFC 8419); P-384 pairs with SHA-384 as ES384
+    # does; SHA-256 otherwise
+    if isinstance(signer.key, ed25519.Ed25519PrivateKey):
+        return "sha512"
+    return "sha384" if signer.algorithm.name == "ES384" else "sha256"
+
+
 def sign_pdf(data: bytes, signer: Signer, role: str = "author") -> bytes:
     """The PDF with one more PAdES signature (an incremental update)."""
     _pyhanko()
@@ -99,8 +107,7 @@ def sign_pdf(data: bytes, signer: Signer, role: str = "author") -> bytes:
     field_name = f"Signature{count + 1}"
     meta = signers.PdfSignatureMetadata(
         field_name=field_name,
-        # Ed25519 in CMS signs a SHA-512 digest (RFC 8419); SHA-256 otherwise
-        md_algorithm="sha512" if isinstance(signer.key, ed25519.Ed25519PrivateKey) else "sha256",
+        md_algorithm=_digest_for(signer),
         subfilter=fields.SigSeedSubFilter.PADES,
         reason=f"{label('roles', role, both=False)} ({role})",
         name=signer.name,

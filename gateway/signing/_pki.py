@@ -70,17 +70,23 @@ _ENV_PREFIX = "GATEWAY_SIGNING_"
 def new_key(alg: str = DEFAULT_ALG) -> Any:
     if alg == "ES256":
         return ec.generate_private_key(ec.SECP256R1())
+    if alg == "ES384":
+        return ec.generate_private_key(ec.SECP384R1())
     if alg == "EdDSA":
         return ed25519.Ed25519PrivateKey.generate()
     if alg == "PS256":
         return rsa.generate_private_key(public_exponent=65537, key_size=2048)
     raise SigningError(
-        "unsupported-alg", f"no key type for algorithm {alg!r} (ES256, EdDSA, PS256)"
+        "unsupported-alg", f"no key type for algorithm {alg!r} (ES256, ES384, EdDSA, PS256)"
     )
 
 
-def _hash_for(key: Any) -> hashes.SHA256 | None:
-    return None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
+def _hash_for(key: Any) -> hashes.SHA256 | hashes.SHA384 | None:
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return None  # Ed25519 hashes internally
+    if isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, ec.SECP384R1):
+        return hashes.SHA384()  # a P-384 CA signs with ecdsa-with-SHA384 (RFC 5758)
+    return hashes.SHA256()
 
 
 def _name(attrs: list[tuple[x509.ObjectIdentifier, str]]) -> x509.Name:
@@ -320,7 +326,7 @@ class Signer:
             raise SigningError(
                 "unsupported-alg",
                 f"a {type(key).__name__} key fits no signing algorithm (ES256: P-256, "
-                "EdDSA: Ed25519, PS256: RSA ≥ 2048 bits)",
+                "ES384: P-384, EdDSA: Ed25519, PS256: RSA ≥ 2048 bits)",
             )
         leaf = chain[0]
         if leaf.public_key() != key.public_key():

@@ -35,7 +35,7 @@ REGISTRY = JWSRegistry(
         "sigT": HeaderParameter("JAdES claimed signing time", "str"),
         "srCms": HeaderParameter("JAdES signer commitments", _is_list),
     },
-    algorithms=["ES256", "EdDSA", "PS256"],
+    algorithms=["ES256", "ES384", "EdDSA", "PS256"],
 )
 REGISTRY.max_header_length = 16384  # x5c carries the chain: more than joserfc's 512 bytes
 
@@ -108,7 +108,7 @@ def test_joserfc_verifies_both_signatures_of_the_cosigned_report(
 # RFC 9864 deprecates "EdDSA" for the fully-specified "Ed25519"; JAdES and IHE DSG
 # still name EdDSA, which the gateway writes (and it reads both).
 @pytest.mark.filterwarnings("ignore:EdDSA is deprecated")
-@pytest.mark.parametrize("alg", ["ES256", "EdDSA", "PS256"])
+@pytest.mark.parametrize("alg", ["ES256", "ES384", "EdDSA", "PS256"])
 def test_joserfc_verifies_every_algorithm(alg: str, tmp_path: Path, golden: dict[str, Any]) -> None:
     from gateway.datafiles import data_dir
 

@@ -61,7 +61,7 @@ __all__ = [
 ]
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
-# SMART Backend Services names RS384 and ES384; the gateway's own keys are ES256, EdDSA
+# SMART Backend Services names RS384 and ES384; the gateway's own keys are ES256, ES384, EdDSA
 # and PS256 (gateway keys init). Never none, never HMAC.
 SIGNING_ALGS = ("ES256", "ES384", "RS384", "PS256", "EdDSA")
 MAX_ASSERTION_LIFETIME = timedelta(minutes=5)

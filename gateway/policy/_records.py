@@ -20,6 +20,7 @@ from ..audit import PSEUDONYM, AuditLog, decision_event, message_subject
 from ..audit import events as audit_events
 from ..errors import Issue
 from ..store import StageOutcome, Store, metadata, utcnow
+from ..store._schema import outbox
 from ._consent import ConsentRecord, PolicyError, parse_consent
 from ._engine import Decision, Policy, RuleResult
 from ._minimise import Change, pseudonym
@@ -110,6 +111,25 @@ _COUNT = sa.select(sa.func.count()).where(
 _ADD_COUNTED = counters.insert()
 _CONSENTS_OF = sa.select(consents.c.resource).where(
     consents.c.patient_key.in_(sa.bindparam("keys", expanding=True))
+)
+# Held decisions ``release_held`` may release: not those whose hold an outbox row keeps
+# (the outbound path's: ``Outbound.recheck_held`` releases them, deciding, filling the
+# row and moving the message in one transaction; releasing them here too would record a
+# second decision and set the message to ``outbox`` while its row stays held).
+_HELD_BY_OUTBOX = (
+    sa.select(outbox.c.id)
+    .where(
+        outbox.c.message_id == _d.message_id,
+        outbox.c.partner == _d.recipient,
+        outbox.c.state == "held",
+        outbox.c.last_error == "policy.held",
+    )
+    .exists()
+)
+_RELEASABLE = (
+    sa.select(decisions)
+    .where(_d.outcome == "hold", _d.current.is_(True), ~_HELD_BY_OUTBOX)
+    .order_by(_d.id)
 )
 
 
@@ -351,14 +371,13 @@ class PolicyRecords:
             self.audit.record_guarded(conn, event)
 
     def release_held(self, now: datetime | None = None) -> list[Released]:
-        """Decide every held record again (after a consent arrived); those no longer
-        held leave the held state (outbox, or denied if a rule now refuses)."""
+        """Decide every record held by ``apply`` again (after a consent arrived); those
+        no longer held leave the held state (outbox, or denied if a rule now refuses).
+        Records the outbound path holds in an outbox row are left to it
+        (``Outbound.recheck_held``): one decision per release, and the message's state
+        never apart from its row's."""
         with self.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(decisions)
-                .where(decisions.c.outcome == "hold", decisions.c.current.is_(True))
-                .order_by(decisions.c.id)
-            ).all()
+            rows = conn.execute(_RELEASABLE).all()
         released = []
         for row in rows:
             if row.input is None:

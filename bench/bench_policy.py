@@ -583,6 +583,121 @@ def wired(count: int = 20, rounds: int = 9, warmup: int = 5) -> dict[str, Any]:
     return out
 
 
+# -- the issue's figure: throughput of the whole pipeline with and without the stage -----
+
+
+def _without_policy() -> type:
+    """The outbound path with the policy stage taken out (bench only): every allowed
+    record goes as ``Outbound._place`` sends it — dedup check, report variant, signing,
+    the outbox row in its own transaction (``Outbox.enqueue`` without ``conn``: its
+    commit, its audit appends) — with no decision, no minimisation, no counters, no
+    ``policy`` outcome. The Bundle queued is the converted one (nothing minimised it)."""
+    from gateway.delivery import Outbound
+    from gateway.delivery._outbound import Placed, _dedup
+    from gateway.delivery._outbox import label_of, order_key_of
+
+    class NoPolicy(Outbound):  # type: ignore[misc]
+        def _place(
+            self,
+            message_id: int,
+            n: int,
+            data: bytes,
+            bundle: dict[str, Any],
+            facts: Any,
+            dest: Any,
+            sender: str | None,
+        ) -> Any:
+            partner = self.partners[dest.partner]
+            dedup = _dedup(partner.key, data)
+            found = self.outbox.dedup_row(dedup)
+            if found is not None:
+                return Placed(n, partner.key, "already", found.id, reason=f"already {found.state}")
+            out, notes = self._finish(data, partner, facts, sender, message_id)
+            row_id, _new = self.outbox.enqueue(
+                partner,
+                out,
+                message_id=message_id,
+                order_key=order_key_of(bundle),
+                label=label_of(bundle),
+                record=n,
+                purpose=dest.purpose,
+                dedup=dedup,
+                links_wait=self.wait,
+                reason="queued" + "".join(f"; {note}" for note in notes),
+            )
+            return Placed(n, partner.key, "queued", row_id, None, "; ".join(notes))
+
+    return NoPolicy
+
+
+def throughput(count: int = 30, rounds: int = 21, warmup: int = 5) -> dict[str, Any]:
+    """The issue's figure, measured as it is worded: the whole wired pipeline
+    (bench_audit.py's ``Pipeline``, audit on as shipped: receive, convert, route,
+    policy, report variant, signing, outbox row, delivery to an in-process partner;
+    SQLite, synchronous=FULL) run A/B on two stores in the same process — A as
+    shipped, B with the policy stage taken out (:func:`_without_policy`) — message by
+    message, alternating which side goes first, ``rounds`` rounds of ``count``
+    never-seen NSCH → HKPMC referrals per side (consent on file: A allows with
+    minimisation, the costliest path). Throughput lost per round = 1 − rate(A)/rate(B)
+    = 1 − time(B)/time(A), in wall clock and in this thread's CPU time; nothing is
+    timed inside the calls."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from bench_audit import Pipeline, message
+
+    from gateway.datafiles import data_dir
+    from gateway.signing import make_demo_pki
+
+    converter = Converter()
+    lost: list[float] = []
+    lost_cpu: list[float] = []
+    per_message: dict[str, list[float]] = {"A": [], "B": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        pki = Path(tmp) / "pki"
+        make_demo_pki(data_dir("seeds") / "network.yaml", pki)
+        a = Pipeline.make(Path(tmp) / "a", pki, True, converter)
+        b = Pipeline.make(Path(tmp) / "b", pki, True, converter)
+        b.outbound = _without_policy()(b.settings, b.store, b.outbound.outbox,
+                                       partners=b.outbound.partners)  # fmt: skip
+        sides = {"A": a, "B": b}
+        serial = 0
+        for _ in range(warmup):
+            for pipeline in sides.values():
+                serial += 1
+                pipeline.one(message(serial))
+        for r in range(rounds):
+            sums = {name: [0.0, 0.0] for name in sides}
+            for i in range(count):
+                for name in ("A", "B") if (i + r) % 2 == 0 else ("B", "A"):
+                    serial += 1
+                    wall, cpu = sides[name].one(message(serial))
+                    sums[name][0] += wall
+                    sums[name][1] += cpu
+            lost.append(1 - sums["B"][0] / sums["A"][0])
+            lost_cpu.append(1 - sums["B"][1] / sums["A"][1])
+            for name in sides:
+                per_message[name].append(sums[name][0] / count)
+        seen = {}
+        for name, pipeline in sides.items():
+            states: dict[str, int] = {}
+            for summary in pipeline.store.find(None, 100_000).items:  # type: ignore[arg-type]
+                states[summary.state] = states.get(summary.state, 0) + 1
+            seen[name] = states
+            pipeline.close()
+    assert set(seen["A"]) == set(seen["B"]) == {"delivered"}, seen
+    return {
+        "lost": statistics.median(lost),
+        "lost_cpu": statistics.median(lost_cpu),
+        "spread": (min(lost), max(lost)),
+        "cpu_spread": (min(lost_cpu), max(lost_cpu)),
+        "quartiles": statistics.quantiles(lost, n=4)[::2],
+        "cpu_quartiles": statistics.quantiles(lost_cpu, n=4)[::2],
+        "ms": {name: statistics.median(v) * 1e3 for name, v in per_message.items()},
+        "rounds": rounds,
+        "count": count,
+        "delivered": seen,
+    }
+
+
 # (label, file's path ending, function name) of what the wired profile reports
 PROFILED = (
     ("whole message (`Pipeline.one`)", "bench_audit.py", "one"),

@@ -695,6 +695,7 @@ def throughput(count: int = 30, rounds: int = 21, warmup: int = 5) -> dict[str, 
         "rounds": rounds,
         "count": count,
         "delivered": seen,
+        "per_round": (lost, lost_cpu),
     }
 
 

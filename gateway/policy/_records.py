@@ -112,6 +112,11 @@ _ADD_COUNTED = counters.insert()
 _CONSENTS_OF = sa.select(consents.c.resource).where(
     consents.c.patient_key.in_(sa.bindparam("keys", expanding=True))
 )
+# The same on SQLite, as the driver takes it (PolicyRecords._sqlite_consents).
+_SQLITE_CONSENTS_OF = {
+    n: "SELECT resource FROM policy_consents WHERE patient_key IN ({})".format(", ".join("?" * n))
+    for n in range(1, 9)
+}
 # Held decisions ``release_held`` may release: not those whose hold an outbox row keeps
 # (the outbound path's: ``Outbound.recheck_held`` releases them, deciding, filling the
 # row and moving the message in one transaction; releasing them here too would record a
@@ -154,13 +159,37 @@ class PolicyRecords:
         # stored bytes: the rows are read every time (another process may import or
         # withdraw one), and a changed Consent is other bytes.
         self._parsed: dict[bytes, ConsentRecord] = {}
+        self._keys: dict[str, str] = {}  # _patient_key
+        self._sqlite = store.engine.dialect.name == "sqlite"
 
     # -- the engine's sources -------------------------------------------------------------
     def for_patients(self, patients: list[str]) -> list[ConsentRecord]:
+        """The patient's Consents as stored now (read at every decision: another process
+        may import or withdraw one)."""
         keys = [self._patient_key(p) for p in patients]
+        if self._sqlite and keys:
+            return [self._parse(r) for r in self._sqlite_consents(keys)]
         with self.engine.connect() as conn:
             rows = conn.execute(_CONSENTS_OF, {"keys": keys}).scalars().all()
         return [self._parse(r) for r in rows]
+
+    def _sqlite_consents(self, keys: list[str]) -> list[bytes]:
+        """The read on SQLite, straight through the driver: one SELECT in autocommit mode
+        is a consistent read by itself, and SQLAlchemy's execution around it (the
+        BEGIN its event adds, the result's processing) cost 80 of a read's 90 µs."""
+        sql = _SQLITE_CONSENTS_OF.get(len(keys))
+        if sql is None:
+            marks = ", ".join("?" * len(keys))
+            sql = f"SELECT resource FROM policy_consents WHERE patient_key IN ({marks})"
+        raw = self.engine.raw_connection()
+        try:
+            cursor = raw.cursor()
+            try:
+                return [bytes(row[0]) for row in cursor.execute(sql, keys).fetchall()]
+            finally:
+                cursor.close()
+        finally:
+            raw.close()  # back to the pool
 
     def count(self, year: int, sender: str, basis: str, category: str) -> int:
         where = {"year": year, "sender": sender, "basis": basis, "category": category}
@@ -174,7 +203,14 @@ class PolicyRecords:
 
     # -- consents -------------------------------------------------------------------------
     def _patient_key(self, patient: str) -> str:
-        return pseudonym(self.policy.key, *patient.split("|", 1))
+        """The keyed pseudonym a patient's consents are stored under (an HMAC: kept, the
+        key never changes)."""
+        found = self._keys.get(patient)
+        if found is None:
+            if len(self._keys) > 65536:  # a bound: one per identifier seen
+                self._keys.clear()
+            found = self._keys[patient] = pseudonym(self.policy.key, *patient.split("|", 1))
+        return found
 
     def _parse(self, resource: bytes) -> ConsentRecord:
         found = self._parsed.get(resource)

@@ -117,6 +117,14 @@ _SQLITE_CONSENTS_OF = {
     n: "SELECT resource FROM policy_consents WHERE patient_key IN ({})".format(", ".join("?" * n))
     for n in range(1, 9)
 }
+# The decision's two statements on SQLite, as the driver takes them (_sqlite_add).
+_DECISION_COLUMNS = tuple(c.name for c in decisions.columns if c.name != "id")
+_SQLITE_SUPERSEDE = (
+    "UPDATE policy_decisions SET current = 0, input = NULL WHERE message_id = ? AND current = 1"
+)
+_SQLITE_ADD_DECISION = "INSERT INTO policy_decisions ({}) VALUES ({})".format(
+    ", ".join(_DECISION_COLUMNS), ", ".join("?" * len(_DECISION_COLUMNS))
+)
 # Held decisions ``release_held`` may release: not those whose hold an outbox row keeps
 # (the outbound path's: ``Outbound.recheck_held`` releases them, deciding, filling the
 # row and moving the message in one transaction; releasing them here too would record a
@@ -161,6 +169,9 @@ class PolicyRecords:
         self._parsed: dict[bytes, ConsentRecord] = {}
         self._keys: dict[str, str] = {}  # _patient_key
         self._sqlite = store.engine.dialect.name == "sqlite"
+        # decided_at as SQLAlchemy's DateTime writes it on this dialect (_sqlite_add)
+        stamp = decisions.c.decided_at.type.bind_processor(store.engine.dialect)
+        self._stamp: Callable[[Any], Any] = stamp or (lambda value: value)
 
     # -- the engine's sources -------------------------------------------------------------
     def for_patients(self, patients: list[str]) -> list[ConsentRecord]:
@@ -172,6 +183,20 @@ class PolicyRecords:
         with self.engine.connect() as conn:
             rows = conn.execute(_CONSENTS_OF, {"keys": keys}).scalars().all()
         return [self._parse(r) for r in rows]
+
+    def _sqlite_add(self, conn: Connection, message_id: int | None, row: dict[str, Any]) -> int:
+        """``_SUPERSEDE`` and ``_ADD_DECISION`` on SQLite, straight through the driver
+        in the caller's transaction (its connection, BEGIN IMMEDIATE already issued):
+        the same rows — the time bound as SQLAlchemy binds it, its DateTime's text — for
+        a fifth of the time (SQLAlchemy's execution was most of a decision's two
+        statements)."""
+        driver = conn.connection.driver_connection
+        assert driver is not None
+        if message_id is not None:
+            driver.execute(_SQLITE_SUPERSEDE, (message_id,))
+        values = dict(row, decided_at=self._stamp(row["decided_at"]), current=1)
+        cursor = driver.execute(_SQLITE_ADD_DECISION, [values[c] for c in _DECISION_COLUMNS])
+        return int(cursor.lastrowid)
 
     def _sqlite_consents(self, keys: list[str]) -> list[bytes]:
         """The read on SQLite, straight through the driver: one SELECT in autocommit mode
@@ -368,28 +393,27 @@ class PolicyRecords:
         self, conn: Connection, message_id: int | None, decision: Decision, raw: bytes
     ) -> None:
         """The decision's rows, in the caller's transaction."""
-        if message_id is not None:
-            conn.execute(_SUPERSEDE, {"m": message_id, "current": False, "input": None})
-        decision.id = int(
-            conn.execute(
-                _ADD_DECISION,
-                {
-                    "message_id": message_id,
-                    "decided_at": decision.decided_at,
-                    "sender": decision.sender,
-                    "recipient": decision.recipient,
-                    "purpose": decision.purpose,
-                    "outcome": decision.outcome,
-                    "basis": decision.basis,
-                    "agreement": decision.agreement,
-                    "rules": orjson.dumps([r.to_json() for r in decision.results]).decode(),
-                    "changes": orjson.dumps([c.to_json() for c in decision.changes]).decode(),
-                    "patients": orjson.dumps(decision.patients).decode(),
-                    "input": raw if decision.outcome == "hold" else None,
-                    "current": True,
-                },
-            ).scalar_one()
-        )
+        row = {
+            "message_id": message_id,
+            "decided_at": decision.decided_at,
+            "sender": decision.sender,
+            "recipient": decision.recipient,
+            "purpose": decision.purpose,
+            "outcome": decision.outcome,
+            "basis": decision.basis,
+            "agreement": decision.agreement,
+            "rules": orjson.dumps([r.to_json() for r in decision.results]).decode(),
+            "changes": orjson.dumps([c.to_json() for c in decision.changes]).decode(),
+            "patients": orjson.dumps(decision.patients).decode(),
+            "input": raw if decision.outcome == "hold" else None,
+            "current": True,
+        }
+        if self._sqlite:
+            decision.id = self._sqlite_add(conn, message_id, row)
+        else:
+            if message_id is not None:
+                conn.execute(_SUPERSEDE, {"m": message_id, "current": False, "input": None})
+            decision.id = int(conn.execute(_ADD_DECISION, row).scalar_one())
         decision.message_id = message_id
         if decision.allowed and decision.count is not None:
             year, sender, basis, category, person = decision.count

@@ -191,7 +191,7 @@ class Decision:
         }
 
 
-@dataclass
+@dataclass(slots=True)
 class _Transfer:
     """What the rules look at."""
 
@@ -215,6 +215,7 @@ class _Transfer:
     early: Minimisation | None = None  # pass 1, made once (_structural)
     key: Callable[[], bytes] = bytes  # the pseudonym key, read on first use
     aliases: dict[tuple[str, str], str] = field(default_factory=dict)  # the Policy's memo
+    plan: _Plan | None = None  # the rules folded for its parties and purpose
 
     @property
     def cross_border(self) -> bool:
@@ -238,6 +239,42 @@ class _Transfer:
 
 
 Rule = Callable[["Policy", _Transfer, str, dict[str, Any]], RuleResult]
+
+
+@dataclass(frozen=True, slots=True)
+class _Step:
+    """One rule of a plan: ``fixed`` when its result depends on the parties and purpose
+    alone (no prohibited-code search outside the exporting jurisdictions, no consent
+    required, no counting outside them): then the rule is not run per decision."""
+
+    rule_id: str
+    kind: str
+    rule: Rule
+    params: dict[str, Any]
+    fixed: RuleResult | None
+    skipped: RuleResult  # what a minimisation not run (held, refused) says
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """The rules folded for one (sender, recipient, purpose), built once and kept per
+    Policy: the parties resolved, their jurisdictions, the minimisation profile, and
+    each rule's result when it does not depend on the record. Nothing in it depends on
+    a consent or a counter (asked at every decision), and a Policy's agreements and
+    rules are its ``data``: a new ``data`` drops every plan (:meth:`Policy.invalidate`)."""
+
+    source: Institution
+    target: Institution
+    purpose: str
+    from_j: str
+    to_j: str
+    profile: Profile | None
+    steps: tuple[_Step, ...]
+
+
+def _copy(r: RuleResult) -> RuleResult:
+    """A result of one's own (a caller may change its reason)."""
+    return RuleResult(r.rule, r.kind, r.outcome, r.reason_code, dict(r.reason))
 
 
 class Policy:
@@ -276,6 +313,25 @@ class Policy:
         self._label_sets: dict[tuple[Any, ...], list[dict[str, str]]] = {}  # _labels
         self._key = key
         self._key_lock = threading.Lock()
+        self._plans: dict[tuple[str, str, str], _Plan] = {}
+        self._load_rules()
+
+    def invalidate(self) -> None:
+        """Forget every plan and every result derived from the data: after the
+        agreements or rules changed (a new ``data``; :meth:`decide` notices one itself).
+        Consents and counters need none of this: they are asked at every decision."""
+        self._plans = {}
+        self._results.clear()
+        self._names.clear()
+        self._provenances.clear()
+        self._label_sets.clear()
+        self._national = frozenset(s for p in self.data.profiles for s in p.pseudonymise)
+        self._needles = _needle_regex(code.split("|", 1)[1] for code in self.data.codes)
+        self._squeezed_needles = _squeezed_regex(c.split("|", 1)[1] for c in self.data.codes)
+        self._load_rules()
+
+    def _load_rules(self) -> None:
+        self._planned_for = self.data
         self._rules: list[tuple[str, str, Rule, dict[str, Any]]] = []
         for spec in self.data.rules:
             kind = str(spec["kind"])
@@ -361,24 +417,16 @@ class Policy:
         ``bundle_json`` is what may leave (minimised, labelled, with a Provenance), None
         unless allowed. Nothing is stored or counted here."""
         parsed, text = _parse(bundle, text)
-        source = self.institution(sender, "sender")
-        target = self.institution(recipient, "recipient")
         types, patients, categories = self._scan(parsed)
-        purpose = purpose or self._purpose_for(types)
-        if purpose not in self.data.purposes:
-            raise PolicyError(
-                "unknown-purpose",
-                f"unknown purpose {purpose!r} (one of {', '.join(self.data.purposes)})",
-                location="purpose",
-            )
+        plan = self._plan(sender, recipient, purpose or self._purpose_for(types))
         now = now or datetime.now(UTC).replace(tzinfo=None)
         t = _Transfer(
-            sender=source,
-            recipient=target,
-            purpose=purpose,
+            sender=plan.source,
+            recipient=plan.target,
+            purpose=plan.purpose,
             now=now,
-            from_j=self.data.jurisdiction(source),
-            to_j=self.data.jurisdiction(target),
+            from_j=plan.from_j,
+            to_j=plan.to_j,
             bundle=parsed,
             text=text,
             patients=patients,
@@ -387,21 +435,25 @@ class Policy:
             counters=counters or MemoryCounters(),
             key=lambda: self.key,
             aliases=self._aliases,
+            plan=plan,
         )
         results: list[RuleResult] = []
         stopped = False
-        for rule_id, kind, rule, params in self._rules:
-            if kind == "minimise" and stopped:
-                results.append(RuleResult(rule_id, kind, "skip", "skipped", self.say("skipped")))
+        for step in plan.steps:
+            if stopped and step.kind == "minimise":
+                results.append(_copy(step.skipped))
                 continue
-            result = rule(self, t, rule_id, params)
+            if step.fixed is not None:
+                result = _copy(step.fixed)
+            else:
+                result = step.rule(self, t, step.rule_id, step.params)
             results.append(result)
             stopped = stopped or result.outcome in ("deny", "hold")
         decision = Decision(
             outcome=_outcome(results, t.changes),
-            sender=source.key,
-            recipient=target.key,
-            purpose=purpose,
+            sender=plan.source.key,
+            recipient=plan.target.key,
+            purpose=plan.purpose,
             decided_at=now,
             results=results,
             basis=t.agreement.basis if t.agreement else None,
@@ -413,6 +465,59 @@ class Policy:
             decision._json = self._leave(t, decision)
             decision.count = t.count
         return decision
+
+    def _plan(self, sender: str, recipient: str, purpose: str) -> _Plan:
+        """The plan for these parties and purpose, built on first use (the parties and
+        the purpose checked then: an unknown one is never kept)."""
+        if self._planned_for is not self.data:  # new agreements or rules
+            self.invalidate()
+        plans = self._plans
+        found = plans.get((sender, recipient, purpose))
+        if found is None:
+            found = self._make_plan(sender, recipient, purpose)
+            if len(plans) > 4096:  # one per parties and purpose: a bound
+                plans.clear()
+            plans[(sender, recipient, purpose)] = found
+        return found
+
+    def _make_plan(self, sender: str, recipient: str, purpose: str) -> _Plan:
+        source = self.institution(sender, "sender")
+        target = self.institution(recipient, "recipient")
+        if purpose not in self.data.purposes:
+            raise PolicyError(
+                "unknown-purpose",
+                f"unknown purpose {purpose!r} (one of {', '.join(self.data.purposes)})",
+                location="purpose",
+            )
+        # A transfer of no record: what the fixed results read (parties, purpose, places).
+        t = _Transfer(
+            sender=source,
+            recipient=target,
+            purpose=purpose,
+            now=datetime(2000, 1, 1),
+            from_j=self.data.jurisdiction(source),
+            to_j=self.data.jurisdiction(target),
+            bundle={},
+            text=None,
+            patients=[],
+            categories=[],
+            consents=MemoryConsents(),
+            counters=MemoryCounters(),
+        )
+        skipped = self.say("skipped")
+        steps = tuple(
+            _Step(
+                rule_id,
+                kind,
+                rule,
+                params,
+                _fixed(self, t, kind, rule_id, params),
+                RuleResult(rule_id, kind, "skip", "skipped", skipped),
+            )
+            for rule_id, kind, rule, params in self._rules
+        )
+        profile = _profile(self, t)
+        return _Plan(source, target, purpose, t.from_j, t.to_j, profile, steps)
 
     def _leave(self, t: _Transfer, decision: Decision) -> bytes:
         """What leaves, serialised once: the minimised Bundle labelled. Pass 2 of the
@@ -719,9 +824,11 @@ def _maybe_code(policy: Policy, t: _Transfer, needles: re.Pattern[bytes]) -> boo
     done = _structural(policy, t, profile)
     if squeezed_needles.search(done.searched()[1]) is not None:
         return True
+    # The resources pass 1 replaced, as they were: their compact JSON searched as it is
+    # (orjson writes a listed code exactly as ``needles`` spells it; no squeeze needed).
     before, after = t.bundle.get("entry") or [], done.bundle["entry"]
     return any(
-        squeezed_needles.search(squeezed(orjson.dumps(old))) is not None
+        needles.search(orjson.dumps(old)) is not None
         for old, new in zip(before, after, strict=True)
         if old is not new
     )
@@ -887,15 +994,8 @@ def _check_agreement(
 
 def rule_consent(policy: Policy, t: _Transfer, rule_id: str, params: dict[str, Any]) -> RuleResult:
     names = _names(policy, t)
-    if t.cross_border:
-        required = params.get("across", "required") == "required"
-    else:
-        within = params.get("within", "setting")
-        required = (
-            policy.settings.policy_consent_within if within == "setting" else within == "required"
-        )
     parties = (t.sender.key, t.recipient.key, t.purpose)
-    if not required:
+    if not _consent_required(policy, t, params):
         make = functools.partial(_consent_words, policy, rule_id, "pass", "consent.not-required", t)
         return policy._cached(("consent-words", rule_id, "not-required", *parties), make)[0]
     if not t.patients:
@@ -911,6 +1011,15 @@ def rule_consent(policy: Policy, t: _Transfer, rule_id: str, params: dict[str, A
             return policy._cached((*key, t.purpose), make)[0]
     make = functools.partial(_consent_words, policy, rule_id, "hold", "consent.missing", t)
     return policy._cached(("consent-words", rule_id, "missing", *parties), make)[0]
+
+
+def _consent_required(policy: Policy, t: _Transfer, params: dict[str, Any]) -> bool:
+    if t.cross_border:
+        return bool(params.get("across", "required") == "required")
+    within = params.get("within", "setting")
+    return bool(
+        policy.settings.policy_consent_within if within == "setting" else within == "required"
+    )
 
 
 def _consent_words(
@@ -1004,8 +1113,32 @@ def _person(policy: Policy, t: _Transfer) -> str | None:
     return t.alias(*chosen.split("|", 1))
 
 
+def _fixed(
+    policy: Policy, t: _Transfer, kind: str, rule_id: str, params: dict[str, Any]
+) -> RuleResult | None:
+    """A rule's result when the parties and purpose alone decide it (the same words the
+    rule gives then), else None: the rule runs at every decision."""
+    if kind == "prohibited":
+        lists = [str(x) for x in params.get("lists") or []]
+        prohibited = policy.data.prohibited
+        exporting = {j for n in lists for j in prohibited.get(n, {}).get("exporting") or []}
+        searched = t.cross_border and t.from_j in exporting
+        if searched and policy._needles is not None:
+            return None
+        return _prohibited_pass(policy, t, rule_id, lists)
+    if kind == "consent" and not _consent_required(policy, t, params):
+        return _consent_words(policy, rule_id, "pass", "consent.not-required", t)[0]
+    if kind == "volume":
+        countries = [str(j) for j in params.get("exporting") or ["CN"]]
+        if not t.cross_border or t.from_j not in countries:
+            return _volume_elsewhere(policy, rule_id, countries)[0]
+    return None
+
+
 def _profile(policy: Policy, t: _Transfer) -> Profile | None:
-    """The minimisation profile of the transfer: the first that matches."""
+    """The minimisation profile of the transfer: the first that matches (its plan's)."""
+    if t.plan is not None:
+        return t.plan.profile
     for profile in policy.data.profiles:
         if profile.matches(t.cross_border, t.purpose, t.recipient.key):
             return profile

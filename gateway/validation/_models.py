@@ -47,7 +47,7 @@ from pydantic import ValidationError as PydanticError
 
 from ..errors import ConfigError, Issue, shape
 from ..shared import FrozenDict, FrozenList
-from . import _construct
+from . import _construct, _messages
 from ._check import ProfileValidator, plans
 from ._profiles import Elem, ProfileWalk
 
@@ -118,19 +118,12 @@ def _location(prefix: str, loc: tuple[Any, ...]) -> str:
 def _model_issues(model: Any, data: dict[str, Any], prefix: str) -> list[Issue]:
     try:
         model.model_validate(data)
-    except PydanticError as exc:
-        return [
-            Issue(
-                "validation.structure",
-                f"{e['msg']} (value of form {shape(e.get('input'))})",
-                location=_location(prefix, tuple(e["loc"])),
-            )
-            for e in exc.errors()[:20]
-        ]
+    except PydanticError as exc:  # said in FHIR's words, at FHIRPath locations (_messages)
+        return _messages.issues(exc.errors()[:20], model, data, prefix, _model_class)
     # fhir.resources' own validators fail this way on values of the wrong kind (an
     # extension that is a number, a mapping where a string goes): malformed input.
     except (ValueError, TypeError, AttributeError, KeyError) as exc:
-        return [Issue("validation.structure", str(exc).splitlines()[0], location=prefix)]
+        return [Issue("validation.structure", _messages.failure(exc), location=prefix)]
     return []
 
 

@@ -1,0 +1,287 @@
+"""Structural issues in an integration engineer's words (docs/validation.md, Messages).
+
+pydantic (through fhir.resources) reports what its validators saw: "Invalid JSON",
+"Input should be a valid string", "Extra inputs are not permitted", locations ending in
+``root`` (a RootModel's inner value) or ``function-after``. Each error is turned here
+into the FHIR element it concerns (walking the R4B model classes along the error's
+location, dropping pydantic's own location parts), what FHIR expects there and what
+JSON the message had instead. The value itself never appears: ``errors.shape`` gives
+its form only (patient data).
+"""
+
+from __future__ import annotations
+
+import re
+import types
+import typing
+from typing import Any
+
+from ..errors import Issue, shape
+
+# What each FHIR primitive must look like: said when a value has the wrong format.
+_FORMATS = {
+    "date": "YYYY, YYYY-MM or YYYY-MM-DD",
+    "dateTime": "YYYY, YYYY-MM, YYYY-MM-DD or YYYY-MM-DDThh:mm:ss[.fff] with a time "
+    "zone, Z or +hh:mm",
+    "instant": "YYYY-MM-DDThh:mm:ss[.fff] with a time zone, Z or +hh:mm",
+    "time": "hh:mm:ss[.fff]",
+    "code": "a JSON string with no leading, trailing or repeated whitespace",
+    "id": "1 to 64 of A-Z a-z 0-9 '-' '.'",
+    "decimal": "a JSON number",
+    "integer": "a JSON whole number",
+    "integer64": "a JSON whole number",
+    "unsignedInt": "a JSON whole number, 0 or more",
+    "positiveInt": "a JSON whole number, 1 or more",
+    "boolean": "JSON true or false",
+    "uri": "a JSON string without whitespace",
+    "url": "a JSON string without whitespace",
+    "canonical": "a JSON string without whitespace",
+    "oid": "urn:oid: followed by dotted digits",
+    "uuid": "urn:uuid: followed by a UUID",
+    "base64Binary": "base64 text",
+    "string": "a non-empty JSON string",
+    "markdown": "a non-empty JSON string",
+}
+# pydantic's type for "the value is of the wrong JSON kind" (vs. a bad format).
+_WRONG_KIND = {
+    "json_invalid",  # a string where an object goes (the model parses it as JSON)
+    "json_type",
+    "model_validation_format",  # fhir.resources: not an object where one goes
+    "model_type",
+    "model_attributes_type",
+    "dict_type",
+    "string_type",
+    "int_type",
+    "float_type",
+    "decimal_type",
+    "bool_type",
+    "date_type",
+    "datetime_type",
+    "time_type",
+}
+_BAD_FORMAT = {
+    "value_error",
+    "string_pattern_mismatch",
+    "string_too_short",
+    "string_too_long",
+    "bool_parsing",
+    "int_parsing",
+    "int_from_float",
+    "float_parsing",
+    "decimal_parsing",
+    "decimal_type",
+    "date_parsing",
+    "date_from_datetime_parsing",
+    "datetime_parsing",
+    "datetime_from_date_parsing",
+    "time_parsing",
+    "greater_than",
+    "greater_than_equal",
+}
+_PYTHON_PRIMITIVES = {bool: "boolean", int: "integer", float: "decimal", str: "string"}
+_CHOICE = re.compile(r"from this list \[([^\]]*)\]")
+
+
+class _Element(typing.NamedTuple):
+    """Where an error lies: its FHIRPath location and the element's definition."""
+
+    location: str
+    owner: str  # the type holding the element (ServiceRequest, Reference, ...)
+    name: str  # the element's JSON name; "" for the resource itself
+    expected: str  # the element's type: "Reference" (a model), "dateTime", "resource"
+    is_model: bool
+    repeats: bool  # the element is an array in FHIR
+    item: bool  # the location is one item of the array
+
+
+def issues(
+    errors: list[dict[str, Any]],
+    model: Any,
+    data: dict[str, Any],
+    prefix: str,
+    model_class: typing.Callable[[str], Any],
+) -> list[Issue]:
+    """pydantic's ``errors()`` of ``model.model_validate(data)`` as structural Issues
+    located under ``prefix``; ``model_class``: resource type → R4B class (or None)."""
+    out = []
+    for error in errors:
+        where = _element(model, data, tuple(error["loc"]), error["type"], prefix, model_class)
+        message = _message(error, where)
+        out.append(Issue("validation.structure", message, location=where.location))
+    return out
+
+
+def _element(
+    model: Any,
+    data: Any,
+    loc: tuple[Any, ...],
+    kind: str,
+    prefix: str,
+    model_class: typing.Callable[[str], Any],
+) -> _Element:
+    """Follows ``loc`` through the model classes and the data: the FHIR element it
+    names, without pydantic's own parts (``root``, ``function-after``, union tags)."""
+    location, current, value, owner = prefix, model, data, _name(model)
+    elem = _Element(prefix, owner, "", owner, True, False, False)
+    for index, part in enumerate(loc):
+        if isinstance(part, int):
+            location += f"[{part}]"
+            fits = isinstance(value, list) and -len(value) <= part < len(value)
+            value = value[part] if fits else None
+            elem = elem._replace(location=location, item=True)
+            continue
+        if current == "resource":  # a contained or entry resource: the class it names
+            rtype = value.get("resourceType") if isinstance(value, dict) else None
+            current = model_class(rtype) if isinstance(rtype, str) else None
+            owner = _name(current)
+        info = _field(current, part)
+        if info is None:
+            if kind == "extra_forbidden" and index == len(loc) - 1:  # the unknown key
+                location += f".{part}"
+                elem = _Element(location, owner, str(part), "", False, False, False)
+            continue  # pydantic's own part of the location
+        location += f".{part}"
+        value = value.get(part) if isinstance(value, dict) else None
+        inner, repeats = _unwrap(info.annotation)
+        holder, parent = owner, current
+        current, expected, is_model = _kind_of(inner)
+        elem = _Element(location, holder, str(part), expected, is_model, repeats, False)
+        # An element defined inside its parent (Bundle.entry, Timing.repeat) has no type
+        # an engineer knows (its class is BundleEntry): it is named by its path.
+        nested = is_model and expected.startswith(_name(parent)) and expected != _name(parent)
+        owner = f"{holder}.{part}" if nested else _name(current)
+    return elem
+
+
+def _field(model: Any, key: str) -> Any:
+    """The pydantic FieldInfo of a JSON key of a model class, None if it has none."""
+    fields = getattr(model, "model_fields", None)
+    if not isinstance(fields, dict):
+        return None
+    info = fields.get(key)
+    if info is not None and (info.alias in (None, key)):
+        return info
+    return next((f for f in fields.values() if f.alias == key), None)
+
+
+def _unwrap(annotation: Any) -> tuple[Any, bool]:
+    """Optional[List[X]] → (X, True); Optional[X] → (X, False)."""
+    repeats = False
+    while True:
+        origin = typing.get_origin(annotation)
+        if origin in (typing.Union, types.UnionType):
+            args = [a for a in typing.get_args(annotation) if a is not type(None)]
+            annotation = args[0]
+        elif origin in (list, typing.List):  # noqa: UP006 - fhir.resources uses typing.List
+            annotation, repeats = typing.get_args(annotation)[0], True
+        else:
+            return annotation, repeats
+
+
+def _kind_of(inner: Any) -> tuple[Any, str, bool]:
+    """(the class to walk on, the FHIR type's name, whether it is a complex type)."""
+    if typing.get_origin(inner) is typing.Annotated:
+        for meta in typing.get_args(inner)[1:]:
+            name = type(meta).__name__
+            if name and name[0].isupper():
+                return None, name[0].lower() + name[1:], False
+        inner = typing.get_args(inner)[0]
+    if inner in _PYTHON_PRIMITIVES:
+        return None, _PYTHON_PRIMITIVES[inner], False
+    type_name = getattr(inner, "__name__", "")
+    if type_name in ("ResourceType", "FHIRResourceType"):
+        return "resource", "resource", True
+    if type_name.endswith("Type"):
+        from fhir.resources.R4B import get_fhir_model_class
+
+        try:
+            return get_fhir_model_class(type_name[: -len("Type")]), type_name[:-4], True
+        except (KeyError, ValueError):
+            return None, type_name[:-4], True
+    return None, type_name or "value", False
+
+
+def _name(model: Any) -> str:
+    """A model class's FHIR type name (ServiceRequest, Reference)."""
+    if model == "resource":
+        return "resource"
+    return str(getattr(model, "__resource_type__", None) or getattr(model, "__name__", "element"))
+
+
+def _found(value: Any) -> str:
+    """What JSON a value is, with its form (never its content) for a string or number."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, (int, float)):
+        return f"a number of form {shape(value)}"
+    if value == "":
+        return "an empty string"
+    if isinstance(value, str):
+        return f"a string of form {shape(value)}"
+    return f"a {type(value).__name__}"  # not JSON data (a datetime passed in by a caller)
+
+
+def _expected(where: _Element) -> str:
+    """How the element's type reads in a message: 'a Reference (a JSON object)'."""
+    if where.expected == "resource":
+        return "a resource (a JSON object with a resourceType)"
+    if where.is_model:
+        article = "an" if where.expected[:1].lower() in "aeiou" else "a"
+        return f"{article} {where.expected} (a JSON object)"
+    form = _FORMATS.get(where.expected)
+    return f"a FHIR {where.expected}" + (f" ({form})" if form else "")
+
+
+def _message(error: dict[str, Any], where: _Element) -> str:
+    kind, value = error["type"], error.get("input")
+    element = f"{where.name!r} of {where.owner}" if where.name else where.owner
+    if kind == "extra_forbidden":
+        return f"unknown element {where.name!r} for {where.owner}"
+    if kind == "model_field_validation.missing":
+        return f"required element {element} is missing"
+    if kind == "list_type" and isinstance(value, list):  # fhir_core: a null inside an array
+        return f"{element} is an array with a null item (an item must have a value)"
+    if kind == "list_type" or (where.repeats and not where.item and kind in _WRONG_KIND):
+        return f"{element} repeats: it must be an array, found {_found(value)}"
+    if not where.name and kind == "value_error":  # a rule of the whole element
+        return _element_rule(error, where)
+    if kind in _WRONG_KIND and isinstance(value, list):
+        return f"{element} takes a single value: it must be {_expected(where)}, found an array"
+    if kind in _WRONG_KIND or kind in _BAD_FORMAT:
+        each = "each item of " if where.item else ""
+        return f"{each}{element} must be {_expected(where)}, found {_found(value)}"
+    if kind == "literal_error" or kind == "enum":
+        allowed = (error.get("ctx") or {}).get("expected", "")
+        return f"{element} must be one of {allowed}, found {_found(value)}"
+    return f"{element} is not valid FHIR ({kind}), found {_found(value)}"
+
+
+def _element_rule(error: dict[str, Any], where: _Element) -> str:
+    """A rule over several elements of one: the choice (``value[x]``) rules."""
+    text = str((error.get("ctx") or {}).get("error", error.get("msg", "")))
+    listed = _CHOICE.search(text)
+    names = re.findall(r"'([^']+)'", listed.group(1)) if listed else []
+    if names and "multiple" in text:
+        return (
+            f"{where.owner} may have only one of {', '.join(names)} "
+            "(a choice element [x] takes one type), found several"
+        )
+    if names:
+        return f"{where.owner} must have one of {', '.join(names)}, found none"
+    return f"{where.owner} is not valid FHIR ({error['type']})"
+
+
+def failure(exc: Exception) -> str:
+    """A model that failed outside pydantic's error list: fhir.resources looks a
+    contained resource's class up by its type (KeyError 'R4.NopeType')."""
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    unknown = re.fullmatch(r"'(?:R4B?\.)?([A-Za-z]+)Type'", text)
+    if isinstance(exc, KeyError) and unknown:
+        return f"unknown resource type {unknown.group(1)!r} inside the resource"
+    return f"the resource does not follow the FHIR structure ({type(exc).__name__}: {text})"

@@ -16,6 +16,8 @@ import types
 import typing
 from typing import Any
 
+from pydantic_core import ErrorDetails
+
 from ..errors import Issue, shape
 
 # What each FHIR primitive must look like: said when a value has the wrong format.
@@ -95,7 +97,7 @@ class _Element(typing.NamedTuple):
 
 
 def issues(
-    errors: list[dict[str, Any]],
+    errors: list[ErrorDetails],
     model: Any,
     data: dict[str, Any],
     prefix: str,
@@ -238,7 +240,7 @@ def _expected(where: _Element) -> str:
     return f"a FHIR {where.expected}" + (f" ({form})" if form else "")
 
 
-def _message(error: dict[str, Any], where: _Element) -> str:
+def _message(error: ErrorDetails, where: _Element) -> str:
     kind, value = error["type"], error.get("input")
     element = f"{where.name!r} of {where.owner}" if where.name else where.owner
     if kind == "extra_forbidden":
@@ -262,7 +264,7 @@ def _message(error: dict[str, Any], where: _Element) -> str:
     return f"{element} is not valid FHIR ({kind}), found {_found(value)}"
 
 
-def _element_rule(error: dict[str, Any], where: _Element) -> str:
+def _element_rule(error: ErrorDetails, where: _Element) -> str:
     """A rule over several elements of one: the choice (``value[x]``) rules."""
     text = str((error.get("ctx") or {}).get("error", error.get("msg", "")))
     listed = _CHOICE.search(text)

@@ -45,7 +45,7 @@ from fhir.resources.R4B import get_fhir_model_class
 from pydantic import TypeAdapter
 from pydantic import ValidationError as PydanticError
 
-from ..errors import ConfigError, Issue, shape
+from ..errors import ConfigError, Issue
 from ..shared import FrozenDict, FrozenList
 from . import _construct, _messages
 from ._check import ProfileValidator, plans

@@ -44,42 +44,13 @@ _FORMATS = {
     "string": "a non-empty JSON string",
     "markdown": "a non-empty JSON string",
 }
-# pydantic's type for "the value is of the wrong JSON kind" (vs. a bad format).
-_WRONG_KIND = {
-    "json_invalid",  # a string where an object goes (the model parses it as JSON)
-    "json_type",
-    "model_validation_format",  # fhir.resources: not an object where one goes
-    "model_type",
-    "model_attributes_type",
-    "dict_type",
-    "string_type",
-    "int_type",
-    "float_type",
-    "decimal_type",
-    "bool_type",
-    "date_type",
-    "datetime_type",
-    "time_type",
-}
-_BAD_FORMAT = {
-    "value_error",
-    "string_pattern_mismatch",
-    "string_too_short",
-    "string_too_long",
-    "bool_parsing",
-    "int_parsing",
-    "int_from_float",
-    "float_parsing",
-    "decimal_parsing",
-    "decimal_type",
-    "date_parsing",
-    "date_from_datetime_parsing",
-    "datetime_parsing",
-    "datetime_from_date_parsing",
-    "time_parsing",
-    "greater_than",
-    "greater_than_equal",
-}
+# pydantic's error types for "the value is of the wrong JSON kind" (a string where an
+# object goes: the model tries to parse it as JSON) ...
+_WRONG_KIND = {"json_invalid", "json_type", "model_validation_format", "model_type"}
+_WRONG_KIND_SUFFIX = "_type"  # string_type, int_type, dict_type, model_attributes_type...
+# ... and for "the value has the wrong format for its FHIR type".
+_BAD_FORMAT = {"value_error", "string_too_short", "string_too_long", "int_from_float"}
+_BAD_FORMAT_SUFFIXES = ("_parsing", "_inexact", "_mismatch", "greater_than", "greater_than_equal")
 _PYTHON_PRIMITIVES = {bool: "boolean", int: "integer", float: "decimal", str: "string"}
 _CHOICE = re.compile(r"from this list \[([^\]]*)\]")
 
@@ -231,6 +202,8 @@ def _found(value: Any) -> str:
 
 def _expected(where: _Element) -> str:
     """How the element's type reads in a message: 'a Reference (a JSON object)'."""
+    if where.expected == "FHIRPrimitiveExtension":  # the _name sibling of a primitive
+        return "a primitive's id and extensions (a JSON object)"
     if where.expected == "resource":
         return "a resource (a JSON object with a resourceType)"
     if where.is_model:
@@ -242,6 +215,8 @@ def _expected(where: _Element) -> str:
 
 def _message(error: ErrorDetails, where: _Element) -> str:
     kind, value = error["type"], error.get("input")
+    wrong_kind = kind in _WRONG_KIND or (kind.endswith(_WRONG_KIND_SUFFIX) and kind != "list_type")
+    bad_format = kind in _BAD_FORMAT or kind.endswith(_BAD_FORMAT_SUFFIXES)
     element = f"{where.name!r} of {where.owner}" if where.name else where.owner
     if kind == "extra_forbidden":
         return f"unknown element {where.name!r} for {where.owner}"
@@ -249,13 +224,13 @@ def _message(error: ErrorDetails, where: _Element) -> str:
         return f"required element {element} is missing"
     if kind == "list_type" and isinstance(value, list):  # fhir_core: a null inside an array
         return f"{element} is an array with a null item (an item must have a value)"
-    if kind == "list_type" or (where.repeats and not where.item and kind in _WRONG_KIND):
+    if kind == "list_type" or (where.repeats and not where.item and wrong_kind):
         return f"{element} repeats: it must be an array, found {_found(value)}"
     if not where.name and kind == "value_error":  # a rule of the whole element
         return _element_rule(error, where)
-    if kind in _WRONG_KIND and isinstance(value, list):
+    if wrong_kind and isinstance(value, list) and not where.item:
         return f"{element} takes a single value: it must be {_expected(where)}, found an array"
-    if kind in _WRONG_KIND or kind in _BAD_FORMAT:
+    if wrong_kind or bad_format:
         each = "each item of " if where.item else ""
         return f"{each}{element} must be {_expected(where)}, found {_found(value)}"
     if kind == "literal_error" or kind == "enum":

@@ -51,6 +51,11 @@ _WRONG_KIND_SUFFIX = "_type"  # string_type, int_type, dict_type, model_attribut
 # ... and for "the value has the wrong format for its FHIR type".
 _BAD_FORMAT = {"value_error", "string_too_short", "string_too_long", "int_from_float"}
 _BAD_FORMAT_SUFFIXES = ("_parsing", "_inexact", "_mismatch", "greater_than", "greater_than_equal")
+# The FHIR primitives written as JSON strings.
+_STRING_TYPES = {
+    *("string", "code", "id", "uri", "url", "canonical", "oid", "uuid", "markdown"),
+    *("base64Binary", "date", "dateTime", "instant", "time"),
+}
 _PYTHON_PRIMITIVES = {bool: "boolean", int: "integer", float: "decimal", str: "string"}
 _CHOICE = re.compile(r"from this list \[([^\]]*)\]")
 
@@ -220,7 +225,7 @@ def _message(error: ErrorDetails, where: _Element) -> str:
     element = f"{where.name!r} of {where.owner}" if where.name else where.owner
     if kind == "extra_forbidden":
         return f"unknown element {where.name!r} for {where.owner}"
-    if kind == "model_field_validation.missing":
+    if kind in ("model_field_validation.missing", "missing"):
         return f"required element {element} is missing"
     if kind == "list_type" and isinstance(value, list):  # fhir_core: a null inside an array
         return f"{element} is an array with a null item (an item must have a value)"
@@ -228,15 +233,20 @@ def _message(error: ErrorDetails, where: _Element) -> str:
         return f"{element} repeats: it must be an array, found {_found(value)}"
     if not where.name and kind == "value_error":  # a rule of the whole element
         return _element_rule(error, where)
-    if wrong_kind and isinstance(value, list) and not where.item:
-        return f"{element} takes a single value: it must be {_expected(where)}, found an array"
     if wrong_kind or bad_format:
-        each = "each item of " if where.item else ""
-        return f"{each}{element} must be {_expected(where)}, found {_found(value)}"
+        return _wrong_value(where, value)
     if kind == "literal_error" or kind == "enum":
         allowed = (error.get("ctx") or {}).get("expected", "")
         return f"{element} must be one of {allowed}, found {_found(value)}"
     return f"{element} is not valid FHIR ({kind}), found {_found(value)}"
+
+
+def _wrong_value(where: _Element, value: Any) -> str:
+    element = f"{where.name!r} of {where.owner}"
+    if isinstance(value, list) and not where.item:
+        return f"{element} takes a single value: it must be {_expected(where)}, found an array"
+    each = "each item of " if where.item else ""
+    return f"{each}{element} must be {_expected(where)}, found {_found(value)}"
 
 
 def _element_rule(error: ErrorDetails, where: _Element) -> str:
@@ -254,11 +264,58 @@ def _element_rule(error: ErrorDetails, where: _Element) -> str:
     return f"{where.owner} is not valid FHIR ({error['type']})"
 
 
-def failure(exc: Exception) -> str:
-    """A model that failed outside pydantic's error list: fhir.resources looks a
-    contained resource's class up by its type (KeyError 'R4.NopeType')."""
+def failure(
+    exc: Exception,
+    model: Any,
+    data: dict[str, Any],
+    prefix: str,
+    model_class: typing.Callable[[str], Any],
+) -> list[Issue]:
+    """Issues for a model that failed outside pydantic's error list. fhir.resources'
+    own validators raise so on a value of the wrong JSON kind (a url validator calls
+    ``.startswith`` on a number), and on a contained resource of an unknown type
+    (KeyError 'R4.NopeType'): the elements holding a non-string where FHIR wants a
+    string are found by walking the data; failing that, the exception is said."""
+    found = list(_non_strings(model, data, prefix, _name(model), model_class))
+    if found:
+        return found[:20]
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     unknown = re.fullmatch(r"'(?:R4B?\.)?([A-Za-z]+)Type'", text)
     if isinstance(exc, KeyError) and unknown:
-        return f"unknown resource type {unknown.group(1)!r} inside the resource"
-    return f"the resource does not follow the FHIR structure ({type(exc).__name__}: {text})"
+        message = f"unknown resource type {unknown.group(1)!r} inside the resource"
+    else:
+        message = f"the resource does not follow the FHIR structure ({type(exc).__name__})"
+    return [Issue("validation.structure", message, location=prefix)]
+
+
+def _non_strings(
+    model: Any,
+    data: Any,
+    location: str,
+    owner: str,
+    model_class: typing.Callable[[str], Any],
+) -> typing.Iterator[Issue]:
+    """Elements of a string-valued FHIR type (uri, url, code, date...) holding another
+    JSON kind, in document order."""
+    if not isinstance(data, dict):
+        return
+    for key, value in data.items():
+        info = _field(model, key)
+        if info is None:
+            continue
+        inner, repeats = _unwrap(info.annotation)
+        current, expected, is_model = _kind_of(inner)
+        listed = repeats and isinstance(value, list)
+        for index, item in enumerate(value) if listed else [(None, value)]:
+            where = f"{location}.{key}" + ("" if index is None else f"[{index}]")
+            if current == "resource":
+                rtype = item.get("resourceType") if isinstance(item, dict) else None
+                sub = model_class(rtype) if isinstance(rtype, str) else None
+                yield from _non_strings(sub, item, where, _name(sub), model_class)
+            elif is_model:
+                nested = expected.startswith(_name(model)) and expected != _name(model)
+                inner_owner = f"{owner}.{key}" if nested else _name(current)
+                yield from _non_strings(current, item, where, inner_owner, model_class)
+            elif expected in _STRING_TYPES and item is not None and not isinstance(item, str):
+                elem = _Element(where, owner, key, expected, False, repeats, index is not None)
+                yield Issue("validation.structure", _wrong_value(elem, item), location=where)

@@ -123,7 +123,7 @@ def _model_issues(model: Any, data: dict[str, Any], prefix: str) -> list[Issue]:
     # fhir.resources' own validators fail this way on values of the wrong kind (an
     # extension that is a number, a mapping where a string goes): malformed input.
     except (ValueError, TypeError, AttributeError, KeyError) as exc:
-        return [Issue("validation.structure", _messages.failure(exc), location=prefix)]
+        return _messages.failure(exc, model, data, prefix, _model_class)
     return []
 
 

@@ -263,6 +263,49 @@ CASES: dict[str, tuple[Callable[[dict[str, Any]], None], list[tuple[str, str]]]]
         _sr("occurrenceDateTime", "2026-06-12"),
         [],  # completed below: occurrencePeriod too
     ),
+    "number-for-url": (  # fhir.resources' url validator fails outside pydantic's errors
+        _pat("photo", [{"url": 5}]),
+        [
+            (
+                f"{PAT}.photo[0].url",
+                "'url' of Attachment must be a FHIR url (a JSON string without whitespace), "
+                "found a number of form '9'",
+            )
+        ],
+    ),
+    "array-for-url": (
+        _pat("photo", [{"url": ["http://x"]}]),
+        [
+            (
+                f"{PAT}.photo[0].url",
+                "'url' of Attachment takes a single value: it must be a FHIR url "
+                "(a JSON string without whitespace), found an array",
+            )
+        ],
+    ),
+    "unknown-element-in-nested-backbone": (
+        _pat("contact", [{"name": {"family": "王"}, "relationship": [{}], "x": 1}]),
+        [(f"{PAT}.contact[0].x", "unknown element 'x' for Patient.contact")],
+    ),
+    "missing-required-datatype": (
+        _sr(
+            "contained",
+            [
+                {
+                    "resourceType": "ImagingStudy",
+                    "status": "available",
+                    "subject": {"reference": "#x"},
+                    "series": [{"uid": "1.2"}],
+                }
+            ],
+        ),
+        [
+            (
+                f"{SR}.contained[0].series[0].modality",
+                "required element 'modality' of ImagingStudy.series is missing",
+            )
+        ],
+    ),
     "unknown-contained-type": (
         _pat("contained", [{"resourceType": "Nope"}]),
         [(PAT, "unknown resource type 'Nope' inside the resource")],

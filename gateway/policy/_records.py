@@ -20,10 +20,11 @@ from ..audit import PSEUDONYM, AuditLog, decision_event, message_subject
 from ..audit import events as audit_events
 from ..errors import Issue
 from ..store import StageOutcome, Store, metadata, utcnow
-from ..store._schema import outbox
 from ._consent import ConsentRecord, PolicyError, parse_consent
 from ._engine import Decision, Policy, RuleResult
 from ._minimise import Change, pseudonym
+
+_outbox = metadata.tables["outbox"]  # the delivery outbox (gateway/store/_schema.py)
 
 __all__ = [
     "KEPT_IN_OUTBOX",
@@ -130,12 +131,12 @@ _SQLITE_ADD_DECISION = "INSERT INTO policy_decisions ({}) VALUES ({})".format(
 # row and moving the message in one transaction; releasing them here too would record a
 # second decision and set the message to ``outbox`` while its row stays held).
 _HELD_BY_OUTBOX = (
-    sa.select(outbox.c.id)
+    sa.select(_outbox.c.id)
     .where(
-        outbox.c.message_id == _d.message_id,
-        outbox.c.partner == _d.recipient,
-        outbox.c.state == "held",
-        outbox.c.last_error == "policy.held",
+        _outbox.c.message_id == _d.message_id,
+        _outbox.c.partner == _d.recipient,
+        _outbox.c.state == "held",
+        _outbox.c.last_error == "policy.held",
     )
     .exists()
 )

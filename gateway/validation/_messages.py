@@ -120,7 +120,7 @@ def _element(
             continue  # pydantic's own part of the location
         location += f".{part}"
         value = value.get(part) if isinstance(value, dict) else None
-        inner, repeats = _unwrap(info.annotation)
+        inner, repeats = unwrap(info.annotation)
         holder, parent = owner, current
         current, expected, is_model = _kind_of(inner)
         elem = _Element(location, holder, str(part), expected, is_model, repeats, False)
@@ -142,7 +142,7 @@ def _field(model: Any, key: str) -> Any:
     return next((f for f in fields.values() if f.alias == key), None)
 
 
-def _unwrap(annotation: Any) -> tuple[Any, bool]:
+def unwrap(annotation: Any) -> tuple[Any, bool]:
     """Optional[List[X]] → (X, True); Optional[X] → (X, False)."""
     repeats = False
     while True:
@@ -303,7 +303,7 @@ def _non_strings(
         info = _field(model, key)
         if info is None:
             continue
-        inner, repeats = _unwrap(info.annotation)
+        inner, repeats = unwrap(info.annotation)
         current, expected, is_model = _kind_of(inner)
         listed = repeats and isinstance(value, list)
         for index, item in enumerate(value) if listed else [(None, value)]:

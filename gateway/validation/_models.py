@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import os
 import re
-import types
 import typing
 from functools import cache
 from typing import Any, NamedTuple
@@ -134,25 +133,12 @@ _Check = tuple[str, Any, int]
 _MAX_VALUES = 200_000  # primitive values already accepted, per adapter pair
 
 
-def _unwrap(annotation: Any) -> Any:
-    """Optional[List[X]] → X."""
-    while True:
-        origin = typing.get_origin(annotation)
-        if origin in (typing.Union, types.UnionType):
-            args = [a for a in typing.get_args(annotation) if a is not type(None)]
-            annotation = args[0]
-        elif origin in (list, typing.List):  # noqa: UP006 - fhir.resources uses typing.List
-            annotation = typing.get_args(annotation)[0]
-        else:
-            return annotation
-
-
 @cache
 def _fields(model: Any) -> dict[str, _Check]:
     """JSON key → how to check its values, for one model class."""
     table: dict[str, _Check] = {}
     for name, info in model.model_fields.items():
-        inner = _unwrap(info.annotation)
+        inner, _ = _messages.unwrap(info.annotation)  # Optional[List[X]] → X
         key = info.alias or name
         type_name = getattr(inner, "__name__", "")
         if typing.get_origin(inner) is typing.Annotated or not type_name.endswith("Type"):

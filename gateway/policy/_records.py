@@ -6,6 +6,7 @@ delivery), ``denied``."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -113,11 +114,16 @@ _ADD_COUNTED = counters.insert()
 _CONSENTS_OF = sa.select(consents.c.resource).where(
     consents.c.patient_key.in_(sa.bindparam("keys", expanding=True))
 )
-# The same on SQLite, as the driver takes it (PolicyRecords._sqlite_consents).
-_SQLITE_CONSENTS_OF = {
-    n: "SELECT resource FROM policy_consents WHERE patient_key IN ({})".format(", ".join("?" * n))
-    for n in range(1, 9)
-}
+
+
+@functools.lru_cache(maxsize=16)
+def _sqlite_consents_of(n: int) -> str:
+    """``_CONSENTS_OF`` for ``n`` keys on SQLite, as the driver takes it
+    (PolicyRecords._sqlite_consents)."""
+    marks = ", ".join("?" * n)
+    return f"SELECT resource FROM policy_consents WHERE patient_key IN ({marks})"
+
+
 # The decision's two statements on SQLite, as the driver takes them (_sqlite_add).
 _DECISION_COLUMNS = tuple(c.name for c in decisions.columns if c.name != "id")
 _SQLITE_SUPERSEDE = (
@@ -203,10 +209,7 @@ class PolicyRecords:
         """The read on SQLite, straight through the driver: one SELECT in autocommit mode
         is a consistent read by itself, and SQLAlchemy's execution around it (the
         BEGIN its event adds, the result's processing) cost 80 of a read's 90 µs."""
-        sql = _SQLITE_CONSENTS_OF.get(len(keys))
-        if sql is None:
-            marks = ", ".join("?" * len(keys))
-            sql = f"SELECT resource FROM policy_consents WHERE patient_key IN ({marks})"
+        sql = _sqlite_consents_of(len(keys))
         raw = self.engine.raw_connection()
         try:
             cursor = raw.cursor()

@@ -22,7 +22,7 @@ import orjson
 
 from ..audit import AuditLog, basis_of, bundle_subject, delivery_event
 from ..errors import GatewayError
-from ..metrics import observe_stage, trace_attempt
+from ..metrics import CREDENTIALS_REFUSED, NO_TOKEN, observe_stage, trace_attempt
 from ..partners import Partner
 from ..partners import partner_client as partners_client
 from ._ask import ask
@@ -35,9 +35,9 @@ __all__ = ["ClientFactory", "Deliverer", "partner_client"]
 
 ClientFactory = Callable[[Partner, DeliveryConfig], httpx.Client]
 REFERENCE_TIMEOUT = "delivery.reference-timeout"  # a linked record never came: logical only
-CREDENTIALS_REFUSED = "delivery.credentials-refused"  # 401/403: held, see _send.py
-# No token could be had (gateway.partners.PartnerAuthError): retried, then held, never dead.
-_NO_TOKEN = frozenset({"delivery.token-file", "delivery.token-endpoint"})
+# CREDENTIALS_REFUSED (401/403: held, see _send.py) and NO_TOKEN (no token could be had,
+# gateway.partners.PartnerAuthError: retried, then held, never dead) are defined once in
+# gateway.metrics, whose gauge and the credentials_refused alert count rows by them.
 _FIX = "fix its token or certificate (gateway partners check), then: gateway outbox release"
 
 
@@ -335,7 +335,7 @@ class Deliverer:
             )
             return
         too_old = now - record.created_at >= self.config.max_age
-        if (attempts >= self.config.max_attempts or too_old) and answer.code in _NO_TOKEN:
+        if (attempts >= self.config.max_attempts or too_old) and answer.code in NO_TOKEN:
             # Never sent for want of a token: ours to fix, not the record's to die of.
             why = "too old" if too_old else f"{attempts} attempts"
             self.outbox.move(

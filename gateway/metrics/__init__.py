@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ._blocked import CREDENTIALS_CODES, credentials_blocked
+from ._blocked import CREDENTIALS_CODES, CREDENTIALS_REFUSED, NO_TOKEN, credentials_blocked
 from ._latency import BUCKETS, STAGE_SECONDS, observe_stage
 from ._tracing import (
     configure_tracing,
@@ -35,7 +35,9 @@ if TYPE_CHECKING:
 __all__ = [
     "BUCKETS",
     "CREDENTIALS_CODES",
+    "CREDENTIALS_REFUSED",
     "MULTIPROC_ENV",
+    "NO_TOKEN",
     "STAGE_SECONDS",
     "add_metrics_route",
     "configure_tracing",

@@ -1,6 +1,7 @@
-"""Outbox rows the gateway's own credentials block, per partner and code: one query for
-the ``gateway_outbox_credentials_blocked`` gauge and the ``credentials_refused`` alert
-(gateway/alerts), so the two never count differently.
+"""The delivery codes of credentials problems, defined once (the delivery worker sets
+them, the gauge and the alert count them), and the outbox rows they block, per partner
+and code: one query for the ``gateway_outbox_credentials_blocked`` gauge and the
+``credentials_refused`` alert (gateway/alerts), so the two never count differently.
 
 The delivery worker (gateway/delivery/_worker.py, docs/delivery.md) holds a row whose
 partner refused our credentials (401/403: ``delivery.credentials-refused``) at once, and

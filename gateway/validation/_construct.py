@@ -50,11 +50,13 @@ from ._invariants import Invariant
 from ._profiles import Elem, Plans, _index
 
 __all__ = [
+    "Places",
     "Shape",
     "Shapes",
     "analyse",
     "answer",
     "dump",
+    "outcome",
     "references",
     "split",
     "target",
@@ -174,12 +176,25 @@ class Shape:
     # what they resolve to
     residual: tuple[tuple[Invariant, tuple[str | int, ...]], ...]
     verdicts: dict[Any, tuple[tuple[Issue, str], ...]] = field(default_factory=dict)
+    # Where the analysis placed each kind of leaf (indexes into the leaves), which a
+    # Bundle's composed plan maps into the Bundle's leaves (see _composed)
+    at: Places | None = None
     # The free leaves that changed from the first resource of the shape to the next (the
     # patient's name, the order's number, the dates: new in every message) are *varying*:
     # checked every time, never remembered. ``first``: the first resource's free leaves
     # and their validators, until the next resource classifies them.
     varying: tuple[tuple[Any, Any], ...] = ()  # (leaves → varying leaves, validator)
     first: tuple[list[bytes], list[tuple[int, Any, int]]] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Places:
+    """The indexes of a shape's leaves by kind (``count``: how many leaves it has)."""
+
+    count: int
+    bound: tuple[int, ...]
+    free: tuple[tuple[int, Any, int], ...]  # (index, TypeAdapter, the adapter's id)
+    refs: tuple[int, ...]  # every Reference.reference leaf
 
 
 class _Refused(Exception):
@@ -333,6 +348,7 @@ def analyse(
         keyed_refs=tuple(i for i, n in enumerate(found.refs) if kinds[n] == REF),
         residual=_unsettled(found.residual, whole if whole is not None else resource, shell),
         first=(leaves, free),
+        at=Places(len(leaves), tuple(bound), tuple(free), tuple(found.refs)),
     )
 
 
@@ -606,18 +622,20 @@ def _outcomes(
         node: Any = resource
         for step in path:
             node = node[step]
-        if not isinstance(node, dict):
-            out.append(True)  # the walk runs invariants on dicts only
-            continue
-        try:  # (holds' first steps inline: a native, else a guard that holds)
-            if inv.native is not None:
-                ok = inv.native(node)
-            else:
-                ok = (inv.guard is not None and inv.guard(node)) or inv.holds(node, resource)
-        except Exception:  # the walk counts a failing evaluation as holding
-            ok = True
-        out.append(ok)
+        out.append(outcome(inv, node, resource))
     return tuple(out)
+
+
+def outcome(inv: Invariant, node: Any, resource: Any) -> bool:
+    """An invariant's outcome on ``node`` of ``resource``, as the walk counts it."""
+    if not isinstance(node, dict):
+        return True  # the walk runs invariants on dicts only
+    try:  # (holds' first steps inline: a native, else a guard that holds)
+        if inv.native is not None:
+            return bool(inv.native(node))
+        return (inv.guard is not None and inv.guard(node)) or inv.holds(node, resource)
+    except Exception:  # the walk counts a failing evaluation as holding
+        return True
 
 
 def answer(tails: Tails, where: str) -> list[Issue]:

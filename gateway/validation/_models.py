@@ -46,7 +46,7 @@ from pydantic import ValidationError as PydanticError
 
 from ..errors import ConfigError, Issue
 from ..shared import FrozenDict, FrozenList
-from . import _construct, _messages
+from . import _composed, _construct, _messages
 from ._check import ProfileValidator, plans
 from ._profiles import Elem, ProfileWalk
 
@@ -355,6 +355,12 @@ class _Entries:
         self.inside = tuple(types) if types is not None else None
 
 
+def _keepable(issues: list[Issue]) -> bool:
+    """Whether a Bundle's verdict is a function of its plan's key: not when the model
+    refused a part (the slow path stops there; _by_shape keeps no such verdict either)."""
+    return not any(i.code == "validation.structure" for i in issues)
+
+
 def _bundle_invariants(bundle: dict[str, Any], entries: list[Any], found: _Entries) -> list[Issue]:
     """Invariants bdl-3, bdl-4 and bdl-7, natively (see invariants.yaml)."""
     out = []
@@ -423,6 +429,8 @@ class Validator:
         self._memo_stats: dict[str, list[int]] = {}
         self._urls: dict[str, str] | None = None  # fullUrl → resourceType, in a Bundle
         self._inside: tuple[Any, ...] | None = None  # its entries' types (_entry_types)
+        self.bundles = _composed.Bundles()  # check_bundle's plans by Bundle shape
+        self.by_bundle = True  # check_bundle by the Bundle's plan first (construct only)
 
     def validate_resource(
         self,
@@ -658,6 +666,14 @@ class Validator:
             return check_references(bundle)
         if self.mode == "reference":
             return self.validate_bundle(bundle, profile=profile) + check_references(bundle)
+        if self.mode == "construct" and self.by_bundle:
+            found = self._by_plan(bundle, profile)
+            if found is not None:
+                return found
+        return self._walked(bundle, profile)
+
+    def _walked(self, bundle: dict[str, Any], profile: str | None) -> list[Issue]:
+        """check_bundle's verdict resource by resource (construct, incremental)."""
         skeletons = self._skeletons
         walker = skeletons.walker
         walker.references = []
@@ -667,6 +683,109 @@ class Validator:
         if not skeletons.complete or any(ref not in urls for ref in walker.references):
             issues += check_references(bundle)
         return issues
+
+    def _by_plan(self, bundle: dict[str, Any], profile: str | None) -> list[Issue] | None:
+        """check_bundle's verdict from the plan of the Bundle's shape (_composed), learnt
+        from the per-resource path the first time the shape is met; None when no plan can
+        answer (the caller walks it resource by resource)."""
+        try:
+            content = orjson.dumps(bundle, option=_construct.OPTIONS)
+        except TypeError:
+            return None
+        found = _construct.split(content)
+        if found is None:
+            return None
+        shape_bytes, leaves, decode = found
+        bundles = self.bundles
+        key = (shape_bytes, profile)
+        plan = bundles.plans.get(key, _UNSEEN)
+        if plan is None:
+            return None
+        if plan is _UNSEEN:
+            issues = self._walked(bundle, profile)
+            if bundles.retry(key):
+                plan = self._compose(bundle, profile, leaves)
+                if plan is not _UNSEEN:
+                    bundles.add(key, plan)
+            if plan is not None and plan is not _UNSEEN:
+                verdict_key = self._plan_key(plan, bundle, content, leaves, decode)
+                if verdict_key is not None and _keepable(issues):
+                    bundles.remember(plan, verdict_key, issues)
+            return issues
+        verdict_key = self._plan_key(plan, bundle, content, leaves, decode)
+        if verdict_key is None:
+            return None
+        verdict = plan.verdicts.get(verdict_key)
+        if verdict is None:
+            issues = self._walked(bundle, profile)
+            if _keepable(issues):
+                bundles.remember(plan, verdict_key, issues)
+            return issues
+        bundles.hits += 1
+        return list(verdict)
+
+    def _plan_key(
+        self,
+        plan: _composed.Plan,
+        bundle: dict[str, Any],
+        content: bytes,
+        leaves: list[bytes],
+        decode: Any,
+    ) -> Any:
+        """What the verdict of a Bundle of ``plan``'s shape depends on (see _composed);
+        None when a free leaf fails its validator or the references are not all to
+        entries (distinct fullUrls) or conditional."""
+        if not self.shapes.free_ok(plan.shape, leaves, decode):
+            return None
+        found = _composed.resolved(plan, leaves, decode, _CONDITIONAL.match)
+        if found is None:
+            return None
+        bound = plan.shape.bound(leaves)
+        residual = _composed.outcomes(plan.residual, bundle, content) if plan.residual else ()
+        return (bound, found, residual)
+
+    def _compose(self, bundle: dict[str, Any], profile: str | None, leaves: list[bytes]) -> Any:
+        """The plan of a Bundle's shape from the shapes of its shell and resources, which
+        the per-resource path has just met: a Plan; None when the shape holds what no plan
+        can place; _UNSEEN when a part's shape is not known (not learnt yet)."""
+        raw = bundle.get("entry")
+        if not isinstance(raw, list):
+            return None
+        found = _Entries(raw)
+        if found.inside is None or found.dicts != len(raw):
+            return None
+        shell = dict(bundle)
+        shell["entry"] = found.shell
+        # (its place in the Bundle, its JSON data, its plan, its entries' types: the shell's)
+        parts: list[tuple[_composed.Path, dict[str, Any], Elem | None, tuple[Any, ...]]] = [
+            ((), shell, self._profiles_plan(bundle, profile), found.inside)
+        ]
+        for n, entry in enumerate(raw):
+            resource = entry.get("resource", _NONE)
+            if isinstance(resource, dict):
+                where = ("entry", n, "resource")
+                parts.append((where, resource, self._profiles_plan(resource, None), ()))
+        components = []
+        for root, data, plan, inside in parts:
+            shape = self._known_shape(data, plan, inside)
+            if shape is None or shape is _UNSEEN:
+                return shape
+            components.append(_composed.Component(root, shape, shape.at))
+        return _composed.compose(bundle, leaves, components)
+
+    def _profiles_plan(self, target: dict[str, Any], profile: str | None) -> Elem | None:
+        if "meta" in target and not isinstance(target["meta"], dict):
+            return None  # plan_for's
+        return self._profiles.plan_for(target, profile)
+
+    def _known_shape(self, data: dict[str, Any], plan: Elem | None, inside: Any) -> Any:
+        """The shape _by_shape learnt for a part (None: refused; _UNSEEN: none)."""
+        content = _construct.dump(data)
+        found = _construct.split(content) if content is not None and plan is not None else None
+        if found is None:
+            return None
+        shape = self.shapes.known.get((found[0], id(plan), True, inside), _UNSEEN)
+        return None if shape is not _UNSEEN and shape is not None and shape.at is None else shape
 
     def validate_bundle(
         self, bundle: dict[str, Any], *, all_issues: bool = False, profile: str | None = None

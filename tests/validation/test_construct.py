@@ -189,13 +189,17 @@ def test_fresh_messages_are_answered_by_construction(tmp_path: Path) -> None:
     for slow in ("_incremental", "_reference_issues"):
         inner = getattr(validator, slow)
         setattr(validator, slow, lambda *a, inner=inner, **k: walked.append("x") or inner(*a, **k))
-    before = validator.shapes.hits
+    before = validator.shapes.hits, validator.bundles.hits
     for k in (1, 2, 3):
         record = conv.convert(variant(k))[0]
         assert record.ok, record.issues
         assert record.bundle_json != first.bundle_json
     assert not walked, "a resource of a known shape was walked"
-    assert validator.shapes.hits - before >= 3 * (len(first.bundle["entry"]) + 1)
+    # each Bundle answered whole by its plan (_composed), or resource by resource
+    parts = len(first.bundle["entry"]) + 1
+    by_resource = validator.shapes.hits - before[0]
+    assert by_resource + parts * (validator.bundles.hits - before[1]) >= 3 * parts
+    assert validator.bundles.hits - before[1] >= 2, "a Bundle of a known shape was taken apart"
 
 
 def test_the_switch_selects_the_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -227,17 +231,21 @@ def test_values_that_never_recur_are_not_remembered(tmp_path: Path) -> None:
         dated = text.replace(b"|20", f"|{19 - k % 10}".encode())
         return dated.replace(b"^^^", f"{k}^^^".encode()).replace(b"|\xe9", f"|{k}\xe9".encode())
 
-    def sizes() -> tuple[int, int, int]:
-        shapes = conv.validator.shapes
+    def sizes() -> tuple[int, ...]:
+        shapes, bundles = conv.validator.shapes, conv.validator.bundles
         accepted = sum(len(values) for values in shapes.accepted.values())
-        return accepted, len(shapes.exact), shapes.verdicts
+        verdicts = sum(len(plan.verdicts) for plan in bundles.plans.values() if plan)
+        return accepted, len(shapes.exact), shapes.verdicts, bundles.size, verdicts
+
+    def hits() -> int:
+        return conv.validator.shapes.hits + conv.validator.bundles.hits
 
     for k in range(12):
         assert conv.convert(variant(k))[0].ok
     learnt = sizes()
-    hits = conv.validator.shapes.hits
+    before = hits()
     for k in range(12, 60):
         record = conv.convert(variant(k))[0]
         assert record.ok, record.issues
-    assert conv.validator.shapes.hits > hits, "the feed must be answered by construction"
+    assert hits() > before, "the feed must be answered by construction"
     assert sizes() == learnt

@@ -1,0 +1,254 @@
+"""Validation by construction per Bundle: one dump, one split, one verdict look-up.
+
+``_construct`` answers each resource of a Bundle from its shape, at ~25 µs of Python per
+resource (a dump, a split, the look-ups). Here the Bundle is taken whole: its compact
+JSON is split once (``_construct.split``), and its *shape* — which holds the entry order
+and every resource's shape — keys a **composed plan**, learnt the first time that Bundle
+shape is met from the per-resource analyses the slow path has just made (the shell's and
+each entry resource's ``Shape``). A resource's JSON is a substring of the Bundle's, so its
+leaves are a contiguous run of the Bundle's leaves (the shell's: what is left); the plan
+maps every analysed place (bound, free, reference leaves; residual invariants' nodes)
+into the Bundle's leaves and nodes.
+
+A Bundle of a known shape then costs: the free leaves checked per validator over the
+whole Bundle (``Shapes.free_ok``: steady values by set superset, varying ones by their
+validator), one tuple of every bound leaf, what the keyed references resolve to, the
+residual invariants' outcomes, and one look-up of the whole Bundle's issue list. The
+verdict is a function of that key for the reasons each resource's is (``_construct``),
+joined by what ``check_bundle`` adds: bdl-3/bdl-4 read the Bundle's ``type`` (in the key)
+and which entries hold a request or response (the shape); bdl-7 and reference integrity
+read which fullUrls are equal and which references name one, so the plan answers only a
+Bundle whose fullUrls are distinct and whose references all name an entry's fullUrl (the
+others, and a verdict not met before, take the per-resource path, the reference for this
+one). docs/validation.md says more; tests/validation/test_composed.py holds it to the
+reference walk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import Issue
+from ._construct import Places, Shape, _by_adapter, _getter, _Once, outcome, target, text
+from ._invariants import Invariant
+
+__all__ = ["Bundles", "Component", "Plan", "compose", "leaf_paths", "outcomes", "resolved"]
+
+MAX_BYTES = 4 << 20  # plans and Bundle verdicts of one validator (a plan: tens of KB)
+
+Path = tuple[str | int, ...]
+# (invariant, the path of the resource it is evaluated in, its node's path from there)
+Placed = tuple[Invariant, Path, Path]
+
+
+@dataclass(frozen=True, slots=True)
+class Component:
+    """One part of a Bundle as the per-resource path validates it: the shell (``root``
+    ``()``) or an entry's resource (``("entry", n, "resource")``), with its shape."""
+
+    root: Path
+    shape: Shape
+    places: Places
+
+
+@dataclass(slots=True, eq=False)
+class Plan:
+    """A Bundle shape's composed plan, and the Bundle verdicts met under it."""
+
+    shape: Shape  # over the Bundle's leaves: bound (with the Bundle's type), free
+    full: Any  # leaves → every entry's fullUrl (bdl-7 and reference integrity)
+    urls: Any  # leaves → the fullUrls of the entries holding a resource
+    types: Any  # leaves → those resources' types, in the same order
+    refs: Any  # leaves → every Reference.reference leaf
+    keyed: Any  # leaves → the references keyed by what they resolve to
+    residual: tuple[Placed, ...]
+    size: int  # bytes it holds, roughly (Shapes bounds the plans and verdicts in bytes)
+    verdicts: dict[Any, tuple[Issue, ...]] = field(default_factory=dict)
+
+
+def leaf_paths(node: Any, path: Path, out: list[Path]) -> None:
+    """The path of every string value under ``node``, in the order of its JSON (orjson
+    writes a dict's keys in their order): the paths of the split's leaves."""
+    if isinstance(node, str):
+        out.append(path)
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            leaf_paths(value, (*path, key), out)
+    elif isinstance(node, list):
+        for n, item in enumerate(node):
+            leaf_paths(item, (*path, n), out)
+
+
+def _value(node: Any, path: Path) -> Any:
+    for step in path:
+        node = node[step]
+    return node
+
+
+def compose(bundle: dict[str, Any], leaves: list[bytes], parts: Sequence[Component]) -> Plan | None:
+    """The plan of ``bundle``'s shape from its components' shapes (the shell first, then
+    each entry's resource); None when the leaves cannot be placed (the split and the
+    walk disagree, a component's leaves are not where its shape says)."""
+    paths: list[Path] = []
+    leaf_paths(bundle, (), paths)
+    if len(paths) != len(leaves) or any(
+        text(raw) != _value(bundle, path) for raw, path in zip(leaves, paths, strict=True)
+    ):
+        return None
+    inside = {part.root for part in parts if part.root}
+    spans: dict[Path, list[int]] = {root: [] for root in inside}
+    shell: list[int] = []
+    for n, path in enumerate(paths):
+        run = spans.get(path[:3])
+        (run if run is not None else shell).append(n)
+    bound: list[int] = []
+    free: list[tuple[int, Any, int]] = []
+    refs: list[int] = []
+    keyed: list[int] = []
+    residual: list[Placed] = []
+    for part in parts:
+        at = spans[part.root] if part.root else shell
+        places = part.places
+        if len(at) != places.count:
+            return None
+        bound += [at[n] for n in places.bound]
+        free += [(at[n], adapter, ident) for n, adapter, ident in places.free]
+        refs += [at[n] for n in places.refs]
+        keyed += [at[places.refs[k]] for k in part.shape.keyed_refs]
+        residual += [(inv, part.root, path) for inv, path in part.shape.residual]
+    index = {path: n for n, path in enumerate(paths)}
+    kind = index.get(("type",))
+    if kind is None:
+        return None  # a Bundle without a string type: the per-resource path
+    full, urls, types = _entries(bundle, index)
+    return Plan(
+        shape=Shape(
+            bound=_getter([*bound, kind]),
+            free=_by_adapter(free),
+            refs=None,
+            keyed_refs=(),
+            residual=(),
+            first=(leaves, free),
+        ),
+        full=_getter(full),
+        urls=_getter(urls),
+        types=_getter(types),
+        refs=_getter(refs),
+        keyed=_getter(keyed),
+        residual=tuple(residual),
+        size=len(leaves) * _LEAF + len(residual) * _RESIDUAL + _PLAN,
+    )
+
+
+def _entries(bundle: dict[str, Any], index: dict[Path, int]) -> tuple[list[int], ...]:
+    """The leaves of every entry's fullUrl, of those of entries holding a resource, and
+    of those resources' types (what ``_models._Entries`` reads)."""
+    full, urls, types = [], [], []
+    for n, entry in enumerate(bundle.get("entry") or ()):
+        url = index.get(("entry", n, "fullUrl"))
+        if url is None:
+            continue
+        full.append(url)
+        rtype = index.get(("entry", n, "resource", "resourceType"))
+        if isinstance(entry.get("resource"), dict) and rtype is not None:
+            urls.append(url)
+            types.append(rtype)
+    return full, urls, types
+
+
+def resolved(
+    plan: Plan, leaves: list[bytes], decode: Any, outside: Callable[[str], object]
+) -> tuple[Any, ...] | None:
+    """What the keyed references resolve to (the type of the entry they name); None when
+    two fullUrls are equal (bdl-7) or a reference names no entry and is not ``outside``
+    (a conditional reference): their issues hold values, which no key can. A leaf stands
+    for its string: JSON escapes a string one way, so equal leaves are equal strings."""
+    full = plan.full(leaves)
+    names = set(full)
+    if len(names) != len(full):
+        return None
+    refs = plan.refs(leaves)
+    if not names.issuperset(refs) and not all(ref in names or outside(decode(ref)) for ref in refs):
+        return None
+    urls = dict(zip(plan.urls(leaves), plan.types(leaves), strict=True))
+    out = []
+    for ref in plan.keyed(leaves):
+        found = urls.get(ref)
+        # an entry without a resource (no type): what the reference check makes of it
+        out.append(found if found is not None else target(decode(ref), {}))
+    return tuple(out)
+
+
+def outcomes(residual: tuple[Placed, ...], bundle: dict[str, Any], content: bytes) -> Any:
+    """Each residual invariant's outcome on its node, in its resource (``content``: the
+    Bundle's JSON; an invariant whose needle it lacks holds on every node: NEEDLES)."""
+    out = []
+    absent: dict[bytes, bool] = {}  # one search per needle (bdl-8 is on every entry)
+    for inv, root, path in residual:
+        needle = inv.needle
+        if needle is not None:
+            lacks = absent.get(needle)
+            if lacks is None:
+                lacks = absent[needle] = needle not in content
+            if lacks:
+                out.append(True)
+                continue
+        resource = _value(bundle, root)
+        out.append(outcome(inv, _value(resource, path), resource))
+    return tuple(out)
+
+
+_LEAF = 48  # a leaf's index in the getters and the key's share (ints, tuple slots)
+_RESIDUAL = 120  # a placed invariant: the tuple and its two paths
+_PLAN = 2_000  # the plan, its getters and shape
+
+
+class Bundles:
+    """One validator's composed plans by Bundle shape, with their verdicts: bounded in
+    bytes (emptied when full), a verdict kept only the second time its key is met (a key
+    holding a value new in every message would never serve)."""
+
+    def __init__(self) -> None:
+        self.plans: dict[Any, Plan | None] = {}  # None: a shape no plan can answer
+        self.tries: dict[Any, int] = {}  # shapes whose plan could not be made yet
+        self.size = 0
+        self.hits = 0  # Bundles answered by their plan (tests and benchmarks read it)
+        self._once = _Once()
+
+    def retry(self, key: Any) -> bool:
+        """Whether to try again to make the plan of a shape that had none: at the 1st,
+        2nd, 4th, 8th... Bundle of it (a component not learnt yet: the first Bundle held
+        an invalid value, or the table of shapes was emptied)."""
+        tries = self.tries.get(key, 0) + 1
+        if tries == 1:
+            self._room(len(key[0]) + _TRY)
+        self.tries[key] = tries
+        return tries & (tries - 1) == 0
+
+    def add(self, key: Any, plan: Plan | None) -> None:
+        self._room(len(key[0]) + (plan.size if plan is not None else 0) + _TRY)
+        self.plans[key] = plan
+        self.tries.pop(key, None)
+
+    def remember(self, plan: Plan, key: Any, issues: list[Issue]) -> None:
+        """Keep a Bundle's verdict the second time its key is met."""
+        if not self._once.seen(key):
+            return
+        size = _VERDICT + sum(len(x) if isinstance(x, bytes) else 8 for x in key[0])
+        self._room(size + _LEAF * (len(key[1]) + len(key[2])) + _ISSUE * len(issues))
+        plan.verdicts[key] = tuple(issues)
+
+    def _room(self, size: int) -> None:
+        """Count ``size`` more bytes, emptying the tables first when they would overflow."""
+        if self.size + size > MAX_BYTES:
+            self.plans.clear()
+            self.tries.clear()
+            self.size = 0
+        self.size += size
+
+
+_TRY = 200  # a shape's key (besides its bytes) and its count
+_VERDICT = 300  # a verdict's key tuples and its dict slot
+_ISSUE = 400  # an Issue kept in a verdict

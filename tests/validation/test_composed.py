@@ -1,0 +1,272 @@
+"""Validation by construction per Bundle (gateway/validation/_composed.py): a Bundle of a
+known shape answered whole by its plan gives the reference validator's issues, in order
+and at the same locations, after each kind of change a plan must see: a bound value, a
+free value its type refuses, a reference retargeted or dangling, an entry added, removed
+or moved, a residual invariant broken. Each mutated Bundle is checked three times by a
+validator that has learnt the original (the third time from the plan's remembered
+verdict), and each mutation changes the reference's verdict: a plan that answered from
+what it learnt of the original would fail here."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from gateway import Settings
+from gateway.errors import Issue
+from gateway.pipeline import Converter
+from gateway.validation import TRANSACTION_PROFILE, Validator
+from gateway.validation._composed import Plan, leaf_paths
+
+from .conftest import REPO, needs_core
+from .test_fast_path import _forget
+
+pytestmark = needs_core
+
+MESSAGES = ("ref_i12_hkpmc_to_nsch.hl7", "omg_o19_nsch.hl7", "orm_o01_lax2_ct.hl7")
+# values each primitive type's validator may refuse (one of them, for each type met)
+BAD_VALUES = ("", " starts with a space", "2026-13-45T25:61:00", "not an id!", "x" * 70, "\t")
+
+Bundle = dict[str, Any]
+
+
+def _json(issues: list[Issue]) -> bytes:
+    return orjson.dumps([dataclasses.asdict(i) for i in issues])
+
+
+def _check(validator: Validator, bundle: Bundle) -> bytes:
+    return _json(validator.check_bundle(copy.deepcopy(bundle), True, TRANSACTION_PROFILE))
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[str, Bundle]]:
+    """What the mapping stage makes of a few examples, as plain JSON data."""
+    conv = Converter(Settings.load(home=tmp_path_factory.mktemp("home"), env={}))
+    out = []
+    for name in MESSAGES:
+        record = conv.convert_path(REPO / "examples" / "hl7v2" / name)[0]
+        assert record.ok and record.mapped is not None, record.issues
+        out.append((name, orjson.loads(orjson.dumps(record.mapped))))
+    return out
+
+
+def _learnt(bundle: Bundle) -> Validator:
+    """A validator that answers ``bundle`` from its plan (learnt, remembered, answered)."""
+    _forget()
+    validator = Validator("construct")
+    for _ in range(3):
+        assert _check(validator, bundle) == b"[]"
+    assert validator.bundles.hits == 1, "the plan must answer the original"
+    return validator
+
+
+def _agrees(validator: Validator, bundle: Bundle, original: bytes, *, answered: bool) -> None:
+    """The mutated ``bundle`` gets the reference's verdict, which is not ``original``'s,
+    three times: the third from its plan's memory when ``answered``, else never from a
+    plan (a value no key holds: a free value refused, a reference to no entry, equal
+    fullUrls)."""
+    want = _check(Validator("reference"), bundle)
+    assert want != original, "the mutation must change the verdict"
+    hits = validator.bundles.hits
+    for attempt in (1, 2, 3):
+        before = validator.bundles.hits
+        assert _check(validator, bundle) == want, f"attempt {attempt}"
+    if answered:
+        assert validator.bundles.hits == before + 1, "answered by the plan the third time"
+    else:
+        assert validator.bundles.hits == hits, "a plan answered what no key holds"
+
+
+def _set(bundle: Bundle, path: tuple[str | int, ...], value: Any) -> Bundle:
+    out = copy.deepcopy(bundle)
+    node: Any = out
+    for step in path[:-1]:
+        node = node[step]
+    node[path[-1]] = value
+    return out
+
+
+def _renamed(bundle: Bundle, old: str, new: str) -> Bundle:
+    """Every string equal to ``old`` (a fullUrl and the references to it) made ``new``."""
+    out: Bundle = orjson.loads(orjson.dumps(bundle).replace(orjson.dumps(old), orjson.dumps(new)))
+    return out
+
+
+def _resources(bundle: Bundle) -> list[tuple[int, Bundle]]:
+    return [(n, e["resource"]) for n, e in enumerate(bundle["entry"]) if "resource" in e]
+
+
+def test_a_bound_value_changed(bundles: list[tuple[str, Bundle]]) -> None:
+    """A code the profile binds (a resource's status, intent, gender, priority; the
+    Bundle's type)."""
+    changed = 0
+    for _, bundle in bundles:
+        validator = _learnt(bundle)
+        mutations = [_set(bundle, ("type",), "batch")]
+        for n, resource in _resources(bundle):
+            for key in ("status", "intent", "gender", "priority"):
+                if isinstance(resource.get(key), str):
+                    mutations.append(_set(bundle, ("entry", n, "resource", key), "no-such"))
+        for mutated in mutations:
+            _agrees(validator, mutated, b"[]", answered=True)
+        changed += len(mutations)
+    assert changed > 3 * len(bundles)
+
+
+def _free_leaves(bundle: Bundle) -> list[tuple[tuple[str | int, ...], Any]]:
+    """The path and validator of one free leaf per primitive validator of the plan."""
+    _forget()
+    validator = Validator("construct")
+    _check(validator, bundle)
+    (plan,) = validator.bundles.plans.values()
+    assert isinstance(plan, Plan) and plan.shape.first is not None
+    paths: list[tuple[str | int, ...]] = []
+    leaf_paths(bundle, (), paths)
+    one: dict[int, tuple[tuple[str | int, ...], Any]] = {}
+    for n, adapter, ident in plan.shape.first[1]:
+        one.setdefault(ident, (paths[n], adapter))
+    return list(one.values())
+
+
+def _refused(adapter: Any) -> str | None:
+    for value in BAD_VALUES:
+        try:
+            adapter.validate_python(value)
+        except Exception:  # pydantic's, or fhir.resources' own validators'
+            return value
+    return None
+
+
+def test_a_free_value_made_invalid_in_each_primitive_type(
+    bundles: list[tuple[str, Bundle]],
+) -> None:
+    """A value only its primitive type's validator reads (an identifier, a date, a
+    name...): the plan checks them all, per validator, over the whole Bundle."""
+    types = set()
+    for _, bundle in bundles:
+        validator = _learnt(bundle)
+        for path, adapter in _free_leaves(bundle):
+            bad = _refused(adapter)
+            if bad is None:
+                continue  # a plain string: any value goes
+            types.add(str(adapter.core_schema.get("type")) + str(path[-1]))
+            _agrees(validator, _set(bundle, path, bad), b"[]", answered=False)
+    assert len(types) >= 4, types
+
+
+def _references(bundle: Bundle) -> list[tuple[str | int, ...]]:
+    paths: list[tuple[str | int, ...]] = []
+    leaf_paths(bundle, (), paths)
+    return [path for path in paths if path[-1] == "reference"]
+
+
+def test_a_reference_retargeted(bundles: list[tuple[str, Bundle]]) -> None:
+    """A reference to an entry of another type (the profiles' target types), or to none."""
+    retargeted = 0
+    for _, bundle in bundles:
+        validator = _learnt(bundle)
+        urls = {e["fullUrl"]: e["resource"]["resourceType"] for e in bundle["entry"]}
+        reference = Validator("reference")
+        for path in _references(bundle):
+            old: Any = bundle
+            for step in path:
+                old = old[step]
+            for url, rtype in urls.items():
+                mutated = _set(bundle, path, url)
+                if rtype == urls.get(old) or _check(reference, mutated) == b"[]":
+                    continue  # the same type, or one the profile allows
+                _agrees(validator, mutated, b"[]", answered=True)
+                retargeted += 1
+                break
+            dangling = _set(bundle, path, "urn:uuid:00000000-0000-0000-0000-000000000000")
+            _agrees(validator, dangling, b"[]", answered=False)
+    assert retargeted >= 3
+
+
+def test_an_entry_added_removed_or_moved(bundles: list[tuple[str, Bundle]]) -> None:
+    """Another Bundle shape: the per-resource path, then the new shape's own plan; an
+    issue of a moved entry moves with it."""
+    for _, bundle in bundles:
+        validator = _learnt(bundle)
+        entries = bundle["entry"]
+        extra = copy.deepcopy(entries[-1])
+        extra["fullUrl"] = "urn:uuid:11111111-1111-4111-8111-111111111111"
+        extra["resource"]["id"] = "11111111-1111-4111-8111-111111111111"
+        referenced = {p for path in _references(bundle) for p in [_at(bundle, path)]}
+        kept = [e for e in entries if e["fullUrl"] in referenced]
+        n, key = next(
+            (n, key)
+            for n, resource in _resources(bundle)[:-1]
+            for key in ("status", "intent", "gender")
+            if key in resource
+        )
+        broken = _set(bundle, ("entry", n, "resource", key), "no-such")  # a binding issue
+        learnt = _learnt_broken(broken)
+        original = _check(learnt, broken)
+        moved = copy.deepcopy(broken)
+        moved["entry"][n], moved["entry"][n + 1] = moved["entry"][n + 1], moved["entry"][n]
+        _agrees(learnt, moved, original, answered=True)
+        for mutated in (
+            {**bundle, "entry": [*entries, extra, copy.deepcopy(extra)]},  # bdl-7
+            {**bundle, "entry": kept[:-1] + entries[len(kept) :]},  # a referenced one gone
+            {**bundle, "entry": [*entries[:1], entries[1], entries[1], *entries[2:]]},
+        ):
+            _agrees(validator, mutated, b"[]", answered=False)
+
+
+def _at(bundle: Bundle, path: tuple[str | int, ...]) -> Any:
+    node: Any = bundle
+    for step in path:
+        node = node[step]
+    return node
+
+
+def _learnt_broken(bundle: Bundle) -> Validator:
+    _forget()
+    validator = Validator("construct")
+    want = _check(Validator("reference"), bundle)
+    assert want != b"[]"
+    for _ in range(3):
+        assert _check(validator, bundle) == want
+    assert validator.bundles.hits == 1
+    return validator
+
+
+def _with_url(bundle: Bundle, n: int, change: Callable[[str], str]) -> Bundle:
+    """Entry ``n``'s fullUrl changed, with every reference to it."""
+    old = bundle["entry"][n]["fullUrl"]
+    return _renamed(bundle, old, change(old))
+
+
+def test_a_residual_invariant_broken(bundles: list[tuple[str, Bundle]]) -> None:
+    """Invariants that read free values (fullUrls: bdl-8, gw-bun-1), run on every Bundle
+    of the shape; their outcomes are in the key."""
+    for _, bundle in bundles:
+        validator = _learnt(bundle)
+        for n in (0, len(bundle["entry"]) - 1):
+            for change in (
+                lambda url: url + "/_history/2",  # bdl-8
+                lambda url: "https://example.org/fhir/" + url.rsplit(":", 1)[-1],  # gw-bun-1
+            ):
+                _agrees(validator, _with_url(bundle, n, change), b"[]", answered=True)
+
+
+def test_a_recurring_feed_is_answered_whole(tmp_path: Path) -> None:
+    """Fresh messages of one feed: after the first two, each Bundle answered by one plan
+    look-up, with the verdict the reference path gives."""
+    conv = Converter(Settings.load(home=tmp_path, env={}))
+    text = (REPO / "examples" / "hl7v2" / "ref_i12_hkpmc_to_nsch.hl7").read_bytes()
+    reference = Validator("reference")
+    for k in range(6):
+        data = text.replace(b"|20", f"|{19 - k}".encode()).replace(b"^^^", f"{k}^^^".encode())
+        record = conv.convert(data)[0]
+        assert record.ok, record.issues
+        plain = orjson.loads(orjson.dumps(record.mapped))
+        assert _check(reference, plain) == b"[]"
+    assert conv.validator.bundles.hits >= 3

@@ -21,6 +21,7 @@ REQUEST_EXPRESSIONS = [e for e in NATIVE if e.startswith("identifier.")]
 ENTRY_EXPRESSIONS = [e for e in NATIVE if e.startswith("fullUrl.")]
 CONDITION_EXPRESSIONS = [e for e in NATIVE if e.startswith("verificationStatus.")]
 REPORT_EXPRESSIONS = [e for e in NATIVE if e.startswith(("language.", "imagingStudy."))]
+ORGANIZATION_EXPRESSIONS = [e for e in NATIVE if e.startswith("(identifier.")]
 
 
 def _bundles() -> list[dict[str, Any]]:
@@ -132,6 +133,28 @@ def _condition_cases() -> list[dict[str, Any]]:
     return found + [{"resourceType": "Condition", **c} for c in extra]
 
 
+def _organization_cases() -> list[dict[str, Any]]:
+    found = _resources("Organization")
+    extension = {"extension": [{"url": "http://x.example/e", "valueString": "x"}]}
+    extra: list[dict[str, Any]] = [
+        {},
+        {"name": "x"},
+        {"name": ""},
+        {"name": None},
+        {"name": ["a", "b"]},
+        {"_name": extension},
+        {"_name": None},
+        {"name": None, "_name": extension},
+        {"identifier": []},
+        {"identifier": [{}]},
+        {"identifier": [None]},
+        {"identifier": {"value": "1"}},
+        {"identifier": [{"value": "1"}], "name": "x"},
+        {"alias": ["x"]},
+    ]
+    return found + [{"resourceType": "Organization", **c} for c in extra]
+
+
 def _report_cases() -> list[dict[str, Any]]:
     found = _resources("DiagnosticReport")
     study = {
@@ -177,7 +200,8 @@ def test_request_invariants_agree_with_fhirpathpy(expression: str) -> None:
     ("expression", "cases"),
     [(e, _entry_cases) for e in ENTRY_EXPRESSIONS]
     + [(e, _condition_cases) for e in CONDITION_EXPRESSIONS]
-    + [(e, _report_cases) for e in REPORT_EXPRESSIONS],
+    + [(e, _report_cases) for e in REPORT_EXPRESSIONS]
+    + [(e, _organization_cases) for e in ORGANIZATION_EXPRESSIONS],
 )
 def test_resource_invariants_agree_with_fhirpathpy(
     expression: str, cases: Callable[[], list[dict[str, Any]]]
@@ -195,6 +219,7 @@ def test_every_native_invariant_is_tested() -> None:
         + ENTRY_EXPRESSIONS
         + CONDITION_EXPRESSIONS
         + REPORT_EXPRESSIONS
+        + ORGANIZATION_EXPRESSIONS
     )
     assert sorted(tested) == sorted(NATIVE)
 

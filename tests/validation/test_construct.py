@@ -157,6 +157,9 @@ def test_by_construction_agrees_with_the_reference(cases: list[Case]) -> None:
                 differ.append(f"{case[0]} (pass {attempt}):\n  reference {want!r}\n  got {got!r}")
     assert not differ, f"{len(differ)} differ:\n" + "\n".join(differ[:5])
     assert warm.shapes.hits > len(cases), "the comparison must run the by-construction path"
+    # and the Bundle path (_composed): a Bundle met before answered whole by its plan
+    bundles = sum(case[1].get("resourceType") == "Bundle" and case[2] is None for case in cases)
+    assert warm.bundles.hits > bundles // 2, (warm.bundles.hits, bundles)
     assert sum(want != b"[]" for want in expected) > 100, "many cases must fail"
     # the incremental path (GATEWAY_VALIDATION_PATH=incremental) on the same cases: the
     # same issues, but with warnings asked for, a known skeleton's structural warnings

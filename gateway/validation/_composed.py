@@ -26,13 +26,15 @@ reference walk.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 
 from ..errors import Issue
 from ._construct import Places, Shape, _by_adapter, _getter, _Once, outcome, target, text
-from ._invariants import Invariant
+from ._invariants import Invariant, _reaches
 
 __all__ = ["Bundles", "Component", "Plan", "compose", "leaf_paths", "outcomes", "resolved"]
 
@@ -118,6 +120,8 @@ def compose(bundle: dict[str, Any], leaves: list[bytes], parts: Sequence[Compone
         refs += [at[n] for n in places.refs]
         keyed += [at[places.refs[k]] for k in part.shape.keyed_refs]
         residual += [(inv, part.root, path) for inv, path in part.shape.residual]
+    known = set(bound)
+    residual = [r for r in residual if not _settled(r[0], (*r[1], *r[2]), paths, known)]
     index = {path: n for n, path in enumerate(paths)}
     kind = index.get(("type",))
     if kind is None:
@@ -140,6 +144,44 @@ def compose(bundle: dict[str, Any], leaves: list[bytes], parts: Sequence[Compone
         residual=tuple(residual),
         size=len(leaves) * _LEAF + len(residual) * _RESIDUAL + _PLAN,
     )
+
+
+def _settled(inv: Invariant, node: Path, paths: list[Path], bound: set[int]) -> bool:
+    """Whether the invariant's outcome on ``node`` is a function of the plan's key: it
+    reads no further than its node's projection on the names it holds (the premise of
+    Invariant.holds' memo), and each leaf there whose value it may read is bound (the
+    others' presence is the shape's)."""
+    values = _value_names(inv.expression) if inv.names is not None else None
+    if values is None or inv.names is None:
+        return False
+    depth = len(node)
+    for n, path in enumerate(paths):
+        if path[:depth] != node or n in bound:
+            continue
+        keys = [key for key in path[depth:] if isinstance(key, str)]
+        if keys and all(_reaches(key, inv.names) for key in keys) and _reaches(keys[-1], values):
+            return False  # a free value the expression may read
+    return True
+
+
+@cache
+def _value_names(expression: str) -> frozenset[str] | None:
+    """The names of the elements whose values ``expression`` may read: all but functions
+    and those it only tests for presence (``name.exists()``, ``.empty()``, ``.count()``,
+    ``.hasValue()``: which elements exist is the shape's); None when it may read past its
+    node (``%resource``, ``$this``...)."""
+    if "%" in expression or "$" in expression:
+        return None
+    text = re.sub(r"'[^']*'", "", expression)
+    out = set()
+    for found in re.finditer(r"[A-Za-z_]\w*", text):
+        rest = text[found.end() :]
+        if not rest.startswith("(") and not _PRESENCE.match(rest):
+            out.add(found.group())
+    return frozenset(out)
+
+
+_PRESENCE = re.compile(r"\.(?:exists|empty|count|hasValue)\(\)")
 
 
 def _entries(bundle: dict[str, Any], index: dict[Path, int]) -> tuple[list[int], ...]:

@@ -22,7 +22,7 @@ from gateway import Settings
 from gateway.errors import Issue
 from gateway.pipeline import Converter
 from gateway.validation import TRANSACTION_PROFILE, Validator
-from gateway.validation._composed import Plan, leaf_paths
+from gateway.validation._composed import Plan, _value_names, leaf_paths
 
 from .conftest import REPO, needs_core
 from .test_fast_path import _forget
@@ -108,7 +108,8 @@ def test_a_bound_value_changed(bundles: list[tuple[str, Bundle]]) -> None:
     changed = 0
     for _, bundle in bundles:
         validator = _learnt(bundle)
-        mutations = [_set(bundle, ("type",), "batch")]
+        # (a document or a message: bdl-9 to bdl-12, settled by the type in the key)
+        mutations = [_set(bundle, ("type",), kind) for kind in ("batch", "document", "message")]
         for n, resource in _resources(bundle):
             for key in ("status", "intent", "gender", "priority"):
                 if isinstance(resource.get(key), str):
@@ -270,3 +271,25 @@ def test_a_recurring_feed_is_answered_whole(tmp_path: Path) -> None:
         plain = orjson.loads(orjson.dumps(record.mapped))
         assert _check(reference, plain) == b"[]"
     assert conv.validator.bundles.hits >= 3
+
+
+@pytest.mark.parametrize(
+    ("expression", "values"),
+    [
+        ("status = 'final' implies (conclusion.exists() or result.exists())", {"status"}),
+        ("identifier.where(system = 'x' and value.exists()).exists()", {"identifier", "system"}),
+        ("(identifier.count() + name.count()) > 0", set()),
+        ("timestamp.hasValue() and fullUrl.startsWith('urn:')", {"fullUrl", "and"}),
+        ("value.exists() implies value > 0", {"value", "implies"}),  # read once: read
+        ("%resource.code.exists()", None),  # past its node
+        ("$this.value.exists()", None),
+    ],
+)
+def test_which_values_an_invariant_reads(expression: str, values: set[str] | None) -> None:
+    """A residual invariant is settled by the plan's key when each value it may read is
+    bound: the values it reads are all names but the functions and those it only tests
+    for presence (the shape holds which elements exist)."""
+    found = _value_names(expression)
+    assert (None if found is None else found - {"implies", "and", "or"}) == (
+        None if values is None else values - {"implies", "and", "or"}
+    )

@@ -275,11 +275,12 @@ class Bundles:
         self.tries.pop(key, None)
 
     def remember(self, plan: Plan, key: Any, issues: list[Issue]) -> None:
-        """Keep a Bundle's verdict the second time its key is met."""
+        """Keep a Bundle's verdict the second time its key is met (``key``: the bound
+        leaves joined, the references' targets, the residual outcomes)."""
         if not self._once.seen(key):
             return
-        size = _VERDICT + sum(len(x) if isinstance(x, bytes) else 8 for x in key[0])
-        self._room(size + _LEAF * (len(key[1]) + len(key[2])) + _ISSUE * len(issues))
+        size = _VERDICT + len(key[0]) + _LEAF * (len(key[1]) + len(key[2]))
+        self._room(size + _ISSUE * len(issues))
         plan.verdicts[key] = tuple(issues)
 
     def _room(self, size: int) -> None:

@@ -205,12 +205,13 @@ class Shape:
     # Where the analysis placed each kind of leaf (indexes into the leaves), which a
     # Bundle's composed plan maps into the Bundle's leaves (see _composed)
     at: Places | None = None
-    # The free leaves that changed from the first resource of the shape to the next (the
-    # patient's name, the order's number, the dates: new in every message) are *varying*:
-    # checked every time, never remembered. ``first``: the first resource's free leaves
-    # and their validators, until the next resource classifies them.
+    # The free leaves that changed from the first resource of the shape to the next that
+    # differs (the patient's name, the order's number, the dates: new in every message)
+    # are *varying*: checked every time, never remembered. ``first``: the first resource's
+    # free leaves and their validators, until a later resource classifies them.
     varying: tuple[tuple[Any, Any], ...] = ()  # (leaves → varying leaves, validator)
     first: tuple[list[bytes], list[tuple[int, Any, int]]] | None = None
+    compared: int = 0  # resources compared with the first (see _classify)
 
 
 @dataclass(frozen=True, slots=True)
@@ -417,15 +418,21 @@ def _by_adapter(free: list[tuple[int, Any, int]]) -> tuple[tuple[Any, Any, int],
 _ANY_STR = {"type": "str"}
 
 
+_COMPARISONS = 8  # a shape whose free leaves are the same 8 times: all steady
+
+
 def _classify(shape: Shape, leaves: list[bytes]) -> None:
     """Split the shape's free leaves into steady and varying, by the first resource's and
-    this one's (a steady one that varies later is still checked, and remembered only when
-    its value recurs: see Shapes._accept)."""
+    the first later one's that differ (a steady one that varies later is still checked, and
+    remembered only when its value recurs: see Shapes._accept)."""
     if shape.first is None:
         return
     first, free = shape.first
-    steady = [item for item in free if leaves[item[0]] == first[item[0]]]
     varying = [item for item in free if leaves[item[0]] != first[item[0]]]
+    shape.compared += 1
+    if not varying and shape.compared < _COMPARISONS:
+        return  # the very same values (a message sent again): a later resource tells
+    steady = [item for item in free if leaves[item[0]] == first[item[0]]]
     shape.free = _by_adapter(steady)
     shape.varying = tuple((getter, validator) for getter, validator, _ in _by_adapter(varying))
     shape.first = None

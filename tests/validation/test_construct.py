@@ -263,3 +263,22 @@ def test_escapes_are_marked_as_two_replaces_would() -> None:
         content = orjson.dumps({"k": [value, value + '"']})
         want = content.replace(b"\\\\", b"\x01").replace(b'\\"', b"\x02")
         assert _construct._unescaped(content) == want, value
+
+
+def test_a_message_sent_twice_first_does_not_make_its_values_steady(tmp_path: Path) -> None:
+    """A feed whose first message comes twice (a resend): its values are still found to
+    vary by the next message that differs, so each new patient's values are checked
+    without being noted as candidates to remember."""
+    conv = Converter(Settings.load(home=tmp_path, env={}))
+    text = (REPO / "examples" / "hl7v2" / "ref_i12_hkpmc_to_nsch.hl7").read_bytes()
+
+    def variant(k: int) -> bytes:  # new dates, identifiers and names every time
+        dated = text.replace(b"|20", f"|{19 - k % 10}".encode())
+        return dated.replace(b"^^^", f"{k}^^^".encode()).replace(b"|\xe9", f"|{k}\xe9".encode())
+
+    for k in (0, 0, 1, 2, 3):
+        assert conv.convert(variant(k))[0].ok
+    noted = len(conv.validator.shapes._once._hashes)
+    for k in range(4, 12):
+        assert conv.convert(variant(k))[0].ok
+    assert len(conv.validator.shapes._once._hashes) == noted

@@ -265,12 +265,12 @@ class Bundles:
         an invalid value, or the table of shapes was emptied)."""
         tries = self.tries.get(key, 0) + 1
         if tries == 1:
-            self._room(len(key[0]) + _TRY)
+            self._room(_shape_size(key) + _TRY)
         self.tries[key] = tries
         return tries & (tries - 1) == 0
 
     def add(self, key: Any, plan: Plan | None) -> None:
-        self._room(len(key[0]) + (plan.size if plan is not None else 0) + _TRY)
+        self._room(_shape_size(key) + (plan.size if plan is not None else 0) + _TRY)
         self.plans[key] = plan
         self.tries.pop(key, None)
 
@@ -290,6 +290,12 @@ class Bundles:
             self.tries.clear()
             self.size = 0
         self.size += size
+
+
+def _shape_size(key: Any) -> int:
+    """The bytes of a plan's key: its Bundle shape (what lies between the strings, and the
+    keys), a few KB."""
+    return sum(len(part) for part in key[0])
 
 
 _TRY = 200  # a shape's key (besides its bytes) and its count

@@ -293,3 +293,20 @@ def test_which_values_an_invariant_reads(expression: str, values: set[str] | Non
     assert (None if found is None else found - {"implies", "and", "or"}) == (
         None if values is None else values - {"implies", "and", "or"}
     )
+
+
+def test_the_plans_are_bounded_in_bytes(
+    bundles: list[tuple[str, Bundle]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Plans and verdicts count their bytes (a Bundle shape is a few KB), and the table
+    is emptied when it would pass its bound."""
+    validator = _learnt(bundles[0][1])
+    (((shape, _), plan),) = validator.bundles.plans.items()
+    assert plan is not None and sum(len(part) for part in shape) > 1_000
+    assert validator.bundles.size > sum(len(part) for part in shape) + plan.size
+    limit = validator.bundles.size + 1
+    monkeypatch.setattr("gateway.validation._composed.MAX_BYTES", limit)
+    for _, bundle in bundles[1:]:
+        _check(validator, bundle)
+        assert validator.bundles.size <= limit
+        assert len(validator.bundles.plans) == 1, "the table must be emptied when full"

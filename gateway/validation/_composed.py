@@ -12,15 +12,16 @@ into the Bundle's leaves and nodes.
 
 A Bundle of a known shape then costs: the free leaves checked per validator over the
 whole Bundle (``Shapes.free_ok``: steady values by set superset, varying ones by their
-validator), one tuple of every bound leaf, what the keyed references resolve to, the
-residual invariants' outcomes, and one look-up of the whole Bundle's issue list. The
-verdict is a function of that key for the reasons each resource's is (``_construct``),
-joined by what ``check_bundle`` adds: bdl-3/bdl-4 read the Bundle's ``type`` (in the key)
-and which entries hold a request or response (the shape); bdl-7 and reference integrity
-read which fullUrls are equal and which references name one, so the plan answers only a
-Bundle whose fullUrls are distinct and whose references all name an entry's fullUrl (the
-others, and a verdict not met before, take the per-resource path, the reference for this
-one). docs/validation.md says more; tests/validation/test_composed.py holds it to the
+validator), every bound leaf (joined in one bytes), what the keyed references resolve to,
+the outcomes of the residual invariants the key does not settle (``_settled``), and one
+look-up of the whole Bundle's issue list. The verdict is a function of that key for the
+reasons each resource's is (``_construct``), joined by what ``check_bundle`` adds:
+bdl-3/bdl-4 read the Bundle's ``type`` (in the key) and which entries hold a request or
+response (the shape); bdl-7 and reference integrity read which fullUrls are equal and
+which references name one, so the plan answers only a Bundle whose fullUrls are distinct
+and whose references each name an entry's fullUrl or are conditional (the others, and a
+verdict not met before, take the per-resource path, the reference for this one).
+docs/validation.md says more; tests/validation/test_composed.py holds it to the
 reference walk.
 """
 
@@ -66,7 +67,7 @@ class Plan:
     refs: Any  # leaves → every Reference.reference leaf
     keyed: Any  # leaves → the references keyed by what they resolve to
     residual: tuple[Placed, ...]
-    size: int  # bytes it holds, roughly (Shapes bounds the plans and verdicts in bytes)
+    size: int  # bytes it holds, roughly (Bundles bounds the plans and verdicts in bytes)
     verdicts: dict[Any, tuple[Issue, ...]] = field(default_factory=dict)
 
 

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import re
 from bisect import bisect_left
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
+from operator import itemgetter
 from typing import NamedTuple
 
 from ...errors import ConfigError, IntakeError, Issue
@@ -44,6 +46,11 @@ class Position(NamedTuple):
     label: str = ""  # terser path of the node or group, for error messages
     text: str | None = None  # the node's raw (escaped) text
     level: int = 0  # 0 = field repetition, 1 = component, 2 = subcomponent
+
+
+# Position((start, end, label, text, level)) without the named tuple's __new__, a Python
+# function: half the cost, for the few dozen nodes a message's mapping selects
+_node = partial(tuple.__new__, Position)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +110,14 @@ def _has_controls(message: Message) -> bool:
     return False
 
 
+@lru_cache(maxsize=64)  # one per set of delimiters: a feed has one or two
+def _needs_cleaning(cs: str, ss: str, es: str) -> Callable[[str], object]:
+    """A search for what makes a component's value differ from its text: a subcomponent
+    or escape character, a quote (the "" null), whitespace at a component's edge."""
+    c = re.escape(cs)
+    return re.compile(rf"[{re.escape(ss + es)}\"]|\s{c}|{c}\s|\A\s|\s\Z").search
+
+
 @lru_cache(maxsize=256)
 def _sorted(names: frozenset[str]) -> tuple[str, ...]:
     """A memoised spec's segment names in a stable order (its memo key's), sorted once."""
@@ -132,6 +147,10 @@ class RowSpec:
     skip: int  # occurrences before the one named
     # (field, repetition, component, subcomponent) of each path; field 0 when relative
     parts: tuple[tuple[int, int, int, int], ...]
+    # A node's own paths without subcomponents (.5, .7): their items picked from the
+    # node's values in one call (operator.itemgetter), as wide as the widest
+    width: int = 0
+    pick: Callable[[list[str | None]], tuple[str | None, ...]] | None = None
 
 
 def row_key(path: str) -> str | None:
@@ -154,7 +173,11 @@ def row_spec(key: str, paths: tuple[str, ...]) -> RowSpec:
         raise ValueError(f"paths {paths!r} are not all of row {key!r}")
     parts = tuple((p.field, p.repetition, p.component, p.sub) for p in compiled)
     if not key:
-        return RowSpec(paths, True, False, "", 0, parts)
+        width = max(c for _, _, c, _ in parts)
+        pick = None
+        if len(parts) > 1 and not any(s for _, _, _, s in parts):
+            pick = itemgetter(*[c - 1 for _, _, c, _ in parts])
+        return RowSpec(paths, True, False, "", 0, parts, width, pick)
     head = compiled[0]
     return RowSpec(paths, False, head.root, head.segment, head.skip, parts)
 
@@ -171,6 +194,10 @@ class _Reads:
 
     def __getitem__(self, n: int) -> str | None:
         return self._view.first(self._paths[n], self._here)
+
+
+# What :meth:`Hl7View.row` gives: items indexed as the spec's paths
+Row = list[str | None] | tuple[str | None, ...] | _Reads
 
 
 class Hl7View:
@@ -211,6 +238,9 @@ class Hl7View:
         self._labels: dict[int, str] = {}
         # A node's components, split once: a fragment reads up to a dozen of one node.
         self._components: dict[str, list[str]] = {}
+        # A node's component values, worked out once (see _cell_values)
+        self._cells: dict[str, list[str | None]] = {}
+        self._needs_cleaning = _needs_cleaning(cs, ss, es)
 
     def trace(self) -> None:
         """Start recording which fields are read (see :meth:`unmapped`). The header fields
@@ -284,7 +314,7 @@ class Hl7View:
         groups = []
         for n, idx in enumerate(found):
             stop = found[n + 1] if n + 1 < len(found) else end
-            groups.append(Position(idx, stop, self._segment_label(p.segment, idx)))
+            groups.append(_node((idx, stop, self._segment_label(p.segment, idx), None, 0)))
         if p.occurrence > 0:
             return groups[p.occurrence - 1 : p.occurrence]
         return groups
@@ -409,7 +439,7 @@ class Hl7View:
         value = raw.strip() if self._plain else self._clean(raw, None, path, here)
         return value if value and value != '""' else None
 
-    def row(self, spec: RowSpec, here: Position) -> list[str | None] | _Reads:
+    def row(self, spec: RowSpec, here: Position) -> Row:
         """``[self.first(path, here) for path in spec.paths]``, each found and split once.
 
         Only for a message without control characters (then a value cannot warn or fail:
@@ -422,7 +452,7 @@ class Hl7View:
             if text is None:  # outside a node: the general way raises the ConfigError
                 return _Reads(self, here, spec.paths)
             if here.level == 0:
-                return self._component_row(text, spec.parts)
+                return self._component_row(text, spec)
             return [self._value_at(text, here.level, c, s) for _, _, c, s in spec.parts]
         if self.read is not None:
             return _Reads(self, here, spec.paths)
@@ -473,28 +503,37 @@ class Hl7View:
             out.append(raw if raw and raw != '""' else None)
         return out
 
-    def _component_row(
-        self, text: str, parts: tuple[tuple[int, int, int, int], ...]
-    ) -> list[str | None]:
-        """:meth:`row` of a field repetition's own paths (``.C``, ``.C.S``): what
-        :meth:`first` gives for each, inlined (the mappings' most common reads)."""
-        comps = self._components.get(text)
-        if comps is None:
-            comps = self._components[text] = text.split(self._cs)
-        n = len(comps)
+    def _component_row(self, text: str, spec: RowSpec) -> list[str | None] | tuple[str | None, ...]:
+        """:meth:`row` of a field repetition's own paths (``.C``, ``.C.S``): each
+        component's value worked out once per node (:meth:`_cell_values`) and picked."""
+        values = self._cells.get(text)
+        if values is None:
+            values = self._cells[text] = self._cell_values(text)
+        if len(values) < spec.width:  # components beyond the last: None, like first()
+            values.extend([None] * (spec.width - len(values)))
+        if spec.pick is not None:
+            return spec.pick(values)
+        if self._ss not in text:  # no subcomponents: .C.1 is .C, .C.2 is empty
+            return [values[c - 1] if s <= 1 else None for _, _, c, s in spec.parts]
+        return [
+            values[c - 1] if not s else self._value_at(text, 0, c, s) for _, _, c, s in spec.parts
+        ]
+
+    def _cell_values(self, text: str) -> list[str | None]:
+        """What :meth:`first` gives for ``.1``, ``.2``... of a field repetition: the
+        components as they are when none holds a subcomponent, escape, "" or padding
+        (the common case: one search), else each cut, unescaped and stripped."""
+        comps = text.split(self._cs)
+        if not self._needs_cleaning(text):
+            return [c or None for c in comps]
         ss, es = self._ss, self._es
         out: list[str | None] = []
-        for _, _, c, s in parts:
-            raw = comps[c - 1] if c <= n else ""
-            if raw:
-                if s:  # a subcomponent: nothing below it to cut
-                    subs = raw.split(ss)
-                    raw = subs[s - 1] if s <= len(subs) else ""
-                elif ss in raw:
-                    raw = raw.split(ss, 1)[0]
-                if es in raw:
-                    raw = self.unescape(raw)
-                raw = raw.strip()
+        for raw in comps:
+            if ss in raw:
+                raw = raw.split(ss, 1)[0]
+            if es in raw:
+                raw = self.unescape(raw)
+            raw = raw.strip()
             out.append(raw if raw and raw != '""' else None)
         return out
 
@@ -628,9 +667,9 @@ class Hl7View:
         raw = fields[p.field]
         label = f"{seg_label}-{p.field}"
         if p.segment == "MSH" and p.field <= 2:
-            return [Position(seg_index, seg_index + 1, label, raw, 2)]
+            return [_node((seg_index, seg_index + 1, label, raw, 2))]
         if p.repetition <= 1 and self._rs not in raw:  # one repetition (most fields)
-            node = Position(seg_index, seg_index + 1, label, raw, 0)
+            node = _node((seg_index, seg_index + 1, label, raw, 0))
             if p.component:
                 sub = self._descend(node, p.component, p.sub)
                 return [sub] if sub is not None else []
@@ -649,7 +688,7 @@ class Hl7View:
             if not text:
                 continue  # an empty repetition: no node (nor any component of it)
             rlabel = label if r == 1 else f"{label}({r})"
-            node = Position(seg_index, seg_index + 1, rlabel, text, 0)
+            node = _node((seg_index, seg_index + 1, rlabel, text, 0))
             if p.component:
                 sub = self._descend(node, p.component, p.sub)
                 if sub is not None:
@@ -670,7 +709,7 @@ class Hl7View:
         if not text:
             return None
         label = f"{node.label}.{component}" + (f".{sub}" if sub else "")
-        return Position(node.start, node.end, label, text, level)
+        return _node((node.start, node.end, label, text, level))
 
     def unescape(self, text: str) -> str:
         es = self._es

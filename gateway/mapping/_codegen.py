@@ -24,19 +24,18 @@ import keyword
 import logging
 import marshal
 import os
-import re
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from ..errors import ConfigError, MappingError
 from ._compile import _CONSTANTS, _DROPPED, _VARIES, SHAPES, Ctx, Fn, _convert
 from ._memo import MEMOS
 from ._types import CONVERTERS
 
-__all__ = ["ENGINES", "GENERATOR_VERSION", "CodeCache", "Lowering", "Rows", "engine_setting"]
+__all__ = ["ENGINES", "GENERATOR_VERSION", "CodeCache", "Lowering", "engine_setting"]
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +57,6 @@ def engine_setting(env: dict[str, str] | None = None) -> str:
     return value
 
 
-# A read from a row in a generated line, until the rows are known: row, item, path, node
-_MARKER = re.compile("\0([^\0]*)\0([^\0]*)\0([^\0]*)\0([^\0]*)\0")
-
-
 def _not_empty(var: str) -> str:
     return f"({var} or not {_EMPTY.format(var)})"
 
@@ -73,29 +68,15 @@ def _literal(value: Any) -> str | None:
     return None
 
 
-class Rows(NamedTuple):
-    """A view's rows (``view.row(spec, here)``: the values of several paths of one node
-    or segment in one call; gateway/intake/hl7v2/_view.py): which row a path is read
-    with (None: alone) and the spec the view takes for a row's paths."""
-
-    key: Callable[[str], str | None]
-    spec: Callable[[str, tuple[str, ...]], Any]
-
-
 class _Func:
     """The lines of one generated function, its fresh local names, and the view look-ups
     already made (each path read once per node: the view's answers are pure)."""
 
-    def __init__(self, rows: Rows | None = None) -> None:
+    def __init__(self) -> None:
         self.lines: list[str] = []
         self._n = 0
         # (method, path, node variable) → (variable holding the answer, its indentation)
         self._known: dict[tuple[str, str, str], tuple[str, int]] = {}
-        self._rows = rows
-        # node variable → (index of its placeholder line, indentation): where its rows go
-        self._bound: dict[str, tuple[int, int]] = {}
-        # (node variable, row key) → (row variable, paths read from it in order)
-        self._row_paths: dict[tuple[str, str], tuple[str, list[str]]] = {}
 
     def var(self, prefix: str) -> str:
         self._n += 1
@@ -114,51 +95,9 @@ class _Func:
         if found is not None and found[1] <= ind:
             return found[0]
         v = self.var("q")
-        row = self._row_read(path, h) if method == "first" else None
-        self.add(ind, f"{v} = {row or f'view.{method}({path!r}, {h})'}")
+        self.add(ind, f"{v} = view.{method}({path!r}, {h})")
         self._known[(method, path, h)] = (v, ind)
         return v
-
-    def bind(self, ind: int, h: str) -> None:
-        """Mark where node variable ``h`` is assigned: its rows are read there."""
-        if self._rows is not None:
-            self._bound[h] = (len(self.lines), ind)
-            self.lines.append("")  # replaced by the rows read (see rows_placed)
-
-    def _row_read(self, path: str, h: str) -> str | None:
-        """``view.first(path, h)`` as an item of one of ``h``'s rows, when it has rows."""
-        if self._rows is None or h not in self._bound:
-            return None
-        key = self._rows.key(path)
-        if key is None:
-            return None
-        row = self._row_paths.get((h, key))
-        if row is None:
-            row = self._row_paths[(h, key)] = (self.var("r"), [])
-        if path not in row[1]:
-            row[1].append(path)
-        # a marker: the read of a row of one path is made alone (see rows_placed)
-        return f"\0{row[0]}\0{row[1].index(path)}\0{path}\0{h}\0"
-
-    def rows_placed(self, name: Callable[[Any], str]) -> list[str]:
-        """The lines with each node's rows read where the node is assigned (``name``
-        gives the namespace name of a row's spec), and each read from a row an item of
-        it; a row of one path is no row: that path is read where it is used."""
-        lines = list(self.lines)
-        single = set()
-        for (h, key), (r, paths) in self._row_paths.items():
-            if len(paths) == 1 or self._rows is None:
-                single.add(r)
-                continue
-            at, ind = self._bound[h]
-            row = "    " * ind + f"{r} = view.row({name(self._rows.spec(key, tuple(paths)))}, {h})"
-            lines[at] = f"{lines[at]}\n{row}" if lines[at] else row
-
-        def read(m: re.Match[str]) -> str:
-            r, n, path, h = m.groups()
-            return f"view.first({path!r}, {h})" if r in single else f"{r}[{n}]"
-
-        return [_MARKER.sub(read, line) for line in lines if line]
 
 
 class Lowering:
@@ -168,7 +107,7 @@ class Lowering:
     live in the module namespace ``ns`` under generated names; the source never holds a
     value that is not a plain literal."""
 
-    def __init__(self, cache: CodeCache | None = None, rows: Rows | None = None) -> None:
+    def __init__(self, cache: CodeCache | None = None) -> None:
         self.ns: dict[str, Any] = {
             "__name__": "gateway.mapping.generated",
             "_DROPPED": _DROPPED,
@@ -178,7 +117,6 @@ class Lowering:
         self._names: dict[int, str] = {}
         self._units = 0
         self.cache = cache
-        self.rows = rows  # the view's rows, when it has them (HL7 v2)
         self.sources: list[str] = []  # every unit's source, in order (the cache's .py file)
 
     # -- units -------------------------------------------------------------------------
@@ -205,15 +143,14 @@ class Lowering:
         return generated
 
     def source(self, fn: Fn, name: str, unit: str) -> str:
-        f = _Func(self.rows)
+        f = _Func()
         f.add(0, f"def {name}(ctx):  # {unit}")
         f.add(1, "view = ctx.view")
         f.add(1, "state = ctx.state")
         f.add(1, "h0 = ctx.here")
-        f.bind(1, "h0")
         self.emit(f, fn, "result", "ctx", "h0", 1)
         f.add(1, "return result")
-        return "\n".join(f.rows_placed(lambda spec: self._name(spec, "S"))) + "\n"
+        return "\n".join(f.lines) + "\n"
 
     def _name(self, obj: Any, prefix: str) -> str:
         """The namespace name of ``obj`` (the same object, the same name)."""
@@ -452,7 +389,6 @@ class Lowering:
             f.add(ind + 1, f"{nodes} = {f.look(ind + 1, 'select', alt, h)}")
         f.add(ind, f"if {nodes}:")
         f.add(ind + 1, f"{h2} = {nodes}[0]")
-        f.bind(ind + 1, h2)
         if not extra and self._direct(f, body, t, c, h2, ind + 1):
             pass  # run at the node without a context made for it
         else:
@@ -486,7 +422,6 @@ class Lowering:
         without ``ctx``, no context is made for the node and ``c`` itself is yielded."""
         h2, c2 = f.var("h"), f.var("c")
         f.add(ind, f"for {h2} in {f.look(ind, 'select', selector, h)}:")
-        f.bind(ind + 1, h2)
         if not ctx:
             yield c, h2
             return
@@ -771,10 +706,8 @@ def _is_code(value: Any) -> bool:
     return type(value) is type(_is_code.__code__)
 
 
-def lowering_for(
-    folder: Path, env: dict[str, str] | None = None, rows: Rows | None = None
-) -> Lowering:
+def lowering_for(folder: Path, env: dict[str, str] | None = None) -> Lowering:
     """A :class:`Lowering` with the folder's on-disk cache when there is a cache dir."""
     where = cache_dir(env)
     cache = CodeCache(where, folder_key(folder)) if where is not None else None
-    return Lowering(cache, rows)
+    return Lowering(cache)

@@ -13,17 +13,13 @@ from typing import Any
 
 from ..datafiles import load_data_file
 from ..errors import ConfigError, Issue, MappingError
-from ..intake.hl7v2._view import row_key, row_spec
 from ._bundle import BundleBuilder, resource_id
-from ._codegen import Lowering, Rows, engine_setting, lowering_for, seq
+from ._codegen import Lowering, engine_setting, lowering_for, seq
 from ._compile import Compiler, Ctx, Fn
 from ._functions import Env
 from ._strictness import Leniency, load_leniency
 
 __all__ = ["MappingSet", "MessageMapping"]
-
-# The views that read several paths of a node in one call (compiled mappings use it)
-_ROWS = {"hl7v2": Rows(row_key, row_spec)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +80,7 @@ class MappingSet:
         self._compiler = Compiler(self.folder, env, check_path)
         self._lowering: Lowering | None = None
         if self.engine == "compiled":
-            self._lowering = self._compiler.lower = lowering_for(self.folder, rows=_ROWS.get(fmt))
+            self._lowering = self._compiler.lower = lowering_for(self.folder)
         self._by_type: dict[str, MessageMapping] = {}
         for path in sorted((self.folder / "messages").glob("*.yaml")):
             mapping = self._load(path)

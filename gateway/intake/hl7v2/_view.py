@@ -15,16 +15,14 @@ from __future__ import annotations
 
 import re
 from bisect import bisect_left
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache, partial
-from operator import itemgetter
 from typing import NamedTuple
 
 from ...errors import ConfigError, IntakeError, Issue
 from ._er7 import Message
 
-__all__ = ["Hl7View", "Position", "RowSpec", "check_path", "row_key", "row_spec"]
+__all__ = ["Hl7View", "Position", "check_path"]
 
 # Indexes are 1-based: 0 is rejected, so a typo such as PID-5.0 fails when mappings load.
 _ABS = re.compile(
@@ -110,14 +108,6 @@ def _has_controls(message: Message) -> bool:
     return False
 
 
-@lru_cache(maxsize=64)  # one per set of delimiters: a feed has one or two
-def _needs_cleaning(cs: str, ss: str, es: str) -> Callable[[str], object]:
-    """A search for what makes a component's value differ from its text: a subcomponent
-    or escape character, a quote (the "" null), whitespace at a component's edge."""
-    c = re.escape(cs)
-    return re.compile(rf"[{re.escape(ss + es)}\"]|\s{c}|{c}\s|\A\s|\s\Z").search
-
-
 @lru_cache(maxsize=256)
 def _sorted(names: frozenset[str]) -> tuple[str, ...]:
     """A memoised spec's segment names in a stable order (its memo key's), sorted once."""
@@ -127,77 +117,6 @@ def _sorted(names: frozenset[str]) -> tuple[str, ...]:
 def check_path(path: str) -> None:
     """Raise ConfigError when ``path`` is not valid (used when mappings are loaded)."""
     _compile(path)
-
-
-# -- rows: the values a generated mapping reads from one node or segment, in one call ------
-# Compiled mappings (gateway/mapping/_codegen.py) know every path they read when they are
-# generated. The paths read from one node (``.5``, ``.4.1``) or one segment of a group
-# (``PID-7``, ``/MSH-10``) are asked for together, at the node, in one call: the node's
-# text or the segment's fields are found and split once, not once per path.
-
-
-@dataclass(frozen=True, slots=True)
-class RowSpec:
-    """The paths of one row, resolved when the mapping is generated."""
-
-    paths: tuple[str, ...]  # as written: the general way (:meth:`Hl7View.first`) reads them
-    relative: bool
-    root: bool
-    segment: str
-    skip: int  # occurrences before the one named
-    # (field, repetition, component, subcomponent) of each path; field 0 when relative
-    parts: tuple[tuple[int, int, int, int], ...]
-    # A node's own paths without subcomponents (.5, .7): their items picked from the
-    # node's values in one call (operator.itemgetter), as wide as the widest
-    width: int = 0
-    pick: Callable[[list[str | None]], tuple[str | None, ...]] | None = None
-
-
-def row_key(path: str) -> str | None:
-    """The row ``path`` is read with: "" for a node's own (relative) paths, the segment as
-    named (``PID``, ``/MSH``, ``OBX(2)``) for a field; None for a path read alone (a
-    ``*`` or a bare segment)."""
-    p = _compile(path)
-    if p.relative:
-        return ""
-    if p.star or not p.field:
-        return None
-    occurrence = f"({p.occurrence})" if p.occurrence else ""
-    return ("/" if p.root else "") + p.segment + occurrence
-
-
-def row_spec(key: str, paths: tuple[str, ...]) -> RowSpec:
-    """The :class:`RowSpec` of ``paths``, which all have the :func:`row_key` ``key``."""
-    compiled = [_compile(path) for path in paths]
-    if any(row_key(path) != key for path in paths):
-        raise ValueError(f"paths {paths!r} are not all of row {key!r}")
-    parts = tuple((p.field, p.repetition, p.component, p.sub) for p in compiled)
-    if not key:
-        width = max(c for _, _, c, _ in parts)
-        pick = None
-        if len(parts) > 1 and not any(s for _, _, _, s in parts):
-            pick = itemgetter(*[c - 1 for _, _, c, _ in parts])
-        return RowSpec(paths, True, False, "", 0, parts, width, pick)
-    head = compiled[0]
-    return RowSpec(paths, False, head.root, head.segment, head.skip, parts)
-
-
-class _Reads:
-    """A row read the general way, path by path when the mapping asks (a message with
-    control characters, whose reads may warn or fail; a traced read; a node without
-    text): the same reads, in the same order, as without rows."""
-
-    __slots__ = ("_here", "_paths", "_view")
-
-    def __init__(self, view: Hl7View, here: Position, paths: tuple[str, ...]) -> None:
-        self._view, self._here, self._paths = view, here, paths
-
-    def __getitem__(self, n: int) -> str | None:
-        return self._view.first(self._paths[n], self._here)
-
-
-# What :meth:`Hl7View.row` gives: items indexed as the spec's paths
-Row = list[str | None] | tuple[str | None, ...] | _Reads
 
 
 class Hl7View:
@@ -238,9 +157,6 @@ class Hl7View:
         self._labels: dict[int, str] = {}
         # A node's components, split once: a fragment reads up to a dozen of one node.
         self._components: dict[str, list[str]] = {}
-        # A node's component values, worked out once (see _cell_values)
-        self._cells: dict[str, list[str | None]] = {}
-        self._needs_cleaning = _needs_cleaning(cs, ss, es)
 
     def trace(self) -> None:
         """Start recording which fields are read (see :meth:`unmapped`). The header fields
@@ -437,140 +353,6 @@ class Hl7View:
         if self._es in raw:
             raw = self.unescape(raw)
         value = raw.strip() if self._plain else self._clean(raw, None, path, here)
-        return value if value and value != '""' else None
-
-    def row(self, spec: RowSpec, here: Position) -> Row:
-        """``[self.first(path, here) for path in spec.paths]``, each found and split once.
-
-        Only for a message without control characters (then a value cannot warn or fail:
-        computing one the mapping does not use changes nothing) and, for fields, when no
-        read is traced; otherwise the reads are made the general way, when asked."""
-        if not self._plain:
-            return _Reads(self, here, spec.paths)
-        if spec.relative:
-            text = here.text
-            if text is None:  # outside a node: the general way raises the ConfigError
-                return _Reads(self, here, spec.paths)
-            if here.level == 0:
-                return self._component_row(text, spec)
-            return [self._value_at(text, here.level, c, s) for _, _, c, s in spec.parts]
-        if self.read is not None:
-            return _Reads(self, here, spec.paths)
-        found = self._positions.get(spec.segment)
-        if not found:
-            return [None] * len(spec.parts)
-        i = bisect_left(found, 0 if spec.root else here.start) + spec.skip
-        if i >= len(found) or found[i] >= (self._nseg if spec.root else here.end):
-            return [None] * len(spec.parts)
-        return self._field_row(self._segs[found[i]], spec)
-
-    def _field_row(self, fields: list[str], spec: RowSpec) -> list[str | None]:
-        """:meth:`row` of a segment's fields: what :meth:`first` gives for each path of
-        the first repetition (the common reads: ``PID-7``, ``OBR-4.2``, ``OBR-32.1.2``)
-        inlined, other paths by :meth:`_field_value`."""
-        n = len(fields)
-        rs, cs, ss, es = self._rs, self._cs, self._ss, self._es
-        msh = spec.segment == "MSH"
-        components = self._components
-        out: list[str | None] = []
-        for field, rep, comp, sub in spec.parts:
-            if rep > 1 or (msh and field <= 2):
-                out.append(self._field_value(fields, msh, field, rep, comp, sub))
-                continue
-            raw = fields[field] if field < n else ""
-            if raw and rs in raw:
-                raw = raw.split(rs, 1)[0]
-            if not raw:
-                out.append(None)
-                continue
-            if not comp:  # a field read whole means its first component
-                for cut in (cs, ss):
-                    if cut in raw:
-                        raw = raw.split(cut, 1)[0]
-            else:
-                comps = components.get(raw)
-                if comps is None:
-                    comps = components[raw] = raw.split(cs)
-                raw = comps[comp - 1] if comp <= len(comps) else ""
-                if raw and sub:  # a subcomponent: nothing below it to cut
-                    subs = raw.split(ss)
-                    raw = subs[sub - 1] if sub <= len(subs) else ""
-                elif ss in raw:
-                    raw = raw.split(ss, 1)[0]
-            if es in raw:
-                raw = self.unescape(raw)
-            raw = raw.strip()
-            out.append(raw if raw and raw != '""' else None)
-        return out
-
-    def _component_row(self, text: str, spec: RowSpec) -> list[str | None] | tuple[str | None, ...]:
-        """:meth:`row` of a field repetition's own paths (``.C``, ``.C.S``): each
-        component's value worked out once per node (:meth:`_cell_values`) and picked."""
-        values = self._cells.get(text)
-        if values is None:
-            values = self._cells[text] = self._cell_values(text)
-        if len(values) < spec.width:  # components beyond the last: None, like first()
-            values.extend([None] * (spec.width - len(values)))
-        if spec.pick is not None:
-            return spec.pick(values)
-        if self._ss not in text:  # no subcomponents: .C.1 is .C, .C.2 is empty
-            return [values[c - 1] if s <= 1 else None for _, _, c, s in spec.parts]
-        return [
-            values[c - 1] if not s else self._value_at(text, 0, c, s) for _, _, c, s in spec.parts
-        ]
-
-    def _cell_values(self, text: str) -> list[str | None]:
-        """What :meth:`first` gives for ``.1``, ``.2``... of a field repetition: the
-        components as they are when none holds a subcomponent, escape, "" or padding
-        (the common case: one search), else each cut, unescaped and stripped."""
-        comps = text.split(self._cs)
-        if not self._needs_cleaning(text):
-            return [c or None for c in comps]
-        ss, es = self._ss, self._es
-        out: list[str | None] = []
-        for raw in comps:
-            if ss in raw:
-                raw = raw.split(ss, 1)[0]
-            if es in raw:
-                raw = self.unescape(raw)
-            raw = raw.strip()
-            out.append(raw if raw and raw != '""' else None)
-        return out
-
-    def _field_value(
-        self, fields: list[str], msh: bool, field: int, rep: int, comp: int, sub: int
-    ) -> str | None:
-        """:meth:`first` of one path in the segment ``fields``, in a plain message."""
-        if field >= len(fields):
-            return None
-        raw = fields[field]
-        if not raw:
-            return None
-        if msh and field <= 2:
-            return raw
-        if rep > 1:
-            reps = raw.split(self._rs)
-            if rep > len(reps):
-                return None
-            raw = reps[rep - 1]
-        else:
-            cut = raw.find(self._rs)
-            if cut >= 0:
-                raw = raw[:cut]
-        return self._value_at(raw, 0, comp, sub)
-
-    def _value_at(self, text: str, level: int, comp: int, sub: int) -> str | None:
-        """The tail of :meth:`first` in a plain message: descend, cut, unescape, strip."""
-        raw, level = self._parts(text, level, comp, sub)
-        if not raw:
-            return None
-        if level == 0 and self._cs in raw:
-            raw = raw.split(self._cs, 1)[0]
-        if level <= 1 and self._ss in raw:
-            raw = raw.split(self._ss, 1)[0]
-        if self._es in raw:
-            raw = self.unescape(raw)
-        value = raw.strip()
         return value if value and value != '""' else None
 
     def _parts(self, text: str | None, level: int, component: int, sub: int) -> tuple[str, int]:

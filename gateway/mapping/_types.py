@@ -41,28 +41,26 @@ def _parts(value: str, location: str) -> re.Match[str]:
 
 def _out_of_range(m: re.Match[str]) -> str | None:
     """What is impossible in a well-formed DTM (month 13, 30 February, 25 o'clock), or
-    None. The ranges are FHIR's: year 0001-9999, seconds to 60, zones up to ±14:00.
-    Each part is a fixed number of digits: compared as text, as their numbers compare
-    (no int() per part: every date of every message comes here)."""
+    None. The ranges are FHIR's: year 0001-9999, seconds to 60, zones up to ±14:00."""
     year, month, day, hour, minute, second, _, zone = m.groups()
     if year == "0000":
         return "the year is 0000"
-    if month and not "01" <= month <= "12":
+    if month and not 1 <= int(month) <= 12:
         return "the month is not 01-12"
     if day == "00":
         return "the day does not exist in that month"
-    if day and day > "28":  # days up to 28 exist in every month
+    if day and int(day) > 28:  # days up to 28 exist in every month
         try:
             date(int(year), int(month), int(day))
         except ValueError:
             return "the day does not exist in that month"
-    if hour and hour > "23":
+    if hour and int(hour) > 23:
         return "the hour is not 00-23"
-    if minute and minute > "59":
+    if minute and int(minute) > 59:
         return "the minute is not 00-59"
-    if second and second > "60":  # 60: a leap second, which FHIR allows
+    if second and int(second) > 60:  # 60: a leap second, which FHIR allows
         return "the second is not 00-60"
-    if zone and (zone[3:] > "59" or zone[1:] > "1400"):
+    if zone and (int(zone[3:]) > 59 or zone[1:] > "1400"):
         return "the time zone offset is beyond 14 hours"
     return None
 

@@ -52,11 +52,11 @@ def resource_id(resource_type: str, system: str, value: str) -> str:
     the SHA-1 digest directly: building a UUID object and formatting it cost twice the
     hash, for every new patient and order."""
     name = f"{resource_type}|{system}|{value}".encode()
-    digest = bytearray(sha1(_NAMESPACE_BYTES + name, usedforsecurity=False).digest()[:16])
-    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
-    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
-    h = digest.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    h = sha1(_NAMESPACE_BYTES + name, usedforsecurity=False).hexdigest()
+    # The version (5) and the RFC 4122 variant (10xx) set in the hex digits themselves:
+    # byte 6's high nibble is digit 12, byte 8's is digit 16 (its two low bits kept)
+    variant = "89ab"[int(h[16], 16) & 3]
+    return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{variant}{h[17:20]}-{h[20:32]}"
 
 
 # create-if-none-exist: POST + ifNoneExist (reference data); update: conditional PUT.
@@ -230,9 +230,9 @@ class BundleBuilder:
             ):
                 self._place(key, rtype, fields, known[3], known[4], known[5], known[6])
                 return
-        label = getattr(here, "label", "") or template.location
         chosen = _choose(fields.get(template.identity_element), template.prefer)
         if chosen is None:
+            label = getattr(here, "label", "") or template.location
             if template.required:
                 raise MappingError("no-identity", template.required, location=label)
             self.warnings.append(

@@ -40,7 +40,7 @@ __all__ = ["ENGINES", "GENERATOR_VERSION", "CodeCache", "Lowering", "engine_sett
 log = logging.getLogger(__name__)
 
 # Part of the cache key: bump it whenever the generated code changes for the same input.
-GENERATOR_VERSION = "4"
+GENERATOR_VERSION = "5"
 ENGINES = ("compiled", "interpreted")
 _MAX_DEPTH = 40  # indentation levels in one function; deeper specs are called instead
 _EMPTY = "({0} is None or {0} == '' or {0} == [] or {0} == {{}})"  # _compile._empty, falsy part
@@ -197,11 +197,15 @@ class Lowering:
         else:
             f.add(ind, f"{t} = None")
 
-    def _leaf(self, f: _Func, t: str, v: str, label: str, c: str, ind: int, leaf: Any) -> None:
+    def _leaf(
+        self, f: _Func, t: str, v: str, label: str, c: str, ind: int, leaf: Any, alt: str = ""
+    ) -> None:
         """``t = leaf(v, label, c)``: the ``as`` conversion called directly when it is the
         only step and the value's label is not known (a path): a refused value goes to
         ``_convert``, which converts it again (converters are pure) to name the field and
-        apply the leniency rules; a code table looked up inline."""
+        apply the leniency rules; a code table looked up inline. ``alt``: the path read,
+        set as ``ctx.label_of`` (what names the field in an error) only on the way to an
+        error, not for every value."""
         shape = SHAPES.get(leaf)
         if shape == ("identity",):
             f.add(ind, f"{t} = {v}")
@@ -212,19 +216,42 @@ class Lowering:
                 f.add(ind, "try:")
                 f.add(ind + 1, f"{t} = {self._name(CONVERTERS[kind], 'CV')}({v}, '', {c}.tz)")
                 f.add(ind, "except MappingError:")
+                self._label_of(f, c, ind + 1, alt)
                 f.add(ind + 1, f"{t} = _convert({kind!r}, {v}, None, {c})")
                 return
             if kind is None:
-                f.add(ind, f"{t} = {self._name(table, 'TB')}.lookup(str({v}))")
+                # the value is text (a path's, or a variable's found to be a str)
+                f.add(ind, f"{t} = {self._name(table, 'TB')}.lookup({v})")
                 if not table.has_default:  # an unknown code: the leaf raises, naming it
                     f.add(ind, f"if {t} is None:")
+                    self._label_of(f, c, ind + 1, alt)
                     f.add(ind + 1, f"{t} = {self._name(leaf, 'L')}({v}, {label}, {c})")
                 return
+        self._label_of(f, c, ind, alt)
         f.add(ind, f"{t} = {self._name(leaf, 'L')}({v}, {label}, {c})")
+
+    @staticmethod
+    def _label_of(f: _Func, c: str, ind: int, alt: str) -> None:
+        if alt:
+            f.add(ind, f"{c}.label_of = {alt!r}")
 
     def _path(self, f: _Func, t: str, c: str, h: str, ind: int, *shape: Any) -> None:
         alts, leaf, missing, _ = shape
         v = f.var("v")
+        if _never_drops(leaf) and (len(alts) == 1 or not _may_raise(leaf)):
+            # The first alternative with a value is the one converted (its label is
+            # needed only for an error, hence one alternative when the leaf may raise)
+            f.add(ind, f"{v} = {f.look(ind, 'first', alts[0], h)}")
+            level = ind
+            for alt in alts[1:]:
+                f.add(level, f"if {v} is None:")
+                level += 1
+                f.add(level, f"{v} = {f.look(level, 'first', alt, h)}")
+            f.add(ind, f"if {v} is not None:")
+            self._leaf(f, t, v, "None", c, ind + 1, leaf, alts[0])
+            f.add(ind, "else:")
+            self._missing(f, t, c, ind + 1, missing, alts[0])
+            return
         f.add(ind, f"{t} = _DROPPED")
         for n, alt in enumerate(alts):
             inner = ind
@@ -233,8 +260,7 @@ class Lowering:
                 inner = ind + 1
             f.add(inner, f"{v} = {f.look(inner, 'first', alt, h)}")
             f.add(inner, f"if {v} is not None:")
-            f.add(inner + 1, f"{c}.label_of = {alt!r}")
-            self._leaf(f, t, v, "None", c, inner + 1, leaf)
+            self._leaf(f, t, v, "None", c, inner + 1, leaf, alt)
         f.add(ind, f"if {t} is _DROPPED:")
         self._missing(f, t, c, ind + 1, missing, alts[0])
 
@@ -521,6 +547,19 @@ class Lowering:
             self.emit(f, shape[1], v, c, h, ind)
             op = "==" if kind == "equals" else "in"
             f.add(ind, f"{b} = str({v} or '') {op} {self._value(shape[2])}")
+
+
+def _never_drops(leaf: Any) -> bool:
+    """Whether ``leaf`` never gives _DROPPED: no conversion (only a lenient field's
+    refused conversion is dropped), the value as it is or looked up in a table."""
+    shape = SHAPES.get(leaf)
+    return shape == ("identity",) or (shape is not None and shape[0] == "leaf" and not shape[1])
+
+
+def _may_raise(leaf: Any) -> bool:
+    """Whether ``leaf`` (one that never drops) may raise: a table without a default."""
+    shape = SHAPES.get(leaf)
+    return shape is not None and shape[0] == "leaf" and not shape[2].has_default
 
 
 def _empty_value(value: Any) -> bool:

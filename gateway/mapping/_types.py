@@ -66,8 +66,15 @@ def _out_of_range(m: re.Match[str]) -> str | None:
 
 
 def to_date(value: str, location: str, tz: str) -> str:
-    m = _parts(value, location)
-    return "-".join(p for p in (m[1], m[2], m[3]) if p)
+    return _date(_parts(value, location))
+
+
+def _date(m: re.Match[str]) -> str:
+    """YYYY[-MM[-DD]] (a day needs its month: the DTM pattern nests them)."""
+    year, month, day = m.group(1, 2, 3)
+    if not month:
+        return year
+    return f"{year}-{month}-{day}" if day else f"{year}-{month}"
 
 
 def to_datetime(value: str, location: str, tz: str) -> str:
@@ -76,7 +83,7 @@ def to_datetime(value: str, location: str, tz: str) -> str:
 
 
 def _datetime(m: re.Match[str], tz: str) -> str:
-    date = "-".join(p for p in (m[1], m[2], m[3]) if p)
+    date = _date(m)
     if not m[4]:
         return date
     zone = m[8] or tz.replace(":", "")

@@ -134,6 +134,43 @@ def test_fresh_messages_byte_identical(engines: dict[str, Converter]) -> None:
                 _same(engines, data, f"{next(iter(path.parts))}#{raw.index} variant {k}")
 
 
+# Field shapes the generated reads and leaves meet (repetitions, escapes, control
+# characters that warn or fail, "" nulls, padding, subcomponents, missing fields and
+# segments): a golden with one field changed at a time, through both engines, traced and
+# not (ctx.label_of is set by generated code only on the way to an error).
+_FIELD_CASES = {
+    "repetitions": ("PID", 3, "~~X1^^^NSCH^MR~Y2^^^HKID^NNHKG"),
+    "escapes": ("PID", 5, "\\E\\許\\F\\^嘉\\S\\瑋\\T\\^^^^^L"),
+    "hex escape": ("PID", 5, "\\X41\\許^嘉瑋^^^^^L"),
+    "control character": ("PID", 5, "許\x1b^嘉瑋^^^^^L"),
+    "control characters only": ("PID", 5, "\\X07\\^嘉瑋^^^^^L"),
+    "hl7 null": ("PID", 7, '""'),
+    "padded": ("PID", 8, "  M  "),
+    "subcomponents": ("OBR", 32, "^NSR&NSCH&X~Z"),
+    "empty components": ("OBR", 4, "^^^^^"),
+    "missing field": ("OBR", 16, ""),
+    "missing segment": ("OBX", 0, None),
+}
+
+
+@pytest.mark.parametrize("case", list(_FIELD_CASES))
+def test_field_shapes_byte_identical(engines: dict[str, Converter], case: str) -> None:
+    text = (regenerate.GOLDEN / "hl7v2" / "oru_r01_chinese.hl7").read_text()
+    segment, field, value = _FIELD_CASES[case]
+    lines = text.splitlines()
+    for n, line in enumerate(lines):
+        if line.startswith(segment + "|"):
+            parts = line.split("|")
+            if value is None:
+                lines[n] = ""
+                continue
+            parts += [""] * (field + 1 - len(parts))
+            parts[field] = value
+            lines[n] = "|".join(parts)
+    data = "\r".join(line for line in lines if line).encode()
+    _same(engines, data, case)
+
+
 def _freshen(text: str, k: int) -> str:
     """New patient and order identifiers, a new name: PID-3, PID-5, ORC-2, OBR-2, RF1-6."""
     fields = {"PID": (3, 5), "ORC": (2,), "OBR": (2, 3), "RF1": (6,)}

@@ -461,3 +461,74 @@ def test_the_memo_shares_a_value_from_its_second_use_on(settings: Settings) -> N
     assert all(is_frozen(i) for i in second) and second == first
     third = staff_identifiers()
     assert all(t is s for t, s in zip(third, second, strict=True))
+
+
+# -- stage by stage ------------------------------------------------------------------------
+
+
+def _joined_samples(converter: Converter) -> tuple[bytes, list[bytes]]:
+    """Every sample message (including the ones that fail) as separate inputs and as one
+    file, so that one input holds more messages than a batch of stages takes."""
+    alone = [r.raw for p in SAMPLES for r in converter.convert(p.read_bytes()) if r.raw] * 2
+    return b"\n".join(alone), alone
+
+
+def test_the_messages_of_one_input_convert_as_each_would_alone(settings: Settings) -> None:
+    from gateway import pipeline
+
+    converter = Converter(settings)
+    joined, alone = _joined_samples(converter)
+    assert len(alone) > pipeline._BATCH["hl7v2"]  # two batches at least
+    together = converter.convert(joined)
+    separate = [r for data in alone for r in converter.convert(data)]
+    assert len(together) == len(separate)
+    for a, b in zip(together, separate, strict=True):
+        assert (a.bundle_json, a.state, a.control_id, a.message_type) == (
+            b.bundle_json,
+            b.state,
+            b.control_id,
+            b.message_type,
+        )
+        assert [(i.code, i.location, i.severity) for i in a.issues] == [
+            (i.code, i.location, i.severity) for i in b.issues
+        ]
+        assert [(s.stage, s.outcome, s.code) for s in a.history] == [
+            (s.stage, s.outcome, s.code) for s in b.history
+        ]
+
+
+def test_the_messages_of_one_input_go_through_the_stages_stage_by_stage(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each stage over the batch before the next stage (its code and data stay in the
+    CPU caches); a record that fails leaves the batch, the others go on."""
+    from gateway import pipeline
+
+    seen: list[tuple[str, int]] = []
+
+    def wrap(stage: Any) -> Any:
+        inner = stage.run
+        if inner is None:
+            return stage
+
+        def run(conv: Any, record: Any, payload: Any, trace: bool) -> Any:
+            seen.append((stage.name, record.index))
+            if stage.name == "mapping" and record.index == 2:
+                raise ValueError("a bug in one record's mapping")
+            return inner(conv, record, payload, trace)
+
+        return dataclasses.replace(stage, run=run)
+
+    monkeypatch.setattr(pipeline, "STAGES", tuple(wrap(s) for s in pipeline.STAGES))
+    data = b"\n".join((REPO / "examples/hl7v2" / name).read_bytes().strip() for name in (
+        "ref_i12_hkpmc_to_nsch.hl7", "ref_i12_lax2_to_njmu2.hl7", "ref_i12_nsch_to_hkpmc.hl7"
+    ))  # fmt: skip
+    records = Converter(settings).convert(data)
+    assert [r.ok for r in records] == [True, False, True]
+    assert records[1].errors[0].code == "internal"
+    assert seen == [
+        ("intake", 1), ("intake", 2), ("intake", 3),
+        ("mapping", 1), ("mapping", 2), ("mapping", 3),
+        ("validation", 1), ("validation", 3),
+        ("serialise", 1), ("serialise", 3),
+    ]  # fmt: skip

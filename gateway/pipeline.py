@@ -277,6 +277,51 @@ class Converter:
     ) -> list[Record]:
         return list(self.iter_convert(data, source, fmt, trace, sender))
 
+    def convert_many(self, inputs: Iterable[bytes]) -> Iterator[list[Record]]:
+        """``convert(data)`` of each input, in order, the HL7 v2 messages of consecutive
+        inputs going through the stages together, stage by stage (see _finish_batch):
+        for many small inputs, such as messages kept one by one."""
+        held: list[list[tuple[Unit, float]]] = []  # inputs read, not yet converted
+        count = 0
+        for data in inputs:
+            units = self._hl7v2_units(data)
+            if units is None:  # not HL7 v2, or its reader raised: converted alone
+                yield from self._convert_held(held)
+                held, count = [], 0
+                yield self.convert(data)
+                continue
+            held.append(units)
+            count += len(units)
+            if count >= _BATCH["hl7v2"]:
+                yield from self._convert_held(held)
+                held, count = [], 0
+        yield from self._convert_held(held)
+
+    def _hl7v2_units(self, data: bytes) -> list[tuple[Unit, float]] | None:
+        """The records of an HL7 v2 input, read; None for any other input, or when the
+        reader raised (convert says how)."""
+        try:
+            kind = detect_format(data)
+        except Exception:  # isolation: convert(data) makes it one internal error
+            return None
+        if kind not in ("hl7v2", "unknown"):  # unknown: the HL7 v2 reader says what is wrong
+            return None
+        units = []
+        for unit, read_ms in self._units(read_messages(data, network=self.network)):
+            if isinstance(unit, _Broken):
+                return None
+            units.append((unit, read_ms))
+        return units
+
+    def _convert_held(self, held: list[list[tuple[Unit, float]]]) -> Iterator[list[Record]]:
+        if not held:
+            return
+        records = self._finish_batch([u for units in held for u in units], None, False)
+        start = 0
+        for units in held:
+            yield records[start : start + len(units)]
+            start += len(units)
+
     def known_sender(self, facility: str) -> str:
         """The facility code of a sender named by code, key or name; ConfigError when
         the network does not know it (a default sender must give real systems)."""

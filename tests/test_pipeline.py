@@ -497,14 +497,16 @@ def test_the_messages_of_one_input_convert_as_each_would_alone(settings: Setting
         ]
 
 
-def test_the_messages_of_one_input_go_through_the_stages_stage_by_stage(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("inputs", ["one file", "convert_many"])
+def test_the_messages_go_through_the_stages_stage_by_stage(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, inputs: str
 ) -> None:
     """Each stage over the batch before the next stage (its code and data stay in the
     CPU caches); a record that fails leaves the batch, the others go on."""
     from gateway import pipeline
 
     seen: list[tuple[str, int]] = []
+    controls: list[str | None] = []
 
     def wrap(stage: Any) -> Any:
         inner = stage.run
@@ -512,18 +514,30 @@ def test_the_messages_of_one_input_go_through_the_stages_stage_by_stage(
             return stage
 
         def run(conv: Any, record: Any, payload: Any, trace: bool) -> Any:
-            seen.append((stage.name, record.index))
-            if stage.name == "mapping" and record.index == 2:
+            if record.control_id not in controls:
+                controls.append(record.control_id)
+            n = controls.index(record.control_id) + 1
+            seen.append((stage.name, n))
+            if stage.name == "mapping" and n == 2:
                 raise ValueError("a bug in one record's mapping")
             return inner(conv, record, payload, trace)
 
         return dataclasses.replace(stage, run=run)
 
     monkeypatch.setattr(pipeline, "STAGES", tuple(wrap(s) for s in pipeline.STAGES))
-    data = b"\n".join((REPO / "examples/hl7v2" / name).read_bytes().strip() for name in (
-        "ref_i12_hkpmc_to_nsch.hl7", "ref_i12_lax2_to_njmu2.hl7", "ref_i12_nsch_to_hkpmc.hl7"
-    ))  # fmt: skip
-    records = Converter(settings).convert(data)
+    messages = [
+        (REPO / "examples/hl7v2" / name).read_bytes().strip()
+        for name in (
+            "ref_i12_hkpmc_to_nsch.hl7",
+            "ref_i12_lax2_to_njmu2.hl7",
+            "ref_i12_nsch_to_hkpmc.hl7",
+        )
+    ]
+    converter = Converter(settings)
+    if inputs == "one file":
+        records = converter.convert(b"\n".join(messages))
+    else:
+        records = [r for rs in converter.convert_many(messages) for r in rs]
     assert [r.ok for r in records] == [True, False, True]
     assert records[1].errors[0].code == "internal"
     assert seen == [
@@ -532,3 +546,31 @@ def test_the_messages_of_one_input_go_through_the_stages_stage_by_stage(
         ("validation", 1), ("validation", 3),
         ("serialise", 1), ("serialise", 3),
     ]  # fmt: skip
+
+
+def test_convert_many_gives_each_input_what_convert_gives_it(settings: Settings) -> None:
+    """Inputs of one message each, a file of several, a CDA document (converted alone),
+    an empty and a binary input: the Records convert(data) makes of each, in order."""
+    converter = Converter(settings)
+    joined, alone = _joined_samples(converter)
+    cda = (REPO / "examples" / "imaging" / "lax2-ct-report-local.xml").read_bytes()
+    inputs = [*alone[:20], cda, b"", b"\x00\x01binary", joined, *alone[20:]]
+    many = list(converter.convert_many(inputs))
+    each = [converter.convert(data) for data in inputs]
+    assert [len(records) for records in many] == [len(records) for records in each]
+    for got, expected in zip(
+        itertools.chain.from_iterable(many), itertools.chain.from_iterable(each), strict=True
+    ):
+        assert (got.bundle_json, got.state, got.format, got.index) == (
+            expected.bundle_json,
+            expected.state,
+            expected.format,
+            expected.index,
+        )
+        assert [(i.code, i.location, i.record) for i in got.issues] == [
+            (i.code, i.location, i.record) for i in expected.issues
+        ]
+        assert [(s.stage, s.outcome, s.code) for s in got.history] == [
+            (s.stage, s.outcome, s.code) for s in expected.history
+        ]
+    assert many[20][0].format == "cda" and many[20][0].ok

@@ -277,6 +277,51 @@ class Converter:
     ) -> list[Record]:
         return list(self.iter_convert(data, source, fmt, trace, sender))
 
+    def convert_many(self, inputs: Iterable[bytes]) -> Iterator[list[Record]]:
+        """``convert(data)`` of each input, in order, the HL7 v2 messages of consecutive
+        inputs going through the stages together, stage by stage (see _finish_batch):
+        for many small inputs, such as messages kept one by one."""
+        held: list[list[tuple[Unit, float]]] = []  # inputs read, not yet converted
+        count = 0
+        for data in inputs:
+            units = self._hl7v2_units(data)
+            if units is None:  # not HL7 v2, or its reader raised: converted alone
+                yield from self._convert_held(held)
+                held, count = [], 0
+                yield self.convert(data)
+                continue
+            held.append(units)
+            count += len(units)
+            if count >= _BATCH["hl7v2"]:
+                yield from self._convert_held(held)
+                held, count = [], 0
+        yield from self._convert_held(held)
+
+    def _hl7v2_units(self, data: bytes) -> list[tuple[Unit, float]] | None:
+        """The records of an HL7 v2 input, read; None for any other input, or when the
+        reader raised (convert says how)."""
+        try:
+            kind = detect_format(data)
+        except Exception:  # isolation: convert(data) makes it one internal error
+            return None
+        if kind not in ("hl7v2", "unknown"):  # unknown: the HL7 v2 reader says what is wrong
+            return None
+        units = []
+        for unit, read_ms in self._units(read_messages(data, network=self.network)):
+            if isinstance(unit, _Broken):
+                return None
+            units.append((unit, read_ms))
+        return units
+
+    def _convert_held(self, held: list[list[tuple[Unit, float]]]) -> Iterator[list[Record]]:
+        if not held:
+            return
+        records = self._finish_batch([u for units in held for u in units], None, False)
+        start = 0
+        for units in held:
+            yield records[start : start + len(units)]
+            start += len(units)
+
     def known_sender(self, facility: str) -> str:
         """The facility code of a sender named by code, key or name; ConfigError when
         the network does not know it (a default sender must give real systems)."""
@@ -407,11 +452,21 @@ class Converter:
     def _run(
         self, reader: Iterator[Unit], kind: str, source: str | None, trace: bool
     ) -> Iterator[Record]:
+        """The reader's records through the stages, a few at a time (see _BATCH)."""
+        size = _BATCH.get(kind, 1)
+        batch: list[tuple[Unit, float]] = []
         for unit, read_ms in self._units(reader):
             if isinstance(unit, _Broken):
+                yield from self._finish_batch(batch, source, trace)  # the records before it
+                batch = []
                 yield self._broken(unit, source, kind)
-            else:
-                yield self.finish(unit, source, trace, read_ms=read_ms)
+                continue
+            batch.append((unit, read_ms))
+            if len(batch) >= size:
+                yield from self._finish_batch(batch, source, trace)
+                batch = []
+        if batch:
+            yield from self._finish_batch(batch, source, trace)
 
     @staticmethod
     def _units(reader: Iterator[Unit]) -> Iterator[tuple[Unit | _Broken, float]]:
@@ -465,57 +520,125 @@ class Converter:
         it handed on (its input when it failed); tests use it to look at, and tamper
         with, each stage's output. ``read_ms`` is the time the reader took to make
         ``unit`` (part of the intake step)."""
-        record = Record(unit.raw, source, unit.index, unit.line, unit.format, unit.kind)
-        record.control_id = unit.control_id
-        record.charset, record.message_type, record.sender = (
-            unit.charset,
-            unit.message_type,
-            unit.sender,
-        )
+        record = _record(unit, source)
         debug = log.isEnabledFor(logging.DEBUG)
-        total = 0.0
         payload: Any = unit
         for stage in STAGES:
             if stage.run is None:
                 continue  # run per partner by the outbound path, not here
-            start = time.perf_counter()
-            try:
-                payload = stage.run(self, record, payload, trace)
-            except GatewayError as exc:
-                record.issues.append(exc.with_record(record.label).issue)
-                code: str | None = exc.code
-            except RecordFailed as exc:
-                record.issues.extend(_named(i, record.label) for i in exc.issues)
-                code = exc.issues[0].code if exc.issues else INTERNAL
-                if not exc.issues:  # a stage failed without saying why: a bug
-                    _internal(record, stage, exc)
-            except Exception as exc:  # isolation: one record, one internal error
-                _internal(record, stage, exc)
-                code = INTERNAL
-            else:
-                code = None
-            ms = _ms(start) + (read_ms if stage is STAGES[0] else 0.0)
-            total += ms
-            observe_stage(stage.name, ms / 1000.0)  # gateway_stage_duration_seconds
-            if code is None:
-                if stage.reaches is not None:
-                    record.advance(stage.reaches)
-                record.history.append(Step(stage.name, "ok", ms))
-                if debug:
-                    _log_step(record, stage.name, "ok", None, ms)
-            else:
-                if record.state is not State.FAILED:
-                    record.advance(State.FAILED)
-                record.history.append(Step(stage.name, "failed", ms, code))
-                if debug:
-                    _log_step(record, stage.name, "failed", code, ms)
+            extra = read_ms if stage is STAGES[0] else 0.0
+            payload = self._stage(stage, record, payload, trace, extra, debug)
             if after is not None:
                 after(stage, record, payload)
-            if code is not None:
+            if record.state is State.FAILED:
                 break
-        trace_record(record)  # a span per stage, when tracing is on
-        _log_record(record, total)
+        _done(record)
         return record
+
+    def _finish_batch(
+        self,
+        units: list[tuple[Unit, float]],
+        source: str | None,
+        trace: bool,
+    ) -> list[Record]:
+        """Each stage over every record of ``units`` in turn, then the next stage (each
+        record's outcome as if it went alone). Stage by stage rather than record by
+        record because a stage's code and data (the mapping's, the validator's) stay in
+        the CPU caches across the records of the batch instead of being evicted by the
+        other stages between two records: measured on fresh messages, every stage costs
+        less (narratives alone: ~34 µs hot, ~90 µs with the caches evicted)."""
+        if len(units) == 1:  # one message per input (the API, MLLP): nothing to share
+            unit, read_ms = units[0]
+            return [self.finish(unit, source, trace, read_ms=read_ms)]
+        records = [_record(unit, source) for unit, _ in units]
+        payloads: list[Any] = [unit for unit, _ in units]
+        live: Iterable[int] = range(len(units))  # the records that have not failed
+        debug = log.isEnabledFor(logging.DEBUG)
+        for stage in STAGES:
+            if stage.run is None:
+                continue  # run per partner by the outbound path, not here
+            first, failed = stage is STAGES[0], False
+            for n in live:
+                record = records[n]
+                extra = units[n][1] if first else 0.0  # the reader's time: the intake step's
+                payloads[n] = self._stage(stage, record, payloads[n], trace, extra, debug)
+                failed = failed or record.state is State.FAILED
+            if failed:
+                live = [n for n in live if records[n].state is not State.FAILED]
+        for record in records:
+            _done(record)
+        return records
+
+    def _stage(
+        self,
+        stage: Stage[Any, Any],
+        record: Record,
+        payload: Any,
+        trace: bool,
+        extra: float,
+        debug: bool,
+    ) -> Any:
+        """One stage over one record, taken down (its history and state, the metric, the
+        debug log; ``extra`` ms added to its time): its output, its input when it failed
+        (the record is then ``failed``)."""
+        assert stage.run is not None  # _finish_batch runs only these
+        start = time.perf_counter()
+        try:
+            payload = stage.run(self, record, payload, trace)
+        except GatewayError as exc:
+            record.issues.append(exc.with_record(record.label).issue)
+            code: str | None = exc.code
+        except RecordFailed as exc:
+            record.issues.extend(_named(i, record.label) for i in exc.issues)
+            code = exc.issues[0].code if exc.issues else INTERNAL
+            if not exc.issues:  # a stage failed without saying why: a bug
+                _internal(record, stage, exc)
+        except Exception as exc:  # isolation: one record, one internal error
+            _internal(record, stage, exc)
+            code = INTERNAL
+        else:
+            code = None
+        ms = _ms(start) + extra
+        observe_stage(stage.name, ms / 1000.0)  # gateway_stage_duration_seconds
+        if code is None:
+            if stage.reaches is not None:
+                record.advance(stage.reaches)
+            record.history.append(Step(stage.name, "ok", ms))
+        else:
+            if record.state is not State.FAILED:
+                record.advance(State.FAILED)
+            record.history.append(Step(stage.name, "failed", ms, code))
+        if debug:
+            _log_step(record, stage.name, "ok" if code is None else "failed", code, ms)
+        return payload
+
+
+# HL7 v2 records go through the stages this many at a time (Converter._finish_batch):
+# small messages, so a batch holds little; a DICOM study or a CDA document is large and
+# goes alone (one study held at a time).
+_BATCH = {"hl7v2": 32}
+
+
+def _record(unit: Unit, source: str | None) -> Record:
+    return Record(
+        unit.raw,
+        source,
+        unit.index,
+        unit.line,
+        unit.format,
+        unit.kind,
+        charset=unit.charset,
+        control_id=unit.control_id,
+        message_type=unit.message_type,
+        sender=unit.sender,
+    )
+
+
+def _done(record: Record) -> None:
+    """A record through the stages: its spans (when tracing is on) and its log line."""
+    trace_record(record)
+    if log.isEnabledFor(logging.INFO):
+        _log_record(record, sum([step.ms for step in record.history]))  # all its stages
 
 
 def _late(unit: Unit, batch: list[DicomInput]) -> Unit:

@@ -461,3 +461,116 @@ def test_the_memo_shares_a_value_from_its_second_use_on(settings: Settings) -> N
     assert all(is_frozen(i) for i in second) and second == first
     third = staff_identifiers()
     assert all(t is s for t, s in zip(third, second, strict=True))
+
+
+# -- stage by stage ------------------------------------------------------------------------
+
+
+def _joined_samples(converter: Converter) -> tuple[bytes, list[bytes]]:
+    """Every sample message (including the ones that fail) as separate inputs and as one
+    file, so that one input holds more messages than a batch of stages takes."""
+    alone = [r.raw for p in SAMPLES for r in converter.convert(p.read_bytes()) if r.raw] * 2
+    return b"\n".join(alone), alone
+
+
+def test_the_messages_of_one_input_convert_as_each_would_alone(settings: Settings) -> None:
+    from gateway import pipeline
+
+    converter = Converter(settings)
+    joined, alone = _joined_samples(converter)
+    assert len(alone) > pipeline._BATCH["hl7v2"]  # two batches at least
+    together = converter.convert(joined)
+    separate = [r for data in alone for r in converter.convert(data)]
+    assert len(together) == len(separate)
+    for a, b in zip(together, separate, strict=True):
+        assert (a.bundle_json, a.state, a.control_id, a.message_type) == (
+            b.bundle_json,
+            b.state,
+            b.control_id,
+            b.message_type,
+        )
+        assert [(i.code, i.location, i.severity) for i in a.issues] == [
+            (i.code, i.location, i.severity) for i in b.issues
+        ]
+        assert [(s.stage, s.outcome, s.code) for s in a.history] == [
+            (s.stage, s.outcome, s.code) for s in b.history
+        ]
+
+
+@pytest.mark.parametrize("inputs", ["one file", "convert_many"])
+def test_the_messages_go_through_the_stages_stage_by_stage(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, inputs: str
+) -> None:
+    """Each stage over the batch before the next stage (its code and data stay in the
+    CPU caches); a record that fails leaves the batch, the others go on."""
+    from gateway import pipeline
+
+    seen: list[tuple[str, int]] = []
+    controls: list[str | None] = []
+
+    def wrap(stage: Any) -> Any:
+        inner = stage.run
+        if inner is None:
+            return stage
+
+        def run(conv: Any, record: Any, payload: Any, trace: bool) -> Any:
+            if record.control_id not in controls:
+                controls.append(record.control_id)
+            n = controls.index(record.control_id) + 1
+            seen.append((stage.name, n))
+            if stage.name == "mapping" and n == 2:
+                raise ValueError("a bug in one record's mapping")
+            return inner(conv, record, payload, trace)
+
+        return dataclasses.replace(stage, run=run)
+
+    monkeypatch.setattr(pipeline, "STAGES", tuple(wrap(s) for s in pipeline.STAGES))
+    messages = [
+        (REPO / "examples/hl7v2" / name).read_bytes().strip()
+        for name in (
+            "ref_i12_hkpmc_to_nsch.hl7",
+            "ref_i12_lax2_to_njmu2.hl7",
+            "ref_i12_nsch_to_hkpmc.hl7",
+        )
+    ]
+    converter = Converter(settings)
+    if inputs == "one file":
+        records = converter.convert(b"\n".join(messages))
+    else:
+        records = [r for rs in converter.convert_many(messages) for r in rs]
+    assert [r.ok for r in records] == [True, False, True]
+    assert records[1].errors[0].code == "internal"
+    assert seen == [
+        ("intake", 1), ("intake", 2), ("intake", 3),
+        ("mapping", 1), ("mapping", 2), ("mapping", 3),
+        ("validation", 1), ("validation", 3),
+        ("serialise", 1), ("serialise", 3),
+    ]  # fmt: skip
+
+
+def test_convert_many_gives_each_input_what_convert_gives_it(settings: Settings) -> None:
+    """Inputs of one message each, a file of several, a CDA document (converted alone),
+    an empty and a binary input: the Records convert(data) makes of each, in order."""
+    converter = Converter(settings)
+    joined, alone = _joined_samples(converter)
+    cda = (REPO / "examples" / "imaging" / "lax2-ct-report-local.xml").read_bytes()
+    inputs = [*alone[:20], cda, b"", b"\x00\x01binary", joined, *alone[20:]]
+    many = list(converter.convert_many(inputs))
+    each = [converter.convert(data) for data in inputs]
+    assert [len(records) for records in many] == [len(records) for records in each]
+    for got, expected in zip(
+        itertools.chain.from_iterable(many), itertools.chain.from_iterable(each), strict=True
+    ):
+        assert (got.bundle_json, got.state, got.format, got.index) == (
+            expected.bundle_json,
+            expected.state,
+            expected.format,
+            expected.index,
+        )
+        assert [(i.code, i.location, i.record) for i in got.issues] == [
+            (i.code, i.location, i.record) for i in expected.issues
+        ]
+        assert [(s.stage, s.outcome, s.code) for s in got.history] == [
+            (s.stage, s.outcome, s.code) for s in expected.history
+        ]
+    assert many[20][0].format == "cda" and many[20][0].ok

@@ -276,39 +276,56 @@ class DicomIntake:
 
     def commit(self, study_uid: str, wait: float | None = None) -> CommitResult | None:
         """Take the study's pending instances into one message and convert it now;
-        None when nothing of that study is pending. When the same instances are already
-        a message another caller is converting (a worker's ``$commit`` racing the
-        completer), its outcome is awaited up to ``wait`` seconds (default
+        None when nothing of that study is pending. When another caller (a worker's
+        ``$commit`` racing the completer) has taken the same instances and is still
+        converting them, its outcome is awaited up to ``wait`` seconds (default
         ``dicom_commit_wait_seconds``), then the result says ``converting``."""
         with self._commit_lock:
             receipt = self.store.commit_study(study_uid)
-            if receipt is None:
-                return None
-            if not receipt.duplicate:
+            if receipt is not None and not receipt.duplicate:
                 converter = self.converter  # first: building it takes process_message's lock
                 outcome = process_message(
                     self.store, converter, receipt.id, self._lock, self._audit
                 )
-                state, issues = outcome.state, outcome.issues
-        if receipt.duplicate:  # outside the lock: other studies need not wait for this one
-            limit = self.settings.dicom_commit_wait_seconds if wait is None else wait
-            state, issues = self._outcome_of(receipt.id, limit)
-        found = self.store.raw(receipt.id)
+                return self._result(study_uid, receipt.id, outcome.state, outcome.issues, False)
+        # Outside the lock: other studies need not wait for this one. A duplicate, or
+        # nothing pending because the other took every instance first (SQLite: its
+        # writer lock orders the two) while its conversion is still running.
+        taken = receipt.id if receipt is not None else self._converting(study_uid)
+        if taken is None:
+            return None
+        limit = self.settings.dicom_commit_wait_seconds if wait is None else wait
+        state, issues = self._outcome_of(taken, limit)
+        return self._result(study_uid, taken, state, issues, True)
+
+    def _result(
+        self,
+        study_uid: str,
+        message_id: int,
+        state: str,
+        issues: list[dict[str, Any]],
+        duplicate: bool,
+    ) -> CommitResult:
+        found = self.store.raw(message_id)
         members = len(zipfile.ZipFile(io.BytesIO(found[0])).namelist()) if found and found[0] else 0
         errors = tuple(
             f"{i['code']}: {i['message']}" + (f" at {i['location']}" if i.get("location") else "")
             for i in issues
             if i.get("severity") in ("error", "fatal")
         )
+        converting = state == "received"
         return CommitResult(
-            study_uid,
-            receipt.id,
-            members,
-            state == "converted",
-            receipt.duplicate,
-            errors,
-            converting=state == "received",
+            study_uid, message_id, members, state == "converted", duplicate, errors, converting
         )
+
+    def _converting(self, study_uid: str) -> int | None:
+        """The study's newest message when it is still waiting for its conversion."""
+        newest = self.store.find(MessageFilter(control_id=study_uid), limit=1).items
+        if not newest:
+            return None
+        message = newest[0]
+        ours = message.format == "dicom" and message.channel in ("dicom", "stow")
+        return message.id if ours and message.state == "received" else None
 
     def _outcome_of(self, message_id: int, wait: float) -> tuple[str, list[dict[str, Any]]]:
         """The state and issues of a message's conversion, once it has one, polling its

@@ -138,3 +138,30 @@ def test_commit_waiting_for_another_process_answers_422_with_its_errors(
     )
     assert any(e.startswith("mapping.no-identity: ") for e in body["errors"])
     assert "王" not in response.text and "0012345" not in response.text
+
+
+def test_commit_after_another_process_took_every_instance_answers_202_not_404(
+    tmp_path: Path, converter: Converter, store: Store, store_url: str
+) -> None:
+    """Nothing is pending (the other took the whole study first), but its conversion
+    is under way: that message is the answer, not "nothing of this study is waiting"."""
+    api = _api(tmp_path, converter, store, "0.2")
+    instances = [data for _, data in study_files(NSCH_CTA)]
+    _stow(api, instances)
+    settings = api.intake.settings
+    held, results, thread, other = taken_by_another(settings, store_url, converter, NSCH_STUDY)
+    try:
+        response = api.post(f"/dicomweb/studies/{NSCH_STUDY}/$commit")
+    finally:
+        held.release.set()
+        thread.join(120)
+        other.close()
+    first = results["other"]
+    assert first is not None and first.ok
+    assert response.status_code == 202, response.text
+    assert (response.json()["message"], response.json()["state"]) == (
+        first.message_id,
+        "converting",
+    )
+    # Converted now: a later commit finds nothing waiting, as before.
+    assert api.post(f"/dicomweb/studies/{NSCH_STUDY}/$commit").status_code == 404

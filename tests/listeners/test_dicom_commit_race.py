@@ -13,6 +13,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from pydicom import dcmread
 
@@ -251,3 +252,66 @@ def test_the_completer_does_not_wait_for_a_study_another_process_converts(
     first = results["other"]
     assert first is not None and first.ok and swept.message_id == first.message_id
     assert (swept.state, swept.duplicate) == ("converting", True)
+
+
+def test_a_commit_finding_every_instance_taken_awaits_the_conversion_under_way(
+    store: Store, store_url: str, tmp_path: Path, converter: Converter
+) -> None:
+    """The loser that comes second (SQLite orders the two by its writer lock) finds
+    nothing pending: the study's message, still being converted, is its answer, not
+    "nothing waiting"."""
+    settings = dicom_settings(tmp_path, dicom_commit_wait_seconds="60")
+    worker = DicomIntake(settings, store, converter)
+    for _, data in study_files(NSCH_CTA):
+        worker.receive(data, STOW)
+    held, results, thread, other = taken_by_another(settings, store_url, converter, STUDY)
+    undo = release_on_first_poll(store, held)
+    try:
+        result = worker.commit(STUDY)
+    finally:
+        undo()
+        held.release.set()
+        thread.join(120)
+        other.close()
+    first = results["other"]
+    assert first is not None and first.ok
+    assert result is not None and result.ok and result.message_id == first.message_id
+    assert (result.state, result.duplicate, result.instances) == ("converted", True, 8)
+    assert worker.commit(STUDY) is None  # converted: nothing is waiting any more
+    assert _conversions(store) == 1
+
+
+def test_a_commit_reading_the_instances_before_the_other_took_them_awaits_its_outcome(
+    store: Store, store_url: str, tmp_path: Path, converter: Converter
+) -> None:
+    """PostgreSQL: both read the pending instances; the other inserts the message first
+    and is converting it when this one's insert finds it (the duplicate of the race)."""
+    if store.dialect != "postgresql":
+        pytest.skip("SQLite's writer lock lets no commit read while another takes the study")
+    settings = dicom_settings(tmp_path, dicom_commit_wait_seconds="0.2")
+    worker = DicomIntake(settings, store, converter)
+    for _, data in study_files(NSCH_CTA):
+        worker.receive(data, STOW)
+    other: list[Any] = []
+
+    def between(_c: Any, _cur: Any, sql: str, *_: Any) -> None:
+        # This commit has read the instances; the other takes them and starts converting.
+        if "dedup_key" in sql and not other:
+            other.extend(taken_by_another(settings, store_url, converter, STUDY))
+
+    sa.event.listen(store.engine, "before_cursor_execute", between)
+    try:
+        result = worker.commit(STUDY)
+    finally:
+        sa.event.remove(store.engine, "before_cursor_execute", between)
+        if other:
+            other[0].release.set()
+            other[2].join(120)
+            other[3].close()
+    first = other[1]["other"]
+    assert first is not None and first.ok and not first.duplicate
+    assert result is not None and result.duplicate and result.message_id == first.message_id
+    assert not result.ok and result.errors == ()
+    assert (result.state, result.converting) == ("converting", True)
+    assert _conversions(store) == 1
+    assert _in_messages(store) == {_sop(d) for _, d in study_files(NSCH_CTA)}

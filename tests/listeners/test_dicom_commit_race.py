@@ -13,11 +13,13 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import sqlalchemy as sa
 from pydicom import dcmread
 
 from gateway import Converter
+from gateway.cli import main
 from gateway.listeners.dicom import CommitResult, DicomIntake, Origin
 from gateway.store import Store, utcnow
 from tests.golden.dicom.make_studies import part10, wang_wei
@@ -315,3 +317,32 @@ def test_a_commit_reading_the_instances_before_the_other_took_them_awaits_its_ou
     assert (result.state, result.converting) == ("converting", True)
     assert _conversions(store) == 1
     assert _in_messages(store) == {_sop(d) for _, d in study_files(NSCH_CTA)}
+
+
+def test_gateway_dicom_commit_exits_3_while_another_process_converts_the_study(
+    tmp_path: Path, converter: Converter, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`gateway dicom commit` meeting the completer's conversion: exit 3 and
+    "converting", not exit 1 "failed"."""
+    settings = dicom_settings(tmp_path)
+    store = Store.for_home(tmp_path)
+    try:
+        for _, data in study_files(NSCH_CTA):
+            DicomIntake(settings, store, converter).receive(data, STOW)
+        url = f"sqlite:///{tmp_path / 'gateway.db'}"
+        held, results, thread, other = taken_by_another(settings, url, converter, STUDY)
+        try:
+            home = ["--home", str(tmp_path)]
+            with pytest.MonkeyPatch.context() as env:
+                env.setenv("GATEWAY_DICOM_COMMIT_WAIT_SECONDS", "0")
+                code = main([*home, "dicom", "commit", STUDY, "--json"])
+        finally:
+            held.release.set()
+            thread.join(120)
+            other.close()
+    finally:
+        store.close()
+    first = results["other"]
+    assert first is not None and first.ok
+    printed = orjson.loads(capsys.readouterr().out)
+    assert (code, printed["state"], printed["message_id"]) == (3, "converting", first.message_id)

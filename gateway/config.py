@@ -80,6 +80,9 @@ class Settings:
     dicom_allowed_aes: tuple[str, ...] = ()  # calling AE titles let in; "*" lets in any
     dicom_quiet_seconds: float = 60.0  # a study is complete after this long with no instance
     dicom_keep_pixels: bool = False  # store pixel data and other bulk data too
+    # A commit finding its study taken by another process waits this long for that
+    # conversion's outcome before answering "converting" (202), never a false failure.
+    dicom_commit_wait_seconds: float = 10.0
     # A record whose serialised Bundle is larger fails (validation.bundle-too-large).
     max_bundle_bytes: int = 16 * 1024 * 1024
     log_level: str = "warning"  # debug | info | warning | error (gateway/logs.py)
@@ -338,6 +341,17 @@ def _dicom_setting(name: str, value: Any) -> Any:
         if not 0 < seconds <= 86400:
             raise ConfigError(
                 "bad-setting", f"dicom_quiet_seconds must be a number of seconds, not {value!r}"
+            )
+        return seconds
+    if name == "dicom_commit_wait_seconds":
+        try:
+            seconds = float(text)
+        except ValueError:
+            seconds = -1.0
+        if not 0 <= seconds <= 600:  # 0: answer at once; an HTTP client waits no longer
+            raise ConfigError(
+                "bad-setting",
+                f"dicom_commit_wait_seconds must be 0–600 seconds, not {value!r}",
             )
         return seconds
     if name == "dicom_keep_pixels":

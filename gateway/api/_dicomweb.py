@@ -10,8 +10,10 @@ FailureReason (0xA700 the store could not keep it, 0xA900 another study than the
 names, 0xC000 not a readable DICOM instance). 200 when all were stored, 202 when some
 were, 409 when none could be read, 503 when the store kept none. Each instance is
 committed to the store before the response says so; the study is converted once it
-has been quiet for ``dicom_quiet_seconds`` or on ``$commit``. Bearer token, as every
-API route.
+has been quiet for ``dicom_quiet_seconds`` or on ``$commit``. ``$commit`` answers 200
+converted, 422 failed, or 202 ``"state": "converting"`` when another process took the
+same instances and had not finished within ``dicom_commit_wait_seconds``. Bearer token,
+as every API route.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from ..errors import GatewayError, Issue, operation_outcome
 from ..listeners.dicom import (
     DICOM,
     OUT_OF_RESOURCES,
+    CommitResult,
     DicomIntake,
     Origin,
     Outcome,
@@ -114,12 +117,19 @@ def add_dicomweb_routes(
             "study": result.study_uid,
             "message": result.message_id,
             "instances": result.instances,
+            "state": result.state,
             "converted": result.ok,
             "errors": list(result.errors),
         }
-        return Response(
-            orjson.dumps(body), 200 if result.ok else 422, media_type="application/json"
-        )
+        return Response(orjson.dumps(body), _commit_status(result), media_type="application/json")
+
+
+def _commit_status(result: CommitResult) -> int:
+    """200 converted, 422 failed; 202 while another caller (a worker, the study
+    completer) is still converting the same instances: its outcome is not a failure."""
+    if result.converting:
+        return 202
+    return 200 if result.ok else 422
 
 
 def _stow_status(outcomes: list[Outcome]) -> int:

@@ -396,6 +396,12 @@ def _operations(examples: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any
                     "description": "the study was converted",
                     "content": {"application/json": {"schema": {"type": "object"}}},
                 },
+                "202": {
+                    "description": "another caller took the same instances and is still "
+                    'converting them ("state": "converting"): the outcome is to come, '
+                    "see the message",
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                },
                 "422": {
                     "description": "the study was stored but failed to convert",
                     "content": {"application/json": {"schema": {"type": "object"}}},

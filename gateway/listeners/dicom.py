@@ -29,6 +29,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -132,6 +133,14 @@ class CommitResult:
     ok: bool
     duplicate: bool  # the same instances were committed before: that message again
     errors: tuple[str, ...] = ()  # "code: message at location", no patient data
+    # A duplicate whose conversion (by another process, or thread) had not ended within
+    # dicom_commit_wait_seconds: not a failure, its outcome is still to come.
+    converting: bool = False
+
+    @property
+    def state(self) -> str:
+        """``converted``, ``failed`` or ``converting``."""
+        return "converting" if self.converting else "converted" if self.ok else "failed"
 
 
 class StoreFailure(Exception):
@@ -265,33 +274,79 @@ class DicomIntake:
             raise StoreFailure(type(exc).__name__) from exc
         return instance
 
-    def commit(self, study_uid: str) -> CommitResult | None:
+    def commit(self, study_uid: str, wait: float | None = None) -> CommitResult | None:
         """Take the study's pending instances into one message and convert it now;
-        None when nothing of that study is pending."""
+        None when nothing of that study is pending. When another caller (a worker's
+        ``$commit`` racing the completer) has taken the same instances and is still
+        converting them, its outcome is awaited up to ``wait`` seconds (default
+        ``dicom_commit_wait_seconds``), then the result says ``converting``."""
         with self._commit_lock:
             receipt = self.store.commit_study(study_uid)
-            if receipt is None:
-                return None
-            converter = self.converter  # first: building it takes the lock process_message holds
-            if receipt.duplicate:
-                stored = self.store.get(receipt.id)
-                outs = [o for o in stored.outcomes if o.current] if stored else []
-                state, issues = (outs[-1].state, outs[-1].issues) if outs else (receipt.state, [])
-            else:
+            if receipt is not None and not receipt.duplicate:
+                converter = self.converter  # first: building it takes process_message's lock
                 outcome = process_message(
                     self.store, converter, receipt.id, self._lock, self._audit
                 )
-                state, issues = outcome.state, outcome.issues
-        found = self.store.raw(receipt.id)
+                return self._result(study_uid, receipt.id, outcome.state, outcome.issues, False)
+        # Outside the lock: other studies need not wait for this one. A duplicate, or
+        # nothing pending because the other took every instance first (SQLite: its
+        # writer lock orders the two) while its conversion is still running.
+        taken = receipt.id if receipt is not None else self._converting(study_uid)
+        if taken is None:
+            return None
+        limit = self.settings.dicom_commit_wait_seconds if wait is None else wait
+        state, issues = self._outcome_of(taken, limit)
+        return self._result(study_uid, taken, state, issues, True)
+
+    def _result(
+        self,
+        study_uid: str,
+        message_id: int,
+        state: str,
+        issues: list[dict[str, Any]],
+        duplicate: bool,
+    ) -> CommitResult:
+        found = self.store.raw(message_id)
         members = len(zipfile.ZipFile(io.BytesIO(found[0])).namelist()) if found and found[0] else 0
         errors = tuple(
             f"{i['code']}: {i['message']}" + (f" at {i['location']}" if i.get("location") else "")
             for i in issues
             if i.get("severity") in ("error", "fatal")
         )
+        converting = state == "received"
         return CommitResult(
-            study_uid, receipt.id, members, state == "converted", receipt.duplicate, errors
+            study_uid, message_id, members, state == "converted", duplicate, errors, converting
         )
+
+    def _converting(self, study_uid: str) -> int | None:
+        """The study's newest message when it is still waiting for its conversion."""
+        newest = self.store.find(MessageFilter(control_id=study_uid), limit=1).items
+        if not newest:
+            return None
+        message = newest[0]
+        ours = message.format == "dicom" and message.channel in ("dicom", "stow")
+        return message.id if ours and message.state == "received" else None
+
+    def _outcome_of(self, message_id: int, wait: float) -> tuple[str, list[dict[str, Any]]]:
+        """The state and issues of a message's conversion, once it has one, polling its
+        state (one indexed read) for at most ``wait`` seconds; ``received`` with no
+        issues when it has none by then. Reading the message's state before its
+        conversion ends would answer a failure the conversion may not have."""
+        deadline = time.monotonic() + wait
+        pause = 0.02
+        while self.store.state_of(message_id) == "received":
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return "received", []
+            time.sleep(min(pause, left))
+            pause = min(pause * 2, 0.5)  # soon for a quick conversion, cheap for a long one
+        stored = self.store.get(message_id)
+        # The convert stage's outcome: later stages (policy, delivery) move the message
+        # on, and their states are not the conversion's.
+        outs = [o for o in stored.outcomes if o.current and o.stage == "convert"] if stored else []
+        if not outs:  # no conversion recorded: the message's own state
+            return (stored.state if stored else "received"), []
+        return outs[-1].state, outs[-1].issues
 
     def resume(self) -> int:
         """Convert the DICOM messages committed but never converted (the process
@@ -320,14 +375,15 @@ class DicomIntake:
         done = []
         quiet = timedelta(seconds=self.settings.dicom_quiet_seconds)
         for study in self.store.quiet_studies(quiet, now):
-            result = self.commit(study)
+            # No wait: a study another process is converting must not hold up the others.
+            result = self.commit(study, wait=0)
             if result is not None:
                 done.append(result)
                 log.info(
                     "study committed after its quiet period: message %s, %d instances, %s",
                     result.message_id,
                     result.instances,
-                    "converted" if result.ok else "failed",
+                    result.state,
                 )
         return done
 
@@ -510,14 +566,14 @@ def cmd_commit(args: argparse.Namespace, settings: Settings) -> int:
         )
         return 2
     if args.json:
-        print(orjson.dumps(dataclasses.asdict(result)).decode())
+        print(orjson.dumps(dataclasses.asdict(result) | {"state": result.state}).decode())
     else:
-        state = "converted" if result.ok else "failed"
         again = " (the same instances as before)" if result.duplicate else ""
-        print(f"message {result.message_id}: {result.instances} instances, {state}{again}")
+        print(f"message {result.message_id}: {result.instances} instances, {result.state}{again}")
         for line in result.errors:
             print(f"error: {line}", file=sys.stderr)
-    return 0 if result.ok else 1
+    # 3: another process is still converting it; its outcome will be the message's state
+    return 0 if result.ok else 3 if result.converting else 1
 
 
 def cmd_pending(args: argparse.Namespace, settings: Settings) -> int:

@@ -3,10 +3,17 @@ what ``gateway convert`` makes of them."""
 
 from __future__ import annotations
 
+import io
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, cast
+
+import sqlalchemy as sa
+from pydicom import dcmread
 
 from gateway import Converter, Settings
-from gateway.listeners.dicom import CommitResult, DicomIntake
+from gateway.listeners.dicom import CommitResult, DicomIntake, Origin
 from gateway.store import Store
 
 REPO = Path(__file__).resolve().parents[2]
@@ -74,3 +81,63 @@ def allow_writes(store: Store) -> None:
     with store.engine.begin() as conn:
         on = "" if store.dialect == "sqlite" else " ON dicom_instances"
         conn.exec_driver_sql(f"DROP TRIGGER disk_full{on}")
+
+
+class HeldConverter:
+    """A converter whose conversions wait, once started, until ``release`` is set: the
+    process that took a study, held in the middle of converting it (``entered`` says it
+    is there), so a second caller meets it deterministically, without sleeping."""
+
+    def __init__(self, converter: Converter) -> None:
+        self._converter = converter
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def convert(self, *args: Any, **kwargs: Any) -> Any:
+        self.entered.set()
+        assert self.release.wait(60), "the held conversion was never released"
+        return self._converter.convert(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._converter, name)
+
+
+def taken_by_another(
+    settings: Settings, store_url: str, converter: Converter, study_uid: str
+) -> tuple[HeldConverter, dict[str, CommitResult | None], threading.Thread, Store]:
+    """Another process (its own Store on the same database) commits ``study_uid`` and is
+    held inside its conversion when this returns; its result lands in ``results["other"]``
+    once released. Set ``held.release``, join the thread and close the store after."""
+    held = HeldConverter(converter)
+    other = Store.open(store_url)
+    intake = DicomIntake(settings, other, cast(Converter, held))
+    results: dict[str, CommitResult | None] = {}
+    thread = threading.Thread(target=lambda: results.update(other=intake.commit(study_uid)))
+    thread.start()
+    assert held.entered.wait(60), "the other process never started converting"
+    return held, results, thread, other
+
+
+def send_again_as_first_sent(intake: DicomIntake, data: bytes, origin: Origin) -> None:
+    """An instance sent again with other bytes (a corrected header), then as first sent:
+    its study is pending again with the very instances already taken, so the next commit
+    of it is a duplicate of that message (as a commit that read the instances before the
+    other process marked them taken is, on PostgreSQL)."""
+    ds = dcmread(io.BytesIO(data))
+    ds.ImageComments = "resent"
+    changed = io.BytesIO()
+    ds.save_as(changed, enforce_file_format=True)
+    intake.receive(changed.getvalue(), origin)
+    intake.receive(data, origin)
+
+
+def release_on_first_poll(store: Store, held: HeldConverter) -> Callable[[], None]:
+    """Release the held conversion once ``store`` first reads a message's state (the
+    duplicate commit has begun waiting for the outcome); returns the undo."""
+
+    def polled(_c: Any, _cur: Any, sql: str, *_: Any) -> None:
+        if sql.lstrip().upper().startswith("SELECT MESSAGES.STATE"):
+            held.release.set()
+
+    sa.event.listen(store.engine, "before_cursor_execute", polled)
+    return lambda: sa.event.remove(store.engine, "before_cursor_execute", polled)

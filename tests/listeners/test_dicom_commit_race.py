@@ -9,17 +9,29 @@ from __future__ import annotations
 import io
 import threading
 import zipfile
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import orjson
+import pytest
 import sqlalchemy as sa
 from pydicom import dcmread
 
 from gateway import Converter
+from gateway.cli import main
 from gateway.listeners.dicom import CommitResult, DicomIntake, Origin
-from gateway.store import Store
+from gateway.store import Store, utcnow
+from tests.golden.dicom.make_studies import part10, wang_wei
 
-from .dicom_support import NSCH_CTA, dicom_settings, study_files
+from .dicom_support import (
+    NSCH_CTA,
+    dicom_settings,
+    release_on_first_poll,
+    send_again_as_first_sent,
+    study_files,
+    taken_by_another,
+)
 
 STUDY = "2.16.156.10011.99.1.1.3.20260615.17"
 STOW = Origin("stow", "127.0.0.1:40001")
@@ -129,3 +141,210 @@ def test_commit_racing_the_completer_converts_the_study_once(
     assert _in_messages(store) == {_sop(d) for _, d in study_files(NSCH_CTA)}
     assert completer.pending() == [] and worker.commit(STUDY) is None
     other.close()
+
+
+# A duplicate commit meeting another process's conversion of the same instances (held
+# in the middle by HeldConverter): its answer is that conversion's outcome, or
+# "converting" while there is none yet, never a failure it does not have.
+
+
+def test_a_duplicate_commit_while_the_other_converts_says_converting_not_failed(
+    store: Store, store_url: str, tmp_path: Path, converter: Converter
+) -> None:
+    settings = dicom_settings(tmp_path, dicom_commit_wait_seconds="0.2")
+    worker = DicomIntake(settings, store, converter)
+    files = study_files(NSCH_CTA)
+    for _, data in files:
+        worker.receive(data, STOW)
+    held, results, thread, other = taken_by_another(settings, store_url, converter, STUDY)
+    try:
+        send_again_as_first_sent(worker, files[0][1], STOW)
+        result = worker.commit(STUDY)  # the other is held: no outcome within 0.2 s
+    finally:
+        held.release.set()
+        thread.join(120)
+        other.close()
+    first = results["other"]
+    assert first is not None and first.ok and not first.duplicate
+    assert result is not None and result.duplicate
+    assert result.message_id == first.message_id and result.instances == len(files)
+    assert not result.ok and result.errors == ()  # no outcome yet: not a failure...
+    assert (result.state, result.converting) == ("converting", True)  # ...but converting
+    assert _conversions(store) == 1  # the duplicate converted nothing
+
+
+def test_a_duplicate_commit_answers_the_other_conversion_once_it_ends(
+    store: Store, store_url: str, tmp_path: Path, converter: Converter
+) -> None:
+    settings = dicom_settings(tmp_path, dicom_commit_wait_seconds="60")
+    worker = DicomIntake(settings, store, converter)
+    files = study_files(NSCH_CTA)
+    for _, data in files:
+        worker.receive(data, STOW)
+    held, results, thread, other = taken_by_another(settings, store_url, converter, STUDY)
+    undo = release_on_first_poll(store, held)  # the other ends while the duplicate waits
+    try:
+        send_again_as_first_sent(worker, files[0][1], STOW)
+        result = worker.commit(STUDY)
+    finally:
+        undo()
+        held.release.set()
+        thread.join(120)
+        other.close()
+    first = results["other"]
+    assert first is not None and first.ok
+    assert result is not None and result.duplicate and result.message_id == first.message_id
+    assert result.ok and result.errors == ()  # the other's outcome, not "received"
+    assert result.state == "converted"
+    # Later, the same instances again: that conversion's outcome at once.
+    send_again_as_first_sent(worker, files[0][1], STOW)
+    later = worker.commit(STUDY)
+    assert later is not None and later.message_id == first.message_id
+    assert (later.state, later.ok, later.duplicate) == ("converted", True, True)
+    assert _conversions(store) == 1
+
+
+def test_a_duplicate_commit_of_a_failed_conversion_answers_its_errors(
+    store: Store, store_url: str, tmp_path: Path, converter: Converter
+) -> None:
+    settings = dicom_settings(tmp_path, dicom_commit_wait_seconds="60")
+    worker = DicomIntake(settings, store, converter)
+    # 王伟's chest CT without PatientID: its conversion fails (mapping.no-identity).
+    study = "2.16.156.10011.99.1.4.3.20260610.2"
+    instances = [part10(wang_wei(study, 1, n, PatientID=None)) for n in (1, 2)]
+    for data in instances:
+        worker.receive(data, STOW)
+    held, results, thread, other = taken_by_another(settings, store_url, converter, study)
+    undo = release_on_first_poll(store, held)
+    try:
+        send_again_as_first_sent(worker, instances[0], STOW)
+        result = worker.commit(study)
+    finally:
+        undo()
+        held.release.set()
+        thread.join(120)
+        other.close()
+    first = results["other"]
+    assert first is not None and not first.ok
+    assert any(e.startswith("mapping.no-identity: ") for e in first.errors)
+    assert result is not None and result.duplicate and result.message_id == first.message_id
+    assert (result.ok, result.errors) == (False, first.errors)  # the other's errors
+    assert (result.state, result.converting) == ("failed", False)
+    assert not any("王" in e or "WANG" in e for e in result.errors)  # no patient data
+
+
+def test_the_completer_does_not_wait_for_a_study_another_process_converts(
+    store: Store, store_url: str, tmp_path: Path, converter: Converter
+) -> None:
+    """A sweep meeting a study being converted elsewhere answers "converting" at once,
+    whatever dicom_commit_wait_seconds: one study must not hold up the others."""
+    settings = dicom_settings(tmp_path, dicom_commit_wait_seconds="600")
+    completer = DicomIntake(settings, store, converter)
+    files = study_files(NSCH_CTA)
+    for _, data in files:
+        completer.receive(data, STOW)
+    held, results, thread, other = taken_by_another(settings, store_url, converter, STUDY)
+    try:
+        send_again_as_first_sent(completer, files[0][1], STOW)
+        [swept] = completer.sweep(now=utcnow() + timedelta(hours=2))  # returns: not held
+    finally:
+        held.release.set()
+        thread.join(120)
+        other.close()
+    first = results["other"]
+    assert first is not None and first.ok and swept.message_id == first.message_id
+    assert (swept.state, swept.duplicate) == ("converting", True)
+
+
+def test_a_commit_finding_every_instance_taken_awaits_the_conversion_under_way(
+    store: Store, store_url: str, tmp_path: Path, converter: Converter
+) -> None:
+    """The loser that comes second (SQLite orders the two by its writer lock) finds
+    nothing pending: the study's message, still being converted, is its answer, not
+    "nothing waiting"."""
+    settings = dicom_settings(tmp_path, dicom_commit_wait_seconds="60")
+    worker = DicomIntake(settings, store, converter)
+    for _, data in study_files(NSCH_CTA):
+        worker.receive(data, STOW)
+    held, results, thread, other = taken_by_another(settings, store_url, converter, STUDY)
+    undo = release_on_first_poll(store, held)
+    try:
+        result = worker.commit(STUDY)
+    finally:
+        undo()
+        held.release.set()
+        thread.join(120)
+        other.close()
+    first = results["other"]
+    assert first is not None and first.ok
+    assert result is not None and result.ok and result.message_id == first.message_id
+    assert (result.state, result.duplicate, result.instances) == ("converted", True, 8)
+    assert worker.commit(STUDY) is None  # converted: nothing is waiting any more
+    assert _conversions(store) == 1
+
+
+def test_a_commit_reading_the_instances_before_the_other_took_them_awaits_its_outcome(
+    store: Store, store_url: str, tmp_path: Path, converter: Converter
+) -> None:
+    """PostgreSQL: both read the pending instances; the other inserts the message first
+    and is converting it when this one's insert finds it (the duplicate of the race)."""
+    if store.dialect != "postgresql":
+        pytest.skip("SQLite's writer lock lets no commit read while another takes the study")
+    settings = dicom_settings(tmp_path, dicom_commit_wait_seconds="0.2")
+    worker = DicomIntake(settings, store, converter)
+    for _, data in study_files(NSCH_CTA):
+        worker.receive(data, STOW)
+    other: list[Any] = []
+
+    def between(_c: Any, _cur: Any, sql: str, *_: Any) -> None:
+        # This commit has read the instances; the other takes them and starts converting.
+        if "dedup_key" in sql and not other:
+            other.extend(taken_by_another(settings, store_url, converter, STUDY))
+
+    sa.event.listen(store.engine, "before_cursor_execute", between)
+    try:
+        result = worker.commit(STUDY)
+    finally:
+        sa.event.remove(store.engine, "before_cursor_execute", between)
+        if other:
+            other[0].release.set()
+            other[2].join(120)
+            other[3].close()
+    first = other[1]["other"]
+    assert first is not None and first.ok and not first.duplicate
+    assert result is not None and result.duplicate and result.message_id == first.message_id
+    assert not result.ok and result.errors == ()
+    assert (result.state, result.converting) == ("converting", True)
+    assert _conversions(store) == 1
+    assert _in_messages(store) == {_sop(d) for _, d in study_files(NSCH_CTA)}
+
+
+def test_gateway_dicom_commit_exits_3_while_another_process_converts_the_study(
+    tmp_path: Path, converter: Converter, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`gateway dicom commit` meeting the completer's conversion: exit 3 and
+    "converting", not exit 1 "failed"."""
+    settings = dicom_settings(tmp_path)
+    store = Store.for_home(tmp_path)
+    try:
+        for _, data in study_files(NSCH_CTA):
+            DicomIntake(settings, store, converter).receive(data, STOW)
+        url = f"sqlite:///{tmp_path / 'gateway.db'}"
+        held, results, thread, other = taken_by_another(settings, url, converter, STUDY)
+        try:
+            home = ["--home", str(tmp_path)]
+            with pytest.MonkeyPatch.context() as env:
+                env.setenv("GATEWAY_DICOM_COMMIT_WAIT_SECONDS", "0")
+                code = main([*home, "dicom", "commit", STUDY, "--json"])
+        finally:
+            held.release.set()
+            thread.join(120)
+            other.close()
+    finally:
+        store.close()
+    first = results["other"]
+    assert first is not None and first.ok
+    out = capsys.readouterr()
+    assert code == 3, out.err  # not 1 "failed", nor 2 "nothing pending"
+    printed = orjson.loads(out.out)
+    assert (printed["state"], printed["message_id"]) == ("converting", first.message_id)

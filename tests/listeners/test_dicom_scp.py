@@ -270,6 +270,9 @@ def test_settings_for_the_scp(tmp_path: Path) -> None:
     settings = Settings.load(home=tmp_path, env={"GATEWAY_DICOM_QUIET_SECONDS": "90"})
     assert settings.dicom_port == 11112 and settings.dicom_allowed_aes == ("CT01", "MR02")
     assert settings.dicom_keep_pixels and settings.dicom_quiet_seconds == 90.0
+    assert settings.dicom_commit_wait_seconds == 10.0  # the default
+    waits = Settings.load(home=tmp_path, env={"GATEWAY_DICOM_COMMIT_WAIT_SECONDS": "0"})
+    assert waits.dicom_commit_wait_seconds == 0.0
     assert Settings.load(
         home=tmp_path, env={"GATEWAY_DICOM_ALLOWED_AES": "A, B"}
     ).dicom_allowed_aes == ("A", "B")
@@ -279,6 +282,9 @@ def test_settings_for_the_scp(tmp_path: Path) -> None:
         ("DICOM_PORT", "70000"),
         ("DICOM_QUIET_SECONDS", "soon"),
         ("DICOM_KEEP_PIXELS", "maybe"),
+        ("DICOM_COMMIT_WAIT_SECONDS", "-1"),
+        ("DICOM_COMMIT_WAIT_SECONDS", "nan"),
+        ("DICOM_COMMIT_WAIT_SECONDS", "forever"),
     ]:
         with pytest.raises(ConfigError, match=name.lower()):
             Settings.load(home=tmp_path, env={f"GATEWAY_{name}": value})

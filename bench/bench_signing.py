@@ -1,4 +1,4 @@
-"""Signing benchmark: JWS sign and verify per algorithm (ES256, EdDSA, PS256) — the
+"""Signing benchmark: JWS sign and verify per algorithm (ES256, ES384, EdDSA, PS256) — the
 gateway beside the bare ``cryptography`` operation on the same bytes and beside joserfc
 — and RFC 8785 canonicalisation beside Trail of Bits' ``rfc8785``, with pyperf.
 
@@ -14,8 +14,8 @@ JWS rows: canonicalisation has rows of its own.
 What the rows do, per algorithm:
 
 * ``sign raw cryptography``: ``private_key.sign(signing_input)`` on the very bytes the
-  gateway signs (protected header, '.', canonical Bundle); for ES256 the DER signature
-  as cryptography returns it.
+  gateway signs (protected header, '.', canonical Bundle); for ES256 and ES384 the DER
+  signature as cryptography returns it.
 * ``sign gateway``: ``sign_detached`` — header (with x5c), signing input, signature,
   DER→JOSE r||s, compact serialisation.
 * ``sign joserfc``: ``jws.serialize_compact`` with the same header (RFC 7797, b64 false),
@@ -55,9 +55,10 @@ from gateway.signing import (  # noqa: E402
 )
 
 BUNDLE = ROOT / "tests" / "golden" / "cda" / "lax2-ct-report-cobranded.expected.json"
-ALGS = ("ES256", "EdDSA", "PS256")
+# Every algorithm gateway/signing/_algorithms.py signs with (tests/test_bench_signing.py)
+ALGS = ("ES256", "ES384", "EdDSA", "PS256")
 WHEN = dt.datetime(2026, 6, 10, 7, 20, tzinfo=dt.UTC)
-MARKERS = ("<!-- bench_signing: start -->", "<!-- bench_signing: end -->")
+MARKERS = _results.markers("signing", "bench/bench_signing.py")  # as the other sections
 
 
 def _signer(alg: str) -> Signer:
@@ -96,8 +97,8 @@ def _joserfc() -> tuple[Any, Any]:
 def _raw(alg: str, signer: Signer) -> tuple[Any, Any]:
     key = signer.key
     public = signer.chain[0].public_key()
-    if alg == "ES256":
-        scheme = ec.ECDSA(hashes.SHA256())
+    if alg in ("ES256", "ES384"):
+        scheme = ec.ECDSA(hashes.SHA256() if alg == "ES256" else hashes.SHA384())
         return (lambda data: key.sign(data, scheme)), (
             lambda sig, data: public.verify(sig, data, scheme)
         )
@@ -140,7 +141,7 @@ def add_benchmarks(runner: pyperf.Runner) -> dict[str, Any]:
         header = orjson.loads(
             __import__("base64").urlsafe_b64decode(protected + b"=" * (-len(protected) % 4))
         )
-        kind = {"ES256": ECKey, "EdDSA": OKPKey, "PS256": RSAKey}[alg]
+        kind = {"ES256": ECKey, "ES384": ECKey, "EdDSA": OKPKey, "PS256": RSAKey}[alg]
         jose_key = kind.import_key(signer.key)
         jose_public = kind.import_key(signer.chain[0].public_key())
 
@@ -211,6 +212,7 @@ def section(results: dict[str, Any], seconds: float, ratios: dict[str, tuple[flo
     commit = os.popen(f"git -C {ROOT} rev-parse --short HEAD 2>/dev/null").read().strip()
     first = next(v for k, v in results.items() if not k.startswith("_"))
     meta = first.get_metadata()
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     lines = [
         "## Signing benchmark: JWS sign and verify, RFC 8785 canonicalisation",
         "",
@@ -218,10 +220,13 @@ def section(results: dict[str, Any], seconds: float, ratios: dict[str, tuple[flo
         f"{meta.get('loops', '?')} loops × {first.get_nvalue()} values per benchmark over "
         f"worker processes) in {seconds:.0f} s; gateway commit {commit or '?'}; "
         f"{meta.get('cpu_model_name', platform.processor() or '?')}, "
-        f"{os.cpu_count()} CPUs, Python {platform.python_version()}. Reproduce:",
+        f"{os.cpu_count()} CPUs, Python {platform.python_version()}; load average "
+        f"(1, 5, 15 min) at the end of the run: {load} — the machine is shared with other "
+        "work and these figures were taken under that load. This run, and the full one:",
         "",
         "```sh",
-        ".venv/bin/python bench/bench_signing.py --out bench/RESULTS.md",
+        f".venv/bin/python bench/bench_signing.py {' '.join(sys.argv[1:])}".rstrip(),
+        ".venv/bin/python bench/bench_signing.py --out bench/RESULTS.md   # about 3 minutes",
         "```",
         "",
         f"Payload: the co-branded CT report's Bundle, {results['_payload_bytes']:,} bytes "

@@ -7,8 +7,9 @@ login rate limiting.
   password changes or the user is disabled.
 - Every form POST carries the session's CSRF token (a random value of the session row);
   before login, the login form's token is a double-submit of a pre-login cookie.
-- Logins are limited per login name and per client address: ``max_failures`` failures
-  in ``window`` block further tries from either until the window has passed. The counts
+- Logins are limited per login name and per client address: while ``max_failures``
+  failures fall within the last ``window`` (a sliding window), further tries from either
+  are refused. The counts
   are rows of the store, so every API worker process of ``gateway serve --workers N``
   counts the same failures.
 """
@@ -18,9 +19,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -131,9 +133,24 @@ class Sessions:
 
 
 class LoginLimiter:
-    """Failed logins per key (a login name, a client address): a count in a window that
-    starts at the key's first failure, one row per key (its SHA-256: a typed name may be
-    anything, of any length)."""
+    """Failed logins per key (a login name, a client address) in a sliding window: a key
+    is blocked while ``max_failures`` of its failures fall within the last ``window``
+    seconds, however they are spread (a window fixed at the first failure would let a
+    failure just after it reset the count).
+
+    Rows of ``console_login_failures``, each named by a SHA-256 (a typed name may be
+    anything, of any length), with no schema of their own:
+
+    - the key's counter, ``_hash(key)``: ``failures`` counts the key's failures since it
+      last had none in the window, ``window_start`` is the latest of them;
+    - its ``max_failures`` slots, ``_hash(key + "#" + i)``: failure number n writes its
+      time into slot ``n % max_failures``, so the slots hold the times of the key's last
+      ``max_failures`` failures: all it takes to know whether that many fall within the
+      window. Bounded: rows whose time has left the window are deleted.
+
+    The counter's number comes from one atomic statement (INSERT ... ON CONFLICT DO
+    UPDATE ... RETURNING): processes failing at once take different slots and never
+    lose each other's failures."""
 
     def __init__(self, store: Store, max_failures: int = 5, window: float = 300.0) -> None:
         self.store = store
@@ -141,54 +158,62 @@ class LoginLimiter:
         self.window = timedelta(seconds=window)
         self._writer = store.engine.execution_options(write=True)
 
-    def blocked(self, *keys: str) -> bool:
+    def _slots(self, key: str) -> list[str]:
+        return [_hash(f"{key}#{i}") for i in range(self.max_failures)]
+
+    def _recent(self, conn: sa.Connection, keys: Sequence[str], since: datetime) -> int:
+        """The most failures one of ``keys`` has after ``since`` (at most max_failures)."""
+        owner = {slot: key for key in keys for slot in self._slots(key)}
         f = logins.c
-        query = (
-            sa.select(f.key_hash)
-            .where(
-                f.key_hash.in_([_hash(k) for k in keys]),
-                f.failures >= self.max_failures,
-                f.window_start > utcnow() - self.window,
-            )
-            .limit(1)
-        )
+        query = sa.select(f.key_hash).where(f.key_hash.in_(owner), f.window_start > since)
+        counts = Counter(owner[h] for h in conn.execute(query).scalars())
+        return max(counts.values(), default=0)
+
+    def blocked(self, *keys: str) -> bool:
         with self.store.engine.connect() as conn:
-            return conn.execute(query).first() is not None
+            since = utcnow() - self.window
+            return self._recent(conn, keys, since) >= self.max_failures
 
     def failed(self, *keys: str) -> int:
-        """Counts one failure under each key; returns the highest count now held. Each
-        count is one atomic statement (INSERT ... ON CONFLICT DO UPDATE ... RETURNING):
-        processes failing at once never lose each other's failures."""
+        """Counts one failure under each key; returns the most failures a key now has in
+        the window (at most max_failures: the limiter keeps no more)."""
         now = utcnow()
         start = now - self.window
         f = logins.c
-        counts = [0]
+        keys = tuple(sorted(set(keys)))
         with self._writer.begin() as conn:
-            # a bound: keys whose window has passed are forgotten
+            # the bound: failures that left the window are forgotten, counters with them
             conn.execute(logins.delete().where(f.window_start <= start))
             insert = _insert_for(conn.dialect.name)
-            for key in sorted(set(keys)):
-                expired = f.window_start <= start  # passed since the delete above
-                statement = (
+            for key in keys:
+                counter = (
                     insert(logins)
                     .values(key_hash=_hash(key), failures=1, window_start=now)
                     .on_conflict_do_update(
                         index_elements=[f.key_hash],
-                        set_={
-                            "failures": sa.case((expired, 1), else_=f.failures + 1),
-                            "window_start": sa.case(
-                                (expired, sa.literal(now, sa.DateTime())), else_=f.window_start
-                            ),
-                        },
+                        set_={"failures": f.failures + 1, "window_start": now},
                     )
                     .returning(f.failures)
                 )
-                counts.append(int(conn.execute(statement).scalar_one()))
-        return max(counts)
+                number = int(conn.execute(counter).scalar_one())
+                slot = (
+                    insert(logins)
+                    .values(
+                        key_hash=self._slots(key)[number % self.max_failures],
+                        failures=number,
+                        window_start=now,
+                    )
+                    .on_conflict_do_update(
+                        index_elements=[f.key_hash], set_={"failures": number, "window_start": now}
+                    )
+                )
+                conn.execute(slot)
+            return self._recent(conn, keys, start)
 
     def succeeded(self, name_key: str) -> None:
+        hashes = [_hash(name_key), *self._slots(name_key)]
         with self._writer.begin() as conn:
-            conn.execute(logins.delete().where(logins.c.key_hash == _hash(name_key)))
+            conn.execute(logins.delete().where(logins.c.key_hash.in_(hashes)))
 
 
 def _insert_for(dialect: str) -> Callable[..., Any]:

@@ -68,8 +68,9 @@ searches = sa.Table(
 )
 sa.Index("ix_console_searches_created", searches.c.created_at)
 
-# Failed sign-ins per key (SHA-256 of a login name or a client address): a count in a
-# window that starts at the first failure, shared by every API worker process.
+# Failed sign-ins per key (SHA-256 of a login name or a client address), shared by every
+# API worker process: a counter row per key and the times of its last failures in slot
+# rows, for a sliding window (LoginLimiter in _session.py).
 logins = sa.Table(
     "console_login_failures",
     metadata,

@@ -11,6 +11,7 @@ its form only (patient data).
 
 from __future__ import annotations
 
+import math
 import re
 import types
 import typing
@@ -57,6 +58,17 @@ _STRING_TYPES = {
     *("base64Binary", "date", "dateTime", "instant", "time"),
 }
 _PYTHON_PRIMITIVES = {bool: "boolean", int: "integer", float: "decimal", str: "string"}
+# The whole-number types' bounds (fhir_core's Le/Ge): said when a number is outside them.
+_INT32 = 2**31 - 1
+_RANGES = {
+    "integer": (-_INT32 - 1, _INT32),
+    "unsignedInt": (0, _INT32),
+    "positiveInt": (1, _INT32),
+    "integer64": (-(2**63 - 1), 2**63 - 1),
+}
+# pydantic's error types for a whole number beyond those bounds (int_parsing_size: a
+# number too large for any integer, 1e308).
+_OUT_OF_RANGE = {"less_than_equal", "greater_than_equal", "int_parsing_size"}
 _CHOICE = re.compile(r"from this list \[([^\]]*)\]")
 
 
@@ -159,7 +171,12 @@ def unwrap(annotation: Any) -> tuple[Any, bool]:
 def _kind_of(inner: Any) -> tuple[Any, str, bool]:
     """(the class to walk on, the FHIR type's name, whether it is a complex type)."""
     if typing.get_origin(inner) is typing.Annotated:
-        for meta in typing.get_args(inner)[1:]:
+        metas = typing.get_args(inner)[1:]
+        for meta in metas:  # fhir_core's marker names its FHIR type (not EncodedBytes)
+            visit = getattr(meta, "__visit_name__", None)
+            if isinstance(visit, str) and visit:
+                return None, visit, False
+        for meta in metas:
             name = type(meta).__name__
             if name and name[0].isupper():
                 return None, name[0].lower() + name[1:], False
@@ -196,6 +213,8 @@ def _found(value: Any) -> str:
         return "an object"
     if isinstance(value, list):
         return "an array"
+    if isinstance(value, float) and not math.isfinite(value):  # json.loads: 1e400, NaN
+        return "a number that is not finite (infinite or NaN: JSON has no such number)"
     if isinstance(value, (int, float)):
         return f"a number of form {shape(value)}"
     if value == "":
@@ -233,6 +252,9 @@ def _message(error: ErrorDetails, where: _Element) -> str:
         return f"{element} repeats: it must be an array, found {_found(value)}"
     if not where.name and kind == "value_error":  # a rule of the whole element
         return _element_rule(error, where)
+    special = _special(kind, where, value)
+    if special is not None:
+        return special
     if wrong_kind or bad_format:
         return _wrong_value(where, value)
     if kind == "literal_error" or kind == "enum":
@@ -245,8 +267,36 @@ def _wrong_value(where: _Element, value: Any) -> str:
     element = f"{where.name!r} of {where.owner}"
     if isinstance(value, list) and not where.item:
         return f"{element} takes a single value: it must be {_expected(where)}, found an array"
+    return _must(where, _expected(where), _found(value))
+
+
+def _must(where: _Element, expected: str, found: str) -> str:
     each = "each item of " if where.item else ""
-    return f"{each}{element} must be {_expected(where)}, found {_found(value)}"
+    return f"{each}{where.name!r} of {where.owner} must be {expected}, found {found}"
+
+
+def _special(kind: str, where: _Element, value: Any) -> str | None:
+    """The error types whose generic reading would mislead (a whole number said to be
+    no whole number) or that have none: ranges, non-finite numbers, base64, a resource
+    where a datatype goes. None for the others."""
+    if not where.name:
+        if kind == "fhir-validation-wrong-resource-type":  # the resource itself
+            return f"resourceType must be {where.owner!r}, found {_found(value)}"
+        return None
+    bounds = _RANGES.get(where.expected)
+    if kind in _OUT_OF_RANGE and bounds is not None:
+        low, high = bounds
+        beyond = " (out of that range)" if isinstance(value, (int, float)) else ""
+        expected = f"a FHIR {where.expected} (a JSON whole number from {low:,} to {high:,})"
+        return _must(where, expected, _found(value) + beyond)
+    if kind == "finite_number":
+        return _must(where, _expected(where), _found(value))
+    if kind == "base64_decode":
+        found = f"{_found(value)} that does not decode (its length, padding or characters)"
+        return _must(where, _expected(where), found)
+    if kind == "fhir-validation-wrong-resource-type":  # {"resourceType": ...} in a datatype
+        return _must(where, _expected(where), "a resource (an object with a resourceType)")
+    return None
 
 
 def _element_rule(error: ErrorDetails, where: _Element) -> str:

@@ -1,6 +1,6 @@
 """What the console's worker processes share, in the store (SQLite, and PostgreSQL when
 GATEWAY_TEST_DATABASE_URL names a server): saved searches (per user, expiring, bounded)
-and the sign-in limiter's counts (atomic across processes); migration
+and the sign-in limiter's counts (atomic across processes, in a sliding window); migration
 0009_console_shared creates exactly their tables and goes back."""
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ import gateway.console
 import gateway.inbound
 import gateway.policy
 import gateway.store
-from gateway.console import Users
+from gateway.console import Users, _session
 from gateway.console._searches import Searches
-from gateway.console._session import LoginLimiter
+from gateway.console._session import LoginLimiter, _hash
 from gateway.console._tables import logins, searches
 from gateway.store import MessageFilter, Store, metadata, utcnow
 from tests.store.dbs import BACKENDS, database
@@ -119,9 +119,72 @@ def test_failures_counted_at_once_by_many_processes_are_all_kept(store: Store, u
     finally:
         for w in workers:
             w.close()
+    counters = [_hash("ip:10.0.0.9"), _hash("name:olivia")]
     with store.engine.connect() as conn:
-        counts = conn.execute(sa.select(logins.c.failures)).scalars().all()
+        query = sa.select(logins.c.failures).where(logins.c.key_hash.in_(counters))
+        counts = conn.execute(query).scalars().all()
     assert counts == [20, 20]
+    assert LoginLimiter(store).blocked("name:olivia")
+
+
+class _Clock:
+    """The store's ``utcnow`` as the limiter reads it, moved by hand (seconds after t0)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.t0 = datetime(2026, 12, 6, 8, 0)
+        self.at(0)
+        monkeypatch.setattr(_session, "utcnow", lambda: self.now)
+
+    def at(self, seconds: float) -> None:
+        self.now = self.t0 + timedelta(seconds=seconds)
+
+
+def _fail_at(clock: _Clock, limiters: list[LoginLimiter], times: list[float]) -> None:
+    """One failure of olivia at each time, by the two workers' limiters in turn."""
+    for i, seconds in enumerate(times):
+        clock.at(seconds)
+        limiters[i % 2].failed("name:olivia")
+
+
+def test_failures_spread_past_a_fixed_window_still_block(
+    store: Store, url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first failure at 0 s, three more from 250 s: a window fixed at the first
+    failure has passed by 310 s and would count that failure as its new first; the last
+    300 s hold three failures (250, 280, 310), so a sliding window refuses."""
+    clock = _Clock(monkeypatch)
+    worker = Store.open(url, upgrade=False)  # another `serve --workers` process
+    try:
+        limiters = [LoginLimiter(s, max_failures=3, window=300) for s in (store, worker)]
+        _fail_at(clock, limiters, [0, 250, 280, 310])
+        clock.at(320)
+        assert limiters[0].blocked("name:olivia") and limiters[1].blocked("name:olivia")
+    finally:
+        worker.close()
+
+
+def test_failures_age_out_of_the_sliding_window_one_by_one(
+    store: Store, url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Blocked by failures at 0, 10 and 20 s; at 305 s the first has aged out; one more
+    failure at 306 s makes three in the last 300 s again (a window fixed at 0 s would
+    start afresh at 306 s); by 321 s only that one is left."""
+    clock = _Clock(monkeypatch)
+    worker = Store.open(url, upgrade=False)
+    try:
+        limiters = [LoginLimiter(s, max_failures=3, window=300) for s in (store, worker)]
+        _fail_at(clock, limiters, [0, 10, 20])
+        assert limiters[1].blocked("name:olivia")
+        clock.at(305)
+        assert not limiters[0].blocked("name:olivia")
+        assert not limiters[1].blocked("name:olivia")
+        _fail_at(clock, limiters, [306])
+        assert limiters[1].blocked("name:olivia")
+        clock.at(321)
+        assert not limiters[0].blocked("name:olivia")
+        assert limiters[1].failed("name:olivia") == 2  # 306 s and now
+    finally:
+        worker.close()
 
 
 def test_the_migration_creates_exactly_the_shared_tables(store: Store) -> None:

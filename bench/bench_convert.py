@@ -25,7 +25,9 @@ worker processes fed the same fresh messages pass by pass, the gateway in DIR (a
 commit unpacked with ``git archive``) with this checkout, compiled and interpreted; it
 prints a table (bench/RESULTS.md, "HL7 v2 end to end before/after issue 9"); a fourth
 worker parses the same messages with python-hl7 (``hl7.parse``), for the paired ratio
-issue 18 asks for.
+issue 18 asks for. With ``--as-file`` the gateways convert each pass's messages as one
+HL7 v2 file (``Converter.iter_convert_stream``, what ``gateway convert`` does with a file:
+its messages go through the stages in batches) instead of one ``convert()`` call each.
 """
 
 from __future__ import annotations

@@ -18,12 +18,11 @@ from gateway.store import Store
 from tests.golden.dicom.make_studies import part10, wang_wei
 from tests.listeners.dicom_support import (
     NSCH_CTA,
+    another_converting,
     dicom_settings,
     intake_for,
-    release_on_first_poll,
     send_again_as_first_sent,
     study_files,
-    taken_by_another,
 )
 from tests.listeners.test_dicom_stow import NSCH_STUDY, TOKEN, Api, multipart
 from tests.store.conftest import store, store_url
@@ -53,14 +52,9 @@ def test_commit_while_another_process_converts_the_study_answers_202_converting(
     instances = [data for _, data in study_files(NSCH_CTA)]
     _stow(api, instances)
     settings = api.intake.settings
-    held, results, thread, other = taken_by_another(settings, store_url, converter, NSCH_STUDY)
-    try:
+    with another_converting(settings, store_url, converter, NSCH_STUDY) as results:
         send_again_as_first_sent(api.intake, instances[0], RESENT)
         response = api.post(f"/dicomweb/studies/{NSCH_STUDY}/$commit")
-    finally:
-        held.release.set()
-        thread.join(120)
-        other.close()
     first = results["other"]
     assert first is not None and first.ok
     assert response.status_code == 202, response.text
@@ -86,16 +80,11 @@ def test_commit_waiting_for_another_process_answers_200_when_it_converts(
     instances = [data for _, data in study_files(NSCH_CTA)]
     _stow(api, instances)
     settings = api.intake.settings
-    held, results, thread, other = taken_by_another(settings, store_url, converter, NSCH_STUDY)
-    undo = release_on_first_poll(store, held)  # it ends while this commit waits
-    try:
+    with another_converting(
+        settings, store_url, converter, NSCH_STUDY, release_on_poll=store
+    ) as results:  # it ends while this commit waits
         send_again_as_first_sent(api.intake, instances[0], RESENT)
         response = api.post(f"/dicomweb/studies/{NSCH_STUDY}/$commit")
-    finally:
-        undo()
-        held.release.set()
-        thread.join(120)
-        other.close()
     first = results["other"]
     assert first is not None and first.ok
     assert response.status_code == 200, response.text
@@ -116,16 +105,11 @@ def test_commit_waiting_for_another_process_answers_422_with_its_errors(
     instances = [part10(wang_wei(LAX2_CHEST, 1, n, PatientID=None)) for n in (1, 2)]
     _stow(api, instances)
     settings = api.intake.settings
-    held, results, thread, other = taken_by_another(settings, store_url, converter, LAX2_CHEST)
-    undo = release_on_first_poll(store, held)
-    try:
+    with another_converting(
+        settings, store_url, converter, LAX2_CHEST, release_on_poll=store
+    ) as results:
         send_again_as_first_sent(api.intake, instances[0], RESENT)
         response = api.post(f"/dicomweb/studies/{LAX2_CHEST}/$commit")
-    finally:
-        undo()
-        held.release.set()
-        thread.join(120)
-        other.close()
     first = results["other"]
     assert first is not None and not first.ok and first.errors
     assert response.status_code == 422, response.text
@@ -149,13 +133,8 @@ def test_commit_after_another_process_took_every_instance_answers_202_not_404(
     instances = [data for _, data in study_files(NSCH_CTA)]
     _stow(api, instances)
     settings = api.intake.settings
-    held, results, thread, other = taken_by_another(settings, store_url, converter, NSCH_STUDY)
-    try:
+    with another_converting(settings, store_url, converter, NSCH_STUDY) as results:
         response = api.post(f"/dicomweb/studies/{NSCH_STUDY}/$commit")
-    finally:
-        held.release.set()
-        thread.join(120)
-        other.close()
     first = results["other"]
     assert first is not None and first.ok
     assert response.status_code == 202, response.text

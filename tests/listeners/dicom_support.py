@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import io
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
 
@@ -116,6 +117,31 @@ def taken_by_another(
     thread.start()
     assert held.entered.wait(60), "the other process never started converting"
     return held, results, thread, other
+
+
+@contextmanager
+def another_converting(
+    settings: Settings,
+    store_url: str,
+    converter: Converter,
+    study_uid: str,
+    *,
+    release_on_poll: Store | None = None,
+) -> Iterator[dict[str, CommitResult | None]]:
+    """:func:`taken_by_another` for the block: the other process is held inside its
+    conversion (with ``release_on_poll``, until that store first reads a message's state:
+    :func:`release_on_first_poll`), then released, joined and closed; its result is in
+    the yielded ``results["other"]`` after the block."""
+    held, results, thread, other = taken_by_another(settings, store_url, converter, study_uid)
+    undo = release_on_first_poll(release_on_poll, held) if release_on_poll is not None else None
+    try:
+        yield results
+    finally:
+        if undo is not None:
+            undo()
+        held.release.set()
+        thread.join(120)
+        other.close()
 
 
 def send_again_as_first_sent(intake: DicomIntake, data: bytes, origin: Origin) -> None:

@@ -26,8 +26,8 @@ from tests.golden.dicom.make_studies import part10, wang_wei
 
 from .dicom_support import (
     NSCH_CTA,
+    another_converting,
     dicom_settings,
-    release_on_first_poll,
     send_again_as_first_sent,
     study_files,
     taken_by_another,
@@ -156,14 +156,9 @@ def test_a_duplicate_commit_while_the_other_converts_says_converting_not_failed(
     files = study_files(NSCH_CTA)
     for _, data in files:
         worker.receive(data, STOW)
-    held, results, thread, other = taken_by_another(settings, store_url, converter, STUDY)
-    try:
+    with another_converting(settings, store_url, converter, STUDY) as results:
         send_again_as_first_sent(worker, files[0][1], STOW)
         result = worker.commit(STUDY)  # the other is held: no outcome within 0.2 s
-    finally:
-        held.release.set()
-        thread.join(120)
-        other.close()
     first = results["other"]
     assert first is not None and first.ok and not first.duplicate
     assert result is not None and result.duplicate
@@ -181,16 +176,11 @@ def test_a_duplicate_commit_answers_the_other_conversion_once_it_ends(
     files = study_files(NSCH_CTA)
     for _, data in files:
         worker.receive(data, STOW)
-    held, results, thread, other = taken_by_another(settings, store_url, converter, STUDY)
-    undo = release_on_first_poll(store, held)  # the other ends while the duplicate waits
-    try:
+    with another_converting(
+        settings, store_url, converter, STUDY, release_on_poll=store
+    ) as results:  # the other ends while the duplicate waits
         send_again_as_first_sent(worker, files[0][1], STOW)
         result = worker.commit(STUDY)
-    finally:
-        undo()
-        held.release.set()
-        thread.join(120)
-        other.close()
     first = results["other"]
     assert first is not None and first.ok
     assert result is not None and result.duplicate and result.message_id == first.message_id
@@ -214,16 +204,11 @@ def test_a_duplicate_commit_of_a_failed_conversion_answers_its_errors(
     instances = [part10(wang_wei(study, 1, n, PatientID=None)) for n in (1, 2)]
     for data in instances:
         worker.receive(data, STOW)
-    held, results, thread, other = taken_by_another(settings, store_url, converter, study)
-    undo = release_on_first_poll(store, held)
-    try:
+    with another_converting(
+        settings, store_url, converter, study, release_on_poll=store
+    ) as results:
         send_again_as_first_sent(worker, instances[0], STOW)
         result = worker.commit(study)
-    finally:
-        undo()
-        held.release.set()
-        thread.join(120)
-        other.close()
     first = results["other"]
     assert first is not None and not first.ok
     assert any(e.startswith("mapping.no-identity: ") for e in first.errors)
@@ -243,14 +228,9 @@ def test_the_completer_does_not_wait_for_a_study_another_process_converts(
     files = study_files(NSCH_CTA)
     for _, data in files:
         completer.receive(data, STOW)
-    held, results, thread, other = taken_by_another(settings, store_url, converter, STUDY)
-    try:
+    with another_converting(settings, store_url, converter, STUDY) as results:
         send_again_as_first_sent(completer, files[0][1], STOW)
         [swept] = completer.sweep(now=utcnow() + timedelta(hours=2))  # returns: not held
-    finally:
-        held.release.set()
-        thread.join(120)
-        other.close()
     first = results["other"]
     assert first is not None and first.ok and swept.message_id == first.message_id
     assert (swept.state, swept.duplicate) == ("converting", True)
@@ -266,15 +246,10 @@ def test_a_commit_finding_every_instance_taken_awaits_the_conversion_under_way(
     worker = DicomIntake(settings, store, converter)
     for _, data in study_files(NSCH_CTA):
         worker.receive(data, STOW)
-    held, results, thread, other = taken_by_another(settings, store_url, converter, STUDY)
-    undo = release_on_first_poll(store, held)
-    try:
+    with another_converting(
+        settings, store_url, converter, STUDY, release_on_poll=store
+    ) as results:
         result = worker.commit(STUDY)
-    finally:
-        undo()
-        held.release.set()
-        thread.join(120)
-        other.close()
     first = results["other"]
     assert first is not None and first.ok
     assert result is not None and result.ok and result.message_id == first.message_id
@@ -330,16 +305,11 @@ def test_gateway_dicom_commit_exits_3_while_another_process_converts_the_study(
         for _, data in study_files(NSCH_CTA):
             DicomIntake(settings, store, converter).receive(data, STOW)
         url = f"sqlite:///{tmp_path / 'gateway.db'}"
-        held, results, thread, other = taken_by_another(settings, url, converter, STUDY)
-        try:
+        with another_converting(settings, url, converter, STUDY) as results:
             home = ["--home", str(tmp_path)]
             with pytest.MonkeyPatch.context() as env:
                 env.setenv("GATEWAY_DICOM_COMMIT_WAIT_SECONDS", "0")
                 code = main([*home, "dicom", "commit", STUDY, "--json"])
-        finally:
-            held.release.set()
-            thread.join(120)
-            other.close()
     finally:
         store.close()
     first = results["other"]

@@ -298,8 +298,8 @@ class Converter:
         yield from self._convert_held(held)
 
     def _hl7v2_units(self, data: bytes) -> list[tuple[Unit, float]] | None:
-        """The records of an HL7 v2 input, read; None for any other input, or when the
-        reader raised (convert says how)."""
+        """The records of an HL7 v2 input, read; None for any other input, when the
+        reader raised (convert says how), or when it holds more than a batch."""
         try:
             kind = detect_format(data)
         except Exception:  # isolation: convert(data) makes it one internal error
@@ -308,7 +308,9 @@ class Converter:
             return None
         units = []
         for unit, read_ms in self._units(read_messages(data, network=self.network)):
-            if isinstance(unit, _Broken):
+            if isinstance(unit, _Broken) or len(units) == _BATCH["hl7v2"]:
+                # More than a batch: convert(data) takes it batch by batch, instead of
+                # holding every record of it (its parsed views) through all the stages.
                 return None
             units.append((unit, read_ms))
         return units
@@ -316,7 +318,11 @@ class Converter:
     def _convert_held(self, held: list[list[tuple[Unit, float]]]) -> Iterator[list[Record]]:
         if not held:
             return
-        records = self._finish_batch([u for units in held for u in units], None, False)
+        flat = [u for units in held for u in units]
+        size = _BATCH["hl7v2"]  # inputs add up to less than two batches: at most 32 at once
+        records: list[Record] = []
+        for start in range(0, len(flat), size):
+            records += self._finish_batch(flat[start : start + size], None, False)
         start = 0
         for units in held:
             yield records[start : start + len(units)]

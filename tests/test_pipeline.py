@@ -574,3 +574,28 @@ def test_convert_many_gives_each_input_what_convert_gives_it(settings: Settings)
             (s.stage, s.outcome, s.code) for s in expected.history
         ]
     assert many[20][0].format == "cda" and many[20][0].ok
+
+
+def test_convert_many_takes_at_most_a_batch_of_records_through_the_stages(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large input among small ones: no stage run holds more than a batch of records
+    (their parsed views), as when convert() takes the same input."""
+    from gateway import pipeline
+
+    converter = Converter(settings)
+    joined, alone = _joined_samples(converter)
+    sizes: list[int] = []
+    real = pipeline.Converter._finish_batch
+
+    def spy(self: Converter, units: Any, source: Any, trace: bool) -> Any:
+        sizes.append(len(units))
+        return real(self, units, source, trace)
+
+    monkeypatch.setattr(pipeline.Converter, "_finish_batch", spy)
+    inputs = [*alone[:20], joined, *alone[20:]]
+    many = list(converter.convert_many(inputs))
+    assert max(sizes) <= pipeline._BATCH["hl7v2"] and sum(sizes) == 2 * len(alone)
+    assert [[r.bundle_json for r in rs] for rs in many] == [
+        [r.bundle_json for r in converter.convert(data)] for data in inputs
+    ]

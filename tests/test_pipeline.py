@@ -599,3 +599,77 @@ def test_convert_many_takes_at_most_a_batch_of_records_through_the_stages(
     assert [[r.bundle_json for r in rs] for rs in many] == [
         [r.bundle_json for r in converter.convert(data)] for data in inputs
     ]
+
+
+def _failing_in_each_stage(targets: dict[str, bytes]) -> tuple[Any, ...]:
+    """The stages, where the record of ``targets["mapping"]`` raises an unexpected
+    exception in mapping, and that of ``targets["validation"]`` hands the real validator
+    a Bundle whose Patient.birthDate is not a date (the same shape as the valid ones)."""
+    from gateway import pipeline
+
+    def wrap(stage: Any) -> Any:
+        inner = stage.run
+        if stage.name not in ("mapping", "validation"):
+            return stage
+
+        def run(conv: Any, record: Any, payload: Any, trace: bool) -> Any:
+            if record.raw != targets[stage.name]:
+                return inner(conv, record, payload, trace)
+            if stage.name == "mapping":
+                raise ValueError("invalid literal for int(): '王伟'")
+            entries = [
+                {**e, "resource": {**e["resource"], "birthDate": "M"}}
+                if e["resource"]["resourceType"] == "Patient"
+                else e
+                for e in payload["entry"]
+            ]
+            return inner(conv, record, {**payload, "entry": entries}, trace)
+
+        return dataclasses.replace(stage, run=run)
+
+    return tuple(wrap(s) for s in pipeline.STAGES)
+
+
+def _outcome(record: Any) -> tuple[Any, ...]:
+    return (
+        record.bundle_json,
+        record.state,
+        record.control_id,
+        record.unmapped,
+        [(i.code, i.location, i.severity, i.message) for i in record.issues],
+        [(s.stage, s.outcome, s.code) for s in record.history],
+    )
+
+
+@pytest.mark.parametrize("trace", [False, True], ids=["plain", "unmapped"])
+def test_records_failing_in_different_stages_of_one_batch_fail_as_alone(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, trace: bool
+) -> None:
+    """In one batch: a mapping that raises, a Bundle the validator refuses, Bundles over
+    max_bundle_bytes (serialise), and messages failing at intake and mapping on their
+    own; each record's outcome (with --unmapped: its unmapped fields too) is what it
+    gets alone, in input order, with its own index and line."""
+    from gateway import pipeline
+
+    converter = Converter(settings)
+    _, alone = _joined_samples(converter)
+    alone[10:10] = [b"MSH|^~\\&|A\r"]  # intake.msh-truncated
+    alone[40:40] = [b"MSH|\r"]  # intake.msh-syntax, in the second batch
+    joined = b"\n".join(alone)
+    sizes = sorted(len(r.bundle_json) for d in alone for r in converter.convert(d) if r.ok)
+    limited = Converter(dataclasses.replace(settings, max_bundle_bytes=sizes[len(sizes) // 2]))
+    ok = [d for d in alone if converter.convert(d)[0].ok]
+    targets = {"mapping": ok[3], "validation": ok[5]}
+    monkeypatch.setattr(pipeline, "STAGES", _failing_in_each_stage(targets))
+    together = limited.convert(joined, trace=trace)
+    separate = [r for data in alone for r in limited.convert(data, trace=trace)]
+    assert [_outcome(a) for a in together] == [_outcome(b) for b in separate]
+    assert [r.index for r in together] == list(range(1, len(alone) + 1))
+    height = [len(re.split(rb"\r\n|\r|\n", d.rstrip(b"\r\n"))) for d in alone]
+    lines = [1] + [1 + n for n in itertools.accumulate(height[:-1])]
+    assert [r.line for r in together] == lines
+    failed_in = {r.history[-1].stage for r in together if not r.ok}
+    assert failed_in == {"intake", "mapping", "validation", "serialise"}
+    assert ("internal", "mapping") in {(r.errors[0].code, r.history[-1].stage) for r in together if not r.ok}
+    if trace:
+        assert any(r.unmapped for r in together)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -673,3 +674,119 @@ def test_records_failing_in_different_stages_of_one_batch_fail_as_alone(
     assert ("internal", "mapping") in {(r.errors[0].code, r.history[-1].stage) for r in together if not r.ok}
     if trace:
         assert any(r.unmapped for r in together)
+
+
+@pytest.mark.parametrize("how", ["convert", "stream", "convert_many"])
+def test_a_reader_that_raises_after_40_messages_keeps_the_40_and_adds_one_record(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """The reader raises inside the second batch: the 40 records it made convert as each
+    would alone (the 8 of the unfinished batch too), then one internal record (#41)."""
+    from gateway import pipeline
+
+    converter = Converter(settings)
+    _, alone = _joined_samples(converter)
+    alone = alone[:50]
+    expected = [_outcome(r) for data in alone[:40] for r in converter.convert(data)]
+
+    def broken(real: Any) -> Any:
+        def reader(data: Any, *args: Any, **kwargs: Any) -> Any:
+            yield from itertools.islice(real(data, *args, **kwargs), 40)
+            raise IndexError("list index out of range: 0012345")
+
+        return reader
+
+    monkeypatch.setattr(pipeline, "read_messages", broken(pipeline.read_messages))
+    monkeypatch.setattr(pipeline, "stream_messages", broken(pipeline.stream_messages))
+    joined = b"\n".join(alone)
+    if how == "convert":
+        records = converter.convert(joined)
+    elif how == "stream":
+        chunks = [joined[n : n + 1000] for n in range(0, len(joined), 1000)]
+        records = list(converter.iter_convert_stream(iter(chunks)))
+    else:
+        [records] = converter.convert_many([joined])
+    assert [_outcome(r) for r in records[:40]] == expected
+    assert [r.index for r in records] == list(range(1, 42))
+    last = records[40]
+    assert [(i.code, s.stage) for i in last.errors for s in last.history] == [
+        ("internal", "intake")
+    ]
+    assert "0012345" not in last.errors[0].line()
+
+
+def test_each_record_logs_and_is_measured_as_alone(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Stage by stage: per record, the same DEBUG and INFO lines (stage, outcome, code)
+    and one stage-histogram observation per stage it went through, as converting each
+    message alone; history timings are per record, non-negative, in stage order."""
+    from collections import Counter
+
+    from gateway.metrics import STAGE_SECONDS
+    from gateway.metrics._latency import stage_histogram
+
+    def counts() -> Counter[str]:
+        return Counter(
+            {
+                s.labels["stage"]: s.value
+                for family in stage_histogram().collect()
+                for s in family.samples
+                if s.name == f"{STAGE_SECONDS}_count"
+            }
+        )
+
+    def lines() -> Counter[tuple[Any, ...]]:
+        found = Counter(
+            (r.record, r.levelname, r.getMessage(), r.stage, r.outcome, r.code)  # type: ignore[attr-defined]
+            for r in caplog.records
+            if r.name == "gateway.pipeline"
+        )
+        caplog.clear()
+        return found
+
+    converter = Converter(settings)
+    joined, alone = _joined_samples(converter)
+    caplog.set_level(logging.DEBUG, logger="gateway")
+    before = counts()
+    lines()
+    together = converter.convert(joined)
+    between, logged_together = counts(), lines()
+    separate = [r for data in alone for r in converter.convert(data)]
+    after, logged_alone = counts(), lines()
+    assert between - before == after - between
+    assert between - before == Counter(s.stage for r in together for s in r.history)
+    assert logged_together == logged_alone and logged_together
+    assert len([r for r in separate if not r.ok]) > 0  # failing records are in it too
+    for record in together:
+        assert [s.stage for s in record.history] == [
+            "intake", "mapping", "validation", "serialise"
+        ][: len(record.history)]  # fmt: skip
+        assert all(s.ms >= 0 for s in record.history)
+
+
+def test_gateway_convert_of_a_file_with_bad_messages_interleaved(
+    tmp_path: Path, settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A file of more than a batch, bad messages between good ones: every good one is
+    written, each bad one is one error line naming its message, in input order; exit 1."""
+    from gateway.cli import main
+
+    converter = Converter(settings)
+    _, alone = _joined_samples(converter)
+    good = [d for d in alone if converter.convert(d)[0].ok][:45]
+    bad = [b"MSH|\r", b"MSH|^~\\&|A\r", b"MSHX\x00\x01\r"]
+    messages = [*good[:5], bad[0], *good[5:33], bad[1], *good[33:], bad[2]]
+    source = tmp_path / "mixed.hl7"
+    records = converter.convert(b"\n".join(messages), source=str(source))
+    expected = [e.line() for r in records for e in r.errors]
+    source.write_bytes(b"\n".join(messages))
+    out = tmp_path / "out"
+    code = main(["--home", str(tmp_path / "home"), "convert", str(source), "-o", f"{out}/", "-q"])
+    err = capsys.readouterr().err.splitlines()
+    assert code == 1
+    assert [line for line in err if line.startswith("error")] == expected
+    at = [f"message #{n} (" for n, m in enumerate(messages, 1) if m in bad]
+    assert [n in line for n, line in zip(at, expected, strict=True)] == [True] * 3
+    assert err[-1].startswith(f"converted {len(good)}, failed 3 (of {len(messages)} records")
+    assert len(list(out.iterdir())) == len(good)

@@ -306,7 +306,7 @@ class Converter:
             return None
         if kind not in ("hl7v2", "unknown"):  # unknown: the HL7 v2 reader says what is wrong
             return None
-        units = []
+        units: list[tuple[Unit, float]] = []
         for unit, read_ms in self._units(read_messages(data, network=self.network)):
             if isinstance(unit, _Broken) or len(units) == _BATCH["hl7v2"]:
                 # More than a batch: convert(data) takes it batch by batch, instead of

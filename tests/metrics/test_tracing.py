@@ -9,9 +9,9 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from typing import Any
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import pytest
 import respx

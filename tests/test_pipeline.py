@@ -791,3 +791,62 @@ def test_gateway_convert_of_a_file_with_bad_messages_interleaved(
     assert [n in line for n, line in zip(at, expected, strict=True)] == [True] * 3
     assert err[-1].startswith(f"converted {len(good)}, failed 3 (of {len(messages)} records")
     assert len(list(out.iterdir())) == len(good)
+
+
+def test_a_streamed_file_is_converted_a_batch_at_a_time(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """iter_convert_stream (gateway convert) reads about one batch of messages ahead of
+    the record it hands out, and no stage run holds more than a batch of records."""
+    from gateway import pipeline
+
+    converter = Converter(settings)
+    _, alone = _joined_samples(converter)
+    messages = (alone * 4)[:200]
+    sizes: list[int] = []
+    real = pipeline.Converter._finish_batch
+
+    def spy(self: Converter, units: Any, source: Any, trace: bool) -> Any:
+        sizes.append(len(units))
+        return real(self, units, source, trace)
+
+    monkeypatch.setattr(pipeline.Converter, "_finish_batch", spy)
+    pulled = 0
+
+    def chunks() -> Any:
+        nonlocal pulled
+        for message in messages:  # one message a chunk
+            pulled += 1
+            yield message + b"\r"
+
+    ahead = []
+    for record in converter.iter_convert_stream(chunks()):
+        ahead.append(pulled - record.index)
+    size = pipeline._BATCH["hl7v2"]
+    assert len(ahead) == 200 and max(ahead) <= size + 1  # the next message: its end
+    assert sizes == [size] * (200 // size) + [200 % size]
+
+
+def test_peak_memory_of_a_stream_does_not_grow_with_the_file(settings: Settings) -> None:
+    """A file of 2,000 messages peaks (tracemalloc) about as high as one of 200."""
+    import tracemalloc
+
+    converter = Converter(settings)
+    _, alone = _joined_samples(converter)
+
+    def peak(count: int) -> int:
+        data = b"\r".join((alone * (count // len(alone) + 1))[:count])
+        chunks = [data[n : n + 65536] for n in range(0, len(data), 65536)]
+        del data
+        tracemalloc.start()
+        try:
+            base = tracemalloc.get_traced_memory()[0]
+            for _ in converter.iter_convert_stream(iter(chunks)):
+                pass
+            return tracemalloc.get_traced_memory()[1] - base
+        finally:
+            tracemalloc.stop()
+
+    peak(200)  # warm: caches, compiled plans
+    small, large = peak(200), peak(2000)
+    assert large < small * 1.5, (small, large)

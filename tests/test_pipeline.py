@@ -850,3 +850,23 @@ def test_peak_memory_of_a_stream_does_not_grow_with_the_file(settings: Settings)
     peak(200)  # warm: caches, compiled plans
     small, large = peak(200), peak(2000)
     assert large < small * 1.5, (small, large)
+
+
+def test_convert_many_keeps_input_order_across_dicom_cda_and_bad_inputs(
+    settings: Settings,
+) -> None:
+    """HL7 v2 messages held for a batch, then a DICOM file, a CDA document, garbage and
+    an empty input between them: each input's Records, in input order, as convert()."""
+    converter = Converter(settings)
+    _, alone = _joined_samples(converter)
+    dicom = (REPO / "examples/imaging/nsch_cta.study/series1/IM0001.dcm").read_bytes()
+    cda = (REPO / "examples" / "imaging" / "lax2-ct-report-local.xml").read_bytes()
+    inputs = [*alone[:5], dicom, *alone[5:9], cda, alone[9], b"\xff\xfe\x00garbage", b""]
+    inputs += [*alone[10:40], dicom]
+    many = list(converter.convert_many(inputs))
+    each = [converter.convert(data) for data in inputs]
+    assert [[(*_outcome(r), r.format, r.index) for r in rs] for rs in many] == [
+        [(*_outcome(r), r.format, r.index) for r in rs] for rs in each
+    ]
+    assert [rs[0].format for rs in many][5:12] == ["dicom", *["hl7v2"] * 4, "cda", "hl7v2"]
+    assert many[5][0].ok and many[10][0].ok

@@ -38,7 +38,7 @@ from .intake.hl7v2 import check_path as hl7v2_path
 from .intake.hl7v2 import read_messages, stream_messages
 from .logs import safe_traceback
 from .mapping import Env, MappingSet, Narratives, Terminology
-from .metrics import configure_tracing, observe_stage, trace_record
+from .metrics import configure_tracing, observe_stage, trace_record, tracing_on
 from .network import Network
 from .validation import TRANSACTION_PROFILE, Validator
 
@@ -298,17 +298,19 @@ class Converter:
         yield from self._convert_held(held)
 
     def _hl7v2_units(self, data: bytes) -> list[tuple[Unit, float]] | None:
-        """The records of an HL7 v2 input, read; None for any other input, or when the
-        reader raised (convert says how)."""
+        """The records of an HL7 v2 input, read; None for any other input, when the
+        reader raised (convert says how), or when it holds more than a batch."""
         try:
             kind = detect_format(data)
         except Exception:  # isolation: convert(data) makes it one internal error
             return None
         if kind not in ("hl7v2", "unknown"):  # unknown: the HL7 v2 reader says what is wrong
             return None
-        units = []
+        units: list[tuple[Unit, float]] = []
         for unit, read_ms in self._units(read_messages(data, network=self.network)):
-            if isinstance(unit, _Broken):
+            if isinstance(unit, _Broken) or len(units) == _BATCH["hl7v2"]:
+                # More than a batch: convert(data) takes it batch by batch, instead of
+                # holding every record of it (its parsed views) through all the stages.
                 return None
             units.append((unit, read_ms))
         return units
@@ -316,7 +318,11 @@ class Converter:
     def _convert_held(self, held: list[list[tuple[Unit, float]]]) -> Iterator[list[Record]]:
         if not held:
             return
-        records = self._finish_batch([u for units in held for u in units], None, False)
+        flat = [u for units in held for u in units]
+        size = _BATCH["hl7v2"]  # inputs add up to less than two batches: at most 32 at once
+        records: list[Record] = []
+        for start in range(0, len(flat), size):
+            records += self._finish_batch(flat[start : start + size], None, False)
         start = 0
         for units in held:
             yield records[start : start + len(units)]
@@ -453,7 +459,7 @@ class Converter:
         self, reader: Iterator[Unit], kind: str, source: str | None, trace: bool
     ) -> Iterator[Record]:
         """The reader's records through the stages, a few at a time (see _BATCH)."""
-        size = _BATCH.get(kind, 1)
+        size = 1 if tracing_on() else _BATCH.get(kind, 1)  # tracing: see _finish_batch
         batch: list[tuple[Unit, float]] = []
         for unit, read_ms in self._units(reader):
             if isinstance(unit, _Broken):
@@ -547,9 +553,11 @@ class Converter:
         the CPU caches across the records of the batch instead of being evicted by the
         other stages between two records: measured on fresh messages, every stage costs
         less (narratives alone: ~34 µs hot, ~90 µs with the caches evicted)."""
-        if len(units) == 1:  # one message per input (the API, MLLP): nothing to share
-            unit, read_ms = units[0]
-            return [self.finish(unit, source, trace, read_ms=read_ms)]
+        if len(units) == 1 or tracing_on():
+            # One message per input (the API, MLLP): nothing to share. Tracing: a
+            # record's spans end when it is done (trace_record), so its stages must
+            # run back to back, or its spans would be placed after the whole batch.
+            return [self.finish(unit, source, trace, read_ms=ms) for unit, ms in units]
         records = [_record(unit, source) for unit, _ in units]
         payloads: list[Any] = [unit for unit, _ in units]
         live: Iterable[int] = range(len(units))  # the records that have not failed

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -574,3 +575,298 @@ def test_convert_many_gives_each_input_what_convert_gives_it(settings: Settings)
             (s.stage, s.outcome, s.code) for s in expected.history
         ]
     assert many[20][0].format == "cda" and many[20][0].ok
+
+
+def test_convert_many_takes_at_most_a_batch_of_records_through_the_stages(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large input among small ones: no stage run holds more than a batch of records
+    (their parsed views), as when convert() takes the same input."""
+    from gateway import pipeline
+
+    converter = Converter(settings)
+    joined, alone = _joined_samples(converter)
+    sizes: list[int] = []
+    real = pipeline.Converter._finish_batch
+
+    def spy(self: Converter, units: Any, source: Any, trace: bool) -> Any:
+        sizes.append(len(units))
+        return real(self, units, source, trace)
+
+    monkeypatch.setattr(pipeline.Converter, "_finish_batch", spy)
+    inputs = [*alone[:20], joined, *alone[20:]]
+    many = list(converter.convert_many(inputs))
+    assert max(sizes) <= pipeline._BATCH["hl7v2"] and sum(sizes) == 2 * len(alone)
+    assert [[r.bundle_json for r in rs] for rs in many] == [
+        [r.bundle_json for r in converter.convert(data)] for data in inputs
+    ]
+
+
+def _failing_in_each_stage(targets: dict[str, bytes]) -> tuple[Any, ...]:
+    """The stages, where the record of ``targets["mapping"]`` raises an unexpected
+    exception in mapping, and that of ``targets["validation"]`` hands the real validator
+    a Bundle whose Patient.birthDate is not a date (the same shape as the valid ones)."""
+    from gateway import pipeline
+
+    def wrap(stage: Any) -> Any:
+        inner = stage.run
+        if stage.name not in ("mapping", "validation"):
+            return stage
+
+        def run(conv: Any, record: Any, payload: Any, trace: bool) -> Any:
+            if record.raw != targets[stage.name]:
+                return inner(conv, record, payload, trace)
+            if stage.name == "mapping":
+                raise ValueError("invalid literal for int(): '王伟'")
+            entries = [
+                {**e, "resource": {**e["resource"], "birthDate": "M"}}
+                if e["resource"]["resourceType"] == "Patient"
+                else e
+                for e in payload["entry"]
+            ]
+            return inner(conv, record, {**payload, "entry": entries}, trace)
+
+        return dataclasses.replace(stage, run=run)
+
+    return tuple(wrap(s) for s in pipeline.STAGES)
+
+
+def _outcome(record: Any) -> tuple[Any, ...]:
+    return (
+        record.bundle_json,
+        record.state,
+        record.control_id,
+        record.unmapped,
+        [(i.code, i.location, i.severity, i.message) for i in record.issues],
+        [(s.stage, s.outcome, s.code) for s in record.history],
+    )
+
+
+@pytest.mark.parametrize("trace", [False, True], ids=["plain", "unmapped"])
+def test_records_failing_in_different_stages_of_one_batch_fail_as_alone(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, trace: bool
+) -> None:
+    """In one batch: a mapping that raises, a Bundle the validator refuses, Bundles over
+    max_bundle_bytes (serialise), and messages failing at intake and mapping on their
+    own; each record's outcome (with --unmapped: its unmapped fields too) is what it
+    gets alone, in input order, with its own index and line."""
+    from gateway import pipeline
+
+    converter = Converter(settings)
+    _, alone = _joined_samples(converter)
+    alone[10:10] = [b"MSH|^~\\&|A\r"]  # intake.msh-truncated
+    alone[40:40] = [b"MSH|\r"]  # intake.msh-syntax, in the second batch
+    joined = b"\n".join(alone)
+    sizes = sorted(len(r.bundle_json) for d in alone for r in converter.convert(d) if r.ok)
+    limited = Converter(dataclasses.replace(settings, max_bundle_bytes=sizes[len(sizes) // 2]))
+    ok = [d for d in alone if converter.convert(d)[0].ok]
+    targets = {"mapping": ok[3], "validation": ok[5]}
+    monkeypatch.setattr(pipeline, "STAGES", _failing_in_each_stage(targets))
+    together = limited.convert(joined, trace=trace)
+    separate = [r for data in alone for r in limited.convert(data, trace=trace)]
+    assert [_outcome(a) for a in together] == [_outcome(b) for b in separate]
+    assert [r.index for r in together] == list(range(1, len(alone) + 1))
+    height = [len(re.split(rb"\r\n|\r|\n", d.rstrip(b"\r\n"))) for d in alone]
+    lines = [1] + [1 + n for n in itertools.accumulate(height[:-1])]
+    assert [r.line for r in together] == lines
+    failed_in = {r.history[-1].stage for r in together if not r.ok}
+    assert failed_in == {"intake", "mapping", "validation", "serialise"}
+    failures = {(r.errors[0].code, r.history[-1].stage) for r in together if not r.ok}
+    assert ("internal", "mapping") in failures
+    if trace:
+        assert any(r.unmapped for r in together)
+
+
+@pytest.mark.parametrize("how", ["convert", "stream", "convert_many"])
+def test_a_reader_that_raises_after_40_messages_keeps_the_40_and_adds_one_record(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """The reader raises inside the second batch: the 40 records it made convert as each
+    would alone (the 8 of the unfinished batch too), then one internal record (#41)."""
+    from gateway import pipeline
+
+    converter = Converter(settings)
+    _, alone = _joined_samples(converter)
+    alone = alone[:50]
+    expected = [_outcome(r) for data in alone[:40] for r in converter.convert(data)]
+
+    def broken(real: Any) -> Any:
+        def reader(data: Any, *args: Any, **kwargs: Any) -> Any:
+            yield from itertools.islice(real(data, *args, **kwargs), 40)
+            raise IndexError("list index out of range: 0012345")
+
+        return reader
+
+    monkeypatch.setattr(pipeline, "read_messages", broken(pipeline.read_messages))
+    monkeypatch.setattr(pipeline, "stream_messages", broken(pipeline.stream_messages))
+    joined = b"\n".join(alone)
+    if how == "convert":
+        records = converter.convert(joined)
+    elif how == "stream":
+        chunks = [joined[n : n + 1000] for n in range(0, len(joined), 1000)]
+        records = list(converter.iter_convert_stream(iter(chunks)))
+    else:
+        [records] = converter.convert_many([joined])
+    assert [_outcome(r) for r in records[:40]] == expected
+    assert [r.index for r in records] == list(range(1, 42))
+    last = records[40]
+    assert [(i.code, s.stage) for i in last.errors for s in last.history] == [
+        ("internal", "intake")
+    ]
+    assert "0012345" not in last.errors[0].line()
+
+
+def test_each_record_logs_and_is_measured_as_alone(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Stage by stage: per record, the same DEBUG and INFO lines (stage, outcome, code)
+    and one stage-histogram observation per stage it went through, as converting each
+    message alone; history timings are per record, non-negative, in stage order."""
+    from collections import Counter
+
+    from gateway.metrics import STAGE_SECONDS
+    from gateway.metrics._latency import stage_histogram
+
+    def counts() -> Counter[str]:
+        return Counter(
+            {
+                s.labels["stage"]: s.value
+                for family in stage_histogram().collect()
+                for s in family.samples
+                if s.name == f"{STAGE_SECONDS}_count"
+            }
+        )
+
+    def lines() -> Counter[tuple[Any, ...]]:
+        found = Counter(
+            (r.record, r.levelname, r.getMessage(), r.stage, r.outcome, r.code)  # type: ignore[attr-defined]
+            for r in caplog.records
+            if r.name == "gateway.pipeline"
+        )
+        caplog.clear()
+        return found
+
+    converter = Converter(settings)
+    joined, alone = _joined_samples(converter)
+    caplog.set_level(logging.DEBUG, logger="gateway")
+    before = counts()
+    lines()
+    together = converter.convert(joined)
+    between, logged_together = counts(), lines()
+    separate = [r for data in alone for r in converter.convert(data)]
+    after, logged_alone = counts(), lines()
+    assert between - before == after - between
+    assert between - before == Counter(s.stage for r in together for s in r.history)
+    assert logged_together == logged_alone and logged_together
+    assert len([r for r in separate if not r.ok]) > 0  # failing records are in it too
+    for record in together:
+        assert [s.stage for s in record.history] == [
+            "intake", "mapping", "validation", "serialise"
+        ][: len(record.history)]  # fmt: skip
+        assert all(s.ms >= 0 for s in record.history)
+
+
+def test_gateway_convert_of_a_file_with_bad_messages_interleaved(
+    tmp_path: Path, settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A file of more than a batch, bad messages between good ones: every good one is
+    written, each bad one is one error line naming its message, in input order; exit 1."""
+    from gateway.cli import main
+
+    converter = Converter(settings)
+    _, alone = _joined_samples(converter)
+    good = [d for d in alone if converter.convert(d)[0].ok][:45]
+    bad = [b"MSH|\r", b"MSH|^~\\&|A\r", b"MSHX\x00\x01\r"]
+    messages = [*good[:5], bad[0], *good[5:33], bad[1], *good[33:], bad[2]]
+    source = tmp_path / "mixed.hl7"
+    records = converter.convert(b"\n".join(messages), source=str(source))
+    expected = [e.line() for r in records for e in r.errors]
+    source.write_bytes(b"\n".join(messages))
+    out = tmp_path / "out"
+    code = main(["--home", str(tmp_path / "home"), "convert", str(source), "-o", f"{out}/", "-q"])
+    err = capsys.readouterr().err.splitlines()
+    assert code == 1
+    assert [line for line in err if line.startswith("error")] == expected
+    at = [f"message #{n} (" for n, m in enumerate(messages, 1) if m in bad]
+    assert [n in line for n, line in zip(at, expected, strict=True)] == [True] * 3
+    assert err[-1].startswith(f"converted {len(good)}, failed 3 (of {len(messages)} records")
+    assert len(list(out.iterdir())) == len(good)
+
+
+def test_a_streamed_file_is_converted_a_batch_at_a_time(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """iter_convert_stream (gateway convert) reads about one batch of messages ahead of
+    the record it hands out, and no stage run holds more than a batch of records."""
+    from gateway import pipeline
+
+    converter = Converter(settings)
+    _, alone = _joined_samples(converter)
+    messages = (alone * 4)[:200]
+    sizes: list[int] = []
+    real = pipeline.Converter._finish_batch
+
+    def spy(self: Converter, units: Any, source: Any, trace: bool) -> Any:
+        sizes.append(len(units))
+        return real(self, units, source, trace)
+
+    monkeypatch.setattr(pipeline.Converter, "_finish_batch", spy)
+    pulled = 0
+
+    def chunks() -> Any:
+        nonlocal pulled
+        for message in messages:  # one message a chunk
+            pulled += 1
+            yield message + b"\r"
+
+    ahead = []
+    for record in converter.iter_convert_stream(chunks()):
+        ahead.append(pulled - record.index)
+    size = pipeline._BATCH["hl7v2"]
+    assert len(ahead) == 200 and max(ahead) <= size + 1  # the next message: its end
+    assert sizes == [size] * (200 // size) + [200 % size]
+
+
+def test_peak_memory_of_a_stream_does_not_grow_with_the_file(settings: Settings) -> None:
+    """A file of 2,000 messages peaks (tracemalloc) about as high as one of 200."""
+    import tracemalloc
+
+    converter = Converter(settings)
+    _, alone = _joined_samples(converter)
+
+    def peak(count: int) -> int:
+        data = b"\r".join((alone * (count // len(alone) + 1))[:count])
+        chunks = [data[n : n + 65536] for n in range(0, len(data), 65536)]
+        del data
+        tracemalloc.start()
+        try:
+            base = tracemalloc.get_traced_memory()[0]
+            for _ in converter.iter_convert_stream(iter(chunks)):
+                pass
+            return tracemalloc.get_traced_memory()[1] - base
+        finally:
+            tracemalloc.stop()
+
+    peak(200)  # warm: caches, compiled plans
+    small, large = peak(200), peak(2000)
+    assert large < small * 1.5, (small, large)
+
+
+def test_convert_many_keeps_input_order_across_dicom_cda_and_bad_inputs(
+    settings: Settings,
+) -> None:
+    """HL7 v2 messages held for a batch, then a DICOM file, a CDA document, garbage and
+    an empty input between them: each input's Records, in input order, as convert()."""
+    converter = Converter(settings)
+    _, alone = _joined_samples(converter)
+    dicom = (REPO / "examples/imaging/nsch_cta.study/series1/IM0001.dcm").read_bytes()
+    cda = (REPO / "examples" / "imaging" / "lax2-ct-report-local.xml").read_bytes()
+    inputs = [*alone[:5], dicom, *alone[5:9], cda, alone[9], b"\xff\xfe\x00garbage", b""]
+    inputs += [*alone[10:40], dicom]
+    many = list(converter.convert_many(inputs))
+    each = [converter.convert(data) for data in inputs]
+    assert [[(*_outcome(r), r.format, r.index) for r in rs] for rs in many] == [
+        [(*_outcome(r), r.format, r.index) for r in rs] for rs in each
+    ]
+    assert [rs[0].format for rs in many][5:12] == ["dicom", *["hl7v2"] * 4, "cda", "hl7v2"]
+    assert many[5][0].ok and many[10][0].ok

@@ -88,6 +88,8 @@ def _observer(child: Any) -> Callable[[float], None]:
 
     def observe(seconds: float) -> None:
         add(seconds)
-        counts[bisect_left(bounds, seconds)](1)  # bounds end with +Inf: always one
+        n = bisect_left(bounds, seconds)  # bounds end with +Inf: always one…
+        if seconds <= bounds[n]:  # …but NaN, which observe counts in no bucket
+            counts[n](1)
 
     return observe

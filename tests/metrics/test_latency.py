@@ -3,12 +3,18 @@ is what prometheus-client's own ``Histogram.observe`` counts for the same values
 
 from __future__ import annotations
 
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry, Histogram, generate_latest, multiprocess
 
 from gateway.metrics import BUCKETS, STAGE_SECONDS, observe_stage
 from gateway.metrics._latency import _observer, stage_histogram
+from tests.conftest import REPO
 
 # On a bucket's bound, between bounds, zero, negative, past the last bound (+Inf only).
 VALUES = (0.0, 0.0005, 0.0004999, 0.00050001, 0.001, 0.3, 2.5, 3600.0, 14400.0, 1e9, -1.0)
@@ -52,3 +58,53 @@ def test_a_child_not_laid_out_as_expected_is_observed_by_its_own_observe() -> No
     child = Child()
     _observer(child)(0.25)
     assert child.seen == [0.25]
+
+
+def test_nan_is_counted_in_no_bucket_as_histogram_observe_does() -> None:
+    stage = "test-latency-nan"
+    ours = stage_histogram()
+    reference = _reference()
+    for value in (0.3, float("nan"), 2.0):
+        observe_stage(stage, value)
+        reference.labels(stage).observe(value)
+    got, expected = _samples(ours, stage), _samples(reference, stage)
+    total = (f"{STAGE_SECONDS}_sum", "")
+    assert math.isnan(got.pop(total)) and math.isnan(expected.pop(total))
+    assert got == expected and got[(f"{STAGE_SECONDS}_count", "")] == 2
+
+
+# Run in a process of its own: prometheus-client picks the multiprocess values at import.
+_OBSERVE = """
+import sys
+from prometheus_client import Histogram
+from gateway.metrics import BUCKETS, STAGE_SECONDS, observe_stage
+values = [float(v) for v in sys.argv[2:]]
+if sys.argv[1] == "gateway":
+    for v in values:
+        observe_stage("mapping", v)
+else:
+    h = Histogram(STAGE_SECONDS, "reference", ["stage"], buckets=BUCKETS, registry=None)
+    for v in values:
+        h.labels("mapping").observe(v)
+"""
+
+
+def test_multiprocess_mode_writes_what_histogram_observe_writes(tmp_path: Path) -> None:
+    """With PROMETHEUS_MULTIPROC_DIR (gateway serve --workers), the shortcut writes the
+    shared files' values: the text /metrics serves equals Histogram.observe's."""
+    values = [str(v) for v in VALUES] + ["0.02", "0.02"]
+    texts = []
+    for who in ("gateway", "reference"):
+        folder = tmp_path / who
+        folder.mkdir()
+        env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(folder)}
+        subprocess.run(
+            [sys.executable, "-c", _OBSERVE, who, *values], env=env, cwd=REPO, check=True
+        )
+        assert any(folder.glob("histogram_*.db"))
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=str(folder))  # type: ignore[no-untyped-call]
+        lines = generate_latest(registry).splitlines()
+        texts.append(b"\n".join(x for x in lines if not x.startswith(b"# HELP")))  # not ours
+    assert texts[0] == texts[1]
+    assert f'{STAGE_SECONDS}_count{{stage="mapping"}} {len(values)}.0'.encode() in texts[0]

@@ -4,12 +4,14 @@ opentelemetry is not even imported; a bad setting is a clear ConfigError."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
 from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import pytest
 import respx
@@ -239,3 +241,40 @@ def test_the_settings_are_read(tmp_path: Path) -> None:
     assert settings.tracing_endpoint == env["GATEWAY_TRACING_ENDPOINT"]
     assert settings.tracing_service_name == "gw-panyu"
     assert Settings.load(home=tmp_path, env={}).tracing == "off"
+
+
+def test_the_spans_of_records_in_one_batch_are_where_their_stages_ran(
+    spans: tuple[Settings, InMemorySpanExporter], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file of several messages (the converter takes them in batches): each record's
+    spans end when it is done, so the first record's intake span ends before the second
+    record's intake starts, however long that one takes."""
+    import dataclasses
+    import time
+
+    from gateway import pipeline
+
+    def slow(stage: pipeline.Stage[Any, Any]) -> pipeline.Stage[Any, Any]:
+        inner = stage.run
+        if stage.name != "intake" or inner is None:
+            return stage
+
+        def run(conv: Any, record: Any, payload: Any, trace: bool) -> Any:
+            if record.index == 2:
+                time.sleep(0.2)  # far longer than the other stages of record 1 take
+            return inner(conv, record, payload, trace)
+
+        return dataclasses.replace(stage, run=run)
+
+    settings, exporter = spans
+    monkeypatch.setattr(pipeline, "STAGES", tuple(slow(s) for s in pipeline.STAGES))
+    data = MESSAGE.read_bytes().strip()
+    records = Converter(settings).convert(b"\n".join([data] * 3))
+    assert [r.ok for r in records] == [True] * 3
+    finished = exporter.get_finished_spans()
+    assert [s.name for s in finished] == CONVERTER_STAGES * 3
+    by_record = [finished[n : n + 4] for n in range(0, 12, 4)]
+    for first, second in itertools.pairwise(by_record):
+        assert first[-1].end_time is not None and second[0].start_time is not None
+        # one record after the other (1 ms: the spans' clock is not the stages' timer)
+        assert first[-1].end_time <= second[0].start_time + 1_000_000

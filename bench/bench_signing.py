@@ -31,16 +31,19 @@ import os
 import platform
 import sys
 from pathlib import Path
-from typing import Any
+from time import perf_counter  # pyperf's own clock is this one
+from typing import TYPE_CHECKING, Any
 
 import _results  # bench/_results.py (this script's folder is on sys.path)
 import orjson
-import pyperf
 import rfc8785
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding
 from cryptography.x509.oid import NameOID
+
+if TYPE_CHECKING:  # imported when run (main): the rows themselves need no pyperf
+    import pyperf
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -186,20 +189,20 @@ def paired(
     raw, gateway, jose = funcs
     calls = 1
     while True:  # size a block to about `block` seconds of the raw operation
-        start = pyperf.perf_counter()
+        start = perf_counter()
         for _ in range(calls):
             raw()
-        if pyperf.perf_counter() - start >= block:
+        if perf_counter() - start >= block:
             break
         calls *= 2
     best = [float("inf")] * 3
     for n in range(rounds):
         order = [(0, raw), (1, gateway), (2, jose)]
         for index, func in order[n % 3 :] + order[: n % 3]:
-            start = pyperf.perf_counter()
+            start = perf_counter()
             for _ in range(calls):
                 func()
-            best[index] = min(best[index], pyperf.perf_counter() - start)
+            best[index] = min(best[index], perf_counter() - start)
     return best[1] / best[0], best[2] / best[0]
 
 
@@ -208,6 +211,8 @@ def _us(bench: Any) -> float:
 
 
 def section(results: dict[str, Any], seconds: float, ratios: dict[str, tuple[float, float]]) -> str:
+    import pyperf
+
     when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     commit = os.popen(f"git -C {ROOT} rev-parse --short HEAD 2>/dev/null").read().strip()
     first = next(v for k, v in results.items() if not k.startswith("_"))
@@ -277,6 +282,8 @@ def section(results: dict[str, Any], seconds: float, ratios: dict[str, tuple[flo
 
 def main() -> None:
     import time
+
+    import pyperf
 
     runner = pyperf.Runner(processes=4, values=3, warmups=1)
     runner.argparser.add_argument(

@@ -7,9 +7,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-pytest.importorskip("pyperf")  # the bench extra (make bench)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
 import bench_signing

@@ -258,13 +258,13 @@ def test_a_commit_finding_every_instance_taken_awaits_the_conversion_under_way(
     assert _conversions(store) == 1
 
 
+# PostgreSQL alone: SQLite's writer lock lets no commit read while another takes the study
+@pytest.mark.parametrize("store_url", ["postgresql"], indirect=True)
 def test_a_commit_reading_the_instances_before_the_other_took_them_awaits_its_outcome(
     store: Store, store_url: str, tmp_path: Path, converter: Converter
 ) -> None:
     """PostgreSQL: both read the pending instances; the other inserts the message first
     and is converting it when this one's insert finds it (the duplicate of the race)."""
-    if store.dialect != "postgresql":
-        pytest.skip("SQLite's writer lock lets no commit read while another takes the study")
     settings = dicom_settings(tmp_path, dicom_commit_wait_seconds="0.2")
     worker = DicomIntake(settings, store, converter)
     for _, data in study_files(NSCH_CTA):

@@ -697,7 +697,9 @@ class Validator:
             return None
         shape_bytes, leaves, decode = found
         bundles = self.bundles
-        key = (shape_bytes, profile)
+        # the plan of this shape under the profile plans its parts choose (_composed.choosers)
+        chooser = bundles.chooser((shape_bytes, profile), bundle, len(leaves))
+        key = (shape_bytes, profile, chooser(leaves))
         plan = bundles.plans.get(key, _UNSEEN)
         if plan is None:
             return None

@@ -536,3 +536,25 @@ def test_a_plan_is_not_used_under_another_profile(changed: str) -> None:
     for _ in range(2):
         assert _check(validator, valid) == b"[]"  # a verdict of the imaging profile kept
     assert _check(validator, bad) == want
+
+
+@pytest.mark.parametrize("by_bundle", [True, False], ids=["composed", "per resource"])
+def test_an_empty_reference_is_checked_as_a_string(by_bundle: bool) -> None:
+    """A Reference.reference leaf is keyed by what it resolves to, and its value was never
+    checked: with an entry's fullUrl made "" (a uri may be empty) and the references to it
+    too, each reference still resolved to that entry's type, so the verdict of the valid
+    Bundle was given and the empty references ('reference' must be a non-empty string)
+    passed. Reference leaves now go through their primitive validator."""
+    bundle = _omg()
+    url = bundle["entry"][_service_request(bundle)]["resource"]["subject"]["reference"]
+    emptied: Bundle = orjson.loads(orjson.dumps(bundle).replace(orjson.dumps(url), b'""'))
+    _forget()
+    validator = Validator()
+    validator.by_bundle = by_bundle
+    reference = Validator("reference")
+    assert _check(reference, bundle, None) == b"[]"
+    for _ in range(3):
+        assert _check(validator, bundle, None) == b"[]"
+    want = _check(reference, emptied, None)
+    assert b"validation.structure" in want
+    assert _check(validator, emptied, None) == want

@@ -18,13 +18,14 @@ emptied. The budget is fixed and derandomized (CI)."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+import itertools
 import json
 import os
 import sys
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -98,7 +99,9 @@ def _json(issues: list[Issue]) -> bytes:
     return orjson.dumps([dataclasses.asdict(i) for i in issues])
 
 
-def _check(validator: Validator, bundle: Bundle, profile: str | None = TRANSACTION_PROFILE) -> bytes:
+def _check(
+    validator: Validator, bundle: Bundle, profile: str | None = TRANSACTION_PROFILE
+) -> bytes:
     try:
         return _json(validator.check_bundle(copy.deepcopy(bundle), True, profile))
     except (TypeError, AttributeError) as exc:  # check_references on entries not objects
@@ -306,15 +309,16 @@ def _changing(draw: st.DrawFn, bundle: Bundle) -> Mutation:
 def _apply(bundle: Bundle, mutations: list[Mutation]) -> Bundle:
     out = copy.deepcopy(bundle)
     for mutation in mutations:
-        try:
+        # (a place an earlier mutation removed or made a string: nothing to do)
+        with contextlib.suppress(KeyError, IndexError, TypeError, AttributeError):
             mutation(out)
-        except (KeyError, IndexError, TypeError, AttributeError):
-            pass  # a place an earlier mutation removed or made a string
     return out
 
 
 @st.composite
-def _cases(draw: st.DrawFn, corpus: list[tuple[str, Bundle]], change: bool) -> tuple[Bundle, Bundle]:
+def _cases(
+    draw: st.DrawFn, corpus: list[tuple[str, Bundle]], change: bool
+) -> tuple[Bundle, Bundle]:
     """(a Bundle with a first set of mutations, the same with a second set on top)."""
     _, bundle = draw(st.sampled_from(corpus))
     first = draw(st.lists(_keeping(bundle), min_size=0, max_size=2))
@@ -331,7 +335,11 @@ def _three(draw: st.DrawFn, corpus: list[tuple[str, Bundle]]) -> tuple[Bundle, B
     _, bundle = draw(st.sampled_from(corpus))
     composed = _apply(bundle, draw(st.lists(_keeping(bundle), max_size=2)))
     taught = _apply(bundle, draw(st.lists(_keeping(bundle), max_size=1)))
-    return composed, taught, _apply(taught, draw(st.lists(_keeping(taught), min_size=1, max_size=2)))
+    return (
+        composed,
+        taught,
+        _apply(taught, draw(st.lists(_keeping(taught), min_size=1, max_size=2))),
+    )
 
 
 # what the cases compared: reference verdicts empty and not, Bundles a plan answered
@@ -341,13 +349,30 @@ SEEN = {"valid": 0, "invalid": 0, "answered": 0}
 def _agree(validator: Validator, reference: Validator, *bundles: Bundle) -> None:
     """Each Bundle, in turn, three times by ``validator`` (learnt, remembered, answered):
     the reference's issues every time."""
-    for bundle in bundles:
+    for k, bundle in enumerate(bundles):
         want = _check(reference, bundle)
         SEEN["valid" if want == b"[]" else "invalid"] += 1
         for attempt in (1, 2, 3):
             hits = validator.bundles.hits
-            assert _check(validator, bundle) == want, f"attempt {attempt}"
+            got = _check(validator, bundle)
+            assert got == want, _differ(bundles[: k + 1], attempt, want, got)
             SEEN["answered"] += validator.bundles.hits - hits
+
+
+def _differ(bundles: tuple[Bundle, ...], attempt: int, want: bytes, got: bytes) -> str:
+    """What the failing Bundle changed from the one before it, and both verdicts."""
+    changes = []
+    if len(bundles) > 1:
+        before, after = _strings(bundles[-2]), _strings(bundles[-1])
+        if before == after:
+            changes = [
+                f"{path}: {_at(bundles[-2], path)!r} -> {_at(bundles[-1], path)!r}"
+                for path in after
+                if _at(bundles[-2], path) != _at(bundles[-1], path)
+            ]
+        else:
+            changes = ["(another shape)"]
+    return f"attempt {attempt}; changed: {changes}\n want {want!r}\n got  {got!r}"
 
 
 def _compared(before: dict[str, int], cases: int) -> None:
@@ -481,7 +506,7 @@ def test_tables_filled_to_their_bounds(
                 assert validator.bundles.size <= _composed.MAX_BYTES
 
     run()
-    assert any(b < a for a, b in zip(sizes, sizes[1:], strict=False)), "never emptied"
+    assert any(b < a for a, b in itertools.pairwise(sizes)), "never emptied"
 
 
 # -- regressions -------------------------------------------------------------------------
@@ -494,7 +519,9 @@ def _omg() -> Bundle:
 
 def _service_request(bundle: Bundle) -> int:
     return next(
-        n for n, e in enumerate(bundle["entry"]) if e["resource"]["resourceType"] == "ServiceRequest"
+        n
+        for n, e in enumerate(bundle["entry"])
+        if e["resource"]["resourceType"] == "ServiceRequest"
     )
 
 

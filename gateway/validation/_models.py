@@ -462,6 +462,9 @@ class Validator:
         where = prefix or str(rtype)
         model = _MODELS.get(rtype) if type(rtype) is str else None  # (most: known)
         if model is None and (model := _model_class(str(rtype))) is None:
+            # not walked: the references inside it were not collected, so check_bundle
+            # must look for them (``_walked``)
+            self._skeletons.complete = False
             return [
                 Issue("validation.structure", f"unknown resourceType {rtype!r}", location=where)
             ]

@@ -585,3 +585,21 @@ def test_an_empty_reference_is_checked_as_a_string(by_bundle: bool) -> None:
     want = _check(reference, emptied, None)
     assert b"validation.structure" in want
     assert _check(validator, emptied, None) == want
+
+
+@pytest.mark.parametrize("mode", ["construct", "incremental"])
+def test_a_dangling_reference_inside_a_resource_of_unknown_type(mode: str) -> None:
+    """A resource of an unknown type is refused without a walk, so the walk collected none
+    of its references and check_bundle did not look for dangling ones: the reference
+    path's dangling-reference issue was missing (the Bundle failed all the same)."""
+    bundle = _omg()
+    n = _service_request(bundle)
+    resource = bundle["entry"][n]["resource"]
+    resource["resourceType"] = "Nope"
+    resource["subject"]["reference"] = "urn:uuid:00000000-0000-4000-8000-000000000000"
+    want = _check(Validator("reference"), bundle)
+    assert b"unknown resourceType" in want and b"dangling-reference" in want
+    _forget()
+    validator = Validator(mode)
+    for _ in range(3):
+        assert _check(validator, bundle) == want

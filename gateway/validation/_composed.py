@@ -21,6 +21,10 @@ response (the shape); bdl-7 and reference integrity read which fullUrls are equa
 which references name one, so the plan answers only a Bundle whose fullUrls are distinct
 and whose references each name an entry's fullUrl or are conditional (the others, and a
 verdict not met before, take the per-resource path, the reference for this one).
+Which profile plan each part is held to (``plan_for``: its ``resourceType`` and
+``meta.profile`` values, string leaves the Bundle shape does not hold) fixes which leaves
+are free, bound or read by a residual invariant, so those leaves (``choosers``) are part
+of the plan's own key: a part declaring another profile is another plan.
 docs/validation.md says more; tests/validation/test_composed.py holds it to the
 reference walk.
 """
@@ -37,7 +41,16 @@ from ..errors import Issue
 from ._construct import Places, Shape, _by_adapter, _getter, _Once, outcome, target, text
 from ._invariants import Invariant, _reaches
 
-__all__ = ["Bundles", "Component", "Plan", "compose", "leaf_paths", "outcomes", "resolved"]
+__all__ = [
+    "Bundles",
+    "Component",
+    "Plan",
+    "choosers",
+    "compose",
+    "leaf_paths",
+    "outcomes",
+    "resolved",
+]
 
 MAX_BYTES = 4 << 20  # plans and Bundle verdicts of one validator (a plan: tens of KB)
 
@@ -82,6 +95,26 @@ def leaf_paths(node: Any, path: Path, out: list[Path]) -> None:
     elif isinstance(node, list):
         for n, item in enumerate(node):
             leaf_paths(item, (*path, n), out)
+
+
+def choosers(bundle: dict[str, Any], count: int) -> Any:
+    """A getter of the leaves that choose each part's profile plan (``plan_for``): the
+    ``resourceType`` and ``meta.profile`` values of the Bundle and of each entry's
+    resource. A plan is composed from the analyses under the plans they chose; the same
+    Bundle shape with another profile declared (or another type) checks other leaves and
+    other invariants, so its plan is another one. ``count``: the split's leaves (a walk
+    that disagrees with the split chooses nothing: no plan is composed for it anyway)."""
+    paths: list[Path] = []
+    leaf_paths(bundle, (), paths)
+    if len(paths) != count:
+        return _getter([])
+    return _getter([n for n, path in enumerate(paths) if _chooses(path)])
+
+
+def _chooses(path: Path) -> bool:
+    inside = len(path) > 3 and path[0] == "entry" and path[2] == "resource"
+    tail = path[3:] if inside else path
+    return tail == ("resourceType",) or (len(tail) == 3 and tail[:2] == ("meta", "profile"))
 
 
 def _value(node: Any, path: Path) -> Any:
@@ -256,6 +289,7 @@ class Bundles:
     def __init__(self) -> None:
         self.plans: dict[Any, Plan | None] = {}  # None: a shape no plan can answer
         self.tries: dict[Any, int] = {}  # shapes whose plan could not be made yet
+        self.choosers: dict[Any, Any] = {}  # Bundle shape → its choosers' getter
         self.size = 0
         self.hits = 0  # Bundles answered by their plan (tests and benchmarks read it)
         self._once = _Once()
@@ -269,6 +303,16 @@ class Bundles:
             self._room(_shape_size(key) + _TRY)
         self.tries[key] = tries
         return tries & (tries - 1) == 0
+
+    def chooser(self, key: Any, bundle: dict[str, Any], count: int) -> Any:
+        """The getter of the leaves choosing the parts' profile plans (``choosers``) of the
+        Bundle shape ``key`` (its bytes, the profile asked for), made once per shape."""
+        found = self.choosers.get(key)
+        if found is None:
+            found = choosers(bundle, count)
+            self._room(_shape_size(key) + _TRY)
+            self.choosers[key] = found
+        return found
 
     def add(self, key: Any, plan: Plan | None) -> None:
         self._room(_shape_size(key) + (plan.size if plan is not None else 0) + _TRY)
@@ -289,6 +333,7 @@ class Bundles:
         if self.size + size > MAX_BYTES:
             self.plans.clear()
             self.tries.clear()
+            self.choosers.clear()
             self.size = 0
         self.size += size
 

@@ -14,7 +14,8 @@ profile's check plan, which says for each leaf what can read its value:
 * **free** leaves are read by nothing but their primitive type's pydantic validator
   (the structural check): identifier values, names, dates, ids, narrative;
 * **reference** leaves (``Reference.reference``) are read through what they resolve to: the
-  type of the entry whose fullUrl they name (reference target checks);
+  type of the entry whose fullUrl they name (reference target checks), and, as free leaves
+  are, by their primitive validator;
 * **bound** leaves are read by a value check: fixed/pattern values, bindings, slice
   discriminators, reference types, the profile choice (``meta.profile``) — the constant
   codes and systems of a template;
@@ -367,7 +368,10 @@ def analyse(
         return None  # the split and the walk disagree: not a shape to trust
     kinds = found.kinds
     bound = [n for n, kind in enumerate(kinds) if kind == BOUND]
-    free = [(n, *found.adapters[n]) for n, kind in enumerate(kinds) if kind == FREE]
+    # a reference leaf is keyed by what it resolves to, not by its value: its primitive
+    # validator (Reference.reference: a non-empty string) must still see each value, as a
+    # free leaf's does ("" names an entry whose fullUrl is "", a uri that may be empty)
+    free = [(n, *found.adapters[n]) for n, kind in enumerate(kinds) if kind != BOUND]
     return Shape(
         bound=itemgetter(*bound) if bound else None,
         free=_by_adapter(free),

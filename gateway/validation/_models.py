@@ -462,6 +462,9 @@ class Validator:
         where = prefix or str(rtype)
         model = _MODELS.get(rtype) if type(rtype) is str else None  # (most: known)
         if model is None and (model := _model_class(str(rtype))) is None:
+            # not walked: the references inside it were not collected, so check_bundle
+            # must look for them (``_walked``)
+            self._skeletons.complete = False
             return [
                 Issue("validation.structure", f"unknown resourceType {rtype!r}", location=where)
             ]
@@ -697,7 +700,9 @@ class Validator:
             return None
         shape_bytes, leaves, decode = found
         bundles = self.bundles
-        key = (shape_bytes, profile)
+        # the plan of this shape under the profile plans its parts choose (_composed.choosers)
+        chooser = bundles.chooser((shape_bytes, profile), bundle, len(leaves))
+        key = (shape_bytes, profile, chooser(leaves))
         plan = bundles.plans.get(key, _UNSEEN)
         if plan is None:
             return None

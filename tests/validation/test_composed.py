@@ -301,7 +301,7 @@ def test_the_plans_are_bounded_in_bytes(
     """Plans and verdicts count their bytes (a Bundle shape is a few KB), and the table
     is emptied when it would pass its bound."""
     validator = _learnt(bundles[0][1])
-    (((shape, _), plan),) = validator.bundles.plans.items()
+    (((shape, _, _), plan),) = validator.bundles.plans.items()
     assert plan is not None and sum(len(part) for part in shape) > 1_000
     assert validator.bundles.size > sum(len(part) for part in shape) + plan.size
     limit = validator.bundles.size + 1

@@ -467,6 +467,25 @@ def test_the_memo_shares_a_value_from_its_second_use_on(settings: Settings) -> N
 # -- stage by stage ------------------------------------------------------------------------
 
 
+def _placed(record: Any) -> tuple[Any, ...]:
+    """:func:`_outcome` and the record's place: for inputs converted as they came."""
+    return (*_outcome(record), record.format, record.index, [i.record for i in record.issues])
+
+
+def _outcome(record: Any) -> tuple[Any, ...]:
+    """What a record must be whether it went through the stages alone or in a batch (its
+    index, and the record its issues name, are its place in its own input)."""
+    return (
+        record.bundle_json,
+        record.state,
+        record.control_id,
+        record.message_type,
+        record.unmapped,
+        [(i.code, i.location, i.severity, i.message) for i in record.issues],
+        [(s.stage, s.outcome, s.code) for s in record.history],
+    )
+
+
 def _joined_samples(converter: Converter) -> tuple[bytes, list[bytes]]:
     """Every sample message (including the ones that fail) as separate inputs and as one
     file, so that one input holds more messages than a batch of stages takes."""
@@ -482,20 +501,7 @@ def test_the_messages_of_one_input_convert_as_each_would_alone(settings: Setting
     assert len(alone) > pipeline._BATCH["hl7v2"]  # two batches at least
     together = converter.convert(joined)
     separate = [r for data in alone for r in converter.convert(data)]
-    assert len(together) == len(separate)
-    for a, b in zip(together, separate, strict=True):
-        assert (a.bundle_json, a.state, a.control_id, a.message_type) == (
-            b.bundle_json,
-            b.state,
-            b.control_id,
-            b.message_type,
-        )
-        assert [(i.code, i.location, i.severity) for i in a.issues] == [
-            (i.code, i.location, i.severity) for i in b.issues
-        ]
-        assert [(s.stage, s.outcome, s.code) for s in a.history] == [
-            (s.stage, s.outcome, s.code) for s in b.history
-        ]
+    assert [_outcome(a) for a in together] == [_outcome(b) for b in separate]
 
 
 @pytest.mark.parametrize("inputs", ["one file", "convert_many"])
@@ -559,21 +565,9 @@ def test_convert_many_gives_each_input_what_convert_gives_it(settings: Settings)
     many = list(converter.convert_many(inputs))
     each = [converter.convert(data) for data in inputs]
     assert [len(records) for records in many] == [len(records) for records in each]
-    for got, expected in zip(
-        itertools.chain.from_iterable(many), itertools.chain.from_iterable(each), strict=True
-    ):
-        assert (got.bundle_json, got.state, got.format, got.index) == (
-            expected.bundle_json,
-            expected.state,
-            expected.format,
-            expected.index,
-        )
-        assert [(i.code, i.location, i.record) for i in got.issues] == [
-            (i.code, i.location, i.record) for i in expected.issues
-        ]
-        assert [(s.stage, s.outcome, s.code) for s in got.history] == [
-            (s.stage, s.outcome, s.code) for s in expected.history
-        ]
+    assert [_placed(r) for r in itertools.chain.from_iterable(many)] == [
+        _placed(r) for r in itertools.chain.from_iterable(each)
+    ]
     assert many[20][0].format == "cda" and many[20][0].ok
 
 
@@ -629,17 +623,6 @@ def _failing_in_each_stage(targets: dict[str, bytes]) -> tuple[Any, ...]:
         return dataclasses.replace(stage, run=run)
 
     return tuple(wrap(s) for s in pipeline.STAGES)
-
-
-def _outcome(record: Any) -> tuple[Any, ...]:
-    return (
-        record.bundle_json,
-        record.state,
-        record.control_id,
-        record.unmapped,
-        [(i.code, i.location, i.severity, i.message) for i in record.issues],
-        [(s.stage, s.outcome, s.code) for s in record.history],
-    )
 
 
 @pytest.mark.parametrize("trace", [False, True], ids=["plain", "unmapped"])
@@ -865,8 +848,6 @@ def test_convert_many_keeps_input_order_across_dicom_cda_and_bad_inputs(
     inputs += [*alone[10:40], dicom]
     many = list(converter.convert_many(inputs))
     each = [converter.convert(data) for data in inputs]
-    assert [[(*_outcome(r), r.format, r.index) for r in rs] for rs in many] == [
-        [(*_outcome(r), r.format, r.index) for r in rs] for rs in each
-    ]
+    assert [[_outcome(r) for r in rs] for rs in many] == [[_outcome(r) for r in rs] for rs in each]
     assert [rs[0].format for rs in many][5:12] == ["dicom", *["hl7v2"] * 4, "cda", "hl7v2"]
     assert many[5][0].ok and many[10][0].ok

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from bisect import bisect_left
-from collections.abc import Callable
 from typing import Any
 
 __all__ = ["BUCKETS", "STAGE_SECONDS", "observe_stage", "stage_histogram"]
@@ -28,8 +26,7 @@ BUCKETS = (
 log = logging.getLogger("gateway.metrics")
 _made = threading.Lock()
 _histogram: Any = None
-# Per stage, what takes one observation down (see _observer): .labels() costs a lock.
-_children: dict[str, Callable[[float], None]] = {}
+_children: dict[str, Any] = {}  # the histogram's series per stage: .labels() costs a lock
 _broken = False
 
 
@@ -62,34 +59,11 @@ def observe_stage(stage: str, seconds: float) -> None:
     a measurement must not fail a record."""
     global _broken
     try:
-        observe = _children.get(stage)
-        if observe is None:
-            observe = _children[stage] = _observer(stage_histogram().labels(stage))
-        observe(seconds)
+        child = _children.get(stage)
+        if child is None:
+            child = _children[stage] = stage_histogram().labels(stage)
+        child.observe(seconds)
     except Exception as exc:  # a full or removed metrics directory, say: said once
         if not _broken:
             _broken = True
             log.warning("metrics: stage latency not recorded: %s", type(exc).__name__)
-
-
-def _observer(child: Any) -> Callable[[float], None]:
-    """``child.observe``, or what it does for a labelled child without an exemplar (add
-    to the sum, count in the first bucket whose bound is not below): the converter
-    observes four stages a record, and prometheus-client's observe re-checks the
-    child and walks the buckets in Python. Its own observe when its values are not
-    where this expects them (another prometheus-client)."""
-    try:
-        total, buckets, bounds = child._sum, child._buckets, list(child._upper_bounds)
-        add, counts = total.inc, [bucket.inc for bucket in buckets]
-    except AttributeError:
-        return child.observe  # type: ignore[no-any-return]
-    if len(counts) != len(bounds) or bounds[-1] != float("inf"):
-        return child.observe  # type: ignore[no-any-return]
-
-    def observe(seconds: float) -> None:
-        add(seconds)
-        n = bisect_left(bounds, seconds)  # bounds end with +Inf: always one…
-        if seconds <= bounds[n]:  # …but NaN, which observe counts in no bucket
-            counts[n](1)
-
-    return observe

@@ -13,7 +13,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Histogram, generate_latest, multiprocess
 
 from gateway.metrics import BUCKETS, STAGE_SECONDS, observe_stage
-from gateway.metrics._latency import _observer, stage_histogram
+from gateway.metrics._latency import stage_histogram
 from tests.conftest import REPO
 
 # On a bucket's bound, between bounds, zero, negative, past the last bound (+Inf only).
@@ -47,19 +47,6 @@ def test_observe_stage_counts_as_histogram_observe_does() -> None:
     assert got[(f"{STAGE_SECONDS}_count", "")] == len(VALUES)
 
 
-def test_a_child_not_laid_out_as_expected_is_observed_by_its_own_observe() -> None:
-    class Child:
-        def __init__(self) -> None:
-            self.seen: list[float] = []
-
-        def observe(self, seconds: float) -> None:
-            self.seen.append(seconds)
-
-    child = Child()
-    _observer(child)(0.25)
-    assert child.seen == [0.25]
-
-
 def test_nan_is_counted_in_no_bucket_as_histogram_observe_does() -> None:
     stage = "test-latency-nan"
     ours = stage_histogram()
@@ -90,7 +77,7 @@ else:
 
 
 def test_multiprocess_mode_writes_what_histogram_observe_writes(tmp_path: Path) -> None:
-    """With PROMETHEUS_MULTIPROC_DIR (gateway serve --workers), the shortcut writes the
+    """With PROMETHEUS_MULTIPROC_DIR (gateway serve --workers), observe_stage writes the
     shared files' values: the text /metrics serves equals Histogram.observe's."""
     values = [str(v) for v in VALUES] + ["0.02", "0.02"]
     texts = []

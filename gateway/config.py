@@ -326,6 +326,14 @@ def _retention(value: Any) -> dict[str, int]:
     return out
 
 
+def _seconds(text: str) -> float:
+    """A number of seconds, -1 when the text is none (out of every setting's range)."""
+    try:
+        return float(text)
+    except ValueError:
+        return -1.0
+
+
 def _dicom_setting(name: str, value: Any) -> Any:
     """The DICOM listener settings, from TOML values or GATEWAY_DICOM_* strings."""
     text = str(value).strip()
@@ -334,20 +342,14 @@ def _dicom_setting(name: str, value: Any) -> Any:
             raise ConfigError("bad-setting", f"dicom_port must be 1–65535, not {value!r}")
         return int(text)
     if name == "dicom_quiet_seconds":
-        try:
-            seconds = float(text)
-        except ValueError:
-            seconds = -1.0
+        seconds = _seconds(text)
         if not 0 < seconds <= 86400:
             raise ConfigError(
                 "bad-setting", f"dicom_quiet_seconds must be a number of seconds, not {value!r}"
             )
         return seconds
     if name == "dicom_commit_wait_seconds":
-        try:
-            seconds = float(text)
-        except ValueError:
-            seconds = -1.0
+        seconds = _seconds(text)
         if not 0 <= seconds <= 600:  # 0: answer at once; an HTTP client waits no longer
             raise ConfigError(
                 "bad-setting",

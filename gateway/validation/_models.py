@@ -356,8 +356,8 @@ class _Entries:
 
 
 def _keepable(issues: list[Issue]) -> bool:
-    """Whether a Bundle's verdict is a function of its plan's key: not when the model
-    refused a part (the slow path stops there; _by_shape keeps no such verdict either)."""
+    """Whether a verdict is a function of its shape's (or Bundle plan's) key: not when the
+    model refused the resource or a part (the slow path stops there)."""
     return not any(i.code == "validation.structure" for i in issues)
 
 
@@ -566,7 +566,7 @@ class Validator:
         slow = self._incremental if req.errors_only else self._reference_issues
         if shape is _UNSEEN:  # a new shape: the slow verdict, then the analysis
             issues = slow(req)
-            if any(i.code == "validation.structure" for i in issues):
+            if not _keepable(issues):
                 return None, issues  # a shape is learnt from a resource the model accepts
             shape = _construct.analyse(
                 plans(),
@@ -591,7 +591,7 @@ class Validator:
         tails = shape.verdicts.get(verdict_key)
         if tails is None:  # values not met before: the slow verdict, remembered
             issues = slow(req)
-            if any(i.code == "validation.structure" for i in issues):
+            if not _keepable(issues):
                 return None, issues
             return shapes.remember(shape, verdict_key, issues, req.where), issues
         shapes.hits += 1

@@ -486,6 +486,21 @@ def _outcome(record: Any) -> tuple[Any, ...]:
     )
 
 
+def _batch_sizes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The number of records of each stage-by-stage run from now on (_finish_batch)."""
+    from gateway import pipeline
+
+    sizes: list[int] = []
+    real = pipeline.Converter._finish_batch
+
+    def spy(self: Converter, units: Any, source: Any, trace: bool) -> Any:
+        sizes.append(len(units))
+        return real(self, units, source, trace)
+
+    monkeypatch.setattr(pipeline.Converter, "_finish_batch", spy)
+    return sizes
+
+
 def _joined_samples(converter: Converter) -> tuple[bytes, list[bytes]]:
     """Every sample message (including the ones that fail) as separate inputs and as one
     file, so that one input holds more messages than a batch of stages takes."""
@@ -580,14 +595,7 @@ def test_convert_many_takes_at_most_a_batch_of_records_through_the_stages(
 
     converter = Converter(settings)
     joined, alone = _joined_samples(converter)
-    sizes: list[int] = []
-    real = pipeline.Converter._finish_batch
-
-    def spy(self: Converter, units: Any, source: Any, trace: bool) -> Any:
-        sizes.append(len(units))
-        return real(self, units, source, trace)
-
-    monkeypatch.setattr(pipeline.Converter, "_finish_batch", spy)
+    sizes = _batch_sizes(monkeypatch)
     inputs = [*alone[:20], joined, *alone[20:]]
     many = list(converter.convert_many(inputs))
     assert max(sizes) <= pipeline._BATCH["hl7v2"] and sum(sizes) == 2 * len(alone)
@@ -786,14 +794,7 @@ def test_a_streamed_file_is_converted_a_batch_at_a_time(
     converter = Converter(settings)
     _, alone = _joined_samples(converter)
     messages = (alone * 4)[:200]
-    sizes: list[int] = []
-    real = pipeline.Converter._finish_batch
-
-    def spy(self: Converter, units: Any, source: Any, trace: bool) -> Any:
-        sizes.append(len(units))
-        return real(self, units, source, trace)
-
-    monkeypatch.setattr(pipeline.Converter, "_finish_batch", spy)
+    sizes = _batch_sizes(monkeypatch)
     pulled = 0
 
     def chunks() -> Any:

@@ -12,8 +12,9 @@ were, 409 when none could be read, 503 when the store kept none. Each instance i
 committed to the store before the response says so; the study is converted once it
 has been quiet for ``dicom_quiet_seconds`` or on ``$commit``. ``$commit`` answers 200
 converted, 422 failed, or 202 ``"state": "converting"`` when another process took the
-same instances and had not finished within ``dicom_commit_wait_seconds``. Bearer token,
-as every API route.
+same instances and had not finished within ``dicom_commit_wait_seconds``; a study
+converted (or refused) before, with nothing new pending, answers that outcome again
+(a retry after a timeout); 404 a study never received. Bearer token, as every API route.
 """
 
 from __future__ import annotations
@@ -111,7 +112,7 @@ def add_dicomweb_routes(
             return refused
         result = await run_in_threadpool(lambda: intake().commit(study))
         if result is None:
-            problem = "no instance of this study is waiting to be converted"
+            problem = "no instance of this study was received"
             return _outcome(Issue("request.no-pending-study", problem, location="study"), 404)
         body = {
             "study": result.study_uid,

@@ -393,7 +393,8 @@ def _operations(examples: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any
         ("/dicomweb/studies/{study}/$commit", "post"): {
             "responses": {
                 "200": {
-                    "description": "the study was converted",
+                    "description": "the study was converted (now, or before: a commit "
+                    "asked again answers that outcome, converting nothing)",
                     "content": {"application/json": {"schema": {"type": "object"}}},
                 },
                 "202": {
@@ -403,11 +404,12 @@ def _operations(examples: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any
                     "content": {"application/json": {"schema": {"type": "object"}}},
                 },
                 "422": {
-                    "description": "the study was stored but failed to convert",
+                    "description": "the study was stored but failed to convert (now, or "
+                    "before: the same errors again)",
                     "content": {"application/json": {"schema": {"type": "object"}}},
                 },
             }
-            | _outcomes((404, "no instance of this study is waiting"))
+            | _outcomes((404, "no instance of this study was received"))
         },
     }
 

@@ -17,7 +17,9 @@ A study is complete when no instance of it has arrived for ``dicom_quiet_seconds
 (the :class:`StudyCompleter` thread looks every second or so), or when someone says so:
 ``gateway dicom commit STUDY_UID`` or ``POST /dicomweb/studies/{study}/$commit``.
 Its instances then become one message, converted as ``gateway convert`` converts the
-same files. See docs/listeners-dicom.md.
+same files. A commit of a study with nothing pending (sent again after a timeout, or
+racing another caller) answers the study's last message's outcome from the store, in
+any process and after a restart, and converts nothing. See docs/listeners-dicom.md.
 """
 
 from __future__ import annotations
@@ -99,6 +101,8 @@ _BULK_TAGS = frozenset(
     }
 )
 _REPEATING_BULK = (0x60003000, 0x50003000)  # OverlayData (60xx,3000), CurveData (50xx,3000)
+# The channels of the messages a commit makes (its first pending instance's listener).
+_LISTENERS = ("dicom", "stow")
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +133,7 @@ class CommitResult:
 
     study_uid: str
     message_id: int
-    instances: int
+    instances: int | None  # None once the message's content was pruned (retention_days)
     ok: bool
     duplicate: bool  # the same instances were committed before: that message again
     errors: tuple[str, ...] = ()  # "code: message at location", no patient data
@@ -275,11 +279,14 @@ class DicomIntake:
         return instance
 
     def commit(self, study_uid: str, wait: float | None = None) -> CommitResult | None:
-        """Take the study's pending instances into one message and convert it now;
-        None when nothing of that study is pending. When another caller (a worker's
-        ``$commit`` racing the completer) has taken the same instances and is still
-        converting them, its outcome is awaited up to ``wait`` seconds (default
-        ``dicom_commit_wait_seconds``), then the result says ``converting``."""
+        """Take the study's pending instances into one message and convert it now.
+        With nothing pending (or the same instances taken before), the answer is the
+        study's last message: its conversion's outcome as the store keeps it, whoever
+        converted it and when (a commit sent again after a timeout, another worker,
+        before a restart), never a second conversion. While another caller (a worker's
+        ``$commit`` racing the completer) is still converting it, its outcome is awaited
+        up to ``wait`` seconds (default ``dicom_commit_wait_seconds``), then the result
+        says ``converting``. None when the listeners never received the study."""
         with self._commit_lock:
             receipt = self.store.commit_study(study_uid)
             if receipt is not None and not receipt.duplicate:
@@ -289,9 +296,10 @@ class DicomIntake:
                 )
                 return self._result(study_uid, receipt.id, outcome.state, outcome.issues, False)
         # Outside the lock: other studies need not wait for this one. A duplicate, or
-        # nothing pending because the other took every instance first (SQLite: its
-        # writer lock orders the two) while its conversion is still running.
-        taken = receipt.id if receipt is not None else self._converting(study_uid)
+        # nothing pending: the other took every instance first (SQLite: its writer lock
+        # orders the two) and may still be converting them, or the study was converted
+        # (or refused) before and this is the same commit asked again.
+        taken = receipt.id if receipt is not None else self._last_message(study_uid)
         if taken is None:
             return None
         limit = self.settings.dicom_commit_wait_seconds if wait is None else wait
@@ -307,7 +315,9 @@ class DicomIntake:
         duplicate: bool,
     ) -> CommitResult:
         found = self.store.raw(message_id)
-        members = len(zipfile.ZipFile(io.BytesIO(found[0])).namelist()) if found and found[0] else 0
+        members = None  # the instances it holds: unknown once its content was pruned
+        if found is not None and found[0] is not None:
+            members = len(zipfile.ZipFile(io.BytesIO(found[0])).namelist())
         errors = tuple(
             f"{i['code']}: {i['message']}" + (f" at {i['location']}" if i.get("location") else "")
             for i in issues
@@ -318,14 +328,19 @@ class DicomIntake:
             study_uid, message_id, members, state == "converted", duplicate, errors, converting
         )
 
-    def _converting(self, study_uid: str) -> int | None:
-        """The study's newest message when it is still waiting for its conversion."""
-        newest = self.store.find(MessageFilter(control_id=study_uid), limit=1).items
-        if not newest:
-            return None
-        message = newest[0]
-        ours = message.format == "dicom" and message.channel in ("dicom", "stow")
-        return message.id if ours and message.state == "received" else None
+    def _last_message(self, study_uid: str) -> int | None:
+        """The newest message the listeners made of the study (its last commit's),
+        whatever its state; None when they never received it. Other messages with the
+        Study UID as control id (``POST /convert`` of the same files) are not its commits."""
+        after: str | None = None
+        while True:
+            page = self.store.find(MessageFilter(control_id=study_uid), limit=20, after=after)
+            for message in page.items:
+                if message.format == "dicom" and message.channel in _LISTENERS:
+                    return message.id
+            if page.next is None:
+                return None
+            after = page.next
 
     def _outcome_of(self, message_id: int, wait: float) -> tuple[str, list[dict[str, Any]]]:
         """The state and issues of a message's conversion, once it has one, polling its
@@ -354,7 +369,7 @@ class DicomIntake:
         ids = [
             m.id
             for m in self.store.find(MessageFilter(state="received"), limit=1000).items
-            if m.format == "dicom" and m.channel in ("dicom", "stow")
+            if m.format == "dicom" and m.channel in _LISTENERS
         ]
         done = 0
         for message_id in sorted(ids):
@@ -544,7 +559,13 @@ def add_cli(sub: Any) -> None:
     dicom = sub.add_parser("dicom", help="DICOM listeners: commit studies, list pending ones")
     actions = dicom.add_subparsers(dest="dicom_command", required=True)
     commit = actions.add_parser(
-        "commit", help="convert a study's received instances now (not after its quiet period)"
+        "commit",
+        help="convert a study's received instances now (not after its quiet period)",
+        description="Convert a study's received instances now. A study converted (or "
+        "refused) before, with nothing new pending, answers that outcome again from the "
+        "store; nothing is converted twice.",
+        epilog="exit status: 0 converted (now or before), 1 failed (now or before), 2 no "
+        "instance of the study was received, 3 another process is still converting it",
     )
     commit.add_argument("study", help="Study Instance UID")
     commit.add_argument("--json", action="store_true", help="the result as JSON")
@@ -561,18 +582,18 @@ def add_cli(sub: Any) -> None:
 def cmd_commit(args: argparse.Namespace, settings: Settings) -> int:
     result = open_intake(settings).commit(args.study)
     if result is None:
-        print(
-            f"error: no instance of study {args.study} is waiting to be converted", file=sys.stderr
-        )
+        print(f"error: no instance of study {args.study} was received", file=sys.stderr)
         return 2
     if args.json:
         print(orjson.dumps(dataclasses.asdict(result) | {"state": result.state}).decode())
     else:
         again = " (the same instances as before)" if result.duplicate else ""
-        print(f"message {result.message_id}: {result.instances} instances, {result.state}{again}")
+        count = "instances pruned" if result.instances is None else f"{result.instances} instances"
+        print(f"message {result.message_id}: {count}, {result.state}{again}")
         for line in result.errors:
             print(f"error: {line}", file=sys.stderr)
-    # 3: another process is still converting it; its outcome will be the message's state
+    # The same for a study converted before (its outcome again). 3: another process is
+    # still converting it; its outcome will be the message's state.
     return 0 if result.ok else 3 if result.converting else 1
 
 

@@ -142,5 +142,6 @@ def test_commit_after_another_process_took_every_instance_answers_202_not_404(
         first.message_id,
         "converting",
     )
-    # Converted now: a later commit finds nothing waiting, as before.
-    assert api.post(f"/dicomweb/studies/{NSCH_STUDY}/$commit").status_code == 404
+    # Converted now: a later commit answers that conversion, 200 with the same message.
+    later = api.post(f"/dicomweb/studies/{NSCH_STUDY}/$commit")
+    assert (later.status_code, later.json()["message"]) == (200, first.message_id)

@@ -6,6 +6,7 @@ Two ``Store`` objects on one database stand for the two processes; runs on SQLit
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import threading
 import zipfile
@@ -139,7 +140,8 @@ def test_commit_racing_the_completer_converts_the_study_once(
     assert len(taken) == 1 and taken[0].ok  # one took it and converted it
     assert _conversions(store) == 1  # converted once
     assert _in_messages(store) == {_sop(d) for _, d in study_files(NSCH_CTA)}
-    assert completer.pending() == [] and worker.commit(STUDY) is None
+    assert completer.pending() == []
+    assert worker.commit(STUDY) == dataclasses.replace(taken[0], duplicate=True)  # asked again
     other.close()
 
 
@@ -254,7 +256,7 @@ def test_a_commit_finding_every_instance_taken_awaits_the_conversion_under_way(
     assert first is not None and first.ok
     assert result is not None and result.ok and result.message_id == first.message_id
     assert (result.state, result.duplicate, result.instances) == ("converted", True, 8)
-    assert worker.commit(STUDY) is None  # converted: nothing is waiting any more
+    assert worker.commit(STUDY) == result  # converted: asked again, the same answer
     assert _conversions(store) == 1
 
 

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from gateway import Converter
+from gateway import Converter, Settings
 from gateway.api import TokenSet, create_app
 from gateway.listeners.dicom import DicomIntake, Origin, split_multipart
 from gateway.store import MessageFilter, Store, utcnow
@@ -107,9 +107,56 @@ def test_a_stow_request_becomes_the_bundle_gateway_convert_makes(
     assert message is not None
     assert message.outcomes[-1].output == converted(converter, files)  # byte for byte
     assert api.intake.pending() == []
+    # Asked again (a client that timed out before the answer): the same answer.
     again = api.post(f"/dicomweb/studies/{LAX2_HEAD_STUDY}/$commit")
-    assert again.status_code == 404
-    assert again.json()["issue"][0]["details"]["coding"][0]["code"] == "request.no-pending-study"
+    assert (again.status_code, again.json()) == (200, result)
+
+
+def _worker(settings: Settings, converter: Converter, store_url: str) -> tuple[Api, Store]:
+    """Another API worker (or the gateway after a restart) on the same database."""
+    store = Store.open(store_url)
+    app = create_app(settings, converter, TokenSet([TOKEN]))
+    app.state.dicom_intake = intake_for(settings, converter, store)
+    return Api(app, app.state.dicom_intake), store
+
+
+@pytest.mark.parametrize("refused", [False, True], ids=["converted", "failed"])
+def test_a_commit_asked_again_in_any_worker_answers_the_first_answer(
+    api: Api, converter: Converter, store_url: str, refused: bool
+) -> None:
+    """200 with the same body for a converted study, 422 with the same errors for a
+    refused one, from the worker that converted it and from another; one conversion."""
+    if refused:  # 王伟's chest CT without PatientID: mapping.no-identity
+        study = "2.16.156.10011.99.1.4.3.20260610.2"
+        instances = [part10(wang_wei(study, 1, n, PatientID=None)) for n in (1, 2)]
+    else:
+        study, instances = NSCH_STUDY, [data for _, data in study_files(NSCH_CTA)]
+    assert api.post("/dicomweb/studies", multipart(instances)).status_code == 200
+    first = api.post(f"/dicomweb/studies/{study}/$commit")
+    assert first.status_code == (422 if refused else 200), first.text
+    assert first.json()["instances"] == len(instances)
+    assert api.post(f"/dicomweb/studies/{study}/$commit").json() == first.json()
+    other, other_store = _worker(api.intake.settings, converter, store_url)
+    try:
+        again = other.post(f"/dicomweb/studies/{study}/$commit")
+    finally:
+        other_store.close()
+    assert (again.status_code, again.json()) == (first.status_code, first.json())
+    assert [m.id for m in api.intake.store.find(MessageFilter(control_id=study)).items] == [
+        first.json()["message"]
+    ]
+    message = api.intake.store.get(first.json()["message"])
+    assert message is not None
+    assert [o.stage for o in message.outcomes] == ["convert"]  # converted once
+
+
+def test_a_commit_of_a_study_never_received_is_404(api: Api) -> None:
+    assert api.post("/dicomweb/studies", multipart([part10(wang_wei())])).status_code == 200
+    response = api.post("/dicomweb/studies/1.2.826.0.1.3680043.99.404/$commit")
+    assert response.status_code == 404
+    issue = response.json()["issue"][0]
+    assert issue["details"]["coding"][0]["code"] == "request.no-pending-study"
+    assert "was received" in issue["diagnostics"]
 
 
 def test_an_instance_of_another_study_than_the_url_names_fails_the_others_are_stored(

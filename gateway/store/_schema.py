@@ -25,6 +25,7 @@ from sqlalchemy import (
 
 __all__ = [
     "dicom_instances",
+    "dicom_known_studies",
     "message_patients",
     "messages",
     "metadata",
@@ -121,6 +122,20 @@ dicom_instances = Table(
 )
 Index("ix_dicom_study", dicom_instances.c.study_uid, dicom_instances.c.message_id)
 Index("ix_dicom_pending", dicom_instances.c.message_id, dicom_instances.c.received_at)
+
+# Every instance the listeners ever took of a study (migration v0010_dicom_known): kept
+# when retention drops the instances themselves, so a commit of what arrived later is
+# never converted into a partial ImagingStudy (gateway/listeners/dicom.py).
+dicom_known_studies = Table(
+    "dicom_known_studies",
+    metadata,
+    Column("study_uid", String(64), primary_key=True),
+    Column("instance_count", Integer(), nullable=False),
+    Column("sop_uids", LargeBinary(), nullable=False),  # zlib of the sorted SOP UIDs, \n-joined
+    # The newest message that added to it.
+    Column("message_id", ID, ForeignKey("messages.id", ondelete="SET NULL")),
+    Column("updated_at", DateTime(), nullable=False),
+)
 
 # -- delivery (gateway/delivery, docs/delivery.md; migration v0003_outbox) ------------
 # One row per (record, partner): the ordered parts Partner.split made of its Bundle, where

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import zipfile
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from ..errors import GatewayError, Issue
 from ._engine import database_url, make_engine
-from ._schema import dicom_instances, message_patients, messages, outcomes
+from ._schema import dicom_instances, dicom_known_studies, message_patients, messages, outcomes
 
 __all__ = [
     "CHANNELS",
@@ -32,6 +33,7 @@ __all__ = [
     "STATES",
     "DicomInstance",
     "Incoming",
+    "KnownStudy",
     "MessageFilter",
     "MessageSummary",
     "Page",
@@ -234,6 +236,16 @@ class DicomInstance:
     channel: str = "dicom"
     peer: str | None = None  # calling AE title (and address)
     sender: str | None = None  # facility code configured for that peer
+
+
+@dataclass(frozen=True, slots=True)
+class KnownStudy:
+    """Every instance the DICOM listeners took of a study, in any of its messages: kept
+    when retention drops the instances and their messages' content."""
+
+    study_uid: str
+    sop_uids: frozenset[str]  # SOP Instance UIDs
+    message_id: int | None  # the newest message that added to them
 
 
 _SUMMARY_COLUMNS = [c for c in messages.c if c.name not in ("raw", "dedup_key")]
@@ -760,6 +772,75 @@ class Store:
                     .values(message_id=receipt.id)
                 )
             return receipt
+
+    def known_study(self, study_uid: str) -> KnownStudy | None:
+        """The instances the listeners took of a study so far (kept through pruning);
+        None when none is recorded (never committed, or committed before migration
+        0010_dicom_known)."""
+        k = dicom_known_studies.c
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(k.sop_uids, k.message_id).where(k.study_uid == study_uid)
+            ).first()
+        if row is None:
+            return None
+        message_id = None if row.message_id is None else int(row.message_id)
+        return KnownStudy(study_uid, _unpack_uids(row.sop_uids), message_id)
+
+    def remember_study(
+        self,
+        study_uid: str,
+        sop_uids: Iterable[str],
+        message_id: int,
+        conn: Connection | None = None,
+    ) -> None:
+        """Add a committed message's SOP Instance UIDs to those known of its study (a
+        union: nothing is forgotten). With ``conn``, inside that write transaction (the
+        conversion outcome's, so both are kept or neither)."""
+        if conn is None:
+            with self._write() as own:
+                self._remember_study(own, study_uid, sop_uids, message_id)
+        else:
+            self._remember_study(conn, study_uid, sop_uids, message_id)
+
+    def _remember_study(
+        self, conn: Connection, study_uid: str, sop_uids: Iterable[str], message_id: int
+    ) -> None:
+        k = dicom_known_studies.c
+        now = utcnow()
+        empty = {"study_uid": study_uid, "instance_count": 0, "sop_uids": _pack_uids(())}
+        dialect: Any = postgresql if self.dialect == "postgresql" else sqlite
+        # The row first (if absent), then locked (PostgreSQL: another process adding to
+        # the same study waits; SQLite's writer lock already orders them), then merged.
+        conn.execute(
+            dialect.insert(dicom_known_studies)
+            .values(**empty, message_id=None, updated_at=now)
+            .on_conflict_do_nothing(index_elements=["study_uid"])
+        )
+        stored = conn.execute(
+            sa.select(k.sop_uids).where(k.study_uid == study_uid).with_for_update()
+        ).scalar_one()
+        known = _unpack_uids(stored) | set(sop_uids)
+        conn.execute(
+            dicom_known_studies.update()
+            .where(k.study_uid == study_uid)
+            .values(
+                instance_count=len(known),
+                sop_uids=_pack_uids(known),
+                message_id=message_id,
+                updated_at=now,
+            )
+        )
+
+
+def _pack_uids(uids: Iterable[str]) -> bytes:
+    # UIDs of one study share long prefixes: a few bytes each once compressed.
+    return zlib.compress("\n".join(sorted(uids)).encode("utf-8"), 6)
+
+
+def _unpack_uids(packed: bytes) -> frozenset[str]:
+    text = zlib.decompress(packed).decode("utf-8")
+    return frozenset(text.split("\n")) if text else frozenset()
 
 
 def study_zip(members: Iterable[tuple[str, bytes]]) -> bytes:

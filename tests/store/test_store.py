@@ -50,7 +50,7 @@ def msg(control: str, body: str = "x", sender: str = "LAX2", state: str = "recei
 
 def test_migrations_create_exactly_the_schema_and_run_twice(store: Store) -> None:
     store.upgrade()  # idempotent: a second start changes nothing
-    assert store.revision() == "0009_console_shared"  # the console's shared rows (gateway/console)
+    assert store.revision() == "0010_dicom_known"  # the DICOM listeners' known instances
     with store.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), metadata)
     assert diff == []

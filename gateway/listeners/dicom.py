@@ -36,7 +36,7 @@ import sys
 import threading
 import time
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -48,24 +48,18 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filewriter import dcmwrite
 from pydicom.uid import UID, ExplicitVRLittleEndian
-from sqlalchemy.engine import Connection
 
 from ..audit import audit_log, store_hook
 from ..config import Settings
-from ..envelope import Record
 from ..errors import ConfigError, GatewayError, IntakeError
 from ..pipeline import Converter
 from ..store import (
-    AuditHook,
+    LISTENER_CHANNELS,
     DicomInstance,
-    KnownStudy,
     MessageFilter,
-    MessageSummary,
     Store,
-    StoredMessage,
-    StoredOutcome,
+    listener_message,
     open_store,
-    outcome_of,
     process_message,
 )
 from ._stow import DICOM, Outcome, Part, media_type, response_json, split_multipart
@@ -119,7 +113,7 @@ _BULK_TAGS = frozenset(
 )
 _REPEATING_BULK = (0x60003000, 0x50003000)  # OverlayData (60xx,3000), CurveData (50xx,3000)
 # The channels of the messages a commit makes (its first pending instance's listener).
-_LISTENERS = ("dicom", "stow")
+_LISTENERS = LISTENER_CHANNELS
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,7 +302,11 @@ class DicomIntake:
             receipt = self.store.commit_study(study_uid)
             if receipt is not None and not receipt.duplicate:
                 converter = self.converter  # first: building it takes process_message's lock
-                outcome = self._convert(converter, receipt.id)
+                # A partial study (instances pruned since an earlier commit) fails
+                # there, unconverted: intake.dicom-partial-study.
+                outcome = process_message(
+                    self.store, converter, receipt.id, self._lock, self._audit
+                )
                 return self._result(study_uid, receipt.id, outcome.state, outcome.issues, False)
         # Outside the lock: other studies need not wait for this one. A duplicate, or
         # nothing pending: the other took every instance first (SQLite: its writer lock
@@ -320,85 +318,6 @@ class DicomIntake:
         limit = self.settings.dicom_commit_wait_seconds if wait is None else wait
         state, issues = self._outcome_of(taken, limit)
         return self._result(study_uid, taken, state, issues, True)
-
-    def _convert(self, converter: Converter, message_id: int) -> StoredOutcome:
-        """Convert a committed message, unless it lacks instances taken of its study
-        before: then it fails with ``intake.dicom-partial-study``, unconverted. Either
-        way its instances join those known of the study, in the outcome's transaction."""
-        message = self.store.get(message_id)
-        study = message.summary.control_id if message is not None else None
-        uids = _sop_uids(message.raw) if message is not None and message.raw else None
-        if message is None or study is None or uids is None:  # process_message says why
-            return process_message(self.store, converter, message_id, self._lock, self._audit)
-        remember = self._remembering(study, uids, message_id)
-        refusal = self._partial(study, message_id, uids, self.store.known_study(study))
-        if refusal is not None:
-            return self._refuse(message, refusal, remember)
-        return process_message(self.store, converter, message_id, self._lock, remember)
-
-    def _remembering(self, study: str, uids: frozenset[str], message_id: int) -> AuditHook:
-        """The audit hook, which also adds the message's instances to the study's known
-        ones: kept with the outcome, so a process stopped before it decides again."""
-        audit = self._audit
-
-        def hook(conn: Connection, mid: int, records: Sequence[Record]) -> None:
-            if audit is not None:
-                audit(conn, mid, records)
-            self.store.remember_study(study, uids, message_id, conn)
-
-        return hook
-
-    def _partial(
-        self, study: str, message_id: int, uids: frozenset[str], known: KnownStudy | None
-    ) -> IntakeError | None:
-        """Why the message would be a partial study, or None when it holds every
-        instance taken of the study before (or the study has no earlier message)."""
-        # The message its instances were last taken into: pruned, they are gone.
-        earlier = self._listener_message(study, before=message_id)
-        pruned = earlier is not None and earlier.pruned_at is not None
-        if known is None:
-            if not pruned:  # first commit, or its instances are all still here
-                return None
-            assert earlier is not None
-            what = (
-                f"its message {earlier.id} was pruned (retention_days) before the gateway "
-                "kept a study's instance count, so the instances it held cannot be known"
-            )
-        else:
-            missing = known.sop_uids - uids
-            if not missing:
-                return None
-            gone = "pruned by retention_days" if pruned else "no longer held"
-            what = (
-                f"{len(missing)} of the {len(known.sop_uids)} instances received for it "
-                f"before are not in it ({gone})"
-            )
-        return IntakeError(
-            "dicom-partial-study",
-            f"study {study}: this commit holds {len(uids)} instances but {what}; converted, "
-            "it would replace the partner's ImagingStudy with a partial one, so it is not "
-            "converted. Send the whole study again (every series), then commit it",
-            location="(0020,000D) StudyInstanceUID",
-        )
-
-    def _refuse(self, message: StoredMessage, error: IntakeError, hook: AuditHook) -> StoredOutcome:
-        """Keep the refusal as the message's conversion outcome (failed, nothing made)."""
-        raw = message.raw or b""
-        record = Record(
-            raw,
-            f"message {message.id}",
-            1,
-            format="dicom",
-            kind="study",
-            control_id=message.summary.control_id,
-            sender=message.summary.sender,
-        )
-        record.issues.append(error.issue)
-        log.warning("study commit not converted: %s", error.issue.line())
-        outcome = outcome_of([record], raw, "dicom")
-        return self.store.record_outcome(
-            message.id, outcome, 0, lambda conn: hook(conn, message.id, [record])
-        )
 
     def _result(
         self,
@@ -424,24 +343,10 @@ class DicomIntake:
 
     def _last_message(self, study_uid: str) -> int | None:
         """The newest message the listeners made of the study (its last commit's),
-        whatever its state; None when they never received it."""
-        found = self._listener_message(study_uid)
+        whatever its state; None when they never received it (``POST /convert`` of the
+        same files is not a commit of it)."""
+        found = listener_message(self.store, study_uid)
         return None if found is None else found.id
-
-    def _listener_message(self, study_uid: str, before: int | None = None) -> MessageSummary | None:
-        """The newest message the listeners made of the study (older than message
-        ``before``, when given). Other messages with the Study UID as control id (``POST
-        /convert`` of the same files) are not its commits."""
-        after: str | None = None
-        while True:
-            page = self.store.find(MessageFilter(control_id=study_uid), limit=20, after=after)
-            for message in page.items:
-                older = before is None or message.id < before
-                if older and message.format == "dicom" and message.channel in _LISTENERS:
-                    return message
-            if page.next is None:
-                return None
-            after = page.next
 
     def _outcome_of(self, message_id: int, wait: float) -> tuple[str, list[dict[str, Any]]]:
         """The state and issues of a message's conversion, once it has one, polling its
@@ -477,7 +382,7 @@ class DicomIntake:
             converter = self.converter
             with self._commit_lock:
                 if self.store.state_of(message_id) == "received":  # not converted meanwhile
-                    self._convert(converter, message_id)
+                    process_message(self.store, converter, message_id, self._lock, self._audit)
                     done += 1
         return done
 
@@ -758,13 +663,3 @@ def _sop_of(data: bytes) -> tuple[str | None, str | None]:
         )
     except Exception:
         return None, None
-
-
-def _sop_uids(raw: bytes) -> frozenset[str] | None:
-    """The SOP Instance UIDs of a committed study's zip (members ``series/sop.dcm``,
-    ``Store.commit_study``); None when it is not such a zip."""
-    try:
-        names = zipfile.ZipFile(io.BytesIO(raw)).namelist()
-    except zipfile.BadZipFile:
-        return None
-    return frozenset(n.rpartition("/")[2].removesuffix(".dcm") for n in names)

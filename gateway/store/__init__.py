@@ -27,9 +27,11 @@ from ._store import (
     study_zip,
     utcnow,
 )
+from ._studies import LISTENER_CHANNELS, StudyCheck, check_study, listener_message
 
 __all__ = [
     "CHANNELS",
+    "LISTENER_CHANNELS",
     "NEVER_PRUNED",
     "STATES",
     "AuditHook",
@@ -45,11 +47,14 @@ __all__ = [
     "StoreError",
     "StoredMessage",
     "StoredOutcome",
+    "StudyCheck",
     "add_cli",
+    "check_study",
     "current_converter",
     "database_url",
     "decoded",
     "issue_json",
+    "listener_message",
     "make_engine",
     "message_json",
     "metadata",

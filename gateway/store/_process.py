@@ -21,6 +21,7 @@ from ..intake.hl7v2 import parse_message, split_messages
 from ..metrics import observe_stage, trace_stage, traced_message, tracing_on
 from ..pipeline import Converter
 from ._store import StageOutcome, Store, StoredOutcome, StoreError
+from ._studies import StudyCheck, check_study
 
 __all__ = ["AuditHook", "current_converter", "on_converted", "outcome_of", "process_message"]
 
@@ -90,24 +91,23 @@ def process_message(
 ) -> StoredOutcome:
     """Convert a stored message from its original bytes and record the outcome (the
     earlier outcomes stay). ``lock`` serialises use of a converter shared by threads;
-    ``audit`` appends the audit events in the outcome's own transaction."""
+    ``audit`` appends the audit events in the outcome's own transaction. A DICOM
+    listener's study message lacking instances taken of its study before is not
+    converted: it fails with ``intake.dicom-partial-study`` (gateway/store/_studies.py)."""
     found = store.raw(message_id)
     if found is None:
         raise StoreError("not-found", f"no message {message_id} in the store")
     raw, fmt, sender = found
     if raw is None:
         raise StoreError("pruned", f"message {message_id} was pruned: its original bytes are gone")
+    study = check_study(store, message_id) if fmt == "dicom" else None
+    if study is not None and study.refusal is not None:
+        return _refuse(store, message_id, raw, sender, study, audit)
     started = time.perf_counter()
     with lock or nullcontext(), traced_message(message_id):  # records join its trace
         records = _convert(converter, raw, fmt, sender, message_id)
     duration = int((time.perf_counter() - started) * 1000)
-    within = None
-    if audit is not None:
-        audit_hook = audit
-
-        def within(conn: Connection) -> None:
-            audit_hook(conn, message_id, records)
-
+    within = _within(store, message_id, records, audit, study)
     stored = store.record_outcome(message_id, outcome_of(records, raw, fmt), duration, within)
     observe_stage("process", time.perf_counter() - started)  # converted and kept
     if tracing_on():  # the step's span, in the message's trace
@@ -120,6 +120,44 @@ def process_message(
             except Exception:  # the message stays converted: the outbound path finds it later
                 log.exception("after converting message %s", message_id)
     return stored
+
+
+def _within(
+    store: Store,
+    message_id: int,
+    records: Sequence[Record],
+    audit: AuditHook | None,
+    study: StudyCheck | None,
+) -> Callable[[Connection], None] | None:
+    """What the outcome's transaction keeps too: the audit events, a study's instances."""
+    if audit is None and study is None:
+        return None
+
+    def within(conn: Connection) -> None:
+        if audit is not None:
+            audit(conn, message_id, records)
+        if study is not None:
+            study.remember(store, conn)
+
+    return within
+
+
+def _refuse(
+    store: Store,
+    message_id: int,
+    raw: bytes,
+    sender: str | None,
+    study: StudyCheck,
+    audit: AuditHook | None,
+) -> StoredOutcome:
+    """A partial study's outcome: failed with the refusal, nothing converted."""
+    assert study.refusal is not None
+    record = Record(raw, f"message {message_id}", 1, format="dicom", kind="study")
+    record.control_id, record.sender = study.study_uid, sender
+    record.issues.append(study.refusal.issue)
+    log.warning("message %s not converted: %s", message_id, study.refusal.issue.line())
+    within = _within(store, message_id, [record], audit, study)
+    return store.record_outcome(message_id, outcome_of([record], raw, "dicom"), 0, within)
 
 
 def _convert(

@@ -155,7 +155,7 @@ def _refuse(
     record = Record(raw, f"message {message_id}", 1, format="dicom", kind="study")
     record.control_id, record.sender = study.study_uid, sender
     record.issues.append(study.refusal.issue)
-    log.warning("message %s not converted: %s", message_id, study.refusal.issue.line())
+    log.info("message %s not converted: %s", message_id, study.refusal.issue.line())
     within = _within(store, message_id, [record], audit, study)
     return store.record_outcome(message_id, outcome_of([record], raw, "dicom"), 0, within)
 

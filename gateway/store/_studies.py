@@ -93,18 +93,24 @@ def _refusal(
         missing = known.sop_uids - uids
         if not missing:
             return None
-        gone = "pruned by retention_days" if pruned else "no longer held"
+        # Pruned: gone from the store. Otherwise a later message of the study holds
+        # them (this one is an older revision, reprocessed).
+        gone = " (pruned by retention_days)" if pruned else ""
         what = (
-            f"{len(missing)} of the {len(known.sop_uids)} instances received for it before "
-            f"are not in it ({gone})"
+            f"{len(missing)} of the {_count(len(known.sop_uids))} received for it before "
+            f"are not in it{gone}"
         )
     return IntakeError(
         "dicom-partial-study",
-        f"study {study}: message {message_id} holds {len(uids)} instances but {what}; "
+        f"study {study}: message {message_id} holds {_count(len(uids))} but {what}; "
         "converted, it would replace the partner's ImagingStudy with a partial one, so it is "
         "not converted. Send the whole study again (every series), then commit it",
         location="(0020,000D) StudyInstanceUID",
     )
+
+
+def _count(n: int) -> str:
+    return f"{n} instance" if n == 1 else f"{n} instances"
 
 
 def _sop_uids(raw: bytes) -> frozenset[str] | None:

@@ -9,6 +9,7 @@ Studies are pydicom-made, with Chinese patient names (GB 18030, UTF-8)."""
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from gateway import Converter
 from gateway.api import TokenSet, create_app
 from gateway.cli import main
 from gateway.listeners.dicom import CommitResult, DicomIntake, Origin
-from gateway.store import Store, on_converted, process_message, utcnow
+from gateway.store import Incoming, Store, on_converted, process_message, utcnow
 from tests.golden.dicom.make_studies import part10, wang_wei
 
 from .dicom_support import converted, dicom_settings, stored_bundle
@@ -272,3 +273,42 @@ def test_the_cli_and_the_api_say_why(
         assert CODE in shown and "(0020,000D) StudyInstanceUID" in shown
     finally:
         store.close()
+
+
+def test_instances_taken_by_two_processes_at_once_are_all_kept(store_url: str) -> None:
+    """Two workers adding to one study's known instances at once: the second waits for
+    the first's transaction and adds to what it wrote (no lost update, PostgreSQL's
+    READ COMMITTED included)."""
+    first, second = Store.open(store_url), Store.open(store_url)
+    sets = [frozenset({f"{STUDY}.{series}.1"}) for series in (1, 2, 3)]
+    message = first.receive(Incoming(b"PK", "stow", "dicom", control_id=STUDY)).id
+    first.remember_study(STUDY, sets[0], message)
+    other = threading.Thread(target=second.remember_study, args=(STUDY, sets[2], message))
+    try:
+        with first.engine.execution_options(write=True).begin() as conn:
+            first.remember_study(STUDY, sets[1], message, conn)  # not committed yet
+            other.start()
+            _until_waiting(first)  # the second is at the study's row, waiting
+        other.join(60)
+        known = first.known_study(STUDY)
+        assert known is not None and known.sop_uids == sets[0] | sets[1] | sets[2]
+    finally:
+        first.close()
+        second.close()
+
+
+def _until_waiting(store: Store) -> None:
+    """Return once another connection waits for a lock (PostgreSQL). SQLite: at once;
+    the other's write transaction cannot begin before this one ends."""
+    if store.dialect != "postgresql":
+        return
+    query = sa.text(
+        "SELECT count(*) FROM pg_stat_activity "
+        "WHERE wait_event_type = 'Lock' AND datname = current_database()"
+    )
+    for _ in range(2000):
+        with store.engine.connect() as conn:
+            if conn.execute(query).scalar_one():
+                return
+        threading.Event().wait(0.005)
+    raise AssertionError("the second worker never reached the study's row")

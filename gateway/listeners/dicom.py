@@ -112,8 +112,6 @@ _BULK_TAGS = frozenset(
     }
 )
 _REPEATING_BULK = (0x60003000, 0x50003000)  # OverlayData (60xx,3000), CurveData (50xx,3000)
-# The channels of the messages a commit makes (its first pending instance's listener).
-_LISTENERS = LISTENER_CHANNELS
 
 
 @dataclass(frozen=True, slots=True)
@@ -375,7 +373,7 @@ class DicomIntake:
         ids = [
             m.id
             for m in self.store.find(MessageFilter(state="received"), limit=1000).items
-            if m.format == "dicom" and m.channel in _LISTENERS
+            if m.format == "dicom" and m.channel in LISTENER_CHANNELS
         ]
         done = 0
         for message_id in sorted(ids):

@@ -818,16 +818,18 @@ class Store:
             .on_conflict_do_nothing(index_elements=["study_uid"])
         )
         stored = conn.execute(
-            sa.select(k.sop_uids).where(k.study_uid == study_uid).with_for_update()
-        ).scalar_one()
-        known = _unpack_uids(stored) | set(sop_uids)
+            sa.select(k.sop_uids, k.message_id).where(k.study_uid == study_uid).with_for_update()
+        ).one()
+        known = _unpack_uids(stored.sop_uids) | set(sop_uids)
+        # An older message reprocessed adds nothing newer: the newest stays named.
+        newest = max(message_id, int(stored.message_id or 0))
         conn.execute(
             dicom_known_studies.update()
             .where(k.study_uid == study_uid)
             .values(
                 instance_count=len(known),
                 sop_uids=_pack_uids(known),
-                message_id=message_id,
+                message_id=newest,
                 updated_at=now,
             )
         )

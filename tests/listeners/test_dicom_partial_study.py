@@ -232,6 +232,8 @@ def test_reprocessing_never_converts_a_partial_study(
         "instances received for it before are not in it; "
     )
     assert not any(p in issue["message"] for p in PATIENT_DATA)
+    known = store.known_study(STUDY)
+    assert known is not None and known.message_id == newer.message_id  # still the newest
     assert process_message(store, converter, newer.message_id).state == "converted"
     # The refused message of a pruned study, reprocessed: refused again.
     assert _prune_everything(store) == 2  # the older message's reprocess failed it

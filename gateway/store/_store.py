@@ -329,6 +329,8 @@ class Store:
             ).where(messages.c.dedup_key == key)
         ).first()
         if found is not None:
+            if found.state == "rejected" and item.state != "rejected":
+                return self._accept_refused(conn, found, item, now)
             return Receipt(found.id, True, found.revision, found.flagged, found.state)
         revision, flagged = 1, False
         if item.control_id:
@@ -376,6 +378,29 @@ class Store:
                 now,
             )
         return Receipt(new_id, False, revision, flagged, item.state)
+
+    def _accept_refused(
+        self, conn: Connection, found: Any, item: Incoming, now: datetime
+    ) -> Receipt:
+        """The bytes of a refused message, now accepted (the operator fixed what refused
+        them: the sender's charset, a limit): the same row takes the new state, and its
+        content back if it was pruned; the refusal stays among its outcomes. Answered as
+        a duplicate, it would be acknowledged yet stay 'rejected': never converted, and
+        pruned after the rejected retention."""
+        m = messages.c
+        conn.execute(
+            messages.update()
+            .where(m.id == found.id)
+            .values(
+                state=item.state,
+                raw=item.raw,
+                pruned_at=None,
+                updated_at=now,
+                message_type=sa.func.coalesce(m.message_type, item.message_type),
+                charset=sa.func.coalesce(m.charset, item.charset),
+            )
+        )
+        return Receipt(found.id, False, found.revision, found.flagged, item.state)
 
     def _insert_ignore(self, conn: Connection, values: dict[str, Any]) -> int | None:
         dialect: Any = postgresql if self.dialect == "postgresql" else sqlite

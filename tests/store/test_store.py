@@ -183,6 +183,30 @@ def test_keyset_pages_with_filters(store: Store) -> None:
         store.find(after="nonsense")
 
 
+def test_refused_bytes_accepted_later_are_received_again(store: Store) -> None:
+    """A listener refused these bytes (kept 'rejected'); the operator fixed the cause and
+    the sender resent them, now accepted: the same row becomes 'received' (not a
+    duplicate: it must be converted), with its content back if pruned meanwhile, and
+    its refusal kept among its outcomes."""
+    issue = Issue("intake.charset-mislabelled", "declared 8859/1, bytes GB 18030", "MSH-18")
+    refused = store.receive(
+        Incoming(
+            msg("R1").raw, "mllp", sender="LAX2", control_id="R1", state="rejected", issues=(issue,)
+        )
+    )
+    assert store.prune({"rejected": timedelta(days=1)}, utcnow() + timedelta(days=2)) == 1
+    accepted = store.receive(msg("R1"))
+    assert (accepted.id, accepted.duplicate, accepted.state) == (refused.id, False, "received")
+    assert store.pending() == [refused.id]
+    stored = store.get(refused.id)
+    assert stored is not None and stored.raw == msg("R1").raw and stored.summary.pruned_at is None
+    assert stored.summary.message_type == "ORU^R01"
+    assert [o.stage for o in stored.outcomes] == ["intake"]
+    again = store.receive(msg("R1"))  # resent once more: now a plain duplicate
+    assert (again.id, again.duplicate) == (refused.id, True)
+    assert store.count() == 1
+
+
 def test_prune_keeps_stubs_and_never_touches_waiting_messages(store: Store) -> None:
     done = store.receive(msg("DONE"))
     store.record_outcome(done.id, StageOutcome("convert", "converted", output=b"{}"))

@@ -12,7 +12,7 @@ import io
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -321,6 +321,7 @@ class Store:
 
     def _receive(self, conn: Connection, item: Incoming, now: datetime | None = None) -> Receipt:
         now = now or utcnow()
+        item = _fit(item)
         sha = item.sha256
         key = _dedup_key(item.sender, item.control_id, sha)
         found = conn.execute(
@@ -467,10 +468,10 @@ class Store:
         ).scalar_one()
         state = {"m": message_id, "state": outcome.state, "updated_at": now}
         learnt = {
-            "new_control_id": outcome.control_id,
-            "new_message_type": outcome.message_type,
-            "new_sender": outcome.sender,
-            "new_charset": outcome.charset,
+            "new_control_id": _clip(outcome.control_id, "control_id"),
+            "new_message_type": _clip(outcome.message_type, "message_type"),
+            "new_sender": _clip(outcome.sender, "sender"),
+            "new_charset": _clip(outcome.charset, "charset"),
         }
         if any(v is not None for v in learnt.values()):
             conn.execute(_MESSAGE_LEARNT, {**state, **learnt})
@@ -795,6 +796,27 @@ def study_zip(members: Iterable[tuple[str, bytes]]) -> bytes:
         for name, data in members:
             archive.writestr(zipfile.ZipInfo(name, (1980, 1, 1, 0, 0, 0)), data)
     return out.getvalue()
+
+
+# What a sender writes in a header field can be longer than its column (VARCHAR(n):
+# PostgreSQL refuses the row, and the listener's "send it again later" would have the
+# sender resend it for ever). The raw bytes keep every character; the columns a prefix.
+_CLIPPED = ("peer", "auth_sender", "sender", "control_id", "message_type", "charset")
+_LENGTH = {name: int(messages.c[name].type.length) for name in _CLIPPED}  # type: ignore[attr-defined]
+
+
+def _clip(value: str | None, column: str) -> str | None:
+    return value if value is None else value[: _LENGTH[column]]
+
+
+def _fit(item: Incoming) -> Incoming:
+    """The message with its header values clipped to their columns."""
+    long: dict[str, Any] = {
+        name: _clip(value, name)
+        for name in _CLIPPED
+        if (value := getattr(item, name)) is not None and len(value) > _LENGTH[name]
+    }
+    return replace(item, **long) if long else item
 
 
 def _same(column: Any, value: str | None) -> Any:

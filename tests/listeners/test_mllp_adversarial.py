@@ -225,9 +225,7 @@ def test_a_thousand_silent_connections(store: Store, tmp_path: Path) -> None:
     assert store.count() == 1
 
 
-def test_noise_without_a_start_block_is_skipped(
-    store: Store, tmp_path: Path
-) -> None:
+def test_noise_without_a_start_block_is_skipped(store: Store, tmp_path: Path) -> None:
     """A megabyte of noise with no 0x0B (far over mllp_max_bytes), then a real frame on
     the same connection: the noise is skipped, the frame is answered."""
     data = example("ref_i12_nsch_to_hkpmc.hl7")
@@ -438,3 +436,19 @@ def test_the_same_message_on_two_connections_at_once_is_stored_once(
             client.close()
     assert acks == ["AA"] * 8
     assert store.count() == 1
+
+
+def test_a_control_id_longer_than_its_column_is_stored_not_refused(
+    store: Store, tmp_path: Path
+) -> None:
+    """MSH-10 of 300 characters (HL7 allows 20, later 199; engines send more): stored and
+    acknowledged with the whole id in MSA-2. On PostgreSQL the row was refused and the
+    answer was AE 'send it again later': the sender resent it for ever."""
+    control = "LONG" + "9" * 296
+    data = with_control_id(example("ref_i12_nsch_to_hkpmc.hl7"), control)
+    with Listener(settings_for(tmp_path), store) as listener:
+        seg = segments(call(listener.port, data))
+        assert seg["MSA"][1:3] == ["AA", control]
+        assert segments(call(listener.port, data))["MSA"][1:3] == ["AA", control]
+    (row,) = store.find().items
+    assert row.control_id == control[:255]

@@ -23,6 +23,7 @@ from gateway.store import (
     DicomInstance,
     Incoming,
     MessageFilter,
+    Receipt,
     StageOutcome,
     Store,
     StoreError,
@@ -205,6 +206,36 @@ def test_refused_bytes_accepted_later_are_received_again(store: Store) -> None:
     again = store.receive(msg("R1"))  # resent once more: now a plain duplicate
     assert (again.id, again.duplicate) == (refused.id, True)
     assert store.count() == 1
+
+
+def test_header_values_longer_than_their_columns_are_kept_clipped(store: Store) -> None:
+    """A sender's MSH-10 of 300 characters (or an MSH-4, MSH-9, MSH-18 beyond their
+    columns): PostgreSQL refused the row (VARCHAR(255)), the listener answered AE 'send
+    it again later', and the sender resent the same message for ever. The row is kept
+    with the values clipped to their columns; a resend is still the same row."""
+    long = Incoming(
+        b"MSH|^~\\&|...\r",
+        "mllp",
+        peer="p" * 300,
+        auth_sender="a" * 300,
+        sender="S" * 300,
+        control_id="C" * 300,
+        message_type="T" * 100,
+        charset="X" * 40,
+    )
+    first = store.receive(long)
+    assert store.receive(long) == Receipt(first.id, True, 1, False, "received")
+    summary = store.find(MessageFilter(control_id="C" * 255)).items[0]
+    assert (summary.sender, summary.message_type, summary.charset) == (
+        "S" * 255,
+        "T" * 64,
+        "X" * 32,
+    )
+    learnt = store.receive(Incoming(b"other", "api"))  # what conversion learns is clipped too
+    outcome = StageOutcome("convert", "failed", control_id="D" * 300, message_type="U" * 100)
+    store.record_outcome(learnt.id, outcome)
+    found = store.get(learnt.id)
+    assert found is not None and found.summary.control_id == "D" * 255
 
 
 def test_prune_keeps_stubs_and_never_touches_waiting_messages(store: Store) -> None:

@@ -251,7 +251,7 @@ class MllpServer:
             host or self.settings.mllp_host,
             self.settings.mllp_port if port is None else port,
             ssl=tls_context(self.settings),
-            limit=self.max_bytes + 2,
+            limit=self.max_bytes,  # a frame's payload: StreamReader bounds what precedes END
             backlog=512,
         )
         return int(self._server.sockets[0].getsockname()[1])

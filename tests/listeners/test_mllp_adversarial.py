@@ -452,3 +452,16 @@ def test_a_control_id_longer_than_its_column_is_stored_not_refused(
         assert segments(call(listener.port, data))["MSA"][1:3] == ["AA", control]
     (row,) = store.find().items
     assert row.control_id == control[:255]
+
+
+def test_mllp_max_bytes_is_the_largest_message_taken(store: Store, tmp_path: Path) -> None:
+    """A message of mllp_max_bytes is taken, one of a byte more is refused (AR 207):
+    the bound is the message's, not the message and its end block's."""
+    data = with_control_id(example("ref_i12_nsch_to_hkpmc.hl7"), "MAX")
+    settings = settings_for(tmp_path, mllp_max_bytes=len(data))
+    over = data + b"X"
+    with Listener(settings, store) as listener:
+        assert segments(call(listener.port, data))["MSA"][1:3] == ["AA", "MAX"]
+        seg = segments(call(listener.port, over))
+    assert seg["MSA"][1:3] == ["AR", "MAX"] and seg["ERR"][3].startswith("207^")
+    assert store.count() == 1

@@ -108,7 +108,8 @@ def _peek_header(payload: bytes) -> _Header:
     decoded in the charset it declares when it reads as such (a GB 18030 or Big5 trail
     byte may be the field separator: split as bytes, the fields after it shift, and
     MSA-2 would name another control id); otherwise only its ASCII fields are kept."""
-    line = payload.lstrip(b"\r\n \t").split(b"\r", 1)[0].split(b"\n", 1)[0]
+    start = payload.lstrip(b"\r\n \t").removeprefix(b"\xef\xbb\xbf")  # a UTF-8 BOM
+    line = start.split(b"\r", 1)[0].split(b"\n", 1)[0]
     if not line.startswith(b"MSH") or len(line) < 8 or line[3:4].isalnum():
         return _Header()
     naive = _split_header(line.decode("latin-1"))

@@ -465,3 +465,16 @@ def test_mllp_max_bytes_is_the_largest_message_taken(store: Store, tmp_path: Pat
         seg = segments(call(listener.port, over))
     assert seg["MSA"][1:3] == ["AR", "MAX"] and seg["ERR"][3].startswith("207^")
     assert store.count() == 1
+
+
+def test_a_refused_message_behind_a_byte_order_mark_is_answered_as_itself(
+    store: Store, tmp_path: Path
+) -> None:
+    """A UTF-8 BOM before the MSH (Windows engines write one) of a message without
+    MSH-9: the AR names the message (MSA-2) in its own version and charset."""
+    data = with_control_id(example("ref_i12_nsch_to_hkpmc.hl7"), "BOM1")
+    data = b"\xef\xbb\xbf" + data.replace(b"REF^I12^REF_I12", b"", 1)
+    with Listener(settings_for(tmp_path), store) as listener:
+        seg = segments(call(listener.port, data))
+    assert seg["MSA"][1:3] == ["AR", "BOM1"]
+    assert seg["MSH"][12] == "2.5" and seg["MSH"][18] == "UNICODE UTF-8"

@@ -478,3 +478,20 @@ def test_a_refused_message_behind_a_byte_order_mark_is_answered_as_itself(
         seg = segments(call(listener.port, data))
     assert seg["MSA"][1:3] == ["AR", "BOM1"]
     assert seg["MSH"][12] == "2.5" and seg["MSH"][18] == "UNICODE UTF-8"
+
+
+def test_a_start_block_inside_a_frame(store: Store, tmp_path: Path) -> None:
+    """0x0B inside content. In a field: stored and acknowledged (conversion drops the
+    control byte with a warning). Between two messages (the first frame's end block
+    lost): the frame is answered for its first message, as an error, and kept as
+    refused; the second is never acknowledged as stored, so its sender resends it."""
+    base = example("ref_i12_nsch_to_hkpmc.hl7")
+    in_field = with_control_id(base, "VT1").replace(b"\rPID|", b"\rPID|\x0b", 1)
+    joined = with_control_id(base, "VT2") + b"\x0b" + with_control_id(base, "VT3")
+    with Listener(settings_for(tmp_path), store) as listener:
+        assert segments(call(listener.port, in_field))["MSA"][1:3] == ["AA", "VT1"]
+        assert segments(call(listener.port, joined))["MSA"][1:3] == ["AE", "VT2"]
+        resent = with_control_id(base, "VT3")
+        assert segments(call(listener.port, resent))["MSA"][1:3] == ["AA", "VT3"]
+    states = {m.control_id: m.state for m in store.find().items}
+    assert states == {"VT1": "received", "VT2": "rejected", "VT3": "received"}

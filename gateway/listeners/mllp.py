@@ -55,9 +55,11 @@ _HL7_ERROR = {
     "intake.charset-unknown": ("103", "Table value not found"),
     "intake.charset-unsupported": ("103", "Table value not found"),
     "intake.charset-mismatch": ("102", "Data type error"),
+    "intake.charset-mislabelled": ("102", "Data type error"),
     "intake.charset-undeclared": ("102", "Data type error"),
 }
 _SEGMENT_ERROR = ("100", "Segment sequence error")
+_DATA_TYPE = ("102", "Data type error")
 _INTERNAL = ("207", "Application internal error")
 _FIELD = re.compile(r"([A-Z][A-Z0-9]{2})-(\d+)")
 _control_ids = itertools.count(1)
@@ -95,25 +97,52 @@ def _header_of(message: Message) -> _Header:
     )
 
 
+# The multi-byte charsets whose trail bytes include '|', '^', '~' and '\\': a header in
+# them is split right only once decoded.
+_MULTI_BYTE = ("gb18030", "big5hkscs", "utf-8")
+
+
 def _peek_header(payload: bytes) -> _Header:
-    """A bad message's MSH, best effort: its separators, ASCII fields and declared
-    charset, so that even an error ACK names the message and speaks its charset."""
-    line = payload.lstrip(b"\r\n \t").split(b"\r", 1)[0].split(b"\n", 1)[0]
+    """A bad message's MSH, best effort: its separators, fields and declared charset,
+    so that even an error ACK names the message and speaks its charset. The line is
+    decoded in the charset it declares when it reads as such (a GB 18030 or Big5 trail
+    byte may be the field separator: split as bytes, the fields after it shift, and
+    MSA-2 would name another control id); otherwise only its ASCII fields are kept."""
+    start = payload.lstrip(b"\r\n \t").removeprefix(b"\xef\xbb\xbf")  # a UTF-8 BOM
+    line = start.split(b"\r", 1)[0].split(b"\n", 1)[0]
     if not line.startswith(b"MSH") or len(line) < 8 or line[3:4].isalnum():
         return _Header()
-    text = line.decode("latin-1")
+    naive = _split_header(line.decode("latin-1"))
+    for codec in dict.fromkeys((naive.codec, *_MULTI_BYTE)):
+        try:
+            header = _split_header(line.decode(codec))
+        except (UnicodeDecodeError, LookupError):
+            continue
+        if header.codec == codec:  # read in the charset it declares
+            return header
+    # Fields with non-ASCII bytes may be cut wrong (trail bytes): left out.
+    naive.fields = [f if f.isascii() else "" for f in naive.fields]
+    return naive
+
+
+def _split_header(text: str) -> _Header:
     fs = text[3]
     enc = text[4 : text.find(fs, 4)] if fs in text[4:] else text[4:8]
     fields = text.split(fs)
     fields.insert(1, fs)
-    # Fields with non-ASCII bytes may be cut wrong (Big5 trail bytes): left out.
-    fields = [f if f.isascii() else "" for f in fields]
     header = _Header(fs + (enc + "^~\\&"[len(enc) :])[:4], fields)
     declared = header.get(18).split(header.separators[2])[0].strip()
     if declared:
         with contextlib.suppress(IntakeError):
             header.codec, header.charset = codec_for(declared, location="MSH-18"), declared
     return header
+
+
+def _in_a_field(issue: Issue) -> bool:
+    """A control byte inside a field after the MSH: a readable HL7 v2 message whose
+    content is wrong (AE, 102 at that field), not bytes that are no HL7 v2 (AR)."""
+    found = _FIELD.match(issue.location or "")
+    return issue.code == "intake.binary" and found is not None and found.group(1) != "MSH"
 
 
 def _escape(text: str, seps: str) -> str:
@@ -174,6 +203,8 @@ def _err(issue: Issue, seps: str, version: tuple[int, ...]) -> str:
     number, name = _HL7_ERROR.get(issue.code, _SEGMENT_ERROR)
     if issue.code in ("store.unavailable", "intake.mllp-too-large"):
         number, name = _INTERNAL
+    if _in_a_field(issue):
+        number, name = _DATA_TYPE
     found = _FIELD.match(issue.location or "")
     segment, position = (found.group(1), found.group(2)) if found else ("", "")
     text = _escape(f"{issue.message} [{issue.code}]", seps)
@@ -221,7 +252,7 @@ class MllpServer:
             host or self.settings.mllp_host,
             self.settings.mllp_port if port is None else port,
             ssl=tls_context(self.settings),
-            limit=self.max_bytes + 2,
+            limit=self.max_bytes,  # a frame's payload: StreamReader bounds what precedes END
             backlog=512,
         )
         return int(self._server.sockets[0].getsockname()[1])
@@ -229,8 +260,11 @@ class MllpServer:
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
-            for task in list(self._connections):
+            tasks = list(self._connections)
+            for task in tasks:
                 task.cancel()
+            # each hangs up (aborting a peer that does not read) before the store closes
+            await asyncio.gather(*tasks, return_exceptions=True)
             await self._server.wait_closed()
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -240,6 +274,7 @@ class MllpServer:
         address = writer.get_extra_info("peername")
         peer = f"{address[0]}:{address[1]}" if isinstance(address, tuple) else str(address)
         auth = _client_name(writer.get_extra_info("peercert"))
+        grace = self.idle_timeout  # for the last ACKs to leave when the peer hangs up
         try:
             while True:
                 read = await asyncio.wait_for(self._read_frame(reader), self.idle_timeout)
@@ -248,17 +283,19 @@ class MllpServer:
                 ack = await self.answer(read.payload, peer, auth, read.too_large)
                 if ack.data is not None:
                     writer.write(frame(ack.data))
-                    await writer.drain()
+                    try:
+                        await asyncio.wait_for(writer.drain(), self.idle_timeout)
+                    except TimeoutError:  # a peer that does not take its ACKs: cut off
+                        grace = 0.0
+                        break
         except (TimeoutError, ConnectionError, asyncio.IncompleteReadError):
             pass  # idle, gone, or cut mid-frame (no ACK: the sender resends)
         except asyncio.CancelledError:
-            pass
+            grace = 0.0  # stopping: no waiting for a peer
         finally:
             if task is not None:
                 self._connections.discard(task)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+            await _hang_up(writer, grace)
 
     async def _read_frame(self, reader: asyncio.StreamReader) -> _Read | None:
         """The next frame; None at the end of the stream. Bytes before a start block
@@ -301,7 +338,7 @@ class MllpServer:
         header = _header_of(message) if message is not None else _peek_header(payload)
         enhanced = bool(header.get(15) or header.get(16))
         if issue is not None:
-            code = "R" if issue.code in _REJECTS else "E"
+            code = "R" if issue.code in _REJECTS and not _in_a_field(issue) else "E"
             if not too_large:  # kept, refused, so that the browser shows it
                 await self._keep_rejected(payload, peer, auth, header, issue)
             return self._ack(header, code, enhanced, issue)
@@ -335,7 +372,7 @@ class MllpServer:
         if not raws:
             return None, Issue("intake.empty", "the MLLP frame is empty", location="MSH")
         try:
-            return parse_message(raws[0], self.network.charset), None
+            return parse_message(raws[0], network=self.network), None
         except GatewayError as exc:
             return None, exc.issue
 
@@ -370,6 +407,17 @@ class MllpServer:
             ):
                 return Ack(full, None)
         return Ack(full, build_ack(header, full, issue))
+
+
+async def _hang_up(writer: asyncio.StreamWriter, grace: float) -> None:
+    """Close the connection, letting what is written leave for up to ``grace`` seconds;
+    then abort it: a peer that never reads would otherwise keep it (and its buffers)
+    open for good, and a stopping listener waiting for it."""
+    writer.close()
+    try:
+        await asyncio.wait_for(writer.wait_closed(), grace)
+    except (Exception, asyncio.CancelledError):  # timed out, reset, or stopping
+        writer.transport.abort()
 
 
 def tls_context(settings: Settings) -> ssl.SSLContext | None:

@@ -10,7 +10,7 @@ import logging
 import queue
 import sys
 import threading
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 
 from ..pipeline import Converter
 from ..store import AuditHook, Incoming, Receipt, Store, process_message
@@ -74,10 +74,25 @@ class StoreWriter:
                     self._commit([one])
                 return
             log.exception("a received message could not be stored")
-            group[0][1].set_exception(sys.exc_info()[1] or RuntimeError("store failed"))
+            _settle(group[0][1], error=sys.exc_info()[1] or RuntimeError("store failed"))
             return
         for (_, future), receipt in zip(group, receipts, strict=True):
+            _settle(future, receipt)
+
+
+def _settle(
+    future: Future[Receipt], receipt: Receipt | None = None, error: BaseException | None = None
+) -> None:
+    """Give the waiting connection its answer. A connection cancelled meanwhile (the
+    listener stopping) cancelled its future: nobody waits, the commit stands (the sender
+    had no ACK and resends, which the store recognises), and the writer goes on."""
+    try:
+        if error is not None:
+            future.set_exception(error)
+        elif receipt is not None:
             future.set_result(receipt)
+    except InvalidStateError:
+        pass
 
 
 class Processor:

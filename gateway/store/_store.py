@@ -13,7 +13,7 @@ import zipfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -333,6 +333,7 @@ class Store:
 
     def _receive(self, conn: Connection, item: Incoming, now: datetime | None = None) -> Receipt:
         now = now or utcnow()
+        item = _fit(item)
         sha = item.sha256
         key = _dedup_key(item.sender, item.control_id, sha)
         found = conn.execute(
@@ -341,6 +342,8 @@ class Store:
             ).where(messages.c.dedup_key == key)
         ).first()
         if found is not None:
+            if found.state == "rejected" and item.state != "rejected":
+                return self._accept_refused(conn, found, item, now)
             return Receipt(found.id, True, found.revision, found.flagged, found.state)
         revision, flagged = 1, False
         if item.control_id:
@@ -388,6 +391,29 @@ class Store:
                 now,
             )
         return Receipt(new_id, False, revision, flagged, item.state)
+
+    def _accept_refused(
+        self, conn: Connection, found: Any, item: Incoming, now: datetime
+    ) -> Receipt:
+        """The bytes of a refused message, now accepted (the operator fixed what refused
+        them: the sender's charset, a limit): the same row takes the new state, and its
+        content back if it was pruned; the refusal stays among its outcomes. Answered as
+        a duplicate, it would be acknowledged yet stay 'rejected': never converted, and
+        pruned after the rejected retention."""
+        m = messages.c
+        conn.execute(
+            messages.update()
+            .where(m.id == found.id)
+            .values(
+                state=item.state,
+                raw=item.raw,
+                pruned_at=None,
+                updated_at=now,
+                message_type=sa.func.coalesce(m.message_type, item.message_type),
+                charset=sa.func.coalesce(m.charset, item.charset),
+            )
+        )
+        return Receipt(found.id, False, found.revision, found.flagged, item.state)
 
     def _insert_ignore(self, conn: Connection, values: dict[str, Any]) -> int | None:
         dialect: Any = postgresql if self.dialect == "postgresql" else sqlite
@@ -454,10 +480,10 @@ class Store:
         ).scalar_one()
         state = {"m": message_id, "state": outcome.state, "updated_at": now}
         learnt = {
-            "new_control_id": outcome.control_id,
-            "new_message_type": outcome.message_type,
-            "new_sender": outcome.sender,
-            "new_charset": outcome.charset,
+            "new_control_id": _clip(outcome.control_id, "control_id"),
+            "new_message_type": _clip(outcome.message_type, "message_type"),
+            "new_sender": _clip(outcome.sender, "sender"),
+            "new_charset": _clip(outcome.charset, "charset"),
         }
         if any(v is not None for v in learnt.values()):
             conn.execute(_MESSAGE_LEARNT, {**state, **learnt})
@@ -853,6 +879,27 @@ def study_zip(members: Iterable[tuple[str, bytes]]) -> bytes:
         for name, data in members:
             archive.writestr(zipfile.ZipInfo(name, (1980, 1, 1, 0, 0, 0)), data)
     return out.getvalue()
+
+
+# What a sender writes in a header field can be longer than its column (VARCHAR(n):
+# PostgreSQL refuses the row, and the listener's "send it again later" would have the
+# sender resend it for ever). The raw bytes keep every character; the columns a prefix.
+_CLIPPED = ("peer", "auth_sender", "sender", "control_id", "message_type", "charset")
+_LENGTH = {name: int(messages.c[name].type.length) for name in _CLIPPED}  # type: ignore[attr-defined]
+
+
+def _clip(value: str | None, column: str) -> str | None:
+    return value if value is None else value[: _LENGTH[column]]
+
+
+def _fit(item: Incoming) -> Incoming:
+    """The message with its header values clipped to their columns."""
+    long: dict[str, Any] = {
+        name: _clip(value, name)
+        for name in _CLIPPED
+        if (value := getattr(item, name)) is not None and len(value) > _LENGTH[name]
+    }
+    return replace(item, **long) if long else item
 
 
 def _same(column: Any, value: str | None) -> Any:

@@ -23,6 +23,7 @@ from gateway.store import (
     DicomInstance,
     Incoming,
     MessageFilter,
+    Receipt,
     StageOutcome,
     Store,
     StoreError,
@@ -181,6 +182,60 @@ def test_keyset_pages_with_filters(store: Store) -> None:
     assert store.find(MessageFilter(since=utcnow() + timedelta(minutes=5))).items == []
     with pytest.raises(StoreError):
         store.find(after="nonsense")
+
+
+def test_refused_bytes_accepted_later_are_received_again(store: Store) -> None:
+    """A listener refused these bytes (kept 'rejected'); the operator fixed the cause and
+    the sender resent them, now accepted: the same row becomes 'received' (not a
+    duplicate: it must be converted), with its content back if pruned meanwhile, and
+    its refusal kept among its outcomes."""
+    issue = Issue("intake.charset-mislabelled", "declared 8859/1, bytes GB 18030", "MSH-18")
+    refused = store.receive(
+        Incoming(
+            msg("R1").raw, "mllp", sender="LAX2", control_id="R1", state="rejected", issues=(issue,)
+        )
+    )
+    assert store.prune({"rejected": timedelta(days=1)}, utcnow() + timedelta(days=2)) == 1
+    accepted = store.receive(msg("R1"))
+    assert (accepted.id, accepted.duplicate, accepted.state) == (refused.id, False, "received")
+    assert store.pending() == [refused.id]
+    stored = store.get(refused.id)
+    assert stored is not None and stored.raw == msg("R1").raw and stored.summary.pruned_at is None
+    assert stored.summary.message_type == "ORU^R01"
+    assert [o.stage for o in stored.outcomes] == ["intake"]
+    again = store.receive(msg("R1"))  # resent once more: now a plain duplicate
+    assert (again.id, again.duplicate) == (refused.id, True)
+    assert store.count() == 1
+
+
+def test_header_values_longer_than_their_columns_are_kept_clipped(store: Store) -> None:
+    """A sender's MSH-10 of 300 characters (or an MSH-4, MSH-9, MSH-18 beyond their
+    columns): PostgreSQL refused the row (VARCHAR(255)), the listener answered AE 'send
+    it again later', and the sender resent the same message for ever. The row is kept
+    with the values clipped to their columns; a resend is still the same row."""
+    long = Incoming(
+        b"MSH|^~\\&|...\r",
+        "mllp",
+        peer="p" * 300,
+        auth_sender="a" * 300,
+        sender="S" * 300,
+        control_id="C" * 300,
+        message_type="T" * 100,
+        charset="X" * 40,
+    )
+    first = store.receive(long)
+    assert store.receive(long) == Receipt(first.id, True, 1, False, "received")
+    summary = store.find(MessageFilter(control_id="C" * 255)).items[0]
+    assert (summary.sender, summary.message_type, summary.charset) == (
+        "S" * 255,
+        "T" * 64,
+        "X" * 32,
+    )
+    learnt = store.receive(Incoming(b"other", "api"))  # what conversion learns is clipped too
+    outcome = StageOutcome("convert", "failed", control_id="D" * 300, message_type="U" * 100)
+    store.record_outcome(learnt.id, outcome)
+    found = store.get(learnt.id)
+    assert found is not None and found.summary.control_id == "D" * 255
 
 
 def test_prune_keeps_stubs_and_never_touches_waiting_messages(store: Store) -> None:

@@ -734,8 +734,8 @@ def _late(unit: Unit, batch: list[DicomInput]) -> Unit:
     """A study met again after it was converted: an error naming the file that brought
     it (the batch's file peeked at as that study, else its first file of unknown study)."""
     culprit = next(
-        (i for i in batch if i.study == unit.control_id),
-        next((i for i in batch if i.study is None), batch[0]),
+        (i for i in batch if unit.control_id in i.studies.uids),
+        next((i for i in batch if not i.studies.whole), batch[0]),
     )
     error = IntakeError(
         "dicom-late-file",

@@ -17,6 +17,7 @@ unexpected exception in one record's stage becomes an ``internal`` issue on that
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import re
 import time
@@ -280,52 +281,69 @@ class Converter:
     def convert_many(self, inputs: Iterable[bytes]) -> Iterator[list[Record]]:
         """``convert(data)`` of each input, in order, the HL7 v2 messages of consecutive
         inputs going through the stages together, stage by stage (see _finish_batch):
-        for many small inputs, such as messages kept one by one."""
+        for many small inputs, such as messages kept one by one. Each input is read
+        once; its records are logged and measured when its list is handed out."""
+        if tracing_on():  # records one after the other, their spans in place (_finish_batch)
+            for data in inputs:
+                yield self.convert(data)
+            return
         held: list[list[tuple[Unit, float]]] = []  # inputs read, not yet converted
         count = 0
         for data in inputs:
-            units = self._hl7v2_units(data)
-            if units is None:  # not HL7 v2, or its reader raised: converted alone
+            read = self._hl7v2_units(data)
+            if read is None:  # not HL7 v2: converted alone
                 yield from self._convert_held(held)
                 held, count = [], 0
                 yield self.convert(data)
                 continue
-            held.append(units)
+            units, rest = read
+            if rest is not None:  # more than a batch, or its reader raised
+                yield from self._convert_held(held)
+                held, count = [], 0
+                # Go on from where the look stopped (the same reader, as convert(data)
+                # would read it): every message is read once, at most a batch held.
+                yield list(self._stream(itertools.chain(units, rest), "hl7v2", None, False))
+                continue
+            held.append([(u, ms) for u, ms in units if not isinstance(u, _Broken)])
             count += len(units)
             if count >= _BATCH["hl7v2"]:
                 yield from self._convert_held(held)
                 held, count = [], 0
         yield from self._convert_held(held)
 
-    def _hl7v2_units(self, data: bytes) -> list[tuple[Unit, float]] | None:
-        """The records of an HL7 v2 input, read; None for any other input, when the
-        reader raised (convert says how), or when it holds more than a batch."""
+    def _hl7v2_units(self, data: bytes) -> tuple[list[_Timed], Iterator[_Timed] | None] | None:
+        """An HL7 v2 input's first records, read (at most a batch and one): with None
+        when that was all of it and its reader did not raise, else with the rest of
+        its reader to go on with. None for an input that is not HL7 v2."""
         try:
             kind = detect_format(data)
         except Exception:  # isolation: convert(data) makes it one internal error
             return None
         if kind not in ("hl7v2", "unknown"):  # unknown: the HL7 v2 reader says what is wrong
             return None
-        units: list[tuple[Unit, float]] = []
-        for unit, read_ms in self._units(read_messages(data, network=self.network)):
-            if isinstance(unit, _Broken) or len(units) == _BATCH["hl7v2"]:
-                # More than a batch: convert(data) takes it batch by batch, instead of
-                # holding every record of it (its parsed views) through all the stages.
-                return None
-            units.append((unit, read_ms))
-        return units
+        timed = self._units(read_messages(data, network=self.network))
+        size = _BATCH["hl7v2"]
+        # More than a batch goes batch by batch (instead of holding every record of it,
+        # its parsed views, through all the stages), as convert(data) takes it.
+        units = list(itertools.islice(timed, size + 1))
+        if len(units) > size or any(isinstance(u, _Broken) for u, _ in units):
+            return units, timed
+        return units, None
 
     def _convert_held(self, held: list[list[tuple[Unit, float]]]) -> Iterator[list[Record]]:
         if not held:
             return
         flat = [u for units in held for u in units]
         size = _BATCH["hl7v2"]  # inputs add up to less than two batches: at most 32 at once
-        records: list[Record] = []
-        for start in range(0, len(flat), size):
-            records += self._finish_batch(flat[start : start + size], None, False)
+        starts = range(0, len(flat), size)
+        done = [self._finish_batch(flat[n : n + size], None, False) for n in starts]
+        records = [(r, d) for d in done for r in d.records]
         start = 0
         for units in held:
-            yield records[start : start + len(units)]
+            mine = records[start : start + len(units)]
+            for record, batch in mine:  # said as its input's list is handed out
+                batch.publish(record)
+            yield [record for record, _ in mine]
             start += len(units)
 
     def known_sender(self, facility: str) -> str:
@@ -459,23 +477,31 @@ class Converter:
         self, reader: Iterator[Unit], kind: str, source: str | None, trace: bool
     ) -> Iterator[Record]:
         """The reader's records through the stages, a few at a time (see _BATCH)."""
+        return self._stream(self._units(reader), kind, source, trace)
+
+    def _stream(
+        self, timed: Iterator[_Timed], kind: str, source: str | None, trace: bool
+    ) -> Iterator[Record]:
+        """Timed records (``_units``) through the stages, a few at a time (see _BATCH),
+        each logged and measured as it is handed out (_Batch.hand_out)."""
         size = 1 if tracing_on() else _BATCH.get(kind, 1)  # tracing: see _finish_batch
         batch: list[tuple[Unit, float]] = []
-        for unit, read_ms in self._units(reader):
+        for unit, read_ms in timed:
             if isinstance(unit, _Broken):
-                yield from self._finish_batch(batch, source, trace)  # the records before it
+                # the records before it
+                yield from self._finish_batch(batch, source, trace).hand_out()
                 batch = []
                 yield self._broken(unit, source, kind)
                 continue
             batch.append((unit, read_ms))
             if len(batch) >= size:
-                yield from self._finish_batch(batch, source, trace)
+                yield from self._finish_batch(batch, source, trace).hand_out()
                 batch = []
         if batch:
-            yield from self._finish_batch(batch, source, trace)
+            yield from self._finish_batch(batch, source, trace).hand_out()
 
     @staticmethod
-    def _units(reader: Iterator[Unit]) -> Iterator[tuple[Unit | _Broken, float]]:
+    def _units(reader: Iterator[Unit]) -> Iterator[_Timed]:
         """The reader's Units, each with the milliseconds the reader took to make it
         (they count in its intake step); an exception inside the reader ends it with
         one ``_Broken``."""
@@ -526,19 +552,32 @@ class Converter:
         it handed on (its input when it failed); tests use it to look at, and tamper
         with, each stage's output. ``read_ms`` is the time the reader took to make
         ``unit`` (part of the intake step)."""
+        batch = _Batch([], [])
+        record = self._finish_one(unit, source, trace, read_ms, batch.faults, after)
+        batch.publish(record)
+        return record
+
+    def _finish_one(
+        self,
+        unit: Unit,
+        source: str | None,
+        trace: bool,
+        read_ms: float,
+        faults: list[_Fault],
+        after: AfterStage | None = None,
+    ) -> Record:
+        """:meth:`finish` without a word: nothing logged or measured (_Batch.publish)."""
         record = _record(unit, source)
-        debug = log.isEnabledFor(logging.DEBUG)
         payload: Any = unit
         for stage in STAGES:
             if stage.run is None:
                 continue  # run per partner by the outbound path, not here
             extra = read_ms if stage is STAGES[0] else 0.0
-            payload = self._stage(stage, record, payload, trace, extra, debug)
+            payload = self._stage(stage, record, payload, trace, extra, faults)
             if after is not None:
                 after(stage, record, payload)
             if record.state is State.FAILED:
                 break
-        _done(record)
         return record
 
     def _finish_batch(
@@ -546,22 +585,30 @@ class Converter:
         units: list[tuple[Unit, float]],
         source: str | None,
         trace: bool,
-    ) -> list[Record]:
+    ) -> _Batch:
         """Each stage over every record of ``units`` in turn, then the next stage (each
         record's outcome as if it went alone). Stage by stage rather than record by
         record because a stage's code and data (the mapping's, the validator's) stay in
         the CPU caches across the records of the batch instead of being evicted by the
         other stages between two records: measured on fresh messages, every stage costs
-        less (narratives alone: ~34 µs hot, ~90 µs with the caches evicted)."""
+        less (narratives alone: ~34 µs hot, ~90 µs with the caches evicted).
+
+        Nothing is logged or measured here: a consumer may stop after any record (a
+        caller that breaks out of its loop), and the records after it, converted ahead
+        in this batch, must not be counted as converted. Each record's log lines,
+        stage observations and spans are made from its history when it is handed out
+        (_Batch.hand_out), which keeps the stage-by-stage speed (the same calls, later)."""
+        faults: list[_Fault] = []
         if len(units) == 1 or tracing_on():
             # One message per input (the API, MLLP): nothing to share. Tracing: a
             # record's spans end when it is done (trace_record), so its stages must
-            # run back to back, or its spans would be placed after the whole batch.
-            return [self.finish(unit, source, trace, read_ms=ms) for unit, ms in units]
+            # run back to back, or its spans would be placed after the whole batch
+            # (with tracing on, _stream hands batches of one, convert_many inputs alone).
+            records = [self._finish_one(unit, source, trace, ms, faults) for unit, ms in units]
+            return _Batch(records, faults)
         records = [_record(unit, source) for unit, _ in units]
         payloads: list[Any] = [unit for unit, _ in units]
         live: Iterable[int] = range(len(units))  # the records that have not failed
-        debug = log.isEnabledFor(logging.DEBUG)
         for stage in STAGES:
             if stage.run is None:
                 continue  # run per partner by the outbound path, not here
@@ -569,13 +616,11 @@ class Converter:
             for n in live:
                 record = records[n]
                 extra = units[n][1] if first else 0.0  # the reader's time: the intake step's
-                payloads[n] = self._stage(stage, record, payloads[n], trace, extra, debug)
+                payloads[n] = self._stage(stage, record, payloads[n], trace, extra, faults)
                 failed = failed or record.state is State.FAILED
             if failed:
                 live = [n for n in live if records[n].state is not State.FAILED]
-        for record in records:
-            _done(record)
-        return records
+        return _Batch(records, faults)
 
     def _stage(
         self,
@@ -584,11 +629,12 @@ class Converter:
         payload: Any,
         trace: bool,
         extra: float,
-        debug: bool,
+        faults: list[_Fault],
     ) -> Any:
-        """One stage over one record, taken down (its history and state, the metric, the
-        debug log; ``extra`` ms added to its time): its output, its input when it failed
-        (the record is then ``failed``)."""
+        """One stage over one record, taken down in its history and state (``extra`` ms
+        added to its time; an unexpected exception's log line kept in ``faults``): its
+        output, its input when it failed (the record is then ``failed``). The metric and
+        the log lines are made from the history when the record is handed out."""
         assert stage.run is not None  # _finish_batch runs only these
         start = time.perf_counter()
         try:
@@ -600,14 +646,13 @@ class Converter:
             record.issues.extend(_named(i, record.label) for i in exc.issues)
             code = exc.issues[0].code if exc.issues else INTERNAL
             if not exc.issues:  # a stage failed without saying why: a bug
-                _internal(record, stage, exc)
+                _internal(record, stage, exc, faults)
         except Exception as exc:  # isolation: one record, one internal error
-            _internal(record, stage, exc)
+            _internal(record, stage, exc, faults)
             code = INTERNAL
         else:
             code = None
         ms = _ms(start) + extra
-        observe_stage(stage.name, ms / 1000.0)  # gateway_stage_duration_seconds
         if code is None:
             if stage.reaches is not None:
                 record.advance(stage.reaches)
@@ -616,9 +661,45 @@ class Converter:
             if record.state is not State.FAILED:
                 record.advance(State.FAILED)
             record.history.append(Step(stage.name, "failed", ms, code))
-        if debug:
-            _log_step(record, stage.name, "ok" if code is None else "failed", code, ms)
         return payload
+
+
+_Timed = tuple[Unit | _Broken, float]  # a record as read, with the reader's milliseconds
+# An unexpected exception's log line, said when its record is handed out: the record,
+# the stage, the exception's type and its safe traceback.
+_Fault = tuple[Record, str, str, str]
+
+
+@dataclass(slots=True)
+class _Batch:
+    """Records through the stages, not yet handed out: nothing about them logged or
+    measured yet. ``publish`` says it for one record (its history, as each stage took
+    it down), as the record leaves for its consumer."""
+
+    records: list[Record]
+    faults: list[_Fault]
+
+    def hand_out(self) -> Iterator[Record]:
+        """The records, each published only when the consumer takes it: a consumer
+        that stops never has the records after its last one counted as converted."""
+        for record in self.records:
+            self.publish(record)
+            yield record
+
+    def publish(self, record: Record) -> None:
+        """The record's stage observations (gateway_stage_duration_seconds), its DEBUG
+        line per stage (after the ERROR line of a stage that raised), its spans and its
+        INFO line: what converting it alone would have said, in that order."""
+        debug = log.isEnabledFor(logging.DEBUG)
+        faults = [f for f in self.faults if f[0] is record] if self.faults else []
+        for stage, outcome, ms, code in record.history:
+            for fault in faults:
+                if fault[1] == stage:
+                    _log_fault(record, *fault[1:])
+            observe_stage(stage, ms / 1000.0)
+            if debug:
+                _log_step(record, stage, outcome, code, ms)
+        _done(record)
 
 
 # HL7 v2 records go through the stages this many at a time (Converter._finish_batch):
@@ -653,8 +734,8 @@ def _late(unit: Unit, batch: list[DicomInput]) -> Unit:
     """A study met again after it was converted: an error naming the file that brought
     it (the batch's file peeked at as that study, else its first file of unknown study)."""
     culprit = next(
-        (i for i in batch if i.study == unit.control_id),
-        next((i for i in batch if i.study is None), batch[0]),
+        (i for i in batch if unit.control_id in i.studies.uids),
+        next((i for i in batch if not i.studies.whole), batch[0]),
     )
     error = IntakeError(
         "dicom-late-file",
@@ -688,20 +769,32 @@ def internal_issue(stage: str, record: str | None = None) -> Issue:
     )
 
 
-def _internal(record: Record, stage: Stage[Any, Any], exc: BaseException) -> None:
+def _internal(
+    record: Record, stage: Stage[Any, Any], exc: BaseException, faults: list[_Fault] | None = None
+) -> None:
+    """The record fails with an ``internal`` issue; its ERROR line is logged now, or,
+    given ``faults``, kept there until the record is handed out (_Batch.publish)."""
     record.issues.append(internal_issue(stage.name, record.label))
     if record.state is not State.FAILED:
         record.advance(State.FAILED)
+    fault = (record, stage.name, type(exc).__name__, safe_traceback(exc))
+    if faults is None:
+        _log_fault(*fault)
+    else:
+        faults.append(fault)
+
+
+def _log_fault(record: Record, stage: str, kind: str, traceback: str) -> None:
     log.error(
         "unexpected error in stage %s: %s",
-        stage.name,
-        type(exc).__name__,
+        stage,
+        kind,
         extra={
             "record": record.log_id,
-            "stage": stage.name,
+            "stage": stage,
             "outcome": "failed",
             "code": INTERNAL,
-            "traceback": safe_traceback(exc),
+            "traceback": traceback,
         },
     )
 

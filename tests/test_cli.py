@@ -101,6 +101,33 @@ def test_several_messages_into_one_file_is_a_usage_error(tmp_path: Path) -> None
     assert not target.exists()
 
 
+def test_several_messages_into_one_file_log_only_the_records_the_command_took(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """40 messages into one file: the command takes the first, then the second tells it
+    there are several and it stops. The log says two records were converted (the two it
+    took), not the 32 the stages ran through ahead of it."""
+    one = (EXAMPLES / "ref_i12_nsgp_to_nsch.hl7").read_bytes().strip()
+    control = b"NSGP20260612093015001"
+    assert control in one
+    messages = [one.replace(control, b"NSGP2026061209301%04d" % n) for n in range(40)]
+    (tmp_path / "forty.hl7").write_bytes(b"\r".join(messages) + b"\r")
+    monkeypatch.setenv("GATEWAY_LOG_LEVEL", "info")
+    monkeypatch.setenv("GATEWAY_LOG_FORMAT", "json")
+    target = tmp_path / "one.json"
+    proc = run("convert", str(tmp_path / "forty.hl7"), "-o", str(target), home=tmp_path)
+    assert proc.returncode == 2 and b"give a directory" in proc.stderr
+    logged = [
+        json.loads(line)
+        for line in proc.stderr.splitlines()
+        if line.startswith(b"{") and b'"record converted"' in line
+    ]
+    assert [entry["record"] for entry in logged] == [
+        "message NSGP20260612093010000",
+        "message NSGP20260612093010001",
+    ]
+
+
 def test_demo_runs_on_a_fresh_home_and_says_where_the_output_is(tmp_path: Path) -> None:
     home = tmp_path / "fresh"
     proc = run("demo", home=home)

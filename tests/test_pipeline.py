@@ -852,3 +852,137 @@ def test_convert_many_keeps_input_order_across_dicom_cda_and_bad_inputs(
     assert [[_outcome(r) for r in rs] for rs in many] == [[_outcome(r) for r in rs] for rs in each]
     assert [rs[0].format for rs in many][5:12] == ["dicom", *["hl7v2"] * 4, "cda", "hl7v2"]
     assert many[5][0].ok and many[10][0].ok
+
+
+def _conversions() -> tuple[Any, Any]:
+    """What says records were converted: the stage histogram's count per stage (from
+    now on) and the INFO ``record ...`` lines of the pipeline in ``caplog``."""
+    from collections import Counter
+
+    from gateway.metrics import STAGE_SECONDS
+    from gateway.metrics._latency import stage_histogram
+
+    def counts() -> Counter[str]:
+        return Counter(
+            {
+                s.labels["stage"]: s.value
+                for family in stage_histogram().collect()
+                for s in family.samples
+                if s.name == f"{STAGE_SECONDS}_count"
+            }
+        )
+
+    before = counts()
+
+    def measured() -> Counter[str]:
+        return counts() - before
+
+    def logged(caplog: pytest.LogCaptureFixture) -> list[Any]:
+        return [
+            r.record  # type: ignore[attr-defined]
+            for r in caplog.records
+            if r.name == "gateway.pipeline" and r.levelno == logging.INFO
+        ]
+
+    return measured, logged
+
+
+def _forty_good(converter: Converter) -> list[bytes]:
+    _, alone = _joined_samples(converter)
+    good = [d for d in alone if converter.convert(d)[0].ok][:40]
+    assert len(good) == 40
+    return good
+
+
+@pytest.mark.parametrize("how", ["convert", "stream", "convert_many"])
+def test_a_consumer_that_takes_one_record_sees_one_conversion_logged_and_measured(
+    settings: Settings, caplog: pytest.LogCaptureFixture, how: str
+) -> None:
+    """The stages run 32 records at a time, ahead of the consumer; one that stops after
+    the first record (a caller breaking out of its loop) must find one conversion in
+    the logs and the metrics, not the 32 of the batch (the others were never handed)."""
+    converter = Converter(settings)
+    good = _forty_good(converter)
+    joined = b"\n".join(good)
+    caplog.set_level(logging.DEBUG, logger="gateway")
+    caplog.clear()
+    measured, logged = _conversions()
+    if how == "convert":
+        first = next(converter.iter_convert(joined))
+    elif how == "stream":
+        chunks = [joined[n : n + 1000] for n in range(0, len(joined), 1000)]
+        first = next(converter.iter_convert_stream(iter(chunks)))
+    else:
+        [first] = next(converter.convert_many(good))  # 40 inputs of one message each
+    assert first.ok
+    stages = ["intake", "mapping", "validation", "serialise"]
+    assert measured() == dict.fromkeys(stages, 1)
+    assert logged(caplog) == [first.log_id]
+    steps = [
+        r.stage  # type: ignore[attr-defined]
+        for r in caplog.records
+        if r.name == "gateway.pipeline" and r.levelno == logging.DEBUG
+    ]
+    assert steps == stages
+
+
+def test_a_records_internal_error_is_logged_only_when_it_is_handed_out(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Records after the consumer's last one raised in mapping: no ERROR line for them
+    (they were never handed out); taken, a record's ERROR line comes between its stage
+    lines, as when it goes alone."""
+    from gateway import pipeline
+
+    converter = Converter(settings)
+    good = _forty_good(converter)
+    failing = _failing("mapping", lambda r: r.index in (3, 4), "a bug: 0012345")
+    monkeypatch.setattr(pipeline, "STAGES", failing)
+    caplog.set_level(logging.DEBUG, logger="gateway")
+    records = converter.iter_convert(b"\n".join(good))
+    taken = [next(records), next(records)]
+    assert all(r.ok for r in taken)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    third = next(records)
+    records.close()  # the fourth, failed too, is never taken
+    assert third.errors[0].code == "internal"
+    assert len([r for r in caplog.records if r.levelno >= logging.ERROR]) == 1
+    mine = [
+        (r.levelname, r.getMessage())
+        for r in caplog.records
+        if getattr(r, "record", None) == third.log_id
+    ]
+    assert mine == [
+        ("DEBUG", "stage ok"),
+        ("ERROR", "unexpected error in stage mapping: ValueError"),
+        ("DEBUG", "stage failed"),
+        ("INFO", "record failed"),
+    ]
+
+
+def test_convert_many_reads_each_message_of_a_large_input_once(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An input of more than a batch (40 messages) among small ones: the HL7 v2 reader
+    is asked for each message once (it was asked for the first 33 twice: once to see
+    whether the input fits a batch, then again from the start), and the records are
+    what convert() gives."""
+    from gateway import pipeline
+
+    converter = Converter(settings)
+    good = _forty_good(converter)
+    inputs = [good[0], b"\n".join(good), good[1]]
+    expected = [[_placed(r) for r in converter.convert(data)] for data in inputs]
+    reads = 0
+    real = pipeline.read_messages
+
+    def counting(data: Any, *args: Any, **kwargs: Any) -> Any:
+        nonlocal reads
+        for unit in real(data, *args, **kwargs):
+            reads += 1
+            yield unit
+
+    monkeypatch.setattr(pipeline, "read_messages", counting)
+    many = list(converter.convert_many(inputs))
+    assert reads == 42
+    assert [[_placed(r) for r in rs] for rs in many] == expected

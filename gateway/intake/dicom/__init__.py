@@ -3,6 +3,7 @@ by the mappings in ``mappings/dicom/`` through :class:`DicomView` (docs/mapping-
 
 from ._faults import ARCHIVE_FAULTS, PYDICOM_FAULTS
 from ._paths import check_path, compile_path, tag_label
+from ._peek import Studies, studies_in
 from ._reader import read_studies
 from ._view import DicomView, Node
 
@@ -11,8 +12,10 @@ __all__ = [
     "PYDICOM_FAULTS",
     "DicomView",
     "Node",
+    "Studies",
     "check_path",
     "compile_path",
     "read_studies",
+    "studies_in",
     "tag_label",
 ]

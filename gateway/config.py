@@ -57,6 +57,11 @@ class Settings:
     mllp_port: int | None = None  # set: `gateway serve` also receives HL7 v2 over MLLP
     mllp_max_bytes: int = 4 * 1024 * 1024  # one message; larger ones are refused (AR)
     mllp_idle_timeout: float = 300.0  # seconds without a byte before a connection closes
+    # seconds one frame may take from its start block to its end block (slowloris bound)
+    mllp_frame_timeout: float = 600.0
+    # connections served at once; more are closed at once (memory: each buffers up to
+    # about mllp_max_bytes)
+    mllp_max_connections: int = 200
     mllp_tls_cert: Path | None = None  # both set: the MLLP listener speaks TLS only
     mllp_tls_key: Path | None = None
     mllp_tls_ca: Path | None = None  # set: client certificates required, checked against it
@@ -280,6 +285,8 @@ _STORE_SETTINGS = frozenset(
         "mllp_port",
         "mllp_max_bytes",
         "mllp_idle_timeout",
+        "mllp_frame_timeout",
+        "mllp_max_connections",
         "mllp_tls_cert",
         "mllp_tls_key",
         "mllp_tls_ca",
@@ -288,13 +295,22 @@ _STORE_SETTINGS = frozenset(
 )
 
 
+_MLLP_NUMBERS = (
+    "mllp_port",
+    "mllp_max_bytes",
+    "mllp_idle_timeout",
+    "mllp_frame_timeout",
+    "mllp_max_connections",
+)
+
+
 def _coerce_store(name: str, value: Any, home: Path) -> Any:
     """The message store's and MLLP listener's settings."""
     if name.startswith("mllp_tls_"):
         path = Path(str(value)).expanduser()
         return path if path.is_absolute() else home / path
-    if name in ("mllp_port", "mllp_max_bytes", "mllp_idle_timeout"):
-        number = _number(name, value, float if name == "mllp_idle_timeout" else int)
+    if name in _MLLP_NUMBERS:
+        number = _number(name, value, float if name.endswith("_timeout") else int)
         if number <= 0 or (name == "mllp_port" and number >= 65536):
             raise ConfigError("bad-setting", f"{name} must be positive (a port: 1–65535)")
         return number

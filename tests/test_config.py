@@ -49,3 +49,32 @@ def test_bad_configuration_is_a_clear_error(tmp_path: Path, toml: str, message: 
     (tmp_path / "gateway.toml").write_text(toml)
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
         Settings.load(home=tmp_path, env={})
+
+
+def test_mllp_connection_limits(tmp_path: Path) -> None:
+    """mllp_max_connections and mllp_frame_timeout: defaults, gateway.toml, environment."""
+    default = Settings.load(home=tmp_path, env={})
+    assert (default.mllp_max_connections, default.mllp_frame_timeout) == (200, 600.0)
+    assert default.mllp_idle_timeout == 300.0
+    (tmp_path / "gateway.toml").write_text("mllp_max_connections = 50\n")
+    env = {"GATEWAY_MLLP_FRAME_TIMEOUT": "120.5"}
+    settings = Settings.load(home=tmp_path, env=env)
+    assert (settings.mllp_max_connections, settings.mllp_frame_timeout) == (50, 120.5)
+    env = {"GATEWAY_MLLP_MAX_CONNECTIONS": "400"}
+    assert Settings.load(home=tmp_path, env=env).mllp_max_connections == 400
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("MAX_CONNECTIONS", "0"),
+        ("MAX_CONNECTIONS", "2.5"),
+        ("MAX_CONNECTIONS", "many"),
+        ("FRAME_TIMEOUT", "-1"),
+        ("FRAME_TIMEOUT", "0"),
+        ("FRAME_TIMEOUT", "ten minutes"),
+    ],
+)
+def test_bad_mllp_limits_are_refused(tmp_path: Path, name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=f"mllp_{name.lower()} must be"):
+        Settings.load(home=tmp_path, env={f"GATEWAY_MLLP_{name}": value})

@@ -18,6 +18,7 @@ import itertools
 import logging
 import re
 import ssl
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -224,6 +225,82 @@ class _Read:
     too_large: int = 0
 
 
+_CHUNK = 65536  # bytes asked of the socket at a time (StreamReader buffers twice this)
+
+
+class _FrameTimeout(TimeoutError):
+    """A frame not finished within mllp_frame_timeout (slowloris)."""
+
+
+class _Frames:
+    """The frames of one connection, read with two limits: ``idle`` seconds without a
+    byte (reset by every read), and ``whole`` seconds from a frame's start block to its
+    end block (a frame trickling in a byte at a time never ends). At most ``max_bytes``
+    of a frame are held; the rest of a larger one is read and dropped."""
+
+    def __init__(
+        self, reader: asyncio.StreamReader, max_bytes: int, idle: float, whole: float
+    ) -> None:
+        self.reader, self.max_bytes, self.idle, self.whole = reader, max_bytes, idle, whole
+        self.buffer = bytearray()  # read, not yet framed
+        self.deadline: float | None = None  # the current frame's end (monotonic)
+
+    async def next(self) -> _Read | None:
+        """The next frame; None at the end of the stream (a frame cut there is dropped:
+        no ACK, the sender resends). Bytes before a start block (line ends some senders
+        put between frames) are skipped."""
+        self.deadline = None
+        while (start := self.buffer.find(START)) < 0:
+            self.buffer.clear()
+            if not await self._fill():
+                return None
+        del self.buffer[: start + 1]
+        self.deadline = time.monotonic() + self.whole
+        scanned = 0
+        while (end := self.buffer.find(END, scanned)) < 0:
+            if len(self.buffer) > self.max_bytes + 1:  # END can no longer come in time
+                return await self._drop()
+            scanned = max(len(self.buffer) - 1, 0)  # 0x1C may be the last byte read
+            if not await self._fill():
+                return None
+        if end > self.max_bytes:
+            head = bytes(self.buffer[:_CHUNK])
+            del self.buffer[: end + len(END)]
+            return _Read(head, end)
+        payload = bytes(self.buffer[:end])
+        del self.buffer[: end + len(END)]
+        return _Read(payload)
+
+    async def _drop(self) -> _Read | None:
+        """The rest of a frame over max_bytes, read and dropped; its head is kept for
+        the ACK (MSH)."""
+        head, dropped = bytes(self.buffer[:_CHUNK]), 0
+        while (end := self.buffer.find(END)) < 0:
+            dropped += len(self.buffer) - 1
+            del self.buffer[:-1]
+            if not await self._fill():
+                return None
+        dropped += end
+        del self.buffer[: end + len(END)]
+        return _Read(head, dropped)
+
+    async def _fill(self) -> bool:
+        """More bytes into the buffer; False at the end of the stream."""
+        wait = self.idle
+        if self.deadline is not None:
+            wait = min(wait, self.deadline - time.monotonic())
+            if wait <= 0:
+                raise _FrameTimeout
+        try:
+            chunk = await asyncio.wait_for(self.reader.read(_CHUNK), wait)
+        except TimeoutError:
+            if self.deadline is not None and time.monotonic() >= self.deadline:
+                raise _FrameTimeout from None
+            raise
+        self.buffer += chunk
+        return bool(chunk)
+
+
 class MllpServer:
     """An asyncio MLLP server writing to the store through one StoreWriter, converting
     through a Processor (None: store only)."""
@@ -241,6 +318,9 @@ class MllpServer:
         self.network = network or Network.load(settings.network)
         self.max_bytes = settings.mllp_max_bytes
         self.idle_timeout = settings.mllp_idle_timeout
+        self.frame_timeout = settings.mllp_frame_timeout
+        self.max_connections = settings.mllp_max_connections
+        self.refused_connections = 0  # closed for being over mllp_max_connections
         self.port = 0
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[Any]] = set()
@@ -252,7 +332,7 @@ class MllpServer:
             host or self.settings.mllp_host,
             self.settings.mllp_port if port is None else port,
             ssl=tls_context(self.settings),
-            limit=self.max_bytes,  # a frame's payload: StreamReader bounds what precedes END
+            limit=_CHUNK,  # StreamReader holds up to twice this; _Frames holds a frame
             backlog=512,
         )
         return int(self._server.sockets[0].getsockname()[1])
@@ -268,18 +348,27 @@ class MllpServer:
             await self._server.wait_closed()
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        address = writer.get_extra_info("peername")
+        peer = f"{address[0]}:{address[1]}" if isinstance(address, tuple) else str(address)
+        if len(self._connections) >= self.max_connections:
+            # Each connection may hold a frame of up to mllp_max_bytes: past the cap, a
+            # flood of connections would take the memory; refused before reading a byte.
+            self.refused_connections += 1
+            log.warning(
+                "MLLP connection from %s closed: %d connections open (mllp_max_connections)",
+                peer,
+                len(self._connections),
+            )
+            writer.transport.abort()
+            return
         task = asyncio.current_task()
         if task is not None:
             self._connections.add(task)
-        address = writer.get_extra_info("peername")
-        peer = f"{address[0]}:{address[1]}" if isinstance(address, tuple) else str(address)
         auth = _client_name(writer.get_extra_info("peercert"))
+        frames = _Frames(reader, self.max_bytes, self.idle_timeout, self.frame_timeout)
         grace = self.idle_timeout  # for the last ACKs to leave when the peer hangs up
         try:
-            while True:
-                read = await asyncio.wait_for(self._read_frame(reader), self.idle_timeout)
-                if read is None:
-                    break
+            while (read := await frames.next()) is not None:
                 ack = await self.answer(read.payload, peer, auth, read.too_large)
                 if ack.data is not None:
                     writer.write(frame(ack.data))
@@ -288,37 +377,21 @@ class MllpServer:
                     except TimeoutError:  # a peer that does not take its ACKs: cut off
                         grace = 0.0
                         break
-        except (TimeoutError, ConnectionError, asyncio.IncompleteReadError):
-            pass  # idle, gone, or cut mid-frame (no ACK: the sender resends)
+        except _FrameTimeout:
+            log.warning(
+                "MLLP connection from %s closed: a frame not finished within %gs "
+                "(mllp_frame_timeout); nothing of it was stored or acknowledged",
+                peer,
+                self.frame_timeout,
+            )
+        except (TimeoutError, ConnectionError):
+            pass  # idle, or gone (a frame cut mid-way has no ACK: the sender resends)
         except asyncio.CancelledError:
             grace = 0.0  # stopping: no waiting for a peer
         finally:
             if task is not None:
                 self._connections.discard(task)
             await _hang_up(writer, grace)
-
-    async def _read_frame(self, reader: asyncio.StreamReader) -> _Read | None:
-        """The next frame; None at the end of the stream. Bytes before a start block
-        (line ends some senders put between frames) are skipped."""
-        try:
-            await reader.readuntil(START)
-        except asyncio.IncompleteReadError:
-            return None
-        except asyncio.LimitOverrunError as exc:  # garbage without a start block
-            await reader.readexactly(exc.consumed)
-            return await self._read_frame(reader)
-        try:
-            return _Read((await reader.readuntil(END))[: -len(END)])
-        except asyncio.LimitOverrunError as exc:
-            head = await reader.readexactly(exc.consumed)
-            dropped = len(head)
-            while True:  # drop the rest of the frame, keep the head for the ACK
-                try:
-                    dropped += len(await reader.readuntil(END))
-                    break
-                except asyncio.LimitOverrunError as more:
-                    dropped += len(await reader.readexactly(more.consumed))
-            return _Read(head[:65536], dropped)
 
     async def answer(
         self, payload: bytes, peer: str | None, auth: str | None, too_large: int = 0

@@ -179,13 +179,12 @@ def test_stopping_the_listener_cuts_a_peer_that_never_reads(store: Store, tmp_pa
         listener.__exit__()
 
 
-def test_slowloris_and_an_unclosed_frame_are_cut_at_the_idle_timeout(
-    store: Store, tmp_path: Path
-) -> None:
-    """A frame that trickles in a byte at a time, and one whose end block never comes:
-    the connection is closed at the idle timeout, nothing is stored or acknowledged,
-    and the listener still answers others meanwhile."""
-    settings = settings_for(tmp_path, mllp_idle_timeout=1.0)
+def test_slowloris_and_an_unclosed_frame_are_cut(store: Store, tmp_path: Path) -> None:
+    """A frame that trickles in a byte at a time (cut at mllp_frame_timeout, every byte
+    resetting the idle timeout), and one whose end block never comes (cut at the idle
+    timeout): nothing is stored or acknowledged, and the listener still answers others
+    meanwhile."""
+    settings = settings_for(tmp_path, mllp_idle_timeout=1.0, mllp_frame_timeout=1.5)
     data = example("ref_i12_nsch_to_hkpmc.hl7")
     with Running(settings, store) as listener:
         slow = socket.create_connection(("127.0.0.1", listener.port))
@@ -212,7 +211,7 @@ def test_slowloris_and_an_unclosed_frame_are_cut_at_the_idle_timeout(
 def test_a_thousand_silent_connections(store: Store, tmp_path: Path) -> None:
     """A thousand connections that connect and say nothing (or vanish half-open): the
     listener answers a real sender meanwhile and closes them all at the idle timeout."""
-    settings = settings_for(tmp_path, mllp_idle_timeout=2.0)
+    settings = settings_for(tmp_path, mllp_idle_timeout=2.0, mllp_max_connections=2000)
     with Running(settings, store) as listener:
         silent = [socket.create_connection(("127.0.0.1", listener.port)) for _ in range(1000)]
         try:
@@ -495,3 +494,80 @@ def test_a_start_block_inside_a_frame(store: Store, tmp_path: Path) -> None:
         assert segments(call(listener.port, resent))["MSA"][1:3] == ["AA", "VT3"]
     states = {m.control_id: m.state for m in store.find().items}
     assert states == {"VT1": "received", "VT2": "rejected", "VT3": "received"}
+
+
+# -- (g) limits: connections, idle and whole-frame timeouts ---------------------------------
+
+
+def test_a_connection_over_mllp_max_connections_is_closed_at_once(
+    store: Store, tmp_path: Path
+) -> None:
+    """mllp_max_connections open: one more is closed before a byte is read (each open
+    one may hold a frame of mllp_max_bytes: a flood of them would take the memory),
+    logged with its address alone; the open ones are still answered, and a place freed
+    is taken again."""
+    stream = io.StringIO()
+    configure("warning", "text", stream=stream)
+    data = example("ref_i12_nsch_to_hkpmc.hl7")
+    settings = settings_for(tmp_path, mllp_max_connections=3)
+    try:
+        with Running(settings, store) as listener:
+            clients = [Client(listener.port) for _ in range(3)]
+            assert wait_for(lambda: listener.connections() == 3, 10)
+            extra = socket.create_connection(("127.0.0.1", listener.port))
+            extra_port = extra.getsockname()[1]
+            assert closed_by_listener(extra, 10), "the connection over the cap stayed open"
+            extra.close()
+            for n, client in enumerate(clients):
+                ack = segments(client.call(with_control_id(data, f"CAP{n}")))
+                assert ack["MSA"][1:3] == ["AA", f"CAP{n}"]
+            clients.pop().close()
+            assert wait_for(lambda: listener.connections() == 2, 10)
+            again = Client(listener.port)
+            assert segments(again.call(with_control_id(data, "CAP3")))["MSA"][1] == "AA"
+            for client in (*clients, again):
+                client.close()
+            assert listener.server is not None and listener.server.refused_connections == 1
+    finally:
+        configure("warning", "text")
+    log = stream.getvalue()
+    assert f"127.0.0.1:{extra_port}" in log and "mllp_max_connections" in log
+    assert store.count() == 4
+
+
+def test_a_message_trickling_in_longer_than_the_idle_timeout_is_taken(
+    store: Store, tmp_path: Path
+) -> None:
+    """mllp_idle_timeout is time without a byte: a message arriving in pieces over a
+    slow line, each gap shorter than the timeout, the whole far longer, is acknowledged
+    (cut at the idle timeout, the sender would resend it for ever)."""
+    data = with_control_id(example("ref_i12_nsch_to_hkpmc.hl7"), "SLOW1")
+    framed = b"\x0b" + data + b"\x1c\x0d"
+    settings = settings_for(tmp_path, mllp_idle_timeout=0.5)
+    with Listener(settings, store) as listener:
+        client = Client(listener.port)
+        step = len(framed) // 10 + 1
+        for at in range(0, len(framed), step):
+            client.sock.sendall(framed[at : at + step])
+            time.sleep(0.2)  # 11 pieces: about 2 s in all, four idle timeouts
+        assert segments(client.ack())["MSA"][1:3] == ["AA", "SLOW1"]
+        client.close()
+    assert [m.control_id for m in store.find().items] == ["SLOW1"]
+
+
+def test_the_frame_timeout_runs_from_the_start_block(store: Store, tmp_path: Path) -> None:
+    """mllp_frame_timeout bounds a frame, not a connection: a sender quiet for longer
+    between messages (within the idle timeout) is answered; a frame unfinished at it is
+    cut."""
+    data = example("ref_i12_nsch_to_hkpmc.hl7")
+    settings = settings_for(tmp_path, mllp_idle_timeout=30, mllp_frame_timeout=0.5)
+    with Listener(settings, store) as listener:
+        client = Client(listener.port)
+        time.sleep(1.0)
+        assert segments(client.call(with_control_id(data, "Q1")))["MSA"][1] == "AA"
+        time.sleep(1.0)
+        assert segments(client.call(with_control_id(data, "Q2")))["MSA"][1] == "AA"
+        client.sock.sendall(b"\x0b" + data[:50])  # then nothing: cut at the frame timeout
+        assert closed_by_listener(client.sock, 10)
+        client.close()
+    assert sorted(m.control_id or "" for m in store.find().items) == ["Q1", "Q2"]

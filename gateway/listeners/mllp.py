@@ -28,7 +28,7 @@ from ..audit import audit_log, store_hook
 from ..config import Settings
 from ..errors import GatewayError, IntakeError, Issue
 from ..intake import codec_for
-from ..intake.hl7v2 import Message, parse_message, split_messages
+from ..intake.hl7v2 import Message, parse_message, split_messages, undeclared_msh_fields
 from ..network import Network
 from ..pipeline import Converter
 from ..store import Incoming, Receipt, Store
@@ -121,8 +121,11 @@ def _peek_header(payload: bytes) -> _Header:
             continue
         if header.codec == codec:  # read in the charset it declares
             return header
-    # Fields with non-ASCII bytes may be cut wrong (trail bytes): left out.
-    naive.fields = [f if f.isascii() else "" for f in naive.fields]
+    # No charset declared: the fields as split in the charset the bytes look like.
+    fields = undeclared_msh_fields(start)
+    # Fields with non-ASCII bytes may be cut wrong (trail bytes), and are not in the
+    # ACK's charset: left out.
+    naive.fields = [f if f.isascii() else "" for f in fields or naive.fields]
     return naive
 
 

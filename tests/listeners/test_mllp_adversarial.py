@@ -571,3 +571,16 @@ def test_the_frame_timeout_runs_from_the_start_block(store: Store, tmp_path: Pat
         assert closed_by_listener(client.sock, 10)
         client.close()
     assert sorted(m.control_id or "" for m in store.find().items) == ["Q1", "Q2"]
+
+
+@pytest.mark.parametrize(("codec", "facility"), [("big5hkscs", "育才書院"), ("gb18030", "東華醫院")])
+def test_no_msh9_behind_a_trail_byte_without_msh18_is_a_reject_naming_msh9(
+    store: Store, tmp_path: Path, codec: str, facility: str
+) -> None:
+    """No MSH-18, MSH-9 empty, a sending facility whose trail byte is '|': AR 101 at
+    MSH-9 (not AE for an undeclared charset), MSA-2 naming the message's own MSH-10."""
+    text = f"MSH|^~\\&|HIS|{facility}|GW|NJMU2|20260101|||TB9|P|2.4\rPID|1||1^^^LAX2||陳^大文\r"
+    with Listener(settings_for(tmp_path), store) as listener:
+        seg = segments(call(listener.port, text.encode(codec)), "latin-1")
+    assert seg["MSA"][1:3] == ["AR", "TB9"] and seg["MSH"][12] == "2.4"
+    assert seg["ERR"][1].split("^")[:4] == ["MSH", "1", "9", "101&Required field missing&HL70357"]

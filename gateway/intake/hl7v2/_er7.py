@@ -30,7 +30,14 @@ from .._charset import (
 if TYPE_CHECKING:
     from ...network import Network
 
-__all__ = ["Message", "RawMessage", "parse_message", "peek_control_id", "split_messages"]
+__all__ = [
+    "Message",
+    "RawMessage",
+    "parse_message",
+    "peek_control_id",
+    "split_messages",
+    "undeclared_msh_fields",
+]
 
 _BOM = b"\xef\xbb\xbf"
 _SEGMENT_NAME = re.compile(r"[A-Z][A-Z0-9]{2}\Z")
@@ -593,7 +600,11 @@ def _segment_label(message: Message, fields: list[str]) -> str:
 
 
 def _check_header(message: Message) -> None:
-    msh = message.segments[0]
+    _check_header_fields(message.segments[0])
+
+
+def _check_header_fields(msh: list[str]) -> None:
+    """MSH-9 and MSH-12 present (``msh[n]`` is MSH-n)."""
     if len(msh) <= 9 or not msh[9]:
         raise IntakeError(
             "msh-truncated",
@@ -663,12 +674,16 @@ def _decode_undeclared(
         name = fallback_charset(facility) if (fallback_charset and facility) else None
         if not name:
             likely = mislabelled_as(data, _sender_policy(msh, network)[1])
+            fields = _msh_fields(msh, likely)
+            if fields is not None:  # a truncated MSH is what is wrong first
+                _check_header_fields(fields)
+                facility = _component(fields, 4)
             hint = f" (they look like {charset_name(likely)} text)" if likely else ""
             raise IntakeError(
                 "charset-undeclared",
                 f"MSH-18 is empty and the bytes are not valid UTF-8{hint}; declare the "
                 "character set in MSH-18 or configure a default charset for sender "
-                f"{facility or '?'}",
+                f"{facility if facility.isprintable() and facility else '?'}",
                 location="MSH-18",
             ) from None
         decoded = _decode(data, name, msh, network, "MSH-18 (sender default)")
@@ -676,6 +691,39 @@ def _decode_undeclared(
             return decoded
         note = f"MSH-18 is empty; decoded with {name}, the configured charset of {facility}"
         return Decoded(decoded.text, decoded.codec, note)
+
+
+def _msh_fields(msh: bytes, codec: str | None) -> list[str] | None:
+    """The MSH's fields (``[n]`` is MSH-n) read in ``codec``, the charset its bytes look
+    like; None when they cannot be counted: split as bytes, a GB 18030 or Big5 trail
+    byte that is '|' (育 A8 7C in Big5, 東 96 7C in GB 18030) would shift the fields."""
+    if msh.isascii():
+        text = msh.decode("ascii")
+    else:
+        try:
+            text = msh.decode(codec or "")
+        except (UnicodeDecodeError, LookupError):
+            return None
+    fields = text.split(text[3])
+    fields.insert(1, text[3])
+    return fields
+
+
+def undeclared_msh_fields(data: bytes) -> list[str] | None:
+    """The MSH fields (``[n]`` is MSH-n) of a message starting with its MSH and declaring
+    no MSH-18, read in the charset its bytes look like; None when that cannot be told.
+    For an error ACK: split as bytes, a '|' trail byte would shift MSH-10."""
+    msh = _LINE_END.split(data, 1)[0]
+    if len(msh) < 8 or not msh.startswith(b"MSH"):
+        return None
+    fields = _msh_fields(msh, mislabelled_as(data))
+    return fields if fields is not None and not _component(fields, 18) else None
+
+
+def _component(fields: list[str], n: int) -> str:
+    """The first component of MSH-n."""
+    value = fields[n] if n < len(fields) else ""
+    return value.split(fields[2][:1] or "^")[0].strip()
 
 
 def _facility(msh: bytes) -> str:

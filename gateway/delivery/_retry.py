@@ -3,7 +3,9 @@ and a circuit breaker per partner."""
 
 from __future__ import annotations
 
+import math
 import random
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -63,17 +65,22 @@ def backoff(attempt: int, base: float, cap: float, rng: random.Random) -> float:
     return rng.uniform(0.0, ceiling)
 
 
+_DELAY_SECONDS = re.compile(r"[0-9]+")  # RFC 9110: 1*DIGIT, ASCII only
+
+
 def retry_after(value: str | None, now: datetime) -> float | None:
     """Seconds a ``Retry-After`` header asks for (delay-seconds or an HTTP-date; now is
-    naive UTC); None when absent or unreadable, 0 for a date already past."""
+    naive UTC); None when absent or unreadable, 0 for a date already past. An absurd
+    value is returned as it is (``inf`` past a float's range): the worker bounds the wait
+    by the record's remaining life (gateway/delivery/_worker.py ``_wait``)."""
     if not value or not value.strip():
         return None
     text = value.strip()
-    if text.isdigit():
-        return float(int(text))
+    if _DELAY_SECONDS.fullmatch(text):  # not str.isdigit: it takes "²" and "٣"
+        return float(text) if len(text) < 300 else math.inf
     try:
         when = parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if when.tzinfo is None:  # RFC 9110 dates are GMT
         when = when.replace(tzinfo=UTC)

@@ -16,10 +16,21 @@ import orjson
 from ..partners import PartnerAuthError
 from ._retry import retry_after
 
-__all__ = ["KEPT_CHARS", "Answer", "classify_error", "classify_response", "send_part"]
+__all__ = [
+    "KEPT_CHARS",
+    "MAX_ANSWER_BYTES",
+    "Answer",
+    "classify_error",
+    "classify_response",
+    "send_part",
+]
 
 Kind = Literal["delivered", "dead", "retry", "ambiguous", "held"]
 KEPT_CHARS = 16_384  # of the partner's answer kept with the record (its OperationOutcome)
+# Read of an answer at most: a transaction-response of Medplum's 50 updates with their
+# full resources is well under 1 MiB; a body past this is a proxy or a partner gone wrong.
+MAX_ANSWER_BYTES = 8 << 20
+_RESPONSE_TYPES = ("transaction-response", "batch-response")
 FHIR_JSON = "application/fhir+json"
 _RETRIED_4XX = (408, 429)  # request timeout, too many requests: the partner is busy
 # Unauthorized, forbidden: our credentials, not the record, were refused. Nothing was
@@ -38,16 +49,40 @@ class Answer:
 
 
 def send_part(client: httpx.Client, part: dict[str, Any], now: datetime) -> Answer:
-    """POST one part to the partner's base URL (the client's base_url)."""
+    """POST one part to the partner's base URL (the client's base_url). The answer is
+    read up to MAX_ANSWER_BYTES: a partner or proxy streaming a body without end must
+    not take the worker's memory (what it said beyond that is not read)."""
     try:
-        response = client.post(
+        with client.stream(
+            "POST",
             "",
             content=orjson.dumps(part),
             headers={"Content-Type": FHIR_JSON, "Accept": FHIR_JSON},
-        )
+        ) as response:
+            content, whole = _read_bounded(response)
     except httpx.TransportError as exc:
         return classify_error(exc)
-    return classify_response(response, now)
+    sent = len(part.get("entry") or [])
+    answer = classify_response(response, now, entries=sent, content=content)
+    if whole or answer.kind != "delivered":
+        return answer
+    # A 2xx cut short was not read to its end: what it says of the entries is unknown.
+    reason = f"HTTP {response.status_code}, answer longer than {MAX_ANSWER_BYTES} bytes"
+    return Answer("ambiguous", reason, "delivery.ambiguous", response.status_code, answer.body)
+
+
+def _read_bounded(response: httpx.Response) -> tuple[bytes, bool]:
+    """The streamed body, at most MAX_ANSWER_BYTES of it; whether it was read whole."""
+    chunks: list[bytes] = []
+    size = 0
+    whole = True
+    for chunk in response.iter_bytes():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > MAX_ANSWER_BYTES:
+            whole = False
+            break
+    return b"".join(chunks)[:MAX_ANSWER_BYTES], whole
 
 
 def classify_error(exc: httpx.TransportError) -> Answer:
@@ -63,11 +98,19 @@ def classify_error(exc: httpx.TransportError) -> Answer:
     return Answer("ambiguous", f"sent, no complete answer ({name})", "delivery.ambiguous")
 
 
-def classify_response(response: httpx.Response, now: datetime) -> Answer:
+def classify_response(
+    response: httpx.Response,
+    now: datetime,
+    entries: int | None = None,
+    content: bytes | None = None,
+) -> Answer:
+    """What the partner's answer means; ``entries``: how many entries the part sent (a
+    2xx must account for each); ``content``: its body as read (default: all of it)."""
     status = response.status_code
-    body = _kept(response)
+    data = response.content if content is None else content
+    body = _kept(data)
     if 200 <= status < 300:
-        return _entries(status, response, body)
+        return _entries(status, data, body, entries)
     if status in _RETRIED_4XX or status >= 500:
         wait = retry_after(response.headers.get("Retry-After"), now)
         return Answer("retry", f"HTTP {status}", "delivery.partner-unavailable", status, body, wait)
@@ -79,21 +122,34 @@ def classify_response(response: httpx.Response, now: datetime) -> Answer:
     return Answer("dead", f"HTTP {status}", "delivery.unexpected-answer", status, body)
 
 
-def _entries(status: int, response: httpx.Response, body: str | None) -> Answer:
-    """A 2xx: delivered when every entry of the transaction/batch response is 2xx (a
-    partner without atomic transactions answers 200 with failed entries)."""
+def _entries(status: int, data: bytes, body: str | None, sent: int | None) -> Answer:
+    """A 2xx: delivered when the transaction/batch response has one 2xx entry per entry
+    sent (a partner without atomic transactions answers 200 with failed entries). One
+    that does not account for every entry (another body, entries missing, a status
+    without its three digits) says yes but not what it did: ask it, as after a lost
+    answer; a blind resend is what the ambiguous-failure rule forbids."""
     try:
-        bundle = orjson.loads(response.content)
+        bundle = orjson.loads(data)
     except orjson.JSONDecodeError:
         bundle = None
     if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
-        # The partner said yes but not what it did: ask it, as after a lost answer.
         reason = f"HTTP {status} without a transaction-response"
         return Answer("ambiguous", reason, "delivery.ambiguous", status, body)
+    answered = bundle.get("entry") or []
+    if bundle.get("type") not in _RESPONSE_TYPES or not isinstance(answered, list):
+        reason = f"HTTP {status} with a Bundle that is not a transaction-response"
+        return Answer("ambiguous", reason, "delivery.ambiguous", status, body)
+    if sent is not None and len(answered) != sent:
+        reason = f"HTTP {status}, {len(answered)} entries answered of {sent} sent"
+        return Answer("ambiguous", reason, "delivery.ambiguous", status, body)
     failed: list[int] = []
-    for entry in bundle.get("entry") or []:
-        text = str(((entry or {}).get("response") or {}).get("status") or "")
-        code = int(text[:3]) if text[:3].isdigit() else 0  # "201" or "201 Created"
+    for entry in answered:
+        response_of = (entry.get("response") if isinstance(entry, dict) else None) or {}
+        text = str(response_of.get("status") if isinstance(response_of, dict) else "")
+        if not text[:3].isdigit():  # "201" or "201 Created"; anything else: unknown
+            reason = f"HTTP {status}, an entry without a readable status"
+            return Answer("ambiguous", reason, "delivery.ambiguous", status, body)
+        code = int(text[:3])
         if not 200 <= code < 300:
             failed.append(code)
     if not failed:
@@ -105,8 +161,8 @@ def _entries(status: int, response: httpx.Response, body: str | None) -> Answer:
     return Answer(kind, reason, "delivery.entry-failed", status, body)
 
 
-def _kept(response: httpx.Response) -> str | None:
-    if not response.content:
+def _kept(data: bytes) -> str | None:
+    if not data:
         return None
-    text = response.content.decode("utf-8", "replace")
+    text = data[: KEPT_CHARS * 4].decode("utf-8", "replace")
     return text if len(text) <= KEPT_CHARS else text[:KEPT_CHARS] + "…[truncated]"

@@ -279,9 +279,27 @@ class Deliverer:
                 attempts=0,
             )
             return part, 0, "sending"
+        if record.attempts >= self.config.max_attempts or self._too_old(record, now):
+            # Known absent, so giving up is safe; without it a partner that answers
+            # every send ambiguously (200 with an OperationOutcome, HTML, a dropped
+            # connection) and applies nothing had the record cycle forever.
+            why = "too old" if self._too_old(record, now) else f"{record.attempts} attempts"
+            self.outbox.move(
+                record.id,
+                "waiting",
+                "dead",
+                f"delivery.gave-up ({why}): asked: {verdict.reason}, part {part + 1}/"
+                f"{record.part_count}; last {record.last_error}",
+                now=now,
+                last_error="delivery.gave-up",
+            )
+            return None
         reason = f"asked: {verdict.reason}; sending part {part + 1} again"
         self.outbox.move(record.id, "waiting", "sending", reason, now=now, lease=self.config.lease)
         return part, record.attempts, "sending"
+
+    def _too_old(self, record: OutboxRecord, now: datetime) -> bool:
+        return now - record.created_at >= self.config.max_age
 
     def _failed(
         self, record: OutboxRecord, part: int, attempts: int, answer: Answer, now: datetime
@@ -334,7 +352,7 @@ class Deliverer:
                 **kept,
             )
             return
-        too_old = now - record.created_at >= self.config.max_age
+        too_old = self._too_old(record, now)
         if (attempts >= self.config.max_attempts or too_old) and answer.code in NO_TOKEN:
             # Never sent for want of a token: ours to fix, not the record's to die of.
             why = "too old" if too_old else f"{attempts} attempts"
@@ -362,7 +380,10 @@ class Deliverer:
                 **kept,
             )
             return
-        wait = self._wait(attempts, answer.wait)
+        # Never past the record's life: a Retry-After of 10^9 s would park it for decades
+        # (neither delivered nor given up); at the end of its life it is tried once more.
+        left = (record.created_at + self.config.max_age - now).total_seconds()
+        wait = min(self._wait(attempts, answer.wait), max(left, 0.0))
         self.outbox.move(
             record.id,
             "sending",

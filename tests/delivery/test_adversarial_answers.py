@@ -1,0 +1,252 @@
+"""Adversarial review of delivery: a partner (or a proxy in front of it) answering
+what no partner should — absurd or garbage ``Retry-After``, a 2xx whose body is an
+OperationOutcome of errors, HTML, a transaction-response that does not account for what
+was sent, a body without end. Single HTTP outcomes, so respx; the partner server's own
+faults are in test_adversarial_partner.py. Each record ends delivered, retried within
+its life, asked about, or final with a reason; never an exception, never limbo."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from datetime import timedelta
+
+import httpx
+import pytest
+import respx
+
+from gateway.delivery import Deliverer, DeliveryConfig, Outbox, retry_after
+
+from .conftest import BASE, CONFIG, PARTNER, POST_URL, Clock, bundle, response, searchset
+
+BUSY = {
+    "resourceType": "OperationOutcome",
+    "issue": [{"severity": "error", "code": "throttled", "diagnostics": "slow down"}],
+}
+
+
+@pytest.fixture
+def partner_api() -> Iterator[respx.MockRouter]:
+    with respx.mock(assert_all_called=False, assert_all_mocked=True) as router:
+        yield router
+
+
+# -- Retry-After: absurd, negative, garbage ------------------------------------------
+@pytest.mark.parametrize(
+    "header",
+    [
+        "1000000000",  # 10^9 s: 31 years
+        "9" * 400,  # more digits than a float holds
+        "Fri, 31 Dec 9999 23:59:59 GMT",  # the last date there is
+        "Sat, 05 Dec 2099 08:00:00 GMT",  # HTTP-date, absurdly far
+    ],
+    ids=["1e9", "400-digits", "year-9999", "year-2099"],
+)
+def test_an_absurd_retry_after_is_honoured_only_within_the_records_life(
+    header: str,
+    outbox: Outbox,
+    deliverer: Deliverer,
+    clock: Clock,
+    partner_api: respx.MockRouter,
+) -> None:
+    """A Retry-After beyond the record's delivery_max_age parked it for decades (or
+    raised OverflowError and left it `sending`): the retry comes at the end of its life
+    at the latest, and then it is delivered or given up with a reason."""
+    post = partner_api.post(POST_URL)
+    post.side_effect = [
+        httpx.Response(429, headers={"Retry-After": header}, json=BUSY),
+        httpx.Response(503, headers={"Retry-After": header}, json=BUSY),
+    ]
+    row, _ = outbox.enqueue(PARTNER, bundle("P1", "O1"))
+    deliverer.run_once()
+    record = outbox.require(row)
+    assert record.state == "retrying" and record.last_error == "delivery.partner-unavailable"
+    assert record.next_at is not None
+    assert record.next_at <= record.created_at + CONFIG.max_age  # within its life
+    assert record.next_at >= clock.now + timedelta(minutes=30)  # still a long wait
+    clock.now = record.next_at
+    deliverer.run_once()
+    final = outbox.require(row)
+    assert post.call_count == 2
+    assert final.state == "dead" and final.last_error == "delivery.gave-up"
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["-5", "1e3", "12.5", "\xb2", "soon", "Sat, 05 Dec 99999 08:00:00 GMT", "0x10"],
+    ids=["negative", "exponent", "decimal", "superscript-two", "word", "year-99999", "hex"],
+)
+def test_a_garbage_retry_after_falls_back_to_backoff(
+    header: str,
+    outbox: Outbox,
+    deliverer: Deliverer,
+    clock: Clock,
+    partner_api: respx.MockRouter,
+) -> None:
+    """``\\xb2`` (superscript two, a latin-1 header byte) passed ``str.isdigit`` and
+    raised ValueError from ``int()``: the record was left `sending`, unclassified."""
+    assert retry_after(header, clock.now) is None
+    raw = [(b"Retry-After", header.encode("latin-1"))]  # as the bytes came
+    partner_api.post(POST_URL).respond(503, headers=raw, json=BUSY)
+    row, _ = outbox.enqueue(PARTNER, bundle("P1", "O1"))
+    deliverer.run_once()
+    record = outbox.require(row)
+    assert record.state == "retrying" and record.next_at is not None
+    assert clock.now <= record.next_at <= clock.now + timedelta(seconds=CONFIG.backoff_base)
+
+
+# -- 2xx that is not a transaction-response ------------------------------------------
+@pytest.mark.parametrize(
+    "body,content_type",
+    [
+        (
+            b'{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"exception"}]}',
+            "application/fhir+json",
+        ),
+        (b"<html><body><h1>Gateway OK</h1></body></html>", "text/html"),
+        (b"", "application/fhir+json"),
+    ],
+    ids=["operation-outcome", "html-from-a-proxy", "empty"],
+)
+def test_a_2xx_that_never_applied_it_is_asked_about_then_given_up_not_cycled_forever(
+    body: bytes,
+    content_type: str,
+    outbox: Outbox,
+    deliverer: Deliverer,
+    clock: Clock,
+    partner_api: respx.MockRouter,
+) -> None:
+    """A 200 that is not a transaction-response is ambiguous: ask. The partner never has
+    it, so it is sent again... and the ambiguous path never counted towards
+    delivery_max_attempts: the record cycled sending → waiting → sending forever."""
+    post = partner_api.post(POST_URL).respond(
+        200, content=body, headers={"Content-Type": content_type}
+    )
+    partner_api.get(BASE + "/Patient").respond(200, json=searchset())
+    partner_api.get(BASE + "/ServiceRequest").respond(200, json=searchset())
+    row, _ = outbox.enqueue(PARTNER, bundle("P1", "O1"))
+    for _ in range(4 * CONFIG.max_attempts):
+        deliverer.run_once()
+        record = outbox.require(row)
+        if record.state in ("dead", "held", "delivered"):
+            break
+        assert record.next_at is not None
+        clock.now = max(clock.now, record.next_at) + timedelta(seconds=CONFIG.breaker_cooldown)
+    record = outbox.require(row)
+    assert record.state == "dead" and record.last_error == "delivery.gave-up"
+    assert post.call_count == CONFIG.max_attempts  # each resend only after asking
+    events = outbox.events(row)
+    assert sum(e.from_state == "waiting" for e in events) == CONFIG.max_attempts
+    assert "asked" in events[-1].reason
+
+
+# -- transaction-responses that do not account for what was sent ----------------------
+def test_a_transaction_response_missing_entries_is_not_taken_as_delivered(
+    outbox: Outbox, deliverer: Deliverer, clock: Clock, partner_api: respx.MockRouter
+) -> None:
+    """Two entries sent, an empty transaction-response back: nothing says they were
+    applied, so the partner is asked (it has neither: sent again), never 'delivered'."""
+    post = partner_api.post(POST_URL)
+    post.side_effect = [
+        httpx.Response(200, json=response()),
+        httpx.Response(200, json=response("201", "201")),
+    ]
+    partner_api.get(BASE + "/Patient").respond(200, json=searchset())
+    row, _ = outbox.enqueue(PARTNER, bundle("P1", "O1"))
+    deliverer.run_once()
+    record = outbox.require(row)
+    assert record.state == "waiting" and record.last_error == "delivery.ambiguous"
+    clock.now = record.next_at
+    deliverer.run_once()
+    assert outbox.require(row).state == "delivered" and post.call_count == 2
+
+
+def test_an_entry_without_a_readable_status_is_asked_about_not_resent_blindly(
+    outbox: Outbox, deliverer: Deliverer, partner_api: respx.MockRouter
+) -> None:
+    broken = response("201", "201")
+    broken["entry"][1]["response"] = {"status": "Created"}
+    partner_api.post(POST_URL).respond(200, json=broken)
+    row, _ = outbox.enqueue(PARTNER, bundle("P1", "O1"))
+    deliverer.run_once()
+    record = outbox.require(row)
+    assert record.state == "waiting" and record.last_error == "delivery.ambiguous"
+
+
+def test_a_failed_entry_in_a_200_transaction_response_is_dead_with_the_answer_kept(
+    outbox: Outbox, deliverer: Deliverer, partner_api: respx.MockRouter
+) -> None:
+    failed = response("201", "400")
+    failed["entry"][1]["response"]["outcome"] = BUSY
+    partner_api.post(POST_URL).respond(200, json=failed)
+    row, _ = outbox.enqueue(PARTNER, bundle("P1", "O1"))
+    deliverer.run_once()
+    record = outbox.require(row)
+    assert record.state == "dead" and record.last_error == "delivery.entry-failed"
+    assert record.last_response is not None and "throttled" in record.last_response
+
+
+# -- a body without end -----------------------------------------------------------------
+class Endless(httpx.SyncByteStream):
+    """1 MiB chunks, up to ``total``; counts what the client pulled."""
+
+    def __init__(self, total: int, first: bytes = b"") -> None:
+        self.total = total
+        self.pulled = 0
+        self.first = first
+
+    def __iter__(self) -> Iterator[bytes]:
+        chunk = b" " * (1 << 20)
+        if self.first:
+            self.pulled += len(self.first)
+            yield self.first
+        while self.pulled < self.total:
+            self.pulled += len(chunk)
+            yield chunk
+
+
+@pytest.mark.parametrize("status", [200, 503])
+def test_a_huge_answer_is_not_read_whole(
+    status: int, outbox: Outbox, deliverer: Deliverer, partner_api: respx.MockRouter
+) -> None:
+    """A partner (or proxy) streaming a body without end was read whole into memory
+    (and parsed) before the answer was classified: it is read up to a bound."""
+    stream = Endless(256 << 20, first=b'{"resourceType":"Bundle","entry":[')
+    partner_api.post(POST_URL).mock(
+        return_value=httpx.Response(
+            status, stream=stream, headers={"Content-Type": "application/fhir+json"}
+        )
+    )
+    row, _ = outbox.enqueue(PARTNER, bundle("P1", "O1"))
+    deliverer.run_once()
+    record = outbox.require(row)
+    assert stream.pulled <= 64 << 20
+    expected = (
+        ("waiting", "delivery.ambiguous")
+        if status == 200
+        else ("retrying", "delivery.partner-unavailable")
+    )
+    assert (record.state, record.last_error) == expected
+    assert record.last_response is not None and len(record.last_response) < 20_000
+
+
+def test_config_with_a_short_life_still_waits_at_least_the_backoff(
+    outbox: Outbox, clock: Clock, partner_api: respx.MockRouter
+) -> None:
+    """A record at the end of its life: a Retry-After is cut to what is left, never to a
+    negative wait (next_at in the past) or an exception."""
+    config = DeliveryConfig(
+        backoff_base=1.0,
+        backoff_cap=30.0,
+        max_attempts=10,
+        max_age=timedelta(minutes=5),
+        breaker_threshold=50,
+    )
+    partner_api.post(POST_URL).respond(429, headers={"Retry-After": "3600"}, json=BUSY)
+    row, _ = outbox.enqueue(PARTNER, bundle("P1", "O1"))
+    clock.advance(299)
+    with Deliverer(outbox, {"hkpmc": PARTNER}, config, rng=random.Random(3)) as d:
+        d.run_once()
+    record = outbox.require(row)
+    assert record.state == "retrying" and record.next_at is not None
+    assert clock.now <= record.next_at <= record.created_at + config.max_age

@@ -13,7 +13,8 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -173,7 +174,8 @@ class Deliverer:
                 state, linked, note = "sending", {}, ""
             attempts += 1
             started = time.perf_counter()
-            answer = send_part(self.client(partner), parts[part], self.clock())
+            with self._alive(record.id):
+                answer = send_part(self.client(partner), parts[part], self.clock())
             observe_stage("deliver", time.perf_counter() - started)  # one send, any answer
             trace_attempt(record, answer, now, self.clock)  # when tracing is on
             now = self.clock()
@@ -214,7 +216,8 @@ class Deliverer:
         """Ask the partner about the part of an ambiguous send. (part, attempts, state)
         to go on with, or None when the record was moved (asked later, or held)."""
         breaker = self.breaker(partner.key)
-        verdict = ask(self.client(partner), part_bundle)
+        with self._alive(record.id):
+            verdict = ask(self.client(partner), part_bundle)
         now = self.clock()
         part = record.part
         if verdict.found == "unreachable":
@@ -297,6 +300,31 @@ class Deliverer:
         reason = f"asked: {verdict.reason}; sending part {part + 1} again"
         self.outbox.move(record.id, "waiting", "sending", reason, now=now, lease=self.config.lease)
         return part, record.attempts, "sending"
+
+    @contextmanager
+    def _alive(self, row_id: int) -> Iterator[None]:
+        """Keep the row's lease from running out while a request to the partner is in
+        flight. The read timeout bounds each read, not the answer: a partner trickling
+        its answer (or one slower than a short lease) outlived the lease, and another
+        worker took the row as interrupted and sent it again while this one was still
+        sending. A worker that dies stops renewing: its lease runs out as before."""
+        done = threading.Event()
+        every = max(self.config.lease.total_seconds() / 3, 0.01)
+
+        def beat() -> None:
+            while not done.wait(every):
+                try:
+                    self.outbox.keep(row_id, self.clock(), self.config.lease)
+                except Exception:  # the store busy or gone: the lease may run out
+                    log.exception("outbox record %s: lease not renewed", row_id)
+
+        beating = threading.Thread(target=beat, name=f"lease-{row_id}", daemon=True)
+        beating.start()
+        try:
+            yield
+        finally:
+            done.set()
+            beating.join()
 
     def _too_old(self, record: OutboxRecord, now: datetime) -> bool:
         return now - record.created_at >= self.config.max_age

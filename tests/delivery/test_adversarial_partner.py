@@ -1,0 +1,151 @@
+"""Adversarial review of delivery against the real partner server
+(../shared/partner-fhir): its faults switched at run time — a connection dropped on
+every write, 429 with Retry-After, an answer slower than a worker's lease while a second
+worker runs. Records end delivered, or final with a reason; nothing is applied twice
+at the partner (its version history says how often a resource was written)."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.delivery import Deliverer, DeliveryConfig, Outbox
+from gateway.partners import Partner
+from gateway.store import Store
+from tests.partner.conftest import PartnerServer
+
+from .conftest import ORDERS, bundle
+
+
+@pytest.fixture
+def server(partner: PartnerServer) -> Iterator[PartnerServer]:
+    """The session's partner, emptied, its fault switched off again afterwards."""
+    partner.reset()
+    yield partner
+    partner.http.post("/$fault", json={"mode": "none"}).raise_for_status()
+
+
+@pytest.fixture
+def outbox(tmp_path: Path) -> Iterator[Outbox]:
+    store = Store.open(f"sqlite:///{tmp_path / 'gateway.db'}")
+    yield Outbox(store)  # the real clock: the partner's faults take real time
+    store.close()
+
+
+def _fault(server: PartnerServer, mode: str, count: int | None = None) -> None:
+    body: dict[str, Any] = {"mode": mode} if count is None else {"mode": mode, "count": count}
+    server.http.post("/$fault", json=body).raise_for_status()
+
+
+def _versions(server: PartnerServer, order: str) -> int:
+    """How many times the partner wrote the order's ServiceRequest (0: never)."""
+    found = server.search(f"ServiceRequest?identifier={ORDERS}|{order}")
+    if not found:
+        return 0
+    history = server.http.get(f"/ServiceRequest/{found[0]['id']}/_history")
+    history.raise_for_status()
+    return len(history.json().get("entry") or [])
+
+
+def test_a_partner_dropping_every_write_ends_the_record_given_up_not_cycling(
+    server: PartnerServer, outbox: Outbox
+) -> None:
+    """Every POST read and the connection closed unanswered (nothing written): each is
+    ambiguous, asked about (absent), sent again... the ambiguous path never counted its
+    sends, so the record went round forever. Now: dead, delivery.gave-up, with the
+    sends each preceded by a question, and nothing at the partner."""
+    config = DeliveryConfig(
+        backoff_base=0.02, backoff_cap=0.05, max_attempts=3, breaker_threshold=50
+    )
+    medplum = Partner("partner", server.base)
+    row, _ = outbox.enqueue(medplum, bundle("P-drop", "O-drop"))
+    _fault(server, "drop")
+    with Deliverer(outbox, {"partner": medplum}, config, rng=random.Random(1)) as deliverer:
+        for _ in range(300):
+            deliverer.run_once()
+            if outbox.require(row).state in ("delivered", "dead", "held"):
+                break
+            time.sleep(0.02)
+    record = outbox.require(row)
+    assert (record.state, record.last_error) == ("dead", "delivery.gave-up")
+    events = outbox.events(row)
+    sends = [e for e in events if e.to_state == "sending"]
+    asked = [e for e in events if e.from_state == "waiting"]
+    assert len(sends) == config.max_attempts and len(asked) == config.max_attempts
+    assert all(e.reason.startswith("asked: ") for e in asked[:-1])
+    assert "delivery.gave-up" in asked[-1].reason
+    _fault(server, "none")
+    assert _versions(server, "O-drop") == 0
+
+
+def test_429_with_retry_after_from_the_partner_is_waited_for(
+    server: PartnerServer, outbox: Outbox
+) -> None:
+    config = DeliveryConfig(backoff_base=0.01, backoff_cap=0.02, max_attempts=5)
+    medplum = Partner("partner", server.base)
+    row, _ = outbox.enqueue(medplum, bundle("P-429", "O-429"))
+    _fault(server, "429:2", count=1)
+    with Deliverer(outbox, {"partner": medplum}, config, rng=random.Random(2)) as deliverer:
+        deliverer.run_once()
+        record = outbox.require(row)
+        assert record.state == "retrying" and record.last_status == 429
+        assert record.next_at is not None
+        assert record.next_at - record.updated_at >= timedelta(seconds=2)
+        assert deliverer.run_once() == 0  # not before the partner's time
+        time.sleep((record.next_at - outbox.clock()).total_seconds() + 0.05)
+        deliverer.run_once()
+    assert outbox.require(row).state == "delivered"
+    assert _versions(server, "O-429") == 1
+
+
+def test_an_answer_slower_than_the_lease_is_never_sent_again_by_another_worker(
+    server: PartnerServer, outbox: Outbox
+) -> None:
+    """Worker A's send is answered after 2.5 s; its lease is 1 s (with the default
+    300 s, a partner trickling its answer a byte at a time, each read inside the read
+    timeout, does the same). Worker B, meanwhile, took the row as interrupted, asked
+    (not there yet), and sent it again while A's request was still in flight: two
+    workers sending one record at once, the partner writing it twice. A's lease is now
+    kept alive while it sends; B leaves the row alone."""
+    config = DeliveryConfig(
+        backoff_base=0.02,
+        backoff_cap=0.05,
+        read_timeout=10.0,
+        lease=timedelta(seconds=1),
+        claim_lease=timedelta(seconds=1),
+        breaker_threshold=50,
+    )
+    medplum = Partner("partner", server.base)
+    row, _ = outbox.enqueue(medplum, bundle("P-slow", "O-slow"))
+    _fault(server, "slow:2.5", count=1)
+    a = Deliverer(outbox, {"partner": medplum}, config, rng=random.Random(3))
+    b = Deliverer(outbox, {"partner": medplum}, config, rng=random.Random(4))
+    sender = threading.Thread(target=a.run_once)
+    try:
+        sender.start()
+        while sender.is_alive():
+            b.run_once()
+            time.sleep(0.05)
+        sender.join()
+        for _ in range(100):  # whatever is left, by either
+            if outbox.require(row).state == "delivered":
+                break
+            b.run_once()
+            time.sleep(0.05)
+    finally:
+        sender.join()
+        a.close()
+        b.close()
+    assert outbox.require(row).state == "delivered"
+    events = outbox.events(row)
+    assert [e.to_state for e in events] == ["pending", "sending", "delivered"], [
+        (e.from_state, e.to_state, e.reason) for e in events
+    ]
+    assert _versions(server, "O-slow") == 1

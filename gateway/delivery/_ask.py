@@ -59,6 +59,11 @@ def ask(client: httpx.Client, part: dict[str, Any]) -> Verdict:
             reason = f"search for entry[{n}] ({kind}) refused with {answer.status_code}"
             return Verdict("unverifiable", reason)
         matches = _matches(answer, kind)
+        if matches is None:  # a proxy's page, an OperationOutcome: no answer at all
+            reason = (
+                f"search for entry[{n}] ({kind}) answered {answer.status_code} without a searchset"
+            )
+            return Verdict("unreachable", reason)
         if not matches:
             return Verdict("absent", f"entry[{n}] ({kind}) not at the partner")
         if request.get("method") == "PUT" and not any(
@@ -84,16 +89,26 @@ def _search_of(request: dict[str, Any]) -> tuple[str, str] | None:
     return None
 
 
-def _matches(answer: httpx.Response, kind: str) -> list[dict[str, Any]]:
+def _matches(answer: httpx.Response, kind: str) -> list[dict[str, Any]] | None:
+    """The resources of ``kind`` the searchset matched; None when the answer is not a
+    searchset one can read (HTML from a proxy, an OperationOutcome, malformed entries):
+    that says nothing of what the partner holds, so it must not count as absent."""
     try:
         bundle = orjson.loads(answer.content)
     except orjson.JSONDecodeError:
-        return []
+        return None
+    if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+        return None
+    entries = bundle.get("entry") or []
+    if bundle.get("type") != "searchset" or not isinstance(entries, list):
+        return None
     out = []
-    for entry in (bundle.get("entry") if isinstance(bundle, dict) else None) or []:
-        resource = (entry or {}).get("resource") or {}
-        mode = ((entry or {}).get("search") or {}).get("mode", "match")
-        if resource.get("resourceType") == kind and mode == "match":
+    for entry in entries:
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        search = (entry.get("search") or {}) if isinstance(entry, dict) else None
+        if not isinstance(resource, dict) or not isinstance(search, dict):
+            return None
+        if resource.get("resourceType") == kind and search.get("mode", "match") == "match":
             out.append(resource)
     return out
 

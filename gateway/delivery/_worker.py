@@ -220,6 +220,21 @@ class Deliverer:
             verdict = ask(self.client(partner), part_bundle)
         now = self.clock()
         part = record.part
+        if verdict.found == "unreachable" and self._too_old(record, now):
+            # Asked for as long as the record may live and never answered: only a person
+            # can tell now whether the partner has it (never sent blindly, never lost).
+            breaker.failure(now)
+            self.outbox.move(
+                record.id,
+                "waiting",
+                "held",
+                f"delivery.unverifiable: the partner never answered the question "
+                f"({verdict.reason}), part {part + 1}/{record.part_count}; ask it, then: "
+                f"gateway outbox release {record.id}",
+                now=now,
+                last_error="delivery.unverifiable",
+            )
+            return None
         if verdict.found == "unreachable":
             breaker.failure(now)
             wait = self._wait(record.attempts + 1, None)

@@ -250,3 +250,61 @@ def test_config_with_a_short_life_still_waits_at_least_the_backoff(
     record = outbox.require(row)
     assert record.state == "retrying" and record.next_at is not None
     assert clock.now <= record.next_at <= record.created_at + config.max_age
+
+
+# -- the question after an ambiguous send, answered with nonsense ------------------------
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"<html><body>Maintenance</body></html>",
+        b'{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"exception"}]}',
+        b'{"resourceType":"Bundle","type":"searchset","entry":["x"]}',
+        b'{"resourceType":"Bundle","type":"searchset","entry":[{"resource":"x"}]}',
+        b'{"resourceType":"Bundle","type":"searchset","entry":{"resource":{}}}',
+        b"[]",
+    ],
+    ids=["html", "operation-outcome", "entry-string", "resource-string", "entry-object", "array"],
+)
+def test_a_search_answered_with_no_searchset_is_no_answer(
+    answer: bytes,
+    outbox: Outbox,
+    deliverer: Deliverer,
+    clock: Clock,
+    partner_api: respx.MockRouter,
+) -> None:
+    """After an ambiguous send the partner is asked; a 200 that is not a searchset (a
+    proxy's page) was read as 'not there' and the part sent again blindly, and malformed
+    entries raised AttributeError (the row stuck until its lease ran out). Neither says
+    what the partner holds: ask again later."""
+    post = partner_api.post(POST_URL).mock(side_effect=httpx.ReadTimeout("timed out"))
+    partner_api.get(BASE + "/Patient").respond(200, content=answer)
+    row, _ = outbox.enqueue(PARTNER, bundle("P1", "O1"))
+    deliverer.run_once()
+    clock.now = outbox.require(row).next_at
+    deliverer.run_once()
+    record = outbox.require(row)
+    assert post.call_count == 1  # never sent again on the strength of that
+    last = outbox.events(row)[-1]
+    assert (last.from_state, last.to_state) == ("waiting", "waiting")
+    assert "not asked" in last.reason and record.state == "waiting"
+
+
+def test_a_partner_that_never_answers_the_question_holds_the_record_at_its_end_of_life(
+    outbox: Outbox, deliverer: Deliverer, clock: Clock, partner_api: respx.MockRouter
+) -> None:
+    """Asked again and again (GETs, no limit) the record waited for ever: at the end of
+    its life it is held for a person, with the reason, never sent blindly."""
+    post = partner_api.post(POST_URL).mock(side_effect=httpx.ReadTimeout("timed out"))
+    searches = partner_api.get(BASE + "/Patient").respond(503, json=BUSY)
+    row, _ = outbox.enqueue(PARTNER, bundle("P1", "O1"))
+    for _ in range(1000):
+        deliverer.run_once()
+        record = outbox.require(row)
+        if record.state != "waiting":
+            break
+        assert record.next_at is not None
+        clock.now = max(clock.now, record.next_at) + timedelta(seconds=CONFIG.breaker_cooldown)
+    record = outbox.require(row)
+    assert (record.state, record.last_error) == ("held", "delivery.unverifiable")
+    assert post.call_count == 1 and searches.call_count > 1
+    assert "never answered" in outbox.events(row)[-1].reason

@@ -99,19 +99,34 @@ class Breaker:
         self.failures = 0
         self.opened_at: datetime | None = None
         self.probing = False  # the half-open probe is in flight
+        # The partner's Retry-After: no request to it before then, whatever the state.
+        self.paused_until: datetime | None = None
 
     def state(self, now: datetime) -> str:
         if self.opened_at is None:
             return "closed"
         return "half-open" if now >= self.opened_at + self.cooldown else "open"
 
+    def pause(self, until: datetime) -> None:
+        """The partner asked for no request before ``until`` (Retry-After: it holds for
+        every record, not only the one it refused)."""
+        if self.paused_until is None or until > self.paused_until:
+            self.paused_until = until
+
+    def paused(self, now: datetime) -> bool:
+        return self.paused_until is not None and now < self.paused_until
+
     def may_try(self, now: datetime) -> bool:
         """Whether :meth:`allow` could say yes now (without taking the probe)."""
+        if self.paused(now):
+            return False
         state = self.state(now)
         return state == "closed" or (state == "half-open" and not self.probing)
 
     def allow(self, now: datetime) -> bool:
         """May a request go now? In half-open, only the first caller gets a yes."""
+        if self.paused(now):
+            return False
         state = self.state(now)
         if state == "closed":
             return True

@@ -474,12 +474,16 @@ class Deliverer:
             return asked
         return backoff(attempt, self.config.backoff_base, self.config.backoff_cap, self.rng)
 
-    @staticmethod
-    def _count(breaker: Breaker, answer: Answer, now: datetime) -> None:
+    def _count(self, breaker: Breaker, answer: Answer, now: datetime) -> None:
         """An answer (delivered, or refused: the partner is up) closes the breaker; no
         answer, 5xx, 408 and 429 count as failures, and so does a refusal of our
         credentials: every request would be refused alike, so after a few the partner's
-        other rows stay queued (the breaker open) instead of each being held in turn."""
+        other rows stay queued (the breaker open) instead of each being held in turn.
+        A Retry-After pauses every request to the partner (at most backoff_cap: an
+        absurd one must not stop a partner for years)."""
+        if answer.wait is not None:
+            pause = min(answer.wait, self.config.backoff_cap)
+            breaker.pause(now + timedelta(seconds=pause))
         if answer.kind in ("delivered", "dead"):
             breaker.success()
         else:

@@ -149,3 +149,29 @@ def test_an_answer_slower_than_the_lease_is_never_sent_again_by_another_worker(
         (e.from_state, e.to_state, e.reason) for e in events
     ]
     assert _versions(server, "O-slow") == 1
+
+
+def test_retry_after_holds_back_every_record_for_that_partner_not_only_the_one_refused(
+    server: PartnerServer, outbox: Outbox
+) -> None:
+    """429 with Retry-After: 3 is the partner saying 'no request for 3 s'. Only the
+    refused record was rescheduled; the next ones in the batch were sent at once (each
+    refused again), the partner's request honoured for none but the first."""
+    config = DeliveryConfig(
+        backoff_base=0.01, backoff_cap=30.0, max_attempts=5, breaker_threshold=50
+    )
+    medplum = Partner("partner", server.base)
+    rows = [outbox.enqueue(medplum, bundle(f"P-rl{n}", f"O-rl{n}"))[0] for n in range(3)]
+    _fault(server, "429:3", count=100)
+    with Deliverer(outbox, {"partner": medplum}, config, rng=random.Random(5)) as deliverer:
+        deliverer.run_once()
+        deliverer.run_once()
+        remaining = server.http.get("/$fault").json()["remaining"]
+        assert 100 - remaining == 1  # one request, then none before the partner's time
+        assert [outbox.require(r).state for r in rows] == ["retrying", "pending", "pending"]
+        _fault(server, "none")
+        time.sleep(3.1)
+        for _ in range(3):
+            deliverer.run_once()
+    assert [outbox.require(r).state for r in rows] == ["delivered"] * 3
+    assert [_versions(server, f"O-rl{n}") for n in range(3)] == [1, 1, 1]

@@ -23,6 +23,8 @@ from typing import Any, Literal
 import httpx
 import orjson
 
+from ._send import read_bounded
+
 __all__ = ["Verdict", "ask", "same_content"]
 
 Found = Literal["present", "absent", "unreachable", "unverifiable", "refused"]
@@ -44,10 +46,14 @@ def ask(client: httpx.Client, part: dict[str, Any]) -> Verdict:
         if search is None:
             return Verdict("unverifiable", f"entry[{n}] has no condition to search by")
         kind, query = search
-        try:
-            answer = client.get(
-                kind, params=httpx.QueryParams(query), headers={"Accept": "application/fhir+json"}
-            )
+        try:  # read up to MAX_ANSWER_BYTES, as a send's answer
+            with client.stream(
+                "GET",
+                kind,
+                params=httpx.QueryParams(query),
+                headers={"Accept": "application/fhir+json"},
+            ) as answer:
+                content, whole = read_bounded(answer)
         except httpx.TransportError as exc:
             return Verdict("unreachable", f"search for entry[{n}] failed ({type(exc).__name__})")
         if answer.status_code >= 500 or answer.status_code in (408, 429):
@@ -58,8 +64,8 @@ def ask(client: httpx.Client, part: dict[str, Any]) -> Verdict:
         if answer.status_code >= 300:
             reason = f"search for entry[{n}] ({kind}) refused with {answer.status_code}"
             return Verdict("unverifiable", reason)
-        matches = _matches(answer, kind)
-        if matches is None:  # a proxy's page, an OperationOutcome: no answer at all
+        matches = _matches(content, kind) if whole else None
+        if matches is None:  # a proxy's page, an OperationOutcome, no end: no answer
             reason = (
                 f"search for entry[{n}] ({kind}) answered {answer.status_code} without a searchset"
             )
@@ -89,12 +95,12 @@ def _search_of(request: dict[str, Any]) -> tuple[str, str] | None:
     return None
 
 
-def _matches(answer: httpx.Response, kind: str) -> list[dict[str, Any]] | None:
+def _matches(content: bytes, kind: str) -> list[dict[str, Any]] | None:
     """The resources of ``kind`` the searchset matched; None when the answer is not a
     searchset one can read (HTML from a proxy, an OperationOutcome, malformed entries):
     that says nothing of what the partner holds, so it must not count as absent."""
     try:
-        bundle = orjson.loads(answer.content)
+        bundle = orjson.loads(content)
     except orjson.JSONDecodeError:
         return None
     if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":

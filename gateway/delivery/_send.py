@@ -22,6 +22,7 @@ __all__ = [
     "Answer",
     "classify_error",
     "classify_response",
+    "read_bounded",
     "send_part",
 ]
 
@@ -59,7 +60,7 @@ def send_part(client: httpx.Client, part: dict[str, Any], now: datetime) -> Answ
             content=orjson.dumps(part),
             headers={"Content-Type": FHIR_JSON, "Accept": FHIR_JSON},
         ) as response:
-            content, whole = _read_bounded(response)
+            content, whole = read_bounded(response)
     except httpx.TransportError as exc:
         return classify_error(exc)
     sent = len(part.get("entry") or [])
@@ -71,7 +72,7 @@ def send_part(client: httpx.Client, part: dict[str, Any], now: datetime) -> Answ
     return Answer("ambiguous", reason, "delivery.ambiguous", response.status_code, answer.body)
 
 
-def _read_bounded(response: httpx.Response) -> tuple[bytes, bool]:
+def read_bounded(response: httpx.Response) -> tuple[bytes, bool]:
     """The streamed body, at most MAX_ANSWER_BYTES of it; whether it was read whole."""
     chunks: list[bytes] = []
     size = 0

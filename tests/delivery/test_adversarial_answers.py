@@ -8,6 +8,7 @@ its life, asked about, or final with a reason; never an exception, never limbo."
 from __future__ import annotations
 
 import random
+import zlib
 from collections.abc import Iterator
 from datetime import timedelta
 
@@ -308,3 +309,48 @@ def test_a_partner_that_never_answers_the_question_holds_the_record_at_its_end_o
     assert (record.state, record.last_error) == ("held", "delivery.unverifiable")
     assert post.call_count == 1 and searches.call_count > 1
     assert "never answered" in outbox.events(row)[-1].reason
+
+
+def test_a_search_answer_without_end_is_not_read_whole(
+    outbox: Outbox, deliverer: Deliverer, clock: Clock, partner_api: respx.MockRouter
+) -> None:
+    post = partner_api.post(POST_URL).mock(side_effect=httpx.ReadTimeout("timed out"))
+    stream = Endless(256 << 20, first=b'{"resourceType":"Bundle","type":"searchset","entry":[')
+    partner_api.get(BASE + "/Patient").mock(return_value=httpx.Response(200, stream=stream))
+    row, _ = outbox.enqueue(PARTNER, bundle("P1", "O1"))
+    deliverer.run_once()
+    clock.now = outbox.require(row).next_at
+    deliverer.run_once()
+    assert stream.pulled <= 64 << 20 and post.call_count == 1
+    last = outbox.events(row)[-1]
+    assert (last.to_state, "not asked" in last.reason) == ("waiting", True)
+
+
+class Bomb(httpx.SyncByteStream):
+    """gzip of 512 MiB of spaces (about 500 KiB), in 16 KiB pieces; counts what the
+    client pulled."""
+
+    def __init__(self) -> None:
+        packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+        block = b" " * (1 << 20)
+        self.data = b"".join(packer.compress(block) for _ in range(512)) + packer.flush()
+        self.pulled = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        for at in range(0, len(self.data), 16 << 10):
+            piece = self.data[at : at + (16 << 10)]
+            self.pulled += len(piece)
+            yield piece
+
+
+def test_a_compressed_answer_is_bounded_by_what_it_expands_to(
+    outbox: Outbox, deliverer: Deliverer, partner_api: respx.MockRouter
+) -> None:
+    bomb = Bomb()
+    headers = {"Content-Type": "application/fhir+json", "Content-Encoding": "gzip"}
+    partner_api.post(POST_URL).mock(return_value=httpx.Response(200, stream=bomb, headers=headers))
+    row, _ = outbox.enqueue(PARTNER, bundle("P1", "O1"))
+    deliverer.run_once()
+    assert bomb.pulled < len(bomb.data) // 4  # stopped after a few MiB expanded
+    record = outbox.require(row)
+    assert (record.state, record.last_error) == ("waiting", "delivery.ambiguous")

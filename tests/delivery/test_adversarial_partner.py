@@ -6,19 +6,21 @@ at the partner (its version history says how often a resource was written)."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from gateway.delivery import Deliverer, DeliveryConfig, Outbox
+from gateway import Settings
+from gateway.delivery import Deliverer, DeliveryConfig, DeliveryService, Outbound, Outbox
 from gateway.partners import Partner
-from gateway.store import Store
+from gateway.store import Store, open_store
 from tests.partner.conftest import PartnerServer
 
 from .conftest import ORDERS, bundle
@@ -175,3 +177,77 @@ def test_retry_after_holds_back_every_record_for_that_partner_not_only_the_one_r
             deliverer.run_once()
     assert [outbox.require(r).state for r in rows] == ["delivered"] * 3
     assert [_versions(server, f"O-rl{n}") for n in range(3)] == [1, 1, 1]
+
+
+def test_a_stop_that_cannot_wait_for_the_answer_loses_and_repeats_nothing(
+    server: PartnerServer, tmp_path: Path
+) -> None:
+    """`gateway serve` stopped while the partner takes 3 s to answer, and the stop
+    allowed only 0.5 s: the service closes the partner's connections under the send.
+    The row must not be lost nor sent blindly again: the next worker asks first, and
+    the partner, which did apply it, holds it once."""
+    settings = dataclasses.replace(
+        Settings.load(home=tmp_path, env={}),
+        delivery_poll_seconds=0.05,
+        delivery_backoff_base=0.05,
+        delivery_backoff_cap=0.2,
+    )
+    store = open_store(settings)
+    medplum = Partner("partner", server.base)
+    outbound = Outbound(settings, store, partners={"partner": medplum})
+    service = DeliveryService(settings, store, outbound=outbound, feed_every=60)
+    row, _ = outbound.outbox.enqueue(medplum, bundle("P-stop", "O-stop"))
+    _fault(server, "slow:3", count=1)
+    service.start()
+    try:
+        assert _until(lambda: outbound.outbox.require(row).state == "sending")
+        time.sleep(0.2)
+    finally:
+        service.stop(timeout=0.5)
+    assert _until(lambda: not any(t.is_alive() for t in service._threads), 10)
+    after_stop = outbound.outbox.require(row).state
+    assert after_stop in ("waiting", "sending", "delivered"), after_stop
+    time.sleep(3.5)  # the partner finishes what it received
+    config = DeliveryConfig(backoff_base=0.02, backoff_cap=0.05, lease=timedelta(seconds=1))
+    with Deliverer(outbound.outbox, {"partner": medplum}, config) as deliverer:
+        assert _until(
+            lambda: deliverer.run_once() >= 0 and outbound.outbox.require(row).state == "delivered",
+            10,
+        ), [(e.from_state, e.to_state, e.reason) for e in outbound.outbox.events(row)]
+    reasons = [e.reason for e in outbound.outbox.events(row)]
+    if after_stop != "delivered":
+        assert any(r.startswith("asked: ") for r in reasons), reasons
+    assert _versions(server, "O-stop") == 1
+    store.close()
+
+
+def _until(check: Callable[[], bool], seconds: float = 30.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.05)
+    return check()
+
+
+@pytest.mark.parametrize("mode", ["429:0", "503", "drop"])
+def test_a_partner_failing_every_write_is_not_hammered(
+    mode: str, server: PartnerServer, outbox: Outbox
+) -> None:
+    """No busy loop: the worker's own loop (``run``, default settings but a short poll)
+    for 1.5 s against a partner refusing every write, 'Retry-After: 0' included: the
+    breaker stops it after its threshold, whatever the records queued."""
+    config = DeliveryConfig(poll=0.05)
+    medplum = Partner("partner", server.base)
+    for n in range(20):
+        outbox.enqueue(medplum, bundle(f"P-busy{n}", f"O-busy{n}"))
+    _fault(server, mode, count=10_000)
+    stop = threading.Event()
+    with Deliverer(outbox, {"partner": medplum}, config) as deliverer:
+        loop = threading.Thread(target=deliverer.run, args=(stop,))
+        loop.start()
+        time.sleep(1.5)
+        stop.set()
+        loop.join()
+    used = 10_000 - server.http.get("/$fault").json()["remaining"]
+    assert 1 <= used <= config.breaker_threshold

@@ -53,7 +53,7 @@ def ask(client: httpx.Client, part: dict[str, Any]) -> Verdict:
                 params=httpx.QueryParams(query),
                 headers={"Accept": "application/fhir+json"},
             ) as answer:
-                content, whole = read_bounded(answer)
+                content, cut = read_bounded(answer, client.timeout.read)
         except httpx.TransportError as exc:
             return Verdict("unreachable", f"search for entry[{n}] failed ({type(exc).__name__})")
         if answer.status_code >= 500 or answer.status_code in (408, 429):
@@ -64,7 +64,7 @@ def ask(client: httpx.Client, part: dict[str, Any]) -> Verdict:
         if answer.status_code >= 300:
             reason = f"search for entry[{n}] ({kind}) refused with {answer.status_code}"
             return Verdict("unverifiable", reason)
-        matches = _matches(content, kind) if whole else None
+        matches = _matches(content, kind) if cut is None else None
         if matches is None:  # a proxy's page, an OperationOutcome, no end: no answer
             reason = (
                 f"search for entry[{n}] ({kind}) answered {answer.status_code} without a searchset"

@@ -6,6 +6,7 @@ fixes the token or certificate and releases it). The table is in docs/delivery.m
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -60,30 +61,34 @@ def send_part(client: httpx.Client, part: dict[str, Any], now: datetime) -> Answ
             content=orjson.dumps(part),
             headers={"Content-Type": FHIR_JSON, "Accept": FHIR_JSON},
         ) as response:
-            content, whole = read_bounded(response)
+            content, cut = read_bounded(response, client.timeout.read)
     except httpx.TransportError as exc:
         return classify_error(exc)
     sent = len(part.get("entry") or [])
     answer = classify_response(response, now, entries=sent, content=content)
-    if whole or answer.kind != "delivered":
+    if cut is None or answer.kind != "delivered":
         return answer
-    # A 2xx cut short was not read to its end: what it says of the entries is unknown.
-    reason = f"HTTP {response.status_code}, answer longer than {MAX_ANSWER_BYTES} bytes"
+    # An answer not read to its end: what it says of the entries is unknown.
+    reason = f"HTTP {response.status_code}, {cut}"
     return Answer("ambiguous", reason, "delivery.ambiguous", response.status_code, answer.body)
 
 
-def read_bounded(response: httpx.Response) -> tuple[bytes, bool]:
-    """The streamed body, at most MAX_ANSWER_BYTES of it; whether it was read whole."""
+def read_bounded(response: httpx.Response, within: float | None) -> tuple[bytes, str | None]:
+    """The streamed body, at most MAX_ANSWER_BYTES of it and what came in ``within``
+    seconds of its headers (the read timeout bounds each read, not the whole: a body
+    trickled a byte at a time would hold the worker, and every partner behind it, for
+    ever); and why it was cut short (None: read whole)."""
     chunks: list[bytes] = []
     size = 0
-    whole = True
+    deadline = None if within is None else time.monotonic() + within
     for chunk in response.iter_bytes():
         chunks.append(chunk)
         size += len(chunk)
         if size > MAX_ANSWER_BYTES:
-            whole = False
-            break
-    return b"".join(chunks)[:MAX_ANSWER_BYTES], whole
+            return b"".join(chunks)[:MAX_ANSWER_BYTES], f"answer over {MAX_ANSWER_BYTES} bytes"
+        if deadline is not None and time.monotonic() > deadline:
+            return b"".join(chunks), f"answer not complete within {within:g} s"
+    return b"".join(chunks), None
 
 
 def classify_error(exc: httpx.TransportError) -> Answer:

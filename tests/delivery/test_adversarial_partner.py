@@ -251,3 +251,53 @@ def test_a_partner_failing_every_write_is_not_hammered(
         loop.join()
     used = 10_000 - server.http.get("/$fault").json()["remaining"]
     assert 1 <= used <= config.breaker_threshold
+
+
+def test_two_workers_on_one_sqlite_store_never_send_a_record_twice(
+    server: PartnerServer, tmp_path: Path
+) -> None:
+    """Two workers (each its own Store on one SQLite file, as two processes would have),
+    short leases, the partner slow on some writes: every record sent once, by one of
+    them, and written once at the partner."""
+    url = f"sqlite:///{tmp_path / 'gateway.db'}"
+    stores = [Store.open(url), Store.open(url)]
+    boxes = [Outbox(s) for s in stores]
+    medplum = Partner("partner", server.base)
+    rows = [boxes[0].enqueue(medplum, bundle(f"P-two{n}", f"O-two{n}"))[0] for n in range(24)]
+    _fault(server, "slow:1.5", count=4)
+    config = DeliveryConfig(
+        backoff_base=0.02,
+        backoff_cap=0.05,
+        lease=timedelta(seconds=1),
+        claim_lease=timedelta(seconds=1),
+        batch=3,
+        poll=0.02,
+        breaker_threshold=50,
+    )
+    stop = threading.Event()
+    workers = [
+        Deliverer(box, {"partner": medplum}, config, rng=random.Random(n))
+        for n, box in enumerate(boxes)
+    ]
+    loops = [threading.Thread(target=w.run, args=(stop,)) for w in workers]
+    try:
+        for loop in loops:
+            loop.start()
+        assert _until(lambda: all(boxes[0].require(r).state == "delivered" for r in rows), 120), [
+            boxes[0].require(r).state for r in rows
+        ]
+    finally:
+        stop.set()
+        for loop in loops:
+            loop.join()
+        for w in workers:
+            w.close()
+    for r in rows:
+        moves = [(e.from_state, e.to_state) for e in boxes[0].events(r)]
+        assert moves == [(None, "pending"), ("pending", "sending"), ("sending", "delivered")], (
+            r,
+            [(e.from_state, e.to_state, e.reason) for e in boxes[0].events(r)],
+        )
+    assert [_versions(server, f"O-two{n}") for n in range(24)] == [1] * 24
+    for s in stores:
+        s.close()

@@ -264,7 +264,7 @@ def test_two_workers_on_one_sqlite_store_never_send_a_record_twice(
     boxes = [Outbox(s) for s in stores]
     medplum = Partner("partner", server.base)
     rows = [boxes[0].enqueue(medplum, bundle(f"P-two{n}", f"O-two{n}"))[0] for n in range(24)]
-    _fault(server, "slow:1.5", count=4)
+    _fault(server, "slow:2.5", count=6)
     config = DeliveryConfig(
         backoff_base=0.02,
         backoff_cap=0.05,

@@ -123,6 +123,12 @@ def classify_response(
     if status in _CREDENTIALS_REFUSED:
         reason = f"HTTP {status}: the partner refused our credentials"
         return Answer("held", reason, "delivery.credentials-refused", status, body)
+    if 400 <= status < 500 and not _is_fhir(data):
+        # Not the FHIR server's verdict on the record (it would say why in an
+        # OperationOutcome): a proxy's 404/405 page, a misrouted URL. Killing the record
+        # for it would kill the whole queue in seconds; retried, the breaker opens.
+        reason = f"HTTP {status} without a FHIR resource (a proxy in the way?)"
+        return Answer("retry", reason, "delivery.partner-unavailable", status, body)
     if 400 <= status < 500:
         return Answer("dead", f"HTTP {status}", "delivery.partner-rejected", status, body)
     return Answer("dead", f"HTTP {status}", "delivery.unexpected-answer", status, body)
@@ -165,6 +171,15 @@ def _entries(status: int, data: bytes, body: str | None, sent: int | None) -> An
     # A resend of the whole part is safe: every entry is conditional (docs/partners.md).
     kind: Kind = "dead" if final else "retry"
     return Answer(kind, reason, "delivery.entry-failed", status, body)
+
+
+def _is_fhir(data: bytes) -> bool:
+    """Whether the body is a FHIR resource (an OperationOutcome, as servers refuse)."""
+    try:
+        parsed = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(parsed, dict) and isinstance(parsed.get("resourceType"), str)
 
 
 def _kept(data: bytes) -> str | None:

@@ -354,3 +354,35 @@ def test_a_compressed_answer_is_bounded_by_what_it_expands_to(
     assert bomb.pulled < len(bomb.data) // 4  # stopped after a few MiB expanded
     record = outbox.require(row)
     assert (record.state, record.last_error) == ("waiting", "delivery.ambiguous")
+
+
+@pytest.mark.parametrize(
+    "body,content_type",
+    [
+        (b"<html><body><h1>404 Not Found</h1><hr>nginx</body></html>", "text/html"),
+        (b'{"message":"no Route matched with those values"}', "application/json"),
+        (b"", "text/plain"),
+    ],
+    ids=["nginx-page", "api-gateway-json", "empty"],
+)
+def test_a_4xx_that_is_not_the_fhir_servers_does_not_kill_the_queue(
+    body: bytes,
+    content_type: str,
+    outbox: Outbox,
+    deliverer: Deliverer,
+    partner_api: respx.MockRouter,
+) -> None:
+    """A proxy answering 404 with its own page (a partner moved, a route missing): the
+    partner never judged the records, yet each was made dead at once, one after the
+    other (a 4xx counts as the partner being up: the breaker never opened), the whole
+    queue in seconds. Without an OperationOutcome it is retried: the breaker opens and
+    the other records wait."""
+    partner_api.post(POST_URL).respond(404, content=body, headers={"Content-Type": content_type})
+    rows = [outbox.enqueue(PARTNER, bundle(f"P{n}", f"O{n}"))[0] for n in range(6)]
+    deliverer.run_once()
+    states = [outbox.require(r).state for r in rows]
+    assert "dead" not in states
+    assert states.count("retrying") == CONFIG.breaker_threshold
+    assert {
+        outbox.require(r).last_error for r in rows if outbox.require(r).state == "retrying"
+    } == {"delivery.partner-unavailable"}

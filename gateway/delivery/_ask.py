@@ -23,7 +23,7 @@ from typing import Any, Literal
 import httpx
 import orjson
 
-from ._send import read_bounded
+from ._send import is_fhir, read_bounded
 
 __all__ = ["Verdict", "ask", "same_content"]
 
@@ -61,6 +61,9 @@ def ask(client: httpx.Client, part: dict[str, Any]) -> Verdict:
         if answer.status_code in (401, 403):  # our credentials, not the question
             reason = f"search for entry[{n}] ({kind}) answered {answer.status_code}"
             return Verdict("refused", reason)
+        if answer.status_code >= 300 and not is_fhir(content):  # a proxy's page
+            reason = f"search for entry[{n}] answered {answer.status_code} without a FHIR resource"
+            return Verdict("unreachable", reason)
         if answer.status_code >= 300:
             reason = f"search for entry[{n}] ({kind}) refused with {answer.status_code}"
             return Verdict("unverifiable", reason)

@@ -23,6 +23,7 @@ __all__ = [
     "Answer",
     "classify_error",
     "classify_response",
+    "is_fhir",
     "read_bounded",
     "send_part",
 ]
@@ -123,7 +124,7 @@ def classify_response(
     if status in _CREDENTIALS_REFUSED:
         reason = f"HTTP {status}: the partner refused our credentials"
         return Answer("held", reason, "delivery.credentials-refused", status, body)
-    if 400 <= status < 500 and not _is_fhir(data):
+    if 400 <= status < 500 and not is_fhir(data):
         # Not the FHIR server's verdict on the record (it would say why in an
         # OperationOutcome): a proxy's 404/405 page, a misrouted URL. Killing the record
         # for it would kill the whole queue in seconds; retried, the breaker opens.
@@ -131,7 +132,11 @@ def classify_response(
         return Answer("retry", reason, "delivery.partner-unavailable", status, body)
     if 400 <= status < 500:
         return Answer("dead", f"HTTP {status}", "delivery.partner-rejected", status, body)
-    return Answer("dead", f"HTTP {status}", "delivery.unexpected-answer", status, body)
+    # 1xx, 3xx: a redirect to a proxy's login page, an endpoint that moved; never the
+    # partner's verdict on the record. Retried (the breaker opens), dead only at the
+    # attempt limit, so one misrouted answer does not kill the whole queue.
+    reason = f"HTTP {status}: not acted on (a redirect is not an answer)"
+    return Answer("retry", reason, "delivery.unexpected-answer", status, body)
 
 
 def _entries(status: int, data: bytes, body: str | None, sent: int | None) -> Answer:
@@ -173,7 +178,7 @@ def _entries(status: int, data: bytes, body: str | None, sent: int | None) -> An
     return Answer(kind, reason, "delivery.entry-failed", status, body)
 
 
-def _is_fhir(data: bytes) -> bool:
+def is_fhir(data: bytes) -> bool:
     """Whether the body is a FHIR resource (an OperationOutcome, as servers refuse)."""
     try:
         parsed = orjson.loads(data)

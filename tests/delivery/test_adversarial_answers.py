@@ -386,3 +386,35 @@ def test_a_4xx_that_is_not_the_fhir_servers_does_not_kill_the_queue(
     assert {
         outbox.require(r).last_error for r in rows if outbox.require(r).state == "retrying"
     } == {"delivery.partner-unavailable"}
+
+
+@pytest.mark.parametrize("status", [302, 307, 301])
+def test_a_redirect_to_a_login_page_does_not_kill_the_queue(
+    status: int, outbox: Outbox, deliverer: Deliverer, partner_api: respx.MockRouter
+) -> None:
+    """A proxy redirecting every request to its single sign-on page: each record was
+    made dead at once (1xx/3xx: not acted on), one after the other, the breaker never
+    opening. It is retried: the breaker opens, the other records wait."""
+    partner_api.post(POST_URL).respond(
+        status, headers={"Location": "https://sso.example.hk/login"}, text="<html>login</html>"
+    )
+    rows = [outbox.enqueue(PARTNER, bundle(f"P{n}", f"O{n}"))[0] for n in range(6)]
+    deliverer.run_once()
+    states = [outbox.require(r).state for r in rows]
+    assert "dead" not in states and states.count("retrying") == CONFIG.breaker_threshold
+
+
+def test_a_proxys_page_answering_the_question_is_no_answer(
+    outbox: Outbox, deliverer: Deliverer, clock: Clock, partner_api: respx.MockRouter
+) -> None:
+    """After an ambiguous send, the search answered 404 by a proxy's page: the record was
+    held for a person at once (the partner 'refused' the search). Not the partner's
+    answer: ask again later."""
+    post = partner_api.post(POST_URL).mock(side_effect=httpx.ReadTimeout("timed out"))
+    partner_api.get(BASE + "/Patient").respond(404, text="<html>Not Found</html>")
+    row, _ = outbox.enqueue(PARTNER, bundle("P1", "O1"))
+    deliverer.run_once()
+    clock.now = outbox.require(row).next_at
+    deliverer.run_once()
+    assert outbox.require(row).state == "waiting" and post.call_count == 1
+    assert "not asked" in outbox.events(row)[-1].reason

@@ -54,7 +54,7 @@ def ask(client: httpx.Client, part: dict[str, Any]) -> Verdict:
                 headers={"Accept": "application/fhir+json"},
             ) as answer:
                 content, cut = read_bounded(answer, client.timeout.read)
-        except httpx.TransportError as exc:
+        except (httpx.TransportError, httpx.DecodingError) as exc:
             return Verdict("unreachable", f"search for entry[{n}] failed ({type(exc).__name__})")
         if answer.status_code >= 500 or answer.status_code in (408, 429):
             return Verdict("unreachable", f"search for entry[{n}] answered {answer.status_code}")

@@ -65,6 +65,9 @@ def send_part(client: httpx.Client, part: dict[str, Any], now: datetime) -> Answ
             content, cut = read_bounded(response, client.timeout.read)
     except httpx.TransportError as exc:
         return classify_error(exc)
+    except httpx.DecodingError:  # a transport that decodes before the body is streamed
+        reason = "sent, answer not decodable (its Content-Encoding)"
+        return Answer("ambiguous", reason, "delivery.ambiguous")
     sent = len(part.get("entry") or [])
     answer = classify_response(response, now, entries=sent, content=content)
     if cut is None or answer.kind != "delivered":
@@ -82,13 +85,17 @@ def read_bounded(response: httpx.Response, within: float | None) -> tuple[bytes,
     chunks: list[bytes] = []
     size = 0
     deadline = None if within is None else time.monotonic() + within
-    for chunk in response.iter_bytes():
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > MAX_ANSWER_BYTES:
-            return b"".join(chunks)[:MAX_ANSWER_BYTES], f"answer over {MAX_ANSWER_BYTES} bytes"
-        if deadline is not None and time.monotonic() > deadline:
-            return b"".join(chunks), f"answer not complete within {within:g} s"
+    try:
+        for chunk in response.iter_bytes():
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > MAX_ANSWER_BYTES:
+                cut = f"answer over {MAX_ANSWER_BYTES} bytes"
+                return b"".join(chunks)[:MAX_ANSWER_BYTES], cut
+            if deadline is not None and time.monotonic() > deadline:
+                return b"".join(chunks), f"answer not complete within {within:g} s"
+    except httpx.DecodingError:  # no TransportError: it would escape the classification
+        return b"", "answer not decodable (its Content-Encoding)"
     return b"".join(chunks), None
 
 

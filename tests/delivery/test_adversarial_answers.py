@@ -418,3 +418,25 @@ def test_a_proxys_page_answering_the_question_is_no_answer(
     deliverer.run_once()
     assert outbox.require(row).state == "waiting" and post.call_count == 1
     assert "not asked" in outbox.events(row)[-1].reason
+
+
+def test_an_answer_that_cannot_be_decoded_is_classified_not_raised(
+    outbox: Outbox, deliverer: Deliverer, partner_api: respx.MockRouter
+) -> None:
+    """``Content-Encoding: gzip`` over bytes that are not gzip: httpx raises
+    DecodingError, which is no TransportError; it escaped the send and the row stayed
+    `sending`, unclassified, until its lease ran out (respx decodes in the transport;
+    a real connection in the body: test_adversarial_trickle.py)."""
+    headers = {"Content-Type": "application/fhir+json", "Content-Encoding": "gzip"}
+    garbage = httpx.ByteStream(b"this is not gzip")
+    partner_api.post(POST_URL).mock(
+        return_value=httpx.Response(200, headers=headers, stream=garbage)
+    )
+    row, _ = outbox.enqueue(PARTNER, bundle("P1", "O1"))
+    deliverer.run_once()
+    record = outbox.require(row)
+    assert (record.state, record.last_error, record.attempts) == (
+        "waiting",
+        "delivery.ambiguous",
+        1,
+    )

@@ -1,6 +1,7 @@
-"""Adversarial review of delivery: a partner (or a proxy) that answers a byte at a
-time, each byte inside the read timeout, so that no timeout ever fires. A loopback
-socket server plays it: the partner server has no such fault."""
+"""Adversarial review of delivery: answers only a raw connection can give — a body a
+byte at a time, each byte inside the read timeout, so that no timeout ever fires; a
+body that is not what its Content-Encoding says. A loopback socket server plays the
+partner: the partner server has no such fault."""
 
 from __future__ import annotations
 
@@ -24,9 +25,11 @@ BYTES = 60  # the body it trickles, one byte every 0.1 s: 6 s in all
 
 class Trickler:
     """Reads one request, answers 200 with headers at once, then its body a byte at a
-    time; counts the bytes it got out before the client hung up."""
+    time; counts the bytes it got out before the client hung up. ``answer``: a whole
+    answer to send instead."""
 
-    def __init__(self) -> None:
+    def __init__(self, answer: bytes | None = None) -> None:
+        self.answer = answer
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.sent = 0
@@ -47,6 +50,9 @@ class Trickler:
             )
             while len(body) < length:
                 body += conn.recv(65536)
+            if self.answer is not None:
+                conn.sendall(self.answer)
+                return
             conn.sendall(
                 b"HTTP/1.1 200 OK\r\nContent-Type: application/fhir+json\r\n"
                 + f"Content-Length: {BYTES * 10}\r\n\r\n".encode()
@@ -90,4 +96,35 @@ def test_an_answer_trickled_a_byte_at_a_time_does_not_hold_the_worker(
     record = outbox.require(row)
     assert (record.state, record.last_error) == ("waiting", "delivery.ambiguous")
     assert trickler.sent < BYTES // 2, trickler.sent
+    store.close()
+
+
+@pytest.mark.parametrize(
+    "status,expected",
+    [(200, ("waiting", "delivery.ambiguous")), (503, ("retrying", "delivery.partner-unavailable"))],
+)
+def test_an_answer_that_is_not_what_its_content_encoding_says_is_classified(
+    status: int, expected: tuple[str, str], tmp_path: Path
+) -> None:
+    """``Content-Encoding: gzip`` over bytes that are not gzip: httpx raises
+    DecodingError (no TransportError) while the body is read; it escaped the send, the
+    row stayed `sending` until its lease ran out, and a partner that never applied it
+    had the record go round (sent, raised, interrupted, asked, sent) for ever, its
+    attempts never counted. The status is known: a 2xx unread is ambiguous, a 503
+    retried."""
+    body = b"this is not gzip"
+    server = Trickler(
+        f"HTTP/1.1 {status} X\r\nContent-Type: application/fhir+json\r\n".encode()
+        + f"Content-Encoding: gzip\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    store = Store.open(f"sqlite:///{tmp_path / 'gateway.db'}")
+    outbox = Outbox(store)
+    raw = Partner("raw", f"http://127.0.0.1:{server.port}/fhir/R4")
+    row, _ = outbox.enqueue(raw, bundle("P-gzip", "O-gzip"))
+    with Deliverer(outbox, {"raw": raw}, DeliveryConfig(backoff_base=60.0)) as deliverer:
+        deliverer.run_once()
+    server.close()
+    record = outbox.require(row)
+    assert (record.state, record.last_error, record.attempts) == (*expected, 1)
     store.close()

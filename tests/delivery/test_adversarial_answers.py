@@ -440,3 +440,20 @@ def test_an_answer_that_cannot_be_decoded_is_classified_not_raised(
         "delivery.ambiguous",
         1,
     )
+
+
+def test_a_question_answered_with_undecodable_bytes_is_no_answer(
+    outbox: Outbox, deliverer: Deliverer, clock: Clock, partner_api: respx.MockRouter
+) -> None:
+    post = partner_api.post(POST_URL).mock(side_effect=httpx.ReadTimeout("timed out"))
+    garbage = httpx.ByteStream(b"this is not gzip")
+    headers = {"Content-Type": "application/fhir+json", "Content-Encoding": "gzip"}
+    partner_api.get(BASE + "/Patient").mock(
+        return_value=httpx.Response(200, headers=headers, stream=garbage)
+    )
+    row, _ = outbox.enqueue(PARTNER, bundle("P1", "O1"))
+    deliverer.run_once()
+    clock.now = outbox.require(row).next_at
+    deliverer.run_once()
+    assert outbox.require(row).state == "waiting" and post.call_count == 1
+    assert "not asked" in outbox.events(row)[-1].reason

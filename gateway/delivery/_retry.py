@@ -72,7 +72,8 @@ def retry_after(value: str | None, now: datetime) -> float | None:
     """Seconds a ``Retry-After`` header asks for (delay-seconds or an HTTP-date; now is
     naive UTC); None when absent or unreadable, 0 for a date already past. An absurd
     value is returned as it is (``inf`` past a float's range): the worker bounds the wait
-    by the record's remaining life (gateway/delivery/_worker.py ``_wait``)."""
+    by the record's remaining life and the partner's pause by delivery_backoff_cap
+    (gateway/delivery/_worker.py ``_failed``, ``_count``)."""
     if not value or not value.strip():
         return None
     text = value.strip()

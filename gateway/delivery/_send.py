@@ -197,5 +197,6 @@ def is_fhir(data: bytes) -> bool:
 def _kept(data: bytes) -> str | None:
     if not data:
         return None
-    text = data[: KEPT_CHARS * 4].decode("utf-8", "replace")
-    return text if len(text) <= KEPT_CHARS else text[:KEPT_CHARS] + "…[truncated]"
+    text = data[: KEPT_CHARS * 4].decode("utf-8", "replace")  # no need to decode more
+    whole = len(data) <= KEPT_CHARS * 4 and len(text) <= KEPT_CHARS
+    return text if whole else text[:KEPT_CHARS] + "…[truncated]"

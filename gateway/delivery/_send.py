@@ -49,6 +49,9 @@ class Answer:
     status: int | None = None  # the partner's HTTP status, when it answered
     body: str | None = None  # its answer, truncated to KEPT_CHARS
     wait: float | None = None  # seconds its Retry-After asked for
+    # The partner had the request and took longer than a timeout: it may still be at
+    # work, so it is given as long again before it is asked (ambiguous only).
+    slow: bool = False
 
 
 def send_part(client: httpx.Client, part: dict[str, Any], now: datetime) -> Answer:
@@ -109,7 +112,9 @@ def classify_error(exc: httpx.TransportError) -> Answer:
         return Answer("retry", f"no credentials ({exc.code})", exc.code)
     if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)):
         return Answer("retry", f"no connection ({name})", "delivery.unreachable")
-    return Answer("ambiguous", f"sent, no complete answer ({name})", "delivery.ambiguous")
+    slow = isinstance(exc, (httpx.ReadTimeout, httpx.WriteTimeout))
+    reason = f"sent, no complete answer ({name})"
+    return Answer("ambiguous", reason, "delivery.ambiguous", slow=slow)
 
 
 def classify_response(

@@ -383,7 +383,10 @@ class Deliverer:
         if answer.kind == "ambiguous":
             # Never a blind resend: the partner is asked first (gateway/delivery/_ask.py),
             # after a pause that lets a slow partner finish what it received.
-            wait = max(self.config.backoff_base, self._wait(attempts, None))
+            floor = self.config.backoff_base
+            if answer.slow:  # asked before it is done, it has nothing yet: a resend
+                floor = max(floor, self.config.read_timeout)
+            wait = max(floor, self._wait(attempts, None))
             self.outbox.move(
                 record.id,
                 "sending",

@@ -301,3 +301,27 @@ def test_two_workers_on_one_sqlite_store_never_send_a_record_twice(
     assert [_versions(server, f"O-two{n}") for n in range(24)] == [1] * 24
     for s in stores:
         s.close()
+
+
+def test_a_partner_slower_than_the_read_timeout_is_given_that_long_before_the_question(
+    server: PartnerServer, outbox: Outbox
+) -> None:
+    """The partner takes 1.5 s; the read timeout is 1 s. The question came after
+    delivery_backoff_base (0.05 s here, 2 s by default against a 60 s timeout): the
+    partner, still at work, had nothing yet, so the part was sent again and the partner
+    applied it twice (a second version of the ServiceRequest). A partner that made us
+    wait out a timeout is given as long again before it is asked."""
+    config = DeliveryConfig(
+        backoff_base=0.05, backoff_cap=0.1, read_timeout=1.0, breaker_threshold=50
+    )
+    medplum = Partner("partner", server.base)
+    row, _ = outbox.enqueue(medplum, bundle("P-late", "O-late"))
+    _fault(server, "slow:1.5", count=1)
+    with Deliverer(outbox, {"partner": medplum}, config, rng=random.Random(9)) as deliverer:
+        assert _until(
+            lambda: deliverer.run_once() >= 0 and outbox.require(row).state == "delivered", 20
+        )
+    time.sleep(2)  # anything still on its way lands
+    reasons = [e.reason for e in outbox.events(row)]
+    assert any(r.startswith("asked: part 1/1 delivered") for r in reasons), reasons
+    assert _versions(server, "O-late") == 1

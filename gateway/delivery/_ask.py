@@ -23,6 +23,8 @@ from typing import Any, Literal
 import httpx
 import orjson
 
+from ._send import is_fhir, read_bounded
+
 __all__ = ["Verdict", "ask", "same_content"]
 
 Found = Literal["present", "absent", "unreachable", "unverifiable", "refused"]
@@ -44,21 +46,33 @@ def ask(client: httpx.Client, part: dict[str, Any]) -> Verdict:
         if search is None:
             return Verdict("unverifiable", f"entry[{n}] has no condition to search by")
         kind, query = search
-        try:
-            answer = client.get(
-                kind, params=httpx.QueryParams(query), headers={"Accept": "application/fhir+json"}
-            )
-        except httpx.TransportError as exc:
+        try:  # read up to MAX_ANSWER_BYTES, as a send's answer
+            with client.stream(
+                "GET",
+                kind,
+                params=httpx.QueryParams(query),
+                headers={"Accept": "application/fhir+json"},
+            ) as answer:
+                content, cut = read_bounded(answer, client.timeout.read)
+        except (httpx.TransportError, httpx.DecodingError) as exc:
             return Verdict("unreachable", f"search for entry[{n}] failed ({type(exc).__name__})")
         if answer.status_code >= 500 or answer.status_code in (408, 429):
             return Verdict("unreachable", f"search for entry[{n}] answered {answer.status_code}")
         if answer.status_code in (401, 403):  # our credentials, not the question
             reason = f"search for entry[{n}] ({kind}) answered {answer.status_code}"
             return Verdict("refused", reason)
+        if answer.status_code >= 300 and not is_fhir(content):  # a proxy's page
+            reason = f"search for entry[{n}] answered {answer.status_code} without a FHIR resource"
+            return Verdict("unreachable", reason)
         if answer.status_code >= 300:
             reason = f"search for entry[{n}] ({kind}) refused with {answer.status_code}"
             return Verdict("unverifiable", reason)
-        matches = _matches(answer, kind)
+        matches = _matches(content, kind) if cut is None else None
+        if matches is None:  # a proxy's page, an OperationOutcome, no end: no answer
+            reason = (
+                f"search for entry[{n}] ({kind}) answered {answer.status_code} without a searchset"
+            )
+            return Verdict("unreachable", reason)
         if not matches:
             return Verdict("absent", f"entry[{n}] ({kind}) not at the partner")
         if request.get("method") == "PUT" and not any(
@@ -84,16 +98,26 @@ def _search_of(request: dict[str, Any]) -> tuple[str, str] | None:
     return None
 
 
-def _matches(answer: httpx.Response, kind: str) -> list[dict[str, Any]]:
+def _matches(content: bytes, kind: str) -> list[dict[str, Any]] | None:
+    """The resources of ``kind`` the searchset matched; None when the answer is not a
+    searchset one can read (HTML from a proxy, an OperationOutcome, malformed entries):
+    that says nothing of what the partner holds, so it must not count as absent."""
     try:
-        bundle = orjson.loads(answer.content)
+        bundle = orjson.loads(content)
     except orjson.JSONDecodeError:
-        return []
+        return None
+    if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+        return None
+    entries = bundle.get("entry") or []
+    if bundle.get("type") != "searchset" or not isinstance(entries, list):
+        return None
     out = []
-    for entry in (bundle.get("entry") if isinstance(bundle, dict) else None) or []:
-        resource = (entry or {}).get("resource") or {}
-        mode = ((entry or {}).get("search") or {}).get("mode", "match")
-        if resource.get("resourceType") == kind and mode == "match":
+    for entry in entries:
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        search = (entry.get("search") or {}) if isinstance(entry, dict) else None
+        if not isinstance(resource, dict) or not isinstance(search, dict):
+            return None
+        if resource.get("resourceType") == kind and search.get("mode", "match") == "match":
             out.append(resource)
     return out
 

@@ -546,6 +546,23 @@ class Outbox:
             )
             return bool(done.rowcount == 1)
 
+    def keep(self, row_id: int, now: datetime, lease: timedelta) -> bool:
+        """Extend a lease that has not run out (its worker is still waiting for the
+        partner's answer): until ``now + lease``. A lease that ran out is not revived:
+        the row may be another worker's by now. Whether it was extended."""
+        o = _outbox.c
+        with self._write() as conn:
+            done = conn.execute(
+                _outbox.update()
+                .where(
+                    o.id == row_id,
+                    o.state.in_(("sending", "waiting")),
+                    o.lease_until > now,
+                )
+                .values(lease_until=now + lease)
+            )
+            return bool(done.rowcount == 1)
+
     def unclaim(self, row_ids: Sequence[int], token: datetime) -> int:
         """Let go of claimed rows not begun (stopping, a breaker that opened): due
         again at once for any worker. Rows begun since (moved, renewed) are not

@@ -3,7 +3,9 @@ and a circuit breaker per partner."""
 
 from __future__ import annotations
 
+import math
 import random
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -63,17 +65,23 @@ def backoff(attempt: int, base: float, cap: float, rng: random.Random) -> float:
     return rng.uniform(0.0, ceiling)
 
 
+_DELAY_SECONDS = re.compile(r"[0-9]+")  # RFC 9110: 1*DIGIT, ASCII only
+
+
 def retry_after(value: str | None, now: datetime) -> float | None:
     """Seconds a ``Retry-After`` header asks for (delay-seconds or an HTTP-date; now is
-    naive UTC); None when absent or unreadable, 0 for a date already past."""
+    naive UTC); None when absent or unreadable, 0 for a date already past. An absurd
+    value is returned as it is (``inf`` past a float's range): the worker bounds the wait
+    by the record's remaining life and the partner's pause by delivery_backoff_cap
+    (gateway/delivery/_worker.py ``_failed``, ``_count``)."""
     if not value or not value.strip():
         return None
     text = value.strip()
-    if text.isdigit():
-        return float(int(text))
+    if _DELAY_SECONDS.fullmatch(text):  # not str.isdigit: it takes "²" and "٣"
+        return float(text) if len(text) < 300 else math.inf
     try:
         when = parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if when.tzinfo is None:  # RFC 9110 dates are GMT
         when = when.replace(tzinfo=UTC)
@@ -92,19 +100,34 @@ class Breaker:
         self.failures = 0
         self.opened_at: datetime | None = None
         self.probing = False  # the half-open probe is in flight
+        # The partner's Retry-After: no request to it before then, whatever the state.
+        self.paused_until: datetime | None = None
 
     def state(self, now: datetime) -> str:
         if self.opened_at is None:
             return "closed"
         return "half-open" if now >= self.opened_at + self.cooldown else "open"
 
+    def pause(self, until: datetime) -> None:
+        """The partner asked for no request before ``until`` (Retry-After: it holds for
+        every record, not only the one it refused)."""
+        if self.paused_until is None or until > self.paused_until:
+            self.paused_until = until
+
+    def paused(self, now: datetime) -> bool:
+        return self.paused_until is not None and now < self.paused_until
+
     def may_try(self, now: datetime) -> bool:
         """Whether :meth:`allow` could say yes now (without taking the probe)."""
+        if self.paused(now):
+            return False
         state = self.state(now)
         return state == "closed" or (state == "half-open" and not self.probing)
 
     def allow(self, now: datetime) -> bool:
         """May a request go now? In half-open, only the first caller gets a yes."""
+        if self.paused(now):
+            return False
         state = self.state(now)
         if state == "closed":
             return True

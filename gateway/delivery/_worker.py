@@ -13,7 +13,8 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -173,7 +174,8 @@ class Deliverer:
                 state, linked, note = "sending", {}, ""
             attempts += 1
             started = time.perf_counter()
-            answer = send_part(self.client(partner), parts[part], self.clock())
+            with self._alive(record.id):
+                answer = send_part(self.client(partner), parts[part], self.clock())
             observe_stage("deliver", time.perf_counter() - started)  # one send, any answer
             trace_attempt(record, answer, now, self.clock)  # when tracing is on
             now = self.clock()
@@ -214,9 +216,25 @@ class Deliverer:
         """Ask the partner about the part of an ambiguous send. (part, attempts, state)
         to go on with, or None when the record was moved (asked later, or held)."""
         breaker = self.breaker(partner.key)
-        verdict = ask(self.client(partner), part_bundle)
+        with self._alive(record.id):
+            verdict = ask(self.client(partner), part_bundle)
         now = self.clock()
         part = record.part
+        if verdict.found == "unreachable" and self._too_old(record, now):
+            # Asked for as long as the record may live and never answered: only a person
+            # can tell now whether the partner has it (never sent blindly, never lost).
+            breaker.failure(now)
+            self.outbox.move(
+                record.id,
+                "waiting",
+                "held",
+                f"delivery.unverifiable: the partner never answered the question "
+                f"({verdict.reason}), part {part + 1}/{record.part_count}; ask it, then: "
+                f"gateway outbox release {record.id}",
+                now=now,
+                last_error="delivery.unverifiable",
+            )
+            return None
         if verdict.found == "unreachable":
             breaker.failure(now)
             wait = self._wait(record.attempts + 1, None)
@@ -279,9 +297,52 @@ class Deliverer:
                 attempts=0,
             )
             return part, 0, "sending"
+        if record.attempts >= self.config.max_attempts or self._too_old(record, now):
+            # Known absent, so giving up is safe; without it a partner that answers
+            # every send ambiguously (200 with an OperationOutcome, HTML, a dropped
+            # connection) and applies nothing had the record cycle forever.
+            why = "too old" if self._too_old(record, now) else f"{record.attempts} attempts"
+            self.outbox.move(
+                record.id,
+                "waiting",
+                "dead",
+                f"delivery.gave-up ({why}): asked: {verdict.reason}, part {part + 1}/"
+                f"{record.part_count}; last {record.last_error}",
+                now=now,
+                last_error="delivery.gave-up",
+            )
+            return None
         reason = f"asked: {verdict.reason}; sending part {part + 1} again"
         self.outbox.move(record.id, "waiting", "sending", reason, now=now, lease=self.config.lease)
         return part, record.attempts, "sending"
+
+    @contextmanager
+    def _alive(self, row_id: int) -> Iterator[None]:
+        """Keep the row's lease from running out while a request to the partner is in
+        flight. The read timeout bounds each read, not the answer: a partner trickling
+        its answer (or one slower than a short lease) outlived the lease, and another
+        worker took the row as interrupted and sent it again while this one was still
+        sending. A worker that dies stops renewing: its lease runs out as before."""
+        done = threading.Event()
+        every = max(self.config.lease.total_seconds() / 3, 0.01)
+
+        def beat() -> None:
+            while not done.wait(every):
+                try:
+                    self.outbox.keep(row_id, self.clock(), self.config.lease)
+                except Exception:  # the store busy or gone: the lease may run out
+                    log.exception("outbox record %s: lease not renewed", row_id)
+
+        beating = threading.Thread(target=beat, name=f"lease-{row_id}", daemon=True)
+        beating.start()
+        try:
+            yield
+        finally:
+            done.set()
+            beating.join()
+
+    def _too_old(self, record: OutboxRecord, now: datetime) -> bool:
+        return now - record.created_at >= self.config.max_age
 
     def _failed(
         self, record: OutboxRecord, part: int, attempts: int, answer: Answer, now: datetime
@@ -322,7 +383,10 @@ class Deliverer:
         if answer.kind == "ambiguous":
             # Never a blind resend: the partner is asked first (gateway/delivery/_ask.py),
             # after a pause that lets a slow partner finish what it received.
-            wait = max(self.config.backoff_base, self._wait(attempts, None))
+            floor = self.config.backoff_base
+            if answer.slow:  # asked before it is done, it has nothing yet: a resend
+                floor = max(floor, self.config.read_timeout)
+            wait = max(floor, self._wait(attempts, None))
             self.outbox.move(
                 record.id,
                 "sending",
@@ -334,7 +398,7 @@ class Deliverer:
                 **kept,
             )
             return
-        too_old = now - record.created_at >= self.config.max_age
+        too_old = self._too_old(record, now)
         if (attempts >= self.config.max_attempts or too_old) and answer.code in NO_TOKEN:
             # Never sent for want of a token: ours to fix, not the record's to die of.
             why = "too old" if too_old else f"{attempts} attempts"
@@ -362,7 +426,10 @@ class Deliverer:
                 **kept,
             )
             return
-        wait = self._wait(attempts, answer.wait)
+        # Never past the record's life: a Retry-After of 10^9 s would park it for decades
+        # (neither delivered nor given up); at the end of its life it is tried once more.
+        left = (record.created_at + self.config.max_age - now).total_seconds()
+        wait = min(self._wait(attempts, answer.wait), max(left, 0.0))
         self.outbox.move(
             record.id,
             "sending",
@@ -410,12 +477,16 @@ class Deliverer:
             return asked
         return backoff(attempt, self.config.backoff_base, self.config.backoff_cap, self.rng)
 
-    @staticmethod
-    def _count(breaker: Breaker, answer: Answer, now: datetime) -> None:
+    def _count(self, breaker: Breaker, answer: Answer, now: datetime) -> None:
         """An answer (delivered, or refused: the partner is up) closes the breaker; no
         answer, 5xx, 408 and 429 count as failures, and so does a refusal of our
         credentials: every request would be refused alike, so after a few the partner's
-        other rows stay queued (the breaker open) instead of each being held in turn."""
+        other rows stay queued (the breaker open) instead of each being held in turn.
+        A Retry-After pauses every request to the partner (at most backoff_cap: an
+        absurd one must not stop a partner for years)."""
+        if answer.wait is not None:
+            pause = min(answer.wait, self.config.backoff_cap)
+            breaker.pause(now + timedelta(seconds=pause))
         if answer.kind in ("delivered", "dead"):
             breaker.success()
         else:

@@ -5,6 +5,7 @@ opentelemetry is not even imported; a bad setting is a clear ConfigError."""
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import subprocess
 import sys
@@ -41,7 +42,16 @@ PATIENT_DATA = (
 )
 CONVERTER_STAGES = ["intake", "mapping", "validation", "serialise"]
 NJMU2 = "https://fhir.njmu2.example.cn/fhir/"  # the demo partner the message is routed to
-ANSWER = {"resourceType": "Bundle", "type": "transaction-response", "entry": []}
+
+
+def _answer(request: Any) -> respx.MockResponse:
+    """The partner's transaction-response: one 201 per entry sent (the worker takes an
+    answer that does not account for every entry as ambiguous)."""
+    sent = json.loads(request.content).get("entry") or []
+    entries = [{"response": {"status": "201"}} for _ in sent]
+    return respx.MockResponse(
+        200, json={"resourceType": "Bundle", "type": "transaction-response", "entry": entries}
+    )
 
 
 @pytest.fixture
@@ -112,7 +122,7 @@ def test_the_outbound_path_and_the_delivery_attempt_join_the_messages_trace(
         [placed] = outbound.process(receipt.id).placed
         assert (placed.partner, placed.outcome) == ("njmu2", "queued")
         with respx.mock(assert_all_mocked=True) as partner:
-            partner.post(NJMU2).mock(return_value=respx.MockResponse(200, json=ANSWER))
+            partner.post(NJMU2).mock(side_effect=_answer)
             with Deliverer(outbound.outbox, outbound.partners) as worker:
                 worker.run_once()
         assert store.state_of(receipt.id) == "delivered"

@@ -96,7 +96,7 @@ class Inbound:
         """``peer``: the sender's network address (its audit event names it)."""
         try:
             own = self.referrals.own()
-            bundle = _bundle(body)
+            bundle, canonical = _bundle(body)
             self._check_sender(bundle, who.partner)
         except InboundError as exc:
             log.warning("inbound: a Bundle from %s refused [%s]", who.partner, exc.code)
@@ -107,7 +107,6 @@ class Inbound:
             answer = Answer(422, operation_outcome(invalid))
             self._record(None, self._receipt(bundle, who.partner, peer, answer))
             return answer
-        canonical = orjson.dumps(bundle, option=orjson.OPT_SORT_KEYS)
         sha = hashlib.sha256(canonical).hexdigest()
         given = bundle.get("identifier")
         ident: dict[str, Any] = given if isinstance(given, dict) else {}
@@ -134,12 +133,12 @@ class Inbound:
         identifier (a partner's Bundle has no id of ours yet; no identifier is logged)."""
         from ..policy import pseudonym
 
-        subject = bundle_subject(bundle)
-        for entry in bundle.get("entry") or []:
-            resource = entry.get("resource") if isinstance(entry, dict) else None
-            if not isinstance(resource, dict) or resource.get("resourceType") != "Patient":
+        resources = [r for _, r in _resources(bundle)]
+        subject = bundle_subject({**bundle, "entry": [{"resource": r} for r in resources]})
+        for resource in resources:
+            if resource.get("resourceType") != "Patient":
                 continue
-            for ident in resource.get("identifier") or []:
+            for ident in _list(resource.get("identifier")):
                 if isinstance(ident, dict) and ident.get("value"):
                     alias = pseudonym(
                         self.policy().key, str(ident.get("system") or ""), str(ident["value"])
@@ -226,16 +225,18 @@ class Inbound:
 
     # -- 2: in whose name -------------------------------------------------------------
     def _check_sender(self, bundle: dict[str, Any], partner: str) -> None:
-        named = self.policy().sender_of(bundle)
+        """Read before the Bundle is validated: any element may have any JSON type here
+        (a wrong one is left to the validation, next)."""
+        ident = bundle.get("identifier")
+        named = self.policy().sender_of(bundle) if isinstance(ident, dict) else None
         if named is not None and named != partner:
             raise _wrong_sender("Bundle.identifier.system", named, partner)
-        for n, entry in enumerate(bundle.get("entry") or []):
-            resource = entry.get("resource") if isinstance(entry, dict) else None
-            if not isinstance(resource, dict) or resource.get("resourceType") != "Provenance":
+        for n, resource in _resources(bundle):
+            if resource.get("resourceType") != "Provenance":
                 continue
             if _is_signature(resource):
                 continue  # signers: their certificates are checked below
-            for k, agent in enumerate(resource.get("agent") or []):
+            for k, agent in enumerate(_list(resource.get("agent"))):
                 if not isinstance(agent, dict) or _agent_type(agent) not in _SENDING_AGENTS:
                     continue
                 for part in ("who", "onBehalfOf"):
@@ -387,7 +388,8 @@ def _first_code(answer: Answer) -> str | None:
     return None
 
 
-def _bundle(body: bytes) -> dict[str, Any]:
+def _bundle(body: bytes) -> tuple[dict[str, Any], bytes]:
+    """The Bundle and its canonical bytes (sorted keys: the dedup key's content)."""
     try:
         bundle = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -400,7 +402,75 @@ def _bundle(body: bytes) -> dict[str, Any]:
             "POST /fhir takes a transaction or batch Bundle",
             expression="Bundle.type",
         )
-    return bundle
+    _check_entries(bundle)
+    try:
+        canonical = orjson.dumps(bundle, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:  # orjson writes 254 levels, reads 1024
+        raise _too_deep(bundle) from None
+    return bundle, canonical
+
+
+def _check_entries(bundle: dict[str, Any]) -> None:
+    """Each entry a JSON object, its resource and request (when given) objects too: the
+    validator reads a resource of another JSON type as absent, and every later step
+    (policy, audit, apply) reads them as objects."""
+    entries = bundle.get("entry")
+    if entries is None:
+        return
+    if not isinstance(entries, list):
+        raise InboundError("inbound.bad-bundle", "Bundle.entry is not a list",
+                           expression="Bundle.entry")  # fmt: skip
+    for n, entry in enumerate(entries):
+        where = f"Bundle.entry[{n}]"
+        if not isinstance(entry, dict):
+            raise InboundError("inbound.bad-entry", f"{where} is not a JSON object",
+                               expression=where)  # fmt: skip
+        for part in ("resource", "request"):
+            if part in entry and not isinstance(entry[part], dict):
+                raise InboundError(
+                    "inbound.bad-entry",
+                    f"{where}.{part} is not a JSON object",
+                    expression=f"{where}.{part}",
+                )
+
+
+MAX_DEPTH = 200  # levels of JSON objects and arrays; FHIR resources need a few dozen
+
+
+def _too_deep(bundle: dict[str, Any]) -> InboundError:
+    """The refusal of a Bundle nested deeper than MAX_DEPTH, naming the element under
+    which it is (its first path that deep, cut after the resource's element)."""
+    stack: list[tuple[Any, tuple[str | int, ...]]] = [(bundle, ())]
+    where = "Bundle"
+    while stack:
+        node, path = stack.pop()
+        if len(path) > MAX_DEPTH:
+            where = _element(path)
+            break
+        items = node.items() if isinstance(node, dict) else enumerate(node)
+        stack += [(v, (*path, k)) for k, v in items if isinstance(v, (dict, list))]
+    return InboundError(
+        "inbound.bad-bundle",
+        f"{where} is nested more than {MAX_DEPTH} levels deep",
+        expression=where,
+    )
+
+
+def _element(path: tuple[str | int, ...]) -> str:
+    """``Bundle.entry[2].resource.extension`` for a path through entry 2's resource's
+    extensions: down to the first element of a resource (or of the Bundle)."""
+    out, seen_resource = "Bundle", False
+    for key in path:
+        if isinstance(key, int):
+            out += f"[{key}]"
+            continue
+        if out != "Bundle" and not seen_resource and key != "resource":
+            break
+        if seen_resource:
+            return f"{out}.{key}"
+        out += f".{key}"
+        seen_resource = key == "resource"
+    return out
 
 
 def _without_profiles(bundle: dict[str, Any]) -> dict[str, Any]:
@@ -456,10 +526,27 @@ def _wrong_sender(where: str, named: str, partner: str) -> InboundError:
 
 
 def _agent_type(agent: dict[str, Any]) -> str | None:
-    for coding in (agent.get("type") or {}).get("coding") or []:
+    kind = agent.get("type")
+    for coding in _list(kind.get("coding")) if isinstance(kind, dict) else []:
         if isinstance(coding, dict) and coding.get("code"):
             return str(coding["code"])
     return None
+
+
+def _list(value: Any) -> list[Any]:
+    """``value`` when it is a JSON array, else nothing (an unvalidated Bundle's element
+    of the wrong type: the validation names it)."""
+    return value if isinstance(value, list) else []
+
+
+def _resources(bundle: dict[str, Any]) -> list[tuple[int, dict[str, Any]]]:
+    """(position, resource) of the Bundle's entries that hold a JSON object."""
+    out = []
+    for n, entry in enumerate(_list(bundle.get("entry"))):
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if isinstance(resource, dict):
+            out.append((n, resource))
+    return out
 
 
 def _is_signature(provenance: dict[str, Any]) -> bool:

@@ -198,7 +198,8 @@ class Inbound:
         try:
             with self._validating:
                 found = self.validator.validate_bundle(plain, profile=BASE_BUNDLE)
-            return [i for i in found if not _untargeted_signature(plain, i)]
+            signatures = set(signature_entries(bundle))  # by profile: before it goes
+            return [i for i in found if not _untargeted_signature(plain, i, signatures)]
         except Exception:  # the entry it failed on is found below
             log.exception("inbound: the validator failed on a Bundle; checking entry by entry")
         issues: list[Issue] = []
@@ -231,15 +232,20 @@ class Inbound:
         named = self.policy().sender_of(bundle) if isinstance(ident, dict) else None
         if named is not None and named != partner:
             raise _wrong_sender("Bundle.identifier.system", named, partner)
+        signatures = set(signature_entries(bundle))
         for n, resource in _resources(bundle):
             if resource.get("resourceType") != "Provenance":
                 continue
-            if _is_signature(resource):
-                continue  # signers: their certificates are checked below
+            # a signature Provenance's signer: its certificate is checked below (the
+            # first) or by the verification (its Signature.who); any other agent of it,
+            # and every agent of any other Provenance, is checked here
+            signer = _signer_who(resource) if n in signatures else None
             for k, agent in enumerate(_list(resource.get("agent"))):
                 if not isinstance(agent, dict) or _agent_type(agent) not in _SENDING_AGENTS:
                     continue
                 for part in ("who", "onBehalfOf"):
+                    if part == "who" and signer is not None and agent.get(part) == signer:
+                        continue
                     inst = self._institution_of(agent.get(part))
                     if inst is not None and inst.key != partner:
                         where = f"Bundle.entry[{n}].resource.agent[{k}].{part}"
@@ -497,7 +503,7 @@ def _without_profiles(bundle: dict[str, Any]) -> dict[str, Any]:
 _TARGET = re.compile(r"Bundle\.entry\[(\d+)\]\.resource\.target")
 
 
-def _untargeted_signature(bundle: dict[str, Any], issue: Issue) -> bool:
+def _untargeted_signature(bundle: dict[str, Any], issue: Issue, signatures: set[int]) -> bool:
     """A signature Provenance made by an earlier gateway over entries without a fullUrl
     (a batch) came with an empty ``target`` (1..*; signing now names the resources or the
     Bundle): what it covers is the Bundle, which its signature proves (verified next).
@@ -505,14 +511,9 @@ def _untargeted_signature(bundle: dict[str, Any], issue: Issue) -> bool:
     found = _TARGET.fullmatch(issue.fhirpath or "")
     if found is None or issue.code != "validation.cardinality":
         return False
-    entry = bundle["entry"][int(found[1])]
-    resource = entry.get("resource") if isinstance(entry, dict) else None
-    return (
-        isinstance(resource, dict)
-        and resource.get("resourceType") == "Provenance"
-        and _is_signature(resource)
-        and not resource.get("target")
-    )
+    n = int(found[1])
+    resource = bundle["entry"][n].get("resource")
+    return n in signatures and isinstance(resource, dict) and not resource.get("target")
 
 
 def _wrong_sender(where: str, named: str, partner: str) -> InboundError:
@@ -549,11 +550,10 @@ def _resources(bundle: dict[str, Any]) -> list[tuple[int, dict[str, Any]]]:
     return out
 
 
-def _is_signature(provenance: dict[str, Any]) -> bool:
-    return any(
-        isinstance(s, dict) and s.get("sigFormat") == "application/jose"
-        for s in provenance.get("signature") or []
-    )
+def _signer_who(provenance: dict[str, Any]) -> Any:
+    """``signature[0].who`` of a signature Provenance (None when it has none)."""
+    found = _list(provenance.get("signature"))
+    return found[0].get("who") if found and isinstance(found[0], dict) else None
 
 
 def _first_signer(bundle: dict[str, Any]) -> tuple[str, str | None] | None:

@@ -147,6 +147,7 @@ class Search:
     last_updated: list[tuple[str, datetime, datetime]] = field(default_factory=list)
     ids: list[str] = field(default_factory=list)
     partner: str | None = None  # only what this partner sent (partner credentials)
+    made_here: bool = False  # only what this gateway made (its referral Tasks)
 
 
 class Resources:
@@ -188,6 +189,8 @@ class Resources:
         query = _select().where(c.resource_type == resource_type, c.current.is_(True))
         if where.partner is not None:
             query = query.where(c.partner == where.partner)
+        if where.made_here:
+            query = query.where(c.partner.is_(None))
         if where.ids:
             query = query.where(c.logical_id.in_(where.ids))
         if where.identifier is not None:
@@ -212,10 +215,14 @@ class Resources:
         ).scalars()
         return [patient, *(f"Patient/{i}" for i in ids)]
 
-    def find(self, conn: Connection, resource_type: str, query: str) -> list[str]:
+    def find(
+        self, conn: Connection, resource_type: str, query: str, *,
+        partner: str | None = None, made_here: bool = False,
+    ) -> list[str]:  # fmt: skip
         """The logical ids a conditional create's or update's query matches
-        (``identifier=system|value``, ``_id=``; several parameters ANDed)."""
-        where = Search()
+        (``identifier=system|value``, ``_id=``; several parameters ANDed): among what
+        ``partner`` sent, or what was made here, or (neither given) all."""
+        where = Search(partner=partner, made_here=made_here)
         pairs = parse_qsl(query, keep_blank_values=True)
         if not pairs:
             raise InboundError(
@@ -245,11 +252,12 @@ class Resources:
         return list(rows)
 
     def find_identifiers(
-        self, conn: Connection, wanted: list[tuple[str, str]]
+        self, conn: Connection, wanted: list[tuple[str, str]], partner: str | None = None
     ) -> dict[tuple[str, str], list[str]]:
         """``find`` for many ``(type, query)`` at once, in one statement: those whose query
         is one ``identifier=`` parameter (what conditional creates and updates carry);
-        the others are left out (the caller asks ``find``). Same matches as ``find``."""
+        the others are left out (the caller asks ``find``). Same matches as ``find``
+        (``partner``: among what it sent)."""
         tokens: dict[tuple[str, str], tuple[str | None, str]] = {}
         for resource_type, query in wanted:
             pairs = parse_qsl(query, keep_blank_values=True)
@@ -258,7 +266,7 @@ class Resources:
         if not tokens:
             return {}
         i, r = identifiers.c, resources.c
-        rows = conn.execute(
+        matching = (
             sa.select(i.resource_type, i.system, i.value, r.id, r.logical_id)
             .join(resources, r.id == i.resource_row)
             .where(
@@ -267,7 +275,10 @@ class Resources:
                 r.current.is_(True),
             )
             .order_by(r.id)
-        ).all()
+        )
+        if partner is not None:
+            matching = matching.where(r.partner == partner)
+        rows = conn.execute(matching).all()
         found: dict[tuple[str, str], list[str]] = {}
         for key, (system, value) in tokens.items():
             seen: dict[int, str] = {}  # one id per stored row, as find's IN (subquery) gives

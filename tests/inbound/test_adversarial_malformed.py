@@ -18,6 +18,7 @@ from tests.api.test_app import Client
 
 from .conftest import NSCH_TOKEN, counts, partner, signer
 
+POST_PATIENT = {"method": "POST", "url": "Patient"}
 PROVENANCE_URL = "urn:uuid:7d3c1b4e-2f55-4a8e-9d41-0c3c8f1a2b11"
 
 
@@ -63,7 +64,7 @@ def _signed(bundle: dict[str, Any], pki: Path) -> bytes:
             [{"type": {"coding": "custodian"}, "who": {"display": "x"}}])),
          "Bundle.entry[10].resource.agent[0].type.coding"),
         (lambda b: b["entry"].append(["not", "an", "entry"]), "Bundle.entry[10]"),
-        (lambda b: b["entry"].append({"resource": "Patient", "request": {"method": "POST", "url": "Patient"}}),
+        (lambda b: b["entry"].append({"resource": "Patient", "request": POST_PATIENT}),
          "Bundle.entry[10].resource"),
         (lambda b: b["entry"][2]["resource"].update(identifier=5),
          "Bundle.entry[2].resource.identifier"),

@@ -23,6 +23,7 @@ import logging
 import re
 import threading
 from base64 import b64decode, urlsafe_b64decode
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -409,6 +410,7 @@ def _bundle(body: bytes) -> tuple[dict[str, Any], bytes]:
             expression="Bundle.type",
         )
     _check_entries(bundle)
+    _check_unique_names(body)
     try:
         canonical = orjson.dumps(bundle, option=orjson.OPT_SORT_KEYS)
     except orjson.JSONEncodeError:  # orjson writes 254 levels, reads 1024
@@ -446,15 +448,8 @@ MAX_DEPTH = 200  # levels of JSON objects and arrays; FHIR resources need a few 
 def _too_deep(bundle: dict[str, Any]) -> InboundError:
     """The refusal of a Bundle nested deeper than MAX_DEPTH, naming the element under
     which it is (its first path that deep, cut after the resource's element)."""
-    stack: list[tuple[Any, tuple[str | int, ...]]] = [(bundle, ())]
-    where = "Bundle"
-    while stack:
-        node, path = stack.pop()
-        if len(path) > MAX_DEPTH:
-            where = _element(path)
-            break
-        items = node.items() if isinstance(node, dict) else enumerate(node)
-        stack += [(v, (*path, k)) for k, v in items if isinstance(v, (dict, list))]
+    found = _first_path(bundle, lambda _, path: len(path) > MAX_DEPTH)
+    where = "Bundle" if found is None else _element(found[0])
     return InboundError(
         "inbound.bad-bundle",
         f"{where} is nested more than {MAX_DEPTH} levels deep",
@@ -462,21 +457,79 @@ def _too_deep(bundle: dict[str, Any]) -> InboundError:
     )
 
 
-def _element(path: tuple[str | int, ...]) -> str:
-    """``Bundle.entry[2].resource.extension`` for a path through entry 2's resource's
-    extensions: down to the first element of a resource (or of the Bundle)."""
-    out, seen_resource = "Bundle", False
-    for key in path:
-        if isinstance(key, int):
-            out += f"[{key}]"
-            continue
-        if out != "Bundle" and not seen_resource and key != "resource":
-            break
-        if seen_resource:
-            return f"{out}.{key}"
-        out += f".{key}"
-        seen_resource = key == "resource"
+_Path = tuple[str | int, ...]
+
+
+def _first_path(root: Any, test: Callable[[Any, _Path], bool]) -> tuple[_Path, Any] | None:
+    """(path, node) of a JSON object or array under ``root`` that passes ``test``
+    (without recursion: the JSON may be nested deeper than Python recurses)."""
+    stack: list[tuple[Any, _Path]] = [(root, ())]
+    while stack:
+        node, path = stack.pop()
+        if test(node, path):
+            return path, node
+        items = node.items() if isinstance(node, dict) else enumerate(node)
+        stack += [(v, (*path, k)) for k, v in items if isinstance(v, (dict, list))]
+    return None
+
+
+def _element(path: _Path) -> str:
+    """The element a path inside the Bundle is in: ``Bundle.entry[2].resource.extension``
+    (down to a resource's element), ``Bundle.entry[2].request``, ``Bundle.type``."""
+    if len(path) >= 3 and path[0] == "entry" and isinstance(path[1], int):
+        keep = 4 if path[2] == "resource" else 3
+    else:
+        keep = 1
+    out = "Bundle"
+    for key in path[:keep]:
+        out += f"[{key}]" if isinstance(key, int) else f".{key}"
     return out
+
+
+class _Twice(Exception):
+    pass
+
+
+def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        raise _Twice
+    return found
+
+
+_TWICE = "\x00twice"  # marks, in the second reading, the object that has a name twice
+
+
+def _marked(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in found and _TWICE not in found:
+            found[_TWICE] = key
+        found[key] = value
+    return found
+
+
+def _check_unique_names(body: bytes) -> None:
+    """Refuse an object with a member name twice (I-JSON, RFC 7493 2.3; RFC 8785 signs
+    I-JSON): orjson keeps the last value, other readers the first, so the bytes kept as
+    evidence would not say which Bundle was signed and stored. Named by a second
+    reading, only then."""
+    try:
+        json.loads(body, object_pairs_hook=_unique)
+        return
+    except _Twice:
+        pass
+    except (ValueError, RecursionError):  # orjson read it; json's own limits are not ours
+        return
+    marked = json.loads(body, object_pairs_hook=_marked)
+    path = _first_path(marked, lambda node, _: isinstance(node, dict) and _TWICE in node)
+    where = "Bundle" if path is None else _element((*path[0], path[1][_TWICE]))
+    raise InboundError(
+        "inbound.bad-bundle",
+        f"{where}: an object holds a member name twice (RFC 7493 I-JSON): readers differ "
+        "on which value counts, and the signature cannot say",
+        expression=where,
+    )
 
 
 def _without_profiles(bundle: dict[str, Any]) -> dict[str, Any]:

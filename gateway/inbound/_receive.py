@@ -41,6 +41,7 @@ from ..store import Store, utcnow
 from ..validation import Validator
 from ._apply import apply_bundle
 from ._auth import PartnerAuth
+from ._content import misaddressed, mixed_patients
 from ._errors import InboundError
 from ._referrals import Referrals
 from ._resources import Resources
@@ -103,8 +104,10 @@ class Inbound:
             log.warning("inbound: a Bundle from %s refused [%s]", who.partner, exc.code)
             return _refused(exc.issue, http_status([exc.issue]))
         invalid = self._validate(bundle)
+        if not invalid:  # valid R4: is it one patient's, and addressed here?
+            invalid = mixed_patients(bundle) + misaddressed(bundle, own)
         if invalid:
-            log.warning("inbound: a Bundle from %s refused: not valid R4", who.partner)
+            log.warning("inbound: a Bundle from %s refused [%s]", who.partner, invalid[0].code)
             answer = Answer(422, operation_outcome(invalid))
             self._record(None, self._receipt(bundle, who.partner, peer, answer))
             return answer

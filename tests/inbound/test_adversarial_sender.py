@@ -258,8 +258,9 @@ def test_a_reference_to_another_partners_resource_is_refused(
     assert client.post("/fhir", content=signed_referral, headers=partner(NSCH_TOKEN)).is_success
     theirs = _nsch_patient(client)
     bundle = _lax2_report({"method": "POST", "url": "Patient"}, f"Patient/{theirs['id']}")
+    del bundle["entry"][0]  # the report alone, about NSCH's patient
     resp = _post(client, bundle, pki, "lax2", LAX2_TOKEN)
     assert resp.status_code == 422, resp.text
     assert _code(resp) == "inbound.unresolved-reference"
-    assert resp.json()["issue"][0]["expression"] == ["Bundle.entry[1].resource.subject"]
+    assert resp.json()["issue"][0]["expression"] == ["Bundle.entry[0].resource.subject"]
     assert client.get("/fhir/DiagnosticReport", headers=LOCAL_AUTH).json()["entry"] == []

@@ -106,7 +106,7 @@ def _patient_key(ref: dict[str, Any], by_url: dict[str, tuple[int, dict[str, Any
     literal = ref.get("reference")
     if isinstance(literal, str):
         if literal in by_url:
-            n, target = by_url[literal]
+            target = by_url[literal][1]
             return literal if target.get("resourceType") == "Patient" else None
         path, _, query = literal.partition("?")
         if path == "Patient" and query.startswith("identifier=") and "&" not in query:

@@ -42,6 +42,7 @@ from ..inbound import (
     PartnerAuth,
     Search,
     TokenError,
+    parameter_name,
     parse_last_updated,
 )
 from ..network import Network
@@ -299,9 +300,9 @@ def _search(request: Request, who: str | None) -> tuple[Search, int, int]:
         if name not in SEARCH_PARAMS:
             raise InboundError(
                 "inbound.bad-search",
-                f"unknown search parameter {name!r} (the gateway searches by "
+                f"unknown search parameter {parameter_name(name)} (the gateway searches by "
                 f"{', '.join(SEARCH_PARAMS)})",
-                location=name,
+                location=parameter_name(name).strip("'"),  # a form, never a value
             )
         if name == "identifier":
             where.identifier = value

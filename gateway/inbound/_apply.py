@@ -141,12 +141,17 @@ def _find(
     query: str,
     matches: dict[tuple[str, str], list[str]] | None,
     partner: str,
+    where: str,
 ) -> list[str]:
     """What a condition matches among the partner's own resources: another's (or one
-    made here, a referral Task) is never updated, nor taken for this one's."""
+    made here, a referral Task) is never updated, nor taken for this one's. A condition
+    the gateway cannot match on is refused naming ``where`` (the entry's element)."""
     if matches is not None and (resource_type, query) in matches:
         return matches[(resource_type, query)]
-    return store.find(conn, resource_type, query, partner=partner)
+    try:
+        return store.find(conn, resource_type, query, partner=partner)
+    except InboundError as exc:
+        raise InboundError(exc.code, f"{where}: {exc.issue.message}", expression=where) from None
 
 
 def _plan(
@@ -195,11 +200,12 @@ def _plan(
                 expression=f"{where}.request.url",
             )
         if condition:
-            found = _find(conn, store, resource_type, str(condition), matches, partner)
+            found = _find(conn, store, resource_type, str(condition), matches, partner,
+                          f"{where}.request.ifNoneExist")  # fmt: skip
             _match(plan, found, where, update=False)
         return plan
     if query:
-        found = _find(conn, store, resource_type, query, matches, partner)
+        found = _find(conn, store, resource_type, query, matches, partner, f"{where}.request.url")
         _match(plan, found, where, update=True)
     elif ID_PATTERN.fullmatch(target_id):
         plan.logical_id = target_id

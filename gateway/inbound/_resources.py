@@ -29,6 +29,7 @@ __all__ = [
     "Search",
     "Stored",
     "instant",
+    "parameter_name",
     "parse_identifier",
     "parse_last_updated",
     "patient_of",
@@ -42,6 +43,15 @@ _LAST_UPDATED = re.compile(
     r"(eq|ge|gt|le|lt)?(\d{4})(?:-(\d{2})(?:-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2})(?:\.\d+)?)?"
     r"(Z|[+-]\d{2}:\d{2}))?)?)?"
 )
+
+
+_PARAMETER = re.compile(r"[A-Za-z_][A-Za-z_:.\-]{0,39}")
+
+
+def parameter_name(name: str) -> str:
+    """A search parameter's name as an error may quote it: as given when it looks like
+    one (letters, no digits), else by its form (``'9999999'``: a value sent as a name)."""
+    return repr(name) if _PARAMETER.fullmatch(name) else shape(name)
 
 
 def instant(moment: datetime) -> str:
@@ -242,8 +252,8 @@ class Resources:
             else:
                 raise InboundError(
                     "inbound.bad-condition",
-                    f"a conditional {resource_type} request by {name!r}: the gateway matches "
-                    "on identifier, _id, patient and status",
+                    f"a conditional {resource_type} request by {parameter_name(name)}: the "
+                    "gateway matches on identifier, _id, patient and status",
                     location="Bundle.entry.request",
                 )
         rows = conn.execute(

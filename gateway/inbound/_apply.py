@@ -78,6 +78,7 @@ def apply_bundle(
         # Every entry is planned against the store as it was before the Bundle, so the
         # conditions' look-ups can be one statement, and the targets' current versions
         # another (a write keeps ``known`` up to date for a later entry of the same id).
+        _check_distinct(entries)
         matches = store.find_identifiers(conn, _conditions(entries), partner)
         plans = [_plan(conn, store, n, e, partner, matches) for n, e in enumerate(entries)]
         stored_ids = {(p.resource_type, p.logical_id) for p in plans if p.logical_id}
@@ -116,6 +117,33 @@ def apply_bundle(
             applied.written.append(stored)
         applied.response["entry"].append(_response_entry(plan, stored))
     return applied
+
+
+def _check_distinct(entries: list[Any]) -> None:
+    """A transaction names each resource once (FHIR http.html#trules): two entries with
+    the same condition, or updating the same Type/id, were both planned against the
+    store as it was before, and stored two resources where the condition promised one
+    (every later condition on them then matched two: 412 for good)."""
+    seen: set[tuple[str, str]] = set()
+    for n, entry in enumerate(entries):
+        request = entry.get("request") if isinstance(entry, dict) else None
+        if not isinstance(request, dict) or request.get("method") not in ("POST", "PUT"):
+            continue
+        path, _, query = str(request.get("url") or "").partition("?")
+        if request.get("method") == "POST":
+            if not request.get("ifNoneExist"):
+                continue  # a plain create: a new resource each
+            query = str(request["ifNoneExist"])
+        key = (path, f"?{query}" if query else "")
+        if key in seen:
+            where = f"Bundle.entry[{n}].request"
+            raise InboundError(
+                "inbound.bad-entry",
+                f"{where} names the same resource as an earlier entry of the transaction "
+                "(same condition or Type/id): each resource once",
+                expression=where,
+            )
+        seen.add(key)
 
 
 def _conditions(entries: list[Any]) -> list[tuple[str, str]]:

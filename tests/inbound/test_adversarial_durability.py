@@ -2,11 +2,14 @@
 answer goes only after the commit, so a crash between the commit and the answer
 leaves the Bundle stored and its resend gets the stored answer; a crash inside the
 transaction leaves nothing; two resends racing past the look-up for an earlier copy
-store one copy and give both the same answer."""
+store one copy and give both the same answer; a transaction naming one resource twice
+is refused rather than stored as two."""
 
 from __future__ import annotations
 
+import copy
 import threading
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -15,10 +18,11 @@ import sqlalchemy as sa
 
 from gateway import Settings
 from gateway.inbound import Inbound, Referrals, bundles
+from gateway.signing import sign_bundle
 from gateway.store import open_store
 from tests.api.test_app import Client
 
-from .conftest import LOCAL_AUTH, NOTHING, NSCH_TOKEN, counts, partner
+from .conftest import LOCAL_AUTH, NOTHING, NSCH_TOKEN, counts, partner, signer
 
 
 def _stored_answer(settings: Settings) -> Any:
@@ -110,3 +114,23 @@ def test_two_resends_racing_store_one_copy_and_answer_alike(
     assert counts(hk_settings)["inbound_bundles"] == 1
     assert len(_tasks(client)) == 1
     assert looks == [False, False, True]  # the loser found the winner's after its insert
+
+
+@pytest.mark.parametrize("twice", [3, 9], ids=["conditional-create", "conditional-update"])
+def test_a_transaction_naming_one_resource_twice_is_refused(
+    client: Client, hk_settings: Settings, referral: dict[str, Any], pki: Path, twice: int
+) -> None:
+    # the Practitioner (POST ifNoneExist) or the ServiceRequest (PUT ?identifier=) twice:
+    # both entries were planned against the store before the Bundle and both created,
+    # two resources under one identifier, and every later condition on it was a 412
+    bundle = copy.deepcopy(referral)
+    again = copy.deepcopy(bundle["entry"][twice])
+    again["fullUrl"] = "urn:uuid:11111111-2222-4333-8444-555555555556"
+    bundle["entry"].append(again)
+    body = orjson.dumps(sign_bundle(bundle, signer(pki, "nsch"), "author"))
+    resp = client.post("/fhir", content=body, headers=partner(NSCH_TOKEN))
+    assert resp.status_code == 400, resp.text
+    issue = resp.json()["issue"][0]
+    assert issue["details"]["coding"][0]["code"] == "inbound.bad-entry"
+    assert issue["expression"] == ["Bundle.entry[10].request"]
+    assert counts(hk_settings)["inbound_resources"] == 0

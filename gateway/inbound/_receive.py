@@ -254,6 +254,16 @@ class Inbound:
                     if inst is not None and inst.key != partner:
                         where = f"Bundle.entry[{n}].resource.agent[{k}].{part}"
                         raise _wrong_sender(where, inst.key, partner)
+        own_tasks = f"{self.referrals.own().base}/sid/referral-task"
+        for n, resource in _resources(bundle):
+            if resource.get("resourceType") != "Task":
+                continue
+            for k, ident in enumerate(_list(resource.get("identifier"))):
+                if isinstance(ident, dict) and ident.get("system") == own_tasks:
+                    # only this gateway makes its referral Tasks: a partner's one under
+                    # that identifier would be listed beside ours as a referral status
+                    where = f"Bundle.entry[{n}].resource.identifier[{k}]"
+                    raise _wrong_sender(where, "this institution", partner)
         first = _first_signer(bundle)
         if first is not None:
             where, oid = first  # unreadable (None): the verification says why, next

@@ -147,7 +147,9 @@ def test_the_sender_cannot_accept_its_own_referral_by_writing_our_task(
 ) -> None:
     assert client.post("/fhir", content=signed_referral, headers=partner(NSCH_TOKEN)).is_success
     task = _our_task(client)
-    resp = _post(client, _task_bundle(task, f"Task/{task['id']}"), pki)
+    forged = _task_bundle(task, f"Task/{task['id']}")
+    forged["entry"][0]["resource"].pop("identifier")  # ours is refused on its own (below)
+    resp = _post(client, forged, pki)
     assert resp.status_code == 403, resp.text
     assert _code(resp) == "inbound.wrong-sender"
     assert resp.json()["issue"][0]["expression"] == ["Bundle.entry[0].request.url"]
@@ -162,7 +164,10 @@ def test_a_conditional_update_by_our_task_identifier_leaves_our_task_alone(
     task = _our_task(client)
     ident = task["identifier"][0]
     url = f"Task?identifier={ident['system']}|{ident['value']}"
-    _post(client, _task_bundle(task, url), pki)  # stored as NSCH's own Task, or refused
+    forged = _task_bundle(task, url)
+    forged["entry"][0]["resource"]["identifier"] = [{**ident, "system": "urn:x:tasks"}]
+    resp = _post(client, forged, pki)  # matches NSCH's own Tasks only: a new one of NSCH's
+    assert resp.status_code == 200, resp.text
     after = client.get(f"/fhir/Task/{task['id']}", headers=LOCAL_AUTH).json()
     assert after["status"] == "requested" and after["meta"]["versionId"] == "1"
 
@@ -176,7 +181,9 @@ def test_a_task_sent_before_the_referral_does_not_stand_in_for_ours(
     forged = {"resourceType": "Task", "identifier": [ident], "status": "requested",
               "intent": "order"}  # fmt: skip
     url = f"Task?identifier={ident['system']}|{ident['value']}"
-    assert _post(client, _task_bundle(forged, url), pki).status_code == 200
+    resp = _post(client, _task_bundle(forged, url), pki)
+    assert resp.status_code == 403, resp.text
+    assert resp.json()["issue"][0]["expression"] == ["Bundle.entry[0].resource.identifier[0]"]
     assert client.post("/fhir", content=signed_referral, headers=partner(NSCH_TOKEN)).is_success
     tasks = [e["resource"] for e in client.get("/fhir/Task", headers=LOCAL_AUTH).json()["entry"]]
     ours = [t for t in tasks if t.get("focus", {}).get("reference", "").startswith("Service")]

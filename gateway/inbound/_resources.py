@@ -36,6 +36,7 @@ __all__ = [
 ]
 
 TYPE_PATTERN = re.compile(r"[A-Z][A-Za-z]{1,63}")
+_MAX_ROW = 2**63 - 1
 ID_PATTERN = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 # Elements that name the patient a resource is about, in the order FHIR resources use them.
 _PATIENT_ELEMENTS = ("subject", "patient", "for", "beneficiary")
@@ -97,7 +98,7 @@ def parse_last_updated(value: str) -> tuple[str, datetime, datetime]:
             location="_lastUpdated",
         )
     prefix, year, month, day, hour, minute, second, zone = m.groups()
-    try:
+    try:  # the calendar's edges too: 9999-12 ends in year 10000, 0001-01-01+01:00 before 1
         start = datetime(
             int(year),
             int(month or 1),
@@ -107,25 +108,26 @@ def parse_last_updated(value: str) -> tuple[str, datetime, datetime]:
             int(second or 0),
             tzinfo=UTC,
         )
-    except ValueError:
+        if zone and zone != "Z":
+            sign = 1 if zone[0] == "+" else -1
+            start -= sign * timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6]))
+        if second is not None:
+            end = start + timedelta(seconds=1)
+        elif minute is not None:
+            end = start + timedelta(minutes=1)
+        elif day is not None:
+            end = start + timedelta(days=1)
+        elif month is not None:
+            end = start.replace(year=start.year + start.month // 12, month=start.month % 12 + 1)
+        else:
+            end = start.replace(year=start.year + 1)
+    except (ValueError, OverflowError):
         raise InboundError(
             "inbound.bad-search",
-            f"_lastUpdated: not a calendar date (value of form {shape(value)})",
+            f"_lastUpdated: not a calendar date the gateway can search (value of form "
+            f"{shape(value)})",
             location="_lastUpdated",
         ) from None
-    if zone and zone != "Z":
-        sign = 1 if zone[0] == "+" else -1
-        start -= sign * timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6]))
-    if second is not None:
-        end = start + timedelta(seconds=1)
-    elif minute is not None:
-        end = start + timedelta(minutes=1)
-    elif day is not None:
-        end = start + timedelta(days=1)
-    elif month is not None:
-        end = start.replace(year=start.year + start.month // 12, month=start.month % 12 + 1)
-    else:
-        end = start.replace(year=start.year + 1)
     return prefix or "eq", start.replace(tzinfo=None), end.replace(tzinfo=None)
 
 
@@ -186,6 +188,7 @@ class Resources:
         self, resource_type: str, where: Search, limit: int = 50, after: int = 0
     ) -> tuple[list[Stored], int | None]:
         """One page in row order (oldest change first) and the cursor of the next page."""
+        after = min(after, _MAX_ROW)  # a cursor past every row (a database integer)
         with self.engine.connect() as conn:
             query = self._filtered(conn, resource_type, where)
             rows = conn.execute(

@@ -73,6 +73,17 @@ def mixed_patients(bundle: dict[str, Any]) -> list[Issue]:
     for n, _, resource in entries:
         if resource.get("resourceType") == "Patient":
             continue
+        for k, inner in enumerate(_refs(resource.get("contained"))):
+            if inner.get("resourceType") != "Patient":
+                continue  # a contained Patient is patient data too: whose?
+            tokens = _tokens(inner)
+            key = next((aliases[t] for t in tokens if t in aliases), None)
+            key = key or (tokens[0] if tokens else f"#{inner.get('id')}@{n}")
+            if seen is None:
+                seen = key
+            elif key != seen:
+                where = f"Bundle.entry[{n}].resource.contained[{k}]"
+                return [_mixed(where, "a contained Patient of another patient")]
         for element in _PATIENT_ELEMENTS:
             for k, ref in enumerate(_refs(resource.get(element))):
                 key = _patient_key(ref, by_url)

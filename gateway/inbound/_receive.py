@@ -453,6 +453,14 @@ def _check_entries(bundle: dict[str, Any]) -> None:
                     f"{where}.{part} is not a JSON object",
                     expression=f"{where}.{part}",
                 )
+        if (entry.get("resource") or {}).get("resourceType") == "Bundle":
+            # its entries would pass beside every check made on this Bundle's (in whose
+            # name, one patient, the policy's categories) and be stored unread
+            raise InboundError(
+                "inbound.bad-entry",
+                f"{where}.resource is a Bundle: send its resources as entries",
+                expression=f"{where}.resource",
+            )
 
 
 MAX_DEPTH = 200  # levels of JSON objects and arrays; FHIR resources need a few dozen
@@ -556,9 +564,12 @@ def _without_profiles(bundle: dict[str, Any]) -> dict[str, Any]:
     for entry in entries:
         resource = entry.get("resource") if isinstance(entry, dict) else None
         meta = resource.get("meta") if isinstance(resource, dict) else None
-        if isinstance(meta, dict) and "profile" in meta:
+        profiles = meta.get("profile") if isinstance(meta, dict) else None
+        # anything but a list of canonicals stays, for the validator to name
+        if isinstance(profiles, list) and all(isinstance(p, str) for p in profiles):
+            assert isinstance(meta, dict) and isinstance(resource, dict)
             rest = {k: v for k, v in meta.items() if k != "profile"}
-            plain = {k: v for k, v in resource.items() if k != "meta"}  # type: ignore[union-attr]
+            plain = {k: v for k, v in resource.items() if k != "meta"}
             if rest:
                 plain["meta"] = rest
             entry = {**entry, "resource": plain}

@@ -136,3 +136,35 @@ def test_a_referral_naming_no_organisation_is_taken_as_ours(
     bundle = copy.deepcopy(referral)
     bundle["entry"][SERVICE_REQUEST]["resource"].pop("performer")
     assert _post(client, bundle, pki).status_code == 200
+
+
+def test_a_patient_contained_in_a_resource_counts_as_a_patient(
+    client: Client, hk_settings: Settings, referral: dict[str, Any], pki: Path
+) -> None:
+    # the second patient hidden in the ServiceRequest's contained, its subject "#p"
+    bundle = copy.deepcopy(referral)
+    request = bundle["entry"][SERVICE_REQUEST]["resource"]
+    request["contained"] = [{"resourceType": "Patient", "id": "p", "name": [{"text": "王伟"}],
+                             "identifier": [{"system": NSCH_MRN, "value": "0011111"}]}]  # fmt: skip
+    request["subject"] = {"reference": "#p"}
+    resp = _post(client, bundle, pki)
+    assert resp.status_code == 422, resp.text
+    where = f"Bundle.entry[{SERVICE_REQUEST}].resource.contained[0]"
+    assert _issue(resp) == ("inbound.mixed-patients", [where])
+    assert counts(hk_settings)["inbound_resources"] == 0
+
+
+def test_a_bundle_inside_the_bundle_is_refused(
+    client: Client, hk_settings: Settings, referral: dict[str, Any], pki: Path
+) -> None:
+    # a whole Bundle as one entry's resource: its entries (another patient, another
+    # institution's Provenance, a prohibited category) were stored past every check
+    bundle = copy.deepcopy(referral)
+    inner = copy.deepcopy(referral)
+    _second_patient(inner)
+    bundle["entry"].append({"fullUrl": OTHER.replace("5555", "6666"), "resource": inner,
+                            "request": {"method": "POST", "url": "Bundle"}})  # fmt: skip
+    resp = _post(client, bundle, pki)
+    assert resp.status_code == 400, resp.text
+    assert _issue(resp) == ("inbound.bad-entry", ["Bundle.entry[10].resource"])
+    assert counts(hk_settings)["inbound_resources"] == 0

@@ -144,3 +144,16 @@ def test_json_nested_beyond_the_parser_is_400(client: Client) -> None:
     resp = client.post("/fhir", content=body + b"]" * 5000 + b"}", headers=partner(NSCH_TOKEN))
     assert resp.status_code == 400
     assert _outcome(resp)[0] == {"inbound.bad-bundle"}
+
+
+def test_a_meta_profile_that_is_no_list_is_named_not_stored(
+    client: Client, hk_settings: Settings, referral: dict[str, Any], pki: Path
+) -> None:
+    # meta.profile is set aside before validation (partners' profiles are not held
+    # against them): a string there skipped validation and was stored as sent
+    bundle = copy.deepcopy(referral)
+    bundle["entry"][9]["resource"]["meta"]["profile"] = "https://example.org/profile"
+    resp = client.post("/fhir", content=_signed(bundle, pki), headers=partner(NSCH_TOKEN))
+    assert resp.status_code == 422, resp.text
+    assert any(x.startswith("Bundle.entry[9].resource.meta") for x in _outcome(resp)[1])
+    assert _applied(hk_settings) == 0

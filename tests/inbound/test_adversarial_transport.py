@@ -125,3 +125,22 @@ def test_a_client_assertion_beyond_the_calendar_is_invalid_client(
     resp = client.post("/auth/token", data=token_form(jwt.encode(header, claims, key)))
     assert resp.status_code == 401, resp.text
     assert resp.json()["error"] == "invalid_client"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="found, not fixed: without inbound_public_url the token endpoint's URL (the "
+    "assertion's aud) is taken from the request's Host header, so a partner that "
+    "received another's assertion (aud: its own token URL) can replay it here within "
+    "its 5 minutes with that Host; needs inbound_public_url required for SMART (a "
+    "configuration decision, gateway/api/_fhir.py base_url)",
+)
+def test_an_assertion_made_for_another_server_is_refused(client: Client, pki: Path) -> None:
+    # NSCH's assertion for NJMU2's token endpoint (behind a TLS proxy the scheme is the
+    # proxy's X-Forwarded-Proto; the in-process client has none: http)
+    other = "http://fhir.njmu2.example.cn/auth/token"
+    jwt_for_other = assertion(pki, "nsch", "nsch", aud=other)
+    resp = client.post(
+        "/auth/token", data=token_form(jwt_for_other), headers={"Host": "fhir.njmu2.example.cn"}
+    )
+    assert resp.status_code == 401, resp.text

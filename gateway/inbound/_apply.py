@@ -397,7 +397,10 @@ def _resolve(
         own = index.get((path, system or "", value))
         if own is not None:
             return f"{path}/{own}"
-    found = store.find(conn, path, query, partner=partner)
+    try:
+        found = store.find(conn, path, query, partner=partner)
+    except InboundError as exc:  # a condition the gateway cannot match on: named here
+        raise InboundError(exc.code, f"{where}: {exc.issue.message}", expression=where) from None
     if len(found) != 1:
         raise InboundError(
             "inbound.unresolved-reference",

@@ -157,3 +157,17 @@ def test_a_meta_profile_that_is_no_list_is_named_not_stored(
     assert resp.status_code == 422, resp.text
     assert any(x.startswith("Bundle.entry[9].resource.meta") for x in _outcome(resp)[1])
     assert _applied(hk_settings) == 0
+
+
+@pytest.mark.parametrize("reference", ["Patient?", "Patient?name=x"], ids=["empty", "by-name"])
+def test_a_conditional_reference_the_gateway_cannot_match_names_its_element(
+    client: Client, hk_settings: Settings, referral: dict[str, Any], pki: Path, reference: str
+) -> None:
+    bundle = copy.deepcopy(referral)
+    bundle["entry"][9]["resource"]["subject"] = {"reference": reference}
+    resp = client.post("/fhir", content=_signed(bundle, pki), headers=partner(NSCH_TOKEN))
+    assert resp.status_code == 400, resp.text
+    codes, where = _outcome(resp)
+    assert codes == {"inbound.bad-condition"}
+    assert where == ["Bundle.entry[9].resource.subject"]
+    assert _applied(hk_settings) == 0

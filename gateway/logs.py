@@ -155,3 +155,17 @@ def configure(
         logger.addHandler(handler)
         logger.setLevel(level.upper())
         logger.propagate = False
+    if "uvicorn" in loggers:
+        handler.addFilter(_access_without_query)
+
+
+def _access_without_query(record: logging.LogRecord) -> bool:
+    """uvicorn's access line without the query string: a search's parameters are
+    patient identifiers (``GET /fhir/Patient?identifier=...|0098765``). Its args are
+    (client, method, path with query, HTTP version, status)."""
+    args = record.args
+    if record.name == "uvicorn.access" and isinstance(args, tuple) and len(args) > 2:
+        path = str(args[2])
+        if "?" in path:
+            record.args = (*args[:2], path.split("?", 1)[0] + "?…", *args[3:])
+    return True

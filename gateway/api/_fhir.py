@@ -42,6 +42,7 @@ from ..inbound import (
     PartnerAuth,
     Search,
     TokenError,
+    parameter_name,
     parse_last_updated,
 )
 from ..network import Network
@@ -187,6 +188,9 @@ def add_fhir_routes(
             return _error(exc.issue)
         if not who.may("write"):
             return _error(_scope_issue("write"))
+        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media not in ("", FHIR_JSON, "application/json", "application/json+fhir"):
+            return _error(_media_issue(media), 415)  # JSON only, said before it is read
         body = await read_body(request, settings.max_bundle_bytes)
         if isinstance(body, Response):
             return body
@@ -296,9 +300,9 @@ def _search(request: Request, who: str | None) -> tuple[Search, int, int]:
         if name not in SEARCH_PARAMS:
             raise InboundError(
                 "inbound.bad-search",
-                f"unknown search parameter {name!r} (the gateway searches by "
+                f"unknown search parameter {parameter_name(name)} (the gateway searches by "
                 f"{', '.join(SEARCH_PARAMS)})",
-                location=name,
+                location=parameter_name(name).strip("'"),  # a form, never a value
             )
         if name == "identifier":
             where.identifier = value
@@ -332,6 +336,14 @@ def _reason(body: bytes) -> str | None:
             value = parameter.get("valueString")
             return str(value) if value else None
     return None
+
+
+def _media_issue(media: str) -> Issue:
+    return Issue(
+        "inbound.media-type",
+        f"Content-Type {media[:60]!r}: POST /fhir takes {FHIR_JSON} (or application/json)",
+        location="Content-Type",
+    )
 
 
 def _scope_issue(action: str) -> Issue:

@@ -25,6 +25,7 @@ from ._resources import (
     Resources,
     Search,
     Stored,
+    parameter_name,
     parse_last_updated,
     patient_of,
 )
@@ -59,6 +60,7 @@ __all__ = [
     "is_referral",
     "jtis",
     "load_partner_tokens",
+    "parameter_name",
     "parse_last_updated",
     "patient_of",
     "resources",

@@ -12,7 +12,9 @@ each entry on its own (a savepoint each) and answers each entry's outcome.
 from __future__ import annotations
 
 import copy
+import re
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -27,7 +29,6 @@ from ._resources import (
     Resources,
     Stored,
     instant,
-    iter_references,
     parse_identifier,
 )
 
@@ -77,8 +78,9 @@ def apply_bundle(
         # Every entry is planned against the store as it was before the Bundle, so the
         # conditions' look-ups can be one statement, and the targets' current versions
         # another (a write keeps ``known`` up to date for a later entry of the same id).
-        matches = store.find_identifiers(conn, _conditions(entries))
-        plans = [_plan(conn, store, n, e, matches) for n, e in enumerate(entries)]
+        _check_distinct(entries)
+        matches = store.find_identifiers(conn, _conditions(entries), partner)
+        plans = [_plan(conn, store, n, e, partner, matches) for n, e in enumerate(entries)]
         stored_ids = {(p.resource_type, p.logical_id) for p in plans if p.logical_id}
         known: dict[tuple[str, str], Stored | None] = dict.fromkeys(stored_ids)
         known.update(store.current_many(conn, stored_ids))
@@ -100,7 +102,7 @@ def apply_bundle(
     for n, entry in enumerate(entries):
         savepoint = conn.begin_nested()
         try:
-            plan = _plan(conn, store, n, entry)
+            plan = _plan(conn, store, n, entry, partner)
             stored = _write(conn, store, plan, {}, {}, partner, bundle_id, now)
         except InboundError as exc:
             savepoint.rollback()
@@ -115,6 +117,33 @@ def apply_bundle(
             applied.written.append(stored)
         applied.response["entry"].append(_response_entry(plan, stored))
     return applied
+
+
+def _check_distinct(entries: list[Any]) -> None:
+    """A transaction names each resource once (FHIR http.html#trules): two entries with
+    the same condition, or updating the same Type/id, were both planned against the
+    store as it was before, and stored two resources where the condition promised one
+    (every later condition on them then matched two: 412 for good)."""
+    seen: set[tuple[str, str]] = set()
+    for n, entry in enumerate(entries):
+        request = entry.get("request") if isinstance(entry, dict) else None
+        if not isinstance(request, dict) or request.get("method") not in ("POST", "PUT"):
+            continue
+        path, _, query = str(request.get("url") or "").partition("?")
+        if request.get("method") == "POST":
+            if not request.get("ifNoneExist"):
+                continue  # a plain create: a new resource each
+            query = str(request["ifNoneExist"])
+        key = (path, f"?{query}" if query else "")
+        if key in seen:
+            where = f"Bundle.entry[{n}].request"
+            raise InboundError(
+                "inbound.bad-entry",
+                f"{where} names the same resource as an earlier entry of the transaction "
+                "(same condition or Type/id): each resource once",
+                expression=where,
+            )
+        seen.add(key)
 
 
 def _conditions(entries: list[Any]) -> list[tuple[str, str]]:
@@ -139,10 +168,18 @@ def _find(
     resource_type: str,
     query: str,
     matches: dict[tuple[str, str], list[str]] | None,
+    partner: str,
+    where: str,
 ) -> list[str]:
+    """What a condition matches among the partner's own resources: another's (or one
+    made here, a referral Task) is never updated, nor taken for this one's. A condition
+    the gateway cannot match on is refused naming ``where`` (the entry's element)."""
     if matches is not None and (resource_type, query) in matches:
         return matches[(resource_type, query)]
-    return store.find(conn, resource_type, query)
+    try:
+        return store.find(conn, resource_type, query, partner=partner)
+    except InboundError as exc:
+        raise InboundError(exc.code, f"{where}: {exc.issue.message}", expression=where) from None
 
 
 def _plan(
@@ -150,6 +187,7 @@ def _plan(
     store: Resources,
     n: int,
     entry: Any,
+    partner: str,
     matches: dict[tuple[str, str], list[str]] | None = None,
 ) -> _Entry:
     """Where entry ``n`` goes: a new resource, a stored one to update, or (a matched
@@ -190,11 +228,13 @@ def _plan(
                 expression=f"{where}.request.url",
             )
         if condition:
-            found = _find(conn, store, resource_type, str(condition), matches)
+            found = _find(conn, store, resource_type, str(condition), matches, partner,
+                          f"{where}.request.ifNoneExist")  # fmt: skip
             _match(plan, found, where, update=False)
         return plan
     if query:
-        _match(plan, _find(conn, store, resource_type, query, matches), where, update=True)
+        found = _find(conn, store, resource_type, query, matches, partner, f"{where}.request.url")
+        _match(plan, found, where, update=True)
     elif ID_PATTERN.fullmatch(target_id):
         plan.logical_id = target_id
     else:
@@ -251,10 +291,14 @@ def _write(
         plan.logical_id = str(uuid.uuid4())
         if plan.full_url:
             urls[plan.full_url] = f"{plan.resource_type}/{plan.logical_id}"
+    else:
+        known = _check_owner(conn, store, plan, partner, known)
     resource = copy.deepcopy(plan.resource)
     resource.pop("id", None)
-    for ref in iter_references(resource):
-        ref["reference"] = _resolve(conn, store, str(ref["reference"]), urls, index, plan.n)
+    for where, ref in _references(resource, f"Bundle.entry[{plan.n}].resource"):
+        ref["reference"] = _resolve(
+            conn, store, str(ref["reference"]), urls, index, where, partner, known
+        )
     stored, written = store.write(
         conn, resource, logical_id=plan.logical_id, partner=partner, bundle_id=bundle_id,
         now=now, known=known,
@@ -264,24 +308,87 @@ def _write(
     return stored
 
 
+def _check_owner(
+    conn: Connection,
+    store: Resources,
+    plan: _Entry,
+    partner: str,
+    known: dict[tuple[str, str], Stored | None] | None,
+) -> dict[tuple[str, str], Stored | None]:
+    """Refuse an update of a resource another institution sent, or this gateway made
+    (a referral Task: the sender would accept its own referral). Returns ``known``
+    holding the target's current version, so the write does not read it again."""
+    key = (plan.resource_type, str(plan.logical_id))
+    if known is None:
+        known = {}
+    if key not in known:
+        known[key] = store.current(conn, *key)
+    current = known[key]
+    if current is not None and current.partner != partner:
+        where = f"Bundle.entry[{plan.n}].request.url"
+        raise InboundError(
+            "inbound.wrong-sender",
+            f"{where} names a {plan.resource_type} that another institution sent or this "
+            "gateway made: a partner updates only what it sent",
+            expression=where,
+            issue_type="forbidden",
+        )
+    return known
+
+
+_LITERAL = re.compile(
+    r"([A-Z][A-Za-z]{1,63})/([A-Za-z0-9\-.]{1,64})(?:/_history/[A-Za-z0-9\-.]{1,64})?"
+)
+
+
+def _references(node: Any, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every Reference-like dict (one with a ``reference`` string) inside ``node``, with
+    its FHIRPath-like place."""
+    if isinstance(node, dict):
+        if isinstance(node.get("reference"), str):
+            yield path, node
+        for key, value in node.items():
+            if isinstance(value, (dict, list)):
+                yield from _references(value, f"{path}.{key}")
+    elif isinstance(node, list):
+        for n, item in enumerate(node):
+            yield from _references(item, f"{path}[{n}]")
+
+
 def _resolve(
     conn: Connection,
     store: Resources,
     ref: str,
     urls: dict[str, str],
     index: dict[tuple[str, str, str], str | None],
-    n: int,
+    where: str,
+    partner: str,
+    known: dict[tuple[str, str], Stored | None] | None,
 ) -> str:
     """A reference as stored: an entry's fullUrl → Type/id; ``Type?identifier=...`` →
-    the one resource it finds (this Bundle's entries first); others unchanged."""
+    the one resource of the partner's it finds (this Bundle's entries first); a literal
+    ``Type/id`` only to a resource of the partner's, this gateway's or none stored;
+    others unchanged."""
     if ref in urls:
         return urls[ref]
     if ref.startswith("urn:uuid:"):
         raise InboundError(
             "inbound.unresolved-reference",
-            f"Bundle.entry[{n}]: a urn:uuid reference that is no entry's fullUrl",
-            expression=f"Bundle.entry[{n}].resource",
+            f"{where}: a urn:uuid reference that is no entry's fullUrl",
+            expression=where,
         )
+    literal = _LITERAL.fullmatch(ref)
+    if literal is not None:
+        key = (literal[1], literal[2])
+        target = known[key] if known is not None and key in known else store.current(conn, *key)
+        if target is not None and target.partner not in (None, partner):
+            raise InboundError(
+                "inbound.unresolved-reference",
+                f"{where}: a reference to a {literal[1]} another institution sent (a partner "
+                "refers to its own resources and to this Bundle's)",
+                expression=where,
+            )
+        return ref
     path, mark, query = ref.partition("?")
     if not mark or not TYPE_PATTERN.fullmatch(path):
         return ref
@@ -290,13 +397,16 @@ def _resolve(
         own = index.get((path, system or "", value))
         if own is not None:
             return f"{path}/{own}"
-    found = store.find(conn, path, query)
+    try:
+        found = store.find(conn, path, query, partner=partner)
+    except InboundError as exc:  # a condition the gateway cannot match on: named here
+        raise InboundError(exc.code, f"{where}: {exc.issue.message}", expression=where) from None
     if len(found) != 1:
         raise InboundError(
             "inbound.unresolved-reference",
-            f"Bundle.entry[{n}]: a conditional reference to {path} matches {len(found)} "
-            "stored resources (exactly one needed)",
-            expression=f"Bundle.entry[{n}].resource",
+            f"{where}: a conditional reference to {path} matches {len(found)} stored "
+            "resources of this partner's (exactly one needed)",
+            expression=where,
         )
     return f"{path}/{found[0]}"
 

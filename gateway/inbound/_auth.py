@@ -380,7 +380,7 @@ class Authenticator:
                 "(its organizationIdentifier names another, or it is a person's)",
                 401,
             )
-        return client.key, str(claims["jti"]), _utc(int(claims["exp"]))
+        return client.key, str(claims["jti"]), _utc(claims["exp"])
 
     def _claims(self, claims: dict[str, Any], token_url: str, now: datetime) -> Institution:
         iss, sub = claims.get("iss"), claims.get("sub")
@@ -395,7 +395,7 @@ class Authenticator:
         exp = claims.get("exp")
         if not isinstance(exp, (int, float)) or isinstance(exp, bool):
             raise TokenError("invalid_client", "exp is required (a number of seconds)", 401)
-        expires = _utc(int(exp))
+        expires = _utc(exp)
         if expires <= now - CLOCK_SKEW:
             raise TokenError("invalid_client", "the client_assertion has expired", 401)
         if expires > now + MAX_ASSERTION_LIFETIME + CLOCK_SKEW:
@@ -406,8 +406,11 @@ class Authenticator:
         return inst
 
 
-def _utc(seconds: int) -> datetime:
-    return datetime.fromtimestamp(seconds, UTC).replace(tzinfo=None)
+def _utc(seconds: float) -> datetime:
+    try:
+        return datetime.fromtimestamp(int(seconds), UTC).replace(tzinfo=None)
+    except (ValueError, OverflowError, OSError):  # beyond the calendar: no real expiry
+        raise TokenError("invalid_client", "exp is not a time the gateway can read", 401) from None
 
 
 def _chain(x5c: Any) -> list[x509.Certificate]:

@@ -23,6 +23,7 @@ import logging
 import re
 import threading
 from base64 import b64decode, urlsafe_b64decode
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +41,7 @@ from ..store import Store, utcnow
 from ..validation import Validator
 from ._apply import apply_bundle
 from ._auth import PartnerAuth
+from ._content import misaddressed, mixed_patients
 from ._errors import InboundError
 from ._referrals import Referrals
 from ._resources import Resources
@@ -96,18 +98,19 @@ class Inbound:
         """``peer``: the sender's network address (its audit event names it)."""
         try:
             own = self.referrals.own()
-            bundle = _bundle(body)
+            bundle, canonical = _bundle(body)
             self._check_sender(bundle, who.partner)
         except InboundError as exc:
             log.warning("inbound: a Bundle from %s refused [%s]", who.partner, exc.code)
             return _refused(exc.issue, http_status([exc.issue]))
         invalid = self._validate(bundle)
+        if not invalid:  # valid R4: is it one patient's, and addressed here?
+            invalid = mixed_patients(bundle) + misaddressed(bundle, own)
         if invalid:
-            log.warning("inbound: a Bundle from %s refused: not valid R4", who.partner)
+            log.warning("inbound: a Bundle from %s refused [%s]", who.partner, invalid[0].code)
             answer = Answer(422, operation_outcome(invalid))
             self._record(None, self._receipt(bundle, who.partner, peer, answer))
             return answer
-        canonical = orjson.dumps(bundle, option=orjson.OPT_SORT_KEYS)
         sha = hashlib.sha256(canonical).hexdigest()
         given = bundle.get("identifier")
         ident: dict[str, Any] = given if isinstance(given, dict) else {}
@@ -134,12 +137,12 @@ class Inbound:
         identifier (a partner's Bundle has no id of ours yet; no identifier is logged)."""
         from ..policy import pseudonym
 
-        subject = bundle_subject(bundle)
-        for entry in bundle.get("entry") or []:
-            resource = entry.get("resource") if isinstance(entry, dict) else None
-            if not isinstance(resource, dict) or resource.get("resourceType") != "Patient":
+        resources = [r for _, r in _resources(bundle)]
+        subject = bundle_subject({**bundle, "entry": [{"resource": r} for r in resources]})
+        for resource in resources:
+            if resource.get("resourceType") != "Patient":
                 continue
-            for ident in resource.get("identifier") or []:
+            for ident in _list(resource.get("identifier")):
                 if isinstance(ident, dict) and ident.get("value"):
                     alias = pseudonym(
                         self.policy().key, str(ident.get("system") or ""), str(ident["value"])
@@ -199,7 +202,8 @@ class Inbound:
         try:
             with self._validating:
                 found = self.validator.validate_bundle(plain, profile=BASE_BUNDLE)
-            return [i for i in found if not _untargeted_signature(plain, i)]
+            signatures = set(signature_entries(bundle))  # by profile: before it goes
+            return [i for i in found if not _untargeted_signature(plain, i, signatures)]
         except Exception:  # the entry it failed on is found below
             log.exception("inbound: the validator failed on a Bundle; checking entry by entry")
         issues: list[Issue] = []
@@ -226,23 +230,40 @@ class Inbound:
 
     # -- 2: in whose name -------------------------------------------------------------
     def _check_sender(self, bundle: dict[str, Any], partner: str) -> None:
-        named = self.policy().sender_of(bundle)
+        """Read before the Bundle is validated: any element may have any JSON type here
+        (a wrong one is left to the validation, next)."""
+        ident = bundle.get("identifier")
+        named = self.policy().sender_of(bundle) if isinstance(ident, dict) else None
         if named is not None and named != partner:
             raise _wrong_sender("Bundle.identifier.system", named, partner)
-        for n, entry in enumerate(bundle.get("entry") or []):
-            resource = entry.get("resource") if isinstance(entry, dict) else None
-            if not isinstance(resource, dict) or resource.get("resourceType") != "Provenance":
+        signatures = set(signature_entries(bundle))
+        for n, resource in _resources(bundle):
+            if resource.get("resourceType") != "Provenance":
                 continue
-            if _is_signature(resource):
-                continue  # signers: their certificates are checked below
-            for k, agent in enumerate(resource.get("agent") or []):
+            # a signature Provenance's signer: its certificate is checked below (the
+            # first) or by the verification (its Signature.who); any other agent of it,
+            # and every agent of any other Provenance, is checked here
+            signer = _signer_who(resource) if n in signatures else None
+            for k, agent in enumerate(_list(resource.get("agent"))):
                 if not isinstance(agent, dict) or _agent_type(agent) not in _SENDING_AGENTS:
                     continue
                 for part in ("who", "onBehalfOf"):
+                    if part == "who" and signer is not None and agent.get(part) == signer:
+                        continue
                     inst = self._institution_of(agent.get(part))
                     if inst is not None and inst.key != partner:
                         where = f"Bundle.entry[{n}].resource.agent[{k}].{part}"
                         raise _wrong_sender(where, inst.key, partner)
+        own_tasks = f"{self.referrals.own().base}/sid/referral-task"
+        for n, resource in _resources(bundle):
+            if resource.get("resourceType") != "Task":
+                continue
+            for k, ident in enumerate(_list(resource.get("identifier"))):
+                if isinstance(ident, dict) and ident.get("system") == own_tasks:
+                    # only this gateway makes its referral Tasks: a partner's one under
+                    # that identifier would be listed beside ours as a referral status
+                    where = f"Bundle.entry[{n}].resource.identifier[{k}]"
+                    raise _wrong_sender(where, "this institution", partner)
         first = _first_signer(bundle)
         if first is not None:
             where, oid = first  # unreadable (None): the verification says why, next
@@ -387,7 +408,8 @@ def _first_code(answer: Answer) -> str | None:
     return None
 
 
-def _bundle(body: bytes) -> dict[str, Any]:
+def _bundle(body: bytes) -> tuple[dict[str, Any], bytes]:
+    """The Bundle and its canonical bytes (sorted keys: the dedup key's content)."""
     try:
         bundle = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -400,7 +422,135 @@ def _bundle(body: bytes) -> dict[str, Any]:
             "POST /fhir takes a transaction or batch Bundle",
             expression="Bundle.type",
         )
-    return bundle
+    _check_entries(bundle)
+    _check_unique_names(body)
+    try:
+        canonical = orjson.dumps(bundle, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:  # orjson writes 254 levels, reads 1024
+        raise _too_deep(bundle) from None
+    return bundle, canonical
+
+
+def _check_entries(bundle: dict[str, Any]) -> None:
+    """Each entry a JSON object, its resource and request (when given) objects too: the
+    validator reads a resource of another JSON type as absent, and every later step
+    (policy, audit, apply) reads them as objects."""
+    entries = bundle.get("entry")
+    if entries is None:
+        return
+    if not isinstance(entries, list):
+        raise InboundError("inbound.bad-bundle", "Bundle.entry is not a list",
+                           expression="Bundle.entry")  # fmt: skip
+    for n, entry in enumerate(entries):
+        where = f"Bundle.entry[{n}]"
+        if not isinstance(entry, dict):
+            raise InboundError("inbound.bad-entry", f"{where} is not a JSON object",
+                               expression=where)  # fmt: skip
+        for part in ("resource", "request"):
+            if part in entry and not isinstance(entry[part], dict):
+                raise InboundError(
+                    "inbound.bad-entry",
+                    f"{where}.{part} is not a JSON object",
+                    expression=f"{where}.{part}",
+                )
+        if (entry.get("resource") or {}).get("resourceType") == "Bundle":
+            # its entries would pass beside every check made on this Bundle's (in whose
+            # name, one patient, the policy's categories) and be stored unread
+            raise InboundError(
+                "inbound.bad-entry",
+                f"{where}.resource is a Bundle: send its resources as entries",
+                expression=f"{where}.resource",
+            )
+
+
+MAX_DEPTH = 200  # levels of JSON objects and arrays; FHIR resources need a few dozen
+
+
+def _too_deep(bundle: dict[str, Any]) -> InboundError:
+    """The refusal of a Bundle nested deeper than MAX_DEPTH, naming the element under
+    which it is (its first path that deep, cut after the resource's element)."""
+    found = _first_path(bundle, lambda _, path: len(path) > MAX_DEPTH)
+    where = "Bundle" if found is None else _element(found[0])
+    return InboundError(
+        "inbound.bad-bundle",
+        f"{where} is nested more than {MAX_DEPTH} levels deep",
+        expression=where,
+    )
+
+
+_Path = tuple[str | int, ...]
+
+
+def _first_path(root: Any, test: Callable[[Any, _Path], bool]) -> tuple[_Path, Any] | None:
+    """(path, node) of a JSON object or array under ``root`` that passes ``test``
+    (without recursion: the JSON may be nested deeper than Python recurses)."""
+    stack: list[tuple[Any, _Path]] = [(root, ())]
+    while stack:
+        node, path = stack.pop()
+        if test(node, path):
+            return path, node
+        items = node.items() if isinstance(node, dict) else enumerate(node)
+        stack += [(v, (*path, k)) for k, v in items if isinstance(v, (dict, list))]
+    return None
+
+
+def _element(path: _Path) -> str:
+    """The element a path inside the Bundle is in: ``Bundle.entry[2].resource.extension``
+    (down to a resource's element), ``Bundle.entry[2].request``, ``Bundle.type``."""
+    if len(path) >= 3 and path[0] == "entry" and isinstance(path[1], int):
+        keep = 4 if path[2] == "resource" else 3
+    else:
+        keep = 1
+    out = "Bundle"
+    for key in path[:keep]:
+        out += f"[{key}]" if isinstance(key, int) else f".{key}"
+    return out
+
+
+class _Twice(Exception):
+    pass
+
+
+def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        raise _Twice
+    return found
+
+
+_TWICE = "\x00twice"  # marks, in the second reading, the object that has a name twice
+
+
+def _marked(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in found and _TWICE not in found:
+            found[_TWICE] = key
+        found[key] = value
+    return found
+
+
+def _check_unique_names(body: bytes) -> None:
+    """Refuse an object with a member name twice (I-JSON, RFC 7493 2.3; RFC 8785 signs
+    I-JSON): orjson keeps the last value, other readers the first, so the bytes kept as
+    evidence would not say which Bundle was signed and stored. Named by a second
+    reading, only then."""
+    try:
+        json.loads(body, object_pairs_hook=_unique)
+        return
+    except _Twice:
+        pass
+    except (ValueError, RecursionError):  # orjson read it; json's own limits are not ours
+        return
+    marked = json.loads(body, object_pairs_hook=_marked)
+    path = _first_path(marked, lambda node, _: isinstance(node, dict) and _TWICE in node)
+    where = "Bundle" if path is None else _element((*path[0], path[1][_TWICE]))
+    raise InboundError(
+        "inbound.bad-bundle",
+        f"{where}: an object holds a member name twice (RFC 7493 I-JSON): readers differ "
+        "on which value counts, and the signature cannot say",
+        expression=where,
+    )
 
 
 def _without_profiles(bundle: dict[str, Any]) -> dict[str, Any]:
@@ -414,9 +564,12 @@ def _without_profiles(bundle: dict[str, Any]) -> dict[str, Any]:
     for entry in entries:
         resource = entry.get("resource") if isinstance(entry, dict) else None
         meta = resource.get("meta") if isinstance(resource, dict) else None
-        if isinstance(meta, dict) and "profile" in meta:
+        profiles = meta.get("profile") if isinstance(meta, dict) else None
+        # anything but a list of canonicals stays, for the validator to name
+        if isinstance(profiles, list) and all(isinstance(p, str) for p in profiles):
+            assert isinstance(meta, dict) and isinstance(resource, dict)
             rest = {k: v for k, v in meta.items() if k != "profile"}
-            plain = {k: v for k, v in resource.items() if k != "meta"}  # type: ignore[union-attr]
+            plain = {k: v for k, v in resource.items() if k != "meta"}
             if rest:
                 plain["meta"] = rest
             entry = {**entry, "resource": plain}
@@ -427,7 +580,7 @@ def _without_profiles(bundle: dict[str, Any]) -> dict[str, Any]:
 _TARGET = re.compile(r"Bundle\.entry\[(\d+)\]\.resource\.target")
 
 
-def _untargeted_signature(bundle: dict[str, Any], issue: Issue) -> bool:
+def _untargeted_signature(bundle: dict[str, Any], issue: Issue, signatures: set[int]) -> bool:
     """A signature Provenance made by an earlier gateway over entries without a fullUrl
     (a batch) came with an empty ``target`` (1..*; signing now names the resources or the
     Bundle): what it covers is the Bundle, which its signature proves (verified next).
@@ -435,14 +588,9 @@ def _untargeted_signature(bundle: dict[str, Any], issue: Issue) -> bool:
     found = _TARGET.fullmatch(issue.fhirpath or "")
     if found is None or issue.code != "validation.cardinality":
         return False
-    entry = bundle["entry"][int(found[1])]
-    resource = entry.get("resource") if isinstance(entry, dict) else None
-    return (
-        isinstance(resource, dict)
-        and resource.get("resourceType") == "Provenance"
-        and _is_signature(resource)
-        and not resource.get("target")
-    )
+    n = int(found[1])
+    resource = bundle["entry"][n].get("resource")
+    return n in signatures and isinstance(resource, dict) and not resource.get("target")
 
 
 def _wrong_sender(where: str, named: str, partner: str) -> InboundError:
@@ -456,17 +604,33 @@ def _wrong_sender(where: str, named: str, partner: str) -> InboundError:
 
 
 def _agent_type(agent: dict[str, Any]) -> str | None:
-    for coding in (agent.get("type") or {}).get("coding") or []:
+    kind = agent.get("type")
+    for coding in _list(kind.get("coding")) if isinstance(kind, dict) else []:
         if isinstance(coding, dict) and coding.get("code"):
             return str(coding["code"])
     return None
 
 
-def _is_signature(provenance: dict[str, Any]) -> bool:
-    return any(
-        isinstance(s, dict) and s.get("sigFormat") == "application/jose"
-        for s in provenance.get("signature") or []
-    )
+def _list(value: Any) -> list[Any]:
+    """``value`` when it is a JSON array, else nothing (an unvalidated Bundle's element
+    of the wrong type: the validation names it)."""
+    return value if isinstance(value, list) else []
+
+
+def _resources(bundle: dict[str, Any]) -> list[tuple[int, dict[str, Any]]]:
+    """(position, resource) of the Bundle's entries that hold a JSON object."""
+    out = []
+    for n, entry in enumerate(_list(bundle.get("entry"))):
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if isinstance(resource, dict):
+            out.append((n, resource))
+    return out
+
+
+def _signer_who(provenance: dict[str, Any]) -> Any:
+    """``signature[0].who`` of a signature Provenance (None when it has none)."""
+    found = _list(provenance.get("signature"))
+    return found[0].get("who") if found and isinstance(found[0], dict) else None
 
 
 def _first_signer(bundle: dict[str, Any]) -> tuple[str, str | None] | None:

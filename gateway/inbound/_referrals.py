@@ -151,8 +151,11 @@ class Referrals:
             if not isinstance(ident, dict) or not ident.get("value"):
                 continue
             task_ident = self._task_identifier(partner, ident)
-            found = self.resources.find(
-                conn, "Task", f"identifier={task_ident['system']}|{task_ident['value']}"
+            found = self.resources.find(  # ours only: a partner's Task may carry our identifier
+                conn,
+                "Task",
+                f"identifier={task_ident['system']}|{task_ident['value']}",
+                made_here=True,
             )
             if not found:
                 task = self._new_task(stored, ident, task_ident, now)

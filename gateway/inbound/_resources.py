@@ -29,12 +29,14 @@ __all__ = [
     "Search",
     "Stored",
     "instant",
+    "parameter_name",
     "parse_identifier",
     "parse_last_updated",
     "patient_of",
 ]
 
 TYPE_PATTERN = re.compile(r"[A-Z][A-Za-z]{1,63}")
+_MAX_ROW = 2**63 - 1
 ID_PATTERN = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 # Elements that name the patient a resource is about, in the order FHIR resources use them.
 _PATIENT_ELEMENTS = ("subject", "patient", "for", "beneficiary")
@@ -42,6 +44,15 @@ _LAST_UPDATED = re.compile(
     r"(eq|ge|gt|le|lt)?(\d{4})(?:-(\d{2})(?:-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2})(?:\.\d+)?)?"
     r"(Z|[+-]\d{2}:\d{2}))?)?)?"
 )
+
+
+_PARAMETER = re.compile(r"[A-Za-z_][A-Za-z_:.\-]{0,39}")
+
+
+def parameter_name(name: str) -> str:
+    """A search parameter's name as an error may quote it: as given when it looks like
+    one (letters, no digits), else by its form (``'9999999'``: a value sent as a name)."""
+    return repr(name) if _PARAMETER.fullmatch(name) else shape(name)
 
 
 def instant(moment: datetime) -> str:
@@ -87,7 +98,7 @@ def parse_last_updated(value: str) -> tuple[str, datetime, datetime]:
             location="_lastUpdated",
         )
     prefix, year, month, day, hour, minute, second, zone = m.groups()
-    try:
+    try:  # the calendar's edges too: 9999-12 ends in year 10000, 0001-01-01+01:00 before 1
         start = datetime(
             int(year),
             int(month or 1),
@@ -97,25 +108,26 @@ def parse_last_updated(value: str) -> tuple[str, datetime, datetime]:
             int(second or 0),
             tzinfo=UTC,
         )
-    except ValueError:
+        if zone and zone != "Z":
+            sign = 1 if zone[0] == "+" else -1
+            start -= sign * timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6]))
+        if second is not None:
+            end = start + timedelta(seconds=1)
+        elif minute is not None:
+            end = start + timedelta(minutes=1)
+        elif day is not None:
+            end = start + timedelta(days=1)
+        elif month is not None:
+            end = start.replace(year=start.year + start.month // 12, month=start.month % 12 + 1)
+        else:
+            end = start.replace(year=start.year + 1)
+    except (ValueError, OverflowError):
         raise InboundError(
             "inbound.bad-search",
-            f"_lastUpdated: not a calendar date (value of form {shape(value)})",
+            f"_lastUpdated: not a calendar date the gateway can search (value of form "
+            f"{shape(value)})",
             location="_lastUpdated",
         ) from None
-    if zone and zone != "Z":
-        sign = 1 if zone[0] == "+" else -1
-        start -= sign * timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6]))
-    if second is not None:
-        end = start + timedelta(seconds=1)
-    elif minute is not None:
-        end = start + timedelta(minutes=1)
-    elif day is not None:
-        end = start + timedelta(days=1)
-    elif month is not None:
-        end = start.replace(year=start.year + start.month // 12, month=start.month % 12 + 1)
-    else:
-        end = start.replace(year=start.year + 1)
     return prefix or "eq", start.replace(tzinfo=None), end.replace(tzinfo=None)
 
 
@@ -147,6 +159,7 @@ class Search:
     last_updated: list[tuple[str, datetime, datetime]] = field(default_factory=list)
     ids: list[str] = field(default_factory=list)
     partner: str | None = None  # only what this partner sent (partner credentials)
+    made_here: bool = False  # only what this gateway made (its referral Tasks)
 
 
 class Resources:
@@ -175,6 +188,7 @@ class Resources:
         self, resource_type: str, where: Search, limit: int = 50, after: int = 0
     ) -> tuple[list[Stored], int | None]:
         """One page in row order (oldest change first) and the cursor of the next page."""
+        after = min(after, _MAX_ROW)  # a cursor past every row (a database integer)
         with self.engine.connect() as conn:
             query = self._filtered(conn, resource_type, where)
             rows = conn.execute(
@@ -188,6 +202,8 @@ class Resources:
         query = _select().where(c.resource_type == resource_type, c.current.is_(True))
         if where.partner is not None:
             query = query.where(c.partner == where.partner)
+        if where.made_here:
+            query = query.where(c.partner.is_(None))
         if where.ids:
             query = query.where(c.logical_id.in_(where.ids))
         if where.identifier is not None:
@@ -212,10 +228,14 @@ class Resources:
         ).scalars()
         return [patient, *(f"Patient/{i}" for i in ids)]
 
-    def find(self, conn: Connection, resource_type: str, query: str) -> list[str]:
+    def find(
+        self, conn: Connection, resource_type: str, query: str, *,
+        partner: str | None = None, made_here: bool = False,
+    ) -> list[str]:  # fmt: skip
         """The logical ids a conditional create's or update's query matches
-        (``identifier=system|value``, ``_id=``; several parameters ANDed)."""
-        where = Search()
+        (``identifier=system|value``, ``_id=``; several parameters ANDed): among what
+        ``partner`` sent, or what was made here, or (neither given) all."""
+        where = Search(partner=partner, made_here=made_here)
         pairs = parse_qsl(query, keep_blank_values=True)
         if not pairs:
             raise InboundError(
@@ -235,8 +255,8 @@ class Resources:
             else:
                 raise InboundError(
                     "inbound.bad-condition",
-                    f"a conditional {resource_type} request by {name!r}: the gateway matches "
-                    "on identifier, _id, patient and status",
+                    f"a conditional {resource_type} request by {parameter_name(name)}: the "
+                    "gateway matches on identifier, _id, patient and status",
                     location="Bundle.entry.request",
                 )
         rows = conn.execute(
@@ -245,11 +265,12 @@ class Resources:
         return list(rows)
 
     def find_identifiers(
-        self, conn: Connection, wanted: list[tuple[str, str]]
+        self, conn: Connection, wanted: list[tuple[str, str]], partner: str | None = None
     ) -> dict[tuple[str, str], list[str]]:
         """``find`` for many ``(type, query)`` at once, in one statement: those whose query
         is one ``identifier=`` parameter (what conditional creates and updates carry);
-        the others are left out (the caller asks ``find``). Same matches as ``find``."""
+        the others are left out (the caller asks ``find``). Same matches as ``find``
+        (``partner``: among what it sent)."""
         tokens: dict[tuple[str, str], tuple[str | None, str]] = {}
         for resource_type, query in wanted:
             pairs = parse_qsl(query, keep_blank_values=True)
@@ -258,7 +279,7 @@ class Resources:
         if not tokens:
             return {}
         i, r = identifiers.c, resources.c
-        rows = conn.execute(
+        matching = (
             sa.select(i.resource_type, i.system, i.value, r.id, r.logical_id)
             .join(resources, r.id == i.resource_row)
             .where(
@@ -267,7 +288,10 @@ class Resources:
                 r.current.is_(True),
             )
             .order_by(r.id)
-        ).all()
+        )
+        if partner is not None:
+            matching = matching.where(r.partner == partner)
+        rows = conn.execute(matching).all()
         found: dict[tuple[str, str], list[str]] = {}
         for key, (system, value) in tokens.items():
             seen: dict[int, str] = {}  # one id per stored row, as find's IN (subquery) gives

@@ -304,10 +304,10 @@ def verify_bundle(
         return report
     if positions:
         for k, pos in enumerate(positions, 1):
-            sig = (entries[pos]["resource"].get("signature") or [None])[0]
+            sig = _first_signature(entries[pos]["resource"])
             where = f"Bundle.entry[{pos}].resource.signature[0]"
             report.signatures.append(_verify_one(bundle, k, sig, where, trust, now))
-        last = entries[positions[-1]]["resource"]["signature"][0]
+        last = _first_signature(entries[positions[-1]]["resource"])
         sig_report = report.signatures[-1]
         if bundle.get("signature") != last:
             sig_report.fail(
@@ -323,6 +323,13 @@ def verify_bundle(
             _verify_one(bundle, None, bundle.get("signature"), "Bundle.signature", trust, now)
         )
     return report
+
+
+def _first_signature(provenance: dict[str, Any]) -> Any:
+    """``signature[0]`` of a signature Provenance, None when it has none (R4 allows
+    ``Provenance.signature`` to be absent: that signature then fails as malformed)."""
+    found = provenance.get("signature")
+    return found[0] if isinstance(found, list) and found else None
 
 
 def _describe_content(report: FileReport, bundle: dict[str, Any]) -> None:

@@ -1,0 +1,196 @@
+"""What a received Bundle is about, checked before it is stored (docs/inbound.md):
+
+* **one patient**: every record a partner sends is one patient's (a converted message,
+  a study, a report); its policy decision, its audit events (the receipt names one
+  patient) and its consent are that patient's. A Bundle with a second Patient, or a
+  resource whose subject is another patient than the Bundle's, is refused: the second
+  patient's data would arrive unaudited and undecided.
+* **addressed here**: a referral (ServiceRequest, docs/inbound.md "Referral status")
+  whose performers name organisations, none of them this institution, is another
+  institution's referral (or an unknown target's): this gateway would open a Task for
+  a patient it was not asked to see. A referral naming no organisation is taken as
+  addressed to the receiver.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import unquote
+
+from ..errors import Issue
+from ..network import Institution
+from ._referrals import is_referral
+
+__all__ = ["misaddressed", "mixed_patients"]
+
+# Elements naming the patient a resource is about (the patient compartment's usual ones)
+_PATIENT_ELEMENTS = ("subject", "patient", "for", "beneficiary")
+_OID_SYSTEM = "urn:ietf:rfc:3986"
+
+
+def _entries(bundle: dict[str, Any]) -> list[tuple[int, str | None, dict[str, Any]]]:
+    """(position, fullUrl, resource) of the entries holding a resource."""
+    out = []
+    for n, entry in enumerate(bundle.get("entry") or []):
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if isinstance(resource, dict):
+            full_url = entry.get("fullUrl")
+            out.append((n, full_url if isinstance(full_url, str) else None, resource))
+    return out
+
+
+def _tokens(resource: dict[str, Any]) -> list[str]:
+    """``system|value`` of each identifier of a resource."""
+    return [
+        f"{i.get('system') or ''}|{i['value']}"
+        for i in resource.get("identifier") or []
+        if isinstance(i, dict) and i.get("value")
+    ]
+
+
+# -- one patient ------------------------------------------------------------------------
+def mixed_patients(bundle: dict[str, Any]) -> list[Issue]:
+    """The issue naming the first entry that brings a second patient, if any."""
+    entries = _entries(bundle)
+    by_url = {url: (n, r) for n, url, r in entries if url}
+    patients = [  # a Patient that nothing can name (no fullUrl, id nor identifier) is none
+        (n, r)
+        for n, url, r in entries
+        if r.get("resourceType") == "Patient" and (url or r.get("id") or _tokens(r))
+    ]
+    if len(patients) > 1:
+        where = f"Bundle.entry[{patients[1][0]}].resource"
+        return [_mixed(where, "a second Patient")]
+    aliases: dict[str, str] = {}
+    if patients:
+        n, patient = patients[0]
+        names = [f"Patient/{patient['id']}"] if isinstance(patient.get("id"), str) else []
+        names += [url for url, (k, _) in by_url.items() if k == n]
+        names += _updated(bundle["entry"][n])
+        names += _tokens(patient)
+        aliases = dict.fromkeys(names, "the Bundle's Patient")
+    seen: str | None = "the Bundle's Patient" if patients else None
+    for n, _, resource in entries:
+        if resource.get("resourceType") == "Patient":
+            continue
+        for k, inner in enumerate(_refs(resource.get("contained"))):
+            if inner.get("resourceType") != "Patient":
+                continue  # a contained Patient is patient data too: whose?
+            tokens = _tokens(inner)
+            key = next((aliases[t] for t in tokens if t in aliases), None)
+            key = key or (tokens[0] if tokens else f"#{inner.get('id')}@{n}")
+            if seen is None:
+                seen = key
+            elif key != seen:
+                where = f"Bundle.entry[{n}].resource.contained[{k}]"
+                return [_mixed(where, "a contained Patient of another patient")]
+        for element in _PATIENT_ELEMENTS:
+            for k, ref in enumerate(_refs(resource.get(element))):
+                key = _patient_key(ref, by_url)
+                if key is None:
+                    continue
+                key = aliases.get(key, key)
+                if seen is None:
+                    seen = key
+                elif key != seen:
+                    many = isinstance(resource.get(element), list)
+                    where = f"Bundle.entry[{n}].resource.{element}" + (f"[{k}]" if many else "")
+                    return [_mixed(where, "a reference to another patient")]
+    return []
+
+
+def _updated(entry: dict[str, Any]) -> list[str]:
+    """``Patient/<id>`` of an entry's ``PUT Patient/<id>`` (the id it is stored under)."""
+    request = entry.get("request")
+    url = request.get("url") if isinstance(request, dict) else None
+    return [url] if isinstance(url, str) and url.startswith("Patient/") else []
+
+
+def _refs(value: Any) -> list[dict[str, Any]]:
+    items = value if isinstance(value, list) else [value]
+    return [v for v in items if isinstance(v, dict)]
+
+
+def _patient_key(ref: dict[str, Any], by_url: dict[str, tuple[int, dict[str, Any]]]) -> str | None:
+    """The patient a Reference names, as a comparable key (an entry's aliases map onto
+    one); None when it names no patient (a Group, a Device...)."""
+    literal = ref.get("reference")
+    if isinstance(literal, str):
+        if literal in by_url:
+            target = by_url[literal][1]
+            return literal if target.get("resourceType") == "Patient" else None
+        path, _, query = literal.partition("?")
+        if path == "Patient" and query.startswith("identifier=") and "&" not in query:
+            return unquote(query.removeprefix("identifier="))
+        head = literal.split("/_history/", 1)[0]
+        if head.startswith("Patient/") or "/Patient/" in head:
+            return "Patient/" + head.rsplit("/Patient/", 1)[-1].removeprefix("Patient/")
+        return None
+    ident = ref.get("identifier")
+    if isinstance(ident, dict) and ident.get("value") and ref.get("type") in (None, "Patient"):
+        return f"{ident.get('system') or ''}|{ident['value']}"
+    return None
+
+
+def _mixed(where: str, what: str) -> Issue:
+    return Issue(
+        "inbound.mixed-patients",
+        f"{where}: {what}: a Bundle is about one patient (its policy decision, consent "
+        "and audit events are that patient's); send each patient's records in a Bundle "
+        "of their own",
+        expression=where,
+    )
+
+
+# -- addressed here ---------------------------------------------------------------------
+def misaddressed(bundle: dict[str, Any], own: Institution) -> list[Issue]:
+    """An issue for each referral whose performers name organisations, none this one."""
+    entries = _entries(bundle)
+    by_url = {url: r for _, url, r in entries if url}
+    issues = []
+    for n, _, resource in entries:
+        if not is_referral(resource):
+            continue
+        named = [  # organisations without an identifier say nothing here
+            org
+            for ref in _refs(resource.get("performer"))
+            for org in _organisations(ref, by_url)
+            if org
+        ]
+        if named and not any(_is_own(org, own) for org in named):
+            where = f"Bundle.entry[{n}].resource.performer"
+            issues.append(
+                Issue(
+                    "inbound.wrong-recipient",
+                    f"{where}: the referral is addressed to another organisation than "
+                    f"{own.key} (this gateway's institution): sent to the wrong gateway?",
+                    expression=where,
+                )
+            )
+    return issues
+
+
+def _organisations(ref: dict[str, Any], by_url: dict[str, dict[str, Any]]) -> list[list[str]]:
+    """The identifier tokens of each organisation a performer names: an Organization
+    (entry or logical reference), or a PractitionerRole entry's organization."""
+    target = by_url.get(str(ref.get("reference")))
+    if target is None:
+        ident = ref.get("identifier")
+        if ref.get("type") == "Organization" and isinstance(ident, dict) and ident.get("value"):
+            return [[f"{ident.get('system') or ''}|{ident['value']}"]]
+        return []
+    if target.get("resourceType") == "Organization":
+        return [_tokens(target)]
+    if target.get("resourceType") == "PractitionerRole":
+        org = target.get("organization")
+        return _organisations(org, by_url) if isinstance(org, dict) else []
+    return []
+
+
+def _is_own(tokens: list[str], own: Institution) -> bool:
+    mine = {f"{_OID_SYSTEM}|urn:oid:{own.oid}"} if own.oid else set()
+    for token in tokens:
+        system, _, value = token.partition("|")
+        if token in mine or (system.endswith("/sid/hl7-facility") and value == own.facility):
+            return True
+    return False

@@ -23,6 +23,7 @@ from sqlalchemy.engine import Connection
 
 from ..errors import http_status, operation_outcome, shape
 from ._errors import InboundError
+from ._locks import lock_bundle
 from ._resources import (
     ID_PATTERN,
     TYPE_PATTERN,
@@ -74,6 +75,7 @@ def apply_bundle(
         raise InboundError(
             "inbound.bad-bundle", "Bundle.entry is not a list", expression="Bundle.entry"
         )
+    lock_bundle(conn, entries, partner)  # PostgreSQL: before any look-up (_locks.py)
     if kind == "transaction":
         # Every entry is planned against the store as it was before the Bundle, so the
         # conditions' look-ups can be one statement, and the targets' current versions

@@ -122,7 +122,9 @@ class Settings:
     inbound_token_file: Path | None = None  # None: $GATEWAY_HOME/secrets/partner-tokens
     inbound_unsigned: tuple[str, ...] = ()  # partner keys allowed to send unsigned Bundles
     inbound_token_seconds: int = 300
-    inbound_public_url: str | None = None  # e.g. https://gw.hkpmc.example.hk (token aud)
+    # e.g. https://gw.hkpmc.example.hk: the only audience a SMART client assertion may
+    # name (its /auth/token); unset, the token endpoint refuses every assertion
+    inbound_public_url: str | None = None
     inbound_mtls_header: str = ""  # e.g. X-SSL-Client-Cert (URL-encoded PEM)
     inbound_mtls_proxies: tuple[str, ...] = ()  # proxy addresses trusted to set it
     # The outbound path (docs/delivery.md): the routing rules (None: seeds/routes.yaml), whether
@@ -428,7 +430,18 @@ def _inbound_setting(name: str, value: Any, home: Path) -> Any:
         if not 30 <= seconds <= 3600:
             raise ConfigError("bad-setting", f"{name} must be 30–3600 seconds, not {seconds}")
         return seconds
-    return str(value).strip().rstrip("/") if name == "inbound_public_url" else str(value).strip()
+    if name == "inbound_public_url":
+        url = str(value).strip().rstrip("/")
+        if url and not url.startswith(("https://", "http://")):
+            # it is the only audience a SMART client assertion may name: a wrong one
+            # would refuse every partner, a relative one match nothing the partner knows
+            raise ConfigError(
+                "bad-setting",
+                f"{name} must be the http(s) URL partners reach this gateway at "
+                "(e.g. https://gw.hkpmc.example.hk)",
+            )
+        return url or None
+    return str(value).strip()
 
 
 def _alert_setting(name: str, value: Any, home: Path) -> Any:

@@ -19,6 +19,7 @@ Registered by ``create_app`` with one call: ``add_fhir_routes(app, settings, ...
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -50,6 +51,8 @@ from ..store import Store, open_store
 from ._auditing import ReadAudit, add_audit_event_routes, read_audit
 
 __all__ = ["add_fhir_routes"]
+
+log = logging.getLogger("gateway.inbound")
 
 FHIR_JSON = "application/fhir+json"
 SEARCH_PARAMS = ("identifier", "patient", "status", "_lastUpdated", "_id", "_count", "_after")
@@ -111,6 +114,11 @@ def add_fhir_routes(
     audit = read_audit(app, settings)  # reads and searches are audited (api-read)
     lazy = _Lazy(settings, audit)
     app.state.fhir = lazy  # app.state.fhir.close() releases the database
+    if settings.institution and not settings.inbound_public_url:
+        log.warning(
+            "inbound: inbound_public_url is not set: SMART Backend Services client "
+            "assertions are refused (their aud must name its /auth/token)"
+        )
 
     def base_url(request: Request) -> str:
         return settings.inbound_public_url or str(request.base_url).rstrip("/")
@@ -165,7 +173,10 @@ def add_fhir_routes(
         if isinstance(body, Response):
             return body
         form = dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
-        url = base_url(request) + "/auth/token"
+        # the audience an assertion must name: the configured URL only, never one made
+        # from the request's Host (docs/inbound.md, "Partner authentication")
+        public = settings.inbound_public_url
+        url = public + "/auth/token" if public else None
         try:
             answer = await run_in_threadpool(lambda: lazy.auth().issue(form, url))
         except TokenError as exc:

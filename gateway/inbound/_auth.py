@@ -281,9 +281,10 @@ class Authenticator:
         return inst.key
 
     # -- the SMART token endpoint -----------------------------------------------------
-    def issue(self, form: dict[str, str], token_url: str) -> dict[str, Any]:
+    def issue(self, form: dict[str, str], token_url: str | None) -> dict[str, Any]:
         """``POST /auth/token`` (client_credentials + private_key_jwt): the access token
-        answer, or TokenError."""
+        answer, or TokenError. ``token_url``: this endpoint's public URL, the one
+        audience an assertion may name (``inbound_public_url``); None refuses them all."""
         if form.get("grant_type") != "client_credentials":
             raise TokenError("unsupported_grant_type", "grant_type must be client_credentials")
         if form.get("client_assertion_type") != ASSERTION_TYPE or not form.get("client_assertion"):
@@ -292,6 +293,16 @@ class Authenticator:
                 f"client_assertion_type must be {ASSERTION_TYPE}, with a client_assertion",
             )
         scopes = self._scopes(form.get("scope", ""))
+        if token_url is None:
+            # never the request's Host: a partner holding another's assertion (made for
+            # its own token URL) would name that host and replay it here
+            raise TokenError(
+                "invalid_client",
+                "SMART Backend Services is off on this gateway: inbound_public_url (the "
+                "URL partners reach it at, whose /auth/token an assertion's aud names) is "
+                "not set",
+                401,
+            )
         now = utcnow()
         partner, jti, exp = self._assertion(form["client_assertion"], token_url, now)
         if form.get("client_id") not in (None, "", partner):

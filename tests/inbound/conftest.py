@@ -28,7 +28,8 @@ LOCAL = "local-api-token-0123456789"  # a local system's API token (never a part
 NSCH_TOKEN = "nsch-partner-token-0123456789abcdef"
 NJMU2_TOKEN = "njmu2-partner-token-0123456789abcdef"
 REFERRAL_SYSTEM = "https://fhir.nsch.example.cn/sid/referral"
-TOKEN_URL = "http://gw/auth/token"
+PUBLIC_URL = "http://gw"  # inbound_public_url: the in-process test client's base URL
+TOKEN_URL = f"{PUBLIC_URL}/auth/token"
 
 
 @pytest.fixture(scope="session")
@@ -48,6 +49,7 @@ def make_home(home: Path, pki: Path, institution: str, tokens: dict[str, str]) -
     (home / "secrets" / "partner-tokens").write_text("# partner tokens\n" + lines)
     (home / "gateway.toml").write_text(
         f'institution = "{institution}"\nsigning_trust = "{pki / "ca"}"\nsigning_keys = "{pki}"\n'
+        f'inbound_public_url = "{PUBLIC_URL}"\n'  # the test client's own: the assertions' aud
     )
     return Settings.load(home=home, env={})
 

@@ -19,6 +19,7 @@ from joserfc.jwk import ECKey
 
 from gateway import Converter, Settings
 from gateway.api import TokenSet, create_app
+from gateway.errors import ConfigError
 from gateway.inbound import tokens
 from gateway.store import open_store
 from tests.api.test_app import Client
@@ -127,20 +128,47 @@ def test_a_client_assertion_beyond_the_calendar_is_invalid_client(
     assert resp.json()["error"] == "invalid_client"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="found, not fixed: without inbound_public_url the token endpoint's URL (the "
-    "assertion's aud) is taken from the request's Host header, so a partner that "
-    "received another's assertion (aud: its own token URL) can replay it here within "
-    "its 5 minutes with that Host; needs inbound_public_url required for SMART (a "
-    "configuration decision, gateway/api/_fhir.py base_url)",
-)
 def test_an_assertion_made_for_another_server_is_refused(client: Client, pki: Path) -> None:
     # NSCH's assertion for NJMU2's token endpoint (behind a TLS proxy the scheme is the
-    # proxy's X-Forwarded-Proto; the in-process client has none: http)
+    # proxy's X-Forwarded-Proto; the in-process client has none: http), replayed here by
+    # a partner that received it, with NJMU2's Host: the audience is inbound_public_url's
     other = "http://fhir.njmu2.example.cn/auth/token"
     jwt_for_other = assertion(pki, "nsch", "nsch", aud=other)
     resp = client.post(
         "/auth/token", data=token_form(jwt_for_other), headers={"Host": "fhir.njmu2.example.cn"}
     )
     assert resp.status_code == 401, resp.text
+    assert resp.json()["error"] == "invalid_client"
+    assert TOKEN_URL in resp.json()["error_description"]
+
+
+def test_without_a_public_url_no_assertion_is_taken_from_the_host(
+    tmp_path: Path, pki: Path, converter: Converter
+) -> None:
+    """Without inbound_public_url the token URL was the request's own (its Host): the
+    replay above succeeded. Now every assertion is refused, saying which setting."""
+    settings = make_home(tmp_path / "hkpmc", pki, "hkpmc", {"nsch": NSCH_TOKEN})
+    toml = settings.home / "gateway.toml"
+    toml.write_text(toml.read_text().replace('inbound_public_url = "http://gw"\n', ""))
+    settings = Settings.load(home=settings.home, env={})
+    assert settings.inbound_public_url is None
+    app = create_app(settings, converter, TokenSet([LOCAL]))
+    try:
+        client = Client(app)
+        for host, aud in [("fhir.njmu2.example.cn", "http://fhir.njmu2.example.cn/auth/token"),
+                          ("gw", TOKEN_URL)]:  # fmt: skip
+            jwt_for = assertion(pki, "nsch", "nsch", aud=aud)
+            resp = client.post("/auth/token", data=token_form(jwt_for), headers={"Host": host})
+            assert resp.status_code == 401, resp.text
+            assert resp.json()["error"] == "invalid_client"
+            assert "inbound_public_url" in resp.json()["error_description"]
+        assert counts(settings)["inbound_tokens"] == 0
+    finally:
+        app.state.fhir.close()
+
+
+@pytest.mark.parametrize("url", ["gw.hkpmc.example.hk", "/fhir", "ftp://gw.hkpmc.example.hk"])
+def test_a_public_url_that_is_no_http_url_is_a_config_error(tmp_path: Path, url: str) -> None:
+    (tmp_path / "gateway.toml").write_text(f'inbound_public_url = "{url}"\n')
+    with pytest.raises(ConfigError, match="inbound_public_url must be the http"):
+        Settings.load(home=tmp_path, env={})

@@ -264,6 +264,9 @@ class Inbound:
                     # that identifier would be listed beside ours as a referral status
                     where = f"Bundle.entry[{n}].resource.identifier[{k}]"
                     raise _wrong_sender(where, "this institution", partner)
+            # a status of a referral of ours: only from the partner it was sent to
+            where = f"Bundle.entry[{n}].resource.focus"
+            self.referrals.check_status_sender(resource.get("focus"), partner, where)
         first = _first_signer(bundle)
         if first is not None:
             where, oid = first  # unreadable (None): the verification says why, next

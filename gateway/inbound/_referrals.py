@@ -11,19 +11,21 @@ mean the same at both ends.
 
 from __future__ import annotations
 
+import builtins
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ..config import Settings
 from ..mapping import NAMESPACE
 from ..network import Institution, Network
 from ..partners import Partner, configured_partners
-from ..store import Store, utcnow
+from ..store import Store, metadata, utcnow
 from ._errors import InboundError
 from ._resources import Resources, Search, Stored, instant
 
@@ -203,6 +205,57 @@ class Referrals:
             task["owner"] = _organization(inst)
         return {k: v for k, v in task.items() if v is not None}
 
+    # -- who may report a referral's status --------------------------------------------
+    def sent_to(
+        self, conn: Connection | None, pairs: set[tuple[str, str]]
+    ) -> set[tuple[str, str, str]]:
+        """(system, value, partner) of each referral (ServiceRequest identifier ``pairs``)
+        the outbox carried to a partner: the one partner that may report its status (the
+        outbox keeps each row's ServiceRequest identifiers hashed, ``outbox_links``)."""
+        from ..delivery import link_ref  # the outbound side; imported when needed
+
+        refs = {link_ref(("ServiceRequest", system, value)): (system, value)
+                for system, value in pairs if system and value}  # fmt: skip
+        if not refs:
+            return set()
+        outbox, links = metadata.tables["outbox"], metadata.tables["outbox_links"]
+        query = (
+            sa.select(links.c.ref, outbox.c.partner)
+            .join(outbox, outbox.c.id == links.c.outbox_id)
+            .where(
+                links.c.ref.in_(sorted(refs)),
+                links.c.role == "provides",
+                links.c.kind == "ServiceRequest",
+            )
+            .distinct()
+        )
+        if conn is not None:
+            rows = conn.execute(query).all()
+        else:
+            with self.store.engine.connect() as own:
+                rows = own.execute(query).all()
+        return {(*refs[row.ref], str(row.partner)) for row in rows}
+
+    def check_status_sender(self, focus: Any, partner: str, where: str) -> None:
+        """Refuse (403 ``inbound.wrong-sender``) a partner's Task about a referral of
+        ours (its focus identifier under this institution's base, or one the outbox
+        sent) that was not sent to that partner: only the partner a referral went to
+        reports its status, or any partner could set what ``referrals list`` shows."""
+        ident = focus.get("identifier") if isinstance(focus, dict) else None
+        if not isinstance(ident, dict) or not ident.get("value") or not ident.get("system"):
+            return
+        system, value = str(ident["system"]), str(ident["value"])
+        sent = {p for _, _, p in self.sent_to(None, {(system, value)})}
+        if partner in sent or not (sent or system.startswith(f"{self.own().base}/")):
+            return
+        raise InboundError(
+            "inbound.wrong-sender",
+            f"{where} names a referral this gateway did not send to {partner}: only the "
+            "partner a referral was sent to reports its status",
+            expression=where,
+            issue_type="forbidden",
+        )
+
     # -- listing ----------------------------------------------------------------------
     def list(self, status: str | None = None, direction: str | None = None) -> list[Referral]:
         where = Search(status=[status] if status else [])
@@ -214,7 +267,20 @@ class Referrals:
             if nxt is None:
                 break
             after = nxt
-        return [r for r in found if direction in (None, r.direction)]
+        return [r for r in self._reported(found) if direction in (None, r.direction)]
+
+    def _reported(self, found: builtins.list[Referral]) -> builtins.list[Referral]:
+        """``found`` without a partner's Task that is no status of a referral sent to
+        that partner (one stored before such Tasks were refused, or about a referral
+        this gateway never sent): it is never shown as a referral's status."""
+        focus = {_pair(r.referral) for r in found if r.direction == "sent" and r.referral}
+        sent = self.sent_to(None, focus)
+        return [
+            r
+            for r in found
+            if r.direction == "received"
+            or (r.referral is not None and (*_pair(r.referral), str(r.partner)) in sent)
+        ]
 
     def _referral(self, task: Stored) -> Referral:
         ident = _focus_identifier(task.resource)
@@ -368,6 +434,12 @@ class Referrals:
             not partner.max_entries or len(signed["entry"]) <= partner.max_entries
         )
         return signed if whole else bundle
+
+
+def _pair(token: str) -> tuple[str, str]:
+    """A ``system|value`` token as (system, value)."""
+    system, _, value = token.rpartition("|")
+    return system, value
 
 
 def _organization(inst: Institution) -> dict[str, Any]:

@@ -144,3 +144,34 @@ def counts(settings: Settings) -> dict[str, int]:
 
 
 NOTHING = {"inbound_bundles": 0, "inbound_resources": 0, "inbound_identifiers": 0}
+
+
+def record_sent(settings: Settings, to: str, referral_id: tuple[str, str]) -> int:
+    """The outbox row of a referral (a ServiceRequest with identifier ``referral_id``,
+    system and value) this gateway queued for partner ``to``: the one partner that may
+    report its status."""
+    from gateway.delivery import Outbox
+    from gateway.partners import Partner
+    from gateway.store import open_store
+
+    system, value = referral_id
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "identifier": {"system": f"{system}-bundle", "value": value},
+        "entry": [
+            {
+                "fullUrl": f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, system + value)}",
+                "resource": {"resourceType": "ServiceRequest", "status": "active",
+                             "intent": "order", "identifier": [{"system": system,
+                                                                "value": value}]},
+                "request": {"method": "PUT", "url": f"ServiceRequest?identifier={system}|{value}"},
+            }
+        ],
+    }  # fmt: skip
+    store = open_store(settings)
+    try:
+        row, _ = Outbox(store).enqueue(Partner(to, f"http://{to}-gateway.example/fhir"), bundle)
+        return row
+    finally:
+        store.close()

@@ -22,7 +22,16 @@ from gateway.store import open_store
 from tests.api.test_app import Client
 from tests.gateway_cli import run
 
-from .conftest import LOCAL, LOCAL_AUTH, NSCH_TOKEN, REFERRAL_SYSTEM, make_home, partner, signer
+from .conftest import (
+    LOCAL,
+    LOCAL_AUTH,
+    NSCH_TOKEN,
+    REFERRAL_SYSTEM,
+    make_home,
+    partner,
+    record_sent,
+    signer,
+)
 
 HKPMC_TOKEN = "hkpmc-partner-token-0123456789abcdef"
 # NSCH's gateway as HKPMC knows it: one transaction per request (seeds/partners.yaml has
@@ -230,7 +239,8 @@ def test_cli_errors(hk_settings: Settings, client: Client, signed_referral: byte
 def test_a_task_from_a_partner_is_not_ours_to_change(
     hk_settings: Settings, client: Client, action: str
 ) -> None:
-    """NSCH's gateway keeps HKPMC's Task about NSCH's referral: it cannot accept it."""
+    """NSCH's gateway keeps HKPMC's Task about NSCH's referral: it cannot accept it.
+    (Here HKPMC receives NSCH's Task about the referral REF1 HKPMC sent to NSCH.)"""
     task_bundle = {
         "resourceType": "Bundle",
         "type": "transaction",
@@ -252,6 +262,7 @@ def test_a_task_from_a_partner_is_not_ours_to_change(
             }
         ],
     }  # fmt: skip
+    record_sent(hk_settings, "nsch", ("https://fhir.hkpmc.example.hk/sid/referral", "REF1"))
     store = open_store(hk_settings)
     try:
         from gateway.inbound import Inbound, PartnerAuth

@@ -294,6 +294,7 @@ class Policy:
             settings.policy_agreements or data_dir("seeds") / "agreements.yaml",
             (settings.policy_volume_limit, settings.policy_volume_warning),
         )
+        self.data.check_parties(self.network)
         self._institutions = [
             inst
             for entry in (load_data_file(settings.network) or {}).get("institutions") or []

@@ -33,7 +33,9 @@ def _consents(policy: Policy, *resources: dict[str, Any]) -> MemoryConsents:
     )
 
 
-def _decide(policy: Policy, bundle: bytes | dict[str, Any], *resources: dict[str, Any], now: datetime = NOW) -> Any:
+def _decide(
+    policy: Policy, bundle: bytes | dict[str, Any], *resources: dict[str, Any], now: datetime = NOW
+) -> Any:
     return policy.decide(
         bundle, SENDER, RECIPIENT, "referral", consents=_consents(policy, *resources), now=now
     )

@@ -41,7 +41,11 @@ def _genomic(bundle: bytes) -> dict[str, Any]:
     parsed["entry"].append(
         {
             "fullUrl": "urn:uuid:00000000-0000-4000-8000-000000000001",
-            "resource": {"resourceType": "Observation", "status": "final", "code": {"coding": [GENOMIC]}},
+            "resource": {
+                "resourceType": "Observation",
+                "status": "final",
+                "code": {"coding": [GENOMIC]},
+            },
             "request": {"method": "POST", "url": "Observation"},
         }
     )

@@ -134,6 +134,10 @@ def _unknown_category(data: dict[str, Any]) -> None:
     _agreement(data, "DOM-2022-NSGP-NSCH")["categories"] = ["demographic", "clinical"]
 
 
+def _unknown_region(data: dict[str, Any]) -> None:
+    data["bases"]["gba-standard-contract"]["region"] = "GBA"
+
+
 def _unknown_top_level(data: dict[str, Any]) -> None:
     data["agreement"] = data.pop("agreements")
 
@@ -147,6 +151,7 @@ def _unknown_top_level(data: dict[str, Any]) -> None:
         _cross_border_as_text,
         _unknown_agreement_party,
         _unknown_category,
+        _unknown_region,
         _unknown_top_level,
     ],
 )

@@ -116,6 +116,15 @@ def parse_consent(
             "the patient must be named by identifier (system and value)",
         )
     provision = resource.get("provision") or {}
+    if provision.get("provision"):
+        # Nested provisions are exceptions to the outer one (R4 Consent.provision.provision,
+        # e.g. "permit, but deny this purpose"). They are not evaluated: a Consent holding
+        # them is refused rather than read as the outer permit alone.
+        raise _invalid(
+            "Consent.provision.provision",
+            "nested provisions (exceptions) are not supported: send one Consent per "
+            "permitted purpose and recipient, without exceptions",
+        )
     found_purposes: set[str] = set()
     for coding in provision.get("purpose") or []:
         if coding.get("system") == PURPOSE_SYSTEM and coding.get("code") in purposes:

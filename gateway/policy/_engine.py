@@ -221,6 +221,19 @@ class _Transfer:
     def cross_border(self) -> bool:
         return self.from_j != self.to_j
 
+    def people(self) -> list[tuple[str, ...]]:
+        """Each individual of the record (a Patient, contained ones too) by their
+        identifiers: each needs a consent of their own. Asked only when consent is."""
+        out: list[tuple[str, ...]] = []
+        for entry in self.bundle.get("entry") or []:
+            resource = entry.get("resource") or {}
+            if resource.get("resourceType") == "Patient":
+                out.append(_identifiers(resource, {}))
+            for inner in resource.get("contained") or ():
+                if isinstance(inner, dict) and inner.get("resourceType") == "Patient":
+                    out.append(_identifiers(inner, {}))
+        return out
+
     def json(self) -> bytes:
         """The Bundle as canonical JSON (the prohibited-code search), made once."""
         if self.text is None:
@@ -559,9 +572,7 @@ class Policy:
             if category:
                 categories[category] = None
             if resource_type == "Patient":
-                for ident in resource.get("identifier") or []:
-                    if ident.get("system") and ident.get("value"):
-                        patients[f"{ident['system']}|{ident['value']}"] = None
+                _identifiers(resource, patients)
         return types, list(patients), list(categories)
 
     def _cached(
@@ -703,6 +714,17 @@ class Policy:
 
 
 _NS_BYTES = _NS.bytes
+
+
+def _identifiers(resource: dict[str, Any], into: dict[str, None]) -> tuple[str, ...]:
+    """A Patient's identifiers (``system|value``), also added to ``into``."""
+    found = []
+    for ident in resource.get("identifier") or []:
+        if isinstance(ident, dict) and ident.get("system") and ident.get("value"):
+            key = f"{ident['system']}|{ident['value']}"
+            into[key] = None
+            found.append(key)
+    return tuple(found)
 
 
 def _uuid5(name: str) -> str:
@@ -999,19 +1021,29 @@ def rule_consent(policy: Policy, t: _Transfer, rule_id: str, params: dict[str, A
     if not _consent_required(policy, t, params):
         make = functools.partial(_consent_words, policy, rule_id, "pass", "consent.not-required", t)
         return policy._cached(("consent-words", rule_id, "not-required", *parties), make)[0]
-    if not t.patients:
+    people = t.people()
+    if not people or not all(people):  # an individual no consent could name
         return RuleResult(
             rule_id, "consent", "hold", "consent.no-patient", policy.say("consent.no-patient")
         )
-    for record in t.consents.for_patients(t.patients):
-        if record.covers(t.patients, t.purpose, t.recipient.key, t.now):
-            # Whether it covers is asked every time (consents change); the words depend
-            # on the consent's id and end and the transfer's parties and purpose only.
-            key = ("consent", rule_id, record.id, record.end, t.sender.key, t.recipient.key)
-            make = functools.partial(_consent_ok, policy, rule_id, record, names)
-            return policy._cached((*key, t.purpose), make)[0]
-    make = functools.partial(_consent_words, policy, rule_id, "hold", "consent.missing", t)
-    return policy._cached(("consent-words", rule_id, "missing", *parties), make)[0]
+    # Every individual of the record needs a consent of their own: one patient's consent
+    # never carries another's data across (a Bundle of two Patients).
+    records = t.consents.for_patients(list(dict.fromkeys(i for p in people for i in p)))
+    covering: dict[str, ConsentRecord] = {}
+    for person in people:
+        ids = list(person)
+        found = next((r for r in records if r.covers(ids, t.purpose, t.recipient.key, t.now)), None)
+        if found is None:
+            make = functools.partial(_consent_words, policy, rule_id, "hold", "consent.missing", t)
+            return policy._cached(("consent-words", rule_id, "missing", *parties), make)[0]
+        covering.setdefault(found.id, found)
+    # Whether they cover is asked every time (consents change); the words depend on the
+    # consents' ids and ends and the transfer's parties and purpose only.
+    chosen = tuple(covering.values())
+    ends = tuple(r.end for r in chosen)
+    key = ("consent", rule_id, tuple(covering), ends, t.sender.key, t.recipient.key)
+    make = functools.partial(_consent_ok, policy, rule_id, chosen, names)
+    return policy._cached((*key, t.purpose), make)[0]
 
 
 def _consent_required(policy: Policy, t: _Transfer, params: dict[str, Any]) -> bool:
@@ -1033,10 +1065,12 @@ def _consent_words(
 
 
 def _consent_ok(
-    policy: Policy, rule_id: str, record: ConsentRecord, names: dict[str, Any]
+    policy: Policy, rule_id: str, records: tuple[ConsentRecord, ...], names: dict[str, Any]
 ) -> tuple[RuleResult, None]:
-    until = record.end.date().isoformat() if record.end else "—"
-    words = policy.say("consent.ok", consent=record.id, until=until, **names)
+    ends = [r.end for r in records if r.end is not None]
+    until = min(ends).date().isoformat() if ends else "—"  # the first to lapse
+    ids = ", ".join(r.id for r in records)
+    words = policy.say("consent.ok", consent=ids, until=until, **names)
     return RuleResult(rule_id, "consent", "pass", "consent.ok", words), None
 
 

@@ -118,3 +118,24 @@ def test_a_consent_out_of_its_period_holds(
     resource = consent((HKID, _patient_id(bundles[NAME])), RECIPIENT, **kw)
     decision = _decide(policy, bundles[NAME], resource, now=now)
     assert decision.outcome == "hold" and decision.bundle_json is None
+
+
+def test_a_contained_patient_needs_a_consent_of_their_own(
+    policy: Policy, bundles: dict[str, bytes]
+) -> None:
+    """Another individual contained in a resource (not a Bundle entry) is one too."""
+    mine = consent((HKID, _patient_id(bundles[NAME])), RECIPIENT)
+    parsed = orjson.loads(bundles[NAME])
+    holder = next(
+        e["resource"] for e in parsed["entry"] if e["resource"]["resourceType"] != "Patient"
+    )
+    holder["contained"] = [
+        {
+            "resourceType": "Patient",
+            "id": "other",
+            "identifier": [{"system": RESIDENT_ID, "value": OTHER_ID}],
+        }
+    ]
+    assert _decide(policy, parsed, mine).outcome == "hold"
+    theirs = consent((RESIDENT_ID, OTHER_ID), RECIPIENT, ident="consent-2")
+    assert _decide(policy, parsed, mine, theirs).allowed

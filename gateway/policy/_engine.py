@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import re
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Protocol
 
 import orjson
@@ -47,6 +50,7 @@ AGREEMENT_BASE = "https://fhir-gateway.example.org/agreement/"
 V3_ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
 OUTCOMES = ("allow", "allow-with-changes", "hold", "deny")
 _NS = uuid.UUID("0b6f3c1e-4d2a-5f8b-a7c9-1e3d5f7a9b2c")
+log = logging.getLogger(__name__)
 # OperationOutcome issue per rule outcome: (code, severity)
 _ISSUES = {
     "deny": ("policy.denied", "error"),
@@ -302,12 +306,27 @@ class Policy:
     ) -> None:
         self.settings = settings
         self.network = network or Network.load(settings.network)
-        self.data = data or PolicyData.load(
-            settings.policy_dir or data_dir("mappings") / "policy",
-            settings.policy_agreements or data_dir("seeds") / "agreements.yaml",
+        policy_dir = settings.policy_dir or data_dir("mappings") / "policy"
+        agreements = settings.policy_agreements or data_dir("seeds") / "agreements.yaml"
+        self._load_data = functools.partial(
+            PolicyData.load,
+            policy_dir,
+            agreements,
             (settings.policy_volume_limit, settings.policy_volume_warning),
         )
+        self.data = data or self._load_data()
         self.data.check_parties(self.network)
+        # The files read, watched while running: an agreement ended or a rule changed is
+        # read at the next decision after ``reload_interval`` seconds, without a restart
+        # (a Policy given its ``data`` watches nothing).
+        self._sources: tuple[Path, ...] = ()
+        if data is None:
+            self._sources = (agreements, *(policy_dir / f for f in _POLICY_FILES))
+        self.reload_interval = RELOAD_INTERVAL
+        self._stamps = _stamps(self._sources)
+        self._checked = time.monotonic()
+        self._broken: ConfigError | None = None  # the files as changed do not load
+        self._reload_lock = threading.Lock()
         self._institutions = [
             inst
             for entry in (load_data_file(settings.network) or {}).get("institutions") or []
@@ -430,6 +449,8 @@ class Policy:
         dict's JSON when the caller has it (``Record.bundle_json``). The decision's
         ``bundle_json`` is what may leave (minimised, labelled, with a Provenance), None
         unless allowed. Nothing is stored or counted here."""
+        if self._sources:
+            self._fresh()
         parsed, text = _parse(bundle, text)
         types, patients, categories = self._scan(parsed)
         plan = self._plan(sender, recipient, purpose or self._purpose_for(types))
@@ -479,6 +500,35 @@ class Policy:
             decision._json = self._leave(t, decision)
             decision.count = t.count
         return decision
+
+    def _fresh(self) -> None:
+        """Read the data files again when they changed (looked at every
+        ``reload_interval`` seconds). Files that no longer load stop every decision
+        (``config.policy``, naming the file) until they are mended: never a decision on
+        the rules as they were before the edit, nor on a file half read."""
+        now = time.monotonic()
+        if now - self._checked >= self.reload_interval:
+            with self._reload_lock:
+                self._checked = now
+                stamps = _stamps(self._sources)
+                if stamps != self._stamps:
+                    self._stamps = stamps
+                    self._reload()
+        if self._broken is not None:
+            raise self._broken
+
+    def _reload(self) -> None:
+        load_data_file.cache_clear()  # cached by path: the files changed under it
+        try:
+            data = self._load_data()
+            data.check_parties(self.network)
+        except ConfigError as exc:
+            log.error("policy data changed and does not load: %s", exc)
+            self._broken = exc
+            return
+        self._broken = None
+        self.data = data  # the next _plan sees new data: every plan dropped
+        log.info("policy data changed: read again")
 
     def _plan(self, sender: str, recipient: str, purpose: str) -> _Plan:
         """The plan for these parties and purpose, built on first use (the parties and
@@ -714,6 +764,21 @@ class Policy:
 
 
 _NS_BYTES = _NS.bytes
+_POLICY_FILES = ("rules.yaml", "minimisation.yaml", "prohibited.yaml", "labels.yaml")
+RELOAD_INTERVAL = 2.0  # seconds between two looks at the data files
+
+
+def _stamps(paths: tuple[Path, ...]) -> tuple[tuple[int, int] | None, ...]:
+    """Each file's modification time and size (None: missing), to notice an edit."""
+    out: list[tuple[int, int] | None] = []
+    for path in paths:
+        try:
+            st = path.stat()
+        except OSError:
+            out.append(None)
+            continue
+        out.append((st.st_mtime_ns, st.st_size))
+    return tuple(out)
 
 
 def _identifiers(resource: dict[str, Any], into: dict[str, None]) -> tuple[str, ...]:

@@ -175,3 +175,45 @@ def test_the_shipped_files_load_and_decide_as_before(
         bundles[name], sender, recipient, now=NOW
     )
     assert decision.outcome == "hold"  # no consent given
+
+
+def test_an_agreement_ended_while_running_stops_the_next_transfer(
+    settings: Settings, tmp_path: Path, bundles: dict[str, bytes]
+) -> None:
+    """The agreements file edited under a running gateway (an agreement terminated):
+    the next decision reads it, without a restart."""
+    policy_dir, agreements = _copy(tmp_path)
+    policy = _policy(settings, policy_dir, agreements)
+    policy.reload_interval = 0.0  # look at the files at every decision
+    name, sender, recipient = "ref_i12_lax2_to_njmu2", "LAX2", "NJMU2"
+    assert policy.decide(bundles[name], sender, recipient, now=NOW).allowed
+
+    def terminate(data: dict[str, Any]) -> None:
+        _agreement(data, "DOM-2023-NJMU2-LAX2")["valid"] = {
+            "from": "2023-01-01",
+            "to": "2026-01-31",
+        }
+
+    _edit(agreements, terminate)
+    decision = policy.decide(bundles[name], sender, recipient, now=NOW)
+    assert decision.outcome == "deny"
+    refused = next(r for r in decision.results if r.rule == "agreement")
+    assert refused.reason_code == "agreement.expired"
+
+
+def test_a_rules_file_broken_while_running_refuses_decisions_until_mended(
+    settings: Settings, tmp_path: Path, bundles: dict[str, bytes]
+) -> None:
+    """A typo saved under a running gateway: no decision on the old rules or on a half
+    read file; decisions go on once the file is mended."""
+    policy_dir, agreements = _copy(tmp_path)
+    policy = _policy(settings, policy_dir, agreements)
+    policy.reload_interval = 0.0
+    name, sender, recipient = "ref_i12_lax2_to_njmu2", "LAX2", "NJMU2"
+    good = (policy_dir / "rules.yaml").read_text(encoding="utf-8")
+    _edit(policy_dir / "rules.yaml", _consent_value_typo)
+    with pytest.raises(ConfigError) as caught:
+        policy.decide(bundles[name], sender, recipient, now=NOW)
+    assert "rules.yaml" in str(caught.value)
+    (policy_dir / "rules.yaml").write_text(good, encoding="utf-8")
+    assert policy.decide(bundles[name], sender, recipient, now=NOW).allowed

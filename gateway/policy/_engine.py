@@ -228,15 +228,7 @@ class _Transfer:
     def people(self) -> list[tuple[str, ...]]:
         """Each individual of the record (a Patient, contained ones too) by their
         identifiers: each needs a consent of their own. Asked only when consent is."""
-        out: list[tuple[str, ...]] = []
-        for entry in self.bundle.get("entry") or []:
-            resource = entry.get("resource") or {}
-            if resource.get("resourceType") == "Patient":
-                out.append(_identifiers(resource, {}))
-            for inner in resource.get("contained") or ():
-                if isinstance(inner, dict) and inner.get("resourceType") == "Patient":
-                    out.append(_identifiers(inner, {}))
-        return out
+        return _people(self.bundle, [])
 
     def json(self) -> bytes:
         """The Bundle as canonical JSON (the prohibited-code search), made once."""
@@ -781,6 +773,53 @@ def _stamps(paths: tuple[Path, ...]) -> tuple[tuple[int, int] | None, ...]:
     return tuple(out)
 
 
+def _people(bundle: dict[str, Any], out: list[tuple[str, ...]]) -> list[tuple[str, ...]]:
+    """The Patients of a Bundle's entries, of their contained resources and of Bundles
+    nested in an entry, each by its identifiers (added to ``out``)."""
+    for entry in bundle.get("entry") or []:
+        resource = (entry.get("resource") if isinstance(entry, dict) else None) or {}
+        kind = resource.get("resourceType")
+        if kind == "Patient":
+            out.append(_identifiers(resource, {}))
+        elif kind == "Bundle":
+            _people(resource, out)
+        for inner in resource.get("contained") or ():
+            if isinstance(inner, dict) and inner.get("resourceType") == "Patient":
+                out.append(_identifiers(inner, {}))
+    return out
+
+
+def _nested(bundle: dict[str, Any], resources: frozenset[str]) -> list[str]:
+    """The types of ``resources`` a Bundle nested in an entry holds (pass 1 of the
+    minimisation changes entries and their contained resources, not nested Bundles)."""
+    found: list[str] = []
+    for entry in bundle.get("entry") or []:
+        resource = (entry.get("resource") if isinstance(entry, dict) else None) or {}
+        if resource.get("resourceType") != "Bundle":
+            continue
+        for inner in _people_like(resource, resources):
+            if inner not in found:
+                found.append(inner)
+    return found
+
+
+def _people_like(bundle: dict[str, Any], resources: frozenset[str]) -> list[str]:
+    out = []
+    for entry in bundle.get("entry") or []:
+        resource = (entry.get("resource") if isinstance(entry, dict) else None) or {}
+        kind = resource.get("resourceType")
+        if kind in resources:
+            out.append(str(kind))
+        elif kind == "Bundle":
+            out.extend(_people_like(resource, resources))
+        out.extend(
+            str(c["resourceType"])
+            for c in resource.get("contained") or ()
+            if isinstance(c, dict) and c.get("resourceType") in resources
+        )
+    return out
+
+
 def _identifiers(resource: dict[str, Any], into: dict[str, None]) -> tuple[str, ...]:
     """A Patient's identifiers (``system|value``), also added to ``into``."""
     found = []
@@ -1257,6 +1296,11 @@ def rule_minimise(policy: Policy, t: _Transfer, rule_id: str, params: dict[str, 
     profile = _profile(policy, t)
     if profile is None:
         return RuleResult(rule_id, "minimise", "pass", "minimise.none", policy.say("minimise.none"))
+    nested = _nested(t.bundle, profile.resources)
+    if nested:  # what pass 1 cannot reach is refused, never sent as it is
+        kinds = {lang: ", ".join(nested) for lang in LANGS}
+        words = policy.say("minimise.nested", resources=kinds, profile=profile.id)
+        return RuleResult(rule_id, "minimise", "deny", "minimise.nested", words)
     # Pass 1 here; pass 2 (values left in any string, attachments) once the Bundle that
     # leaves is serialised (Policy._leave), which then updates this result.
     t.minimised = _structural(policy, t, profile)

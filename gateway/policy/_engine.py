@@ -118,7 +118,8 @@ class Decision:
     agreement: str | None = None
     changes: list[Change] = field(default_factory=list)
     patients: list[str] = field(default_factory=list)  # pseudonyms of the patient's ids
-    count: tuple[int, str, str, str, str] | None = None  # the counter row, once sent
+    # the counter rows (one per individual), once sent
+    counts: list[tuple[int, str, str, str, str]] = field(default_factory=list)
     id: int | None = None  # the stored decision's id
     message_id: int | None = None
     _json: bytes | None = field(default=None, repr=False)  # what leaves, serialised
@@ -127,6 +128,11 @@ class Decision:
     @property
     def allowed(self) -> bool:
         return self.outcome in ("allow", "allow-with-changes")
+
+    @property
+    def count(self) -> tuple[int, str, str, str, str] | None:
+        """The first individual's counter row (a record of one patient has one)."""
+        return self.counts[0] if self.counts else None
 
     @property
     def bundle_json(self) -> bytes | None:
@@ -212,7 +218,8 @@ class _Transfer:
     consents: Consents
     counters: Counters
     agreement: Agreement | None = None
-    count: tuple[int, str, str, str, str] | None = None
+    counts: list[tuple[int, str, str, str, str]] = field(default_factory=list)
+    found_people: list[tuple[str, ...]] | None = None  # people(), made once
     changes: list[Change] = field(default_factory=list)
     minimised: Minimisation | None = None
     minimise_rule: tuple[str, str] | None = None  # (rule id, profile id) when it changed
@@ -228,7 +235,9 @@ class _Transfer:
     def people(self) -> list[tuple[str, ...]]:
         """Each individual of the record (a Patient, contained ones too) by their
         identifiers: each needs a consent of their own. Asked only when consent is."""
-        return _people(self.bundle, [])
+        if self.found_people is None:
+            self.found_people = _people(self.bundle, [])
+        return self.found_people
 
     def json(self) -> bytes:
         """The Bundle as canonical JSON (the prohibited-code search), made once."""
@@ -490,7 +499,7 @@ class Policy:
         )
         if decision.allowed:
             decision._json = self._leave(t, decision)
-            decision.count = t.count
+            decision.counts = t.counts
         return decision
 
     def _fresh(self) -> None:
@@ -1192,12 +1201,11 @@ def rule_volume(policy: Policy, t: _Transfer, rule_id: str, params: dict[str, An
         return policy._cached(("volume-unlimited", rule_id, basis.key), make)[0]
     category = str(params.get("category", "sensitive"))
     year = t.now.year
-    person = _person(policy, t)
+    persons = _persons(policy, t)  # every individual of the record, each once
     count = t.counters.count(year, t.sender.key, basis.key, category)
-    if person and not t.counters.has(year, t.sender.key, basis.key, category, person):
-        count += 1
-    if person and count <= basis.volume_limit:
-        t.count = (year, t.sender.key, basis.key, category, person)
+    count += sum(not t.counters.has(year, t.sender.key, basis.key, category, p) for p in persons)
+    if persons and count <= basis.volume_limit:
+        t.counts = [(year, t.sender.key, basis.key, category, p) for p in persons]
     # The words depend on the parties, purpose, basis, category, year and count alone.
     key = ("volume", rule_id, t.sender.key, t.recipient.key, t.purpose, basis.key, category)
     make = functools.partial(_volume_result, policy, t, rule_id, basis, category, count)
@@ -1242,14 +1250,17 @@ def _volume_result(
     return RuleResult(rule_id, "volume", "pass", "volume.ok", ok), None
 
 
-def _person(policy: Policy, t: _Transfer) -> str | None:
-    """One key per individual: the keyed pseudonym of a national identifier when the
-    record has one, else of its first identifier."""
-    if not t.patients:
-        return None
+def _persons(policy: Policy, t: _Transfer) -> list[str]:
+    """One key per individual of the record (each Patient: :meth:`_Transfer.people`):
+    the keyed pseudonym of their national identifier when they have one, else of their
+    first identifier. Every individual counts (a record of two patients is two)."""
     national = policy._national
-    chosen = next((p for p in t.patients if p.split("|", 1)[0] in national), t.patients[0])
-    return t.alias(*chosen.split("|", 1))
+    out: dict[str, None] = {}
+    for ids in t.people():
+        if ids:
+            chosen = next((p for p in ids if p.split("|", 1)[0] in national), ids[0])
+            out[t.alias(*chosen.split("|", 1))] = None
+    return list(out)
 
 
 def _fixed(

@@ -465,8 +465,7 @@ class PolicyRecords:
                 conn.execute(_SUPERSEDE, {"m": message_id, "current": False, "input": None})
             decision.id = int(conn.execute(_ADD_DECISION, row).scalar_one())
         decision.message_id = message_id
-        if decision.allowed and decision.count is not None:
-            year, sender, basis, category, person = decision.count
+        for year, sender, basis, category, person in decision.counts if decision.allowed else ():
             row = {
                 "year": year,
                 "sender": sender,

@@ -139,3 +139,28 @@ def test_a_contained_patient_needs_a_consent_of_their_own(
     assert _decide(policy, parsed, mine).outcome == "hold"
     theirs = consent((RESIDENT_ID, OTHER_ID), RECIPIENT, ident="consent-2")
     assert _decide(policy, parsed, mine, theirs).allowed
+
+
+@pytest.mark.parametrize(
+    "element,value",
+    [
+        ("class", [{"system": "http://hl7.org/fhir/resource-types", "code": "Patient"}]),
+        ("data", [{"meaning": "instance", "reference": {"reference": "Patient/1"}}]),
+        ("dataPeriod", {"start": "2026-06-01", "end": "2026-06-02"}),
+        ("code", [{"coding": [{"system": "http://loinc.org", "code": "11502-2"}]}]),
+        (
+            "securityLabel",
+            [{"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "code": "N"}],
+        ),
+    ],
+)
+def test_a_consent_narrowed_to_some_data_is_refused_not_read_as_all_data(
+    policy: Policy, bundles: dict[str, bytes], element: str, value: Any
+) -> None:
+    """ "Only my demographics", "only data of these two days": narrowing the gateway does
+    not evaluate; before, such a Consent let the whole record cross."""
+    resource = consent((HKID, _patient_id(bundles[NAME])), RECIPIENT)
+    resource["provision"][element] = value
+    with pytest.raises(PolicyError) as caught:
+        parse_consent(resource, policy.network, policy.data.purposes)
+    assert caught.value.location == f"Consent.provision.{element}"

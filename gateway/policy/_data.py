@@ -383,6 +383,31 @@ def _check_rules(path: Path, raw: dict[str, Any], data: PolicyData) -> None:
         params = rule.get("params") or {}
         _known_keys(path, where + ": params", params, frozenset(_RULE_PARAMS[kind]))
         _check_params(path, where, kind, params, data)
+    _check_tables(path, data)
+
+
+def _check_tables(path: Path, data: PolicyData) -> None:
+    """Categories and default purposes name known ones; a resource type no rule names
+    falls to ``"*"``, which must be a category (else it would be no personal data, and
+    no agreement asked to cover it)."""
+    for resource_type, category in data.categories.items():
+        if category is not None and category not in data.category_names:
+            raise ConfigError(
+                "policy",
+                f"{path}: categories: {resource_type}: unknown category {category!r} "
+                f"(one of {', '.join(data.category_names)}, or null)",
+            )
+    if data.categories.get("*") is None:
+        raise ConfigError(
+            "policy",
+            f'{path}: categories: "*" (every other resource type) must name a category',
+        )
+    for resource_type, purpose in data.default_purpose.items():
+        if purpose not in data.purposes:
+            raise ConfigError(
+                "policy",
+                f"{path}: default_purpose: {resource_type}: unknown purpose {purpose!r}",
+            )
 
 
 def _check_params(

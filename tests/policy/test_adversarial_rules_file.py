@@ -81,9 +81,24 @@ def _lists_not_a_list(data: dict[str, Any]) -> None:
     _rule(data, "prohibited-category")["params"]["lists"] = "human-genetic-resources"
 
 
+def _no_catch_all_category(data: dict[str, Any]) -> None:
+    del data["categories"]["*"]  # a resource type no line names: no personal data
+
+
+def _category_typo(data: dict[str, Any]) -> None:
+    data["categories"]["Observation"] = "clinicl"
+
+
+def _default_purpose_typo(data: dict[str, Any]) -> None:
+    data["default_purpose"]["ServiceRequest"] = "referal"
+
+
 @pytest.mark.parametrize(
     "change",
     [
+        _no_catch_all_category,
+        _category_typo,
+        _default_purpose_typo,
         _rules_key_typo,
         _duplicate_rule_id,
         _consent_value_typo,

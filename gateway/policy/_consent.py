@@ -27,6 +27,8 @@ PURPOSE_SYSTEM = "https://fhir-gateway.example.org/CodeSystem/transfer-purpose"
 V3_ACT_REASON = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
 RECIPIENT_ROLE = "IRCP"  # v3 ParticipationType: information recipient
 WITHDRAWN = ("inactive", "rejected", "entered-in-error")
+# Consent.provision elements that narrow a permit and that the gateway does not evaluate
+_RESTRICTIONS = ("data", "dataPeriod", "class", "code", "securityLabel")
 _NS = uuid.UUID("6f1c2f4e-8a0b-5d7e-9c3a-2b4d6e8f0a1c")
 
 
@@ -116,6 +118,25 @@ def parse_consent(
             "the patient must be named by identifier (system and value)",
         )
     provision = resource.get("provision") or {}
+    if provision.get("provision"):
+        # Nested provisions are exceptions to the outer one (R4 Consent.provision.provision,
+        # e.g. "permit, but deny this purpose"). They are not evaluated: a Consent holding
+        # them is refused rather than read as the outer permit alone.
+        raise _invalid(
+            "Consent.provision.provision",
+            "nested provisions (exceptions) are not supported: send one Consent per "
+            "permitted purpose and recipient, without exceptions",
+        )
+    for element in _RESTRICTIONS:
+        if provision.get(element):
+            # A restriction the gateway does not evaluate (only these data, classes,
+            # codes, labels or period of data): refused rather than read as a permit of
+            # everything the purpose and recipient name.
+            raise _invalid(
+                f"Consent.provision.{element}",
+                f"provision.{element} restricts the consent in a way the gateway does not "
+                "evaluate: send a Consent by purpose and recipient only",
+            )
     found_purposes: set[str] = set()
     for coding in provision.get("purpose") or []:
         if coding.get("system") == PURPOSE_SYSTEM and coding.get("code") in purposes:

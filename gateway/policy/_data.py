@@ -12,11 +12,13 @@ from typing import Any
 
 from ..datafiles import load_data_file
 from ..errors import ConfigError
-from ..network import Institution
+from ..network import Institution, Network
 
 __all__ = ["LANGS", "Agreement", "Basis", "PolicyData", "Profile", "Text"]
 
 LANGS = ("zh-Hans", "zh-Hant", "en")
+# ISO 3166-2:CN codes of the places that are not the mainland for a transfer
+_SEPARATE = {"CN-HK": "HK", "CN-MO": "MO", "CN-TW": "TW"}
 Text = dict[str, str]  # one text per language of LANGS
 
 
@@ -95,6 +97,8 @@ class PolicyData:
     def load(cls, policy_dir: Path, agreements_file: Path, defaults: tuple[int, int]) -> PolicyData:
         seeds = _mapping(agreements_file)
         rules = _mapping(policy_dir / "rules.yaml")
+        _known_keys(agreements_file, "the file", seeds, _SEEDS_KEYS)
+        _known_keys(policy_dir / "rules.yaml", "the file", rules, _RULES_FILE_KEYS)
         minimisation = _mapping(policy_dir / "minimisation.yaml")
         prohibited = _mapping(policy_dir / "prohibited.yaml")
         labels = _mapping(policy_dir / "labels.yaml")
@@ -122,24 +126,48 @@ class PolicyData:
         )
         for n, entry in enumerate(seeds.get("agreements") or [], 1):
             data.agreements.append(_agreement(agreements_file, n, entry, data))
+        for basis in data.bases.values():
+            if basis.region is not None and basis.region not in data.regions:
+                raise ConfigError(
+                    "policy",
+                    f"{agreements_file}: basis {basis.key}: unknown region "
+                    f"{basis.region!r} ({', '.join(data.regions)})",
+                )
+        ids = [a.id for a in data.agreements]
+        for twice in sorted({i for i in ids if ids.count(i) > 1}):
+            # The id is what a decision, its Provenance and the audit name as the basis.
+            raise ConfigError("policy", f"{agreements_file}: agreement id {twice!r} is given twice")
         for name, spec in data.prohibited.items():
             for code in spec.get("codes") or []:
                 data.codes[f"{code['system']}|{code['code']}"] = (
                     name,
                     str(code.get("display", "")),
                 )
-        for rule in data.rules:
-            if not isinstance(rule, dict) or "id" not in rule or "kind" not in rule:
-                raise ConfigError(
-                    "policy", f"{policy_dir / 'rules.yaml'}: a rule needs id and kind"
-                )
+        _check_rules(policy_dir / "rules.yaml", rules, data)
         return data
 
     # -- places -----------------------------------------------------------------------
     def jurisdiction(self, inst: Institution) -> str:
-        """CN, HK or MO (an ISO 3166-2 subdivision of CN is the mainland)."""
-        code = str(inst.jurisdiction or "")
-        return "CN" if code.startswith("CN") else code
+        """CN, HK or MO: a key of ``jurisdictions``. The network writes ISO 3166-2, in
+        which Hong Kong and Macao are also ``CN-HK`` and ``CN-MO``: those are not the
+        mainland; any other subdivision of CN is. Letter case and spaces do not count.
+        No jurisdiction, or one the data does not know, is a ``config.policy`` error
+        naming the institution: a transfer is never decided without knowing where its
+        parties are (a mis-typed mainland sender would otherwise export nothing — no
+        prohibited-code search, no count — and two parties without one be "domestic")."""
+        code = str(inst.jurisdiction or "").strip().upper()
+        if code in _SEPARATE:
+            code = _SEPARATE[code]
+        elif code.startswith("CN-") or code == "CN":
+            code = "CN"
+        if code not in self.jurisdictions:
+            raise ConfigError(
+                "policy",
+                f"the network's institution {inst.key}: jurisdiction "
+                f"{inst.jurisdiction!r} is not one of "
+                f"{', '.join(self.jurisdictions)} (ISO 3166-2: CN-GD, HK or CN-HK, MO or CN-MO)",
+            )
+        return code
 
     def city(self, inst: Institution) -> str | None:
         """The GB/T 2260 city code of a mainland institution (its ``division``)."""
@@ -166,7 +194,23 @@ class PolicyData:
         }
 
     def agreements_between(self, sender: str, recipient: str) -> list[Agreement]:
+        """Every agreement of the pair, in the file's order: the first that allows the
+        transfer is its basis (docs/policy.md, "Overlapping agreements")."""
         return [a for a in self.agreements if a.covers_pair(sender, recipient)]
+
+    def check_parties(self, network: Network) -> None:
+        """Every party of an agreement is an institution of the network, by its key (a
+        mis-typed key would leave the agreement silently unused)."""
+        for agreement in self.agreements:
+            for party in sorted(agreement.senders | agreement.recipients):
+                inst = network.find(party)
+                if inst is None or inst.key != party:
+                    hint = f" (its key is {inst.key!r})" if inst is not None else ""
+                    raise ConfigError(
+                        "policy",
+                        f"{self.source}: agreement {agreement.id}: party {party!r} is not "
+                        f"the key of an institution of the network{hint}",
+                    )
 
 
 def _mapping(path: Path) -> dict[str, Any]:
@@ -177,6 +221,14 @@ def _mapping(path: Path) -> dict[str, Any]:
 
 
 def _basis(path: Path, key: str, spec: dict[str, Any], defaults: tuple[int, int]) -> Basis:
+    where = f"basis {key}"
+    _known_keys(path, where, spec, _BASIS_KEYS)
+    if not isinstance(spec.get("cross_border", True), bool):
+        raise ConfigError("policy", f"{path}: {where}: cross_border is true or false")
+    for name in ("volume_limit", "volume_warning"):
+        value = spec.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ConfigError("policy", f"{path}: {where}: {name} is a whole number or null")
     limit, warning = defaults
     if "volume_limit" in spec:
         limit = spec["volume_limit"]
@@ -208,20 +260,31 @@ def _agreement(path: Path, n: int, entry: Any, data: PolicyData) -> Agreement:
     where = f"agreement #{n}"
     if not isinstance(entry, dict) or not entry.get("id") or not entry.get("basis"):
         raise ConfigError("policy", f"{path}: {where}: needs an id and a basis")
+    where = f"{where} ({entry['id']})"
+    # A mis-typed key is refused, never ignored: "vaild" would make an agreement that
+    # expired one in force for ever.
+    _known_keys(path, where, entry, _AGREEMENT_KEYS)
+    _known_keys(path, f"{where}: valid", entry.get("valid") or {}, frozenset({"from", "to"}))
+    for name in ("parties", "from", "to", "purposes", "categories", "filing"):
+        if name in entry and not isinstance(entry[name], list):
+            raise ConfigError("policy", f"{path}: {where}: {name} is a list")
+    for category in entry.get("categories") or []:
+        if category not in data.category_names:
+            raise ConfigError(
+                "policy",
+                f"{path}: {where}: unknown data category {category!r} "
+                f"({', '.join(data.category_names)})",
+            )
     if entry["basis"] not in data.bases:
-        raise ConfigError(
-            "policy", f"{path}: {where} ({entry['id']}): unknown basis {entry['basis']!r}"
-        )
+        raise ConfigError("policy", f"{path}: {where}: unknown basis {entry['basis']!r}")
     parties = [str(p) for p in entry.get("parties") or []]
     senders = [str(p) for p in entry.get("from") or parties]
     recipients = [str(p) for p in entry.get("to") or parties]
     if not senders or not recipients:
-        raise ConfigError("policy", f"{path}: {where} ({entry['id']}): no parties")
+        raise ConfigError("policy", f"{path}: {where}: no parties")
     for purpose in entry.get("purposes") or []:
         if purpose not in data.purposes:
-            raise ConfigError(
-                "policy", f"{path}: {where} ({entry['id']}): unknown purpose {purpose!r}"
-            )
+            raise ConfigError("policy", f"{path}: {where}: unknown purpose {purpose!r}")
     valid = entry.get("valid") or {}
     return Agreement(
         id=str(entry["id"]),
@@ -258,3 +321,122 @@ def _profile(path: Path, spec: Any) -> Profile:
         telecom=frozenset(spec.get("telecom") or []),
         attachments=attachments,
     )
+
+
+# What each file and entry may hold: any other key is a typo, refused when loaded.
+_SEEDS_KEYS = frozenset({"jurisdictions", "divisions", "regions", "bases", "agreements"})
+_RULES_FILE_KEYS = frozenset(
+    {"rules", "purposes", "default_purpose", "categories", "category_names"}
+)
+_BASIS_KEYS = frozenset(
+    {"cross_border", "region", "volume_limit", "volume_warning", "filing_authority"}
+)
+_AGREEMENT_KEYS = frozenset(
+    {"id", "basis", "parties", "from", "to", "filing", "purposes", "categories", "valid", "onward"}
+)
+# Each rule kind's parameters: name -> the values allowed (None: checked in _check_params).
+_RULE_PARAMS: dict[str, dict[str, frozenset[str] | None]] = {
+    "prohibited": {"lists": None},
+    "agreement": {},
+    "consent": {
+        "across": frozenset({"required", "not-required"}),
+        "within": frozenset({"setting", "required", "not-required"}),
+    },
+    "volume": {"category": None, "exporting": None},
+    "minimise": {"profiles": None},
+}
+
+
+def _known_keys(path: Path, where: str, spec: Any, allowed: frozenset[str]) -> None:
+    if not isinstance(spec, dict):
+        raise ConfigError("policy", f"{path}: {where}: expected a mapping")
+    unknown = sorted(str(k) for k in spec if k not in allowed)
+    if unknown:
+        raise ConfigError(
+            "policy",
+            f"{path}: {where}: unknown key {', '.join(map(repr, unknown))} "
+            f"(one of {', '.join(sorted(allowed))})",
+        )
+
+
+def _check_rules(path: Path, raw: dict[str, Any], data: PolicyData) -> None:
+    """The rules as written: a list (no rules at all would allow every transfer), each
+    with a unique id, a known kind and only that kind's parameters, with values it
+    knows. A typo is refused here rather than read as "not required" or "no list"."""
+    if not isinstance(raw.get("rules"), list) or not raw["rules"]:
+        raise ConfigError("policy", f"{path}: rules: a list of at least one rule is needed")
+    seen: set[str] = set()
+    for n, rule in enumerate(raw["rules"], 1):
+        if not isinstance(rule, dict) or "id" not in rule or "kind" not in rule:
+            raise ConfigError("policy", f"{path}: rule #{n}: a rule needs id and kind")
+        where = f"rule {rule['id']}"
+        _known_keys(path, where, rule, frozenset({"id", "kind", "params"}))
+        if str(rule["id"]) in seen:
+            # Results, the audit and the minimisation's update find a rule by its id.
+            raise ConfigError("policy", f"{path}: {where}: the id is given twice")
+        seen.add(str(rule["id"]))
+        kind = str(rule["kind"])
+        if kind not in _RULE_PARAMS:
+            raise ConfigError(
+                "policy", f"{path}: {where}: unknown kind {kind!r} ({', '.join(_RULE_PARAMS)})"
+            )
+        params = rule.get("params") or {}
+        _known_keys(path, where + ": params", params, frozenset(_RULE_PARAMS[kind]))
+        _check_params(path, where, kind, params, data)
+    _check_tables(path, data)
+
+
+def _check_tables(path: Path, data: PolicyData) -> None:
+    """Categories and default purposes name known ones; a resource type no rule names
+    falls to ``"*"``, which must be a category (else it would be no personal data, and
+    no agreement asked to cover it)."""
+    for resource_type, category in data.categories.items():
+        if category is not None and category not in data.category_names:
+            raise ConfigError(
+                "policy",
+                f"{path}: categories: {resource_type}: unknown category {category!r} "
+                f"(one of {', '.join(data.category_names)}, or null)",
+            )
+    if data.categories.get("*") is None:
+        raise ConfigError(
+            "policy",
+            f'{path}: categories: "*" (every other resource type) must name a category',
+        )
+    for resource_type, purpose in data.default_purpose.items():
+        if purpose not in data.purposes:
+            raise ConfigError(
+                "policy",
+                f"{path}: default_purpose: {resource_type}: unknown purpose {purpose!r}",
+            )
+
+
+def _check_params(
+    path: Path, where: str, kind: str, params: dict[str, Any], data: PolicyData
+) -> None:
+    for name, allowed in _RULE_PARAMS[kind].items():
+        if name in params and allowed is not None and params[name] not in allowed:
+            raise ConfigError(
+                "policy",
+                f"{path}: {where}: {name} is one of {', '.join(sorted(allowed))}, "
+                f"not {params[name]!r}",
+            )
+    known = {"lists": data.prohibited, "exporting": data.jurisdictions}
+    for name, names in known.items():
+        if name not in params:
+            continue
+        given = params[name]
+        if not isinstance(given, list) or not all(isinstance(x, str) for x in given):
+            raise ConfigError("policy", f"{path}: {where}: {name} is a list of names")
+        for item in given:
+            if item not in names:
+                raise ConfigError(
+                    "policy",
+                    f"{path}: {where}: {name}: unknown {item!r} (one of {', '.join(names)})",
+                )
+    category = params.get("category")
+    if category is not None and category not in data.category_names:
+        raise ConfigError(
+            "policy",
+            f"{path}: {where}: category: unknown {category!r} "
+            f"(one of {', '.join(data.category_names)})",
+        )

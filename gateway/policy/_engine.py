@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import re
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Protocol
 
 import orjson
@@ -47,6 +50,7 @@ AGREEMENT_BASE = "https://fhir-gateway.example.org/agreement/"
 V3_ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
 OUTCOMES = ("allow", "allow-with-changes", "hold", "deny")
 _NS = uuid.UUID("0b6f3c1e-4d2a-5f8b-a7c9-1e3d5f7a9b2c")
+log = logging.getLogger(__name__)
 # OperationOutcome issue per rule outcome: (code, severity)
 _ISSUES = {
     "deny": ("policy.denied", "error"),
@@ -114,7 +118,8 @@ class Decision:
     agreement: str | None = None
     changes: list[Change] = field(default_factory=list)
     patients: list[str] = field(default_factory=list)  # pseudonyms of the patient's ids
-    count: tuple[int, str, str, str, str] | None = None  # the counter row, once sent
+    # the counter rows (one per individual), once sent
+    counts: list[tuple[int, str, str, str, str]] = field(default_factory=list)
     id: int | None = None  # the stored decision's id
     message_id: int | None = None
     _json: bytes | None = field(default=None, repr=False)  # what leaves, serialised
@@ -123,6 +128,11 @@ class Decision:
     @property
     def allowed(self) -> bool:
         return self.outcome in ("allow", "allow-with-changes")
+
+    @property
+    def count(self) -> tuple[int, str, str, str, str] | None:
+        """The first individual's counter row (a record of one patient has one)."""
+        return self.counts[0] if self.counts else None
 
     @property
     def bundle_json(self) -> bytes | None:
@@ -208,7 +218,8 @@ class _Transfer:
     consents: Consents
     counters: Counters
     agreement: Agreement | None = None
-    count: tuple[int, str, str, str, str] | None = None
+    counts: list[tuple[int, str, str, str, str]] = field(default_factory=list)
+    found_people: list[tuple[str, ...]] | None = None  # people(), made once
     changes: list[Change] = field(default_factory=list)
     minimised: Minimisation | None = None
     minimise_rule: tuple[str, str] | None = None  # (rule id, profile id) when it changed
@@ -220,6 +231,13 @@ class _Transfer:
     @property
     def cross_border(self) -> bool:
         return self.from_j != self.to_j
+
+    def people(self) -> list[tuple[str, ...]]:
+        """Each individual of the record (a Patient, contained ones too) by their
+        identifiers: each needs a consent of their own. Asked only when consent is."""
+        if self.found_people is None:
+            self.found_people = _people(self.bundle, [])
+        return self.found_people
 
     def json(self) -> bytes:
         """The Bundle as canonical JSON (the prohibited-code search), made once."""
@@ -289,11 +307,27 @@ class Policy:
     ) -> None:
         self.settings = settings
         self.network = network or Network.load(settings.network)
-        self.data = data or PolicyData.load(
-            settings.policy_dir or data_dir("mappings") / "policy",
-            settings.policy_agreements or data_dir("seeds") / "agreements.yaml",
+        policy_dir = settings.policy_dir or data_dir("mappings") / "policy"
+        agreements = settings.policy_agreements or data_dir("seeds") / "agreements.yaml"
+        self._load_data = functools.partial(
+            PolicyData.load,
+            policy_dir,
+            agreements,
             (settings.policy_volume_limit, settings.policy_volume_warning),
         )
+        self.data = data or self._load_data()
+        self.data.check_parties(self.network)
+        # The files read, watched while running: an agreement ended or a rule changed is
+        # read at the next decision after ``reload_interval`` seconds, without a restart
+        # (a Policy given its ``data`` watches nothing).
+        self._sources: tuple[Path, ...] = ()
+        if data is None:
+            self._sources = (agreements, *(policy_dir / f for f in _POLICY_FILES))
+        self.reload_interval = RELOAD_INTERVAL
+        self._stamps = _stamps(self._sources)
+        self._checked = time.monotonic()
+        self._broken: ConfigError | None = None  # the files as changed do not load
+        self._reload_lock = threading.Lock()
         self._institutions = [
             inst
             for entry in (load_data_file(settings.network) or {}).get("institutions") or []
@@ -416,6 +450,8 @@ class Policy:
         dict's JSON when the caller has it (``Record.bundle_json``). The decision's
         ``bundle_json`` is what may leave (minimised, labelled, with a Provenance), None
         unless allowed. Nothing is stored or counted here."""
+        if self._sources:
+            self._fresh()
         parsed, text = _parse(bundle, text)
         types, patients, categories = self._scan(parsed)
         plan = self._plan(sender, recipient, purpose or self._purpose_for(types))
@@ -463,8 +499,37 @@ class Policy:
         )
         if decision.allowed:
             decision._json = self._leave(t, decision)
-            decision.count = t.count
+            decision.counts = t.counts
         return decision
+
+    def _fresh(self) -> None:
+        """Read the data files again when they changed (looked at every
+        ``reload_interval`` seconds). Files that no longer load stop every decision
+        (``config.policy``, naming the file) until they are mended: never a decision on
+        the rules as they were before the edit, nor on a file half read."""
+        now = time.monotonic()
+        if now - self._checked >= self.reload_interval:
+            with self._reload_lock:
+                self._checked = now
+                stamps = _stamps(self._sources)
+                if stamps != self._stamps:
+                    self._stamps = stamps
+                    self._reload()
+        if self._broken is not None:
+            raise self._broken
+
+    def _reload(self) -> None:
+        load_data_file.cache_clear()  # cached by path: the files changed under it
+        try:
+            data = self._load_data()
+            data.check_parties(self.network)
+        except ConfigError as exc:
+            log.error("policy data changed and does not load: %s", exc)
+            self._broken = exc
+            return
+        self._broken = None
+        self.data = data  # the next _plan sees new data: every plan dropped
+        log.info("policy data changed: read again")
 
     def _plan(self, sender: str, recipient: str, purpose: str) -> _Plan:
         """The plan for these parties and purpose, built on first use (the parties and
@@ -558,9 +623,7 @@ class Policy:
             if category:
                 categories[category] = None
             if resource_type == "Patient":
-                for ident in resource.get("identifier") or []:
-                    if ident.get("system") and ident.get("value"):
-                        patients[f"{ident['system']}|{ident['value']}"] = None
+                _identifiers(resource, patients)
         return types, list(patients), list(categories)
 
     def _cached(
@@ -702,6 +765,79 @@ class Policy:
 
 
 _NS_BYTES = _NS.bytes
+_POLICY_FILES = ("rules.yaml", "minimisation.yaml", "prohibited.yaml", "labels.yaml")
+RELOAD_INTERVAL = 2.0  # seconds between two looks at the data files
+
+
+def _stamps(paths: tuple[Path, ...]) -> tuple[tuple[int, int] | None, ...]:
+    """Each file's modification time and size (None: missing), to notice an edit."""
+    out: list[tuple[int, int] | None] = []
+    for path in paths:
+        try:
+            st = path.stat()
+        except OSError:
+            out.append(None)
+            continue
+        out.append((st.st_mtime_ns, st.st_size))
+    return tuple(out)
+
+
+def _people(bundle: dict[str, Any], out: list[tuple[str, ...]]) -> list[tuple[str, ...]]:
+    """The Patients of a Bundle's entries, of their contained resources and of Bundles
+    nested in an entry, each by its identifiers (added to ``out``)."""
+    for entry in bundle.get("entry") or []:
+        resource = (entry.get("resource") if isinstance(entry, dict) else None) or {}
+        kind = resource.get("resourceType")
+        if kind == "Patient":
+            out.append(_identifiers(resource, {}))
+        elif kind == "Bundle":
+            _people(resource, out)
+        for inner in resource.get("contained") or ():
+            if isinstance(inner, dict) and inner.get("resourceType") == "Patient":
+                out.append(_identifiers(inner, {}))
+    return out
+
+
+def _nested(bundle: dict[str, Any], resources: frozenset[str]) -> list[str]:
+    """The types of ``resources`` a Bundle nested in an entry holds (pass 1 of the
+    minimisation changes entries and their contained resources, not nested Bundles)."""
+    found: list[str] = []
+    for entry in bundle.get("entry") or []:
+        resource = (entry.get("resource") if isinstance(entry, dict) else None) or {}
+        if resource.get("resourceType") != "Bundle":
+            continue
+        for inner in _people_like(resource, resources):
+            if inner not in found:
+                found.append(inner)
+    return found
+
+
+def _people_like(bundle: dict[str, Any], resources: frozenset[str]) -> list[str]:
+    out = []
+    for entry in bundle.get("entry") or []:
+        resource = (entry.get("resource") if isinstance(entry, dict) else None) or {}
+        kind = resource.get("resourceType")
+        if kind in resources:
+            out.append(str(kind))
+        elif kind == "Bundle":
+            out.extend(_people_like(resource, resources))
+        out.extend(
+            str(c["resourceType"])
+            for c in resource.get("contained") or ()
+            if isinstance(c, dict) and c.get("resourceType") in resources
+        )
+    return out
+
+
+def _identifiers(resource: dict[str, Any], into: dict[str, None]) -> tuple[str, ...]:
+    """A Patient's identifiers (``system|value``), also added to ``into``."""
+    found = []
+    for ident in resource.get("identifier") or []:
+        if isinstance(ident, dict) and ident.get("system") and ident.get("value"):
+            key = f"{ident['system']}|{ident['value']}"
+            into[key] = None
+            found.append(key)
+    return tuple(found)
 
 
 def _uuid5(name: str) -> str:
@@ -998,19 +1134,29 @@ def rule_consent(policy: Policy, t: _Transfer, rule_id: str, params: dict[str, A
     if not _consent_required(policy, t, params):
         make = functools.partial(_consent_words, policy, rule_id, "pass", "consent.not-required", t)
         return policy._cached(("consent-words", rule_id, "not-required", *parties), make)[0]
-    if not t.patients:
+    people = t.people()
+    if not people or not all(people):  # an individual no consent could name
         return RuleResult(
             rule_id, "consent", "hold", "consent.no-patient", policy.say("consent.no-patient")
         )
-    for record in t.consents.for_patients(t.patients):
-        if record.covers(t.patients, t.purpose, t.recipient.key, t.now):
-            # Whether it covers is asked every time (consents change); the words depend
-            # on the consent's id and end and the transfer's parties and purpose only.
-            key = ("consent", rule_id, record.id, record.end, t.sender.key, t.recipient.key)
-            make = functools.partial(_consent_ok, policy, rule_id, record, names)
-            return policy._cached((*key, t.purpose), make)[0]
-    make = functools.partial(_consent_words, policy, rule_id, "hold", "consent.missing", t)
-    return policy._cached(("consent-words", rule_id, "missing", *parties), make)[0]
+    # Every individual of the record needs a consent of their own: one patient's consent
+    # never carries another's data across (a Bundle of two Patients).
+    records = t.consents.for_patients(list(dict.fromkeys(i for p in people for i in p)))
+    covering: dict[str, ConsentRecord] = {}
+    for person in people:
+        ids = list(person)
+        found = next((r for r in records if r.covers(ids, t.purpose, t.recipient.key, t.now)), None)
+        if found is None:
+            make = functools.partial(_consent_words, policy, rule_id, "hold", "consent.missing", t)
+            return policy._cached(("consent-words", rule_id, "missing", *parties), make)[0]
+        covering.setdefault(found.id, found)
+    # Whether they cover is asked every time (consents change); the words depend on the
+    # consents' ids and ends and the transfer's parties and purpose only.
+    chosen = tuple(covering.values())
+    ends = tuple(r.end for r in chosen)
+    key = ("consent", rule_id, tuple(covering), ends, t.sender.key, t.recipient.key)
+    make = functools.partial(_consent_ok, policy, rule_id, chosen, names)
+    return policy._cached((*key, t.purpose), make)[0]
 
 
 def _consent_required(policy: Policy, t: _Transfer, params: dict[str, Any]) -> bool:
@@ -1032,10 +1178,12 @@ def _consent_words(
 
 
 def _consent_ok(
-    policy: Policy, rule_id: str, record: ConsentRecord, names: dict[str, Any]
+    policy: Policy, rule_id: str, records: tuple[ConsentRecord, ...], names: dict[str, Any]
 ) -> tuple[RuleResult, None]:
-    until = record.end.date().isoformat() if record.end else "—"
-    words = policy.say("consent.ok", consent=record.id, until=until, **names)
+    ends = [r.end for r in records if r.end is not None]
+    until = min(ends).date().isoformat() if ends else "—"  # the first to lapse
+    ids = ", ".join(r.id for r in records)
+    words = policy.say("consent.ok", consent=ids, until=until, **names)
     return RuleResult(rule_id, "consent", "pass", "consent.ok", words), None
 
 
@@ -1053,12 +1201,11 @@ def rule_volume(policy: Policy, t: _Transfer, rule_id: str, params: dict[str, An
         return policy._cached(("volume-unlimited", rule_id, basis.key), make)[0]
     category = str(params.get("category", "sensitive"))
     year = t.now.year
-    person = _person(policy, t)
+    persons = _persons(policy, t)  # every individual of the record, each once
     count = t.counters.count(year, t.sender.key, basis.key, category)
-    if person and not t.counters.has(year, t.sender.key, basis.key, category, person):
-        count += 1
-    if person and count <= basis.volume_limit:
-        t.count = (year, t.sender.key, basis.key, category, person)
+    count += sum(not t.counters.has(year, t.sender.key, basis.key, category, p) for p in persons)
+    if persons and count <= basis.volume_limit:
+        t.counts = [(year, t.sender.key, basis.key, category, p) for p in persons]
     # The words depend on the parties, purpose, basis, category, year and count alone.
     key = ("volume", rule_id, t.sender.key, t.recipient.key, t.purpose, basis.key, category)
     make = functools.partial(_volume_result, policy, t, rule_id, basis, category, count)
@@ -1103,14 +1250,17 @@ def _volume_result(
     return RuleResult(rule_id, "volume", "pass", "volume.ok", ok), None
 
 
-def _person(policy: Policy, t: _Transfer) -> str | None:
-    """One key per individual: the keyed pseudonym of a national identifier when the
-    record has one, else of its first identifier."""
-    if not t.patients:
-        return None
+def _persons(policy: Policy, t: _Transfer) -> list[str]:
+    """One key per individual of the record (each Patient: :meth:`_Transfer.people`):
+    the keyed pseudonym of their national identifier when they have one, else of their
+    first identifier. Every individual counts (a record of two patients is two)."""
     national = policy._national
-    chosen = next((p for p in t.patients if p.split("|", 1)[0] in national), t.patients[0])
-    return t.alias(*chosen.split("|", 1))
+    out: dict[str, None] = {}
+    for ids in t.people():
+        if ids:
+            chosen = next((p for p in ids if p.split("|", 1)[0] in national), ids[0])
+            out[t.alias(*chosen.split("|", 1))] = None
+    return list(out)
 
 
 def _fixed(
@@ -1157,6 +1307,11 @@ def rule_minimise(policy: Policy, t: _Transfer, rule_id: str, params: dict[str, 
     profile = _profile(policy, t)
     if profile is None:
         return RuleResult(rule_id, "minimise", "pass", "minimise.none", policy.say("minimise.none"))
+    nested = _nested(t.bundle, profile.resources)
+    if nested:  # what pass 1 cannot reach is refused, never sent as it is
+        kinds = {lang: ", ".join(nested) for lang in LANGS}
+        words = policy.say("minimise.nested", resources=kinds, profile=profile.id)
+        return RuleResult(rule_id, "minimise", "deny", "minimise.nested", words)
     # Pass 1 here; pass 2 (values left in any string, attachments) once the Bundle that
     # leaves is serialised (Policy._leave), which then updates this result.
     t.minimised = _structural(policy, t, profile)

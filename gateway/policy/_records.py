@@ -315,7 +315,53 @@ class PolicyRecords:
             )
             withdrawn = self._parse(data)
             self._audit_consent(conn, withdrawn, "inactive", operator)
+            self._hold_unsent(conn, withdrawn)
         return withdrawn
+
+    def _hold_unsent(self, conn: Connection, withdrawn: ConsentRecord) -> None:
+        """The outbox rows queued on a decision this consent could have allowed (its
+        patient, one of its recipients and purposes) and not sent yet go back to
+        ``held`` (``policy.held``), in the withdrawal's transaction: the outbound path
+        decides them again (``Outbound.recheck_held``) and sends them only on a basis
+        still in force. Rows being sent, or whose send was ambiguous (``waiting``) or
+        begun (a part sent), are left: the partner may already hold them."""
+        from ..delivery._outbox import Outbox  # the delivery package imports this one
+
+        key = self._patient_key(withdrawn.patient)
+        found = conn.execute(
+            sa.select(_d.message_id, _d.recipient, _d.patients).where(
+                _d.current.is_(True),
+                _d.outcome.in_(("allow", "allow-with-changes")),
+                _d.message_id.is_not(None),
+                _d.recipient.in_(sorted(withdrawn.recipients)),
+                _d.purpose.in_(sorted(withdrawn.purposes)),
+            )
+        ).all()
+        pairs = [(r.message_id, r.recipient) for r in found if key in orjson.loads(r.patients)]
+        if not pairs:
+            return
+        o = _outbox.c
+        outbox = Outbox(self.store)
+        now = outbox.clock()
+        for message_id, recipient in pairs:
+            rows = conn.execute(
+                sa.select(o.id, o.state).where(
+                    o.message_id == message_id,
+                    o.partner == recipient,
+                    o.state.in_(("pending", "retrying")),
+                    o.part == 0,
+                )
+            ).all()
+            for row in rows:
+                outbox.move(
+                    row.id,
+                    row.state,
+                    "held",
+                    f"policy.held: consent {withdrawn.id} withdrawn before it was sent",
+                    now=now,
+                    conn=conn,
+                    last_error="policy.held",
+                )
 
     # -- decisions ------------------------------------------------------------------------
     def apply(
@@ -419,8 +465,7 @@ class PolicyRecords:
                 conn.execute(_SUPERSEDE, {"m": message_id, "current": False, "input": None})
             decision.id = int(conn.execute(_ADD_DECISION, row).scalar_one())
         decision.message_id = message_id
-        if decision.allowed and decision.count is not None:
-            year, sender, basis, category, person = decision.count
+        for year, sender, basis, category, person in decision.counts if decision.allowed else ():
             row = {
                 "year": year,
                 "sender": sender,

@@ -23,7 +23,7 @@ from ._merkle import leaf_hash, verify_inclusion
 from ._tables import entries
 from ._verify import CertCheck, Verdict, check_head
 
-__all__ = ["PROOF_TYPE", "ExportFilter", "export_bundle", "verify_export"]
+__all__ = ["PROOF_TYPE", "ExportFilter", "export_bundle", "load_checkpoint", "verify_export"]
 
 PROOF_TYPE = "application/vnd.fhir-gateway.audit-proof+json"
 
@@ -140,6 +140,14 @@ def _head(document: dict[str, Any]) -> SignedHead:
         raise AuditError(
             "audit.bad-export", "the tree head lacks size, root, time or signature"
         ) from None
+
+
+def load_checkpoint(value: Any) -> SignedHead:
+    """A head kept outside the database: an export (its proof document's head) or the
+    head alone as ``sign-head -o`` writes it. AuditError ``audit.bad-export`` else."""
+    if isinstance(value, dict) and value.get("resourceType") == "Bundle":
+        return _head(_proof_document(value))
+    return _head({"tree_head": value})
 
 
 def verify_export(bundle: Any, source: str, trusted: CertCheck | None) -> Verdict:

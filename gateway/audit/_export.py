@@ -174,6 +174,7 @@ def verify_export(bundle: Any, source: str, trusted: CertCheck | None) -> Verdic
         and e["resource"].get("resourceType") == "AuditEvent"
     ]
     verdict.entries = len(events)
+    _strangers(verdict, bundle)
     by_id = {str(p.get("event")): (pos, p) for pos, p in enumerate(proofs) if isinstance(p, dict)}
     matched: set[str] = set()
     last = -1
@@ -190,6 +191,7 @@ def verify_export(bundle: Any, source: str, trusted: CertCheck | None) -> Verdic
             continue
         matched.add(event_id)
         pos, proof = found
+        _full_url(verdict, bundle, resource, event_id)
         index = proof.get("index")
         if not isinstance(index, int):
             verdict.add("audit.bad-export", f"proof {pos + 1} has no index", None, event_id)
@@ -210,6 +212,35 @@ def verify_export(bundle: Any, source: str, trusted: CertCheck | None) -> Verdic
     return verdict
 
 
+def _strangers(verdict: Verdict, bundle: dict[str, Any]) -> None:
+    """Entries that are neither the (first) proof Binary nor an AuditEvent: nothing
+    proves them, and an auditor would read them as part of a verified export."""
+    proof_seen = False
+    for n, entry in enumerate(bundle.get("entry") or [], 1):
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        kind = resource.get("resourceType") if isinstance(resource, dict) else None
+        if kind == "AuditEvent":
+            continue
+        if kind == "Binary" and not proof_seen and resource.get("contentType") == PROOF_TYPE:  # type: ignore[union-attr]
+            proof_seen = True
+            continue
+        verdict.add(
+            "audit.inserted",
+            f"the Bundle's entry {n} (a {str(kind)[:40]}) is neither the proof nor a logged "
+            "AuditEvent: not from the log",
+        )
+
+
+def _full_url(
+    verdict: Verdict, bundle: dict[str, Any], resource: dict[str, Any], event_id: str
+) -> None:
+    for entry in bundle.get("entry") or []:
+        if isinstance(entry, dict) and entry.get("resource") is resource:
+            if entry.get("fullUrl") != f"urn:uuid:{event_id}":
+                verdict.add("audit.altered", "its fullUrl is not urn:uuid:<its id>", None, event_id)
+            return
+
+
 def _included(
     verdict: Verdict, resource: dict[str, Any], proof: dict[str, Any], index: int, head: SignedHead
 ) -> None:
@@ -225,6 +256,13 @@ def _included(
             "audit.altered",
             f"not included at this index in the signed tree of {head.tree_size}: the event or "
             "its proof was changed",
+            index,
+            event_id,
+        )
+    elif proof.get("leaf_hash") != b64encode(leaf).decode():
+        verdict.add(
+            "audit.altered",
+            "the proof's leaf_hash is not the event's: the event or its proof was changed",
             index,
             event_id,
         )

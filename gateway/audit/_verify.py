@@ -94,6 +94,8 @@ def _pinned(
         return True
     current = leaf
     for issuer in [*chain[1:], *certs]:
+        if not is_ca(issuer):  # a partner's signing certificate issues nothing
+            continue
         try:
             current.verify_directly_issued_by(issuer)
         except (ValueError, TypeError, InvalidSignature):
@@ -102,6 +104,14 @@ def _pinned(
             return True
         current = issuer
     return False
+
+
+def is_ca(cert: x509.Certificate) -> bool:
+    """Whether ``cert`` may issue certificates: BasicConstraints cA (RFC 5280 4.2.1.9)."""
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return False
 
 
 def check_head(verdict: Verdict, head: SignedHead, label: str, trusted: CertCheck | None) -> bool:

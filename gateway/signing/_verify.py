@@ -10,6 +10,7 @@ from __future__ import annotations
 import binascii
 import datetime as dt
 import itertools
+import json
 from base64 import b64decode
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -29,7 +30,7 @@ from ._jws import (
     parse_header,
     verify_detached,
 )
-from ._pki import TrustStore, describe
+from ._pki import TrustStore, _is_ca, describe
 
 __all__ = ["Check", "FileReport", "SignatureReport", "check_certificate", "verify_bundle"]
 
@@ -145,9 +146,14 @@ def check_certificate(
     signing_time: dt.datetime,
     trust: TrustStore | None,
     now: dt.datetime | None = None,
+    *,
+    claimed: bool = True,
 ) -> None:
     """Chain to a trusted root, validity at signing time, revocation (the trust store's
-    CRLs), key usage: one check each, added to ``report``."""
+    CRLs), key usage: one check each, added to ``report``. ``claimed``: the signing time
+    is only the signer's claim (baseline-B, no trusted time), so the path must also not
+    have expired by now — else a key whose certificate expired (and dropped off its
+    CA's CRL, RFC 5280 3.3) could sign today with a signing time set back."""
     now = now or dt.datetime.now(dt.UTC)
     leaf = chain[0]
     path = [leaf]
@@ -199,6 +205,18 @@ def check_certificate(
                     f"{format_time(signing_time)} (expired or not yet valid)",
                 ),
             )
+        elif claimed and (gone := [c for c in path if c.not_valid_after_utc < now]):
+            c = gone[0]
+            report.fail(
+                "validity",
+                SigningError(
+                    "expired",
+                    f"certificate {c.subject.rfc4514_string()[:60]} expired "
+                    f"{format_time(c.not_valid_after_utc)}: the signing time "
+                    f"{format_time(signing_time)} is the signer's claim (no trusted time), and "
+                    "an expired certificate's revocation is no longer published",
+                ),
+            )
         else:
             report.passed("validity", f"valid at {format_time(signing_time)}")
     if trust is not None:
@@ -208,8 +226,8 @@ def check_certificate(
 
 def _issuer(cert: x509.Certificate, pool: list[x509.Certificate]) -> x509.Certificate | None:
     for candidate in pool:
-        if candidate.subject != cert.issuer or candidate == cert:
-            continue
+        if candidate.subject != cert.issuer or candidate == cert or not _is_ca(candidate):
+            continue  # an end entity (a partner's signing certificate) issues nothing
         try:
             cert.verify_directly_issued_by(candidate)
         except (ValueError, TypeError, InvalidSignature):
@@ -411,7 +429,29 @@ def _check_metadata(report: SignatureReport, sig: dict[str, Any], header: Header
 
 
 def load_json(data: bytes, source: str) -> Any:
+    """The JSON of a file to verify. A member name twice in one object is refused: JSON
+    parsers keep the first or the last, so the signed value and what another reader
+    sees could differ (RFC 8259 4; RFC 7515 5.2 for the same reason in headers)."""
     try:
-        return orjson.loads(data)
+        value = orjson.loads(data)
     except orjson.JSONDecodeError:
         raise SigningError("bad-input", f"{source}: neither JSON nor PDF") from None
+    if data.count(b'":') > 1:  # orjson keeps the last silently: read once more, checked
+        json.loads(data, object_pairs_hook=_unique(source))
+    return value
+
+
+def _unique(source: str) -> Any:
+    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out = dict(pairs)
+        if len(out) != len(pairs):
+            seen: set[str] = set()
+            key = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+            raise SigningError(
+                "bad-input",
+                f"{source}: duplicate key {key[:40]!r} in one JSON object: two readers may "
+                "take different values, so what was signed is ambiguous",
+            )
+        return out
+
+    return hook

@@ -1,0 +1,177 @@
+"""Adversarial review of signed Bundles and their verification (what test_tamper.py,
+test_refusals.py, test_es384.py and test_jcs.py leave): a signature moved to another
+Bundle, RFC 8785 edge cases inside a signed Bundle (numbers, U+2028, astral characters
+and their surrogate pairs, NFC against NFD), JSON that two parsers read differently
+(duplicate keys), a certificate issued through another partner's end-entity
+certificate, and a certificate expired by now with a signing time claimed before."""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import json
+import unicodedata
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from gateway.signing import (
+    Signer,
+    TrustStore,
+    issue_certificate,
+    make_crl,
+    new_key,
+    sign_bundle,
+    verify_bundle,
+)
+from gateway.signing._cli import verify_bytes
+
+from .conftest import WHEN
+
+
+def _failed(report: Any) -> list[tuple[str, str | None]]:
+    assert not report.ok
+    return [(c.name, c.code) for c in report.failures()]
+
+
+def _small(text: str, value: Any) -> dict[str, Any]:
+    """A transaction Bundle with one Patient carrying ``text`` and ``value``."""
+    return {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "identifier": {"system": "urn:ietf:rfc:3986", "value": "urn:uuid:7d3c0b7e-adv"},
+        "entry": [
+            {
+                "fullUrl": "urn:uuid:0f0c9a43-0000-4000-8000-000000000001",
+                "resource": {
+                    "resourceType": "Patient",
+                    "name": [{"text": text}],
+                    "extension": [{"url": "https://example.org/x", "valueDecimal": value}],
+                },
+                "request": {"method": "POST", "url": "Patient"},
+            }
+        ],
+    }
+
+
+def test_a_signature_moved_to_another_bundle_is_refused(
+    golden: dict[str, Any], lax2: Signer, trust: TrustStore
+) -> None:
+    one = sign_bundle(golden, lax2, "author", WHEN)
+    other_content = copy.deepcopy(golden)
+    other_content["entry"][0]["resource"]["id"] = "another-record"
+    other = sign_bundle(other_content, lax2, "author", WHEN)
+    assert verify_bundle(one, trust).ok and verify_bundle(other, trust).ok
+    swapped = copy.deepcopy(other)
+    swapped["entry"][-1] = one["entry"][-1]
+    swapped["signature"] = one["signature"]
+    assert ("content", "signing.content-changed") in _failed(verify_bundle(swapped, trust))
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("王伟 WANG Wei", 1e21),
+        ("陳大文 CHAN Tai Man", -0.0),
+        ("李娜\u2028LI Na", 0.1 + 0.2),
+        ("𠮷野家 (U+20BB7, a surrogate pair in UTF-16)", 5e-324),
+        ("許 (Big5 B3 5C)", 1.7976931348623157e308),
+    ],
+)
+def test_rfc8785_edge_cases_survive_any_serialisation(
+    lax2: Signer, trust: TrustStore, text: str, value: float
+) -> None:
+    """Signed, then written as another tool would (ASCII escapes, surrogate pairs
+    escaped, numbers as Python writes them, indented): still valid. One digit of the
+    number or one character of the text changed: refused."""
+    signed = sign_bundle(_small(text, value), lax2, "author", WHEN)
+    for data in (
+        orjson.dumps(signed),
+        json.dumps(signed, ensure_ascii=True, indent=1).encode(),
+        json.dumps(signed, ensure_ascii=False, separators=(",", ":")).encode(),
+    ):
+        report = verify_bytes(data, "x.json", trust)
+        assert report.ok, report.failures()
+    changed = copy.deepcopy(signed)
+    extension = changed["entry"][0]["resource"]["extension"][0]
+    extension["valueDecimal"] = 0.3 if value == 0.1 + 0.2 else 1.0
+    assert ("content", "signing.content-changed") in _failed(verify_bundle(changed, trust))
+
+
+def test_nfd_is_not_nfc(lax2: Signer, trust: TrustStore) -> None:
+    """RFC 8785 does not normalise: a Bundle whose pinyin (or a CJK compatibility
+    ideograph, which NFC maps to another code point) was normalised on the way no longer
+    verifies, and the gateway never normalises what it verifies."""
+    text = "王伟 Wáng Wěi, 金 U+F90A"
+    text = text.replace("U+F90A", "\uf90a")
+    signed = sign_bundle(_small(text, 1), lax2, "author", WHEN)
+    assert verify_bundle(orjson.loads(orjson.dumps(signed)), trust).ok
+    for form in ("NFD", "NFC"):
+        normalised = orjson.loads(unicodedata.normalize(form, orjson.dumps(signed).decode()))
+        assert normalised != signed
+        assert ("content", "signing.content-changed") in _failed(verify_bundle(normalised, trust))
+
+
+def test_duplicate_keys_are_refused(lax2: Signer, trust: TrustStore) -> None:
+    """A signed Bundle with a second `text` key put before the signed one: the gateway's
+    parser keeps the last (the signed value), a first-wins parser the forged one. Two
+    readings of one file cannot both be what was signed: refused."""
+    signed = orjson.dumps(sign_bundle(_small("王伟 WANG Wei", 1), lax2, "author", WHEN))
+    forged = signed.replace(b'"text":"', b'"text":"\xe6\x9d\x8e\xe5\xa8\x9c","text":"', 1)
+    assert orjson.loads(forged) == orjson.loads(signed)  # the same value for orjson
+    report = verify_bytes(forged, "forged.json", trust)
+    assert not report.ok and report.problem is not None
+    assert report.problem.code == "signing.bad-input"
+    assert "duplicate key" in report.problem.message and "李娜" not in report.problem.message
+
+
+def _demo(pki: Path, who: str) -> tuple[Any, x509.Certificate]:
+    key = serialization.load_pem_private_key((pki / who / "key.pem").read_bytes(), None)
+    cert = x509.load_pem_x509_certificate((pki / who / "cert.pem").read_bytes())
+    return key, cert
+
+
+def test_a_certificate_issued_by_a_partners_signing_certificate_does_not_chain(
+    pki: Path, golden: dict[str, Any], trust: TrustStore
+) -> None:
+    """HKPMC's signing certificate (an end entity: cA false) issues one naming the
+    Lai'an hospital. Only the missing CRL of 'HKPMC as a CA' stopped it, and the chain
+    check said 'trusted root'."""
+    partner_key, partner = _demo(pki, "hkpmc")
+    _, lax2 = _demo(pki, "lax2")
+    key = new_key()
+    forged = issue_certificate(lax2.subject, key.public_key(), partner_key, partner.subject)
+    ca = x509.load_pem_x509_certificate((pki / "ca" / "cert.pem").read_bytes())
+    report = verify_bundle(sign_bundle(golden, Signer.from_key(key, [forged, partner, ca])), trust)
+    assert ("chain", "signing.untrusted") in _failed(report)
+
+
+def test_a_certificate_expired_now_with_an_earlier_signing_time_is_refused(
+    golden: dict[str, Any], tmp_path: Path
+) -> None:
+    """sigT is the signer's claim: a key whose certificate expired (and which a CA
+    may drop from its CRL once expired, RFC 5280 3.3) signs today with sigT set back
+    inside the validity. Used to be valid and trusted."""
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(days=400)
+    ca_key = new_key()
+    ca_name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "老CA Old CA")])
+    ca = issue_certificate(ca_name, ca_key.public_key(), ca_key, ca=True, not_before=past)
+    (tmp_path / "cert.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    crl = make_crl(ca, ca_key, [])
+    (tmp_path / "crl.pem").write_bytes(crl.public_bytes(serialization.Encoding.PEM))
+    trust = TrustStore.load(tmp_path)
+    key = new_key()
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "已过期 Expired signer")])
+    cert = issue_certificate(name, key.public_key(), ca_key, ca.subject, not_before=past, days=30)
+    signer = Signer.from_key(key, [cert, ca])
+    in_time = sign_bundle(golden, signer, when=past + dt.timedelta(days=10))
+    report = verify_bundle(in_time, trust)
+    failures = report.failures()
+    assert [(c.name, c.code) for c in failures] == [("validity", "signing.expired")]
+    assert "expired" in failures[0].message and "signer's claim" in failures[0].message
+    # the same, verified at a time within the validity (as on receipt): valid
+    assert verify_bundle(in_time, trust, now=past + dt.timedelta(days=10, minutes=1)).ok

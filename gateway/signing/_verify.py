@@ -181,6 +181,8 @@ def check_certificate(
                     f"to a CA of the trust store {trust.source}",
                 ),
             )
+        elif problem := _path_constraints(path):
+            report.fail("chain", SigningError("untrusted", problem))
         else:
             report.passed("chain", f"trusted root {root.subject.rfc4514_string()}")
     report.chain = [c.subject.rfc4514_string() for c in path]
@@ -222,6 +224,46 @@ def check_certificate(
     if trust is not None:
         _check_revocation(report, path, trust, now)
     _check_key_usage(report, leaf)
+
+
+def _path_constraints(path: list[x509.Certificate]) -> str | None:
+    """What a CA of the path (leaf first) forbids of the certificates below it: more
+    CAs than its pathLenConstraint, subjects outside its directoryName name constraints
+    (RFC 5280 4.2.1.9, 4.2.1.10) — a partner's CA constrained to its own institution
+    cannot issue a certificate in another's name."""
+    for n, ca in enumerate(path[1:], 1):
+        below = path[:n]
+        limit = ca.extensions.get_extension_for_class(x509.BasicConstraints).value.path_length
+        if limit is not None and n - 1 > limit:
+            return (
+                f"the CA {ca.subject.rfc4514_string()[:60]} allows {limit} CA(s) below it, "
+                f"the chain has {n - 1}"
+            )
+        try:
+            constraints = ca.extensions.get_extension_for_class(x509.NameConstraints).value
+        except x509.ExtensionNotFound:
+            continue
+        permitted = _directories(constraints.permitted_subtrees)
+        excluded = _directories(constraints.excluded_subtrees)
+        for cert in below:
+            name = cert.subject
+            if (permitted and not any(_within(name, t) for t in permitted)) or any(
+                _within(name, t) for t in excluded
+            ):
+                return (
+                    f"the certificate of {name.rfc4514_string()[:60]} is outside the name "
+                    f"constraints of its CA {ca.subject.rfc4514_string()[:60]}"
+                )
+    return None
+
+
+def _directories(subtrees: Any) -> list[x509.Name]:
+    return [t.value for t in subtrees or () if isinstance(t, x509.DirectoryName)]
+
+
+def _within(name: x509.Name, subtree: x509.Name) -> bool:
+    """RFC 5280 4.2.1.10: a directoryName is within a subtree that its leading RDNs are."""
+    return name.rdns[: len(subtree.rdns)] == subtree.rdns
 
 
 def _issuer(cert: x509.Certificate, pool: list[x509.Certificate]) -> x509.Certificate | None:

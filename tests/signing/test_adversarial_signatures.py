@@ -175,3 +175,73 @@ def test_a_certificate_expired_now_with_an_earlier_signing_time_is_refused(
     assert "expired" in failures[0].message and "signer's claim" in failures[0].message
     # the same, verified at a time within the validity (as on receipt): valid
     assert verify_bundle(in_time, trust, now=past + dt.timedelta(days=10, minutes=1)).ok
+
+
+def _ca_cert(
+    name: x509.Name, key: Any, issuer: x509.Name, issuer_key: Any, **extensions: Any
+) -> x509.Certificate:
+    now = dt.datetime.now(dt.UTC) - dt.timedelta(days=1)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(issuer)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=365))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=extensions.get("depth")), True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False), True
+        )
+    )
+    if "permitted" in extensions:
+        builder = builder.add_extension(
+            x509.NameConstraints([x509.DirectoryName(extensions["permitted"])], None), True
+        )
+    from cryptography.hazmat.primitives import hashes
+
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def _network(tmp_path: Path) -> tuple[Any, x509.Certificate, TrustStore]:
+    """A network root and Hong Kong partner B's intermediate CA, constrained to B's own
+    names; the trust store holds the root and both CRLs (nothing revoked)."""
+    root_key, b_key = new_key(), new_key()
+    root_name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "网络根CA Network root")])
+    b_names = x509.Name(
+        [
+            x509.NameAttribute(x509.NameOID.COUNTRY_NAME, "HK"),
+            x509.NameAttribute(x509.NameOID.ORGANIZATION_NAME, "香港伙伴乙 Partner B"),
+        ]
+    )
+    b_ca_name = x509.Name([*b_names, x509.NameAttribute(x509.NameOID.COMMON_NAME, "B CA")])
+    root = _ca_cert(root_name, root_key, root_name, root_key, depth=1)
+    b_ca = _ca_cert(b_ca_name, b_key, root_name, root_key, depth=0, permitted=b_names)
+    (tmp_path / "root.pem").write_bytes(root.public_bytes(serialization.Encoding.PEM))
+    for ca, key, name in ((root, root_key, "root"), (b_ca, b_key, "b")):
+        crl = make_crl(ca, key, [])
+        (tmp_path / f"{name}.crl").write_bytes(crl.public_bytes(serialization.Encoding.PEM))
+    return b_key, b_ca, TrustStore.load(tmp_path)
+
+
+def test_a_partners_ca_cannot_sign_in_another_institutions_name(
+    pki: Path, golden: dict[str, Any], tmp_path: Path
+) -> None:
+    """Partner B's CA, constrained (RFC 5280 name constraints) to B's names, issues a
+    certificate with the Lai'an hospital's subject: the constraint used to be ignored
+    and the signature was 'valid and trusted' as Lai'an's."""
+    b_key, b_ca, trust = _network(tmp_path)
+    _, lax2 = _demo(pki, "lax2")
+    key = new_key()
+    forged = issue_certificate(lax2.subject, key.public_key(), b_key, b_ca.subject)
+    signed = sign_bundle(golden, Signer.from_key(key, [forged, b_ca]), "author", WHEN)
+    report = verify_bundle(signed, trust)
+    check = next(c for c in report.failures())
+    assert (check.name, check.code) == ("chain", "signing.untrusted")
+    assert "outside the name constraints of its CA" in check.message
+    # B's own practitioner, within the constraints, verifies
+    b_names = [*b_ca.subject][:2]
+    own = x509.Name([*b_names, x509.NameAttribute(x509.NameOID.COMMON_NAME, "Dr B")])
+    cert = issue_certificate(own, key.public_key(), b_key, b_ca.subject)
+    good = sign_bundle(golden, Signer.from_key(key, [cert, b_ca]), "author", WHEN)
+    assert verify_bundle(good, trust).ok, verify_bundle(good, trust).failures()

@@ -170,6 +170,13 @@ def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
             print(f"error: {exc.issue.message} [{exc.code}]", file=sys.stderr)
             return 2
         verdict = verify_log(open_log(settings), trusted, kept)
+        if trusted is None and (verdict.heads or kept):
+            # whoever can write the database can sign heads with a key of their own
+            verdict.add(
+                "audit.untrusted-head",
+                "no certificate given (--cert, --trust or signing_trust): the signer of "
+                "the tree heads is not checked, and anyone can sign a head",
+            )
     _print(verdict, args.json)
     return 0 if verdict.ok else 1
 

@@ -237,3 +237,51 @@ def test_verify_checkpoint_on_the_command_line(
     (tmp_path / "bad.json").write_text('{"resourceType": "Bundle"}')
     assert main(["audit", "verify", "--checkpoint", str(tmp_path / "bad.json")]) == 2
     assert "--checkpoint" in capsys.readouterr().err
+
+
+def test_live_verify_without_a_certificate_does_not_vouch_for_forged_heads(
+    tmp_path: Path, pki: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The insider rewrites an event, deletes the real heads and signs new ones with a
+    key of their own under a certificate naming the gateway. `gateway audit verify`
+    with no certificate used to say 'intact, signed by <the gateway>'."""
+    from cryptography import x509
+
+    from gateway.cli import main
+    from gateway.config import Settings
+    from gateway.signing import issue_certificate, new_key
+    from gateway.store import open_store
+
+    home = tmp_path / "home"
+    home.mkdir()
+    for name in list(__import__("os").environ):
+        if name.startswith("GATEWAY_") and name != "GATEWAY_HOME":
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("GATEWAY_HOME", str(home))
+    log = AuditLog(open_store(Settings.load(home)))
+    log.record_many(transfer_events(10))
+    log.sign_head(Signer.load(pki / "nsch" / "key.pem", pki / "nsch" / "cert.pem"))
+    rows = list(log.rows())
+    frontier = Frontier()
+    statements: list[sa.Executable] = [sa.delete(heads)]
+    for row in rows:
+        canonical = row.canonical.replace(b'"outcome":"0"', b'"outcome":"8"', 1)
+        frontier = frontier.append(leaf_hash(canonical))
+        statements.append(
+            sa.update(entries)
+            .where(entries.c.idx == row.index)
+            .values(canonical=canonical, leaf_hash=leaf_hash(canonical), root=frontier.root())
+        )
+    statements.append(sa.update(state).values(frontier=b"".join(frontier.hashes)))
+    _exec(log, *statements)
+    gateway = x509.load_pem_x509_certificate((pki / "nsch" / "cert.pem").read_bytes())
+    key = new_key()
+    own = issue_certificate(gateway.subject, key.public_key(), key)  # self-signed
+    log.sign_head(Signer.from_key(key, [own]))
+    capsys.readouterr()
+    assert main(["audit", "verify"]) == 1
+    out = capsys.readouterr().out
+    assert "log: no certificate given (--cert, --trust or signing_trust): the signer of " in out
+    assert "[audit.untrusted-head]" in out
+    assert main(["audit", "verify", "--cert", str(pki / "nsch" / "cert.pem")]) == 1
+    assert "neither the given one nor issued by it" in capsys.readouterr().out

@@ -153,10 +153,14 @@ def _check_entry(verdict: Verdict, index: int, event_id: str, canonical: bytes, 
             "audit.altered", "the event's id is not the one it was logged under", index, event_id
         )
     kind, recorded, patient, partner = keys_of(resource)
-    if (kind[:32], patient, partner) != (row.kind, row.patient, row.partner):
+    columns = {"kind": (kind[:32], row.kind), "patient": (patient, row.patient)}
+    columns["partner"] = (partner, row.partner)
+    wrong = [name for name, (said, stored) in columns.items() if said != stored]
+    if wrong:  # named, never their values (a patient's id)
         verdict.add(
             "audit.altered",
-            "the look-up columns (kind, patient, partner) disagree with the event",
+            f"the look-up column{'s' if len(wrong) > 1 else ''} {', '.join(wrong)} "
+            f"disagree{'' if len(wrong) > 1 else 's'} with the event",
             index,
             event_id,
         )

@@ -285,3 +285,47 @@ def test_live_verify_without_a_certificate_does_not_vouch_for_forged_heads(
     assert "[audit.untrusted-head]" in out
     assert main(["audit", "verify", "--cert", str(pki / "nsch" / "cert.pem")]) == 1
     assert "neither the given one nor issued by it" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("column", "value"), [("patient", PATIENTS[0]), ("partner", "NJMU2"), ("kind", "consent")]
+)
+def test_a_changed_look_up_column_is_named_by_name_not_value(
+    filled: AuditLog, column: str, value: str
+) -> None:
+    """The patient column moved to another patient: the event drops out of the first
+    patient's export. The line names the column, never either patient."""
+    entry = _row(filled, 4)
+    _exec(filled, sa.update(entries).where(entries.c.idx == 4).values({column: value}))
+    assert _lines(filled) == [
+        f"entry 4 (event {entry.event_id}): the look-up column {column} disagrees with the "  # type: ignore[attr-defined]
+        "event [audit.altered]"
+    ]
+
+
+def test_a_replayed_row_is_named(filled: AuditLog) -> None:
+    """An old row copied to the end (a new event_id column, as the unique index wants),
+    the state advanced: the copy's event does not carry that id."""
+    old = _row(filled, 3)
+    frontier = Frontier()
+    for leaf in [*filled.leaf_hashes(), old.leaf_hash]:  # type: ignore[attr-defined]
+        frontier = frontier.append(leaf)
+    _exec(
+        filled,
+        sa.insert(entries).values(
+            idx=20,
+            event_id="0d2c6e7a-replay",
+            recorded=old.recorded,  # type: ignore[attr-defined]
+            kind=old.kind,  # type: ignore[attr-defined]
+            patient=old.patient,  # type: ignore[attr-defined]
+            partner=old.partner,  # type: ignore[attr-defined]
+            canonical=old.canonical,  # type: ignore[attr-defined]
+            leaf_hash=old.leaf_hash,  # type: ignore[attr-defined]
+            root=frontier.root(),
+        ),
+        sa.update(state).values(size=21, frontier=b"".join(frontier.hashes)),
+    )
+    assert _lines(filled) == [
+        "entry 20 (event 0d2c6e7a-replay): the event's id is not the one it was logged under "
+        "[audit.altered]"
+    ]

@@ -129,12 +129,12 @@ def _head(document: dict[str, Any]) -> SignedHead:
     if not isinstance(raw, dict) or raw.get("log") != LOG_ID:
         raise AuditError("audit.bad-export", "the proof document has no tree head of this log")
     try:
+        size, timestamp, jws = raw["tree_size"], raw["timestamp"], raw["signature"]
+        # the numbers as signed, not int() of whatever is there (30.9, "30", true)
+        if not all(type(n) is int for n in (size, timestamp)) or not isinstance(jws, str):
+            raise TypeError("tree head")
         return SignedHead(
-            None,
-            int(raw["tree_size"]),
-            decode_hash(raw["root_hash"], "tree_head.root_hash"),
-            int(raw["timestamp"]),
-            str(raw["signature"]),
+            None, size, decode_hash(raw["root_hash"], "tree_head.root_hash"), timestamp, jws
         )
     except (KeyError, TypeError, ValueError):
         raise AuditError(

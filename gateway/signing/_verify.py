@@ -11,7 +11,7 @@ import binascii
 import datetime as dt
 import itertools
 import json
-from base64 import b64decode
+from base64 import b64decode, b64encode
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -413,10 +413,13 @@ def _verify_one(
     try:
         if not isinstance(sig, dict) or sig.get("sigFormat") != JOSE:
             raise SigningError("malformed", f"{where} is not a JWS signature (sigFormat {JOSE})")
+        data = str(sig.get("data", ""))
         try:
-            jws = b64decode(str(sig.get("data", "")), validate=True).decode("ascii")
+            jws = b64decode(data, validate=True).decode("ascii")
         except (binascii.Error, UnicodeDecodeError):
             raise SigningError("malformed", f"{where}.data is not base64 of a JWS") from None
+        if b64encode(jws.encode("ascii")).decode("ascii") != data:  # one spelling only
+            raise SigningError("malformed", f"{where}.data is not canonical base64")
         _name_signer(report, jws)
         header = verify_detached(jws, signed_content(bundle, k))
     except SigningError as exc:

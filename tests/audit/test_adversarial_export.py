@@ -150,3 +150,50 @@ def test_a_head_signed_through_a_partners_end_entity_certificate_is_refused(
         "neither the given one nor issued by it" in line and "[audit.untrusted-head]" in line
         for line in lines
     ), lines
+
+
+def _head_field(bundle: dict[str, Any], name: str, value: Any) -> dict[str, Any]:
+    changed = copy.deepcopy(bundle)
+    document = _document(changed)
+    document["tree_head"][name] = value
+    _set_document(changed, document)
+    return changed
+
+
+def test_a_head_number_written_otherwise_is_refused(exported: dict[str, Any], pki: Path) -> None:
+    """`30` written `30.9`, `"30"` or `true`-like: int() made them the signed value and the
+    changed file verified."""
+    head = _document(exported)["tree_head"]
+    for name, value in (
+        ("tree_size", head["tree_size"] + 0.9),
+        ("tree_size", str(head["tree_size"])),
+        ("timestamp", head["timestamp"] + 0.5),
+    ):
+        lines = _lines(_head_field(exported, name, value), pki)
+        assert lines == [
+            "log: the tree head lacks size, root, time or signature [audit.bad-export]"
+        ], (name, value)
+
+
+def test_a_hash_in_another_base64_spelling_is_refused(exported: dict[str, Any], pki: Path) -> None:
+    """The last base64 character of a 32-byte hash carries 2 unused bits: another
+    spelling decoded to the same hash, so a changed byte went unnoticed."""
+    from base64 import b64decode as decode
+
+    document = _document(exported)
+    root = document["tree_head"]["root_hash"]
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    last = alphabet.index(root[-2])
+    twin = root[:-2] + alphabet[last ^ 1] + root[-1]
+    assert twin != root and decode(twin) == decode(root)
+    lines = _lines(_head_field(exported, "root_hash", twin), pki)
+    assert lines == ["log: tree_head.root_hash is not base64 [audit.bad-export]"]
+    proof = document["proofs"][0]
+    path = proof["path"][0]
+    proof["path"][0] = path[:-2] + alphabet[alphabet.index(path[-2]) ^ 1] + path[-1]
+    changed = copy.deepcopy(exported)
+    _set_document(changed, document)
+    assert _lines(changed, pki) == [
+        f"entry {proof['index']} (event {proof['event']}): the proof of entry {proof['index']} "
+        "is not base64 [audit.bad-export]"
+    ]

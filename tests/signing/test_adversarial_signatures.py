@@ -245,3 +245,41 @@ def test_a_partners_ca_cannot_sign_in_another_institutions_name(
     cert = issue_certificate(own, key.public_key(), b_key, b_ca.subject)
     good = sign_bundle(golden, Signer.from_key(key, [cert, b_ca]), "author", WHEN)
     assert verify_bundle(good, trust).ok, verify_bundle(good, trust).failures()
+
+
+_URL = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+_STD = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+
+
+def _twin(text: str, alphabet: str) -> str:
+    """``text`` with its last base64 character's unused low bit flipped: another
+    spelling of the same bytes."""
+    body = text.rstrip("=")
+    pad = text[len(body) :]
+    return body[:-1] + alphabet[alphabet.index(body[-1]) ^ 1] + pad
+
+
+def test_another_base64_spelling_of_the_signature_is_refused(
+    lax2: Signer, trust: TrustStore
+) -> None:
+    """The last character of the JWS signature (ES256: 64 bytes, 4 unused bits) or of
+    Signature.data (base64 of the JWS) could be changed without changing the bytes:
+    a changed byte in a signed Bundle that still verified."""
+    import base64
+
+    signed = sign_bundle(_small("王伟", 1), lax2, "author", WHEN)
+    data = signed["signature"]["data"]
+    jws = base64.b64decode(data).decode()
+    assert len(jws.rsplit(".", 1)[1]) % 4 != 0  # unused bits exist
+
+    twin_jws = jws[: jws.rindex(".") + 1] + _twin(jws.rsplit(".", 1)[1], _URL)
+    outer = base64.b64encode(twin_jws.encode()).decode()
+    twin_data = _twin(data, _STD) if data.endswith("=") else None
+    for new in filter(None, (outer, twin_data)):
+        assert new != data
+        changed = copy.deepcopy(signed)
+        changed["signature"]["data"] = new
+        changed["entry"][-1]["resource"]["signature"][0]["data"] = new
+        report = verify_bundle(changed, trust)
+        assert not report.ok
+        assert report.failures()[0].code == "signing.malformed"

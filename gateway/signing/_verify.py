@@ -366,7 +366,9 @@ def verify_bundle(
         for k, pos in enumerate(positions, 1):
             sig = (entries[pos]["resource"].get("signature") or [None])[0]
             where = f"Bundle.entry[{pos}].resource.signature[0]"
-            report.signatures.append(_verify_one(bundle, k, sig, where, trust, now))
+            one = _verify_one(bundle, k, sig, where, trust, now)
+            _check_agent(one, entries[pos]["resource"], sig)
+            report.signatures.append(one)
         last = entries[positions[-1]]["resource"]["signature"][0]
         sig_report = report.signatures[-1]
         if bundle.get("signature") != last:
@@ -471,6 +473,32 @@ def _check_metadata(report: SignatureReport, sig: dict[str, Any], header: Header
         report.fail("metadata", SigningError("mismatch", "; ".join(problems)))
     else:
         report.passed("metadata", "Signature.type, when and who agree with the JWS header")
+
+
+def _check_agent(report: SignatureReport, provenance: dict[str, Any], sig: Any) -> None:
+    """The signature Provenance's agent is the signer (Signature.who): a FHIR reader
+    takes Provenance.agent for who signed, and the signer could name someone else
+    there under a signature of their own."""
+    agents = provenance.get("agent") or []
+    agent = agents[0].get("who") if agents and isinstance(agents[0], dict) else None
+    who = sig.get("who") if isinstance(sig, dict) else None
+    if not isinstance(agent, dict) or not isinstance(who, dict) or _same_party(agent, who):
+        return
+    # replaces the 'metadata agrees' line: it does not
+    report.checks = [c for c in report.checks if not (c.name == "metadata" and c.ok)]
+    report.fail(
+        "metadata",
+        SigningError(
+            "mismatch", "Provenance.agent[0].who does not name the signer (Signature.who)"
+        ),
+    )
+
+
+def _same_party(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two References name the same party: every one of reference, identifier
+    and display that both give is equal, and they give at least one in common."""
+    common = [key for key in ("reference", "identifier", "display") if key in a and key in b]
+    return bool(common) and all(a[key] == b[key] for key in common)
 
 
 def load_json(data: bytes, source: str) -> Any:

@@ -283,3 +283,28 @@ def test_another_base64_spelling_of_the_signature_is_refused(
         report = verify_bundle(changed, trust)
         assert not report.ok
         assert report.failures()[0].code == "signing.malformed"
+
+
+def test_a_provenance_agent_other_than_the_signer_is_refused(
+    golden: dict[str, Any], lax2: Signer, trust: TrustStore
+) -> None:
+    """The Lai'an hospital signs, with its Provenance's agent naming the Nanjing expert:
+    a FHIR reader takes Provenance.agent for who signed. The signature is the signer's
+    own, so only the metadata check can see it."""
+    import base64
+
+    from gateway.signing import signed_content
+    from gateway.signing._jws import sign_detached
+
+    signed = sign_bundle(golden, lax2, "author", WHEN)
+    provenance = signed["entry"][-1]["resource"]
+    provenance["agent"][0]["who"] = {"reference": "PractitionerRole/xu-jing", "display": "徐静"}
+    signed.pop("signature")
+    jws = sign_detached(signed_content(signed, 1), lax2, "author", WHEN.replace(microsecond=0))
+    data = base64.b64encode(jws.encode()).decode()
+    provenance["signature"][0]["data"] = data
+    signed["signature"] = dict(provenance["signature"][0])
+    report = verify_bundle(signed, trust)
+    check = report.failures()[0]
+    assert (check.name, check.code) == ("metadata", "signing.mismatch")
+    assert "Provenance.agent" in check.message and "徐静" not in check.message

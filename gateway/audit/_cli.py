@@ -1,9 +1,10 @@
 """``gateway audit``: verify, export, sign-head, transfers (registered by ``add_cli`` in
 gateway/cli.py).
 
-    gateway audit verify [FILE] [--cert PEM] [--trust DIR]   the live log, or an export offline
+    gateway audit verify [FILE] [--cert PEM] [--trust DIR] [--checkpoint FILE]
+                                             the live log (against kept heads), or an export
     gateway audit export [--patient ID] [--partner ORG] [--since T] [--until T] [-o FILE]
-    gateway audit sign-head [--key K] [--cert C]             sign the current tree head now
+    gateway audit sign-head [--key K] [--cert C] [-o FILE]   sign the current tree head now
     gateway audit transfers --year Y [--format html|csv|json] [-o FILE]
 """
 
@@ -24,8 +25,8 @@ from ..config import Settings
 from ..errors import ConfigError
 from ..signing import Signer, TrustStore
 from ._events import IRCP, Party, Subject, event, operator_action
-from ._export import ExportFilter, export_bundle, verify_export
-from ._log import AuditError, AuditLog
+from ._export import ExportFilter, export_bundle, load_checkpoint, verify_export
+from ._log import AuditError, AuditLog, SignedHead
 from ._verify import CertCheck, Verdict, cert_checker, verify_log
 
 __all__ = ["add_cli", "audit_signer", "open_log"]
@@ -102,6 +103,14 @@ def add_cli(subparsers: Any) -> None:
         help="the gateway's certificate (or its CA's) the tree heads must be signed with",
     )
     verify.add_argument("--trust", metavar="DIR", help="trust store (CA certificates, CRLs)")
+    verify.add_argument(
+        "--checkpoint",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a head kept outside the database (an export, or sign-head -o): the live log "
+        "must still hold the tree it signed (truncation, a restored old backup)",
+    )
     verify.add_argument("--json", action="store_true", help="the result as JSON")
     verify.set_defaults(func=cmd_verify)
 
@@ -116,6 +125,9 @@ def add_cli(subparsers: Any) -> None:
     head = sub.add_parser("sign-head", help="sign the log's current tree head now")
     head.add_argument("--key", help="private key file (default: the audit_key setting)")
     head.add_argument("--cert", help="its certificate chain (PEM, leaf first)")
+    head.add_argument(
+        "-o", "--output", metavar="FILE", help="also write the signed head (JSON) to keep"
+    )
     head.set_defaults(func=cmd_sign_head)
 
     report = sub.add_parser(
@@ -152,9 +164,34 @@ def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
                 "no certificate given (--cert or --trust): the signer is not checked",
             )
     else:
-        verdict = verify_log(open_log(settings), trusted)
+        try:
+            kept = [_checkpoint(name) for name in args.checkpoint]
+        except AuditError as exc:
+            print(f"error: {exc.issue.message} [{exc.code}]", file=sys.stderr)
+            return 2
+        verdict = verify_log(open_log(settings), trusted, kept)
+        if trusted is None and (verdict.heads or kept):
+            # whoever can write the database can sign heads with a key of their own
+            verdict.add(
+                "audit.untrusted-head",
+                "no certificate given (--cert, --trust or signing_trust): the signer of "
+                "the tree heads is not checked, and anyone can sign a head",
+            )
     _print(verdict, args.json)
     return 0 if verdict.ok else 1
+
+
+def _checkpoint(name: str) -> SignedHead:
+    try:
+        value = orjson.loads(Path(name).read_bytes())
+    except OSError as exc:
+        raise AuditError("audit.bad-export", f"--checkpoint {name}: {exc.strerror}") from None
+    except orjson.JSONDecodeError:
+        raise AuditError("audit.bad-export", f"--checkpoint {name}: not JSON") from None
+    try:
+        return load_checkpoint(value)
+    except AuditError as exc:
+        raise AuditError("audit.bad-export", f"--checkpoint {name}: {exc.issue.message}") from None
 
 
 def _print(verdict: Verdict, as_json: bool) -> None:
@@ -201,6 +238,8 @@ def _sign(settings: Settings, args: argparse.Namespace | None = None) -> Signer:
 def cmd_sign_head(args: argparse.Namespace, settings: Settings) -> int:
     log = open_log(settings)
     head = log.sign_head(_sign(settings, args))
+    if args.output:
+        Path(args.output).write_bytes(orjson.dumps(head.to_json(), option=orjson.OPT_INDENT_2))
     log.record(operator_action("sign-head", _operator(), Subject()))
     print(
         f"signed tree head #{head.id}: size {head.tree_size}, root {head.root_hash.hex()}",

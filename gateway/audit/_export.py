@@ -23,7 +23,7 @@ from ._merkle import leaf_hash, verify_inclusion
 from ._tables import entries
 from ._verify import CertCheck, Verdict, check_head
 
-__all__ = ["PROOF_TYPE", "ExportFilter", "export_bundle", "verify_export"]
+__all__ = ["PROOF_TYPE", "ExportFilter", "export_bundle", "load_checkpoint", "verify_export"]
 
 PROOF_TYPE = "application/vnd.fhir-gateway.audit-proof+json"
 
@@ -129,17 +129,25 @@ def _head(document: dict[str, Any]) -> SignedHead:
     if not isinstance(raw, dict) or raw.get("log") != LOG_ID:
         raise AuditError("audit.bad-export", "the proof document has no tree head of this log")
     try:
+        size, timestamp, jws = raw["tree_size"], raw["timestamp"], raw["signature"]
+        # the numbers as signed, not int() of whatever is there (30.9, "30", true)
+        if not all(type(n) is int for n in (size, timestamp)) or not isinstance(jws, str):
+            raise TypeError("tree head")
         return SignedHead(
-            None,
-            int(raw["tree_size"]),
-            decode_hash(raw["root_hash"], "tree_head.root_hash"),
-            int(raw["timestamp"]),
-            str(raw["signature"]),
+            None, size, decode_hash(raw["root_hash"], "tree_head.root_hash"), timestamp, jws
         )
     except (KeyError, TypeError, ValueError):
         raise AuditError(
             "audit.bad-export", "the tree head lacks size, root, time or signature"
         ) from None
+
+
+def load_checkpoint(value: Any) -> SignedHead:
+    """A head kept outside the database: an export (its proof document's head) or the
+    head alone as ``sign-head -o`` writes it. AuditError ``audit.bad-export`` else."""
+    if isinstance(value, dict) and value.get("resourceType") == "Bundle":
+        return _head(_proof_document(value))
+    return _head({"tree_head": value})
 
 
 def verify_export(bundle: Any, source: str, trusted: CertCheck | None) -> Verdict:
@@ -166,6 +174,7 @@ def verify_export(bundle: Any, source: str, trusted: CertCheck | None) -> Verdic
         and e["resource"].get("resourceType") == "AuditEvent"
     ]
     verdict.entries = len(events)
+    _strangers(verdict, bundle)
     by_id = {str(p.get("event")): (pos, p) for pos, p in enumerate(proofs) if isinstance(p, dict)}
     matched: set[str] = set()
     last = -1
@@ -182,6 +191,7 @@ def verify_export(bundle: Any, source: str, trusted: CertCheck | None) -> Verdic
             continue
         matched.add(event_id)
         pos, proof = found
+        _full_url(verdict, bundle, resource, event_id)
         index = proof.get("index")
         if not isinstance(index, int):
             verdict.add("audit.bad-export", f"proof {pos + 1} has no index", None, event_id)
@@ -202,6 +212,35 @@ def verify_export(bundle: Any, source: str, trusted: CertCheck | None) -> Verdic
     return verdict
 
 
+def _strangers(verdict: Verdict, bundle: dict[str, Any]) -> None:
+    """Entries that are neither the (first) proof Binary nor an AuditEvent: nothing
+    proves them, and an auditor would read them as part of a verified export."""
+    proof_seen = False
+    for n, entry in enumerate(bundle.get("entry") or [], 1):
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        kind = resource.get("resourceType") if isinstance(resource, dict) else None
+        if kind == "AuditEvent":
+            continue
+        if kind == "Binary" and not proof_seen and resource.get("contentType") == PROOF_TYPE:  # type: ignore[union-attr]
+            proof_seen = True
+            continue
+        verdict.add(
+            "audit.inserted",
+            f"the Bundle's entry {n} (a {str(kind)[:40]}) is neither the proof nor a logged "
+            "AuditEvent: not from the log",
+        )
+
+
+def _full_url(
+    verdict: Verdict, bundle: dict[str, Any], resource: dict[str, Any], event_id: str
+) -> None:
+    for entry in bundle.get("entry") or []:
+        if isinstance(entry, dict) and entry.get("resource") is resource:
+            if entry.get("fullUrl") != f"urn:uuid:{event_id}":
+                verdict.add("audit.altered", "its fullUrl is not urn:uuid:<its id>", None, event_id)
+            return
+
+
 def _included(
     verdict: Verdict, resource: dict[str, Any], proof: dict[str, Any], index: int, head: SignedHead
 ) -> None:
@@ -217,6 +256,13 @@ def _included(
             "audit.altered",
             f"not included at this index in the signed tree of {head.tree_size}: the event or "
             "its proof was changed",
+            index,
+            event_id,
+        )
+    elif proof.get("leaf_hash") != b64encode(leaf).decode():
+        verdict.add(
+            "audit.altered",
+            "the proof's leaf_hash is not the event's: the event or its proof was changed",
             index,
             event_id,
         )

@@ -692,4 +692,6 @@ def decode_hash(text: Any, what: str) -> bytes:
         raise AuditError("audit.bad-export", f"{what} is not base64") from None
     if len(raw) != 32:
         raise AuditError("audit.bad-export", f"{what} is not a SHA-256 hash")
+    if b64encode(raw).decode() != text:  # one spelling only: unused bits, no line breaks
+        raise AuditError("audit.bad-export", f"{what} is not base64")
     return raw

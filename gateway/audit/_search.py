@@ -164,7 +164,8 @@ def _add(query: AuditQuery, name: str, value: str) -> None:
     elif name == "_id":
         query.where.append(entries.c.event_id.in_(values))
     elif name in ("_count", "_after"):
-        if not value.isdigit():
+        # ASCII digits only ('²'.isdigit() holds, int('²') fails); an index fits 64 bits
+        if not (value.isascii() and value.isdigit()) or (name == "_after" and len(value) > 18):
             raise _bad(name, "a number")
         if name == "_count":
             query.count = max(1, min(int(value), MAX_COUNT))

@@ -169,6 +169,10 @@ def parse_header(jws: str) -> tuple[Header, str, bytes]:
         raise SigningError(
             "malformed", "the JWS header or signature is not base64url JSON"
         ) from None
+    if _b64(sig).decode() != signature or _b64(_unb64(protected)).decode() != protected:
+        # one spelling only (RFC 7515 2: no padding, no line breaks; unused bits zero):
+        # another would be a changed byte that still verifies
+        raise SigningError("malformed", "the JWS header or signature is not canonical base64url")
     if not isinstance(raw, dict):
         raise SigningError("malformed", "the JWS protected header is not a JSON object")
     alg = raw.get("alg")

@@ -10,7 +10,8 @@ from __future__ import annotations
 import binascii
 import datetime as dt
 import itertools
-from base64 import b64decode
+import json
+from base64 import b64decode, b64encode
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -29,7 +30,7 @@ from ._jws import (
     parse_header,
     verify_detached,
 )
-from ._pki import TrustStore, describe
+from ._pki import TrustStore, _is_ca, describe
 
 __all__ = ["Check", "FileReport", "SignatureReport", "check_certificate", "verify_bundle"]
 
@@ -145,9 +146,14 @@ def check_certificate(
     signing_time: dt.datetime,
     trust: TrustStore | None,
     now: dt.datetime | None = None,
+    *,
+    claimed: bool = True,
 ) -> None:
     """Chain to a trusted root, validity at signing time, revocation (the trust store's
-    CRLs), key usage: one check each, added to ``report``."""
+    CRLs), key usage: one check each, added to ``report``. ``claimed``: the signing time
+    is only the signer's claim (baseline-B, no trusted time), so the path must also not
+    have expired by now — else a key whose certificate expired (and dropped off its
+    CA's CRL, RFC 5280 3.3) could sign today with a signing time set back."""
     now = now or dt.datetime.now(dt.UTC)
     leaf = chain[0]
     path = [leaf]
@@ -175,6 +181,8 @@ def check_certificate(
                     f"to a CA of the trust store {trust.source}",
                 ),
             )
+        elif problem := _path_constraints(path):
+            report.fail("chain", SigningError("untrusted", problem))
         else:
             report.passed("chain", f"trusted root {root.subject.rfc4514_string()}")
     report.chain = [c.subject.rfc4514_string() for c in path]
@@ -199,6 +207,18 @@ def check_certificate(
                     f"{format_time(signing_time)} (expired or not yet valid)",
                 ),
             )
+        elif claimed and (gone := [c for c in path if c.not_valid_after_utc < now]):
+            c = gone[0]
+            report.fail(
+                "validity",
+                SigningError(
+                    "expired",
+                    f"certificate {c.subject.rfc4514_string()[:60]} expired "
+                    f"{format_time(c.not_valid_after_utc)}: the signing time "
+                    f"{format_time(signing_time)} is the signer's claim (no trusted time), and "
+                    "an expired certificate's revocation is no longer published",
+                ),
+            )
         else:
             report.passed("validity", f"valid at {format_time(signing_time)}")
     if trust is not None:
@@ -206,10 +226,50 @@ def check_certificate(
     _check_key_usage(report, leaf)
 
 
+def _path_constraints(path: list[x509.Certificate]) -> str | None:
+    """What a CA of the path (leaf first) forbids of the certificates below it: more
+    CAs than its pathLenConstraint, subjects outside its directoryName name constraints
+    (RFC 5280 4.2.1.9, 4.2.1.10) — a partner's CA constrained to its own institution
+    cannot issue a certificate in another's name."""
+    for n, ca in enumerate(path[1:], 1):
+        below = path[:n]
+        limit = ca.extensions.get_extension_for_class(x509.BasicConstraints).value.path_length
+        if limit is not None and n - 1 > limit:
+            return (
+                f"the CA {ca.subject.rfc4514_string()[:60]} allows {limit} CA(s) below it, "
+                f"the chain has {n - 1}"
+            )
+        try:
+            constraints = ca.extensions.get_extension_for_class(x509.NameConstraints).value
+        except x509.ExtensionNotFound:
+            continue
+        permitted = _directories(constraints.permitted_subtrees)
+        excluded = _directories(constraints.excluded_subtrees)
+        for cert in below:
+            name = cert.subject
+            if (permitted and not any(_within(name, t) for t in permitted)) or any(
+                _within(name, t) for t in excluded
+            ):
+                return (
+                    f"the certificate of {name.rfc4514_string()[:60]} is outside the name "
+                    f"constraints of its CA {ca.subject.rfc4514_string()[:60]}"
+                )
+    return None
+
+
+def _directories(subtrees: Any) -> list[x509.Name]:
+    return [t.value for t in subtrees or () if isinstance(t, x509.DirectoryName)]
+
+
+def _within(name: x509.Name, subtree: x509.Name) -> bool:
+    """RFC 5280 4.2.1.10: a directoryName is within a subtree that its leading RDNs are."""
+    return name.rdns[: len(subtree.rdns)] == subtree.rdns
+
+
 def _issuer(cert: x509.Certificate, pool: list[x509.Certificate]) -> x509.Certificate | None:
     for candidate in pool:
-        if candidate.subject != cert.issuer or candidate == cert:
-            continue
+        if candidate.subject != cert.issuer or candidate == cert or not _is_ca(candidate):
+            continue  # an end entity (a partner's signing certificate) issues nothing
         try:
             cert.verify_directly_issued_by(candidate)
         except (ValueError, TypeError, InvalidSignature):
@@ -306,7 +366,9 @@ def verify_bundle(
         for k, pos in enumerate(positions, 1):
             sig = _first_signature(entries[pos]["resource"])
             where = f"Bundle.entry[{pos}].resource.signature[0]"
-            report.signatures.append(_verify_one(bundle, k, sig, where, trust, now))
+            one = _verify_one(bundle, k, sig, where, trust, now)
+            _check_agent(one, entries[pos]["resource"], sig)
+            report.signatures.append(one)
         last = _first_signature(entries[positions[-1]]["resource"])
         sig_report = report.signatures[-1]
         if bundle.get("signature") != last:
@@ -360,10 +422,13 @@ def _verify_one(
     try:
         if not isinstance(sig, dict) or sig.get("sigFormat") != JOSE:
             raise SigningError("malformed", f"{where} is not a JWS signature (sigFormat {JOSE})")
+        data = str(sig.get("data", ""))
         try:
-            jws = b64decode(str(sig.get("data", "")), validate=True).decode("ascii")
+            jws = b64decode(data, validate=True).decode("ascii")
         except (binascii.Error, UnicodeDecodeError):
             raise SigningError("malformed", f"{where}.data is not base64 of a JWS") from None
+        if b64encode(jws.encode("ascii")).decode("ascii") != data:  # one spelling only
+            raise SigningError("malformed", f"{where}.data is not canonical base64")
         _name_signer(report, jws)
         header = verify_detached(jws, signed_content(bundle, k))
     except SigningError as exc:
@@ -417,8 +482,56 @@ def _check_metadata(report: SignatureReport, sig: dict[str, Any], header: Header
         report.passed("metadata", "Signature.type, when and who agree with the JWS header")
 
 
+def _check_agent(report: SignatureReport, provenance: dict[str, Any], sig: Any) -> None:
+    """The signature Provenance's agent is the signer (Signature.who): a FHIR reader
+    takes Provenance.agent for who signed, and the signer could name someone else
+    there under a signature of their own."""
+    agents = provenance.get("agent") or []
+    agent = agents[0].get("who") if agents and isinstance(agents[0], dict) else None
+    who = sig.get("who") if isinstance(sig, dict) else None
+    if not isinstance(agent, dict) or not isinstance(who, dict) or _same_party(agent, who):
+        return
+    # replaces the 'metadata agrees' line: it does not
+    report.checks = [c for c in report.checks if not (c.name == "metadata" and c.ok)]
+    report.fail(
+        "metadata",
+        SigningError(
+            "mismatch", "Provenance.agent[0].who does not name the signer (Signature.who)"
+        ),
+    )
+
+
+def _same_party(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two References name the same party: every one of reference, identifier
+    and display that both give is equal, and they give at least one in common."""
+    common = [key for key in ("reference", "identifier", "display") if key in a and key in b]
+    return bool(common) and all(a[key] == b[key] for key in common)
+
+
 def load_json(data: bytes, source: str) -> Any:
+    """The JSON of a file to verify. A member name twice in one object is refused: JSON
+    parsers keep the first or the last, so the signed value and what another reader
+    sees could differ (RFC 8259 4; RFC 7515 5.2 for the same reason in headers)."""
     try:
-        return orjson.loads(data)
+        value = orjson.loads(data)
     except orjson.JSONDecodeError:
         raise SigningError("bad-input", f"{source}: neither JSON nor PDF") from None
+    if data.count(b'":') > 1:  # orjson keeps the last silently: read once more, checked
+        json.loads(data, object_pairs_hook=_unique(source))
+    return value
+
+
+def _unique(source: str) -> Any:
+    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out = dict(pairs)
+        if len(out) != len(pairs):
+            seen: set[str] = set()
+            key = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+            raise SigningError(
+                "bad-input",
+                f"{source}: duplicate key {key[:40]!r} in one JSON object: two readers may "
+                "take different values, so what was signed is ambiguous",
+            )
+        return out
+
+    return hook

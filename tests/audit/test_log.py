@@ -140,6 +140,7 @@ def test_inserted_event_is_named(filled: AuditLog) -> None:
         url=None,
         outcome="success",
         basis="gba-standard-contract",
+        when=START,  # the forger keeps the recorded column in step with the event
     )
     canonical = canonicalize(forged)
     # made room for it at 5, with a correct leaf hash (the forger knows RFC 9162)
@@ -165,7 +166,7 @@ def test_inserted_event_is_named(filled: AuditLog) -> None:
 
 
 def test_appended_outside_the_gateway_is_named(filled: AuditLog) -> None:
-    forged = events.converted(Subject("Patient/x"))
+    forged = events.converted(Subject("Patient/x"), when=START)
     canonical = canonicalize(forged)
     tree = Tree([*filled.leaf_hashes(), leaf_hash(canonical)])
     _exec(

@@ -1,0 +1,14 @@
+"""Adversarial patient-safety tests: attacks on every place where data of two sources
+(or two records) meet. Fixtures shared by them."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway import Settings
+from gateway.reports import ReportVariants
+
+
+@pytest.fixture(scope="session")
+def variants(settings: Settings) -> ReportVariants:
+    return ReportVariants(settings)

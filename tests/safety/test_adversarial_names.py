@@ -118,3 +118,34 @@ def test_a_name_in_simplified_stays_simplified_in_the_traditional_variant(
     assert conclusion == f"{SIMPLIFIED}：右肺上葉磨玻璃結節。"
     assert TRADITIONAL not in json.dumps(variant.resource, ensure_ascii=False)
     assert TRADITIONAL not in variant.html.decode("utf-8")
+
+
+# -- the seed file's Latin names go to the person they belong to, by identifier -----------
+def _patient_named(identifier: dict[str, str], name: dict[str, Any]) -> dict[str, Any]:
+    bundle = nansha_bundle()
+    patient = resource_of(bundle, PATIENT)
+    patient["identifier"], patient["name"] = [identifier], [name]
+    return bundle
+
+
+def _patient_names(variants: ReportVariants, bundle: dict[str, Any], lang: str) -> list[Any]:
+    out = variants.variant(_bytes(bundle), lang).resource
+    [patient] = [e["resource"] for e in out["entry"] if e["resource"]["resourceType"] == "Patient"]
+    return list(patient["name"])
+
+
+@pytest.mark.parametrize("lang", ["en", "bilingual"])
+def test_a_patient_whose_mrn_is_a_staff_number_gets_no_doctors_name(
+    variants: ReportVariants, lang: str
+) -> None:
+    # NS0231 is 梁志东's staff number at Nansha (seeds): as an MRN it names a patient.
+    mrn = {"system": "https://fhir.nsch.example.cn/sid/mrn", "value": "NS0231"}
+    name = {"text": SIMPLIFIED, "family": "许", "given": ["嘉玮"]}
+    assert _patient_names(variants, _patient_named(mrn, name), lang) == [name]
+
+
+def test_a_namesake_with_another_mrn_gets_no_seed_name(variants: ReportVariants) -> None:
+    # 许嘉玮 is the seed file's HUI KA WAI at MRN 0098765; this one is MRN 0098766.
+    mrn = {"system": "https://fhir.nsch.example.cn/sid/mrn", "value": "0098766"}
+    name = {"text": SIMPLIFIED, "family": "许", "given": ["嘉玮"]}
+    assert _patient_names(variants, _patient_named(mrn, name), "en") == [name]

@@ -140,3 +140,23 @@ def test_look_alike_patient_ids_in_one_study_are_refused(
     items = [("a.dcm", part10(wang_wei(number=1))), ("b.dcm", part10(wang_wei(number=2, **attrs)))]
     record = _only(list(converter.convert_files(items)))
     assert [e.code for e in record.errors] == ["intake.dicom-patient-mismatch"]
+
+
+def test_a_record_failing_mid_mapping_leaks_nothing_into_the_next(converter: Converter) -> None:
+    # The first fails after its patient was built (a laboratory OBR, no imaging report);
+    # the second, another patient's report, is what it is when converted alone.
+    lab = [
+        s.replace("||CT|F|", "||LAB|F|").replace("113014^DICOM Study^DCM", "1234-5^Lab^LN")
+        for s in _segments(ORU)
+    ]
+    lab[0] = lab[0].replace("NSCH20260616153000031", "NSCH20260616153000098")
+    other = [s.replace("0098765^^^NSCH^MR", "0099999^^^NSCH^MR") for s in _segments(ORU)]
+    other = [s.replace("K583726A^^^HKID", "K999999A^^^HKID") for s in other]
+    alone = _only(converter.convert(_message(other)))
+    for _ in range(3):  # its fragments remembered, then the failure, then the other
+        converter.convert(_message(lab))
+    batch = converter.convert(_message(lab) + _message(other))
+    assert [r.ok for r in batch] == [False, True]
+    assert [e.code for e in batch[0].errors] == ["mapping.required"]
+    assert batch[1].bundle_json == alone.bundle_json
+    assert b"0098765" not in (batch[1].bundle_json or b"")

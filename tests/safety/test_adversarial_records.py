@@ -160,3 +160,22 @@ def test_a_record_failing_mid_mapping_leaks_nothing_into_the_next(converter: Con
     assert [e.code for e in batch[0].errors] == ["mapping.required"]
     assert batch[1].bundle_json == alone.bundle_json
     assert b"0098765" not in (batch[1].bundle_json or b"")
+
+
+@pytest.mark.parametrize(
+    ("authority", "converts"),
+    [
+        ("NSCH&2.16.156.10011.99.1.2&ISO", False),  # NSCH's namespace, NSGP's OID
+        ("NSCH&2.16.156.10011.99.1.1&ISO", True),  # NSCH twice
+        ("NSCH&9.9.9&ISO", True),  # an OID of no institution of the network
+    ],
+    ids=["two-institutions", "one-institution", "unknown-oid"],
+)
+def test_an_authority_naming_two_institutions_is_refused(
+    converter: Converter, authority: str, converts: bool
+) -> None:
+    segments = [s.replace("0098765^^^NSCH^MR", f"0098765^^^{authority}^MR") for s in _segments(ORU)]
+    record = _only(converter.convert(_message(segments)))
+    assert record.ok is converts
+    if not converts:
+        assert [e.code for e in record.errors] == ["mapping.authority-conflict"]

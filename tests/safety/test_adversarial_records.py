@@ -124,7 +124,11 @@ def test_a_study_whose_instances_name_different_issuing_oids_is_refused(
 
 
 def test_a_study_whose_instances_agree_on_the_issuing_oid_converts(converter: Converter) -> None:
-    qualified = {"IssuerOfPatientIDQualifiersSequence": _qualified(NSCH_OID)}
+    # (beside IssuerOfPatientID LAX2, NSCH's OID would be refused: mapping.authority-conflict)
+    qualified = {
+        "IssuerOfPatientID": None,
+        "IssuerOfPatientIDQualifiersSequence": _qualified(NSCH_OID),
+    }
     items = [(f"{n}.dcm", part10(wang_wei(number=n, **qualified))) for n in (1, 2)]
     assert _only(list(converter.convert_files(items))).ok
 
@@ -179,3 +183,13 @@ def test_an_authority_naming_two_institutions_is_refused(
     assert record.ok is converts
     if not converts:
         assert [e.code for e in record.errors] == ["mapping.authority-conflict"]
+
+
+def test_a_dicom_issuer_and_its_qualifying_oid_of_two_institutions_are_refused(
+    converter: Converter,
+) -> None:
+    # IssuerOfPatientID LAX2, its qualifier NSCH's OID, on every instance
+    qualified = {"IssuerOfPatientIDQualifiersSequence": _qualified(NSCH_OID)}
+    items = [(f"{n}.dcm", part10(wang_wei(number=n, **qualified))) for n in (1, 2)]
+    record = _only(list(converter.convert_files(items)))
+    assert [e.code for e in record.errors] == ["mapping.authority-conflict"]

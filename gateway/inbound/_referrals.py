@@ -164,6 +164,8 @@ class Referrals:
                 out.append(self.resources.write(conn, task, partner=None, now=now)[0])
                 continue
             current = self.resources.current(conn, "Task", found[0])
+            if current is not None:
+                _same_referral(current.resource, stored.resource, ident)
             revoked = stored.resource.get("status") in ("revoked", "entered-in-error")
             if current is not None and revoked and current.resource.get("status") not in _CLOSED:
                 task = {**current.resource, "status": "cancelled", "lastModified": instant(now)}
@@ -440,6 +442,24 @@ def _pair(token: str) -> tuple[str, str]:
     """A ``system|value`` token as (system, value)."""
     system, _, value = token.rpartition("|")
     return system, value
+
+
+def _same_referral(task: dict[str, Any], sr: dict[str, Any], ident: dict[str, Any]) -> None:
+    """The Task found for a referral is that referral's: the same identifier (system and
+    value: the Task's own identifier keeps the value only) and the same patient. Else
+    the referral would change another referral's, or another patient's, Task."""
+    focus = _focus_identifier(task) or {}
+    if (focus.get("system"), focus.get("value")) != (ident.get("system"), ident.get("value")):
+        problem = "another referral's (the identifiers differ in their system)"
+    elif task.get("for") != sr.get("subject"):
+        problem = "the referral of another patient (ServiceRequest.subject differs)"
+    else:
+        return
+    raise InboundError(
+        "inbound.referral-mismatch",
+        f"the referral's Task is {problem}; nothing is stored",
+        expression="ServiceRequest.identifier",
+    )
 
 
 def _organization(inst: Institution) -> dict[str, Any]:

@@ -31,8 +31,20 @@ class MessageMapping:
     bundle_identifier: Fn
     bundle_timestamp: Fn
     lenient: Leniency | None = None  # this message type's lenient fields (strict.yaml)
+    # ``one-patient``: where the record names its patient; a second one there refuses it
+    # (a Bundle is one patient's, and the mapping reads the first)
+    one_patient: str | None = None
 
     def run(self, view: Any, env: Env, tz: str) -> tuple[dict[str, Any], list[Issue]]:
+        if self.one_patient is not None:
+            found = view.select(self.one_patient, view.root)
+            if len(found) > 1:
+                raise MappingError(
+                    "several-patients",
+                    f"the record names {len(found)} patients ({self.one_patient}); a "
+                    "record is converted for one patient: send one per message or document",
+                    location=str(found[1].label),
+                )
         state = BundleBuilder()
         ctx = Ctx(view, view.root, {}, state, env, tz, "", self.lenient)
         if self.vars:
@@ -77,6 +89,7 @@ class MappingSet:
             if engine is None
             else engine_setting({"GATEWAY_MAPPING_ENGINE": engine})
         )
+        self._check_path = check_path
         self._compiler = Compiler(self.folder, env, check_path)
         self._lowering: Lowering | None = None
         if self.engine == "compiled":
@@ -129,6 +142,12 @@ class MappingSet:
         entries = compiler.entries(list(raw["resources"]), f"{where}: resources", [])
         if self._lowering is not None:  # one function for all resources
             entries = [self._lowering(seq(entries), f"{where}: resources")]
+        one_patient = raw.get("one-patient")
+        if one_patient is not None:
+            try:
+                self._check_path(str(one_patient))
+            except ConfigError as exc:
+                raise ConfigError("mapping", f"{where}: one-patient: {exc.issue.message}") from None
         identifier = compiler.spec(bundle["identifier"], f"{where}: bundle.identifier")
         timestamp = compiler.spec(bundle.get("timestamp"), f"{where}: bundle.timestamp")
         return MessageMapping(
@@ -138,6 +157,7 @@ class MappingSet:
             entries=entries,
             bundle_identifier=lower(identifier, f"{where}: bundle.identifier"),
             bundle_timestamp=lower(timestamp, f"{where}: bundle.timestamp"),
+            one_patient=None if one_patient is None else str(one_patient),
         )
 
 

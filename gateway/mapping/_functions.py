@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
+from ..errors import MappingError
 from ..network import Network
 from ._terminology import SAME_CONCEPT, Terminology, language_of
 
@@ -75,6 +76,7 @@ def identifier_system(
 ) -> str | None:
     """The system URI of an identifier, in the order documented in docs/identifiers.md."""
     kind = kind or "id"
+    _one_authority(env, authority, authority_oid, authority_type)
     if authority:
         fixed = env.terminology.table("identifier-authorities").lookup(authority)
         if fixed:
@@ -91,6 +93,27 @@ def identifier_system(
     if facility:
         return f"{env.network.base(facility)}/sid/{kind}"
     return None
+
+
+def _one_authority(env: Env, authority: str | None, oid: str | None, oid_type: str | None) -> None:
+    """An authority named twice (namespace and ISO OID) must name one institution: the
+    namespace is read first, so an OID of another institution beside it would file one
+    hospital's number under another's (the same MRN, another patient)."""
+    if not (authority and oid and (oid_type or "").upper() == "ISO"):
+        return
+    named = env.network.institution(authority)
+    owned = env.terminology.table("institution-identifier-oids").lookup(oid)
+    by_oid = (
+        env.network.institution(str(owned.get("institution")))
+        if isinstance(owned, dict)
+        else env.network.find(oid)
+    )
+    if named is not None and by_oid is not None and named is not by_oid:
+        raise MappingError(
+            "authority-conflict",
+            "an assigning authority's namespace id (HD.1) and universal id (HD.2) name "
+            "two different institutions of the network: whose number it is is unknown",
+        )
 
 
 def _translations(display: str, names: dict[str, str]) -> list[dict[str, Any]]:

@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+import re
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +41,9 @@ class Localizer:
     def __init__(self, names: Names) -> None:
         self.names = names
         self.rules = names.rules
+        # The names of the people of the report being localized (see _names_in), per
+        # thread: the outbound workers share one Localizer.
+        self._local = threading.local()
 
     # -- the entry point ------------------------------------------------------------------
 
@@ -48,6 +53,7 @@ class Localizer:
         """Rewrite ``doc`` (a copy) in ``lang``; True when its English narrative is pending."""
         report = doc.report
         results = [r for r in (doc.resolve(x) for x in report.get("result") or []) if r]
+        self._local.names = _names_in(doc, self.rules.verbatim)
         for resource in doc.resources():
             if resource is report or resource in results or "language" in resource:
                 resource["language"] = lang
@@ -131,7 +137,7 @@ class Localizer:
     ) -> str:
         display: str = ref["display"]
         target = doc.resolve(ref)
-        kind = (target or {}).get("resourceType") or ref.get("type")
+        kind = (target or {}).get("resourceType") or ref.get("type") or _literal_type(ref)
         if kind in self.rules.verbatim or kind == "PractitionerRole":
             return display  # a person's name (a PractitionerRole's display names its person)
         if kind in ("Organization", None):
@@ -140,7 +146,9 @@ class Localizer:
                 found = self.names.institution_names(inst).get(lang)
                 if found:
                     return found
-        converted = self.names.convert(display, self.names.text_language(display, source), lang)
+        if kind is None:
+            return display  # of a resource of unknown type: it may name a person
+        converted = self._convert_text(display, source, lang)
         return display if converted is None else converted
 
     def _notes(self, holder: dict[str, Any], notes: list[Any], source: str, lang: str) -> None:
@@ -152,7 +160,7 @@ class Localizer:
             if not isinstance(text, str):
                 kept.append(note)
                 continue
-            converted = self.names.convert(text, self.names.text_language(text, source), lang)
+            converted = self._convert_text(text, source, lang)
             if converted is not None:
                 note["text"] = converted
                 kept.append(note)
@@ -215,12 +223,30 @@ class Localizer:
                 self._people(resource, "en", "en")
 
     def _convert_any(self, text: str, source: str, lang: str) -> str:
-        converted = self.names.convert(text, self.names.text_language(text, source), lang)
+        converted = self._convert_text(text, source, lang)
         return text if converted is None else converted
+
+    def _convert_text(self, text: str, source: str, lang: str) -> str | None:
+        """``text`` in ``lang`` (None: no conversion there), the people's names the report
+        holds (see ``_names_in``) kept as written: free text and narratives quote the
+        patient's or a doctor's name, which is never script-converted."""
+        source = self.names.text_language(text, source)
+        names: re.Pattern[str] | None = getattr(self._local, "names", None)
+        if names is None or source == lang or not names.search(text):
+            return self.names.convert(text, source, lang)
+        out = []
+        for n, part in enumerate(names.split(text)):  # the pattern's group: odd parts
+            converted = part if n % 2 or not part else self.names.convert(part, source, lang)
+            if converted is None:
+                return None
+            out.append(converted)
+        return "".join(out)
 
     # -- clinical free text ---------------------------------------------------------------
 
     def _convert_narrative(self, resource: Resource, source: str, lang: str) -> None:
+        if resource.get("resourceType") in self.rules.verbatim:
+            return  # a person's own narrative shows their name: never converted
         for key in self.rules.narrative.get(str(resource.get("resourceType")), ()):
             value = resource.get(key)
             if isinstance(value, str):
@@ -285,6 +311,58 @@ def _is_coding(node: dict[str, Any]) -> bool:
         and isinstance(node.get("code"), str)
         and "value" not in node  # a Quantity has system and code too
     )
+
+
+def _literal_type(ref: dict[str, Any]) -> str | None:
+    """The resource type a literal reference names (``Patient/1``, ``Patient?identifier=``,
+    an absolute URL ending so)."""
+    found = re.search(
+        r"(?:^|/)([A-Z][A-Za-z]+)(?:/[^/?]+(?:/_history/[^/]+)?|\?.*)$",
+        str(ref.get("reference") or ""),
+    )
+    return found.group(1) if found else None
+
+
+# Elements whose Reference names a person (or, untyped, may).
+_PEOPLE_REFS = ("subject", "patient", "resultsInterpreter", "practitioner", "performer")
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def _names_in(doc: ReportDocument, verbatim: Any) -> re.Pattern[str] | None:
+    """A pattern matching the names of the people a report holds (resources whose names
+    are verbatim, and references' displays of them): the whole name as written, family
+    and given names together either way round, and given names of two characters or
+    more. Longest first, so a whole name is kept whole."""
+    found: set[str] = set()
+    for resource in doc.resources():
+        for key in _PEOPLE_REFS:  # a person named by a reference's display only
+            for ref in _as_list(resource.get(key)):
+                if isinstance(ref, dict) and isinstance(ref.get("display"), str):
+                    target = doc.resolve(ref, resource)
+                    kind = (target or {}).get("resourceType") or ref.get("type")
+                    kind = kind or _literal_type(ref)
+                    if kind is None or kind in verbatim or kind == "PractitionerRole":
+                        found.add(ref["display"])
+        if resource.get("resourceType") not in verbatim:
+            continue
+        for name in resource.get("name") or []:
+            if not isinstance(name, dict):
+                continue
+            family = name.get("family")
+            family = family if isinstance(family, str) else ""
+            given = [g for g in name.get("given") or [] if isinstance(g, str)]
+            found.update(
+                p for p in (name.get("text"), family + "".join(given)) if isinstance(p, str)
+            )
+            found.update(("".join(given) + family, " ".join([family, *given])))
+            found.update(g for g in given if len(g) > 1)
+    names = sorted({n.strip() for n in found if n and n.strip()}, key=len, reverse=True)
+    if not names:
+        return None
+    return re.compile("(" + "|".join(map(re.escape, names)) + ")")
 
 
 def _is_chinese_name(name: dict[str, Any]) -> bool:

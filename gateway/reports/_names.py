@@ -155,12 +155,15 @@ class Names:
     def person(self, resource: dict[str, Any]) -> dict[str, dict[str, Any]] | None:
         """Names by language tag of a practitioner or patient the network's seed file
         knows: a staff number at its institution's identifier base, or an MRN."""
+        # A staff number names a practitioner only, an MRN a patient only: a patient
+        # whose MRN is a doctor's staff number must not get the doctor's name.
+        kind = resource.get("resourceType")
         for ident in resource.get("identifier") or []:
             system, value = str(ident.get("system", "")), ident.get("value")
-            found = self._people.get(str(value)) if value else None
+            found = self._people.get(str(value)) if value and kind == "Practitioner" else None
             if found and system.startswith(found[0] + "/"):
                 return found[1]
-            patient = self._patients.get((system, str(value)))
+            patient = self._patients.get((system, str(value))) if kind == "Patient" else None
             if patient:
                 return patient
         return None

@@ -114,6 +114,7 @@ class ReportVariants:
         target, columns = self._language(lang)
         doc = _document(report, "report")
         _check_length(doc.root, "report")
+        _one_patient(doc, "report")
         source = self._source_language(doc)
         english_doc = _document(english, "English report") if english else None
         if english_doc is not None:
@@ -243,6 +244,7 @@ class ReportVariants:
                 f"but the report's identifiers are {', '.join(own) or '(none)'}",
                 expression="DiagnosticReport.extension.valueReference.identifier",
             )
+        _one_patient(english, "English report")
         _same_patient(doc, english, self.settings.report_require_patient_identity)
         findings = [
             str(obs["valueString"])
@@ -392,11 +394,15 @@ Identity = dict[str, frozenset[str]]
 
 
 def _identity(identifiers: list[Any]) -> Identity:
+    """Identifier values by system. One without a system is left out: a bare value (an
+    MRN without its assigning authority) names no one across two sources, and two
+    hospitals' patients may share it."""
     found: dict[str, set[str]] = {}
     for ident in identifiers:
         if isinstance(ident, dict) and isinstance(ident.get("value"), str) and ident["value"]:
             system = ident.get("system")
-            found.setdefault(system if isinstance(system, str) else "", set()).add(ident["value"])
+            if isinstance(system, str) and system:
+                found.setdefault(system, set()).add(ident["value"])
     return {system: frozenset(values) for system, values in found.items()}
 
 
@@ -404,9 +410,7 @@ def _disagreement(a: Identity, b: Identity) -> str | None:
     """Why two identities are not one patient's, or None when they are: a system both
     name with no value in common, or no identifier in common at all. Names systems only,
     never values."""
-    differ = sorted(
-        system or "(no system)" for system in a.keys() & b.keys() if not a[system] & b[system]
-    )
+    differ = sorted(system for system in a.keys() & b.keys() if not a[system] & b[system])
     if differ:
         return f"their patient identifiers differ in {', '.join(differ)}"
     if not any(a[system] & b[system] for system in a.keys() & b.keys()):
@@ -463,6 +467,35 @@ def _patient_of(doc: ReportDocument, what: str) -> Identity:
                 f"report: {problem}",
                 expression=where,
             )
+    return identity
+
+
+def _one_patient(doc: ReportDocument, what: str) -> Identity:
+    """The report's patient (``_patient_of``), once every Patient the input holds is
+    checked to be that one: a variant carries every resource of its input, and must
+    not carry a second patient's (an unreferenced entry, a stray contained Patient)."""
+    identity = _patient_of(doc, what)
+    subject = doc.resolve(doc.report.get("subject"), doc.report)
+    tops = [e.get("resource") for e in doc.entries()] if doc.is_bundle else [doc.root]
+    for n, top in enumerate(tops):
+        if not isinstance(top, dict):
+            continue
+        where = f"Bundle.entry[{n}].resource" if doc.is_bundle else top.get("resourceType")
+        inner = [c for c in top.get("contained") or [] if isinstance(c, dict)]
+        for m, patient in enumerate([top, *inner]):
+            if patient.get("resourceType") != "Patient" or patient is subject:
+                continue
+            theirs = _identity(patient.get("identifier") or [])
+            if identity and theirs:
+                problem = _disagreement(identity, theirs)
+            else:
+                problem = "it cannot be told by identifier to be the report's patient"
+            if problem:
+                raise MappingError(
+                    "report-other-patient",
+                    f"{_label(doc, what)} holds a Patient other than its subject: {problem}",
+                    expression=f"{where}.contained[{m - 1}]" if m else str(where),
+                )
     return identity
 
 

@@ -236,7 +236,9 @@ def test_bare_report_uses_reference_displays(variants: ReportVariants) -> None:
     assert out["performer"][0]["display"] == "廣州市第一人民醫院南沙醫院"
     assert out["conclusion"] == "右肺上葉磨玻璃結節。"
     assert validate_resource(out) == []
-    assert "許嘉瑋" in variant.html.decode()
+    # The subject's display is the patient's name: never script-converted (as written)
+    assert out["subject"]["display"] == "许嘉玮"
+    assert "许嘉玮" in variant.html.decode() and "許嘉瑋" not in variant.html.decode()
 
 
 def test_output_is_byte_identical_on_rerun(

@@ -69,6 +69,9 @@ _DRAIN = 1 << 20  # bytes per read when a member is read to its end (for its CRC
 
 _STUDY, _SERIES, _SOP = 0x0020000D, 0x0020000E, 0x00080018
 _PATIENT_ID, _ISSUER = 0x00100020, 0x00100021
+# IssuerOfPatientIDQualifiersSequence and its UniversalEntityID (the issuer's OID): the
+# mapping takes the issuer from there too, so two instances must agree on it as well.
+_QUALIFIERS, _UNIVERSAL_ID = 0x00100024, 0x00400032
 _CHARSET = 0x00080005
 _INSTITUTION = 0x00080080
 _DICOMDIR = "1.2.840.10008.1.3.10"  # Media Storage Directory Storage: no instance
@@ -121,7 +124,9 @@ class _Study:
     issues: list[Issue] = field(default_factory=list)
     error: IntakeError | None = None
     groups: set[str] = field(default_factory=set)
-    patient: tuple[str, str] | None = None  # (PatientID, IssuerOfPatientID) of the first
+    patient: tuple[str, str, str] | None = (
+        None  # (PatientID, IssuerOfPatientID, its UID) of the first
+    )
     patient_from: str = ""  # the instance that set it
     skipped: dict[int, int] = field(default_factory=dict)  # tag → instances skipping it
 
@@ -331,13 +336,17 @@ def _same_patient(study: _Study, inst: _Instance) -> None:
     the first by PatientID and IssuerOfPatientID. Raises IntakeError naming both
     instances and the tag, never a value."""
     try:
-        ident = (_ascii(inst.ds, _PATIENT_ID) or "", _ascii(inst.ds, _ISSUER) or "")
+        ident = (
+            _ascii(inst.ds, _PATIENT_ID) or "",
+            _ascii(inst.ds, _ISSUER) or "",
+            _issuer_uid(inst.ds),
+        )
     except IntakeError as exc:
         raise _in_file(inst.name, exc) from None
     if study.patient is None:
         study.patient, study.patient_from = ident, inst.name
         return
-    for n, tag in enumerate((_PATIENT_ID, _ISSUER)):
+    for n, tag in enumerate((_PATIENT_ID, _ISSUER, _QUALIFIERS)):
         mine, first = ident[n], study.patient[n]
         if mine == first:
             continue
@@ -357,6 +366,21 @@ def _same_patient(study: _Study, inst: _Instance) -> None:
             f"({tag_label(tag)} differs), so the study is not converted",
             location=tag_label(tag),
         )
+
+
+def _issuer_uid(ds: Dataset) -> str:
+    """The UniversalEntityID of the first IssuerOfPatientIDQualifiersSequence item."""
+    items = _value(ds, _QUALIFIERS)
+    if not items:
+        return ""
+    try:
+        return _ascii(items[0], _UNIVERSAL_ID) or ""
+    except PYDICOM_FAULTS:
+        raise IntakeError(
+            "dicom-bad-value",
+            f"{tag_label(_QUALIFIERS)} cannot be read",
+            location=tag_label(_QUALIFIERS),
+        ) from None
 
 
 # -- items -> datasets ---------------------------------------------------------------------

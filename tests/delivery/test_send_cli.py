@@ -124,7 +124,11 @@ def test_retry_replay_release_keep_their_reasons(
     _deliver(tmp_path, partners)
     shown = _row(capsys, tmp_path, row["id"])
     assert shown["state"] == "delivered"
-    assert "retry: partner fixed its validator" in [e["reason"] for e in shown["events"]]
+    # decided again first: the new decision named in the transition
+    assert any(
+        e["reason"].startswith("retry: partner fixed its validator (allow: policy decision ")
+        for e in shown["events"]
+    )
 
     # Replay: the partner lost it; the same parts go again as a new record.
     code, out, _ = run(
@@ -143,7 +147,7 @@ def test_retry_replay_release_keep_their_reasons(
     assert _row(capsys, tmp_path, replay["id"])["state"] == "delivered"
     assert len(partner.search(f"ServiceRequest?identifier={REFERRAL}")) == 1  # conditional
     reasons = [e["reason"] for e in _row(capsys, tmp_path, row["id"])["events"]]
-    assert f"replayed as {replay['id']}: restored backup" in reasons
+    assert any(r.startswith(f"replayed as {replay['id']}: restored backup (allow") for r in reasons)
     code, _, err = run(capsys, tmp_path, "outbox", "replay", "999", "--reason", "x")
     assert code == 2 and "[delivery.not-found]" in err
 
@@ -176,3 +180,12 @@ def test_retry_replay_release_keep_their_reasons(
     released = _row(capsys, tmp_path, placed["outbox_id"])
     assert released["state"] == "delivered"
     assert any(e["reason"].startswith("released (consent signed)") for e in released["events"])
+    # The consent withdrawn: a replay is decided again and refused, one line, exit 2.
+    assert run(capsys, tmp_path, "consent", "withdraw", "consent-1")[0] == 0
+    code, out, err = run(
+        capsys, tmp_path, "outbox", "replay", str(placed["outbox_id"]), "--reason", "lost"
+    )
+    assert code == 2 and out == "" and len(err.splitlines()) == 1
+    assert "the policy, deciding again, holds it" in err and "[delivery.not-replayable]" in err
+    code, out, _ = run(capsys, tmp_path, "outbox", "list", "--json")
+    assert [r["state"] for r in json.loads(out) if r["replay_of"] == placed["outbox_id"]] == []

@@ -1,5 +1,5 @@
 """An operator's actions from the console, through the functions the CLI uses
-(``process_message``, ``Outbox.retry|replay``, ``Outbound.release``) and audited as the
+(``process_message``, ``Outbound.retry|replay|release``) and audited as the
 CLI audits them (``record_operator``, naming the console user). Each needs a reason,
 kept with the action (``console_actions``; outbox actions also in ``outbox_events``)."""
 
@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from ..audit import audit_log, record_operator, store_hook
 from ..config import Settings
-from ..delivery import Outbound, Outbox
+from ..delivery import Outbound
 from ..pipeline import Converter
 from ..store import Store, StoreError, process_message, utcnow
 from ._tables import actions
@@ -46,7 +46,7 @@ class Actions:
         self.store = store
         self.converter = converter
         self.convert_lock = convert_lock
-        self._outbound: Outbound | None = None  # built at the first release (it is heavy)
+        self._outbound: Outbound | None = None  # built at the first outbox action (heavy)
         self._lock = threading.Lock()
 
     def outbound(self) -> Outbound:
@@ -75,11 +75,12 @@ class Actions:
         """Retry, release or replay an outbox row; returns its message's id."""
         why = _reason(reason)
         store = self.store()
+        # each decided again by the policy first (a consent withdrawn, an agreement ended)
         if action == "retry":
-            row = Outbox(store).retry(row_id, why)
+            row = self.outbound().retry(row_id, why)
         elif action == "replay":
-            row = Outbox(store).replay(row_id, why)
-        elif action == "release":  # a policy hold is decided again (consent): Outbound's
+            row = self.outbound().replay(row_id, why)
+        elif action == "release":
             row = self.outbound().release(row_id, why)
         else:
             raise ConsoleError("console.bad-action", f"unknown action {action!r}")

@@ -13,7 +13,7 @@ import orjson
 from ..audit import record_operator
 from ..config import Settings
 from ..store import Store, open_store
-from ._outbox import STATES, Outbox, OutboxRecord
+from ._outbox import STATES, DeliveryError, Outbox, OutboxRecord
 
 __all__ = ["Detail", "add_cli", "add_outbox_detail"]
 
@@ -55,14 +55,19 @@ def add_cli(sub: Any) -> None:
     stats.add_argument("--json", action="store_true")
     stats.set_defaults(func=cmd_stats)
 
-    retry = verbs.add_parser("retry", help="queue dead records again from the part that failed")
+    retry = verbs.add_parser(
+        "retry",
+        help="queue dead records again from the part that failed (decided again by the policy)",
+    )
     which = retry.add_mutually_exclusive_group(required=True)
     which.add_argument("id", type=int, nargs="?", help="the outbox record")
     which.add_argument("--dead", action="store_true", help="every dead record")
     retry.add_argument("--partner", help="with --dead: only this partner's")
     _decision(retry, cmd_retry)
     replay = verbs.add_parser(
-        "replay", help="send a delivered record again (a new outbox record, the same parts)"
+        "replay",
+        help="send a delivered record again (a new outbox record, the same parts; decided "
+        "again by the policy)",
     )
     replay.add_argument("id", type=int)
     _decision(replay, cmd_replay)
@@ -97,26 +102,43 @@ def _done(args: argparse.Namespace, verb: str, rows: list[OutboxRecord]) -> int:
 
 
 def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
+    """Each row decided again by the policy first (``Outbound.retry``); with ``--dead``
+    a row it refuses is named on one line and the others go on (exit 1)."""
+    from ._outbound import Outbound
+
     store = open_store(settings)
+    refused = 0
     try:
-        outbox = Outbox(store)
+        outbound = Outbound(settings, store)
+        outbox = outbound.outbox
         if args.dead:
             ids = [r.id for r in outbox.records("dead", args.partner, 1_000_000)]
             dead = [outbox.require(i) for i in reversed(ids)]
             ids = [r.id for r in dead if not (r.last_error or "").startswith("policy.")]
         else:
             ids = [args.id]
-        rows = [outbox.retry(i, args.reason) for i in ids]
+        rows = []
+        for i in ids:
+            try:
+                rows.append(outbound.retry(i, args.reason))
+            except DeliveryError as exc:
+                if not args.dead:
+                    raise  # one record: the error, exit 2 (gateway/cli.py)
+                print(exc.issue.line(), file=sys.stderr)
+                refused += 1
         record_operator(store, settings, "retry", [r.message_id for r in rows])
     finally:
         store.close()
-    return _done(args, "retried", rows)
+    done = _done(args, "retried", rows)
+    return 1 if refused else done
 
 
 def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
+    from ._outbound import Outbound
+
     store = open_store(settings)
     try:
-        row = Outbox(store).replay(args.id, args.reason)
+        row = Outbound(settings, store).replay(args.id, args.reason)
         record_operator(store, settings, "replay", [row.message_id])
     finally:
         store.close()

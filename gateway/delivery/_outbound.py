@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -387,8 +388,79 @@ class Outbound:
                 return self.outbox.require(row_id)
             return self.outbox.release(row_id, reason)
 
-    def _redecide(self, row: OutboxRecord, force: bool, reason: str = "consent") -> bool:
-        assert row.message_id is not None and row.record is not None
+    # -- a person's retry and replay: decided again, as a release ------------------------
+    def retry(self, row_id: int, reason: str) -> OutboxRecord:
+        """``gateway outbox retry``: a dead row queued again from the part that failed,
+        only if the policy, deciding again today, allows its record to this partner
+        (a consent withdrawn or an agreement ended since it was queued: refused)."""
+        with self._lock:
+            row = self.outbox.require(row_id)
+            self.outbox.check_requeue(row, "retry")
+            self._again(
+                row, "retry", lambda conn, why: self.outbox.retry_in(conn, row_id, why), reason
+            )
+            return self.outbox.require(row_id)
+
+    def replay(self, row_id: int, reason: str) -> OutboxRecord:
+        """``gateway outbox replay``: a delivered row sent again as a new row with the
+        same parts, only if the policy, deciding again today, allows it (as :meth:`retry`)."""
+        with self._lock:
+            row = self.outbox.require(row_id)
+            self.outbox.check_requeue(row, "replay")
+            new_id = self._again(
+                row, "replay", lambda conn, why: self.outbox.replay_in(conn, row_id, why), reason
+            )
+            return self.outbox.require(new_id)
+
+    def _again(
+        self,
+        row: OutboxRecord,
+        action: str,
+        requeue: Callable[[Connection | None, str], int],
+        reason: str,
+    ) -> int:
+        """Decide ``row``'s record again (the decision a release makes) and, allowed,
+        ``requeue`` it in the decision's transaction (the decision kept and audited with
+        the row's move, one commit). Refused (held: no consent in force; denied: no
+        agreement, a rule): nothing moves or is recorded, and the error says why. A row
+        of no stored message (a referral's status, gateway/inbound) was never the
+        policy's to decide: queued again as it is."""
+        code = "delivery.not-retryable" if action == "retry" else "delivery.not-replayable"
+        verb = "retried" if action == "retry" else "replayed"
+        if row.message_id is None:
+            return requeue(None, reason)
+        source = self._source(row)
+        if source is None:
+            raise DeliveryError(
+                code,
+                f"outbox record {row.id} cannot be {verb}: its record cannot be decided "
+                "again (no longer in the store, or no sender the network knows)",
+            )
+        _, data, bundle, from_key = source
+        decision = self.policy.decide(bundle, from_key, row.partner, row.purpose, text=data)
+        if not decision.allowed:
+            why = _rule_reason(decision, decision.outcome)
+            refused = "holds it" if decision.outcome == "hold" else "refuses it"
+            raise DeliveryError(
+                f"{code}",
+                f"outbox record {row.id} cannot be {verb}: the policy, deciding again, "
+                f"{refused} ({why})",
+                location="policy",
+            )
+
+        def queue(conn: Connection) -> tuple[int, bool]:
+            note = f"{reason} ({decision.outcome}: policy decision {decision.id})"
+            return requeue(conn, note), True
+
+        queued = self.policy.record(row.message_id, decision, data, queue)
+        assert queued is not None
+        return queued[0]
+
+    def _source(self, row: OutboxRecord) -> tuple[Any, bytes, dict[str, Any], str] | None:
+        """The stored message a row's record came from, the record (its JSON and parsed
+        Bundle) and its sender's network key: what the policy decides again on."""
+        if row.message_id is None or row.record is None:
+            return None
         stored = self.store.get(row.message_id)
         convert = (
             next((o for o in stored.outcomes if o.stage == "convert" and o.current), None)
@@ -397,13 +469,20 @@ class Outbound:
         )
         datas = bundles_of(convert.output if convert else None)
         if stored is None or row.record >= len(datas):
-            return False
+            return None
         data = datas[row.record]
         sender = self.network.find(stored.summary.sender or "") if stored.summary.sender else None
         from_key = sender.key if sender else self.institution
         if from_key is None:
+            return None
+        return stored, data, orjson.loads(data), from_key
+
+    def _redecide(self, row: OutboxRecord, force: bool, reason: str = "consent") -> bool:
+        assert row.message_id is not None and row.record is not None
+        source = self._source(row)
+        if source is None:
             return False
-        bundle = orjson.loads(data)  # once, for both decisions and the facts (only read)
+        stored, data, bundle, from_key = source
         # Decided once (nothing recorded), the variant and signature made, then the
         # decision, the message's policy outcome and the row's move kept in ONE
         # transaction: a decision never kept without its row moved, or the reverse.

@@ -712,31 +712,59 @@ class Outbox:
         return moved
 
     # -- a person's decisions (gateway outbox retry|replay|release) ---------------------
-    def retry(self, row_id: int, reason: str, now: datetime | None = None) -> OutboxRecord:
-        """A dead row queued again from the part that failed (attempts start over)."""
-        return self._requeue(row_id, "dead", "retry", reason, now)
+    # ``retry_in`` and ``replay_in`` queue stored parts again and decide nothing: the
+    # only callers are ``Outbound.retry|replay`` (gateway/delivery/_outbound.py), which
+    # decide again first and run them in the new decision's transaction. There is no
+    # public retry/replay here on purpose: a record never crosses on a stale decision.
+    def retry_in(
+        self, conn: Connection | None, row_id: int, reason: str, now: datetime | None = None
+    ) -> int:
+        """A dead row queued again from the part that failed (attempts start over), in
+        ``conn`` (the caller's transaction, :meth:`_joined`) or one of its own."""
+        self._requeue(conn, row_id, "dead", "retry", reason, now)
+        return row_id
 
     def release(self, row_id: int, reason: str, now: datetime | None = None) -> OutboxRecord:
         """A row the delivery stage held (an ambiguous send nobody could check, a partner
         no longer configured) queued again: its current part is sent. A row the policy
         holds is not released here (gateway.delivery.Outbound.release decides again)."""
-        return self._requeue(row_id, "held", "release", reason, now)
+        self._requeue(None, row_id, "held", "release", reason, now)
+        return self.require(row_id)
 
-    def _requeue(
-        self, row_id: int, state: str, action: str, reason: str, now: datetime | None
-    ) -> OutboxRecord:
-        """A person's retry (of a ``dead`` row) or release (of a ``held`` one): back to
-        ``pending`` at its current part, attempts from zero. A row the policy stopped is
-        the policy's to decide again, never a person's to push through here."""
-        now = now or self.clock()
-        record = self.require(row_id)
+    @staticmethod
+    def check_requeue(record: OutboxRecord, action: str) -> None:
+        """Raise unless a person may ``action`` (retry, release, replay) this row: retry a
+        ``dead`` one, release a ``held`` one, replay a ``delivered`` one; a row the policy
+        stopped is the policy's to decide again, never a person's to push through."""
+        if action == "replay":
+            if record.state != "delivered":
+                raise DeliveryError(
+                    "delivery.not-replayable",
+                    f"outbox record {record.id} cannot be replayed: it is {record.state}",
+                )
+            return
+        state = "dead" if action == "retry" else "held"
         if record.state != state or (record.last_error or "").startswith("policy."):
             policy = "the policy refused it" if state == "dead" else "the policy holds it"
             why = policy if record.state == state else f"it is {record.state}"
             code = "delivery.not-retryable" if action == "retry" else "delivery.not-releasable"
             verb = "retried" if action == "retry" else "released"
-            raise DeliveryError(code, f"outbox record {row_id} cannot be {verb}: {why}")
-        with self._write() as conn:
+            raise DeliveryError(code, f"outbox record {record.id} cannot be {verb}: {why}")
+
+    def _requeue(
+        self,
+        conn: Connection | None,
+        row_id: int,
+        state: str,
+        action: str,
+        reason: str,
+        now: datetime | None,
+    ) -> None:
+        """A person's retry (of a ``dead`` row) or release (of a ``held`` one): back to
+        ``pending`` at its current part, attempts from zero."""
+        now = now or self.clock()
+        self.check_requeue(self.require(row_id), action)
+        with self._joined(conn) as conn:
             self._move(
                 conn,
                 row_id,
@@ -747,20 +775,18 @@ class Outbox:
                 None,
                 {"attempts": 0, "next_at": now, "last_error": None, "lease_until": None},
             )
-        return self.require(row_id)
 
-    def replay(self, row_id: int, reason: str, now: datetime | None = None) -> OutboxRecord:
+    def replay_in(
+        self, conn: Connection | None, row_id: int, reason: str, now: datetime | None = None
+    ) -> int:
         """A delivered row queued again as a new row with the same parts (exactly what
-        left the first time); the original stays delivered."""
+        left the first time); the original stays delivered. In ``conn`` (the caller's
+        transaction) or one of its own; returns the new row's id."""
         now = now or self.clock()
         record = self.require(row_id)
-        if record.state != "delivered":
-            raise DeliveryError(
-                "delivery.not-replayable",
-                f"outbox record {row_id} cannot be replayed: it is {record.state}",
-            )
+        self.check_requeue(record, "replay")
         o = _outbox.c
-        with self._write() as conn:
+        with self._joined(conn) as conn:
             row = conn.execute(sa.select(o.dedup_key, o.parts).where(o.id == row_id)).one()
             # An explicit replay is a new row: its own dedup key.
             dedup = hashlib.sha256(
@@ -796,7 +822,7 @@ class Outbox:
             )
             if record.message_id is not None:
                 self._sync_message(conn, record.message_id, now)
-        return self.require(new_id)
+        return new_id
 
     @staticmethod
     def _count(conn: Connection, row_id: int) -> int:

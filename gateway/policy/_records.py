@@ -325,7 +325,9 @@ class PolicyRecords:
         decides them again (``Outbound.recheck_held``) and sends them only on a basis
         still in force. Rows being sent, or whose send was ambiguous (``waiting``) or
         begun (a part sent), are left: the partner may already hold them."""
-        from ..delivery._outbox import Outbox  # the delivery package imports this one
+        # At call time, by the delivery package's public name: that package imports this one,
+        # and the move (its event, the message's state) is the outbox's to make, not a copy.
+        from ..delivery import Outbox
 
         key = self._patient_key(withdrawn.patient)
         found = conn.execute(

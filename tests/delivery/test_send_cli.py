@@ -124,7 +124,11 @@ def test_retry_replay_release_keep_their_reasons(
     _deliver(tmp_path, partners)
     shown = _row(capsys, tmp_path, row["id"])
     assert shown["state"] == "delivered"
-    assert "retry: partner fixed its validator" in [e["reason"] for e in shown["events"]]
+    # decided again first: the new decision named in the transition
+    assert any(
+        e["reason"].startswith("retry: partner fixed its validator (allow: policy decision ")
+        for e in shown["events"]
+    )
 
     # Replay: the partner lost it; the same parts go again as a new record.
     code, out, _ = run(
@@ -143,7 +147,7 @@ def test_retry_replay_release_keep_their_reasons(
     assert _row(capsys, tmp_path, replay["id"])["state"] == "delivered"
     assert len(partner.search(f"ServiceRequest?identifier={REFERRAL}")) == 1  # conditional
     reasons = [e["reason"] for e in _row(capsys, tmp_path, row["id"])["events"]]
-    assert f"replayed as {replay['id']}: restored backup" in reasons
+    assert any(r.startswith(f"replayed as {replay['id']}: restored backup (allow") for r in reasons)
     code, _, err = run(capsys, tmp_path, "outbox", "replay", "999", "--reason", "x")
     assert code == 2 and "[delivery.not-found]" in err
 
@@ -176,3 +180,46 @@ def test_retry_replay_release_keep_their_reasons(
     released = _row(capsys, tmp_path, placed["outbox_id"])
     assert released["state"] == "delivered"
     assert any(e["reason"].startswith("released (consent signed)") for e in released["events"])
+    # The consent withdrawn: a replay is decided again and refused, one line, exit 2.
+    assert run(capsys, tmp_path, "consent", "withdraw", "consent-1")[0] == 0
+    code, out, err = run(
+        capsys, tmp_path, "outbox", "replay", str(placed["outbox_id"]), "--reason", "lost"
+    )
+    assert code == 2 and out == "" and len(err.splitlines()) == 1
+    assert "the policy, deciding again, holds it" in err and "[delivery.not-replayable]" in err
+    code, out, _ = run(capsys, tmp_path, "outbox", "list", "--json")
+    assert [r["state"] for r in json.loads(out) if r["replay_of"] == placed["outbox_id"]] == []
+
+
+def test_retry_dead_names_each_record_the_policy_now_refuses_and_retries_the_others(
+    partners: dict[str, Partner],
+    partner: PartnerServer,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Two dead records; the Hong Kong one's consent is withdrawn meanwhile: `retry
+    --dead` decides each again, names the refused one in one line and retries the
+    other (exit 1)."""
+    partner.http.post("/$fault", json={"mode": "400", "count": 2}).raise_for_status()
+    given = tmp_path / "consent.json"
+    given.write_text(
+        json.dumps(consent((HKID, "K583726A"), "HKPMC", start="2026-01-01", end="2099-12-31")),
+        encoding="utf-8",
+    )
+    assert run(capsys, tmp_path, "consent", "import", str(given))[0] == 0
+    dead = []
+    for name in ("ref_i12_lax2_to_njmu2.hl7", "ref_i12_nsch_to_hkpmc.hl7"):
+        _, out, _ = run(capsys, tmp_path, "send", str(HL7 / name), "--wait", "--json")
+        [row] = json.loads(out)[0]["outbox"]
+        assert row["state"] == "dead"
+        dead.append(row["id"])
+    domestic, hongkong = dead
+    assert run(capsys, tmp_path, "consent", "withdraw", "consent-1")[0] == 0
+    code, out, err = run(capsys, tmp_path, "outbox", "retry", "--dead", "--reason", "fixed")
+    assert code == 1 and out.splitlines()[0].startswith(f"retried outbox record {domestic} ")
+    assert len(out.splitlines()) == 1
+    [line] = err.splitlines()
+    assert f"outbox record {hongkong} cannot be retried" in line
+    assert "[delivery.not-retryable]" in line
+    assert _row(capsys, tmp_path, hongkong)["state"] == "dead"
+    assert _row(capsys, tmp_path, domestic)["state"] == "pending"

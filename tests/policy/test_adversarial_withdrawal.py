@@ -15,7 +15,7 @@ import pytest
 import respx
 
 from gateway import Converter
-from gateway.delivery import Deliverer, DeliveryConfig, Outbound
+from gateway.delivery import Deliverer, DeliveryConfig, DeliveryError, Outbound
 from gateway.policy import PolicyRecords
 from gateway.store import Store
 from tests.delivery import conftest as delivery
@@ -135,16 +135,82 @@ def _deliver(outbound: Outbound) -> list[bytes]:
     return sent
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="OPEN (delivery, not policy-owned): `gateway outbox replay` (and `retry` of a "
-    "dead row) queues the stored parts again without deciding again; see the report",
-)
 def test_a_replay_after_the_withdrawal_is_not_sent(
     store: Store, converter: Converter, outbound: Outbound
 ) -> None:
     _, (records, given, row) = _queued_on_consent(store, converter, outbound)
     assert _deliver(outbound) and outbound.outbox.require(row.id).state == "delivered"
     records.withdraw(given.id)
-    outbound.outbox.replay(row.id, "the partner asks again")
+    with pytest.raises(DeliveryError) as refused:  # before: queued on the old decision
+        outbound.replay(row.id, "the partner asks again")
+    assert refused.value.code == "delivery.not-replayable"
+    assert "the policy, deciding again, holds it" in refused.value.issue.message
     assert _deliver(outbound) == []
+    assert [r.id for r in outbound.outbox.records(limit=100)] == [row.id]  # no new row
+    assert outbound.outbox.require(row.id).state == "delivered"
+
+
+def _lapse(outbound: Outbound, monkeypatch: pytest.MonkeyPatch, agreement: str) -> None:
+    """The cross-border agreement ended on 2026-01-01 (the policy reads it again)."""
+    data = outbound.policy.policy.data
+    monkeypatch.setattr(
+        data,
+        "agreements",
+        [
+            dataclasses.replace(a, valid_to=date(2026, 1, 1)) if a.id == agreement else a
+            for a in data.agreements
+        ],
+    )
+    outbound.policy.policy.invalidate()
+
+
+def test_a_retry_of_a_dead_row_after_the_agreement_lapsed_is_refused(
+    store: Store, converter: Converter, outbound: Outbound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Queued on a consent and the agreement; the partner refused it (dead); the
+    agreement ends; a person's retry is decided again and refused: the row stays dead,
+    nothing crosses. With the agreement back in force the same retry goes."""
+    _, (_, _, row) = _queued_on_consent(store, converter, outbound)
+    with respx.mock(assert_all_mocked=True, assert_all_called=False) as partner:
+        outcome = {"resourceType": "OperationOutcome", "issue": [{"severity": "error"}]}
+        partner.post(HKPMC).mock(return_value=respx.MockResponse(400, json=outcome))
+        with Deliverer(outbound.outbox, outbound.partners, FAST, rng=random.Random(1)) as worker:
+            worker.run_once()
+    dead = outbound.outbox.require(row.id)
+    assert (dead.state, dead.last_error) == ("dead", "delivery.partner-rejected")
+    _lapse(outbound, monkeypatch, "GBA-SC-2024-NSCH-HKPMC")
+    with pytest.raises(DeliveryError) as refused:  # before: queued on the old decision
+        outbound.retry(row.id, "the partner fixed its validator")
+    assert refused.value.code == "delivery.not-retryable"
+    assert "the policy, deciding again, refuses it" in refused.value.issue.message
+    assert _deliver(outbound) == []
+    after = outbound.outbox.require(row.id)
+    assert (after.state, after.last_error) == ("dead", "delivery.partner-rejected")
+    # The agreement in force again: the same retry is decided again, allowed and sent.
+    monkeypatch.undo()
+    outbound.policy.policy.invalidate()
+    retried = outbound.retry(row.id, "the partner fixed its validator")
+    assert retried.state == "pending"
+    assert _deliver(outbound)  # its parts
+    assert outbound.outbox.require(row.id).state == "delivered"
+
+
+def test_a_replay_on_a_basis_in_force_is_decided_again_and_sent(
+    store: Store, converter: Converter, outbound: Outbound
+) -> None:
+    message, (_, _, row) = _queued_on_consent(store, converter, outbound)
+    first = _deliver(outbound)
+    assert first and outbound.outbox.require(row.id).state == "delivered"
+    before = len(outbound.policy.find(message))
+    replayed = outbound.replay(row.id, "the partner restored a backup")
+    assert (replayed.replay_of, replayed.state) == (row.id, "pending")
+    assert _deliver(outbound) == first  # the same parts, sent again
+    assert outbound.outbox.require(replayed.id).state == "delivered"
+    # The new decision is kept (current) and named by the replay's transition.
+    [latest, *older] = outbound.policy.find(message)
+    assert len(older) == before and latest.allowed
+    [created] = [e.reason for e in outbound.outbox.events(replayed.id) if e.from_state is None]
+    assert created == (
+        f"replay of {row.id}: the partner restored a backup "
+        f"({latest.outcome}: policy decision {latest.id})"
+    )

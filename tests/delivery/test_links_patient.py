@@ -7,12 +7,16 @@ patient identifier is held too; the same patient's report links as before."""
 
 from __future__ import annotations
 
+import json
 import random
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
+from gateway.cli import main
 from gateway.delivery import Deliverer, DeliveryConfig, Outbox
 from gateway.partners import Partner
 from gateway.store import Store
@@ -130,3 +134,26 @@ def test_the_same_patients_report_links_as_before(partner: PartnerServer, store:
     [diagnostic] = partner.search(f"DiagnosticReport?identifier={REPORT}")
     assert diagnostic["imagingStudy"][0]["reference"] == f"ImagingStudy/{imaging['id']}"
     assert diagnostic["subject"]["reference"] == imaging["subject"]["reference"]
+
+
+def test_the_hold_shows_in_gateway_outbox_show(
+    partner: PartnerServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    partner.reset()
+    medplum = Partner("partner", partner.base, max_entries=8)
+    store = Store.for_home(tmp_path)
+    outbox = Outbox(store)
+    theirs = [
+        outbox.enqueue(medplum, _bundle(name, OTHER), links_wait=WAIT)[0] for name in (ORDER, STUDY)
+    ]
+    _deliver(outbox, medplum, theirs)
+    report = outbox.enqueue(medplum, _bundle(ORU), links_wait=WAIT)[0]
+    _deliver(outbox, medplum, [report])
+    store.close()
+    assert main(["--home", str(tmp_path), "outbox", "show", str(report), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["state"], shown["last_error"]) == ("held", "delivery.link-other-patient")
+    assert "DiagnosticReport.imagingStudy identifier" in shown["events"][-1]["reason"]
+    assert main(["--home", str(tmp_path), "outbox", "list", "--state", "held"]) == 0
+    listed = capsys.readouterr().out.splitlines()[1:]
+    assert [line.split()[:3] for line in listed] == [[str(report), "partner", "held"]]

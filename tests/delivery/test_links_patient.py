@@ -19,7 +19,7 @@ import pytest
 from gateway.cli import main
 from gateway.delivery import Deliverer, DeliveryConfig, Outbox
 from gateway.partners import Partner
-from gateway.store import Store
+from gateway.store import Store, metadata
 from tests.conftest import REPO
 from tests.partner.conftest import PartnerServer
 
@@ -157,3 +157,20 @@ def test_the_hold_shows_in_gateway_outbox_show(
     assert main(["--home", str(tmp_path), "outbox", "list", "--state", "held"]) == 0
     listed = capsys.readouterr().out.splitlines()[1:]
     assert [line.split()[:3] for line in listed] == [[str(report), "partner", "held"]]
+
+
+def test_a_report_queued_before_the_migration_is_held(partner: PartnerServer, store: Store) -> None:
+    """Rows queued before 0011_link_patients kept no patient: nothing to compare."""
+    partner.reset()
+    medplum = Partner("partner", partner.base, max_entries=8)
+    outbox = Outbox(store)
+    ours = [outbox.enqueue(medplum, _bundle(name), links_wait=WAIT)[0] for name in (ORDER, STUDY)]
+    _deliver(outbox, medplum, ours)
+    report = outbox.enqueue(medplum, _bundle(ORU), links_wait=WAIT)[0]
+    links = metadata.tables["outbox_links"]
+    with store.engine.begin() as conn:
+        conn.execute(links.update().where(links.c.outbox_id == report).values(patients=None))
+    _deliver(outbox, medplum, [report])
+    row = outbox.require(report)
+    assert (row.state, row.last_error) == ("held", "delivery.link-unknown-patient")
+    assert partner.search(f"DiagnosticReport?identifier={REPORT}") == []

@@ -527,6 +527,7 @@ class Deliverer:
         found = self.outbox.delivered_links(record.id, needs)
         refused = {link: code for link, p in found.items() if (code := p.refused())}
         if refused:
+            # min: "link-other-patient" sorts before "link-unknown-patient", the graver first
             return parts, self._refusal(record, parts, refused), min(refused.values())
         delivered = set(found)
         parts = resolve_links(parts, delivered)

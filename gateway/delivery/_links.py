@@ -10,25 +10,151 @@ the same partner, then goes with each logical reference made conditional
 (``ServiceRequest?identifier=system|value``): the partner resolves it to its own
 resource, so the records are linked there. After ``delivery_reference_wait`` it goes
 with the logical reference only, and its event says so.
+
+Identity: each link row keeps the hashed identifiers (:func:`patient_ref`) of the patient
+of the resource that provides or needs it (:func:`patients_by_link`). A logical reference
+resolves only when every delivered record providing it shares a patient identifier
+(system|value) with the record that needs it: an accession number or Study UID reused
+for another patient (another hospital, another year) never links a report to that
+patient's study. On a mismatch, or when a side names no patient identifier, the needing
+record is held (``delivery.link-other-patient``, ``delivery.link-unknown-patient``).
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["LINKED_TYPES", "Link", "link_ref", "links_of", "resolve_links"]
+__all__ = [
+    "LINKED_TYPES",
+    "LINK_OTHER_PATIENT",
+    "LINK_UNKNOWN_PATIENT",
+    "Link",
+    "Provided",
+    "link_fields",
+    "link_ref",
+    "links_of",
+    "patient_ref",
+    "patients_by_link",
+    "resolve_links",
+]
 
 # Resources one conversion makes and another refers to by identifier.
 LINKED_TYPES = frozenset({"ServiceRequest", "ImagingStudy", "DiagnosticReport"})
 
 Link = tuple[str, str, str]  # (resource type, identifier system, value)
+# The needing record is held: the record providing its link is another patient's...
+LINK_OTHER_PATIENT = "delivery.link-other-patient"
+# ...or one of the two names no patient identifier (or was queued before they were kept).
+LINK_UNKNOWN_PATIENT = "delivery.link-unknown-patient"
+
+
+@dataclass(frozen=True, slots=True)
+class Provided:
+    """A needed link some delivered record provides at the partner: the hashed patient
+    identifiers of the record needing it and of each record providing it (None: not
+    recorded, queued before migration v0011_link_patients)."""
+
+    needing: frozenset[str] | None
+    providing: tuple[frozenset[str] | None, ...]
+
+    def refused(self) -> str | None:
+        """None when the link may resolve: every providing record shares a patient
+        identifier with the needing one. Else the code the needing record is held with
+        (any other patient holding the identifier would make the partner's conditional
+        reference find it, or find two)."""
+        if self.needing and any(p and not p & self.needing for p in self.providing):
+            return LINK_OTHER_PATIENT
+        if not self.needing or not all(self.providing):
+            return LINK_UNKNOWN_PATIENT
+        return None
 
 
 def link_ref(link: Link) -> str:
     """The stored key of a link: no identifier value in the clear."""
     return hashlib.sha256("|".join(link).encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def patient_ref(system: str, value: str) -> str:
+    """The stored key of a patient identifier (hashed like :func:`link_ref`)."""
+    return link_ref(("Patient", system, value))
+
+
+def patients_by_link(bundle: Mapping[str, Any]) -> dict[Link, frozenset[str]]:
+    """For each link of ``bundle`` (provided or needed), the hashed identifiers
+    (:func:`patient_ref`) of the patient of the resource(s) carrying it; empty when that
+    resource names no patient with an identifier."""
+    entries = [e for e in bundle.get("entry") or [] if isinstance(e, Mapping)]
+    patients = {
+        str(e.get("fullUrl")): e["resource"]
+        for e in entries
+        if isinstance(e.get("resource"), Mapping) and e["resource"].get("resourceType") == "Patient"
+    }
+    out: dict[Link, set[str]] = {}
+    for entry in entries:
+        resource = entry.get("resource")
+        if not isinstance(resource, Mapping):
+            continue
+        links: set[Link] = set()
+        if resource.get("resourceType") in LINKED_TYPES:
+            links |= {
+                (str(resource["resourceType"]), str(i["system"]), str(i["value"]))
+                for i in resource.get("identifier") or []
+                if isinstance(i, Mapping) and i.get("system") and i.get("value")
+            }
+        _logical(resource, links, top=True)
+        if links:
+            whose = _patient_of(resource, patients)
+            for link in links:
+                out.setdefault(link, set()).update(whose)
+    return {link: frozenset(refs) for link, refs in out.items()}
+
+
+def _patient_of(resource: Mapping[str, Any], patients: Mapping[str, Any]) -> set[str]:
+    """Hashed identifiers of ``resource``'s patient: its subject (a Patient entry of the
+    Bundle, a conditional or logical reference), else the Bundle's only Patient."""
+    subject = resource.get("subject") or resource.get("patient")
+    if not isinstance(subject, Mapping):
+        only = list(patients.values())
+        return _identifiers(only[0].get("identifier")) if len(only) == 1 else set()
+    found: set[str] = set()
+    reference = subject.get("reference")
+    if isinstance(reference, str):
+        if reference in patients:
+            found |= _identifiers(patients[reference].get("identifier"))
+        elif reference.startswith("Patient?identifier="):
+            system, _, value = reference.removeprefix("Patient?identifier=").partition("|")
+            found |= _identifiers([{"system": system, "value": value}])
+    found |= _identifiers([subject.get("identifier")])
+    return found
+
+
+def _identifiers(idents: Any) -> set[str]:
+    return {
+        patient_ref(str(i["system"]), str(i["value"]))
+        for i in idents or []
+        if isinstance(i, Mapping) and i.get("system") and i.get("value")
+    }
+
+
+def link_fields(parts: Iterable[Mapping[str, Any]], link: Link) -> list[str]:
+    """Where ``parts`` refer to ``link`` logically, as FHIRPath-like element names
+    (``DiagnosticReport.imagingStudy``): for a reason that names the field, not the
+    value."""
+    fields: set[str] = set()
+    for part in parts:
+        for entry in part.get("entry") or []:
+            resource = entry.get("resource") if isinstance(entry, Mapping) else None
+            if not isinstance(resource, Mapping):
+                continue
+            for key, value in resource.items():
+                found: set[Link] = set()
+                _logical(value, found)
+                if link in found:
+                    fields.add(f"{resource.get('resourceType')}.{key}")
+    return sorted(fields)
 
 
 def links_of(bundle: Mapping[str, Any]) -> tuple[set[Link], set[Link]]:

@@ -36,7 +36,7 @@ from sqlalchemy.engine import Connection
 from ..errors import GatewayError
 from ..partners import Partner
 from ..store import Store, metadata, utcnow
-from ._links import Link, link_ref, links_of
+from ._links import Link, Provided, link_ref, links_of, patients_by_link
 
 __all__ = [
     "ACTIVE",
@@ -286,7 +286,7 @@ class Outbox:
                 replay_of=replay_of,
                 links_until=now + links_wait if waits and links_wait is not None else None,
             )
-            self._add_links(conn, row_id, provides, needs)
+            self._add_links(conn, row_id, provides, needs, patients_by_link(bundle))
             self._event(conn, row_id, now, None, "pending", 0, None, reason)
             if message_id is not None:
                 self._sync_message(conn, message_id, now)
@@ -354,7 +354,7 @@ class Outbox:
         provides, needs = links_of(bundle)
         waits = bool(needs) and links_wait is not None
         with self._joined(conn) as conn:
-            self._add_links(conn, row_id, provides, needs)
+            self._add_links(conn, row_id, provides, needs, patients_by_link(bundle))
             self._move(
                 conn,
                 row_id,
@@ -376,8 +376,14 @@ class Outbox:
             )
 
     def _add_links(
-        self, conn: Connection, row_id: int, provides: set[Link], needs: set[Link]
+        self,
+        conn: Connection,
+        row_id: int,
+        provides: set[Link],
+        needs: set[Link],
+        patients: dict[Link, frozenset[str]],
     ) -> None:
+        """The row's links, each with its patient's hashed identifiers ("": none)."""
         rows = [
             {
                 "outbox_id": row_id,
@@ -385,6 +391,7 @@ class Outbox:
                 "kind": k,
                 "system": s[:255],
                 "ref": link_ref((k, s, v)),
+                "patients": " ".join(sorted(patients.get((k, s, v), ()))),
             }
             for role, links in (("provides", provides), ("needs", needs))
             for k, s, v in sorted(links)
@@ -404,15 +411,17 @@ class Outbox:
             ).all()
         return [_record(r) for r in rows]
 
-    def delivered_links(self, row_id: int, needs: set[Link]) -> set[Link]:
-        """Which of ``needs`` (a row's) a delivered row provides at the row's partner."""
+    def delivered_links(self, row_id: int, needs: set[Link]) -> dict[Link, Provided]:
+        """Which of ``needs`` (a row's) a delivered row provides at the row's partner,
+        each with the patients of the row and of every delivered row providing it
+        (:class:`Provided`: the link resolves only between records of one patient)."""
         if not needs:
-            return set()
+            return {}
         by_ref = {link_ref(link): link for link in needs}
         target = _outbox.alias("target")
         me = _outbox.alias("me")
         query = (
-            sa.select(_links.c.ref)
+            sa.select(_links.c.ref, _links.c.patients)
             .join(target, target.c.id == _links.c.outbox_id)
             .join(me, me.c.id == row_id)
             .where(
@@ -421,9 +430,20 @@ class Outbox:
                 target.c.partner == me.c.partner,
                 target.c.state == "delivered",
             )
+            .order_by(_links.c.id)
         )
+        mine = sa.select(_links.c.ref, _links.c.patients).where(
+            _links.c.outbox_id == row_id, _links.c.role == "needs"
+        )
+        providing: dict[str, list[frozenset[str] | None]] = {}
         with self.store.engine.connect() as conn:
-            return {by_ref[r] for r in conn.execute(query).scalars()}
+            for ref, patients in conn.execute(query):
+                providing.setdefault(ref, []).append(_patients(patients))
+            needing = {ref: _patients(patients) for ref, patients in conn.execute(mine)}
+        return {
+            by_ref[ref]: Provided(needing.get(ref), tuple(found))
+            for ref, found in providing.items()
+        }
 
     def sync_message(self, message_id: int) -> str | None:
         """Set the message's state from its outbox rows (see :data:`_MESSAGE_STATE`)."""
@@ -941,6 +961,12 @@ def _unmet(row: Any, now: datetime) -> Any:
         .exists()
     )
     return sa.and_(row.c.links_until.is_not(None), row.c.links_until > now, missing)
+
+
+def _patients(stored: str | None) -> frozenset[str] | None:
+    """A link row's hashed patient identifiers; None: not recorded (queued before
+    migration v0011_link_patients)."""
+    return None if stored is None else frozenset(stored.split())
 
 
 def _record(row: Any) -> OutboxRecord:

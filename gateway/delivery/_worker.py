@@ -27,7 +27,7 @@ from ..metrics import CREDENTIALS_REFUSED, NO_TOKEN, observe_stage, trace_attemp
 from ..partners import Partner
 from ..partners import partner_client as partners_client
 from ._ask import ask
-from ._links import Link, links_of, resolve_links
+from ._links import LINK_OTHER_PATIENT, Link, link_fields, links_of, resolve_links
 from ._outbox import Outbox, OutboxRecord
 from ._retry import Breaker, DeliveryConfig, backoff
 from ._send import Answer, send_part
@@ -152,7 +152,10 @@ class Deliverer:
         if record.links_until is not None and state == "pending" and part == 0:
             # The first send of a row linked to other records: its references are
             # settled now, once, and kept (a resend sends the same).
-            parts, note = self._link(record, parts)
+            parts, note, refused = self._link(record, parts)
+            if refused:  # another patient's record (or no patient to compare): a person
+                self.outbox.move(record.id, state, "held", note, now=now, last_error=refused)
+                return True
             linked = {"parts": orjson.dumps(parts), "links_until": None}
         if state == "waiting":
             resolved = self._resolve(record, partner, parts[part])
@@ -509,9 +512,11 @@ class Deliverer:
     # -- links at the partner (gateway/delivery/_links.py) ----------------------------
     def _link(
         self, record: OutboxRecord, parts: list[dict[str, Any]]
-    ) -> tuple[list[dict[str, Any]], str]:
+    ) -> tuple[list[dict[str, Any]], str, str | None]:
         """The parts to send, each logical reference to a record already delivered to
-        this partner made conditional (resolved there: linked); and what to say."""
+        this partner made conditional (resolved there: linked); what to say; and the
+        code to hold the row with when a delivered record providing one of its links is
+        not its patient's (the reason is then what to say)."""
         provides: set[Link] = set()
         needs: set[Link] = set()
         for part in parts:
@@ -519,7 +524,12 @@ class Deliverer:
             provides |= given
             needs |= wanted
         needs -= provides
-        delivered = self.outbox.delivered_links(record.id, needs)
+        found = self.outbox.delivered_links(record.id, needs)
+        refused = {link: code for link, p in found.items() if (code := p.refused())}
+        if refused:
+            # min: "link-other-patient" sorts before "link-unknown-patient", the graver first
+            return parts, self._refusal(record, parts, refused), min(refused.values())
+        delivered = set(found)
         parts = resolve_links(parts, delivered)
         missing = needs - delivered
         said = []
@@ -531,4 +541,27 @@ class Deliverer:
                 f"{REFERENCE_TIMEOUT}: sent with the logical reference only: {names} "
                 "not delivered to this partner in time"
             )
-        return parts, "; ".join(said)
+        return parts, "; ".join(said), None
+
+    @staticmethod
+    def _refusal(
+        record: OutboxRecord, parts: list[dict[str, Any]], refused: Mapping[Link, str]
+    ) -> str:
+        """The hold's reason: each refused link by code, type, field and identifier
+        system (never its value nor anything of the patient)."""
+        said = []
+        for (kind, system, value), code in sorted(refused.items()):
+            fields = ", ".join(link_fields(parts, (kind, system, value))) or "a reference"
+            why = (
+                "names a record delivered to this partner for another patient (no patient "
+                "identifier in common)"
+                if code == LINK_OTHER_PATIENT
+                else "cannot be checked against the record delivered to this partner: "
+                "one of the two names no patient identifier"
+            )
+            said.append(f"{code}: {fields} identifier ({kind}, system {system}) {why}")
+        return (
+            "; ".join(said) + "; held, neither linked nor sent unlinked: check the "
+            f"identifier at its source, then: gateway outbox release {record.id} "
+            "(checked again)"
+        )

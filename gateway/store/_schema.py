@@ -203,6 +203,10 @@ outbox_links = Table(
     Column("kind", String(64), nullable=False),  # the resource type
     Column("system", String(255), nullable=False),  # the identifier's system (for people)
     Column("ref", String(64), nullable=False),
+    # The hashed identifiers ("Patient|system|value", space-separated) of the patient of
+    # the resource carrying the link (migration v0011_link_patients): a link resolves
+    # only between records of one patient. NULL: queued before that migration.
+    Column("patients", Text),
 )
 Index("ix_outbox_links_ref", outbox_links.c.ref, outbox_links.c.role)
 Index("ix_outbox_links_row", outbox_links.c.outbox_id, outbox_links.c.role)

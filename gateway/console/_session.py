@@ -89,8 +89,10 @@ class Sessions:
             )
         return token
 
-    def get(self, token: str | None) -> Session | None:
-        """The live session of a cookie's token, its user enabled; None else."""
+    def get(self, token: str | None, touch: bool = True) -> Session | None:
+        """The live session of a cookie's token, its user enabled; None else. ``touch``
+        false: the request is no sign of the user (the dashboard's own polling), so it
+        does not push the idle timeout back."""
         if not token:
             return None
         now = utcnow()
@@ -118,7 +120,7 @@ class Sessions:
         if row.seen_at < now - IDLE or row.started < now - LIFETIME:
             self.end(token)
             return None
-        if now - row.seen_at > _TOUCH:
+        if touch and now - row.seen_at > _TOUCH:
             with self._writer.begin() as conn:
                 conn.execute(
                     sessions.update().where(s.token_hash == row.token_hash).values(seen_at=now)

@@ -84,11 +84,19 @@ def create_console(
     """The console app over the API's store and converter (``gateway serve`` mounts it
     at /console: gateway/api/_app.py)."""
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.middleware("http")
+    async def headers(request: Request, call_next: Callable[[Request], Any]) -> Response:
+        # every answer, FastAPI's own too (404, a 422 that echoes a parameter) and the
+        # static files: framed nowhere, never sniffed, never cached
+        response: Response = await call_next(request)
+        return _secure(response)
+
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     actions = Actions(settings, store, converter, convert_lock)
 
-    def session_of(request: Request) -> Session | None:
-        return Sessions(store()).get(request.cookies.get(COOKIE))
+    def session_of(request: Request, touch: bool = True) -> Session | None:
+        return Sessions(store()).get(request.cookies.get(COOKIE), touch)
 
     def render(
         request: Request, name: str, session: Session | None, status: int = 200, **values: Any
@@ -135,10 +143,10 @@ def create_console(
             )
             audit.record_guarded(None, event)
 
-    def need(request: Request, roles: tuple[str, ...] = ROLES) -> Session:
+    def need(request: Request, roles: tuple[str, ...] = ROLES, touch: bool = True) -> Session:
         """The signed-in session whose role is one of ``roles``: without one the page
         redirects to the sign-in form, with another role it is refused (403)."""
-        session = session_of(request)
+        session = session_of(request, touch)
         if session is None:
             raise _Login()
         if session.user.role not in roles:
@@ -195,6 +203,9 @@ def create_console(
             log.warning("console: failed sign-in from %s", _client(request))
             return render(request, "login.html", None, 401, pre=pre, failed="login.failed")
         await run_in_threadpool(limiter.succeeded, keys[0])
+        # the session this browser had (a fixed cookie, the previous user's on a shared
+        # PC) ends: only the new token is valid after a sign-in
+        await run_in_threadpool(Sessions(store()).end, request.cookies.get(COOKIE))
         token = await run_in_threadpool(Sessions(store()).start, user)
         response = _redirect("/dashboard")
         _cookie(response, COOKIE, token)
@@ -222,7 +233,9 @@ def create_console(
     # -- dashboard ------------------------------------------------------------------------
     @app.get("/dashboard")
     async def dashboard(request: Request, fragment: int = 0) -> Response:
-        session = need(request)
+        # the fragment is console.js polling every 10 s: not the user's activity, or an
+        # open dashboard would never reach the idle timeout
+        session = need(request, touch=not fragment)
         data = await run_in_threadpool(_data.dashboard, store(), breaker_states())
         name = "dashboard_live.html" if fragment else "dashboard.html"
         return render(

@@ -178,7 +178,7 @@ def create_console(
     async def login_page(request: Request) -> Response:
         pre = request.cookies.get(PRE_COOKIE) or secrets.token_urlsafe(32)
         response = render(request, "login.html", None, pre=pre, failed=None)
-        _cookie(response, PRE_COOKIE, pre, max_age=3600)
+        _cookie(response, PRE_COOKIE, pre, max_age=3600, path="/")
         lang = request.query_params.get("lang")
         if lang in LANGS:
             _cookie(response, "gw_console_lang", lang, max_age=365 * 86400, http_only=False)
@@ -208,8 +208,8 @@ def create_console(
         await run_in_threadpool(Sessions(store()).end, request.cookies.get(COOKIE))
         token = await run_in_threadpool(Sessions(store()).start, user)
         response = _redirect("/dashboard")
-        _cookie(response, COOKIE, token)
-        response.delete_cookie(PRE_COOKIE, path=PREFIX)
+        _cookie(response, COOKIE, token, path="/")
+        _forget(response, PRE_COOKIE)
         log.info("console: %s signed in (%s)", user.name, user.role)
         return response
 
@@ -218,7 +218,7 @@ def create_console(
         await form(request, session_of(request))
         Sessions(store()).end(request.cookies.get(COOKIE))
         response = _redirect("/login")
-        response.delete_cookie(COOKIE, path=PREFIX)
+        _forget(response, COOKIE)
         return response
 
     @app.post("/lang")
@@ -427,17 +427,28 @@ def _secure(response: _R) -> _R:
 
 
 def _cookie(
-    response: Response, name: str, value: str, max_age: int | None = None, http_only: bool = True
+    response: Response,
+    name: str,
+    value: str,
+    max_age: int | None = None,
+    http_only: bool = True,
+    path: str = PREFIX,
 ) -> None:
+    """A cookie of the console's; the ``__Host-`` ones need ``path="/"``."""
     response.set_cookie(
         name,
         value,
         max_age=max_age,
-        path=PREFIX,
+        path=path,
         secure=True,
         httponly=http_only,
         samesite="strict",
     )
+
+
+def _forget(response: Response, name: str) -> None:
+    """Deletes a ``__Host-`` cookie (a browser ignores the deletion without Secure)."""
+    response.delete_cookie(name, path="/", secure=True, httponly=True, samesite="strict")
 
 
 def _referrals(settings: Settings, store: Store) -> list[dict[str, Any]]:

@@ -11,6 +11,7 @@ from fastapi import FastAPI
 
 from gateway import Settings
 from gateway.console import Users
+from gateway.console._session import COOKIE, PRE_COOKIE
 from gateway.console._tables import sessions
 from gateway.store import open_store, utcnow
 from tests.store.browse import fix_mapping
@@ -37,7 +38,7 @@ def _sql(settings: Settings, statement: sa.Executable) -> list[sa.Row[tuple[obje
 
 
 def _cookie(client: Browser) -> str:
-    value = client.cookies.get("gw_console")
+    value = client.cookies.get(COOKIE)
     assert value
     return value
 
@@ -88,7 +89,7 @@ def test_no_state_change_through_get_method_override_or_json(app: FastAPI, home:
 def _replay(app: FastAPI, token: str) -> int:
     """The status of the dashboard asked by another browser presenting ``token``."""
     other = browser(app)
-    return other.get("/console/dashboard", headers={"Cookie": f"gw_console={token}"}).status_code
+    return other.get("/console/dashboard", headers={"Cookie": f"{COOKIE}={token}"}).status_code
 
 
 def test_signing_in_over_a_session_ends_the_old_one(app: FastAPI) -> None:
@@ -158,7 +159,9 @@ def test_a_role_taken_away_counts_at_once_in_a_live_session(app: FastAPI, home: 
     client = login(browser(app), "olivia")
     csrf = csrf_of(client.get(f"/console/messages/{failed}").text)
     _sql(settings, sa.text("UPDATE console_users SET role = 'auditor' WHERE name = 'olivia'"))
-    answer = client.post(f"/console/messages/{failed}/reprocess", data={"reason": "x", "csrf": csrf})
+    answer = client.post(
+        f"/console/messages/{failed}/reprocess", data={"reason": "x", "csrf": csrf}
+    )
     assert answer.status_code == 403 and _state(settings, failed) == "failed"
 
 
@@ -183,8 +186,12 @@ def test_no_open_redirect_through_next_or_back(app: FastAPI) -> None:
     page = client.get("/console/login?next=https://evil.example/")
     answer = client.post(
         "/console/login?next=https://evil.example/",
-        data={"name": "olivia", "password": PASSWORD, "csrf": csrf_of(page.text),
-              "next": "//evil.example/"},
+        data={
+            "name": "olivia",
+            "password": PASSWORD,
+            "csrf": csrf_of(page.text),
+            "next": "//evil.example/",
+        },
     )
     assert answer.headers["location"] == "/console/dashboard"
     csrf = csrf_of(client.get("/console/dashboard").text)
@@ -258,3 +265,27 @@ def test_a_look_alike_login_name_is_not_the_user(app: FastAPI, home: tuple) -> N
         assert [u.name for u in Users(store).list()] == ["adam", "audrey", "olivia"]
     finally:
         store.close()
+
+
+def test_a_planted_pre_login_token_cannot_forge_a_sign_in(app: FastAPI) -> None:
+    """Defect fixed: the login form's double submit compared the form's token with a
+    plain cookie, ``gw_console_pre`` (Path=/console). Whoever can plant a cookie for the
+    host (a sibling host of the hospital's domain; a machine in the path of any
+    plain-HTTP request to it) knew both halves and could sign a nurse in as the
+    attacker (login CSRF). The cookies are ``__Host-`` now: a browser accepts them only
+    Secure, Path=/, without Domain, from this host over HTTPS."""
+    client = browser(app)
+    page = client.get("/console/login")
+    pre = next(c for c in page.headers.get_list("set-cookie") if c.startswith(PRE_COOKIE + "="))
+    flags = {f.strip().lower() for f in pre.split(";")[1:]}
+    assert PRE_COOKIE.startswith("__Host-") and COOKIE.startswith("__Host-")
+    assert {"secure", "path=/", "samesite=strict"} <= flags
+    assert not any(f.startswith("domain") for f in flags)
+    # a token planted under a name a browser lets anyone set is not looked at
+    forged = browser(app)
+    answer = forged.post(
+        "/console/login",
+        data={"name": "olivia", "password": PASSWORD, "csrf": "planted-token"},
+        headers={"Cookie": "gw_console_pre=planted-token"},
+    )
+    assert answer.status_code == 403

@@ -51,31 +51,44 @@ def _fill(settings: Settings) -> tuple[int, int]:
     try:
         converter = Converter(settings)
         good = store.receive(Incoming(_poisoned(UTF8_ORU), "mllp", peer="10.0.0.9:5000")).id
-        bad = store.receive(
-            Incoming(_poisoned(UTF8_ORU, f"{SCRIPT}^R01"), "mllp", peer=IMG)
-        ).id
+        bad = store.receive(Incoming(_poisoned(UTF8_ORU, f"{SCRIPT}^R01"), "mllp", peer=IMG)).id
         process_message(store, converter, good)
         process_message(store, converter, bad)
         outbox = Outbox(store)
         bundle = {
             "resourceType": "Bundle",
             "type": "transaction",
-            "entry": [{"resource": {"resourceType": "Patient", "id": "p1",
-                                    "name": [{"text": SCRIPT}]}}],
+            "entry": [
+                {"resource": {"resourceType": "Patient", "id": "p1", "name": [{"text": SCRIPT}]}}
+            ],
         }
         row, _ = outbox.enqueue(
-            Partner("hkpmc", "https://fhir.hkpmc.example/fhir"), bundle, message_id=good,
+            Partner("hkpmc", "https://fhir.hkpmc.example/fhir"),
+            bundle,
+            message_id=good,
             reason=f"queued {IMG}",
         )
         answer = {
             "resourceType": "OperationOutcome",
-            "issue": [{"severity": "error", "code": "invalid", "diagnostics": SCRIPT,
-                       "expression": [BREAKOUT]}],
+            "issue": [
+                {
+                    "severity": "error",
+                    "code": "invalid",
+                    "diagnostics": SCRIPT,
+                    "expression": [BREAKOUT],
+                }
+            ],
         }
         now = utcnow() + timedelta(seconds=1)
         outbox.move(
-            row, outbox.require(row).state, "dead", f"partner said {SCRIPT}", now=now, status=422,
-            last_error=IMG, last_response=orjson.dumps(answer).decode(),
+            row,
+            outbox.require(row).state,
+            "dead",
+            f"partner said {SCRIPT}",
+            now=now,
+            status=422,
+            last_error=IMG,
+            last_response=orjson.dumps(answer).decode(),
         )
         return good, bad
     finally:
@@ -122,8 +135,13 @@ def test_search_criteria_echoed_in_the_form_cannot_break_out(app: FastAPI, home:
     csrf = csrf_of(client.get("/console/messages").text)
     found = client.post(
         "/console/messages",
-        data={"sender": BREAKOUT, "patient": f"{SCRIPT}|陳大文", "type": IMG,
-              "control_id": "' autofocus onfocus='alert(3)", "csrf": csrf},
+        data={
+            "sender": BREAKOUT,
+            "patient": f"{SCRIPT}|陳大文",
+            "type": IMG,
+            "control_id": "' autofocus onfocus='alert(3)",
+            "csrf": csrf,
+        },
     )
     page = client.get(found.headers["location"]).text
     _clean(page, "the search form")

@@ -4,7 +4,10 @@ attack; most show the console already holds, a few were defects (named in each).
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
+
+import pytest
 
 import sqlalchemy as sa
 from fastapi import FastAPI
@@ -289,3 +292,16 @@ def test_a_planted_pre_login_token_cannot_forge_a_sign_in(app: FastAPI) -> None:
         headers={"Cookie": "gw_console_pre=planted-token"},
     )
     assert answer.status_code == 403
+
+
+def test_a_path_cannot_forge_a_log_line(app: FastAPI, caplog: pytest.LogCaptureFixture) -> None:
+    """A refused POST logs its path; an insider's path with a line break would forge a
+    second line in the text log (the auditor's record of who did what). It cannot: a
+    line feed never reaches the console's mount, and the URL parser drops CR/LF."""
+    client = login(browser(app), "olivia")
+    forged = "retry%0D2026-12-06%2009:00:00%20INFO%20gateway.console:%20reprocess%20by%20adam"
+    with caplog.at_level(logging.INFO, logger="gateway.console"):
+        answer = client.post(f"/console/outbox/1/{forged}", data={"reason": "x"})
+    assert answer.status_code == 403
+    lines = [r.getMessage() for r in caplog.records if r.name == "gateway.console"]
+    assert lines and not [line for line in lines if len(line.splitlines()) > 1]

@@ -8,7 +8,6 @@ import logging
 from datetime import timedelta
 
 import pytest
-
 import sqlalchemy as sa
 from fastapi import FastAPI
 

@@ -46,6 +46,7 @@ HERE = Path(__file__).parent
 PREFIX = "/console"
 MAX_FORM = 64 * 1024
 PAGE = 50
+MAX_ID = 2**63 - 1  # the store's ids are 64-bit: a larger one is no record (not a 500)
 _SINCE = "since: 30m, 2h, 7d or an ISO 8601 time (2026-12-01T08:00)"
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -255,7 +256,7 @@ def create_console(
         session = need(request)
         found = await run_in_threadpool(Searches(store()).get, q, session.user.id)
         where = found or MessageFilter()
-        cursor = after if after.isdigit() else None
+        cursor = after if _an_id(after) else None
         page: Page = await run_in_threadpool(store().find, where, PAGE, cursor)
         if page.items:
             records = tuple(r for m in page.items for r in message_subject(m.id).records)
@@ -293,7 +294,9 @@ def create_console(
     @app.get("/messages/{message_id}")
     async def message(request: Request, message_id: int) -> Response:
         session = need(request)
-        found = await run_in_threadpool(_data.detail, store(), message_id)
+        found = None
+        if 0 < message_id <= MAX_ID:
+            found = await run_in_threadpool(_data.detail, store(), message_id)
         if found is None:
             return render(request, "error.html", session, 404, message="app.not_found")
         bundle = next((o.output for o in reversed(found.message.outcomes) if o.output), None)
@@ -325,7 +328,8 @@ def create_console(
         row_id: int | None,
     ) -> Response:
         session, fields = await posted(request, ("operator", "admin"))
-        if action not in allowed:
+        target_id = message_id if message_id is not None else row_id
+        if action not in allowed or not (target_id and 0 < target_id <= MAX_ID):
             return render(request, "error.html", session, 404, message="app.not_found")
         reason = fields.get("reason", "")
         target: int | None
@@ -406,6 +410,11 @@ def _pick(lang: str, texts: Any) -> str:
         if texts.get(key):
             return str(texts[key])
     return ""
+
+
+def _an_id(text: str) -> bool:
+    """A store id as typed in a URL: ASCII digits (``"²".isdigit()`` is true), 64-bit."""
+    return text.isascii() and text.isdigit() and 0 < int(text) <= MAX_ID
 
 
 def _anonymous_lang(request: Request) -> str:

@@ -304,3 +304,17 @@ def test_a_path_cannot_forge_a_log_line(app: FastAPI, caplog: pytest.LogCaptureF
     assert answer.status_code == 403
     lines = [r.getMessage() for r in caplog.records if r.name == "gateway.console"]
     assert lines and not [line for line in lines if len(line.splitlines()) > 1]
+
+
+def test_an_id_out_of_the_stores_range_is_not_found_not_a_crash(app: FastAPI) -> None:
+    """Defect fixed: an id beyond 64 bits (or a non-ASCII digit as ``after=``) went to
+    the database as is: OverflowError, a 500 without the console's headers, on the
+    detail, the results' next page and every action."""
+    client = login(browser(app), "olivia")
+    huge = "9" * 23
+    assert client.get(f"/console/messages/{huge}").status_code == 404
+    for after in (huge, "\u00b2", "\u0661\u0662"):
+        assert client.get("/console/messages", params={"after": after}).status_code == 200
+    csrf = csrf_of(client.get("/console/dashboard").text)
+    for path in (f"/console/outbox/{huge}/retry", f"/console/messages/{huge}/resolve"):
+        assert client.post(path, data={"reason": "x", "csrf": csrf}).status_code == 404

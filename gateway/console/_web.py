@@ -26,7 +26,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from ..audit import Subject, audit_log, bundle_subject, events, message_subject
+from ..audit import AuditLog, Subject, bundle_subject, events, message_subject
 from ..config import Settings
 from ..errors import GatewayError
 from ..store import STATES, MessageFilter, Page, Store, parse_since
@@ -47,6 +47,7 @@ PREFIX = "/console"
 MAX_FORM = 64 * 1024
 PAGE = 50
 MAX_ID = 2**63 - 1  # the store's ids are 64-bit: a larger one is no record (not a 500)
+_UNAUDITED = "the audit log could not record this view [audit.write-failed]"
 _SINCE = "since: 30m, 2h, 7d or an ISO 8601 time (2026-12-01T08:00)"
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -135,14 +136,20 @@ def create_console(
             raise _Denied(403, "app.bad_request")
         return fields
 
-    def audit_read(request: Request, user: User, subject: Subject, interaction: str) -> None:
-        s = store()
-        audit = audit_log(s, settings)
-        if audit is not None:
-            event = events.api_read(
-                "console", user.name, subject, interaction=interaction, network=_client(request)
-            )
-            audit.record_guarded(None, event)
+    def audit_read(request: Request, user: User, subject: Subject, interaction: str) -> bool:
+        """Records the view; False when the record could not be written (the page is
+        then refused: no view of patient data goes unaudited). Its own transaction, not
+        the pipeline's deferred one: the view waits until its record is kept."""
+        if not settings.audit_enabled:
+            return True
+        event = events.api_read(
+            "console", user.name, subject, interaction=interaction, network=_client(request)
+        )
+        return AuditLog(store()).record_guarded(None, event)
+
+    def unaudited(request: Request, session: Session) -> HTMLResponse:
+        log.error("console: a view refused, its audit record failed [audit.write-failed]")
+        return render(request, "error.html", session, 503, message="app.error", detail=_UNAUDITED)
 
     def need(request: Request, roles: tuple[str, ...] = ROLES, touch: bool = True) -> Session:
         """The signed-in session whose role is one of ``roles``: without one the page
@@ -260,7 +267,8 @@ def create_console(
         page: Page = await run_in_threadpool(store().find, where, PAGE, cursor)
         if page.items:
             records = tuple(r for m in page.items for r in message_subject(m.id).records)
-            audit_read(request, session.user, Subject(None, records), "search-type")
+            if not audit_read(request, session.user, Subject(None, records), "search-type"):
+                return unaudited(request, session)
         return render(
             request,
             "messages.html",
@@ -301,7 +309,8 @@ def create_console(
             return render(request, "error.html", session, 404, message="app.not_found")
         bundle = next((o.output for o in reversed(found.message.outcomes) if o.output), None)
         subject = _subject_of(bundle, message_id)
-        audit_read(request, session.user, subject, "read")
+        if not audit_read(request, session.user, subject, "read"):
+            return unaudited(request, session)
         return render(
             request,
             "message.html",
@@ -364,7 +373,8 @@ def create_console(
         rows = await run_in_threadpool(_referrals, settings, store())
         if rows:  # referrals are about patients: the listing is audited as a search
             tasks = tuple(f"Task/{r['task']}" for r in rows)
-            audit_read(request, session.user, Subject(None, tasks), "search-type")
+            if not audit_read(request, session.user, Subject(None, tasks), "search-type"):
+                return unaudited(request, session)
         return render(request, "referrals.html", session, rows=rows)
 
     @app.get("/alerts")

@@ -318,3 +318,30 @@ def test_an_id_out_of_the_stores_range_is_not_found_not_a_crash(app: FastAPI) ->
     csrf = csrf_of(client.get("/console/dashboard").text)
     for path in (f"/console/outbox/{huge}/retry", f"/console/messages/{huge}/resolve"):
         assert client.post(path, data={"reason": "x", "csrf": csrf}).status_code == 404
+
+
+def test_a_view_whose_audit_record_fails_shows_no_patient_data(
+    app: FastAPI, home: tuple, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Defect fixed: a view's ``api-read`` record went through the pipeline's deferred,
+    never-failing append: when the audit log could not be written (the database full,
+    a lock, a broken chain), the page showed the patient's data anyway, unaudited."""
+    from gateway.audit import AuditLog
+
+    failed, converted = home[1], home[2]
+    client = login(browser(app), "audrey")
+    assert "許" in client.get(f"/console/messages/{converted}").text  # the patient's name
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise sa.exc.OperationalError("INSERT", {}, Exception("database or disk is full"))
+
+    monkeypatch.setattr(AuditLog, "append_rows", broken)
+    with pytest.MonkeyPatch.context() as quiet:  # the failure is logged, as it should be
+        quiet.setattr(logging.getLogger("gateway"), "disabled", True)
+        for path in (f"/console/messages/{converted}", f"/console/messages/{failed}"):
+            page = client.get(path)
+            assert page.status_code == 503 and "audit.write-failed" in page.text
+            assert "許" not in page.text and "神经内科" not in page.text
+        listing = client.get("/console/messages")
+        assert listing.status_code == 503
+        assert f'href="/console/messages/{failed}"' not in listing.text

@@ -1,7 +1,8 @@
 """Console sessions (server-side rows, the cookie holds a random token), CSRF tokens and
 login rate limiting.
 
-- The cookie is ``Secure``, ``HttpOnly``, ``SameSite=Strict``, path ``/console``; its
+- The cookie is ``__Host-`` prefixed, ``Secure``, ``HttpOnly``, ``SameSite=Strict``, path
+  ``/`` (the prefix demands it); its
   token is 256 random bits; the store keeps only its SHA-256. A session ends after
   ``IDLE`` without a request or ``LIFETIME`` after login, at logout, and when its user's
   password changes or the user is disabled.
@@ -42,8 +43,13 @@ __all__ = [
     "same_token",
 ]
 
-COOKIE = "gw_console"
-PRE_COOKIE = "gw_console_pre"  # before login: the login form's double-submit token
+# __Host-: the browser takes these cookies only from this host over HTTPS, Secure, with
+# Path=/ and no Domain, so neither a sibling host of the hospital's domain nor a
+# machine in the path of a plain-HTTP request can plant one (a planted pre-login token
+# would defeat the login form's double submit; a planted session, sign the user in as
+# the attacker).
+COOKIE = "__Host-gw_console"
+PRE_COOKIE = "__Host-gw_console_pre"  # before login: the login form's double-submit token
 IDLE = timedelta(minutes=30)
 LIFETIME = timedelta(hours=12)
 _TOUCH = timedelta(seconds=60)  # seen_at is written at most once a minute per session
@@ -89,8 +95,10 @@ class Sessions:
             )
         return token
 
-    def get(self, token: str | None) -> Session | None:
-        """The live session of a cookie's token, its user enabled; None else."""
+    def get(self, token: str | None, touch: bool = True) -> Session | None:
+        """The live session of a cookie's token, its user enabled; None else. ``touch``
+        false: the request is no sign of the user (the dashboard's own polling), so it
+        does not push the idle timeout back."""
         if not token:
             return None
         now = utcnow()
@@ -118,7 +126,7 @@ class Sessions:
         if row.seen_at < now - IDLE or row.started < now - LIFETIME:
             self.end(token)
             return None
-        if now - row.seen_at > _TOUCH:
+        if touch and now - row.seen_at > _TOUCH:
             with self._writer.begin() as conn:
                 conn.execute(
                     sessions.update().where(s.token_hash == row.token_hash).values(seen_at=now)

@@ -26,7 +26,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from ..audit import Subject, audit_log, bundle_subject, events, message_subject
+from ..audit import AuditLog, Subject, bundle_subject, events, message_subject
 from ..config import Settings
 from ..errors import GatewayError
 from ..store import STATES, MessageFilter, Page, Store, parse_since
@@ -46,6 +46,8 @@ HERE = Path(__file__).parent
 PREFIX = "/console"
 MAX_FORM = 64 * 1024
 PAGE = 50
+MAX_ID = 2**63 - 1  # the store's ids are 64-bit: a larger one is no record (not a 500)
+_UNAUDITED = "the audit log could not record this view [audit.write-failed]"
 _SINCE = "since: 30m, 2h, 7d or an ISO 8601 time (2026-12-01T08:00)"
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -84,11 +86,19 @@ def create_console(
     """The console app over the API's store and converter (``gateway serve`` mounts it
     at /console: gateway/api/_app.py)."""
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.middleware("http")
+    async def headers(request: Request, call_next: Callable[[Request], Any]) -> Response:
+        # every answer, FastAPI's own too (404, a 422 that echoes a parameter) and the
+        # static files: framed nowhere, never sniffed, never cached
+        response: Response = await call_next(request)
+        return _secure(response)
+
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     actions = Actions(settings, store, converter, convert_lock)
 
-    def session_of(request: Request) -> Session | None:
-        return Sessions(store()).get(request.cookies.get(COOKIE))
+    def session_of(request: Request, touch: bool = True) -> Session | None:
+        return Sessions(store()).get(request.cookies.get(COOKIE), touch)
 
     def render(
         request: Request, name: str, session: Session | None, status: int = 200, **values: Any
@@ -126,19 +136,25 @@ def create_console(
             raise _Denied(403, "app.bad_request")
         return fields
 
-    def audit_read(request: Request, user: User, subject: Subject, interaction: str) -> None:
-        s = store()
-        audit = audit_log(s, settings)
-        if audit is not None:
-            event = events.api_read(
-                "console", user.name, subject, interaction=interaction, network=_client(request)
-            )
-            audit.record_guarded(None, event)
+    def audit_read(request: Request, user: User, subject: Subject, interaction: str) -> bool:
+        """Records the view; False when the record could not be written (the page is
+        then refused: no view of patient data goes unaudited). Its own transaction, not
+        the pipeline's deferred one: the view waits until its record is kept."""
+        if not settings.audit_enabled:
+            return True
+        event = events.api_read(
+            "console", user.name, subject, interaction=interaction, network=_client(request)
+        )
+        return AuditLog(store()).record_guarded(None, event)
 
-    def need(request: Request, roles: tuple[str, ...] = ROLES) -> Session:
+    def unaudited(request: Request, session: Session) -> HTMLResponse:
+        log.error("console: a view refused, its audit record failed [audit.write-failed]")
+        return render(request, "error.html", session, 503, message="app.error", detail=_UNAUDITED)
+
+    def need(request: Request, roles: tuple[str, ...] = ROLES, touch: bool = True) -> Session:
         """The signed-in session whose role is one of ``roles``: without one the page
         redirects to the sign-in form, with another role it is refused (403)."""
-        session = session_of(request)
+        session = session_of(request, touch)
         if session is None:
             raise _Login()
         if session.user.role not in roles:
@@ -170,7 +186,7 @@ def create_console(
     async def login_page(request: Request) -> Response:
         pre = request.cookies.get(PRE_COOKIE) or secrets.token_urlsafe(32)
         response = render(request, "login.html", None, pre=pre, failed=None)
-        _cookie(response, PRE_COOKIE, pre, max_age=3600)
+        _cookie(response, PRE_COOKIE, pre, max_age=3600, path="/")
         lang = request.query_params.get("lang")
         if lang in LANGS:
             _cookie(response, "gw_console_lang", lang, max_age=365 * 86400, http_only=False)
@@ -195,10 +211,13 @@ def create_console(
             log.warning("console: failed sign-in from %s", _client(request))
             return render(request, "login.html", None, 401, pre=pre, failed="login.failed")
         await run_in_threadpool(limiter.succeeded, keys[0])
+        # the session this browser had (a fixed cookie, the previous user's on a shared
+        # PC) ends: only the new token is valid after a sign-in
+        await run_in_threadpool(Sessions(store()).end, request.cookies.get(COOKIE))
         token = await run_in_threadpool(Sessions(store()).start, user)
         response = _redirect("/dashboard")
-        _cookie(response, COOKIE, token)
-        response.delete_cookie(PRE_COOKIE, path=PREFIX)
+        _cookie(response, COOKIE, token, path="/")
+        _forget(response, PRE_COOKIE)
         log.info("console: %s signed in (%s)", user.name, user.role)
         return response
 
@@ -207,7 +226,7 @@ def create_console(
         await form(request, session_of(request))
         Sessions(store()).end(request.cookies.get(COOKIE))
         response = _redirect("/login")
-        response.delete_cookie(COOKIE, path=PREFIX)
+        _forget(response, COOKIE)
         return response
 
     @app.post("/lang")
@@ -222,7 +241,9 @@ def create_console(
     # -- dashboard ------------------------------------------------------------------------
     @app.get("/dashboard")
     async def dashboard(request: Request, fragment: int = 0) -> Response:
-        session = need(request)
+        # the fragment is console.js polling every 10 s: not the user's activity, or an
+        # open dashboard would never reach the idle timeout
+        session = need(request, touch=not fragment)
         data = await run_in_threadpool(_data.dashboard, store(), breaker_states())
         name = "dashboard_live.html" if fragment else "dashboard.html"
         return render(
@@ -242,11 +263,12 @@ def create_console(
         session = need(request)
         found = await run_in_threadpool(Searches(store()).get, q, session.user.id)
         where = found or MessageFilter()
-        cursor = after if after.isdigit() else None
+        cursor = after if _an_id(after) else None
         page: Page = await run_in_threadpool(store().find, where, PAGE, cursor)
         if page.items:
             records = tuple(r for m in page.items for r in message_subject(m.id).records)
-            audit_read(request, session.user, Subject(None, records), "search-type")
+            if not audit_read(request, session.user, Subject(None, records), "search-type"):
+                return unaudited(request, session)
         return render(
             request,
             "messages.html",
@@ -280,12 +302,15 @@ def create_console(
     @app.get("/messages/{message_id}")
     async def message(request: Request, message_id: int) -> Response:
         session = need(request)
-        found = await run_in_threadpool(_data.detail, store(), message_id)
+        found = None
+        if 0 < message_id <= MAX_ID:
+            found = await run_in_threadpool(_data.detail, store(), message_id)
         if found is None:
             return render(request, "error.html", session, 404, message="app.not_found")
         bundle = next((o.output for o in reversed(found.message.outcomes) if o.output), None)
         subject = _subject_of(bundle, message_id)
-        audit_read(request, session.user, subject, "read")
+        if not audit_read(request, session.user, subject, "read"):
+            return unaudited(request, session)
         return render(
             request,
             "message.html",
@@ -312,7 +337,8 @@ def create_console(
         row_id: int | None,
     ) -> Response:
         session, fields = await posted(request, ("operator", "admin"))
-        if action not in allowed:
+        target_id = message_id if message_id is not None else row_id
+        if action not in allowed or not (target_id and 0 < target_id <= MAX_ID):
             return render(request, "error.html", session, 404, message="app.not_found")
         reason = fields.get("reason", "")
         target: int | None
@@ -347,7 +373,8 @@ def create_console(
         rows = await run_in_threadpool(_referrals, settings, store())
         if rows:  # referrals are about patients: the listing is audited as a search
             tasks = tuple(f"Task/{r['task']}" for r in rows)
-            audit_read(request, session.user, Subject(None, tasks), "search-type")
+            if not audit_read(request, session.user, Subject(None, tasks), "search-type"):
+                return unaudited(request, session)
         return render(request, "referrals.html", session, rows=rows)
 
     @app.get("/alerts")
@@ -395,6 +422,11 @@ def _pick(lang: str, texts: Any) -> str:
     return ""
 
 
+def _an_id(text: str) -> bool:
+    """A store id as typed in a URL: ASCII digits (``"²".isdigit()`` is true), 64-bit."""
+    return text.isascii() and text.isdigit() and 0 < int(text) <= MAX_ID
+
+
 def _anonymous_lang(request: Request) -> str:
     chosen = request.query_params.get("lang") or request.cookies.get("gw_console_lang")
     return chosen if chosen in LANGS else "zh-Hans"
@@ -414,17 +446,28 @@ def _secure(response: _R) -> _R:
 
 
 def _cookie(
-    response: Response, name: str, value: str, max_age: int | None = None, http_only: bool = True
+    response: Response,
+    name: str,
+    value: str,
+    max_age: int | None = None,
+    http_only: bool = True,
+    path: str = PREFIX,
 ) -> None:
+    """A cookie of the console's; the ``__Host-`` ones need ``path="/"``."""
     response.set_cookie(
         name,
         value,
         max_age=max_age,
-        path=PREFIX,
+        path=path,
         secure=True,
         httponly=http_only,
         samesite="strict",
     )
+
+
+def _forget(response: Response, name: str) -> None:
+    """Deletes a ``__Host-`` cookie (a browser ignores the deletion without Secure)."""
+    response.delete_cookie(name, path="/", secure=True, httponly=True, samesite="strict")
 
 
 def _referrals(settings: Settings, store: Store) -> list[dict[str, Any]]:

@@ -42,9 +42,12 @@ def test_the_session_cookie_is_secure_httponly_and_strict(app: FastAPI) -> None:
     answer = client.post(
         "/console/login", data={"name": "olivia", "password": PASSWORD, "csrf": csrf}
     )
-    cookie = next(c for c in answer.headers.get_list("set-cookie") if c.startswith("gw_console="))
+    cookie = next(
+        c for c in answer.headers.get_list("set-cookie") if c.startswith("__Host-gw_console=")
+    )
     flags = {f.strip().lower() for f in cookie.split(";")[1:]}
-    assert {"secure", "httponly", "samesite=strict", "path=/console"} <= flags
+    assert {"secure", "httponly", "samesite=strict", "path=/"} <= flags
+    assert not any(f.startswith("domain") for f in flags)
     page = client.get("/console/dashboard")
     assert page.status_code == 200
     assert "default-src 'self'" in page.headers["content-security-policy"]

@@ -342,18 +342,9 @@ def _check_kept(
     the tree it signed."""
     label = f"the kept head (size {kept.tree_size})"
     check_head(verdict, kept, label, trusted)
-    if kept.tree_size > tree.size:
-        verdict.add(
-            "audit.missing",
-            f"{label} covers {kept.tree_size} entries, the log holds {tree.size}: entries "
-            "were deleted or the database was rolled back to an older copy",
-        )
-    elif roots.get(kept.tree_size) != kept.root_hash:
-        verdict.add(
-            "audit.rewritten",
-            f"{label}: the log's root at that size is not the signed one: entries before "
-            f"{kept.tree_size} changed after it was signed",
-        )
+    _against_log(
+        verdict, kept, label, roots, tree, " or the database was rolled back to an older copy"
+    )
 
 
 def _check_heads(
@@ -368,22 +359,34 @@ def _check_heads(
     for head in heads:
         label = f"signed head #{head.id} (size {head.tree_size})"
         signed = check_head(verdict, head, label, trusted)
-        if head.tree_size > tree.size:
-            verdict.add(
-                "audit.missing",
-                f"{label} covers {head.tree_size} entries, the log holds {tree.size}: entries "
-                "were deleted",
-            )
-        elif roots.get(head.tree_size) != head.root_hash:
-            verdict.add(
-                "audit.rewritten",
-                f"{label}: the log's root at that size is not the signed one: entries before "
-                f"{head.tree_size} changed after it was signed",
-            )
+        _against_log(verdict, head, label, roots, tree)
         if previous is not None and signed:
             _consistent(verdict, previous, head, tree)
         if signed:
             previous = head
+
+
+def _against_log(
+    verdict: Verdict,
+    head: SignedHead,
+    label: str,
+    roots: dict[int, bytes],
+    tree: Tree,
+    or_else: str = "",
+) -> None:
+    """The log still holds the tree ``head`` signed: as many entries, the same root."""
+    if head.tree_size > tree.size:
+        verdict.add(
+            "audit.missing",
+            f"{label} covers {head.tree_size} entries, the log holds {tree.size}: entries "
+            f"were deleted{or_else}",
+        )
+    elif roots.get(head.tree_size) != head.root_hash:
+        verdict.add(
+            "audit.rewritten",
+            f"{label}: the log's root at that size is not the signed one: entries before "
+            f"{head.tree_size} changed after it was signed",
+        )
 
 
 def _consistent(verdict: Verdict, old: SignedHead, new: SignedHead, tree: Tree) -> None:

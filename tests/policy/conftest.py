@@ -117,3 +117,23 @@ def store(tmp_path: Path) -> Iterator[Store]:
     opened = Store.open(f"sqlite:///{tmp_path / 'gateway.db'}")
     yield opened
     opened.close()
+
+
+GENOMIC = {"system": "http://loinc.org", "code": "51969-4", "display": "Genetic analysis report"}
+
+
+def with_genomic_report(bundle: bytes) -> dict[str, Any]:
+    """The Bundle with a genomic test report (LOINC 51969-4) added: a prohibited export."""
+    parsed = orjson.loads(bundle)
+    parsed["entry"].append(
+        {
+            "fullUrl": "urn:uuid:00000000-0000-4000-8000-000000000001",
+            "resource": {
+                "resourceType": "Observation",
+                "status": "final",
+                "code": {"coding": [GENOMIC]},
+            },
+            "request": {"method": "POST", "url": "Observation"},
+        }
+    )
+    return parsed

@@ -6,9 +6,7 @@ a mainland sender look like it exports nothing (no prohibited-code search, no co
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-import orjson
 import pytest
 import yaml
 
@@ -17,10 +15,9 @@ from gateway.errors import ConfigError
 from gateway.network import Network
 from gateway.policy import Policy
 
-from .conftest import KEY, NOW
+from .conftest import KEY, NOW, with_genomic_report
 
 REPO = Path(__file__).resolve().parents[2]
-GENOMIC = {"system": "http://loinc.org", "code": "51969-4", "display": "Genetic analysis report"}
 
 
 def _network(tmp_path: Path, key: str, jurisdiction: str | None) -> Network:
@@ -36,22 +33,6 @@ def _network(tmp_path: Path, key: str, jurisdiction: str | None) -> Network:
     return Network.load(path)
 
 
-def _genomic(bundle: bytes) -> dict[str, Any]:
-    parsed = orjson.loads(bundle)
-    parsed["entry"].append(
-        {
-            "fullUrl": "urn:uuid:00000000-0000-4000-8000-000000000001",
-            "resource": {
-                "resourceType": "Observation",
-                "status": "final",
-                "code": {"coding": [GENOMIC]},
-            },
-            "request": {"method": "POST", "url": "Observation"},
-        }
-    )
-    return parsed
-
-
 @pytest.mark.parametrize("written", ["cn-ah", "CN-ah", " CN-AH"])
 def test_a_mainland_sender_in_lower_case_still_exports_from_the_mainland(
     settings: Settings, tmp_path: Path, bundles: dict[str, bytes], written: str
@@ -59,7 +40,7 @@ def test_a_mainland_sender_in_lower_case_still_exports_from_the_mainland(
     """LAX2 (Anhui) sends human genetic data to Hong Kong: refused however its
     jurisdiction is spelt (before: "cn-ah" was not "CN", so nothing was searched)."""
     policy = Policy(settings, network=_network(tmp_path, "lax2", written), key=KEY)
-    bundle = _genomic(bundles["ref_i12_lax2_to_njmu2"])
+    bundle = with_genomic_report(bundles["ref_i12_lax2_to_njmu2"])
     decision = policy.decide(bundle, "LAX2", "HKPMC", "second-opinion", now=NOW)
     found = next(r for r in decision.results if r.rule == "prohibited-category")
     assert found.outcome == "deny" and decision.outcome == "deny"

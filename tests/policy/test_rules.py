@@ -7,18 +7,16 @@ import dataclasses
 from datetime import datetime
 from typing import Any
 
-import orjson
 import pytest
 
 from gateway import Settings
 from gateway.policy import MemoryConsents, MemoryCounters, Policy, RuleResult, parse_consent
 
-from .conftest import HKID, KEY, NOW, RESIDENT_ID, consent
+from .conftest import HKID, KEY, NOW, RESIDENT_ID, consent, with_genomic_report
 
 MAINLAND_TO_HK = ("ref_i12_nsch_to_hkpmc", "NSCH", "HKPMC")
 HK_TO_MAINLAND = ("ref_i12_hkpmc_to_nsch", "HKPMC", "NSCH")
 WITHIN = ("ref_i12_lax2_to_njmu2", "LAX2", "NJMU2")
-GENOMIC = {"system": "http://loinc.org", "code": "51969-4", "display": "Genetic analysis report"}
 
 
 def _rule(
@@ -40,22 +38,6 @@ def _consents(policy: Policy, *resources: dict[str, Any]) -> MemoryConsents:
     )
 
 
-def _with_genomic_report(bundle: bytes) -> dict[str, Any]:
-    parsed = orjson.loads(bundle)
-    parsed["entry"].append(
-        {
-            "fullUrl": "urn:uuid:00000000-0000-4000-8000-000000000001",
-            "resource": {
-                "resourceType": "Observation",
-                "status": "final",
-                "code": {"coding": [GENOMIC]},
-            },
-            "request": {"method": "POST", "url": "Observation"},
-        }
-    )
-    return parsed
-
-
 # -- prohibited categories ---------------------------------------------------------------
 def test_prohibited_code_denies_mainland_to_hong_kong_naming_it(
     policy: Policy, bundles: dict[str, bytes]
@@ -63,7 +45,7 @@ def test_prohibited_code_denies_mainland_to_hong_kong_naming_it(
     name, sender, recipient = MAINLAND_TO_HK
     clean = _rule(policy, bundles[name], sender, recipient, "prohibited-category")
     assert clean.outcome == "pass" and "no prohibited category" in clean.reason["en"]
-    decision = policy.decide(_with_genomic_report(bundles[name]), sender, recipient, now=NOW)
+    decision = policy.decide(with_genomic_report(bundles[name]), sender, recipient, now=NOW)
     hit = next(r for r in decision.results if r.rule == "prohibited-category")
     assert decision.outcome == "deny" and hit.outcome == "deny"
     assert "http://loinc.org|51969-4 Genetic analysis report" in hit.reason["en"]
@@ -94,7 +76,7 @@ def test_prohibited_list_by_direction(
     policy: Policy, bundles: dict[str, bytes], settings: Settings
 ) -> None:
     name, sender, recipient = HK_TO_MAINLAND
-    genomic = _with_genomic_report(bundles[name])
+    genomic = with_genomic_report(bundles[name])
     passed = _rule(policy, genomic, sender, recipient, "prohibited-category")
     assert passed.outcome == "pass" and "does not leave the Chinese mainland" in passed.reason["en"]
     # The same rule, its list exported from Hong Kong too (data, not code): refused.
@@ -107,7 +89,7 @@ def test_prohibited_list_by_direction(
     )
     name, sender, recipient = WITHIN
     inside = _rule(
-        policy, _with_genomic_report(bundles[name]), sender, recipient, "prohibited-category"
+        policy, with_genomic_report(bundles[name]), sender, recipient, "prohibited-category"
     )
     assert inside.outcome == "pass" and "not applicable" in inside.reason["en"]
 

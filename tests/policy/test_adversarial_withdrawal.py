@@ -47,18 +47,7 @@ def test_a_row_queued_before_a_withdrawal_is_not_sent_after_it(
 ) -> None:
     message, (records, given, row) = _queued_on_consent(store, converter, outbound)
     records.withdraw(given.id, operator="dpo")
-    sent: list[bytes] = []
-    with respx.mock(assert_all_mocked=True, assert_all_called=False) as partner:
-
-        def answer(request: Any) -> Any:
-            sent.append(request.content)
-            body = orjson.loads(request.content)
-            return respx.MockResponse(200, json=response(*["201"] * len(body["entry"])))
-
-        partner.post(HKPMC).mock(side_effect=answer)
-        with Deliverer(outbound.outbox, outbound.partners, FAST, rng=random.Random(1)) as worker:
-            for _ in range(3):
-                worker.run_once()
+    sent = _deliver(outbound)
     assert sent == []  # before: the referral crossed on the withdrawn consent
     after = outbound.outbox.require(row.id)
     assert (after.state, after.last_error) == ("held", "policy.held")

@@ -53,6 +53,7 @@ __all__ = [
     "MAX_MEMBER_BYTES",
     "MAX_SEQUENCE_DEPTH",
     "MAX_TOTAL_BYTES",
+    "check_instance",
     "read_studies",
 ]
 
@@ -166,6 +167,17 @@ def read_studies(
         with quiet_pydicom():
             unit = _unit(slot, index, network, default_sender, max_element_bytes)
         yield unit
+
+
+def check_instance(data: bytes, name: str = "the instance") -> None:
+    """Raise the IntakeError ``read_studies`` would give a Part 10 file that cannot be
+    read whole: cut short (in its header or pixel data), nesting sequences too deep.
+    For the listeners, which store an instance before its study is read: a STOW-RS
+    part cut by a boundary inside it must be refused, not stored and fail at commit."""
+    with quiet_pydicom():
+        got = _instance(name, io.BytesIO(data), len(data), False, MAX_ELEMENT_BYTES, "")
+    if isinstance(got, _Broken):
+        raise got.error
 
 
 def _read_all(

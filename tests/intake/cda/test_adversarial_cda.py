@@ -3,10 +3,14 @@ prologs, CDATA tricks. DOCTYPE/entity attacks are in test_cda_security.py."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from gateway import Converter
+from gateway.envelope import Record
 from gateway.errors import IntakeError
 from gateway.intake.cda import read_documents
 from gateway.intake.cda._view import element_text
@@ -94,3 +98,44 @@ def test_a_20_mb_text_node_is_refused() -> None:
 
 def test_cdata_split_around_its_terminator_keeps_the_text() -> None:
     assert _name(_doc(name_xml="<![CDATA[王]]]]><![CDATA[>偉]]>").encode()) == "王]]>偉"
+
+
+# -- nullFlavor: a value beside a nullFlavor is no value (CDA R2 data types) ---------------
+
+GOLDEN = Path(__file__).resolve().parents[2] / "golden" / "cda" / "lax2-ct-report-local.xml"
+
+
+def _patient(converter: Converter, text: str) -> tuple[Record, dict[str, Any]]:
+    [record] = converter.convert(text.encode(), source="doc.xml")
+    assert record.ok and record.bundle is not None, [i.line() for i in record.issues]
+    [patient] = [
+        e["resource"] for e in record.bundle["entry"] if e["resource"]["resourceType"] == "Patient"
+    ]
+    return record, patient
+
+
+def test_a_birth_time_and_gender_beside_a_null_flavor_are_not_read(converter: Converter) -> None:
+    text = GOLDEN.read_text(encoding="utf-8")
+    _, before = _patient(converter, text)
+    assert before["birthDate"] == "1966-04-20" and before["gender"] == "male"
+    text = text.replace(
+        '<birthTime value="19660420"/>', '<birthTime nullFlavor="UNK" value="19660420"/>'
+    )
+    text = text.replace(
+        "<administrativeGenderCode code=", '<administrativeGenderCode nullFlavor="UNK" code='
+    )
+    _, after = _patient(converter, text)
+    assert "birthDate" not in after and "gender" not in after
+
+
+def test_masked_patient_ids_never_identify_the_patient(converter: Converter) -> None:
+    """<id nullFlavor="MSK" root=MRN extension="X"/> on every id of the patient: before,
+    every such patient had MRN "X" (or the MRN OID itself) and merged with the others."""
+    text = re.sub(
+        r'<id root="(2\.16\.156\.10011\.1\.(?:11|13|3|32|24))" extension="[^"]+"/>',
+        r'<id nullFlavor="MSK" root="\1" extension="X"/>',
+        GOLDEN.read_text(encoding="utf-8"),
+    )
+    [record] = converter.convert(text.encode(), source="masked.xml")
+    assert record.bundle is None
+    assert [e.code for e in record.errors] == ["mapping.no-identity"]

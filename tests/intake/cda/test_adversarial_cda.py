@@ -4,6 +4,7 @@ prologs, CDATA tricks. DOCTYPE/entity attacks are in test_cda_security.py."""
 from __future__ import annotations
 
 import re
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -139,3 +140,18 @@ def test_masked_patient_ids_never_identify_the_patient(converter: Converter) -> 
     [record] = converter.convert(text.encode(), source="masked.xml")
     assert record.bundle is None
     assert [e.code for e in record.errors] == ["mapping.no-identity"]
+
+
+def test_a_schema_location_is_never_fetched(
+    converter: Converter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the gateway tried to reach the network")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    text = GOLDEN.read_text(encoding="utf-8").replace(
+        'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"',
+        'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" '
+        'xsi:schemaLocation="urn:hl7-org:v3 http://127.0.0.1:9/CDA.xsd"',
+    )
+    _patient(converter, text)

@@ -12,9 +12,17 @@ import zipfile
 
 from tests.golden.dicom.make_studies import part10, wang_wei
 
-from .test_dicom_stow import BOUNDARY, FAILED, FAILURE_REASON, REFERENCED, Api, _items, _value
-from .test_dicom_stow import api as api  # noqa: F401  (the fixture)
-from .test_dicom_stow import multipart
+from .test_dicom_stow import (
+    BOUNDARY,
+    FAILED,
+    FAILURE_REASON,
+    REFERENCED,
+    Api,
+    _items,
+    _value,
+    multipart,
+)
+from .test_dicom_stow import api as api
 
 CANNOT_UNDERSTAND = 0xC000
 

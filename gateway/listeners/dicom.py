@@ -52,6 +52,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian
 from ..audit import audit_log, store_hook
 from ..config import Settings
 from ..errors import ConfigError, GatewayError, IntakeError
+from ..intake.dicom import check_instance
 from ..pipeline import Converter
 from ..store import (
     LISTENER_CHANNELS,
@@ -179,10 +180,11 @@ def prepare_instance(data: bytes, keep_pixels: bool = False) -> Instance:
         raise IntakeError(
             "dicom-not-dicom", "the instance is not a DICOM Part 10 file (no DICM prefix)"
         ) from None
-    except (ValueError, EOFError, KeyError, TypeError, OverflowError) as exc:
+    except (ValueError, EOFError, KeyError, TypeError, OverflowError, RecursionError) as exc:
         raise IntakeError(
             "dicom-unreadable", f"the instance cannot be parsed ({type(exc).__name__})"
         ) from None
+    check_instance(data)  # cut short (a boundary inside a STOW part), nested too deep
     if keep_pixels or not _strip(ds):
         return Instance(data=data, stripped=False, **uids)
     syntax = UID(ds.file_meta.get("TransferSyntaxUID", ExplicitVRLittleEndian))

@@ -9,6 +9,7 @@ runs with entities, DTD loading and network access off in case the check is bypa
 
 from __future__ import annotations
 
+import codecs
 import re
 
 from lxml import etree  # type: ignore[import-untyped]  # no lxml-stubs in the venv
@@ -79,6 +80,7 @@ def parse_document(data: bytes) -> etree._ElementTree:
     """Parse a CDA document: safe, namespace-checked, HL7 v3 namespace dropped from
     element names (mapping paths write ``recordTarget``, not ``hl7:recordTarget``)."""
     refuse_declarations(data)
+    _refuse_utf8_declared_cjk(data)
     try:
         root = etree.fromstring(data, _parser())
     except etree.XMLSyntaxError as exc:
@@ -112,6 +114,86 @@ def parse_document(data: bytes) -> etree._ElementTree:
         )
     _drop_v3_namespace(root)
     return tree
+
+
+# Multi-byte Chinese charsets that decode most UTF-8 Chinese without an error: 王伟 in
+# UTF-8 read as GB 18030 is 鐜嬩紵. A short name passes libxml2 silently as mojibake.
+_CJK_CODECS = frozenset({"gb18030", "gbk", "gb2312", "big5", "big5hkscs", "cp950", "cp936"})
+_BOMS = (b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")
+
+
+def _codec(name: str | None) -> str | None:
+    try:
+        return codecs.lookup(name).name if name else None
+    except LookupError:
+        return None
+
+
+_DECLARED = re.compile(rb"""^<\?xml[^>]*?\bencoding\s*=\s*["']([A-Za-z0-9._-]{1,40})["']""")
+
+
+def _refuse_utf8_declared_cjk(data: bytes) -> None:
+    """Refuse a document declared GB 18030/GBK/Big5 whose bytes are valid UTF-8 with
+    non-ASCII text: UTF-8's byte grammar is strict, so such bytes are UTF-8 (the rule of
+    ``_charset.mislabelled_as``), and reading them as declared forwards mojibake."""
+    declared = _DECLARED.match(data)
+    encoding = declared.group(1).decode("ascii") if declared else None
+    if data.startswith(_BOMS) or _codec(encoding) not in _CJK_CODECS or data.isascii():
+        return
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return
+    where = _first_non_ascii(text)
+    raise IntakeError(
+        "charset-mislabelled",
+        f"declared encoding {encoding!r} in the XML declaration, but the bytes"
+        f"{f' of {where}' if where else ''} are UTF-8 text: refused rather than converted "
+        'as mojibake. The sender should declare encoding="UTF-8"',
+        location=where or "prolog",
+        likely="UTF-8",
+    )
+
+
+def _first_non_ascii(text: str) -> str | None:
+    """The XPath of the first element whose text or attribute leaves ASCII (the bytes
+    re-read as UTF-8), to name the field; None when it is only in a comment."""
+    try:
+        root = etree.fromstring(text.encode("utf-8"), _utf8_parser())
+    except LXML_FAULTS:
+        return None
+    for element in root.iter():
+        if not isinstance(element.tag, str):
+            continue
+        for name, value in element.attrib.items():
+            if not value.isascii():
+                return f"{_xpath(element)}/@{etree.QName(name).localname}"
+        if not (element.text or "").isascii():
+            return _xpath(element)
+        parent = element.getparent()
+        if parent is not None and not (element.tail or "").isascii():
+            return _xpath(parent)
+    return None
+
+
+def _utf8_parser() -> etree.XMLParser:
+    return etree.XMLParser(
+        encoding="utf-8", resolve_entities=False, no_network=True, load_dtd=False
+    )
+
+
+def _xpath(element: etree._Element) -> str:
+    """``/ClinicalDocument/recordTarget/.../name[2]`` in local names (lxml's own paths
+    write namespaced steps as ``/*[2]``)."""
+    steps = []
+    node: etree._Element | None = element
+    while node is not None:
+        name = etree.QName(node).localname
+        parent = node.getparent()
+        same = [] if parent is None else [c for c in parent if c.tag == node.tag]
+        steps.append(f"{name}[{same.index(node) + 1}]" if len(same) > 1 else name)
+        node = parent
+    return "/" + "/".join(reversed(steps))
 
 
 def _drop_v3_namespace(root: etree._Element) -> None:

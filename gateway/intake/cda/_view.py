@@ -154,10 +154,26 @@ def _walk(node: etree._Element, out: list[str]) -> None:
             out.append(_SPACE.sub(" ", child.tail))
 
 
+# The attributes holding an HL7 v3 datatype's value. CDA R2 data types: a nullFlavor
+# and a proper value exclude each other, so on an element with a nullFlavor they are
+# no value: <id nullFlavor="MSK" root="(MRN OID)" extension="X"/> is neither MRN "X"
+# nor the root-only identifier (the OID itself, the same for every patient). Path
+# predicates still see them (id[@root=...]); @codeSystem, @displayName stay values.
+_VALUE_ATTRIBUTES = frozenset({"value", "extension", "code", "root"})
+
+
+def _null(element: etree._Element | None) -> bool:
+    return element is not None and bool(element.get("nullFlavor"))
+
+
 def _value(item: Any) -> str:
-    """The string value of one XPath result: an attribute's value, an element's text."""
+    """The string value of one XPath result: an attribute's value, an element's text;
+    empty for a value of an element that carries a nullFlavor."""
     if isinstance(item, etree._Element):
-        return element_text(item)
+        return "" if _null(item) else element_text(item)
+    attribute = getattr(item, "is_attribute", False) and item.attrname in _VALUE_ATTRIBUTES
+    if attribute and _null(item.getparent()):
+        return ""
     if isinstance(item, bool):
         return "true" if item else ""
     if isinstance(item, float):

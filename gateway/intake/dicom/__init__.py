@@ -4,7 +4,7 @@ by the mappings in ``mappings/dicom/`` through :class:`DicomView` (docs/mapping-
 from ._faults import ARCHIVE_FAULTS, PYDICOM_FAULTS
 from ._paths import check_path, compile_path, tag_label
 from ._peek import Studies, studies_in
-from ._reader import read_studies
+from ._reader import check_instance, read_studies
 from ._view import DicomView, Node
 
 __all__ = [
@@ -13,6 +13,7 @@ __all__ = [
     "DicomView",
     "Node",
     "Studies",
+    "check_instance",
     "check_path",
     "compile_path",
     "read_studies",

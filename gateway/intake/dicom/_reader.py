@@ -31,9 +31,10 @@ from typing import IO, Any
 import orjson
 from pydicom import Dataset, dcmread
 from pydicom.charset import python_encoding
-from pydicom.datadict import tag_for_keyword
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.multival import MultiValue
+from pydicom.tag import BaseTag
 
 from ...errors import GatewayError, IntakeError, Issue
 from ...network import Network
@@ -50,7 +51,9 @@ __all__ = [
     "MAX_ELEMENT_BYTES",
     "MAX_MEMBERS",
     "MAX_MEMBER_BYTES",
+    "MAX_SEQUENCE_DEPTH",
     "MAX_TOTAL_BYTES",
+    "check_instance",
     "read_studies",
 ]
 
@@ -63,6 +66,10 @@ MAX_JSON_BYTES = 256 << 20  # a DICOM JSON member is read whole
 # Elements beyond this many bytes (private blobs, encapsulated documents) are skipped
 # unread: the setting dicom_max_element_bytes (docs/configuration.md).
 MAX_ELEMENT_BYTES = 1 << 20
+# Sequences nest a dozen levels in real objects (SR content trees, RT structure sets);
+# pydicom reads them and the view walks them recursively, so a hostile file nesting a
+# few hundred levels would overflow Python's stack and fail the whole batch with it.
+MAX_SEQUENCE_DEPTH = 64
 _MAX_RATIO = 200  # uncompressed/compressed beyond 1 MiB: pixel data never packs that well
 _RATIO_FLOOR = 1 << 20
 _DRAIN = 1 << 20  # bytes per read when a member is read to its end (for its CRC)
@@ -160,6 +167,17 @@ def read_studies(
         with quiet_pydicom():
             unit = _unit(slot, index, network, default_sender, max_element_bytes)
         yield unit
+
+
+def check_instance(data: bytes, name: str = "the instance") -> None:
+    """Raise the IntakeError ``read_studies`` would give a Part 10 file that cannot be
+    read whole: cut short (in its header or pixel data), nesting sequences too deep.
+    For the listeners, which store an instance before its study is read: a STOW-RS
+    part cut by a boundary inside it must be refused, not stored and fail at commit."""
+    with quiet_pydicom():
+        got = _instance(name, io.BytesIO(data), len(data), False, MAX_ELEMENT_BYTES, "")
+    if isinstance(got, _Broken):
+        raise got.error
 
 
 def _read_all(
@@ -431,11 +449,12 @@ def _instance(
         problem = _incomplete(ds, scan, fp, size, name)
         if problem is not None:
             return _Broken(name, group, problem, _study_of(ds))
+        _check_depth(name, ds)  # after the end check: it opens sequences of defined length
         if drain:
             while fp.read(_DRAIN):
                 pass
     except IntakeError as exc:
-        return _Broken(name, group, exc)
+        return _Broken(name, group, exc, _study_of(ds) if ds is not None else None)
     except ARCHIVE_FAULTS as exc:
         error = IntakeError(
             "dicom-damaged-member", f"{_safe(name)}: damaged in the archive ({_why(exc)})"
@@ -487,11 +506,58 @@ def _part10(name: str, fp: IO[bytes], force: bool, limit: int) -> Dataset:
             return dcmread(fp, stop_before_pixels=True, force=force, defer_size=limit)
     except (zipfile.BadZipFile, zlib.error, lzma.LZMAError):
         raise  # the archive is damaged, not the DICOM in it
+    except RecursionError:  # pydicom reads sequences of undefined length recursively
+        raise _too_deep(name, None) from None
     except PYDICOM_FAULTS as exc:
         raise IntakeError(
             "dicom-unreadable",
             f"{_safe(name)}: the DICOM header cannot be read ({type(exc).__name__})",
         ) from None
+
+
+def _too_deep(name: str, label: str | None) -> IntakeError:
+    where = f" at {label}" if label else ""
+    return IntakeError(
+        "dicom-unreadable",
+        f"{_safe(name)}: sequences nested deeper than {MAX_SEQUENCE_DEPTH} levels{where}; not read",
+        location=label,
+    )
+
+
+def _is_sequence(ds: Dataset, tag: int) -> bool:
+    raw = ds._dict.get(BaseTag(tag))
+    if isinstance(raw, DataElement):
+        return raw.VR == "SQ"
+    if raw is None or (raw.value is None and raw.length not in (0, _UNDEFINED)):
+        return False  # deferred (too large): never read here, the file may be gone
+    if raw.VR is not None:
+        return bool(raw.VR == "SQ")
+    try:  # implicit VR: the dictionary says
+        return bool(dictionary_VR(tag) == "SQ")
+    except KeyError:
+        return False
+
+
+def _check_depth(name: str, ds: Dataset) -> None:
+    """Refuse sequences nested deeper than MAX_SEQUENCE_DEPTH, without recursion: a
+    sequence of defined length is read one level at a time, as it is opened here."""
+    for top in [t for t in list(ds._dict) if _is_sequence(ds, t)]:
+        stack: list[tuple[Dataset, int, int]] = [(ds, int(top), 1)]
+        try:
+            while stack:
+                parent, tag, depth = stack.pop()
+                if depth > MAX_SEQUENCE_DEPTH:
+                    raise _too_deep(name, tag_label(int(top)))
+                try:
+                    items = parent[tag].value
+                except PYDICOM_FAULTS:
+                    continue  # damaged: the mapping that reads it says so, as before
+                for item in items:
+                    stack.extend(
+                        (item, int(t), depth + 1) for t in list(item._dict) if _is_sequence(item, t)
+                    )
+        except RecursionError:  # an undefined-length nest inside a defined-length one
+            raise _too_deep(name, tag_label(int(top))) from None
 
 
 def _incomplete(
@@ -599,6 +665,10 @@ def _json(name: str, data: bytes, group: str) -> Iterator[_Instance | _Broken | 
             error = IntakeError("dicom-json", f"{_safe(where)}: not a DICOM JSON object")
             yield _Broken(where, group, error)
             continue
+        deep = _json_too_deep(where, obj)
+        if deep is not None:
+            yield _Broken(where, group, deep, _json_study(obj))
+            continue
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -607,6 +677,29 @@ def _json(name: str, data: bytes, group: str) -> Iterator[_Instance | _Broken | 
             yield _Broken(where, group, _json_fault(where, obj), _json_study(obj))
             continue
         yield _Instance(ds, where, len(data) // len(objects), group)
+
+
+def _json_too_deep(where: str, obj: dict[str, Any]) -> IntakeError | None:
+    """The top-level attribute nesting sequences deeper than MAX_SEQUENCE_DEPTH, found
+    without recursion (pydicom's from_json recurses: Python's stack would overflow)."""
+    for key, attr in obj.items():
+        stack: list[tuple[Any, int]] = [(attr, 1)]
+        while stack:
+            node, depth = stack.pop()
+            items = node.get("Value") if isinstance(node, dict) and node.get("vr") == "SQ" else None
+            if not isinstance(items, list):
+                continue
+            if depth > MAX_SEQUENCE_DEPTH:
+                try:
+                    label = tag_label(int(key, 16))
+                except ValueError:
+                    label = f"key {_safe(key)[:16]!r}"
+                error = _too_deep(where, label)
+                return IntakeError("dicom-json", error.issue.message, location=label)
+            for item in items:
+                if isinstance(item, dict):
+                    stack.extend((a, depth + 1) for a in item.values())
+    return None
 
 
 def _json_study(obj: dict[str, Any]) -> str | None:

@@ -283,7 +283,11 @@ def _split_frame(payload: bytes, first_line: int, out: list[RawMessage]) -> None
             continue  # blank lines between segments are common in hand-edited files
         head = line[:3]
         if head in _BATCH_HEADS:
-            continue  # batch envelope: the messages inside are what counts
+            # Batch envelope: the messages inside are what counts. It also ends the
+            # message before it: a segment between BTS and the next MSH belongs to no
+            # message (an orphan error), never to the last message of the batch.
+            current = orphan = None
+            continue
         lineno = first_line + offset
         if head == b"MSH":
             current = RawMessage(len(out) + 1, lineno, [line])

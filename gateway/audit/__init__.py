@@ -10,7 +10,7 @@ cross-border transfer report.
 """
 
 from . import _events as events
-from ._cli import add_cli, audit_signer, open_log, periodic
+from ._cli import add_cli, audit_signer, default_checker, open_log, periodic, verify_live
 from ._events import GATEWAY, KINDS, PROFILE, Party, Subject
 from ._export import PROOF_TYPE, ExportFilter, export_bundle, verify_export
 from ._hooks import (
@@ -71,6 +71,7 @@ __all__ = [
     "bundle_subject",
     "cert_checker",
     "decision_event",
+    "default_checker",
     "delivery_event",
     "events",
     "export_bundle",
@@ -92,5 +93,6 @@ __all__ = [
     "verify_consistency",
     "verify_export",
     "verify_inclusion",
+    "verify_live",
     "verify_log",
 ]

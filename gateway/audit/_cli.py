@@ -15,6 +15,7 @@ import datetime as dt
 import getpass
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +140,28 @@ def add_cli(subparsers: Any) -> None:
     report.set_defaults(func=cmd_transfers)
 
 
+def verify_live(
+    log: AuditLog, trusted: CertCheck | None, kept: Sequence[SignedHead] = ()
+) -> Verdict:
+    """The live log verified (``gateway audit verify``, the console's auditor page);
+    without a certificate, signed heads are named untrusted: whoever can write the
+    database can sign heads with a key of their own."""
+    verdict = verify_log(log, trusted, kept)
+    if trusted is None and (verdict.heads or kept):
+        verdict.add(
+            "audit.untrusted-head",
+            "no certificate given (--cert, --trust or signing_trust): the signer of "
+            "the tree heads is not checked, and anyone can sign a head",
+        )
+    return verdict
+
+
+def default_checker(settings: Settings) -> CertCheck | None:
+    """The trust store ``signing_trust`` names, when it does."""
+    folder = settings.signing_trust
+    return cert_checker([], TrustStore.load(folder)) if folder is not None else None
+
+
 def _checker(args: argparse.Namespace, settings: Settings) -> CertCheck | None:
     certs = [c for name in args.cert for c in _certificates(name)]
     folder = Path(args.trust) if args.trust else settings.signing_trust
@@ -169,14 +192,7 @@ def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
         except AuditError as exc:
             print(f"error: {exc.issue.message} [{exc.code}]", file=sys.stderr)
             return 2
-        verdict = verify_log(open_log(settings), trusted, kept)
-        if trusted is None and (verdict.heads or kept):
-            # whoever can write the database can sign heads with a key of their own
-            verdict.add(
-                "audit.untrusted-head",
-                "no certificate given (--cert, --trust or signing_trust): the signer of "
-                "the tree heads is not checked, and anyone can sign a head",
-            )
+        verdict = verify_live(open_log(settings), trusted, kept)
     _print(verdict, args.json)
     return 0 if verdict.ok else 1
 

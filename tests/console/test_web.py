@@ -4,19 +4,22 @@ reprocess of a failed message after the mapping fix."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
+from pathlib import Path
 
 import pytest
 from fastapi import FastAPI
 
 from gateway import Settings
+from gateway.api import TokenSet, create_app
 from gateway.audit import AuditLog, events
 from gateway.console import _data
 from gateway.store import open_store
 from tests.store.browse import fix_mapping
 
-from .conftest import PASSWORD, browser, csrf_of, login
+from .conftest import PASSWORD, TOKEN, browser, csrf_of, login
 
 keys_of = events.keys_of
 
@@ -246,3 +249,38 @@ def test_a_firing_alert_shows_on_the_alerts_page_in_the_users_language(
     (settings.home / "alerts.yaml").write_text("alerts: [", encoding="utf-8")
     broken = client.get("/console/alerts")
     assert broken.status_code == 200 and 'id="alerts-unavailable"' in broken.text
+
+
+def test_the_auditor_page_names_heads_no_trusted_certificate_vouches_for(
+    home: tuple, tmp_path: Path
+) -> None:
+    """Whoever can write the database can sign tree heads with a key of their own: the
+    auditor's page checks the heads against signing_trust, as `gateway audit verify`
+    does, and never calls a log with heads no trusted certificate vouches for intact."""
+    from gateway.datafiles import data_dir
+    from gateway.signing import Signer, make_demo_pki
+    from tests.audit.conftest import transfer_events
+
+    settings = home[0]
+    insider = tmp_path / "insider-pki"
+    make_demo_pki(data_dir("seeds") / "network.yaml", insider)
+    store = open_store(settings)
+    try:
+        log = AuditLog(store)
+        log.record_many(transfer_events(4))
+        log.sign_head(Signer.load(insider / "nsch" / "key.pem", insider / "nsch" / "cert.pem"))
+    finally:
+        store.close()
+
+    def page(settings: Settings) -> str:
+        made = create_app(settings, tokens=TokenSet([TOKEN]))
+        try:
+            return login(browser(made), "audrey").get("/console/audit").text
+        finally:
+            made.state.messages.close()
+            made.state.reports.shutdown()
+
+    untrusted = page(settings)
+    assert "The audit log is intact" not in untrusted and "audit.untrusted-head" in untrusted
+    trusted = page(dataclasses.replace(settings, signing_trust=insider / "ca"))
+    assert "The audit log is intact" in trusted  # the CA that issued the head's key

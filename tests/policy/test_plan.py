@@ -11,8 +11,7 @@ import orjson
 from gateway import Settings
 from gateway.policy import MemoryConsents, Policy, parse_consent
 
-from .conftest import HKID, KEY, NOW, consent
-from .test_rules import _with_genomic_report
+from .conftest import HKID, KEY, NOW, consent, with_genomic_report
 
 
 def test_one_plan_per_parties_and_purpose_and_the_same_decision(
@@ -37,7 +36,7 @@ def test_new_rules_or_agreements_drop_the_plans(
     settings: Settings, bundles: dict[str, bytes]
 ) -> None:
     policy = Policy(settings, key=KEY)
-    genomic = _with_genomic_report(bundles["ref_i12_hkpmc_to_nsch"])
+    genomic = with_genomic_report(bundles["ref_i12_hkpmc_to_nsch"])
 
     def rule(name: str) -> tuple[str, str]:
         decision = policy.decide(genomic, "HKPMC", "NSCH", now=NOW)

@@ -317,11 +317,35 @@ class DicomView:
         many = isinstance(value, MultiValue)
         values = list(value) if many else [value]
         chosen = _pick(values, step.index, every)
+        if vr in _INTEGER_VRS:
+            for _, v in chosen:
+                _check_integer(v, vr, here)
         return [
             (v, vr, f"{here}[{n}]" if many and len(values) > 1 else here)
             for n, v in chosen
             if not _empty(v)
         ]
+
+
+# Integer VRs, and the range of FHIR integer/unsignedInt/positiveInt (32-bit signed):
+# a larger IS (1e308, 999999999999) fails far later as a Bundle structure error.
+_INTEGER_VRS = frozenset({"IS", "US", "UL", "SS", "SL", "UV", "SV"})
+_FHIR_INT_MIN, _FHIR_INT_MAX = -(2**31), 2**31 - 1
+
+
+def _check_integer(value: Any, vr: str, label: str) -> None:
+    """Refuse an integer FHIR cannot hold, naming the tag, never the value."""
+    try:
+        number = int(float(str(value))) if vr == "IS" else int(value)
+    except (TypeError, ValueError, OverflowError):
+        return  # not a number at all: the mapping's conversion reports it
+    if not _FHIR_INT_MIN <= number <= _FHIR_INT_MAX:
+        raise IntakeError(
+            "dicom-bad-value",
+            f"{label} holds a number ({vr}) out of range for a FHIR integer or "
+            f"unsignedInt ({_FHIR_INT_MIN}..{_FHIR_INT_MAX})",
+            location=label,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from ...datafiles import data_dir, load_data_file
-from ...errors import ConfigError, IntakeError, shape
+from ...errors import ConfigError, IntakeError, Issue, shape
 from .._charset import (
     MULTI_BYTE,
     Decoded,
@@ -118,6 +118,7 @@ class RawMessage:
     segments: list[bytes]
     error: IntakeError | None = None  # set when the bytes cannot be a message at all
     controls: bool = True  # may hold control bytes (False: its input had none at all)
+    notes: list[Issue] = field(default_factory=list)  # warnings (batch counts)
 
     @property
     def data(self) -> bytes:
@@ -272,9 +273,59 @@ def _lines(payload: bytes) -> list[bytes]:
     return _LINE_END.split(payload)
 
 
+class _Envelope:
+    """The messages of the open batch (BHS..BTS) and file (FHS..FTS), and the batches
+    of the file: BTS-1 and FTS-1 are checked against them. Only what one call of
+    ``_split_frame`` saw: a trailer whose header it did not see is not checked."""
+
+    def __init__(self) -> None:
+        self.batch: list[RawMessage] | None = None
+        self.file: list[RawMessage] | None = None
+        self.batches = 0
+
+    def segment(self, line: bytes) -> None:
+        head = line[:3]
+        if head == b"FHS":
+            self.file, self.batches = [], 0
+        elif head == b"BHS":
+            self.batch = []
+            self.batches += 1
+        elif head == b"BTS" and self.batch is not None:
+            _check_count(line, "BTS-1", "messages", len(self.batch), self.batch)
+            self.batch = None
+        elif head == b"FTS" and self.file is not None:
+            _check_count(line, "FTS-1", "batches", self.batches, self.file)
+            self.file = None
+
+    def message(self, raw: RawMessage) -> None:
+        for held in (self.batch, self.file):
+            if held is not None:
+                held.append(raw)
+
+
+def _check_count(line: bytes, field_name: str, what: str, found: int, on: list[RawMessage]) -> None:
+    """A warning on each record of the batch (file) when its trailer's count differs
+    from what it holds: the messages themselves are fine, so none is refused."""
+    fields = line.split(line[3:4]) if len(line) > 3 else []
+    declared = fields[1].strip() if len(fields) > 1 else b""
+    if not declared.isdigit() or int(declared) == found:
+        return  # an empty (optional) count says nothing
+    holder = "batch" if what == "messages" else "file"
+    note = Issue(
+        "intake.batch-count",
+        f"{field_name} declares {int(declared)} {what}; the {holder} holds {found}: "
+        "a message may have been lost or added in transit",
+        location=field_name,
+        severity="warning",
+    )
+    for raw in on:
+        raw.notes.append(note)
+
+
 def _split_frame(payload: bytes, first_line: int, out: list[RawMessage]) -> None:
     current: RawMessage | None = None
     orphan: RawMessage | None = None
+    envelope = _Envelope()
     bom = _BOM in payload  # one search of the payload instead of one test per line
     for offset, line in enumerate(_lines(payload)):
         if bom and line.startswith(_BOM):
@@ -287,11 +338,13 @@ def _split_frame(payload: bytes, first_line: int, out: list[RawMessage]) -> None
             # message before it: a segment between BTS and the next MSH belongs to no
             # message (an orphan error), never to the last message of the batch.
             current = orphan = None
+            envelope.segment(line)
             continue
         lineno = first_line + offset
         if head == b"MSH":
             current = RawMessage(len(out) + 1, lineno, [line])
             out.append(current)
+            envelope.message(current)
             orphan = None
         elif current is not None:
             current.segments.append(line)

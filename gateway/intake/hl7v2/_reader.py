@@ -88,7 +88,7 @@ def _unit(
     unit.issues = [
         Issue("intake.charset-mislabelled", note, "", "MSH-18", "warning")
         for note in message.warnings
-    ]
+    ] + list(raw.notes)
     view = Hl7View(message)
     view.notes = unit.issues  # warnings the view finds while the mapping reads values
     unit.view = view

@@ -155,3 +155,20 @@ def test_a_schema_location_is_never_fetched(
         'xsi:schemaLocation="urn:hl7-org:v3 http://127.0.0.1:9/CDA.xsd"',
     )
     _patient(converter, text)
+
+
+def test_a_null_flavored_patient_name_gives_no_name(converter: Converter) -> None:
+    """<name nullFlavor="UNK"/> built a HumanName whose name-representation extension had
+    no value (ext-1): the Bundle failed validation. The author's Chinese name stays."""
+    text = GOLDEN.read_text(encoding="utf-8")
+    assert "<name>王伟</name>" in text and "<name>孙昞</name>" in text
+    text = text.replace("<name>王伟</name>", '<name nullFlavor="UNK"/>')
+    record, patient = _patient(converter, text)
+    assert "name" not in patient
+    assert not [i for i in record.issues if i.code.startswith("validation.")]
+    [author] = [
+        e["resource"]
+        for e in record.bundle["entry"]  # type: ignore[index]
+        if e["resource"]["resourceType"] == "Practitioner"
+    ]
+    assert author["name"][0]["text"] == "孙昞"

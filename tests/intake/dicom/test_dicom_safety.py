@@ -437,3 +437,28 @@ def test_an_lzma_member_is_refused_unread() -> None:
     codes = [issue.code for record in records for issue in record.errors]
     assert codes == ["intake.dicom-refused-member"]
     assert "LZMA" in records[0].errors[0].message
+
+
+@pytest.mark.parametrize("value", [1e308, 1e20, "999999999999", "-3000000000"])
+def test_an_instance_number_no_fhir_integer_holds_is_an_intake_error(
+    converter: Converter, value: Any
+) -> None:
+    """It failed as validation.structure at the FHIR path; now the tag is named."""
+    obj = wang_wei().to_json_dict()
+    obj["00200013"] = {"vr": "IS", "Value": [value]}
+    [record] = converter.convert(json.dumps(obj).encode(), source="x.json")
+    [error] = record.errors
+    assert error.code == "intake.dicom-bad-value", error.line()
+    assert error.location.endswith("(0020,0013) InstanceNumber"), error.location
+    assert "out of range" in error.message and "FHIR" in error.message
+    assert str(value) not in error.message
+    _clean(record)
+
+
+def test_a_part10_instance_number_out_of_range_is_an_intake_error(converter: Converter) -> None:
+    ds = wang_wei()
+    ds.InstanceNumber = "999999999999"
+    [record] = converter.convert(part10(ds), source="big.dcm")
+    [error] = record.errors
+    assert error.code == "intake.dicom-bad-value", error.line()
+    assert error.location.endswith("(0020,0013) InstanceNumber"), error.location

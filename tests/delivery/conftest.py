@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import respx
 
 from gateway import Converter, Settings
 from gateway.delivery import Deliverer, DeliveryConfig, Outbound, Outbox
@@ -115,6 +116,13 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
 @pytest.fixture
 def outbox(store: Store, clock: Clock) -> Outbox:
     return Outbox(store, clock)
+
+
+@pytest.fixture
+def partner_api() -> Iterator[respx.MockRouter]:
+    """The partner answered by respx (single HTTP outcomes); nothing else reachable."""
+    with respx.mock(assert_all_called=False, assert_all_mocked=True) as router:
+        yield router
 
 
 @pytest.fixture

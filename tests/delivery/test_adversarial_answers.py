@@ -26,12 +26,6 @@ BUSY = {
 }
 
 
-@pytest.fixture
-def partner_api() -> Iterator[respx.MockRouter]:
-    with respx.mock(assert_all_called=False, assert_all_mocked=True) as router:
-        yield router
-
-
 # -- Retry-After: absurd, negative, garbage ------------------------------------------
 @pytest.mark.parametrize(
     "header",

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import random
 import socket
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -25,12 +24,6 @@ OUTCOME = {
     "resourceType": "OperationOutcome",
     "issue": [{"severity": "error", "code": "invalid", "diagnostics": "ServiceRequest.intent"}],
 }
-
-
-@pytest.fixture
-def partner_api() -> Iterator[respx.MockRouter]:
-    with respx.mock(assert_all_called=False, assert_all_mocked=True) as router:
-        yield router
 
 
 def path(outbox: Outbox, row: int) -> list[tuple[str | None, str]]:

@@ -29,7 +29,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from ..audit import AuditLog, Subject, bundle_subject, events, message_subject
 from ..config import Settings
 from ..errors import GatewayError
-from ..store import STATES, MessageFilter, Page, Store, parse_since
+from ..store import MAX_ID, STATES, MessageFilter, Page, Store, parse_since
 from . import _data
 from ._actions import MESSAGE_ACTIONS, OUTBOX_ACTIONS, Actions
 from ._audit import basis_names
@@ -46,7 +46,6 @@ HERE = Path(__file__).parent
 PREFIX = "/console"
 MAX_FORM = 64 * 1024
 PAGE = 50
-MAX_ID = 2**63 - 1  # the store's ids are 64-bit: a larger one is no record (not a 500)
 _UNAUDITED = "the audit log could not record this view [audit.write-failed]"
 _SINCE = "since: 30m, 2h, 7d or an ISO 8601 time (2026-12-01T08:00)"
 CSP = (

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ..errors import shape
-from ..store import Store, utcnow
+from ..store import MAX_ID, Store, utcnow
 from ._errors import InboundError
 from ._schema import identifiers, resources
 
@@ -36,7 +36,6 @@ __all__ = [
 ]
 
 TYPE_PATTERN = re.compile(r"[A-Z][A-Za-z]{1,63}")
-_MAX_ROW = 2**63 - 1
 ID_PATTERN = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 # Elements that name the patient a resource is about, in the order FHIR resources use them.
 _PATIENT_ELEMENTS = ("subject", "patient", "for", "beneficiary")
@@ -188,7 +187,7 @@ class Resources:
         self, resource_type: str, where: Search, limit: int = 50, after: int = 0
     ) -> tuple[list[Stored], int | None]:
         """One page in row order (oldest change first) and the cursor of the next page."""
-        after = min(after, _MAX_ROW)  # a cursor past every row (a database integer)
+        after = min(after, MAX_ID)  # a cursor past every row (a database integer)
         with self.engine.connect() as conn:
             query = self._filtered(conn, resource_type, where)
             rows = conn.execute(

@@ -6,7 +6,7 @@ from ._cli import add_cli, decoded, message_json, parse_since
 from ._engine import database_url, make_engine
 from ._open import open_store, retention
 from ._process import AuditHook, current_converter, on_converted, outcome_of, process_message
-from ._schema import metadata
+from ._schema import MAX_ID, metadata
 from ._store import (
     CHANNELS,
     NEVER_PRUNED,
@@ -32,6 +32,7 @@ from ._studies import LISTENER_CHANNELS, StudyCheck, check_study, listener_messa
 __all__ = [
     "CHANNELS",
     "LISTENER_CHANNELS",
+    "MAX_ID",
     "NEVER_PRUNED",
     "STATES",
     "AuditHook",

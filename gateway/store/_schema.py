@@ -24,6 +24,7 @@ from sqlalchemy import (
 )
 
 __all__ = [
+    "MAX_ID",
     "dicom_instances",
     "dicom_known_studies",
     "message_patients",
@@ -37,6 +38,9 @@ __all__ = [
 
 # SQLite only auto-numbers an INTEGER PRIMARY KEY; PostgreSQL gets a 64-bit identity.
 ID = BigInteger().with_variant(Integer(), "sqlite")
+# The largest id a row can have: a number above it (from a URL, a cursor) names no row,
+# and handed to the database it would overflow its integer (a 500, not "not found").
+MAX_ID = 2**63 - 1
 
 metadata = MetaData()
 

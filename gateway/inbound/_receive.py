@@ -36,7 +36,7 @@ from ..audit import PSEUDONYM, Subject, audit_log, bundle_subject, events
 from ..config import Settings
 from ..errors import GatewayError, Issue, http_status, operation_outcome
 from ..network import Institution, Network
-from ..signing import signature_entries, verify_bundle
+from ..signing import duplicate_member, signature_entries, verify_bundle
 from ..store import Store, utcnow
 from ..validation import Validator
 from ._apply import apply_bundle
@@ -510,44 +510,14 @@ def _element(path: _Path) -> str:
     return out
 
 
-class _Twice(Exception):
-    pass
-
-
-def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    found = dict(pairs)
-    if len(found) != len(pairs):
-        raise _Twice
-    return found
-
-
-_TWICE = "\x00twice"  # marks, in the second reading, the object that has a name twice
-
-
-def _marked(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    found: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in found and _TWICE not in found:
-            found[_TWICE] = key
-        found[key] = value
-    return found
-
-
 def _check_unique_names(body: bytes) -> None:
     """Refuse an object with a member name twice (I-JSON, RFC 7493 2.3; RFC 8785 signs
     I-JSON): orjson keeps the last value, other readers the first, so the bytes kept as
-    evidence would not say which Bundle was signed and stored. Named by a second
-    reading, only then."""
-    try:
-        json.loads(body, object_pairs_hook=_unique)
+    evidence would not say which Bundle was signed and stored."""
+    found = duplicate_member(body)
+    if found is None:
         return
-    except _Twice:
-        pass
-    except (ValueError, RecursionError):  # orjson read it; json's own limits are not ours
-        return
-    marked = json.loads(body, object_pairs_hook=_marked)
-    path = _first_path(marked, lambda node, _: isinstance(node, dict) and _TWICE in node)
-    where = "Bundle" if path is None else _element((*path[0], path[1][_TWICE]))
+    where = _element((*found[0], found[1]))
     raise InboundError(
         "inbound.bad-bundle",
         f"{where}: an object holds a member name twice (RFC 7493 I-JSON): readers differ "

@@ -12,6 +12,7 @@ from ._algorithms import ALGORITHMS, DEFAULT_ALG, Algorithm
 from ._bundle import PROFILE, sign_bundle, sign_record_bundle, signature_entries, signed_content
 from ._cli import add_cli, signer_for, trust_store, verify_bytes
 from ._errors import SigningError
+from ._ijson import JsonPath, duplicate_member
 from ._jcs import canonicalize, es6_number
 from ._jws import COMMITMENTS, sign_detached, verify_detached
 from ._pki import Signer, TrustStore, issue_certificate, make_crl, make_demo_pki, new_key
@@ -25,6 +26,7 @@ __all__ = [
     "Algorithm",
     "Check",
     "FileReport",
+    "JsonPath",
     "SignatureReport",
     "Signer",
     "SigningError",
@@ -32,6 +34,7 @@ __all__ = [
     "add_cli",
     "canonicalize",
     "check_certificate",
+    "duplicate_member",
     "es6_number",
     "issue_certificate",
     "make_crl",

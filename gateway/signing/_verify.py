@@ -10,7 +10,6 @@ from __future__ import annotations
 import binascii
 import datetime as dt
 import itertools
-import json
 from base64 import b64decode, b64encode
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -22,6 +21,7 @@ from cryptography.exceptions import InvalidSignature
 from ..errors import Issue
 from ._bundle import JOSE, signature_entries, signed_content
 from ._errors import SigningError
+from ._ijson import duplicate_member
 from ._jws import (
     COMMITMENTS,
     SIGNATURE_TYPE_SYSTEM,
@@ -516,22 +516,11 @@ def load_json(data: bytes, source: str) -> Any:
         value = orjson.loads(data)
     except orjson.JSONDecodeError:
         raise SigningError("bad-input", f"{source}: neither JSON nor PDF") from None
-    if data.count(b'":') > 1:  # orjson keeps the last silently: read once more, checked
-        json.loads(data, object_pairs_hook=_unique(source))
+    found = duplicate_member(data)  # orjson keeps the last silently
+    if found is not None:
+        raise SigningError(
+            "bad-input",
+            f"{source}: duplicate key {found[1][:40]!r} in one JSON object: two readers may "
+            "take different values, so what was signed is ambiguous",
+        )
     return value
-
-
-def _unique(source: str) -> Any:
-    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        out = dict(pairs)
-        if len(out) != len(pairs):
-            seen: set[str] = set()
-            key = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
-            raise SigningError(
-                "bad-input",
-                f"{source}: duplicate key {key[:40]!r} in one JSON object: two readers may "
-                "take different values, so what was signed is ambiguous",
-            )
-        return out
-
-    return hook

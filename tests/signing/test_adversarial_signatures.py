@@ -129,6 +129,20 @@ def test_duplicate_keys_are_refused(lax2: Signer, trust: TrustStore) -> None:
     assert "duplicate key" in report.problem.message and "李娜" not in report.problem.message
 
 
+def test_duplicate_keys_spaced_before_their_colon_are_refused(
+    lax2: Signer, trust: TrustStore
+) -> None:
+    """JSON allows blanks between a name and its colon: the duplicate check ran only on
+    text holding two `":` (a shortcut), so `"text" :` twice passed it."""
+    signed = orjson.dumps(sign_bundle(_small("王伟 WANG Wei", 1), lax2, "author", WHEN))
+    spaced = signed.replace(b'":', b'" :')
+    forged = spaced.replace(b'"text" :"', b'"text" :"\xe6\x9d\x8e\xe5\xa8\x9c","text" :"', 1)
+    assert b'":' not in forged and orjson.loads(forged) == orjson.loads(signed)
+    report = verify_bytes(forged, "forged.json", trust)
+    assert not report.ok and report.problem is not None
+    assert report.problem.code == "signing.bad-input" and "duplicate key" in report.problem.message
+
+
 def _demo(pki: Path, who: str) -> tuple[Any, x509.Certificate]:
     key = serialization.load_pem_private_key((pki / who / "key.pem").read_bytes(), None)
     cert = x509.load_pem_x509_certificate((pki / who / "cert.pem").read_bytes())

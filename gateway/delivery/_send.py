@@ -175,10 +175,11 @@ def _entries(status: int, data: bytes, body: str | None, sent: int | None) -> An
     for entry in answered:
         response_of = (entry.get("response") if isinstance(entry, dict) else None) or {}
         text = str(response_of.get("status") if isinstance(response_of, dict) else "")
-        if not text[:3].isdigit():  # "201" or "201 Created"; anything else: unknown
+        head = text[:3]  # "201" or "201 Created"; anything else (also "²01"): unknown
+        if not (head.isascii() and head.isdigit()):
             reason = f"HTTP {status}, an entry without a readable status"
             return Answer("ambiguous", reason, "delivery.ambiguous", status, body)
-        code = int(text[:3])
+        code = int(head)
         if not 200 <= code < 300:
             failed.append(code)
     if not failed:

@@ -156,11 +156,18 @@ def test_a_transaction_response_missing_entries_is_not_taken_as_delivered(
     assert outbox.require(row).state == "delivered" and post.call_count == 2
 
 
+@pytest.mark.parametrize(
+    "status",
+    ["Created", "\u00b201 Created", "\u0662\u0660\u0661"],  # '²01', Arabic-Indic 201
+    ids=["word", "superscript-two", "arabic-indic"],
+)
 def test_an_entry_without_a_readable_status_is_asked_about_not_resent_blindly(
-    outbox: Outbox, deliverer: Deliverer, partner_api: respx.MockRouter
+    status: str, outbox: Outbox, deliverer: Deliverer, partner_api: respx.MockRouter
 ) -> None:
+    """Digits other than ASCII pass ``str.isdigit`` and then fail (``²``) or pass (``٢٠١``)
+    ``int``: neither is an HTTP status."""
     broken = response("201", "201")
-    broken["entry"][1]["response"] = {"status": "Created"}
+    broken["entry"][1]["response"] = {"status": status}
     partner_api.post(POST_URL).respond(200, json=broken)
     row, _ = outbox.enqueue(PARTNER, bundle("P1", "O1"))
     deliverer.run_once()

@@ -325,7 +325,7 @@ def _search(request: Request, who: str | None) -> tuple[Search, int, int]:
             where.ids += [s for s in value.split(",") if s]
         elif name == "_lastUpdated":
             where.last_updated.append(parse_last_updated(value))
-        elif not value.isdigit():
+        elif not (value.isascii() and value.isdigit()):  # "²".isdigit(); int("²") fails
             raise InboundError("inbound.bad-search", f"{name} must be a number", location=name)
         elif name == "_count":
             count = max(1, min(int(value), 1000))

@@ -28,7 +28,7 @@ from ..audit import PSEUDONYM, message_subject
 from ..config import Settings
 from ..errors import GatewayError, http_status, operation_outcome
 from ..policy import Decision, Policy, PolicyError, PolicyRecords
-from ..store import open_store
+from ..store import is_row_id, open_store
 from ._auditing import read_audit
 
 __all__ = ["add_policy_routes"]
@@ -142,7 +142,7 @@ def add_policy_routes(
         if refused is not None:
             return refused
         try:
-            if not decision_id.isdigit():
+            if not is_row_id(decision_id):  # not a 500 from int() or the database
                 raise PolicyError(
                     "decision-not-found", "a decision id is a number", location="decision_id"
                 )

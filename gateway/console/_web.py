@@ -29,7 +29,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from ..audit import AuditLog, Subject, bundle_subject, events, message_subject
 from ..config import Settings
 from ..errors import GatewayError
-from ..store import MAX_ID, STATES, MessageFilter, Page, Store, parse_since
+from ..store import MAX_ID, STATES, MessageFilter, Page, Store, is_row_id, parse_since
 from . import _data
 from ._actions import MESSAGE_ACTIONS, OUTBOX_ACTIONS, Actions
 from ._audit import basis_names
@@ -262,7 +262,7 @@ def create_console(
         session = need(request)
         found = await run_in_threadpool(Searches(store()).get, q, session.user.id)
         where = found or MessageFilter()
-        cursor = after if _an_id(after) else None
+        cursor = after if is_row_id(after) else None
         page: Page = await run_in_threadpool(store().find, where, PAGE, cursor)
         if page.items:
             records = tuple(r for m in page.items for r in message_subject(m.id).records)
@@ -419,11 +419,6 @@ def _pick(lang: str, texts: Any) -> str:
         if texts.get(key):
             return str(texts[key])
     return ""
-
-
-def _an_id(text: str) -> bool:
-    """A store id as typed in a URL: ASCII digits (``"²".isdigit()`` is true), 64-bit."""
-    return text.isascii() and text.isdigit() and 0 < int(text) <= MAX_ID
 
 
 def _anonymous_lang(request: Request) -> str:

@@ -6,7 +6,7 @@ from ._cli import add_cli, decoded, message_json, parse_since
 from ._engine import database_url, make_engine
 from ._open import open_store, retention
 from ._process import AuditHook, current_converter, on_converted, outcome_of, process_message
-from ._schema import MAX_ID, metadata
+from ._schema import MAX_ID, is_row_id, metadata
 from ._store import (
     CHANNELS,
     NEVER_PRUNED,
@@ -54,6 +54,7 @@ __all__ = [
     "current_converter",
     "database_url",
     "decoded",
+    "is_row_id",
     "issue_json",
     "listener_message",
     "make_engine",

@@ -27,6 +27,7 @@ __all__ = [
     "MAX_ID",
     "dicom_instances",
     "dicom_known_studies",
+    "is_row_id",
     "message_patients",
     "messages",
     "metadata",
@@ -41,6 +42,13 @@ ID = BigInteger().with_variant(Integer(), "sqlite")
 # The largest id a row can have: a number above it (from a URL, a cursor) names no row,
 # and handed to the database it would overflow its integer (a 500, not "not found").
 MAX_ID = 2**63 - 1
+
+
+def is_row_id(text: str) -> bool:
+    """Whether ``text`` (a URL's path segment) can name a row: ASCII digits only
+    (``"²".isdigit()`` holds and ``int("²")`` fails; ``int("٢")`` is 2), 1 to MAX_ID."""
+    return text.isascii() and text.isdigit() and 0 < int(text) <= MAX_ID
+
 
 metadata = MetaData()
 

@@ -29,3 +29,12 @@ def test_a_cursor_beyond_the_databases_integers_is_an_empty_page(client: Client)
     resp = client.get("/fhir/Patient?_after=99999999999999999999999", headers=LOCAL_AUTH)
     assert resp.status_code == 200, resp.text
     assert resp.json()["entry"] == []
+
+
+@pytest.mark.parametrize("name", ["_count", "_after"])
+@pytest.mark.parametrize("value", ["\u00b2", "\u0662"], ids=["superscript-two", "arabic-indic"])
+def test_a_number_in_other_digits_is_400(client: Client, name: str, value: str) -> None:
+    """``"²".isdigit()`` holds and ``int("²")`` raised ValueError: a 500."""
+    resp = client.get(f"/fhir/Patient?{name}={value}", headers=LOCAL_AUTH)
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["issue"][0]["details"]["coding"][0]["code"] == "inbound.bad-search"

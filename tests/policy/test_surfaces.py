@@ -147,6 +147,8 @@ def test_decisions_and_consents_on_the_api(tmp_path: Path, converter: Converter)
         consent_issue["severity"] == "warning" and "未找到患者" in consent_issue["details"]["text"]
     )
     assert call(app, "GET", "/policy/decisions/999", headers=AUTH).status_code == 404
+    for bad in ("\u00b2", "99999999999999999999999"):  # int() fails; beyond the ids
+        assert call(app, "GET", f"/policy/decisions/{bad}", headers=AUTH).status_code == 404
     listed = call(app, "GET", f"/policy/decisions?message={message}", headers=AUTH).json()
     assert [d["id"] for d in listed] == [decision]
 

@@ -3,7 +3,10 @@
 Framing is the standard one (0x0B message 0x1C 0x0D). A message is answered ``AA`` only
 once its row is committed to the store; conversion runs afterwards (an ACK means
 "stored", not "converted"). ``AE``/``AR`` carry an ERR segment with the HL7 error code
-(table 0357) and the field. The ACK is written in the message's own version, separators
+(table 0357) and the field: AE for a message whose content is wrong, AR for one that
+cannot be read as one HL7 v2 message with an MSH-10 (a frame holding several is refused
+whole) and for a store that cannot commit (a failure unrelated to the message: HL7 v2.5
+2.9.2.2, docs/store.md). The ACK is written in the message's own version, separators
 and character set (MSH-18 echoed), with MSH-10 in MSA-2. In enhanced mode (MSH-15 or
 MSH-16 valued) the accept acknowledgement is ``CA``/``CE``/``CR``, sent as MSH-15 asks
 (AL, NE, ER, SU); application acknowledgements are not sent (the gateway has no route
@@ -48,10 +51,13 @@ _REJECTS = {
     "intake.msh-syntax",
     "intake.msh-truncated",
     "intake.mllp-too-large",
+    "intake.no-control-id",
+    "intake.mllp-several-messages",
 }
 # HL7 table 0357 (message error condition codes) for the gateway's intake errors.
 _HL7_ERROR = {
     "intake.msh-truncated": ("101", "Required field missing"),
+    "intake.no-control-id": ("101", "Required field missing"),
     "intake.msh-syntax": ("102", "Data type error"),
     "intake.charset-unknown": ("103", "Table value not found"),
     "intake.charset-unsupported": ("103", "Table value not found"),
@@ -438,19 +444,46 @@ class MllpServer:
                 "the message could not be stored; send it again later",
                 location="MSH-10",
             )
-            return self._ack(header, "E", enhanced, failure)
+            # A failure unrelated to the message's content (the store is down): HL7 v2
+            # original mode answers AR ("system down, internal error": the same message
+            # may be accepted later), enhanced mode CE (commit error, not the CR of a
+            # message type, version or processing id refused). docs/store.md.
+            return self._ack(header, "E" if enhanced else "R", enhanced, failure)
         if self.processor is not None and not receipt.duplicate:
             self.processor.submit(receipt.id)
         return self._ack(header, "A", enhanced, None)
 
     def _parse(self, payload: bytes) -> tuple[Message | None, Issue | None]:
+        """The frame's message, or why it is refused (with the first message when it
+        parsed, so that the ACK speaks its charset and names its MSH-10)."""
         raws = split_messages(payload)
         if not raws:
             return None, Issue("intake.empty", "the MLLP frame is empty", location="MSH")
+        message: Message | None = None
+        issue: Issue | None = None
         try:
-            return parse_message(raws[0], network=self.network), None
+            message = parse_message(raws[0], network=self.network)
         except GatewayError as exc:
-            return None, exc.issue
+            issue = exc.issue
+        if len(raws) > 1:
+            # MLLP carries one message per block and the sender awaits one ACK per
+            # message: one ACK for several would leave all but one unanswered, several
+            # ACKs would be read as the answers to the messages it sends next.
+            return message, IntakeError(
+                "mllp-several-messages",
+                f"the MLLP frame holds {len(raws)} messages; MLLP carries one message per "
+                "frame: none of them was accepted, send each in a frame of its own",
+                location="MSH",
+            ).issue
+        if message is not None and not message.control_id.strip():
+            # MSH-10 is required (HL7 v2.5 2.15.9.10): the ACK's MSA-2 must name it.
+            issue = IntakeError(
+                "no-control-id",
+                "MSH-10 (message control id) is empty: the message cannot be acknowledged "
+                "by its id; nothing was accepted",
+                location="MSH-10",
+            ).issue
+        return message, issue
 
     async def _keep_rejected(
         self, payload: bytes, peer: str | None, auth: str | None, header: _Header, issue: Issue

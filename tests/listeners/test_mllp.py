@@ -75,7 +75,10 @@ def test_each_charset_is_acknowledged_after_its_commit(
     store.close()
 
 
-def test_a_failed_commit_gets_ae_never_aa(store_url: str, tmp_path: Path) -> None:
+def test_a_failed_commit_gets_ar_never_aa(store_url: str, tmp_path: Path) -> None:
+    """Original mode: a store that cannot commit is a failure unrelated to the message's
+    content (HL7 v2.5 2.9.2.2 c: "system down, internal error"): AR, which the sender
+    may resend unchanged later; AE would tell it to correct the message first."""
     store = BrokenStore.open(store_url)
     data = example("ref_i12_nsch_to_hkpmc.hl7")
     with Listener(settings_for(tmp_path), store) as listener:
@@ -84,7 +87,7 @@ def test_a_failed_commit_gets_ae_never_aa(store_url: str, tmp_path: Path) -> Non
         client.close()
     for ack in acks:
         seg = segments(ack)
-        assert seg["MSA"][1] == "AE"
+        assert seg["MSA"][1] == "AR"
         assert seg["ERR"][3].startswith("207^Application internal error^HL70357")
         assert "store.unavailable" in seg["ERR"][8]
     assert store.count() == 0

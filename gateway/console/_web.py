@@ -222,10 +222,17 @@ def create_console(
 
     @app.post("/logout")
     async def logout(request: Request) -> Response:
-        await form(request, session_of(request))
-        Sessions(store()).end(request.cookies.get(COOKIE))
+        session = session_of(request, touch=False)
+        if session is not None:  # a live session ends only with its own CSRF token
+            await form(request, session)
+            Sessions(store()).end(request.cookies.get(COOKIE))
+        # Without one (expired, ended elsewhere) there is nothing to end: no CSRF token
+        # can be checked, and none is needed, since nothing changes on the server; the
+        # browser goes back to the sign-in form. A stale cookie it sent is dropped (a
+        # cross-site POST carries no SameSite=Strict cookie, so cannot drop a live one).
         response = _redirect("/login")
-        _forget(response, COOKIE)
+        if request.cookies.get(COOKIE):
+            _forget(response, COOKIE)
         return response
 
     @app.post("/lang")

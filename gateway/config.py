@@ -5,6 +5,7 @@ docs/configuration.md; a fresh GATEWAY_HOME with no file runs on the demo networ
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -48,6 +49,9 @@ class Settings:
     dicom_max_element_bytes: int = 1 << 20
     api_header_timeout: float = 10.0  # seconds for a request's line and headers
     api_body_timeout: float = 30.0  # seconds between pieces of a body (docs/configuration.md)
+    # Proxies whose X-Forwarded-For / X-Forwarded-Proto `gateway serve` believes (uvicorn's
+    # forwarded_allow_ips): IP addresses or networks, "*" for any; loopback only by default.
+    forwarded_allow_ips: tuple[str, ...] = ("127.0.0.1", "::1")
     # A bilingual report joins two reports: refuse one whose patient has no identifier
     # (false: accept it, still refusing two reports whose identifiers disagree).
     report_require_patient_identity: bool = True
@@ -231,6 +235,8 @@ def _coerce(name: str, value: Any, home: Path) -> Any:
         if not 0 < seconds <= 3600:
             raise ConfigError("bad-setting", f"{name} must be 0–3600 seconds, not {seconds}")
         return seconds
+    if name == "forwarded_allow_ips":
+        return _forwarded_allow_ips(value)
     if name == "max_bundle_bytes":
         try:
             size = int(value)
@@ -319,6 +325,26 @@ def _coerce_store(name: str, value: Any, home: Path) -> Any:
     if name == "retention_days":
         return _retention(value)
     return str(value)
+
+
+def _forwarded_allow_ips(value: Any) -> tuple[str, ...]:
+    """Trusted proxy addresses: a TOML list or a comma-separated string; each an IP
+    address, a network (no host bits set) or "*". Checked here because uvicorn takes a
+    malformed entry silently as a name that no address ever matches."""
+    items = value if isinstance(value, list) else str(value).split(",")
+    entries = tuple(str(i).strip() for i in items if str(i).strip())
+    for entry in entries:
+        if entry == "*":
+            continue
+        try:
+            ipaddress.ip_network(entry) if "/" in entry else ipaddress.ip_address(entry)
+        except ValueError:
+            raise ConfigError(
+                "bad-setting",
+                f"forwarded_allow_ips: {entry!r} is not an IP address, a network "
+                "(e.g. 10.0.0.0/24) or '*'",
+            ) from None
+    return entries
 
 
 def _number(name: str, value: Any, kind: type[int] | type[float]) -> int | float:

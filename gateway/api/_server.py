@@ -141,6 +141,10 @@ def server_config(app: FastAPI, settings: Settings, **overrides: Any) -> uvicorn
         "log_config": None,
         "log_level": settings.log_level,
         "http": _protocol(settings),
+        # X-Forwarded-For is believed from these proxies only (the console's sign-in
+        # limiter keys on the client address): the setting, never uvicorn's own variable
+        "proxy_headers": True,
+        "forwarded_allow_ips": list(settings.forwarded_allow_ips),
     }
     options.update(overrides)
     return uvicorn.Config(app, **options)

@@ -111,6 +111,7 @@ class Settings:
     delivery_read_timeout: float = 60.0  # after the request was sent: ambiguous, ask
     delivery_write_timeout: float = 30.0
     delivery_pool_timeout: float = 10.0
+    delivery_request_deadline: float = 120.0  # one request whole: connect to the answer's end
     delivery_backoff_base: float = 2.0  # retry n waits up to base * 2^(n-1) (full jitter)
     delivery_backoff_cap: float = 600.0  # ... and never more than this
     delivery_max_attempts: int = 20  # sends of one part, then dead

@@ -23,6 +23,7 @@ class DeliveryConfig:
     read_timeout: float = 60.0
     write_timeout: float = 30.0
     pool_timeout: float = 10.0
+    request_deadline: float = 120.0  # one request whole (delivery_request_deadline)
     backoff_base: float = 2.0
     backoff_cap: float = 600.0
     max_attempts: int = 20
@@ -46,6 +47,7 @@ class DeliveryConfig:
             read_timeout=settings.delivery_read_timeout,
             write_timeout=settings.delivery_write_timeout,
             pool_timeout=settings.delivery_pool_timeout,
+            request_deadline=settings.delivery_request_deadline,
             backoff_base=settings.delivery_backoff_base,
             backoff_cap=settings.delivery_backoff_cap,
             max_attempts=settings.delivery_max_attempts,

@@ -6,6 +6,7 @@ fixes the token or certificate and releases it). The table is in docs/delivery.m
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -54,20 +55,61 @@ class Answer:
     slow: bool = False
 
 
-def send_part(client: httpx.Client, part: dict[str, Any], now: datetime) -> Answer:
-    """POST one part to the partner's base URL (the client's base_url). The answer is
+REQUEST_DEADLINE = 120.0  # delivery_request_deadline's default (docs/configuration.md)
+
+
+class _Left:
+    """One timeout of a request under a total deadline: each time the socket is given a
+    timeout (httpcore calls ``socket.settimeout`` with it before every read and write),
+    the configured one or what is left of the deadline, whichever is less, in whole
+    seconds rounded up; 0 once it has passed (the socket no longer waits: what has
+    arrived is taken, anything more fails). httpx's timeouts bound each read alone, so a
+    partner trickling its headers a byte at a time would otherwise hold the worker, and
+    every partner behind it, for ever. ``settimeout`` takes an integer-like (``__index__``)."""
+
+    def __init__(self, configured: float | None, deadline: float) -> None:
+        self.configured, self.deadline = configured, deadline
+
+    def __index__(self) -> int:
+        left = self.deadline - time.monotonic()
+        if self.configured is not None:
+            left = min(left, self.configured)
+        return max(0, math.ceil(left))
+
+
+def _under_deadline(client: httpx.Client, seconds: float) -> dict[str, Any]:
+    """The request's timeouts (the client's) with connect, write and read bounded by a
+    deadline ``seconds`` from now; the pool wait stays the client's."""
+    deadline = time.monotonic() + seconds
+    timeouts: dict[str, Any] = client.timeout.as_dict()
+    for phase in ("connect", "write", "read"):
+        timeouts[phase] = _Left(timeouts[phase], deadline)
+    return timeouts
+
+
+def send_part(
+    client: httpx.Client, part: dict[str, Any], now: datetime, deadline: float = REQUEST_DEADLINE
+) -> Answer:
+    """POST one part to the partner's base URL (the client's base_url), the whole
+    exchange within ``deadline`` seconds (delivery_request_deadline). The answer is
     read up to MAX_ANSWER_BYTES: a partner or proxy streaming a body without end must
     not take the worker's memory (what it said beyond that is not read)."""
+    started = time.monotonic()
     try:
         with client.stream(
             "POST",
             "",
             content=orjson.dumps(part),
             headers={"Content-Type": FHIR_JSON, "Accept": FHIR_JSON},
+            extensions={"timeout": _under_deadline(client, deadline)},
         ) as response:
             content, cut = read_bounded(response, client.timeout.read)
     except httpx.TransportError as exc:
-        return classify_error(exc)
+        answer = classify_error(exc)
+        if answer.kind == "ambiguous" and time.monotonic() - started >= deadline:
+            reason = f"sent, no complete answer within {deadline:g} s (delivery_request_deadline)"
+            return Answer("ambiguous", reason, "delivery.ambiguous", slow=True)
+        return answer
     except httpx.DecodingError:  # a transport that decodes before the body is streamed
         reason = "sent, answer not decodable (its Content-Encoding)"
         return Answer("ambiguous", reason, "delivery.ambiguous")

@@ -178,7 +178,9 @@ class Deliverer:
             attempts += 1
             started = time.perf_counter()
             with self._alive(record.id):
-                answer = send_part(self.client(partner), parts[part], self.clock())
+                answer = send_part(
+                    self.client(partner), parts[part], self.clock(), self.config.request_deadline
+                )
             observe_stage("deliver", time.perf_counter() - started)  # one send, any answer
             trace_attempt(record, answer, now, self.clock)  # when tracing is on
             now = self.clock()

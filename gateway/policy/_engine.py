@@ -120,6 +120,14 @@ class Decision:
     patients: list[str] = field(default_factory=list)  # pseudonyms of the patient's ids
     # the counter rows (one per individual), once sent
     counts: list[tuple[int, str, str, str, str]] = field(default_factory=list)
+    # Pseudonyms of every individual of the record (each Patient: entries, contained,
+    # nested, in Parameters), each of their identifiers once: the audit event names all.
+    individuals: list[str] = field(default_factory=list)
+    consents: list[str] = field(default_factory=list)  # Consent.ids the transfer rests on
+    cross_border: bool = False  # between jurisdictions (its audit event must be kept)
+    # (type, value) pairs the caller adds to the decision's audit event (a resend's
+    # action and which parts went): codes, never patient data
+    notes: list[tuple[str, str]] = field(default_factory=list)
     id: int | None = None  # the stored decision's id
     message_id: int | None = None
     _json: bytes | None = field(default=None, repr=False)  # what leaves, serialised
@@ -195,6 +203,7 @@ class Decision:
             "purpose": self.purpose,
             "basis": self.basis,
             "agreement": self.agreement,
+            "consents": list(self.consents),
             "decided_at": self.decided_at.isoformat() + "Z",
             "rules": [r.to_json() for r in self.results],
             "changes": [c.to_json() for c in self.changes],
@@ -220,6 +229,7 @@ class _Transfer:
     agreement: Agreement | None = None
     counts: list[tuple[int, str, str, str, str]] = field(default_factory=list)
     found_people: list[tuple[str, ...]] | None = None  # people(), made once
+    consent_ids: list[str] = field(default_factory=list)  # the consents that cover it
     changes: list[Change] = field(default_factory=list)
     minimised: Minimisation | None = None
     minimise_rule: tuple[str, str] | None = None  # (rule id, profile id) when it changed
@@ -496,7 +506,10 @@ class Policy:
             agreement=t.agreement.id if t.agreement else None,
             changes=t.changes,
             patients=[t.alias(*p.split("|", 1)) for p in t.patients],
+            consents=t.consent_ids,
+            cross_border=t.cross_border,
         )
+        decision.individuals = _individuals(t, decision.patients)
         if decision.allowed:
             decision._json = self._leave(t, decision)
             decision.counts = t.counts
@@ -1150,6 +1163,7 @@ def rule_consent(policy: Policy, t: _Transfer, rule_id: str, params: dict[str, A
             make = functools.partial(_consent_words, policy, rule_id, "hold", "consent.missing", t)
             return policy._cached(("consent-words", rule_id, "missing", *parties), make)[0]
         covering.setdefault(found.id, found)
+    t.consent_ids = list(covering)  # the basis of the transfer (its audit event)
     # Whether they cover is asked every time (consents change); the words depend on the
     # consents' ids and ends and the transfer's parties and purpose only.
     chosen = tuple(covering.values())
@@ -1260,6 +1274,17 @@ def _persons(policy: Policy, t: _Transfer) -> list[str]:
         if ids:
             chosen = next((p for p in ids if p.split("|", 1)[0] in national), ids[0])
             out[t.alias(*chosen.split("|", 1))] = None
+    return list(out)
+
+
+def _individuals(t: _Transfer, patients: list[str]) -> list[str]:
+    """The pseudonyms of every individual's identifiers (each once): the Patient
+    entries' (``patients``, already made) first, then those of contained and nested
+    Patients, which only the record's walk finds."""
+    out = dict.fromkeys(patients)
+    for ids in t.people():
+        for ident in ids:
+            out.setdefault(t.alias(*ident.split("|", 1)), None)
     return list(out)
 
 

@@ -366,6 +366,9 @@ class Policy:
         Consents and counters need none of this: they are asked at every decision."""
         self._plans = {}
         self._results.clear()
+        # Pass 1 per patient is keyed by the profile's id, not its rules: a profile
+        # edited under the same id (addresses now removed) must not replay the old one.
+        self._passes.clear()
         self._names.clear()
         self._provenances.clear()
         self._label_sets.clear()

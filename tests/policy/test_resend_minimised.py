@@ -106,7 +106,9 @@ def test_a_replay_sends_the_record_minimised_under_todays_rules(
     _stricter(outbound, monkeypatch, pseudonymise=pseudonymise)
     replayed = outbound.replay(row, "the partner restored a backup")
     again = _deliver(outbound)
-    assert again and MRN_VALUE not in b"".join(again)  # before: the stored parts, record number and all
+    assert again and MRN_VALUE not in b"".join(
+        again
+    )  # before: the stored parts, record number and all
     systems = [i["system"] for i in _patient(again)["identifier"]]
     assert NSCH_MRN not in systems
     assert outbound.outbox.require(replayed.id).state == "delivered"

@@ -327,22 +327,22 @@ class Policy:
         )
         self.data = data or self._load_data()
         self.data.check_parties(self.network)
-        # The files read, watched while running: an agreement ended or a rule changed is
-        # read at the next decision after ``reload_interval`` seconds, without a restart
-        # (a Policy given its ``data`` watches nothing).
+        # The files read, watched while running: an agreement ended, a rule changed or
+        # an institution's place in the network is read at the next decision after
+        # ``reload_interval`` seconds, without a restart (a Policy given its ``data``
+        # watches only the network it was given, when that came from a file).
+        self._own_data = data is None
         self._sources: tuple[Path, ...] = ()
         if data is None:
             self._sources = (agreements, *(policy_dir / f for f in _POLICY_FILES))
+        if self.network.source is not None:
+            self._sources += (self.network.source,)
         self.reload_interval = RELOAD_INTERVAL
         self._stamps = _stamps(self._sources)
         self._checked = time.monotonic()
         self._broken: ConfigError | None = None  # the files as changed do not load
         self._reload_lock = threading.Lock()
-        self._institutions = [
-            inst
-            for entry in (load_data_file(settings.network) or {}).get("institutions") or []
-            if (inst := self.network.find(str(entry.get("key")))) is not None
-        ]
+        self._institutions = _institutions(self.network, settings.network)
         self._names: dict[tuple[str, str, str], dict[str, Any]] = {}  # rule words per transfer
         # Results that depend only on the transfer's parties, purpose, categories and day
         # (never on the patient): computed once per process. The data is read once; a
@@ -378,7 +378,7 @@ class Policy:
         self._load_rules()
 
     def _load_rules(self) -> None:
-        self._planned_for = self.data
+        self._planned_for: PolicyData | None = self.data
         self._rules: list[tuple[str, str, Rule, dict[str, Any]]] = []
         for spec in self.data.rules:
             kind = str(spec["kind"])
@@ -535,16 +535,24 @@ class Policy:
             raise self._broken
 
     def _reload(self) -> None:
+        """Read the data files and the network again, all or nothing."""
         load_data_file.cache_clear()  # cached by path: the files changed under it
         try:
-            data = self._load_data()
-            data.check_parties(self.network)
+            source = self.network.source
+            network = Network.load(source) if source is not None else self.network
+            data = self._load_data() if self._own_data else self.data
+            data.check_parties(network)
+            institutions = _institutions(network, source or self.settings.network)
         except ConfigError as exc:
             log.error("policy data changed and does not load: %s", exc)
             self._broken = exc
             return
         self._broken = None
-        self.data = data  # the next _plan sees new data: every plan dropped
+        # Plans hold the parties as the network gave them: the next _plan drops them all
+        # (a new data, or the same data with _planned_for forgotten).
+        self.network, self._institutions = network, institutions
+        self.data = data
+        self._planned_for = None
         log.info("policy data changed: read again")
 
     def _plan(self, sender: str, recipient: str, purpose: str) -> _Plan:
@@ -785,6 +793,15 @@ _POLICY_FILES = ("rules.yaml", "minimisation.yaml", "prohibited.yaml", "labels.y
 RELOAD_INTERVAL = 2.0  # seconds between two looks at the data files
 
 
+def _institutions(network: Network, path: Path) -> list[Institution]:
+    """The network's institutions in the file's order (``sender_of`` tries them so)."""
+    return [
+        inst
+        for entry in (load_data_file(path) or {}).get("institutions") or []
+        if (inst := network.find(str(entry.get("key")))) is not None
+    ]
+
+
 def _stamps(paths: tuple[Path, ...]) -> tuple[tuple[int, int] | None, ...]:
     """Each file's modification time and size (None: missing), to notice an edit."""
     out: list[tuple[int, int] | None] = []
@@ -808,6 +825,12 @@ def _people(bundle: dict[str, Any], out: list[tuple[str, ...]]) -> list[tuple[st
             out.append(_identifiers(resource, {}))
         elif kind == "Bundle":
             _people(resource, out)
+        elif kind == "Parameters":  # a Patient carried as a parameter is an individual too
+            for inner in _parameter_resources(resource):
+                if inner.get("resourceType") == "Patient":
+                    out.append(_identifiers(inner, {}))
+                elif inner.get("resourceType") == "Bundle":
+                    _people(inner, out)
         for inner in resource.get("contained") or ():
             if isinstance(inner, dict) and inner.get("resourceType") == "Patient":
                 out.append(_identifiers(inner, {}))
@@ -820,12 +843,39 @@ def _nested(bundle: dict[str, Any], resources: frozenset[str]) -> list[str]:
     found: list[str] = []
     for entry in bundle.get("entry") or []:
         resource = (entry.get("resource") if isinstance(entry, dict) else None) or {}
-        if resource.get("resourceType") != "Bundle":
+        kind = resource.get("resourceType")
+        if kind == "Bundle":
+            nested = [resource]
+        elif kind == "Parameters":  # its Patients pass 1 reaches; a Bundle in it, not
+            nested = [
+                r for r in _parameter_resources(resource) if r.get("resourceType") == "Bundle"
+            ]
+        else:
             continue
-        for inner in _people_like(resource, resources):
+        for inner in (k for b in nested for k in _people_like(b, resources)):
             if inner not in found:
                 found.append(inner)
     return found
+
+
+def _parameter_resources(resource: dict[str, Any]) -> list[dict[str, Any]]:
+    """The resources a Parameters carries, in document order: in its parameters, their
+    parts and the Parameters inside them, at any depth."""
+    out: list[dict[str, Any]] = []
+
+    def walk(params: Any) -> None:
+        for param in params if isinstance(params, list) else ():
+            if not isinstance(param, dict):
+                continue
+            inner = param.get("resource")
+            if isinstance(inner, dict):
+                out.append(inner)
+                if inner.get("resourceType") == "Parameters":
+                    walk(inner.get("parameter"))
+            walk(param.get("part"))
+
+    walk(resource.get("parameter"))
+    return out
 
 
 def _people_like(bundle: dict[str, Any], resources: frozenset[str]) -> list[str]:

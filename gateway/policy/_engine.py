@@ -203,7 +203,6 @@ class Decision:
             "purpose": self.purpose,
             "basis": self.basis,
             "agreement": self.agreement,
-            "consents": list(self.consents),
             "decided_at": self.decided_at.isoformat() + "Z",
             "rules": [r.to_json() for r in self.results],
             "changes": [c.to_json() for c in self.changes],

@@ -12,8 +12,16 @@ from typing import Any
 import orjson
 
 from gateway import Settings, validation
-from gateway.audit import PSEUDONYM, AuditLog, parse_query, search_events
+from gateway.audit import (
+    PSEUDONYM,
+    AuditLog,
+    ExportFilter,
+    export_bundle,
+    parse_query,
+    search_events,
+)
 from gateway.policy import Policy, PolicyRecords, pseudonym
+from gateway.signing import Signer
 from gateway.store import Store
 from tests.policy.conftest import HKID, KEY, NOW, bundles, consent
 
@@ -123,3 +131,31 @@ def test_a_decision_on_no_consent_names_none(
     [event] = _decision_events(store)
     assert all(not e["what"].get("reference", "").startswith("Consent/") for e in event["entity"])
     assert len(_patients(event)) == len(decision.patients) >= 1
+
+
+def test_an_export_by_any_individual_or_by_consent_holds_the_decision(
+    settings: Settings, bundles: dict[str, bytes], store: Store, signer: Signer
+) -> None:
+    """`gateway audit export --patient` (any individual's pseudonym) and `--consent`."""
+    records = PolicyRecords(store, Policy(settings, key=KEY))
+    records.import_consent(consent((HKID, "K583726A"), "HKPMC", ident="consent-xu-2026"))
+    records.import_consent(consent((HKID, "Y123456A"), "HKPMC", ident="consent-mother"))
+    bundle = _two_patients(bundles["ref_i12_nsch_to_hkpmc"])
+    assert records.apply(None, bundle, "NSCH", "HKPMC", "referral", now=NOW).allowed
+    [event] = _decision_events(store)
+    log = AuditLog(store)
+    head = log.sign_head(signer)
+
+    def exported(where: ExportFilter) -> list[str]:
+        entries = export_bundle(log, where, head)["entry"][1:]
+        return [e["resource"]["subtype"][-1]["code"] for e in entries]
+
+    mother = pseudonym(KEY, MRN, "0055501")  # her second identifier's, a bare value
+    # Before: the decision was found by the first patient's first pseudonym alone.
+    assert exported(ExportFilter(patient=mother)) == ["policy-decision"]
+    assert exported(ExportFilter(consent="consent-mother")) == ["consent", "policy-decision"]
+    assert exported(ExportFilter(consent="Consent/consent-none")) == []
+    assert exported(ExportFilter(patient=mother, consent="consent-xu-2026")) == ["policy-decision"]
+    assert (
+        event["id"] in orjson.dumps(export_bundle(log, ExportFilter(patient=mother), head)).decode()
+    )

@@ -15,7 +15,7 @@ import respx
 from gateway import Converter
 from gateway.audit import AuditLog
 from gateway.delivery import Deliverer, DeliveryConfig, Outbound
-from gateway.policy import PolicyRecords
+from gateway.policy import PolicyError, PolicyRecords
 from gateway.store import Store
 from tests.delivery import conftest as delivery
 from tests.delivery.conftest import receive, response
@@ -105,3 +105,30 @@ def test_a_domestic_transfer_goes_on_when_the_audit_fails(
     assert _decisions(store) == 0
     [decision] = outbound.policy.find(message)
     assert decision.allowed
+
+
+def test_a_retry_across_the_boundary_is_refused_while_the_audit_fails(
+    store: Store, converter: Converter, outbound: Outbound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A dead row's retry is a new decision: not audited, not queued (the row stays
+    dead, the person told why); audited again, the same retry goes."""
+    PolicyRecords(store, outbound.policy.policy).import_consent(
+        consent((HKID, "K583726A"), "HKPMC", start="2026-01-01", end="2099-12-31")
+    )
+    message = receive(store, converter, "hl7v2/ref_i12_nsch_to_hkpmc.hl7")
+    [placed] = outbound.process(message).placed
+    assert placed.outcome == "queued"
+    with respx.mock(assert_all_mocked=True, assert_all_called=False) as partners:
+        outcome = {"resourceType": "OperationOutcome", "issue": [{"severity": "error"}]}
+        partners.route().mock(return_value=respx.MockResponse(400, json=outcome))
+        with Deliverer(outbound.outbox, outbound.partners, FAST, rng=random.Random(1)) as worker:
+            worker.run_once()
+    row = placed.outbox_id or 0
+    assert outbound.outbox.require(row).state == "dead"
+    _broken_audit(outbound, monkeypatch)
+    with pytest.raises(PolicyError) as refused:
+        outbound.retry(row, "the partner fixed its validator")
+    assert refused.value.code == "policy.audit-unavailable"
+    assert outbound.outbox.require(row).state == "dead"
+    monkeypatch.undo()
+    assert outbound.retry(row, "the partner fixed its validator").state == "pending"

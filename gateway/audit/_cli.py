@@ -3,7 +3,8 @@ gateway/cli.py).
 
     gateway audit verify [FILE] [--cert PEM] [--trust DIR] [--checkpoint FILE]
                                              the live log (against kept heads), or an export
-    gateway audit export [--patient ID] [--partner ORG] [--since T] [--until T] [-o FILE]
+    gateway audit export [--patient ID] [--consent ID] [--partner ORG] [--since T] [--until T]
+                         [-o FILE]
     gateway audit sign-head [--key K] [--cert C] [-o FILE]   sign the current tree head now
     gateway audit transfers --year Y [--format html|csv|json] [-o FILE]
 """
@@ -118,6 +119,9 @@ def add_cli(subparsers: Any) -> None:
     export = sub.add_parser("export", help="events as a FHIR Bundle with a signed head and proofs")
     export.add_argument("--patient", help="Patient id, Patient/<id>, system|value or a value")
     export.add_argument("--partner", help="partner facility code")
+    export.add_argument(
+        "--consent", help="a Consent id: the decisions that rest on it and its own events"
+    )
     export.add_argument("--since", help="ISO 8601 time or a span back (7d)")
     export.add_argument("--until", help="ISO 8601 time or a span back (exclusive)")
     export.add_argument("-o", "--output", metavar="FILE", help="default: stdout")
@@ -272,6 +276,7 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
         args.partner,
         parse_since(args.since, settings.timezone) if args.since else None,
         parse_since(args.until, settings.timezone) if args.until else None,
+        args.consent,
     )
     log = open_log(settings)
     head = log.latest_head()

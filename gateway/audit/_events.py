@@ -30,6 +30,7 @@ __all__ = [
     "Subject",
     "api_read",
     "consent_changed",
+    "consent_entity",
     "converted",
     "delivery",
     "event",
@@ -323,16 +324,21 @@ def policy_decision(
     basis: str | None,
     agreement: str | None,
     purpose: str,
+    patients: Sequence[str] = (),
+    consents: Sequence[str] = (),
     gateway: Party = GATEWAY,
     when: datetime | None = None,
 ) -> dict[str, Any]:
     """The policy's decision (allow, allow-with-changes, hold, deny) on one transfer;
     a hold or a deny is a failure outcome (minor, serious) with the decision's outcome
-    as its description."""
+    as its description. ``patients``: more individuals than the subject's (a record of
+    several), one patient entity each; ``consents``: the Consent ids the transfer rests
+    on, one entity each (``Consent/<id>``, as the consent's own events name it: a
+    logical id, no patient data), what the ``consent`` search parameter finds."""
     result = {"allow": "success", "allow-with-changes": "success", "hold": "minor"}.get(
         outcome, "serious"
     )
-    return event(
+    made = event(
         "policy-decision",
         outcome=result,
         outcome_desc=outcome,
@@ -346,6 +352,25 @@ def policy_decision(
             Party("partner", recipient, role=DESTINATION_ROLE),
         ],
     )
+    entities = made.setdefault("entity", [])
+    extra = [p for p in dict.fromkeys(patients) if p != subject.patient]
+    at = 1 if subject.patient else 0  # patients first, as keys_of reads them
+    entities[at:at] = [e for p in extra for e in Subject(p).entities()]
+    entities += [consent_entity(c) for c in dict.fromkeys(consents)]
+    if not entities:
+        del made["entity"]
+    return made
+
+
+def consent_entity(consent_id: str) -> dict[str, Any]:
+    """A Consent a decision rests on, as an entity: its logical id by reference, the
+    basis of a consent-based transfer (BALP AuthZconsent names the Consent so)."""
+    return {
+        "what": {"reference": f"Consent/{consent_id}"},
+        "type": _coding(ENTITY_TYPE, "2", "System Object"),
+        "role": _coding(OBJECT_ROLE, "4", "Domain Resource"),
+        "detail": [{"type": "basis", "valueString": "consent"}],
+    }
 
 
 def signed(

@@ -18,6 +18,7 @@ import orjson
 import sqlalchemy as sa
 
 from ..signing import SigningError, canonicalize
+from ._events import OBJECT_ROLE
 from ._log import LOG_ID, AuditError, AuditLog, SignedHead, decode_hash
 from ._merkle import leaf_hash, verify_inclusion
 from ._tables import entries
@@ -26,6 +27,12 @@ from ._verify import CertCheck, Verdict, check_head
 __all__ = ["PROOF_TYPE", "ExportFilter", "export_bundle", "load_checkpoint", "verify_export"]
 
 PROOF_TYPE = "application/vnd.fhir-gateway.audit-proof+json"
+_SEVERAL = ("api-read", "policy-decision")  # kinds whose events may name several patients
+
+
+def _ident(what: dict[str, Any]) -> str:
+    ident = what.get("identifier") or {}
+    return f"{ident.get('system')}|{ident.get('value')}" if ident else ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,8 +41,11 @@ class ExportFilter:
     partner: str | None = None  # facility code
     since: dt.datetime | None = None  # naive UTC, inclusive
     until: dt.datetime | None = None  # naive UTC, exclusive
+    consent: str | None = None  # a Consent id (or Consent/<id>) a decision rests on
 
     def where(self) -> Any:
+        """The SQL part of the selection (the indexed columns); :meth:`keeps` checks
+        what the columns cannot say (a decision's other individuals, its consents)."""
         c = entries.c
         terms = []
         if self.patient:
@@ -45,8 +55,11 @@ class ExportFilter:
                     c.patient == p,
                     c.patient == f"Patient/{p}",
                     c.patient.endswith(f"|{p}", autoescape=True),  # an identifier's value
+                    c.kind.in_(_SEVERAL),  # only the first patient is in the column
                 )
             )
+        if self.consent:
+            terms.append(c.kind.in_(("policy-decision", "consent")))
         if self.partner:
             terms.append(c.partner == self.partner)
         if self.since:
@@ -55,9 +68,39 @@ class ExportFilter:
             terms.append(c.recorded < self.until)
         return sa.and_(*terms) if terms else None
 
+    def keeps(self, canonical: bytes) -> bool:
+        """Whether a logged event (its canonical JSON) answers the patient and consent
+        filters: any of its patient entities (an event naming several patients is
+        found by each), any Consent it names."""
+        if not self.patient and not self.consent:
+            return True
+        found = orjson.loads(canonical)
+        whats = [
+            (e.get("role") or {}, e.get("what") or {})
+            for e in found.get("entity") or []
+            if isinstance(e, dict)
+        ]
+        if self.patient:
+            p = self.patient
+            names = [
+                str(what.get("reference") or _ident(what))
+                for role, what in whats
+                if role.get("system") == OBJECT_ROLE and role.get("code") == "1"
+            ]
+            if not any(n in (p, f"Patient/{p}") or n.endswith(f"|{p}") for n in names):
+                return False
+        if self.consent:
+            wanted = (
+                self.consent if self.consent.startswith("Consent/") else f"Consent/{self.consent}"
+            )
+            if not any(what.get("reference") == wanted for _, what in whats):
+                return False
+        return True
+
     def to_json(self) -> dict[str, str]:
         out = {
             "patient": self.patient,
+            "consent": self.consent,
             "partner": self.partner,
             "since": self.since.isoformat() + "Z" if self.since else None,
             "until": self.until.isoformat() + "Z" if self.until else None,
@@ -67,7 +110,9 @@ class ExportFilter:
 
 def export_bundle(log: AuditLog, where: ExportFilter, head: SignedHead) -> dict[str, Any]:
     """The selected events with ``head`` (which must cover them all) and their proofs."""
-    selected = [e for e in log.rows(where.where()) if e.index < head.tree_size]
+    selected = [
+        e for e in log.rows(where.where()) if e.index < head.tree_size and where.keeps(e.canonical)
+    ]
     tree = log.tree(head.tree_size)
     if tree.root() != head.root_hash:
         raise AuditError(

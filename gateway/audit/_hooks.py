@@ -182,9 +182,14 @@ def record_events(
 
 def decision_event(decision: Any, subject: Subject, when: datetime | None = None) -> dict[str, Any]:
     """A policy ``Decision`` (gateway/policy): sender, recipient, outcome, basis,
-    agreement, purpose. Without a patient in ``subject``, its first pseudonym."""
-    if subject.patient is None and decision.patients:
-        subject = Subject(f"{PSEUDONYM}|{decision.patients[0]}", subject.records, subject.detail)
+    agreement, purpose; every individual of the record by the policy's pseudonyms (each
+    identifier's, so any of them finds the event: the first as the subject, when
+    ``subject`` names none); the consents it rests on; the caller's notes (a resend's
+    action and parts) as details."""
+    people = [f"{PSEUDONYM}|{p}" for p in (decision.individuals or decision.patients)]
+    notes = tuple(getattr(decision, "notes", ()) or ())
+    patient = subject.patient or (people[0] if people else None)
+    subject = Subject(patient, subject.records, (*subject.detail, *notes))
     return policy_decision(
         decision.sender,
         decision.recipient,
@@ -193,6 +198,8 @@ def decision_event(decision: Any, subject: Subject, when: datetime | None = None
         basis=decision.basis,
         agreement=decision.agreement,
         purpose=decision.purpose,
+        patients=people,
+        consents=getattr(decision, "consents", ()) or (),
         when=when or decision.decided_at,
     )
 

@@ -4,6 +4,7 @@ parameters over the logged events, newest last (log order), keyset paging by ind
 Parameters (each may repeat: all must hold; a comma inside one value: any of them):
 
     patient   the patient entity: Patient/<id>, <id>, or an identifier system|value
+    consent   a Consent a policy decision rests on (or a consent event's): <id> or Consent/<id>
     entity    any entity's what: a reference (Bundle/<id>) or an identifier system|value
     agent     any agent's who: its identifier value (HKPMC, token-…) or system|value
     date      recorded, with a prefix eq (default), ge, gt, le, lt; a date or dateTime
@@ -36,7 +37,7 @@ from ._tables import entries
 __all__ = ["PARAMETERS", "AuditQuery", "parse_query", "read_event", "search_events"]
 
 PARAMETERS = (
-    "patient", "entity", "agent", "date", "type", "subtype", "outcome", "action",
+    "patient", "consent", "entity", "agent", "date", "type", "subtype", "outcome", "action",
     "_id", "_count", "_after", "_format",
 )  # fmt: skip
 MAX_COUNT = 500
@@ -130,9 +131,19 @@ def _add(query: AuditQuery, name: str, value: str) -> None:
         raise _bad(name, "an empty value")
     if name == "patient":
         keys = [_patient_key(v) for v in values]
-        # api-read events may name several patients; only the first is in the column
-        query.where.append(sa.or_(entries.c.patient.in_(keys), entries.c.kind == "api-read"))
+        # api-read and policy-decision events may name several patients; only the first
+        # is in the column
+        several = entries.c.kind.in_(("api-read", "policy-decision"))
+        query.where.append(sa.or_(entries.c.patient.in_(keys), several))
         query.checks.append(lambda e: bool(_patients(e) & set(keys)))
+    elif name == "consent":
+        refs = {v if v.startswith("Consent/") else f"Consent/{v}" for v in values}
+        query.where.append(entries.c.kind.in_(("policy-decision", "consent")))
+        query.checks.append(
+            lambda e: any(
+                (x.get("what") or {}).get("reference") in refs for x in e.get("entity") or []
+            )
+        )
     elif name == "entity":
         wanted = set(values)
         query.checks.append(

@@ -41,11 +41,18 @@ from ..partners import Partner, configured_partners
 from ..store import StageOutcome, Store, StoreError
 from ._outbox import DeliveryError, Outbox, OutboxRecord, label_of, order_key_of
 from ._routes import Destination, Facts, Routes, Routing, facts_of
+from ._withdrawal import UnsentHold
 
 __all__ = ["Outbound", "OutboundResult", "Placed", "bundles_of"]
 
 log = logging.getLogger("gateway.delivery")
 VARIANT_FAILED = "delivery.variant-failed"  # the partner's report variant: not made
+# A cross-border record whose decision the audit log could not record: held, not sent
+# (gateway.policy.AUDIT_UNAVAILABLE); decided again by recheck_held as a consent hold.
+AUDIT_UNAVAILABLE = "policy.audit-unavailable"
+# Rows the policy holds and decides again (recheck_held, release): no consent yet, or
+# a decision the audit log could not record.
+POLICY_HOLDS = ("policy.held", AUDIT_UNAVAILABLE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +140,10 @@ class Outbound:
         self.routes = routes or Routes.load(self.network, settings.delivery_routes)
         self.audit = audit_log(store, settings)
         self.policy = PolicyRecords(
-            store, Policy(settings, self.network), audit=self.audit is not None
+            store,
+            Policy(settings, self.network),
+            audit=self.audit is not None,
+            unsent=UnsentHold(store, self.outbox),
         )
         self.wait = timedelta(seconds=settings.delivery_reference_wait)
         self._lock = threading.RLock()
@@ -296,8 +306,41 @@ class Outbound:
             assert queued is not None
             return Placed(n, partner.key, "queued", queued[0], decision.id, "; ".join(notes))
         except GatewayError as exc:
+            if exc.code == AUDIT_UNAVAILABLE:  # fail closed: held until it can be audited
+                return self._unaudited(message_id, n, bundle, dedup, partner.key, dest, exc)
             log.warning("message %s record %d for %s: %s", message_id, n + 1, partner.key, exc.code)
             return Placed(n, partner.key, "failed", None, None, exc.issue.message, exc.code)
+
+    def _unaudited(
+        self,
+        message_id: int,
+        n: int,
+        bundle: dict[str, Any],
+        dedup: str,
+        partner: str,
+        dest: Destination,
+        exc: GatewayError,
+    ) -> Placed:
+        """A cross-border record allowed, whose decision the audit log could not record
+        (nothing of it kept): a held row (``policy.audit-unavailable``), decided again by
+        :meth:`recheck_held` once the log is writable. Not even the row kept: failed."""
+        log.error("message %s record %d for %s: %s", message_id, n + 1, partner, exc.code)
+        why = "its decision could not be recorded in the audit log"
+        try:
+            held = self.outbox.hold(
+                partner,
+                message_id=message_id,
+                record=n,
+                purpose=dest.purpose,
+                order_key=order_key_of(bundle),
+                label=label_of(bundle),
+                dedup=dedup,
+                code=AUDIT_UNAVAILABLE,
+                reason=f"{AUDIT_UNAVAILABLE}: {why}; decided again when it is writable",
+            )
+        except GatewayError as failed:
+            return Placed(n, partner, "failed", None, None, failed.issue.message, failed.code)
+        return Placed(n, partner, "held", held[0], None, why, AUDIT_UNAVAILABLE)
 
     def _finish(
         self,
@@ -362,7 +405,7 @@ class Outbound:
             held = [
                 r
                 for r in self.outbox.records(state="held", limit=100_000)
-                if r.last_error == "policy.held" and r.message_id is not None
+                if r.last_error in POLICY_HOLDS and r.message_id is not None
             ]
             moved = []
             for row in reversed(held):  # oldest first
@@ -378,7 +421,7 @@ class Outbound:
         cannot overrule a missing consent); any other held row is queued again."""
         with self._lock:
             row = self.outbox.require(row_id)
-            if row.state == "held" and row.last_error == "policy.held":
+            if row.state == "held" and row.last_error in POLICY_HOLDS:
                 if not self._redecide(row, force=True, reason=reason):
                     raise DeliveryError(
                         "delivery.not-releasable",
@@ -392,23 +435,33 @@ class Outbound:
     def retry(self, row_id: int, reason: str) -> OutboxRecord:
         """``gateway outbox retry``: a dead row queued again from the part that failed,
         only if the policy, deciding again today, allows its record to this partner
-        (a consent withdrawn or an agreement ended since it was queued: refused)."""
+        (a consent withdrawn or an agreement ended since it was queued: refused); when
+        today's decision changes the record (allow-with-changes), with the parts rebuilt
+        from the record under today's minimisation, sent from the first."""
         with self._lock:
             row = self.outbox.require(row_id)
             self.outbox.check_requeue(row, "retry")
             self._again(
-                row, "retry", lambda conn, why: self.outbox.retry_in(conn, row_id, why), reason
+                row,
+                "retry",
+                lambda conn, why, parts: self.outbox.retry_in(conn, row_id, why, parts=parts),
+                reason,
             )
             return self.outbox.require(row_id)
 
     def replay(self, row_id: int, reason: str) -> OutboxRecord:
-        """``gateway outbox replay``: a delivered row sent again as a new row with the
-        same parts, only if the policy, deciding again today, allows it (as :meth:`retry`)."""
+        """``gateway outbox replay``: a delivered row sent again as a new row, only if
+        the policy, deciding again today, allows it (as :meth:`retry`): with the same
+        parts, or rebuilt under today's minimisation when today's decision changes the
+        record."""
         with self._lock:
             row = self.outbox.require(row_id)
             self.outbox.check_requeue(row, "replay")
             new_id = self._again(
-                row, "replay", lambda conn, why: self.outbox.replay_in(conn, row_id, why), reason
+                row,
+                "replay",
+                lambda conn, why, parts: self.outbox.replay_in(conn, row_id, why, parts=parts),
+                reason,
             )
             return self.outbox.require(new_id)
 
@@ -416,19 +469,23 @@ class Outbound:
         self,
         row: OutboxRecord,
         action: str,
-        requeue: Callable[[Connection | None, str], int],
+        requeue: Callable[[Connection | None, str, list[dict[str, Any]] | None], int],
         reason: str,
     ) -> int:
         """Decide ``row``'s record again (the decision a release makes) and, allowed,
         ``requeue`` it in the decision's transaction (the decision kept and audited with
-        the row's move, one commit). Refused (held: no consent in force; denied: no
-        agreement, a rule): nothing moves or is recorded, and the error says why. A row
-        of no stored message (a referral's status, gateway/inbound) was never the
-        policy's to decide: queued again as it is."""
+        the row's move, one commit). Allowed with changes today (minimisation): the
+        parts are rebuilt from the record as today's decision leaves it (report variant,
+        signature), never the stored ones, which may hold what today's rules remove; the
+        decision's audit event says which were sent (``resend-parts``). Refused (held:
+        no consent in force; denied: no agreement, a rule), or not rebuilt: nothing
+        moves or is recorded, and the error says why. A row of no stored message (a
+        referral's status, gateway/inbound) was never the policy's to decide: queued
+        again as it is."""
         code = "delivery.not-retryable" if action == "retry" else "delivery.not-replayable"
         verb = "retried" if action == "retry" else "replayed"
         if row.message_id is None:
-            return requeue(None, reason)
+            return requeue(None, reason, None)
         source = self._source(row)
         if source is None:
             raise DeliveryError(
@@ -436,7 +493,7 @@ class Outbound:
                 f"outbox record {row.id} cannot be {verb}: its record cannot be decided "
                 "again (no longer in the store, or no sender the network knows)",
             )
-        _, data, bundle, from_key = source
+        stored, data, bundle, from_key = source
         decision = self.policy.decide(bundle, from_key, row.partner, row.purpose, text=data)
         if not decision.allowed:
             why = _rule_reason(decision, decision.outcome)
@@ -447,14 +504,57 @@ class Outbound:
                 f"{refused} ({why})",
                 location="policy",
             )
+        parts: list[dict[str, Any]] | None = None
+        notes: list[str] = []
+        if decision.outcome == "allow-with-changes":
+            parts, notes = self._rebuilt(row, stored, bundle, decision, verb)
+        decision.notes += [
+            ("resend", action),
+            ("resend-parts", "stored" if parts is None else "rebuilt"),
+        ]
 
         def queue(conn: Connection) -> tuple[int, bool]:
-            note = f"{reason} ({decision.outcome}: policy decision {decision.id})"
-            return requeue(conn, note), True
+            note = f"{reason} ({decision.outcome}: policy decision {decision.id}"
+            note += "; parts rebuilt under today's minimisation" if parts is not None else ""
+            note += "".join(f"; {n}" for n in notes) + ")"
+            return requeue(conn, note, parts), True
 
         queued = self.policy.record(row.message_id, decision, data, queue)
         assert queued is not None
         return queued[0]
+
+    def _rebuilt(
+        self, row: OutboxRecord, stored: Any, bundle: dict[str, Any], decision: Any, verb: str
+    ) -> tuple[list[dict[str, Any]], list[str]]:
+        """The parts of ``row``'s record as today's decision leaves it (minimised,
+        labelled), made as the outbound path makes them (report variant, signature,
+        the partner's split). Not made (the partner is no longer configured, signing
+        fails): ``delivery.not-rebuilt``, and nothing is queued: the stored parts,
+        minimised under older rules, never go instead."""
+        partner = self.partners.get(row.partner)
+        why = "its partner is no longer configured (partners)"
+        if partner is not None and decision.bundle_json is not None:
+            facts = facts_of(
+                bundle,
+                self.network,
+                format=stored.summary.format,
+                message_type=stored.summary.message_type,
+                sender=stored.summary.sender,
+            )
+            try:
+                out, notes = self._finish(
+                    decision.bundle_json, partner, facts, stored.summary.sender, row.message_id
+                )
+                return partner.split(out), notes
+            except GatewayError as exc:
+                why = f"making what leaves failed ({exc.code})"
+        raise DeliveryError(
+            "delivery.not-rebuilt",
+            f"outbox record {row.id} cannot be {verb}: today's decision changes the record "
+            f"(allow-with-changes) and its parts could not be rebuilt under today's "
+            f"minimisation: {why}; the stored parts are not sent instead",
+            location="policy",
+        )
 
     def _source(self, row: OutboxRecord) -> tuple[Any, bytes, dict[str, Any], str] | None:
         """The stored message a row's record came from, the record (its JSON and parsed

@@ -732,16 +732,28 @@ class Outbox:
         return moved
 
     # -- a person's decisions (gateway outbox retry|replay|release) ---------------------
-    # ``retry_in`` and ``replay_in`` queue stored parts again and decide nothing: the
-    # only callers are ``Outbound.retry|replay`` (gateway/delivery/_outbound.py), which
-    # decide again first and run them in the new decision's transaction. There is no
-    # public retry/replay here on purpose: a record never crosses on a stale decision.
+    # ``retry_in`` and ``replay_in`` queue parts again and decide nothing: the only
+    # callers are ``Outbound.retry|replay`` (gateway/delivery/_outbound.py), which decide
+    # again first and run them in the new decision's transaction, with the parts rebuilt
+    # when today's decision changes the record (allow-with-changes). There is no public
+    # retry/replay here on purpose: a record never crosses on a stale decision.
     def retry_in(
-        self, conn: Connection | None, row_id: int, reason: str, now: datetime | None = None
+        self,
+        conn: Connection | None,
+        row_id: int,
+        reason: str,
+        now: datetime | None = None,
+        parts: list[dict[str, Any]] | None = None,
     ) -> int:
         """A dead row queued again from the part that failed (attempts start over), in
-        ``conn`` (the caller's transaction, :meth:`_joined`) or one of its own."""
-        self._requeue(conn, row_id, "dead", "retry", reason, now)
+        ``conn`` (the caller's transaction, :meth:`_joined`) or one of its own.
+        ``parts``: the record rebuilt today (today's minimisation) replaces the stored
+        parts, sent from the first (each entry is conditional: the parts already
+        delivered are applied again, changing nothing new)."""
+        values = None
+        if parts is not None:
+            values = {"parts": orjson.dumps(parts), "part_count": len(parts), "part": 0}
+        self._requeue(conn, row_id, "dead", "retry", reason, now, values)
         return row_id
 
     def release(self, row_id: int, reason: str, now: datetime | None = None) -> OutboxRecord:
@@ -779,9 +791,11 @@ class Outbox:
         action: str,
         reason: str,
         now: datetime | None,
+        values: dict[str, Any] | None = None,
     ) -> None:
         """A person's retry (of a ``dead`` row) or release (of a ``held`` one): back to
-        ``pending`` at its current part, attempts from zero."""
+        ``pending`` at its current part, attempts from zero. ``values``: more columns
+        to set (a retry's rebuilt parts)."""
         now = now or self.clock()
         self.check_requeue(self.require(row_id), action)
         with self._joined(conn) as conn:
@@ -793,14 +807,26 @@ class Outbox:
                 f"{action}: {reason}",
                 now,
                 None,
-                {"attempts": 0, "next_at": now, "last_error": None, "lease_until": None},
+                {
+                    "attempts": 0,
+                    "next_at": now,
+                    "last_error": None,
+                    "lease_until": None,
+                    **(values or {}),
+                },
             )
 
     def replay_in(
-        self, conn: Connection | None, row_id: int, reason: str, now: datetime | None = None
+        self,
+        conn: Connection | None,
+        row_id: int,
+        reason: str,
+        now: datetime | None = None,
+        parts: list[dict[str, Any]] | None = None,
     ) -> int:
         """A delivered row queued again as a new row with the same parts (exactly what
-        left the first time); the original stays delivered. In ``conn`` (the caller's
+        left the first time), or with ``parts`` (the record rebuilt under today's
+        minimisation); the original stays delivered. In ``conn`` (the caller's
         transaction) or one of its own; returns the new row's id."""
         now = now or self.clock()
         record = self.require(row_id)
@@ -820,8 +846,8 @@ class Outbox:
                 label=record.label,
                 order_key=record.order_key,
                 dedup_key=dedup,
-                parts=row.parts,
-                part_count=record.part_count,
+                parts=row.parts if parts is None else orjson.dumps(parts),
+                part_count=record.part_count if parts is None else len(parts),
                 state="pending",
                 record=record.record,
                 purpose=record.purpose,

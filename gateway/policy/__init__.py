@@ -16,9 +16,18 @@ from ._engine import (
 )
 from ._key import policy_key
 from ._minimise import PSEUDONYM_SYSTEM, Change, minimise, pseudonym
-from ._records import KEPT_IN_OUTBOX, STATE_OF, PolicyRecords, Released
+from ._records import (
+    AUDIT_UNAVAILABLE,
+    KEPT_IN_OUTBOX,
+    STATE_OF,
+    PolicyRecords,
+    Released,
+    UnsentRows,
+    register_unsent_rows,
+)
 
 __all__ = [
+    "AUDIT_UNAVAILABLE",
     "KEPT_IN_OUTBOX",
     "LEGAL_BASIS_SYSTEM",
     "OUTCOMES",
@@ -38,10 +47,12 @@ __all__ = [
     "Profile",
     "Released",
     "RuleResult",
+    "UnsentRows",
     "add_cli",
     "minimise",
     "parse_consent",
     "policy_key",
     "pseudonym",
+    "register_unsent_rows",
     "render_decision",
 ]

@@ -120,6 +120,14 @@ class Decision:
     patients: list[str] = field(default_factory=list)  # pseudonyms of the patient's ids
     # the counter rows (one per individual), once sent
     counts: list[tuple[int, str, str, str, str]] = field(default_factory=list)
+    # Pseudonyms of every individual of the record (each Patient: entries, contained,
+    # nested, in Parameters), each of their identifiers once: the audit event names all.
+    individuals: list[str] = field(default_factory=list)
+    consents: list[str] = field(default_factory=list)  # Consent.ids the transfer rests on
+    cross_border: bool = False  # between jurisdictions (its audit event must be kept)
+    # (type, value) pairs the caller adds to the decision's audit event (a resend's
+    # action and which parts went): codes, never patient data
+    notes: list[tuple[str, str]] = field(default_factory=list)
     id: int | None = None  # the stored decision's id
     message_id: int | None = None
     _json: bytes | None = field(default=None, repr=False)  # what leaves, serialised
@@ -220,6 +228,7 @@ class _Transfer:
     agreement: Agreement | None = None
     counts: list[tuple[int, str, str, str, str]] = field(default_factory=list)
     found_people: list[tuple[str, ...]] | None = None  # people(), made once
+    consent_ids: list[str] = field(default_factory=list)  # the consents that cover it
     changes: list[Change] = field(default_factory=list)
     minimised: Minimisation | None = None
     minimise_rule: tuple[str, str] | None = None  # (rule id, profile id) when it changed
@@ -317,22 +326,22 @@ class Policy:
         )
         self.data = data or self._load_data()
         self.data.check_parties(self.network)
-        # The files read, watched while running: an agreement ended or a rule changed is
-        # read at the next decision after ``reload_interval`` seconds, without a restart
-        # (a Policy given its ``data`` watches nothing).
+        # The files read, watched while running: an agreement ended, a rule changed or
+        # an institution's place in the network is read at the next decision after
+        # ``reload_interval`` seconds, without a restart (a Policy given its ``data``
+        # watches only the network it was given, when that came from a file).
+        self._own_data = data is None
         self._sources: tuple[Path, ...] = ()
         if data is None:
             self._sources = (agreements, *(policy_dir / f for f in _POLICY_FILES))
+        if self.network.source is not None:
+            self._sources += (self.network.source,)
         self.reload_interval = RELOAD_INTERVAL
         self._stamps = _stamps(self._sources)
         self._checked = time.monotonic()
         self._broken: ConfigError | None = None  # the files as changed do not load
         self._reload_lock = threading.Lock()
-        self._institutions = [
-            inst
-            for entry in (load_data_file(settings.network) or {}).get("institutions") or []
-            if (inst := self.network.find(str(entry.get("key")))) is not None
-        ]
+        self._institutions = _institutions(self.network, settings.network)
         self._names: dict[tuple[str, str, str], dict[str, Any]] = {}  # rule words per transfer
         # Results that depend only on the transfer's parties, purpose, categories and day
         # (never on the patient): computed once per process. The data is read once; a
@@ -356,6 +365,9 @@ class Policy:
         Consents and counters need none of this: they are asked at every decision."""
         self._plans = {}
         self._results.clear()
+        # Pass 1 per patient is keyed by the profile's id, not its rules: a profile
+        # edited under the same id (addresses now removed) must not replay the old one.
+        self._passes.clear()
         self._names.clear()
         self._provenances.clear()
         self._label_sets.clear()
@@ -365,7 +377,7 @@ class Policy:
         self._load_rules()
 
     def _load_rules(self) -> None:
-        self._planned_for = self.data
+        self._planned_for: PolicyData | None = self.data
         self._rules: list[tuple[str, str, Rule, dict[str, Any]]] = []
         for spec in self.data.rules:
             kind = str(spec["kind"])
@@ -496,7 +508,10 @@ class Policy:
             agreement=t.agreement.id if t.agreement else None,
             changes=t.changes,
             patients=[t.alias(*p.split("|", 1)) for p in t.patients],
+            consents=t.consent_ids,
+            cross_border=t.cross_border,
         )
+        decision.individuals = _individuals(t, decision.patients)
         if decision.allowed:
             decision._json = self._leave(t, decision)
             decision.counts = t.counts
@@ -519,16 +534,24 @@ class Policy:
             raise self._broken
 
     def _reload(self) -> None:
+        """Read the data files and the network again, all or nothing."""
         load_data_file.cache_clear()  # cached by path: the files changed under it
         try:
-            data = self._load_data()
-            data.check_parties(self.network)
+            source = self.network.source
+            network = Network.load(source) if source is not None else self.network
+            data = self._load_data() if self._own_data else self.data
+            data.check_parties(network)
+            institutions = _institutions(network, source or self.settings.network)
         except ConfigError as exc:
             log.error("policy data changed and does not load: %s", exc)
             self._broken = exc
             return
         self._broken = None
-        self.data = data  # the next _plan sees new data: every plan dropped
+        # Plans hold the parties as the network gave them: the next _plan drops them all
+        # (a new data, or the same data with _planned_for forgotten).
+        self.network, self._institutions = network, institutions
+        self.data = data
+        self._planned_for = None
         log.info("policy data changed: read again")
 
     def _plan(self, sender: str, recipient: str, purpose: str) -> _Plan:
@@ -769,6 +792,15 @@ _POLICY_FILES = ("rules.yaml", "minimisation.yaml", "prohibited.yaml", "labels.y
 RELOAD_INTERVAL = 2.0  # seconds between two looks at the data files
 
 
+def _institutions(network: Network, path: Path) -> list[Institution]:
+    """The network's institutions in the file's order (``sender_of`` tries them so)."""
+    return [
+        inst
+        for entry in (load_data_file(path) or {}).get("institutions") or []
+        if (inst := network.find(str(entry.get("key")))) is not None
+    ]
+
+
 def _stamps(paths: tuple[Path, ...]) -> tuple[tuple[int, int] | None, ...]:
     """Each file's modification time and size (None: missing), to notice an edit."""
     out: list[tuple[int, int] | None] = []
@@ -792,6 +824,12 @@ def _people(bundle: dict[str, Any], out: list[tuple[str, ...]]) -> list[tuple[st
             out.append(_identifiers(resource, {}))
         elif kind == "Bundle":
             _people(resource, out)
+        elif kind == "Parameters":  # a Patient carried as a parameter is an individual too
+            for inner in _parameter_resources(resource):
+                if inner.get("resourceType") == "Patient":
+                    out.append(_identifiers(inner, {}))
+                elif inner.get("resourceType") == "Bundle":
+                    _people(inner, out)
         for inner in resource.get("contained") or ():
             if isinstance(inner, dict) and inner.get("resourceType") == "Patient":
                 out.append(_identifiers(inner, {}))
@@ -804,12 +842,39 @@ def _nested(bundle: dict[str, Any], resources: frozenset[str]) -> list[str]:
     found: list[str] = []
     for entry in bundle.get("entry") or []:
         resource = (entry.get("resource") if isinstance(entry, dict) else None) or {}
-        if resource.get("resourceType") != "Bundle":
+        kind = resource.get("resourceType")
+        if kind == "Bundle":
+            nested = [resource]
+        elif kind == "Parameters":  # its Patients pass 1 reaches; a Bundle in it, not
+            nested = [
+                r for r in _parameter_resources(resource) if r.get("resourceType") == "Bundle"
+            ]
+        else:
             continue
-        for inner in _people_like(resource, resources):
+        for inner in (k for b in nested for k in _people_like(b, resources)):
             if inner not in found:
                 found.append(inner)
     return found
+
+
+def _parameter_resources(resource: dict[str, Any]) -> list[dict[str, Any]]:
+    """The resources a Parameters carries, in document order: in its parameters, their
+    parts and the Parameters inside them, at any depth."""
+    out: list[dict[str, Any]] = []
+
+    def walk(params: Any) -> None:
+        for param in params if isinstance(params, list) else ():
+            if not isinstance(param, dict):
+                continue
+            inner = param.get("resource")
+            if isinstance(inner, dict):
+                out.append(inner)
+                if inner.get("resourceType") == "Parameters":
+                    walk(inner.get("parameter"))
+            walk(param.get("part"))
+
+    walk(resource.get("parameter"))
+    return out
 
 
 def _people_like(bundle: dict[str, Any], resources: frozenset[str]) -> list[str]:
@@ -1150,6 +1215,7 @@ def rule_consent(policy: Policy, t: _Transfer, rule_id: str, params: dict[str, A
             make = functools.partial(_consent_words, policy, rule_id, "hold", "consent.missing", t)
             return policy._cached(("consent-words", rule_id, "missing", *parties), make)[0]
         covering.setdefault(found.id, found)
+    t.consent_ids = list(covering)  # the basis of the transfer (its audit event)
     # Whether they cover is asked every time (consents change); the words depend on the
     # consents' ids and ends and the transfer's parties and purpose only.
     chosen = tuple(covering.values())
@@ -1260,6 +1326,17 @@ def _persons(policy: Policy, t: _Transfer) -> list[str]:
         if ids:
             chosen = next((p for p in ids if p.split("|", 1)[0] in national), ids[0])
             out[t.alias(*chosen.split("|", 1))] = None
+    return list(out)
+
+
+def _individuals(t: _Transfer, patients: list[str]) -> list[str]:
+    """The pseudonyms of every individual's identifiers (each once): the Patient
+    entries' (``patients``, already made) first, then those of contained and nested
+    Patients, which only the record's walk finds."""
+    out = dict.fromkeys(patients)
+    for ids in t.people():
+        for ident in ids:
+            out.setdefault(t.alias(*ident.split("|", 1)), None)
     return list(out)
 
 

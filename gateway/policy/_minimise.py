@@ -143,8 +143,10 @@ def structural(bundle: dict[str, Any], profile: Profile, sender: str, alias: Ali
         resource = entry.get("resource") if isinstance(entry, dict) else None
         if not isinstance(resource, dict):
             continue
-        if resource.get("resourceType") not in resources and (
-            "contained" not in resource or not _holds(resource, resources)
+        if (
+            resource.get("resourceType") not in resources
+            and ("contained" not in resource or not _holds(resource, resources))
+            and not _parameters_hold(resource, resources)
         ):
             continue
         resource = dict(resource)  # _structural replaces what it changes: no deep copy
@@ -159,7 +161,61 @@ def structural(bundle: dict[str, Any], profile: Profile, sender: str, alias: Ali
                     contained[m] = inner = dict(inner)
                     where = f"{path}.contained[{m}]"
                     _structural(inner, where, profile, alias, sender, found, changes)
+        if _parameters_hold(resource, resources):  # a Parameters carrying a Patient
+            resource["parameter"] = _parameter_list(
+                resource["parameter"], path, "parameter", (profile, alias, sender, found, changes)
+            )
     return Minimisation(out, changes, profile, found.compile())
+
+
+# What pass 1 needs as it walks: the profile, the pseudonym function, the sender, the
+# values found and the changes made.
+_Pass = tuple[Profile, "Alias", str, "_Secrets", list[Change]]
+
+
+def _parameters_hold(resource: dict[str, Any], resources: frozenset[str]) -> bool:
+    """Whether a Parameters resource carries one of ``resources`` (a Patient) in a
+    parameter, a part of one, or a Parameters inside, at any depth."""
+    if resource.get("resourceType") != "Parameters":
+        return False
+    params = resource.get("parameter")
+    return isinstance(params, list) and any(_param_holds(p, resources) for p in params)
+
+
+def _param_holds(param: Any, resources: frozenset[str]) -> bool:
+    if not isinstance(param, dict):
+        return False
+    inner = param.get("resource")
+    if isinstance(inner, dict) and (
+        inner.get("resourceType") in resources or _parameters_hold(inner, resources)
+    ):
+        return True
+    parts = param.get("part")
+    return isinstance(parts, list) and any(_param_holds(p, resources) for p in parts)
+
+
+def _parameter_list(params: list[Any], path: str, name: str, run: _Pass) -> list[Any]:
+    """A copy of a ``parameter`` (or ``part``) list with the profile's resources in it
+    minimised, each copied before it changes (the input is never changed)."""
+    profile, alias, sender, found, changes = run
+    out = list(params)
+    for i, param in enumerate(params):
+        if not _param_holds(param, profile.resources):
+            continue
+        where = f"{path}.{name}[{i}]"
+        out[i] = param = dict(param)
+        inner = param.get("resource")
+        if isinstance(inner, dict) and inner.get("resourceType") in profile.resources:
+            param["resource"] = inner = dict(inner)
+            _structural(inner, f"{where}.resource", profile, alias, sender, found, changes)
+        elif isinstance(inner, dict) and _parameters_hold(inner, profile.resources):
+            param["resource"] = inner = dict(inner)
+            inner["parameter"] = _parameter_list(
+                inner["parameter"], f"{where}.resource", "parameter", run
+            )
+        if isinstance(param.get("part"), list):
+            param["part"] = _parameter_list(param["part"], where, "part", run)
+    return out
 
 
 # Pass 1 as it went for a Bundle whose changed resources read the same: (entry number,
@@ -191,7 +247,7 @@ def structural_memo(
         resource = entry.get("resource") if isinstance(entry, dict) else None
         if not isinstance(resource, dict):
             continue
-        if "contained" in resource:
+        if "contained" in resource or resource.get("resourceType") == "Parameters":
             return structural(bundle, profile, sender, alias)  # rare: not remembered
         if resource.get("resourceType") in resources:
             key += (n, _shape(resource, profile))

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 import sqlalchemy as sa
@@ -28,14 +28,17 @@ from ._minimise import Change, pseudonym
 _outbox = metadata.tables["outbox"]  # the delivery outbox (gateway/store/_schema.py)
 
 __all__ = [
+    "AUDIT_UNAVAILABLE",
     "KEPT_IN_OUTBOX",
     "STATE_OF",
     "PolicyRecords",
     "Released",
+    "UnsentRows",
     "consents",
     "counters",
     "decisions",
     "kept_in_outbox",
+    "register_unsent_rows",
 ]
 
 # A decision's outcome → the message's state in the store.
@@ -44,6 +47,8 @@ ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 # The policy outcome of a record whose Bundle an outbox row keeps names it (a digest)
 # instead of keeping ~35 KB a second time in the same transaction.
 KEPT_IN_OUTBOX = "policy.kept-in-outbox"
+# A cross-border transfer whose decision the audit log could not record: not sent (held).
+AUDIT_UNAVAILABLE = "policy.audit-unavailable"
 # What the outbox path puts in a decision's transaction: (outbox row id, new row).
 OutboxRow = tuple[int, bool]
 
@@ -153,6 +158,31 @@ _RELEASABLE = (
 )
 
 
+class UnsentRows(Protocol):
+    """Holds, in the caller's transaction, the outbox rows of ``pairs`` (message id,
+    recipient) not sent yet, with ``reason`` (``policy.held``): the delivery outbox's
+    part of a consent withdrawal (gateway.delivery implements and registers it)."""
+
+    def hold_unsent(self, conn: Connection, pairs: Sequence[tuple[int, str]], reason: str) -> int:
+        """The number of rows held."""
+        ...
+
+
+# The factory gateway.delivery registers (register_unsent_rows): the later stage plugs
+# into the earlier, so that the policy never imports delivery.
+_unsent_factory: list[Callable[[Store], UnsentRows]] = []
+
+
+def register_unsent_rows(factory: Callable[[Store], UnsentRows]) -> None:
+    """Called by gateway.delivery when it is imported: how a withdrawal holds the
+    queued transfers of its consent (the last registered wins)."""
+    _unsent_factory[:] = [factory]
+
+
+def unsent_rows(store: Store) -> UnsentRows | None:
+    return _unsent_factory[0](store) if _unsent_factory else None
+
+
 @dataclass(frozen=True, slots=True)
 class Released:
     message_id: int | None
@@ -163,9 +193,19 @@ class PolicyRecords:
     """Consents, decisions and counters over the message store's database; the
     ``Consents`` and ``Counters`` the engine reads."""
 
-    def __init__(self, store: Store, policy: Policy, *, audit: bool = True) -> None:
+    def __init__(
+        self,
+        store: Store,
+        policy: Policy,
+        *,
+        audit: bool = True,
+        unsent: UnsentRows | None = None,
+    ) -> None:
+        """``unsent``: what holds the queued transfers of a withdrawn consent (None:
+        the one gateway.delivery registered with :func:`register_unsent_rows`)."""
         self.store = store
         self.policy = policy
+        self.unsent = unsent
         self.engine = store.engine
         self._writer = store.engine.execution_options(write=True)  # SQLite: BEGIN IMMEDIATE
         # The audit trail: each decision's AuditEvent joins the decision's transaction.
@@ -319,16 +359,13 @@ class PolicyRecords:
         return withdrawn
 
     def _hold_unsent(self, conn: Connection, withdrawn: ConsentRecord) -> None:
-        """The outbox rows queued on a decision this consent could have allowed (its
-        patient, one of its recipients and purposes) and not sent yet go back to
-        ``held`` (``policy.held``), in the withdrawal's transaction: the outbound path
-        decides them again (``Outbound.recheck_held``) and sends them only on a basis
-        still in force. Rows being sent, or whose send was ambiguous (``waiting``) or
-        begun (a part sent), are left: the partner may already hold them."""
-        # At call time, by the delivery package's public name: that package imports this one,
-        # and the move (its event, the message's state) is the outbox's to make, not a copy.
-        from ..delivery import Outbox
-
+        """The transfers queued on a decision this consent could have allowed (its
+        patient, one of its recipients and purposes) go back to ``held`` if not sent
+        yet, in the withdrawal's transaction. Which they are is the policy's to say (its
+        decisions); holding their outbox rows is delivery's (:class:`UnsentRows`, which
+        gateway.delivery registers): the policy, an earlier stage, imports nothing of
+        it. No holder while such transfers exist: the withdrawal is refused
+        (``policy.unsent-not-held``) rather than leave them to cross."""
         key = self._patient_key(withdrawn.patient)
         found = conn.execute(
             sa.select(_d.message_id, _d.recipient, _d.patients).where(
@@ -342,28 +379,18 @@ class PolicyRecords:
         pairs = [(r.message_id, r.recipient) for r in found if key in orjson.loads(r.patients)]
         if not pairs:
             return
-        o = _outbox.c
-        outbox = Outbox(self.store)
-        now = outbox.clock()
-        for message_id, recipient in pairs:
-            rows = conn.execute(
-                sa.select(o.id, o.state).where(
-                    o.message_id == message_id,
-                    o.partner == recipient,
-                    o.state.in_(("pending", "retrying")),
-                    o.part == 0,
-                )
-            ).all()
-            for row in rows:
-                outbox.move(
-                    row.id,
-                    row.state,
-                    "held",
-                    f"policy.held: consent {withdrawn.id} withdrawn before it was sent",
-                    now=now,
-                    conn=conn,
-                    last_error="policy.held",
-                )
+        holder = self.unsent or unsent_rows(self.store)
+        if holder is None:
+            raise PolicyError(
+                "unsent-not-held",
+                f"consent {withdrawn.id}: {len(pairs)} transfer(s) queued on it could not be "
+                "held: no delivery outbox is loaded in this process (gateway.delivery); "
+                "the withdrawal is not recorded",
+                location="Consent.status",
+            )
+        holder.hold_unsent(
+            conn, pairs, f"policy.held: consent {withdrawn.id} withdrawn before it was sent"
+        )
 
     # -- decisions ------------------------------------------------------------------------
     def apply(
@@ -421,9 +448,20 @@ class PolicyRecords:
         The message's ``policy`` outcome keeps the Bundle that leaves only when nothing
         else does (no ``then``: ``apply``, ``release_held``); when ``then`` queues it,
         the outbox row keeps it (as the partner gets it) and the outcome names it by
-        its SHA-256 (:func:`kept_in_outbox`). Returns what ``then`` returns."""
+        its SHA-256 (:func:`kept_in_outbox`). Returns what ``then`` returns.
+
+        Its audit event is appended in the same transaction, guarded (a failed append
+        never fails a domestic record). A cross-border transfer the decision allows is
+        not kept when its event cannot be: ``policy.audit-unavailable`` is raised and the
+        transaction rolled back (nothing queued); the caller holds the record and
+        decides it again later (docs/policy.md, "Audited or not sent")."""
         with self._writer.begin() as conn:
-            self._keep(conn, message_id, decision, raw)  # sets decision.id: ``then`` names it
+            audited = self._keep(conn, message_id, decision, raw)  # sets decision.id
+            if not audited and decision.cross_border and decision.allowed:
+                # Fail closed: a transfer across the boundary never goes on a decision
+                # the audit log does not hold. Raised inside the transaction: nothing
+                # of it is kept (decision, counter, outcome, outbox row).
+                raise audit_unavailable(decision, message_id)
             if message_id is not None:
                 self.store.record_outcome(
                     message_id, self._outcome(decision, queued=then is not None), conn=conn
@@ -443,8 +481,9 @@ class PolicyRecords:
 
     def _keep(
         self, conn: Connection, message_id: int | None, decision: Decision, raw: bytes
-    ) -> None:
-        """The decision's rows, in the caller's transaction."""
+    ) -> bool:
+        """The decision's rows, in the caller's transaction; False when its audit event
+        could not be appended (the audit's SAVEPOINT rolled back, logged)."""
         row = {
             "message_id": message_id,
             "decided_at": decision.decided_at,
@@ -479,7 +518,8 @@ class PolicyRecords:
                 conn.execute(_ADD_COUNTED, {**row, "first_at": utcnow()})
         if self.audit is not None:
             event = decision_event(decision, message_subject(message_id))
-            self.audit.record_guarded(conn, event)
+            return self.audit.record_guarded(conn, event)
+        return True
 
     def release_held(self, now: datetime | None = None) -> list[Released]:
         """Decide every record held by ``apply`` again (after a consent arrived); those
@@ -509,7 +549,12 @@ class PolicyRecords:
                     conn.execute(
                         decisions.update().where(decisions.c.id == row.id).values(current=False)
                     )
-            self.record(row.message_id, decision, row.input)
+            try:
+                self.record(row.message_id, decision, row.input)
+            except PolicyError as exc:
+                if exc.code != AUDIT_UNAVAILABLE:
+                    raise
+                continue  # still held (its decision unchanged): released at the next call
             released.append(Released(row.message_id, decision))
         return released
 
@@ -553,6 +598,20 @@ def _decision(row: Any) -> Decision:
         patients=orjson.loads(row.patients),
         id=int(row.id),
         message_id=row.message_id,
+    )
+
+
+def audit_unavailable(decision: Decision, message_id: int | None) -> PolicyError:
+    """The error that stops a cross-border transfer whose decision the audit log could
+    not record (``policy.audit-unavailable``): no patient data, the parties by key."""
+    where = f"message {message_id}" if message_id is not None else "the record"
+    return PolicyError(
+        AUDIT_UNAVAILABLE,
+        f"{where}: the cross-border transfer {decision.sender} → {decision.recipient} "
+        f"({decision.outcome}) is not sent: its decision could not be recorded in the audit "
+        "log (see the gateway log: audit.write-failed); held and decided again when the "
+        "audit log is writable",
+        location="audit",
     )
 
 

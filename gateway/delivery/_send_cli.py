@@ -84,8 +84,7 @@ class _Message:
 
 def _messages(paths: list[str], sender: str | None) -> Iterator[_Message | tuple[str, str]]:
     """The messages of the inputs, or (source, problem) for an input that cannot be read."""
-    from ..cli import RECORD_SUFFIXES
-    from ..inputs import input_files
+    from ..inputs import RECORD_SUFFIXES, input_files
     from ..intake import detect_format
     from ..intake.hl7v2 import split_messages
 
@@ -115,8 +114,8 @@ def _messages(paths: list[str], sender: str | None) -> Iterator[_Message | tuple
 
 
 def cmd_send(args: argparse.Namespace, settings: Settings) -> int:
-    from ..cli import Progress
     from ..pipeline import Converter
+    from ..progress import Progress
 
     store = open_store(settings)
     try:

@@ -58,6 +58,7 @@ from .outputs import output_stem
 from .partners import add_cli as add_partners_cli
 from .pipeline import Converter
 from .policy import add_cli as add_policy_cli
+from .processing import add_cli as add_reprocess_cli
 from .progress import Progress
 from .reports import add_cli
 from .store import add_cli as add_store_cli
@@ -398,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_cli(sub)  # gateway report variants
     add_policy_cli(sub)  # gateway policy check|decisions|show, gateway consent import|list|withdraw
     add_listen_cli(sub)  # gateway listen
-    add_store_cli(sub)  # gateway messages ..., gateway db upgrade
+    add_reprocess_cli(add_store_cli(sub))  # gateway messages ..., gateway db upgrade
     add_outbox_cli(sub)  # gateway outbox list|show|stats|retry|replay|release, send, route
     add_work_cli(sub)  # gateway work [--workers N]: delivery worker processes, no API
     add_partners_cli(sub)  # gateway partners list|set|check

@@ -18,7 +18,8 @@ import orjson
 from ..audit import store_hook
 from ..config import Settings
 from ..errors import Issue
-from ..store import Incoming, Store, open_store, process_message, study_zip
+from ..processing import process_message
+from ..store import Incoming, Store, open_store, study_zip
 from ._outbound import Outbound, OutboundResult
 from ._outbox import DeliveryError, Outbox, OutboxRecord
 from ._retry import DeliveryConfig

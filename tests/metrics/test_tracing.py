@@ -189,7 +189,8 @@ def test_with_tracing_off_opentelemetry_is_not_imported(tmp_path: Path) -> None:
     code = (
         "import sys\n"
         "from gateway import Converter, Settings\n"
-        "from gateway.store import Incoming, Store, process_message\n"
+        "from gateway.processing import process_message\n"
+        "from gateway.store import Incoming, Store\n"
         f"data = open({str(MESSAGE)!r}, 'rb').read()\n"
         "settings = Settings.load()\n"
         "assert settings.tracing == 'off'\n"

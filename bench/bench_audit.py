@@ -48,8 +48,9 @@ from gateway.datafiles import data_dir
 from gateway.delivery import Deliverer, Outbound
 from gateway.partners import configured_partners
 from gateway.policy import Policy, PolicyRecords
+from gateway.processing import process_message
 from gateway.signing import make_demo_pki
-from gateway.store import Incoming, Store, open_store, process_message
+from gateway.store import Incoming, Store, open_store
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "RESULTS.md"

@@ -39,7 +39,8 @@ import sqlalchemy as sa
 from gateway import Converter, Settings
 from gateway.delivery import DeliveryService, Outbound
 from gateway.partners import Partner
-from gateway.store import Incoming, Store, metadata, open_store, process_message
+from gateway.processing import process_message
+from gateway.store import Incoming, Store, metadata, open_store
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "RESULTS.md"

@@ -29,15 +29,12 @@ import argparse
 import asyncio
 import contextlib
 import gc
-import hashlib
 import os
-import re
 import sys
-import time
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import BinaryIO, TextIO
+from typing import BinaryIO
 
 import orjson
 
@@ -51,124 +48,28 @@ from .delivery import add_work_cli
 from .envelope import Record
 from .errors import GatewayError
 from .inbound import add_cli as add_inbound_cli
-from .inputs import DicomInput, input_files
+from .inputs import RECORD_SUFFIXES, DicomInput, input_files
 from .intake import FORMATS, detect_format
 from .listeners import add_cli as add_listen_cli
 from .listeners.dicom import add_cli as add_dicom_cli
 from .listeners.dicom import start_dicom
 from .logs import configure as configure_logs
+from .outputs import output_stem
 from .partners import add_cli as add_partners_cli
 from .pipeline import Converter
 from .policy import add_cli as add_policy_cli
+from .processing import add_cli as add_reprocess_cli
+from .progress import Progress
 from .reports import add_cli
 from .store import add_cli as add_store_cli
 from .validate_cli import add_cli as add_validate_cli
 
 __all__ = ["main"]
 
-_SAFE_NAME = re.compile(r"[^A-Za-z0-9._\-]+")
-_MAX_STEM = 100  # characters (ASCII): far below every file system's 255-byte name limit
-# Files taken from a folder (a file named on the command line is always read). DICOM
-# files often have no suffix; JSON (DICOM JSON) is read only when named, so that a
-# folder of converted Bundles is not taken for input.
-RECORD_SUFFIXES = frozenset(
-    {".hl7", ".er7", ".txt", ".msg", ".dat", ".mllp", ".dcm", ".dicom", ".zip", ".xml", ".cda", ""}
-)
-
-
-class Progress:
-    """A one-line progress bar on a terminal (silent otherwise): records converted and
-    failed, their rate, and the files done; with the inputs' size known, the share of
-    their bytes read and an ETA, so that one large file shows progress as it converts.
-    Error lines are printed above it as they happen."""
-
-    _EVERY = 0.2  # seconds between redraws: a bar that redraws per record costs time
-
-    def __init__(
-        self, total: int, stream: TextIO, enabled: bool, total_bytes: int | None = None
-    ) -> None:
-        self.total, self.stream, self.enabled = total, stream, enabled
-        self.total_bytes = total_bytes or None
-        self.files = self.messages = self.failed = 0  # messages: records of any format
-        self.bytes = 0
-        self._start = self._drawn = time.monotonic()
-
-    def record(self, record: Record) -> None:
-        self.messages += 1
-        self.failed += 0 if record.ok else 1
-        if self.enabled and time.monotonic() - self._drawn >= self._EVERY:
-            self._draw()
-
-    def read(self, size: int) -> None:
-        """``size`` more bytes of the inputs were read."""
-        self.bytes += size
-
-    def file_done(self) -> None:
-        self.files += 1
-        self._draw()
-
-    def say(self, line: str) -> None:
-        if self.enabled:
-            self.stream.write("\r\033[K")
-        self.stream.write(line + "\n")
-        self._draw()
-
-    def line(self) -> str:
-        """The bar's text (without the carriage return)."""
-        elapsed = max(time.monotonic() - self._start, 1e-6)
-        width = 30
-        share = (
-            min(self.bytes / self.total_bytes, 1.0)
-            if self.total_bytes
-            else self.files / max(self.total, 1)
-        )
-        filled = int(width * share)
-        rate = self.messages / elapsed
-        text = (
-            f"[{'#' * filled}{'.' * (width - filled)}] {share:4.0%} "
-            f"{self.messages:,} records, {self.failed:,} failed, {rate:,.0f}/s, "
-            f"{self.files}/{self.total} files"
-        )
-        if self.total_bytes and 0 < self.bytes < self.total_bytes:
-            left = elapsed * (self.total_bytes - self.bytes) / self.bytes
-            text += f", ETA {_clock(left)}"
-        return text
-
-    def _draw(self) -> None:
-        if self.enabled:
-            self._drawn = time.monotonic()
-            self.stream.write(f"\r\033[K{self.line()}")
-            self.stream.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            self._draw()
-            self.stream.write("\n")
-
-
-def _clock(seconds: float) -> str:
-    whole = int(seconds)
-    return f"{whole // 3600}:{whole // 60 % 60:02d}:{whole % 60:02d}"
-
 
 def _input_files(paths: Iterable[str]) -> list[str]:
     """The files named, and in named folders the record files (RECORD_SUFFIXES)."""
     return input_files(paths, RECORD_SUFFIXES)
-
-
-def output_stem(ident: str) -> str:
-    """A file name stem for a record id (control id, document id, Study UID): the id
-    itself when it is short and made of safe characters; otherwise its safe characters,
-    shortened, and a hash of the whole id, so that ids differing only in unsafe or cut
-    characters still get different names, and no id is too long for a file name."""
-    # A CDA id (root^extension) keeps its form with _ for ^: the caret is the escape
-    # character of Windows' cmd and must be quoted in shells and URLs.
-    plain = ident.replace("^", "_")
-    safe = _SAFE_NAME.sub("_", plain).strip("._-")
-    if safe == plain and 0 < len(plain) <= _MAX_STEM:
-        return plain
-    digest = hashlib.sha256(ident.encode("utf-8", "surrogatepass")).hexdigest()[:16]
-    return f"{safe[: _MAX_STEM - 17]}-{digest}" if safe else digest
 
 
 def _output_name(record: Record, used: set[str]) -> str:
@@ -498,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_cli(sub)  # gateway report variants
     add_policy_cli(sub)  # gateway policy check|decisions|show, gateway consent import|list|withdraw
     add_listen_cli(sub)  # gateway listen
-    add_store_cli(sub)  # gateway messages ..., gateway db upgrade
+    add_reprocess_cli(add_store_cli(sub))  # gateway messages ..., gateway db upgrade
     add_outbox_cli(sub)  # gateway outbox list|show|stats|retry|replay|release, send, route
     add_work_cli(sub)  # gateway work [--workers N]: delivery worker processes, no API
     add_partners_cli(sub)  # gateway partners list|set|check

@@ -22,10 +22,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TextIO
 
-from .cli import output_stem
 from .config import Settings
 from .datafiles import data_dir
 from .envelope import Record
+from .outputs import output_stem
 from .pipeline import Converter, dump_json
 
 __all__ = ["run_demo"]

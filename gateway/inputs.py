@@ -13,7 +13,14 @@ from pathlib import Path
 
 from .intake.dicom import Studies, studies_in
 
-__all__ = ["DicomInput", "dicom_batches", "input_files"]
+__all__ = ["RECORD_SUFFIXES", "DicomInput", "dicom_batches", "input_files"]
+
+# Files taken from a folder (a file named on the command line is always read). DICOM
+# files often have no suffix; JSON (DICOM JSON) is read only when named, so that a
+# folder of converted Bundles is not taken for input.
+RECORD_SUFFIXES = frozenset(
+    {".hl7", ".er7", ".txt", ".msg", ".dat", ".mllp", ".dcm", ".dicom", ".zip", ".xml", ".cda", ""}
+)
 
 
 def input_files(paths: Iterable[str], suffixes: Iterable[str]) -> list[str]:

@@ -237,7 +237,7 @@ def test_serve_help_on_the_command_line(tmp_path: Path) -> None:
 def test_output_names_have_no_caret(tmp_path: Path) -> None:
     """CDA ids are root^extension: the file takes _ for ^ (cmd's escape character,
     quoted in shells and URLs), keeping the rest of the id readable."""
-    from gateway.cli import output_stem
+    from gateway.outputs import output_stem
 
     assert output_stem("2.16.156.10011.1.1^LAX2-CT-1") == "2.16.156.10011.1.1_LAX2-CT-1"
     assert "^" not in output_stem("A^B/../C" * 40)

@@ -12,7 +12,8 @@ from gateway import Converter, Settings
 from gateway.cli import main
 from gateway.datafiles import data_dir
 from gateway.errors import operation_outcome
-from gateway.store import Incoming, Store, process_message
+from gateway.processing import process_message
+from gateway.store import Incoming, Store
 
 REPO = Path(__file__).resolve().parents[1]
 REFERRAL = (REPO / "examples" / "hl7v2" / "ref_i12_nsch_to_hkpmc.hl7").read_bytes()

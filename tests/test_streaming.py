@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 
 from gateway import Converter
-from gateway.cli import BatchGC, Progress
+from gateway.cli import BatchGC
 from gateway.inputs import DicomInput, dicom_batches
 from gateway.intake.hl7v2 import parse_message, split_messages, stream_raw_messages
+from gateway.progress import Progress
 from tests.gateway_cli import run
 from tests.golden.dicom.make_studies import LAX2_CHEST, NSCH_KNEE, instance, part10, wang_wei
 

@@ -35,7 +35,8 @@ sys.path.insert(0, str(REPO))
 
 from gateway import Converter, Settings  # noqa: E402
 from gateway.console import LANGS, Users  # noqa: E402
-from gateway.store import Incoming, open_store, process_message  # noqa: E402
+from gateway.processing import process_message  # noqa: E402
+from gateway.store import Incoming, open_store  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 PARTNER = Path(os.environ.get("PARTNER_FHIR_DIR") or REPO.parent / "shared" / "partner-fhir")

@@ -27,16 +27,8 @@ from ..audit import audit_log, message_subject, record_operator, store_hook
 from ..config import Settings
 from ..errors import GatewayError, http_status, operation_outcome
 from ..pipeline import Converter
-from ..store import (
-    MessageFilter,
-    Store,
-    StoreError,
-    current_converter,
-    message_json,
-    open_store,
-    parse_since,
-    process_message,
-)
+from ..processing import current_converter, process_message
+from ..store import MessageFilter, Store, StoreError, message_json, open_store, parse_since
 from ._auditing import ReadAudit, read_audit
 
 __all__ = ["add_message_routes"]

@@ -29,7 +29,7 @@ from typing import Any
 import orjson
 import sqlalchemy as sa
 
-from ..errors import shape
+from ..fhirdates import DateSearchError, date_range
 from ._events import KIND_SYSTEM, OBJECT_ROLE, OUTCOME
 from ._log import AuditError, AuditLog, Entry
 from ._tables import entries
@@ -102,16 +102,10 @@ def _patients(event: Event) -> set[str]:
 
 
 def _date_clause(value: str) -> Any:
-    from ..inbound import InboundError, parse_last_updated  # inbound imports the audit
-
     try:
-        prefix, start, end = parse_last_updated(value)
-    except InboundError:
-        raise _bad(
-            "date",
-            "not a FHIR date or dateTime with an optional prefix (eq, ge, gt, le, lt); "
-            f"value of form {shape(value)}",
-        ) from None
+        prefix, start, end = date_range(value)
+    except DateSearchError as exc:
+        raise _bad("date", str(exc)) from None
     c = entries.c.recorded
     clauses = {
         "eq": sa.and_(c >= start, c < end),

@@ -12,7 +12,8 @@ from ..audit import audit_log, record_operator, store_hook
 from ..config import Settings
 from ..delivery import Outbound
 from ..pipeline import Converter
-from ..store import Store, StoreError, process_message, utcnow
+from ..processing import process_message
+from ..store import Store, StoreError, utcnow
 from ._tables import actions
 from ._users import ConsoleError, User
 

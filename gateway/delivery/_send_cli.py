@@ -18,7 +18,8 @@ import orjson
 from ..audit import store_hook
 from ..config import Settings
 from ..errors import Issue
-from ..store import Incoming, Store, open_store, process_message, study_zip
+from ..processing import process_message
+from ..store import Incoming, Store, open_store, study_zip
 from ._outbound import Outbound, OutboundResult
 from ._outbox import DeliveryError, Outbox, OutboxRecord
 from ._retry import DeliveryConfig
@@ -84,8 +85,7 @@ class _Message:
 
 def _messages(paths: list[str], sender: str | None) -> Iterator[_Message | tuple[str, str]]:
     """The messages of the inputs, or (source, problem) for an input that cannot be read."""
-    from ..cli import RECORD_SUFFIXES
-    from ..inputs import input_files
+    from ..inputs import RECORD_SUFFIXES, input_files
     from ..intake import detect_format
     from ..intake.hl7v2 import split_messages
 
@@ -115,8 +115,8 @@ def _messages(paths: list[str], sender: str | None) -> Iterator[_Message | tuple
 
 
 def cmd_send(args: argparse.Namespace, settings: Settings) -> int:
-    from ..cli import Progress
     from ..pipeline import Converter
+    from ..progress import Progress
 
     store = open_store(settings)
     try:

@@ -31,7 +31,8 @@ import sqlalchemy as sa
 
 from ..config import Settings
 from ..metrics import configure_tracing
-from ..store import Store, metadata, on_converted, utcnow
+from ..processing import on_converted
+from ..store import Store, metadata, utcnow
 from ._outbound import Outbound
 from ._outbox import Outbox
 from ._retry import DeliveryConfig

@@ -9,7 +9,7 @@ import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ..errors import shape
+from ..fhirdates import DateSearchError, date_range
 from ..store import MAX_ID, Store, utcnow
 from ._errors import InboundError
 from ._schema import identifiers, resources
@@ -39,12 +40,6 @@ TYPE_PATTERN = re.compile(r"[A-Z][A-Za-z]{1,63}")
 ID_PATTERN = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 # Elements that name the patient a resource is about, in the order FHIR resources use them.
 _PATIENT_ELEMENTS = ("subject", "patient", "for", "beneficiary")
-_LAST_UPDATED = re.compile(
-    r"(eq|ge|gt|le|lt)?(\d{4})(?:-(\d{2})(?:-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2})(?:\.\d+)?)?"
-    r"(Z|[+-]\d{2}:\d{2}))?)?)?"
-)
-
-
 _PARAMETER = re.compile(r"[A-Za-z_][A-Za-z_:.\-]{0,39}")
 
 
@@ -87,47 +82,13 @@ def parse_identifier(token: str) -> tuple[str | None, str]:
 
 def parse_last_updated(value: str) -> tuple[str, datetime, datetime]:
     """``_lastUpdated=[prefix]date[time]`` → (prefix, start, end) of the instant range the
-    value's precision names, naive UTC."""
-    m = _LAST_UPDATED.fullmatch(value.strip())
-    if m is None:
+    value's precision names, naive UTC (gateway/fhirdates.py)."""
+    try:
+        return date_range(value)
+    except DateSearchError as exc:
         raise InboundError(
-            "inbound.bad-search",
-            f"_lastUpdated: not a FHIR date or dateTime with an optional prefix (eq, ge, gt, "
-            f"le, lt); value of form {shape(value)}",
-            location="_lastUpdated",
-        )
-    prefix, year, month, day, hour, minute, second, zone = m.groups()
-    try:  # the calendar's edges too: 9999-12 ends in year 10000, 0001-01-01+01:00 before 1
-        start = datetime(
-            int(year),
-            int(month or 1),
-            int(day or 1),
-            int(hour or 0),
-            int(minute or 0),
-            int(second or 0),
-            tzinfo=UTC,
-        )
-        if zone and zone != "Z":
-            sign = 1 if zone[0] == "+" else -1
-            start -= sign * timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6]))
-        if second is not None:
-            end = start + timedelta(seconds=1)
-        elif minute is not None:
-            end = start + timedelta(minutes=1)
-        elif day is not None:
-            end = start + timedelta(days=1)
-        elif month is not None:
-            end = start.replace(year=start.year + start.month // 12, month=start.month % 12 + 1)
-        else:
-            end = start.replace(year=start.year + 1)
-    except (ValueError, OverflowError):
-        raise InboundError(
-            "inbound.bad-search",
-            f"_lastUpdated: not a calendar date the gateway can search (value of form "
-            f"{shape(value)})",
-            location="_lastUpdated",
+            "inbound.bad-search", f"_lastUpdated: {exc}", location="_lastUpdated"
         ) from None
-    return prefix or "eq", start.replace(tzinfo=None), end.replace(tzinfo=None)
 
 
 def patient_of(resource: dict[str, Any]) -> str | None:

@@ -54,6 +54,7 @@ from ..config import Settings
 from ..errors import ConfigError, GatewayError, IntakeError
 from ..intake.dicom import check_instance
 from ..pipeline import Converter
+from ..processing import process_message
 from ..store import (
     LISTENER_CHANNELS,
     DicomInstance,
@@ -61,7 +62,6 @@ from ..store import (
     Store,
     listener_message,
     open_store,
-    process_message,
 )
 from ._stow import DICOM, Outcome, Part, media_type, response_json, split_multipart
 

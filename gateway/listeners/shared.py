@@ -13,7 +13,8 @@ import threading
 from concurrent.futures import Future, InvalidStateError
 
 from ..pipeline import Converter
-from ..store import AuditHook, Incoming, Receipt, Store, process_message
+from ..processing import AuditHook, process_message
+from ..store import Incoming, Receipt, Store
 
 __all__ = ["Processor", "StoreWriter"]
 

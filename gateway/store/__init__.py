@@ -2,10 +2,9 @@
 peer, sender), its state, and what each stage made of it; SQLite by default,
 PostgreSQL when ``database_url`` names one. See docs/store.md."""
 
-from ._cli import add_cli, decoded, message_json, parse_since
+from ._cli import add_cli, add_filters, decoded, message_filter, message_json, parse_since
 from ._engine import database_url, make_engine
 from ._open import open_store, retention
-from ._process import AuditHook, current_converter, on_converted, outcome_of, process_message
 from ._schema import MAX_ID, is_row_id, metadata
 from ._store import (
     CHANNELS,
@@ -35,7 +34,6 @@ __all__ = [
     "MAX_ID",
     "NEVER_PRUNED",
     "STATES",
-    "AuditHook",
     "DicomInstance",
     "Incoming",
     "KnownStudy",
@@ -50,21 +48,19 @@ __all__ = [
     "StoredOutcome",
     "StudyCheck",
     "add_cli",
+    "add_filters",
     "check_study",
-    "current_converter",
     "database_url",
     "decoded",
     "is_row_id",
     "issue_json",
     "listener_message",
     "make_engine",
+    "message_filter",
     "message_json",
     "metadata",
-    "on_converted",
     "open_store",
-    "outcome_of",
     "parse_since",
-    "process_message",
     "retention",
     "study_zip",
     "utcnow",

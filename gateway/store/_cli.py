@@ -1,4 +1,5 @@
-"""``gateway messages list|show|reprocess|prune`` and ``gateway db upgrade``."""
+"""``gateway messages list|show|prune`` and ``gateway db upgrade`` (``messages
+reprocess`` converts, so it is added by gateway/processing.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import argparse
 import base64
 import re
 import sys
-from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -16,10 +16,9 @@ from ..config import Settings
 from ..errors import ConfigError, IntakeError
 from ..intake import codec_for
 from ._open import open_store, retention
-from ._process import current_converter, process_message
 from ._store import MessageFilter, MessageSummary, StoredMessage, StoreError, utcnow
 
-__all__ = ["add_cli", "decoded", "message_json", "parse_since"]
+__all__ = ["add_cli", "add_filters", "decoded", "message_filter", "message_json", "parse_since"]
 
 _RELATIVE = re.compile(r"(\d+)\s*([smhd])\Z")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
@@ -102,7 +101,7 @@ def _output_json(output: bytes | None) -> Any:
         return [orjson.loads(line) for line in output.splitlines() if line.strip()]
 
 
-def _filter(args: argparse.Namespace, settings: Settings) -> MessageFilter:
+def message_filter(args: argparse.Namespace, settings: Settings) -> MessageFilter:
     return MessageFilter(
         state=args.state,
         sender=getattr(args, "sender", None),
@@ -125,7 +124,7 @@ def _line(s: MessageSummary) -> str:
 def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
     store = open_store(settings)
     try:
-        page = store.find(_filter(args, settings), args.limit, args.after)
+        page = store.find(message_filter(args, settings), args.limit, args.after)
     finally:
         store.close()
     if args.json:
@@ -175,35 +174,6 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def cmd_reprocess(args: argparse.Namespace, settings: Settings) -> int:
-    if (args.id is None) == (args.state is None):
-        print("error: give a message id or --state (e.g. --state failed)", file=sys.stderr)
-        return 2
-    store = open_store(settings)
-    ids: Iterable[int] = [args.id] if args.id is not None else store.ids(_filter(args, settings))
-    converter = current_converter(settings)
-    # The audit imports the store: imported here, where the command runs (not at load).
-    from ..audit import audit_log, record_operator, store_hook
-
-    audit = store_hook(audit_log(store, settings), channel="cli", with_receipt=False)
-    failed = done = 0
-    try:
-        for message_id in ids:
-            outcome = process_message(store, converter, message_id, audit=audit)
-            record_operator(store, settings, "reprocess", [message_id])
-            done += 1
-            failed += outcome.state != "converted"
-            print(f"message {message_id}: {outcome.state} (attempt {outcome.attempt})")
-            for issue in outcome.issues:
-                if issue["severity"] != "warning" or not args.quiet:
-                    where = f"{issue['location']}: " if issue.get("location") else ""
-                    print(f"   {issue['severity']}: {where}{issue['message']} [{issue['code']}]")
-    finally:
-        store.close()
-    print(f"reprocessed {done}, failed {failed}", file=sys.stderr)
-    return 0 if failed == 0 else 1
-
-
 def cmd_prune(args: argparse.Namespace, settings: Settings) -> int:
     periods = retention(settings)
     store = open_store(settings)
@@ -222,7 +192,7 @@ def cmd_db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _filters(parser: argparse.ArgumentParser, full: bool = True) -> None:
+def add_filters(parser: argparse.ArgumentParser, full: bool = True) -> None:
     parser.add_argument("--state", help="received, converted, failed, rejected, ...")
     parser.add_argument("--since", help="received since: ISO time (2026-12-01T08:00) or 30m/2h/7d")
     if full:
@@ -232,13 +202,14 @@ def _filters(parser: argparse.ArgumentParser, full: bool = True) -> None:
         parser.add_argument("--control-id", help="control id (MSH-10, Study Instance UID)")
 
 
-def add_cli(sub: Any) -> None:
-    """Add ``messages`` and ``db`` to the gateway command's subparsers."""
+def add_cli(sub: Any) -> Any:
+    """Add ``messages`` and ``db`` to the gateway command's subparsers; return the
+    ``messages`` verbs (``reprocess`` is added to them by gateway/processing.py)."""
     messages = sub.add_parser("messages", help="browse, reprocess and prune stored messages")
     verbs = messages.add_subparsers(dest="verb", required=True)
 
     listing = verbs.add_parser("list", help="stored messages, newest first, one page")
-    _filters(listing)
+    add_filters(listing)
     listing.add_argument("--limit", type=int, default=50)
     listing.add_argument("--after", help="the cursor a previous page printed (more: --after N)")
     listing.add_argument("--json", action="store_true")
@@ -249,14 +220,6 @@ def add_cli(sub: Any) -> None:
     show.add_argument("--json", action="store_true")
     show.set_defaults(func=cmd_show)
 
-    again = verbs.add_parser(
-        "reprocess", help="convert again from the stored original (earlier outcomes stay)"
-    )
-    again.add_argument("id", type=int, nargs="?")
-    _filters(again, full=False)
-    again.add_argument("-q", "--quiet", action="store_true", help="hide warnings")
-    again.set_defaults(func=cmd_reprocess)
-
     prune = verbs.add_parser("prune", help="drop content past its state's retention")
     prune.set_defaults(func=cmd_prune)
 
@@ -264,3 +227,4 @@ def add_cli(sub: Any) -> None:
     db_verbs = db.add_subparsers(dest="verb", required=True)
     upgrade = db_verbs.add_parser("upgrade", help="create or migrate the schema")
     upgrade.set_defaults(func=cmd_db_upgrade)
+    return verbs

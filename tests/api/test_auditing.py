@@ -20,8 +20,9 @@ from gateway.api import TokenSet, create_app
 from gateway.audit import PSEUDONYM, AuditLog, message_subject
 from gateway.audit._events import keys_of
 from gateway.policy import Policy, PolicyRecords
+from gateway.processing import process_message
 from gateway.signing import sign_bundle
-from gateway.store import Incoming, open_store, process_message
+from gateway.store import Incoming, open_store
 from tests.api.test_app import Client
 from tests.audit.conftest import pki  # noqa: F401  (the demo PKI, once per session)
 from tests.inbound.conftest import GOLDEN_REFERRAL, NSCH_TOKEN, make_home, partner, signer

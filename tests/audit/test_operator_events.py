@@ -15,7 +15,8 @@ from gateway import Converter, Settings, validation
 from gateway.audit import AuditLog, message_subject, store_hook
 from gateway.audit._events import keys_of
 from gateway.cli import main
-from gateway.store import Incoming, open_store, process_message
+from gateway.processing import process_message
+from gateway.store import Incoming, open_store
 from tests.conftest import REPO
 from tests.policy.conftest import HKID, consent
 

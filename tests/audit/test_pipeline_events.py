@@ -25,8 +25,9 @@ from gateway.cli import main
 from gateway.delivery import Deliverer, DeliveryConfig, Outbound
 from gateway.intake.hl7v2 import split_messages
 from gateway.policy import PolicyRecords
+from gateway.processing import process_message
 from gateway.signing import make_demo_pki
-from gateway.store import Incoming, Store, open_store, process_message
+from gateway.store import Incoming, Store, open_store
 from tests.conftest import REPO
 from tests.delivery.conftest import response
 from tests.policy.conftest import HKID, consent

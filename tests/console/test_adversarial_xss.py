@@ -14,7 +14,8 @@ from fastapi import FastAPI
 from gateway import Converter, Settings
 from gateway.delivery import Outbox
 from gateway.partners import Partner
-from gateway.store import Incoming, open_store, process_message, utcnow
+from gateway.processing import process_message
+from gateway.store import Incoming, open_store, utcnow
 from tests.store.browse import UTF8_ORU
 
 from .conftest import browser, csrf_of, login

@@ -30,7 +30,8 @@ from playwright.sync_api import Page
 
 from gateway import Converter, Settings
 from gateway.console import LANGS, Users, labels
-from gateway.store import Incoming, open_store, process_message
+from gateway.processing import process_message
+from gateway.store import Incoming, open_store
 from tests._browser import browsers, free_port, needs_chromium
 from tests.conftest import REPO
 from tests.gateway_cli import run

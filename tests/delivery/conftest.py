@@ -17,7 +17,8 @@ import respx
 from gateway import Converter, Settings
 from gateway.delivery import Deliverer, DeliveryConfig, Outbound, Outbox
 from gateway.partners import Partner
-from gateway.store import Incoming, Store, open_store, process_message
+from gateway.processing import process_message
+from gateway.store import Incoming, Store, open_store
 from tests.conftest import REPO
 from tests.partner.conftest import partner  # noqa: F401  (the real partner server)
 from tests.store.dbs import BACKENDS, database

@@ -18,8 +18,9 @@ from gateway import Converter, Settings
 from gateway.delivery import Deliverer, DeliveryConfig, Outbound, Outbox, unrouted
 from gateway.errors import ConfigError
 from gateway.policy import PolicyRecords
+from gateway.processing import on_converted, process_message
 from gateway.signing import make_demo_pki
-from gateway.store import Store, on_converted, process_message, utcnow
+from gateway.store import Store, utcnow
 from tests.policy.conftest import HKID, consent
 
 from .conftest import home_store, receive, response

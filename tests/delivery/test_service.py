@@ -16,7 +16,8 @@ from gateway import Converter, Settings
 from gateway.delivery import DeliveryService, Outbound
 from gateway.errors import ConfigError
 from gateway.partners import Partner
-from gateway.store import Incoming, Store, open_store, process_message
+from gateway.processing import process_message
+from gateway.store import Incoming, Store, open_store
 from tests.conftest import REPO
 from tests.partner.conftest import PartnerServer
 

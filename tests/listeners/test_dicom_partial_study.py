@@ -20,7 +20,8 @@ from gateway import Converter
 from gateway.api import TokenSet, create_app
 from gateway.cli import main
 from gateway.listeners.dicom import CommitResult, DicomIntake, Origin
-from gateway.store import Incoming, Store, on_converted, process_message, utcnow
+from gateway.processing import on_converted, process_message
+from gateway.store import Incoming, Store, utcnow
 from tests.golden.dicom.make_studies import part10, wang_wei
 
 from .dicom_support import converted, dicom_settings, stored_bundle

@@ -22,8 +22,9 @@ from gateway.datafiles import data_dir
 from gateway.delivery import DeliveryService, Outbound
 from gateway.metrics import _store as store_metrics
 from gateway.partners import Partner
+from gateway.processing import process_message
 from gateway.signing import make_demo_pki
-from gateway.store import Incoming, Store, open_store, process_message
+from gateway.store import Incoming, Store, open_store
 from tests.conftest import REPO
 from tests.metrics.documented import documented, family_name
 from tests.partner.conftest import PartnerServer, partner  # noqa: F401

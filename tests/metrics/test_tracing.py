@@ -25,7 +25,8 @@ from gateway import Converter, Settings
 from gateway.delivery import Deliverer, Outbound
 from gateway.errors import ConfigError
 from gateway.metrics import _tracing
-from gateway.store import Incoming, Store, open_store, process_message
+from gateway.processing import process_message
+from gateway.store import Incoming, Store, open_store
 from tests.conftest import REPO
 
 # GB 18030: 王伟 / WANG^WEI, MRN 0012345, hospital no. J20250043, resident id card number
@@ -188,7 +189,8 @@ def test_with_tracing_off_opentelemetry_is_not_imported(tmp_path: Path) -> None:
     code = (
         "import sys\n"
         "from gateway import Converter, Settings\n"
-        "from gateway.store import Incoming, Store, process_message\n"
+        "from gateway.processing import process_message\n"
+        "from gateway.store import Incoming, Store\n"
         f"data = open({str(MESSAGE)!r}, 'rb').read()\n"
         "settings = Settings.load()\n"
         "assert settings.tracing == 'off'\n"

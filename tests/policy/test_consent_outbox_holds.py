@@ -13,7 +13,8 @@ import pytest
 from gateway import Converter, Settings
 from gateway.delivery import Outbound
 from gateway.policy import PolicyRecords
-from gateway.store import Incoming, Store, open_store, process_message
+from gateway.processing import process_message
+from gateway.store import Incoming, Store, open_store
 
 from .conftest import HKID, NOW, REPO, consent
 

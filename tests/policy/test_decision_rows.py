@@ -9,7 +9,8 @@ import sqlalchemy as sa
 from gateway import Converter
 from gateway.policy import Policy, PolicyRecords
 from gateway.policy._records import decisions
-from gateway.store import Incoming, Store, process_message
+from gateway.processing import process_message
+from gateway.store import Incoming, Store
 
 from .conftest import HKID, NOW, REPO, consent
 

@@ -13,7 +13,8 @@ from fastapi import FastAPI
 from gateway import Converter, Settings
 from gateway.api import TokenSet, create_app
 from gateway.policy import Policy, PolicyRecords
-from gateway.store import Incoming, open_store, process_message
+from gateway.processing import process_message
+from gateway.store import Incoming, open_store
 from tests.api.test_app import Client
 
 from ..gateway_cli import run

@@ -7,7 +7,8 @@ import shutil
 from pathlib import Path
 
 from gateway import Converter, Settings
-from gateway.store import Incoming, Store, process_message
+from gateway.processing import process_message
+from gateway.store import Incoming, Store
 
 REPO = Path(__file__).resolve().parents[2]
 REF = REPO / "mappings" / "hl7v2" / "messages" / "REF.yaml"

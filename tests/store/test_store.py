@@ -18,6 +18,7 @@ import gateway.inbound  # (so do the inbound stage's tables: migration 0005_inbo
 import gateway.policy  # noqa: F401  (its tables join the store's metadata: compared below too)
 from gateway import Converter
 from gateway.errors import Issue
+from gateway.processing import process_message
 from gateway.store import (
     NEVER_PRUNED,
     DicomInstance,
@@ -28,7 +29,6 @@ from gateway.store import (
     Store,
     StoreError,
     metadata,
-    process_message,
     utcnow,
 )
 

@@ -1,29 +1,51 @@
 """Processing a stored message: load its original bytes, convert them with the
 current mappings, keep the outcome. Used by the listeners (after the ACK), by
-``gateway messages reprocess`` and by ``POST /messages/{id}/$reprocess``."""
+``gateway messages reprocess`` and by ``POST /messages/{id}/$reprocess``.
+
+It joins the store (below) and the pipeline (above it), so it lives above both: the
+store itself never imports the stages that convert what it keeps."""
 
 from __future__ import annotations
 
+import argparse
 import logging
+import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import nullcontext
 from typing import Any
 
 from sqlalchemy.engine import Connection
 
-from ..config import Settings
-from ..datafiles import load_data_file
-from ..envelope import Record
-from ..errors import GatewayError, Issue
-from ..intake.hl7v2 import parse_message, split_messages
-from ..metrics import observe_stage, trace_stage, traced_message, tracing_on
-from ..pipeline import Converter
-from ._store import StageOutcome, Store, StoredOutcome, StoreError
-from ._studies import StudyCheck, check_study
+from .audit import audit_log, record_operator, store_hook
+from .config import Settings
+from .datafiles import load_data_file
+from .envelope import Record
+from .errors import GatewayError, Issue
+from .intake.hl7v2 import parse_message, split_messages
+from .metrics import observe_stage, trace_stage, traced_message, tracing_on
+from .pipeline import Converter
+from .store import (
+    StageOutcome,
+    Store,
+    StoredOutcome,
+    StoreError,
+    StudyCheck,
+    add_filters,
+    check_study,
+    message_filter,
+    open_store,
+)
 
-__all__ = ["AuditHook", "current_converter", "on_converted", "outcome_of", "process_message"]
+__all__ = [
+    "AuditHook",
+    "add_cli",
+    "current_converter",
+    "on_converted",
+    "outcome_of",
+    "process_message",
+]
 
 log = logging.getLogger("gateway.store")
 
@@ -212,3 +234,46 @@ def _pid3(raw: bytes) -> list[str]:
                 if ident:
                     found.append(f"|{ident}")
     return found
+
+
+# -- gateway messages reprocess ------------------------------------------------------
+
+
+def cmd_reprocess(args: argparse.Namespace, settings: Settings) -> int:
+    if (args.id is None) == (args.state is None):
+        print("error: give a message id or --state (e.g. --state failed)", file=sys.stderr)
+        return 2
+    store = open_store(settings)
+    ids: Iterable[int] = (
+        [args.id] if args.id is not None else store.ids(message_filter(args, settings))
+    )
+    converter = current_converter(settings)
+
+    audit = store_hook(audit_log(store, settings), channel="cli", with_receipt=False)
+    failed = done = 0
+    try:
+        for message_id in ids:
+            outcome = process_message(store, converter, message_id, audit=audit)
+            record_operator(store, settings, "reprocess", [message_id])
+            done += 1
+            failed += outcome.state != "converted"
+            print(f"message {message_id}: {outcome.state} (attempt {outcome.attempt})")
+            for issue in outcome.issues:
+                if issue["severity"] != "warning" or not args.quiet:
+                    where = f"{issue['location']}: " if issue.get("location") else ""
+                    print(f"   {issue['severity']}: {where}{issue['message']} [{issue['code']}]")
+    finally:
+        store.close()
+    print(f"reprocessed {done}, failed {failed}", file=sys.stderr)
+    return 0 if failed == 0 else 1
+
+
+def add_cli(verbs: Any) -> None:
+    """Add ``reprocess`` to the ``gateway messages`` verbs (gateway/store/_cli.py)."""
+    again = verbs.add_parser(
+        "reprocess", help="convert again from the stored original (earlier outcomes stay)"
+    )
+    again.add_argument("id", type=int, nargs="?")
+    add_filters(again, full=False)
+    again.add_argument("-q", "--quiet", action="store_true", help="hide warnings")
+    again.set_defaults(func=cmd_reprocess)

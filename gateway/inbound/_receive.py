@@ -255,6 +255,13 @@ class Inbound:
                         where = f"Bundle.entry[{n}].resource.agent[{k}].{part}"
                         raise _wrong_sender(where, inst.key, partner)
         own_tasks = f"{self.referrals.own().base}/sid/referral-task"
+        patients = {  # Task.for may name the Bundle's Patient entry
+            str(entry["fullUrl"]): entry["resource"]
+            for entry in _list(bundle.get("entry"))
+            if isinstance(entry, dict) and isinstance(entry.get("resource"), dict)
+            and entry["resource"].get("resourceType") == "Patient"
+            and isinstance(entry.get("fullUrl"), str)
+        }  # fmt: skip
         for n, resource in _resources(bundle):
             if resource.get("resourceType") != "Task":
                 continue
@@ -264,9 +271,10 @@ class Inbound:
                     # that identifier would be listed beside ours as a referral status
                     where = f"Bundle.entry[{n}].resource.identifier[{k}]"
                     raise _wrong_sender(where, "this institution", partner)
-            # a status of a referral of ours: only from the partner it was sent to
-            where = f"Bundle.entry[{n}].resource.focus"
-            self.referrals.check_status_sender(resource.get("focus"), partner, where)
+            # a status of a referral of ours: only from the partner it was sent to, and
+            # only for the patient it was sent for
+            where = f"Bundle.entry[{n}].resource"
+            self.referrals.check_status_sender(resource, partner, where, patients)
         first = _first_signer(bundle)
         if first is not None:
             where, oid = first  # unreadable (None): the verification says why, next

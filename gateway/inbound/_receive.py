@@ -344,10 +344,42 @@ class Inbound:
                         response=orjson.dumps(answer.body), raw=body,
                     )
                 )  # fmt: skip
+                pruned = self._prune_refused(conn, who.partner)
                 self._record(conn, [*verified, *self._receipt(bundle, who.partner, peer, answer)])
         except Exception:
             self._record(None, verified)  # the check happened, whatever failed after it
             raise
+        if pruned:
+            log.info(
+                "inbound: %d refused Bundle(s) of %s pruned, the oldest first "
+                "(inbound_refused_keep %d, inbound_refused_bytes %d)",
+                pruned, who.partner, self.settings.inbound_refused_keep,
+                self.settings.inbound_refused_bytes,
+            )  # fmt: skip
+
+    def _prune_refused(self, conn: sa.Connection, partner: str) -> int:
+        """Delete the partner's oldest refused Bundles beyond ``inbound_refused_keep``
+        rows or ``inbound_refused_bytes`` of kept bytes (the newest always stays): the
+        evidence is bounded, or a partner could fill the disk with refusals. Returns how
+        many went. A refused Bundle was never applied: nothing refers to its row."""
+        c = bundles.c
+        rows = conn.execute(
+            sa.select(c.id, sa.func.coalesce(sa.func.length(c.raw), 0))
+            .where(c.partner == partner, c.state == "refused")
+            .order_by(c.id.desc())
+        ).all()
+        kept = size = 0
+        gone: list[int] = []
+        for row_id, length in rows:
+            size += int(length)
+            if kept and (kept >= self.settings.inbound_refused_keep
+                         or size > self.settings.inbound_refused_bytes):  # fmt: skip
+                gone.append(int(row_id))
+            else:
+                kept += 1
+        if gone:
+            conn.execute(bundles.delete().where(c.id.in_(gone)))
+        return len(gone)
 
     # -- 5: policy --------------------------------------------------------------------
     def _decide(self, bundle: dict[str, Any], partner: str, own: Institution) -> Answer | None:

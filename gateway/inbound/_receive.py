@@ -39,7 +39,7 @@ from ..network import Institution, Network
 from ..signing import duplicate_member, signature_entries, verify_bundle
 from ..store import Store, utcnow
 from ..validation import Validator
-from ._apply import apply_bundle
+from ._apply import Bases, apply_bundle
 from ._auth import PartnerAuth
 from ._content import misaddressed, mixed_patients
 from ._errors import InboundError
@@ -418,7 +418,8 @@ class Inbound:
                     )
                     .returning(bundles.c.id)
                 ).scalar_one()  # fmt: skip
-                applied = apply_bundle(conn, self.resources, bundle, who.partner, int(row), now)
+                applied = apply_bundle(conn, self.resources, bundle, who.partner, int(row), now,
+                                       self._bases(who.partner))  # fmt: skip
                 self.referrals.on_received(conn, applied.written, who.partner, now)
                 conn.execute(
                     bundles.update()
@@ -441,6 +442,22 @@ class Inbound:
             self._record(None, verified)  # the check happened, whatever failed after it
             raise
         return answer
+
+    def _bases(self, partner: str) -> Bases:
+        """Where the partner's absolute references may point (``_apply.py``): this
+        gateway's FHIR base, and the partner's own from the partners file (read only
+        when such a reference is met; unreadable: none, so the reference is refused)."""
+        public = self.settings.inbound_public_url
+
+        def theirs() -> str | None:
+            try:
+                found = self.referrals.partners().get(partner)
+            except GatewayError as exc:
+                log.warning("inbound: the partners file cannot be read [%s]", exc.code)
+                return None
+            return found.base.rstrip("/") if found is not None and found.base else None
+
+        return Bases(own=f"{public}/fhir" if public else None, partner=theirs)
 
 
 def _first_code(answer: Answer) -> str | None:

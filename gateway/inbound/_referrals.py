@@ -523,7 +523,10 @@ def task_patients(task: dict[str, Any], bundle_patients: Mapping[str, Any]) -> f
     reference), by a conditional reference ``Patient?identifier=system|value``, or by
     a reference to a Patient entry of its Bundle (``bundle_patients``, by fullUrl).
     Empty: it names no patient identifier. Any JSON is read (before validation)."""
-    from ..delivery._links import patient_ref  # the outbound side's own hashing
+    from ..delivery import link_ref  # the outbound side's hashing, imported when needed
+
+    def patient_ref(system: str, value: str) -> str:  # = delivery's patient_ref (private)
+        return link_ref(("Patient", system, value))
 
     ref = task.get("for")
     if not isinstance(ref, dict):

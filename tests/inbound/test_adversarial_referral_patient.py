@@ -151,3 +151,12 @@ def test_another_patients_status_stored_before_is_never_listed(nsch: Settings, p
     finally:
         store.close()
     assert _listed(nsch) == []
+
+
+def test_the_patient_is_hashed_as_the_outbox_keeps_it() -> None:
+    """task_patients hashes as delivery's patient_ref (outbox_links.patients)."""
+    from gateway.delivery._links import patient_ref
+    from gateway.inbound._referrals import task_patients
+
+    task = {"for": {"type": "Patient", "identifier": {"system": MRN[0], "value": MRN[1]}}}
+    assert task_patients(task, {}) == {patient_ref(*MRN)}

@@ -132,6 +132,11 @@ class Settings:
     inbound_public_url: str | None = None
     inbound_mtls_header: str = ""  # e.g. X-SSL-Client-Cert (URL-encoded PEM)
     inbound_mtls_proxies: tuple[str, ...] = ()  # proxy addresses trusted to set it
+    # Refused Bundles kept as evidence, per partner: the newest this many, in at most this
+    # many bytes (the oldest pruned first, the newest always kept): a partner cannot fill
+    # the disk by sending refused Bundles
+    inbound_refused_keep: int = 100
+    inbound_refused_bytes: int = 64 * 1024 * 1024
     # The outbound path (docs/delivery.md): the routing rules (None: seeds/routes.yaml), whether
     # `gateway serve` runs the delivery worker, and how long a record waits for the
     # record it links to (its order, its study) before it goes with the logical reference.
@@ -457,6 +462,12 @@ def _inbound_setting(name: str, value: Any, home: Path) -> Any:
         if not 30 <= seconds <= 3600:
             raise ConfigError("bad-setting", f"{name} must be 30–3600 seconds, not {seconds}")
         return seconds
+    if name in ("inbound_refused_keep", "inbound_refused_bytes"):
+        least = 1 if name == "inbound_refused_keep" else 1024
+        number = int(_number(name, value, int))
+        if number < least:
+            raise ConfigError("bad-setting", f"{name} must be at least {least}, not {number}")
+        return number
     if name == "inbound_public_url":
         url = str(value).strip().rstrip("/")
         if url and not url.startswith(("https://", "http://")):

@@ -149,10 +149,13 @@ def add_fhir_routes(
 
     @app.get("/fhir/.well-known/smart-configuration")
     def smart_configuration(request: Request) -> Response:
+        public = settings.inbound_public_url  # never a URL made from the request's Host
+        if not public:
+            return _error(_no_public_url(), 503)
         return Response(
             orjson.dumps(
                 {
-                    "token_endpoint": base_url(request) + "/auth/token",
+                    "token_endpoint": public + "/auth/token",
                     "grant_types_supported": ["client_credentials"],
                     "token_endpoint_auth_methods_supported": ["private_key_jwt"],
                     "token_endpoint_auth_signing_alg_values_supported": list(SIGNING_ALGS),
@@ -165,7 +168,7 @@ def add_fhir_routes(
 
     @app.get("/fhir/metadata")
     def fhir_metadata(request: Request) -> Response:
-        return _fhir(_capability(base_url(request)))
+        return _fhir(_capability(settings.inbound_public_url))  # unset: no URL, no SMART
 
     @app.post("/auth/token")
     async def token(request: Request) -> Response:
@@ -365,11 +368,30 @@ def _scope_issue(action: str) -> Issue:
     )
 
 
+def _no_public_url() -> Issue:
+    return Issue(
+        "inbound.no-public-url",
+        "SMART Backend Services discovery is off: set inbound_public_url (the URL partners "
+        "reach this gateway at); no URL is made from the request's Host",
+    )
+
+
 def _not_found() -> Issue:
     return Issue("inbound.not-found", "no such resource", details={"issue_type": "not-found"})
 
 
-def _capability(base: str) -> dict[str, Any]:
+def _capability(base: str | None) -> dict[str, Any]:
+    """The CapabilityStatement; without ``inbound_public_url`` (``base``) it names no URL
+    (none is made from the request's Host) and no SMART token endpoint (SMART is off)."""
+    found = _capability_at(base or "")
+    if not base:
+        del found["implementation"]["url"]
+        security = found["rest"][0]["security"]
+        del security["extension"], security["service"]
+    return found
+
+
+def _capability_at(base: str) -> dict[str, Any]:
     token_url = base + "/auth/token"
     return {
         "resourceType": "CapabilityStatement",

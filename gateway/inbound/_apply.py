@@ -5,6 +5,16 @@ semantics for what the gateway's Bundles use: create (``POST``), conditional cre
 update the one that does, 412 when several do); ``urn:uuid`` references between entries
 and conditional references (``Patient?identifier=...``) made literal.
 
+Absolute references (FHIR R4 bundle.html#references, http.html#trules): one equal to an
+entry's ``fullUrl`` is that entry, and a relative ``Type/id`` inside an entry whose
+``fullUrl`` is a server URL is read against that server's base first (so it finds the
+entry it means, not a resource of ours with that id); one under this gateway's own base
+(``inbound_public_url``/fhir) is made relative and checked as a literal one; one under
+the sending partner's own FHIR base (its ``base`` in the partners file) is kept as sent
+(the partner's server, which the partner answers for); any other is refused
+(``inbound.external-reference``): stored as sent, it would send local systems that
+follow it to a server nobody here vouches for.
+
 A transaction is all or nothing (the caller's database transaction); a batch applies
 each entry on its own (a savepoint each) and answers each entry's outcome.
 """
@@ -14,7 +24,7 @@ from __future__ import annotations
 import copy
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -33,7 +43,7 @@ from ._resources import (
     parse_identifier,
 )
 
-__all__ = ["Applied", "apply_bundle"]
+__all__ = ["Applied", "Bases", "apply_bundle"]
 
 _REASONS = {200: "OK", 201: "Created", 400: "Bad Request", 404: "Not Found",
             412: "Precondition Failed", 422: "Unprocessable Entity"}  # fmt: skip
@@ -48,6 +58,15 @@ class _Entry:
     logical_id: str | None = None  # the target; None: a new resource, id assigned on write
     write: bool = True  # False: a conditional create that matched (nothing written)
     created: bool = False  # set on write: a new resource
+
+
+@dataclass(frozen=True)
+class Bases:
+    """Where an absolute reference of a partner's Bundle may point besides its entries:
+    this gateway's FHIR base (made relative) and the sending partner's own (kept)."""
+
+    own: str | None = None  # inbound_public_url + "/fhir"; None: unset
+    partner: Callable[[], str | None] = lambda: None  # looked up only when one is met
 
 
 @dataclass
@@ -66,9 +85,12 @@ def apply_bundle(
     partner: str,
     bundle_id: int | None,
     now: datetime,
+    bases: Bases | None = None,
 ) -> Applied:
     """Apply ``bundle`` (a transaction or batch) on ``conn``. A transaction raises an
-    InboundError on the first entry that fails (the caller rolls back)."""
+    InboundError on the first entry that fails (the caller rolls back). ``bases``: where
+    its absolute references may point (none: only to its own entries)."""
+    bases = bases or Bases()
     kind = bundle.get("type")
     entries = bundle.get("entry") or []
     if not isinstance(entries, list):
@@ -95,7 +117,8 @@ def apply_bundle(
         written: list[Stored] = []
         out = []
         for plan in plans:
-            stored = _write(conn, store, plan, urls, index, partner, bundle_id, now, known)
+            stored = _write(conn, store, plan, urls, index, partner, bundle_id, now, bases,
+                            known)  # fmt: skip
             if stored is not None and plan.write:
                 written.append(stored)
             out.append(_response_entry(plan, stored))
@@ -105,7 +128,7 @@ def apply_bundle(
         savepoint = conn.begin_nested()
         try:
             plan = _plan(conn, store, n, entry, partner)
-            stored = _write(conn, store, plan, {}, {}, partner, bundle_id, now)
+            stored = _write(conn, store, plan, {}, {}, partner, bundle_id, now, bases)
         except InboundError as exc:
             savepoint.rollback()
             status = http_status([exc.issue])
@@ -282,6 +305,7 @@ def _write(
     partner: str,
     bundle_id: int | None,
     now: datetime,
+    bases: Bases,
     known: dict[tuple[str, str], Stored | None] | None = None,
 ) -> Stored | None:
     if not plan.write:
@@ -298,9 +322,8 @@ def _write(
     resource = copy.deepcopy(plan.resource)
     resource.pop("id", None)
     for where, ref in _references(resource, f"Bundle.entry[{plan.n}].resource"):
-        ref["reference"] = _resolve(
-            conn, store, str(ref["reference"]), urls, index, where, partner, known
-        )
+        given = _in_bundle(str(ref["reference"]), plan.full_url, urls, where, bases, partner)
+        ref["reference"] = _resolve(conn, store, given, urls, index, where, partner, known)
     stored, written = store.write(
         conn, resource, logical_id=plan.logical_id, partner=partner, bundle_id=bundle_id,
         now=now, known=known,
@@ -355,6 +378,43 @@ def _references(node: Any, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
     elif isinstance(node, list):
         for n, item in enumerate(node):
             yield from _references(item, f"{path}[{n}]")
+
+
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:")  # an absolute URI (RFC 3986 scheme)
+_SERVER_URL = re.compile(r"(.+)/[A-Z][A-Za-z]{1,63}/[A-Za-z0-9\-.]{1,64}")  # [base]/Type/id
+
+
+def _in_bundle(
+    ref: str, full_url: str | None, urls: dict[str, str], where: str, bases: Bases, partner: str
+) -> str:
+    """A reference before it is resolved against the store: an absolute one made
+    relative (this gateway's base), kept (the partner's base) or refused (any other);
+    a relative one inside an entry whose fullUrl is a server URL, that server's entry
+    when the Bundle holds it (R4 bundle.html#references)."""
+    if ref in urls or ref.startswith(("urn:uuid:", "#")):
+        return ref  # an entry, or refused as no entry's fullUrl next; a contained one
+    if _SCHEME.match(ref) is None:
+        server = _SERVER_URL.fullmatch(full_url or "")
+        if server is not None and _SCHEME.match(full_url or "") is not None:
+            absolute = f"{server[1]}/{ref}"
+            if absolute in urls:
+                return absolute
+        return ref
+    own = f"{bases.own}/" if bases.own else None
+    if own is not None and ref.startswith(own) and _SCHEME.match(ref[len(own) :]) is None:
+        return ref[len(own) :]  # this gateway's: checked as a relative reference next
+    theirs = bases.partner()
+    tail = ref[len(theirs) + 1 :] if theirs and ref.startswith(f"{theirs}/") else None
+    if tail is not None and _LITERAL.fullmatch(tail) is not None:
+        return ref  # the partner's own server: kept as sent, nothing here to resolve
+    raise InboundError(
+        "inbound.external-reference",
+        f"{where}: an absolute reference to no entry of the Bundle, neither under this "
+        f"gateway's base nor a Type/id under {partner}'s own FHIR base (the partners "
+        "file): a partner refers to its Bundle's entries, to what it sent here, or to "
+        "its own server",
+        expression=where,
+    )
 
 
 def _resolve(

@@ -39,7 +39,7 @@ from ..network import Institution, Network
 from ..signing import duplicate_member, signature_entries, verify_bundle
 from ..store import Store, utcnow
 from ..validation import Validator
-from ._apply import apply_bundle
+from ._apply import Bases, apply_bundle
 from ._auth import PartnerAuth
 from ._content import misaddressed, mixed_patients
 from ._errors import InboundError
@@ -255,6 +255,13 @@ class Inbound:
                         where = f"Bundle.entry[{n}].resource.agent[{k}].{part}"
                         raise _wrong_sender(where, inst.key, partner)
         own_tasks = f"{self.referrals.own().base}/sid/referral-task"
+        patients = {  # Task.for may name the Bundle's Patient entry
+            str(entry["fullUrl"]): entry["resource"]
+            for entry in _list(bundle.get("entry"))
+            if isinstance(entry, dict) and isinstance(entry.get("resource"), dict)
+            and entry["resource"].get("resourceType") == "Patient"
+            and isinstance(entry.get("fullUrl"), str)
+        }  # fmt: skip
         for n, resource in _resources(bundle):
             if resource.get("resourceType") != "Task":
                 continue
@@ -264,9 +271,10 @@ class Inbound:
                     # that identifier would be listed beside ours as a referral status
                     where = f"Bundle.entry[{n}].resource.identifier[{k}]"
                     raise _wrong_sender(where, "this institution", partner)
-            # a status of a referral of ours: only from the partner it was sent to
-            where = f"Bundle.entry[{n}].resource.focus"
-            self.referrals.check_status_sender(resource.get("focus"), partner, where)
+            # a status of a referral of ours: only from the partner it was sent to, and
+            # only for the patient it was sent for
+            where = f"Bundle.entry[{n}].resource"
+            self.referrals.check_status_sender(resource, partner, where, patients)
         first = _first_signer(bundle)
         if first is not None:
             where, oid = first  # unreadable (None): the verification says why, next
@@ -336,10 +344,42 @@ class Inbound:
                         response=orjson.dumps(answer.body), raw=body,
                     )
                 )  # fmt: skip
+                pruned = self._prune_refused(conn, who.partner)
                 self._record(conn, [*verified, *self._receipt(bundle, who.partner, peer, answer)])
         except Exception:
             self._record(None, verified)  # the check happened, whatever failed after it
             raise
+        if pruned:
+            log.info(
+                "inbound: %d refused Bundle(s) of %s pruned, the oldest first "
+                "(inbound_refused_keep %d, inbound_refused_bytes %d)",
+                pruned, who.partner, self.settings.inbound_refused_keep,
+                self.settings.inbound_refused_bytes,
+            )  # fmt: skip
+
+    def _prune_refused(self, conn: sa.Connection, partner: str) -> int:
+        """Delete the partner's oldest refused Bundles beyond ``inbound_refused_keep``
+        rows or ``inbound_refused_bytes`` of kept bytes (the newest always stays): the
+        evidence is bounded, or a partner could fill the disk with refusals. Returns how
+        many went. A refused Bundle was never applied: nothing refers to its row."""
+        c = bundles.c
+        rows = conn.execute(
+            sa.select(c.id, sa.func.coalesce(sa.func.length(c.raw), 0))
+            .where(c.partner == partner, c.state == "refused")
+            .order_by(c.id.desc())
+        ).all()
+        kept = size = 0
+        gone: list[int] = []
+        for row_id, length in rows:
+            size += int(length)
+            if kept and (kept >= self.settings.inbound_refused_keep
+                         or size > self.settings.inbound_refused_bytes):  # fmt: skip
+                gone.append(int(row_id))
+            else:
+                kept += 1
+        if gone:
+            conn.execute(bundles.delete().where(c.id.in_(gone)))
+        return len(gone)
 
     # -- 5: policy --------------------------------------------------------------------
     def _decide(self, bundle: dict[str, Any], partner: str, own: Institution) -> Answer | None:
@@ -378,7 +418,8 @@ class Inbound:
                     )
                     .returning(bundles.c.id)
                 ).scalar_one()  # fmt: skip
-                applied = apply_bundle(conn, self.resources, bundle, who.partner, int(row), now)
+                applied = apply_bundle(conn, self.resources, bundle, who.partner, int(row), now,
+                                       self._bases(who.partner))  # fmt: skip
                 self.referrals.on_received(conn, applied.written, who.partner, now)
                 conn.execute(
                     bundles.update()
@@ -401,6 +442,22 @@ class Inbound:
             self._record(None, verified)  # the check happened, whatever failed after it
             raise
         return answer
+
+    def _bases(self, partner: str) -> Bases:
+        """Where the partner's absolute references may point (``_apply.py``): this
+        gateway's FHIR base, and the partner's own from the partners file (read only
+        when such a reference is met; unreadable: none, so the reference is refused)."""
+        public = self.settings.inbound_public_url
+
+        def theirs() -> str | None:
+            try:
+                found = self.referrals.partners().get(partner)
+            except GatewayError as exc:
+                log.warning("inbound: the partners file cannot be read [%s]", exc.code)
+                return None
+            return found.base.rstrip("/") if found is not None and found.base else None
+
+        return Bases(own=f"{public}/fhir" if public else None, partner=theirs)
 
 
 def _first_code(answer: Answer) -> str | None:

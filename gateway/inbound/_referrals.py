@@ -4,9 +4,12 @@ ServiceRequest); the receiving side accepts, rejects (with a reason in
 gateway as a transaction Bundle through the outbox (``Outbox.enqueue``). The sender's
 own inbound stores that Task, so both sides list the referral with its status.
 
-The Task that travels carries no patient data: its focus and owner are logical
-references by identifier (the referral's identifier, the institution's OID), which
-mean the same at both ends.
+The Task that travels carries no patient data but one identifier of the patient (the
+sender's own, its MRN): its focus, owner and ``for`` are logical references by
+identifier (the referral's identifier, the institution's OID, the patient's), which
+mean the same at both ends. The sender's gateway stores it only when ``for`` is the
+patient it sent that referral for (``outbox_links`` keeps that patient's identifiers
+hashed): a referral number reused for another patient never takes that one's status.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -39,6 +43,8 @@ __all__ = [
     "Referrals",
     "is_referral",
     "referral_status_detail",
+    "same_patient",
+    "task_patients",
 ]
 
 REFERRAL_CATEGORY = ("http://snomed.info/sct", "3457005")  # Patient referral
@@ -210,53 +216,77 @@ class Referrals:
     # -- who may report a referral's status --------------------------------------------
     def sent_to(
         self, conn: Connection | None, pairs: set[tuple[str, str]]
-    ) -> set[tuple[str, str, str]]:
+    ) -> dict[tuple[str, str, str], tuple[frozenset[str] | None, ...]]:
         """(system, value, partner) of each referral (ServiceRequest identifier ``pairs``)
-        the outbox carried to a partner: the one partner that may report its status (the
-        outbox keeps each row's ServiceRequest identifiers hashed, ``outbox_links``)."""
+        the outbox carried to a partner, the one partner that may report its status,
+        with the hashed identifiers (delivery's ``patient_ref``) of the patient of each
+        outbox row that carried it there (None: not recorded; empty: it named none).
+        The outbox keeps both hashed (``outbox_links``): no identifier in the clear."""
         from ..delivery import link_ref  # the outbound side; imported when needed
 
         refs = {link_ref(("ServiceRequest", system, value)): (system, value)
                 for system, value in pairs if system and value}  # fmt: skip
         if not refs:
-            return set()
+            return {}
         outbox, links = metadata.tables["outbox"], metadata.tables["outbox_links"]
         query = (
-            sa.select(links.c.ref, outbox.c.partner)
+            sa.select(links.c.ref, outbox.c.partner, links.c.patients)
             .join(outbox, outbox.c.id == links.c.outbox_id)
             .where(
                 links.c.ref.in_(sorted(refs)),
                 links.c.role == "provides",
                 links.c.kind == "ServiceRequest",
             )
-            .distinct()
+            .order_by(links.c.id)
         )
         if conn is not None:
             rows = conn.execute(query).all()
         else:
             with self.store.engine.connect() as own:
                 rows = own.execute(query).all()
-        return {(*refs[row.ref], str(row.partner)) for row in rows}
+        found: dict[tuple[str, str, str], list[frozenset[str] | None]] = {}
+        for row in rows:
+            patients = None if row.patients is None else frozenset(str(row.patients).split())
+            found.setdefault((*refs[row.ref], str(row.partner)), []).append(patients)
+        return {key: tuple(patients) for key, patients in found.items()}
 
-    def check_status_sender(self, focus: Any, partner: str, where: str) -> None:
-        """Refuse (403 ``inbound.wrong-sender``) a partner's Task about a referral of
-        ours (its focus identifier under this institution's base, or one the outbox
-        sent) that was not sent to that partner: only the partner a referral went to
-        reports its status, or any partner could set what ``referrals list`` shows."""
+    def check_status_sender(
+        self, task: dict[str, Any], partner: str, where: str, bundle_patients: Any = None
+    ) -> None:
+        """Refuse a partner's Task about a referral of ours (its focus identifier under
+        this institution's base, or one the outbox sent) that was not sent to that
+        partner (403 ``inbound.wrong-sender``: only the partner a referral went to
+        reports its status, or any partner could set what ``referrals list`` shows), or
+        whose patient (``Task.for``) is not the referral's (409
+        ``inbound.referral-mismatch``: a referral number reused for another patient
+        would otherwise take that patient's status). ``where``: the entry
+        (``Bundle.entry[n].resource``); ``bundle_patients``: the Bundle's Patient
+        entries by fullUrl (``Task.for`` may name one)."""
+        focus = task.get("focus")
         ident = focus.get("identifier") if isinstance(focus, dict) else None
         if not isinstance(ident, dict) or not ident.get("value") or not ident.get("system"):
             return
         system, value = str(ident["system"]), str(ident["value"])
-        sent = {p for _, _, p in self.sent_to(None, {(system, value)})}
-        if partner in sent or not (sent or system.startswith(f"{self.own().base}/")):
-            return
-        raise InboundError(
-            "inbound.wrong-sender",
-            f"{where} names a referral this gateway did not send to {partner}: only the "
-            "partner a referral was sent to reports its status",
-            expression=where,
-            issue_type="forbidden",
-        )
+        sent = self.sent_to(None, {(system, value)})
+        carried = sent.get((system, value, partner))
+        if carried is None:
+            if not (sent or system.startswith(f"{self.own().base}/")):
+                return  # not a referral of ours: a resource like any other
+            raise InboundError(
+                "inbound.wrong-sender",
+                f"{where}.focus names a referral this gateway did not send to {partner}: "
+                "only the partner a referral was sent to reports its status",
+                expression=f"{where}.focus",
+                issue_type="forbidden",
+            )
+        problem = same_patient(task_patients(task, bundle_patients or {}), carried)
+        if problem is not None:
+            raise InboundError(
+                "inbound.referral-mismatch",
+                f"{where}.for {problem}: a status changes only the referral of the patient "
+                "it was sent for; nothing is stored",
+                expression=f"{where}.for",
+            )
 
     # -- listing ----------------------------------------------------------------------
     def list(self, status: str | None = None, direction: str | None = None) -> list[Referral]:
@@ -273,16 +303,33 @@ class Referrals:
 
     def _reported(self, found: builtins.list[Referral]) -> builtins.list[Referral]:
         """``found`` without a partner's Task that is no status of a referral sent to
-        that partner (one stored before such Tasks were refused, or about a referral
-        this gateway never sent): it is never shown as a referral's status."""
+        that partner (one stored before such Tasks were refused, about a referral this
+        gateway never sent, or about another patient than the referral's): it is never
+        shown as a referral's status."""
         focus = {_pair(r.referral) for r in found if r.direction == "sent" and r.referral}
         sent = self.sent_to(None, focus)
         return [
             r
             for r in found
             if r.direction == "received"
-            or (r.referral is not None and (*_pair(r.referral), str(r.partner)) in sent)
+            or (
+                r.referral is not None
+                and (carried := sent.get((*_pair(r.referral), str(r.partner)))) is not None
+                # a Task of another patient (or naming none) is no status of this referral
+                and same_patient(self._patients_of(r.task), carried) is None
+            )
         ]
+
+    def _patients_of(self, task: Stored) -> frozenset[str]:
+        """:func:`task_patients` of a stored Task: its ``for`` was made literal on
+        receipt (``Patient/id`` of the Patient the partner sent), so read it."""
+        ref = task.resource.get("for")
+        literal = str(ref.get("reference") or "") if isinstance(ref, dict) else ""
+        patient = None
+        if literal.startswith("Patient/"):
+            patient = self.resources.read("Patient", literal.removeprefix("Patient/"))
+        known = {literal: patient.resource} if patient is not None else {}
+        return task_patients(task.resource, known)
 
     def _referral(self, task: Stored) -> Referral:
         ident = _focus_identifier(task.resource)
@@ -389,6 +436,9 @@ class Referrals:
             "statusReason": body.get("statusReason"),
             "intent": body.get("intent", "order"),
             "focus": {"type": "ServiceRequest", "identifier": _focus_identifier(body)},
+            # the patient by one identifier, the sender's own: its gateway matches it
+            # against the referral's patient (a number reused for another patient)
+            "for": self._patient(task),
             "authoredOn": body.get("authoredOn"),
             "lastModified": body.get("lastModified") or instant(task.last_updated),
             "owner": _organization(own),
@@ -416,6 +466,29 @@ class Referrals:
             ],
         }
 
+    def _patient(self, task: Stored) -> dict[str, Any] | None:
+        """``Task.for`` of the status that goes back: a logical reference by one
+        identifier of the referral's patient (the Patient stored here), the one under
+        the sender's identifier base (its MRN) when there is one, else the first: the
+        sender already holds it, and no other patient data travels."""
+        ref = task.resource.get("for")
+        if not isinstance(ref, dict):
+            return None
+        found: list[Any] = [ref.get("identifier")]
+        literal = str(ref.get("reference") or "")
+        if literal.startswith("Patient/"):
+            patient = self.resources.read("Patient", literal.removeprefix("Patient/"))
+            found += (patient.resource.get("identifier") or []) if patient is not None else []
+        usable = [
+            {"system": str(i["system"]), "value": str(i["value"])}
+            for i in found
+            if isinstance(i, dict) and i.get("system") and i.get("value")
+        ]
+        sender = self.network.institution(self._sender_of(task) or "")
+        base = f"{sender.base}/" if sender is not None else None
+        chosen = [i for i in usable if base and i["system"].startswith(base)] or usable
+        return {"type": "Patient", "identifier": chosen[0]} if chosen else None
+
     def _signed(self, bundle: dict[str, Any], partner: Partner) -> dict[str, Any]:
         """Signed as the gateway's outbound records are (signing_rules, record type
         ``TASK``), else with the institution's own key in signing_keys (keys init's
@@ -442,6 +515,51 @@ def _pair(token: str) -> tuple[str, str]:
     """A ``system|value`` token as (system, value)."""
     system, _, value = token.rpartition("|")
     return system, value
+
+
+def task_patients(task: dict[str, Any], bundle_patients: Mapping[str, Any]) -> frozenset[str]:
+    """The hashed identifiers (delivery's ``patient_ref``, as ``outbox_links`` keeps
+    them) of the patient a Task is for: ``Task.for`` by identifier (a logical
+    reference), by a conditional reference ``Patient?identifier=system|value``, or by
+    a reference to a Patient entry of its Bundle (``bundle_patients``, by fullUrl).
+    Empty: it names no patient identifier. Any JSON is read (before validation)."""
+    from ..delivery import link_ref  # the outbound side's hashing, imported when needed
+
+    def patient_ref(system: str, value: str) -> str:  # = delivery's patient_ref (private)
+        return link_ref(("Patient", system, value))
+
+    ref = task.get("for")
+    if not isinstance(ref, dict):
+        return frozenset()
+    found: list[Any] = [ref.get("identifier")]
+    literal = ref.get("reference")
+    if isinstance(literal, str):
+        path, mark, query = literal.partition("?")
+        if path == "Patient" and mark and query.startswith("identifier=") and "&" not in query:
+            system, _, value = unquote(query.removeprefix("identifier=")).partition("|")
+            found.append({"system": system, "value": value})
+        patient = bundle_patients.get(literal)
+        if isinstance(patient, dict) and isinstance(patient.get("identifier"), list):
+            found += patient["identifier"]
+    return frozenset(
+        patient_ref(str(i["system"]), str(i["value"]))
+        for i in found
+        if isinstance(i, dict) and i.get("system") and i.get("value")
+    )
+
+
+def same_patient(mine: frozenset[str], carried: tuple[frozenset[str] | None, ...]) -> str | None:
+    """None when a Task naming patient ``mine`` is about the referral the outbox rows
+    ``carried`` sent (each row's patient shares an identifier with it); else what is
+    wrong, without patient data. Every row counts: the same referral number sent for
+    two patients cannot say whose a status is."""
+    if not mine:
+        return "names no patient identifier (a logical or conditional reference by identifier)"
+    if any(p and not p & mine for p in carried):
+        return "names another patient than the referral's"
+    if not all(carried):
+        return "cannot be matched: the outbox kept no patient identifier for the referral"
+    return None
 
 
 def _same_referral(task: dict[str, Any], sr: dict[str, Any], ident: dict[str, Any]) -> None:

@@ -146,28 +146,58 @@ def counts(settings: Settings) -> dict[str, int]:
 NOTHING = {"inbound_bundles": 0, "inbound_resources": 0, "inbound_identifiers": 0}
 
 
-def record_sent(settings: Settings, to: str, referral_id: tuple[str, str]) -> int:
+# The golden referral's patient (许嘉玮 / 許嘉瑋) by NSCH's MRN: the patient a status
+# Task names (``for``) and the one the outbox keeps (hashed) for the referral.
+MRN = ("https://fhir.nsch.example.cn/sid/mrn", "0098765")
+# Another NSCH patient (陈美玲 / 陳美玲) whose referral reused the same number.
+OTHER_MRN = ("https://fhir.nsch.example.cn/sid/mrn", "0012345")
+NAMES = {MRN: ("许嘉玮", "許嘉瑋"), OTHER_MRN: ("陈美玲", "陳美玲")}
+
+
+def record_sent(
+    settings: Settings,
+    to: str,
+    referral_id: tuple[str, str],
+    patient: tuple[str, str] | None = MRN,
+) -> int:
     """The outbox row of a referral (a ServiceRequest with identifier ``referral_id``,
-    system and value) this gateway queued for partner ``to``: the one partner that may
-    report its status."""
+    system and value, for the Patient with identifier ``patient``; None: a referral
+    naming no patient) this gateway queued for partner ``to``: the one partner that may
+    report its status, for that patient only."""
     from gateway.delivery import Outbox
     from gateway.partners import Partner
     from gateway.store import open_store
 
     system, value = referral_id
+    request = {"method": "PUT", "url": f"ServiceRequest?identifier={system}|{value}"}
+    service_request: dict[str, Any] = {
+        "resourceType": "ServiceRequest", "status": "active", "intent": "order",
+        "identifier": [{"system": system, "value": value}],
+    }  # fmt: skip
+    entries: list[dict[str, Any]] = []
+    if patient is not None:
+        url = f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, '|'.join(patient))}"
+        zh, zh_hant = NAMES.get(patient, ("王伟", "王偉"))
+        entries.append({
+            "fullUrl": url,
+            "resource": {"resourceType": "Patient",
+                         "identifier": [{"system": patient[0], "value": patient[1]}],
+                         "name": [{"text": zh}, {"text": zh_hant}]},
+            "request": {"method": "POST", "url": "Patient",
+                        "ifNoneExist": f"identifier={patient[0]}|{patient[1]}"},
+        })  # fmt: skip
+        service_request["subject"] = {"reference": url}
+    entries.append({
+        "fullUrl": f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, system + value)}",
+        "resource": service_request,
+        "request": request,
+    })  # fmt: skip
     bundle = {
         "resourceType": "Bundle",
         "type": "transaction",
-        "identifier": {"system": f"{system}-bundle", "value": value},
-        "entry": [
-            {
-                "fullUrl": f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, system + value)}",
-                "resource": {"resourceType": "ServiceRequest", "status": "active",
-                             "intent": "order", "identifier": [{"system": system,
-                                                                "value": value}]},
-                "request": {"method": "PUT", "url": f"ServiceRequest?identifier={system}|{value}"},
-            }
-        ],
+        "identifier": {"system": f"{system}-bundle",
+                       "value": f"{value}-{patient[1] if patient else 'none'}"},
+        "entry": entries,
     }  # fmt: skip
     store = open_store(settings)
     try:

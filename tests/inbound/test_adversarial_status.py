@@ -18,7 +18,7 @@ from gateway.signing import sign_bundle
 from gateway.store import open_store
 from tests.gateway_cli import run
 
-from .conftest import REFERRAL_SYSTEM, counts, make_home, record_sent, signer
+from .conftest import MRN, REFERRAL_SYSTEM, counts, make_home, record_sent, signer
 
 REFERRAL = (REFERRAL_SYSTEM, "REF20260618001")
 BASES = {"hkpmc": "https://fhir.hkpmc.example.hk", "nsgp": "https://fhir.nsgp.example.cn"}
@@ -34,9 +34,13 @@ def nsch(tmp_path: Path, pki: Path) -> Settings:
     return settings
 
 
-def _status(pki: Path, who: str, status: str, referral: tuple[str, str] = REFERRAL) -> bytes:
-    """``who``'s signed Task, status ``status``, about the referral (as a receiving
-    gateway's status Bundle is: a conditional update by its own Task identifier)."""
+def _status(
+    pki: Path, who: str, status: str, referral: tuple[str, str] = REFERRAL,
+    patient: tuple[str, str] | None = MRN, task_for: dict[str, Any] | None = None,
+) -> bytes:  # fmt: skip
+    """``who``'s signed Task, status ``status``, about the referral, for the patient
+    with identifier ``patient`` (else ``task_for``, else none), as a receiving
+    gateway's status Bundle is: a conditional update by its own Task identifier."""
     base = BASES[who]
     task_id = f"{base}/sid/referral-task|NSCH-{referral[1]}"
     bundle: dict[str, Any] = {
@@ -58,6 +62,12 @@ def _status(pki: Path, who: str, status: str, referral: tuple[str, str] = REFERR
             }
         ],
     }  # fmt: skip
+    task = bundle["entry"][0]["resource"]
+    if patient is not None:
+        task["for"] = {"type": "Patient", "identifier": dict(zip(("system", "value"), patient,
+                                                                  strict=True))}  # fmt: skip
+    elif task_for is not None:
+        task["for"] = task_for
     return orjson.dumps(sign_bundle(bundle, signer(pki, who), "author"))
 
 

@@ -25,6 +25,7 @@ from tests.gateway_cli import run
 from .conftest import (
     LOCAL,
     LOCAL_AUTH,
+    MRN,
     NSCH_TOKEN,
     REFERRAL_SYSTEM,
     make_home,
@@ -97,7 +98,9 @@ def test_accept_then_complete_queues_each_status_for_the_sender(
     assert bundle["type"] == "transaction"
     sent = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Task"]
     assert len(sent) == 1 and sent[0]["status"] == "accepted"
-    assert "for" not in sent[0] and "reference" not in sent[0]["focus"]  # no patient data
+    assert "reference" not in sent[0]["focus"]  # no patient data but the patient's MRN:
+    assert sent[0]["for"] == {"type": "Patient",  # NSCH's own, not the HKID it also sent
+                              "identifier": {"system": MRN[0], "value": MRN[1]}}  # fmt: skip
     types = {e["resource"]["resourceType"] for e in bundle["entry"]}
     assert types == {"Task", "Provenance"}  # signed by HKPMC's key
     assert verify_bundle(bundle, TrustStore.load(pki / "ca")).ok
@@ -257,6 +260,7 @@ def test_a_task_from_a_partner_is_not_ours_to_change(
                     "focus": {"type": "ServiceRequest",
                               "identifier": {"system": "https://fhir.hkpmc.example.hk/sid/referral",
                                              "value": "REF1"}},
+                    "for": {"type": "Patient", "identifier": {"system": MRN[0], "value": MRN[1]}},
                 },
                 "request": {"method": "PUT", "url": "Task?identifier=https://fhir.nsch.example.cn/sid/referral-task|HKPMC-REF1"},
             }

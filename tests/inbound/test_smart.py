@@ -164,3 +164,42 @@ def test_mtls_certificate_from_the_trusted_proxy(
         assert untrusted.post("/fhir", content=signed_referral, headers=headers).status_code == 401
     finally:
         untrusted.app.state.fhir.close()
+
+
+def test_discovery_makes_no_url_from_the_host_header(
+    tmp_path: Path, pki: Path, converter: Converter
+) -> None:
+    """Without inbound_public_url, discovery built the token endpoint from the request's
+    Host: a forged Host (or a cache keyed without it) pointed partners' assertions and
+    the CapabilityStatement at an attacker's server. Now: 503 naming the setting, and a
+    CapabilityStatement with no URL and no SMART endpoint; with the setting, its URL
+    whatever the Host says."""
+    settings = make_home(tmp_path / "hkpmc", pki, "hkpmc", {})
+    toml = settings.home / "gateway.toml"
+    toml.write_text(toml.read_text().replace('inbound_public_url = "http://gw"\n', ""))
+    unset = Settings.load(home=settings.home, env={})
+    assert unset.inbound_public_url is None
+    evil = {"Host": "attacker.example"}
+    app = create_app(unset, converter, TokenSet([LOCAL]))
+    try:
+        found = Client(app).get("/fhir/.well-known/smart-configuration", headers=evil)
+        meta = Client(app).get("/fhir/metadata", headers=evil)
+    finally:
+        app.state.fhir.close()
+    assert found.status_code == 503
+    issue = found.json()["issue"][0]
+    assert issue["details"]["coding"][0]["code"] == "inbound.no-public-url"
+    assert "inbound_public_url" in issue["diagnostics"]
+    assert meta.status_code == 200
+    assert "attacker" not in found.text and "attacker" not in meta.text
+    assert "url" not in meta.json()["implementation"]
+    assert "extension" not in meta.json()["rest"][0]["security"]
+
+    app = create_app(settings, converter, TokenSet([LOCAL]))  # set: the setting's URL only
+    try:
+        found = Client(app).get("/fhir/.well-known/smart-configuration", headers=evil)
+        meta = Client(app).get("/fhir/metadata", headers=evil)
+    finally:
+        app.state.fhir.close()
+    assert found.json()["token_endpoint"] == TOKEN_URL
+    assert "attacker" not in meta.text

@@ -14,9 +14,11 @@ The checks fall in two kinds, as in the structural check (``_models``):
 * **values**: fixed/pattern values, bindings, slice membership, reference targets,
   counts against a ``max`` above one, and value-dependent invariants, checked on every
   resource. The first walk of a skeleton records where they applied (a :data:`Program`:
-  paths to the checked elements); later resources of that skeleton run the program, not
-  a walk (the pipeline asks for errors only: extensible bindings and warning invariants
-  are then left out).
+  the tree of the keys leading to checked elements); later resources of that skeleton run
+  the program, not a walk, in their own key order, so their issues come in the full
+  walk's order (the pipeline asks for errors only: extensible bindings and warning
+  invariants are then left out; with warnings, the existence-only invariants' warnings
+  are checked in their place too).
 """
 
 from __future__ import annotations

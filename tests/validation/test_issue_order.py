@@ -267,3 +267,35 @@ def test_mixed_issues_in_the_reference_order(
     _, bundle = data.draw(st.sampled_from(_goldens()))
     mutant, what = _mutated(bundle, picks)
     paths.agree(mutant, what)
+
+
+def test_a_list_longer_than_its_profile_allows_on_a_known_skeleton(
+    paths: Paths, produced_bundles: list[tuple[str, Bundle]]
+) -> None:
+    """signature-provenance allows one Provenance.agent (an array in R4). A skeleton holds
+    the kinds of a list's items, not how many, so a second agent like the first kept the
+    skeleton, and the known skeleton's program, which checked counts only where the bounds
+    go above one, let it pass: the incremental walk, and the default path falling back to
+    it, gave no issue where the reference gives a cardinality issue. A list's length is
+    now checked wherever its bounds can be broken; here beside a binding and a reference
+    type issue of the entries around it."""
+    signed = dict(produced_bundles)["signed co-branded report"]
+    for _ in range(3):
+        for validator in (paths.incremental, paths.construct, paths.composed):
+            assert _check(validator, signed, None) == b"[]"
+    mutant = copy.deepcopy(signed)
+    resources = [e["resource"] for e in mutant["entry"]]
+    provenance = next(r for r in resources if r["resourceType"] == "Provenance")
+    provenance["agent"].append(copy.deepcopy(provenance["agent"][0]))
+    report = next(r for r in resources if r["resourceType"] == "DiagnosticReport")
+    report["status"] = "no-such"
+    report["subject"]["reference"] = next(
+        e["fullUrl"] for e in mutant["entry"] if e["resource"]["resourceType"] == "Organization"
+    )
+    for profile in (None, TRANSACTION_PROFILE):
+        want = _check(paths.reference, mutant, profile)
+        assert b"Provenance.agent has 2 value(s)" in want
+        assert b"validation.binding" in want and b"validation.reference-type" in want
+        for validator in (paths.incremental, paths.construct, paths.composed):
+            for _ in range(2):
+                assert _check(validator, mutant, profile) == want

@@ -476,10 +476,11 @@ class ProfileWalk:
         step = self.recording.get(key)
         if step is None:
             errors_only = self.errors_only
-            # with warnings asked, the existence-only invariants too: their warnings
-            # come in their place (not kept aside), and an item of a list may be another
+            # with warnings asked, the existence-only warnings too: they come in their
+            # place (not kept aside), and the items of a list may come in another order
             own = _checks_values(elem, errors_only) or (
-                not errors_only and any(inv.existence_only for inv in elem.invariants)
+                not errors_only
+                and any(i.existence_only and i.severity != "error" for i in elem.invariants)
             )
             # a list's length is a value (skeletons hold a list's kinds of items, not
             # how many): checked where a count can break the bounds
@@ -644,10 +645,13 @@ class ProfileWalk:
         if elem.targets is not None and isinstance(item, dict):
             self._reference(elem, item, loc)
         for inv in elem.invariants if self.invariants else ():
-            # a known skeleton passed its existence-only errors; warnings asked, those run
-            if (inv.existence_only and self.values_only and self.errors_only) or (
-                self.errors_only and inv.severity != "error"
-            ):
+            # a known skeleton passed its existence-only errors (its warnings, when
+            # asked, are checked again: see _record)
+            if (
+                inv.existence_only
+                and self.values_only
+                and (self.errors_only or inv.severity == "error")
+            ) or (self.errors_only and inv.severity != "error"):
                 continue
             if not isinstance(item, dict):
                 continue

@@ -537,7 +537,7 @@ class ProfileWalk:
                 continue  # resourceType, a subtree without value checks
             elem, type_name, own, count, below = step
             loc = f"{where}.{key}"
-            if type(value) is not list:
+            if not isinstance(value, list):  # (a FrozenList too: a mapping's shared part)
                 self._run_item(elem, type_name, own, below, value, loc)
                 if own and elem.slices:
                     self._slicing(elem, [value], type_name, loc, False)

@@ -24,12 +24,16 @@ import functools
 import json
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gateway import Settings
+from gateway.pipeline import Converter
+from gateway.shared import freeze
 from gateway.validation import TRANSACTION_PROFILE, Validator
 
 from .conftest import REPO, needs_core
@@ -177,7 +181,9 @@ class Paths:
                     assert _check(validator, bundle) == b"[]"
 
     def agree(self, bundle: Bundle, what: list[str]) -> bytes:
-        """Every path's issues for ``bundle`` are the reference's, in its order."""
+        """Every path's issues for ``bundle`` are the reference's, in its order; also
+        with every dict and list of it frozen, as the mapping stage hands over its
+        shared parts."""
         for profile in (TRANSACTION_PROFILE, None):
             want = _check(self.reference, bundle, profile)
             fresh = (Validator("incremental"), Validator())
@@ -191,6 +197,8 @@ class Paths:
                 ):
                     got = _check(validator, bundle, profile)
                     assert got == want, _said(name, attempt, profile, what, want, got)
+                    got = _frozen(validator, bundle, profile)
+                    assert got == want, _said(f"{name} frozen", attempt, profile, what, want, got)
         want = _json(self.reference.validate_bundle(copy.deepcopy(bundle), all_issues=True))
         for attempt in range(2):
             for name, validator in (
@@ -201,6 +209,11 @@ class Paths:
                 got = _json(validator.validate_bundle(copy.deepcopy(bundle), all_issues=True))
                 assert got == want, _said(name, attempt, "all issues", what, want, got)
         return _check(self.reference, bundle)
+
+
+def _frozen(validator: Validator, bundle: Bundle, profile: str | None) -> bytes:
+    """``validator``'s issues for a frozen copy of ``bundle`` (FrozenDict, FrozenList)."""
+    return _json(validator.check_bundle(freeze(copy.deepcopy(bundle)), True, profile))
 
 
 def _said(
@@ -299,3 +312,26 @@ def test_a_list_longer_than_its_profile_allows_on_a_known_skeleton(
         for validator in (paths.incremental, paths.construct, paths.composed):
             for _ in range(2):
                 assert _check(validator, mutant, profile) == want
+
+
+def test_the_mapping_stages_own_bundles(tmp_path: Path) -> None:
+    """The Bundles the mapping stage hands over (shared parts frozen: a FrozenList is a
+    list), the co-branded CDA report's before the local one's: a known skeleton's program
+    took a frozen list for one value, so the local report's category matched no slice
+    (validation.slicing) on the default and incremental paths, not on the reference."""
+    conv = Converter(Settings.load(home=tmp_path, env={}))
+    mapped = []
+    for name in ("lax2-ct-report-cobranded.xml", "lax2-ct-report-local.xml"):
+        [record] = conv.convert((REPO / "tests/golden/cda" / name).read_bytes(), name)
+        assert record.mapped is not None
+        mapped.append(record.mapped)
+    _forget()
+    reference = Validator("reference")
+    validators = (Validator("incremental"), Validator(), Validator())
+    validators[1].by_bundle = False
+    for bundle in mapped:
+        want = _json(reference.check_bundle(bundle, True, TRANSACTION_PROFILE))
+        assert want == b"[]"
+        for validator in validators:
+            for _ in range(2):
+                assert _json(validator.check_bundle(bundle, True, TRANSACTION_PROFILE)) == want

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 from ..errors import Issue
 from ._definitions import definitions
-from ._profiles import Elem, Plans, ProfileWalk, Program
+from ._profiles import Elem, Plans, ProfileWalk, Program, _pruned
 
 __all__ = ["ProfileValidator", "plans"]
 
 _MAX_KNOWN = 50_000
 _PLANS: Plans | None = None
+_UNSEEN: Any = object()
 
 
 def plans() -> Plans:
@@ -27,10 +27,8 @@ class ProfileValidator:
     """Runs plans; remembers the (plan, skeleton) pairs whose structure checks passed."""
 
     def __init__(self) -> None:
-        # (plan, skeleton) → the warnings its structure checks gave, location after the prefix
-        # (plan, mode, skeleton) → its value checks, and the warnings its structure checks
-        # gave (with their locations after the prefix)
-        self._known: dict[tuple[int, bool, Any], tuple[Program, list[tuple[Issue, str]]]] = {}
+        # (plan, mode, skeleton) → its value checks (None: none)
+        self._known: dict[tuple[int, bool, Any], Program | None] = {}
 
     def plan_for(self, resource: dict[str, Any], profile: str | None) -> Elem | None:
         compiled = _PLANS if _PLANS is not None else plans()
@@ -68,23 +66,22 @@ class ProfileValidator:
                 ]
             return []  # no definitions installed for this type: structure only
         key = (id(plan), errors_only, skeleton) if skeleton is not None else None
-        known = self._known.get(key) if key is not None else None
-        walk = ProfileWalk(plans(), resource, known is not None, urls, errors_only)
+        known = self._known.get(key, _UNSEEN) if key is not None else _UNSEEN
+        walk = ProfileWalk(plans(), resource, known is not _UNSEEN, urls, errors_only)
         walk.nested = nested
         rtype = str(resource.get("resourceType"))
-        if known is not None:
-            program, structural = known
+        if known is not _UNSEEN:  # a known skeleton: its structure passed, values checked
             walk.own(plan, resource, rtype, where)
-            walk.run(program, resource, where)
-            for issue, tail in structural:
-                walk.issues.append(replace(issue, location=where + tail))
+            if known is not None:
+                walk.run(known, resource, where)
             return walk.issues
-        if key is not None:
-            walk.sites = {}
+        if key is None:
+            walk.item(plan, resource, rtype, where)
+            return walk.issues
+        recording = walk.record()
         walk.item(plan, resource, rtype, where)
-        if key is not None and not walk.structure_failed:
+        if not walk.structure_failed:
             if len(self._known) >= _MAX_KNOWN:
                 self._known.clear()
-            tails = [(i, (i.location or where)[len(where) :]) for i in walk.structural]
-            self._known[key] = (walk.program(), tails)
+            self._known[key] = _pruned(recording)
         return walk.issues

@@ -502,9 +502,9 @@ class Validator:
         targets and residual invariants; the others are validated incrementally, and their
         verdict remembered. ``req.whole``: the Bundle whose shell ``req.resource`` is (its
         entries' resource types are keyed)."""
-        # What answers a resource the shapes cannot: the incremental walk gives the
-        # reference's issues in its order when only errors are asked (the pipeline); with
-        # warnings, it would list a known skeleton's structural warnings last.
+        # What answers a resource the shapes cannot: the incremental walk when only errors
+        # are asked (the pipeline); with warnings ($validate, rare), the reference walk.
+        # Both give the reference's issues in its order (tests/validation/test_issue_order).
         slow = self._incremental if req.errors_only else self._reference_issues
         resource, whole = req.resource, req.whole
         try:  # (inline: _construct.dump, once per resource)

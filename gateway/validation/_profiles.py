@@ -14,9 +14,11 @@ The checks fall in two kinds, as in the structural check (``_models``):
 * **values**: fixed/pattern values, bindings, slice membership, reference targets,
   counts against a ``max`` above one, and value-dependent invariants, checked on every
   resource. The first walk of a skeleton records where they applied (a :data:`Program`:
-  paths to the checked elements); later resources of that skeleton run the program, not
-  a walk (the pipeline asks for errors only: extensible bindings and warning invariants
-  are then left out).
+  the tree of the keys leading to checked elements); later resources of that skeleton run
+  the program, not a walk, in their own key order, so their issues come in the full
+  walk's order (the pipeline asks for errors only: extensible bindings and warning
+  invariants are then left out; with warnings, the existence-only invariants' warnings
+  are checked in their place too).
 """
 
 from __future__ import annotations
@@ -398,33 +400,27 @@ def _shape(value: Any) -> Any:
     return type(value)
 
 
-# What a known skeleton's resources need checked: (path to a parent node, with "*" for
-# each item of a list and "#Type" for a resource inside of that type; the value-checked
-# elements met under it)
-Program = tuple[tuple[tuple[str, ...], tuple[tuple[str, Elem, str], ...]], ...]
+# What a known skeleton's resources need checked, as a tree the shape of its first
+# resource: per JSON key met, a Step (the element, its type, whether its own checks read
+# values, whether its list's length is a value, the steps below it, None when none). The
+# steps below a resource inside (contained) are keyed "#Type", that resource's type. Only
+# the keys leading to a check are kept. A known skeleton's resources run it in their own
+# key order (``ProfileWalk.run``), so its issues come in the full walk's order: element
+# by element in document order, each value's own checks before its children's, a list's
+# slicing after its items. (The items of one list may differ in skeleton and come in any
+# order: the steps of a list's items are the union of what its items met.)
+Step = tuple["Elem", str, bool, bool, "Program | None"]
+Program = dict[str, Step]
 
 
-def _reach(root: Any, path: tuple[str, ...], where: str) -> list[tuple[Any, str]]:
-    """The nodes at ``path`` from ``root``, with their FHIRPath locations."""
-    level = [(root, where)]
-    for step in path:
-        nxt: list[tuple[Any, str]] = []
-        if step == "*":
-            for node, loc in level:
-                if isinstance(node, list):
-                    nxt += [(item, f"{loc}[{n}]") for n, item in enumerate(node)]
-        elif step[:1] == "#":  # a resource inside (Bundle.entry.resource): of that type
-            nxt = [
-                (n, loc)
-                for n, loc in level
-                if isinstance(n, dict) and n.get("resourceType") == step[1:]
-            ]
-        else:
-            for node, loc in level:
-                if isinstance(node, dict) and step in node:
-                    nxt.append((node[step], f"{loc}.{step}"))
-        level = nxt
-    return level
+def _pruned(recorded: dict[str, list[Any]]) -> Program | None:
+    """The recorded tree (Steps as lists) without the keys that lead to no check."""
+    out: Program = {}
+    for key, (elem, type_name, own, count, below) in recorded.items():
+        inner = _pruned(below) if below else None
+        if own or count or inner is not None:
+            out[key] = (elem, type_name, own, count, inner)
+    return out or None
 
 
 class ProfileWalk:
@@ -436,11 +432,9 @@ class ProfileWalk:
         "issues",
         "memo",
         "nested",
-        "path",
         "plans",
+        "recording",
         "resource",
-        "sites",
-        "structural",
         "structure_failed",
         "urls",
         "values_only",
@@ -457,15 +451,12 @@ class ProfileWalk:
         self.plans = plans
         self.errors_only = errors_only  # the pipeline's question: warnings are not asked
         self.issues: list[Issue] = []
-        self.structural: list[Issue] = []  # warnings of structure checks: kept per skeleton
         self.structure_failed = False
         self.values_only = values_only
         self.resource = resource
         self.urls = urls or {}
-        # when recording: parent path → the value-checked elements met there
-        self.sites: dict[tuple[str, ...], dict[tuple[str, int], tuple[str, Elem, str]]] | None
-        self.sites = None
-        self.path: list[str] = []
+        # when recording the program (see Program): the steps of the node being walked
+        self.recording: dict[str, list[Any]] | None = None
         self.nested = True  # walk resources inside (contained); not a Bundle's entries
         # a slice's walk reports no invariant (the item's own walk did): it runs none
         self.invariants = True
@@ -473,9 +464,34 @@ class ProfileWalk:
         # outcomes); off for the reference validator, which walks everything every time
         self.memo = True
 
-    def program(self) -> Program:
-        assert self.sites is not None
-        return tuple((path, tuple(found.values())) for path, found in self.sites.items())
+    def record(self) -> dict[str, list[Any]]:
+        """Record the skeleton's program while walking: the tree returned, as lists
+        (``_pruned`` makes it a Program)."""
+        self.recording = {}
+        return self.recording
+
+    def _record(self, elem: Elem, key: str, type_name: str, many: bool) -> dict[str, list[Any]]:
+        """The step of ``key`` in the node being recorded; the steps below it."""
+        assert self.recording is not None
+        step = self.recording.get(key)
+        if step is None:
+            errors_only = self.errors_only
+            # with warnings asked, the existence-only warnings too: they come in their
+            # place (not kept aside), and the items of a list may come in another order
+            own = _checks_values(elem, errors_only) or (
+                not errors_only
+                and any(i.existence_only and i.severity != "error" for i in elem.invariants)
+            )
+            # a list's length is a value (skeletons hold a list's kinds of items, not
+            # how many): checked where a count can break the bounds
+            count = many and (elem.max is not None or elem.min > 1)
+            step = self.recording[key] = [elem, type_name, own, count, {}]
+        elif step[0] is not elem or step[1] != type_name:
+            # two elements at one place (not met: a key names one element of its parent):
+            # no program then; the skeleton's resources are walked in full every time
+            self.structure_failed = True
+        below: dict[str, list[Any]] = step[4]
+        return below
 
     def _issue(self, code: str, message: str, where: str, severity: str = "error") -> None:
         self.issues.append(Issue(code, message, location=where, severity=severity))
@@ -501,51 +517,64 @@ class ProfileWalk:
         # a count is a value unless the bounds are 0/1 (then it is the skeleton's)
         if wrong and (elem.max is None or elem.max > 1 or elem.min > 1 or not self.values_only):
             self._cardinality(elem, len(items), loc)
-        sites = self.sites
-        if sites is not None:  # recording the skeleton's value checks (see Program)
-            if _checks_values(elem, self.errors_only):
-                sites.setdefault(tuple(self.path), {})[(key, id(elem))] = (key, elem, type_name)
-            self.path.append(key)
-            if many:
-                self.path.append("*")
+        recording = self.recording
+        if recording is not None:  # recording the skeleton's program (see Program)
+            self.recording = self._record(elem, key, type_name, many)
         for n, item in enumerate(items):
             self.item(elem, item, type_name, f"{loc}[{n}]" if many else loc)
-        if sites is not None:
-            del self.path[-2 if many else -1 :]
+        if recording is not None:
+            self.recording = recording
         if elem.slices:
             self._slicing(elem, items, type_name, loc, many)
 
-    def run(self, program: Program, resource: dict[str, Any], where: str) -> None:
-        """The value checks of a known skeleton, where its first resource had them."""
-        for path, sites in program:
-            for node, loc in _reach(resource, path, where):
-                if not isinstance(node, dict):
-                    continue
-                for key, elem, type_name in sites:
-                    value = node.get(key)
-                    if value is None:
-                        continue
-                    many = isinstance(value, list)
-                    items = value if many else [value]
-                    at = f"{loc}.{key}"
-                    count = len(items)
-                    if (elem.max is not None and count > elem.max) or count < elem.min:
-                        self._cardinality(elem, count, at)
-                    for n, item in enumerate(items):
-                        if type(item) is str:  # a code, a system: its verdict is its own
-                            token = (elem, type_name, self.errors_only, item)
-                            if token in _STRING_OK:
-                                continue
-                            before = len(self.issues)
-                            self.own(elem, item, type_name, f"{at}[{n}]" if many else at)
-                            if len(self.issues) == before:
-                                if len(_STRING_OK) >= _MAX_FROZEN:
-                                    _STRING_OK.clear()
-                                _STRING_OK.add(token)
-                            continue
-                        self.own(elem, item, type_name, f"{at}[{n}]" if many else at)
-                    if elem.slices:
-                        self._slicing(elem, items, type_name, at, many)
+    def run(self, program: Program, data: dict[str, Any], where: str) -> None:
+        """The value checks of a known skeleton (its program, recorded by its first
+        resource's walk) on ``data``, a node at ``where``: in ``data``'s key order, each
+        value's own checks before those below it, as the full walk goes."""
+        for key, value in data.items():
+            step = program.get(key)
+            if step is None:
+                continue  # resourceType, a subtree without value checks
+            elem, type_name, own, count, below = step
+            loc = f"{where}.{key}"
+            if not isinstance(value, list):  # (a FrozenList too: a mapping's shared part)
+                self._run_item(elem, type_name, own, below, value, loc)
+                if own and elem.slices:
+                    self._slicing(elem, [value], type_name, loc, False)
+                continue
+            if count:
+                n = len(value)
+                if (elem.max is not None and n > elem.max) or n < elem.min:
+                    self._cardinality(elem, n, loc)
+            for n, item in enumerate(value):
+                self._run_item(elem, type_name, own, below, item, f"{loc}[{n}]")
+            if own and elem.slices:
+                self._slicing(elem, value, type_name, loc, True)
+
+    def _run_item(
+        self, elem: Elem, type_name: str, own: bool, below: Program | None, item: Any, loc: str
+    ) -> None:
+        """One value of a program's step: its own checks, then the steps below it."""
+        if own:
+            if type(item) is str:  # a code, a system: its verdict is its own
+                token = (elem, type_name, self.errors_only, item)
+                if token not in _STRING_OK:
+                    before = len(self.issues)
+                    self.own(elem, item, type_name, loc)
+                    if len(self.issues) == before:
+                        if len(_STRING_OK) >= _MAX_FROZEN:
+                            _STRING_OK.clear()
+                        _STRING_OK.add(token)
+                return
+            self.own(elem, item, type_name, loc)
+        if below is None or not isinstance(item, dict):
+            return
+        if elem.children is None and "resourceType" in item:  # as _item: a resource inside
+            inside = below.get("#" + str(item["resourceType"]))
+            if inside is not None and inside[4] is not None:
+                self.run(inside[4], item, loc)
+            return
+        self.run(below, item, loc)
 
     def _cardinality(self, elem: Elem, count: int, loc: str) -> None:
         self.structure_failed = True
@@ -560,7 +589,10 @@ class ProfileWalk:
         # A frozen subtree without references (a memoised fragment: staff, organisations,
         # codes) never changes: once it passed an element's checks, it passes them again.
         frozen = (
-            type(item) is FrozenDict and not item.holds_refs and self.sites is None and self.memo
+            type(item) is FrozenDict
+            and not item.holds_refs
+            and self.recording is None
+            and self.memo
         )
         if frozen:
             token = (id(elem), id(item), self.values_only, self.errors_only, self.invariants)
@@ -582,12 +614,14 @@ class ProfileWalk:
                 return  # a Bundle's entries are validated one by one
             rtype = str(item["resourceType"])
             root = self.plans.plan(rtype)
-            if root and root.children and self.sites is not None:
-                # the program keeps each type's sites apart: a Bundle's Patient and
+            recording = self.recording
+            if root and root.children and recording is not None:
+                # the program keeps each type's steps apart: a contained Patient and
                 # Organization both have an 'address', under different rules
-                self.path.append("#" + rtype)
+                step = recording.setdefault("#" + rtype, [root, rtype, False, False, {}])
+                self.recording = step[4]
                 self.node(root.children, item, loc)
-                self.path.pop()
+                self.recording = recording
                 return
             children = root.children if root else None
         else:
@@ -611,9 +645,13 @@ class ProfileWalk:
         if elem.targets is not None and isinstance(item, dict):
             self._reference(elem, item, loc)
         for inv in elem.invariants if self.invariants else ():
-            if (inv.existence_only and self.values_only) or (
-                self.errors_only and inv.severity != "error"
-            ):
+            # a known skeleton passed its existence-only errors (its warnings, when
+            # asked, are checked again: see _record)
+            if (
+                inv.existence_only
+                and self.values_only
+                and (self.errors_only or inv.severity == "error")
+            ) or (self.errors_only and inv.severity != "error"):
                 continue
             if not isinstance(item, dict):
                 continue
@@ -630,7 +668,6 @@ class ProfileWalk:
                 )
                 if inv.existence_only:
                     self.structure_failed |= inv.severity == "error"
-                    self.structural.append(self.issues[-1])
 
     def _slicing(self, elem: Elem, items: list[Any], type_name: str, loc: str, many: bool) -> None:
         if any(sl.match is None for sl in elem.slices):

@@ -22,12 +22,13 @@ See bench/README.md for what each row means. The rows ``gw_e2e_interp`` and
 ``stage_map_interp`` run the mappings interpreted (``GATEWAY_MAPPING_ENGINE=interpreted``)
 beside the compiled default. ``--paired DIR`` instead compares, in paired rounds in three
 worker processes fed the same fresh messages pass by pass, the gateway in DIR (an older
-commit unpacked with ``git archive``) with this checkout, compiled and interpreted; it
-prints a table (bench/RESULTS.md, "HL7 v2 end to end before/after issue 9"); a fourth
-worker parses the same messages with python-hl7 (``hl7.parse``), for the paired ratio
-issue 18 asks for. With ``--as-file`` the gateways convert each pass's messages as one
-HL7 v2 file (``Converter.iter_convert_stream``, what ``gateway convert`` does with a file:
-its messages go through the stages in batches) instead of one ``convert()`` call each.
+commit's ``gateway mappings seeds profiles`` unpacked with ``git archive``) with this
+checkout, compiled and interpreted; it prints a table (bench/RESULTS.md, "HL7 v2 end to
+end before/after issue 9"); a fourth worker parses the same messages with python-hl7
+(``hl7.parse``), for the paired ratio issue 18 asks for. With ``--as-file`` the gateways
+convert each pass's messages as one HL7 v2 file (``Converter.iter_convert_stream``, what
+``gateway convert`` does with a file: its messages go through the stages in batches)
+instead of one ``convert()`` call each.
 """
 
 from __future__ import annotations
@@ -1101,8 +1102,8 @@ def add_options(parser: argparse.ArgumentParser) -> None:
         default="",
         metavar="DIR",
         help="instead of the pyperf rows: paired rounds against the gateway in DIR (e.g. "
-        "`git archive b9eb931 gateway mappings seeds` unpacked there), compiled and "
-        "interpreted; prints a table",
+        "`git archive b9eb931 gateway mappings seeds profiles` unpacked there), compiled "
+        "and interpreted; prints a table",
     )
     parser.add_argument("--rounds", type=int, default=7, help="paired rounds (with --paired)")
     parser.add_argument(

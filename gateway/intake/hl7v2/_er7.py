@@ -43,6 +43,9 @@ _BOM = b"\xef\xbb\xbf"
 _SEGMENT_NAME = re.compile(r"[A-Z][A-Z0-9]{2}\Z")
 _BATCH_SEGMENTS = (b"FHS", b"BHS", b"BTS", b"FTS")
 _BATCH_HEADS = frozenset(_BATCH_SEGMENTS)
+# Line starts after which a payload starting with MSH may hold more than that one
+# message's segments (_split_frame): batch envelope segments and a BOM before a segment.
+_NOT_ALONE = _BATCH_HEADS | {_BOM}
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 _NON_ASCII = re.compile(r"[^\x00-\x7f]")
 # Control bytes other than CR, LF, TAB and the MLLP frame bytes: their presence means
@@ -323,11 +326,20 @@ def _check_count(line: bytes, field_name: str, what: str, found: int, on: list[R
 
 
 def _split_frame(payload: bytes, first_line: int, out: list[RawMessage]) -> None:
+    lines = _lines(payload)
+    if lines[0][:3] == b"MSH":
+        heads = [line[:3] for line in lines]
+        if heads.count(b"MSH") == 1 and _NOT_ALONE.isdisjoint(heads):
+            # One message and nothing else (most inputs: a message posted, kept or
+            # framed alone): what the loop below makes of it, without its per-line tests.
+            segments = [line for line in lines if line and not line.isspace()]
+            out.append(RawMessage(len(out) + 1, first_line, segments))
+            return
     current: RawMessage | None = None
     orphan: RawMessage | None = None
     envelope = _Envelope()
     bom = _BOM in payload  # one search of the payload instead of one test per line
-    for offset, line in enumerate(_lines(payload)):
+    for offset, line in enumerate(lines):
         if bom and line.startswith(_BOM):
             line = line[len(_BOM) :]
         if not line or line.isspace():  # as `not line.strip()`, without a copy

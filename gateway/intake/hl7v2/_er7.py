@@ -438,6 +438,8 @@ def parse_message(
     raw: RawMessage,
     fallback_charset: Callable[[str], str | None] | None = None,
     network: Network | None = None,
+    *,
+    data: bytes | None = None,
 ) -> Message:
     """Decode and tokenise one message.
 
@@ -445,7 +447,8 @@ def parse_message(
     and the bytes are not UTF-8 (a sender's configured default; ``network.charset`` when
     only ``network`` is given). ``network`` also says, per sender, what to do when a
     single-byte charset meets Chinese multi-byte text (``charset_mismatch``; refused
-    without it) and which of GB 18030 and Big5 to try first.
+    without it) and which of GB 18030 and Big5 to try first. ``data``: ``raw.data``,
+    when the caller already joined it.
     """
     if raw.error is not None:
         raise raw.error
@@ -464,7 +467,8 @@ def parse_message(
     if fallback_charset is None and network is not None:
         fallback_charset = network.charset
     declared = _declared_charset(msh)
-    data = raw.data
+    if data is None:
+        data = raw.data
     if declared:
         decoded = _decode(data, declared, msh, network, "MSH-18")
     else:
@@ -480,13 +484,19 @@ def parse_message(
     if too_many:
         raise _too_many_fields(message, too_many, bounds)
     _check_bounds(message, data, bounds)
-    message.controls = separators[3].encode() + b"X" in data or (
+    message.controls = _hex_escape(separators[3]) in data or (
         raw.controls and any(b in data for b in _STRAY_CONTROLS)
     )
     if decoded.note:
         message.warnings.append(decoded.note)
     _check_header(message)
     return message
+
+
+@lru_cache(maxsize=32)
+def _hex_escape(es: str) -> bytes:
+    """The bytes opening a hex escape (``\\X``) with escape character ``es``."""
+    return es.encode() + b"X"
 
 
 def _tokenise(
@@ -603,10 +613,11 @@ def _check_bounds(message: Message, data: bytes, bounds: Limits) -> None:
     n + 1 parts. Only a message where some count reaches a limit is looked at field by
     field, on the text."""
     cs, rs, ss = message.separators[1], message.separators[2], message.separators[4]
+    size = len(data)  # fewer bytes than a limit: that count cannot reach it (no scan)
     if (
-        data.count(rs.encode()) < bounds.repetitions
-        and data.count(cs.encode()) < bounds.components
-        and data.count(ss.encode()) < bounds.subcomponents
+        (size < bounds.repetitions or data.count(rs.encode()) < bounds.repetitions)
+        and (size < bounds.components or data.count(cs.encode()) < bounds.components)
+        and (size < bounds.subcomponents or data.count(ss.encode()) < bounds.subcomponents)
     ):
         return
     for fields, line in zip(message.segments, message.lines, strict=True):

@@ -71,9 +71,10 @@ def _unit(
     default_charset: Callable[[str], str | None] | None,
     network: Network | None,
 ) -> Unit:
-    unit = Unit(raw.data if raw.segments else b"", raw.index, "hl7v2", raw.line)
+    data = raw.data if raw.segments else b""
+    unit = Unit(data, raw.index, "hl7v2", raw.line)
     try:
-        message = parse_message(raw, default_charset, network)
+        message = parse_message(raw, default_charset, network, data=data or None)
     except GatewayError as exc:
         unit.control_id = peek_control_id(raw)  # names the message though it did not decode
         unit.error = exc

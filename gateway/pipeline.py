@@ -23,6 +23,7 @@ import re
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Generic, NewType, TypeVar
 
@@ -113,7 +114,8 @@ def _intake(conv: Converter, record: Record, unit: Unit, trace: bool) -> Unit:
         raise unit.error
     if unit.view is None:
         raise IntakeError("unreadable", "the record could not be read")
-    record.issues.extend(_named(i, record.label) for i in unit.issues)
+    if unit.issues:  # most records have none: no generator to make
+        record.issues.extend(_named(i, record.label) for i in unit.issues)
     return unit
 
 
@@ -129,8 +131,10 @@ def _map(conv: Converter, record: Record, unit: Unit, trace: bool) -> MappedBund
         if trace:
             record.unmapped = view.unmapped()
     finally:
-        record.issues.extend(_named(i, record.label) for i in unit.issues[seen:])
-    record.issues.extend(_named(w, record.label) for w in warnings)
+        if len(unit.issues) > seen:
+            record.issues.extend(_named(i, record.label) for i in unit.issues[seen:])
+    if warnings:
+        record.issues.extend(_named(w, record.label) for w in warnings)
     conv.narratives.add(bundle, unit.sender)  # Resource.text (dom-6), docs/narrative.md
     return MappedBundle(bundle)
 
@@ -636,7 +640,7 @@ class Converter:
         output, its input when it failed (the record is then ``failed``). The metric and
         the log lines are made from the history when the record is handed out."""
         assert stage.run is not None  # _finish_batch runs only these
-        start = time.perf_counter()
+        start = _now()
         try:
             payload = stage.run(self, record, payload, trace)
         except GatewayError as exc:
@@ -652,15 +656,15 @@ class Converter:
             code = INTERNAL
         else:
             code = None
-        ms = _ms(start) + extra
+        ms = (_now() - start) * 1000.0 + extra
         if code is None:
             if stage.reaches is not None:
                 record.advance(stage.reaches)
-            record.history.append(Step(stage.name, "ok", ms))
+            record.history.append(_step((stage.name, "ok", ms, None)))
         else:
             if record.state is not State.FAILED:
                 record.advance(State.FAILED)
-            record.history.append(Step(stage.name, "failed", ms, code))
+            record.history.append(_step((stage.name, "failed", ms, code)))
         return payload
 
 
@@ -692,6 +696,11 @@ class _Batch:
         INFO line: what converting it alone would have said, in that order."""
         debug = log.isEnabledFor(logging.DEBUG)
         faults = [f for f in self.faults if f[0] is record] if self.faults else []
+        if not (debug or faults):  # the common case: only the stage observations
+            for step in record.history:
+                observe_stage(step[0], step[2] / 1000.0)
+            _done(record)
+            return
         for stage, outcome, ms, code in record.history:
             for fault in faults:
                 if fault[1] == stage:
@@ -831,8 +840,15 @@ def _log_record(record: Record, ms: float) -> None:
     )
 
 
+_now = time.perf_counter
+
+# Step((stage, outcome, ms, code)) without the named tuple's __new__ (a Python function):
+# four a record, made in _stage
+_step = partial(tuple.__new__, Step)
+
+
 def _ms(start: float) -> float:
-    return (time.perf_counter() - start) * 1000.0
+    return (_now() - start) * 1000.0
 
 
 def _path_checks() -> dict[str, Callable[[str], None]]:

@@ -152,9 +152,9 @@ class Message:
     @property
     def message_type(self) -> str:
         """``REF^I12`` from MSH-9 (message code ^ trigger event), escape-free."""
-        raw = self.msh(9)
-        parts = raw.split(self.separators[1])
-        return "^".join(p for p in parts[:2] if p)
+        parts = self.msh(9).split(self.separators[1], 2)
+        code, event = parts[0], parts[1] if len(parts) > 1 else ""
+        return f"{code}^{event}" if code and event else code or event  # the non-empty ones
 
     def msh(self, n: int) -> str:
         seg = self.segments[0]

@@ -86,10 +86,12 @@ def _unit(
     unit.control_id = control_id if control_id and control_id.isprintable() else None
     unit.message_type = message.message_type
     unit.sender = message.msh(4).split(message.separators[1])[0] or None
-    unit.issues = [
-        Issue("intake.charset-mislabelled", note, "", "MSH-18", "warning")
-        for note in message.warnings
-    ] + list(raw.notes)
+    unit.issues = list(raw.notes)
+    if message.warnings:  # before the batch notes
+        unit.issues[:0] = [
+            Issue("intake.charset-mislabelled", note, "", "MSH-18", "warning")
+            for note in message.warnings
+        ]
     view = Hl7View(message)
     view.notes = unit.issues  # warnings the view finds while the mapping reads values
     unit.view = view

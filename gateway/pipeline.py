@@ -390,6 +390,9 @@ class Converter:
             _log_record(record, 0.0)
             yield record
             return
+        if kind == "hl7v2":  # what _records does for it, two generators fewer per input
+            yield from self._run(read_messages(data, network=self.network), kind, source, trace)
+            return
         yield from self._records(kind, [(source or "input", data)], source, trace, sender)
 
     def iter_convert_stream(

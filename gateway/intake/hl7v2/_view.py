@@ -351,7 +351,17 @@ class Hl7View:
                 cut = raw.find(self._rs)
                 if cut >= 0:
                     raw = raw[:cut]
-            raw, level = self._parts(raw, 0, p.component, p.sub)
+            if p.component and not p.sub:
+                # One component of a field (PID-5.1, the mappings' most common absolute
+                # read): _parts inlined, without its call and tuple
+                parts = self._components.get(raw)
+                if parts is None:
+                    parts = self._components[raw] = raw.split(self._cs)
+                if p.component > len(parts):
+                    return None
+                raw, level = parts[p.component - 1], 1
+            else:
+                raw, level = self._parts(raw, 0, p.component, p.sub)
         if not raw:
             return None
         if level == 0 and self._cs in raw:

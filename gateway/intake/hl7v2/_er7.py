@@ -475,8 +475,9 @@ def parse_message(
         decoded = _decode_undeclared(data, msh, fallback_charset, network)
     text = decoded.text
     fs = text[3]
-    head = text[: text.find("\r")]  # the MSH segment (the text always ends with CR)
-    enc = head[4 : head.index(fs, 4)] if fs in head[4:] else head[4:]
+    end = text.find("\r")  # the MSH segment's end (the text always ends with CR)
+    cut = text.find(fs, 4, end)  # MSH-2 ends at the next separator, else with MSH
+    enc = text[4 : cut if cut >= 0 else end]
     separators = fs + (enc + "^~\\&"[len(enc) :])[:4]
     _check_encoding_characters(fs, enc, separators)
     segments, positions, lines, too_many = _tokenise(text, fs, bounds.fields + 1)

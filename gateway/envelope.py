@@ -28,7 +28,10 @@ __all__ = ["TRANSITIONS", "Record", "State", "Step", "TransitionError", "dump_js
 
 def dump_json(resource: object) -> bytes:
     """The gateway's one JSON form: UTF-8, 2-space indent, newline-terminated, stable."""
-    return orjson.dumps(resource, option=orjson.OPT_INDENT_2) + b"\n"
+    return orjson.dumps(resource, option=_JSON_OPTIONS)  # the newline by orjson: no copy
+
+
+_JSON_OPTIONS = orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE
 
 
 class State(enum.Enum):

@@ -43,6 +43,9 @@ _BOM = b"\xef\xbb\xbf"
 _SEGMENT_NAME = re.compile(r"[A-Z][A-Z0-9]{2}\Z")
 _BATCH_SEGMENTS = (b"FHS", b"BHS", b"BTS", b"FTS")
 _BATCH_HEADS = frozenset(_BATCH_SEGMENTS)
+# Line starts after which a payload starting with MSH may hold more than that one
+# message's segments (_split_frame): batch envelope segments and a BOM before a segment.
+_NOT_ALONE = _BATCH_HEADS | {_BOM}
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 _NON_ASCII = re.compile(r"[^\x00-\x7f]")
 # Control bytes other than CR, LF, TAB and the MLLP frame bytes: their presence means
@@ -149,9 +152,9 @@ class Message:
     @property
     def message_type(self) -> str:
         """``REF^I12`` from MSH-9 (message code ^ trigger event), escape-free."""
-        raw = self.msh(9)
-        parts = raw.split(self.separators[1])
-        return "^".join(p for p in parts[:2] if p)
+        parts = self.msh(9).split(self.separators[1], 2)
+        code, event = parts[0], parts[1] if len(parts) > 1 else ""
+        return f"{code}^{event}" if code and event else code or event  # the non-empty ones
 
     def msh(self, n: int) -> str:
         seg = self.segments[0]
@@ -323,11 +326,20 @@ def _check_count(line: bytes, field_name: str, what: str, found: int, on: list[R
 
 
 def _split_frame(payload: bytes, first_line: int, out: list[RawMessage]) -> None:
+    lines = _lines(payload)
+    if lines[0][:3] == b"MSH":
+        heads = [line[:3] for line in lines]
+        if heads.count(b"MSH") == 1 and _NOT_ALONE.isdisjoint(heads):
+            # One message and nothing else (most inputs: a message posted, kept or
+            # framed alone): what the loop below makes of it, without its per-line tests.
+            segments = [line for line in lines if line and not line.isspace()]
+            out.append(RawMessage(len(out) + 1, first_line, segments))
+            return
     current: RawMessage | None = None
     orphan: RawMessage | None = None
     envelope = _Envelope()
     bom = _BOM in payload  # one search of the payload instead of one test per line
-    for offset, line in enumerate(_lines(payload)):
+    for offset, line in enumerate(lines):
         if bom and line.startswith(_BOM):
             line = line[len(_BOM) :]
         if not line or line.isspace():  # as `not line.strip()`, without a copy
@@ -426,6 +438,8 @@ def parse_message(
     raw: RawMessage,
     fallback_charset: Callable[[str], str | None] | None = None,
     network: Network | None = None,
+    *,
+    data: bytes | None = None,
 ) -> Message:
     """Decode and tokenise one message.
 
@@ -433,7 +447,8 @@ def parse_message(
     and the bytes are not UTF-8 (a sender's configured default; ``network.charset`` when
     only ``network`` is given). ``network`` also says, per sender, what to do when a
     single-byte charset meets Chinese multi-byte text (``charset_mismatch``; refused
-    without it) and which of GB 18030 and Big5 to try first.
+    without it) and which of GB 18030 and Big5 to try first. ``data``: ``raw.data``,
+    when the caller already joined it.
     """
     if raw.error is not None:
         raise raw.error
@@ -452,15 +467,17 @@ def parse_message(
     if fallback_charset is None and network is not None:
         fallback_charset = network.charset
     declared = _declared_charset(msh)
-    data = raw.data
+    if data is None:
+        data = raw.data
     if declared:
         decoded = _decode(data, declared, msh, network, "MSH-18")
     else:
         decoded = _decode_undeclared(data, msh, fallback_charset, network)
     text = decoded.text
     fs = text[3]
-    head = text[: text.find("\r")]  # the MSH segment (the text always ends with CR)
-    enc = head[4 : head.index(fs, 4)] if fs in head[4:] else head[4:]
+    end = text.find("\r")  # the MSH segment's end (the text always ends with CR)
+    cut = text.find(fs, 4, end)  # MSH-2 ends at the next separator, else with MSH
+    enc = text[4 : cut if cut >= 0 else end]
     separators = fs + (enc + "^~\\&"[len(enc) :])[:4]
     _check_encoding_characters(fs, enc, separators)
     segments, positions, lines, too_many = _tokenise(text, fs, bounds.fields + 1)
@@ -468,13 +485,19 @@ def parse_message(
     if too_many:
         raise _too_many_fields(message, too_many, bounds)
     _check_bounds(message, data, bounds)
-    message.controls = separators[3].encode() + b"X" in data or (
+    message.controls = _hex_escape(separators[3]) in data or (
         raw.controls and any(b in data for b in _STRAY_CONTROLS)
     )
     if decoded.note:
         message.warnings.append(decoded.note)
     _check_header(message)
     return message
+
+
+@lru_cache(maxsize=32)
+def _hex_escape(es: str) -> bytes:
+    """The bytes opening a hex escape (``\\X``) with escape character ``es``."""
+    return es.encode() + b"X"
 
 
 def _tokenise(
@@ -591,10 +614,11 @@ def _check_bounds(message: Message, data: bytes, bounds: Limits) -> None:
     n + 1 parts. Only a message where some count reaches a limit is looked at field by
     field, on the text."""
     cs, rs, ss = message.separators[1], message.separators[2], message.separators[4]
+    size = len(data)  # fewer bytes than a limit: that count cannot reach it (no scan)
     if (
-        data.count(rs.encode()) < bounds.repetitions
-        and data.count(cs.encode()) < bounds.components
-        and data.count(ss.encode()) < bounds.subcomponents
+        (size < bounds.repetitions or data.count(rs.encode()) < bounds.repetitions)
+        and (size < bounds.components or data.count(cs.encode()) < bounds.components)
+        and (size < bounds.subcomponents or data.count(ss.encode()) < bounds.subcomponents)
     ):
         return
     for fields, line in zip(message.segments, message.lines, strict=True):

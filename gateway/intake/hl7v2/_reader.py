@@ -71,9 +71,10 @@ def _unit(
     default_charset: Callable[[str], str | None] | None,
     network: Network | None,
 ) -> Unit:
-    unit = Unit(raw.data if raw.segments else b"", raw.index, "hl7v2", raw.line)
+    data = raw.data if raw.segments else b""
+    unit = Unit(data, raw.index, "hl7v2", raw.line)
     try:
-        message = parse_message(raw, default_charset, network)
+        message = parse_message(raw, default_charset, network, data=data or None)
     except GatewayError as exc:
         unit.control_id = peek_control_id(raw)  # names the message though it did not decode
         unit.error = exc
@@ -85,10 +86,12 @@ def _unit(
     unit.control_id = control_id if control_id and control_id.isprintable() else None
     unit.message_type = message.message_type
     unit.sender = message.msh(4).split(message.separators[1])[0] or None
-    unit.issues = [
-        Issue("intake.charset-mislabelled", note, "", "MSH-18", "warning")
-        for note in message.warnings
-    ] + list(raw.notes)
+    unit.issues = list(raw.notes)
+    if message.warnings:  # before the batch notes
+        unit.issues[:0] = [
+            Issue("intake.charset-mislabelled", note, "", "MSH-18", "warning")
+            for note in message.warnings
+        ]
     view = Hl7View(message)
     view.notes = unit.issues  # warnings the view finds while the mapping reads values
     unit.view = view

@@ -114,6 +114,14 @@ def _sorted(names: frozenset[str]) -> tuple[str, ...]:
     return tuple(sorted(names))
 
 
+@lru_cache(maxsize=32)
+def _escapes(separators: str) -> dict[str, str]:
+    """What each named escape sequence stands for with these delimiters: made once per
+    delimiter set (nearly always ``|^~\\&``), shared by the views, read only."""
+    fs, cs, rs, es, ss = tuple(separators)
+    return {"F": fs, "S": cs, "T": ss, "R": rs, "E": es, ".br": "\n", ".sp": "\n"}
+
+
 def check_path(path: str) -> None:
     """Raise ConfigError when ``path`` is not valid (used when mappings are loaded)."""
     _compile(path)
@@ -144,10 +152,10 @@ class Hl7View:
         # the reader points this at the record's issues.
         self.notes: list[Issue] = []
         self._noted: set[str] = set()
-        self.root = Position(0, len(message.segments))
+        self.root = _node((0, self._nseg, "", None, 0))  # Position(0, self._nseg)
         fs, cs, rs, es, ss = tuple(message.separators)
         self._fs, self._cs, self._rs, self._es, self._ss = fs, cs, rs, es, ss
-        self._escapes = {"F": fs, "S": cs, "T": ss, "R": rs, "E": es, ".br": "\n", ".sp": "\n"}
+        self._escapes = _escapes(message.separators)
         # (segment index, field) pairs read so far, when tracing what the mapping used
         self.read: set[tuple[int, int]] | None = None
         # Whether it does (an attribute, not a property: the memo asks on every call)
@@ -343,7 +351,17 @@ class Hl7View:
                 cut = raw.find(self._rs)
                 if cut >= 0:
                     raw = raw[:cut]
-            raw, level = self._parts(raw, 0, p.component, p.sub)
+            if p.component and not p.sub:
+                # One component of a field (PID-5.1, the mappings' most common absolute
+                # read): _parts inlined, without its call and tuple
+                parts = self._components.get(raw)
+                if parts is None:
+                    parts = self._components[raw] = raw.split(self._cs)
+                if p.component > len(parts):
+                    return None
+                raw, level = parts[p.component - 1], 1
+            else:
+                raw, level = self._parts(raw, 0, p.component, p.sub)
         if not raw:
             return None
         if level == 0 and self._cs in raw:

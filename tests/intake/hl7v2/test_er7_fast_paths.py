@@ -84,3 +84,29 @@ def test_remembered_charset_names_are_bounded(monkeypatch: pytest.MonkeyPatch) -
         spelling = "UTF" + "-" * (n + 1) + "8"
         assert _charset.codec_for(spelling, location="MSH-18") == "utf-8"
     assert len(_charset._known) == _charset._KNOWN_SIZE
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        MSH + b"\r" + PID + b"\r",
+        MSH + b"\r\n" + PID + b"\r\n \t\r\n",  # CRLF, a whitespace line
+        MSH + b"\n\n" + PID,  # LF, a blank line, no final line end
+        MSH + b"\rPID|1||MSH^^^X\r",  # 'MSH' inside a field, not at a line start
+        MSH + b"\r" + PID + b"\r\xef\xbb\xbf" + PID + b"\r",  # a BOM before a segment
+        MSH + b"\r" + PID + b"\r" + MSH + b"\r",  # a second message
+        MSH + b"\rBTS|1\r" + PID + b"\r",  # a batch trailer: PID is an orphan
+        MSH + b"\r \rFHS|^~\\&\r",
+    ],
+)
+def test_a_lone_message_is_cut_as_the_per_line_path_cuts_it(payload: bytes) -> None:
+    """A payload starting with MSH that holds no other message or envelope line takes
+    the one-message path; a blank first line sends the same lines through the per-line
+    loop. Both give the same messages, one line further down."""
+    fast, slow = split_messages(payload), split_messages(b"\n" + payload)
+    assert [(m.index, m.line + 1, m.segments) for m in fast] == [
+        (m.index, m.line, m.segments) for m in slow
+    ]
+    assert [(m.error and m.error.code, m.notes) for m in fast] == [
+        (m.error and m.error.code, m.notes) for m in slow
+    ]

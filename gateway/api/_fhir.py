@@ -49,6 +49,7 @@ from ..inbound import (
 from ..network import Network
 from ..store import Store, open_store
 from ._auditing import ReadAudit, add_audit_event_routes, read_audit
+from ._urls import entry, link
 
 __all__ = ["add_fhir_routes"]
 
@@ -119,9 +120,6 @@ def add_fhir_routes(
             "inbound: inbound_public_url is not set: SMART Backend Services client "
             "assertions are refused (their aud must name its /auth/token)"
         )
-
-    def base_url(request: Request) -> str:
-        return settings.inbound_public_url or str(request.base_url).rstrip("/")
 
     def partner(request: Request) -> PartnerAuth:
         header = settings.inbound_mtls_header
@@ -240,7 +238,7 @@ def add_fhir_routes(
                    "X-Gateway-Note": note.encode("ascii", "replace").decode()}  # fmt: skip
         return _fhir(updated.task.resource, 200, headers)
 
-    add_audit_event_routes(app, settings, unauthorized, base_url)  # before /fhir/{type}
+    add_audit_event_routes(app, settings, unauthorized)  # before /fhir/{type}
 
     @app.get("/fhir/{resource_type}/{logical_id}")
     async def read(request: Request, resource_type: str, logical_id: str) -> Response:
@@ -284,25 +282,16 @@ def add_fhir_routes(
             patients=[s.reference if s.resource_type == "Patient" else s.patient for s in page],
             records=[s.reference for s in page], partner=who,
         )  # fmt: skip
-        base = base_url(request)
-        links = [{"relation": "self", "url": str(request.url)}]
+        public = settings.inbound_public_url  # never the request's Host (_urls.py)
+        links = [{"relation": "self", "url": link(request, public)}]
         if nxt is not None:
-            links.append(
-                {"relation": "next", "url": str(request.url.include_query_params(_after=nxt))}
-            )
+            links.append({"relation": "next", "url": link(request, public, _after=nxt)})
         return _fhir(
             {
                 "resourceType": "Bundle",
                 "type": "searchset",
                 "link": links,
-                "entry": [
-                    {
-                        "fullUrl": f"{base}/fhir/{s.reference}",
-                        "resource": s.resource,
-                        "search": {"mode": "match"},
-                    }
-                    for s in page
-                ],
+                "entry": [entry(public, s.reference, s.resource) for s in page],
             }
         )
 

@@ -49,6 +49,7 @@ from ..inbound import (
 from ..network import Network
 from ..store import Store, open_store
 from ._auditing import ReadAudit, add_audit_event_routes, read_audit
+from ._server import tcp_peer
 from ._urls import entry, link
 
 __all__ = ["add_fhir_routes"]
@@ -125,7 +126,7 @@ def add_fhir_routes(
         header = settings.inbound_mtls_header
         return lazy.auth().authenticate(
             request.headers.get("authorization", ""),
-            request.client.host if request.client else None,
+            tcp_peer(request.scope),  # the proxy itself, not whom it forwards (_server.py)
             request.headers.get(header) if header else None,
         )
 

@@ -48,6 +48,7 @@ from ..inbound import (
 )
 from ..network import Network
 from ..store import Store, open_store
+from ..validation.igpub import audit_search_params
 from ._auditing import ReadAudit, add_audit_event_routes, read_audit
 from ._server import tcp_peer
 from ._urls import entry, link
@@ -57,7 +58,13 @@ __all__ = ["add_fhir_routes"]
 log = logging.getLogger("gateway.inbound")
 
 FHIR_JSON = "application/fhir+json"
-SEARCH_PARAMS = ("identifier", "patient", "status", "_lastUpdated", "_id", "_count", "_after")
+# The search parameters of GET /fhir/{type} and their types, as announced by
+# GET /fhir/metadata; then the result parameters (paging), accepted but not announced
+SEARCH_TYPES = {
+    "identifier": "token", "patient": "reference", "status": "token",
+    "_lastUpdated": "date", "_id": "token",
+}  # fmt: skip
+SEARCH_PARAMS = (*SEARCH_TYPES, "_count", "_after")
 SCOPES = ("system/*.read", "system/*.write", "system/*.rs", "system/*.cud", "system/*.cruds")
 
 
@@ -424,10 +431,7 @@ def _capability_at(base: str) -> dict[str, Any]:
                         "type": t,
                         "interaction": [{"code": "read"}, {"code": "search-type"}],
                         "searchParam": [
-                            {"name": "identifier", "type": "token"},
-                            {"name": "patient", "type": "reference"},
-                            {"name": "status", "type": "token"},
-                            {"name": "_lastUpdated", "type": "date"},
+                            {"name": name, "type": kind} for name, kind in SEARCH_TYPES.items()
                         ],
                     }
                     for t in (
@@ -451,17 +455,5 @@ _AUDIT_EVENT: dict[str, Any] = {
     "type": "AuditEvent",
     "documentation": "the audit trail: auditor and admin API tokens only (403 otherwise)",
     "interaction": [{"code": "read"}, {"code": "search-type"}],
-    "searchParam": [
-        {"name": name, "type": kind}
-        for name, kind in (
-            ("patient", "reference"),
-            ("entity", "reference"),
-            ("agent", "reference"),
-            ("date", "date"),
-            ("type", "token"),
-            ("subtype", "token"),
-            ("outcome", "token"),
-            ("action", "token"),
-        )
-    ],
+    "searchParam": audit_search_params(),  # each the audit search accepts (igpub.py)
 }

@@ -178,8 +178,9 @@ def server_config(app: FastAPI, settings: Settings, **overrides: Any) -> uvicorn
         "proxy_headers": False,
     }
     options.update(overrides)
-    trusted = list(settings.forwarded_allow_ips)
-    return uvicorn.Config(RecordPeer(ProxyHeadersMiddleware(app, trusted_hosts=trusted)), **options)
+    asgi: Any = app  # uvicorn types ASGI apps more narrowly than Starlette does
+    proxied = ProxyHeadersMiddleware(asgi, trusted_hosts=list(settings.forwarded_allow_ips))
+    return uvicorn.Config(RecordPeer(proxied), **options)
 
 
 # -- gateway serve --workers N ---------------------------------------------------------

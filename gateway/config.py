@@ -137,6 +137,9 @@ class Settings:
     # the disk by sending refused Bundles
     inbound_refused_keep: int = 100
     inbound_refused_bytes: int = 64 * 1024 * 1024
+    # ... and over all partners together (many partners, or many partner names from a
+    # misconfiguration, could otherwise still fill the disk): the oldest pruned first
+    inbound_refused_total_bytes: int = 1024 * 1024 * 1024
     # The outbound path (docs/delivery.md): the routing rules (None: seeds/routes.yaml), whether
     # `gateway serve` runs the delivery worker, and how long a record waits for the
     # record it links to (its order, its study) before it goes with the logical reference.
@@ -462,7 +465,7 @@ def _inbound_setting(name: str, value: Any, home: Path) -> Any:
         if not 30 <= seconds <= 3600:
             raise ConfigError("bad-setting", f"{name} must be 30–3600 seconds, not {seconds}")
         return seconds
-    if name in ("inbound_refused_keep", "inbound_refused_bytes"):
+    if name in ("inbound_refused_keep", "inbound_refused_bytes", "inbound_refused_total_bytes"):
         least = 1 if name == "inbound_refused_keep" else 1024
         number = int(_number(name, value, int))
         if number < least:

@@ -26,6 +26,7 @@ from ..audit import AuditLog, Party, Subject, events, parse_query, read_event, s
 from ..config import Settings
 from ..errors import GatewayError, http_status, operation_outcome
 from ..store import Store, open_store
+from ._urls import entry, link
 
 __all__ = ["ReadAudit", "add_audit_event_routes", "read_audit"]
 
@@ -117,7 +118,6 @@ def add_audit_event_routes(
     app: FastAPI,
     settings: Settings,
     unauthorized: Callable[[Request], Response | None],
-    base_url: Callable[[Request], str],
 ) -> None:
     """``GET /fhir/AuditEvent`` and ``/fhir/AuditEvent/{id}``; register before the
     generic ``/fhir/{type}`` routes (FastAPI matches in order)."""
@@ -132,23 +132,15 @@ def add_audit_event_routes(
         def run() -> dict[str, Any]:
             query = parse_query(request.query_params.multi_items())
             page, after = search_events(audit.log(), query)
-            base = base_url(request)
-            links = [{"relation": "self", "url": str(request.url)}]
+            public = settings.inbound_public_url  # never the request's Host (_urls.py)
+            links = [{"relation": "self", "url": link(request, public)}]
             if after is not None:
-                nxt = str(request.url.include_query_params(_after=after))
-                links.append({"relation": "next", "url": nxt})
+                links.append({"relation": "next", "url": link(request, public, _after=after)})
             bundle = {
                 "resourceType": "Bundle",
                 "type": "searchset",
                 "link": links,
-                "entry": [
-                    {
-                        "fullUrl": f"{base}/fhir/AuditEvent/{entry.event_id}",
-                        "resource": event,
-                        "search": {"mode": "match"},
-                    }
-                    for entry, event in page
-                ],
+                "entry": [entry(public, f"AuditEvent/{e.event_id}", event) for e, event in page],
             }
             audit.write(
                 request,

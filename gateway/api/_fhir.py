@@ -48,14 +48,23 @@ from ..inbound import (
 )
 from ..network import Network
 from ..store import Store, open_store
+from ..validation.igpub import audit_search_params
 from ._auditing import ReadAudit, add_audit_event_routes, read_audit
+from ._server import tcp_peer
+from ._urls import entry, link
 
 __all__ = ["add_fhir_routes"]
 
 log = logging.getLogger("gateway.inbound")
 
 FHIR_JSON = "application/fhir+json"
-SEARCH_PARAMS = ("identifier", "patient", "status", "_lastUpdated", "_id", "_count", "_after")
+# The search parameters of GET /fhir/{type} and their types, as announced by
+# GET /fhir/metadata; then the result parameters (paging), accepted but not announced
+SEARCH_TYPES = {
+    "identifier": "token", "patient": "reference", "status": "token",
+    "_lastUpdated": "date", "_id": "token",
+}  # fmt: skip
+SEARCH_PARAMS = (*SEARCH_TYPES, "_count", "_after")
 SCOPES = ("system/*.read", "system/*.write", "system/*.rs", "system/*.cud", "system/*.cruds")
 
 
@@ -120,14 +129,11 @@ def add_fhir_routes(
             "assertions are refused (their aud must name its /auth/token)"
         )
 
-    def base_url(request: Request) -> str:
-        return settings.inbound_public_url or str(request.base_url).rstrip("/")
-
     def partner(request: Request) -> PartnerAuth:
         header = settings.inbound_mtls_header
         return lazy.auth().authenticate(
             request.headers.get("authorization", ""),
-            request.client.host if request.client else None,
+            tcp_peer(request.scope),  # the proxy itself, not whom it forwards (_server.py)
             request.headers.get(header) if header else None,
         )
 
@@ -240,7 +246,7 @@ def add_fhir_routes(
                    "X-Gateway-Note": note.encode("ascii", "replace").decode()}  # fmt: skip
         return _fhir(updated.task.resource, 200, headers)
 
-    add_audit_event_routes(app, settings, unauthorized, base_url)  # before /fhir/{type}
+    add_audit_event_routes(app, settings, unauthorized)  # before /fhir/{type}
 
     @app.get("/fhir/{resource_type}/{logical_id}")
     async def read(request: Request, resource_type: str, logical_id: str) -> Response:
@@ -284,25 +290,16 @@ def add_fhir_routes(
             patients=[s.reference if s.resource_type == "Patient" else s.patient for s in page],
             records=[s.reference for s in page], partner=who,
         )  # fmt: skip
-        base = base_url(request)
-        links = [{"relation": "self", "url": str(request.url)}]
+        public = settings.inbound_public_url  # never the request's Host (_urls.py)
+        links = [{"relation": "self", "url": link(request, public)}]
         if nxt is not None:
-            links.append(
-                {"relation": "next", "url": str(request.url.include_query_params(_after=nxt))}
-            )
+            links.append({"relation": "next", "url": link(request, public, _after=nxt)})
         return _fhir(
             {
                 "resourceType": "Bundle",
                 "type": "searchset",
                 "link": links,
-                "entry": [
-                    {
-                        "fullUrl": f"{base}/fhir/{s.reference}",
-                        "resource": s.resource,
-                        "search": {"mode": "match"},
-                    }
-                    for s in page
-                ],
+                "entry": [entry(public, s.reference, s.resource) for s in page],
             }
         )
 
@@ -434,10 +431,7 @@ def _capability_at(base: str) -> dict[str, Any]:
                         "type": t,
                         "interaction": [{"code": "read"}, {"code": "search-type"}],
                         "searchParam": [
-                            {"name": "identifier", "type": "token"},
-                            {"name": "patient", "type": "reference"},
-                            {"name": "status", "type": "token"},
-                            {"name": "_lastUpdated", "type": "date"},
+                            {"name": name, "type": kind} for name, kind in SEARCH_TYPES.items()
                         ],
                     }
                     for t in (
@@ -461,17 +455,5 @@ _AUDIT_EVENT: dict[str, Any] = {
     "type": "AuditEvent",
     "documentation": "the audit trail: auditor and admin API tokens only (403 otherwise)",
     "interaction": [{"code": "read"}, {"code": "search-type"}],
-    "searchParam": [
-        {"name": name, "type": kind}
-        for name, kind in (
-            ("patient", "reference"),
-            ("entity", "reference"),
-            ("agent", "reference"),
-            ("date", "date"),
-            ("type", "token"),
-            ("subtype", "token"),
-            ("outcome", "token"),
-            ("action", "token"),
-        )
-    ],
+    "searchParam": audit_search_params(),  # each the audit search accepts (igpub.py)
 }

@@ -14,6 +14,12 @@ in. Five such clients held connections open for as long as they liked, so:
 * body: the app reads bodies itself (``_app._read_body``), ``api_body_timeout`` seconds
   at most between two pieces and in all that much plus one second per 64 KiB received;
   a late body gets a 408 OperationOutcome and the connection is closed.
+
+And behind a TLS proxy: X-Forwarded-For is applied by uvicorn's proxy-headers
+middleware inside :class:`RecordPeer`, which first keeps the TCP peer in the scope
+(:func:`tcp_peer`): ``request.client`` is the forwarded client (the console's sign-in
+limiter, the audit trail) while the inbound mTLS check asks who holds the connection
+(the proxy that sets the certificate header), which X-Forwarded-For must not change.
 """
 
 from __future__ import annotations
@@ -35,13 +41,14 @@ import h11
 import orjson
 import uvicorn
 from fastapi import FastAPI
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from ..config import Settings
 from ..errors import Issue, operation_outcome
 from ..metrics import MULTIPROC_ENV
 
-__all__ = ["GRACE", "Supervisor", "server_config"]
+__all__ = ["GRACE", "PEER", "RecordPeer", "Supervisor", "server_config", "tcp_peer"]
 
 log = logging.getLogger("gateway.api")
 
@@ -123,6 +130,30 @@ class TimeoutProtocol(H11Protocol):
         self.transport.close()
 
 
+PEER = "gateway.tcp_peer"  # the ASGI scope key: the connection's peer, before X-Forwarded-For
+
+
+class RecordPeer:
+    """Keeps the TCP peer (``scope["client"]`` as the server made it) under :data:`PEER`
+    before the app it wraps (uvicorn's proxy-headers middleware) rewrites the client
+    from X-Forwarded-For."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] in ("http", "websocket"):
+            scope[PEER] = scope.get("client")
+        await self.app(scope, receive, send)
+
+
+def tcp_peer(scope: Any) -> str | None:
+    """The address the connection comes from, whatever X-Forwarded-For says (the app
+    run without :func:`server_config`, no forwarded header was applied: the client)."""
+    client = scope.get(PEER, scope.get("client"))
+    return str(client[0]) if client else None
+
+
 def _protocol(settings: Settings) -> type[TimeoutProtocol]:
     timeouts = {
         "header_timeout": settings.api_header_timeout,
@@ -142,12 +173,14 @@ def server_config(app: FastAPI, settings: Settings, **overrides: Any) -> uvicorn
         "log_level": settings.log_level,
         "http": _protocol(settings),
         # X-Forwarded-For is believed from these proxies only (the console's sign-in
-        # limiter keys on the client address): the setting, never uvicorn's own variable
-        "proxy_headers": True,
-        "forwarded_allow_ips": list(settings.forwarded_allow_ips),
+        # limiter keys on the client address): the setting, never uvicorn's own
+        # variable; applied below, after RecordPeer kept the TCP peer for the mTLS check
+        "proxy_headers": False,
     }
     options.update(overrides)
-    return uvicorn.Config(app, **options)
+    asgi: Any = app  # uvicorn types ASGI apps more narrowly than Starlette does
+    proxied = ProxyHeadersMiddleware(asgi, trusted_hosts=list(settings.forwarded_allow_ips))
+    return uvicorn.Config(RecordPeer(proxied), **options)
 
 
 # -- gateway serve --workers N ---------------------------------------------------------

@@ -14,7 +14,8 @@ Three ways, each ending in one institution key of the network:
 * **mutual TLS, at a reverse proxy**: uvicorn does not hand the client certificate to
   the application, so TLS is terminated by a proxy that verifies it and passes it (URL-
   encoded PEM) in ``inbound_mtls_header``; the header is read only on connections from
-  ``inbound_mtls_proxies`` (off by default) and the certificate is checked again here.
+  ``inbound_mtls_proxies`` (the TCP peer, not a forwarded address; off by default) and
+  the certificate is checked again here.
 """
 
 from __future__ import annotations
@@ -222,6 +223,9 @@ class Authenticator:
         )
 
     def _from_proxy(self, client_host: str | None) -> bool:
+        """Whether the connection is the TLS proxy's: ``client_host`` must be the TCP
+        peer (``gateway.api._server.tcp_peer``), never an address from X-Forwarded-For,
+        which any peer trusted in ``forwarded_allow_ips`` could set to the proxy's."""
         return bool(self.settings.inbound_mtls_header) and client_host in set(
             self.settings.inbound_mtls_proxies
         )

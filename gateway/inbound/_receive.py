@@ -345,6 +345,7 @@ class Inbound:
                     )
                 )  # fmt: skip
                 pruned = self._prune_refused(conn, who.partner)
+                overall = self._prune_refused_overall(conn)
                 self._record(conn, [*verified, *self._receipt(bundle, who.partner, peer, answer)])
         except Exception:
             self._record(None, verified)  # the check happened, whatever failed after it
@@ -355,6 +356,13 @@ class Inbound:
                 "(inbound_refused_keep %d, inbound_refused_bytes %d)",
                 pruned, who.partner, self.settings.inbound_refused_keep,
                 self.settings.inbound_refused_bytes,
+            )  # fmt: skip
+        if overall:  # partner keys and a count only: nothing of the Bundles
+            log.warning(
+                "inbound: %d refused Bundle(s) of %s pruned, the oldest first across "
+                "partners (inbound_refused_total_bytes %d)",
+                sum(overall.values()), ", ".join(sorted(overall)),
+                self.settings.inbound_refused_total_bytes,
             )  # fmt: skip
 
     def _prune_refused(self, conn: sa.Connection, partner: str) -> int:
@@ -380,6 +388,29 @@ class Inbound:
         if gone:
             conn.execute(bundles.delete().where(c.id.in_(gone)))
         return len(gone)
+
+    def _prune_refused_overall(self, conn: sa.Connection) -> dict[str, int]:
+        """Delete the oldest refused Bundles of any partner beyond
+        ``inbound_refused_total_bytes`` of kept bytes in all (the newest always stays):
+        the per-partner bounds alone let many partners, or many partner names, fill the
+        disk. Returns how many went per partner."""
+        c = bundles.c
+        rows = conn.execute(
+            sa.select(c.id, c.partner, sa.func.coalesce(sa.func.length(c.raw), 0))
+            .where(c.state == "refused")
+            .order_by(c.id.desc())
+        ).all()
+        size = 0
+        gone: list[int] = []
+        per_partner: dict[str, int] = {}
+        for n, (row_id, partner, length) in enumerate(rows):
+            size += int(length)
+            if n and size > self.settings.inbound_refused_total_bytes:
+                gone.append(int(row_id))
+                per_partner[str(partner)] = per_partner.get(str(partner), 0) + 1
+        for start in range(0, len(gone), 500):  # bounded IN lists
+            conn.execute(bundles.delete().where(c.id.in_(gone[start : start + 500])))
+        return per_partner
 
     # -- 5: policy --------------------------------------------------------------------
     def _decide(self, bundle: dict[str, Any], partner: str, own: Institution) -> Answer | None:

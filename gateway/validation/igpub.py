@@ -16,7 +16,15 @@ import orjson
 from .. import __version__
 from .snapshot import dump_json
 
-__all__ = ["BASE", "capability_statement", "implementation_guide", "publish", "render_docs"]
+__all__ = [
+    "AUDIT_SEARCH_PARAMS",
+    "BASE",
+    "audit_search_params",
+    "capability_statement",
+    "implementation_guide",
+    "publish",
+    "render_docs",
+]
 
 BASE = "https://fhir-gateway.example.org"
 IG_ID = "fhir-gateway"
@@ -33,7 +41,45 @@ LISTED = (
 )
 CONTENT_TYPES = ("ServiceRequest", "ImagingStudy", "DiagnosticReport", "Provenance", "Bundle")
 VALIDATE = "http://hl7.org/fhir/OperationDefinition/Resource-validate"
-_AUDIT_SEARCH = "http://hl7.org/fhir/SearchParameter/AuditEvent-"
+_CORE_SEARCH = "http://hl7.org/fhir/SearchParameter/"
+# The audit log's search parameters, each that gateway/audit/_search.py accepts (its
+# PARAMETERS less the result parameters _count, _after and _format): name, type, and
+# documentation when the gateway's own (no core SearchParameter of that name) or
+# narrower than the core one. Announced here and by GET /fhir/metadata (_fhir.py); the
+# tests check both ways against the search code.
+AUDIT_SEARCH_PARAMS: tuple[tuple[str, str, str], ...] = (
+    ("patient", "reference", "the patient entity: Patient/<id>, <id> or system|value"),
+    ("consent", "reference", "a Consent a policy decision rests on, or a consent event's: "
+     "<id> or Consent/<id> (the gateway's own parameter)"),
+    ("entity", "reference", "any entity's what: a reference or an identifier system|value"),
+    ("agent", "reference", "any agent's who: its identifier value or system|value"),
+    ("date", "date", "recorded; prefixes eq (default), ge, gt, le, lt"),
+    ("type", "token", ""),
+    ("subtype", "token", ""),
+    ("outcome", "token", "0, 4, 8 or 12"),
+    ("action", "token", "C, R, U, D or E"),
+    ("_id", "token", ""),
+)  # fmt: skip
+
+
+def audit_search_params() -> list[dict[str, Any]]:
+    """The CapabilityStatement searchParam entries of the audit log: the core
+    definition where one exists (AuditEvent-<name>, Resource-id), documentation when
+    the gateway's differs or is its own."""
+    found = []
+    for name, kind, documentation in AUDIT_SEARCH_PARAMS:
+        entry: dict[str, Any] = {"name": name}
+        if name == "_id":
+            entry["definition"] = _CORE_SEARCH + "Resource-id"
+        elif name != "consent":  # no core AuditEvent-consent
+            entry["definition"] = _CORE_SEARCH + "AuditEvent-" + name
+        entry["type"] = kind
+        if documentation:
+            entry["documentation"] = documentation
+        found.append(entry)
+    return found
+
+
 # Resources the gateway serves but never sends: the audit log (GET /fhir/AuditEvent,
 # gateway/api/_auditing.py), read and searched by auditor and admin tokens.
 SERVER_ONLY: dict[str, dict[str, Any]] = {
@@ -42,19 +88,7 @@ SERVER_ONLY: dict[str, dict[str, Any]] = {
         "Bundle in log order, paged by _count and the next link) and GET "
         "/fhir/AuditEvent/{id}, for auditor and admin API tokens only (403 otherwise).",
         "interaction": [{"code": "read"}, {"code": "search-type"}],
-        "searchParam": [
-            {"name": name, "definition": _AUDIT_SEARCH + name, "type": kind}
-            for name, kind in (
-                ("patient", "reference"),
-                ("entity", "reference"),
-                ("agent", "reference"),
-                ("date", "date"),
-                ("type", "token"),
-                ("subtype", "token"),
-                ("outcome", "token"),
-                ("action", "token"),
-            )
-        ],
+        "searchParam": audit_search_params(),
     }
 }
 

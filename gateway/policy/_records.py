@@ -124,9 +124,16 @@ _COUNT = sa.select(sa.func.count(sa.distinct(_c.individual))).where(_KEY)
 _KNOWN = sa.select(_c.person, _c.individual).where(
     _KEY, _c.person.in_(sa.bindparam("persons", expanding=True))
 )
+# (an UPDATE's own parameter names: those of its columns are reserved for its SET)
 _MERGE = (
     counters.update()
-    .where(_KEY, _c.individual.in_(sa.bindparam("merged", expanding=True)))
+    .where(
+        _c.year == sa.bindparam("k_year"),
+        _c.sender == sa.bindparam("k_sender"),
+        _c.basis == sa.bindparam("k_basis"),
+        _c.category == sa.bindparam("k_category"),
+        _c.individual.in_(sa.bindparam("merged", expanding=True)),
+    )
     .values(individual=sa.bindparam("into"))
 )
 _ADD_COUNTED = counters.insert()
@@ -304,7 +311,8 @@ class PolicyRecords:
         for fresh, joined in join_people(people, _known(conn, where, people)):
             individual = joined[0] if joined else fresh[0]
             if len(joined) > 1:
-                conn.execute(_MERGE, {**where, "merged": joined[1:], "into": individual})
+                keys = {f"k_{k}": v for k, v in where.items()}
+                conn.execute(_MERGE, {**keys, "merged": joined[1:], "into": individual})
             stamp = utcnow()
             for person in fresh:
                 conn.execute(

@@ -87,9 +87,7 @@ def join_people(
         return root
 
     for pseudonyms in sets:
-        nodes: list[_Node] = [
-            ("known", known[p]) if p in known else ("new", p) for p in pseudonyms
-        ]
+        nodes: list[_Node] = [("known", known[p]) if p in known else ("new", p) for p in pseudonyms]
         for node in nodes:
             find(node)
         for other in nodes[1:]:

@@ -1,7 +1,15 @@
 """``gateway audit transfers``: per recipient and legal basis, the records and distinct
 individuals that crossed the boundary in a year, from the decisions the policy stage
 stores (read-only here) and the audit log's successful deliveries; labels in Chinese
-and English (labels.yaml, and the policy's names of legal bases)."""
+and English (labels.yaml, and the policy's names of legal bases).
+
+Individuals are people, not identifiers (PIPL and PCPD thresholds count people): the
+pseudonyms of one Patient (all its identifiers) are one individual, and two records'
+sets that share a pseudonym are the same individual (:func:`individuals`, union-find).
+The policy's yearly counters apply the same rule (gateway/policy/_records.py), so the
+report and the thresholds agree. Decisions stored before migration 0013 kept no sets
+(``people``): each of their pseudonyms is a set of its own, joined to a later record's
+person when one names it."""
 
 from __future__ import annotations
 
@@ -10,6 +18,7 @@ import datetime as dt
 import html
 import io
 from collections import defaultdict
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -25,7 +34,7 @@ from ..store import Store
 from ._log import AuditLog
 from ._tables import entries
 
-__all__ = ["TransferRow", "render", "transfers"]
+__all__ = ["TransferRow", "individuals", "join_people", "render", "transfers"]
 
 LANGS = ("zh-Hans", "en")
 
@@ -55,14 +64,60 @@ def basis_name(basis: str | None) -> dict[str, str]:
     )
 
 
+_Node = tuple[str, str]  # ("new", pseudonym) or ("known", individual id)
+
+
+def join_people(
+    sets: Iterable[Iterable[str]], known: Mapping[str, str]
+) -> list[tuple[list[str], list[str]]]:
+    """The individuals ``sets`` (each the pseudonyms of one Patient) make: sets that share
+    a pseudonym, directly or through others, are one individual (union-find). ``known``:
+    pseudonyms already counted, each to its individual's id. Each individual as (its
+    pseudonyms not known yet, the known individuals it joins, sorted): an individual
+    joining none is a new one; one joining several merges them."""
+    parent: dict[_Node, _Node] = {}
+
+    def find(node: _Node) -> _Node:
+        parent.setdefault(node, node)
+        root = node
+        while parent[root] != root:
+            root = parent[root]
+        while parent[node] != root:  # path compression
+            parent[node], node = root, parent[node]
+        return root
+
+    for pseudonyms in sets:
+        nodes: list[_Node] = [("known", known[p]) if p in known else ("new", p) for p in pseudonyms]
+        for node in nodes:
+            find(node)
+        for other in nodes[1:]:
+            parent[find(other)] = find(nodes[0])
+    groups: dict[_Node, tuple[set[str], set[str]]] = {}
+    for node in list(parent):
+        fresh, joined = groups.setdefault(find(node), (set(), set()))
+        kind, value = node
+        (fresh if kind == "new" else joined).add(value)
+    return [(sorted(fresh), sorted(joined)) for fresh, joined in groups.values()]
+
+
+def individuals(sets: Iterable[Iterable[str]]) -> int:
+    """How many individuals the pseudonym sets are (sets sharing a pseudonym: one)."""
+    return len(join_people(sets, {}))
+
+
 @dataclass
 class TransferRow:
     partner: str
     basis: str | None
     records: set[str] = field(default_factory=set)
-    people: set[str] = field(default_factory=set)
+    # Each Patient of each decision by the pseudonyms of its identifiers: one set each.
+    people: list[tuple[str, ...]] = field(default_factory=list)
     delivered: int = 0
     names: dict[str, str] = field(default_factory=dict)  # the partner's, per language
+
+    @property
+    def individuals(self) -> int:
+        return individuals(self.people)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -71,7 +126,7 @@ class TransferRow:
             "basis": self.basis,
             "basis_name": basis_name(self.basis),
             "records": len(self.records),
-            "individuals": len(self.people),
+            "individuals": self.individuals,
             "delivered": self.delivered,
         }
 
@@ -93,7 +148,9 @@ def transfers(store: Store, year: int, network: Network | None = None) -> list[T
         if sa.inspect(conn).has_table("policy_decisions"):
             decisions = sa.Table("policy_decisions", metadata, autoload_with=conn)
             c = decisions.c
-            query = sa.select(c.id, c.message_id, c.recipient, c.basis, c.patients).where(
+            # ``people`` (migration 0013): each Patient's pseudonyms; older rows lack it.
+            sets = c.people if "people" in c else sa.null().label("people")
+            query = sa.select(c.id, c.message_id, c.recipient, c.basis, c.patients, sets).where(
                 c.decided_at >= start,
                 c.decided_at < end,
                 c.outcome.in_(("allow", "allow-with-changes")),
@@ -102,7 +159,7 @@ def transfers(store: Store, year: int, network: Network | None = None) -> list[T
             for found in conn.execute(query):
                 target = row(found.recipient, found.basis)
                 target.records.add(f"message/{found.message_id or 'decision-' + str(found.id)}")
-                target.people.update(str(p) for p in orjson.loads(found.patients or "[]"))
+                target.people += _people_of(found.people, found.patients)
         deliveries = _deliveries(conn, start, end)
     for (partner, basis), count in deliveries.items():
         row(partner, basis).delivered += count
@@ -110,6 +167,15 @@ def transfers(store: Store, year: int, network: Network | None = None) -> list[T
         inst = network.find(made.partner) if network else None
         made.names = {lang: (inst.name(lang) if inst else None) or made.partner for lang in LANGS}
     return sorted(rows.values(), key=lambda r: (r.partner, r.basis or ""))
+
+
+def _people_of(people: str | None, patients: str | None) -> list[tuple[str, ...]]:
+    """A decision's individuals as pseudonym sets: as recorded (``people``), else, for a
+    decision stored before they were, each pseudonym of ``patients`` alone (which of
+    them were one person was not kept; a later record naming two of them joins them)."""
+    if people is not None:
+        return [tuple(str(p) for p in group) for group in orjson.loads(people)]
+    return [(str(p),) for p in orjson.loads(patients or "[]")]
 
 
 def _deliveries(
@@ -167,7 +233,7 @@ def render(rows: list[TransferRow], year: int, fmt: str) -> str:
             _both(r.names) if r.names else r.partner,
             _both(basis_name(r.basis)),
             str(len(r.records)),
-            str(len(r.people)),
+            str(r.individuals),
             str(r.delivered),
         ]
         for r in rows

@@ -263,6 +263,7 @@ def _decisions(store: Store, message_id: int) -> list[dict[str, Any]]:
             c.rules,
             c.changes,
             c.current,
+            c.consents,
         )
         .where(c.message_id == message_id)
         .order_by(c.id)
@@ -281,6 +282,7 @@ def _decisions(store: Store, message_id: int) -> list[dict[str, Any]]:
             "rules": orjson.loads(r.rules),
             "changes": orjson.loads(r.changes),
             "current": bool(r.current),
+            "consents": orjson.loads(r.consents) if r.consents else [],
         }
         for r in rows
     ]

@@ -24,9 +24,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -34,6 +36,7 @@ from sqlalchemy.engine import Connection
 
 from ..audit import audit_log, bundle_subject, events
 from ..config import Settings
+from ..datafiles import data_dir, load_data_file
 from ..errors import ConfigError, GatewayError, Issue
 from ..metrics import trace_placed
 from ..network import Network
@@ -135,9 +138,21 @@ class Outbound:
         self.store = store
         self.outbox = outbox or Outbox(store)
         self.network = Network.load(settings.network)
-        self.institution = self._institution(settings.institution)
+        self.institution = _institution(self.network, settings.institution)
         self.partners = partners if partners is not None else configured_partners(settings)
         self.routes = routes or Routes.load(self.network, settings.delivery_routes)
+        # network.yaml and routes.yaml, watched as the policy watches its files (the same
+        # stamps, looked at every ``reload_interval`` seconds): a partner added or an
+        # institution renamed reaches routing without a restart, as it reaches the
+        # policy. Routes a caller gave are theirs: nothing is watched then.
+        from ..policy._engine import RELOAD_INTERVAL, _stamps
+
+        self._stamp_of = _stamps
+        routes_file = settings.delivery_routes or data_dir("seeds") / "routes.yaml"
+        self._watched: tuple[Path, ...] = () if routes else (settings.network, routes_file)
+        self.reload_interval = RELOAD_INTERVAL
+        self._stamps = _stamps(self._watched)
+        self._checked = time.monotonic()
         self.audit = audit_log(store, settings)
         self.policy = PolicyRecords(
             store,
@@ -150,21 +165,43 @@ class Outbound:
         self._variants: Any = None
         self._signers: dict[tuple[str | None, str | None], Any] = {}
 
-    def _institution(self, name: str | None) -> str | None:
-        if not name:
-            return None
-        inst = self.network.find(name)
-        if inst is None:
-            raise ConfigError(
-                "institution", f"institution {name!r} is not an institution of the network"
+    def _fresh(self) -> None:
+        """Read network.yaml and routes.yaml again when either changed, all or nothing:
+        files that do not load (or no longer name this gateway's institution) leave
+        routing on the last good ones, reported once per edit (the next look sees the
+        same stamps). Unlike the policy, which stops deciding on a broken file, routing
+        goes on: every record still passes the policy on its own, current, files."""
+        if not self._watched:
+            return
+        now = time.monotonic()
+        if now - self._checked < self.reload_interval:
+            return
+        self._checked = now
+        stamps = self._stamp_of(self._watched)
+        if stamps == self._stamps:
+            return
+        self._stamps = stamps
+        load_data_file.cache_clear()  # cached by path: the files changed under it
+        try:
+            network = Network.load(self.settings.network)
+            routes = Routes.load(network, self._watched[1])
+            institution = _institution(network, self.settings.institution)
+        except ConfigError as exc:
+            log.error(
+                "routing data changed and does not load: %s; routing goes on with the "
+                "network and routes read before",
+                exc,
             )
-        return inst.key
+            return
+        self.network, self.routes, self.institution = network, routes, institution
+        log.info("routing data changed: network and routes read again")
 
     # -- a message ------------------------------------------------------------------
     def process(self, message_id: int, to: list[str] | None = None) -> OutboundResult:
         """Route (or send to ``to``), decide, sign and queue every record of a
         converted message; record the ``route`` outcome and the message's state."""
         with self._lock:
+            self._fresh()
             return self._process(message_id, to)
 
     def _process(self, message_id: int, to: list[str] | None) -> OutboundResult:
@@ -206,7 +243,9 @@ class Outbound:
         return result
 
     def route(self, facts: Facts) -> Routing:
-        return self.routes.route(facts, self.partners, self.institution)
+        with self._lock:
+            self._fresh()
+            return self.routes.route(facts, self.partners, self.institution)
 
     def _explicit(self, to: list[str]) -> Routing:
         routing = Routing()
@@ -402,6 +441,7 @@ class Outbound:
         consent import, POST /Consent); those now allowed are queued, those refused
         die. Returns the rows that moved."""
         with self._lock:
+            self._fresh()
             held = [
                 r
                 for r in self.outbox.records(state="held", limit=100_000)
@@ -420,6 +460,7 @@ class Outbound:
         """``gateway outbox release``: a row the policy holds is decided again (a person
         cannot overrule a missing consent); any other held row is queued again."""
         with self._lock:
+            self._fresh()
             row = self.outbox.require(row_id)
             if row.state == "held" and row.last_error in POLICY_HOLDS:
                 if not self._redecide(row, force=True, reason=reason):
@@ -439,6 +480,7 @@ class Outbound:
         today's decision changes the record (allow-with-changes), with the parts rebuilt
         from the record under today's minimisation, sent from the first."""
         with self._lock:
+            self._fresh()
             row = self.outbox.require(row_id)
             self.outbox.check_requeue(row, "retry")
             self._again(
@@ -455,6 +497,7 @@ class Outbound:
         parts, or rebuilt under today's minimisation when today's decision changes the
         record."""
         with self._lock:
+            self._fresh()
             row = self.outbox.require(row_id)
             self.outbox.check_requeue(row, "replay")
             new_id = self._again(
@@ -634,6 +677,18 @@ class Outbound:
 
         self.policy.record(row.message_id, decision, data, fill)
         return True
+
+
+def _institution(network: Network, name: str | None) -> str | None:
+    """The network key of this gateway's institution (setting ``institution``)."""
+    if not name:
+        return None
+    inst = network.find(name)
+    if inst is None:
+        raise ConfigError(
+            "institution", f"institution {name!r} is not an institution of the network"
+        )
+    return inst.key
 
 
 def _dedup(partner: str, data: bytes) -> str:

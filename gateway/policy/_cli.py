@@ -75,6 +75,8 @@ def render_decision(policy: Policy, decision: Decision) -> str:
         lines.append(f"  [{both(policy.label('outcomes', result.outcome))}] {result.rule}")
         for lang in _SHOWN:
             lines.append(f"      {result.reason[lang]}")
+    # The Consent.ids the transfer rests on (ids only: the patient is not shown).
+    lines.append(f"{ui('consents')}: " + (", ".join(decision.consents) or ui("none")))
     lines.append(f"{ui('changes')}:" + ("" if decision.changes else f" {ui('none')}"))
     for change in decision.changes:
         kind = f" ({change.kind})" if change.kind else ""

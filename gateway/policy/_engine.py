@@ -10,7 +10,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from ..audit._transfers import join_people
 from ..config import Settings
 from ..datafiles import data_dir, load_data_file
 from ..envelope import dump_json
@@ -67,25 +68,62 @@ class Consents(Protocol):
 
 
 class Counters(Protocol):
+    """Individuals counted per year, sender, basis and category. An individual is a
+    person, not an identifier: the pseudonyms of one Patient are one individual, and
+    sets that share a pseudonym the same one (docs/policy.md, "Who is an individual")."""
+
     def count(self, year: int, sender: str, basis: str, category: str) -> int: ...
 
-    def has(self, year: int, sender: str, basis: str, category: str, person: str) -> bool: ...
+    def joined(
+        self, year: int, sender: str, basis: str, category: str, people: Sequence[Sequence[str]]
+    ) -> int:
+        """How the count would change were ``people`` (each a Patient's pseudonyms)
+        counted: +1 per new individual, -1 per counted individual merged into another
+        (a record naming two identifiers counted apart as one person's)."""
+        ...
 
 
 class MemoryCounters:
-    """Yearly counters in memory (``policy check``, tests)."""
+    """Yearly counters in memory (``policy check``, tests): ``people`` holds each
+    key's individuals (by id), ``links`` each pseudonym's individual. A pseudonym put
+    in ``people`` alone is an individual of its own."""
 
     def __init__(self) -> None:
         self.people: dict[tuple[int, str, str, str], set[str]] = {}
+        self.links: dict[tuple[int, str, str, str], dict[str, str]] = {}
 
     def count(self, year: int, sender: str, basis: str, category: str) -> int:
         return len(self.people.get((year, sender, basis, category), ()))
 
-    def has(self, year: int, sender: str, basis: str, category: str, person: str) -> bool:
-        return person in self.people.get((year, sender, basis, category), ())
+    def _known(self, key: tuple[int, str, str, str]) -> dict[str, str]:
+        known = {p: p for p in self.people.get(key, ())}
+        known.update(self.links.get(key, {}))
+        return known
 
-    def add(self, year: int, sender: str, basis: str, category: str, person: str) -> None:
-        self.people.setdefault((year, sender, basis, category), set()).add(person)
+    def joined(
+        self, year: int, sender: str, basis: str, category: str, people: Sequence[Sequence[str]]
+    ) -> int:
+        found = join_people(people, self._known((year, sender, basis, category)))
+        return sum(1 - len(joined) for _, joined in found)
+
+    def has(self, year: int, sender: str, basis: str, category: str, person: str) -> bool:
+        return person in self._known((year, sender, basis, category))
+
+    def add(self, year: int, sender: str, basis: str, category: str, *person: str) -> None:
+        """Count one individual by their pseudonyms (joining those counted already)."""
+        key = (year, sender, basis, category)
+        individuals, links = self.people.setdefault(key, set()), self.links.setdefault(key, {})
+        for fresh, joined in join_people([person], self._known(key)):
+            individual = joined[0] if joined else fresh[0]
+            for other in joined[1:]:  # merged into the first
+                individuals.discard(other)
+                for p, i in list(links.items()):
+                    if i == other:
+                        links[p] = individual
+                links.setdefault(other, individual)
+            individuals.add(individual)
+            for p in fresh:
+                links[p] = individual
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +161,9 @@ class Decision:
     # Pseudonyms of every individual of the record (each Patient: entries, contained,
     # nested, in Parameters), each of their identifiers once: the audit event names all.
     individuals: list[str] = field(default_factory=list)
+    # The same by person: each Patient's pseudonyms (one set per Patient), what the
+    # counters and the transfer report count individuals by (kept with the decision).
+    people: list[list[str]] = field(default_factory=list)
     consents: list[str] = field(default_factory=list)  # Consent.ids the transfer rests on
     cross_border: bool = False  # between jurisdictions (its audit event must be kept)
     # (type, value) pairs the caller adds to the decision's audit event (a resend's
@@ -206,6 +247,7 @@ class Decision:
             "decided_at": self.decided_at.isoformat() + "Z",
             "rules": [r.to_json() for r in self.results],
             "changes": [c.to_json() for c in self.changes],
+            "consents": list(self.consents),
         }
 
 
@@ -512,6 +554,7 @@ class Policy:
             cross_border=t.cross_border,
         )
         decision.individuals = _individuals(t, decision.patients)
+        decision.people = [list(p) for p in _person_sets(t)]
         if decision.allowed:
             decision._json = self._leave(t, decision)
             decision.counts = t.counts
@@ -1269,7 +1312,9 @@ def rule_volume(policy: Policy, t: _Transfer, rule_id: str, params: dict[str, An
     year = t.now.year
     persons = _persons(policy, t)  # every individual of the record, each once
     count = t.counters.count(year, t.sender.key, basis.key, category)
-    count += sum(not t.counters.has(year, t.sender.key, basis.key, category, p) for p in persons)
+    # People, not identifiers: a Patient's pseudonyms are one individual, and one
+    # counted already by any of them is not counted again.
+    count += t.counters.joined(year, t.sender.key, basis.key, category, _person_sets(t))
     if persons and count <= basis.volume_limit:
         t.counts = [(year, t.sender.key, basis.key, category, p) for p in persons]
     # The words depend on the parties, purpose, basis, category, year and count alone.
@@ -1326,6 +1371,16 @@ def _persons(policy: Policy, t: _Transfer) -> list[str]:
         if ids:
             chosen = next((p for p in ids if p.split("|", 1)[0] in national), ids[0])
             out[t.alias(*chosen.split("|", 1))] = None
+    return list(out)
+
+
+def _person_sets(t: _Transfer) -> list[tuple[str, ...]]:
+    """Each Patient of the record (:meth:`_Transfer.people`) by the pseudonyms of its
+    identifiers, each set once (a Patient without identifiers names no one)."""
+    out: dict[tuple[str, ...], None] = {}
+    for ids in t.people():
+        if ids:
+            out[tuple(dict.fromkeys(t.alias(*i.split("|", 1)) for i in ids))] = None
     return list(out)
 
 

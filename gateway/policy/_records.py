@@ -19,6 +19,7 @@ from sqlalchemy.engine import Connection
 
 from ..audit import PSEUDONYM, AuditLog, decision_event, message_subject
 from ..audit import events as audit_events
+from ..audit._transfers import join_people
 from ..errors import Issue
 from ..store import StageOutcome, Store, metadata, utcnow
 from ._consent import ConsentRecord, PolicyError, parse_consent
@@ -82,6 +83,11 @@ decisions = sa.Table(
     sa.Column("patients", sa.Text(), nullable=False),  # JSON: pseudonyms of the patient
     sa.Column("input", sa.LargeBinary()),  # the Bundle decided (kept while held)
     sa.Column("current", sa.Boolean(), nullable=False),
+    # Migration 0013. JSON: each Patient of the record by its pseudonyms (one list per
+    # individual: the transfer report counts people by them); NULL before it.
+    sa.Column("people", sa.Text()),
+    # JSON: the Consent.ids the transfer rests on (as its audit event names them).
+    sa.Column("consents", sa.Text()),
 )
 sa.Index("ix_policy_decisions_message", decisions.c.message_id, decisions.c.id)
 sa.Index("ix_policy_decisions_current", decisions.c.outcome, decisions.c.current)
@@ -93,8 +99,12 @@ counters = sa.Table(
     sa.Column("sender", sa.String(64), primary_key=True),
     sa.Column("basis", sa.String(48), primary_key=True),
     sa.Column("category", sa.String(32), primary_key=True),
-    sa.Column("person", sa.String(64), primary_key=True),  # keyed pseudonym: one per individual
+    # One row per keyed pseudonym of a counted individual (each identifier of theirs)
+    sa.Column("person", sa.String(64), primary_key=True),
     sa.Column("first_at", sa.DateTime(), nullable=False),
+    # The individual the pseudonym belongs to (migration 0013): rows sharing it are one
+    # person, counted once; older rows were each their own (the migration sets it so).
+    sa.Column("individual", sa.String(64)),
 )
 
 # The statements of every decision, built once (building them with .values() per call
@@ -102,18 +112,29 @@ counters = sa.Table(
 _d, _c = decisions.c, counters.c
 _SUPERSEDE = decisions.update().where(_d.message_id == sa.bindparam("m"), _d.current.is_(True))
 _ADD_DECISION = decisions.insert().returning(_d.id)
-_COUNTED = sa.select(_c.person).where(
+_KEY = sa.and_(
     _c.year == sa.bindparam("year"),
     _c.sender == sa.bindparam("sender"),
     _c.basis == sa.bindparam("basis"),
     _c.category == sa.bindparam("category"),
-    _c.person == sa.bindparam("person"),
 )
-_COUNT = sa.select(sa.func.count()).where(
-    _c.year == sa.bindparam("year"),
-    _c.sender == sa.bindparam("sender"),
-    _c.basis == sa.bindparam("basis"),
-    _c.category == sa.bindparam("category"),
+_COUNTED = sa.select(_c.person).where(_KEY, _c.person == sa.bindparam("person"))
+# Individuals, not pseudonyms: an individual's identifiers are rows of one ``individual``.
+_COUNT = sa.select(sa.func.count(sa.distinct(_c.individual))).where(_KEY)
+_KNOWN = sa.select(_c.person, _c.individual).where(
+    _KEY, _c.person.in_(sa.bindparam("persons", expanding=True))
+)
+# (an UPDATE's own parameter names: those of its columns are reserved for its SET)
+_MERGE = (
+    counters.update()
+    .where(
+        _c.year == sa.bindparam("k_year"),
+        _c.sender == sa.bindparam("k_sender"),
+        _c.basis == sa.bindparam("k_basis"),
+        _c.category == sa.bindparam("k_category"),
+        _c.individual.in_(sa.bindparam("merged", expanding=True)),
+    )
+    .values(individual=sa.bindparam("into"))
 )
 _ADD_COUNTED = counters.insert()
 _CONSENTS_OF = sa.select(consents.c.resource).where(
@@ -269,6 +290,35 @@ class PolicyRecords:
         where = {"year": year, "sender": sender, "basis": basis, "category": category}
         with self.engine.connect() as conn:
             return conn.execute(_COUNTED, {**where, "person": person}).first() is not None
+
+    def joined(
+        self, year: int, sender: str, basis: str, category: str, people: Sequence[Sequence[str]]
+    ) -> int:
+        where = {"year": year, "sender": sender, "basis": basis, "category": category}
+        with self.engine.connect() as conn:
+            found = join_people(people, _known(conn, where, people))
+        return sum(1 - len(joined) for _, joined in found)
+
+    @staticmethod
+    def _count_people(
+        conn: Connection, where: dict[str, Any], people: Sequence[Sequence[str]]
+    ) -> None:
+        """Count the record's individuals (each a Patient's pseudonyms) in the caller's
+        transaction: a new person's pseudonyms as a new individual; those of a person
+        counted already (by any of their identifiers) join theirs; a record naming
+        two individuals counted apart as one person merges them (union-find kept in
+        the rows: gateway/audit/_transfers.py counts the report the same way)."""
+        for fresh, joined in join_people(people, _known(conn, where, people)):
+            individual = joined[0] if joined else fresh[0]
+            if len(joined) > 1:
+                keys = {f"k_{k}": v for k, v in where.items()}
+                conn.execute(_MERGE, {**keys, "merged": joined[1:], "into": individual})
+            stamp = utcnow()
+            for person in fresh:
+                conn.execute(
+                    _ADD_COUNTED,
+                    {**where, "person": person, "individual": individual, "first_at": stamp},
+                )
 
     # -- consents -------------------------------------------------------------------------
     def _patient_key(self, patient: str) -> str:
@@ -498,6 +548,8 @@ class PolicyRecords:
             "patients": orjson.dumps(decision.patients).decode(),
             "input": raw if decision.outcome == "hold" else None,
             "current": True,
+            "people": orjson.dumps(decision.people).decode(),
+            "consents": orjson.dumps(decision.consents).decode(),
         }
         if self._sqlite:
             decision.id = self._sqlite_add(conn, message_id, row)
@@ -506,16 +558,14 @@ class PolicyRecords:
                 conn.execute(_SUPERSEDE, {"m": message_id, "current": False, "input": None})
             decision.id = int(conn.execute(_ADD_DECISION, row).scalar_one())
         decision.message_id = message_id
-        for year, sender, basis, category, person in decision.counts if decision.allowed else ():
-            row = {
-                "year": year,
-                "sender": sender,
-                "basis": basis,
-                "category": category,
-                "person": person,
-            }
-            if conn.execute(_COUNTED, row).first() is None:
-                conn.execute(_ADD_COUNTED, {**row, "first_at": utcnow()})
+        if decision.allowed and decision.counts:
+            year, sender, basis, category, _ = decision.counts[0]
+            where = {"year": year, "sender": sender, "basis": basis, "category": category}
+            # Every counted individual's pseudonyms (decision.people holds them all).
+            counted = {c[4] for c in decision.counts}
+            people = [p for p in decision.people if counted.intersection(p)]
+            people += [[c] for c in counted.difference(*people)]
+            self._count_people(conn, where, people)
         if self.audit is not None:
             event = decision_event(decision, message_subject(message_id))
             return self.audit.record_guarded(conn, event)
@@ -596,9 +646,23 @@ def _decision(row: Any) -> Decision:
         agreement=row.agreement,
         changes=changes,
         patients=orjson.loads(row.patients),
+        people=orjson.loads(row.people) if row.people is not None else [],
+        consents=orjson.loads(row.consents) if row.consents is not None else [],
         id=int(row.id),
         message_id=row.message_id,
     )
+
+
+def _known(
+    conn: Connection, where: dict[str, Any], people: Sequence[Sequence[str]]
+) -> dict[str, str]:
+    """The pseudonyms of ``people`` counted already under ``where``, each to its
+    individual (a row older than migration 0013 without one: its own)."""
+    persons = sorted({p for group in people for p in group})
+    if not persons:
+        return {}
+    rows = conn.execute(_KNOWN, {**where, "persons": persons})
+    return {r.person: r.individual or r.person for r in rows}
 
 
 def audit_unavailable(decision: Decision, message_id: int | None) -> PolicyError:

@@ -220,6 +220,7 @@ def decide(
 
 def record(decision: Any) -> dict[str, Any]:
     out = decision.to_json()
+    out.pop("consents", None)  # added to the decision's JSON after the recording
     return {
         "outcome": decision.outcome,
         "decision": canonical(out),

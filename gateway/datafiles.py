@@ -20,7 +20,9 @@ import yaml
 from .errors import ConfigError
 from .shared import freeze
 
-__all__ = ["data_dir", "load_data_file"]
+__all__ = ["RELOAD_INTERVAL", "data_dir", "file_stamps", "load_data_file"]
+
+RELOAD_INTERVAL = 2.0  # seconds between two looks at watched data files (policy, routing)
 
 _PACKAGE = Path(__file__).resolve().parent
 
@@ -61,3 +63,16 @@ def load_data_file(path: Path) -> Any:
         return freeze(yaml.load(text, Loader=_Loader))
     except (yaml.YAMLError, orjson.JSONDecodeError) as exc:
         raise ConfigError("syntax", f"{path}: {exc}") from exc
+
+
+def file_stamps(paths: tuple[Path, ...]) -> tuple[tuple[int, int] | None, ...]:
+    """Each file's modification time and size (None: missing), to notice an edit."""
+    out: list[tuple[int, int] | None] = []
+    for path in paths:
+        try:
+            st = path.stat()
+        except OSError:
+            out.append(None)
+            continue
+        out.append((st.st_mtime_ns, st.st_size))
+    return tuple(out)

@@ -39,7 +39,7 @@ from ._log import (
 )
 from ._merkle import Frontier, Tree, leaf_hash, node_hash, verify_consistency, verify_inclusion
 from ._search import AuditQuery, parse_query, read_event, search_events
-from ._transfers import TransferRow, transfers
+from ._transfers import TransferRow, join_people, transfers
 from ._verify import Problem, Verdict, cert_checker, verify_log
 
 __all__ = [
@@ -76,6 +76,7 @@ __all__ = [
     "events",
     "export_bundle",
     "head_payload",
+    "join_people",
     "leaf_hash",
     "message_subject",
     "node_hash",

@@ -36,7 +36,7 @@ from sqlalchemy.engine import Connection
 
 from ..audit import audit_log, bundle_subject, events
 from ..config import Settings
-from ..datafiles import data_dir, load_data_file
+from ..datafiles import RELOAD_INTERVAL, data_dir, file_stamps, load_data_file
 from ..errors import ConfigError, GatewayError, Issue
 from ..metrics import trace_placed
 from ..network import Network
@@ -145,13 +145,10 @@ class Outbound:
         # stamps, looked at every ``reload_interval`` seconds): a partner added or an
         # institution renamed reaches routing without a restart, as it reaches the
         # policy. Routes a caller gave are theirs: nothing is watched then.
-        from ..policy._engine import RELOAD_INTERVAL, _stamps
-
-        self._stamp_of = _stamps
         routes_file = settings.delivery_routes or data_dir("seeds") / "routes.yaml"
         self._watched: tuple[Path, ...] = () if routes else (settings.network, routes_file)
         self.reload_interval = RELOAD_INTERVAL
-        self._stamps = _stamps(self._watched)
+        self._stamps = file_stamps(self._watched)
         self._checked = time.monotonic()
         self.audit = audit_log(store, settings)
         self.policy = PolicyRecords(
@@ -177,7 +174,7 @@ class Outbound:
         if now - self._checked < self.reload_interval:
             return
         self._checked = now
-        stamps = self._stamp_of(self._watched)
+        stamps = file_stamps(self._watched)
         if stamps == self._stamps:
             return
         self._stamps = stamps

@@ -18,9 +18,9 @@ from typing import Any, Protocol
 
 import orjson
 
-from ..audit._transfers import join_people
+from ..audit import join_people
 from ..config import Settings
-from ..datafiles import data_dir, load_data_file
+from ..datafiles import RELOAD_INTERVAL, data_dir, file_stamps, load_data_file
 from ..envelope import dump_json
 from ..errors import ConfigError, Issue
 from ..network import Institution, Network
@@ -379,7 +379,7 @@ class Policy:
         if self.network.source is not None:
             self._sources += (self.network.source,)
         self.reload_interval = RELOAD_INTERVAL
-        self._stamps = _stamps(self._sources)
+        self._stamps = file_stamps(self._sources)
         self._checked = time.monotonic()
         self._broken: ConfigError | None = None  # the files as changed do not load
         self._reload_lock = threading.Lock()
@@ -569,7 +569,7 @@ class Policy:
         if now - self._checked >= self.reload_interval:
             with self._reload_lock:
                 self._checked = now
-                stamps = _stamps(self._sources)
+                stamps = file_stamps(self._sources)
                 if stamps != self._stamps:
                     self._stamps = stamps
                     self._reload()
@@ -832,7 +832,6 @@ class Policy:
 
 _NS_BYTES = _NS.bytes
 _POLICY_FILES = ("rules.yaml", "minimisation.yaml", "prohibited.yaml", "labels.yaml")
-RELOAD_INTERVAL = 2.0  # seconds between two looks at the data files
 
 
 def _institutions(network: Network, path: Path) -> list[Institution]:
@@ -842,19 +841,6 @@ def _institutions(network: Network, path: Path) -> list[Institution]:
         for entry in (load_data_file(path) or {}).get("institutions") or []
         if (inst := network.find(str(entry.get("key")))) is not None
     ]
-
-
-def _stamps(paths: tuple[Path, ...]) -> tuple[tuple[int, int] | None, ...]:
-    """Each file's modification time and size (None: missing), to notice an edit."""
-    out: list[tuple[int, int] | None] = []
-    for path in paths:
-        try:
-            st = path.stat()
-        except OSError:
-            out.append(None)
-            continue
-        out.append((st.st_mtime_ns, st.st_size))
-    return tuple(out)
 
 
 def _people(bundle: dict[str, Any], out: list[tuple[str, ...]]) -> list[tuple[str, ...]]:

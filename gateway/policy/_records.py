@@ -17,9 +17,8 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from ..audit import PSEUDONYM, AuditLog, decision_event, message_subject
+from ..audit import PSEUDONYM, AuditLog, decision_event, join_people, message_subject
 from ..audit import events as audit_events
-from ..audit._transfers import join_people
 from ..errors import Issue
 from ..store import StageOutcome, Store, metadata, utcnow
 from ._consent import ConsentRecord, PolicyError, parse_consent

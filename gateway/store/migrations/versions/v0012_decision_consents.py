@@ -9,9 +9,7 @@ migration: decisions without consents or people (NULL: the report takes each of 
 pseudonyms as a set of its own), counter rows each their own individual (as counted
 then). gateway/policy/_records.py defines the same.
 
-Numbered 0013 while another branch may add 0012: the lead re-chains ``down_revision``.
-
-Revision ID: 0013_decision_consents
+Revision ID: 0012_decision_consents
 Revises: 0011_link_patients
 Create Date: 2026-12-06
 """
@@ -21,7 +19,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0013_decision_consents"
+revision = "0012_decision_consents"
 down_revision = "0011_link_patients"
 branch_labels = None
 depends_on = None

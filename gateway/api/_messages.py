@@ -30,6 +30,7 @@ from ..pipeline import Converter
 from ..processing import current_converter, process_message
 from ..store import MessageFilter, Store, StoreError, message_json, open_store, parse_since
 from ._auditing import ReadAudit, read_audit
+from ._urls import link
 
 __all__ = ["add_message_routes"]
 
@@ -134,7 +135,8 @@ def add_message_routes(
         }
         headers = {}
         if page.next is not None:
-            url = str(request.url.include_query_params(after=page.next))
+            # relative, or under inbound_public_url: never the client's Host (_urls.py)
+            url = link(request, settings.inbound_public_url, after=page.next)
             body["links"]["next"] = url
             headers["Link"] = f'<{url}>; rel="next"'
         return _json(body, headers=headers)

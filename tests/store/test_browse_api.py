@@ -94,3 +94,28 @@ def test_errors_are_operation_outcomes(store_url: str, tmp_path: Path) -> None:
         assert outcome["resourceType"] == "OperationOutcome"
         assert outcome["issue"][0]["details"]["coding"][0]["code"] == code
     app.state.messages.close()
+
+
+def test_next_link_never_from_the_host_header(store_url: str, tmp_path: Path) -> None:
+    """GET /messages' next link (body and Link header) is relative, or under
+    ``inbound_public_url``: never built from the Host a client sends (Host-header
+    injection, as the searchset URLs of gateway/api/_urls.py)."""
+    import dataclasses
+
+    settings = broken_home(tmp_path, store_url)
+    fill(settings)
+    evil = {**AUTH, "Host": "attacker.example"}
+    for public, prefix in (
+        (None, "/messages?"),
+        ("https://gw.example.hk", "https://gw.example.hk/messages?"),
+    ):
+        app = create_app(
+            dataclasses.replace(settings, inbound_public_url=public), tokens=TokenSet([TOKEN])
+        )
+        first = call(app, "GET", "/messages?limit=1", headers=evil)
+        assert "attacker.example" not in first.text + first.headers["link"]
+        link = first.json()["links"]["next"]
+        assert link.startswith(prefix) and "after=" in link
+        assert first.headers["link"] == f'<{link}>; rel="next"'
+        relative = link.removeprefix(public or "")
+        assert call(app, "GET", relative, headers=AUTH).json()["next"] is None

@@ -44,6 +44,8 @@ __all__ = [
     "is_referral",
     "referral_status_detail",
     "same_patient",
+    "same_patients",
+    "task_patient_sets",
     "task_patients",
 ]
 
@@ -279,7 +281,7 @@ class Referrals:
                 expression=f"{where}.focus",
                 issue_type="forbidden",
             )
-        problem = same_patient(task_patients(task, bundle_patients or {}), carried)
+        problem = same_patients(task_patient_sets(task, bundle_patients or {}), carried)
         if problem is not None:
             raise InboundError(
                 "inbound.referral-mismatch",
@@ -316,12 +318,12 @@ class Referrals:
                 r.referral is not None
                 and (carried := sent.get((*_pair(r.referral), str(r.partner)))) is not None
                 # a Task of another patient (or naming none) is no status of this referral
-                and same_patient(self._patients_of(r.task), carried) is None
+                and same_patients(self._patients_of(r.task), carried) is None
             )
         ]
 
-    def _patients_of(self, task: Stored) -> frozenset[str]:
-        """:func:`task_patients` of a stored Task: its ``for`` was made literal on
+    def _patients_of(self, task: Stored) -> builtins.list[frozenset[str]]:
+        """:func:`task_patient_sets` of a stored Task: its ``for`` was made literal on
         receipt (``Patient/id`` of the Patient the partner sent), so read it."""
         ref = task.resource.get("for")
         literal = str(ref.get("reference") or "") if isinstance(ref, dict) else ""
@@ -329,7 +331,7 @@ class Referrals:
         if literal.startswith("Patient/"):
             patient = self.resources.read("Patient", literal.removeprefix("Patient/"))
         known = {literal: patient.resource} if patient is not None else {}
-        return task_patients(task.resource, known)
+        return task_patient_sets(task.resource, known)
 
     def _referral(self, task: Stored) -> Referral:
         ident = _focus_identifier(task.resource)
@@ -523,29 +525,39 @@ def task_patients(task: dict[str, Any], bundle_patients: Mapping[str, Any]) -> f
     reference), by a conditional reference ``Patient?identifier=system|value``, or by
     a reference to a Patient entry of its Bundle (``bundle_patients``, by fullUrl).
     Empty: it names no patient identifier. Any JSON is read (before validation)."""
-    from ..delivery import link_ref  # the outbound side's hashing, imported when needed
+    return frozenset().union(*task_patient_sets(task, bundle_patients))
 
-    def patient_ref(system: str, value: str) -> str:  # = delivery's patient_ref (private)
-        return link_ref(("Patient", system, value))
+
+def task_patient_sets(
+    task: dict[str, Any], bundle_patients: Mapping[str, Any]
+) -> list[frozenset[str]]:
+    """:func:`task_patients` one set per way ``Task.for`` names a patient (its
+    identifier; its reference): each must be the referral's patient, or an identifier
+    of that patient beside a reference to another would pass for it."""
+    from ..delivery import link_ref  # the outbound side's hashing, imported when needed
 
     ref = task.get("for")
     if not isinstance(ref, dict):
-        return frozenset()
-    found: list[Any] = [ref.get("identifier")]
+        return []
+    named: list[list[Any]] = [[ref.get("identifier")]] if "identifier" in ref else []
     literal = ref.get("reference")
     if isinstance(literal, str):
         path, mark, query = literal.partition("?")
         if path == "Patient" and mark and query.startswith("identifier=") and "&" not in query:
             system, _, value = unquote(query.removeprefix("identifier=")).partition("|")
-            found.append({"system": system, "value": value})
+            named.append([{"system": system, "value": value}])
         patient = bundle_patients.get(literal)
-        if isinstance(patient, dict) and isinstance(patient.get("identifier"), list):
-            found += patient["identifier"]
-    return frozenset(
-        patient_ref(str(i["system"]), str(i["value"]))
-        for i in found
-        if isinstance(i, dict) and i.get("system") and i.get("value")
-    )
+        if isinstance(patient, dict):
+            ids = patient.get("identifier")
+            named.append(ids if isinstance(ids, list) else [])
+    return [
+        frozenset(
+            link_ref(("Patient", str(i["system"]), str(i["value"])))  # = delivery's patient_ref
+            for i in found
+            if isinstance(i, dict) and i.get("system") and i.get("value")
+        )
+        for found in named
+    ]
 
 
 def same_patient(mine: frozenset[str], carried: tuple[frozenset[str] | None, ...]) -> str | None:
@@ -559,6 +571,18 @@ def same_patient(mine: frozenset[str], carried: tuple[frozenset[str] | None, ...
         return "names another patient than the referral's"
     if not all(carried):
         return "cannot be matched: the outbox kept no patient identifier for the referral"
+    return None
+
+
+def same_patients(
+    named: list[frozenset[str]], carried: tuple[frozenset[str] | None, ...]
+) -> str | None:
+    """:func:`same_patient` for every patient ``Task.for`` names (its identifier, its
+    reference): the first problem, or None."""
+    for mine in named or [frozenset()]:
+        problem = same_patient(mine, carried)
+        if problem is not None:
+            return problem
     return None
 
 

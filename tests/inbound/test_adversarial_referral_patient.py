@@ -91,11 +91,16 @@ def test_a_status_naming_no_patient_is_refused(nsch: Settings, pki: Path) -> Non
     assert counts(nsch)["inbound_resources"] == 0
 
 
-def _with_patient(pki: Path, status: str, patient: tuple[str, str]) -> bytes:
-    """HKPMC's status whose ``for`` names a Patient entry of the Bundle (``patient``)."""
+def _with_patient(
+    pki: Path, status: str, patient: tuple[str, str], also: tuple[str, str] | None = None
+) -> bytes:
+    """HKPMC's status whose ``for`` names a Patient entry of the Bundle (``patient``),
+    and the identifier ``also`` when given."""
     url = "urn:uuid:0f9c1d2e-3b4a-4c5d-8e6f-7a8b9c0d1e2f"
-    bundle = orjson.loads(_status(pki, "hkpmc", status, patient=None,
-                                  task_for={"reference": url}))  # fmt: skip
+    task_for: dict[str, Any] = {"reference": url}
+    if also is not None:
+        task_for["identifier"] = {"system": also[0], "value": also[1]}
+    bundle = orjson.loads(_status(pki, "hkpmc", status, patient=None, task_for=task_for))
     bundle["entry"] = [e for e in bundle["entry"] if e["resource"]["resourceType"] == "Task"]
     bundle.pop("signature", None)  # signed again below, with the Patient
     names = {MRN: "许嘉玮", OTHER_MRN: "陈美玲"}
@@ -160,3 +165,16 @@ def test_the_patient_is_hashed_as_the_outbox_keeps_it() -> None:
 
     task = {"for": {"type": "Patient", "identifier": {"system": MRN[0], "value": MRN[1]}}}
     assert task_patients(task, {}) == {patient_ref(*MRN)}
+
+
+def test_for_naming_two_patients_is_refused(nsch: Settings, pki: Path) -> None:
+    """``Task.for`` with 许嘉玮's identifier (the referral's patient) and a reference to
+    a Patient entry of the Bundle that is another patient (陈美玲) passed on the
+    identifier, and the Task was stored with ``for`` pointing at 陈美玲's Patient: her
+    record showed 许嘉玮's referral status. Every patient ``for`` names must be the
+    referral's."""
+    _refused_for(_receive(nsch, _with_patient(pki, "accepted", OTHER_MRN, also=MRN)))
+    assert counts(nsch)["inbound_resources"] == 0 and _listed(nsch) == []
+    # the referral's own patient in the entry, beside the identifier: stored
+    assert _receive(nsch, _with_patient(pki, "accepted", MRN, also=MRN)).status == 200
+    assert _listed(nsch) == [("hkpmc", "|".join(REFERRAL), "accepted")]

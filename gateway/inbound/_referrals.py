@@ -550,6 +550,10 @@ def task_patient_sets(
         if isinstance(patient, dict):
             ids = patient.get("identifier")
             named.append(ids if isinstance(ids, list) else [])
+        elif not (path == "Patient" and mark):
+            # Patient/id (or any URL) outside the Bundle: whose it is cannot be seen here,
+            # so it names no identifier; beside an identifier it would otherwise pass
+            named.append([])
     return [
         frozenset(
             link_ref(("Patient", str(i["system"]), str(i["value"])))  # = delivery's patient_ref

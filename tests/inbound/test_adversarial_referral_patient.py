@@ -178,3 +178,13 @@ def test_for_naming_two_patients_is_refused(nsch: Settings, pki: Path) -> None:
     # the referral's own patient in the entry, beside the identifier: stored
     assert _receive(nsch, _with_patient(pki, "accepted", MRN, also=MRN)).status == 200
     assert _listed(nsch) == [("hkpmc", "|".join(REFERRAL), "accepted")]
+
+
+def test_for_with_a_reference_outside_the_bundle_is_refused(nsch: Settings, pki: Path) -> None:
+    """``Task.for`` with 许嘉玮's identifier beside ``Patient/<id>``, a Patient not in the
+    Bundle: the reference was not compared with anything, so the identifier alone let a
+    Task pointing at another stored patient through. A patient that cannot be seen is
+    none: refused as naming no patient identifier."""
+    task_for = {"reference": "Patient/8c1f", "identifier": {"system": MRN[0], "value": MRN[1]}}
+    _refused_for(_receive(nsch, _status(pki, "hkpmc", "accepted", patient=None, task_for=task_for)))
+    assert counts(nsch)["inbound_resources"] == 0 and _listed(nsch) == []

@@ -465,6 +465,8 @@ class MllpServer:
             message = parse_message(raws[0], network=self.network)
         except GatewayError as exc:
             issue = exc.issue
+        if len(raws) > 1 and issue is not None and issue.code == "intake.no-msh":
+            return None, issue  # text before the MSH: say so, not "several messages"
         if len(raws) > 1:
             # MLLP carries one message per block and the sender awaits one ACK per
             # message: one ACK for several would leave all but one unanswered, several

@@ -97,3 +97,17 @@ def test_a_failed_commit_is_ce_in_enhanced_mode(store_url: str, tmp_path: Path) 
     assert "store.unavailable" in seg["ERR"][8]
     assert store.count() == 0
     store.close()
+
+
+def test_a_stray_line_before_the_msh_is_refused_as_such(store: Store, tmp_path: Path) -> None:
+    """A frame whose first line is not the MSH: refused (AR) for that, not as "several
+    messages" (the stray line is no message); kept whole as refused."""
+    data = b"\xe9\x99\xb3\xe5\xa4\xa7\xe6\x96\x87 note\r" + example("ref_i12_nsch_to_hkpmc.hl7")
+    with Listener(settings_for(tmp_path), store) as listener:
+        client = Client(listener.port)
+        seg = segments(client.call(data))
+        client.close()
+    assert seg["MSA"][1] == "AR"
+    assert "[intake.no-msh]" in seg["ERR"][8]
+    assert "several" not in seg["ERR"][8]
+    assert store.count("received") == 0 and store.count("rejected") == 1

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import orjson
@@ -27,8 +27,9 @@ from ..metrics import CREDENTIALS_REFUSED, NO_TOKEN, observe_stage, trace_attemp
 from ..partners import Partner
 from ..partners import partner_client as partners_client
 from ._ask import ask
-from ._links import LINK_OTHER_PATIENT, Link, link_fields, links_of, resolve_links
+from ._links import LINK_OTHER_PATIENT, Link, link_fields, link_ref, links_of, resolve_links
 from ._outbox import Outbox, OutboxRecord
+from ._overwrite import LOCAL, OVERWRITE, Write, ask_partner, local_conflicts, refusal, writes_of
 from ._retry import Breaker, DeliveryConfig, backoff
 from ._send import Answer, send_part
 
@@ -149,6 +150,9 @@ class Deliverer:
         part, attempts, state = record.part, record.attempts, record.state
         linked: dict[str, Any] = {}
         note = ""
+        writes = writes_of(parts) if part == 0 and state in ("pending", "retrying") else []
+        if writes and self._overwrites(record, state, writes, now):
+            return True  # held: it would replace another patient's record
         if record.links_until is not None and state == "pending" and part == 0:
             # The first send of a row linked to other records: its references are
             # settled now, once, and kept (a resend sends the same).
@@ -157,6 +161,12 @@ class Deliverer:
                 self.outbox.move(record.id, state, "held", note, now=now, last_error=refused)
                 return True
             linked = {"parts": orjson.dumps(parts), "links_until": None}
+        if (
+            writes
+            and partner.check_overwrite
+            and self._asked_overwrite(record, partner, state, writes)
+        ):
+            return True  # held, or the check had no answer: retried like a failed send
         if state == "waiting":
             resolved = self._resolve(record, partner, parts[part])
             if resolved is None:
@@ -348,7 +358,13 @@ class Deliverer:
         return now - record.created_at >= self.config.max_age
 
     def _failed(
-        self, record: OutboxRecord, part: int, attempts: int, answer: Answer, now: datetime
+        self,
+        record: OutboxRecord,
+        part: int,
+        attempts: int,
+        answer: Answer,
+        now: datetime,
+        from_state: str = "sending",
     ) -> None:
         where = f"part {part + 1}/{record.part_count}"
         kept: dict[str, Any] = {
@@ -361,7 +377,7 @@ class Deliverer:
         if answer.kind == "dead":
             self.outbox.move(
                 record.id,
-                "sending",
+                from_state,
                 "dead",
                 f"{answer.code}: {answer.reason}, {where}",
                 now=now,
@@ -374,7 +390,7 @@ class Deliverer:
             # row waits for a person to fix the token or certificate, then release it.
             self.outbox.move(
                 record.id,
-                "sending",
+                from_state,
                 "held",
                 f"{answer.code}: partner {record.partner} refused the gateway's credentials "
                 f"(HTTP {answer.status}), {where}; {_FIX} {record.id}",
@@ -392,7 +408,7 @@ class Deliverer:
             wait = max(floor, self._wait(attempts, None))
             self.outbox.move(
                 record.id,
-                "sending",
+                from_state,
                 "waiting",
                 f"{answer.code}: {answer.reason}, {where}; ask the partner in {wait:.1f} s",
                 now=now,
@@ -407,7 +423,7 @@ class Deliverer:
             why = "too old" if too_old else f"{attempts} attempts"
             self.outbox.move(
                 record.id,
-                "sending",
+                from_state,
                 "held",
                 f"{answer.code}: no credentials for partner {record.partner} ({why}), "
                 f"{where}; {_FIX} {record.id}",
@@ -421,7 +437,7 @@ class Deliverer:
             kept["last_error"] = "delivery.gave-up"
             self.outbox.move(
                 record.id,
-                "sending",
+                from_state,
                 "dead",
                 f"delivery.gave-up ({why}): last {answer.code}: {answer.reason}, {where}",
                 now=now,
@@ -435,7 +451,7 @@ class Deliverer:
         wait = min(self._wait(attempts, answer.wait), max(left, 0.0))
         self.outbox.move(
             record.id,
-            "sending",
+            from_state,
             "retrying",
             f"{answer.code}: {answer.reason}, {where}; retry in {wait:.1f} s",
             now=now,
@@ -508,6 +524,44 @@ class Deliverer:
         if partner.key not in self._clients:
             self._clients[partner.key] = self.client_factory(partner, self.config)
         return self._clients[partner.key]
+
+    # -- no overwrite of another patient's record (gateway/delivery/_overwrite.py) ------
+    def _overwrites(
+        self, record: OutboxRecord, state: str, writes: list[Write], now: datetime
+    ) -> bool:
+        """The local guard: hold the row (True) when another row for this partner
+        carried one of its updated identifiers for another patient. One indexed query."""
+        refs = {link_ref(w.link) for w in writes if w.link}
+        conflicts = local_conflicts(writes, self.outbox.carried_by_others(record.id, refs))
+        if not conflicts:
+            return False
+        reason = refusal([(w, LOCAL) for w in conflicts], record.id)
+        self.outbox.move(record.id, state, "held", reason, now=now, last_error=OVERWRITE)
+        return True
+
+    def _asked_overwrite(
+        self, record: OutboxRecord, partner: Partner, state: str, writes: list[Write]
+    ) -> bool:
+        """Ask the partner what each update would replace (one batch of searches). True
+        when the row was moved: held (another patient's resource, or our credentials
+        refused), or retried with backoff (no readable answer: never written blind)."""
+        breaker = self.breaker(partner.key)
+        with self._alive(record.id):
+            check = ask_partner(self.client(partner), writes, self.clock(), partner.max_entries)
+        now = self.clock()
+        if check.outcome == "clear":
+            breaker.success()
+            return False
+        if check.outcome == "held":
+            breaker.success()
+            reason = refusal(check.refused, record.id)
+            self.outbox.move(record.id, state, "held", reason, now=now, last_error=OVERWRITE)
+            return True
+        kind: Literal["held", "retry"] = "held" if check.outcome == "refused" else "retry"
+        answer = Answer(kind, check.reason, check.code, check.status, None, check.wait)
+        self._count(breaker, answer, now)
+        self._failed(record, 0, record.attempts + 1, answer, now, from_state=state)
+        return True
 
     # -- links at the partner (gateway/delivery/_links.py) ----------------------------
     def _link(

@@ -253,7 +253,7 @@ def ask_partner(
 ) -> Check:
     """Search the partner for what each write's condition matches and for each write's
     patient, in one ``batch`` (several when ``max_entries`` is smaller), and decide."""
-    urls = list(dict.fromkeys([w.url for w in writes] + [_patient_url(w) for w in writes]))
+    urls = list(dict.fromkeys([_search_url(w) for w in writes] + [_patient_url(w) for w in writes]))
     urls = [u for u in urls if u]
     size = max_entries or len(urls)
     found: dict[str, list[dict[str, Any]]] = {}
@@ -266,8 +266,14 @@ def ask_partner(
     return _decide(writes, found)
 
 
+# Only what is compared is asked for (R4 _elements; a report's PDFs stay at the partner);
+# a server ignoring _elements answers whole resources, which compare the same.
+def _search_url(write: Write) -> str:
+    return f"{write.url}&_elements={write.field}"
+
+
 def _patient_url(write: Write) -> str:
-    return f"Patient?{write.patient_query}" if write.patient_query else ""
+    return f"Patient?{write.patient_query}&_elements=identifier" if write.patient_query else ""
 
 
 def _search(
@@ -355,7 +361,7 @@ def _decide(writes: Sequence[Write], found: Mapping[str, list[dict[str, Any]]]) 
     refused: list[tuple[Write, str]] = []
     for write in writes:
         ours = {str(p.get("id")) for p in found.get(_patient_url(write)) or [] if p.get("id")}
-        for resource in found.get(write.url) or []:  # none: the update creates
+        for resource in found.get(_search_url(write)) or []:  # none: the update creates
             why = _other(write, resource, ours)
             if why:
                 refused.append((write, f"at the partner {why}"))

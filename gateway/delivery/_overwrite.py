@@ -35,7 +35,7 @@ import httpx
 import orjson
 
 from ._links import LINKED_TYPES, Link, link_ref, patient_refs
-from ._send import FHIR_JSON, classify_error, classify_response, read_bounded
+from ._send import FHIR_JSON, Answer, classify_error, classify_response, read_bounded
 
 __all__ = [
     "OVERWRITE",
@@ -76,22 +76,20 @@ class Write:
         return self.link[1] if self.link else "?"
 
 
-Outcome = Literal["clear", "held", "retry", "refused"]
+Outcome = Literal["clear", "held", "failed"]
 
 
 @dataclass(frozen=True, slots=True)
 class Check:
     """What the partner said: ``clear`` (nothing of another patient's would be
-    replaced), ``held`` (something would: ``reason``), ``retry`` (no readable answer:
-    like a failed send, ``code``, ``wait`` its Retry-After) or ``refused`` (our
-    credentials: held like a send's 401/403)."""
+    replaced), ``held`` (something would: ``refused``, each update and why) or
+    ``failed`` (no answer to go by: ``answer`` says what a send answered so would mean,
+    retried, held for our credentials, or dead for a refusal)."""
 
     outcome: Outcome
     reason: str
-    code: str | None = None
-    status: int | None = None
-    wait: float | None = None
-    refused: tuple[tuple[Write, str], ...] = ()  # held: each update and why
+    answer: Answer | None = None
+    refused: tuple[tuple[Write, str], ...] = ()
 
 
 # -- what a record writes ---------------------------------------------------------------
@@ -141,8 +139,11 @@ def _patient(
         entry = patients[reference]
         idents = _idents(entry["resource"].get("identifier"))
         request = entry.get("request")
+        url = str(request.get("url") or "") if isinstance(request, Mapping) else ""
         if isinstance(request, Mapping) and request.get("ifNoneExist"):
             query = str(request["ifNoneExist"])
+        elif url.startswith("Patient?"):  # a Patient written by conditional update
+            query = url.removeprefix("Patient?")
     elif isinstance(reference, str) and reference.startswith("Patient?"):
         query = reference.removeprefix("Patient?")
         link = _condition_link("Patient", query)
@@ -295,22 +296,31 @@ def _search(
             content, cut = read_bounded(response, client.timeout.read)
     except httpx.TransportError as exc:
         sent = classify_error(exc)  # GETs only: an answer lost after sending is no risk
-        code = sent.code if sent.kind == "retry" else UNCHECKED
-        return Check("retry", f"overwrite check: {sent.reason}", code)
+        if sent.kind == "ambiguous":
+            sent = Answer("retry", sent.reason, UNCHECKED)
+        return _failed(sent)
     except httpx.DecodingError:
-        return Check("retry", "overwrite check: answer not decodable", UNCHECKED)
+        return _failed(Answer("retry", "answer not decodable", UNCHECKED))
     status = response.status_code
-    if not 200 <= status < 300:
-        said = classify_response(response, now, content=content)
-        if said.kind == "held":
-            return Check("refused", f"overwrite check: {said.reason}", said.code, status)
-        code = said.code if said.kind == "retry" else UNCHECKED
-        return Check("retry", f"overwrite check: {said.reason}", code, status, said.wait)
+    if not 200 <= status < 300:  # what it would mean for a send (docs/delivery.md)
+        return _failed(classify_response(response, now, content=content))
     matches = None if cut else _searchsets(content, urls)
     if matches is None:
-        reason = f"overwrite check: HTTP {status} without a batch-response of readable searchsets"
-        return Check("retry", reason, UNCHECKED, status)
+        reason = f"HTTP {status} without a batch-response of readable searchsets"
+        return _failed(Answer("retry", reason, UNCHECKED, status))
     return matches
+
+
+def _failed(answer: Answer) -> Check:
+    said = Answer(
+        answer.kind,
+        f"overwrite check: {answer.reason}",
+        answer.code,
+        answer.status,
+        answer.body,
+        answer.wait,
+    )
+    return Check("failed", said.reason, said)
 
 
 def _searchsets(content: bytes, urls: list[str]) -> list[list[dict[str, Any]]] | None:
@@ -321,8 +331,10 @@ def _searchsets(content: bytes, urls: list[str]) -> list[list[dict[str, Any]]] |
         bundle = orjson.loads(content)
     except orjson.JSONDecodeError:
         return None
-    entries = bundle.get("entry") if isinstance(bundle, dict) else None
-    if bundle.get("type") != "batch-response" or not isinstance(entries, list):
+    if not isinstance(bundle, dict) or bundle.get("type") != "batch-response":
+        return None
+    entries = bundle.get("entry")
+    if not isinstance(entries, list):
         return None
     if len(entries) != len(urls):
         return None
@@ -367,7 +379,7 @@ def _decide(writes: Sequence[Write], found: Mapping[str, list[dict[str, Any]]]) 
                 refused.append((write, f"at the partner {why}"))
                 break
     if refused:
-        return Check("held", "overwrite check: refused", OVERWRITE, refused=tuple(refused))
+        return Check("held", "overwrite check: refused", refused=tuple(refused))
     return Check("clear", f"overwrite check: {len(writes)} update(s) clear at the partner")
 
 

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 
 import httpx
 import orjson
@@ -29,7 +29,16 @@ from ..partners import partner_client as partners_client
 from ._ask import ask
 from ._links import LINK_OTHER_PATIENT, Link, link_fields, link_ref, links_of, resolve_links
 from ._outbox import Outbox, OutboxRecord
-from ._overwrite import LOCAL, OVERWRITE, Write, ask_partner, local_conflicts, refusal, writes_of
+from ._overwrite import (
+    LOCAL,
+    OVERWRITE,
+    UNCHECKED,
+    Write,
+    ask_partner,
+    local_conflicts,
+    refusal,
+    writes_of,
+)
 from ._retry import Breaker, DeliveryConfig, backoff
 from ._send import Answer, send_part
 
@@ -550,15 +559,15 @@ class Deliverer:
             check = ask_partner(self.client(partner), writes, self.clock(), partner.max_entries)
         now = self.clock()
         if check.outcome == "clear":
-            breaker.success()
-            return False
+            return False  # the send follows: its answer is what the breaker counts
         if check.outcome == "held":
-            breaker.success()
+            if breaker.probing:  # the half-open probe was answered: the partner is up
+                breaker.success()
             reason = refusal(check.refused, record.id)
             self.outbox.move(record.id, state, "held", reason, now=now, last_error=OVERWRITE)
             return True
-        kind: Literal["held", "retry"] = "held" if check.outcome == "refused" else "retry"
-        answer = Answer(kind, check.reason, check.code, check.status, None, check.wait)
+        # Failed: what a send answered so would mean (retried, held, or dead).
+        answer = check.answer or Answer("retry", check.reason, UNCHECKED)
         self._count(breaker, answer, now)
         self._failed(record, 0, record.attempts + 1, answer, now, from_state=state)
         return True

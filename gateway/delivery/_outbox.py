@@ -37,7 +37,7 @@ from ..errors import GatewayError
 from ..partners import Partner
 from ..store import Store, metadata, utcnow
 from ._links import Link, Provided, link_ref, links_of, patients_by_link
-from ._overwrite import written_links
+from ._overwrite import OVERWRITE, written_links
 
 __all__ = [
     "ACTIVE",
@@ -481,6 +481,17 @@ class Outbox:
             for ref, patients in conn.execute(query):
                 out.setdefault(ref, []).append(_patients(patients))
         return out
+
+    def released_since_overwrite(self, row_id: int) -> bool:
+        """Whether a person released the row after its last hold for an overwrite
+        (:data:`OVERWRITE`): then the partner is asked, not the outbox's record."""
+        held = None
+        for n, event in enumerate(self.events(row_id)):
+            if event.to_state == "held":
+                held = n if event.reason.startswith(OVERWRITE) else None
+            elif held is not None and event.reason.startswith("release:"):
+                return True
+        return False
 
     def sync_message(self, message_id: int) -> str | None:
         """Set the message's state from its outbox rows (see :data:`_MESSAGE_STATE`)."""
@@ -956,6 +967,7 @@ def _due_query(now: datetime, limit: int, exclude: Sequence[str]) -> sa.Select[A
             earlier.c.id < o.c.id,
             earlier.c.state != "delivered",
             ~_unmet(earlier, now),
+            ~_stands_aside(earlier),
         )
         .exists()
     )
@@ -972,6 +984,14 @@ def _due_query(now: datetime, limit: int, exclude: Sequence[str]) -> sa.Select[A
         .order_by(o.c.id)
         .limit(limit)
     )
+
+
+def _stands_aside(row: Any) -> Any:
+    """SQL: ``row`` is held because its update would replace another patient's record
+    (gateway/delivery/_overwrite.py): it will never be sent as it is, so its patient's
+    later records do not wait for it (one updating the same identifier is held too)."""
+    held_as = sa.func.coalesce(row.c.last_error, "")
+    return sa.and_(row.c.state == "held", held_as == OVERWRITE)
 
 
 def _unmet(row: Any, now: datetime) -> Any:

@@ -237,8 +237,9 @@ def refusal(refused: Iterable[tuple[Write, str]], row_id: int) -> str:
     return (
         f"{OVERWRITE}: " + "; ".join(said) + ": its conditional update would replace that "
         "record (subject included); held, not sent: correct the identifier at its source "
-        f"(or the other patient's record), then: gateway outbox release {row_id} "
-        "(checked again)"
+        "(the corrected record goes on its own), or once the other patient's record is "
+        f"corrected at the partner: gateway outbox release {row_id} (the partner is asked "
+        "again)"
     )
 
 

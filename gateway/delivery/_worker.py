@@ -160,15 +160,18 @@ class Deliverer:
         linked: dict[str, Any] = {}
         note = ""
         writes = writes_of(parts) if part == 0 and state in ("pending", "retrying") else []
-        if writes and self._overwrites(record, state, writes, now):
-            return True  # held: it would replace another patient's record
+        if writes:
+            held, note = self._overwrites(record, partner, state, writes, now)
+            if held:
+                return True  # it would replace another patient's record
         if record.links_until is not None and state == "pending" and part == 0:
             # The first send of a row linked to other records: its references are
             # settled now, once, and kept (a resend sends the same).
-            parts, note, refused = self._link(record, parts)
+            parts, said, refused = self._link(record, parts)
             if refused:  # another patient's record (or no patient to compare): a person
-                self.outbox.move(record.id, state, "held", note, now=now, last_error=refused)
+                self.outbox.move(record.id, state, "held", said, now=now, last_error=refused)
                 return True
+            note = "; ".join(n for n in (note, said) if n)
             linked = {"parts": orjson.dumps(parts), "links_until": None}
         if (
             writes
@@ -536,17 +539,22 @@ class Deliverer:
 
     # -- no overwrite of another patient's record (gateway/delivery/_overwrite.py) ------
     def _overwrites(
-        self, record: OutboxRecord, state: str, writes: list[Write], now: datetime
-    ) -> bool:
-        """The local guard: hold the row (True) when another row for this partner
-        carried one of its updated identifiers for another patient. One indexed query."""
+        self, record: OutboxRecord, partner: Partner, state: str, writes: list[Write], now: datetime
+    ) -> tuple[bool, str]:
+        """The local guard: hold the row when another row for this partner carried one
+        of its updated identifiers for another patient (one indexed query); (held, what
+        to say when it goes on). Released by a person since such a hold, with the
+        partner's check on, it goes on to that check: the partner says what it holds
+        now (the other record may have been corrected there)."""
         refs = {link_ref(w.link) for w in writes if w.link}
         conflicts = local_conflicts(writes, self.outbox.carried_by_others(record.id, refs))
         if not conflicts:
-            return False
+            return False, ""
+        if partner.check_overwrite and self.outbox.released_since_overwrite(record.id):
+            return False, f"{OVERWRITE}: released by a person: the partner is asked"
         reason = refusal([(w, LOCAL) for w in conflicts], record.id)
         self.outbox.move(record.id, state, "held", reason, now=now, last_error=OVERWRITE)
-        return True
+        return True, ""
 
     def _asked_overwrite(
         self, record: OutboxRecord, partner: Partner, state: str, writes: list[Write]

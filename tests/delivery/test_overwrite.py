@@ -337,3 +337,52 @@ def test_the_partner_server_answers_the_check_batch(partner: PartnerServer) -> N
     [study] = [e["resource"] for e in found["entry"][0]["resource"]["entry"]]
     [patient] = [e["resource"] for e in found["entry"][1]["resource"]["entry"]]
     assert study["subject"]["reference"] == f"Patient/{patient['id']}"
+
+
+# -- what the operator does ------------------------------------------------------------
+def test_the_corrected_record_goes_on_while_the_held_one_stands_aside(
+    partner: PartnerServer, store: Store
+) -> None:
+    """李小明's study is corrected at its source (a Study UID of its own): the corrected
+    record is not kept back behind the held one, which would never go as it is."""
+    partner.reset()
+    target = Partner("partner", partner.base, max_entries=8)
+    outbox = Outbox(store)
+    rows = [outbox.enqueue(target, _study(swap))[0] for swap in (A, B)]
+    corrected = _study({**B, "20260610.1": "20260610.2"}, "头颅CT平扫")
+    rows.append(outbox.enqueue(target, corrected)[0])
+    _deliver(outbox, target, rows)
+    assert [outbox.require(r).state for r in rows] == ["delivered", "held", "delivered"]
+    [theirs] = _studies(partner)
+    assert _patient_name(partner, theirs) == "陳大文"
+    [ours] = partner.search(
+        "ImagingStudy?identifier=urn:dicom:uid|urn:oid:2.16.156.10011.99.1.4.3.20260610.2"
+    )
+    assert _patient_name(partner, ours) == "李小明"
+
+
+def test_a_release_asks_the_partner_which_decides(partner: PartnerServer, store: Store) -> None:
+    """Held locally; released while the partner still holds 陳大文's study: held again
+    (at the partner). Once the partner's wrong study is gone (corrected there by a
+    person), a release goes: the outbox's memory of the other row no longer decides."""
+    partner.reset()
+    target = Partner("partner", partner.base, max_entries=8)
+    outbox = Outbox(store)
+    first = outbox.enqueue(target, _study(A))[0]
+    _deliver(outbox, target, [first])
+    second = outbox.enqueue(target, _study(B))[0]
+    _deliver(outbox, target, [second])
+    assert "this gateway queued or delivered" in _hold_reason(outbox, second)
+    outbox.release(second, "checked the PACS: 李小明's UID is right")
+    _deliver(outbox, target, [second])
+    row = outbox.require(second)
+    assert (row.state, row.last_error) == ("held", CODE)
+    held = [e.reason for e in outbox.events(second) if e.to_state == "held"]
+    assert "at the partner for another patient" in held[-1], held
+    [wrong] = _studies(partner)
+    partner.http.delete(f"/ImagingStudy/{wrong['id']}").raise_for_status()
+    outbox.release(second, "the partner removed the wrong study")
+    _deliver(outbox, target, [second])
+    assert outbox.require(second).state == "delivered"
+    [study] = _studies(partner)
+    assert _patient_name(partner, study) == "李小明"

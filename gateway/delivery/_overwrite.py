@@ -148,6 +148,10 @@ def _patient(
         query = reference.removeprefix("Patient?")
         link = _condition_link("Patient", query)
         idents = {(link[1], link[2])} if link else set()
+        for entry in patients.values():  # the Patient entry of an earlier part: all of them
+            request = entry.get("request")
+            if isinstance(request, Mapping) and request.get("ifNoneExist") == query:
+                idents |= _idents(entry["resource"].get("identifier"))
     logical = _idents([subject.get("identifier")])
     if query is None and logical:
         system, value = sorted(logical)[0]

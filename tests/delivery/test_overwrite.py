@@ -386,3 +386,24 @@ def test_a_release_asks_the_partner_which_decides(partner: PartnerServer, store:
     assert outbox.require(second).state == "delivered"
     [study] = _studies(partner)
     assert _patient_name(partner, study) == "李小明"
+
+
+def test_a_record_split_into_parts_is_checked_as_a_whole(
+    partner: PartnerServer, store: Store
+) -> None:
+    """Two entries a request: the study's part refers to its Patient by the conditional
+    reference of an earlier part; the same patient's correction still goes, another
+    patient's study is still held, before any part is sent."""
+    partner.reset()
+    target = Partner("partner", partner.base, max_entries=2)
+    outbox = Outbox(store)
+    rows = [
+        outbox.enqueue(target, _study(swap, text))[0]
+        for swap, text in ((A, "头颅CT平扫"), (A, "更正"), (B, None))
+    ]
+    assert outbox.require(rows[0]).part_count > 1
+    _deliver(outbox, target, rows)
+    assert [outbox.require(r).state for r in rows] == ["delivered", "delivered", "held"]
+    [study] = _studies(partner)
+    assert study["description"] == "更正" and _patient_name(partner, study) == "陳大文"
+    assert partner.search(f"Patient?identifier={MRN}|B0000002") == []

@@ -485,12 +485,12 @@ class Outbox:
     def released_since_overwrite(self, row_id: int) -> bool:
         """Whether a person released the row after its last hold for an overwrite
         (:data:`OVERWRITE`): then the partner is asked, not the outbox's record."""
-        held = None
-        for n, event in enumerate(self.events(row_id)):
+        held = False
+        for event in self.events(row_id):
             if event.to_state == "held":
-                held = n if event.reason.startswith(OVERWRITE) else None
-            elif held is not None and event.reason.startswith("release:"):
-                return True
+                held = event.reason.startswith(OVERWRITE)
+            elif held and (event.from_state, event.to_state) == ("held", "pending"):
+                return True  # released (the only way out of such a hold but staying)
         return False
 
     def sync_message(self, message_id: int) -> str | None:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Literal
 from urllib.parse import quote, unquote
@@ -90,6 +90,7 @@ class Check:
     reason: str
     answer: Answer | None = None
     refused: tuple[tuple[Write, str], ...] = ()
+    batch_refused: bool = False  # asked by plain searches: the partner refused the batch
 
 
 # -- what a record writes ---------------------------------------------------------------
@@ -255,65 +256,109 @@ LOCAL = (
 
 # -- 2. asking the partner ------------------------------------------------------------
 def ask_partner(
-    client: httpx.Client, writes: Sequence[Write], now: datetime, max_entries: int = 0
+    client: httpx.Client,
+    writes: Sequence[Write],
+    now: datetime,
+    max_entries: int = 0,
+    *,
+    batch: bool = True,
 ) -> Check:
     """Search the partner for what each write's condition matches and for each write's
-    patient, in one ``batch`` (several when ``max_entries`` is smaller), and decide."""
-    urls = list(dict.fromkeys([_search_url(w) for w in writes] + [_patient_url(w) for w in writes]))
+    patient, and decide. In one ``batch`` (several when ``max_entries`` is smaller);
+    a partner refusing the batch (a 4xx with its OperationOutcome, 501: batch is
+    optional in R4, and another gateway's inbound endpoint takes writes only) is asked
+    by plain searches, one GET each, and so is one known to refuse it (``batch``
+    False). The Check says whether the batch was refused."""
+    urls = list(dict.fromkeys([w.url for w in writes] + [_patient_url(w) for w in writes]))
     urls = [u for u in urls if u]
-    size = max_entries or len(urls)
     found: dict[str, list[dict[str, Any]]] = {}
-    for start in range(0, len(urls), size):
-        chunk = urls[start : start + size]
-        answer = _search(client, chunk, now)
-        if isinstance(answer, Check):
-            return answer
-        found.update(zip(chunk, answer, strict=True))
-    return _decide(writes, found)
-
-
-# Only what is compared is asked for (R4 _elements; a report's PDFs stay at the partner);
-# a server ignoring _elements answers whole resources, which compare the same.
-def _search_url(write: Write) -> str:
-    return f"{write.url}&_elements={write.field}"
+    if batch:
+        size = max_entries or len(urls)
+        for start in range(0, len(urls), size):
+            chunk = urls[start : start + size]
+            answer = _in_batch(client, chunk, now)
+            if answer is None:
+                break  # batch refused: plain searches below
+            if isinstance(answer, Check):
+                return answer
+            found.update(zip(chunk, answer, strict=True))
+        else:
+            return _decide(writes, found)
+    for url in urls:
+        matches = _search(client, url, now)
+        if isinstance(matches, Check):
+            return replace(matches, batch_refused=True)
+        found[url] = matches
+    return replace(_decide(writes, found), batch_refused=True)
 
 
 def _patient_url(write: Write) -> str:
-    return f"Patient?{write.patient_query}&_elements=identifier" if write.patient_query else ""
+    return f"Patient?{write.patient_query}" if write.patient_query else ""
 
 
-def _search(
+def _in_batch(
     client: httpx.Client, urls: list[str], now: datetime
-) -> list[list[dict[str, Any]]] | Check:
-    """Each URL's matches, or why there are none to read."""
+) -> list[list[dict[str, Any]]] | Check | None:
+    """Each URL's matches, or why there are none to read; None: the batch itself was
+    refused (ask by plain searches)."""
     batch = {
         "resourceType": "Bundle",
         "type": "batch",
         "entry": [{"request": {"method": "GET", "url": url}} for url in urls],
     }
-    try:
-        with client.stream(
-            "POST",
-            "",
-            content=orjson.dumps(batch),
-            headers={"Content-Type": FHIR_JSON, "Accept": FHIR_JSON},
-        ) as response:
-            content, cut = read_bounded(response, client.timeout.read)
-    except httpx.TransportError as exc:
-        sent = classify_error(exc)  # GETs only: an answer lost after sending is no risk
-        if sent.kind == "ambiguous":
-            sent = Answer("retry", sent.reason, UNCHECKED)
-        return _failed(sent)
-    except httpx.DecodingError:
-        return _failed(Answer("retry", "answer not decodable", UNCHECKED))
-    status = response.status_code
+    asked = _request(
+        client, "POST", "", content=orjson.dumps(batch), headers={"Content-Type": FHIR_JSON}
+    )
+    if isinstance(asked, Check):
+        return asked
+    status, content, cut, response = asked
     if not 200 <= status < 300:  # what it would mean for a send (docs/delivery.md)
-        return _failed(classify_response(response, now, content=content))
+        said = classify_response(response, now, content=content)
+        if said.kind == "dead" or status == 501:
+            return None
+        return _failed(said)
     matches = None if cut else _searchsets(content, urls)
     if matches is None:
         reason = f"HTTP {status} without a batch-response of readable searchsets"
         return _failed(Answer("retry", reason, UNCHECKED, status))
     return matches
+
+
+def _search(client: httpx.Client, url: str, now: datetime) -> list[dict[str, Any]] | Check:
+    """One plain search's matches (``GET Type?query``), or why there are none."""
+    kind, _, query = url.partition("?")
+    asked = _request(client, "GET", kind, params=httpx.QueryParams(query))
+    if isinstance(asked, Check):
+        return asked
+    status, content, cut, response = asked
+    if not 200 <= status < 300:
+        return _failed(classify_response(response, now, content=content))
+    try:
+        matches = None if cut else _matches(orjson.loads(content), kind)
+    except orjson.JSONDecodeError:
+        matches = None
+    if matches is None:
+        return _failed(Answer("retry", f"HTTP {status} without a searchset", UNCHECKED, status))
+    return matches
+
+
+def _request(
+    client: httpx.Client, method: str, url: str, **kwargs: Any
+) -> tuple[int, bytes, str | None, httpx.Response] | Check:
+    """(status, body read within bounds, why it was cut, the response), or the Check
+    a failure without an answer makes: GETs only, so a lost answer is retried."""
+    headers = {"Accept": FHIR_JSON, **kwargs.pop("headers", {})}
+    try:
+        with client.stream(method, url, headers=headers, **kwargs) as response:
+            content, cut = read_bounded(response, client.timeout.read)
+    except httpx.TransportError as exc:
+        sent = classify_error(exc)
+        if sent.kind == "ambiguous":
+            sent = Answer("retry", sent.reason, UNCHECKED)
+        return _failed(sent)
+    except httpx.DecodingError:
+        return _failed(Answer("retry", "answer not decodable", UNCHECKED))
+    return response.status_code, content, cut, response
 
 
 def _failed(answer: Answer) -> Check:
@@ -378,7 +423,7 @@ def _decide(writes: Sequence[Write], found: Mapping[str, list[dict[str, Any]]]) 
     refused: list[tuple[Write, str]] = []
     for write in writes:
         ours = {str(p.get("id")) for p in found.get(_patient_url(write)) or [] if p.get("id")}
-        for resource in found.get(_search_url(write)) or []:  # none: the update creates
+        for resource in found.get(write.url) or []:  # none: the update creates
             why = _other(write, resource, ours)
             if why:
                 refused.append((write, f"at the partner {why}"))

@@ -86,6 +86,8 @@ class Deliverer:
         self.rng = rng or random.Random()
         self._clients: dict[str, httpx.Client] = {}
         self.breakers: dict[str, Breaker] = {}
+        # Partners that refused the overwrite check's batch: asked by plain searches.
+        self._no_batch: set[str] = set()
 
     # -- the loop -------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
@@ -564,8 +566,16 @@ class Deliverer:
         refused), or retried with backoff (no readable answer: never written blind)."""
         breaker = self.breaker(partner.key)
         with self._alive(record.id):
-            check = ask_partner(self.client(partner), writes, self.clock(), partner.max_entries)
+            check = ask_partner(
+                self.client(partner),
+                writes,
+                self.clock(),
+                partner.max_entries,
+                batch=partner.key not in self._no_batch,
+            )
         now = self.clock()
+        if check.batch_refused:
+            self._no_batch.add(partner.key)
         if check.outcome == "clear":
             return False  # the send follows: its answer is what the breaker counts
         if check.outcome == "held":

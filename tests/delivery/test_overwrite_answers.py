@@ -15,7 +15,7 @@ import respx
 
 from gateway.delivery import Deliverer, Outbox
 
-from .conftest import MRN, PARTNER, POST_URL, bundle, response, searchset
+from .conftest import BASE, MRN, ORDERS, PARTNER, POST_URL, bundle, response, searchset
 
 CHECK = b'"method":"GET"'
 
@@ -89,25 +89,53 @@ def test_no_answer_to_the_check_is_retried_and_nothing_sent(
     assert "overwrite check" in outbox.events(row.id)[-1].reason
 
 
-@pytest.mark.parametrize(
-    ("status", "state", "code"),
-    [(403, "held", "delivery.credentials-refused"), (400, "dead", "delivery.partner-rejected")],
-)
-def test_refused_credentials_hold_and_a_refusal_is_dead_as_for_a_send(
-    api: respx.MockRouter,
-    deliverer: Deliverer,
-    outbox: Outbox,
-    status: int,
-    state: str,
-    code: str,
+def test_refused_credentials_hold_as_for_a_send(
+    api: respx.MockRouter, deliverer: Deliverer, outbox: Outbox
 ) -> None:
-    """A partner refusing the batch itself (no batch support): dead with its answer, like
-    a refused send; check_overwrite: false, then a retry, is the way on."""
     outcome = {"resourceType": "OperationOutcome", "issue": [{"severity": "error"}]}
-    answer = httpx.Response(status, json=outcome)
-    row, _, sent = _run(api, deliverer, outbox, return_value=answer)
-    assert (row.state, row.last_error, sent.call_count) == (state, code, 0)
-    assert row.last_status == status
+    row, _, sent = _run(api, deliverer, outbox, return_value=httpx.Response(403, json=outcome))
+    assert (row.state, row.last_error, row.last_status, sent.call_count) == (
+        "held",
+        "delivery.credentials-refused",
+        403,
+        0,
+    )
+
+
+@pytest.mark.parametrize("other", [True, False], ids=["other-patient", "same-patient"])
+def test_a_partner_refusing_the_batch_is_asked_by_plain_searches(
+    api: respx.MockRouter, deliverer: Deliverer, outbox: Outbox, other: bool
+) -> None:
+    """Batch is optional in R4 (another gateway's inbound endpoint takes writes only):
+    refused, each search is a GET of its own, and the partner is not asked by batch
+    again."""
+    outcome = {"resourceType": "OperationOutcome", "issue": [{"severity": "error"}]}
+    subject = "Patient/someone-else" if other else "Patient/p-ours"
+    order = api.get(f"{BASE}/ServiceRequest").respond(
+        json=searchset({**ORDER, "subject": {"reference": subject}})
+    )
+    patient = api.get(f"{BASE}/Patient").respond(
+        json=searchset({"resourceType": "Patient", "id": "p-ours"})
+    )
+    refused = httpx.Response(422, json=outcome)
+    row, asked, sent = _run(api, deliverer, outbox, return_value=refused)
+    assert (order.call_count, patient.call_count) == (1, 1)
+    assert order.calls[0].request.url.params["identifier"] == f"{ORDERS}|O1"
+    assert patient.calls[0].request.url.params["identifier"] == f"{MRN}|P1"
+    assert (row.state, sent.call_count) == (("held", 0) if other else ("delivered", 1))
+    outbox.enqueue(PARTNER, bundle("P9", "O9", name="陳大文"))
+    deliverer.run_once()
+    assert asked.call_count == 1 and order.call_count == 2  # no batch again
+
+
+def test_a_plain_search_refused_is_a_refusal_as_for_a_send(
+    api: respx.MockRouter, deliverer: Deliverer, outbox: Outbox
+) -> None:
+    outcome = {"resourceType": "OperationOutcome", "issue": [{"severity": "error"}]}
+    api.get(f"{BASE}/ServiceRequest").respond(400, json=outcome)
+    row, _, sent = _run(api, deliverer, outbox, return_value=httpx.Response(405, json=outcome))
+    assert (row.state, row.last_error, sent.call_count) == ("dead", "delivery.partner-rejected", 0)
+    assert "overwrite check" in outbox.events(row.id)[-1].reason
 
 
 def test_an_order_of_another_patients_subject_at_the_partner_holds_the_record(
@@ -124,8 +152,8 @@ def test_an_order_of_another_patients_subject_at_the_partner_holds_the_record(
     )
     searches = [e["request"]["url"] for e in orjson.loads(asked.calls[0].request.content)["entry"]]
     assert searches == [
-        "ServiceRequest?identifier=https://fhir.lax2.example.cn/sid/accession|O1&_elements=subject",
-        f"Patient?identifier={MRN}|P1&_elements=identifier",
+        "ServiceRequest?identifier=https://fhir.lax2.example.cn/sid/accession|O1",
+        f"Patient?identifier={MRN}|P1",
     ]
 
 

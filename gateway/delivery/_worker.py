@@ -166,9 +166,10 @@ class Deliverer:
             held, note = self._overwrites(record, partner, state, writes, now)
             if held:
                 return True  # it would replace another patient's record
-        if record.links_until is not None and state == "pending" and part == 0:
+        if record.links_until is not None and state in ("pending", "retrying") and part == 0:
             # The first send of a row linked to other records: its references are
-            # settled now, once, and kept (a resend sends the same).
+            # settled now, once, and kept (a resend sends the same). Retrying with
+            # links_until still set: the overwrite check failed before that first send.
             parts, said, refused = self._link(record, parts)
             if refused:  # another patient's record (or no patient to compare): a person
                 self.outbox.move(record.id, state, "held", said, now=now, last_error=refused)

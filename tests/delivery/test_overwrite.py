@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import random
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,7 @@ def _study(swap: dict[str, str], description: str | None = None) -> dict[str, An
         for entry in found["entry"]:
             if entry["resource"]["resourceType"] == "ImagingStudy":
                 entry["resource"]["description"] = description
-    found["identifier"]["value"] += f"-{swap['0012345']}-{description}"  # its own dedup key
+    found["identifier"]["value"] += f"-{swap.get('0012345')}-{description}"  # its own dedup key
     return found
 
 
@@ -407,3 +408,31 @@ def test_a_record_split_into_parts_is_checked_as_a_whole(
     [study] = _studies(partner)
     assert study["description"] == "更正" and _patient_name(partner, study) == "陳大文"
     assert partner.search(f"Patient?identifier={MRN}|B0000002") == []
+
+
+def test_a_failed_check_before_a_linked_records_first_send_still_links_it(
+    partner: PartnerServer, store: Store
+) -> None:
+    """The report's links are settled at its first send; the check failing before it
+    (503) must not send it later with its logical references only."""
+    partner.reset()
+    target = Partner("partner", partner.base, max_entries=8)
+    outbox = Outbox(store)
+    wait = timedelta(hours=1)
+    examples = REPO / "examples"
+    order = orjson.loads((examples / "hl7v2/bundles/orm_o01_lax2_ct.json").read_bytes())
+    oru = orjson.loads((examples / "imaging/bundles/oru_r01_lax2_ct_cobranded.json").read_bytes())
+    theirs = [outbox.enqueue(target, b, links_wait=wait)[0] for b in (order, _study({}))]
+    _deliver(outbox, target, theirs)
+    report = outbox.enqueue(target, oru, links_wait=wait)[0]
+    partner.http.post("/$fault", json={"mode": "503", "count": 1}).raise_for_status()
+    with Deliverer(outbox, {"partner": target}, FAST, rng=random.Random(3)) as deliverer:
+        deliverer.run_once()
+    assert outbox.require(report).state == "retrying"
+    _deliver(outbox, target, [report])
+    assert outbox.require(report).state == "delivered"
+    [imaging] = _studies(partner)
+    [diagnostic] = partner.search(
+        "DiagnosticReport?identifier=https://fhir.njmu2.example.cn/sid/report|NJR2026061000001"
+    )
+    assert diagnostic["imagingStudy"][0]["reference"] == f"ImagingStudy/{imaging['id']}"

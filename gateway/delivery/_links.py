@@ -37,6 +37,7 @@ __all__ = [
     "link_ref",
     "links_of",
     "patient_ref",
+    "patient_refs",
     "patients_by_link",
     "resolve_links",
 ]
@@ -80,6 +81,11 @@ def link_ref(link: Link) -> str:
 def patient_ref(system: str, value: str) -> str:
     """The stored key of a patient identifier (hashed like :func:`link_ref`)."""
     return link_ref(("Patient", system, value))
+
+
+def patient_refs(idents: Iterable[tuple[str, str]]) -> frozenset[str]:
+    """:func:`patient_ref` of each (system, value)."""
+    return frozenset(patient_ref(system, value) for system, value in idents)
 
 
 def patients_by_link(bundle: Mapping[str, Any]) -> dict[Link, frozenset[str]]:

@@ -37,6 +37,7 @@ from ..errors import GatewayError
 from ..partners import Partner
 from ..store import Store, metadata, utcnow
 from ._links import Link, Provided, link_ref, links_of, patients_by_link
+from ._overwrite import OVERWRITE, written_links
 
 __all__ = [
     "ACTIVE",
@@ -286,7 +287,7 @@ class Outbox:
                 replay_of=replay_of,
                 links_until=now + links_wait if waits and links_wait is not None else None,
             )
-            self._add_links(conn, row_id, provides, needs, patients_by_link(bundle))
+            self._add_links(conn, row_id, provides, needs, patients_by_link(bundle), bundle)
             self._event(conn, row_id, now, None, "pending", 0, None, reason)
             if message_id is not None:
                 self._sync_message(conn, message_id, now)
@@ -354,7 +355,7 @@ class Outbox:
         provides, needs = links_of(bundle)
         waits = bool(needs) and links_wait is not None
         with self._joined(conn) as conn:
-            self._add_links(conn, row_id, provides, needs, patients_by_link(bundle))
+            self._add_links(conn, row_id, provides, needs, patients_by_link(bundle), bundle)
             self._move(
                 conn,
                 row_id,
@@ -382,8 +383,13 @@ class Outbox:
         provides: set[Link],
         needs: set[Link],
         patients: dict[Link, frozenset[str]],
+        bundle: dict[str, Any],
     ) -> None:
-        """The row's links, each with its patient's hashed identifiers ("": none)."""
+        """The row's links, each with its patient's hashed identifiers ("": none); and
+        (role ``writes``) the identifiers of the other resources it updates that name a
+        patient, for the overwrite guard (gateway/delivery/_overwrite.py)."""
+        writes = written_links(bundle)
+        patients = {**patients, **writes}
         rows = [
             {
                 "outbox_id": row_id,
@@ -393,7 +399,7 @@ class Outbox:
                 "ref": link_ref((k, s, v)),
                 "patients": " ".join(sorted(patients.get((k, s, v), ()))),
             }
-            for role, links in (("provides", provides), ("needs", needs))
+            for role, links in (("provides", provides), ("needs", needs), ("writes", set(writes)))
             for k, s, v in sorted(links)
         ]
         if rows:
@@ -444,6 +450,48 @@ class Outbox:
             by_ref[ref]: Provided(needing.get(ref), tuple(found))
             for ref, found in providing.items()
         }
+
+    def carried_by_others(
+        self, row_id: int, refs: set[str]
+    ) -> dict[str, list[frozenset[str] | None]]:
+        """For the overwrite guard: of ``refs`` (:func:`link_ref` of identifiers a row
+        updates), the hashed patients of every other row for the row's partner that
+        carried one (provided or wrote it) and was queued before it or has begun
+        sending (delivered, partly delivered, in flight, dead after trying): what the
+        partner holds or will hold before this row, whatever the order of sending."""
+        if not refs:
+            return {}
+        other = _outbox.alias("other")
+        me = _outbox.alias("me")
+        begun = sa.or_(other.c.state.not_in(("pending", "held")), other.c.part > 0)
+        query = (
+            sa.select(_links.c.ref, _links.c.patients)
+            .join(other, other.c.id == _links.c.outbox_id)
+            .join(me, me.c.id == row_id)
+            .where(
+                _links.c.ref.in_(sorted(refs)),
+                _links.c.role.in_(("provides", "writes")),
+                other.c.partner == me.c.partner,
+                other.c.id != row_id,
+                sa.or_(other.c.id < row_id, begun),
+            )
+        )
+        out: dict[str, list[frozenset[str] | None]] = {}
+        with self.store.engine.connect() as conn:
+            for ref, patients in conn.execute(query):
+                out.setdefault(ref, []).append(_patients(patients))
+        return out
+
+    def released_since_overwrite(self, row_id: int) -> bool:
+        """Whether a person released the row after its last hold for an overwrite
+        (:data:`OVERWRITE`): then the partner is asked, not the outbox's record."""
+        held = False
+        for event in self.events(row_id):
+            if event.to_state == "held":
+                held = event.reason.startswith(OVERWRITE)
+            elif held and (event.from_state, event.to_state) == ("held", "pending"):
+                return True  # released (the only way out of such a hold but staying)
+        return False
 
     def sync_message(self, message_id: int) -> str | None:
         """Set the message's state from its outbox rows (see :data:`_MESSAGE_STATE`)."""
@@ -945,6 +993,7 @@ def _due_query(now: datetime, limit: int, exclude: Sequence[str]) -> sa.Select[A
             earlier.c.id < o.c.id,
             earlier.c.state != "delivered",
             ~_unmet(earlier, now),
+            ~_stands_aside(earlier),
         )
         .exists()
     )
@@ -961,6 +1010,14 @@ def _due_query(now: datetime, limit: int, exclude: Sequence[str]) -> sa.Select[A
         .order_by(o.c.id)
         .limit(limit)
     )
+
+
+def _stands_aside(row: Any) -> Any:
+    """SQL: ``row`` is held because its update would replace another patient's record
+    (gateway/delivery/_overwrite.py): it will never be sent as it is, so its patient's
+    later records do not wait for it (one updating the same identifier is held too)."""
+    held_as = sa.func.coalesce(row.c.last_error, "")
+    return sa.and_(row.c.state == "held", held_as == OVERWRITE)
 
 
 def _unmet(row: Any, now: datetime) -> Any:

@@ -27,8 +27,18 @@ from ..metrics import CREDENTIALS_REFUSED, NO_TOKEN, observe_stage, trace_attemp
 from ..partners import Partner
 from ..partners import partner_client as partners_client
 from ._ask import ask
-from ._links import LINK_OTHER_PATIENT, Link, link_fields, links_of, resolve_links
+from ._links import LINK_OTHER_PATIENT, Link, link_fields, link_ref, links_of, resolve_links
 from ._outbox import Outbox, OutboxRecord
+from ._overwrite import (
+    LOCAL,
+    OVERWRITE,
+    UNCHECKED,
+    Write,
+    ask_partner,
+    local_conflicts,
+    refusal,
+    writes_of,
+)
 from ._retry import Breaker, DeliveryConfig, backoff
 from ._send import Answer, send_part
 
@@ -76,6 +86,8 @@ class Deliverer:
         self.rng = rng or random.Random()
         self._clients: dict[str, httpx.Client] = {}
         self.breakers: dict[str, Breaker] = {}
+        # Partners that refused the overwrite check's batch: asked by plain searches.
+        self._no_batch: set[str] = set()
 
     # -- the loop -------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
@@ -149,14 +161,27 @@ class Deliverer:
         part, attempts, state = record.part, record.attempts, record.state
         linked: dict[str, Any] = {}
         note = ""
-        if record.links_until is not None and state == "pending" and part == 0:
+        writes = writes_of(parts) if part == 0 and state in ("pending", "retrying") else []
+        if writes:
+            held, note = self._overwrites(record, partner, state, writes, now)
+            if held:
+                return True  # it would replace another patient's record
+        if record.links_until is not None and state in ("pending", "retrying") and part == 0:
             # The first send of a row linked to other records: its references are
-            # settled now, once, and kept (a resend sends the same).
-            parts, note, refused = self._link(record, parts)
+            # settled now, once, and kept (a resend sends the same). Retrying with
+            # links_until still set: the overwrite check failed before that first send.
+            parts, said, refused = self._link(record, parts)
             if refused:  # another patient's record (or no patient to compare): a person
-                self.outbox.move(record.id, state, "held", note, now=now, last_error=refused)
+                self.outbox.move(record.id, state, "held", said, now=now, last_error=refused)
                 return True
+            note = "; ".join(n for n in (note, said) if n)
             linked = {"parts": orjson.dumps(parts), "links_until": None}
+        if (
+            writes
+            and partner.check_overwrite
+            and self._asked_overwrite(record, partner, state, writes)
+        ):
+            return True  # held, or the check had no answer: retried like a failed send
         if state == "waiting":
             resolved = self._resolve(record, partner, parts[part])
             if resolved is None:
@@ -350,7 +375,13 @@ class Deliverer:
         return now - record.created_at >= self.config.max_age
 
     def _failed(
-        self, record: OutboxRecord, part: int, attempts: int, answer: Answer, now: datetime
+        self,
+        record: OutboxRecord,
+        part: int,
+        attempts: int,
+        answer: Answer,
+        now: datetime,
+        from_state: str = "sending",
     ) -> None:
         where = f"part {part + 1}/{record.part_count}"
         kept: dict[str, Any] = {
@@ -363,7 +394,7 @@ class Deliverer:
         if answer.kind == "dead":
             self.outbox.move(
                 record.id,
-                "sending",
+                from_state,
                 "dead",
                 f"{answer.code}: {answer.reason}, {where}",
                 now=now,
@@ -376,7 +407,7 @@ class Deliverer:
             # row waits for a person to fix the token or certificate, then release it.
             self.outbox.move(
                 record.id,
-                "sending",
+                from_state,
                 "held",
                 f"{answer.code}: partner {record.partner} refused the gateway's credentials "
                 f"(HTTP {answer.status}), {where}; {_FIX} {record.id}",
@@ -394,7 +425,7 @@ class Deliverer:
             wait = max(floor, self._wait(attempts, None))
             self.outbox.move(
                 record.id,
-                "sending",
+                from_state,
                 "waiting",
                 f"{answer.code}: {answer.reason}, {where}; ask the partner in {wait:.1f} s",
                 now=now,
@@ -409,7 +440,7 @@ class Deliverer:
             why = "too old" if too_old else f"{attempts} attempts"
             self.outbox.move(
                 record.id,
-                "sending",
+                from_state,
                 "held",
                 f"{answer.code}: no credentials for partner {record.partner} ({why}), "
                 f"{where}; {_FIX} {record.id}",
@@ -423,7 +454,7 @@ class Deliverer:
             kept["last_error"] = "delivery.gave-up"
             self.outbox.move(
                 record.id,
-                "sending",
+                from_state,
                 "dead",
                 f"delivery.gave-up ({why}): last {answer.code}: {answer.reason}, {where}",
                 now=now,
@@ -437,7 +468,7 @@ class Deliverer:
         wait = min(self._wait(attempts, answer.wait), max(left, 0.0))
         self.outbox.move(
             record.id,
-            "sending",
+            from_state,
             "retrying",
             f"{answer.code}: {answer.reason}, {where}; retry in {wait:.1f} s",
             now=now,
@@ -510,6 +541,57 @@ class Deliverer:
         if partner.key not in self._clients:
             self._clients[partner.key] = self.client_factory(partner, self.config)
         return self._clients[partner.key]
+
+    # -- no overwrite of another patient's record (gateway/delivery/_overwrite.py) ------
+    def _overwrites(
+        self, record: OutboxRecord, partner: Partner, state: str, writes: list[Write], now: datetime
+    ) -> tuple[bool, str]:
+        """The local guard: hold the row when another row for this partner carried one
+        of its updated identifiers for another patient (one indexed query); (held, what
+        to say when it goes on). Released by a person since such a hold, with the
+        partner's check on, it goes on to that check: the partner says what it holds
+        now (the other record may have been corrected there)."""
+        refs = {link_ref(w.link) for w in writes if w.link}
+        conflicts = local_conflicts(writes, self.outbox.carried_by_others(record.id, refs))
+        if not conflicts:
+            return False, ""
+        if partner.check_overwrite and self.outbox.released_since_overwrite(record.id):
+            return False, f"{OVERWRITE}: released by a person: the partner is asked"
+        reason = refusal([(w, LOCAL) for w in conflicts], record.id)
+        self.outbox.move(record.id, state, "held", reason, now=now, last_error=OVERWRITE)
+        return True, ""
+
+    def _asked_overwrite(
+        self, record: OutboxRecord, partner: Partner, state: str, writes: list[Write]
+    ) -> bool:
+        """Ask the partner what each update would replace (one batch of searches). True
+        when the row was moved: held (another patient's resource, or our credentials
+        refused), or retried with backoff (no readable answer: never written blind)."""
+        breaker = self.breaker(partner.key)
+        with self._alive(record.id):
+            check = ask_partner(
+                self.client(partner),
+                writes,
+                self.clock(),
+                partner.max_entries,
+                batch=partner.key not in self._no_batch,
+            )
+        now = self.clock()
+        if check.batch_refused:
+            self._no_batch.add(partner.key)
+        if check.outcome == "clear":
+            return False  # the send follows: its answer is what the breaker counts
+        if check.outcome == "held":
+            if breaker.probing:  # the half-open probe was answered: the partner is up
+                breaker.success()
+            reason = refusal(check.refused, record.id)
+            self.outbox.move(record.id, state, "held", reason, now=now, last_error=OVERWRITE)
+            return True
+        # Failed: what a send answered so would mean (retried, held, or dead).
+        answer = check.answer or Answer("retry", check.reason, UNCHECKED)
+        self._count(breaker, answer, now)
+        self._failed(record, 0, record.attempts + 1, answer, now, from_state=state)
+        return True
 
     # -- links at the partner (gateway/delivery/_links.py) ----------------------------
     def _link(

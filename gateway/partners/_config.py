@@ -55,6 +55,7 @@ _PARTNER_KEYS = {
     "ca_file",
     "concurrency",
     "rate_limit",
+    "check_overwrite",
 }
 # Keys that would hold a secret's value: refused, naming where the secret belongs.
 _SECRET_KEYS = {
@@ -114,6 +115,9 @@ class Partner:
     # The network's report_variant: a language, "bilingual", or languages joined by "+"
     # (docs/reports.md; ReportVariants.preferred checks it against the rules).
     report_variant: str = "bilingual"
+    # Before a record's first part, ask the partner whether a conditional update would
+    # replace another patient's resource (docs/delivery.md); false: only the local check.
+    check_overwrite: bool = True
 
     def split(self, bundle: dict[str, Any]) -> list[dict[str, Any]]:
         return split_bundle(bundle, self.max_entries, self.write)
@@ -264,6 +268,11 @@ def _partner(
             "partners",
             f"{where('rate_limit')}.rate_limit: expected requests per second (0 = no limit)",
         )
+    check = raw.get("check_overwrite", True)
+    if not isinstance(check, bool):
+        raise ConfigError(
+            "partners", f"{where('check_overwrite')}.check_overwrite: expected true or false"
+        )
     return Partner(
         key,
         raw["base"].rstrip("/"),
@@ -274,6 +283,7 @@ def _partner(
         ca_file=_path(raw.get("ca_file"), where("ca_file") + ".ca_file", origin.get("ca_file")),
         concurrency=concurrency,
         rate_limit=float(rate),
+        check_overwrite=check,
     )
 
 

@@ -29,7 +29,7 @@ from gateway.processing import process_message
 from gateway.signing import make_demo_pki
 from gateway.store import Incoming, Store, open_store
 from tests.conftest import REPO
-from tests.delivery.conftest import response
+from tests.delivery.conftest import answer_checks, response
 from tests.policy.conftest import HKID, consent
 
 NJMU2 = "https://fhir.njmu2.example.cn/fhir/"
@@ -133,6 +133,7 @@ def deliver(outbound: Outbound, log: AuditLog) -> None:
         return respx.MockResponse(200, json=response(*["201"] * len(body["entry"])))
 
     with respx.mock(assert_all_mocked=True) as partner:
+        answer_checks(partner)
         partner.post(NJMU2).mock(side_effect=njmu2)
         partner.post(HKPMC).mock(side_effect=hkpmc)
         with Deliverer(

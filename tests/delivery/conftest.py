@@ -11,6 +11,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
+import orjson
 import pytest
 import respx
 
@@ -121,9 +123,29 @@ def outbox(store: Store, clock: Clock) -> Outbox:
 
 @pytest.fixture
 def partner_api() -> Iterator[respx.MockRouter]:
-    """The partner answered by respx (single HTTP outcomes); nothing else reachable."""
+    """The partner answered by respx (single HTTP outcomes); nothing else reachable.
+    The overwrite check before a record's first part (a batch of GET searches) finds
+    nothing: what a test's own routes answer are the sends."""
     with respx.mock(assert_all_called=False, assert_all_mocked=True) as router:
-        yield router
+        yield answer_checks(router)
+
+
+def answer_checks(router: respx.MockRouter) -> respx.MockRouter:
+    """``router`` answering the overwrite check (docs/delivery.md) of any partner: its
+    batch of GET searches finds nothing. Added first, so the test's own POST routes
+    answer the sends only."""
+    router.post(content__contains=b'"method":"GET"').mock(side_effect=nothing_held)
+    return router
+
+
+def nothing_held(request: httpx.Request) -> httpx.Response:
+    """A partner's answer to a batch of searches: one empty searchset per search."""
+    asked = orjson.loads(request.content)["entry"]
+    empty = {"resourceType": "Bundle", "type": "searchset", "total": 0, "entry": []}
+    entries = [{"response": {"status": "200"}, "resource": empty} for _ in asked]
+    return httpx.Response(
+        200, json={"resourceType": "Bundle", "type": "batch-response", "entry": entries}
+    )
 
 
 @pytest.fixture

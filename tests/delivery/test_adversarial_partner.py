@@ -66,7 +66,7 @@ def test_a_partner_dropping_every_write_ends_the_record_given_up_not_cycling(
     config = DeliveryConfig(
         backoff_base=0.02, backoff_cap=0.05, max_attempts=3, breaker_threshold=50
     )
-    medplum = Partner("partner", server.base)
+    medplum = Partner("partner", server.base, check_overwrite=False)
     row, _ = outbox.enqueue(medplum, bundle("P-drop", "O-drop"))
     _fault(server, "drop")
     with Deliverer(outbox, {"partner": medplum}, config, rng=random.Random(1)) as deliverer:
@@ -91,7 +91,7 @@ def test_429_with_retry_after_from_the_partner_is_waited_for(
     server: PartnerServer, outbox: Outbox
 ) -> None:
     config = DeliveryConfig(backoff_base=0.01, backoff_cap=0.02, max_attempts=5)
-    medplum = Partner("partner", server.base)
+    medplum = Partner("partner", server.base, check_overwrite=False)
     row, _ = outbox.enqueue(medplum, bundle("P-429", "O-429"))
     _fault(server, "429:2", count=1)
     with Deliverer(outbox, {"partner": medplum}, config, rng=random.Random(2)) as deliverer:
@@ -124,7 +124,7 @@ def test_an_answer_slower_than_the_lease_is_never_sent_again_by_another_worker(
         claim_lease=timedelta(seconds=1),
         breaker_threshold=50,
     )
-    medplum = Partner("partner", server.base)
+    medplum = Partner("partner", server.base, check_overwrite=False)
     row, _ = outbox.enqueue(medplum, bundle("P-slow", "O-slow"))
     _fault(server, "slow:2.5", count=1)
     a = Deliverer(outbox, {"partner": medplum}, config, rng=random.Random(3))
@@ -162,7 +162,7 @@ def test_retry_after_holds_back_every_record_for_that_partner_not_only_the_one_r
     config = DeliveryConfig(
         backoff_base=0.01, backoff_cap=30.0, max_attempts=5, breaker_threshold=50
     )
-    medplum = Partner("partner", server.base)
+    medplum = Partner("partner", server.base, check_overwrite=False)
     rows = [outbox.enqueue(medplum, bundle(f"P-rl{n}", f"O-rl{n}"))[0] for n in range(3)]
     _fault(server, "429:3", count=100)
     with Deliverer(outbox, {"partner": medplum}, config, rng=random.Random(5)) as deliverer:
@@ -193,7 +193,7 @@ def test_a_stop_that_cannot_wait_for_the_answer_loses_and_repeats_nothing(
         delivery_backoff_cap=0.2,
     )
     store = open_store(settings)
-    medplum = Partner("partner", server.base)
+    medplum = Partner("partner", server.base, check_overwrite=False)
     outbound = Outbound(settings, store, partners={"partner": medplum})
     service = DeliveryService(settings, store, outbound=outbound, feed_every=60)
     row, _ = outbound.outbox.enqueue(medplum, bundle("P-stop", "O-stop"))
@@ -238,7 +238,7 @@ def test_a_partner_failing_every_write_is_not_hammered(
     for 1.5 s against a partner refusing every write, 'Retry-After: 0' included: the
     breaker stops it after its threshold, whatever the records queued."""
     config = DeliveryConfig(poll=0.05)
-    medplum = Partner("partner", server.base)
+    medplum = Partner("partner", server.base, check_overwrite=False)
     for n in range(20):
         outbox.enqueue(medplum, bundle(f"P-busy{n}", f"O-busy{n}"))
     _fault(server, mode, count=10_000)
@@ -262,7 +262,7 @@ def test_two_workers_on_one_sqlite_store_never_send_a_record_twice(
     url = f"sqlite:///{tmp_path / 'gateway.db'}"
     stores = [Store.open(url), Store.open(url)]
     boxes = [Outbox(s) for s in stores]
-    medplum = Partner("partner", server.base)
+    medplum = Partner("partner", server.base, check_overwrite=False)
     rows = [boxes[0].enqueue(medplum, bundle(f"P-two{n}", f"O-two{n}"))[0] for n in range(24)]
     _fault(server, "slow:2.5", count=6)
     config = DeliveryConfig(
@@ -314,7 +314,7 @@ def test_a_partner_slower_than_the_read_timeout_is_given_that_long_before_the_qu
     config = DeliveryConfig(
         backoff_base=0.05, backoff_cap=0.1, read_timeout=1.0, breaker_threshold=50
     )
-    medplum = Partner("partner", server.base)
+    medplum = Partner("partner", server.base, check_overwrite=False)
     row, _ = outbox.enqueue(medplum, bundle("P-late", "O-late"))
     _fault(server, "slow:1.5", count=1)
     with Deliverer(outbox, {"partner": medplum}, config, rng=random.Random(9)) as deliverer:

@@ -87,7 +87,7 @@ def test_an_answer_trickled_a_byte_at_a_time_does_not_hold_the_worker(
     headers; past that the send is ambiguous (asked about, never resent blindly)."""
     store = Store.open(f"sqlite:///{tmp_path / 'gateway.db'}")
     outbox = Outbox(store)
-    slow = Partner("slow", f"http://127.0.0.1:{trickler.port}/fhir/R4")
+    slow = Partner("slow", f"http://127.0.0.1:{trickler.port}/fhir/R4", check_overwrite=False)
     row, _ = outbox.enqueue(slow, bundle("P-trickle", "O-trickle"))
     config = DeliveryConfig(read_timeout=0.5, backoff_base=60.0, breaker_threshold=50)
     with Deliverer(outbox, {"slow": slow}, config, rng=random.Random(8)) as deliverer:
@@ -120,7 +120,7 @@ def test_an_answer_that_is_not_what_its_content_encoding_says_is_classified(
     )
     store = Store.open(f"sqlite:///{tmp_path / 'gateway.db'}")
     outbox = Outbox(store)
-    raw = Partner("raw", f"http://127.0.0.1:{server.port}/fhir/R4")
+    raw = Partner("raw", f"http://127.0.0.1:{server.port}/fhir/R4", check_overwrite=False)
     row, _ = outbox.enqueue(raw, bundle("P-gzip", "O-gzip"))
     with Deliverer(outbox, {"raw": raw}, DeliveryConfig(backoff_base=60.0)) as deliverer:
         deliverer.run_once()

@@ -13,7 +13,7 @@ from gateway.cli import main
 from gateway.delivery import Deliverer, Outbox
 from gateway.store import Store
 
-from .conftest import CONFIG, PARTNER, POST_URL, bundle, response
+from .conftest import CONFIG, PARTNER, POST_URL, answer_checks, bundle, response
 
 
 def run(capsys: pytest.CaptureFixture[str], home: Path, *args: str) -> tuple[int, str]:
@@ -27,6 +27,7 @@ def home(tmp_path: Path) -> Path:
     outbox = Outbox(store)
     rows = [outbox.enqueue(PARTNER, bundle(f"P{n}", f"O{n}"))[0] for n in range(3)]
     with respx.mock as partner_api:
+        answer_checks(partner_api)
         post = partner_api.post(POST_URL)
         post.side_effect = [
             respx.MockResponse(200, json=response("201", "201")),

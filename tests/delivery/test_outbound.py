@@ -23,7 +23,7 @@ from gateway.signing import make_demo_pki
 from gateway.store import Store, utcnow
 from tests.policy.conftest import HKID, consent
 
-from .conftest import home_store, receive, response
+from .conftest import answer_checks, home_store, receive, response
 
 NJMU2 = "https://fhir.njmu2.example.cn/fhir/"
 HKPMC = "https://fhir.hkpmc.example.hk/fhir/R4/"
@@ -99,6 +99,7 @@ def test_message_state_follows_its_rows_to_delivered_and_dead(
     outbound.process(bad)
     refused = {"resourceType": "OperationOutcome", "issue": [{"severity": "error"}]}
     with respx.mock(assert_all_mocked=True) as partner:
+        answer_checks(partner)
 
         def answer(request: Any) -> Any:
             body = orjson.loads(request.content)

@@ -36,9 +36,10 @@ def partners(partner: PartnerServer, tmp_path: Path) -> dict[str, Partner]:
             f"    base: {partner.base}",
             "    max_entries: 8",
             "    write: transaction",
+            "    check_overwrite: false",  # the faults must hit the sends (test_overwrite.py)
         ]
     (tmp_path / "partners.yaml").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return {k: Partner(k, partner.base, max_entries=8) for k in keys}
+    return {k: Partner(k, partner.base, max_entries=8, check_overwrite=False) for k in keys}
 
 
 def run(capsys: pytest.CaptureFixture[str], home: Path, *args: str) -> tuple[int, str, str]:

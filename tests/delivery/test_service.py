@@ -77,7 +77,8 @@ def test_stop_mid_send_finishes_the_record_and_leaves_no_lease(
 ) -> None:
     partner.reset()
     _, store, service = _service(partner, tmp_path)
-    partner.http.post("/$fault", json={"mode": "slow:1.5", "count": 1}).raise_for_status()
+    # Two slow writes: the overwrite check's batch (a POST too), then the send itself.
+    partner.http.post("/$fault", json={"mode": "slow:1.5", "count": 2}).raise_for_status()
     service.start()
     try:
         message = _receive(store, converter, "ref_i12_lax2_to_njmu2.hl7")

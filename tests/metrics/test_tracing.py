@@ -28,6 +28,7 @@ from gateway.metrics import _tracing
 from gateway.processing import process_message
 from gateway.store import Incoming, Store, open_store
 from tests.conftest import REPO
+from tests.delivery.conftest import answer_checks
 
 # GB 18030: 王伟 / WANG^WEI, MRN 0012345, hospital no. J20250043, resident id card number
 MESSAGE = REPO / "examples" / "hl7v2" / "ref_i12_lax2_to_njmu2.hl7"
@@ -123,6 +124,7 @@ def test_the_outbound_path_and_the_delivery_attempt_join_the_messages_trace(
         [placed] = outbound.process(receipt.id).placed
         assert (placed.partner, placed.outcome) == ("njmu2", "queued")
         with respx.mock(assert_all_mocked=True) as partner:
+            answer_checks(partner)
             partner.post(NJMU2).mock(side_effect=_answer)
             with Deliverer(outbound.outbox, outbound.partners) as worker:
                 worker.run_once()

@@ -19,7 +19,7 @@ from gateway.delivery import Deliverer, DeliveryConfig, DeliveryError, Outbound
 from gateway.policy import PolicyRecords
 from gateway.store import Store
 from tests.delivery import conftest as delivery
-from tests.delivery.conftest import receive, response
+from tests.delivery.conftest import answer_checks, receive, response
 from tests.policy.conftest import HKID, consent
 
 HKPMC = "https://fhir.hkpmc.example.hk/fhir/R4/"
@@ -111,6 +111,7 @@ def _deliver(outbound: Outbound) -> list[bytes]:
     """Run the worker against a Hong Kong partner that takes everything; what it got."""
     sent: list[bytes] = []
     with respx.mock(assert_all_mocked=True, assert_all_called=False) as partner:
+        answer_checks(partner)
 
         def answer(request: Any) -> Any:
             sent.append(request.content)
@@ -161,6 +162,7 @@ def test_a_retry_of_a_dead_row_after_the_agreement_lapsed_is_refused(
     nothing crosses. With the agreement back in force the same retry goes."""
     _, (_, _, row) = _queued_on_consent(store, converter, outbound)
     with respx.mock(assert_all_mocked=True, assert_all_called=False) as partner:
+        answer_checks(partner)
         outcome = {"resourceType": "OperationOutcome", "issue": [{"severity": "error"}]}
         partner.post(HKPMC).mock(return_value=respx.MockResponse(400, json=outcome))
         with Deliverer(outbound.outbox, outbound.partners, FAST, rng=random.Random(1)) as worker:

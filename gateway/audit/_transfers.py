@@ -5,11 +5,15 @@ and English (labels.yaml, and the policy's names of legal bases).
 
 Individuals are people, not identifiers (PIPL and PCPD thresholds count people): the
 pseudonyms of one Patient (all its identifiers) are one individual, and two records'
-sets that share a pseudonym are the same individual (:func:`individuals`, union-find).
-The policy's yearly counters apply the same rule (gateway/policy/_records.py), so the
-report and the thresholds agree. Decisions stored before migration 0013 kept no sets
-(``people``): each of their pseudonyms is a set of its own, joined to a later record's
-person when one names it."""
+sets that share a pseudonym are the same individual (:func:`join_people`) — unless the
+joined individual would hold two different identifiers of one system (a placeholder
+HKID or a family's insurance number several people share): then they stay apart,
+counted more, never fewer. Each pseudonym of a set is tagged with its identifier
+system (``tag:pseudonym``, gateway/policy/_engine.py ``_person_sets``). The policy's
+yearly counters apply the same rule (gateway/policy/_records.py), so the report and the
+thresholds agree. Decisions stored before migration 0012 kept no sets (``people``):
+each of their pseudonyms is a set of its own, of a system not known (never joined into
+a conflict), joined to a later record's person when one names it."""
 
 from __future__ import annotations
 
@@ -64,44 +68,95 @@ def basis_name(basis: str | None) -> dict[str, str]:
     )
 
 
-_Node = tuple[str, str]  # ("new", pseudonym) or ("known", individual id)
+_Values = dict[str, str]  # a pseudonym → its system's tag ("": not known)
+
+
+def split_tag(item: str) -> tuple[str, str]:
+    """A stored pseudonym as (its system's tag, the pseudonym): ``tag:pseudonym`` since
+    migration 0012, the bare pseudonym before it (tag "": the system is not known)."""
+    tag, sep, value = item.partition(":")
+    return (tag, value) if sep else ("", item)
+
+
+def _conflict(a: _Values, b: _Values) -> bool:
+    """Whether one individual holding ``a`` and ``b`` would hold two different
+    pseudonyms of one identifier system: a pseudonym only one side holds against one
+    only the other holds, of the same system or of a system not known (an untagged
+    row: assumed the same, the safe side)."""
+    only_a = {a[v] for v in a if v not in b}
+    only_b = {b[v] for v in b if v not in a}
+    if not only_a or not only_b:
+        return False
+    return "" in only_a or "" in only_b or not only_a.isdisjoint(only_b)
+
+
+@dataclass(eq=False)  # each is itself (hashed by identity)
+class _Individual:
+    order: int  # when made (sets join the oldest individuals first)
+    values: _Values = field(default_factory=dict)
+    known: set[str] = field(default_factory=set)  # the counted individuals it is
+    old: set[str] = field(default_factory=set)  # their stored pseudonyms
+    new: set[str] = field(default_factory=set)  # the sets' pseudonyms
+    alive: bool = True
+
+    def add(self, items: Iterable[str]) -> None:
+        for item in items:
+            tag, value = split_tag(item)
+            if tag or value not in self.values:
+                self.values[value] = tag
+
+    def absorb(self, other: _Individual) -> None:
+        for value, tag in other.values.items():
+            if tag or value not in self.values:
+                self.values[value] = tag
+        self.known |= other.known
+        self.old |= other.old
+        self.new |= other.new
+        other.alive = False
 
 
 def join_people(
-    sets: Iterable[Iterable[str]], known: Mapping[str, str]
+    sets: Iterable[Iterable[str]], known: Mapping[str, Iterable[str]]
 ) -> list[tuple[list[str], list[str]]]:
-    """The individuals ``sets`` (each the pseudonyms of one Patient) make: sets that share
-    a pseudonym, directly or through others, are one individual (union-find). ``known``:
-    pseudonyms already counted, each to its individual's id. Each individual as (its
-    pseudonyms not known yet, the known individuals it joins, sorted): an individual
-    joining none is a new one; one joining several merges them."""
-    parent: dict[_Node, _Node] = {}
+    """The individuals ``sets`` (each the tagged pseudonyms of one Patient) make. Sets
+    sharing a pseudonym, directly or through others, are one individual — unless the
+    merged individual would hold two different pseudonyms of one identifier system
+    (:func:`_conflict`): an identifier several people share (a placeholder HKID, a
+    family's insurance number) then joins no one, and they stay apart (counted more,
+    never fewer). ``known``: the counted individuals the sets may join, each by id to
+    all its stored pseudonyms. Each individual as (its pseudonyms not stored for it
+    yet, the known individuals it joins, sorted): joining none, it is a new one;
+    joining several, it merges them. Sets are taken in order, each joined to the
+    individuals sharing a pseudonym in the order they were made (known ones first,
+    by id): the result does not depend on chance."""
+    made: dict[_Individual, None] = {}
+    # pseudonym → the individuals holding it (several when a merge was refused)
+    holders: dict[str, dict[_Individual, None]] = defaultdict(dict)
 
-    def find(node: _Node) -> _Node:
-        parent.setdefault(node, node)
-        root = node
-        while parent[root] != root:
-            root = parent[root]
-        while parent[node] != root:  # path compression
-            parent[node], node = root, parent[node]
-        return root
+    def keep(person: _Individual) -> None:
+        made[person] = None
+        for value in person.values:
+            holders[value][person] = None
 
-    for pseudonyms in sets:
-        nodes: list[_Node] = [("known", known[p]) if p in known else ("new", p) for p in pseudonyms]
-        for node in nodes:
-            find(node)
-        for other in nodes[1:]:
-            parent[find(other)] = find(nodes[0])
-    groups: dict[_Node, tuple[set[str], set[str]]] = {}
-    for node in list(parent):
-        fresh, joined = groups.setdefault(find(node), (set(), set()))
-        kind, value = node
-        (fresh if kind == "new" else joined).add(value)
-    return [(sorted(fresh), sorted(joined)) for fresh, joined in groups.values()]
+    for ident in sorted(known):
+        person = _Individual(len(made), known={ident}, old=set(known[ident]))
+        person.add(person.old)
+        keep(person)
+    for items in sets:
+        person = _Individual(len(made), new=set(items))
+        person.add(person.new)
+        sharing = {i: None for v in person.values for i in holders.get(v, ()) if i.alive}
+        for other in sorted(sharing, key=lambda i: i.order):
+            if other.alive and not _conflict(other.values, person.values):
+                older, younger = sorted((other, person), key=lambda i: i.order)
+                older.absorb(younger)
+                person = older
+        keep(person)
+    return [(sorted(p.new - p.old), sorted(p.known)) for p in made if p.alive and p.new]
 
 
 def individuals(sets: Iterable[Iterable[str]]) -> int:
-    """How many individuals the pseudonym sets are (sets sharing a pseudonym: one)."""
+    """How many individuals the pseudonym sets are (:func:`join_people`)."""
     return len(join_people(sets, {}))
 
 
@@ -148,7 +203,7 @@ def transfers(store: Store, year: int, network: Network | None = None) -> list[T
         if sa.inspect(conn).has_table("policy_decisions"):
             decisions = sa.Table("policy_decisions", metadata, autoload_with=conn)
             c = decisions.c
-            # ``people`` (migration 0013): each Patient's pseudonyms; older rows lack it.
+            # ``people`` (migration 0012): each Patient's pseudonyms; older rows lack it.
             sets = c.people if "people" in c else sa.null().label("people")
             query = sa.select(c.id, c.message_id, c.recipient, c.basis, c.patients, sets).where(
                 c.decided_at >= start,

@@ -10,7 +10,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -70,35 +70,37 @@ class Consents(Protocol):
 class Counters(Protocol):
     """Individuals counted per year, sender, basis and category. An individual is a
     person, not an identifier: the pseudonyms of one Patient are one individual, and
-    sets that share a pseudonym the same one (docs/policy.md, "Who is an individual")."""
+    sets that share a pseudonym the same one unless that would give one individual two
+    different identifiers of one system (docs/policy.md, "Who is an individual")."""
 
     def count(self, year: int, sender: str, basis: str, category: str) -> int: ...
 
     def joined(
         self, year: int, sender: str, basis: str, category: str, people: Sequence[Sequence[str]]
     ) -> int:
-        """How the count would change were ``people`` (each a Patient's pseudonyms)
-        counted: +1 per new individual, -1 per counted individual merged into another
-        (a record naming two identifiers counted apart as one person's)."""
+        """How the count would change were ``people`` (each a Patient's pseudonyms,
+        tagged with their systems: :func:`_person_sets`) counted: +1 per new individual,
+        -1 per counted individual merged into another (a record naming two identifiers
+        counted apart as one person's)."""
         ...
 
 
 class MemoryCounters:
     """Yearly counters in memory (``policy check``, tests): ``people`` holds each
-    key's individuals (by id), ``links`` each pseudonym's individual. A pseudonym put
-    in ``people`` alone is an individual of its own."""
+    key's individuals (by id), ``held`` each individual's pseudonyms (tagged:
+    ``tag:pseudonym``; an untagged one's system is not known). A pseudonym put in
+    ``people`` alone is an individual of its own, holding it."""
 
     def __init__(self) -> None:
         self.people: dict[tuple[int, str, str, str], set[str]] = {}
-        self.links: dict[tuple[int, str, str, str], dict[str, str]] = {}
+        self.held: dict[tuple[int, str, str, str], dict[str, set[str]]] = {}
 
     def count(self, year: int, sender: str, basis: str, category: str) -> int:
         return len(self.people.get((year, sender, basis, category), ()))
 
-    def _known(self, key: tuple[int, str, str, str]) -> dict[str, str]:
-        known = {p: p for p in self.people.get(key, ())}
-        known.update(self.links.get(key, {}))
-        return known
+    def _known(self, key: tuple[int, str, str, str]) -> dict[str, set[str]]:
+        held = self.held.setdefault(key, {})
+        return {i: held.setdefault(i, {i}) for i in self.people.get(key, ())}
 
     def joined(
         self, year: int, sender: str, basis: str, category: str, people: Sequence[Sequence[str]]
@@ -107,23 +109,27 @@ class MemoryCounters:
         return sum(1 - len(joined) for _, joined in found)
 
     def has(self, year: int, sender: str, basis: str, category: str, person: str) -> bool:
-        return person in self._known((year, sender, basis, category))
+        known = self._known((year, sender, basis, category)).values()
+        return any(person in held for held in known)
 
-    def add(self, year: int, sender: str, basis: str, category: str, *person: str) -> None:
-        """Count one individual by their pseudonyms (joining those counted already)."""
+    def add(self, year: int, sender: str, basis: str, category: str, *person: str) -> int:
+        """Count one individual by their pseudonyms (joining those counted already when
+        no conflict forbids it); the number of individuals counted apart it merged."""
         key = (year, sender, basis, category)
-        individuals, links = self.people.setdefault(key, set()), self.links.setdefault(key, {})
-        for fresh, joined in join_people([person], self._known(key)):
-            individual = joined[0] if joined else fresh[0]
+        known = self._known(key)
+        individuals = self.people.setdefault(key, set())
+        merged = 0
+        for fresh, joined in join_people([person], known):
+            individual = joined[0] if joined else new_individual(fresh, known)
+            held = known.setdefault(individual, set())
             for other in joined[1:]:  # merged into the first
+                held |= known[other]
                 individuals.discard(other)
-                for p, i in list(links.items()):
-                    if i == other:
-                        links[p] = individual
-                links.setdefault(other, individual)
+                merged += 1
+            held.update(fresh)
             individuals.add(individual)
-            for p in fresh:
-                links[p] = individual
+        self.held[key] = {i: known[i] for i in individuals}
+        return merged
 
 
 @dataclass(frozen=True, slots=True)
@@ -1362,12 +1368,35 @@ def _persons(policy: Policy, t: _Transfer) -> list[str]:
 
 def _person_sets(t: _Transfer) -> list[tuple[str, ...]]:
     """Each Patient of the record (:meth:`_Transfer.people`) by the pseudonyms of its
-    identifiers, each set once (a Patient without identifiers names no one)."""
+    identifiers, each set once (a Patient without identifiers names no one), each
+    pseudonym tagged with its identifier system (:func:`system_tag`): what the counters
+    and the transfer report join individuals by — never two different identifiers of
+    one system in one individual (gateway/audit/_transfers.py ``join_people``). The
+    audit events' pseudonyms stay bare (:func:`_individuals`)."""
     out: dict[tuple[str, ...], None] = {}
     for ids in t.people():
         if ids:
-            out[tuple(dict.fromkeys(t.alias(*i.split("|", 1)) for i in ids))] = None
+            pairs = (i.split("|", 1) for i in ids)
+            tagged = (f"{system_tag(s)}:{t.alias(s, v)}" for s, v in pairs)
+            out[tuple(dict.fromkeys(tagged))] = None
     return list(out)
+
+
+def new_individual(fresh: Sequence[str], taken: Collection[str]) -> str:
+    """The id of an individual counted anew: its first pseudonym that is no counted
+    individual's id — an identifier it shares with individuals a conflict kept it
+    apart from may be one's (``taken``: those holding any of ``fresh``, which every
+    individual whose id is one of them does), and sharing the id would join them."""
+    found = next((p for p in fresh if p not in taken), None)
+    return found or f"{fresh[0][:40]}#{uuid.uuid4().hex[:12]}"
+
+
+@functools.lru_cache(maxsize=1024)
+def system_tag(system: str) -> str:
+    """A short tag of an identifier system's URI (not secret: a system is an authority,
+    not patient data): 8 hex digits of its SHA-256, enough to tell a record's systems
+    apart in the few kept with one individual."""
+    return hashlib.sha256(system.encode()).hexdigest()[:8]
 
 
 def _individuals(t: _Transfer, patients: list[str]) -> list[str]:

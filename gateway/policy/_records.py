@@ -22,13 +22,14 @@ from ..audit import events as audit_events
 from ..errors import Issue
 from ..store import StageOutcome, Store, metadata, utcnow
 from ._consent import ConsentRecord, PolicyError, parse_consent
-from ._engine import Decision, Policy, RuleResult
+from ._engine import Decision, Policy, RuleResult, new_individual
 from ._minimise import Change, pseudonym
 
 _outbox = metadata.tables["outbox"]  # the delivery outbox (gateway/store/_schema.py)
 
 __all__ = [
     "AUDIT_UNAVAILABLE",
+    "INDIVIDUALS_JOINED",
     "KEPT_IN_OUTBOX",
     "STATE_OF",
     "PolicyRecords",
@@ -47,6 +48,9 @@ ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 # The policy outcome of a record whose Bundle an outbox row keeps names it (a digest)
 # instead of keeping ~35 KB a second time in the same transaction.
 KEPT_IN_OUTBOX = "policy.kept-in-outbox"
+# The note a decision's audit event carries when the record joined individuals counted
+# apart (the count went down): how many it merged.
+INDIVIDUALS_JOINED = "individuals-joined"
 # A cross-border transfer whose decision the audit log could not record: not sent (held).
 AUDIT_UNAVAILABLE = "policy.audit-unavailable"
 # What the outbox path puts in a decision's transaction: (outbox row id, new row).
@@ -82,8 +86,9 @@ decisions = sa.Table(
     sa.Column("patients", sa.Text(), nullable=False),  # JSON: pseudonyms of the patient
     sa.Column("input", sa.LargeBinary()),  # the Bundle decided (kept while held)
     sa.Column("current", sa.Boolean(), nullable=False),
-    # Migration 0013. JSON: each Patient of the record by its pseudonyms (one list per
-    # individual: the transfer report counts people by them); NULL before it.
+    # Migration 0012. JSON: each Patient of the record by its pseudonyms, each tagged
+    # with its identifier system (``tag:pseudonym``; one list per individual: the
+    # transfer report counts people by them); NULL before it.
     sa.Column("people", sa.Text()),
     # JSON: the Consent.ids the transfer rests on (as its audit event names them).
     sa.Column("consents", sa.Text()),
@@ -98,12 +103,15 @@ counters = sa.Table(
     sa.Column("sender", sa.String(64), primary_key=True),
     sa.Column("basis", sa.String(48), primary_key=True),
     sa.Column("category", sa.String(32), primary_key=True),
-    # One row per keyed pseudonym of a counted individual (each identifier of theirs)
+    # One row per keyed pseudonym of a counted individual (each identifier of theirs),
+    # tagged with its system (``tag:pseudonym``) since migration 0012, bare before.
     sa.Column("person", sa.String(64), primary_key=True),
     sa.Column("first_at", sa.DateTime(), nullable=False),
-    # The individual the pseudonym belongs to (migration 0013): rows sharing it are one
+    # The individual the pseudonym belongs to (migration 0012): rows sharing it are one
     # person, counted once; older rows were each their own (the migration sets it so).
-    sa.Column("individual", sa.String(64)),
+    # In the key: a pseudonym several people share (a placeholder HKID) is a row of
+    # each individual holding it, whom a conflict kept apart.
+    sa.Column("individual", sa.String(64), primary_key=True),
 )
 
 # The statements of every decision, built once (building them with .values() per call
@@ -120,21 +128,15 @@ _KEY = sa.and_(
 _COUNTED = sa.select(_c.person).where(_KEY, _c.person == sa.bindparam("person"))
 # Individuals, not pseudonyms: an individual's identifiers are rows of one ``individual``.
 _COUNT = sa.select(sa.func.count(sa.distinct(_c.individual))).where(_KEY)
-_KNOWN = sa.select(_c.person, _c.individual).where(
-    _KEY, _c.person.in_(sa.bindparam("persons", expanding=True))
+# Every row of the individuals holding one of ``persons`` (the conflict check needs all
+# their pseudonyms, not only those the record names).
+_KNOWN = sa.select(_c.person, _c.individual, _c.first_at).where(
+    _KEY,
+    _c.individual.in_(
+        sa.select(_c.individual).where(_KEY, _c.person.in_(sa.bindparam("persons", expanding=True)))
+    ),
 )
-# (an UPDATE's own parameter names: those of its columns are reserved for its SET)
-_MERGE = (
-    counters.update()
-    .where(
-        _c.year == sa.bindparam("k_year"),
-        _c.sender == sa.bindparam("k_sender"),
-        _c.basis == sa.bindparam("k_basis"),
-        _c.category == sa.bindparam("k_category"),
-        _c.individual.in_(sa.bindparam("merged", expanding=True)),
-    )
-    .values(individual=sa.bindparam("into"))
-)
+_MERGED = counters.delete().where(_KEY, _c.individual.in_(sa.bindparam("merged", expanding=True)))
 _ADD_COUNTED = counters.insert()
 _CONSENTS_OF = sa.select(consents.c.resource).where(
     consents.c.patient_key.in_(sa.bindparam("keys", expanding=True))
@@ -295,29 +297,42 @@ class PolicyRecords:
     ) -> int:
         where = {"year": year, "sender": sender, "basis": basis, "category": category}
         with self.engine.connect() as conn:
-            found = join_people(people, _known(conn, where, people))
+            known, _ = _known(conn, where, people)
+        found = join_people(people, known)
         return sum(1 - len(joined) for _, joined in found)
 
     @staticmethod
     def _count_people(
         conn: Connection, where: dict[str, Any], people: Sequence[Sequence[str]]
-    ) -> None:
-        """Count the record's individuals (each a Patient's pseudonyms) in the caller's
-        transaction: a new person's pseudonyms as a new individual; those of a person
-        counted already (by any of their identifiers) join theirs; a record naming
-        two individuals counted apart as one person merges them (union-find kept in
-        the rows: gateway/audit/_transfers.py counts the report the same way)."""
-        for fresh, joined in join_people(people, _known(conn, where, people)):
-            individual = joined[0] if joined else fresh[0]
-            if len(joined) > 1:
-                keys = {f"k_{k}": v for k, v in where.items()}
-                conn.execute(_MERGE, {**keys, "merged": joined[1:], "into": individual})
+    ) -> int:
+        """Count the record's individuals (each a Patient's tagged pseudonyms) in the
+        caller's transaction: a new person's pseudonyms as a new individual; those of a
+        person counted already (by any of their identifiers) join theirs; a record
+        naming two individuals counted apart as one person merges them — unless the
+        joined individual would hold two different identifiers of one system (then
+        they stay apart: gateway/audit/_transfers.py ``join_people``, which the report
+        counts by too). The number of individuals counted apart it merged."""
+        known, first = _known(conn, where, people)
+        taken = set(known)  # and the ids given here (two Patients a conflict kept apart)
+        merged = 0
+        for fresh, joined in join_people(people, known):
+            individual = joined[0] if joined else new_individual(fresh, taken)
+            taken.add(individual)
             stamp = utcnow()
-            for person in fresh:
+            add = {p: stamp for p in fresh}
+            if len(joined) > 1:  # the others' rows become the first's
+                held = known[individual]
+                for other in joined[1:]:
+                    for person in known[other] - held:
+                        add[person] = min(first[(other, person)], add.get(person, stamp))
+                conn.execute(_MERGED, {**where, "merged": joined[1:]})
+                merged += len(joined) - 1
+            for person, at in add.items():
                 conn.execute(
                     _ADD_COUNTED,
-                    {**where, "person": person, "individual": individual, "first_at": stamp},
+                    {**where, "person": person, "individual": individual, "first_at": at},
                 )
+        return merged
 
     # -- consents -------------------------------------------------------------------------
     def _patient_key(self, patient: str) -> str:
@@ -560,11 +575,14 @@ class PolicyRecords:
         if decision.allowed and decision.counts:
             year, sender, basis, category, _ = decision.counts[0]
             where = {"year": year, "sender": sender, "basis": basis, "category": category}
-            # Every counted individual's pseudonyms (decision.people holds them all).
+            # Every counted individual's pseudonyms (decision.people holds them all,
+            # tagged with their systems; the counts name each by a bare pseudonym).
             counted = {c[4] for c in decision.counts}
-            people = [p for p in decision.people if counted.intersection(p)]
-            people += [[c] for c in counted.difference(*people)]
-            self._count_people(conn, where, people)
+            people = [p for p in decision.people if counted.intersection(map(_bare, p))]
+            people += [[c] for c in counted.difference(*(map(_bare, p) for p in people))]
+            merged = self._count_people(conn, where, people)
+            if merged:  # for the data-protection officer: the audit event says so
+                decision.notes.append((INDIVIDUALS_JOINED, str(merged)))
         if self.audit is not None:
             event = decision_event(decision, message_subject(message_id))
             return self.audit.record_guarded(conn, event)
@@ -654,14 +672,25 @@ def _decision(row: Any) -> Decision:
 
 def _known(
     conn: Connection, where: dict[str, Any], people: Sequence[Sequence[str]]
-) -> dict[str, str]:
-    """The pseudonyms of ``people`` counted already under ``where``, each to its
-    individual (a row older than migration 0013 without one: its own)."""
-    persons = sorted({p for group in people for p in group})
+) -> tuple[dict[str, set[str]], dict[tuple[str, str], datetime]]:
+    """The individuals counted already under ``where`` that hold a pseudonym of
+    ``people`` (tagged, or bare as rows older than migration 0012 keep it), each to all
+    its stored pseudonyms; and when each of those was first counted."""
+    persons = sorted({x for group in people for p in group for x in (p, _bare(p))})
     if not persons:
-        return {}
-    rows = conn.execute(_KNOWN, {**where, "persons": persons})
-    return {r.person: r.individual or r.person for r in rows}
+        return {}, {}
+    known: dict[str, set[str]] = {}
+    first: dict[tuple[str, str], datetime] = {}
+    for r in conn.execute(_KNOWN, {**where, "persons": persons}):
+        known.setdefault(r.individual, set()).add(r.person)
+        first[(r.individual, r.person)] = r.first_at
+    return known, first
+
+
+def _bare(item: str) -> str:
+    """A stored pseudonym without its system's tag (``tag:pseudonym``; bare before
+    migration 0012): the form the decision's counts and audit events use."""
+    return item.partition(":")[2] or item
 
 
 def audit_unavailable(decision: Decision, message_id: int | None) -> PolicyError:

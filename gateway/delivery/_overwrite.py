@@ -35,7 +35,15 @@ import httpx
 import orjson
 
 from ._links import LINKED_TYPES, Link, link_ref, patient_refs
-from ._send import FHIR_JSON, Answer, classify_error, classify_response, read_bounded
+from ._send import (
+    FHIR_JSON,
+    REQUEST_DEADLINE,
+    Answer,
+    _under_deadline,
+    classify_error,
+    classify_response,
+    read_bounded,
+)
 
 __all__ = [
     "OVERWRITE",
@@ -262,13 +270,15 @@ def ask_partner(
     max_entries: int = 0,
     *,
     batch: bool = True,
+    deadline: float = REQUEST_DEADLINE,
 ) -> Check:
     """Search the partner for what each write's condition matches and for each write's
     patient, and decide. In one ``batch`` (several when ``max_entries`` is smaller);
     a partner refusing the batch (a 4xx with its OperationOutcome, 501: batch is
     optional in R4, and another gateway's inbound endpoint takes writes only) is asked
     by plain searches, one GET each, and so is one known to refuse it (``batch``
-    False). The Check says whether the batch was refused."""
+    False). Each request is bounded by ``deadline`` seconds in all (delivery_request_deadline,
+    as a send is). The Check says whether the batch was refused."""
     urls = list(dict.fromkeys([w.url for w in writes] + [_patient_url(w) for w in writes]))
     urls = [u for u in urls if u]
     found: dict[str, list[dict[str, Any]]] = {}
@@ -276,7 +286,7 @@ def ask_partner(
         size = max_entries or len(urls)
         for start in range(0, len(urls), size):
             chunk = urls[start : start + size]
-            answer = _in_batch(client, chunk, now)
+            answer = _in_batch(client, chunk, now, deadline)
             if answer is None:
                 break  # batch refused: plain searches below
             if isinstance(answer, Check):
@@ -285,7 +295,7 @@ def ask_partner(
         else:
             return _decide(writes, found)
     for url in urls:
-        matches = _search(client, url, now)
+        matches = _search(client, url, now, deadline)
         if isinstance(matches, Check):
             return replace(matches, batch_refused=True)
         found[url] = matches
@@ -297,7 +307,7 @@ def _patient_url(write: Write) -> str:
 
 
 def _in_batch(
-    client: httpx.Client, urls: list[str], now: datetime
+    client: httpx.Client, urls: list[str], now: datetime, deadline: float
 ) -> list[list[dict[str, Any]]] | Check | None:
     """Each URL's matches, or why there are none to read; None: the batch itself was
     refused (ask by plain searches)."""
@@ -307,7 +317,12 @@ def _in_batch(
         "entry": [{"request": {"method": "GET", "url": url}} for url in urls],
     }
     asked = _request(
-        client, "POST", "", content=orjson.dumps(batch), headers={"Content-Type": FHIR_JSON}
+        client,
+        "POST",
+        "",
+        deadline,
+        content=orjson.dumps(batch),
+        headers={"Content-Type": FHIR_JSON},
     )
     if isinstance(asked, Check):
         return asked
@@ -324,10 +339,12 @@ def _in_batch(
     return matches
 
 
-def _search(client: httpx.Client, url: str, now: datetime) -> list[dict[str, Any]] | Check:
+def _search(
+    client: httpx.Client, url: str, now: datetime, deadline: float
+) -> list[dict[str, Any]] | Check:
     """One plain search's matches (``GET Type?query``), or why there are none."""
     kind, _, query = url.partition("?")
-    asked = _request(client, "GET", kind, params=httpx.QueryParams(query))
+    asked = _request(client, "GET", kind, deadline, params=httpx.QueryParams(query))
     if isinstance(asked, Check):
         return asked
     status, content, cut, response = asked
@@ -343,13 +360,14 @@ def _search(client: httpx.Client, url: str, now: datetime) -> list[dict[str, Any
 
 
 def _request(
-    client: httpx.Client, method: str, url: str, **kwargs: Any
+    client: httpx.Client, method: str, url: str, deadline: float, **kwargs: Any
 ) -> tuple[int, bytes, str | None, httpx.Response] | Check:
     """(status, body read within bounds, why it was cut, the response), or the Check
     a failure without an answer makes: GETs only, so a lost answer is retried."""
     headers = {"Accept": FHIR_JSON, **kwargs.pop("headers", {})}
     try:
-        with client.stream(method, url, headers=headers, **kwargs) as response:
+        timeout = {"timeout": _under_deadline(client, deadline)}  # trickled headers too
+        with client.stream(method, url, headers=headers, extensions=timeout, **kwargs) as response:
             content, cut = read_bounded(response, client.timeout.read)
     except httpx.TransportError as exc:
         sent = classify_error(exc)

@@ -575,6 +575,7 @@ class Deliverer:
                 self.clock(),
                 partner.max_entries,
                 batch=partner.key not in self._no_batch,
+                deadline=self.config.request_deadline,
             )
         now = self.clock()
         if check.batch_refused:

@@ -83,7 +83,7 @@ def test_the_worker_is_not_held_by_trickled_headers(
 ) -> None:
     store = Store.open(f"sqlite:///{tmp_path / 'gateway.db'}")
     outbox = Outbox(store)
-    slow = Partner("slow", f"http://127.0.0.1:{trickler.port}/fhir/R4")
+    slow = Partner("slow", f"http://127.0.0.1:{trickler.port}/fhir/R4", check_overwrite=False)
     row, _ = outbox.enqueue(slow, bundle("P-headers", "O-headers"))
     config = DeliveryConfig(read_timeout=1.0, request_deadline=1.0, backoff_base=60.0)
     with Deliverer(outbox, {"slow": slow}, config, rng=random.Random(8)) as deliverer:
@@ -100,3 +100,23 @@ def test_the_setting_reaches_the_worker(tmp_path: Path) -> None:
     env = {"GATEWAY_DELIVERY_REQUEST_DEADLINE": "45"}
     settings = Settings.load(home=tmp_path, env=env)
     assert DeliveryConfig.from_settings(settings).request_deadline == 45.0
+
+
+def test_the_overwrite_check_is_not_held_by_trickled_headers(
+    trickler: HeaderTrickler, tmp_path: Path
+) -> None:
+    """The overwrite check (docs/delivery.md) asks the partner before the first part:
+    its searches are bounded by the same deadline, and a check without an answer is
+    retried later, nothing written."""
+    store = Store.open(f"sqlite:///{tmp_path / 'gateway.db'}")
+    outbox = Outbox(store)
+    slow = Partner("slow", f"http://127.0.0.1:{trickler.port}/fhir/R4")
+    row, _ = outbox.enqueue(slow, bundle("P-check", "O-check"))
+    config = DeliveryConfig(read_timeout=1.0, request_deadline=1.0, backoff_base=60.0)
+    with Deliverer(outbox, {"slow": slow}, config, rng=random.Random(8)) as deliverer:
+        deliverer.run_once()
+    trickler.thread.join(15)
+    record = outbox.require(row)
+    assert (record.state, record.last_error) == ("retrying", "delivery.overwrite-unchecked")
+    assert trickler.sent < HEADER_BYTES // 2, trickler.sent
+    store.close()

@@ -18,7 +18,7 @@ from gateway.delivery import Deliverer, DeliveryConfig, Outbound
 from gateway.policy import PolicyError, PolicyRecords
 from gateway.store import Store
 from tests.delivery import conftest as delivery
-from tests.delivery.conftest import receive, response
+from tests.delivery.conftest import answer_checks, receive, response
 from tests.policy.conftest import HKID, consent
 
 FAST = DeliveryConfig(backoff_base=0.01, backoff_cap=0.01, max_attempts=5)
@@ -39,6 +39,7 @@ def _deliver(outbound: Outbound) -> list[str]:
     """Run the worker against partners that take everything; the URLs sent to."""
     sent: list[str] = []
     with respx.mock(assert_all_mocked=True, assert_all_called=False) as partners:
+        answer_checks(partners)  # the overwrite check finds nothing held
 
         def answer(request: Any) -> Any:
             sent.append(str(request.url))
@@ -119,6 +120,7 @@ def test_a_retry_across_the_boundary_is_refused_while_the_audit_fails(
     [placed] = outbound.process(message).placed
     assert placed.outcome == "queued"
     with respx.mock(assert_all_mocked=True, assert_all_called=False) as partners:
+        answer_checks(partners)  # the overwrite check finds nothing held
         outcome = {"resourceType": "OperationOutcome", "issue": [{"severity": "error"}]}
         partners.route().mock(return_value=respx.MockResponse(400, json=outcome))
         with Deliverer(outbound.outbox, outbound.partners, FAST, rng=random.Random(1)) as worker:

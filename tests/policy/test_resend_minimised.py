@@ -20,7 +20,7 @@ from gateway.delivery import Deliverer, DeliveryConfig, DeliveryError, Outbound
 from gateway.policy import PolicyRecords
 from gateway.store import Store
 from tests.delivery import conftest as delivery
-from tests.delivery.conftest import receive, response
+from tests.delivery.conftest import answer_checks, receive, response
 from tests.policy.conftest import HKID, consent
 
 HKPMC = "https://fhir.hkpmc.example.hk/fhir/R4/"
@@ -46,6 +46,7 @@ def _queued(store: Store, converter: Converter, outbound: Outbound) -> int:
 def _deliver(outbound: Outbound, status: int = 200) -> list[bytes]:
     sent: list[bytes] = []
     with respx.mock(assert_all_mocked=True, assert_all_called=False) as partner:
+        answer_checks(partner)  # the overwrite check finds nothing held
 
         def answer(request: Any) -> Any:
             sent.append(request.content)

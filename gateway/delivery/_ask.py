@@ -25,7 +25,7 @@ import orjson
 
 from ._send import is_fhir, read_bounded
 
-__all__ = ["Verdict", "ask", "same_content"]
+__all__ = ["Verdict", "ask", "same_content", "searchset_matches"]
 
 Found = Literal["present", "absent", "unreachable", "unverifiable", "refused"]
 _IGNORED = frozenset({"id", "meta"})  # the partner's own: its id, versionId, lastUpdated
@@ -106,10 +106,15 @@ def _matches(content: bytes, kind: str) -> list[dict[str, Any]] | None:
         bundle = orjson.loads(content)
     except orjson.JSONDecodeError:
         return None
-    if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+    return searchset_matches(bundle, kind)
+
+
+def searchset_matches(searchset: Any, kind: str) -> list[dict[str, Any]] | None:
+    """:func:`_matches` of a searchset already parsed (one of a batch-response too)."""
+    if not isinstance(searchset, dict) or searchset.get("resourceType") != "Bundle":
         return None
-    entries = bundle.get("entry") or []
-    if bundle.get("type") != "searchset" or not isinstance(entries, list):
+    entries = searchset.get("entry") or []
+    if searchset.get("type") != "searchset" or not isinstance(entries, list):
         return None
     out = []
     for entry in entries:

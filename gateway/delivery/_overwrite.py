@@ -34,6 +34,7 @@ from urllib.parse import quote, unquote
 import httpx
 import orjson
 
+from ._ask import searchset_matches
 from ._links import LINKED_TYPES, Link, link_ref, patient_refs
 from ._send import (
     FHIR_JSON,
@@ -351,7 +352,7 @@ def _search(
     if not 200 <= status < 300:
         return _failed(classify_response(response, now, content=content))
     try:
-        matches = None if cut else _matches(orjson.loads(content), kind)
+        matches = None if cut else searchset_matches(orjson.loads(content), kind)
     except orjson.JSONDecodeError:
         matches = None
     if matches is None:
@@ -413,27 +414,10 @@ def _searchsets(content: bytes, urls: list[str]) -> list[list[dict[str, Any]]] |
         head = str(entry["response"].get("status") or "")[:3]
         if not (head.isascii() and head.isdigit() and head.startswith("2")):
             return None
-        found = _matches(entry.get("resource"), url.partition("?")[0])
+        found = searchset_matches(entry.get("resource"), url.partition("?")[0])
         if found is None:
             return None
         out.append(found)
-    return out
-
-
-def _matches(searchset: Any, kind: str) -> list[dict[str, Any]] | None:
-    if not isinstance(searchset, dict) or searchset.get("resourceType") != "Bundle":
-        return None
-    entries = searchset.get("entry") or []
-    if searchset.get("type") != "searchset" or not isinstance(entries, list):
-        return None
-    out = []
-    for entry in entries:
-        resource = entry.get("resource") if isinstance(entry, dict) else None
-        search = (entry.get("search") or {}) if isinstance(entry, dict) else None
-        if not isinstance(resource, dict) or not isinstance(search, dict):
-            return None
-        if resource.get("resourceType") == kind and search.get("mode", "match") == "match":
-            out.append(resource)
     return out
 
 

@@ -302,17 +302,13 @@ class Outbound:
                     message_id,
                     decision,
                     data,
-                    lambda conn: self.outbox.hold(
+                    lambda conn: self._hold(
                         partner.key,
-                        message_id=message_id,
-                        record=n,
-                        purpose=decision.purpose,
-                        order_key=order_key_of(bundle),
-                        label=label_of(bundle),
-                        dedup=dedup,
-                        code="policy.held",
-                        reason=f"policy.held: {why} (decision {decision.id})",
-                        conn=conn,
+                        (message_id, n, bundle, dedup),
+                        decision.purpose,
+                        "policy.held",
+                        f"policy.held: {why} (decision {decision.id})",
+                        conn,
                     ),
                 )
                 assert held is not None
@@ -363,20 +359,41 @@ class Outbound:
         log.error("message %s record %d for %s: %s", message_id, n + 1, partner, exc.code)
         why = "its decision could not be recorded in the audit log"
         try:
-            held = self.outbox.hold(
+            held = self._hold(
                 partner,
-                message_id=message_id,
-                record=n,
-                purpose=dest.purpose,
-                order_key=order_key_of(bundle),
-                label=label_of(bundle),
-                dedup=dedup,
-                code=AUDIT_UNAVAILABLE,
-                reason=f"{AUDIT_UNAVAILABLE}: {why}; decided again when it is writable",
+                (message_id, n, bundle, dedup),
+                dest.purpose,
+                AUDIT_UNAVAILABLE,
+                f"{AUDIT_UNAVAILABLE}: {why}; decided again when it is writable",
             )
         except GatewayError as failed:
             return Placed(n, partner, "failed", None, None, failed.issue.message, failed.code)
         return Placed(n, partner, "held", held[0], None, why, AUDIT_UNAVAILABLE)
+
+    def _hold(
+        self,
+        partner: str,
+        record: tuple[int, int, dict[str, Any], str],
+        purpose: str | None,
+        code: str,
+        reason: str,
+        conn: Connection | None = None,
+    ) -> tuple[int, bool]:
+        """A held outbox row for ``record`` (message id, record index, its Bundle, dedup
+        key): the policy's hold and the unaudited decision's, one way."""
+        message_id, n, bundle, dedup = record
+        return self.outbox.hold(
+            partner,
+            message_id=message_id,
+            record=n,
+            purpose=purpose,
+            order_key=order_key_of(bundle),
+            label=label_of(bundle),
+            dedup=dedup,
+            code=code,
+            reason=reason,
+            conn=conn,
+        )
 
     def _finish(
         self,

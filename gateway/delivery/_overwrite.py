@@ -29,11 +29,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Literal
-from urllib.parse import quote, unquote
+from urllib.parse import unquote
 
 import httpx
 import orjson
 
+from ..mapping import search_escape
 from ._ask import searchset_matches
 from ._links import LINKED_TYPES, Link, link_ref, patient_refs
 from ._send import (
@@ -165,7 +166,7 @@ def _patient(
     logical = _idents([subject.get("identifier")])
     if query is None and logical:
         system, value = sorted(logical)[0]
-        query = f"identifier={_escape(system)}|{_escape(value)}"
+        query = f"identifier={search_escape(system)}|{search_escape(value)}"
     return query, idents | logical
 
 
@@ -189,12 +190,6 @@ def _condition_link(kind: str, query: str) -> Link | None:
             system, value = (re.sub(r"\\(.)", r"\1", p) for p in parts)
             return (kind, system, value)
     return None
-
-
-def _escape(text: str) -> str:
-    for ch in ("\\", ",", "$", "|"):
-        text = text.replace(ch, "\\" + ch)
-    return quote(text, safe=":/")
 
 
 def written_links(bundle: Mapping[str, Any]) -> dict[Link, frozenset[str]]:

@@ -5,7 +5,7 @@ terminology, ``language_of`` and the translation extension's URL), never the pri
 modules behind it.
 """
 
-from ._bundle import NAMESPACE, WriteRules, resource_id, write_rules
+from ._bundle import NAMESPACE, WriteRules, resource_id, search_escape, write_rules
 from ._engine import MappingSet, MessageMapping
 from ._functions import TRANSLATION_URL, Env
 from ._narrative import Narratives
@@ -22,5 +22,6 @@ __all__ = [
     "WriteRules",
     "language_of",
     "resource_id",
+    "search_escape",
     "write_rules",
 ]

@@ -32,6 +32,7 @@ __all__ = [
     "ResourceTemplate",
     "WriteRules",
     "resource_id",
+    "search_escape",
     "write_rules",
 ]
 
@@ -112,8 +113,9 @@ class ResourceTemplate:
 _PLAIN_TOKEN = re.compile(r"[A-Za-z0-9_.~:/-]*")
 
 
-def _search_escape(text: str) -> str:
-    # FHIR search: \ , $ | are escaped with a backslash inside a token, then URL-encoded.
+def search_escape(text: str) -> str:
+    r"""``text`` as a FHIR search token part: ``\ , $ |`` escaped with a backslash, then
+    URL-encoded (the conditions of the entries made here, and delivery's checks of them)."""
     if _PLAIN_TOKEN.fullmatch(text):
         return text  # the patient's and order's own identifiers: never cached
     return _search_escape_quoted(text)
@@ -170,7 +172,7 @@ _IDENTITIES_SIZE = 512
 
 
 def _request(mode: str, rtype: str, system: str, value: str) -> dict[str, str]:
-    query = f"identifier={_search_escape(system)}|{_search_escape(value)}"
+    query = f"identifier={search_escape(system)}|{search_escape(value)}"
     if mode == "update":
         return {"method": "PUT", "url": f"{rtype}?{query}"}
     return {"method": "POST", "url": rtype, "ifNoneExist": query}

@@ -7,7 +7,7 @@ listeners and CLI use it, never the reverse. See docs/delivery.md."""
 
 from ._ask import Verdict, ask, same_content
 from ._cli import Detail, add_cli, add_outbox_detail
-from ._links import LINKED_TYPES, link_ref, links_of, resolve_links
+from ._links import LINKED_TYPES, link_ref, links_of, patient_ref, resolve_links
 from ._outbound import Outbound, OutboundResult, Placed, bundles_of
 from ._outbox import (
     ACTIVE,
@@ -68,6 +68,7 @@ __all__ = [
     "links_of",
     "order_key_of",
     "partner_client",
+    "patient_ref",
     "resolve_links",
     "retry_after",
     "same_content",

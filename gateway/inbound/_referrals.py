@@ -534,7 +534,7 @@ def task_patient_sets(
     """:func:`task_patients` one set per way ``Task.for`` names a patient (its
     identifier; its reference): each must be the referral's patient, or an identifier
     of that patient beside a reference to another would pass for it."""
-    from ..delivery import link_ref  # the outbound side's hashing, imported when needed
+    from ..delivery import patient_ref  # the outbound side's hashing, imported when needed
 
     ref = task.get("for")
     if not isinstance(ref, dict):
@@ -556,7 +556,7 @@ def task_patient_sets(
             named.append([])
     return [
         frozenset(
-            link_ref(("Patient", str(i["system"]), str(i["value"])))  # = delivery's patient_ref
+            patient_ref(str(i["system"]), str(i["value"]))
             for i in found
             if isinstance(i, dict) and i.get("system") and i.get("value")
         )

@@ -27,6 +27,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..mapping import search_escape
+
 __all__ = [
     "LINKED_TYPES",
     "LINK_OTHER_PATIENT",
@@ -217,7 +219,10 @@ def _resolve(node: Any, found: set[Link]) -> Any:
         if isinstance(ident, dict) and not node.get("reference"):
             link = (str(node.get("type")), str(ident.get("system")), str(ident.get("value")))
             if link in found:
-                changed["reference"] = f"{link[0]}?identifier={link[1]}|{link[2]}"
+                # escaped as the Bundle's own conditions are: a "|" or "," in the value
+                # would otherwise split it into another search at the partner
+                query = f"identifier={search_escape(link[1])}|{search_escape(link[2])}"
+                changed["reference"] = f"{link[0]}?{query}"
         if not changed or all(changed[k] is node.get(k) for k in changed):
             return node
         return {**node, **changed}

@@ -11,7 +11,9 @@ entry's ``fullUrl`` is that entry, and a relative ``Type/id`` inside an entry wh
 entry it means, not a resource of ours with that id); one under this gateway's own base
 (``inbound_public_url``/fhir) is made relative and checked as a literal one; one under
 the sending partner's own FHIR base (its ``base`` in the partners file) is kept as sent
-(the partner's server, which the partner answers for); any other is refused
+(the partner's server, which the partner answers for) -- "under" as RFC 3986 §6.2.2-6.2.3
+compare servers: scheme and host in any case, default port or none, the base's trailing
+slash; another scheme, host, port or path is another server -- any other is refused
 (``inbound.external-reference``): stored as sent, it would send local systems that
 follow it to a server nobody here vouches for.
 
@@ -28,6 +30,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 from sqlalchemy.engine import Connection
 
@@ -400,11 +403,10 @@ def _in_bundle(
             if absolute in urls:
                 return absolute
         return ref
-    own = f"{bases.own}/" if bases.own else None
-    if own is not None and ref.startswith(own) and _SCHEME.match(ref[len(own) :]) is None:
-        return ref[len(own) :]  # this gateway's: checked as a relative reference next
-    theirs = bases.partner()
-    tail = ref[len(theirs) + 1 :] if theirs and ref.startswith(f"{theirs}/") else None
+    tail = _under(ref, bases.own)
+    if tail is not None and _SCHEME.match(tail) is None:
+        return tail  # this gateway's: checked as a relative reference next
+    tail = _under(ref, bases.partner())
     if tail is not None and _LITERAL.fullmatch(tail) is not None:
         return ref  # the partner's own server: kept as sent, nothing here to resolve
     raise InboundError(
@@ -415,6 +417,48 @@ def _in_bundle(
         "its own server",
         expression=where,
     )
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_AUTHORITY = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*)://([^/?#]*)(.*)", re.DOTALL)
+
+
+def _server(url: str) -> tuple[tuple[str, str, int], str] | None:
+    """An http(s) URL's server, as RFC 3986 §6.2.2-6.2.3 compare them (scheme and host
+    in lower case, the scheme's default port when none is written), and the rest of it
+    as written (path, query, fragment); None for another scheme, user information
+    (``https://gw@evil/``) or an unreadable port."""
+    found = _AUTHORITY.fullmatch(url)
+    if found is None:
+        return None
+    scheme, authority = found[1].lower(), found[2]
+    if scheme not in _DEFAULT_PORTS or "@" in authority:
+        return None
+    try:
+        parts = urlsplit(f"{scheme}://{authority}")
+        port = parts.port
+    except ValueError:
+        return None
+    if not parts.hostname:
+        return None
+    default = _DEFAULT_PORTS[scheme]
+    return (scheme, parts.hostname, default if port is None else port), found[3]
+
+
+def _under(ref: str, base: str | None) -> str | None:
+    """What follows ``base`` in ``ref`` (``Type/id``, its query) when ``ref`` is under
+    that FHIR base however the base is spelled: ``HTTPS://GW:443/fhir/`` is
+    ``https://gw/fhir``. Never another scheme, host, port or path: ``http://`` is
+    another server, ``https://gw/fhirx`` another base."""
+    ours, theirs = _server(base) if base else None, _server(ref)
+    if ours is None or theirs is None or ours[0] != theirs[0]:
+        return None
+    prefix = ours[1].rstrip("/") + "/"
+    if not theirs[1].startswith(prefix):
+        return None
+    # a trailing slash of the base written into the reference ("…/fhir//Patient/1"); a
+    # tail "//host/…" would name another server
+    return theirs[1][len(prefix) :].lstrip("/")
 
 
 def _resolve(

@@ -58,6 +58,7 @@ from ..logs import safe_traceback
 from ..metrics import add_metrics_route
 from ..pipeline import Converter, internal_issue
 from ..reports import VariantPool, WorkerCrash
+from ..validation.igpub import root_resources
 from ._auth import AccessDenied, TokenSet, load_tokens
 from ._dicomweb import add_dicomweb_routes
 from ._docs import DOCS_ASSETS, add_docs_routes
@@ -154,6 +155,9 @@ def capability_statement(converter: Converter) -> dict[str, Any]:
                     "description": "Bearer token in the Authorization header (tokens from "
                     "api_token_file or $GATEWAY_HOME/secrets/api-tokens).",
                 },
+                # the consents: POST and GET /Consent (_policy.py; igpub.py); /fhir's
+                # resources are GET /fhir/metadata's
+                "resource": root_resources(),
                 "operation": [
                     {
                         "name": "convert",

@@ -48,7 +48,7 @@ from ..inbound import (
 )
 from ..network import Network
 from ..store import Store, open_store
-from ..validation.igpub import audit_search_params
+from ..validation.igpub import STORED_SEARCH_PARAMS, SYSTEM_INTERACTIONS, fhir_resources
 from ._auditing import ReadAudit, add_audit_event_routes, read_audit
 from ._server import tcp_peer
 from ._urls import entry, link
@@ -58,13 +58,9 @@ __all__ = ["add_fhir_routes"]
 log = logging.getLogger("gateway.inbound")
 
 FHIR_JSON = "application/fhir+json"
-# The search parameters of GET /fhir/{type} and their types, as announced by
-# GET /fhir/metadata; then the result parameters (paging), accepted but not announced
-SEARCH_TYPES = {
-    "identifier": "token", "patient": "reference", "status": "token",
-    "_lastUpdated": "date", "_id": "token",
-}  # fmt: skip
-SEARCH_PARAMS = (*SEARCH_TYPES, "_count", "_after")
+# The search parameters of GET /fhir/{type}, as GET /fhir/metadata announces them
+# (igpub.py); then the result parameters (paging), accepted but not announced
+SEARCH_PARAMS = (*(name for name, _, _ in STORED_SEARCH_PARAMS), "_count", "_after")
 SCOPES = ("system/*.read", "system/*.write", "system/*.rs", "system/*.cud", "system/*.cruds")
 
 
@@ -425,35 +421,9 @@ def _capability_at(base: str) -> dict[str, Any]:
                     "description": "partners: a partner Bearer token, a SMART Backend Services "
                     "access token or a client certificate; local systems: the API token",
                 },
-                "interaction": [{"code": "transaction"}, {"code": "batch"}],
-                "resource": [
-                    {
-                        "type": t,
-                        "interaction": [{"code": "read"}, {"code": "search-type"}],
-                        "searchParam": [
-                            {"name": name, "type": kind} for name, kind in SEARCH_TYPES.items()
-                        ],
-                    }
-                    for t in (
-                        "Patient",
-                        "ServiceRequest",
-                        "Task",
-                        "DiagnosticReport",
-                        "ImagingStudy",
-                        "Observation",
-                        "Condition",
-                    )
-                ]
-                + [_AUDIT_EVENT],
+                "interaction": SYSTEM_INTERACTIONS,  # POST /fhir
+                # read and search of what partners sent and of the audit log (igpub.py)
+                "resource": fhir_resources(),
             }
         ],
     }
-
-
-# The audit log on the API (_auditing.py): auditor and admin tokens only.
-_AUDIT_EVENT: dict[str, Any] = {
-    "type": "AuditEvent",
-    "documentation": "the audit trail: auditor and admin API tokens only (403 otherwise)",
-    "interaction": [{"code": "read"}, {"code": "search-type"}],
-    "searchParam": audit_search_params(),  # each the audit search accepts (igpub.py)
-}

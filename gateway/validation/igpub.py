@@ -7,6 +7,7 @@ check the committed files are what this makes.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -19,11 +20,17 @@ from .snapshot import dump_json
 __all__ = [
     "AUDIT_SEARCH_PARAMS",
     "BASE",
+    "STORED_SEARCH_PARAMS",
+    "STORED_TYPES",
+    "SYSTEM_INTERACTIONS",
     "audit_search_params",
     "capability_statement",
+    "fhir_resources",
     "implementation_guide",
     "publish",
     "render_docs",
+    "root_resources",
+    "stored_search_params",
 ]
 
 BASE = "https://fhir-gateway.example.org"
@@ -80,16 +87,92 @@ def audit_search_params() -> list[dict[str, Any]]:
     return found
 
 
+# The search parameters of GET /fhir/{type} (gateway/api/_fhir.py, the inbound
+# stage's stored resources), each that its search accepts (less the result parameters
+# _count and _after): name, type, documentation. Announced here and by GET /fhir/metadata;
+# the tests check both ways against the search code.
+STORED_SEARCH_PARAMS: tuple[tuple[str, str, str], ...] = (
+    ("identifier", "token", "system|value, |value (no system) or value (any system)"),
+    ("patient", "reference", "Patient/<id>, <id> or the patient's identifier system|value"),
+    ("status", "token", "one status or several, comma-separated (any of them)"),
+    ("_lastUpdated", "date", "prefixes eq (default), ge, gt, le, lt; repeatable"),
+    ("_id", "token", "one id or several, comma-separated"),
+)  # fmt: skip
+# The types GET /fhir/{type} and GET /fhir/{type}/{id} announce: the resources partners
+# send in their Bundles (POST /fhir, docs/inbound.md) and this gateway's referral Tasks.
+STORED_TYPES = (
+    "Condition", "DiagnosticReport", "ImagingStudy", "Observation", "Patient", "Provenance",
+    "ServiceRequest", "Task",
+)  # fmt: skip
+_RESOURCE_SEARCH = {"_id": "Resource-id", "_lastUpdated": "Resource-lastUpdated"}
+READ_SEARCH: list[dict[str, str]] = [{"code": "read"}, {"code": "search-type"}]
+# POST /fhir: a partner's transaction or batch Bundle (gateway/api/_fhir.py)
+SYSTEM_INTERACTIONS: list[dict[str, str]] = [{"code": "transaction"}, {"code": "batch"}]
+
+
+def stored_search_params() -> list[dict[str, Any]]:
+    """The searchParam entries of each type GET /fhir/{type} serves: the core
+    definition of the Resource ones (``_id``, ``_lastUpdated``); the others are one
+    implementation for every type (no one core definition fits them all)."""
+    found = []
+    for name, kind, documentation in STORED_SEARCH_PARAMS:
+        entry: dict[str, Any] = {"name": name}
+        if name in _RESOURCE_SEARCH:
+            entry["definition"] = _CORE_SEARCH + _RESOURCE_SEARCH[name]
+        found.append({**entry, "type": kind, "documentation": documentation})
+    return found
+
+
+def fhir_resources() -> list[dict[str, Any]]:
+    """What the API serves under /fhir, per type (GET /fhir/metadata): read and search
+    of what partners sent (gateway/api/_fhir.py) and of the audit log (_auditing.py)."""
+    stored = [
+        {
+            "type": rtype,
+            "documentation": f"what partners sent (docs/inbound.md): GET /fhir/{rtype}/{{id}} "
+            f"and GET /fhir/{rtype}; a partner reads only what it sent",
+            "interaction": READ_SEARCH,
+            "searchParam": stored_search_params(),
+        }
+        for rtype in STORED_TYPES
+    ]
+    return copy.deepcopy([*stored, SERVER_ONLY["AuditEvent"]])  # the callers' own
+
+
+def root_resources() -> list[dict[str, Any]]:
+    """What the API serves at its root, per type (GET /metadata): the consents
+    (gateway/api/_policy.py)."""
+    return copy.deepcopy([CONSENT])
+
+
 # Resources the gateway serves but never sends: the audit log (GET /fhir/AuditEvent,
 # gateway/api/_auditing.py), read and searched by auditor and admin tokens.
 SERVER_ONLY: dict[str, dict[str, Any]] = {
     "AuditEvent": {
+        "type": "AuditEvent",
         "documentation": "The audit trail (docs/audit.md): GET /fhir/AuditEvent (searchset "
         "Bundle in log order, paged by _count and the next link) and GET "
         "/fhir/AuditEvent/{id}, for auditor and admin API tokens only (403 otherwise).",
-        "interaction": [{"code": "read"}, {"code": "search-type"}],
+        "interaction": READ_SEARCH,
         "searchParam": audit_search_params(),
     }
+}
+# The patients' consents to cross-border transfer (docs/policy.md): POST /Consent
+# imports one (201), GET /Consent?patient= lists them, POST /Consent/{id}/$withdraw.
+CONSENT: dict[str, Any] = {
+    "type": "Consent",
+    "documentation": "Consents to cross-border transfer (docs/policy.md): POST /Consent "
+    "imports one (201; held records it now allows are released), GET /Consent?patient= "
+    "lists them (a searchset Bundle), POST /Consent/{id}/$withdraw withdraws one.",
+    "interaction": [{"code": "create"}, {"code": "search-type"}],
+    "searchParam": [
+        {
+            "name": "patient",
+            "definition": _CORE_SEARCH + "Consent-patient",
+            "type": "reference",
+            "documentation": "the patient's identifier system|value",
+        }
+    ],
 }
 
 
@@ -103,7 +186,9 @@ def _profiles(resources: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def capability_statement(resources: list[dict[str, Any]]) -> dict[str, Any]:
     """What the gateway does, in FHIR terms: as a server, the operations of its API
-    (conversion, report variants, $validate); as a client of the partners' servers, a
+    (conversion, report variants, $validate) and the interactions its routes serve
+    (``fhir_resources``, ``root_resources``: what GET /fhir/metadata and GET /metadata
+    announce, together); as a client of the partners' servers, a
     transaction per record whose entries follow the profiles."""
     by_type: dict[str, list[str]] = {}
     for sd in _profiles(resources):
@@ -118,14 +203,10 @@ def capability_statement(resources: list[dict[str, Any]]) -> dict[str, Any]:
             entry["conditionalCreate"] = True
             entry["conditionalUpdate"] = True
         client.append(entry)
+    served = {r["type"]: r for r in [*fhir_resources(), *root_resources()]}
     server_resources = [
-        {
-            "type": rtype,
-            "supportedProfile": sorted(by_type[rtype]),
-            **SERVER_ONLY.get(rtype, {}),
-            "operation": [{"name": "validate", "definition": VALIDATE}],
-        }
-        for rtype in sorted(by_type)
+        _server_resource(rtype, by_type.get(rtype), served.get(rtype))
+        for rtype in sorted(set(by_type) | set(served))
     ]
     return {
         "resourceType": "CapabilityStatement",
@@ -155,19 +236,25 @@ def capability_statement(resources: list[dict[str, Any]]) -> dict[str, Any]:
                 "mode": "server",
                 "documentation": (
                     "The gateway's HTTP API (docs/api.md; bearer token on every route but "
-                    "/health and /metadata). POST /convert: a record in, its transaction "
-                    "Bundle out (not a FHIR interaction: the body is HL7 v2, DICOM or CDA). "
+                    "/health, /metadata and /fhir/metadata). POST /convert: a record in, its "
+                    "transaction Bundle out (not a FHIR interaction: the body is HL7 v2, "
+                    "DICOM or CDA). "
                     "POST /report/variants: a DiagnosticReport in, its zh-Hans, zh-Hant-HK, "
                     "en or bilingual variant out. POST /$validate and POST /{type}/$validate: "
                     "a resource in, an OperationOutcome against the gateway's profiles out "
-                    "(profile= a canonical URL of this guide). GET /fhir/AuditEvent: the "
-                    "audit trail, for auditor and admin tokens. GET /metadata: this statement."
+                    "(profile= a canonical URL of this guide). POST /fhir: a partner's "
+                    "transaction or batch (partner credentials, docs/inbound.md); GET "
+                    "/fhir/{type} and /fhir/{type}/{id}: what partners sent; GET "
+                    "/fhir/AuditEvent: the audit trail, for auditor and admin tokens; POST and "
+                    "GET /Consent: the consents. GET /metadata and GET /fhir/metadata: the "
+                    "API's root and /fhir as an instance, together this statement."
                 ),
                 "security": {
                     "cors": False,
                     "description": "Bearer token in the Authorization header (docs/api.md).",
                 },
                 "resource": server_resources,
+                "interaction": SYSTEM_INTERACTIONS,  # POST /fhir
                 "operation": [{"name": "validate", "definition": VALIDATE}],
             },
             {
@@ -186,6 +273,20 @@ def capability_statement(resources: list[dict[str, Any]]) -> dict[str, Any]:
             },
         ],
     }
+
+
+def _server_resource(
+    rtype: str, profiles: list[str] | None, served: dict[str, Any] | None
+) -> dict[str, Any]:
+    """A type on the API: its profiles (and POST /{type}/$validate against them), what
+    its routes serve (``served``: interactions, search parameters)."""
+    entry: dict[str, Any] = {"type": rtype}
+    if profiles:
+        entry["supportedProfile"] = sorted(profiles)
+    entry.update({k: v for k, v in (served or {}).items() if k != "type"})
+    if profiles:
+        entry["operation"] = [{"name": "validate", "definition": VALIDATE}]
+    return entry
 
 
 def implementation_guide(listed: list[dict[str, Any]]) -> dict[str, Any]:

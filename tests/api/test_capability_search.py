@@ -1,18 +1,32 @@
-"""The CapabilityStatements announce exactly the search parameters the search code
-accepts, per type: ``GET /fhir/metadata`` (gateway/api/_fhir.py ``_capability``) and
-the published one (profiles/CapabilityStatement-fhir-gateway.json, gateway/validation/
-igpub.py). The audit log's ``consent`` and ``_id`` (gateway/audit/_search.py), and the
-inbound search's ``_id``, were accepted but never announced. Result parameters
-(``_count``, ``_after``, ``_format``) page or format the answer: accepted, not search
-parameters, so not announced."""
+"""The CapabilityStatements announce exactly what the API serves: ``GET /metadata`` (the
+API's root, gateway/api/_app.py), ``GET /fhir/metadata`` (/fhir, gateway/api/_fhir.py
+``_capability``) and the published one (profiles/CapabilityStatement-fhir-gateway.json,
+gateway/validation/igpub.py: the two together).
+
+Search parameters, per type, against the search code both ways: the audit log's
+``consent`` and ``_id`` (gateway/audit/_search.py), and the inbound search's ``_id``,
+were accepted but never announced. Result parameters (``_count``, ``_after``,
+``_format``) page or format the answer: accepted, not search parameters, so not
+announced.
+
+Interactions, per type, against the app's routes both ways: each announced one is
+answered by a route that serves it, and each route serving a FHIR interaction (read,
+search-type, create, transaction) is announced. The published statement announced only
+$validate for the types GET /fhir/{type} reads and searches, and neither POST /fhir nor
+/Consent."""
 
 from __future__ import annotations
 
+import copy
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
+from starlette.routing import Match
 
 from gateway import Converter, Settings
 from gateway.api import TokenSet, create_app
@@ -33,12 +47,23 @@ def _names(resource: dict[str, Any]) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def served(converter: Converter, settings: Settings) -> dict[str, Any]:
-    app = create_app(settings, converter, TokenSet(["capability-token-0123456789"]))
-    try:
-        found: dict[str, Any] = Client(app).get("/fhir/metadata").json()
-    finally:
-        app.state.fhir.close()
+def app(converter: Converter, settings: Settings) -> Iterator[FastAPI]:
+    made = create_app(settings, converter, TokenSet(["capability-token-0123456789"]))
+    yield made
+    made.state.fhir.close()
+
+
+@pytest.fixture(scope="module")
+def served(app: FastAPI) -> dict[str, Any]:
+    """GET /fhir/metadata: the statement of the API's /fhir."""
+    found: dict[str, Any] = Client(app).get("/fhir/metadata").json()
+    return found
+
+
+@pytest.fixture(scope="module")
+def root(app: FastAPI) -> dict[str, Any]:
+    """GET /metadata: the statement of the API's root."""
+    found: dict[str, Any] = Client(app).get("/metadata").json()
     return found
 
 
@@ -93,9 +118,144 @@ def test_the_published_statement_announces_the_same_audit_parameters(
     assert audit["searchParam"] == runtime["searchParam"]  # one list, two statements
     consent = next(p for p in audit["searchParam"] if p["name"] == "consent")
     assert consent["type"] == "reference" and "definition" not in consent  # no core one
-    # only the audit log is searched on this API's statement: the other types announce
-    # $validate, no search parameter that the server would refuse
-    for resource in server["resource"]:
-        if resource["type"] != "AuditEvent":
-            assert not _names(resource), resource["type"]
     assert audit["searchParam"] == audit_search_params()  # `make profiles` is current
+
+
+# -- interactions against the app's routes ------------------------------------------
+
+# A route's shape below its base → the interaction it serves (http.html): the type
+# segment is a type's name or a path parameter (any type).
+_SHAPES = {("GET", 2): "read", ("GET", 1): "search-type", ("POST", 1): "create"}
+SYSTEM = {"transaction", "batch"}  # POST [base]: a transaction or batch Bundle
+_REQUESTS = {
+    "read": ("GET", "/{type}/an-id"),
+    "search-type": ("GET", "/{type}"),
+    "create": ("POST", "/{type}"),
+    "transaction": ("POST", ""),
+    "batch": ("POST", ""),
+}
+
+
+def _is_type(segment: str) -> bool:
+    return segment[:1].isupper() or (segment.startswith("{") and segment.endswith("}"))
+
+
+def _interaction(route: APIRoute, method: str, base: str) -> tuple[str, str] | None:
+    """(type segment, interaction) of a route below ``base``; ("", "transaction") for
+    POST [base]; None for anything else (operations, the API's own routes)."""
+    if route.path.rstrip("/") == base and method == "POST":
+        return "", "transaction"
+    if not route.path.startswith(base + "/"):
+        return None
+    segments = route.path[len(base) + 1 :].split("/")
+    if not _is_type(segments[0]) or (len(segments) == 2 and not segments[1].startswith("{")):
+        return None  # e.g. /fhir/metadata, /{type}/$validate
+    kind = _SHAPES.get((method, len(segments)))
+    return (segments[0], kind) if kind else None
+
+
+def _routes(app: FastAPI) -> list[tuple[str, APIRoute]]:
+    return [(m, r) for r in app.router.routes if isinstance(r, APIRoute) for m in r.methods]
+
+
+def _answering(app: FastAPI, method: str, path: str) -> APIRoute | None:
+    """The route that answers ``method path``: the first that matches, as Starlette's
+    router picks it."""
+    scope = {"type": "http", "method": method, "path": path, "root_path": ""}
+    for route in app.router.routes:
+        if route.matches(scope)[0] == Match.FULL:
+            return route if isinstance(route, APIRoute) else None
+    return None
+
+
+def _announced(statement: dict[str, Any]) -> set[tuple[str, str]]:
+    rest = statement["rest"][0]
+    found = {
+        (r["type"], i["code"]) for r in rest.get("resource", []) for i in r.get("interaction", [])
+    }
+    return found | {("", i["code"]) for i in rest.get("interaction", [])}
+
+
+def _check_routes(app: FastAPI, statement: dict[str, Any], base: str) -> None:
+    announced = _announced(statement)
+    # each announced interaction: the route answering its request serves it
+    for rtype, code in announced:
+        method, path = _REQUESTS[code]
+        route = _answering(app, method, base + path.format(type=rtype))
+        assert route is not None, (base, rtype, code)
+        shape = _interaction(route, method, base)
+        expected = "transaction" if code in SYSTEM else code
+        assert shape is not None and shape[1] == expected, (base, rtype, code, route.path)
+        assert shape[0] in (rtype, "") or shape[0].startswith("{"), (rtype, route.path)
+    # each route serving an interaction: announced, for its type or every type it answers
+    for method, route in _routes(app):
+        shape = _interaction(route, method, base)
+        if shape is None:
+            continue
+        segment, kind = shape
+        if kind == "transaction":
+            assert {c for t, c in announced if t == ""} >= SYSTEM, route.path
+        elif not segment.startswith("{"):
+            assert (segment, kind) in announced, (method, route.path)
+        else:  # any type: each announced type it answers announces it, and one at least
+            verb, path = _REQUESTS[kind]
+            answers = {t: _answering(app, verb, base + path.format(type=t)) for t, _ in announced}
+            reached = {t for t, found in answers.items() if t and found is route}
+            assert reached, (method, route.path)
+            for rtype in reached:
+                assert (rtype, kind) in announced, (rtype, kind, route.path)
+
+
+def test_fhir_metadata_announces_the_interactions_its_routes_serve(
+    app: FastAPI, served: dict[str, Any]
+) -> None:
+    _check_routes(app, served, "/fhir")
+    assert ("Patient", "read") in _announced(served)
+    assert ("Provenance", "search-type") in _announced(served)  # stored, so served
+
+
+def test_metadata_announces_the_interactions_its_routes_serve(
+    app: FastAPI, root: dict[str, Any]
+) -> None:
+    _check_routes(app, root, "")
+    assert _announced(root) == {("Consent", "create"), ("Consent", "search-type")}
+    consent = next(r for r in root["rest"][0]["resource"] if r["type"] == "Consent")
+    route = _answering(app, "GET", "/Consent")
+    assert route is not None
+    accepted = {p.alias for p in route.dependant.query_params}  # the handler's parameters
+    assert set(_names(consent)) == accepted == {"patient"}
+
+
+def test_the_route_check_can_fail(app: FastAPI, served: dict[str, Any]) -> None:
+    extra = copy.deepcopy(served)
+    extra["rest"][0]["resource"][0]["interaction"].append({"code": "create"})  # no route
+    with pytest.raises(AssertionError):
+        _check_routes(app, extra, "/fhir")
+    missing = copy.deepcopy(served)
+    del missing["rest"][0]["interaction"]  # POST /fhir served, not announced
+    with pytest.raises(AssertionError):
+        _check_routes(app, missing, "/fhir")
+    audit = copy.deepcopy(served)
+    audit["rest"][0]["resource"] = [r for r in audit["rest"][0]["resource"]
+                                    if r["type"] != "AuditEvent"]  # fmt: skip
+    with pytest.raises(AssertionError):
+        _check_routes(app, audit, "/fhir")
+
+
+def test_the_published_statement_is_the_two_served_ones(
+    served: dict[str, Any], root: dict[str, Any]
+) -> None:
+    """Every type the API's root or /fhir serves, with the same interactions, search
+    parameters and documentation; POST /fhir's transaction and batch."""
+    path = REPO / "profiles" / "CapabilityStatement-fhir-gateway.json"
+    server = json.loads(path.read_text(encoding="utf-8"))["rest"][0]
+    published = {r["type"]: r for r in server["resource"]}
+    runtime = [*served["rest"][0]["resource"], *root["rest"][0]["resource"]]
+    assert len({r["type"] for r in runtime}) == len(runtime)  # no type on both bases
+    for resource in runtime:
+        mine = published[resource["type"]]
+        for key in ("interaction", "searchParam", "documentation"):
+            assert mine.get(key) == resource.get(key), (resource["type"], key)
+    with_interactions = {t for t, r in published.items() if r.get("interaction")}
+    assert with_interactions == {r["type"] for r in runtime}
+    assert server["interaction"] == served["rest"][0]["interaction"]

@@ -222,11 +222,17 @@ class Narratives:
             value = resource.get(key) if key is not None else _first(resource, paths)
             if not value and (value is None or value == "" or value == []):
                 continue
-            if show is None:  # auto
-                if type(value) is str:  # what _auto makes of a string, without the list
+            if show is None:  # auto: _auto's first choices, by the value's exact type
+                kind = type(value)
+                if kind is str:  # what _auto makes of a string, without the list
                     parts += (head, _esc(value), _ROW_END)
                     continue
-                shown = _auto(view, value)
+                if kind is dict:
+                    shown = _element(view, value)
+                elif kind is list:
+                    shown = _items(view, value)
+                else:
+                    shown = _auto(view, value)
             else:
                 shown = show(view, value)
             if shown:

@@ -104,7 +104,6 @@ def memoised(fn: Callable[[Ctx], Any], scope: Scope) -> Callable[[Ctx], Any]:
     several = itemgetter(*names) if len(names) > 1 else None
     refs = tuple(sorted(scope.refs))
     ref_vars = tuple(sorted(scope.ref_vars))
-    linked = bool(refs or ref_vars)
     segments = frozenset(scope.segments)
     memo: dict[Any, Any] = {}
     seen = array("q", bytes(8 * _SEEN_SLOTS))  # hashes of keys met once (see _SEEN_SLOTS)
@@ -161,11 +160,12 @@ def memoised(fn: Callable[[Ctx], Any], scope: Scope) -> Callable[[Ctx], Any]:
                 key = (here.text, here.level, ctx.tz, view.reading)
             if segments:
                 key += lines
-            if linked:
-                state = ctx.state
-                # every URL a ref/refs could return (refs(k)[0] is what ref(k) gives)
-                key += tuple([tuple(state.refs(k)) for k in refs])
-                key += tuple([tuple(state.refs(str(ctx.vars.get(v) or ""))) for v in ref_vars])
+            # every URL a ref/refs could return (refs(k)[0] is what ref(k) gives)
+            if refs:
+                key += tuple([tuple(ctx.state.refs(k)) for k in refs])
+            if ref_vars:
+                urls = [tuple(ctx.state.refs(str(ctx.vars.get(v) or ""))) for v in ref_vars]
+                key += tuple(urls)
             found = memo.get(key, _MISS)
             if found is _MISS:
                 # Keys met once are kept as their hashes (no object for the garbage
@@ -200,7 +200,7 @@ def memoised(fn: Callable[[Ctx], Any], scope: Scope) -> Callable[[Ctx], Any]:
 def _size(key: tuple[Any, ...], result: Any) -> int:
     """What a memo entry holds, in bytes of text: its key's strings and its result's
     JSON (computed once per remembered key: keys are remembered on their second use)."""
-    text = sum(len(part) for part in key if type(part) is str)
+    text = sum([len(part) for part in key if type(part) is str])  # a list: no generator
     try:
         body = len(orjson.dumps(result))
     except TypeError:  # not JSON (no mapping makes one): count it as filling the memo

@@ -14,6 +14,7 @@ from __future__ import annotations
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 from weakref import WeakSet
 
@@ -95,20 +96,27 @@ def memoised(fn: Callable[[Ctx], Any], scope: Scope) -> Callable[[Ctx], Any]:
     if scope.rooted:
         return fn
     names = tuple(sorted(scope.vars | scope.ref_vars))
+    # The variables' values, read the cheapest way for their number: one dict.get for
+    # one, one C call (itemgetter) for several while all are set (a spec may read one
+    # that is not: None, as .get gives it). map() and its unpacking cost more than the
+    # rest of the key.
+    name = names[0] if len(names) == 1 else None
+    several = itemgetter(*names) if len(names) > 1 else None
     refs = tuple(sorted(scope.refs))
     ref_vars = tuple(sorted(scope.ref_vars))
     segments = frozenset(scope.segments)
     memo: dict[Any, Any] = {}
     seen = array("q", bytes(8 * _SEEN_SLOTS))  # hashes of keys met once (see _SEEN_SLOTS)
-    # [look-ups, of which a key met before, calls left to rest, bytes held by memo]
-    stats = [0, 0, 0, 0]
+    # Look-ups since the last probe, of which a key met before; calls left to rest; bytes
+    # held by memo (closure variables: cheaper to count than a list's items).
+    lookups = met = resting = held = 0
 
     def cached(ctx: Ctx, at: Any = _HERE) -> Any:
         # ``at``: run at that node, as ``cached(ctx.at(at))`` would, without making that
         # context unless the spec runs (generated code passes it: a hit never needs it).
-        here = ctx.here if at is _HERE else at
-        if stats[2]:  # resting
-            stats[2] -= 1
+        nonlocal lookups, met, resting, held
+        if resting:
+            resting -= 1
             return fn(ctx if at is _HERE else ctx.at(at))
         # A memo hit would hide which fields the spec reads while tracing; views whose
         # nodes have no stable text (DICOM, XML) opt out with memo = False.
@@ -116,35 +124,48 @@ def memoised(fn: Callable[[Ctx], Any], scope: Scope) -> Callable[[Ctx], Any]:
         view: MemoView = ctx.view  # type: ignore[assignment]
         if not view.memo or view.tracing:
             return fn(ctx if at is _HERE else ctx.at(at))
-        stats[0] += 1
-        if stats[0] >= _PROBE:
-            if stats[1] * _RARE < stats[0]:  # keys that do not recur: rest
-                stats[2] = _REST
-            stats[0] = stats[1] = 0
+        lookups += 1
+        if lookups >= _PROBE:
+            if met * _RARE < lookups:  # keys that do not recur: rest
+                resting = _REST
+            lookups = met = 0
+        here = ctx.here if at is _HERE else at
         try:
+            # The group's lines first: when there are none to key on (the whole
+            # message), no key is made.
+            lines: tuple[str, ...] = ()
+            if segments:
+                group = view.group_key(here, segments)
+                if group is None:
+                    return fn(ctx if at is _HERE else ctx.at(at))
+                lines = group
             # The same text means the same thing only with the same delimiters and charset
             # (escapes such as \Xhh\ decode in the message's charset). ctx.at(here) has
             # ctx's variables, state and zone.
-            if names:
+            if name is not None:
                 key: tuple[Any, ...] = (
                     here.text,
                     here.level,
                     ctx.tz,
                     view.reading,
-                    *map(ctx.vars.get, names),
+                    ctx.vars.get(name),
                 )
+            elif several is not None:
+                try:
+                    values = several(ctx.vars)
+                except KeyError:  # a variable not set: None, as ctx.vars.get gives it
+                    values = tuple(map(ctx.vars.get, names))
+                key = (here.text, here.level, ctx.tz, view.reading, *values)
             else:
                 key = (here.text, here.level, ctx.tz, view.reading)
             if segments:
-                lines = view.group_key(here, segments)
-                if lines is None:
-                    return fn(ctx if at is _HERE else ctx.at(at))
                 key += lines
-            if refs or ref_vars:
-                state = ctx.state
-                # every URL a ref/refs could return (refs(k)[0] is what ref(k) gives)
-                key += tuple([tuple(state.refs(k)) for k in refs])
-                key += tuple([tuple(state.refs(str(ctx.vars.get(v) or ""))) for v in ref_vars])
+            # every URL a ref/refs could return (refs(k)[0] is what ref(k) gives)
+            if refs:
+                key += tuple([tuple(ctx.state.refs(k)) for k in refs])
+            if ref_vars:
+                urls = [tuple(ctx.state.refs(str(ctx.vars.get(v) or ""))) for v in ref_vars]
+                key += tuple(urls)
             found = memo.get(key, _MISS)
             if found is _MISS:
                 # Keys met once are kept as their hashes (no object for the garbage
@@ -157,7 +178,7 @@ def memoised(fn: Callable[[Ctx], Any], scope: Scope) -> Callable[[Ctx], Any]:
                     return fn(ctx if at is _HERE else ctx.at(at))  # the record's own value
         except TypeError:  # an unhashable variable value: compute, do not remember
             return fn(ctx if at is _HERE else ctx.at(at))
-        stats[1] += 1  # a key met before
+        met += 1  # a key met before
         if found is _MISS:
             warned = len(ctx.state.warnings)
             result = fn(ctx if at is _HERE else ctx.at(at))
@@ -165,11 +186,11 @@ def memoised(fn: Callable[[Ctx], Any], scope: Scope) -> Callable[[Ctx], Any]:
                 return result  # a memo hit would not repeat the warning (a dropped value)
             found = freeze(result)
             size = _size(key, found)
-            if stats[3] + size > _MEMO_BYTES:
+            if held + size > _MEMO_BYTES:
                 memo.clear()
-                stats[3] = 0
+                held = 0
             memo[key] = found
-            stats[3] += size
+            held += size
         return found
 
     MEMOS.add(cached)
@@ -179,7 +200,7 @@ def memoised(fn: Callable[[Ctx], Any], scope: Scope) -> Callable[[Ctx], Any]:
 def _size(key: tuple[Any, ...], result: Any) -> int:
     """What a memo entry holds, in bytes of text: its key's strings and its result's
     JSON (computed once per remembered key: keys are remembered on their second use)."""
-    text = sum(len(part) for part in key if type(part) is str)
+    text = sum([len(part) for part in key if type(part) is str])  # a list: no generator
     try:
         body = len(orjson.dumps(result))
     except TypeError:  # not JSON (no mapping makes one): count it as filling the memo

@@ -44,6 +44,7 @@ _UNDECLARED = "(undeclared)"  # a resource without language: the record decides
 _MAX_ITEMS = 50  # values shown per row (a study of 2,000 series lists 50 and says so)
 
 Resource = dict[str, Any]
+Show = Callable[["_View", Any], list[str]]  # a row's value → its lines of escaped XHTML
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +53,23 @@ class Row:
     paths: tuple[tuple[str, ...], ...]  # first non-empty wins
     show: str  # how: auto (by the value's shape), series
     key: str | None = None  # the one top-level element, when that is all the row reads
+
+
+_ROW_END = "</td></tr>"
+_TABLE_END = "</tbody></table></div>"
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """A type's narrative in one label language, made once (it depends on nothing else):
+    per row its element (``key``, else ``paths``), how its value is shown (None: auto)
+    and its markup up to the value (``<tr><th>label</th><td>``, the label escaped);
+    the div's opening up to the first row, and the whole div when no row shows."""
+
+    chinese: str | None  # the labels' language (None: English alone)
+    rows: tuple[tuple[str | None, tuple[tuple[str, ...], ...], Show | None, str], ...]
+    head: str
+    empty: str
 
 
 class Narratives:
@@ -88,6 +106,11 @@ class Narratives:
         for path in sorted(folder.glob("*.yaml")):
             if path.name != "labels.yaml":
                 self._load_type(path, labels)
+        # Per type, per label language: its rows' markup and the title (see _Plan).
+        self._plans: dict[str, dict[str | None, _Plan]] = {
+            rtype: {chinese: self._plan(rtype, rows, chinese) for chinese in self._labels}
+            for rtype, rows in self._rows.items()
+        }
         self._sender_script: dict[str | None, str] = {}
         # Lines of frozen values (the mapping memo's: codings, staff names recur in every
         # message), by id and label language; the value is kept with them, so its id
@@ -138,21 +161,21 @@ class Narratives:
         """Give each entry's resource of a type with rules a generated ``text`` (in place;
         the entry gets a new resource dict, as resources may hold shared frozen values)."""
         by_url: dict[Any, Any] = {}  # every resource, as references resolve them
-        todo: list[tuple[dict[str, Any], Resource, tuple[Row, ...]]] = []
+        todo: list[tuple[dict[str, Any], Resource, dict[str | None, _Plan]]] = []
         for entry in bundle.get("entry") or []:  # one pass: the index and what needs text
             resource = by_url[entry.get("fullUrl")] = entry.get("resource")
             if isinstance(resource, dict):
-                rows = self._rows.get(resource.get("resourceType", ""))
-                if rows is not None and "text" not in resource:
-                    todo.append((entry, resource, rows))
+                plans = self._plans.get(resource.get("resourceType", ""))
+                if plans is not None and "text" not in resource:
+                    todo.append((entry, resource, plans))
         if not todo:
             return
         view = _View(by_url, self)
-        for entry, resource, rows in todo:
+        for entry, resource, plans in todo:
             chinese = self._declared(resource)
             if chinese is _UNDECLARED:
                 chinese = self._script(sender) if _holds_chinese(resource) else None
-            entry["resource"] = _with_text(resource, self._div(resource, rows, view, chinese))
+            entry["resource"] = _with_text(resource, self._div(resource, plans[chinese], view))
 
     def render(
         self,
@@ -163,35 +186,61 @@ class Narratives:
         """The XHTML div of one resource, with labels in English or ``chinese`` + English
         (its ``language`` decides when it has one); references resolve within ``by_url``."""
         declared = self._declared(resource)
-        rows = self._rows.get(str(resource.get("resourceType", "")), ())
+        rtype = str(resource.get("resourceType", ""))
         chosen = chinese if declared is _UNDECLARED else declared
-        return self._div(resource, rows, _View(by_url or {}, self), chosen)
+        plans = self._plans.get(rtype)
+        # a type without rules: its title alone (a KeyError when it has no label either)
+        plan = plans[chosen] if plans is not None else self._plan(rtype, (), chosen)
+        return self._div(resource, plan, _View(by_url or {}, self))
 
-    def _div(
-        self, resource: Resource, rows: Iterable[Row], view: _View, chinese: str | None
-    ) -> str:
+    def _plan(self, rtype: str, rows: Iterable[Row], chinese: str | None) -> _Plan:
         labels = self._labels[chinese]
-        view.chinese = chinese
+        title = f"{XHTML}<p><b>{labels[rtype]}</b></p>"
+        return _Plan(
+            chinese,
+            tuple(
+                (
+                    row.key or None,
+                    row.paths,
+                    None if row.show == "auto" else _SHOW[row.show],
+                    f"<tr><th>{labels[row.label]}</th><td>",
+                )
+                for row in rows
+            ),
+            f"{title}<table><tbody>",
+            f"{title}</div>",
+        )
+
+    def _div(self, resource: Resource, plan: _Plan, view: _View) -> str:
+        """The XHTML of ``resource`` by ``plan``, made in one join."""
+        chinese = view.chinese = plan.chinese
         view.id_types = self._id_types[chinese]
         view.lines, view.persons = self._lines[chinese], self._persons[chinese]
         view.described = view.by_language.setdefault(chinese, {})
-        cells: list[str] = []
-        for row in rows:
-            value = resource.get(row.key) if row.key else _first(resource, row.paths)
+        parts = [plan.head]
+        for key, paths, show, head in plan.rows:
+            value = resource.get(key) if key is not None else _first(resource, paths)
             if not value and (value is None or value == "" or value == []):
                 continue
-            if type(value) is str and row.show == "auto":
-                cell = _esc(value)  # what _auto makes of a string, without the list
-            else:
-                shown = _SHOW[row.show](view, value)
-                if not shown:
+            if show is None:  # auto: _auto's first choices, by the value's exact type
+                kind = type(value)
+                if kind is str:  # what _auto makes of a string, without the list
+                    parts += (head, _esc(value), _ROW_END)
                     continue
-                cell = shown[0] if len(shown) == 1 else "<br/>".join(shown)
-            cells.append(f"<tr><th>{labels[row.label]}</th><td>{cell}</td></tr>")
-        title = labels[resource["resourceType"]]
-        if not cells:
-            return f"{XHTML}<p><b>{title}</b></p></div>"
-        return f"{XHTML}<p><b>{title}</b></p><table><tbody>{''.join(cells)}</tbody></table></div>"
+                if kind is dict:
+                    shown = _element(view, value)
+                elif kind is list:
+                    shown = _items(view, value)
+                else:
+                    shown = _auto(view, value)
+            else:
+                shown = show(view, value)
+            if shown:
+                parts += (head, shown[0] if len(shown) == 1 else "<br/>".join(shown), _ROW_END)
+        if len(parts) == 1:
+            return plan.empty
+        parts.append(_TABLE_END)
+        return "".join(parts)
 
     def _declared(self, resource: Resource) -> str | None:
         """The labels' Chinese variant by the resource's ``language``: None for English,
@@ -324,6 +373,8 @@ def _shape(view: _View, value: Any) -> list[str]:
 
 
 def _items(view: _View, value: list[Any]) -> list[str]:
+    if len(value) == 1:  # most lists (identifiers, categories, notes): the item's lines
+        return _auto(view, value[0])  # as they are (nothing changes returned lines)
     out: list[str] = []
     for item in value if len(value) <= _MAX_ITEMS else value[:_MAX_ITEMS]:
         out += _auto(view, item)
@@ -500,7 +551,7 @@ def _series(view: _View, series: Any) -> list[str]:
     return out
 
 
-_SHOW: dict[str, Callable[[_View, Any], list[str]]] = {"auto": _auto, "series": _series}
+_SHOW: dict[str, Show] = {"auto": _auto, "series": _series}
 
 
 # -- helpers -------------------------------------------------------------------------------

@@ -486,6 +486,13 @@ class Outbound:
                 return self.outbox.require(row_id)
             return self.outbox.release(row_id, reason)
 
+    def discard(self, row_id: int, reason: str) -> OutboxRecord:
+        """``gateway outbox discard`` (and the console's): a held or dead row given up for
+        good (:meth:`Outbox.discard`); under the lock, so never while this process's
+        :meth:`recheck_held` is deciding the same row."""
+        with self._lock:
+            return self.outbox.discard(row_id, reason)
+
     # -- a person's retry and replay: decided again, as a release ------------------------
     def retry(self, row_id: int, reason: str) -> OutboxRecord:
         """``gateway outbox retry``: a dead row queued again from the part that failed,

@@ -1,5 +1,5 @@
 """An operator's actions from the console, through the functions the CLI uses
-(``process_message``, ``Outbound.retry|replay|release``) and audited as the
+(``process_message``, ``Outbound.retry|replay|release|discard``) and audited as the
 CLI audits them (``record_operator``, naming the console user). Each needs a reason,
 kept with the action (``console_actions``; outbox actions also in ``outbox_events``)."""
 
@@ -20,7 +20,7 @@ from ._users import ConsoleError, User
 __all__ = ["MESSAGE_ACTIONS", "OUTBOX_ACTIONS", "Actions"]
 
 MESSAGE_ACTIONS = ("reprocess", "resolve")
-OUTBOX_ACTIONS = ("retry", "release", "replay")
+OUTBOX_ACTIONS = ("retry", "release", "replay", "discard")
 MAX_REASON = 1000
 
 
@@ -73,7 +73,7 @@ class Actions:
         record_operator(store, self.settings, action, [message_id], who=user.name)
 
     def on_outbox(self, action: str, row_id: int, user: User, reason: str) -> int | None:
-        """Retry, release or replay an outbox row; returns its message's id."""
+        """Retry, release, replay or discard an outbox row; returns its message's id."""
         why = _reason(reason)
         store = self.store()
         # each decided again by the policy first (a consent withdrawn, an agreement ended)
@@ -83,6 +83,8 @@ class Actions:
             row = self.outbound().replay(row_id, why)
         elif action == "release":
             row = self.outbound().release(row_id, why)
+        elif action == "discard":  # given up for good: nothing leaves, nothing to decide
+            row = self.outbound().discard(row_id, why)
         else:
             raise ConsoleError("console.bad-action", f"unknown action {action!r}")
         self._note(store, user, action, row.message_id, row_id, why)

@@ -11,6 +11,7 @@ from ._links import LINKED_TYPES, link_ref, links_of, patient_ref, resolve_links
 from ._outbound import Outbound, OutboundResult, Placed, bundles_of
 from ._outbox import (
     ACTIVE,
+    DISCARDABLE,
     DUE,
     STATES,
     DeliveryError,
@@ -30,6 +31,7 @@ from ._worker import ClientFactory, Deliverer, partner_client
 
 __all__ = [
     "ACTIVE",
+    "DISCARDABLE",
     "DUE",
     "KEPT_CHARS",
     "LINKED_TYPES",

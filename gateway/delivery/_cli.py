@@ -1,4 +1,4 @@
-"""``gateway outbox list|show|stats|retry|replay|release``: what waits for which partner,
+"""``gateway outbox list|show|stats|retry|replay|release|discard``: what waits for which partner,
 and why, and a person's decisions; ``gateway send`` (_send_cli.py) and ``gateway route``."""
 
 from __future__ import annotations
@@ -77,6 +77,13 @@ def add_cli(sub: Any) -> None:
     )
     release.add_argument("id", type=int)
     _decision(release, cmd_release)
+    discard = verbs.add_parser(
+        "discard",
+        help="give up on a held or dead record for good: never sent (its patient's later "
+        "records no longer wait for it)",
+    )
+    discard.add_argument("id", type=int)
+    _decision(discard, cmd_discard)
 
     from ._send_cli import add_send_cli
 
@@ -155,6 +162,17 @@ def cmd_release(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         store.close()
     return _done(args, "released", [row])
+
+
+def cmd_discard(args: argparse.Namespace, settings: Settings) -> int:
+    """No policy to ask (nothing leaves): the outbox alone, then the audit event."""
+    store = open_store(settings)
+    try:
+        row = Outbox(store).discard(args.id, args.reason)
+        record_operator(store, settings, "discard", [row.message_id])
+    finally:
+        store.close()
+    return _done(args, "discarded", [row])
 
 
 def _json(value: Any) -> None:

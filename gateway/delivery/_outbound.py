@@ -40,7 +40,7 @@ from ..datafiles import RELOAD_INTERVAL, data_dir, file_stamps, load_data_file
 from ..errors import ConfigError, GatewayError, Issue
 from ..metrics import trace_placed
 from ..network import Network
-from ..partners import Partner, configured_partners
+from ..partners import Partner, PartnersWatch
 from ..store import StageOutcome, Store, StoreError
 from ._outbox import DeliveryError, Outbox, OutboxRecord, label_of, order_key_of
 from ._routes import Destination, Facts, Routes, Routing, facts_of
@@ -139,7 +139,15 @@ class Outbound:
         self.outbox = outbox or Outbox(store)
         self.network = Network.load(settings.network)
         self.institution = _institution(self.network, settings.institution)
-        self.partners = partners if partners is not None else configured_partners(settings)
+        # The partners' files watched too (gateway.partners.PartnersWatch): a partner
+        # added or changed (`gateway partners set`) is routed, and sent to, without a
+        # restart; the delivery worker of the same service shares the watch. Partners a
+        # caller gave are theirs: not watched.
+        self.partners_watch: PartnersWatch | None = None
+        if partners is None:
+            self.partners_watch = PartnersWatch(settings)
+            partners = self.partners_watch.partners
+        self.partners = partners
         self.routes = routes or Routes.load(self.network, settings.delivery_routes)
         # network.yaml and routes.yaml, watched as the policy watches its files (the same
         # stamps, looked at every ``reload_interval`` seconds): a partner added or an
@@ -167,7 +175,10 @@ class Outbound:
         files that do not load (or no longer name this gateway's institution) leave
         routing on the last good ones, reported once per edit (the next look sees the
         same stamps). Unlike the policy, which stops deciding on a broken file, routing
-        goes on: every record still passes the policy on its own, current, files."""
+        goes on: every record still passes the policy on its own, current, files.
+        The partners follow their own files (:class:`PartnersWatch`, all or nothing)."""
+        if self.partners_watch is not None:
+            self.partners = self.partners_watch.current()
         if not self._watched:
             return
         now = time.monotonic()
@@ -485,6 +496,13 @@ class Outbound:
                     )
                 return self.outbox.require(row_id)
             return self.outbox.release(row_id, reason)
+
+    def discard(self, row_id: int, reason: str) -> OutboxRecord:
+        """``gateway outbox discard`` (and the console's): a held or dead row given up for
+        good (:meth:`Outbox.discard`); under the lock, so never while this process's
+        :meth:`recheck_held` is deciding the same row."""
+        with self._lock:
+            return self.outbox.discard(row_id, reason)
 
     # -- a person's retry and replay: decided again, as a release ------------------------
     def retry(self, row_id: int, reason: str) -> OutboxRecord:

@@ -7,7 +7,9 @@ States (docs/delivery.md has the diagram):
 - ``retrying``: nothing was applied, send again at ``next_at``;
 - ``waiting``: a send was ambiguous (or interrupted): ask the partner at ``next_at``;
 - ``held``: not sent until a person (or a later stage) releases it;
-- ``delivered`` and ``dead``: final (dead keeps the partner's OperationOutcome).
+- ``delivered`` and ``dead``: final (dead keeps the partner's OperationOutcome);
+- ``discarded``: final, a person gave up on a held or dead row (:meth:`Outbox.discard`):
+  never sent again, and its patient's later rows no longer wait for it.
 
 Order: a row is due only when no earlier row with the same (partner, order key) is
 undelivered, so a patient's later record never overtakes an earlier one, while other
@@ -41,6 +43,7 @@ from ._overwrite import OVERWRITE, written_links
 
 __all__ = [
     "ACTIVE",
+    "DISCARDABLE",
     "DUE",
     "STATES",
     "DeliveryError",
@@ -51,11 +54,23 @@ __all__ = [
     "order_key_of",
 ]
 
-STATES = ("pending", "waiting", "sending", "delivered", "retrying", "held", "dead")
+STATES = (
+    "pending",
+    "waiting",
+    "sending",
+    "delivered",
+    "retrying",
+    "held",
+    "dead",
+    "discarded",
+)
 DUE = ("pending", "retrying", "waiting")  # a worker picks these up at next_at
 ACTIVE = ("pending", "waiting", "sending", "retrying", "held")  # not final yet
+DISCARDABLE = ("held", "dead")  # what a person may give up on (gateway outbox discard)
+# Rows that keep no later row of their patient back: sent, or given up by a person.
+_DONE = ("delivered", "discarded")
 # Moves from or to these change what the message's state is (held, dead, delivered).
-_SETTLED = frozenset({"held", "dead", "delivered"})
+_SETTLED = frozenset({"held", "dead", "delivered", "discarded"})
 
 _outbox = metadata.tables["outbox"]
 _events = metadata.tables["outbox_events"]
@@ -65,7 +80,9 @@ _messages = metadata.tables["messages"]
 # (held and dead wait for a person, queued for the worker; delivered only when all are).
 _MESSAGE_STATE = (
     ("held", ("held",)),
-    ("dead", ("dead",)),
+    # A discarded row was not delivered either: for its message, as a dead one (the
+    # store's states are the message's; a person may mark the message resolved).
+    ("dead", ("dead", "discarded")),
     ("queued", ("pending", "waiting", "sending", "retrying")),
     ("delivered", ("delivered",)),
 )
@@ -811,6 +828,47 @@ class Outbox:
         self._requeue(None, row_id, "held", "release", reason, now)
         return self.require(row_id)
 
+    def discard(self, row_id: int, reason: str, now: datetime | None = None) -> OutboxRecord:
+        """A person gives up on a held or dead row (``gateway outbox discard``): it moves
+        to ``discarded``, final, and is never sent (no worker claims it; retry, release
+        and replay refuse it); its patient's later rows stop waiting for it. Its
+        ``last_error`` stays: what it was held or dead for. The move is a compare-and-set
+        on the state checked: a row moved meanwhile (released, filled) is refused."""
+        now = now or self.clock()
+        record = self.require(row_id)
+        self.check_discard(record)
+        with self._write() as conn:
+            self._move(
+                conn,
+                row_id,
+                record.state,
+                "discarded",
+                f"discard: {reason}",
+                now,
+                None,
+                {"lease_until": None},
+            )
+        return self.require(row_id)
+
+    @staticmethod
+    def check_discard(record: OutboxRecord) -> None:
+        """Raise unless a person may discard this row: a held or dead one, not one the
+        policy holds (no consent yet: the policy decides it again when one arrives, and
+        its hold decision waits with the row: discarding the row would leave that
+        decision to be released with no row to follow it)."""
+        if record.state not in DISCARDABLE:
+            raise DeliveryError(
+                "delivery.not-discardable",
+                f"outbox record {record.id} cannot be discarded: it is {record.state} "
+                "(only a held or dead record can be)",
+            )
+        if record.state == "held" and (record.last_error or "").startswith("policy."):
+            raise DeliveryError(
+                "delivery.not-discardable",
+                f"outbox record {record.id} cannot be discarded: the policy holds it "
+                f"({record.last_error}); it is decided again when a consent arrives",
+            )
+
     @staticmethod
     def check_requeue(record: OutboxRecord, action: str) -> None:
         """Raise unless a person may ``action`` (retry, release, replay) this row: retry a
@@ -991,7 +1049,7 @@ def _due_query(now: datetime, limit: int, exclude: Sequence[str]) -> sa.Select[A
             earlier.c.partner == o.c.partner,
             earlier.c.order_key == o.c.order_key,  # NULL = NULL is not true: no order
             earlier.c.id < o.c.id,
-            earlier.c.state != "delivered",
+            earlier.c.state.not_in(_DONE),
             ~_unmet(earlier, now),
             ~_stands_aside(earlier),
         )

@@ -27,7 +27,7 @@ from ._worker import Deliverer
 
 __all__ = ["add_send_cli"]
 
-_SETTLED = ("delivered", "dead", "held")
+_SETTLED = ("delivered", "dead", "held", "discarded")
 
 
 def add_send_cli(sub: Any) -> None:

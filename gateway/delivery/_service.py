@@ -128,11 +128,14 @@ class DeliveryService:
         outbox = Outbox(store)
         self.store = store
         self.outbound = outbound or Outbound(settings, store, outbox)
+        # The worker follows the partners' files with routing: one watch, one reading.
+        watch = self.outbound.partners_watch
         self.deliverer = deliverer or Deliverer(
             outbox,
             self.outbound.partners,
             DeliveryConfig.from_settings(settings),
             audit=self.outbound.audit,
+            partners_from=watch.current if watch is not None else None,
         )
         self.feed_every = feed_every if feed_every is not None else settings.delivery_sweep_seconds
         self._stop = threading.Event()

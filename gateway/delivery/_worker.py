@@ -64,7 +64,10 @@ log = logging.getLogger("gateway.delivery")
 
 class Deliverer:
     """Delivers an outbox to its partners. ``clock`` (naive UTC; default: the outbox's)
-    and ``rng`` (backoff jitter) are for tests."""
+    and ``rng`` (backoff jitter) are for tests. ``partners_from``: the partners as they
+    are now (gateway.partners.PartnersWatch.current), asked before each batch; a
+    partner that changed (base URL, auth, TLS...) has its pooled client closed and made
+    again, its breaker and what it was found to refuse forgotten."""
 
     def __init__(
         self,
@@ -76,11 +79,14 @@ class Deliverer:
         rng: random.Random | None = None,
         client_factory: ClientFactory = partner_client,
         audit: AuditLog | None = None,
+        partners_from: Callable[[], Mapping[str, Partner]] | None = None,
     ) -> None:
         self.outbox = outbox
         self.audit = audit  # each send's AuditEvent (gateway.audit.audit_log)
         self.client_factory = client_factory
         self.partners = dict(partners)
+        self.partners_from = partners_from
+        self._partners_seen: Mapping[str, Partner] = partners  # what partners_from gave last
         self.config = config or DeliveryConfig()
         self.clock = clock or outbox.clock
         self.rng = rng or random.Random()
@@ -102,6 +108,7 @@ class Deliverer:
         how many were acted on. Rows of partners whose breaker is open are not even
         claimed, so they never crowd out another partner's rows. Claimed rows not begun
         (stopping, a breaker that opened meanwhile) are released: due again at once."""
+        self._follow_partners()
         now = self.clock()
         self.outbox.recover(now)
         closed_to = [key for key, b in self.breakers.items() if not b.may_try(now)]
@@ -128,6 +135,28 @@ class Deliverer:
             if untouched:
                 self.outbox.unclaim(untouched, token)
         return acted
+
+    def _follow_partners(self) -> None:
+        """Take the partners ``partners_from`` gives when they changed (a new mapping):
+        each partner whose configuration changed, or that is gone, loses its pooled
+        client (closed: the next request makes one with the new base URL, auth, TLS),
+        its breaker (its failures were the old endpoint's or credentials') and a batch
+        refusal remembered. Between batches: no request is in flight then."""
+        if self.partners_from is None:
+            return
+        fresh = self.partners_from()
+        if fresh is self._partners_seen:
+            return
+        self._partners_seen = fresh
+        for key in {*fresh, *self.partners}:
+            if fresh.get(key) == self.partners.get(key):
+                continue
+            client = self._clients.pop(key, None)
+            if client is not None:
+                client.close()
+            self.breakers.pop(key, None)
+            self._no_batch.discard(key)
+        self.partners = dict(fresh)
 
     def close(self) -> None:
         for client in self._clients.values():

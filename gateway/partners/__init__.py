@@ -1,7 +1,8 @@
 """Partner FHIR servers (docs/partners.md): their configuration (the network's
 ``seeds/partners.yaml`` under ``$GATEWAY_HOME/partners.yaml``), the pooled httpx client
 that authenticates to each (none, bearer, SMART Backend Services, mutual TLS), fitting
-a Bundle to what each accepts, and ``gateway partners list|set|check``.
+a Bundle to what each accepts, the partners of a running gateway read again when their
+files change (:class:`PartnersWatch`), and ``gateway partners list|set|check``.
 
     partners = configured_partners(settings)
     with partner_client(partners["hkpmc"], settings) as client:   # auth attached
@@ -39,6 +40,7 @@ from ._config import (
 )
 from ._naming import names_institution
 from ._split import WRITE_KINDS, split_bundle
+from ._watch import PartnersWatch, partner_files
 
 __all__ = [
     "ASSERTION_LIFETIME",
@@ -52,6 +54,7 @@ __all__ = [
     "Partner",
     "PartnerAuthError",
     "PartnerReport",
+    "PartnersWatch",
     "SmartAuth",
     "Throttle",
     "Timeouts",
@@ -66,6 +69,7 @@ __all__ = [
     "override_file",
     "partner_auth",
     "partner_client",
+    "partner_files",
     "seeds_file",
     "sent_types",
     "set_partner",

@@ -25,7 +25,7 @@ import logging
 import marshal
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,7 @@ __all__ = ["ENGINES", "GENERATOR_VERSION", "CodeCache", "Lowering", "engine_sett
 log = logging.getLogger(__name__)
 
 # Part of the cache key: bump it whenever the generated code changes for the same input.
-GENERATOR_VERSION = "5"
+GENERATOR_VERSION = "6"
 ENGINES = ("compiled", "interpreted")
 _MAX_DEPTH = 40  # indentation levels in one function; deeper specs are called instead
 _EMPTY = "({0} is None or {0} == '' or {0} == [] or {0} == {{}})"  # _compile._empty, falsy part
@@ -70,9 +70,13 @@ def _literal(value: Any) -> str | None:
 
 class _Func:
     """The lines of one generated function, its fresh local names, and the view look-ups
-    already made (each path read once per node: the view's answers are pure)."""
+    already made (each path read once per node: the view's answers are pure).
 
-    def __init__(self) -> None:
+    ``reader(method, path)`` is the callee of a look-up: ``view.first`` called with the
+    path, or an accessor bound for that path (``A3``) called with the view."""
+
+    def __init__(self, reader: Callable[[str, str], str] | None = None) -> None:
+        self.reader = reader
         self.lines: list[str] = []
         self._n = 0
         # (method, path, node variable) → (variable holding the answer, its indentation)
@@ -95,7 +99,10 @@ class _Func:
         if found is not None and found[1] <= ind:
             return found[0]
         v = self.var("q")
-        self.add(ind, f"{v} = view.{method}({path!r}, {h})")
+        if self.reader is None:
+            self.add(ind, f"{v} = view.{method}({path!r}, {h})")
+        else:
+            self.add(ind, f"{v} = {self.reader(method, path)}(view, {h})  # {path}")
         self._known[(method, path, h)] = (v, ind)
         return v
 
@@ -107,7 +114,7 @@ class Lowering:
     live in the module namespace ``ns`` under generated names; the source never holds a
     value that is not a plain literal."""
 
-    def __init__(self, cache: CodeCache | None = None) -> None:
+    def __init__(self, cache: CodeCache | None = None, view: Any = None) -> None:
         self.ns: dict[str, Any] = {
             "__name__": "gateway.mapping.generated",
             "_DROPPED": _DROPPED,
@@ -115,6 +122,11 @@ class Lowering:
             "_convert": _convert,
         }
         self._names: dict[int, str] = {}
+        # The view class that reads this folder's records, when it offers accessors
+        # (look-ups resolved per path here, once: Hl7View.accessor); else paths are
+        # passed to the view's methods at each call (DICOM, CDA).
+        self.view = view if callable(getattr(view, "accessor", None)) else None
+        self._accessors: dict[tuple[str, str], str] = {}
         self._units = 0
         self.cache = cache
         self.sources: list[str] = []  # every unit's source, in order (the cache's .py file)
@@ -143,9 +155,15 @@ class Lowering:
         return generated
 
     def source(self, fn: Fn, name: str, unit: str) -> str:
-        f = _Func()
+        f = _Func(self._accessor if self.view is not None else None)
         f.add(0, f"def {name}(ctx):  # {unit}")
         f.add(1, "view = ctx.view")
+        if self.view is not None:
+            # Accessors read the view's tables directly: any other view (none in the
+            # gateway: a folder's records are all read by one view class) gets the
+            # closures, the reference implementation.
+            f.add(1, f"if view.__class__ is not {self._name(self.view, 'V')}:")
+            f.add(2, f"return {self._name(fn, 'F')}(ctx)")
         f.add(1, "state = ctx.state")
         f.add(1, "h0 = ctx.here")
         self.emit(f, fn, "result", "ctx", "h0", 1)
@@ -159,6 +177,16 @@ class Lowering:
             found = f"{prefix}{len(self._names) + 1}"
             self._names[id(obj)] = found
             self.ns[found] = obj
+        return found
+
+    def _accessor(self, method: str, path: str) -> str:
+        """The namespace name of the view's accessor for ``view.<method>(path, ...)``, one
+        per (method, path) in the folder."""
+        found = self._accessors.get((method, path))
+        if found is None:
+            assert self.view is not None
+            found = self._name(self.view.accessor(method, path), "A")
+            self._accessors[(method, path)] = found
         return found
 
     def _value(self, value: Any) -> str:
@@ -706,8 +734,9 @@ def _is_code(value: Any) -> bool:
     return type(value) is type(_is_code.__code__)
 
 
-def lowering_for(folder: Path, env: dict[str, str] | None = None) -> Lowering:
-    """A :class:`Lowering` with the folder's on-disk cache when there is a cache dir."""
+def lowering_for(folder: Path, env: dict[str, str] | None = None, view: Any = None) -> Lowering:
+    """A :class:`Lowering` with the folder's on-disk cache when there is a cache dir;
+    ``view``: the class reading the folder's records (its accessors are used if any)."""
     where = cache_dir(env)
     cache = CodeCache(where, folder_key(folder)) if where is not None else None
-    return Lowering(cache)
+    return Lowering(cache, view)

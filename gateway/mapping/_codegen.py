@@ -24,6 +24,7 @@ import keyword
 import logging
 import marshal
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -40,7 +41,7 @@ __all__ = ["ENGINES", "GENERATOR_VERSION", "CodeCache", "Lowering", "engine_sett
 log = logging.getLogger(__name__)
 
 # Part of the cache key: bump it whenever the generated code changes for the same input.
-GENERATOR_VERSION = "6"
+GENERATOR_VERSION = "7"
 ENGINES = ("compiled", "interpreted")
 _MAX_DEPTH = 40  # indentation levels in one function; deeper specs are called instead
 _EMPTY = "({0} is None or {0} == '' or {0} == [] or {0} == {{}})"  # _compile._empty, falsy part
@@ -81,6 +82,33 @@ class _Func:
         self._n = 0
         # (method, path, node variable) → (variable holding the answer, its indentation)
         self._known: dict[tuple[str, str, str], tuple[str, int]] = {}
+        # context variable → (the context it was made from, {var: variable holding its
+        # value} for the vars it adds): a variable is read where it was set, and a
+        # context made for a node (``ctx.at``) shares its maker's variables
+        self.scopes: dict[str, tuple[str, dict[str, str]]] = {}
+        # context variable made by ``ctx.at(node)`` → its line, dropped (a ``pass``) when
+        # nothing generated after it uses that context (see :meth:`Lowering._unmade`)
+        self.made: dict[str, int] = {}
+
+    def make_at(self, ind: int, c2: str, c: str, h: str) -> None:
+        """``c2 = c.at(h)``, a line dropped later if ``c2`` is never used."""
+        self.made[c2] = len(self.lines)
+        self.add(ind, f"{c2} = {c}.at({h})")
+        self.scopes[c2] = (c, {})
+
+    def unused(self, c2: str) -> bool:
+        """Whether ``c2``, made by :meth:`make_at`, is used by no line after its own; its
+        line becomes ``pass`` (kept: it may be a block's only line)."""
+        line = self.made.get(c2)
+        if line is None:
+            return False
+        name = re.compile(rf"\b{c2}\b")
+        if any(name.search(text) for text in self.lines[line + 1 :]):
+            return False
+        text = self.lines[line]
+        self.lines[line] = text[: len(text) - len(text.lstrip())] + "pass"
+        del self.made[c2]
+        return True
 
     def var(self, prefix: str) -> str:
         self._n += 1
@@ -296,9 +324,13 @@ class Lowering:
         name, leaf, missing = shape
         label = f"${name}"
         v = f.var("v")
-        f.add(ind, f"{v} = {c}.vars.get({name!r})")
+        f.add(ind, f"{v} = {_read_var(f, c, name)}")
         f.add(ind, f"if not {v} and {_EMPTY.format(v)}:")
         self._missing(f, t, c, ind + 1, missing, label)
+        if SHAPES.get(leaf) == ("identity",):  # any value as it is, text or not
+            f.add(ind, "else:")
+            f.add(ind + 1, f"{t} = {v}")
+            return
         f.add(ind, f"elif not isinstance({v}, str):")
         f.add(ind + 1, f"{t} = {v}")
         f.add(ind, "else:")
@@ -368,7 +400,7 @@ class Lowering:
         for n, fn in enumerate(fns):
             level = ind + n
             self.emit(f, fn, t, c, h, level)
-            f.add(level, f"if not {_not_empty(t)}:")
+            f.add(level, f"if not {t}:" if _none_if_false(fn) else f"if not {_not_empty(t)}:")
         f.add(ind + len(fns), f"{t} = None")
 
     def _join(self, f: _Func, t: str, c: str, h: str, ind: int, fns: list[Fn], sep: str) -> None:
@@ -393,16 +425,25 @@ class Lowering:
         f.add(ind, f"{t} = {self._name(func, 'FN')}({c}.env{sep}{call})")
 
     def _with(self, f: _Func, c: str, h: str, ind: int, extra: dict[str, Fn]) -> str:
-        """``ctx.with_vars`` of the ``with``/``vars`` specs, each evaluated at ``c``."""
+        """``ctx.with_vars`` of the ``with``/``vars`` specs, each evaluated at ``c``; when
+        ``c`` was made for node ``h`` (``ctx.at``) and the specs did not need it, one
+        context is made instead of two (``ctx.at_with``)."""
         if not extra:
             return c
-        values = []
+        values = {}
         for key, fn in extra.items():
             v = f.var("w")
             self.emit(f, fn, v, c, h, ind)
-            values.append(f"{key!r}: {v}")
+            values[key] = v
         c2 = f.var("c")
-        f.add(ind, f"{c2} = {c}.with_vars({{{', '.join(values)}}})")
+        literal = "{" + ", ".join(f"{k!r}: {v}" for k, v in values.items()) + "}"
+        if f.unused(c):
+            maker = _maker(f, f.scopes[c][0])  # at_with replaces the node: any context
+            f.add(ind, f"{c2} = {maker}.at_with({h}, {literal})")
+            f.scopes[c2] = (maker, values)
+        else:
+            f.add(ind, f"{c2} = {c}.with_vars({literal})")
+            f.scopes[c2] = (c, values)
         return c2
 
     def _at(self, f: _Func, t: str, c: str, h: str, ind: int, *shape: Any) -> None:
@@ -420,8 +461,9 @@ class Lowering:
         if not extra and self._direct(f, body, t, c, h2, ind + 1):
             pass  # run at the node without a context made for it
         else:
-            f.add(ind + 1, f"{c2} = {c}.at({h2})")
+            f.make_at(ind + 1, c2, c, h2)
             self.emit(f, body, t, self._with(f, c2, h2, ind + 1, extra), h2, ind + 1)
+            f.unused(c2)
         f.add(ind, "else:")
         f.add(ind + 1, f"{t} = None")
 
@@ -429,6 +471,7 @@ class Lowering:
         """Code for ``body`` at node ``h`` from context ``c`` when it needs no context of
         its own there: a memoised spec, or an entry whose fields are one, takes the node
         as it is (``cached(ctx, node)``, gateway/mapping/_memo.py); False otherwise."""
+        c = _maker(f, c)
         if body in MEMOS:
             f.add(ind, f"{t} = {self._name(body, 'F')}({c}, {h})")
             return True
@@ -453,13 +496,14 @@ class Lowering:
         if not ctx:
             yield c, h2
             return
-        f.add(ind + 1, f"{c2} = {c}.at({h2})")
+        f.make_at(ind + 1, c2, c, h2)
         if keep is not None:
             b = f.var("b")
             self.condition(f, keep, b, c2, h2, ind + 1)
             f.add(ind + 1, f"if not {b}:")
             f.add(ind + 2, "continue")
         yield c2, h2
+        f.unused(c2)
 
     def _each(self, f: _Func, t: str, c: str, h: str, ind: int, *shape: Any) -> None:
         selector, keep, body = shape
@@ -558,7 +602,8 @@ class Lowering:
                 return
             v = f.var("v")
             self.emit(f, value, v, c, h, ind)
-            f.add(ind, f"{b} = {_not_empty(v)}")
+            test = f"{v} is not None" if _none_if_false(value) else _not_empty(v)
+            f.add(ind, f"{b} = {test}")
         elif kind == "not":
             self.condition(f, shape[1], b, c, h, ind)
             f.add(ind, f"{b} = not {b}")
@@ -574,7 +619,31 @@ class Lowering:
             v = f.var("v")
             self.emit(f, shape[1], v, c, h, ind)
             op = "==" if kind == "equals" else "in"
-            f.add(ind, f"{b} = str({v} or '') {op} {self._value(shape[2])}")
+            expected = shape[2]
+            if _text_or_none(shape[1]) and "" not in ([expected] if kind == "equals" else expected):
+                # None (absent) matches nothing but '', which is not expected: no str()
+                f.add(ind, f"{b} = {v} {op} {self._value(expected)}")
+            else:
+                f.add(ind, f"{b} = str({v} or '') {op} {self._value(expected)}")
+
+
+def _read_var(f: _Func, c: str, name: str) -> str:
+    """``c.vars.get(name)``: the variable holding the value when a ``with``/``vars`` of
+    this function set it, else read from the first context not made here."""
+    while c in f.scopes:
+        c, added = f.scopes[c]
+        if name in added:
+            return added[name]
+    return f"{c}.vars.get({name!r})"
+
+
+def _maker(f: _Func, c: str) -> str:
+    """The context ``c`` was made from by ``ctx.at`` alone, as far back as that goes:
+    the same variables, state, zone and leniency, only another node (which a memoised
+    spec called as ``cached(ctx, node)`` does not read)."""
+    while c in f.scopes and not f.scopes[c][1]:
+        c = f.scopes[c][0]
+    return c
 
 
 def _never_drops(leaf: Any) -> bool:
@@ -603,7 +672,36 @@ def _none_if_false(fn: Fn) -> bool:
     kind = shape[0]
     if kind == "when":
         return _none_if_false(shape[2])
-    return kind in ("object", "list", "each", "join") or (kind == "plain" and not shape[3])
+    if kind == "first":
+        return all(_none_if_false(part) for part in shape[1])
+    return kind in ("object", "list", "each", "join") or _text_or_none(fn)
+
+
+def _text_or_none(fn: Fn) -> bool:
+    """Whether ``fn`` gives None or a non-empty str: a path's text (the view gives no
+    empty value), as it is or with a non-empty text default, or a ``join``."""
+    shape = SHAPES.get(fn)
+    if shape is None:
+        return False
+    kind: str = shape[0]
+    if kind == "when":
+        return _text_or_none(shape[2])
+    if kind == "first":
+        return all(_text_or_none(part) for part in shape[1])
+    if kind == "plain":
+        return not shape[3] or _text_default(shape[2])  # (alt, missing, fallback)
+    if kind == "path":  # (alts, leaf, missing, ...)
+        return SHAPES.get(shape[2]) == ("identity",) and _text_default(shape[3])
+    return kind == "join"
+
+
+def _text_default(missing: Any) -> bool:
+    """Whether an empty path's ``missing`` gives None, raises, or gives non-empty text."""
+    shape = SHAPES.get(missing)
+    if shape is None:
+        return False
+    default = shape[1]
+    return default is None or (isinstance(default, str) and default != "")
 
 
 def _truthy_or_none(fn: Fn) -> bool:

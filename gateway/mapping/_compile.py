@@ -78,6 +78,11 @@ class Ctx:
     def at(self, here: Any) -> Ctx:
         return Ctx(self.view, here, self.vars, self.state, self.env, self.tz, "", self.lenient)
 
+    def at_with(self, here: Any, extra: dict[str, Any]) -> Ctx:
+        """``self.at(here).with_vars(extra)``, one context made (generated code)."""
+        merged = {**self.vars, **extra}
+        return Ctx(self.view, here, merged, self.state, self.env, self.tz, "", self.lenient)
+
     def with_vars(self, extra: dict[str, Any]) -> Ctx:
         merged = {**self.vars, **extra}
         return Ctx(self.view, self.here, merged, self.state, self.env, self.tz, "", self.lenient)

@@ -111,6 +111,26 @@ def test_hl7v2_paths_are_resolved_when_compiled(engines: dict[str, Converter]) -
     assert got["compiled"] != plain
 
 
+def test_a_context_is_made_only_where_used(engines: dict[str, Converter]) -> None:
+    """The generated code makes a node's context (``ctx.at``) only when something uses
+    it, one context for a node and its ``with`` variables (``at_with``), and reads those
+    variables from where they were set."""
+    import re
+
+    mappings = engines["compiled"].hl7v2
+    assert mappings._lowering is not None
+    made = 0
+    for unit in mappings._lowering.sources:
+        lines = unit.splitlines()
+        for n, line in enumerate(lines):
+            found = re.match(r"\s*(c\d+) = \w+\.at\(", line)
+            if found:
+                made += 1
+                assert any(re.search(rf"\b{found[1]}\b", rest) for rest in lines[n + 1 :]), line
+        assert not re.search(r"c\d+\.vars\.get\('(kind|facility)'\)", unit)
+    assert made and any(".at_with(" in unit for unit in mappings._lowering.sources)
+
+
 def _inputs() -> list[Path]:
     return regenerate.inputs() + regenerate.example_inputs()
 

@@ -87,7 +87,7 @@ class _Func:
         # context made for a node (``ctx.at``) shares its maker's variables
         self.scopes: dict[str, tuple[str, dict[str, str]]] = {}
         # context variable made by ``ctx.at(node)`` → its line, dropped (a ``pass``) when
-        # nothing generated after it uses that context (see :meth:`Lowering._unmade`)
+        # nothing generated after it uses that context (see :meth:`unused`)
         self.made: dict[str, int] = {}
 
     def make_at(self, ind: int, c2: str, c: str, h: str) -> None:

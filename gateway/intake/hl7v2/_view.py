@@ -696,8 +696,11 @@ def _absolute_first(path: str, p: _Path) -> Accessor:
 
 
 def _field_select(p: _Path) -> Accessor:
-    """The nodes of one segment's field (``each: PID-3``, ``at: PV1-3``)."""
-    segment, skip, root = p.segment, p.skip, p.root
+    """The nodes of one segment's field (``each: PID-3``, ``at: PV1-3``); a field of one
+    repetition, selected whole (most), is its own node, without the general descent."""
+    segment, field, skip, root = p.segment, p.field, p.skip, p.root
+    whole = p.repetition <= 1 and not p.component and not (segment == "MSH" and field <= 2)
+    suffix = f"-{field}"
 
     def select(view: Hl7View, here: Position) -> list[Position]:
         found = view._positions.get(segment)
@@ -707,7 +710,14 @@ def _field_select(p: _Path) -> Accessor:
         if i >= len(found) or (not root and found[i] >= here.end):
             return []
         idx = found[i]
-        return view._field_nodes(p, idx, view._segment_label(segment, idx), every=True)
+        label = view._labels.get(idx) or view._segment_label(segment, idx)
+        if whole:
+            fields = view._segs[idx]
+            if field < len(fields) and fields[field] and view._rs not in fields[field]:
+                if view.read is not None:
+                    view.read.add((idx, field))
+                return [_node((idx, idx + 1, label + suffix, fields[field], 0))]
+        return view._field_nodes(p, idx, label, every=True)
 
     return select
 

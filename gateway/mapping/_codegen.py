@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, MappingError
-from ._compile import _CONSTANTS, _DROPPED, _VARIES, SHAPES, Ctx, Fn, _convert
+from ._compile import _CONSTANTS, _DROPPED, _VARIES, SAME_AS, SHAPES, Ctx, Fn, _convert
 from ._memo import MEMOS
 from ._types import CONVERTERS
 
@@ -41,7 +41,7 @@ __all__ = ["ENGINES", "GENERATOR_VERSION", "CodeCache", "Lowering", "engine_sett
 log = logging.getLogger(__name__)
 
 # Part of the cache key: bump it whenever the generated code changes for the same input.
-GENERATOR_VERSION = "7"
+GENERATOR_VERSION = "8"
 ENGINES = ("compiled", "interpreted")
 _MAX_DEPTH = 40  # indentation levels in one function; deeper specs are called instead
 _EMPTY = "({0} is None or {0} == '' or {0} == [] or {0} == {{}})"  # _compile._empty, falsy part
@@ -351,6 +351,10 @@ class Lowering:
         if _truthy_or_none(fn):
             f.add(ind, f"if {v}:")
             f.add(ind + 1, f"{out}.append({v})")
+            return
+        if _list_or_none(fn):  # its items are not empty: checked when it was made
+            f.add(ind, f"if {v}:")
+            f.add(ind + 1, f"{out}.extend({v})")
             return
         f.add(ind, f"if isinstance({v}, list):")
         f.add(ind + 1, f"{out}.extend([x for x in {v} if x or not {_EMPTY.format('x')}])")
@@ -666,7 +670,7 @@ def _empty_value(value: Any) -> bool:
 def _none_if_false(fn: Fn) -> bool:
     """Whether ``fn`` gives either None or a true value (an object, a list, a path's text
     without a default): then ``if v:`` is the whole emptiness test."""
-    shape = SHAPES.get(fn)
+    shape = _shape(fn)
     if shape is None:
         return False
     kind = shape[0]
@@ -680,7 +684,7 @@ def _none_if_false(fn: Fn) -> bool:
 def _text_or_none(fn: Fn) -> bool:
     """Whether ``fn`` gives None or a non-empty str: a path's text (the view gives no
     empty value), as it is or with a non-empty text default, or a ``join``."""
-    shape = SHAPES.get(fn)
+    shape = _shape(fn)
     if shape is None:
         return False
     kind: str = shape[0]
@@ -695,6 +699,26 @@ def _text_or_none(fn: Fn) -> bool:
     return kind == "join"
 
 
+def _list_or_none(fn: Fn) -> bool:
+    """Whether ``fn`` gives None or a list without empty items (``each``, a list)."""
+    shape = _shape(fn)
+    if shape is None:
+        return False
+    if shape[0] == "when":
+        return _list_or_none(shape[2])
+    return shape[0] in ("each", "list")
+
+
+def _shape(fn: Fn) -> tuple[Any, ...] | None:
+    """What ``fn`` is, or what the closure is whose value a memoised or generated
+    fragment gives (SAME_AS)."""
+    shape = SHAPES.get(fn)
+    if shape is None:
+        same = SAME_AS.get(fn)
+        shape = SHAPES.get(same) if same is not None else None
+    return shape
+
+
 def _text_default(missing: Any) -> bool:
     """Whether an empty path's ``missing`` gives None, raises, or gives non-empty text."""
     shape = SHAPES.get(missing)
@@ -706,7 +730,7 @@ def _text_default(missing: Any) -> bool:
 
 def _truthy_or_none(fn: Fn) -> bool:
     """:func:`_none_if_false`, and never a list."""
-    shape = SHAPES.get(fn)
+    shape = _shape(fn)
     if shape is None:
         return False
     if shape[0] == "when":

@@ -24,14 +24,15 @@ import keyword
 import logging
 import marshal
 import os
+import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, MappingError
-from ._compile import _CONSTANTS, _DROPPED, _VARIES, SHAPES, Ctx, Fn, _convert
+from ._compile import _CONSTANTS, _DROPPED, _VARIES, SAME_AS, SHAPES, Ctx, Fn, _convert
 from ._memo import MEMOS
 from ._types import CONVERTERS
 
@@ -40,7 +41,7 @@ __all__ = ["ENGINES", "GENERATOR_VERSION", "CodeCache", "Lowering", "engine_sett
 log = logging.getLogger(__name__)
 
 # Part of the cache key: bump it whenever the generated code changes for the same input.
-GENERATOR_VERSION = "5"
+GENERATOR_VERSION = "8"
 ENGINES = ("compiled", "interpreted")
 _MAX_DEPTH = 40  # indentation levels in one function; deeper specs are called instead
 _EMPTY = "({0} is None or {0} == '' or {0} == [] or {0} == {{}})"  # _compile._empty, falsy part
@@ -70,13 +71,44 @@ def _literal(value: Any) -> str | None:
 
 class _Func:
     """The lines of one generated function, its fresh local names, and the view look-ups
-    already made (each path read once per node: the view's answers are pure)."""
+    already made (each path read once per node: the view's answers are pure).
 
-    def __init__(self) -> None:
+    ``reader(method, path)`` is the callee of a look-up: ``view.first`` called with the
+    path, or an accessor bound for that path (``A3``) called with the view."""
+
+    def __init__(self, reader: Callable[[str, str], str] | None = None) -> None:
+        self.reader = reader
         self.lines: list[str] = []
         self._n = 0
         # (method, path, node variable) → (variable holding the answer, its indentation)
         self._known: dict[tuple[str, str, str], tuple[str, int]] = {}
+        # context variable → (the context it was made from, {var: variable holding its
+        # value} for the vars it adds): a variable is read where it was set, and a
+        # context made for a node (``ctx.at``) shares its maker's variables
+        self.scopes: dict[str, tuple[str, dict[str, str]]] = {}
+        # context variable made by ``ctx.at(node)`` → its line, dropped (a ``pass``) when
+        # nothing generated after it uses that context (see :meth:`unused`)
+        self.made: dict[str, int] = {}
+
+    def make_at(self, ind: int, c2: str, c: str, h: str) -> None:
+        """``c2 = c.at(h)``, a line dropped later if ``c2`` is never used."""
+        self.made[c2] = len(self.lines)
+        self.add(ind, f"{c2} = {c}.at({h})")
+        self.scopes[c2] = (c, {})
+
+    def unused(self, c2: str) -> bool:
+        """Whether ``c2``, made by :meth:`make_at`, is used by no line after its own; its
+        line becomes ``pass`` (kept: it may be a block's only line)."""
+        line = self.made.get(c2)
+        if line is None:
+            return False
+        name = re.compile(rf"\b{c2}\b")
+        if any(name.search(text) for text in self.lines[line + 1 :]):
+            return False
+        text = self.lines[line]
+        self.lines[line] = text[: len(text) - len(text.lstrip())] + "pass"
+        del self.made[c2]
+        return True
 
     def var(self, prefix: str) -> str:
         self._n += 1
@@ -95,7 +127,10 @@ class _Func:
         if found is not None and found[1] <= ind:
             return found[0]
         v = self.var("q")
-        self.add(ind, f"{v} = view.{method}({path!r}, {h})")
+        if self.reader is None:
+            self.add(ind, f"{v} = view.{method}({path!r}, {h})")
+        else:
+            self.add(ind, f"{v} = {self.reader(method, path)}(view, {h})  # {path}")
         self._known[(method, path, h)] = (v, ind)
         return v
 
@@ -107,7 +142,7 @@ class Lowering:
     live in the module namespace ``ns`` under generated names; the source never holds a
     value that is not a plain literal."""
 
-    def __init__(self, cache: CodeCache | None = None) -> None:
+    def __init__(self, cache: CodeCache | None = None, view: Any = None) -> None:
         self.ns: dict[str, Any] = {
             "__name__": "gateway.mapping.generated",
             "_DROPPED": _DROPPED,
@@ -115,6 +150,11 @@ class Lowering:
             "_convert": _convert,
         }
         self._names: dict[int, str] = {}
+        # The view class that reads this folder's records, when it offers accessors
+        # (look-ups resolved per path here, once: Hl7View.accessor); else paths are
+        # passed to the view's methods at each call (DICOM, CDA).
+        self.view = view if callable(getattr(view, "accessor", None)) else None
+        self._accessors: dict[tuple[str, str], str] = {}
         self._units = 0
         self.cache = cache
         self.sources: list[str] = []  # every unit's source, in order (the cache's .py file)
@@ -143,9 +183,15 @@ class Lowering:
         return generated
 
     def source(self, fn: Fn, name: str, unit: str) -> str:
-        f = _Func()
+        f = _Func(self._accessor if self.view is not None else None)
         f.add(0, f"def {name}(ctx):  # {unit}")
         f.add(1, "view = ctx.view")
+        if self.view is not None:
+            # Accessors read the view's tables directly: any other view (none in the
+            # gateway: a folder's records are all read by one view class) gets the
+            # closures, the reference implementation.
+            f.add(1, f"if view.__class__ is not {self._name(self.view, 'V')}:")
+            f.add(2, f"return {self._name(fn, 'F')}(ctx)")
         f.add(1, "state = ctx.state")
         f.add(1, "h0 = ctx.here")
         self.emit(f, fn, "result", "ctx", "h0", 1)
@@ -159,6 +205,16 @@ class Lowering:
             found = f"{prefix}{len(self._names) + 1}"
             self._names[id(obj)] = found
             self.ns[found] = obj
+        return found
+
+    def _accessor(self, method: str, path: str) -> str:
+        """The namespace name of the view's accessor for ``view.<method>(path, ...)``, one
+        per (method, path) in the folder."""
+        found = self._accessors.get((method, path))
+        if found is None:
+            assert self.view is not None
+            found = self._name(self.view.accessor(method, path), "A")
+            self._accessors[(method, path)] = found
         return found
 
     def _value(self, value: Any) -> str:
@@ -268,9 +324,13 @@ class Lowering:
         name, leaf, missing = shape
         label = f"${name}"
         v = f.var("v")
-        f.add(ind, f"{v} = {c}.vars.get({name!r})")
+        f.add(ind, f"{v} = {_read_var(f, c, name)}")
         f.add(ind, f"if not {v} and {_EMPTY.format(v)}:")
         self._missing(f, t, c, ind + 1, missing, label)
+        if SHAPES.get(leaf) == ("identity",):  # any value as it is, text or not
+            f.add(ind, "else:")
+            f.add(ind + 1, f"{t} = {v}")
+            return
         f.add(ind, f"elif not isinstance({v}, str):")
         f.add(ind + 1, f"{t} = {v}")
         f.add(ind, "else:")
@@ -291,6 +351,10 @@ class Lowering:
         if _truthy_or_none(fn):
             f.add(ind, f"if {v}:")
             f.add(ind + 1, f"{out}.append({v})")
+            return
+        if _list_or_none(fn):  # its items are not empty: checked when it was made
+            f.add(ind, f"if {v}:")
+            f.add(ind + 1, f"{out}.extend({v})")
             return
         f.add(ind, f"if isinstance({v}, list):")
         f.add(ind + 1, f"{out}.extend([x for x in {v} if x or not {_EMPTY.format('x')}])")
@@ -340,7 +404,7 @@ class Lowering:
         for n, fn in enumerate(fns):
             level = ind + n
             self.emit(f, fn, t, c, h, level)
-            f.add(level, f"if not {_not_empty(t)}:")
+            f.add(level, f"if not {t}:" if _none_if_false(fn) else f"if not {_not_empty(t)}:")
         f.add(ind + len(fns), f"{t} = None")
 
     def _join(self, f: _Func, t: str, c: str, h: str, ind: int, fns: list[Fn], sep: str) -> None:
@@ -365,16 +429,25 @@ class Lowering:
         f.add(ind, f"{t} = {self._name(func, 'FN')}({c}.env{sep}{call})")
 
     def _with(self, f: _Func, c: str, h: str, ind: int, extra: dict[str, Fn]) -> str:
-        """``ctx.with_vars`` of the ``with``/``vars`` specs, each evaluated at ``c``."""
+        """``ctx.with_vars`` of the ``with``/``vars`` specs, each evaluated at ``c``; when
+        ``c`` was made for node ``h`` (``ctx.at``) and the specs did not need it, one
+        context is made instead of two (``ctx.at_with``)."""
         if not extra:
             return c
-        values = []
+        values = {}
         for key, fn in extra.items():
             v = f.var("w")
             self.emit(f, fn, v, c, h, ind)
-            values.append(f"{key!r}: {v}")
+            values[key] = v
         c2 = f.var("c")
-        f.add(ind, f"{c2} = {c}.with_vars({{{', '.join(values)}}})")
+        literal = "{" + ", ".join(f"{k!r}: {v}" for k, v in values.items()) + "}"
+        if f.unused(c):
+            maker = _maker(f, f.scopes[c][0])  # at_with replaces the node: any context
+            f.add(ind, f"{c2} = {maker}.at_with({h}, {literal})")
+            f.scopes[c2] = (maker, values)
+        else:
+            f.add(ind, f"{c2} = {c}.with_vars({literal})")
+            f.scopes[c2] = (c, values)
         return c2
 
     def _at(self, f: _Func, t: str, c: str, h: str, ind: int, *shape: Any) -> None:
@@ -392,8 +465,9 @@ class Lowering:
         if not extra and self._direct(f, body, t, c, h2, ind + 1):
             pass  # run at the node without a context made for it
         else:
-            f.add(ind + 1, f"{c2} = {c}.at({h2})")
+            f.make_at(ind + 1, c2, c, h2)
             self.emit(f, body, t, self._with(f, c2, h2, ind + 1, extra), h2, ind + 1)
+            f.unused(c2)
         f.add(ind, "else:")
         f.add(ind + 1, f"{t} = None")
 
@@ -401,6 +475,7 @@ class Lowering:
         """Code for ``body`` at node ``h`` from context ``c`` when it needs no context of
         its own there: a memoised spec, or an entry whose fields are one, takes the node
         as it is (``cached(ctx, node)``, gateway/mapping/_memo.py); False otherwise."""
+        c = _maker(f, c)
         if body in MEMOS:
             f.add(ind, f"{t} = {self._name(body, 'F')}({c}, {h})")
             return True
@@ -425,13 +500,14 @@ class Lowering:
         if not ctx:
             yield c, h2
             return
-        f.add(ind + 1, f"{c2} = {c}.at({h2})")
+        f.make_at(ind + 1, c2, c, h2)
         if keep is not None:
             b = f.var("b")
             self.condition(f, keep, b, c2, h2, ind + 1)
             f.add(ind + 1, f"if not {b}:")
             f.add(ind + 2, "continue")
         yield c2, h2
+        f.unused(c2)
 
     def _each(self, f: _Func, t: str, c: str, h: str, ind: int, *shape: Any) -> None:
         selector, keep, body = shape
@@ -530,7 +606,8 @@ class Lowering:
                 return
             v = f.var("v")
             self.emit(f, value, v, c, h, ind)
-            f.add(ind, f"{b} = {_not_empty(v)}")
+            test = f"{v} is not None" if _none_if_false(value) else _not_empty(v)
+            f.add(ind, f"{b} = {test}")
         elif kind == "not":
             self.condition(f, shape[1], b, c, h, ind)
             f.add(ind, f"{b} = not {b}")
@@ -546,7 +623,31 @@ class Lowering:
             v = f.var("v")
             self.emit(f, shape[1], v, c, h, ind)
             op = "==" if kind == "equals" else "in"
-            f.add(ind, f"{b} = str({v} or '') {op} {self._value(shape[2])}")
+            expected = shape[2]
+            if _text_or_none(shape[1]) and "" not in ([expected] if kind == "equals" else expected):
+                # None (absent) matches nothing but '', which is not expected: no str()
+                f.add(ind, f"{b} = {v} {op} {self._value(expected)}")
+            else:
+                f.add(ind, f"{b} = str({v} or '') {op} {self._value(expected)}")
+
+
+def _read_var(f: _Func, c: str, name: str) -> str:
+    """``c.vars.get(name)``: the variable holding the value when a ``with``/``vars`` of
+    this function set it, else read from the first context not made here."""
+    while c in f.scopes:
+        c, added = f.scopes[c]
+        if name in added:
+            return added[name]
+    return f"{c}.vars.get({name!r})"
+
+
+def _maker(f: _Func, c: str) -> str:
+    """The context ``c`` was made from by ``ctx.at`` alone, as far back as that goes:
+    the same variables, state, zone and leniency, only another node (which a memoised
+    spec called as ``cached(ctx, node)`` does not read)."""
+    while c in f.scopes and not f.scopes[c][1]:
+        c = f.scopes[c][0]
+    return c
 
 
 def _never_drops(leaf: Any) -> bool:
@@ -569,18 +670,67 @@ def _empty_value(value: Any) -> bool:
 def _none_if_false(fn: Fn) -> bool:
     """Whether ``fn`` gives either None or a true value (an object, a list, a path's text
     without a default): then ``if v:`` is the whole emptiness test."""
-    shape = SHAPES.get(fn)
+    shape = _shape(fn)
     if shape is None:
         return False
     kind = shape[0]
     if kind == "when":
         return _none_if_false(shape[2])
-    return kind in ("object", "list", "each", "join") or (kind == "plain" and not shape[3])
+    if kind == "first":
+        return all(_none_if_false(part) for part in shape[1])
+    return kind in ("object", "list", "each", "join") or _text_or_none(fn)
+
+
+def _text_or_none(fn: Fn) -> bool:
+    """Whether ``fn`` gives None or a non-empty str: a path's text (the view gives no
+    empty value), as it is or with a non-empty text default, or a ``join``."""
+    shape = _shape(fn)
+    if shape is None:
+        return False
+    kind: str = shape[0]
+    if kind == "when":
+        return _text_or_none(shape[2])
+    if kind == "first":
+        return all(_text_or_none(part) for part in shape[1])
+    if kind == "plain":
+        return not shape[3] or _text_default(shape[2])  # (alt, missing, fallback)
+    if kind == "path":  # (alts, leaf, missing, ...)
+        return SHAPES.get(shape[2]) == ("identity",) and _text_default(shape[3])
+    return kind == "join"
+
+
+def _list_or_none(fn: Fn) -> bool:
+    """Whether ``fn`` gives None or a list without empty items (``each``, a list)."""
+    shape = _shape(fn)
+    if shape is None:
+        return False
+    if shape[0] == "when":
+        return _list_or_none(shape[2])
+    return shape[0] in ("each", "list")
+
+
+def _shape(fn: Fn) -> tuple[Any, ...] | None:
+    """What ``fn`` is, or what the closure is whose value a memoised or generated
+    fragment gives (SAME_AS)."""
+    shape = SHAPES.get(fn)
+    if shape is None:
+        same = SAME_AS.get(fn)
+        shape = SHAPES.get(same) if same is not None else None
+    return shape
+
+
+def _text_default(missing: Any) -> bool:
+    """Whether an empty path's ``missing`` gives None, raises, or gives non-empty text."""
+    shape = SHAPES.get(missing)
+    if shape is None:
+        return False
+    default = shape[1]
+    return default is None or (isinstance(default, str) and default != "")
 
 
 def _truthy_or_none(fn: Fn) -> bool:
     """:func:`_none_if_false`, and never a list."""
-    shape = SHAPES.get(fn)
+    shape = _shape(fn)
     if shape is None:
         return False
     if shape[0] == "when":
@@ -706,8 +856,9 @@ def _is_code(value: Any) -> bool:
     return type(value) is type(_is_code.__code__)
 
 
-def lowering_for(folder: Path, env: dict[str, str] | None = None) -> Lowering:
-    """A :class:`Lowering` with the folder's on-disk cache when there is a cache dir."""
+def lowering_for(folder: Path, env: dict[str, str] | None = None, view: Any = None) -> Lowering:
+    """A :class:`Lowering` with the folder's on-disk cache when there is a cache dir;
+    ``view``: the class reading the folder's records (its accessors are used if any)."""
     where = cache_dir(env)
     cache = CodeCache(where, folder_key(folder)) if where is not None else None
-    return Lowering(cache)
+    return Lowering(cache, view)

@@ -78,6 +78,11 @@ class Ctx:
     def at(self, here: Any) -> Ctx:
         return Ctx(self.view, here, self.vars, self.state, self.env, self.tz, "", self.lenient)
 
+    def at_with(self, here: Any, extra: dict[str, Any]) -> Ctx:
+        """``self.at(here).with_vars(extra)``, one context made (generated code)."""
+        merged = {**self.vars, **extra}
+        return Ctx(self.view, here, merged, self.state, self.env, self.tz, "", self.lenient)
+
     def with_vars(self, extra: dict[str, Any]) -> Ctx:
         merged = {**self.vars, **extra}
         return Ctx(self.view, self.here, merged, self.state, self.env, self.tz, "", self.lenient)
@@ -153,6 +158,12 @@ _VARIES: Any = object()
 SHAPES: WeakKeyDictionary[Callable[..., Any], tuple[Any, ...]] = WeakKeyDictionary()
 
 
+# A fragment's memoised or generated function → the closure whose value it gives (the
+# same value, frozen when memoised: a FrozenDict is a dict, a FrozenList a list), for
+# what the code generator knows of a value (gateway/mapping/_codegen.py).
+SAME_AS: WeakKeyDictionary[Callable[..., Any], Fn] = WeakKeyDictionary()
+
+
 def _shaped(fn: _F, *shape: Any) -> _F:
     SHAPES[fn] = shape
     return fn
@@ -211,8 +222,11 @@ class Compiler:
             fn, scope = self._isolated(raw["value"], f"{path.name}: value")
             self._purity[path] = scope
             self._including.discard(path)
-            fn = self._lowered(fn, f"fragment {path.name}")
-            self._fragments[path] = memoised(fn, scope)
+            lowered = self._lowered(fn, f"fragment {path.name}")
+            self._fragments[path] = memoised(lowered, scope)
+            for made in (lowered, self._fragments[path]):
+                if made is not fn:
+                    SAME_AS[made] = fn
         self._scope.absorb(self._purity.get(path, Scope()))
         return self._fragments[path]
 

@@ -93,7 +93,9 @@ class MappingSet:
         self._compiler = Compiler(self.folder, env, check_path)
         self._lowering: Lowering | None = None
         if self.engine == "compiled":
-            self._lowering = self._compiler.lower = lowering_for(self.folder)
+            # the path checker names the view class reading this format (its accessors)
+            view = getattr(check_path, "view", None)
+            self._lowering = self._compiler.lower = lowering_for(self.folder, view=view)
         self._by_type: dict[str, MessageMapping] = {}
         for path in sorted((self.folder / "messages").glob("*.yaml")):
             mapping = self._load(path)

@@ -76,6 +76,61 @@ def test_the_compiled_engine_runs_generated_code(engines: dict[str, Converter]) 
     assert engines["interpreted"].hl7v2.engine == "interpreted"
 
 
+def test_hl7v2_paths_are_resolved_when_compiled(engines: dict[str, Converter]) -> None:
+    """HL7 v2 look-ups are accessors bound per path when the mapping is compiled
+    (Hl7View.accessor), not path text handed to the view at every read; the CDA and DICOM
+    views offer none and keep their calls. A view of another class than the accessors
+    were made for is read by the closures (the reference), through its own methods."""
+    from gateway.intake.hl7v2 import Hl7View, Position, parse_message, split_messages
+
+    compiled = engines["compiled"]
+    sources = {}
+    for fmt, mappings in compiled.mappings.items():
+        assert mappings._lowering is not None
+        sources[fmt] = "".join(mappings._lowering.sources)
+    assert "(view, h0)" in sources["hl7v2"]
+    assert "view.first(" not in sources["hl7v2"] and "view.select(" not in sources["hl7v2"]
+    assert all("view.first(" in sources[fmt] for fmt in ("cda", "dicom"))
+
+    class Shouting(Hl7View):
+        memo = False  # its values are not the text's: nothing to share with other views
+
+        def first(self, path: str, here: Position) -> str | None:
+            found = super().first(path, here)
+            return found.upper() if found else found
+
+    data = (regenerate.EXAMPLES / "hl7v2" / "ref_i12_hkpmc_to_nsch.hl7").read_bytes()
+    message = parse_message(split_messages(data)[0], compiled.network.charset)
+    env, tz = compiled.env, compiled.settings.timezone
+    got = {
+        engine: conv.hl7v2.for_type(message.message_type).run(Shouting(message), env, tz)
+        for engine, conv in engines.items()
+    }
+    assert got["compiled"] == got["interpreted"]
+    plain = compiled.hl7v2.for_type(message.message_type).run(Hl7View(message), env, tz)
+    assert got["compiled"] != plain
+
+
+def test_a_context_is_made_only_where_used(engines: dict[str, Converter]) -> None:
+    """The generated code makes a node's context (``ctx.at``) only when something uses
+    it, one context for a node and its ``with`` variables (``at_with``), and reads those
+    variables from where they were set."""
+    import re
+
+    mappings = engines["compiled"].hl7v2
+    assert mappings._lowering is not None
+    made = 0
+    for unit in mappings._lowering.sources:
+        lines = unit.splitlines()
+        for n, line in enumerate(lines):
+            found = re.match(r"\s*(c\d+) = \w+\.at\(", line)
+            if found:
+                made += 1
+                assert any(re.search(rf"\b{found[1]}\b", rest) for rest in lines[n + 1 :]), line
+        assert not re.search(r"c\d+\.vars\.get\('(kind|facility)'\)", unit)
+    assert made and any(".at_with(" in unit for unit in mappings._lowering.sources)
+
+
 def _inputs() -> list[Path]:
     return regenerate.inputs() + regenerate.example_inputs()
 

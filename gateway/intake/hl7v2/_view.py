@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import re
 from bisect import bisect_left
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache, partial
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from ...errors import ConfigError, IntakeError, Issue
 from ._er7 import Message
 
-__all__ = ["Hl7View", "Position", "check_path"]
+__all__ = ["Accessor", "Hl7View", "PathCheck", "Position", "check_path"]
 
 # Indexes are 1-based: 0 is rejected, so a typo such as PID-5.0 fails when mappings load.
 _ABS = re.compile(
@@ -122,11 +123,6 @@ def _escapes(separators: str) -> dict[str, str]:
     return {"F": fs, "S": cs, "T": ss, "R": rs, "E": es, ".br": "\n", ".sp": "\n"}
 
 
-def check_path(path: str) -> None:
-    """Raise ConfigError when ``path`` is not valid (used when mappings are loaded)."""
-    _compile(path)
-
-
 class Hl7View:
     """Answers path look-ups for one message; the mapping engine's window on it."""
 
@@ -165,6 +161,12 @@ class Hl7View:
         self._labels: dict[int, str] = {}
         # A node's components, split once: a fragment reads up to a dozen of one node.
         self._components: dict[str, list[str]] = {}
+
+    @staticmethod
+    def accessor(method: str, path: str) -> Accessor:
+        """The look-up ``view.<method>(path, here)`` as a function of (view, here), with
+        ``path`` resolved once: bound as a constant by the generated mappings."""
+        return _accessor(method, path)
 
     def trace(self) -> None:
         """Start recording which fields are read (see :meth:`unmapped`). The header fields
@@ -542,3 +544,194 @@ class Hl7View:
         if seq.startswith((".sp", ".sk")):
             return "\n" if seq.startswith(".sp") else " "
         return literal
+
+
+# -- accessors: look-ups resolved when a mapping is compiled --------------------------------
+#
+# ``view.first(path, here)`` compiles ``path`` (a cached call) and branches on its kind at
+# every call; the generated mappings (gateway/mapping/_codegen.py) read some seventy values
+# per message. An accessor is that look-up for one path, its kind decided once: a function
+# of (view, here) bound as a constant of the generated code. Each gives exactly what the
+# view's method gives (tests/intake/test_intake_accessor.py); the rare shapes (a '*', a
+# relative path from a component, MSH-1/2) call the method itself.
+
+Accessor = Callable[["Hl7View", Position], Any]
+
+
+def _accessor(method: str, path: str) -> Accessor:
+    """``lambda view, here: getattr(view, method)(path, here)`` for ``method`` 'first' or
+    'select', without working out ``path`` again at each call."""
+    p = _compile(path)
+    if method == "first":
+        if p.relative:
+            return _relative_first(path, p.component, p.sub)
+        if not (p.star or p.field == 0 or (p.segment == "MSH" and p.field <= 2)):
+            return _absolute_first(path, p)
+        return partial(_call_first, path)
+    if method == "select":
+        if p.relative or p.occurrence == _ALL:
+            return partial(_call_select, path)
+        if p.field == 0:
+            return partial(_call_groups, p)
+        return _field_select(p)
+    raise ValueError(f"no accessor for {method!r}")
+
+
+def _call_first(path: str, view: Hl7View, here: Position) -> str | None:
+    return view.first(path, here)
+
+
+def _call_select(path: str, view: Hl7View, here: Position) -> list[Position]:
+    return view.select(path, here)
+
+
+def _call_groups(p: _Path, view: Hl7View, here: Position) -> list[Position]:
+    return view._groups(p, here)
+
+
+def _value(view: Hl7View, raw: str, level: int, path: str, here: Position) -> str | None:
+    """The tail of :meth:`Hl7View.first`: the node's text cut to its first component and
+    subcomponent, unescaped, cleaned; None when empty."""
+    if not raw:
+        return None
+    if level == 0 and view._cs in raw:
+        raw = raw.split(view._cs, 1)[0]
+    if level <= 1 and view._ss in raw:
+        raw = raw.split(view._ss, 1)[0]
+    if view._es in raw:
+        raw = view.unescape(raw)
+    value = raw.strip() if view._plain else view._clean(raw, None, path, here)
+    return value if value and value != '""' else None
+
+
+def _relative_first(path: str, component: int, sub: int) -> Accessor:
+    """``.C`` or ``.C.S`` from a field repetition (the nodes 'each' and 'at' select); from
+    any other node, the general walk."""
+    index = component - 1
+
+    def component_of(view: Hl7View, here: Position) -> str | None:
+        text = here.text
+        if not text or here.level:
+            return view.first(path, here)  # no node (an error), an empty one, a component
+        parts = view._components.get(text)
+        if parts is None:
+            parts = view._components[text] = text.split(view._cs)
+        if component > len(parts):
+            return None
+        raw = parts[index]
+        if not raw:
+            return None
+        # _value(view, raw, 1, path, here) inlined: the mappings' most common read
+        if view._ss in raw:
+            raw = raw.split(view._ss, 1)[0]
+        if view._es in raw:
+            raw = view.unescape(raw)
+        value = raw.strip() if view._plain else view._clean(raw, None, path, here)
+        return value if value and value != '""' else None
+
+    def subcomponent_of(view: Hl7View, here: Position) -> str | None:
+        text = here.text
+        if not text or here.level:
+            return view.first(path, here)
+        parts = view._components.get(text)
+        if parts is None:
+            parts = view._components[text] = text.split(view._cs)
+        if component > len(parts) or not parts[index]:
+            return None
+        subs = parts[index].split(view._ss)
+        return _value(view, subs[sub - 1], 2, path, here) if sub <= len(subs) else None
+
+    return subcomponent_of if sub else component_of
+
+
+def _absolute_first(path: str, p: _Path) -> Accessor:
+    """``SEG(n)-F(r)[.C[.S]]`` without '*': the field found by bisect, its repetition, then
+    its component (split once per node text, as :meth:`Hl7View.first` does)."""
+    segment, field, skip, root = p.segment, p.field, p.skip, p.root
+    repetition, component, sub = p.repetition, p.component, p.sub
+
+    def first(view: Hl7View, here: Position) -> str | None:
+        found = view._positions.get(segment)
+        if not found:
+            return None
+        i = (0 if root else bisect_left(found, here.start)) + skip
+        if i >= len(found) or (not root and found[i] >= here.end):
+            return None
+        idx = found[i]
+        fields = view._segs[idx]
+        if view.read is not None:
+            view.read.add((idx, field))
+        if field >= len(fields) or not fields[field]:
+            return None
+        raw = fields[field]
+        if repetition > 1:
+            reps = raw.split(view._rs)
+            if repetition > len(reps):
+                return None
+            raw = reps[repetition - 1]
+        else:
+            cut = raw.find(view._rs)
+            if cut >= 0:
+                raw = raw[:cut]
+        if component and not sub:
+            parts = view._components.get(raw)
+            if parts is None:
+                parts = view._components[raw] = raw.split(view._cs)
+            if component > len(parts):
+                return None
+            raw = parts[component - 1]
+            if not raw:
+                return None
+            # _value(view, raw, 1, path, here) inlined, as above
+            if view._ss in raw:
+                raw = raw.split(view._ss, 1)[0]
+            if view._es in raw:
+                raw = view.unescape(raw)
+            value = raw.strip() if view._plain else view._clean(raw, None, path, here)
+            return value if value and value != '""' else None
+        raw, level = view._parts(raw, 0, component, sub)
+        return _value(view, raw, level, path, here)
+
+    return first
+
+
+def _field_select(p: _Path) -> Accessor:
+    """The nodes of one segment's field (``each: PID-3``, ``at: PV1-3``); a field of one
+    repetition, selected whole (most), is its own node, without the general descent."""
+    segment, field, skip, root = p.segment, p.field, p.skip, p.root
+    whole = p.repetition <= 1 and not p.component and not (segment == "MSH" and field <= 2)
+    suffix = f"-{field}"
+
+    def select(view: Hl7View, here: Position) -> list[Position]:
+        found = view._positions.get(segment)
+        if not found:
+            return []
+        i = (0 if root else bisect_left(found, here.start)) + skip
+        if i >= len(found) or (not root and found[i] >= here.end):
+            return []
+        idx = found[i]
+        label = view._labels.get(idx) or view._segment_label(segment, idx)
+        if whole:
+            fields = view._segs[idx]
+            if field < len(fields) and fields[field] and view._rs not in fields[field]:
+                if view.read is not None:
+                    view.read.add((idx, field))
+                return [_node((idx, idx + 1, label + suffix, fields[field], 0))]
+        return view._field_nodes(p, idx, label, every=True)
+
+    return select
+
+
+class PathCheck:
+    """:func:`check_path`, which also names the view that reads the paths it accepts: the
+    mapping compiler asks that view's ``accessor`` for each path (:meth:`Hl7View.accessor`)."""
+
+    def __init__(self, view: type[Hl7View]) -> None:
+        self.view = view
+
+    def __call__(self, path: str) -> None:
+        """Raise ConfigError when ``path`` is not valid (used when mappings are loaded)."""
+        _compile(path)
+
+
+check_path = PathCheck(Hl7View)

@@ -45,6 +45,7 @@ from typing import Any, TypeVar
 
 import orjson
 from pydantic import ValidationError as PydanticError
+from pydantic_core import SchemaValidator, core_schema
 
 from ..errors import Issue
 from ._invariants import Invariant
@@ -68,7 +69,6 @@ __all__ = [
 _LAYOUTS: dict[bytes, tuple[Any, Any]] = {}  # see split()
 _REFERENCE = re.compile(rb'"reference":"([^"\\]*)"')  # an escaped one does not match
 _KEY = re.compile(r"[A-Za-z0-9_]+\Z")
-_ESCAPED = re.compile(rb"[\\\x01\x02]")  # an escape, or what split made of one
 # ext-1 compares two existences (extension.exists() != value.exists()): still the shape's
 _EXISTENCES = re.compile(
     r"\s*[\w.]+\.(?:exists|empty)\(\)\s*!?=\s*[\w.]+\.(?:exists|empty)\(\)\s*\Z"
@@ -172,9 +172,17 @@ def _shape_only(inv: Invariant, shell: bool) -> bool:
     return not re.search(r"[=~]", inv.expression) or bool(_EXISTENCES.match(inv.expression))
 
 
+def _escaped(raw: bytes) -> bool:
+    """Whether ``raw`` holds an escape, or what split made of one. Three ``in`` scans
+    (memchr) cost a fraction of one regex search for the class of the three bytes, which
+    CPython's engine tries at every position: on a Bundle's varying leaves it had cost
+    more than their validators."""
+    return b"\\" in raw or b"\x01" in raw or b"\x02" in raw
+
+
 def text(leaf: bytes) -> str:
     """A leaf's Python string (JSON-unescaped; see split for the escapes)."""
-    if _ESCAPED.search(leaf) is not None:  # one scan for the three bytes
+    if _escaped(leaf):
         leaf = leaf.replace(b"\x01", b"\\\\").replace(b"\x02", b'\\"')
         return str(orjson.loads(b'"' + leaf + b'"'))
     return leaf.decode()
@@ -183,7 +191,7 @@ def text(leaf: bytes) -> str:
 def decoded(leaves: tuple[bytes, ...], decode: Callable[[bytes], str]) -> Iterable[str]:
     """The leaves' strings (``decode``: split's): by one search over them all when the
     content held an escape somewhere (most leaves do not: a search per leaf costs more)."""
-    if decode is not _DECODE and _ESCAPED.search(b"".join(leaves)) is not None:
+    if decode is not _DECODE and _escaped(b"".join(leaves)):
         return map(decode, leaves)
     return map(_DECODE, leaves)
 
@@ -210,7 +218,8 @@ class Shape:
     # differs (the patient's name, the order's number, the dates: new in every message)
     # are *varying*: checked every time, never remembered. ``first``: the first resource's
     # free leaves and their validators, until a later resource classifies them.
-    varying: tuple[tuple[Any, Any], ...] = ()  # (leaves → varying leaves, validator)
+    # (leaves → varying leaves, the validator of a list of their type: see _many)
+    varying: tuple[tuple[Any, Any], ...] = ()
     first: tuple[list[bytes], list[tuple[int, Any, int]]] | None = None
     compared: int = 0  # resources compared with the first (see _classify)
 
@@ -406,15 +415,63 @@ def _unsettled(
     return tuple(out)
 
 
-def _by_adapter(free: list[tuple[int, Any, int]]) -> tuple[tuple[Any, Any, int], ...]:
-    """The free leaves grouped by validator: (getter of their leaves, the TypeAdapter's
-    validator, the adapter's id)."""
+def _groups(free: list[tuple[int, Any, int]]) -> dict[int, tuple[Any, list[int]]]:
+    """The free leaves by validator: adapter id → (the TypeAdapter, their indexes)."""
     groups: dict[int, tuple[Any, list[int]]] = {}
     for n, adapter, ident in free:
         if adapter.core_schema != _ANY_STR:
             groups.setdefault(ident, (adapter, []))[1].append(n)
+    return groups
+
+
+def _by_adapter(free: list[tuple[int, Any, int]]) -> tuple[tuple[Any, Any, int], ...]:
+    """The free leaves grouped by validator: (getter of their leaves, the TypeAdapter's
+    validator, the adapter's id)."""
     # the adapter's core validator: what TypeAdapter.validate_python calls with its defaults
-    return tuple((_getter(ns), adapter.validator, ident) for ident, (adapter, ns) in groups.items())
+    groups = _groups(free).items()
+    return tuple((_getter(ns), adapter.validator, ident) for ident, (adapter, ns) in groups)
+
+
+def _varying(free: list[tuple[int, Any, int]]) -> tuple[tuple[Any, Any], ...]:
+    """The varying leaves grouped by validator: (getter of their leaves, the validator of
+    a list of values of their type)."""
+    return tuple((_getter(ns), _many(adapter)) for adapter, ns in _groups(free).values())
+
+
+class _EachValue:
+    """A list's validator that calls an item validator on each value in turn: for a
+    schema pydantic-core would not nest in a list's (see _many)."""
+
+    __slots__ = ("item",)
+
+    def __init__(self, item: Any) -> None:
+        self.item = item
+
+    def validate_python(self, values: list[str]) -> None:
+        for value in values:
+            self.item.validate_python(value)
+
+
+_MANY: dict[int, Any] = {}  # adapter id → its list validator; the adapters are _models'
+# cached ones (one per primitive annotation), which live as long as the process
+
+
+def _many(adapter: Any) -> Any:
+    """The validator of a list of values of ``adapter``'s type: the adapter's own core
+    schema as a list's items, so it accepts a list exactly when the adapter accepts each
+    value (the same schema, config and functions: fhir.resources' date validators run
+    per item as they would alone). One call checks a run of a Bundle's varying leaves of
+    one type with the loop in pydantic-core, where a call per leaf cost more in Python
+    around it than the validation (~26 leaves a Bundle; tests/validation/test_varying.py
+    holds both to the same verdicts)."""
+    found = _MANY.get(id(adapter))
+    if found is None:
+        try:
+            found = SchemaValidator(core_schema.list_schema(adapter.core_schema))
+        except Exception:  # a schema with definitions of its own: checked value by value
+            found = _EachValue(adapter.validator)
+        _MANY[id(adapter)] = found
+    return found
 
 
 # A plain str schema (no pattern, no length: the narrative's div) accepts every string, and
@@ -438,7 +495,7 @@ def _classify(shape: Shape, leaves: list[bytes]) -> None:
         return  # the very same values (a message sent again): a later resource tells
     steady = [item for item in free if leaves[item[0]] == first[item[0]]]
     shape.free = _by_adapter(steady)
-    shape.varying = tuple((getter, validator) for getter, validator, _ in _by_adapter(varying))
+    shape.varying = _varying(varying)
     shape.first = None
 
 
@@ -498,9 +555,8 @@ class Shapes:
         if shape.first is not None and shape.first[0] is not leaves:
             _classify(shape, leaves)
         try:
-            for getter, validator in shape.varying:  # new in every message: no memo
-                for value in decoded(getter(leaves), decode):
-                    validator.validate_python(value)
+            for getter, many in shape.varying:  # new in every message: no memo
+                many.validate_python(list(decoded(getter(leaves), decode)))
             tables = self.accepted
             for getter, validator, ident in shape.free:
                 values = getter(leaves)

@@ -218,10 +218,14 @@ class Shape:
     # differs (the patient's name, the order's number, the dates: new in every message)
     # are *varying*: checked every time, never remembered. ``first``: the first resource's
     # free leaves and their validators, until a later resource classifies them.
-    # (leaves → varying leaves, the validator of a list of their type: see _many)
-    varying: tuple[tuple[Any, Any], ...] = ()
+    varying: Varying | None = None
     first: tuple[list[bytes], list[tuple[int, Any, int]]] | None = None
     compared: int = 0  # resources compared with the first (see _classify)
+
+
+# The varying leaves: (leaves → all of them, grouped by type; each group's (start, end) in
+# that tuple and the validator of a list of values of its type: see _many)
+Varying = tuple[Any, tuple[tuple[int, int, Any], ...]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -432,10 +436,15 @@ def _by_adapter(free: list[tuple[int, Any, int]]) -> tuple[tuple[Any, Any, int],
     return tuple((_getter(ns), adapter.validator, ident) for ident, (adapter, ns) in groups)
 
 
-def _varying(free: list[tuple[int, Any, int]]) -> tuple[tuple[Any, Any], ...]:
-    """The varying leaves grouped by validator: (getter of their leaves, the validator of
-    a list of values of their type)."""
-    return tuple((_getter(ns), _many(adapter)) for adapter, ns in _groups(free).values())
+def _varying(free: list[tuple[int, Any, int]]) -> Varying | None:
+    """The varying leaves, grouped by validator, taken and decoded in one go: a step per
+    group (a getter, an escape test, a decode) had cost more than the validators."""
+    order: list[int] = []
+    runs = []
+    for adapter, ns in _groups(free).values():
+        runs.append((len(order), len(order) + len(ns), _many(adapter)))
+        order += ns
+    return (_getter(order), tuple(runs)) if runs else None
 
 
 class _EachValue:
@@ -555,8 +564,11 @@ class Shapes:
         if shape.first is not None and shape.first[0] is not leaves:
             _classify(shape, leaves)
         try:
-            for getter, many in shape.varying:  # new in every message: no memo
-                many.validate_python(list(decoded(getter(leaves), decode)))
+            if shape.varying is not None:  # new in every message: no memo
+                getter, runs = shape.varying
+                values = list(decoded(getter(leaves), decode))
+                for start, end, many in runs:
+                    many.validate_python(values[start:end])
             tables = self.accepted
             for getter, validator, ident in shape.free:
                 values = getter(leaves)

@@ -9,8 +9,8 @@ walk's issues."""
 from __future__ import annotations
 
 import copy
-import random
 import dataclasses
+import random
 from pathlib import Path
 from typing import Any
 
@@ -200,7 +200,8 @@ def _moments(rng: random.Random, count: int) -> list[str]:
     24, second 60, long fractions, zones past ±14:00, no zone) and plain ones."""
     out = []
     for _ in range(count):
-        year = rng.choice((999, 1000, 1900, 1959, 2000, 2023, 2024, 2100, 9999, rng.randint(1, 9999)))
+        years = (999, 1000, 1900, 1959, 2000, 2023, 2024, 2100, 9999, rng.randint(1, 9999))
+        year = rng.choice(years)
         day = f"{year:04d}-{rng.randint(0, 13):02d}-{rng.choice((1, 28, 29, 30, 31, 32, 0)):02d}"
         if rng.random() < 0.3:
             out.append(day)

@@ -11,9 +11,10 @@ maps every analysed place (bound, free, reference leaves; residual invariants' n
 into the Bundle's leaves and nodes.
 
 A Bundle of a known shape then costs: the free leaves checked per validator over the
-whole Bundle (``Shapes.free_ok``: steady values by set superset, varying ones by their
-validator), every bound leaf (joined in one bytes), what the keyed references resolve to,
-the outcomes of the residual invariants the key does not settle (``_settled``), and one
+whole Bundle (``Shapes.free_ok``: steady values by set superset, varying ones by one list
+validator per type), every bound leaf (joined in one bytes), what the keyed references resolve to,
+the outcomes of the residual invariants the key does not settle (``_settled``; a needle
+looked for in the leaves they may read: ``_haystacks``), and one
 look-up of the whole Bundle's issue list. The verdict is a function of that key for the
 reasons each resource's is (``_construct``), joined by what ``check_bundle`` adds:
 bdl-3/bdl-4 read the Bundle's ``type`` (in the key) and which entries hold a request or

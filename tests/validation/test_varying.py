@@ -58,6 +58,9 @@ CANDIDATES = (
     "12.5",
     "true",
 )
+# refused values of a type's own form: a day the month lacks, a time without its zone, an
+# hour past 23, an id with spaces and punctuation
+LIKELY = ("1959-02-30", "2026-06-22T09:00:50", "2026-06-22T25:00:50+08:00", "not an id!")
 TYPES = ("Bundle", "Patient", "ServiceRequest", "Observation", "DiagnosticReport", "Condition")
 
 
@@ -171,7 +174,8 @@ def test_a_varying_value_made_invalid_in_a_fresh_message(tmp_path: Path, name: s
     for path in varying:
         adapter = adapter_at[path]
         bad = [v for v in CANDIDATES if not _accepts(adapter.validator, v)]
-        for value in bad[:3]:
+        # a few of them, a value of the type's own form first (a bad day, a bad id...)
+        for value in sorted(bad, key=lambda v: v not in LIKELY)[:3]:
             mutated = _set(fresh[-1], path, value)
             content = orjson.dumps(mutated, option=_construct.OPTIONS)
             found = _construct.split(content)
@@ -188,11 +192,17 @@ def test_a_varying_value_made_invalid_in_a_fresh_message(tmp_path: Path, name: s
             assert want != b"[]"
             assert _check(validator, dangling) == want, path
             kinds.add("dangling")
+    # a control character in each varying string: the reference's verdict, whatever it is
+    for path in varying:
+        value = _value(fresh[-1], path)
+        mutated = _set(fresh[-1], path, value[:2] + "\x07\x1c" + value[2:])
+        assert _check(validator, mutated) == _check(reference, mutated), path
     # the fresh message itself still passes, and from its plan
     hits = validator.bundles.hits
     assert _check(validator, fresh[-1]) == b"[]"
     assert validator.bundles.hits == hits + 1
-    assert len(kinds) >= 3, kinds
+    assert len(kinds) >= 6 and "dangling" in kinds, kinds
+    assert any(kind.startswith("function-wrap") for kind in kinds), "a date, a time"
 
 
 def _moments(rng: random.Random, count: int) -> list[str]:

@@ -11,9 +11,10 @@ maps every analysed place (bound, free, reference leaves; residual invariants' n
 into the Bundle's leaves and nodes.
 
 A Bundle of a known shape then costs: the free leaves checked per validator over the
-whole Bundle (``Shapes.free_ok``: steady values by set superset, varying ones by their
-validator), every bound leaf (joined in one bytes), what the keyed references resolve to,
-the outcomes of the residual invariants the key does not settle (``_settled``), and one
+whole Bundle (``Shapes.free_ok``: steady values by set superset, varying ones by one list
+validator per type), every bound leaf (joined in one bytes), what the keyed references resolve to,
+the outcomes of the residual invariants the key does not settle (``_settled``; a needle
+looked for in the leaves they may read: ``_haystacks``), and one
 look-up of the whole Bundle's issue list. The verdict is a function of that key for the
 reasons each resource's is (``_construct``), joined by what ``check_bundle`` adds:
 bdl-3/bdl-4 read the Bundle's ``type`` (in the key) and which entries hold a request or
@@ -80,6 +81,9 @@ class Plan:
     refs: Any  # leaves → every Reference.reference leaf
     keyed: Any  # leaves → the references keyed by what they resolve to
     residual: tuple[Placed, ...]
+    # needle → leaves → every leaf a residual invariant of that needle may read (None:
+    # the Bundle's JSON is searched, see _haystacks)
+    needles: dict[bytes, Any]
     size: int  # bytes it holds, roughly (Bundles bounds the plans and verdicts in bytes)
     verdicts: dict[Any, tuple[Issue, ...]] = field(default_factory=dict)
 
@@ -123,10 +127,13 @@ def _value(node: Any, path: Path) -> Any:
     return node
 
 
-def compose(bundle: dict[str, Any], leaves: list[bytes], parts: Sequence[Component]) -> Plan | None:
-    """The plan of ``bundle``'s shape from its components' shapes (the shell first, then
-    each entry's resource); None when the leaves cannot be placed (the split and the
-    walk disagree, a component's leaves are not where its shape says)."""
+def compose(
+    bundle: dict[str, Any], shape: Any, leaves: list[bytes], parts: Sequence[Component]
+) -> Plan | None:
+    """The plan of ``bundle``'s shape (``shape``, ``leaves``: its split) from its
+    components' shapes (the shell first, then each entry's resource); None when the
+    leaves cannot be placed (the split and the walk disagree, a component's leaves are
+    not where its shape says)."""
     paths: list[Path] = []
     leaf_paths(bundle, (), paths)
     if len(paths) != len(leaves) or any(
@@ -176,6 +183,7 @@ def compose(bundle: dict[str, Any], leaves: list[bytes], parts: Sequence[Compone
         refs=_getter(refs),
         keyed=_getter(keyed),
         residual=tuple(residual),
+        needles=_haystacks(residual, shape, paths),
         size=len(leaves) * _LEAF + len(residual) * _RESIDUAL + _PLAN,
     )
 
@@ -196,6 +204,47 @@ def _settled(inv: Invariant, node: Path, paths: list[Path], bound: set[int]) -> 
         if keys and all(_reaches(key, inv.names) for key in keys) and _reaches(keys[-1], values):
             return False  # a free value the expression may read
     return True
+
+
+def _haystacks(residual: list[Placed], shape: Any, paths: list[Path]) -> dict[bytes, Any]:
+    """For each needle of the residual invariants (_invariants.NEEDLES), a getter of the
+    leaves those invariants may read (as _settled finds them); None when one of them may
+    read past its node, or when the Bundle shape's own bytes (keys, numbers) hold it.
+
+    The needle test then searches those few leaves, not the Bundle's JSON (bdl-8, on
+    every entry, reads its fullUrl; a search of a Bundle's ~9 KB cost ~3 µs). A needle
+    holds no quote, so each place it occurs in the JSON lies inside one string or in what
+    lies between them; an invariant's outcome depends only on the values it may read and
+    the shape (the premise of _settled), so a needle absent from those holds as surely
+    as one absent from the JSON."""
+    found: dict[bytes, list[int] | None] = {}
+    for inv, root, path in residual:
+        needle = inv.needle
+        if needle is None or (needle in found and found[needle] is None):
+            continue
+        reads = _reads(inv, (*root, *path), paths)
+        if reads is None or any(needle in part for part in shape):
+            found[needle] = None
+        else:
+            found[needle] = [*(found.get(needle) or ()), *reads]
+    return {needle: None if at is None else _getter(at) for needle, at in found.items()}
+
+
+def _reads(inv: Invariant, node: Path, paths: list[Path]) -> list[int] | None:
+    """The leaves under ``node`` whose value the invariant may read (see _settled); None
+    when it may read past its node."""
+    values = _value_names(inv.expression) if inv.names is not None else None
+    if values is None or inv.names is None:
+        return None
+    depth = len(node)
+    out = []
+    for n, path in enumerate(paths):
+        if path[:depth] != node:
+            continue
+        keys = [key for key in path[depth:] if isinstance(key, str)]
+        if keys and all(_reaches(key, inv.names) for key in keys) and _reaches(keys[-1], values):
+            out.append(n)
+    return out
 
 
 @cache
@@ -257,23 +306,27 @@ def resolved(
     return tuple(out)
 
 
-def outcomes(residual: tuple[Placed, ...], bundle: dict[str, Any], content: bytes) -> Any:
+def outcomes(plan: Plan, bundle: dict[str, Any], content: bytes, leaves: list[bytes]) -> Any:
     """Each residual invariant's outcome on its node, in its resource (``content``: the
-    Bundle's JSON; an invariant whose needle it lacks holds on every node: NEEDLES)."""
+    Bundle's JSON, ``leaves`` its split's; an invariant whose needle the values it may
+    read lack holds on every node: NEEDLES, _haystacks)."""
     out = []
-    absent: dict[bytes, bool] = {}  # one search per needle (bdl-8 is on every entry)
-    for inv, root, path in residual:
+    # one search per needle (bdl-8 is on every entry)
+    absent = {needle: _lacks(needle, at, content, leaves) for needle, at in plan.needles.items()}
+    for inv, root, path in plan.residual:
         needle = inv.needle
-        if needle is not None:
-            lacks = absent.get(needle)
-            if lacks is None:
-                lacks = absent[needle] = needle not in content
-            if lacks:
-                out.append(True)
-                continue
+        if needle is not None and absent[needle]:
+            out.append(True)
+            continue
         resource = _value(bundle, root)
         out.append(outcome(inv, _value(resource, path), resource))
     return tuple(out)
+
+
+def _lacks(needle: bytes, at: Any, content: bytes, leaves: list[bytes]) -> bool:
+    if at is None:
+        return needle not in content
+    return needle not in b"\x00".join(at(leaves))  # (orjson escapes NUL: no false match)
 
 
 _LEAF = 48  # a leaf's index in the getters and the key's share (ints, tuple slots)

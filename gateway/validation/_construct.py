@@ -37,6 +37,7 @@ to the reference walk's.
 
 from __future__ import annotations
 
+import datetime
 import re
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field, replace
@@ -44,7 +45,9 @@ from operator import itemgetter
 from typing import Any, TypeVar
 
 import orjson
+from fhir_core import types as fhir_types
 from pydantic import ValidationError as PydanticError
+from pydantic_core import SchemaValidator, core_schema
 
 from ..errors import Issue
 from ._invariants import Invariant
@@ -68,7 +71,6 @@ __all__ = [
 _LAYOUTS: dict[bytes, tuple[Any, Any]] = {}  # see split()
 _REFERENCE = re.compile(rb'"reference":"([^"\\]*)"')  # an escaped one does not match
 _KEY = re.compile(r"[A-Za-z0-9_]+\Z")
-_ESCAPED = re.compile(rb"[\\\x01\x02]")  # an escape, or what split made of one
 # ext-1 compares two existences (extension.exists() != value.exists()): still the shape's
 _EXISTENCES = re.compile(
     r"\s*[\w.]+\.(?:exists|empty)\(\)\s*!?=\s*[\w.]+\.(?:exists|empty)\(\)\s*\Z"
@@ -172,9 +174,17 @@ def _shape_only(inv: Invariant, shell: bool) -> bool:
     return not re.search(r"[=~]", inv.expression) or bool(_EXISTENCES.match(inv.expression))
 
 
+def _escaped(raw: bytes) -> bool:
+    """Whether ``raw`` holds an escape, or what split made of one. Three ``in`` scans
+    (memchr) cost a fraction of one regex search for the class of the three bytes, which
+    CPython's engine tries at every position: on a Bundle's varying leaves it had cost
+    more than their validators."""
+    return b"\\" in raw or b"\x01" in raw or b"\x02" in raw
+
+
 def text(leaf: bytes) -> str:
     """A leaf's Python string (JSON-unescaped; see split for the escapes)."""
-    if _ESCAPED.search(leaf) is not None:  # one scan for the three bytes
+    if _escaped(leaf):
         leaf = leaf.replace(b"\x01", b"\\\\").replace(b"\x02", b'\\"')
         return str(orjson.loads(b'"' + leaf + b'"'))
     return leaf.decode()
@@ -183,7 +193,7 @@ def text(leaf: bytes) -> str:
 def decoded(leaves: tuple[bytes, ...], decode: Callable[[bytes], str]) -> Iterable[str]:
     """The leaves' strings (``decode``: split's): by one search over them all when the
     content held an escape somewhere (most leaves do not: a search per leaf costs more)."""
-    if decode is not _DECODE and _ESCAPED.search(b"".join(leaves)) is not None:
+    if decode is not _DECODE and _escaped(b"".join(leaves)):
         return map(decode, leaves)
     return map(_DECODE, leaves)
 
@@ -210,9 +220,14 @@ class Shape:
     # differs (the patient's name, the order's number, the dates: new in every message)
     # are *varying*: checked every time, never remembered. ``first``: the first resource's
     # free leaves and their validators, until a later resource classifies them.
-    varying: tuple[tuple[Any, Any], ...] = ()  # (leaves → varying leaves, validator)
+    varying: Varying | None = None
     first: tuple[list[bytes], list[tuple[int, Any, int]]] | None = None
     compared: int = 0  # resources compared with the first (see _classify)
+
+
+# The varying leaves: (leaves → all of them, grouped by type; each group's (start, end) in
+# that tuple and the validator of a list of values of its type: see _many)
+Varying = tuple[Any, tuple[tuple[int, int, Any], ...]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -406,15 +421,128 @@ def _unsettled(
     return tuple(out)
 
 
-def _by_adapter(free: list[tuple[int, Any, int]]) -> tuple[tuple[Any, Any, int], ...]:
-    """The free leaves grouped by validator: (getter of their leaves, the TypeAdapter's
-    validator, the adapter's id)."""
+def _groups(free: list[tuple[int, Any, int]]) -> dict[int, tuple[Any, list[int]]]:
+    """The free leaves by validator: adapter id → (the TypeAdapter, their indexes)."""
     groups: dict[int, tuple[Any, list[int]]] = {}
     for n, adapter, ident in free:
         if adapter.core_schema != _ANY_STR:
             groups.setdefault(ident, (adapter, []))[1].append(n)
+    return groups
+
+
+def _by_adapter(free: list[tuple[int, Any, int]]) -> tuple[tuple[Any, Any, int], ...]:
+    """The free leaves grouped by validator: (getter of their leaves, the TypeAdapter's
+    validator, the adapter's id)."""
     # the adapter's core validator: what TypeAdapter.validate_python calls with its defaults
-    return tuple((_getter(ns), adapter.validator, ident) for ident, (adapter, ns) in groups.items())
+    groups = _groups(free).items()
+    return tuple((_getter(ns), adapter.validator, ident) for ident, (adapter, ns) in groups)
+
+
+def _varying(free: list[tuple[int, Any, int]]) -> Varying | None:
+    """The varying leaves, grouped by validator, taken and decoded in one go: a step per
+    group (a getter, an escape test, a decode) had cost more than the validators."""
+    order: list[int] = []
+    runs = []
+    for adapter, ns in _groups(free).values():
+        runs.append((len(order), len(order) + len(ns), _many(adapter)))
+        order += ns
+    return (_getter(order), tuple(runs)) if runs else None
+
+
+class _EachValue:
+    """A list's validator that calls an item validator on each value in turn: for a
+    schema pydantic-core would not nest in a list's (see _many)."""
+
+    __slots__ = ("item",)
+
+    def __init__(self, item: Any) -> None:
+        self.item = item
+
+    def validate_python(self, values: list[str]) -> None:
+        for value in values:
+            self.item.validate_python(value)
+
+
+class _Dates:
+    """A list's validator for FHIR's date, dateTime and instant: a value of the common
+    full form (``1959-02-05``; ``2026-06-22T09:00:50+08:00``) that is a real calendar
+    day is accepted at once, the others go to the type's own validator (fhir.resources'
+    function, then pydantic's parser). The full form is a subset of what each accepts,
+    so the verdict is the same (tests/validation/test_varying.py holds the subset to
+    them on generated values); the type's function, a regex and a parse in Python, cost
+    about 2 µs a value."""
+
+    __slots__ = ("form", "many")
+
+    def __init__(self, form: re.Pattern[str], many: Any) -> None:
+        self.form = form
+        self.many = many
+
+    def sure(self, value: str) -> bool:
+        found = self.form.fullmatch(value)
+        if found is None:
+            return False
+        year, month, day = found.groups()
+        try:  # a day the calendar has: what the pydantic parser checks besides the form
+            datetime.date(int(year), int(month), int(day))
+        except ValueError:
+            return False
+        return True
+
+    def validate_python(self, values: list[str]) -> None:
+        unsure = [value for value in values if not self.sure(value)]
+        if unsure:
+            self.many.validate_python(unsure)
+
+
+# The full forms, each a subset of the type's regex (fhir_core.types) and of what
+# pydantic parses: years 1000-9999, seconds to 59 (a leap second takes the long way),
+# at most microseconds, a time always with its zone (dateTime and instant require one).
+_DAY = r"([1-9][0-9]{3})-([0-9]{2})-([0-9]{2})"
+_FULL_DATE = re.compile(_DAY)
+_FULL_INSTANT = re.compile(
+    _DAY + r"T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]{1,6})?"
+    r"(?:Z|[+-](?:(?:0[0-9]|1[0-3]):[0-5][0-9]|14:00))"
+)
+
+
+def _full_form(schema: Any) -> re.Pattern[str] | None:
+    """The full form of a date type's values, for its exact schema; None for another."""
+    if schema.get("type") != "function-wrap":
+        return None
+    function = schema.get("function", {}).get("function")
+    inner = schema.get("schema")
+    if function == fhir_types.Date._validate and inner == {"type": "date"}:
+        return _FULL_DATE
+    moments = (fhir_types.DateTime._validate, fhir_types.Instant._validate)
+    if function in moments and inner == {"type": "datetime", "microseconds_precision": "truncate"}:
+        return _FULL_INSTANT
+    return None
+
+
+_MANY: dict[int, Any] = {}  # adapter id → its list validator; the adapters are _models'
+# cached ones (one per primitive annotation), which live as long as the process
+
+
+def _many(adapter: Any) -> Any:
+    """The validator of a list of values of ``adapter``'s type: the adapter's own core
+    schema as a list's items, so it accepts a list exactly when the adapter accepts each
+    value (the same schema, config and functions: fhir.resources' date validators run
+    per item as they would alone). One call checks a run of a Bundle's varying leaves of
+    one type with the loop in pydantic-core, where a call per leaf cost more in Python
+    around it than the validation (~26 leaves a Bundle; tests/validation/test_varying.py
+    holds both to the same verdicts)."""
+    found = _MANY.get(id(adapter))
+    if found is None:
+        try:
+            found = SchemaValidator(core_schema.list_schema(adapter.core_schema))
+        except Exception:  # a schema with definitions of its own: checked value by value
+            found = _EachValue(adapter.validator)
+        form = _full_form(adapter.core_schema)
+        if form is not None:
+            found = _Dates(form, found)
+        _MANY[id(adapter)] = found
+    return found
 
 
 # A plain str schema (no pattern, no length: the narrative's div) accepts every string, and
@@ -438,7 +566,7 @@ def _classify(shape: Shape, leaves: list[bytes]) -> None:
         return  # the very same values (a message sent again): a later resource tells
     steady = [item for item in free if leaves[item[0]] == first[item[0]]]
     shape.free = _by_adapter(steady)
-    shape.varying = tuple((getter, validator) for getter, validator, _ in _by_adapter(varying))
+    shape.varying = _varying(varying)
     shape.first = None
 
 
@@ -498,9 +626,11 @@ class Shapes:
         if shape.first is not None and shape.first[0] is not leaves:
             _classify(shape, leaves)
         try:
-            for getter, validator in shape.varying:  # new in every message: no memo
-                for value in decoded(getter(leaves), decode):
-                    validator.validate_python(value)
+            if shape.varying is not None:  # new in every message: no memo
+                getter, runs = shape.varying
+                values = list(decoded(getter(leaves), decode))
+                for start, end, many in runs:
+                    many.validate_python(values[start:end])
             tables = self.accepted
             for getter, validator, ident in shape.free:
                 values = getter(leaves)

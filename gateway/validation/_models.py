@@ -709,7 +709,7 @@ class Validator:
         if plan is _UNSEEN:
             issues = self._walked(bundle, profile)
             if bundles.retry(key):
-                plan = self._compose(bundle, profile, leaves)
+                plan = self._compose(bundle, profile, shape_bytes, leaves)
                 if plan is not _UNSEEN:
                     bundles.add(key, plan)
             if plan is not None and plan is not _UNSEEN:
@@ -748,13 +748,16 @@ class Validator:
         # the bound leaves as one bytes (split's leaves hold no NUL: orjson escapes it), which
         # hashes and compares in one pass where a tuple would take a step per leaf
         bound = b"\x00".join(plan.shape.bound(leaves))
-        residual = _composed.outcomes(plan.residual, bundle, content) if plan.residual else ()
+        residual = _composed.outcomes(plan, bundle, content, leaves) if plan.residual else ()
         return (bound, found, residual)
 
-    def _compose(self, bundle: dict[str, Any], profile: str | None, leaves: list[bytes]) -> Any:
-        """The plan of a Bundle's shape from the shapes of its shell and resources, which
-        the per-resource path has just met: a Plan; None when the shape holds what no plan
-        can place; _UNSEEN when a part's shape is not known (not learnt yet)."""
+    def _compose(
+        self, bundle: dict[str, Any], profile: str | None, split: Any, leaves: list[bytes]
+    ) -> Any:
+        """The plan of a Bundle's shape (``split``: the shape its split gave) from the
+        shapes of its shell and resources, which the per-resource path has just met: a
+        Plan; None when the shape holds what no plan can place; _UNSEEN when a part's
+        shape is not known (not learnt yet)."""
         raw = bundle.get("entry")
         if not isinstance(raw, list):
             return None
@@ -778,7 +781,7 @@ class Validator:
             if shape is None or shape is _UNSEEN:
                 return shape
             components.append(_composed.Component(root, shape, shape.at))
-        return _composed.compose(bundle, leaves, components)
+        return _composed.compose(bundle, split, leaves, components)
 
     def _profiles_plan(self, target: dict[str, Any], profile: str | None) -> Elem | None:
         if "meta" in target and not isinstance(target["meta"], dict):

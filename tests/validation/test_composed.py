@@ -310,3 +310,32 @@ def test_the_plans_are_bounded_in_bytes(
         _check(validator, bundle)
         assert validator.bundles.size <= limit
         assert len(validator.bundles.plans) == 1, "the table must be emptied when full"
+
+
+def test_a_needle_is_looked_for_where_its_invariant_reads(
+    bundles: list[tuple[str, Bundle]],
+) -> None:
+    """bdl-8's text (``/_history/``) is looked for in the values the invariant reads, the
+    entries' fullUrls (_composed._haystacks), not in the whole Bundle: in an identifier it
+    breaks nothing and the plan still answers; in a fullUrl the reference's issue."""
+    for _, bundle in bundles:
+        validator = _learnt(bundle)
+        (plan,) = [p for p in validator.bundles.plans.values() if p is not None]
+        assert plan.needles and None not in plan.needles.values(), "the fullUrls alone"
+        places = [
+            (n, i)
+            for n, resource in _resources(bundle)
+            for i, identifier in enumerate(resource.get("identifier", []))
+            if isinstance(identifier.get("value"), str)
+        ]
+        assert places
+        for n, i in places[:2]:
+            path = ("entry", n, "resource", "identifier", i, "value")
+            elsewhere = _set(bundle, path, str(_at(bundle, path)) + "/_history/2")
+            assert _check(Validator("reference"), elsewhere) == b"[]"
+            for _ in range(3):
+                assert _check(validator, elsewhere) == b"[]"
+        hits = validator.bundles.hits
+        broken = _with_url(bundle, 0, lambda url: url + "/_history/2")
+        _agrees(validator, broken, b"[]", answered=True)
+        assert validator.bundles.hits > hits

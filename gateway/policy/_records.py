@@ -22,7 +22,7 @@ from ..audit import events as audit_events
 from ..errors import Issue
 from ..store import StageOutcome, Store, metadata, utcnow
 from ._consent import ConsentRecord, PolicyError, parse_consent
-from ._engine import Decision, Policy, RuleResult, new_individual
+from ._engine import Decision, Policy, RuleResult, new_individual, system_tag
 from ._minimise import Change, pseudonym
 
 _outbox = metadata.tables["outbox"]  # the delivery outbox (gateway/store/_schema.py)
@@ -136,6 +136,28 @@ _KNOWN = sa.select(_c.person, _c.individual, _c.first_at).where(
         sa.select(_c.individual).where(_KEY, _c.person.in_(sa.bindparam("persons", expanding=True)))
     ),
 )
+# The pseudonyms of ``persons`` two individuals of one counter hold (kept apart by a
+# conflict: different people sharing an identifier), under the key's columns given as
+# lists (each an index seek of the primary key, not a scan of the table).
+_SHARED = (
+    sa.select(_c.person)
+    .where(
+        _c.year.in_(sa.bindparam("years", expanding=True)),
+        _c.sender == sa.bindparam("sender"),
+        _c.basis.in_(sa.bindparam("bases", expanding=True)),
+        _c.category.in_(sa.bindparam("categories", expanding=True)),
+        _c.person.in_(sa.bindparam("persons", expanding=True)),
+    )
+    .group_by(_c.year, _c.sender, _c.basis, _c.category, _c.person)
+    .having(sa.func.count() > 1)
+)
+# The same under any key (a Consent imported: rare, a scan is affordable there).
+_SHARED_ANYWHERE = (
+    sa.select(_c.person)
+    .where(_c.person.in_(sa.bindparam("persons", expanding=True)))
+    .group_by(_c.year, _c.sender, _c.basis, _c.category, _c.person)
+    .having(sa.func.count() > 1)
+)
 _MERGED = counters.delete().where(_KEY, _c.individual.in_(sa.bindparam("merged", expanding=True)))
 _ADD_COUNTED = counters.insert()
 _CONSENTS_OF = sa.select(consents.c.resource).where(
@@ -237,6 +259,7 @@ class PolicyRecords:
         # withdraw one), and a changed Consent is other bytes.
         self._parsed: dict[bytes, ConsentRecord] = {}
         self._keys: dict[str, str] = {}  # _patient_key
+        self._shared: set[str] = set()  # tagged pseudonyms known shared (shared())
         self._sqlite = store.engine.dialect.name == "sqlite"
         # decided_at as SQLAlchemy's DateTime writes it on this dialect (_sqlite_add)
         stamp = decisions.c.decided_at.type.bind_processor(store.engine.dialect)
@@ -291,6 +314,38 @@ class PolicyRecords:
         where = {"year": year, "sender": sender, "basis": basis, "category": category}
         with self.engine.connect() as conn:
             return conn.execute(_COUNTED, {**where, "person": person}).first() is not None
+
+    def shared(self, year: int, sender: str, persons: Sequence[str]) -> set[str]:
+        """Which of ``persons`` two individuals of the sender's counters (this year and
+        the one before) hold. A pseudonym found shared stays so (remembered: different
+        people do not become one); one not found is asked again next time (another
+        process may count)."""
+        found = self._shared.intersection(persons)
+        rest = [p for p in persons if p not in found]
+        if not rest:
+            return found
+        data = self.policy.data
+        categories = set(data.category_names) | {
+            str((r.get("params") or {}).get("category", "sensitive"))
+            for r in data.rules
+            if r.get("kind") == "volume"
+        }
+        where = {
+            "years": [year - 1, year],
+            "sender": sender,
+            "bases": sorted(data.bases),
+            "categories": sorted(categories),
+            "persons": rest,
+        }
+        with self.engine.connect() as conn:
+            new = set(conn.execute(_SHARED, where).scalars())
+        self._remember_shared(new)
+        return found | new
+
+    def _remember_shared(self, persons: set[str]) -> None:
+        if len(self._shared) > 65536:  # a bound: one per shared identifier seen
+            self._shared.clear()
+        self._shared |= persons
 
     def joined(
         self, year: int, sender: str, basis: str, category: str, people: Sequence[Sequence[str]]
@@ -362,6 +417,7 @@ class PolicyRecords:
         record = self._parse(body if isinstance(body, bytes) else orjson.dumps(body))
         stamp = utcnow()
         with self._writer.begin() as conn:
+            self._refuse_shared(conn, record)
             found = conn.execute(
                 sa.select(consents.c.id).where(consents.c.consent_id == record.id)
             ).first()
@@ -379,6 +435,31 @@ class PolicyRecords:
                 conn.execute(consents.update().where(consents.c.id == found.id).values(**values))
             self._audit_consent(conn, record, record.status, operator)
         return record, self.release_held(now)
+
+    def _refuse_shared(self, conn: Connection, record: ConsentRecord) -> None:
+        """A permitting Consent under an identifier the counters know several different
+        people share (two individuals counted apart hold it: a placeholder HKID) is
+        refused (``policy.consent-ambiguous-patient``): it would name none of them, and
+        the decisions would never rely on it (rule_consent) — refused at the door, the
+        sender learns why and sends it under an identifier of the patient's own. A
+        withdrawal or refusal (not active, or deny) is always kept."""
+        if not (record.permit and record.status == "active"):
+            return
+        system = record.patient.split("|", 1)[0]
+        tagged = f"{system_tag(system)}:{self._patient_key(record.patient)}"
+        if tagged not in self._shared:
+            found = set(conn.execute(_SHARED_ANYWHERE, {"persons": [tagged]}).scalars())
+            self._remember_shared(found)
+            if not found:
+                return
+        raise PolicyError(
+            "consent-ambiguous-patient",
+            f"Consent {record.id}: its patient identifier of {system} is shared by several "
+            "different people (counted transfers hold it for individuals who cannot be one "
+            "person: a placeholder): a consent under it names none of them and is not "
+            "kept; send it under an identifier of the patient's own (an MRN, a resident ID)",
+            location="Consent.patient.identifier",
+        )
 
     def list_consents(self, patient: str | None = None) -> list[ConsentRecord]:
         query = sa.select(consents.c.resource).order_by(consents.c.id)

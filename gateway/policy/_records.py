@@ -158,6 +158,26 @@ _SHARED_ANYWHERE = (
     .group_by(_c.year, _c.sender, _c.basis, _c.category, _c.person)
     .having(sa.func.count() > 1)
 )
+# _KNOWN up to _FEW rows: the whole answer for a record whose pseudonyms few individuals
+# hold; more, and only the individuals its sets may join are read (_joinable).
+_FEW = 256
+_KNOWN_CAPPED = _KNOWN.limit(_FEW + 1)
+# The individuals holding one of ``persons`` (filtered by _joinable's HAVING).
+_JOINABLE_IDS = (
+    sa.select(_c.individual)
+    .where(
+        _KEY,
+        _c.individual.in_(
+            sa.select(_c.individual).where(
+                _KEY, _c.person.in_(sa.bindparam("persons", expanding=True))
+            )
+        ),
+    )
+    .group_by(_c.individual)
+)
+_ROWS_OF = sa.select(_c.person, _c.individual, _c.first_at).where(
+    _KEY, _c.individual.in_(sa.bindparam("individuals", expanding=True))
+)
 _MERGED = counters.delete().where(_KEY, _c.individual.in_(sa.bindparam("merged", expanding=True)))
 _ADD_COUNTED = counters.insert()
 _CONSENTS_OF = sa.select(consents.c.resource).where(
@@ -756,16 +776,92 @@ def _known(
 ) -> tuple[dict[str, set[str]], dict[tuple[str, str], datetime]]:
     """The individuals counted already under ``where`` that hold a pseudonym of
     ``people`` (tagged, or bare as rows older than migration 0012 keep it), each to all
-    its stored pseudonyms; and when each of those was first counted."""
+    its stored pseudonyms; and when each of those was first counted.
+
+    When many individuals hold one (a placeholder HKID thousands share), only those a
+    record's set may join are read (:func:`_joinable`): reading them all made each
+    decision cost as much as the sharers, the year's counting their square."""
     persons = sorted({x for group in people for p in group for x in (p, _bare(p))})
     if not persons:
         return {}, {}
+    rows = conn.execute(_KNOWN_CAPPED, {**where, "persons": persons}).all()
+    if len(rows) > _FEW and all(":" in p for group in people for p in group):
+        joinable = _joinable(conn, where, people, persons)
+        # An untagged row (kept before migration 0012) among them: its system is not
+        # known, the filter's reason does not hold: every holder is read, as before.
+        if joinable is not None:
+            rows = joinable
+        else:
+            rows = conn.execute(_KNOWN, {**where, "persons": persons}).all()
     known: dict[str, set[str]] = {}
     first: dict[tuple[str, str], datetime] = {}
-    for r in conn.execute(_KNOWN, {**where, "persons": persons}):
+    for r in rows:
         known.setdefault(r.individual, set()).add(r.person)
         first[(r.individual, r.person)] = r.first_at
     return known, first
+
+
+def _joinable(
+    conn: Connection, where: dict[str, Any], people: Sequence[Sequence[str]], persons: list[str]
+) -> Sequence[Any] | None:
+    """The rows of the individuals holding one of ``persons`` that a set of ``people``
+    (tagged, each) may join, and of any whose id is one of ``persons`` (new_individual
+    must not take it): not the others, which conflict with it whatever it joins first.
+
+    Why: an individual holding a value of a system a set holds too, but none of the
+    values of that system the set — or any individual it may join — holds, has a value
+    only it holds against one only the set holds, of one system: it is never joined
+    (gateway/audit/_transfers.py ``_conflict``). So the database keeps an individual
+    when, for one set, each system of the set it holds a value of, it holds one of the
+    values known so far of that system (the record's, then those of the individuals
+    kept, until none is added); or when it holds an untagged row (a system not known:
+    then None, and every holder is read). ``join_people`` then decides over them exactly
+    as over all. (A pseudonym is of one system: an HMAC of the system and the value.)"""
+    values: dict[str, set[str]] = {}
+    for group in people:
+        for item in group:
+            values.setdefault(item.partition(":")[0], set()).add(item)
+    found: dict[str, None] = {}
+    rows: list[Any] = []
+    while True:
+        query = _JOINABLE_IDS.having(
+            sa.or_(
+                _c.individual.in_(persons),
+                sa.func.sum(sa.case((_c.person.contains(":"), 0), else_=1)) > 0,
+                *(_holds_all_of(sorted({i.partition(":")[0] for i in g}), values) for g in people),
+            )
+        )
+        ids = [i for i in conn.execute(query, {**where, "persons": persons}).scalars()]
+        fresh = [i for i in ids if i not in found]
+        if not fresh:
+            return rows
+        found.update(dict.fromkeys(fresh))
+        added = conn.execute(_ROWS_OF, {**where, "individuals": fresh}).all()
+        if any(":" not in r.person for r in added):
+            return None  # a system not known (an untagged row): _known reads them all
+        rows += added
+        grown = False
+        for r in added:
+            tag = r.person.partition(":")[0]
+            if tag in values and r.person not in values[tag]:
+                values[tag].add(r.person)
+                grown = True
+        if not grown:  # the same question would get the same answer
+            return rows
+
+
+def _holds_all_of(tags: list[str], values: dict[str, set[str]]) -> Any:
+    """An individual's rows (grouped) hold, for each system of ``tags`` they hold a
+    value of, one of ``values`` of that system."""
+    conditions = []
+    for tag in tags:
+        of_tag = sa.func.substr(_c.person, 1, len(tag) + 1) == f"{tag}:"
+        held = sa.func.sum(sa.case((of_tag, 1), else_=0))
+        shared = sa.func.sum(
+            sa.case((sa.and_(of_tag, _c.person.in_(sorted(values[tag]))), 1), else_=0)
+        )
+        conditions.append(sa.or_(held == 0, shared > 0))
+    return sa.and_(*conditions)
 
 
 def _bare(item: str) -> str:

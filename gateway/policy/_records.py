@@ -162,19 +162,6 @@ _SHARED_ANYWHERE = (
 # hold; more, and only the individuals its sets may join are read (_joinable).
 _FEW = 256
 _KNOWN_CAPPED = _KNOWN.limit(_FEW + 1)
-# The individuals holding one of ``persons`` (filtered by _joinable's HAVING).
-_JOINABLE_IDS = (
-    sa.select(_c.individual)
-    .where(
-        _KEY,
-        _c.individual.in_(
-            sa.select(_c.individual).where(
-                _KEY, _c.person.in_(sa.bindparam("persons", expanding=True))
-            )
-        ),
-    )
-    .group_by(_c.individual)
-)
 _ROWS_OF = sa.select(_c.person, _c.individual, _c.first_at).where(
     _KEY, _c.individual.in_(sa.bindparam("individuals", expanding=True))
 )
@@ -191,6 +178,21 @@ def _sqlite_consents_of(n: int) -> str:
     (PolicyRecords._sqlite_consents)."""
     marks = ", ".join("?" * n)
     return f"SELECT resource FROM policy_consents WHERE patient_key IN ({marks})"
+
+
+@functools.lru_cache(maxsize=16)
+def _sqlite_shared_sql(bases: int, categories: int, persons: int) -> str:
+    """``_SHARED`` on SQLite, as the driver takes it (PolicyRecords._sqlite_shared)."""
+
+    def marks(n: int) -> str:
+        return ", ".join("?" * n)
+
+    return (
+        "SELECT person FROM policy_counters WHERE year IN (?, ?) AND sender = ? "
+        f"AND basis IN ({marks(bases)}) AND category IN ({marks(categories)}) "
+        f"AND person IN ({marks(persons)}) "
+        "GROUP BY year, sender, basis, category, person HAVING count(*) > 1"
+    )
 
 
 # The decision's two statements on SQLite, as the driver takes them (_sqlite_add).
@@ -357,10 +359,29 @@ class PolicyRecords:
             "categories": sorted(categories),
             "persons": rest,
         }
-        with self.engine.connect() as conn:
-            new = set(conn.execute(_SHARED, where).scalars())
+        if self._sqlite:
+            new = set(self._sqlite_shared(where))
+        else:
+            with self.engine.connect() as conn:
+                new = set(conn.execute(_SHARED, where).scalars())
         self._remember_shared(new)
         return found | new
+
+    def _sqlite_shared(self, where: dict[str, Any]) -> list[str]:
+        """``_SHARED`` on SQLite straight through the driver (asked at every decision a
+        consent covers: SQLAlchemy's rendering of its lists cost most of the read)."""
+        lists = (where["bases"], where["categories"], where["persons"])
+        sql = _sqlite_shared_sql(*map(len, lists))
+        args = [*where["years"], where["sender"], *lists[0], *lists[1], *lists[2]]
+        raw = self.engine.raw_connection()
+        try:
+            cursor = raw.cursor()
+            try:
+                return [str(row[0]) for row in cursor.execute(sql, args).fetchall()]
+            finally:
+                cursor.close()
+        finally:
+            raw.close()  # back to the pool
 
     def _remember_shared(self, persons: set[str]) -> None:
         if len(self._shared) > 65536:  # a bound: one per shared identifier seen
@@ -814,8 +835,9 @@ def _joinable(
     (gateway/audit/_transfers.py ``_conflict``). So the database keeps an individual
     when, for one set, each system of the set it holds a value of, it holds one of the
     values known so far of that system (the record's, then those of the individuals
-    kept, until none is added); or when it holds an untagged row (a system not known:
-    then None, and every holder is read). ``join_people`` then decides over them exactly
+    kept, until none is added), it is kept — and so is one holding one of ``persons``
+    untagged; an untagged row among those kept (a system not known): None, and every
+    holder is read. ``join_people`` then decides over them exactly
     as over all. (A pseudonym is of one system: an HMAC of the system and the value.)"""
     values: dict[str, set[str]] = {}
     for group in people:
@@ -824,14 +846,8 @@ def _joinable(
     found: dict[str, None] = {}
     rows: list[Any] = []
     while True:
-        query = _JOINABLE_IDS.having(
-            sa.or_(
-                _c.individual.in_(persons),
-                sa.func.sum(sa.case((_c.person.contains(":"), 0), else_=1)) > 0,
-                *(_holds_all_of(sorted({i.partition(":")[0] for i in g}), values) for g in people),
-            )
-        )
-        ids = [i for i in conn.execute(query, {**where, "persons": persons}).scalars()]
+        query = _joinable_ids(persons, people, values)
+        ids = list(conn.execute(query, where).scalars())
         fresh = [i for i in ids if i not in found]
         if not fresh:
             return rows
@@ -850,18 +866,40 @@ def _joinable(
             return rows
 
 
-def _holds_all_of(tags: list[str], values: dict[str, set[str]]) -> Any:
-    """An individual's rows (grouped) hold, for each system of ``tags`` they hold a
-    value of, one of ``values`` of that system."""
-    conditions = []
-    for tag in tags:
-        of_tag = sa.func.substr(_c.person, 1, len(tag) + 1) == f"{tag}:"
-        held = sa.func.sum(sa.case((of_tag, 1), else_=0))
-        shared = sa.func.sum(
-            sa.case((sa.and_(of_tag, _c.person.in_(sorted(values[tag]))), 1), else_=0)
+def _joinable_ids(
+    persons: list[str], people: Sequence[Sequence[str]], values: dict[str, set[str]]
+) -> Any:
+    """The ids :func:`_joinable` keeps, as set operations over ranges of the primary key
+    (no scan of the key's rows, no grouping): the holders of ``persons``, less, for one
+    set at a time, those holding a value of one of its systems (a range of the key: the
+    tag) that is none of ``values`` while holding none of them (tagged or bare); with
+    those whose id is one of ``persons`` and those holding an untagged row of them."""
+
+    def ids(*where: Any) -> Any:
+        return sa.select(_c.individual).where(_KEY, *where)
+
+    holders = ids(_c.person.in_(persons))
+    kept = [
+        ids(_c.person.in_(persons), _c.person == _c.individual),
+        ids(_c.person.in_(persons), ~_c.person.contains(":")),
+    ]
+    for group in people:
+        out: list[Any] = []
+        for tag in sorted({i.partition(":")[0] for i in group}):
+            known = sorted(values[tag])
+            other = ids(_c.person >= f"{tag}:", _c.person < f"{tag};", _c.person.not_in(known))
+            holding = ids(_c.person.in_(known + [_bare(v) for v in known]))
+            out.append(
+                sa.select(sa.literal_column("individual")).select_from(
+                    sa.except_(other, holding).subquery()
+                )
+            )
+        kept.append(
+            sa.select(sa.literal_column("individual")).select_from(
+                sa.except_(holders, *out).subquery()
+            )
         )
-        conditions.append(sa.or_(held == 0, shared > 0))
-    return sa.and_(*conditions)
+    return sa.union(*kept)
 
 
 def _bare(item: str) -> str:

@@ -37,6 +37,10 @@ transaction, after the same variant and signing) — and throughput lost = 1 −
 rate(A)/rate(B), wall clock and CPU, median over rounds with the spread.
 
 ``--out`` replaces this benchmark's section of RESULTS.md (the other sections stay).
+
+``--sharers 1000,4000`` (alone, no pyperf): counting people when that many patients
+share one placeholder HKID — the transfer report's count and the yearly counters' —
+printed only (:func:`sharers`).
 """
 
 from __future__ import annotations
@@ -1072,7 +1076,61 @@ VM's load moves each row by tens of per cent between runs: compare rows of one r
     return section
 
 
+def sharers(counts: list[int]) -> list[dict[str, Any]]:
+    """``--sharers N,M``: counting people when N patients share one placeholder HKID
+    (each their own MRN), printed, not written to RESULTS.md. ``report``: the transfer
+    report's count over the N decisions' people (``individuals``); ``counters``: the N
+    decisions counted one after another in the yearly counters on SQLite
+    (``PolicyRecords._count_people``, one transaction each, as ``record`` does), and
+    the last 100 of them per decision. Both were quadratic in N (every individual
+    holding the placeholder compared with, then read, at each decision)."""
+    import sqlalchemy as sa
+
+    from gateway.audit._transfers import individuals
+    from gateway.policy._records import PolicyRecords
+    from gateway.store import Store
+
+    where = {"year": 2026, "sender": "lax2", "basis": "national-standard-contract"}
+    where["category"] = "sensitive"
+    rows = []
+    for n in counts:
+        people = [(f"1a2b3c4d:PSN-MRN{i:07d}", "5e6f7a8b:PSN-PLACEHOLDER") for i in range(n)]
+        started = time.perf_counter()
+        assert individuals(people) == n
+        report = time.perf_counter() - started
+        with tempfile.TemporaryDirectory() as tmp:
+            store = Store.open(f"sqlite:///{tmp}/sharers.db")
+            started = last = time.perf_counter()
+            for i, person in enumerate(people):
+                if i == n - 100:
+                    last = time.perf_counter()
+                with store.engine.begin() as conn:
+                    PolicyRecords._count_people(conn, where, [list(person)])
+            ended = time.perf_counter()
+            with store.engine.connect() as conn:
+                counted = conn.execute(
+                    sa.select(sa.func.count(sa.distinct(sa.column("individual")))).select_from(
+                        sa.table("policy_counters")
+                    )
+                ).scalar_one()
+            store.close()
+        assert counted == n
+        rows.append(
+            {
+                "sharers": n,
+                "report_s": round(report, 3),
+                "counters_s": round(ended - started, 2),
+                "last_100_ms_each": round((ended - last) * 10, 2),
+            }
+        )
+        print(orjson.dumps(rows[-1]).decode(), flush=True)
+    return rows
+
+
 def main() -> None:
+    if "--sharers" in sys.argv:  # the standalone case (no pyperf, RESULTS.md untouched)
+        sharers([int(n) for n in sys.argv[sys.argv.index("--sharers") + 1].split(",")])
+        return
     runner = pyperf.Runner(
         processes=4,
         values=3,

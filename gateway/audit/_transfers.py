@@ -98,6 +98,8 @@ class _Individual:
     old: set[str] = field(default_factory=set)  # their stored pseudonyms
     new: set[str] = field(default_factory=set)  # the sets' pseudonyms
     alive: bool = True
+    # Where _Holders files it: its systems' tags and the pseudonyms, as last filed.
+    filed: tuple[frozenset[str], tuple[str, ...]] | None = None
 
     def add(self, items: Iterable[str]) -> None:
         for item in items:
@@ -115,6 +117,80 @@ class _Individual:
         other.alive = False
 
 
+class _Holders:
+    """The individuals by pseudonym, and under each pseudonym by the set of their
+    systems' tags (their *signature*): what finds the individuals a set may join without
+    reading every individual that shares one of its pseudonyms (a placeholder HKID held
+    by thousands of people: comparing each new set with each of them was quadratic).
+
+    Why it may skip: with every pseudonym's system known (no untagged row), an
+    individual that holds a value of a system the set holds too but none of the set's
+    values of that system conflicts with it (a value only it holds against one only the
+    set holds, one system: :func:`_conflict`). So among the holders of a shared
+    pseudonym with signature ``sig``, only those that also hold one of the set's values
+    of each system of ``sig`` the set has can be joined: they are found through the
+    rarest of those values (a new patient's own MRN: no one), and only they are compared
+    exactly. Where a system is not known (an untagged pseudonym, on either side) or a
+    pseudonym was seen under two tags, every holder is compared, as before."""
+
+    def __init__(self) -> None:
+        self.by_value: dict[str, dict[frozenset[str], dict[_Individual, None]]] = {}
+        self.tags: dict[str, str] = {}  # a pseudonym's system's tag as first filed
+        self.mixed = False  # one filed under two systems' tags: compare every holder
+
+    def put(self, person: _Individual) -> None:
+        self.drop(person)
+        sig = frozenset(person.values.values())
+        for value, tag in person.values.items():
+            self.by_value.setdefault(value, {}).setdefault(sig, {})[person] = None
+            if tag and self.tags.setdefault(value, tag) != tag:
+                self.mixed = True
+        person.filed = (sig, tuple(person.values))
+
+    def drop(self, person: _Individual) -> None:
+        if person.filed is None:
+            return
+        sig, values = person.filed
+        for value in values:
+            members = self.by_value[value][sig]
+            members.pop(person, None)
+            if not members:
+                del self.by_value[value][sig]
+        person.filed = None
+
+    def candidates(
+        self, first: Iterable[str], person: _Individual, after: int
+    ) -> list[_Individual]:
+        """The individuals made after ``after`` holding one of ``first`` (the set's
+        pseudonyms) that ``person`` (the set, and what it joined so far) may join: every
+        other one conflicts with it. Oldest first."""
+        by_tag: dict[str, list[str]] = defaultdict(list)
+        for value, tag in person.values.items():
+            by_tag[tag].append(value)
+        exact = (
+            self.mixed
+            or "" in by_tag
+            or any(tag != self.tags.get(v, tag) for v, tag in person.values.items())
+        )
+        found: dict[_Individual, None] = {}
+        for value in first:
+            for sig, members in self.by_value.get(value, {}).items():
+                pool: Iterable[_Individual] = members
+                if not exact and "" not in sig:
+                    size = len(members)
+                    for tag in sig.intersection(by_tag):
+                        through = [self.by_value.get(v, {}).get(sig, {}) for v in by_tag[tag]]
+                        if sum(map(len, through)) < size:
+                            pool, size = (
+                                (i for group in through for i in group),
+                                sum(map(len, through)),
+                            )
+                for other in pool:
+                    if other.order > after and other.alive and value in other.values:
+                        found[other] = None
+        return sorted(found, key=lambda i: i.order)
+
+
 def join_people(
     sets: Iterable[Iterable[str]], known: Mapping[str, Iterable[str]]
 ) -> list[tuple[list[str], list[str]]]:
@@ -128,30 +204,32 @@ def join_people(
     yet, the known individuals it joins, sorted): joining none, it is a new one;
     joining several, it merges them. Sets are taken in order, each joined to the
     individuals sharing a pseudonym in the order they were made (known ones first,
-    by id): the result does not depend on chance."""
+    by id): the result does not depend on chance. Near-linear in the pseudonyms
+    (:class:`_Holders`), however many people share one."""
     made: dict[_Individual, None] = {}
-    # pseudonym → the individuals holding it (several when a merge was refused)
-    holders: dict[str, dict[_Individual, None]] = defaultdict(dict)
-
-    def keep(person: _Individual) -> None:
-        made[person] = None
-        for value in person.values:
-            holders[value][person] = None
-
+    holders = _Holders()
     for ident in sorted(known):
         person = _Individual(len(made), known={ident}, old=set(known[ident]))
         person.add(person.old)
-        keep(person)
+        made[person] = None
+        holders.put(person)
     for items in sets:
         person = _Individual(len(made), new=set(items))
         person.add(person.new)
-        sharing = {i: None for v in person.values for i in holders.get(v, ()) if i.alive}
-        for other in sorted(sharing, key=lambda i: i.order):
-            if other.alive and not _conflict(other.values, person.values):
-                older, younger = sorted((other, person), key=lambda i: i.order)
-                older.absorb(younger)
-                person = older
-        keep(person)
+        first = tuple(person.values)  # who shares one of these may be joined
+        pending = holders.candidates(first, person, -1)
+        while pending:
+            other = pending.pop(0)
+            if _conflict(other.values, person.values):
+                continue
+            older, younger = sorted((other, person), key=lambda i: i.order)
+            holders.drop(younger)
+            older.absorb(younger)
+            person = older
+            # It holds more now: who may join it is asked again (those after ``other``).
+            pending = holders.candidates(first, person, other.order)
+        made[person] = None
+        holders.put(person)
     return [(sorted(p.new - p.old), sorted(p.known)) for p in made if p.alive and p.new]
 
 

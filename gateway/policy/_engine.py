@@ -84,6 +84,14 @@ class Counters(Protocol):
         counted apart as one person's)."""
         ...
 
+    def shared(self, year: int, sender: str, persons: Sequence[str]) -> set[str]:
+        """Which of ``persons`` (tagged pseudonyms) two individuals counted apart hold
+        — an identifier several different people share (a placeholder HKID) — in the
+        sender's counters of ``year`` and the year before: a consent recorded under it
+        names none of them unambiguously (docs/policy.md, "A consent under a shared
+        identifier")."""
+        ...
+
 
 class MemoryCounters:
     """Yearly counters in memory (``policy check``, tests): ``people`` holds each
@@ -111,6 +119,18 @@ class MemoryCounters:
     def has(self, year: int, sender: str, basis: str, category: str, person: str) -> bool:
         known = self._known((year, sender, basis, category)).values()
         return any(person in held for held in known)
+
+    def shared(self, year: int, sender: str, persons: Sequence[str]) -> set[str]:
+        wanted, found = set(persons), set()
+        for key in list(self.people):
+            if key[1] != sender or key[0] not in (year - 1, year):
+                continue
+            holders: dict[str, int] = {}
+            for held in self._known(key).values():
+                for person in held & wanted:
+                    holders[person] = holders.get(person, 0) + 1
+            found |= {p for p, n in holders.items() if n > 1}
+        return found
 
     def add(self, year: int, sender: str, basis: str, category: str, *person: str) -> int:
         """Count one individual by their pseudonyms (joining those counted already when
@@ -1242,14 +1262,24 @@ def rule_consent(policy: Policy, t: _Transfer, rule_id: str, params: dict[str, A
     # Every individual of the record needs a consent of their own: one patient's consent
     # never carries another's data across (a Bundle of two Patients).
     records = t.consents.for_patients(list(dict.fromkeys(i for p in people for i in p)))
+    usable = [
+        [r for r in records if r.covers(list(person), t.purpose, t.recipient.key, t.now)]
+        for person in people
+    ]
+    if not all(usable):
+        make = functools.partial(_consent_words, policy, rule_id, "hold", "consent.missing", t)
+        return policy._cached(("consent-words", rule_id, "missing", *parties), make)[0]
+    # Nor does a consent recorded under an identifier several different people share (a
+    # placeholder HKID): it names none of them unambiguously, so it covers no one.
+    ambiguous = _shared_identifiers(t, {r.patient for found in usable for r in found})
     covering: dict[str, ConsentRecord] = {}
-    for person in people:
-        ids = list(person)
-        found = next((r for r in records if r.covers(ids, t.purpose, t.recipient.key, t.now)), None)
-        if found is None:
-            make = functools.partial(_consent_words, policy, rule_id, "hold", "consent.missing", t)
-            return policy._cached(("consent-words", rule_id, "missing", *parties), make)[0]
-        covering.setdefault(found.id, found)
+    for found in usable:
+        good = next((r for r in found if r.patient not in ambiguous), None)
+        if good is None:
+            system = found[0].patient.split("|", 1)[0]  # the system only: no patient data
+            make = functools.partial(_consent_ambiguous, policy, rule_id, system, t)
+            return policy._cached(("consent-ambiguous", rule_id, system, *parties), make)[0]
+        covering.setdefault(good.id, good)
     t.consent_ids = list(covering)  # the basis of the transfer (its audit event)
     # Whether they cover is asked every time (consents change); the words depend on the
     # consents' ids and ends and the transfer's parties and purpose only.
@@ -1276,6 +1306,38 @@ def _consent_words(
     return RuleResult(
         rule_id, "consent", outcome, code, policy.say(code, **_names(policy, t))
     ), None
+
+
+def _consent_ambiguous(
+    policy: Policy, rule_id: str, system: str, t: _Transfer
+) -> tuple[RuleResult, None]:
+    code = "consent.ambiguous-patient"
+    words = policy.say(code, system=system, **_names(policy, t))
+    return RuleResult(rule_id, "consent", "hold", code, words), None
+
+
+def _shared_identifiers(t: _Transfer, patients: Collection[str]) -> set[str]:
+    """Which of the consents' ``patients`` (``system|value``) are known to be shared by
+    different people: two Patients of this record hold it and cannot be one person
+    (they differ in another identifier of one system), or the sender's counters hold
+    it for two individuals counted apart for that reason (:meth:`Counters.shared`)."""
+    if not patients:
+        return set()
+    tagged: dict[str, str] = {}
+    for patient in patients:
+        system, value = patient.split("|", 1)
+        tagged[f"{system_tag(system)}:{t.alias(system, value)}"] = patient
+    sets = _person_sets(t)
+    held: dict[str, int] = {}
+    if len(sets) > 1:
+        for items, _ in join_people(sets, {}):
+            for item in tagged.keys() & set(items):
+                held[item] = held.get(item, 0) + 1
+    found = {item for item, n in held.items() if n > 1}
+    rest = sorted(tagged.keys() - found)
+    if rest:
+        found |= t.counters.shared(t.now.year, t.sender.key, rest)
+    return {tagged[item] for item in found if item in tagged}
 
 
 def _consent_ok(

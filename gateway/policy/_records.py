@@ -22,7 +22,7 @@ from ..audit import events as audit_events
 from ..errors import Issue
 from ..store import StageOutcome, Store, metadata, utcnow
 from ._consent import ConsentRecord, PolicyError, parse_consent
-from ._engine import Decision, Policy, RuleResult, new_individual
+from ._engine import Decision, Policy, RuleResult, new_individual, system_tag
 from ._minimise import Change, pseudonym
 
 _outbox = metadata.tables["outbox"]  # the delivery outbox (gateway/store/_schema.py)
@@ -136,6 +136,35 @@ _KNOWN = sa.select(_c.person, _c.individual, _c.first_at).where(
         sa.select(_c.individual).where(_KEY, _c.person.in_(sa.bindparam("persons", expanding=True)))
     ),
 )
+# The pseudonyms of ``persons`` two individuals of one counter hold (kept apart by a
+# conflict: different people sharing an identifier), under the key's columns given as
+# lists (each an index seek of the primary key, not a scan of the table).
+_SHARED = (
+    sa.select(_c.person)
+    .where(
+        _c.year.in_(sa.bindparam("years", expanding=True)),
+        _c.sender == sa.bindparam("sender"),
+        _c.basis.in_(sa.bindparam("bases", expanding=True)),
+        _c.category.in_(sa.bindparam("categories", expanding=True)),
+        _c.person.in_(sa.bindparam("persons", expanding=True)),
+    )
+    .group_by(_c.year, _c.sender, _c.basis, _c.category, _c.person)
+    .having(sa.func.count() > 1)
+)
+# The same under any key (a Consent imported: rare, a scan is affordable there).
+_SHARED_ANYWHERE = (
+    sa.select(_c.person)
+    .where(_c.person.in_(sa.bindparam("persons", expanding=True)))
+    .group_by(_c.year, _c.sender, _c.basis, _c.category, _c.person)
+    .having(sa.func.count() > 1)
+)
+# _KNOWN up to _FEW rows: the whole answer for a record whose pseudonyms few individuals
+# hold; more, and only the individuals its sets may join are read (_joinable).
+_FEW = 256
+_KNOWN_CAPPED = _KNOWN.limit(_FEW + 1)
+_ROWS_OF = sa.select(_c.person, _c.individual, _c.first_at).where(
+    _KEY, _c.individual.in_(sa.bindparam("individuals", expanding=True))
+)
 _MERGED = counters.delete().where(_KEY, _c.individual.in_(sa.bindparam("merged", expanding=True)))
 _ADD_COUNTED = counters.insert()
 _CONSENTS_OF = sa.select(consents.c.resource).where(
@@ -149,6 +178,21 @@ def _sqlite_consents_of(n: int) -> str:
     (PolicyRecords._sqlite_consents)."""
     marks = ", ".join("?" * n)
     return f"SELECT resource FROM policy_consents WHERE patient_key IN ({marks})"
+
+
+@functools.lru_cache(maxsize=16)
+def _sqlite_shared_sql(bases: int, categories: int, persons: int) -> str:
+    """``_SHARED`` on SQLite, as the driver takes it (PolicyRecords._sqlite_shared)."""
+
+    def marks(n: int) -> str:
+        return ", ".join("?" * n)
+
+    return (
+        "SELECT person FROM policy_counters WHERE year IN (?, ?) AND sender = ? "
+        f"AND basis IN ({marks(bases)}) AND category IN ({marks(categories)}) "
+        f"AND person IN ({marks(persons)}) "
+        "GROUP BY year, sender, basis, category, person HAVING count(*) > 1"
+    )
 
 
 # The decision's two statements on SQLite, as the driver takes them (_sqlite_add).
@@ -237,6 +281,7 @@ class PolicyRecords:
         # withdraw one), and a changed Consent is other bytes.
         self._parsed: dict[bytes, ConsentRecord] = {}
         self._keys: dict[str, str] = {}  # _patient_key
+        self._shared: set[str] = set()  # tagged pseudonyms known shared (shared())
         self._sqlite = store.engine.dialect.name == "sqlite"
         # decided_at as SQLAlchemy's DateTime writes it on this dialect (_sqlite_add)
         stamp = decisions.c.decided_at.type.bind_processor(store.engine.dialect)
@@ -291,6 +336,57 @@ class PolicyRecords:
         where = {"year": year, "sender": sender, "basis": basis, "category": category}
         with self.engine.connect() as conn:
             return conn.execute(_COUNTED, {**where, "person": person}).first() is not None
+
+    def shared(self, year: int, sender: str, persons: Sequence[str]) -> set[str]:
+        """Which of ``persons`` two individuals of the sender's counters (this year and
+        the one before) hold. A pseudonym found shared stays so (remembered: different
+        people do not become one); one not found is asked again next time (another
+        process may count)."""
+        found = self._shared.intersection(persons)
+        rest = [p for p in persons if p not in found]
+        if not rest:
+            return found
+        data = self.policy.data
+        categories = set(data.category_names) | {
+            str((r.get("params") or {}).get("category", "sensitive"))
+            for r in data.rules
+            if r.get("kind") == "volume"
+        }
+        where = {
+            "years": [year - 1, year],
+            "sender": sender,
+            "bases": sorted(data.bases),
+            "categories": sorted(categories),
+            "persons": rest,
+        }
+        if self._sqlite:
+            new = set(self._sqlite_shared(where))
+        else:
+            with self.engine.connect() as conn:
+                new = set(conn.execute(_SHARED, where).scalars())
+        self._remember_shared(new)
+        return found | new
+
+    def _sqlite_shared(self, where: dict[str, Any]) -> list[str]:
+        """``_SHARED`` on SQLite straight through the driver (asked at every decision a
+        consent covers: SQLAlchemy's rendering of its lists cost most of the read)."""
+        lists = (where["bases"], where["categories"], where["persons"])
+        sql = _sqlite_shared_sql(*map(len, lists))
+        args = [*where["years"], where["sender"], *lists[0], *lists[1], *lists[2]]
+        raw = self.engine.raw_connection()
+        try:
+            cursor = raw.cursor()
+            try:
+                return [str(row[0]) for row in cursor.execute(sql, args).fetchall()]
+            finally:
+                cursor.close()
+        finally:
+            raw.close()  # back to the pool
+
+    def _remember_shared(self, persons: set[str]) -> None:
+        if len(self._shared) > 65536:  # a bound: one per shared identifier seen
+            self._shared.clear()
+        self._shared |= persons
 
     def joined(
         self, year: int, sender: str, basis: str, category: str, people: Sequence[Sequence[str]]
@@ -362,6 +458,7 @@ class PolicyRecords:
         record = self._parse(body if isinstance(body, bytes) else orjson.dumps(body))
         stamp = utcnow()
         with self._writer.begin() as conn:
+            self._refuse_shared(conn, record)
             found = conn.execute(
                 sa.select(consents.c.id).where(consents.c.consent_id == record.id)
             ).first()
@@ -379,6 +476,31 @@ class PolicyRecords:
                 conn.execute(consents.update().where(consents.c.id == found.id).values(**values))
             self._audit_consent(conn, record, record.status, operator)
         return record, self.release_held(now)
+
+    def _refuse_shared(self, conn: Connection, record: ConsentRecord) -> None:
+        """A permitting Consent under an identifier the counters know several different
+        people share (two individuals counted apart hold it: a placeholder HKID) is
+        refused (``policy.consent-ambiguous-patient``): it would name none of them, and
+        the decisions would never rely on it (rule_consent) — refused at the door, the
+        sender learns why and sends it under an identifier of the patient's own. A
+        withdrawal or refusal (not active, or deny) is always kept."""
+        if not (record.permit and record.status == "active"):
+            return
+        system = record.patient.split("|", 1)[0]
+        tagged = f"{system_tag(system)}:{self._patient_key(record.patient)}"
+        if tagged not in self._shared:
+            found = set(conn.execute(_SHARED_ANYWHERE, {"persons": [tagged]}).scalars())
+            self._remember_shared(found)
+            if not found:
+                return
+        raise PolicyError(
+            "consent-ambiguous-patient",
+            f"Consent {record.id}: its patient identifier of {system} is shared by several "
+            "different people (counted transfers hold it for individuals who cannot be one "
+            "person: a placeholder): a consent under it names none of them and is not "
+            "kept; send it under an identifier of the patient's own (an MRN, a resident ID)",
+            location="Consent.patient.identifier",
+        )
 
     def list_consents(self, patient: str | None = None) -> list[ConsentRecord]:
         query = sa.select(consents.c.resource).order_by(consents.c.id)
@@ -675,16 +797,109 @@ def _known(
 ) -> tuple[dict[str, set[str]], dict[tuple[str, str], datetime]]:
     """The individuals counted already under ``where`` that hold a pseudonym of
     ``people`` (tagged, or bare as rows older than migration 0012 keep it), each to all
-    its stored pseudonyms; and when each of those was first counted."""
+    its stored pseudonyms; and when each of those was first counted.
+
+    When many individuals hold one (a placeholder HKID thousands share), only those a
+    record's set may join are read (:func:`_joinable`): reading them all made each
+    decision cost as much as the sharers, the year's counting their square."""
     persons = sorted({x for group in people for p in group for x in (p, _bare(p))})
     if not persons:
         return {}, {}
+    rows = conn.execute(_KNOWN_CAPPED, {**where, "persons": persons}).all()
+    if len(rows) > _FEW and all(":" in p for group in people for p in group):
+        joinable = _joinable(conn, where, people, persons)
+        # An untagged row (kept before migration 0012) among them: its system is not
+        # known, the filter's reason does not hold: every holder is read, as before.
+        if joinable is not None:
+            rows = joinable
+        else:
+            rows = conn.execute(_KNOWN, {**where, "persons": persons}).all()
     known: dict[str, set[str]] = {}
     first: dict[tuple[str, str], datetime] = {}
-    for r in conn.execute(_KNOWN, {**where, "persons": persons}):
+    for r in rows:
         known.setdefault(r.individual, set()).add(r.person)
         first[(r.individual, r.person)] = r.first_at
     return known, first
+
+
+def _joinable(
+    conn: Connection, where: dict[str, Any], people: Sequence[Sequence[str]], persons: list[str]
+) -> Sequence[Any] | None:
+    """The rows of the individuals holding one of ``persons`` that a set of ``people``
+    (tagged, each) may join, and of any whose id is one of ``persons`` (new_individual
+    must not take it): not the others, which conflict with it whatever it joins first.
+
+    Why: an individual holding a value of a system a set holds too, but none of the
+    values of that system the set — or any individual it may join — holds, has a value
+    only it holds against one only the set holds, of one system: it is never joined
+    (gateway/audit/_transfers.py ``_conflict``). So the database keeps an individual
+    when, for one set, each system of the set it holds a value of, it holds one of the
+    values known so far of that system (the record's, then those of the individuals
+    kept, until none is added), it is kept — and so is one holding one of ``persons``
+    untagged; an untagged row among those kept (a system not known): None, and every
+    holder is read. ``join_people`` then decides over them exactly
+    as over all. (A pseudonym is of one system: an HMAC of the system and the value.)"""
+    values: dict[str, set[str]] = {}
+    for group in people:
+        for item in group:
+            values.setdefault(item.partition(":")[0], set()).add(item)
+    found: dict[str, None] = {}
+    rows: list[Any] = []
+    while True:
+        query = _joinable_ids(persons, people, values)
+        ids = list(conn.execute(query, where).scalars())
+        fresh = [i for i in ids if i not in found]
+        if not fresh:
+            return rows
+        found.update(dict.fromkeys(fresh))
+        added = conn.execute(_ROWS_OF, {**where, "individuals": fresh}).all()
+        if any(":" not in r.person for r in added):
+            return None  # a system not known (an untagged row): _known reads them all
+        rows += added
+        grown = False
+        for r in added:
+            tag = r.person.partition(":")[0]
+            if tag in values and r.person not in values[tag]:
+                values[tag].add(r.person)
+                grown = True
+        if not grown:  # the same question would get the same answer
+            return rows
+
+
+def _joinable_ids(
+    persons: list[str], people: Sequence[Sequence[str]], values: dict[str, set[str]]
+) -> Any:
+    """The ids :func:`_joinable` keeps, as set operations over ranges of the primary key
+    (no scan of the key's rows, no grouping): the holders of ``persons``, less, for one
+    set at a time, those holding a value of one of its systems (a range of the key: the
+    tag) that is none of ``values`` while holding none of them (tagged or bare); with
+    those whose id is one of ``persons`` and those holding an untagged row of them."""
+
+    def ids(*where: Any) -> Any:
+        return sa.select(_c.individual).where(_KEY, *where)
+
+    holders = ids(_c.person.in_(persons))
+    kept = [
+        ids(_c.person.in_(persons), _c.person == _c.individual),
+        ids(_c.person.in_(persons), ~_c.person.contains(":")),
+    ]
+    for group in people:
+        out: list[Any] = []
+        for tag in sorted({i.partition(":")[0] for i in group}):
+            known = sorted(values[tag])
+            other = ids(_c.person >= f"{tag}:", _c.person < f"{tag};", _c.person.not_in(known))
+            holding = ids(_c.person.in_(known + [_bare(v) for v in known]))
+            out.append(
+                sa.select(sa.literal_column("individual")).select_from(
+                    sa.except_(other, holding).subquery()
+                )
+            )
+        kept.append(
+            sa.select(sa.literal_column("individual")).select_from(
+                sa.except_(holders, *out).subquery()
+            )
+        )
+    return sa.union(*kept)
 
 
 def _bare(item: str) -> str:

@@ -292,12 +292,18 @@ def test_two_workers_on_one_sqlite_store_never_send_a_record_twice(
             loop.join()
         for w in workers:
             w.close()
+    sent_once = [(None, "pending"), ("pending", "sending"), ("sending", "delivered")]
+    # A worker starved past its lease (a loaded machine) has its row taken over; the other
+    # worker then asks the partner instead of sending again: still one send.
+    asked = [*sent_once[:2], ("sending", "waiting"), ("waiting", "delivered")]
     for r in rows:
         moves = [(e.from_state, e.to_state) for e in boxes[0].events(r)]
-        assert moves == [(None, "pending"), ("pending", "sending"), ("sending", "delivered")], (
+        assert moves in (sent_once, asked), (
             r,
             [(e.from_state, e.to_state, e.reason) for e in boxes[0].events(r)],
         )
+        if moves == asked:
+            assert boxes[0].events(r)[-1].reason.startswith("asked:")
     assert [_versions(server, f"O-two{n}") for n in range(24)] == [1] * 24
     for s in stores:
         s.close()

@@ -23,7 +23,9 @@ SENDER, RECIPIENT, PURPOSE = "LAX2", "HKPMC", "second-opinion"
 
 
 def test_post_consent_under_a_known_shared_identifier_is_422_and_not_kept(
-    tmp_path: Path, converter: Converter, bundles: dict[str, bytes]
+    tmp_path: Path,
+    converter: Converter,
+    bundles: dict[str, bytes],  # noqa: F811  (the fixture)
 ) -> None:
     settings = Settings.load(home=tmp_path, env={})
     store = open_store(settings)

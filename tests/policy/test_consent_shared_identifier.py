@@ -8,6 +8,9 @@ refused at import (``policy.consent-ambiguous-patient``), a withdrawal is still 
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -23,6 +26,7 @@ from gateway.policy import (
 )
 from gateway.policy._engine import system_tag
 from gateway.store import Store
+from tests.store.dbs import BACKENDS, database
 
 from .conftest import HKID, NOW, consent
 from .test_individuals import MRN, PLACEHOLDER, patient_with
@@ -30,6 +34,18 @@ from .test_individuals import MRN, PLACEHOLDER, patient_with
 BASE = "ref_i12_lax2_to_njmu2"
 SENDER, RECIPIENT, PURPOSE = "LAX2", "HKPMC", "second-opinion"
 WANG, LI, ZHANG = (MRN, "0012345"), (MRN, "0067890"), (MRN, "0024680")
+
+
+@pytest.fixture(params=BACKENDS)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """The policy's store on SQLite and on PostgreSQL (when GATEWAY_TEST_DATABASE_URL
+    names a server): ``shared()`` is SQL of its own on each (the driver's on SQLite)."""
+    with contextlib.contextmanager(database)(request.param, tmp_path) as url:
+        opened = Store.open(url)
+        try:
+            yield opened
+        finally:
+            opened.close()
 
 
 def _rule(decision: Any) -> Any:

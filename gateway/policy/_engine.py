@@ -1323,10 +1323,12 @@ def _shared_identifiers(t: _Transfer, patients: Collection[str]) -> set[str]:
     it for two individuals counted apart for that reason (:meth:`Counters.shared`)."""
     if not patients:
         return set()
-    tagged: dict[str, str] = {}
+    # Spellings of one identifier (a value's case, its spaces) are one pseudonym: each
+    # is shared when it is, not only the last filed.
+    tagged: dict[str, list[str]] = {}
     for patient in patients:
         system, value = patient.split("|", 1)
-        tagged[f"{system_tag(system)}:{t.alias(system, value)}"] = patient
+        tagged.setdefault(f"{system_tag(system)}:{t.alias(system, value)}", []).append(patient)
     sets = _person_sets(t)
     held: dict[str, int] = {}
     if len(sets) > 1:
@@ -1337,7 +1339,7 @@ def _shared_identifiers(t: _Transfer, patients: Collection[str]) -> set[str]:
     rest = sorted(tagged.keys() - found)
     if rest:
         found |= t.counters.shared(t.now.year, t.sender.key, rest)
-    return {tagged[item] for item in found if item in tagged}
+    return {patient for item in found for patient in tagged.get(item, ())}
 
 
 def _consent_ok(

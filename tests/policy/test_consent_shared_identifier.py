@@ -8,6 +8,9 @@ refused at import (``policy.consent-ambiguous-patient``), a withdrawal is still 
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -23,6 +26,7 @@ from gateway.policy import (
 )
 from gateway.policy._engine import system_tag
 from gateway.store import Store
+from tests.store.dbs import BACKENDS, database
 
 from .conftest import HKID, NOW, consent
 from .test_individuals import MRN, PLACEHOLDER, patient_with
@@ -30,6 +34,18 @@ from .test_individuals import MRN, PLACEHOLDER, patient_with
 BASE = "ref_i12_lax2_to_njmu2"
 SENDER, RECIPIENT, PURPOSE = "LAX2", "HKPMC", "second-opinion"
 WANG, LI, ZHANG = (MRN, "0012345"), (MRN, "0067890"), (MRN, "0024680")
+
+
+@pytest.fixture(params=BACKENDS)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """The policy's store on SQLite and on PostgreSQL (when GATEWAY_TEST_DATABASE_URL
+    names a server): ``shared()`` is SQL of its own on each (the driver's on SQLite)."""
+    with contextlib.contextmanager(database)(request.param, tmp_path) as url:
+        opened = Store.open(url)
+        try:
+            yield opened
+        finally:
+            opened.close()
 
 
 def _rule(decision: Any) -> Any:
@@ -175,3 +191,33 @@ def test_a_new_consent_under_a_known_shared_identifier_is_refused(
     withdrawn, _ = records.import_consent(dict(kept, status="inactive"), now=NOW)
     assert withdrawn.status == "inactive"
     assert records.list_consents()[0].status == "inactive"
+
+
+@pytest.mark.parametrize("li_holds", ["as-typed", "respelled"])
+def test_a_consent_under_another_spelling_of_a_shared_identifier_covers_no_one(
+    policy: Policy, bundles: dict[str, bytes], li_holds: str
+) -> None:
+    """Two consents under two spellings of the placeholder (one pseudonym: a value is
+    read trimmed and upper-cased); 王伟 holds both spellings, 李娜 one of them. Before,
+    the spellings were filed under their one pseudonym one over the other, so only one
+    was found shared: the other still carried 李娜's data across (whichever spelling the
+    set's order put first; 李娜 holds each in turn)."""
+    respelled = (HKID, " " + PLACEHOLDER[1].lower())
+    bundle = _two_sharers(bundles[BASE])
+    patients = [
+        e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient"
+    ]
+    wang = next(p for p in patients if "王" in str(p))
+    wang["identifier"].append({"system": HKID, "value": respelled[1]})
+    li = next(p for p in patients if "李娜" in str(p))
+    held = PLACEHOLDER if li_holds == "as-typed" else respelled
+    li["identifier"] = [{"system": s, "value": v} for s, v in (LI, held)]
+    consents = _memory(
+        policy,
+        consent(PLACEHOLDER, RECIPIENT, (PURPOSE,), ident="consent-placeholder"),
+        consent(respelled, RECIPIENT, (PURPOSE,), ident="consent-respelled"),
+    )
+    decision = policy.decide(
+        orjson.dumps(bundle), SENDER, RECIPIENT, PURPOSE, consents=consents, now=NOW
+    )
+    _assert_ambiguous(decision)

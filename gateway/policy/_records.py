@@ -113,6 +113,17 @@ counters = sa.Table(
     # each individual holding it, whom a conflict kept apart.
     sa.Column("individual", sa.String(64), primary_key=True),
 )
+# An individual's rows under a counter's key (migration 0013): the counting reads and
+# deletes them by individual, and counts individuals; the primary key, by pseudonym,
+# made each of those a scan of the counter's whole key range.
+sa.Index(
+    "ix_policy_counters_individual",
+    counters.c.year,
+    counters.c.sender,
+    counters.c.basis,
+    counters.c.category,
+    counters.c.individual,
+)
 
 # The statements of every decision, built once (building them with .values() per call
 # cost several times their execution: bench/RESULTS.md, "Policy stage benchmark").

@@ -103,10 +103,6 @@ def _get(node: Any, path: str) -> list[Any]:
 Guard = Callable[[Any], bool]
 
 
-def _absent(name: str) -> Guard:
-    return lambda node: not _get(node, name)
-
-
 def _no_string(name: str, test: Callable[[str], bool]) -> Guard:
     return lambda node: not any(isinstance(v, str) and test(v) for v in _get(node, name))
 
@@ -151,9 +147,68 @@ def _absent_test(type_name: str, path: str) -> Guard | None:
     """``path`` is absent (``empty()``, ``exists().not()``): a choice element in every
     form of its value; None when the path reaches one through another element."""
     keys = _choice_keys(type_name, path) if "." not in path else []
-    if keys:
-        return lambda node: not any(_get(node, key) for key in keys)
-    return _absent(path) if _plain(type_name, path) else None
+    if not keys and not _plain(type_name, path):
+        return None
+    # a primitive given by its extensions alone (``_status``) exists to FHIRPath
+    head, _, last = path.rpartition(".")
+    keys = [f"{head}.{k}" if head else k for k in keys or [last]]
+    keys += [f"{head}._{k}" if head else f"_{k}" for k in keys]
+    return lambda node: not any(_get(node, key) for key in keys)
+
+
+def _steps(chain: str) -> list[str] | None:
+    """The dot-separated steps of ``chain`` outside parentheses and quotes; None when its
+    parentheses do not balance."""
+    steps, depth, quoted, start = [], 0, False, 0
+    for i, ch in enumerate(chain):
+        if ch == "'":
+            quoted = not quoted
+        elif quoted:
+            continue
+        elif ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+            if depth < 0:
+                return None
+        elif ch == "." and depth == 0:
+            steps.append(chain[start:i])
+            start = i + 1
+    steps.append(chain[start:])
+    return steps if depth == 0 and not quoted else None
+
+
+_STEP_NAME = re.compile(r"[A-Za-z_]\w*\Z")
+_STEP_WHERE = re.compile(r"where\(.*\)\Z", re.DOTALL)
+
+
+def _filtered(part: str) -> str | None:
+    """The element path an operand ``P.where(...)[.Q.where(...)...].empty()`` (or
+    ``.exists().not()``) starts from: when ``P`` is absent the filtered collection is
+    empty whatever the filter says (where() never evaluates its argument on an empty
+    input, so the filter may read ``%resource``), and the operand is true. obs-7's
+    ``component.code.where(coding.intersect(%resource.code.coding).exists()).empty()``
+    holds on every Observation without a component. None when ``part`` is not one."""
+    if part.startswith("(") and part.endswith(")") and _steps(part[1:-1]) is not None:
+        part = part[1:-1]
+    steps = _steps(part)
+    if steps is None:
+        return None
+    if steps[-2:] == ["exists()", "not()"]:
+        steps = steps[:-2]
+    elif steps[-1:] == ["empty()"]:
+        steps = steps[:-1]
+    else:
+        return None
+    names = 0
+    while names < len(steps) and _STEP_NAME.match(steps[names]):
+        names += 1
+    rest = steps[names:]
+    if not names or not rest or not _STEP_WHERE.match(rest[0]):
+        return None  # (a path without a filter: _GUARD_EMPTY's)
+    if not all(_STEP_NAME.match(step) or _STEP_WHERE.match(step) for step in rest):
+        return None  # another function may make something of nothing (count(), iif())
+    return ".".join(steps[:names])
 
 
 def _absence(expression: str, type_name: str) -> Guard | None:
@@ -164,7 +219,8 @@ def _absence(expression: str, type_name: str) -> Guard | None:
     tests = []
     for part in _split_or(expression):
         m = _GUARD_EMPTY.match(part) or _GUARD_NOT_EXISTS.match(part) or _GUARD_NO_VALUE.match(part)
-        if m and (test := _absent_test(type_name, m.group(1))) is not None:
+        path = m.group(1) if m else _filtered(part)
+        if path is not None and (test := _absent_test(type_name, path)) is not None:
             tests.append(test)
     if not tests:
         return None
@@ -188,6 +244,8 @@ def _guard(expression: str, type_name: str) -> Guard | None:
             tests.append(_no_string(m.group(1), _holding(m.group(2))))
         elif (m := _GUARD_PREFIX.match(part)) and _plain(type_name, m.group(1)):
             tests.append(_no_string(m.group(1), _starting(m.group(2))))
+        elif (path := _filtered(part)) is not None:
+            tests.append(_absent_test(type_name, path))
     found = [test for test in tests if test is not None]
     if not found:
         return None

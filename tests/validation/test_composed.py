@@ -339,3 +339,45 @@ def test_a_needle_is_looked_for_where_its_invariant_reads(
         broken = _with_url(bundle, 0, lambda url: url + "/_history/2")
         _agrees(validator, broken, b"[]", answered=True)
         assert validator.bundles.hits > hits
+
+
+def _observation(bundle: Bundle) -> int:
+    (n,) = [n for n, r in _resources(bundle) if r["resourceType"] == "Observation"][:1]
+    return n
+
+
+def _residual_keys(validator: Validator) -> set[str]:
+    plans = [p for p in validator.bundles.plans.values() if p is not None]
+    return {inv.key for plan in plans for inv, _, _ in plan.residual}
+
+
+def test_an_invariant_the_shape_settles_is_not_run(tmp_path: Path) -> None:
+    """obs-7 (``value.empty() or component.code.where(...).empty()``) holds on every
+    Observation without a component: its plan does not run it (_invariants._filtered).
+    An Observation whose component appears in the next message and goes again, one whose
+    component repeats its code (obs-7 broken): each the reference's verdict, answered by
+    its plan the third time."""
+    conv = Converter(Settings.load(home=tmp_path, env={}))
+    record = conv.convert(
+        (REPO / "tests" / "golden" / "hl7v2" / "oru_r01_cobranded.hl7").read_bytes()
+    )[0]
+    assert record.ok and record.mapped is not None, record.issues
+    bundle: Bundle = orjson.loads(orjson.dumps(record.mapped))
+    n = _observation(bundle)
+    assert "component" not in bundle["entry"][n]["resource"]
+    validator = _learnt(bundle)
+    assert "obs-7" not in _residual_keys(validator), "settled by the shape"
+    code = bundle["entry"][n]["resource"]["code"]
+    other = {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]}
+    holding = _set(bundle, ("entry", n, "resource", "component"), [{"code": other}])
+    broken = _set(bundle, ("entry", n, "resource", "component"), [{"code": code}])
+    reference = Validator("reference")
+    assert b"obs-7" not in _check(reference, holding)
+    assert b"obs-7" in _check(reference, broken)
+    for mutated in (holding, bundle, broken, holding):
+        want = _check(reference, mutated)
+        before = validator.bundles.hits
+        for attempt in (1, 2, 3):
+            assert _check(validator, mutated) == want, f"attempt {attempt}"
+        assert validator.bundles.hits > before, "answered by its plan"
+    assert "obs-7" in _residual_keys(validator), "run where a component is"

@@ -260,3 +260,64 @@ def test_con4_sees_every_abatement_choice(key: str, mode: str) -> None:
     ]
     assert validator.validate_resource(_condition("resolved", **{key: _ABATEMENTS[key]})) == []
     assert validator.validate_resource(_condition("active")) == []
+
+
+# -- guards that settle an invariant by which elements exist ----------------------------
+# An or-operand ``X.empty()`` or ``X.where(...).empty()`` holds when X is absent
+# (_invariants._absence, _filtered): on a node where the guard holds, so must fhirpathpy.
+_OBS7 = (
+    "value.empty() or component.code.where(coding.intersect(%resource.code.coding)"
+    ".exists()).empty()"
+)
+_CODE = {"coding": [{"system": "http://loinc.org", "code": "718-7"}]}
+_OTHER = {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]}
+_GUARD_CASES: list[tuple[str, str, dict[str, Any], bool, bool]] = [
+    # (expression, the node's type, the node, whether the guard holds, fhirpathpy's verdict)
+    (_OBS7, "Observation", {"code": _CODE, "valueString": "x"}, True, True),
+    (_OBS7, "Observation", {"code": _CODE, "component": [{"code": _CODE}]}, True, True),
+    (_OBS7, "Observation", {"code": _CODE, "valueString": "x", "component": [{}]}, True, True),
+    (
+        _OBS7,
+        "Observation",
+        {"code": _CODE, "valueString": "x", "component": [{"code": _CODE}]},
+        False,
+        False,
+    ),
+    (
+        _OBS7,
+        "Observation",
+        {"code": _CODE, "valueString": "x", "component": [{"code": _OTHER}]},
+        False,
+        True,
+    ),
+    (
+        _OBS7,
+        "Observation",
+        {"code": _CODE, "_valueString": {"id": "v"}, "component": [{"code": _CODE}]},
+        False,
+        False,
+    ),
+    # a primitive given by its extensions alone exists to FHIRPath
+    (
+        "status.empty() or status.extension.where(url = 'x').exists()",
+        "Observation",
+        {"_status": {"extension": [{"url": "y", "valueString": "z"}]}},
+        False,
+        False,
+    ),
+    ("status.empty() or status.extension.where(url = 'x').exists()", "Observation", {}, True, True),
+]
+
+
+@pytest.mark.parametrize(("expression", "type_name", "node", "guarded", "verdict"), _GUARD_CASES)
+def test_a_guard_holds_only_where_fhirpathpy_does(
+    expression: str, type_name: str, node: dict[str, Any], guarded: bool, verdict: bool
+) -> None:
+    from gateway.validation._invariants import Invariant, compile_invariant
+
+    inv = compile_invariant({"key": "t", "expression": expression}, type_name)
+    assert isinstance(inv, Invariant) and inv.guard is not None and inv.absence is not None
+    resource = {"resourceType": type_name, **node}
+    assert (inv.guard(resource), inv.absence(resource)) == (guarded, guarded)
+    found = fhirpathpy.evaluate(resource, expression, {"resource": resource}, models["r4"])
+    assert (found in ([True], [])) == verdict

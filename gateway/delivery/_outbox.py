@@ -69,6 +69,8 @@ ACTIVE = ("pending", "waiting", "sending", "retrying", "held")  # not final yet
 DISCARDABLE = ("held", "dead")  # what a person may give up on (gateway outbox discard)
 # Rows that keep no later row of their patient back: sent, or given up by a person.
 _DONE = ("delivered", "discarded")
+# The worker's hold of a row whose partner is not (or no longer) configured.
+UNKNOWN_PARTNER = "delivery.unknown-partner"
 # Moves from or to these change what the message's state is (held, dead, delivered).
 _SETTLED = frozenset({"held", "dead", "delivered", "discarded"})
 
@@ -824,9 +826,22 @@ class Outbox:
     def release(self, row_id: int, reason: str, now: datetime | None = None) -> OutboxRecord:
         """A row the delivery stage held (an ambiguous send nobody could check, a partner
         no longer configured) queued again: its current part is sent. A row the policy
-        holds is not released here (gateway.delivery.Outbound.release decides again)."""
-        self._requeue(None, row_id, "held", "release", reason, now)
+        holds is not released here (gateway.delivery.Outbound.release decides again).
+        A row held from ``waiting`` because its partner was gone (``delivery.unknown-
+        partner``: the partners' files are read again while running) goes back to
+        ``waiting``: its last send was ambiguous, so the partner is asked first."""
+        target = "waiting" if self._held_while_waiting(row_id) else "pending"
+        self._requeue(None, row_id, "held", "release", reason, now, to_state=target)
         return self.require(row_id)
+
+    def _held_while_waiting(self, row_id: int) -> bool:
+        """Whether the row is held for an unknown partner since a send that was ambiguous
+        (its hold came from ``waiting``): nobody asked the partner about it."""
+        record = self.require(row_id)
+        if record.state != "held" or record.last_error != UNKNOWN_PARTNER:
+            return False
+        holds = [e for e in self.events(row_id) if e.to_state == "held"]
+        return bool(holds) and holds[-1].from_state == "waiting"
 
     def discard(self, row_id: int, reason: str, now: datetime | None = None) -> OutboxRecord:
         """A person gives up on a held or dead row (``gateway outbox discard``): it moves
@@ -898,10 +913,11 @@ class Outbox:
         reason: str,
         now: datetime | None,
         values: dict[str, Any] | None = None,
+        to_state: str = "pending",
     ) -> None:
         """A person's retry (of a ``dead`` row) or release (of a ``held`` one): back to
-        ``pending`` at its current part, attempts from zero. ``values``: more columns
-        to set (a retry's rebuilt parts)."""
+        ``pending`` (or ``to_state``) at its current part, attempts from zero.
+        ``values``: more columns to set (a retry's rebuilt parts)."""
         now = now or self.clock()
         self.check_requeue(self.require(row_id), action)
         with self._joined(conn) as conn:
@@ -909,7 +925,7 @@ class Outbox:
                 conn,
                 row_id,
                 state,
-                "pending",
+                to_state,
                 f"{action}: {reason}",
                 now,
                 None,

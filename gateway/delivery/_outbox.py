@@ -848,11 +848,19 @@ class Outbox:
         to ``discarded``, final, and is never sent (no worker claims it; retry, release
         and replay refuse it); its patient's later rows stop waiting for it. Its
         ``last_error`` stays: what it was held or dead for. The move is a compare-and-set
-        on the state checked: a row moved meanwhile (released, filled) is refused."""
+        on the state checked: a row moved meanwhile (released, filled) is refused.
+        Read and checked in the write transaction (locked): a row released and held
+        again meanwhile, now by the policy, is seen as it is, never discarded."""
         now = now or self.clock()
-        record = self.require(row_id)
-        self.check_discard(record)
         with self._write() as conn:
+            query = _select().where(_outbox.c.id == row_id)
+            if self.store.dialect == "postgresql":
+                query = query.with_for_update()
+            row = conn.execute(query).first()
+            if row is None:
+                raise DeliveryError("delivery.not-found", f"no outbox record {row_id}")
+            record = _record(row)
+            self.check_discard(record)
             self._move(
                 conn,
                 row_id,

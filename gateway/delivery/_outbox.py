@@ -69,6 +69,8 @@ ACTIVE = ("pending", "waiting", "sending", "retrying", "held")  # not final yet
 DISCARDABLE = ("held", "dead")  # what a person may give up on (gateway outbox discard)
 # Rows that keep no later row of their patient back: sent, or given up by a person.
 _DONE = ("delivered", "discarded")
+# The worker's hold of a row whose partner is not (or no longer) configured.
+UNKNOWN_PARTNER = "delivery.unknown-partner"
 # Moves from or to these change what the message's state is (held, dead, delivered).
 _SETTLED = frozenset({"held", "dead", "delivered", "discarded"})
 
@@ -824,20 +826,41 @@ class Outbox:
     def release(self, row_id: int, reason: str, now: datetime | None = None) -> OutboxRecord:
         """A row the delivery stage held (an ambiguous send nobody could check, a partner
         no longer configured) queued again: its current part is sent. A row the policy
-        holds is not released here (gateway.delivery.Outbound.release decides again)."""
-        self._requeue(None, row_id, "held", "release", reason, now)
+        holds is not released here (gateway.delivery.Outbound.release decides again).
+        A row held from ``waiting`` because its partner was gone (``delivery.unknown-
+        partner``: the partners' files are read again while running) goes back to
+        ``waiting``: its last send was ambiguous, so the partner is asked first."""
+        target = "waiting" if self._held_while_waiting(row_id) else "pending"
+        self._requeue(None, row_id, "held", "release", reason, now, to_state=target)
         return self.require(row_id)
+
+    def _held_while_waiting(self, row_id: int) -> bool:
+        """Whether the row is held for an unknown partner since a send that was ambiguous
+        (its hold came from ``waiting``): nobody asked the partner about it."""
+        record = self.require(row_id)
+        if record.state != "held" or record.last_error != UNKNOWN_PARTNER:
+            return False
+        holds = [e for e in self.events(row_id) if e.to_state == "held"]
+        return bool(holds) and holds[-1].from_state == "waiting"
 
     def discard(self, row_id: int, reason: str, now: datetime | None = None) -> OutboxRecord:
         """A person gives up on a held or dead row (``gateway outbox discard``): it moves
         to ``discarded``, final, and is never sent (no worker claims it; retry, release
         and replay refuse it); its patient's later rows stop waiting for it. Its
         ``last_error`` stays: what it was held or dead for. The move is a compare-and-set
-        on the state checked: a row moved meanwhile (released, filled) is refused."""
+        on the state checked: a row moved meanwhile (released, filled) is refused.
+        Read and checked in the write transaction (locked): a row released and held
+        again meanwhile, now by the policy, is seen as it is, never discarded."""
         now = now or self.clock()
-        record = self.require(row_id)
-        self.check_discard(record)
         with self._write() as conn:
+            query = _select().where(_outbox.c.id == row_id)
+            if self.store.dialect == "postgresql":
+                query = query.with_for_update()
+            row = conn.execute(query).first()
+            if row is None:
+                raise DeliveryError("delivery.not-found", f"no outbox record {row_id}")
+            record = _record(row)
+            self.check_discard(record)
             self._move(
                 conn,
                 row_id,
@@ -898,10 +921,11 @@ class Outbox:
         reason: str,
         now: datetime | None,
         values: dict[str, Any] | None = None,
+        to_state: str = "pending",
     ) -> None:
         """A person's retry (of a ``dead`` row) or release (of a ``held`` one): back to
-        ``pending`` at its current part, attempts from zero. ``values``: more columns
-        to set (a retry's rebuilt parts)."""
+        ``pending`` (or ``to_state``) at its current part, attempts from zero.
+        ``values``: more columns to set (a retry's rebuilt parts)."""
         now = now or self.clock()
         self.check_requeue(self.require(row_id), action)
         with self._joined(conn) as conn:
@@ -909,7 +933,7 @@ class Outbox:
                 conn,
                 row_id,
                 state,
-                "pending",
+                to_state,
                 f"{action}: {reason}",
                 now,
                 None,

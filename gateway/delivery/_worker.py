@@ -28,7 +28,7 @@ from ..partners import Partner
 from ..partners import partner_client as partners_client
 from ._ask import ask
 from ._links import LINK_OTHER_PATIENT, Link, link_fields, link_ref, links_of, resolve_links
-from ._outbox import Outbox, OutboxRecord
+from ._outbox import UNKNOWN_PARTNER, Outbox, OutboxRecord
 from ._overwrite import (
     LOCAL,
     OVERWRITE,
@@ -176,7 +176,7 @@ class Deliverer:
         now = self.clock()
         partner = self.partners.get(record.partner)
         if partner is None:
-            code = "delivery.unknown-partner"
+            code = UNKNOWN_PARTNER
             reason = f"{code}: not in the configured partners"
             self.outbox.move(record.id, record.state, "held", reason, now=now, last_error=code)
             return True

@@ -53,8 +53,14 @@ ATTEMPT_OUTCOMES = {
     "dead": "dead",  # refused for good, or given up
     "held": "held",
 }
-# Outbox events counted per record: created (from no state), held, delivered, dead.
-_RECORD_EVENTS = {"held": "held", "delivered": "delivered", "dead": "dead"}
+# Outbox events counted per record: created (from no state), held, delivered, dead,
+# discarded (final too: a held or dead record a person gave up on, gateway outbox discard).
+_RECORD_EVENTS = {
+    "held": "held",
+    "delivered": "delivered",
+    "dead": "dead",
+    "discarded": "discarded",
+}
 UNKNOWN = "unknown"  # a message whose sender could not be read
 # Scrapes closer together than this share one reading of the store: /metrics needs no
 # token, and a flood of scrapes must not become a flood of GROUP BYs.
@@ -317,12 +323,12 @@ def _conversions(counts: Counter[tuple[object, ...]]) -> Metric:
 
 
 def _record_events(counts: Counter[tuple[object, ...]]) -> Metric:
-    """Records queued (an outbox row made), held, delivered and dead, per sender and
+    """Records queued (an outbox row made), held, delivered, dead and discarded, per sender and
     partner, from the outbox's transition log: a record held twice counts twice."""
     family = CounterMetricFamily(
         "gateway_records",
         "Records put in the outbox (queued), held by the policy or the delivery, "
-        "delivered and dead, by sender and partner.",
+        "delivered, dead and discarded, by sender and partner.",
         labels=["sender", "partner", "outcome"],
     )
     summed: Counter[tuple[str, str, str]] = Counter()

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import respx
+import sqlalchemy as sa
 
 from gateway import Settings
 from gateway.audit import AuditLog
@@ -193,3 +194,40 @@ def test_a_discarded_record_counts_as_not_delivered_for_its_message(
     assert store.state_of(message) == "held"
     outbox.discard(row, "the partner confirmed it never wants it")
     assert store.state_of(message) == "dead"
+
+
+def test_a_discard_racing_a_release_and_a_withdrawal_never_discards_a_policy_hold(
+    store: Store, outbox: Outbox, clock: Clock
+) -> None:
+    """The operator looked at a row held for an unverifiable send; before the discard
+    wrote, another process released it and a consent withdrawal held it for the policy
+    (held again, now policy.held). The discard decides on the row as it is when it
+    writes: refused, the policy's hold (and its decision) stay."""
+    message = _message(store)
+    row = _held(outbox, message, "delivery.unverifiable")
+    fired: list[bool] = []
+
+    def meanwhile() -> None:
+        fired.append(True)  # before the discard's write transaction takes its lock
+        other = Outbox(store, clock=clock)
+        other.release(row, "the partner has nothing")
+        other.move(row, "pending", "held", "withdrawn", now=clock.now, last_error="policy.held")
+
+    def on_sqlite(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        if statement == "BEGIN IMMEDIATE" and not fired:  # the discard's write lock, next
+            meanwhile()
+
+    def on_postgresql(conn: sa.Connection) -> None:
+        if conn.get_execution_options().get("write") and not fired:
+            meanwhile()
+
+    sqlite = store.dialect == "sqlite"
+    name, hook = ("before_cursor_execute", on_sqlite) if sqlite else ("begin", on_postgresql)
+    sa.event.listen(store.engine, name, hook)
+    try:
+        with pytest.raises(DeliveryError, match="the policy holds it") as refused:
+            outbox.discard(row, "never wanted")
+    finally:
+        sa.event.remove(store.engine, name, hook)
+    assert fired and refused.value.code == "delivery.not-discardable"
+    assert (outbox.require(row).state, outbox.require(row).last_error) == ("held", "policy.held")

@@ -607,3 +607,30 @@ def test_a_record_whose_handling_fails_never_stops_the_others(
     partner_api.get(url__startswith=BASE).respond(200, json=searchset())
     deliverer.run_once()
     assert path(outbox, broken)[2] == ("sending", "waiting")
+
+
+def test_an_ambiguous_record_held_for_a_partner_gone_is_asked_about_once_released(
+    outbox: Outbox, clock: Clock, partner_api: respx.MockRouter
+) -> None:
+    # A send was ambiguous (the row waits to ask the partner); then the partner left the
+    # partners' files (reloaded while running: a hand edit), so the row was held. Back in
+    # the files and released, the partner is asked first: never a blind second send.
+    row, _ = outbox.enqueue(PARTNER, bundle("P1", "O1"))
+    record = outbox.require(row)
+    assert outbox.claim(record, clock.now, CONFIG.lease)
+    outbox.move(row, "pending", "sending", "sending", now=clock.now, lease=CONFIG.lease)
+    clock.advance(CONFIG.lease.total_seconds())
+    assert outbox.recover(clock.now) == 1  # sending -> waiting: ask first
+    with Deliverer(outbox, {}, CONFIG, clock=clock) as without:
+        without.run_once()
+    assert outbox.require(row).state == "held"
+    assert outbox.require(row).last_error == "delivery.unknown-partner"
+    post = partner_api.post(POST_URL).respond(200, json=response("200", "200"))
+    patient, order = _held_by_partner("active")
+    partner_api.get(BASE + "/Patient").respond(200, json=searchset(patient))
+    partner_api.get(BASE + "/ServiceRequest").respond(200, json=searchset(order))
+    outbox.release(row, "hkpmc is back in partners.yaml")
+    with Deliverer(outbox, {"hkpmc": PARTNER}, CONFIG, clock=clock) as back:
+        back.run_once()
+    assert outbox.require(row).state == "delivered" and post.call_count == 0
+    assert path(outbox, row)[-2:] == [("held", "waiting"), ("waiting", "delivered")]

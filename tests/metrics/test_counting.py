@@ -14,8 +14,11 @@ import pytest
 import sqlalchemy as sa
 
 from gateway import Settings
+from gateway.delivery import Outbox
 from gateway.metrics._store import SETTLE, StoreCollector
+from gateway.partners import Partner
 from gateway.store import Store, metadata, open_store
+from tests.delivery.conftest import bundle
 from tests.store.dbs import BACKENDS, database
 
 T0 = datetime(2026, 12, 6, 3, 0, 0)
@@ -97,3 +100,18 @@ def test_late_commits_are_counted_once_and_processes_agree(store: Store) -> None
     clock.now += timedelta(seconds=SETTLE + 1)
     assert _received(counted) == {"LAX2": 4, "NSCH": 2, "unknown": 1}
     assert _received(StoreCollector(lambda: store, clock, min_interval=0)) == _received(counted)
+
+
+def test_a_discarded_record_is_counted_as_such(store: Store) -> None:
+    """A held record a person discards leaves gateway_outbox_records (final): it is
+    counted among the final outcomes of gateway_records_total, as ``discarded``."""
+    clock = Clock()
+    outbox = Outbox(store, clock=clock)
+    row, _ = outbox.enqueue(Partner("hkpmc", "https://fhir.example.hk/fhir"), bundle("P1", "O1"))
+    outbox.move(row, "pending", "held", "held for the test", now=T0, last_error="x.held")
+    outbox.discard(row, "never wanted")
+    clock.now = T0 + timedelta(seconds=SETTLE * 2)
+    counted = StoreCollector(lambda: store, clock, min_interval=0)
+    [records] = [f for f in counted.collect() if f.name == "gateway_records"]
+    outcomes = {s.labels["outcome"]: s.value for s in records.samples if s.name.endswith("_total")}
+    assert outcomes == {"queued": 1, "held": 1, "discarded": 1}

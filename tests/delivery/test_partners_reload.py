@@ -7,10 +7,8 @@ partners read before; and routing sends to a partner added meanwhile instead of 
 from __future__ import annotations
 
 import dataclasses
-import logging
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -22,34 +20,12 @@ from gateway.delivery import DeliveryService, Outbound, Outbox
 from gateway.partners import set_partner
 from gateway.store import Store, open_store
 from tests.conftest import REPO
+from tests.loglines import errors_of
 
 from .conftest import BASE, answer_checks, bundle, response
 from .test_routes_reload import HOLTER, TO_HONG_KONG
 
 NEW = "https://fhir-new.hkpmc.example.hk/fhir/R4"
-
-
-class _Lines(logging.Handler):
-    """The messages logged to one logger, whatever configured logging since (the CLI's
-    ``main`` stops the gateway's loggers propagating to pytest's caplog)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
-
-
-@contextmanager
-def errors_of(name: str) -> Iterator[list[str]]:
-    handler = _Lines()
-    logger = logging.getLogger(name)
-    logger.addHandler(handler)
-    try:
-        yield handler.lines
-    finally:
-        logger.removeHandler(handler)
 
 
 def _until(check: Callable[[], bool], seconds: float = 30.0) -> bool:

@@ -7,9 +7,6 @@ read."""
 from __future__ import annotations
 
 import dataclasses
-import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -17,31 +14,9 @@ import pytest
 from gateway.config import Settings
 from gateway.datafiles import data_dir
 from gateway.partners import PartnersWatch, partner_files, set_partner
+from tests.loglines import errors_of
 
 NEW = "https://fhir-new.hkpmc.example.hk/fhir/R4"
-
-
-class _Lines(logging.Handler):
-    """The messages logged to one logger, whatever configured logging since (the CLI's
-    ``main`` stops the gateway's loggers propagating to pytest's caplog)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
-
-
-@contextmanager
-def errors_of(name: str) -> Iterator[list[str]]:
-    handler = _Lines()
-    logger = logging.getLogger(name)
-    logger.addHandler(handler)
-    try:
-        yield handler.lines
-    finally:
-        logger.removeHandler(handler)
 
 
 @pytest.fixture

@@ -17,7 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from hashlib import sha1
-from itertools import count
 from typing import Any
 from urllib.parse import quote
 from uuid import NAMESPACE_URL, uuid5
@@ -179,16 +178,9 @@ def _request(mode: str, rtype: str, system: str, value: str) -> dict[str, str]:
     return {"method": "POST", "url": rtype, "ifNoneExist": query}
 
 
-# Numbers each builder (one a message): the memo tells a key met again in the same
-# message from one met again in another (gateway/mapping/_memo.py). Not id(builder):
-# a new builder often takes the address of the last message's.
-_SERIALS = count(1)
-
-
 class BundleBuilder:
     def __init__(self, writes: WriteRules | None = None) -> None:
         self.writes = writes or write_rules()
-        self.serial = next(_SERIALS)
         self.entries: list[dict[str, Any]] = []
         self.warnings: list[Issue] = []
         # id → (its resource, the fields it was made from)

@@ -61,10 +61,9 @@ class Scope:
 _MEMO_BYTES = 64 * 1024
 _ENTRY_BYTES = 64  # counted per entry on top of its text: its key tuple and dict slot
 # Keys met once, per pure fragment: their hashes in a fixed table of _SEEN_SLOTS slots
-# (slot = hash's low bits; a newer key takes the slot) and the message each was met in
-# (its BundleBuilder's serial), allocated whole when the mappings load (2 x 16 KiB), so
-# it never grows. A recurring key is remembered when it is met again in another message
-# unless another key took its slot in between, which only delays it.
+# (slot = hash's low bits; a newer key takes the slot), allocated whole when the
+# mappings load (16 KiB), so it never grows. A recurring key is remembered the second
+# time it is met unless another key took its slot in between, which only delays it.
 _SEEN_SLOTS = 2048  # a power of two
 _SEEN_MASK = _SEEN_SLOTS - 1
 # A memo whose keys do not recur (a template reading the patient's PID, an order's ORC)
@@ -88,11 +87,11 @@ def memoised(fn: Callable[[Ctx], Any], scope: Scope) -> Callable[[Ctx], Any]:
     they are frozen when remembered (gateway/shared.py): an in-place edit raises
     instead of reaching other records.
 
-    A result is remembered when its key is met in a second message, not the first: most
-    keys of a feed never recur (the patient's identifiers, names, visit), and
-    remembering them would mean a frozen copy of each, kept alive until the memo is
-    cleared, for nothing (the garbage collector pays for every one). A key met in one
-    message only is the record's own value, shared with nobody.
+    A result is remembered the second time its key is met, not the first: most keys of
+    a feed never recur (the patient's identifiers, names, visit), and remembering them
+    would mean a frozen copy of each, kept alive until the memo is cleared, for nothing
+    (the garbage collector pays for every one). A key met once is the record's own
+    value, shared with nobody.
     """
     if scope.rooted:
         return fn
@@ -108,7 +107,6 @@ def memoised(fn: Callable[[Ctx], Any], scope: Scope) -> Callable[[Ctx], Any]:
     segments = frozenset(scope.segments)
     memo: dict[Any, Any] = {}
     seen = array("q", bytes(8 * _SEEN_SLOTS))  # hashes of keys met once (see _SEEN_SLOTS)
-    seen_in = array("q", bytes(8 * _SEEN_SLOTS))  # the message each was met in
     # Look-ups since the last probe, of which a key met before; calls left to rest; bytes
     # held by memo (closure variables: cheaper to count than a list's items).
     lookups = met = resting = held = 0
@@ -177,14 +175,7 @@ def memoised(fn: Callable[[Ctx], Any], scope: Scope) -> Callable[[Ctx], Any]:
                 slot = hashed & _SEEN_MASK
                 if seen[slot] != hashed:
                     seen[slot] = hashed
-                    seen_in[slot] = ctx.state.serial
                     return fn(ctx if at is _HERE else ctx.at(at))  # the record's own value
-                # Met again in the same message: the patient's name or identifier that
-                # several resources carry. It does not recur in the next message (only
-                # keys seen in two messages do), so remembering it would pay a frozen
-                # copy and its size for no hit, and push out entries that do recur.
-                if seen_in[slot] == ctx.state.serial:
-                    return fn(ctx if at is _HERE else ctx.at(at))
         except TypeError:  # an unhashable variable value: compute, do not remember
             return fn(ctx if at is _HERE else ctx.at(at))
         met += 1  # a key met before

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import tracemalloc
 from dataclasses import dataclass, field
-from itertools import count
 from typing import Any
 
 from gateway.mapping._memo import Scope, memoised
@@ -25,13 +24,9 @@ class _View:
     reading: tuple[str, str] = ("|^~\\&", "utf-8")
 
 
-_MESSAGES = count(1)
-
-
 @dataclass
-class _State:  # one a message, numbered as BundleBuilder numbers them
+class _State:
     warnings: list[Any] = field(default_factory=list)
-    serial: int = field(default_factory=lambda: next(_MESSAGES))
 
 
 @dataclass
@@ -51,16 +46,15 @@ def _spec(ctx: Any) -> Any:
     return {"name": ctx.here.text, "alias": [ctx.here.text * 50], "active": True}
 
 
-def _retained(calls: list[str], *, one_message: bool = False) -> int:
-    """Bytes still allocated after the memo met ``calls`` (node texts, in order), each
-    in a message of its own, or all in one."""
+def _retained(calls: list[str]) -> int:
+    """Bytes still allocated after the memo met ``calls`` (node texts, in order)."""
     cached = memoised(_spec, Scope())
     ctx = _Ctx(_Node("warm-up"))
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
         for text in calls:
-            cached(ctx if one_message else _Ctx(ctx.here), _Node(text))
+            cached(ctx, _Node(text))
         return tracemalloc.get_traced_memory()[0] - before
     finally:
         tracemalloc.stop()
@@ -81,21 +75,3 @@ def test_remembered_results_stop_at_a_byte_budget() -> None:
     # 2,000 recurring keys, each met twice: every one is remembered (~1 KB each)
     calls = [f"organisation-{n}" for n in range(2_000) for _ in range(2)]
     assert _retained(calls) < 400_000
-
-
-def test_keys_met_again_in_the_same_message_are_not_remembered() -> None:
-    # a patient's name or identifier that several resources of one message carry: it
-    # never recurs in the next message, so a remembered copy would only be dropped
-    calls = [f"patient-{n}" for n in range(2_000) for _ in range(2)]
-    assert _retained(calls, one_message=True) < 10_000
-
-
-def test_a_key_met_again_in_the_same_message_is_the_records_own_value() -> None:
-    cached = memoised(_spec, Scope())
-    ctx = _Ctx(_Node("the hospital"))
-    first, again = cached(ctx), cached(ctx)
-    assert type(first) is dict and type(again) is dict  # not frozen: nothing shared
-    first["active"] = False  # the record may edit its own value
-    assert again["active"] is True
-    shared = cached(_Ctx(ctx.here))  # the next message: remembered, frozen
-    assert type(shared) is not dict and shared == again

@@ -95,6 +95,8 @@ def _freeze_dict(value: dict[str, Any]) -> FrozenDict:
     refs = "reference" in value
     for key, item in value.items():
         kind = type(item)
+        if kind is str:  # most items: nothing to freeze, one test instead of four
+            continue
         if kind is FrozenDict or kind is FrozenList:
             refs = refs or item.holds_refs
         elif isinstance(item, dict):
@@ -115,6 +117,8 @@ def _freeze_list(value: list[Any]) -> FrozenList:
     refs = False
     for n, item in enumerate(value):
         kind = type(item)
+        if kind is str:
+            continue
         if kind is FrozenDict or kind is FrozenList:
             refs = refs or item.holds_refs
         elif isinstance(item, dict):

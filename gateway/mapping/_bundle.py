@@ -210,6 +210,9 @@ class BundleBuilder:
         return None
 
     def refs(self, key: str) -> list[str]:
+        scopes = self._scopes
+        if len(scopes) == 1:  # outside any group (most calls: the memo's keys)
+            return list(scopes[0].get(key, ()))
         out: dict[str, None] = {}
         for scope in reversed(self._scopes):
             for url in scope.get(key, ()):

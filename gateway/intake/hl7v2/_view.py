@@ -364,16 +364,7 @@ class Hl7View:
                 raw, level = parts[p.component - 1], 1
             else:
                 raw, level = self._parts(raw, 0, p.component, p.sub)
-        if not raw:
-            return None
-        if level == 0 and self._cs in raw:
-            raw = raw.split(self._cs, 1)[0]
-        if level <= 1 and self._ss in raw:
-            raw = raw.split(self._ss, 1)[0]
-        if self._es in raw:
-            raw = self.unescape(raw)
-        value = raw.strip() if self._plain else self._clean(raw, None, path, here)
-        return value if value and value != '""' else None
+        return _value(self, raw, level, path, here)
 
     def _parts(self, text: str | None, level: int, component: int, sub: int) -> tuple[str, int]:
         """Descend from a node's text to a component/subcomponent (no labels)."""

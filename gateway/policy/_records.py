@@ -857,7 +857,7 @@ def _joinable(
     found: dict[str, None] = {}
     rows: list[Any] = []
     while True:
-        query = _joinable_ids(persons, people, values)
+        query = _joinable_ids(persons, people, values, conn.dialect.name)
         ids = list(conn.execute(query, where).scalars())
         fresh = [i for i in ids if i not in found]
         if not fresh:
@@ -878,7 +878,7 @@ def _joinable(
 
 
 def _joinable_ids(
-    persons: list[str], people: Sequence[Sequence[str]], values: dict[str, set[str]]
+    persons: list[str], people: Sequence[Sequence[str]], values: dict[str, set[str]], dialect: str
 ) -> Any:
     """The ids :func:`_joinable` keeps, as set operations over ranges of the primary key
     (no scan of the key's rows, no grouping): the holders of ``persons``, less, for one
@@ -889,6 +889,12 @@ def _joinable_ids(
     def ids(*where: Any) -> Any:
         return sa.select(_c.individual).where(_KEY, *where)
 
+    # The tag's range (``tag:`` up to ``tag;``) holds its rows in byte order only: under
+    # a PostgreSQL database's ICU or glibc collation (en-US: ``;`` sorts before ``:``, or
+    # punctuation is ignored) it misses them and the filter silently keeps every holder.
+    # SQLite compares bytes already (and knows no collation "C").
+    person = _c.person.collate("C") if dialect == "postgresql" else _c.person
+
     holders = ids(_c.person.in_(persons))
     kept = [
         ids(_c.person.in_(persons), _c.person == _c.individual),
@@ -898,7 +904,7 @@ def _joinable_ids(
         out: list[Any] = []
         for tag in sorted({i.partition(":")[0] for i in group}):
             known = sorted(values[tag])
-            other = ids(_c.person >= f"{tag}:", _c.person < f"{tag};", _c.person.not_in(known))
+            other = ids(person >= f"{tag}:", person < f"{tag};", _c.person.not_in(known))
             holding = ids(_c.person.in_(known + [_bare(v) for v in known]))
             out.append(
                 sa.select(sa.literal_column("individual")).select_from(

@@ -186,6 +186,18 @@ def test_a_retry_of_a_dead_row_after_the_agreement_lapsed_is_refused(
     assert outbound.outbox.require(row.id).state == "delivered"
 
 
+def _recorded_apart(body: bytes) -> tuple[list[Any], list[str]]:
+    """A sent Bundle's entries without the transmit Provenance's ``recorded``, and those
+    times."""
+    entries = orjson.loads(body)["entry"]
+    times = []
+    for entry in entries:
+        resource = entry.get("resource") or {}
+        if resource.get("resourceType") == "Provenance" and "recorded" in resource:
+            times.append(resource.pop("recorded"))
+    return entries, times
+
+
 def test_a_replay_on_a_basis_in_force_is_decided_again_and_sent(
     store: Store, converter: Converter, outbound: Outbound
 ) -> None:
@@ -196,8 +208,14 @@ def test_a_replay_on_a_basis_in_force_is_decided_again_and_sent(
     replayed = outbound.replay(row.id, "the partner restored a backup")
     assert (replayed.replay_of, replayed.state) == (row.id, "pending")
     # Rebuilt under today's minimisation (allow-with-changes), the same rules as then:
-    # the same parts, sent again.
-    assert _deliver(outbound) == first
+    # the same parts, sent again, but for the transfer Provenance's ``recorded``: the
+    # replay is a transfer decided anew, recorded at its own time (the same second or later).
+    again = _deliver(outbound)
+    assert [_recorded_apart(b)[0] for b in again] == [_recorded_apart(b)[0] for b in first]
+    times = [
+        (_recorded_apart(a)[1], _recorded_apart(b)[1]) for a, b in zip(first, again, strict=True)
+    ]
+    assert all(then <= now for then, now in times) and any(then for then, _ in times)
     assert outbound.outbox.require(replayed.id).state == "delivered"
     # The new decision is kept (current) and named by the replay's transition.
     [latest, *older] = outbound.policy.find(message)

@@ -1055,7 +1055,8 @@ def paired(args: argparse.Namespace, messages: MessageSet) -> str:
     lines += [
         "",
         f"- rate after ÷ before, compiled mappings: **{ratio('compiled')}**",
-        f"- rate after ÷ before, interpreted mappings: {ratio('interpreted')}",
+        f"- rate of today's interpreted mappings ÷ before (the earlier tree, compiled): "
+        f"{ratio('interpreted')}",
         "- gateway end to end ÷ python-hl7's bare parse (issue 18: ≥ 3), compiled: "
         f"**{ratio('compiled', times['python-hl7'])}**; interpreted: "
         f"{ratio('interpreted', times['python-hl7'])}; "

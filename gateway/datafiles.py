@@ -10,6 +10,7 @@ Bundles, so no caller may change it in place; ``copy.deepcopy`` gives a mutable 
 
 from __future__ import annotations
 
+import time
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ import yaml
 from .errors import ConfigError
 from .shared import freeze
 
-__all__ = ["RELOAD_INTERVAL", "data_dir", "file_stamps", "load_data_file"]
+__all__ = ["RELOAD_INTERVAL", "FileWatch", "data_dir", "file_stamps", "load_data_file"]
 
 RELOAD_INTERVAL = 2.0  # seconds between two looks at watched data files (policy, routing)
 
@@ -76,3 +77,28 @@ def file_stamps(paths: tuple[Path, ...]) -> tuple[tuple[int, int] | None, ...]:
             continue
         out.append((st.st_mtime_ns, st.st_size))
     return tuple(out)
+
+
+class FileWatch:
+    """Whether watched files changed since the last look, looked at every
+    ``reload_interval`` seconds at most: what the policy, routing and the partners each
+    ask before reading their files again. Not thread-safe: its owner's lock guards it."""
+
+    def __init__(self, paths: tuple[Path, ...]) -> None:
+        self.paths = paths
+        self.reload_interval = RELOAD_INTERVAL
+        self._stamps = file_stamps(paths)
+        self._checked = time.monotonic()
+
+    def changed(self) -> bool:
+        """True once for each change seen at a look that is due; a file that then does
+        not load is thus reported once per edit."""
+        now = time.monotonic()
+        if now - self._checked < self.reload_interval:
+            return False
+        self._checked = now
+        stamps = file_stamps(self.paths)
+        if stamps == self._stamps:
+            return False
+        self._stamps = stamps
+        return True

@@ -24,11 +24,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -36,7 +34,7 @@ from sqlalchemy.engine import Connection
 
 from ..audit import audit_log, bundle_subject, events
 from ..config import Settings
-from ..datafiles import RELOAD_INTERVAL, data_dir, file_stamps, load_data_file
+from ..datafiles import FileWatch, data_dir, load_data_file
 from ..errors import ConfigError, GatewayError, Issue
 from ..metrics import trace_placed
 from ..network import Network
@@ -154,10 +152,7 @@ class Outbound:
         # institution renamed reaches routing without a restart, as it reaches the
         # policy. Routes a caller gave are theirs: nothing is watched then.
         routes_file = settings.delivery_routes or data_dir("seeds") / "routes.yaml"
-        self._watched: tuple[Path, ...] = () if routes else (settings.network, routes_file)
-        self.reload_interval = RELOAD_INTERVAL
-        self._stamps = file_stamps(self._watched)
-        self._checked = time.monotonic()
+        self.watch = FileWatch(() if routes else (settings.network, routes_file))
         self.audit = audit_log(store, settings)
         self.policy = PolicyRecords(
             store,
@@ -179,20 +174,12 @@ class Outbound:
         The partners follow their own files (:class:`PartnersWatch`, all or nothing)."""
         if self.partners_watch is not None:
             self.partners = self.partners_watch.current()
-        if not self._watched:
+        if not self.watch.paths or not self.watch.changed():
             return
-        now = time.monotonic()
-        if now - self._checked < self.reload_interval:
-            return
-        self._checked = now
-        stamps = file_stamps(self._watched)
-        if stamps == self._stamps:
-            return
-        self._stamps = stamps
         load_data_file.cache_clear()  # cached by path: the files changed under it
         try:
             network = Network.load(self.settings.network)
-            routes = Routes.load(network, self._watched[1])
+            routes = Routes.load(network, self.watch.paths[1])
             institution = _institution(network, self.settings.institution)
         except ConfigError as exc:
             log.error(

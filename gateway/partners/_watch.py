@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from pathlib import Path
 
 from ..config import Settings
-from ..datafiles import RELOAD_INTERVAL, data_dir, file_stamps, load_data_file
+from ..datafiles import FileWatch, data_dir, load_data_file
 from ..errors import ConfigError
 from ._config import Partner, configured_partners, override_file
 
@@ -49,9 +48,7 @@ class PartnersWatch:
     def __init__(self, settings: Settings, partners: dict[str, Partner] | None = None) -> None:
         self.settings = settings
         self.files = partner_files(settings)
-        self.reload_interval = RELOAD_INTERVAL
-        self._stamps = file_stamps(self.files)
-        self._checked = time.monotonic()
+        self.watch = FileWatch(self.files)
         self._lock = threading.Lock()
         self.partners = partners if partners is not None else configured_partners(settings)
 
@@ -59,17 +56,11 @@ class PartnersWatch:
         """The partners as their files say now (looked at every ``reload_interval``
         seconds at most; the last good ones while the files do not load)."""
         with self._lock:
-            now = time.monotonic()
-            if now - self._checked >= self.reload_interval:
-                self._checked = now
+            if self.watch.changed():
                 self._reload()
             return self.partners
 
     def _reload(self) -> None:
-        stamps = file_stamps(self.files)
-        if stamps == self._stamps:
-            return
-        self._stamps = stamps  # a file that does not load is reported once per edit
         load_data_file.cache_clear()  # cached by path: the files changed under it
         try:
             partners = configured_partners(self.settings)

@@ -8,7 +8,6 @@ import hashlib
 import logging
 import re
 import threading
-import time
 import uuid
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ import orjson
 
 from ..audit import join_people
 from ..config import Settings
-from ..datafiles import RELOAD_INTERVAL, data_dir, file_stamps, load_data_file
+from ..datafiles import FileWatch, data_dir, load_data_file
 from ..envelope import dump_json
 from ..errors import ConfigError, Issue
 from ..network import Institution, Network
@@ -404,9 +403,7 @@ class Policy:
             self._sources = (agreements, *(policy_dir / f for f in _POLICY_FILES))
         if self.network.source is not None:
             self._sources += (self.network.source,)
-        self.reload_interval = RELOAD_INTERVAL
-        self._stamps = file_stamps(self._sources)
-        self._checked = time.monotonic()
+        self.watch = FileWatch(self._sources)
         self._broken: ConfigError | None = None  # the files as changed do not load
         self._reload_lock = threading.Lock()
         self._institutions = _institutions(self.network, settings.network)
@@ -591,14 +588,9 @@ class Policy:
         ``reload_interval`` seconds). Files that no longer load stop every decision
         (``config.policy``, naming the file) until they are mended: never a decision on
         the rules as they were before the edit, nor on a file half read."""
-        now = time.monotonic()
-        if now - self._checked >= self.reload_interval:
-            with self._reload_lock:
-                self._checked = now
-                stamps = file_stamps(self._sources)
-                if stamps != self._stamps:
-                    self._stamps = stamps
-                    self._reload()
+        with self._reload_lock:
+            if self.watch.changed():
+                self._reload()
         if self._broken is not None:
             raise self._broken
 

@@ -52,7 +52,7 @@ def service(settings: Settings) -> Iterator[tuple[Store, DeliveryService]]:
     store = open_store(settings)
     made = DeliveryService(settings, store, feed_every=0.2)
     assert made.outbound.partners_watch is not None
-    made.outbound.partners_watch.reload_interval = 0  # look before every batch
+    made.outbound.partners_watch.watch.reload_interval = 0  # look before every batch
     made.start()
     yield store, made
     made.stop()
@@ -121,7 +121,7 @@ def test_routing_sends_to_a_partner_added_without_a_restart(
     try:
         outbound = Outbound(settings, store)
         assert outbound.partners_watch is not None
-        outbound.reload_interval = outbound.partners_watch.reload_interval = 0
+        outbound.watch.reload_interval = outbound.partners_watch.watch.reload_interval = 0
         routing = outbound.route(HOLTER)
         assert list(routing.partners) == []
         assert routing.skipped == [

@@ -39,7 +39,7 @@ def files(tmp_path: Path) -> tuple[Path, Path]:
 def outbound(home: Settings, store: Store, files: tuple[Path, Path]) -> Outbound:
     network, routes = files
     made = Outbound(dataclasses.replace(home, network=network, delivery_routes=routes), store)
-    made.reload_interval = 0  # look at every use (the default: every 2 s, as the policy)
+    made.watch.reload_interval = 0  # look at every use (the default: every 2 s, as the policy)
     return made
 
 

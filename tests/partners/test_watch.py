@@ -34,7 +34,7 @@ def settings(tmp_path: Path) -> Settings:
 @pytest.fixture
 def watch(settings: Settings) -> PartnersWatch:
     made = PartnersWatch(settings)
-    made.reload_interval = 0  # look at every call (the default: every 2 s, as routing)
+    made.watch.reload_interval = 0  # look at every call (the default: every 2 s, as routing)
     return made
 
 

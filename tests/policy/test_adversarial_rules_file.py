@@ -199,7 +199,7 @@ def test_an_agreement_ended_while_running_stops_the_next_transfer(
     the next decision reads it, without a restart."""
     policy_dir, agreements = _copy(tmp_path)
     policy = _policy(settings, policy_dir, agreements)
-    policy.reload_interval = 0.0  # look at the files at every decision
+    policy.watch.reload_interval = 0.0  # look at the files at every decision
     name, sender, recipient = "ref_i12_lax2_to_njmu2", "LAX2", "NJMU2"
     assert policy.decide(bundles[name], sender, recipient, now=NOW).allowed
 
@@ -223,7 +223,7 @@ def test_a_rules_file_broken_while_running_refuses_decisions_until_mended(
     read file; decisions go on once the file is mended."""
     policy_dir, agreements = _copy(tmp_path)
     policy = _policy(settings, policy_dir, agreements)
-    policy.reload_interval = 0.0
+    policy.watch.reload_interval = 0.0
     name, sender, recipient = "ref_i12_lax2_to_njmu2", "LAX2", "NJMU2"
     good = (policy_dir / "rules.yaml").read_text(encoding="utf-8")
     _edit(policy_dir / "rules.yaml", _consent_value_typo)

@@ -27,7 +27,7 @@ def _network_copy(settings: Settings, tmp_path: Path) -> tuple[Policy, Path]:
     path = tmp_path / "network.yaml"
     shutil.copy(REPO / "seeds" / "network.yaml", path)
     policy = Policy(dataclasses.replace(settings, network=path), key=KEY)
-    policy.reload_interval = 0.0  # look at the files at every decision
+    policy.watch.reload_interval = 0.0  # look at the files at every decision
     return policy, path
 
 

@@ -42,6 +42,7 @@ from ..partners import Partner, PartnersWatch
 from ..store import StageOutcome, Store, StoreError
 from ._outbox import DeliveryError, Outbox, OutboxRecord, label_of, order_key_of
 from ._routes import Destination, Facts, Routes, Routing, facts_of
+from ._status import STATUS_HELD, StatusReplies
 from ._withdrawal import UnsentHold
 
 __all__ = ["Outbound", "OutboundResult", "Placed", "bundles_of"]
@@ -474,6 +475,17 @@ class Outbound:
         with self._lock:
             self._fresh()
             row = self.outbox.require(row_id)
+            if row.state == "held" and row.last_error == STATUS_HELD:
+                # A referral's status the policy held (no message: decided on its parts).
+                replies = StatusReplies(self.settings, self.store, outbox=self.outbox,
+                                        records=self.policy)  # fmt: skip
+                if not replies.release(row, reason):
+                    raise DeliveryError(
+                        "delivery.not-releasable",
+                        f"outbox record {row_id}: the policy still holds this referral "
+                        "status (its status_rules do not allow it to this partner)",
+                    )
+                return self.outbox.require(row_id)
             if row.state == "held" and row.last_error in POLICY_HOLDS:
                 if not self._redecide(row, force=True, reason=reason):
                     raise DeliveryError(

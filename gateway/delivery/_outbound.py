@@ -477,9 +477,7 @@ class Outbound:
             row = self.outbox.require(row_id)
             if row.state == "held" and row.last_error == STATUS_HELD:
                 # A referral's status the policy held (no message: decided on its parts).
-                replies = StatusReplies(self.settings, self.store, outbox=self.outbox,
-                                        records=self.policy)  # fmt: skip
-                if not replies.release(row, reason):
+                if not self._replies().release(row, reason):
                     raise DeliveryError(
                         "delivery.not-releasable",
                         f"outbox record {row_id}: the policy still holds this referral "
@@ -495,6 +493,10 @@ class Outbound:
                     )
                 return self.outbox.require(row_id)
             return self.outbox.release(row_id, reason)
+
+    def _replies(self) -> StatusReplies:
+        """Referral status replies, decided by this path's policy (its records)."""
+        return StatusReplies(self.settings, self.store, outbox=self.outbox, records=self.policy)
 
     def discard(self, row_id: int, reason: str) -> OutboxRecord:
         """``gateway outbox discard`` (and the console's): a held or dead row given up for
@@ -554,12 +556,22 @@ class Outbound:
         decision's audit event says which were sent (``resend-parts``). Refused (held:
         no consent in force; denied: no agreement, a rule), or not rebuilt: nothing
         moves or is recorded, and the error says why. A row of no stored message (a
-        referral's status, gateway/inbound) was never the policy's to decide: queued
-        again as it is."""
+        referral's status, gateway/inbound) is decided again by the status rules when
+        it crosses a boundary (:class:`StatusReplies`), else queued again as it is."""
         code = "delivery.not-retryable" if action == "retry" else "delivery.not-replayable"
         verb = "retried" if action == "retry" else "replayed"
-        if row.message_id is None:
-            return requeue(None, reason, None)
+        if row.message_id is None:  # a referral's status: decided again if it crosses
+            return self._replies().again(
+                row,
+                lambda conn, why: requeue(conn, why, None),
+                reason,
+                lambda why: DeliveryError(
+                    code,
+                    f"outbox record {row.id} cannot be {verb}: the policy, deciding again, "
+                    f"refuses this referral status ({why})",
+                    location="policy",
+                ),
+            )
         source = self._source(row)
         if source is None:
             raise DeliveryError(

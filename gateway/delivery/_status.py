@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -137,12 +138,7 @@ class StatusReplies:
         sender = self.settings.institution
         if sender is None:
             raise ConfigError("unknown-sender", "set `institution` to release a referral status")
-        parts = self.outbox.parts(row.id)
-        bundle = {
-            "resourceType": "Bundle",
-            "type": "transaction",
-            "entry": [e for part in parts for e in part.get("entry") or []],
-        }
+        bundle = self._bundle_of(row)
         decision = self.records.policy.decide_status(bundle, sender, row.partner)
         if not decision.allowed:
             return False
@@ -164,6 +160,43 @@ class StatusReplies:
 
         self.records.record(None, decision, orjson.dumps(bundle), move)
         return True
+
+    def again(
+        self,
+        row: OutboxRecord,
+        requeue: Callable[[Connection | None, str], int],
+        reason: str,
+        refused: Callable[[str], GatewayError],
+    ) -> int:
+        """A retry or replay of a row of no stored message (a referral's status): sent
+        again only on a decision of today when it crosses a boundary (``requeue`` in
+        the decision's transaction); refused, ``refused(why)`` is raised and nothing
+        moves. Within one jurisdiction, or on a gateway with no institution of its own
+        (no referral status is made there), queued again as it is."""
+        sender = self.settings.institution
+        if sender is None or not self.records.policy.crosses(sender, row.partner):
+            return requeue(None, reason)
+        bundle = self._bundle_of(row)
+        decision = self.records.policy.decide_status(bundle, sender, row.partner)
+        if not decision.allowed:
+            raise refused(_reason(decision, ""))
+        queued = self.records.record(
+            None,
+            decision,
+            orjson.dumps(bundle),
+            lambda conn: (requeue(conn, f"{reason} ({_reason(decision, decision.outcome)})"), True),
+        )
+        assert queued is not None
+        return queued[0]
+
+    def _bundle_of(self, row: OutboxRecord) -> dict[str, Any]:
+        """The status a row keeps, as it leaves: its parts' entries in one Bundle."""
+        parts = self.outbox.parts(row.id)
+        return {
+            "resourceType": "Bundle",
+            "type": "transaction",
+            "entry": [e for part in parts for e in part.get("entry") or []],
+        }
 
 
 def _reason(decision: Decision, head: str) -> str:

@@ -17,16 +17,18 @@ from typing import Any
 
 import orjson
 import pytest
+import respx
 import yaml
 
 from gateway import Settings
 from gateway.cli import main
 from gateway.datafiles import data_dir, load_data_file
-from gateway.delivery import Outbox
+from gateway.delivery import Deliverer, Outbox
 from gateway.inbound import Inbound, PartnerAuth, Referrals
 from gateway.partners import Partner
 from gateway.signing import sign_bundle
 from gateway.store import open_store
+from tests.delivery.conftest import CONFIG, answer_checks
 
 from .conftest import NSCH_TOKEN, make_home, signer
 
@@ -92,6 +94,18 @@ def _policy_dir(
     return out
 
 
+def _agreements(tmp_path: Path) -> Path:
+    """The demo agreements, NSCH's with HKPMC covering referrals and second opinions
+    only (not continuing care)."""
+    agreements = yaml.safe_load((data_dir("seeds") / "agreements.yaml").read_text("utf-8"))
+    for agreement in agreements["agreements"]:
+        if agreement["id"] == "GBA-SC-2024-NSCH-HKPMC":
+            agreement["purposes"] = ["referral", "second-opinion"]
+    out = tmp_path / "agreements.yaml"
+    out.write_text(yaml.safe_dump(agreements, allow_unicode=True), encoding="utf-8")
+    return out
+
+
 def _with(settings: Settings, lines: str) -> Settings:
     toml = settings.home / "gateway.toml"
     toml.write_text(toml.read_text() + lines)
@@ -129,15 +143,10 @@ def test_status_rules_that_refuse_it_hold_the_row_with_the_reason(
 ) -> None:
     """The privacy officer lets statuses cross only on an agreement that covers them,
     for continuing care; NSCH's agreement covers referrals only: held, not sent."""
-    agreements = yaml.safe_load((data_dir("seeds") / "agreements.yaml").read_text("utf-8"))
-    for agreement in agreements["agreements"]:
-        if agreement["id"] == "GBA-SC-2024-NSCH-HKPMC":
-            agreement["purposes"] = ["referral", "second-opinion"]
-    (tmp_path / "agreements.yaml").write_text(yaml.safe_dump(agreements, allow_unicode=True))
     policy = _policy_dir(tmp_path, [{"id": "agreement", "kind": "agreement"}], "continuing-care")
     settings = _with(
         hk_settings,
-        f'policy_dir = "{policy}"\npolicy_agreements = "{tmp_path / "agreements.yaml"}"\n',
+        f'policy_dir = "{policy}"\npolicy_agreements = "{_agreements(tmp_path)}"\n',
     )
     row, note = _accept(settings, signed_referral, "nsch", NSCH)
     assert row is not None
@@ -183,3 +192,47 @@ def test_a_status_within_one_jurisdiction_is_queued_as_before(
     assert _row(settings, row)[:2] == ("pending", None)
     assert note == f"status accepted queued for nsgp (outbox {row})"
     assert _cli(capsys, settings.home, "policy", "decisions", "--json") == []
+
+
+def test_a_retry_of_a_cross_border_status_is_decided_again(
+    tmp_path: Path,
+    hk_settings: Settings,
+    signed_referral: bytes,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Its send failed for good (dead); the rules changed meanwhile (statuses only on an
+    agreement for continuing care, which NSCH's does not cover): a retry is refused and
+    nothing moves, as a record's would be. The rules mended, the retry goes, decided."""
+    policy = _policy_dir(tmp_path, [{"id": "return-to-issuer", "kind": "return-to-issuer",
+                                     "params": {"basis": "return-to-issuer"}}])  # fmt: skip
+    settings = _with(
+        hk_settings, f'policy_dir = "{policy}"\npolicy_agreements = "{_agreements(tmp_path)}"\n'
+    )
+    row, _ = _accept(settings, signed_referral, "nsch", NSCH)
+    assert row is not None
+    store = open_store(settings)
+    try:
+        outbox = Outbox(store)
+        refused = {"resourceType": "OperationOutcome", "issue": []}
+        with respx.mock as nsch_api:
+            answer_checks(nsch_api)
+            nsch_api.post(NSCH["nsch"].base + "/").respond(400, json=refused)
+            with Deliverer(outbox, NSCH, CONFIG) as deliverer:
+                deliverer.run_once(limit=1)
+        assert outbox.require(row).state == "dead"
+    finally:
+        store.close()
+    _policy_dir(tmp_path, [{"id": "agreement", "kind": "agreement"}], "continuing-care")
+    retry = ["--home", str(settings.home), "outbox", "retry", str(row), "--reason"]
+    assert main([*retry, "partner fixed"]) != 0
+    assert "does not cover the purpose" in capsys.readouterr().err
+    assert _row(settings, row)[0] == "dead"
+    assert len(_cli(capsys, settings.home, "policy", "decisions", "--json")) == 1
+    _policy_dir(tmp_path, [{"id": "return-to-issuer", "kind": "return-to-issuer",
+                            "params": {"basis": "return-to-issuer"}}])  # fmt: skip
+    assert main([*retry, "partner fixed"]) == 0
+    capsys.readouterr()
+    state, _, reasons = _row(settings, row)
+    assert state == "pending" and "allow on return-to-issuer" in reasons[-1]
+    decisions = _cli(capsys, settings.home, "policy", "decisions", "--json")
+    assert [d["basis"] for d in decisions] == ["return-to-issuer", "return-to-issuer"]

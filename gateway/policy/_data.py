@@ -365,6 +365,7 @@ _RULE_PARAMS: dict[str, dict[str, frozenset[str] | None]] = {
 # counting have no one to ask about, and what leaves is the reply as made (not
 # minimised or labelled), so only these decide it.
 STATUS_KINDS = frozenset({"return-to-issuer", "agreement", "prohibited"})
+_BASIS_KINDS = frozenset({"return-to-issuer", "agreement"})  # the kinds that give a basis
 
 
 def _known_keys(path: Path, where: str, spec: Any, allowed: frozenset[str]) -> None:
@@ -388,6 +389,13 @@ def _check_rules(path: Path, raw: dict[str, Any], data: PolicyData) -> None:
     _check_rule_list(path, "rules", raw.get("rules"), kinds, data)
     if "status_rules" in raw:
         _check_rule_list(path, "status_rules", raw["status_rules"], STATUS_KINDS, data)
+        if not any(str(r["kind"]) in _BASIS_KINDS for r in raw["status_rules"]):
+            # Allowed on prohibited alone, a status would cross on no recorded basis.
+            raise ConfigError(
+                "policy",
+                f"{path}: status_rules: one rule must give the basis "
+                f"(kind {' or '.join(sorted(_BASIS_KINDS))})",
+            )
         if data.status_purpose not in data.purposes:
             raise ConfigError(
                 "policy",

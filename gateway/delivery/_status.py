@@ -75,25 +75,30 @@ class StatusReplies:
         *,
         label: str | None,
         order_key: str | None,
+        finish: Callable[[dict[str, Any]], dict[str, Any]] = lambda bundle: bundle,
     ) -> tuple[int, str]:
-        """Queue ``bundle`` (as it leaves: signed) from ``sender`` (this gateway's
-        institution) for ``partner``: (row id, what became of it: "queued for …" or
-        "held for …", with the decision). The same
-        Bundle queued again is its row, decided once."""
+        """Queue the status ``bundle`` from ``sender`` (this gateway's institution) for
+        ``partner``, made ready to leave by ``finish`` (the sender's signature) after
+        the decision: an allowed one's Tasks carry its basis and purpose
+        (``meta.security``, as a record's resources do). (row id, what became of it:
+        "queued for …" or "held for …", with the decision.)"""
         if not self.records.policy.crosses(sender, partner.key):
-            row, _ = self.outbox.enqueue(partner, bundle, label=label, order_key=order_key)
+            row, _ = self.outbox.enqueue(partner, finish(bundle), label=label, order_key=order_key)
             return row, f"queued for {partner.key} (outbox {row})"
-        dedup = _dedup(partner, bundle)
+        decision = self.records.policy.decide_status(bundle, sender, partner.key)
+        allowed = decision.allowed
+        if allowed:
+            bundle = _labelled(bundle, self.records.policy.status_labels(decision))
+        out = finish(bundle)
+        dedup = _dedup(partner, out)
         found = self.outbox.dedup_row(dedup)
         if found is not None:
             return found.id, f"queued for {partner.key} (outbox {found.id}, already {found.state})"
-        decision = self.records.policy.decide_status(bundle, sender, partner.key)
-        allowed = decision.allowed
 
         def insert(conn: Connection | None, held: str | None, reason: str) -> tuple[int, bool]:
             return self.outbox.enqueue(
                 partner,
-                bundle,
+                out,
                 label=label,
                 order_key=order_key,
                 dedup=dedup,
@@ -197,6 +202,19 @@ class StatusReplies:
             "type": "transaction",
             "entry": [e for part in parts for e in part.get("entry") or []],
         }
+
+
+def _labelled(bundle: dict[str, Any], labels: list[dict[str, str]]) -> dict[str, Any]:
+    """A copy of ``bundle`` whose Tasks carry ``labels`` in ``meta.security``."""
+    entries = []
+    for entry in bundle.get("entry") or []:
+        resource = entry.get("resource") or {}
+        if resource.get("resourceType") == "Task":
+            meta = dict(resource.get("meta") or {})
+            meta["security"] = [*(meta.get("security") or []), *labels]
+            entry = {**entry, "resource": {**resource, "meta": meta}}
+        entries.append(entry)
+    return {**bundle, "entry": entries}
 
 
 def _reason(decision: Decision, head: str) -> str:

@@ -418,13 +418,13 @@ class Referrals:
                 f"no partner endpoint for {referral.partner!r} (seeds/partners.yaml): "
                 "status kept here only"
             )
-        bundle = self._signed(self.status_bundle(referral.task), partner)
         if self._replies is None:
             self._replies = StatusReplies(self.settings, self.store, network=self.network)
         row, note = self._replies.queue(
             partner,
-            bundle,
+            self.status_bundle(referral.task),
             self.own().key,
+            finish=lambda bundle: self._signed(bundle, partner),
             label=f"referral {referral.referral.split('|')[-1] if referral.referral else ''} "
             f"{referral.status}"[:255],
             order_key=f"referral|{referral.referral}"[:255] if referral.referral else None,

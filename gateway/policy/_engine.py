@@ -653,6 +653,22 @@ class Policy:
         decision.people = [list(p) for p in _person_sets(t)]
         return decision
 
+    def status_labels(self, decision: Decision) -> list[dict[str, str]]:
+        """The security labels an allowed status reply's Tasks carry, as an allowed
+        record's resources do: its legal basis and purpose of use (what the delivery's
+        audit event, and so the transfer report's ``delivered``, reads the basis from)."""
+        return [
+            {
+                "system": LEGAL_BASIS_SYSTEM,
+                "code": str(decision.basis),
+                "display": self.label("bases", str(decision.basis))["en"],
+            },
+            {
+                "system": V3_ACT_REASON,
+                "code": str(self.data.purposes[decision.purpose].get("v3", "TREAT")),
+            },
+        ]
+
     def _fresh(self) -> None:
         """Read the data files again when they changed (looked at every
         ``reload_interval`` seconds). Files that no longer load stop every decision

@@ -21,14 +21,16 @@ import respx
 import yaml
 
 from gateway import Settings
+from gateway.audit import audit_log
 from gateway.cli import main
 from gateway.datafiles import data_dir, load_data_file
 from gateway.delivery import Deliverer, Outbox
 from gateway.inbound import Inbound, PartnerAuth, Referrals
 from gateway.partners import Partner
+from gateway.policy import LEGAL_BASIS_SYSTEM
 from gateway.signing import sign_bundle
 from gateway.store import open_store
-from tests.delivery.conftest import CONFIG, answer_checks
+from tests.delivery.conftest import CONFIG, answer_checks, response
 
 from .conftest import NSCH_TOKEN, make_home, signer
 
@@ -127,11 +129,28 @@ def test_a_cross_border_status_is_decided_and_counted_in_the_transfer_report(
         ("nsch", "allow", "return-to-issuer", "referral")
     ]
     assert [r["rule"] for r in decisions[0]["rules"]] == ["return-to-issuer"]
+    # What leaves carries its basis, as a record's resources do; sent, it counts as so.
+    store = open_store(hk_settings)
+    try:
+        outbox = Outbox(store)
+        (task,) = [e["resource"] for p in outbox.parts(row) for e in p["entry"]
+                   if e["resource"]["resourceType"] == "Task"]  # fmt: skip
+        assert {"system": LEGAL_BASIS_SYSTEM, "code": "return-to-issuer"}.items() <= (
+            task["meta"]["security"][0].items()
+        )
+        with respx.mock as nsch_api:
+            answer_checks(nsch_api)
+            nsch_api.post(NSCH["nsch"].base + "/").respond(200, json=response("200", "201"))
+            with Deliverer(outbox, NSCH, CONFIG, audit=audit_log(store)) as deliverer:
+                deliverer.run_once(limit=1)
+        assert outbox.require(row).state == "delivered"
+    finally:
+        store.close()
     year = str(dt.datetime.now(dt.UTC).year)
     report = _cli(capsys, home, "audit", "transfers", "--year", year, "--format", "json")
-    assert [(r["partner"], r["basis"], r["records"], r["individuals"]) for r in report["rows"]] == [
-        ("nsch", "return-to-issuer", 1, 1)  # one status, about one patient (NSCH's MRN)
-    ]
+    rows = [(r["partner"], r["basis"], r["records"], r["individuals"], r["delivered"])
+            for r in report["rows"]]  # fmt: skip
+    assert rows == [("nsch", "return-to-issuer", 1, 1, 1)]  # one status, one patient (MRN)
     assert report["rows"][0]["basis_name"]["en"].startswith("reply to the referring")
 
 

@@ -25,6 +25,7 @@ from ._retry import Breaker, DeliveryConfig, backoff, retry_after
 from ._routes import Facts, Route, Routes, Routing, facts_of
 from ._send import KEPT_CHARS, Answer, classify_error, classify_response, send_part
 from ._service import DeliveryService, unrouted
+from ._status import STATUS_HELD, StatusReplies
 from ._withdrawal import UnsentHold  # registers the withdrawal's hold with the policy
 from ._work_cli import add_cli as add_work_cli
 from ._worker import ClientFactory, Deliverer, partner_client
@@ -36,6 +37,7 @@ __all__ = [
     "KEPT_CHARS",
     "LINKED_TYPES",
     "STATES",
+    "STATUS_HELD",
     "Answer",
     "Breaker",
     "ClientFactory",
@@ -54,6 +56,7 @@ __all__ = [
     "Route",
     "Routes",
     "Routing",
+    "StatusReplies",
     "UnsentHold",
     "Verdict",
     "add_cli",

@@ -42,6 +42,7 @@ from ..partners import Partner, PartnersWatch
 from ..store import StageOutcome, Store, StoreError
 from ._outbox import DeliveryError, Outbox, OutboxRecord, label_of, order_key_of
 from ._routes import Destination, Facts, Routes, Routing, facts_of
+from ._status import STATUS_HELD, StatusReplies
 from ._withdrawal import UnsentHold
 
 __all__ = ["Outbound", "OutboundResult", "Placed", "bundles_of"]
@@ -474,6 +475,15 @@ class Outbound:
         with self._lock:
             self._fresh()
             row = self.outbox.require(row_id)
+            if row.state == "held" and row.last_error == STATUS_HELD:
+                # A referral's status the policy held (no message: decided on its parts).
+                if not self._replies().release(row, reason):
+                    raise DeliveryError(
+                        "delivery.not-releasable",
+                        f"outbox record {row_id}: the policy still holds this referral "
+                        "status (its status_rules do not allow it to this partner)",
+                    )
+                return self.outbox.require(row_id)
             if row.state == "held" and row.last_error in POLICY_HOLDS:
                 if not self._redecide(row, force=True, reason=reason):
                     raise DeliveryError(
@@ -483,6 +493,10 @@ class Outbound:
                     )
                 return self.outbox.require(row_id)
             return self.outbox.release(row_id, reason)
+
+    def _replies(self) -> StatusReplies:
+        """Referral status replies, decided by this path's policy (its records)."""
+        return StatusReplies(self.settings, self.store, outbox=self.outbox, records=self.policy)
 
     def discard(self, row_id: int, reason: str) -> OutboxRecord:
         """``gateway outbox discard`` (and the console's): a held or dead row given up for
@@ -542,12 +556,22 @@ class Outbound:
         decision's audit event says which were sent (``resend-parts``). Refused (held:
         no consent in force; denied: no agreement, a rule), or not rebuilt: nothing
         moves or is recorded, and the error says why. A row of no stored message (a
-        referral's status, gateway/inbound) was never the policy's to decide: queued
-        again as it is."""
+        referral's status, gateway/inbound) is decided again by the status rules when
+        it crosses a boundary (:class:`StatusReplies`), else queued again as it is."""
         code = "delivery.not-retryable" if action == "retry" else "delivery.not-replayable"
         verb = "retried" if action == "retry" else "replayed"
-        if row.message_id is None:
-            return requeue(None, reason, None)
+        if row.message_id is None:  # a referral's status: decided again if it crosses
+            return self._replies().again(
+                row,
+                lambda conn, why: requeue(conn, why, None),
+                reason,
+                lambda why: DeliveryError(
+                    code,
+                    f"outbox record {row.id} cannot be {verb}: the policy, deciding again, "
+                    f"refuses this referral status ({why})",
+                    location="policy",
+                ),
+            )
         source = self._source(row)
         if source is None:
             raise DeliveryError(

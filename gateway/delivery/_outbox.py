@@ -271,8 +271,11 @@ class Outbox:
         replay_of: int | None = None,
         reason: str = "queued",
         conn: Connection | None = None,
+        held: str | None = None,
     ) -> tuple[int, bool]:
         """Queue ``bundle`` for ``partner`` as the parts its split makes; (row id, new).
+        ``held``: kept ``held`` with its parts, that code as its ``last_error``, never
+        sent until released (a referral's status the policy holds: _status.py).
         The same Bundle queued again for the same partner is the existing row (``dedup``:
         another key for "the same", e.g. of the converted Bundle before signing).
         Without ``order_key`` the Bundle's patient is the key (:func:`order_key_of`).
@@ -300,14 +303,16 @@ class Outbox:
                 dedup_key=dedup,
                 parts=orjson.dumps(parts),
                 part_count=len(parts),
-                state="pending",
+                state="pending" if held is None else "held",
+                last_error=held,
                 record=record,
                 purpose=purpose,
                 replay_of=replay_of,
                 links_until=now + links_wait if waits and links_wait is not None else None,
             )
             self._add_links(conn, row_id, provides, needs, patients_by_link(bundle), bundle)
-            self._event(conn, row_id, now, None, "pending", 0, None, reason)
+            self._event(conn, row_id, now, None, "pending" if held is None else "held", 0, None,
+                        reason)  # fmt: skip
             if message_id is not None:
                 self._sync_message(conn, message_id, now)
             return row_id
@@ -885,7 +890,9 @@ class Outbox:
                 f"outbox record {record.id} cannot be discarded: it is {record.state} "
                 "(only a held or dead record can be)",
             )
-        if record.state == "held" and (record.last_error or "").startswith("policy."):
+        # A referral status the policy held waits for no consent: a person may give it up.
+        held = record.last_error or ""
+        if record.state == "held" and held.startswith("policy.") and held != "policy.status-held":
             raise DeliveryError(
                 "delivery.not-discardable",
                 f"outbox record {record.id} cannot be discarded: the policy holds it "

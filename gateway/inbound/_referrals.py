@@ -34,7 +34,7 @@ from ._errors import InboundError
 from ._resources import Resources, Search, Stored, instant
 
 if TYPE_CHECKING:
-    from ..delivery import OutboxRecord
+    from ..delivery import OutboxRecord, StatusReplies
 
 __all__ = [
     "ACTIONS",
@@ -135,6 +135,7 @@ class Referrals:
         # where status updates go: the configured partners (the network's, under the
         # operator's overrides in GATEWAY_HOME)
         self.partners = partners or (lambda: configured_partners(self.settings))
+        self._replies: StatusReplies | None = None  # made on the first status sent
 
     def own(self) -> Institution:
         """This gateway's institution (setting ``institution``)."""
@@ -404,8 +405,10 @@ class Referrals:
 
     def notify(self, referral: Referral) -> tuple[int | None, str]:
         """Queue the Task's current status for the gateway that sent the referral
-        (again: the outbox keeps one row per identical Bundle)."""
-        from ..delivery import Outbox
+        (again: the outbox keeps one row per identical Bundle). Across a boundary the
+        policy decides it first (its ``status_rules``: gateway/delivery/_status.py):
+        allowed, queued on its recorded basis; else held in the outbox, not sent."""
+        from ..delivery import StatusReplies
 
         if referral.partner is None:
             return None, "the referral's sender is not known: status kept here only"
@@ -415,15 +418,18 @@ class Referrals:
                 f"no partner endpoint for {referral.partner!r} (seeds/partners.yaml): "
                 "status kept here only"
             )
-        bundle = self._signed(self.status_bundle(referral.task), partner)
-        row, _ = Outbox(self.store).enqueue(
+        if self._replies is None:
+            self._replies = StatusReplies(self.settings, self.store, network=self.network)
+        row, note = self._replies.queue(
             partner,
-            bundle,
+            self.status_bundle(referral.task),
+            self.own().key,
+            finish=lambda bundle: self._signed(bundle, partner),
             label=f"referral {referral.referral.split('|')[-1] if referral.referral else ''} "
             f"{referral.status}"[:255],
             order_key=f"referral|{referral.referral}"[:255] if referral.referral else None,
         )
-        return row, f"status {referral.status} queued for {partner.key} (outbox {row})"
+        return row, f"status {referral.status} {note}"
 
     def status_bundle(self, task: Stored) -> dict[str, Any]:
         """The transaction Bundle that carries a Task's status to the referral's sender:

@@ -92,6 +92,11 @@ class PolicyData:
     prohibited: dict[str, dict[str, Any]]
     labels: dict[str, Any]
     codes: dict[str, tuple[str, str]] = field(default_factory=dict)  # "system|code" → list
+    # The rules of a referral's status reply across a boundary (gateway/inbound's Task
+    # back to the referral's sender), and the purpose it serves; None: the file names
+    # none, and every such reply is held (a rules.yaml written before they existed).
+    status_rules: list[dict[str, Any]] | None = None
+    status_purpose: str = "referral"
 
     @classmethod
     def load(cls, policy_dir: Path, agreements_file: Path, defaults: tuple[int, int]) -> PolicyData:
@@ -123,6 +128,8 @@ class PolicyData:
             ],
             prohibited=dict(prohibited.get("lists") or {}),
             labels=labels,
+            status_rules=list(rules["status_rules"]) if "status_rules" in rules else None,
+            status_purpose=str(rules.get("status_purpose") or "referral"),
         )
         for n, entry in enumerate(seeds.get("agreements") or [], 1):
             data.agreements.append(_agreement(agreements_file, n, entry, data))
@@ -326,7 +333,15 @@ def _profile(path: Path, spec: Any) -> Profile:
 # What each file and entry may hold: any other key is a typo, refused when loaded.
 _SEEDS_KEYS = frozenset({"jurisdictions", "divisions", "regions", "bases", "agreements"})
 _RULES_FILE_KEYS = frozenset(
-    {"rules", "purposes", "default_purpose", "categories", "category_names"}
+    {
+        "rules",
+        "purposes",
+        "default_purpose",
+        "categories",
+        "category_names",
+        "status_rules",
+        "status_purpose",
+    }
 )
 _BASIS_KEYS = frozenset(
     {"cross_border", "region", "volume_limit", "volume_warning", "filing_authority"}
@@ -344,7 +359,13 @@ _RULE_PARAMS: dict[str, dict[str, frozenset[str] | None]] = {
     },
     "volume": {"category": None, "exporting": None},
     "minimise": {"profiles": None},
+    "return-to-issuer": {"basis": None},
 }
+# The kinds a status reply's rules may use: it has no Patient entry, consent and
+# counting have no one to ask about, and what leaves is the reply as made (not
+# minimised or labelled), so only these decide it.
+STATUS_KINDS = frozenset({"return-to-issuer", "agreement", "prohibited"})
+_BASIS_KINDS = frozenset({"return-to-issuer", "agreement"})  # the kinds that give a basis
 
 
 def _known_keys(path: Path, where: str, spec: Any, allowed: frozenset[str]) -> None:
@@ -362,28 +383,52 @@ def _known_keys(path: Path, where: str, spec: Any, allowed: frozenset[str]) -> N
 def _check_rules(path: Path, raw: dict[str, Any], data: PolicyData) -> None:
     """The rules as written: a list (no rules at all would allow every transfer), each
     with a unique id, a known kind and only that kind's parameters, with values it
-    knows. A typo is refused here rather than read as "not required" or "no list"."""
-    if not isinstance(raw.get("rules"), list) or not raw["rules"]:
-        raise ConfigError("policy", f"{path}: rules: a list of at least one rule is needed")
+    knows. A typo is refused here rather than read as "not required" or "no list".
+    ``status_rules`` (a referral's status reply) the same way, with its own kinds."""
+    kinds = frozenset(_RULE_PARAMS) - {"return-to-issuer"}
+    _check_rule_list(path, "rules", raw.get("rules"), kinds, data)
+    if "status_rules" in raw:
+        _check_rule_list(path, "status_rules", raw["status_rules"], STATUS_KINDS, data)
+        if not any(str(r["kind"]) in _BASIS_KINDS for r in raw["status_rules"]):
+            # Allowed on prohibited alone, a status would cross on no recorded basis.
+            raise ConfigError(
+                "policy",
+                f"{path}: status_rules: one rule must give the basis "
+                f"(kind {' or '.join(sorted(_BASIS_KINDS))})",
+            )
+        if data.status_purpose not in data.purposes:
+            raise ConfigError(
+                "policy",
+                f"{path}: status_purpose: unknown purpose {data.status_purpose!r} "
+                f"(one of {', '.join(data.purposes)})",
+            )
+    _check_tables(path, data)
+
+
+def _check_rule_list(
+    path: Path, key: str, rules: Any, kinds: frozenset[str], data: PolicyData
+) -> None:
+    if not isinstance(rules, list) or not rules:
+        raise ConfigError("policy", f"{path}: {key}: a list of at least one rule is needed")
     seen: set[str] = set()
-    for n, rule in enumerate(raw["rules"], 1):
+    for n, rule in enumerate(rules, 1):
         if not isinstance(rule, dict) or "id" not in rule or "kind" not in rule:
-            raise ConfigError("policy", f"{path}: rule #{n}: a rule needs id and kind")
-        where = f"rule {rule['id']}"
+            raise ConfigError("policy", f"{path}: {key}: rule #{n}: a rule needs id and kind")
+        where = f"{key}: rule {rule['id']}" if key != "rules" else f"rule {rule['id']}"
         _known_keys(path, where, rule, frozenset({"id", "kind", "params"}))
         if str(rule["id"]) in seen:
             # Results, the audit and the minimisation's update find a rule by its id.
             raise ConfigError("policy", f"{path}: {where}: the id is given twice")
         seen.add(str(rule["id"]))
         kind = str(rule["kind"])
-        if kind not in _RULE_PARAMS:
+        if kind not in kinds:
             raise ConfigError(
-                "policy", f"{path}: {where}: unknown kind {kind!r} ({', '.join(_RULE_PARAMS)})"
+                "policy",
+                f"{path}: {where}: unknown kind {kind!r} ({', '.join(sorted(kinds))})",
             )
         params = rule.get("params") or {}
         _known_keys(path, where + ": params", params, frozenset(_RULE_PARAMS[kind]))
         _check_params(path, where, kind, params, data)
-    _check_tables(path, data)
 
 
 def _check_tables(path: Path, data: PolicyData) -> None:
@@ -433,6 +478,13 @@ def _check_params(
                     "policy",
                     f"{path}: {where}: {name}: unknown {item!r} (one of {', '.join(names)})",
                 )
+    if kind == "return-to-issuer" and str(params.get("basis")) not in data.bases:
+        # The basis the reply is recorded on: one of the bases the agreements file names.
+        raise ConfigError(
+            "policy",
+            f"{path}: {where}: basis: unknown {params.get('basis')!r} "
+            f"(one of {', '.join(data.bases)})",
+        )
     category = params.get("category")
     if category is not None and category not in data.category_names:
         raise ConfigError(

@@ -303,6 +303,7 @@ class _Transfer:
     key: Callable[[], bytes] = bytes  # the pseudonym key, read on first use
     aliases: dict[tuple[str, str], str] = field(default_factory=dict)  # the Policy's memo
     plan: _Plan | None = None  # the rules folded for its parties and purpose
+    basis: str | None = None  # a basis a rule records without an agreement (a status reply)
 
     @property
     def cross_border(self) -> bool:
@@ -582,6 +583,91 @@ class Policy:
             decision._json = self._leave(t, decision)
             decision.counts = t.counts
         return decision
+
+    def crosses(self, sender: str, recipient: str) -> bool:
+        """Whether a transfer from ``sender`` to ``recipient`` leaves a jurisdiction."""
+        if self._sources:
+            self._fresh()
+        source = self.institution(sender, "sender")
+        target = self.institution(recipient, "recipient")
+        return self.data.jurisdiction(source) != self.data.jurisdiction(target)
+
+    def decide_status(
+        self, bundle: dict[str, Any], sender: str, recipient: str, *, now: datetime | None = None
+    ) -> Decision:
+        """Decide a referral's status reply (gateway/inbound: a Task back to the gateway
+        that sent the referral) by ``status_rules`` of rules.yaml, for the purpose
+        ``status_purpose``. It has no Patient entry: its individual is the patient its
+        Tasks name in ``for`` by identifier (what the transfer report counts). What
+        leaves is the reply as made (``bundle_json`` stays None: nothing is minimised
+        or labelled). No ``status_rules`` written: held, never sent undecided."""
+        if self._sources:
+            self._fresh()
+        data = self.data
+        source = self.institution(sender, "sender")
+        target = self.institution(recipient, "recipient")
+        now = now or datetime.now(UTC).replace(tzinfo=None)
+        _, _, categories = self._scan(bundle)
+        named = _task_patients(bundle)
+        t = _Transfer(
+            sender=source,
+            recipient=target,
+            purpose=data.status_purpose,
+            now=now,
+            from_j=data.jurisdiction(source),
+            to_j=data.jurisdiction(target),
+            bundle=bundle,
+            text=None,
+            patients=list(dict.fromkeys(i for ids in named for i in ids)),
+            categories=categories,
+            consents=MemoryConsents(),
+            counters=MemoryCounters(),
+            key=lambda: self.key,
+            aliases=self._aliases,
+            found_people=named,
+        )
+        results: list[RuleResult] = []
+        if data.status_rules is None:
+            words = self.say("status.no-rules")
+            results.append(RuleResult("status_rules", "status", "hold", "status.no-rules", words))
+        for spec in data.status_rules or []:
+            kind, rule_id = str(spec["kind"]), str(spec["id"])
+            result = RULES[kind](self, t, rule_id, dict(spec.get("params") or {}))
+            results.append(result)
+            if result.outcome in ("deny", "hold"):
+                break
+        outcome = _outcome(results, [])
+        decision = Decision(
+            outcome=outcome,
+            sender=source.key,
+            recipient=target.key,
+            purpose=t.purpose,
+            decided_at=now,
+            results=results,
+            basis=(t.agreement.basis if t.agreement else t.basis) if outcome == "allow" else None,
+            agreement=t.agreement.id if t.agreement and outcome == "allow" else None,
+            patients=[t.alias(*p.split("|", 1)) for p in t.patients],
+            cross_border=t.cross_border,
+        )
+        decision.individuals = _individuals(t, decision.patients)
+        decision.people = [list(p) for p in _person_sets(t)]
+        return decision
+
+    def status_labels(self, decision: Decision) -> list[dict[str, str]]:
+        """The security labels an allowed status reply's Tasks carry, as an allowed
+        record's resources do: its legal basis and purpose of use (what the delivery's
+        audit event, and so the transfer report's ``delivered``, reads the basis from)."""
+        return [
+            {
+                "system": LEGAL_BASIS_SYSTEM,
+                "code": str(decision.basis),
+                "display": self.label("bases", str(decision.basis))["en"],
+            },
+            {
+                "system": V3_ACT_REASON,
+                "code": str(self.data.purposes[decision.purpose].get("v3", "TREAT")),
+            },
+        ]
 
     def _fresh(self) -> None:
         """Read the data files again when they changed (looked at every
@@ -1559,7 +1645,58 @@ def _minimised_words(
     )
 
 
+def rule_return_to_issuer(
+    policy: Policy, t: _Transfer, rule_id: str, params: dict[str, Any]
+) -> RuleResult:
+    """A referral's status reply goes back to the referral's sender: it passes when it
+    is nothing but Tasks (and the signature's Provenance) and every identifier a Task
+    names its patient or its referral by (``for``, ``focus``) is the recipient's own
+    (under its identifier base): nothing the recipient did not issue crosses. Its
+    basis is ``params.basis`` (a basis of the agreements file). Else held, the reason
+    naming the element (and the identifier's system, never its value)."""
+    base = f"{t.recipient.base}/"
+    names = _names(policy, t)
+    foreign: list[str] = []
+    for n, entry in enumerate(t.bundle.get("entry") or []):
+        resource = (entry.get("resource") if isinstance(entry, dict) else None) or {}
+        where = f"Bundle.entry[{n}].resource"
+        kind = resource.get("resourceType")
+        if kind == "Provenance":
+            continue  # the signature (its target, its agent: the sender's organisation)
+        if kind != "Task":
+            foreign.append(f"{where} ({kind})")
+            continue
+        for element in ("for", "focus"):
+            ref = resource.get(element)
+            ident = ref.get("identifier") if isinstance(ref, dict) else None
+            if ref is not None and (
+                not isinstance(ident, dict) or not str(ident.get("system") or "").startswith(base)
+            ):
+                system = ident.get("system") if isinstance(ident, dict) else None
+                foreign.append(f"{where}.{element}" + (f" ({system})" if system else ""))
+    if foreign:
+        words = policy.say("status.not-issuer", where="; ".join(foreign), **names)
+        return RuleResult(rule_id, "return-to-issuer", "hold", "status.not-issuer", words)
+    t.basis = str(params["basis"])
+    words = policy.say("status.to-issuer", basis=policy.label("bases", t.basis), **names)
+    return RuleResult(rule_id, "return-to-issuer", "pass", "status.to-issuer", words)
+
+
+def _task_patients(bundle: dict[str, Any]) -> list[tuple[str, ...]]:
+    """The patients a status reply's Tasks name (``Task.for`` by identifier), each by
+    that identifier: the individuals of the reply."""
+    out: dict[tuple[str, ...], None] = {}
+    for entry in bundle.get("entry") or []:
+        resource = (entry.get("resource") if isinstance(entry, dict) else None) or {}
+        ref = resource.get("for") if resource.get("resourceType") == "Task" else None
+        ident = ref.get("identifier") if isinstance(ref, dict) else None
+        if isinstance(ident, dict) and ident.get("system") and ident.get("value"):
+            out[(f"{ident['system']}|{ident['value']}",)] = None
+    return list(out)
+
+
 RULES: dict[str, Rule] = {
+    "return-to-issuer": rule_return_to_issuer,
     "prohibited": rule_prohibited,
     "agreement": rule_agreement,
     "consent": rule_consent,

@@ -25,7 +25,7 @@ on PostgreSQL, the lease's compare-and-set on SQLite), each row begun with
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -833,6 +833,51 @@ class Outbox:
         target = "waiting" if self._held_while_waiting(row_id) else "pending"
         self._requeue(None, row_id, "held", "release", reason, now, to_state=target)
         return self.require(row_id)
+
+    def release_known(
+        self, partners: Collection[str], now: datetime | None = None
+    ) -> list[OutboxRecord]:
+        """Rows held only because their partner was not configured
+        (:data:`UNKNOWN_PARTNER`) whose partner is among ``partners`` again (the
+        partners' files read again, or a restart): queued again as a person's release
+        would (``waiting`` when the hold came from ``waiting``: the partner is asked
+        first), each with its event. Other holds stay held. Each move is a
+        compare-and-set on the state and the hold's code: a row a person released (or
+        another worker did) meanwhile is left as it is. Returns the rows that moved."""
+        if not partners:
+            return []
+        now = now or self.clock()
+        o = _outbox.c
+        query = sa.select(o.id, o.partner).where(
+            o.state == "held", o.last_error == UNKNOWN_PARTNER, o.partner.in_(sorted(partners))
+        )
+        with self.store.engine.connect() as conn:
+            found = conn.execute(query.order_by(o.id)).all()
+        moved = []
+        for row_id, partner in found:
+            target = "waiting" if self._held_while_waiting(row_id) else "pending"
+            reason = f"release: {UNKNOWN_PARTNER}: partner {partner} is configured again"
+            with self._write() as conn:
+                done = conn.execute(
+                    _outbox.update()
+                    .where(o.id == row_id, o.state == "held", o.last_error == UNKNOWN_PARTNER)
+                    .values(
+                        state=target,
+                        updated_at=now,
+                        attempts=0,
+                        next_at=now,
+                        last_error=None,
+                        lease_until=None,
+                    )
+                    .returning(o.part, o.message_id)
+                ).first()
+                if done is None:
+                    continue
+                self._event(conn, row_id, now, "held", target, int(done[0]), None, reason)
+                if done[1] is not None:
+                    self._sync_message(conn, int(done[1]), now)
+            moved.append(self.require(row_id))
+        return moved
 
     def _held_while_waiting(self, row_id: int) -> bool:
         """Whether the row is held for an unknown partner since a send that was ambiguous

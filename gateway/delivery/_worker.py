@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import orjson
 
-from ..audit import AuditLog, basis_of, bundle_subject, delivery_event
+from ..audit import AuditLog, basis_of, bundle_subject, delivery_event, events, message_subject
 from ..errors import GatewayError
 from ..metrics import CREDENTIALS_REFUSED, NO_TOKEN, observe_stage, trace_attempt
 from ..partners import Partner
@@ -94,6 +94,9 @@ class Deliverer:
         self.breakers: dict[str, Breaker] = {}
         # Partners that refused the overwrite check's batch: asked by plain searches.
         self._no_batch: set[str] = set()
+        # Rows held for a partner not configured are looked at once at the start and
+        # after each change of the partners (:meth:`_release_known`), not every batch.
+        self._look_for_known = True
 
     # -- the loop -------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
@@ -110,6 +113,8 @@ class Deliverer:
         (stopping, a breaker that opened meanwhile) are released: due again at once."""
         self._follow_partners()
         now = self.clock()
+        if self._look_for_known:
+            self._release_known(now)
         self.outbox.recover(now)
         closed_to = [key for key, b in self.breakers.items() if not b.may_try(now)]
         hold = min(self.config.claim_lease, self.config.lease)
@@ -157,6 +162,30 @@ class Deliverer:
             self.breakers.pop(key, None)
             self._no_batch.discard(key)
         self.partners = dict(fresh)
+        self._look_for_known = True
+
+    def _release_known(self, now: datetime) -> None:
+        """Rows held because their partner was not configured, whose partner is again
+        (added back to the partners' files, or the worker restarted after it was):
+        queued again without a person releasing each (:meth:`Outbox.release_known`),
+        each move in the row's events and as an ``operator`` AuditEvent with the gateway
+        as the only agent (no person decided it). Other holds stay held."""
+        for row in self.outbox.release_known(list(self.partners), now):
+            log.info(
+                "outbox record %s: partner %s configured again: %s",
+                row.id,
+                row.partner,
+                row.state,
+            )
+            if self.audit is not None:
+                said = f"release: {UNKNOWN_PARTNER}: partner {row.partner} is configured again"
+                self.audit.record_guarded(
+                    None,
+                    events.event(
+                        "operator", outcome_desc=said, subject=message_subject(row.message_id)
+                    ),
+                )
+        self._look_for_known = False
 
     def close(self) -> None:
         for client in self._clients.values():

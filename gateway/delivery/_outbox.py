@@ -82,10 +82,12 @@ _messages = metadata.tables["messages"]
 # (held and dead wait for a person, queued for the worker; delivered only when all are).
 _MESSAGE_STATE = (
     ("held", ("held",)),
-    # A discarded row was not delivered either: for its message, as a dead one (the
-    # store's states are the message's; a person may mark the message resolved).
-    ("dead", ("dead", "discarded")),
+    ("dead", ("dead",)),
     ("queued", ("pending", "waiting", "sending", "retrying")),
+    # A row a person gave up on (gateway outbox discard) was not delivered, but nobody
+    # has anything left to do about it: the message is discarded (not dead, which
+    # waits for a person), once no other row waits; never delivered while one is.
+    ("discarded", ("discarded",)),
     ("delivered", ("delivered",)),
 )
 

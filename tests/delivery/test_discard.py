@@ -18,6 +18,7 @@ from gateway import Settings
 from gateway.audit import AuditLog
 from gateway.cli import main
 from gateway.delivery import Deliverer, DeliveryError, Outbox
+from gateway.metrics._store import StoreCollector
 from gateway.partners import Partner
 from gateway.store import Incoming, Store, open_store
 from tests.conftest import REPO
@@ -186,14 +187,45 @@ def test_only_a_held_or_dead_record_the_policy_does_not_hold_can_be_discarded(
 def test_a_discarded_record_counts_as_not_delivered_for_its_message(
     store: Store, outbox: Outbox
 ) -> None:
-    """The message's state follows its rows: held while one is held; discarded, the
-    record did not reach its partner, so the message is dead (a person may mark it
-    resolved), not delivered."""
+    """The message's state follows its rows: held while one is held; its only record
+    discarded, it did not reach its partner and nobody has anything left to do: the
+    message is discarded (not dead, which waits for a person; nor delivered)."""
     message = _message(store)
     row = _held(outbox, message, "delivery.unverifiable")
     assert store.state_of(message) == "held"
     outbox.discard(row, "the partner confirmed it never wants it")
+    assert store.state_of(message) == "discarded"
+    # Another record of it dead: that one waits for a person, so the message is dead.
+    dead = _held(outbox, message, "delivery.unverifiable", n=1)
+    outbox.move(dead, "held", "dead", "refused", now=outbox.clock(), last_error="x")
     assert store.state_of(message) == "dead"
+    outbox.discard(dead, "not wanted either")
+    assert store.state_of(message) == "discarded"
+
+
+def test_a_message_whose_record_was_discarded_shows_so_in_the_cli_and_metrics(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = Store.for_home(tmp_path)
+    message = _message(store)
+    row = _held(Outbox(store), message, "delivery.unverifiable")
+    store.close()
+    assert run(capsys, tmp_path, "outbox", "discard", str(row), "--reason", "not wanted")[0] == 0
+    code, out, _ = run(capsys, tmp_path, "messages", "list", "--state", "discarded", "--json")
+    assert code == 0 and [m["id"] for m in json.loads(out)["messages"]] == [message]
+    code, out, _ = run(capsys, tmp_path, "messages", "list", "--state", "dead", "--json")
+    assert code == 0 and json.loads(out)["messages"] == []
+    store = Store.for_home(tmp_path)
+    try:
+        [family] = [
+            f
+            for f in StoreCollector(lambda: store, min_interval=0).collect()
+            if f.name == "gateway_messages"
+        ]
+    finally:
+        store.close()
+    counts = {s.labels["state"]: s.value for s in family.samples}
+    assert counts.get("discarded") == 1 and "dead" not in counts
 
 
 def test_a_discard_racing_a_release_and_a_withdrawal_never_discards_a_policy_hold(

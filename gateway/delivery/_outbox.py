@@ -479,12 +479,25 @@ class Outbox:
         updates), the hashed patients of every other row for the row's partner that
         carried one (provided or wrote it) and was queued before it or has begun
         sending (delivered, partly delivered, in flight, dead after trying): what the
-        partner holds or will hold before this row, whatever the order of sending."""
+        partner holds or will hold before this row, whatever the order of sending.
+
+        A discarded row (a person gave up on it) is never sent again: it counts only
+        if a request carrying it ever left (an event to ``sending``: delivered in part,
+        refused after trying, or an ambiguous send the partner may have applied). One
+        never sent (held for an overwrite or a link, for its partner, for a token)
+        cannot be at the partner: counted, it held every later update of its
+        identifier for a patient the partner never heard of, and with the partner's
+        check off a release could never get past it."""
         if not refs:
             return {}
         other = _outbox.alias("other")
         me = _outbox.alias("me")
         begun = sa.or_(other.c.state.not_in(("pending", "held")), other.c.part > 0)
+        sent = (
+            sa.select(_events.c.id)
+            .where(_events.c.outbox_id == other.c.id, _events.c.to_state == "sending")
+            .exists()
+        )
         query = (
             sa.select(_links.c.ref, _links.c.patients)
             .join(other, other.c.id == _links.c.outbox_id)
@@ -495,6 +508,7 @@ class Outbox:
                 other.c.partner == me.c.partner,
                 other.c.id != row_id,
                 sa.or_(other.c.id < row_id, begun),
+                sa.or_(other.c.state != "discarded", sent),
             )
         )
         out: dict[str, list[frozenset[str] | None]] = {}

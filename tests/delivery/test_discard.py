@@ -24,7 +24,7 @@ from gateway.store import Incoming, Store, open_store
 from tests.conftest import REPO
 from tests.partner.conftest import PartnerServer
 
-from .conftest import CONFIG, PARTNER, POST_URL, Clock, bundle, response
+from .conftest import BASE, CONFIG, PARTNER, POST_URL, Clock, bundle, response
 from .test_overwrite import CODE, FAST, A, B, _deliver, _patient_name, _studies, _study
 
 
@@ -263,3 +263,35 @@ def test_a_discard_racing_a_release_and_a_withdrawal_never_discards_a_policy_hol
         sa.event.remove(store.engine, name, hook)
     assert fired and refused.value.code == "delivery.not-discardable"
     assert (outbox.require(row).state, outbox.require(row).last_error) == ("held", "policy.held")
+
+
+def test_a_discarded_record_never_sent_holds_no_later_update_of_its_identifier(
+    outbox: Outbox, clock: Clock, partner_api: respx.MockRouter
+) -> None:
+    """陳大文's order O1 was held before any send (its partner gone) and given up
+    (discarded): it never reached the partner, so 李小明's order reusing O1 goes, even
+    with the partner's check off (before, it was held, and held again at each release).
+    A discarded order whose send was ambiguous may be at the partner: it still counts."""
+    local = Partner("hkpmc", BASE, check_overwrite=False)
+    post = partner_api.post(POST_URL).respond(200, json=response("201", "201"))
+    never_sent = outbox.enqueue(local, bundle("P1", "O1"))[0]
+    outbox.move(
+        never_sent, "pending", "held", "gone", now=clock.now, last_error="delivery.unknown-partner"
+    )
+    outbox.discard(never_sent, "the referral was withdrawn on paper")
+    reused = outbox.enqueue(local, bundle("P2", "O1", name="李小明"))[0]
+    maybe_sent = outbox.enqueue(local, bundle("P3", "O3"))[0]
+    assert outbox.claim(outbox.require(maybe_sent), clock.now, CONFIG.lease)
+    outbox.move(maybe_sent, "pending", "sending", "sending", now=clock.now, lease=CONFIG.lease)
+    clock.advance(CONFIG.lease.total_seconds())
+    assert outbox.recover(clock.now) == 1  # ambiguous: the partner may hold O3 for P3
+    outbox.move(
+        maybe_sent, "waiting", "held", "unverifiable", now=clock.now, last_error="x.unverifiable"
+    )
+    outbox.discard(maybe_sent, "nobody could tell")
+    reused_too = outbox.enqueue(local, bundle("P4", "O3", name="李小明"))[0]
+    with Deliverer(outbox, {"hkpmc": local}, CONFIG, clock=clock) as deliverer:
+        deliverer.run_once()
+    assert outbox.require(reused).state == "delivered" and post.call_count == 1
+    held = outbox.require(reused_too)
+    assert (held.state, held.last_error) == ("held", CODE)

@@ -23,7 +23,7 @@ from .shared import freeze
 
 __all__ = ["RELOAD_INTERVAL", "FileWatch", "data_dir", "file_stamps", "load_data_file"]
 
-RELOAD_INTERVAL = 2.0  # seconds between two looks at watched data files (policy, routing)
+RELOAD_INTERVAL = 2.0  # seconds between two looks at watched files (policy, routing, partners)
 
 _PACKAGE = Path(__file__).resolve().parent
 
@@ -66,16 +66,19 @@ def load_data_file(path: Path) -> Any:
         raise ConfigError("syntax", f"{path}: {exc}") from exc
 
 
-def file_stamps(paths: tuple[Path, ...]) -> tuple[tuple[int, int] | None, ...]:
-    """Each file's modification time and size (None: missing), to notice an edit."""
-    out: list[tuple[int, int] | None] = []
+def file_stamps(paths: tuple[Path, ...]) -> tuple[tuple[int, int, int] | None, ...]:
+    """Each file's modification time, size and inode (None: missing), to notice an
+    edit. The inode: a file replaced by another (written beside, then renamed over it,
+    as key and token rotation do) of the same size whose time was kept (``cp -p``,
+    ``rsync -t``) or fell in the same clock tick is still seen to change."""
+    out: list[tuple[int, int, int] | None] = []
     for path in paths:
         try:
             st = path.stat()
         except OSError:
             out.append(None)
             continue
-        out.append((st.st_mtime_ns, st.st_size))
+        out.append((st.st_mtime_ns, st.st_size, st.st_ino))
     return tuple(out)
 
 

@@ -46,6 +46,7 @@ _COUNTS = {
     "held": ("converted", "held"),
     "delivered": ("converted", "delivered"),
     "dead": ("converted", "dead"),
+    "discarded": ("converted",),  # given up by a person: not dead, nothing left to do
     "denied": ("converted",),
     "failed": ("failed",),
     "rejected": ("failed",),

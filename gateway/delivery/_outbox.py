@@ -25,7 +25,7 @@ on PostgreSQL, the lease's compare-and-set on SQLite), each row begun with
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -82,10 +82,12 @@ _messages = metadata.tables["messages"]
 # (held and dead wait for a person, queued for the worker; delivered only when all are).
 _MESSAGE_STATE = (
     ("held", ("held",)),
-    # A discarded row was not delivered either: for its message, as a dead one (the
-    # store's states are the message's; a person may mark the message resolved).
-    ("dead", ("dead", "discarded")),
+    ("dead", ("dead",)),
     ("queued", ("pending", "waiting", "sending", "retrying")),
+    # A row a person gave up on (gateway outbox discard) was not delivered, but nobody
+    # has anything left to do about it: the message is discarded (not dead, which
+    # waits for a person), once no other row waits; never delivered while one is.
+    ("discarded", ("discarded",)),
     ("delivered", ("delivered",)),
 )
 
@@ -482,12 +484,25 @@ class Outbox:
         updates), the hashed patients of every other row for the row's partner that
         carried one (provided or wrote it) and was queued before it or has begun
         sending (delivered, partly delivered, in flight, dead after trying): what the
-        partner holds or will hold before this row, whatever the order of sending."""
+        partner holds or will hold before this row, whatever the order of sending.
+
+        A discarded row (a person gave up on it) is never sent again: it counts only
+        if a request carrying it ever left (an event to ``sending``: delivered in part,
+        refused after trying, or an ambiguous send the partner may have applied). One
+        never sent (held for an overwrite or a link, for its partner, for a token)
+        cannot be at the partner: counted, it held every later update of its
+        identifier for a patient the partner never heard of, and with the partner's
+        check off a release could never get past it."""
         if not refs:
             return {}
         other = _outbox.alias("other")
         me = _outbox.alias("me")
         begun = sa.or_(other.c.state.not_in(("pending", "held")), other.c.part > 0)
+        sent = (
+            sa.select(_events.c.id)
+            .where(_events.c.outbox_id == other.c.id, _events.c.to_state == "sending")
+            .exists()
+        )
         query = (
             sa.select(_links.c.ref, _links.c.patients)
             .join(other, other.c.id == _links.c.outbox_id)
@@ -498,6 +513,7 @@ class Outbox:
                 other.c.partner == me.c.partner,
                 other.c.id != row_id,
                 sa.or_(other.c.id < row_id, begun),
+                sa.or_(other.c.state != "discarded", sent),
             )
         )
         out: dict[str, list[frozenset[str] | None]] = {}
@@ -838,6 +854,51 @@ class Outbox:
         target = "waiting" if self._held_while_waiting(row_id) else "pending"
         self._requeue(None, row_id, "held", "release", reason, now, to_state=target)
         return self.require(row_id)
+
+    def release_known(
+        self, partners: Collection[str], now: datetime | None = None
+    ) -> list[OutboxRecord]:
+        """Rows held only because their partner was not configured
+        (:data:`UNKNOWN_PARTNER`) whose partner is among ``partners`` again (the
+        partners' files read again, or a restart): queued again as a person's release
+        would (``waiting`` when the hold came from ``waiting``: the partner is asked
+        first), each with its event. Other holds stay held. Each move is a
+        compare-and-set on the state and the hold's code: a row a person released (or
+        another worker did) meanwhile is left as it is. Returns the rows that moved."""
+        if not partners:
+            return []
+        now = now or self.clock()
+        o = _outbox.c
+        query = sa.select(o.id, o.partner).where(
+            o.state == "held", o.last_error == UNKNOWN_PARTNER, o.partner.in_(sorted(partners))
+        )
+        with self.store.engine.connect() as conn:
+            found = conn.execute(query.order_by(o.id)).all()
+        moved = []
+        for row_id, partner in found:
+            target = "waiting" if self._held_while_waiting(row_id) else "pending"
+            reason = f"release: {UNKNOWN_PARTNER}: partner {partner} is configured again"
+            with self._write() as conn:
+                done = conn.execute(
+                    _outbox.update()
+                    .where(o.id == row_id, o.state == "held", o.last_error == UNKNOWN_PARTNER)
+                    .values(
+                        state=target,
+                        updated_at=now,
+                        attempts=0,
+                        next_at=now,
+                        last_error=None,
+                        lease_until=None,
+                    )
+                    .returning(o.part, o.message_id)
+                ).first()
+                if done is None:
+                    continue
+                self._event(conn, row_id, now, "held", target, int(done[0]), None, reason)
+                if done[1] is not None:
+                    self._sync_message(conn, int(done[1]), now)
+            moved.append(self.require(row_id))
+        return moved
 
     def _held_while_waiting(self, row_id: int) -> bool:
         """Whether the row is held for an unknown partner since a send that was ambiguous

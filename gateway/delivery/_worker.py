@@ -21,10 +21,11 @@ from typing import Any
 import httpx
 import orjson
 
-from ..audit import AuditLog, basis_of, bundle_subject, delivery_event
+from ..audit import AuditLog, basis_of, bundle_subject, delivery_event, events, message_subject
+from ..datafiles import RELOAD_INTERVAL, FileWatch
 from ..errors import GatewayError
 from ..metrics import CREDENTIALS_REFUSED, NO_TOKEN, observe_stage, trace_attempt
-from ..partners import Partner
+from ..partners import Partner, credential_files
 from ..partners import partner_client as partners_client
 from ._ask import ask
 from ._links import LINK_OTHER_PATIENT, Link, link_fields, link_ref, links_of, resolve_links
@@ -94,6 +95,13 @@ class Deliverer:
         self.breakers: dict[str, Breaker] = {}
         # Partners that refused the overwrite check's batch: asked by plain searches.
         self._no_batch: set[str] = set()
+        # Each pooled client's credential files (token, certificate, key, CA), looked at
+        # every ``reload_interval`` seconds before a batch (tests: 0, every batch).
+        self._credentials: dict[str, FileWatch] = {}
+        self.reload_interval = RELOAD_INTERVAL
+        # Rows held for a partner not configured are looked at once at the start and
+        # after each change of the partners (:meth:`_release_known`), not every batch.
+        self._look_for_known = True
 
     # -- the loop -------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
@@ -110,6 +118,8 @@ class Deliverer:
         (stopping, a breaker that opened meanwhile) are released: due again at once."""
         self._follow_partners()
         now = self.clock()
+        if self._look_for_known:
+            self._release_known(now)
         self.outbox.recover(now)
         closed_to = [key for key, b in self.breakers.items() if not b.may_try(now)]
         hold = min(self.config.claim_lease, self.config.lease)
@@ -142,6 +152,7 @@ class Deliverer:
         client (closed: the next request makes one with the new base URL, auth, TLS),
         its breaker (its failures were the old endpoint's or credentials') and a batch
         refusal remembered. Between batches: no request is in flight then."""
+        self._follow_credentials()
         if self.partners_from is None:
             return
         fresh = self.partners_from()
@@ -151,17 +162,57 @@ class Deliverer:
         for key in {*fresh, *self.partners}:
             if fresh.get(key) == self.partners.get(key):
                 continue
-            client = self._clients.pop(key, None)
-            if client is not None:
-                client.close()
-            self.breakers.pop(key, None)
+            self._forget_client(key)
             self._no_batch.discard(key)
         self.partners = dict(fresh)
+        self._look_for_known = True
+
+    def _follow_credentials(self) -> None:
+        """A pooled client whose credential files changed since it was made (a token,
+        certificate or key replaced in place: gateway.partners.credential_files) is
+        closed, and its breaker forgotten (its failures may have been the old
+        credentials'): the next request makes the client anew, with the new files, as
+        a partners' file change does. Between batches: no request is in flight then."""
+        for key, watch in list(self._credentials.items()):
+            if watch.changed():
+                log.info("partner %s: credential files changed: its client is made again", key)
+                self._forget_client(key)
+
+    def _forget_client(self, key: str) -> None:
+        client = self._clients.pop(key, None)
+        if client is not None:
+            client.close()
+        self._credentials.pop(key, None)
+        self.breakers.pop(key, None)
+
+    def _release_known(self, now: datetime) -> None:
+        """Rows held because their partner was not configured, whose partner is again
+        (added back to the partners' files, or the worker restarted after it was):
+        queued again without a person releasing each (:meth:`Outbox.release_known`),
+        each move in the row's events and as an ``operator`` AuditEvent with the gateway
+        as the only agent (no person decided it). Other holds stay held."""
+        for row in self.outbox.release_known(list(self.partners), now):
+            log.info(
+                "outbox record %s: partner %s configured again: %s",
+                row.id,
+                row.partner,
+                row.state,
+            )
+            if self.audit is not None:
+                said = f"release: {UNKNOWN_PARTNER}: partner {row.partner} is configured again"
+                self.audit.record_guarded(
+                    None,
+                    events.event(
+                        "operator", outcome_desc=said, subject=message_subject(row.message_id)
+                    ),
+                )
+        self._look_for_known = False
 
     def close(self) -> None:
         for client in self._clients.values():
             client.close()
         self._clients.clear()
+        self._credentials.clear()
 
     def __enter__(self) -> Deliverer:
         return self
@@ -568,7 +619,11 @@ class Deliverer:
     def client(self, partner: Partner) -> httpx.Client:
         """The partner's pooled client (keep-alive connections reused across records)."""
         if partner.key not in self._clients:
+            # Stamped before the client reads them: a file replaced meanwhile is seen.
+            watch = FileWatch(credential_files(partner))
+            watch.reload_interval = self.reload_interval
             self._clients[partner.key] = self.client_factory(partner, self.config)
+            self._credentials[partner.key] = watch
         return self._clients[partner.key]
 
     # -- no overwrite of another patient's record (gateway/delivery/_overwrite.py) ------

@@ -19,6 +19,7 @@ reached the FHIR server, a retry (with backoff, breaker) is safe.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import ssl
@@ -49,6 +50,7 @@ __all__ = [
     "Throttle",
     "Timeouts",
     "client_assertion",
+    "credential_files",
     "gateway_signer",
     "jwt_algorithm",
     "partner_auth",
@@ -172,6 +174,18 @@ def tls_context(partner: Partner) -> ssl.SSLContext | bool:
             f"partner {partner.key}: TLS files {', '.join(files)} cannot be used ({why})",
         ) from None
     return context
+
+
+def credential_files(partner: Partner) -> tuple[Path, ...]:
+    """The files a partner's client reads its credentials from when it is made: the
+    bearer token file, the mTLS certificate and key, the CA file. Watched by delivery
+    (gateway.datafiles.FileWatch): one replaced makes the pooled client anew."""
+    auth = partner.auth
+    files = [f for f in (auth.token_file, partner.ca_file) if f is not None]
+    if auth.type == "mtls":
+        with contextlib.suppress(ConfigError):  # none to watch: making the client says why
+            files += _mtls_files(partner.key, auth)
+    return tuple(dict.fromkeys(files))
 
 
 def _mtls_files(partner: str, auth: Auth) -> tuple[Path, Path]:

@@ -50,8 +50,9 @@ __all__ = [
 
 # A message's state: where it is in the gateway. "received" is stored, not yet
 # processed; held/outbox/denied are the policy stage's (gateway/policy: outbox = allowed
-# or released, waiting for delivery); queued/delivered/dead belong to delivery (dead: a
-# partner refused it or delivery gave up; held is also delivery's, for a person).
+# or released, waiting for delivery); queued/delivered/dead/discarded belong to delivery
+# (dead: a partner refused it or delivery gave up; discarded: a person gave up on a
+# record, gateway outbox discard; held is also delivery's, for a person).
 STATES = (
     "received",
     "converted",
@@ -63,6 +64,7 @@ STATES = (
     "queued",
     "delivered",
     "dead",
+    "discarded",
 )
 # States of a message still waiting for the gateway to act: never pruned.
 NEVER_PRUNED = frozenset({"received", "held", "outbox", "queued"})

@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from gateway import Settings
 from gateway.audit import AuditLog
+from gateway.console import _data
 from gateway.delivery import Outbox
 from gateway.store import open_store
 
@@ -71,6 +72,17 @@ def test_an_operator_discards_a_held_record_with_a_reason(app: FastAPI, home: tu
     after = client.get(done.headers["location"])
     assert "放弃发送" in after.text  # zh-Hans: olivia's language, "done: discard"
     assert re.search(r'class="state-discarded">已放弃<', after.text)
+    # Its only record given up, the message is discarded, not dead, on its page, in the
+    # messages' state filter and on the dashboard (converted, not in the dead column).
+    assert re.search(r'class="badge state-discarded" id="state">已放弃<', after.text)
+    listed = client.get("/console/messages").text
+    assert '<option value="discarded">已放弃</option>' in listed
+    store = open_store(settings)
+    try:
+        [mllp] = [r for r in _data.dashboard(store, {})["listeners"] if r.name == "mllp"]
+    finally:
+        store.close()
+    assert (mllp.day["converted"], mllp.day["dead"]) == (1, 0)
     assert "discard: PACS reused the UID" in after.text  # the transition's reason
     assert not _form(after.text, held, "discard") and not _form(after.text, held, "release")
 

@@ -18,12 +18,13 @@ from gateway import Settings
 from gateway.audit import AuditLog
 from gateway.cli import main
 from gateway.delivery import Deliverer, DeliveryError, Outbox
+from gateway.metrics._store import StoreCollector
 from gateway.partners import Partner
 from gateway.store import Incoming, Store, open_store
 from tests.conftest import REPO
 from tests.partner.conftest import PartnerServer
 
-from .conftest import CONFIG, PARTNER, POST_URL, Clock, bundle, response
+from .conftest import BASE, CONFIG, PARTNER, POST_URL, Clock, bundle, response
 from .test_overwrite import CODE, FAST, A, B, _deliver, _patient_name, _studies, _study
 
 
@@ -186,14 +187,45 @@ def test_only_a_held_or_dead_record_the_policy_does_not_hold_can_be_discarded(
 def test_a_discarded_record_counts_as_not_delivered_for_its_message(
     store: Store, outbox: Outbox
 ) -> None:
-    """The message's state follows its rows: held while one is held; discarded, the
-    record did not reach its partner, so the message is dead (a person may mark it
-    resolved), not delivered."""
+    """The message's state follows its rows: held while one is held; its only record
+    discarded, it did not reach its partner and nobody has anything left to do: the
+    message is discarded (not dead, which waits for a person; nor delivered)."""
     message = _message(store)
     row = _held(outbox, message, "delivery.unverifiable")
     assert store.state_of(message) == "held"
     outbox.discard(row, "the partner confirmed it never wants it")
+    assert store.state_of(message) == "discarded"
+    # Another record of it dead: that one waits for a person, so the message is dead.
+    dead = _held(outbox, message, "delivery.unverifiable", n=1)
+    outbox.move(dead, "held", "dead", "refused", now=outbox.clock(), last_error="x")
     assert store.state_of(message) == "dead"
+    outbox.discard(dead, "not wanted either")
+    assert store.state_of(message) == "discarded"
+
+
+def test_a_message_whose_record_was_discarded_shows_so_in_the_cli_and_metrics(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = Store.for_home(tmp_path)
+    message = _message(store)
+    row = _held(Outbox(store), message, "delivery.unverifiable")
+    store.close()
+    assert run(capsys, tmp_path, "outbox", "discard", str(row), "--reason", "not wanted")[0] == 0
+    code, out, _ = run(capsys, tmp_path, "messages", "list", "--state", "discarded", "--json")
+    assert code == 0 and [m["id"] for m in json.loads(out)["messages"]] == [message]
+    code, out, _ = run(capsys, tmp_path, "messages", "list", "--state", "dead", "--json")
+    assert code == 0 and json.loads(out)["messages"] == []
+    store = Store.for_home(tmp_path)
+    try:
+        [family] = [
+            f
+            for f in StoreCollector(lambda: store, min_interval=0).collect()
+            if f.name == "gateway_messages"
+        ]
+    finally:
+        store.close()
+    counts = {s.labels["state"]: s.value for s in family.samples}
+    assert counts.get("discarded") == 1 and "dead" not in counts
 
 
 def test_a_discard_racing_a_release_and_a_withdrawal_never_discards_a_policy_hold(
@@ -231,3 +263,35 @@ def test_a_discard_racing_a_release_and_a_withdrawal_never_discards_a_policy_hol
         sa.event.remove(store.engine, name, hook)
     assert fired and refused.value.code == "delivery.not-discardable"
     assert (outbox.require(row).state, outbox.require(row).last_error) == ("held", "policy.held")
+
+
+def test_a_discarded_record_never_sent_holds_no_later_update_of_its_identifier(
+    outbox: Outbox, clock: Clock, partner_api: respx.MockRouter
+) -> None:
+    """陳大文's order O1 was held before any send (its partner gone) and given up
+    (discarded): it never reached the partner, so 李小明's order reusing O1 goes, even
+    with the partner's check off (before, it was held, and held again at each release).
+    A discarded order whose send was ambiguous may be at the partner: it still counts."""
+    local = Partner("hkpmc", BASE, check_overwrite=False)
+    post = partner_api.post(POST_URL).respond(200, json=response("201", "201"))
+    never_sent = outbox.enqueue(local, bundle("P1", "O1"))[0]
+    outbox.move(
+        never_sent, "pending", "held", "gone", now=clock.now, last_error="delivery.unknown-partner"
+    )
+    outbox.discard(never_sent, "the referral was withdrawn on paper")
+    reused = outbox.enqueue(local, bundle("P2", "O1", name="李小明"))[0]
+    maybe_sent = outbox.enqueue(local, bundle("P3", "O3"))[0]
+    assert outbox.claim(outbox.require(maybe_sent), clock.now, CONFIG.lease)
+    outbox.move(maybe_sent, "pending", "sending", "sending", now=clock.now, lease=CONFIG.lease)
+    clock.advance(CONFIG.lease.total_seconds())
+    assert outbox.recover(clock.now) == 1  # ambiguous: the partner may hold O3 for P3
+    outbox.move(
+        maybe_sent, "waiting", "held", "unverifiable", now=clock.now, last_error="x.unverifiable"
+    )
+    outbox.discard(maybe_sent, "nobody could tell")
+    reused_too = outbox.enqueue(local, bundle("P4", "O3", name="李小明"))[0]
+    with Deliverer(outbox, {"hkpmc": local}, CONFIG, clock=clock) as deliverer:
+        deliverer.run_once()
+    assert outbox.require(reused).state == "delivered" and post.call_count == 1
+    held = outbox.require(reused_too)
+    assert (held.state, held.last_error) == ("held", CODE)

@@ -17,7 +17,7 @@ import respx
 from gateway import Settings
 from gateway.cli import main
 from gateway.delivery import DeliveryService, Outbound, Outbox
-from gateway.partners import set_partner
+from gateway.partners import Partner, set_partner
 from gateway.store import Store, open_store
 from tests.conftest import REPO
 from tests.loglines import errors_of
@@ -133,3 +133,25 @@ def test_routing_sends_to_a_partner_added_without_a_restart(
         assert outbound.partners["nsgp"].base == "https://fhir.nsgp.example.cn/fhir"
     finally:
         store.close()
+
+
+def test_a_record_held_for_a_partner_not_configured_goes_once_it_is_added(
+    service: tuple[Store, DeliveryService], settings: Settings
+) -> None:
+    """A record queued for 南沙's GP clinic (nsgp) before it had a FHIR server in the
+    partners' files is held (delivery.unknown-partner); `partners set` adds one while the
+    worker runs, and the record goes without anyone releasing it."""
+    store, _ = service
+    outbox = Outbox(store)
+    nsgp = "https://fhir.nsgp.example.cn/fhir"
+    with respx.mock(assert_all_called=False, assert_all_mocked=True) as router:
+        answer_checks(router)
+        post = router.post(nsgp + "/").respond(200, json=response("201", "201"))
+        row = outbox.enqueue(Partner("nsgp", nsgp), bundle("P1", "O-P1"))[0]
+        assert _until(lambda: outbox.require(row).state == "held"), outbox.events(row)
+        assert outbox.require(row).last_error == "delivery.unknown-partner"
+        set_partner(settings, "nsgp", {"base": nsgp})
+        assert _until(lambda: outbox.require(row).state == "delivered"), outbox.events(row)
+    assert post.call_count == 1
+    moves = [(e.from_state, e.to_state) for e in outbox.events(row)]
+    assert moves[1:3] == [("pending", "held"), ("held", "pending")]

@@ -15,6 +15,7 @@ import pytest
 import respx
 
 from gateway.alerts import observe
+from gateway.audit import AuditLog
 from gateway.delivery import Deliverer, DeliveryConfig, Outbox
 from gateway.partners import Auth, Partner
 
@@ -634,3 +635,57 @@ def test_an_ambiguous_record_held_for_a_partner_gone_is_asked_about_once_release
         back.run_once()
     assert outbox.require(row).state == "delivered" and post.call_count == 0
     assert path(outbox, row)[-2:] == [("held", "waiting"), ("waiting", "delivered")]
+
+
+def test_records_held_for_a_partner_gone_are_queued_again_once_it_is_back(
+    outbox: Outbox, clock: Clock, partner_api: respx.MockRouter
+) -> None:
+    # hkpmc left the partners' files while three of its records waited: one queued, one
+    # whose send was ambiguous (waiting to ask), so both were held for the unknown
+    # partner; a third is held for refused credentials. Back in the files (a restart
+    # here; a reload in test_partners_reload.py), the first two return to the queue
+    # without a person (the ambiguous one asked first, never sent blindly); the third
+    # still waits for a person.
+    ambiguous, _ = outbox.enqueue(PARTNER, bundle("P1", "O1"))
+    queued, _ = outbox.enqueue(PARTNER, bundle("P2", "O2"))
+    refused, _ = outbox.enqueue(PARTNER, bundle("P3", "O3"))
+    assert outbox.claim(outbox.require(ambiguous), clock.now, CONFIG.lease)
+    outbox.move(ambiguous, "pending", "sending", "sending", now=clock.now, lease=CONFIG.lease)
+    clock.advance(CONFIG.lease.total_seconds())
+    assert outbox.recover(clock.now) == 1  # sending -> waiting: ask first
+    outbox.move(
+        refused,
+        "pending",
+        "held",
+        "delivery.credentials-refused: HTTP 401",
+        now=clock.now,
+        last_error="delivery.credentials-refused",
+    )
+    with Deliverer(outbox, {}, CONFIG, clock=clock) as without:
+        without.run_once()
+    for row in (queued, ambiguous):
+        assert outbox.require(row).state == "held"
+        assert outbox.require(row).last_error == "delivery.unknown-partner"
+
+    post = partner_api.post(POST_URL).respond(200, json=response("200", "200"))
+    patient, order = _held_by_partner("active")  # the ambiguous send (P1's) arrived
+    partner_api.get(BASE + "/Patient").respond(200, json=searchset(patient))
+    partner_api.get(BASE + "/ServiceRequest").respond(200, json=searchset(order))
+    audit = AuditLog(outbox.store)
+    with Deliverer(outbox, {"hkpmc": PARTNER}, CONFIG, clock=clock, audit=audit) as back:
+        back.run_once()
+    assert path(outbox, queued)[-3:] == [
+        ("held", "pending"),
+        ("pending", "sending"),
+        ("sending", "delivered"),
+    ]
+    assert path(outbox, ambiguous)[-2:] == [("held", "waiting"), ("waiting", "delivered")]
+    assert post.call_count == 1  # the queued record's; the ambiguous one was found there
+    said = outbox.events(queued)[-3].reason
+    assert said == "release: delivery.unknown-partner: partner hkpmc is configured again"
+    assert outbox.require(refused).state == "held"
+    assert outbox.require(refused).last_error == "delivery.credentials-refused"
+    found = [e.resource() for e in audit.rows()]
+    released = [e for e in found if e.get("outcomeDesc") == said]
+    assert len(released) == 2
+    assert all(not any(a["requestor"] for a in e["agent"]) for e in released)  # no person

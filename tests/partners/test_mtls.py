@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import ssl
 import threading
 from collections.abc import Iterator
@@ -20,11 +21,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from gateway.delivery import DeliveryConfig
+from gateway.delivery import Deliverer, DeliveryConfig, Outbox
 from gateway.errors import ConfigError
 from gateway.network import Network
 from gateway.partners import Auth, Partner, names_institution, partner_client
 from gateway.signing import issue_certificate
+from gateway.store import Store
 from tests.partners.conftest import NETWORK
 
 
@@ -128,3 +130,35 @@ def test_unusable_mtls_files_are_a_clear_error(pki: Path, tmp_path: Path) -> Non
     )
     with pytest.raises(ConfigError, match="cannot be used"):
         partner_client(Partner("hkpmc", "https://h/fhir", auth=wrong_pair), DeliveryConfig())
+
+
+def test_a_client_certificate_replaced_is_presented_from_the_next_batch(
+    tls_partner: str, pki: Path, tmp_path: Path
+) -> None:
+    """The delivery worker's pooled client for an mTLS partner presents the certificate
+    its files hold when the client is made; the files replaced (a renewal, written
+    beside and renamed over), the worker makes the client again before its next batch,
+    which presents the new one."""
+    cert, key = tmp_path / "client.pem", tmp_path / "client-key.pem"
+    cert.write_bytes((pki / "lax2" / "cert.pem").read_bytes())
+    key.write_bytes((pki / "lax2" / "key.pem").read_bytes())
+    auth = Auth("mtls", cert_file=cert, key_file=key)
+    partner = Partner("hkpmc", tls_partner, auth=auth, ca_file=pki / "ca" / "cert.pem")
+    network = Network.load(NETWORK)
+    lax2, njmu2 = network.institution("lax2"), network.institution("njmu2")
+    assert lax2 is not None and njmu2 is not None
+    store = Store.open(f"sqlite:///{tmp_path / 'gateway.db'}")
+    try:
+        with Deliverer(Outbox(store), {"hkpmc": partner}, DeliveryConfig()) as deliverer:
+            deliverer.reload_interval = 0  # look before every batch
+            assert deliverer.client(partner).get("metadata").status_code == 200
+            for name, source in (("client.new", "cert.pem"), ("client-key.new", "key.pem")):
+                (tmp_path / name).write_bytes((pki / "njmu2" / source).read_bytes())
+            os.replace(tmp_path / "client.new", cert)
+            os.replace(tmp_path / "client-key.new", key)
+            deliverer.run_once()  # nothing due: the batch's look at the files
+            assert deliverer.client(partner).get("metadata").status_code == 200
+    finally:
+        store.close()
+    first, second = (x509.load_der_x509_certificate(der) for der in _Handler.seen)
+    assert names_institution(first, lax2) and names_institution(second, njmu2)

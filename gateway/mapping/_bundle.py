@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from hashlib import sha1
+from itertools import count
 from typing import Any
 from urllib.parse import quote
 from uuid import NAMESPACE_URL, uuid5
@@ -40,7 +41,9 @@ __all__ = [
 NAMESPACE = uuid5(NAMESPACE_URL, "urn:fhir-gateway:resource-id")
 
 
-_NAMESPACE_BYTES = NAMESPACE.bytes
+# SHA-1 with the namespace already hashed in: copying it is cheaper than a new hash
+# object (OpenSSL 3 looks the algorithm up for each one) and saves hashing 16 bytes.
+_NAMESPACE_SHA1 = sha1(NAMESPACE.bytes, usedforsecurity=False)
 
 
 # Organisations and staff recur in every message. Bounded to entries of a known small
@@ -52,8 +55,9 @@ def resource_id(resource_type: str, system: str, value: str) -> str:
     """``str(uuid5(NAMESPACE, "<type>|<system>|<value>"))`` (RFC 4122 §4.3), made from
     the SHA-1 digest directly: building a UUID object and formatting it cost twice the
     hash, for every new patient and order."""
-    name = f"{resource_type}|{system}|{value}".encode()
-    h = sha1(_NAMESPACE_BYTES + name, usedforsecurity=False).hexdigest()
+    digest = _NAMESPACE_SHA1.copy()
+    digest.update(f"{resource_type}|{system}|{value}".encode())
+    h = digest.hexdigest()
     # The version (5) and the RFC 4122 variant (10xx) set in the hex digits themselves:
     # byte 6's high nibble is digit 12, byte 8's is digit 16 (its two low bits kept)
     variant = "89ab"[int(h[16], 16) & 3]
@@ -161,6 +165,42 @@ def _merge(into: dict[str, Any], other: dict[str, Any]) -> None:
             into[key] = into[key] + [v for v in value if v not in into[key]]
 
 
+# What merging one memoised (frozen) fields object into the entry made from another adds
+# (an organisation named by two segments, two ways), by the pair's ids: (made from,
+# merged, id, write rules, {key: new value}). Both recur in every message of a feed: the
+# merge (deep comparisons of their lists) is worked out once. Cleared when full, like
+# _IDENTITIES: each entry keeps its two frozen objects alive.
+_MERGES: dict[tuple[int, int], tuple[Any, ...]] = {}
+_MERGES_SIZE = 256
+
+
+def _merge_shared(
+    resource: dict[str, Any], made_from: Any, fields: Any, rid: str, writes: Any
+) -> None:
+    """``_merge(resource, fields)`` for ``resource`` as it was made from ``made_from``
+    (nothing merged into it since), both frozen: the same result, found rather than
+    worked out when the pair met before."""
+    key = (id(made_from), id(fields))
+    known = _MERGES.get(key)
+    if (
+        known is None
+        or known[0] is not made_from
+        or known[1] is not fields
+        or known[2] != rid
+        or known[3] is not writes
+    ):
+        merged = dict(resource)
+        _merge(merged, fields)
+        # the values _merge set or replaced (new keys in the order it added them)
+        added = {k: v for k, v in merged.items() if k not in resource or resource[k] is not v}
+        if len(_MERGES) >= _MERGES_SIZE:
+            _MERGES.clear()
+        known = _MERGES[key] = (made_from, fields, rid, writes, added)
+    for k, v in known[4].items():
+        # a joined list is the record's own, as _merge makes it (later stages may edit it)
+        resource[k] = v.copy() if type(v) is list else v
+
+
 # The identity of memoised (frozen, shared) fields by their id: (fields, template,
 # write rules, id, fullUrl, write mode, request). Organisations and staff recur in every
 # message.
@@ -178,13 +218,20 @@ def _request(mode: str, rtype: str, system: str, value: str) -> dict[str, str]:
     return {"method": "POST", "url": rtype, "ifNoneExist": query}
 
 
+# Each builder's number: the memo tells a key met again in another record from one met
+# twice in this one (gateway/mapping/_memo.py).
+_SERIALS = count(1)
+
+
 class BundleBuilder:
     def __init__(self, writes: WriteRules | None = None) -> None:
+        self.serial = next(_SERIALS)
         self.writes = writes or write_rules()
         self.entries: list[dict[str, Any]] = []
         self.warnings: list[Issue] = []
-        # id → (its resource, the fields it was made from)
-        self._by_id: dict[str, tuple[dict[str, Any], Any]] = {}
+        # id → (its resource, the fields it was made from, whether nothing was merged
+        # into it since)
+        self._by_id: dict[str, tuple[dict[str, Any], Any, bool]] = {}
         # key → fullUrls in insertion order (a dict as an ordered set: thousands of DG1s
         # must not make membership tests quadratic)
         self._scopes: list[dict[str, dict[str, None]]] = [{}]
@@ -278,8 +325,13 @@ class BundleBuilder:
         if existing is not None:
             # The very fields the entry was made from (a memoised organisation met
             # twice: one frozen object) add nothing: merging only adds what is missing.
-            if existing[1] is not fields:
-                _merge(existing[0], fields)
+            made_from = existing[1]
+            if made_from is not fields:
+                if existing[2] and type(fields) is FrozenDict and type(made_from) is FrozenDict:
+                    _merge_shared(existing[0], made_from, fields, rid, self.writes)
+                else:
+                    _merge(existing[0], fields)
+                self._by_id[rid] = (existing[0], made_from, False)
         else:
             # A conditional update carries no id: the partner keeps the id it gave the
             # resource (Medplum refuses a create-by-update with one: "Cannot provide ID").
@@ -287,7 +339,7 @@ class BundleBuilder:
                 resource = {"resourceType": rtype, **fields}
             else:
                 resource = {"resourceType": rtype, "id": rid, **fields}
-            self._by_id[rid] = (resource, fields)
+            self._by_id[rid] = (resource, fields, True)
             # the request is the record's own (a copy): later stages may edit entries
             self.entries.append({"fullUrl": url, "resource": resource, "request": request.copy()})
         scope = self._scopes[-1]

@@ -61,16 +61,19 @@ class Scope:
 _MEMO_BYTES = 64 * 1024
 _ENTRY_BYTES = 64  # counted per entry on top of its text: its key tuple and dict slot
 # Keys met once, per pure fragment: their hashes in a fixed table of _SEEN_SLOTS slots
-# (slot = hash's low bits; a newer key takes the slot), allocated whole when the
-# mappings load (16 KiB), so it never grows. A recurring key is remembered the second
-# time it is met unless another key took its slot in between, which only delays it.
+# (slot = hash's low bits; a newer key takes the slot), with the serial of the record
+# that met them (BundleBuilder.serial), allocated whole when the mappings load (2 x 16
+# KiB), so it never grows. A recurring key is remembered when another record meets it
+# unless another key took its slot in between, which only delays it.
 _SEEN_SLOTS = 2048  # a power of two
 _SEEN_MASK = _SEEN_SLOTS - 1
 # A memo whose keys do not recur (a template reading the patient's PID, an order's ORC)
 # only costs: after _PROBE look-ups of which fewer than 1 in _RARE met a key again, it
-# rests for _REST calls (no key, no look-up), then looks again.
+# rests for _REST calls (no key, no look-up), then looks again. A look-up costs about
+# what a small fragment (an identifier) costs to compute: one hit in 8 does not pay
+# for the other seven (an order's placer number, met again by 1 record in 30).
 _PROBE = 512
-_RARE = 50
+_RARE = 8
 _REST = 8192
 _MISS = object()
 _HERE: Any = object()  # cached(ctx) without ``at``: at ctx.here
@@ -87,11 +90,12 @@ def memoised(fn: Callable[[Ctx], Any], scope: Scope) -> Callable[[Ctx], Any]:
     they are frozen when remembered (gateway/shared.py): an in-place edit raises
     instead of reaching other records.
 
-    A result is remembered the second time its key is met, not the first: most keys of
-    a feed never recur (the patient's identifiers, names, visit), and remembering them
-    would mean a frozen copy of each, kept alive until the memo is cleared, for nothing
-    (the garbage collector pays for every one). A key met once is the record's own
-    value, shared with nobody.
+    A result is remembered when a second record meets its key, not the first: most keys
+    of a feed never recur (the patient's identifiers, names, visit), and remembering
+    them would mean a frozen copy of each, kept alive until the memo is cleared, for
+    nothing (the garbage collector pays for every one). A key met only by this record
+    (once, or twice: the patient's identifier in the Patient and in a reference) is the
+    record's own value, shared with nobody.
     """
     if scope.rooted:
         return fn
@@ -107,6 +111,7 @@ def memoised(fn: Callable[[Ctx], Any], scope: Scope) -> Callable[[Ctx], Any]:
     segments = frozenset(scope.segments)
     memo: dict[Any, Any] = {}
     seen = array("q", bytes(8 * _SEEN_SLOTS))  # hashes of keys met once (see _SEEN_SLOTS)
+    seen_in = array("q", bytes(8 * _SEEN_SLOTS))  # the serial of the record that met each
     # Look-ups since the last probe, of which a key met before; calls left to rest; bytes
     # held by memo (closure variables: cheaper to count than a list's items).
     lookups = met = resting = held = 0
@@ -173,9 +178,18 @@ def memoised(fn: Callable[[Ctx], Any], scope: Scope) -> Callable[[Ctx], Any]:
                 # is remembered the first time it is met.
                 hashed = hash(key)
                 slot = hashed & _SEEN_MASK
+                serial = getattr(ctx.state, "serial", -1)  # -1: a state without (tests)
                 if seen[slot] != hashed:
                     seen[slot] = hashed
+                    seen_in[slot] = serial
                     return fn(ctx if at is _HERE else ctx.at(at))  # the record's own value
+                if serial == seen_in[slot] and serial >= 0:
+                    # Met again in the same record (the patient's identifier read for the
+                    # Patient and for a reference to it): still the record's own value,
+                    # which no other record meets; remembering it would only cost its
+                    # frozen copy and push recurring keys out of the memo. Not counted
+                    # as met: a fragment whose keys only recur this way rests.
+                    return fn(ctx if at is _HERE else ctx.at(at))
         except TypeError:  # an unhashable variable value: compute, do not remember
             return fn(ctx if at is _HERE else ctx.at(at))
         met += 1  # a key met before

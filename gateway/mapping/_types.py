@@ -19,7 +19,21 @@ _DTM = re.compile(
 )
 
 
+# The same groups as _DTM, for values that cannot be out of range (year 0001-9999, month
+# 01-12, day 01-28, hour 00-23, minute and second 00-59, zone up to ±13:59 or ±1400):
+# almost every value sent, which then skips _out_of_range's int() calls and date() check.
+# A value it refuses is not wrong: _DTM and _out_of_range decide (day 31, second 60).
+_SURE_DTM = re.compile(
+    r"(?!0000)(\d{4})(?:(0[1-9]|1[0-2])(?:(0[1-9]|1\d|2[0-8])(?:([01]\d|2[0-3])"
+    r"(?:([0-5]\d)(?:([0-5]\d)(\.\d{1,4})?)?)?)?)?)?"
+    r"([+-](?:(?:0\d|1[0-3])[0-5]\d|1400))?\Z"
+)
+
+
 def _parts(value: str, location: str) -> re.Match[str]:
+    sure = _SURE_DTM.match(value)
+    if sure is not None:
+        return sure
     m = _DTM.match(value)
     if not m:
         raise MappingError(

@@ -4,6 +4,7 @@ resource at every partner)."""
 
 from __future__ import annotations
 
+from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 import pytest
@@ -38,3 +39,38 @@ def test_many_resource_ids_match_uuid5() -> None:
         assert resource_id("Patient", "urn:x", value) == str(
             uuid5(NAMESPACE, f"Patient|urn:x|{value}")
         )
+
+
+def _organisation(**fields: Any) -> Any:
+    from gateway.shared import freeze
+
+    ident = {"system": "urn:oid:1.2.3", "value": "HOSP"}
+    return freeze({"identifier": [ident], **fields})  # as the memo shares it
+
+
+def test_two_shared_organisations_of_one_id_merge_as_ever_in_every_record() -> None:
+    # one organisation named by two segments, two ways (memoised: frozen, shared by
+    # every record); the merge is worked out once, each record still gets its own lists
+    from gateway.mapping._bundle import BundleBuilder, ResourceTemplate, _merge
+
+    template = ResourceTemplate(
+        "Organization", lambda ctx: None, "identifier", (), None, frozenset(), "test"
+    )
+    first = _organisation(name="Hospital", alias=["H"])
+    second = _organisation(alias=["H", "HOSP"], telecom=[{"value": "123"}])
+    expected = {"resourceType": "Organization", "id": "", **first}
+    _merge(expected, second)
+    made = []
+    for _ in range(3):
+        builder = BundleBuilder()
+        builder.add("sender", template, first, None)
+        builder.add("receiver", template, second, None)
+        [entry] = builder.entries
+        expected["id"] = entry["resource"]["id"]
+        assert entry["resource"] == expected
+        assert list(entry["resource"]) == list(expected)  # the same key order
+        made.append(entry["resource"])
+    assert made[0]["alias"] == ["H", "HOSP"]
+    assert made[0]["alias"] is not made[1]["alias"]  # each record's own joined list
+    made[0]["alias"].append("edited")
+    assert made[1]["alias"] == ["H", "HOSP"]

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.mapping._memo import Scope, memoised
+from gateway.shared import is_frozen
 
 
 @dataclass
@@ -75,3 +76,36 @@ def test_remembered_results_stop_at_a_byte_budget() -> None:
     # 2,000 recurring keys, each met twice: every one is remembered (~1 KB each)
     calls = [f"organisation-{n}" for n in range(2_000) for _ in range(2)]
     assert _retained(calls) < 400_000
+
+
+@dataclass
+class _Record:
+    """A record's state, as the memo tells records apart (BundleBuilder.serial)."""
+
+    serial: int
+    warnings: list[Any] = field(default_factory=list)
+
+
+def test_a_key_read_twice_by_one_record_stays_that_records_own() -> None:
+    # the patient's identifier, read for the Patient and for a reference to it: no
+    # other record meets it, so it is not frozen and kept; a key another record meets
+    # again (the sending hospital) is remembered and shared from then on
+    calls: list[str] = []
+
+    def spec(ctx: Any) -> Any:
+        calls.append(ctx.here.text)
+        return {"value": ctx.here.text}
+
+    cached = memoised(spec, Scope())
+
+    def convert(serial: int, texts: list[str]) -> list[Any]:
+        ctx = _Ctx(_Node("warm-up"), state=_Record(serial))  # type: ignore[arg-type]
+        return [cached(ctx, _Node(text)) for text in texts]
+
+    first = convert(1, ["patient-1", "patient-1", "hospital"])
+    second = convert(2, ["patient-2", "patient-2", "patient-2", "hospital", "hospital"])
+    assert calls.count("patient-2") == 3  # computed each time: never remembered
+    assert not any(is_frozen(value) for value in second[:3])  # the record's own
+    assert calls.count("hospital") == 2  # remembered on the second record's first read
+    assert is_frozen(second[3]) and second[3] is second[4]
+    assert first[0] == first[1] == {"value": "patient-1"}

@@ -62,3 +62,43 @@ def test_base64_binary_is_checked_and_kept() -> None:
             convert("base64Binary", bad, "OBX-5.5", "+08:00")
         assert (exc.value.code, exc.value.location) == ("mapping.bad-base64", "OBX-5.5")
         assert "报告" not in str(exc.value)
+
+
+def _dtm_values() -> list[str]:
+    """Every prefix length of a DTM, with each part at and around its limits."""
+    out: list[str] = []
+    zones = ["", "+0000", "-0059", "+0060", "+1359", "+1360", "+1400", "-1400", "+1401", "+1500"]
+    for year in ("0000", "0001", "2024", "9999"):
+        for zone in zones:
+            out.append(year + zone)
+            for month in ("00", "01", "02", "12", "13"):
+                out.append(year + month + zone)
+                for day in ("00", "01", "28", "29", "30", "31", "32"):
+                    out.append(year + month + day + zone)
+                    for hour in ("00", "23", "24"):
+                        out.append(year + month + day + hour + zone)
+                        for minute in ("00", "59", "60"):
+                            out.append(year + month + day + hour + minute + zone)
+                            for second in ("00", "59", "60", "61"):
+                                for frac in ("", ".5", ".1234"):
+                                    out.append(
+                                        year + month + day + hour + minute + second + frac + zone
+                                    )
+    return out
+
+
+def test_the_fast_date_path_accepts_only_what_the_full_check_accepts() -> None:
+    # _SURE_DTM skips _out_of_range: it must match no value that check refuses, and
+    # give the same parts as _DTM for the values it matches
+    from gateway.mapping._types import _DTM, _SURE_DTM, _out_of_range
+
+    fast = 0
+    for value in _dtm_values():
+        sure = _SURE_DTM.match(value)
+        if sure is None:
+            continue
+        full = _DTM.match(value)
+        assert full is not None and _out_of_range(full) is None, value
+        assert sure.groups() == full.groups(), value
+        fast += 1
+    assert fast > 3_000  # the well-formed values within every limit take it

@@ -32,7 +32,7 @@ from fastapi.responses import Response
 
 from .. import __version__
 from ..config import Settings
-from ..errors import GatewayError, Issue, http_status, operation_outcome
+from ..errors import GatewayError, Issue, http_status, operation_outcome, shape
 from ..inbound import (
     ID_PATTERN,
     SIGNING_ALGS,
@@ -48,7 +48,12 @@ from ..inbound import (
 )
 from ..network import Network
 from ..store import Store, open_store
-from ..validation.igpub import STORED_SEARCH_PARAMS, SYSTEM_INTERACTIONS, fhir_resources
+from ..validation.igpub import (
+    STORED_SEARCH_PARAMS,
+    STORED_TYPES,
+    SYSTEM_INTERACTIONS,
+    fhir_resources,
+)
 from ._auditing import ReadAudit, add_audit_event_routes, read_audit
 from ._server import tcp_peer
 from ._urls import entry, link
@@ -135,16 +140,22 @@ def add_fhir_routes(
 
     async def reader(request: Request, resource_type: str) -> str | Response | None:
         """None: a local system (everything); a partner key: only what it sent; or the
-        refusal to answer."""
+        refusal to answer: 401/403 for credentials, then 404 for a type not served."""
         refused = unauthorized(request)
-        if refused is None:
+        who: PartnerAuth | None = None
+        if refused is not None:
+            if refused.status_code == 403:  # a valid API token whose role may not read
+                return refused
+            try:
+                who = await run_in_threadpool(partner, request)
+            except GatewayError as exc:
+                return _error(exc.issue)
+        # after the credentials (no stranger learns more than GET /fhir/metadata says),
+        # before the scope: a type the statement does not announce is not served at all
+        if resource_type not in STORED_TYPES:
+            return _error(_unsupported_type(resource_type))
+        if who is None:
             return None
-        if refused.status_code == 403:  # a valid API token whose role may not read
-            return refused
-        try:
-            who = await run_in_threadpool(partner, request)
-        except GatewayError as exc:
-            return _error(exc.issue)
         if not who.may("read", resource_type):
             return _error(_scope_issue("read"))
         return who.partner
@@ -249,7 +260,7 @@ def add_fhir_routes(
         who = await reader(request, resource_type)
         if isinstance(who, Response):
             return who
-        if not TYPE_PATTERN.fullmatch(resource_type) or not ID_PATTERN.fullmatch(logical_id):
+        if not ID_PATTERN.fullmatch(logical_id):
             return _error(_not_found())
         found = await run_in_threadpool(
             lambda: lazy.inbound().resources.read(resource_type, logical_id)
@@ -272,8 +283,6 @@ def add_fhir_routes(
         who = await reader(request, resource_type)
         if isinstance(who, Response):
             return who
-        if not TYPE_PATTERN.fullmatch(resource_type):
-            return _error(_not_found())
         try:
             where, count, after = _search(request, who)
             page, nxt = await run_in_threadpool(
@@ -366,6 +375,18 @@ def _no_public_url() -> Issue:
         "inbound.no-public-url",
         "SMART Backend Services discovery is off: set inbound_public_url (the URL partners "
         "reach this gateway at); no URL is made from the request's Host",
+    )
+
+
+def _unsupported_type(resource_type: str) -> Issue:
+    """HAPI's answer to an unknown type: 404, issue not-supported, the type named (its
+    form only when it is no type name: the path is the requester's text)."""
+    named = repr(resource_type) if TYPE_PATTERN.fullmatch(resource_type) else shape(resource_type)
+    return Issue(
+        "inbound.unsupported-type",
+        f"resource type {named} is not served here: GET /fhir/{{type}} and "
+        f"/fhir/{{type}}/{{id}} serve {', '.join(STORED_TYPES)} (and AuditEvent; "
+        "GET /fhir/metadata)",
     )
 
 

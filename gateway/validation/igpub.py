@@ -98,10 +98,13 @@ STORED_SEARCH_PARAMS: tuple[tuple[str, str, str], ...] = (
     ("_lastUpdated", "date", "prefixes eq (default), ge, gt, le, lt; repeatable"),
     ("_id", "token", "one id or several, comma-separated"),
 )  # fmt: skip
-# The types GET /fhir/{type} and GET /fhir/{type}/{id} announce: the resources partners
-# send in their Bundles (POST /fhir, docs/inbound.md) and this gateway's referral Tasks.
+# The types GET /fhir/{type} and GET /fhir/{type}/{id} serve and announce: the resources
+# partners send in their Bundles (POST /fhir, docs/inbound.md; a gateway's Bundles carry
+# these: its mapping's content and reference data, the signature Provenance) and this
+# gateway's referral Tasks. Any other type answers 404 not-supported (gateway/api/_fhir.py).
 STORED_TYPES = (
-    "Condition", "DiagnosticReport", "ImagingStudy", "Observation", "Patient", "Provenance",
+    "Condition", "DiagnosticReport", "Endpoint", "ImagingStudy", "Observation",
+    "Organization", "Patient", "Practitioner", "PractitionerRole", "Provenance",
     "ServiceRequest", "Task",
 )  # fmt: skip
 _RESOURCE_SEARCH = {"_id": "Resource-id", "_lastUpdated": "Resource-lastUpdated"}

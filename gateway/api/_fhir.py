@@ -225,18 +225,10 @@ def add_fhir_routes(
         answer = await run_in_threadpool(lambda: lazy.inbound().receive(body, who, peer))
         return _fhir(answer.body, answer.status, answer.headers)
 
-    @app.post("/fhir/Task/{task_id}/{operation}")
-    async def referral_status(request: Request, task_id: str, operation: str) -> Response:
+    async def referral_status(request: Request, task_id: str, action: str) -> Response:
         refused = unauthorized(request)
         if refused is not None:
             return refused
-        action = operation.removeprefix("$")
-        if not operation.startswith("$") or action not in ("accept", "reject", "complete"):
-            issue = Issue(
-                "request.http-404", "no such operation ($accept, $reject, $complete)",
-                details={"issue_type": "not-found"},
-            )  # fmt: skip
-            return _error(issue, 404)
         body = await read_body(request, 64 * 1024)
         if isinstance(body, Response):
             return body
@@ -252,6 +244,20 @@ def add_fhir_routes(
         headers = {"X-Gateway-Outbox": str(row) if row is not None else "none",
                    "X-Gateway-Note": note.encode("ascii", "replace").decode()}  # fmt: skip
         return _fhir(updated.task.resource, 200, headers)
+
+    # One route per operation, as GET /fhir/metadata announces them (Task's operation,
+    # igpub.TASK_OPERATIONS); another $name on a Task is no route (404).
+    @app.post("/fhir/Task/{task_id}/$accept")
+    async def referral_accept(request: Request, task_id: str) -> Response:
+        return await referral_status(request, task_id, "accept")
+
+    @app.post("/fhir/Task/{task_id}/$reject")
+    async def referral_reject(request: Request, task_id: str) -> Response:
+        return await referral_status(request, task_id, "reject")
+
+    @app.post("/fhir/Task/{task_id}/$complete")
+    async def referral_complete(request: Request, task_id: str) -> Response:
+        return await referral_status(request, task_id, "complete")
 
     add_audit_event_routes(app, settings, unauthorized)  # before /fhir/{type}
 

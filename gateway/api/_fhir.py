@@ -55,6 +55,7 @@ from ..validation.igpub import (
     fhir_resources,
 )
 from ._auditing import ReadAudit, add_audit_event_routes, read_audit
+from ._http import http_date
 from ._server import tcp_peer
 from ._urls import entry, link
 
@@ -280,7 +281,7 @@ def add_fhir_routes(
         )  # fmt: skip
         headers = {
             "ETag": f'W/"{found.version}"',
-            "Last-Modified": found.resource["meta"]["lastUpdated"],
+            "Last-Modified": http_date(found.resource["meta"]["lastUpdated"]),
         }
         return _fhir(found.resource, 200, headers)
 

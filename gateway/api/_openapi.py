@@ -366,8 +366,19 @@ def _operations(examples: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any
             },
             "responses": {
                 "201": {
-                    "description": "the consent is on file",
-                    "content": {"application/json": {"schema": {"type": "object"}}},
+                    "description": "the consent is on file (FHIR create): the Consent as "
+                    "stored (its meta.versionId and meta.lastUpdated), no body with Prefer: "
+                    "return=minimal, an OperationOutcome with return=OperationOutcome",
+                    "headers": {
+                        name: {"description": text, "schema": {"type": "string"}}
+                        for name, text in (
+                            ("Location", "[base]/Consent/{id}/_history/{version}"),
+                            ("ETag", 'W/"{version}"'),
+                            ("Last-Modified", "when the version was stored (HTTP-date)"),
+                            ("X-Gateway-Released", "messages of the held records released"),
+                        )
+                    },
+                    "content": {FHIR_JSON: {"schema": {"type": "object"}}},
                 }
             }
             | _outcomes((400, "not a valid Consent")),

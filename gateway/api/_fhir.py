@@ -32,7 +32,7 @@ from fastapi.responses import Response
 
 from .. import __version__
 from ..config import Settings
-from ..errors import GatewayError, Issue, http_status, operation_outcome
+from ..errors import GatewayError, Issue, http_status, operation_outcome, shape
 from ..inbound import (
     ID_PATTERN,
     SIGNING_ALGS,
@@ -48,8 +48,14 @@ from ..inbound import (
 )
 from ..network import Network
 from ..store import Store, open_store
-from ..validation.igpub import STORED_SEARCH_PARAMS, SYSTEM_INTERACTIONS, fhir_resources
+from ..validation.igpub import (
+    STORED_SEARCH_PARAMS,
+    STORED_TYPES,
+    SYSTEM_INTERACTIONS,
+    fhir_resources,
+)
 from ._auditing import ReadAudit, add_audit_event_routes, read_audit
+from ._http import http_date
 from ._server import tcp_peer
 from ._urls import entry, link
 
@@ -135,16 +141,22 @@ def add_fhir_routes(
 
     async def reader(request: Request, resource_type: str) -> str | Response | None:
         """None: a local system (everything); a partner key: only what it sent; or the
-        refusal to answer."""
+        refusal to answer: 401/403 for credentials, then 404 for a type not served."""
         refused = unauthorized(request)
-        if refused is None:
+        who: PartnerAuth | None = None
+        if refused is not None:
+            if refused.status_code == 403:  # a valid API token whose role may not read
+                return refused
+            try:
+                who = await run_in_threadpool(partner, request)
+            except GatewayError as exc:
+                return _error(exc.issue)
+        # after the credentials (no stranger learns more than GET /fhir/metadata says),
+        # before the scope: a type the statement does not announce is not served at all
+        if resource_type not in STORED_TYPES:
+            return _error(_unsupported_type(resource_type))
+        if who is None:
             return None
-        if refused.status_code == 403:  # a valid API token whose role may not read
-            return refused
-        try:
-            who = await run_in_threadpool(partner, request)
-        except GatewayError as exc:
-            return _error(exc.issue)
         if not who.may("read", resource_type):
             return _error(_scope_issue("read"))
         return who.partner
@@ -214,18 +226,10 @@ def add_fhir_routes(
         answer = await run_in_threadpool(lambda: lazy.inbound().receive(body, who, peer))
         return _fhir(answer.body, answer.status, answer.headers)
 
-    @app.post("/fhir/Task/{task_id}/{operation}")
-    async def referral_status(request: Request, task_id: str, operation: str) -> Response:
+    async def referral_status(request: Request, task_id: str, action: str) -> Response:
         refused = unauthorized(request)
         if refused is not None:
             return refused
-        action = operation.removeprefix("$")
-        if not operation.startswith("$") or action not in ("accept", "reject", "complete"):
-            issue = Issue(
-                "request.http-404", "no such operation ($accept, $reject, $complete)",
-                details={"issue_type": "not-found"},
-            )  # fmt: skip
-            return _error(issue, 404)
         body = await read_body(request, 64 * 1024)
         if isinstance(body, Response):
             return body
@@ -242,6 +246,20 @@ def add_fhir_routes(
                    "X-Gateway-Note": note.encode("ascii", "replace").decode()}  # fmt: skip
         return _fhir(updated.task.resource, 200, headers)
 
+    # One route per operation, as GET /fhir/metadata announces them (Task's operation,
+    # igpub.TASK_OPERATIONS); another $name on a Task is no route (404).
+    @app.post("/fhir/Task/{task_id}/$accept")
+    async def referral_accept(request: Request, task_id: str) -> Response:
+        return await referral_status(request, task_id, "accept")
+
+    @app.post("/fhir/Task/{task_id}/$reject")
+    async def referral_reject(request: Request, task_id: str) -> Response:
+        return await referral_status(request, task_id, "reject")
+
+    @app.post("/fhir/Task/{task_id}/$complete")
+    async def referral_complete(request: Request, task_id: str) -> Response:
+        return await referral_status(request, task_id, "complete")
+
     add_audit_event_routes(app, settings, unauthorized)  # before /fhir/{type}
 
     @app.get("/fhir/{resource_type}/{logical_id}")
@@ -249,7 +267,7 @@ def add_fhir_routes(
         who = await reader(request, resource_type)
         if isinstance(who, Response):
             return who
-        if not TYPE_PATTERN.fullmatch(resource_type) or not ID_PATTERN.fullmatch(logical_id):
+        if not ID_PATTERN.fullmatch(logical_id):
             return _error(_not_found())
         found = await run_in_threadpool(
             lambda: lazy.inbound().resources.read(resource_type, logical_id)
@@ -263,7 +281,7 @@ def add_fhir_routes(
         )  # fmt: skip
         headers = {
             "ETag": f'W/"{found.version}"',
-            "Last-Modified": found.resource["meta"]["lastUpdated"],
+            "Last-Modified": http_date(found.resource["meta"]["lastUpdated"]),
         }
         return _fhir(found.resource, 200, headers)
 
@@ -272,8 +290,6 @@ def add_fhir_routes(
         who = await reader(request, resource_type)
         if isinstance(who, Response):
             return who
-        if not TYPE_PATTERN.fullmatch(resource_type):
-            return _error(_not_found())
         try:
             where, count, after = _search(request, who)
             page, nxt = await run_in_threadpool(
@@ -366,6 +382,18 @@ def _no_public_url() -> Issue:
         "inbound.no-public-url",
         "SMART Backend Services discovery is off: set inbound_public_url (the URL partners "
         "reach this gateway at); no URL is made from the request's Host",
+    )
+
+
+def _unsupported_type(resource_type: str) -> Issue:
+    """HAPI's answer to an unknown type: 404, issue not-supported, the type named (its
+    form only when it is no type name: the path is the requester's text)."""
+    named = repr(resource_type) if TYPE_PATTERN.fullmatch(resource_type) else shape(resource_type)
+    return Issue(
+        "inbound.unsupported-type",
+        f"resource type {named} is not served here: GET /fhir/{{type}} and "
+        f"/fhir/{{type}}/{{id}} serve {', '.join(STORED_TYPES)} (and AuditEvent; "
+        "GET /fhir/metadata)",
     )
 
 

@@ -366,8 +366,19 @@ def _operations(examples: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any
             },
             "responses": {
                 "201": {
-                    "description": "the consent is on file",
-                    "content": {"application/json": {"schema": {"type": "object"}}},
+                    "description": "the consent is on file (FHIR create): the Consent as "
+                    "stored (its meta.versionId and meta.lastUpdated), no body with Prefer: "
+                    "return=minimal, an OperationOutcome with return=OperationOutcome",
+                    "headers": {
+                        name: {"description": text, "schema": {"type": "string"}}
+                        for name, text in (
+                            ("Location", "[base]/Consent/{id}/_history/{version}"),
+                            ("ETag", 'W/"{version}"'),
+                            ("Last-Modified", "when the version was stored (HTTP-date)"),
+                            ("X-Gateway-Released", "messages of the held records released"),
+                        )
+                    },
+                    "content": {FHIR_JSON: {"schema": {"type": "object"}}},
                 }
             }
             | _outcomes((400, "not a valid Consent")),
@@ -496,16 +507,17 @@ def complete(schema: dict[str, Any], operations: dict[tuple[str, str], dict[str,
 
 def _inbound_operation(path: str, method: str) -> dict[str, Any]:
     """The inbound endpoint's bodies (docs/inbound.md): a partner's Bundle, the SMART
-    token request, a referral status change's optional Parameters."""
+    token request, a referral rejection's optional Parameters."""
     bodies = {
         ("/fhir", "post"): (FHIR_JSON, "a transaction or batch Bundle from a partner"),
         ("/auth/token", "post"): (
             "application/x-www-form-urlencoded",
             "grant_type=client_credentials, client_assertion_type, client_assertion, scope",
         ),
-        ("/fhir/Task/{task_id}/{operation}", "post"): (
+        ("/fhir/Task/{task_id}/$reject", "post"): (
             FHIR_JSON,
-            "optional Parameters with 'reason' (valueString); $reject needs a reason",
+            "Parameters with 'reason' (valueString), unless ?reason= gives it: a rejection "
+            "needs a reason ($accept and $complete take no body)",
         ),
     }
     if (path, method) not in bodies:
@@ -513,7 +525,7 @@ def _inbound_operation(path: str, method: str) -> dict[str, Any]:
     media, text = bodies[(path, method)]
     return {
         "requestBody": {
-            "required": path != "/fhir/Task/{task_id}/{operation}",
+            "required": not path.startswith("/fhir/Task/"),  # or ?reason=
             "description": text,
             "content": {media: {"schema": {"type": "object"}}},
         }

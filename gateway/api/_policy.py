@@ -6,9 +6,12 @@
     GET  /policy/decisions?message=&outcome=&limit=   stored decisions, newest first
     GET  /policy/decisions/{id}             one stored decision (read-back for audit)
     POST /Consent                           import a FHIR Consent; held records it now
-                                            allows are released (201)
+                                            allows are released (201, as a FHIR create:
+                                            Location, ETag, Last-Modified, the Consent
+                                            stored; Prefer: return=minimal|representation
+                                            |OperationOutcome)
     GET  /Consent?patient=SYSTEM|VALUE      consents on file (a searchset Bundle)
-    POST /Consent/{id}/$withdraw            withdraw (status inactive)
+    POST /Consent/{id}/$withdraw            withdraw (status inactive; a new version)
 
 Errors are OperationOutcomes with the status registered for their code.
 """
@@ -26,10 +29,11 @@ from fastapi.responses import Response
 
 from ..audit import PSEUDONYM, message_subject
 from ..config import Settings
-from ..errors import GatewayError, http_status, operation_outcome
-from ..policy import Decision, Policy, PolicyError, PolicyRecords
+from ..errors import GatewayError, Issue, http_status, operation_outcome
+from ..policy import ConsentRecord, Decision, Policy, PolicyError, PolicyRecords, Released
 from ..store import is_row_id, open_store
 from ._auditing import read_audit
+from ._http import http_date
 
 __all__ = ["add_policy_routes"]
 
@@ -59,6 +63,67 @@ def _json(body: Any, status: int = 200, media: str = JSON) -> Response:
 
 def _error(exc: GatewayError) -> Response:
     return _json(operation_outcome([exc.issue]), http_status([exc.issue]), FHIR_JSON)
+
+
+def _preferred(request: Request) -> str | None:
+    """The ``return`` preference of a Prefer header (RFC 7240; FHIR http.html#ops):
+    minimal, representation or OperationOutcome; None when absent or another value."""
+    for part in request.headers.get("prefer", "").split(","):
+        name, _, value = part.split(";")[0].strip().partition("=")
+        if name.strip().lower() == "return":
+            found = value.strip().strip('"')
+            if found in ("minimal", "representation", "OperationOutcome"):
+                return found
+    return None
+
+
+def _created(
+    request: Request, public: str | None, record: ConsentRecord, released: list[Released]
+) -> Response:
+    """FHIR create's answer (http.html#create): 201, Location of the version made
+    ([base]/Consent/id/_history/vid; under inbound_public_url, else an absolute path:
+    never made from the Host), ETag, Last-Modified; the body as Prefer asks, the Consent
+    stored by default. The held records released name their messages in
+    X-Gateway-Released (and as issues with return=OperationOutcome)."""
+    headers = {
+        "Location": f"{public or ''}/Consent/{record.id}/_history/{record.version}",
+        **_versioned(record),
+        "X-Gateway-Released": ",".join(str(r.message_id) for r in released) or "none",
+    }
+    preferred = _preferred(request)
+    if preferred is not None:
+        headers["Preference-Applied"] = f"return={preferred}"
+    if preferred == "minimal":
+        return Response(b"", 201, headers)
+    if preferred == "OperationOutcome":
+        issues = [_kept(record), *(_released(r) for r in released)]
+        return Response(orjson.dumps(operation_outcome(issues)), 201, headers, FHIR_JSON)
+    return Response(record.resource, 201, headers, FHIR_JSON)
+
+
+def _versioned(record: ConsentRecord) -> dict[str, str]:
+    """ETag and Last-Modified of a Consent's version (FHIR http.html#versioning)."""
+    headers = {"ETag": f'W/"{record.version}"'}
+    if record.last_updated:  # one stored before the gateway stamped them has none
+        headers["Last-Modified"] = http_date(record.last_updated)
+    return headers
+
+
+def _kept(record: ConsentRecord) -> Issue:
+    return Issue(
+        "policy.consent-kept",
+        f"Consent/{record.id} version {record.version} is on file ({record.status})",
+        severity="information",
+    )
+
+
+def _released(released: Released) -> Issue:
+    decision = released.decision
+    return Issue(
+        "policy.released",
+        f"message {released.message_id}: held, now {decision.outcome} (decision {decision.id})",
+        severity="information",
+    )
 
 
 def _decision(decision: Decision) -> dict[str, Any]:
@@ -163,20 +228,7 @@ def add_policy_routes(
             record, released = await run_in_threadpool(lambda: lazy.records().import_consent(body))
         except GatewayError as exc:
             return _error(exc)
-        return _json(
-            {
-                "consent": record.summary(),
-                "released": [
-                    {
-                        "message_id": r.message_id,
-                        "decision": r.decision.id,
-                        "outcome": r.decision.outcome,
-                    }
-                    for r in released
-                ],
-            },
-            201,
-        )
+        return _created(request, settings.inbound_public_url, record, released)
 
     @app.get("/Consent")
     async def consent_list(request: Request, patient: str | None = None) -> Response:
@@ -206,4 +258,4 @@ def add_policy_routes(
             record = await run_in_threadpool(lambda: lazy.records().withdraw(consent_id))
         except GatewayError as exc:
             return _error(exc)
-        return _json(orjson.loads(record.resource), media=FHIR_JSON)
+        return Response(record.resource, 200, _versioned(record), FHIR_JSON)  # a new version

@@ -21,6 +21,7 @@ __all__ = [
     "MemoryConsents",
     "PolicyError",
     "parse_consent",
+    "stamped",
 ]
 
 PURPOSE_SYSTEM = "https://fhir-gateway.example.org/CodeSystem/transfer-purpose"
@@ -66,6 +67,19 @@ class ConsentRecord:
             and recipient in self.recipients
             and self.in_force(now)
         )
+
+    @property
+    def version(self) -> int:
+        """The version the gateway gave this Consent (meta.versionId; 1 for one stored
+        before the gateway numbered them)."""
+        return _version(orjson.loads(self.resource))
+
+    @property
+    def last_updated(self) -> str | None:
+        """When the gateway stored this version (meta.lastUpdated, a FHIR instant)."""
+        meta = orjson.loads(self.resource).get("meta")
+        found = meta.get("lastUpdated") if isinstance(meta, dict) else None
+        return found if isinstance(found, str) else None
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -180,6 +194,26 @@ def parse_consent(
         end=_moment(period.get("end"), end=True, where="Consent.provision.period.end"),
         permit=provision.get("type", "permit") == "permit",
         resource=orjson.dumps(resource),
+    )
+
+
+def _version(resource: dict[str, Any]) -> int:
+    meta = resource.get("meta")
+    found = meta.get("versionId") if isinstance(meta, dict) else None
+    return int(found) if isinstance(found, str) and found.isascii() and found.isdigit() else 1
+
+
+def stamped(resource: dict[str, Any], consent_id: str, version: int, at: datetime) -> bytes:
+    """The Consent as the gateway stores it, as a FHIR server does: its id, and
+    meta.versionId and meta.lastUpdated (``at``, naive UTC) set whatever the body said;
+    the rest of meta (profile, tags) kept."""
+    meta = resource.get("meta")
+    kept = {k: v for k, v in (meta if isinstance(meta, dict) else {}).items()
+            if k not in ("versionId", "lastUpdated")}  # fmt: skip
+    stamp = {"versionId": str(version), "lastUpdated": at.isoformat(timespec="milliseconds") + "Z"}
+    rest = {k: v for k, v in resource.items() if k not in ("resourceType", "id", "meta")}
+    return orjson.dumps(
+        {"resourceType": "Consent", "id": consent_id, "meta": {**stamp, **kept}, **rest}
     )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import hashlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -21,7 +21,7 @@ from ..audit import PSEUDONYM, AuditLog, decision_event, join_people, message_su
 from ..audit import events as audit_events
 from ..errors import Issue
 from ..store import StageOutcome, Store, metadata, utcnow
-from ._consent import ConsentRecord, PolicyError, parse_consent
+from ._consent import ConsentRecord, PolicyError, parse_consent, stamped
 from ._engine import Decision, Policy, RuleResult, new_individual, system_tag
 from ._minimise import Change, pseudonym
 
@@ -63,7 +63,8 @@ consents = sa.Table(
     sa.Column("consent_id", sa.String(128), nullable=False, unique=True),  # Consent.id
     sa.Column("patient_key", sa.String(64), nullable=False),  # keyed pseudonym of the patient
     sa.Column("status", sa.String(24), nullable=False),
-    sa.Column("resource", sa.LargeBinary(), nullable=False),  # the Consent as imported
+    # the Consent as imported, with the id, meta.versionId and lastUpdated set here
+    sa.Column("resource", sa.LargeBinary(), nullable=False),
     sa.Column("imported_at", sa.DateTime(), nullable=False),
     sa.Column("updated_at", sa.DateTime(), nullable=False),
 )
@@ -465,14 +466,21 @@ class PolicyRecords:
         self, body: bytes | dict[str, Any], now: datetime | None = None, operator: str | None = None
     ) -> tuple[ConsentRecord, list[Released]]:
         """Keep a Consent (a new one, or a new version of one by id) and release the held
-        records it now allows. ``operator``: who imported it (its audit event names them)."""
+        records it now allows. ``operator``: who imported it (its audit event names them).
+        The record returned is the version stored: its id, meta.versionId (1, or the
+        stored version's plus one) and meta.lastUpdated set here (``stamped``)."""
         record = self._parse(body if isinstance(body, bytes) else orjson.dumps(body))
         stamp = utcnow()
         with self._writer.begin() as conn:
             self._refuse_shared(conn, record)
             found = conn.execute(
-                sa.select(consents.c.id).where(consents.c.consent_id == record.id)
+                sa.select(consents.c.id, consents.c.resource).where(
+                    consents.c.consent_id == record.id
+                )
             ).first()
+            version = 1 if found is None else self._parse(found.resource).version + 1
+            data = stamped(orjson.loads(record.resource), record.id, version, stamp)
+            record = replace(record, resource=data)  # what it says is unchanged
             values = {
                 "patient_key": self._patient_key(record.patient),
                 "status": record.status,
@@ -544,11 +552,13 @@ class PolicyRecords:
                 )
             resource = orjson.loads(row.resource)
             resource["status"] = "inactive"
-            data = orjson.dumps(resource)
+            stamp = utcnow()  # a new version, as an update of the Consent would be
+            version = self._parse(row.resource).version + 1
+            data = stamped(resource, consent_id, version, stamp)
             conn.execute(
                 consents.update()
                 .where(consents.c.id == row.id)
-                .values(status="inactive", resource=data, updated_at=utcnow())
+                .values(status="inactive", resource=data, updated_at=stamp)
             )
             withdrawn = self._parse(data)
             self._audit_consent(conn, withdrawn, "inactive", operator)

@@ -591,7 +591,8 @@ def _shell_ok(root: Elem) -> bool:
 def target(ref: str, urls: dict[str, str]) -> str | None:
     """What a reference resolves to for the reference-type check (``ProfileWalk._reference``)."""
     found = urls.get(ref)
-    local = found is None and not ref.startswith(("urn:", "#", "http:", "https:"))
+    # a scheme is case-insensitive (RFC 3986 §3.1): HTTPS://... is absolute too
+    local = found is None and not ref[:6].lower().startswith(("urn:", "#", "http:", "https:"))
     if local and ("/" in ref or "?" in ref):
         return ref.split("?", 1)[0].split("/", 1)[0]
     return found

@@ -809,7 +809,8 @@ class ProfileWalk:
         if not isinstance(ref, str):
             return
         target = self.urls.get(ref)
-        if target is None and not ref.startswith(("urn:", "#", "http:", "https:")):
+        # a scheme is case-insensitive (RFC 3986 §3.1): HTTPS://... is absolute too
+        if target is None and not ref[:6].lower().startswith(("urn:", "#", "http:", "https:")):
             target = ref.split("?", 1)[0].split("/", 1)[0] if ("/" in ref or "?" in ref) else None
         if target is not None and target not in allowed:
             self._issue(

@@ -20,6 +20,7 @@ from .snapshot import dump_json
 __all__ = [
     "AUDIT_SEARCH_PARAMS",
     "BASE",
+    "OWN_OPERATION",
     "STORED_SEARCH_PARAMS",
     "STORED_TYPES",
     "SYSTEM_INTERACTIONS",
@@ -48,6 +49,10 @@ LISTED = (
 )
 CONTENT_TYPES = ("ServiceRequest", "ImagingStudy", "DiagnosticReport", "Provenance", "Bundle")
 VALIDATE = "http://hl7.org/fhir/OperationDefinition/Resource-validate"
+# The gateway's own operations have no published OperationDefinition (profiles/ holds
+# none): their canonical is this URN and the name, as GET /metadata's convert and
+# report-variants (gateway/api/_app.py); "<type>-<name>" as the core's Resource-validate.
+OWN_OPERATION = "urn:fhir-gateway:OperationDefinition/"
 _CORE_SEARCH = "http://hl7.org/fhir/SearchParameter/"
 # The audit log's search parameters, each that gateway/audit/_search.py accepts (its
 # PARAMETERS less the result parameters _count, _after and _format): name, type, and
@@ -98,14 +103,39 @@ STORED_SEARCH_PARAMS: tuple[tuple[str, str, str], ...] = (
     ("_lastUpdated", "date", "prefixes eq (default), ge, gt, le, lt; repeatable"),
     ("_id", "token", "one id or several, comma-separated"),
 )  # fmt: skip
-# The types GET /fhir/{type} and GET /fhir/{type}/{id} announce: the resources partners
-# send in their Bundles (POST /fhir, docs/inbound.md) and this gateway's referral Tasks.
+# The types GET /fhir/{type} and GET /fhir/{type}/{id} serve and announce: the resources
+# partners send in their Bundles (POST /fhir, docs/inbound.md; a gateway's Bundles carry
+# these: its mapping's content and reference data, the signature Provenance) and this
+# gateway's referral Tasks. Any other type answers 404 not-supported (gateway/api/_fhir.py).
 STORED_TYPES = (
-    "Condition", "DiagnosticReport", "ImagingStudy", "Observation", "Patient", "Provenance",
+    "Condition", "DiagnosticReport", "Endpoint", "ImagingStudy", "Observation",
+    "Organization", "Patient", "Practitioner", "PractitionerRole", "Provenance",
     "ServiceRequest", "Task",
 )  # fmt: skip
 _RESOURCE_SEARCH = {"_id": "Resource-id", "_lastUpdated": "Resource-lastUpdated"}
 READ_SEARCH: list[dict[str, str]] = [{"code": "read"}, {"code": "search-type"}]
+# The referral Task's status operations: POST /fhir/Task/{id}/$accept, $reject, $complete
+# (gateway/api/_fhir.py; docs/inbound.md, "Referral status"), local API token only.
+TASK_OPERATIONS: list[dict[str, str]] = [
+    {
+        "name": "accept",
+        "definition": OWN_OPERATION + "Task-accept",
+        "documentation": "POST /fhir/Task/{id}/$accept (id: the Task's or the referral "
+        "number): a requested or received referral is accepted; the sender is told",
+    },
+    {
+        "name": "reject",
+        "definition": OWN_OPERATION + "Task-reject",
+        "documentation": "POST /fhir/Task/{id}/$reject?reason= (or a Parameters 'reason', "
+        "valueString; required): a requested, received or accepted referral is rejected",
+    },
+    {
+        "name": "complete",
+        "definition": OWN_OPERATION + "Task-complete",
+        "documentation": "POST /fhir/Task/{id}/$complete: an accepted or in-progress "
+        "referral is completed",
+    },
+]
 # POST /fhir: a partner's transaction or batch Bundle (gateway/api/_fhir.py)
 SYSTEM_INTERACTIONS: list[dict[str, str]] = [{"code": "transaction"}, {"code": "batch"}]
 
@@ -136,6 +166,9 @@ def fhir_resources() -> list[dict[str, Any]]:
         }
         for rtype in STORED_TYPES
     ]
+    for resource in stored:
+        if resource["type"] == "Task":  # the referrals' status (local API token)
+            resource["operation"] = TASK_OPERATIONS
     return copy.deepcopy([*stored, SERVER_ONLY["AuditEvent"]])  # the callers' own
 
 
@@ -171,6 +204,14 @@ CONSENT: dict[str, Any] = {
             "definition": _CORE_SEARCH + "Consent-patient",
             "type": "reference",
             "documentation": "the patient's identifier system|value",
+        }
+    ],
+    "operation": [
+        {
+            "name": "withdraw",
+            "definition": OWN_OPERATION + "Consent-withdraw",
+            "documentation": "POST /Consent/{id}/$withdraw: the Consent's status becomes "
+            "inactive (kept as evidence); transfers queued on it not yet sent are held",
         }
     ],
 }
@@ -244,10 +285,12 @@ def capability_statement(resources: list[dict[str, Any]]) -> dict[str, Any]:
                     "a resource in, an OperationOutcome against the gateway's profiles out "
                     "(profile= a canonical URL of this guide). POST /fhir: a partner's "
                     "transaction or batch (partner credentials, docs/inbound.md); GET "
-                    "/fhir/{type} and /fhir/{type}/{id}: what partners sent; GET "
-                    "/fhir/AuditEvent: the audit trail, for auditor and admin tokens; POST and "
-                    "GET /Consent: the consents. GET /metadata and GET /fhir/metadata: the "
-                    "API's root and /fhir as an instance, together this statement."
+                    "/fhir/{type} and /fhir/{type}/{id}: what partners sent; POST "
+                    "/fhir/Task/{id}/$accept, $reject, $complete: a received referral's "
+                    "status; GET /fhir/AuditEvent: the audit trail, for auditor and admin "
+                    "tokens; POST and GET /Consent, POST /Consent/{id}/$withdraw: the "
+                    "consents. GET /metadata and GET /fhir/metadata: the API's root and "
+                    "/fhir as an instance, together this statement."
                 ),
                 "security": {
                     "cors": False,
@@ -279,13 +322,14 @@ def _server_resource(
     rtype: str, profiles: list[str] | None, served: dict[str, Any] | None
 ) -> dict[str, Any]:
     """A type on the API: its profiles (and POST /{type}/$validate against them), what
-    its routes serve (``served``: interactions, search parameters)."""
+    its routes serve (``served``: interactions, search parameters, operations)."""
     entry: dict[str, Any] = {"type": rtype}
     if profiles:
         entry["supportedProfile"] = sorted(profiles)
     entry.update({k: v for k, v in (served or {}).items() if k != "type"})
     if profiles:
-        entry["operation"] = [{"name": "validate", "definition": VALIDATE}]
+        validate = {"name": "validate", "definition": VALIDATE}
+        entry["operation"] = [*entry.get("operation", []), validate]
     return entry
 
 

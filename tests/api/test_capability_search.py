@@ -206,10 +206,69 @@ def _check_routes(app: FastAPI, statement: dict[str, Any], base: str) -> None:
                 assert (rtype, kind) in announced, (rtype, kind, route.path)
 
 
+# -- operations against the app's routes --------------------------------------------
+
+
+def _operation(route: APIRoute, method: str, base: str) -> tuple[str, str] | None:
+    """(type segment, name) of an operation on a type or an instance below ``base``:
+    POST [base]/[type]/$name or POST [base]/[type]/[id]/$name; a name that is a path
+    parameter is kept as such (it answers names no statement can list). None for
+    anything else (system operations, the API's own routes such as /messages)."""
+    if method != "POST" or not route.path.startswith(base + "/"):
+        return None
+    segments = route.path[len(base) + 1 :].split("/")
+    if len(segments) not in (2, 3) or not _is_type(segments[0]):
+        return None
+    if len(segments) == 3 and not segments[1].startswith("{"):
+        return None
+    last = segments[-1]
+    if last.startswith("$"):
+        return segments[0], last[1:]
+    return (segments[0], last) if last.startswith("{") else None
+
+
+def _operations(statement: dict[str, Any]) -> tuple[set[tuple[str, str]], set[str]]:
+    """The operations announced per type (rest.resource.operation) and for the whole
+    API (rest.operation: system operations, or operations on any type); each names
+    its definition's canonical."""
+    rest = statement["rest"][0]
+    per_type = [(r["type"], o) for r in rest.get("resource", []) for o in r.get("operation", [])]
+    everywhere = rest.get("operation", [])
+    for operation in [o for _, o in per_type] + everywhere:
+        assert operation["definition"].startswith(("http://", "https://", "urn:")), operation
+    return {(t, o["name"]) for t, o in per_type}, {o["name"] for o in everywhere}
+
+
+def _check_operations(app: FastAPI, statement: dict[str, Any], base: str) -> None:
+    per_type, everywhere = _operations(statement)
+    # each operation announced for a type: a route answers it, on an instance or the type
+    for rtype, name in per_type:
+        paths = (f"{base}/{rtype}/an-id/${name}", f"{base}/{rtype}/${name}")
+        shapes = [_operation(r, "POST", base) for p in paths if (r := _answering(app, "POST", p))]
+        assert any(
+            s is not None and s[1] == name and (s[0] == rtype or s[0].startswith("{"))
+            for s in shapes
+        ), (base, rtype, name)
+    # each route serving an operation: announced for its type, or for any type when
+    # its type is a path parameter (rest.operation, as /metadata's validate)
+    for method, route in _routes(app):
+        shape = _operation(route, method, base)
+        if shape is None:
+            continue
+        segment, name = shape
+        if segment.startswith("{"):
+            assert name in everywhere, (base, route.path)
+        else:
+            assert (segment, name) in per_type, (base, route.path)
+
+
 def test_fhir_metadata_announces_the_interactions_its_routes_serve(
     app: FastAPI, served: dict[str, Any]
 ) -> None:
     _check_routes(app, served, "/fhir")
+    _check_operations(app, served, "/fhir")
+    task = {("Task", n) for n in ("accept", "reject", "complete")}
+    assert _operations(served)[0] == task  # POST /fhir/Task/{id}/$accept|$reject|$complete
     assert ("Patient", "read") in _announced(served)
     assert ("Provenance", "search-type") in _announced(served)  # stored, so served
 
@@ -218,7 +277,10 @@ def test_metadata_announces_the_interactions_its_routes_serve(
     app: FastAPI, root: dict[str, Any]
 ) -> None:
     _check_routes(app, root, "")
+    _check_operations(app, root, "")
     assert _announced(root) == {("Consent", "create"), ("Consent", "search-type")}
+    assert _operations(root) == ({("Consent", "withdraw")}, {"convert", "report-variants",
+                                                            "validate"})  # fmt: skip
     consent = next(r for r in root["rest"][0]["resource"] if r["type"] == "Consent")
     route = _answering(app, "GET", "/Consent")
     assert route is not None
@@ -240,6 +302,15 @@ def test_the_route_check_can_fail(app: FastAPI, served: dict[str, Any]) -> None:
                                     if r["type"] != "AuditEvent"]  # fmt: skip
     with pytest.raises(AssertionError):
         _check_routes(app, audit, "/fhir")
+    # operations: one announced that no route answers, one route not announced
+    patient = next(r for r in extra["rest"][0]["resource"] if r["type"] == "Patient")
+    patient["operation"] = [{"name": "everything", "definition": "urn:x:everything"}]
+    with pytest.raises(AssertionError):
+        _check_operations(app, extra, "/fhir")
+    task = next(r for r in missing["rest"][0]["resource"] if r["type"] == "Task")
+    task["operation"] = [o for o in task["operation"] if o["name"] != "reject"]
+    with pytest.raises(AssertionError):
+        _check_operations(app, missing, "/fhir")
 
 
 def test_the_published_statement_is_the_two_served_ones(
@@ -256,6 +327,9 @@ def test_the_published_statement_is_the_two_served_ones(
         mine = published[resource["type"]]
         for key in ("interaction", "searchParam", "documentation"):
             assert mine.get(key) == resource.get(key), (resource["type"], key)
+        # the operations its routes serve, then $validate when the type has profiles
+        own = [o for o in mine.get("operation", []) if o["name"] != "validate"]
+        assert own == resource.get("operation", []), resource["type"]
     with_interactions = {t for t, r in published.items() if r.get("interaction")}
     assert with_interactions == {r["type"] for r in runtime}
     assert server["interaction"] == served["rest"][0]["interaction"]

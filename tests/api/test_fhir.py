@@ -61,3 +61,37 @@ def test_no_trust_store_means_no_smart_tokens(client: Client) -> None:
     }
     resp = client.post("/auth/token", data=form)
     assert resp.status_code == 401 and resp.json()["error"] == "invalid_client"
+
+
+# Types /fhir does not announce: FHIR R4 ones (the referral's Encounter, a Binary, the
+# consents of the API's root), a misspelt one, a lower-case one and no type name at all.
+UNANNOUNCED = ("Encounter", "Binary", "Consent", "Bundle", "Patients", "patient", "Pa$tient")
+FORMS = {"patient": "'AAAAAAA'", "Pa$tient": "'AA$AAAAA'"}
+
+
+def test_fhir_serves_the_types_it_announces_and_no_other(client: Client) -> None:
+    """GET /fhir/{type}[/{id}] answers each type GET /fhir/metadata announces (a
+    searchset, a 404 not-found for an id not stored) and nothing else: another type is
+    404 with an OperationOutcome not-supported naming it (as HAPI answers), not an empty
+    searchset; after the credentials, which come first (401)."""
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    meta = client.get("/fhir/metadata").json()
+    announced = {r["type"] for r in meta["rest"][0]["resource"]} - {"AuditEvent"}
+    assert {"Patient", "Practitioner", "Organization", "Task"} <= announced
+    for rtype in sorted(announced):
+        found = client.get(f"/fhir/{rtype}?_count=1", headers=auth)
+        assert found.status_code == 200 and found.json()["type"] == "searchset", rtype
+        missing = client.get(f"/fhir/{rtype}/no-such-id", headers=auth)
+        code = missing.json()["issue"][0]["details"]["coding"][0]["code"]
+        assert missing.status_code == 404 and code == "inbound.not-found", rtype
+    for rtype in UNANNOUNCED:
+        for path in (f"/fhir/{rtype}", f"/fhir/{rtype}?_count=1", f"/fhir/{rtype}/an-id"):
+            resp = client.get(path, headers=auth)
+            assert resp.status_code == 404, path
+            assert resp.headers["content-type"] == "application/fhir+json"
+            issue = resp.json()["issue"][0]
+            assert issue["code"] == "not-supported", path
+            assert issue["details"]["coding"][0]["code"] == "inbound.unsupported-type"
+            named = FORMS.get(rtype, repr(rtype))  # no type name: its form only
+            assert f"resource type {named} " in issue["details"]["text"], (path, issue)
+            assert client.get(path).status_code == 401  # no credentials: nothing more

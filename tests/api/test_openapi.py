@@ -176,7 +176,7 @@ def test_every_operation_with_a_body_has_its_content_types(client: Client) -> No
     spec = client.get("/openapi.json").json()
     for path, methods in spec["paths"].items():
         for method, operation in methods.items():
-            bodyless = ("$reprocess", "$commit", "$withdraw")
+            bodyless = ("$reprocess", "$commit", "$withdraw", "$accept", "$complete")
             if method == "post" and not path.endswith(bodyless):
                 assert operation["requestBody"]["content"], path
     convert = spec["paths"]["/convert"]["post"]["requestBody"]["content"]

@@ -5,6 +5,8 @@ one copy and one answer."""
 from __future__ import annotations
 
 import copy
+from datetime import datetime
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +55,10 @@ def test_signed_referral_is_stored_and_read_back_by_identifier(
     assert sr["requester"]["reference"].startswith("PractitionerRole/")
     role = client.get(f"/fhir/{sr['requester']['reference']}", headers=LOCAL_AUTH)
     assert role.status_code == 200
+    # the version's ETag and Last-Modified (an HTTP-date, not the FHIR instant)
+    assert role.headers["etag"] == 'W/"1"'
+    stored = datetime.fromisoformat(role.json()["meta"]["lastUpdated"].replace("Z", "+00:00"))
+    assert parsedate_to_datetime(role.headers["last-modified"]) == stored.replace(microsecond=0)
     by_patient = client.get(
         f"/fhir/Condition?patient={sr['subject']['reference']}", headers=LOCAL_AUTH
     ).json()

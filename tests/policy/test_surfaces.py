@@ -158,19 +158,26 @@ def test_decisions_and_consents_on_the_api(tmp_path: Path, converter: Converter)
         bad.status_code == 400
         and bad.json()["issue"][0]["details"]["coding"][0]["code"] == "policy.consent-invalid"
     )
-    made = call(
-        app, "POST", "/Consent", content=dumps(consent((HKID, "K583726A"), "HKPMC")), headers=AUTH
+    sent = consent((HKID, "K583726A"), "HKPMC")
+    told = {**AUTH, "Prefer": "return=OperationOutcome"}
+    made = call(app, "POST", "/Consent", content=dumps(sent), headers=told)
+    assert made.status_code == 201  # a FHIR create (tests/api/test_consent_create.py)
+    assert made.headers["location"] == "/Consent/consent-1/_history/1"
+    assert made.headers["x-gateway-released"] == str(message)
+    kept, released = made.json()["issue"]
+    assert kept["details"]["coding"][0]["code"] == "policy.consent-kept"
+    assert released["details"]["coding"][0]["code"] == "policy.released"
+    assert released["details"]["text"] == (
+        f"message {message}: held, now allow-with-changes (decision {decision + 1})"
     )
-    assert made.status_code == 201
-    assert made.json()["released"] == [
-        {"message_id": message, "decision": decision + 1, "outcome": "allow-with-changes"}
-    ]
     found = call(
         app, "GET", "/Consent", params={"patient": f"{HKID}|K583726A"}, headers=AUTH
     ).json()
     assert found["total"] == 1 and found["entry"][0]["resource"]["id"] == "consent-1"
+    assert found["entry"][0]["resource"]["meta"]["versionId"] == "1"
     gone = call(app, "POST", "/Consent/consent-1/$withdraw", headers=AUTH)
     assert gone.status_code == 200 and gone.json()["status"] == "inactive"
+    assert gone.json()["meta"]["versionId"] == "2" and gone.headers["etag"] == 'W/"2"'
 
     bundle = (REPO / "examples" / "hl7v2" / "bundles" / "ref_i12_nsch_to_hkpmc.json").read_bytes()
     check = call(app, "POST", "/policy/check?to=HKPMC", content=bundle, headers=AUTH)

@@ -120,6 +120,34 @@ def test_reference_to_the_wrong_type() -> None:
     ]  # a Patient may perform (base R4), so performer[0] is no error
 
 
+def test_an_upper_case_scheme_is_an_absolute_reference() -> None:
+    """RFC 3986 §3.1: a scheme is case-insensitive, so ``HTTPS://host/fhir/Patient/1`` is
+    an absolute reference (its target unknown, as ``https://`` ones), never a relative
+    one of a type ``HTTPS:``; lower-case schemes and relative references keep their
+    verdicts. Both paths: the walk (reference) and the one by construction. (Each also
+    points at no entry: validation.dangling-reference, whatever its scheme's case.)"""
+    bundle = _bundle()
+    n, request = _entry(bundle, "ServiceRequest")
+    wrong = [("validation.reference-type", f"Bundle.entry[{n}].resource.requester.reference")]
+    cases = {
+        "HTTPS://partner.example/fhir/Patient/1": [],
+        "Https://partner.example/fhir/Patient/1": [],
+        "https://partner.example/fhir/Patient/1": [],
+        "HTTP://partner.example/fhir/Patient/1": [],
+        "URN:UUID:7f4b1f3e-3c1e-4a39-9a0e-6e9c5b2f1d2a": [],
+        "Patient/1": wrong,  # relative: its type is read, and not a requester's
+        "PractitionerRole/1": [],
+    }
+    for mode in ("reference", "construct"):
+        validator = Validator(mode)
+        for ref, expected in cases.items():
+            request["requester"] = {"reference": ref}
+            for attempt in (1, 2):  # the second time a known shape (construct)
+                issues = validator.check_bundle(copy.deepcopy(bundle))
+                typed = [(i.code, i.location) for i in issues if i.code == wrong[0][0]]
+                assert typed == expected, (mode, ref, attempt)
+
+
 def test_bindings_required_error_extensible_warning_unexpandable_information() -> None:
     bundle = _bundle()
     _, request = _entry(bundle, "ServiceRequest")

@@ -179,6 +179,7 @@ def compose(
             keyed_refs=(),
             residual=(),
             first=(leaves, free),
+            keep=_STEADY_BYTES,
         ),
         full=_getter(full),
         urls=_getter(urls),
@@ -187,7 +188,7 @@ def compose(
         keyed=_getter(keyed),
         residual=tuple(residual),
         needles=_haystacks(residual, shape, paths),
-        size=len(leaves) * _LEAF + len(residual) * (_RESIDUAL + _LAST_BYTES) + _PLAN,
+        size=len(leaves) * _LEAF + len(residual) * (_RESIDUAL + _LAST_BYTES) + _PLAN_BYTES,
         last=[_last(inv, (*root, *path), paths) for inv, root, path in residual],
     )
 
@@ -384,6 +385,9 @@ def _lacks(needle: bytes, at: Any, content: bytes, leaves: list[bytes]) -> bool:
 _LEAF = 48  # a leaf's index in the getters and the key's share (ints, tuple slots)
 _RESIDUAL = 120  # a placed invariant: the tuple and its two paths
 _PLAN = 2_000  # the plan, its getters and shape
+# the steady values its shape keeps (Shape.passed: a referral Bundle's ~150, ~4 KB)
+_STEADY_BYTES = 8_192
+_PLAN_BYTES = _PLAN + _STEADY_BYTES
 
 
 class Bundles:

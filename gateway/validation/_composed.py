@@ -171,6 +171,8 @@ def compose(
     if kind is None:
         return None  # a Bundle without a string type: the per-resource path
     full, urls, types = _entries(bundle, index)
+    last = [_last(inv, (*root, *path), paths) for inv, root, path in residual]
+    memos = sum(memo is not None for memo in last)
     return Plan(
         shape=Shape(
             bound=_getter([*bound, kind]),
@@ -188,8 +190,8 @@ def compose(
         keyed=_getter(keyed),
         residual=tuple(residual),
         needles=_haystacks(residual, shape, paths),
-        size=len(leaves) * _LEAF + len(residual) * (_RESIDUAL + _LAST_BYTES) + _PLAN_BYTES,
-        last=[_last(inv, (*root, *path), paths) for inv, root, path in residual],
+        size=len(leaves) * _LEAF + len(residual) * _RESIDUAL + memos * _LAST_BYTES + _PLAN_BYTES,
+        last=last,
     )
 
 
@@ -233,16 +235,19 @@ class _Last:
         self.tries += 1
         if self.tries >= _LAST_TRIES and self.hits * 4 < self.tries:
             return False
-        if sum(map(len, key)) <= _LAST_BYTES:
+        if sum(map(len, key)) + _LEAF_OBJECT * len(key) <= _LAST_BYTES:
             self.key, self.outcome = key, outcome
         return True
 
 
 _LAST_TRIES = 16  # a memo hit in fewer than one Bundle in four by then is dropped
 _LAST_BYTES = 1_024  # the leaves one memo keeps, at most (Plan.size counts it)
+_LEAF_OBJECT = 40  # a bytes object's header and its slot in the key's tuple
 
 
 def _last(inv: Invariant, node: Path, paths: list[Path]) -> _Last | None:
+    if inv.needle is not None:
+        return None  # answered by its needle's absence nearly always (bdl-8): no memo
     reads = _reads(inv, node, paths)
     return None if reads is None else _Last(_getter(reads))
 

@@ -86,6 +86,9 @@ class Plan:
     needles: dict[bytes, Any]
     size: int  # bytes it holds, roughly (Bundles bounds the plans and verdicts in bytes)
     verdicts: dict[Any, tuple[Issue, ...]] = field(default_factory=dict)
+    # per residual invariant, its last outcome by the leaves it may read (None: run
+    # every time; see _Last)
+    last: list[_Last | None] = field(default_factory=list)
 
 
 def leaf_paths(node: Any, path: Path, out: list[Path]) -> None:
@@ -168,6 +171,8 @@ def compose(
     if kind is None:
         return None  # a Bundle without a string type: the per-resource path
     full, urls, types = _entries(bundle, index)
+    last = [_last(inv, (*root, *path), paths) for inv, root, path in residual]
+    memos = sum(memo is not None for memo in last)
     return Plan(
         shape=Shape(
             bound=_getter([*bound, kind]),
@@ -176,6 +181,7 @@ def compose(
             keyed_refs=(),
             residual=(),
             first=(leaves, free),
+            keep=_STEADY_BYTES,
         ),
         full=_getter(full),
         urls=_getter(urls),
@@ -184,7 +190,8 @@ def compose(
         keyed=_getter(keyed),
         residual=tuple(residual),
         needles=_haystacks(residual, shape, paths),
-        size=len(leaves) * _LEAF + len(residual) * _RESIDUAL + _PLAN,
+        size=len(leaves) * _LEAF + len(residual) * _RESIDUAL + memos * _LAST_BYTES + _PLAN_BYTES,
+        last=last,
     )
 
 
@@ -204,6 +211,45 @@ def _settled(inv: Invariant, node: Path, paths: list[Path], bound: set[int]) -> 
         if keys and all(_reaches(key, inv.names) for key in keys) and _reaches(keys[-1], values):
             return False  # a free value the expression may read
     return True
+
+
+class _Last:
+    """The last outcome of one residual invariant of a plan, keyed by the leaves it may
+    read (``_reads``). Its outcome is a function of those leaves and of the shape (the
+    premise of ``_settled``, which settles the invariants whose leaves are all bound);
+    most read codes, systems and types that recur in every Bundle, though not bound by
+    the profile (con-5, gw-ord-2, gw-dr-*), so their evaluation runs only when one of
+    those values changes. One whose leaves are new in most Bundles (gw-bun-1 reads the
+    entry URLs) is dropped after a few tries: building its key would only add cost."""
+
+    __slots__ = ("hits", "key", "outcome", "reads", "tries")
+
+    def __init__(self, reads: Any) -> None:
+        self.reads = reads  # leaves → the leaves the invariant may read
+        self.key: Any = None  # those leaves the last time (None: none kept)
+        self.outcome = True
+        self.tries = self.hits = 0
+
+    def keep(self, key: Any, outcome: bool) -> bool:
+        """Remember an outcome; False when this memo no longer pays (drop it)."""
+        self.tries += 1
+        if self.tries >= _LAST_TRIES and self.hits * 4 < self.tries:
+            return False
+        if sum(map(len, key)) + _LEAF_OBJECT * len(key) <= _LAST_BYTES:
+            self.key, self.outcome = key, outcome
+        return True
+
+
+_LAST_TRIES = 16  # a memo hit in fewer than one Bundle in four by then is dropped
+_LAST_BYTES = 1_024  # the leaves one memo keeps, at most (Plan.size counts it)
+_LEAF_OBJECT = 40  # a bytes object's header and its slot in the key's tuple
+
+
+def _last(inv: Invariant, node: Path, paths: list[Path]) -> _Last | None:
+    if inv.needle is not None:
+        return None  # answered by its needle's absence nearly always (bdl-8): no memo
+    reads = _reads(inv, node, paths)
+    return None if reads is None else _Last(_getter(reads))
 
 
 def _haystacks(residual: list[Placed], shape: Any, paths: list[Path]) -> dict[bytes, Any]:
@@ -313,13 +359,25 @@ def outcomes(plan: Plan, bundle: dict[str, Any], content: bytes, leaves: list[by
     out = []
     # one search per needle (bdl-8 is on every entry)
     absent = {needle: _lacks(needle, at, content, leaves) for needle, at in plan.needles.items()}
-    for inv, root, path in plan.residual:
+    last = plan.last
+    for n, (inv, root, path) in enumerate(plan.residual):
         needle = inv.needle
         if needle is not None and absent[needle]:
             out.append(True)
             continue
+        memo = last[n]
+        if memo is not None:
+            key = memo.reads(leaves)
+            if key == memo.key:
+                memo.hits += 1
+                memo.tries += 1
+                out.append(memo.outcome)
+                continue
         resource = _value(bundle, root)
-        out.append(outcome(inv, _value(resource, path), resource))
+        holds = outcome(inv, _value(resource, path), resource)
+        if memo is not None and not memo.keep(key, holds):
+            last[n] = None
+        out.append(holds)
     return tuple(out)
 
 
@@ -332,6 +390,9 @@ def _lacks(needle: bytes, at: Any, content: bytes, leaves: list[bytes]) -> bool:
 _LEAF = 48  # a leaf's index in the getters and the key's share (ints, tuple slots)
 _RESIDUAL = 120  # a placed invariant: the tuple and its two paths
 _PLAN = 2_000  # the plan, its getters and shape
+# the steady values its shape keeps (Shape.passed: a referral Bundle's ~150, ~4 KB)
+_STEADY_BYTES = 8_192
+_PLAN_BYTES = _PLAN + _STEADY_BYTES
 
 
 class Bundles:

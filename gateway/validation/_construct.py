@@ -68,7 +68,7 @@ __all__ = [
     "text",
 ]
 
-_LAYOUTS: dict[bytes, tuple[Any, Any]] = {}  # see split()
+_LAYOUTS: dict[bytes, _Layout] = {}  # see split()
 _REFERENCE = re.compile(rb'"reference":"([^"\\]*)"')  # an escaped one does not match
 _KEY = re.compile(r"[A-Za-z0-9_]+\Z")
 # ext-1 compares two existences (extension.exists() != value.exists()): still the shape's
@@ -114,15 +114,33 @@ def split(content: bytes) -> tuple[Any, list[bytes], Callable[[bytes], str]] | N
     # Unescaped quotes delimit strings: odd parts are strings, even parts what lies between
     # (braces, commas, numbers); a string is a key when what follows it starts with ':'.
     parts = content.split(b'"')
-    strings = parts[1::2]
-    between = b"\x00".join(parts[0::2])  # orjson escapes NUL: an unambiguous separator
-    layout = _LAYOUTS.get(between)
+    between = parts[0::2]
+    joined = b"\x00".join(between)  # orjson escapes NUL: an unambiguous separator
+    layout = _LAYOUTS.get(joined)
     if layout is None:
-        if b"null" in between:
+        if b"null" in joined:
             return None
-        layout = _layout(parts[0::2])
-    keys, values = layout
-    return (between, b"\x00".join(keys(strings))), list(values(strings)), decode
+        layout = _layout(between, joined)
+    return layout.shape(parts), list(layout.values(parts)), decode
+
+
+class _Layout:
+    """Which parts of a split are keys, which values, for one sequence of what lies
+    between the strings (``between``: that sequence joined, the first time it was met:
+    the shape of every split of it holds this very object, which the shape tables then
+    compare by identity, not byte by byte)."""
+
+    __slots__ = ("between", "keys", "values")
+
+    def __init__(self, between: bytes, keys: Any, values: Any) -> None:
+        self.between = between
+        self.keys = keys  # parts → the keys' tuple
+        self.values = values  # parts → the values' tuple (the leaves)
+
+    def shape(self, parts: list[bytes]) -> tuple[bytes, bytes]:
+        # the keys joined: one hash and one comparison of a few KB where a tuple of
+        # them would take one per key (a comparison of ~200 short bytes costs more)
+        return (self.between, b"\x00".join(self.keys(parts)))
 
 
 def _unescaped(content: bytes) -> bytes:
@@ -144,14 +162,16 @@ def _unescaped(content: bytes) -> bytes:
     return b"".join(out)
 
 
-def _layout(between: list[bytes]) -> tuple[Any, Any]:
-    """Which strings are keys, which values, for one sequence of what lies between them."""
-    keys = [n for n in range(len(between) - 1) if between[n + 1][:1] == b":"]
-    values = [n for n in range(len(between) - 1) if between[n + 1][:1] != b":"]
-    layout = (_getter(keys), _getter(values))
+def _layout(between: list[bytes], joined: bytes) -> _Layout:
+    """Which parts are keys, which values, for one sequence of what lies between the
+    strings (``joined``: that sequence joined, the layout's key)."""
+    # part 2n+1 is the string between between[n] and between[n + 1]
+    keys = [2 * n + 1 for n in range(len(between) - 1) if between[n + 1][:1] == b":"]
+    values = [2 * n + 1 for n in range(len(between) - 1) if between[n + 1][:1] != b":"]
+    layout = _Layout(joined, _getter(keys), _getter(values))
     if len(_LAYOUTS) >= MAX_SHAPES:
         _LAYOUTS.clear()
-    _LAYOUTS[b"\x00".join(between)] = layout
+    _LAYOUTS[joined] = layout
     return layout
 
 
@@ -223,6 +243,11 @@ class Shape:
     varying: Varying | None = None
     first: tuple[list[bytes], list[tuple[int, Any, int]]] | None = None
     compared: int = 0  # resources compared with the first (see _classify)
+    # The steady leaves all at once (a getter; None: none, or not classified yet), and
+    # their values the last time every one passed: the same values pass again
+    steady: Any = None
+    passed: bytes | None = None  # those values joined
+    keep: int = 4_096  # the bytes ``passed`` may hold at most
 
 
 # The varying leaves: (leaves → all of them, grouped by type; each group's (start, end) in
@@ -566,6 +591,7 @@ def _classify(shape: Shape, leaves: list[bytes]) -> None:
         return  # the very same values (a message sent again): a later resource tells
     steady = [item for item in free if leaves[item[0]] == first[item[0]]]
     shape.free = _by_adapter(steady)
+    shape.steady = _getter([item[0] for item in steady]) if steady else None
     shape.varying = _varying(varying)
     shape.first = None
 
@@ -632,19 +658,30 @@ class Shapes:
                 values = list(decoded(getter(leaves), decode))
                 for start, end, many in runs:
                     many.validate_python(values[start:end])
-            tables = self.accepted
-            for getter, validator, ident in shape.free:
-                values = getter(leaves)
-                accepted = tables[ident]  # made when the shape was added
-                if accepted.issuperset(values):  # at C speed, no set built: most groups
-                    continue
-                new = set(values).difference(accepted)
-                for raw in new:
-                    validator.validate_python(decode(raw))
-                self._accept(accepted, new)
+            # the steady leaves joined (split's leaves hold no NUL): one comparison of
+            # bytes, where a tuple's would take a step per leaf
+            steady = b"\x00".join(shape.steady(leaves)) if shape.steady is not None else None
+            if steady is None or steady != shape.passed:
+                self._steady_ok(shape, leaves, decode)
+                if steady is not None and len(steady) <= shape.keep:
+                    shape.passed = steady
         except (PydanticError, ValueError, TypeError, AttributeError, KeyError):
             return False  # fhir.resources' own validators may fail so
         return True
+
+    def _steady_ok(self, shape: Shape, leaves: list[bytes], decode: Callable[[bytes], str]) -> None:
+        """Check the shape's steady free leaves (the validators raise for a bad value):
+        each group's values by one superset test when they were all accepted before."""
+        tables = self.accepted
+        for getter, validator, ident in shape.free:
+            values = getter(leaves)
+            accepted = tables[ident]  # made when the shape was added
+            if accepted.issuperset(values):  # at C speed, no set built: most groups
+                continue
+            new = set(values).difference(accepted)
+            for raw in new:
+                validator.validate_python(decode(raw))
+            self._accept(accepted, new)
 
     def _accept(self, accepted: set[bytes], new: set[bytes]) -> None:
         """Remember the accepted values met before (by any validator: each is checked by

@@ -23,7 +23,7 @@ import orjson
 
 from ..audit import AuditLog, basis_of, bundle_subject, delivery_event, events, message_subject
 from ..datafiles import RELOAD_INTERVAL, FileWatch
-from ..errors import GatewayError
+from ..errors import ConfigError, GatewayError
 from ..metrics import CREDENTIALS_REFUSED, NO_TOKEN, observe_stage, trace_attempt
 from ..partners import Partner, credential_files
 from ..partners import partner_client as partners_client
@@ -234,6 +234,15 @@ class Deliverer:
         breaker = self.breaker(partner.key)
         if not breaker.allow(now):
             return False  # open: its rows stay due, untouched, until the cool-down ends
+        try:
+            # Made before the row moves: a client that cannot be made (TLS files half
+            # replaced, a certificate renewed before its key) sends nothing, so the row
+            # must not look begun (sending, then asked about as an ambiguous send).
+            self.client(partner)
+        except ConfigError as exc:
+            breaker.probing = False  # not sent: the probe is still to come
+            log.warning("outbox record %s: not begun: %s", record.id, exc.issue.line())
+            return False
         if not self.outbox.renew(record, token, now, self.config.lease):
             breaker.probing = False  # not sent: the probe is still to come
             return False

@@ -473,10 +473,12 @@ class PolicyRecords:
         stamp = utcnow()
         with self._writer.begin() as conn:
             self._refuse_shared(conn, record)
+            # locked (PostgreSQL; SQLite's BEGIN IMMEDIATE already orders writers): two
+            # imports at once would both read version N and both store N+1
             found = conn.execute(
-                sa.select(consents.c.id, consents.c.resource).where(
-                    consents.c.consent_id == record.id
-                )
+                sa.select(consents.c.id, consents.c.resource)
+                .where(consents.c.consent_id == record.id)
+                .with_for_update()
             ).first()
             version = 1 if found is None else self._parse(found.resource).version + 1
             data = stamped(orjson.loads(record.resource), record.id, version, stamp)
@@ -542,9 +544,9 @@ class PolicyRecords:
         """Withdrawal: the Consent's status becomes inactive (kept, as evidence)."""
         with self._writer.begin() as conn:
             row = conn.execute(
-                sa.select(consents.c.id, consents.c.resource).where(
-                    consents.c.consent_id == consent_id
-                )
+                sa.select(consents.c.id, consents.c.resource)
+                .where(consents.c.consent_id == consent_id)
+                .with_for_update()  # the version it makes follows the stored one (import)
             ).first()
             if row is None:
                 raise PolicyError(

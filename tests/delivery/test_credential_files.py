@@ -8,9 +8,14 @@ from __future__ import annotations
 
 import os
 import random
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import respx
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from gateway.delivery import Deliverer, Outbox
 from gateway.partners import Auth, Partner
@@ -48,3 +53,59 @@ def test_a_bearer_token_file_replaced_is_used_from_the_next_request(
     assert outbox.require(first).state == outbox.require(second).state == "delivered"
     sent = [c.request.headers["Authorization"] for c in post.calls]
     assert sent == ["Bearer token-2026-aaaa", "Bearer token-2026-bbbb"]
+
+
+def _key_pair(name: str) -> tuple[bytes, bytes]:
+    """A self-signed client certificate and its key (PEM), as a renewal brings."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    start = datetime.now(UTC) - timedelta(days=1)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(start + timedelta(days=30))
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM), key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def test_a_certificate_replaced_before_its_key_holds_the_row_back_unsent(
+    outbox: Outbox, partner_api: respx.MockRouter, tmp_path: Path
+) -> None:
+    """A renewal half done (the certificate replaced, its key not yet): the client
+    cannot be made. The row is not begun (still pending, never moved to sending, so
+    never taken for an ambiguous send the partner must be asked about); once the key
+    follows, the next batch sends it with the new pair."""
+    cert, key = tmp_path / "client.pem", tmp_path / "client-key.pem"
+    old_cert, old_key = _key_pair("old")
+    new_cert, new_key = _key_pair("new")
+    cert.write_bytes(old_cert)
+    key.write_bytes(old_key)
+    auth = Auth("mtls", cert_file=cert, key_file=key)
+    hkpmc = Partner("hkpmc", BASE, auth=auth, check_overwrite=False)
+    post = partner_api.post(POST_URL).respond(200, json=response("201", "201"))
+    with Deliverer(outbox, {"hkpmc": hkpmc}, CONFIG, rng=random.Random(3)) as deliverer:
+        deliverer.reload_interval = 0  # look before every batch
+        first = outbox.enqueue(hkpmc, bundle("P1", "O1"))[0]
+        deliverer.run_once()
+        assert outbox.require(first).state == "delivered"
+        (tmp_path / "client.new").write_bytes(new_cert)
+        os.replace(tmp_path / "client.new", cert)  # the key not yet
+        second = outbox.enqueue(hkpmc, bundle("P2", "O2"))[0]
+        deliverer.run_once()
+        row = outbox.require(second)
+        assert row.state == "pending" and row.attempts == 0
+        assert [e.to_state for e in outbox.events(second)] == ["pending"]
+        (tmp_path / "client-key.new").write_bytes(new_key)
+        os.replace(tmp_path / "client-key.new", key)
+        deliverer.run_once()
+    assert outbox.require(second).state == "delivered"
+    assert len(post.calls) == 2

@@ -16,8 +16,10 @@ import respx
 
 from gateway.alerts import observe
 from gateway.audit import AuditLog
-from gateway.delivery import Deliverer, DeliveryConfig, Outbox
+from gateway.delivery import Deliverer, DeliveryConfig, Outbox, UnsentHold
 from gateway.partners import Auth, Partner
+from gateway.store import Incoming, Store
+from tests.conftest import REPO
 
 from .conftest import BASE, CONFIG, ORDERS, PARTNER, POST_URL, Clock, bundle, response, searchset
 
@@ -689,3 +691,27 @@ def test_records_held_for_a_partner_gone_are_queued_again_once_it_is_back(
     released = [e for e in found if e.get("outcomeDesc") == said]
     assert len(released) == 2
     assert all(not any(a["requestor"] for a in e["agent"]) for e in released)  # no person
+
+
+def test_a_consent_withdrawn_while_its_partner_was_gone_keeps_the_record_held(
+    store: Store, outbox: Outbox, clock: Clock, partner_api: respx.MockRouter
+) -> None:
+    # A record held because hkpmc left the partners' files, never sent; the patient's
+    # consent is then withdrawn (the policy holds what is not sent yet: UnsentHold, in
+    # the withdrawal's transaction). hkpmc back, the record is not queued again by the
+    # worker: the policy holds it (a release decides again), nothing is sent.
+    raw = (REPO / "examples" / "hl7v2" / "ref_i12_lax2_to_njmu2.hl7").read_bytes()
+    message = store.receive(Incoming(raw, "cli")).id
+    row, _ = outbox.enqueue(PARTNER, bundle("P1", "O1"), message_id=message)
+    with Deliverer(outbox, {}, CONFIG, clock=clock) as without:
+        without.run_once()
+    assert outbox.require(row).last_error == "delivery.unknown-partner"
+    with store.engine.execution_options(write=True).begin() as conn:
+        held = UnsentHold(store, outbox).hold_unsent(conn, [(message, "hkpmc")], "withdrawn")
+    assert held == 1
+    post = partner_api.post(POST_URL).respond(200, json=response("200", "200"))
+    with Deliverer(outbox, {"hkpmc": PARTNER}, CONFIG, clock=clock) as back:
+        back.run_once()
+    assert post.call_count == 0
+    assert outbox.require(row).state == "held"
+    assert outbox.require(row).last_error == "policy.held"

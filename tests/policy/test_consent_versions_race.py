@@ -1,0 +1,63 @@
+"""Two imports of one Consent at once (two API workers, PostgreSQL): each is a version
+of its own (meta.versionId 2 and 3, never two versions 2, the first overwritten without
+a trace). The stored version is read under a row lock in the import's transaction. On
+SQLite the write transaction (BEGIN IMMEDIATE) already orders them."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+import sqlalchemy as sa
+
+from gateway.policy import ConsentRecord, Policy, PolicyRecords
+from gateway.store import Store
+from tests.store.dbs import BACKENDS, database
+
+from .conftest import HKID, consent
+
+
+@pytest.fixture(params=BACKENDS)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    for url in database(request.param, tmp_path):
+        opened = Store.open(url)
+        yield opened
+        opened.close()
+
+
+def test_two_imports_of_one_consent_at_once_are_two_versions(store: Store, policy: Policy) -> None:
+    records = PolicyRecords(store, policy)
+    first = consent((HKID, "K583726A"), "HKPMC")
+    assert records.import_consent(first)[0].version == 1
+    other: list[ConsentRecord] = []
+    errors: list[BaseException] = []
+
+    def meanwhile() -> None:
+        try:
+            other.append(PolicyRecords(store, policy).import_consent(first)[0])
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    racer = threading.Thread(target=meanwhile)
+
+    def on_update(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        # the first import has read the stored version and is about to write its own:
+        # the second runs now (with the row locked, it waits for the first to commit)
+        writes = statement.lstrip().upper().startswith("UPDATE POLICY_CONSENTS")
+        if writes and racer.ident is None:  # once, in the first import only
+            racer.start()
+            racer.join(2.0)
+
+    sa.event.listen(store.engine, "before_cursor_execute", on_update)
+    try:
+        mine = records.import_consent(first)[0]
+    finally:
+        sa.event.remove(store.engine, "before_cursor_execute", on_update)
+    racer.join(30.0)
+    assert not errors and len(other) == 1, errors
+    assert {mine.version, other[0].version} == {2, 3}
+    stored = records.list_consents()
+    assert [orjson.loads(c.resource)["meta"]["versionId"] for c in stored] == ["3"]

@@ -28,7 +28,7 @@ demo: $(STAMP)            ## run the main job on the demo network (seeds/)
 	$(BIN)/gateway demo
 
 test: $(STAMP)            ## the whole test suite
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadfile
 
 lint: $(STAMP)            ## ruff on everything, mypy (strict) on gateway/
 	$(BIN)/ruff check gateway tests bench

@@ -95,7 +95,11 @@ def test_the_next_record_goes_to_the_base_url_set_while_the_worker_runs(
         override = tmp_path / "partners.yaml"
         good = override.read_text(encoding="utf-8")
         with errors_of("gateway.partners") as lines:
-            override.write_text(good + "  nsch: [\n", encoding="utf-8")
+            # written whole and renamed over (as `partners set` does): a watcher looking
+            # between write_text's truncation and its write would see two edits
+            broken = override.with_name("partners.yaml.new")
+            broken.write_text(good + "  nsch: [\n", encoding="utf-8")
+            broken.replace(override)
             send("P3")
         assert (old.call_count, new.call_count) == (1, 2)
         [line] = [text for text in lines if "partners changed" in text]

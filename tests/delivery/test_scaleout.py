@@ -1,5 +1,5 @@
 """Scale-out on PostgreSQL: ``gateway work --workers 3`` (three real worker processes
-under their supervisor) delivers 2,000 queued records to the partner server
+under their supervisor) delivers 1,200 queued records to the partner server
 (``../shared/partner-fhir``): each arrives exactly once and a patient's records in the
 order queued — as they are; with one worker SIGKILLed every few seconds (and restarted
 by the supervisor); and with the partner failing 20 % of writes with 503.
@@ -45,8 +45,8 @@ from .conftest import MRN, ORDERS
 
 pytestmark = pytest.mark.skipif(not PG_URL, reason=SKIP_PG)
 
-RECORDS = 2000
-PATIENTS = 100  # 20 records each: order per patient is tested 100 times over
+RECORDS = 1200
+PATIENTS = 60  # 20 records each: order per patient is tested 60 times over
 WORKERS = 3
 SEQUENCE = "https://gateway.example/fhir/StructureDefinition/test-sequence"
 PARTNER_KEY = "njmu2"  # a partner of the demo network, served here by the test's server
@@ -110,7 +110,7 @@ def record(n: int, patients: int = PATIENTS) -> dict[str, Any]:
 
 def enqueue(store: Store, base: str, count: int = RECORDS, patients: int = PATIENTS) -> None:
     """Queue ``count`` records for the partner at ``base``, in order (patient P's in
-    sequence): the rows ``Outbox.enqueue`` makes, inserted in one statement (2,000
+    sequence): the rows ``Outbox.enqueue`` makes, inserted in one statement (1,200
     enqueues one by one would cost the test half a minute)."""
     target = Partner(PARTNER_KEY, base, 8)
     now = utcnow()
@@ -213,7 +213,7 @@ def pg_store(tmp_path: Path) -> Iterator[tuple[str, Store]]:
 
 @pytest.fixture
 def queued(pg_store: tuple[str, Store], partner: PartnerServer) -> Iterator[tuple[str, Store]]:
-    """2,000 records queued on PostgreSQL for an empty partner."""
+    """1,200 records queued on PostgreSQL for an empty partner."""
     partner.reset()
     url, store = pg_store
     enqueue(store, partner.base)

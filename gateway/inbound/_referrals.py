@@ -419,12 +419,13 @@ class Referrals:
                 "status kept here only"
             )
         if self._replies is None:
-            self._replies = StatusReplies(self.settings, self.store, network=self.network)
+            self._replies = StatusReplies(
+                self.settings, self.store, network=self.network, partners=self.partners
+            )
         row, note = self._replies.queue(
             partner,
             self.status_bundle(referral.task),
             self.own().key,
-            finish=lambda bundle: self._signed(bundle, partner),
             label=f"referral {referral.referral.split('|')[-1] if referral.referral else ''} "
             f"{referral.status}"[:255],
             order_key=f"referral|{referral.referral}"[:255] if referral.referral else None,
@@ -496,27 +497,6 @@ class Referrals:
         base = f"{sender.base}/" if sender is not None else None
         chosen = [i for i in usable if base and i["system"].startswith(base)] or usable
         return {"type": "Patient", "identifier": chosen[0]} if chosen else None
-
-    def _signed(self, bundle: dict[str, Any], partner: Partner) -> dict[str, Any]:
-        """Signed as the gateway's outbound records are (signing_rules, record type
-        ``TASK``), else with the institution's own key in signing_keys (keys init's
-        layout), else unsigned. Also unsigned for a partner that would take it in several
-        requests (``write: batch``): a signature covers the whole Bundle, no part of it,
-        and such a partner is a FHIR server, not a gateway that verifies."""
-        from ..signing import Signer, sign_bundle, signer_for
-
-        own = self.own()
-        signer = signer_for(self.settings, own.facility, "TASK")
-        keys = self.settings.signing_keys
-        if signer is None and keys is not None and (keys / own.key / "key.pem").is_file():
-            signer = Signer.load(keys / own.key / "key.pem", keys / own.key / "cert.pem")
-        if signer is None:
-            return bundle
-        signed = sign_bundle(bundle, signer, "author")
-        whole = partner.write == "transaction" and (
-            not partner.max_entries or len(signed["entry"]) <= partner.max_entries
-        )
-        return signed if whole else bundle
 
 
 def _pair(token: str) -> tuple[str, str]:

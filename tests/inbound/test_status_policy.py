@@ -28,7 +28,7 @@ from gateway.delivery import Deliverer, Outbox
 from gateway.inbound import Inbound, PartnerAuth, Referrals
 from gateway.partners import Partner
 from gateway.policy import LEGAL_BASIS_SYSTEM
-from gateway.signing import sign_bundle
+from gateway.signing import sign_bundle, trust_store, verify_bundle
 from gateway.store import open_store
 from tests.delivery.conftest import CONFIG, answer_checks, response
 
@@ -255,3 +255,108 @@ def test_a_retry_of_a_cross_border_status_is_decided_again(
     assert state == "pending" and "allow on return-to-issuer" in reasons[-1]
     decisions = _cli(capsys, settings.home, "policy", "decisions", "--json")
     assert [d["basis"] for d in decisions] == ["return-to-issuer", "return-to-issuer"]
+
+
+def _deliver(settings: Settings, row: int) -> list[dict[str, Any]]:
+    """Send ``row`` to NSCH (accepted); the Bundles NSCH received."""
+    store = open_store(settings)
+    try:
+        outbox = Outbox(store)
+        with respx.mock as nsch_api:
+            answer_checks(nsch_api)
+            sent = nsch_api.post(NSCH["nsch"].base + "/").respond(200, json=response("200", "201"))
+            with Deliverer(outbox, NSCH, CONFIG, audit=audit_log(store)) as deliverer:
+                deliverer.run_once(limit=1)
+        assert outbox.require(row).state == "delivered"
+        return [orjson.loads(call.request.content) for call in sent.calls]
+    finally:
+        store.close()
+
+
+def _nsch_gateway(settings: Settings) -> Settings:
+    """NSCH configured here as ``NSCH`` (its gateway, one transaction: signed), for the
+    CLI too (the demo's NSCH is a FHIR server taking batches, to which nothing is
+    signed)."""
+    nsch = {"base": NSCH["nsch"].base, "write": "transaction", "max_entries": 20}
+    (settings.home / "partners.yaml").write_text(yaml.safe_dump({"partners": {"nsch": nsch}}))
+    return settings
+
+
+def _labels_and_signature(settings: Settings, bundle: dict[str, Any]) -> tuple[list[str], bool]:
+    """The basis labels of ``bundle``'s Task and whether its signature verifies."""
+    (task,) = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Task"]
+    bases = [
+        label["code"]
+        for label in (task.get("meta") or {}).get("security") or []
+        if label["system"] == LEGAL_BASIS_SYSTEM
+    ]
+    report = verify_bundle(bundle, trust_store(settings))
+    return bases, bool(report.signatures) and report.ok
+
+
+def test_a_held_status_released_leaves_labelled_and_signed_again(
+    tmp_path: Path,
+    hk_settings: Settings,
+    signed_referral: bytes,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Held (the rules let statuses cross only for continuing care), then the rules
+    mended and released: what NSCH receives carries the basis of the decision that let
+    it go, under a signature that covers it, and the report counts its delivery under
+    that basis, not under none. It is the same row (a notify again finds it)."""
+    policy = _policy_dir(tmp_path, [{"id": "agreement", "kind": "agreement"}], "continuing-care")
+    settings = _with(
+        _nsch_gateway(hk_settings),
+        f'policy_dir = "{policy}"\npolicy_agreements = "{_agreements(tmp_path)}"\n',
+    )
+    row, _ = _accept(settings, signed_referral, "nsch", NSCH)
+    assert row is not None and _row(settings, row)[0] == "held"
+    _policy_dir(tmp_path, [{"id": "return-to-issuer", "kind": "return-to-issuer",
+                            "params": {"basis": "return-to-issuer"}}])  # fmt: skip
+    release = ["--home", str(settings.home), "outbox", "release", str(row), "--reason"]
+    assert main([*release, "the rules mended"]) == 0
+    capsys.readouterr()
+    (sent,) = _deliver(settings, row)
+    assert _labels_and_signature(settings, sent) == (["return-to-issuer"], True)
+    year = str(dt.datetime.now(dt.UTC).year)
+    report = _cli(capsys, settings.home, "audit", "transfers", "--year", year, "--format", "json")
+    rows = [(r["partner"], r["basis"], r["records"], r["delivered"]) for r in report["rows"]]
+    assert rows == [("nsch", "return-to-issuer", 1, 1)]
+    # Nothing twice: the status notified again is this row, not a second one.
+    store = open_store(settings)
+    try:
+        referrals = Referrals(settings, store, partners=lambda: NSCH)
+        (task,) = referrals.list(direction="received")
+        again, note = referrals.notify(task)
+        assert again == row and "already delivered" in note
+    finally:
+        store.close()
+
+
+def test_a_retried_status_is_labelled_with_todays_decision(
+    tmp_path: Path, hk_settings: Settings, signed_referral: bytes
+) -> None:
+    """Queued on return-to-issuer, dead; the privacy officer then lets statuses cross on
+    the agreement only (it covers referrals): the retry leaves labelled with the
+    agreement's basis (today's), not return-to-issuer, under a new signature."""
+    settings = _with(_nsch_gateway(hk_settings), f'policy_agreements = "{_agreements(tmp_path)}"\n')
+    row, _ = _accept(settings, signed_referral, "nsch", NSCH)
+    assert row is not None
+    store = open_store(settings)
+    try:
+        outbox = Outbox(store)
+        with respx.mock as nsch_api:
+            answer_checks(nsch_api)
+            refused = {"resourceType": "OperationOutcome", "issue": []}
+            nsch_api.post(NSCH["nsch"].base + "/").respond(400, json=refused)
+            with Deliverer(outbox, NSCH, CONFIG) as deliverer:
+                deliverer.run_once(limit=1)
+        assert outbox.require(row).state == "dead"
+    finally:
+        store.close()
+    policy = _policy_dir(tmp_path, [{"id": "agreement", "kind": "agreement"}])
+    settings = _with(settings, f'policy_dir = "{policy}"\n')
+    retry = ["--home", str(settings.home), "outbox", "retry", str(row), "--reason", "fixed"]
+    assert main(retry) == 0
+    (sent,) = _deliver(settings, row)
+    assert _labels_and_signature(settings, sent) == (["gba-standard-contract"], True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +41,7 @@ log = logging.getLogger("gateway.delivery")
 # whose decision the audit log could not keep): held with its parts, not sent.
 STATUS_HELD = "policy.status-held"
 AUDIT_UNAVAILABLE = "policy.audit-unavailable"
+_DECISION = re.compile(r"\(policy decision (\d+)\)")
 
 
 class StatusReplies:
@@ -124,6 +126,7 @@ class StatusReplies:
                     None if allowed else STATUS_HELD,
                     _reason(decision, "queued" if allowed else STATUS_HELD),
                 ),
+                keep_input=False,  # its row is decided again by status_rules only
             )
         except GatewayError as exc:
             if exc.code != AUDIT_UNAVAILABLE:
@@ -175,7 +178,9 @@ class StatusReplies:
             )
             return row.id, True
 
-        self.records.record(None, decision, orjson.dumps(bundle), move)
+        self.records.record(
+            None, decision, orjson.dumps(bundle), move, replaces=self._decisions_of(row)
+        )
         return True
 
     def again(
@@ -211,9 +216,23 @@ class StatusReplies:
                 ),
                 True,
             ),
+            replaces=self._decisions_of(row),
         )
         assert queued is not None
         return queued[0]
+
+    def _decisions_of(self, row: OutboxRecord) -> list[int]:
+        """The decisions this status was queued, held, released or sent again on, as
+        its row's events name them: today's decision supersedes them (one status, one
+        record in the transfer report, however often it is decided again). Each
+        event's reason ends with the decision it was made on (:func:`_reason`), after
+        any words of a person's: only that last mention is read."""
+        found: list[int] = []
+        for event in self.outbox.events(row.id):
+            named = _DECISION.findall(event.reason or "")
+            if named:
+                found.append(int(named[-1]))
+        return found
 
     def sign(self, bundle: dict[str, Any], partner: Partner) -> dict[str, Any]:
         """A status as it leaves for ``partner``: signed as the gateway's outbound

@@ -21,13 +21,14 @@ import respx
 import yaml
 
 from gateway import Settings
-from gateway.audit import audit_log
+from gateway.audit import audit_log, transfers
 from gateway.cli import main
 from gateway.datafiles import data_dir, load_data_file
 from gateway.delivery import Deliverer, Outbox
 from gateway.inbound import Inbound, PartnerAuth, Referrals
+from gateway.network import Network
 from gateway.partners import Partner
-from gateway.policy import LEGAL_BASIS_SYSTEM
+from gateway.policy import LEGAL_BASIS_SYSTEM, Policy, PolicyRecords
 from gateway.signing import sign_bundle, trust_store, verify_bundle
 from gateway.store import open_store
 from tests.delivery.conftest import CONFIG, answer_checks, response
@@ -360,3 +361,47 @@ def test_a_retried_status_is_labelled_with_todays_decision(
     assert main(retry) == 0
     (sent,) = _deliver(settings, row)
     assert _labels_and_signature(settings, sent) == (["gba-standard-contract"], True)
+    # One status, one record: today's decision supersedes the one it was first sent on.
+    store = open_store(settings)
+    try:
+        report = transfers(store, dt.datetime.now(dt.UTC).year)
+    finally:
+        store.close()
+    assert [(r.partner, r.basis, len(r.records), r.delivered) for r in report] == [
+        ("nsch", "gba-standard-contract", 1, 1)
+    ]
+
+
+def test_a_held_status_is_not_released_by_the_records_rules(
+    tmp_path: Path, hk_settings: Settings, referral: dict[str, Any], pki: Path
+) -> None:
+    """The patient is known here by an HKID only: the status is held (return-to-issuer).
+    A consent arriving decides the held records again by the records' rules: those
+    (here: no consent rule) would allow a Task on the GBA contract, recording a
+    transfer that never happened while its row stays held. The status is not theirs:
+    only `outbox release`, by status_rules, decides it again."""
+    bundle = orjson.loads(orjson.dumps(referral))
+    for entry in bundle["entry"]:
+        patient = entry["resource"]
+        if patient["resourceType"] == "Patient":
+            patient["identifier"] = [i for i in patient["identifier"] if "hkid" in i["system"]]
+            (hkid,) = patient["identifier"]
+            entry["request"]["ifNoneExist"] = f"identifier={hkid['system']}|{hkid['value']}"
+    body = orjson.dumps(sign_bundle(bundle, signer(pki, "nsch"), "author"))
+    policy = tmp_path / "policy"
+    shutil.copytree(data_dir("mappings") / "policy", policy, dirs_exist_ok=True)
+    rules = yaml.safe_load((policy / "rules.yaml").read_text(encoding="utf-8"))
+    rules["rules"] = [r for r in rules["rules"] if r["kind"] != "consent"]
+    (policy / "rules.yaml").write_text(yaml.safe_dump(rules, allow_unicode=True), "utf-8")
+    load_data_file.cache_clear()
+    settings = _with(hk_settings, f'policy_dir = "{policy}"\n')
+    row, note = _accept(settings, body, "nsch", NSCH)
+    assert row is not None and "hkid" in note and _row(settings, row)[0] == "held"
+    store = open_store(settings)
+    try:
+        records = PolicyRecords(store, Policy(settings, Network.load(settings.network)))
+        assert records.release_held() == []
+        assert [(d.outcome, d.basis) for d in records.find()] == [("hold", None)]
+        assert transfers(store, dt.datetime.now(dt.UTC).year) == []
+    finally:
+        store.close()

@@ -487,7 +487,14 @@ class Referrals:
         literal = str(ref.get("reference") or "")
         if literal.startswith("Patient/"):
             patient = self.resources.read("Patient", literal.removeprefix("Patient/"))
-            found += (patient.resource.get("identifier") or []) if patient is not None else []
+            if patient is not None:
+                # The Patient the referral was stored for is its patient: an identifier
+                # written beside the reference that is none of that Patient's (another
+                # patient's number, a mistake) never goes back as the referral's.
+                ids = [_pair_of(i) for i in patient.resource.get("identifier") or []]
+                found = [i for i in found if _pair_of(i) in ids] + list(
+                    patient.resource.get("identifier") or []
+                )
         usable = [
             {"system": str(i["system"]), "value": str(i["value"])}
             for i in found
@@ -497,6 +504,13 @@ class Referrals:
         base = f"{sender.base}/" if sender is not None else None
         chosen = [i for i in usable if base and i["system"].startswith(base)] or usable
         return {"type": "Patient", "identifier": chosen[0]} if chosen else None
+
+
+def _pair_of(ident: Any) -> tuple[str, str] | None:
+    """An Identifier as (system, value); None when it is no usable one."""
+    if not isinstance(ident, dict) or not ident.get("system") or not ident.get("value"):
+        return None
+    return str(ident["system"]), str(ident["value"])
 
 
 def _pair(token: str) -> tuple[str, str]:

@@ -405,3 +405,32 @@ def test_a_held_status_is_not_released_by_the_records_rules(
         assert transfers(store, dt.datetime.now(dt.UTC).year) == []
     finally:
         store.close()
+
+
+def test_a_status_names_the_referrals_patient_not_an_identifier_beside_it(
+    hk_settings: Settings, referral: dict[str, Any], pki: Path
+) -> None:
+    """NSCH's referral names its patient by reference (the Bundle's Patient, MRN
+    0098765) and, beside it, by another MRN of NSCH's (another patient's, a mistake).
+    The status goes back naming the patient the referral was stored for, never that
+    other number: return-to-issuer would pass it (NSCH issued it), the report would
+    count that other person, and one record would carry two patients."""
+    bundle = orjson.loads(orjson.dumps(referral))
+    (sr,) = [e["resource"] for e in bundle["entry"]
+             if e["resource"]["resourceType"] == "ServiceRequest"]  # fmt: skip
+    other = {"system": "https://fhir.nsch.example.cn/sid/mrn", "value": "0011111"}
+    sr["subject"] = {**sr["subject"], "identifier": other}
+    body = orjson.dumps(sign_bundle(bundle, signer(pki, "nsch"), "author"))
+    row, _ = _accept(hk_settings, body, "nsch", NSCH)
+    assert row is not None
+    store = open_store(hk_settings)
+    try:
+        parts = Outbox(store).parts(row)
+    finally:
+        store.close()
+    (task,) = [e["resource"] for p in parts for e in p["entry"]
+               if e["resource"]["resourceType"] == "Task"]  # fmt: skip
+    assert task["for"]["identifier"] == {
+        "system": "https://fhir.nsch.example.cn/sid/mrn",
+        "value": "0098765",
+    }

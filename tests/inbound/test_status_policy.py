@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 import pytest
 import respx
+import sqlalchemy as sa
 import yaml
 
 from gateway import Settings
@@ -274,6 +275,14 @@ def _deliver(settings: Settings, row: int) -> list[dict[str, Any]]:
         store.close()
 
 
+def _audit_kinds(store: Any) -> list[str]:
+    """The kinds of the audit log's entries, in order."""
+    from gateway.audit._tables import entries
+
+    with store.engine.connect() as conn:
+        return [str(k) for (k,) in conn.execute(sa.select(entries.c.kind).order_by(entries.c.idx))]
+
+
 def _nsch_gateway(settings: Settings) -> Settings:
     """NSCH configured here as ``NSCH`` (its gateway, one transaction: signed), for the
     CLI too (the demo's NSCH is a FHIR server taking batches, to which nothing is
@@ -323,6 +332,19 @@ def test_a_held_status_released_leaves_labelled_and_signed_again(
     report = _cli(capsys, settings.home, "audit", "transfers", "--year", year, "--format", "json")
     rows = [(r["partner"], r["basis"], r["records"], r["delivered"]) for r in report["rows"]]
     assert rows == [("nsch", "return-to-issuer", 1, 1)]
+    # The log holds every step (held, released, delivered) and is intact.
+    assert main(["--home", str(settings.home), "audit", "verify"]) == 0
+    store = open_store(settings)
+    try:
+        kinds = _audit_kinds(store)
+    finally:
+        store.close()
+    assert [k for k in kinds if k in ("policy-decision", "operator", "delivery")] == [
+        "policy-decision",  # held
+        "policy-decision",  # released: allowed
+        "operator",  # the release
+        "delivery",
+    ]
     # Nothing twice: the status notified again is this row, not a second one.
     store = open_store(settings)
     try:

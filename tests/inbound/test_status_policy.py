@@ -354,6 +354,16 @@ def test_a_held_status_released_leaves_labelled_and_signed_again(
         assert again == row and "already delivered" in note
     finally:
         store.close()
+    # Replayed, it is sent again made under a decision of today: one status, one
+    # record in the report, delivered twice.
+    replay = ["--home", str(settings.home), "outbox", "replay", str(row), "--reason", "lost"]
+    assert main([*replay, "--json"]) == 0
+    (replayed,) = [r["id"] for r in orjson.loads(capsys.readouterr().out)]
+    (sent,) = _deliver(settings, replayed)
+    assert _labels_and_signature(settings, sent) == (["return-to-issuer"], True)
+    report = _cli(capsys, settings.home, "audit", "transfers", "--year", year, "--format", "json")
+    rows = [(r["partner"], r["basis"], r["records"], r["delivered"]) for r in report["rows"]]
+    assert rows == [("nsch", "return-to-issuer", 1, 2)]
 
 
 def test_a_retried_status_is_labelled_with_todays_decision(

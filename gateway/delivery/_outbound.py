@@ -496,7 +496,13 @@ class Outbound:
 
     def _replies(self) -> StatusReplies:
         """Referral status replies, decided by this path's policy (its records)."""
-        return StatusReplies(self.settings, self.store, outbox=self.outbox, records=self.policy)
+        return StatusReplies(
+            self.settings,
+            self.store,
+            outbox=self.outbox,
+            records=self.policy,
+            partners=lambda: self.partners,
+        )
 
     def discard(self, row_id: int, reason: str) -> OutboxRecord:
         """``gateway outbox discard`` (and the console's): a held or dead row given up for
@@ -563,7 +569,7 @@ class Outbound:
         if row.message_id is None:  # a referral's status: decided again if it crosses
             return self._replies().again(
                 row,
-                lambda conn, why: requeue(conn, why, None),
+                requeue,
                 reason,
                 lambda why: DeliveryError(
                     code,

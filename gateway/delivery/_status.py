@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -25,9 +26,9 @@ from ..audit import audit_log
 from ..config import Settings
 from ..errors import ConfigError, GatewayError
 from ..network import Network
-from ..partners import Partner
+from ..partners import Partner, configured_partners
 from ..store import Store
-from ._outbox import Outbox, OutboxRecord
+from ._outbox import DeliveryError, Outbox, OutboxRecord
 from ._withdrawal import UnsentHold
 
 if TYPE_CHECKING:
@@ -40,6 +41,7 @@ log = logging.getLogger("gateway.delivery")
 # whose decision the audit log could not keep): held with its parts, not sent.
 STATUS_HELD = "policy.status-held"
 AUDIT_UNAVAILABLE = "policy.audit-unavailable"
+_DECISION = re.compile(r"\(policy decision (\d+)\)")
 
 
 class StatusReplies:
@@ -53,11 +55,14 @@ class StatusReplies:
         outbox: Outbox | None = None,
         network: Network | None = None,
         records: PolicyRecords | None = None,
+        partners: Callable[[], Mapping[str, Partner]] | None = None,
     ) -> None:
         from ..policy import Policy, PolicyRecords
 
         self.settings = settings
         self.outbox = outbox or Outbox(store)
+        # where a held or retried status is made again for (its split, its signature)
+        self.partners = partners or (lambda: configured_partners(settings))
         if records is None:
             records = PolicyRecords(
                 store,
@@ -75,22 +80,25 @@ class StatusReplies:
         *,
         label: str | None,
         order_key: str | None,
-        finish: Callable[[dict[str, Any]], dict[str, Any]] = lambda bundle: bundle,
     ) -> tuple[int, str]:
         """Queue the status ``bundle`` from ``sender`` (this gateway's institution) for
-        ``partner``, made ready to leave by ``finish`` (the sender's signature) after
-        the decision: an allowed one's Tasks carry its basis and purpose
-        (``meta.security``, as a record's resources do). (row id, what became of it:
-        "queued for …" or "held for …", with the decision.)"""
+        ``partner``, signed (:meth:`sign`) after the decision: an allowed one's Tasks
+        carry its basis and purpose (``meta.security``, as a record's resources do).
+        (row id, what became of it: "queued for …" or "held for …", with the decision.)
+        The row is found again by the Bundle as made (``dedup``), not as signed: a
+        signature's time differs at every signing, and the same status notified again
+        must be the same row, never a second one beside a held one."""
+        dedup = _dedup(partner, bundle)
         if not self.records.policy.crosses(sender, partner.key):
-            row, _ = self.outbox.enqueue(partner, finish(bundle), label=label, order_key=order_key)
+            row, _ = self.outbox.enqueue(
+                partner, self.sign(bundle, partner), label=label, order_key=order_key, dedup=dedup
+            )
             return row, f"queued for {partner.key} (outbox {row})"
         decision = self.records.policy.decide_status(bundle, sender, partner.key)
         allowed = decision.allowed
         if allowed:
             bundle = _labelled(bundle, self.records.policy.status_labels(decision))
-        out = finish(bundle)
-        dedup = _dedup(partner, out)
+        out = self.sign(bundle, partner)
         found = self.outbox.dedup_row(dedup)
         if found is not None:
             return found.id, f"queued for {partner.key} (outbox {found.id}, already {found.state})"
@@ -118,6 +126,7 @@ class StatusReplies:
                     None if allowed else STATUS_HELD,
                     _reason(decision, "queued" if allowed else STATUS_HELD),
                 ),
+                keep_input=False,  # its row is decided again by status_rules only
             )
         except GatewayError as exc:
             if exc.code != AUDIT_UNAVAILABLE:
@@ -138,15 +147,18 @@ class StatusReplies:
 
     def release(self, row: OutboxRecord, reason: str) -> bool:
         """``gateway outbox release`` of a status row the policy held: decided again
-        (on the parts it keeps, as they would leave); allowed, queued in the decision's
-        transaction; still refused, nothing moves (False)."""
+        (on the status as made, from the parts it keeps); allowed, its parts are made
+        again under that decision (:meth:`_rebuilt`: its labels, a new signature) and
+        it is queued in the decision's transaction; still refused, nothing moves
+        (False). The row stays the same row (its id, its dedup key)."""
         sender = self.settings.institution
         if sender is None:
             raise ConfigError("unknown-sender", "set `institution` to release a referral status")
-        bundle = self._bundle_of(row)
+        bundle = self._made(row)
         decision = self.records.policy.decide_status(bundle, sender, row.partner)
         if not decision.allowed:
             return False
+        parts = self._rebuilt(row, bundle, decision, "released")
 
         def move(conn: Connection) -> tuple[int, bool]:
             now = self.outbox.clock()
@@ -154,54 +166,139 @@ class StatusReplies:
                 row.id,
                 "held",
                 "pending",
-                f"release: {reason} ({_reason(decision, 'allow')})",
+                f"release: {reason} ({_reason(decision, 'allow')}; parts made again)",
                 now=now,
                 conn=conn,
                 attempts=0,
                 next_at=now,
                 last_error=None,
+                parts=orjson.dumps(parts),
+                part_count=len(parts),
+                part=0,
             )
             return row.id, True
 
-        self.records.record(None, decision, orjson.dumps(bundle), move)
+        self.records.record(
+            None, decision, orjson.dumps(bundle), move, replaces=self._decisions_of(row)
+        )
         return True
 
     def again(
         self,
         row: OutboxRecord,
-        requeue: Callable[[Connection | None, str], int],
+        requeue: Callable[[Connection | None, str, list[dict[str, Any]] | None], int],
         reason: str,
         refused: Callable[[str], GatewayError],
     ) -> int:
         """A retry or replay of a row of no stored message (a referral's status): sent
         again only on a decision of today when it crosses a boundary (``requeue`` in
-        the decision's transaction); refused, ``refused(why)`` is raised and nothing
+        the decision's transaction, with the parts made again under that decision:
+        its labels, a new signature); refused, ``refused(why)`` is raised and nothing
         moves. Within one jurisdiction, or on a gateway with no institution of its own
         (no referral status is made there), queued again as it is."""
         sender = self.settings.institution
         if sender is None or not self.records.policy.crosses(sender, row.partner):
-            return requeue(None, reason)
-        bundle = self._bundle_of(row)
+            return requeue(None, reason, None)
+        bundle = self._made(row)
         decision = self.records.policy.decide_status(bundle, sender, row.partner)
         if not decision.allowed:
             raise refused(_reason(decision, ""))
+        parts = self._rebuilt(row, bundle, decision, "retried or replayed")
         queued = self.records.record(
             None,
             decision,
             orjson.dumps(bundle),
-            lambda conn: (requeue(conn, f"{reason} ({_reason(decision, decision.outcome)})"), True),
+            lambda conn: (
+                requeue(
+                    conn,
+                    f"{reason} ({_reason(decision, decision.outcome)}; parts made again)",
+                    parts,
+                ),
+                True,
+            ),
+            replaces=self._decisions_of(row),
         )
         assert queued is not None
         return queued[0]
 
-    def _bundle_of(self, row: OutboxRecord) -> dict[str, Any]:
-        """The status a row keeps, as it leaves: its parts' entries in one Bundle."""
+    def _decisions_of(self, row: OutboxRecord) -> list[int]:
+        """The decisions this status was queued, held, released or sent again on, as
+        its row's events name them: today's decision supersedes them (one status, one
+        record in the transfer report, however often it is decided again). Each
+        event's reason ends with the decision it was made on (:func:`_reason`), after
+        any words of a person's: only that last mention is read."""
+        found: list[int] = []
+        for event in self.outbox.events(row.id):
+            named = _DECISION.findall(event.reason or "")
+            if named:
+                found.append(int(named[-1]))
+        return found
+
+    def sign(self, bundle: dict[str, Any], partner: Partner) -> dict[str, Any]:
+        """A status as it leaves for ``partner``: signed as the gateway's outbound
+        records are (signing_rules, record type ``TASK``), else with the institution's
+        own key in signing_keys (keys init's layout), else unsigned. Also unsigned for
+        a partner that takes it in several requests (``write: batch``): a signature
+        covers the whole Bundle, no part of it, and such a partner is a FHIR server,
+        not a gateway that verifies. The one signer of a status, first queued or made
+        again (release, retry, replay)."""
+        from ..signing import Signer, sign_bundle, signer_for
+
+        sender = self.settings.institution
+        if sender is None:
+            return bundle
+        own = self.records.policy.institution(sender, "sender")
+        signer = signer_for(self.settings, own.facility, "TASK")
+        keys = self.settings.signing_keys
+        if signer is None and keys is not None and (keys / own.key / "key.pem").is_file():
+            signer = Signer.load(keys / own.key / "key.pem", keys / own.key / "cert.pem")
+        if signer is None:
+            return bundle
+        signed = sign_bundle(bundle, signer, "author")
+        whole = partner.write == "transaction" and (
+            not partner.max_entries or len(signed["entry"]) <= partner.max_entries
+        )
+        return signed if whole else bundle
+
+    def _rebuilt(
+        self, row: OutboxRecord, bundle: dict[str, Any], decision: Decision, verb: str
+    ) -> list[dict[str, Any]]:
+        """The parts of the status ``bundle`` (as made) under ``decision``: its Tasks
+        labelled with its basis and purpose, signed again, split for the partner. The
+        parts kept carry the labels (none, when it was held) and the signature of the
+        day it was queued: sent so, the partner would get a status that names no
+        basis, and the report would count its delivery under none. Not made (the
+        partner is no longer configured, signing fails): ``delivery.not-rebuilt``,
+        nothing moves."""
+        partner = self.partners().get(row.partner)
+        why = "its partner is no longer configured (partners)"
+        if partner is not None:
+            labels = self.records.policy.status_labels(decision)
+            try:
+                return partner.split(self.sign(_labelled(bundle, labels), partner))
+            except GatewayError as exc:
+                why = f"making what leaves failed ({exc.code})"
+        raise DeliveryError(
+            "delivery.not-rebuilt",
+            f"outbox record {row.id} cannot be {verb}: its referral status could not be "
+            f"made again under today's decision: {why}",
+        )
+
+    def _made(self, row: OutboxRecord) -> dict[str, Any]:
+        """The status a row keeps as it was made, before it was labelled and signed: its
+        parts' entries in one transaction Bundle (the first part's Bundle.id,
+        identifier and timestamp, which every part keeps), without the signature's
+        Provenance and without the labels a decision gave its Tasks."""
+        from ..signing import signature_entries
+
         parts = self.outbox.parts(row.id)
-        return {
-            "resourceType": "Bundle",
-            "type": "transaction",
-            "entry": [e for part in parts for e in part.get("entry") or []],
-        }
+        top = {k: v for k, v in (parts[0] if parts else {}).items() if k != "signature"}
+        entries: list[dict[str, Any]] = []
+        for part in parts:
+            drop = set(signature_entries(part))
+            entries += [_unlabelled(e) for n, e in enumerate(part.get("entry") or [])
+                        if n not in drop]  # fmt: skip
+        return {**top, "resourceType": "Bundle", "type": "transaction", "entry": entries}
 
 
 def _labelled(bundle: dict[str, Any], labels: list[dict[str, str]]) -> dict[str, Any]:
@@ -215,6 +312,31 @@ def _labelled(bundle: dict[str, Any], labels: list[dict[str, str]]) -> dict[str,
             entry = {**entry, "resource": {**resource, "meta": meta}}
         entries.append(entry)
     return {**bundle, "entry": entries}
+
+
+def _unlabelled(entry: dict[str, Any]) -> dict[str, Any]:
+    """``entry`` without the labels :func:`_labelled` gave its Task (basis, purpose of
+    use): the status as made carries none, and a decision of today gives its own."""
+    from ..policy import LEGAL_BASIS_SYSTEM, V3_ACT_REASON
+
+    resource = entry.get("resource") if isinstance(entry, dict) else None
+    if not isinstance(resource, dict) or resource.get("resourceType") != "Task":
+        return entry
+    meta = dict(resource.get("meta") or {})
+    if "security" not in meta:
+        return entry
+    kept = [
+        label
+        for label in meta["security"] or []
+        if not isinstance(label, dict)
+        or label.get("system") not in (LEGAL_BASIS_SYSTEM, V3_ACT_REASON)
+    ]
+    if kept:
+        meta["security"] = kept
+    else:
+        meta.pop("security")
+    task = {k: v for k, v in resource.items() if k != "meta"}
+    return {**entry, "resource": {**task, **({"meta": meta} if meta else {})}}
 
 
 def _reason(decision: Decision, head: str) -> str:

@@ -419,12 +419,13 @@ class Referrals:
                 "status kept here only"
             )
         if self._replies is None:
-            self._replies = StatusReplies(self.settings, self.store, network=self.network)
+            self._replies = StatusReplies(
+                self.settings, self.store, network=self.network, partners=self.partners
+            )
         row, note = self._replies.queue(
             partner,
             self.status_bundle(referral.task),
             self.own().key,
-            finish=lambda bundle: self._signed(bundle, partner),
             label=f"referral {referral.referral.split('|')[-1] if referral.referral else ''} "
             f"{referral.status}"[:255],
             order_key=f"referral|{referral.referral}"[:255] if referral.referral else None,
@@ -486,7 +487,14 @@ class Referrals:
         literal = str(ref.get("reference") or "")
         if literal.startswith("Patient/"):
             patient = self.resources.read("Patient", literal.removeprefix("Patient/"))
-            found += (patient.resource.get("identifier") or []) if patient is not None else []
+            if patient is not None:
+                # The Patient the referral was stored for is its patient: an identifier
+                # written beside the reference that is none of that Patient's (another
+                # patient's number, a mistake) never goes back as the referral's.
+                ids = [_pair_of(i) for i in patient.resource.get("identifier") or []]
+                found = [i for i in found if _pair_of(i) in ids] + list(
+                    patient.resource.get("identifier") or []
+                )
         usable = [
             {"system": str(i["system"]), "value": str(i["value"])}
             for i in found
@@ -497,26 +505,12 @@ class Referrals:
         chosen = [i for i in usable if base and i["system"].startswith(base)] or usable
         return {"type": "Patient", "identifier": chosen[0]} if chosen else None
 
-    def _signed(self, bundle: dict[str, Any], partner: Partner) -> dict[str, Any]:
-        """Signed as the gateway's outbound records are (signing_rules, record type
-        ``TASK``), else with the institution's own key in signing_keys (keys init's
-        layout), else unsigned. Also unsigned for a partner that would take it in several
-        requests (``write: batch``): a signature covers the whole Bundle, no part of it,
-        and such a partner is a FHIR server, not a gateway that verifies."""
-        from ..signing import Signer, sign_bundle, signer_for
 
-        own = self.own()
-        signer = signer_for(self.settings, own.facility, "TASK")
-        keys = self.settings.signing_keys
-        if signer is None and keys is not None and (keys / own.key / "key.pem").is_file():
-            signer = Signer.load(keys / own.key / "key.pem", keys / own.key / "cert.pem")
-        if signer is None:
-            return bundle
-        signed = sign_bundle(bundle, signer, "author")
-        whole = partner.write == "transaction" and (
-            not partner.max_entries or len(signed["entry"]) <= partner.max_entries
-        )
-        return signed if whole else bundle
+def _pair_of(ident: Any) -> tuple[str, str] | None:
+    """An Identifier as (system, value); None when it is no usable one."""
+    if not isinstance(ident, dict) or not ident.get("system") or not ident.get("value"):
+        return None
+    return str(ident["system"]), str(ident["value"])
 
 
 def _pair(token: str) -> tuple[str, str]:

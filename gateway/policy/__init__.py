@@ -4,7 +4,14 @@ en, minimised, labelled with its legal basis, and held — not lost — while co
 missing. See docs/policy.md."""
 
 from ._cli import add_cli, render_decision
-from ._consent import PURPOSE_SYSTEM, ConsentRecord, MemoryConsents, PolicyError, parse_consent
+from ._consent import (
+    PURPOSE_SYSTEM,
+    V3_ACT_REASON,
+    ConsentRecord,
+    MemoryConsents,
+    PolicyError,
+    parse_consent,
+)
 from ._data import Agreement, PolicyData, Profile
 from ._engine import (
     LEGAL_BASIS_SYSTEM,
@@ -34,6 +41,7 @@ __all__ = [
     "PSEUDONYM_SYSTEM",
     "PURPOSE_SYSTEM",
     "STATE_OF",
+    "V3_ACT_REASON",
     "Agreement",
     "Change",
     "ConsentRecord",

@@ -1645,35 +1645,57 @@ def _minimised_words(
     )
 
 
+# What a status reply's Task may hold (gateway/inbound's ``status_bundle``): anything
+# else (contained resources, inputs, notes, a requester...) is more than a status.
+_STATUS_ELEMENTS = frozenset(
+    {
+        "resourceType", "id", "meta", "identifier", "status", "statusReason", "intent",
+        "focus", "for", "authoredOn", "lastModified", "owner",
+    }
+)  # fmt: skip
+# What its ``for`` and ``focus`` may hold: by identifier only (a literal reference or a
+# display could name another patient, or carry a name, beside the identifier checked).
+_STATUS_REF_ELEMENTS = frozenset({"type", "identifier"})
+
+
 def rule_return_to_issuer(
     policy: Policy, t: _Transfer, rule_id: str, params: dict[str, Any]
 ) -> RuleResult:
     """A referral's status reply goes back to the referral's sender: it passes when it
-    is nothing but Tasks (and the signature's Provenance) and every identifier a Task
-    names its patient or its referral by (``for``, ``focus``) is the recipient's own
-    (under its identifier base): nothing the recipient did not issue crosses. Its
-    basis is ``params.basis`` (a basis of the agreements file). Else held, the reason
-    naming the element (and the identifier's system, never its value)."""
+    is nothing but a status — Tasks of the elements a status has, naming one patient,
+    no other resource (it is decided as made, before its signature is added) — and
+    every identifier a Task names its patient or its referral by (``for``, ``focus``)
+    is the recipient's own (under its identifier base): nothing the recipient did not
+    issue crosses. Its basis is ``params.basis`` (a basis of the agreements file).
+    Else held, the reason naming the element (and the identifier's system, never its
+    value)."""
     base = f"{t.recipient.base}/"
     names = _names(policy, t)
     foreign: list[str] = []
+    extra: list[str] = []
     for n, entry in enumerate(t.bundle.get("entry") or []):
         resource = (entry.get("resource") if isinstance(entry, dict) else None) or {}
         where = f"Bundle.entry[{n}].resource"
         kind = resource.get("resourceType")
-        if kind == "Provenance":
-            continue  # the signature (its target, its agent: the sender's organisation)
         if kind != "Task":
-            foreign.append(f"{where} ({kind})")
+            extra.append(f"{where} ({kind})")
             continue
+        extra += [f"{where}.{k}" for k in resource if k not in _STATUS_ELEMENTS]
         for element in ("for", "focus"):
             ref = resource.get(element)
             ident = ref.get("identifier") if isinstance(ref, dict) else None
+            if isinstance(ref, dict):
+                extra += [f"{where}.{element}.{k}" for k in ref if k not in _STATUS_REF_ELEMENTS]
             if ref is not None and (
                 not isinstance(ident, dict) or not str(ident.get("system") or "").startswith(base)
             ):
                 system = ident.get("system") if isinstance(ident, dict) else None
                 foreign.append(f"{where}.{element}" + (f" ({system})" if system else ""))
+    if len(t.patients) > 1:
+        extra.append(f"Bundle.entry: {len(t.patients)} patients")  # one status, one patient
+    if extra:
+        words = policy.say("status.not-status", where="; ".join(extra), **names)
+        return RuleResult(rule_id, "return-to-issuer", "hold", "status.not-status", words)
     if foreign:
         words = policy.say("status.not-issuer", where="; ".join(foreign), **names)
         return RuleResult(rule_id, "return-to-issuer", "hold", "status.not-issuer", words)

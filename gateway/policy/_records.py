@@ -646,6 +646,9 @@ class PolicyRecords:
         decision: Decision,
         raw: bytes,
         then: Callable[[Connection], OutboxRow] | None = None,
+        *,
+        replaces: Sequence[int] = (),
+        keep_input: bool = True,
     ) -> OutboxRow | None:
         """Keep the decision (and the counted individual, its audit event), move the
         message to its state and run ``then(conn)`` (the outbox row the decision leads
@@ -663,9 +666,28 @@ class PolicyRecords:
         never fails a domestic record). A cross-border transfer the decision allows is
         not kept when its event cannot be: ``policy.audit-unavailable`` is raised and the
         transaction rolled back (nothing queued); the caller holds the record and
-        decides it again later (docs/policy.md, "Audited or not sent")."""
+        decides it again later (docs/policy.md, "Audited or not sent").
+
+        A decision of no message (a referral's status: gateway/delivery/_status.py)
+        supersedes nothing by itself: ``replaces`` names the earlier decisions of the
+        same transfer it supersedes (no longer current: the transfer report counts one
+        record per transfer, not one per decision). ``keep_input`` False: a hold is
+        kept without the Bundle decided, so :meth:`release_held` (the records' rules,
+        after a consent arrives) never decides it; its outbox row is decided again
+        by its own rules when a person releases it."""
         with self._writer.begin() as conn:
-            audited = self._keep(conn, message_id, decision, raw)  # sets decision.id
+            audited = self._keep(conn, message_id, decision, raw, keep_input)  # sets decision.id
+            if replaces:
+                conn.execute(
+                    decisions.update()
+                    .where(
+                        _d.id.in_(list(replaces)),
+                        _d.id != decision.id,
+                        _d.message_id.is_(None),
+                        _d.recipient == decision.recipient,
+                    )
+                    .values(current=False, input=None)
+                )
             if not audited and decision.cross_border and decision.allowed:
                 # Fail closed: a transfer across the boundary never goes on a decision
                 # the audit log does not hold. Raised inside the transaction: nothing
@@ -689,7 +711,12 @@ class PolicyRecords:
         return StageOutcome("policy", STATE_OF[decision.outcome], output=output, issues=issues)
 
     def _keep(
-        self, conn: Connection, message_id: int | None, decision: Decision, raw: bytes
+        self,
+        conn: Connection,
+        message_id: int | None,
+        decision: Decision,
+        raw: bytes,
+        keep_input: bool = True,
     ) -> bool:
         """The decision's rows, in the caller's transaction; False when its audit event
         could not be appended (the audit's SAVEPOINT rolled back, logged)."""
@@ -705,7 +732,7 @@ class PolicyRecords:
             "rules": orjson.dumps([r.to_json() for r in decision.results]).decode(),
             "changes": orjson.dumps([c.to_json() for c in decision.changes]).decode(),
             "patients": orjson.dumps(decision.patients).decode(),
-            "input": raw if decision.outcome == "hold" else None,
+            "input": raw if decision.outcome == "hold" and keep_input else None,
             "current": True,
             "people": orjson.dumps(decision.people).decode(),
             "consents": orjson.dumps(decision.consents).decode(),
@@ -743,7 +770,7 @@ class PolicyRecords:
             rows = conn.execute(_RELEASABLE).all()
         released = []
         for row in rows:
-            if row.input is None:
+            if row.input is None or _status_hold(row.rules):
                 continue
             decision = self.policy.decide(
                 row.input,
@@ -789,6 +816,14 @@ class PolicyRecords:
             query = query.where(decisions.c.outcome == outcome, decisions.c.current.is_(True))
         with self.engine.connect() as conn:
             return [_decision(r) for r in conn.execute(query).all()]
+
+
+def _status_hold(rules: str) -> bool:
+    """Whether a hold is a referral status's (status_rules: ``return-to-issuer``, or
+    none written): never the records' rules' to decide again (its outbox row is
+    released by a person, deciding by status_rules). Kept before those holds were
+    kept without their input."""
+    return any(r.get("kind") in ("return-to-issuer", "status") for r in orjson.loads(rules))
 
 
 def _decision(row: Any) -> Decision:

@@ -18,17 +18,19 @@ from typing import Any
 import orjson
 import pytest
 import respx
+import sqlalchemy as sa
 import yaml
 
 from gateway import Settings
-from gateway.audit import audit_log
+from gateway.audit import audit_log, transfers
 from gateway.cli import main
 from gateway.datafiles import data_dir, load_data_file
 from gateway.delivery import Deliverer, Outbox
 from gateway.inbound import Inbound, PartnerAuth, Referrals
+from gateway.network import Network
 from gateway.partners import Partner
-from gateway.policy import LEGAL_BASIS_SYSTEM
-from gateway.signing import sign_bundle
+from gateway.policy import LEGAL_BASIS_SYSTEM, Policy, PolicyRecords
+from gateway.signing import sign_bundle, trust_store, verify_bundle
 from gateway.store import open_store
 from tests.delivery.conftest import CONFIG, answer_checks, response
 
@@ -255,3 +257,212 @@ def test_a_retry_of_a_cross_border_status_is_decided_again(
     assert state == "pending" and "allow on return-to-issuer" in reasons[-1]
     decisions = _cli(capsys, settings.home, "policy", "decisions", "--json")
     assert [d["basis"] for d in decisions] == ["return-to-issuer", "return-to-issuer"]
+
+
+def _deliver(settings: Settings, row: int) -> list[dict[str, Any]]:
+    """Send ``row`` to NSCH (accepted); the Bundles NSCH received."""
+    store = open_store(settings)
+    try:
+        outbox = Outbox(store)
+        with respx.mock as nsch_api:
+            answer_checks(nsch_api)
+            sent = nsch_api.post(NSCH["nsch"].base + "/").respond(200, json=response("200", "201"))
+            with Deliverer(outbox, NSCH, CONFIG, audit=audit_log(store)) as deliverer:
+                deliverer.run_once(limit=1)
+        assert outbox.require(row).state == "delivered"
+        return [orjson.loads(call.request.content) for call in sent.calls]
+    finally:
+        store.close()
+
+
+def _audit_kinds(store: Any) -> list[str]:
+    """The kinds of the audit log's entries, in order."""
+    from gateway.audit._tables import entries
+
+    with store.engine.connect() as conn:
+        return [str(k) for (k,) in conn.execute(sa.select(entries.c.kind).order_by(entries.c.idx))]
+
+
+def _nsch_gateway(settings: Settings) -> Settings:
+    """NSCH configured here as ``NSCH`` (its gateway, one transaction: signed), for the
+    CLI too (the demo's NSCH is a FHIR server taking batches, to which nothing is
+    signed)."""
+    nsch = {"base": NSCH["nsch"].base, "write": "transaction", "max_entries": 20}
+    (settings.home / "partners.yaml").write_text(yaml.safe_dump({"partners": {"nsch": nsch}}))
+    return settings
+
+
+def _labels_and_signature(settings: Settings, bundle: dict[str, Any]) -> tuple[list[str], bool]:
+    """The basis labels of ``bundle``'s Task and whether its signature verifies."""
+    (task,) = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Task"]
+    bases = [
+        label["code"]
+        for label in (task.get("meta") or {}).get("security") or []
+        if label["system"] == LEGAL_BASIS_SYSTEM
+    ]
+    report = verify_bundle(bundle, trust_store(settings))
+    return bases, bool(report.signatures) and report.ok
+
+
+def test_a_held_status_released_leaves_labelled_and_signed_again(
+    tmp_path: Path,
+    hk_settings: Settings,
+    signed_referral: bytes,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Held (the rules let statuses cross only for continuing care), then the rules
+    mended and released: what NSCH receives carries the basis of the decision that let
+    it go, under a signature that covers it, and the report counts its delivery under
+    that basis, not under none. It is the same row (a notify again finds it)."""
+    policy = _policy_dir(tmp_path, [{"id": "agreement", "kind": "agreement"}], "continuing-care")
+    settings = _with(
+        _nsch_gateway(hk_settings),
+        f'policy_dir = "{policy}"\npolicy_agreements = "{_agreements(tmp_path)}"\n',
+    )
+    row, _ = _accept(settings, signed_referral, "nsch", NSCH)
+    assert row is not None and _row(settings, row)[0] == "held"
+    _policy_dir(tmp_path, [{"id": "return-to-issuer", "kind": "return-to-issuer",
+                            "params": {"basis": "return-to-issuer"}}])  # fmt: skip
+    release = ["--home", str(settings.home), "outbox", "release", str(row), "--reason"]
+    assert main([*release, "the rules mended"]) == 0
+    capsys.readouterr()
+    (sent,) = _deliver(settings, row)
+    assert _labels_and_signature(settings, sent) == (["return-to-issuer"], True)
+    year = str(dt.datetime.now(dt.UTC).year)
+    report = _cli(capsys, settings.home, "audit", "transfers", "--year", year, "--format", "json")
+    rows = [(r["partner"], r["basis"], r["records"], r["delivered"]) for r in report["rows"]]
+    assert rows == [("nsch", "return-to-issuer", 1, 1)]
+    # The log holds every step (held, released, delivered) and is intact.
+    assert main(["--home", str(settings.home), "audit", "verify"]) == 0
+    store = open_store(settings)
+    try:
+        kinds = _audit_kinds(store)
+    finally:
+        store.close()
+    assert [k for k in kinds if k in ("policy-decision", "operator", "delivery")] == [
+        "policy-decision",  # held
+        "policy-decision",  # released: allowed
+        "operator",  # the release
+        "delivery",
+    ]
+    # Nothing twice: the status notified again is this row, not a second one.
+    store = open_store(settings)
+    try:
+        referrals = Referrals(settings, store, partners=lambda: NSCH)
+        (task,) = referrals.list(direction="received")
+        again, note = referrals.notify(task)
+        assert again == row and "already delivered" in note
+    finally:
+        store.close()
+    # Replayed, it is sent again made under a decision of today: one status, one
+    # record in the report, delivered twice.
+    replay = ["--home", str(settings.home), "outbox", "replay", str(row), "--reason", "lost"]
+    assert main([*replay, "--json"]) == 0
+    (replayed,) = [r["id"] for r in orjson.loads(capsys.readouterr().out)]
+    (sent,) = _deliver(settings, replayed)
+    assert _labels_and_signature(settings, sent) == (["return-to-issuer"], True)
+    report = _cli(capsys, settings.home, "audit", "transfers", "--year", year, "--format", "json")
+    rows = [(r["partner"], r["basis"], r["records"], r["delivered"]) for r in report["rows"]]
+    assert rows == [("nsch", "return-to-issuer", 1, 2)]
+
+
+def test_a_retried_status_is_labelled_with_todays_decision(
+    tmp_path: Path, hk_settings: Settings, signed_referral: bytes
+) -> None:
+    """Queued on return-to-issuer, dead; the privacy officer then lets statuses cross on
+    the agreement only (it covers referrals): the retry leaves labelled with the
+    agreement's basis (today's), not return-to-issuer, under a new signature."""
+    settings = _with(_nsch_gateway(hk_settings), f'policy_agreements = "{_agreements(tmp_path)}"\n')
+    row, _ = _accept(settings, signed_referral, "nsch", NSCH)
+    assert row is not None
+    store = open_store(settings)
+    try:
+        outbox = Outbox(store)
+        with respx.mock as nsch_api:
+            answer_checks(nsch_api)
+            refused = {"resourceType": "OperationOutcome", "issue": []}
+            nsch_api.post(NSCH["nsch"].base + "/").respond(400, json=refused)
+            with Deliverer(outbox, NSCH, CONFIG) as deliverer:
+                deliverer.run_once(limit=1)
+        assert outbox.require(row).state == "dead"
+    finally:
+        store.close()
+    policy = _policy_dir(tmp_path, [{"id": "agreement", "kind": "agreement"}])
+    settings = _with(settings, f'policy_dir = "{policy}"\n')
+    retry = ["--home", str(settings.home), "outbox", "retry", str(row), "--reason", "fixed"]
+    assert main(retry) == 0
+    (sent,) = _deliver(settings, row)
+    assert _labels_and_signature(settings, sent) == (["gba-standard-contract"], True)
+    # One status, one record: today's decision supersedes the one it was first sent on.
+    store = open_store(settings)
+    try:
+        report = transfers(store, dt.datetime.now(dt.UTC).year)
+    finally:
+        store.close()
+    assert [(r.partner, r.basis, len(r.records), r.delivered) for r in report] == [
+        ("nsch", "gba-standard-contract", 1, 1)
+    ]
+
+
+def test_a_held_status_is_not_released_by_the_records_rules(
+    tmp_path: Path, hk_settings: Settings, referral: dict[str, Any], pki: Path
+) -> None:
+    """The patient is known here by an HKID only: the status is held (return-to-issuer).
+    A consent arriving decides the held records again by the records' rules: those
+    (here: no consent rule) would allow a Task on the GBA contract, recording a
+    transfer that never happened while its row stays held. The status is not theirs:
+    only `outbox release`, by status_rules, decides it again."""
+    bundle = orjson.loads(orjson.dumps(referral))
+    for entry in bundle["entry"]:
+        patient = entry["resource"]
+        if patient["resourceType"] == "Patient":
+            patient["identifier"] = [i for i in patient["identifier"] if "hkid" in i["system"]]
+            (hkid,) = patient["identifier"]
+            entry["request"]["ifNoneExist"] = f"identifier={hkid['system']}|{hkid['value']}"
+    body = orjson.dumps(sign_bundle(bundle, signer(pki, "nsch"), "author"))
+    policy = tmp_path / "policy"
+    shutil.copytree(data_dir("mappings") / "policy", policy, dirs_exist_ok=True)
+    rules = yaml.safe_load((policy / "rules.yaml").read_text(encoding="utf-8"))
+    rules["rules"] = [r for r in rules["rules"] if r["kind"] != "consent"]
+    (policy / "rules.yaml").write_text(yaml.safe_dump(rules, allow_unicode=True), "utf-8")
+    load_data_file.cache_clear()
+    settings = _with(hk_settings, f'policy_dir = "{policy}"\n')
+    row, note = _accept(settings, body, "nsch", NSCH)
+    assert row is not None and "hkid" in note and _row(settings, row)[0] == "held"
+    store = open_store(settings)
+    try:
+        records = PolicyRecords(store, Policy(settings, Network.load(settings.network)))
+        assert records.release_held() == []
+        assert [(d.outcome, d.basis) for d in records.find()] == [("hold", None)]
+        assert transfers(store, dt.datetime.now(dt.UTC).year) == []
+    finally:
+        store.close()
+
+
+def test_a_status_names_the_referrals_patient_not_an_identifier_beside_it(
+    hk_settings: Settings, referral: dict[str, Any], pki: Path
+) -> None:
+    """NSCH's referral names its patient by reference (the Bundle's Patient, MRN
+    0098765) and, beside it, by another MRN of NSCH's (another patient's, a mistake).
+    The status goes back naming the patient the referral was stored for, never that
+    other number: return-to-issuer would pass it (NSCH issued it), the report would
+    count that other person, and one record would carry two patients."""
+    bundle = orjson.loads(orjson.dumps(referral))
+    (sr,) = [e["resource"] for e in bundle["entry"]
+             if e["resource"]["resourceType"] == "ServiceRequest"]  # fmt: skip
+    other = {"system": "https://fhir.nsch.example.cn/sid/mrn", "value": "0011111"}
+    sr["subject"] = {**sr["subject"], "identifier": other}
+    body = orjson.dumps(sign_bundle(bundle, signer(pki, "nsch"), "author"))
+    row, _ = _accept(hk_settings, body, "nsch", NSCH)
+    assert row is not None
+    store = open_store(hk_settings)
+    try:
+        parts = Outbox(store).parts(row)
+    finally:
+        store.close()
+    (task,) = [e["resource"] for p in parts for e in p["entry"]
+               if e["resource"]["resourceType"] == "Task"]  # fmt: skip
+    assert task["for"]["identifier"] == {
+        "system": "https://fhir.nsch.example.cn/sid/mrn",
+        "value": "0098765",
+    }

@@ -116,3 +116,47 @@ def test_status_rules_are_read_strictly(
     with pytest.raises(ConfigError) as caught:
         _policy(settings, tmp_path, change)
     assert "rules.yaml" in str(caught.value)
+
+
+def _contained_patient(bundle: dict[str, Any]) -> str:
+    other = {"resourceType": "Patient", "id": "p", "name": [{"family": "陈"}]}
+    bundle["entry"][0]["resource"]["contained"] = [other]
+    return "Bundle.entry[0].resource.contained"
+
+
+def _second_patient(bundle: dict[str, Any]) -> str:
+    other = {"system": "https://fhir.nsch.example.cn/sid/mrn", "value": "0011111"}
+    bundle["entry"].append(_status(other)["entry"][0])
+    return "2 patients"
+
+
+def _provenance(bundle: dict[str, Any]) -> str:
+    bundle["entry"].append({"resource": {"resourceType": "Provenance", "target": []}})
+    return "Bundle.entry[1].resource (Provenance)"
+
+
+def _literal_beside(bundle: dict[str, Any]) -> str:
+    bundle["entry"][0]["resource"]["for"]["reference"] = "Patient/another"
+    return "Bundle.entry[0].resource.for.reference"
+
+
+def _observation(bundle: dict[str, Any]) -> str:
+    bundle["entry"].append({"resource": {"resourceType": "Observation", "status": "final"}})
+    return "Bundle.entry[1].resource (Observation)"
+
+
+@pytest.mark.parametrize(
+    "ride", [_contained_patient, _second_patient, _provenance, _literal_beside, _observation]
+)
+def test_nothing_rides_along_with_a_status(
+    policy: Policy, ride: Callable[[dict[str, Any]], str]
+) -> None:
+    """Every identifier NSCH's own, yet more than a status: held, the extra named."""
+    bundle = _status(NSCH_MRN)
+    where = ride(bundle)
+    decision = policy.decide_status(bundle, "hkpmc", "nsch", now=NOW)
+    assert (decision.outcome, decision.basis) == ("hold", None)
+    (result,) = decision.results
+    assert result.reason_code == "status.not-status"
+    assert where in result.reason["en"]
+    assert "0011111" not in str(result.reason) and "陈" not in str(result.reason)

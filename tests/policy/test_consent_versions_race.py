@@ -15,17 +15,14 @@ import sqlalchemy as sa
 
 from gateway.policy import ConsentRecord, Policy, PolicyRecords
 from gateway.store import Store
-from tests.store.dbs import BACKENDS, database
+from tests.store.dbs import BACKENDS, opened_store
 
 from .conftest import HKID, consent
 
 
 @pytest.fixture(params=BACKENDS)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    for url in database(request.param, tmp_path):
-        opened = Store.open(url)
-        yield opened
-        opened.close()
+    yield from opened_store(request.param, tmp_path)
 
 
 def test_two_imports_of_one_consent_at_once_are_two_versions(store: Store, policy: Policy) -> None:

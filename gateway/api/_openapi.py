@@ -138,6 +138,22 @@ SCHEMAS: dict[str, Any] = {
 }
 
 
+def _consent_headers(*, location: bool, content_location: bool = True) -> dict[str, Any]:
+    """The headers of a Consent's version (gateway/api/_policy.py)."""
+    found = [
+        ("Location", "[base]/Consent/{id}/_history/{version}"),
+        ("Content-Location", "[base]/Consent/{id}/_history/{version}"),
+        ("ETag", 'W/"{version}"'),
+        ("Last-Modified", "when the version was stored (HTTP-date)"),
+        ("X-Gateway-Released", "messages of the held records released"),
+    ]
+    if not location:
+        found.pop(0)
+    if not content_location:
+        found = [(n, t) for n, t in found if n not in ("Content-Location", "X-Gateway-Released")]
+    return {name: {"description": text, "schema": {"type": "string"}} for name, text in found}
+
+
 def _outcomes(*statuses: tuple[int, str]) -> dict[str, Any]:
     return {
         str(status): {"description": why, "content": {FHIR_JSON: {"schema": _OUTCOME}}}
@@ -366,22 +382,44 @@ def _operations(examples: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any
             },
             "responses": {
                 "201": {
-                    "description": "the consent is on file (FHIR create): the Consent as "
+                    "description": "a new consent is on file (FHIR create): the Consent as "
                     "stored (its meta.versionId and meta.lastUpdated), no body with Prefer: "
                     "return=minimal, an OperationOutcome with return=OperationOutcome",
-                    "headers": {
-                        name: {"description": text, "schema": {"type": "string"}}
-                        for name, text in (
-                            ("Location", "[base]/Consent/{id}/_history/{version}"),
-                            ("ETag", 'W/"{version}"'),
-                            ("Last-Modified", "when the version was stored (HTTP-date)"),
-                            ("X-Gateway-Released", "messages of the held records released"),
-                        )
-                    },
+                    "headers": _consent_headers(location=True),
+                    "content": {FHIR_JSON: {"schema": {"type": "object"}}},
+                },
+                "200": {
+                    "description": "a new version of a consent on file (its id: FHIR "
+                    "update), answered as 201 is but without Location",
+                    "headers": _consent_headers(location=False),
+                    "content": {FHIR_JSON: {"schema": {"type": "object"}}},
+                },
+            }
+            | _outcomes(
+                (400, "not a valid Consent"),
+                (412, "If-Match names another version than the one on file"),
+            ),
+        },
+        ("/Consent/{consent_id}", "get"): {
+            "responses": {
+                "200": {
+                    "description": "the Consent on file (its current version)",
+                    "headers": _consent_headers(location=False, content_location=False),
                     "content": {FHIR_JSON: {"schema": {"type": "object"}}},
                 }
             }
-            | _outcomes((400, "not a valid Consent")),
+            | _outcomes((404, "no consent with that id")),
+        },
+        ("/Consent/{consent_id}/_history/{version_id}", "get"): {
+            "responses": {
+                "200": {
+                    "description": "the version, when it is the current one (the only "
+                    "version kept)",
+                    "headers": _consent_headers(location=False, content_location=False),
+                    "content": {FHIR_JSON: {"schema": {"type": "object"}}},
+                }
+            }
+            | _outcomes((404, "no consent with that id, or a version that is not current")),
         },
         ("/$verify", "post"): {
             "requestBody": {

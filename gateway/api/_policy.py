@@ -6,12 +6,18 @@
     GET  /policy/decisions?message=&outcome=&limit=   stored decisions, newest first
     GET  /policy/decisions/{id}             one stored decision (read-back for audit)
     POST /Consent                           import a FHIR Consent; held records it now
-                                            allows are released (201, as a FHIR create:
-                                            Location, ETag, Last-Modified, the Consent
+                                            allows are released (201 with Location when
+                                            new, 200 when a new version of one on file,
+                                            as FHIR's create and update: ETag,
+                                            Last-Modified, Content-Location, the Consent
                                             stored; Prefer: return=minimal|representation
-                                            |OperationOutcome)
+                                            |OperationOutcome; If-Match honoured)
     GET  /Consent?patient=SYSTEM|VALUE      consents on file (a searchset Bundle)
-    POST /Consent/{id}/$withdraw            withdraw (status inactive; a new version)
+    GET  /Consent/{id}                      one (read: its current version)
+    GET  /Consent/{id}/_history/{vid}       vread: the current version only (the one
+                                            kept); another is 404
+    POST /Consent/{id}/$withdraw            withdraw (status inactive; a new version; one
+                                            withdrawn already answered as it is; If-Match)
 
 Errors are OperationOutcomes with the status registered for their code.
 """
@@ -29,7 +35,7 @@ from fastapi.responses import Response
 
 from ..audit import PSEUDONYM, message_subject
 from ..config import Settings
-from ..errors import GatewayError, Issue, http_status, operation_outcome
+from ..errors import GatewayError, Issue, http_status, operation_outcome, shape
 from ..policy import ConsentRecord, Decision, Policy, PolicyError, PolicyRecords, Released
 from ..store import is_row_id, open_store
 from ._auditing import read_audit
@@ -77,16 +83,34 @@ def _preferred(request: Request) -> str | None:
     return None
 
 
+def _if_match(request: Request) -> list[str] | None:
+    """The versions an If-Match header names (RFC 9110 13.1.1: entity tags, weak or
+    strong, as the gateway's ETag W/"vid" and FHIR clients send them; ``*`` any); None
+    without the header. A tag that is no version of ours matches nothing (412)."""
+    header = request.headers.get("if-match")
+    if header is None:
+        return None
+    tags = [t.strip() for t in header.split(",")]
+    return [t.removeprefix("W/").strip('"') for t in tags if t]
+
+
 def _created(
     request: Request, public: str | None, record: ConsentRecord, released: list[Released]
 ) -> Response:
-    """FHIR create's answer (http.html#create): 201, Location of the version made
+    """FHIR create's answer (http.html#create) for a Consent new to the gateway: 201 and
+    Location; FHIR update's (http.html#update) for a new version of one on file (the
+    route is a create-or-update by id): 200, no Location (RFC 9110: a 200 creates no
+    resource). Both: ETag, Last-Modified, Content-Location of the version made
     ([base]/Consent/id/_history/vid; under inbound_public_url, else an absolute path:
-    never made from the Host), ETag, Last-Modified; the body as Prefer asks, the Consent
-    stored by default. The held records released name their messages in
-    X-Gateway-Released (and as issues with return=OperationOutcome)."""
+    never made from the Host); the body as Prefer asks, the Consent stored by default.
+    The held records released name their messages in X-Gateway-Released (and as issues
+    with return=OperationOutcome)."""
+    where = f"{public or ''}/Consent/{record.id}/_history/{record.version}"
+    created = record.version == 1  # the first version: no Consent of that id was on file
+    status = 201 if created else 200
     headers = {
-        "Location": f"{public or ''}/Consent/{record.id}/_history/{record.version}",
+        **({"Location": where} if created else {}),
+        "Content-Location": where,
         **_versioned(record),
         "X-Gateway-Released": ",".join(str(r.message_id) for r in released) or "none",
     }
@@ -94,11 +118,11 @@ def _created(
     if preferred is not None:
         headers["Preference-Applied"] = f"return={preferred}"
     if preferred == "minimal":
-        return Response(b"", 201, headers)
+        return Response(b"", status, headers)
     if preferred == "OperationOutcome":
         issues = [_kept(record), *(_released(r) for r in released)]
-        return Response(orjson.dumps(operation_outcome(issues)), 201, headers, FHIR_JSON)
-    return Response(record.resource, 201, headers, FHIR_JSON)
+        return Response(orjson.dumps(operation_outcome(issues)), status, headers, FHIR_JSON)
+    return Response(record.resource, status, headers, FHIR_JSON)
 
 
 def _versioned(record: ConsentRecord) -> dict[str, str]:
@@ -225,7 +249,10 @@ def add_policy_routes(
             return refused
         try:
             body = await body_of(request)
-            record, released = await run_in_threadpool(lambda: lazy.records().import_consent(body))
+            expected = _if_match(request)
+            record, released = await run_in_threadpool(
+                lambda: lazy.records().import_consent(body, if_match=expected)
+            )
         except GatewayError as exc:
             return _error(exc)
         return _created(request, settings.inbound_public_url, record, released)
@@ -249,13 +276,54 @@ def add_policy_routes(
         }
         return _json(bundle, media=FHIR_JSON)
 
+    async def consent_read(request: Request, consent_id: str, version: str | None) -> Response:
+        """read, or vread of ``version``: the current version is the only one kept."""
+        refused = unauthorized(request)
+        if refused is not None:
+            return refused
+        try:
+            record = await run_in_threadpool(lambda: lazy.records().read_consent(consent_id))
+            if version is not None and version != str(record.version):
+                raise _version_not_found(record, version)
+        except GatewayError as exc:
+            return _error(exc)
+        await run_in_threadpool(
+            audit.write, request, interaction="vread" if version else "read",
+            patients=[record.patient], records=[f"Consent/{record.id}"],
+        )  # fmt: skip
+        return Response(record.resource, 200, _versioned(record), FHIR_JSON)
+
+    @app.get("/Consent/{consent_id}")
+    async def consent_get(request: Request, consent_id: str) -> Response:
+        return await consent_read(request, consent_id, None)
+
+    @app.get("/Consent/{consent_id}/_history/{version_id}")
+    async def consent_vread(request: Request, consent_id: str, version_id: str) -> Response:
+        return await consent_read(request, consent_id, version_id)
+
     @app.post("/Consent/{consent_id}/$withdraw")
     async def consent_withdraw(request: Request, consent_id: str) -> Response:
         refused = unauthorized(request)
         if refused is not None:
             return refused
+        expected = _if_match(request)
         try:
-            record = await run_in_threadpool(lambda: lazy.records().withdraw(consent_id))
+            record = await run_in_threadpool(
+                lambda: lazy.records().withdraw(consent_id, if_match=expected)
+            )
         except GatewayError as exc:
             return _error(exc)
-        return Response(record.resource, 200, _versioned(record), FHIR_JSON)  # a new version
+        # a new version, or the one on file when it was withdrawn already
+        return Response(record.resource, 200, _versioned(record), FHIR_JSON)
+
+
+def _version_not_found(record: ConsentRecord, version: str) -> PolicyError:
+    """FHIR's vread of a version not kept: 404, the version named (its form when it is
+    no version number: the path is the requester's text), and the one on file."""
+    named = version if version.isascii() and version.isdigit() and len(version) < 12 else None
+    return PolicyError(
+        "consent-version-not-found",
+        f"Consent/{record.id} has no version {named or shape(version)} on file: the gateway "
+        f"keeps only a Consent's current version, {record.version} (GET /Consent/{record.id})",
+        location="Consent.meta.versionId",
+    )

@@ -471,7 +471,10 @@ class Outbound:
 
     def release(self, row_id: int, reason: str) -> OutboxRecord:
         """``gateway outbox release``: a row the policy holds is decided again (a person
-        cannot overrule a missing consent); any other held row is queued again."""
+        cannot overrule a missing consent); any other held row is queued again. Such a
+        row never crosses on a consent withdrawn while it was held: the withdrawal held
+        it for the policy if none of it was sent (``UnsentHold``, the one rule for every
+        way back to the queue), so it is decided again here."""
         with self._lock:
             self._fresh()
             row = self.outbox.require(row_id)

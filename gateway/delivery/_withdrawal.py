@@ -14,7 +14,7 @@ from sqlalchemy.engine import Connection
 
 from ..policy import register_unsent_rows
 from ..store import Store, metadata
-from ._outbox import UNKNOWN_PARTNER, Outbox
+from ._outbox import Outbox
 
 __all__ = ["UnsentHold"]
 
@@ -24,6 +24,11 @@ _events = metadata.tables["outbox_events"]
 # send was ambiguous (``waiting``) or begun (a part sent) are left: the partner may
 # already hold them.
 _NOT_BEGUN = ("pending", "retrying")
+# Where a hold of a never-sent row (part 0) may come from: created held (None), queued
+# (the overwrite guard, another patient's link, a partner gone), or a send of its first
+# part the partner refused (our credentials, no token): nothing of it was applied.
+# Not ``waiting``: its last send was ambiguous, the partner may hold it.
+_HELD_UNSENT_FROM = (*_NOT_BEGUN, "sending")
 
 
 class UnsentHold:
@@ -38,46 +43,61 @@ class UnsentHold:
         held = 0
         for message_id, recipient in pairs:
             rows = conn.execute(
-                sa.select(o.id, o.state).where(
+                sa.select(o.id, o.state, o.last_error).where(
                     o.message_id == message_id,
                     o.partner == recipient,
                     o.state.in_(_NOT_BEGUN),
                     o.part == 0,
                 )
             ).all()
-            for row_id, state in [*rows, *self._gone_unsent(conn, message_id, recipient)]:
+            for row_id, state, was in [*rows, *self._held_unsent(conn, message_id, recipient)]:
+                # A row held for another reason keeps that reason in its transition: the
+                # person who looks at it (gateway outbox show) sees both holds.
+                why = reason if state != "held" else f"{reason} (it was held: {was})"
                 self.outbox.move(
-                    row_id, state, "held", reason, now=now, conn=conn, last_error="policy.held"
+                    row_id, state, "held", why, now=now, conn=conn, last_error="policy.held"
                 )
                 held += 1
         return held
 
     @staticmethod
-    def _gone_unsent(conn: Connection, message_id: int, recipient: str) -> list[tuple[int, str]]:
-        """Rows held only because their partner was not configured, held before any
-        send (from a state not begun, no part sent): the worker queues them again by
-        itself once the partner is back (``Outbox.release_known``), with no decision
-        made again, so a withdrawal holds them for the policy too. One held from
-        ``waiting`` (its send ambiguous: the partner may hold it) is left, as a waiting
-        row is."""
+    def _held_unsent(
+        conn: Connection, message_id: int, recipient: str
+    ) -> list[tuple[int, str, str | None]]:
+        """Rows held for a reason of delivery's (any code but the policy's own: the
+        overwrite guard, another patient's link, our credentials refused or missing, a
+        partner gone...), never sent: no part delivered and held before any send, or
+        on a send of the first part that the partner refused. Every way out of such a
+        hold (a person's release, the worker's once a partner is back:
+        ``Outbox.release_known``) queues the row with no decision made again, so the
+        withdrawal holds it for the policy here, the one place that knows: from then on
+        only a decision, made again on the day (``Outbound.release``,
+        ``recheck_held``), can queue it. One held from ``waiting`` (its send ambiguous:
+        the partner may hold it) is left, as a waiting row is; so is a row with a part
+        sent: what is there stays there, the rest must follow (the partner holds half a
+        record otherwise), and its later parts were decided with the first."""
         o, e, later = _outbox.c, _events.c, _events.alias("later").c
         last = sa.select(sa.func.max(later.id)).where(later.outbox_id == o.id).scalar_subquery()
-        held_unbegun = (
+        held_unsent = (
             sa.select(e.id)
-            .where(e.id == last, e.to_state == "held", e.from_state.in_(_NOT_BEGUN))
+            .where(
+                e.id == last,
+                e.to_state == "held",
+                sa.or_(e.from_state.is_(None), e.from_state.in_(_HELD_UNSENT_FROM)),
+            )
             .exists()
         )
         found = conn.execute(
-            sa.select(o.id, o.state).where(
+            sa.select(o.id, o.state, o.last_error).where(
                 o.message_id == message_id,
                 o.partner == recipient,
                 o.state == "held",
-                o.last_error == UNKNOWN_PARTNER,
+                sa.or_(o.last_error.is_(None), ~o.last_error.startswith("policy.")),
                 o.part == 0,
-                held_unbegun,
+                held_unsent,
             )
         ).all()
-        return [(int(row_id), str(state)) for row_id, state in found]
+        return [(int(row_id), str(state), was) for row_id, state, was in found]
 
 
 register_unsent_rows(UnsentHold)

@@ -21,7 +21,7 @@ from ..audit import PSEUDONYM, AuditLog, decision_event, join_people, message_su
 from ..audit import events as audit_events
 from ..errors import Issue
 from ..store import StageOutcome, Store, metadata, utcnow
-from ._consent import ConsentRecord, PolicyError, parse_consent, stamped
+from ._consent import WITHDRAWN, ConsentRecord, PolicyError, parse_consent, stamped
 from ._engine import Decision, Policy, RuleResult, new_individual, system_tag
 from ._minimise import Change, pseudonym
 
@@ -463,24 +463,34 @@ class PolicyRecords:
         return found
 
     def import_consent(
-        self, body: bytes | dict[str, Any], now: datetime | None = None, operator: str | None = None
+        self,
+        body: bytes | dict[str, Any],
+        now: datetime | None = None,
+        operator: str | None = None,
+        if_match: Sequence[str] | None = None,
     ) -> tuple[ConsentRecord, list[Released]]:
         """Keep a Consent (a new one, or a new version of one by id) and release the held
         records it now allows. ``operator``: who imported it (its audit event names them).
-        The record returned is the version stored: its id, meta.versionId (1, or the
-        stored version's plus one) and meta.lastUpdated set here (``stamped``)."""
+        The record returned is the version stored: its id, meta.versionId (1: it was
+        new; else the stored version's plus one) and meta.lastUpdated set here
+        (``stamped``). ``if_match``: the versions the caller expects on file (an HTTP
+        If-Match's entity tags, ``*`` any): ``policy.consent-version-conflict`` when
+        the stored one is none of them, or none is stored."""
         record = self._parse(body if isinstance(body, bytes) else orjson.dumps(body))
         stamp = utcnow()
         with self._writer.begin() as conn:
-            self._refuse_shared(conn, record)
             # locked (PostgreSQL; SQLite's BEGIN IMMEDIATE already orders writers): two
-            # imports at once would both read version N and both store N+1
+            # imports at once would both read version N and both store N+1 (and an
+            # If-Match checked outside the lock would let both through)
             found = conn.execute(
                 sa.select(consents.c.id, consents.c.resource)
                 .where(consents.c.consent_id == record.id)
                 .with_for_update()
             ).first()
-            version = 1 if found is None else self._parse(found.resource).version + 1
+            stored = None if found is None else self._parse(found.resource).version
+            _check_version(record.id, stored, if_match)
+            self._refuse_shared(conn, record)
+            version = 1 if stored is None else stored + 1
             data = stamped(orjson.loads(record.resource), record.id, version, stamp)
             record = replace(record, resource=data)  # what it says is unchanged
             values = {
@@ -523,6 +533,17 @@ class PolicyRecords:
             location="Consent.patient.identifier",
         )
 
+    def read_consent(self, consent_id: str) -> ConsentRecord:
+        """The Consent on file under ``consent_id``, its current version (the only one
+        kept: an import or withdrawal replaces the row); ``policy.consent-not-found``."""
+        with self.engine.connect() as conn:
+            found = conn.execute(
+                sa.select(consents.c.resource).where(consents.c.consent_id == consent_id)
+            ).scalar()
+        if found is None:
+            raise _no_consent(consent_id)
+        return self._parse(found)
+
     def list_consents(self, patient: str | None = None) -> list[ConsentRecord]:
         query = sa.select(consents.c.resource).order_by(consents.c.id)
         if patient:
@@ -540,8 +561,14 @@ class PolicyRecords:
             event = audit_events.consent_changed(patient, record.id, status, operator=operator)
             self.audit.record_guarded(conn, event)
 
-    def withdraw(self, consent_id: str, operator: str | None = None) -> ConsentRecord:
-        """Withdrawal: the Consent's status becomes inactive (kept, as evidence)."""
+    def withdraw(
+        self, consent_id: str, operator: str | None = None, if_match: Sequence[str] | None = None
+    ) -> ConsentRecord:
+        """Withdrawal: the Consent's status becomes inactive (kept, as evidence): a new
+        version. One withdrawn already (its status inactive, rejected or
+        entered-in-error: in force for nothing) is answered as it is: no new version,
+        no audit event — a repeated withdrawal (a client's retry) changes nothing.
+        ``if_match``: as :meth:`import_consent`'s, checked first."""
         with self._writer.begin() as conn:
             row = conn.execute(
                 sa.select(consents.c.id, consents.c.resource)
@@ -549,13 +576,17 @@ class PolicyRecords:
                 .with_for_update()  # the version it makes follows the stored one (import)
             ).first()
             if row is None:
-                raise PolicyError(
-                    "consent-not-found", f"no consent {consent_id!r}", location="Consent.id"
-                )
+                if if_match is not None:  # RFC 9110 13.1.1: no current representation
+                    _check_version(consent_id, None, if_match)
+                raise _no_consent(consent_id)
+            current = self._parse(row.resource)
+            _check_version(consent_id, current.version, if_match)
+            if current.status in WITHDRAWN:
+                return current
             resource = orjson.loads(row.resource)
             resource["status"] = "inactive"
             stamp = utcnow()  # a new version, as an update of the Consent would be
-            version = self._parse(row.resource).version + 1
+            version = current.version + 1
             data = stamped(resource, consent_id, version, stamp)
             conn.execute(
                 consents.update()
@@ -970,6 +1001,29 @@ def _bare(item: str) -> str:
     """A stored pseudonym without its system's tag (``tag:pseudonym``; bare before
     migration 0012): the form the decision's counts and audit events use."""
     return item.partition(":")[2] or item
+
+
+def _no_consent(consent_id: str) -> PolicyError:
+    return PolicyError("consent-not-found", f"no consent {consent_id!r}", location="Consent.id")
+
+
+def _check_version(consent_id: str, stored: int | None, if_match: Sequence[str] | None) -> None:
+    """FHIR's version-aware update (http.html#concurrency): the caller's If-Match
+    (``if_match``, its entity tags' versions; ``*`` any) names the version on file;
+    else ``policy.consent-version-conflict`` (412), nothing changed. None: no
+    precondition."""
+    if if_match is None:
+        return
+    if stored is not None and ("*" in if_match or str(stored) in if_match):
+        return
+    on_file = f"version {stored} is on file" if stored is not None else "none is on file"
+    raise PolicyError(
+        "consent-version-conflict",
+        f"Consent/{consent_id}: If-Match names another version than the current one "
+        f"({on_file}); nothing was changed: read it again (GET /Consent/{consent_id}) "
+        "and retry with its ETag",
+        location="If-Match",
+    )
 
 
 def audit_unavailable(decision: Decision, message_id: int | None) -> PolicyError:

@@ -191,13 +191,25 @@ SERVER_ONLY: dict[str, dict[str, Any]] = {
     }
 }
 # The patients' consents to cross-border transfer (docs/policy.md): POST /Consent
-# imports one (201), GET /Consent?patient= lists them, POST /Consent/{id}/$withdraw.
+# imports one (201, or 200 for a new version), GET /Consent?patient= lists them, GET
+# /Consent/{id}[/_history/{vid}] reads one (vread: the current version, the only one
+# kept), POST /Consent/{id}/$withdraw.
 CONSENT: dict[str, Any] = {
     "type": "Consent",
     "documentation": "Consents to cross-border transfer (docs/policy.md): POST /Consent "
-    "imports one (201; held records it now allows are released), GET /Consent?patient= "
-    "lists them (a searchset Bundle), POST /Consent/{id}/$withdraw withdraws one.",
-    "interaction": [{"code": "create"}, {"code": "search-type"}],
+    "imports one (201 when new, 200 for a new version of one on file; If-Match honoured; "
+    "held records it now allows are released), GET /Consent?patient= lists them (a "
+    "searchset Bundle), GET /Consent/{id} reads one, GET /Consent/{id}/_history/{vid} its "
+    "current version (only the current version is kept: another is 404), POST "
+    "/Consent/{id}/$withdraw withdraws one.",
+    "versioning": "versioned-update",  # If-Match honoured (http.html#concurrency)
+    "readHistory": False,
+    "interaction": [
+        {"code": "read"},
+        {"code": "vread"},
+        {"code": "create"},
+        {"code": "search-type"},
+    ],
     "searchParam": [
         {
             "name": "patient",

@@ -13,7 +13,8 @@ Interactions, per type, against the app's routes both ways: each announced one i
 answered by a route that serves it, and each route serving a FHIR interaction (read,
 search-type, create, transaction) is announced. The published statement announced only
 $validate for the types GET /fhir/{type} reads and searches, and neither POST /fhir nor
-/Consent."""
+/Consent; GET /Consent/{id} and its vread (the Location POST /Consent answers) were
+neither served nor announced."""
 
 from __future__ import annotations
 
@@ -125,10 +126,16 @@ def test_the_published_statement_announces_the_same_audit_parameters(
 
 # A route's shape below its base → the interaction it serves (http.html): the type
 # segment is a type's name or a path parameter (any type).
-_SHAPES = {("GET", 2): "read", ("GET", 1): "search-type", ("POST", 1): "create"}
+_SHAPES = {
+    ("GET", 2): "read",
+    ("GET", 4): "vread",  # [type]/[id]/_history/[vid]
+    ("GET", 1): "search-type",
+    ("POST", 1): "create",
+}
 SYSTEM = {"transaction", "batch"}  # POST [base]: a transaction or batch Bundle
 _REQUESTS = {
     "read": ("GET", "/{type}/an-id"),
+    "vread": ("GET", "/{type}/an-id/_history/1"),
     "search-type": ("GET", "/{type}"),
     "create": ("POST", "/{type}"),
     "transaction": ("POST", ""),
@@ -150,6 +157,8 @@ def _interaction(route: APIRoute, method: str, base: str) -> tuple[str, str] | N
     segments = route.path[len(base) + 1 :].split("/")
     if not _is_type(segments[0]) or (len(segments) == 2 and not segments[1].startswith("{")):
         return None  # e.g. /fhir/metadata, /{type}/$validate
+    if len(segments) == 4 and segments[2] != "_history":
+        return None
     kind = _SHAPES.get((method, len(segments)))
     return (segments[0], kind) if kind else None
 
@@ -278,7 +287,9 @@ def test_metadata_announces_the_interactions_its_routes_serve(
 ) -> None:
     _check_routes(app, root, "")
     _check_operations(app, root, "")
-    assert _announced(root) == {("Consent", "create"), ("Consent", "search-type")}
+    assert _announced(root) == {
+        ("Consent", c) for c in ("create", "search-type", "read", "vread")
+    }  # read and vread: the Location POST /Consent answers is served
     assert _operations(root) == ({("Consent", "withdraw")}, {"convert", "report-variants",
                                                             "validate"})  # fmt: skip
     consent = next(r for r in root["rest"][0]["resource"] if r["type"] == "Consent")

@@ -2,7 +2,9 @@
 made, [base]/Consent/id/_history/vid), ETag, Last-Modified and the Consent as stored
 (meta.versionId and meta.lastUpdated the gateway's), or what ``Prefer: return=`` asks:
 nothing (minimal), the resource (representation) or an OperationOutcome. It answered
-201 with a summary of its own ({"consent": ..., "released": ...}) before.
+201 with a summary of its own ({"consent": ..., "released": ...}) before. For an id on
+file it is FHIR's update (http.html#update): 200, no Location (it answered 201 for
+every version before).
 
 The released held records are tested in tests/policy/test_surfaces.py."""
 
@@ -57,9 +59,17 @@ def _instant(text: str) -> datetime:
 
 
 def _versioned(resp: Any, version: int) -> None:
-    """Location, ETag and Last-Modified of version ``version`` of consent-1."""
-    assert resp.status_code == 201, resp.text
-    assert resp.headers["location"] == f"/Consent/consent-1/_history/{version}"  # no Host
+    """Version ``version`` of consent-1: the first created (201, Location), a later one
+    an update of the Consent on file (200, no Location: FHIR update); both with
+    Content-Location, ETag and Last-Modified."""
+    where = f"/Consent/consent-1/_history/{version}"  # no Host
+    if version == 1:
+        assert resp.status_code == 201, resp.text
+        assert resp.headers["location"] == where
+    else:
+        assert resp.status_code == 200, resp.text
+        assert "location" not in resp.headers
+    assert resp.headers["content-location"] == where
     assert resp.headers["etag"] == f'W/"{version}"'
     modified = parsedate_to_datetime(resp.headers["last-modified"])  # an HTTP-date
     assert modified.tzinfo is not None and abs(datetime.now(UTC) - modified).total_seconds() < 60

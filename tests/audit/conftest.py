@@ -17,7 +17,7 @@ from gateway.datafiles import data_dir
 from gateway.signing import Signer, make_demo_pki
 from gateway.store import Store
 
-from ..store.dbs import BACKENDS, database
+from ..store.dbs import BACKENDS, opened_store
 
 START = datetime(2026, 6, 10, 8, 0, tzinfo=UTC)
 PATIENTS = ("Patient/3f0c9a43-wang-wei", "Patient/8d1e77b0-chan-tai-man", "Patient/c2a4-li-na")
@@ -26,10 +26,7 @@ AGREEMENT = "粤港澳大湾区个人信息跨境流动标准合同 NSCH-HKPMC-2
 
 @pytest.fixture(params=BACKENDS)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    for url in database(request.param, tmp_path):
-        opened = Store.open(url)
-        yield opened
-        opened.close()
+    yield from opened_store(request.param, tmp_path)
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from gateway.processing import process_message
 from gateway.store import Incoming, Store, open_store
 from tests.conftest import REPO
 from tests.partner.conftest import partner  # noqa: F401  (the real partner server)
-from tests.store.dbs import BACKENDS, database
+from tests.store.dbs import BACKENDS, opened_store
 
 BASE = "https://fhir.hkpmc.example.hk/fhir/R4"
 POST_URL = BASE + "/"  # httpx's base_url ends in "/": a POST to the base goes there
@@ -110,10 +110,7 @@ def searchset(*resources: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.fixture(params=BACKENDS)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    for url in database(request.param, tmp_path):
-        opened = Store.open(url)
-        yield opened
-        opened.close()
+    yield from opened_store(request.param, tmp_path)
 
 
 @pytest.fixture

@@ -231,18 +231,7 @@ def test_a_retry_of_a_cross_border_status_is_decided_again(
     )
     row, _ = _accept(settings, signed_referral, "nsch", NSCH)
     assert row is not None
-    store = open_store(settings)
-    try:
-        outbox = Outbox(store)
-        refused = {"resourceType": "OperationOutcome", "issue": []}
-        with respx.mock as nsch_api:
-            answer_checks(nsch_api)
-            nsch_api.post(NSCH["nsch"].base + "/").respond(400, json=refused)
-            with Deliverer(outbox, NSCH, CONFIG) as deliverer:
-                deliverer.run_once(limit=1)
-        assert outbox.require(row).state == "dead"
-    finally:
-        store.close()
+    _refused_once(settings, row)
     _policy_dir(tmp_path, [{"id": "agreement", "kind": "agreement"}], "continuing-care")
     retry = ["--home", str(settings.home), "outbox", "retry", str(row), "--reason"]
     assert main([*retry, "partner fixed"]) != 0
@@ -375,18 +364,7 @@ def test_a_retried_status_is_labelled_with_todays_decision(
     settings = _with(_nsch_gateway(hk_settings), f'policy_agreements = "{_agreements(tmp_path)}"\n')
     row, _ = _accept(settings, signed_referral, "nsch", NSCH)
     assert row is not None
-    store = open_store(settings)
-    try:
-        outbox = Outbox(store)
-        with respx.mock as nsch_api:
-            answer_checks(nsch_api)
-            refused = {"resourceType": "OperationOutcome", "issue": []}
-            nsch_api.post(NSCH["nsch"].base + "/").respond(400, json=refused)
-            with Deliverer(outbox, NSCH, CONFIG) as deliverer:
-                deliverer.run_once(limit=1)
-        assert outbox.require(row).state == "dead"
-    finally:
-        store.close()
+    _refused_once(settings, row)
     policy = _policy_dir(tmp_path, [{"id": "agreement", "kind": "agreement"}])
     settings = _with(settings, f'policy_dir = "{policy}"\n')
     retry = ["--home", str(settings.home), "outbox", "retry", str(row), "--reason", "fixed"]
@@ -465,3 +443,19 @@ def test_a_referral_naming_another_patient_beside_its_own_is_refused(
     finally:
         store.close()
     assert counts(hk_settings)["inbound_resources"] == 0
+
+
+def _refused_once(settings: Settings, row: int) -> None:
+    """NSCH refuses the row's send (400): the row is dead, for a retry to decide again."""
+    store = open_store(settings)
+    try:
+        outbox = Outbox(store)
+        with respx.mock as nsch_api:
+            answer_checks(nsch_api)
+            refused = {"resourceType": "OperationOutcome", "issue": []}
+            nsch_api.post(NSCH["nsch"].base + "/").respond(400, json=refused)
+            with Deliverer(outbox, NSCH, CONFIG) as deliverer:
+                deliverer.run_once(limit=1)
+        assert outbox.require(row).state == "dead"
+    finally:
+        store.close()

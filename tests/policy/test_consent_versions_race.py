@@ -13,19 +13,17 @@ import orjson
 import pytest
 import sqlalchemy as sa
 
-from gateway.policy import ConsentRecord, Policy, PolicyRecords
+from gateway.audit import AuditLog
+from gateway.policy import ConsentRecord, Policy, PolicyError, PolicyRecords
 from gateway.store import Store
-from tests.store.dbs import BACKENDS, database
+from tests.store.dbs import BACKENDS, opened_store
 
 from .conftest import HKID, consent
 
 
 @pytest.fixture(params=BACKENDS)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    for url in database(request.param, tmp_path):
-        opened = Store.open(url)
-        yield opened
-        opened.close()
+    yield from opened_store(request.param, tmp_path)
 
 
 def test_two_imports_of_one_consent_at_once_are_two_versions(store: Store, policy: Policy) -> None:
@@ -61,3 +59,51 @@ def test_two_imports_of_one_consent_at_once_are_two_versions(store: Store, polic
     assert {mine.version, other[0].version} == {2, 3}
     stored = records.list_consents()
     assert [orjson.loads(c.resource)["meta"]["versionId"] for c in stored] == ["3"]
+
+
+def test_two_imports_with_one_if_match_at_once_one_is_refused(store: Store, policy: Policy) -> None:
+    """Both name version 1 in If-Match: the check is made under the row lock, so the
+    second sees version 2 and is refused (412), never both stored on one precondition."""
+    records = PolicyRecords(store, policy)
+    first = consent((HKID, "K583726A"), "HKPMC")
+    records.import_consent(first)
+    other: list[ConsentRecord] = []
+    errors: list[BaseException] = []
+
+    def meanwhile() -> None:
+        try:
+            other.append(PolicyRecords(store, policy).import_consent(first, if_match=["1"])[0])
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    racer = threading.Thread(target=meanwhile)
+
+    def on_update(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        writes = statement.lstrip().upper().startswith("UPDATE POLICY_CONSENTS")
+        if writes and racer.ident is None:
+            racer.start()
+            racer.join(2.0)
+
+    sa.event.listen(store.engine, "before_cursor_execute", on_update)
+    try:
+        mine = records.import_consent(first, if_match=["1"])[0]
+    finally:
+        sa.event.remove(store.engine, "before_cursor_execute", on_update)
+    racer.join(30.0)
+    assert mine.version == 2 and other == []
+    [refused] = errors
+    assert isinstance(refused, PolicyError) and refused.code == "policy.consent-version-conflict"
+    assert "version 2 is on file" in str(refused)
+
+
+def test_withdrawing_twice_is_one_version_and_one_event(store: Store, policy: Policy) -> None:
+    """A repeated withdrawal (a retry, the CLI run twice) answers the withdrawn version:
+    no version 3, no second consent event."""
+    records = PolicyRecords(store, policy)
+    records.import_consent(consent((HKID, "K583726A"), "HKPMC"))
+    first = records.withdraw("consent-1", operator="dpo")
+    events = [e for e in AuditLog(store).rows() if e.kind == "consent"]
+    again = records.withdraw("consent-1", operator="dpo")
+    assert again == first and again.version == 2 and again.status == "inactive"
+    assert [e for e in AuditLog(store).rows() if e.kind == "consent"] == events
+    assert [c.version for c in records.list_consents()] == [2]

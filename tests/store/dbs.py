@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from gateway.store import Store
+
 PG_URL = os.environ.get("GATEWAY_TEST_DATABASE_URL", "")
 BACKENDS = ["sqlite", "postgresql"]
 SKIP_PG = (
@@ -38,3 +40,11 @@ def database(backend: str, tmp_path: Path) -> Iterator[str]:
         with admin.begin() as conn:
             conn.exec_driver_sql(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
         admin.dispose()
+
+
+def opened_store(backend: str, tmp_path: Path) -> Iterator[Store]:
+    """A Store on an empty database of ``backend`` (see :func:`database`), closed after."""
+    for url in database(backend, tmp_path):
+        store = Store.open(url)
+        yield store
+        store.close()

@@ -134,6 +134,8 @@ def apply_bundle(
             stored = _write(conn, store, plan, {}, {}, partner, bundle_id, now, bases)
         except InboundError as exc:
             savepoint.rollback()
+            if exc.code == IDENTITY_MISMATCH:
+                raise  # two patients in one Bundle: refused whole, a batch too
             status = http_status([exc.issue])
             applied.response["entry"].append(
                 {"response": {"status": f"{status} {_REASONS[status]}",
@@ -314,19 +316,25 @@ def _write(
     if not plan.write:
         key = (plan.resource_type, str(plan.logical_id))
         if known is not None and key in known:
-            return known[key]
-        return store.current(conn, plan.resource_type, str(plan.logical_id))
+            matched = known[key]
+        else:
+            matched = store.current(conn, plan.resource_type, str(plan.logical_id))
+        _check_same_patient(plan, matched)
+        return matched
     if plan.logical_id is None:  # a create: its id is known before any reference to it
         plan.logical_id = str(uuid.uuid4())
         if plan.full_url:
             urls[plan.full_url] = f"{plan.resource_type}/{plan.logical_id}"
     else:
         known = _check_owner(conn, store, plan, partner, known)
+        _check_same_patient(plan, known[(plan.resource_type, plan.logical_id)])
     resource = copy.deepcopy(plan.resource)
     resource.pop("id", None)
     for where, ref in _references(resource, f"Bundle.entry[{plan.n}].resource"):
         given = _in_bundle(str(ref["reference"]), plan.full_url, urls, where, bases, partner)
         ref["reference"] = _resolve(conn, store, given, urls, index, where, partner, known)
+        if _PATIENT_ELEMENT.fullmatch(where) and isinstance(ref.get("identifier"), dict):
+            _check_reference_identity(conn, store, ref, where, index, known)
     stored, written = store.write(
         conn, resource, logical_id=plan.logical_id, partner=partner, bundle_id=bundle_id,
         now=now, known=known,
@@ -334,6 +342,80 @@ def _write(
     plan.created = written and stored.version == 1
     plan.write = written
     return stored
+
+
+IDENTITY_MISMATCH = "inbound.identity-mismatch"
+# the elements naming the patient a resource is about (``_content.py``), at its top level
+_PATIENT_ELEMENT = re.compile(
+    r"Bundle\.entry\[\d+\]\.resource\.(subject|patient|for|beneficiary)(\[\d+\])?"
+)
+
+
+def _pairs(resource: dict[str, Any] | None) -> set[tuple[str, str]]:
+    """(system, value) of a resource's identifiers that have both."""
+    found = (resource or {}).get("identifier")
+    return {
+        (str(i["system"]), str(i["value"]))
+        for i in (found if isinstance(found, list) else [])
+        if isinstance(i, dict) and i.get("system") and i.get("value")
+    }
+
+
+def _conflicting(mine: set[tuple[str, str]], theirs: set[tuple[str, str]]) -> bool:
+    """Two patients by their identifiers: a system both name with no value in common
+    (another MRN under the same hospital's system). Other systems say nothing."""
+    systems = {s for s, _ in mine} & {s for s, _ in theirs}
+    return any(
+        not {v for s, v in mine if s == system} & {v for s, v in theirs if s == system}
+        for system in systems
+    )
+
+
+def _check_same_patient(plan: _Entry, stored: Stored | None) -> None:
+    """A Patient entry matched (by its condition, or its Type/id) to a stored Patient
+    whose identifiers name another patient is refused: the Bundle's records would be
+    joined to that patient's, and an update would merge two patients into one."""
+    if plan.resource_type != "Patient" or stored is None:
+        return
+    if _conflicting(_pairs(plan.resource), _pairs(stored.resource)):
+        where = f"Bundle.entry[{plan.n}].resource.identifier"
+        raise InboundError(
+            IDENTITY_MISMATCH,
+            f"{where} names another patient than the stored Patient its request matches "
+            "(an identifier system both name, no value in common): a record carries one "
+            "patient's data; nothing is stored",
+            expression=where,
+        )
+
+
+def _check_reference_identity(
+    conn: Connection,
+    store: Resources,
+    ref: dict[str, Any],
+    where: str,
+    index: dict[tuple[str, str, str], str | None],
+    known: dict[tuple[str, str], Stored | None] | None,
+) -> None:
+    """A patient Reference resolved to ``Patient/<id>`` whose ``identifier`` is none of
+    that Patient's (the stored one, and the Bundle's entry written to it): the
+    identifier beside the reference names another patient. A Patient that is neither
+    stored nor this Bundle's cannot be compared (``_content.py`` compares the entries)."""
+    literal = _LITERAL.fullmatch(str(ref["reference"]))
+    ident = ref["identifier"]
+    if literal is None or literal[1] != "Patient" or not ident.get("value"):
+        return
+    key = ("Patient", literal[2])
+    target = known[key] if known is not None and key in known else store.current(conn, *key)
+    names = _pairs(target.resource) if target is not None else set()
+    names |= {(s, v) for (t, s, v), i in index.items() if t == "Patient" and i == literal[2]}
+    if not names or (str(ident.get("system") or ""), str(ident["value"])) in names:
+        return
+    raise InboundError(
+        IDENTITY_MISMATCH,
+        f"{where}.identifier names another patient than the Patient its reference "
+        "resolves to: a record carries one patient's data; nothing is stored",
+        expression=f"{where}.identifier",
+    )
 
 
 def _check_owner(

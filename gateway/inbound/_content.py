@@ -21,7 +21,7 @@ from ..errors import Issue
 from ..network import Institution
 from ._referrals import is_referral
 
-__all__ = ["misaddressed", "mixed_patients"]
+__all__ = ["identity_mismatches", "misaddressed", "mixed_patients"]
 
 # Elements naming the patient a resource is about (the patient compartment's usual ones)
 _PATIENT_ELEMENTS = ("subject", "patient", "for", "beneficiary")
@@ -97,6 +97,67 @@ def mixed_patients(bundle: dict[str, Any]) -> list[Issue]:
                     where = f"Bundle.entry[{n}].resource.{element}" + (f"[{k}]" if many else "")
                     return [_mixed(where, "a reference to another patient")]
     return []
+
+
+# -- one identity per reference ---------------------------------------------------------
+def identity_mismatches(bundle: dict[str, Any]) -> list[Issue]:
+    """The issue naming the first patient reference whose literal ``reference`` and
+    logical ``identifier`` (a Reference may carry both) name different patients, as far
+    as the Bundle shows: the ``identifier`` must be one of the Patient entry's the
+    reference points at, and one of the same system as a conditional reference's must
+    be that one. :func:`mixed_patients` compares references by their literal part only,
+    so another patient's number written beside it would be stored with the record (and
+    go back as the patient's in a referral status). The store's Patients are compared
+    when the Bundle is applied (``_apply.py``)."""
+    entries = _entries(bundle)
+    by_url = {url: r for _, url, r in entries if url}
+    patients = [(n, r) for n, _, r in entries if r.get("resourceType") == "Patient"]
+    named: dict[str, dict[str, Any]] = {}  # Patient/<id> (its id, its PUT url) -> entry
+    for n, patient in patients:
+        names = [f"Patient/{patient['id']}"] if isinstance(patient.get("id"), str) else []
+        names += _updated(bundle["entry"][n])
+        named.update(dict.fromkeys(names, patient))
+    for n, _, resource in entries:
+        for element in _PATIENT_ELEMENTS:
+            many = isinstance(resource.get(element), list)
+            for k, ref in enumerate(_refs(resource.get(element))):
+                problem = _reference_mismatch(ref, by_url, named)
+                if problem is None:
+                    continue
+                where = f"Bundle.entry[{n}].resource.{element}" + (f"[{k}]" if many else "")
+                return [identity_mismatch(f"{where}.identifier", problem)]
+    return []
+
+
+def _reference_mismatch(
+    ref: dict[str, Any], by_url: dict[str, dict[str, Any]], named: dict[str, dict[str, Any]]
+) -> str | None:
+    """What is wrong with a Reference's ``identifier`` beside its ``reference`` (no
+    patient data), or None when they agree or the Bundle cannot tell."""
+    literal, ident = ref.get("reference"), ref.get("identifier")
+    if not isinstance(literal, str) or not isinstance(ident, dict) or not ident.get("value"):
+        return None
+    token = f"{ident.get('system') or ''}|{ident['value']}"
+    target = by_url.get(literal) or named.get(literal.split("/_history/", 1)[0])
+    if target is not None:
+        if target.get("resourceType") == "Patient" and token not in _tokens(target):
+            return "names another patient than the Patient entry its reference points at"
+        return None
+    path, _, query = literal.partition("?")
+    if path == "Patient" and query.startswith("identifier=") and "&" not in query:
+        system, _, value = unquote(query.removeprefix("identifier=")).partition("|")
+        if system == str(ident.get("system") or "") and value != str(ident["value"]):
+            return "names another patient than its conditional reference (same system)"
+    return None
+
+
+def identity_mismatch(where: str, problem: str) -> Issue:
+    """``inbound.identity-mismatch`` at ``where``: two patients named where one is."""
+    return Issue(
+        "inbound.identity-mismatch",
+        f"{where} {problem}: a record carries one patient's data; nothing is stored",
+        expression=where,
+    )
 
 
 def _updated(entry: dict[str, Any]) -> list[str]:

@@ -41,7 +41,7 @@ from ..store import Store, utcnow
 from ..validation import Validator
 from ._apply import Bases, apply_bundle
 from ._auth import PartnerAuth
-from ._content import misaddressed, mixed_patients
+from ._content import identity_mismatches, misaddressed, mixed_patients
 from ._errors import InboundError
 from ._referrals import Referrals
 from ._resources import Resources
@@ -105,7 +105,8 @@ class Inbound:
             return _refused(exc.issue, http_status([exc.issue]))
         invalid = self._validate(bundle)
         if not invalid:  # valid R4: is it one patient's, and addressed here?
-            invalid = mixed_patients(bundle) + misaddressed(bundle, own)
+            patients = identity_mismatches(bundle) or mixed_patients(bundle)
+            invalid = patients + misaddressed(bundle, own)
         if invalid:
             log.warning("inbound: a Bundle from %s refused [%s]", who.partner, invalid[0].code)
             answer = Answer(422, operation_outcome(invalid))
@@ -460,6 +461,7 @@ class Inbound:
                 answer = Answer(200, applied.response)
                 self._record(conn, [*verified, *self._receipt(bundle, who.partner, peer, answer)])
         except InboundError as exc:  # rolled back: nothing of the Bundle is stored
+            log.warning("inbound: a Bundle from %s refused [%s]", who.partner, exc.code)
             refused = _refused(exc.issue, http_status([exc.issue]))
             self._record(None, [*verified, *self._receipt(bundle, who.partner, peer, refused)])
             return refused

@@ -34,7 +34,7 @@ from gateway.signing import sign_bundle, trust_store, verify_bundle
 from gateway.store import open_store
 from tests.delivery.conftest import CONFIG, answer_checks, response
 
-from .conftest import NSCH_TOKEN, make_home, signer
+from .conftest import NSCH_TOKEN, counts, make_home, signer
 
 NSCH = {"nsch": Partner("nsch", "http://nsch-gateway.example.cn/fhir")}
 NSGP = {"nsgp": Partner("nsgp", "http://nsgp-gateway.example.cn/fhir")}
@@ -417,33 +417,32 @@ def test_a_held_status_is_not_released_by_the_records_rules(
         store.close()
 
 
-def test_a_status_names_the_referrals_patient_not_an_identifier_beside_it(
+def test_a_referral_naming_another_patient_beside_its_own_is_refused(
     hk_settings: Settings, referral: dict[str, Any], pki: Path
 ) -> None:
     """NSCH's referral names its patient by reference (the Bundle's Patient, MRN
     0098765) and, beside it, by another MRN of NSCH's (another patient's, a mistake).
-    The status goes back naming the patient the referral was stored for, never that
-    other number: return-to-issuer would pass it (NSCH issued it), the report would
-    count that other person, and one record would carry two patients."""
+    One record would carry two patients: the referral is refused whole (422
+    ``inbound.identity-mismatch`` naming the element), so no Task is opened and no
+    status can go back naming that other number."""
     bundle = orjson.loads(orjson.dumps(referral))
-    (sr,) = [e["resource"] for e in bundle["entry"]
-             if e["resource"]["resourceType"] == "ServiceRequest"]  # fmt: skip
+    (n, sr) = next((n, e["resource"]) for n, e in enumerate(bundle["entry"])
+                   if e["resource"]["resourceType"] == "ServiceRequest")  # fmt: skip
     other = {"system": "https://fhir.nsch.example.cn/sid/mrn", "value": "0011111"}
     sr["subject"] = {**sr["subject"], "identifier": other}
     body = orjson.dumps(sign_bundle(bundle, signer(pki, "nsch"), "author"))
-    row, _ = _accept(hk_settings, body, "nsch", NSCH)
-    assert row is not None
     store = open_store(hk_settings)
     try:
-        parts = Outbox(store).parts(row)
+        answer = Inbound(hk_settings, store).receive(body, PartnerAuth("nsch", "bearer"))
+        assert answer.status == 422, answer.body
+        (issue,) = answer.body["issue"]
+        assert issue["details"]["coding"][0]["code"] == "inbound.identity-mismatch"
+        assert issue["expression"] == [f"Bundle.entry[{n}].resource.subject.identifier"]
+        assert "0011111" not in orjson.dumps(answer.body).decode()
+        assert Referrals(hk_settings, store).list() == []
     finally:
         store.close()
-    (task,) = [e["resource"] for p in parts for e in p["entry"]
-               if e["resource"]["resourceType"] == "Task"]  # fmt: skip
-    assert task["for"]["identifier"] == {
-        "system": "https://fhir.nsch.example.cn/sid/mrn",
-        "value": "0098765",
-    }
+    assert counts(hk_settings)["inbound_resources"] == 0
 
 
 def _refused_once(settings: Settings, row: int) -> None:

@@ -510,22 +510,29 @@ class Outbound:
         (a consent expired or an agreement ended while it was held: the decision on
         which it was queued no longer holds), and queued in the new decision's
         transaction when allowed. Not allowed: held for the policy (``policy.held``,
-        the reason in its event, as a withdrawal holds it), so that a new consent
-        queues it again (:meth:`recheck_held`) and a person cannot push it through."""
+        the reason in its event, as a withdrawal holds it), so that only a decision (a
+        new consent: :meth:`recheck_held`) queues it again, and the release is refused
+        (``delivery.not-releasable``, naming the rule): the person learns why."""
 
         def hold(decision: Any) -> int:
             why = _rule_reason(decision, decision.outcome)
+            says = "holds it" if decision.outcome == "hold" else "refuses it"
             self.outbox.move(
                 row.id,
                 "held",
                 "held",
                 f"policy.held: release ({reason}) refused: the policy, deciding again, "
-                f"{'holds' if decision.outcome == 'hold' else 'refuses'} it ({why}) "
-                f"(it was held: {row.last_error})",
+                f"{says} ({why}) (it was held: {row.last_error})",
                 now=self.outbox.clock(),
                 last_error="policy.held",
             )
-            return row.id
+            raise DeliveryError(
+                "delivery.not-releasable",
+                f"outbox record {row.id} cannot be released: the policy, deciding again, "
+                f"{says} ({why}); it is now held for the policy (policy.held) and queued "
+                "again only when a consent in force allows it",
+                location="policy",
+            )
 
         self._again(
             row,

@@ -18,7 +18,7 @@ import respx
 import gateway.policy._engine as engine
 from gateway import Converter, Settings
 from gateway.cli import main
-from gateway.delivery import Deliverer, Outbound
+from gateway.delivery import Deliverer, DeliveryError, Outbound
 from gateway.policy import PolicyRecords
 from gateway.store import Store, utcnow
 from tests.delivery import conftest as delivery
@@ -96,6 +96,7 @@ def test_a_new_version_that_takes_the_permit_away_holds_what_is_queued_on_it(
     last = shown["events"][-1]
     assert (last["from"], last["to"]) == ("pending", "held"), last
     assert last["reason"].startswith(f"policy.held: consent consent-1 {why}"), last
+    assert store.state_of(message) == "held"
     assert outbound.recheck_held() == []  # decided again: still no consent in force
 
 
@@ -156,9 +157,11 @@ def test_a_release_after_the_consent_expired_holds_it_for_the_policy(
     held = outbound.outbox.require(row)
     assert (held.state, held.last_error, held.part) == ("held", OVERWRITE, 0)
     monkeypatch.setattr(engine, "datetime", _Later)  # the period has ended
-    released = outbound.release(row, "checked with the partner")
-    assert (released.state, released.last_error) == ("held", "policy.held")
-    assert _deliver(outbound) == []  # before: queued with no decision, sent
+    with pytest.raises(DeliveryError) as refused:  # before: queued with no decision
+        outbound.release(row, "checked with the partner")
+    assert refused.value.code == "delivery.not-releasable"
+    assert "the policy, deciding again, holds it (" in refused.value.issue.message
+    assert _deliver(outbound) == []  # nothing crosses on the expired consent
     shown = _show(capsys, home, row)
     assert (shown["state"], shown["last_error"]) == ("held", "policy.held")
     last = shown["events"][-1]

@@ -155,11 +155,12 @@ class Outbound:
         routes_file = settings.delivery_routes or data_dir("seeds") / "routes.yaml"
         self.watch = FileWatch(() if routes else (settings.network, routes_file))
         self.audit = audit_log(store, settings)
+        self.unsent = UnsentHold(store, self.outbox)
         self.policy = PolicyRecords(
             store,
             Policy(settings, self.network),
             audit=self.audit is not None,
-            unsent=UnsentHold(store, self.outbox),
+            unsent=self.unsent,
         )
         self.wait = timedelta(seconds=settings.delivery_reference_wait)
         self._lock = threading.RLock()
@@ -495,7 +496,52 @@ class Outbound:
                         "force for this purpose and recipient)",
                     )
                 return self.outbox.require(row_id)
+            if row.message_id is not None and self.unsent.never_sent(row_id):
+                return self._release_decided(row, reason)
+            # A row with a part sent, or held from ``waiting`` (its last send ambiguous),
+            # is released as it is: the partner may hold it (or holds its first parts),
+            # and what is there must be completed or checked, not stopped half-way; its
+            # parts were decided with the first (the withdrawal leaves these too).
             return self.outbox.release(row_id, reason)
+
+    def _release_decided(self, row: OutboxRecord, reason: str) -> OutboxRecord:
+        """A never-sent row delivery held (the overwrite guard, our credentials, a
+        partner gone...), released by a person: decided again first, as a retry is
+        (a consent expired or an agreement ended while it was held: the decision on
+        which it was queued no longer holds), and queued in the new decision's
+        transaction when allowed. Not allowed: held for the policy (``policy.held``,
+        the reason in its event, as a withdrawal holds it), so that only a decision (a
+        new consent: :meth:`recheck_held`) queues it again, and the release is refused
+        (``delivery.not-releasable``, naming the rule): the person learns why."""
+
+        def hold(decision: Any) -> int:
+            why = _rule_reason(decision, decision.outcome)
+            says = "holds it" if decision.outcome == "hold" else "refuses it"
+            self.outbox.move(
+                row.id,
+                "held",
+                "held",
+                f"policy.held: release ({reason}) refused: the policy, deciding again, "
+                f"{says} ({why}) (it was held: {row.last_error})",
+                now=self.outbox.clock(),
+                last_error="policy.held",
+            )
+            raise DeliveryError(
+                "delivery.not-releasable",
+                f"outbox record {row.id} cannot be released: the policy, deciding again, "
+                f"{says} ({why}); it is now held for the policy (policy.held) and queued "
+                "again only when a consent in force allows it",
+                location="policy",
+            )
+
+        self._again(
+            row,
+            "release",
+            lambda conn, why, parts: self.outbox.release_in(conn, row.id, why, parts=parts),
+            reason,
+            refused=hold,
+        )
+        return self.outbox.require(row.id)
 
     def _replies(self) -> StatusReplies:
         """Referral status replies, decided by this path's policy (its records)."""
@@ -556,6 +602,7 @@ class Outbound:
         action: str,
         requeue: Callable[[Connection | None, str, list[dict[str, Any]] | None], int],
         reason: str,
+        refused: Callable[[Any], int] | None = None,
     ) -> int:
         """Decide ``row``'s record again (the decision a release makes) and, allowed,
         ``requeue`` it in the decision's transaction (the decision kept and audited with
@@ -567,8 +614,7 @@ class Outbound:
         moves or is recorded, and the error says why. A row of no stored message (a
         referral's status, gateway/inbound) is decided again by the status rules when
         it crosses a boundary (:class:`StatusReplies`), else queued again as it is."""
-        code = "delivery.not-retryable" if action == "retry" else "delivery.not-replayable"
-        verb = "retried" if action == "retry" else "replayed"
+        code, verb = _AGAIN[action]
         if row.message_id is None:  # a referral's status: decided again if it crosses
             return self._replies().again(
                 row,
@@ -590,13 +636,15 @@ class Outbound:
             )
         stored, data, bundle, from_key = source
         decision = self.policy.decide(bundle, from_key, row.partner, row.purpose, text=data)
+        if not decision.allowed and refused is not None:
+            return refused(decision)
         if not decision.allowed:
             why = _rule_reason(decision, decision.outcome)
-            refused = "holds it" if decision.outcome == "hold" else "refuses it"
+            says = "holds it" if decision.outcome == "hold" else "refuses it"
             raise DeliveryError(
                 f"{code}",
                 f"outbox record {row.id} cannot be {verb}: the policy, deciding again, "
-                f"{refused} ({why})",
+                f"{says} ({why})",
                 location="policy",
             )
         parts: list[dict[str, Any]] | None = None
@@ -729,6 +777,14 @@ class Outbound:
 
         self.policy.record(row.message_id, decision, data, fill)
         return True
+
+
+# A person's action that decides again (``Outbound._again``): its error code and verb.
+_AGAIN = {
+    "retry": ("delivery.not-retryable", "retried"),
+    "replay": ("delivery.not-replayable", "replayed"),
+    "release": ("delivery.not-releasable", "released"),
+}
 
 
 def _institution(network: Network, name: str | None) -> str | None:

@@ -847,13 +847,32 @@ class Outbox:
     def release(self, row_id: int, reason: str, now: datetime | None = None) -> OutboxRecord:
         """A row the delivery stage held (an ambiguous send nobody could check, a partner
         no longer configured) queued again: its current part is sent. A row the policy
-        holds is not released here (gateway.delivery.Outbound.release decides again).
+        holds is not released here (gateway.delivery.Outbound.release decides again);
+        nor is a never-sent one a person releases: Outbound.release decides it again
+        first and queues it with :meth:`release_in` (its consent may have expired).
         A row held from ``waiting`` because its partner was gone (``delivery.unknown-
         partner``: the partners' files are read again while running) goes back to
         ``waiting``: its last send was ambiguous, so the partner is asked first."""
         target = "waiting" if self._held_while_waiting(row_id) else "pending"
         self._requeue(None, row_id, "held", "release", reason, now, to_state=target)
         return self.require(row_id)
+
+    def release_in(
+        self,
+        conn: Connection | None,
+        row_id: int,
+        reason: str,
+        parts: list[dict[str, Any]] | None = None,
+        now: datetime | None = None,
+    ) -> int:
+        """A never-sent row delivery held queued again in ``conn`` (the caller's
+        transaction: ``Outbound.release``'s new decision, with which it is kept);
+        ``parts``: the record rebuilt under today's minimisation, sent from the first."""
+        values = None
+        if parts is not None:
+            values = {"parts": orjson.dumps(parts), "part_count": len(parts), "part": 0}
+        self._requeue(conn, row_id, "held", "release", reason, now, values)
+        return row_id
 
     def release_known(
         self, partners: Collection[str], now: datetime | None = None

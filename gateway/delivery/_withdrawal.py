@@ -76,28 +76,47 @@ class UnsentHold:
         the partner may hold it) is left, as a waiting row is; so is a row with a part
         sent: what is there stays there, the rest must follow (the partner holds half a
         record otherwise), and its later parts were decided with the first."""
-        o, e, later = _outbox.c, _events.c, _events.alias("later").c
-        last = sa.select(sa.func.max(later.id)).where(later.outbox_id == o.id).scalar_subquery()
-        held_unsent = (
-            sa.select(e.id)
-            .where(
-                e.id == last,
-                e.to_state == "held",
-                sa.or_(e.from_state.is_(None), e.from_state.in_(_HELD_UNSENT_FROM)),
-            )
-            .exists()
-        )
+        o = _outbox.c
         found = conn.execute(
             sa.select(o.id, o.state, o.last_error).where(
-                o.message_id == message_id,
-                o.partner == recipient,
-                o.state == "held",
-                sa.or_(o.last_error.is_(None), ~o.last_error.startswith("policy.")),
-                o.part == 0,
-                held_unsent,
+                o.message_id == message_id, o.partner == recipient, _HELD_BY_DELIVERY_UNSENT
             )
         ).all()
         return [(int(row_id), str(state), was) for row_id, state, was in found]
+
+    def never_sent(self, row_id: int) -> bool:
+        """Whether row ``row_id`` is held by delivery and was never sent, as
+        :meth:`_held_unsent` finds them: a person's release of it is a way back to the
+        queue with no decision, so it is decided again first (``Outbound.release``)."""
+        o = _outbox.c
+        query = sa.select(o.id).where(o.id == row_id, _HELD_BY_DELIVERY_UNSENT)
+        with self.outbox.store.engine.connect() as conn:
+            return conn.execute(query).first() is not None
+
+
+def _held_by_delivery_unsent() -> sa.ColumnElement[bool]:
+    """An outbox row held for a reason of delivery's, no part sent, its hold come from
+    a state before any send was ambiguous (:data:`_HELD_UNSENT_FROM`) or made held."""
+    o, e, later = _outbox.c, _events.c, _events.alias("later").c
+    last = sa.select(sa.func.max(later.id)).where(later.outbox_id == o.id).scalar_subquery()
+    held_unsent = (
+        sa.select(e.id)
+        .where(
+            e.id == last,
+            e.to_state == "held",
+            sa.or_(e.from_state.is_(None), e.from_state.in_(_HELD_UNSENT_FROM)),
+        )
+        .exists()
+    )
+    return sa.and_(
+        o.state == "held",
+        sa.or_(o.last_error.is_(None), ~o.last_error.startswith("policy.")),
+        o.part == 0,
+        held_unsent,
+    )
+
+
+_HELD_BY_DELIVERY_UNSENT = _held_by_delivery_unsent()
 
 
 register_unsent_rows(UnsentHold)

@@ -487,7 +487,8 @@ class PolicyRecords:
                 .where(consents.c.consent_id == record.id)
                 .with_for_update()
             ).first()
-            stored = None if found is None else self._parse(found.resource).version
+            previous = None if found is None else self._parse(found.resource)
+            stored = None if previous is None else previous.version
             _check_version(record.id, stored, if_match)
             self._refuse_shared(conn, record)
             version = 1 if stored is None else stored + 1
@@ -506,7 +507,34 @@ class PolicyRecords:
             else:
                 conn.execute(consents.update().where(consents.c.id == found.id).values(**values))
             self._audit_consent(conn, record, record.status, operator)
+            if previous is not None:
+                self._hold_taken(conn, previous, record, now or stamp)
         return record, self.release_held(now)
+
+    def _hold_taken(
+        self, conn: Connection, previous: ConsentRecord, record: ConsentRecord, now: datetime
+    ) -> None:
+        """A new version that takes a permit of the one on file away (its status
+        inactive, rejected or entered-in-error; a provision that now denies; a period
+        ended or not begun; another patient; a recipient or purpose gone) is a
+        withdrawal by update: the transfers queued on what it took away are held for
+        the policy as :meth:`withdraw` holds them (the same hold, in the import's
+        transaction; its audit event the import's), else they would cross on a consent
+        no longer given. What it still permits is left queued."""
+        if not (previous.permit and previous.status == "active"):
+            return  # it permitted nothing: no transfer was decided on it
+        if record.status in WITHDRAWN:
+            why = f"policy.held: consent {record.id} withdrawn before it was sent"
+        else:
+            why = (
+                f"policy.held: consent {record.id} changed before it was sent (version "
+                f"{record.version}: {_taken(previous, record, now)})"
+            )
+
+        def kept(recipient: str, purpose: str) -> bool:
+            return record.covers([previous.patient], purpose, recipient, now)
+
+        self._hold_unsent(conn, previous, why, kept, "the new version is not kept")
 
     def _refuse_shared(self, conn: Connection, record: ConsentRecord) -> None:
         """A permitting Consent under an identifier the counters know several different
@@ -595,12 +623,22 @@ class PolicyRecords:
             )
             withdrawn = self._parse(data)
             self._audit_consent(conn, withdrawn, "inactive", operator)
-            self._hold_unsent(conn, withdrawn)
+            self._hold_unsent(
+                conn, withdrawn, f"policy.held: consent {withdrawn.id} withdrawn before it was sent"
+            )
         return withdrawn
 
-    def _hold_unsent(self, conn: Connection, withdrawn: ConsentRecord) -> None:
+    def _hold_unsent(
+        self,
+        conn: Connection,
+        withdrawn: ConsentRecord,
+        reason: str,
+        kept: Callable[[str, str], bool] | None = None,
+        not_kept: str = "the withdrawal is not recorded",
+    ) -> None:
         """The transfers queued on a decision this consent could have allowed (its
-        patient, one of its recipients and purposes) go back to ``held`` if not sent
+        patient, one of its recipients and purposes; those ``kept(recipient, purpose)``
+        says a new version still permits are left) go back to ``held`` if not sent
         yet, in the withdrawal's transaction. Which they are is the policy's to say (its
         decisions); holding their outbox rows is delivery's (:class:`UnsentRows`, which
         gateway.delivery registers): the policy, an earlier stage, imports nothing of
@@ -608,7 +646,7 @@ class PolicyRecords:
         (``policy.unsent-not-held``) rather than leave them to cross."""
         key = self._patient_key(withdrawn.patient)
         found = conn.execute(
-            sa.select(_d.message_id, _d.recipient, _d.patients).where(
+            sa.select(_d.message_id, _d.recipient, _d.purpose, _d.patients).where(
                 _d.current.is_(True),
                 _d.outcome.in_(("allow", "allow-with-changes")),
                 _d.message_id.is_not(None),
@@ -616,7 +654,11 @@ class PolicyRecords:
                 _d.purpose.in_(sorted(withdrawn.purposes)),
             )
         ).all()
-        pairs = [(r.message_id, r.recipient) for r in found if key in orjson.loads(r.patients)]
+        pairs = [
+            (r.message_id, r.recipient)
+            for r in found
+            if key in orjson.loads(r.patients) and not (kept and kept(r.recipient, r.purpose))
+        ]
         if not pairs:
             return
         holder = self.unsent or unsent_rows(self.store)
@@ -625,12 +667,10 @@ class PolicyRecords:
                 "unsent-not-held",
                 f"consent {withdrawn.id}: {len(pairs)} transfer(s) queued on it could not be "
                 "held: no delivery outbox is loaded in this process (gateway.delivery); "
-                "the withdrawal is not recorded",
+                + not_kept,
                 location="Consent.status",
             )
-        holder.hold_unsent(
-            conn, pairs, f"policy.held: consent {withdrawn.id} withdrawn before it was sent"
-        )
+        holder.hold_unsent(conn, pairs, reason)
 
     # -- decisions ------------------------------------------------------------------------
     def apply(
@@ -1053,3 +1093,19 @@ def kept_in_outbox(decision: Decision, output: bytes) -> Issue:
         location="outbox",
         severity="information",
     )
+
+
+def _taken(previous: ConsentRecord, record: ConsentRecord, now: datetime) -> str:
+    """What a new version of a permitting Consent took away, in words (an outbox
+    row's hold names it; no patient data)."""
+    if record.status != "active":
+        return f"its status is {record.status}"
+    if not record.permit:
+        return "its provision denies"
+    if record.patient != previous.patient:
+        return "it names another patient"
+    if not record.in_force(now):
+        start = record.start.isoformat() if record.start else "open"
+        end = record.end.isoformat() if record.end else "open"
+        return f"its period {start} to {end} is not in force"
+    return "a recipient or purpose is no longer in it"

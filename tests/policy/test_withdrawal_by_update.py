@@ -26,7 +26,7 @@ from tests.delivery.conftest import receive
 
 from .conftest import HKID, consent
 from .test_adversarial_withdrawal import FAST, _deliver
-from .test_withdrawal_release import OVERWRITE, _overwrite_guard
+from .test_withdrawal_release import OVERWRITE, _overwrite_guard, _show
 
 home, store, outbound = delivery.home, delivery.home_store, delivery.outbound
 PATIENT = (HKID, "K583726A")
@@ -69,13 +69,6 @@ def _queued(
     [moved] = outbound.recheck_held()
     assert moved.state == "pending"
     return message, records, moved.id
-
-
-def _show(capsys: pytest.CaptureFixture[str], home: Settings, row: int) -> dict[str, Any]:
-    capsys.readouterr()
-    assert main(["--home", str(home.home), "outbox", "show", str(row), "--json"]) == 0
-    shown: dict[str, Any] = json.loads(capsys.readouterr().out)
-    return shown
 
 
 @pytest.mark.parametrize("how", sorted(TAKEN))

@@ -774,14 +774,27 @@ class Outbox:
         now: datetime,
         status: int | None,
         values: dict[str, Any],
+        unless_policy: str | None = None,
     ) -> None:
+        """``unless_policy``: the error code when the row is held (or refused) by the
+        policy as the update runs (a person's retry or release, checked before its
+        transaction: a withdrawal committed since must win, never be overwritten)."""
         o = _outbox.c
+        where = [o.id == row_id, o.state == from_state]
+        if unless_policy is not None:
+            where.append(sa.or_(o.last_error.is_(None), ~o.last_error.startswith("policy.")))
         done = conn.execute(
             _outbox.update()
-            .where(o.id == row_id, o.state == from_state)
+            .where(*where)
             .values(state=to_state, updated_at=now, **values)
             .returning(o.part, o.message_id)
         ).first()
+        if done is None and unless_policy is not None and self._policy_stopped(conn, row_id):
+            raise DeliveryError(
+                unless_policy,
+                f"outbox record {row_id} is now held or refused by the policy (a consent "
+                "withdrawn meanwhile): it is the policy's to decide again, nothing is queued",
+            )
         if done is None:
             raise DeliveryError(
                 "delivery.conflict", f"outbox record {row_id} is no longer {from_state}"
@@ -789,6 +802,12 @@ class Outbox:
         self._event(conn, row_id, now, from_state, to_state, int(done[0]), status, reason)
         if done[1] is not None:
             self._sync_message(conn, int(done[1]), now)
+
+    @staticmethod
+    def _policy_stopped(conn: Connection, row_id: int) -> bool:
+        o = _outbox.c
+        found = conn.execute(sa.select(o.last_error).where(o.id == row_id)).first()
+        return found is not None and (found[0] or "").startswith("policy.")
 
     def recover(self, now: datetime) -> int:
         """Rows left ``sending`` by a worker that stopped (its lease ran out): the
@@ -1031,6 +1050,9 @@ class Outbox:
                     "lease_until": None,
                     **(values or {}),
                 },
+                unless_policy=(
+                    "delivery.not-retryable" if action == "retry" else "delivery.not-releasable"
+                ),
             )
 
     def replay_in(

@@ -165,3 +165,31 @@ def test_a_release_after_the_consent_expired_holds_it_for_the_policy(
     ), last
     assert last["reason"].endswith(f"(it was held: {OVERWRITE})"), last
     assert outbound.recheck_held() == []  # still no consent in force
+
+
+def test_a_release_racing_a_withdrawal_never_overwrites_its_hold(
+    store: Store, converter: Converter, outbound: Outbound
+) -> None:
+    """A release checks its row (held by delivery, never sent) before its transaction;
+    a withdrawal that holds the row for the policy and commits meanwhile (Postgres: its
+    row lock waited on) must win. Here the release's update runs in a transaction that
+    holds the row for the policy first, which the check, on its own connection, does
+    not see: it is refused, the withdrawal's hold kept (before: queued, policy.held
+    overwritten, sent on the withdrawn consent)."""
+    _, _, row = _queued(store, converter, outbound, _given())
+    with respx.mock(assert_all_mocked=True, assert_all_called=False) as partner:
+        _overwrite_guard(partner)
+        with Deliverer(outbound.outbox, outbound.partners, FAST, rng=random.Random(1)) as worker:
+            worker.run_once()
+    assert outbound.outbox.require(row).last_error == OVERWRITE
+    now = outbound.outbox.clock()
+    with pytest.raises(DeliveryError) as refused, store.engine.begin() as conn:
+        outbound.outbox.move(
+            row, "held", "held", "policy.held: consent withdrawn before it was sent",
+            now=now, conn=conn, last_error="policy.held",
+        )  # fmt: skip
+        outbound.outbox.release_in(conn, row, "checked with the partner")
+    assert refused.value.code == "delivery.not-releasable"
+    assert "held or refused by the policy" in refused.value.issue.message
+    held = outbound.outbox.require(row)
+    assert (held.state, held.last_error) == ("held", OVERWRITE)  # rolled back as a whole

@@ -42,16 +42,13 @@ from ..partners import Partner, PartnersWatch
 from ..store import StageOutcome, Store, StoreError
 from ._outbox import DeliveryError, Outbox, OutboxRecord, label_of, order_key_of
 from ._routes import Destination, Facts, Routes, Routing, facts_of
-from ._status import STATUS_HELD, StatusReplies
+from ._status import AUDIT_UNAVAILABLE, STATUS_HELD, StatusReplies
 from ._withdrawal import UnsentHold
 
 __all__ = ["Outbound", "OutboundResult", "Placed", "bundles_of"]
 
 log = logging.getLogger("gateway.delivery")
 VARIANT_FAILED = "delivery.variant-failed"  # the partner's report variant: not made
-# A cross-border record whose decision the audit log could not record: held, not sent
-# (gateway.policy.AUDIT_UNAVAILABLE); decided again by recheck_held as a consent hold.
-AUDIT_UNAVAILABLE = "policy.audit-unavailable"
 # Rows the policy holds and decides again (recheck_held, release): no consent yet, or
 # a decision the audit log could not record.
 POLICY_HOLDS = ("policy.held", AUDIT_UNAVAILABLE)

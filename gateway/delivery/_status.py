@@ -40,6 +40,9 @@ log = logging.getLogger("gateway.delivery")
 # An outbox row of a referral's status the policy did not allow across a boundary (or
 # whose decision the audit log could not keep): held with its parts, not sent.
 STATUS_HELD = "policy.status-held"
+# A cross-border record whose decision the audit log could not record: held, not sent
+# (gateway.policy.AUDIT_UNAVAILABLE: delivery imports the policy only where it decides);
+# decided again by recheck_held as a consent hold. _outbound uses this one too.
 AUDIT_UNAVAILABLE = "policy.audit-unavailable"
 _DECISION = re.compile(r"\(policy decision (\d+)\)")
 

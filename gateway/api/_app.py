@@ -149,7 +149,8 @@ def capability_statement(converter: Converter) -> dict[str, Any]:
                 "else the Content-Type, else the bytes. POST /report/variants?lang= with a "
                 "DiagnosticReport (or a Parameters resource with 'report' and 'english') "
                 "returns its zh-Hans, zh-Hant-HK, en or bilingual variant (format=json, "
-                "html or pdf).",
+                "html or pdf). POST /$verify with a signed Bundle or PDF returns an "
+                "OperationOutcome, one issue per signature.",
                 "security": {
                     "cors": False,
                     "description": "Bearer token in the Authorization header (tokens from "
@@ -170,6 +171,10 @@ def capability_statement(converter: Converter) -> dict[str, Any]:
                     {
                         "name": "validate",
                         "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate",
+                    },
+                    {  # POST /$verify (_verify.py): a system operation
+                        "name": "verify",
+                        "definition": "urn:fhir-gateway:OperationDefinition/verify",
                     },
                 ],
             }

@@ -19,7 +19,8 @@
     POST /Consent/{id}/$withdraw            withdraw (status inactive; a new version; one
                                             withdrawn already answered as it is; If-Match)
 
-Errors are OperationOutcomes with the status registered for their code.
+The consent writes' audit events name the token's client as the operator (the CLI's,
+the OS account). Errors are OperationOutcomes with the status registered for their code.
 """
 
 from __future__ import annotations
@@ -250,8 +251,9 @@ def add_policy_routes(
         try:
             body = await body_of(request)
             expected = _if_match(request)
+            who = _client_name(request)
             record, released = await run_in_threadpool(
-                lambda: lazy.records().import_consent(body, if_match=expected)
+                lambda: lazy.records().import_consent(body, operator=who, if_match=expected)
             )
         except GatewayError as exc:
             return _error(exc)
@@ -307,14 +309,25 @@ def add_policy_routes(
         if refused is not None:
             return refused
         expected = _if_match(request)
+        who = _client_name(request)
         try:
             record = await run_in_threadpool(
-                lambda: lazy.records().withdraw(consent_id, if_match=expected)
+                lambda: lazy.records().withdraw(consent_id, operator=who, if_match=expected)
             )
         except GatewayError as exc:
             return _error(exc)
         # a new version, or the one on file when it was withdrawn already
         return Response(record.resource, 200, _versioned(record), FHIR_JSON)
+
+
+def _client_name(request: Request) -> str:
+    """Who changes a Consent over the API, as its audit event names the actor: the
+    authenticated client (the token's name, else its fingerprint: ``unauthorized()``
+    set ``request.state.principal``), as ``$reprocess`` names it and the CLI names the
+    OS account."""
+    principal = request.state.principal
+    assert principal is not None  # unauthorized() answered None: it set one
+    return str(principal.name)
 
 
 def _version_not_found(record: ConsentRecord, version: str) -> PolicyError:

@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from sqlalchemy.engine import Connection
 
@@ -61,6 +61,9 @@ class _Entry:
     logical_id: str | None = None  # the target; None: a new resource, id assigned on write
     write: bool = True  # False: a conditional create that matched (nothing written)
     created: bool = False  # set on write: a new resource
+    # A Patient matched by a condition whose identifier names no system: where the
+    # condition is (it proves nothing alone: _check_same_patient)
+    unproven: str | None = None
 
 
 @dataclass(frozen=True)
@@ -261,10 +264,12 @@ def _plan(
             found = _find(conn, store, resource_type, str(condition), matches, partner,
                           f"{where}.request.ifNoneExist")  # fmt: skip
             _match(plan, found, where, update=False)
+            plan.unproven = _systemless(plan, str(condition), f"{where}.request.ifNoneExist")
         return plan
     if query:
         found = _find(conn, store, resource_type, query, matches, partner, f"{where}.request.url")
         _match(plan, found, where, update=True)
+        plan.unproven = _systemless(plan, query, f"{where}.request.url")
     elif ID_PATTERN.fullmatch(target_id):
         plan.logical_id = target_id
     else:
@@ -287,6 +292,19 @@ def _match(plan: _Entry, found: list[str], where: str, *, update: bool) -> None:
     if found:
         plan.logical_id = found[0]
         plan.write = update
+
+
+def _systemless(plan: _Entry, query: str, where: str) -> str | None:
+    """``where`` when ``plan`` is a Patient that its condition matched to a stored one
+    by an identifier without a system (``identifier=value``: that value in any system;
+    ``identifier=|value``) and by no ``_id``: a value alone does not say whose it is."""
+    if plan.resource_type != "Patient" or plan.logical_id is None:
+        return None
+    pairs = parse_qsl(query, keep_blank_values=True)
+    if any(name == "_id" for name, _ in pairs):
+        return None
+    tokens = [parse_identifier(value) for name, value in pairs if name == "identifier"]
+    return where if tokens and not any(system for system, _ in tokens) else None
 
 
 def _identifier_index(plans: list[_Entry]) -> dict[tuple[str, str, str], str | None]:
@@ -361,6 +379,16 @@ def _pairs(resource: dict[str, Any] | None) -> set[tuple[str, str]]:
     }
 
 
+def _written(resource: dict[str, Any]) -> set[tuple[str, str]]:
+    """(system, value) of a resource's identifiers as written: '' for no system."""
+    found = resource.get("identifier")
+    return {
+        (str(i.get("system") or ""), str(i["value"]))
+        for i in (found if isinstance(found, list) else [])
+        if isinstance(i, dict) and i.get("value")
+    }
+
+
 def _conflicting(mine: set[tuple[str, str]], theirs: set[tuple[str, str]]) -> bool:
     """Two patients by their identifiers: a system both name with no value in common
     (another MRN under the same hospital's system). Other systems say nothing."""
@@ -374,10 +402,23 @@ def _conflicting(mine: set[tuple[str, str]], theirs: set[tuple[str, str]]) -> bo
 def _check_same_patient(plan: _Entry, stored: Stored | None) -> None:
     """A Patient entry matched (by its condition, or its Type/id) to a stored Patient
     whose identifiers name another patient is refused: the Bundle's records would be
-    joined to that patient's, and an update would merge two patients into one."""
+    joined to that patient's, and an update would merge two patients into one. So is
+    one its condition matched by an identifier without a system, unless the two share
+    an identifier with one: a value alone proves nothing (another hospital's number,
+    another patient's), and the records would join whichever patient holds it."""
     if plan.resource_type != "Patient" or stored is None:
         return
-    if _conflicting(_pairs(plan.resource), _pairs(stored.resource)):
+    mine, theirs = _pairs(plan.resource), _pairs(stored.resource)
+    if plan.unproven is not None and not mine & theirs:
+        raise InboundError(
+            IDENTITY_MISMATCH,
+            f"{plan.unproven}: the condition matched a stored Patient by an identifier "
+            "without a system, and the entry shares no identifier with a system with it: "
+            "a value alone does not prove the patient (send the identifier's system); a "
+            "record carries one patient's data; nothing is stored",
+            expression=plan.unproven,
+        )
+    if _conflicting(mine, theirs):
         where = f"Bundle.entry[{plan.n}].resource.identifier"
         raise InboundError(
             IDENTITY_MISMATCH,
@@ -397,16 +438,19 @@ def _check_reference_identity(
     known: dict[tuple[str, str], Stored | None] | None,
 ) -> None:
     """A patient Reference resolved to ``Patient/<id>`` whose ``identifier`` is none of
-    that Patient's (the stored one, and the Bundle's entry written to it): the
-    identifier beside the reference names another patient. A Patient that is neither
-    stored nor this Bundle's cannot be compared (``_content.py`` compares the entries)."""
+    that Patient's (the stored one, and the Bundle's entry written to it), as written
+    (one without a system is the target's only when it holds it without one too; a
+    stored Patient's without a system are its identifiers too, else one holding only
+    those let any identifier by): the identifier beside the reference names another
+    patient. A Patient that is neither stored nor this Bundle's cannot be compared
+    (``_content.py`` compares the entries)."""
     literal = _LITERAL.fullmatch(str(ref["reference"]))
     ident = ref["identifier"]
     if literal is None or literal[1] != "Patient" or not ident.get("value"):
         return
     key = ("Patient", literal[2])
     target = known[key] if known is not None and key in known else store.current(conn, *key)
-    names = _pairs(target.resource) if target is not None else set()
+    names = _written(target.resource) if target is not None else set()
     names |= {(s, v) for (t, s, v), i in index.items() if t == "Patient" and i == literal[2]}
     if not names or (str(ident.get("system") or ""), str(ident["value"])) in names:
         return

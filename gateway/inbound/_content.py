@@ -105,7 +105,9 @@ def identity_mismatches(bundle: dict[str, Any]) -> list[Issue]:
     logical ``identifier`` (a Reference may carry both) name different patients, as far
     as the Bundle shows: the ``identifier`` must be one of the Patient entry's the
     reference points at, and one of the same system as a conditional reference's must
-    be that one. :func:`mixed_patients` compares references by their literal part only,
+    be that one. Identifiers are compared as written: one without a system is the
+    entry's only when the entry holds it without one too (a bare value cannot say it is
+    that system's). :func:`mixed_patients` compares references by their literal part only,
     so another patient's number written beside it would be stored with the record (and
     go back as the patient's in a referral status). The store's Patients are compared
     when the Bundle is applied (``_apply.py``)."""

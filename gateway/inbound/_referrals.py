@@ -597,7 +597,7 @@ def _same_referral(task: dict[str, Any], sr: dict[str, Any], ident: dict[str, An
     focus = _focus_identifier(task) or {}
     if (focus.get("system"), focus.get("value")) != (ident.get("system"), ident.get("value")):
         problem = "another referral's (the identifiers differ in their system)"
-    elif task.get("for") != sr.get("subject"):
+    elif not _same_subject(task.get("for"), sr.get("subject")):
         problem = "the referral of another patient (ServiceRequest.subject differs)"
     else:
         return
@@ -606,6 +606,37 @@ def _same_referral(task: dict[str, Any], sr: dict[str, Any], ident: dict[str, An
         f"the referral's Task is {problem}; nothing is stored",
         expression="ServiceRequest.identifier",
     )
+
+
+def _same_subject(first: Any, now: Any) -> bool:
+    """Whether a resent referral's ``subject`` names the patient its Task is ``for``
+    (the first one's subject): the same Reference; or, when either is literal, the same
+    literal reference (both stored resolved, ``Patient/<id>``) — an identifier or display
+    added or changed beside it is more about that patient, not another one (the
+    identifier was checked to be that Patient's when the Bundle was applied:
+    ``_apply._check_reference_identity``); or, both logical, the same identifier with a
+    system (one without a system proves no patient). Anything else: another patient."""
+    if first == now:
+        return True
+    if not isinstance(first, dict) or not isinstance(now, dict):
+        return False
+    literal = [_literal(first), _literal(now)]
+    if any(literal):
+        return literal[0] is not None and literal[0] == literal[1]
+    token = [_identifier(first), _identifier(now)]
+    return token[0] is not None and token[0] == token[1]
+
+
+def _literal(ref: dict[str, Any]) -> str | None:
+    found = ref.get("reference")
+    return found.split("/_history/", 1)[0] if isinstance(found, str) and found else None
+
+
+def _identifier(ref: dict[str, Any]) -> tuple[str, str] | None:
+    ident = ref.get("identifier")
+    if isinstance(ident, dict) and ident.get("system") and ident.get("value"):
+        return str(ident["system"]), str(ident["value"])
+    return None
 
 
 def _organization(inst: Institution) -> dict[str, Any]:

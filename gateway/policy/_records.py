@@ -261,6 +261,11 @@ def unsent_rows(store: Store) -> UnsentRows | None:
     return _unsent_factory[0](store) if _unsent_factory else None
 
 
+class _CreatedMeanwhile(Exception):
+    """A Consent id not on file when read was inserted by another transaction before
+    ours (the unique key refused our insert): ``import_consent`` imports it once more."""
+
+
 @dataclass(frozen=True, slots=True)
 class Released:
     message_id: int | None
@@ -477,6 +482,26 @@ class PolicyRecords:
         If-Match's entity tags, ``*`` any): ``policy.consent-version-conflict`` when
         the stored one is none of them, or none is stored."""
         record = self._parse(body if isinstance(body, bytes) else orjson.dumps(body))
+        try:
+            stored = self._keep_consent(record, now, operator, if_match)
+        except _CreatedMeanwhile:
+            # Another import created this id between our read and our insert (PostgreSQL:
+            # no row to lock yet; the unique key refused ours, nothing of it kept). Once
+            # more, as FHIR's update of the version now on file: what the two make had
+            # they come one after the other (and do on SQLite, whose BEGIN IMMEDIATE
+            # orders them); If-Match and the rest checked again against it.
+            stored = self._keep_consent(record, now, operator, if_match)
+        return stored, self.release_held(now)
+
+    def _keep_consent(
+        self,
+        record: ConsentRecord,
+        now: datetime | None,
+        operator: str | None,
+        if_match: Sequence[str] | None,
+    ) -> ConsentRecord:
+        """``import_consent``'s transaction: the version stored; ``_CreatedMeanwhile``
+        when the id, not on file when read, was inserted by another transaction."""
         stamp = utcnow()
         with self._writer.begin() as conn:
             # locked (PostgreSQL; SQLite's BEGIN IMMEDIATE already orders writers): two
@@ -501,15 +526,18 @@ class PolicyRecords:
                 "updated_at": stamp,
             }
             if found is None:
-                conn.execute(
-                    consents.insert().values(consent_id=record.id, imported_at=stamp, **values)
-                )
+                try:
+                    conn.execute(
+                        consents.insert().values(consent_id=record.id, imported_at=stamp, **values)
+                    )
+                except sa.exc.IntegrityError as exc:  # the transaction is rolled back
+                    raise _CreatedMeanwhile(record.id) from exc
             else:
                 conn.execute(consents.update().where(consents.c.id == found.id).values(**values))
             self._audit_consent(conn, record, record.status, operator)
             if previous is not None:
                 self._hold_taken(conn, previous, record, now or stamp)
-        return record, self.release_held(now)
+        return record
 
     def _hold_taken(
         self, conn: Connection, previous: ConsentRecord, record: ConsentRecord, now: datetime

@@ -269,3 +269,28 @@ def test_the_capability_statements_serve_audit_events() -> None:
     names = {p["name"] for p in audit["searchParam"]}
     assert {"patient", "entity", "agent", "date", "type", "subtype", "outcome"} <= names
     assert "AuditEvent" not in {r["type"] for r in client["resource"]}  # never sent
+
+
+def test_consent_changes_over_the_api_name_the_client(rig: Rig) -> None:
+    """An import and a withdrawal over the API name the token's client as the actor of
+    their consent events, as ``gateway consent withdraw`` names the OS account (both
+    named no one on the API before)."""
+
+    def consent_events() -> list[dict[str, Any]]:
+        return [e for e in rig.events() if keys_of(e)[0] == "consent"]
+
+    [imported] = consent_events()  # the rig's POST /Consent, by the ops-desk token
+    assert requestor(imported)[0] == "ops-desk"
+    withdrawn = rig.client.post("/Consent/consent-1/$withdraw", headers=auth(ADMIN))
+    assert withdrawn.status_code == 200, withdrawn.text
+    event = consent_events()[-1]
+    assert event["outcomeDesc"] == "inactive" and whats(event, "4") == ["Consent/consent-1"]
+    token_name = TokenSet(LINES).identify(ADMIN)
+    assert token_name is not None and token_name.name.startswith(
+        "token-"
+    )  # no name: its fingerprint
+    assert requestor(event)[0] == token_name.name
+    conforms(event)
+    # a repeated withdrawal changes nothing and records nothing
+    again = rig.client.post("/Consent/consent-1/$withdraw", headers=auth(OPS))
+    assert again.status_code == 200 and len(consent_events()) == 2

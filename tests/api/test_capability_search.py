@@ -259,8 +259,12 @@ def _check_operations(app: FastAPI, statement: dict[str, Any], base: str) -> Non
             for s in shapes
         ), (base, rtype, name)
     # each route serving an operation: announced for its type, or for any type when
-    # its type is a path parameter (rest.operation, as /metadata's validate)
+    # its type is a path parameter (rest.operation, as /metadata's validate); a system
+    # operation (POST [base]/$name, as /metadata's $validate and $verify) in rest.operation
     for method, route in _routes(app):
+        name = route.path.removeprefix(base + "/")
+        if method == "POST" and route.path.startswith(base + "/$") and "/" not in name:
+            assert name[1:] in everywhere, (base, route.path)
         shape = _operation(route, method, base)
         if shape is None:
             continue
@@ -291,7 +295,7 @@ def test_metadata_announces_the_interactions_its_routes_serve(
         ("Consent", c) for c in ("create", "search-type", "read", "vread")
     }  # read and vread: the Location POST /Consent answers is served
     assert _operations(root) == ({("Consent", "withdraw")}, {"convert", "report-variants",
-                                                            "validate"})  # fmt: skip
+                                                            "validate", "verify"})  # fmt: skip
     consent = next(r for r in root["rest"][0]["resource"] if r["type"] == "Consent")
     route = _answering(app, "GET", "/Consent")
     assert route is not None

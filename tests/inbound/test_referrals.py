@@ -38,6 +38,7 @@ HKPMC_TOKEN = "hkpmc-partner-token-0123456789abcdef"
 # NSCH's gateway as HKPMC knows it: one transaction per request (seeds/partners.yaml has
 # NSCH's own FHIR server, which takes batches)
 NSCH_GATEWAY = {"nsch": Partner("nsch", "http://nsch-gateway.example.cn/fhir")}
+HKID = "https://fhir-gateway.example.org/sid/hkid"
 
 
 def _to_gateway(client: Client) -> None:
@@ -286,3 +287,74 @@ def test_a_task_from_a_partner_is_not_ours_to_change(
             referrals.act(referrals.list()[0].task.logical_id, action, "理由")
     finally:
         store.close()
+
+
+def _resend(
+    client: Client, referral: dict[str, Any], pki: Path, subject: dict[str, Any] | None = None,
+    patient: dict[str, Any] | None = None,
+) -> Any:  # fmt: skip
+    """The referral again in a new Bundle; its ServiceRequest's ``subject`` given more
+    (merged into the reference to the Patient entry), or its Patient entry another."""
+    bundle = copy.deepcopy(referral)
+    bundle["identifier"]["value"] = "NSCH20260619080000003"
+    for entry in bundle["entry"]:
+        resource = entry["resource"]
+        if resource["resourceType"] == "ServiceRequest" and subject is not None:
+            resource["subject"] = {**resource["subject"], **subject}
+        if resource["resourceType"] == "Patient" and patient is not None:
+            entry["resource"] = {**resource, **patient}
+            mrn = patient["identifier"][0]
+            entry["request"]["ifNoneExist"] = f"identifier={mrn['system']}|{mrn['value']}"
+    body = orjson.dumps(sign_bundle(bundle, signer(pki, "nsch"), "author"))
+    return client.post("/fhir", content=body, headers=partner(NSCH_TOKEN))
+
+
+@pytest.mark.parametrize(
+    "added",
+    [
+        {"identifier": {"system": MRN[0], "value": "0098765"}},
+        {"identifier": {"system": HKID, "value": "K583726A"}, "display": "许嘉玮"},
+    ],
+    ids=["its-mrn", "its-hkid-and-name"],
+)
+def test_a_resend_adding_the_patients_own_identifier_keeps_its_task(
+    client: Client, referral: dict[str, Any], signed_referral: bytes, pki: Path,
+    added: dict[str, Any],
+) -> None:  # fmt: skip
+    """The referral resent with its subject also naming the patient by one of the
+    Patient's own identifiers (or its name): more about the same patient, not another
+    one (it was 409 referral-mismatch: the subject differed from the Task's ``for``)."""
+    task = _receive(client, signed_referral)
+    resp = _resend(client, referral, pki, subject=added)
+    assert resp.status_code == 200, resp.text
+    tasks = client.get("/fhir/Task", headers=LOCAL_AUTH).json()["entry"]
+    assert [t["resource"]["id"] for t in tasks] == [task["id"]]  # still its one Task
+    sr = client.get(f"/fhir/{task['focus']['reference']}", headers=LOCAL_AUTH).json()
+    assert sr["subject"]["reference"] == task["for"]["reference"]
+    assert sr["subject"]["identifier"] == added["identifier"]  # the resend's, stored
+    # and again with the other identifier beside it: the same patient still
+    other = {"identifier": {"system": HKID, "value": "K583726A"}}
+    assert _resend(client, referral, pki, subject=other).status_code == 200
+
+
+def test_a_resend_for_another_patient_is_refused(
+    client: Client, referral: dict[str, Any], signed_referral: bytes, pki: Path
+) -> None:
+    """The same referral number resent for another patient (its Patient entry 陈美玲):
+    409 referral-mismatch, nothing stored; the Task stays 许嘉玮's."""
+    task = _receive(client, signed_referral)
+    other = {
+        "identifier": [
+            {"system": MRN[0], "value": "0011111"},
+            {"system": HKID, "value": "R123456A"},
+        ],
+        "name": [{"text": "陈美玲"}],
+    }
+    resp = _resend(client, referral, pki, patient=other)
+    assert resp.status_code == 409, resp.text
+    assert resp.json()["issue"][0]["details"]["coding"][0]["code"] == "inbound.referral-mismatch"
+    assert "陈美玲" not in resp.text and "0011111" not in resp.text
+    patients = client.get("/fhir/Patient", headers=LOCAL_AUTH).json()["entry"]
+    assert len(patients) == 1  # nothing of the resend stored
+    tasks = client.get("/fhir/Task", headers=LOCAL_AUTH).json()["entry"]
+    assert [t["resource"]["for"] for t in tasks] == [task["for"]]

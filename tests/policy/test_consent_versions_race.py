@@ -107,3 +107,46 @@ def test_withdrawing_twice_is_one_version_and_one_event(store: Store, policy: Po
     assert again == first and again.version == 2 and again.status == "inactive"
     assert [e for e in AuditLog(store).rows() if e.kind == "consent"] == events
     assert [c.version for c in records.list_consents()] == [2]
+
+
+def test_two_first_imports_of_one_new_consent_at_once(store: Store, policy: Policy) -> None:
+    """Two imports of a Consent id not on file, at once (two API workers or CLI runs,
+    two connections): neither reads a row to lock, both insert. The one whose insert
+    meets the other's committed row (PostgreSQL: the unique key; it failed with an
+    IntegrityError, a 500 on the API) is imported again, once, as FHIR's update of the
+    version now on file: versions 1 and 2, as when they come one after the other (and as
+    on SQLite, where BEGIN IMMEDIATE orders them); exactly one version 1."""
+    records = PolicyRecords(store, policy)
+    sent = consent((HKID, "K583726A"), "HKPMC")
+    other: list[ConsentRecord] = []
+    errors: list[BaseException] = []
+
+    def meanwhile() -> None:
+        try:
+            other.append(PolicyRecords(store, policy).import_consent(sent)[0])
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    racer = threading.Thread(target=meanwhile)
+
+    def on_insert(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        # the first import found no row and is about to insert one: the second runs now
+        # (PostgreSQL: it finds no row either, inserts and commits; SQLite: it waits for
+        # the first's write transaction)
+        writes = statement.lstrip().upper().startswith("INSERT INTO POLICY_CONSENTS")
+        if writes and racer.ident is None:  # once, in the first import only
+            racer.start()
+            racer.join(2.0)
+
+    sa.event.listen(store.engine, "before_cursor_execute", on_insert)
+    try:
+        mine = records.import_consent(sent)[0]
+    finally:
+        sa.event.remove(store.engine, "before_cursor_execute", on_insert)
+    racer.join(30.0)
+    assert not errors and len(other) == 1, errors
+    assert sorted([mine.version, other[0].version]) == [1, 2]
+    [stored] = records.list_consents()
+    assert stored.version == 2 and stored.id == "consent-1"
+    # each version made is recorded: two consent events, one per import
+    assert len([e for e in AuditLog(store).rows() if e.kind == "consent"]) == 2

@@ -1,8 +1,9 @@
-"""Validation by construction per Bundle: one dump, one split, one verdict look-up.
+"""Validation by construction per Bundle: one split (entry by entry), one verdict look-up.
 
 ``_construct`` answers each resource of a Bundle from its shape, at ~25 µs of Python per
 resource (a dump, a split, the look-ups). Here the Bundle is taken whole: its compact
-JSON is split once (``_construct.split``), and its *shape* — which holds the entry order
+JSON is split (``_construct.split``; entry by entry, an entry met before byte for byte
+taking its split from ``Splits``: ``split_entries``), and its *shape* — which holds the entry order
 and every resource's shape — keys a **composed plan**, learnt the first time that Bundle
 shape is met from the per-resource analyses the slow path has just made (the shell's and
 each entry resource's ``Shape``). A resource's JSON is a substring of the Bundle's, so its
@@ -38,8 +39,21 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
+import orjson
+
 from ..errors import Issue
-from ._construct import Places, Shape, _by_adapter, _getter, _Once, outcome, target, text
+from ._construct import (
+    OPTIONS,
+    Places,
+    Shape,
+    _by_adapter,
+    _getter,
+    _Once,
+    outcome,
+    split,
+    target,
+    text,
+)
 from ._invariants import Invariant, _reaches
 
 __all__ = [
@@ -51,6 +65,7 @@ __all__ = [
     "leaf_paths",
     "outcomes",
     "resolved",
+    "split_entries",
 ]
 
 MAX_BYTES = 4 << 20  # plans and Bundle verdicts of one validator (a plan: tens of KB)
@@ -352,13 +367,18 @@ def resolved(
     return tuple(out)
 
 
-def outcomes(plan: Plan, bundle: dict[str, Any], content: bytes, leaves: list[bytes]) -> Any:
+def outcomes(plan: Plan, bundle: dict[str, Any], content: bytes | None, leaves: list[bytes]) -> Any:
     """Each residual invariant's outcome on its node, in its resource (``content``: the
-    Bundle's JSON, ``leaves`` its split's; an invariant whose needle the values it may
+    Bundle's JSON, None when it was split entry by entry: then dumped if a needle must be
+    looked for in it; ``leaves`` its split's; an invariant whose needle the values it may
     read lack holds on every node: NEEDLES, _haystacks)."""
     out = []
     # one search per needle (bdl-8 is on every entry)
-    absent = {needle: _lacks(needle, at, content, leaves) for needle, at in plan.needles.items()}
+    absent = {}
+    for text_, at in plan.needles.items():
+        if at is None and content is None:  # (rare: an invariant reading past its node)
+            content = orjson.dumps(bundle, option=OPTIONS)  # its parts were plain JSON
+        absent[text_] = _lacks(text_, at, content or b"", leaves)
     last = plan.last
     for n, (inv, root, path) in enumerate(plan.residual):
         needle = inv.needle
@@ -404,6 +424,7 @@ class Bundles:
         self.plans: dict[Any, Plan | None] = {}  # None: a shape no plan can answer
         self.tries: dict[Any, int] = {}  # shapes whose plan could not be made yet
         self.choosers: dict[Any, Any] = {}  # Bundle shape → its choosers' getter
+        self.splits = Splits()  # the entries' splits by their JSON (split_entries)
         self.size = 0
         self.hits = 0  # Bundles answered by their plan (tests and benchmarks read it)
         self._once = _Once()
@@ -461,3 +482,100 @@ def _shape_size(key: Any) -> int:
 _TRY = 200  # a shape's key (besides its bytes) and its count
 _VERDICT = 300  # a verdict's key tuples and its dict slot
 _ISSUE = 400  # an Issue kept in a verdict
+
+
+# -- a Bundle's split, entry by entry -----------------------------------------------------
+
+# What one entry's split gives: its shape (what lies between its strings, its keys), its
+# leaves, and whether its JSON held an escape (its leaves then need _construct.text)
+_Part = tuple[bytes, bytes, tuple[bytes, ...], bool]
+MAX_SPLIT_BYTES = 2 << 20  # entries' splits by their JSON, per validator
+_PART_ITEM = 300  # a part's tuples, its dict slot and the split's layout share
+_BUCKET = 4  # entries of the same ends kept (a Practitioner whose narrative changed)
+_EDGE = 96  # the bytes at each end of an entry's JSON that key its split
+_DECODE = bytes.decode
+
+
+class Splits:
+    """The splits of the entries met before, by their JSON. Most entries of a feed's
+    Bundle recur byte for byte from message to message (the sender and receiver
+    Organizations, the staff, the Encounter of a referral: 6 of 9), so an entry met
+    again costs its dump, one look-up and one comparison, not a split. A split is a
+    function of the JSON alone, so what is kept here is never stale. It is kept the
+    second time its JSON is met (a Patient, an order, never recurs), bounded in bytes and
+    emptied when full.
+
+    The table is keyed by the JSON's first and last bytes (an entry's fullUrl, its type
+    and id; its request's url), and the JSON kept beside the split is compared whole: a
+    hash of every entry's whole JSON (~10 KB a Bundle) cost more than a split saves."""
+
+    def __init__(self) -> None:
+        self.known: dict[bytes, list[tuple[bytes, _Part]]] = {}
+        self.size = 0
+        self._once = _Once()
+
+    def part(self, content: bytes) -> _Part | None:
+        """The split of one entry's JSON; None when it holds a ``null`` (see split)."""
+        key = content[:_EDGE] + content[-_EDGE:]
+        for known, found in self.known.get(key, ()):
+            if known == content:
+                return found
+        made = split(content)
+        if made is None:
+            return None
+        (between, keys), leaves, decode = made
+        part = (between, keys, tuple(leaves), decode is not _DECODE)
+        if self._once.seen(key):
+            self._keep(key, content, part)
+        return part
+
+    def _keep(self, key: bytes, content: bytes, part: _Part) -> None:
+        size = 2 * len(content) + len(key) + _LEAF * len(part[2]) + _PART_ITEM
+        if self.size + size > MAX_SPLIT_BYTES:
+            self.known.clear()
+            self.size = 0
+        bucket = self.known.setdefault(key, [])
+        if len(bucket) >= _BUCKET:
+            del bucket[0]  # (still counted: the table is emptied a little sooner)
+        bucket.append((content, part))
+        self.size += size
+
+
+def split_entries(
+    bundle: dict[str, Any], splits: Splits
+) -> tuple[tuple[bytes, ...], list[bytes], Callable[[bytes], str]] | None:
+    """What ``split`` gives for the Bundle's JSON, but made entry by entry: (a shape, the
+    leaves, the function giving a leaf's string); None when the Bundle is not of the form
+    this needs (its ``entry`` a list and its last key) or a part is not plain JSON data,
+    or holds a ``null``.
+
+    The leaves are the very leaves of the whole Bundle's split: the JSON of a Bundle
+    whose last key is ``entry`` is its shell's JSON (``entry`` emptied) with each entry's
+    JSON in the brackets, and no string spans two of them. The shape differs from the
+    whole's (the shell's and each entry's, in order, as one flat tuple of bytes) and is
+    as good a key: those parts' shapes fix the whole's, and it takes the shape of an
+    entry met before from ``splits`` instead of a new split."""
+    entries = bundle.get("entry")
+    if type(entries) is not list or next(reversed(bundle)) != "entry":
+        return None
+    shell = dict(bundle)
+    shell["entry"] = []
+    try:
+        made = split(orjson.dumps(shell, option=OPTIONS))
+        if made is None:
+            return None
+        (between, keys), leaves, decode = made
+        shape = [between, keys]
+        escaped = decode is not _DECODE
+        dumps = orjson.dumps
+        for entry in entries:
+            part = splits.part(dumps(entry, option=OPTIONS))
+            if part is None:
+                return None
+            shape.append(part[0])
+            shape.append(part[1])
+            leaves += part[2]
+            escaped = escaped or part[3]
+    except TypeError:  # not plain JSON data (a datetime, a non-string key)
+        return None
+    return tuple(shape), leaves, text if escaped else _DECODE

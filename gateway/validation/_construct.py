@@ -508,6 +508,8 @@ class _Dates:
         if found is None:
             return False
         year, month, day = found.groups()
+        if "01" <= month <= "12" and "01" <= day <= "28":
+            return True  # (two digits each: compared as text) a day every month has
         try:  # a day the calendar has: what the pydantic parser checks besides the form
             datetime.date(int(year), int(month), int(day))
         except ValueError:

@@ -691,15 +691,15 @@ class Validator:
         """check_bundle's verdict from the plan of the Bundle's shape (_composed), learnt
         from the per-resource path the first time the shape is met; None when no plan can
         answer (the caller walks it resource by resource)."""
-        try:
-            content = orjson.dumps(bundle, option=_construct.OPTIONS)
-        except TypeError:
-            return None
-        found = _construct.split(content)
-        if found is None:
-            return None
-        shape_bytes, leaves, decode = found
         bundles = self.bundles
+        content: bytes | None = None  # the Bundle's JSON, when it was split whole
+        found = _composed.split_entries(bundle, bundles.splits)
+        if found is None:  # not of the form split_entries takes: the whole JSON
+            content = _construct.dump(bundle)
+            found = _construct.split(content) if content is not None else None
+            if found is None:
+                return None
+        shape_bytes, leaves, decode = found
         # the plan of this shape under the profile plans its parts choose (_composed.choosers)
         chooser = bundles.chooser((shape_bytes, profile), bundle, len(leaves))
         key = (shape_bytes, profile, chooser(leaves))
@@ -709,7 +709,7 @@ class Validator:
         if plan is _UNSEEN:
             issues = self._walked(bundle, profile)
             if bundles.retry(key):
-                plan = self._compose(bundle, profile, shape_bytes, leaves)
+                plan = self._compose(bundle, profile, leaves)
                 if plan is not _UNSEEN:
                     bundles.add(key, plan)
             if plan is not None and plan is not _UNSEEN:
@@ -733,7 +733,7 @@ class Validator:
         self,
         plan: _composed.Plan,
         bundle: dict[str, Any],
-        content: bytes,
+        content: bytes | None,
         leaves: list[bytes],
         decode: Any,
     ) -> Any:
@@ -751,15 +751,18 @@ class Validator:
         residual = _composed.outcomes(plan, bundle, content, leaves) if plan.residual else ()
         return (bound, found, residual)
 
-    def _compose(
-        self, bundle: dict[str, Any], profile: str | None, split: Any, leaves: list[bytes]
-    ) -> Any:
-        """The plan of a Bundle's shape (``split``: the shape its split gave) from the
-        shapes of its shell and resources, which the per-resource path has just met: a
-        Plan; None when the shape holds what no plan can place; _UNSEEN when a part's
-        shape is not known (not learnt yet)."""
+    def _compose(self, bundle: dict[str, Any], profile: str | None, leaves: list[bytes]) -> Any:
+        """The plan of a Bundle's shape (``leaves``: its split's) from the shapes of its
+        shell and resources, which the per-resource path has just met: a Plan; None when
+        the shape holds what no plan can place; _UNSEEN when a part's shape is not known
+        (not learnt yet)."""
         raw = bundle.get("entry")
         if not isinstance(raw, list):
+            return None
+        # the whole JSON's shape (the plan looks for needles in it), whichever split keyed it
+        content = _construct.dump(bundle)
+        whole = _construct.split(content) if content is not None else None
+        if whole is None:
             return None
         found = _Entries(raw)
         if found.inside is None or found.dicts != len(raw):
@@ -781,7 +784,7 @@ class Validator:
             if shape is None or shape is _UNSEEN:
                 return shape
             components.append(_composed.Component(root, shape, shape.at))
-        return _composed.compose(bundle, split, leaves, components)
+        return _composed.compose(bundle, whole[0], leaves, components)
 
     def _profiles_plan(self, target: dict[str, Any], profile: str | None) -> Elem | None:
         if "meta" in target and not isinstance(target["meta"], dict):

@@ -22,7 +22,6 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from html import escape
-from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -571,28 +570,15 @@ def _first(resource: Resource, paths: tuple[tuple[str, ...], ...]) -> Any:
 
 # FHIR's order of a DomainResource's first elements: text goes after these.
 _BEFORE_TEXT = ("resourceType", "id", "meta", "implicitRules", "language")
-_BEFORE_TEXT_SET = frozenset(_BEFORE_TEXT)
-_BEFORE_INDEX = {k: n for n, k in enumerate(_BEFORE_TEXT)}
 
 
 def _with_text(resource: Resource, div: str) -> Resource:
-    """``resource`` with ``text`` after its leading elements (as _BEFORE_TEXT orders them)."""
-    lead, last = 0, -1  # the first keys that are _BEFORE_TEXT's, in its order
-    for key in resource:
-        at = _BEFORE_INDEX.get(key)
-        if at is None or at < last:
-            break
-        lead, last = lead + 1, at
-    if lead == len(resource.keys() & _BEFORE_TEXT_SET):  # the view's & walks the small set
-        # none of them comes later (the usual resource): the leading ones, text, then all
-        # of it merged dict to dict (in C, sized once; the leading keys keep their place)
-        out = dict(islice(resource.items(), lead))
-        out["text"] = {"status": "generated", "div": div}
-        out.update(resource)
-        return out
+    """``resource`` with ``text`` after its leading elements (as _BEFORE_TEXT orders them),
+    the others in their order: updating from ``resource`` sets the leading ones again
+    where they already are (the same values) and adds the rest after ``text``, in C."""
     out = {k: resource[k] for k in _BEFORE_TEXT if k in resource}
     out["text"] = {"status": "generated", "div": div}
-    out.update((k, v) for k, v in resource.items() if k not in out)
+    out.update(resource)
     return out
 
 

@@ -22,7 +22,6 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from html import escape
-from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -119,8 +118,11 @@ class Narratives:
         self._lines: dict[str | None, dict[int, tuple[Any, list[str]]]] = {}
         # A person's line by the ids of frozen name and identifier lists (see _person).
         self._persons: dict[str | None, dict[tuple[int, int], tuple[Any, Any, str]]] = {}
+        # A practitioner role's line by its frozen practitioner reference (see _role).
+        self._roles: dict[str | None, dict[int, tuple[Any, ...]]] = {}
         for chinese in self._labels:
             self._lines[chinese], self._persons[chinese] = {}, {}
+            self._roles[chinese] = {}
 
     @classmethod
     def load(cls, mappings: Path, network: Network) -> Narratives:
@@ -216,6 +218,7 @@ class Narratives:
         chinese = view.chinese = plan.chinese
         view.id_types = self._id_types[chinese]
         view.lines, view.persons = self._lines[chinese], self._persons[chinese]
+        view.roles = self._roles[chinese]
         view.described = view.by_language.setdefault(chinese, {})
         parts = [plan.head]
         for key, paths, show, head in plan.rows:
@@ -325,6 +328,7 @@ class _View:
         # The renderer's caches for the labels' language (set by Narratives._div).
         self.lines: dict[int, tuple[Any, list[str]]] = {}
         self.persons: dict[tuple[int, int], tuple[Any, Any, str]] = {}
+        self.roles: dict[int, tuple[Any, ...]] = {}
 
 
 def _esc(text: str) -> str:
@@ -483,16 +487,86 @@ def _described(view: _View, target: Resource) -> list[str]:
     """A referenced resource in one line: who (name, identifier) or what (its code)."""
     rtype = target.get("resourceType")
     if rtype == "PractitionerRole":
-        who = _reference(view, target.get("practitioner") or {})
-        org = _reference(view, target.get("organization") or {})
-        line = " — ".join(x[0] for x in (who, org) if x)
-        return [line] if line else []
+        return _role(view, target)
     if rtype in ("Patient", "Practitioner", "RelatedPerson"):
         return [_person(view, target)]
     if rtype == "Organization":
         return [_esc(str(target["name"]))] if target.get("name") else []
     code = target.get("code") or target.get("modality")
     return _auto(view, code) if code else []
+
+
+_ROLES_SIZE = 512  # roles' lines kept, per label language; cleared when full
+_ROLE_CHARS = 512  # a longer line is made each time (the memo's bytes stay bounded)
+_PERSONS = frozenset({"Patient", "Practitioner", "RelatedPerson"})
+
+
+def _role(view: _View, role: Resource) -> list[str]:
+    """A practitioner role: its practitioner — its organisation. The roles of a feed's
+    staff recur in every message, made of the mapping memo's frozen values: their line
+    is remembered by the role's practitioner reference and found again when everything
+    it was made from is read again (see _role_inputs): another name merged into the
+    practitioner, another organisation, a reference that no longer resolves, and the
+    line is made anew."""
+    practitioner, organization = role.get("practitioner"), role.get("organization")
+    inputs = _role_inputs(view, practitioner, organization)
+    if inputs is not None:
+        known = view.roles.get(id(practitioner))
+        if known is not None and _same(known, inputs):
+            return known[-1]  # type: ignore[no-any-return]
+    lines = _role_lines(view, practitioner, organization)
+    if inputs is not None and sum(map(len, lines)) <= _ROLE_CHARS:
+        if len(view.roles) >= _ROLES_SIZE:
+            view.roles.clear()
+        view.roles[id(practitioner)] = (*inputs, lines)  # kept: their ids stay theirs
+    return lines
+
+
+def _role_inputs(view: _View, practitioner: Any, organization: Any) -> tuple[Any, ...] | None:
+    """What a role's line is made from, when its two frozen references (the mapping
+    memo's: they cannot change in place) resolve to a person whose names and identifiers
+    are frozen and to an organisation: the practitioner reference (the memo's key), the
+    names, the identifiers, the organisation's name; the line reads nothing else (the
+    references' other elements only when one does not resolve). None for any other
+    role: made each time."""
+    if type(practitioner) is not FrozenDict or type(organization) is not FrozenDict:
+        return None
+    url, at = practitioner.get("reference"), organization.get("reference")
+    person = view.by_url.get(url) if url else None
+    org = view.by_url.get(at) if at else None
+    if not isinstance(person, dict) or not isinstance(org, dict):
+        return None
+    names, idents, name = person.get("name"), person.get("identifier"), org.get("name")
+    if (
+        person.get("resourceType") not in _PERSONS
+        or org.get("resourceType") != "Organization"
+        or type(names) is not FrozenList
+        or not (idents is None or type(idents) is FrozenList)
+        or not (name is None or type(name) is str)
+    ):
+        return None
+    return (practitioner, names, idents, name)
+
+
+def _same(known: tuple[Any, ...], inputs: tuple[Any, ...]) -> bool:
+    """The frozen values are the very ones (identity: a value equal to another may show
+    differently, 1 and True); the organisation's name an equal string."""
+    return (
+        known[0] is inputs[0]
+        and known[1] is inputs[1]
+        and known[2] is inputs[2]
+        and known[3] == inputs[3]
+    )
+
+
+def _role_lines(view: _View, practitioner: Any, organization: Any) -> list[str]:
+    who = _reference(view, practitioner or {})
+    org = _reference(view, organization or {})
+    # " — ".join of the first lines of those that have any, without a generator
+    if who and org:
+        return [f"{who[0]} — {org[0]}"]
+    line = who[0] if who else org[0] if org else ""
+    return [line] if line else []
 
 
 def _person(view: _View, person: Resource) -> str:
@@ -571,28 +645,15 @@ def _first(resource: Resource, paths: tuple[tuple[str, ...], ...]) -> Any:
 
 # FHIR's order of a DomainResource's first elements: text goes after these.
 _BEFORE_TEXT = ("resourceType", "id", "meta", "implicitRules", "language")
-_BEFORE_TEXT_SET = frozenset(_BEFORE_TEXT)
-_BEFORE_INDEX = {k: n for n, k in enumerate(_BEFORE_TEXT)}
 
 
 def _with_text(resource: Resource, div: str) -> Resource:
-    """``resource`` with ``text`` after its leading elements (as _BEFORE_TEXT orders them)."""
-    lead, last = 0, -1  # the first keys that are _BEFORE_TEXT's, in its order
-    for key in resource:
-        at = _BEFORE_INDEX.get(key)
-        if at is None or at < last:
-            break
-        lead, last = lead + 1, at
-    if lead == len(resource.keys() & _BEFORE_TEXT_SET):  # the view's & walks the small set
-        # none of them comes later (the usual resource): the leading ones, text, then all
-        # of it merged dict to dict (in C, sized once; the leading keys keep their place)
-        out = dict(islice(resource.items(), lead))
-        out["text"] = {"status": "generated", "div": div}
-        out.update(resource)
-        return out
+    """``resource`` with ``text`` after its leading elements (as _BEFORE_TEXT orders them),
+    the others in their order: updating from ``resource`` sets the leading ones again
+    where they already are (the same values) and adds the rest after ``text``, in C."""
     out = {k: resource[k] for k in _BEFORE_TEXT if k in resource}
     out["text"] = {"status": "generated", "div": div}
-    out.update((k, v) for k, v in resource.items() if k not in out)
+    out.update(resource)
     return out
 
 

@@ -5,6 +5,7 @@ every value is escaped, labels follow the record's languages and values stay ver
 from __future__ import annotations
 
 import shutil
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -378,3 +379,120 @@ def test_text_goes_after_the_leading_elements_in_fhir_order(keys: list[str]) -> 
     assert list(out) == [*lead, "text", *(k for k in keys if k not in lead)]
     assert out["text"] == {"status": "generated", "div": "<div/>"}
     assert all(out[k] == k.upper() for k in keys) and "text" not in resource
+
+
+# -- a practitioner role's line, remembered across records (_role) -----------------------------
+
+
+def _role_bundle(role: dict[str, Any], person: dict[str, Any], org: dict[str, Any]) -> Any:
+    """A Bundle as the mapping makes it: the role, its practitioner and its organisation
+    each a new dict of the memo's frozen values, and a Task the role requested."""
+    task = {"resourceType": "Task", "language": "en", "status": "draft", "intent": "order"}
+    task["requester"] = {"reference": "urn:uuid:role"}
+    entries = [("role", "PractitionerRole", role), ("dr", "Practitioner", person)]
+    entries += [("org", "Organization", org), ("task", "Task", task)]
+    return {
+        "entry": [
+            {"fullUrl": f"urn:uuid:{url}", "resource": {"resourceType": rtype, **fields}}
+            for url, rtype, fields in entries
+        ]
+    }
+
+
+def _requester(narratives: Narratives, bundle: Any) -> str:
+    narratives.add(bundle, "NSCH")
+    div = bundle["entry"][-1]["resource"]["text"]["div"]
+    return _text(div).split("Requester")[1]
+
+
+def _staff(name: str) -> Any:
+    return freeze(
+        {
+            "name": [{"family": name, "given": ["Wing"]}],
+            "identifier": [{"system": "urn:staff", "value": "D1"}],
+        }
+    )
+
+
+def test_a_recurring_role_shows_what_its_references_hold_in_each_record() -> None:
+    # The role recurs (the same frozen values in every record); what it references
+    # changes between records: a name merged into the practitioner, a new organisation
+    # name. Each record's narrative shows its own.
+    narratives = Narratives.load(MAPPINGS, NETWORK)
+    role = freeze({"practitioner": {"reference": "urn:uuid:dr"},
+                   "organization": {"reference": "urn:uuid:org"}})  # fmt: skip
+    chan, wong = _staff("Chan"), _staff("Wong")
+    org = {"name": "North District Hospital"}
+    assert "Chan, Wing (D1) — North District Hospital" in _requester(
+        narratives, _role_bundle(role, chan, org)
+    )
+    assert "Chan, Wing (D1) — North District Hospital" in _requester(
+        narratives, _role_bundle(role, chan, org)
+    )
+    assert "Wong, Wing (D1) — North District Hospital" in _requester(
+        narratives, _role_bundle(role, wong, org)
+    )
+    merged = {**chan, "name": [*chan["name"], {"text": "陳永"}]}  # the record's own list
+    assert "Chan, Wing / 陳永 (D1)" in _requester(narratives, _role_bundle(role, merged, org))
+    other = {"name": "Tai Po Hospital"}
+    assert "Wong, Wing (D1) — Tai Po Hospital" in _requester(
+        narratives, _role_bundle(role, wong, other)
+    )
+    identified = {**wong, "identifier": freeze([{"system": "urn:staff", "value": "D2"}])}
+    assert "Wong, Wing (D2) — Tai Po Hospital" in _requester(
+        narratives, _role_bundle(role, identified, other)
+    )
+    renamed = {**identified, "name": freeze([{"family": "Ho", "given": ["Wing"]}])}
+    assert "Ho, Wing (D2) — Tai Po Hospital" in _requester(
+        narratives, _role_bundle(role, renamed, other)
+    )
+    # the same practitioner reference in a role at another organisation
+    moved = freeze({"practitioner": role["practitioner"],
+                    "organization": {"reference": "urn:uuid:org2"}})  # fmt: skip
+    bundle = _role_bundle(moved, renamed, other)
+    yan_chai = {"resourceType": "Organization", "name": "Yan Chai"}
+    bundle["entry"].insert(0, {"fullUrl": "urn:uuid:org2", "resource": yan_chai})
+    assert "Ho, Wing (D2) — Yan Chai" in _requester(narratives, bundle)
+    gone = _role_bundle(role, wong, other)
+    del gone["entry"][2]  # the organisation is not in this record
+    assert _requester(narratives, gone) == "Wong, Wing (D1)"
+
+
+def test_a_role_s_line_in_one_label_language_is_not_anothers() -> None:
+    narratives = Narratives.load(MAPPINGS, NETWORK)
+    role = freeze({"practitioner": {"reference": "urn:uuid:dr"},
+                   "organization": {"reference": "urn:uuid:org"}})  # fmt: skip
+    national_id = {"type": {"coding": [{"code": "NI"}]}, "value": "X1"}
+    staff = freeze({"name": [{"text": "陳大文"}], "identifier": [national_id]})
+    org = {"name": "North District Hospital"}
+    english = _role_bundle(role, staff, org)
+    hk = _role_bundle(role, staff, org)
+    hk["entry"][-1]["resource"]["language"] = "zh-Hant-HK"
+    assert "陳大文 (ID no. X1)" in _requester(narratives, english)
+    narratives.add(hk, "NSCH")
+    assert "陳大文 (證件號碼 / ID no. X1)" in _text(hk["entry"][-1]["resource"]["text"]["div"])
+
+
+def test_the_roles_remembered_stay_bounded_in_bytes() -> None:
+    # 5,000 roles met once each (a feed's staff over a long run; here one practitioner
+    # in 5,000 roles, so that only the roles' memo could grow): it keeps a bounded
+    # number of them, so the bytes it holds stop growing
+    narratives = Narratives.load(MAPPINGS, NETWORK)
+    org = {"name": "North District Hospital"}
+    staff = _staff("Chan")
+
+    def meet(count: int) -> None:
+        for _ in range(count):
+            role = freeze({"practitioner": {"reference": "urn:uuid:dr"},
+                           "organization": {"reference": "urn:uuid:org"}})  # fmt: skip
+            narratives.add(_role_bundle(role, staff, org), "NSCH")
+
+    meet(600)  # the memo filled once: from then on what it holds stays under its bound
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        meet(5_000)
+        retained = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert retained < 500_000

@@ -98,5 +98,6 @@ def test_an_unknown_setting_suggests_the_one_meant_not_all_eighty(tmp_path: Path
     with pytest.raises(ConfigError) as typo:
         Settings.load(home=tmp_path, env={})
     line = str(typo.value)
-    assert "'prot': did you mean 'port'?" in line and "'mlp_port': did you mean 'mllp_port'?" in line
+    assert "'prot': did you mean 'port'?" in line
+    assert "'mlp_port': did you mean 'mllp_port'?" in line
     assert "delivery_backoff_cap" not in line and len(line) < 300

@@ -322,6 +322,22 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _pseudonyms(settings: Settings, patient: str) -> tuple[str, ...]:
+    """For `gateway audit export --patient SYSTEM|VALUE`: the identifier's keyed
+    pseudonym, under which policy decisions and consents name their patient (never by
+    the identifier). Only with a pseudonym key on file: an export never makes one."""
+    from .audit import PSEUDONYM
+    from .policy import policy_key, pseudonym
+
+    system, bar, value = patient.rpartition("|")
+    if not (bar and system and value) or system == PSEUDONYM:
+        return ()
+    path = settings.policy_key_file or settings.secrets_dir / "policy-key"
+    if not (os.environ.get("GATEWAY_POLICY_KEY") or path.exists()):
+        return ()
+    return (f"{PSEUDONYM}|{pseudonym(policy_key(settings), system, value)}",)
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -428,7 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_dicom_cli(sub)  # gateway dicom commit / pending / listen
     signing.add_cli(sub)  # gateway keys init, sign, verify
     add_validate_cli(sub)  # gateway validate FILE... [--profile URL] [--json]
-    add_audit_cli(sub)  # gateway audit verify|export|sign-head|transfers
+    add_audit_cli(sub, _pseudonyms)  # gateway audit verify|export|sign-head|transfers
     add_alerts_cli(sub)  # gateway alerts list|check|test-notify
     add_users_cli(sub)  # gateway users add|list|passwd|disable (the console's users)
 

@@ -95,3 +95,24 @@ def test_a_database_that_does_not_answer_is_one_line_without_its_password(
         "error: database_url: cannot use postgresql+psycopg://gw:***@127.0.0.1:1"
     )
     assert "s3cret" not in line and "\n" not in line and down.value.code == "store.unavailable"
+
+
+def test_a_new_sqlite_store_is_readable_by_its_owner_only(tmp_path: Path) -> None:
+    """gateway.db holds every message as received: under the usual umask 022 it (and its
+    WAL, which SQLite makes with the database's mode) was world-readable."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        store = open_store(Settings.load(tmp_path, env={}))  # migrated: written, WAL open
+        try:
+            modes = {
+                name: stat.S_IMODE((tmp_path / name).stat().st_mode)
+                for name in ("gateway.db", "gateway.db-wal")
+            }
+        finally:
+            store.close()
+    finally:
+        os.umask(old)
+    assert modes == {"gateway.db": 0o600, "gateway.db-wal": 0o600}

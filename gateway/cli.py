@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import gc
 import os
 import sys
@@ -43,6 +44,7 @@ from .alerts import add_cli as add_alerts_cli
 from .audit import add_cli as add_audit_cli
 from .config import Settings
 from .console import add_cli as add_users_cli
+from .datafiles import data_dir
 from .delivery import add_cli as add_outbox_cli
 from .delivery import add_work_cli
 from .envelope import Record
@@ -320,6 +322,22 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _pseudonyms(settings: Settings, patient: str) -> tuple[str, ...]:
+    """For `gateway audit export --patient SYSTEM|VALUE`: the identifier's keyed
+    pseudonym, under which policy decisions and consents name their patient (never by
+    the identifier). Only with a pseudonym key on file: an export never makes one."""
+    from .audit import PSEUDONYM
+    from .policy import policy_key, pseudonym
+
+    system, bar, value = patient.rpartition("|")
+    if not (bar and system and value) or system == PSEUDONYM:
+        return ()
+    path = settings.policy_key_file or settings.secrets_dir / "policy-key"
+    if not (os.environ.get("GATEWAY_POLICY_KEY") or path.exists()):
+        return ()
+    return (f"{PSEUDONYM}|{pseudonym(policy_key(settings), system, value)}",)
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -330,11 +348,30 @@ def _positive(text: str) -> int:
 def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
     """Each setting as it is in effect: a default that stands for a file or database
     shows that file (and says it is the default), not None."""
+    defaults = _file_defaults(settings)
     for name, value in vars(settings).items():
-        if name == "api_token_file" and value is None:
-            value = f"{settings.effective_token_file} (default: $GATEWAY_HOME/secrets)"
+        if value is None and name in defaults:
+            value = defaults[name]
         print(f"{name} = {value}")
     return 0
+
+
+def _file_defaults(settings: Settings) -> dict[str, str]:
+    """What the file and database settings left unset stand for: the paths the stages
+    fall back to (gateway/store, policy, inbound, delivery), shown as defaults."""
+    seeds, secrets = data_dir("seeds"), settings.secrets_dir
+    key = f"{secrets / 'policy-key'} (default: $GATEWAY_HOME/secrets)"
+    if os.environ.get("GATEWAY_POLICY_KEY"):
+        key = "not used: GATEWAY_POLICY_KEY is set and wins"  # the key itself never shown
+    return {
+        "api_token_file": f"{settings.effective_token_file} (default: $GATEWAY_HOME/secrets)",
+        "database_url": f"sqlite:///{settings.home / 'gateway.db'} (default: $GATEWAY_HOME)",
+        "policy_dir": f"{data_dir('mappings') / 'policy'} (default)",
+        "policy_agreements": f"{seeds / 'agreements.yaml'} (default)",
+        "policy_key_file": key,
+        "inbound_token_file": f"{secrets / 'partner-tokens'} (default: $GATEWAY_HOME/secrets)",
+        "delivery_routes": f"{seeds / 'routes.yaml'} (default)",
+    }
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -407,13 +444,30 @@ def build_parser() -> argparse.ArgumentParser:
     add_dicom_cli(sub)  # gateway dicom commit / pending / listen
     signing.add_cli(sub)  # gateway keys init, sign, verify
     add_validate_cli(sub)  # gateway validate FILE... [--profile URL] [--json]
-    add_audit_cli(sub)  # gateway audit verify|export|sign-head|transfers
+    add_audit_cli(sub, _pseudonyms)  # gateway audit verify|export|sign-head|transfers
     add_alerts_cli(sub)  # gateway alerts list|check|test-notify
     add_users_cli(sub)  # gateway users add|list|passwd|disable (the console's users)
 
     config = sub.add_parser("config", help="print the effective settings")
     config.set_defaults(func=cmd_config)
     return parser
+
+
+def _os_error_line(exc: OSError) -> str:
+    """One line for an OS error no command caught: a file (an output that cannot be
+    written, a folder that is a file, an input that is missing) or a socket (a port that
+    another process holds). Which of read or write failed is not known here."""
+    reason = exc.strerror or str(exc)
+    if exc.filename:
+        verb = "write" if exc.errno in _WRITE_ERRNOS else "read or write"
+        return f"error: cannot {verb} {exc.filename}: {reason}"
+    if exc.errno == errno.EADDRINUSE:  # `gateway listen`/`serve` twice on one port
+        return f"error: {reason} (is another gateway listen or serve running on it?)"
+    return f"error: {reason}"
+
+
+# errnos that only a write gives: a read never sees these
+_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EISDIR, errno.EEXIST, errno.EDQUOT})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -426,9 +480,12 @@ def main(argv: list[str] | None = None) -> int:
     except GatewayError as exc:
         print(exc.issue.line(), file=sys.stderr)
         return 2
-    except OSError as exc:  # an output that cannot be written, a folder that is a file, ...
-        where = f" {exc.filename}" if exc.filename else ""
-        print(f"error: cannot write{where}: {exc.strerror or exc}", file=sys.stderr)
+    except BrokenPipeError:  # `gateway messages show 5 | head`: the reader has gone
+        with contextlib.suppress(OSError):  # and Python's own flush at exit must not fail
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except OSError as exc:
+        print(_os_error_line(exc), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

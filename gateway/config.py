@@ -5,6 +5,7 @@ docs/configuration.md; a fresh GATEWAY_HOME with no file runs on the demo networ
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 import re
@@ -185,24 +186,45 @@ class Settings:
         env = dict(os.environ if env is None else env)
         root = Path(home or env.get("GATEWAY_HOME") or DEFAULT_HOME).expanduser()
         values: dict[str, Any] = {}
+        sources: dict[str, str] = {}  # where each value came from, for its error line
         config = root / "gateway.toml"
         if config.is_file():
             try:
                 values.update(tomllib.loads(config.read_text(encoding="utf-8")))
             except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
                 raise ConfigError("syntax", f"{config}: {exc}") from None
+            sources.update(dict.fromkeys(values, str(config)))
         for f in fields(cls):
             name = f"GATEWAY_{f.name.upper()}"
             if name in env and f.name != "home":
                 values[f.name] = env[name]
+                sources[f.name] = name
         known = {f.name for f in fields(cls)} - {"home"}  # home is where the file is
         unknown = set(values) - known
         if unknown:
             raise ConfigError(
                 "unknown-setting",
-                f"{config}: unknown settings {sorted(unknown)}; known: {sorted(known)}",
+                f"{config}: unknown settings {sorted(unknown)}{_suggest(unknown, known)}",
             )
-        return replace(cls(home=root), **{k: _coerce(k, v, root) for k, v in values.items()})
+        coerced = {}
+        for key, value in values.items():
+            try:
+                coerced[key] = _coerce(key, value, root)
+            except ConfigError as exc:  # name the file or variable the operator must fix
+                raise exc.with_record(sources[key]) from None
+        return replace(cls(home=root), **coerced)
+
+
+def _suggest(unknown: set[str], known: set[str]) -> str:
+    """The known names an unknown one is likely a typo of; the whole list of 80 names
+    would bury the one the operator meant."""
+    hints = [
+        f"{name!r}: did you mean {close[0]!r}?"
+        for name in sorted(unknown)
+        if (close := difflib.get_close_matches(name, known, n=1, cutoff=0.75))
+    ]
+    more = "the settings are listed in docs/configuration.md and by `gateway config`"
+    return "; " + "; ".join([*hints, more])
 
 
 _BOOLS = (

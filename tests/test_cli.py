@@ -256,3 +256,58 @@ def test_output_names_have_no_caret(tmp_path: Path) -> None:
         "2.16.156.10011.1.1_LAX2-CT-20260610-0001-NJMU2.json",
         "2.16.156.10011.1.1_LAX2-CT-20260610-0001.json",
     ]
+
+
+def test_config_shows_what_unset_file_settings_stand_for(tmp_path: Path) -> None:
+    """`gateway config` printed `database_url = None`, `policy_key_file = None`...: an
+    operator could not tell where the store, the pseudonym key or the routes are."""
+    lines = dict(
+        line.split(" = ", 1) for line in run("config", home=tmp_path).stdout.decode().splitlines()
+    )
+    assert lines["database_url"] == f"sqlite:///{tmp_path / 'gateway.db'} (default: $GATEWAY_HOME)"
+    key = tmp_path / "secrets" / "policy-key"
+    assert lines["policy_key_file"] == f"{key} (default: $GATEWAY_HOME/secrets)"
+    assert lines["inbound_token_file"].startswith(str(tmp_path / "secrets" / "partner-tokens"))
+    assert lines["delivery_routes"].endswith("routes.yaml (default)")
+    assert lines["policy_dir"].endswith("policy (default)")
+    assert lines["policy_agreements"].endswith("agreements.yaml (default)")
+    assert "None" not in {lines[k] for k in ("database_url", "policy_dir", "delivery_routes")}
+
+
+def test_a_missing_input_is_not_called_an_output(tmp_path: Path) -> None:
+    """`gateway consent import nosuch.json` said `cannot write nosuch.json`."""
+    proc = run("consent", "import", str(tmp_path / "nosuch.json"), home=tmp_path)
+    assert proc.returncode == 2 and b"Traceback" not in proc.stderr
+    assert proc.stderr.decode().splitlines() == [
+        f"error: cannot read or write {tmp_path / 'nosuch.json'}: No such file or directory"
+    ]
+
+
+def test_a_port_in_use_is_one_line_that_says_so(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        proc = run("listen", "--port", str(port), home=tmp_path)
+    err = proc.stderr.decode()
+    assert proc.returncode == 2 and "Traceback" not in err and "cannot write" not in err
+    assert "address already in use (is another gateway listen or serve running on it?)" in err
+
+
+def test_output_piped_into_head_ends_quietly(tmp_path: Path) -> None:
+    """`gateway convert inbox/ | head`: the reader leaves after a few bytes (the output is
+    larger than a pipe's buffer); no 'error: cannot write: Broken pipe' line."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        f"{sys.executable} -m gateway --home {tmp_path} convert {EXAMPLES} | head -c 10",
+        shell=True,
+        capture_output=True,
+        check=False,
+        timeout=120,
+    )
+    assert proc.stdout.startswith(b'{"resource')
+    assert b"Broken pipe" not in proc.stderr and b"Traceback" not in proc.stderr

@@ -78,3 +78,26 @@ def test_mllp_connection_limits(tmp_path: Path) -> None:
 def test_bad_mllp_limits_are_refused(tmp_path: Path, name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=f"mllp_{name.lower()} must be"):
         Settings.load(home=tmp_path, env={f"GATEWAY_MLLP_{name}": value})
+
+
+def test_a_bad_value_names_the_file_or_variable_it_came_from(tmp_path: Path) -> None:
+    """An operator with a long gateway.toml and a unit file full of GATEWAY_* variables
+    must be told which one to fix."""
+    (tmp_path / "gateway.toml").write_text('port = "eighty"\n')
+    with pytest.raises(ConfigError) as from_file:
+        Settings.load(home=tmp_path, env={})
+    assert str(from_file.value).startswith(f"error: {tmp_path / 'gateway.toml'}: port must be")
+    (tmp_path / "gateway.toml").write_text("port = 8080\n")
+    with pytest.raises(ConfigError) as from_env:
+        Settings.load(home=tmp_path, env={"GATEWAY_LOG_LEVEL": "verbose"})
+    assert str(from_env.value).startswith("error: GATEWAY_LOG_LEVEL: log_level must be one of")
+
+
+def test_an_unknown_setting_suggests_the_one_meant_not_all_eighty(tmp_path: Path) -> None:
+    (tmp_path / "gateway.toml").write_text("prot = 8080\nmlp_port = 2575\n")
+    with pytest.raises(ConfigError) as typo:
+        Settings.load(home=tmp_path, env={})
+    line = str(typo.value)
+    assert "'prot': did you mean 'port'?" in line
+    assert "'mlp_port': did you mean 'mllp_port'?" in line
+    assert "delivery_backoff_cap" not in line and len(line) < 300

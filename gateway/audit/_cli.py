@@ -16,7 +16,7 @@ import datetime as dt
 import getpass
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +85,13 @@ def _operator() -> str:
         return "unknown"
 
 
-def add_cli(subparsers: Any) -> None:
+# Other names of a patient given to `export --patient`: the policy's keyed pseudonym of
+# a SYSTEM|VALUE, under which decisions and consents name their patient. Given by the
+# caller (gateway/cli.py): the policy stage builds on the audit trail, not the reverse.
+PatientAliases = Callable[[Settings, str], tuple[str, ...]]
+
+
+def add_cli(subparsers: Any, aliases: PatientAliases | None = None) -> None:
     audit = subparsers.add_parser(
         "audit", help="the audit trail: verify, export, sign tree heads, transfer report"
     )
@@ -117,7 +123,11 @@ def add_cli(subparsers: Any) -> None:
     verify.set_defaults(func=cmd_verify)
 
     export = sub.add_parser("export", help="events as a FHIR Bundle with a signed head and proofs")
-    export.add_argument("--patient", help="Patient id, Patient/<id>, system|value or a value")
+    export.add_argument(
+        "--patient",
+        help="Patient id, Patient/<id>, system|value (also found by its policy pseudonym) "
+        "or a value",
+    )
     export.add_argument("--partner", help="partner facility code")
     export.add_argument(
         "--consent", help="a Consent id: the decisions that rest on it and its own events"
@@ -125,7 +135,7 @@ def add_cli(subparsers: Any) -> None:
     export.add_argument("--since", help="ISO 8601 time or a span back (7d)")
     export.add_argument("--until", help="ISO 8601 time or a span back (exclusive)")
     export.add_argument("-o", "--output", metavar="FILE", help="default: stdout")
-    export.set_defaults(func=cmd_export)
+    export.set_defaults(func=cmd_export, aliases=aliases)
 
     head = sub.add_parser("sign-head", help="sign the log's current tree head now")
     head.add_argument("--key", help="private key file (default: the audit_key setting)")
@@ -277,6 +287,7 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
         parse_since(args.since, settings.timezone) if args.since else None,
         parse_since(args.until, settings.timezone) if args.until else None,
         args.consent,
+        args.aliases(settings, args.patient) if args.aliases and args.patient else (),
     )
     log = open_log(settings)
     head = log.latest_head()

@@ -38,10 +38,16 @@ def _ident(what: dict[str, Any]) -> str:
 @dataclass(frozen=True, slots=True)
 class ExportFilter:
     patient: str | None = None  # an id, "Patient/<id>", "system|value" or a value alone
-    partner: str | None = None  # facility code
+    partner: str | None = None  # institution key or facility code, any case
     since: dt.datetime | None = None  # naive UTC, inclusive
     until: dt.datetime | None = None  # naive UTC, exclusive
     consent: str | None = None  # a Consent id (or Consent/<id>) a decision rests on
+    # other names of the same patient: the keyed pseudonym ("system|PSN-…") under which
+    # policy decisions and consents name an identifier given as ``patient``
+    aliases: tuple[str, ...] = ()
+
+    def _patients(self) -> tuple[str, ...]:
+        return (self.patient, *self.aliases) if self.patient else ()
 
     def where(self) -> Any:
         """The SQL part of the selection (the indexed columns); :meth:`keeps` checks
@@ -49,19 +55,24 @@ class ExportFilter:
         c = entries.c
         terms = []
         if self.patient:
-            p = self.patient
             terms.append(
                 sa.or_(
-                    c.patient == p,
-                    c.patient == f"Patient/{p}",
-                    c.patient.endswith(f"|{p}", autoescape=True),  # an identifier's value
+                    *(
+                        term
+                        for p in self._patients()
+                        for term in (
+                            c.patient == p,
+                            c.patient == f"Patient/{p}",
+                            c.patient.endswith(f"|{p}", autoescape=True),  # a value alone
+                        )
+                    ),
                     c.kind.in_(_SEVERAL),  # only the first patient is in the column
                 )
             )
         if self.consent:
             terms.append(c.kind.in_(("policy-decision", "consent")))
-        if self.partner:
-            terms.append(c.partner == self.partner)
+        if self.partner:  # the pipeline logs the key (hkpmc); operators type HKPMC too
+            terms.append(sa.func.lower(c.partner) == self.partner.lower())
         if self.since:
             terms.append(c.recorded >= self.since)
         if self.until:
@@ -81,13 +92,16 @@ class ExportFilter:
             if isinstance(e, dict)
         ]
         if self.patient:
-            p = self.patient
             names = [
                 str(what.get("reference") or _ident(what))
                 for role, what in whats
                 if role.get("system") == OBJECT_ROLE and role.get("code") == "1"
             ]
-            if not any(n in (p, f"Patient/{p}") or n.endswith(f"|{p}") for n in names):
+            if not any(
+                n in (p, f"Patient/{p}") or n.endswith(f"|{p}")
+                for p in self._patients()
+                for n in names
+            ):
                 return False
         if self.consent:
             wanted = (

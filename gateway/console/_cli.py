@@ -23,8 +23,15 @@ __all__ = ["add_cli"]
 def _password(args: argparse.Namespace) -> str:
     if args.password_stdin:
         return sys.stdin.readline().rstrip("\r\n")
-    first = getpass.getpass("password: ")
-    if getpass.getpass("again: ") != first:
+    try:
+        first = getpass.getpass("password: ")
+        again = getpass.getpass("again: ")
+    except EOFError:  # no terminal and nothing on stdin (a script, a unit, `< /dev/null`)
+        raise ConsoleError(
+            "console.weak-password",
+            "no password given: standard input ended (in a script: --password-stdin)",
+        ) from None
+    if again != first:
         raise ConsoleError("console.weak-password", "the two passwords differ")
     return first
 

@@ -16,7 +16,7 @@ from ..config import Settings
 from ..errors import ConfigError, IntakeError
 from ..intake import codec_for
 from ._open import open_store, retention
-from ._store import MessageFilter, MessageSummary, StoredMessage, StoreError, utcnow
+from ._store import STATES, MessageFilter, MessageSummary, StoredMessage, StoreError, utcnow
 
 __all__ = ["add_cli", "add_filters", "decoded", "message_filter", "message_json", "parse_since"]
 
@@ -193,7 +193,9 @@ def cmd_db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def add_filters(parser: argparse.ArgumentParser, full: bool = True) -> None:
-    parser.add_argument("--state", help="received, converted, failed, rejected, ...")
+    # choices: a mistyped state (--state faild) is refused, not an empty list that reads
+    # as "nothing failed" (or a reprocess of nothing)
+    parser.add_argument("--state", choices=STATES, help="the message's state")
     parser.add_argument("--since", help="received since: ISO time (2026-12-01T08:00) or 30m/2h/7d")
     if full:
         parser.add_argument("--sender", help="sending facility (MSH-4), e.g. LAX2")

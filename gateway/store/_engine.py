@@ -3,6 +3,8 @@ by default, PostgreSQL through psycopg 3 when ``database_url`` names one."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,7 @@ def make_engine(url: str | URL) -> Engine:
     if parsed.get_backend_name() != "sqlite":
         return create_engine(parsed, pool_pre_ping=True, pool_size=10, max_overflow=20)
     if parsed.database and parsed.database != ":memory:":
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        _private_file(Path(parsed.database))
     engine = create_engine(
         parsed,
         connect_args={"check_same_thread": False, "timeout": BUSY_TIMEOUT_MS / 1000},
@@ -34,6 +36,16 @@ def make_engine(url: str | URL) -> Engine:
     event.listen(engine, "connect", _sqlite_connect)
     event.listen(engine, "begin", _sqlite_begin)
     return engine
+
+
+def _private_file(path: Path) -> None:
+    """Make a new SQLite file readable by its owner only: it holds every message as
+    received (patients' names and identifiers), and the default umask would leave it
+    world-readable. SQLite gives its -wal and -shm files the database file's mode. An
+    existing file keeps the mode its owner chose (a backup group, say)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:

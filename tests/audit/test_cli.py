@@ -133,3 +133,35 @@ def test_transfers_per_partner_and_basis(home: Path, capsys: pytest.CaptureFixtu
     assert csv_text.splitlines()[0].startswith("partner_code,basis_code,接收方 / Recipient")
     assert main(["audit", "transfers", "--year", "2025", "--format", "html"]) == 0
     assert "本年度无跨境传输 / No transfers this year" in capsys.readouterr().out
+
+
+def test_export_finds_a_patient_by_identifier_and_a_partner_by_its_code(
+    home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Decisions name their patient only by the policy's keyed pseudonym and their partner
+    by its key (hkpmc): `--patient 'HKID-system|K583726A' --partner HKPMC`, as the help and
+    README put it, exported none of them."""
+    from gateway.audit import events
+    from gateway.audit._events import Subject
+    from gateway.audit._hooks import PSEUDONYM
+    from gateway.policy import pseudonym
+
+    key = bytes(range(32))
+    monkeypatch.setenv("GATEWAY_POLICY_KEY", key.hex())
+    hkid = "https://fhir-gateway.example.org/sid/hkid"
+    held = Subject(f"{PSEUDONYM}|{pseudonym(key, hkid, 'K583726A')}", ("Bundle/b-1",))
+    other = Subject(f"{PSEUDONYM}|{pseudonym(key, hkid, 'Y123456A')}", ("Bundle/b-2",))
+    _log(home).record_many(
+        [
+            events.policy_decision(
+                "nsch", "hkpmc", outcome, subject, basis=None, agreement=None, purpose="referral"
+            )
+            for outcome, subject in (("hold", held), ("allow", other))
+        ]
+    )
+    target = home / "xu.json"
+    argv = ["audit", "export", "--patient", f"{hkid}|K583726A", "--partner", "HKPMC"]
+    assert main([*argv, "-o", str(target)]) == 0
+    assert "exported 1 events" in capsys.readouterr().err
+    [event] = [e["resource"] for e in orjson.loads(target.read_bytes())["entry"][1:]]
+    assert event["entity"][0]["what"]["identifier"]["value"] == held.patient.split("|")[1]

@@ -121,3 +121,18 @@ def test_a_session_ends_when_idle_too_long(tmp_path: Path) -> None:
             assert conn.execute(sa.text("SELECT count(*) FROM console_sessions")).scalar() == 0
     finally:
         store.close()
+
+
+@pytest.mark.filterwarnings("ignore::getpass.GetPassWarning")  # no terminal: getpass says so
+@pytest.mark.parametrize("verb", [("add", "wang", "--role", "operator"), ("passwd", "wang")])
+def test_no_password_on_a_closed_stdin_is_one_line(
+    verb: tuple[str, ...],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`gateway users passwd wang < /dev/null` (no terminal, no --password-stdin) ended in
+    getpass's EOFError traceback."""
+    assert _run(tmp_path, monkeypatch, *verb, stdin="") == 2
+    err = capsys.readouterr().err
+    assert "no password given: standard input ended" in err and "[console.weak-password]" in err

@@ -88,3 +88,15 @@ def test_usage_and_unknown_message(
     assert code == 2 and "[store.bad-cursor]" in err
     code, _, err = run(capsys, home, "messages", "list", "--since", "last tuesday")
     assert code == 2 and "--since" in err
+
+
+@pytest.mark.parametrize("verb", ["list", "reprocess"])
+def test_a_mistyped_state_is_refused_not_an_empty_answer(
+    verb: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--state faild` listed nothing with exit 0, which reads as "nothing failed"."""
+    with pytest.raises(SystemExit) as usage:
+        run(capsys, tmp_path, "messages", verb, "--state", "faild")
+    assert usage.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'faild'" in err and "'failed'" in err

@@ -10,7 +10,7 @@ import pytest
 
 from gateway import Settings
 from gateway.errors import ConfigError
-from gateway.store import open_store, retention
+from gateway.store import StoreError, open_store, retention
 
 
 def test_defaults_and_environment(tmp_path: Path) -> None:
@@ -62,3 +62,57 @@ def test_unknown_state_in_retention(tmp_path: Path) -> None:
     settings = Settings.load(tmp_path, env={"GATEWAY_RETENTION_DAYS": "convertd=3"})
     with pytest.raises(ConfigError, match="convertd"):
         retention(settings)
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("mysql://gw@db/gateway", "mysql://gw@db/gateway is not a database the gateway can open"),
+        ("nonsense", "'nonsense' is not a database the gateway can open"),
+        ("foo://bar", "foo://bar is not a database the gateway can open"),
+    ],
+)
+def test_a_database_url_the_gateway_cannot_open_is_one_line(
+    tmp_path: Path, url: str, says: str
+) -> None:
+    settings = Settings.load(tmp_path, env={"GATEWAY_DATABASE_URL": url})
+    with pytest.raises(ConfigError) as refused:
+        open_store(settings)
+    line = str(refused.value)
+    assert line.startswith(f"error: database_url: {says}") and "\n" not in line
+    assert refused.value.code == "config.bad-setting"
+
+
+def test_a_database_that_does_not_answer_is_one_line_without_its_password(
+    tmp_path: Path,
+) -> None:
+    url = "postgresql+psycopg://gw:s3cret-pw@127.0.0.1:1/gateway"  # port 1: refused at once
+    settings = Settings.load(tmp_path, env={"GATEWAY_DATABASE_URL": url})
+    with pytest.raises(StoreError) as down:
+        open_store(settings)
+    line = str(down.value)
+    assert line.startswith(
+        "error: database_url: cannot use postgresql+psycopg://gw:***@127.0.0.1:1"
+    )
+    assert "s3cret" not in line and "\n" not in line and down.value.code == "store.unavailable"
+
+
+def test_a_new_sqlite_store_is_readable_by_its_owner_only(tmp_path: Path) -> None:
+    """gateway.db holds every message as received: under the usual umask 022 it (and its
+    WAL, which SQLite makes with the database's mode) was world-readable."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        store = open_store(Settings.load(tmp_path, env={}))  # migrated: written, WAL open
+        try:
+            modes = {
+                name: stat.S_IMODE((tmp_path / name).stat().st_mode)
+                for name in ("gateway.db", "gateway.db-wal")
+            }
+        finally:
+            store.close()
+    finally:
+        os.umask(old)
+    assert modes == {"gateway.db": 0o600, "gateway.db-wal": 0o600}

@@ -40,7 +40,14 @@ from ..metrics import trace_placed
 from ..network import Network
 from ..partners import Partner, PartnersWatch
 from ..store import StageOutcome, Store, StoreError
-from ._outbox import DeliveryError, Outbox, OutboxRecord, label_of, order_key_of
+from ._outbox import (
+    UNKNOWN_PARTNER,
+    DeliveryError,
+    Outbox,
+    OutboxRecord,
+    label_of,
+    order_key_of,
+)
 from ._routes import Destination, Facts, Routes, Routing, facts_of
 from ._status import AUDIT_UNAVAILABLE, STATUS_HELD, StatusReplies
 from ._withdrawal import UnsentHold
@@ -493,7 +500,7 @@ class Outbound:
                         "force for this purpose and recipient)",
                     )
                 return self.outbox.require(row_id)
-            if row.message_id is not None and self.unsent.never_sent(row_id):
+            if row.message_id is not None and self.outbox.never_sent(row_id):
                 return self._release_decided(row, reason)
             # A row with a part sent, or held from ``waiting`` (its last send ambiguous),
             # is released as it is: the partner may hold it (or holds its first parts),
@@ -501,7 +508,21 @@ class Outbound:
             # parts were decided with the first (the withdrawal leaves these too).
             return self.outbox.release(row_id, reason)
 
-    def _release_decided(self, row: OutboxRecord, reason: str) -> OutboxRecord:
+    def return_known(self, row: OutboxRecord, reason: str) -> OutboxRecord:
+        """The worker's return of a never-sent row held because its partner was not
+        configured, now that it is again (``Outbox.release_known``, the worker's
+        ``decide``): decided again first, exactly as a person's release of it is
+        (:meth:`_release_decided`): a consent that expired or a rule that changed during
+        the hold stops it (held for the policy, ``policy.held``, the rule named; the
+        refusal raised). Each move is a compare-and-set on the hold
+        (:data:`UNKNOWN_PARTNER`): a row a person moved meanwhile is left as it is."""
+        with self._lock:
+            self._fresh()
+            return self._release_decided(row, reason, held_as=UNKNOWN_PARTNER)
+
+    def _release_decided(
+        self, row: OutboxRecord, reason: str, held_as: str | None = None
+    ) -> OutboxRecord:
         """A never-sent row delivery held (the overwrite guard, our credentials, a
         partner gone...), released by a person: decided again first, as a retry is
         (a consent expired or an agreement ended while it was held: the decision on
@@ -509,7 +530,9 @@ class Outbound:
         transaction when allowed. Not allowed: held for the policy (``policy.held``,
         the reason in its event, as a withdrawal holds it), so that only a decision (a
         new consent: :meth:`recheck_held`) queues it again, and the release is refused
-        (``delivery.not-releasable``, naming the rule): the person learns why."""
+        (``delivery.not-releasable``, naming the rule): the person learns why.
+        ``held_as``: each move only while the row is held for that code (the worker's
+        return: :meth:`return_known`)."""
 
         def hold(decision: Any) -> int:
             why = _rule_reason(decision, decision.outcome)
@@ -522,6 +545,7 @@ class Outbound:
                 f"{says} ({why}) (it was held: {row.last_error})",
                 now=self.outbox.clock(),
                 last_error="policy.held",
+                held_as=held_as,
             )
             raise DeliveryError(
                 "delivery.not-releasable",
@@ -534,7 +558,9 @@ class Outbound:
         self._again(
             row,
             "release",
-            lambda conn, why, parts: self.outbox.release_in(conn, row.id, why, parts=parts),
+            lambda conn, why, parts: self.outbox.release_in(
+                conn, row.id, why, parts=parts, held_as=held_as
+            ),
             reason,
             refused=hold,
         )

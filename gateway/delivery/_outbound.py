@@ -508,6 +508,26 @@ class Outbound:
             # parts were decided with the first (the withdrawal leaves these too).
             return self.outbox.release(row_id, reason)
 
+    def release_by(self, who: str | None, row_id: int, reason: str) -> OutboxRecord:
+        """A person's release (``gateway outbox release``, the console's: ``who``, None:
+        the OS account), audited as an operator's action either way: released, or
+        refused (``delivery.not-releasable``: the policy, deciding again, holds it; or
+        any other error that left the record as it was), then the error raised: an
+        auditor sees that someone tried. The one path of the CLI and the console."""
+        from ..audit import record_operator
+
+        try:
+            row = self.release(row_id, reason)
+        except GatewayError as exc:
+            tried = self.outbox.get(row_id)
+            if tried is not None:  # no such record: nothing was tried on one
+                refused = f"{exc.code}: {exc.issue.message}"
+                message = [tried.message_id]
+                record_operator(self.store, self.settings, "release", message, who, refused)
+            raise
+        record_operator(self.store, self.settings, "release", [row.message_id], who)
+        return row
+
     def return_known(self, row: OutboxRecord, reason: str) -> OutboxRecord:
         """The worker's return of a never-sent row held because its partner was not
         configured, now that it is again (``Outbox.release_known``, the worker's

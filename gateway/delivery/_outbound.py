@@ -49,7 +49,7 @@ from ._outbox import (
     order_key_of,
 )
 from ._routes import Destination, Facts, Routes, Routing, facts_of
-from ._status import AUDIT_UNAVAILABLE, STATUS_HELD, StatusReplies
+from ._status import AUDIT_UNAVAILABLE, STATUS_HELD, Requeue, StatusReplies
 from ._withdrawal import UnsentHold
 
 __all__ = ["Outbound", "OutboundResult", "Placed", "bundles_of"]
@@ -313,6 +313,7 @@ class Outbound:
                         "policy.held",
                         f"policy.held: {why} (decision {decision.id})",
                         conn,
+                        decision.id,
                     ),
                 )
                 assert held is not None
@@ -337,6 +338,7 @@ class Outbound:
                     reason=f"queued: {decision.outcome} (policy decision {decision.id})"
                     + "".join(f"; {note}" for note in notes),
                     conn=conn,
+                    decision=decision.id,
                 ),
             )
             assert queued is not None
@@ -382,9 +384,10 @@ class Outbound:
         code: str,
         reason: str,
         conn: Connection | None = None,
+        decision: int | None = None,
     ) -> tuple[int, bool]:
         """A held outbox row for ``record`` (message id, record index, its Bundle, dedup
-        key): the policy's hold and the unaudited decision's, one way."""
+        key): the policy's hold (``decision``) and the unaudited decision's, one way."""
         message_id, n, bundle, dedup = record
         return self.outbox.hold(
             partner,
@@ -397,6 +400,7 @@ class Outbound:
             code=code,
             reason=reason,
             conn=conn,
+            decision=decision,
         )
 
     def _finish(
@@ -578,8 +582,8 @@ class Outbound:
         self._again(
             row,
             "release",
-            lambda conn, why, parts: self.outbox.release_in(
-                conn, row.id, why, parts=parts, held_as=held_as
+            lambda conn, why, parts, decided: self.outbox.release_in(
+                conn, row.id, why, parts=parts, held_as=held_as, decision=decided
             ),
             reason,
             refused=hold,
@@ -617,7 +621,9 @@ class Outbound:
             self._again(
                 row,
                 "retry",
-                lambda conn, why, parts: self.outbox.retry_in(conn, row_id, why, parts=parts),
+                lambda conn, why, parts, decided: self.outbox.retry_in(
+                    conn, row_id, why, parts=parts, decision=decided
+                ),
                 reason,
             )
             return self.outbox.require(row_id)
@@ -634,7 +640,9 @@ class Outbound:
             new_id = self._again(
                 row,
                 "replay",
-                lambda conn, why, parts: self.outbox.replay_in(conn, row_id, why, parts=parts),
+                lambda conn, why, parts, decided: self.outbox.replay_in(
+                    conn, row_id, why, parts=parts, decision=decided
+                ),
                 reason,
             )
             return self.outbox.require(new_id)
@@ -643,7 +651,7 @@ class Outbound:
         self,
         row: OutboxRecord,
         action: str,
-        requeue: Callable[[Connection | None, str, list[dict[str, Any]] | None], int],
+        requeue: Requeue,
         reason: str,
         refused: Callable[[Any], int] | None = None,
     ) -> int:
@@ -703,7 +711,7 @@ class Outbound:
             note = f"{reason} ({decision.outcome}: policy decision {decision.id}"
             note += "; parts rebuilt under today's minimisation" if parts is not None else ""
             note += "".join(f"; {n}" for n in notes) + ")"
-            return requeue(conn, note, parts), True
+            return requeue(conn, note, parts, decision.id), True
 
         queued = self.policy.record(row.message_id, decision, data, queue)
         assert queued is not None
@@ -787,6 +795,7 @@ class Outbound:
                     now=self.outbox.clock(),
                     conn=conn,
                     last_error="policy.denied",
+                    decision=decision.id,
                 )
                 return row.id, False
 
@@ -815,6 +824,7 @@ class Outbound:
                 + "".join(f"; {note}" for note in notes),
                 links_wait=self.wait,
                 conn=conn,
+                decision=decision.id,
             )
             return row.id, True
 

@@ -163,6 +163,10 @@ class OutboxEvent:
     part: int | None
     status: int | None
     reason: str
+    # The policy decision it was made on (queued, held, released, sent again on); None
+    # for other moves, and for events older than migration v0014_event_decisions, whose
+    # reason alone names it.
+    decision_id: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -172,6 +176,7 @@ class OutboxEvent:
             "part": self.part,
             "status": self.status,
             "reason": self.reason,
+            "decision": self.decision_id,
         }
 
 
@@ -292,6 +297,7 @@ class Outbox:
         reason: str = "queued",
         conn: Connection | None = None,
         held: str | None = None,
+        decision: int | None = None,
     ) -> tuple[int, bool]:
         """Queue ``bundle`` for ``partner`` as the parts its split makes; (row id, new).
         ``held``: kept ``held`` with its parts, that code as its ``last_error``, never
@@ -301,7 +307,8 @@ class Outbox:
         Without ``order_key`` the Bundle's patient is the key (:func:`order_key_of`).
         ``links_wait``: how long the row waits for the records it links to
         (gateway/delivery/_links.py); None: it does not wait. ``conn``: within the
-        caller's transaction (:meth:`_within`)."""
+        caller's transaction (:meth:`_within`). ``decision``: the policy decision it is
+        queued (or held) on, kept with its event."""
         now = now or self.clock()
         if dedup is None:
             raw = orjson.dumps(bundle, option=orjson.OPT_SORT_KEYS)
@@ -332,7 +339,7 @@ class Outbox:
             )
             self._add_links(conn, row_id, provides, needs, patients_by_link(bundle), bundle)
             self._event(conn, row_id, now, None, "pending" if held is None else "held", 0, None,
-                        reason)  # fmt: skip
+                        reason, decision)  # fmt: skip
             if message_id is not None:
                 self._sync_message(conn, message_id, now)
             return row_id
@@ -353,10 +360,12 @@ class Outbox:
         reason: str,
         now: datetime | None = None,
         conn: Connection | None = None,
+        decision: int | None = None,
     ) -> tuple[int, bool]:
         """A row for a record a stage holds before anything can be sent (the policy:
         no consent yet): no parts until :meth:`fill` gives them. (row id, new).
-        ``conn``: within the caller's transaction (:meth:`_within`)."""
+        ``conn``: within the caller's transaction (:meth:`_within`); ``decision``: the
+        policy decision that holds it, kept with its event."""
         now = now or self.clock()
 
         def insert(conn: Connection) -> int:
@@ -375,7 +384,7 @@ class Outbox:
                 record=record,
                 purpose=purpose,
             )
-            self._event(conn, row_id, now, None, "held", 0, None, reason)
+            self._event(conn, row_id, now, None, "held", 0, None, reason, decision)
             self._sync_message(conn, message_id, now)
             return row_id
 
@@ -391,9 +400,11 @@ class Outbox:
         links_wait: timedelta | None = None,
         now: datetime | None = None,
         conn: Connection | None = None,
+        decision: int | None = None,
     ) -> None:
         """Give a held row (:meth:`hold`) its Bundle and queue it: held → pending.
-        ``conn``: in the caller's transaction (:meth:`_joined`)."""
+        ``conn``: in the caller's transaction (:meth:`_joined`); ``decision``: the
+        policy decision it is queued on, kept with its event."""
         now = now or self.clock()
         parts = partner.split(bundle)
         provides, needs = links_of(bundle)
@@ -418,6 +429,7 @@ class Outbox:
                     "links_until": now + links_wait if waits and links_wait else None,
                     "lease_until": None,
                 },
+                decision=decision,
             )
 
     def _add_links(
@@ -593,7 +605,7 @@ class Outbox:
 
     def events(self, row_id: int) -> list[OutboxEvent]:
         e = _events.c
-        query = sa.select(e.at, e.from_state, e.to_state, e.part, e.status, e.reason)
+        query = sa.select(e.at, e.from_state, e.to_state, e.part, e.status, e.reason, e.decision_id)
         with self.store.engine.connect() as conn:
             rows = conn.execute(query.where(e.outbox_id == row_id).order_by(e.id)).all()
         return [OutboxEvent(*row) for row in rows]
@@ -760,13 +772,15 @@ class Outbox:
         status: int | None = None,
         conn: Connection | None = None,
         held_as: str | None = None,
+        decision: int | None = None,
         **values: Any,
     ) -> None:
         """One transition, with its event, in one transaction (``conn``: the caller's,
         :meth:`_joined`). ``lease``: keep holding the row (sending); otherwise the row
         is let go. ``held_as``: only while its ``last_error`` is that code (the worker's
         return of a row held for its partner: a row a person moved meanwhile is not
-        its to move). ``values``: columns to set."""
+        its to move). ``decision``: the policy decision the move is made on, kept with
+        its event. ``values``: columns to set."""
         o = _outbox.c
         values["lease_until"] = now + lease if lease is not None else None
         where = [o.id == row_id, o.state == from_state]
@@ -784,7 +798,9 @@ class Outbox:
                     "delivery.conflict",
                     f"outbox record {row_id} is no longer {from_state} (another worker?)",
                 )
-            self._event(conn, row_id, now, from_state, to_state, int(done[0]), status, reason)
+            self._event(
+                conn, row_id, now, from_state, to_state, int(done[0]), status, reason, decision
+            )
             if done[1] is not None and _SETTLED & {from_state, to_state}:
                 self._sync_message(conn, int(done[1]), now)
 
@@ -802,13 +818,15 @@ class Outbox:
         *,
         held_as: str | None = None,
         quiet: bool = False,
+        decision: int | None = None,
     ) -> bool:
         """``unless_policy``: the error code when the row is held (or refused) by the
         policy as the update runs (a person's retry or release, checked before its
         transaction: a withdrawal committed since must win, never be overwritten).
         ``held_as``: only while the row's ``last_error`` is that code (the worker's
         return of rows held for their partner: :meth:`release_known`). ``quiet``: a row
-        moved meanwhile is no error, False is returned (nothing moved, no event)."""
+        moved meanwhile is no error, False is returned (nothing moved, no event).
+        ``decision``: the policy decision the move is made on, kept with its event."""
         o = _outbox.c
         where = [o.id == row_id, o.state == from_state]
         if unless_policy is not None:
@@ -834,7 +852,7 @@ class Outbox:
             raise DeliveryError(
                 "delivery.conflict", f"outbox record {row_id} is no longer {from_state}{held}"
             )
-        self._event(conn, row_id, now, from_state, to_state, int(done[0]), status, reason)
+        self._event(conn, row_id, now, from_state, to_state, int(done[0]), status, reason, decision)
         if done[1] is not None:
             self._sync_message(conn, int(done[1]), now)
         return True
@@ -887,6 +905,7 @@ class Outbox:
         reason: str,
         now: datetime | None = None,
         parts: list[dict[str, Any]] | None = None,
+        decision: int | None = None,
     ) -> int:
         """A dead row queued again from the part that failed (attempts start over), in
         ``conn`` (the caller's transaction, :meth:`_joined`) or one of its own.
@@ -896,7 +915,7 @@ class Outbox:
         values = None
         if parts is not None:
             values = {"parts": orjson.dumps(parts), "part_count": len(parts), "part": 0}
-        self._requeue(conn, row_id, "dead", "retry", reason, now, values)
+        self._requeue(conn, row_id, "dead", "retry", reason, now, values, decision=decision)
         return row_id
 
     def release(self, row_id: int, reason: str, now: datetime | None = None) -> OutboxRecord:
@@ -920,6 +939,7 @@ class Outbox:
         parts: list[dict[str, Any]] | None = None,
         now: datetime | None = None,
         held_as: str | None = None,
+        decision: int | None = None,
     ) -> int:
         """A never-sent row delivery held queued again in ``conn`` (the caller's
         transaction: ``Outbound.release``'s new decision, with which it is kept);
@@ -929,7 +949,9 @@ class Outbox:
         values = None
         if parts is not None:
             values = {"parts": orjson.dumps(parts), "part_count": len(parts), "part": 0}
-        self._requeue(conn, row_id, "held", "release", reason, now, values, held_as=held_as)
+        self._requeue(
+            conn, row_id, "held", "release", reason, now, values, held_as=held_as, decision=decision
+        )
         return row_id
 
     def release_known(
@@ -1104,6 +1126,7 @@ class Outbox:
         values: dict[str, Any] | None = None,
         to_state: str = "pending",
         held_as: str | None = None,
+        decision: int | None = None,
     ) -> None:
         """A person's retry (of a ``dead`` row) or release (of a ``held`` one): back to
         ``pending`` (or ``to_state``) at its current part, attempts from zero.
@@ -1131,6 +1154,7 @@ class Outbox:
                     "delivery.not-retryable" if action == "retry" else "delivery.not-releasable"
                 ),
                 held_as=held_as,
+                decision=decision,
             )
 
     def replay_in(
@@ -1140,6 +1164,7 @@ class Outbox:
         reason: str,
         now: datetime | None = None,
         parts: list[dict[str, Any]] | None = None,
+        decision: int | None = None,
     ) -> int:
         """A delivered row queued again as a new row with the same parts (exactly what
         left the first time), or with ``parts`` (the record rebuilt under today's
@@ -1171,8 +1196,9 @@ class Outbox:
                 replay_of=row_id,
             )
             self._event(
-                conn, new_id, now, None, "pending", 0, None, f"replay of {row_id}: {reason}"
-            )
+                conn, new_id, now, None, "pending", 0, None, f"replay of {row_id}: {reason}",
+                decision,
+            )  # fmt: skip
             self._event(
                 conn,
                 row_id,
@@ -1182,6 +1208,7 @@ class Outbox:
                 record.part,
                 None,
                 f"replayed as {new_id}: {reason}",
+                decision,
             )
             if record.message_id is not None:
                 self._sync_message(conn, record.message_id, now)
@@ -1205,6 +1232,7 @@ class Outbox:
         part: int | None,
         status: int | None,
         reason: str,
+        decision: int | None = None,
     ) -> None:
         conn.execute(
             _events.insert().values(
@@ -1215,6 +1243,7 @@ class Outbox:
                 part=part,
                 status=status,
                 reason=reason,
+                decision_id=decision,
             )
         )
 

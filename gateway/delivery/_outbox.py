@@ -1013,14 +1013,17 @@ class Outbox:
         return out
 
     def _decided(self, row: OutboxRecord, reason: str, decide: Decide) -> list[Returned]:
-        """``row`` returned by ``decide`` (queued, or refused: the error); [] when it
-        moved meanwhile (a person's release, another worker's return)."""
+        """``row`` returned by ``decide`` (queued, or refused: the error, the row still
+        held for its partner or now for the policy); [] when it moved meanwhile (a
+        person's release, another worker's return): not this worker's to report."""
         try:
             decide(row, reason)
         except GatewayError as exc:
-            if exc.code == "delivery.conflict":
-                return []  # not this worker's to move any more
-            return [(self.require(row.id), exc)]
+            now = self.require(row.id)
+            held = now.state == "held" and now.last_error in (UNKNOWN_PARTNER, "policy.held")
+            if exc.code == "delivery.conflict" or not held:
+                return []
+            return [(now, exc)]
         return [(self.require(row.id), None)]
 
     def _held_while_waiting(self, row_id: int) -> bool:

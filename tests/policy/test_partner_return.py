@@ -7,22 +7,22 @@ the hold never lets it cross (docs/delivery.md, "States")."""
 from __future__ import annotations
 
 import random
-import time
-from datetime import timedelta
+from datetime import UTC, datetime, tzinfo
 from typing import Any
 
 import orjson
+import pytest
 import respx
 
 from gateway import Converter, Settings
 from gateway.audit import AuditLog
 from gateway.delivery import Deliverer, DeliveryService, Outbound, OutboxRecord
-from gateway.policy import PolicyRecords
-from gateway.store import Store, utcnow
+from gateway.policy import PolicyRecords, _engine
+from gateway.store import Store
 from tests.delivery import conftest as delivery
 from tests.delivery.conftest import answer_checks, receive, response
 
-from .conftest import HKID, consent
+from .conftest import HKID, NOW, consent
 from .test_adversarial_withdrawal import FAST, HKPMC
 
 home, store, outbound = delivery.home, delivery.home_store, delivery.outbound
@@ -68,13 +68,28 @@ def _partner_back(home: Settings, store: Store, outbound: Outbound) -> list[byte
     return sent
 
 
+class _PolicyClock(datetime):
+    """The policy's clock (its decisions' ``now``): the day the test says."""
+
+    day = NOW
+
+    @classmethod
+    def now(cls, tz: tzinfo | None = None) -> datetime:  # a plain one: it is stored
+        day = datetime(*cls.day.timetuple()[:6])
+        return day if tz is None else day.replace(tzinfo=UTC).astimezone(tz)
+
+
 def test_a_consent_that_expired_while_the_partner_was_unknown_keeps_the_record_held(
-    home: Settings, store: Store, converter: Converter, outbound: Outbound
+    home: Settings,
+    store: Store,
+    converter: Converter,
+    outbound: Outbound,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    ends = utcnow() + timedelta(seconds=6)
-    row = _queued(store, converter, outbound, ends.isoformat(timespec="seconds") + "Z")
-    while utcnow() <= ends + timedelta(seconds=1):  # the consent's period ends meanwhile
-        time.sleep(0.2)
+    monkeypatch.setattr(_engine, "datetime", _PolicyClock)
+    monkeypatch.setattr(_PolicyClock, "day", NOW)  # 2026-06-18: the consent in force
+    row = _queued(store, converter, outbound, "2026-06-30")
+    monkeypatch.setattr(_PolicyClock, "day", datetime(2026, 7, 2, 8, 0))  # it has ended
     sent = _partner_back(home, store, outbound)
     assert sent == []  # before: queued again on the expired consent's decision, and sent
     after = outbound.outbox.require(row.id)
@@ -83,7 +98,7 @@ def test_a_consent_that_expired_while_the_partner_was_unknown_keeps_the_record_h
     assert (last.from_state, last.to_state) == ("held", "held")
     assert last.reason.startswith(
         f"policy.held: release ({UNKNOWN}: partner hkpmc is configured again) refused: "
-        "the policy, deciding again, holds it ("
+        "the policy, deciding again, holds it (consent: no separate consent of the patient"
     ), last.reason
     assert last.reason.endswith(f"(it was held: {UNKNOWN})")
     # The auditor sees the worker's refused return (the gateway its only agent).
@@ -124,3 +139,26 @@ def test_a_worker_that_cannot_decide_leaves_a_never_sent_record_held(
         worker.run_once()
     after = outbound.outbox.require(row.id)
     assert (after.state, after.last_error) == ("held", UNKNOWN)
+
+
+def test_a_person_releasing_it_first_wins_and_the_worker_keeps_nothing(
+    store: Store, converter: Converter, outbound: Outbound
+) -> None:
+    """A person releases the row while the worker returns it (the person's commit
+    first): the worker's move is a compare-and-set on the hold, so it moves nothing,
+    keeps no decision of its own and reports nothing; one release in the events."""
+    row = _queued(store, converter, outbound, "2099-12-31")
+    records = PolicyRecords(store, outbound.policy.policy)
+
+    def racing(found: OutboxRecord, reason: str) -> object:
+        outbound.release(found.id, "a person, at the same moment")
+        return outbound.return_known(found, reason)  # read before the person's commit
+
+    decided = len(records.find(limit=100))
+    assert outbound.outbox.release_known(["hkpmc"], decide=racing) == []
+    assert len(records.find(limit=100)) == decided + 1  # the person's decision only
+    moves = [(e.from_state, e.to_state, e.reason) for e in outbound.outbox.events(row.id)]
+    released = [m for m in moves if m[:2] == ("held", "pending")]
+    assert len(released) == 2  # the consent's fill, then the person's release
+    assert released[-1][2].startswith("release: a person, at the same moment (")
+    assert outbound.outbox.require(row.id).state == "pending"

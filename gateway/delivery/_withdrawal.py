@@ -78,10 +78,5 @@ class UnsentHold:
         ).all()
         return [(int(row_id), str(state), was) for row_id, state, was in found]
 
-    def never_sent(self, row_id: int) -> bool:
-        """Whether row ``row_id`` is held by delivery and was never sent, as
-        :meth:`_held_unsent` finds them (:meth:`Outbox.never_sent`)."""
-        return self.outbox.never_sent(row_id)
-
 
 register_unsent_rows(UnsentHold)

@@ -99,13 +99,21 @@ def record_operator(
     action: str,
     message_ids: Iterable[int | None],
     who: str | None = None,
+    refused: str | None = None,
 ) -> None:
     """An operator's action on stored messages (reprocess, retry, replay, release),
-    one event per message, in a commit of its own (after the action succeeded)."""
+    one event per message, in a commit of its own (after the action succeeded).
+    ``refused``: the action was tried and refused (its error code and message, which
+    name no patient data): the event says so, its outcome a failure (minor)."""
     if not settings.audit_enabled:
         return
     log = AuditLog(store)  # a commit of its own: the command may end right after
-    made = [operator_action(action, who or operator(), message_subject(m)) for m in message_ids]
+    said = action if refused is None else f"{action} refused: {refused}"
+    outcome = "success" if refused is None else "minor"
+    made = [
+        operator_action(said, who or operator(), message_subject(m), outcome=outcome)
+        for m in message_ids
+    ]
     if made:
         log.record_guarded(None, *made)
 

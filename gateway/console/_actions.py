@@ -81,14 +81,15 @@ class Actions:
             row = self.outbound().retry(row_id, why)
         elif action == "replay":
             row = self.outbound().replay(row_id, why)
-        elif action == "release":
-            row = self.outbound().release(row_id, why)
+        elif action == "release":  # audited there, a refused release too (the CLI's path)
+            row = self.outbound().release_by(user.name, row_id, why)
         elif action == "discard":  # given up for good: nothing leaves, nothing to decide
             row = self.outbound().discard(row_id, why)
         else:
             raise ConsoleError("console.bad-action", f"unknown action {action!r}")
         self._note(store, user, action, row.message_id, row_id, why)
-        record_operator(store, self.settings, action, [row.message_id], who=user.name)
+        if action != "release":
+            record_operator(store, self.settings, action, [row.message_id], who=user.name)
         return row.message_id
 
     @staticmethod

@@ -157,8 +157,8 @@ def cmd_release(args: argparse.Namespace, settings: Settings) -> int:
 
     store = open_store(settings)
     try:
-        row = Outbound(settings, store).release(args.id, args.reason)
-        record_operator(store, settings, "release", [row.message_id])
+        # audited either way: a refused release too (the operator tried)
+        row = Outbound(settings, store).release_by(None, args.id, args.reason)
     finally:
         store.close()
     return _done(args, "released", [row])

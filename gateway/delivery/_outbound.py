@@ -40,9 +40,16 @@ from ..metrics import trace_placed
 from ..network import Network
 from ..partners import Partner, PartnersWatch
 from ..store import StageOutcome, Store, StoreError
-from ._outbox import DeliveryError, Outbox, OutboxRecord, label_of, order_key_of
+from ._outbox import (
+    UNKNOWN_PARTNER,
+    DeliveryError,
+    Outbox,
+    OutboxRecord,
+    label_of,
+    order_key_of,
+)
 from ._routes import Destination, Facts, Routes, Routing, facts_of
-from ._status import AUDIT_UNAVAILABLE, STATUS_HELD, StatusReplies
+from ._status import AUDIT_UNAVAILABLE, STATUS_HELD, Requeue, StatusReplies
 from ._withdrawal import UnsentHold
 
 __all__ = ["Outbound", "OutboundResult", "Placed", "bundles_of"]
@@ -306,6 +313,7 @@ class Outbound:
                         "policy.held",
                         f"policy.held: {why} (decision {decision.id})",
                         conn,
+                        decision.id,
                     ),
                 )
                 assert held is not None
@@ -330,6 +338,7 @@ class Outbound:
                     reason=f"queued: {decision.outcome} (policy decision {decision.id})"
                     + "".join(f"; {note}" for note in notes),
                     conn=conn,
+                    decision=decision.id,
                 ),
             )
             assert queued is not None
@@ -375,9 +384,10 @@ class Outbound:
         code: str,
         reason: str,
         conn: Connection | None = None,
+        decision: int | None = None,
     ) -> tuple[int, bool]:
         """A held outbox row for ``record`` (message id, record index, its Bundle, dedup
-        key): the policy's hold and the unaudited decision's, one way."""
+        key): the policy's hold (``decision``) and the unaudited decision's, one way."""
         message_id, n, bundle, dedup = record
         return self.outbox.hold(
             partner,
@@ -390,6 +400,7 @@ class Outbound:
             code=code,
             reason=reason,
             conn=conn,
+            decision=decision,
         )
 
     def _finish(
@@ -493,7 +504,7 @@ class Outbound:
                         "force for this purpose and recipient)",
                     )
                 return self.outbox.require(row_id)
-            if row.message_id is not None and self.unsent.never_sent(row_id):
+            if row.message_id is not None and self.outbox.never_sent(row_id):
                 return self._release_decided(row, reason)
             # A row with a part sent, or held from ``waiting`` (its last send ambiguous),
             # is released as it is: the partner may hold it (or holds its first parts),
@@ -501,7 +512,41 @@ class Outbound:
             # parts were decided with the first (the withdrawal leaves these too).
             return self.outbox.release(row_id, reason)
 
-    def _release_decided(self, row: OutboxRecord, reason: str) -> OutboxRecord:
+    def release_by(self, who: str | None, row_id: int, reason: str) -> OutboxRecord:
+        """A person's release (``gateway outbox release``, the console's: ``who``, None:
+        the OS account), audited as an operator's action either way: released, or
+        refused (``delivery.not-releasable``: the policy, deciding again, holds it; or
+        any other error that left the record as it was), then the error raised: an
+        auditor sees that someone tried. The one path of the CLI and the console."""
+        from ..audit import record_operator
+
+        try:
+            row = self.release(row_id, reason)
+        except GatewayError as exc:
+            tried = self.outbox.get(row_id)
+            if tried is not None:  # no such record: nothing was tried on one
+                refused = f"{exc.code}: {exc.issue.message}"
+                message = [tried.message_id]
+                record_operator(self.store, self.settings, "release", message, who, refused)
+            raise
+        record_operator(self.store, self.settings, "release", [row.message_id], who)
+        return row
+
+    def return_known(self, row: OutboxRecord, reason: str) -> OutboxRecord:
+        """The worker's return of a never-sent row held because its partner was not
+        configured, now that it is again (``Outbox.release_known``, the worker's
+        ``decide``): decided again first, exactly as a person's release of it is
+        (:meth:`_release_decided`): a consent that expired or a rule that changed during
+        the hold stops it (held for the policy, ``policy.held``, the rule named; the
+        refusal raised). Each move is a compare-and-set on the hold
+        (:data:`UNKNOWN_PARTNER`): a row a person moved meanwhile is left as it is."""
+        with self._lock:
+            self._fresh()
+            return self._release_decided(row, reason, held_as=UNKNOWN_PARTNER)
+
+    def _release_decided(
+        self, row: OutboxRecord, reason: str, held_as: str | None = None
+    ) -> OutboxRecord:
         """A never-sent row delivery held (the overwrite guard, our credentials, a
         partner gone...), released by a person: decided again first, as a retry is
         (a consent expired or an agreement ended while it was held: the decision on
@@ -509,7 +554,9 @@ class Outbound:
         transaction when allowed. Not allowed: held for the policy (``policy.held``,
         the reason in its event, as a withdrawal holds it), so that only a decision (a
         new consent: :meth:`recheck_held`) queues it again, and the release is refused
-        (``delivery.not-releasable``, naming the rule): the person learns why."""
+        (``delivery.not-releasable``, naming the rule): the person learns why.
+        ``held_as``: each move only while the row is held for that code (the worker's
+        return: :meth:`return_known`)."""
 
         def hold(decision: Any) -> int:
             why = _rule_reason(decision, decision.outcome)
@@ -522,6 +569,7 @@ class Outbound:
                 f"{says} ({why}) (it was held: {row.last_error})",
                 now=self.outbox.clock(),
                 last_error="policy.held",
+                held_as=held_as,
             )
             raise DeliveryError(
                 "delivery.not-releasable",
@@ -534,7 +582,9 @@ class Outbound:
         self._again(
             row,
             "release",
-            lambda conn, why, parts: self.outbox.release_in(conn, row.id, why, parts=parts),
+            lambda conn, why, parts, decided: self.outbox.release_in(
+                conn, row.id, why, parts=parts, held_as=held_as, decision=decided
+            ),
             reason,
             refused=hold,
         )
@@ -571,7 +621,9 @@ class Outbound:
             self._again(
                 row,
                 "retry",
-                lambda conn, why, parts: self.outbox.retry_in(conn, row_id, why, parts=parts),
+                lambda conn, why, parts, decided: self.outbox.retry_in(
+                    conn, row_id, why, parts=parts, decision=decided
+                ),
                 reason,
             )
             return self.outbox.require(row_id)
@@ -588,7 +640,9 @@ class Outbound:
             new_id = self._again(
                 row,
                 "replay",
-                lambda conn, why, parts: self.outbox.replay_in(conn, row_id, why, parts=parts),
+                lambda conn, why, parts, decided: self.outbox.replay_in(
+                    conn, row_id, why, parts=parts, decision=decided
+                ),
                 reason,
             )
             return self.outbox.require(new_id)
@@ -597,7 +651,7 @@ class Outbound:
         self,
         row: OutboxRecord,
         action: str,
-        requeue: Callable[[Connection | None, str, list[dict[str, Any]] | None], int],
+        requeue: Requeue,
         reason: str,
         refused: Callable[[Any], int] | None = None,
     ) -> int:
@@ -657,7 +711,7 @@ class Outbound:
             note = f"{reason} ({decision.outcome}: policy decision {decision.id}"
             note += "; parts rebuilt under today's minimisation" if parts is not None else ""
             note += "".join(f"; {n}" for n in notes) + ")"
-            return requeue(conn, note, parts), True
+            return requeue(conn, note, parts, decision.id), True
 
         queued = self.policy.record(row.message_id, decision, data, queue)
         assert queued is not None
@@ -741,6 +795,7 @@ class Outbound:
                     now=self.outbox.clock(),
                     conn=conn,
                     last_error="policy.denied",
+                    decision=decision.id,
                 )
                 return row.id, False
 
@@ -769,6 +824,7 @@ class Outbound:
                 + "".join(f"; {note}" for note in notes),
                 links_wait=self.wait,
                 conn=conn,
+                decision=decision.id,
             )
             return row.id, True
 

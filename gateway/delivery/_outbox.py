@@ -45,12 +45,17 @@ __all__ = [
     "ACTIVE",
     "DISCARDABLE",
     "DUE",
+    "HELD_UNSENT_FROM",
+    "NEVER_SENT_HOLD",
     "STATES",
+    "Decide",
     "DeliveryError",
     "Outbox",
     "OutboxEvent",
     "OutboxRecord",
+    "Returned",
     "label_of",
+    "last_hold_from",
     "order_key_of",
 ]
 
@@ -73,6 +78,11 @@ _DONE = ("delivered", "discarded")
 UNKNOWN_PARTNER = "delivery.unknown-partner"
 # Moves from or to these change what the message's state is (held, dead, delivered).
 _SETTLED = frozenset({"held", "dead", "delivered", "discarded"})
+# Where a hold of a never-sent row (part 0) may come from: made held (None), queued
+# (the overwrite guard, another patient's link, a partner gone), or a send of its first
+# part the partner refused (our credentials, no token): nothing of it was applied.
+# Not ``waiting``: its last send was ambiguous, the partner may hold it.
+HELD_UNSENT_FROM = (None, "pending", "retrying", "sending")
 
 _outbox = metadata.tables["outbox"]
 _events = metadata.tables["outbox_events"]
@@ -153,6 +163,10 @@ class OutboxEvent:
     part: int | None
     status: int | None
     reason: str
+    # The policy decision it was made on (queued, held, released, sent again on); None
+    # for other moves, and for events older than migration v0014_event_decisions, whose
+    # reason alone names it.
+    decision_id: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -162,7 +176,16 @@ class OutboxEvent:
             "part": self.part,
             "status": self.status,
             "reason": self.reason,
+            "decision": self.decision_id,
         }
+
+
+# The worker's return of a row held for its partner, decided again first
+# (``Outbound.return_known``): raises a GatewayError when refused (held for the policy).
+Decide = Callable[[OutboxRecord, str], object]
+# A row the worker looked at on its partner's return: the row as it is now, and the
+# error that refused its return (None: it moved).
+Returned = tuple[OutboxRecord, GatewayError | None]
 
 
 def _iso(value: datetime) -> str:
@@ -274,6 +297,7 @@ class Outbox:
         reason: str = "queued",
         conn: Connection | None = None,
         held: str | None = None,
+        decision: int | None = None,
     ) -> tuple[int, bool]:
         """Queue ``bundle`` for ``partner`` as the parts its split makes; (row id, new).
         ``held``: kept ``held`` with its parts, that code as its ``last_error``, never
@@ -283,7 +307,8 @@ class Outbox:
         Without ``order_key`` the Bundle's patient is the key (:func:`order_key_of`).
         ``links_wait``: how long the row waits for the records it links to
         (gateway/delivery/_links.py); None: it does not wait. ``conn``: within the
-        caller's transaction (:meth:`_within`)."""
+        caller's transaction (:meth:`_within`). ``decision``: the policy decision it is
+        queued (or held) on, kept with its event."""
         now = now or self.clock()
         if dedup is None:
             raw = orjson.dumps(bundle, option=orjson.OPT_SORT_KEYS)
@@ -314,7 +339,7 @@ class Outbox:
             )
             self._add_links(conn, row_id, provides, needs, patients_by_link(bundle), bundle)
             self._event(conn, row_id, now, None, "pending" if held is None else "held", 0, None,
-                        reason)  # fmt: skip
+                        reason, decision)  # fmt: skip
             if message_id is not None:
                 self._sync_message(conn, message_id, now)
             return row_id
@@ -335,10 +360,12 @@ class Outbox:
         reason: str,
         now: datetime | None = None,
         conn: Connection | None = None,
+        decision: int | None = None,
     ) -> tuple[int, bool]:
         """A row for a record a stage holds before anything can be sent (the policy:
         no consent yet): no parts until :meth:`fill` gives them. (row id, new).
-        ``conn``: within the caller's transaction (:meth:`_within`)."""
+        ``conn``: within the caller's transaction (:meth:`_within`); ``decision``: the
+        policy decision that holds it, kept with its event."""
         now = now or self.clock()
 
         def insert(conn: Connection) -> int:
@@ -357,7 +384,7 @@ class Outbox:
                 record=record,
                 purpose=purpose,
             )
-            self._event(conn, row_id, now, None, "held", 0, None, reason)
+            self._event(conn, row_id, now, None, "held", 0, None, reason, decision)
             self._sync_message(conn, message_id, now)
             return row_id
 
@@ -373,9 +400,11 @@ class Outbox:
         links_wait: timedelta | None = None,
         now: datetime | None = None,
         conn: Connection | None = None,
+        decision: int | None = None,
     ) -> None:
         """Give a held row (:meth:`hold`) its Bundle and queue it: held → pending.
-        ``conn``: in the caller's transaction (:meth:`_joined`)."""
+        ``conn``: in the caller's transaction (:meth:`_joined`); ``decision``: the
+        policy decision it is queued on, kept with its event."""
         now = now or self.clock()
         parts = partner.split(bundle)
         provides, needs = links_of(bundle)
@@ -400,6 +429,7 @@ class Outbox:
                     "links_until": now + links_wait if waits and links_wait else None,
                     "lease_until": None,
                 },
+                decision=decision,
             )
 
     def _add_links(
@@ -575,7 +605,7 @@ class Outbox:
 
     def events(self, row_id: int) -> list[OutboxEvent]:
         e = _events.c
-        query = sa.select(e.at, e.from_state, e.to_state, e.part, e.status, e.reason)
+        query = sa.select(e.at, e.from_state, e.to_state, e.part, e.status, e.reason, e.decision_id)
         with self.store.engine.connect() as conn:
             rows = conn.execute(query.where(e.outbox_id == row_id).order_by(e.id)).all()
         return [OutboxEvent(*row) for row in rows]
@@ -741,17 +771,25 @@ class Outbox:
         lease: timedelta | None = None,
         status: int | None = None,
         conn: Connection | None = None,
+        held_as: str | None = None,
+        decision: int | None = None,
         **values: Any,
     ) -> None:
         """One transition, with its event, in one transaction (``conn``: the caller's,
         :meth:`_joined`). ``lease``: keep holding the row (sending); otherwise the row
-        is let go. ``values``: columns to set."""
+        is let go. ``held_as``: only while its ``last_error`` is that code (the worker's
+        return of a row held for its partner: a row a person moved meanwhile is not
+        its to move). ``decision``: the policy decision the move is made on, kept with
+        its event. ``values``: columns to set."""
         o = _outbox.c
         values["lease_until"] = now + lease if lease is not None else None
+        where = [o.id == row_id, o.state == from_state]
+        if held_as is not None:
+            where.append(o.last_error == held_as)
         with self._joined(conn) as conn:
             done = conn.execute(
                 _outbox.update()
-                .where(o.id == row_id, o.state == from_state)
+                .where(*where)
                 .values(state=to_state, updated_at=now, **values)
                 .returning(o.part, o.message_id)
             ).first()
@@ -760,7 +798,9 @@ class Outbox:
                     "delivery.conflict",
                     f"outbox record {row_id} is no longer {from_state} (another worker?)",
                 )
-            self._event(conn, row_id, now, from_state, to_state, int(done[0]), status, reason)
+            self._event(
+                conn, row_id, now, from_state, to_state, int(done[0]), status, reason, decision
+            )
             if done[1] is not None and _SETTLED & {from_state, to_state}:
                 self._sync_message(conn, int(done[1]), now)
 
@@ -775,14 +815,24 @@ class Outbox:
         status: int | None,
         values: dict[str, Any],
         unless_policy: str | None = None,
-    ) -> None:
+        *,
+        held_as: str | None = None,
+        quiet: bool = False,
+        decision: int | None = None,
+    ) -> bool:
         """``unless_policy``: the error code when the row is held (or refused) by the
         policy as the update runs (a person's retry or release, checked before its
-        transaction: a withdrawal committed since must win, never be overwritten)."""
+        transaction: a withdrawal committed since must win, never be overwritten).
+        ``held_as``: only while the row's ``last_error`` is that code (the worker's
+        return of rows held for their partner: :meth:`release_known`). ``quiet``: a row
+        moved meanwhile is no error, False is returned (nothing moved, no event).
+        ``decision``: the policy decision the move is made on, kept with its event."""
         o = _outbox.c
         where = [o.id == row_id, o.state == from_state]
         if unless_policy is not None:
             where.append(sa.or_(o.last_error.is_(None), ~o.last_error.startswith("policy.")))
+        if held_as is not None:
+            where.append(o.last_error == held_as)
         done = conn.execute(
             _outbox.update()
             .where(*where)
@@ -795,13 +845,17 @@ class Outbox:
                 f"outbox record {row_id} is now held or refused by the policy (a consent "
                 "withdrawn meanwhile): it is the policy's to decide again, nothing is queued",
             )
+        if done is None and quiet:
+            return False
         if done is None:
+            held = f" held as {held_as}" if held_as is not None else ""
             raise DeliveryError(
-                "delivery.conflict", f"outbox record {row_id} is no longer {from_state}"
+                "delivery.conflict", f"outbox record {row_id} is no longer {from_state}{held}"
             )
-        self._event(conn, row_id, now, from_state, to_state, int(done[0]), status, reason)
+        self._event(conn, row_id, now, from_state, to_state, int(done[0]), status, reason, decision)
         if done[1] is not None:
             self._sync_message(conn, int(done[1]), now)
+        return True
 
     @staticmethod
     def _policy_stopped(conn: Connection, row_id: int) -> bool:
@@ -851,6 +905,7 @@ class Outbox:
         reason: str,
         now: datetime | None = None,
         parts: list[dict[str, Any]] | None = None,
+        decision: int | None = None,
     ) -> int:
         """A dead row queued again from the part that failed (attempts start over), in
         ``conn`` (the caller's transaction, :meth:`_joined`) or one of its own.
@@ -860,7 +915,7 @@ class Outbox:
         values = None
         if parts is not None:
             values = {"parts": orjson.dumps(parts), "part_count": len(parts), "part": 0}
-        self._requeue(conn, row_id, "dead", "retry", reason, now, values)
+        self._requeue(conn, row_id, "dead", "retry", reason, now, values, decision=decision)
         return row_id
 
     def release(self, row_id: int, reason: str, now: datetime | None = None) -> OutboxRecord:
@@ -883,69 +938,114 @@ class Outbox:
         reason: str,
         parts: list[dict[str, Any]] | None = None,
         now: datetime | None = None,
+        held_as: str | None = None,
+        decision: int | None = None,
     ) -> int:
         """A never-sent row delivery held queued again in ``conn`` (the caller's
         transaction: ``Outbound.release``'s new decision, with which it is kept);
-        ``parts``: the record rebuilt under today's minimisation, sent from the first."""
+        ``parts``: the record rebuilt under today's minimisation, sent from the first.
+        ``held_as``: only while it is held for that code (the worker's return of a row
+        held for its partner: a row a person moved meanwhile is left as it is)."""
         values = None
         if parts is not None:
             values = {"parts": orjson.dumps(parts), "part_count": len(parts), "part": 0}
-        self._requeue(conn, row_id, "held", "release", reason, now, values)
+        self._requeue(
+            conn, row_id, "held", "release", reason, now, values, held_as=held_as, decision=decision
+        )
         return row_id
 
     def release_known(
-        self, partners: Collection[str], now: datetime | None = None
-    ) -> list[OutboxRecord]:
+        self,
+        partners: Collection[str],
+        now: datetime | None = None,
+        decide: Decide | None = None,
+    ) -> list[Returned]:
         """Rows held only because their partner was not configured
         (:data:`UNKNOWN_PARTNER`) whose partner is among ``partners`` again (the
-        partners' files read again, or a restart): queued again as a person's release
-        would (``waiting`` when the hold came from ``waiting``: the partner is asked
-        first), each with its event. Other holds stay held. Each move is a
-        compare-and-set on the state and the hold's code: a row a person released (or
-        another worker did) meanwhile is left as it is. Returns the rows that moved."""
+        partners' files read again, or a restart): back to the queue as a person's
+        release would take them, each with its event. Other holds stay held.
+
+        A never-sent row of a stored message (:meth:`never_sent`) is ``decide``d again
+        first, as a person's release of it is (``Outbound.return_known``: a consent that
+        expired or a rule that changed during the hold stops it; then it is held for
+        the policy, ``policy.held``); with no ``decide`` it stays held, for a person's
+        release (which decides again). Any other row (a part sent, held from
+        ``waiting``, or of no stored message) is queued again as it is (``waiting`` when
+        the hold came from ``waiting``: the partner is asked first), as a person's
+        release queues it. Each move is a compare-and-set on the state and the hold's
+        code: a row a person released (or another worker did) meanwhile is left as it
+        is. Returns the rows looked at: (the row as it is now, the error that refused
+        it; None: it moved)."""
         if not partners:
             return []
         now = now or self.clock()
         o = _outbox.c
-        query = sa.select(o.id, o.partner).where(
-            o.state == "held", o.last_error == UNKNOWN_PARTNER, o.partner.in_(sorted(partners))
-        )
+        query = sa.select(
+            o.id,
+            o.partner,
+            sa.and_(o.message_id.is_not(None), NEVER_SENT_HOLD).label("decided"),
+            last_hold_from(_outbox, ("waiting",)).label("asked"),
+        ).where(o.state == "held", o.last_error == UNKNOWN_PARTNER, o.partner.in_(sorted(partners)))
         with self.store.engine.connect() as conn:
             found = conn.execute(query.order_by(o.id)).all()
-        moved = []
-        for row_id, partner in found:
-            target = "waiting" if self._held_while_waiting(row_id) else "pending"
-            reason = f"release: {UNKNOWN_PARTNER}: partner {partner} is configured again"
+        out: list[Returned] = []
+        for row_id, partner, decided, asked in found:
+            reason = f"{UNKNOWN_PARTNER}: partner {partner} is configured again"
+            if decided:
+                if decide is not None:
+                    out += self._decided(self.require(row_id), reason, decide)
+                continue
             with self._write() as conn:
-                done = conn.execute(
-                    _outbox.update()
-                    .where(o.id == row_id, o.state == "held", o.last_error == UNKNOWN_PARTNER)
-                    .values(
-                        state=target,
-                        updated_at=now,
-                        attempts=0,
-                        next_at=now,
-                        last_error=None,
-                        lease_until=None,
-                    )
-                    .returning(o.part, o.message_id)
-                ).first()
-                if done is None:
+                if not self._move(
+                    conn,
+                    row_id,
+                    "held",
+                    "waiting" if asked else "pending",
+                    f"release: {reason}",
+                    now,
+                    None,
+                    {"attempts": 0, "next_at": now, "last_error": None, "lease_until": None},
+                    held_as=UNKNOWN_PARTNER,
+                    quiet=True,
+                ):
                     continue
-                self._event(conn, row_id, now, "held", target, int(done[0]), None, reason)
-                if done[1] is not None:
-                    self._sync_message(conn, int(done[1]), now)
-            moved.append(self.require(row_id))
-        return moved
+            out.append((self.require(row_id), None))
+        return out
+
+    def _decided(self, row: OutboxRecord, reason: str, decide: Decide) -> list[Returned]:
+        """``row`` returned by ``decide`` (queued, or refused: the error, the row still
+        held for its partner or now for the policy); [] when it moved meanwhile (a
+        person's release, another worker's return): not this worker's to report."""
+        try:
+            decide(row, reason)
+        except GatewayError as exc:
+            now = self.require(row.id)
+            held = now.state == "held" and now.last_error in (UNKNOWN_PARTNER, "policy.held")
+            if exc.code == "delivery.conflict" or not held:
+                return []
+            return [(now, exc)]
+        return [(self.require(row.id), None)]
 
     def _held_while_waiting(self, row_id: int) -> bool:
         """Whether the row is held for an unknown partner since a send that was ambiguous
         (its hold came from ``waiting``): nobody asked the partner about it."""
-        record = self.require(row_id)
-        if record.state != "held" or record.last_error != UNKNOWN_PARTNER:
-            return False
-        holds = [e for e in self.events(row_id) if e.to_state == "held"]
-        return bool(holds) and holds[-1].from_state == "waiting"
+        o = _outbox.c
+        query = sa.select(o.id).where(
+            o.id == row_id,
+            o.last_error == UNKNOWN_PARTNER,
+            last_hold_from(_outbox, ("waiting",)),
+        )
+        with self.store.engine.connect() as conn:
+            return conn.execute(query).first() is not None
+
+    def never_sent(self, row_id: int) -> bool:
+        """Whether row ``row_id`` is held by delivery and was never sent
+        (:data:`NEVER_SENT_HOLD`): every way out of such a hold with no decision (a
+        person's release, the worker's return of a partner back) decides it again first
+        (``Outbound.release``, ``Outbound.return_known``)."""
+        query = sa.select(_outbox.c.id).where(_outbox.c.id == row_id, NEVER_SENT_HOLD)
+        with self.store.engine.connect() as conn:
+            return conn.execute(query).first() is not None
 
     def discard(self, row_id: int, reason: str, now: datetime | None = None) -> OutboxRecord:
         """A person gives up on a held or dead row (``gateway outbox discard``): it moves
@@ -1028,10 +1128,13 @@ class Outbox:
         now: datetime | None,
         values: dict[str, Any] | None = None,
         to_state: str = "pending",
+        held_as: str | None = None,
+        decision: int | None = None,
     ) -> None:
         """A person's retry (of a ``dead`` row) or release (of a ``held`` one): back to
         ``pending`` (or ``to_state``) at its current part, attempts from zero.
-        ``values``: more columns to set (a retry's rebuilt parts)."""
+        ``values``: more columns to set (a retry's rebuilt parts); ``held_as``: only
+        while held for that code (:meth:`_move`)."""
         now = now or self.clock()
         self.check_requeue(self.require(row_id), action)
         with self._joined(conn) as conn:
@@ -1053,6 +1156,8 @@ class Outbox:
                 unless_policy=(
                     "delivery.not-retryable" if action == "retry" else "delivery.not-releasable"
                 ),
+                held_as=held_as,
+                decision=decision,
             )
 
     def replay_in(
@@ -1062,6 +1167,7 @@ class Outbox:
         reason: str,
         now: datetime | None = None,
         parts: list[dict[str, Any]] | None = None,
+        decision: int | None = None,
     ) -> int:
         """A delivered row queued again as a new row with the same parts (exactly what
         left the first time), or with ``parts`` (the record rebuilt under today's
@@ -1093,8 +1199,9 @@ class Outbox:
                 replay_of=row_id,
             )
             self._event(
-                conn, new_id, now, None, "pending", 0, None, f"replay of {row_id}: {reason}"
-            )
+                conn, new_id, now, None, "pending", 0, None, f"replay of {row_id}: {reason}",
+                decision,
+            )  # fmt: skip
             self._event(
                 conn,
                 row_id,
@@ -1104,6 +1211,7 @@ class Outbox:
                 record.part,
                 None,
                 f"replayed as {new_id}: {reason}",
+                decision,
             )
             if record.message_id is not None:
                 self._sync_message(conn, record.message_id, now)
@@ -1127,6 +1235,7 @@ class Outbox:
         part: int | None,
         status: int | None,
         reason: str,
+        decision: int | None = None,
     ) -> None:
         conn.execute(
             _events.insert().values(
@@ -1137,8 +1246,45 @@ class Outbox:
                 part=part,
                 status=status,
                 reason=reason,
+                decision_id=decision,
             )
         )
+
+
+def last_hold_from(row: Any, states: Collection[str | None]) -> sa.ColumnElement[bool]:
+    """SQL: ``row`` (the outbox table or an alias) is held, and the move that held it
+    last came from one of ``states`` (None: it was made held). A held row's last event
+    is the move into ``held``: where its hold came from (an ambiguous send's
+    ``waiting``, a queued row...) is that event's ``from_state``."""
+    e, later = _events.alias("hold").c, _events.alias("later").c
+    last = (
+        sa.select(sa.func.max(later.id))
+        .where(later.outbox_id == row.c.id)
+        .correlate(row)  # the row's: in a WHERE as in a column, however deep
+        .scalar_subquery()
+    )
+    named = [s for s in states if s is not None]
+    came = sa.or_(
+        e.from_state.in_(named) if named else sa.false(),
+        e.from_state.is_(None) if None in states else sa.false(),
+    )
+    found = sa.select(e.id).where(e.id == last, e.to_state == "held", came).exists()
+    return sa.and_(row.c.state == "held", found)
+
+
+def _never_sent_hold() -> sa.ColumnElement[bool]:
+    """SQL: an outbox row held for a reason of delivery's (any code but the policy's),
+    no part sent, its hold come from a state before any send was ambiguous
+    (:data:`HELD_UNSENT_FROM`): every way out of it with no decision is decided again."""
+    o = _outbox.c
+    return sa.and_(
+        sa.or_(o.last_error.is_(None), ~o.last_error.startswith("policy.")),
+        o.part == 0,
+        last_hold_from(_outbox, HELD_UNSENT_FROM),
+    )
+
+
+NEVER_SENT_HOLD = _never_sent_hold()
 
 
 def _select() -> sa.Select[Any]:

@@ -216,7 +216,12 @@ def _wait(
     config = DeliveryConfig.from_settings(settings)
     deadline = time.monotonic() + args.timeout
     with Deliverer(
-        outbox, outbound.partners, config, rng=random.Random(), audit=outbound.audit
+        outbox,
+        outbound.partners,
+        config,
+        rng=random.Random(),
+        audit=outbound.audit,
+        decide=outbound.return_known,
     ) as deliverer:
         while time.monotonic() < deadline:
             if all(outbox.require(r).state in _SETTLED for r in rows):

@@ -136,6 +136,7 @@ class DeliveryService:
             DeliveryConfig.from_settings(settings),
             audit=self.outbound.audit,
             partners_from=watch.current if watch is not None else None,
+            decide=self.outbound.return_known,
         )
         self.feed_every = feed_every if feed_every is not None else settings.delivery_sweep_seconds
         self._stop = threading.Event()

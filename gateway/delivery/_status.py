@@ -34,7 +34,7 @@ from ._withdrawal import UnsentHold
 if TYPE_CHECKING:
     from ..policy import Decision, PolicyRecords
 
-__all__ = ["STATUS_HELD", "StatusReplies"]
+__all__ = ["STATUS_HELD", "Requeue", "StatusReplies"]
 
 log = logging.getLogger("gateway.delivery")
 # An outbox row of a referral's status the policy did not allow across a boundary (or
@@ -44,7 +44,12 @@ STATUS_HELD = "policy.status-held"
 # (gateway.policy.AUDIT_UNAVAILABLE: delivery imports the policy only where it decides);
 # decided again by recheck_held as a consent hold. _outbound uses this one too.
 AUDIT_UNAVAILABLE = "policy.audit-unavailable"
+# Events older than migration v0014_event_decisions name their decision in their words
+# only (:func:`_reason`): read so, when their ``decision_id`` is not set.
 _DECISION = re.compile(r"\(policy decision (\d+)\)")
+# A person's retry, replay or release queued in a decision's transaction: (its
+# transaction, the event's words, the parts made again or None, the decision's id).
+Requeue = Callable[[Connection | None, str, list[dict[str, Any]] | None, int | None], int]
 
 
 class StatusReplies:
@@ -117,6 +122,7 @@ class StatusReplies:
                 held=held,
                 reason=reason,
                 conn=conn,
+                decision=None if conn is None else decision.id,  # None: not kept
             )
 
         try:
@@ -178,6 +184,7 @@ class StatusReplies:
                 parts=orjson.dumps(parts),
                 part_count=len(parts),
                 part=0,
+                decision=decision.id,
             )
             return row.id, True
 
@@ -189,7 +196,7 @@ class StatusReplies:
     def again(
         self,
         row: OutboxRecord,
-        requeue: Callable[[Connection | None, str, list[dict[str, Any]] | None], int],
+        requeue: Requeue,
         reason: str,
         refused: Callable[[str], GatewayError],
     ) -> int:
@@ -201,7 +208,7 @@ class StatusReplies:
         (no referral status is made there), queued again as it is."""
         sender = self.settings.institution
         if sender is None or not self.records.policy.crosses(sender, row.partner):
-            return requeue(None, reason, None)
+            return requeue(None, reason, None, None)
         bundle = self._made(row)
         decision = self.records.policy.decide_status(bundle, sender, row.partner)
         if not decision.allowed:
@@ -216,6 +223,7 @@ class StatusReplies:
                     conn,
                     f"{reason} ({_reason(decision, decision.outcome)}; parts made again)",
                     parts,
+                    decision.id,
                 ),
                 True,
             ),
@@ -226,12 +234,16 @@ class StatusReplies:
 
     def _decisions_of(self, row: OutboxRecord) -> list[int]:
         """The decisions this status was queued, held, released or sent again on, as
-        its row's events name them: today's decision supersedes them (one status, one
-        record in the transfer report, however often it is decided again). Each
-        event's reason ends with the decision it was made on (:func:`_reason`), after
-        any words of a person's: only that last mention is read."""
+        its row's events keep them (``decision_id``): today's decision supersedes them
+        (one status, one record in the transfer report, however often it is decided
+        again). An event older than migration v0014_event_decisions names it only in
+        its reason, which ends with it (:func:`_reason`), after any words of a
+        person's: only that last mention is read."""
         found: list[int] = []
         for event in self.outbox.events(row.id):
+            if event.decision_id is not None:
+                found.append(event.decision_id)
+                continue
             named = _DECISION.findall(event.reason or "")
             if named:
                 found.append(int(named[-1]))

@@ -14,21 +14,15 @@ from sqlalchemy.engine import Connection
 
 from ..policy import register_unsent_rows
 from ..store import Store, metadata
-from ._outbox import Outbox
+from ._outbox import NEVER_SENT_HOLD, Outbox
 
 __all__ = ["UnsentHold"]
 
 _outbox = metadata.tables["outbox"]
-_events = metadata.tables["outbox_events"]
 # Rows not begun: queued or waiting for a retry, no part sent. Rows being sent, whose
 # send was ambiguous (``waiting``) or begun (a part sent) are left: the partner may
 # already hold them.
 _NOT_BEGUN = ("pending", "retrying")
-# Where a hold of a never-sent row (part 0) may come from: created held (None), queued
-# (the overwrite guard, another patient's link, a partner gone), or a send of its first
-# part the partner refused (our credentials, no token): nothing of it was applied.
-# Not ``waiting``: its last send was ambiguous, the partner may hold it.
-_HELD_UNSENT_FROM = (*_NOT_BEGUN, "sending")
 
 
 class UnsentHold:
@@ -69,9 +63,9 @@ class UnsentHold:
         partner gone...), never sent: no part delivered and held before any send, or
         on a send of the first part that the partner refused. Every way out of such a
         hold (a person's release, the worker's once a partner is back:
-        ``Outbox.release_known``) queues the row with no decision made again, so the
-        withdrawal holds it for the policy here, the one place that knows: from then on
-        only a decision, made again on the day (``Outbound.release``,
+        ``Outbox.release_known``) decides it again first; the withdrawal holds it for
+        the policy here, the one place that knows, so that the reason is in its events
+        and only a decision, made again on the day (``Outbound.release``,
         ``recheck_held``), can queue it. One held from ``waiting`` (its send ambiguous:
         the partner may hold it) is left, as a waiting row is; so is a row with a part
         sent: what is there stays there, the rest must follow (the partner holds half a
@@ -79,44 +73,10 @@ class UnsentHold:
         o = _outbox.c
         found = conn.execute(
             sa.select(o.id, o.state, o.last_error).where(
-                o.message_id == message_id, o.partner == recipient, _HELD_BY_DELIVERY_UNSENT
+                o.message_id == message_id, o.partner == recipient, NEVER_SENT_HOLD
             )
         ).all()
         return [(int(row_id), str(state), was) for row_id, state, was in found]
-
-    def never_sent(self, row_id: int) -> bool:
-        """Whether row ``row_id`` is held by delivery and was never sent, as
-        :meth:`_held_unsent` finds them: a person's release of it is a way back to the
-        queue with no decision, so it is decided again first (``Outbound.release``)."""
-        o = _outbox.c
-        query = sa.select(o.id).where(o.id == row_id, _HELD_BY_DELIVERY_UNSENT)
-        with self.outbox.store.engine.connect() as conn:
-            return conn.execute(query).first() is not None
-
-
-def _held_by_delivery_unsent() -> sa.ColumnElement[bool]:
-    """An outbox row held for a reason of delivery's, no part sent, its hold come from
-    a state before any send was ambiguous (:data:`_HELD_UNSENT_FROM`) or made held."""
-    o, e, later = _outbox.c, _events.c, _events.alias("later").c
-    last = sa.select(sa.func.max(later.id)).where(later.outbox_id == o.id).scalar_subquery()
-    held_unsent = (
-        sa.select(e.id)
-        .where(
-            e.id == last,
-            e.to_state == "held",
-            sa.or_(e.from_state.is_(None), e.from_state.in_(_HELD_UNSENT_FROM)),
-        )
-        .exists()
-    )
-    return sa.and_(
-        o.state == "held",
-        sa.or_(o.last_error.is_(None), ~o.last_error.startswith("policy.")),
-        o.part == 0,
-        held_unsent,
-    )
-
-
-_HELD_BY_DELIVERY_UNSENT = _held_by_delivery_unsent()
 
 
 register_unsent_rows(UnsentHold)

@@ -29,7 +29,7 @@ from ..partners import Partner, credential_files
 from ..partners import partner_client as partners_client
 from ._ask import ask
 from ._links import LINK_OTHER_PATIENT, Link, link_fields, link_ref, links_of, resolve_links
-from ._outbox import UNKNOWN_PARTNER, Outbox, OutboxRecord
+from ._outbox import UNKNOWN_PARTNER, Decide, Outbox, OutboxRecord
 from ._overwrite import (
     LOCAL,
     OVERWRITE,
@@ -81,8 +81,13 @@ class Deliverer:
         client_factory: ClientFactory = partner_client,
         audit: AuditLog | None = None,
         partners_from: Callable[[], Mapping[str, Partner]] | None = None,
+        decide: Decide | None = None,
     ) -> None:
         self.outbox = outbox
+        # A never-sent row held for a partner not configured is decided again before it
+        # returns to the queue (gateway.delivery.Outbound.return_known); without it,
+        # such a row stays held for a person's release (which decides again).
+        self.decide = decide
         self.audit = audit  # each send's AuditEvent (gateway.audit.audit_log)
         self.client_factory = client_factory
         self.partners = dict(partners)
@@ -188,22 +193,28 @@ class Deliverer:
     def _release_known(self, now: datetime) -> None:
         """Rows held because their partner was not configured, whose partner is again
         (added back to the partners' files, or the worker restarted after it was):
-        queued again without a person releasing each (:meth:`Outbox.release_known`),
-        each move in the row's events and as an ``operator`` AuditEvent with the gateway
-        as the only agent (no person decided it). Other holds stay held."""
-        for row in self.outbox.release_known(list(self.partners), now):
-            log.info(
-                "outbox record %s: partner %s configured again: %s",
-                row.id,
-                row.partner,
-                row.state,
-            )
+        queued again without a person releasing each (:meth:`Outbox.release_known`;
+        a never-sent one decided again first, :attr:`decide`), each move in the row's
+        events and as an ``operator`` AuditEvent with the gateway as the only agent (no
+        person decided it); a return the policy refused, deciding again, is one too,
+        with the refusal as its outcome. Other holds stay held."""
+        found = self.outbox.release_known(list(self.partners), now, decide=self.decide)
+        for row, refused in found:
+            said = f"release: {UNKNOWN_PARTNER}: partner {row.partner} is configured again"
+            if refused is None:
+                log.info("outbox record %s: partner %s configured again: %s",
+                         row.id, row.partner, row.state)  # fmt: skip
+            else:
+                log.warning("outbox record %s: not released: %s", row.id, refused.issue.line())
+                said = f"{said}: refused: {refused.code}: {refused.issue.message}"
             if self.audit is not None:
-                said = f"release: {UNKNOWN_PARTNER}: partner {row.partner} is configured again"
                 self.audit.record_guarded(
                     None,
                     events.event(
-                        "operator", outcome_desc=said, subject=message_subject(row.message_id)
+                        "operator",
+                        outcome="success" if refused is None else "minor",
+                        outcome_desc=said,
+                        subject=message_subject(row.message_id),
                     ),
                 )
         self._look_for_known = False

@@ -199,6 +199,10 @@ outbox_events = Table(
     Column("part", Integer()),  # the part it concerns
     Column("status", Integer()),  # the partner's HTTP status, when it answered
     Column("reason", Text(), nullable=False),
+    # The policy decision it was made on (queued, held, released, sent again on;
+    # migration v0014_event_decisions): NULL for other moves, and for events older than
+    # it, whose decision only their reason names.
+    Column("decision_id", ID),
 )
 Index("ix_outbox_events_row", outbox_events.c.outbox_id, outbox_events.c.id)
 

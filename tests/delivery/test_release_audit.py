@@ -1,0 +1,50 @@
+"""``gateway outbox release`` audited as the operator's action either way: a release the
+policy refuses (the record still held, ``delivery.not-releasable``, exit 2) is an
+operator AuditEvent too, its outcome a failure naming the refusal, so an auditor sees
+that someone tried (tests/console/test_outbox_release.py: the console's, one path)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from gateway import Converter, Settings
+from gateway.audit import AuditLog, operator
+from gateway.cli import main
+from gateway.delivery import Outbound
+from gateway.store import Store
+from tests.delivery import conftest as delivery
+
+from .conftest import receive
+
+store = delivery.home_store  # the home's own store: the CLI opens it too
+
+
+def _releases(store: Store) -> list[dict[str, Any]]:
+    found = [e.resource() for e in AuditLog(store).rows()]
+    return [e for e in found if (e.get("outcomeDesc") or "").startswith("release")]
+
+
+def test_a_refused_release_on_the_cli_is_audited(
+    home: Settings,
+    store: Store,
+    converter: Converter,
+    outbound: Outbound,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    message = receive(store, converter, "hl7v2/ref_i12_nsch_to_hkpmc.hl7")
+    [placed] = outbound.process(message).placed
+    assert placed.outcome == "held" and placed.outbox_id is not None  # no consent
+    args = ["outbox", "release", str(placed.outbox_id), "--reason", "the partner asked"]
+    assert main(["--home", str(home.home), *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "[delivery.not-releasable]" in err[0], err
+    assert outbound.outbox.require(placed.outbox_id).state == "held"
+    [event] = _releases(store)  # before: none, the refusal left no trace
+    assert event["outcome"] == "4"  # minor failure: tried, refused
+    assert event["outcomeDesc"].startswith("release refused: delivery.not-releasable: ")
+    requestor = next(a for a in event["agent"] if a["requestor"])
+    assert requestor["who"]["identifier"]["value"] == operator()
+    [entity] = event["entity"]
+    assert entity["what"]["identifier"]["value"] == str(message)

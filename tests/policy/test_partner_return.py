@@ -1,0 +1,164 @@
+"""A record queued on a consent, held because its partner left the partners' files
+(delivery.unknown-partner), never sent. The partner configured again, the worker
+returns such rows to the queue by itself (Outbox.release_known): a never-sent one is
+decided again first, as a person's release of it is, so a consent that expired during
+the hold never lets it cross (docs/delivery.md, "States")."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, tzinfo
+from typing import Any
+
+import orjson
+import pytest
+import respx
+
+from gateway import Converter, Settings
+from gateway.audit import AuditLog
+from gateway.delivery import Deliverer, DeliveryService, Outbound, OutboxRecord
+from gateway.policy import PolicyRecords, _engine
+from gateway.store import Store
+from tests.delivery import conftest as delivery
+from tests.delivery.conftest import answer_checks, receive, response
+
+from .conftest import HKID, NOW, consent
+from .test_adversarial_withdrawal import FAST, HKPMC
+
+home, store, outbound = delivery.home, delivery.home_store, delivery.outbound
+UNKNOWN = "delivery.unknown-partner"
+
+
+def _queued(store: Store, converter: Converter, outbound: Outbound, end: str) -> OutboxRecord:
+    """A referral to Hong Kong held for a consent, queued on one that ends at ``end``,
+    then held because hkpmc was not configured when the worker took it."""
+    message = receive(store, converter, "hl7v2/ref_i12_nsch_to_hkpmc.hl7")
+    [placed] = outbound.process(message).placed
+    assert (placed.partner, placed.outcome) == ("hkpmc", "held")
+    records = PolicyRecords(store, outbound.policy.policy)
+    records.import_consent(consent((HKID, "K583726A"), "HKPMC", start="2026-01-01", end=end))
+    [row] = outbound.recheck_held()
+    assert row.state == "pending"
+    with Deliverer(outbound.outbox, {}, FAST, rng=random.Random(1)) as without:
+        without.run_once()
+    held = outbound.outbox.require(row.id)
+    assert (held.state, held.last_error, held.part) == ("held", UNKNOWN, 0)
+    return held
+
+
+def _partner_back(home: Settings, store: Store, outbound: Outbound) -> list[bytes]:
+    """hkpmc configured: the service's own worker (as `gateway serve` and `gateway work`
+    make it) runs against a partner that takes everything; what it got."""
+    sent: list[bytes] = []
+    with respx.mock(assert_all_mocked=True, assert_all_called=False) as partner:
+        answer_checks(partner)
+
+        def answer(request: Any) -> Any:
+            sent.append(request.content)
+            body = orjson.loads(request.content)
+            return respx.MockResponse(200, json=response(*["201"] * len(body["entry"])))
+
+        partner.post(HKPMC).mock(side_effect=answer)
+        worker = DeliveryService(home, store, outbound=outbound).deliverer
+        try:
+            for _ in range(3):
+                worker.run_once()
+        finally:
+            worker.close()
+    return sent
+
+
+class _PolicyClock(datetime):
+    """The policy's clock (its decisions' ``now``): the day the test says."""
+
+    day = NOW
+
+    @classmethod
+    def now(cls, tz: tzinfo | None = None) -> datetime:  # a plain one: it is stored
+        day = datetime(*cls.day.timetuple()[:6])
+        return day if tz is None else day.replace(tzinfo=UTC).astimezone(tz)
+
+
+def test_a_consent_that_expired_while_the_partner_was_unknown_keeps_the_record_held(
+    home: Settings,
+    store: Store,
+    converter: Converter,
+    outbound: Outbound,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_engine, "datetime", _PolicyClock)
+    monkeypatch.setattr(_PolicyClock, "day", NOW)  # 2026-06-18: the consent in force
+    row = _queued(store, converter, outbound, "2026-06-30")
+    monkeypatch.setattr(_PolicyClock, "day", datetime(2026, 7, 2, 8, 0))  # it has ended
+    sent = _partner_back(home, store, outbound)
+    assert sent == []  # before: queued again on the expired consent's decision, and sent
+    after = outbound.outbox.require(row.id)
+    assert (after.state, after.last_error) == ("held", "policy.held")
+    last = outbound.outbox.events(row.id)[-1]
+    assert (last.from_state, last.to_state) == ("held", "held")
+    assert last.reason.startswith(
+        f"policy.held: release ({UNKNOWN}: partner hkpmc is configured again) refused: "
+        "the policy, deciding again, holds it (consent: no separate consent of the patient"
+    ), last.reason
+    assert last.reason.endswith(f"(it was held: {UNKNOWN})")
+    # The auditor sees the worker's refused return (the gateway its only agent).
+    refused = [
+        e
+        for e in (r.resource() for r in AuditLog(store).rows())
+        if (e.get("outcomeDesc") or "").startswith(f"release: {UNKNOWN}")
+    ]
+    assert [e["outcome"] for e in refused] == ["4"]
+    assert "refused: delivery.not-releasable" in refused[0]["outcomeDesc"]
+    assert not any(a["requestor"] for a in refused[0]["agent"])
+    # Only a decision queues it again: still no consent in force.
+    assert outbound.recheck_held() == []
+
+
+def test_a_consent_in_force_returns_the_record_on_a_decision_of_today(
+    home: Settings, store: Store, converter: Converter, outbound: Outbound
+) -> None:
+    row = _queued(store, converter, outbound, "2099-12-31")
+    decided = len(PolicyRecords(store, outbound.policy.policy).find(limit=100))
+    sent = _partner_back(home, store, outbound)
+    assert len(sent) == outbound.outbox.require(row.id).part_count  # each part once
+    assert outbound.outbox.require(row.id).state == "delivered"
+    moves = [(e.from_state, e.to_state, e.reason) for e in outbound.outbox.events(row.id)]
+    back = [m for m in moves if m[:2] == ("held", "pending")][-1]  # after the consent's
+    assert back[2].startswith(f"release: {UNKNOWN}: partner hkpmc is configured again (allow")
+    assert "policy decision" in back[2]
+    assert len(PolicyRecords(store, outbound.policy.policy).find(limit=100)) == decided + 1
+
+
+def test_a_worker_that_cannot_decide_leaves_a_never_sent_record_held(
+    store: Store, converter: Converter, outbound: Outbound
+) -> None:
+    """A worker built with no policy to ask (no ``decide``) never queues such a row on
+    the old decision: it stays held, for a person's release (which decides again)."""
+    row = _queued(store, converter, outbound, "2099-12-31")
+    with Deliverer(outbound.outbox, outbound.partners, FAST, rng=random.Random(1)) as worker:
+        worker.run_once()
+    after = outbound.outbox.require(row.id)
+    assert (after.state, after.last_error) == ("held", UNKNOWN)
+
+
+def test_a_person_releasing_it_first_wins_and_the_worker_keeps_nothing(
+    store: Store, converter: Converter, outbound: Outbound
+) -> None:
+    """A person releases the row while the worker returns it (the person's commit
+    first): the worker's move is a compare-and-set on the hold, so it moves nothing,
+    keeps no decision of its own and reports nothing; one release in the events."""
+    row = _queued(store, converter, outbound, "2099-12-31")
+    records = PolicyRecords(store, outbound.policy.policy)
+
+    def racing(found: OutboxRecord, reason: str) -> object:
+        outbound.release(found.id, "a person, at the same moment")
+        return outbound.return_known(found, reason)  # read before the person's commit
+
+    decided = len(records.find(limit=100))
+    assert outbound.outbox.release_known(["hkpmc"], decide=racing) == []
+    assert len(records.find(limit=100)) == decided + 1  # the person's decision only
+    moves = [(e.from_state, e.to_state, e.reason) for e in outbound.outbox.events(row.id)]
+    released = [m for m in moves if m[:2] == ("held", "pending")]
+    assert len(released) == 2  # the consent's fill, then the person's release
+    assert released[-1][2].startswith("release: a person, at the same moment (")
+    assert outbound.outbox.require(row.id).state == "pending"

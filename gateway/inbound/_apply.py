@@ -442,7 +442,10 @@ def _check_reference_identity(
     (one without a system is the target's only when it holds it without one too; a
     stored Patient's without a system are its identifiers too, else one holding only
     those let any identifier by): the identifier beside the reference names another
-    patient. A Patient that is neither stored nor this Bundle's cannot be compared
+    patient. A Patient that holds no identifier at all cannot confirm one either: any
+    number went by beside it (another stored patient's MRN, kept with the record of
+    this one), as ``_content.py`` refuses one beside a Patient entry holding none. A
+    Patient that is neither stored nor this Bundle's cannot be compared
     (``_content.py`` compares the entries)."""
     literal = _LITERAL.fullmatch(str(ref["reference"]))
     ident = ref["identifier"]
@@ -450,14 +453,18 @@ def _check_reference_identity(
         return
     key = ("Patient", literal[2])
     target = known[key] if known is not None and key in known else store.current(conn, *key)
-    names = _written(target.resource) if target is not None else set()
-    names |= {(s, v) for (t, s, v), i in index.items() if t == "Patient" and i == literal[2]}
-    if not names or (str(ident.get("system") or ""), str(ident["value"])) in names:
+    names = {(s, v) for (t, s, v), i in index.items() if t == "Patient" and i == literal[2]}
+    if target is None and not names:
+        return  # neither stored nor this Bundle's (an entry holding none: _content.py)
+    if target is not None:
+        names |= _written(target.resource)
+    if (str(ident.get("system") or ""), str(ident["value"])) in names:
         return
     raise InboundError(
         IDENTITY_MISMATCH,
         f"{where}.identifier names another patient than the Patient its reference "
-        "resolves to: a record carries one patient's data; nothing is stored",
+        "resolves to (or that Patient holds no identifier to confirm it): a record "
+        "carries one patient's data; nothing is stored",
         expression=f"{where}.identifier",
     )
 

@@ -300,11 +300,16 @@ def _systemless(plan: _Entry, query: str, where: str) -> str | None:
     ``identifier=|value``) and by no ``_id``: a value alone does not say whose it is."""
     if plan.resource_type != "Patient" or plan.logical_id is None:
         return None
+    return where if _value_alone(query) else None
+
+
+def _value_alone(query: str) -> bool:
+    """Whether a condition finds by identifiers without a system only (no ``_id``)."""
     pairs = parse_qsl(query, keep_blank_values=True)
     if any(name == "_id" for name, _ in pairs):
-        return None
+        return False
     tokens = [parse_identifier(value) for name, value in pairs if name == "identifier"]
-    return where if tokens and not any(system for system, _ in tokens) else None
+    return bool(tokens) and not any(system for system, _ in tokens)
 
 
 def _identifier_index(plans: list[_Entry]) -> dict[tuple[str, str, str], str | None]:
@@ -645,6 +650,16 @@ def _resolve(
             "inbound.unresolved-reference",
             f"{where}: a conditional reference to {path} matches {len(found)} stored "
             "resources of this partner's (exactly one needed)",
+            expression=where,
+        )
+    if path == "Patient" and _value_alone(query):
+        # as a Patient entry's condition (_check_same_patient): the record would join
+        # whichever of the partner's patients holds that number, in any system
+        raise InboundError(
+            IDENTITY_MISMATCH,
+            f"{where}: a conditional reference by an identifier without a system matched "
+            "a stored Patient: a value alone does not prove the patient (send the "
+            "identifier's system); a record carries one patient's data; nothing is stored",
             expression=where,
         )
     return f"{path}/{found[0]}"

@@ -5,7 +5,9 @@ Reference's ``identifier`` beside a literal reference must be the target Patient
 the record carried two patients -- the reference 陈美玲's (stored by a Bundle without
 her numbers), the identifier 许嘉玮's (MRN 0098765, stored by another Bundle). A Patient
 that holds no identifier cannot confirm one: refused whole, ``inbound.identity-mismatch``
-(as a Patient entry of the same Bundle holding none is, ``_content.py``)."""
+(as a Patient entry of the same Bundle holding none is, ``_content.py``). Likewise a
+conditional reference ``Patient?identifier=0098765`` (a value alone) that finds a stored
+Patient."""
 
 from __future__ import annotations
 
@@ -89,3 +91,24 @@ def test_a_reference_to_a_patient_holding_none_without_an_identifier_is_stored(
     del bundle["entry"][0]["resource"]["subject"]["identifier"]
     resp = _post(client, bundle, pki)
     assert resp.status_code == 200, resp.text
+
+
+@pytest.mark.parametrize("kind", ["transaction", "batch"])
+@pytest.mark.parametrize("query", ["identifier=0098765", "identifier=%7C0098765"])
+def test_a_conditional_reference_by_a_value_alone_is_refused(
+    client: Client, hk_settings: Settings, referral: dict[str, Any], pki: Path,
+    logs: pytest.LogCaptureFixture, kind: str, query: str,
+) -> None:  # fmt: skip
+    """``Patient?identifier=0098765`` (that value in any system) found 许嘉玮 (MRN
+    0098765) and the Condition was stored as hers: a value alone proves no patient, as a
+    Patient entry's condition by one does not (test_adversarial_systemless.py)."""
+    first = copy.deepcopy(referral)  # 许嘉玮, also holding 0098765 without a system
+    first["entry"][2]["resource"]["identifier"].append({"value": "0098765"})
+    assert _post(client, first, pki).status_code == 200
+    before = counts(hk_settings)
+    bundle = _condition_for(referral, "-", {"value": "0098765"})
+    bundle["type"] = kind
+    bundle["entry"][0]["resource"]["subject"] = {"reference": f"Patient?{query}"}
+    resp = _post(client, bundle, pki)
+    _refused(resp, "inbound.identity-mismatch", "Bundle.entry[0].resource.subject", logs)
+    assert counts(hk_settings)["inbound_resources"] == before["inbound_resources"]

@@ -300,11 +300,16 @@ def _systemless(plan: _Entry, query: str, where: str) -> str | None:
     ``identifier=|value``) and by no ``_id``: a value alone does not say whose it is."""
     if plan.resource_type != "Patient" or plan.logical_id is None:
         return None
+    return where if _value_alone(query) else None
+
+
+def _value_alone(query: str) -> bool:
+    """Whether a condition finds by identifiers without a system only (no ``_id``)."""
     pairs = parse_qsl(query, keep_blank_values=True)
     if any(name == "_id" for name, _ in pairs):
-        return None
+        return False
     tokens = [parse_identifier(value) for name, value in pairs if name == "identifier"]
-    return where if tokens and not any(system for system, _ in tokens) else None
+    return bool(tokens) and not any(system for system, _ in tokens)
 
 
 def _identifier_index(plans: list[_Entry]) -> dict[tuple[str, str, str], str | None]:
@@ -442,7 +447,10 @@ def _check_reference_identity(
     (one without a system is the target's only when it holds it without one too; a
     stored Patient's without a system are its identifiers too, else one holding only
     those let any identifier by): the identifier beside the reference names another
-    patient. A Patient that is neither stored nor this Bundle's cannot be compared
+    patient. A Patient that holds no identifier at all cannot confirm one either: any
+    number went by beside it (another stored patient's MRN, kept with the record of
+    this one), as ``_content.py`` refuses one beside a Patient entry holding none. A
+    Patient that is neither stored nor this Bundle's cannot be compared
     (``_content.py`` compares the entries)."""
     literal = _LITERAL.fullmatch(str(ref["reference"]))
     ident = ref["identifier"]
@@ -450,14 +458,18 @@ def _check_reference_identity(
         return
     key = ("Patient", literal[2])
     target = known[key] if known is not None and key in known else store.current(conn, *key)
-    names = _written(target.resource) if target is not None else set()
-    names |= {(s, v) for (t, s, v), i in index.items() if t == "Patient" and i == literal[2]}
-    if not names or (str(ident.get("system") or ""), str(ident["value"])) in names:
+    names = {(s, v) for (t, s, v), i in index.items() if t == "Patient" and i == literal[2]}
+    if target is None and not names:
+        return  # neither stored nor this Bundle's (an entry holding none: _content.py)
+    if target is not None:
+        names |= _written(target.resource)
+    if (str(ident.get("system") or ""), str(ident["value"])) in names:
         return
     raise InboundError(
         IDENTITY_MISMATCH,
         f"{where}.identifier names another patient than the Patient its reference "
-        "resolves to: a record carries one patient's data; nothing is stored",
+        "resolves to (or that Patient holds no identifier to confirm it): a record "
+        "carries one patient's data; nothing is stored",
         expression=f"{where}.identifier",
     )
 
@@ -638,6 +650,16 @@ def _resolve(
             "inbound.unresolved-reference",
             f"{where}: a conditional reference to {path} matches {len(found)} stored "
             "resources of this partner's (exactly one needed)",
+            expression=where,
+        )
+    if path == "Patient" and _value_alone(query):
+        # as a Patient entry's condition (_check_same_patient): the record would join
+        # whichever of the partner's patients holds that number, in any system
+        raise InboundError(
+            IDENTITY_MISMATCH,
+            f"{where}: a conditional reference by an identifier without a system matched "
+            "a stored Patient: a value alone does not prove the patient (send the "
+            "identifier's system); a record carries one patient's data; nothing is stored",
             expression=where,
         )
     return f"{path}/{found[0]}"

@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import parse_qsl, unquote
 
 from ..errors import Issue
 from ..network import Institution
@@ -182,9 +182,11 @@ def _patient_key(ref: dict[str, Any], by_url: dict[str, tuple[int, dict[str, Any
         if literal in by_url:
             target = by_url[literal][1]
             return literal if target.get("resourceType") == "Patient" else None
-        path, _, query = literal.partition("?")
+        path, mark, query = literal.partition("?")
         if path == "Patient" and query.startswith("identifier=") and "&" not in query:
             return unquote(query.removeprefix("identifier="))
+        if mark and (path == "Patient" or path.endswith("/Patient")):
+            return _conditional_key(query) or None
         head = literal.split("/_history/", 1)[0]
         if head.startswith("Patient/") or "/Patient/" in head:
             return "Patient/" + head.rsplit("/Patient/", 1)[-1].removeprefix("Patient/")
@@ -193,6 +195,28 @@ def _patient_key(ref: dict[str, Any], by_url: dict[str, tuple[int, dict[str, Any
     if isinstance(ident, dict) and ident.get("value") and ref.get("type") in (None, "Patient"):
         return f"{ident.get('system') or ''}|{ident['value']}"
     return None
+
+
+_MATCHED = {"identifier", "_id", "patient", "status"}  # what Resources.find matches on
+
+
+def _conditional_key(query: str) -> str:
+    """The patient a conditional reference ``Patient?query`` of another form than one
+    ``identifier=`` names, as :func:`_patient_key` compares them: by its identifier
+    (the one the store matches on), else by its ``_id`` (``Patient/<id>``), else by the
+    query itself (no other patient's key). It named none before, so
+    ``Patient?_id=<another patient's id>`` (or ``identifier=…&_id=…``, or the same
+    under this gateway's base) resolved to another stored patient, unseen. '' for one
+    the store cannot match on (no parameter, another one): refused as
+    ``inbound.bad-condition`` when resolved, naming the element."""
+    pairs = parse_qsl(query, keep_blank_values=True)
+    if not pairs or {name for name, _ in pairs} - _MATCHED:
+        return ""
+    for wanted, key in (("identifier", "{}"), ("_id", "Patient/{}")):
+        found = [value for name, value in pairs if name == wanted]
+        if found:
+            return key.format(found[0])
+    return f"Patient?{query}"
 
 
 def _mixed(where: str, what: str) -> Issue:

@@ -174,13 +174,28 @@ class Referrals:
                 continue
             current = self.resources.current(conn, "Task", found[0])
             if current is not None:
-                _same_referral(current.resource, stored.resource, ident)
+                checked = self._checked_subject(conn, stored.resource.get("subject"))
+                _same_referral(current.resource, stored.resource, ident, checked)
             revoked = stored.resource.get("status") in ("revoked", "entered-in-error")
             if current is not None and revoked and current.resource.get("status") not in _CLOSED:
                 task = {**current.resource, "status": "cancelled", "lastModified": instant(now)}
                 out.append(self.resources.write(conn, task, logical_id=found[0], partner=None,
                                                 now=now)[0])  # fmt: skip
         return out
+
+    def _checked_subject(self, conn: Connection, subject: Any) -> bool:
+        """Whether the identifier beside a stored referral's ``subject`` was compared
+        with its Patient when the Bundle was applied (``_apply._check_reference_identity``):
+        a ``Patient/<id>`` stored here. One nothing here holds (a Patient/<id> not
+        stored, one on the partner's own server) was not: it proves nothing."""
+        found = subject.get("reference") if isinstance(subject, dict) else None
+        if not isinstance(found, str) or not found.startswith("Patient/"):
+            return False
+        logical_id = found.removeprefix("Patient/").split("/_history/", 1)[0]
+        return (
+            "/" not in logical_id
+            and self.resources.current(conn, "Patient", logical_id) is not None
+        )
 
     def _task_identifier(self, partner: str, ident: dict[str, Any]) -> dict[str, str]:
         inst = self.network.institution(self.settings.institution)
@@ -590,14 +605,17 @@ def same_patients(
     return None
 
 
-def _same_referral(task: dict[str, Any], sr: dict[str, Any], ident: dict[str, Any]) -> None:
+def _same_referral(
+    task: dict[str, Any], sr: dict[str, Any], ident: dict[str, Any], checked: bool
+) -> None:
     """The Task found for a referral is that referral's: the same identifier (system and
     value: the Task's own identifier keeps the value only) and the same patient. Else
-    the referral would change another referral's, or another patient's, Task."""
+    the referral would change another referral's, or another patient's, Task.
+    ``checked``: the subject's identifier was compared with its stored Patient."""
     focus = _focus_identifier(task) or {}
     if (focus.get("system"), focus.get("value")) != (ident.get("system"), ident.get("value")):
         problem = "another referral's (the identifiers differ in their system)"
-    elif not _same_subject(task.get("for"), sr.get("subject")):
+    elif not _same_subject(task.get("for"), sr.get("subject"), checked):
         problem = "the referral of another patient (ServiceRequest.subject differs)"
     else:
         return
@@ -608,21 +626,27 @@ def _same_referral(task: dict[str, Any], sr: dict[str, Any], ident: dict[str, An
     )
 
 
-def _same_subject(first: Any, now: Any) -> bool:
+def _same_subject(first: Any, now: Any, checked: bool) -> bool:
     """Whether a resent referral's ``subject`` names the patient its Task is ``for``
     (the first one's subject): the same Reference; or, when either is literal, the same
     literal reference (both stored resolved, ``Patient/<id>``) — an identifier or display
-    added or changed beside it is more about that patient, not another one (the
-    identifier was checked to be that Patient's when the Bundle was applied:
-    ``_apply._check_reference_identity``); or, both logical, the same identifier with a
-    system (one without a system proves no patient). Anything else: another patient."""
+    added or changed beside it is more about that patient, not another one when it was
+    checked to be that Patient's as the Bundle was applied (``checked``:
+    ``_apply._check_reference_identity``); beside a reference nothing here can check
+    (a Patient not stored here, one on the partner's server) the two identifiers, when
+    both are written, must be one (else the referral would name two patients); or, both
+    logical, the same identifier with a system (one without a system proves no
+    patient). Anything else: another patient."""
     if first == now:
         return True
     if not isinstance(first, dict) or not isinstance(now, dict):
         return False
     literal = [_literal(first), _literal(now)]
     if any(literal):
-        return literal[0] is not None and literal[0] == literal[1]
+        if literal[0] is None or literal[0] != literal[1]:
+            return False
+        written = [_as_written(first), _as_written(now)]
+        return checked or None in written or written[0] == written[1]
     token = [_identifier(first), _identifier(now)]
     return token[0] is not None and token[0] == token[1]
 
@@ -636,6 +660,14 @@ def _identifier(ref: dict[str, Any]) -> tuple[str, str] | None:
     ident = ref.get("identifier")
     if isinstance(ident, dict) and ident.get("system") and ident.get("value"):
         return str(ident["system"]), str(ident["value"])
+    return None
+
+
+def _as_written(ref: dict[str, Any]) -> tuple[str, str] | None:
+    """A Reference's identifier as written, '' for no system; None without one."""
+    ident = ref.get("identifier")
+    if isinstance(ident, dict) and ident.get("value"):
+        return str(ident.get("system") or ""), str(ident["value"])
     return None
 
 

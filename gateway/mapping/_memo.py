@@ -115,11 +115,14 @@ def memoised(fn: Callable[[Ctx], Any], scope: Scope) -> Callable[[Ctx], Any]:
     # Look-ups since the last probe, of which a key met before; calls left to rest; bytes
     # held by memo (closure variables: cheaper to count than a list's items).
     lookups = met = resting = held = 0
+    # Once a variable was not set (a KeyError, costly to raise), read them one by one:
+    # a spec that meets an unset variable meets it at most of its calls.
+    sparse = False
 
     def cached(ctx: Ctx, at: Any = _HERE) -> Any:
         # ``at``: run at that node, as ``cached(ctx.at(at))`` would, without making that
         # context unless the spec runs (generated code passes it: a hit never needs it).
-        nonlocal lookups, met, resting, held
+        nonlocal lookups, met, resting, held, sparse
         if resting:
             resting -= 1
             return fn(ctx if at is _HERE else ctx.at(at))
@@ -156,10 +159,14 @@ def memoised(fn: Callable[[Ctx], Any], scope: Scope) -> Callable[[Ctx], Any]:
                     ctx.vars.get(name),
                 )
             elif several is not None:
-                try:
-                    values = several(ctx.vars)
-                except KeyError:  # a variable not set: None, as ctx.vars.get gives it
+                if sparse:
                     values = tuple(map(ctx.vars.get, names))
+                else:
+                    try:
+                        values = several(ctx.vars)
+                    except KeyError:  # a variable not set: None, as ctx.vars.get gives it
+                        values = tuple(map(ctx.vars.get, names))
+                        sparse = True
                 key = (here.text, here.level, ctx.tz, view.reading, *values)
             else:
                 key = (here.text, here.level, ctx.tz, view.reading)

@@ -45,6 +45,10 @@ NAMESPACE = uuid5(NAMESPACE_URL, "urn:fhir-gateway:resource-id")
 # object (OpenSSL 3 looks the algorithm up for each one) and saves hashing 16 bytes.
 _NAMESPACE_SHA1 = sha1(NAMESPACE.bytes, usedforsecurity=False)
 
+# The RFC 4122 variant's hex digit (10xx: two low bits of the digest's kept) for each
+# digest digit: a dict look-up, not int(d, 16) and a string index for every id.
+_VARIANT = {d: "89ab"[int(d, 16) & 3] for d in "0123456789abcdef"}
+
 
 # Organisations and staff recur in every message. Bounded to entries of a known small
 # size (three short strings and a 36-character id, ~350 bytes: ~1.4 MB in all), full
@@ -60,8 +64,7 @@ def resource_id(resource_type: str, system: str, value: str) -> str:
     h = digest.hexdigest()
     # The version (5) and the RFC 4122 variant (10xx) set in the hex digits themselves:
     # byte 6's high nibble is digit 12, byte 8's is digit 16 (its two low bits kept)
-    variant = "89ab"[int(h[16], 16) & 3]
-    return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{variant}{h[17:20]}-{h[20:32]}"
+    return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
 
 
 # create-if-none-exist: POST + ifNoneExist (reference data); update: conditional PUT.
@@ -138,7 +141,9 @@ def _choose(identifiers: Any, prefer: tuple[str, ...]) -> tuple[str, str] | None
     usable = [i for i in identifiers or () if i.get("system") and i.get("value")]
     if not usable:
         return None
-    if prefer and (len(usable) > 1 or prefer[0] not in _codes(usable[0])):
+    # the first usable identifier of the first preferred type: the first one when it has
+    # that type (the patient's MR listed first), whatever follows it
+    if prefer and prefer[0] not in _codes(usable[0]):
         codes = [_codes(ident) for ident in usable]  # each identifier's type codes, once
         for code in prefer:
             for ident, have in zip(usable, codes, strict=True):
@@ -202,8 +207,9 @@ def _merge_shared(
 
 
 # The identity of memoised (frozen, shared) fields by their id: (fields, template,
-# write rules, id, fullUrl, write mode, request). Organisations and staff recur in every
-# message.
+# write rules, id, fullUrl, resource, request). Organisations and staff recur in every
+# message. The resource and request are only ever copied (a dict's copy is cheaper than
+# building it again key by key): each record's entry is its own.
 _IDENTITIES: dict[int, tuple[Any, ...]] = {}
 # Cleared when full. Each entry keeps its frozen fields alive (even once their memo let
 # them go), so it holds few: the memoised resources that recur are a feed's few dozen
@@ -212,7 +218,10 @@ _IDENTITIES_SIZE = 512
 
 
 def _request(mode: str, rtype: str, system: str, value: str) -> dict[str, str]:
-    query = f"identifier={search_escape(system)}|{search_escape(value)}"
+    if _PLAIN_TOKEN.fullmatch(system + value):  # both plain (most): one match, no escape
+        query = f"identifier={system}|{value}"
+    else:
+        query = f"identifier={search_escape(system)}|{search_escape(value)}"
     if mode == "update":
         return {"method": "PUT", "url": f"{rtype}?{query}"}
     return {"method": "POST", "url": rtype, "ifNoneExist": query}
@@ -280,7 +289,7 @@ class BundleBuilder:
                 and known[1] is template
                 and known[2] is self.writes
             ):
-                self._place(key, rtype, fields, known[3], known[4], known[5], known[6])
+                self._place(key, fields, known[3], known[4], known[5], known[6], True)
                 return
         chosen = _choose(fields.get(template.identity_element), template.prefer)
         if chosen is None:
@@ -302,25 +311,33 @@ class BundleBuilder:
         mode = self.writes.mode(rtype)
         request = _request(mode, rtype, system, value)
         url = f"urn:uuid:{rid}"
+        # A conditional update carries no id: the partner keeps the id it gave the
+        # resource (Medplum refuses a create-by-update with one: "Cannot provide ID").
+        if mode == "update":
+            resource = {"resourceType": rtype, **fields}
+        else:
+            resource = {"resourceType": rtype, "id": rid, **fields}
         if frozen:
             if len(_IDENTITIES) >= _IDENTITIES_SIZE:
                 _IDENTITIES.clear()
             # fields kept with their id: the id cannot be reused meanwhile (one fields
             # object under two templates or rules: the last one's is kept)
-            _IDENTITIES[id(fields)] = (fields, template, self.writes, rid, url, mode, request)
-        self._place(key, rtype, fields, rid, url, mode, request)
+            _IDENTITIES[id(fields)] = (fields, template, self.writes, rid, url, resource, request)
+        self._place(key, fields, rid, url, resource, request, frozen)
 
     def _place(
         self,
         key: str,
-        rtype: str,
         fields: dict[str, Any],
         rid: str,
         url: str,
-        mode: str,
+        resource: dict[str, Any],
         request: dict[str, str],
+        shared: bool,
     ) -> None:
-        """The resource's entry (or ``fields`` merged into the entry of the same id)."""
+        """The resource's entry (or ``fields`` merged into the entry of the same id).
+        ``resource`` and ``request`` are made for this record, or ``shared``: kept with
+        the identity of memoised fields, copied for the entry."""
         existing = self._by_id.get(rid)
         if existing is not None:
             # The very fields the entry was made from (a memoised organisation met
@@ -333,15 +350,11 @@ class BundleBuilder:
                     _merge(existing[0], fields)
                 self._by_id[rid] = (existing[0], made_from, False)
         else:
-            # A conditional update carries no id: the partner keeps the id it gave the
-            # resource (Medplum refuses a create-by-update with one: "Cannot provide ID").
-            if mode == "update":
-                resource = {"resourceType": rtype, **fields}
-            else:
-                resource = {"resourceType": rtype, "id": rid, **fields}
+            if shared:
+                resource, request = resource.copy(), request.copy()
             self._by_id[rid] = (resource, fields, True)
-            # the request is the record's own (a copy): later stages may edit entries
-            self.entries.append({"fullUrl": url, "resource": resource, "request": request.copy()})
+            # later stages may edit entries: the record's own resource and request
+            self.entries.append({"fullUrl": url, "resource": resource, "request": request})
         scope = self._scopes[-1]
         urls = scope.get(key)
         if urls is None:

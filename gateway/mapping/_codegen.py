@@ -41,7 +41,7 @@ __all__ = ["ENGINES", "GENERATOR_VERSION", "CodeCache", "Lowering", "engine_sett
 log = logging.getLogger(__name__)
 
 # Part of the cache key: bump it whenever the generated code changes for the same input.
-GENERATOR_VERSION = "8"
+GENERATOR_VERSION = "9"
 ENGINES = ("compiled", "interpreted")
 _MAX_DEPTH = 40  # indentation levels in one function; deeper specs are called instead
 _EMPTY = "({0} is None or {0} == '' or {0} == [] or {0} == {{}})"  # _compile._empty, falsy part
@@ -415,6 +415,25 @@ class Lowering:
             self._extend(f, parts, fn, v, ind)
         f.add(ind, f"{t} = {sep!r}.join(map(str, {parts})) or None")
 
+    def _ref(
+        self, f: _Func, t: str, c: str, h: str, ind: int, key: str, display: Fn | None
+    ) -> None:
+        """A reference to the resource made under ``key`` (a literal): the Bundle asked
+        inline, as _compile's ``ref`` does it (its display read even without a URL)."""
+        u, o = f.var("u"), f.var("o")
+        f.add(ind, f"{u} = state.ref({key!r})")
+        f.add(ind, f"{o} = {{'reference': {u}}} if {u} else {{}}")
+        if display is not None:
+            v = f.var("v")
+            self.emit(f, display, v, c, h, ind)
+            f.add(ind, f"if {_not_empty(v)}:")
+            f.add(ind + 1, f"{o}['display'] = {v}")
+        f.add(ind, f"{t} = {o} or None")
+
+    def _refs(self, f: _Func, t: str, c: str, h: str, ind: int, key: str) -> None:
+        """References to every resource made under ``key`` (a literal), as ``refs``."""
+        f.add(ind, f"{t} = [{{'reference': u}} for u in state.refs({key!r})] or None")
+
     def _fn(self, f: _Func, t: str, c: str, h: str, ind: int, func: Any, args: Any) -> None:
         named = []
         for key, fn in args:
@@ -668,8 +687,8 @@ def _empty_value(value: Any) -> bool:
 
 
 def _none_if_false(fn: Fn) -> bool:
-    """Whether ``fn`` gives either None or a true value (an object, a list, a path's text
-    without a default): then ``if v:`` is the whole emptiness test."""
+    """Whether ``fn`` gives either None or a true value (an object, a list, references, a
+    path's text without a default): then ``if v:`` is the whole emptiness test."""
     shape = _shape(fn)
     if shape is None:
         return False
@@ -678,7 +697,7 @@ def _none_if_false(fn: Fn) -> bool:
         return _none_if_false(shape[2])
     if kind == "first":
         return all(_none_if_false(part) for part in shape[1])
-    return kind in ("object", "list", "each", "join") or _text_or_none(fn)
+    return kind in ("object", "list", "each", "join", "ref", "refs") or _text_or_none(fn)
 
 
 def _text_or_none(fn: Fn) -> bool:
@@ -700,13 +719,13 @@ def _text_or_none(fn: Fn) -> bool:
 
 
 def _list_or_none(fn: Fn) -> bool:
-    """Whether ``fn`` gives None or a list without empty items (``each``, a list)."""
+    """Whether ``fn`` gives None or a list without empty items (``each``, a list, ``refs``)."""
     shape = _shape(fn)
     if shape is None:
         return False
     if shape[0] == "when":
         return _list_or_none(shape[2])
-    return shape[0] in ("each", "list")
+    return shape[0] in ("each", "list", "refs")
 
 
 def _shape(fn: Fn) -> tuple[Any, ...] | None:
@@ -735,7 +754,7 @@ def _truthy_or_none(fn: Fn) -> bool:
         return False
     if shape[0] == "when":
         return _truthy_or_none(shape[2])
-    return shape[0] in ("object", "join") or (shape[0] == "plain" and not shape[3])
+    return shape[0] in ("object", "join", "ref") or (shape[0] == "plain" and not shape[3])
 
 
 def seq(entries: list[Fn]) -> Fn:

@@ -485,7 +485,8 @@ class Compiler:
         return lambda ctx: key
 
     def _ref(self, spec: dict[str, Any], where: str) -> Fn:
-        key = self._ref_key(str(spec["ref"]))
+        raw = str(spec["ref"])
+        key = self._ref_key(raw)
         display = self.spec(spec["display"], f"{where}.display") if "display" in spec else None
 
         def ref(ctx: Ctx) -> Any:
@@ -497,7 +498,8 @@ class Compiler:
                     out["display"] = shown
             return out or None
 
-        return ref
+        # a literal key: generated code asks the Bundle itself (gateway/mapping/_codegen.py)
+        return ref if raw.startswith("$") else _shaped(ref, "ref", raw, display)
 
     def _id_of(self, spec: dict[str, Any], where: str) -> Fn:
         """The id (uuid5) of the resource made under a key: a stable base for identifiers
@@ -511,8 +513,13 @@ class Compiler:
         return id_of
 
     def _refs(self, spec: dict[str, Any], where: str) -> Fn:
-        key = self._ref_key(str(spec["refs"]))
-        return lambda ctx: [{"reference": url} for url in ctx.state.refs(key(ctx))] or None
+        raw = str(spec["refs"])
+        key = self._ref_key(raw)
+
+        def refs(ctx: Ctx) -> Any:
+            return [{"reference": url} for url in ctx.state.refs(key(ctx))] or None
+
+        return refs if raw.startswith("$") else _shaped(refs, "refs", raw)
 
     def _first(self, spec: dict[str, Any], where: str) -> Fn:
         if not isinstance(spec["first"], list):

@@ -109,17 +109,23 @@ def memoised(fn: Callable[[Ctx], Any], scope: Scope) -> Callable[[Ctx], Any]:
     refs = tuple(sorted(scope.refs))
     ref_vars = tuple(sorted(scope.ref_vars))
     segments = frozenset(scope.segments)
+    # Whether the key has more than the node and the variables: most memoised specs
+    # (codings, identifiers, names) read their node alone: one test for the three.
+    extended = bool(segments or refs or ref_vars)
     memo: dict[Any, Any] = {}
     seen = array("q", bytes(8 * _SEEN_SLOTS))  # hashes of keys met once (see _SEEN_SLOTS)
     seen_in = array("q", bytes(8 * _SEEN_SLOTS))  # the serial of the record that met each
     # Look-ups since the last probe, of which a key met before; calls left to rest; bytes
     # held by memo (closure variables: cheaper to count than a list's items).
     lookups = met = resting = held = 0
+    # Once a variable was not set (a KeyError, costly to raise), read them one by one:
+    # a spec that meets an unset variable meets it at most of its calls.
+    sparse = False
 
     def cached(ctx: Ctx, at: Any = _HERE) -> Any:
         # ``at``: run at that node, as ``cached(ctx.at(at))`` would, without making that
         # context unless the spec runs (generated code passes it: a hit never needs it).
-        nonlocal lookups, met, resting, held
+        nonlocal lookups, met, resting, held, sparse
         if resting:
             resting -= 1
             return fn(ctx if at is _HERE else ctx.at(at))
@@ -136,14 +142,6 @@ def memoised(fn: Callable[[Ctx], Any], scope: Scope) -> Callable[[Ctx], Any]:
             lookups = met = 0
         here = ctx.here if at is _HERE else at
         try:
-            # The group's lines first: when there are none to key on (the whole
-            # message), no key is made.
-            lines: tuple[str, ...] = ()
-            if segments:
-                group = view.group_key(here, segments)
-                if group is None:
-                    return fn(ctx if at is _HERE else ctx.at(at))
-                lines = group
             # The same text means the same thing only with the same delimiters and charset
             # (escapes such as \Xhh\ decode in the message's charset). ctx.at(here) has
             # ctx's variables, state and zone.
@@ -156,21 +154,29 @@ def memoised(fn: Callable[[Ctx], Any], scope: Scope) -> Callable[[Ctx], Any]:
                     ctx.vars.get(name),
                 )
             elif several is not None:
-                try:
-                    values = several(ctx.vars)
-                except KeyError:  # a variable not set: None, as ctx.vars.get gives it
+                if sparse:
                     values = tuple(map(ctx.vars.get, names))
+                else:
+                    try:
+                        values = several(ctx.vars)
+                    except KeyError:  # a variable not set: None, as ctx.vars.get gives it
+                        values = tuple(map(ctx.vars.get, names))
+                        sparse = True
                 key = (here.text, here.level, ctx.tz, view.reading, *values)
             else:
                 key = (here.text, here.level, ctx.tz, view.reading)
-            if segments:
-                key += lines
-            # every URL a ref/refs could return (refs(k)[0] is what ref(k) gives)
-            if refs:
-                key += tuple([tuple(ctx.state.refs(k)) for k in refs])
-            if ref_vars:
-                urls = [tuple(ctx.state.refs(str(ctx.vars.get(v) or ""))) for v in ref_vars]
-                key += tuple(urls)
+            if extended:
+                if segments:
+                    group = view.group_key(here, segments)
+                    if group is None:  # the whole message: nothing to key on
+                        return fn(ctx if at is _HERE else ctx.at(at))
+                    key += group
+                # every URL a ref/refs could return (refs(k)[0] is what ref(k) gives)
+                if refs:
+                    key += tuple([tuple(ctx.state.refs(k)) for k in refs])
+                if ref_vars:
+                    urls = [tuple(ctx.state.refs(str(ctx.vars.get(v) or ""))) for v in ref_vars]
+                    key += tuple(urls)
             found = memo.get(key, _MISS)
             if found is _MISS:
                 # Keys met once are kept as their hashes (no object for the garbage

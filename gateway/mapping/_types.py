@@ -97,14 +97,32 @@ def to_datetime(value: str, location: str, tz: str) -> str:
 
 
 def _datetime(m: re.Match[str], tz: str) -> str:
-    date = _date(m)
-    if not m[4]:
+    # the groups in one call (each m[i] is a call of its own): most values have a time
+    year, month, day, hour, minute, second, frac, zone = m.groups()
+    # YYYY[-MM[-DD]], as _date writes it
+    date = (f"{year}-{month}-{day}" if day else f"{year}-{month}") if month else year
+    if not hour:
         return date
-    zone = m[8] or tz.replace(":", "")
-    zone = f"{zone[:3]}:{zone[3:]}" if zone not in ("Z", "+0000", "-0000") else "Z"
-    seconds = m[6] or "00"
-    frac = m[7] or ""
-    return f"{date}T{m[4]}:{m[5] or '00'}:{seconds}{frac}{zone}"
+    offset = zone or tz
+    written = _ZONES.get(offset)
+    if written is None:
+        written = _zone(offset)
+    return f"{date}T{hour}:{minute or '00'}:{second or '00'}{frac or ''}{written}"
+
+
+# Each UTC offset as FHIR writes it ("+0800" or the zone setting "+08:00" → "+08:00"):
+# a feed's few offsets, rewritten once. Cleared when full: short strings, bounded.
+_ZONES: dict[str, str] = {}
+_ZONES_SIZE = 256
+
+
+def _zone(offset: str) -> str:
+    bare = offset.replace(":", "")
+    written = f"{bare[:3]}:{bare[3:]}" if bare not in ("Z", "+0000", "-0000") else "Z"
+    if len(_ZONES) >= _ZONES_SIZE:
+        _ZONES.clear()
+    _ZONES[offset] = written
+    return written
 
 
 def to_instant(value: str, location: str, tz: str) -> str | None:

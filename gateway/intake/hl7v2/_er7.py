@@ -23,7 +23,6 @@ from .._charset import (
     charset_name,
     codec_for,
     decode_strict,
-    is_single_byte,
     mislabelled_as,
 )
 
@@ -141,9 +140,14 @@ class Message:
     separators: str  # field, component, repetition, escape, subcomponent
     charset: str  # the codec actually used
     declared_charset: str | None
-    warnings: list[str] = field(default_factory=list)
+    notes: list[Issue] = field(default_factory=list)  # how the text was decoded (warnings)
     lines: list[str] = field(default_factory=list)  # each segment's text, as decoded
     controls: bool = False  # a value may hold a control character (a byte or \Xhh\)
+
+    @property
+    def warnings(self) -> list[str]:
+        """The notes' texts."""
+        return [note.message for note in self.notes]
 
     @property
     def control_id(self) -> str:
@@ -489,7 +493,7 @@ def parse_message(
         raw.controls and any(b in data for b in _STRAY_CONTROLS)
     )
     if decoded.note:
-        message.warnings.append(decoded.note)
+        message.notes.append(Issue(decoded.code, decoded.note, "", "MSH-18", "warning"))
     _check_header(message)
     return message
 
@@ -710,10 +714,19 @@ def _sender_policy(msh: bytes, network: Network | None) -> tuple[str, tuple[str,
     return network.charset_mismatch(facility), _HK_PREFER if hk else MULTI_BYTE
 
 
-def _decode(data: bytes, name: str, msh: bytes, network: Network | None, location: str) -> Decoded:
+def _decode(
+    data: bytes,
+    name: str,
+    msh: bytes,
+    network: Network | None,
+    location: str,
+    claim: str | None = None,
+) -> Decoded:
     codec = codec_for(name, location=location)
-    if not is_single_byte(codec) or data.isascii():
+    if data.isascii() or codec == "utf-8":  # UTF-8's byte grammar checks itself
         return decode_strict(data, codec, declared=name, location=location)
+    # A single-byte charset over Chinese bytes, or GB 18030 and Big5 mistaken for each
+    # other: the sender's charset_mismatch decides.
     mismatch, prefer = _sender_policy(msh, network)
     return decode_strict(
         data,
@@ -723,6 +736,7 @@ def _decode(data: bytes, name: str, msh: bytes, network: Network | None, locatio
         mismatch=mismatch,
         prefer=prefer,
         place=_first_non_ascii,
+        claim=claim,
     )
 
 
@@ -767,11 +781,12 @@ def _decode_undeclared(
                 f"{facility if facility.isprintable() and facility else '?'}",
                 location="MSH-18",
             ) from None
-        decoded = _decode(data, name, msh, network, "MSH-18 (sender default)")
+        claim = f"MSH-18 is empty and the sender's configured charset is {name!r}"
+        decoded = _decode(data, name, msh, network, "MSH-18 (sender default)", claim)
         if decoded.note:  # decoded as what the bytes are, not as the sender's default
             return decoded
         note = f"MSH-18 is empty; decoded with {name}, the configured charset of {facility}"
-        return Decoded(decoded.text, decoded.codec, note)
+        return Decoded(decoded.text, decoded.codec, note, "intake.charset-default")
 
 
 def _msh_fields(msh: bytes, codec: str | None) -> list[str] | None:

@@ -51,6 +51,7 @@ _NON_ASCII = re.compile(r"[^\x00-\x7f]")
 # the input is not an HL7 text message (a PDF, an image, a zip...).
 _BINARY = re.compile(rb"[\x00-\x08\x0e-\x1a\x1d-\x1f\x7f]")
 _HL7_START = (b"MSH", b"FHS", b"BHS")
+_MSH_FIELDS = 25  # MSH-25, the last field HL7 v2.7 to v2.9 define for MSH
 # Segments that follow MSH in the messages the gateway reads (and the usual others): one
 # of them inside a one-line message means its segment separators were lost.
 _NEXT_SEGMENTS = (
@@ -560,20 +561,31 @@ def _check_separators(line: bytes) -> None:
     lost its carriage returns on the way (``curl -d`` strips them): say so, rather than
     report the MSH-18 that now runs into the next segment as an unknown charset. The
     next segment starts inside MSH's last field, never before MSH-12 (the version id,
-    required); earlier fields name applications and facilities (NSCH ends in SCH)."""
+    required); earlier fields name applications and facilities (NSCH ends in SCH).
+
+    Past MSH-25, the last field HL7 defines for MSH, a segment name is no longer where
+    MSH ends: the segment that follows MSH is one this check does not know (a Z-segment)
+    and the name found is a value's tail in a later segment (PRD-8 NSCH), so no segment
+    or field is named. Fields are counted on the bytes, where a GB 18030 or Big5 trail
+    byte may add one: another reason to name none that far."""
     sep = line[3:4]
     pattern = rb"(?:" + _NEXT_SEGMENTS.encode() + rb")" + re.escape(sep)
     for glued in re.finditer(pattern, line):
         field = line.count(sep, 0, glued.start()) + 1  # MSH-n holding the match
-        if field >= 12:
-            raise IntakeError(
-                "no-segment-separators",
-                "no segment separators (carriage returns): the message is one line, "
-                f"segment {glued.group()[:3].decode()} running on inside MSH-{field}; "
-                "the line ends were lost in transit: send the bytes as they are "
-                "(curl --data-binary @file, not -d, which strips them)",
-                location="MSH",
-            )
+        if field < 12:
+            continue
+        where = (
+            f"segment {glued.group()[:3].decode()} running on inside MSH-{field}"
+            if field <= _MSH_FIELDS
+            else f"its segments running on past MSH-{_MSH_FIELDS}, the last field of MSH"
+        )
+        raise IntakeError(
+            "no-segment-separators",
+            f"no segment separators (carriage returns): the message is one line, {where}; "
+            "the line ends were lost in transit: send the bytes as they are "
+            "(curl --data-binary @file, not -d, which strips them)",
+            location="MSH",
+        )
 
 
 def _check_msh(msh: bytes) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import codecs
 import re
+import unicodedata
 from collections.abc import Callable
 from functools import lru_cache
 from typing import NamedTuple
@@ -24,6 +25,8 @@ __all__ = [
     "likely_cjk_charset",
     "mislabelled_as",
     "misread_as",
+    "reads_as",
+    "utf8_suspect",
 ]
 
 
@@ -384,3 +387,54 @@ def misread_as(data: bytes, codec: str, text: str) -> str | None:
     if theirs.common - ours.common + ours.odd < _EVIDENCE:
         return None
     return rival if _reads_as_chinese(other) else None
+
+
+# -- GB 18030 or Big5 bytes that happen to be valid UTF-8 ------------------------------------
+
+# Scripts (the first word of a character's Unicode name) that GB 18030 bytes read as
+# UTF-8 fall into: two-byte UTF-8 sequences cover U+0080..U+07FF.
+_SCRIPTS = frozenset(
+    [
+        "LATIN",
+        "GREEK",
+        "CYRILLIC",
+        "ARMENIAN",
+        "HEBREW",
+        "ARABIC",
+        "SYRIAC",
+        "THAANA",
+        "NKO",
+        "SAMARITAN",
+        "MANDAIC",
+        "COPTIC",
+        "MODIFIER",
+        "COMBINING",
+    ]
+)
+_RUN = re.compile(r"[^\x00-\x7f]+")
+
+
+def _mixed_scripts(text: str) -> bool:
+    """Whether a run of non-ASCII characters mixes scripts, as no word does: GB 18030
+    志强 read as UTF-8 is a Hebrew maqaf and a Latin ǿ side by side."""
+    for run in _RUN.findall(text):
+        scripts = {unicodedata.name(ch, "?").split(" ", 1)[0] for ch in run} & _SCRIPTS
+        if len(scripts) > 1:
+            return True
+    return False
+
+
+def utf8_suspect(text: str) -> bool:
+    """Whether UTF-8 ``text`` may be GB 18030 or Big5 bytes that happen to be valid
+    UTF-8 (short Chinese texts often are: 志强 in GB 18030): no ideograph, and a run of
+    characters mixing scripts. Cheap, so a sender's default is looked up only then."""
+    return not any(_ideograph(ch) for ch in text if not ch.isascii()) and _mixed_scripts(text)
+
+
+def reads_as(data: bytes, codec: str) -> str | None:
+    """``data`` decoded in ``codec`` when that reading is clean Chinese text (see
+    :func:`likely_cjk_charset`, :func:`_reads_as_chinese`), else None."""
+    if likely_cjk_charset(data, (codec,)) != codec:
+        return None
+    text = data.decode(codec)
+    return text if _reads_as_chinese(text) else None

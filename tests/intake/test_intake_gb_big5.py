@@ -245,3 +245,33 @@ def test_real_big5_hkscs_names_keep_their_charset(name: str, address: str) -> No
     decoded = parse(data, sender())
     assert (decoded.charset, decoded.warnings) == ("big5hkscs", [])
     assert name_of(decoded) == tuple(name.split("^"))
+
+
+# -- GB 18030 text that happens to be valid UTF-8, MSH-18 empty ---------------------------
+
+
+@pytest.mark.parametrize("name", ["CHEN^志强", "ZHANG^志强", "LI^志强"])
+def test_gb18030_name_that_is_valid_utf8_is_read_with_the_sender_default(name: str) -> None:
+    # 志强 in GB 18030 (D6 BE C7 BF) is valid UTF-8: a Hebrew maqaf and a Latin ǿ. With
+    # MSH-18 empty it was read as UTF-8, silently, though the sender's default is GB 18030.
+    data = message(name, "", "", facility="NSGP").encode("gb18030")
+    data.decode("utf-8")  # valid UTF-8 indeed
+    [unit] = read_messages(data, network=sender("NSGP", charset="GB18030"))
+    assert unit.error is None and unit.view is not None
+    assert unit.charset == "gb18030"
+    assert name_of(unit.view.message) == tuple(name.split("^"))
+    assert [i.code for i in unit.issues] == ["intake.charset-default"]
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["ИВАНОВ^ИВАН", "GONÇALVES^JOÃO", "MÜLLER^ÄNNE", "Ελένη^ΠΑΠΑΔΟΠΟΥΛΟΥ", "陈^志强", "O–BRIEN^É"],
+)
+def test_utf8_text_from_a_gb18030_sender_stays_utf8(name: str) -> None:
+    # Real UTF-8 (Cyrillic, Latin accents, Greek, Chinese, an en dash) with MSH-18 empty
+    # from a sender whose default is GB 18030 is read as UTF-8, with no warning.
+    data = message(name, "", "", facility="NSGP").encode("utf-8")
+    [unit] = read_messages(data, network=sender("NSGP", charset="GB18030"))
+    assert unit.error is None and unit.view is not None
+    assert (unit.charset, unit.issues) == ("utf-8", [])
+    assert name_of(unit.view.message) == tuple(name.split("^"))

@@ -24,6 +24,8 @@ from .._charset import (
     codec_for,
     decode_strict,
     mislabelled_as,
+    reads_as,
+    utf8_suspect,
 )
 
 if TYPE_CHECKING:
@@ -72,6 +74,8 @@ _UTF16 = re.compile(rb"\A(?:\xff\xfe|\xfe\xff|\x00*M\x00+S\x00+H)")
 _MULTIBYTE = ("utf-8", "gb18030", "big5hkscs")
 # A Hong Kong sender's bytes are Big5 before GB 18030 when both decode.
 _HK_PREFER = ("utf-8", "big5hkscs", "gb18030")
+# A sender default whose short texts may pass as UTF-8 (see _decode_undeclared).
+_NATIONAL = frozenset(["gb18030", "big5hkscs"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -775,30 +779,44 @@ def _decode_undeclared(
     network: Network | None,
 ) -> Decoded:
     try:
-        return decode_strict(data, "utf-8", declared="UTF-8", location="MSH-18")
+        utf8: Decoded | None = decode_strict(data, "utf-8", declared="UTF-8", location="MSH-18")
     except IntakeError:
-        facility = _facility(msh)
-        name = fallback_charset(facility) if (fallback_charset and facility) else None
-        if not name:
-            likely = mislabelled_as(data, _sender_policy(msh, network)[1])
-            fields = _msh_fields(msh, likely)
-            if fields is not None:  # a truncated MSH is what is wrong first
-                _check_header_fields(fields)
-                facility = _component(fields, 4)
-            hint = f" (they look like {charset_name(likely)} text)" if likely else ""
-            raise IntakeError(
-                "charset-undeclared",
-                f"MSH-18 is empty and the bytes are not valid UTF-8{hint}; declare the "
-                "character set in MSH-18 or configure a default charset for sender "
-                f"{facility if facility.isprintable() and facility else '?'}",
-                location="MSH-18",
-            ) from None
-        claim = f"MSH-18 is empty and the sender's configured charset is {name!r}"
-        decoded = _decode(data, name, msh, network, "MSH-18 (sender default)", claim)
-        if decoded.note:  # decoded as what the bytes are, not as the sender's default
-            return decoded
-        note = f"MSH-18 is empty; decoded with {name}, the configured charset of {facility}"
-        return Decoded(decoded.text, decoded.codec, note, "intake.charset-default")
+        utf8 = None
+    if utf8 is not None and not utf8_suspect(utf8.text):
+        return utf8
+    facility = _facility(msh)
+    name = fallback_charset(facility) if (fallback_charset and facility) else None
+    if utf8 is not None and not _default_reads_better(data, name):
+        return utf8
+    if not name:
+        likely = mislabelled_as(data, _sender_policy(msh, network)[1])
+        fields = _msh_fields(msh, likely)
+        if fields is not None:  # a truncated MSH is what is wrong first
+            _check_header_fields(fields)
+            facility = _component(fields, 4)
+        hint = f" (they look like {charset_name(likely)} text)" if likely else ""
+        raise IntakeError(
+            "charset-undeclared",
+            f"MSH-18 is empty and the bytes are not valid UTF-8{hint}; declare the "
+            "character set in MSH-18 or configure a default charset for sender "
+            f"{facility if facility.isprintable() and facility else '?'}",
+            location="MSH-18",
+        )
+    claim = f"MSH-18 is empty and the sender's configured charset is {name!r}"
+    decoded = _decode(data, name, msh, network, "MSH-18 (sender default)", claim)
+    if decoded.note:  # decoded as what the bytes are, not as the sender's default
+        return decoded
+    note = f"MSH-18 is empty; decoded with {name}, the configured charset of {facility}"
+    return Decoded(decoded.text, decoded.codec, note, "intake.charset-default")
+
+
+def _default_reads_better(data: bytes, name: str | None) -> bool:
+    """Whether valid UTF-8 bytes that read as no word (:func:`utf8_suspect`) are the
+    sender's GB 18030 or Big5 default: short Chinese text often passes as UTF-8 (GB
+    18030 志强 is a Hebrew maqaf and a Latin ǿ); the default wins when it reads as
+    Chinese."""
+    codec = _codec_or_none(name) if name else None
+    return codec in _NATIONAL and reads_as(data, codec or "") is not None
 
 
 def _msh_fields(msh: bytes, codec: str | None) -> list[str] | None:

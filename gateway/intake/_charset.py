@@ -316,9 +316,10 @@ _DOUBT = 0.6
 _SURE = 0.75
 # How many characters must speak against the declared reading (common in the other's
 # reading and not in it, or odd in it): a short name, some of whose characters are rare,
-# must never be enough (GB 18030 董祎 reads as two common Big5 ideographs). Three let
-# through about 1 in 400 strings of three random rare GB 18030 or Big5 ideographs; four,
-# none of 20,000 (and none of 6,000 generated real-looking names at either setting).
+# must never be enough (GB 18030 董祎 reads as two common Big5 ideographs). At three,
+# about 1 in 400 strings of three random rare GB 18030 or Big5 ideographs was flagged; at
+# four, none of them and at most 6 in 20,000 of four or six (none of 12,000 generated
+# real-looking names at either setting).
 _EVIDENCE = 4
 
 
@@ -331,7 +332,7 @@ class _Tally(NamedTuple):
 def _odd(ch: str) -> bool:
     """A character that the other charset's Chinese text turns into, and real Chinese
     text does not hold: kana, bopomofo, Cyrillic, box drawing, and private-use code
-    points (GB 18030's user-defined areas, where most Big5 level 1 trail bytes land)."""
+    points (GB 18030's user-defined areas, where many Big5 characters land)."""
     code = ord(ch)
     return (
         0x3040 <= code <= 0x30FF  # kana

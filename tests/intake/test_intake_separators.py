@@ -51,3 +51,20 @@ def test_an_msh_only_message_is_not_taken_for_a_flattened_one(
 ) -> None:
     [record] = converter.convert(msh, source="msh")
     assert all(i.code != "intake.no-segment-separators" for i in record.issues)
+
+
+def test_a_segment_name_past_msh25_is_not_named(converter: Converter) -> None:
+    # The segment after MSH is one the check does not know (ZRF, ZPR): the first known
+    # name in the line is the tail of PRD-8's NSCH, far past MSH's last field (MSH-25).
+    # Naming "segment SCH running on inside MSH-45" sent the operator to a field that
+    # does not exist; the message says only that the line ends were lost.
+    data = (EXAMPLES / "ref_i12_hkpmc_to_nsch.hl7").read_bytes()  # Big5
+    data = data.replace(b"\rRF1|", b"\rZRF|").replace(b"\rPRD|", b"\rZPR|")
+    flat = data.replace(b"\r", b"").replace(b"\n", b"")
+    assert b"NSCH|" in flat
+    [record] = converter.convert(flat, source="flat")
+    [error] = record.errors
+    assert (error.code, error.location) == ("intake.no-segment-separators", "MSH")
+    assert "segment SCH" not in error.message
+    assert "running on past MSH-25, the last field of MSH" in error.message
+    assert "--data-binary" in error.message

@@ -23,8 +23,9 @@ from .._charset import (
     charset_name,
     codec_for,
     decode_strict,
-    is_single_byte,
     mislabelled_as,
+    reads_as,
+    utf8_suspect,
 )
 
 if TYPE_CHECKING:
@@ -52,6 +53,7 @@ _NON_ASCII = re.compile(r"[^\x00-\x7f]")
 # the input is not an HL7 text message (a PDF, an image, a zip...).
 _BINARY = re.compile(rb"[\x00-\x08\x0e-\x1a\x1d-\x1f\x7f]")
 _HL7_START = (b"MSH", b"FHS", b"BHS")
+_MSH_FIELDS = 25  # MSH-25, the last field HL7 v2.7 to v2.9 define for MSH
 # Segments that follow MSH in the messages the gateway reads (and the usual others): one
 # of them inside a one-line message means its segment separators were lost.
 _NEXT_SEGMENTS = (
@@ -72,6 +74,8 @@ _UTF16 = re.compile(rb"\A(?:\xff\xfe|\xfe\xff|\x00*M\x00+S\x00+H)")
 _MULTIBYTE = ("utf-8", "gb18030", "big5hkscs")
 # A Hong Kong sender's bytes are Big5 before GB 18030 when both decode.
 _HK_PREFER = ("utf-8", "big5hkscs", "gb18030")
+# A sender default whose short texts may pass as UTF-8 (see _decode_undeclared).
+_NATIONAL = frozenset(["gb18030", "big5hkscs"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,9 +145,14 @@ class Message:
     separators: str  # field, component, repetition, escape, subcomponent
     charset: str  # the codec actually used
     declared_charset: str | None
-    warnings: list[str] = field(default_factory=list)
+    notes: list[Issue] = field(default_factory=list)  # how the text was decoded (warnings)
     lines: list[str] = field(default_factory=list)  # each segment's text, as decoded
     controls: bool = False  # a value may hold a control character (a byte or \Xhh\)
+
+    @property
+    def warnings(self) -> list[str]:
+        """The notes' texts."""
+        return [note.message for note in self.notes]
 
     @property
     def control_id(self) -> str:
@@ -489,7 +498,7 @@ def parse_message(
         raw.controls and any(b in data for b in _STRAY_CONTROLS)
     )
     if decoded.note:
-        message.warnings.append(decoded.note)
+        message.notes.append(Issue(decoded.code, decoded.note, "", "MSH-18", "warning"))
     _check_header(message)
     return message
 
@@ -556,20 +565,31 @@ def _check_separators(line: bytes) -> None:
     lost its carriage returns on the way (``curl -d`` strips them): say so, rather than
     report the MSH-18 that now runs into the next segment as an unknown charset. The
     next segment starts inside MSH's last field, never before MSH-12 (the version id,
-    required); earlier fields name applications and facilities (NSCH ends in SCH)."""
+    required); earlier fields name applications and facilities (NSCH ends in SCH).
+
+    Past MSH-25, the last field HL7 defines for MSH, a segment name is no longer where
+    MSH ends: the segment that follows MSH is one this check does not know (a Z-segment)
+    and the name found is a value's tail in a later segment (PRD-8 NSCH), so no segment
+    or field is named. Fields are counted on the bytes, where a GB 18030 or Big5 trail
+    byte may add one: another reason to name none that far."""
     sep = line[3:4]
     pattern = rb"(?:" + _NEXT_SEGMENTS.encode() + rb")" + re.escape(sep)
     for glued in re.finditer(pattern, line):
         field = line.count(sep, 0, glued.start()) + 1  # MSH-n holding the match
-        if field >= 12:
-            raise IntakeError(
-                "no-segment-separators",
-                "no segment separators (carriage returns): the message is one line, "
-                f"segment {glued.group()[:3].decode()} running on inside MSH-{field}; "
-                "the line ends were lost in transit: send the bytes as they are "
-                "(curl --data-binary @file, not -d, which strips them)",
-                location="MSH",
-            )
+        if field < 12:
+            continue
+        where = (
+            f"segment {glued.group()[:3].decode()} running on inside MSH-{field}"
+            if field <= _MSH_FIELDS
+            else f"its segments running on past MSH-{_MSH_FIELDS}, the last field of MSH"
+        )
+        raise IntakeError(
+            "no-segment-separators",
+            f"no segment separators (carriage returns): the message is one line, {where}; "
+            "the line ends were lost in transit: send the bytes as they are "
+            "(curl --data-binary @file, not -d, which strips them)",
+            location="MSH",
+        )
 
 
 def _check_msh(msh: bytes) -> None:
@@ -710,10 +730,19 @@ def _sender_policy(msh: bytes, network: Network | None) -> tuple[str, tuple[str,
     return network.charset_mismatch(facility), _HK_PREFER if hk else MULTI_BYTE
 
 
-def _decode(data: bytes, name: str, msh: bytes, network: Network | None, location: str) -> Decoded:
+def _decode(
+    data: bytes,
+    name: str,
+    msh: bytes,
+    network: Network | None,
+    location: str,
+    claim: str | None = None,
+) -> Decoded:
     codec = codec_for(name, location=location)
-    if not is_single_byte(codec) or data.isascii():
+    if data.isascii() or codec == "utf-8":  # UTF-8's byte grammar checks itself
         return decode_strict(data, codec, declared=name, location=location)
+    # A single-byte charset over Chinese bytes, or GB 18030 and Big5 mistaken for each
+    # other: the sender's charset_mismatch decides.
     mismatch, prefer = _sender_policy(msh, network)
     return decode_strict(
         data,
@@ -723,6 +752,7 @@ def _decode(data: bytes, name: str, msh: bytes, network: Network | None, locatio
         mismatch=mismatch,
         prefer=prefer,
         place=_first_non_ascii,
+        claim=claim,
     )
 
 
@@ -749,29 +779,44 @@ def _decode_undeclared(
     network: Network | None,
 ) -> Decoded:
     try:
-        return decode_strict(data, "utf-8", declared="UTF-8", location="MSH-18")
+        utf8: Decoded | None = decode_strict(data, "utf-8", declared="UTF-8", location="MSH-18")
     except IntakeError:
-        facility = _facility(msh)
-        name = fallback_charset(facility) if (fallback_charset and facility) else None
-        if not name:
-            likely = mislabelled_as(data, _sender_policy(msh, network)[1])
-            fields = _msh_fields(msh, likely)
-            if fields is not None:  # a truncated MSH is what is wrong first
-                _check_header_fields(fields)
-                facility = _component(fields, 4)
-            hint = f" (they look like {charset_name(likely)} text)" if likely else ""
-            raise IntakeError(
-                "charset-undeclared",
-                f"MSH-18 is empty and the bytes are not valid UTF-8{hint}; declare the "
-                "character set in MSH-18 or configure a default charset for sender "
-                f"{facility if facility.isprintable() and facility else '?'}",
-                location="MSH-18",
-            ) from None
-        decoded = _decode(data, name, msh, network, "MSH-18 (sender default)")
-        if decoded.note:  # decoded as what the bytes are, not as the sender's default
-            return decoded
-        note = f"MSH-18 is empty; decoded with {name}, the configured charset of {facility}"
-        return Decoded(decoded.text, decoded.codec, note)
+        utf8 = None
+    if utf8 is not None and not utf8_suspect(utf8.text):
+        return utf8
+    facility = _facility(msh)
+    name = fallback_charset(facility) if (fallback_charset and facility) else None
+    if utf8 is not None and not _default_reads_better(data, name):
+        return utf8
+    if not name:
+        likely = mislabelled_as(data, _sender_policy(msh, network)[1])
+        fields = _msh_fields(msh, likely)
+        if fields is not None:  # a truncated MSH is what is wrong first
+            _check_header_fields(fields)
+            facility = _component(fields, 4)
+        hint = f" (they look like {charset_name(likely)} text)" if likely else ""
+        raise IntakeError(
+            "charset-undeclared",
+            f"MSH-18 is empty and the bytes are not valid UTF-8{hint}; declare the "
+            "character set in MSH-18 or configure a default charset for sender "
+            f"{facility if facility.isprintable() and facility else '?'}",
+            location="MSH-18",
+        )
+    claim = f"MSH-18 is empty and the sender's configured charset is {name!r}"
+    decoded = _decode(data, name, msh, network, "MSH-18 (sender default)", claim)
+    if decoded.note:  # decoded as what the bytes are, not as the sender's default
+        return decoded
+    note = f"MSH-18 is empty; decoded with {name}, the configured charset of {facility}"
+    return Decoded(decoded.text, decoded.codec, note, "intake.charset-default")
+
+
+def _default_reads_better(data: bytes, name: str | None) -> bool:
+    """Whether valid UTF-8 bytes that read as no word (:func:`utf8_suspect`) are the
+    sender's GB 18030 or Big5 default: short Chinese text often passes as UTF-8 (GB
+    18030 志强 is a Hebrew maqaf and a Latin ǿ); the default wins when it reads as
+    Chinese."""
+    codec = _codec_or_none(name) if name else None
+    return codec in _NATIONAL and reads_as(data, codec or "") is not None
 
 
 def _msh_fields(msh: bytes, codec: str | None) -> list[str] | None:

@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
-from ...errors import GatewayError, IntakeError, Issue
+from ...errors import GatewayError, IntakeError
 from .._unit import Unit
 from ._er7 import (
     _BINARY,
@@ -87,11 +87,8 @@ def _unit(
     unit.message_type = message.message_type
     unit.sender = message.msh(4).split(message.separators[1])[0] or None
     unit.issues = list(raw.notes)
-    if message.warnings:  # before the batch notes
-        unit.issues[:0] = [
-            Issue("intake.charset-mislabelled", note, "", "MSH-18", "warning")
-            for note in message.warnings
-        ]
+    if message.notes:  # before the batch notes
+        unit.issues[:0] = message.notes
     view = Hl7View(message)
     view.notes = unit.issues  # warnings the view finds while the mapping reads values
     unit.view = view

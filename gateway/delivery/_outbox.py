@@ -25,6 +25,7 @@ on PostgreSQL, the lease's compare-and-set on SQLite), each row begun with
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -86,6 +87,7 @@ HELD_UNSENT_FROM = (None, "pending", "retrying", "sending")
 
 _outbox = metadata.tables["outbox"]
 _events = metadata.tables["outbox_events"]
+log = logging.getLogger("gateway.delivery")
 _links = metadata.tables["outbox_links"]
 _messages = metadata.tables["messages"]
 # A message's state from its outbox rows: the first of these any row is in decides
@@ -1015,7 +1017,10 @@ class Outbox:
     def _decided(self, row: OutboxRecord, reason: str, decide: Decide) -> list[Returned]:
         """``row`` returned by ``decide`` (queued, or refused: the error, the row still
         held for its partner or now for the policy); [] when it moved meanwhile (a
-        person's release, another worker's return): not this worker's to report."""
+        person's release, another worker's return): not this worker's to report.
+        Any other fault of deciding it (a stored record that no longer parses...) is
+        this row's alone, never the worker's: it stays held, refused, and the others
+        go on (the worker's loop would otherwise meet it again at every batch)."""
         try:
             decide(row, reason)
         except GatewayError as exc:
@@ -1024,6 +1029,16 @@ class Outbox:
             if exc.code == "delivery.conflict" or not held:
                 return []
             return [(now, exc)]
+        except Exception as exc:  # one record's fault: logged by its id, as _handle does
+            log.exception("outbox record %s: deciding it again failed", row.id)
+            failed = DeliveryError(
+                "delivery.not-releasable",
+                f"outbox record {row.id} cannot be released: deciding it again failed "
+                f"({type(exc).__name__})",
+            )
+            now = self.require(row.id)
+            held = now.state == "held" and now.last_error == UNKNOWN_PARTNER
+            return [(now, failed)] if held else []
         return [(self.require(row.id), None)]
 
     def _held_while_waiting(self, row_id: int) -> bool:

@@ -18,7 +18,7 @@ from gateway import Converter, Settings
 from gateway.audit import AuditLog
 from gateway.delivery import Deliverer, DeliveryService, Outbound, OutboxRecord
 from gateway.policy import PolicyRecords, _engine
-from gateway.store import Store
+from gateway.store import Store, metadata
 from tests.delivery import conftest as delivery
 from tests.delivery.conftest import answer_checks, receive, response
 
@@ -27,6 +27,7 @@ from .test_adversarial_withdrawal import FAST, HKPMC
 
 home, store, outbound = delivery.home, delivery.home_store, delivery.outbound
 UNKNOWN = "delivery.unknown-partner"
+outcomes = metadata.tables["outcomes"]
 
 
 def _queued(store: Store, converter: Converter, outbound: Outbound, end: str) -> OutboxRecord:
@@ -162,3 +163,29 @@ def test_a_person_releasing_it_first_wins_and_the_worker_keeps_nothing(
     assert len(released) == 2  # the consent's fill, then the person's release
     assert released[-1][2].startswith("release: a person, at the same moment (")
     assert outbound.outbox.require(row.id).state == "pending"
+
+
+def test_a_record_that_cannot_be_read_again_never_stops_the_worker(
+    home: Settings,
+    store: Store,
+    converter: Converter,
+    outbound: Outbound,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """One row's fault never stops the others: a never-sent row whose stored record no
+    longer parses (a damaged outcome) fails its own return, logged by its id; the
+    worker goes on delivering (before: the error left ``run_once`` at every batch, as
+    the return is retried until it passes, and nothing was sent for any partner)."""
+    row = _queued(store, converter, outbound, "2099-12-31")
+    o = outcomes.c
+    with store.engine.begin() as conn:
+        conn.execute(
+            outcomes.update()
+            .where(o.message_id == row.message_id, o.stage == "convert", o.current)
+            .values(output=b"{damaged\n{damaged")
+        )
+    sent = _partner_back(home, store, outbound)  # before: raised JSONDecodeError
+    assert sent == []
+    after = outbound.outbox.require(row.id)
+    assert (after.state, after.last_error) == ("held", UNKNOWN)
+    assert f"outbox record {row.id}: not released" in caplog.text

@@ -36,6 +36,7 @@ from ._config import (
     configured_partners,
     load_partners,
     override_file,
+    partner_key,
     seeds_file,
     set_partner,
 )
@@ -72,6 +73,7 @@ __all__ = [
     "partner_auth",
     "partner_client",
     "partner_files",
+    "partner_key",
     "seeds_file",
     "sent_types",
     "set_partner",

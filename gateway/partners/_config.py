@@ -9,6 +9,7 @@ private key from the gateway's signing keys or a key file (docs/partners.md).
 
 from __future__ import annotations
 
+import difflib
 import os
 import tempfile
 from collections.abc import Mapping
@@ -32,6 +33,7 @@ __all__ = [
     "configured_partners",
     "load_partners",
     "override_file",
+    "partner_key",
     "seeds_file",
     "set_partner",
 ]
@@ -145,6 +147,42 @@ def configured_partners(settings: Settings) -> dict[str, Partner]:
     _check_institution(settings, network)
     override = override_file(settings)
     return load_partners(seeds_file(settings), network, override=override, settings=settings)
+
+
+def partner_key(
+    name: str, partners: Mapping[str, Partner], network: Network, option: str = "--partner"
+) -> str:
+    """The key of the configured partner an operator names on the CLI: its institution
+    key or facility code, in any case (``NSCH``, ``nsch``), or another name the network
+    knows it by. Anything else is a ConfigError naming the partners there are (and the
+    likely one): a typo must not read as "nothing queued" or "nothing listed"."""
+    if name in partners:
+        return name
+    by_lower = {key.lower(): key for key in partners}
+    found = by_lower.get(name.strip().lower())
+    inst = network.find(name) if found is None else None
+    if inst is not None and inst.key in partners:
+        found = inst.key
+    if found is not None:
+        return found
+    known = ", ".join(sorted(partners)) or "none"
+    if inst is not None:
+        raise ConfigError(
+            "unknown-partner",
+            f"{option} {name}: {inst.key} is an institution of the network with no FHIR "
+            f"server configured (gateway partners set {inst.key} --url ...); the partners: "
+            f"{known}",
+        )
+    codes = {
+        **by_lower,
+        **{i.facility.lower(): key for key in partners if (i := network.find(key))},
+    }
+    close = difflib.get_close_matches(name.lower(), codes, n=1, cutoff=0.6)
+    hint = f"did you mean {codes[close[0]]}? " if close else ""
+    raise ConfigError(
+        "unknown-partner",
+        f"{option} {name}: no partner of that key or facility code; {hint}the partners: {known}",
+    )
 
 
 def load_partners(

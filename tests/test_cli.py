@@ -311,3 +311,14 @@ def test_output_piped_into_head_ends_quietly(tmp_path: Path) -> None:
     )
     assert proc.stdout.startswith(b'{"resource')
     assert b"Broken pipe" not in proc.stderr and b"Traceback" not in proc.stderr
+
+
+def test_a_consent_file_that_is_not_json_is_one_line(tmp_path: Path) -> None:
+    """`gateway consent import b.json` of `{bad` ended in an orjson traceback."""
+    (tmp_path / "b.json").write_text('{"resourceType":\n  "Consent",,}\n')
+    proc = run("consent", "import", str(tmp_path / "b.json"), home=tmp_path)
+    assert proc.returncode == 2 and b"Traceback" not in proc.stderr
+    assert proc.stderr.decode().splitlines() == [
+        f"error: {tmp_path / 'b.json'}: not JSON: line 2, column 13: unexpected character, "
+        "expected a string key [policy.consent-invalid]"
+    ]

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from ..config import Settings
-from ..datafiles import data_dir, load_data_file
+from ..datafiles import data_dir, load_data_file, syntax_problem
 from ..errors import ConfigError
 from ..network import Network
 from ._split import WRITE_KINDS, split_bundle
@@ -212,7 +212,7 @@ def _read_yaml(path: Path) -> Any:
     except OSError as exc:
         raise ConfigError("unreadable", f"cannot read {path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError("syntax", f"{path}: {exc}") from None
+        raise ConfigError("syntax", f"{path}: {syntax_problem(exc)}") from None
 
 
 def _entries(raw: Any, where: str) -> dict[str, dict[str, Any]]:
@@ -274,9 +274,15 @@ def _partner(
         raise ConfigError("partners", f"{where('base')}: needs 'base' (a URL)")
     if not raw["base"].startswith(("https://", "http://")):
         raise ConfigError("partners", f"{where('base')}.base: expected an http(s) URL")
-    unknown = set(raw) - _PARTNER_KEYS
-    if unknown:
-        raise ConfigError("partners", f"{where('base')}: unknown keys {', '.join(sorted(unknown))}")
+    unknown = sorted(set(raw) - _PARTNER_KEYS)
+    if unknown:  # named where the typo was written (the overrides, not the seeds below)
+        hints = [
+            f"{name} (did you mean {close[0]}?)"
+            if (close := difflib.get_close_matches(name, _PARTNER_KEYS, n=1, cutoff=0.6))
+            else name
+            for name in unknown
+        ]
+        raise ConfigError("partners", f"{where(unknown[0])}: unknown keys {', '.join(hints)}")
     limit = raw.get("max_entries", 0)
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0 or limit == 1:
         raise ConfigError(

@@ -189,3 +189,39 @@ def test_set_checks_before_writing(home: Path, capsys: pytest.CaptureFixture[str
     assert main(["partners", "set", "hkpmc", "--auth", "bearer", "--token-file", "/nowhere"]) == 2
     assert main(["partners", "set", "mayo", "--url", "https://mayo.example/fhir"]) == 2
     assert (home / "partners.yaml").read_bytes() == before
+
+
+def test_a_typo_in_the_overrides_names_the_overrides_not_the_seeds(tmp_path: Path) -> None:
+    """`bse:` under nsch in $GATEWAY_HOME/partners.yaml blamed seeds/partners.yaml (where
+    nsch's base is): the operator looked for the typo in a file without it."""
+    override = tmp_path / "override.yaml"
+    override.write_text("partners:\n  nsch:\n    bse: https://x\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_partners(None, Network.load(NETWORK), override=override)
+    message = caught.value.issue.message
+    assert message.startswith(f"{override}: partners.nsch: unknown keys bse"), message
+    assert "did you mean base?" in message
+
+
+@pytest.mark.parametrize("where", ["override", "network"])
+def test_a_yaml_syntax_error_is_one_line_with_file_line_and_column(
+    tmp_path: Path, where: str
+) -> None:
+    """PyYAML's message spans four lines, the bad text and a caret under it."""
+    bad = "partners:\n  nsch:\n    base: https://x\n   write: batch\n"
+    override = tmp_path / "override.yaml"
+    network = tmp_path / "network.yaml"
+    network.write_bytes(NETWORK.read_bytes())
+    if where == "override":
+        override.write_text(bad, encoding="utf-8")
+    else:
+        network.write_text(NETWORK.read_text(encoding="utf-8") + "  - [\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_partners(None, Network.load(network), override=override)
+    message = caught.value.issue.message
+    assert caught.value.code == "config.syntax" and "\n" not in message and "^" not in message
+    if where == "override":
+        assert message.startswith(f"{override}: line 4, column 4: expected <block end>")
+    else:
+        lines = len(NETWORK.read_text(encoding="utf-8").splitlines())
+        assert message.startswith(f"{network}: line {lines + 2}, column 1: ")

@@ -233,3 +233,19 @@ def test_a_changed_signature_metadata_is_refused(signed: dict[str, Any], trust: 
     bad["signature"]["when"] = "2020-01-01T00:00:00Z"
     check = _failure(verify_bundle(bad, trust))
     assert (check.name, check.code) == ("Bundle.signature", "signing.mismatch")
+
+
+def test_a_signing_key_others_can_read_is_refused(pki: Path, tmp_path: Path) -> None:
+    """A key.pem of mode 0644 was used silently, while the pseudonym key of the same
+    gateway refuses a file group or others can read."""
+    from gateway.signing import SigningError
+
+    key = tmp_path / "key.pem"
+    shutil.copy(pki / "nsch" / "key.pem", key)
+    key.chmod(0o644)
+    with pytest.raises(SigningError) as caught:
+        Signer.load(key, pki / "nsch" / "cert.pem")
+    assert caught.value.issue.code == "signing.key"
+    assert caught.value.issue.message == f"{key}: the private key file must be private (chmod 600)"
+    key.chmod(0o600)
+    assert Signer.load(key, pki / "nsch" / "cert.pem").institution

@@ -48,7 +48,7 @@ from .datafiles import data_dir
 from .delivery import add_cli as add_outbox_cli
 from .delivery import add_work_cli
 from .envelope import Record
-from .errors import GatewayError
+from .errors import ConfigError, GatewayError
 from .inbound import add_cli as add_inbound_cli
 from .inputs import RECORD_SUFFIXES, DicomInput, input_files
 from .intake import FORMATS, detect_format
@@ -300,6 +300,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
     host = args.host or settings.host
     port = args.port or settings.port
+    _can_serve(settings, host, port)  # before the banner: a start that fails says only why
     # --workers N: N API processes, this one runs the listeners and delivery (api/_server.py)
     workers = Supervisor(settings, host, port, args.workers) if args.workers > 1 else None
     app = create_app(settings) if workers is None else None
@@ -320,6 +321,33 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         dicom.stop()
     return 0
+
+
+def _can_serve(settings: Settings, host: str, port: int) -> None:
+    """Refuse to start, in one line, what would fail at once or at the first send: a
+    partner whose token, certificate or CA file is not there (a hand-edited partners
+    file), a port another process holds (uvicorn's own error came after the banner)."""
+    import socket
+
+    from .partners import configured_partners, missing_credentials
+
+    for partner in configured_partners(settings).values():
+        if missing := missing_credentials(partner):
+            raise ConfigError(
+                "partner-auth",
+                f"partner {partner.key}: no such file: {'; '.join(missing)} (gateway "
+                "partners list shows each partner's files)",
+            )
+    for family, kind, proto, _, address in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+        with socket.socket(family, kind, proto) as probe:
+            # as uvicorn binds: a port left in TIME_WAIT by the last run is free
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise OSError(exc.errno, f"port {port} on {host} is in use") from None
+                raise
 
 
 def _pseudonyms(settings: Settings, patient: str) -> tuple[str, ...]:

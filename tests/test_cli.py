@@ -322,3 +322,40 @@ def test_a_consent_file_that_is_not_json_is_one_line(tmp_path: Path) -> None:
         f"error: {tmp_path / 'b.json'}: not JSON: line 2, column 13: unexpected character, "
         "expected a string key [policy.consent-invalid]"
     ]
+
+
+def test_serve_on_a_port_in_use_is_one_line_before_any_banner(tmp_path: Path) -> None:
+    """The "gateway API on http://..." banner came first, then uvicorn's timestamped
+    ERROR line, exit 3."""
+    import socket
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        proc = run("serve", "--host", "127.0.0.1", "--port", str(port), home=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.decode().splitlines() == [
+        f"error: port {port} on 127.0.0.1 is in use (is another gateway listen or serve "
+        "running on it?)"
+    ]
+
+
+def test_serve_refuses_a_partner_whose_token_file_is_not_there(tmp_path: Path) -> None:
+    """A hand-edited token_file that does not exist started the gateway; the first
+    send to the partner found out."""
+    (tmp_path / "partners.yaml").write_text(
+        "partners:\n  nsch:\n    auth: {type: bearer, token_file: nsch-token}\n"
+    )
+    import socket
+
+    with socket.socket() as held:  # were it to start, it stops at once (not a server left)
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        proc = run("serve", "--host", "127.0.0.1", "--port", str(port), home=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.decode().splitlines() == [
+        f"error: partner nsch: no such file: token_file {tmp_path / 'nsch-token'} (gateway "
+        "partners list shows each partner's files) [config.partner-auth]"
+    ]

@@ -12,6 +12,7 @@ import orjson
 
 from ..config import Settings
 from ..errors import ConfigError
+from ._auth import missing_credentials
 from ._check import check_partner, sent_types
 from ._config import AUTH_TYPES, Partner, configured_partners, set_partner
 from ._split import WRITE_KINDS
@@ -112,10 +113,12 @@ def describe(partner: Partner) -> dict[str, Any]:
 def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
     partners = configured_partners(settings)
     if args.json:
-        _json([describe(p) for p in partners.values()])
+        _json([{**describe(p), "missing": missing_credentials(p)} for p in partners.values()])
         return 0
     for p in partners.values():
         print(f"{p.key:<8} {p.jurisdiction or '-':<6} {p.auth.type:<6} {p.base}  {p.name or ''}")
+        for what in missing_credentials(p):  # a hand edit naming a file that is not there
+            print(f"         MISSING {what}")
     return 0
 
 

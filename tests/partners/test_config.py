@@ -225,3 +225,28 @@ def test_a_yaml_syntax_error_is_one_line_with_file_line_and_column(
     else:
         lines = len(NETWORK.read_text(encoding="utf-8").splitlines())
         assert message.startswith(f"{network}: line {lines + 2}, column 1: ")
+
+
+def test_a_token_file_that_is_not_there_is_marked_and_checked_first(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A hand-edited token_file that does not exist passed `partners list`, and `partners
+    check` reported reachability and the partner's answer before it."""
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "partners.yaml").write_text(
+        "partners:\n  nsch:\n    auth: {type: bearer, token_file: nsch-token}\n",
+        encoding="utf-8",
+    )
+    missing = f"token_file {home / 'nsch-token'}"
+    assert main(["partners", "list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[lines.index(next(x for x in lines if x.startswith("nsch "))) + 1].split(
+        maxsplit=1
+    ) == ["MISSING", missing]
+    assert main(["partners", "list", "--json"]) == 0
+    listed = {p["id"]: p["missing"] for p in orjson.loads(capsys.readouterr().out)}
+    assert listed == {"hkpmc": [], "njmu2": [], "nsch": [missing]}
+    assert main(["partners", "check", "nsch"]) == 1  # no request made: the base is not real
+    assert capsys.readouterr().out.splitlines() == [
+        f"FAIL  nsch  https://fhir.nsch.example.cn/fhir  config: no such file: {missing}"
+    ]

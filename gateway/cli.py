@@ -90,11 +90,18 @@ class _Sink:
     """Where converted Bundles go: a folder (one file per message), one file, or stdout
     (one Bundle pretty-printed; several as one compact JSON document per line)."""
 
-    def __init__(self, output: str | None) -> None:
+    def __init__(self, output: str | None, folder_input: bool = False) -> None:
         self.path = Path(output) if output else None
+        # A folder given as input always writes into a folder: how many messages it holds
+        # must not decide (one message made a file `out`, the next run with two refused it)
         self.to_dir = self.path is not None and (
-            self.path.is_dir() or str(output).endswith(("/", "\\"))
+            folder_input or self.path.is_dir() or str(output).endswith(("/", "\\"))
         )
+        if self.to_dir and self.path is not None and self.path.exists() and not self.path.is_dir():
+            raise _Usage(
+                f"-o {self.path} is a file; a folder input writes one file per message into "
+                "a folder: give another -o (it is created)"
+            )
         self.count = 0
         self._used: set[str] = set()
         self._held: Record | None = None  # stdout: the first Bundle, until we know if more come
@@ -144,7 +151,11 @@ def cmd_convert(args: argparse.Namespace, settings: Settings) -> int:
         )
         return 2
     collector = BatchGC()
-    sink = _Sink(args.output)
+    try:
+        sink = _Sink(args.output, any(p != "-" and Path(p).is_dir() for p in args.paths))
+    except _Usage as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     size = _total_size(files)
     show = args.progress or (sys.stderr.isatty() and (len(files) > 1 or (size or 0) > _CHUNK))
     progress = Progress(len(files), sys.stderr, show, size)

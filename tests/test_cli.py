@@ -359,3 +359,24 @@ def test_serve_refuses_a_partner_whose_token_file_is_not_there(tmp_path: Path) -
         f"error: partner nsch: no such file: token_file {tmp_path / 'nsch-token'} (gateway "
         "partners list shows each partner's files) [config.partner-auth]"
     ]
+
+
+def test_a_folder_input_always_writes_into_a_folder(tmp_path: Path) -> None:
+    """`convert one/ -o out` of a folder holding one message wrote a file `out`; the
+    next run, with two messages, failed "-o out is a file"."""
+    inbox, out = tmp_path / "one", tmp_path / "out"
+    inbox.mkdir()
+    (inbox / "a.hl7").write_bytes((EXAMPLES / "omi_o23_nsch_ct.hl7").read_bytes())
+    proc = run("convert", str(inbox), "-o", str(out), home=tmp_path)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert out.is_dir() and len(list(out.glob("*.json"))) == 1
+    (inbox / "b.hl7").write_bytes((EXAMPLES / "ref_i12_hkpmc_to_nsch.hl7").read_bytes())
+    proc = run("convert", str(inbox), "-o", str(out), home=tmp_path)
+    assert proc.returncode == 0 and len(list(out.glob("*.json"))) == 2
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    proc = run("convert", str(inbox), "-o", str(afile), home=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.decode().splitlines() == [
+        f"error: -o {afile} is a file; a folder input writes one file per message into a "
+        "folder: give another -o (it is created)"
+    ]

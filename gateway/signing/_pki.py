@@ -194,7 +194,9 @@ def make_demo_pki(network_file: Path, out: Path, alg: str = DEFAULT_ALG) -> list
         inst = network.institution(str(entry["key"]))
         assert inst is not None  # Network.load read the same entries
         country = "HK" if (inst.jurisdiction or "").startswith("HK") else "CN"
-        zh = inst.name("zh-Hans", "zh-Hant") or inst.key
+        # in the institution's own script: Traditional for Hong Kong (docs/partners.md)
+        own = ("zh-Hant", "zh-Hans") if country == "HK" else ("zh-Hans", "zh-Hant")
+        zh = inst.name(*own) or inst.key
         en = inst.name("en") or inst.key
         attrs = [
             (NameOID.COUNTRY_NAME, country),

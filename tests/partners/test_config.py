@@ -250,3 +250,18 @@ def test_a_token_file_that_is_not_there_is_marked_and_checked_first(
     assert capsys.readouterr().out.splitlines() == [
         f"FAIL  nsch  https://fhir.nsch.example.cn/fhir  config: no such file: {missing}"
     ]
+
+
+def test_set_and_check_take_the_facility_code_in_any_case(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`partners set NJMU2` wrote a second entry `NJMU2` beside njmu2 (two partners for
+    one institution); `partners check NJMU2` said it is not a configured partner."""
+    home.mkdir(parents=True, exist_ok=True)
+    assert main(["partners", "set", "NJMU2", "--rate-limit", "3"]) == 0
+    written = yaml.safe_load((home / "partners.yaml").read_text(encoding="utf-8"))
+    assert written == {"partners": {"njmu2": {"rate_limit": 3.0}}}
+    capsys.readouterr()
+    assert main(["partners", "check", "njmu3"]) == 2
+    err = capsys.readouterr().err
+    assert "partners check njmu3: no partner" in err and "did you mean njmu2?" in err

@@ -48,7 +48,7 @@ from .datafiles import data_dir
 from .delivery import add_cli as add_outbox_cli
 from .delivery import add_work_cli
 from .envelope import Record
-from .errors import GatewayError
+from .errors import ConfigError, GatewayError
 from .inbound import add_cli as add_inbound_cli
 from .inputs import RECORD_SUFFIXES, DicomInput, input_files
 from .intake import FORMATS, detect_format
@@ -90,11 +90,18 @@ class _Sink:
     """Where converted Bundles go: a folder (one file per message), one file, or stdout
     (one Bundle pretty-printed; several as one compact JSON document per line)."""
 
-    def __init__(self, output: str | None) -> None:
+    def __init__(self, output: str | None, folder_input: bool = False) -> None:
         self.path = Path(output) if output else None
+        # A folder given as input always writes into a folder: how many messages it holds
+        # must not decide (one message made a file `out`, the next run with two refused it)
         self.to_dir = self.path is not None and (
-            self.path.is_dir() or str(output).endswith(("/", "\\"))
+            folder_input or self.path.is_dir() or str(output).endswith(("/", "\\"))
         )
+        if self.to_dir and self.path is not None and self.path.exists() and not self.path.is_dir():
+            raise _Usage(
+                f"-o {self.path} is a file; a folder input writes one file per message into "
+                "a folder: give another -o (it is created)"
+            )
         self.count = 0
         self._used: set[str] = set()
         self._held: Record | None = None  # stdout: the first Bundle, until we know if more come
@@ -144,7 +151,11 @@ def cmd_convert(args: argparse.Namespace, settings: Settings) -> int:
         )
         return 2
     collector = BatchGC()
-    sink = _Sink(args.output)
+    try:
+        sink = _Sink(args.output, any(p != "-" and Path(p).is_dir() for p in args.paths))
+    except _Usage as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     size = _total_size(files)
     show = args.progress or (sys.stderr.isatty() and (len(files) > 1 or (size or 0) > _CHUNK))
     progress = Progress(len(files), sys.stderr, show, size)
@@ -300,6 +311,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
     host = args.host or settings.host
     port = args.port or settings.port
+    _can_serve(settings, host, port)  # before the banner: a start that fails says only why
     # --workers N: N API processes, this one runs the listeners and delivery (api/_server.py)
     workers = Supervisor(settings, host, port, args.workers) if args.workers > 1 else None
     app = create_app(settings) if workers is None else None
@@ -320,6 +332,33 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         dicom.stop()
     return 0
+
+
+def _can_serve(settings: Settings, host: str, port: int) -> None:
+    """Refuse to start, in one line, what would fail at once or at the first send: a
+    partner whose token, certificate or CA file is not there (a hand-edited partners
+    file), a port another process holds (uvicorn's own error came after the banner)."""
+    import socket
+
+    from .partners import configured_partners, missing_credentials
+
+    for partner in configured_partners(settings).values():
+        if missing := missing_credentials(partner):
+            raise ConfigError(
+                "partner-auth",
+                f"partner {partner.key}: no such file: {'; '.join(missing)} (gateway "
+                "partners list shows each partner's files)",
+            )
+    for family, kind, proto, _, address in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+        with socket.socket(family, kind, proto) as probe:
+            # as uvicorn binds: a port left in TIME_WAIT by the last run is free
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise OSError(exc.errno, f"port {port} on {host} is in use") from None
+                raise
 
 
 def _pseudonyms(settings: Settings, patient: str) -> tuple[str, ...]:

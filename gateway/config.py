@@ -385,6 +385,23 @@ def _number(name: str, value: Any, kind: type[int] | type[float]) -> int | float
         raise ConfigError("bad-setting", f"{name} must be a number, not {value!r}") from None
 
 
+# A stored message's states (gateway/store: its STATES, where each is described):
+# here because retention_days is keyed by them and is checked when the settings load.
+MESSAGE_STATES = (
+    "received",
+    "converted",
+    "failed",
+    "rejected",
+    "held",
+    "outbox",
+    "denied",
+    "queued",
+    "delivered",
+    "dead",
+    "discarded",
+)
+
+
 def _retention(value: Any) -> dict[str, int]:
     """A TOML table {state = days}, or (environment) "converted=30,failed=90"."""
     if isinstance(value, str):
@@ -394,6 +411,14 @@ def _retention(value: Any) -> dict[str, int]:
         raise ConfigError("bad-setting", "retention_days must be a table of state = days")
     out: dict[str, int] = {}
     for state, days in value.items():
+        if state not in MESSAGE_STATES:  # a typo (convrted) refused now, not at serve/prune
+            close = difflib.get_close_matches(str(state), MESSAGE_STATES, n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ConfigError(
+                "bad-setting",
+                f"retention_days.{state}: not a message state; {hint}states: "
+                f"{', '.join(MESSAGE_STATES)}",
+            )
         number = _number(f"retention_days.{state}", days, int)
         if number < 0:
             raise ConfigError("bad-setting", f"retention_days.{state} must not be negative")

@@ -21,7 +21,14 @@ import yaml
 from .errors import ConfigError
 from .shared import freeze
 
-__all__ = ["RELOAD_INTERVAL", "FileWatch", "data_dir", "file_stamps", "load_data_file"]
+__all__ = [
+    "RELOAD_INTERVAL",
+    "FileWatch",
+    "data_dir",
+    "file_stamps",
+    "load_data_file",
+    "syntax_problem",
+]
 
 RELOAD_INTERVAL = 2.0  # seconds between two looks at watched files (policy, routing, partners)
 
@@ -63,7 +70,24 @@ def load_data_file(path: Path) -> Any:
             return freeze(orjson.loads(text))
         return freeze(yaml.load(text, Loader=_Loader))
     except (yaml.YAMLError, orjson.JSONDecodeError) as exc:
-        raise ConfigError("syntax", f"{path}: {exc}") from exc
+        raise ConfigError("syntax", f"{path}: {syntax_problem(exc)}") from exc
+
+
+def syntax_problem(exc: yaml.YAMLError | orjson.JSONDecodeError) -> str:
+    """A parser's complaint as one line, ``line L, column C: problem``: PyYAML's own
+    message spans lines with the offending text and a caret under it, which breaks the
+    one-line error an operator greps for (and may echo a secret's line)."""
+    if isinstance(exc, orjson.JSONDecodeError):
+        return f"line {exc.lineno}, column {exc.colno}: {exc.msg}"
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        context = exc.context or ""
+        if context and exc.context_mark is not None and exc.context_mark is not mark:
+            context += f" at line {exc.context_mark.line + 1}"
+        problem = exc.problem or "not valid YAML"
+        return f"{where}{problem}" + (f" ({context})" if context else "")
+    return " ".join(str(exc).split())
 
 
 def file_stamps(paths: tuple[Path, ...]) -> tuple[tuple[int, int, int] | None, ...]:

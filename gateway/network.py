@@ -49,7 +49,10 @@ class Network:
         # institution rather than give an HL7 facility code.
         self._by_name: dict[str, Institution] = {}
         for inst in institutions:
-            for name in (*inst.names.values(), *(inst.data.get("alias") or ())):
+            # spellings: other writings of its name that find it but are never written
+            # out (a Hong Kong name as a mainland sender spells it in Simplified)
+            found_by = (*(inst.data.get("alias") or ()), *(inst.data.get("spellings") or ()))
+            for name in (*inst.names.values(), *found_by):
                 self._by_name.setdefault(_fold(str(name)), inst)
 
     @classmethod

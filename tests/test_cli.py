@@ -311,3 +311,72 @@ def test_output_piped_into_head_ends_quietly(tmp_path: Path) -> None:
     )
     assert proc.stdout.startswith(b'{"resource')
     assert b"Broken pipe" not in proc.stderr and b"Traceback" not in proc.stderr
+
+
+def test_a_consent_file_that_is_not_json_is_one_line(tmp_path: Path) -> None:
+    """`gateway consent import b.json` of `{bad` ended in an orjson traceback."""
+    (tmp_path / "b.json").write_text('{"resourceType":\n  "Consent",,}\n')
+    proc = run("consent", "import", str(tmp_path / "b.json"), home=tmp_path)
+    assert proc.returncode == 2 and b"Traceback" not in proc.stderr
+    assert proc.stderr.decode().splitlines() == [
+        f"error: {tmp_path / 'b.json'}: not JSON: line 2, column 13: unexpected character, "
+        "expected a string key [policy.consent-invalid]"
+    ]
+
+
+def test_serve_on_a_port_in_use_is_one_line_before_any_banner(tmp_path: Path) -> None:
+    """The "gateway API on http://..." banner came first, then uvicorn's timestamped
+    ERROR line, exit 3."""
+    import socket
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        proc = run("serve", "--host", "127.0.0.1", "--port", str(port), home=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.decode().splitlines() == [
+        f"error: port {port} on 127.0.0.1 is in use (is another gateway listen or serve "
+        "running on it?)"
+    ]
+
+
+def test_serve_refuses_a_partner_whose_token_file_is_not_there(tmp_path: Path) -> None:
+    """A hand-edited token_file that does not exist started the gateway; the first
+    send to the partner found out."""
+    (tmp_path / "partners.yaml").write_text(
+        "partners:\n  nsch:\n    auth: {type: bearer, token_file: nsch-token}\n"
+    )
+    import socket
+
+    with socket.socket() as held:  # were it to start, it stops at once (not a server left)
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        proc = run("serve", "--host", "127.0.0.1", "--port", str(port), home=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.decode().splitlines() == [
+        f"error: partner nsch: no such file: token_file {tmp_path / 'nsch-token'} (gateway "
+        "partners list shows each partner's files) [config.partner-auth]"
+    ]
+
+
+def test_a_folder_input_always_writes_into_a_folder(tmp_path: Path) -> None:
+    """`convert one/ -o out` of a folder holding one message wrote a file `out`; the
+    next run, with two messages, failed "-o out is a file"."""
+    inbox, out = tmp_path / "one", tmp_path / "out"
+    inbox.mkdir()
+    (inbox / "a.hl7").write_bytes((EXAMPLES / "omi_o23_nsch_ct.hl7").read_bytes())
+    proc = run("convert", str(inbox), "-o", str(out), home=tmp_path)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert out.is_dir() and len(list(out.glob("*.json"))) == 1
+    (inbox / "b.hl7").write_bytes((EXAMPLES / "ref_i12_hkpmc_to_nsch.hl7").read_bytes())
+    proc = run("convert", str(inbox), "-o", str(out), home=tmp_path)
+    assert proc.returncode == 0 and len(list(out.glob("*.json"))) == 2
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    proc = run("convert", str(inbox), "-o", str(afile), home=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.decode().splitlines() == [
+        f"error: -o {afile} is a file; a folder input writes one file per message into a "
+        "folder: give another -o (it is created)"
+    ]

@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 
 from ..config import Settings
-from ..datafiles import data_dir, load_data_file
+from ..datafiles import data_dir, load_data_file, syntax_problem
 from ..errors import ConfigError
 from ..network import Network
 
@@ -173,7 +173,7 @@ def _read_yaml(path: Path) -> Any:
     except OSError as exc:
         raise ConfigError("unreadable", f"cannot read {path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError("syntax", f"{path}: {exc}") from None
+        raise ConfigError("syntax", f"{path}: {syntax_problem(exc)}") from None
 
 
 def _fail(path: Path, key: str, problem: str) -> ConfigError:

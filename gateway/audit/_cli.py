@@ -91,6 +91,13 @@ def _operator() -> str:
 PatientAliases = Callable[[Settings, str], tuple[str, ...]]
 
 
+def _year(text: str) -> int:
+    """A four-digit year: `--year 26` was read as the year 26 and reported nothing."""
+    if not (len(text) == 4 and text.isdigit() and text[0] != "0"):
+        raise argparse.ArgumentTypeError(f"give the year in four digits (2026), not {text!r}")
+    return int(text)
+
+
 def add_cli(subparsers: Any, aliases: PatientAliases | None = None) -> None:
     audit = subparsers.add_parser(
         "audit", help="the audit trail: verify, export, sign tree heads, transfer report"
@@ -148,7 +155,7 @@ def add_cli(subparsers: Any, aliases: PatientAliases | None = None) -> None:
     report = sub.add_parser(
         "transfers", help="records and individuals that crossed the boundary, per partner and basis"
     )
-    report.add_argument("--year", type=int, required=True)
+    report.add_argument("--year", type=_year, required=True, help="the calendar year, e.g. 2026")
     report.add_argument("--format", choices=("html", "csv", "json"), default="html")
     report.add_argument("-o", "--output", metavar="FILE", help="default: stdout")
     report.set_defaults(func=cmd_transfers)

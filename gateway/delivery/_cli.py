@@ -12,6 +12,7 @@ import orjson
 
 from ..audit import record_operator
 from ..config import Settings
+from ..errors import ConfigError
 from ..store import Store, open_store
 from ._outbox import STATES, DeliveryError, Outbox, OutboxRecord
 
@@ -37,7 +38,7 @@ def add_cli(sub: Any) -> None:
 
     listing = verbs.add_parser("list", help="outbox records, newest first")
     listing.add_argument("--state", choices=STATES)
-    listing.add_argument("--partner", help="institution key (seeds/partners.yaml)")
+    listing.add_argument("--partner", help="partner: institution key or facility code, any case")
     listing.add_argument("--limit", type=int, default=50)
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(func=cmd_list)
@@ -62,7 +63,9 @@ def add_cli(sub: Any) -> None:
     which = retry.add_mutually_exclusive_group(required=True)
     which.add_argument("id", type=int, nargs="?", help="the outbox record")
     which.add_argument("--dead", action="store_true", help="every dead record")
-    retry.add_argument("--partner", help="with --dead: only this partner's")
+    retry.add_argument(
+        "--partner", help="with --dead: only this partner's (key or facility code, any case)"
+    )
     _decision(retry, cmd_retry)
     replay = verbs.add_parser(
         "replay",
@@ -119,7 +122,8 @@ def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
         outbound = Outbound(settings, store)
         outbox = outbound.outbox
         if args.dead:
-            ids = [r.id for r in outbox.records("dead", args.partner, 1_000_000)]
+            partner = _partner(settings, outbox, args.partner)
+            ids = [r.id for r in outbox.records("dead", partner, 1_000_000)]
             dead = [outbox.require(i) for i in reversed(ids)]
             ids = [r.id for r in dead if not (r.last_error or "").startswith("policy.")]
         else:
@@ -180,10 +184,30 @@ def _json(value: Any) -> None:
     sys.stdout.flush()
 
 
+def _partner(settings: Settings, outbox: Outbox, name: str | None) -> str | None:
+    """The outbox's key of the partner ``--partner`` names: a configured partner by key
+    or facility code in any case (``NSCH`` lists nsch's rows), or one whose rows are
+    still in the outbox (a partner since removed); anything else is refused, never an
+    empty list that reads as "nothing waits for it"."""
+    from ..network import Network
+    from ..partners import configured_partners, partner_key
+
+    if name is None:
+        return None
+    try:
+        return partner_key(name, configured_partners(settings), Network.load(settings.network))
+    except ConfigError:
+        left = {s["partner"].lower(): s["partner"] for s in outbox.stats()}
+        if name.lower() in left:
+            return str(left[name.lower()])
+        raise
+
+
 def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
     store = open_store(settings)
     try:
-        records = Outbox(store).records(args.state, args.partner, args.limit)
+        outbox = Outbox(store)
+        records = outbox.records(args.state, _partner(settings, outbox, args.partner), args.limit)
     finally:
         store.close()
     if args.json:

@@ -118,6 +118,8 @@ def cmd_send(args: argparse.Namespace, settings: Settings) -> int:
     from ..pipeline import Converter
     from ..progress import Progress
 
+    if args.to:  # a typo (--to nscx) refused before anything is stored, not "routed to no partner"
+        args.to = _named_partners(settings, args.to)
     store = open_store(settings)
     try:
         converter = Converter(settings)
@@ -146,6 +148,15 @@ def cmd_send(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         store.close()
     return 1 if failed else 0
+
+
+def _named_partners(settings: Settings, names: list[str]) -> list[str]:
+    from ..network import Network
+    from ..partners import configured_partners, partner_key
+
+    partners = configured_partners(settings)
+    network = Network.load(settings.network)
+    return list(dict.fromkeys(partner_key(n, partners, network, "--to") for n in names))
 
 
 def _send_one(

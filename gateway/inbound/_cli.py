@@ -16,7 +16,7 @@ from ..delivery import add_outbox_detail
 from ..network import Network
 from ..store import open_store
 from ._errors import InboundError
-from ._referrals import Referral, Referrals, referral_status_detail
+from ._referrals import TASK_STATUSES, Referral, Referrals, referral_status_detail
 
 __all__ = ["add_cli"]
 
@@ -28,7 +28,9 @@ def add_cli(sub: Any) -> None:
     referrals = sub.add_parser("referrals", help="referrals received and sent, and their status")
     verbs = referrals.add_subparsers(dest="verb", required=True)
     listing = verbs.add_parser("list", help="referral Tasks: received here and sent from here")
-    listing.add_argument("--status", help="requested, accepted, rejected, completed, ...")
+    # choices: a mistyped status (--status requestd) is refused, not an empty list that
+    # reads as "no referral waits"
+    listing.add_argument("--status", choices=TASK_STATUSES, help="the Task's status")
     listing.add_argument("--direction", choices=("received", "sent"))
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(func=cmd_list)

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ACTIONS",
     "REFERRAL_CATEGORY",
+    "TASK_STATUSES",
     "Referral",
     "Referrals",
     "is_referral",
@@ -58,6 +59,22 @@ ACTIONS = {
     "reject": (("requested", "received", "accepted"), "rejected"),
     "complete": (("accepted", "in-progress"), "completed"),
 }
+# FHIR R4 Task.status (http://hl7.org/fhir/task-status, required binding): what a
+# referral's Task can say, so `referrals list --status` can refuse a typo
+TASK_STATUSES = (
+    "draft",
+    "requested",
+    "received",
+    "accepted",
+    "rejected",
+    "ready",
+    "cancelled",
+    "in-progress",
+    "on-hold",
+    "failed",
+    "completed",
+    "entered-in-error",
+)
 _CLOSED = ("completed", "rejected", "cancelled", "failed", "entered-in-error")
 
 

@@ -188,6 +188,19 @@ def credential_files(partner: Partner) -> tuple[Path, ...]:
     return tuple(dict.fromkeys(files))
 
 
+def missing_credentials(partner: Partner) -> list[str]:
+    """What a hand-edited partners file names that is not there ("token_file /x"):
+    ``partners set`` refuses a missing file, an edit does not, and a bearer token is
+    only read at the first send, so the operator would learn of it from a dead record."""
+    auth = partner.auth
+    named = [("token_file", auth.token_file), ("ca_file", partner.ca_file)]
+    if auth.type == "mtls":
+        with contextlib.suppress(ConfigError):  # making the client says why
+            cert, key = _mtls_files(partner.key, auth)
+            named += [("cert_file", cert), ("key_file", key)]
+    return [f"{name} {path}" for name, path in named if path is not None and not path.exists()]
+
+
 def _mtls_files(partner: str, auth: Auth) -> tuple[Path, Path]:
     if auth.cert_file is not None and auth.key_file is not None:
         return auth.cert_file, auth.key_file

@@ -14,7 +14,7 @@ from ..config import Settings
 from ..datafiles import load_data_file
 from ..errors import GatewayError
 from ..network import Network
-from ._auth import PartnerAuthError, SmartAuth, partner_client
+from ._auth import PartnerAuthError, SmartAuth, missing_credentials, partner_client
 from ._config import Partner
 from ._naming import names_institution
 
@@ -80,6 +80,10 @@ def check_partner(
     client: httpx.Client | None = None,
 ) -> PartnerReport:
     report = PartnerReport(partner.key, partner.base)
+    missing = missing_credentials(partner)
+    if missing:  # before reachability: a partner that answers still could not be sent to
+        report.checks.append(Check("config", False, f"no such file: {'; '.join(missing)}"))
+        return report
     try:
         client = client or partner_client(partner, settings)
     except GatewayError as exc:

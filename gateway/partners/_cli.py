@@ -12,8 +12,10 @@ import orjson
 
 from ..config import Settings
 from ..errors import ConfigError
+from ..network import Network
+from ._auth import missing_credentials
 from ._check import check_partner, sent_types
-from ._config import AUTH_TYPES, Partner, configured_partners, set_partner
+from ._config import AUTH_TYPES, Partner, configured_partners, partner_key, set_partner
 from ._split import WRITE_KINDS
 
 __all__ = ["add_cli"]
@@ -112,10 +114,12 @@ def describe(partner: Partner) -> dict[str, Any]:
 def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
     partners = configured_partners(settings)
     if args.json:
-        _json([describe(p) for p in partners.values()])
+        _json([{**describe(p), "missing": missing_credentials(p)} for p in partners.values()])
         return 0
     for p in partners.values():
         print(f"{p.key:<8} {p.jurisdiction or '-':<6} {p.auth.type:<6} {p.base}  {p.name or ''}")
+        for what in missing_credentials(p):  # a hand edit naming a file that is not there
+            print(f"         MISSING {what}")
     return 0
 
 
@@ -135,7 +139,9 @@ def cmd_set(args: argparse.Namespace, settings: Settings) -> int:
         changes["auth"] = auth
     if not changes:
         raise ConfigError("partners", "partners set: nothing to change (give --url, --auth, ...)")
-    partner = set_partner(settings, args.id, changes)
+    # the institution's key: `set HKPMC` must change hkpmc, not add a second entry
+    inst = Network.load(settings.network).find(args.id)
+    partner = set_partner(settings, inst.key if inst else args.id, changes)
     where = settings.home / "partners.yaml"
     print(f"{partner.key}: {partner.base} (auth {partner.auth.type}) written to {where}")
     return 0
@@ -143,13 +149,9 @@ def cmd_set(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
     partners = configured_partners(settings)
-    if args.id is not None:
-        if args.id not in partners:
-            raise ConfigError(
-                "unknown-partner",
-                f"{args.id!r} is not a configured partner ({', '.join(partners) or 'none'})",
-            )
-        partners = {args.id: partners[args.id]}
+    if args.id is not None:  # its key or facility code, any case (HKPMC)
+        key = partner_key(args.id, partners, Network.load(settings.network), "partners check")
+        partners = {key: partners[key]}
     types = sent_types(settings)
     reports = [check_partner(p, settings, types) for p in partners.values()]
     if args.json:

@@ -9,6 +9,7 @@ private key from the gateway's signing keys or a key file (docs/partners.md).
 
 from __future__ import annotations
 
+import difflib
 import os
 import tempfile
 from collections.abc import Mapping
@@ -19,7 +20,7 @@ from typing import Any
 import yaml
 
 from ..config import Settings
-from ..datafiles import data_dir, load_data_file
+from ..datafiles import data_dir, load_data_file, syntax_problem
 from ..errors import ConfigError
 from ..network import Network
 from ._split import WRITE_KINDS, split_bundle
@@ -32,6 +33,7 @@ __all__ = [
     "configured_partners",
     "load_partners",
     "override_file",
+    "partner_key",
     "seeds_file",
     "set_partner",
 ]
@@ -147,6 +149,42 @@ def configured_partners(settings: Settings) -> dict[str, Partner]:
     return load_partners(seeds_file(settings), network, override=override, settings=settings)
 
 
+def partner_key(
+    name: str, partners: Mapping[str, Partner], network: Network, option: str = "--partner"
+) -> str:
+    """The key of the configured partner an operator names on the CLI: its institution
+    key or facility code, in any case (``NSCH``, ``nsch``), or another name the network
+    knows it by. Anything else is a ConfigError naming the partners there are (and the
+    likely one): a typo must not read as "nothing queued" or "nothing listed"."""
+    if name in partners:
+        return name
+    by_lower = {key.lower(): key for key in partners}
+    found = by_lower.get(name.strip().lower())
+    inst = network.find(name) if found is None else None
+    if inst is not None and inst.key in partners:
+        found = inst.key
+    if found is not None:
+        return found
+    known = ", ".join(sorted(partners)) or "none"
+    if inst is not None:
+        raise ConfigError(
+            "unknown-partner",
+            f"{option} {name}: {inst.key} is an institution of the network with no FHIR "
+            f"server configured (gateway partners set {inst.key} --url ...); the partners: "
+            f"{known}",
+        )
+    codes = {
+        **by_lower,
+        **{i.facility.lower(): key for key in partners if (i := network.find(key))},
+    }
+    close = difflib.get_close_matches(name.lower(), codes, n=1, cutoff=0.6)
+    hint = f"did you mean {codes[close[0]]}? " if close else ""
+    raise ConfigError(
+        "unknown-partner",
+        f"{option} {name}: no partner of that key or facility code; {hint}the partners: {known}",
+    )
+
+
 def load_partners(
     path: Path | None = None,
     network: Network | None = None,
@@ -174,7 +212,7 @@ def _read_yaml(path: Path) -> Any:
     except OSError as exc:
         raise ConfigError("unreadable", f"cannot read {path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError("syntax", f"{path}: {exc}") from None
+        raise ConfigError("syntax", f"{path}: {syntax_problem(exc)}") from None
 
 
 def _entries(raw: Any, where: str) -> dict[str, dict[str, Any]]:
@@ -236,9 +274,15 @@ def _partner(
         raise ConfigError("partners", f"{where('base')}: needs 'base' (a URL)")
     if not raw["base"].startswith(("https://", "http://")):
         raise ConfigError("partners", f"{where('base')}.base: expected an http(s) URL")
-    unknown = set(raw) - _PARTNER_KEYS
-    if unknown:
-        raise ConfigError("partners", f"{where('base')}: unknown keys {', '.join(sorted(unknown))}")
+    unknown = sorted(set(raw) - _PARTNER_KEYS)
+    if unknown:  # named where the typo was written (the overrides, not the seeds below)
+        hints = [
+            f"{name} (did you mean {close[0]}?)"
+            if (close := difflib.get_close_matches(name, _PARTNER_KEYS, n=1, cutoff=0.6))
+            else name
+            for name in unknown
+        ]
+        raise ConfigError("partners", f"{where(unknown[0])}: unknown keys {', '.join(hints)}")
     limit = raw.get("max_entries", 0)
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0 or limit == 1:
         raise ConfigError(

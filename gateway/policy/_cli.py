@@ -164,13 +164,24 @@ def _consent_line(record: ConsentRecord) -> str:
     )
 
 
+def _read_json(name: str) -> Any:
+    """The JSON of a file (``-``: stdin); one that is not JSON is one line naming the
+    file, the line and column and the problem, never a traceback (an unreadable file:
+    gateway/cli.py's OSError line)."""
+    data = sys.stdin.buffer.read() if name == "-" else Path(name).read_bytes()
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise PolicyError(
+            "consent-invalid",
+            f"not JSON: line {exc.lineno}, column {exc.colno}: {exc.msg}",
+            record="stdin" if name == "-" else name,
+        ) from None
+
+
 def cmd_consent_import(args: argparse.Namespace, settings: Settings) -> int:
     records = _records(settings)
-    raw = (
-        orjson.loads(Path(args.file).read_bytes())
-        if args.file != "-"
-        else orjson.loads(sys.stdin.buffer.read())
-    )
+    raw = _read_json(args.file)
     items = (
         [e.get("resource") for e in raw.get("entry") or []]
         if isinstance(raw, dict) and raw.get("resourceType") == "Bundle"

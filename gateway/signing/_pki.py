@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import os
+import stat
 from base64 import b64encode, urlsafe_b64encode
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -193,7 +194,9 @@ def make_demo_pki(network_file: Path, out: Path, alg: str = DEFAULT_ALG) -> list
         inst = network.institution(str(entry["key"]))
         assert inst is not None  # Network.load read the same entries
         country = "HK" if (inst.jurisdiction or "").startswith("HK") else "CN"
-        zh = inst.name("zh-Hans", "zh-Hant") or inst.key
+        # in the institution's own script: Traditional for Hong Kong (docs/partners.md)
+        own = ("zh-Hant", "zh-Hans") if country == "HK" else ("zh-Hans", "zh-Hant")
+        zh = inst.name(*own) or inst.key
         en = inst.name("en") or inst.key
         attrs = [
             (NameOID.COUNTRY_NAME, country),
@@ -354,12 +357,19 @@ class Signer:
         password: bytes | None = None,
     ) -> Signer:
         try:
+            mode = key_file.stat().st_mode
             key_data = key_file.read_bytes()
             certs_data = [
                 p.read_bytes() for p in ([cert_file] if cert_file else []) + list(chain_files)
             ]
         except OSError as exc:
             raise SigningError("key", f"cannot read {exc.filename}: {exc.strerror}") from None
+        # As the pseudonym key: a signing key others on the host can read is refused, not
+        # used (anyone who read it could sign as the institution or radiologist)
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise SigningError(
+                "key", f"{key_file}: the private key file must be private (chmod 600)"
+            )
         key, certs = _load_key_and_certs(key_data, password, str(key_file))
         for path, data in zip([cert_file, *chain_files], certs_data, strict=False):
             certs += load_certificates(data, str(path))

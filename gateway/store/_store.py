@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
+from ..config import MESSAGE_STATES
 from ..errors import GatewayError, Issue
 from ._engine import database_url, make_engine
 from ._schema import dicom_instances, dicom_known_studies, message_patients, messages, outcomes
@@ -53,19 +54,7 @@ __all__ = [
 # or released, waiting for delivery); queued/delivered/dead/discarded belong to delivery
 # (dead: a partner refused it or delivery gave up; discarded: a person gave up on a
 # record, gateway outbox discard; held is also delivery's, for a person).
-STATES = (
-    "received",
-    "converted",
-    "failed",
-    "rejected",
-    "held",
-    "outbox",
-    "denied",
-    "queued",
-    "delivered",
-    "dead",
-    "discarded",
-)
+STATES = MESSAGE_STATES  # listed in gateway/config.py: retention_days is keyed by them
 # States of a message still waiting for the gateway to act: never pruned.
 NEVER_PRUNED = frozenset({"received", "held", "outbox", "queued"})
 CHANNELS = ("mllp", "api", "cli", "dicom", "stow")

@@ -63,7 +63,7 @@ def test_one_mail_when_an_alert_fires_and_one_when_it_resolves(
     assert envelope.mail_from == "gateway@nsch.example.cn"
     assert envelope.rcpt_tos == ["ops@nsch.example.cn", "oncall@nsch.example.cn"]
     assert fired["Subject"] == (
-        "[FHIR 网关 警告] 大湾区医疗集团香港合作医疗中心：待发送队列"
+        "[FHIR 网关 警告] 大灣區醫療集團香港合作醫療中心：待发送队列"
         " / [FHIR 網關 警告] 大灣區醫療集團香港合作醫療中心：待發送隊列"
         " / [FHIR gateway warning] Greater Bay Area Medical Group Hong Kong Partner Medical"
         " Centre: queue depth"

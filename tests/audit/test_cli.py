@@ -165,3 +165,11 @@ def test_export_finds_a_patient_by_identifier_and_a_partner_by_its_code(
     assert "exported 1 events" in capsys.readouterr().err
     [event] = [e["resource"] for e in orjson.loads(target.read_bytes())["entry"][1:]]
     assert event["entity"][0]["what"]["identifier"]["value"] == held.patient.split("|")[1]
+
+
+def test_transfers_wants_a_four_digit_year(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--year 26` was taken as the year 26: an empty report."""
+    with pytest.raises(SystemExit) as usage:
+        main(["audit", "transfers", "--year", "26"])
+    assert usage.value.code == 2
+    assert "give the year in four digits (2026), not '26'" in capsys.readouterr().err

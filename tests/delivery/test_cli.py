@@ -75,3 +75,34 @@ def test_list_show_and_stats(home: Path, capsys: pytest.CaptureFixture[str]) -> 
 def test_show_of_a_record_that_is_not_there(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--home", str(home), "outbox", "show", "99"]) == 2
     assert "delivery.not-found" in capsys.readouterr().err
+
+
+def run_err(capsys: pytest.CaptureFixture[str], home: Path, *args: str) -> tuple[int, str]:
+    code = main(["--home", str(home), *args])
+    return code, capsys.readouterr().err
+
+
+def test_a_partner_is_named_by_key_or_facility_code_in_any_case(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`outbox list --partner HKPMC` listed nothing (the rows are under the key hkpmc);
+    a typo was an empty list, which reads as "nothing waits for that partner"."""
+    code, out = run(capsys, home, "outbox", "list", "--partner", "HKPMC", "--json")
+    assert code == 0 and [r["id"] for r in json.loads(out)] == [3, 2, 1]
+    code, err = run_err(capsys, home, "outbox", "list", "--partner", "hkpcm")
+    assert code == 2 and "[config.unknown-partner]" in err
+    assert "--partner hkpcm" in err and "did you mean hkpmc?" in err and "nsch" in err
+
+
+def test_send_to_an_unknown_partner_is_refused_before_anything_is_stored(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`send --to nscx` said "routed to no partner" and exited 0."""
+    message = Path(__file__).parents[2] / "examples/hl7v2/ref_i12_hkpmc_to_nsch.hl7"
+    code, err = run_err(capsys, tmp_path, "send", str(message), "--to", "nscx")
+    assert code == 2 and "--to nscx" in err and "did you mean nsch?" in err
+    assert "hkpmc, njmu2, nsch" in err
+    code, err = run_err(capsys, tmp_path, "send", str(message), "--to", "LAX2")
+    assert code == 2 and "lax2 is an institution of the network with no FHIR server" in err
+    code, out = run(capsys, tmp_path, "messages", "list", "--json")
+    assert code == 0 and json.loads(out)["messages"] == []

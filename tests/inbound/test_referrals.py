@@ -358,3 +358,18 @@ def test_a_resend_for_another_patient_is_refused(
     assert len(patients) == 1  # nothing of the resend stored
     tasks = client.get("/fhir/Task", headers=LOCAL_AUTH).json()["entry"]
     assert [t["resource"]["for"] for t in tasks] == [task["for"]]
+
+
+def test_a_mistyped_status_is_refused_not_an_empty_list(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`referrals list --status requestd` listed nothing with exit 0, which reads as "no
+    referral waits for an answer"."""
+    from gateway.cli import main
+
+    with pytest.raises(SystemExit) as usage:
+        main(["--home", str(tmp_path), "referrals", "list", "--status", "requestd"])
+    err = capsys.readouterr().err
+    assert usage.value.code == 2
+    assert "invalid choice: 'requestd'" in err and "'requested'" in err
+    assert main(["--home", str(tmp_path), "referrals", "list", "--status", "on-hold"]) == 0

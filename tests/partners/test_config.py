@@ -189,3 +189,79 @@ def test_set_checks_before_writing(home: Path, capsys: pytest.CaptureFixture[str
     assert main(["partners", "set", "hkpmc", "--auth", "bearer", "--token-file", "/nowhere"]) == 2
     assert main(["partners", "set", "mayo", "--url", "https://mayo.example/fhir"]) == 2
     assert (home / "partners.yaml").read_bytes() == before
+
+
+def test_a_typo_in_the_overrides_names_the_overrides_not_the_seeds(tmp_path: Path) -> None:
+    """`bse:` under nsch in $GATEWAY_HOME/partners.yaml blamed seeds/partners.yaml (where
+    nsch's base is): the operator looked for the typo in a file without it."""
+    override = tmp_path / "override.yaml"
+    override.write_text("partners:\n  nsch:\n    bse: https://x\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_partners(None, Network.load(NETWORK), override=override)
+    message = caught.value.issue.message
+    assert message.startswith(f"{override}: partners.nsch: unknown keys bse"), message
+    assert "did you mean base?" in message
+
+
+@pytest.mark.parametrize("where", ["override", "network"])
+def test_a_yaml_syntax_error_is_one_line_with_file_line_and_column(
+    tmp_path: Path, where: str
+) -> None:
+    """PyYAML's message spans four lines, the bad text and a caret under it."""
+    bad = "partners:\n  nsch:\n    base: https://x\n   write: batch\n"
+    override = tmp_path / "override.yaml"
+    network = tmp_path / "network.yaml"
+    network.write_bytes(NETWORK.read_bytes())
+    if where == "override":
+        override.write_text(bad, encoding="utf-8")
+    else:
+        network.write_text(NETWORK.read_text(encoding="utf-8") + "  - [\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_partners(None, Network.load(network), override=override)
+    message = caught.value.issue.message
+    assert caught.value.code == "config.syntax" and "\n" not in message and "^" not in message
+    if where == "override":
+        assert message.startswith(f"{override}: line 4, column 4: expected <block end>")
+    else:
+        lines = len(NETWORK.read_text(encoding="utf-8").splitlines())
+        assert message.startswith(f"{network}: line {lines + 2}, column 1: ")
+
+
+def test_a_token_file_that_is_not_there_is_marked_and_checked_first(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A hand-edited token_file that does not exist passed `partners list`, and `partners
+    check` reported reachability and the partner's answer before it."""
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "partners.yaml").write_text(
+        "partners:\n  nsch:\n    auth: {type: bearer, token_file: nsch-token}\n",
+        encoding="utf-8",
+    )
+    missing = f"token_file {home / 'nsch-token'}"
+    assert main(["partners", "list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[lines.index(next(x for x in lines if x.startswith("nsch "))) + 1].split(
+        maxsplit=1
+    ) == ["MISSING", missing]
+    assert main(["partners", "list", "--json"]) == 0
+    listed = {p["id"]: p["missing"] for p in orjson.loads(capsys.readouterr().out)}
+    assert listed == {"hkpmc": [], "njmu2": [], "nsch": [missing]}
+    assert main(["partners", "check", "nsch"]) == 1  # no request made: the base is not real
+    assert capsys.readouterr().out.splitlines() == [
+        f"FAIL  nsch  https://fhir.nsch.example.cn/fhir  config: no such file: {missing}"
+    ]
+
+
+def test_set_and_check_take_the_facility_code_in_any_case(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`partners set NJMU2` wrote a second entry `NJMU2` beside njmu2 (two partners for
+    one institution); `partners check NJMU2` said it is not a configured partner."""
+    home.mkdir(parents=True, exist_ok=True)
+    assert main(["partners", "set", "NJMU2", "--rate-limit", "3"]) == 0
+    written = yaml.safe_load((home / "partners.yaml").read_text(encoding="utf-8"))
+    assert written == {"partners": {"njmu2": {"rate_limit": 3.0}}}
+    capsys.readouterr()
+    assert main(["partners", "check", "njmu3"]) == 2
+    err = capsys.readouterr().err
+    assert "partners check njmu3: no partner" in err and "did you mean njmu2?" in err

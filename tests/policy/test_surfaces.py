@@ -52,7 +52,7 @@ def test_policy_check_on_the_cli_in_chinese_and_english(tmp_path: Path) -> None:
     assert out.returncode == 1, out.stderr
     text = out.stdout.decode()
     assert "决定 / decision: 暂存 / hold" in text
-    assert "未找到患者对用途“转诊”及接收方大湾区医疗集团香港合作医疗中心的有效单独同意" in text
+    assert "未找到患者对用途“转诊”及接收方大灣區醫療集團香港合作醫療中心的有效单独同意" in text
     assert "no separate consent of the patient in force for the purpose “referral”" in text
     as_json = run(
         "policy",

@@ -103,6 +103,7 @@ def test_sign_with_pkcs12_and_verify_a_pdf_with_a_report(
             serialization.BestAvailableEncryption(b"s3cret"),
         )
     )
+    p12.chmod(0o600)  # a signing key others can read is refused
     monkeypatch.setenv("GATEWAY_SIGNING_PASSWORD", "s3cret")
     pdf = tmp_path / "report.pdf"
     assert (

@@ -233,3 +233,39 @@ def test_a_changed_signature_metadata_is_refused(signed: dict[str, Any], trust: 
     bad["signature"]["when"] = "2020-01-01T00:00:00Z"
     check = _failure(verify_bundle(bad, trust))
     assert (check.name, check.code) == ("Bundle.signature", "signing.mismatch")
+
+
+def test_a_signing_key_others_can_read_is_refused(pki: Path, tmp_path: Path) -> None:
+    """A key.pem of mode 0644 was used silently, while the pseudonym key of the same
+    gateway refuses a file group or others can read."""
+    from gateway.signing import SigningError
+
+    key = tmp_path / "key.pem"
+    shutil.copy(pki / "nsch" / "key.pem", key)
+    key.chmod(0o644)
+    with pytest.raises(SigningError) as caught:
+        Signer.load(key, pki / "nsch" / "cert.pem")
+    assert caught.value.issue.code == "signing.key"
+    assert caught.value.issue.message == f"{key}: the private key file must be private (chmod 600)"
+    key.chmod(0o600)
+    assert Signer.load(key, pki / "nsch" / "cert.pem").institution
+
+
+def test_a_hong_kong_institutions_certificate_names_it_in_traditional(pki: Path) -> None:
+    """The demo certificate of the Hong Kong centre read 大湾区… (Simplified): a Hong
+    Kong institution's name is its own, in Traditional (docs/partners.md)."""
+    from cryptography.x509 import load_pem_x509_certificates
+
+    from gateway.network import Network
+
+    leaf = load_pem_x509_certificates((pki / "hkpmc" / "cert.pem").read_bytes())[0]
+    for oid in (NameOID.ORGANIZATION_NAME, NameOID.COMMON_NAME):
+        [attr] = leaf.subject.get_attributes_for_oid(oid)
+        assert attr.value == "大灣區醫療集團香港合作醫療中心"
+    nsch = load_pem_x509_certificates((pki / "nsch" / "cert.pem").read_bytes())[0]
+    [org] = nsch.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
+    assert org.value == "广州市第一人民医院南沙医院"  # the mainland's in Simplified
+    # a mainland sender spelling it in Simplified still names the same institution
+    network = Network.load(Path(__file__).parents[2] / "seeds" / "network.yaml")
+    found = network.find("大湾区医疗集团香港合作医疗中心")
+    assert found is not None and found.key == "hkpmc"

@@ -3,6 +3,7 @@ checked, and the retention periods derived from them."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -59,8 +60,10 @@ def test_bad_values_are_refused(tmp_path: Path, env: dict[str, str]) -> None:
 
 
 def test_unknown_state_in_retention(tmp_path: Path) -> None:
-    settings = Settings.load(tmp_path, env={"GATEWAY_RETENTION_DAYS": "convertd=3"})
-    with pytest.raises(ConfigError, match="convertd"):
+    with pytest.raises(ConfigError, match="convertd"):  # at load now, not at retention()
+        Settings.load(tmp_path, env={"GATEWAY_RETENTION_DAYS": "convertd=3"})
+    settings = replace(Settings.load(tmp_path, env={}), retention_days={"convertd": 3})
+    with pytest.raises(ConfigError, match="convertd"):  # settings made another way
         retention(settings)
 
 
@@ -116,3 +119,17 @@ def test_a_new_sqlite_store_is_readable_by_its_owner_only(tmp_path: Path) -> Non
     finally:
         os.umask(old)
     assert modes == {"gateway.db": 0o600, "gateway.db-wal": 0o600}
+
+
+def test_a_mistyped_retention_state_is_refused_at_load_naming_the_file(tmp_path: Path) -> None:
+    """`convrted = 30` loaded, and was refused only at serve or prune, naming no file."""
+    config = tmp_path / "gateway.toml"
+    config.write_text("[retention_days]\nconvrted = 30\n")
+    with pytest.raises(ConfigError) as caught:
+        Settings.load(tmp_path, env={})
+    line = caught.value.issue.line()
+    assert line.startswith(f"error: {config}: retention_days.convrted: not a message state")
+    assert "did you mean 'converted'?" in line
+    with pytest.raises(ConfigError) as caught:
+        Settings.load(tmp_path / "none", env={"GATEWAY_RETENTION_DAYS": "faild=3"})
+    assert "GATEWAY_RETENTION_DAYS" in caught.value.issue.line()

@@ -23,6 +23,28 @@ needs_core = pytest.mark.skipif(
 )
 
 
+# The examples whose mapped Bundles the composed-plan tests check (test_composed,
+# test_recurring_entries).
+MESSAGES = ("ref_i12_hkpmc_to_nsch.hl7", "omg_o19_nsch.hl7", "orm_o01_lax2_ct.hl7")
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[str, dict[str, Any]]]:
+    """What the mapping stage makes of MESSAGES, as plain JSON data (a module's own)."""
+    import orjson
+
+    from gateway import Settings
+    from gateway.pipeline import Converter
+
+    conv = Converter(Settings.load(home=tmp_path_factory.mktemp("home"), env={}))
+    out = []
+    for name in MESSAGES:
+        record = conv.convert_path(REPO / "examples" / "hl7v2" / name)[0]
+        assert record.ok and record.mapped is not None, record.issues
+        out.append((name, orjson.loads(orjson.dumps(record.mapped))))
+    return out
+
+
 @pytest.fixture(scope="session")
 def produced_bundles(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[str, dict[str, Any]]]:
     """Bundles no golden file holds, made by the gateway's own code: the bilingual variant

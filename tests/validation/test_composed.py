@@ -29,7 +29,6 @@ from .test_fast_path import _forget
 
 pytestmark = needs_core
 
-MESSAGES = ("ref_i12_hkpmc_to_nsch.hl7", "omg_o19_nsch.hl7", "orm_o01_lax2_ct.hl7")
 # values each primitive type's validator may refuse (one of them, for each type met)
 BAD_VALUES = ("", " starts with a space", "2026-13-45T25:61:00", "not an id!", "x" * 70, "\t")
 
@@ -42,18 +41,6 @@ def _json(issues: list[Issue]) -> bytes:
 
 def _check(validator: Validator, bundle: Bundle) -> bytes:
     return _json(validator.check_bundle(copy.deepcopy(bundle), True, TRANSACTION_PROFILE))
-
-
-@pytest.fixture(scope="module")
-def bundles(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[str, Bundle]]:
-    """What the mapping stage makes of a few examples, as plain JSON data."""
-    conv = Converter(Settings.load(home=tmp_path_factory.mktemp("home"), env={}))
-    out = []
-    for name in MESSAGES:
-        record = conv.convert_path(REPO / "examples" / "hl7v2" / name)[0]
-        assert record.ok and record.mapped is not None, record.issues
-        out.append((name, orjson.loads(orjson.dumps(record.mapped))))
-    return out
 
 
 def _learnt(bundle: Bundle) -> Validator:

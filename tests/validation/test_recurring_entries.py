@@ -15,13 +15,10 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway import Settings
-from gateway.pipeline import Converter
 from gateway.validation import Validator, _composed, _construct
 
-from .conftest import REPO, needs_core
+from .conftest import needs_core
 from .test_composed import (
-    MESSAGES,
     Bundle,
     _agrees,
     _at,
@@ -34,18 +31,6 @@ from .test_composed import (
 )
 
 pytestmark = needs_core
-
-
-@pytest.fixture(scope="module")
-def bundles(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[str, Bundle]]:
-    """What the mapping stage makes of a few examples, as plain JSON data."""
-    conv = Converter(Settings.load(home=tmp_path_factory.mktemp("home"), env={}))
-    out = []
-    for name in MESSAGES:
-        record = conv.convert_path(REPO / "examples" / "hl7v2" / name)[0]
-        assert record.ok and record.mapped is not None, record.issues
-        out.append((name, orjson.loads(orjson.dumps(record.mapped))))
-    return out
 
 
 def _recurring(validator: Validator, bundle: Bundle) -> int:

@@ -4,6 +4,7 @@ stdout/stderr, no traceback ever)."""
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -324,16 +325,22 @@ def test_a_consent_file_that_is_not_json_is_one_line(tmp_path: Path) -> None:
     ]
 
 
-def test_serve_on_a_port_in_use_is_one_line_before_any_banner(tmp_path: Path) -> None:
-    """The "gateway API on http://..." banner came first, then uvicorn's timestamped
-    ERROR line, exit 3."""
+def _serve_on_a_held_port(home: Path) -> tuple[int, subprocess.CompletedProcess[bytes]]:
+    """``gateway serve`` on a port this test holds: were it to start, it stops at once
+    (no server left behind)."""
     import socket
 
     with socket.socket() as held:
         held.bind(("127.0.0.1", 0))
         held.listen()
         port = held.getsockname()[1]
-        proc = run("serve", "--host", "127.0.0.1", "--port", str(port), home=tmp_path)
+        return port, run("serve", "--host", "127.0.0.1", "--port", str(port), home=home)
+
+
+def test_serve_on_a_port_in_use_is_one_line_before_any_banner(tmp_path: Path) -> None:
+    """The "gateway API on http://..." banner came first, then uvicorn's timestamped
+    ERROR line, exit 3."""
+    port, proc = _serve_on_a_held_port(tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.decode().splitlines() == [
         f"error: port {port} on 127.0.0.1 is in use (is another gateway listen or serve "
@@ -347,13 +354,7 @@ def test_serve_refuses_a_partner_whose_token_file_is_not_there(tmp_path: Path) -
     (tmp_path / "partners.yaml").write_text(
         "partners:\n  nsch:\n    auth: {type: bearer, token_file: nsch-token}\n"
     )
-    import socket
-
-    with socket.socket() as held:  # were it to start, it stops at once (not a server left)
-        held.bind(("127.0.0.1", 0))
-        held.listen()
-        port = held.getsockname()[1]
-        proc = run("serve", "--host", "127.0.0.1", "--port", str(port), home=tmp_path)
+    _, proc = _serve_on_a_held_port(tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.decode().splitlines() == [
         f"error: partner nsch: no such file: token_file {tmp_path / 'nsch-token'} (gateway "

@@ -337,10 +337,15 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 def _can_serve(settings: Settings, host: str, port: int) -> None:
     """Refuse to start, in one line, what would fail at once or at the first send: a
     partner whose token, certificate or CA file is not there (a hand-edited partners
-    file), a port another process holds (uvicorn's own error came after the banner)."""
+    file), a port another process holds (uvicorn's own error came after the banner), an
+    API token file that is missing, empty or not private (with --workers each worker
+    would refuse it only after the banner)."""
     import socket
 
+    from .api import load_tokens
     from .partners import configured_partners, missing_credentials
+
+    load_tokens(settings)
 
     for partner in configured_partners(settings).values():
         if missing := missing_credentials(partner):

@@ -362,6 +362,29 @@ def test_serve_refuses_a_partner_whose_token_file_is_not_there(tmp_path: Path) -
     ]
 
 
+def test_serve_refuses_a_token_file_others_can_read(tmp_path: Path) -> None:
+    """A token file left 0644 served the API (anyone on the host could read the
+    tokens); with --workers the refusal must come before the banner, not per worker."""
+    (tmp_path / "secrets").mkdir()
+    tokens = tmp_path / "secrets" / "api-tokens"
+    tokens.write_text("serve-token-0123456789abcdef\n")
+    tokens.chmod(0o644)
+    import socket
+
+    with socket.socket() as held:  # were it to start, it stops at once (not a server left)
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        proc = run("serve", "--host", "127.0.0.1", "--port", str(port), home=tmp_path)
+        workers = run(
+            "serve", "--port", str(port), "--workers", "2", "--host", "127.0.0.1", home=tmp_path
+        )
+    line = f"error: {tokens}: the API token file must be private (chmod 600) [config.no-tokens]"
+    for ran in (proc, workers):
+        assert ran.returncode == 2
+        assert ran.stderr.decode().splitlines() == [line]
+
+
 def test_a_folder_input_always_writes_into_a_folder(tmp_path: Path) -> None:
     """`convert one/ -o out` of a folder holding one message wrote a file `out`; the
     next run, with two messages, failed "-o out is a file"."""

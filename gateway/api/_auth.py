@@ -18,7 +18,8 @@ old token file gains no access to the audit log. An unknown role refuses the who
 With no ``api_token_file`` configured, the gateway keeps its tokens in
 ``$GATEWAY_HOME/secrets/api-tokens`` and creates that file with one random token
 (mode 0600) the first time the API starts, so a fresh installation is usable and
-never open.
+never open. A token file group or others may read, write or run (any mode but 0600
+or stricter) is refused, as the pseudonym and signing keys are: ``chmod 600`` it.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import hashlib
 import hmac
 import os
 import secrets
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,7 +164,12 @@ def load_tokens(settings: Settings) -> TokenSet:
         with os.fdopen(fd, "w") as fh:
             fh.write(secrets.token_urlsafe(32) + "\n")  # no role: operator
     try:
+        mode = path.stat().st_mode
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
         raise ConfigError("no-tokens", f"cannot read {path}: {exc.strerror}") from None
+    # As the pseudonym and signing keys: a token file others on the host can read is
+    # refused, not used (anyone who read it could call the API, or read the audit log)
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError("no-tokens", f"{path}: the API token file must be private (chmod 600)")
     return TokenSet(lines, path)

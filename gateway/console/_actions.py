@@ -1,7 +1,8 @@
 """An operator's actions from the console, through the functions the CLI uses
-(``process_message``, ``Outbound.retry|replay|release|discard``) and audited as the
-CLI audits them (``record_operator``, naming the console user). Each needs a reason,
-kept with the action (``console_actions``; outbox actions also in ``outbox_events``)."""
+(``process_message``; ``Outbound.act_by`` for retry, replay and release, audited there,
+refused ones too; ``Outbound.discard``) and audited as the CLI audits them
+(``record_operator``, naming the console user). Each needs a reason, kept with the
+action (``console_actions``; outbox actions also in ``outbox_events``)."""
 
 from __future__ import annotations
 
@@ -77,18 +78,15 @@ class Actions:
         why = _reason(reason)
         store = self.store()
         # each decided again by the policy first (a consent withdrawn, an agreement ended)
-        if action == "retry":
-            row = self.outbound().retry(row_id, why)
-        elif action == "replay":
-            row = self.outbound().replay(row_id, why)
-        elif action == "release":  # audited there, a refused release too (the CLI's path)
-            row = self.outbound().release_by(user.name, row_id, why)
+        # and audited there, a refused one too (the CLI's path: Outbound.act_by)
+        if action in ("retry", "replay", "release"):
+            row = self.outbound().act_by(action, user.name, row_id, why)
         elif action == "discard":  # given up for good: nothing leaves, nothing to decide
             row = self.outbound().discard(row_id, why)
         else:
             raise ConsoleError("console.bad-action", f"unknown action {action!r}")
         self._note(store, user, action, row.message_id, row_id, why)
-        if action != "release":
+        if action == "discard":
             record_operator(store, self.settings, action, [row.message_id], who=user.name)
         return row.message_id
 

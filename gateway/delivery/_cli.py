@@ -130,14 +130,13 @@ def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
             ids = [args.id]
         rows = []
         for i in ids:
-            try:
-                rows.append(outbound.retry(i, args.reason))
+            try:  # audited either way: a refused retry too (the operator tried)
+                rows.append(outbound.act_by("retry", None, i, args.reason))
             except DeliveryError as exc:
                 if not args.dead:
                     raise  # one record: the error, exit 2 (gateway/cli.py)
                 print(exc.issue.line(), file=sys.stderr)
                 refused += 1
-        record_operator(store, settings, "retry", [r.message_id for r in rows])
     finally:
         store.close()
     done = _done(args, "retried", rows)
@@ -149,8 +148,8 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
 
     store = open_store(settings)
     try:
-        row = Outbound(settings, store).replay(args.id, args.reason)
-        record_operator(store, settings, "replay", [row.message_id])
+        # audited either way: a refused replay too (the operator tried)
+        row = Outbound(settings, store).act_by("replay", None, args.id, args.reason)
     finally:
         store.close()
     return _done(args, "replayed", [row])
@@ -162,7 +161,7 @@ def cmd_release(args: argparse.Namespace, settings: Settings) -> int:
     store = open_store(settings)
     try:
         # audited either way: a refused release too (the operator tried)
-        row = Outbound(settings, store).release_by(None, args.id, args.reason)
+        row = Outbound(settings, store).act_by("release", None, args.id, args.reason)
     finally:
         store.close()
     return _done(args, "released", [row])

@@ -512,24 +512,27 @@ class Outbound:
             # parts were decided with the first (the withdrawal leaves these too).
             return self.outbox.release(row_id, reason)
 
-    def release_by(self, who: str | None, row_id: int, reason: str) -> OutboxRecord:
-        """A person's release (``gateway outbox release``, the console's: ``who``, None:
-        the OS account), audited as an operator's action either way: released, or
-        refused (``delivery.not-releasable``: the policy, deciding again, holds it; or
-        any other error that left the record as it was), then the error raised: an
-        auditor sees that someone tried. The one path of the CLI and the console."""
+    def act_by(self, action: str, who: str | None, row_id: int, reason: str) -> OutboxRecord:
+        """A person's ``release``, ``retry`` or ``replay`` of an outbox row (the CLI's
+        and the console's: ``who``, None: the OS account), audited as an operator's
+        action either way: done, or refused (``delivery.not-releasable``,
+        ``not-retryable``, ``not-replayable``: the policy, deciding again, stops it, or
+        the row is not in a state for it; or any other error that left the record as it
+        was), then the error raised: an auditor sees that someone tried. The one path
+        of the CLI and the console."""
         from ..audit import record_operator
 
+        act = {"release": self.release, "retry": self.retry, "replay": self.replay}[action]
         try:
-            row = self.release(row_id, reason)
+            row = act(row_id, reason)
         except GatewayError as exc:
             tried = self.outbox.get(row_id)
             if tried is not None:  # no such record: nothing was tried on one
                 refused = f"{exc.code}: {exc.issue.message}"
                 message = [tried.message_id]
-                record_operator(self.store, self.settings, "release", message, who, refused)
+                record_operator(self.store, self.settings, action, message, who, refused)
             raise
-        record_operator(self.store, self.settings, "release", [row.message_id], who)
+        record_operator(self.store, self.settings, action, [row.message_id], who)
         return row
 
     def return_known(self, row: OutboxRecord, reason: str) -> OutboxRecord:

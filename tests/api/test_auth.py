@@ -21,6 +21,7 @@ AUD = "aud-token-0123456789abcdef"
 def settings_with(tmp_path: Path, text: str) -> Settings:
     path = tmp_path / "tokens"
     path.write_text(text, encoding="utf-8")
+    path.chmod(0o600)
     (tmp_path / "gateway.toml").write_text(f'api_token_file = "{path}"\n')
     return Settings.load(home=tmp_path, env={})
 
@@ -59,6 +60,22 @@ def test_a_bad_role_refuses_the_file_without_quoting_tokens(tmp_path: Path, line
     assert bad.value.code == "config.bad-token-role"
     assert "line 3" in bad.value.issue.message
     assert OLD not in str(bad.value.issue.message) and AUD not in str(bad.value.issue.message)
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o644, 0o620, 0o601], ids=oct)
+def test_a_token_file_others_can_read_is_refused(tmp_path: Path, mode: int) -> None:
+    """errors.yaml said "not private" refuses the file; nothing checked its mode (a
+    token file left 0644 let anyone on the host call the API, or read the audit log)."""
+    settings = settings_with(tmp_path, f"{OLD} admin\n")
+    (tmp_path / "tokens").chmod(mode)
+    with pytest.raises(ConfigError) as refused:
+        load_tokens(settings)
+    assert refused.value.code == "config.no-tokens"
+    message = str(refused.value.issue.message)
+    assert message == f"{tmp_path / 'tokens'}: the API token file must be private (chmod 600)"
+    assert OLD not in message
+    (tmp_path / "tokens").chmod(0o400)  # owner-only, read-only: private enough
+    assert load_tokens(settings).check(OLD)
 
 
 def test_token_sets_in_code_take_the_same_lines() -> None:

@@ -73,6 +73,7 @@ def test_two_workers_share_the_port_the_metrics_and_drain_on_sigterm(tmp_path: P
     (home / "secrets").mkdir(parents=True)
     tmp.mkdir()
     (home / "secrets" / "api-tokens").write_text(TOKEN + "\n")
+    (home / "secrets" / "api-tokens").chmod(0o600)  # a readable token file is refused
     port = _free_port()
     env = {**os.environ, "GATEWAY_HOME": str(home), "TMPDIR": str(tmp)}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)

@@ -108,6 +108,7 @@ def _broken_home(root: Path) -> Settings:
     home = root / "home"
     (home / "secrets").mkdir(parents=True)
     (home / "secrets" / "api-tokens").write_text("console-browser-token-0123456789\n")
+    (home / "secrets" / "api-tokens").chmod(0o600)  # a readable token file is refused
     (home / "gateway.toml").write_text(f'mappings = "{mappings}"\n', encoding="utf-8")
     return Settings.load(home=home, env={})
 

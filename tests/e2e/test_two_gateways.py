@@ -127,6 +127,7 @@ def _home(root: Path, key: str, pki: Path, agreements: Path) -> Gateway:
     home = root / key
     (home / "secrets").mkdir(parents=True)
     (home / "secrets" / "api-tokens").write_text(LOCAL + "\n", encoding="utf-8")
+    (home / "secrets" / "api-tokens").chmod(0o600)  # a readable token file is refused
     (home / "gateway.toml").write_text(
         f'institution = "{key}"\n'
         f'signing_trust = "{pki / "ca"}"\n'

@@ -9,6 +9,7 @@ import difflib
 import ipaddress
 import os
 import re
+import stat
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -18,9 +19,19 @@ from .datafiles import data_dir
 from .errors import ConfigError
 from .logs import LEVELS, LOG_FORMATS
 
-__all__ = ["DEFAULT_HOME", "Settings"]
+__all__ = ["DEFAULT_HOME", "Settings", "not_private"]
 
 DEFAULT_HOME = Path.home() / ".fhir-gateway"
+
+
+def not_private(path: Path, mode: int, what: str) -> str | None:
+    """Why the secret file at ``path`` (``mode``: its ``st_mode``) is not used: group or
+    others may read or write it (anyone who read it could act as the gateway). None
+    when only its owner can. One rule for every secret file (the pseudonym key, signing
+    keys, the API tokens); ``what`` names the file in the message."""
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        return f"{path}: the {what} must be private (chmod 600)"
+    return None
 
 
 def _default_network() -> Path:

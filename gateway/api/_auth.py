@@ -28,12 +28,11 @@ import hashlib
 import hmac
 import os
 import secrets
-import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import Settings
+from ..config import Settings, not_private
 from ..errors import ConfigError, Issue, shape
 
 __all__ = [
@@ -170,6 +169,7 @@ def load_tokens(settings: Settings) -> TokenSet:
         raise ConfigError("no-tokens", f"cannot read {path}: {exc.strerror}") from None
     # As the pseudonym and signing keys: a token file others on the host can read is
     # refused, not used (anyone who read it could call the API, or read the audit log)
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ConfigError("no-tokens", f"{path}: the API token file must be private (chmod 600)")
+    problem = not_private(path, mode, "API token file")
+    if problem is not None:
+        raise ConfigError("no-tokens", problem)
     return TokenSet(lines, path)

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import os
 import secrets
-import stat
 
-from ..config import Settings
+from ..config import Settings, not_private
 from ..errors import ConfigError
 
 __all__ = ["KEY_ENV", "policy_key"]
@@ -36,10 +35,9 @@ def policy_key(settings: Settings, env: dict[str, str] | None = None) -> bytes:
         raise ConfigError(
             "policy-key", f"{path}: the pseudonym key cannot be read ({type(exc).__name__})"
         ) from None
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ConfigError(
-            "policy-key", f"{path}: the pseudonym key file must be private (chmod 600)"
-        )
+    problem = not_private(path, mode, "pseudonym key file")
+    if problem is not None:
+        raise ConfigError("policy-key", problem)
     return _decode(text, str(path))
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import os
-import stat
 from base64 import b64encode, urlsafe_b64encode
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
+from ..config import not_private
 from ..datafiles import load_data_file
 from ..network import Network
 from ._algorithms import DEFAULT_ALG, Algorithm, for_key
@@ -366,10 +366,9 @@ class Signer:
             raise SigningError("key", f"cannot read {exc.filename}: {exc.strerror}") from None
         # As the pseudonym key: a signing key others on the host can read is refused, not
         # used (anyone who read it could sign as the institution or radiologist)
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise SigningError(
-                "key", f"{key_file}: the private key file must be private (chmod 600)"
-            )
+        problem = not_private(key_file, mode, "private key file")
+        if problem is not None:
+            raise SigningError("key", problem)
         key, certs = _load_key_and_certs(key_data, password, str(key_file))
         for path, data in zip([cert_file, *chain_files], certs_data, strict=False):
             certs += load_certificates(data, str(path))

@@ -785,9 +785,7 @@ class Outbox:
         its event. ``values``: columns to set."""
         o = _outbox.c
         values["lease_until"] = now + lease if lease is not None else None
-        where = [o.id == row_id, o.state == from_state]
-        if held_as is not None:
-            where.append(o.last_error == held_as)
+        where = _row_in(row_id, from_state, held_as)
         with self._joined(conn) as conn:
             done = conn.execute(
                 _outbox.update()
@@ -830,11 +828,9 @@ class Outbox:
         moved meanwhile is no error, False is returned (nothing moved, no event).
         ``decision``: the policy decision the move is made on, kept with its event."""
         o = _outbox.c
-        where = [o.id == row_id, o.state == from_state]
+        where = _row_in(row_id, from_state, held_as)
         if unless_policy is not None:
             where.append(sa.or_(o.last_error.is_(None), ~o.last_error.startswith("policy.")))
-        if held_as is not None:
-            where.append(o.last_error == held_as)
         done = conn.execute(
             _outbox.update()
             .where(*where)
@@ -914,9 +910,7 @@ class Outbox:
         ``parts``: the record rebuilt today (today's minimisation) replaces the stored
         parts, sent from the first (each entry is conditional: the parts already
         delivered are applied again, changing nothing new)."""
-        values = None
-        if parts is not None:
-            values = {"parts": orjson.dumps(parts), "part_count": len(parts), "part": 0}
+        values = _rebuilt(parts)
         self._requeue(conn, row_id, "dead", "retry", reason, now, values, decision=decision)
         return row_id
 
@@ -948,9 +942,7 @@ class Outbox:
         ``parts``: the record rebuilt under today's minimisation, sent from the first.
         ``held_as``: only while it is held for that code (the worker's return of a row
         held for its partner: a row a person moved meanwhile is left as it is)."""
-        values = None
-        if parts is not None:
-            values = {"parts": orjson.dumps(parts), "part_count": len(parts), "part": 0}
+        values = _rebuilt(parts)
         self._requeue(
             conn, row_id, "held", "release", reason, now, values, held_as=held_as, decision=decision
         )
@@ -1264,6 +1256,24 @@ class Outbox:
                 decision_id=decision,
             )
         )
+
+
+def _row_in(row_id: int, state: str, held_as: str | None) -> list[sa.ColumnElement[bool]]:
+    """SQL: row ``row_id`` is in ``state`` (and, with ``held_as``, held for that code):
+    a move's compare-and-set."""
+    o = _outbox.c
+    where = [o.id == row_id, o.state == state]
+    if held_as is not None:
+        where.append(o.last_error == held_as)
+    return where
+
+
+def _rebuilt(parts: list[dict[str, Any]] | None) -> dict[str, Any] | None:
+    """The columns a retry or release sets for a record rebuilt as ``parts`` (sent from
+    the first); None: the row keeps its parts."""
+    if parts is None:
+        return None
+    return {"parts": orjson.dumps(parts), "part_count": len(parts), "part": 0}
 
 
 def last_hold_from(row: Any, states: Collection[str | None]) -> sa.ColumnElement[bool]:

@@ -258,11 +258,18 @@ _COMMON = {
 
 
 def _common_share(text: str, codec: str) -> float:
+    wide, common = _common_count(text, codec)
+    return common / wide if wide else 0.0
+
+
+def _common_count(text: str, codec: str) -> tuple[int, int]:
+    """(non-ASCII characters of ``text``, how many of them are among ``codec``'s
+    frequently used ideographs)."""
     wide = [ch.encode(codec) for ch in text if not ch.isascii()]
     common = _COMMON.get(codec)
-    if not wide or common is None:
-        return 0.0
-    return sum(1 for b in wide if len(b) == 2 and common(b)) / len(wide)
+    if common is None:
+        return len(wide), 0
+    return len(wide), sum(1 for b in wide if len(b) == 2 and common(b))
 
 
 def _reads_as_chinese(text: str) -> bool:
@@ -343,28 +350,20 @@ def _odd(ch: str) -> bool:
     )
 
 
-def _ideograph(ch: str) -> bool:
-    """CJK text of any plane: HKSCS names hold Extension B ideographs (𠵱)."""
-    code = ord(ch)
-    return (
-        _is_cjk(ch)
-        or 0x20000 <= code <= 0x3134F  # Extensions B-G
-        or 0xF900 <= code <= 0xFAFF  # compatibility ideographs
-        or 0x2E80 <= code <= 0x2FDF  # radicals
-    )
-
-
-# A non-ASCII character :func:`_ideograph` refuses (one search at C speed).
-_NOT_IDEOGRAPH = re.compile(
-    "[^\x00-\x7f\u3000-\u303f\u3400-\u4dbf\u4e00-\u9fff\uff00-\uffef\uf900-\ufaff"
-    "\u2e80-\u2fdf\U00020000-\U0003134f]"
+# CJK text of any plane (HKSCS names hold Extension B ideographs, 𠵱): what
+# :func:`_is_cjk` takes, the Extensions B-G, compatibility ideographs and radicals.
+_IDEOGRAPHS = (
+    "\u3000-\u303f\u3400-\u4dbf\u4e00-\u9fff\uff00-\uffef\uf900-\ufaff"
+    "\u2e80-\u2fdf\U00020000-\U0003134f"
 )
+_IDEOGRAPH = re.compile(f"[{_IDEOGRAPHS}]")
+# A non-ASCII character that is none of them (one search at C speed).
+_NOT_IDEOGRAPH = re.compile(f"[^\x00-\x7f{_IDEOGRAPHS}]")
 
 
 def _tally(text: str, codec: str) -> _Tally:
-    wide = [ch for ch in text if not ch.isascii()]
-    common = round(_common_share(text, codec) * len(wide))
-    return _Tally(len(wide), common, sum(1 for ch in wide if _odd(ch)))
+    wide, common = _common_count(text, codec)
+    return _Tally(wide, common, sum(1 for ch in text if not ch.isascii() and _odd(ch)))
 
 
 def misread_as(data: bytes, codec: str, text: str) -> str | None:
@@ -436,7 +435,7 @@ def utf8_suspect(text: str) -> bool:
     """Whether UTF-8 ``text`` may be GB 18030 or Big5 bytes that happen to be valid
     UTF-8 (short Chinese texts often are: 志强 in GB 18030): no ideograph, and a run of
     characters mixing scripts. Cheap, so a sender's default is looked up only then."""
-    return not any(_ideograph(ch) for ch in text if not ch.isascii()) and _mixed_scripts(text)
+    return not _IDEOGRAPH.search(text) and _mixed_scripts(text)
 
 
 def reads_as(data: bytes, codec: str) -> str | None:

@@ -19,11 +19,11 @@ from .conftest import browser, csrf_of, login
 OVERWRITE = "delivery.identifier-other-patient"
 
 
-def _hold(settings: Settings, message_id: int, code: str) -> int:
+def _hold(settings: Settings, message_id: int, code: str, partner: str = "hkpmc") -> int:
     store = open_store(settings)
     try:
         return Outbox(store).hold(
-            "hkpmc",
+            partner,
             message_id=message_id,
             record=0,
             purpose=None,

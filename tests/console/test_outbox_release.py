@@ -9,22 +9,9 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from gateway import Settings
-from gateway.audit import AuditLog
-from gateway.delivery import Outbox
-from gateway.store import open_store
-
 from .conftest import browser, csrf_of, login
 from .test_outbox_discard import OVERWRITE, _form, _hold, _state
-
-
-def _operator_events(settings: Settings) -> list[dict[str, Any]]:
-    store = open_store(settings)
-    try:
-        found = [e.resource() for e in AuditLog(store).rows()]
-    finally:
-        store.close()
-    return [e for e in found if (e.get("outcomeDesc") or "").startswith("release")]
+from .test_outbox_requeue_audit import _operator_events
 
 
 def _requestor(event: dict[str, Any]) -> str:
@@ -44,7 +31,7 @@ def test_a_refused_release_is_audited_as_the_operators_attempt(app: FastAPI, hom
     )
     assert refused.status_code == 409 and "delivery.not-releasable" in refused.text
     assert _state(settings, held) == "held"
-    [event] = _operator_events(settings)  # before: none, the refusal left no trace
+    [event] = _operator_events(settings, "release")  # before: none, the refusal left no trace
     assert event["outcome"] == "4"  # minor failure: tried, refused
     assert event["outcomeDesc"].startswith("release refused: delivery.not-releasable: ")
     assert _requestor(event) == "olivia"
@@ -56,27 +43,13 @@ def test_a_release_is_audited_once_as_before(app: FastAPI, home: tuple) -> None:
     """Released (a partner in the sender's own province: nothing to consent to): one
     event, success."""
     settings, _, converted = home
-    store = open_store(settings)
-    try:
-        held = Outbox(store).hold(
-            "nsgp",
-            message_id=converted,
-            record=0,
-            purpose=None,
-            order_key=None,
-            label=None,
-            dedup="test-release",
-            code=OVERWRITE,
-            reason=f"{OVERWRITE}: held for the test",
-        )[0]
-    finally:
-        store.close()
+    held = _hold(settings, converted, OVERWRITE, partner="nsgp")
     client = login(browser(app), "olivia")
     csrf = csrf_of(client.get(f"/console/messages/{converted}").text)
     done = client.post(f"/console/outbox/{held}/release", data={"reason": "ok", "csrf": csrf})
     assert done.status_code == 303, done.text
     assert _state(settings, held) == "pending"
-    [event] = _operator_events(settings)
+    [event] = _operator_events(settings, "release")
     assert (event["outcome"], event["outcomeDesc"], _requestor(event)) == (
         "0",
         "release",

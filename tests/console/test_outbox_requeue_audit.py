@@ -75,21 +75,7 @@ def test_a_retry_is_audited_once_as_before(app: FastAPI, home: tuple) -> None:
     """Retried (a partner in the sender's own province: nothing to consent to): one
     event, success, naming the console user."""
     settings, _, converted = home
-    store = open_store(settings)
-    try:
-        row = Outbox(store).hold(
-            "nsgp",
-            message_id=converted,
-            record=0,
-            purpose=None,
-            order_key=None,
-            label=None,
-            dedup="test-retry",
-            code=OVERWRITE,
-            reason=f"{OVERWRITE}: held for the test",
-        )[0]
-    finally:
-        store.close()
+    row = _hold(settings, converted, OVERWRITE, partner="nsgp")
     _dead(settings, row)
     client = login(browser(app), "olivia")
     csrf = csrf_of(client.get(f"/console/messages/{converted}").text)

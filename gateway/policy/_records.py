@@ -552,7 +552,7 @@ class PolicyRecords:
         if not (previous.permit and previous.status == "active"):
             return  # it permitted nothing: no transfer was decided on it
         if record.status in WITHDRAWN:
-            why = f"policy.held: consent {record.id} withdrawn before it was sent"
+            why = _withdrawn_reason(record.id)
         else:
             why = (
                 f"policy.held: consent {record.id} changed before it was sent (version "
@@ -651,9 +651,7 @@ class PolicyRecords:
             )
             withdrawn = self._parse(data)
             self._audit_consent(conn, withdrawn, "inactive", operator)
-            self._hold_unsent(
-                conn, withdrawn, f"policy.held: consent {withdrawn.id} withdrawn before it was sent"
-            )
+            self._hold_unsent(conn, withdrawn, _withdrawn_reason(withdrawn.id))
         return withdrawn
 
     def _hold_unsent(
@@ -1121,6 +1119,12 @@ def kept_in_outbox(decision: Decision, output: bytes) -> Issue:
         location="outbox",
         severity="information",
     )
+
+
+def _withdrawn_reason(consent_id: str) -> str:
+    """The hold reason of a transfer whose consent was withdrawn (by ``$withdraw`` or by
+    an update to an inactive status): one wording, which operators and tests search for."""
+    return f"policy.held: consent {consent_id} withdrawn before it was sent"
 
 
 def _taken(previous: ConsentRecord, record: ConsentRecord, now: datetime) -> str:

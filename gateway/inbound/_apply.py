@@ -36,6 +36,7 @@ from sqlalchemy.engine import Connection
 
 from ..errors import http_status, operation_outcome, shape
 from ._errors import InboundError
+from ._identity import comparable, system_key
 from ._locks import lock_bundle
 from ._resources import (
     ID_PATTERN,
@@ -375,23 +376,21 @@ _PATIENT_ELEMENT = re.compile(
 
 
 def _pairs(resource: dict[str, Any] | None) -> set[tuple[str, str]]:
-    """(system, value) of a resource's identifiers that have both."""
+    """(system as compared, value) of a resource's identifiers that have both: one
+    system however it is spelled (``_identity.py``: ``…/mrn/`` is ``…/mrn``)."""
     found = (resource or {}).get("identifier")
-    return {
-        (str(i["system"]), str(i["value"]))
-        for i in (found if isinstance(found, list) else [])
-        if isinstance(i, dict) and i.get("system") and i.get("value")
-    }
+    return comparable(found if isinstance(found, list) else [], systemless=False)
 
 
 def _written(resource: dict[str, Any]) -> set[tuple[str, str]]:
-    """(system, value) of a resource's identifiers as written: '' for no system."""
+    """(system as compared, value) of a resource's identifiers: '' for no system."""
     found = resource.get("identifier")
-    return {
-        (str(i.get("system") or ""), str(i["value"]))
-        for i in (found if isinstance(found, list) else [])
-        if isinstance(i, dict) and i.get("value")
-    }
+    return comparable(found if isinstance(found, list) else [])
+
+
+def _key(ident: dict[str, Any]) -> tuple[str, str]:
+    """An Identifier (with a value) as compared: '' for no system."""
+    return system_key(str(ident.get("system") or "")), str(ident["value"])
 
 
 def _conflicting(mine: set[tuple[str, str]], theirs: set[tuple[str, str]]) -> bool:
@@ -410,7 +409,10 @@ def _check_same_patient(plan: _Entry, stored: Stored | None) -> None:
     joined to that patient's, and an update would merge two patients into one. So is
     one its condition matched by an identifier without a system, unless the two share
     an identifier with one: a value alone proves nothing (another hospital's number,
-    another patient's), and the records would join whichever patient holds it."""
+    another patient's), and the records would join whichever patient holds it.
+    Systems are compared however they are spelled (``_identity.py``): as written,
+    ``…/mrn/`` was another system than ``…/mrn``, nothing to compare, and another
+    patient's MRN went by."""
     if plan.resource_type != "Patient" or stored is None:
         return
     mine, theirs = _pairs(plan.resource), _pairs(stored.resource)
@@ -446,24 +448,26 @@ def _check_reference_identity(
     that Patient's (the stored one, and the Bundle's entry written to it), as written
     (one without a system is the target's only when it holds it without one too; a
     stored Patient's without a system are its identifiers too, else one holding only
-    those let any identifier by): the identifier beside the reference names another
-    patient. A Patient that holds no identifier at all cannot confirm one either: any
-    number went by beside it (another stored patient's MRN, kept with the record of
-    this one), as ``_content.py`` refuses one beside a Patient entry holding none. A
-    Patient that is neither stored nor this Bundle's cannot be compared
-    (``_content.py`` compares the entries)."""
+    those let any identifier by; systems however they are spelled): the identifier
+    beside the reference names another patient. A Patient that holds no identifier at
+    all cannot confirm one either: any number went by beside it (another stored
+    patient's MRN, kept with the record of this one), as ``_content.py`` refuses one
+    beside a Patient entry holding none. A Patient that is neither stored nor this
+    Bundle's cannot be compared (``_content.py`` compares the entries)."""
     literal = _LITERAL.fullmatch(str(ref["reference"]))
     ident = ref["identifier"]
     if literal is None or literal[1] != "Patient" or not ident.get("value"):
         return
     key = ("Patient", literal[2])
     target = known[key] if known is not None and key in known else store.current(conn, *key)
-    names = {(s, v) for (t, s, v), i in index.items() if t == "Patient" and i == literal[2]}
+    names = {
+        (system_key(s), v) for (t, s, v), i in index.items() if t == "Patient" and i == literal[2]
+    }
     if target is None and not names:
         return  # neither stored nor this Bundle's (an entry holding none: _content.py)
     if target is not None:
         names |= _written(target.resource)
-    if (str(ident.get("system") or ""), str(ident["value"])) in names:
+    if _key(ident) in names:
         return
     raise InboundError(
         IDENTITY_MISMATCH,

@@ -31,6 +31,7 @@ from ..network import Institution, Network
 from ..partners import Partner, configured_partners
 from ..store import Store, metadata, utcnow
 from ._errors import InboundError
+from ._identity import system_key
 from ._resources import Resources, Search, Stored, instant
 
 if TYPE_CHECKING:
@@ -653,7 +654,8 @@ def _same_subject(first: Any, now: Any, checked: bool) -> bool:
     (a Patient not stored here, one on the partner's server) the two identifiers, when
     both are written, must be one (else the referral would name two patients); or, both
     logical, the same identifier with a system (one without a system proves no
-    patient). Anything else: another patient."""
+    patient). Systems are compared however spelled (``_identity.py``). Anything else:
+    another patient."""
     if first == now:
         return True
     if not isinstance(first, dict) or not isinstance(now, dict):
@@ -674,17 +676,18 @@ def _literal(ref: dict[str, Any]) -> str | None:
 
 
 def _identifier(ref: dict[str, Any]) -> tuple[str, str] | None:
+    """A Reference's identifier with a system, as compared; None without one."""
     ident = ref.get("identifier")
     if isinstance(ident, dict) and ident.get("system") and ident.get("value"):
-        return str(ident["system"]), str(ident["value"])
+        return system_key(str(ident["system"])), str(ident["value"])
     return None
 
 
 def _as_written(ref: dict[str, Any]) -> tuple[str, str] | None:
-    """A Reference's identifier as written, '' for no system; None without one."""
+    """A Reference's identifier as compared, '' for no system; None without one."""
     ident = ref.get("identifier")
     if isinstance(ident, dict) and ident.get("value"):
-        return str(ident.get("system") or ""), str(ident["value"])
+        return system_key(str(ident.get("system") or "")), str(ident["value"])
     return None
 
 

@@ -23,6 +23,7 @@ from tests.api.test_app import Client
 
 from .conftest import LOCAL_AUTH, counts
 from .test_adversarial_identity import HKID, NSCH_MRN, PATIENT, _post, _refused
+from .test_adversarial_referral_subject import _referral_for
 from .test_adversarial_systemless import CONDITION, _stored_patient, _without_patient_entry
 
 SPELLINGS = {
@@ -82,6 +83,19 @@ def test_the_patients_own_mrn_spelled_otherwise_beside_a_reference_is_stored_as_
     location = resp.json()["entry"][CONDITION]["response"]["location"].split("/_history")[0]
     stored = client.get(f"/fhir/{location}", headers=LOCAL_AUTH).json()
     assert stored["subject"]["identifier"] == ident  # kept as written
+
+
+def test_another_mrn_spelled_otherwise_beside_an_unstored_reference_is_refused(
+    client: Client, hk_settings: Settings, referral: dict[str, Any], pki: Path,
+    logs: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    bundle = _referral_for(referral, "Patient/p-1", {"system": NSCH_MRN, "value": "0098765"}, 1)
+    subject = bundle["entry"][6]["resource"]["subject"]
+    subject["identifier"] = {"system": SPELLINGS["capitals"], "value": "0011111"}  # 陈美玲's
+    resp = _post(client, bundle, pki)
+    _refused(resp, "inbound.identity-mismatch", "Bundle.entry[8].resource.subject.identifier",
+             logs)  # fmt: skip
+    assert counts(hk_settings)["inbound_resources"] == 0
 
 
 @pytest.mark.parametrize(

@@ -36,6 +36,7 @@ from sqlalchemy.engine import Connection
 
 from ..errors import http_status, operation_outcome, shape
 from ._errors import InboundError
+from ._identity import comparable, system_key
 from ._locks import lock_bundle
 from ._resources import (
     ID_PATTERN,
@@ -64,6 +65,23 @@ class _Entry:
     # A Patient matched by a condition whose identifier names no system: where the
     # condition is (it proves nothing alone: _check_same_patient)
     unproven: str | None = None
+    named: bool = False  # the id is the request's (PUT Type/id), not a match's nor new
+
+
+@dataclass
+class _Patients:
+    """What a Bundle's patient references are checked against besides the stored
+    Patients (docs/inbound.md, "one patient"): a ``Patient/<id>`` that nothing stored
+    holds, nor this Bundle writes, has no identifiers to confirm one written beside it,
+    so those written beside it (in this Bundle's records and those kept before) must
+    agree with each other, and a Patient later stored under that id must hold them."""
+
+    # Patient id -> (record (type, id), stored before?, (system as compared, value))
+    claims: dict[str, list[tuple[tuple[str, str], bool, tuple[str, str]]]] = field(
+        default_factory=dict
+    )
+    entry_ids: dict[str, int] = field(default_factory=dict)  # a Patient entry's id -> n
+    targets: dict[int, str] = field(default_factory=dict)  # entry n -> where it is written
 
 
 @dataclass(frozen=True)
@@ -120,21 +138,26 @@ def apply_bundle(
                 known[(plan.resource_type, plan.logical_id)] = None  # new: nothing to read
         urls = {p.full_url: f"{p.resource_type}/{p.logical_id}" for p in plans if p.full_url}
         index = _identifier_index(plans)
+        patients = _Patients(entry_ids=_entry_ids(entries))
+        patients.targets = {
+            p.n: str(p.logical_id) for p in plans if p.n in patients.entry_ids.values()
+        }
         written: list[Stored] = []
         out = []
         for plan in plans:
             stored = _write(conn, store, plan, urls, index, partner, bundle_id, now, bases,
-                            known)  # fmt: skip
+                            patients, known)  # fmt: skip
             if stored is not None and plan.write:
                 written.append(stored)
             out.append(_response_entry(plan, stored))
         return Applied(_response_bundle("transaction-response", out), written)
     applied = Applied(_response_bundle("batch-response", []))
+    patients = _Patients(entry_ids=_entry_ids(entries))
     for n, entry in enumerate(entries):
         savepoint = conn.begin_nested()
         try:
             plan = _plan(conn, store, n, entry, partner)
-            stored = _write(conn, store, plan, {}, {}, partner, bundle_id, now, bases)
+            stored = _write(conn, store, plan, {}, {}, partner, bundle_id, now, bases, patients)
         except InboundError as exc:
             savepoint.rollback()
             if exc.code == IDENTITY_MISMATCH:
@@ -146,6 +169,8 @@ def apply_bundle(
             )  # fmt: skip
             continue
         savepoint.commit()
+        if plan.logical_id is not None and n in patients.entry_ids.values():
+            patients.targets[n] = plan.logical_id  # references after it may name its id
         if stored is not None and plan.write:
             applied.written.append(stored)
         applied.response["entry"].append(_response_entry(plan, stored))
@@ -272,6 +297,7 @@ def _plan(
         plan.unproven = _systemless(plan, query, f"{where}.request.url")
     elif ID_PATTERN.fullmatch(target_id):
         plan.logical_id = target_id
+        plan.named = True
     else:
         raise InboundError(
             "inbound.bad-entry",
@@ -334,6 +360,7 @@ def _write(
     bundle_id: int | None,
     now: datetime,
     bases: Bases,
+    patients: _Patients,
     known: dict[tuple[str, str], Stored | None] | None = None,
 ) -> Stored | None:
     if not plan.write:
@@ -350,14 +377,19 @@ def _write(
             urls[plan.full_url] = f"{plan.resource_type}/{plan.logical_id}"
     else:
         known = _check_owner(conn, store, plan, partner, known)
-        _check_same_patient(plan, known[(plan.resource_type, plan.logical_id)])
+        current = known[(plan.resource_type, plan.logical_id)]
+        _check_same_patient(plan, current)
+        if plan.named and current is None:
+            _check_kept_under(conn, store, plan, partner)
     resource = copy.deepcopy(plan.resource)
     resource.pop("id", None)
     for where, ref in _references(resource, f"Bundle.entry[{plan.n}].resource"):
         given = _in_bundle(str(ref["reference"]), plan.full_url, urls, where, bases, partner)
         ref["reference"] = _resolve(conn, store, given, urls, index, where, partner, known)
-        if _PATIENT_ELEMENT.fullmatch(where) and isinstance(ref.get("identifier"), dict):
-            _check_reference_identity(conn, store, ref, where, index, known)
+        if _PATIENT_ELEMENT.fullmatch(where):
+            _check_entry_id(ref, where, patients)
+            if isinstance(ref.get("identifier"), dict):
+                _check_reference_identity(conn, store, ref, where, index, known, plan, patients)
     stored, written = store.write(
         conn, resource, logical_id=plan.logical_id, partner=partner, bundle_id=bundle_id,
         now=now, known=known,
@@ -369,29 +401,28 @@ def _write(
 
 IDENTITY_MISMATCH = "inbound.identity-mismatch"
 # the elements naming the patient a resource is about (``_content.py``), at its top level
+_PATIENT_NAMES = ("subject", "patient", "for", "beneficiary")
 _PATIENT_ELEMENT = re.compile(
-    r"Bundle\.entry\[\d+\]\.resource\.(subject|patient|for|beneficiary)(\[\d+\])?"
+    rf"Bundle\.entry\[\d+\]\.resource\.({'|'.join(_PATIENT_NAMES)})(\[\d+\])?"
 )
 
 
 def _pairs(resource: dict[str, Any] | None) -> set[tuple[str, str]]:
-    """(system, value) of a resource's identifiers that have both."""
+    """(system as compared, value) of a resource's identifiers that have both: one
+    system however it is spelled (``_identity.py``: ``…/mrn/`` is ``…/mrn``)."""
     found = (resource or {}).get("identifier")
-    return {
-        (str(i["system"]), str(i["value"]))
-        for i in (found if isinstance(found, list) else [])
-        if isinstance(i, dict) and i.get("system") and i.get("value")
-    }
+    return comparable(found if isinstance(found, list) else [], systemless=False)
 
 
 def _written(resource: dict[str, Any]) -> set[tuple[str, str]]:
-    """(system, value) of a resource's identifiers as written: '' for no system."""
+    """(system as compared, value) of a resource's identifiers: '' for no system."""
     found = resource.get("identifier")
-    return {
-        (str(i.get("system") or ""), str(i["value"]))
-        for i in (found if isinstance(found, list) else [])
-        if isinstance(i, dict) and i.get("value")
-    }
+    return comparable(found if isinstance(found, list) else [])
+
+
+def _key(ident: dict[str, Any]) -> tuple[str, str]:
+    """An Identifier (with a value) as compared: '' for no system."""
+    return system_key(str(ident.get("system") or "")), str(ident["value"])
 
 
 def _conflicting(mine: set[tuple[str, str]], theirs: set[tuple[str, str]]) -> bool:
@@ -410,7 +441,10 @@ def _check_same_patient(plan: _Entry, stored: Stored | None) -> None:
     joined to that patient's, and an update would merge two patients into one. So is
     one its condition matched by an identifier without a system, unless the two share
     an identifier with one: a value alone proves nothing (another hospital's number,
-    another patient's), and the records would join whichever patient holds it."""
+    another patient's), and the records would join whichever patient holds it.
+    Systems are compared however they are spelled (``_identity.py``): as written,
+    ``…/mrn/`` was another system than ``…/mrn``, nothing to compare, and another
+    patient's MRN went by."""
     if plan.resource_type != "Patient" or stored is None:
         return
     mine, theirs = _pairs(plan.resource), _pairs(stored.resource)
@@ -434,6 +468,44 @@ def _check_same_patient(plan: _Entry, stored: Stored | None) -> None:
         )
 
 
+def _entry_ids(entries: list[Any]) -> dict[str, int]:
+    """``id`` → n of the Bundle's Patient entries that carry one (``_content.py`` takes
+    a reference ``Patient/<that id>`` for that entry)."""
+    out: dict[str, int] = {}
+    for n, entry in enumerate(entries):
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if (
+            isinstance(resource, dict)
+            and resource.get("resourceType") == "Patient"
+            and isinstance(resource.get("id"), str)
+        ):
+            out[str(resource["id"])] = n
+    return out
+
+
+def _check_entry_id(ref: dict[str, Any], where: str, patients: _Patients) -> None:
+    """A patient reference ``Patient/<id>`` naming the Bundle's Patient entry by that
+    entry's ``id`` (``_content.py`` compared its identifiers with the entry's) must be
+    where that entry is stored: a create (``POST``) gets a new id, and a condition may
+    match a stored Patient of another id. Else the record was kept under an id no
+    Patient held (one the partner may later create for another patient), or under
+    another stored patient: refused, naming the reference."""
+    literal = _LITERAL.fullmatch(str(ref["reference"]))
+    if literal is None or literal[1] != "Patient" or literal[2] not in patients.entry_ids:
+        return
+    n = patients.entry_ids[literal[2]]
+    if patients.targets.get(n) == literal[2]:
+        return
+    raise InboundError(
+        IDENTITY_MISMATCH,
+        f"{where} names the Patient of Bundle.entry[{n}] by that entry's id, but the entry "
+        "is stored under another id (a create gets a new one; its condition may match "
+        "another stored Patient): the record would name another patient, or one nobody "
+        "holds; refer to the entry by its fullUrl; nothing is stored",
+        expression=where,
+    )
+
+
 def _check_reference_identity(
     conn: Connection,
     store: Resources,
@@ -441,29 +513,34 @@ def _check_reference_identity(
     where: str,
     index: dict[tuple[str, str, str], str | None],
     known: dict[tuple[str, str], Stored | None] | None,
+    plan: _Entry,
+    patients: _Patients,
 ) -> None:
     """A patient Reference resolved to ``Patient/<id>`` whose ``identifier`` is none of
     that Patient's (the stored one, and the Bundle's entry written to it), as written
     (one without a system is the target's only when it holds it without one too; a
     stored Patient's without a system are its identifiers too, else one holding only
-    those let any identifier by): the identifier beside the reference names another
-    patient. A Patient that holds no identifier at all cannot confirm one either: any
-    number went by beside it (another stored patient's MRN, kept with the record of
-    this one), as ``_content.py`` refuses one beside a Patient entry holding none. A
-    Patient that is neither stored nor this Bundle's cannot be compared
-    (``_content.py`` compares the entries)."""
+    those let any identifier by; systems however they are spelled): the identifier
+    beside the reference names another patient. A Patient that holds no identifier at
+    all cannot confirm one either: any number went by beside it (another stored
+    patient's MRN, kept with the record of this one), as ``_content.py`` refuses one
+    beside a Patient entry holding none. A Patient that is neither stored nor this
+    Bundle's cannot confirm one: :func:`_check_unstored`."""
     literal = _LITERAL.fullmatch(str(ref["reference"]))
     ident = ref["identifier"]
     if literal is None or literal[1] != "Patient" or not ident.get("value"):
         return
     key = ("Patient", literal[2])
     target = known[key] if known is not None and key in known else store.current(conn, *key)
-    names = {(s, v) for (t, s, v), i in index.items() if t == "Patient" and i == literal[2]}
+    names = {
+        (system_key(s), v) for (t, s, v), i in index.items() if t == "Patient" and i == literal[2]
+    }
     if target is None and not names:
-        return  # neither stored nor this Bundle's (an entry holding none: _content.py)
+        _check_unstored(conn, store, literal[2], _key(ident), where, plan, patients)
+        return
     if target is not None:
         names |= _written(target.resource)
-    if (str(ident.get("system") or ""), str(ident["value"])) in names:
+    if _key(ident) in names:
         return
     raise InboundError(
         IDENTITY_MISMATCH,
@@ -472,6 +549,96 @@ def _check_reference_identity(
         "carries one patient's data; nothing is stored",
         expression=f"{where}.identifier",
     )
+
+
+def _check_unstored(
+    conn: Connection,
+    store: Resources,
+    patient_id: str,
+    key: tuple[str, str],
+    where: str,
+    plan: _Entry,
+    patients: _Patients,
+) -> None:
+    """An identifier beside a reference to ``Patient/<patient_id>``, a Patient nothing
+    stored holds and this Bundle does not write: nothing can confirm it, but it must
+    not contradict the others written beside that reference -- in this Bundle's
+    records, and in those a partner sent before (the current versions; the record
+    this entry updates is replaced, so its old one is not held against it): another
+    value of the same system (however spelled) is another patient, both kept under
+    one id. A value without a system contradicts nothing (it names no system); a
+    Patient later stored under that id must hold them all (:func:`_check_kept_under`)."""
+    record = (plan.resource_type, str(plan.logical_id))
+    if patient_id not in patients.claims:
+        patients.claims[patient_id] = [
+            ((kept.resource_type, kept.logical_id), True, found)
+            for kept in store.kept_under(conn, f"Patient/{patient_id}")
+            if kept.partner is not None  # a Task made here repeats its referral's subject
+            for found in _beside(kept.resource, patient_id)
+        ]
+    claims = patients.claims[patient_id]
+    system, value = key
+    if system and any(
+        s == system and v != value
+        for owner, before, (s, v) in claims
+        if not (before and owner == record)
+    ):
+        raise InboundError(
+            IDENTITY_MISMATCH,
+            f"{where}.identifier names another patient than an identifier of the same "
+            "system written beside the same reference in another record (of this Bundle, "
+            "or kept before): no Patient is stored under that id to say which is its; a "
+            "record carries one patient's data; nothing is stored",
+            expression=f"{where}.identifier",
+        )
+    claims.append((record, False, key))
+
+
+def _beside(resource: dict[str, Any], patient_id: str) -> set[tuple[str, str]]:
+    """The identifiers (as compared) written beside a stored resource's patient
+    references to ``Patient/<patient_id>``."""
+    out: set[tuple[str, str]] = set()
+    for name in _PATIENT_NAMES:
+        value = resource.get(name)
+        for ref in value if isinstance(value, list) else [value]:
+            if not isinstance(ref, dict) or not isinstance(ref.get("identifier"), dict):
+                continue
+            literal = str(ref.get("reference") or "").split("/_history/", 1)[0]
+            if literal == f"Patient/{patient_id}" and ref["identifier"].get("value"):
+                out.add(_key(ref["identifier"]))
+    return out
+
+
+def _check_kept_under(conn: Connection, store: Resources, plan: _Entry, partner: str) -> None:
+    """A Patient created under the id its request names (``PUT Patient/<id>``, nothing
+    stored there) becomes the patient of every record already kept under that id
+    (``Patient/<id>`` was referred to before it existed): each must be this partner's
+    (another institution's record would join this partner's patient), and each
+    identifier written beside those references must be one of the new Patient's (as
+    a reference to a stored Patient must: else the earlier records keep another
+    patient's number, another MRN, with this patient's data)."""
+    if plan.resource_type != "Patient":
+        return
+    mine = _written(plan.resource)
+    for kept in store.kept_under(conn, f"Patient/{plan.logical_id}"):
+        if kept.partner not in (None, partner):
+            where = f"Bundle.entry[{plan.n}].request.url"
+            raise InboundError(
+                IDENTITY_MISMATCH,
+                f"{where} names a Patient id that records another institution sent already "
+                "refer to: this Patient would become the patient of their records; a "
+                "record carries one patient's data; nothing is stored",
+                expression=where,
+            )
+        if not _beside(kept.resource, str(plan.logical_id)) <= mine:
+            where = f"Bundle.entry[{plan.n}].resource.identifier"
+            raise InboundError(
+                IDENTITY_MISMATCH,
+                f"{where} lacks an identifier written beside a reference to this Patient's "
+                "id in a record kept before it was stored (another MRN: another patient): "
+                "a record carries one patient's data; nothing is stored",
+                expression=where,
+            )
 
 
 def _check_owner(

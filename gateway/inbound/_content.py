@@ -19,6 +19,7 @@ from urllib.parse import parse_qsl, unquote
 
 from ..errors import Issue
 from ..network import Institution
+from ._identity import comparable, system_key
 from ._referrals import is_referral
 
 __all__ = ["identity_mismatches", "misaddressed", "mixed_patients"]
@@ -105,11 +106,12 @@ def identity_mismatches(bundle: dict[str, Any]) -> list[Issue]:
     logical ``identifier`` (a Reference may carry both) name different patients, as far
     as the Bundle shows: the ``identifier`` must be one of the Patient entry's the
     reference points at, and one of the same system as a conditional reference's must
-    be that one. Identifiers are compared as written: one without a system is the
-    entry's only when the entry holds it without one too (a bare value cannot say it is
-    that system's). :func:`mixed_patients` compares references by their literal part only,
-    so another patient's number written beside it would be stored with the record (and
-    go back as the patient's in a referral status). The store's Patients are compared
+    be that one. Identifiers are compared as written (their systems however spelled,
+    ``_identity.py``): one without a system is the entry's only when the entry holds it
+    without one too (a bare value cannot say it is that system's).
+    :func:`mixed_patients` compares references by their literal part only, so another
+    patient's number written beside it would be stored with the record (and go back as
+    the patient's in a referral status). The store's Patients are compared
     when the Bundle is applied (``_apply.py``)."""
     entries = _entries(bundle)
     by_url = {url: r for _, url, r in entries if url}
@@ -139,16 +141,18 @@ def _reference_mismatch(
     literal, ident = ref.get("reference"), ref.get("identifier")
     if not isinstance(literal, str) or not isinstance(ident, dict) or not ident.get("value"):
         return None
-    token = f"{ident.get('system') or ''}|{ident['value']}"
+    [key] = comparable([ident])
     target = by_url.get(literal) or named.get(literal.split("/_history/", 1)[0])
     if target is not None:
-        if target.get("resourceType") == "Patient" and token not in _tokens(target):
+        found = target.get("identifier")
+        held = comparable(found if isinstance(found, list) else [])
+        if target.get("resourceType") == "Patient" and key not in held:
             return "names another patient than the Patient entry its reference points at"
         return None
     path, _, query = literal.partition("?")
     if path == "Patient" and query.startswith("identifier=") and "&" not in query:
         system, _, value = unquote(query.removeprefix("identifier=")).partition("|")
-        if system == str(ident.get("system") or "") and value != str(ident["value"]):
+        if system_key(system) == key[0] and value != key[1]:
             return "names another patient than its conditional reference (same system)"
     return None
 

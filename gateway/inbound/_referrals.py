@@ -31,6 +31,7 @@ from ..network import Institution, Network
 from ..partners import Partner, configured_partners
 from ..store import Store, metadata, utcnow
 from ._errors import InboundError
+from ._identity import system_key
 from ._resources import Resources, Search, Stored, instant
 
 if TYPE_CHECKING:
@@ -630,8 +631,16 @@ def _same_referral(
     the referral would change another referral's, or another patient's, Task.
     ``checked``: the subject's identifier was compared with its stored Patient."""
     focus = _focus_identifier(task) or {}
+    element = "ServiceRequest.identifier"
     if (focus.get("system"), focus.get("value")) != (ident.get("system"), ident.get("value")):
         problem = "another referral's (the identifiers differ in their system)"
+    elif _unidentified(task.get("for")) or _unidentified(sr.get("subject")):
+        problem = (
+            "not shown to be the same patient's: ServiceRequest.subject (or the Task's "
+            "for) names none (a display, or an identifier without a system, proves no "
+            "patient; send a reference or an identifier with its system)"
+        )
+        element = "ServiceRequest.subject"
     elif not _same_subject(task.get("for"), sr.get("subject"), checked):
         problem = "the referral of another patient (ServiceRequest.subject differs)"
     else:
@@ -639,23 +648,31 @@ def _same_referral(
     raise InboundError(
         "inbound.referral-mismatch",
         f"the referral's Task is {problem}; nothing is stored",
-        expression="ServiceRequest.identifier",
+        expression=element,
     )
+
+
+def _unidentified(ref: Any) -> bool:
+    """A Reference that names no patient anything can match: neither a reference nor
+    an identifier with a system (``{"display": "陳大文"}``, ``{"identifier": {"value":
+    "0098765"}}``). Two equal ones are still no proof: two patients may share a name,
+    and a bare number any namespace."""
+    return not isinstance(ref, dict) or (_literal(ref) is None and _identifier(ref) is None)
 
 
 def _same_subject(first: Any, now: Any, checked: bool) -> bool:
     """Whether a resent referral's ``subject`` names the patient its Task is ``for``
-    (the first one's subject): the same Reference; or, when either is literal, the same
-    literal reference (both stored resolved, ``Patient/<id>``) — an identifier or display
-    added or changed beside it is more about that patient, not another one when it was
-    checked to be that Patient's as the Bundle was applied (``checked``:
+    (the first one's subject): when either is literal, the same literal reference (both
+    stored resolved, ``Patient/<id>``) — an identifier or display added or changed
+    beside it is more about that patient, not another one when it was checked to be
+    that Patient's as the Bundle was applied (``checked``:
     ``_apply._check_reference_identity``); beside a reference nothing here can check
     (a Patient not stored here, one on the partner's server) the two identifiers, when
     both are written, must be one (else the referral would name two patients); or, both
     logical, the same identifier with a system (one without a system proves no
-    patient). Anything else: another patient."""
-    if first == now:
-        return True
+    patient). Systems are compared however spelled (``_identity.py``). The two being
+    equal proves nothing by itself: ``{"display": "陳大文"}`` twice is no patient (it
+    kept the Task before). Anything else: another patient."""
     if not isinstance(first, dict) or not isinstance(now, dict):
         return False
     literal = [_literal(first), _literal(now)]
@@ -674,17 +691,18 @@ def _literal(ref: dict[str, Any]) -> str | None:
 
 
 def _identifier(ref: dict[str, Any]) -> tuple[str, str] | None:
+    """A Reference's identifier with a system, as compared; None without one."""
     ident = ref.get("identifier")
     if isinstance(ident, dict) and ident.get("system") and ident.get("value"):
-        return str(ident["system"]), str(ident["value"])
+        return system_key(str(ident["system"])), str(ident["value"])
     return None
 
 
 def _as_written(ref: dict[str, Any]) -> tuple[str, str] | None:
-    """A Reference's identifier as written, '' for no system; None without one."""
+    """A Reference's identifier as compared, '' for no system; None without one."""
     ident = ref.get("identifier")
     if isinstance(ident, dict) and ident.get("value"):
-        return str(ident.get("system") or ""), str(ident["value"])
+        return system_key(str(ident.get("system") or "")), str(ident["value"])
     return None
 
 

@@ -283,6 +283,17 @@ class Resources:
         out = {(row.resource_type, row.logical_id): row for row in rows}
         return {k: _stored(row) for k, row in out.items() if k in keys}
 
+    def kept_under(self, conn: Connection, patient: str) -> list[Stored]:
+        """The current versions of the resources about ``patient`` (``Patient/<id>``, as
+        the ``patient`` column holds it), whoever sent them: what a Patient stored
+        under that id would be the patient of (``_apply.py`` compares them first)."""
+        rows = conn.execute(
+            _select()
+            .where(resources.c.patient == patient, resources.c.current.is_(True))
+            .order_by(resources.c.id)
+        ).all()
+        return [_stored(r) for r in rows]
+
     def versions(self, resource_type: str, logical_id: str) -> list[Stored]:
         with self.engine.connect() as conn:
             rows = conn.execute(

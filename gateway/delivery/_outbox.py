@@ -77,6 +77,10 @@ DISCARDABLE = ("held", "dead")  # what a person may give up on (gateway outbox d
 _DONE = ("delivered", "discarded")
 # The worker's hold of a row whose partner is not (or no longer) configured.
 UNKNOWN_PARTNER = "delivery.unknown-partner"
+# ... and of such a row, its partner configured again, whose return was refused for a
+# reason not the policy's (the audit log unavailable, its record gone or not rebuilt):
+# held for that, named in its event, until a person releases it (decided again).
+RETURN_REFUSED = "delivery.return-refused"
 # Moves from or to these change what the message's state is (held, dead, delivered).
 _SETTLED = frozenset({"held", "dead", "delivered", "discarded"})
 # Where a hold of a never-sent row (part 0) may come from: made held (None), queued
@@ -1020,6 +1024,8 @@ class Outbox:
             held = now.state == "held" and now.last_error in (UNKNOWN_PARTNER, "policy.held")
             if exc.code == "delivery.conflict" or not held:
                 return []
+            if now.last_error == UNKNOWN_PARTNER:  # not the policy's hold: say what it is
+                now = self._return_refused(row.id, reason, exc)
             return [(now, exc)]
         except Exception as exc:  # one record's fault: logged by its id, as _handle does
             log.exception("outbox record %s: deciding it again failed", row.id)
@@ -1029,9 +1035,33 @@ class Outbox:
                 f"({type(exc).__name__})",
             )
             now = self.require(row.id)
-            held = now.state == "held" and now.last_error == UNKNOWN_PARTNER
-            return [(now, failed)] if held else []
+            if now.state != "held" or now.last_error != UNKNOWN_PARTNER:
+                return []
+            return [(self._return_refused(row.id, reason, failed), failed)]
         return [(self.require(row.id), None)]
+
+    def _return_refused(self, row_id: int, reason: str, refused: GatewayError) -> OutboxRecord:
+        """A row whose return (``reason``) was refused for a reason not the policy's:
+        held → held for :data:`RETURN_REFUSED`, the refusal named in its event. Left
+        held for its partner, it read as "not configured" though it is again. No longer
+        returned by the worker: a person's release decides it again (its hold still
+        counts from where it came, :func:`last_hold_from`). A compare-and-set on the
+        hold: a row a person moved meanwhile is left as it is."""
+        with self._write() as conn:
+            self._move(
+                conn,
+                row_id,
+                "held",
+                "held",
+                f"{RETURN_REFUSED}: release ({reason}) refused: {refused.code}: "
+                f"{refused.issue.message}; gateway outbox release {row_id} decides it again",
+                self.clock(),
+                None,
+                {"last_error": RETURN_REFUSED},
+                held_as=UNKNOWN_PARTNER,
+                quiet=True,
+            )
+        return self.require(row_id)
 
     def _held_while_waiting(self, row_id: int) -> bool:
         """Whether the row is held for an unknown partner since a send that was ambiguous
@@ -1279,12 +1309,15 @@ def _rebuilt(parts: list[dict[str, Any]] | None) -> dict[str, Any] | None:
 def last_hold_from(row: Any, states: Collection[str | None]) -> sa.ColumnElement[bool]:
     """SQL: ``row`` (the outbox table or an alias) is held, and the move that held it
     last came from one of ``states`` (None: it was made held). A held row's last event
-    is the move into ``held``: where its hold came from (an ambiguous send's
-    ``waiting``, a queued row...) is that event's ``from_state``."""
+    but its re-holds (``held → held``: another reason, the row still held) is the move
+    into ``held``: where its hold came from (an ambiguous send's ``waiting``, a queued
+    row...) is that event's ``from_state``; a re-hold does not change it."""
     e, later = _events.alias("hold").c, _events.alias("later").c
+    # not a re-hold (spelt out: a NULL from_state, a row made held, must count)
+    moved = sa.or_(later.from_state.is_(None), later.from_state != "held", later.to_state != "held")
     last = (
         sa.select(sa.func.max(later.id))
-        .where(later.outbox_id == row.c.id)
+        .where(later.outbox_id == row.c.id, moved)
         .correlate(row)  # the row's: in a WHERE as in a column, however deep
         .scalar_subquery()
     )

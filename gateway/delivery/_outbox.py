@@ -786,27 +786,22 @@ class Outbox:
         is let go. ``held_as``: only while its ``last_error`` is that code (the worker's
         return of a row held for its partner: a row a person moved meanwhile is not
         its to move). ``decision``: the policy decision the move is made on, kept with
-        its event. ``values``: columns to set."""
-        o = _outbox.c
+        its event. ``values``: columns to set. A row no longer ``from_state`` is a
+        ``delivery.conflict`` (:meth:`_move`, the one path of every move)."""
         values["lease_until"] = now + lease if lease is not None else None
-        where = _row_in(row_id, from_state, held_as)
         with self._joined(conn) as conn:
-            done = conn.execute(
-                _outbox.update()
-                .where(*where)
-                .values(state=to_state, updated_at=now, **values)
-                .returning(o.part, o.message_id)
-            ).first()
-            if done is None:
-                raise DeliveryError(
-                    "delivery.conflict",
-                    f"outbox record {row_id} is no longer {from_state} (another worker?)",
-                )
-            self._event(
-                conn, row_id, now, from_state, to_state, int(done[0]), status, reason, decision
+            self._move(
+                conn,
+                row_id,
+                from_state,
+                to_state,
+                reason,
+                now,
+                status,
+                values,
+                held_as=held_as,
+                decision=decision,
             )
-            if done[1] is not None and _SETTLED & {from_state, to_state}:
-                self._sync_message(conn, int(done[1]), now)
 
     def _move(
         self,
@@ -824,13 +819,16 @@ class Outbox:
         quiet: bool = False,
         decision: int | None = None,
     ) -> bool:
-        """``unless_policy``: the error code when the row is held (or refused) by the
-        policy as the update runs (a person's retry or release, checked before its
+        """One transition and its event in ``conn``: a compare-and-set on the row's state
+        (and, with ``held_as``, on the code it is held for: the worker's return of rows
+        held for their partner, :meth:`release_known`), setting ``values``; the message's
+        state follows when a settled state (held, dead, delivered, discarded) is left or
+        reached. ``unless_policy``: the error code when the row is held (or refused) by
+        the policy as the update runs (a person's retry or release, checked before its
         transaction: a withdrawal committed since must win, never be overwritten).
-        ``held_as``: only while the row's ``last_error`` is that code (the worker's
-        return of rows held for their partner: :meth:`release_known`). ``quiet``: a row
-        moved meanwhile is no error, False is returned (nothing moved, no event).
-        ``decision``: the policy decision the move is made on, kept with its event."""
+        ``quiet``: a row moved meanwhile is no error, False is returned (nothing moved,
+        no event); otherwise it is a ``delivery.conflict``. ``decision``: the policy
+        decision the move is made on, kept with its event."""
         o = _outbox.c
         where = _row_in(row_id, from_state, held_as)
         if unless_policy is not None:
@@ -852,10 +850,11 @@ class Outbox:
         if done is None:
             held = f" held as {held_as}" if held_as is not None else ""
             raise DeliveryError(
-                "delivery.conflict", f"outbox record {row_id} is no longer {from_state}{held}"
+                "delivery.conflict",
+                f"outbox record {row_id} is no longer {from_state}{held} (another worker?)",
             )
         self._event(conn, row_id, now, from_state, to_state, int(done[0]), status, reason, decision)
-        if done[1] is not None:
+        if done[1] is not None and _SETTLED & {from_state, to_state}:
             self._sync_message(conn, int(done[1]), now)
         return True
 

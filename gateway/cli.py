@@ -42,7 +42,7 @@ import orjson
 from . import __version__, signing
 from .alerts import add_cli as add_alerts_cli
 from .audit import add_cli as add_audit_cli
-from .config import Settings
+from .config import Settings, exposed_secrets
 from .console import add_cli as add_users_cli
 from .datafiles import data_dir
 from .delivery import add_cli as add_outbox_cli
@@ -339,14 +339,17 @@ def _can_serve(settings: Settings, host: str, port: int) -> None:
     partner whose token, certificate or CA file is not there (a hand-edited partners
     file), a port another process holds (uvicorn's own error came after the banner), an
     API token file that is missing, empty or not private (with --workers each worker
-    would refuse it only after the banner)."""
+    would refuse it only after the banner), and any other secret file group or others
+    may read (a partner's token or mTLS key, the inbound partner tokens, the alerts'
+    webhook token and SMTP password: config.not_private)."""
     import socket
 
     from .api import load_tokens
-    from .partners import configured_partners, missing_credentials
+    from .partners import configured_partners, exposed_credentials, missing_credentials
 
     load_tokens(settings)
-
+    if open_secrets := exposed_secrets(settings):  # the inbound partner tokens, alert secrets
+        raise ConfigError("bad-setting", "; ".join(f"{name}: {why}" for name, why in open_secrets))
     for partner in configured_partners(settings).values():
         if missing := missing_credentials(partner):
             raise ConfigError(
@@ -354,6 +357,8 @@ def _can_serve(settings: Settings, host: str, port: int) -> None:
                 f"partner {partner.key}: no such file: {'; '.join(missing)} (gateway "
                 "partners list shows each partner's files)",
             )
+        if exposed := exposed_credentials(partner):  # its token or mTLS key
+            raise ConfigError("partner-auth", f"partner {partner.key}: {'; '.join(exposed)}")
     for family, kind, proto, _, address in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
         with socket.socket(family, kind, proto) as probe:
             # as uvicorn binds: a port left in TIME_WAIT by the last run is free

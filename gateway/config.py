@@ -19,7 +19,14 @@ from .datafiles import data_dir
 from .errors import ConfigError
 from .logs import LEVELS, LOG_FORMATS
 
-__all__ = ["DEFAULT_HOME", "Settings", "not_private"]
+__all__ = [
+    "DEFAULT_HOME",
+    "SECRET_FILES",
+    "Settings",
+    "exposed_secrets",
+    "not_private",
+    "private_folder",
+]
 
 DEFAULT_HOME = Path.home() / ".fhir-gateway"
 
@@ -32,6 +39,46 @@ def not_private(path: Path, mode: int, what: str) -> str | None:
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         return f"{path}: the {what} must be private (chmod 600)"
     return None
+
+
+def private_folder(path: Path) -> None:
+    """Make ``path``, the folder the gateway keeps secrets it makes in
+    (``$GATEWAY_HOME/secrets``: the API tokens, the pseudonym key), owner-only (0700)
+    when it is not there: others on the host see not even which secrets there are. One
+    that exists is left as it is (an operator's choice, or a mount)."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+
+# Secret files the settings name, beyond those checked where they load (the API token
+# file, the pseudonym key, the signing keys): the words not_private names each by.
+SECRET_FILES = {
+    "inbound_token_file": "inbound partner token file",
+    "alert_webhook_token_file": "alert webhook token file",
+    "alert_smtp_password_file": "SMTP password file",
+}
+
+
+def exposed_secrets(settings: Settings) -> list[tuple[str, str]]:
+    """(setting, why) for each secret file of :data:`SECRET_FILES` that is there and
+    that group or others may read or write (:func:`not_private`): ``gateway serve``
+    refuses to start with one, as with an API token file others may read, rather than
+    use it (or learn of it at the first partner request or alert)."""
+    files = {
+        "inbound_token_file": settings.inbound_token_file
+        or settings.secrets_dir / "partner-tokens",
+        "alert_webhook_token_file": settings.alert_webhook_token_file,
+        "alert_smtp_password_file": settings.alert_smtp_password_file,
+    }
+    out = []
+    for setting, path in files.items():
+        try:
+            mode = path.stat().st_mode if path is not None else None
+        except OSError:  # not there, or not readable: reading it says so
+            mode = None
+        problem = not_private(path, mode, SECRET_FILES[setting]) if path and mode else None
+        if problem is not None:
+            out.append((setting, problem))
+    return out
 
 
 def _default_network() -> Path:

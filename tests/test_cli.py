@@ -362,6 +362,53 @@ def test_serve_refuses_a_partner_whose_token_file_is_not_there(tmp_path: Path) -
     ]
 
 
+def _private_api_tokens(home: Path) -> None:
+    (home / "secrets").mkdir(mode=0o700)
+    (home / "secrets" / "api-tokens").write_text("serve-token-0123456789abcdef\n")
+    (home / "secrets" / "api-tokens").chmod(0o600)
+
+
+def test_serve_refuses_a_partner_token_file_others_can_read(tmp_path: Path) -> None:
+    """The partner's bearer token file (as the API token file, the keys) 0644 started
+    the gateway, which sent the partner a token anyone on the host could read."""
+    _private_api_tokens(tmp_path)
+    (tmp_path / "nsch-token").write_text("the-partners-token\n")
+    (tmp_path / "nsch-token").chmod(0o644)
+    (tmp_path / "partners.yaml").write_text(
+        "partners:\n  nsch:\n    auth: {type: bearer, token_file: nsch-token}\n"
+    )
+    _, proc = _serve_on_a_held_port(tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.decode().splitlines() == [
+        f"error: partner nsch: {tmp_path / 'nsch-token'}: the partner token file must be "
+        "private (chmod 600) [config.partner-auth]"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("setting", "words"),
+    [
+        ("inbound_token_file", "inbound partner token file"),
+        ("alert_webhook_token_file", "alert webhook token file"),
+    ],
+)
+def test_serve_refuses_a_secret_file_of_the_settings_others_can_read(
+    tmp_path: Path, setting: str, words: str
+) -> None:
+    """The inbound partner tokens (anyone reading them could send as a partner) and the
+    alert webhook's token, readable by others, served; the API's were refused."""
+    _private_api_tokens(tmp_path)
+    secret = tmp_path / "secrets" / "a-secret"
+    secret.write_text("nsch partner-token-0123456789abcdef\n")
+    secret.chmod(0o604)
+    (tmp_path / "gateway.toml").write_text(f'{setting} = "{secret}"\n')
+    _, proc = _serve_on_a_held_port(tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.decode().splitlines() == [
+        f"error: {setting}: {secret}: the {words} must be private (chmod 600) [config.bad-setting]"
+    ]
+
+
 def test_serve_refuses_a_token_file_others_can_read(tmp_path: Path) -> None:
     """A token file left 0644 served the API (anyone on the host could read the
     tokens); with --workers the refusal must come before the banner, not per worker."""

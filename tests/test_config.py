@@ -101,3 +101,22 @@ def test_an_unknown_setting_suggests_the_one_meant_not_all_eighty(tmp_path: Path
     assert "'prot': did you mean 'port'?" in line
     assert "'mlp_port': did you mean 'mllp_port'?" in line
     assert "delivery_backoff_cap" not in line and len(line) < 300
+
+
+def test_the_secrets_folder_the_gateway_makes_is_owner_only(tmp_path: Path) -> None:
+    """$GATEWAY_HOME/secrets, made at the API's first start with its token file, was
+    0755: anyone on the host listed which secrets there are. Made 0700 (the pseudonym
+    key's first use makes it so too); one that exists is left as it is."""
+    from gateway.api import load_tokens
+    from gateway.policy import policy_key
+
+    first = Settings.load(home=tmp_path / "a", env={})
+    load_tokens(first)
+    assert first.secrets_dir.stat().st_mode & 0o777 == 0o700
+    second = Settings.load(home=tmp_path / "b", env={})
+    policy_key(second, env={})
+    assert second.secrets_dir.stat().st_mode & 0o777 == 0o700
+    (tmp_path / "c" / "secrets").mkdir(parents=True, mode=0o750)  # the operator's
+    third = Settings.load(home=tmp_path / "c", env={})
+    load_tokens(third)
+    assert third.secrets_dir.stat().st_mode & 0o777 == 0o750

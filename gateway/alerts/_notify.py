@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 import httpx
 import orjson
 
-from ..config import Settings
+from ..config import SECRET_FILES, Settings, not_private
 from ..errors import ConfigError, GatewayError
 from ..logs import safe_traceback
 from ._evaluate import Notice
@@ -85,9 +85,15 @@ def _attempts(
 
 def _first_line(path: Path, setting: str) -> str:
     try:
+        mode = path.stat().st_mode
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
         raise ConfigError("bad-setting", f"{setting}: cannot read {path}: {exc.strerror}") from None
+    # As the API token file and the keys: a secret others on the host may read is
+    # refused, not used (checked at every read: a file opened up since is refused too)
+    problem = not_private(path, mode, SECRET_FILES.get(setting, setting))
+    if problem is not None:
+        raise ConfigError("bad-setting", f"{setting}: {problem}")
     for line in lines:
         if line.strip() and not line.lstrip().startswith("#"):
             return line.strip()

@@ -32,7 +32,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import Settings, not_private
+from ..config import Settings, not_private, private_folder
 from ..errors import ConfigError, Issue, shape
 
 __all__ = [
@@ -158,7 +158,7 @@ def load_tokens(settings: Settings) -> TokenSet:
     if not path.exists():
         if settings.api_token_file is not None:
             raise ConfigError("no-tokens", f"api_token_file {path} does not exist")
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_folder(path.parent)  # $GATEWAY_HOME/secrets: 0700
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(secrets.token_urlsafe(32) + "\n")  # no role: operator

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from ..audit import audit_log, record_operator, store_hook
 from ..config import Settings
 from ..delivery import Outbound
+from ..errors import GatewayError
 from ..pipeline import Converter
 from ..processing import process_message
 from ..store import Store, StoreError, utcnow
@@ -74,17 +75,27 @@ class Actions:
         record_operator(store, self.settings, action, [message_id], who=user.name)
 
     def on_outbox(self, action: str, row_id: int, user: User, reason: str) -> int | None:
-        """Retry, release, replay or discard an outbox row; returns its message's id."""
+        """Retry, release, replay or discard an outbox row; returns its message's id.
+        Refused, it is kept too (``console_actions``, outcome refused, the refusal
+        named) and the error raised: the message's history shows who tried what, and
+        why it did not happen, as the audit log does (``Outbound.act_by``)."""
         why = _reason(reason)
         store = self.store()
-        # each decided again by the policy first (a consent withdrawn, an agreement ended)
-        # and audited there, a refused one too (the CLI's path: Outbound.act_by)
-        if action in ("retry", "replay", "release"):
-            row = self.outbound().act_by(action, user.name, row_id, why)
-        elif action == "discard":  # given up for good: nothing leaves, nothing to decide
-            row = self.outbound().discard(row_id, why)
-        else:
+        if action not in OUTBOX_ACTIONS:
             raise ConsoleError("console.bad-action", f"unknown action {action!r}")
+        try:
+            # each decided again by the policy first (a consent withdrawn, an agreement
+            # ended) and audited there, a refused one too (the CLI's path: act_by)
+            if action == "discard":  # given up for good: nothing leaves, nothing to decide
+                row = self.outbound().discard(row_id, why)
+            else:
+                row = self.outbound().act_by(action, user.name, row_id, why)
+        except GatewayError as exc:
+            tried = self.outbound().outbox.get(row_id)
+            if tried is not None:  # no such record: nothing was tried on one
+                refusal = f"{exc.code}: {exc.issue.message}"
+                self._note(store, user, action, tried.message_id, row_id, why, refusal)
+            raise
         self._note(store, user, action, row.message_id, row_id, why)
         if action == "discard":
             record_operator(store, self.settings, action, [row.message_id], who=user.name)
@@ -92,8 +103,15 @@ class Actions:
 
     @staticmethod
     def _note(
-        store: Store, user: User, action: str, message_id: int | None, row: int | None, why: str
+        store: Store,
+        user: User,
+        action: str,
+        message_id: int | None,
+        row: int | None,
+        why: str,
+        refusal: str | None = None,
     ) -> None:
+        """Keep the action (``refusal``: it was refused, its error's code and message)."""
         with store.engine.execution_options(write=True).begin() as conn:
             conn.execute(
                 actions.insert().values(
@@ -103,5 +121,7 @@ class Actions:
                     message_id=message_id,
                     outbox_id=row,
                     reason=why,
+                    outcome="done" if refusal is None else "refused",
+                    refusal=refusal,
                 )
             )

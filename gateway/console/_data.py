@@ -291,9 +291,9 @@ def _decisions(store: Store, message_id: int) -> list[dict[str, Any]]:
 
 def message_actions(store: Store, message_id: int) -> list[dict[str, Any]]:
     a = actions.c
-    query = sa.select(a.at, a.user_name, a.action, a.outbox_id, a.reason).where(
-        a.message_id == message_id
-    )
+    query = sa.select(
+        a.at, a.user_name, a.action, a.outbox_id, a.reason, a.outcome, a.refusal
+    ).where(a.message_id == message_id)
     with store.engine.connect() as conn:
         return [dict(r._mapping) for r in conn.execute(query.order_by(a.id))]
 

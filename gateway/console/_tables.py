@@ -39,8 +39,9 @@ sessions = sa.Table(
 )
 sa.Index("ix_console_sessions_user", sessions.c.user_id)
 
-# An operator's action in the console (reprocess, retry, release, replay, resolve) with
-# the reason they gave; the audit log has the same action without the free text.
+# An operator's action in the console (reprocess, retry, release, replay, resolve,
+# discard) with the reason they gave, done or refused (the refusal: its code and message);
+# the audit log has the same action without the free text.
 actions = sa.Table(
     "console_actions",
     metadata,
@@ -51,6 +52,9 @@ actions = sa.Table(
     sa.Column("message_id", ID),
     sa.Column("outbox_id", ID),
     sa.Column("reason", sa.Text(), nullable=False),
+    # done | refused; NULL: kept before migration 0015_console_outcomes (all were done)
+    sa.Column("outcome", sa.String(16)),
+    sa.Column("refusal", sa.Text()),  # refused: "CODE: message" (no patient data)
 )
 sa.Index("ix_console_actions_message", actions.c.message_id, actions.c.id)
 

@@ -77,6 +77,10 @@ DISCARDABLE = ("held", "dead")  # what a person may give up on (gateway outbox d
 _DONE = ("delivered", "discarded")
 # The worker's hold of a row whose partner is not (or no longer) configured.
 UNKNOWN_PARTNER = "delivery.unknown-partner"
+# ... and of such a row, its partner configured again, whose return was refused for a
+# reason not the policy's (the audit log unavailable, its record gone or not rebuilt):
+# held for that, named in its event, until a person releases it (decided again).
+RETURN_REFUSED = "delivery.return-refused"
 # Moves from or to these change what the message's state is (held, dead, delivered).
 _SETTLED = frozenset({"held", "dead", "delivered", "discarded"})
 # Where a hold of a never-sent row (part 0) may come from: made held (None), queued
@@ -782,27 +786,22 @@ class Outbox:
         is let go. ``held_as``: only while its ``last_error`` is that code (the worker's
         return of a row held for its partner: a row a person moved meanwhile is not
         its to move). ``decision``: the policy decision the move is made on, kept with
-        its event. ``values``: columns to set."""
-        o = _outbox.c
+        its event. ``values``: columns to set. A row no longer ``from_state`` is a
+        ``delivery.conflict`` (:meth:`_move`, the one path of every move)."""
         values["lease_until"] = now + lease if lease is not None else None
-        where = _row_in(row_id, from_state, held_as)
         with self._joined(conn) as conn:
-            done = conn.execute(
-                _outbox.update()
-                .where(*where)
-                .values(state=to_state, updated_at=now, **values)
-                .returning(o.part, o.message_id)
-            ).first()
-            if done is None:
-                raise DeliveryError(
-                    "delivery.conflict",
-                    f"outbox record {row_id} is no longer {from_state} (another worker?)",
-                )
-            self._event(
-                conn, row_id, now, from_state, to_state, int(done[0]), status, reason, decision
+            self._move(
+                conn,
+                row_id,
+                from_state,
+                to_state,
+                reason,
+                now,
+                status,
+                values,
+                held_as=held_as,
+                decision=decision,
             )
-            if done[1] is not None and _SETTLED & {from_state, to_state}:
-                self._sync_message(conn, int(done[1]), now)
 
     def _move(
         self,
@@ -820,13 +819,16 @@ class Outbox:
         quiet: bool = False,
         decision: int | None = None,
     ) -> bool:
-        """``unless_policy``: the error code when the row is held (or refused) by the
-        policy as the update runs (a person's retry or release, checked before its
+        """One transition and its event in ``conn``: a compare-and-set on the row's state
+        (and, with ``held_as``, on the code it is held for: the worker's return of rows
+        held for their partner, :meth:`release_known`), setting ``values``; the message's
+        state follows when a settled state (held, dead, delivered, discarded) is left or
+        reached. ``unless_policy``: the error code when the row is held (or refused) by
+        the policy as the update runs (a person's retry or release, checked before its
         transaction: a withdrawal committed since must win, never be overwritten).
-        ``held_as``: only while the row's ``last_error`` is that code (the worker's
-        return of rows held for their partner: :meth:`release_known`). ``quiet``: a row
-        moved meanwhile is no error, False is returned (nothing moved, no event).
-        ``decision``: the policy decision the move is made on, kept with its event."""
+        ``quiet``: a row moved meanwhile is no error, False is returned (nothing moved,
+        no event); otherwise it is a ``delivery.conflict``. ``decision``: the policy
+        decision the move is made on, kept with its event."""
         o = _outbox.c
         where = _row_in(row_id, from_state, held_as)
         if unless_policy is not None:
@@ -848,10 +850,11 @@ class Outbox:
         if done is None:
             held = f" held as {held_as}" if held_as is not None else ""
             raise DeliveryError(
-                "delivery.conflict", f"outbox record {row_id} is no longer {from_state}{held}"
+                "delivery.conflict",
+                f"outbox record {row_id} is no longer {from_state}{held} (another worker?)",
             )
         self._event(conn, row_id, now, from_state, to_state, int(done[0]), status, reason, decision)
-        if done[1] is not None:
+        if done[1] is not None and _SETTLED & {from_state, to_state}:
             self._sync_message(conn, int(done[1]), now)
         return True
 
@@ -1020,6 +1023,8 @@ class Outbox:
             held = now.state == "held" and now.last_error in (UNKNOWN_PARTNER, "policy.held")
             if exc.code == "delivery.conflict" or not held:
                 return []
+            if now.last_error == UNKNOWN_PARTNER:  # not the policy's hold: say what it is
+                now = self._return_refused(row.id, reason, exc)
             return [(now, exc)]
         except Exception as exc:  # one record's fault: logged by its id, as _handle does
             log.exception("outbox record %s: deciding it again failed", row.id)
@@ -1029,9 +1034,33 @@ class Outbox:
                 f"({type(exc).__name__})",
             )
             now = self.require(row.id)
-            held = now.state == "held" and now.last_error == UNKNOWN_PARTNER
-            return [(now, failed)] if held else []
+            if now.state != "held" or now.last_error != UNKNOWN_PARTNER:
+                return []
+            return [(self._return_refused(row.id, reason, failed), failed)]
         return [(self.require(row.id), None)]
+
+    def _return_refused(self, row_id: int, reason: str, refused: GatewayError) -> OutboxRecord:
+        """A row whose return (``reason``) was refused for a reason not the policy's:
+        held → held for :data:`RETURN_REFUSED`, the refusal named in its event. Left
+        held for its partner, it read as "not configured" though it is again. No longer
+        returned by the worker: a person's release decides it again (its hold still
+        counts from where it came, :func:`last_hold_from`). A compare-and-set on the
+        hold: a row a person moved meanwhile is left as it is."""
+        with self._write() as conn:
+            self._move(
+                conn,
+                row_id,
+                "held",
+                "held",
+                f"{RETURN_REFUSED}: release ({reason}) refused: {refused.code}: "
+                f"{refused.issue.message}; gateway outbox release {row_id} decides it again",
+                self.clock(),
+                None,
+                {"last_error": RETURN_REFUSED},
+                held_as=UNKNOWN_PARTNER,
+                quiet=True,
+            )
+        return self.require(row_id)
 
     def _held_while_waiting(self, row_id: int) -> bool:
         """Whether the row is held for an unknown partner since a send that was ambiguous
@@ -1279,12 +1308,15 @@ def _rebuilt(parts: list[dict[str, Any]] | None) -> dict[str, Any] | None:
 def last_hold_from(row: Any, states: Collection[str | None]) -> sa.ColumnElement[bool]:
     """SQL: ``row`` (the outbox table or an alias) is held, and the move that held it
     last came from one of ``states`` (None: it was made held). A held row's last event
-    is the move into ``held``: where its hold came from (an ambiguous send's
-    ``waiting``, a queued row...) is that event's ``from_state``."""
+    but its re-holds (``held → held``: another reason, the row still held) is the move
+    into ``held``: where its hold came from (an ambiguous send's ``waiting``, a queued
+    row...) is that event's ``from_state``; a re-hold does not change it."""
     e, later = _events.alias("hold").c, _events.alias("later").c
+    # not a re-hold (spelt out: a NULL from_state, a row made held, must count)
+    moved = sa.or_(later.from_state.is_(None), later.from_state != "held", later.to_state != "held")
     last = (
         sa.select(sa.func.max(later.id))
-        .where(later.outbox_id == row.c.id)
+        .where(later.outbox_id == row.c.id, moved)
         .correlate(row)  # the row's: in a WHERE as in a column, however deep
         .scalar_subquery()
     )

@@ -36,7 +36,7 @@ import orjson
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from joserfc import jwk, jwt
 
-from ..config import Settings
+from ..config import Settings, not_private
 from ..errors import ConfigError, GatewayError
 from ..signing import Signer, SigningError
 from ._config import Auth, Partner
@@ -51,6 +51,7 @@ __all__ = [
     "Timeouts",
     "client_assertion",
     "credential_files",
+    "exposed_credentials",
     "gateway_signer",
     "jwt_algorithm",
     "partner_auth",
@@ -162,6 +163,8 @@ def tls_context(partner: Partner) -> ssl.SSLContext | bool:
         if auth.type == "mtls":
             cert, key = _mtls_files(partner.key, auth)
             files += [str(cert), str(key)]
+            if problem := _not_private(key, "mTLS client key file"):
+                raise ConfigError("partner-auth", f"partner {partner.key}: {problem}")
             password = os.environ.get(auth.key_password_env) if auth.key_password_env else None
             if password is None and auth.key_file is None:
                 password = os.environ.get("GATEWAY_SIGNING_PASSWORD")
@@ -199,6 +202,30 @@ def missing_credentials(partner: Partner) -> list[str]:
             cert, key = _mtls_files(partner.key, auth)
             named += [("cert_file", cert), ("key_file", key)]
     return [f"{name} {path}" for name, path in named if path is not None and not path.exists()]
+
+
+def exposed_credentials(partner: Partner) -> list[str]:
+    """The partner's secret files that group or others may read or write (the bearer
+    token file, the mTLS client key), each as config.not_private says it: refused as
+    the API token file and the signing keys are, since whoever reads one can act as the
+    gateway towards the partner. A file that is not there is
+    :func:`missing_credentials`'s to name."""
+    auth = partner.auth
+    secrets: list[tuple[Path | None, str]] = [(auth.token_file, "partner token file")]
+    if auth.type == "mtls":
+        with contextlib.suppress(ConfigError):  # making the client says why
+            secrets.append((_mtls_files(partner.key, auth)[1], "mTLS client key file"))
+    return [problem for path, what in secrets if path and (problem := _not_private(path, what))]
+
+
+def _not_private(path: Path, what: str) -> str | None:
+    """config.not_private for the file at ``path``; None too when it cannot be looked at
+    (missing, unreadable: reading it says so)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return None
+    return not_private(path, mode, what)
 
 
 def _mtls_files(partner: str, auth: Auth) -> tuple[Path, Path]:
@@ -294,6 +321,14 @@ class BearerAuth(ThrottledAuth):
         with self._lock:
             try:
                 stat = self.token_file.stat()
+                # checked at every request: a file made readable to others since is
+                # refused at once (config.not_private), as at start-up
+                problem = not_private(self.token_file, stat.st_mode, "partner token file")
+                if problem is not None:
+                    self._token = None
+                    raise PartnerAuthError(
+                        "delivery.token-file", f"partner {self.partner}: {problem}", request
+                    )
                 seen = (stat.st_mtime_ns, stat.st_size)
                 if again or seen != self._seen or self._token is None:
                     self._token = _first_line(self.token_file.read_text(encoding="utf-8"))

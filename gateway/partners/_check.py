@@ -14,7 +14,13 @@ from ..config import Settings
 from ..datafiles import load_data_file
 from ..errors import GatewayError
 from ..network import Network
-from ._auth import PartnerAuthError, SmartAuth, missing_credentials, partner_client
+from ._auth import (
+    PartnerAuthError,
+    SmartAuth,
+    exposed_credentials,
+    missing_credentials,
+    partner_client,
+)
 from ._config import Partner
 from ._naming import names_institution
 
@@ -83,6 +89,10 @@ def check_partner(
     missing = missing_credentials(partner)
     if missing:  # before reachability: a partner that answers still could not be sent to
         report.checks.append(Check("config", False, f"no such file: {'; '.join(missing)}"))
+        return report
+    exposed = exposed_credentials(partner)
+    if exposed:  # refused at the first send too: said before anything is asked
+        report.checks.append(Check("config", False, "; ".join(exposed)))
         return report
     try:
         client = client or partner_client(partner, settings)

@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from ..config import Settings
+from ..config import Settings, not_private
 from ..errors import ConfigError
 from ..network import Network
 from ._auth import missing_credentials
@@ -40,6 +40,8 @@ _OPTIONS = {
     "key_password_env": ("key_password_env", True),
 }
 _FILES = {"ca_file", "token_file", "cert_file", "key_file"}
+# Secret files among them: refused when group or others may read them (config.not_private)
+_SECRETS = {"token_file": "partner token file", "key_file": "mTLS client key file"}
 
 
 def add_cli(sub: Any) -> None:
@@ -134,6 +136,9 @@ def cmd_set(args: argparse.Namespace, settings: Settings) -> int:
             value = str(Path(value).expanduser().resolve())
             if not Path(value).is_file():
                 raise ConfigError("partner-auth", f"--{option.replace('_', '-')}: no file {value}")
+            mode = Path(value).stat().st_mode
+            if option in _SECRETS and (problem := not_private(Path(value), mode, _SECRETS[option])):
+                raise ConfigError("partner-auth", f"--{option.replace('_', '-')}: {problem}")
         (auth if in_auth else changes)[name] = value
     if auth:
         changes["auth"] = auth

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import secrets
 
-from ..config import Settings, not_private
+from ..config import Settings, not_private, private_folder
 from ..errors import ConfigError
 
 __all__ = ["KEY_ENV", "policy_key"]
@@ -24,7 +24,7 @@ def policy_key(settings: Settings, env: dict[str, str] | None = None) -> bytes:
         return _decode(env[KEY_ENV].strip(), KEY_ENV)
     path = settings.policy_key_file or settings.secrets_dir / "policy-key"
     if not path.exists() and settings.policy_key_file is None:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_folder(path.parent)  # $GATEWAY_HOME/secrets: 0700
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as handle:
             handle.write(secrets.token_hex(MIN_BYTES) + "\n")

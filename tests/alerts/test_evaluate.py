@@ -30,6 +30,7 @@ from .conftest import PATIENT_MRN, PATIENT_NAME, T0, Hook, Queue
 
 def webhook(hook: Hook, settings: Settings, token_file: Path) -> tuple[Settings, Notifier]:
     token_file.write_text("# the receiver's token\nhook-token-1\n", encoding="utf-8")
+    token_file.chmod(0o600)  # a secret: owner-only, or it is refused
     configured = replace(settings, alert_webhook_url=hook.url, alert_webhook_token_file=token_file)
     return configured, notifier_from(configured)
 

@@ -27,6 +27,7 @@ from .conftest import PATIENT_MRN, PATIENT_NAME, T0, Hook, Mailbox, Queue
 
 def mail_settings(settings: Settings, box: Mailbox, password_file: Path) -> Settings:
     password_file.write_text(box.password + "\n", encoding="utf-8")
+    password_file.chmod(0o600)  # a secret: owner-only, or it is refused
     return replace(
         settings,
         alert_smtp_host=box.host,
@@ -93,6 +94,7 @@ def test_a_refused_login_is_one_clear_failure(
     monkeypatch.delenv(PASSWORD_ENV, raising=False)
     settings = mail_settings(settings, mailbox, tmp_path / "smtp-password")
     (tmp_path / "smtp-password").write_text("wrong\n", encoding="utf-8")
+    (tmp_path / "smtp-password").chmod(0o600)
     [(_, error)] = notifier_from(settings).test(_test_notice())
     assert error is not None and "login refused (535)" in error
     assert "[alert.notify-failed]" in error and "wrong" not in error
@@ -136,6 +138,27 @@ def test_an_unreachable_webhook_fails_after_its_attempts(tmp_path: Path) -> None
     with pytest.raises(AlertError, match="ConnectError after 2 attempts"):
         channel.send(_test_notice())
     assert waits == [0.1]
+
+
+def test_a_webhook_token_file_others_can_read_is_refused(hook: Hook, tmp_path: Path) -> None:
+    """The webhook's bearer token was sent from a file anyone on the host could read;
+    refused at each read (a file opened up since is refused at once), as the API token
+    file and the keys are, and nothing posted."""
+    token_file = tmp_path / "hook-token"
+    token_file.write_text("hook-token-1\n", encoding="utf-8")
+    token_file.chmod(0o644)
+    channel = WebhookChannel(hook.url, token_file=token_file)
+    with pytest.raises(ConfigError) as caught:
+        channel.send(_test_notice())
+    assert caught.value.code == "config.bad-setting"
+    assert caught.value.issue.message == (
+        f"alert_webhook_token_file: {token_file}: the alert webhook token file must be "
+        "private (chmod 600)"
+    )
+    assert hook.received == []
+    token_file.chmod(0o600)
+    channel.send(_test_notice())
+    assert hook.received[0][0]["Authorization"] == "Bearer hook-token-1"
 
 
 def test_test_notify_without_a_channel(settings: Settings) -> None:

@@ -29,6 +29,7 @@ def _replace(path: Path, text: str) -> None:
     old = path.stat()
     new = path.with_suffix(".new")
     new.write_text(text, encoding="utf-8")
+    new.chmod(0o600)  # a secret: owner-only, or it is refused
     os.utime(new, ns=(old.st_atime_ns, old.st_mtime_ns))
     os.replace(new, path)
     assert (path.stat().st_mtime_ns, path.stat().st_size) == (old.st_mtime_ns, old.st_size)
@@ -39,6 +40,7 @@ def test_a_bearer_token_file_replaced_is_used_from_the_next_request(
 ) -> None:
     token_file = tmp_path / "hkpmc.token"
     token_file.write_text("token-2026-aaaa\n", encoding="utf-8")
+    token_file.chmod(0o600)  # a secret: owner-only, or it is refused
     hkpmc = Partner("hkpmc", BASE, auth=Auth("bearer", token_file=token_file))
     post = partner_api.post(POST_URL).respond(200, json=response("201", "201"))
     with Deliverer(outbox, {"hkpmc": hkpmc}, CONFIG, rng=random.Random(3)) as deliverer:
@@ -89,6 +91,7 @@ def test_a_certificate_replaced_before_its_key_holds_the_row_back_unsent(
     new_cert, new_key = _key_pair("new")
     cert.write_bytes(old_cert)
     key.write_bytes(old_key)
+    key.chmod(0o600)  # a secret: owner-only, or it is refused
     auth = Auth("mtls", cert_file=cert, key_file=key)
     hkpmc = Partner("hkpmc", BASE, auth=auth, check_overwrite=False)
     post = partner_api.post(POST_URL).respond(200, json=response("201", "201"))
@@ -105,6 +108,7 @@ def test_a_certificate_replaced_before_its_key_holds_the_row_back_unsent(
         assert row.state == "pending" and row.attempts == 0
         assert [e.to_state for e in outbox.events(second)] == ["pending"]
         (tmp_path / "client-key.new").write_bytes(new_key)
+        (tmp_path / "client-key.new").chmod(0o600)
         os.replace(tmp_path / "client-key.new", key)
         deliverer.run_once()
     assert outbox.require(second).state == "delivered"

@@ -56,6 +56,7 @@ def test_a_refused_token_holds_the_record_then_release_delivers_it(
     guarded.reset()
     token_file = tmp_path / "hkpmc.token"
     token_file.write_text("an-expired-token\n", encoding="utf-8")
+    token_file.chmod(0o600)  # a secret: owner-only, or it is refused
     hkpmc = Partner("hkpmc", guarded.base, auth=Auth(type="bearer", token_file=token_file))
     store = Store.open(f"sqlite:///{tmp_path / 'gateway.db'}")
     outbox = Outbox(store)

@@ -74,6 +74,7 @@ def test_bearer_sends_the_file_token_and_rereads_a_changed_file(
 ) -> None:
     token_file = tmp_path / "token"
     token_file.write_text("# issued by the partner\n\nfirst-token\n", encoding="utf-8")
+    token_file.chmod(0o600)  # a secret: owner-only, or it is refused
     route = api.post(FHIR).respond(200, json=ANSWER)
     with partner_client(_bearer(token_file), DeliveryConfig()) as client:
         client.post("", json=BUNDLE)
@@ -87,6 +88,7 @@ def test_bearer_after_a_401_resends_once_only_with_a_new_token(
 ) -> None:
     token_file = tmp_path / "token"
     token_file.write_text("old\n", encoding="utf-8")
+    token_file.chmod(0o600)
     route = api.post(FHIR).respond(401)
     with partner_client(_bearer(token_file), DeliveryConfig()) as client:
         assert client.post("", json=BUNDLE).status_code == 401
@@ -116,6 +118,31 @@ def test_a_missing_token_file_fails_before_sending_as_a_retryable_error(
         answer = send_part(client, BUNDLE, dt.datetime(2026, 6, 1))
     assert (answer.kind, answer.code) == ("retry", "delivery.token-file")
     assert not route.called
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o644, 0o660], ids=oct)
+def test_a_token_file_others_can_read_is_refused_before_sending(
+    api: respx.MockRouter, tmp_path: Path, mode: int
+) -> None:
+    """The pseudonym key, the signing keys and the API token file are refused when group
+    or others may read them; the partner's bearer token was sent from a 0644 file (anyone
+    on the host could send as the gateway). Refused as they are, under the code of a
+    token file that cannot be used (retried, then held): nothing is sent."""
+    route = api.post(FHIR).respond(200, json=ANSWER)
+    token_file = tmp_path / "token"
+    token_file.write_text("the-partners-token\n", encoding="utf-8")
+    token_file.chmod(mode)
+    with partner_client(_bearer(token_file), DeliveryConfig()) as client:
+        with pytest.raises(PartnerAuthError) as caught:
+            client.post("", json=BUNDLE)
+        assert caught.value.code == "delivery.token-file"
+        assert caught.value.issue.message == (
+            f"partner hkpmc: {token_file}: the partner token file must be private (chmod 600)"
+        )
+        assert not route.called
+        token_file.chmod(0o600)  # the operator fixes it: used at the next request
+        assert client.post("", json=BUNDLE).status_code == 200
+    assert _auth_headers(route) == ["Bearer the-partners-token"]
 
 
 def test_bearer_from_an_environment_variable(

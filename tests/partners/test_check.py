@@ -73,6 +73,7 @@ def token_partner() -> Iterator[TokenPartner]:
 def _token_file(tmp_path: Path, token: str) -> str:
     path = tmp_path / "partner-token"
     path.write_text(f"# the partner's token for us\n{token}\n", encoding="utf-8")
+    path.chmod(0o600)  # a secret: owner-only, or it is refused
     return str(path)
 
 

@@ -143,6 +143,7 @@ def test_set_writes_the_home_file_and_list_shows_it(
 ) -> None:
     token = tmp_path / "token"
     token.write_text("abc\n", encoding="utf-8")
+    token.chmod(0o600)  # a secret: owner-only, or it is refused
     url = "https://fhir.hkpmc.example.hk/R4"
     assert main(["partners", "set", "hkpmc", "--url", url, "--auth", "bearer",
                  "--token-file", str(token), "--rate-limit", "5"]) == 0  # fmt: skip
@@ -250,6 +251,32 @@ def test_a_token_file_that_is_not_there_is_marked_and_checked_first(
     assert capsys.readouterr().out.splitlines() == [
         f"FAIL  nsch  https://fhir.nsch.example.cn/fhir  config: no such file: {missing}"
     ]
+
+
+def test_a_token_file_others_can_read_is_refused_by_set_and_check(
+    home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A bearer token file group or others may read was taken by `partners set` and
+    passed `partners check` (which asked the partner with it); the API token file and
+    the keys are refused for this. No request is made: the base is not real."""
+    token = tmp_path / "nsch-token"
+    token.write_text("the-partners-token\n", encoding="utf-8")
+    token.chmod(0o644)
+    url = "https://fhir.nsch.example.cn/fhir"
+    assert main(["partners", "set", "nsch", "--url", url, "--auth", "bearer",
+                 "--token-file", str(token)]) == 2  # fmt: skip
+    private = f"{token}: the partner token file must be private (chmod 600)"
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: --token-file: {private} [config.partner-auth]"
+    ]
+    assert not (home / "partners.yaml").exists()  # nothing written
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "partners.yaml").write_text(  # a hand edit
+        f"partners:\n  nsch:\n    auth: {{type: bearer, token_file: {token}}}\n",
+        encoding="utf-8",
+    )
+    assert main(["partners", "check", "nsch"]) == 1
+    assert capsys.readouterr().out.splitlines() == [f"FAIL  nsch  {url}  config: {private}"]
 
 
 def test_set_and_check_take_the_facility_code_in_any_case(

@@ -24,7 +24,13 @@ from cryptography.x509.oid import NameOID
 from gateway.delivery import Deliverer, DeliveryConfig, Outbox
 from gateway.errors import ConfigError
 from gateway.network import Network
-from gateway.partners import Auth, Partner, names_institution, partner_client
+from gateway.partners import (
+    Auth,
+    Partner,
+    exposed_credentials,
+    names_institution,
+    partner_client,
+)
 from gateway.signing import issue_certificate
 from gateway.store import Store
 from tests.partners.conftest import NETWORK
@@ -132,6 +138,25 @@ def test_unusable_mtls_files_are_a_clear_error(pki: Path, tmp_path: Path) -> Non
         partner_client(Partner("hkpmc", "https://h/fhir", auth=wrong_pair), DeliveryConfig())
 
 
+def test_a_client_key_others_can_read_is_refused(pki: Path, tmp_path: Path) -> None:
+    """The mTLS client key was loaded from a 0644 file (anyone on the host could present
+    the gateway's certificate); refused, as the signing keys are."""
+    key = tmp_path / "client-key.pem"
+    key.write_bytes((pki / "lax2" / "key.pem").read_bytes())
+    key.chmod(0o640)
+    auth = Auth("mtls", cert_file=pki / "lax2" / "cert.pem", key_file=key)
+    partner = Partner("hkpmc", "https://h/fhir", auth=auth)
+    with pytest.raises(ConfigError) as caught:
+        partner_client(partner, DeliveryConfig())
+    assert caught.value.code == "config.partner-auth"
+    private = f"{key}: the mTLS client key file must be private (chmod 600)"
+    assert caught.value.issue.message == f"partner hkpmc: {private}"
+    assert exposed_credentials(partner) == [private]
+    key.chmod(0o600)
+    assert exposed_credentials(partner) == []
+    partner_client(partner, DeliveryConfig()).close()
+
+
 def test_a_client_certificate_replaced_is_presented_from_the_next_batch(
     tls_partner: str, pki: Path, tmp_path: Path
 ) -> None:
@@ -142,6 +167,7 @@ def test_a_client_certificate_replaced_is_presented_from_the_next_batch(
     cert, key = tmp_path / "client.pem", tmp_path / "client-key.pem"
     cert.write_bytes((pki / "lax2" / "cert.pem").read_bytes())
     key.write_bytes((pki / "lax2" / "key.pem").read_bytes())
+    key.chmod(0o600)  # a secret: owner-only, or it is refused
     auth = Auth("mtls", cert_file=cert, key_file=key)
     partner = Partner("hkpmc", tls_partner, auth=auth, ca_file=pki / "ca" / "cert.pem")
     network = Network.load(NETWORK)
@@ -154,6 +180,7 @@ def test_a_client_certificate_replaced_is_presented_from_the_next_batch(
             assert deliverer.client(partner).get("metadata").status_code == 200
             for name, source in (("client.new", "cert.pem"), ("client-key.new", "key.pem")):
                 (tmp_path / name).write_bytes((pki / "njmu2" / source).read_bytes())
+                (tmp_path / name).chmod(0o600)
             os.replace(tmp_path / "client.new", cert)
             os.replace(tmp_path / "client-key.new", key)
             deliverer.run_once()  # nothing due: the batch's look at the files

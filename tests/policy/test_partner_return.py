@@ -27,6 +27,7 @@ from .test_adversarial_withdrawal import FAST, HKPMC
 
 home, store, outbound = delivery.home, delivery.home_store, delivery.outbound
 UNKNOWN = "delivery.unknown-partner"
+REFUSED = "delivery.return-refused"
 outcomes = metadata.tables["outcomes"]
 
 
@@ -187,5 +188,52 @@ def test_a_record_that_cannot_be_read_again_never_stops_the_worker(
     sent = _partner_back(home, store, outbound)  # before: raised JSONDecodeError
     assert sent == []
     after = outbound.outbox.require(row.id)
-    assert (after.state, after.last_error) == ("held", UNKNOWN)
+    assert (after.state, after.last_error) == ("held", REFUSED)  # not "partner unknown"
     assert f"outbox record {row.id}: not released" in caplog.text
+    assert outbound.outbox.events(row.id)[-1].reason == (
+        f"{REFUSED}: release ({UNKNOWN}: partner hkpmc is configured again) refused: "
+        f"delivery.not-releasable: outbox record {row.id} cannot be released: deciding it "
+        f"again failed (JSONDecodeError); gateway outbox release {row.id} decides it again"
+    )
+
+
+def test_a_return_the_audit_log_cannot_record_is_held_for_that_and_a_person_releases_it(
+    home: Settings,
+    store: Store,
+    converter: Converter,
+    outbound: Outbound,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """hkpmc configured again, the worker's return of a never-sent row was refused for no
+    reason of the policy's (here its new decision could not be audited): the row stayed
+    held as delivery.unknown-partner, its partner configured, the operator told nothing
+    true. Held for the refusal now, named in its event; the worker leaves it; a person's
+    release decides it again and it is sent."""
+    row = _queued(store, converter, outbound, "2099-12-31")
+    assert outbound.policy.audit is not None
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise OSError("no space left on device")
+
+    with monkeypatch.context() as broken:
+        broken.setattr(outbound.policy.audit, "append_rows", refuse)
+        assert _partner_back(home, store, outbound) == []
+    after = outbound.outbox.require(row.id)
+    assert (after.state, after.last_error) == ("held", REFUSED)  # before: UNKNOWN
+    last = outbound.outbox.events(row.id)[-1]
+    assert (last.from_state, last.to_state) == ("held", "held")
+    assert last.reason.startswith(
+        f"{REFUSED}: release ({UNKNOWN}: partner hkpmc is configured again) refused: "
+        "policy.audit-unavailable: "
+    ), last.reason
+    assert last.reason.endswith(f"; gateway outbox release {row.id} decides it again")
+    assert _partner_back(home, store, outbound) == []  # the log writable: still a person's
+    assert outbound.outbox.require(row.id).last_error == REFUSED
+    released = outbound.act_by("release", "ops", row.id, "the audit disk was full")
+    assert released.state == "pending"
+    back = outbound.outbox.events(row.id)[-1]
+    assert back.reason.startswith("release: the audit disk was full (allow"), back.reason
+    assert back.decision_id is not None  # decided again, as a never-sent row's release is
+    sent = _partner_back(home, store, outbound)
+    assert len(sent) == released.part_count
+    assert outbound.outbox.require(row.id).state == "delivered"

@@ -267,12 +267,11 @@ class Narratives:
         the entry gets a new resource dict, as resources may hold shared frozen values)."""
         by_url: dict[Any, Any] = {}  # every resource, as references resolve them
         todo: list[tuple[dict[str, Any], Resource, dict[str | None, _Plan]]] = []
-        plans_of = self._plans
         for entry in bundle.get("entry") or []:  # one pass: the index and what needs text
             resource = by_url[entry.get("fullUrl")] = entry.get("resource")
-            if isinstance(resource, dict) and "text" not in resource:
-                plans = plans_of.get(resource.get("resourceType", ""))
-                if plans is not None:
+            if isinstance(resource, dict):
+                plans = self._plans.get(resource.get("resourceType", ""))
+                if plans is not None and "text" not in resource:
                     todo.append((entry, resource, plans))
         if not todo:
             return

@@ -19,7 +19,7 @@ docs/narrative.md says what is shown and why.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from html import escape
 from pathlib import Path
@@ -61,14 +61,117 @@ _TABLE_END = "</tbody></table></div>"
 @dataclass(frozen=True, slots=True)
 class _Plan:
     """A type's narrative in one label language, made once (it depends on nothing else):
-    per row its element (``key``, else ``paths``), how its value is shown (None: auto)
-    and its markup up to the value (``<tr><th>label</th><td>``, the label escaped);
-    the div's opening up to the first row, and the whole div when no row shows."""
+    ``div``, generated Python (see _generate) that reads each row's element directly and
+    writes its markup (``<tr><th>label</th><td>``, the label escaped, fixed in the code)
+    and its value, a string escaped inline, anything else by its shape (_auto)."""
 
     chinese: str | None  # the labels' language (None: English alone)
-    rows: tuple[tuple[str | None, tuple[tuple[str, ...], ...], Show | None, str], ...]
-    head: str
-    empty: str
+    div: Callable[[Resource, _View], str]
+
+
+# -- the generated div of a plan ---------------------------------------------------------
+
+# _first's test of an empty value (the next path is read); _div's, of a row not shown.
+_EMPTY = "(v is None or v == '' or v == [] or v == {})"
+_ABSENT = "(v is None or v == '' or v == [])"
+
+
+def _escaped(var: str) -> list[str]:
+    """Lines that escape the string ``var`` in place, as _esc does (most values are plain:
+    six tests, no call)."""
+    return [
+        f"if '&' in {var} or '<' in {var} or '>' in {var} or '\"' in {var} or \"'\" in {var}:",
+        f"    {var} = escape({var})",
+        f"if '\\n' in {var}:",
+        f"    {var} = {var}.replace('\\n', '<br/>')",
+    ]
+
+
+def _generate(
+    rows: tuple[Row, ...], heads: list[str], head: str, empty: str
+) -> tuple[str, dict[str, Any]]:
+    """The source of ``div(r, view)``, the narrative of ``r`` by ``rows`` (``heads``: each
+    row's markup up to its value), and the names it uses beyond _GENERATED_USES (paths
+    read by _first, show functions). Each row reads its element as the rules say (a
+    top-level key directly; the first non-empty of several keys in a loop); a string is
+    escaped inline, any other value shown by _auto (or the row's show), so the output is
+    what a walk of the rows makes, without a call per row or per string."""
+    names: dict[str, Any] = {}
+    code = ["def div(r, view):", f"    p = [{head!r}]"]
+    for n, (row, markup) in enumerate(zip(rows, heads, strict=True)):
+        code += _read(row, n, names)
+        code += ["    " + line for line in _show(row, markup, n, names)]
+    code += [
+        "    if len(p) == 1:",
+        f"        return {empty!r}",
+        f"    p.append({_TABLE_END!r})",
+        "    return ''.join(p)",
+    ]
+    return "\n".join(code) + "\n", names
+
+
+def _read(row: Row, n: int, names: dict[str, Any]) -> list[str]:
+    """Lines that set ``v`` to the row's value, then the test that it shows."""
+    if row.key:
+        return [f"    v = r.get({row.key!r})", f"    if v or not {_ABSENT}:"]
+    if all(len(path) == 1 for path in row.paths):  # the first non-empty of top-level keys
+        keys = tuple(path[0] for path in row.paths)
+        return [
+            f"    for k in {keys!r}:",
+            "        v = r.get(k)",
+            f"        if v or not {_EMPTY}:",
+            "            break",
+            "    else:",
+            "        v = None",
+            "    if v is not None:",  # _first gives a non-empty value or None
+        ]
+    names[f"P{n}"] = row.paths
+    return [f"    v = _first(r, P{n})", "    if v is not None:"]
+
+
+def _show(row: Row, markup: str, n: int, names: dict[str, Any]) -> list[str]:
+    """Lines that add the row of ``v`` to ``p`` (none when it shows nothing)."""
+    shown = [
+        "if x:",
+        f"    p += ({markup!r}, x[0] if len(x) == 1 else '<br/>'.join(x), {_ROW_END!r})",
+    ]
+    if row.show != "auto":
+        names[f"S{n}"] = _SHOW[row.show]
+        return [f"    x = S{n}(view, v)", *("    " + line for line in shown)]
+    return [
+        "    if type(v) is str:",
+        *("        " + line for line in _escaped("v")),
+        f"        p += ({markup!r}, v, {_ROW_END!r})",
+        "    else:",
+        *("        " + line for line in _LINES_V),
+        *("        " + line for line in shown),
+    ]
+
+
+# ``x = _auto(view, v)`` for the shapes other than a string: the record's own dicts and
+# lists by their exact type, as _auto does, with what _element and _items would do for
+# the common ones made here (a reference, a list's items, an Annotation's text alone).
+_LINES_V = [
+    "if type(v) is dict:",
+    "    x = _reference(view, v) if 'reference' in v else _element(view, v)",
+    "elif type(v) is list and len(v) <= _MAX_ITEMS:",
+    "    x = []",
+    "    for i in v:",
+    "        if type(i) is not dict:",
+    "            x += _auto(view, i)",
+    "        elif 'reference' in i:",
+    "            x += _reference(view, i)",
+    "        elif len(i) == 1 and 'text' in i:",
+    "            t = i['text']",
+    "            if type(t) is not str:",
+    "                t = str(t)",
+    *("            " + line for line in _escaped("t")),
+    "            x.append(t)",
+    "        else:",
+    "            x += _element(view, i)",
+    "else:",
+    "    x = _auto(view, v)",
+]
 
 
 class Narratives:
@@ -191,59 +294,27 @@ class Narratives:
         rtype = str(resource.get("resourceType", ""))
         chosen = chinese if declared is _UNDECLARED else declared
         plans = self._plans.get(rtype)
-        # a type without rules: its title alone (a KeyError when it has no label either)
-        plan = plans[chosen] if plans is not None else self._plan(rtype, (), chosen)
-        return self._div(resource, plan, _View(by_url or {}, self))
+        if plans is None:  # its title alone (a KeyError when it has no label either)
+            return f"{XHTML}<p><b>{self._labels[chosen][rtype]}</b></p></div>"
+        return self._div(resource, plans[chosen], _View(by_url or {}, self))
 
-    def _plan(self, rtype: str, rows: Iterable[Row], chinese: str | None) -> _Plan:
+    def _plan(self, rtype: str, rows: tuple[Row, ...], chinese: str | None) -> _Plan:
         labels = self._labels[chinese]
         title = f"{XHTML}<p><b>{labels[rtype]}</b></p>"
-        return _Plan(
-            chinese,
-            tuple(
-                (
-                    row.key or None,
-                    row.paths,
-                    None if row.show == "auto" else _SHOW[row.show],
-                    f"<tr><th>{labels[row.label]}</th><td>",
-                )
-                for row in rows
-            ),
-            f"{title}<table><tbody>",
-            f"{title}</div>",
-        )
+        heads = [f"<tr><th>{labels[row.label]}</th><td>" for row in rows]
+        source, names = _generate(rows, heads, f"{title}<table><tbody>", f"{title}</div>")
+        space: dict[str, Any] = {**_GENERATED_USES, **names}
+        exec(compile(source, f"<narrative {rtype} {chinese or EN}>", "exec"), space)
+        return _Plan(chinese, space["div"])
 
     def _div(self, resource: Resource, plan: _Plan, view: _View) -> str:
-        """The XHTML of ``resource`` by ``plan``, made in one join."""
+        """The XHTML of ``resource`` by ``plan``: the view set for its label language."""
         chinese = view.chinese = plan.chinese
         view.id_types = self._id_types[chinese]
         view.lines, view.persons = self._lines[chinese], self._persons[chinese]
         view.roles = self._roles[chinese]
         view.described = view.by_language.setdefault(chinese, {})
-        parts = [plan.head]
-        for key, paths, show, head in plan.rows:
-            value = resource.get(key) if key is not None else _first(resource, paths)
-            if not value and (value is None or value == "" or value == []):
-                continue
-            if show is None:  # auto: _auto's first choices, by the value's exact type
-                kind = type(value)
-                if kind is str:  # what _auto makes of a string, without the list
-                    parts += (head, _esc(value), _ROW_END)
-                    continue
-                if kind is dict:
-                    shown = _element(view, value)
-                elif kind is list:
-                    shown = _items(view, value)
-                else:
-                    shown = _auto(view, value)
-            else:
-                shown = show(view, value)
-            if shown:
-                parts += (head, shown[0] if len(shown) == 1 else "<br/>".join(shown), _ROW_END)
-        if len(parts) == 1:
-            return plan.empty
-        parts.append(_TABLE_END)
-        return "".join(parts)
+        return plan.div(resource, view)
 
     def _declared(self, resource: Resource) -> str | None:
         """The labels' Chinese variant by the resource's ``language``: None for English,
@@ -378,20 +449,21 @@ def _shape(view: _View, value: Any) -> list[str]:
 
 def _items(view: _View, value: list[Any]) -> list[str]:
     if len(value) == 1:  # most lists (identifiers, categories, notes): the item's lines
-        return _auto(view, value[0])  # as they are (nothing changes returned lines)
+        item = value[0]  # as they are (nothing changes returned lines)
+        return _element(view, item) if type(item) is dict else _auto(view, item)
     out: list[str] = []
     for item in value if len(value) <= _MAX_ITEMS else value[:_MAX_ITEMS]:
-        out += _auto(view, item)
+        out += _element(view, item) if type(item) is dict else _auto(view, item)
     if len(value) > _MAX_ITEMS:
         out.append(f"… (+{len(value) - _MAX_ITEMS})")
     return out
 
 
 def _element(view: _View, value: dict[str, Any]) -> list[str]:
+    if "reference" in value:  # first: most are references (with it, text is not alone)
+        return _reference(view, value)
     if len(value) == 1 and "text" in value:  # an Annotation as most are: no test below fits
         return [_esc(str(value["text"]))]
-    if "reference" in value:
-        return _reference(view, value)
     if "coding" in value:
         return _concept(view, value)
     if "code" in value and "system" in value and "value" not in value:
@@ -413,18 +485,25 @@ def _element(view: _View, value: dict[str, Any]) -> list[str]:
 
 
 def _concept(view: _View, concept: dict[str, Any]) -> list[str]:
-    codings = [c for c in concept.get("coding") or () if isinstance(c, dict)]
-    out = [_coding(view, c) for c in codings]
+    codings = concept.get("coding") or ()
+    out = []
+    for coding in codings:
+        if isinstance(coding, dict):
+            out.append(_coding(view, coding))
     text = concept.get("text")
-    if text and all(text != c.get("display") for c in codings):
-        out.insert(0, _esc(str(text)))
+    if text:  # shown too when no coding displays it
+        for coding in codings:
+            if isinstance(coding, dict) and text == coding.get("display"):
+                break
+        else:
+            out.insert(0, _esc(str(text)))
     return out
 
 
 def _coding(view: _View, coding: dict[str, Any]) -> str:
     """display / its translation into the labels' other language (system code)"""
     display = str(coding.get("display") or "")
-    other = _translation(coding, view.chinese) if view.chinese else None
+    other = _translation(coding, view.chinese) if view.chinese and coding.get("_display") else None
     if other:
         head = f"{display} / {other}" if _CJK.search(display) else f"{other} / {display}"
     else:
@@ -459,11 +538,15 @@ def _translation(coding: dict[str, Any], chinese: str) -> str | None:
 
 
 def _identifier(view: _View, ident: dict[str, Any]) -> str:
-    value = str(ident.get("value", ""))
-    coding = (ident.get("type") or {}).get("coding")
+    value = ident.get("value", "")
+    if type(value) is not str:
+        value = str(value)
+    kind = ident.get("type")
+    coding = kind.get("coding") if kind else None
     code = coding[0].get("code") if coding else None
-    label = view.id_types.get(code) or code if code else None
-    return _esc(f"{label} {value}" if label else value)
+    if code:  # its label (v2-0203), else the code itself
+        return _esc(f"{view.id_types.get(code) or code} {value}")
+    return _esc(value)
 
 
 def _reference(view: _View, ref: dict[str, Any]) -> list[str]:
@@ -588,8 +671,13 @@ def _person(view: _View, person: Resource) -> str:
 
 
 def _person_line(view: _View, names: Any, idents: Any) -> str:
-    shown_names = [_name(n) for n in names or () if isinstance(n, dict)]
-    line = _esc(" / ".join(filter(None, shown_names)))
+    texts: list[str] = []
+    for name in names or ():
+        if isinstance(name, dict):
+            text = _name(name)
+            if text:
+                texts.append(text)
+    line = _esc(" / ".join(texts))
     for ident in idents or ():
         if isinstance(ident, dict) and ident.get("value"):
             shown = _identifier(view, ident)
@@ -643,6 +731,17 @@ def _first(resource: Resource, paths: tuple[tuple[str, ...], ...]) -> Any:
     return None
 
 
+# What the generated divs call (see _generate).
+_GENERATED_USES: dict[str, Any] = {
+    "escape": escape,
+    "_auto": _auto,
+    "_element": _element,
+    "_reference": _reference,
+    "_MAX_ITEMS": _MAX_ITEMS,
+    "_first": _first,
+}
+
+
 # FHIR's order of a DomainResource's first elements: text goes after these.
 _BEFORE_TEXT = ("resourceType", "id", "meta", "implicitRules", "language")
 
@@ -651,7 +750,10 @@ def _with_text(resource: Resource, div: str) -> Resource:
     """``resource`` with ``text`` after its leading elements (as _BEFORE_TEXT orders them),
     the others in their order: updating from ``resource`` sets the leading ones again
     where they already are (the same values) and adds the rest after ``text``, in C."""
-    out = {k: resource[k] for k in _BEFORE_TEXT if k in resource}
+    out = {}
+    for key in _BEFORE_TEXT:
+        if key in resource:
+            out[key] = resource[key]
     out["text"] = {"status": "generated", "div": div}
     out.update(resource)
     return out

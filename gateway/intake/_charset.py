@@ -164,11 +164,10 @@ def decode_strict(
     ``place(text)`` names where the text first leaves ASCII (``PID-5``), and ``claim``
     says where the charset came from (``declared 'BIG-5'`` by default), for the message.
     """
-    said = claim or f"declared {declared!r}"
-    if is_single_byte(codec) and not data.isascii():
+    if codec in _table()[2] and not data.isascii():  # is_single_byte(codec)
         likely = mislabelled_as(data, prefer, codec)
         if likely is not None:
-            said += ", a single-byte charset,"
+            said = _said(claim, declared) + ", a single-byte charset,"
             return _mislabelled(data, likely, said, "", location, mismatch, place)
     try:
         text = data.decode(codec)
@@ -180,11 +179,17 @@ def decode_strict(
             location=location,
             offset=exc.start,
         ) from None
-    rival = misread_as(data, codec, text)
+    # Only GB 18030 and Big5 have a rival (misread_as says None for any other codec).
+    rival = misread_as(data, codec, text) if codec in _RIVAL else None
     if rival is not None:
         why = f" (read as {declared}, they are mostly rare or non-Chinese characters)"
-        return _mislabelled(data, rival, said, why, location, mismatch, place)
+        return _mislabelled(data, rival, _said(claim, declared), why, location, mismatch, place)
     return Decoded(text, codec)
+
+
+def _said(claim: str | None, declared: str) -> str:
+    """Where the charset came from, for a message about it (made only when one is)."""
+    return claim or f"declared {declared!r}"
 
 
 def _mislabelled(

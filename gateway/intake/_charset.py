@@ -21,7 +21,6 @@ __all__ = [
     "charset_name",
     "codec_for",
     "decode_strict",
-    "is_single_byte",
     "likely_cjk_charset",
     "mislabelled_as",
     "misread_as",
@@ -130,11 +129,6 @@ def likely_cjk_charset(data: bytes, prefer: tuple[str, ...] = MULTI_BYTE) -> str
     return None
 
 
-def is_single_byte(codec: str) -> bool:
-    """Whether ``codec`` decodes any byte (so it can never say the bytes are wrong)."""
-    return codec in _table()[2]
-
-
 @lru_cache(maxsize=8)
 def charset_name(codec: str) -> str:
     """The MSH-18 name a sender should declare for ``codec`` (``GB 18030-2000``)."""
@@ -164,7 +158,9 @@ def decode_strict(
     ``place(text)`` names where the text first leaves ASCII (``PID-5``), and ``claim``
     says where the charset came from (``declared 'BIG-5'`` by default), for the message.
     """
-    if codec in _table()[2] and not data.isascii():  # is_single_byte(codec)
+    # _table()[2]: the single-byte codecs, which decode any byte (so can never say the
+    # bytes are wrong)
+    if codec in _table()[2] and not data.isascii():
         likely = mislabelled_as(data, prefer, codec)
         if likely is not None:
             said = _said(claim, declared) + ", a single-byte charset,"

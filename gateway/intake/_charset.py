@@ -21,7 +21,6 @@ __all__ = [
     "charset_name",
     "codec_for",
     "decode_strict",
-    "is_single_byte",
     "likely_cjk_charset",
     "mislabelled_as",
     "misread_as",
@@ -130,11 +129,6 @@ def likely_cjk_charset(data: bytes, prefer: tuple[str, ...] = MULTI_BYTE) -> str
     return None
 
 
-def is_single_byte(codec: str) -> bool:
-    """Whether ``codec`` decodes any byte (so it can never say the bytes are wrong)."""
-    return codec in _table()[2]
-
-
 @lru_cache(maxsize=8)
 def charset_name(codec: str) -> str:
     """The MSH-18 name a sender should declare for ``codec`` (``GB 18030-2000``)."""
@@ -164,11 +158,12 @@ def decode_strict(
     ``place(text)`` names where the text first leaves ASCII (``PID-5``), and ``claim``
     says where the charset came from (``declared 'BIG-5'`` by default), for the message.
     """
-    said = claim or f"declared {declared!r}"
-    if is_single_byte(codec) and not data.isascii():
+    # _table()[2]: the single-byte codecs, which decode any byte (so can never say the
+    # bytes are wrong)
+    if codec in _table()[2] and not data.isascii():
         likely = mislabelled_as(data, prefer, codec)
         if likely is not None:
-            said += ", a single-byte charset,"
+            said = _said(claim, declared) + ", a single-byte charset,"
             return _mislabelled(data, likely, said, "", location, mismatch, place)
     try:
         text = data.decode(codec)
@@ -180,11 +175,17 @@ def decode_strict(
             location=location,
             offset=exc.start,
         ) from None
-    rival = misread_as(data, codec, text)
+    # Only GB 18030 and Big5 have a rival (misread_as says None for any other codec).
+    rival = misread_as(data, codec, text) if codec in _RIVAL else None
     if rival is not None:
         why = f" (read as {declared}, they are mostly rare or non-Chinese characters)"
-        return _mislabelled(data, rival, said, why, location, mismatch, place)
+        return _mislabelled(data, rival, _said(claim, declared), why, location, mismatch, place)
     return Decoded(text, codec)
+
+
+def _said(claim: str | None, declared: str) -> str:
+    """Where the charset came from, for a message about it (made only when one is)."""
+    return claim or f"declared {declared!r}"
 
 
 def _mislabelled(

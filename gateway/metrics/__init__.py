@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ._blocked import CREDENTIALS_CODES, CREDENTIALS_REFUSED, NO_TOKEN, credentials_blocked
-from ._latency import BUCKETS, STAGE_SECONDS, observe_stage
+from ._latency import BUCKETS, STAGE_SECONDS, observe_stage, observe_steps
 from ._tracing import (
     configure_tracing,
     trace_attempt,
@@ -43,6 +43,7 @@ __all__ = [
     "configure_tracing",
     "credentials_blocked",
     "observe_stage",
+    "observe_steps",
     "trace_attempt",
     "trace_placed",
     "trace_record",

@@ -4,15 +4,24 @@ prometheus-client decides at import whether values live in memory or in files sh
 processes (``PROMETHEUS_MULTIPROC_DIR``), so it is imported at the first observation,
 not with this module: ``gateway serve --workers N`` sets the variable before anything
 is measured, in the supervisor and in every worker it starts.
+
+The pipeline's four stage observations a record (:func:`observe_steps`) are held in
+memory and added to the histogram a few hundred at a time, and whenever it is read
+(its ``collect``, which every scrape and test goes through): each one added alone takes
+two locked increments, eight a record. In the multiprocess mode the values are files
+that other processes read, so they are written at once.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from bisect import bisect_left
+from collections import deque
+from collections.abc import Iterable, Iterator
 from typing import Any
 
-__all__ = ["BUCKETS", "STAGE_SECONDS", "observe_stage", "stage_histogram"]
+__all__ = ["BUCKETS", "STAGE_SECONDS", "observe_stage", "observe_steps", "stage_histogram"]
 
 STAGE_SECONDS = "gateway_stage_duration_seconds"
 # From a cached mapping fragment (well under a millisecond) to a large DICOM study or a
@@ -26,23 +35,35 @@ BUCKETS = (
 log = logging.getLogger("gateway.metrics")
 _made = threading.Lock()
 _histogram: Any = None
-_children: dict[str, Any] = {}  # the histogram's series per stage: .labels() costs a lock
 _broken = False
+# Steps (stage, outcome, ms, code) observed by the pipeline, not yet in the histogram.
+# A deque: appending and taking are atomic, so converting threads and a scraping thread
+# need no lock of their own.
+_pending: deque[tuple[str, str, float, str | None]] = deque()
+_FLUSH_AT = 256  # pending steps (64 records of four stages)
+_immediate = True  # until the histogram says its values are in memory (not files)
 
 
 def stage_histogram() -> Any:
     """The stage latency histogram of this process (made at the first use; registered in
-    no registry: /metrics reads it, or the multiprocess files it writes)."""
-    global _histogram
+    no registry: /metrics reads it, or the multiprocess files it writes). Reading it
+    (``collect``) first adds the observations still held."""
+    global _histogram, _immediate
     with _made:
         if _histogram is None:
             from prometheus_client import Histogram, disable_created_metrics
+            from prometheus_client.values import ValueClass
 
             # The same series with one process or several (the multiprocess mode has
             # no *_created): the gateway uses prometheus-client for nothing else.
             disable_created_metrics()  # type: ignore[no-untyped-call]
 
-            _histogram = Histogram(
+            class _Flushed(Histogram):
+                def collect(self) -> Iterator[Any]:
+                    _flush()
+                    yield from super().collect()
+
+            _histogram = _Flushed(
                 STAGE_SECONDS,
                 "Time a record spent in a stage: intake, mapping, validation, serialise "
                 "(the converter) and process (a stored message: load, convert, keep the "
@@ -51,19 +72,82 @@ def stage_histogram() -> Any:
                 buckets=BUCKETS,
                 registry=None,
             )
+            _immediate = getattr(ValueClass, "_multiprocess", True)
         return _histogram
 
 
+class _Series:
+    """One stage's series, observed as ``Histogram.observe`` observes it (its sum, then
+    the first bucket whose bound holds the value) without that method's per-call label
+    check and its Python loop over the bounds: a bisection finds the bucket.
+    tests/metrics/test_latency.py holds the two equal, in one process and in the
+    multiprocess files."""
+
+    __slots__ = ("bounds", "buckets", "sum")
+
+    def __init__(self, child: Any) -> None:
+        self.bounds: list[float] = list(child._upper_bounds)  # ends with +Inf: holds any number
+        self.buckets: list[Any] = child._buckets  # the values /metrics reads
+        self.sum: Any = child._sum
+
+    def observe(self, seconds: float) -> None:
+        self.sum.inc(seconds)
+        if seconds == seconds:  # NaN fits no bucket: Histogram.observe counts it in none
+            self.buckets[bisect_left(self.bounds, seconds)].inc(1)
+
+
+_series: dict[str, _Series] = {}  # per stage; .labels() costs a lock
+
+
+def _series_of(stage: str) -> _Series:
+    series = _series.get(stage)
+    if series is None:
+        series = _series[stage] = _Series(stage_histogram().labels(stage))
+    return series
+
+
 def observe_stage(stage: str, seconds: float) -> None:
-    """Count one pass of a record through ``stage`` that took ``seconds``. Never raises:
-    a measurement must not fail a record."""
-    global _broken
+    """Count one pass of a record through ``stage`` that took ``seconds``, at once.
+    Never raises: a measurement must not fail a record."""
     try:
-        child = _children.get(stage)
-        if child is None:
-            child = _children[stage] = stage_histogram().labels(stage)
-        child.observe(seconds)
+        _series_of(stage).observe(seconds)
     except Exception as exc:  # a full or removed metrics directory, say: said once
-        if not _broken:
-            _broken = True
-            log.warning("metrics: stage latency not recorded: %s", type(exc).__name__)
+        _failed(exc)
+
+
+def observe_steps(steps: Iterable[tuple[str, str, float, str | None]]) -> None:
+    """:func:`observe_stage` for each ``(stage, outcome, ms, code)`` of a record's
+    history (milliseconds, as the history keeps them), held until the histogram is
+    read or a few hundred are held (see the module's text). Never raises."""
+    _pending.extend(steps)  # tuples: a later change to the history does not reach them
+    if _immediate or len(_pending) >= _FLUSH_AT:
+        _flush()
+
+
+def _flush() -> None:
+    """Add the held steps to the histogram: per stage, one increment of its sum (added
+    in the order observed) and one of each bucket that got any."""
+    sums: dict[str, float] = {}
+    counts: dict[tuple[str, int], int] = {}
+    try:
+        for _ in range(len(_pending)):  # what is there now; more may come meanwhile
+            stage, _, ms, _ = _pending.popleft()
+            series = _series.get(stage) or _series_of(stage)
+            seconds = ms / 1000.0
+            sums[stage] = sums.get(stage, 0.0) + seconds
+            if seconds == seconds:  # NaN fits no bucket (see _Series.observe)
+                key = (stage, bisect_left(series.bounds, seconds))
+                counts[key] = counts.get(key, 0) + 1
+        for stage, total in sums.items():
+            _series[stage].sum.inc(total)
+        for (stage, index), count in counts.items():
+            _series[stage].buckets[index].inc(count)
+    except Exception as exc:  # see observe_stage
+        _failed(exc)
+
+
+def _failed(exc: Exception) -> None:
+    global _broken
+    if not _broken:
+        _broken = True
+        log.warning("metrics: stage latency not recorded: %s", type(exc).__name__)

@@ -12,7 +12,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest, multiprocess
 
-from gateway.metrics import BUCKETS, STAGE_SECONDS, observe_stage
+from gateway.metrics import BUCKETS, STAGE_SECONDS, observe_stage, observe_steps
 from gateway.metrics._latency import stage_histogram
 from tests.conftest import REPO
 
@@ -60,15 +60,54 @@ def test_nan_is_counted_in_no_bucket_as_histogram_observe_does() -> None:
     assert got == expected and got[(f"{STAGE_SECONDS}_count", "")] == 2
 
 
+def test_observe_steps_counts_a_history_as_histogram_observe_does() -> None:
+    """The pipeline observes a record's history in one call (milliseconds, as the history
+    keeps them): the same buckets, count and sum as one observe per step, NaN in none."""
+    stages = ("test-steps-a", "test-steps-b")
+    ours = stage_histogram()
+    reference = _reference()
+    steps = [(stages[n % 2], "ok", v * 1000.0, None) for n, v in enumerate(VALUES)]
+    steps.append((stages[0], "failed", float("nan"), "internal"))
+    observe_steps(steps)
+    for stage, _, ms, _ in steps:
+        reference.labels(stage).observe(ms / 1000.0)
+    total = (f"{STAGE_SECONDS}_sum", "")
+    with_nan, without = (_samples(ours, stage) for stage in stages)
+    assert without == _samples(reference, stages[1])
+    assert without[(f"{STAGE_SECONDS}_count", "")] == len(VALUES) // 2
+    expected = _samples(reference, stages[0])
+    assert math.isnan(with_nan.pop(total)) and math.isnan(expected.pop(total))
+    assert with_nan == expected
+
+
+def test_steps_held_past_the_flush_are_all_counted() -> None:
+    """More steps than are held at once (some added on the way, the rest when read):
+    every one counted in its bucket; the sum that of the values."""
+    stage = "test-steps-many"
+    ours = stage_histogram()
+    reference = _reference()
+    values = [v for _ in range(70) for v in VALUES[:-1]]  # 700 steps
+    for value in values:
+        observe_steps([(stage, "ok", value * 1000.0, None)])
+        reference.labels(stage).observe(value)
+    got, expected = _samples(ours, stage), _samples(reference, stage)
+    total = (f"{STAGE_SECONDS}_sum", "")
+    assert math.isclose(got.pop(total), expected.pop(total), rel_tol=1e-12)
+    assert got == expected and got[(f"{STAGE_SECONDS}_count", "")] == len(values)
+
+
 # Run in a process of its own: prometheus-client picks the multiprocess values at import.
 _OBSERVE = """
 import sys
 from prometheus_client import Histogram
-from gateway.metrics import BUCKETS, STAGE_SECONDS, observe_stage
+from gateway.metrics import BUCKETS, STAGE_SECONDS, observe_stage, observe_steps
 values = [float(v) for v in sys.argv[2:]]
 if sys.argv[1] == "gateway":
     for v in values:
         observe_stage("mapping", v)
+elif sys.argv[1] == "steps":  # a record's history: written at once, as the files are read
+    for v in values:
+        observe_steps([("mapping", "ok", v * 1000.0, None)])
 else:
     h = Histogram(STAGE_SECONDS, "reference", ["stage"], buckets=BUCKETS, registry=None)
     for v in values:
@@ -77,11 +116,12 @@ else:
 
 
 def test_multiprocess_mode_writes_what_histogram_observe_writes(tmp_path: Path) -> None:
-    """With PROMETHEUS_MULTIPROC_DIR (gateway serve --workers), observe_stage writes the
-    shared files' values: the text /metrics serves equals Histogram.observe's."""
+    """With PROMETHEUS_MULTIPROC_DIR (gateway serve --workers), observe_stage and
+    observe_steps write the shared files' values at once: the text /metrics serves
+    equals Histogram.observe's."""
     values = [str(v) for v in VALUES] + ["0.02", "0.02"]
     texts = []
-    for who in ("gateway", "reference"):
+    for who in ("gateway", "steps", "reference"):
         folder = tmp_path / who
         folder.mkdir()
         env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(folder)}
@@ -93,5 +133,5 @@ def test_multiprocess_mode_writes_what_histogram_observe_writes(tmp_path: Path) 
         multiprocess.MultiProcessCollector(registry, path=str(folder))  # type: ignore[no-untyped-call]
         lines = generate_latest(registry).splitlines()
         texts.append(b"\n".join(x for x in lines if not x.startswith(b"# HELP")))  # not ours
-    assert texts[0] == texts[1]
+    assert texts[0] == texts[1] == texts[2]
     assert f'{STAGE_SECONDS}_count{{stage="mapping"}} {len(values)}.0'.encode() in texts[0]

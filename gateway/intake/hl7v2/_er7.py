@@ -174,6 +174,10 @@ def _line_ends(data: bytes) -> int:
     return len(_LINE_END.findall(data))
 
 
+# How an MLLP-framed input starts, after leading whitespace (see _frames).
+_FRAME_STARTS = (b"\x0b", _BOM + b"\x0b")
+
+
 def _frames(data: bytes) -> Iterator[tuple[bytes, int, IntakeError | None]]:
     """Yield (payload, first line number, error) for MLLP frames, or the whole input once.
 
@@ -232,11 +236,14 @@ def split_messages(data: bytes) -> list[RawMessage]:
     if binary and not data.lstrip(b"\xef\xbb\xbf \t\r\n\x0b").startswith(_HL7_START):
         return [RawMessage(1, 1, [], _binary_error(binary.start()))]
     messages: list[RawMessage] = []
-    for payload, first_line, error in _frames(data):
-        if error is not None:
-            messages.append(RawMessage(len(messages) + 1, first_line, [], error))
-        else:
-            _split_frame(payload, first_line, messages)
+    if not data.lstrip(b" \t\r\n").startswith(_FRAME_STARTS):
+        _split_frame(data, 1, messages)  # what _frames gives unframed input: data, line 1
+    else:
+        for payload, first_line, error in _frames(data):
+            if error is not None:
+                messages.append(RawMessage(len(messages) + 1, first_line, [], error))
+            else:
+                _split_frame(payload, first_line, messages)
     if binary:  # HL7 text with control bytes somewhere: only the messages holding them fail
         for message in messages:
             hit = _BINARY.search(message.data) if message.error is None else None
@@ -488,7 +495,8 @@ def parse_message(
     cut = text.find(fs, 4, end)  # MSH-2 ends at the next separator, else with MSH
     enc = text[4 : cut if cut >= 0 else end]
     separators = fs + (enc + "^~\\&"[len(enc) :])[:4]
-    _check_encoding_characters(fs, enc, separators)
+    if enc != "^~\\&" or fs != "|":  # what nearly every sender writes: nothing to check
+        _check_encoding_characters(fs, enc, separators)
     segments, positions, lines, too_many = _tokenise(text, fs, bounds.fields + 1)
     message = Message(segments, positions, separators, decoded.codec, declared, lines=lines)
     if too_many:
@@ -499,7 +507,7 @@ def parse_message(
     )
     if decoded.note:
         message.notes.append(Issue(decoded.code, decoded.note, "", "MSH-18", "warning"))
-    _check_header(message)
+    _check_header_fields(segments[0])
     return message
 
 
@@ -607,8 +615,6 @@ def _check_encoding_characters(fs: str, enc: str, separators: str) -> None:
     """MSH-2: component, repetition, escape and subcomponent separators (and, from v2.7,
     the truncation character), each a distinct punctuation mark. ``^^^^`` would make
     every '^' mean four things at once and split a name where no sender meant it."""
-    if enc == "^~\\&" and fs == "|":
-        return  # what nearly every sender writes
     used = separators + enc[4:]
     problem = None
     if len(enc) > 5:
@@ -698,10 +704,6 @@ def _segment_label(message: Message, fields: list[str]) -> str:
         return fields[0]
     index = next(i for i in found if message.segments[i] is fields)
     return f"{fields[0]}({found.index(index) + 1})"
-
-
-def _check_header(message: Message) -> None:
-    _check_header_fields(message.segments[0])
 
 
 def _check_header_fields(msh: list[str]) -> None:

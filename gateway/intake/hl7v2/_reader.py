@@ -80,12 +80,14 @@ def _unit(
         unit.error = exc
         return unit
     unit.charset = message.charset
-    control_id = message.control_id
+    # MSH-n is msh[n]: parse_message saw MSH-12, so MSH-4 and MSH-10 are there.
+    msh = message.segments[0]
+    control_id = msh[10]
     # A control id with a control character in it would carry it into every error
     # line and file name: the message is named by its position instead.
     unit.control_id = control_id if control_id and control_id.isprintable() else None
     unit.message_type = message.message_type
-    unit.sender = message.msh(4).split(message.separators[1])[0] or None
+    unit.sender = msh[4].split(message.separators[1])[0] or None
     unit.issues = list(raw.notes)
     if message.notes:  # before the batch notes
         unit.issues[:0] = message.notes

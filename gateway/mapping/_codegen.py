@@ -33,7 +33,7 @@ from typing import Any
 
 from ..errors import ConfigError, MappingError
 from ._compile import _CONSTANTS, _DROPPED, _VARIES, SAME_AS, SHAPES, Ctx, Fn, _convert
-from ._memo import MEMOS
+from ._memo import MEMO_SCOPES, MEMOS, Scope
 from ._types import CONVERTERS
 
 __all__ = ["ENGINES", "GENERATOR_VERSION", "CodeCache", "Lowering", "engine_setting"]
@@ -41,10 +41,17 @@ __all__ = ["ENGINES", "GENERATOR_VERSION", "CodeCache", "Lowering", "engine_sett
 log = logging.getLogger(__name__)
 
 # Part of the cache key: bump it whenever the generated code changes for the same input.
-GENERATOR_VERSION = "9"
+GENERATOR_VERSION = "10"
 ENGINES = ("compiled", "interpreted")
 _MAX_DEPTH = 40  # indentation levels in one function; deeper specs are called instead
 _EMPTY = "({0} is None or {0} == '' or {0} == [] or {0} == {{}})"  # _compile._empty, falsy part
+# A record's own data: a memoised spec that references the record's patient (a resource
+# key), or reads the patient's segment (what it reads, or the node it is called at), has
+# keys that no other record meets (issue 18: ~7 memo probes per Patient, none a hit). Its
+# body is generated inline, without the memo's call, key and probe: the same value (a
+# miss computes it), only not frozen, as the record's own values never are.
+_OWN_REFS = frozenset({"patient"})
+_OWN_SEGMENTS = frozenset({"PID"})
 
 
 def engine_setting(env: dict[str, str] | None = None) -> str:
@@ -76,8 +83,16 @@ class _Func:
     ``reader(method, path)`` is the callee of a look-up: ``view.first`` called with the
     path, or an accessor bound for that path (``A3``) called with the view."""
 
-    def __init__(self, reader: Callable[[str, str], str] | None = None) -> None:
+    def __init__(
+        self, reader: Callable[[str, str], str] | None = None, components: str | None = None
+    ) -> None:
         self.reader = reader
+        # the view's ``components(view, node, n)`` by its namespace name (one call reads
+        # every component a fragment needs of its node), or None
+        self.components = components
+        # its calls: variable → [line, n, indentation, node]; n (the highest component
+        # read through it) is known when the function is done (:meth:`finish`)
+        self._reads: dict[str, list[Any]] = {}
         self.lines: list[str] = []
         self._n = 0
         # (method, path, node variable) → (variable holding the answer, its indentation)
@@ -89,12 +104,16 @@ class _Func:
         # context variable made by ``ctx.at(node)`` → its line, dropped (a ``pass``) when
         # nothing generated after it uses that context (see :meth:`unused`)
         self.made: dict[str, int] = {}
+        # context variable made by ``ctx.at(node)`` → (its maker, the node variable): an
+        # error path makes its own (:meth:`Lowering._at_error`), not keeping the line
+        self.nodes: dict[str, tuple[str, str]] = {}
 
     def make_at(self, ind: int, c2: str, c: str, h: str) -> None:
         """``c2 = c.at(h)``, a line dropped later if ``c2`` is never used."""
         self.made[c2] = len(self.lines)
         self.add(ind, f"{c2} = {c}.at({h})")
         self.scopes[c2] = (c, {})
+        self.nodes[c2] = (c, h)
 
     def unused(self, c2: str) -> bool:
         """Whether ``c2``, made by :meth:`make_at`, is used by no line after its own; its
@@ -127,12 +146,37 @@ class _Func:
         if found is not None and found[1] <= ind:
             return found[0]
         v = self.var("q")
+        component = _component(path) if method == "first" else 0
         if self.reader is None:
             self.add(ind, f"{v} = view.{method}({path!r}, {h})")
+        elif component and self.components is not None:
+            # one of the node's components, all read at once (None: one by one)
+            p = self._read(ind, h, component)
+            call = f"{self.reader(method, path)}(view, {h})"
+            self.add(ind, f"{v} = {p}[{component - 1}] if {p} is not None else {call}  # {path}")
         else:
             self.add(ind, f"{v} = {self.reader(method, path)}(view, {h})  # {path}")
         self._known[(method, path, h)] = (v, ind)
         return v
+
+    def _read(self, ind: int, h: str, component: int) -> str:
+        """The variable holding node ``h``'s components (up to ``component`` at least),
+        read here unless a read that this line follows is known."""
+        found = self._known.get(("components", "", h))
+        if found is not None and found[1] <= ind:
+            read = self._reads[found[0]]
+            read[1] = max(read[1], component)
+            return found[0]
+        p = self.var("P")
+        self._reads[p] = [len(self.lines), component, ind, h]
+        self.add(ind, "")  # written by finish(), once n is known
+        self._known[("components", "", h)] = (p, ind)
+        return p
+
+    def finish(self) -> None:
+        """Write the component reads (see :meth:`_read`)."""
+        for p, (line, n, ind, h) in self._reads.items():
+            self.lines[line] = "    " * ind + f"{p} = {self.components}(view, {h}, {n})"
 
 
 class Lowering:
@@ -183,7 +227,11 @@ class Lowering:
         return generated
 
     def source(self, fn: Fn, name: str, unit: str) -> str:
-        f = _Func(self._accessor if self.view is not None else None)
+        reads = getattr(self.view, "components", None)
+        f = _Func(
+            self._accessor if self.view is not None else None,
+            self._name(reads, "CP") if reads is not None else None,
+        )
         f.add(0, f"def {name}(ctx):  # {unit}")
         f.add(1, "view = ctx.view")
         if self.view is not None:
@@ -196,6 +244,7 @@ class Lowering:
         f.add(1, "h0 = ctx.here")
         self.emit(f, fn, "result", "ctx", "h0", 1)
         f.add(1, "return result")
+        f.finish()
         return "\n".join(f.lines) + "\n"
 
     def _name(self, obj: Any, prefix: str) -> str:
@@ -229,9 +278,49 @@ class Lowering:
             return
         shape = SHAPES.get(fn)
         if shape is None or ind > _MAX_DEPTH:
+            own = self._own(fn) if ind <= _MAX_DEPTH else None
+            if own is not None:
+                self.emit(f, own, t, c, h, ind)
+                return
             f.add(ind, f"{t} = {self._name(fn, 'F')}({c})")
             return
         getattr(self, "_" + shape[0].replace("-", "_"))(f, t, c, h, ind, *shape[1:])
+
+    @staticmethod
+    def _own(fn: Fn, site: str = "") -> Fn | None:
+        """The spec whose value the memoised ``fn`` gives, when its keys are a record's
+        own (see _OWN_REFS; ``site``: the path of the node it is called at); else None."""
+        scope: Scope | None = MEMO_SCOPES.get(fn)
+        inner = SAME_AS.get(fn)
+        if scope is None or inner is None:
+            return None
+        if (
+            scope.refs & _OWN_REFS
+            or scope.segments & _OWN_SEGMENTS
+            or site.lstrip("/")[:3] in _OWN_SEGMENTS
+        ):
+            return inner
+        return None
+
+    def _at_node(self, f: _Func, fn: Fn, t: str, c: str, h: str, ind: int) -> None:
+        """``fn``'s value at node ``h``, from context ``c`` (made elsewhere for another
+        node): a context for ``h`` made only if the code uses it."""
+        c2 = f.var("c")
+        f.make_at(ind, c2, c, h)
+        self.emit(f, fn, t, c2, h, ind)
+        f.unused(c2)
+
+    @staticmethod
+    def _at_error(f: _Func, c: str, ind: int) -> str:
+        """The context ``c`` for an error path: when ``c`` was made for a node
+        (``ctx.at``), one made here, so that the line making ``c`` can be dropped when no
+        value needs it (an error names its field from the context's node)."""
+        made = f.nodes.get(c)
+        if made is None or c not in f.made:
+            return c
+        e = f.var("e")
+        f.add(ind, f"{e} = {_maker(f, made[0])}.at({made[1]})")
+        return e
 
     def _plain(self, f: _Func, t: str, c: str, h: str, ind: int, *shape: Any) -> None:
         alt, missing, fallback = shape
@@ -270,18 +359,21 @@ class Lowering:
             kind, table = shape[1], shape[2]
             if table is None and label == "None":
                 f.add(ind, "try:")
-                f.add(ind + 1, f"{t} = {self._name(CONVERTERS[kind], 'CV')}({v}, '', {c}.tz)")
+                tz = f"{_maker(f, c)}.tz"  # the same zone in a context made for a node
+                f.add(ind + 1, f"{t} = {self._name(CONVERTERS[kind], 'CV')}({v}, '', {tz})")
                 f.add(ind, "except MappingError:")
-                self._label_of(f, c, ind + 1, alt)
-                f.add(ind + 1, f"{t} = _convert({kind!r}, {v}, None, {c})")
+                e = self._at_error(f, c, ind + 1)
+                self._label_of(f, e, ind + 1, alt)
+                f.add(ind + 1, f"{t} = _convert({kind!r}, {v}, None, {e})")
                 return
             if kind is None:
                 # the value is text (a path's, or a variable's found to be a str)
                 f.add(ind, f"{t} = {self._name(table, 'TB')}.lookup({v})")
                 if not table.has_default:  # an unknown code: the leaf raises, naming it
                     f.add(ind, f"if {t} is None:")
-                    self._label_of(f, c, ind + 1, alt)
-                    f.add(ind + 1, f"{t} = {self._name(leaf, 'L')}({v}, {label}, {c})")
+                    e = self._at_error(f, c, ind + 1)
+                    self._label_of(f, e, ind + 1, alt)
+                    f.add(ind + 1, f"{t} = {self._name(leaf, 'L')}({v}, {label}, {e})")
                 return
         self._label_of(f, c, ind, alt)
         f.add(ind, f"{t} = {self._name(leaf, 'L')}({v}, {label}, {c})")
@@ -445,7 +537,8 @@ class Lowering:
         else:
             call = "**{" + ", ".join(f"{k!r}: {v}" for k, v in named) + "}"
         sep = ", " if named else ""
-        f.add(ind, f"{t} = {self._name(func, 'FN')}({c}.env{sep}{call})")
+        env = f"{_maker(f, c)}.env"  # the same in a context made for a node
+        f.add(ind, f"{t} = {self._name(func, 'FN')}({env}{sep}{call})")
 
     def _with(self, f: _Func, c: str, h: str, ind: int, extra: dict[str, Fn]) -> str:
         """``ctx.with_vars`` of the ``with``/``vars`` specs, each evaluated at ``c``; when
@@ -481,7 +574,7 @@ class Lowering:
             f.add(ind + 1, f"{nodes} = {f.look(ind + 1, 'select', alt, h)}")
         f.add(ind, f"if {nodes}:")
         f.add(ind + 1, f"{h2} = {nodes}[0]")
-        if not extra and self._direct(f, body, t, c, h2, ind + 1):
+        if not extra and self._direct(f, body, t, c, h2, ind + 1, at[0]):
             pass  # run at the node without a context made for it
         else:
             f.make_at(ind + 1, c2, c, h2)
@@ -490,20 +583,31 @@ class Lowering:
         f.add(ind, "else:")
         f.add(ind + 1, f"{t} = None")
 
-    def _direct(self, f: _Func, body: Fn, t: str, c: str, h: str, ind: int) -> bool:
-        """Code for ``body`` at node ``h`` from context ``c`` when it needs no context of
-        its own there: a memoised spec, or an entry whose fields are one, takes the node
-        as it is (``cached(ctx, node)``, gateway/mapping/_memo.py); False otherwise."""
+    def _direct(self, f: _Func, body: Fn, t: str, c: str, h: str, ind: int, site: str = "") -> bool:
+        """Code for ``body`` at node ``h`` (selected by path ``site``) from context ``c``
+        when it needs no context of its own there: a memoised spec, or an entry whose
+        fields are one, takes the node as it is (``cached(ctx, node)``,
+        gateway/mapping/_memo.py), or is generated inline when its keys are the record's
+        own (:meth:`_own`); False otherwise."""
         c = _maker(f, c)
         if body in MEMOS:
-            f.add(ind, f"{t} = {self._name(body, 'F')}({c}, {h})")
+            own = self._own(body, site)
+            if own is not None:
+                self._at_node(f, own, t, c, h, ind)
+            else:
+                f.add(ind, f"{t} = {self._name(body, 'F')}({c}, {h})")
             return True
         shape = SHAPES.get(body)
         if shape is not None and shape[0] == "add" and shape[2].fields in MEMOS:
             key, template = shape[1], shape[2]
-            fields = self._name(template.fields, "T")
+            own = self._own(template.fields, site)
+            if own is not None:
+                fields = f.var("v")
+                self._at_node(f, own, fields, c, h, ind)
+            else:
+                fields = f"{self._name(template.fields, 'T')}({c}, {h})"
             rt = self._name(template, "R")
-            f.add(ind, f"state.add({key!r}, {rt}, {fields}({c}, {h}) or {{}}, {h})")
+            f.add(ind, f"state.add({key!r}, {rt}, {fields} or {{}}, {h})")
             f.add(ind, f"{t} = None")
             return True
         return False
@@ -534,7 +638,7 @@ class Lowering:
         f.add(ind, f"{out} = []")
         with self._loop(f, c, h, ind, selector, keep, self._needs_ctx(keep, body)) as (c2, h2):
             if c2 == c:
-                self._direct(f, body, v, c, h2, ind + 1)
+                self._direct(f, body, v, c, h2, ind + 1, selector)
             else:
                 self.emit(f, body, v, c2, h2, ind + 1)
             self._extend(f, out, body, v, ind + 1)
@@ -551,15 +655,21 @@ class Lowering:
 
     # -- resource entries --------------------------------------------------------------
     def _add(self, f: _Func, t: str, c: str, h: str, ind: int, key: str, template: Any) -> None:
-        fields = self._name(template.fields, "T")
-        f.add(ind, f"state.add({key!r}, {self._name(template, 'R')}, {fields}({c}) or {{}}, {h})")
+        own = self._own(template.fields)
+        if own is not None:
+            v = f.var("v")
+            self.emit(f, own, v, c, h, ind)
+            fields = v
+        else:
+            fields = f"{self._name(template.fields, 'T')}({c})"
+        f.add(ind, f"state.add({key!r}, {self._name(template, 'R')}, {fields} or {{}}, {h})")
         f.add(ind, f"{t} = None")
 
     def _each_entry(self, f: _Func, t: str, c: str, h: str, ind: int, *shape: Any) -> None:
         selector, keep, body = shape
         with self._loop(f, c, h, ind, selector, keep, self._needs_ctx(keep, body)) as (c2, h2):
             if c2 == c:
-                self._direct(f, body, f.var("v"), c, h2, ind + 1)
+                self._direct(f, body, f.var("v"), c, h2, ind + 1, selector)
             else:
                 self.emit(f, body, f.var("v"), c2, h2, ind + 1)
         f.add(ind, f"{t} = None")
@@ -648,6 +758,16 @@ class Lowering:
                 f.add(ind, f"{b} = {v} {op} {self._value(expected)}")
             else:
                 f.add(ind, f"{b} = str({v} or '') {op} {self._value(expected)}")
+
+
+_COMPONENT = re.compile(r"\.([1-9]\d*)(?:\.1)?\Z")
+
+
+def _component(path: str) -> int:
+    """C for a relative path ``.C`` or ``.C.1`` (the same value: a component is read up
+    to its first subcomponent), else 0."""
+    m = _COMPONENT.match(path)
+    return int(m[1]) if m else 0
 
 
 def _read_var(f: _Func, c: str, name: str) -> str:

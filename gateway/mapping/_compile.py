@@ -248,7 +248,10 @@ class Compiler:
                 )
             fields, scope = self._isolated(raw["fields"], f"{path.name}: fields")
             refs = scope.refs
-            fields = memoised(self._lowered(fields, f"template {path.name}"), scope)
+            made = memoised(self._lowered(fields, f"template {path.name}"), scope)
+            if made is not fields:
+                SAME_AS[made] = fields
+            fields = made
             identity = raw.get("identity") or {}
             self._templates[path] = ResourceTemplate(
                 resource_type=str(raw["resourceType"]),

@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 from ...errors import ConfigError, IntakeError, Issue
 from ._er7 import Message
 
-__all__ = ["Accessor", "Hl7View", "PathCheck", "Position", "check_path"]
+__all__ = ["Accessor", "Hl7View", "PathCheck", "Position", "check_path", "components"]
 
 # Indexes are 1-based: 0 is rejected, so a typo such as PID-5.0 fails when mappings load.
 _ABS = re.compile(
@@ -123,6 +123,40 @@ def _escapes(separators: str) -> dict[str, str]:
     return {"F": fs, "S": cs, "T": ss, "R": rs, "E": es, ".br": "\n", ".sp": "\n"}
 
 
+def components(view: Hl7View, here: Position, n: int) -> list[str | None] | None:
+    """What ``view.first('.C', here)`` gives for each C of 1..n (None for an empty one),
+    read at once: one call for the dozen components a fragment reads of one node (the
+    generated mappings bind it, gateway/mapping/_codegen.py). ``.C.1`` gives the same
+    as ``.C`` (a component is read up to its first subcomponent).
+
+    None when the reads must be made one by one: a node that is not a field repetition
+    (no node, an empty one, a component), or a view whose values may hold control
+    characters (each read removes them with a warning, in the order the mapping reads
+    them)."""
+    text = here.text
+    if not text or here.level or not view._plain:
+        return None
+    parts = view._components.get(text)
+    if parts is None:
+        parts = view._components[text] = text.split(view._cs)
+    ss, es = view._ss, view._es
+    out: list[str | None]
+    if ss not in text and es not in text:  # most nodes: each component as it is, stripped
+        out = [v if (v := raw.strip()) and v != '""' else None for raw in parts[:n]]
+    else:
+        out = []
+        for raw in parts[:n]:
+            if raw and ss in raw:
+                raw = raw.split(ss, 1)[0]
+            if raw and es in raw:
+                raw = view.unescape(raw)
+            value = raw.strip()
+            out.append(value if value and value != '""' else None)
+    if len(out) < n:
+        out += [None] * (n - len(out))
+    return out
+
+
 class Hl7View:
     """Answers path look-ups for one message; the mapping engine's window on it."""
 
@@ -161,6 +195,9 @@ class Hl7View:
         self._labels: dict[int, str] = {}
         # A node's components, split once: a fragment reads up to a dozen of one node.
         self._components: dict[str, list[str]] = {}
+
+    # what reads a node's components at once, for the generated mappings
+    components = staticmethod(components)
 
     @staticmethod
     def accessor(method: str, path: str) -> Accessor:

@@ -52,6 +52,15 @@ _EMPTY = "({0} is None or {0} == '' or {0} == [] or {0} == {{}})"  # _compile._e
 # miss computes it), only not frozen, as the record's own values never are.
 _OWN_REFS = frozenset({"patient"})
 _OWN_SEGMENTS = frozenset({"PID"})
+# Fields that identify one order (placer and filler numbers): a spec called at one of
+# them is the record's own as well.
+_OWN_FIELDS = frozenset({"ORC-2", "ORC-3", "OBR-2", "OBR-3"})
+
+
+def _own_site(path: str) -> bool:
+    """Whether the node at ``path`` is the record's own (see _OWN_SEGMENTS)."""
+    path = path.lstrip("/")
+    return path[:3] in _OWN_SEGMENTS or path.split(".")[0] in _OWN_FIELDS
 
 
 def engine_setting(env: dict[str, str] | None = None) -> str:
@@ -277,6 +286,11 @@ class Lowering:
             f.add(ind, f"{t} = {self._value(_CONSTANTS[fn])}")
             return
         shape = SHAPES.get(fn)
+        if shape is not None and shape[0] == "every":
+            if ind <= _MAX_DEPTH and self._lowers_every(*shape[1:]):
+                self._every(f, t, c, h, ind, fn, *shape[1:])
+                return
+            shape = None  # called as it is
         if shape is None or ind > _MAX_DEPTH:
             own = self._own(fn) if ind <= _MAX_DEPTH else None
             if own is not None:
@@ -287,9 +301,10 @@ class Lowering:
         getattr(self, "_" + shape[0].replace("-", "_"))(f, t, c, h, ind, *shape[1:])
 
     @staticmethod
-    def _own(fn: Fn, site: str = "") -> Fn | None:
+    def _own(fn: Fn, sites: tuple[str, ...] = ()) -> Fn | None:
         """The spec whose value the memoised ``fn`` gives, when its keys are a record's
-        own (see _OWN_REFS; ``site``: the path of the node it is called at); else None."""
+        own (see _OWN_REFS; ``sites``: the paths of the node it is called at, each one
+        tried in turn); else None."""
         scope: Scope | None = MEMO_SCOPES.get(fn)
         inner = SAME_AS.get(fn)
         if scope is None or inner is None:
@@ -297,7 +312,7 @@ class Lowering:
         if (
             scope.refs & _OWN_REFS
             or scope.segments & _OWN_SEGMENTS
-            or site.lstrip("/")[:3] in _OWN_SEGMENTS
+            or (sites and all(_own_site(site) for site in sites))
         ):
             return inner
         return None
@@ -312,9 +327,9 @@ class Lowering:
 
     @staticmethod
     def _at_error(f: _Func, c: str, ind: int) -> str:
-        """The context ``c`` for an error path: when ``c`` was made for a node
-        (``ctx.at``), one made here, so that the line making ``c`` can be dropped when no
-        value needs it (an error names its field from the context's node)."""
+        """The context ``c`` for an error (or other rare) path: when ``c`` was made for a
+        node (``ctx.at``), one made here, so that the line making ``c`` can be dropped
+        when no value needs it (an error names its field from the context's node)."""
         made = f.nodes.get(c)
         if made is None or c not in f.made:
             return c
@@ -332,13 +347,15 @@ class Lowering:
     def _missing(self, f: _Func, t: str, c: str, ind: int, missing: Any, path: str) -> None:
         shape = SHAPES.get(missing)
         if shape is None:
-            f.add(ind, f"{t} = {self._name(missing, 'F')}({c}, {path!r})")
+            e = self._at_error(f, c, ind)
+            f.add(ind, f"{t} = {self._name(missing, 'F')}({e}, {path!r})")
             return
         default, required = shape[1], shape[2]
         if default is not None:
             f.add(ind, f"{t} = {self._value(default)}")
         elif required:  # raises, naming the field
-            f.add(ind, f"{t} = {self._name(missing, 'F')}({c}, {path!r})")
+            e = self._at_error(f, c, ind)
+            f.add(ind, f"{t} = {self._name(missing, 'F')}({e}, {path!r})")
         else:
             f.add(ind, f"{t} = None")
 
@@ -410,6 +427,32 @@ class Lowering:
             f.add(inner, f"if {v} is not None:")
             self._leaf(f, t, v, "None", c, inner + 1, leaf, alt)
         f.add(ind, f"if {t} is _DROPPED:")
+        self._missing(f, t, c, ind + 1, missing, alts[0])
+
+    def _lowers_every(self, alts: tuple[str, ...], leaf: Any, missing: Any, sep: Any) -> bool:
+        """Whether a ``*`` path (all its values) is generated (:meth:`_every`): one path
+        whose values are taken as they are, read by a view with a ``texts`` accessor."""
+        if len(alts) != 1 or SHAPES.get(leaf) != ("identity",) or self.view is None:
+            return False
+        try:
+            self._accessor("texts", alts[0])
+        except ValueError:  # no such accessor for this path (a relative one, MSH-1)
+            return False
+        return True
+
+    def _every(self, f: _Func, t: str, c: str, h: str, ind: int, fn: Fn, *shape: Any) -> None:
+        """A ``*`` path's values (joined with ``sep``), read by the view's ``texts``
+        accessor without their terser paths (none is needed: the values are taken as
+        they are); when it gives None (values that need their names, see
+        gateway/intake/hl7v2/_view.py), by the closure ``fn``."""
+        alts, _, missing, sep = shape
+        vs = f.var("x")
+        f.add(ind, f"{vs} = {self._accessor('texts', alts[0])}(view, {h})  # {alts[0]}")
+        f.add(ind, f"if {vs} is None:")
+        f.add(ind + 1, f"{t} = {self._name(fn, 'F')}({self._at_error(f, c, ind + 1)})")
+        f.add(ind, f"elif {vs}:")
+        f.add(ind + 1, f"{t} = {vs}" if sep is None else f"{t} = {sep!r}.join({vs})")
+        f.add(ind, "else:")
         self._missing(f, t, c, ind + 1, missing, alts[0])
 
     def _var(self, f: _Func, t: str, c: str, h: str, ind: int, *shape: Any) -> None:
@@ -574,24 +617,27 @@ class Lowering:
             f.add(ind + 1, f"{nodes} = {f.look(ind + 1, 'select', alt, h)}")
         f.add(ind, f"if {nodes}:")
         f.add(ind + 1, f"{h2} = {nodes}[0]")
-        if not extra and self._direct(f, body, t, c, h2, ind + 1, at[0]):
+        if not extra and self._direct(f, body, t, c, h2, ind + 1, tuple(at)):
             pass  # run at the node without a context made for it
         else:
             f.make_at(ind + 1, c2, c, h2)
-            self.emit(f, body, t, self._with(f, c2, h2, ind + 1, extra), h2, ind + 1)
+            c3 = self._with(f, c2, h2, ind + 1, extra)
+            self.emit(f, self._own(body, tuple(at)) or body, t, c3, h2, ind + 1)
             f.unused(c2)
         f.add(ind, "else:")
         f.add(ind + 1, f"{t} = None")
 
-    def _direct(self, f: _Func, body: Fn, t: str, c: str, h: str, ind: int, site: str = "") -> bool:
-        """Code for ``body`` at node ``h`` (selected by path ``site``) from context ``c``
+    def _direct(
+        self, f: _Func, body: Fn, t: str, c: str, h: str, ind: int, sites: tuple[str, ...] = ()
+    ) -> bool:
+        """Code for ``body`` at node ``h`` (selected by a path of ``sites``) from context ``c``
         when it needs no context of its own there: a memoised spec, or an entry whose
         fields are one, takes the node as it is (``cached(ctx, node)``,
         gateway/mapping/_memo.py), or is generated inline when its keys are the record's
         own (:meth:`_own`); False otherwise."""
         c = _maker(f, c)
         if body in MEMOS:
-            own = self._own(body, site)
+            own = self._own(body, sites)
             if own is not None:
                 self._at_node(f, own, t, c, h, ind)
             else:
@@ -600,7 +646,7 @@ class Lowering:
         shape = SHAPES.get(body)
         if shape is not None and shape[0] == "add" and shape[2].fields in MEMOS:
             key, template = shape[1], shape[2]
-            own = self._own(template.fields, site)
+            own = self._own(template.fields, sites)
             if own is not None:
                 fields = f.var("v")
                 self._at_node(f, own, fields, c, h, ind)
@@ -638,7 +684,7 @@ class Lowering:
         f.add(ind, f"{out} = []")
         with self._loop(f, c, h, ind, selector, keep, self._needs_ctx(keep, body)) as (c2, h2):
             if c2 == c:
-                self._direct(f, body, v, c, h2, ind + 1, selector)
+                self._direct(f, body, v, c, h2, ind + 1, (selector,))
             else:
                 self.emit(f, body, v, c2, h2, ind + 1)
             self._extend(f, out, body, v, ind + 1)
@@ -669,7 +715,7 @@ class Lowering:
         selector, keep, body = shape
         with self._loop(f, c, h, ind, selector, keep, self._needs_ctx(keep, body)) as (c2, h2):
             if c2 == c:
-                self._direct(f, body, f.var("v"), c, h2, ind + 1, selector)
+                self._direct(f, body, f.var("v"), c, h2, ind + 1, (selector,))
             else:
                 self.emit(f, body, f.var("v"), c2, h2, ind + 1)
         f.add(ind, f"{t} = None")

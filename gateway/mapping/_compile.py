@@ -456,7 +456,9 @@ class Compiler:
                     return sep.join(map(str, values)) if sep is not None else values
             return missing(ctx, alts[0])
 
-        return every if many else _shaped(one, "path", tuple(alts), leaf, missing, True)
+        if many:
+            return _shaped(every, "every", tuple(alts), leaf, missing, sep)
+        return _shaped(one, "path", tuple(alts), leaf, missing, True)
 
     def _var(self, spec: dict[str, Any], where: str) -> Fn:
         name = str(spec["var"])

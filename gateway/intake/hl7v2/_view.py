@@ -602,7 +602,56 @@ def _accessor(method: str, path: str) -> Accessor:
         if p.field == 0:
             return partial(_call_groups, p)
         return _field_select(p)
+    if (
+        method == "texts"
+        and not p.relative
+        and p.field
+        and not (p.segment == "MSH" and p.field <= 2)
+    ):
+        return partial(_texts, p)
     raise ValueError(f"no accessor for {method!r}")
+
+
+def _texts(p: _Path, view: Hl7View, here: Position) -> list[str] | None:
+    """The values of ``view.values(path, here)`` without their terser paths (a ``*``
+    path joined with ``sep``: notes, report text), for an absolute path to a field;
+    None when the view's values may hold control characters (removing them warns,
+    naming the field) or it records what is read: then values() is the way."""
+    if not view._plain or view.read is not None:
+        return None
+    start, end = (0, view._nseg) if p.root else (here.start, here.end)
+    found = view._in_range(p.segment, start, end)
+    if p.occurrence != _ALL:
+        occ = p.occurrence or 1
+        found = found[occ - 1 : occ]
+    field, rs, cs, ss, es = p.field, view._rs, view._cs, view._ss, view._es
+    out: list[str] = []
+    for idx in found:
+        fields = view._segs[idx]
+        if field >= len(fields) or not fields[field]:
+            continue
+        reps = fields[field].split(rs)  # as _field_nodes chooses them (values: every=False)
+        if p.repetition == 0:
+            reps = reps[:1]
+        elif p.repetition != _ALL:
+            reps = reps[p.repetition - 1 : p.repetition]
+        for text in reps:
+            if not text:
+                continue
+            raw, level = view._parts(text, 0, p.component, p.sub) if p.component else (text, 0)
+            if not raw:
+                continue
+            # the tail of values(): the first component and subcomponent, unescaped
+            if level == 0 and cs in raw:
+                raw = raw.split(cs, 1)[0]
+            if level <= 1 and ss in raw:
+                raw = raw.split(ss, 1)[0]
+            if es in raw:
+                raw = view.unescape(raw)
+            value = raw.strip()
+            if value and value != '""':
+                out.append(value)
+    return out
 
 
 def _call_first(path: str, view: Hl7View, here: Position) -> str | None:
@@ -728,6 +777,7 @@ def _field_select(p: _Path) -> Accessor:
     repetition, selected whole (most), is its own node, without the general descent."""
     segment, field, skip, root = p.segment, p.field, p.skip, p.root
     whole = p.repetition <= 1 and not p.component and not (segment == "MSH" and field <= 2)
+    every = p.repetition == 0  # all repetitions (PID-3), not the first alone (PID-3(1))
     suffix = f"-{field}"
 
     def select(view: Hl7View, here: Position) -> list[Position]:
@@ -741,10 +791,19 @@ def _field_select(p: _Path) -> Accessor:
         label = view._labels.get(idx) or view._segment_label(segment, idx)
         if whole:
             fields = view._segs[idx]
-            if field < len(fields) and fields[field] and view._rs not in fields[field]:
+            if field < len(fields) and fields[field]:
+                raw = fields[field]
                 if view.read is not None:
                     view.read.add((idx, field))
-                return [_node((idx, idx + 1, label + suffix, fields[field], 0))]
+                if view._rs not in raw:
+                    return [_node((idx, idx + 1, label + suffix, raw, 0))]
+                if every:  # each repetition, as _field_nodes gives them
+                    base = label + suffix
+                    return [
+                        _node((idx, idx + 1, f"{base}({r})" if r > 1 else base, text, 0))
+                        for r, text in enumerate(raw.split(view._rs), 1)
+                        if text
+                    ]
         return view._field_nodes(p, idx, label, every=True)
 
     return select

@@ -34,6 +34,7 @@ from typing import Any
 from ..errors import ConfigError, MappingError
 from ._compile import _CONSTANTS, _DROPPED, _VARIES, SAME_AS, SHAPES, Ctx, Fn, _convert
 from ._memo import MEMO_SCOPES, MEMOS, Scope
+from ._terminology import CodeTable
 from ._types import CONVERTERS
 
 __all__ = ["ENGINES", "GENERATOR_VERSION", "CodeCache", "Lowering", "engine_setting"]
@@ -376,7 +377,7 @@ class Lowering:
             kind, table = shape[1], shape[2]
             if table is None and label == "None":
                 f.add(ind, "try:")
-                tz = f"{_maker(f, c)}.tz"  # the same zone in a context made for a node
+                tz = f"{_base(f, c)}.tz"  # the same zone in every context made from it
                 f.add(ind + 1, f"{t} = {self._name(CONVERTERS[kind], 'CV')}({v}, '', {tz})")
                 f.add(ind, "except MappingError:")
                 e = self._at_error(f, c, ind + 1)
@@ -385,7 +386,7 @@ class Lowering:
                 return
             if kind is None:
                 # the value is text (a path's, or a variable's found to be a str)
-                f.add(ind, f"{t} = {self._name(table, 'TB')}.lookup({v})")
+                f.add(ind, f"{t} = {self._lookup(table, v)}")
                 if not table.has_default:  # an unknown code: the leaf raises, naming it
                     f.add(ind, f"if {t} is None:")
                     e = self._at_error(f, c, ind + 1)
@@ -394,6 +395,16 @@ class Lowering:
                 return
         self._label_of(f, c, ind, alt)
         f.add(ind, f"{t} = {self._name(leaf, 'L')}({v}, {label}, {c})")
+
+    def _lookup(self, table: Any, v: str) -> str:
+        """``table.lookup(v)`` as an expression: its dict read directly (the tables are
+        read only once loaded), the code upper-cased unless the table is case-sensitive,
+        its default (or None) for a code it lacks. A table of another kind is asked."""
+        if type(table) is not CodeTable:
+            return f"{self._name(table, 'TB')}.lookup({v})"
+        key = v if table.case_sensitive else f"{v}.upper()"
+        default = self._value(table.default) if table.has_default else "None"
+        return f"{self._name(table.mapping, 'TM')}.get({key}, {default})"
 
     @staticmethod
     def _label_of(f: _Func, c: str, ind: int, alt: str) -> None:
@@ -580,7 +591,7 @@ class Lowering:
         else:
             call = "**{" + ", ".join(f"{k!r}: {v}" for k, v in named) + "}"
         sep = ", " if named else ""
-        env = f"{_maker(f, c)}.env"  # the same in a context made for a node
+        env = f"{_base(f, c)}.env"  # the same in every context made from it
         f.add(ind, f"{t} = {self._name(func, 'FN')}({env}{sep}{call})")
 
     def _with(self, f: _Func, c: str, h: str, ind: int, extra: dict[str, Fn]) -> str:
@@ -596,11 +607,13 @@ class Lowering:
             values[key] = v
         c2 = f.var("c")
         literal = "{" + ", ".join(f"{k!r}: {v}" for k, v in values.items()) + "}"
-        if f.unused(c):
+        if c in f.nodes and f.unused(c):  # made by ctx.at (no variables of its own)
             maker = _maker(f, f.scopes[c][0])  # at_with replaces the node: any context
+            f.made[c2] = len(f.lines)  # dropped if unused (the variables are read here)
             f.add(ind, f"{c2} = {maker}.at_with({h}, {literal})")
             f.scopes[c2] = (maker, values)
         else:
+            f.made[c2] = len(f.lines)
             f.add(ind, f"{c2} = {c}.with_vars({literal})")
             f.scopes[c2] = (c, values)
         return c2
@@ -623,6 +636,7 @@ class Lowering:
             f.make_at(ind + 1, c2, c, h2)
             c3 = self._with(f, c2, h2, ind + 1, extra)
             self.emit(f, self._own(body, tuple(at)) or body, t, c3, h2, ind + 1)
+            f.unused(c3)
             f.unused(c2)
         f.add(ind, "else:")
         f.add(ind + 1, f"{t} = None")
@@ -753,6 +767,8 @@ class Lowering:
                 f.add(ind + 2, "pass")
             f.add(ind + 1, "finally:")
             f.add(ind + 2, f"state.pop({self._value(export)})")
+            if c3 != c2:
+                f.unused(c3)
         if required:
             f.add(ind, f"if not {kept}:  # none there, or none that 'where' keeps")
             f.add(
@@ -824,6 +840,14 @@ def _read_var(f: _Func, c: str, name: str) -> str:
         if name in added:
             return added[name]
     return f"{c}.vars.get({name!r})"
+
+
+def _base(f: _Func, c: str) -> str:
+    """The first context ``c`` was made from here (``at``, ``at_with``, ``with_vars``):
+    the same view, state, zone and environment, which none of them changes."""
+    while c in f.scopes:
+        c = f.scopes[c][0]
+    return c
 
 
 def _maker(f: _Func, c: str) -> str:

@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 from ..errors import MappingError
 from ..network import Network
-from ._terminology import SAME_CONCEPT, Terminology, language_of
+from ._terminology import _CJK, SAME_CONCEPT, Terminology, language_of
 
 __all__ = ["CODE_SYSTEM_BASE", "FUNCTIONS", "TRANSLATION_URL", "Env", "local_code_system"]
 
@@ -234,7 +234,7 @@ def script(env: Env, *, text: str | None = None) -> str | None:
     """IDE for text in Chinese characters, ABC otherwise (iso21090 name representation)."""
     if not text:
         return None
-    return "IDE" if language_of(text) == "zh" else "ABC"
+    return "IDE" if _CJK.search(text) else "ABC"  # language_of(text) == "zh", no call
 
 
 def reference_by_identifier(

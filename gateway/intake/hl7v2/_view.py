@@ -273,11 +273,19 @@ class Hl7View:
 
     def _groups(self, p: _Path, here: Position) -> list[Position]:
         start, end = (0, self._nseg) if p.root else (here.start, here.end)
-        found = self._in_range(p.segment, start, end)
+        # _in_range inlined, and each label found without a call once made (every 'each'
+        # and 'group' of a mapping selects groups)
+        every = self._positions.get(p.segment)
+        if not every:
+            return []
+        i = bisect_left(every, start)
+        found = every[i : bisect_left(every, end, i)]
+        labels = self._labels
         groups = []
         for n, idx in enumerate(found):
             stop = found[n + 1] if n + 1 < len(found) else end
-            groups.append(_node((idx, stop, self._segment_label(p.segment, idx), None, 0)))
+            label = labels.get(idx) or self._segment_label(p.segment, idx)
+            groups.append(_node((idx, stop, label, None, 0)))
         if p.occurrence > 0:
             return groups[p.occurrence - 1 : p.occurrence]
         return groups
@@ -760,6 +768,16 @@ def _absolute_first(path: str, p: _Path) -> Accessor:
             if not raw:
                 return None
             # _value(view, raw, 1, path, here) inlined, as above
+            if view._ss in raw:
+                raw = raw.split(view._ss, 1)[0]
+            if view._es in raw:
+                raw = view.unescape(raw)
+            value = raw.strip() if view._plain else view._clean(raw, None, path, here)
+            return value if value and value != '""' else None
+        if not component:
+            # a field read whole (PID-8): _value(view, raw, 0, path, here) inlined
+            if view._cs in raw:
+                raw = raw.split(view._cs, 1)[0]
             if view._ss in raw:
                 raw = raw.split(view._ss, 1)[0]
             if view._es in raw:

@@ -279,18 +279,62 @@ class BundleBuilder:
         return len(self._scopes[-1].get(key, {}))
 
     def add(self, key: str, template: ResourceTemplate, fields: dict[str, Any], here: Any) -> None:
-        rtype = template.resource_type
+        """The resource made of ``fields`` as an entry (or merged into the entry of the
+        same id), listed under ``key`` for references. One function, its identity and
+        its placement inline: a message adds a dozen entries."""
         frozen = type(fields) is FrozenDict
-        if frozen:  # a memoised resource: its identity worked out once
-            known = _IDENTITIES.get(id(fields))
-            if (
-                known is not None
-                and known[0] is fields
-                and known[1] is template
-                and known[2] is self.writes
-            ):
-                self._place(key, fields, known[3], known[4], known[5], known[6], True)
+        known = _IDENTITIES.get(id(fields)) if frozen else None
+        if (
+            known is not None
+            and known[0] is fields
+            and known[1] is template
+            and known[2] is self.writes
+        ):  # a memoised resource: its identity worked out once
+            rid, url, resource, request = known[3], known[4], known[5], known[6]
+        else:
+            made = self._identity(template, fields, here)
+            if made is None:
                 return
+            rid, url, resource, request = made
+            if frozen:
+                if len(_IDENTITIES) >= _IDENTITIES_SIZE:
+                    _IDENTITIES.clear()
+                # fields kept with their id: the id cannot be reused meanwhile (one fields
+                # object under two templates or rules: the last one's is kept)
+                _IDENTITIES[id(fields)] = (fields, template, self.writes, *made)
+        # The resource's entry, or ``fields`` merged into the entry of the same id. The
+        # resource and request are made for this record, or shared (``frozen``: kept with
+        # the identity of memoised fields), then copied for the entry.
+        existing = self._by_id.get(rid)
+        if existing is not None:
+            # The very fields the entry was made from (a memoised organisation met
+            # twice: one frozen object) add nothing: merging only adds what is missing.
+            made_from = existing[1]
+            if made_from is not fields:
+                if existing[2] and frozen and type(made_from) is FrozenDict:
+                    _merge_shared(existing[0], made_from, fields, rid, self.writes)
+                else:
+                    _merge(existing[0], fields)
+                self._by_id[rid] = (existing[0], made_from, False)
+        else:
+            if frozen:
+                resource, request = resource.copy(), request.copy()
+            self._by_id[rid] = (resource, fields, True)
+            # later stages may edit entries: the record's own resource and request
+            self.entries.append({"fullUrl": url, "resource": resource, "request": request})
+        scope = self._scopes[-1]
+        urls = scope.get(key)
+        if urls is None:
+            scope[key] = {url: None}
+        else:
+            urls[url] = None
+
+    def _identity(
+        self, template: ResourceTemplate, fields: dict[str, Any], here: Any
+    ) -> tuple[str, str, dict[str, Any], dict[str, str]] | None:
+        """(id, fullUrl, resource, request) of the resource made of ``fields``; None (a
+        warning) when it has no business identifier and may be left out."""
+        rtype = template.resource_type
         chosen = _choose(fields.get(template.identity_element), template.prefer)
         if chosen is None:
             label = getattr(here, "label", "") or template.location
@@ -305,59 +349,15 @@ class BundleBuilder:
                     severity="warning",
                 )
             )
-            return
+            return None
         system, value = chosen
         rid = resource_id(rtype, system, value)
         mode = self.writes.mode(rtype)
         request = _request(mode, rtype, system, value)
-        url = f"urn:uuid:{rid}"
         # A conditional update carries no id: the partner keeps the id it gave the
         # resource (Medplum refuses a create-by-update with one: "Cannot provide ID").
         if mode == "update":
             resource = {"resourceType": rtype, **fields}
         else:
             resource = {"resourceType": rtype, "id": rid, **fields}
-        if frozen:
-            if len(_IDENTITIES) >= _IDENTITIES_SIZE:
-                _IDENTITIES.clear()
-            # fields kept with their id: the id cannot be reused meanwhile (one fields
-            # object under two templates or rules: the last one's is kept)
-            _IDENTITIES[id(fields)] = (fields, template, self.writes, rid, url, resource, request)
-        self._place(key, fields, rid, url, resource, request, frozen)
-
-    def _place(
-        self,
-        key: str,
-        fields: dict[str, Any],
-        rid: str,
-        url: str,
-        resource: dict[str, Any],
-        request: dict[str, str],
-        shared: bool,
-    ) -> None:
-        """The resource's entry (or ``fields`` merged into the entry of the same id).
-        ``resource`` and ``request`` are made for this record, or ``shared``: kept with
-        the identity of memoised fields, copied for the entry."""
-        existing = self._by_id.get(rid)
-        if existing is not None:
-            # The very fields the entry was made from (a memoised organisation met
-            # twice: one frozen object) add nothing: merging only adds what is missing.
-            made_from = existing[1]
-            if made_from is not fields:
-                if existing[2] and type(fields) is FrozenDict and type(made_from) is FrozenDict:
-                    _merge_shared(existing[0], made_from, fields, rid, self.writes)
-                else:
-                    _merge(existing[0], fields)
-                self._by_id[rid] = (existing[0], made_from, False)
-        else:
-            if shared:
-                resource, request = resource.copy(), request.copy()
-            self._by_id[rid] = (resource, fields, True)
-            # later stages may edit entries: the record's own resource and request
-            self.entries.append({"fullUrl": url, "resource": resource, "request": request})
-        scope = self._scopes[-1]
-        urls = scope.get(key)
-        if urls is None:
-            scope[key] = {url: None}
-        else:
-            urls[url] = None
+        return rid, f"urn:uuid:{rid}", resource, request

@@ -33,7 +33,8 @@ from typing import Any
 
 from ..errors import ConfigError, MappingError
 from ._compile import _CONSTANTS, _DROPPED, _VARIES, SAME_AS, SHAPES, Ctx, Fn, _convert
-from ._memo import MEMOS
+from ._memo import MEMO_SCOPES, MEMOS, Scope
+from ._terminology import CodeTable
 from ._types import CONVERTERS
 
 __all__ = ["ENGINES", "GENERATOR_VERSION", "CodeCache", "Lowering", "engine_setting"]
@@ -41,10 +42,26 @@ __all__ = ["ENGINES", "GENERATOR_VERSION", "CodeCache", "Lowering", "engine_sett
 log = logging.getLogger(__name__)
 
 # Part of the cache key: bump it whenever the generated code changes for the same input.
-GENERATOR_VERSION = "9"
+GENERATOR_VERSION = "10"
 ENGINES = ("compiled", "interpreted")
 _MAX_DEPTH = 40  # indentation levels in one function; deeper specs are called instead
 _EMPTY = "({0} is None or {0} == '' or {0} == [] or {0} == {{}})"  # _compile._empty, falsy part
+# A record's own data: a memoised spec that references the record's patient (a resource
+# key), or reads the patient's segment (what it reads, or the node it is called at), has
+# keys that no other record meets (issue 18: ~7 memo probes per Patient, none a hit). Its
+# body is generated inline, without the memo's call, key and probe: the same value (a
+# miss computes it), only not frozen, as the record's own values never are.
+_OWN_REFS = frozenset({"patient"})
+_OWN_SEGMENTS = frozenset({"PID"})
+# Fields that identify one order (placer and filler numbers): a spec called at one of
+# them is the record's own as well.
+_OWN_FIELDS = frozenset({"ORC-2", "ORC-3", "OBR-2", "OBR-3"})
+
+
+def _own_site(path: str) -> bool:
+    """Whether the node at ``path`` is the record's own (see _OWN_SEGMENTS)."""
+    path = path.lstrip("/")
+    return path[:3] in _OWN_SEGMENTS or path.split(".")[0] in _OWN_FIELDS
 
 
 def engine_setting(env: dict[str, str] | None = None) -> str:
@@ -76,8 +93,16 @@ class _Func:
     ``reader(method, path)`` is the callee of a look-up: ``view.first`` called with the
     path, or an accessor bound for that path (``A3``) called with the view."""
 
-    def __init__(self, reader: Callable[[str, str], str] | None = None) -> None:
+    def __init__(
+        self, reader: Callable[[str, str], str] | None = None, components: str | None = None
+    ) -> None:
         self.reader = reader
+        # the view's ``components(view, node, n)`` by its namespace name (one call reads
+        # every component a fragment needs of its node), or None
+        self.components = components
+        # its calls: variable → [line, n, indentation, node]; n (the highest component
+        # read through it) is known when the function is done (:meth:`finish`)
+        self._reads: dict[str, list[Any]] = {}
         self.lines: list[str] = []
         self._n = 0
         # (method, path, node variable) → (variable holding the answer, its indentation)
@@ -89,12 +114,16 @@ class _Func:
         # context variable made by ``ctx.at(node)`` → its line, dropped (a ``pass``) when
         # nothing generated after it uses that context (see :meth:`unused`)
         self.made: dict[str, int] = {}
+        # context variable made by ``ctx.at(node)`` → (its maker, the node variable): an
+        # error path makes its own (:meth:`Lowering._at_error`), not keeping the line
+        self.nodes: dict[str, tuple[str, str]] = {}
 
     def make_at(self, ind: int, c2: str, c: str, h: str) -> None:
         """``c2 = c.at(h)``, a line dropped later if ``c2`` is never used."""
         self.made[c2] = len(self.lines)
         self.add(ind, f"{c2} = {c}.at({h})")
         self.scopes[c2] = (c, {})
+        self.nodes[c2] = (c, h)
 
     def unused(self, c2: str) -> bool:
         """Whether ``c2``, made by :meth:`make_at`, is used by no line after its own; its
@@ -127,12 +156,37 @@ class _Func:
         if found is not None and found[1] <= ind:
             return found[0]
         v = self.var("q")
+        component = _component(path) if method == "first" else 0
         if self.reader is None:
             self.add(ind, f"{v} = view.{method}({path!r}, {h})")
+        elif component and self.components is not None:
+            # one of the node's components, all read at once (None: one by one)
+            p = self._read(ind, h, component)
+            call = f"{self.reader(method, path)}(view, {h})"
+            self.add(ind, f"{v} = {p}[{component - 1}] if {p} is not None else {call}  # {path}")
         else:
             self.add(ind, f"{v} = {self.reader(method, path)}(view, {h})  # {path}")
         self._known[(method, path, h)] = (v, ind)
         return v
+
+    def _read(self, ind: int, h: str, component: int) -> str:
+        """The variable holding node ``h``'s components (up to ``component`` at least),
+        read here unless a read that this line follows is known."""
+        found = self._known.get(("components", "", h))
+        if found is not None and found[1] <= ind:
+            read = self._reads[found[0]]
+            read[1] = max(read[1], component)
+            return found[0]
+        p = self.var("P")
+        self._reads[p] = [len(self.lines), component, ind, h]
+        self.add(ind, "")  # written by finish(), once n is known
+        self._known[("components", "", h)] = (p, ind)
+        return p
+
+    def finish(self) -> None:
+        """Write the component reads (see :meth:`_read`)."""
+        for p, (line, n, ind, h) in self._reads.items():
+            self.lines[line] = "    " * ind + f"{p} = {self.components}(view, {h}, {n})"
 
 
 class Lowering:
@@ -183,7 +237,11 @@ class Lowering:
         return generated
 
     def source(self, fn: Fn, name: str, unit: str) -> str:
-        f = _Func(self._accessor if self.view is not None else None)
+        reads = getattr(self.view, "components", None)
+        f = _Func(
+            self._accessor if self.view is not None else None,
+            self._name(reads, "CP") if reads is not None else None,
+        )
         f.add(0, f"def {name}(ctx):  # {unit}")
         f.add(1, "view = ctx.view")
         if self.view is not None:
@@ -196,6 +254,7 @@ class Lowering:
         f.add(1, "h0 = ctx.here")
         self.emit(f, fn, "result", "ctx", "h0", 1)
         f.add(1, "return result")
+        f.finish()
         return "\n".join(f.lines) + "\n"
 
     def _name(self, obj: Any, prefix: str) -> str:
@@ -228,10 +287,56 @@ class Lowering:
             f.add(ind, f"{t} = {self._value(_CONSTANTS[fn])}")
             return
         shape = SHAPES.get(fn)
+        if shape is not None and shape[0] == "every":
+            if ind <= _MAX_DEPTH and self._lowers_every(*shape[1:]):
+                self._every(f, t, c, h, ind, fn, *shape[1:])
+                return
+            shape = None  # called as it is
         if shape is None or ind > _MAX_DEPTH:
+            own = self._own(fn) if ind <= _MAX_DEPTH else None
+            if own is not None:
+                self.emit(f, own, t, c, h, ind)
+                return
             f.add(ind, f"{t} = {self._name(fn, 'F')}({c})")
             return
         getattr(self, "_" + shape[0].replace("-", "_"))(f, t, c, h, ind, *shape[1:])
+
+    @staticmethod
+    def _own(fn: Fn, sites: tuple[str, ...] = ()) -> Fn | None:
+        """The spec whose value the memoised ``fn`` gives, when its keys are a record's
+        own (see _OWN_REFS; ``sites``: the paths of the node it is called at, each one
+        tried in turn); else None."""
+        scope: Scope | None = MEMO_SCOPES.get(fn)
+        inner = SAME_AS.get(fn)
+        if scope is None or inner is None:
+            return None
+        if (
+            scope.refs & _OWN_REFS
+            or scope.segments & _OWN_SEGMENTS
+            or (sites and all(_own_site(site) for site in sites))
+        ):
+            return inner
+        return None
+
+    def _at_node(self, f: _Func, fn: Fn, t: str, c: str, h: str, ind: int) -> None:
+        """``fn``'s value at node ``h``, from context ``c`` (made elsewhere for another
+        node): a context for ``h`` made only if the code uses it."""
+        c2 = f.var("c")
+        f.make_at(ind, c2, c, h)
+        self.emit(f, fn, t, c2, h, ind)
+        f.unused(c2)
+
+    @staticmethod
+    def _at_error(f: _Func, c: str, ind: int) -> str:
+        """The context ``c`` for an error (or other rare) path: when ``c`` was made for a
+        node (``ctx.at``), one made here, so that the line making ``c`` can be dropped
+        when no value needs it (an error names its field from the context's node)."""
+        made = f.nodes.get(c)
+        if made is None or c not in f.made:
+            return c
+        e = f.var("e")
+        f.add(ind, f"{e} = {_maker(f, made[0])}.at({made[1]})")
+        return e
 
     def _plain(self, f: _Func, t: str, c: str, h: str, ind: int, *shape: Any) -> None:
         alt, missing, fallback = shape
@@ -243,13 +348,15 @@ class Lowering:
     def _missing(self, f: _Func, t: str, c: str, ind: int, missing: Any, path: str) -> None:
         shape = SHAPES.get(missing)
         if shape is None:
-            f.add(ind, f"{t} = {self._name(missing, 'F')}({c}, {path!r})")
+            e = self._at_error(f, c, ind)
+            f.add(ind, f"{t} = {self._name(missing, 'F')}({e}, {path!r})")
             return
         default, required = shape[1], shape[2]
         if default is not None:
             f.add(ind, f"{t} = {self._value(default)}")
         elif required:  # raises, naming the field
-            f.add(ind, f"{t} = {self._name(missing, 'F')}({c}, {path!r})")
+            e = self._at_error(f, c, ind)
+            f.add(ind, f"{t} = {self._name(missing, 'F')}({e}, {path!r})")
         else:
             f.add(ind, f"{t} = None")
 
@@ -270,21 +377,34 @@ class Lowering:
             kind, table = shape[1], shape[2]
             if table is None and label == "None":
                 f.add(ind, "try:")
-                f.add(ind + 1, f"{t} = {self._name(CONVERTERS[kind], 'CV')}({v}, '', {c}.tz)")
+                tz = f"{_base(f, c)}.tz"  # the same zone in every context made from it
+                f.add(ind + 1, f"{t} = {self._name(CONVERTERS[kind], 'CV')}({v}, '', {tz})")
                 f.add(ind, "except MappingError:")
-                self._label_of(f, c, ind + 1, alt)
-                f.add(ind + 1, f"{t} = _convert({kind!r}, {v}, None, {c})")
+                e = self._at_error(f, c, ind + 1)
+                self._label_of(f, e, ind + 1, alt)
+                f.add(ind + 1, f"{t} = _convert({kind!r}, {v}, None, {e})")
                 return
             if kind is None:
                 # the value is text (a path's, or a variable's found to be a str)
-                f.add(ind, f"{t} = {self._name(table, 'TB')}.lookup({v})")
+                f.add(ind, f"{t} = {self._lookup(table, v)}")
                 if not table.has_default:  # an unknown code: the leaf raises, naming it
                     f.add(ind, f"if {t} is None:")
-                    self._label_of(f, c, ind + 1, alt)
-                    f.add(ind + 1, f"{t} = {self._name(leaf, 'L')}({v}, {label}, {c})")
+                    e = self._at_error(f, c, ind + 1)
+                    self._label_of(f, e, ind + 1, alt)
+                    f.add(ind + 1, f"{t} = {self._name(leaf, 'L')}({v}, {label}, {e})")
                 return
         self._label_of(f, c, ind, alt)
         f.add(ind, f"{t} = {self._name(leaf, 'L')}({v}, {label}, {c})")
+
+    def _lookup(self, table: Any, v: str) -> str:
+        """``table.lookup(v)`` as an expression: its dict read directly (the tables are
+        read only once loaded), the code upper-cased unless the table is case-sensitive,
+        its default (or None) for a code it lacks. A table of another kind is asked."""
+        if type(table) is not CodeTable:
+            return f"{self._name(table, 'TB')}.lookup({v})"
+        key = v if table.case_sensitive else f"{v}.upper()"
+        default = self._value(table.default) if table.has_default else "None"
+        return f"{self._name(table.mapping, 'TM')}.get({key}, {default})"
 
     @staticmethod
     def _label_of(f: _Func, c: str, ind: int, alt: str) -> None:
@@ -318,6 +438,32 @@ class Lowering:
             f.add(inner, f"if {v} is not None:")
             self._leaf(f, t, v, "None", c, inner + 1, leaf, alt)
         f.add(ind, f"if {t} is _DROPPED:")
+        self._missing(f, t, c, ind + 1, missing, alts[0])
+
+    def _lowers_every(self, alts: tuple[str, ...], leaf: Any, missing: Any, sep: Any) -> bool:
+        """Whether a ``*`` path (all its values) is generated (:meth:`_every`): one path
+        whose values are taken as they are, read by a view with a ``texts`` accessor."""
+        if len(alts) != 1 or SHAPES.get(leaf) != ("identity",) or self.view is None:
+            return False
+        try:
+            self._accessor("texts", alts[0])
+        except ValueError:  # no such accessor for this path (a relative one, MSH-1)
+            return False
+        return True
+
+    def _every(self, f: _Func, t: str, c: str, h: str, ind: int, fn: Fn, *shape: Any) -> None:
+        """A ``*`` path's values (joined with ``sep``), read by the view's ``texts``
+        accessor without their terser paths (none is needed: the values are taken as
+        they are); when it gives None (values that need their names, see
+        gateway/intake/hl7v2/_view.py), by the closure ``fn``."""
+        alts, _, missing, sep = shape
+        vs = f.var("x")
+        f.add(ind, f"{vs} = {self._accessor('texts', alts[0])}(view, {h})  # {alts[0]}")
+        f.add(ind, f"if {vs} is None:")
+        f.add(ind + 1, f"{t} = {self._name(fn, 'F')}({self._at_error(f, c, ind + 1)})")
+        f.add(ind, f"elif {vs}:")
+        f.add(ind + 1, f"{t} = {vs}" if sep is None else f"{t} = {sep!r}.join({vs})")
+        f.add(ind, "else:")
         self._missing(f, t, c, ind + 1, missing, alts[0])
 
     def _var(self, f: _Func, t: str, c: str, h: str, ind: int, *shape: Any) -> None:
@@ -445,7 +591,8 @@ class Lowering:
         else:
             call = "**{" + ", ".join(f"{k!r}: {v}" for k, v in named) + "}"
         sep = ", " if named else ""
-        f.add(ind, f"{t} = {self._name(func, 'FN')}({c}.env{sep}{call})")
+        env = f"{_base(f, c)}.env"  # the same in every context made from it
+        f.add(ind, f"{t} = {self._name(func, 'FN')}({env}{sep}{call})")
 
     def _with(self, f: _Func, c: str, h: str, ind: int, extra: dict[str, Fn]) -> str:
         """``ctx.with_vars`` of the ``with``/``vars`` specs, each evaluated at ``c``; when
@@ -460,11 +607,13 @@ class Lowering:
             values[key] = v
         c2 = f.var("c")
         literal = "{" + ", ".join(f"{k!r}: {v}" for k, v in values.items()) + "}"
-        if f.unused(c):
+        if c in f.nodes and f.unused(c):  # made by ctx.at (no variables of its own)
             maker = _maker(f, f.scopes[c][0])  # at_with replaces the node: any context
+            f.made[c2] = len(f.lines)  # dropped if unused (the variables are read here)
             f.add(ind, f"{c2} = {maker}.at_with({h}, {literal})")
             f.scopes[c2] = (maker, values)
         else:
+            f.made[c2] = len(f.lines)
             f.add(ind, f"{c2} = {c}.with_vars({literal})")
             f.scopes[c2] = (c, values)
         return c2
@@ -481,29 +630,44 @@ class Lowering:
             f.add(ind + 1, f"{nodes} = {f.look(ind + 1, 'select', alt, h)}")
         f.add(ind, f"if {nodes}:")
         f.add(ind + 1, f"{h2} = {nodes}[0]")
-        if not extra and self._direct(f, body, t, c, h2, ind + 1):
+        if not extra and self._direct(f, body, t, c, h2, ind + 1, tuple(at)):
             pass  # run at the node without a context made for it
         else:
             f.make_at(ind + 1, c2, c, h2)
-            self.emit(f, body, t, self._with(f, c2, h2, ind + 1, extra), h2, ind + 1)
+            c3 = self._with(f, c2, h2, ind + 1, extra)
+            self.emit(f, self._own(body, tuple(at)) or body, t, c3, h2, ind + 1)
+            f.unused(c3)
             f.unused(c2)
         f.add(ind, "else:")
         f.add(ind + 1, f"{t} = None")
 
-    def _direct(self, f: _Func, body: Fn, t: str, c: str, h: str, ind: int) -> bool:
-        """Code for ``body`` at node ``h`` from context ``c`` when it needs no context of
-        its own there: a memoised spec, or an entry whose fields are one, takes the node
-        as it is (``cached(ctx, node)``, gateway/mapping/_memo.py); False otherwise."""
+    def _direct(
+        self, f: _Func, body: Fn, t: str, c: str, h: str, ind: int, sites: tuple[str, ...] = ()
+    ) -> bool:
+        """Code for ``body`` at node ``h`` (selected by a path of ``sites``) from context ``c``
+        when it needs no context of its own there: a memoised spec, or an entry whose
+        fields are one, takes the node as it is (``cached(ctx, node)``,
+        gateway/mapping/_memo.py), or is generated inline when its keys are the record's
+        own (:meth:`_own`); False otherwise."""
         c = _maker(f, c)
         if body in MEMOS:
-            f.add(ind, f"{t} = {self._name(body, 'F')}({c}, {h})")
+            own = self._own(body, sites)
+            if own is not None:
+                self._at_node(f, own, t, c, h, ind)
+            else:
+                f.add(ind, f"{t} = {self._name(body, 'F')}({c}, {h})")
             return True
         shape = SHAPES.get(body)
         if shape is not None and shape[0] == "add" and shape[2].fields in MEMOS:
             key, template = shape[1], shape[2]
-            fields = self._name(template.fields, "T")
+            own = self._own(template.fields, sites)
+            if own is not None:
+                fields = f.var("v")
+                self._at_node(f, own, fields, c, h, ind)
+            else:
+                fields = f"{self._name(template.fields, 'T')}({c}, {h})"
             rt = self._name(template, "R")
-            f.add(ind, f"state.add({key!r}, {rt}, {fields}({c}, {h}) or {{}}, {h})")
+            f.add(ind, f"state.add({key!r}, {rt}, {fields} or {{}}, {h})")
             f.add(ind, f"{t} = None")
             return True
         return False
@@ -534,7 +698,7 @@ class Lowering:
         f.add(ind, f"{out} = []")
         with self._loop(f, c, h, ind, selector, keep, self._needs_ctx(keep, body)) as (c2, h2):
             if c2 == c:
-                self._direct(f, body, v, c, h2, ind + 1)
+                self._direct(f, body, v, c, h2, ind + 1, (selector,))
             else:
                 self.emit(f, body, v, c2, h2, ind + 1)
             self._extend(f, out, body, v, ind + 1)
@@ -551,15 +715,21 @@ class Lowering:
 
     # -- resource entries --------------------------------------------------------------
     def _add(self, f: _Func, t: str, c: str, h: str, ind: int, key: str, template: Any) -> None:
-        fields = self._name(template.fields, "T")
-        f.add(ind, f"state.add({key!r}, {self._name(template, 'R')}, {fields}({c}) or {{}}, {h})")
+        own = self._own(template.fields)
+        if own is not None:
+            v = f.var("v")
+            self.emit(f, own, v, c, h, ind)
+            fields = v
+        else:
+            fields = f"{self._name(template.fields, 'T')}({c})"
+        f.add(ind, f"state.add({key!r}, {self._name(template, 'R')}, {fields} or {{}}, {h})")
         f.add(ind, f"{t} = None")
 
     def _each_entry(self, f: _Func, t: str, c: str, h: str, ind: int, *shape: Any) -> None:
         selector, keep, body = shape
         with self._loop(f, c, h, ind, selector, keep, self._needs_ctx(keep, body)) as (c2, h2):
             if c2 == c:
-                self._direct(f, body, f.var("v"), c, h2, ind + 1)
+                self._direct(f, body, f.var("v"), c, h2, ind + 1, (selector,))
             else:
                 self.emit(f, body, f.var("v"), c2, h2, ind + 1)
         f.add(ind, f"{t} = None")
@@ -597,6 +767,8 @@ class Lowering:
                 f.add(ind + 2, "pass")
             f.add(ind + 1, "finally:")
             f.add(ind + 2, f"state.pop({self._value(export)})")
+            if c3 != c2:
+                f.unused(c3)
         if required:
             f.add(ind, f"if not {kept}:  # none there, or none that 'where' keeps")
             f.add(
@@ -650,6 +822,16 @@ class Lowering:
                 f.add(ind, f"{b} = str({v} or '') {op} {self._value(expected)}")
 
 
+_COMPONENT = re.compile(r"\.([1-9]\d*)(?:\.1)?\Z")
+
+
+def _component(path: str) -> int:
+    """C for a relative path ``.C`` or ``.C.1`` (the same value: a component is read up
+    to its first subcomponent), else 0."""
+    m = _COMPONENT.match(path)
+    return int(m[1]) if m else 0
+
+
 def _read_var(f: _Func, c: str, name: str) -> str:
     """``c.vars.get(name)``: the variable holding the value when a ``with``/``vars`` of
     this function set it, else read from the first context not made here."""
@@ -658,6 +840,14 @@ def _read_var(f: _Func, c: str, name: str) -> str:
         if name in added:
             return added[name]
     return f"{c}.vars.get({name!r})"
+
+
+def _base(f: _Func, c: str) -> str:
+    """The first context ``c`` was made from here (``at``, ``at_with``, ``with_vars``):
+    the same view, state, zone and environment, which none of them changes."""
+    while c in f.scopes:
+        c = f.scopes[c][0]
+    return c
 
 
 def _maker(f: _Func, c: str) -> str:

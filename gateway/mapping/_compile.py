@@ -248,7 +248,10 @@ class Compiler:
                 )
             fields, scope = self._isolated(raw["fields"], f"{path.name}: fields")
             refs = scope.refs
-            fields = memoised(self._lowered(fields, f"template {path.name}"), scope)
+            made = memoised(self._lowered(fields, f"template {path.name}"), scope)
+            if made is not fields:
+                SAME_AS[made] = fields
+            fields = made
             identity = raw.get("identity") or {}
             self._templates[path] = ResourceTemplate(
                 resource_type=str(raw["resourceType"]),
@@ -453,7 +456,9 @@ class Compiler:
                     return sep.join(map(str, values)) if sep is not None else values
             return missing(ctx, alts[0])
 
-        return every if many else _shaped(one, "path", tuple(alts), leaf, missing, True)
+        if many:
+            return _shaped(every, "every", tuple(alts), leaf, missing, sep)
+        return _shaped(one, "path", tuple(alts), leaf, missing, True)
 
     def _var(self, spec: dict[str, Any], where: str) -> Fn:
         name = str(spec["var"])

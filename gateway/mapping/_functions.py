@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 from ..errors import MappingError
 from ..network import Network
-from ._terminology import SAME_CONCEPT, Terminology, language_of
+from ._terminology import _CJK, SAME_CONCEPT, Terminology, language_of
 
 __all__ = ["CODE_SYSTEM_BASE", "FUNCTIONS", "TRANSLATION_URL", "Env", "local_code_system"]
 
@@ -40,6 +40,8 @@ class Env:
     def __init__(self, terminology: Terminology, network: Network) -> None:
         self.terminology = terminology
         self.network = network
+        # identifier_system's answers by its arguments (see _SYSTEMS_SIZE)
+        self.systems: dict[tuple[str | None, ...], str | None] = {}
 
     def code_system(self, mnemonic: str | None, facility: str | None) -> str:
         """URI of a coding system named by an HL7 table 0396 mnemonic (CWE.3)."""
@@ -65,6 +67,13 @@ class Env:
         return local_code_system(owner, local), True
 
 
+# identifier_system's answers kept per Env: a feed's few authorities and facilities give
+# every identifier's system (the tables and the network are read only), so each is worked
+# out once; cleared when full (short strings, bounded). An argument set that raises is
+# not kept: it raises again.
+_SYSTEMS_SIZE = 256
+
+
 def identifier_system(
     env: Env,
     *,
@@ -75,6 +84,25 @@ def identifier_system(
     facility: str | None = None,
 ) -> str | None:
     """The system URI of an identifier, in the order documented in docs/identifiers.md."""
+    key = (kind, authority, authority_oid, authority_type, facility)
+    systems = env.systems
+    if key in systems:
+        return systems[key]
+    found = _identifier_system(env, kind, authority, authority_oid, authority_type, facility)
+    if len(systems) >= _SYSTEMS_SIZE:
+        systems.clear()
+    systems[key] = found
+    return found
+
+
+def _identifier_system(
+    env: Env,
+    kind: str | None,
+    authority: str | None,
+    authority_oid: str | None,
+    authority_type: str | None,
+    facility: str | None,
+) -> str | None:
     kind = kind or "id"
     _one_authority(env, authority, authority_oid, authority_type)
     if authority:
@@ -206,7 +234,7 @@ def script(env: Env, *, text: str | None = None) -> str | None:
     """IDE for text in Chinese characters, ABC otherwise (iso21090 name representation)."""
     if not text:
         return None
-    return "IDE" if language_of(text) == "zh" else "ABC"
+    return "IDE" if _CJK.search(text) else "ABC"  # language_of(text) == "zh", no call
 
 
 def reference_by_identifier(

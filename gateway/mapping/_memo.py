@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
-from weakref import WeakSet
+from weakref import WeakKeyDictionary, WeakSet
 
 import orjson
 
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from ..intake import MemoView
     from ._compile import Ctx
 
-__all__ = ["MEMOS", "Scope", "memoised"]
+__all__ = ["MEMOS", "MEMO_SCOPES", "Scope", "memoised"]
 
 
 @dataclass
@@ -80,6 +80,9 @@ _HERE: Any = object()  # cached(ctx) without ``at``: at ctx.here
 
 # The memo wrappers: generated code may call them as ``cached(ctx, node)``.
 MEMOS: WeakSet[Callable[..., Any]] = WeakSet()
+# What each memo wrapper's key is made of: the code generator calls a spec whose keys are
+# a record's own (its patient's) without the wrapper (gateway/mapping/_codegen.py).
+MEMO_SCOPES: WeakKeyDictionary[Callable[..., Any], Scope] = WeakKeyDictionary()
 
 
 def memoised(fn: Callable[[Ctx], Any], scope: Scope) -> Callable[[Ctx], Any]:
@@ -214,6 +217,7 @@ def memoised(fn: Callable[[Ctx], Any], scope: Scope) -> Callable[[Ctx], Any]:
         return found
 
     MEMOS.add(cached)
+    MEMO_SCOPES[cached] = scope
     return cached
 
 

@@ -79,8 +79,12 @@ def _out_of_range(m: re.Match[str]) -> str | None:
     return None
 
 
+# The converters below match _SURE_DTM themselves: the call to _parts is made only for
+# the rare value it refuses (a mapping converts a dozen dates per message).
+
+
 def to_date(value: str, location: str, tz: str) -> str:
-    return _date(_parts(value, location))
+    return _date(_SURE_DTM.match(value) or _parts(value, location))
 
 
 def _date(m: re.Match[str]) -> str:
@@ -93,7 +97,7 @@ def _date(m: re.Match[str]) -> str:
 
 def to_datetime(value: str, location: str, tz: str) -> str:
     """FHIR dateTime. A time needs a zone in FHIR; a zoneless sender gets ``tz``."""
-    return _datetime(_parts(value, location), tz)
+    return _datetime(_SURE_DTM.match(value) or _parts(value, location), tz)
 
 
 def _datetime(m: re.Match[str], tz: str) -> str:
@@ -127,7 +131,7 @@ def _zone(offset: str) -> str:
 
 def to_instant(value: str, location: str, tz: str) -> str | None:
     """FHIR instant; None (left out) when the source has no time of day to give."""
-    m = _parts(value, location)
+    m = _SURE_DTM.match(value) or _parts(value, location)
     if not m[5]:
         return None
     return _datetime(m, tz)  # parsed once

@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 from ...errors import ConfigError, IntakeError, Issue
 from ._er7 import Message
 
-__all__ = ["Accessor", "Hl7View", "PathCheck", "Position", "check_path"]
+__all__ = ["Accessor", "Hl7View", "PathCheck", "Position", "check_path", "components"]
 
 # Indexes are 1-based: 0 is rejected, so a typo such as PID-5.0 fails when mappings load.
 _ABS = re.compile(
@@ -123,6 +123,40 @@ def _escapes(separators: str) -> dict[str, str]:
     return {"F": fs, "S": cs, "T": ss, "R": rs, "E": es, ".br": "\n", ".sp": "\n"}
 
 
+def components(view: Hl7View, here: Position, n: int) -> list[str | None] | None:
+    """What ``view.first('.C', here)`` gives for each C of 1..n (None for an empty one),
+    read at once: one call for the dozen components a fragment reads of one node (the
+    generated mappings bind it, gateway/mapping/_codegen.py). ``.C.1`` gives the same
+    as ``.C`` (a component is read up to its first subcomponent).
+
+    None when the reads must be made one by one: a node that is not a field repetition
+    (no node, an empty one, a component), or a view whose values may hold control
+    characters (each read removes them with a warning, in the order the mapping reads
+    them)."""
+    text = here.text
+    if not text or here.level or not view._plain:
+        return None
+    parts = view._components.get(text)
+    if parts is None:
+        parts = view._components[text] = text.split(view._cs)
+    ss, es = view._ss, view._es
+    out: list[str | None]
+    if ss not in text and es not in text:  # most nodes: each component as it is, stripped
+        out = [v if (v := raw.strip()) and v != '""' else None for raw in parts[:n]]
+    else:
+        out = []
+        for raw in parts[:n]:
+            if raw and ss in raw:
+                raw = raw.split(ss, 1)[0]
+            if raw and es in raw:
+                raw = view.unescape(raw)
+            value = raw.strip()
+            out.append(value if value and value != '""' else None)
+    if len(out) < n:
+        out += [None] * (n - len(out))
+    return out
+
+
 class Hl7View:
     """Answers path look-ups for one message; the mapping engine's window on it."""
 
@@ -161,6 +195,9 @@ class Hl7View:
         self._labels: dict[int, str] = {}
         # A node's components, split once: a fragment reads up to a dozen of one node.
         self._components: dict[str, list[str]] = {}
+
+    # what reads a node's components at once, for the generated mappings
+    components = staticmethod(components)
 
     @staticmethod
     def accessor(method: str, path: str) -> Accessor:
@@ -236,11 +273,19 @@ class Hl7View:
 
     def _groups(self, p: _Path, here: Position) -> list[Position]:
         start, end = (0, self._nseg) if p.root else (here.start, here.end)
-        found = self._in_range(p.segment, start, end)
+        # _in_range inlined, and each label found without a call once made (every 'each'
+        # and 'group' of a mapping selects groups)
+        every = self._positions.get(p.segment)
+        if not every:
+            return []
+        i = bisect_left(every, start)
+        found = every[i : bisect_left(every, end, i)]
+        labels = self._labels
         groups = []
         for n, idx in enumerate(found):
             stop = found[n + 1] if n + 1 < len(found) else end
-            groups.append(_node((idx, stop, self._segment_label(p.segment, idx), None, 0)))
+            label = labels.get(idx) or self._segment_label(p.segment, idx)
+            groups.append(_node((idx, stop, label, None, 0)))
         if p.occurrence > 0:
             return groups[p.occurrence - 1 : p.occurrence]
         return groups
@@ -565,7 +610,56 @@ def _accessor(method: str, path: str) -> Accessor:
         if p.field == 0:
             return partial(_call_groups, p)
         return _field_select(p)
+    if (
+        method == "texts"
+        and not p.relative
+        and p.field
+        and not (p.segment == "MSH" and p.field <= 2)
+    ):
+        return partial(_texts, p)
     raise ValueError(f"no accessor for {method!r}")
+
+
+def _texts(p: _Path, view: Hl7View, here: Position) -> list[str] | None:
+    """The values of ``view.values(path, here)`` without their terser paths (a ``*``
+    path joined with ``sep``: notes, report text), for an absolute path to a field;
+    None when the view's values may hold control characters (removing them warns,
+    naming the field) or it records what is read: then values() is the way."""
+    if not view._plain or view.read is not None:
+        return None
+    start, end = (0, view._nseg) if p.root else (here.start, here.end)
+    found = view._in_range(p.segment, start, end)
+    if p.occurrence != _ALL:
+        occ = p.occurrence or 1
+        found = found[occ - 1 : occ]
+    field, rs, cs, ss, es = p.field, view._rs, view._cs, view._ss, view._es
+    out: list[str] = []
+    for idx in found:
+        fields = view._segs[idx]
+        if field >= len(fields) or not fields[field]:
+            continue
+        reps = fields[field].split(rs)  # as _field_nodes chooses them (values: every=False)
+        if p.repetition == 0:
+            reps = reps[:1]
+        elif p.repetition != _ALL:
+            reps = reps[p.repetition - 1 : p.repetition]
+        for text in reps:
+            if not text:
+                continue
+            raw, level = view._parts(text, 0, p.component, p.sub) if p.component else (text, 0)
+            if not raw:
+                continue
+            # the tail of values(): the first component and subcomponent, unescaped
+            if level == 0 and cs in raw:
+                raw = raw.split(cs, 1)[0]
+            if level <= 1 and ss in raw:
+                raw = raw.split(ss, 1)[0]
+            if es in raw:
+                raw = view.unescape(raw)
+            value = raw.strip()
+            if value and value != '""':
+                out.append(value)
+    return out
 
 
 def _call_first(path: str, view: Hl7View, here: Position) -> str | None:
@@ -680,6 +774,16 @@ def _absolute_first(path: str, p: _Path) -> Accessor:
                 raw = view.unescape(raw)
             value = raw.strip() if view._plain else view._clean(raw, None, path, here)
             return value if value and value != '""' else None
+        if not component:
+            # a field read whole (PID-8): _value(view, raw, 0, path, here) inlined
+            if view._cs in raw:
+                raw = raw.split(view._cs, 1)[0]
+            if view._ss in raw:
+                raw = raw.split(view._ss, 1)[0]
+            if view._es in raw:
+                raw = view.unescape(raw)
+            value = raw.strip() if view._plain else view._clean(raw, None, path, here)
+            return value if value and value != '""' else None
         raw, level = view._parts(raw, 0, component, sub)
         return _value(view, raw, level, path, here)
 
@@ -691,6 +795,7 @@ def _field_select(p: _Path) -> Accessor:
     repetition, selected whole (most), is its own node, without the general descent."""
     segment, field, skip, root = p.segment, p.field, p.skip, p.root
     whole = p.repetition <= 1 and not p.component and not (segment == "MSH" and field <= 2)
+    every = p.repetition == 0  # all repetitions (PID-3), not the first alone (PID-3(1))
     suffix = f"-{field}"
 
     def select(view: Hl7View, here: Position) -> list[Position]:
@@ -704,10 +809,19 @@ def _field_select(p: _Path) -> Accessor:
         label = view._labels.get(idx) or view._segment_label(segment, idx)
         if whole:
             fields = view._segs[idx]
-            if field < len(fields) and fields[field] and view._rs not in fields[field]:
+            if field < len(fields) and fields[field]:
+                raw = fields[field]
                 if view.read is not None:
                     view.read.add((idx, field))
-                return [_node((idx, idx + 1, label + suffix, fields[field], 0))]
+                if view._rs not in raw:
+                    return [_node((idx, idx + 1, label + suffix, raw, 0))]
+                if every:  # each repetition, as _field_nodes gives them
+                    base = label + suffix
+                    return [
+                        _node((idx, idx + 1, f"{base}({r})" if r > 1 else base, text, 0))
+                        for r, text in enumerate(raw.split(view._rs), 1)
+                        if text
+                    ]
         return view._field_nodes(p, idx, label, every=True)
 
     return select

@@ -169,6 +169,9 @@ def apply_bundle(
             stored = _write(conn, store, plan, {}, {}, partner, bundle_id, now, bases, patients)
         except InboundError as exc:
             savepoint.rollback()
+            # what the entry read or claimed is undone: read the store again (its
+            # replaced record's identifiers still stand)
+            patients.claims.clear()
             if exc.code == IDENTITY_MISMATCH:
                 raise  # two patients in one Bundle: refused whole, a batch too
             status = http_status([exc.issue])

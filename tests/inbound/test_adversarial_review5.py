@@ -247,3 +247,18 @@ def test_the_identity_look_ups_on_each_database(
     _kept_by_njmu2(settings)
     _refused(_post(client, _referral_for(referral, UNSTORED, A_MRN, 5), pki),
              "inbound.identity-mismatch", "Bundle.entry[6].resource.subject", logs)  # fmt: skip
+
+
+def test_a_correction_a_batch_rolls_back_still_holds_the_records_mrn(
+    client: Client, hk_settings: Settings, pki: Path, logs: pytest.LogCaptureFixture
+) -> None:
+    assert _post(client, _bundle(1, _condition("c1", A_MRN)), pki).status_code == 200
+    failed = _condition("c1", OTHER_MRN)  # rolled back: its recorder is nobody's
+    failed["resource"]["recorder"] = {"reference": f"Practitioner?identifier={DIAGNOSIS}|none"}
+    bundle = _bundle(2, failed, _condition("c2", OTHER_MRN, "高血压"))
+    bundle["type"] = "batch"
+    before = counts(hk_settings)
+    resp = _post(client, bundle, pki)  # c1 is still 许嘉玮's: c2 names another patient
+    _refused(resp, "inbound.identity-mismatch", "Bundle.entry[1].resource.subject.identifier",
+             logs)  # fmt: skip
+    assert counts(hk_settings)["inbound_resources"] == before["inbound_resources"]

@@ -82,6 +82,15 @@ class _Patients:
     )
     entry_ids: dict[str, int] = field(default_factory=dict)  # a Patient entry's id -> n
     targets: dict[int, str] = field(default_factory=dict)  # entry n -> where it is written
+    # Patient id -> unstored, and another institution's records are kept under it
+    shared: dict[str, bool] = field(default_factory=dict)
+
+    def replaced(self, record: tuple[str, str]) -> None:
+        """``record`` is written again: what its earlier version (or an earlier entry
+        of the Bundle) wrote beside a patient reference no longer stands (a corrected
+        MRN, then another record with the corrected one, is no second patient)."""
+        for claims in self.claims.values():
+            claims[:] = [claim for claim in claims if claim[0] != record]
 
 
 @dataclass(frozen=True)
@@ -160,6 +169,9 @@ def apply_bundle(
             stored = _write(conn, store, plan, {}, {}, partner, bundle_id, now, bases, patients)
         except InboundError as exc:
             savepoint.rollback()
+            # what the entry read or claimed is undone: read the store again (its
+            # replaced record's identifiers still stand)
+            patients.claims.clear()
             if exc.code == IDENTITY_MISMATCH:
                 raise  # two patients in one Bundle: refused whole, a batch too
             status = http_status([exc.issue])
@@ -381,6 +393,9 @@ def _write(
         _check_same_patient(plan, current)
         if plan.named and current is None:
             _check_kept_under(conn, store, plan, partner)
+        elif current is not None and plan.resource_type == "Patient":
+            _check_renamed(conn, store, plan, current)
+    patients.replaced((plan.resource_type, str(plan.logical_id)))
     resource = copy.deepcopy(plan.resource)
     resource.pop("id", None)
     for where, ref in _references(resource, f"Bundle.entry[{plan.n}].resource"):
@@ -388,6 +403,7 @@ def _write(
         ref["reference"] = _resolve(conn, store, given, urls, index, where, partner, known)
         if _PATIENT_ELEMENT.fullmatch(where):
             _check_entry_id(ref, where, patients)
+            _check_not_shared(conn, store, ref, where, partner, known, patients)
             if isinstance(ref.get("identifier"), dict):
                 _check_reference_identity(conn, store, ref, where, index, known, plan, patients)
     stored, written = store.write(
@@ -506,6 +522,41 @@ def _check_entry_id(ref: dict[str, Any], where: str, patients: _Patients) -> Non
     )
 
 
+def _check_not_shared(
+    conn: Connection,
+    store: Resources,
+    ref: dict[str, Any],
+    where: str,
+    partner: str,
+    known: dict[tuple[str, str], Stored | None] | None,
+    patients: _Patients,
+) -> None:
+    """A ``Patient/<id>`` nothing stored holds, under which another institution's
+    records are already kept, is refused: each partner names its own patients, so
+    NJMU2's ``Patient/p-1`` and NSCH's are two patients, yet their records would be
+    kept (and searched, ``patient=p-1``) as one's, whatever identifier is written
+    beside them (as a Patient created under that id is refused: _check_kept_under).
+    Looked up once per id and Bundle: the current version, then one row at most."""
+    literal = _LITERAL.fullmatch(str(ref["reference"]))
+    if literal is None or literal[1] != "Patient":
+        return
+    if literal[2] not in patients.shared:
+        key = ("Patient", literal[2])
+        target = known[key] if known is not None and key in known else store.current(conn, *key)
+        patients.shared[literal[2]] = target is None and store.kept_by_others(
+            conn, f"Patient/{literal[2]}", partner
+        )
+    if patients.shared[literal[2]]:
+        raise InboundError(
+            IDENTITY_MISMATCH,
+            f"{where} names a Patient id no Patient is stored under, that records another "
+            "institution sent already refer to: each institution names its own patients, "
+            "and these records would be kept as the same patient's as theirs; send the "
+            "Patient, or refer to it by its fullUrl; nothing is stored",
+            expression=where,
+        )
+
+
 def _check_reference_identity(
     conn: Connection,
     store: Resources,
@@ -573,16 +624,14 @@ def _check_unstored(
         patients.claims[patient_id] = [
             ((kept.resource_type, kept.logical_id), True, found)
             for kept in store.kept_under(conn, f"Patient/{patient_id}")
-            if kept.partner is not None  # a Task made here repeats its referral's subject
+            # a Task made here repeats its referral's subject; the record this entry
+            # writes is replaced (for the Bundle's later entries too)
+            if kept.partner is not None and (kept.resource_type, kept.logical_id) != record
             for found in _beside(kept.resource, patient_id)
         ]
     claims = patients.claims[patient_id]
     system, value = key
-    if system and any(
-        s == system and v != value
-        for owner, before, (s, v) in claims
-        if not (before and owner == record)
-    ):
+    if system and any(s == system and v != value for _, _, (s, v) in claims):
         raise InboundError(
             IDENTITY_MISMATCH,
             f"{where}.identifier names another patient than an identifier of the same "
@@ -639,6 +688,32 @@ def _check_kept_under(conn: Connection, store: Resources, plan: _Entry, partner:
                 "a record carries one patient's data; nothing is stored",
                 expression=where,
             )
+
+
+def _check_renamed(conn: Connection, store: Resources, plan: _Entry, current: Stored) -> None:
+    """An update of a stored Patient whose identifiers change must not contradict an
+    identifier written beside the records kept under it (another value of a system
+    both name): compared with the stored version alone, dropping 许嘉玮's MRN (no
+    system in common with what stays) and then adding 陈美玲's made the records kept
+    with 许嘉玮's MRN beside them hers. Read only when the identifiers change."""
+    mine = _written(plan.resource)
+    if mine == _written(current.resource):
+        return
+    beside = {
+        found
+        for kept in store.kept_under(conn, f"Patient/{plan.logical_id}")
+        for found in _beside(kept.resource, str(plan.logical_id))
+        if found[0]
+    }
+    if _conflicting(mine, beside):
+        where = f"Bundle.entry[{plan.n}].resource.identifier"
+        raise InboundError(
+            IDENTITY_MISMATCH,
+            f"{where} names another patient than an identifier written beside a reference "
+            "to this Patient in a record kept under it (an identifier system both name, no "
+            "value in common): a record carries one patient's data; nothing is stored",
+            expression=where,
+        )
 
 
 def _check_owner(

@@ -14,31 +14,81 @@ from typing import Any
 
 __all__ = ["comparable", "system_key"]
 
-_HIERARCHICAL = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*)://([^/?#]*)(.*)", re.DOTALL)
+_HIERARCHICAL = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*)://([^/?#]*)([^?#]*)(.*)", re.DOTALL)
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*):(.*)", re.DOTALL)
-_DEFAULT_PORTS = {"http": ":80", "https": ":443"}
+_DEFAULT_PORTS = {"http": "80", "https": "443"}
+# host (a bracketed IPv6 literal, or up to the port's colon) and port (digits, maybe none)
+_HOST_PORT = re.compile(r"(\[[^\]]*\]|[^:]*)(?::([0-9]*))?")
+_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 
 
 def system_key(system: str) -> str:
     """``system`` as compared (RFC 3986 §6.2.2-6.2.3, and the trailing slash FHIR
     systems are written with or without): scheme and host in lower case, no default
-    port, no trailing slash; a URN's ``urn:<namespace>:`` in lower case (RFC 8141: its
-    namespace id is case-insensitive). Path and value keep their case: ``/sid/MRN`` may
-    be another system. '' (no system) stays ''."""
+    port (nor an empty one, nor its leading zeros), an escaped unreserved character
+    as itself (``%6Drn`` is ``mrn``) and other escapes' hex digits in capitals, no dot
+    segments (``/sid/./mrn``, ``/sid/x/../mrn``), no trailing slash; a URN's
+    ``urn:<namespace>:`` in lower case (RFC 8141: its namespace id is case-insensitive).
+    Path and value keep their case: ``/sid/MRN`` may be another system. '' (no
+    system) stays ''. Each spelling left out was a way to write another patient's
+    number as "another system, nothing to compare"."""
     found = _HIERARCHICAL.fullmatch(system)
     if found is not None:
-        scheme, authority, rest = found[1].lower(), found[2], found[3]
+        scheme, authority = found[1].lower(), _unescaped(found[2])
+        path, rest = _without_dots(_unescaped(found[3])), _unescaped(found[4])
         user, at, host = authority.rpartition("@")
-        host = host.lower().removesuffix(_DEFAULT_PORTS.get(scheme, "\0"))
-        return f"{scheme}://{user}{at}{host}{rest.rstrip('/')}"
+        return f"{scheme}://{user}{at}{_host(scheme, host)}{(path + rest).rstrip('/')}"
     found = _SCHEME.fullmatch(system)
-    if found is None:
-        return system.rstrip("/")
+    if found is None:  # a non-empty system never becomes '' (no system): "/" stays
+        return system.rstrip("/") or system[:1]
     scheme, rest = found[1].lower(), found[2]
     if scheme == "urn":
         namespace, colon, tail = rest.partition(":")
         rest = f"{namespace.lower()}{colon}{tail}"
     return f"{scheme}:{rest.rstrip('/')}"
+
+
+def _host(scheme: str, host: str) -> str:
+    """host[:port] in lower case without the scheme's default port, or an empty one."""
+    found = _HOST_PORT.fullmatch(host)
+    if found is None:
+        return host.lower()
+    name, port = found[1].lower(), found[2]
+    if port is None or port == "" or port.lstrip("0") == _DEFAULT_PORTS.get(scheme):
+        return name
+    return f"{name}:{port.lstrip('0') or '0'}"
+
+
+def _unescaped(part: str) -> str:
+    """RFC 3986 §6.2.2.1-2: an escaped unreserved character as itself, other escapes
+    with their hex digits in capitals (``%2f`` is ``%2F``, not ``/``)."""
+
+    def one(found: re.Match[str]) -> str:
+        char = chr(int(found[1], 16))
+        return char if char in _UNRESERVED else f"%{found[1].upper()}"
+
+    return _ESCAPE.sub(one, part)
+
+
+def _without_dots(path: str) -> str:
+    """RFC 3986 §5.2.4 remove_dot_segments: ``/sid/./mrn`` and ``/sid/x/../mrn`` are
+    ``/sid/mrn``."""
+    out: list[str] = []
+    segments = path.split("/")
+    for n, segment in enumerate(segments):
+        last = n == len(segments) - 1
+        if segment == ".":
+            if last:
+                out.append("")
+        elif segment == "..":
+            if len(out) > 1:
+                out.pop()
+            if last:
+                out.append("")
+        else:
+            out.append(segment)
+    return "/".join(out)
 
 
 def comparable(identifiers: Iterable[Any], *, systemless: bool = True) -> set[tuple[str, str]]:

@@ -294,6 +294,22 @@ class Resources:
         ).all()
         return [_stored(r) for r in rows]
 
+    def kept_by_others(self, conn: Connection, patient: str, partner: str) -> bool:
+        """Whether a current resource about ``patient`` (``Patient/<id>``) was sent by
+        another partner than ``partner`` (one row at most, no resource read)."""
+        c = resources.c
+        row = conn.execute(
+            sa.select(c.id)
+            .where(
+                c.patient == patient,
+                c.current.is_(True),
+                c.partner.is_not(None),
+                c.partner != partner,
+            )
+            .limit(1)
+        ).first()
+        return row is not None
+
     def versions(self, resource_type: str, logical_id: str) -> list[Stored]:
         with self.engine.connect() as conn:
             rows = conn.execute(

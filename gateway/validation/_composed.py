@@ -51,6 +51,7 @@ from ._construct import (
     _Once,
     outcome,
     split,
+    split_leaves,
     target,
     text,
 )
@@ -520,11 +521,11 @@ class Splits:
         for known, found in self.known.get(key, ()):
             if known == content:
                 return found
-        made = split(content)
+        made = split_leaves(content)
         if made is None:
             return None
-        (between, keys), leaves, decode = made
-        part = (between, keys, tuple(leaves), decode is not _DECODE)
+        (between, keys), leaves, escaped = made
+        part = (between, keys, leaves, escaped)
         if self._once.seen(key):
             self._keep(key, content, part)
         return part

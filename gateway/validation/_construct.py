@@ -107,9 +107,18 @@ def references(content: bytes) -> list[bytes] | None:
 def split(content: bytes) -> tuple[Any, list[bytes], Callable[[bytes], str]] | None:
     """(shape, leaves, the function giving a leaf's string) of a resource's JSON, or None
     when it holds a ``null`` (orjson writes NaN so too)."""
-    decode: Callable[[bytes], str] = bytes.decode  # no escape anywhere: a leaf is its UTF-8
-    if b"\\" in content:  # escapes: \\ and \" become bytes orjson never writes
-        decode = text
+    made = split_leaves(content)
+    if made is None:
+        return None
+    shape, leaves, escaped = made
+    return shape, list(leaves), text if escaped else _DECODE
+
+
+def split_leaves(content: bytes) -> tuple[Any, tuple[bytes, ...], bool] | None:
+    """``split``'s shape and leaves (a tuple, as the entries' splits keep them), and
+    whether the JSON held an escape (its leaves then need ``text``); None for a ``null``."""
+    escaped = b"\\" in content
+    if escaped:  # escapes: \\ and \" become bytes orjson never writes
         content = _unescaped(content)
     # Unescaped quotes delimit strings: odd parts are strings, even parts what lies between
     # (braces, commas, numbers); a string is a key when what follows it starts with ':'.
@@ -121,7 +130,7 @@ def split(content: bytes) -> tuple[Any, list[bytes], Callable[[bytes], str]] | N
         if b"null" in joined:
             return None
         layout = _layout(between, joined)
-    return layout.shape(parts), list(layout.values(parts)), decode
+    return layout.shape(parts), layout.values(parts), escaped
 
 
 class _Layout:
@@ -130,17 +139,29 @@ class _Layout:
     the shape of every split of it holds this very object, which the shape tables then
     compare by identity, not byte by byte)."""
 
-    __slots__ = ("between", "keys", "values")
+    __slots__ = ("between", "keys", "last", "values")
 
     def __init__(self, between: bytes, keys: Any, values: Any) -> None:
         self.between = between
         self.keys = keys  # parts → the keys' tuple
         self.values = values  # parts → the values' tuple (the leaves)
+        self.last: tuple[tuple[bytes, ...], tuple[bytes, bytes]] | None = None
 
     def shape(self, parts: list[bytes]) -> tuple[bytes, bytes]:
         # the keys joined: one hash and one comparison of a few KB where a tuple of
-        # them would take one per key (a comparison of ~200 short bytes costs more)
-        return (self.between, b"\x00".join(self.keys(parts)))
+        # them would take one per key (a comparison of ~200 short bytes costs more).
+        # The same keys as the last split of this layout (a new Patient, an order:
+        # new values, the same keys) give the very same shape: its joined keys' hash
+        # is kept, and the shape tables compare it by identity.
+        keys = self.keys(parts)
+        last = self.last
+        if last is not None and last[0] == keys:
+            return last[1]
+        shape = (self.between, b"\x00".join(keys))
+        if self.last is None:  # (counted once: a later split's keys replace these)
+            _count_layout(len(shape[1]) + _KEY_ITEM * len(keys))
+        self.last = (keys, shape)
+        return shape
 
 
 def _unescaped(content: bytes) -> bytes:
@@ -171,8 +192,25 @@ def _layout(between: list[bytes], joined: bytes) -> _Layout:
     layout = _Layout(joined, _getter(keys), _getter(values))
     if len(_LAYOUTS) >= MAX_SHAPES:
         _LAYOUTS.clear()
+        _LAYOUT_BYTES[0] = 0
+    _count_layout(len(joined) + _KEY_ITEM * (len(keys) + len(values)))
     _LAYOUTS[joined] = layout
     return layout
+
+
+_KEY_ITEM = 56  # a key's bytes object and its slot (a layout's index, its last keys)
+MAX_LAYOUT_BYTES = 8 << 20  # the layouts and the keys they keep, over every validator
+_LAYOUT_BYTES = [0]
+
+
+def _count_layout(size: int) -> None:
+    """Count a layout's bytes (its between parts, indexes, last keys), emptying the
+    table first when it would pass its bound: a layout keeps the keys of a split (a
+    few KB), so the table is bounded in bytes as well as in layouts."""
+    if _LAYOUT_BYTES[0] + size > MAX_LAYOUT_BYTES:
+        _LAYOUTS.clear()
+        _LAYOUT_BYTES[0] = 0
+    _LAYOUT_BYTES[0] += size
 
 
 def _getter(indexes: list[int]) -> Any:

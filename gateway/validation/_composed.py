@@ -105,6 +105,10 @@ class Plan:
     # per residual invariant, its last outcome by the leaves it may read (None: run
     # every time; see _Last)
     last: list[_Last | None] = field(default_factory=list)
+    # the residual invariants by needle (needle, the indexes of those holding it), and
+    # those without one: see outcomes
+    groups: tuple[tuple[bytes, tuple[int, ...]], ...] = ()
+    plain: tuple[int, ...] = ()
 
 
 def leaf_paths(node: Any, path: Path, out: list[Path]) -> None:
@@ -208,7 +212,18 @@ def compose(
         needles=_haystacks(residual, shape, paths),
         size=len(leaves) * _LEAF + len(residual) * _RESIDUAL + memos * _LAST_BYTES + _PLAN_BYTES,
         last=last,
+        groups=_by_needle(residual),
+        plain=tuple(n for n, (inv, _, _) in enumerate(residual) if inv.needle is None),
     )
+
+
+def _by_needle(residual: list[Placed]) -> tuple[tuple[bytes, tuple[int, ...]], ...]:
+    """The residual invariants holding a needle, by needle, in the order first met."""
+    groups: dict[bytes, list[int]] = {}
+    for n, (inv, _, _) in enumerate(residual):
+        if inv.needle is not None:
+            groups.setdefault(inv.needle, []).append(n)
+    return tuple((needle, tuple(members)) for needle, members in groups.items())
 
 
 def _settled(inv: Invariant, node: Path, paths: list[Path], bound: set[int]) -> bool:
@@ -369,23 +384,26 @@ def resolved(
 
 
 def outcomes(plan: Plan, bundle: dict[str, Any], content: bytes | None, leaves: list[bytes]) -> Any:
-    """Each residual invariant's outcome on its node, in its resource (``content``: the
-    Bundle's JSON, None when it was split entry by entry: then dumped if a needle must be
-    looked for in it; ``leaves`` its split's; an invariant whose needle the values it may
-    read lack holds on every node: NEEDLES, _haystacks)."""
-    out = []
-    # one search per needle (bdl-8 is on every entry)
-    absent = {}
-    for text_, at in plan.needles.items():
+    """The residual invariants' outcomes, each on its node, in its resource, as a key
+    (``content``: the Bundle's JSON, None when it was split entry by entry: then dumped if
+    a needle must be looked for in it; ``leaves`` its split's). The invariants holding a
+    needle come first, by needle: ``True`` for all of them when the values they may read
+    lack it (each holds on every node then: NEEDLES, _haystacks; bdl-8, on every entry,
+    one search and one item for them all), else the tuple of their outcomes; then each
+    other invariant's outcome. Each item's place is the plan's, and ``True`` is no tuple:
+    equal keys are equal outcomes."""
+    out: list[Any] = []
+    for needle, members in plan.groups:
+        at = plan.needles[needle]
         if at is None and content is None:  # (rare: an invariant reading past its node)
             content = orjson.dumps(bundle, option=OPTIONS)  # its parts were plain JSON
-        absent[text_] = _lacks(text_, at, content or b"", leaves)
-    last = plan.last
-    for n, (inv, root, path) in enumerate(plan.residual):
-        needle = inv.needle
-        if needle is not None and absent[needle]:
+        if _lacks(needle, at, content or b"", leaves):
             out.append(True)
-            continue
+        else:
+            out.append(tuple([_outcome(plan, n, bundle, leaves) for n in members]))
+    last = plan.last
+    residual = plan.residual
+    for n in plan.plain:  # (_outcome inline: on every Bundle, a call each cost more)
         memo = last[n]
         if memo is not None:
             key = memo.reads(leaves)
@@ -394,12 +412,31 @@ def outcomes(plan: Plan, bundle: dict[str, Any], content: bytes | None, leaves: 
                 memo.tries += 1
                 out.append(memo.outcome)
                 continue
+        inv, root, path = residual[n]
         resource = _value(bundle, root)
         holds = outcome(inv, _value(resource, path), resource)
         if memo is not None and not memo.keep(key, holds):
             last[n] = None
         out.append(holds)
     return tuple(out)
+
+
+def _outcome(plan: Plan, n: int, bundle: dict[str, Any], leaves: list[bytes]) -> bool:
+    """The outcome of the plan's residual invariant ``n`` (its memo first: _Last)."""
+    memo = plan.last[n]
+    key = None
+    if memo is not None:
+        key = memo.reads(leaves)
+        if key == memo.key:
+            memo.hits += 1
+            memo.tries += 1
+            return memo.outcome
+    inv, root, path = plan.residual[n]
+    resource = _value(bundle, root)
+    holds = outcome(inv, _value(resource, path), resource)
+    if memo is not None and not memo.keep(key, holds):
+        plan.last[n] = None
+    return holds
 
 
 def _lacks(needle: bytes, at: Any, content: bytes, leaves: list[bytes]) -> bool:

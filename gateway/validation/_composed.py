@@ -375,12 +375,15 @@ def resolved(
     if not names.issuperset(refs) and not all(ref in names or outside(decode(ref)) for ref in refs):
         return None
     urls = dict(zip(plan.urls(leaves), plan.types(leaves), strict=True))
-    out = []
-    for ref in plan.keyed(leaves):
-        found = urls.get(ref)
-        # an entry without a resource (no type): what the reference check makes of it
-        out.append(found if found is not None else target(decode(ref), {}))
-    return tuple(out)
+    keyed = plan.keyed(leaves)
+    found = tuple(map(urls.get, keyed))  # (most name an entry holding a resource)
+    if None not in found:
+        return found
+    # one names an entry without a resource (no type): what the reference check makes of it
+    return tuple(
+        known if known is not None else target(decode(ref), {})
+        for known, ref in zip(found, keyed, strict=True)
+    )
 
 
 def outcomes(plan: Plan, bundle: dict[str, Any], content: bytes | None, leaves: list[bytes]) -> Any:

@@ -55,7 +55,7 @@ from ._construct import (
     target,
     text,
 )
-from ._invariants import Invariant, _reaches
+from ._invariants import Invariant, _reaches, _uuid_urls
 
 __all__ = [
     "Bundles",
@@ -109,6 +109,7 @@ class Plan:
     # those without one: see outcomes
     groups: tuple[tuple[bytes, tuple[int, ...]], ...] = ()
     plain: tuple[int, ...] = ()
+    leafwise: tuple[Callable[[list[bytes]], bool], ...] = ()  # (see _leafwise)
 
 
 def leaf_paths(node: Any, path: Path, out: list[Path]) -> None:
@@ -191,7 +192,15 @@ def compose(
     if kind is None:
         return None  # a Bundle without a string type: the per-resource path
     full, urls, types = _entries(bundle, index)
-    last = [_last(inv, (*root, *path), paths) for inv, root, path in residual]
+    leafwise: dict[int, Callable[[list[bytes]], bool]] = {}
+    for n, (inv, root, path) in enumerate(residual):
+        test = _leafwise(inv, (*root, *path), bundle, index)
+        if test is not None:
+            leafwise[n] = test
+    last = [
+        None if n in leafwise else _last(inv, (*root, *path), paths)
+        for n, (inv, root, path) in enumerate(residual)
+    ]
     memos = sum(memo is not None for memo in last)
     return Plan(
         shape=Shape(
@@ -213,8 +222,44 @@ def compose(
         size=len(leaves) * _LEAF + len(residual) * _RESIDUAL + memos * _LAST_BYTES + _PLAN_BYTES,
         last=last,
         groups=_by_needle(residual),
-        plain=tuple(n for n, (inv, _, _) in enumerate(residual) if inv.needle is None),
+        plain=tuple(
+            n for n, (inv, _, _) in enumerate(residual) if inv.needle is None and n not in leafwise
+        ),
+        leafwise=tuple(leafwise.values()),
     )
+
+
+def _leafwise(
+    inv: Invariant, node: Path, bundle: dict[str, Any], index: dict[Path, int]
+) -> Callable[[list[bytes]], bool] | None:
+    """The outcome of a residual invariant as a test of the leaves, for the one run on
+    every Bundle that reads values new in each (gw-bun-1: every entry's fullUrl a
+    ``urn:uuid:``; its memo never served, and its walk of the entries cost ~20 calls);
+    None for the others. A string starts with ``urn:uuid:`` exactly when its leaf does
+    (none of those bytes is escaped, and no escape ends in one), and a leaf holds no NUL
+    (orjson escapes it), so NUL + each leaf joined holds NUL + ``urn:uuid:`` once per
+    leaf that starts so. Which entries have a string fullUrl is the shape's."""
+    entries = bundle.get("entry")
+    if inv.native is not _uuid_urls or node != () or not isinstance(entries, list):
+        return None
+    if not all(isinstance(entry, dict) for entry in entries):
+        return None  # (no plan is composed for it: _models._Entries)
+    at = [index.get(("entry", n, "fullUrl")) for n in range(len(entries))]
+    if None in at:
+        return _never  # an entry without a string fullUrl (the native's False)
+    getter, count = _getter([n for n in at if n is not None]), len(at)
+
+    def test(leaves: list[bytes]) -> bool:
+        return (b"\x00" + b"\x00".join(getter(leaves))).count(_UUID_LEAF) == count
+
+    return test
+
+
+_UUID_LEAF = b"\x00urn:uuid:"
+
+
+def _never(leaves: list[bytes]) -> bool:
+    return False
 
 
 def _by_needle(residual: list[Placed]) -> tuple[tuple[bytes, tuple[int, ...]], ...]:
@@ -421,6 +466,8 @@ def outcomes(plan: Plan, bundle: dict[str, Any], content: bytes | None, leaves: 
         if memo is not None and not memo.keep(key, holds):
             last[n] = None
         out.append(holds)
+    for test in plan.leafwise:
+        out.append(test(leaves))
     return tuple(out)
 
 

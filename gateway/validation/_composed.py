@@ -55,7 +55,7 @@ from ._construct import (
     target,
     text,
 )
-from ._invariants import Invariant, _reaches, _uuid_urls
+from ._invariants import Invariant, _conditional, _reaches, _uuid_urls
 
 __all__ = [
     "Bundles",
@@ -240,10 +240,14 @@ def _leafwise(
     (orjson escapes it), so NUL + each leaf joined holds NUL + ``urn:uuid:`` once per
     leaf that starts so. Which entries have a string fullUrl is the shape's."""
     entries = bundle.get("entry")
-    if inv.native is not _uuid_urls or node != () or not isinstance(entries, list):
+    if node != () or not isinstance(entries, list):
         return None
     if not all(isinstance(entry, dict) for entry in entries):
         return None  # (no plan is composed for it: _models._Entries)
+    if inv.native is _conditional:
+        return _conditional_test(entries, index)
+    if inv.native is not _uuid_urls:
+        return None
     at = [index.get(("entry", n, "fullUrl")) for n in range(len(entries))]
     if None in at:
         return _never  # an entry without a string fullUrl (the native's False)
@@ -256,6 +260,42 @@ def _leafwise(
 
 
 _UUID_LEAF = b"\x00urn:uuid:"
+
+
+def _conditional_test(
+    entries: list[dict[str, Any]], index: dict[Path, int]
+) -> Callable[[list[bytes]], bool]:
+    """gw-bun-2 (every entry a Provenance, a POST with an ifNoneExist or a PUT to a URL
+    holding ``?identifier=``: ``_invariants._conditional``) as a test of the leaves:
+    per entry, its resourceType, request.method and request.url leaves (None: not a
+    string, which the native's comparisons fail) and whether its request holds an
+    ifNoneExist (a request, an ifNoneExist are the shape's; a leaf equals a plain ASCII
+    string, or holds one, exactly when its string does). Its URLs are new in each Bundle
+    (a PUT's identifier), so its memo never served and its walk ran on every Bundle."""
+    rules = []
+    for n, entry in enumerate(entries):
+        request = entry.get("request")
+        creates = isinstance(request, dict) and request.get("ifNoneExist") is not None
+        at = [index.get(("entry", n, *path)) for path in _CONDITIONAL_LEAVES]
+        rules.append((at[0], at[1] if isinstance(request, dict) else None, creates, at[2]))
+
+    def test(leaves: list[bytes]) -> bool:
+        for kind, method, creates, url in rules:
+            if kind is not None and leaves[kind] == b"Provenance":
+                continue
+            if method is None:
+                return False
+            verb = leaves[method]
+            if verb == b"POST" and creates:
+                continue
+            if verb != b"PUT" or url is None or b"?identifier=" not in leaves[url]:
+                return False
+        return True
+
+    return test
+
+
+_CONDITIONAL_LEAVES = (("resource", "resourceType"), ("request", "method"), ("request", "url"))
 
 
 def _never(leaves: list[bytes]) -> bool:

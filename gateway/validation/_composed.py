@@ -616,7 +616,7 @@ _ISSUE = 400  # an Issue kept in a verdict
 
 # What one entry's split gives: its shape (what lies between its strings, its keys), its
 # leaves, and whether its JSON held an escape (its leaves then need _construct.text)
-_Part = tuple[bytes, bytes, tuple[bytes, ...], bool]
+_Part = tuple[tuple[bytes, bytes], tuple[bytes, ...], bool]
 MAX_SPLIT_BYTES = 2 << 20  # entries' splits by their JSON, per validator
 _PART_ITEM = 300  # a part's tuples, its dict slot and the split's layout share
 _BUCKET = 4  # entries of the same ends kept (a Practitioner whose narrative changed)
@@ -648,17 +648,15 @@ class Splits:
         for known, found in self.known.get(key, ()):
             if known == content:
                 return found
-        made = split_leaves(content)
-        if made is None:
+        part = split_leaves(content)
+        if part is None:
             return None
-        (between, keys), leaves, escaped = made
-        part = (between, keys, leaves, escaped)
         if self._once.seen(key):
             self._keep(key, content, part)
         return part
 
     def _keep(self, key: bytes, content: bytes, part: _Part) -> None:
-        size = 2 * len(content) + len(key) + _LEAF * len(part[2]) + _PART_ITEM
+        size = 2 * len(content) + len(key) + _LEAF * len(part[1]) + _PART_ITEM
         if self.size + size > MAX_SPLIT_BYTES:
             self.known.clear()
             self.size = 0
@@ -700,10 +698,9 @@ def split_entries(
             part = splits.part(dumps(entry, option=OPTIONS))
             if part is None:
                 return None
-            shape.append(part[0])
-            shape.append(part[1])
-            leaves += part[2]
-            escaped = escaped or part[3]
+            shape += part[0]  # (operators, not calls: this runs per entry)
+            leaves += part[1]
+            escaped = escaped or part[2]
     except TypeError:  # not plain JSON data (a datetime, a non-string key)
         return None
     return tuple(shape), leaves, text if escaped else _DECODE

@@ -857,8 +857,17 @@ class _Once:
         self._hashes: set[int] = set()
 
     def seen(self, value: Hashable) -> bool:
-        """Whether ``value`` was met before (a hash collision only remembers one more)."""
-        return bool(self.recurring((value,)))
+        """Whether ``value`` was met before (a hash collision only remembers one more):
+        ``recurring`` of one value, inline (each entry's split not kept asks it)."""
+        digest = hash(value)
+        hashes = self._hashes
+        if digest in hashes:
+            hashes.discard(digest)
+            return True
+        if len(hashes) * _HASH_ITEM >= MAX_ONCE_BYTES:
+            hashes.clear()
+        hashes.add(digest)
+        return False
 
     def recurring(self, values: Iterable[_T]) -> list[_T]:
         """Those of ``values`` met before; the others are noted."""

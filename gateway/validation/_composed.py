@@ -51,10 +51,11 @@ from ._construct import (
     _Once,
     outcome,
     split,
+    split_leaves,
     target,
     text,
 )
-from ._invariants import Invariant, _reaches
+from ._invariants import Invariant, _conditional, _reaches, _uuid_urls
 
 __all__ = [
     "Bundles",
@@ -104,6 +105,11 @@ class Plan:
     # per residual invariant, its last outcome by the leaves it may read (None: run
     # every time; see _Last)
     last: list[_Last | None] = field(default_factory=list)
+    # the residual invariants by needle (needle, the indexes of those holding it), and
+    # those without one: see outcomes
+    groups: tuple[tuple[bytes, tuple[int, ...]], ...] = ()
+    plain: tuple[int, ...] = ()
+    leafwise: tuple[Callable[[list[bytes]], bool], ...] = ()  # (see _leafwise)
 
 
 def leaf_paths(node: Any, path: Path, out: list[Path]) -> None:
@@ -186,7 +192,15 @@ def compose(
     if kind is None:
         return None  # a Bundle without a string type: the per-resource path
     full, urls, types = _entries(bundle, index)
-    last = [_last(inv, (*root, *path), paths) for inv, root, path in residual]
+    leafwise: dict[int, Callable[[list[bytes]], bool]] = {}
+    for n, (inv, root, path) in enumerate(residual):
+        test = _leafwise(inv, (*root, *path), bundle, index)
+        if test is not None:
+            leafwise[n] = test
+    last = [
+        None if n in leafwise else _last(inv, (*root, *path), paths)
+        for n, (inv, root, path) in enumerate(residual)
+    ]
     memos = sum(memo is not None for memo in last)
     return Plan(
         shape=Shape(
@@ -207,7 +221,94 @@ def compose(
         needles=_haystacks(residual, shape, paths),
         size=len(leaves) * _LEAF + len(residual) * _RESIDUAL + memos * _LAST_BYTES + _PLAN_BYTES,
         last=last,
+        groups=_by_needle(residual),
+        plain=tuple(
+            n for n, (inv, _, _) in enumerate(residual) if inv.needle is None and n not in leafwise
+        ),
+        leafwise=tuple(leafwise.values()),
     )
+
+
+def _leafwise(
+    inv: Invariant, node: Path, bundle: dict[str, Any], index: dict[Path, int]
+) -> Callable[[list[bytes]], bool] | None:
+    """The outcome of a residual invariant as a test of the leaves, for the one run on
+    every Bundle that reads values new in each (gw-bun-1: every entry's fullUrl a
+    ``urn:uuid:``; its memo never served, and its walk of the entries cost ~20 calls);
+    None for the others. A string starts with ``urn:uuid:`` exactly when its leaf does
+    (none of those bytes is escaped, and no escape ends in one), and a leaf holds no NUL
+    (orjson escapes it), so NUL + each leaf joined holds NUL + ``urn:uuid:`` once per
+    leaf that starts so. Which entries have a string fullUrl is the shape's."""
+    entries = bundle.get("entry")
+    if node != () or not isinstance(entries, list):
+        return None
+    if not all(isinstance(entry, dict) for entry in entries):
+        return None  # (no plan is composed for it: _models._Entries)
+    if inv.native is _conditional:
+        return _conditional_test(entries, index)
+    if inv.native is not _uuid_urls:
+        return None
+    at = [index.get(("entry", n, "fullUrl")) for n in range(len(entries))]
+    if None in at:
+        return _never  # an entry without a string fullUrl (the native's False)
+    getter, count = _getter([n for n in at if n is not None]), len(at)
+
+    def test(leaves: list[bytes]) -> bool:
+        return (b"\x00" + b"\x00".join(getter(leaves))).count(_UUID_LEAF) == count
+
+    return test
+
+
+_UUID_LEAF = b"\x00urn:uuid:"
+
+
+def _conditional_test(
+    entries: list[dict[str, Any]], index: dict[Path, int]
+) -> Callable[[list[bytes]], bool]:
+    """gw-bun-2 (every entry a Provenance, a POST with an ifNoneExist or a PUT to a URL
+    holding ``?identifier=``: ``_invariants._conditional``) as a test of the leaves:
+    per entry, its resourceType, request.method and request.url leaves (None: not a
+    string, which the native's comparisons fail) and whether its request holds an
+    ifNoneExist (a request, an ifNoneExist are the shape's; a leaf equals a plain ASCII
+    string, or holds one, exactly when its string does). Its URLs are new in each Bundle
+    (a PUT's identifier), so its memo never served and its walk ran on every Bundle."""
+    rules = []
+    for n, entry in enumerate(entries):
+        request = entry.get("request")
+        creates = isinstance(request, dict) and request.get("ifNoneExist") is not None
+        at = [index.get(("entry", n, *path)) for path in _CONDITIONAL_LEAVES]
+        rules.append((at[0], at[1] if isinstance(request, dict) else None, creates, at[2]))
+
+    def test(leaves: list[bytes]) -> bool:
+        for kind, method, creates, url in rules:
+            if kind is not None and leaves[kind] == b"Provenance":
+                continue
+            if method is None:
+                return False
+            verb = leaves[method]
+            if verb == b"POST" and creates:
+                continue
+            if verb != b"PUT" or url is None or b"?identifier=" not in leaves[url]:
+                return False
+        return True
+
+    return test
+
+
+_CONDITIONAL_LEAVES = (("resource", "resourceType"), ("request", "method"), ("request", "url"))
+
+
+def _never(leaves: list[bytes]) -> bool:
+    return False
+
+
+def _by_needle(residual: list[Placed]) -> tuple[tuple[bytes, tuple[int, ...]], ...]:
+    """The residual invariants holding a needle, by needle, in the order first met."""
+    groups: dict[bytes, list[int]] = {}
+    for n, (inv, _, _) in enumerate(residual):
+        if inv.needle is not None:
+            groups.setdefault(inv.needle, []).append(n)
+    return tuple((needle, tuple(members)) for needle, members in groups.items())
 
 
 def _settled(inv: Invariant, node: Path, paths: list[Path], bound: set[int]) -> bool:
@@ -359,32 +460,38 @@ def resolved(
     if not names.issuperset(refs) and not all(ref in names or outside(decode(ref)) for ref in refs):
         return None
     urls = dict(zip(plan.urls(leaves), plan.types(leaves), strict=True))
-    out = []
-    for ref in plan.keyed(leaves):
-        found = urls.get(ref)
-        # an entry without a resource (no type): what the reference check makes of it
-        out.append(found if found is not None else target(decode(ref), {}))
-    return tuple(out)
+    keyed = plan.keyed(leaves)
+    found = tuple(map(urls.get, keyed))  # (most name an entry holding a resource)
+    if None not in found:
+        return found
+    # one names an entry without a resource (no type): what the reference check makes of it
+    return tuple(
+        known if known is not None else target(decode(ref), {})
+        for known, ref in zip(found, keyed, strict=True)
+    )
 
 
 def outcomes(plan: Plan, bundle: dict[str, Any], content: bytes | None, leaves: list[bytes]) -> Any:
-    """Each residual invariant's outcome on its node, in its resource (``content``: the
-    Bundle's JSON, None when it was split entry by entry: then dumped if a needle must be
-    looked for in it; ``leaves`` its split's; an invariant whose needle the values it may
-    read lack holds on every node: NEEDLES, _haystacks)."""
-    out = []
-    # one search per needle (bdl-8 is on every entry)
-    absent = {}
-    for text_, at in plan.needles.items():
+    """The residual invariants' outcomes, each on its node, in its resource, as a key
+    (``content``: the Bundle's JSON, None when it was split entry by entry: then dumped if
+    a needle must be looked for in it; ``leaves`` its split's). The invariants holding a
+    needle come first, by needle: ``True`` for all of them when the values they may read
+    lack it (each holds on every node then: NEEDLES, _haystacks; bdl-8, on every entry,
+    one search and one item for them all), else the tuple of their outcomes; then each
+    other invariant's outcome. Each item's place is the plan's, and ``True`` is no tuple:
+    equal keys are equal outcomes."""
+    out: list[Any] = []
+    for needle, members in plan.groups:
+        at = plan.needles[needle]
         if at is None and content is None:  # (rare: an invariant reading past its node)
             content = orjson.dumps(bundle, option=OPTIONS)  # its parts were plain JSON
-        absent[text_] = _lacks(text_, at, content or b"", leaves)
-    last = plan.last
-    for n, (inv, root, path) in enumerate(plan.residual):
-        needle = inv.needle
-        if needle is not None and absent[needle]:
+        if _lacks(needle, at, content or b"", leaves):
             out.append(True)
-            continue
+        else:
+            out.append(tuple([_outcome(plan, n, bundle, leaves) for n in members]))
+    last = plan.last
+    residual = plan.residual
+    for n in plan.plain:  # (_outcome inline: on every Bundle, a call each cost more)
         memo = last[n]
         if memo is not None:
             key = memo.reads(leaves)
@@ -393,12 +500,33 @@ def outcomes(plan: Plan, bundle: dict[str, Any], content: bytes | None, leaves: 
                 memo.tries += 1
                 out.append(memo.outcome)
                 continue
+        inv, root, path = residual[n]
         resource = _value(bundle, root)
         holds = outcome(inv, _value(resource, path), resource)
         if memo is not None and not memo.keep(key, holds):
             last[n] = None
         out.append(holds)
+    for test in plan.leafwise:
+        out.append(test(leaves))
     return tuple(out)
+
+
+def _outcome(plan: Plan, n: int, bundle: dict[str, Any], leaves: list[bytes]) -> bool:
+    """The outcome of the plan's residual invariant ``n`` (its memo first: _Last)."""
+    memo = plan.last[n]
+    key = None
+    if memo is not None:
+        key = memo.reads(leaves)
+        if key == memo.key:
+            memo.hits += 1
+            memo.tries += 1
+            return memo.outcome
+    inv, root, path = plan.residual[n]
+    resource = _value(bundle, root)
+    holds = outcome(inv, _value(resource, path), resource)
+    if memo is not None and not memo.keep(key, holds):
+        plan.last[n] = None
+    return holds
 
 
 def _lacks(needle: bytes, at: Any, content: bytes, leaves: list[bytes]) -> bool:
@@ -488,7 +616,7 @@ _ISSUE = 400  # an Issue kept in a verdict
 
 # What one entry's split gives: its shape (what lies between its strings, its keys), its
 # leaves, and whether its JSON held an escape (its leaves then need _construct.text)
-_Part = tuple[bytes, bytes, tuple[bytes, ...], bool]
+_Part = tuple[tuple[bytes, bytes], tuple[bytes, ...], bool]
 MAX_SPLIT_BYTES = 2 << 20  # entries' splits by their JSON, per validator
 _PART_ITEM = 300  # a part's tuples, its dict slot and the split's layout share
 _BUCKET = 4  # entries of the same ends kept (a Practitioner whose narrative changed)
@@ -520,17 +648,15 @@ class Splits:
         for known, found in self.known.get(key, ()):
             if known == content:
                 return found
-        made = split(content)
-        if made is None:
+        part = split_leaves(content)
+        if part is None:
             return None
-        (between, keys), leaves, decode = made
-        part = (between, keys, tuple(leaves), decode is not _DECODE)
         if self._once.seen(key):
             self._keep(key, content, part)
         return part
 
     def _keep(self, key: bytes, content: bytes, part: _Part) -> None:
-        size = 2 * len(content) + len(key) + _LEAF * len(part[2]) + _PART_ITEM
+        size = 2 * len(content) + len(key) + _LEAF * len(part[1]) + _PART_ITEM
         if self.size + size > MAX_SPLIT_BYTES:
             self.known.clear()
             self.size = 0
@@ -572,10 +698,9 @@ def split_entries(
             part = splits.part(dumps(entry, option=OPTIONS))
             if part is None:
                 return None
-            shape.append(part[0])
-            shape.append(part[1])
-            leaves += part[2]
-            escaped = escaped or part[3]
+            shape += part[0]  # (operators, not calls: this runs per entry)
+            leaves += part[1]
+            escaped = escaped or part[2]
     except TypeError:  # not plain JSON data (a datetime, a non-string key)
         return None
     return tuple(shape), leaves, text if escaped else _DECODE

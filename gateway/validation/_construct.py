@@ -107,9 +107,18 @@ def references(content: bytes) -> list[bytes] | None:
 def split(content: bytes) -> tuple[Any, list[bytes], Callable[[bytes], str]] | None:
     """(shape, leaves, the function giving a leaf's string) of a resource's JSON, or None
     when it holds a ``null`` (orjson writes NaN so too)."""
-    decode: Callable[[bytes], str] = bytes.decode  # no escape anywhere: a leaf is its UTF-8
-    if b"\\" in content:  # escapes: \\ and \" become bytes orjson never writes
-        decode = text
+    made = split_leaves(content)
+    if made is None:
+        return None
+    shape, leaves, escaped = made
+    return shape, list(leaves), text if escaped else _DECODE
+
+
+def split_leaves(content: bytes) -> tuple[Any, tuple[bytes, ...], bool] | None:
+    """``split``'s shape and leaves (a tuple, as the entries' splits keep them), and
+    whether the JSON held an escape (its leaves then need ``text``); None for a ``null``."""
+    escaped = b"\\" in content
+    if escaped:  # escapes: \\ and \" become bytes orjson never writes
         content = _unescaped(content)
     # Unescaped quotes delimit strings: odd parts are strings, even parts what lies between
     # (braces, commas, numbers); a string is a key when what follows it starts with ':'.
@@ -121,7 +130,7 @@ def split(content: bytes) -> tuple[Any, list[bytes], Callable[[bytes], str]] | N
         if b"null" in joined:
             return None
         layout = _layout(between, joined)
-    return layout.shape(parts), list(layout.values(parts)), decode
+    return layout.shape(parts), layout.values(parts), escaped
 
 
 class _Layout:
@@ -130,17 +139,29 @@ class _Layout:
     the shape of every split of it holds this very object, which the shape tables then
     compare by identity, not byte by byte)."""
 
-    __slots__ = ("between", "keys", "values")
+    __slots__ = ("between", "keys", "last", "values")
 
     def __init__(self, between: bytes, keys: Any, values: Any) -> None:
         self.between = between
         self.keys = keys  # parts → the keys' tuple
         self.values = values  # parts → the values' tuple (the leaves)
+        self.last: tuple[tuple[bytes, ...], tuple[bytes, bytes]] | None = None
 
     def shape(self, parts: list[bytes]) -> tuple[bytes, bytes]:
         # the keys joined: one hash and one comparison of a few KB where a tuple of
-        # them would take one per key (a comparison of ~200 short bytes costs more)
-        return (self.between, b"\x00".join(self.keys(parts)))
+        # them would take one per key (a comparison of ~200 short bytes costs more).
+        # The same keys as the last split of this layout (a new Patient, an order:
+        # new values, the same keys) give the very same shape: its joined keys' hash
+        # is kept, and the shape tables compare it by identity.
+        keys = self.keys(parts)
+        last = self.last
+        if last is not None and last[0] == keys:
+            return last[1]
+        shape = (self.between, b"\x00".join(keys))
+        if self.last is None:  # (counted once: a later split's keys replace these)
+            _count_layout(len(shape[1]) + _KEY_ITEM * len(keys))
+        self.last = (keys, shape)
+        return shape
 
 
 def _unescaped(content: bytes) -> bytes:
@@ -171,8 +192,25 @@ def _layout(between: list[bytes], joined: bytes) -> _Layout:
     layout = _Layout(joined, _getter(keys), _getter(values))
     if len(_LAYOUTS) >= MAX_SHAPES:
         _LAYOUTS.clear()
+        _LAYOUT_BYTES[0] = 0
+    _count_layout(len(joined) + _KEY_ITEM * (len(keys) + len(values)))
     _LAYOUTS[joined] = layout
     return layout
+
+
+_KEY_ITEM = 56  # a key's bytes object and its slot (a layout's index, its last keys)
+MAX_LAYOUT_BYTES = 8 << 20  # the layouts and the keys they keep, over every validator
+_LAYOUT_BYTES = [0]
+
+
+def _count_layout(size: int) -> None:
+    """Count a layout's bytes (its between parts, indexes, last keys), emptying the
+    table first when it would pass its bound: a layout keeps the keys of a split (a
+    few KB), so the table is bounded in bytes as well as in layouts."""
+    if _LAYOUT_BYTES[0] + size > MAX_LAYOUT_BYTES:
+        _LAYOUTS.clear()
+        _LAYOUT_BYTES[0] = 0
+    _LAYOUT_BYTES[0] += size
 
 
 def _getter(indexes: list[int]) -> Any:
@@ -497,11 +535,12 @@ class _Dates:
     them on generated values); the type's function, a regex and a parse in Python, cost
     about 2 µs a value."""
 
-    __slots__ = ("form", "many")
+    __slots__ = ("common", "form", "many")
 
     def __init__(self, form: re.Pattern[str], many: Any) -> None:
         self.form = form
         self.many = many
+        self.common = _COMMON[form]
 
     def sure(self, value: str) -> bool:
         found = self.form.fullmatch(value)
@@ -517,6 +556,12 @@ class _Dates:
         return True
 
     def validate_python(self, values: list[str]) -> None:
+        # A run whose values are all of the common form (a month's 1st to 28th: what
+        # ``sure`` accepts at once) in one search of them joined, where a value took a
+        # call, a search and its groups; a NUL is no separator when one is in a value
+        joined = "\x00".join(values)
+        if self.common.fullmatch(joined) and joined.count("\x00") == len(values) - 1:
+            return
         unsure = [value for value in values if not self.sure(value)]
         if unsure:
             self.many.validate_python(unsure)
@@ -526,11 +571,22 @@ class _Dates:
 # pydantic parses: years 1000-9999, seconds to 59 (a leap second takes the long way),
 # at most microseconds, a time always with its zone (dateTime and instant require one).
 _DAY = r"([1-9][0-9]{3})-([0-9]{2})-([0-9]{2})"
-_FULL_DATE = re.compile(_DAY)
-_FULL_INSTANT = re.compile(
-    _DAY + r"T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]{1,6})?"
+_TIME = (
+    r"T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]{1,6})?"
     r"(?:Z|[+-](?:(?:0[0-9]|1[0-3]):[0-5][0-9]|14:00))"
 )
+_FULL_DATE = re.compile(_DAY)
+_FULL_INSTANT = re.compile(_DAY + _TIME)
+# The common forms: a full form whose day every month has (what _Dates.sure takes at
+# once), as runs of values joined by NUL (_Dates.validate_python)
+_COMMON_DAY = r"[1-9][0-9]{3}-(?:0[1-9]|1[0-2])-(?:0[1-9]|1[0-9]|2[0-8])"
+
+
+def _run(form: str) -> re.Pattern[str]:
+    return re.compile(f"(?:{form}\x00)*{form}")
+
+
+_COMMON = {_FULL_DATE: _run(_COMMON_DAY), _FULL_INSTANT: _run(_COMMON_DAY + _TIME)}
 
 
 def _full_form(schema: Any) -> re.Pattern[str] | None:
@@ -801,8 +857,17 @@ class _Once:
         self._hashes: set[int] = set()
 
     def seen(self, value: Hashable) -> bool:
-        """Whether ``value`` was met before (a hash collision only remembers one more)."""
-        return bool(self.recurring((value,)))
+        """Whether ``value`` was met before (a hash collision only remembers one more):
+        ``recurring`` of one value, inline (each entry's split not kept asks it)."""
+        digest = hash(value)
+        hashes = self._hashes
+        if digest in hashes:
+            hashes.discard(digest)
+            return True
+        if len(hashes) * _HASH_ITEM >= MAX_ONCE_BYTES:
+            hashes.clear()
+        hashes.add(digest)
+        return False
 
     def recurring(self, values: Iterable[_T]) -> list[_T]:
         """Those of ``values`` met before; the others are noted."""

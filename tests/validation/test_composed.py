@@ -368,3 +368,36 @@ def test_an_invariant_the_shape_settles_is_not_run(tmp_path: Path) -> None:
             assert _check(validator, mutated) == want, f"attempt {attempt}"
         assert validator.bundles.hits > before, "answered by its plan"
     assert "obs-7" in _residual_keys(validator), "run where a component is"
+
+
+def _put(bundle: Bundle, n: int, url: str) -> Bundle:
+    """Entry ``n`` made a PUT to ``url`` (its ifNoneExist dropped)."""
+    out = copy.deepcopy(bundle)
+    out["entry"][n]["request"] = {"method": "PUT", "url": url}
+    return out
+
+
+def test_a_conditional_entry_broken(bundles: list[tuple[str, Bundle]]) -> None:
+    """gw-bun-2 reads a PUT's URL (a free value, new in each Bundle): a PUT to a URL
+    without ``?identifier=`` under the plan learnt from one with it, and a POST that
+    lost its ifNoneExist; each outcome is in the key."""
+    broken = 0
+    for _, bundle in bundles:
+        for n, entry in enumerate(bundle["entry"]):
+            rtype = entry["resource"]["resourceType"]
+            if entry.get("request", {}).get("method") != "POST" or rtype == "Provenance":
+                continue
+            valid = _put(bundle, n, f"{rtype}?identifier=https://example.org/sid|{n}")
+            if _check(Validator("reference"), valid) != b"[]":
+                continue
+            validator = _learnt(valid)
+            for url in (f"{rtype}/{n}", f"{rtype}?name=identifier"):
+                _agrees(validator, _put(bundle, n, url), b"[]", answered=True)
+            validator = _learnt(bundle)
+            del_ifnoneexist = copy.deepcopy(bundle)
+            del_ifnoneexist["entry"][n]["request"].pop("ifNoneExist", None)
+            if del_ifnoneexist != bundle:
+                _agrees(validator, del_ifnoneexist, b"[]", answered=True)
+            broken += 1
+            break
+    assert broken >= 2

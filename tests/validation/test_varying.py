@@ -237,3 +237,25 @@ def test_a_full_date_form_is_accepted_by_its_type() -> None:
             assert not many.sure(value) or accepted, (adapter.core_schema["schema"], value)
             assert _accepts(many, [value]) == accepted, (adapter.core_schema["schema"], value)
         assert len(sure) > 1_000  # the fast path is taken
+
+
+def test_a_run_of_dates_is_accepted_as_its_values_are() -> None:
+    """A run of several values (_construct._Dates takes one of the common form in one
+    search of them joined by NUL) is accepted exactly when each value is: a value with a
+    NUL inside, or a day a month may lack, is no reason to take the whole run."""
+    dated = [a for a in _adapters() if isinstance(_construct._many(a), _construct._Dates)]
+    rng = random.Random(19)
+    values = _moments(rng, 4_000)
+    joinable = ["2024-02-28", "2024-02-28T10:00:00+08:00"]
+    odd = [f"{a}\x00{b}" for a in joinable for b in joinable] + ["2024-02-29", "2023-02-29"]
+    for adapter in dated:
+        many = _construct._many(adapter)
+        for _ in range(1_500):
+            if rng.random() < 0.5:  # common values, and now and then an odd one
+                run = [rng.choice(joinable) for _ in range(rng.randint(1, 4))]
+            else:
+                run = rng.sample(values, rng.randint(2, 4))
+            if rng.random() < 0.3:
+                run[rng.randrange(len(run))] = rng.choice(odd)
+            expected = all(_accepts(adapter.validator, value) for value in run)
+            assert _accepts(many, run) == expected, (adapter.core_schema["schema"], run)

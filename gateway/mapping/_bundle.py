@@ -32,6 +32,7 @@ __all__ = [
     "BundleBuilder",
     "ResourceTemplate",
     "WriteRules",
+    "fresh_resource_id",
     "resource_id",
     "search_escape",
     "write_rules",
@@ -50,21 +51,25 @@ _NAMESPACE_SHA1 = sha1(NAMESPACE.bytes, usedforsecurity=False)
 _VARIANT = {d: "89ab"[int(d, 16) & 3] for d in "0123456789abcdef"}
 
 
-# Organisations and staff recur in every message. Bounded to entries of a known small
-# size (three short strings and a 36-character id, ~350 bytes: ~1.4 MB in all), full
-# within the first thousand or so fresh messages (issue 18: memory must not grow with
-# the batch); the patients' and orders' own ids that never recur only pass through.
-@lru_cache(maxsize=4096)
-def resource_id(resource_type: str, system: str, value: str) -> str:
+def fresh_resource_id(resource_type: str, system: str, value: str) -> str:
     """``str(uuid5(NAMESPACE, "<type>|<system>|<value>"))`` (RFC 4122 §4.3), made from
     the SHA-1 digest directly: building a UUID object and formatting it cost twice the
-    hash, for every new patient and order."""
+    hash, for every new patient and order. Uncached: for ids whose inputs never recur
+    (a patient's, an order's, a Bundle's), which a cache would only hash, store and
+    evict."""
     digest = _NAMESPACE_SHA1.copy()
     digest.update(f"{resource_type}|{system}|{value}".encode())
     h = digest.hexdigest()
     # The version (5) and the RFC 4122 variant (10xx) set in the hex digits themselves:
     # byte 6's high nibble is digit 12, byte 8's is digit 16 (its two low bits kept)
     return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
+
+
+# Organisations and staff recur in every message. Bounded to entries of a known small
+# size (three short strings and a 36-character id, ~350 bytes: ~1.4 MB in all), full
+# within the first thousand or so fresh messages (issue 18: memory must not grow with
+# the batch); the patients' and orders' own ids skip it (fresh_resource_id).
+resource_id = lru_cache(maxsize=4096)(fresh_resource_id)
 
 
 # create-if-none-exist: POST + ifNoneExist (reference data); update: conditional PUT.
@@ -114,6 +119,9 @@ class ResourceTemplate:
     refs: frozenset[str]
     source: str
     location: str | None = None  # where the identifier comes from, for errors
+    # Whether its ids recur in other records (organisations, staff: their id cached);
+    # False for a record's own (a patient's, its orders', see _memo.own_keys)
+    recurs: bool = True
 
 
 # What quote(safe=":/") leaves as it is, and no search escape: most identifiers.
@@ -351,7 +359,7 @@ class BundleBuilder:
             )
             return None
         system, value = chosen
-        rid = resource_id(rtype, system, value)
+        rid = (resource_id if template.recurs else fresh_resource_id)(rtype, system, value)
         mode = self.writes.mode(rtype)
         request = _request(mode, rtype, system, value)
         # A conditional update carries no id: the partner keeps the id it gave the

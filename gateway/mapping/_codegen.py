@@ -33,7 +33,7 @@ from typing import Any
 
 from ..errors import ConfigError, MappingError
 from ._compile import _CONSTANTS, _DROPPED, _VARIES, SAME_AS, SHAPES, Ctx, Fn, _convert
-from ._memo import MEMO_SCOPES, MEMOS, Scope
+from ._memo import MEMO_SCOPES, MEMOS, OWN_SEGMENTS, Scope, own_keys
 from ._terminology import CodeTable
 from ._types import CONVERTERS
 
@@ -50,18 +50,16 @@ _EMPTY = "({0} is None or {0} == '' or {0} == [] or {0} == {{}})"  # _compile._e
 # key), or reads the patient's segment (what it reads, or the node it is called at), has
 # keys that no other record meets (issue 18: ~7 memo probes per Patient, none a hit). Its
 # body is generated inline, without the memo's call, key and probe: the same value (a
-# miss computes it), only not frozen, as the record's own values never are.
-_OWN_REFS = frozenset({"patient"})
-_OWN_SEGMENTS = frozenset({"PID"})
+# miss computes it), only not frozen, as the record's own values never are (_memo.own_keys).
 # Fields that identify one order (placer and filler numbers): a spec called at one of
 # them is the record's own as well.
 _OWN_FIELDS = frozenset({"ORC-2", "ORC-3", "OBR-2", "OBR-3"})
 
 
 def _own_site(path: str) -> bool:
-    """Whether the node at ``path`` is the record's own (see _OWN_SEGMENTS)."""
+    """Whether the node at ``path`` is the record's own (see _memo.OWN_SEGMENTS)."""
     path = path.lstrip("/")
-    return path[:3] in _OWN_SEGMENTS or path.split(".")[0] in _OWN_FIELDS
+    return path[:3] in OWN_SEGMENTS or path.split(".")[0] in _OWN_FIELDS
 
 
 def engine_setting(env: dict[str, str] | None = None) -> str:
@@ -304,17 +302,13 @@ class Lowering:
     @staticmethod
     def _own(fn: Fn, sites: tuple[str, ...] = ()) -> Fn | None:
         """The spec whose value the memoised ``fn`` gives, when its keys are a record's
-        own (see _OWN_REFS; ``sites``: the paths of the node it is called at, each one
+        own (see _memo.own_keys; ``sites``: the paths of the node it is called at, each one
         tried in turn); else None."""
         scope: Scope | None = MEMO_SCOPES.get(fn)
         inner = SAME_AS.get(fn)
         if scope is None or inner is None:
             return None
-        if (
-            scope.refs & _OWN_REFS
-            or scope.segments & _OWN_SEGMENTS
-            or (sites and all(_own_site(site) for site in sites))
-        ):
+        if own_keys(scope) or (sites and all(_own_site(site) for site in sites)):
             return inner
         return None
 

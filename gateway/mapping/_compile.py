@@ -20,7 +20,7 @@ from ..intake import RecordView
 from ..shared import freeze
 from ._bundle import BundleBuilder, ResourceTemplate
 from ._functions import FUNCTIONS, Env
-from ._memo import Scope, memoised
+from ._memo import Scope, memoised, own_keys
 from ._strictness import Leniency
 from ._types import CONVERTERS, convert
 
@@ -248,7 +248,8 @@ class Compiler:
                 )
             fields, scope = self._isolated(raw["fields"], f"{path.name}: fields")
             refs = scope.refs
-            made = memoised(self._lowered(fields, f"template {path.name}"), scope)
+            lowered = self._lowered(fields, f"template {path.name}")
+            made = memoised(lowered, scope)
             if made is not fields:
                 SAME_AS[made] = fields
             fields = made
@@ -262,6 +263,10 @@ class Compiler:
                 refs=frozenset(refs),
                 source=path.name,
                 location=identity.get("location"),
+                # ids met again only when its fields are (memoised, not keyed by the
+                # record's patient); the others (orders, reports read from the message
+                # root) are the record's own
+                recurs=made is not lowered and not own_keys(scope),
             )
         return self._templates[path]
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..datafiles import load_data_file
 from ..errors import ConfigError, Issue, MappingError
-from ._bundle import BundleBuilder, resource_id
+from ._bundle import BundleBuilder, fresh_resource_id
 from ._codegen import Lowering, engine_setting, lowering_for, seq
 from ._compile import Compiler, Ctx, Fn
 from ._functions import Env
@@ -56,7 +56,8 @@ class MessageMapping:
             raise MappingError("no-identity", "the record has no identifier for its Bundle")
         bundle: dict[str, Any] = {
             "resourceType": "Bundle",
-            "id": resource_id("Bundle", identifier["system"], identifier["value"]),
+            # the record's own message id: never met again, not cached
+            "id": fresh_resource_id("Bundle", identifier["system"], identifier["value"]),
             "identifier": identifier,
             "type": "transaction",
         }

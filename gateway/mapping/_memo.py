@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from ..intake import MemoView
     from ._compile import Ctx
 
-__all__ = ["MEMOS", "MEMO_SCOPES", "Scope", "memoised"]
+__all__ = ["MEMOS", "MEMO_SCOPES", "OWN_REFS", "OWN_SEGMENTS", "Scope", "memoised", "own_keys"]
 
 
 @dataclass
@@ -51,6 +51,17 @@ class Scope:
             self.rooted = True
         elif not path.startswith("."):
             self.segments.add(path[:3])
+
+
+# A record's own data: a spec that references the record's patient (a resource key), or
+# reads the patient's segment, has keys that no other record meets (issue 18).
+OWN_REFS = frozenset({"patient"})
+OWN_SEGMENTS = frozenset({"PID"})
+
+
+def own_keys(scope: Scope) -> bool:
+    """Whether the keys of a spec with ``scope`` are a record's own (never met again)."""
+    return bool(scope.refs & OWN_REFS or scope.segments & OWN_SEGMENTS)
 
 
 # Both stores are bounded in bytes, not entries, and fill early: a 100,000-message

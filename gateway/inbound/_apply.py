@@ -353,13 +353,15 @@ def _value_alone(query: str) -> bool:
 
 
 def _identifier_index(plans: list[_Entry]) -> dict[tuple[str, str, str], str | None]:
-    """(type, system, value) → the planned target of the Bundle's own entries, for
-    conditional references to resources the same transaction creates."""
+    """(type, system as compared, value) → the planned target of the Bundle's own
+    entries, for conditional references to resources the same transaction creates
+    (a reference spelling the entry's system otherwise is to that entry too)."""
     index: dict[tuple[str, str, str], str | None] = {}
     for plan in plans:
         for ident in plan.resource.get("identifier") or []:
             if isinstance(ident, dict) and ident.get("value"):
-                key = (plan.resource_type, str(ident.get("system") or ""), str(ident["value"]))
+                system = system_key(str(ident.get("system") or ""))
+                key = (plan.resource_type, system, str(ident["value"]))
                 index[key] = plan.logical_id
     return index
 
@@ -585,9 +587,7 @@ def _check_reference_identity(
         return
     key = ("Patient", literal[2])
     target = known[key] if known is not None and key in known else store.current(conn, *key)
-    names = {
-        (system_key(s), v) for (t, s, v), i in index.items() if t == "Patient" and i == literal[2]
-    }
+    names = {(s, v) for (t, s, v), i in index.items() if t == "Patient" and i == literal[2]}
     if target is None and not names:
         _check_unstored(
             conn, store, literal[2], (_key(ident), _type_codes(ident)), where, plan, patients
@@ -916,7 +916,7 @@ def _resolve(
         return ref
     if query.startswith("identifier=") and "&" not in query:
         system, value = parse_identifier(query.removeprefix("identifier="))
-        own = index.get((path, system or "", value))
+        own = index.get((path, system_key(system or ""), value))
         if own is not None:
             return f"{path}/{own}"
     try:

@@ -68,6 +68,10 @@ class _Entry:
     named: bool = False  # the id is the request's (PUT Type/id), not a match's nor new
 
 
+# (record (type, id), stored before?, (system as compared, value), its type codes)
+_Claim = tuple[tuple[str, str], bool, tuple[str, str], frozenset[str]]
+
+
 @dataclass
 class _Patients:
     """What a Bundle's patient references are checked against besides the stored
@@ -76,10 +80,8 @@ class _Patients:
     so those written beside it (in this Bundle's records and those kept before) must
     agree with each other, and a Patient later stored under that id must hold them."""
 
-    # Patient id -> (record (type, id), stored before?, (system as compared, value))
-    claims: dict[str, list[tuple[tuple[str, str], bool, tuple[str, str]]]] = field(
-        default_factory=dict
-    )
+    # Patient id -> claims written beside references to it
+    claims: dict[str, list[_Claim]] = field(default_factory=dict)
     entry_ids: dict[str, int] = field(default_factory=dict)  # a Patient entry's id -> n
     targets: dict[int, str] = field(default_factory=dict)  # entry n -> where it is written
     # Patient id -> unstored, and another institution's records are kept under it
@@ -351,13 +353,15 @@ def _value_alone(query: str) -> bool:
 
 
 def _identifier_index(plans: list[_Entry]) -> dict[tuple[str, str, str], str | None]:
-    """(type, system, value) → the planned target of the Bundle's own entries, for
-    conditional references to resources the same transaction creates."""
+    """(type, system as compared, value) → the planned target of the Bundle's own
+    entries, for conditional references to resources the same transaction creates
+    (a reference spelling the entry's system otherwise is to that entry too)."""
     index: dict[tuple[str, str, str], str | None] = {}
     for plan in plans:
         for ident in plan.resource.get("identifier") or []:
             if isinstance(ident, dict) and ident.get("value"):
-                key = (plan.resource_type, str(ident.get("system") or ""), str(ident["value"]))
+                system = system_key(str(ident.get("system") or ""))
+                key = (plan.resource_type, system, str(ident["value"]))
                 index[key] = plan.logical_id
     return index
 
@@ -583,11 +587,11 @@ def _check_reference_identity(
         return
     key = ("Patient", literal[2])
     target = known[key] if known is not None and key in known else store.current(conn, *key)
-    names = {
-        (system_key(s), v) for (t, s, v), i in index.items() if t == "Patient" and i == literal[2]
-    }
+    names = {(s, v) for (t, s, v), i in index.items() if t == "Patient" and i == literal[2]}
     if target is None and not names:
-        _check_unstored(conn, store, literal[2], _key(ident), where, plan, patients)
+        _check_unstored(
+            conn, store, literal[2], (_key(ident), _type_codes(ident)), where, plan, patients
+        )
         return
     if target is not None:
         names |= _written(target.resource)
@@ -606,7 +610,7 @@ def _check_unstored(
     conn: Connection,
     store: Resources,
     patient_id: str,
-    key: tuple[str, str],
+    written: tuple[tuple[str, str], frozenset[str]],
     where: str,
     plan: _Entry,
     patients: _Patients,
@@ -617,36 +621,68 @@ def _check_unstored(
     records, and in those a partner sent before (the current versions; the record
     this entry updates is replaced, so its old one is not held against it): another
     value of the same system (however spelled) is another patient, both kept under
-    one id. A value without a system contradicts nothing (it names no system); a
-    Patient later stored under that id must hold them all (:func:`_check_kept_under`)."""
-    record = (plan.resource_type, str(plan.logical_id))
+    one id. A value without a system contradicts only another without one of the
+    same type code (two MRs, ``0098765`` and ``0011111``: two patients' numbers, kept
+    as one's); else it names no system, nothing to compare. A Patient later stored
+    under that id must hold them all (:func:`_check_kept_under`)."""
+    record, (key, types) = (plan.resource_type, str(plan.logical_id)), written
     if patient_id not in patients.claims:
         patients.claims[patient_id] = [
-            ((kept.resource_type, kept.logical_id), True, found)
+            ((kept.resource_type, kept.logical_id), True, found, codes)
             for kept in store.kept_under(conn, f"Patient/{patient_id}")
             # a Task made here repeats its referral's subject; the record this entry
             # writes is replaced (for the Bundle's later entries too)
             if kept.partner is not None and (kept.resource_type, kept.logical_id) != record
-            for found in _beside(kept.resource, patient_id)
+            for found, codes in _beside_typed(kept.resource, patient_id)
         ]
     claims = patients.claims[patient_id]
-    system, value = key
-    if system and any(s == system and v != value for _, _, (s, v) in claims):
+    if any(_contradicts(key, types, k, t) for _, _, k, t in claims):
         raise InboundError(
             IDENTITY_MISMATCH,
             f"{where}.identifier names another patient than an identifier of the same "
-            "system written beside the same reference in another record (of this Bundle, "
-            "or kept before): no Patient is stored under that id to say which is its; a "
-            "record carries one patient's data; nothing is stored",
+            "system (or, without one, of the same type) written beside the same reference "
+            "in another record (of this Bundle, or kept before): no Patient is stored "
+            "under that id to say which is its; a record carries one patient's data; "
+            "nothing is stored",
             expression=f"{where}.identifier",
         )
-    claims.append((record, False, key))
+    claims.append((record, False, key, types))
+
+
+def _contradicts(
+    key: tuple[str, str], types: frozenset[str], other: tuple[str, str], others: frozenset[str]
+) -> bool:
+    """Two identifiers beside one reference name two patients: another value of the
+    same system (as compared), or, both without a system, of a type code in common."""
+    (system, value), (other_system, other_value) = key, other
+    if system != other_system or value == other_value:
+        return False
+    return bool(system) or bool(types & others)
+
+
+def _type_codes(ident: dict[str, Any]) -> frozenset[str]:
+    """The codes of an Identifier's ``type`` (``MR``, ``PPN``...), whatever coding
+    system each is written under (as any written, a code is the identifier's kind)."""
+    kind = ident.get("type")
+    codings = kind.get("coding") if isinstance(kind, dict) else None
+    return frozenset(
+        str(c["code"])
+        for c in (codings if isinstance(codings, list) else [])
+        if isinstance(c, dict) and c.get("code")
+    )
 
 
 def _beside(resource: dict[str, Any], patient_id: str) -> set[tuple[str, str]]:
     """The identifiers (as compared) written beside a stored resource's patient
     references to ``Patient/<patient_id>``."""
-    out: set[tuple[str, str]] = set()
+    return {key for key, _ in _beside_typed(resource, patient_id)}
+
+
+def _beside_typed(
+    resource: dict[str, Any], patient_id: str
+) -> set[tuple[tuple[str, str], frozenset[str]]]:
+    """:func:`_beside`, each with its type codes."""
+    out: set[tuple[tuple[str, str], frozenset[str]]] = set()
     for name in _PATIENT_NAMES:
         value = resource.get(name)
         for ref in value if isinstance(value, list) else [value]:
@@ -654,7 +690,7 @@ def _beside(resource: dict[str, Any], patient_id: str) -> set[tuple[str, str]]:
                 continue
             literal = str(ref.get("reference") or "").split("/_history/", 1)[0]
             if literal == f"Patient/{patient_id}" and ref["identifier"].get("value"):
-                out.add(_key(ref["identifier"]))
+                out.add((_key(ref["identifier"]), _type_codes(ref["identifier"])))
     return out
 
 
@@ -880,7 +916,7 @@ def _resolve(
         return ref
     if query.startswith("identifier=") and "&" not in query:
         system, value = parse_identifier(query.removeprefix("identifier="))
-        own = index.get((path, system or "", value))
+        own = index.get((path, system_key(system or ""), value))
         if own is not None:
             return f"{path}/{own}"
     try:

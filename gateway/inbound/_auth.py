@@ -41,7 +41,7 @@ from joserfc import jws, jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, OKPKey, RSAKey
 
-from ..config import Settings
+from ..config import SECRET_FILES, Settings, not_private
 from ..network import Institution, Network
 
 # the chain, validity, CRL and key-usage checks signatures get
@@ -110,9 +110,14 @@ class TokenError(Exception):
 
 
 def load_partner_tokens(path: Path, network: Network) -> dict[str, str]:
-    """token → institution key, from ``<institution key> <token>`` lines (# comments)."""
+    """token → institution key, from ``<institution key> <token>`` lines (# comments).
+    A file group or others may read or write is refused, not used, as ``gateway serve``
+    refuses it at start-up (in the same words): it was read at every change, so one
+    made readable after start-up (or behind an app not started by ``serve``) was used,
+    and anyone on the host who read it could send as any partner."""
     out: dict[str, str] = {}
     try:
+        mode = path.stat().st_mode
         lines = path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
         return out
@@ -120,6 +125,9 @@ def load_partner_tokens(path: Path, network: Network) -> dict[str, str]:
         raise InboundError(
             "inbound.config", f"cannot read the partner token file {path}: {exc.strerror}"
         ) from None
+    problem = not_private(path, mode, SECRET_FILES["inbound_token_file"])
+    if problem is not None:  # a gateway fault (500), as an unreadable file: not the partner's
+        raise InboundError("inbound.config", f"inbound_token_file: {problem}")
     for n, line in enumerate(lines, 1):
         text = line.strip()
         if not text or text.startswith("#"):
@@ -186,7 +194,7 @@ class Authenticator:
         self.network = network
         self.token_file = settings.inbound_token_file or settings.secrets_dir / "partner-tokens"
         self._static: dict[str, str] = {}
-        self._stamp: float | None = None
+        self._stamp: tuple[float, int] | None = None
         self._lock = threading.Lock()
         self._trust = TrustCache(settings)
 
@@ -240,8 +248,9 @@ class Authenticator:
         return match
 
     def _tokens(self) -> dict[str, str]:
-        try:
-            stamp: float | None = self.token_file.stat().st_mtime
+        try:  # its mode too: a file made readable to others is refused at once
+            found = self.token_file.stat()
+            stamp: tuple[float, int] | None = (found.st_mtime, found.st_mode)
         except FileNotFoundError:
             stamp = None
         with self._lock:

@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from ..config import Settings
+from ..config import Settings, private_folder
 from ..delivery import add_outbox_detail
 from ..network import Network
 from ..store import open_store
@@ -140,7 +140,9 @@ def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
     if inst is None:
         raise InboundError("inbound.config", "the partner is not an institution of the network")
     path = settings.inbound_token_file or settings.secrets_dir / "partner-tokens"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    # made owner-only (0700) when missing, as the API's start makes secrets/: with the
+    # default mode others on the host saw which secrets there are
+    private_folder(path.parent)
     token = secrets.token_urlsafe(32)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     with os.fdopen(fd, "a", encoding="utf-8") as out:

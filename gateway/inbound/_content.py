@@ -68,7 +68,7 @@ def mixed_patients(bundle: dict[str, Any]) -> list[Issue]:
         names = [f"Patient/{patient['id']}"] if isinstance(patient.get("id"), str) else []
         names += [url for url, (k, _) in by_url.items() if k == n]
         names += _updated(bundle["entry"][n])
-        names += _tokens(patient)
+        names += _patient_tokens(patient)
         aliases = dict.fromkeys(names, "the Bundle's Patient")
     seen: str | None = "the Bundle's Patient" if patients else None
     for n, _, resource in entries:
@@ -77,7 +77,7 @@ def mixed_patients(bundle: dict[str, Any]) -> list[Issue]:
         for k, inner in enumerate(_refs(resource.get("contained"))):
             if inner.get("resourceType") != "Patient":
                 continue  # a contained Patient is patient data too: whose?
-            tokens = _tokens(inner)
+            tokens = _patient_tokens(inner)
             key = next((aliases[t] for t in tokens if t in aliases), None)
             key = key or (tokens[0] if tokens else f"#{inner.get('id')}@{n}")
             if seen is None:
@@ -188,7 +188,7 @@ def _patient_key(ref: dict[str, Any], by_url: dict[str, tuple[int, dict[str, Any
             return literal if target.get("resourceType") == "Patient" else None
         path, mark, query = literal.partition("?")
         if path == "Patient" and query.startswith("identifier=") and "&" not in query:
-            return unquote(query.removeprefix("identifier="))
+            return _compared(unquote(query.removeprefix("identifier=")))
         if mark and (path == "Patient" or path.endswith("/Patient")):
             return _conditional_key(query) or None
         head = literal.split("/_history/", 1)[0]
@@ -197,8 +197,21 @@ def _patient_key(ref: dict[str, Any], by_url: dict[str, tuple[int, dict[str, Any
         return None
     ident = ref.get("identifier")
     if isinstance(ident, dict) and ident.get("value") and ref.get("type") in (None, "Patient"):
-        return f"{ident.get('system') or ''}|{ident['value']}"
+        return _compared(f"{ident.get('system') or ''}|{ident['value']}")
     return None
+
+
+def _patient_tokens(resource: dict[str, Any]) -> list[str]:
+    """:func:`_tokens` as the one-patient check compares them (:func:`_compared`)."""
+    return [_compared(token) for token in _tokens(resource)]
+
+
+def _compared(token: str) -> str:
+    """``system|value`` with its system as compared (``_identity.py``): as written,
+    ``Patient?identifier=…/sid/mrn/|0098765`` beside the Patient entry holding
+    ``…/sid/mrn|0098765`` was "another patient". A bare value stays as it is."""
+    system, bar, value = token.partition("|")
+    return f"{system_key(system)}|{value}" if bar else token
 
 
 _MATCHED = {"identifier", "_id", "patient", "status"}  # what Resources.find matches on
@@ -219,7 +232,7 @@ def _conditional_key(query: str) -> str:
     for wanted, key in (("identifier", "{}"), ("_id", "Patient/{}")):
         found = [value for name, value in pairs if name == wanted]
         if found:
-            return key.format(found[0])
+            return _compared(found[0]) if wanted == "identifier" else key.format(found[0])
     return f"Patient?{query}"
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qsl
@@ -21,6 +21,7 @@ from ..errors import shape
 from ..fhirdates import DateSearchError, date_range
 from ..store import MAX_ID, Store, utcnow
 from ._errors import InboundError
+from ._identity import system_key
 from ._schema import identifiers, resources
 
 __all__ = [
@@ -219,10 +220,35 @@ class Resources:
                     "gateway matches on identifier, _id, patient and status",
                     location="Bundle.entry.request",
                 )
-        rows = conn.execute(
-            self._filtered(conn, resource_type, where).with_only_columns(resources.c.logical_id)
-        ).scalars()
-        return list(rows)
+        system, value = parse_identifier(where.identifier or "")
+        if not system:  # none named (``value``: any; ``|value``: none): as written
+            rows = conn.execute(
+                self._filtered(conn, resource_type, where).with_only_columns(resources.c.logical_id)
+            ).scalars()
+            return list(rows)
+        return self._found_by_system(conn, resource_type, where, system, value)
+
+    def _found_by_system(
+        self, conn: Connection, resource_type: str, where: Search, system: str, value: str
+    ) -> list[str]:
+        """``find`` by ``system|value``, the system however it is spelled
+        (``_identity.py``): matched as written, NSCH's ``…/sid/mrn/|0098765`` found no
+        Patient stored under ``…/sid/mrn`` and created a second one with 许嘉玮's MRN.
+        The same one statement, by value; the systems compared here (what is stored
+        keeps the system as written: no schema change)."""
+        i, r = identifiers.c, resources.c
+        query = (
+            self._filtered(conn, resource_type, replace(where, identifier=None))
+            .with_only_columns(r.id, r.logical_id, i.system)
+            .join_from(resources, identifiers, i.resource_row == r.id)
+            .where(i.resource_type == resource_type, i.value == value)
+            .order_by(r.id)
+        )
+        wanted, seen = system_key(system), dict[int, str]()
+        for row in conn.execute(query):
+            if system_key(row.system or "") == wanted:
+                seen.setdefault(int(row.id), str(row.logical_id))  # one per stored row
+        return list(seen.values())
 
     def find_identifiers(
         self, conn: Connection, wanted: list[tuple[str, str]], partner: str | None = None
@@ -230,7 +256,7 @@ class Resources:
         """``find`` for many ``(type, query)`` at once, in one statement: those whose query
         is one ``identifier=`` parameter (what conditional creates and updates carry);
         the others are left out (the caller asks ``find``). Same matches as ``find``
-        (``partner``: among what it sent)."""
+        (``partner``: among what it sent; systems however spelled)."""
         tokens: dict[tuple[str, str], tuple[str | None, str]] = {}
         for resource_type, query in wanted:
             pairs = parse_qsl(query, keep_blank_values=True)
@@ -259,7 +285,7 @@ class Resources:
                 if (
                     row.resource_type == key[0]
                     and row.value == value
-                    and (system is None or (row.system or "") == system)
+                    and (system is None or system_key(row.system or "") == system_key(system))
                 ):
                     seen.setdefault(int(row.id), str(row.logical_id))
             found[key] = list(seen.values())

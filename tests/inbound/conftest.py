@@ -47,6 +47,7 @@ def make_home(home: Path, pki: Path, institution: str, tokens: dict[str, str]) -
     (home / "secrets").mkdir(parents=True, exist_ok=True)
     lines = "".join(f"{partner} {token}\n" for partner, token in tokens.items())
     (home / "secrets" / "partner-tokens").write_text("# partner tokens\n" + lines)
+    (home / "secrets" / "partner-tokens").chmod(0o600)  # one others may read is refused
     (home / "gateway.toml").write_text(
         f'institution = "{institution}"\nsigning_trust = "{pki / "ca"}"\nsigning_keys = "{pki}"\n'
         f'inbound_public_url = "{PUBLIC_URL}"\n'  # the test client's own: the assertions' aud

@@ -129,6 +129,7 @@ def trusting(tmp_path: Path, pki: Path, own_trust: Path, converter: Converter) -
     home = tmp_path / "home"
     (home / "secrets").mkdir(parents=True)
     (home / "secrets" / "partner-tokens").write_text(f"nsch {NSCH_TOKEN}\n")
+    (home / "secrets" / "partner-tokens").chmod(0o600)
     (home / "gateway.toml").write_text(
         f'institution = "hkpmc"\nsigning_trust = "{own_trust}"\nsigning_keys = "{pki}"\n'
     )

@@ -1,0 +1,66 @@
+"""The inbound partner token file is a secret (anyone who reads it can send as any
+partner): ``gateway serve`` refused one group or others may read at start-up, but
+the file is read again at each change, and an app not started by ``serve`` never
+checked it, so one made readable later was used. Now reading it refuses such a file
+in the words ``serve`` uses (inbound.config: 500, the gateway's fault, not the
+partner's), and ``gateway inbound token`` makes ``secrets/`` owner-only (0700), as
+the API's start does."""
+
+from __future__ import annotations
+
+import argparse
+import stat
+from pathlib import Path
+
+import pytest
+
+from gateway import Settings
+from gateway.config import exposed_secrets
+from gateway.inbound import InboundError, load_partner_tokens
+from gateway.inbound._cli import cmd_token
+from gateway.network import Network
+from tests.api.test_app import Client
+
+from .conftest import NSCH_TOKEN, counts, partner
+
+
+def _token_file(settings: Settings) -> Path:
+    return settings.inbound_token_file or settings.secrets_dir / "partner-tokens"
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o602], ids=oct)
+def test_a_token_file_others_may_read_is_refused_in_serves_words(
+    hk_settings: Settings, mode: int
+) -> None:
+    path = _token_file(hk_settings)
+    path.chmod(mode)
+    with pytest.raises(InboundError) as refused:
+        load_partner_tokens(path, Network.load(hk_settings.network))
+    assert refused.value.code == "inbound.config"
+    [(setting, why)] = exposed_secrets(hk_settings)  # what `gateway serve` says
+    assert refused.value.issue.message == f"{setting}: {why}"
+    assert NSCH_TOKEN not in refused.value.issue.message
+
+
+def test_a_token_file_made_readable_after_it_was_read_is_refused(
+    client: Client, hk_settings: Settings
+) -> None:
+    assert client.get("/fhir/Patient", headers=partner(NSCH_TOKEN)).status_code == 200
+    _token_file(hk_settings).chmod(0o644)  # its contents unchanged: only the mode
+    before = counts(hk_settings)
+    resp = client.get("/fhir/Patient", headers=partner(NSCH_TOKEN))
+    assert resp.status_code == 500, resp.text
+    [issue] = resp.json()["issue"]
+    assert issue["details"]["coding"][0]["code"] == "inbound.config"
+    assert counts(hk_settings) == before
+    _token_file(hk_settings).chmod(0o600)
+    assert client.get("/fhir/Patient", headers=partner(NSCH_TOKEN)).status_code == 200
+
+
+def test_inbound_token_makes_an_owner_only_secrets_folder(tmp_path: Path) -> None:
+    settings = Settings.load(home=tmp_path / "home", env={})
+    assert cmd_token(argparse.Namespace(partner="nsch"), settings) == 0
+    path = _token_file(settings)
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert set(load_partner_tokens(path, Network.load(settings.network)).values()) == {"nsch"}

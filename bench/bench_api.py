@@ -107,6 +107,7 @@ def make_home(root: Path) -> Path:
     home = root / "home"
     (home / "secrets").mkdir(parents=True)
     (home / "secrets" / "partner-tokens").write_text(f"nsch {NSCH_TOKEN}\n")
+    (home / "secrets" / "partner-tokens").chmod(0o600)
     (home / "secrets" / "api-tokens").write_text(LOCAL_TOKEN + "\n")
     (home / "secrets" / "api-tokens").chmod(0o600)  # a readable token file is refused
     (home / "gateway.toml").write_text(

@@ -55,6 +55,7 @@ SECRET_FILES = {
     "inbound_token_file": "inbound partner token file",
     "alert_webhook_token_file": "alert webhook token file",
     "alert_smtp_password_file": "SMTP password file",
+    "mllp_tls_key": "MLLP TLS key file",
 }
 
 
@@ -68,6 +69,8 @@ def exposed_secrets(settings: Settings) -> list[tuple[str, str]]:
         or settings.secrets_dir / "partner-tokens",
         "alert_webhook_token_file": settings.alert_webhook_token_file,
         "alert_smtp_password_file": settings.alert_smtp_password_file,
+        # used only with its certificate (the listener speaks TLS: listeners.mllp)
+        "mllp_tls_key": settings.mllp_tls_key if settings.mllp_tls_cert else None,
     }
     out = []
     for setting, path in files.items():

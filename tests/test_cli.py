@@ -409,6 +409,23 @@ def test_serve_refuses_a_secret_file_of_the_settings_others_can_read(
     ]
 
 
+def test_serve_refuses_an_mllp_tls_key_others_can_read(tmp_path: Path) -> None:
+    """The MLLP listener's private key (whoever reads it can pose as the gateway to the
+    senders), readable by others, was used: refused before the banner, as the others."""
+    _private_api_tokens(tmp_path)
+    key, cert = tmp_path / "mllp.key", tmp_path / "mllp.crt"
+    key.write_text("-----BEGIN PRIVATE KEY-----\n")
+    cert.write_text("-----BEGIN CERTIFICATE-----\n")
+    key.chmod(0o640)
+    (tmp_path / "gateway.toml").write_text(f'mllp_tls_cert = "{cert}"\nmllp_tls_key = "{key}"\n')
+    _, proc = _serve_on_a_held_port(tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.decode().splitlines() == [
+        f"error: mllp_tls_key: {key}: the MLLP TLS key file must be private (chmod 600) "
+        "[config.bad-setting]"
+    ]
+
+
 def test_serve_refuses_a_token_file_others_can_read(tmp_path: Path) -> None:
     """A token file left 0644 served the API (anyone on the host could read the
     tokens); with --workers the refusal must come before the banner, not per worker."""

@@ -37,9 +37,13 @@ _made = threading.Lock()
 _histogram: Any = None
 _broken = False
 # Steps (stage, outcome, ms, code) observed by the pipeline, not yet in the histogram.
-# A deque: appending and taking are atomic, so converting threads and a scraping thread
-# need no lock of their own.
+# A deque: appending is atomic, so converting threads need no lock to add. Taking is
+# done under _flushing: two flushes at once (a scrape and a converting thread, or two
+# converting threads) each counted len(_pending) and popped that many, so one found it
+# empty and lost the steps it had taken; and a scrape must wait for a flush under way,
+# or it misses the steps that flush holds.
 _pending: deque[tuple[str, str, float, str | None]] = deque()
+_flushing = threading.Lock()
 _FLUSH_AT = 256  # pending steps (64 records of four stages)
 _immediate = True  # until the histogram says its values are in memory (not files)
 
@@ -127,23 +131,29 @@ def observe_steps(steps: Iterable[tuple[str, str, float, str | None]]) -> None:
 def _flush() -> None:
     """Add the held steps to the histogram: per stage, one increment of its sum (added
     in the order observed) and one of each bucket that got any."""
-    sums: dict[str, float] = {}
-    counts: dict[tuple[str, int], int] = {}
     try:
-        for _ in range(len(_pending)):  # what is there now; more may come meanwhile
-            stage, _, ms, _ = _pending.popleft()
-            series = _series.get(stage) or _series_of(stage)
-            seconds = ms / 1000.0
-            sums[stage] = sums.get(stage, 0.0) + seconds
-            if seconds == seconds:  # NaN fits no bucket (see _Series.observe)
-                key = (stage, bisect_left(series.bounds, seconds))
-                counts[key] = counts.get(key, 0) + 1
-        for stage, total in sums.items():
-            _series[stage].sum.inc(total)
-        for (stage, index), count in counts.items():
-            _series[stage].buckets[index].inc(count)
+        with _flushing:
+            _add_held()
     except Exception as exc:  # see observe_stage
         _failed(exc)
+
+
+def _add_held() -> None:
+    """:func:`_flush`'s work, under its lock: the only code that takes from _pending."""
+    sums: dict[str, float] = {}
+    counts: dict[tuple[str, int], int] = {}
+    for _ in range(len(_pending)):  # what is there now; more may come meanwhile
+        stage, _, ms, _ = _pending.popleft()
+        series = _series.get(stage) or _series_of(stage)
+        seconds = ms / 1000.0
+        sums[stage] = sums.get(stage, 0.0) + seconds
+        if seconds == seconds:  # NaN fits no bucket (see _Series.observe)
+            key = (stage, bisect_left(series.bounds, seconds))
+            counts[key] = counts.get(key, 0) + 1
+    for stage, total in sums.items():
+        _series[stage].sum.inc(total)
+    for (stage, index), count in counts.items():
+        _series[stage].buckets[index].inc(count)
 
 
 def _failed(exc: Exception) -> None:

@@ -13,6 +13,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from gateway.errors import ConfigError
+from gateway.listeners.mllp import tls_context
 from gateway.store import Store
 
 from .mllp_client import Client, Listener, example, segments, settings_for
@@ -52,6 +54,7 @@ def _write(path: Path, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) 
             serialization.NoEncryption(),
         )
     )
+    path.with_suffix(".key").chmod(0o600)  # a key others may read is refused
 
 
 def test_mllp_over_tls_with_client_certificates(store: Store, tmp_path: Path) -> None:
@@ -88,3 +91,23 @@ def test_mllp_over_tls_with_client_certificates(store: Store, tmp_path: Path) ->
             refused.close()
     items = store.find().items
     assert len(items) == 1 and items[0].auth_sender == "LAX2-HIS"
+
+
+def test_an_mllp_tls_key_others_may_read_is_refused(store: Store, tmp_path: Path) -> None:
+    """The listener's private key is a secret file as the others (config.not_private):
+    one group or others may read is refused, named with the fix, never used."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    _write(tmp_path / "server", _cert("localhost", key, None), key)
+    (tmp_path / "server.key").chmod(0o644)
+    settings = settings_for(
+        tmp_path, mllp_tls_cert=tmp_path / "server.crt", mllp_tls_key=tmp_path / "server.key"
+    )
+    with pytest.raises(ConfigError) as refused:
+        tls_context(settings)
+    assert refused.value.code == "config.bad-setting"
+    assert str(refused.value.issue.message) == (
+        f"mllp_tls_key: {tmp_path / 'server.key'}: the MLLP TLS key file must be private "
+        "(chmod 600)"
+    )
+    (tmp_path / "server.key").chmod(0o400)  # read-only for its owner: private
+    assert tls_context(settings) is not None

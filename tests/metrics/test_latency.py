@@ -135,3 +135,37 @@ def test_multiprocess_mode_writes_what_histogram_observe_writes(tmp_path: Path) 
         texts.append(b"\n".join(x for x in lines if not x.startswith(b"# HELP")))  # not ours
     assert texts[0] == texts[1] == texts[2]
     assert f'{STAGE_SECONDS}_count{{stage="mapping"}} {len(values)}.0'.encode() in texts[0]
+
+
+def test_steps_observed_and_read_from_several_threads_are_each_counted_once() -> None:
+    """Converting threads (the listeners' processor, API requests) add steps while a
+    scrape reads: two flushes at once must not take the same held steps twice (an
+    IndexError lost those taken and said "not recorded") nor leave any uncounted."""
+    import threading
+
+    stage = "test-steps-threads"
+    ours = stage_histogram()
+    threads, per_thread, start = 8, 3000, threading.Barrier(9)
+    old = sys.getswitchinterval()
+
+    def observe() -> None:
+        start.wait()
+        for _ in range(per_thread):
+            observe_steps([(stage, "ok", 1.0, None)])
+
+    def scrape() -> None:
+        start.wait()
+        for _ in range(300):
+            list(ours.collect())
+
+    sys.setswitchinterval(1e-6)  # switch threads often: the race is in a few bytecodes
+    try:
+        workers = [threading.Thread(target=observe) for _ in range(threads)]
+        workers.append(threading.Thread(target=scrape))
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+    finally:
+        sys.setswitchinterval(old)
+    assert _samples(ours, stage)[(f"{STAGE_SECONDS}_count", "")] == threads * per_thread

@@ -17,6 +17,7 @@ import respx
 from gateway import Converter, Settings
 from gateway.audit import AuditLog
 from gateway.delivery import Deliverer, DeliveryService, Outbound, OutboxRecord
+from gateway.errors import GatewayError
 from gateway.policy import PolicyRecords, _engine
 from gateway.store import Store, metadata
 from tests.delivery import conftest as delivery
@@ -237,3 +238,32 @@ def test_a_return_the_audit_log_cannot_record_is_held_for_that_and_a_person_rele
     sent = _partner_back(home, store, outbound)
     assert len(sent) == released.part_count
     assert outbound.outbox.require(row.id).state == "delivered"
+
+
+def test_a_return_refused_record_whose_consent_was_withdrawn_is_not_released_by_a_person(
+    home: Settings,
+    store: Store,
+    converter: Converter,
+    outbound: Outbound,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Adversarial: held for delivery.return-refused (its re-hold held → held), the
+    consent withdrawn meanwhile; a person's release decides it again (the re-hold does
+    not hide where the hold came from: last_hold_from) and the policy holds it."""
+    row = _queued(store, converter, outbound, "2099-12-31")
+    assert outbound.policy.audit is not None
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise OSError("no space left on device")
+
+    with monkeypatch.context() as broken:
+        broken.setattr(outbound.policy.audit, "append_rows", refuse)
+        assert _partner_back(home, store, outbound) == []
+    assert outbound.outbox.require(row.id).last_error == REFUSED
+    PolicyRecords(store, outbound.policy.policy).withdraw("consent-1", operator="dpo")
+    with pytest.raises(GatewayError) as refused:  # before 0ca3d7b: released, and sent
+        outbound.act_by("release", "ops", row.id, "the audit disk was full")
+    assert refused.value.code == "delivery.not-releasable"
+    after = outbound.outbox.require(row.id)
+    assert (after.state, after.last_error) == ("held", "policy.held")
+    assert _partner_back(home, store, outbound) == []

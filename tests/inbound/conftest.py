@@ -206,3 +206,23 @@ def record_sent(
         return row
     finally:
         store.close()
+
+
+def kept_by_njmu2(settings: Settings, reference: str = "Patient/p-1") -> None:
+    """NJMU2's record about its own ``Patient/p-1`` (applied as its inbound Bundle is:
+    its policy agreement does not reach HKPMC)."""
+    from gateway.inbound import Resources, apply_bundle
+    from gateway.store import open_store, utcnow
+
+    store = open_store(settings)
+    try:
+        with store.engine.begin() as conn:
+            apply_bundle(conn, Resources(store), {
+                "resourceType": "Bundle", "type": "transaction",
+                "entry": [{"resource": {"resourceType": "Observation", "status": "final",
+                                        "code": {"text": "血压"},
+                                        "subject": {"reference": reference}},
+                           "request": {"method": "POST", "url": "Observation"}}],
+            }, "njmu2", None, utcnow())  # fmt: skip
+    finally:
+        store.close()

@@ -28,7 +28,7 @@ from gateway.inbound._identity import system_key
 from tests.api.test_app import Client
 from tests.store.dbs import BACKENDS, database
 
-from .conftest import LOCAL, LOCAL_AUTH, NJMU2_TOKEN, NSCH_TOKEN, counts, make_home
+from .conftest import LOCAL, LOCAL_AUTH, NJMU2_TOKEN, NSCH_TOKEN, counts, kept_by_njmu2, make_home
 from .test_adversarial_identity import HKID, NSCH_MRN, _post, _refused
 from .test_adversarial_referral_subject import _referral_for
 
@@ -75,32 +75,12 @@ def _patient(n: int, identifiers: list[dict[str, str]], name: str = "许嘉玮")
     })  # fmt: skip
 
 
-def _kept_by_njmu2(settings: Settings) -> None:
-    """NJMU2's record about its own ``Patient/p-1`` (applied as its inbound Bundle is:
-    its policy agreement does not reach HKPMC)."""
-    from gateway.inbound import Resources, apply_bundle
-    from gateway.store import open_store, utcnow
-
-    store = open_store(settings)
-    try:
-        with store.engine.begin() as conn:
-            apply_bundle(conn, Resources(store), {
-                "resourceType": "Bundle", "type": "transaction",
-                "entry": [{"resource": {"resourceType": "Observation", "status": "final",
-                                        "code": {"text": "血压"},
-                                        "subject": {"reference": UNSTORED}},
-                           "request": {"method": "POST", "url": "Observation"}}],
-            }, "njmu2", None, utcnow())  # fmt: skip
-    finally:
-        store.close()
-
-
 @pytest.mark.parametrize("ident", [A_MRN, None], ids=["beside-an-mrn", "alone"])
 def test_an_unstored_patient_id_another_institutions_records_name_is_refused(
     client: Client, hk_settings: Settings, referral: dict[str, Any], pki: Path,
     logs: pytest.LogCaptureFixture, ident: dict[str, str] | None,
 ) -> None:  # fmt: skip
-    _kept_by_njmu2(hk_settings)
+    kept_by_njmu2(hk_settings)
     before = counts(hk_settings)
     bundle = _referral_for(referral, UNSTORED, ident, 1)
     resp = _post(client, bundle, pki)
@@ -244,7 +224,7 @@ def test_the_identity_look_ups_on_each_database(
     _refused(_post(client, swapped, pki), "inbound.identity-mismatch",
              "Bundle.entry[0].resource.identifier", logs)  # fmt: skip
     # an unstored id another institution's records name
-    _kept_by_njmu2(settings)
+    kept_by_njmu2(settings)
     _refused(_post(client, _referral_for(referral, UNSTORED, A_MRN, 5), pki),
              "inbound.identity-mismatch", "Bundle.entry[6].resource.subject", logs)  # fmt: skip
 

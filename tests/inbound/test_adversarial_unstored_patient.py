@@ -24,7 +24,7 @@ import pytest
 from gateway import Settings
 from tests.api.test_app import Client
 
-from .conftest import LOCAL_AUTH, counts
+from .conftest import LOCAL_AUTH, counts, kept_by_njmu2
 from .test_adversarial_identity import HKID, NSCH_MRN, PATIENT, _post, _refused
 from .test_adversarial_referral_subject import _referral_for
 
@@ -165,23 +165,8 @@ def test_a_reference_by_the_id_an_entry_is_put_under_is_stored(
 def test_a_patient_created_under_an_id_another_institutions_records_name_is_refused(
     client: Client, hk_settings: Settings, pki: Path, logs: pytest.LogCaptureFixture
 ) -> None:
-    # NJMU2's record about its own "Patient/p-1" (applied as its inbound Bundle is:
-    # its policy agreement does not reach HKPMC), then NSCH creating its Patient/p-1
-    from gateway.inbound import Resources, apply_bundle
-    from gateway.store import open_store, utcnow
-
-    store = open_store(hk_settings)
-    try:
-        with store.engine.begin() as conn:
-            apply_bundle(conn, Resources(store), {
-                "resourceType": "Bundle", "type": "transaction",
-                "entry": [{"resource": {"resourceType": "Observation", "status": "final",
-                                        "code": {"text": "血压"},
-                                        "subject": {"reference": UNSTORED}},
-                           "request": {"method": "POST", "url": "Observation"}}],
-            }, "njmu2", None, utcnow())  # fmt: skip
-    finally:
-        store.close()
+    # NJMU2's record about its own "Patient/p-1", then NSCH creating its Patient/p-1
+    kept_by_njmu2(hk_settings)
     before = counts(hk_settings)
     resp = _post(client, _patient_bundle([A_MRN], "许嘉玮", 1), pki)
     _refused(resp, "inbound.identity-mismatch", "Bundle.entry[0].request.url", logs)

@@ -210,15 +210,7 @@ def test_a_return_the_audit_log_cannot_record_is_held_for_that_and_a_person_rele
     held as delivery.unknown-partner, its partner configured, the operator told nothing
     true. Held for the refusal now, named in its event; the worker leaves it; a person's
     release decides it again and it is sent."""
-    row = _queued(store, converter, outbound, "2099-12-31")
-    assert outbound.policy.audit is not None
-
-    def refuse(*args: Any, **kwargs: Any) -> Any:
-        raise OSError("no space left on device")
-
-    with monkeypatch.context() as broken:
-        broken.setattr(outbound.policy.audit, "append_rows", refuse)
-        assert _partner_back(home, store, outbound) == []
+    row = _returned_while_the_audit_disk_is_full(home, store, converter, outbound, monkeypatch)
     after = outbound.outbox.require(row.id)
     assert (after.state, after.last_error) == ("held", REFUSED)  # before: UNKNOWN
     last = outbound.outbox.events(row.id)[-1]
@@ -250,6 +242,26 @@ def test_a_return_refused_record_whose_consent_was_withdrawn_is_not_released_by_
     """Adversarial: held for delivery.return-refused (its re-hold held → held), the
     consent withdrawn meanwhile; a person's release decides it again (the re-hold does
     not hide where the hold came from: last_hold_from) and the policy holds it."""
+    row = _returned_while_the_audit_disk_is_full(home, store, converter, outbound, monkeypatch)
+    assert outbound.outbox.require(row.id).last_error == REFUSED
+    PolicyRecords(store, outbound.policy.policy).withdraw("consent-1", operator="dpo")
+    with pytest.raises(GatewayError) as refused:  # before 0ca3d7b: released, and sent
+        outbound.act_by("release", "ops", row.id, "the audit disk was full")
+    assert refused.value.code == "delivery.not-releasable"
+    after = outbound.outbox.require(row.id)
+    assert (after.state, after.last_error) == ("held", "policy.held")
+    assert _partner_back(home, store, outbound) == []
+
+
+def _returned_while_the_audit_disk_is_full(
+    home: Settings,
+    store: Store,
+    converter: Converter,
+    outbound: Outbound,
+    monkeypatch: pytest.MonkeyPatch,
+) -> OutboxRecord:
+    """A row queued for hkpmc, held as unknown, whose automatic return (hkpmc configured
+    again) is refused because its new decision cannot be audited."""
     row = _queued(store, converter, outbound, "2099-12-31")
     assert outbound.policy.audit is not None
 
@@ -259,11 +271,4 @@ def test_a_return_refused_record_whose_consent_was_withdrawn_is_not_released_by_
     with monkeypatch.context() as broken:
         broken.setattr(outbound.policy.audit, "append_rows", refuse)
         assert _partner_back(home, store, outbound) == []
-    assert outbound.outbox.require(row.id).last_error == REFUSED
-    PolicyRecords(store, outbound.policy.policy).withdraw("consent-1", operator="dpo")
-    with pytest.raises(GatewayError) as refused:  # before 0ca3d7b: released, and sent
-        outbound.act_by("release", "ops", row.id, "the audit disk was full")
-    assert refused.value.code == "delivery.not-releasable"
-    after = outbound.outbox.require(row.id)
-    assert (after.state, after.last_error) == ("held", "policy.held")
-    assert _partner_back(home, store, outbound) == []
+    return row

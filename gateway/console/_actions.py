@@ -85,11 +85,9 @@ class Actions:
             raise ConsoleError("console.bad-action", f"unknown action {action!r}")
         try:
             # each decided again by the policy first (a consent withdrawn, an agreement
-            # ended) and audited there, a refused one too (the CLI's path: act_by)
-            if action == "discard":  # given up for good: nothing leaves, nothing to decide
-                row = self.outbound().discard(row_id, why)
-            else:
-                row = self.outbound().act_by(action, user.name, row_id, why)
+            # ended; a discard: nothing leaves, nothing to decide) and audited there, a
+            # refused one too (the CLI's path: act_by)
+            row = self.outbound().act_by(action, user.name, row_id, why)
         except GatewayError as exc:
             tried = self.outbound().outbox.get(row_id)
             if tried is not None:  # no such record: nothing was tried on one
@@ -97,8 +95,6 @@ class Actions:
                 self._note(store, user, action, tried.message_id, row_id, why, refusal)
             raise
         self._note(store, user, action, row.message_id, row_id, why)
-        if action == "discard":
-            record_operator(store, self.settings, action, [row.message_id], who=user.name)
         return row.message_id
 
     @staticmethod

@@ -12,7 +12,7 @@ import orjson
 
 from ..audit import record_operator
 from ..config import Settings
-from ..errors import ConfigError
+from ..errors import ConfigError, GatewayError
 from ..store import Store, open_store
 from ._outbox import STATES, DeliveryError, Outbox, OutboxRecord
 
@@ -168,10 +168,18 @@ def cmd_release(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_discard(args: argparse.Namespace, settings: Settings) -> int:
-    """No policy to ask (nothing leaves): the outbox alone, then the audit event."""
+    """No policy to ask (nothing leaves): the outbox alone, then the audit event, a
+    refused discard's too (the operator tried)."""
+    from ._outbound import audit_refused
+
     store = open_store(settings)
     try:
-        row = Outbox(store).discard(args.id, args.reason)
+        outbox = Outbox(store)
+        try:
+            row = outbox.discard(args.id, args.reason)
+        except GatewayError as exc:
+            audit_refused(store, settings, outbox, "discard", args.id, None, exc)
+            raise
         record_operator(store, settings, "discard", [row.message_id])
     finally:
         store.close()

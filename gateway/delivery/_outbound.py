@@ -513,24 +513,25 @@ class Outbound:
             return self.outbox.release(row_id, reason)
 
     def act_by(self, action: str, who: str | None, row_id: int, reason: str) -> OutboxRecord:
-        """A person's ``release``, ``retry`` or ``replay`` of an outbox row (the CLI's
-        and the console's: ``who``, None: the OS account), audited as an operator's
-        action either way: done, or refused (``delivery.not-releasable``,
+        """A person's ``release``, ``retry``, ``replay`` or ``discard`` of an outbox row
+        (the CLI's and the console's: ``who``, None: the OS account), audited as an
+        operator's action either way: done, or refused (``delivery.not-releasable``,
         ``not-retryable``, ``not-replayable``: the policy, deciding again, stops it, or
         the row is not in a state for it; or any other error that left the record as it
         was), then the error raised: an auditor sees that someone tried. The one path
-        of the CLI and the console."""
+        of the console, and of the CLI's but discard (which needs no policy)."""
         from ..audit import record_operator
 
-        act = {"release": self.release, "retry": self.retry, "replay": self.replay}[action]
+        act = {
+            "release": self.release,
+            "retry": self.retry,
+            "replay": self.replay,
+            "discard": self.discard,
+        }[action]
         try:
             row = act(row_id, reason)
         except GatewayError as exc:
-            tried = self.outbox.get(row_id)
-            if tried is not None:  # no such record: nothing was tried on one
-                refused = f"{exc.code}: {exc.issue.message}"
-                message = [tried.message_id]
-                record_operator(self.store, self.settings, action, message, who, refused)
+            audit_refused(self.store, self.settings, self.outbox, action, row_id, who, exc)
             raise
         record_operator(self.store, self.settings, action, [row.message_id], who)
         return row
@@ -907,3 +908,23 @@ def _placed_issue(placed: Placed, where: str) -> Issue:
     if placed.outcome in ("held", "denied"):
         return Issue(code, text, location="policy", severity="warning")
     return Issue("delivery.queued", text, location="outbound", severity="information")
+
+
+def audit_refused(
+    store: Store,
+    settings: Settings,
+    outbox: Outbox,
+    action: str,
+    row_id: int,
+    who: str | None,
+    exc: GatewayError,
+) -> None:
+    """A person's refused action on an outbox row, audited as their attempt (outcome a
+    minor failure naming the refusal): an auditor sees that someone tried. A row that
+    does not exist had nothing tried on it."""
+    from ..audit import record_operator
+
+    tried = outbox.get(row_id)
+    if tried is not None:
+        refused = f"{exc.code}: {exc.issue.message}"
+        record_operator(store, settings, action, [tried.message_id], who, refused)

@@ -71,6 +71,25 @@ def test_a_refused_retry_and_replay_are_audited_as_the_operators_attempts(
         assert entity["what"]["identifier"]["value"] == str(converted)  # the stored message
 
 
+def test_a_refused_discard_is_audited_as_the_operators_attempt(app: FastAPI, home: tuple) -> None:
+    """A discard refused (a row the policy holds) is an operator event too, as a refused
+    retry is; one path with the CLI (``Outbound.act_by``)."""
+    settings, _, converted = home
+    row = _hold(settings, converted, "policy.held")  # no consent: the policy holds it
+    client = login(browser(app), "olivia")
+    csrf = csrf_of(client.get(f"/console/messages/{converted}").text)
+    refused = client.post(
+        f"/console/outbox/{row}/discard", data={"reason": "sent by hand", "csrf": csrf}
+    )
+    assert refused.status_code == 409 and "delivery.not-discardable" in refused.text
+    assert _state(settings, row) == "held"
+    [event] = _operator_events(settings, "discard")  # before: none, no trace
+    assert event["outcome"] == "4"  # minor failure: tried, refused
+    assert event["outcomeDesc"].startswith("discard refused: delivery.not-discardable: ")
+    agent = next(a for a in event["agent"] if a["requestor"])
+    assert agent["who"]["identifier"]["value"] == "olivia"
+
+
 def test_a_retry_is_audited_once_as_before(app: FastAPI, home: tuple) -> None:
     """Retried (a partner in the sender's own province: nothing to consent to): one
     event, success, naming the console user."""

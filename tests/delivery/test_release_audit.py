@@ -48,3 +48,30 @@ def test_a_refused_release_on_the_cli_is_audited(
     assert requestor["who"]["identifier"]["value"] == operator()
     [entity] = event["entity"]
     assert entity["what"]["identifier"]["value"] == str(message)
+
+
+def test_a_refused_discard_on_the_cli_is_audited(
+    home: Settings,
+    store: Store,
+    converter: Converter,
+    outbound: Outbound,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A discard the outbox refuses (a row the policy holds: its hold decision waits with
+    it) is the operator's attempt too, as a refused release is."""
+    message = receive(store, converter, "hl7v2/ref_i12_nsch_to_hkpmc.hl7")
+    [placed] = outbound.process(message).placed
+    assert placed.outcome == "held" and placed.outbox_id is not None  # no consent
+    args = ["outbox", "discard", str(placed.outbox_id), "--reason", "sent by hand"]
+    assert main(["--home", str(home.home), *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "[delivery.not-discardable]" in err[0], err
+    assert outbound.outbox.require(placed.outbox_id).state == "held"
+    found = [e.resource() for e in AuditLog(store).rows()]
+    [event] = [e for e in found if (e.get("outcomeDesc") or "").startswith("discard")]
+    assert event["outcome"] == "4"  # minor failure: tried, refused (before: no event)
+    assert event["outcomeDesc"].startswith("discard refused: delivery.not-discardable: ")
+    requestor = next(a for a in event["agent"] if a["requestor"])
+    assert requestor["who"]["identifier"]["value"] == operator()
+    [entity] = event["entity"]
+    assert entity["what"]["identifier"]["value"] == str(message)

@@ -163,7 +163,9 @@ def _pem(cert: x509.Certificate) -> bytes:
 
 
 def _write_private(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    # the key's own folder owner-only, as secrets/ is (config.private_folder): others on
+    # the host see not even which keys there are; one that exists is left as it is
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as out:
         out.write(data)

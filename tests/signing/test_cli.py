@@ -28,6 +28,8 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_keys_init_makes_the_network(keys: Path) -> None:
     assert (keys / "ca" / "cert.pem").is_file() and (keys / "ca" / "crl.pem").is_file()
     assert (keys / "lax2" / "key.pem").stat().st_mode & 0o077 == 0  # private
+    for folder in (keys / "ca", keys / "lax2", keys / "njmu2" / "xu-jing"):
+        assert folder.stat().st_mode & 0o077 == 0, folder  # its folder owner-only too
     cert = load_pem_x509_certificates((keys / "njmu2" / "xu-jing" / "cert.pem").read_bytes())[0]
     subject = {a.oid: a.value for a in cert.subject}
     assert subject[NameOID.COMMON_NAME] == "徐静 XU Jing"

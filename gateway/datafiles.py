@@ -90,19 +90,21 @@ def syntax_problem(exc: yaml.YAMLError | orjson.JSONDecodeError) -> str:
     return " ".join(str(exc).split())
 
 
-def file_stamps(paths: tuple[Path, ...]) -> tuple[tuple[int, int, int] | None, ...]:
-    """Each file's modification time, size and inode (None: missing), to notice an
+def file_stamps(paths: tuple[Path, ...]) -> tuple[tuple[int, int, int, int] | None, ...]:
+    """Each file's modification time, size, inode and mode (None: missing), to notice an
     edit. The inode: a file replaced by another (written beside, then renamed over it,
     as key and token rotation do) of the same size whose time was kept (``cp -p``,
-    ``rsync -t``) or fell in the same clock tick is still seen to change."""
-    out: list[tuple[int, int, int] | None] = []
+    ``rsync -t``) or fell in the same clock tick is still seen to change. The mode: a
+    secret made readable by others (``chmod``, which changes neither time nor size) is
+    seen, and refused where it is read again (``config.not_private``)."""
+    out: list[tuple[int, int, int, int] | None] = []
     for path in paths:
         try:
             st = path.stat()
         except OSError:
             out.append(None)
             continue
-        out.append((st.st_mtime_ns, st.st_size, st.st_ino))
+        out.append((st.st_mtime_ns, st.st_size, st.st_ino, st.st_mode))
     return tuple(out)
 
 

@@ -113,3 +113,34 @@ def test_a_certificate_replaced_before_its_key_holds_the_row_back_unsent(
         deliverer.run_once()
     assert outbox.require(second).state == "delivered"
     assert len(post.calls) == 2
+
+
+def test_a_client_key_made_readable_after_start_stops_the_partners_requests(
+    outbox: Outbox, partner_api: respx.MockRouter, tmp_path: Path
+) -> None:
+    """The mTLS key checked private when the client is made (as at start): a chmod after
+    start changes neither its time nor its size, yet the worker sees it (the file's mode
+    is part of its stamp), makes the client again and is refused: the row is not begun.
+    Private again, the next batch sends it."""
+    cert, key = tmp_path / "client.pem", tmp_path / "client-key.pem"
+    pem_cert, pem_key = _key_pair("now")
+    cert.write_bytes(pem_cert)
+    key.write_bytes(pem_key)
+    key.chmod(0o600)
+    auth = Auth("mtls", cert_file=cert, key_file=key)
+    hkpmc = Partner("hkpmc", BASE, auth=auth, check_overwrite=False)
+    post = partner_api.post(POST_URL).respond(200, json=response("201", "201"))
+    with Deliverer(outbox, {"hkpmc": hkpmc}, CONFIG, rng=random.Random(3)) as deliverer:
+        deliverer.reload_interval = 0  # look before every batch
+        first = outbox.enqueue(hkpmc, bundle("P1", "O1"))[0]
+        deliverer.run_once()
+        assert outbox.require(first).state == "delivered"
+        key.chmod(0o644)  # before: the pooled client went on using it
+        second = outbox.enqueue(hkpmc, bundle("P2", "O2"))[0]
+        deliverer.run_once()
+        row = outbox.require(second)
+        assert row.state == "pending" and row.attempts == 0
+        key.chmod(0o600)
+        deliverer.run_once()
+    assert outbox.require(second).state == "delivered"
+    assert len(post.calls) == 2

@@ -36,7 +36,7 @@ from sqlalchemy.engine import Connection
 
 from ..errors import http_status, operation_outcome, shape
 from ._errors import InboundError
-from ._identity import comparable, system_key
+from ._identity import comparable, identifier_key, system_key
 from ._locks import lock_bundle
 from ._resources import (
     ID_PATTERN,
@@ -360,9 +360,7 @@ def _identifier_index(plans: list[_Entry]) -> dict[tuple[str, str, str], str | N
     for plan in plans:
         for ident in plan.resource.get("identifier") or []:
             if isinstance(ident, dict) and ident.get("value"):
-                system = system_key(str(ident.get("system") or ""))
-                key = (plan.resource_type, system, str(ident["value"]))
-                index[key] = plan.logical_id
+                index[(plan.resource_type, *identifier_key(ident))] = plan.logical_id
     return index
 
 
@@ -438,11 +436,6 @@ def _written(resource: dict[str, Any]) -> set[tuple[str, str]]:
     """(system as compared, value) of a resource's identifiers: '' for no system."""
     found = resource.get("identifier")
     return comparable(found if isinstance(found, list) else [])
-
-
-def _key(ident: dict[str, Any]) -> tuple[str, str]:
-    """An Identifier (with a value) as compared: '' for no system."""
-    return system_key(str(ident.get("system") or "")), str(ident["value"])
 
 
 def _conflicting(mine: set[tuple[str, str]], theirs: set[tuple[str, str]]) -> bool:
@@ -590,12 +583,18 @@ def _check_reference_identity(
     names = {(s, v) for (t, s, v), i in index.items() if t == "Patient" and i == literal[2]}
     if target is None and not names:
         _check_unstored(
-            conn, store, literal[2], (_key(ident), _type_codes(ident)), where, plan, patients
+            conn,
+            store,
+            literal[2],
+            (identifier_key(ident), _type_codes(ident)),
+            where,
+            plan,
+            patients,
         )
         return
     if target is not None:
         names |= _written(target.resource)
-    if _key(ident) in names:
+    if identifier_key(ident) in names:
         return
     raise InboundError(
         IDENTITY_MISMATCH,
@@ -690,7 +689,7 @@ def _beside_typed(
                 continue
             literal = str(ref.get("reference") or "").split("/_history/", 1)[0]
             if literal == f"Patient/{patient_id}" and ref["identifier"].get("value"):
-                out.add((_key(ref["identifier"]), _type_codes(ref["identifier"])))
+                out.add((identifier_key(ref["identifier"]), _type_codes(ref["identifier"])))
     return out
 
 

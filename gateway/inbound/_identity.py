@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["comparable", "system_key"]
+__all__ = ["comparable", "identifier_key", "system_key"]
 
 _HIERARCHICAL = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*)://([^/?#]*)([^?#]*)(.*)", re.DOTALL)
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*):(.*)", re.DOTALL)
@@ -95,7 +95,13 @@ def comparable(identifiers: Iterable[Any], *, systemless: bool = True) -> set[tu
     """(system as compared, value) of each Identifier (a dict with a ``value``) among
     ``identifiers``; '' for one without a system, or (``systemless`` False) left out."""
     return {
-        (system_key(str(i.get("system") or "")), str(i["value"]))
+        identifier_key(i)
         for i in identifiers
         if isinstance(i, dict) and i.get("value") and (systemless or i.get("system"))
     }
+
+
+def identifier_key(ident: dict[str, Any]) -> tuple[str, str]:
+    """An Identifier (a dict with a ``value``) as compared: (system as compared, value),
+    '' for no system."""
+    return system_key(str(ident.get("system") or "")), str(ident["value"])

@@ -31,7 +31,7 @@ from ..network import Institution, Network
 from ..partners import Partner, configured_partners
 from ..store import Store, metadata, utcnow
 from ._errors import InboundError
-from ._identity import system_key
+from ._identity import identifier_key
 from ._resources import Resources, Search, Stored, instant
 
 if TYPE_CHECKING:
@@ -694,7 +694,7 @@ def _identifier(ref: dict[str, Any]) -> tuple[str, str] | None:
     """A Reference's identifier with a system, as compared; None without one."""
     ident = ref.get("identifier")
     if isinstance(ident, dict) and ident.get("system") and ident.get("value"):
-        return system_key(str(ident["system"])), str(ident["value"])
+        return identifier_key(ident)
     return None
 
 
@@ -702,7 +702,7 @@ def _as_written(ref: dict[str, Any]) -> tuple[str, str] | None:
     """A Reference's identifier as compared, '' for no system; None without one."""
     ident = ref.get("identifier")
     if isinstance(ident, dict) and ident.get("value"):
-        return system_key(str(ident.get("system") or "")), str(ident["value"])
+        return identifier_key(ident)
     return None
 
 

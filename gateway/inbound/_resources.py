@@ -280,12 +280,13 @@ class Resources:
         rows = conn.execute(matching).all()
         found: dict[tuple[str, str], list[str]] = {}
         for key, (system, value) in tokens.items():
+            as_compared = None if system is None else system_key(system)
             seen: dict[int, str] = {}  # one id per stored row, as find's IN (subquery) gives
             for row in rows:
                 if (
                     row.resource_type == key[0]
                     and row.value == value
-                    and (system is None or system_key(row.system or "") == system_key(system))
+                    and (as_compared is None or system_key(row.system or "") == as_compared)
                 ):
                     seen.setdefault(int(row.id), str(row.logical_id))
             found[key] = list(seen.values())

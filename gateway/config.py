@@ -23,6 +23,7 @@ __all__ = [
     "DEFAULT_HOME",
     "SECRET_FILES",
     "Settings",
+    "exposed",
     "exposed_secrets",
     "not_private",
     "private_folder",
@@ -39,6 +40,16 @@ def not_private(path: Path, mode: int, what: str) -> str | None:
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         return f"{path}: the {what} must be private (chmod 600)"
     return None
+
+
+def exposed(path: Path, what: str) -> str | None:
+    """:func:`not_private` for the file at ``path``; None too when it cannot be looked
+    at (missing, unreadable: reading it says so)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return None
+    return not_private(path, mode, what)
 
 
 def private_folder(path: Path) -> None:
@@ -74,11 +85,7 @@ def exposed_secrets(settings: Settings) -> list[tuple[str, str]]:
     }
     out = []
     for setting, path in files.items():
-        try:
-            mode = path.stat().st_mode if path is not None else None
-        except OSError:  # not there, or not readable: reading it says so
-            mode = None
-        problem = not_private(path, mode, SECRET_FILES[setting]) if path and mode else None
+        problem = exposed(path, SECRET_FILES[setting]) if path is not None else None
         if problem is not None:
             out.append((setting, problem))
     return out

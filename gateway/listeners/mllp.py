@@ -28,7 +28,7 @@ from datetime import datetime
 from typing import Any
 
 from ..audit import audit_log, store_hook
-from ..config import SECRET_FILES, Settings, not_private
+from ..config import SECRET_FILES, Settings, exposed
 from ..errors import ConfigError, GatewayError, IntakeError, Issue
 from ..intake import codec_for
 from ..intake.hl7v2 import Message, parse_message, split_messages, undeclared_msh_fields
@@ -538,14 +538,10 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
         return None
     # The listener's private key, as every secret file (config.not_private): whoever
     # reads it can pose as the gateway to the senders. Refused, not used.
-    try:
-        mode: int | None = settings.mllp_tls_key.stat().st_mode
-    except OSError:  # not there, or not readable: load_cert_chain says so
-        mode = None
-    if mode is not None:
-        problem = not_private(settings.mllp_tls_key, mode, SECRET_FILES["mllp_tls_key"])
-        if problem is not None:
-            raise ConfigError("bad-setting", f"mllp_tls_key: {problem}")
+    # (not there, or not readable: load_cert_chain says so)
+    problem = exposed(settings.mllp_tls_key, SECRET_FILES["mllp_tls_key"])
+    if problem is not None:
+        raise ConfigError("bad-setting", f"mllp_tls_key: {problem}")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(settings.mllp_tls_cert, settings.mllp_tls_key)
     if settings.mllp_tls_ca is not None:

@@ -36,7 +36,7 @@ import orjson
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from joserfc import jwk, jwt
 
-from ..config import Settings, not_private
+from ..config import Settings, exposed, not_private
 from ..errors import ConfigError, GatewayError
 from ..signing import Signer, SigningError
 from ._config import Auth, Partner
@@ -163,7 +163,7 @@ def tls_context(partner: Partner) -> ssl.SSLContext | bool:
         if auth.type == "mtls":
             cert, key = _mtls_files(partner.key, auth)
             files += [str(cert), str(key)]
-            if problem := _not_private(key, "mTLS client key file"):
+            if problem := exposed(key, "mTLS client key file"):
                 raise ConfigError("partner-auth", f"partner {partner.key}: {problem}")
             password = os.environ.get(auth.key_password_env) if auth.key_password_env else None
             if password is None and auth.key_file is None:
@@ -215,17 +215,7 @@ def exposed_credentials(partner: Partner) -> list[str]:
     if auth.type == "mtls":
         with contextlib.suppress(ConfigError):  # making the client says why
             secrets.append((_mtls_files(partner.key, auth)[1], "mTLS client key file"))
-    return [problem for path, what in secrets if path and (problem := _not_private(path, what))]
-
-
-def _not_private(path: Path, what: str) -> str | None:
-    """config.not_private for the file at ``path``; None too when it cannot be looked at
-    (missing, unreadable: reading it says so)."""
-    try:
-        mode = path.stat().st_mode
-    except OSError:
-        return None
-    return not_private(path, mode, what)
+    return [problem for path, what in secrets if path and (problem := exposed(path, what))]
 
 
 def _mtls_files(partner: str, auth: Auth) -> tuple[Path, Path]:

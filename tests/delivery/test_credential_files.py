@@ -86,14 +86,8 @@ def test_a_certificate_replaced_before_its_key_holds_the_row_back_unsent(
     cannot be made. The row is not begun (still pending, never moved to sending, so
     never taken for an ambiguous send the partner must be asked about); once the key
     follows, the next batch sends it with the new pair."""
-    cert, key = tmp_path / "client.pem", tmp_path / "client-key.pem"
-    old_cert, old_key = _key_pair("old")
+    hkpmc, cert, key = _mtls_partner(tmp_path, "old")
     new_cert, new_key = _key_pair("new")
-    cert.write_bytes(old_cert)
-    key.write_bytes(old_key)
-    key.chmod(0o600)  # a secret: owner-only, or it is refused
-    auth = Auth("mtls", cert_file=cert, key_file=key)
-    hkpmc = Partner("hkpmc", BASE, auth=auth, check_overwrite=False)
     post = partner_api.post(POST_URL).respond(200, json=response("201", "201"))
     with Deliverer(outbox, {"hkpmc": hkpmc}, CONFIG, rng=random.Random(3)) as deliverer:
         deliverer.reload_interval = 0  # look before every batch
@@ -122,13 +116,7 @@ def test_a_client_key_made_readable_after_start_stops_the_partners_requests(
     start changes neither its time nor its size, yet the worker sees it (the file's mode
     is part of its stamp), makes the client again and is refused: the row is not begun.
     Private again, the next batch sends it."""
-    cert, key = tmp_path / "client.pem", tmp_path / "client-key.pem"
-    pem_cert, pem_key = _key_pair("now")
-    cert.write_bytes(pem_cert)
-    key.write_bytes(pem_key)
-    key.chmod(0o600)
-    auth = Auth("mtls", cert_file=cert, key_file=key)
-    hkpmc = Partner("hkpmc", BASE, auth=auth, check_overwrite=False)
+    hkpmc, _, key = _mtls_partner(tmp_path, "now")
     post = partner_api.post(POST_URL).respond(200, json=response("201", "201"))
     with Deliverer(outbox, {"hkpmc": hkpmc}, CONFIG, rng=random.Random(3)) as deliverer:
         deliverer.reload_interval = 0  # look before every batch
@@ -144,3 +132,15 @@ def test_a_client_key_made_readable_after_start_stops_the_partners_requests(
         deliverer.run_once()
     assert outbox.require(second).state == "delivered"
     assert len(post.calls) == 2
+
+
+def _mtls_partner(tmp_path: Path, name: str) -> tuple[Partner, Path, Path]:
+    """hkpmc over mTLS with a fresh key pair in ``tmp_path`` (the key 0600: a secret,
+    owner-only, or it is refused); the partner, its certificate and key files."""
+    cert, key = tmp_path / "client.pem", tmp_path / "client-key.pem"
+    pem_cert, pem_key = _key_pair(name)
+    cert.write_bytes(pem_cert)
+    key.write_bytes(pem_key)
+    key.chmod(0o600)
+    auth = Auth("mtls", cert_file=cert, key_file=key)
+    return Partner("hkpmc", BASE, auth=auth, check_overwrite=False), cert, key

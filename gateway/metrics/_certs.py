@@ -53,10 +53,10 @@ def _positions(certs: list[x509.Certificate]) -> Iterator[tuple[str, x509.Certif
 
 
 def _key_folder(folder: Path) -> list[x509.Certificate]:
-    """The chain of a key folder as the signer loads it: cert.pem, else the PKCS#12
-    file (readable without a password, or with GATEWAY_SIGNING_PASSWORD)."""
-    if (folder / "cert.pem").is_file():
-        return _pem_or_der((folder / "cert.pem").read_bytes())
+    """The chain of a key folder as the signer loads it (signing's ``_load_signer``):
+    the PKCS#12 file first (readable without a password, or with
+    GATEWAY_SIGNING_PASSWORD), else cert.pem. A folder holding both signs with the
+    PKCS#12 file's certificate, so that is the expiry to watch."""
     for name in ("key.p12", "key.pfx"):
         if (folder / name).is_file():
             # The file holds the private key too: one group or others may read is not
@@ -68,6 +68,8 @@ def _key_folder(folder: Path) -> list[x509.Certificate]:
                 (folder / name).read_bytes(), password.encode() if password else None
             )
             return [c for c in (cert, *extra) if c is not None]
+    if (folder / "cert.pem").is_file():
+        return _pem_or_der((folder / "cert.pem").read_bytes())
     return []
 
 

@@ -22,12 +22,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway import Settings
 from gateway.metrics._certs import CertificateCollector
 from gateway.signing import Signer, SigningError
+from gateway.signing._cli import _load_signer
 
 PASSWORD = "p12-s3cret-word"
 NOT_AFTER = dt.datetime(2031, 5, 17, 8, 0, tzinfo=dt.UTC)
 
 
-def _p12(path: Path, mode: int) -> x509.Certificate:
+def _p12(path: Path, mode: int, not_after: dt.datetime = NOT_AFTER) -> x509.Certificate:
     """A key folder's key.p12 (password-protected) with a self-signed certificate."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "watch test")])
@@ -37,8 +38,8 @@ def _p12(path: Path, mode: int) -> x509.Certificate:
         .issuer_name(name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(NOT_AFTER - dt.timedelta(days=365))
-        .not_valid_after(NOT_AFTER)
+        .not_valid_before(not_after - dt.timedelta(days=365))
+        .not_valid_after(not_after)
         .sign(key, hashes.SHA256())
     )
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -115,3 +116,21 @@ def test_one_exposed_key_leaves_the_others_watched(settings: Settings) -> None:
     assert [labels["key"] for labels, _ in watched] == ["nsch"]
     assert watched[0][1] == cert.not_valid_after_utc.timestamp()
     assert [labels["key"] for labels, _ in families["gateway_certificate_unreadable"]] == ["lax2"]
+
+
+def test_a_folder_with_both_is_watched_by_the_certificate_it_signs_with(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """key.p12 beside a key.pem/cert.pem pair: the signer signs with the PKCS#12 file,
+    so its certificate's expiry is the one shown, not the stale cert.pem's."""
+    assert settings.signing_keys is not None
+    folder = settings.signing_keys / "nsch"
+    signing = _p12(folder / "key.p12", 0o600)
+    stale = _p12(tmp_path / "stale.p12", 0o600, NOT_AFTER - dt.timedelta(days=200))
+    (folder / "cert.pem").write_bytes(stale.public_bytes(serialization.Encoding.PEM))
+    signer = _load_signer(settings, "nsch")  # what `gateway sign --key nsch` signs with
+    assert signer.chain[0] == signing
+    families = _scrape(settings)
+    [(labels, value)] = families["gateway_certificate_not_after_timestamp_seconds"]
+    assert labels == {"source": "signing", "key": "nsch", "position": "leaf"}
+    assert value == signing.not_valid_after_utc.timestamp()

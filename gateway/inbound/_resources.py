@@ -179,14 +179,25 @@ class Resources:
 
     def _patient_keys(self, conn: Connection, patient: str) -> list[str]:
         """``patient=`` as the ``patient`` column holds it: ``Patient/id`` or ``id`` as is;
-        ``system|value`` also as every stored Patient with that identifier."""
+        ``system|value`` also as every stored Patient with that identifier, its system
+        however spelled (``_identity.py``: as written, ``patient=…/sid/mrn/|0098765``
+        found none of the records kept under 许嘉玮's Patient, and a conditional create
+        by it stored them twice). A logical reference (the column holds its
+        ``system|value`` as written) is matched as written."""
         if "|" not in patient:
             return [patient if patient.startswith("Patient/") else f"Patient/{patient}"]
-        ids = conn.execute(
-            sa.select(resources.c.logical_id).where(
-                resources.c.id.in_(_rows_with("Patient", patient)), resources.c.current.is_(True)
-            )
-        ).scalars()
+        system, value = parse_identifier(patient)
+        i, r = identifiers.c, resources.c
+        rows = conn.execute(
+            sa.select(r.logical_id, i.system)
+            .join_from(identifiers, resources, r.id == i.resource_row)
+            .where(i.resource_type == "Patient", i.value == value, r.current.is_(True))
+            .order_by(r.id)
+        ).all()
+        wanted = system_key(system or "")
+        ids = dict.fromkeys(
+            row.logical_id for row in rows if system_key(row.system or "") == wanted
+        )
         return [patient, *(f"Patient/{i}" for i in ids)]
 
     def find(

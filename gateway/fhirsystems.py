@@ -18,11 +18,13 @@ from typing import Any
 import orjson
 
 __all__ = [
+    "DEFAULT_PORTS",
     "PATIENT_NAMES",
     "beside",
     "beside_rows",
     "comparable",
     "digest",
+    "host_key",
     "identifier_key",
     "system_key",
     "type_codes",
@@ -30,7 +32,10 @@ __all__ = [
 
 _HIERARCHICAL = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*)://([^/?#]*)([^?#]*)(.*)", re.DOTALL)
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*):(.*)", re.DOTALL)
-_DEFAULT_PORTS = {"http": "80", "https": "443"}
+# RFC 3986 §6.2.3: the port a scheme means when none is written. One table for the
+# identifier systems here and the FHIR bases inbound references are read against
+# (gateway/inbound/_apply.py, _server)
+DEFAULT_PORTS = {"http": 80, "https": 443}
 # host (a bracketed IPv6 literal, or up to the port's colon) and port (digits, maybe none)
 _HOST_PORT = re.compile(r"(\[[^\]]*\]|[^:]*)(?::([0-9]*))?")
 _ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
@@ -64,14 +69,28 @@ def system_key(system: str) -> str:
 
 
 def _host(scheme: str, host: str) -> str:
-    """host[:port] in lower case without the scheme's default port, or an empty one."""
+    """host[:port] in lower case, as :func:`host_key` has it; one not read as a host and
+    a port of digits (``a:b:c``) only in lower case: an identifier system is compared,
+    never refused."""
     found = _HOST_PORT.fullmatch(host)
     if found is None:
         return host.lower()
-    name, port = found[1].lower(), found[2]
-    if port is None or port == "" or port.lstrip("0") == _DEFAULT_PORTS.get(scheme):
-        return name
-    return f"{name}:{port.lstrip('0') or '0'}"
+    return host_key(scheme, found[1].lower(), int(found[2]) if found[2] else None)
+
+
+def host_key(scheme: str, host: str, port: int | None) -> str:
+    """A server's host and port as RFC 3986 §6.2.3 compares them, the one form of both
+    the identifier systems (:func:`system_key`) and the FHIR bases of inbound
+    references (``_apply._server``): an IPv6 literal in its brackets (``[::1]:8080`` is
+    not ``[::1:8080]``; urlsplit's hostname drops them), the port as a number (no
+    leading zeros), left out when it is the scheme's default (``DEFAULT_PORTS``) or
+    none (None). ``host`` comes in lower case, each caller's: an identifier system's
+    all of it, urlsplit's an IPv6 zone id (``%25eth0``) as written, as before the two
+    shared this. What a caller refuses (user information, an unreadable port) it
+    refuses before."""
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return host if port is None or port == DEFAULT_PORTS.get(scheme) else f"{host}:{port}"
 
 
 def _unescaped(part: str) -> str:

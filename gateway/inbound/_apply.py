@@ -36,7 +36,15 @@ from sqlalchemy.engine import Connection
 
 from ..errors import http_status, operation_outcome, shape
 from ._errors import InboundError
-from ._identity import PATIENT_NAMES, comparable, identifier_key, system_key, type_codes
+from ._identity import (
+    DEFAULT_PORTS,
+    PATIENT_NAMES,
+    comparable,
+    host_key,
+    identifier_key,
+    system_key,
+    type_codes,
+)
 from ._locks import lock_bundle
 from ._resources import (
     ID_PATTERN,
@@ -789,20 +797,21 @@ def _in_bundle(
     )
 
 
-_DEFAULT_PORTS = {"http": 80, "https": 443}
 _AUTHORITY = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*)://([^/?#]*)(.*)", re.DOTALL)
 
 
-def _server(url: str) -> tuple[tuple[str, str, int], str] | None:
+def _server(url: str) -> tuple[tuple[str, str], str] | None:
     """An http(s) URL's server, as RFC 3986 §6.2.2-6.2.3 compare them (scheme and host
-    in lower case, the scheme's default port when none is written), and the rest of it
-    as written (path, query, fragment); None for another scheme, user information
-    (``https://gw@evil/``) or an unreadable port."""
+    in lower case, the port as :func:`host_key` has it, as identifier systems are
+    compared), and the rest of it as written (path, query, fragment); None for another
+    scheme, user information (``https://gw@evil/``) or an unreadable port (what
+    ``urlsplit`` refuses: letters, out of range), where an identifier system is not
+    refused but compared."""
     found = _AUTHORITY.fullmatch(url)
     if found is None:
         return None
     scheme, authority = found[1].lower(), found[2]
-    if scheme not in _DEFAULT_PORTS or "@" in authority:
+    if scheme not in DEFAULT_PORTS or "@" in authority:
         return None
     try:
         parts = urlsplit(f"{scheme}://{authority}")
@@ -811,8 +820,7 @@ def _server(url: str) -> tuple[tuple[str, str, int], str] | None:
         return None
     if not parts.hostname:
         return None
-    default = _DEFAULT_PORTS[scheme]
-    return (scheme, parts.hostname, default if port is None else port), found[3]
+    return (scheme, host_key(scheme, parts.hostname, port)), found[3]
 
 
 def _under(ref: str, base: str | None) -> str | None:

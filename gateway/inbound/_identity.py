@@ -5,22 +5,26 @@ in ``gateway/fhirsystems.py``, below the store, whose migration 0016 fills the
 from __future__ import annotations
 
 from ..fhirsystems import (
+    DEFAULT_PORTS,
     PATIENT_NAMES,
     beside,
     beside_rows,
     comparable,
     digest,
+    host_key,
     identifier_key,
     system_key,
     type_codes,
 )
 
 __all__ = [
+    "DEFAULT_PORTS",
     "PATIENT_NAMES",
     "beside",
     "beside_rows",
     "comparable",
     "digest",
+    "host_key",
     "identifier_key",
     "system_key",
     "type_codes",

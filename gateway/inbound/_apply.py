@@ -633,7 +633,7 @@ def _check_unstored(
     as one's); else it names no system, nothing to compare. A Patient later stored
     under that id must hold them all (:func:`_check_kept_under`). Those kept before are
     looked up for this identifier alone (the few of its system with another value), not
-    read record by record: 2,000 records under one id cost ~150 ms a Bundle."""
+    read record by record (2,000 records under one id: ~33 ms a Bundle on SQLite)."""
     record, (key, types) = (plan.resource_type, str(plan.logical_id)), written
     kept = store.claims_against(conn, f"Patient/{patient_id}", key, record)
     claims = patients.claims.setdefault(patient_id, [])

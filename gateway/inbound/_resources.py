@@ -332,13 +332,15 @@ class Resources:
         not every record kept under that id."""
         b, r = beside.c, resources.c
         system, value = key
+        same = digest(value)
         rows = conn.execute(
             sa.select(b.system, b.value, b.types)
             .join(resources, r.id == b.resource_row)
             .where(
                 b.patient == patient,
                 b.system_hash == digest(system),
-                b.value_hash != digest(value),
+                # another value, as two ranges of the index (``<>`` is read row by row)
+                sa.or_(b.value_hash < same, b.value_hash > same),
                 r.current.is_(True),
                 r.partner.is_not(None),  # a Task made here repeats its referral's subject
                 sa.not_(sa.and_(r.resource_type == record[0], r.logical_id == record[1])),

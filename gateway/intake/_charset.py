@@ -180,12 +180,22 @@ def decode_strict(
 def _not_valid(data: bytes, codec: str, declared: str, location: str, offset: int) -> IntakeError:
     """``charset-mismatch``: a byte ``codec`` cannot decode, named by its offset (not
     the bytes: they may be part of a patient's name). GB 18030 text declared Big5 often
-    fails so (许 and 全 have no Big5 reading): when the bytes read cleanly as the rival
-    national charset's Chinese text, the message names it, as charset-mislabelled does,
+    fails so (许 and 全 have no Big5 reading): when the bytes read cleanly as Chinese
+    text in UTF-8 or the rival national charset, the message names it, as
+    charset-mislabelled does,
     so the sender is told what to declare (still refused: which reading is right is the
     sender's to say, and the mismatch policy applies to bytes that decode)."""
     rival = _RIVAL.get(codec)
-    likely = rival if rival is not None and reads_as(data, rival) is not None else None
+    likely = None
+    if rival is not None:
+        # UTF-8 Chinese first: it has no Big5 reading either, and often a clean GB 18030
+        # one (陈美玲 as 闄坁缇庣幉), so a sender told to declare GB 18030 would have its
+        # names decoded as that mojibake. Read as UTF-8 it must be Chinese too: short
+        # GB 18030 text may be valid UTF-8 by chance (袁^泉 is Ԭ^Ȫ).
+        for candidate in ("utf-8", rival):
+            if reads_as(data, candidate) is not None:
+                likely = candidate
+                break
     hint = ""
     if likely is not None:
         name = charset_name(likely)

@@ -147,6 +147,21 @@ def test_gb18030_text_that_is_no_big5_from_a_big5_sender_default() -> None:
     assert "they read as GB 18030-2000 text" in str(err)
 
 
+@pytest.mark.parametrize("name", ["陈^美玲", "许^嘉玮"])
+def test_utf8_text_declared_big5_is_not_said_to_read_as_gb18030(name: str) -> None:
+    # UTF-8 bytes have no Big5 reading either, and many also decode as GB 18030 into
+    # clean-looking ideographs (陈美玲 as 闄坁缇庣幉): told to declare GB 18030, the sender
+    # would have its names decoded as that mojibake. Valid UTF-8 is UTF-8, as
+    # mislabelled_as says for a single-byte declaration.
+    data = message(name, "", "BIG-5", facility="NSGP").encode("utf-8")
+    assert data.decode("gb18030")  # the reading the hint named
+    err = fails(data, None)
+    assert err.code == "intake.charset-mismatch"
+    assert "GB 18030" not in str(err)
+    assert err.issue.details["likely"] == "UNICODE UTF-8"
+    assert "they read as UNICODE UTF-8 text" in str(err)
+
+
 def test_the_operator_walk_through_big5_referral_declared_gb18030() -> None:
     # examples/hl7v2/ref_i12_hkpmc_to_nsch.hl7 with MSH-18 changed: PID-5 read 砛古蕹.
     from pathlib import Path

@@ -94,3 +94,18 @@ def test_a_segment_name_past_msh25_is_not_named(converter: Converter) -> None:
     assert "segment SCH" not in error.message
     assert "running on past MSH-25, the last field of MSH" in error.message
     assert "--data-binary" in error.message
+
+
+def test_a_latin1_message_is_counted_on_its_bytes(converter: Converter) -> None:
+    # Declared 8859/1 (Macau: Portuguese names): É before a separator is C9 7C, a GB
+    # 18030 or Big5 character if the line were read as one. Guessed from the patient's
+    # name (CÔTÉ^ANDRÉ) to be Chinese, the line was counted as GB 18030/Big5 text, a
+    # separator swallowed, and PID named as running on inside MSH-17, not MSH-18.
+    flat = (
+        "MSH|^~\\&|CHCSJ|SÃO JOSÉ|HKPMC_HIS|HKPMC|20260615100000||ADT^A01|C1|P|2.5"
+        "|||||PRT|8859/1PID|1||123^^^CHCSJ^MR||CÔTÉ^ANDRÉ||19700101|M"
+    ).encode("latin-1")
+    [record] = converter.convert(flat, source="flat")
+    [error] = record.errors
+    assert error.code == "intake.no-segment-separators"
+    assert "segment PID running on inside MSH-18;" in error.message

@@ -601,16 +601,35 @@ def _check_separators(line: bytes) -> None:
 
 def _field_before(line: bytes, end: int) -> int:
     """n of the MSH-n that ``line[end]`` is in, counted before the line is decoded (its
-    MSH-18 may run into the next segment). Counted on the text the bytes look like
-    (:func:`_msh_fields`), since a Big5 or GB 18030 trail byte may be '|': 院 in Big5
-    is B0 7C, so a sending application 瑪麗醫院 made MSH-18 look like MSH-19. On the
-    bytes when they cannot be read so (nothing better is known: their MSH-18 is lost)."""
+    MSH-18 may run into the next segment). A Big5 or GB 18030 trail byte may be '|' (院
+    in Big5 is B0 7C, so a sending application 瑪麗醫院 made MSH-18 look like MSH-19):
+    when the text before the next segment's name, the MSH-18 it ran into, declares
+    one of those two, the fields are counted in it; when it declares another charset
+    (8859/1: É before '|' is C9 7C, a GB 18030 character), on the bytes, whatever the
+    text looks like (a Portuguese name guessed as Chinese named MSH-17). Else counted
+    in the text the bytes look like (:func:`_msh_fields`), or on the bytes when they
+    cannot be read so."""
     head = line[:end]
-    if not head.isascii():
-        fields = _msh_fields(head, mislabelled_as(line))
+    sep = line[3:4]
+    if head.isascii():
+        return head.count(sep) + 1
+    named = _named_codec(head, sep, line[5:6] or b"~")
+    codec = named if named is not None else mislabelled_as(line)
+    if named is None or named in ("gb18030", "big5hkscs"):
+        fields = _msh_fields(head, codec)
         if fields is not None:
             return len(fields) - 1
-    return head.count(line[3:4]) + 1
+    return head.count(sep) + 1
+
+
+def _named_codec(head: bytes, sep: bytes, rep: bytes) -> str | None:
+    """The codec that the tail of ``head`` (the field the next segment ran into, as the
+    bytes split it: a charset name is ASCII) declares, when it is MSH-18; None when it
+    names no known charset."""
+    name = head.rsplit(sep, 1)[-1].split(rep, 1)[0].strip()
+    if not name or not name.isascii():
+        return None
+    return _codec_or_none(name.decode("ascii"))
 
 
 def _check_msh(msh: bytes) -> None:

@@ -25,7 +25,7 @@ from cryptography import x509
 
 from ..config import Settings
 from ..errors import ConfigError
-from ..signing import Signer, TrustStore
+from ..signing import Signer, TrustStore, load_signer
 from ._events import IRCP, Party, Subject, event, operator_action
 from ._export import ExportFilter, export_bundle, load_checkpoint, verify_export
 from ._log import AuditError, AuditLog, SignedHead
@@ -42,26 +42,10 @@ def open_log(settings: Settings) -> AuditLog:
 
 def audit_signer(settings: Settings) -> Signer | None:
     """The gateway's key for tree heads: ``audit_key`` (a folder of ``signing_keys`` or
-    ``env:NAME``, as a KEY of signing_rules); None when it is not set."""
+    ``env:NAME``, as a KEY of signing_rules, loaded as they are); None when it is not
+    set."""
     key = settings.audit_key.strip()
-    if not key:
-        return None
-    if key.startswith("env:"):
-        found = Signer.from_env(key[4:])
-        if found is None:
-            raise ConfigError(
-                "signing-key",
-                f"audit_key {key}: GATEWAY_SIGNING_KEY_{key[4:].upper().replace('-', '_')} "
-                "is not set",
-            )
-        return found
-    if settings.signing_keys is None:
-        raise ConfigError("signing-key", f"audit_key {key!r}: signing_keys is not set")
-    password = os.environ.get("GATEWAY_SIGNING_PASSWORD")
-    folder = settings.signing_keys / key
-    return Signer.load(
-        folder / "key.pem", folder / "cert.pem", password=password.encode() if password else None
-    )
+    return load_signer(settings, key, "audit_key") if key else None
 
 
 def _certificates(name: str) -> list[x509.Certificate]:

@@ -17,6 +17,7 @@ import hashlib
 import logging
 import re
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -257,7 +258,7 @@ class StatusReplies:
         covers the whole Bundle, no part of it, and such a partner is a FHIR server,
         not a gateway that verifies. The one signer of a status, first queued or made
         again (release, retry, replay)."""
-        from ..signing import Signer, sign_bundle, signer_for
+        from ..signing import load_signer, sign_bundle, signer_for
 
         sender = self.settings.institution
         if sender is None:
@@ -265,8 +266,8 @@ class StatusReplies:
         own = self.records.policy.institution(sender, "sender")
         signer = signer_for(self.settings, own.facility, "TASK")
         keys = self.settings.signing_keys
-        if signer is None and keys is not None and (keys / own.key / "key.pem").is_file():
-            signer = Signer.load(keys / own.key / "key.pem", keys / own.key / "cert.pem")
+        if signer is None and keys is not None and _holds_key(keys / own.key):
+            signer = load_signer(self.settings, own.key)
         if signer is None:
             return bundle
         signed = sign_bundle(bundle, signer, "author")
@@ -368,3 +369,8 @@ def _dedup(partner: Partner, bundle: dict[str, Any]) -> str:
     again (``gateway referrals notify``) is the same row."""
     raw = orjson.dumps(bundle, option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(partner.key.encode() + b"|" + raw).hexdigest()
+
+
+def _holds_key(folder: Path) -> bool:
+    """Whether a key folder holds a private key as ``load_signer`` reads one."""
+    return any((folder / name).is_file() for name in ("key.p12", "key.pfx", "key.pem"))

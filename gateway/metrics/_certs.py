@@ -53,7 +53,7 @@ def _positions(certs: list[x509.Certificate]) -> Iterator[tuple[str, x509.Certif
 
 
 def _key_folder(folder: Path) -> list[x509.Certificate]:
-    """The chain of a key folder as the signer loads it (signing's ``_load_signer``):
+    """The chain of a key folder as the signer loads it (signing's ``load_signer``):
     the PKCS#12 file first (readable without a password, or with
     GATEWAY_SIGNING_PASSWORD), else cert.pem. A folder holding both signs with the
     PKCS#12 file's certificate, so that is the expiry to watch."""

@@ -10,7 +10,7 @@ certificates and CRLs; the auditor's report.
 
 from ._algorithms import ALGORITHMS, DEFAULT_ALG, Algorithm
 from ._bundle import PROFILE, sign_bundle, sign_record_bundle, signature_entries, signed_content
-from ._cli import add_cli, signer_for, trust_store, verify_bytes
+from ._cli import add_cli, load_signer, signer_for, trust_store, verify_bytes
 from ._errors import SigningError
 from ._ijson import JsonPath, duplicate_member
 from ._jcs import canonicalize, es6_number
@@ -37,6 +37,7 @@ __all__ = [
     "duplicate_member",
     "es6_number",
     "issue_certificate",
+    "load_signer",
     "make_crl",
     "make_demo_pki",
     "new_key",

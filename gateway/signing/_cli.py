@@ -23,7 +23,7 @@ from ._jws import COMMITMENTS
 from ._pki import Signer, TrustStore, make_demo_pki
 from ._verify import Check, FileReport, load_json, verify_bundle
 
-__all__ = ["add_cli", "parse_rules", "signer_for", "trust_store", "verify_bytes"]
+__all__ = ["add_cli", "load_signer", "parse_rules", "signer_for", "trust_store", "verify_bytes"]
 
 
 def parse_rules(text: str) -> list[tuple[str, str, str]]:
@@ -56,30 +56,35 @@ def signer_for(settings: Settings, sender: str | None, record_type: str | None) 
             continue
         if rule_type not in ("*", (record_type or "").upper()):
             continue
-        return _load_signer(settings, key)
+        return load_signer(settings, key)
     return None
 
 
-def _load_signer(settings: Settings, key: str) -> Signer:
+def load_signer(settings: Settings, key: str, setting: str = "signing key") -> Signer:
+    """The signer of ``key``: ``env:NAME`` (GATEWAY_SIGNING_KEY_NAME), else the folder
+    ``signing_keys/KEY`` holding ``key.p12`` (or ``key.pfx``), else ``key.pem`` and
+    ``cert.pem``; GATEWAY_SIGNING_PASSWORD opens an encrypted one. Every signer of a
+    key folder (records, status Tasks, the audit log) loads it here, in this order, so
+    one folder is one certificate (the expiry watch, metrics/_certs.py, reads it so too).
+    ``setting`` names what chose the key in errors (``audit_key``)."""
     password = os.environ.get("GATEWAY_SIGNING_PASSWORD")
+    secret = password.encode() if password else None
     if key.startswith("env:"):
         found = Signer.from_env(key[4:])
         if found is None:
             raise ConfigError(
                 "signing-key",
-                f"signing key {key}: GATEWAY_SIGNING_KEY_"
+                f"{setting} {key}: GATEWAY_SIGNING_KEY_"
                 f"{key[4:].upper().replace('-', '_')} is not set",
             )
         return found
     if settings.signing_keys is None:
-        raise ConfigError("signing-key", f"signing key {key!r}: signing_keys is not set")
+        raise ConfigError("signing-key", f"{setting} {key!r}: signing_keys is not set")
     folder = settings.signing_keys / key
     for name in ("key.p12", "key.pfx"):
         if (folder / name).is_file():
-            return Signer.load(folder / name, password=password.encode() if password else None)
-    return Signer.load(
-        folder / "key.pem", folder / "cert.pem", password=password.encode() if password else None
-    )
+            return Signer.load(folder / name, password=secret)
+    return Signer.load(folder / "key.pem", folder / "cert.pem", password=secret)
 
 
 def trust_store(settings: Settings, given: str | None = None) -> TrustStore | None:

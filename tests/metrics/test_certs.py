@@ -21,8 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway import Settings
 from gateway.metrics._certs import CertificateCollector
-from gateway.signing import Signer, SigningError
-from gateway.signing._cli import _load_signer
+from gateway.signing import Signer, SigningError, load_signer
 
 PASSWORD = "p12-s3cret-word"
 NOT_AFTER = dt.datetime(2031, 5, 17, 8, 0, tzinfo=dt.UTC)
@@ -128,7 +127,7 @@ def test_a_folder_with_both_is_watched_by_the_certificate_it_signs_with(
     signing = _p12(folder / "key.p12", 0o600)
     stale = _p12(tmp_path / "stale.p12", 0o600, NOT_AFTER - dt.timedelta(days=200))
     (folder / "cert.pem").write_bytes(stale.public_bytes(serialization.Encoding.PEM))
-    signer = _load_signer(settings, "nsch")  # what `gateway sign --key nsch` signs with
+    signer = load_signer(settings, "nsch")  # what `gateway sign --key nsch` signs with
     assert signer.chain[0] == signing
     families = _scrape(settings)
     [(labels, value)] = families["gateway_certificate_not_after_timestamp_seconds"]

@@ -521,7 +521,30 @@ def _bundle(body: bytes) -> tuple[dict[str, Any], bytes]:
         canonical = orjson.dumps(bundle, option=orjson.OPT_SORT_KEYS)
     except orjson.JSONEncodeError:  # orjson writes 254 levels, reads 1024
         raise _too_deep(bundle) from None
+    if b"\\u0000" in canonical:  # orjson's U+0000 (or a text "\\u0000": the walk tells)
+        _check_nul(bundle)
     return bundle, canonical
+
+
+def _check_nul(bundle: dict[str, Any]) -> None:
+    """Refuse U+0000 in a string or a member name, naming its element: FHIR strings
+    carry no character below U+0020 but tab, CR and LF (R4 datatypes: string), and
+    PostgreSQL's text holds no NUL at all (the store's insert failed: a 500)."""
+    found = _first_path(bundle, _holds_nul)
+    if found is None:
+        return
+    where = _element(found[0])
+    raise InboundError(
+        "inbound.bad-bundle",
+        f"{where}: a string holds the character U+0000 (NUL), which FHIR text does not carry",
+        expression=where,
+    )
+
+
+def _holds_nul(node: Any, _path: _Path) -> bool:
+    if isinstance(node, dict):
+        return any("\0" in k or (isinstance(v, str) and "\0" in v) for k, v in node.items())
+    return any(isinstance(v, str) and "\0" in v for v in node)
 
 
 def _check_entries(bundle: dict[str, Any]) -> None:

@@ -107,3 +107,41 @@ def test_an_older_bundle_replayed_after_a_newer_one_changes_nothing(
     assert sr["status"] == "revoked" and sr["meta"]["versionId"] == "2"
     task = client.get("/fhir/Task", headers=LOCAL_AUTH).json()["entry"][0]["resource"]
     assert task["status"] == "cancelled"
+
+
+@pytest.mark.parametrize(
+    ("first", "then", "element"),
+    [
+        (b'"value":"0098765"', b'"value":"0098765\\u0000"', "Bundle.entry[2].resource.identifier"),
+        (b'"status":"active"', b'"status":"active","note\\u0000":"x"', "Bundle.entry[9].resource"),
+    ],
+    ids=["identifier-value", "member-name"],
+)
+def test_a_nul_character_is_refused_naming_its_element(
+    client: Client, hk_settings: Settings, signed_referral: bytes,
+    first: bytes, then: bytes, element: str,
+) -> None:  # fmt: skip
+    """U+0000 is no FHIR text, and PostgreSQL's text cannot hold it: an identifier
+    value holding one was a 500 (the store's insert failed) on PostgreSQL."""
+    assert first in signed_referral
+    resp = client.post(
+        "/fhir", content=signed_referral.replace(first, then, 1), headers=partner(NSCH_TOKEN)
+    )
+    assert resp.status_code == 400, resp.text
+    assert _codes(resp) == {"inbound.bad-bundle"}
+    assert resp.json()["issue"][0]["expression"] == [element]
+    assert "U+0000" in resp.json()["issue"][0]["diagnostics"]
+    assert "0098765" not in resp.text  # no patient data in the answer
+    assert counts(hk_settings)["inbound_resources"] == 0
+
+
+def test_a_text_spelling_backslash_u0000_is_kept(
+    client: Client, hk_settings: Settings, referral: dict[str, Any], pki: Path
+) -> None:
+    """Six characters that spell an escape are text, not NUL: kept as sent."""
+    bundle = copy.deepcopy(referral)
+    bundle["entry"][2]["resource"]["name"][0]["text"] = "許嘉瑋 \\u0000"
+    signed = sign_bundle(bundle, signer(pki, "nsch"), "author")
+    resp = client.post("/fhir", content=orjson.dumps(signed), headers=partner(NSCH_TOKEN))
+    assert resp.status_code == 200, resp.text
+    assert counts(hk_settings)["inbound_resources"] > 0

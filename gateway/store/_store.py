@@ -880,15 +880,21 @@ _LENGTH = {name: int(messages.c[name].type.length) for name in _CLIPPED}  # type
 
 
 def _clip(value: str | None, column: str) -> str | None:
-    return value if value is None else value[: _LENGTH[column]]
+    if value is None:
+        return None
+    # A header value is read from the message's bytes (kept whole, as evidence): a NUL
+    # in it (MSH-10 of a refused message, a DICOM header) is shown as U+FFFD, since
+    # PostgreSQL's text holds no NUL (the insert failed, with the rest of its batch).
+    return value[: _LENGTH[column]].replace("\0", "\ufffd")
 
 
 def _fit(item: Incoming) -> Incoming:
-    """The message with its header values clipped to their columns."""
+    """The message with its header values clipped to their columns, NUL-free."""
     long: dict[str, Any] = {
         name: _clip(value, name)
         for name in _CLIPPED
-        if (value := getattr(item, name)) is not None and len(value) > _LENGTH[name]
+        if (value := getattr(item, name)) is not None
+        and (len(value) > _LENGTH[name] or "\0" in value)
     }
     return replace(item, **long) if long else item
 

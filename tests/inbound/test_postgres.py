@@ -112,3 +112,24 @@ def test_a_url_holding_nul_is_refused_naming_where(
     issue = resp.json()["issue"][0]
     assert issue["details"]["coding"][0]["code"] == "request.invalid"
     assert "U+0000" in issue["diagnostics"] and issue["location"] == [where]
+
+
+def test_a_rejection_reason_holding_nul_is_refused(
+    db_client: tuple[Client, Settings], signed_referral: bytes
+) -> None:
+    """A $reject reason holding U+0000 became the Task's statusReason, kept and sent to
+    the referring partner as FHIR text no FHIR string carries: refused, nothing changed."""
+    client, _ = db_client
+    assert client.post("/fhir", content=signed_referral, headers=partner(NSCH_TOKEN)).is_success
+    task = client.get("/fhir/Task", headers=LOCAL_AUTH).json()["entry"][0]["resource"]
+    reason = {
+        "resourceType": "Parameters",
+        "parameter": [{"name": "reason", "valueString": "床\0"}],
+    }
+    resp = client.post(
+        f"/fhir/Task/{task['id']}/$reject", content=orjson.dumps(reason), headers=LOCAL_AUTH
+    )
+    assert resp.status_code == 400, resp.text
+    assert "U+0000" in resp.json()["issue"][0]["diagnostics"]
+    after = client.get(f"/fhir/Task/{task['id']}", headers=LOCAL_AUTH).json()
+    assert after["status"] == task["status"]

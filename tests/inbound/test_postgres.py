@@ -133,3 +133,15 @@ def test_a_rejection_reason_holding_nul_is_refused(
     assert "U+0000" in resp.json()["issue"][0]["diagnostics"]
     after = client.get(f"/fhir/Task/{task['id']}", headers=LOCAL_AUTH).json()
     assert after["status"] == task["status"]
+
+
+def test_a_client_assertion_whose_jti_holds_nul_is_refused(
+    db_client: tuple[Client, Settings], pki: Path
+) -> None:
+    """A partner's signed assertion with a jti holding U+0000: kept against replays, on
+    PostgreSQL (its text holds no NUL) the insert failed with a 500."""
+    client, _ = db_client
+    jwt = assertion(pki, "nsch", "nsch", jti="j\0" + "1")
+    resp = client.post("/auth/token", data=token_form(jwt))
+    assert resp.status_code == 401, resp.text
+    assert resp.json()["error"] == "invalid_client" and "U+0000" in resp.text

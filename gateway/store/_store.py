@@ -701,8 +701,8 @@ class Store:
                 "series_uid": instance.series_uid,
                 "received_at": now,
                 "channel": instance.channel,
-                "peer": instance.peer,
-                "sender": instance.sender,
+                "peer": _clip(instance.peer, "peer"),  # a calling AE title may hold NUL
+                "sender": _clip(instance.sender, "sender"),
                 "data": instance.data,
                 "sha256": sha,
                 "message_id": None,

@@ -319,6 +319,19 @@ def test_dicom_instances_become_one_study_message(store: Store, converter: Conve
     assert outcome.output == expected[0].bundle_json
 
 
+def test_a_calling_ae_title_holding_nul_is_kept_with_u_fffd(store: Store) -> None:
+    """A DICOM listener letting in any AE title ("*"): one holding NUL was stored as the
+    instance's peer, and on PostgreSQL (its text holds no NUL) the insert failed; the
+    sender was told to retry, for ever."""
+    _, data = _instances()[0]
+    study, series, sop = _uids(data)
+    assert store.add_instance(DicomInstance(study, series, sop, data, peer="CT\x0001@10.0.0.9"))
+    receipt = store.commit_study(study)
+    assert receipt is not None
+    stored = store.get(receipt.id)
+    assert stored is not None and stored.summary.peer == "CT\ufffd01@10.0.0.9"
+
+
 def test_dicom_study_grown_later_is_a_new_revision(store: Store) -> None:
     files = _instances()
     uids = [_uids(d) for _, d in files]

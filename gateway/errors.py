@@ -19,6 +19,7 @@ beside this module (:func:`registry`); ``docs/errors.md`` is generated from it
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
@@ -216,6 +217,39 @@ class ValidationError(GatewayError):
 
 class ConfigError(GatewayError):
     family = "config"
+
+
+def first_nul(named: Iterable[tuple[str, str | None]]) -> str | None:
+    """The name of the first text holding U+0000 (NUL), or None: FHIR strings carry no
+    NUL, and PostgreSQL's text columns cannot hold one (an insert or a look-up with it
+    fails: a 500, a crashed batch). Each entry point refuses it naming the element, with
+    :func:`nul_message`'s words."""
+    return next((name for name, text in named if text is not None and "\0" in text), None)
+
+
+def nul_path(node: Any, path: str) -> str | None:
+    """The FHIRPath of the first element of parsed JSON ``node`` (at ``path``) whose
+    string or member name holds U+0000, or None: FHIR strings carry no NUL (R4
+    datatypes: string), and PostgreSQL's text columns cannot hold one."""
+    if isinstance(node, str):
+        return path if "\0" in node else None
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if "\0" in key:
+                return path
+            found = nul_path(value, f"{path}.{key}")
+            if found is not None:
+                return found
+    elif isinstance(node, list):
+        for n, value in enumerate(node):
+            found = nul_path(value, f"{path}[{n}]")
+            if found is not None:
+                return found
+    return None
+
+
+def nul_message(where: str) -> str:
+    return f"{where} holds the character U+0000 (NUL), which the gateway's text does not carry"
 
 
 def shape(value: object, limit: int = 24) -> str:

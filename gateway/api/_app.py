@@ -50,6 +50,7 @@ from ..errors import (
     IntakeError,
     Issue,
     http_status,
+    nul_message,
     operation_outcome,
     shape,
 )
@@ -64,6 +65,7 @@ from ._dicomweb import add_dicomweb_routes
 from ._docs import DOCS_ASSETS, add_docs_routes
 from ._fhir import add_fhir_routes
 from ._health import LazyStore, add_health_routes
+from ._http import RefuseNul
 from ._messages import add_message_routes
 from ._openapi import install_openapi
 from ._policy import add_policy_routes
@@ -98,6 +100,13 @@ def _fhir(body: Any, status: int = 200, headers: dict[str, str] | None = None) -
 
 def _outcome(issues: list[Issue], status: int, headers: dict[str, str] | None = None) -> Response:
     return _fhir(operation_outcome(issues), status, headers)
+
+
+def _nul_refused(where: str) -> Response:
+    issue = Issue(
+        "request.invalid", nul_message(where), location=where, details={"issue_type": "invalid"}
+    )
+    return _outcome([issue], 400)
 
 
 def _too_large(limit: int) -> Response:
@@ -213,6 +222,9 @@ def create_app(
     )
     add_docs_routes(app)
     app.state.reports = reports
+    # A URL holding NUL (an id, a search value): 400 naming where, before any route
+    # looks it up (PostgreSQL refuses the query: a 500). Also the console's, mounted here.
+    app.add_middleware(RefuseNul, refuse=_nul_refused)
 
     @app.get("/health")
     def health() -> dict[str, Any]:

@@ -32,7 +32,7 @@ from fastapi.responses import Response
 
 from .. import __version__
 from ..config import Settings
-from ..errors import GatewayError, Issue, http_status, operation_outcome, shape
+from ..errors import GatewayError, Issue, http_status, nul_message, operation_outcome, shape
 from ..inbound import (
     ID_PATTERN,
     SIGNING_ALGS,
@@ -234,6 +234,12 @@ def add_fhir_routes(
         if isinstance(body, Response):
             return body
         reason = request.query_params.get("reason") or _reason(body)
+        if reason is not None and "\0" in reason:  # FHIR text carries none: not sent on
+            where = "Parameters.parameter.where(name='reason').valueString"
+            invalid = {"issue_type": "invalid"}
+            return _error(
+                Issue("request.invalid", nul_message(where), None, "reason", details=invalid)
+            )
 
         def act() -> tuple[Any, int | None, str]:
             return lazy.inbound().referrals.act(task_id, action, reason)

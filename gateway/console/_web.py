@@ -28,7 +28,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from ..audit import AuditLog, Subject, bundle_subject, events, message_subject
 from ..config import Settings
-from ..errors import GatewayError
+from ..errors import GatewayError, first_nul, nul_message
 from ..store import MAX_ID, STATES, MessageFilter, Page, Store, is_row_id, parse_since
 from . import _data
 from ._actions import MESSAGE_ACTIONS, OUTBOX_ACTIONS, Actions
@@ -64,8 +64,8 @@ _R = TypeVar("_R", bound=Response)
 
 
 class _Denied(Exception):
-    def __init__(self, status: int, key: str) -> None:
-        self.status, self.key = status, key
+    def __init__(self, status: int, key: str, detail: str | None = None) -> None:
+        self.status, self.key, self.detail = status, key, detail
 
 
 def _client(request: Request) -> str:
@@ -118,7 +118,9 @@ def create_console(
         return _secure(HTMLResponse(html, status))
 
     def denied(request: Request, session: Session | None, exc: _Denied) -> HTMLResponse:
-        return render(request, "error.html", session, exc.status, message=exc.key)
+        return render(
+            request, "error.html", session, exc.status, message=exc.key, detail=exc.detail
+        )
 
     async def form(request: Request, session: Session | None) -> dict[str, str]:
         """The POSTed form, once its CSRF token matched (403 otherwise)."""
@@ -133,6 +135,10 @@ def create_console(
         if not same_token(fields.get("csrf"), expected):
             log.warning("console: a POST to %s without a valid CSRF token", request.url.path)
             raise _Denied(403, "app.bad_request")
+        # a reason, a search value holding NUL: PostgreSQL's text holds none (its insert
+        # or look-up failed: a 500); named, its text neither shown back nor logged
+        if (name := first_nul(fields.items())) is not None:
+            raise _Denied(400, "app.bad_request", nul_message(f"the field {name!r}"))
         return fields
 
     def audit_read(request: Request, user: User, subject: Subject, interaction: str) -> bool:

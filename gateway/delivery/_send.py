@@ -246,5 +246,8 @@ def _kept(data: bytes) -> str | None:
     if not data:
         return None
     text = data[: KEPT_CHARS * 4].decode("utf-8", "replace")  # no need to decode more
+    # NUL bytes (a proxy's page) shown as U+FFFD: PostgreSQL's text holds no NUL, and
+    # keeping the answer failed the worker's update (the record stuck in 'sending')
+    text = text.replace("\0", "\ufffd")
     whole = len(data) <= KEPT_CHARS * 4 and len(text) <= KEPT_CHARS
     return text if whole else text[:KEPT_CHARS] + "…[truncated]"

@@ -42,6 +42,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, OKPKey, RSAKey
 
 from ..config import SECRET_FILES, Settings, not_private
+from ..errors import nul_message
 from ..network import Institution, Network
 
 # the chain, validity, CRL and key-usage checks signatures get
@@ -427,6 +428,8 @@ class Authenticator:
         jti = claims.get("jti")
         if not isinstance(jti, str) or not 0 < len(jti) <= 255:
             raise TokenError("invalid_client", "jti is required (at most 255 characters)", 401)
+        if "\0" in jti:  # kept against replays: PostgreSQL's text holds no NUL (a 500)
+            raise TokenError("invalid_client", nul_message("the jti"), 401)
         return inst
 
 

@@ -51,7 +51,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from ..audit import audit_log, store_hook
 from ..config import Settings
-from ..errors import ConfigError, GatewayError, IntakeError
+from ..errors import ConfigError, GatewayError, IntakeError, nul_message
 from ..intake.dicom import check_instance
 from ..pipeline import Converter
 from ..processing import process_message
@@ -200,12 +200,12 @@ def prepare_instance(data: bytes, keep_pixels: bool = False) -> Instance:
 def _uid(ds: Dataset, tag: int, keyword: str) -> str:
     value = ds.get(tag)
     text = str(value.value).strip("\0 ") if value is not None and value.value else ""
+    where = f"({tag >> 16:04X},{tag & 0xFFFF:04X}) {keyword}"
     if not text:
-        raise IntakeError(
-            "dicom-missing-uid",
-            f"the instance has no {keyword}",
-            location=f"({tag >> 16:04X},{tag & 0xFFFF:04X}) {keyword}",
-        )
+        raise IntakeError("dicom-missing-uid", f"the instance has no {keyword}", location=where)
+    if "\0" in text:  # inside the value (padding is stripped): no UID character, and
+        # PostgreSQL's text holds no NUL (the store failed: the sender retried for ever)
+        raise IntakeError("control-characters", nul_message(f"the {keyword}"), location=where)
     return text
 
 

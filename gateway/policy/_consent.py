@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError as PydanticError
 
-from ..errors import GatewayError
+from ..errors import GatewayError, nul_message, nul_path
 from ..network import Network
 
 __all__ = [
@@ -115,6 +115,10 @@ def parse_consent(
         raise _invalid("Consent", "the body is not JSON") from None
     if not isinstance(resource, dict) or resource.get("resourceType") != "Consent":
         raise _invalid("Consent", "not a FHIR Consent resource")
+    # before the model: a code's pattern lets NUL through (status "active\0" was kept,
+    # and on PostgreSQL its insert failed: a 500)
+    if (where := nul_path(resource, "Consent")) is not None:
+        raise _invalid(where, nul_message("a string"))
     try:
         Consent.model_validate(resource)
     except PydanticError as exc:

@@ -701,8 +701,8 @@ class Store:
                 "series_uid": instance.series_uid,
                 "received_at": now,
                 "channel": instance.channel,
-                "peer": instance.peer,
-                "sender": instance.sender,
+                "peer": _clip(instance.peer, "peer"),  # a calling AE title may hold NUL
+                "sender": _clip(instance.sender, "sender"),
                 "data": instance.data,
                 "sha256": sha,
                 "message_id": None,
@@ -880,15 +880,21 @@ _LENGTH = {name: int(messages.c[name].type.length) for name in _CLIPPED}  # type
 
 
 def _clip(value: str | None, column: str) -> str | None:
-    return value if value is None else value[: _LENGTH[column]]
+    if value is None:
+        return None
+    # A header value is read from the message's bytes (kept whole, as evidence): a NUL
+    # in it (MSH-10 of a refused message, a DICOM header) is shown as U+FFFD, since
+    # PostgreSQL's text holds no NUL (the insert failed, with the rest of its batch).
+    return value[: _LENGTH[column]].replace("\0", "\ufffd")
 
 
 def _fit(item: Incoming) -> Incoming:
-    """The message with its header values clipped to their columns."""
+    """The message with its header values clipped to their columns, NUL-free."""
     long: dict[str, Any] = {
         name: _clip(value, name)
         for name in _CLIPPED
-        if (value := getattr(item, name)) is not None and len(value) > _LENGTH[name]
+        if (value := getattr(item, name)) is not None
+        and (len(value) > _LENGTH[name] or "\0" in value)
     }
     return replace(item, **long) if long else item
 

@@ -458,3 +458,17 @@ def test_a_question_answered_with_undecodable_bytes_is_no_answer(
     deliverer.run_once()
     assert outbox.require(row).state == "waiting" and post.call_count == 1
     assert "not asked" in outbox.events(row)[-1].reason
+
+
+def test_an_answer_holding_nul_bytes_is_kept_readable(
+    outbox: Outbox, deliverer: Deliverer, partner_api: respx.MockRouter
+) -> None:
+    """A proxy's 503 page with NUL bytes in it: kept for people as text, the NUL shown as
+    U+FFFD. On PostgreSQL, whose text holds no NUL, keeping it failed the worker's
+    update (the record stayed 'sending', the run crashed)."""
+    partner_api.post(POST_URL).respond(503, content=b"busy\x00\x00 try later")
+    row, _ = outbox.enqueue(PARTNER, bundle("P1", "O1"))
+    deliverer.run_once()
+    record = outbox.require(row)
+    assert (record.state, record.last_error) == ("retrying", "delivery.partner-unavailable")
+    assert record.last_response == "busy\ufffd\ufffd try later"

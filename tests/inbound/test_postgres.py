@@ -84,3 +84,64 @@ def test_the_inbound_flow_on_each_database(
     task = client.get("/fhir/Task", headers=LOCAL_AUTH).json()["entry"][0]["resource"]
     accepted = client.post(f"/fhir/Task/{task['id']}/$accept", headers=LOCAL_AUTH)
     assert accepted.status_code == 200 and accepted.headers["x-gateway-outbox"] != "none"
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "where"),
+    [
+        ("get", "/Consent/a%00b", "the URL's path"),
+        ("get", "/Consent?patient=a%00b", "?patient"),
+        ("post", "/Consent/a%00b/$withdraw", "the URL's path"),
+        ("get", "/policy/decisions?outcome=a%00b", "?outcome"),
+        ("post", "/policy/check?to=hkpmc&from=a%00b", "?from"),
+        ("get", "/fhir/Patient?identifier=x%7Ca%00b", "?identifier"),
+        ("get", "/fhir/Task?patient%00=x", "?patient\ufffd"),
+        ("post", "/fhir/Task/a%00b/$accept", "the URL's path"),
+        ("get", "/messages?control_id=a%00b", "?control_id"),
+        ("get", "/console/messages/1%00", "the URL's path"),
+    ],
+)  # fmt: skip
+def test_a_url_holding_nul_is_refused_naming_where(
+    db_client: tuple[Client, Settings], method: str, url: str, where: str
+) -> None:
+    """An id or a search value holding U+0000 was a 500 on PostgreSQL (its text holds no
+    NUL: the look-up failed); on every route, a 400 naming the parameter or the path."""
+    client, _ = db_client
+    resp = client.request(method, url, headers=LOCAL_AUTH)
+    assert resp.status_code == 400, resp.text
+    issue = resp.json()["issue"][0]
+    assert issue["details"]["coding"][0]["code"] == "request.invalid"
+    assert "U+0000" in issue["diagnostics"] and issue["location"] == [where]
+
+
+def test_a_rejection_reason_holding_nul_is_refused(
+    db_client: tuple[Client, Settings], signed_referral: bytes
+) -> None:
+    """A $reject reason holding U+0000 became the Task's statusReason, kept and sent to
+    the referring partner as FHIR text no FHIR string carries: refused, nothing changed."""
+    client, _ = db_client
+    assert client.post("/fhir", content=signed_referral, headers=partner(NSCH_TOKEN)).is_success
+    task = client.get("/fhir/Task", headers=LOCAL_AUTH).json()["entry"][0]["resource"]
+    reason = {
+        "resourceType": "Parameters",
+        "parameter": [{"name": "reason", "valueString": "床\0"}],
+    }
+    resp = client.post(
+        f"/fhir/Task/{task['id']}/$reject", content=orjson.dumps(reason), headers=LOCAL_AUTH
+    )
+    assert resp.status_code == 400, resp.text
+    assert "U+0000" in resp.json()["issue"][0]["diagnostics"]
+    after = client.get(f"/fhir/Task/{task['id']}", headers=LOCAL_AUTH).json()
+    assert after["status"] == task["status"]
+
+
+def test_a_client_assertion_whose_jti_holds_nul_is_refused(
+    db_client: tuple[Client, Settings], pki: Path
+) -> None:
+    """A partner's signed assertion with a jti holding U+0000: kept against replays, on
+    PostgreSQL (its text holds no NUL) the insert failed with a 500."""
+    client, _ = db_client
+    jwt = assertion(pki, "nsch", "nsch", jti="j\0" + "1")
+    resp = client.post("/auth/token", data=token_form(jwt))
+    assert resp.status_code == 401, resp.text
+    assert resp.json()["error"] == "invalid_client" and "U+0000" in resp.text

@@ -4,6 +4,7 @@ depth removed unless configured, the sender's bytes untouched when there is none
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from pydicom.uid import ExplicitVRLittleEndian, JPEGLosslessSV1
 
 from gateway import Converter, IntakeError
 from gateway.listeners.dicom import Origin, prepare_instance
+from gateway.store import Store
 from tests.golden.dicom.make_studies import part10, wang_wei
 
 from .dicom_support import NSCH_CTA, converted, dicom_settings, intake_for, study_files
@@ -104,3 +106,24 @@ def test_a_study_taken_but_not_converted_before_a_stop_is_converted_on_resume(
     assert done.outcomes[-1].output == converted(converter, files)
     assert intake.resume() == 0
     intake.store.close()
+
+
+@pytest.mark.parametrize("keyword", ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"])
+def test_a_uid_holding_nul_inside_is_refused_naming_its_tag(
+    tmp_path: Path, converter: Converter, store: Store, keyword: str
+) -> None:
+    """NUL padding ends a UID (stripped); one inside it is no UID character. On
+    PostgreSQL, whose text holds no NUL, storing the instance failed: the sender was
+    told to retry (out of resources), for ever. Refused as not understood."""
+    ds = dcmread(io.BytesIO(study_files(NSCH_CTA)[0][1]))
+    out = io.BytesIO()
+    with warnings.catch_warnings():  # pydicom warns of the invalid UI value it is given
+        warnings.simplefilter("ignore")
+        setattr(ds, keyword, getattr(ds, keyword) + "\0" + "1")
+        ds.save_as(out, enforce_file_format=True)
+    intake = intake_for(dicom_settings(tmp_path), converter, store)
+    with pytest.raises(IntakeError) as caught:
+        intake.receive(out.getvalue(), Origin("dicom", "MODALITY1@127.0.0.1:40000"))
+    assert caught.value.code == "intake.control-characters"
+    assert keyword in (caught.value.location or "") and "U+0000" in str(caught.value)
+    assert store.count() == 0

@@ -111,3 +111,20 @@ def test_a_stray_line_before_the_msh_is_refused_as_such(store: Store, tmp_path: 
     assert "[intake.no-msh]" in seg["ERR"][8]
     assert "several" not in seg["ERR"][8]
     assert store.count("received") == 0 and store.count("rejected") == 1
+
+
+def test_a_raw_nul_in_msh10_is_refused_and_kept_as_evidence(store: Store, tmp_path: Path) -> None:
+    """A control byte refuses the message (AR naming MSH-10); the refused message is
+    kept, as every refusal is. On PostgreSQL, whose text holds no NUL, keeping it failed
+    (its MSH-10, read from the bytes, went to a text column): no evidence of it."""
+    data = with_control_id(example("ref_i12_nsch_to_hkpmc.hl7"), "NUL\x001")
+    with Listener(settings_for(tmp_path), store) as listener:
+        client = Client(listener.port)
+        seg = segments(client.call(data))
+        client.close()
+    assert seg["MSA"][1] == "AR" and seg["ERR"][2] == "MSH^1^10"
+    rejected = store.find(MessageFilter(state="rejected")).items
+    assert len(rejected) == 1 and rejected[0].control_id == "NUL\ufffd1"
+    kept = store.get(rejected[0].id)
+    assert kept is not None and kept.raw == data
+    assert kept.outcomes[0].issues[0]["code"] == "intake.binary"

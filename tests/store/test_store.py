@@ -238,6 +238,34 @@ def test_header_values_longer_than_their_columns_are_kept_clipped(store: Store) 
     assert found is not None and found.summary.control_id == "D" * 255
 
 
+def test_header_values_holding_nul_are_kept_with_u_fffd(store: Store) -> None:
+    """A refused HL7 message's MSH-10 or MSH-4 holding a raw NUL (read from its bytes to
+    keep it as evidence), a DICOM header with one: PostgreSQL's text holds no NUL, the
+    insert failed, and with it every message of the listener's group commit. The header
+    is kept with U+FFFD in its place; the bytes are kept as sent; a resend is one row."""
+    raw = b"MSH|^~\\&|HIS|L\x00AX|GW|GW|20260101||ORU^R01|C\x001|P|2.5\r"
+    nul = Incoming(
+        raw, "mllp", peer="p\0", auth_sender="a\0", sender="L\0AX", control_id="C\0" + "1",
+        message_type="ORU\0", charset="x\0", state="rejected",
+    )  # fmt: skip
+    first, beside = store.receive_many([nul, msg("OK-1")])
+    assert store.receive(nul) == Receipt(first.id, True, 1, False, "rejected")
+    found = store.get(first.id)
+    assert found is not None and found.raw == raw
+    summary = found.summary
+    assert (summary.sender, summary.control_id, summary.peer) == (
+        "L\ufffdAX",
+        "C\ufffd1",
+        "p\ufffd",
+    )
+    assert store.state_of(beside.id) == "received"
+    outcome = StageOutcome("convert", "failed", control_id="D\0", sender="S\0")
+    learnt = store.receive(Incoming(b"other", "api"))
+    store.record_outcome(learnt.id, outcome)
+    found = store.get(learnt.id)
+    assert found is not None and found.summary.control_id == "D\ufffd"
+
+
 def test_prune_keeps_stubs_and_never_touches_waiting_messages(store: Store) -> None:
     done = store.receive(msg("DONE"))
     store.record_outcome(done.id, StageOutcome("convert", "converted", output=b"{}"))
@@ -289,6 +317,19 @@ def test_dicom_instances_become_one_study_message(store: Store, converter: Conve
     expected = list(converter.convert_files(files))
     assert len(expected) == 1
     assert outcome.output == expected[0].bundle_json
+
+
+def test_a_calling_ae_title_holding_nul_is_kept_with_u_fffd(store: Store) -> None:
+    """A DICOM listener letting in any AE title ("*"): one holding NUL was stored as the
+    instance's peer, and on PostgreSQL (its text holds no NUL) the insert failed; the
+    sender was told to retry, for ever."""
+    _, data = _instances()[0]
+    study, series, sop = _uids(data)
+    assert store.add_instance(DicomInstance(study, series, sop, data, peer="CT\x0001@10.0.0.9"))
+    receipt = store.commit_study(study)
+    assert receipt is not None
+    stored = store.get(receipt.id)
+    assert stored is not None and stored.summary.peer == "CT\ufffd01@10.0.0.9"
 
 
 def test_dicom_study_grown_later_is_a_new_revision(store: Store) -> None:

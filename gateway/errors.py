@@ -230,21 +230,23 @@ def first_nul(named: Iterable[tuple[str, str | None]]) -> str | None:
 def nul_path(node: Any, path: str) -> str | None:
     """The FHIRPath of the first element of parsed JSON ``node`` (at ``path``) whose
     string or member name holds U+0000, or None: FHIR strings carry no NUL (R4
-    datatypes: string), and PostgreSQL's text columns cannot hold one."""
-    if isinstance(node, str):
-        return path if "\0" in node else None
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if "\0" in key:
-                return path
-            found = nul_path(value, f"{path}.{key}")
-            if found is not None:
-                return found
-    elif isinstance(node, list):
-        for n, value in enumerate(node):
-            found = nul_path(value, f"{path}[{n}]")
-            if found is not None:
-                return found
+    datatypes: string), and PostgreSQL's text columns cannot hold one. Walked without
+    recursion: orjson reads 1,024 levels, deeper than Python recurses."""
+    # (value, its path, the path to name when its member name holds a NUL)
+    stack: list[tuple[Any, str, str | None]] = [(node, path, None)]
+    while stack:
+        here, where, named = stack.pop()
+        if named is not None:
+            return named
+        if isinstance(here, str):
+            if "\0" in here:
+                return where
+        elif isinstance(here, dict):
+            stack += [
+                (v, f"{where}.{k}", where if "\0" in k else None) for k, v in reversed(here.items())
+            ]
+        elif isinstance(here, list):
+            stack += [(v, f"{where}[{n}]", None) for n, v in reversed(list(enumerate(here)))]
     return None
 
 

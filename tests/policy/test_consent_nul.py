@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from gateway.policy import Policy, PolicyError, PolicyRecords
@@ -62,3 +63,17 @@ def test_a_consent_holding_nul_is_refused_naming_the_element(
     assert refused.value.location == element
     assert "U+0000" in refused.value.issue.message and "A123" not in str(refused.value)
     assert records.list_consents(f"{HKID}|A1234563") == []
+
+
+def test_a_nul_nested_deeper_than_python_recurses_is_refused(store: Store, policy: Policy) -> None:
+    """orjson reads 1,024 levels: the search for a NUL walks them without recursion (a
+    RecursionError was a 500)."""
+    records = PolicyRecords(store, policy)
+    sent = consent((HKID, "A1234563"), "HKPMC")
+    sent["extension"] = [{"url": "https://example.org/deep", "valueString": "ok", "x": "DEEP"}]
+    deep = b"[" * 1_020 + b'"x\\u0000"' + b"]" * 1_020  # orjson writes only 254 levels
+    body = orjson.dumps(sent).replace(b'"DEEP"', deep)
+    with pytest.raises(PolicyError) as refused:
+        records.import_consent(body)
+    assert refused.value.code == "policy.consent-invalid"
+    assert refused.value.location.startswith("Consent.extension[0].x[0][0]")

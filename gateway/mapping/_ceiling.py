@@ -1,0 +1,352 @@
+"""The ``ceiling`` mapping target (issue 18): one generated function per message mapping.
+
+Where the compiled target (gateway/mapping/_codegen.py) generates one function per unit
+(a fragment, a template, a message's resources) called by :class:`MessageMapping.run`,
+this one generates, for each message mapping named in :data:`TARGETS`, a single
+``build(view, env, tz, lenient)``: the message's variables, every resource entry, the
+Bundle's identifier and timestamp, and the Bundle itself, in one body. It either
+returns exactly what the compiled engine's ``run`` would (the Bundle, the warnings) or
+raises :class:`Fallback`, and then the whole message is mapped again by the compiled
+engine (:meth:`MessageMapping.run`): a construct not lowered here, an error or a rare
+case never gives other output, only the slower path. docs/notes: /work/notes/ceiling_design.md.
+
+What it lowers beyond the compiled target (first slice):
+
+- the message's shell: its variables, its ``one-patient`` check, its Bundle, inline;
+- a field's repetitions (``each: PID-3``) whose body reads only components of the
+  repetition: read from the segment's text, split once per repetition, without a view
+  node (``Position``) made for each one nor an accessor called per component.
+
+Every error path (a refused conversion, an unknown code, a required value missing)
+raises :class:`Fallback`: the compiled engine then gives the error, or the lenient
+field's warning, in its own words and order. ``GATEWAY_MAPPING_ENGINE=ceiling`` selects
+it (never the default); tests/mapping/test_codegen.py proves it byte for byte.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from bisect import bisect_left
+from collections import Counter
+from typing import Any
+
+from ._bundle import BundleBuilder, fresh_resource_id
+from ._codegen import Lowering, _Func
+from ._compile import _CONSTANTS, SHAPES, Ctx, Fn
+
+__all__ = ["STATS", "TARGETS", "Ceiling", "Fallback"]
+
+log = logging.getLogger(__name__)
+
+# The message mappings lowered whole (the others keep the compiled target): one at a
+# time, each proven byte for byte before the next.
+TARGETS = frozenset({"ORDER.yaml"})
+
+# Messages built by the ceiling target ("built") and those that fell back, by reason
+# ("fallback:<reason>"): tests assert the fallback rate, benches report it. A handful
+# of keys, counted for the life of the process.
+STATS: Counter[str] = Counter()
+
+
+class Fallback(Exception):  # not an error: the slower path is taken
+    """The generated function does not build this message: the compiled engine does."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+# -- what the generated code calls ------------------------------------------------------
+
+
+def field_text(view: Any, segment: str, field: int, here: Any) -> str | None:
+    """The raw text of ``segment``-``field`` in ``here``'s group (its first segment of
+    that name), or None: what the view's field accessor would split into nodes."""
+    found = view._positions.get(segment)
+    if not found:
+        return None
+    i = bisect_left(found, here.start)
+    if i >= len(found) or found[i] >= here.end:
+        return None
+    fields = view._segs[found[i]]
+    if field >= len(fields):
+        return None
+    return fields[field] or None
+
+
+def cells(view: Any, text: str, n: int) -> list[str | None]:
+    """The first ``n`` components of the repetition ``text`` as the view reads them
+    (``view.first('.C', node)`` for C of 1..n): cut at the first subcomponent,
+    unescaped, stripped, None for an empty one or HL7's ``""`` (_view.components)."""
+    parts = text.split(view._cs, n)[:n]
+    ss, es = view._ss, view._es
+    out: list[str | None]
+    if ss not in text and es not in text:
+        out = [v if (v := raw.strip()) and v != '""' else None for raw in parts]
+    else:
+        out = []
+        for raw in parts:
+            if raw and ss in raw:
+                raw = raw.split(ss, 1)[0]
+            if raw and es in raw:
+                raw = view.unescape(raw)
+            value = raw.strip()
+            out.append(value if value and value != '""' else None)
+    if len(out) < n:
+        out += [None] * (n - len(out))
+    return out
+
+
+def subcell(view: Any, text: str, component: int, sub: int) -> str | None:
+    """``view.first('.C.S', node)`` of the repetition ``text`` (_view.subcomponent_of)."""
+    parts = text.split(view._cs)
+    if component > len(parts) or not parts[component - 1]:
+        return None
+    subs = parts[component - 1].split(view._ss)
+    if sub > len(subs):
+        return None
+    raw = subs[sub - 1]
+    if not raw:
+        return None
+    if view._es in raw:
+        raw = view.unescape(raw)
+    value = raw.strip()
+    return value if value and value != '""' else None
+
+
+# -- the generator ------------------------------------------------------------------------
+
+# PID-3: a field of its group's first segment of that name, whole (not MSH-1/2, which
+# the view reads as delimiters: MSH is left to the accessors)
+_FIELD = re.compile(r"([A-Z][A-Z0-9]{2})-([1-9]\d*)\Z")
+_RELATIVE = re.compile(r"\.([1-9]\d*)(?:\.([1-9]\d*))?\Z")
+
+
+class _RawFunc(_Func):
+    """A generated function some of whose node variables hold a repetition's raw text
+    (:attr:`raw`) rather than a view node: their components are read from the text."""
+
+    def __init__(self, reader: Any, components: str | None) -> None:
+        super().__init__(reader, components)
+        self.raw: set[str] = set()
+
+    def look(self, ind: int, method: str, path: str, h: str) -> str:
+        if h not in self.raw:
+            return super().look(ind, method, path, h)
+        m = _RELATIVE.match(path)
+        assert method == "first" and m is not None, path  # Ceiling._raw_body checked it
+        component, sub = int(m[1]), int(m[2] or 0)
+        found = self._known.get((method, path, h))
+        if found is not None and found[1] <= ind:
+            return found[0]
+        v = self.var("q")
+        if sub <= 1:  # .C and .C.1 are the same value: one of the repetition's cells
+            p = self._read(ind, h, component)
+            self.add(ind, f"{v} = {p}[{component - 1}]  # {path}")
+        else:
+            self.add(ind, f"{v} = subcell(view, {h}, {component}, {sub})  # {path}")
+        self._known[(method, path, h)] = (v, ind)
+        return v
+
+    def finish(self) -> None:
+        for p, (line, n, ind, h) in self._reads.items():
+            if h in self.raw:
+                self.lines[line] = "    " * ind + f"{p} = cells(view, {h}, {n})"
+            else:
+                self.lines[line] = "    " * ind + f"{p} = {self.components}(view, {h}, {n})"
+
+
+# Constructs a repetition's body may hold to be read from its text: values made of its
+# components, constants, variables, functions, references (no node of its own needed).
+_RAW_KINDS = frozenset(
+    {"object", "list", "when", "first", "join", "plain", "path", "fn", "var", "ref", "refs"}
+)
+_RAW_CONDITIONS = frozenset({"present", "not", "all", "any", "equals", "in"})
+# Indentation below which a repetition's body is generated (Lowering calls a spec deeper
+# than _codegen._MAX_DEPTH with its context, which here would be the wrong node's)
+_RAW_DEPTH = 20
+
+
+def _leaf_inline(leaf: Any) -> bool:
+    """Whether Lowering._leaf generates ``leaf`` inline, with its error path apart (the
+    value as it is, a conversion alone, or a look-up alone): a leaf called with the
+    context would name the field from the context's node, not the repetition's."""
+    shape = SHAPES.get(leaf)
+    if shape == ("identity",):
+        return True
+    return shape is not None and shape[0] == "leaf" and (shape[1] is None or shape[2] is None)
+
+
+class Ceiling(Lowering):
+    """Generates the ``build`` function of one message mapping (see the module's doc)."""
+
+    def __init__(self, view: Any) -> None:
+        super().__init__(None, view)
+        self.ns.update(
+            {
+                "Fallback": Fallback,
+                "BundleBuilder": BundleBuilder,
+                "Ctx": Ctx,
+                "fresh_resource_id": fresh_resource_id,
+                "field_text": field_text,
+                "cells": cells,
+                "subcell": subcell,
+            }
+        )
+
+    def build(
+        self,
+        name: str,
+        variables: dict[str, Fn],
+        entries: Fn,
+        identifier: Fn,
+        timestamp: Fn,
+        one_patient: str | None,
+    ) -> Any:
+        """The compiled ``build(view, env, tz, lenient) -> (bundle, warnings)`` of the
+        message mapping ``name``, or None when the generated code does not compile."""
+        source = self.build_source(name, variables, entries, identifier, timestamp, one_patient)
+        try:
+            exec(compile(source, f"<ceiling {name}>", "exec"), self.ns)
+        except (SyntaxError, RecursionError, MemoryError, ValueError) as exc:
+            log.warning("mapping %s: ceiling code refused (%s); compiled target used", name, exc)
+            return None
+        self.sources.append(source)
+        return self.ns["build"]
+
+    def build_source(
+        self,
+        name: str,
+        variables: dict[str, Fn],
+        entries: Fn,
+        identifier: Fn,
+        timestamp: Fn,
+        one_patient: str | None,
+    ) -> str:
+        assert self.view is not None  # made for a view with accessors (MappingSet)
+        f = _RawFunc(self._accessor, self._name(self.view.components, "CP"))
+        f.add(0, f"def build(view, env, tz, lenient):  # {name}")
+        # Accessors and raw reads know Hl7View's tables; a view with control characters
+        # warns as it is read, and a traced one records its reads: the compiled engine.
+        f.add(1, f"if view.__class__ is not {self._name(self.view, 'V')}:")
+        f.add(2, "raise Fallback('view')")
+        f.add(1, "if not view._plain or view.read is not None:")
+        f.add(2, "raise Fallback('controls-or-trace')")
+        f.add(1, "h0 = view.root")
+        if one_patient is not None:
+            f.add(1, f"if len({self._accessor('select', one_patient)}(view, h0)) > 1:")
+            f.add(2, "raise Fallback('several-patients')")
+        f.add(1, "state = BundleBuilder()")
+        f.add(1, "ctx = Ctx(view, h0, {}, state, env, tz, '', lenient)")
+        c = self._with(f, "ctx", "h0", 1, variables)
+        self.emit(f, entries, f.var("v"), c, "h0", 1)
+        ident = f.var("i")
+        self.emit(f, identifier, ident, c, "h0", 1)
+        f.add(1, f"if not {ident} or not {ident}.get('system') or not {ident}.get('value'):")
+        f.add(2, "raise Fallback('no-identity')")
+        # the record's own message id: never met again, not cached (as MessageMapping.run)
+        rid = f"fresh_resource_id('Bundle', {ident}['system'], {ident}['value'])"
+        f.add(
+            1,
+            "bundle = {'resourceType': 'Bundle', "
+            f"'id': {rid}, 'identifier': {ident}, 'type': 'transaction'}}",
+        )
+        ts = f.var("t")
+        self.emit(f, timestamp, ts, c, "h0", 1)
+        f.add(1, f"if {ts}:")
+        f.add(2, f"bundle['timestamp'] = {ts}")
+        f.add(1, "bundle['entry'] = state.entries")
+        f.add(1, "return bundle, state.warnings")
+        f.finish()
+        return "\n".join(f.lines) + "\n"
+
+    # -- error paths: the compiled engine gives the error (or the lenient warning) ------
+    def _at_error(self, f: _Func, c: str, ind: int) -> str:  # type: ignore[override]
+        f.add(ind, "raise Fallback('error-path')")
+        return c
+
+    # -- a field's repetitions read from its text -----------------------------------------
+    def _each(self, f: _Func, t: str, c: str, h: str, ind: int, *shape: Any) -> None:
+        selector, keep, body = shape
+        m = _FIELD.match(selector)
+        if (
+            m is None
+            or m[1] == "MSH"
+            or keep is not None
+            or not isinstance(f, _RawFunc)
+            or h in f.raw
+        ):
+            super()._each(f, t, c, h, ind, *shape)
+            return
+        inner = self._raw_body(body, selector) if ind < _RAW_DEPTH else None
+        if inner is None:
+            super()._each(f, t, c, h, ind, *shape)
+            return
+        out, v, x, r = f.var("o"), f.var("v"), f.var("x"), f.var("r")
+        f.add(ind, f"{out} = []")
+        f.add(ind, f"{x} = field_text(view, {m[1]!r}, {m[2]}, {h})  # {selector}")
+        f.add(ind, f"if {x} is not None:")
+        # each non-empty repetition, as the view's field accessor selects them
+        f.add(ind + 1, f"for {r} in {x}.split(view._rs):")
+        f.add(ind + 2, f"if not {r}:")
+        f.add(ind + 3, "continue")
+        f.raw.add(r)
+        self.emit(f, inner, v, c, r, ind + 2)
+        self._extend(f, out, body, v, ind + 2)
+        f.add(ind, f"{t} = {out} or None")
+
+    def _raw_body(self, body: Fn, site: str) -> Fn | None:
+        """The spec to generate for ``body`` read from a repetition's text (``body``, or
+        the closure of a record's own memoised fragment), or None when some construct
+        in it needs a view node (another path than a component, a nested loop, a
+        memoised value, a context of its own)."""
+        # a fragment memoised at a record's own field (PID-3) is generated inline, as
+        # the compiled target does it (Lowering._direct); any other memoised one is not
+        own = self._own(body, (site,)) if body not in SHAPES else None
+        spec = own if own is not None else body
+        return spec if self._raw_ok(spec) else None
+
+    def _raw_ok(self, fn: Any) -> bool:
+        if fn in _CONSTANTS:
+            return True
+        shape = SHAPES.get(fn)
+        if shape is None:
+            own = self._own(fn)
+            return own is not None and self._raw_ok(own)
+        kind = shape[0]
+        if kind not in _RAW_KINDS:
+            return False
+        if kind == "path" and not _leaf_inline(shape[2]):
+            return False
+        if kind == "plain":
+            return _RELATIVE.match(shape[1]) is not None
+        if kind == "path":
+            return all(_RELATIVE.match(alt) for alt in shape[1]) and self._raw_ok_missing(shape[3])
+        if kind == "object":
+            return all(self._raw_ok(step[2]) for step in shape[1] if step[2] is not None)
+        if kind in ("list", "first", "join"):
+            return all(self._raw_ok(part) for part in shape[1])
+        if kind == "when":
+            return self._cond_ok(shape[1]) and self._raw_ok(shape[2])
+        if kind == "fn":
+            return all(self._raw_ok(arg) for _, arg in shape[2])
+        if kind == "ref":
+            return shape[2] is None or self._raw_ok(shape[2])
+        return True  # var, refs: no node read
+
+    @staticmethod
+    def _raw_ok_missing(missing: Any) -> bool:
+        # a default, None or a raise (the error path falls back): no node read
+        shape = SHAPES.get(missing)
+        return shape is not None
+
+    def _cond_ok(self, cond: Any) -> bool:
+        shape = SHAPES.get(cond)
+        if shape is None or shape[0] not in _RAW_CONDITIONS:
+            return False
+        if shape[0] == "not":
+            return self._cond_ok(shape[1])
+        if shape[0] in ("all", "any"):
+            return all(self._cond_ok(part) for part in shape[1])
+        return self._raw_ok(shape[1])

@@ -33,7 +33,8 @@ from typing import Any
 
 from ._bundle import BundleBuilder, fresh_resource_id
 from ._codegen import Lowering, _Func
-from ._compile import _CONSTANTS, SHAPES, Ctx, Fn
+from ._compile import _CONSTANTS, SAME_AS, SHAPES, Ctx, Fn
+from ._memo import MEMOS
 
 __all__ = ["STATS", "TARGETS", "Ceiling", "Fallback"]
 
@@ -78,24 +79,40 @@ def field_text(view: Any, segment: str, field: int, here: Any) -> str | None:
 def cells(view: Any, text: str, n: int) -> list[str | None]:
     """The first ``n`` components of the repetition ``text`` as the view reads them
     (``view.first('.C', node)`` for C of 1..n): cut at the first subcomponent,
-    unescaped, stripped, None for an empty one or HL7's ``""`` (_view.components)."""
-    parts = text.split(view._cs, n)[:n]
+    unescaped, stripped, None for an empty one or HL7's ``""`` (_view.components).
+    A loop, not a comprehension: one call per repetition, not two."""
     ss, es = view._ss, view._es
-    out: list[str | None]
-    if ss not in text and es not in text:
-        out = [v if (v := raw.strip()) and v != '""' else None for raw in parts]
-    else:
-        out = []
-        for raw in parts:
+    special = ss in text or es in text
+    out: list[str | None] = []
+    for raw in text.split(view._cs, n)[:n]:
+        if special:
             if raw and ss in raw:
                 raw = raw.split(ss, 1)[0]
             if raw and es in raw:
                 raw = view.unescape(raw)
-            value = raw.strip()
-            out.append(value if value and value != '""' else None)
+        value = raw.strip()
+        out.append(value if value and value != '""' else None)
     if len(out) < n:
         out += [None] * (n - len(out))
     return out
+
+
+def cell(view: Any, text: str, component: int) -> str | None:
+    """``view.first('SEG-F.C', group)`` of the field's ``text`` holding a repetition, a
+    subcomponent or an escape (the generated code reads the others inline)."""
+    cut = text.find(view._rs)
+    if cut >= 0:
+        text = text[:cut]
+    parts = text.split(view._cs)
+    if component > len(parts):
+        return None
+    raw = parts[component - 1]
+    if view._ss in raw:
+        raw = raw.split(view._ss, 1)[0]
+    if view._es in raw:
+        raw = view.unescape(raw)
+    value = raw.strip()
+    return value if value and value != '""' else None
 
 
 def subcell(view: Any, text: str, component: int, sub: int) -> str | None:
@@ -121,6 +138,8 @@ def subcell(view: Any, text: str, component: int, sub: int) -> str | None:
 # the view reads as delimiters: MSH is left to the accessors)
 _FIELD = re.compile(r"([A-Z][A-Z0-9]{2})-([1-9]\d*)\Z")
 _RELATIVE = re.compile(r"\.([1-9]\d*)(?:\.([1-9]\d*))?\Z")
+# OBR-27.6: a field (its first repetition) of the group's first segment of that name
+_ABSOLUTE = re.compile(r"([A-Z][A-Z0-9]{2})-([1-9]\d*)(?:\.([1-9]\d*)(?:\.([1-9]\d*))?)?\Z")
 
 
 class _RawFunc(_Func):
@@ -133,7 +152,10 @@ class _RawFunc(_Func):
 
     def look(self, ind: int, method: str, path: str, h: str) -> str:
         if h not in self.raw:
-            return super().look(ind, method, path, h)
+            m = _ABSOLUTE.match(path) if method == "first" else None
+            if m is None or m[1] == "MSH" or int(m[4] or 1) > 1:  # MSH-1/2, .C.S: the view
+                return super().look(ind, method, path, h)
+            return self._field(ind, path, h, m[1], int(m[2]), int(m[3] or 1))
         m = _RELATIVE.match(path)
         assert method == "first" and m is not None, path  # Ceiling._raw_body checked it
         component, sub = int(m[1]), int(m[2] or 0)
@@ -148,6 +170,53 @@ class _RawFunc(_Func):
             self.add(ind, f"{v} = subcell(view, {h}, {component}, {sub})  # {path}")
         self._known[(method, path, h)] = (v, ind)
         return v
+
+    def _field(self, ind: int, path: str, h: str, segment: str, field: int, component: int) -> str:
+        """A variable holding ``view.first(path, h)`` for ``SEG-F[.C]``, read without a
+        call: the group's segment found once (:meth:`_segment`), the field's text split
+        in place when it holds no repetition, subcomponent or escape (most), else read
+        by ``cell``."""
+        key = ("first", path, h)
+        found = self._known.get(key)
+        if found is not None and found[1] <= ind:
+            return found[0]
+        sv = self._segment(ind, segment, h)
+        v, x = self.var("q"), self.var("x")
+        self.add(ind, f"{v} = None  # {path}")
+        self.add(ind, f"if {sv} is not None and len({sv}) > {field}:")
+        self.add(ind + 1, f"{x} = {sv}[{field}]")
+        self.add(ind + 1, f"if {x}:")
+        self.add(ind + 2, f"if rs in {x} or ss in {x} or es in {x}:")
+        self.add(ind + 3, f"{v} = cell(view, {x}, {component})")
+        self.add(ind + 2, "else:")
+        if component == 1:
+            self.add(ind + 3, f"{x} = {x}.partition(cs)[0].strip()")
+        else:
+            p = self.var("p")
+            self.add(ind + 3, f"{p} = {x}.split(cs)")
+            self.add(
+                ind + 3, f"{x} = {p}[{component - 1}].strip() if len({p}) > {component - 1} else ''"
+            )
+        self.add(ind + 3, f"if {x} and {x} != '\"\"':")
+        self.add(ind + 4, f"{v} = {x}")
+        self._known[key] = (v, ind)
+        return v
+
+    def _segment(self, ind: int, segment: str, h: str) -> str:
+        """A variable holding the fields of ``h``'s group's first ``segment`` (or None),
+        found here unless known: the accessor's bisect, once per group and segment."""
+        found = self._known.get(("segment", segment, h))
+        if found is not None and found[1] <= ind:
+            return found[0]
+        sv, pv, iv = self.var("S"), self.var("f"), self.var("i")
+        self.add(ind, f"{sv} = None")
+        self.add(ind, f"{pv} = view._positions.get({segment!r})")
+        self.add(ind, f"if {pv}:")
+        self.add(ind + 1, f"{iv} = bisect_left({pv}, {h}.start)")
+        self.add(ind + 1, f"if {iv} < len({pv}) and {pv}[{iv}] < {h}.end:")
+        self.add(ind + 2, f"{sv} = view._segs[{pv}[{iv}]]")
+        self._known[("segment", segment, h)] = (sv, ind)
+        return sv
 
     def finish(self) -> None:
         for p, (line, n, ind, h) in self._reads.items():
@@ -192,6 +261,8 @@ class Ceiling(Lowering):
                 "field_text": field_text,
                 "cells": cells,
                 "subcell": subcell,
+                "cell": cell,
+                "bisect_left": bisect_left,
             }
         )
 
@@ -234,6 +305,7 @@ class Ceiling(Lowering):
         f.add(1, "if not view._plain or view.read is not None:")
         f.add(2, "raise Fallback('controls-or-trace')")
         f.add(1, "h0 = view.root")
+        f.add(1, "rs, cs, ss, es = view._rs, view._cs, view._ss, view._es")
         if one_patient is not None:
             f.add(1, f"if len({self._accessor('select', one_patient)}(view, h0)) > 1:")
             f.add(2, "raise Fallback('several-patients')")
@@ -265,6 +337,20 @@ class Ceiling(Lowering):
     def _at_error(self, f: _Func, c: str, ind: int) -> str:  # type: ignore[override]
         f.add(ind, "raise Fallback('error-path')")
         return c
+
+    # -- entries ------------------------------------------------------------------------
+    def _add(self, f: _Func, t: str, c: str, h: str, ind: int, key: str, template: Any) -> None:
+        """A template whose fields are not memoised (an order's: it reads the message
+        root) is generated inline, where the compiled target calls its unit."""
+        fields = template.fields
+        inner = SAME_AS.get(fields)
+        if fields in MEMOS or inner is None or ind > _RAW_DEPTH:
+            super()._add(f, t, c, h, ind, key, template)
+            return
+        v = f.var("v")
+        self.emit(f, inner, v, c, h, ind)
+        f.add(ind, f"state.add({key!r}, {self._name(template, 'R')}, {v} or {{}}, {h})")
+        f.add(ind, f"{t} = None")
 
     # -- a field's repetitions read from its text -----------------------------------------
     def _each(self, f: _Func, t: str, c: str, h: str, ind: int, *shape: Any) -> None:

@@ -15,7 +15,16 @@ What it lowers beyond the compiled target (first slice):
 - the message's shell: its variables, its ``one-patient`` check, its Bundle, inline;
 - a field's repetitions (``each: PID-3``) whose body reads only components of the
   repetition: read from the segment's text, split once per repetition, without a view
-  node (``Position``) made for each one nor an accessor called per component.
+  node (``Position``) made for each one nor an accessor called per component;
+- a group's absolute reads (``OBR-27.6``): its segment found once per group, the field
+  split in place, no accessor called (a field holding a repetition, a subcomponent or
+  an escape is read by ``cell``);
+- a template whose fields are not memoised (an order's) inline, not its unit called.
+
+Not yet (the compiled target's code is generated there, or its functions called): the
+shared entries (organisations, staff) memoised whole, the entries' ids and requests
+(BundleBuilder.add), the narratives (added after, by the pipeline, as today), the
+validation.
 
 Every error path (a refused conversion, an unknown code, a required value missing)
 raises :class:`Fallback`: the compiled engine then gives the error, or the lenient
@@ -59,21 +68,6 @@ class Fallback(Exception):  # not an error: the slower path is taken
 
 
 # -- what the generated code calls ------------------------------------------------------
-
-
-def field_text(view: Any, segment: str, field: int, here: Any) -> str | None:
-    """The raw text of ``segment``-``field`` in ``here``'s group (its first segment of
-    that name), or None: what the view's field accessor would split into nodes."""
-    found = view._positions.get(segment)
-    if not found:
-        return None
-    i = bisect_left(found, here.start)
-    if i >= len(found) or found[i] >= here.end:
-        return None
-    fields = view._segs[found[i]]
-    if field >= len(fields):
-        return None
-    return fields[field] or None
 
 
 def cells(view: Any, text: str, n: int) -> list[str | None]:
@@ -258,7 +252,6 @@ class Ceiling(Lowering):
                 "BundleBuilder": BundleBuilder,
                 "Ctx": Ctx,
                 "fresh_resource_id": fresh_resource_id,
-                "field_text": field_text,
                 "cells": cells,
                 "subcell": subcell,
                 "cell": cell,
@@ -335,6 +328,9 @@ class Ceiling(Lowering):
 
     # -- error paths: the compiled engine gives the error (or the lenient warning) ------
     def _at_error(self, f: _Func, c: str, ind: int) -> str:  # type: ignore[override]
+        """Where the compiled target makes a context to name a field in an error (or to
+        drop a lenient field's value with a warning): fall back. The lines that the
+        compiled generator writes after it stay, unreachable."""
         f.add(ind, "raise Fallback('error-path')")
         return c
 
@@ -357,10 +353,10 @@ class Ceiling(Lowering):
         selector, keep, body = shape
         m = _FIELD.match(selector)
         if (
-            m is None
+            not isinstance(f, _RawFunc)
+            or m is None
             or m[1] == "MSH"
             or keep is not None
-            or not isinstance(f, _RawFunc)
             or h in f.raw
         ):
             super()._each(f, t, c, h, ind, *shape)
@@ -371,10 +367,11 @@ class Ceiling(Lowering):
             return
         out, v, x, r = f.var("o"), f.var("v"), f.var("x"), f.var("r")
         f.add(ind, f"{out} = []")
-        f.add(ind, f"{x} = field_text(view, {m[1]!r}, {m[2]}, {h})  # {selector}")
-        f.add(ind, f"if {x} is not None:")
+        sv = f._segment(ind, m[1], h)
+        f.add(ind, f"{x} = {sv}[{m[2]}] if {sv} is not None and len({sv}) > {m[2]} else ''")
+        f.add(ind, f"if {x}:  # {selector}")
         # each non-empty repetition, as the view's field accessor selects them
-        f.add(ind + 1, f"for {r} in {x}.split(view._rs):")
+        f.add(ind + 1, f"for {r} in {x}.split(rs):")
         f.add(ind + 2, f"if not {r}:")
         f.add(ind + 3, "continue")
         f.raw.add(r)

@@ -158,8 +158,17 @@ class _RawFunc(_Func):
             return found[0]
         v = self.var("q")
         if sub <= 1:  # .C and .C.1 are the same value: one of the repetition's cells
+            # its components as split (or, holding a subcomponent or escape, as cleaned
+            # by ``cells``: stripping them again changes nothing), read without a call
             p = self._read(ind, h, component)
-            self.add(ind, f"{v} = {p}[{component - 1}]  # {path}")
+            i = component - 1
+            self.add(ind, f"{v} = {p}[{i}] if len({p}) > {i} else None  # {path}")
+            self.add(ind, f"if {v}:")
+            self.add(ind + 1, f"{v} = {v}.strip() or None")
+            self.add(ind + 1, f"if {v} == '\"\"':")
+            self.add(ind + 2, f"{v} = None")
+            self.add(ind, "else:")
+            self.add(ind + 1, f"{v} = None")
         else:
             self.add(ind, f"{v} = subcell(view, {h}, {component}, {sub})  # {path}")
         self._known[(method, path, h)] = (v, ind)
@@ -215,7 +224,8 @@ class _RawFunc(_Func):
     def finish(self) -> None:
         for p, (line, n, ind, h) in self._reads.items():
             if h in self.raw:
-                self.lines[line] = "    " * ind + f"{p} = cells(view, {h}, {n})"
+                read = f"cells(view, {h}, {n}) if ss in {h} or es in {h} else {h}.split(cs, {n})"
+                self.lines[line] = "    " * ind + f"{p} = {read}"
             else:
                 self.lines[line] = "    " * ind + f"{p} = {self.components}(view, {h}, {n})"
 

@@ -19,7 +19,10 @@ What it lowers beyond the compiled target (first slice):
 - a group's absolute reads (``OBR-27.6``): its segment found once per group, the field
   split in place, no accessor called (a field holding a repetition, a subcomponent or
   an escape is read by ``cell``);
-- a template whose fields are not memoised (an order's) inline, not its unit called.
+- a template whose fields are not memoised (an order's) inline, not its unit called;
+- ``at: ORC-2 | OBR-2`` whose body and ``with`` values read only components of the node
+  (a record's own fragment): the field's first non-empty repetition read from its
+  text, no node nor context made.
 
 Not yet (the compiled target's code is generated there, or its functions called): the
 shared entries (organisations, staff) memoised whole, the entries' ids and requests
@@ -389,14 +392,69 @@ class Ceiling(Lowering):
         self._extend(f, out, body, v, ind + 2)
         f.add(ind, f"{t} = {out} or None")
 
-    def _raw_body(self, body: Fn, site: str) -> Fn | None:
+    def _at(self, f: _Func, t: str, c: str, h: str, ind: int, *shape: Any) -> None:
+        """``at: ORC-2 | OBR-2`` (a field of the group's segment, its first non-empty
+        repetition) whose body and ``with`` values read only components of it: read from
+        the field's text, as :meth:`_each`, without the node, nor a context for it (the
+        ``with`` values are the function's locals, see _codegen._read_var)."""
+        at, extra, body = shape
+        fields = [_FIELD.match(alt) for alt in at or ()]
+        inner = None
+        if (
+            isinstance(f, _RawFunc)
+            and fields
+            and all(m is not None and m[1] != "MSH" for m in fields)
+            and h not in f.raw
+            and ind < _RAW_DEPTH
+            and all(self._raw_ok(fn) for fn in extra.values())
+        ):
+            inner = self._raw_body(body, *at)
+        if inner is None:
+            super()._at(f, t, c, h, ind, *shape)
+            return
+        assert isinstance(f, _RawFunc)
+        r, rr, x = f.var("r"), f.var("r"), f.var("x")
+        # each alternative's segment found here, not inside the tests below: the reads
+        # that follow in the group find it known
+        svs = [f._segment(ind, m[1], h) for m in fields if m is not None]
+        f.add(ind, f"{r} = None")
+        level = ind
+        for n, (m, sv) in enumerate(zip(fields, svs, strict=True)):
+            assert m is not None
+            if n:  # the next alternative when this one has no (non-empty) repetition
+                f.add(level, f"if {r} is None:")
+                level += 1
+            f.add(level, f"{x} = {sv}[{m[2]}] if {sv} is not None and len({sv}) > {m[2]} else ''")
+            f.add(level, f"if {x}:  # {at[n]}")
+            f.add(level + 1, f"for {rr} in {x}.split(rs):")
+            f.add(level + 2, f"if {rr}:")
+            f.add(level + 3, f"{r} = {rr}")
+            f.add(level + 3, "break")
+        f.add(ind, f"if {r} is not None:")
+        f.raw.add(r)
+        c2 = c
+        if extra:
+            values = {}
+            for key, fn in extra.items():
+                v = f.var("w")
+                self.emit(f, fn, v, c, r, ind + 1)
+                values[key] = v
+            # a context name never assigned: its variables are read from these locals,
+            # and nothing a raw body generates uses the context itself (_raw_ok)
+            c2 = f.var("c")
+            f.scopes[c2] = (c, values)
+        self.emit(f, inner, t, c2, r, ind + 1)
+        f.add(ind, "else:")
+        f.add(ind + 1, f"{t} = None")
+
+    def _raw_body(self, body: Fn, *sites: str) -> Fn | None:
         """The spec to generate for ``body`` read from a repetition's text (``body``, or
         the closure of a record's own memoised fragment), or None when some construct
         in it needs a view node (another path than a component, a nested loop, a
         memoised value, a context of its own)."""
         # a fragment memoised at a record's own field (PID-3) is generated inline, as
         # the compiled target does it (Lowering._direct); any other memoised one is not
-        own = self._own(body, (site,)) if body not in SHAPES else None
+        own = self._own(body, sites) if body not in SHAPES else None
         spec = own if own is not None else body
         return spec if self._raw_ok(spec) else None
 

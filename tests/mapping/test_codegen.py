@@ -256,6 +256,8 @@ _ORDER_CASES = {
     "order: padded": ("ORC", 5, "  SC  "),
     "order: bad date": ("OBR", 7, "2026-06-20"),
     "order: control character": ("PID", 5, "許\x1b^嘉瑋^^^^^L"),
+    "order: placer's first repetition empty": ("ORC", 2, "~HKO1^^1.2.3^ISO~HKO2"),
+    "order: placer in OBR only": ("ORC", 2, ""),
     "order: no ORC": ("ORC", 0, None),
 }
 

@@ -1,107 +1,31 @@
-"""Identifier systems as the inbound identity checks compare them (docs/inbound.md,
-"one patient"): ``https://fhir.nsch.example.cn/sid/mrn/``, ``HTTPS://FHIR.NSCH.EXAMPLE.CN/sid/mrn``
-and ``https://fhir.nsch.example.cn:443/sid/mrn`` are one system. Compared as written,
-another spelling of the same hospital's MRN system was "another system, nothing to
-compare" and let another patient's number by. Only the comparison uses this form:
-what is stored (and searched, and sent back) keeps the system as the partner wrote it.
-"""
+"""Identifier systems as the inbound identity checks compare them: the functions live
+in ``gateway/fhirsystems.py``, below the store, whose migration 0016 fills the
+``inbound_beside`` table with them exactly as the writes here do."""
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable
-from typing import Any
+from ..fhirsystems import (
+    DEFAULT_PORTS,
+    PATIENT_NAMES,
+    beside,
+    beside_rows,
+    comparable,
+    digest,
+    host_key,
+    identifier_key,
+    system_key,
+    type_codes,
+)
 
-__all__ = ["comparable", "identifier_key", "system_key"]
-
-_HIERARCHICAL = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*)://([^/?#]*)([^?#]*)(.*)", re.DOTALL)
-_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*):(.*)", re.DOTALL)
-_DEFAULT_PORTS = {"http": "80", "https": "443"}
-# host (a bracketed IPv6 literal, or up to the port's colon) and port (digits, maybe none)
-_HOST_PORT = re.compile(r"(\[[^\]]*\]|[^:]*)(?::([0-9]*))?")
-_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
-_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
-
-
-def system_key(system: str) -> str:
-    """``system`` as compared (RFC 3986 §6.2.2-6.2.3, and the trailing slash FHIR
-    systems are written with or without): scheme and host in lower case, no default
-    port (nor an empty one, nor its leading zeros), an escaped unreserved character
-    as itself (``%6Drn`` is ``mrn``) and other escapes' hex digits in capitals, no dot
-    segments (``/sid/./mrn``, ``/sid/x/../mrn``), no trailing slash; a URN's
-    ``urn:<namespace>:`` in lower case (RFC 8141: its namespace id is case-insensitive).
-    Path and value keep their case: ``/sid/MRN`` may be another system. '' (no
-    system) stays ''. Each spelling left out was a way to write another patient's
-    number as "another system, nothing to compare"."""
-    found = _HIERARCHICAL.fullmatch(system)
-    if found is not None:
-        scheme, authority = found[1].lower(), _unescaped(found[2])
-        path, rest = _without_dots(_unescaped(found[3])), _unescaped(found[4])
-        user, at, host = authority.rpartition("@")
-        return f"{scheme}://{user}{at}{_host(scheme, host)}{(path + rest).rstrip('/')}"
-    found = _SCHEME.fullmatch(system)
-    if found is None:  # a non-empty system never becomes '' (no system): "/" stays
-        return system.rstrip("/") or system[:1]
-    scheme, rest = found[1].lower(), found[2]
-    if scheme == "urn":
-        namespace, colon, tail = rest.partition(":")
-        rest = f"{namespace.lower()}{colon}{tail}"
-    return f"{scheme}:{rest.rstrip('/')}"
-
-
-def _host(scheme: str, host: str) -> str:
-    """host[:port] in lower case without the scheme's default port, or an empty one."""
-    found = _HOST_PORT.fullmatch(host)
-    if found is None:
-        return host.lower()
-    name, port = found[1].lower(), found[2]
-    if port is None or port == "" or port.lstrip("0") == _DEFAULT_PORTS.get(scheme):
-        return name
-    return f"{name}:{port.lstrip('0') or '0'}"
-
-
-def _unescaped(part: str) -> str:
-    """RFC 3986 §6.2.2.1-2: an escaped unreserved character as itself, other escapes
-    with their hex digits in capitals (``%2f`` is ``%2F``, not ``/``)."""
-
-    def one(found: re.Match[str]) -> str:
-        char = chr(int(found[1], 16))
-        return char if char in _UNRESERVED else f"%{found[1].upper()}"
-
-    return _ESCAPE.sub(one, part)
-
-
-def _without_dots(path: str) -> str:
-    """RFC 3986 §5.2.4 remove_dot_segments: ``/sid/./mrn`` and ``/sid/x/../mrn`` are
-    ``/sid/mrn``."""
-    out: list[str] = []
-    segments = path.split("/")
-    for n, segment in enumerate(segments):
-        last = n == len(segments) - 1
-        if segment == ".":
-            if last:
-                out.append("")
-        elif segment == "..":
-            if len(out) > 1:
-                out.pop()
-            if last:
-                out.append("")
-        else:
-            out.append(segment)
-    return "/".join(out)
-
-
-def comparable(identifiers: Iterable[Any], *, systemless: bool = True) -> set[tuple[str, str]]:
-    """(system as compared, value) of each Identifier (a dict with a ``value``) among
-    ``identifiers``; '' for one without a system, or (``systemless`` False) left out."""
-    return {
-        identifier_key(i)
-        for i in identifiers
-        if isinstance(i, dict) and i.get("value") and (systemless or i.get("system"))
-    }
-
-
-def identifier_key(ident: dict[str, Any]) -> tuple[str, str]:
-    """An Identifier (a dict with a ``value``) as compared: (system as compared, value),
-    '' for no system."""
-    return system_key(str(ident.get("system") or "")), str(ident["value"])
+__all__ = [
+    "DEFAULT_PORTS",
+    "PATIENT_NAMES",
+    "beside",
+    "beside_rows",
+    "comparable",
+    "digest",
+    "host_key",
+    "identifier_key",
+    "system_key",
+    "type_codes",
+]

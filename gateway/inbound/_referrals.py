@@ -31,7 +31,7 @@ from ..network import Institution, Network
 from ..partners import Partner, configured_partners
 from ..store import Store, metadata, utcnow
 from ._errors import InboundError
-from ._identity import identifier_key
+from ._identity import identifier_key, system_key
 from ._resources import Resources, Search, Stored, instant
 
 if TYPE_CHECKING:
@@ -627,12 +627,14 @@ def _same_referral(
     task: dict[str, Any], sr: dict[str, Any], ident: dict[str, Any], checked: bool
 ) -> None:
     """The Task found for a referral is that referral's: the same identifier (system and
-    value: the Task's own identifier keeps the value only) and the same patient. Else
-    the referral would change another referral's, or another patient's, Task.
-    ``checked``: the subject's identifier was compared with its stored Patient."""
+    value: the Task's own identifier keeps the value only; the system however spelled,
+    ``_identity.py``: as written, the referral resent with ``…/sid/referral/`` was
+    "another referral's" and refused) and the same patient. Else the referral would
+    change another referral's, or another patient's, Task. ``checked``: the subject's
+    identifier was compared with its stored Patient."""
     focus = _focus_identifier(task) or {}
     element = "ServiceRequest.identifier"
-    if (focus.get("system"), focus.get("value")) != (ident.get("system"), ident.get("value")):
+    if _referral_key(focus) != _referral_key(ident):
         problem = "another referral's (the identifiers differ in their system)"
     elif _unidentified(task.get("for")) or _unidentified(sr.get("subject")):
         problem = (
@@ -650,6 +652,14 @@ def _same_referral(
         f"the referral's Task is {problem}; nothing is stored",
         expression=element,
     )
+
+
+def _referral_key(ident: dict[str, Any]) -> tuple[Any, Any]:
+    """A referral's identifier as compared: its system as :func:`system_key` has it
+    (anything else, none included, as written: no system is not one written ''), its
+    value as written."""
+    system = ident.get("system")
+    return (system_key(system) if isinstance(system, str) else system), ident.get("value")
 
 
 def _unidentified(ref: Any) -> bool:

@@ -21,8 +21,8 @@ from ..errors import shape
 from ..fhirdates import DateSearchError, date_range
 from ..store import MAX_ID, Store, utcnow
 from ._errors import InboundError
-from ._identity import system_key
-from ._schema import identifiers, resources
+from ._identity import beside_rows, digest, system_key
+from ._schema import beside, identifiers, resources
 
 __all__ = [
     "ID_PATTERN",
@@ -179,14 +179,25 @@ class Resources:
 
     def _patient_keys(self, conn: Connection, patient: str) -> list[str]:
         """``patient=`` as the ``patient`` column holds it: ``Patient/id`` or ``id`` as is;
-        ``system|value`` also as every stored Patient with that identifier."""
+        ``system|value`` also as every stored Patient with that identifier, its system
+        however spelled (``_identity.py``: as written, ``patient=…/sid/mrn/|0098765``
+        found none of the records kept under 许嘉玮's Patient, and a conditional create
+        by it stored them twice). A logical reference (the column holds its
+        ``system|value`` as written) is matched as written."""
         if "|" not in patient:
             return [patient if patient.startswith("Patient/") else f"Patient/{patient}"]
-        ids = conn.execute(
-            sa.select(resources.c.logical_id).where(
-                resources.c.id.in_(_rows_with("Patient", patient)), resources.c.current.is_(True)
-            )
-        ).scalars()
+        system, value = parse_identifier(patient)
+        i, r = identifiers.c, resources.c
+        rows = conn.execute(
+            sa.select(r.logical_id, i.system)
+            .join_from(identifiers, resources, r.id == i.resource_row)
+            .where(i.resource_type == "Patient", i.value == value, r.current.is_(True))
+            .order_by(r.id)
+        ).all()
+        wanted = system_key(system or "")
+        ids = dict.fromkeys(
+            row.logical_id for row in rows if system_key(row.system or "") == wanted
+        )
         return [patient, *(f"Patient/{i}" for i in ids)]
 
     def find(
@@ -310,16 +321,50 @@ class Resources:
         out = {(row.resource_type, row.logical_id): row for row in rows}
         return {k: _stored(row) for k, row in out.items() if k in keys}
 
-    def kept_under(self, conn: Connection, patient: str) -> list[Stored]:
-        """The current versions of the resources about ``patient`` (``Patient/<id>``, as
-        the ``patient`` column holds it), whoever sent them: what a Patient stored
-        under that id would be the patient of (``_apply.py`` compares them first)."""
+    def claims_against(
+        self, conn: Connection, patient: str, key: tuple[str, str], record: tuple[str, str]
+    ) -> list[tuple[tuple[str, str], frozenset[str]]]:
+        """The identifiers (as compared, with their type codes) written beside a
+        reference to ``patient`` (``Patient/<id>``) in the current records partners
+        sent, other than ``record`` (type, id), of the system of ``key`` and another
+        value: those that may name another patient than ``key`` does (``_apply.py``
+        decides). One indexed look-up of the few rows that differ (``inbound_beside``),
+        not every record kept under that id."""
+        b, r = beside.c, resources.c
+        system, value = key
+        same = digest(value)
         rows = conn.execute(
-            _select()
-            .where(resources.c.patient == patient, resources.c.current.is_(True))
-            .order_by(resources.c.id)
+            sa.select(b.system, b.value, b.types)
+            .join(resources, r.id == b.resource_row)
+            .where(
+                b.patient == patient,
+                b.system_hash == digest(system),
+                # another value, as two ranges of the index (``<>`` is read row by row)
+                sa.or_(b.value_hash < same, b.value_hash > same),
+                r.current.is_(True),
+                r.partner.is_not(None),  # a Task made here repeats its referral's subject
+                sa.not_(sa.and_(r.resource_type == record[0], r.logical_id == record[1])),
+            )
         ).all()
-        return [_stored(r) for r in rows]
+        return [
+            ((row.system, row.value), frozenset(orjson.loads(row.types)))
+            for row in rows
+            if row.system == system and row.value != value  # the hashes, confirmed
+        ]
+
+    def kept_beside(self, conn: Connection, patient: str) -> set[tuple[str, str]]:
+        """The identifiers (as compared) written beside a reference to ``patient``
+        (``Patient/<id>``) in the current records kept under it, whoever sent them:
+        what a Patient stored under that id must agree with (``_apply.py``). Read from
+        ``inbound_beside``: no record is read."""
+        b, r = beside.c, resources.c
+        rows = conn.execute(
+            sa.select(b.system, b.value)
+            .distinct()
+            .join(resources, r.id == b.resource_row)
+            .where(b.patient == patient, r.current.is_(True))
+        ).all()
+        return {(row.system, row.value) for row in rows}
 
     def kept_by_others(self, conn: Connection, patient: str, partner: str) -> bool:
         """Whether a current resource about ``patient`` (``Patient/<id>``) was sent by
@@ -416,6 +461,10 @@ class Resources:
         ]
         if idents:
             conn.execute(identifiers.insert(), idents)
+        # in the same transaction: what the identity checks read instead of the records
+        kept = beside_rows(int(row), patient, body)
+        if kept:
+            conn.execute(beside.insert(), kept)
         stored = Stored(
             int(row),
             resource_type,

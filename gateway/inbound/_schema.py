@@ -8,6 +8,10 @@
   marks the latest): type, logical id, version, patient, status, lastUpdated, JSON.
 * ``inbound_identifiers``: the identifiers of each version, for search and for the
   conditional creates and updates of later Bundles.
+* ``inbound_beside``: the identifiers written beside each version's reference to its
+  patient (``Patient/<id>``, the ``patient`` column), the system as compared
+  (``_identity.py``) with its type codes; hashed too, so that the identity checks find
+  another value of a system in one indexed look-up (migration ``v0016_inbound_beside``).
 * ``inbound_tokens``: SMART Backend Services access tokens, only their SHA-256.
 * ``inbound_jti``: client-assertion ids already used, until they expire (replay).
 """
@@ -18,7 +22,7 @@ import sqlalchemy as sa
 
 from ..store import metadata
 
-__all__ = ["bundles", "identifiers", "jtis", "resources", "tokens"]
+__all__ = ["beside", "bundles", "identifiers", "jtis", "resources", "tokens"]
 
 ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
@@ -87,6 +91,31 @@ sa.Index(
     identifiers.c.resource_type,
     identifiers.c.value,
     identifiers.c.system,
+)
+
+beside = sa.Table(
+    "inbound_beside",
+    metadata,
+    sa.Column(
+        "resource_row",
+        ID,
+        sa.ForeignKey("inbound_resources.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("n", sa.Integer(), primary_key=True),
+    sa.Column("patient", sa.String(512), nullable=False),  # as inbound_resources.patient
+    sa.Column("system", sa.Text(), nullable=False),  # as compared (system_key); '' for none
+    sa.Column("value", sa.Text(), nullable=False),
+    sa.Column("types", sa.Text(), nullable=False),  # the type codes, a sorted JSON array
+    # SHA-256 (hex) of system and value: an index entry of bounded size whatever is sent
+    sa.Column("system_hash", sa.String(64), nullable=False),
+    sa.Column("value_hash", sa.String(64), nullable=False),
+)
+sa.Index(
+    "ix_inbound_beside_patient",
+    beside.c.patient,
+    beside.c.system_hash,
+    beside.c.value_hash,
 )
 
 tokens = sa.Table(

@@ -168,19 +168,35 @@ def decode_strict(
     try:
         text = data.decode(codec)
     except UnicodeDecodeError as exc:
-        # The offset, not the bytes: they may be part of a patient's name.
-        raise IntakeError(
-            "charset-mismatch",
-            f"bytes are not valid {declared} ({codec}): cannot decode the byte at {exc.start}",
-            location=location,
-            offset=exc.start,
-        ) from None
+        raise _not_valid(data, codec, declared, location, exc.start) from None
     # Only GB 18030 and Big5 have a rival (misread_as says None for any other codec).
     rival = misread_as(data, codec, text) if codec in _RIVAL else None
     if rival is not None:
         why = f" (read as {declared}, they are mostly rare or non-Chinese characters)"
         return _mislabelled(data, rival, _said(claim, declared), why, location, mismatch, place)
     return Decoded(text, codec)
+
+
+def _not_valid(data: bytes, codec: str, declared: str, location: str, offset: int) -> IntakeError:
+    """``charset-mismatch``: a byte ``codec`` cannot decode, named by its offset (not
+    the bytes: they may be part of a patient's name). GB 18030 text declared Big5 often
+    fails so (许 and 全 have no Big5 reading): when the bytes read cleanly as the rival
+    national charset's Chinese text, the message names it, as charset-mislabelled does,
+    so the sender is told what to declare (still refused: which reading is right is the
+    sender's to say, and the mismatch policy applies to bytes that decode)."""
+    rival = _RIVAL.get(codec)
+    likely = rival if rival is not None and reads_as(data, rival) is not None else None
+    hint = ""
+    if likely is not None:
+        name = charset_name(likely)
+        hint = f"; they read as {name} text: the sender should declare {name!r}"
+    return IntakeError(
+        "charset-mismatch",
+        f"bytes are not valid {declared} ({codec}): cannot decode the byte at {offset}{hint}",
+        location=location,
+        offset=offset,
+        **({"likely": charset_name(likely)} if likely is not None else {}),
+    )
 
 
 def _said(claim: str | None, declared: str) -> str:

@@ -9,6 +9,8 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from tests._audit_asserts import refused_event
+
 from .conftest import browser, csrf_of, login
 from .test_outbox_discard import OVERWRITE, _form, _hold, _state
 from .test_outbox_requeue_audit import _operator_events
@@ -32,11 +34,7 @@ def test_a_refused_release_is_audited_as_the_operators_attempt(app: FastAPI, hom
     assert refused.status_code == 409 and "delivery.not-releasable" in refused.text
     assert _state(settings, held) == "held"
     [event] = _operator_events(settings, "release")  # before: none, the refusal left no trace
-    assert event["outcome"] == "4"  # minor failure: tried, refused
-    assert event["outcomeDesc"].startswith("release refused: delivery.not-releasable: ")
-    assert _requestor(event) == "olivia"
-    [entity] = event["entity"]
-    assert entity["what"]["identifier"]["value"] == str(converted)  # the stored message
+    refused_event(event, "release", "delivery.not-releasable", "olivia", converted)
 
 
 def test_a_release_is_audited_once_as_before(app: FastAPI, home: tuple) -> None:

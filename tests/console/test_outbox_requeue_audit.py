@@ -14,6 +14,7 @@ from gateway import Settings
 from gateway.audit import AuditLog
 from gateway.delivery import Outbox
 from gateway.store import open_store, utcnow
+from tests._audit_asserts import refused_event
 
 from .conftest import browser, csrf_of, login
 from .test_outbox_discard import OVERWRITE, _hold, _state
@@ -63,12 +64,7 @@ def test_a_refused_retry_and_replay_are_audited_as_the_operators_attempts(
         assert why in refused.text
         assert _state(settings, row) == "dead"
         [event] = _operator_events(settings, action)  # before: none, no trace
-        assert event["outcome"] == "4"  # minor failure: tried, refused
-        assert event["outcomeDesc"].startswith(f"{action} refused: {code}: ")
-        agent = next(a for a in event["agent"] if a["requestor"])
-        assert agent["who"]["identifier"]["value"] == "olivia"
-        [entity] = event["entity"]
-        assert entity["what"]["identifier"]["value"] == str(converted)  # the stored message
+        refused_event(event, action, code, "olivia", converted)  # the stored message
 
 
 def test_a_refused_discard_is_audited_as_the_operators_attempt(app: FastAPI, home: tuple) -> None:
@@ -84,10 +80,7 @@ def test_a_refused_discard_is_audited_as_the_operators_attempt(app: FastAPI, hom
     assert refused.status_code == 409 and "delivery.not-discardable" in refused.text
     assert _state(settings, row) == "held"
     [event] = _operator_events(settings, "discard")  # before: none, no trace
-    assert event["outcome"] == "4"  # minor failure: tried, refused
-    assert event["outcomeDesc"].startswith("discard refused: delivery.not-discardable: ")
-    agent = next(a for a in event["agent"] if a["requestor"])
-    assert agent["who"]["identifier"]["value"] == "olivia"
+    refused_event(event, "discard", "delivery.not-discardable", "olivia", converted)
 
 
 def test_a_retry_is_audited_once_as_before(app: FastAPI, home: tuple) -> None:

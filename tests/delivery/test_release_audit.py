@@ -14,6 +14,7 @@ from gateway.audit import AuditLog, operator
 from gateway.cli import main
 from gateway.delivery import Outbound
 from gateway.store import Store
+from tests._audit_asserts import refused_event
 from tests.delivery import conftest as delivery
 
 from .conftest import receive
@@ -42,12 +43,7 @@ def test_a_refused_release_on_the_cli_is_audited(
     assert len(err) == 1 and "[delivery.not-releasable]" in err[0], err
     assert outbound.outbox.require(placed.outbox_id).state == "held"
     [event] = _releases(store)  # before: none, the refusal left no trace
-    assert event["outcome"] == "4"  # minor failure: tried, refused
-    assert event["outcomeDesc"].startswith("release refused: delivery.not-releasable: ")
-    requestor = next(a for a in event["agent"] if a["requestor"])
-    assert requestor["who"]["identifier"]["value"] == operator()
-    [entity] = event["entity"]
-    assert entity["what"]["identifier"]["value"] == str(message)
+    refused_event(event, "release", "delivery.not-releasable", operator(), message)
 
 
 def test_a_refused_discard_on_the_cli_is_audited(
@@ -68,10 +64,6 @@ def test_a_refused_discard_on_the_cli_is_audited(
     assert len(err) == 1 and "[delivery.not-discardable]" in err[0], err
     assert outbound.outbox.require(placed.outbox_id).state == "held"
     found = [e.resource() for e in AuditLog(store).rows()]
+    # before: no event
     [event] = [e for e in found if (e.get("outcomeDesc") or "").startswith("discard")]
-    assert event["outcome"] == "4"  # minor failure: tried, refused (before: no event)
-    assert event["outcomeDesc"].startswith("discard refused: delivery.not-discardable: ")
-    requestor = next(a for a in event["agent"] if a["requestor"])
-    assert requestor["who"]["identifier"]["value"] == operator()
-    [entity] = event["entity"]
-    assert entity["what"]["identifier"]["value"] == str(message)
+    refused_event(event, "discard", "delivery.not-discardable", operator(), message)

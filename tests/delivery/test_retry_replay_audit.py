@@ -17,6 +17,7 @@ from gateway.audit import AuditLog, operator
 from gateway.cli import main
 from gateway.delivery import Outbound
 from gateway.store import Store, utcnow
+from tests._audit_asserts import refused_event
 from tests.delivery import conftest as delivery
 
 from .conftest import receive
@@ -48,15 +49,6 @@ def _dead_without_consent(
     return message, placed.outbox_id
 
 
-def _refused(event: dict[str, Any], action: str, code: str, message: int) -> None:
-    assert event["outcome"] == "4"  # minor failure: tried, refused
-    assert event["outcomeDesc"].startswith(f"{action} refused: {code}: ")
-    requestor = next(a for a in event["agent"] if a["requestor"])
-    assert requestor["who"]["identifier"]["value"] == operator()
-    [entity] = event["entity"]
-    assert entity["what"]["identifier"]["value"] == str(message)
-
-
 def test_a_refused_retry_and_replay_on_the_cli_are_audited(
     home: Settings,
     store: Store,
@@ -72,13 +64,13 @@ def test_a_refused_retry_and_replay_on_the_cli_are_audited(
     assert "[delivery.not-retryable]" in err[0]
     assert outbound.outbox.require(row).state == "dead"
     [retry] = _operator_events(store, "retry")  # before: none, the refusal left no trace
-    _refused(retry, "retry", "delivery.not-retryable", message)
+    refused_event(retry, "retry", "delivery.not-retryable", operator(), message)
 
     assert main([*gateway, "replay", str(row), "--reason", "partner lost it"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "[delivery.not-replayable]" in err[0], err
     [replay] = _operator_events(store, "replay")
-    _refused(replay, "replay", "delivery.not-replayable", message)
+    refused_event(replay, "replay", "delivery.not-replayable", operator(), message)
     assert main([*gateway, "replay", "999", "--reason", "x"]) == 2  # no record: none tried
     assert len(_operator_events(store, "replay")) == 1
 
@@ -95,4 +87,4 @@ def test_retry_dead_audits_each_refused_row_and_goes_on(
     [line] = capsys.readouterr().err.strip().splitlines()
     assert f"outbox record {row} cannot be retried" in line
     [retry] = _operator_events(store, "retry")
-    _refused(retry, "retry", "delivery.not-retryable", message)
+    refused_event(retry, "retry", "delivery.not-retryable", operator(), message)

@@ -282,6 +282,8 @@ def test_sender_default_that_does_not_fit_the_bytes_is_a_mismatch() -> None:
     err = fails(data, lambda facility: "BIG-5")
     assert err.code == "intake.charset-mismatch"
     assert err.location == "MSH-18 (sender default)"
+    # read as GB 18030 the junk byte is no Chinese either: no charset is suggested
+    assert "likely" not in err.issue.details and "read as" not in str(err)
 
 
 # -- codec_for / decode_strict directly --------------------------------------------------------

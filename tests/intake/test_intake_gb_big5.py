@@ -108,6 +108,45 @@ def test_charset_mismatch_decode_reads_the_other_charset_with_a_warning(
     assert name_of(unit.view.message) == tuple(name.split("^"))
 
 
+# GB 18030 text declared Big5 whose bytes have no Big5 reading at all (饶, 全, 泉 and
+# 报 land outside Big5's table): refused as charset-mismatch at the byte's offset, as
+# always, the message now saying the bytes read as GB 18030. The reverse cannot happen:
+# every Big5-HKSCS byte pair (18,402) decodes as GB 18030, so Big5 text declared GB
+# 18030 always decodes and misread_as weighs it (test above).
+NOT_BIG5 = [
+    pytest.param("饶^美玲", "放射科 报告", "BIG-5", id="rao-meiling-report"),
+    pytest.param("袁^泉", "", "BIG5-HKSCS", id="yuan-quan"),
+    pytest.param("陈^美玲", "全州路 放射科 报告", "BIG-5", id="chen-meiling-address"),
+]
+
+
+@pytest.mark.parametrize(("name", "address", "declared"), NOT_BIG5)
+def test_gb18030_text_that_is_no_big5_says_it_reads_as_gb18030(
+    name: str, address: str, declared: str
+) -> None:
+    data = message(name, address, declared, facility="NSGP").encode("gb18030")
+    with pytest.raises(UnicodeDecodeError) as bad:
+        data.decode("big5hkscs")
+    for network in (None, sender("NSGP"), sender("NSGP", charset_mismatch="decode")):
+        err = fails(data, network)
+        assert (err.code, err.location) == ("intake.charset-mismatch", "MSH-18")
+        assert err.issue.details["offset"] == bad.value.start
+        assert err.issue.details["likely"] == "GB 18030-2000"
+        assert str(err) == (
+            f"error: MSH-18: bytes are not valid {declared} (big5hkscs): cannot decode the "
+            f"byte at {bad.value.start}; they read as GB 18030-2000 text: the sender should "
+            "declare 'GB 18030-2000' [intake.charset-mismatch]"
+        )
+
+
+def test_gb18030_text_that_is_no_big5_from_a_big5_sender_default() -> None:
+    data = message("饶^美玲", "放射科 报告", "", facility="NSGP").encode("gb18030")
+    err = fails(data, sender("NSGP", charset="BIG-5"))
+    assert (err.code, err.location) == ("intake.charset-mismatch", "MSH-18 (sender default)")
+    assert err.issue.details["likely"] == "GB 18030-2000"
+    assert "they read as GB 18030-2000 text" in str(err)
+
+
 def test_the_operator_walk_through_big5_referral_declared_gb18030() -> None:
     # examples/hl7v2/ref_i12_hkpmc_to_nsch.hl7 with MSH-18 changed: PID-5 read 砛古蕹.
     from pathlib import Path

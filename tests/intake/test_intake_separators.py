@@ -31,6 +31,32 @@ def test_stripped_line_ends_are_named(converter: Converter, name: str, segment: 
     assert "--data-binary" in error.message
 
 
+@pytest.mark.parametrize(
+    ("name", "codec", "application"),
+    [
+        # 院 is B0 7C in Big5: its trail byte is '|'
+        pytest.param("ref_i12_hkpmc_to_nsch.hl7", "big5hkscs", "瑪麗醫院", id="big5"),
+        # 東 is 96 7C in GB 18030 (a traditional character, in GBK's range)
+        pytest.param("ref_i12_lax2_to_njmu2.hl7", "gb18030", "東華醫院", id="gb18030"),
+    ],
+)
+def test_a_trail_byte_that_is_a_bar_does_not_shift_the_field_named(
+    converter: Converter, name: str, codec: str, application: str
+) -> None:
+    # The sending application (MSH-3) named in Chinese, one of whose characters has '|'
+    # as its second byte: counted on the bytes, RF1 seemed to run on inside MSH-19.
+    data = (EXAMPLES / name).read_bytes()
+    sender = data.split(b"|")[2]
+    named = application.encode(codec)
+    assert named.count(b"|") == 1
+    data = data.replace(b"|" + sender + b"|", b"|" + named + b"|", 1)
+    flat = data.replace(b"\r", b"").replace(b"\n", b"")
+    [record] = converter.convert(flat, source=name)
+    [error] = record.errors
+    assert error.code == "intake.no-segment-separators"
+    assert "segment RF1 running on inside MSH-18;" in error.message
+
+
 def test_a_message_ending_at_msh12_is_caught_too(converter: Converter) -> None:
     flat = b"MSH|^~\\&|NSCH_HIS|NSCH|HKPMC_HIS|HKPMC|20260615100000||ADT^A01|C1|P|2.5EVN|A01"
     [record] = converter.convert(flat, source="flat")

@@ -13,6 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.serialization import pkcs12
 from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -96,6 +98,7 @@ def test_every_documented_metric_is_scraped_and_moves(
     partner.reset()
     keys = tmp_path / "keys"
     make_demo_pki(data_dir("seeds") / "network.yaml", keys)
+    _exposed_p12(keys, "nsch", keys / "exposed")  # the watch reports it, not its date
     settings = dataclasses.replace(
         Settings.load(home=tmp_path / "home", env={}),
         database_url=database_url,
@@ -169,7 +172,27 @@ def test_every_documented_metric_is_scraped_and_moves(
             position="leaf",
         )
         assert found == leaf.not_valid_after_utc.timestamp()
+    unreadable = {"source": "signing", "key": "exposed", "code": "signing.key"}
+    assert total(after, "gateway_certificate_unreadable", **unreadable) == 1
+    assert total(after, "gateway_certificate_not_after_timestamp_seconds", key="exposed") == 0
     store.close()
+
+
+def _exposed_p12(keys: Path, folder: str, out: Path) -> None:
+    """``out/key.p12``: the demo key folder's key and chain as PKCS#12, readable by all."""
+    key = serialization.load_pem_private_key((keys / folder / "key.pem").read_bytes(), None)
+    chain = x509.load_pem_x509_certificates((keys / folder / "cert.pem").read_bytes())
+    out.mkdir()
+    (out / "key.p12").write_bytes(
+        pkcs12.serialize_key_and_certificates(
+            b"exposed",
+            key,  # type: ignore[arg-type]
+            chain[0],
+            chain[1:],
+            serialization.NoEncryption(),
+        )
+    )
+    (out / "key.p12").chmod(0o644)
 
 
 def test_scrapes_close_together_share_one_reading(tmp_path: Path, converter: Converter) -> None:

@@ -51,7 +51,7 @@ def msg(control: str, body: str = "x", sender: str = "LAX2", state: str = "recei
 
 def test_migrations_create_exactly_the_schema_and_run_twice(store: Store) -> None:
     store.upgrade()  # idempotent: a second start changes nothing
-    assert store.revision() == "0015_console_outcomes"  # refused console actions kept
+    assert store.revision() == "0016_inbound_beside"  # identifiers beside a reference kept
     with store.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), metadata)
     assert diff == []

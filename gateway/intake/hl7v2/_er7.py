@@ -578,12 +578,11 @@ def _check_separators(line: bytes) -> None:
     Past MSH-25, the last field HL7 defines for MSH, a segment name is no longer where
     MSH ends: the segment that follows MSH is one this check does not know (a Z-segment)
     and the name found is a value's tail in a later segment (PRD-8 NSCH), so no segment
-    or field is named. Fields are counted on the bytes, where a GB 18030 or Big5 trail
-    byte may add one: another reason to name none that far."""
+    or field is named."""
     sep = line[3:4]
     pattern = rb"(?:" + _NEXT_SEGMENTS.encode() + rb")" + re.escape(sep)
     for glued in re.finditer(pattern, line):
-        field = line.count(sep, 0, glued.start()) + 1  # MSH-n holding the match
+        field = _field_before(line, glued.start())  # MSH-n holding the match
         if field < 12:
             continue
         where = (
@@ -598,6 +597,20 @@ def _check_separators(line: bytes) -> None:
             "(curl --data-binary @file, not -d, which strips them)",
             location="MSH",
         )
+
+
+def _field_before(line: bytes, end: int) -> int:
+    """n of the MSH-n that ``line[end]`` is in, counted before the line is decoded (its
+    MSH-18 may run into the next segment). Counted on the text the bytes look like
+    (:func:`_msh_fields`), since a Big5 or GB 18030 trail byte may be '|': 院 in Big5
+    is B0 7C, so a sending application 瑪麗醫院 made MSH-18 look like MSH-19. On the
+    bytes when they cannot be read so (nothing better is known: their MSH-18 is lost)."""
+    head = line[:end]
+    if not head.isascii():
+        fields = _msh_fields(head, mislabelled_as(line))
+        if fields is not None:
+            return len(fields) - 1
+    return head.count(line[3:4]) + 1
 
 
 def _check_msh(msh: bytes) -> None:

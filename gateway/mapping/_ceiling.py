@@ -43,10 +43,13 @@ from bisect import bisect_left
 from collections import Counter
 from typing import Any
 
+import orjson
+
+from ..shared import FrozenDict
 from ._bundle import BundleBuilder, fresh_resource_id
-from ._codegen import Lowering, _Func
+from ._codegen import Lowering, _Func, _maker, _read_var
 from ._compile import _CONSTANTS, SAME_AS, SHAPES, Ctx, Fn
-from ._memo import MEMOS
+from ._memo import MEMO_SCOPES, MEMOS
 
 __all__ = ["STATS", "TARGETS", "Ceiling", "Fallback"]
 
@@ -127,6 +130,55 @@ def subcell(view: Any, text: str, component: int, sub: int) -> str | None:
         raw = view.unescape(raw)
     value = raw.strip()
     return value if value and value != '""' else None
+
+
+# -- shared entries, memoised whole ------------------------------------------------------
+
+# Bytes of entries remembered per site (a template at one place of a mapping), as the
+# memo counts them (_memo._MEMO_BYTES): their key text and JSON; cleared when full.
+_SHARED_BYTES = 64 * 1024
+_SHARED_ENTRY_BYTES = 64  # its key tuple, its value tuple and its dict slot
+
+
+class SharedEntries(dict[tuple[Any, ...], tuple[Any, ...]]):
+    """The finished entries of one shared-entry site (an organisation at MSH-4, a role at
+    ORC-12): key (the node's text and level, the zone, the reading, the variables and the
+    URLs of the references the fields read: what the fields' memo keys on) → (id,
+    fullUrl, resource, request, fields). The generated code looks a key up itself (a
+    dict's ``get``) and, found, appends a copy of the resource and request as
+    BundleBuilder.add would, without the fields' memo, the add, its identity look-up."""
+
+    __slots__ = ("held",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held = 0
+
+    def remember(self, key: tuple[Any, ...], state: BundleBuilder) -> None:
+        """Keep the entry BundleBuilder.add just appended to ``state`` under ``key`` when
+        it was made from the fields' memoised (frozen) value: the memo remembers a key
+        its second time, so a record's own practitioner is not kept, and the entries
+        found hold the very frozen values the compiled engine's do (the narratives' and
+        validator's caches know them by identity)."""
+        entry = state.entries[-1]
+        rid = next(reversed(state._by_id))  # the id the add just placed
+        resource, fields, _ = state._by_id[rid]
+        if type(fields) is not FrozenDict or resource is not entry["resource"]:
+            return
+        request = entry["request"]
+        # copies: later stages edit the record's entry (its text); values stay shared
+        value = (rid, entry["fullUrl"], dict(resource), dict(request), fields)
+        size = (
+            sum([len(part) for part in key if type(part) is str])
+            + len(orjson.dumps(resource))
+            + len(orjson.dumps(request))
+            + _SHARED_ENTRY_BYTES
+        )
+        if self.held + size > _SHARED_BYTES:
+            self.clear()
+            self.held = 0
+        self[key] = value
+        self.held += size
 
 
 # -- the generator ------------------------------------------------------------------------
@@ -244,6 +296,19 @@ _RAW_CONDITIONS = frozenset({"present", "not", "all", "any", "equals", "in"})
 _RAW_DEPTH = 20
 
 
+def _remade(f: _Func, c: str) -> str | None:
+    """Source making again the context ``c`` where only a rare path needs it (so that the
+    line making it can be dropped, see _Func.unused): its own line's expression when
+    this function made it (``ctx.at_with(node, {...})``), else ``c``; None when that
+    line is gone (made unused already)."""
+    line = f.made.get(c)
+    if line is None:
+        return c
+    text = f.lines[line].strip()
+    head = f"{c} = "
+    return text[len(head) :] if text.startswith(head) else None
+
+
 def _leaf_inline(leaf: Any) -> bool:
     """Whether Lowering._leaf generates ``leaf`` inline, with its error path apart (the
     value as it is, a conversion alone, or a look-up alone): a leaf called with the
@@ -350,8 +415,17 @@ class Ceiling(Lowering):
     # -- entries ------------------------------------------------------------------------
     def _add(self, f: _Func, t: str, c: str, h: str, ind: int, key: str, template: Any) -> None:
         """A template whose fields are not memoised (an order's: it reads the message
-        root) is generated inline, where the compiled target calls its unit."""
+        root) is generated inline, where the compiled target calls its unit; a shared
+        one (a role at ORC-12, made in a context with its ``with`` values) is looked up
+        whole (:meth:`_shared`)."""
         fields = template.fields
+        if (
+            fields in MEMOS
+            and self._own(fields) is None
+            and self._shared(f, c, h, ind, key, template, _remade(f, c))
+        ):
+            f.add(ind, f"{t} = None")
+            return
         inner = SAME_AS.get(fields)
         if fields in MEMOS or inner is None or ind > _RAW_DEPTH:
             super()._add(f, t, c, h, ind, key, template)
@@ -360,6 +434,82 @@ class Ceiling(Lowering):
         self.emit(f, inner, v, c, h, ind)
         f.add(ind, f"state.add({key!r}, {self._name(template, 'R')}, {v} or {{}}, {h})")
         f.add(ind, f"{t} = None")
+
+    def _direct(
+        self, f: _Func, body: Fn, t: str, c: str, h: str, ind: int, sites: tuple[str, ...] = ()
+    ) -> bool:
+        """An entry of memoised fields taken at its node (an organisation at MSH-4, a
+        practitioner at ORC-12) is looked up whole (:meth:`_shared`)."""
+        shape = SHAPES.get(body)
+        if (
+            shape is not None
+            and shape[0] == "add"
+            and shape[2].fields in MEMOS
+            and self._own(shape[2].fields, sites) is None
+        ):
+            c = _maker(f, c)
+            if self._shared(f, c, h, ind, shape[1], shape[2], c):
+                f.add(ind, f"{t} = None")
+                return True
+        return super()._direct(f, body, t, c, h, ind, sites)
+
+    def _shared(
+        self, f: _Func, c: str, h: str, ind: int, key: str, template: Any, miss: str | None
+    ) -> bool:
+        """Code adding the entry of ``template``'s memoised fields at node ``h`` found whole
+        in a :class:`SharedEntries` (no fields' memo, no BundleBuilder.add): keyed by
+        what the fields' memo keys on, the id's entry appended (or, met before in this
+        record, the same fields: nothing to merge), its URL listed under ``key``. Not
+        found, the compiled target's code (the memo, the add) runs, and the entry it
+        made is remembered (:meth:`SharedEntries.remember`). ``miss``: the source of the
+        context for that path (None: not lowered, False returned). An entry of the
+        same id made from other fields (a merge) falls back."""
+        scope = MEMO_SCOPES.get(template.fields)
+        if scope is None or scope.segments or scope.rooted or miss is None:
+            return False  # keyed on the group's segments too: left to the memo
+        names = sorted(scope.vars | scope.ref_vars)
+        parts = [f"{h}.text", f"{h}.level", "tz", "view.reading"]
+        parts += [_read_var(f, c, name) for name in names]
+        parts += [f"tuple(state.refs({ref!r}))" for ref in sorted(scope.refs)]
+        parts += [
+            f"tuple(state.refs(str({_read_var(f, c, name)} or '')))"
+            for name in sorted(scope.ref_vars)
+        ]
+        memo = self._name(SharedEntries(), "SE")
+        k, e, n, x, r, sc, u = (f.var(p) for p in ("k", "e", "n", "x", "r", "sc", "u"))
+        f.add(ind, f"{k} = ({', '.join(parts)},)")
+        f.add(ind, "try:")
+        f.add(ind + 1, f"{e} = {memo}.get({k})")
+        f.add(ind, "except TypeError:  # an unhashable variable: not remembered")
+        f.add(ind + 1, f"{k} = {e} = None")
+        f.add(ind, f"if {e} is None:")
+        f.add(ind + 1, f"{n} = len(state.entries)")
+        fields = f"{self._name(template.fields, 'T')}({miss}, {h})"
+        rt = self._name(template, "R")
+        f.add(ind + 1, f"state.add({key!r}, {rt}, {fields} or {{}}, {h})")
+        f.add(ind + 1, f"if {k} is not None and len(state.entries) > {n}:")
+        f.add(ind + 2, f"{memo}.remember({k}, state)")
+        f.add(ind, "else:")
+        f.add(ind + 1, f"{x} = state._by_id.get({e}[0])")
+        f.add(ind + 1, f"if {x} is None:")
+        f.add(ind + 2, f"{r} = {e}[2].copy()")
+        f.add(ind + 2, f"state._by_id[{e}[0]] = ({r}, {e}[4], True)")
+        f.add(
+            ind + 2,
+            f"state.entries.append({{'fullUrl': {e}[1], 'resource': {r}, "
+            f"'request': {e}[3].copy()}})",
+        )
+        # the same fields met again (this record's practitioner in two orders): the
+        # add merges nothing; other fields of the same id would be merged: not here
+        f.add(ind + 1, f"elif {x}[1] is not {e}[4] and {x}[1] != {e}[4]:")
+        f.add(ind + 2, "raise Fallback('merge')")
+        f.add(ind + 1, f"{sc} = state._scopes[-1]")
+        f.add(ind + 1, f"{u} = {sc}.get({key!r})")
+        f.add(ind + 1, f"if {u} is None:")
+        f.add(ind + 2, f"{sc}[{key!r}] = {{{e}[1]: None}}")
+        f.add(ind + 1, "else:")
+        f.add(ind + 2, f"{u}[{e}[1]] = None")
+        return True
 
     # -- a field's repetitions read from its text -----------------------------------------
     def _each(self, f: _Func, t: str, c: str, h: str, ind: int, *shape: Any) -> None:

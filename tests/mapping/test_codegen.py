@@ -281,6 +281,90 @@ def test_field_shapes_byte_identical(engines: dict[str, Converter], case: str) -
     _same(engines, data, case)
 
 
+# Shared entries (organisations, practitioners, roles) the ceiling target finds whole once
+# met (_ceiling.SharedEntries): an order golden with fields set (SEG, field, value; MSH
+# counted as HL7 does), converted fresh several times so that entries are remembered and
+# then found, each time the compiled engine's bytes; a case with an entry made twice
+# from other fields under one id (a merge) falls back.
+_SHARED_CASES: dict[str, tuple[str, list[tuple[str, int, str]], str]] = {
+    "receiver another organisation": (
+        "orm_o01_hkpmc_ct.hl7",
+        [("MSH", 6, "NSCH^1.3.6.1.4.1.99999.2.1^ISO")],
+        "built",
+    ),
+    "one id, two organisations (merged)": (
+        "orm_o01_hkpmc_ct.hl7",
+        [("MSH", 4, "XA^1.2.3.4^ISO"), ("MSH", 6, "XB^1.2.3.4^ISO")],
+        "built",
+    ),
+    "one provider, two orders": ("orm_o01_two_orders.hl7", [], "built"),
+    "two providers, two orders": (
+        "orm_o01_two_orders.hl7",
+        [("ORC", 12, "D1002^李^明^^^^^^LAX2")],
+        "built",
+    ),
+    "a provider without an id": (
+        "orm_o01_hkpmc_ct.hl7",
+        [("ORC", 12, "^CHAN^CHI MING"), ("OBR", 16, "")],
+        "built",
+    ),
+    "a provider in OBR only": ("orm_o01_hkpmc_ct.hl7", [("ORC", 12, "")], "built"),
+    # the receiver found whole (remembered beside another sender), then a sender of its
+    # id with another name: the entry would be merged
+    "a found entry's id met before (a merge)": (
+        "orm_o01_hkpmc_ct.hl7",
+        [("MSH", 4, "XA^1.2.3.4^ISO"), ("MSH", 6, "XB^1.2.3.4^ISO")],
+        "fallback:merge",
+    ),
+}
+# What the messages before the last one hold instead (the entries then remembered)
+_SHARED_BEFORE = {
+    "a found entry's id met before (a merge)": [
+        ("MSH", 4, "XC^1.2.3.5^ISO"),
+        ("MSH", 6, "XB^1.2.3.4^ISO"),
+    ],
+}
+
+
+def _set_fields(text: str, changes: list[tuple[str, int, str]]) -> str:
+    lines = text.replace("\n", "\r").split("\r")
+    for segment, field, value in changes:
+        at = field - 1 if segment == "MSH" else field  # MSH-1 is the separator itself
+        for n, line in enumerate(lines):
+            if line.startswith(segment + "|"):
+                parts = line.split("|")
+                parts += [""] * (at + 1 - len(parts))
+                parts[at] = value
+                lines[n] = "|".join(parts)
+    return "\r".join(line for line in lines if line)
+
+
+@pytest.mark.parametrize("case", _SHARED_CASES)
+def test_shared_entries_found_whole(engines: dict[str, Converter], case: str) -> None:
+    from gateway.mapping._ceiling import STATS, SharedEntries
+
+    golden, changes, outcome = _SHARED_CASES[case]
+    text = (regenerate.GOLDEN / "hl7v2" / golden).read_text()
+    ceiling = engines["ceiling"]
+    mapping = ceiling.hl7v2.for_type("ORM^O01")
+    assert mapping.build is not None
+    space = mapping.build.__globals__
+    for value in space.values():
+        if isinstance(value, SharedEntries):
+            value.clear()  # what other tests left: this case's entries met anew
+    before = _set_fields(text, _SHARED_BEFORE.get(case, changes))
+    text = _set_fields(text, changes)
+    for k in range(6):  # remembered by the memo (2nd), then whole (3rd), then found
+        STATS.clear()
+        data = _freshen(text if k == 5 else before, 100 + k).encode()
+        got = {e: _outcome(conv.convert(data, f"{case} {k}")) for e, conv in engines.items()}
+        for engine in _GENERATED:
+            assert got[engine] == got["interpreted"], f"{case} #{k} ({engine})"
+    assert dict(STATS) == {outcome: 1}, STATS
+    if outcome == "built":  # its entries were found whole (not only made and remembered)
+        assert any(isinstance(v, SharedEntries) and v for v in space.values())
+
+
 def _freshen(text: str, k: int) -> str:
     """New patient and order identifiers, a new name: PID-3, PID-5, ORC-2, OBR-2, RF1-6."""
     fields = {"PID": (3, 5), "ORC": (2,), "OBR": (2, 3), "RF1": (6,)}

@@ -186,6 +186,8 @@ class SharedEntries(dict[tuple[Any, ...], tuple[Any, ...]]):
 # PID-3: a field of its group's first segment of that name, whole (not MSH-1/2, which
 # the view reads as delimiters: MSH is left to the accessors)
 _FIELD = re.compile(r"([A-Z][A-Z0-9]{2})-([1-9]\d*)\Z")
+# ORC, /PID: the groups of a segment (each from one of its segments to the next)
+_GROUP = re.compile(r"(/?)([A-Z][A-Z0-9]{2})\Z")
 _RELATIVE = re.compile(r"\.([1-9]\d*)(?:\.([1-9]\d*))?\Z")
 # OBR-27.6: a field (its first repetition) of the group's first segment of that name
 _ABSOLUTE = re.compile(r"([A-Z][A-Z0-9]{2})-([1-9]\d*)(?:\.([1-9]\d*)(?:\.([1-9]\d*))?)?\Z")
@@ -200,6 +202,10 @@ class _RawFunc(_Func):
         self.raw: set[str] = set()
 
     def look(self, ind: int, method: str, path: str, h: str) -> str:
+        if method == "select" and h not in self.raw:
+            g = _GROUP.match(path)
+            if g is not None and (not g[1] or h == "h0"):
+                return self._groups(ind, path, h, g[2])
         if h not in self.raw:
             m = _ABSOLUTE.match(path) if method == "first" else None
             if m is None or m[1] == "MSH" or int(m[4] or 1) > 1:  # MSH-1/2, .C.S: the view
@@ -257,6 +263,34 @@ class _RawFunc(_Func):
             )
         self.add(ind + 3, f"if {x} and {x} != '\"\"':")
         self.add(ind + 4, f"{v} = {x}")
+        self._known[key] = (v, ind)
+        return v
+
+    def _groups(self, ind: int, path: str, h: str, segment: str) -> str:
+        """A variable holding ``view.select(path, h)`` for a bare segment name (``group:
+        ORC``, ``each: DG1``): the groups found in place, as Hl7View._groups does (from
+        each ``segment`` to the next, the last to ``h``'s end), without the accessor,
+        its method nor a call for each group's label (made as _segment_label makes it,
+        and kept there for the reads that follow)."""
+        key = ("select", path, h)
+        found = self._known.get(key)
+        if found is not None and found[1] <= ind:
+            return found[0]
+        v, pv, i, j, n, x, label = (self.var(p) for p in ("g", "f", "i", "j", "n", "x", "l"))
+        self.add(ind, f"{v} = []  # {path}")
+        self.add(ind, f"{pv} = view._positions.get({segment!r})")
+        self.add(ind, f"if {pv}:")
+        self.add(ind + 1, f"{i} = bisect_left({pv}, {h}.start)")
+        self.add(ind + 1, f"{j} = bisect_left({pv}, {h}.end, {i})")
+        self.add(ind + 1, f"for {n} in range({i}, {j}):")
+        self.add(ind + 2, f"{x} = {pv}[{n}]")
+        self.add(ind + 2, f"{label} = {segment!r} if len({pv}) == 1 else f'{segment}({{{n} + 1}})'")
+        self.add(ind + 2, f"view._labels[{x}] = {label}")
+        self.add(
+            ind + 2,
+            f"{v}.append(tnew(node, ({x}, {pv}[{n} + 1] if {n} + 1 < {j} else {h}.end, "
+            f"{label}, None, 0)))",
+        )
         self._known[key] = (v, ind)
         return v
 
@@ -334,6 +368,7 @@ class Ceiling(Lowering):
                 "subcell": subcell,
                 "cell": cell,
                 "bisect_left": bisect_left,
+                "tnew": tuple.__new__,
             }
         )
 
@@ -376,8 +411,13 @@ class Ceiling(Lowering):
         f.add(1, "if not view._plain or view.read is not None:")
         f.add(2, "raise Fallback('controls-or-trace')")
         f.add(1, "h0 = view.root")
+        f.add(1, "node = h0.__class__  # the view's nodes (Position): groups are made here")
         f.add(1, "rs, cs, ss, es = view._rs, view._cs, view._ss, view._es")
-        if one_patient is not None:
+        g = _GROUP.match(one_patient or "")
+        if g is not None:  # '/PID': its groups are as many as its segments
+            f.add(1, f"if len(view._positions.get({g[2]!r}) or ()) > 1:")
+            f.add(2, "raise Fallback('several-patients')")
+        elif one_patient is not None:
             f.add(1, f"if len({self._accessor('select', one_patient)}(view, h0)) > 1:")
             f.add(2, "raise Fallback('several-patients')")
         f.add(1, "state = BundleBuilder()")

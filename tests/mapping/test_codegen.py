@@ -365,6 +365,45 @@ def test_shared_entries_found_whole(engines: dict[str, Converter], case: str) ->
         assert any(isinstance(v, SharedEntries) and v for v in space.values())
 
 
+def _after(segment: str, added: str) -> Any:
+    """A change adding the segment ``added`` after each ``segment``."""
+
+    def change(lines: list[str]) -> list[str]:
+        out = []
+        for line in lines:
+            out.append(line)
+            if line.startswith(segment + "|"):
+                out.append(added)
+        return out
+
+    return change
+
+
+# Groups the ceiling target finds in place (group: ORC, each: DG1, each: NTE, one-patient:
+# /PID): segments added or removed in orm_o01_two_orders
+_GROUP_CASES: dict[str, Any] = {
+    "groups: a DG1 in each order": _after("OBR", "DG1|1||I63.9^脑梗死^I10|||W"),
+    "groups: two DG1 in one order": lambda lines: [
+        *lines[:5],
+        "DG1|1||R05^咳嗽^I10|||W",
+        "DG1|2||I63.9^脑梗死^I10|||W",
+        *lines[5:],
+    ],
+    "groups: an NTE in each order": _after("OBR", "NTE|1|P|第二条"),
+    "groups: an order without OBR": lambda lines: [x for x in lines if x[:6] != "OBR|2|"],
+    "groups: two patients": _after("PID", "PID|2||X9^^^LAX2^MR||李^明"),
+    "groups: three orders": lambda lines: [*lines, *lines[-3:]],
+}
+
+
+@pytest.mark.parametrize("case", _GROUP_CASES)
+def test_order_groups_byte_identical(engines: dict[str, Converter], case: str) -> None:
+    text = (regenerate.GOLDEN / "hl7v2" / "orm_o01_two_orders.hl7").read_text()
+    lines = _GROUP_CASES[case](text.replace("\n", "\r").split("\r"))
+    for k in range(3):  # the shared entries made, remembered, found
+        _same(engines, _freshen("\r".join(x for x in lines if x), k).encode(), case)
+
+
 def _freshen(text: str, k: int) -> str:
     """New patient and order identifiers, a new name: PID-3, PID-5, ORC-2, OBR-2, RF1-6."""
     fields = {"PID": (3, 5), "ORC": (2,), "OBR": (2, 3), "RF1": (6,)}

@@ -41,12 +41,13 @@ import logging
 import re
 from bisect import bisect_left
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 
 from ..shared import FrozenDict
-from ._bundle import BundleBuilder, fresh_resource_id
+from ._bundle import _IDENTITIES, BundleBuilder, fresh_resource_id
 from ._codegen import Lowering, _Func, _maker, _read_var
 from ._compile import _CONSTANTS, SAME_AS, SHAPES, Ctx, Fn
 from ._memo import MEMO_SCOPES, MEMOS
@@ -154,20 +155,34 @@ class SharedEntries(dict[tuple[Any, ...], tuple[Any, ...]]):
         super().__init__()
         self.held = 0
 
-    def remember(self, key: tuple[Any, ...], state: BundleBuilder) -> None:
-        """Keep the entry BundleBuilder.add just appended to ``state`` under ``key`` when
-        it was made from the fields' memoised (frozen) value: the memo remembers a key
-        its second time, so a record's own practitioner is not kept, and the entries
+    def remember(
+        self, key: tuple[Any, ...], fields: Any, template: Any, state: BundleBuilder
+    ) -> None:
+        """Keep under ``key`` the entry BundleBuilder.add makes of ``fields`` (just given
+        to it) when they are the fields' memoised (frozen) value: the memo remembers a
+        key its second time, so a record's own practitioner is not kept, and the entries
         found hold the very frozen values the compiled engine's do (the narratives' and
-        validator's caches know them by identity)."""
-        entry = state.entries[-1]
-        rid = next(reversed(state._by_id))  # the id the add just placed
-        resource, fields, _ = state._by_id[rid]
-        if type(fields) is not FrozenDict or resource is not entry["resource"]:
+        validator's caches know them by identity). Its identity is the one the add
+        worked out (_bundle._IDENTITIES), whether it appended the entry or found it made
+        already (an organisation sending to itself)."""
+        if type(fields) is not FrozenDict:
             return
-        request = entry["request"]
-        # copies: later stages edit the record's entry (its text); values stay shared
-        value = (rid, entry["fullUrl"], dict(resource), dict(request), fields)
+        known = _IDENTITIES.get(id(fields))
+        if (
+            known is None
+            or known[0] is not fields
+            or known[1] is not template
+            or known[2] is not state.writes
+        ):
+            return  # no identity (a warning), or not kept
+        rid, url, resource, request = known[3], known[4], known[5], known[6]
+        made = state._by_id.get(rid)
+        if made is None or made[1] is not fields:
+            # merged into an entry made from other fields of its id (two names of one
+            # organisation): that merge recurs with the key; left to the add
+            return
+        # copies: the add's shared ones are only ever copied, and so are these
+        value = (rid, url, dict(resource), dict(request), fields)
         size = (
             sum([len(part) for part in key if type(part) is str])
             + len(orjson.dumps(resource))
@@ -343,6 +358,17 @@ def _remade(f: _Func, c: str) -> str | None:
     return text[len(head) :] if text.startswith(head) else None
 
 
+def _site(path: str, h: str) -> tuple[str, int] | None:
+    """(segment, field) of ``at: ORC-12`` (a field of the group's segment) or of
+    ``/MSH-4`` read at the message's root (MSH-1/2 are the delimiters: not here)."""
+    m = _FIELD.match(path.removeprefix("/") if h == "h0" else path)
+    if m is None or (m[1] == "MSH" and int(m[2]) <= 2):
+        return None
+    if m[1] == "MSH" and not path.startswith("/") and h != "h0":
+        return None
+    return m[1], int(m[2])
+
+
 def _leaf_inline(leaf: Any) -> bool:
     """Whether Lowering._leaf generates ``leaf`` inline, with its error path apart (the
     value as it is, a conversion alone, or a look-up alone): a leaf called with the
@@ -494,21 +520,33 @@ class Ceiling(Lowering):
         return super()._direct(f, body, t, c, h, ind, sites)
 
     def _shared(
-        self, f: _Func, c: str, h: str, ind: int, key: str, template: Any, miss: str | None
+        self,
+        f: _Func,
+        c: str,
+        h: str,
+        ind: int,
+        key: str,
+        template: Any,
+        miss: str | None,
+        node: Callable[[int], tuple[str, str]] | None = None,
     ) -> bool:
         """Code adding the entry of ``template``'s memoised fields at node ``h`` found whole
         in a :class:`SharedEntries` (no fields' memo, no BundleBuilder.add): keyed by
         what the fields' memo keys on, the id's entry appended (or, met before in this
         record, the same fields: nothing to merge), its URL listed under ``key``. Not
         found, the compiled target's code (the memo, the add) runs, and the entry it
-        made is remembered (:meth:`SharedEntries.remember`). ``miss``: the source of the
+        made is remembered (:meth:`SharedEntries.remember`). With ``node``, ``h`` holds
+        the node's text, a field repetition's (level 0), and ``node(ind)`` writes the code
+        finding the node itself, for that path alone (its variable, and the source of its
+        context). ``miss``: the source of the
         context for that path (None: not lowered, False returned). An entry of the
         same id made from other fields (a merge) falls back."""
         scope = MEMO_SCOPES.get(template.fields)
         if scope is None or scope.segments or scope.rooted or miss is None:
             return False  # keyed on the group's segments too: left to the memo
         names = sorted(scope.vars | scope.ref_vars)
-        parts = [f"{h}.text", f"{h}.level", "tz", "view.reading"]
+        parts = [f"{h}.text", f"{h}.level"] if node is None else [h, "0"]
+        parts += ["tz", "view.reading"]
         parts += [_read_var(f, c, name) for name in names]
         parts += [f"tuple(state.refs({ref!r}))" for ref in sorted(scope.refs)]
         parts += [
@@ -523,12 +561,13 @@ class Ceiling(Lowering):
         f.add(ind, "except TypeError:  # an unhashable variable: not remembered")
         f.add(ind + 1, f"{k} = {e} = None")
         f.add(ind, f"if {e} is None:")
-        f.add(ind + 1, f"{n} = len(state.entries)")
-        fields = f"{self._name(template.fields, 'T')}({miss}, {h})"
+        if node is not None:
+            h, miss = node(ind + 1)
         rt = self._name(template, "R")
-        f.add(ind + 1, f"state.add({key!r}, {rt}, {fields} or {{}}, {h})")
-        f.add(ind + 1, f"if {k} is not None and len(state.entries) > {n}:")
-        f.add(ind + 2, f"{memo}.remember({k}, state)")
+        f.add(ind + 1, f"{n} = {self._name(template.fields, 'T')}({miss}, {h}) or {{}}")
+        f.add(ind + 1, f"state.add({key!r}, {rt}, {n}, {h})")
+        f.add(ind + 1, f"if {k} is not None:")
+        f.add(ind + 2, f"{memo}.remember({k}, {n}, {rt}, state)")
         f.add(ind, "else:")
         f.add(ind + 1, f"{x} = state._by_id.get({e}[0])")
         f.add(ind + 1, f"if {x} is None:")
@@ -588,6 +627,8 @@ class Ceiling(Lowering):
         the field's text, as :meth:`_each`, without the node, nor a context for it (the
         ``with`` values are the function's locals, see _codegen._read_var)."""
         at, extra, body = shape
+        if isinstance(f, _RawFunc) and self._shared_at(f, t, c, h, ind, at, extra, body):
+            return
         fields = [_FIELD.match(alt) for alt in at or ()]
         inner = None
         if (
@@ -636,6 +677,83 @@ class Ceiling(Lowering):
         self.emit(f, inner, t, c2, r, ind + 1)
         f.add(ind, "else:")
         f.add(ind + 1, f"{t} = None")
+
+    def _shared_at(
+        self, f: _RawFunc, t: str, c: str, h: str, ind: int, at: Any, extra: Any, body: Fn
+    ) -> bool:
+        """``at: ORC-12 | OBR-16`` (or ``/MSH-4`` of the message) of a shared entry whose
+        ``with`` values are constants (a role's keys): its key made of the field's first
+        non-empty repetition read from the text (:meth:`_first_rep`), without the node
+        (the accessor's call, its label); the node is selected only to make the entry
+        (:meth:`_shared`). False when not lowered so."""
+        shape = SHAPES.get(body)
+        if (
+            not at
+            or ind >= _RAW_DEPTH
+            or shape is None
+            or shape[0] != "add"
+            or shape[2].fields not in MEMOS
+            or self._own(shape[2].fields, tuple(at)) is not None
+            or not all(fn in _CONSTANTS for fn in extra.values())
+        ):
+            return False
+        sites = [_site(alt, h) for alt in at]
+        if not all(sites):
+            return False
+        r = self._first_rep(f, ind, tuple(at), sites, h)
+        f.add(ind, f"if {r} is not None:")
+        c2, values = c, {}
+        if extra:
+            for name, fn in extra.items():
+                values[name] = f.var("w")
+                self.emit(f, fn, values[name], c, r, ind + 1)
+            c2 = f.var("c")  # never assigned: its variables are these locals
+            f.scopes[c2] = (c, values)
+        maker = _maker(f, c)
+        literal = "{" + ", ".join(f"{k!r}: {v}" for k, v in values.items()) + "}"
+
+        def node(level: int) -> tuple[str, str]:
+            nodes, h2 = f.var("n"), f.var("h")
+            f.add(level, f"{nodes} = {f.look(level, 'select', at[0], h)}")
+            for alt in at[1:]:
+                f.add(level, f"if not {nodes}:")
+                f.add(level + 1, f"{nodes} = {f.look(level + 1, 'select', alt, h)}")
+            f.add(level, f"{h2} = {nodes}[0]")
+            return h2, (f"{maker}.at_with({h2}, {literal})" if values else maker)
+
+        if not self._shared(f, c2, r, ind + 1, shape[1], shape[2], maker, node):
+            f.lines[-1] += "  # not lowered"  # pragma: no cover - checked above
+        f.add(ind + 1, f"{t} = None")
+        f.add(ind, "else:")
+        f.add(ind + 1, f"{t} = None")
+        return True
+
+    def _first_rep(
+        self, f: _RawFunc, ind: int, at: tuple[str, ...], sites: list[Any], h: str
+    ) -> str:
+        """A variable holding the first non-empty repetition of the first of the fields
+        ``at`` that has one (None if none has): what ``view.select(alt, h)[0].text`` gives,
+        read from the segments' text (as :meth:`_at`); known for the reads that follow."""
+        key = ("first-rep", " | ".join(at), h)
+        found = f._known.get(key)
+        if found is not None and found[1] <= ind:
+            return found[0]
+        r, rr, x = f.var("r"), f.var("r"), f.var("x")
+        svs = [f._segment(ind, segment, h) for segment, _ in sites]
+        f.add(ind, f"{r} = None")
+        level = ind
+        for n, ((_, field), sv) in enumerate(zip(sites, svs, strict=True)):
+            if n:
+                f.add(level, f"if {r} is None:")
+                level += 1
+            f.add(level, f"{x} = {sv}[{field}] if {sv} is not None and len({sv}) > {field} else ''")
+            f.add(level, f"if {x}:  # {at[n]}")
+            f.add(level + 1, f"for {rr} in {x}.split(rs):")
+            f.add(level + 2, f"if {rr}:")
+            f.add(level + 3, f"{r} = {rr}")
+            f.add(level + 3, "break")
+        f._known[key] = (r, ind)
+        return r
 
     def _raw_body(self, body: Fn, *sites: str) -> Fn | None:
         """The spec to generate for ``body`` read from a repetition's text (``body``, or

@@ -114,30 +114,28 @@ def test_a_key_read_twice_by_one_record_stays_that_records_own() -> None:
 def test_shared_entries_stop_at_a_byte_budget() -> None:
     """The ceiling target's whole entries (gateway/mapping/_ceiling.py) are bounded in
     bytes as the memo is: 3,000 organisations remembered keep at most its budget."""
-    from gateway.mapping._bundle import BundleBuilder, ResourceTemplate
+    from gateway.mapping._bundle import _IDENTITIES, BundleBuilder, ResourceTemplate
     from gateway.mapping._ceiling import SharedEntries
     from gateway.shared import freeze
 
     template = ResourceTemplate(
-        "Organization", _spec, "identifier", (), None, frozenset(), "test", recurs=True
+        "Organization", _spec, "identifier", (), None, frozenset(), "test", recurs=False
     )
     entries = SharedEntries()
-    states = []
-    for n in range(3_000):  # made first: only what the entries keep is counted
-        state = BundleBuilder()
-        fields = freeze(
-            {
-                "identifier": [{"system": "urn:x", "value": f"org-{n}"}],
-                "name": f"organisation {n}" * 20,
-            }
-        )
-        state.add("sender", template, fields, None)
-        states.append(state)
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
-        for n, state in enumerate(states):
-            entries.remember((f"org-{n}^^ISO", 0, "Asia/Hong_Kong"), state)
+        for n in range(3_000):
+            fields = freeze(
+                {
+                    "identifier": [{"system": "urn:x", "value": f"org-{n}"}],
+                    "name": f"organisation {n}" * 20,
+                }
+            )
+            state = BundleBuilder()
+            state.add("sender", template, fields, None)
+            entries.remember((f"org-{n}^^ISO", 0, "Asia/Hong_Kong"), fields, template, state)
+        _IDENTITIES.clear()  # the add's own bounded table: not the entries'
         retained = tracemalloc.get_traced_memory()[0] - before
     finally:
         tracemalloc.stop()

@@ -50,7 +50,9 @@ from ..shared import FrozenDict
 from ._bundle import _IDENTITIES, BundleBuilder, fresh_resource_id
 from ._codegen import Lowering, _Func, _maker, _read_var
 from ._compile import _CONSTANTS, SAME_AS, SHAPES, Ctx, Fn
+from ._functions import identifier_system, script
 from ._memo import MEMO_SCOPES, MEMOS
+from ._terminology import _CJK
 
 __all__ = ["STATS", "TARGETS", "Ceiling", "Fallback"]
 
@@ -194,6 +196,11 @@ class SharedEntries(dict[tuple[Any, ...], tuple[Any, ...]]):
             self.held = 0
         self[key] = value
         self.held += size
+
+
+# identifier_system's arguments, in the order of its key in Env.systems
+_SYSTEM_ARGS = ("kind", "authority", "authority_oid", "authority_type", "facility")
+_NO: Any = object()  # not in Env.systems
 
 
 # -- the generator ------------------------------------------------------------------------
@@ -395,6 +402,8 @@ class Ceiling(Lowering):
                 "cell": cell,
                 "bisect_left": bisect_left,
                 "tnew": tuple.__new__,
+                "_NO": _NO,
+                "_CJK": _CJK,
             }
         )
 
@@ -469,6 +478,32 @@ class Ceiling(Lowering):
         f.add(1, "return bundle, state.warnings")
         f.finish()
         return "\n".join(f.lines) + "\n"
+
+    # -- functions whose answers the generated code finds itself -------------------------
+    def _fn(self, f: _Func, t: str, c: str, h: str, ind: int, func: Any, args: Any) -> None:
+        """``identifier-system``: its answer looked up in ``env.systems`` (the function's
+        own table of answers by argument) inline, the function called only for an
+        argument set not there (worked out, kept, or raising, by the function itself);
+        ``script``: its test inline. Either way one Python call less per identifier
+        and per name; any other function is called."""
+        names = [key for key, _ in args]
+        if func is script and names == ["text"]:
+            a = f.var("a")
+            self.emit(f, args[0][1], a, c, h, ind)
+            f.add(ind, f"{t} = ('IDE' if _CJK.search({a}) else 'ABC') if {a} else None")
+            return
+        if func is not identifier_system or not set(names) <= set(_SYSTEM_ARGS):
+            super()._fn(f, t, c, h, ind, func, args)
+            return
+        named = {}
+        for key, fn in args:
+            named[key] = f.var("a")
+            self.emit(f, fn, named[key], c, h, ind)
+        system = "(" + ", ".join(named.get(k, "None") for k in _SYSTEM_ARGS) + ",)"
+        f.add(ind, f"{t} = env.systems.get({system}, _NO)")
+        f.add(ind, f"if {t} is _NO:")
+        call = ", ".join(f"{k}={v}" for k, v in named.items())
+        f.add(ind + 1, f"{t} = {self._name(func, 'FN')}(env, {call})")
 
     # -- error paths: the compiled engine gives the error (or the lenient warning) ------
     def _at_error(self, f: _Func, c: str, ind: int) -> str:  # type: ignore[override]

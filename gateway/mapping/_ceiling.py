@@ -24,10 +24,19 @@ What it lowers beyond the compiled target (first slice):
   (a record's own fragment): the field's first non-empty repetition read from its
   text, no node nor context made.
 
-Not yet (the compiled target's code is generated there, or its functions called): the
-shared entries (organisations, staff) memoised whole, the entries' ids and requests
-(BundleBuilder.add), the narratives (added after, by the pipeline, as today), the
-validation.
+- the shared entries (an organisation at MSH-4, a practitioner and role at ORC-12):
+  found whole (:class:`SharedEntries`: id, fullUrl, resource, request, by what their
+  fields' memo keys on, the node's text read from the segment), appended without the
+  fields' memo nor BundleBuilder.add; one id met again from other fields (a merge) is
+  left to the add, or falls back (reason ``merge``) once the entry was found whole;
+- a segment's groups (``group: ORC``, ``each: DG1``) found in place, labels inline;
+- ``identifier-system``'s answers looked up in its table inline, ``script`` inline.
+
+Not yet (the compiled target's code is generated there, or its functions called): a
+record's own entries' ids and requests (BundleBuilder.add: the patient, the orders),
+``state.ref`` for keys made only outside the groups (constant per message), the
+narratives (added after, by the pipeline, as today; a shared entry's text is not part
+of what is found whole), the validation.
 
 Every error path (a refused conversion, an unknown code, a required value missing)
 raises :class:`Fallback`: the compiled engine then gives the error, or the lenient

@@ -518,9 +518,10 @@ class Ceiling(Lowering):
     def _at_error(self, f: _Func, c: str, ind: int) -> str:  # type: ignore[override]
         """Where the compiled target makes a context to name a field in an error (or to
         drop a lenient field's value with a warning): fall back. The lines that the
-        compiled generator writes after it stay, unreachable."""
+        compiled generator writes after it stay, unreachable, and name no context (None
+        for it): a context used only there (an order group's, a note's) is not made."""
         f.add(ind, "raise Fallback('error-path')")
-        return c
+        return "None"
 
     # -- entries ------------------------------------------------------------------------
     def _add(self, f: _Func, t: str, c: str, h: str, ind: int, key: str, template: Any) -> None:

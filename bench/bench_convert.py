@@ -1005,7 +1005,7 @@ def paired(args: argparse.Namespace, messages: MessageSet) -> str:
     as_file = bool(args.as_file)
     workers = [
         _Worker("before", Path(args.paired).resolve(), "compiled", as_file=as_file),
-        _Worker("compiled", REPO, "compiled", as_file=as_file),
+        _Worker("compiled", REPO, args.engine, as_file=as_file),
         _Worker("interpreted", REPO, "interpreted", as_file=as_file),
         _Worker("python-hl7", REPO, "compiled", peer="python-hl7"),
     ]
@@ -1013,6 +1013,7 @@ def paired(args: argparse.Namespace, messages: MessageSet) -> str:
     load_before = os.getloadavg()
     times: dict[str, list[float]] = {w.name: [] for w in workers}
     lines = [f"- {w.name}: `{w.gateway}`" for w in workers]
+    lines.append(f"- this tree's 'compiled' worker runs GATEWAY_MAPPING_ENGINE={args.engine}")
     lines += ["", "| round | " + " | ".join(f"{w.name} µs/msg" for w in workers) + " |"]
     lines.append("| ---: |" + " ---: |" * len(workers))
     for rnd in range(args.rounds + 1):  # round 0 warms up every worker, not counted
@@ -1115,6 +1116,13 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--passes", type=int, default=10, help="passes over the messages per paired round"
+    )
+    parser.add_argument(
+        "--engine",
+        default="compiled",
+        choices=("compiled", "ceiling"),
+        help="with --paired: the mapping engine of this tree's 'compiled' worker (ceiling: "
+        "gateway/mapping/_ceiling.py, issue 18); the earlier tree's is always compiled",
     )
 
 

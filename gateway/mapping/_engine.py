@@ -14,6 +14,7 @@ from typing import Any
 from ..datafiles import load_data_file
 from ..errors import ConfigError, Issue, MappingError
 from ._bundle import BundleBuilder, fresh_resource_id
+from ._ceiling import STATS, TARGETS, Ceiling, Fallback
 from ._codegen import Lowering, engine_setting, lowering_for, seq
 from ._compile import Compiler, Ctx, Fn
 from ._functions import Env
@@ -34,8 +35,24 @@ class MessageMapping:
     # ``one-patient``: where the record names its patient; a second one there refuses it
     # (a Bundle is one patient's, and the mapping reads the first)
     one_patient: str | None = None
+    # The ceiling target's ``build(view, env, tz, lenient)`` for this mapping (see
+    # gateway/mapping/_ceiling.py), tried first; None: the units below alone
+    build: Callable[..., tuple[dict[str, Any], list[Issue]]] | None = None
 
     def run(self, view: Any, env: Env, tz: str) -> tuple[dict[str, Any], list[Issue]]:
+        if self.build is not None:
+            try:
+                bundle, warnings = self.build(view, env, tz, self.lenient)
+            except Fallback as exc:
+                STATS["fallback:" + exc.reason] += 1
+            except MappingError as exc:  # raised by a unit it calls: its error, again
+                STATS["fallback:error:" + exc.code] += 1
+            else:
+                STATS["built"] += 1
+                return bundle, _once(warnings)
+        return self._run(view, env, tz)
+
+    def _run(self, view: Any, env: Env, tz: str) -> tuple[dict[str, Any], list[Issue]]:
         if self.one_patient is not None:
             found = view.select(self.one_patient, view.root)
             if len(found) > 1:
@@ -93,10 +110,13 @@ class MappingSet:
         self._check_path = check_path
         self._compiler = Compiler(self.folder, env, check_path)
         self._lowering: Lowering | None = None
-        if self.engine == "compiled":
+        if self.engine in ("compiled", "ceiling"):
             # the path checker names the view class reading this format (its accessors)
             view = getattr(check_path, "view", None)
             self._lowering = self._compiler.lower = lowering_for(self.folder, view=view)
+        self._ceiling: Ceiling | None = None
+        if self.engine == "ceiling" and self._lowering is not None and self._lowering.view:
+            self._ceiling = Ceiling(self._lowering.view)
         self._by_type: dict[str, MessageMapping] = {}
         for path in sorted((self.folder / "messages").glob("*.yaml")):
             mapping = self._load(path)
@@ -138,13 +158,15 @@ class MappingSet:
         if "identifier" not in bundle:
             raise ConfigError("mapping", f"{where}: needs bundle.identifier")
         lower = self._lowering or (lambda fn, unit: fn)
-        variables = {
-            str(k): lower(compiler.spec(v, f"{where}: vars.{k}"), f"{where}: vars.{k}")
+        raw_vars = {
+            str(k): compiler.spec(v, f"{where}: vars.{k}")
             for k, v in (raw.get("vars") or {}).items()
         }
+        variables = {k: lower(fn, f"{where}: vars.{k}") for k, fn in raw_vars.items()}
         entries = compiler.entries(list(raw["resources"]), f"{where}: resources", [])
+        closures = seq(entries)
         if self._lowering is not None:  # one function for all resources
-            entries = [self._lowering(seq(entries), f"{where}: resources")]
+            entries = [self._lowering(closures, f"{where}: resources")]
         one_patient = raw.get("one-patient")
         if one_patient is not None:
             try:
@@ -153,6 +175,16 @@ class MappingSet:
                 raise ConfigError("mapping", f"{where}: one-patient: {exc.issue.message}") from None
         identifier = compiler.spec(bundle["identifier"], f"{where}: bundle.identifier")
         timestamp = compiler.spec(bundle.get("timestamp"), f"{where}: bundle.timestamp")
+        build = None
+        if self._ceiling is not None and where in TARGETS:
+            build = self._ceiling.build(
+                where,
+                raw_vars,
+                closures,
+                identifier,
+                timestamp,
+                None if one_patient is None else str(one_patient),
+            )
         return MessageMapping(
             name=where,
             types=tuple(str(t) for t in raw["messages"]),
@@ -161,6 +193,7 @@ class MappingSet:
             bundle_identifier=lower(identifier, f"{where}: bundle.identifier"),
             bundle_timestamp=lower(timestamp, f"{where}: bundle.timestamp"),
             one_patient=None if one_patient is None else str(one_patient),
+            build=build,
         )
 
 

@@ -109,3 +109,35 @@ def test_a_key_read_twice_by_one_record_stays_that_records_own() -> None:
     assert calls.count("hospital") == 2  # remembered on the second record's first read
     assert is_frozen(second[3]) and second[3] is second[4]
     assert first[0] == first[1] == {"value": "patient-1"}
+
+
+def test_shared_entries_stop_at_a_byte_budget() -> None:
+    """The ceiling target's whole entries (gateway/mapping/_ceiling.py) are bounded in
+    bytes as the memo is: 3,000 organisations remembered keep at most its budget."""
+    from gateway.mapping._bundle import _IDENTITIES, BundleBuilder, ResourceTemplate
+    from gateway.mapping._ceiling import SharedEntries
+    from gateway.shared import freeze
+
+    template = ResourceTemplate(
+        "Organization", _spec, "identifier", (), None, frozenset(), "test", recurs=False
+    )
+    entries = SharedEntries()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for n in range(3_000):
+            fields = freeze(
+                {
+                    "identifier": [{"system": "urn:x", "value": f"org-{n}"}],
+                    "name": f"organisation {n}" * 20,
+                }
+            )
+            state = BundleBuilder()
+            state.add("sender", template, fields, None)
+            entries.remember((f"org-{n}^^ISO", 0, "Asia/Hong_Kong"), fields, template, state)
+        _IDENTITIES.clear()  # the add's own bounded table: not the entries'
+        retained = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert 0 < len(entries) < 3_000
+    assert retained < 200_000

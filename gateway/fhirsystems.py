@@ -4,8 +4,8 @@ and ``https://fhir.nsch.example.cn:443/sid/mrn`` are one system. Compared as wri
 another spelling of the same hospital's MRN system was "another system, nothing to
 compare" and let another patient's number by. Only the comparison uses this form:
 what is stored (and searched, and sent back) keeps the system as the partner wrote it.
-Below the store (its migration 0016 fills ``inbound_beside`` with :func:`beside_rows`);
-``gateway/inbound/_identity.py`` is how the inbound stage names it.
+Below the store (its migration 0016 fills ``inbound_beside`` with :func:`beside_rows`,
+as the inbound stage's writes do).
 """
 
 from __future__ import annotations

@@ -35,8 +35,7 @@ from urllib.parse import parse_qsl, urlsplit
 from sqlalchemy.engine import Connection
 
 from ..errors import http_status, operation_outcome, shape
-from ._errors import InboundError
-from ._identity import (
+from ..fhirsystems import (
     DEFAULT_PORTS,
     PATIENT_NAMES,
     comparable,
@@ -45,6 +44,7 @@ from ._identity import (
     system_key,
     type_codes,
 )
+from ._errors import InboundError
 from ._locks import lock_bundle
 from ._resources import (
     ID_PATTERN,
@@ -435,7 +435,7 @@ _PATIENT_ELEMENT = re.compile(
 
 def _pairs(resource: dict[str, Any] | None) -> set[tuple[str, str]]:
     """(system as compared, value) of a resource's identifiers that have both: one
-    system however it is spelled (``_identity.py``: ``…/mrn/`` is ``…/mrn``)."""
+    system however it is spelled (``gateway/fhirsystems.py``: ``…/mrn/`` is ``…/mrn``)."""
     found = (resource or {}).get("identifier")
     return comparable(found if isinstance(found, list) else [], systemless=False)
 
@@ -463,7 +463,7 @@ def _check_same_patient(plan: _Entry, stored: Stored | None) -> None:
     one its condition matched by an identifier without a system, unless the two share
     an identifier with one: a value alone proves nothing (another hospital's number,
     another patient's), and the records would join whichever patient holds it.
-    Systems are compared however they are spelled (``_identity.py``): as written,
+    Systems are compared however they are spelled (``gateway/fhirsystems.py``): as written,
     ``…/mrn/`` was another system than ``…/mrn``, nothing to compare, and another
     patient's MRN went by."""
     if plan.resource_type != "Patient" or stored is None:

@@ -18,8 +18,8 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote
 
 from ..errors import Issue
+from ..fhirsystems import comparable, system_key
 from ..network import Institution
-from ._identity import comparable, system_key
 from ._referrals import is_referral
 
 __all__ = ["identity_mismatches", "misaddressed", "mixed_patients"]
@@ -107,7 +107,7 @@ def identity_mismatches(bundle: dict[str, Any]) -> list[Issue]:
     as the Bundle shows: the ``identifier`` must be one of the Patient entry's the
     reference points at, and one of the same system as a conditional reference's must
     be that one. Identifiers are compared as written (their systems however spelled,
-    ``_identity.py``): one without a system is the entry's only when the entry holds it
+    ``gateway/fhirsystems.py``): one without a system is the entry's only when the entry holds it
     without one too (a bare value cannot say it is that system's).
     :func:`mixed_patients` compares references by their literal part only, so another
     patient's number written beside it would be stored with the record (and go back as
@@ -207,7 +207,7 @@ def _patient_tokens(resource: dict[str, Any]) -> list[str]:
 
 
 def _compared(token: str) -> str:
-    """``system|value`` with its system as compared (``_identity.py``): as written,
+    """``system|value`` with its system as compared (``gateway/fhirsystems.py``): as written,
     ``Patient?identifier=…/sid/mrn/|0098765`` beside the Patient entry holding
     ``…/sid/mrn|0098765`` was "another patient". A bare value stays as it is."""
     system, bar, value = token.partition("|")

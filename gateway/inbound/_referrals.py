@@ -26,12 +26,12 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ..config import Settings
+from ..fhirsystems import identifier_key, system_key
 from ..mapping import NAMESPACE
 from ..network import Institution, Network
 from ..partners import Partner, configured_partners
 from ..store import Store, metadata, utcnow
 from ._errors import InboundError
-from ._identity import identifier_key, system_key
 from ._resources import Resources, Search, Stored, instant
 
 if TYPE_CHECKING:
@@ -628,7 +628,7 @@ def _same_referral(
 ) -> None:
     """The Task found for a referral is that referral's: the same identifier (system and
     value: the Task's own identifier keeps the value only; the system however spelled,
-    ``_identity.py``: as written, the referral resent with ``…/sid/referral/`` was
+    ``gateway/fhirsystems.py``: as written, the referral resent with ``…/sid/referral/`` was
     "another referral's" and refused) and the same patient. Else the referral would
     change another referral's, or another patient's, Task. ``checked``: the subject's
     identifier was compared with its stored Patient."""
@@ -680,7 +680,7 @@ def _same_subject(first: Any, now: Any, checked: bool) -> bool:
     (a Patient not stored here, one on the partner's server) the two identifiers, when
     both are written, must be one (else the referral would name two patients); or, both
     logical, the same identifier with a system (one without a system proves no
-    patient). Systems are compared however spelled (``_identity.py``). The two being
+    patient). Systems are compared however spelled (``gateway/fhirsystems.py``). The two being
     equal proves nothing by itself: ``{"display": "陳大文"}`` twice is no patient (it
     kept the Task before). Anything else: another patient."""
     if not isinstance(first, dict) or not isinstance(now, dict):

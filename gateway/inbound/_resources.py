@@ -19,9 +19,9 @@ from sqlalchemy.engine import Connection
 
 from ..errors import shape
 from ..fhirdates import DateSearchError, date_range
+from ..fhirsystems import beside_rows, digest, system_key
 from ..store import MAX_ID, Store, utcnow
 from ._errors import InboundError
-from ._identity import beside_rows, digest, system_key
 from ._schema import beside, identifiers, resources
 
 __all__ = [
@@ -180,7 +180,7 @@ class Resources:
     def _patient_keys(self, conn: Connection, patient: str) -> list[str]:
         """``patient=`` as the ``patient`` column holds it: ``Patient/id`` or ``id`` as is;
         ``system|value`` also as every stored Patient with that identifier, its system
-        however spelled (``_identity.py``: as written, ``patient=…/sid/mrn/|0098765``
+        however spelled (``gateway/fhirsystems.py``: as written, ``patient=…/sid/mrn/|0098765``
         found none of the records kept under 许嘉玮's Patient, and a conditional create
         by it stored them twice). A logical reference (the column holds its
         ``system|value`` as written) is matched as written."""
@@ -243,7 +243,7 @@ class Resources:
         self, conn: Connection, resource_type: str, where: Search, system: str, value: str
     ) -> list[str]:
         """``find`` by ``system|value``, the system however it is spelled
-        (``_identity.py``): matched as written, NSCH's ``…/sid/mrn/|0098765`` found no
+        (``gateway/fhirsystems.py``): matched as written, NSCH's ``…/sid/mrn/|0098765`` found no
         Patient stored under ``…/sid/mrn`` and created a second one with 许嘉玮's MRN.
         The same one statement, by value; the systems compared here (what is stored
         keeps the system as written: no schema change)."""

@@ -10,7 +10,7 @@
   conditional creates and updates of later Bundles.
 * ``inbound_beside``: the identifiers written beside each version's reference to its
   patient (``Patient/<id>``, the ``patient`` column), the system as compared
-  (``_identity.py``) with its type codes; hashed too, so that the identity checks find
+  (``gateway/fhirsystems.py``) with its type codes; hashed too, so that the identity checks find
   another value of a system in one indexed look-up (migration ``v0016_inbound_beside``).
 * ``inbound_tokens``: SMART Backend Services access tokens, only their SHA-256.
 * ``inbound_jti``: client-assertion ids already used, until they expire (replay).

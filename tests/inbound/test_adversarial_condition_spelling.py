@@ -1,6 +1,6 @@
 """Adversarial review of POST /fhir: conditions and conditional references by an
 identifier whose system is spelled otherwise than the stored one's. The identity
-checks compared systems however spelled (gateway/inbound/_identity.py), but the
+checks compared systems however spelled (gateway/fhirsystems.py), but the
 look-ups matched them as written: NSCH's second Bundle for 许嘉玮 with
 ``ifNoneExist: identifier=https://fhir.nsch.example.cn/sid/mrn/|0098765`` (a trailing
 slash) found no Patient and created a second one with his MRN, and his records were

@@ -24,7 +24,7 @@ import pytest
 
 from gateway import Converter, Settings
 from gateway.api import TokenSet, create_app
-from gateway.inbound._identity import system_key
+from gateway.fhirsystems import system_key
 from tests.api.test_app import Client
 from tests.store.dbs import BACKENDS, database
 

@@ -5,7 +5,7 @@ a Patient entry matched to the stored 许嘉玮 (by his MRN) that carried 陈美
 ``R123456A`` under ``HTTPS://FHIR-GATEWAY.EXAMPLE.ORG/sid/hkid/`` passed as "different
 systems, nothing to compare", and her records joined his. Systems are compared however
 they are spelled now (scheme and host in any case, no default port, no trailing slash;
-gateway/inbound/_identity.py): 422 ``inbound.identity-mismatch``, nothing stored. Only
+gateway/fhirsystems.py): 422 ``inbound.identity-mismatch``, nothing stored. Only
 the comparison: what is stored keeps the system as the partner wrote it."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from gateway import Settings
-from gateway.inbound._identity import system_key
+from gateway.fhirsystems import system_key
 from tests.api.test_app import Client
 
 from .conftest import LOCAL_AUTH, counts

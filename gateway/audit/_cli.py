@@ -245,7 +245,13 @@ def _print(verdict: Verdict, as_json: bool) -> None:
 
 def _sign(settings: Settings, args: argparse.Namespace | None = None) -> Signer:
     if args is not None and args.key:
-        return Signer.load(Path(args.key), Path(args.cert) if args.cert else None)
+        # an encrypted key opens as `gateway sign --key`'s and a key folder's do
+        password = os.environ.get("GATEWAY_SIGNING_PASSWORD")
+        return Signer.load(
+            Path(args.key),
+            Path(args.cert) if args.cert else None,
+            password=password.encode() if password else None,
+        )
     signer = audit_signer(settings)
     if signer is None:
         raise AuditError(

@@ -173,3 +173,28 @@ def test_transfers_wants_a_four_digit_year(home: Path, capsys: pytest.CaptureFix
         main(["audit", "transfers", "--year", "26"])
     assert usage.value.code == 2
     assert "give the year in four digits (2026), not '26'" in capsys.readouterr().err
+
+
+def test_sign_head_opens_an_encrypted_key_given_with_its_password(
+    home: Path, pki: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`sign-head --key` reads an encrypted key with GATEWAY_SIGNING_PASSWORD, as
+    `gateway sign --key` and every key folder do (docs/signing.md): it passed no
+    password, so an encrypted key could sign no tree head (signing.key)."""
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_pem_private_key((pki / "nsch" / "key.pem").read_bytes(), None)
+    encrypted = tmp_path / "audit-key.pem"
+    encrypted.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"head-s3cret"),
+        )
+    )
+    encrypted.chmod(0o600)
+    monkeypatch.setenv("GATEWAY_SIGNING_PASSWORD", "head-s3cret")
+    _log(home).record_many(transfer_events(3))
+    cert = str(pki / "nsch" / "cert.pem")
+    assert main(["audit", "sign-head", "--key", str(encrypted), "--cert", cert]) == 0
+    assert main(["audit", "verify", "--cert", cert]) == 0

@@ -24,10 +24,12 @@ What it lowers beyond the compiled target (first slice):
   (a record's own fragment): the field's first non-empty repetition read from its
   text, no node nor context made.
 
-- the shared entries (an organisation at MSH-4, a practitioner and role at ORC-12):
-  found whole (:class:`SharedEntries`: id, fullUrl, resource, request, by what their
-  fields' memo keys on, the node's text read from the segment), appended without the
-  fields' memo nor BundleBuilder.add; one id met again from other fields (a merge) is
+- the shared entries (an organisation at MSH-4, a practitioner and role at ORC-12, a
+  referral's practitioner and role of ``group: PRD``, keyed on the PRD segment's text
+  as the memo keys on it, ``view.group_key``): found whole (:class:`SharedEntries`:
+  id, fullUrl, resource, request, by what their fields' memo keys on, the node's
+  text read from the segment), appended without the fields' memo nor
+  BundleBuilder.add; one id met again from other fields (a merge) is
   left to the add, or falls back (reason ``merge``) once the entry was found whole;
 - a segment's groups (``group: ORC``, ``each: DG1``) found in place, labels inline;
 - ``identifier-system``'s answers looked up in its table inline, ``script`` inline.
@@ -68,7 +70,8 @@ __all__ = ["STATS", "TARGETS", "Ceiling", "Fallback"]
 log = logging.getLogger(__name__)
 
 # The message mappings lowered whole (the others keep the compiled target): one at a
-# time, each proven byte for byte before the next.
+# time, each proven byte for byte before the next (REF.yaml: its constructs are ORDER's,
+# plus the PRD groups' shared entries keyed on their segment, see Ceiling._shared).
 TARGETS = frozenset({"ORDER.yaml", "REF.yaml"})
 
 # Messages built by the ceiling target ("built") and those that fell back, by reason
@@ -587,10 +590,21 @@ class Ceiling(Lowering):
         context for that path (None: not lowered, False returned). An entry of the
         same id made from other fields (a merge) falls back."""
         scope = MEMO_SCOPES.get(template.fields)
-        if scope is None or scope.segments or scope.rooted or miss is None:
-            return False  # keyed on the group's segments too: left to the memo
+        if scope is None or scope.rooted or miss is None:
+            return False
+        if scope.segments and node is not None:
+            return False  # a field's text has no group: left to the memo
         names = sorted(scope.vars | scope.ref_vars)
         parts = [f"{h}.text", f"{h}.level"] if node is None else [h, "0"]
+        g = None
+        if scope.segments:
+            # fields reading the segments of their group (a practitioner of PRD-2/3/5/7
+            # in ``group: PRD``): keyed on those segments' text too, as the memo keys
+            # (view.group_key); None for the whole message, which the memo never keeps
+            g = f.var("g")
+            sg = self._name(frozenset(scope.segments), "SG")
+            f.add(ind, f"{g} = view.group_key({h}, {sg})")
+            parts.append(f"*({g} or ())")
         parts += ["tz", "view.reading"]
         parts += [_read_var(f, c, name) for name in names]
         parts += [f"tuple(state.refs({ref!r}))" for ref in sorted(scope.refs)]
@@ -605,6 +619,9 @@ class Ceiling(Lowering):
         f.add(ind + 1, f"{e} = {memo}.get({k})")
         f.add(ind, "except TypeError:  # an unhashable variable: not remembered")
         f.add(ind + 1, f"{k} = {e} = None")
+        if g is not None:
+            f.add(ind, f"if {g} is None:")
+            f.add(ind + 1, f"{k} = {e} = None")
         f.add(ind, f"if {e} is None:")
         if node is not None:
             h, miss = node(ind + 1)

@@ -602,8 +602,7 @@ class Ceiling(Lowering):
             # in ``group: PRD``): keyed on those segments' text too, as the memo keys
             # (view.group_key); None for the whole message, which the memo never keeps
             g = f.var("g")
-            sg = self._name(frozenset(scope.segments), "SG")
-            f.add(ind, f"{g} = view.group_key({h}, {sg})")
+            self._group_key(f, ind, g, h, sorted(scope.segments))
             parts.append(f"*({g} or ())")
         parts += ["tz", "view.reading"]
         parts += [_read_var(f, c, name) for name in names]
@@ -651,6 +650,32 @@ class Ceiling(Lowering):
         f.add(ind + 1, "else:")
         f.add(ind + 2, f"{u}[{e}[1]] = None")
         return True
+
+    def _group_key(self, f: _Func, ind: int, g: str, h: str, segments: list[str]) -> None:
+        """Code setting ``g`` to ``view.group_key(h, segments)``: for one segment name (a
+        PRD group's practitioner reads PRD alone) its lines found inline, as the view's
+        ``_in_range`` finds them (two bisects, no call; one line in the group of that
+        segment, its own), else the view's method called."""
+        found = f._known.get(("group-key", " ".join(segments), h))
+        if found is not None and found[1] <= ind:  # the practitioner's, for its role
+            f.add(ind, f"{g} = {found[0]}")
+            return
+        f._known[("group-key", " ".join(segments), h)] = (g, ind)
+        if len(segments) > 1:
+            sg = self._name(frozenset(segments), "SG")
+            f.add(ind, f"{g} = view.group_key({h}, {sg})")
+            return
+        pv, i, j = f.var("f"), f.var("i"), f.var("j")
+        f.add(ind, f"if {h}.start == 0 and {h}.end == view._nseg:  # the whole message")
+        f.add(ind + 1, f"{g} = None")
+        f.add(ind, "else:")
+        f.add(ind + 1, f"{pv} = view._positions.get({segments[0]!r}) or ()")
+        f.add(ind + 1, f"{i} = bisect_left({pv}, {h}.start)")
+        f.add(ind + 1, f"{j} = bisect_left({pv}, {h}.end, {i})")
+        f.add(ind + 1, f"if {j} == {i} + 1:")
+        f.add(ind + 2, f"{g} = (view.message.lines[{pv}[{i}]],)")
+        f.add(ind + 1, "else:")
+        f.add(ind + 2, f"{g} = tuple([view.message.lines[x] for x in {pv}[{i}:{j}]])")
 
     # -- a field's repetitions read from its text -----------------------------------------
     def _each(self, f: _Func, t: str, c: str, h: str, ind: int, *shape: Any) -> None:

@@ -24,10 +24,12 @@ What it lowers beyond the compiled target (first slice):
   (a record's own fragment): the field's first non-empty repetition read from its
   text, no node nor context made.
 
-- the shared entries (an organisation at MSH-4, a practitioner and role at ORC-12):
-  found whole (:class:`SharedEntries`: id, fullUrl, resource, request, by what their
-  fields' memo keys on, the node's text read from the segment), appended without the
-  fields' memo nor BundleBuilder.add; one id met again from other fields (a merge) is
+- the shared entries (an organisation at MSH-4, a practitioner and role at ORC-12, a
+  referral's practitioner and role of ``group: PRD``, keyed on the PRD segment's text
+  as the memo keys on it, ``view.group_key``): found whole (:class:`SharedEntries`:
+  id, fullUrl, resource, request, by what their fields' memo keys on, the node's
+  text read from the segment), appended without the fields' memo nor
+  BundleBuilder.add; one id met again from other fields (a merge) is
   left to the add, or falls back (reason ``merge``) once the entry was found whole;
 - a segment's groups (``group: ORC``, ``each: DG1``) found in place, labels inline;
 - ``identifier-system``'s answers looked up in its table inline, ``script`` inline.
@@ -68,8 +70,9 @@ __all__ = ["STATS", "TARGETS", "Ceiling", "Fallback"]
 log = logging.getLogger(__name__)
 
 # The message mappings lowered whole (the others keep the compiled target): one at a
-# time, each proven byte for byte before the next.
-TARGETS = frozenset({"ORDER.yaml"})
+# time, each proven byte for byte before the next (REF.yaml: its constructs are ORDER's,
+# plus the PRD groups' shared entries keyed on their segment, see Ceiling._shared).
+TARGETS = frozenset({"ORDER.yaml", "REF.yaml"})
 
 # Messages built by the ceiling target ("built") and those that fell back, by reason
 # ("fallback:<reason>"): tests assert the fallback rate, benches report it. A handful
@@ -587,10 +590,20 @@ class Ceiling(Lowering):
         context for that path (None: not lowered, False returned). An entry of the
         same id made from other fields (a merge) falls back."""
         scope = MEMO_SCOPES.get(template.fields)
-        if scope is None or scope.segments or scope.rooted or miss is None:
-            return False  # keyed on the group's segments too: left to the memo
+        if scope is None or scope.rooted or miss is None:
+            return False
+        if scope.segments and node is not None:
+            return False  # a field's text has no group: left to the memo
         names = sorted(scope.vars | scope.ref_vars)
         parts = [f"{h}.text", f"{h}.level"] if node is None else [h, "0"]
+        g = None
+        if scope.segments:
+            # fields reading the segments of their group (a practitioner of PRD-2/3/5/7
+            # in ``group: PRD``): keyed on those segments' text too, as the memo keys
+            # (view.group_key); None for the whole message, which the memo never keeps
+            g = f.var("g")
+            self._group_key(f, ind, g, h, sorted(scope.segments))
+            parts.append(f"*({g} or ())")
         parts += ["tz", "view.reading"]
         parts += [_read_var(f, c, name) for name in names]
         parts += [f"tuple(state.refs({ref!r}))" for ref in sorted(scope.refs)]
@@ -605,6 +618,9 @@ class Ceiling(Lowering):
         f.add(ind + 1, f"{e} = {memo}.get({k})")
         f.add(ind, "except TypeError:  # an unhashable variable: not remembered")
         f.add(ind + 1, f"{k} = {e} = None")
+        if g is not None:
+            f.add(ind, f"if {g} is None:")
+            f.add(ind + 1, f"{k} = {e} = None")
         f.add(ind, f"if {e} is None:")
         if node is not None:
             h, miss = node(ind + 1)
@@ -634,6 +650,32 @@ class Ceiling(Lowering):
         f.add(ind + 1, "else:")
         f.add(ind + 2, f"{u}[{e}[1]] = None")
         return True
+
+    def _group_key(self, f: _Func, ind: int, g: str, h: str, segments: list[str]) -> None:
+        """Code setting ``g`` to ``view.group_key(h, segments)``: for one segment name (a
+        PRD group's practitioner reads PRD alone) its lines found inline, as the view's
+        ``_in_range`` finds them (two bisects, no call; one line in the group of that
+        segment, its own), else the view's method called."""
+        found = f._known.get(("group-key", " ".join(segments), h))
+        if found is not None and found[1] <= ind:  # the practitioner's, for its role
+            f.add(ind, f"{g} = {found[0]}")
+            return
+        f._known[("group-key", " ".join(segments), h)] = (g, ind)
+        if len(segments) > 1:
+            sg = self._name(frozenset(segments), "SG")
+            f.add(ind, f"{g} = view.group_key({h}, {sg})")
+            return
+        pv, i, j = f.var("f"), f.var("i"), f.var("j")
+        f.add(ind, f"if {h}.start == 0 and {h}.end == view._nseg:  # the whole message")
+        f.add(ind + 1, f"{g} = None")
+        f.add(ind, "else:")
+        f.add(ind + 1, f"{pv} = view._positions.get({segments[0]!r}) or ()")
+        f.add(ind + 1, f"{i} = bisect_left({pv}, {h}.start)")
+        f.add(ind + 1, f"{j} = bisect_left({pv}, {h}.end, {i})")
+        f.add(ind + 1, f"if {j} == {i} + 1:")
+        f.add(ind + 2, f"{g} = (view.message.lines[{pv}[{i}]],)")
+        f.add(ind + 1, "else:")
+        f.add(ind + 2, f"{g} = tuple([view.message.lines[x] for x in {pv}[{i}:{j}]])")
 
     # -- a field's repetitions read from its text -----------------------------------------
     def _each(self, f: _Func, t: str, c: str, h: str, ind: int, *shape: Any) -> None:

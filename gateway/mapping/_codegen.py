@@ -42,7 +42,7 @@ __all__ = ["ENGINES", "GENERATOR_VERSION", "CodeCache", "Lowering", "engine_sett
 log = logging.getLogger(__name__)
 
 # Part of the cache key: bump it whenever the generated code changes for the same input.
-GENERATOR_VERSION = "11"
+GENERATOR_VERSION = "13"
 # ceiling: the compiled target, with the message mappings of _ceiling.TARGETS generated
 # whole (gateway/mapping/_ceiling.py); not the default until it proves faster
 ENGINES = ("compiled", "interpreted", "ceiling")
@@ -53,9 +53,10 @@ _EMPTY = "({0} is None or {0} == '' or {0} == [] or {0} == {{}})"  # _compile._e
 # keys that no other record meets (issue 18: ~7 memo probes per Patient, none a hit). Its
 # body is generated inline, without the memo's call, key and probe: the same value (a
 # miss computes it), only not frozen, as the record's own values never are (_memo.own_keys).
-# Fields that identify one order (placer and filler numbers): a spec called at one of
-# them is the record's own as well.
-_OWN_FIELDS = frozenset({"ORC-2", "ORC-3", "OBR-2", "OBR-3"})
+# Fields that identify one order (placer and filler numbers) or one referral (RF1-6 its
+# originating id, RF1-11 the external one): a spec called at one of them is the
+# record's own as well (a referral's id recurs only in its cancellation, REF^I14).
+_OWN_FIELDS = frozenset({"ORC-2", "ORC-3", "OBR-2", "OBR-3", "RF1-6", "RF1-11"})
 
 
 def _own_site(path: str) -> bool:

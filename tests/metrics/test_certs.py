@@ -12,16 +12,15 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
-from cryptography.x509.oid import NameOID
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway import Settings
 from gateway.metrics._certs import CertificateCollector
 from gateway.signing import Signer, SigningError, load_signer
+from tests._certs import self_signed
 
 PASSWORD = "p12-s3cret-word"
 NOT_AFTER = dt.datetime(2031, 5, 17, 8, 0, tzinfo=dt.UTC)
@@ -29,18 +28,7 @@ NOT_AFTER = dt.datetime(2031, 5, 17, 8, 0, tzinfo=dt.UTC)
 
 def _p12(path: Path, mode: int, not_after: dt.datetime = NOT_AFTER) -> x509.Certificate:
     """A key folder's key.p12 (password-protected) with a self-signed certificate."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "watch test")])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_after - dt.timedelta(days=365))
-        .not_valid_after(not_after)
-        .sign(key, hashes.SHA256())
-    )
+    key, cert = self_signed("watch test", not_after)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(
         pkcs12.serialize_key_and_certificates(

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import datetime as dt
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,10 +18,8 @@ from typing import Any
 import orjson
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
-from cryptography.x509.oid import NameOID
 
 from gateway import Settings
 from gateway.audit import audit_signer
@@ -30,29 +27,13 @@ from gateway.delivery._status import StatusReplies
 from gateway.partners import Partner
 from gateway.signing import Signer, load_signer, make_demo_pki, signer_for
 from gateway.store import Store, open_store
+from tests._certs import self_signed
 
 PASSWORD = "folder-s3cret"
 
 
-def _certified(common_name: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=365))
-        .sign(key, hashes.SHA256())
-    )
-    return key, cert
-
-
 def _write_p12(folder: Path, common_name: str) -> x509.Certificate:
-    key, cert = _certified(common_name)
+    key, cert = self_signed(common_name)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "key.p12"
     path.write_bytes(

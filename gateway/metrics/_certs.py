@@ -64,13 +64,25 @@ def _key_folder(folder: Path) -> list[x509.Certificate]:
             if problem := exposed(folder / name, "private key file"):
                 raise _Refused(Issue(_KEY_REFUSED, problem))
             password = os.environ.get("GATEWAY_SIGNING_PASSWORD")
-            _, cert, extra = pkcs12.load_key_and_certificates(
-                (folder / name).read_bytes(), password.encode() if password else None
-            )
+            try:
+                _, cert, extra = pkcs12.load_key_and_certificates(
+                    (folder / name).read_bytes(), password.encode() if password else None
+                )
+            except (ValueError, TypeError):  # the password, or not PKCS#12: the key's fault
+                raise _Refused(Issue(_KEY_REFUSED, _unopened(folder / name))) from None
             return [c for c in (cert, *extra) if c is not None]
     if (folder / "cert.pem").is_file():
         return _pem_or_der((folder / "cert.pem").read_bytes())
     return []
+
+
+def _unopened(path: Path) -> str:
+    # the signer's words for it end with the library's reason; the watch names the
+    # file and the setting to look at, never a password or key bytes
+    return (
+        f"{path}: the PKCS#12 file does not open (not PKCS#12, or not with the password "
+        "in GATEWAY_SIGNING_PASSWORD)"
+    )
 
 
 def _env_key(name: str) -> str:

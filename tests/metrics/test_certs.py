@@ -121,3 +121,23 @@ def test_a_folder_with_both_is_watched_by_the_certificate_it_signs_with(
     [(labels, value)] = families["gateway_certificate_not_after_timestamp_seconds"]
     assert labels == {"source": "signing", "key": "nsch", "position": "leaf"}
     assert value == signing.not_valid_after_utc.timestamp()
+
+
+def test_a_pkcs12_key_that_does_not_open_is_reported_as_the_signer_would(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A wrong GATEWAY_SIGNING_PASSWORD: the signer refuses the key (signing.key), so
+    the watch says signing.key too (it said signing.cert, a certificate problem)."""
+    assert settings.signing_keys is not None
+    path = settings.signing_keys / "nsch" / "key.p12"
+    _p12(path, 0o600)
+    monkeypatch.setenv("GATEWAY_SIGNING_PASSWORD", "not-the-password")
+    with pytest.raises(SigningError) as refused:
+        load_signer(settings, "nsch")
+    with caplog.at_level(logging.WARNING, logger="gateway.metrics"):
+        families = _scrape(settings)
+    assert refused.value.code == "signing.key"
+    assert families["gateway_certificate_unreadable"] == [
+        ({"source": "signing", "key": "nsch", "code": "signing.key"}, 1.0)
+    ]
+    assert "GATEWAY_SIGNING_PASSWORD" in caplog.text and "not-the-password" not in caplog.text

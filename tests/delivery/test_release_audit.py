@@ -22,48 +22,37 @@ from .conftest import receive
 store = delivery.home_store  # the home's own store: the CLI opens it too
 
 
-def _releases(store: Store) -> list[dict[str, Any]]:
+def _events(store: Store, action: str) -> list[dict[str, Any]]:
     found = [e.resource() for e in AuditLog(store).rows()]
-    return [e for e in found if (e.get("outcomeDesc") or "").startswith("release")]
+    return [e for e in found if (e.get("outcomeDesc") or "").startswith(action)]
 
 
-def test_a_refused_release_on_the_cli_is_audited(
+# A discard the outbox refuses (a row the policy holds: its hold decision waits with it)
+# is the operator's attempt too, as a refused release is.
+@pytest.mark.parametrize(
+    ("action", "reason", "code"),
+    [
+        ("release", "the partner asked", "delivery.not-releasable"),
+        ("discard", "sent by hand", "delivery.not-discardable"),
+    ],
+)
+def test_a_refused_action_on_the_cli_is_audited(
     home: Settings,
     store: Store,
     converter: Converter,
     outbound: Outbound,
     capsys: pytest.CaptureFixture[str],
+    action: str,
+    reason: str,
+    code: str,
 ) -> None:
     message = receive(store, converter, "hl7v2/ref_i12_nsch_to_hkpmc.hl7")
     [placed] = outbound.process(message).placed
     assert placed.outcome == "held" and placed.outbox_id is not None  # no consent
-    args = ["outbox", "release", str(placed.outbox_id), "--reason", "the partner asked"]
+    args = ["outbox", action, str(placed.outbox_id), "--reason", reason]
     assert main(["--home", str(home.home), *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "[delivery.not-releasable]" in err[0], err
+    assert len(err) == 1 and f"[{code}]" in err[0], err
     assert outbound.outbox.require(placed.outbox_id).state == "held"
-    [event] = _releases(store)  # before: none, the refusal left no trace
-    refused_event(event, "release", "delivery.not-releasable", operator(), message)
-
-
-def test_a_refused_discard_on_the_cli_is_audited(
-    home: Settings,
-    store: Store,
-    converter: Converter,
-    outbound: Outbound,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    """A discard the outbox refuses (a row the policy holds: its hold decision waits with
-    it) is the operator's attempt too, as a refused release is."""
-    message = receive(store, converter, "hl7v2/ref_i12_nsch_to_hkpmc.hl7")
-    [placed] = outbound.process(message).placed
-    assert placed.outcome == "held" and placed.outbox_id is not None  # no consent
-    args = ["outbox", "discard", str(placed.outbox_id), "--reason", "sent by hand"]
-    assert main(["--home", str(home.home), *args]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "[delivery.not-discardable]" in err[0], err
-    assert outbound.outbox.require(placed.outbox_id).state == "held"
-    found = [e.resource() for e in AuditLog(store).rows()]
-    # before: no event
-    [event] = [e for e in found if (e.get("outcomeDesc") or "").startswith("discard")]
-    refused_event(event, "discard", "delivery.not-discardable", operator(), message)
+    [event] = _events(store, action)  # before: none, the refusal left no trace
+    refused_event(event, action, code, operator(), message)

@@ -25,7 +25,7 @@ from cryptography import x509
 
 from ..config import Settings
 from ..errors import ConfigError
-from ..signing import Signer, TrustStore, load_signer
+from ..signing import Signer, TrustStore, load_signer, signing_password
 from ._events import IRCP, Party, Subject, event, operator_action
 from ._export import ExportFilter, export_bundle, load_checkpoint, verify_export
 from ._log import AuditError, AuditLog, SignedHead
@@ -246,11 +246,8 @@ def _print(verdict: Verdict, as_json: bool) -> None:
 def _sign(settings: Settings, args: argparse.Namespace | None = None) -> Signer:
     if args is not None and args.key:
         # an encrypted key opens as `gateway sign --key`'s and a key folder's do
-        password = os.environ.get("GATEWAY_SIGNING_PASSWORD")
         return Signer.load(
-            Path(args.key),
-            Path(args.cert) if args.cert else None,
-            password=password.encode() if password else None,
+            Path(args.key), Path(args.cert) if args.cert else None, password=signing_password()
         )
     signer = audit_signer(settings)
     if signer is None:

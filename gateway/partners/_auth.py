@@ -38,7 +38,7 @@ from joserfc import jwk, jwt
 
 from ..config import Settings, exposed, not_private
 from ..errors import ConfigError, GatewayError
-from ..signing import Signer, SigningError
+from ..signing import Signer, SigningError, folder_signer
 from ._config import Auth, Partner
 
 __all__ = [
@@ -557,22 +557,9 @@ def _jose_key(key: Any) -> jwk.RSAKey | jwk.ECKey | jwk.OKPKey:
 def gateway_signer(signing_keys: Path | None, name: str) -> Signer:
     """The gateway's key named as signing_rules name keys: a folder of ``signing_keys``
     (``key.pem`` + ``cert.pem``, or ``key.p12``; password in GATEWAY_SIGNING_PASSWORD) or
-    ``env:NAME`` (GATEWAY_SIGNING_KEY_NAME / GATEWAY_SIGNING_CERT_NAME)."""
-    if name.startswith("env:"):
-        found = Signer.from_env(name[4:])
-        if found is None:
-            variable = "GATEWAY_SIGNING_KEY_" + name[4:].upper().replace("-", "_")
-            raise ConfigError("partner-auth", f"key {name}: {variable} is not set")
-        return found
-    if signing_keys is None:
-        raise ConfigError("partner-auth", f"key {name!r}: the signing_keys setting is not set")
-    password = os.environ.get("GATEWAY_SIGNING_PASSWORD")
-    secret = password.encode() if password else None
-    folder = signing_keys / name
-    for p12 in ("key.p12", "key.pfx"):
-        if (folder / p12).is_file():
-            return Signer.load(folder / p12, password=secret)
-    return Signer.load(folder / "key.pem", folder / "cert.pem", password=secret)
+    ``env:NAME`` (GATEWAY_SIGNING_KEY_NAME / GATEWAY_SIGNING_CERT_NAME), loaded as every
+    signer loads a key folder (signing's ``folder_signer``)."""
+    return folder_signer(signing_keys, name, setting="key", code="partner-auth")
 
 
 def _lazy_signer(partner: str, auth: Auth) -> Callable[[], Signer]:

@@ -10,7 +10,15 @@ certificates and CRLs; the auditor's report.
 
 from ._algorithms import ALGORITHMS, DEFAULT_ALG, Algorithm
 from ._bundle import PROFILE, sign_bundle, sign_record_bundle, signature_entries, signed_content
-from ._cli import add_cli, load_signer, signer_for, trust_store, verify_bytes
+from ._cli import (
+    add_cli,
+    folder_signer,
+    load_signer,
+    signer_for,
+    signing_password,
+    trust_store,
+    verify_bytes,
+)
 from ._errors import SigningError
 from ._ijson import JsonPath, duplicate_member
 from ._jcs import canonicalize, es6_number
@@ -36,6 +44,7 @@ __all__ = [
     "check_certificate",
     "duplicate_member",
     "es6_number",
+    "folder_signer",
     "issue_certificate",
     "load_signer",
     "make_crl",
@@ -47,6 +56,7 @@ __all__ = [
     "signature_entries",
     "signed_content",
     "signer_for",
+    "signing_password",
     "trust_store",
     "verify_bundle",
     "verify_bytes",

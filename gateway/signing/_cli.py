@@ -23,7 +23,16 @@ from ._jws import COMMITMENTS
 from ._pki import Signer, TrustStore, make_demo_pki
 from ._verify import Check, FileReport, load_json, verify_bundle
 
-__all__ = ["add_cli", "load_signer", "parse_rules", "signer_for", "trust_store", "verify_bytes"]
+__all__ = [
+    "add_cli",
+    "folder_signer",
+    "load_signer",
+    "parse_rules",
+    "signer_for",
+    "signing_password",
+    "trust_store",
+    "verify_bytes",
+]
 
 
 def parse_rules(text: str) -> list[tuple[str, str, str]]:
@@ -60,27 +69,40 @@ def signer_for(settings: Settings, sender: str | None, record_type: str | None) 
     return None
 
 
+def signing_password() -> bytes | None:
+    """GATEWAY_SIGNING_PASSWORD, which opens an encrypted signing key; None when unset."""
+    password = os.environ.get("GATEWAY_SIGNING_PASSWORD")
+    return password.encode() if password else None
+
+
 def load_signer(settings: Settings, key: str, setting: str = "signing key") -> Signer:
+    """The signer of ``key`` (:func:`folder_signer` over ``signing_keys``); ``setting``
+    names what chose the key in errors (``audit_key``)."""
+    return folder_signer(settings.signing_keys, key, setting=setting)
+
+
+def folder_signer(
+    signing_keys: Path | None, key: str, *, setting: str = "signing key", code: str = "signing-key"
+) -> Signer:
     """The signer of ``key``: ``env:NAME`` (GATEWAY_SIGNING_KEY_NAME), else the folder
     ``signing_keys/KEY`` holding ``key.p12`` (or ``key.pfx``), else ``key.pem`` and
     ``cert.pem``; GATEWAY_SIGNING_PASSWORD opens an encrypted one. Every signer of a
-    key folder (records, status Tasks, the audit log) loads it here, in this order, so
-    one folder is one certificate (the expiry watch, metrics/_certs.py, reads it so too).
-    ``setting`` names what chose the key in errors (``audit_key``)."""
-    password = os.environ.get("GATEWAY_SIGNING_PASSWORD")
-    secret = password.encode() if password else None
+    key folder (records, status Tasks, the audit log, partners' client assertions)
+    loads it here, in this order, so one folder is one certificate (the expiry watch,
+    metrics/_certs.py, reads it so too). A missing key is a ConfigError ``code``."""
     if key.startswith("env:"):
         found = Signer.from_env(key[4:])
         if found is None:
             raise ConfigError(
-                "signing-key",
+                code,
                 f"{setting} {key}: GATEWAY_SIGNING_KEY_"
                 f"{key[4:].upper().replace('-', '_')} is not set",
             )
         return found
-    if settings.signing_keys is None:
-        raise ConfigError("signing-key", f"{setting} {key!r}: signing_keys is not set")
-    folder = settings.signing_keys / key
+    if signing_keys is None:
+        raise ConfigError(code, f"{setting} {key!r}: signing_keys is not set")
+    folder = signing_keys / key
+    secret = signing_password()
     for name in ("key.p12", "key.pfx"):
         if (folder / name).is_file():
             return Signer.load(folder / name, password=secret)
@@ -172,7 +194,6 @@ def cmd_keys_init(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_sign(args: argparse.Namespace, settings: Settings) -> int:
-    password = os.environ.get("GATEWAY_SIGNING_PASSWORD")
     if args.key.startswith("env:"):
         found = Signer.from_env(args.key[4:])
         if found is None:
@@ -182,7 +203,7 @@ def cmd_sign(args: argparse.Namespace, settings: Settings) -> int:
         signer = Signer.load(
             Path(args.key),
             Path(args.cert) if args.cert else None,
-            password=password.encode() if password else None,
+            password=signing_password(),
         )
     try:
         data = Path(args.file).read_bytes()

@@ -559,7 +559,7 @@ def gateway_signer(signing_keys: Path | None, name: str) -> Signer:
     (``key.pem`` + ``cert.pem``, or ``key.p12``; password in GATEWAY_SIGNING_PASSWORD) or
     ``env:NAME`` (GATEWAY_SIGNING_KEY_NAME / GATEWAY_SIGNING_CERT_NAME), loaded as every
     signer loads a key folder (signing's ``folder_signer``)."""
-    return folder_signer(signing_keys, name, setting="key", code="partner-auth")
+    return folder_signer(signing_keys, name, setting="key", code="config.partner-auth")
 
 
 def _lazy_signer(partner: str, auth: Auth) -> Callable[[], Signer]:

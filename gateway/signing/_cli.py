@@ -82,7 +82,11 @@ def load_signer(settings: Settings, key: str, setting: str = "signing key") -> S
 
 
 def folder_signer(
-    signing_keys: Path | None, key: str, *, setting: str = "signing key", code: str = "signing-key"
+    signing_keys: Path | None,
+    key: str,
+    *,
+    setting: str = "signing key",
+    code: str = "config.signing-key",  # whole: tests/test_error_registry.py reads literals
 ) -> Signer:
     """The signer of ``key``: ``env:NAME`` (GATEWAY_SIGNING_KEY_NAME), else the folder
     ``signing_keys/KEY`` holding ``key.p12`` (or ``key.pfx``), else ``key.pem`` and

@@ -52,7 +52,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian
 from ..audit import audit_log, store_hook
 from ..config import Settings
 from ..errors import ConfigError, GatewayError, IntakeError, nul_message
-from ..intake.dicom import check_instance
+from ..intake.dicom import check_instance, uid_problem
 from ..pipeline import Converter
 from ..processing import process_message
 from ..store import (
@@ -98,7 +98,7 @@ log = logging.getLogger("gateway.dicom")
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700  # the store could not keep the instance
 WRONG_STUDY = 0xA900  # STOW to /studies/{study}: an instance of another study
-CANNOT_UNDERSTAND = 0xC000  # not DICOM, damaged, or without its UIDs
+CANNOT_UNDERSTAND = 0xC000  # not DICOM, damaged, or without valid UIDs
 
 # Bulk data: what PS3.18 sends as BulkDataURIs, and what the gateway does not map.
 _BULK_TAGS = frozenset(
@@ -206,6 +206,9 @@ def _uid(ds: Dataset, tag: int, keyword: str) -> str:
     if "\0" in text:  # inside the value (padding is stripped): no UID character, and
         # PostgreSQL's text holds no NUL (the store failed: the sender retried for ever)
         raise IntakeError("control-characters", nul_message(f"the {keyword}"), location=where)
+    problem = uid_problem(text)
+    if problem is not None:  # refused now, as the study's conversion would refuse it
+        raise IntakeError("dicom-bad-value", f"{where} {problem}", location=where)
     return text
 
 

@@ -127,3 +127,31 @@ def test_a_uid_holding_nul_inside_is_refused_naming_its_tag(
     assert caught.value.code == "intake.control-characters"
     assert keyword in (caught.value.location or "") and "U+0000" in str(caught.value)
     assert store.count() == 0
+
+
+@pytest.mark.parametrize(
+    ("keyword", "tail", "problem"),
+    [
+        ("StudyInstanceUID", ".ABC", "a character other than the digits"),
+        ("SeriesInstanceUID", "\x01.4", "a character other than the digits"),
+        ("SOPInstanceUID", "..4", "an empty component"),
+        ("SOPInstanceUID", "." + "9" * 64, "at most 64"),
+    ],
+)
+def test_a_value_that_is_no_dicom_uid_is_refused_before_it_is_stored(
+    tmp_path: Path, converter: Converter, store: Store, keyword: str, tail: str, problem: str
+) -> None:
+    """The study's conversion would refuse it (a control character dropped from the
+    FHIR output names another UID): the sender hears it now, nothing is kept."""
+    ds = dcmread(io.BytesIO(study_files(NSCH_CTA)[0][1]))
+    out = io.BytesIO()
+    with warnings.catch_warnings():  # pydicom warns of the invalid UI value it is given
+        warnings.simplefilter("ignore")
+        setattr(ds, keyword, getattr(ds, keyword) + tail)
+        ds.save_as(out, enforce_file_format=True)
+    intake = intake_for(dicom_settings(tmp_path), converter, store)
+    with pytest.raises(IntakeError) as caught:
+        intake.receive(out.getvalue(), Origin("dicom", "MODALITY1@127.0.0.1:40000"))
+    assert caught.value.code == "intake.dicom-bad-value"
+    assert keyword in (caught.value.location or "") and problem in str(caught.value)
+    assert store.count() == 0

@@ -55,6 +55,7 @@ __all__ = [
     "MAX_TOTAL_BYTES",
     "check_instance",
     "read_studies",
+    "uid_problem",
 ]
 
 # Zip-bomb guards. Members are streamed and read only up to the pixel data, but their
@@ -278,7 +279,34 @@ def _ascii(ds: Dataset, tag: int) -> str | None:
 
 
 def _uid(ds: Dataset, tag: int) -> str | None:
-    return _ascii(ds, tag) or None
+    text = _ascii(ds, tag) or None
+    problem = uid_problem(text) if text is not None else None
+    if problem is not None:
+        raise IntakeError("dicom-bad-value", f"{tag_label(tag)} {problem}", location=tag_label(tag))
+    return text
+
+
+# PS3.5 §9.1: a UID is dot-separated components of digits, 64 characters at most.
+# Components with a leading zero break the same rule but are common in old feeds and
+# cannot be mistaken for another UID: they are kept as sent.
+_UID_FORM = re.compile(r"[0-9]+(?:\.[0-9]+)*")
+_UID_MAX = 64
+
+
+def uid_problem(text: str) -> str | None:
+    """What makes ``text`` (padding stripped) not a DICOM UID, or None. A control
+    character or a space would be dropped from the FHIR output, turning the UID into
+    another one (``1.2.3\\x01.4`` into an instance ``1.2.3.4`` may name), so such a UID
+    is refused, never cleaned; the value itself is never quoted."""
+    if len(text) > _UID_MAX:
+        return f"is not a DICOM UID: {len(text)} characters, at most {_UID_MAX}"
+    if _UID_FORM.fullmatch(text) is None:
+        if "\0" in text:
+            return "is not a DICOM UID: it holds U+0000 (NUL)"
+        if not text.strip("0123456789."):
+            return "is not a DICOM UID: an empty component (a leading, trailing or doubled dot)"
+        return "is not a DICOM UID: a character other than the digits 0-9 and '.'"
+    return None
 
 
 def _missing(name: str, tag: int) -> IntakeError:

@@ -73,8 +73,10 @@ def _pick(seq: list[Any], index: int, every: bool) -> list[tuple[int, Any]]:
     return [(n, seq[n - 1])] if n <= len(seq) else []
 
 
-def _text_of(value: Any, vr: str, p: Path) -> str | None:
-    """One DICOM value as text: PN groups/parts, dates and times in DTM form."""
+def _text_of(value: Any, vr: str, p: Path, label: str, notes: list[Issue]) -> str | None:
+    """One DICOM value as text: PN groups/parts, dates and times in DTM form; control
+    characters removed with a warning in ``notes`` naming ``label`` (an error when
+    nothing else was there), as HL7 v2's view does."""
     if isinstance(value, _NO_TEXT):
         return None
     if vr == "PN" or isinstance(value, PersonName):
@@ -88,8 +90,28 @@ def _text_of(value: Any, vr: str, p: Path) -> str | None:
         elif vr == "DA":
             text = text.replace(".", "")  # ACR-NEMA YYYY.MM.DD
     if _CONTROL.search(text):
-        text = _CONTROL.sub("", text)
+        text = _controls_removed(text, label, notes)
     return text.strip() or None
+
+
+def _controls_removed(text: str, label: str, notes: list[Issue]) -> str:
+    kept = _CONTROL.sub("", text)
+    if not kept.strip():
+        raise IntakeError(
+            "control-characters",
+            "the value holds only control characters, which FHIR strings cannot carry: "
+            "it would be lost",
+            location=label,
+        )
+    note = Issue(
+        "intake.control-characters",
+        "control characters removed: FHIR strings cannot carry them",
+        location=label,
+        severity="warning",
+    )
+    if note not in notes:
+        notes.append(note)
+    return kept
 
 
 def _pn_text(value: Any, group: int, part: int) -> str:
@@ -174,7 +196,7 @@ class DicomView:
                 nodes.append(Node("item", (value,), label))
                 continue
             key = str(value)
-            if key in seen or _text_of(value, vr, p) is None:
+            if key in seen or _text_of(value, vr, p, label, self.notes) is None:
                 continue
             seen.add(key)
             nodes.append(Node("value", start.datasets, label, value=value, vr=vr))
@@ -191,7 +213,7 @@ class DicomView:
         seen: set[str] = set()
         start = self.root if p.root else here
         for value, vr, label in self._hits(p, start, every=p.every):
-            text = self._finish(_text_of(value, vr, p), p)
+            text = self._finish(_text_of(value, vr, p, label, self.notes), p)
             if text is not None and text not in seen:
                 seen.add(text)
                 out.append((text, label))
@@ -214,8 +236,8 @@ class DicomView:
     def _first(self, p: Path, here: Node) -> str | None:
         start = self.root if p.root else here
         if p.kind == "attr":
-            for value, vr, _ in self._hits(p, start, every=p.every):
-                text = self._finish(_text_of(value, vr, p), p)
+            for value, vr, label in self._hits(p, start, every=p.every):
+                text = self._finish(_text_of(value, vr, p, label, self.notes), p)
                 if text is not None:
                     return text
             return None
@@ -225,7 +247,7 @@ class DicomView:
         if p.kind == "self":
             if here.level != "value":
                 return None
-            return self._finish(_text_of(here.value, here.vr, p), p)
+            return self._finish(_text_of(here.value, here.vr, p, here.label, self.notes), p)
         if p.kind == "fact":
             return self._fact(p.name, start)
         return None

@@ -180,7 +180,7 @@ def test_an_integer_string_reads_as_pydicom_reads_it(sent: bytes) -> None:
         warnings.simplefilter("ignore")
         try:
             value = one()[0x00200013].value
-            want: Any = [_text_of(v, "IS", path) for v in _listed(value)]
+            want: Any = [_text_of(v, "IS", path, label, []) for v in _listed(value)]
         except (ValueError, TypeError, OverflowError):
             want = "intake.dicom-bad-value"
         try:
@@ -190,7 +190,7 @@ def test_an_integer_string_reads_as_pydicom_reads_it(sent: bytes) -> None:
             return
     assert got is not None
     assert isinstance(got, _Plain) == (sent in PLAIN_IS)
-    assert [_text_of(v, got.VR, path) for v in _listed(got.value)] == want
+    assert [_text_of(v, got.VR, path, label, []) for v in _listed(got.value)] == want
 
 
 def _listed(value: Any) -> list[Any]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import warnings
 import zipfile
 from typing import Any
 
@@ -263,6 +264,76 @@ def test_an_undecodable_uid_or_charset_is_an_error_record_not_a_traceback(
     # a damaged InstanceNumber only orders the instance last; the mapping names it
     [number] = converter.convert_files([("n.dcm", damaged(b"\x20\x00\x13\x00", b"IS"))])
     assert [e.code for e in number.errors] == ["intake.dicom-bad-value"]
+
+
+@pytest.mark.parametrize(
+    ("keyword", "tail", "problem"),
+    [
+        ("StudyInstanceUID", ".ABC", "a character other than the digits 0-9 and '.'"),
+        ("SeriesInstanceUID", " .4", "a character other than the digits 0-9 and '.'"),
+        ("SOPInstanceUID", "\x01.4", "a character other than the digits 0-9 and '.'"),
+        ("SOPInstanceUID", ".", "an empty component"),
+        ("SeriesInstanceUID", "." + "1" * 70, "characters, at most 64"),
+    ],
+)
+def test_a_value_that_is_no_dicom_uid_fails_its_study_naming_file_and_tag(
+    converter: Converter, keyword: str, tail: str, problem: str
+) -> None:
+    # Kept as sent, a control character was dropped from the FHIR output: SOP instance
+    # 1.2.3\x01.4 became 1.2.3.4, which may be another instance's UID.
+    bad = wang_wei(series=1, number=2)
+    with warnings.catch_warnings():  # pydicom warns of the invalid UI value it is given
+        warnings.simplefilter("ignore")
+        setattr(bad, keyword, getattr(bad, keyword) + tail)
+        written = part10(bad)
+    knee = {"PatientID": "0098765", "InstitutionName": "南沙中心医院"}
+    knee["SpecificCharacterSet"] = "ISO_IR 192"
+    items = [
+        ("chest/IM1.dcm", _chest(1, 1)),
+        ("chest/IM2.dcm", written),
+        ("knee/IM1.dcm", part10(instance(NSCH_KNEE, 1, 1, **knee))),
+    ]
+    records = list(converter.convert_files(items))
+    assert [r.ok for r in records] == [False, True]
+    [error] = records[0].errors
+    assert error.code == "intake.dicom-bad-value" and keyword in (error.location or "")
+    assert "chest/IM2.dcm" in error.message and problem in error.message
+    assert "王" not in error.message and "WANG" not in error.message
+
+
+def test_a_uid_of_64_characters_or_with_a_leading_zero_is_kept_as_sent(
+    converter: Converter,
+) -> None:
+    # PS3.5 9.1 forbids leading zeros too, but old feeds send them and no other UID is
+    # named by keeping them: converted as sent.
+    study, sop = "1.2.840.0555.001", "1.2.840.1" + "5" * (64 - len("1.2.840.1"))
+    assert len(sop) == 64
+    with warnings.catch_warnings():  # pydicom warns of the leading zero
+        warnings.simplefilter("ignore")
+        data = part10(wang_wei(study, SOPInstanceUID=sop))
+    [record] = converter.convert_files([("a.dcm", data)])
+    assert record.ok, [i.line() for i in record.issues]
+    assert _study_of(record)["identifier"][0]["value"] == f"urn:oid:{study}"
+    assert _study_of(record)["series"][0]["instance"][0]["uid"] == sop
+
+
+@pytest.mark.parametrize("keyword", ["StudyDescription", "PatientName", "AccessionNumber"])
+def test_control_characters_are_removed_with_a_warning_naming_the_tag(
+    converter: Converter, keyword: str
+) -> None:
+    # as HL7 v2's view does: FHIR strings cannot carry them; a value of nothing else
+    # would be lost, so it is the study's error
+    value = {"StudyDescription": "胸部\x07平扫", "PatientName": "王\x07^伟"}.get(keyword, "A\x1b12")
+    [record] = converter.convert_files([("a.dcm", _chest(**{keyword: value}))])
+    assert record.ok, [i.line() for i in record.issues]
+    [warning] = [w for w in record.warnings if w.code == "intake.control-characters"]
+    assert keyword in (warning.location or "")
+    assert "\x07" not in (record.bundle_json or b"").decode()
+    assert "\\u0007" not in (record.bundle_json or b"").decode()
+    [record] = converter.convert_files([("b.dcm", _chest(StudyDescription="\x01\x02 "))])
+    assert [(e.code, e.location) for e in record.errors] == [
+        ("intake.control-characters", "(0008,1030) StudyDescription")
+    ]
 
 
 def test_a_corrupt_deflate_stream_fails_the_study(converter: Converter) -> None:

@@ -184,7 +184,8 @@ def _not_valid(data: bytes, codec: str, declared: str, location: str, offset: in
     text in UTF-8 or the rival national charset, the message names it, as
     charset-mislabelled does,
     so the sender is told what to declare (still refused: which reading is right is the
-    sender's to say, and the mismatch policy applies to bytes that decode)."""
+    sender's to say, and the mismatch policy applies to bytes that decode). Bytes
+    declared UTF-8 that are not are told the national charset they read in, or both."""
     rival = _RIVAL.get(codec)
     likely = None
     if rival is not None:
@@ -197,6 +198,16 @@ def _not_valid(data: bytes, codec: str, declared: str, location: str, offset: in
                 likely = candidate
                 break
     hint = ""
+    if codec == "utf-8":
+        # Short text often reads cleanly in both national charsets (許嘉瑋 in Big5 is
+        # GB 18030 text too), and telling a sender the wrong one garbles its names
+        # silently: one is named only when the other does not read
+        found = [c for c in ("gb18030", "big5hkscs") if reads_as(data, c) is not None]
+        if len(found) == 1:
+            likely = found[0]
+        elif found:
+            names = " or ".join(charset_name(c) for c in found)
+            hint = f"; they read as Chinese text in {names}: the sender should declare which"
     if likely is not None:
         name = charset_name(likely)
         hint = f"; they read as {name} text: the sender should declare {name!r}"

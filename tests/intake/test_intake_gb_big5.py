@@ -162,6 +162,33 @@ def test_utf8_text_declared_big5_is_not_said_to_read_as_gb18030(name: str) -> No
     assert "they read as UNICODE UTF-8 text" in str(err)
 
 
+@pytest.mark.parametrize(
+    ("name", "address", "source", "told"),
+    [
+        # only one national charset reads: it is named, as for Big5 declared
+        ("李^小明", "香港灣仔道100號", "gb18030", "they read as GB 18030-2000 text"),
+        ("李^小明", "香港灣仔道100號", "big5hkscs", "they read as BIG-5 text"),
+        # both read (許嘉瑋 in Big5 is clean GB 18030 text too): naming one would garble
+        # the other's names, so the sender is asked which
+        ("許^嘉瑋", "", "big5hkscs", "in GB 18030-2000 or BIG-5: the sender should declare which"),
+        ("陈^美玲", "", "gb18030", "in GB 18030-2000 or BIG-5: the sender should declare which"),
+    ],
+)
+def test_national_text_declared_utf8_is_told_what_it_reads_as(
+    name: str, address: str, source: str, told: str
+) -> None:
+    data = message(name, address, "UNICODE UTF-8", facility="NSGP").encode(source)
+    with pytest.raises(UnicodeDecodeError) as bad:
+        data.decode("utf-8")
+    err = fails(data, None)
+    assert (err.code, err.location) == ("intake.charset-mismatch", "MSH-18")
+    assert err.issue.details["offset"] == bad.value.start
+    assert told in str(err)
+    assert ("likely" in err.issue.details) == ("declare which" not in told)
+    for ch in name + address:  # the bytes are named by offset, never shown
+        assert ch == "^" or ch.isascii() or ch not in str(err)
+
+
 def test_the_operator_walk_through_big5_referral_declared_gb18030() -> None:
     # examples/hl7v2/ref_i12_hkpmc_to_nsch.hl7 with MSH-18 changed: PID-5 read 砛古蕹.
     from pathlib import Path

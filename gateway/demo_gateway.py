@@ -245,8 +245,12 @@ def _serve(gw: Gateway) -> None:
             yield  # a thread: the process's signals stay the process's (Ctrl-C stops the demo)
 
     gw.server = Server(config)
+    # daemon: joined at the end (_stop); one that will not stop must not hold the exit
     gw.thread = threading.Thread(
-        target=gw.server.run, kwargs={"sockets": [gw.sock]}, name=f"demo-api-{gw.key}"
+        target=gw.server.run,
+        kwargs={"sockets": [gw.sock]},
+        name=f"demo-api-{gw.key}",
+        daemon=True,
     )
     gw.thread.start()
     end = time.monotonic() + WAIT

@@ -163,3 +163,24 @@ def test_a_step_that_fails_is_one_error_line_and_a_non_zero_code(tmp_path: Path)
     [line] = out.getvalue().splitlines()
     assert line.startswith("  error fresh folder") and "Not a directory" in line
     assert not [t for t in set(threading.enumerate()) - before if not t.daemon]
+
+
+def test_the_agreements_the_demo_relies_on_stay_in_force_for_half_a_year() -> None:
+    """Section 4 and tests/e2e decide on today's date, so a seed agreement that ends
+    makes `make demo` (CI's first step) exit 1 that day: this fails half a year ahead,
+    naming the agreement to renew in seeds/agreements.yaml. The one expired on purpose
+    (NSGP ↔ HKPMC, the policy's refusal story) ended before the demo messages' day."""
+    import datetime as dt
+
+    import yaml
+
+    from gateway.datafiles import data_dir
+
+    data = yaml.safe_load((data_dir("seeds") / "agreements.yaml").read_text(encoding="utf-8"))
+    demo_day, horizon = dt.date(2026, 6, 18), dt.date.today() + dt.timedelta(days=183)
+    ending = [
+        f"{a['id']} ends {a['valid']['to']}"
+        for a in data["agreements"]
+        if demo_day <= dt.date.fromisoformat(str(a["valid"]["to"])) < horizon
+    ]
+    assert not ending, f"renew in seeds/agreements.yaml (valid.to): {'; '.join(ending)}"

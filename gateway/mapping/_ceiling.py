@@ -224,6 +224,8 @@ _NO: Any = object()  # not in Env.systems
 _FIELD = re.compile(r"([A-Z][A-Z0-9]{2})-([1-9]\d*)\Z")
 # ORC, /PID: the groups of a segment (each from one of its segments to the next)
 _GROUP = re.compile(r"(/?)([A-Z][A-Z0-9]{2})\Z")
+# for h12 in g10: a loop over a segment's groups
+_FOR = re.compile(r"for (\w+) in (\w+):")
 _RELATIVE = re.compile(r"\.([1-9]\d*)(?:\.([1-9]\d*))?\Z")
 # OBR-27.6: a field (its first repetition) of the group's first segment of that name
 _ABSOLUTE = re.compile(r"([A-Z][A-Z0-9]{2})-([1-9]\d*)(?:\.([1-9]\d*)(?:\.([1-9]\d*))?)?\Z")
@@ -236,6 +238,17 @@ class _RawFunc(_Func):
     def __init__(self, reader: Any, components: str | None) -> None:
         super().__init__(reader, components)
         self.raw: set[str] = set()
+        # variable holding a segment's groups (:meth:`_groups`) → that segment; node
+        # variable looping over them → the same: each group starts at its segment's line
+        self.group_lists: dict[str, str] = {}
+        self.group_of: dict[str, str] = {}
+
+    def add(self, ind: int, text: str) -> None:
+        if text.startswith("for "):
+            m = _FOR.match(text)
+            if m is not None and m[2] in self.group_lists:
+                self.group_of[m[1]] = self.group_lists[m[2]]
+        super().add(ind, text)
 
     def look(self, ind: int, method: str, path: str, h: str) -> str:
         if method == "select" and h not in self.raw:
@@ -328,14 +341,22 @@ class _RawFunc(_Func):
             f"{label}, None, 0)))",
         )
         self._known[key] = (v, ind)
+        self.group_lists[v] = segment
         return v
 
     def _segment(self, ind: int, segment: str, h: str) -> str:
         """A variable holding the fields of ``h``'s group's first ``segment`` (or None),
-        found here unless known: the accessor's bisect, once per group and segment."""
+        found here unless known: the accessor's bisect, once per group and segment; for
+        a group of that very segment (``for h in`` its groups: an OBX of an OBR's
+        results), its first line, no look-up (what the bisect would find)."""
         found = self._known.get(("segment", segment, h))
         if found is not None and found[1] <= ind:
             return found[0]
+        if self.group_of.get(h) == segment:
+            sv = self.var("S")
+            self.add(ind, f"{sv} = view._segs[{h}.start]  # its group's own {segment}")
+            self._known[("segment", segment, h)] = (sv, ind)
+            return sv
         sv, pv, iv = self.var("S"), self.var("f"), self.var("i")
         self.add(ind, f"{sv} = None")
         self.add(ind, f"{pv} = view._positions.get({segment!r})")
@@ -716,6 +737,14 @@ class Ceiling(Lowering):
         the field's text, as :meth:`_each`, without the node, nor a context for it (the
         ``with`` values are the function's locals, see _codegen._read_var)."""
         at, extra, body = shape
+        if at is None and extra:
+            # ``with`` alone (an organisation named by a variable): the context made for
+            # the values is dropped when only an entry's miss path uses it (it makes its
+            # own, _remade): found whole, the entry needs none
+            c2 = self._with(f, c, h, ind, extra)
+            self.emit(f, body, t, c2, h, ind)
+            f.unused(c2)
+            return
         if isinstance(f, _RawFunc) and self._shared_at(f, t, c, h, ind, at, extra, body):
             return
         fields = [_FIELD.match(alt) for alt in at or ()]

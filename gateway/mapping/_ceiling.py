@@ -29,8 +29,9 @@ What it lowers beyond the compiled target (first slice):
   as the memo keys on it, ``view.group_key``): found whole (:class:`SharedEntries`:
   id, fullUrl, resource, request, by what their fields' memo keys on, the node's
   text read from the segment), appended without the fields' memo nor
-  BundleBuilder.add; one id met again from other fields (a merge) is
-  left to the add, or falls back (reason ``merge``) once the entry was found whole;
+  BundleBuilder.add; one id met again from other fields (a merge: a report's
+  performing organisation that is also its sender) is merged as the add merges it
+  (:func:`merge`), whether the entry was found whole or the add made it;
 - a segment's groups (``group: ORC``, ``each: DG1``) found in place, labels inline;
 - ``identifier-system``'s answers looked up in its table inline, ``script`` inline.
 
@@ -58,7 +59,7 @@ from typing import Any
 import orjson
 
 from ..shared import FrozenDict
-from ._bundle import _IDENTITIES, BundleBuilder, fresh_resource_id
+from ._bundle import _IDENTITIES, BundleBuilder, _merge, _merge_shared, fresh_resource_id
 from ._codegen import Lowering, _Func, _maker, _read_var
 from ._compile import _CONSTANTS, SAME_AS, SHAPES, Ctx, Fn
 from ._functions import identifier_system, script
@@ -192,11 +193,11 @@ class SharedEntries(dict[tuple[Any, ...], tuple[Any, ...]]):
         ):
             return  # no identity (a warning), or not kept
         rid, url, resource, request = known[3], known[4], known[5], known[6]
-        made = state._by_id.get(rid)
-        if made is None or made[1] is not fields:
-            # merged into an entry made from other fields of its id (two names of one
-            # organisation): that merge recurs with the key; left to the add
-            return
+        if rid not in state._by_id:
+            return  # pragma: no cover - the add made or found its id's entry
+        # kept also when merged into an entry made from other fields of its id (a
+        # report's performing organisation, the sender named by MSH-4): the generated
+        # code merges it as the add does (:func:`merge`)
         # copies: the add's shared ones are only ever copied, and so are these
         value = (rid, url, dict(resource), dict(request), fields)
         size = (
@@ -210,6 +211,19 @@ class SharedEntries(dict[tuple[Any, ...], tuple[Any, ...]]):
             self.held = 0
         self[key] = value
         self.held += size
+
+
+def merge(state: BundleBuilder, existing: tuple[Any, ...], entry: tuple[Any, ...]) -> None:
+    """What BundleBuilder.add does with the frozen fields of a found ``entry`` (id, fullUrl,
+    resource, request, fields) whose id's entry ``existing`` (resource, fields made from,
+    nothing merged since) was made from other fields: those fields merged into it."""
+    rid, fields = entry[0], entry[4]
+    resource, made_from = existing[0], existing[1]
+    if existing[2] and type(made_from) is FrozenDict:
+        _merge_shared(resource, made_from, fields, rid, state.writes)
+    else:
+        _merge(resource, fields)
+    state._by_id[rid] = (resource, made_from, False)
 
 
 # identifier_system's arguments, in the order of its key in Env.systems
@@ -435,6 +449,7 @@ class Ceiling(Lowering):
                 "cells": cells,
                 "subcell": subcell,
                 "cell": cell,
+                "merge": merge,
                 "bisect_left": bisect_left,
                 "tnew": tuple.__new__,
                 "_NO": _NO,
@@ -611,7 +626,7 @@ class Ceiling(Lowering):
         finding the node itself, for that path alone (its variable, and the source of its
         context). ``miss``: the source of the
         context for that path (None: not lowered, False returned). An entry of the
-        same id made from other fields (a merge) falls back."""
+        same id made from other fields is merged into it (:func:`merge`)."""
         scope = MEMO_SCOPES.get(template.fields)
         if scope is None or scope.rooted or miss is None:
             return False
@@ -663,9 +678,10 @@ class Ceiling(Lowering):
             f"'request': {e}[3].copy()}})",
         )
         # the same fields met again (this record's practitioner in two orders): the
-        # add merges nothing; other fields of the same id would be merged: not here
+        # add merges nothing; other fields of the same id (a report's performing
+        # organisation, also its sender) are merged as the add merges them
         f.add(ind + 1, f"elif {x}[1] is not {e}[4] and {x}[1] != {e}[4]:")
-        f.add(ind + 2, "raise Fallback('merge')")
+        f.add(ind + 2, f"merge(state, {x}, {e})")
         f.add(ind + 1, f"{sc} = state._scopes[-1]")
         f.add(ind + 1, f"{u} = {sc}.get({key!r})")
         f.add(ind + 1, f"if {u} is None:")

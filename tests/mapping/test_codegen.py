@@ -399,7 +399,7 @@ def test_field_shapes_byte_identical(engines: dict[str, Converter], case: str) -
 # met (_ceiling.SharedEntries): an order golden with fields set (SEG, field, value; MSH
 # counted as HL7 does), converted fresh several times so that entries are remembered and
 # then found, each time the compiled engine's bytes; a case with an entry made twice
-# from other fields under one id (a merge) falls back.
+# from other fields under one id (a merge) is built too: merged as the add merges.
 _SHARED_CASES: dict[str, tuple[str, list[tuple[str, int, str]], str]] = {
     "receiver another organisation": (
         "orm_o01_hkpmc_ct.hl7",
@@ -424,11 +424,11 @@ _SHARED_CASES: dict[str, tuple[str, list[tuple[str, int, str]], str]] = {
     ),
     "a provider in OBR only": ("orm_o01_hkpmc_ct.hl7", [("ORC", 12, "")], "built"),
     # the receiver found whole (remembered beside another sender), then a sender of its
-    # id with another name: the entry would be merged
+    # id with another name: the found entry is merged into the sender's
     "a found entry's id met before (a merge)": (
         "orm_o01_hkpmc_ct.hl7",
         [("MSH", 4, "XA^1.2.3.4^ISO"), ("MSH", 6, "XB^1.2.3.4^ISO")],
-        "fallback:merge",
+        "built",
     ),
     # a referral's practitioners and roles, keyed on their PRD segment's text too
     "a referral's providers": ("ref_i12_utf8.hl7", [], "built"),
@@ -437,6 +437,10 @@ _SHARED_CASES: dict[str, tuple[str, list[tuple[str, int, str]], str]] = {
         [("PRD", 7, "NS0231^PRN^NSCH")],
         "built",
     ),
+    # a report's performing and interpreting organisations (named by a variable, at the
+    # OBR group) are its sender's too: found whole, then merged into the sender's entry
+    "a report's organisations, also its sender (merged)": ("oru_r01_chinese.hl7", [], "built"),
+    "a report's organisations, two of them": ("oru_r01_cobranded.hl7", [], "built"),
 }
 # What the messages before the last one hold instead (the entries then remembered)
 _SHARED_BEFORE = {
@@ -467,7 +471,8 @@ def test_shared_entries_found_whole(engines: dict[str, Converter], case: str) ->
     golden, changes, outcome = _SHARED_CASES[case]
     text = (regenerate.GOLDEN / "hl7v2" / golden).read_text()
     ceiling = engines["ceiling"]
-    mapping = ceiling.hl7v2.for_type("REF^I12" if golden.startswith("ref") else "ORM^O01")
+    kinds = {"ref": "REF^I12", "oru": "ORU^R01", "orm": "ORM^O01"}
+    mapping = ceiling.hl7v2.for_type(kinds[golden[:3]])
     assert mapping.build is not None
     space = mapping.build.__globals__
     for value in space.values():
@@ -487,6 +492,9 @@ def test_shared_entries_found_whole(engines: dict[str, Converter], case: str) ->
     if golden.startswith("ref"):  # a PRD group's entries, keyed on the segment's text
         keys = [k for v in space.values() if isinstance(v, SharedEntries) for k in v]
         assert any(part.startswith("PRD|") for k in keys for part in k if type(part) is str)
+    if golden.startswith("oru"):  # the organisations named at the OBR group (no text)
+        found = [v for v in space.values() if isinstance(v, SharedEntries)]
+        assert any(k[0] is None for v in found for k in v), found
 
 
 def test_inline_identifier_system_key(engines: dict[str, Converter]) -> None:

@@ -238,6 +238,8 @@ _NO: Any = object()  # not in Env.systems
 _FIELD = re.compile(r"([A-Z][A-Z0-9]{2})-([1-9]\d*)\Z")
 # ORC, /PID: the groups of a segment (each from one of its segments to the next)
 _GROUP = re.compile(r"(/?)([A-Z][A-Z0-9]{2})\Z")
+# OBX-5(*): every repetition of a field of the group's first segment of that name
+_EVERY = re.compile(r"([A-Z][A-Z0-9]{2})-([1-9]\d*)\(\*\)\Z")
 # for h12 in g10: a loop over a segment's groups
 _FOR = re.compile(r"for (\w+) in (\w+):")
 _RELATIVE = re.compile(r"\.([1-9]\d*)(?:\.([1-9]\d*))?\Z")
@@ -270,10 +272,16 @@ class _RawFunc(_Func):
             if g is not None and (not g[1] or h == "h0"):
                 return self._groups(ind, path, h, g[2])
         if h not in self.raw:
-            m = _ABSOLUTE.match(path) if method == "first" else None
-            if m is None or m[1] == "MSH" or int(m[4] or 1) > 1:  # MSH-1/2, .C.S: the view
+            # /MSH-10 read at the root: the message's first MSH, as MSH-10 there
+            m = _ABSOLUTE.match(path[1:] if h == "h0" and path[:1] == "/" else path)
+            if (
+                method != "first"
+                or m is None
+                or (m[1] == "MSH" and int(m[2]) <= 2)  # the delimiters: the view
+                or (m[1] == "MSH" and h != "h0")  # another group's MSH: the view
+            ):
                 return super().look(ind, method, path, h)
-            return self._field(ind, path, h, m[1], int(m[2]), int(m[3] or 1))
+            return self._field(ind, path, h, m[1], int(m[2]), int(m[3] or 1), int(m[4] or 1))
         m = _RELATIVE.match(path)
         assert method == "first" and m is not None, path  # Ceiling._raw_body checked it
         component, sub = int(m[1]), int(m[2] or 0)
@@ -298,11 +306,13 @@ class _RawFunc(_Func):
         self._known[(method, path, h)] = (v, ind)
         return v
 
-    def _field(self, ind: int, path: str, h: str, segment: str, field: int, component: int) -> str:
-        """A variable holding ``view.first(path, h)`` for ``SEG-F[.C]``, read without a
+    def _field(
+        self, ind: int, path: str, h: str, segment: str, field: int, component: int, sub: int = 1
+    ) -> str:
+        """A variable holding ``view.first(path, h)`` for ``SEG-F[.C[.S]]``, read without a
         call: the group's segment found once (:meth:`_segment`), the field's text split
         in place when it holds no repetition, subcomponent or escape (most), else read
-        by ``cell``."""
+        by ``cell`` (``subcell`` of its first repetition for a subcomponent)."""
         key = ("first", path, h)
         found = self._known.get(key)
         if found is not None and found[1] <= ind:
@@ -313,6 +323,10 @@ class _RawFunc(_Func):
         self.add(ind, f"if {sv} is not None and len({sv}) > {field}:")
         self.add(ind + 1, f"{x} = {sv}[{field}]")
         self.add(ind + 1, f"if {x}:")
+        if sub > 1:
+            self._subfield(ind + 2, v, x, component, sub)
+            self._known[key] = (v, ind)
+            return v
         self.add(ind + 2, f"if rs in {x} or ss in {x} or es in {x}:")
         self.add(ind + 3, f"{v} = cell(view, {x}, {component})")
         self.add(ind + 2, "else:")
@@ -328,6 +342,50 @@ class _RawFunc(_Func):
         self.add(ind + 4, f"{v} = {x}")
         self._known[key] = (v, ind)
         return v
+
+    def _subfield(self, ind: int, v: str, x: str, component: int, sub: int) -> None:
+        """Code setting ``v`` to subcomponent ``sub`` (> 1) of component ``component`` of
+        the field text ``x``'s first repetition, as the view's ``_parts`` and ``_value``
+        read it: split in place when it holds no repetition nor escape."""
+        p = self.var("p")
+        self.add(ind, f"if rs in {x} or es in {x}:")
+        self.add(ind + 1, f"{v} = subcell(view, {x}.partition(rs)[0], {component}, {sub})")
+        self.add(ind, "else:")
+        self.add(ind + 1, f"{p} = {x}.split(cs)")
+        self.add(ind + 1, f"{x} = {p}[{component - 1}] if len({p}) > {component - 1} else ''")
+        self.add(ind + 1, f"if {x}:")
+        self.add(ind + 2, f"{p} = {x}.split(ss)")
+        self.add(ind + 2, f"{x} = {p}[{sub - 1}].strip() if len({p}) > {sub - 1} else ''")
+        self.add(ind + 2, f"if {x} and {x} != '\"\"':")
+        self.add(ind + 3, f"{v} = {x}")
+
+    def texts(self, ind: int, path: str, h: str) -> str | None:
+        """A variable holding the ``texts`` accessor's list for ``SEG-F(*)`` (a field's
+        every repetition: an OBX's report text), read in place as the accessor reads it
+        (each non-empty repetition's first component and subcomponent, unescaped,
+        cleaned); None when not lowered (the accessor then)."""
+        m = _EVERY.match(path)
+        if m is None or m[1] == "MSH" or h in self.raw:
+            return None
+        sv = self._segment(ind, m[1], h)
+        field = int(m[2])
+        out, x, r = self.var("x"), self.var("x"), self.var("r")
+        self.add(ind, f"{out} = []  # {path}")
+        self.add(ind, f"{x} = {sv}[{field}] if {sv} is not None and len({sv}) > {field} else ''")
+        self.add(ind, f"if {x}:")
+        self.add(ind + 1, f"for {r} in {x}.split(rs):")
+        self.add(ind + 2, f"if not {r}:")
+        self.add(ind + 3, "continue")
+        self.add(ind + 2, f"if cs in {r}:")
+        self.add(ind + 3, f"{r} = {r}.partition(cs)[0]")
+        self.add(ind + 2, f"if ss in {r}:")
+        self.add(ind + 3, f"{r} = {r}.partition(ss)[0]")
+        self.add(ind + 2, f"if es in {r}:")
+        self.add(ind + 3, f"{r} = view.unescape({r})")
+        self.add(ind + 2, f"{r} = {r}.strip()")
+        self.add(ind + 2, f"if {r} and {r} != '\"\"':")
+        self.add(ind + 3, f"{out}.append({r})")
+        return out
 
     def _groups(self, ind: int, path: str, h: str, segment: str) -> str:
         """A variable holding ``view.select(path, h)`` for a bare segment name (``group:
@@ -554,6 +612,19 @@ class Ceiling(Lowering):
         f.add(ind, f"if {t} is _NO:")
         call = ", ".join(f"{k}={v}" for k, v in named.items())
         f.add(ind + 1, f"{t} = {self._name(func, 'FN')}(env, {call})")
+
+    def _every(self, f: _Func, t: str, c: str, h: str, ind: int, fn: Fn, *shape: Any) -> None:
+        """A ``*`` path's values read in place (:meth:`_RawFunc.texts`): never None here,
+        the view being plain and not traced (``build``'s first lines)."""
+        alts, _, missing, sep = shape
+        vs = f.texts(ind, alts[0], h) if isinstance(f, _RawFunc) else None
+        if vs is None:
+            super()._every(f, t, c, h, ind, fn, *shape)
+            return
+        f.add(ind, f"if {vs}:")
+        f.add(ind + 1, f"{t} = {vs}" if sep is None else f"{t} = {sep!r}.join({vs})")
+        f.add(ind, "else:")
+        self._missing(f, t, c, ind + 1, missing, alts[0])
 
     # -- error paths: the compiled engine gives the error (or the lenient warning) ------
     def _at_error(self, f: _Func, c: str, ind: int) -> str:  # type: ignore[override]

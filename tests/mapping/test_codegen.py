@@ -264,6 +264,23 @@ def test_ceiling_builds_the_result_messages(engines: dict[str, Converter]) -> No
     assert stats == {"built": tried}, stats
 
 
+def test_ceiling_reads_result_fields_in_place(engines: dict[str, Converter]) -> None:
+    """ORU.yaml's reads the ceiling target makes from the segments' text, not by an
+    accessor's call: the message's MSH fields at the root (/MSH-10), a subcomponent of a
+    group's field (OBR-32.1.9, the interpreter's institution), every repetition of a
+    field (OBX-5(*), the findings); the byte-for-byte tests above check what they read."""
+    import re
+
+    sources = engines["ceiling"].hl7v2._ceiling
+    assert sources is not None
+    (oru,) = [
+        s for s in sources.sources if s.startswith("def build(view, env, tz, lenient):  # ORU")
+    ]
+    for path in ("/MSH-10", "/MSH-7", "OBR-32.1.9", "OBX-5(*)"):
+        assert f"  # {path}\n" in oru, path
+        assert not re.search(rf"= A\d+\(view, \w+\)  # {re.escape(path)}\n", oru), path
+
+
 # Field shapes the generated reads and leaves meet (repetitions, escapes, control
 # characters that warn or fail, "" nulls, padding, subcomponents, missing fields and
 # segments): a golden with one field changed at a time, through both engines, traced and
@@ -348,6 +365,8 @@ _ORU_CASES = {
     "result: interpreter escaped": ("OBR", 32, "N4102&徐\\T\\&静&&&&&&NJMU2"),
     "result: interpreter repeated": ("OBR", 32, "~N4102&徐&静&&&&&&NJMU2~X1&Y&Z"),
     "result: interpreter hl7 null": ("OBR", 32, '""'),
+    "result: interpreter's authority hl7 null": ("OBR", 32, 'N4102&徐&静&&&&&& "" '),
+    "result: interpreter's authority padded": ("OBR", 32, "N4102&徐&静&&&&&& NJMU2 ^x"),
     "result: no interpreter": ("OBR", 32, ""),
     "result: another section": ("OBR", 24, "LAB"),
     "result: parent report": ("OBR", 29, "PLC1&LAX2^NJR1&NJMU2"),
@@ -356,6 +375,7 @@ _ORU_CASES = {
     "result: performer by name only": ("OBX", 23, "某医院"),
     "result: performer escaped": ("OBX", 23, "A\\F\\B^^^^^LAX2"),
     "result: findings repeated": ("OBX", 5, "a~b~~c"),
+    "result: findings with components": ("OBX", 5, ' a^b~c&d~""~ ~e\\T\\f&g'),
     "result: findings escaped": ("OBX", 5, "a\\S\\b\\E\\c"),
     "result: findings with a control character": ("OBX", 5, "a\\X07\\b"),
     "result: every OBX a study": ("OBX", 3, "113014^DICOM Study^DCM"),
@@ -364,6 +384,8 @@ _ORU_CASES = {
     "result: no ORC": ("ORC", 0, None),
     "result: no OBR (no report: refused)": ("OBR", 0, None),
     "result: English report": ("MSH", 18, "EN^English^ISO6391"),
+    "result: message id escaped": ("MSH", 9, "X\\F\\1~2"),
+    "result: message id empty": ("MSH", 9, ""),
 }
 
 

@@ -16,9 +16,11 @@ What it lowers beyond the compiled target (first slice):
 - a field's repetitions (``each: PID-3``) whose body reads only components of the
   repetition: read from the segment's text, split once per repetition, without a view
   node (``Position``) made for each one nor an accessor called per component;
-- a group's absolute reads (``OBR-27.6``): its segment found once per group, the field
-  split in place, no accessor called (a field holding a repetition, a subcomponent or
-  an escape is read by ``cell``);
+- a group's absolute reads (``OBR-27.6``, ``OBR-32.1.9``, and the message's own MSH
+  fields at the root, ``/MSH-10``): its segment found once per group (a group of that
+  very segment, an OBR's OBX, has it at its first line), the field split in place, no
+  accessor called (a field holding a repetition, a subcomponent or an escape is read
+  by ``cell``/``subcell``); a field's every repetition (``OBX-5(*)``) likewise;
 - a template whose fields are not memoised (an order's) inline, not its unit called;
 - ``at: ORC-2 | OBR-2`` whose body and ``with`` values read only components of the node
   (a record's own fragment): the field's first non-empty repetition read from its
@@ -33,11 +35,15 @@ What it lowers beyond the compiled target (first slice):
   performing organisation that is also its sender) is merged as the add merges it
   (:func:`merge`), whether the entry was found whole or the add made it;
 - a segment's groups (``group: ORC``, ``each: DG1``) found in place, labels inline;
-- ``identifier-system``'s answers looked up in its table inline, ``script`` inline.
+- ``identifier-system``'s answers looked up in its table inline, ``script`` inline;
+- a record's own entries (the patient, an order, a report and its findings): their id,
+  request and place in the Bundle made inline, as BundleBuilder.add makes them; the
+  add called for the rest (no identifier, an id made before, other write rules).
 
-Not yet (the compiled target's code is generated there, or its functions called): a
-record's own entries' ids and requests (BundleBuilder.add: the patient, the orders),
-``state.ref`` for keys made only outside the groups (constant per message), the
+Not yet (the compiled target's code is generated there, or its functions called):
+``at`` a component (``OBR-32.1``: the CNN interpreter's node is selected by its
+accessor, then found whole), ``state.ref`` for keys made only outside the groups
+(constant per message), functions' answers (``coding``), the
 narratives (added after, by the pipeline, as today; a shared entry's text is not part
 of what is found whole), the validation.
 
@@ -59,7 +65,17 @@ from typing import Any
 import orjson
 
 from ..shared import FrozenDict
-from ._bundle import _IDENTITIES, BundleBuilder, _merge, _merge_shared, fresh_resource_id
+from ._bundle import (
+    _IDENTITIES,
+    BundleBuilder,
+    _choose,
+    _merge,
+    _merge_shared,
+    _request,
+    fresh_resource_id,
+    resource_id,
+    write_rules,
+)
 from ._codegen import Lowering, _Func, _maker, _read_var
 from ._compile import _CONSTANTS, SAME_AS, SHAPES, Ctx, Fn
 from ._functions import identifier_system, script
@@ -508,6 +524,9 @@ class Ceiling(Lowering):
                 "subcell": subcell,
                 "cell": cell,
                 "merge": merge,
+                "_choose": _choose,
+                "_request": _request,
+                "resource_id": resource_id,
                 "bisect_left": bisect_left,
                 "tnew": tuple.__new__,
                 "_NO": _NO,
@@ -649,14 +668,64 @@ class Ceiling(Lowering):
         ):
             f.add(ind, f"{t} = None")
             return
-        inner = SAME_AS.get(fields)
-        if fields in MEMOS or inner is None or ind > _RAW_DEPTH:
+        own = self._own(fields) if fields in MEMOS else None  # the patient's
+        inner = own if own is not None else SAME_AS.get(fields)
+        if (fields in MEMOS and own is None) or inner is None or ind > _RAW_DEPTH:
             super()._add(f, t, c, h, ind, key, template)
             return
         v = f.var("v")
         self.emit(f, inner, v, c, h, ind)
-        f.add(ind, f"state.add({key!r}, {self._name(template, 'R')}, {v} or {{}}, {h})")
+        self._own_entry(f, ind, key, template, v, h)
         f.add(ind, f"{t} = None")
+
+    def _own_entry(self, f: _Func, ind: int, key: str, template: Any, v: str, h: str) -> None:
+        """Code adding a record's own entry (its patient, an order, a report: fields made
+        here, never met again) as BundleBuilder.add does, inline for its common case:
+        its id worked out from the chosen identifier (the template's element, type and
+        preference known here), the entry appended, its URL listed under ``key``. Any
+        other case (no identifier: an error or a warning; an id made before: a merge;
+        fields not a plain dict; other write rules) is the add's."""
+        rtype = template.resource_type
+        writes = write_rules()
+        mode = writes.mode(rtype)
+        n, x, i, ch, rid, r, u, sc, done = (
+            f.var(p) for p in ("n", "x", "i", "ch", "rid", "r", "u", "sc", "d")
+        )
+        f.add(ind, f"{n} = {v} or {{}}")
+        f.add(ind, f"{ch} = None")
+        f.add(ind, f"{x} = {n}.get({template.identity_element!r}) if type({n}) is dict else None")
+        f.add(ind, f"if type({x}) is list and state.writes is {self._name(writes, 'WR')}:")
+        if template.prefer:  # which identifier: the add's own choice
+            f.add(ind + 1, f"{ch} = _choose({x}, {template.prefer!r})")
+        else:  # the first usable one
+            f.add(ind + 1, f"for {i} in {x}:")
+            f.add(ind + 2, f"if {i}.get('system') and {i}.get('value'):")
+            f.add(ind + 3, f"{ch} = ({i}['system'], {i}['value'])")
+            f.add(ind + 3, "break")
+        f.add(ind, f"{done} = False")
+        f.add(ind, f"if {ch} is not None:")
+        made = "resource_id" if template.recurs else "fresh_resource_id"
+        f.add(ind + 1, f"{rid} = {made}({rtype!r}, {ch}[0], {ch}[1])")
+        f.add(ind + 1, f"if {rid} not in state._by_id:")
+        if mode == "update":  # a conditional update carries no id (_bundle._identity)
+            f.add(ind + 2, f"{r} = {{'resourceType': {rtype!r}, **{n}}}")
+        else:
+            f.add(ind + 2, f"{r} = {{'resourceType': {rtype!r}, 'id': {rid}, **{n}}}")
+        f.add(ind + 2, f"state._by_id[{rid}] = ({r}, {n}, True)")
+        f.add(ind + 2, f"{u} = 'urn:uuid:' + {rid}")
+        f.add(
+            ind + 2,
+            f"state.entries.append({{'fullUrl': {u}, 'resource': {r}, "
+            f"'request': _request({mode!r}, {rtype!r}, {ch}[0], {ch}[1])}})",
+        )
+        f.add(ind + 2, f"{sc} = state._scopes[-1]")
+        f.add(ind + 2, f"if {key!r} in {sc}:")
+        f.add(ind + 3, f"{sc}[{key!r}][{u}] = None")
+        f.add(ind + 2, "else:")
+        f.add(ind + 3, f"{sc}[{key!r}] = {{{u}: None}}")
+        f.add(ind + 2, f"{done} = True")
+        f.add(ind, f"if not {done}:")
+        f.add(ind + 1, f"state.add({key!r}, {self._name(template, 'R')}, {n}, {h})")
 
     def _direct(
         self, f: _Func, body: Fn, t: str, c: str, h: str, ind: int, sites: tuple[str, ...] = ()

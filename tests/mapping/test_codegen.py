@@ -281,6 +281,21 @@ def test_ceiling_reads_result_fields_in_place(engines: dict[str, Converter]) -> 
         assert not re.search(rf"= A\d+\(view, \w+\)  # {re.escape(path)}\n", oru), path
 
 
+def test_ceiling_adds_a_records_own_entries_inline(engines: dict[str, Converter]) -> None:
+    """The ceiling target adds a record's own entries (its patient, a report, its
+    findings, an order) itself: BundleBuilder.add is called only for what the inline
+    code leaves to it (no identifier, an id made before, fields that are not a dict)."""
+    import re
+
+    ceiling = engines["ceiling"].hl7v2._ceiling
+    assert ceiling is not None
+    source = "".join(ceiling.sources)
+    for key in ("patient", "report", "findings", "order"):
+        calls = re.findall(rf"\n( *)(.*)\n *state\.add\({key!r},", source)
+        assert calls, key
+        assert all(re.fullmatch(r"if not d\d+:", line) for _, line in calls), (key, calls)
+
+
 # Field shapes the generated reads and leaves meet (repetitions, escapes, control
 # characters that warn or fail, "" nulls, padding, subcomponents, missing fields and
 # segments): a golden with one field changed at a time, through both engines, traced and
@@ -569,6 +584,42 @@ _GROUP_CASES: dict[str, Any] = {
 def test_order_groups_byte_identical(engines: dict[str, Converter], case: str) -> None:
     text = (regenerate.GOLDEN / "hl7v2" / "orm_o01_two_orders.hl7").read_text()
     lines = _GROUP_CASES[case](text.replace("\n", "\r").split("\r"))
+    for k in range(3):  # the shared entries made, remembered, found
+        _same(engines, _freshen("\r".join(x for x in lines if x), k).encode(), case)
+
+
+# A report's OBR groups (where: any over OBR-24 and its OBXs, variables over its OBXs,
+# its own entries added inline by the ceiling target): segments added or removed in
+# oru_r01_cobranded (MSH PID ORC OBR OBX×4)
+_RESULT_GROUP_CASES: dict[str, Any] = {
+    "results: the report sent twice (one id: merged)": lambda lines: [*lines, *lines[3:]],
+    "results: two reports": lambda lines: [
+        *lines,
+        lines[3].replace("NJR2026061000001", "NJR2"),
+        *lines[4:],
+    ],
+    "results: a laboratory OBR after the report": lambda lines: [
+        *lines,
+        "OBR|2|PLC0002^LAX2|NJL2^NJMU2|GLU^Glucose^99LAX2||||||||||||||||||||CH|F",
+        "OBX|1|NM|GLU^Glucose^LN||5.2|mmol/L|||||F",
+    ],
+    "results: a laboratory OBR alone": lambda lines: [
+        *lines[:3],
+        "OBR|1|PLC0002^LAX2|NJL2^NJMU2|GLU^Glucose^99LAX2||||||||||||||||||||CH|F",
+        "OBX|1|NM|GLU^Glucose^LN||5.2|mmol/L|||||F",
+    ],
+    "results: no OBX": lambda lines: [x for x in lines if not x.startswith("OBX|")],
+    "results: only the study": lambda lines: [x for x in lines if not x.startswith("OBX|2")],
+    "results: a patient without an identifier": lambda lines: [
+        x if not x.startswith("PID|") else "PID|1||||王^伟^^^^^L" for x in lines
+    ],
+}
+
+
+@pytest.mark.parametrize("case", _RESULT_GROUP_CASES)
+def test_result_groups_byte_identical(engines: dict[str, Converter], case: str) -> None:
+    text = (regenerate.GOLDEN / "hl7v2" / "oru_r01_cobranded.hl7").read_text()
+    lines = _RESULT_GROUP_CASES[case](text.replace("\n", "\r").split("\r"))
     for k in range(3):  # the shared entries made, remembered, found
         _same(engines, _freshen("\r".join(x for x in lines if x), k).encode(), case)
 

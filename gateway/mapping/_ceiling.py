@@ -38,12 +38,14 @@ What it lowers beyond the compiled target (first slice):
 - ``identifier-system``'s answers looked up in its table inline, ``script`` inline;
 - a record's own entries (the patient, an order, a report and its findings): their id,
   request and place in the Bundle made inline, as BundleBuilder.add makes them; the
-  add called for the rest (no identifier, an id made before, other write rules).
+  add called for the rest (no identifier, an id made before, other write rules);
+- ``coding``'s answers (a code's codings, its translations) found by their arguments
+  (:class:`Answers`, bounded in bytes), made again from their JSON: fresh values.
 
 Not yet (the compiled target's code is generated there, or its functions called):
 ``at`` a component (``OBR-32.1``: the CNN interpreter's node is selected by its
 accessor, then found whole), ``state.ref`` for keys made only outside the groups
-(constant per message), functions' answers (``coding``), the
+(constant per message), other functions' answers, the
 narratives (added after, by the pipeline, as today; a shared entry's text is not part
 of what is found whole), the validation.
 
@@ -78,7 +80,7 @@ from ._bundle import (
 )
 from ._codegen import Lowering, _Func, _maker, _read_var
 from ._compile import _CONSTANTS, SAME_AS, SHAPES, Ctx, Fn
-from ._functions import identifier_system, script
+from ._functions import coding, identifier_system, script
 from ._memo import MEMO_SCOPES, MEMOS
 from ._terminology import _CJK
 
@@ -241,6 +243,47 @@ def merge(state: BundleBuilder, existing: tuple[Any, ...], entry: tuple[Any, ...
         _merge(resource, fields)
     state._by_id[rid] = (resource, made_from, False)
 
+
+# Bytes of a function's answers kept (the JSON of each, its key's text), per call site;
+# cleared when full, as the memo is (_memo._MEMO_BYTES).
+_ANSWER_BYTES = 64 * 1024
+
+
+class Answers(dict[tuple[Any, ...], tuple[Any, str]]):
+    """A pure function's answers at one call site (``coding``: a code's codings, the
+    same for every record that sends it) by its arguments: (the Env, the answer's JSON).
+    The generated code looks its arguments up (a dict's ``get``) and, found for the same
+    Env, makes the answer again from its JSON (one C call: fresh lists and dicts, as the
+    function makes them, that a record may edit) instead of calling the function and
+    the half-dozen it calls (the terminology's tables, its translations)."""
+
+    __slots__ = ("held",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held = 0
+
+    def keep(self, key: tuple[Any, ...], env: Any, answer: Any) -> None:
+        """Keep ``answer`` under ``key`` when its JSON gives it back equal (lists and
+        dicts of strings: a tuple or another type would come back otherwise)."""
+        try:
+            # as text: orjson's bytes keep the capacity it wrote them in (kilobytes)
+            data = orjson.dumps(answer).decode()
+        except TypeError:
+            return
+        if orjson.loads(data) != answer:
+            return  # pragma: no cover - coding's answers are JSON's own types
+        size = sum([len(part) for part in key if type(part) is str]) + len(data) + 64
+        if self.held + size > _ANSWER_BYTES:
+            self.clear()
+            self.held = 0
+        self[key] = (env, data)
+        self.held += size
+
+
+# Functions whose answers are a function of their arguments and the Env alone (its
+# tables and network, read only, as identifier_system's answers in Env.systems assume)
+_PURE = frozenset({coding})
 
 # identifier_system's arguments, in the order of its key in Env.systems
 _SYSTEM_ARGS = ("kind", "authority", "authority_oid", "authority_type", "facility")
@@ -524,6 +567,7 @@ class Ceiling(Lowering):
                 "subcell": subcell,
                 "cell": cell,
                 "merge": merge,
+                "_loads": orjson.loads,
                 "_choose": _choose,
                 "_request": _request,
                 "resource_id": resource_id,
@@ -619,6 +663,9 @@ class Ceiling(Lowering):
             self.emit(f, args[0][1], a, c, h, ind)
             f.add(ind, f"{t} = ('IDE' if _CJK.search({a}) else 'ABC') if {a} else None")
             return
+        if func in _PURE:
+            self._answer(f, t, c, h, ind, func, args)
+            return
         if func is not identifier_system or not set(names) <= set(_SYSTEM_ARGS):
             super()._fn(f, t, c, h, ind, func, args)
             return
@@ -631,6 +678,28 @@ class Ceiling(Lowering):
         f.add(ind, f"if {t} is _NO:")
         call = ", ".join(f"{k}={v}" for k, v in named.items())
         f.add(ind + 1, f"{t} = {self._name(func, 'FN')}(env, {call})")
+
+    def _answer(self, f: _Func, t: str, c: str, h: str, ind: int, func: Any, args: Any) -> None:
+        """A pure function's answer found by its arguments (:class:`Answers`), the
+        function called (and its answer kept) only for arguments not met before."""
+        named = {}
+        for key, fn in args:
+            named[key] = f.var("a")
+            self.emit(f, fn, named[key], c, h, ind)
+        answers = self._name(Answers(), "AN")
+        k, y = f.var("k"), f.var("y")
+        f.add(ind, f"{k} = ({''.join(f'{v}, ' for v in named.values())})")
+        f.add(ind, "try:")
+        f.add(ind + 1, f"{y} = {answers}.get({k})")
+        f.add(ind, "except TypeError:  # an unhashable argument: not kept")
+        f.add(ind + 1, f"{k} = {y} = None")
+        f.add(ind, f"if {y} is not None and {y}[0] is env:")
+        f.add(ind + 1, f"{t} = _loads({y}[1])")
+        f.add(ind, "else:")
+        call = ", ".join(f"{key}={v}" for key, v in named.items())
+        f.add(ind + 1, f"{t} = {self._name(func, 'FN')}(env, {call})")
+        f.add(ind + 1, f"if {k} is not None:")
+        f.add(ind + 2, f"{answers}.keep({k}, env, {t})")
 
     def _every(self, f: _Func, t: str, c: str, h: str, ind: int, fn: Fn, *shape: Any) -> None:
         """A ``*`` path's values read in place (:meth:`_RawFunc.texts`): never None here,

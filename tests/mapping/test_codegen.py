@@ -296,6 +296,35 @@ def test_ceiling_adds_a_records_own_entries_inline(engines: dict[str, Converter]
         assert all(re.fullmatch(r"if not d\d+:", line) for _, line in calls), (key, calls)
 
 
+def test_ceiling_finds_codings_by_their_arguments(engines: dict[str, Converter]) -> None:
+    """A report's codings (``coding``: its exam code translated, its findings' LOINC)
+    are worked out once per code and found after (_ceiling.Answers), each time the
+    compiled engine's bytes and a fresh value that the record may edit."""
+    from gateway.mapping._ceiling import Answers
+
+    ceiling = engines["ceiling"]
+    build = ceiling.hl7v2.for_type("ORU^R01").build
+    assert build is not None
+    kept = [v for v in build.__globals__.values() if isinstance(v, Answers)]
+    assert kept
+    for answers in kept:
+        answers.clear()
+    text = (regenerate.GOLDEN / "hl7v2" / "oru_r01_cobranded.hl7").read_text()
+    bundles = []
+    for k in range(3):
+        data = _freshen(text.replace("\n", "\r"), 200 + k).encode()
+        _same(engines, data, f"codings #{k}")
+        (record,) = ceiling.convert(data)
+        bundles.append(record.bundle)
+    assert any(answers for answers in kept)  # the sites the report reached
+    first, again = (
+        [e["resource"] for e in b["entry"] if e["resource"]["resourceType"] == "DiagnosticReport"]
+        for b in bundles[1:]
+    )
+    assert first[0]["code"] == again[0]["code"]
+    assert first[0]["code"]["coding"] is not again[0]["code"]["coding"]
+
+
 # Field shapes the generated reads and leaves meet (repetitions, escapes, control
 # characters that warn or fail, "" nulls, padding, subcomponents, missing fields and
 # segments): a golden with one field changed at a time, through both engines, traced and

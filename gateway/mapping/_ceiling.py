@@ -69,13 +69,14 @@ import orjson
 from ..shared import FrozenDict
 from ._bundle import (
     _IDENTITIES,
+    _PLAIN_TOKEN,
     BundleBuilder,
     _choose,
     _merge,
     _merge_shared,
-    _request,
     fresh_resource_id,
     resource_id,
+    search_escape,
     write_rules,
 )
 from ._codegen import Lowering, _Func, _maker, _read_var
@@ -360,8 +361,11 @@ class _RawFunc(_Func):
             self.add(ind + 2, f"{v} = None")
             self.add(ind, "else:")
             self.add(ind + 1, f"{v} = None")
-        else:
-            self.add(ind, f"{v} = subcell(view, {h}, {component}, {sub})  # {path}")
+        else:  # a subcomponent: split in place (its own copy of the repetition's text)
+            x = self.var("x")
+            self.add(ind, f"{v} = None  # {path}")
+            self.add(ind, f"{x} = {h}")
+            self._subfield(ind, v, x, component, sub)
         self._known[(method, path, h)] = (v, ind)
         return v
 
@@ -569,7 +573,8 @@ class Ceiling(Lowering):
                 "merge": merge,
                 "_loads": orjson.loads,
                 "_choose": _choose,
-                "_request": _request,
+                "_PLAIN": _PLAIN_TOKEN.fullmatch,
+                "search_escape": search_escape,
                 "resource_id": resource_id,
                 "bisect_left": bisect_left,
                 "tnew": tuple.__new__,
@@ -782,10 +787,22 @@ class Ceiling(Lowering):
             f.add(ind + 2, f"{r} = {{'resourceType': {rtype!r}, 'id': {rid}, **{n}}}")
         f.add(ind + 2, f"state._by_id[{rid}] = ({r}, {n}, True)")
         f.add(ind + 2, f"{u} = 'urn:uuid:' + {rid}")
+        # the request as _bundle._request makes it: the query's parts escaped unless plain
+        q = f.var("q")
+        f.add(ind + 2, f"if _PLAIN({ch}[0] + {ch}[1]):")
+        f.add(ind + 3, f"{q} = f'identifier={{{ch}[0]}}|{{{ch}[1]}}'")
+        f.add(ind + 2, "else:")
+        f.add(
+            ind + 3,
+            f"{q} = f'identifier={{search_escape({ch}[0])}}|{{search_escape({ch}[1])}}'",
+        )
+        if mode == "update":
+            request = f"{{'method': 'PUT', 'url': f'{rtype}?{{{q}}}'}}"
+        else:
+            request = f"{{'method': 'POST', 'url': {rtype!r}, 'ifNoneExist': {q}}}"
         f.add(
             ind + 2,
-            f"state.entries.append({{'fullUrl': {u}, 'resource': {r}, "
-            f"'request': _request({mode!r}, {rtype!r}, {ch}[0], {ch}[1])}})",
+            f"state.entries.append({{'fullUrl': {u}, 'resource': {r}, 'request': {request}}})",
         )
         f.add(ind + 2, f"{sc} = state._scopes[-1]")
         f.add(ind + 2, f"if {key!r} in {sc}:")

@@ -216,11 +216,12 @@ def _ceiling_stats(ceiling: Converter, types: tuple[str, ...]) -> dict[str, int]
 
 
 def test_ceiling_targets(engines: dict[str, Converter]) -> None:
-    """The ceiling target generates the order and referral mappings, no other."""
+    """The ceiling target generates the order, referral and result mappings, no other."""
     ceiling = engines["ceiling"]
     assert {m.name for m in map(ceiling.hl7v2.for_type, ceiling.hl7v2.types) if m.build} == {
         "ORDER.yaml",
         "REF.yaml",
+        "ORU.yaml",
     }
 
 
@@ -251,6 +252,77 @@ def test_ceiling_builds_most_referral_messages(engines: dict[str, Converter]) ->
     # character that the view warns of as it reads it (the compiled engine's warning)
     assert sum(fallbacks.values()) / tried <= 4 / 28, fallbacks
     assert set(fallbacks) <= {"fallback:controls-or-trace"}, fallbacks
+
+
+def test_ceiling_builds_the_result_messages(engines: dict[str, Converter]) -> None:
+    """The same for the radiology results (ORU^R01): ORU.yaml is generated whole too."""
+    stats = _ceiling_stats(engines["ceiling"], ("ORU^R01",))
+    tried = sum(stats.values())
+    assert tried >= 12, stats
+    # 2026-12-07, fourth slice: all 12 (the 6 seed reports, fresh and met before) built;
+    # none of them has a control character, a second patient or a missing identity
+    assert stats == {"built": tried}, stats
+
+
+def test_ceiling_reads_result_fields_in_place(engines: dict[str, Converter]) -> None:
+    """ORU.yaml's reads the ceiling target makes from the segments' text, not by an
+    accessor's call: the message's MSH fields at the root (/MSH-10), a subcomponent of a
+    group's field (OBR-32.1.9, the interpreter's institution), every repetition of a
+    field (OBX-5(*), the findings); the byte-for-byte tests above check what they read."""
+    import re
+
+    sources = engines["ceiling"].hl7v2._ceiling
+    assert sources is not None
+    (oru,) = [
+        s for s in sources.sources if s.startswith("def build(view, env, tz, lenient):  # ORU")
+    ]
+    for path in ("/MSH-10", "/MSH-7", "OBR-32.1.9", "OBX-5(*)"):
+        assert f"  # {path}\n" in oru, path
+        assert not re.search(rf"= A\d+\(view, \w+\)  # {re.escape(path)}\n", oru), path
+
+
+def test_ceiling_adds_a_records_own_entries_inline(engines: dict[str, Converter]) -> None:
+    """The ceiling target adds a record's own entries (its patient, a report, its
+    findings, an order) itself: BundleBuilder.add is called only for what the inline
+    code leaves to it (no identifier, an id made before, fields that are not a dict)."""
+    import re
+
+    ceiling = engines["ceiling"].hl7v2._ceiling
+    assert ceiling is not None
+    source = "".join(ceiling.sources)
+    for key in ("patient", "report", "findings", "order"):
+        calls = re.findall(rf"\n( *)(.*)\n *state\.add\({key!r},", source)
+        assert calls, key
+        assert all(re.fullmatch(r"if not d\d+:", line) for _, line in calls), (key, calls)
+
+
+def test_ceiling_finds_codings_by_their_arguments(engines: dict[str, Converter]) -> None:
+    """A report's codings (``coding``: its exam code translated, its findings' LOINC)
+    are worked out once per code and found after (_ceiling.Answers), each time the
+    compiled engine's bytes and a fresh value that the record may edit."""
+    from gateway.mapping._ceiling import Answers
+
+    ceiling = engines["ceiling"]
+    build = ceiling.hl7v2.for_type("ORU^R01").build
+    assert build is not None
+    kept = [v for v in build.__globals__.values() if isinstance(v, Answers)]
+    assert kept
+    for answers in kept:
+        answers.clear()
+    text = (regenerate.GOLDEN / "hl7v2" / "oru_r01_cobranded.hl7").read_text()
+    bundles = []
+    for k in range(3):
+        data = _freshen(text.replace("\n", "\r"), 200 + k).encode()
+        _same(engines, data, f"codings #{k}")
+        (record,) = ceiling.convert(data)
+        bundles.append(record.bundle)
+    assert any(answers for answers in kept)  # the sites the report reached
+    first, again = (
+        [e["resource"] for e in b["entry"] if e["resource"]["resourceType"] == "DiagnosticReport"]
+        for b in bundles[1:]
+    )
+    assert first[0]["code"] == again[0]["code"]
+    assert first[0]["code"]["coding"] is not again[0]["code"]["coding"]
 
 
 # Field shapes the generated reads and leaves meet (repetitions, escapes, control
@@ -327,17 +399,53 @@ _REF_CASES = {
 }
 
 
-@pytest.mark.parametrize("case", [*_FIELD_CASES, *_ORDER_CASES, *_REF_CASES])
+# The same on a co-branded radiology report (the ceiling target builds ORU.yaml's
+# messages itself: its OBR groups kept by 'where: any', their variables over the OBX
+# repetitions, the organisations named by a variable, the CNN interpreter and role).
+# A case's field is set in every segment of that name (every OBX); MSH counted from 0.
+_ORU_CASES = {
+    "result: interpreter in the XCN shape": ("OBR", 32, "2077^戴^奇山"),
+    "result: interpreter without an authority": ("OBR", 32, "N4102&徐&静"),
+    "result: interpreter escaped": ("OBR", 32, "N4102&徐\\T\\&静&&&&&&NJMU2"),
+    "result: interpreter repeated": ("OBR", 32, "~N4102&徐&静&&&&&&NJMU2~X1&Y&Z"),
+    "result: interpreter hl7 null": ("OBR", 32, '""'),
+    "result: interpreter's authority hl7 null": ("OBR", 32, 'N4102&徐&静&&&&&& "" '),
+    "result: interpreter's authority padded": ("OBR", 32, "N4102&徐&静&&&&&& NJMU2 ^x"),
+    "result: no interpreter": ("OBR", 32, ""),
+    "result: another section": ("OBR", 24, "LAB"),
+    "result: parent report": ("OBR", 29, "PLC1&LAX2^NJR1&NJMU2"),
+    "result: bad report date": ("OBR", 22, "2026-06-10"),
+    "result: performer empty": ("OBX", 23, ""),
+    "result: performer by name only": ("OBX", 23, "某医院"),
+    "result: performer escaped": ("OBX", 23, "A\\F\\B^^^^^LAX2"),
+    "result: findings repeated": ("OBX", 5, "a~b~~c"),
+    "result: findings with components": ("OBX", 5, ' a^b~c&d~""~ ~e\\T\\f&g'),
+    "result: findings escaped": ("OBX", 5, "a\\S\\b\\E\\c"),
+    "result: findings with a control character": ("OBX", 5, "a\\X07\\b"),
+    "result: every OBX a study": ("OBX", 3, "113014^DICOM Study^DCM"),
+    "result: observation type null": ("OBX", 3, '""'),
+    "result: no OBX": ("OBX", 0, None),
+    "result: no ORC": ("ORC", 0, None),
+    "result: no OBR (no report: refused)": ("OBR", 0, None),
+    "result: English report": ("MSH", 18, "EN^English^ISO6391"),
+    "result: message id escaped": ("MSH", 9, "X\\F\\1~2"),
+    "result: message id empty": ("MSH", 9, ""),
+}
+
+
+@pytest.mark.parametrize("case", [*_FIELD_CASES, *_ORDER_CASES, *_REF_CASES, *_ORU_CASES])
 def test_field_shapes_byte_identical(engines: dict[str, Converter], case: str) -> None:
     golden = (
         "orm_o01_hkpmc_ct.hl7"
         if case in _ORDER_CASES
         else "ref_i12_utf8.hl7"
         if case in _REF_CASES
+        else "oru_r01_cobranded.hl7"
+        if case in _ORU_CASES
         else "oru_r01_chinese.hl7"
     )
     text = (regenerate.GOLDEN / "hl7v2" / golden).read_text()
-    segment, field, value = {**_FIELD_CASES, **_ORDER_CASES, **_REF_CASES}[case]
+    segment, field, value = {**_FIELD_CASES, **_ORDER_CASES, **_REF_CASES, **_ORU_CASES}[case]
     lines = text.splitlines()
     for n, line in enumerate(lines):
         if line.startswith(segment + "|"):
@@ -357,7 +465,7 @@ def test_field_shapes_byte_identical(engines: dict[str, Converter], case: str) -
 # met (_ceiling.SharedEntries): an order golden with fields set (SEG, field, value; MSH
 # counted as HL7 does), converted fresh several times so that entries are remembered and
 # then found, each time the compiled engine's bytes; a case with an entry made twice
-# from other fields under one id (a merge) falls back.
+# from other fields under one id (a merge) is built too: merged as the add merges.
 _SHARED_CASES: dict[str, tuple[str, list[tuple[str, int, str]], str]] = {
     "receiver another organisation": (
         "orm_o01_hkpmc_ct.hl7",
@@ -382,11 +490,11 @@ _SHARED_CASES: dict[str, tuple[str, list[tuple[str, int, str]], str]] = {
     ),
     "a provider in OBR only": ("orm_o01_hkpmc_ct.hl7", [("ORC", 12, "")], "built"),
     # the receiver found whole (remembered beside another sender), then a sender of its
-    # id with another name: the entry would be merged
+    # id with another name: the found entry is merged into the sender's
     "a found entry's id met before (a merge)": (
         "orm_o01_hkpmc_ct.hl7",
         [("MSH", 4, "XA^1.2.3.4^ISO"), ("MSH", 6, "XB^1.2.3.4^ISO")],
-        "fallback:merge",
+        "built",
     ),
     # a referral's practitioners and roles, keyed on their PRD segment's text too
     "a referral's providers": ("ref_i12_utf8.hl7", [], "built"),
@@ -395,6 +503,10 @@ _SHARED_CASES: dict[str, tuple[str, list[tuple[str, int, str]], str]] = {
         [("PRD", 7, "NS0231^PRN^NSCH")],
         "built",
     ),
+    # a report's performing and interpreting organisations (named by a variable, at the
+    # OBR group) are its sender's too: found whole, then merged into the sender's entry
+    "a report's organisations, also its sender (merged)": ("oru_r01_chinese.hl7", [], "built"),
+    "a report's organisations, two of them": ("oru_r01_cobranded.hl7", [], "built"),
 }
 # What the messages before the last one hold instead (the entries then remembered)
 _SHARED_BEFORE = {
@@ -425,7 +537,8 @@ def test_shared_entries_found_whole(engines: dict[str, Converter], case: str) ->
     golden, changes, outcome = _SHARED_CASES[case]
     text = (regenerate.GOLDEN / "hl7v2" / golden).read_text()
     ceiling = engines["ceiling"]
-    mapping = ceiling.hl7v2.for_type("REF^I12" if golden.startswith("ref") else "ORM^O01")
+    kinds = {"ref": "REF^I12", "oru": "ORU^R01", "orm": "ORM^O01"}
+    mapping = ceiling.hl7v2.for_type(kinds[golden[:3]])
     assert mapping.build is not None
     space = mapping.build.__globals__
     for value in space.values():
@@ -445,6 +558,9 @@ def test_shared_entries_found_whole(engines: dict[str, Converter], case: str) ->
     if golden.startswith("ref"):  # a PRD group's entries, keyed on the segment's text
         keys = [k for v in space.values() if isinstance(v, SharedEntries) for k in v]
         assert any(part.startswith("PRD|") for k in keys for part in k if type(part) is str)
+    if golden.startswith("oru"):  # the organisations named at the OBR group (no text)
+        found = [v for v in space.values() if isinstance(v, SharedEntries)]
+        assert any(k[0] is None for v in found for k in v), found
 
 
 def test_inline_identifier_system_key(engines: dict[str, Converter]) -> None:
@@ -497,6 +613,42 @@ _GROUP_CASES: dict[str, Any] = {
 def test_order_groups_byte_identical(engines: dict[str, Converter], case: str) -> None:
     text = (regenerate.GOLDEN / "hl7v2" / "orm_o01_two_orders.hl7").read_text()
     lines = _GROUP_CASES[case](text.replace("\n", "\r").split("\r"))
+    for k in range(3):  # the shared entries made, remembered, found
+        _same(engines, _freshen("\r".join(x for x in lines if x), k).encode(), case)
+
+
+# A report's OBR groups (where: any over OBR-24 and its OBXs, variables over its OBXs,
+# its own entries added inline by the ceiling target): segments added or removed in
+# oru_r01_cobranded (MSH PID ORC OBR OBX×4)
+_RESULT_GROUP_CASES: dict[str, Any] = {
+    "results: the report sent twice (one id: merged)": lambda lines: [*lines, *lines[3:]],
+    "results: two reports": lambda lines: [
+        *lines,
+        lines[3].replace("NJR2026061000001", "NJR2"),
+        *lines[4:],
+    ],
+    "results: a laboratory OBR after the report": lambda lines: [
+        *lines,
+        "OBR|2|PLC0002^LAX2|NJL2^NJMU2|GLU^Glucose^99LAX2||||||||||||||||||||CH|F",
+        "OBX|1|NM|GLU^Glucose^LN||5.2|mmol/L|||||F",
+    ],
+    "results: a laboratory OBR alone": lambda lines: [
+        *lines[:3],
+        "OBR|1|PLC0002^LAX2|NJL2^NJMU2|GLU^Glucose^99LAX2||||||||||||||||||||CH|F",
+        "OBX|1|NM|GLU^Glucose^LN||5.2|mmol/L|||||F",
+    ],
+    "results: no OBX": lambda lines: [x for x in lines if not x.startswith("OBX|")],
+    "results: only the study": lambda lines: [x for x in lines if not x.startswith("OBX|2")],
+    "results: a patient without an identifier": lambda lines: [
+        x if not x.startswith("PID|") else "PID|1||||王^伟^^^^^L" for x in lines
+    ],
+}
+
+
+@pytest.mark.parametrize("case", _RESULT_GROUP_CASES)
+def test_result_groups_byte_identical(engines: dict[str, Converter], case: str) -> None:
+    text = (regenerate.GOLDEN / "hl7v2" / "oru_r01_cobranded.hl7").read_text()
+    lines = _RESULT_GROUP_CASES[case](text.replace("\n", "\r").split("\r"))
     for k in range(3):  # the shared entries made, remembered, found
         _same(engines, _freshen("\r".join(x for x in lines if x), k).encode(), case)
 

@@ -141,3 +141,23 @@ def test_shared_entries_stop_at_a_byte_budget() -> None:
         tracemalloc.stop()
     assert 0 < len(entries) < 3_000
     assert retained < 200_000
+
+
+def test_ceiling_answers_are_bounded() -> None:
+    """The ceiling target's answers of a pure function (``coding``) at one call site are
+    bounded in bytes too: 3,000 codes' codings kept hold at most its budget."""
+    from gateway.mapping._ceiling import Answers
+
+    answers = Answers()
+    env = object()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for n in range(3_000):
+            coding = [{"system": "urn:x", "code": f"c{n}", "display": f"exam {n}" * 20}]
+            answers.keep((f"c{n}", "urn:x"), env, coding)
+        retained = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert 0 < len(answers) < 3_000
+    assert retained < 200_000

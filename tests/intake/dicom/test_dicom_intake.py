@@ -13,6 +13,8 @@ import zipfile
 from typing import Any
 
 import pytest
+from pydicom import dcmread
+from pydicom.uid import ImplicitVRLittleEndian
 
 from gateway import Converter
 from gateway.envelope import Record
@@ -415,3 +417,59 @@ def test_bytes_that_do_not_decode_are_a_warning_named_by_tag(converter: Converte
     [warning] = [i for i in record.warnings if i.code == "intake.dicom-undecodable"]
     assert warning.location == "(0010,0010) PatientName"
     assert "WANG" not in warning.line()
+
+
+def _sent_with(tail: bytes, lead: bytes = b"", implicit: bool = False) -> bytes:
+    """王伟's chest instance whose SOP Instance UID is sent with ``lead`` and ``tail``
+    around it in its bytes (pydicom strips whitespace from a UID it is given)."""
+    real = f"{LAX2_CHEST}.1.1"
+    placeholder = real + "7" * (len(lead) + len(tail))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = wang_wei(SOPInstanceUID=placeholder)
+        data = part10(ds)
+        if implicit:
+            ds = dcmread(io.BytesIO(data))
+            ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+            out = io.BytesIO()
+            ds.save_as(out, implicit_vr=True, little_endian=True, enforce_file_format=True)
+            data = out.getvalue()
+    return data.replace(placeholder.encode(), lead + real.encode() + tail)
+
+
+@pytest.mark.parametrize("implicit", [False, True], ids=["explicit-vr", "implicit-vr"])
+@pytest.mark.parametrize(
+    ("lead", "tail"),
+    [(b"", b"\x1f"), (b"", b"\n"), (b"\t", b""), (b"", b"\xa0")],
+    ids=["unit-separator", "line-feed", "leading-tab", "no-break-space"],
+)
+def test_a_uid_is_checked_as_sent_whatever_the_transfer_syntax(
+    converter: Converter, implicit: bool, lead: bytes, tail: bytes
+) -> None:
+    # pydicom's UID strips every whitespace at both ends (TAB, LF, U+001C-U+001F, NBSP):
+    # an implicit VR file passed 1.2.3\x1f as 1.2.3 where the explicit VR one failed
+    [record] = converter.convert_files([("a.dcm", _sent_with(tail, lead, implicit))])
+    assert [(e.code, e.location) for e in record.errors] == [
+        ("intake.dicom-bad-value", "(0008,0018) SOPInstanceUID")
+    ]
+
+
+@pytest.mark.parametrize("tail", ["\x1f", "\n", "\u00a0"])
+def test_a_dicom_json_uid_is_checked_as_sent(converter: Converter, tail: str) -> None:
+    obj = wang_wei(number=2).to_json_dict()
+    obj["00080018"]["Value"] = [f"{LAX2_CHEST}.1.2{tail}"]
+    items = [("chest/IM1.dcm", _chest(1, 1)), ("chest/more.json", json.dumps([obj]).encode())]
+    [record] = converter.convert_files(items)
+    assert [(e.code, e.location) for e in record.errors] == [
+        ("intake.dicom-bad-value", "(0008,0018) SOPInstanceUID")
+    ]
+    assert "chest/more.json" in record.errors[0].message
+
+
+def test_a_uid_of_several_values_is_told_so(converter: Converter) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        data = part10(wang_wei(SOPInstanceUID=[f"{LAX2_CHEST}.1.1", f"{LAX2_CHEST}.1.2"]))
+    [unit] = read_studies([("a.dcm", data)], converter.network)
+    assert unit.error is not None and unit.error.code == "intake.dicom-bad-value"
+    assert "2 values" in unit.error.issue.message, unit.error.issue.message

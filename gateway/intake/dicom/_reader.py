@@ -1113,12 +1113,14 @@ def _unit(
         return cache[name]
 
     view = DicomView(root, None, unit.charset, find)
+    # Before the sender is looked up: what it reads is cached at the study, so a warning
+    # (control characters removed) would be lost for the mapping's read of it too
+    view.notes = unit.issues
     try:
         view.sender = unit.sender = _sender(view, network) or default_sender
     except IntakeError as exc:  # an InstitutionName or issuer pydicom cannot decode
         unit.error = exc
         return unit
-    view.notes = unit.issues
     unit.view = view  # kept when it fails below: its text is read (names, charsets)
     if view.sender is None and _unowned_patient_id(view):
         unit.error = _no_sender()

@@ -13,7 +13,7 @@ import zipfile
 from typing import Any
 
 import pytest
-from pydicom import dcmread
+from pydicom import Dataset, dcmread
 from pydicom.uid import ImplicitVRLittleEndian
 
 from gateway import Converter
@@ -473,3 +473,23 @@ def test_a_uid_of_several_values_is_told_so(converter: Converter) -> None:
     [unit] = read_studies([("a.dcm", data)], converter.network)
     assert unit.error is not None and unit.error.code == "intake.dicom-bad-value"
     assert "2 values" in unit.error.issue.message, unit.error.issue.message
+
+
+@pytest.mark.parametrize("read_by", ["sender", "mapping"])
+def test_control_characters_in_a_value_intake_reads_first_are_warned_too(
+    converter: Converter, read_by: str
+) -> None:
+    # The sender is found (InstitutionName, the accession issuer) before the view's
+    # warnings went to the study: the look-up is cached at the study, so the mapping's
+    # read of the same path (the accession system's OID) warned nothing either.
+    item = Dataset()
+    item.UniversalEntityID = "2.16.156.10011.1\x07.5"
+    item.UniversalEntityIDType = "ISO"
+    attrs: dict[str, Any] = {"IssuerOfAccessionNumberSequence": [item]}
+    if read_by == "sender":
+        attrs = {"InstitutionName": "来安县第二\x07人民医院"}
+    [record] = converter.convert_files([("a.dcm", _chest(**attrs))])
+    assert record.ok, [i.line() for i in record.issues]
+    [warning] = [w for w in record.warnings if w.code == "intake.control-characters"]
+    tag = "(0008,0080) InstitutionName" if read_by == "sender" else "(0040,0032)"
+    assert tag in (warning.location or ""), warning.location

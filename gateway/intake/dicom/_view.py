@@ -90,6 +90,13 @@ def _text_of(value: Any, vr: str, p: Path, label: str, notes: list[Issue]) -> st
         elif vr == "DA":
             text = text.replace(".", "")  # ACR-NEMA YYYY.MM.DD
     if _CONTROL.search(text):
+        if vr == "UI":  # removed, 1.2.3\x01.4 would name another UID (1.2.3.4)
+            raise IntakeError(
+                "dicom-bad-value",
+                f"{label} is not a DICOM UID: it holds a control character, without "
+                "which it would name another UID",
+                location=label,
+            )
         text = _controls_removed(text, label, notes)
     return text.strip() or None
 

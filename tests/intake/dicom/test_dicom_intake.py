@@ -493,3 +493,16 @@ def test_control_characters_in_a_value_intake_reads_first_are_warned_too(
     [warning] = [w for w in record.warnings if w.code == "intake.control-characters"]
     tag = "(0008,0080) InstitutionName" if read_by == "sender" else "(0040,0032)"
     assert tag in (warning.location or ""), warning.location
+
+
+def test_a_sop_class_uid_with_a_control_character_fails_its_study(converter: Converter) -> None:
+    # The mapping copies it into ImagingStudy.series.instance.sopClass: removed with a
+    # warning, 1.2.840.10008.5.1.4.1.1\x01.2 became CT Image Storage, another class
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        data = _chest(SOPClassUID="1.2.840.10008.5.1.4.1.1\x01.2")
+    [record] = converter.convert_files([("a.dcm", data)])
+    assert [(e.code, e.location) for e in record.errors] == [
+        ("intake.dicom-bad-value", "series[1]/instance[1] (0008,0016) SOPClassUID")
+    ]
+    assert "1.2.840" not in record.errors[0].message

@@ -506,3 +506,27 @@ def test_a_sop_class_uid_with_a_control_character_fails_its_study(converter: Con
         ("intake.dicom-bad-value", "series[1]/instance[1] (0008,0016) SOPClassUID")
     ]
     assert "1.2.840" not in record.errors[0].message
+
+
+@pytest.mark.parametrize(
+    ("keyword", "sent", "modality"),
+    [
+        ("BodyPartExamined", b"CHEST\x00", "CT"),
+        ("BodyPartExamined", b"\x00\x00", "CT"),
+        ("Laterality", b"\x00\x00", "CT"),
+        ("PatientSex", b"\x00\x00", "CT"),
+    ],
+)
+def test_a_code_padded_with_nul_is_padding_not_a_control_character(
+    converter: Converter, keyword: str, sent: bytes, modality: str
+) -> None:
+    # Devices pad CS values (and empty ones) with NUL as UIDs are padded: read as such
+    # before, the control-character check failed the study on an empty Laterality, and
+    # warned on CHEST\0
+    placeholder = "Z" * len(sent)
+    data = _chest(**{keyword: placeholder})
+    assert data.count(placeholder.encode()) == 1
+    [record] = converter.convert_files([("a.dcm", data.replace(placeholder.encode(), sent))])
+    assert record.ok, [i.line() for i in record.issues]
+    assert not [w for w in record.warnings if w.code == "intake.control-characters"]
+    assert _study_of(record)["series"][0]["modality"]["code"] == modality

@@ -198,7 +198,7 @@ def _not_valid(data: bytes, codec: str, declared: str, location: str, offset: in
                 likely = candidate
                 break
     hint = ""
-    if codec == "utf-8":
+    if codec == "utf-8" and not _latin_words(data):
         # Short text often reads cleanly in both national charsets (許嘉瑋 in Big5 is
         # GB 18030 text too), and telling a sender the wrong one garbles its names
         # silently: one is named only when the other does not read
@@ -218,6 +218,14 @@ def _not_valid(data: bytes, codec: str, declared: str, location: str, offset: in
         offset=offset,
         **({"likely": charset_name(likely)} if likely is not None else {}),
     )
+
+
+def _latin_words(data: bytes) -> bool:
+    """Whether the bytes read as words in 8859/1: two accents a letter apart read as two
+    ideographs side by side (Hélène as H閘鑞e in GB 18030), which no Chinese charset is
+    to be named for. 8859/1 reads the accented letters of 8859/2 and /15 as letters too;
+    8859/2 itself would take 1 in 80 Big5 names for words (±F as ąF), 8859/1 1 in 2,000."""
+    return _plausible(data, "latin-1")
 
 
 def _said(claim: str | None, declared: str) -> str:

@@ -52,7 +52,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian
 from ..audit import audit_log, store_hook
 from ..config import Settings
 from ..errors import ConfigError, GatewayError, IntakeError, nul_message
-from ..intake.dicom import check_instance, uid_problem
+from ..intake.dicom import check_instance, sent_uid, uid_problem
 from ..pipeline import Converter
 from ..processing import process_message
 from ..store import (
@@ -198,8 +198,9 @@ def prepare_instance(data: bytes, keep_pixels: bool = False) -> Instance:
 
 
 def _uid(ds: Dataset, tag: int, keyword: str) -> str:
-    value = ds.get(tag)
-    text = str(value.value).strip("\0 ") if value is not None and value.value else ""
+    # As sent (pydicom's UID strips TAB, LF, U+001F ... at both ends): what the study's
+    # conversion checks, so that an instance it would refuse is not stored first
+    text = sent_uid(ds, tag)
     where = f"({tag >> 16:04X},{tag & 0xFFFF:04X}) {keyword}"
     if not text:
         raise IntakeError("dicom-missing-uid", f"the instance has no {keyword}", location=where)

@@ -356,3 +356,22 @@ def test_utf8_text_from_a_gb18030_sender_stays_utf8(name: str) -> None:
     assert unit.error is None and unit.view is not None
     assert (unit.charset, unit.issues) == ("utf-8", [])
     assert name_of(unit.view.message) == tuple(name.split("^"))
+
+
+@pytest.mark.parametrize(
+    ("name", "address"),
+    [
+        ("Dupré^Jérôme", "Rue de l'Église 3^^Macau"),
+        ("Lefèvre^Hélène", ""),
+        ("Françoise^Hélène", "Avenida de Almeida Ribeiro 1^^Macau"),
+    ],
+)
+def test_latin_text_declared_utf8_is_not_told_to_be_chinese(name: str, address: str) -> None:
+    # Two accents a letter apart read as two ideographs side by side (Hélène as
+    # H閘鑞e): the sender of 8859/1 names was told to declare GB 18030 or Big5, which
+    # would turn them into Chinese. Bytes that read as Latin words are named no charset.
+    data = message(name, address, "UNICODE UTF-8", facility="NSGP").encode("latin-1")
+    err = fails(data, None)
+    assert err.code == "intake.charset-mismatch"
+    assert "GB 18030" not in str(err) and "BIG-5" not in str(err)
+    assert "likely" not in err.issue.details

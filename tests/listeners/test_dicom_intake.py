@@ -155,3 +155,24 @@ def test_a_value_that_is_no_dicom_uid_is_refused_before_it_is_stored(
     assert caught.value.code == "intake.dicom-bad-value"
     assert keyword in (caught.value.location or "") and problem in str(caught.value)
     assert store.count() == 0
+
+
+@pytest.mark.parametrize("tail", [b"\n", b"\x1f", b"\xa0"])
+def test_a_uid_is_refused_as_sent_not_as_pydicom_strips_it(
+    tmp_path: Path, converter: Converter, store: Store, tail: bytes
+) -> None:
+    """pydicom's UID strips every whitespace at both ends: 1.2.3\\x1f was stored as
+    1.2.3 (the sender heard success) and the study's conversion then refused it."""
+    ds = dcmread(io.BytesIO(study_files(NSCH_CTA)[0][1]))
+    real = str(ds.SOPInstanceUID)
+    placeholder = real + "7" * len(tail)
+    ds.SOPInstanceUID = placeholder
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    data = out.getvalue().replace(placeholder.encode(), real.encode() + tail)
+    intake = intake_for(dicom_settings(tmp_path), converter, store)
+    with pytest.raises(IntakeError) as caught:
+        intake.receive(data, Origin("dicom", "MODALITY1@127.0.0.1:40000"))
+    assert caught.value.code == "intake.dicom-bad-value"
+    assert "SOPInstanceUID" in (caught.value.location or "")
+    assert store.count() == 0

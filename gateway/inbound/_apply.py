@@ -873,9 +873,11 @@ def _resolve(
                 expression=where,
             )
         return ref
+    if ref.startswith("#") or _SCHEME.match(ref) is not None:
+        return ref  # a contained resource; the partner's own server (``_in_bundle``)
     path, mark, query = ref.partition("?")
     if not mark or not TYPE_PATTERN.fullmatch(path):
-        return ref
+        _refuse_spelling(where)
     if query.startswith("identifier=") and "&" not in query:
         system, value = parse_identifier(query.removeprefix("identifier="))
         own = index.get((path, system_key(system or ""), value))
@@ -903,6 +905,27 @@ def _resolve(
             expression=where,
         )
     return f"{path}/{found[0]}"
+
+
+def _refuse_spelling(where: str) -> None:
+    """A reference outside FHIR R4's grammar (references.html: a literal reference is
+    ``[base]/Type/id`` or ``[base]/Type/id/_history/vid``; a transaction's conditional
+    one ``Type?query``; ``#id`` a contained resource). Refused, not read as the
+    ``Type/id`` it may mean: ``Patient/p/_history``, ``Patient/p/``, ``Patient/p?x``,
+    ``Patient//p`` (or the same under this gateway's base) have no meaning servers
+    agree on -- one local system follows it to ``Patient/p``, another to nothing --
+    and, matching none of the forms checked here, they were kept as sent with no
+    identity check, while the store took ``Patient/p/_history`` for ``Patient/p``: a
+    record with another patient's MRN beside it joined the records kept under
+    ``Patient/p``. Guessing which patient a malformed reference means is what a
+    partner's sender must not leave to us."""
+    raise InboundError(
+        "inbound.unresolved-reference",
+        f"{where}: not a reference FHIR R4 resolves: a literal reference is Type/id or "
+        "Type/id/_history/version (relative, or under this gateway's base), a "
+        "conditional one Type?query; nothing is stored",
+        expression=where,
+    )
 
 
 def _response_entry(plan: _Entry, stored: Stored | None) -> dict[str, Any]:

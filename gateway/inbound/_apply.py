@@ -37,7 +37,6 @@ from sqlalchemy.engine import Connection
 from ..errors import http_status, operation_outcome, shape
 from ..fhirsystems import (
     DEFAULT_PORTS,
-    PATIENT_NAMES,
     comparable,
     host_key,
     identifier_key,
@@ -412,7 +411,12 @@ def _write(
     for where, ref in _references(resource, f"Bundle.entry[{plan.n}].resource"):
         given = _in_bundle(str(ref["reference"]), plan.full_url, urls, where, bases, partner)
         ref["reference"] = _resolve(conn, store, given, urls, index, where, partner, known)
-        if _PATIENT_ELEMENT.fullmatch(where):
+        # every reference to a Patient, at any depth (an asserter, a performer, an
+        # evidence detail, a contained resource's subject), not only the element naming
+        # whom the record is about: an identifier beside any of them is kept with the
+        # record (and written beside it, ``inbound_beside``) as that patient's
+        literal = _LITERAL.fullmatch(str(ref["reference"]))
+        if literal is not None and literal[1] == "Patient":
             _check_entry_id(ref, where, patients)
             _check_not_shared(conn, store, ref, where, partner, known, patients)
             if isinstance(ref.get("identifier"), dict):
@@ -427,10 +431,6 @@ def _write(
 
 
 IDENTITY_MISMATCH = "inbound.identity-mismatch"
-# the elements naming the patient a resource is about (``_content.py``), at its top level
-_PATIENT_ELEMENT = re.compile(
-    rf"Bundle\.entry\[\d+\]\.resource\.({'|'.join(PATIENT_NAMES)})(\[\d+\])?"
-)
 
 
 def _pairs(resource: dict[str, Any] | None) -> set[tuple[str, str]]:

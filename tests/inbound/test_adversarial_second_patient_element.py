@@ -203,3 +203,47 @@ def test_another_mrn_beside_a_reference_to_a_contained_patient_is_refused(
     assert counts(hk_settings)["inbound_resources"] == 0
     resource[place]["identifier"] = A_MRN
     assert _post(client, bundle, pki).status_code == 200
+
+
+def test_a_reference_to_another_patients_stored_record_is_refused(
+    client: Client, hk_settings: Settings, referral: dict[str, Any], pki: Path,
+    logs: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    # 许嘉玮's referral stored; then 陈美玲's diagnosis (under Patient/p-1) naming his
+    # stored diagnosis as its evidence: whoever follows the link reads his data in hers
+    assert _post(client, referral, pki).status_code == 200
+    [found, *_] = client.get("/fhir/Condition", headers=LOCAL_AUTH).json()["entry"]
+    his = f"Condition/{found['resource']['id']}"
+    before = counts(hk_settings)
+    bundle = _diagnosis(referral, UNSTORED, OTHER_MRN, 2)
+    bundle["entry"][CONDITION]["resource"]["evidence"] = [{"detail": [{"reference": his}]}]
+    resp = _post(client, bundle, pki)
+    _refused(resp, "inbound.identity-mismatch",
+             f"Bundle.entry[{CONDITION}].resource.evidence[0].detail[0]", logs)  # fmt: skip
+    assert counts(hk_settings)["inbound_resources"] == before["inbound_resources"]
+    # his own next diagnosis may name it
+    [patient] = client.get("/fhir/Patient", headers=LOCAL_AUTH).json()["entry"]
+    own = _diagnosis(referral, f"Patient/{patient['resource']['id']}", A_MRN, 3)
+    own["entry"][CONDITION]["resource"]["evidence"] = [{"detail": [{"reference": his}]}]
+    assert _post(client, own, pki).status_code == 200
+
+
+def test_a_condition_matching_another_patients_stored_record_is_refused(
+    client: Client, hk_settings: Settings, referral: dict[str, Any], pki: Path,
+    logs: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    # 许嘉玮's diagnosis stored (identifier visit-1); 陈美玲's (Patient/p-1) sent with
+    # the same identifier: the condition matched his, nothing was written, and a
+    # reference to the entry became a reference to his record
+    his = _diagnosis(referral, "Patient/p-9", A_MRN, 1)
+    assert _post(client, his, pki).status_code == 200
+    before = counts(hk_settings)
+    bundle = _diagnosis(referral, UNSTORED, OTHER_MRN, 1)
+    bundle["identifier"]["value"] += "-again"
+    resp = _post(client, bundle, pki)
+    _refused(resp, "inbound.identity-mismatch",
+             f"Bundle.entry[{CONDITION}].request.ifNoneExist", logs)  # fmt: skip
+    assert counts(hk_settings)["inbound_resources"] == before["inbound_resources"]
+    again = _diagnosis(referral, "Patient/p-9", A_MRN, 1)  # his, resent: nothing new
+    again["identifier"]["value"] += "-resent"
+    assert _post(client, again, pki).status_code == 200

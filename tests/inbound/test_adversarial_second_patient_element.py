@@ -80,12 +80,14 @@ def _place(resource: dict[str, Any], where: str, ref: dict[str, Any]) -> str:
 PLACES = ["asserter", "recorder", "evidence", "contained"]
 
 
+@pytest.mark.parametrize("kind", ["transaction", "batch"])
 @pytest.mark.parametrize("place", PLACES)
 def test_another_mrn_beside_a_second_reference_to_an_unstored_id_is_refused(
     client: Client, hk_settings: Settings, referral: dict[str, Any], pki: Path,
-    logs: pytest.LogCaptureFixture, place: str,
+    logs: pytest.LogCaptureFixture, place: str, kind: str,
 ) -> None:  # fmt: skip
     bundle = _diagnosis(referral, UNSTORED, A_MRN, 1)
+    bundle["type"] = kind  # a batch too: refused whole
     resource = bundle["entry"][CONDITION]["resource"]
     path = _place(resource, place, {"reference": UNSTORED, "identifier": OTHER_MRN})
     resp = _post(client, bundle, pki)

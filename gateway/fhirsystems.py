@@ -4,7 +4,7 @@ and ``https://fhir.nsch.example.cn:443/sid/mrn`` are one system. Compared as wri
 another spelling of the same hospital's MRN system was "another system, nothing to
 compare" and let another patient's number by. Only the comparison uses this form:
 what is stored (and searched, and sent back) keeps the system as the partner wrote it.
-Below the store (its migration 0016 fills ``inbound_beside`` with :func:`beside_rows`,
+Below the store (its migrations 0016 and 0017 fill ``inbound_beside`` with :func:`beside_rows`,
 as the inbound stage's writes do).
 """
 
@@ -156,34 +156,49 @@ def type_codes(ident: dict[str, Any]) -> frozenset[str]:
     )
 
 
-def beside(
-    resource: dict[str, Any], patient_id: str
-) -> set[tuple[tuple[str, str], frozenset[str]]]:
+# a stored reference to a Patient of this store, versioned or not (what the inbound
+# stage keeps: any other spelling is refused there, gateway/inbound/_apply.py)
+_PATIENT_LITERAL = re.compile(r"Patient/([A-Za-z0-9\-.]{1,64})(?:/_history/[A-Za-z0-9\-.]{1,64})?")
+
+
+def beside(resource: Any) -> set[tuple[str, tuple[str, str], frozenset[str]]]:
     """The identifiers (as compared, each with its type codes) written beside a
-    resource's patient references to ``Patient/<patient_id>``. The store keeps them
-    (``inbound_beside``, filled as a record is written) for the identity checks; a
-    change of :func:`system_key` must come with a migration that fills it again."""
-    out: set[tuple[tuple[str, str], frozenset[str]]] = set()
-    for name in PATIENT_NAMES:
-        value = resource.get(name)
-        for ref in value if isinstance(value, list) else [value]:
-            if not isinstance(ref, dict) or not isinstance(ref.get("identifier"), dict):
-                continue
-            literal = str(ref.get("reference") or "").split("/_history/", 1)[0]
-            if literal == f"Patient/{patient_id}" and ref["identifier"].get("value"):
-                out.add((identifier_key(ref["identifier"]), type_codes(ref["identifier"])))
+    resource's references to a ``Patient/<id>``, with that ``Patient/<id>``: every such
+    reference at any depth (``subject``, an ``asserter`` or ``performer``, an evidence
+    detail, a contained resource's ``subject``), not only the element naming whom the
+    record is about: another patient's number beside ``asserter`` was kept with the
+    record, yet held against nothing. The store keeps them (``inbound_beside``, filled
+    as a record is written) for the identity checks; a change of :func:`system_key`
+    or of what is found here must come with a migration that fills it again."""
+    out: set[tuple[str, tuple[str, str], frozenset[str]]] = set()
+    for ref in _references(resource):
+        literal = _PATIENT_LITERAL.fullmatch(str(ref.get("reference") or ""))
+        ident = ref.get("identifier")
+        if literal is not None and isinstance(ident, dict) and ident.get("value"):
+            out.add((f"Patient/{literal[1]}", identifier_key(ident), type_codes(ident)))
     return out
 
 
-def beside_rows(row: int, patient: str | None, resource: dict[str, Any]) -> list[dict[str, Any]]:
-    """The ``inbound_beside`` rows of a stored version (its ``inbound_resources`` row and
-    ``patient`` column): one per identifier :func:`beside` finds next to a reference to
-    that patient (``Patient/<id>``; a logical reference has none), in a stable order."""
-    if patient is None or not patient.startswith("Patient/"):
-        return []
+def _references(node: Any) -> Iterable[dict[str, Any]]:
+    """Every dict inside ``node`` that holds a ``reference`` (a Reference)."""
+    if isinstance(node, dict):
+        if "reference" in node:
+            yield node
+        for value in node.values():
+            if isinstance(value, (dict, list)):
+                yield from _references(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _references(item)
+
+
+def beside_rows(row: int, resource: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ``inbound_beside`` rows of a stored version (its ``inbound_resources`` row):
+    one per identifier :func:`beside` finds next to a reference to a ``Patient/<id>``
+    (the row's ``patient``), in a stable order. A Patient's own identifiers are none."""
     found = sorted(
-        (system, value, sorted(codes))
-        for (system, value), codes in beside(resource, patient.removeprefix("Patient/"))
+        (patient, system, value, sorted(codes))
+        for patient, (system, value), codes in beside(resource)
     )
     return [
         {
@@ -196,7 +211,7 @@ def beside_rows(row: int, patient: str | None, resource: dict[str, Any]) -> list
             "system_hash": digest(system),
             "value_hash": digest(value),
         }
-        for n, (system, value, codes) in enumerate(found)
+        for n, (patient, system, value, codes) in enumerate(found)
     ]
 
 

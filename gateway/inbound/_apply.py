@@ -53,6 +53,7 @@ from ._resources import (
     Stored,
     instant,
     parse_identifier,
+    patient_of,
 )
 
 __all__ = ["Applied", "Bases", "apply_bundle"]
@@ -393,6 +394,7 @@ def _write(
         else:
             matched = store.current(conn, plan.resource_type, str(plan.logical_id))
         _check_same_patient(plan, matched)
+        _check_matched_record(plan, matched, urls)
         return matched
     if plan.logical_id is None:  # a create: its id is known before any reference to it
         plan.logical_id = str(uuid.uuid4())
@@ -409,14 +411,23 @@ def _write(
     patients.replaced((plan.resource_type, str(plan.logical_id)))
     resource = copy.deepcopy(plan.resource)
     resource.pop("id", None)
+    linked: list[tuple[str, tuple[str, str]]] = []  # (element, the record it names)
     for where, ref in _references(resource, f"Bundle.entry[{plan.n}].resource"):
         given = _in_bundle(str(ref["reference"]), plan.full_url, urls, where, bases, partner)
         ref["reference"] = _resolve(conn, store, given, urls, index, where, partner, known)
-        if _PATIENT_ELEMENT.fullmatch(where):
+        # every reference to a Patient, at any depth (an asserter, a performer, an
+        # evidence detail, a contained resource's subject), not only the element naming
+        # whom the record is about: an identifier beside any of them is kept with the
+        # record (and written beside it, ``inbound_beside``) as that patient's
+        literal = _LITERAL.fullmatch(str(ref["reference"]))
+        if literal is not None and literal[1] == "Patient":
             _check_entry_id(ref, where, patients)
             _check_not_shared(conn, store, ref, where, partner, known, patients)
             if isinstance(ref.get("identifier"), dict):
                 _check_reference_identity(conn, store, ref, where, index, known, plan, patients)
+        elif literal is not None:
+            linked.append((where, (literal[1], literal[2])))
+    _check_linked(conn, store, resource, linked, known)
     stored, written = store.write(
         conn, resource, logical_id=plan.logical_id, partner=partner, bundle_id=bundle_id,
         now=now, known=known,
@@ -427,10 +438,6 @@ def _write(
 
 
 IDENTITY_MISMATCH = "inbound.identity-mismatch"
-# the elements naming the patient a resource is about (``_content.py``), at its top level
-_PATIENT_ELEMENT = re.compile(
-    rf"Bundle\.entry\[\d+\]\.resource\.({'|'.join(PATIENT_NAMES)})(\[\d+\])?"
-)
 
 
 def _pairs(resource: dict[str, Any] | None) -> set[tuple[str, str]]:
@@ -502,6 +509,61 @@ def _entry_ids(entries: list[Any]) -> dict[str, int]:
         ):
             out[str(resource["id"])] = n
     return out
+
+
+def _check_matched_record(plan: _Entry, matched: Stored | None, urls: dict[str, str]) -> None:
+    """A conditional create that matched a stored record of another patient than the
+    one the entry names (its subject an entry of this Bundle, or a ``Patient/<id>``)
+    is refused: nothing was written, and the Bundle's references to the entry became
+    references to that patient's record (陈美玲's referral naming 许嘉玮's diagnoses
+    as its reasons), while her diagnosis was silently not kept."""
+    theirs = matched.patient if matched is not None else None
+    if plan.resource_type == "Patient" or theirs is None or not theirs.startswith("Patient/"):
+        return  # a logical patient (``system|value``) is not compared here
+    named = copy.deepcopy(plan.resource)
+    for name in PATIENT_NAMES:
+        ref = named.get(name)
+        if isinstance(ref, dict) and isinstance(ref.get("reference"), str):
+            ref["reference"] = urls.get(ref["reference"], ref["reference"])
+    mine = patient_of(named)
+    if mine is not None and mine.startswith("Patient/") and mine != theirs:
+        where = f"Bundle.entry[{plan.n}].request.ifNoneExist"
+        raise InboundError(
+            IDENTITY_MISMATCH,
+            f"{where} matches a stored {plan.resource_type} of another patient than the "
+            "entry's: the Bundle's references to the entry would name that patient's "
+            "record; a record carries one patient's data; nothing is stored",
+            expression=where,
+        )
+
+
+def _check_linked(
+    conn: Connection,
+    store: Resources,
+    resource: dict[str, Any],
+    linked: list[tuple[str, tuple[str, str]]],
+    known: dict[tuple[str, str], Stored | None] | None,
+) -> None:
+    """A record about ``Patient/<id>`` whose literal reference names a stored record
+    about another ``Patient/<id>`` (an evidence ``detail``, an ``encounter``, a
+    ``basedOn``) is refused: 陈美玲's diagnosis with 许嘉玮's stored diagnosis as its
+    evidence was kept, and whoever follows the link reads his data in her record. The
+    one-patient check sees the Bundle's entries only; a record this Bundle writes is
+    that check's (its stored version not yet, or its patient the Bundle's). A logical
+    patient (``system|value``) on either side is not compared here."""
+    mine = patient_of(resource)
+    if mine is None or not mine.startswith("Patient/"):
+        return
+    for where, key in linked:
+        target = known[key] if known is not None and key in known else store.current(conn, *key)
+        theirs = target.patient if target is not None else None
+        if theirs is not None and theirs.startswith("Patient/") and theirs != mine:
+            raise InboundError(
+                IDENTITY_MISMATCH,
+                f"{where} names a stored {key[0]} of another patient than this record's: "
+                "a record carries one patient's data; nothing is stored",
+                expression=where,
+            )
 
 
 def _check_entry_id(ref: dict[str, Any], where: str, patients: _Patients) -> None:
@@ -865,6 +927,8 @@ def _resolve(
     if literal is not None:
         key = (literal[1], literal[2])
         target = known[key] if known is not None and key in known else store.current(conn, *key)
+        if known is not None:
+            known[key] = target  # read once: _check_linked reads it again
         if target is not None and target.partner not in (None, partner):
             raise InboundError(
                 "inbound.unresolved-reference",
@@ -873,9 +937,11 @@ def _resolve(
                 expression=where,
             )
         return ref
+    if ref.startswith("#") or _SCHEME.match(ref) is not None:
+        return ref  # a contained resource; the partner's own server (``_in_bundle``)
     path, mark, query = ref.partition("?")
     if not mark or not TYPE_PATTERN.fullmatch(path):
-        return ref
+        _refuse_spelling(where)
     if query.startswith("identifier=") and "&" not in query:
         system, value = parse_identifier(query.removeprefix("identifier="))
         own = index.get((path, system_key(system or ""), value))
@@ -903,6 +969,27 @@ def _resolve(
             expression=where,
         )
     return f"{path}/{found[0]}"
+
+
+def _refuse_spelling(where: str) -> None:
+    """A reference outside FHIR R4's grammar (references.html: a literal reference is
+    ``[base]/Type/id`` or ``[base]/Type/id/_history/vid``; a transaction's conditional
+    one ``Type?query``; ``#id`` a contained resource). Refused, not read as the
+    ``Type/id`` it may mean: ``Patient/p/_history``, ``Patient/p/``, ``Patient/p?x``,
+    ``Patient//p`` (or the same under this gateway's base) have no meaning servers
+    agree on -- one local system follows it to ``Patient/p``, another to nothing --
+    and, matching none of the forms checked here, they were kept as sent with no
+    identity check, while the store took ``Patient/p/_history`` for ``Patient/p``: a
+    record with another patient's MRN beside it joined the records kept under
+    ``Patient/p``. Guessing which patient a malformed reference means is what a
+    partner's sender must not leave to us."""
+    raise InboundError(
+        "inbound.unresolved-reference",
+        f"{where}: not a reference FHIR R4 resolves: a literal reference is Type/id or "
+        "Type/id/_history/version (relative, or under this gateway's base), a "
+        "conditional one Type?query; nothing is stored",
+        expression=where,
+    )
 
 
 def _response_entry(plan: _Entry, stored: Stored | None) -> dict[str, Any]:

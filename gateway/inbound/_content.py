@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
@@ -97,7 +98,40 @@ def mixed_patients(bundle: dict[str, Any]) -> list[Issue]:
                     many = isinstance(resource.get(element), list)
                     where = f"Bundle.entry[{n}].resource.{element}" + (f"[{k}]" if many else "")
                     return [_mixed(where, "a reference to another patient")]
+        for path, ref in _other_references(resource, f"Bundle.entry[{n}].resource"):
+            key = _patient_key(ref, by_url)
+            if key is None:
+                continue
+            key = aliases.get(key, key)
+            if seen is None:
+                seen = key
+            elif key != seen:
+                return [_mixed(path, "a reference to another patient")]
     return []
+
+
+def _other_references(resource: dict[str, Any], path: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The References of ``resource`` that may name a Patient beyond the elements naming
+    whom it is about (its ``asserter``, ``performer``, an evidence ``detail``, a
+    contained resource's ``subject``: the patient said so, or was seen): a literal
+    one, or a logical one typed ``Patient`` (an untyped identifier there is as likely
+    a practitioner's). Checked only by their literal part before, so a record of
+    许嘉玮's "asserted by" another patient went by. Contained Patients are compared
+    as Patients (:func:`mixed_patients`), not walked."""
+    for key, value in resource.items():
+        if key in _PATIENT_ELEMENTS and path.endswith(".resource"):
+            continue  # compared above, untyped identifiers too
+        items = value if isinstance(value, list) else [value]
+        for k, item in enumerate(items):
+            if not isinstance(item, dict) or item.get("resourceType") == "Patient":
+                continue
+            where = f"{path}.{key}" + (f"[{k}]" if isinstance(value, list) else "")
+            if isinstance(item.get("reference"), str) or (
+                item.get("type") == "Patient" and isinstance(item.get("identifier"), dict)
+            ):
+                yield where, item
+            else:
+                yield from _other_references(item, where)
 
 
 # -- one identity per reference ---------------------------------------------------------
@@ -122,15 +156,33 @@ def identity_mismatches(bundle: dict[str, Any]) -> list[Issue]:
         names += _updated(bundle["entry"][n])
         named.update(dict.fromkeys(names, patient))
     for n, _, resource in entries:
+        # a reference "#id" to a Patient contained in the resource is to that Patient:
+        # an identifier beside it compared with nothing was kept with the record
+        targets = {**by_url, **_contained(resource)}
         for element in _PATIENT_ELEMENTS:
             many = isinstance(resource.get(element), list)
             for k, ref in enumerate(_refs(resource.get(element))):
-                problem = _reference_mismatch(ref, by_url, named)
+                problem = _reference_mismatch(ref, targets, named)
                 if problem is None:
                     continue
                 where = f"Bundle.entry[{n}].resource.{element}" + (f"[{k}]" if many else "")
                 return [identity_mismatch(f"{where}.identifier", problem)]
+        # and every other reference to a Patient (an asserter, a contained resource's
+        # subject: _other_references), as the Bundle is applied (_apply.py)
+        for where, ref in _other_references(resource, f"Bundle.entry[{n}].resource"):
+            problem = _reference_mismatch(ref, targets, named)
+            if problem is not None:
+                return [identity_mismatch(f"{where}.identifier", problem)]
     return []
+
+
+def _contained(resource: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``#id`` -> each contained resource of ``resource`` that has an id."""
+    return {
+        f"#{inner['id']}": inner
+        for inner in _refs(resource.get("contained"))
+        if isinstance(inner.get("id"), str)
+    }
 
 
 def _reference_mismatch(

@@ -462,7 +462,7 @@ class Resources:
         if idents:
             conn.execute(identifiers.insert(), idents)
         # in the same transaction: what the identity checks read instead of the records
-        kept = beside_rows(int(row), patient, body)
+        kept = beside_rows(int(row), body)
         if kept:
             conn.execute(beside.insert(), kept)
         stored = Stored(

@@ -8,10 +8,12 @@
   marks the latest): type, logical id, version, patient, status, lastUpdated, JSON.
 * ``inbound_identifiers``: the identifiers of each version, for search and for the
   conditional creates and updates of later Bundles.
-* ``inbound_beside``: the identifiers written beside each version's reference to its
-  patient (``Patient/<id>``, the ``patient`` column), the system as compared
+* ``inbound_beside``: the identifiers written beside each version's references to a
+  patient (``Patient/<id>``, the ``patient`` column; any reference at any depth, not
+  only the one naming whom the record is about), the system as compared
   (``gateway/fhirsystems.py``) with its type codes; hashed too, so that the identity checks find
-  another value of a system in one indexed look-up (migration ``v0016_inbound_beside``).
+  another value of a system in one indexed look-up (migrations ``v0016_inbound_beside``,
+  ``v0017_beside_every_reference``).
 * ``inbound_tokens``: SMART Backend Services access tokens, only their SHA-256.
 * ``inbound_jti``: client-assertion ids already used, until they expire (replay).
 """

@@ -341,7 +341,10 @@ def test_a_resend_for_another_patient_is_refused(
     client: Client, referral: dict[str, Any], signed_referral: bytes, pki: Path
 ) -> None:
     """The same referral number resent for another patient (its Patient entry 陈美玲):
-    409 referral-mismatch, nothing stored; the Task stays 许嘉玮's."""
+    refused, nothing stored; the Task stays 许嘉玮's. Its diagnoses' conditions match
+    许嘉玮's stored ones (nothing written: its ServiceRequest's ``reasonReference``
+    would name his diagnoses): refused there first (422 identity-mismatch at the first
+    diagnosis' condition), before the referral check's 409."""
     task = _receive(client, signed_referral)
     other = {
         "identifier": [
@@ -351,8 +354,10 @@ def test_a_resend_for_another_patient_is_refused(
         "name": [{"text": "陈美玲"}],
     }
     resp = _resend(client, referral, pki, patient=other)
-    assert resp.status_code == 409, resp.text
-    assert resp.json()["issue"][0]["details"]["coding"][0]["code"] == "inbound.referral-mismatch"
+    assert resp.status_code == 422, resp.text
+    issue = resp.json()["issue"][0]
+    assert issue["details"]["coding"][0]["code"] == "inbound.identity-mismatch"
+    assert issue["expression"] == ["Bundle.entry[7].request.ifNoneExist"]
     assert "陈美玲" not in resp.text and "0011111" not in resp.text
     patients = client.get("/fhir/Patient", headers=LOCAL_AUTH).json()["entry"]
     assert len(patients) == 1  # nothing of the resend stored

@@ -58,7 +58,10 @@ def test_the_same_referral_identifier_for_another_patient_is_refused(
     other = _revoked(referral, "NSCH20260619080000004")
     # 李四's Patient entry: the same shape, other identifiers (and its own condition)
     text = orjson.dumps(other).decode().replace("0098765", "0099999").replace("K583726", "K999999")
-    other = orjson.loads(text)
+    # its own conditions: their identifiers hold the Patient entry's uuid (the same
+    # ones matched 许嘉玮's stored diagnoses, refused before the referral check: 422)
+    uuid = referral["entry"][2]["fullUrl"].removeprefix("urn:uuid:")
+    other = orjson.loads(text.replace(uuid, "0b0f4f4e-9a4e-4c59-9a61-6f0f1f3c2a99"))
     code = _send(client, other, pki)
     assert code == 409  # inbound.referral-mismatch
     assert [t["status"] for t in _tasks(client)] == ["requested"]

@@ -83,7 +83,7 @@ def _backfill(table: sa.Table) -> None:
         rows = [
             row
             for found in page
-            for row in beside_rows(int(found.id), found.patient, orjson.loads(found.resource))
+            for row in beside_rows(int(found.id), orjson.loads(found.resource))
         ]
         if rows:
             conn.execute(table.insert(), rows)

@@ -311,6 +311,32 @@ def test_a_control_escape_inside_text_is_removed_with_a_warning(converter: Conve
         assert patient["name"][0]["family"] == "王"
 
 
+@pytest.mark.parametrize(
+    ("pid3", "order", "where"),
+    [
+        ("P1\\X1F\\2^^^NSGP^MR", None, "PID-3.1"),  # removed: P12, another MRN
+        ("P9^^^NSGP^MR~P1\\X01\\2^^^NSGP^MR", None, "PID-3(2).1"),
+        ("P1^^^NS\\X07\\GP^MR", None, "PID-3.4.1"),  # the assigning authority
+        ("P1^^^NSGP^MR", ("ORC|NW|O1", "ORC|NW|O\\X01\\1"), "ORC-2.1"),
+    ],
+)
+def test_a_control_escape_in_an_identifying_field_fails_the_record(
+    converter: Converter, pid3: str, order: tuple[str, str] | None, where: str
+) -> None:
+    # Removed with a warning, P1\X1F\2 became P12: another patient's MRN, and the
+    # record filed under that patient (mappings/identity-fields.yaml). The rest of the
+    # batch goes on; the error names the field, never the value.
+    first = message(pid3=pid3)
+    if order is not None:
+        assert order[0] in first
+        first = first.replace(order[0], order[1], 1)
+    records = convert(converter, first + message(n=2))
+    [error] = records[0].errors
+    assert (error.code, error.location) == ("intake.control-characters", where)
+    assert "identifying field" in error.message and "P1" not in error.message
+    assert records[0].bundle is None and records[1].ok
+
+
 # -- 7. edges found by an adversarial pass ------------------------------------------------------
 
 

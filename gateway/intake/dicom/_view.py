@@ -21,6 +21,7 @@ from pydicom.multival import MultiValue
 from pydicom.valuerep import PersonName
 
 from ...errors import IntakeError, Issue
+from .._identifying import dicom_identifies, identifying_error
 from ._faults import PYDICOM_FAULTS
 from ._paths import ALL, Path, Step, compile_path, tag_label
 from ._scope import quiet_pydicom
@@ -100,6 +101,8 @@ def _text_of(value: Any, vr: str, p: Path, label: str, notes: list[Issue]) -> st
                 "which it would name another UID",
                 location=label,
             )
+        if dicom_identifies(label):  # removed, 009\x1f8765 would be another PatientID
+            raise identifying_error(label)
         text = _controls_removed(text, label, notes)
     return text.strip() or None
 

@@ -21,6 +21,7 @@ from functools import lru_cache, partial
 from typing import Any, NamedTuple
 
 from ...errors import ConfigError, IntakeError, Issue
+from .._identifying import hl7_identifies, identifying_error
 from ._er7 import Message
 
 __all__ = ["Accessor", "Hl7View", "PathCheck", "Position", "check_path", "components"]
@@ -324,6 +325,8 @@ class Hl7View:
         kept = _CONTROL.sub("", value).strip()
         if label is None:
             label = self.label(path, here or self.root)
+        if hl7_identifies(label):  # removed, 009\x1f8765 would be another MRN
+            raise identifying_error(label)
         if not kept or kept == '""':
             raise IntakeError(
                 "control-characters",

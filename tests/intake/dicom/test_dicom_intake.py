@@ -319,13 +319,13 @@ def test_a_uid_of_64_characters_or_with_a_leading_zero_is_kept_as_sent(
     assert _study_of(record)["series"][0]["instance"][0]["uid"] == sop
 
 
-@pytest.mark.parametrize("keyword", ["StudyDescription", "PatientName", "AccessionNumber"])
+@pytest.mark.parametrize("keyword", ["StudyDescription", "PatientName"])
 def test_control_characters_are_removed_with_a_warning_naming_the_tag(
     converter: Converter, keyword: str
 ) -> None:
     # as HL7 v2's view does: FHIR strings cannot carry them; a value of nothing else
     # would be lost, so it is the study's error
-    value = {"StudyDescription": "胸部\x07平扫", "PatientName": "王\x07^伟"}.get(keyword, "A\x1b12")
+    value = {"StudyDescription": "胸部\x07平扫", "PatientName": "王\x07^伟"}[keyword]
     [record] = converter.convert_files([("a.dcm", _chest(**{keyword: value}))])
     assert record.ok, [i.line() for i in record.issues]
     [warning] = [w for w in record.warnings if w.code == "intake.control-characters"]
@@ -475,24 +475,49 @@ def test_a_uid_of_several_values_is_told_so(converter: Converter) -> None:
     assert "2 values" in unit.error.issue.message, unit.error.issue.message
 
 
-@pytest.mark.parametrize("read_by", ["sender", "mapping"])
 def test_control_characters_in_a_value_intake_reads_first_are_warned_too(
-    converter: Converter, read_by: str
+    converter: Converter,
 ) -> None:
     # The sender is found (InstitutionName, the accession issuer) before the view's
-    # warnings went to the study: the look-up is cached at the study, so the mapping's
-    # read of the same path (the accession system's OID) warned nothing either.
-    item = Dataset()
-    item.UniversalEntityID = "2.16.156.10011.1\x07.5"
-    item.UniversalEntityIDType = "ISO"
-    attrs: dict[str, Any] = {"IssuerOfAccessionNumberSequence": [item]}
-    if read_by == "sender":
-        attrs = {"InstitutionName": "来安县第二\x07人民医院"}
+    # warnings went to the study: the look-up is cached at the study, so a later read
+    # of the same path warned nothing.
+    attrs = {"InstitutionName": "来安县第二\x07人民医院"}
     [record] = converter.convert_files([("a.dcm", _chest(**attrs))])
     assert record.ok, [i.line() for i in record.issues]
     [warning] = [w for w in record.warnings if w.code == "intake.control-characters"]
-    tag = "(0008,0080) InstitutionName" if read_by == "sender" else "(0040,0032)"
-    assert tag in (warning.location or ""), warning.location
+    assert "(0008,0080) InstitutionName" in (warning.location or ""), warning.location
+
+
+def _issuer(oid: str) -> list[Dataset]:
+    item = Dataset()
+    item.UniversalEntityID = oid
+    item.UniversalEntityIDType = "ISO"
+    return [item]
+
+
+@pytest.mark.parametrize(
+    ("attrs", "tag"),
+    [
+        ({"PatientID": "0012\x01345"}, "(0010,0020) PatientID"),
+        ({"AccessionNumber": "LA20260610\x1b00002"}, "(0008,0050) AccessionNumber"),
+        # the accession issuer's OID, read for the sender and as the accession system
+        (
+            {"IssuerOfAccessionNumberSequence": _issuer("2.16.156.10011.1\x07.5")},
+            "(0040,0032) UniversalEntityID",
+        ),
+    ],
+)
+def test_control_characters_in_an_identifying_attribute_fail_the_study(
+    converter: Converter, attrs: dict[str, Any], tag: str
+) -> None:
+    # removed with a warning, PatientID 0012\x01345 became 0012345: another patient's
+    # (mappings/identity-fields.yaml)
+    [record] = converter.convert_files([("a.dcm", _chest(**attrs))])
+    assert not record.ok and record.bundle is None
+    [error] = record.errors
+    assert error.code == "intake.control-characters" and tag in (error.location or "")
+    assert "identifying field" in error.message
+    assert "0012" not in error.message and "LA2026" not in error.message
 
 
 def test_a_sop_class_uid_with_a_control_character_fails_its_study(converter: Converter) -> None:

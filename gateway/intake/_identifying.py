@@ -1,0 +1,73 @@
+"""The fields that identify a patient, an order, a study or a message
+(``mappings/identity-fields.yaml``): a control character in one of them fails the
+record, where elsewhere it is removed with a warning. Removed, ``009<0x1F>8765`` would
+become ``0098765``, which may be another patient's MRN. Asked only once a control
+character has been found (never on the hot path)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+
+from pydicom.datadict import tag_for_keyword
+
+from ..datafiles import data_dir, load_data_file
+from ..errors import ConfigError, IntakeError
+
+__all__ = ["dicom_identifies", "hl7_identifies", "identifying_error"]
+
+# 'PID-3.1', 'PID(2)-3(2).4', 'ORC-2': the segment and field of an HL7 v2 view's label
+_HL7_FIELD = re.compile(r"([A-Z][A-Z0-9]{2})(?:\(\d+\))?-(\d+)")
+# '(0010,0020) PatientID', 'series[1] > (0040,A370) … > (0008,0050) …': the last tag
+_LAST_TAG = re.compile(r"\(([0-9A-F]{4}),([0-9A-F]{4})\)(?!.*\([0-9A-F]{4},)")
+
+
+@dataclass(frozen=True, slots=True)
+class _Fields:
+    hl7v2: frozenset[str]  # 'PID-3'
+    dicom: frozenset[int]  # tags
+
+
+@lru_cache(maxsize=1)
+def _fields() -> _Fields:
+    path = data_dir("mappings") / "identity-fields.yaml"
+    raw = load_data_file(path)
+    try:
+        hl7 = frozenset(str(f) for f in raw["hl7v2"])
+        keywords = [str(k) for k in raw["dicom"]]
+    except (KeyError, TypeError) as exc:
+        raise ConfigError(
+            "identity-fields", f"{path}: expected lists hl7v2 (SEG-N) and dicom (keywords) ({exc})"
+        ) from None
+    bad = [f for f in hl7 if not re.fullmatch(r"[A-Z][A-Z0-9]{2}-\d+", f)]
+    tags = {k: tag_for_keyword(k) for k in keywords}
+    bad += [k for k, tag in tags.items() if tag is None]
+    if bad:
+        raise ConfigError(
+            "identity-fields",
+            f"{path}: not an HL7 v2 field (SEG-N) nor a DICOM keyword: {', '.join(sorted(bad))}",
+        )
+    return _Fields(hl7, frozenset(t for t in tags.values() if t is not None))
+
+
+def hl7_identifies(label: str) -> bool:
+    """Whether an HL7 v2 view's location (``PID-3(2).1``) is in an identifying field."""
+    m = _HL7_FIELD.match(label)
+    return m is not None and f"{m[1]}-{m[2]}" in _fields().hl7v2
+
+
+def dicom_identifies(label: str) -> bool:
+    """Whether a DICOM view's location names an identifying attribute (its last tag)."""
+    m = _LAST_TAG.search(label)
+    return m is not None and (int(m[1], 16) << 16 | int(m[2], 16)) in _fields().dicom
+
+
+def identifying_error(label: str) -> IntakeError:
+    return IntakeError(
+        "control-characters",
+        "control characters in an identifying field: removed, they would leave another "
+        "identifier (perhaps another patient's or record's), so the record is refused; "
+        "the sender must correct it",
+        location=label,
+    )

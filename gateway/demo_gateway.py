@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import random
 import secrets
 import shutil
 import socket
@@ -42,7 +41,7 @@ import sqlalchemy as sa
 from .audit import AuditLog, default_checker, store_hook, verify_live
 from .config import Settings, private_folder
 from .datafiles import data_dir
-from .delivery import Deliverer, DeliveryConfig, Outbound, OutboundResult
+from .delivery import DeliveryConfig, Outbound, OutboundResult, deliver_rows
 from .errors import GatewayError
 from .inbound import Referrals, bundles
 from .partners import set_partner
@@ -69,7 +68,6 @@ SETTINGS = (
     "delivery_read_timeout = 15.0\n"
     "delivery_request_deadline = 15.0\n"
 )
-_SETTLED = ("delivered", "dead", "held", "discarded")
 
 T = TypeVar("T")
 
@@ -278,24 +276,8 @@ def _stop(gw: Gateway) -> None:
 def _deliver(gw: Gateway, outbound: Outbound, rows: list[int]) -> None:
     """Deliver the rows now, as ``gateway send --wait`` does, within WAIT seconds."""
     assert gw.settings is not None
-    outbox = outbound.outbox
-    config = DeliveryConfig.from_settings(gw.settings)
-    end = time.monotonic() + WAIT
-    with Deliverer(
-        outbox,
-        outbound.partners,
-        config,
-        rng=random.Random(),
-        audit=outbound.audit,
-        decide=outbound.return_known,
-    ) as deliverer:
-        while time.monotonic() < end:
-            if all(outbox.require(r).state in _SETTLED for r in rows):
-                break
-            if deliverer.run_once() == 0:
-                time.sleep(config.poll)
-    for r in rows:
-        row = outbox.require(r)
+    finals = deliver_rows(outbound, DeliveryConfig.from_settings(gw.settings), rows, WAIT)
+    for row in finals:
         if row.state != "delivered":
             status = f" (HTTP {row.last_status})" if row.last_status else ""
             why = row.last_error or f"still {row.state} after {WAIT:g} s"

@@ -28,7 +28,7 @@ from ._service import DeliveryService, unrouted
 from ._status import STATUS_HELD, StatusReplies
 from ._withdrawal import UnsentHold  # registers the withdrawal's hold with the policy
 from ._work_cli import add_cli as add_work_cli
-from ._worker import ClientFactory, Deliverer, partner_client
+from ._worker import SETTLED, ClientFactory, Deliverer, deliver_rows, partner_client
 
 __all__ = [
     "ACTIVE",
@@ -36,6 +36,7 @@ __all__ = [
     "DUE",
     "KEPT_CHARS",
     "LINKED_TYPES",
+    "SETTLED",
     "STATES",
     "STATUS_HELD",
     "Answer",
@@ -67,6 +68,7 @@ __all__ = [
     "bundles_of",
     "classify_error",
     "classify_response",
+    "deliver_rows",
     "facts_of",
     "label_of",
     "link_ref",

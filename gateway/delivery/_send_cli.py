@@ -5,9 +5,7 @@ nothing stored or sent)."""
 from __future__ import annotations
 
 import argparse
-import random
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,11 +21,9 @@ from ..store import Incoming, Store, open_store, study_zip
 from ._outbound import Outbound, OutboundResult
 from ._outbox import DeliveryError, Outbox, OutboxRecord
 from ._retry import DeliveryConfig
-from ._worker import Deliverer
+from ._worker import deliver_rows
 
 __all__ = ["add_send_cli"]
-
-_SETTLED = ("delivered", "dead", "held", "discarded")
 
 
 def add_send_cli(sub: Any) -> None:
@@ -223,23 +219,8 @@ def _wait(
 ) -> int:
     """Deliver until every row queued now is delivered, dead or held (or the timeout);
     the number that are not delivered."""
-    outbox = outbound.outbox
     config = DeliveryConfig.from_settings(settings)
-    deadline = time.monotonic() + args.timeout
-    with Deliverer(
-        outbox,
-        outbound.partners,
-        config,
-        rng=random.Random(),
-        audit=outbound.audit,
-        decide=outbound.return_known,
-    ) as deliverer:
-        while time.monotonic() < deadline:
-            if all(outbox.require(r).state in _SETTLED for r in rows):
-                break
-            if deliverer.run_once() == 0:
-                time.sleep(min(config.poll, 0.2))
-    finals = [outbox.require(r) for r in rows]
+    finals = deliver_rows(outbound, config, rows, args.timeout)
     bad = [r for r in finals if r.state != "delivered"]
     if not args.json:
         for r in bad:

@@ -29,6 +29,7 @@ from ..partners import Partner, credential_files
 from ..partners import partner_client as partners_client
 from ._ask import ask
 from ._links import LINK_OTHER_PATIENT, Link, link_fields, link_ref, links_of, resolve_links
+from ._outbound import Outbound
 from ._outbox import UNKNOWN_PARTNER, Decide, Outbox, OutboxRecord
 from ._overwrite import (
     LOCAL,
@@ -43,7 +44,7 @@ from ._overwrite import (
 from ._retry import Breaker, DeliveryConfig, backoff
 from ._send import Answer, send_part
 
-__all__ = ["ClientFactory", "Deliverer", "partner_client"]
+__all__ = ["SETTLED", "ClientFactory", "Deliverer", "deliver_rows", "partner_client"]
 
 ClientFactory = Callable[[Partner, DeliveryConfig], httpx.Client]
 REFERENCE_TIMEOUT = "delivery.reference-timeout"  # a linked record never came: logical only
@@ -754,3 +755,29 @@ class Deliverer:
             f"identifier at its source, then: gateway outbox release {record.id} "
             "(checked again)"
         )
+
+
+SETTLED = ("delivered", "dead", "held", "discarded")  # a row no worker will send again
+
+
+def deliver_rows(
+    outbound: Outbound, config: DeliveryConfig, rows: list[int], timeout: float
+) -> list[OutboxRecord]:
+    """Deliver ``rows`` now, in this process (``gateway send --wait``, the demo), until
+    each is settled or ``timeout`` seconds have passed; their rows as they end."""
+    outbox = outbound.outbox
+    deadline = time.monotonic() + timeout
+    with Deliverer(
+        outbox,
+        outbound.partners,
+        config,
+        rng=random.Random(),
+        audit=outbound.audit,
+        decide=outbound.return_known,
+    ) as deliverer:
+        while time.monotonic() < deadline:
+            if all(outbox.require(r).state in SETTLED for r in rows):
+                break
+            if deliverer.run_once() == 0:
+                time.sleep(min(config.poll, 0.2))
+    return [outbox.require(r) for r in rows]

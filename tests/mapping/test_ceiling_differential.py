@@ -6,8 +6,9 @@ each converted twice by long-lived interpreted, compiled and ceiling Converters,
 one time in ten, and 4 threads on the one ceiling Converter every 40 inputs: the same
 records, Bundles, issues, OperationOutcomes and unmapped fields, byte for byte.
 
-Bounded here (seeded, ``CEILING_DIFF_INPUTS`` inputs, 1200 by default, and 250 by each engine alone: under a minute of CPU).
-Longer, for a time and with a random seed unless ``CEILING_DIFF_SEED`` is set:
+Bounded here, seeded: ``CEILING_DIFF_INPUTS`` inputs (1200) through the three, and
+``CEILING_DIFF_SOLO_INPUTS`` (250) through each engine alone in its own process; under a
+minute of CPU. Longer, for a time, a random seed unless ``CEILING_DIFF_SEED`` is set:
 ``CEILING_DIFF_SECONDS=600 .venv/bin/python -m pytest -q tests/mapping -k differential``
 or ``CEILING_DIFF_SECONDS=600 .venv/bin/python -m tests.mapping.ceiling_diff``;
 a differing input is written to tests/mapping/ceiling_found/ (git-ignored).

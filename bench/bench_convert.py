@@ -1119,10 +1119,11 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--engine",
-        default="compiled",
+        default="ceiling",
         choices=("compiled", "ceiling"),
-        help="with --paired: the mapping engine of this tree's 'compiled' worker (ceiling: "
-        "gateway/mapping/_ceiling.py, issue 18); the earlier tree's is always compiled",
+        help="with --paired: the mapping engine of this tree's 'compiled' worker (ceiling, "
+        "the default: gateway/mapping/_ceiling.py, issue 18); the earlier tree's is always "
+        "compiled",
     )
 
 

@@ -51,8 +51,9 @@ of what is found whole), the validation.
 
 Every error path (a refused conversion, an unknown code, a required value missing)
 raises :class:`Fallback`: the compiled engine then gives the error, or the lenient
-field's warning, in its own words and order. ``GATEWAY_MAPPING_ENGINE=ceiling`` selects
-it (never the default); tests/mapping/test_codegen.py proves it byte for byte.
+field's warning, in its own words and order. It is the default engine
+(``GATEWAY_MAPPING_ENGINE``); tests/mapping/test_codegen.py proves it byte for byte, and
+test_ceiling_differential.py hunts for a difference on mutated messages.
 """
 
 from __future__ import annotations

@@ -66,9 +66,9 @@ def _own_site(path: str) -> bool:
 
 
 def engine_setting(env: dict[str, str] | None = None) -> str:
-    """``GATEWAY_MAPPING_ENGINE``: compiled (default), interpreted (the closures) or
-    ceiling (compiled, some message mappings generated whole: _ceiling.py)."""
-    value = (env if env is not None else os.environ).get("GATEWAY_MAPPING_ENGINE") or "compiled"
+    """``GATEWAY_MAPPING_ENGINE``: ceiling (default: compiled, the HL7 v2 message
+    mappings generated whole, _ceiling.py), compiled or interpreted (the closures)."""
+    value = (env if env is not None else os.environ).get("GATEWAY_MAPPING_ENGINE") or "ceiling"
     if value not in ENGINES:
         raise ConfigError(
             "bad-setting",

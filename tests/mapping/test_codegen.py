@@ -698,7 +698,7 @@ def test_every_language_test_passes_interpreted_too() -> None:
 
 
 def test_engine_setting() -> None:
-    assert engine_setting({}) == "compiled"
+    assert engine_setting({}) == "ceiling"
     assert engine_setting({"GATEWAY_MAPPING_ENGINE": "interpreted"}) == "interpreted"
     with pytest.raises(ConfigError, match="GATEWAY_MAPPING_ENGINE"):
         engine_setting({"GATEWAY_MAPPING_ENGINE": "jit"})

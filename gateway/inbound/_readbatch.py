@@ -81,4 +81,13 @@ def parse_read(url: Any, n: int) -> Read:
             expression=where,
         )
     ident = parts[1] if len(parts) == 2 else None
-    return Read(url, parts[0], ident, parse_qsl(query, keep_blank_values=True))
+    params = parse_qsl(query, keep_blank_values=True)
+    if any("\0" in name + value for name, value in params):
+        # nothing stored holds U+0000 (refused on receipt), and PostgreSQL's text takes
+        # none: a query with one would fail the whole batch, not answer this entry
+        raise InboundError(
+            "inbound.bad-search",
+            f"{where}: holds the character U+0000 (NUL), which FHIR text does not carry",
+            expression=where,
+        )
+    return Read(url, parts[0], ident, params)

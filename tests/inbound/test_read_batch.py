@@ -188,7 +188,8 @@ def test_a_read_batch_needs_partner_credentials_and_is_bounded(
     too_many = client.post("/fhir", content=_batch(*[SR] * 1001), headers=partner(NSCH_TOKEN))
     assert too_many.status_code == 400 and _code(too_many.json()) == "inbound.bad-bundle"
     # odd request URLs: that entry's 400, the others answered
-    odd = ["", "ServiceRequest/x/_history/1", "http://elsewhere/fhir/Patient", 7, SR]
+    odd = ["", "ServiceRequest/x/_history/1", "http://elsewhere/fhir/Patient", 7,
+           "Patient?identifier=%00", "Patient?identifier=a\u0000", SR]  # fmt: skip
     body = {
         "resourceType": "Bundle",
         "type": "batch",
@@ -197,7 +198,11 @@ def test_a_read_batch_needs_partner_credentials_and_is_bounded(
     resp = client.post("/fhir", content=orjson.dumps(body), headers=partner(NSCH_TOKEN))
     assert resp.status_code == 200, resp.text
     statuses = [e["response"]["status"][:3] for e in resp.json()["entry"]]
-    assert statuses == ["400", "400", "400", "400", "200"]
+    assert statuses == ["400", "400", "400", "400", "400", "400", "200"]
+    # U+0000 in a search: that entry's 400 (PostgreSQL's text takes none: never a 500)
+    assert {_code(e["response"]["outcome"]) for e in resp.json()["entry"][4:6]} == {
+        "inbound.bad-search"
+    }
     assert counts(hk_settings)["inbound_bundles"] == 0
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,7 +23,16 @@ from gateway.delivery._overwrite import ask_partner, writes_of
 from gateway.store import open_store
 from tests.api.test_app import Client
 
-from .conftest import NJMU2_TOKEN, NSCH_TOKEN, REFERRAL_SYSTEM, WHEN, counts, partner
+from .conftest import (
+    NJMU2_TOKEN,
+    NSCH_TOKEN,
+    REFERRAL_SYSTEM,
+    WHEN,
+    assertion,
+    counts,
+    partner,
+    token_form,
+)
 
 MRN = "https://fhir.nsch.example.cn/sid/mrn|0098765"
 SR = f"ServiceRequest?identifier={REFERRAL_SYSTEM}|REF20260618001"
@@ -204,6 +214,26 @@ def test_a_read_batch_needs_partner_credentials_and_is_bounded(
         "inbound.bad-search"
     }
     assert counts(hk_settings)["inbound_bundles"] == 0
+
+
+@pytest.mark.parametrize(
+    ("scope", "status"),
+    [("system/*.read", "200"), ("system/*.rs", "200"), ("system/*.write", "403")],
+)
+def test_a_smart_token_reads_in_a_batch_as_its_read_scope_allows(
+    client: Client, signed_referral: bytes, pki: Path, scope: str, status: str
+) -> None:
+    client.post("/fhir", content=signed_referral, headers=partner(NSCH_TOKEN))
+    form = token_form(assertion(pki, "nsch", "nsch"), scope)
+    token = client.post("/auth/token", data=form).json()["access_token"]
+    resp = client.post("/fhir", content=_batch(SR), headers=partner(token))
+    assert resp.status_code == 200, resp.text
+    (found,) = resp.json()["entry"]
+    assert found["response"]["status"][:3] == status
+    if status == "200":
+        assert len(found["resource"]["entry"]) == 1
+    else:
+        assert _code(found["response"]["outcome"]) == "inbound.scope"
 
 
 def test_the_overwrite_check_against_another_gateway_is_one_batch_request(

@@ -64,9 +64,11 @@ class ReadAudit:
         patients: Iterable[str | None] = (),
         records: Iterable[str] = (),
         partner: str | None = None,
+        query: str | None = None,
     ) -> dict[str, Any]:
         """The api-read event of a request: ``interaction`` read or search-type;
-        ``partner``: a partner's credentials read (else the request's API token)."""
+        ``partner``: a partner's credentials read (else the request's API token);
+        ``query``: the GET asked (a batch entry's), else the request's own."""
         peer = request.client.host if request.client else None
         principal = getattr(request.state, "principal", None)
         if partner is not None:
@@ -77,9 +79,10 @@ class ReadAudit:
             client, user = Party("system", name, peer, role=events.DESTINATION_ROLE), name
             role = principal.role if principal is not None else None
         found = [p for p in dict.fromkeys(patients) if p]
-        query = f"{request.method} {request.url.path}"
-        if request.url.query:
-            query += "?" + request.url.query
+        if query is None:
+            query = f"{request.method} {request.url.path}"
+            if request.url.query:
+                query += "?" + request.url.query
         return events.api_read(
             client,
             user,
@@ -95,6 +98,12 @@ class ReadAudit:
         if not self.settings.audit_enabled:
             return
         self.log().record_guarded(None, self.event(request, **what))
+
+    def write_all(self, found: list[dict[str, Any]]) -> None:
+        """Append events made by :meth:`event` (a batch's: one per entry), in one commit."""
+        if not self.settings.audit_enabled or not found:
+            return
+        self.log().record_guarded(None, *found)
 
 
 def read_audit(app: FastAPI, settings: Settings) -> ReadAudit:

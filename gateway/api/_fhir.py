@@ -2,7 +2,8 @@
 
     POST /fhir                         a partner's transaction or batch Bundle (partner
                                        credentials only: a partner token, a SMART access
-                                       token, or a client certificate at the TLS proxy)
+                                       token, or a client certificate at the TLS proxy);
+                                       a batch of GETs only: each answered as its GET
     POST /auth/token                   SMART Backend Services token endpoint
     GET  /fhir/.well-known/smart-configuration, GET /fhir/metadata      (no auth)
     GET  /fhir/AuditEvent[/{id}]       the audit log (auditor and admin tokens: _auditing.py)
@@ -21,7 +22,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
+from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -29,6 +31,7 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
+from starlette.datastructures import URL
 
 from .. import __version__
 from ..config import Settings
@@ -41,10 +44,13 @@ from ..inbound import (
     Inbound,
     InboundError,
     PartnerAuth,
+    Read,
     Search,
     TokenError,
     parameter_name,
     parse_last_updated,
+    parse_read,
+    read_requests,
 )
 from ..network import Network
 from ..store import Store, open_store
@@ -57,7 +63,7 @@ from ..validation.igpub import (
 from ._auditing import ReadAudit, add_audit_event_routes, read_audit
 from ._http import http_date
 from ._server import tcp_peer
-from ._urls import entry, link
+from ._urls import entry, link, link_of
 
 __all__ = ["add_fhir_routes"]
 
@@ -68,6 +74,14 @@ FHIR_JSON = "application/fhir+json"
 # (igpub.py); then the result parameters (paging), accepted but not announced
 SEARCH_PARAMS = (*(name for name, _, _ in STORED_SEARCH_PARAMS), "_count", "_after")
 SCOPES = ("system/*.read", "system/*.write", "system/*.rs", "system/*.cud", "system/*.cruds")
+
+
+class _EntryError(Exception):
+    """A batch entry's GET refused (its entry's OperationOutcome, not the request's)."""
+
+    def __init__(self, issue: Issue) -> None:
+        super().__init__(issue.code)
+        self.issue = issue
 
 
 class _Lazy:
@@ -214,17 +228,90 @@ def add_fhir_routes(
             who = await run_in_threadpool(partner, request)
         except GatewayError as exc:
             return _error(exc.issue)
-        if not who.may("write"):
-            return _error(_scope_issue("write"))
+        if not who.may("write") and not who.may("read"):
+            return _error(_scope_issue("write"))  # neither a write nor a read: unread
         media = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if media not in ("", FHIR_JSON, "application/json", "application/json+fhir"):
             return _error(_media_issue(media), 415)  # JSON only, said before it is read
         body = await read_body(request, settings.max_bundle_bytes)
         if isinstance(body, Response):
             return body
+        try:
+            reads = read_requests(body)
+        except InboundError as exc:
+            return _error(exc.issue)
+        if reads is not None:  # a batch of GETs: asked, not sent (inbound/_readbatch.py)
+            answered = await run_in_threadpool(lambda: read_batch(request, who, reads))
+            return _fhir(answered)
+        if not who.may("write"):
+            return _error(_scope_issue("write"))
         peer = request.client.host if request.client else None  # for the audit trail
         answer = await run_in_threadpool(lambda: lazy.inbound().receive(body, who, peer))
         return _fhir(answer.body, answer.status, answer.headers)
+
+    def read_batch(request: Request, who: PartnerAuth, urls: list[Any]) -> dict[str, Any]:
+        """The batch-response: each entry answered as the partner's GET of its URL
+        (entries independent: one's error is its own), the GETs' api-read events
+        appended in one commit after the reads. Nothing of the batch is stored."""
+        out: list[dict[str, Any]] = []
+        found: list[dict[str, Any]] = []
+        for n, url in enumerate(urls):
+            try:
+                answered, event = batch_get(request, who, parse_read(url, n))
+            except (GatewayError, _EntryError) as exc:
+                status = http_status([exc.issue])
+                answered = {"response": {"status": _status_line(status),
+                                         "outcome": operation_outcome([exc.issue])}}  # fmt: skip
+                event = None
+            out.append(answered)
+            found += [event] if event is not None else []
+        audit.write_all(found)
+        return {"resourceType": "Bundle", "type": "batch-response", "entry": out}
+
+    def batch_get(
+        request: Request, who: PartnerAuth, read: Read
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """One entry's GET as ``GET /fhir/{url}`` answers the partner (reader, read and
+        search below): its batch-response entry and its api-read event; an error raised."""
+        kind = read.resource_type
+        if kind not in STORED_TYPES:
+            raise _EntryError(_unsupported_type(kind))
+        if not who.may("read", kind):
+            raise _EntryError(_scope_issue("read"))
+        query = f"GET /fhir/{read.url}"
+        resources = lazy.inbound().resources
+        if read.id is not None:
+            stored = resources.read(kind, read.id) if ID_PATTERN.fullmatch(read.id) else None
+            if stored is None or stored.partner != who.partner:
+                raise _EntryError(_not_found())
+            patient = stored.reference if kind == "Patient" else stored.patient
+            event = audit.event(
+                request, interaction="read", patients=[patient], records=[stored.reference],
+                partner=who.partner, query=query,
+            )  # fmt: skip
+            meta = stored.resource["meta"]
+            response = {"status": "200 OK", "etag": f'W/"{stored.version}"',
+                        "lastModified": meta["lastUpdated"]}  # fmt: skip
+            return {"resource": stored.resource, "response": response}, event
+        where, count, after = _search_params(read.params, who.partner)
+        page, nxt = resources.search(kind, where, count, after)
+        event = audit.event(
+            request, interaction="search-type", partner=who.partner, query=query,
+            patients=[s.reference if s.resource_type == "Patient" else s.patient for s in page],
+            records=[s.reference for s in page],
+        )  # fmt: skip
+        public = settings.inbound_public_url
+        asked = URL(f"/fhir/{read.url}")
+        links = [{"relation": "self", "url": link_of(asked, public)}]
+        if nxt is not None:
+            links.append({"relation": "next", "url": link_of(asked, public, _after=nxt)})
+        searchset = {
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "link": links,
+            "entry": [entry(public, s.reference, s.resource) for s in page],
+        }
+        return {"resource": searchset, "response": {"status": "200 OK"}}, event
 
     async def referral_status(request: Request, task_id: str, action: str) -> Response:
         refused = unauthorized(request)
@@ -323,9 +410,14 @@ def add_fhir_routes(
 
 
 def _search(request: Request, who: str | None) -> tuple[Search, int, int]:
+    return _search_params(request.query_params.multi_items(), who)
+
+
+def _search_params(params: Iterable[tuple[str, str]], who: str | None) -> tuple[Search, int, int]:
+    """The search of ``params`` (a GET's query, or a batch entry's)."""
     where = Search(partner=who)
     count, after = 50, 0
-    for name, value in request.query_params.multi_items():
+    for name, value in params:
         if name not in SEARCH_PARAMS:
             raise InboundError(
                 "inbound.bad-search",
@@ -350,6 +442,14 @@ def _search(request: Request, who: str | None) -> tuple[Search, int, int]:
         else:
             after = int(value)
     return where, count, after
+
+
+def _status_line(status: int) -> str:
+    """A batch-response entry's ``response.status``: the code and its phrase."""
+    try:
+        return f"{status} {HTTPStatus(status).phrase}"
+    except ValueError:
+        return str(status)
 
 
 def _reason(body: bytes) -> str | None:

@@ -17,14 +17,20 @@ from __future__ import annotations
 
 from typing import Any
 
+from starlette.datastructures import URL
 from starlette.requests import Request
 
-__all__ = ["entry", "link"]
+__all__ = ["entry", "link", "link_of"]
 
 
 def link(request: Request, public: str | None, **params: Any) -> str:
     """The request's URL (with ``params`` replaced), under ``public`` or relative."""
-    url = request.url.include_query_params(**params) if params else request.url
+    return link_of(request.url, public, **params)
+
+
+def link_of(url: URL, public: str | None, **params: Any) -> str:
+    """``url`` (a request's, or a batch entry's GET under ``/fhir``) as :func:`link`."""
+    url = url.include_query_params(**params) if params else url
     relative = url.path + (f"?{url.query}" if url.query else "")
     return (public or "") + relative
 

@@ -3,7 +3,8 @@ authentication (static bearer tokens, SMART Backend Services, mTLS at a proxy),
 ``POST /fhir`` of transaction Bundles from partners — checked to be in the partner's
 own name, signatures verified, the inbound policy run, stored idempotently — the
 stored resources read and searched by local systems, and referral status: a Task per
-referral received, accepted, rejected or completed here and sent back to the sender."""
+referral received, accepted, rejected or completed here and sent back to the sender;
+a partner's batch of GETs on ``POST /fhir`` answered as those GETs (``_readbatch.py``)."""
 
 from ._apply import Applied, apply_bundle
 from ._auth import (
@@ -17,6 +18,7 @@ from ._auth import (
 )
 from ._cli import add_cli
 from ._errors import InboundError
+from ._readbatch import MAX_READ_ENTRIES, Read, parse_read, read_requests
 from ._receive import Answer, Inbound
 from ._referrals import ACTIONS, REFERRAL_CATEGORY, Referral, Referrals, is_referral
 from ._resources import (
@@ -36,6 +38,7 @@ __all__ = [
     "ACTIONS",
     "ASSERTION_TYPE",
     "ID_PATTERN",
+    "MAX_READ_ENTRIES",
     "REFERRAL_CATEGORY",
     "SIGNING_ALGS",
     "TYPE_PATTERN",
@@ -45,6 +48,7 @@ __all__ = [
     "Inbound",
     "InboundError",
     "PartnerAuth",
+    "Read",
     "Referral",
     "Referrals",
     "Resources",
@@ -62,7 +66,9 @@ __all__ = [
     "load_partner_tokens",
     "parameter_name",
     "parse_last_updated",
+    "parse_read",
     "patient_of",
+    "read_requests",
     "resources",
     "tokens",
 ]

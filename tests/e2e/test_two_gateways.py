@@ -262,6 +262,27 @@ def test_a_referral_sent_at_a_reaches_b_and_the_partner_server(net: Network) -> 
     ]
 
 
+def test_as_overwrite_check_at_b_is_answered_not_refused(net: Network) -> None:
+    """A asked B before sending (the overwrite check: a batch of searches); B answers
+    it as reads (docs/inbound.md, "A batch of reads"): no refused Bundle kept at B, no
+    refusal in its log, and A asks B by batch still (its worker never fell back)."""
+    import sqlalchemy as sa
+
+    from gateway import Settings
+    from gateway.inbound import bundles
+    from gateway.store import open_store
+
+    store = open_store(Settings.load(home=net.b.home, env={}))
+    try:
+        with store.engine.connect() as conn:
+            states = conn.execute(sa.select(bundles.c.partner, bundles.c.state)).all()
+    finally:
+        store.close()
+    assert states and {tuple(r) for r in states} == {("nsch", "applied")}, states
+    served = (net.b.home / "serve.log").read_text(encoding="utf-8", errors="replace")
+    assert "a Bundle from nsch refused" not in served, served[-4000:]  # _receive.py's warning
+
+
 def _sent(a: Gateway) -> list[dict[str, Any]]:
     found: list[dict[str, Any]] = orjson.loads(
         a.cli("referrals", "list", "--direction", "sent", "--json").stdout

@@ -1,0 +1,267 @@
+"""POST /fhir with a batch of GETs only (docs/inbound.md, "A batch of reads"): answered
+as a batch-response, each entry what the same partner's GET answers (only what it
+sent; 400/404 as that entry's OperationOutcome), audited as those GETs are, nothing kept
+and nothing refused. The delivery worker's overwrite check against another gateway
+(gateway/delivery/_overwrite.py) so takes one request, not one GET per search."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from fastapi import FastAPI
+
+from gateway import Settings
+from gateway.audit import AuditLog
+from gateway.audit._events import keys_of
+from gateway.delivery._overwrite import ask_partner, writes_of
+from gateway.store import open_store
+from tests.api.test_app import Client
+
+from .conftest import (
+    NJMU2_TOKEN,
+    NSCH_TOKEN,
+    REFERRAL_SYSTEM,
+    WHEN,
+    assertion,
+    counts,
+    partner,
+    token_form,
+)
+
+MRN = "https://fhir.nsch.example.cn/sid/mrn|0098765"
+SR = f"ServiceRequest?identifier={REFERRAL_SYSTEM}|REF20260618001"
+
+
+def _batch(*urls: str) -> bytes:
+    return orjson.dumps(
+        {
+            "resourceType": "Bundle",
+            "type": "batch",
+            "entry": [{"request": {"method": "GET", "url": u}} for u in urls],
+        }
+    )
+
+
+def _code(body: dict[str, Any]) -> str:
+    return str(body["issue"][0]["details"]["coding"][0]["code"])
+
+
+def _events(settings: Settings) -> list[dict[str, Any]]:
+    store = open_store(settings)
+    try:
+        return [e.resource() for e in AuditLog(store).rows()]
+    finally:
+        store.close()
+
+
+class InProcess(httpx.BaseTransport):
+    """The receiving gateway's ASGI app behind a synchronous httpx client (the delivery
+    worker's kind), no network."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        request.read()
+
+        async def go() -> httpx.Response:
+            answered = await httpx.ASGITransport(app=self.app).handle_async_request(request)
+            body = await answered.aread()
+            return httpx.Response(answered.status_code, headers=answered.headers, content=body)
+
+        return asyncio.run(go())
+
+
+def _partner_client(app: FastAPI, asked: list[str]) -> httpx.Client:
+    """The sending gateway's client for HKPMC, as NSCH, counting its requests."""
+    return httpx.Client(
+        base_url="http://gw/fhir",
+        headers=partner(NSCH_TOKEN),
+        transport=InProcess(app),
+        event_hooks={"request": [lambda r: asked.append(f"{r.method} {r.url.path}")]},
+    )
+
+
+def _inbound_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name.startswith("gateway.inbound") and r.levelno >= logging.WARNING
+    ]
+
+
+def test_a_batch_of_searches_is_answered_entry_by_entry_as_each_get(
+    client: Client, signed_referral: bytes, hk_settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert client.post("/fhir", content=signed_referral, headers=partner(NSCH_TOKEN)).is_success
+    own = client.get(f"/fhir/{SR}", headers=partner(NSCH_TOKEN)).json()
+    patient = own["entry"][0]["resource"]["subject"]["reference"]
+    before, events = counts(hk_settings), len(_events(hk_settings))
+    caplog.set_level(logging.INFO)
+    urls = [
+        SR,
+        f"Patient?identifier={MRN}",
+        patient,  # a read
+        "Patient/no-such-id",
+        "Patient?name=许",  # an unknown parameter: that entry's 400
+        "Binary?identifier=x",  # a type not served: 404
+        "Condition?_count=1",
+    ]
+    resp = client.post("/fhir", content=_batch(*urls), headers=partner(NSCH_TOKEN))
+    assert resp.status_code == 200, resp.text
+    answer = resp.json()
+    assert answer["resourceType"] == "Bundle" and answer["type"] == "batch-response"
+    entries = answer["entry"]
+    assert len(entries) == len(urls)
+    for url, entry in zip(urls, entries, strict=True):
+        get = client.get(f"/fhir/{url}", headers=partner(NSCH_TOKEN))
+        assert entry["response"]["status"].split()[0] == str(get.status_code), url
+        mine, theirs = entry.get("resource") or entry["response"].get("outcome"), get.json()
+        if theirs.get("type") == "searchset":  # the same matches; links name the entry's URL
+            assert mine["type"] == "searchset" and mine["entry"] == theirs["entry"], url
+            assert [x["relation"] for x in mine["link"]] == [x["relation"] for x in theirs["link"]]
+        else:
+            assert mine == theirs, url
+    assert len(entries[0]["resource"]["entry"]) == 1 and len(entries[1]["resource"]["entry"]) == 1
+    assert entries[2]["resource"]["resourceType"] == "Patient"
+    assert _code(entries[4]["response"]["outcome"]) == "inbound.bad-search"
+    assert _code(entries[5]["response"]["outcome"]) == "inbound.unsupported-type"
+    assert entries[6]["resource"]["link"][1]["relation"] == "next"
+    # nothing kept, nothing refused, no warning at the receiver
+    assert counts(hk_settings) == before
+    assert not [w for w in _inbound_warnings(caplog) if "refused" in w]
+    # audited as the GETs are: one api-read event per entry (then one per GET above)
+    added = _events(hk_settings)[events : events + len(urls)]
+    assert [keys_of(e)[0] for e in added] == ["api-read"] * len(urls)
+    queries = [
+        next(
+            d["valueString"]
+            for e in ev["entity"]
+            for d in e.get("detail") or []
+            if d["type"] == "query"
+        )
+        for ev in added
+    ]
+    assert queries[0] == f"GET /fhir/{SR}" and queries[2] == f"GET /fhir/{patient}"
+
+
+def test_a_partner_reads_in_a_batch_only_what_it_sent(
+    client: Client, signed_referral: bytes
+) -> None:
+    client.post("/fhir", content=signed_referral, headers=partner(NSCH_TOKEN))
+    own = client.get(f"/fhir/{SR}", headers=partner(NSCH_TOKEN)).json()
+    ref = own["entry"][0]["fullUrl"].split("/fhir/")[1]
+    resp = client.post("/fhir", content=_batch(SR, ref), headers=partner(NJMU2_TOKEN))
+    assert resp.status_code == 200, resp.text
+    found, read = resp.json()["entry"]
+    assert found["response"]["status"].startswith("200") and found["resource"]["entry"] == []
+    assert read["response"]["status"].startswith("404")
+    assert _code(read["response"]["outcome"]) == "inbound.not-found"
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"request": {"method": "GET", "url": SR}, "resource": {"resourceType": "Patient"}},
+        {"request": {"method": "DELETE", "url": SR}},
+        {"request": {"method": "POST", "url": "Patient"}, "resource": {"resourceType": "Patient"}},
+    ],
+    ids=["get-with-a-resource", "delete", "post"],
+)
+def test_only_a_batch_of_plain_gets_is_a_read(
+    client: Client, hk_settings: Settings, entry: dict[str, Any]
+) -> None:
+    """The GETs alone are answered; with any other entry among them the batch is a
+    Bundle received as before (unsigned here: refused, whatever its reads)."""
+    reads = client.post("/fhir", content=_batch(SR), headers=partner(NSCH_TOKEN))
+    assert reads.status_code == 200 and reads.json()["type"] == "batch-response", reads.text
+    assert counts(hk_settings)["inbound_bundles"] == 0
+    body = orjson.loads(_batch(SR))
+    body["entry"].append(entry)
+    resp = client.post("/fhir", content=orjson.dumps(body), headers=partner(NSCH_TOKEN))
+    assert resp.status_code >= 400 and resp.json()["resourceType"] == "OperationOutcome"
+    assert _code(resp.json()) != "inbound.bad-search"  # refused as a Bundle, not read
+
+
+def test_a_read_batch_needs_partner_credentials_and_is_bounded(
+    client: Client, hk_settings: Settings
+) -> None:
+    assert client.post("/fhir", content=_batch(SR)).status_code == 401
+    wrong = {"Authorization": "Bearer wrong-token-0123456789", "Content-Type": "application/json"}
+    assert client.post("/fhir", content=_batch(SR), headers=wrong).status_code == 401
+    too_many = client.post("/fhir", content=_batch(*[SR] * 1001), headers=partner(NSCH_TOKEN))
+    assert too_many.status_code == 400 and _code(too_many.json()) == "inbound.bad-bundle"
+    # odd request URLs: that entry's 400, the others answered
+    odd = ["", "ServiceRequest/x/_history/1", "http://elsewhere/fhir/Patient", 7,
+           "Patient?identifier=%00", "Patient?identifier=a\u0000", SR]  # fmt: skip
+    body = {
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": [{"request": {"method": "GET", "url": u}} for u in odd],
+    }
+    resp = client.post("/fhir", content=orjson.dumps(body), headers=partner(NSCH_TOKEN))
+    assert resp.status_code == 200, resp.text
+    statuses = [e["response"]["status"][:3] for e in resp.json()["entry"]]
+    assert statuses == ["400", "400", "400", "400", "400", "400", "200"]
+    # U+0000 in a search: that entry's 400 (PostgreSQL's text takes none: never a 500)
+    assert {_code(e["response"]["outcome"]) for e in resp.json()["entry"][4:6]} == {
+        "inbound.bad-search"
+    }
+    assert counts(hk_settings)["inbound_bundles"] == 0
+
+
+@pytest.mark.parametrize(
+    ("scope", "status"),
+    [("system/*.read", "200"), ("system/*.rs", "200"), ("system/*.write", "403")],
+)
+def test_a_smart_token_reads_in_a_batch_as_its_read_scope_allows(
+    client: Client, signed_referral: bytes, pki: Path, scope: str, status: str
+) -> None:
+    client.post("/fhir", content=signed_referral, headers=partner(NSCH_TOKEN))
+    form = token_form(assertion(pki, "nsch", "nsch"), scope)
+    token = client.post("/auth/token", data=form).json()["access_token"]
+    resp = client.post("/fhir", content=_batch(SR), headers=partner(token))
+    assert resp.status_code == 200, resp.text
+    (found,) = resp.json()["entry"]
+    assert found["response"]["status"][:3] == status
+    if status == "200":
+        assert len(found["resource"]["entry"]) == 1
+    else:
+        assert _code(found["response"]["outcome"]) == "inbound.scope"
+
+
+def test_the_overwrite_check_against_another_gateway_is_one_batch_request(
+    client: Client,
+    signed_referral: bytes,
+    referral: dict[str, Any],
+    hk_settings: Settings,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The sending gateway's worker asks the receiving gateway (its in-process API) before
+    resending the referral: one POST, answered; no refused row, no warning there."""
+    assert client.post("/fhir", content=signed_referral, headers=partner(NSCH_TOKEN)).is_success
+    before = counts(hk_settings)
+    caplog.set_level(logging.INFO)
+    asked: list[str] = []
+    with _partner_client(client.app, asked) as http:
+        check = ask_partner(http, writes_of([referral]), WHEN)
+    assert asked == ["POST /fhir/"]
+    assert check.outcome == "clear" and not check.batch_refused, check
+    assert counts(hk_settings) == before
+    assert _inbound_warnings(caplog) == []
+    # the same identifier for another patient: held, by the same one request
+    other = orjson.loads(orjson.dumps(referral))
+    for e in other["entry"]:
+        if e["resource"]["resourceType"] == "Patient":
+            e["resource"]["identifier"][0]["value"] = "0012345"
+            e["request"]["ifNoneExist"] = "identifier=https://fhir.nsch.example.cn/sid/mrn|0012345"
+    asked.clear()
+    with _partner_client(client.app, asked) as http:
+        held = ask_partner(http, writes_of([other]), WHEN)
+    assert asked == ["POST /fhir/"] and held.outcome == "held" and not held.batch_refused

@@ -842,7 +842,11 @@ def _in_bundle(
             absolute = f"{server[1]}/{ref}"
             if absolute in urls:
                 return absolute
+            return _entry_spelled(absolute, urls) or ref
         return ref
+    spelled = _entry_spelled(ref, urls)
+    if spelled is not None:
+        return spelled
     tail = _under(ref, bases.own)
     if tail is not None and _SCHEME.match(tail) is None:
         return tail  # this gateway's: checked as a relative reference next
@@ -857,6 +861,20 @@ def _in_bundle(
         "its own server",
         expression=where,
     )
+
+
+def _entry_spelled(ref: str, urls: dict[str, str]) -> str | None:
+    """The fullUrl of the Bundle's entry that ``ref`` names spelled another way (the
+    host or scheme in capitals, the default port written: one URL as RFC 3986
+    §6.2.2-6.2.3 compare them, as :func:`_under` compares bases). Taken for no entry,
+    one under the partner's base was kept as sent, so no identity check saw it: another
+    patient's MRN beside a subject naming the Bundle's Patient entry was stored with
+    the record. Only references no fullUrl holds as written come here (rare): each
+    entry's fullUrl is compared then."""
+    theirs = _server(ref)
+    if theirs is None:
+        return None
+    return next((url for url in urls if _server(url) == theirs), None)
 
 
 _AUTHORITY = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*)://([^/?#]*)(.*)", re.DOTALL)

@@ -71,6 +71,7 @@ def mixed_patients(bundle: dict[str, Any]) -> list[Issue]:
         names += _updated(bundle["entry"][n])
         names += _patient_tokens(patient)
         aliases = dict.fromkeys(names, "the Bundle's Patient")
+    _beside_literals(entries, by_url, aliases)
     seen: str | None = "the Bundle's Patient" if patients else None
     for n, _, resource in entries:
         if resource.get("resourceType") == "Patient":
@@ -108,6 +109,33 @@ def mixed_patients(bundle: dict[str, Any]) -> list[Issue]:
             elif key != seen:
                 return [_mixed(path, "a reference to another patient")]
     return []
+
+
+def _beside_literals(
+    entries: list[tuple[int, str | None, dict[str, Any]]],
+    by_url: dict[str, tuple[int, dict[str, Any]]],
+    aliases: dict[str, str],
+) -> None:
+    """An identifier written beside a literal patient reference names that patient
+    here (``aliases``: its key -> the reference's): a record about ``Patient/<id>``
+    with the MRN beside it, asserted by the Patient of that MRN (a logical reference,
+    R4 Condition.asserter), was refused as a second patient, as a logical subject of
+    one entry beside a literal one of another was. Whether that identifier is the
+    Patient's is the identity checks' (another MRN beside it: 422 identity-mismatch);
+    one already aliased (the Bundle's Patient entry's) keeps its patient."""
+    for n, _, resource in entries:
+        if resource.get("resourceType") == "Patient":
+            continue
+        refs = [ref for name in _PATIENT_ELEMENTS for ref in _refs(resource.get(name))]
+        refs += [ref for _, ref in _other_references(resource, f"Bundle.entry[{n}].resource")]
+        for ref in refs:
+            ident = ref.get("identifier")
+            if not isinstance(ref.get("reference"), str) or not isinstance(ident, dict):
+                continue
+            key = _patient_key({"reference": ref["reference"]}, by_url)
+            if key is not None and ident.get("value"):
+                token = _compared(f"{ident.get('system') or ''}|{ident['value']}")
+                aliases.setdefault(token, aliases.get(key, key))
 
 
 def _other_references(resource: dict[str, Any], path: str) -> Iterator[tuple[str, dict[str, Any]]]:

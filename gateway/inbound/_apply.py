@@ -319,7 +319,7 @@ def _plan(
         found = _find(conn, store, resource_type, query, matches, partner, f"{where}.request.url")
         _match(plan, found, where, update=True)
         plan.unproven = _systemless(plan, query, f"{where}.request.url")
-    elif ID_PATTERN.fullmatch(target_id):
+    elif ID_PATTERN.fullmatch(target_id) and _DOT_SEGMENT.search(target_id) is None:
         plan.logical_id = target_id
         plan.named = True
     else:
@@ -823,6 +823,12 @@ def _references(node: Any, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
             yield from _references(item, f"{path}[{n}]")
 
 
+# An id or version of "." or ".." fits R4's id pattern, but as a URL it is a dot segment
+# (RFC 3986 §5.2.4): ``Patient/..`` is the base itself and ``Patient/.`` the Patient type
+# (a search of every patient) to whatever follows it, while the store kept records under
+# a ``Patient/..`` collecting the identifiers written beside it. Refused as a reference
+# and as an update's ``Type/id``.
+_DOT_SEGMENT = re.compile(r"(?:^|/)\.\.?(?:/|$)")
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:")  # an absolute URI (RFC 3986 scheme)
 _SERVER_URL = re.compile(r"(.+)/[A-Z][A-Za-z]{1,63}/[A-Za-z0-9\-.]{1,64}")  # [base]/Type/id
 
@@ -942,6 +948,8 @@ def _resolve(
             expression=where,
         )
     literal = _LITERAL.fullmatch(ref)
+    if literal is not None and _DOT_SEGMENT.search(ref) is not None:
+        _refuse_spelling(where)
     if literal is not None:
         key = (literal[1], literal[2])
         target = known[key] if known is not None and key in known else store.current(conn, *key)

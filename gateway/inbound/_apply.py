@@ -880,7 +880,9 @@ def _entry_spelled(ref: str, urls: dict[str, str]) -> str | None:
     theirs = _server(ref)
     if theirs is None:
         return None
-    return next((url for url in urls if _server(url) == theirs), None)
+    # the path as written ends both: a string test first, the server parsed only then
+    # (a Bundle of absolute references to the partner's server passes here for each)
+    return next((u for u in urls if u.endswith(theirs[1]) and _server(u) == theirs), None)
 
 
 _AUTHORITY = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*)://([^/?#]*)(.*)", re.DOTALL)

@@ -96,6 +96,9 @@ class _Patients:
     targets: dict[int, str] = field(default_factory=dict)  # entry n -> where it is written
     # Patient id -> unstored, and another institution's records are kept under it
     shared: dict[str, bool] = field(default_factory=dict)
+    # (type, id) of the records a transaction writes: their patient is the Bundle's
+    # (the one-patient check), whatever their stored version says (_check_linked)
+    rewritten: set[tuple[str, str]] = field(default_factory=set)
 
     def replaced(self, record: tuple[str, str]) -> None:
         """``record`` is written again: what its earlier version (or an earlier entry
@@ -163,6 +166,7 @@ def apply_bundle(
         patients.targets = {
             p.n: str(p.logical_id) for p in plans if p.n in patients.entry_ids.values()
         }
+        patients.rewritten = {(p.resource_type, str(p.logical_id)) for p in plans if p.write}
         written: list[Stored] = []
         out = []
         for plan in plans:
@@ -427,7 +431,8 @@ def _write(
                 _check_reference_identity(conn, store, ref, where, index, known, plan, patients)
         elif literal is not None:
             linked.append((where, (literal[1], literal[2])))
-    _check_linked(conn, store, resource, linked, known)
+    _check_linked(conn, store, resource, [x for x in linked if x[1] not in patients.rewritten],
+                  known)  # fmt: skip
     stored, written = store.write(
         conn, resource, logical_id=plan.logical_id, partner=partner, bundle_id=bundle_id,
         now=now, known=known,
@@ -549,7 +554,9 @@ def _check_linked(
     ``basedOn``) is refused: 陈美玲's diagnosis with 许嘉玮's stored diagnosis as its
     evidence was kept, and whoever follows the link reads his data in her record. The
     one-patient check sees the Bundle's entries only; a record this Bundle writes is
-    that check's (its stored version not yet, or its patient the Bundle's). A logical
+    that check's (its stored version not yet, or its patient the Bundle's): not given
+    here, in any order (two records moved to the right patient together, the citing
+    one first, were refused against the cited one's stored version). A logical
     patient (``system|value``) on either side is not compared here."""
     mine = patient_of(resource)
     if mine is None or not mine.startswith("Patient/"):

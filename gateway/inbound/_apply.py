@@ -99,6 +99,9 @@ class _Patients:
     # (type, id) of the records a transaction writes: their patient is the Bundle's
     # (the one-patient check), whatever their stored version says (_check_linked)
     rewritten: set[tuple[str, str]] = field(default_factory=set)
+    # Patient id -> the identifiers of this Bundle's entries written to it (the index's,
+    # one pass over it per id, not per reference)
+    entry_names: dict[str, set[tuple[str, str]]] = field(default_factory=dict)
 
     def replaced(self, record: tuple[str, str]) -> None:
         """``record`` is written again: what its earlier version (or an earlier entry
@@ -657,7 +660,11 @@ def _check_reference_identity(
         return
     key = ("Patient", literal[2])
     target = known[key] if known is not None and key in known else store.current(conn, *key)
-    names = {(s, v) for (t, s, v), i in index.items() if t == "Patient" and i == literal[2]}
+    if literal[2] not in patients.entry_names:  # the index is the Bundle's: read it once
+        patients.entry_names[literal[2]] = {
+            (s, v) for (t, s, v), i in index.items() if t == "Patient" and i == literal[2]
+        }
+    names = set(patients.entry_names[literal[2]])
     if target is None and not names:
         _check_unstored(
             conn,

@@ -71,7 +71,13 @@ def mixed_patients(bundle: dict[str, Any]) -> list[Issue]:
         names += _updated(bundle["entry"][n])
         names += _patient_tokens(patient)
         aliases = dict.fromkeys(names, "the Bundle's Patient")
-    _beside_literals(entries, by_url, aliases)
+    # each resource's other references, walked once for both passes below
+    others = {
+        n: list(_other_references(resource, f"Bundle.entry[{n}].resource"))
+        for n, _, resource in entries
+        if resource.get("resourceType") != "Patient"
+    }
+    _beside_literals(entries, others, by_url, aliases)
     seen: str | None = "the Bundle's Patient" if patients else None
     for n, _, resource in entries:
         if resource.get("resourceType") == "Patient":
@@ -99,7 +105,7 @@ def mixed_patients(bundle: dict[str, Any]) -> list[Issue]:
                     many = isinstance(resource.get(element), list)
                     where = f"Bundle.entry[{n}].resource.{element}" + (f"[{k}]" if many else "")
                     return [_mixed(where, "a reference to another patient")]
-        for path, ref in _other_references(resource, f"Bundle.entry[{n}].resource"):
+        for path, ref in others[n]:
             key = _patient_key(ref, by_url)
             if key is None:
                 continue
@@ -113,6 +119,7 @@ def mixed_patients(bundle: dict[str, Any]) -> list[Issue]:
 
 def _beside_literals(
     entries: list[tuple[int, str | None, dict[str, Any]]],
+    others: dict[int, list[tuple[str, dict[str, Any]]]],
     by_url: dict[str, tuple[int, dict[str, Any]]],
     aliases: dict[str, str],
 ) -> None:
@@ -127,7 +134,7 @@ def _beside_literals(
         if resource.get("resourceType") == "Patient":
             continue
         refs = [ref for name in _PATIENT_ELEMENTS for ref in _refs(resource.get(name))]
-        refs += [ref for _, ref in _other_references(resource, f"Bundle.entry[{n}].resource")]
+        refs += [ref for _, ref in others[n]]
         for ref in refs:
             ident = ref.get("identifier")
             if not isinstance(ref.get("reference"), str) or not isinstance(ident, dict):

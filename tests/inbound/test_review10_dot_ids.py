@@ -45,7 +45,8 @@ def test_a_reference_to_a_dot_segment_is_refused(
     logs: pytest.LogCaptureFixture, spelling: str,
 ) -> None:  # fmt: skip
     resp = _post(client, _diagnosis(referral, spelling, A_MRN, 1), pki)
-    _refused(resp, "inbound.unresolved-reference", f"Bundle.entry[{CONDITION}].resource.subject", logs)
+    where = f"Bundle.entry[{CONDITION}].resource.subject"
+    _refused(resp, "inbound.unresolved-reference", where, logs)
     assert counts(hk_settings)["inbound_resources"] == 0
 
 

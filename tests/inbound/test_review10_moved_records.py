@@ -43,7 +43,8 @@ def test_records_moved_to_the_right_patient_together_in_any_order(
     citing["request"] = {"method": "PUT", "url": where[CITING]}
     cited["request"] = {"method": "PUT", "url": where[CITED]}
     citing["resource"]["evidence"] = [{"detail": [{"reference": where[CITED]}]}]
-    others = [e for k, e in enumerate(fix["entry"]) if k not in (PATIENT, CITING, CITED, SERVICE_REQUEST)]
+    moved = (PATIENT, CITING, CITED, SERVICE_REQUEST)
+    others = [e for k, e in enumerate(fix["entry"]) if k not in moved]
     fix["entry"] = [*others, patient, *((citing, cited) if citing_first else (cited, citing))]
     resp = _post(client, fix, pki)
     assert resp.status_code == 200, resp.text

@@ -96,6 +96,12 @@ class _Patients:
     targets: dict[int, str] = field(default_factory=dict)  # entry n -> where it is written
     # Patient id -> unstored, and another institution's records are kept under it
     shared: dict[str, bool] = field(default_factory=dict)
+    # (type, id) of the records a transaction writes: their patient is the Bundle's
+    # (the one-patient check), whatever their stored version says (_check_linked)
+    rewritten: set[tuple[str, str]] = field(default_factory=set)
+    # Patient id -> the identifiers of this Bundle's entries written to it (the index's,
+    # one pass over it per id, not per reference)
+    entry_names: dict[str, set[tuple[str, str]]] = field(default_factory=dict)
 
     def replaced(self, record: tuple[str, str]) -> None:
         """``record`` is written again: what its earlier version (or an earlier entry
@@ -163,6 +169,7 @@ def apply_bundle(
         patients.targets = {
             p.n: str(p.logical_id) for p in plans if p.n in patients.entry_ids.values()
         }
+        patients.rewritten = {(p.resource_type, str(p.logical_id)) for p in plans if p.write}
         written: list[Stored] = []
         out = []
         for plan in plans:
@@ -319,7 +326,7 @@ def _plan(
         found = _find(conn, store, resource_type, query, matches, partner, f"{where}.request.url")
         _match(plan, found, where, update=True)
         plan.unproven = _systemless(plan, query, f"{where}.request.url")
-    elif ID_PATTERN.fullmatch(target_id):
+    elif ID_PATTERN.fullmatch(target_id) and _DOT_SEGMENT.search(target_id) is None:
         plan.logical_id = target_id
         plan.named = True
     else:
@@ -427,7 +434,8 @@ def _write(
                 _check_reference_identity(conn, store, ref, where, index, known, plan, patients)
         elif literal is not None:
             linked.append((where, (literal[1], literal[2])))
-    _check_linked(conn, store, resource, linked, known)
+    _check_linked(conn, store, resource, [x for x in linked if x[1] not in patients.rewritten],
+                  known)  # fmt: skip
     stored, written = store.write(
         conn, resource, logical_id=plan.logical_id, partner=partner, bundle_id=bundle_id,
         now=now, known=known,
@@ -549,7 +557,9 @@ def _check_linked(
     ``basedOn``) is refused: 陈美玲's diagnosis with 许嘉玮's stored diagnosis as its
     evidence was kept, and whoever follows the link reads his data in her record. The
     one-patient check sees the Bundle's entries only; a record this Bundle writes is
-    that check's (its stored version not yet, or its patient the Bundle's). A logical
+    that check's (its stored version not yet, or its patient the Bundle's): not given
+    here, in any order (two records moved to the right patient together, the citing
+    one first, were refused against the cited one's stored version). A logical
     patient (``system|value``) on either side is not compared here."""
     mine = patient_of(resource)
     if mine is None or not mine.startswith("Patient/"):
@@ -650,7 +660,11 @@ def _check_reference_identity(
         return
     key = ("Patient", literal[2])
     target = known[key] if known is not None and key in known else store.current(conn, *key)
-    names = {(s, v) for (t, s, v), i in index.items() if t == "Patient" and i == literal[2]}
+    if literal[2] not in patients.entry_names:  # the index is the Bundle's: read it once
+        patients.entry_names[literal[2]] = {
+            (s, v) for (t, s, v), i in index.items() if t == "Patient" and i == literal[2]
+        }
+    names = set(patients.entry_names[literal[2]])
     if target is None and not names:
         _check_unstored(
             conn,
@@ -823,6 +837,12 @@ def _references(node: Any, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
             yield from _references(item, f"{path}[{n}]")
 
 
+# An id or version of "." or ".." fits R4's id pattern, but as a URL it is a dot segment
+# (RFC 3986 §5.2.4): ``Patient/..`` is the base itself and ``Patient/.`` the Patient type
+# (a search of every patient) to whatever follows it, while the store kept records under
+# a ``Patient/..`` collecting the identifiers written beside it. Refused as a reference
+# and as an update's ``Type/id``.
+_DOT_SEGMENT = re.compile(r"(?:^|/)\.\.?(?:/|$)")
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:")  # an absolute URI (RFC 3986 scheme)
 _SERVER_URL = re.compile(r"(.+)/[A-Z][A-Za-z]{1,63}/[A-Za-z0-9\-.]{1,64}")  # [base]/Type/id
 
@@ -842,7 +862,11 @@ def _in_bundle(
             absolute = f"{server[1]}/{ref}"
             if absolute in urls:
                 return absolute
+            return _entry_spelled(absolute, urls) or ref
         return ref
+    spelled = _entry_spelled(ref, urls)
+    if spelled is not None:
+        return spelled
     tail = _under(ref, bases.own)
     if tail is not None and _SCHEME.match(tail) is None:
         return tail  # this gateway's: checked as a relative reference next
@@ -857,6 +881,22 @@ def _in_bundle(
         "its own server",
         expression=where,
     )
+
+
+def _entry_spelled(ref: str, urls: dict[str, str]) -> str | None:
+    """The fullUrl of the Bundle's entry that ``ref`` names spelled another way (the
+    host or scheme in capitals, the default port written: one URL as RFC 3986
+    §6.2.2-6.2.3 compare them, as :func:`_under` compares bases). Taken for no entry,
+    one under the partner's base was kept as sent, so no identity check saw it: another
+    patient's MRN beside a subject naming the Bundle's Patient entry was stored with
+    the record. Only references no fullUrl holds as written come here (rare): each
+    entry's fullUrl is compared then."""
+    theirs = _server(ref)
+    if theirs is None:
+        return None
+    # the path as written ends both: a string test first, the server parsed only then
+    # (a Bundle of absolute references to the partner's server passes here for each)
+    return next((u for u in urls if u.endswith(theirs[1]) and _server(u) == theirs), None)
 
 
 _AUTHORITY = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*)://([^/?#]*)(.*)", re.DOTALL)
@@ -924,6 +964,8 @@ def _resolve(
             expression=where,
         )
     literal = _LITERAL.fullmatch(ref)
+    if literal is not None and _DOT_SEGMENT.search(ref) is not None:
+        _refuse_spelling(where)
     if literal is not None:
         key = (literal[1], literal[2])
         target = known[key] if known is not None and key in known else store.current(conn, *key)

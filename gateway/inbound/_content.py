@@ -71,6 +71,13 @@ def mixed_patients(bundle: dict[str, Any]) -> list[Issue]:
         names += _updated(bundle["entry"][n])
         names += _patient_tokens(patient)
         aliases = dict.fromkeys(names, "the Bundle's Patient")
+    # each resource's other references, walked once for both passes below
+    others = {
+        n: list(_other_references(resource, f"Bundle.entry[{n}].resource"))
+        for n, _, resource in entries
+        if resource.get("resourceType") != "Patient"
+    }
+    _beside_literals(entries, others, by_url, aliases)
     seen: str | None = "the Bundle's Patient" if patients else None
     for n, _, resource in entries:
         if resource.get("resourceType") == "Patient":
@@ -98,7 +105,7 @@ def mixed_patients(bundle: dict[str, Any]) -> list[Issue]:
                     many = isinstance(resource.get(element), list)
                     where = f"Bundle.entry[{n}].resource.{element}" + (f"[{k}]" if many else "")
                     return [_mixed(where, "a reference to another patient")]
-        for path, ref in _other_references(resource, f"Bundle.entry[{n}].resource"):
+        for path, ref in others[n]:
             key = _patient_key(ref, by_url)
             if key is None:
                 continue
@@ -108,6 +115,34 @@ def mixed_patients(bundle: dict[str, Any]) -> list[Issue]:
             elif key != seen:
                 return [_mixed(path, "a reference to another patient")]
     return []
+
+
+def _beside_literals(
+    entries: list[tuple[int, str | None, dict[str, Any]]],
+    others: dict[int, list[tuple[str, dict[str, Any]]]],
+    by_url: dict[str, tuple[int, dict[str, Any]]],
+    aliases: dict[str, str],
+) -> None:
+    """An identifier written beside a literal patient reference names that patient
+    here (``aliases``: its key -> the reference's): a record about ``Patient/<id>``
+    with the MRN beside it, asserted by the Patient of that MRN (a logical reference,
+    R4 Condition.asserter), was refused as a second patient, as a logical subject of
+    one entry beside a literal one of another was. Whether that identifier is the
+    Patient's is the identity checks' (another MRN beside it: 422 identity-mismatch);
+    one already aliased (the Bundle's Patient entry's) keeps its patient."""
+    for n, _, resource in entries:
+        if resource.get("resourceType") == "Patient":
+            continue
+        refs = [ref for name in _PATIENT_ELEMENTS for ref in _refs(resource.get(name))]
+        refs += [ref for _, ref in others[n]]
+        for ref in refs:
+            ident = ref.get("identifier")
+            if not isinstance(ref.get("reference"), str) or not isinstance(ident, dict):
+                continue
+            key = _patient_key({"reference": ref["reference"]}, by_url)
+            if key is not None and ident.get("value"):
+                token = _compared(f"{ident.get('system') or ''}|{ident['value']}")
+                aliases.setdefault(token, aliases.get(key, key))
 
 
 def _other_references(resource: dict[str, Any], path: str) -> Iterator[tuple[str, dict[str, Any]]]:

@@ -265,3 +265,26 @@ def test_the_overwrite_check_against_another_gateway_is_one_batch_request(
     with _partner_client(client.app, asked) as http:
         held = ask_partner(http, writes_of([other]), WHEN)
     assert asked == ["POST /fhir/"] and held.outcome == "held" and not held.batch_refused
+
+
+def test_the_answers_of_a_read_batch_hold_a_bounded_number_of_resources(
+    client: Client, signed_referral: bytes, hk_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """1,000 searches of _count=1000 would hold a million resources in one response
+    (each GET answers one page): past MAX_READ_RESOURCES an entry is its own 400
+    inbound.too-costly, never a page cut short, and writes no read event."""
+    client.post("/fhir", content=signed_referral, headers=partner(NSCH_TOKEN))
+    own = client.get(f"/fhir/{SR}", headers=partner(NSCH_TOKEN)).json()
+    ref = own["entry"][0]["fullUrl"].split("/fhir/")[1]
+    monkeypatch.setattr("gateway.api._fhir.MAX_READ_RESOURCES", 2)
+    events = len(_events(hk_settings))
+    urls = [f"{SR}&_count=1000", ref, f"{SR}&_count=1000", "Task?_count=1000", ref]
+    resp = client.post("/fhir", content=_batch(*urls), headers=partner(NSCH_TOKEN))
+    assert resp.status_code == 200, resp.text
+    answered = resp.json()["entry"]
+    statuses = [e["response"]["status"][:3] for e in answered]
+    # 1 + 1 resources answered; a third would pass the bound; an empty search costs none
+    assert statuses == ["200", "200", "400", "200", "400"], statuses
+    assert {_code(answered[i]["response"]["outcome"]) for i in (2, 4)} == {"inbound.too-costly"}
+    assert answered[2]["response"]["outcome"]["issue"][0]["code"] == "too-costly"
+    assert len(_events(hk_settings)) == events + 3  # the answered entries only

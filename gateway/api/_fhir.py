@@ -74,6 +74,10 @@ FHIR_JSON = "application/fhir+json"
 # The search parameters of GET /fhir/{type}, as GET /fhir/metadata announces them
 # (igpub.py); then the result parameters (paging), accepted but not announced
 SEARCH_PARAMS = (*(name for name, _, _ in STORED_SEARCH_PARAMS), "_count", "_after")
+# Most values one search ANDs and ORs (``_id``/``status`` lists, ``_lastUpdated``s): each
+# is a SQL variable (SQLite takes 250,000, PostgreSQL 65,535 in all); a GET's URL is
+# bounded by the HTTP server's request line, a batch entry's only by max_bundle_bytes
+MAX_SEARCH_VALUES = 1000
 SCOPES = ("system/*.read", "system/*.write", "system/*.rs", "system/*.cud", "system/*.cruds")
 
 
@@ -452,6 +456,12 @@ def _search_params(params: Iterable[tuple[str, str]], who: str | None) -> tuple[
             count = max(1, min(int(value), 1000))
         else:
             after = int(value)
+    if len(where.ids) + len(where.status) + len(where.last_updated) > MAX_SEARCH_VALUES:
+        raise InboundError(
+            "inbound.bad-search",
+            f"the search holds more than {MAX_SEARCH_VALUES} values of _id, status and "
+            "_lastUpdated: split it",
+        )
     return where, count, after
 
 

@@ -288,3 +288,21 @@ def test_the_answers_of_a_read_batch_hold_a_bounded_number_of_resources(
     assert {_code(answered[i]["response"]["outcome"]) for i in (2, 4)} == {"inbound.too-costly"}
     assert answered[2]["response"]["outcome"]["issue"][0]["code"] == "too-costly"
     assert len(_events(hk_settings)) == events + 3  # the answered entries only
+
+
+def test_a_search_entry_of_too_many_values_is_its_own_400_not_the_batchs_500(
+    client: Client, signed_referral: bytes
+) -> None:
+    """A GET's URL is bounded by the HTTP server's request line, a batch entry's only by
+    max_bundle_bytes: 300,000 _id values (or 100,000 _lastUpdated) were as many SQL
+    variables (SQLite's bound 250,000, PostgreSQL's 65,535): the whole batch's 500."""
+    client.post("/fhir", content=signed_referral, headers=partner(NSCH_TOKEN))
+    ids = "ServiceRequest?_id=" + ",".join(f"i{k}" for k in range(300_000))
+    moments = "ServiceRequest?" + "&".join(["_lastUpdated=ge2026-01-01"] * 100_000)
+    resp = client.post("/fhir", content=_batch(ids, moments, SR), headers=partner(NSCH_TOKEN))
+    assert resp.status_code == 200, resp.text[:300]
+    many_ids, many_moments, found = resp.json()["entry"]
+    for refused in (many_ids, many_moments):
+        assert refused["response"]["status"][:3] == "400"
+        assert _code(refused["response"]["outcome"]) == "inbound.bad-search"
+    assert len(found["resource"]["entry"]) == 1

@@ -233,8 +233,10 @@ def add_fhir_routes(
             who = await run_in_threadpool(partner, request)
         except GatewayError as exc:
             return _error(exc.issue)
-        if not who.may("write") and not who.may("read"):
-            return _error(_scope_issue("write"))  # neither a write nor a read: unread
+        # neither a write nor a read of any type (system/Patient.read reads Patient in a
+        # batch, as its GET does: each entry's type checked below): unread
+        if not who.may("write") and not any(who.may("read", t) for t in STORED_TYPES):
+            return _error(_scope_issue("write"))
         media = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if media not in ("", FHIR_JSON, "application/json", "application/json+fhir"):
             return _error(_media_issue(media), 415)  # JSON only, said before it is read

@@ -306,3 +306,22 @@ def test_a_search_entry_of_too_many_values_is_its_own_400_not_the_batchs_500(
         assert refused["response"]["status"][:3] == "400"
         assert _code(refused["response"]["outcome"]) == "inbound.bad-search"
     assert len(found["resource"]["entry"]) == 1
+
+
+def test_a_one_type_read_token_reads_that_type_in_a_batch(
+    client: Client, signed_referral: bytes, pki: Path
+) -> None:
+    """system/ServiceRequest.read answers GET /fhir/ServiceRequest: its batch entry too
+    (another type's entry its own 403), not the whole batch refused as lacking write."""
+    client.post("/fhir", content=signed_referral, headers=partner(NSCH_TOKEN))
+    form = token_form(assertion(pki, "nsch", "nsch"), "system/ServiceRequest.read")
+    token = client.post("/auth/token", data=form).json()["access_token"]
+    assert client.get(f"/fhir/{SR}", headers=partner(token)).status_code == 200
+    resp = client.post(
+        "/fhir", content=_batch(SR, f"Patient?identifier={MRN}"), headers=partner(token)
+    )
+    assert resp.status_code == 200, resp.text
+    found, other = resp.json()["entry"]
+    assert found["response"]["status"][:3] == "200" and len(found["resource"]["entry"]) == 1
+    assert other["response"]["status"][:3] == "403"
+    assert _code(other["response"]["outcome"]) == "inbound.scope"

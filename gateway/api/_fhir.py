@@ -38,6 +38,7 @@ from ..config import Settings
 from ..errors import GatewayError, Issue, http_status, nul_message, operation_outcome, shape
 from ..inbound import (
     ID_PATTERN,
+    MAX_READ_RESOURCES,
     SIGNING_ALGS,
     TYPE_PATTERN,
     Authenticator,
@@ -73,6 +74,10 @@ FHIR_JSON = "application/fhir+json"
 # The search parameters of GET /fhir/{type}, as GET /fhir/metadata announces them
 # (igpub.py); then the result parameters (paging), accepted but not announced
 SEARCH_PARAMS = (*(name for name, _, _ in STORED_SEARCH_PARAMS), "_count", "_after")
+# Most values one search ANDs and ORs (``_id``/``status`` lists, ``_lastUpdated``s): each
+# is a SQL variable (SQLite takes 250,000, PostgreSQL 65,535 in all); a GET's URL is
+# bounded by the HTTP server's request line, a batch entry's only by max_bundle_bytes
+MAX_SEARCH_VALUES = 1000
 SCOPES = ("system/*.read", "system/*.write", "system/*.rs", "system/*.cud", "system/*.cruds")
 
 
@@ -228,8 +233,10 @@ def add_fhir_routes(
             who = await run_in_threadpool(partner, request)
         except GatewayError as exc:
             return _error(exc.issue)
-        if not who.may("write") and not who.may("read"):
-            return _error(_scope_issue("write"))  # neither a write nor a read: unread
+        # neither a write nor a read of any type (system/Patient.read reads Patient in a
+        # batch, as its GET does: each entry's type checked below): unread
+        if not who.may("write") and not any(who.may("read", t) for t in STORED_TYPES):
+            return _error(_scope_issue("write"))
         media = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if media not in ("", FHIR_JSON, "application/json", "application/json+fhir"):
             return _error(_media_issue(media), 415)  # JSON only, said before it is read
@@ -255,9 +262,11 @@ def add_fhir_routes(
         appended in one commit after the reads. Nothing of the batch is stored."""
         out: list[dict[str, Any]] = []
         found: list[dict[str, Any]] = []
+        left = MAX_READ_RESOURCES  # the resources the answers may still hold
         for n, url in enumerate(urls):
             try:
-                answered, event = batch_get(request, who, parse_read(url, n))
+                answered, event, held = batch_get(request, who, parse_read(url, n), left)
+                left -= held
             except (GatewayError, _EntryError) as exc:
                 status = http_status([exc.issue])
                 answered = {"response": {"status": _status_line(status),
@@ -269,10 +278,11 @@ def add_fhir_routes(
         return {"resourceType": "Bundle", "type": "batch-response", "entry": out}
 
     def batch_get(
-        request: Request, who: PartnerAuth, read: Read
-    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        request: Request, who: PartnerAuth, read: Read, left: int
+    ) -> tuple[dict[str, Any], dict[str, Any], int]:
         """One entry's GET as ``GET /fhir/{url}`` answers the partner (reader, read and
-        search below): its batch-response entry and its api-read event; an error raised."""
+        search below): its batch-response entry, its api-read event and the resources it
+        holds; an error raised, also when it would hold more than ``left``."""
         kind = read.resource_type
         if kind not in STORED_TYPES:
             raise _EntryError(_unsupported_type(kind))
@@ -284,6 +294,8 @@ def add_fhir_routes(
             stored = resources.read(kind, read.id) if ID_PATTERN.fullmatch(read.id) else None
             if stored is None or stored.partner != who.partner:
                 raise _EntryError(_not_found())
+            if left < 1:
+                raise _EntryError(_too_costly())
             patient = stored.reference if kind == "Patient" else stored.patient
             event = audit.event(
                 request, interaction="read", patients=[patient], records=[stored.reference],
@@ -292,9 +304,14 @@ def add_fhir_routes(
             meta = stored.resource["meta"]
             response = {"status": "200 OK", "etag": f'W/"{stored.version}"',
                         "lastModified": meta["lastUpdated"]}  # fmt: skip
-            return {"resource": stored.resource, "response": response}, event
+            return {"resource": stored.resource, "response": response}, event, 1
         where, count, after = _search_params(read.params, who.partner)
-        page, nxt = resources.search(kind, where, count, after)
+        # at most what is left: a page that fits is the GET's own page; one cut short by
+        # the bound (more rows than left) is refused, never answered as all there is
+        limit = max(1, min(count, left))  # a page of none would name no next row
+        page, nxt = resources.search(kind, where, limit, after)
+        if len(page) > left or (limit < count and nxt is not None):
+            raise _EntryError(_too_costly())
         event = audit.event(
             request, interaction="search-type", partner=who.partner, query=query,
             patients=[s.reference if s.resource_type == "Patient" else s.patient for s in page],
@@ -311,7 +328,7 @@ def add_fhir_routes(
             "link": links,
             "entry": [entry(public, s.reference, s.resource) for s in page],
         }
-        return {"resource": searchset, "response": {"status": "200 OK"}}, event
+        return {"resource": searchset, "response": {"status": "200 OK"}}, event, len(page)
 
     async def referral_status(request: Request, task_id: str, action: str) -> Response:
         refused = unauthorized(request)
@@ -441,7 +458,22 @@ def _search_params(params: Iterable[tuple[str, str]], who: str | None) -> tuple[
             count = max(1, min(int(value), 1000))
         else:
             after = int(value)
+    if len(where.ids) + len(where.status) + len(where.last_updated) > MAX_SEARCH_VALUES:
+        raise InboundError(
+            "inbound.bad-search",
+            f"the search holds more than {MAX_SEARCH_VALUES} values of _id, status and "
+            "_lastUpdated: split it",
+        )
     return where, count, after
+
+
+def _too_costly() -> Issue:
+    """A batch entry past MAX_READ_RESOURCES: asked again in another batch, or as a GET."""
+    message = (
+        "the answers of this batch of reads already hold the most resources one batch "
+        f"answers ({MAX_READ_RESOURCES}): ask this entry in another batch"
+    )
+    return Issue("inbound.too-costly", message, details={"issue_type": "too-costly"})
 
 
 def _status_line(status: int) -> str:

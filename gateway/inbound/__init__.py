@@ -18,7 +18,7 @@ from ._auth import (
 )
 from ._cli import add_cli
 from ._errors import InboundError
-from ._readbatch import MAX_READ_ENTRIES, Read, parse_read, read_requests
+from ._readbatch import MAX_READ_ENTRIES, MAX_READ_RESOURCES, Read, parse_read, read_requests
 from ._receive import Answer, Inbound
 from ._referrals import ACTIONS, REFERRAL_CATEGORY, Referral, Referrals, is_referral
 from ._resources import (
@@ -39,6 +39,7 @@ __all__ = [
     "ASSERTION_TYPE",
     "ID_PATTERN",
     "MAX_READ_ENTRIES",
+    "MAX_READ_RESOURCES",
     "REFERRAL_CATEGORY",
     "SIGNING_ALGS",
     "TYPE_PATTERN",

@@ -19,11 +19,17 @@ import orjson
 
 from ._errors import InboundError
 
-__all__ = ["MAX_READ_ENTRIES", "Read", "parse_read", "read_requests"]
+__all__ = ["MAX_READ_ENTRIES", "MAX_READ_RESOURCES", "Read", "parse_read", "read_requests"]
 
 # Most GETs in one batch: each is a database query answering up to a page of
 # resources (``_count`` at most 1000); the body is bounded by max_bundle_bytes too.
 MAX_READ_ENTRIES = 1000
+# Most resources the answers of one batch hold (five full pages): 1,000 searches of
+# ``_count=1000`` would hold a million resources in one response, in memory at once (GBs);
+# the GETs they stand for answer one page each. An entry whose answer would pass it is
+# its own 400 ``inbound.too-costly``, never a page cut short (the overwrite check reads
+# the first page as all the matches).
+MAX_READ_RESOURCES = 5000
 
 
 @dataclass(frozen=True, slots=True)

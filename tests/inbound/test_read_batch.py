@@ -265,3 +265,63 @@ def test_the_overwrite_check_against_another_gateway_is_one_batch_request(
     with _partner_client(client.app, asked) as http:
         held = ask_partner(http, writes_of([other]), WHEN)
     assert asked == ["POST /fhir/"] and held.outcome == "held" and not held.batch_refused
+
+
+def test_the_answers_of_a_read_batch_hold_a_bounded_number_of_resources(
+    client: Client, signed_referral: bytes, hk_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """1,000 searches of _count=1000 would hold a million resources in one response
+    (each GET answers one page): past MAX_READ_RESOURCES an entry is its own 400
+    inbound.too-costly, never a page cut short, and writes no read event."""
+    client.post("/fhir", content=signed_referral, headers=partner(NSCH_TOKEN))
+    own = client.get(f"/fhir/{SR}", headers=partner(NSCH_TOKEN)).json()
+    ref = own["entry"][0]["fullUrl"].split("/fhir/")[1]
+    monkeypatch.setattr("gateway.api._fhir.MAX_READ_RESOURCES", 2)
+    events = len(_events(hk_settings))
+    urls = [f"{SR}&_count=1000", ref, f"{SR}&_count=1000", "Task?_count=1000", ref]
+    resp = client.post("/fhir", content=_batch(*urls), headers=partner(NSCH_TOKEN))
+    assert resp.status_code == 200, resp.text
+    answered = resp.json()["entry"]
+    statuses = [e["response"]["status"][:3] for e in answered]
+    # 1 + 1 resources answered; a third would pass the bound; an empty search costs none
+    assert statuses == ["200", "200", "400", "200", "400"], statuses
+    assert {_code(answered[i]["response"]["outcome"]) for i in (2, 4)} == {"inbound.too-costly"}
+    assert answered[2]["response"]["outcome"]["issue"][0]["code"] == "too-costly"
+    assert len(_events(hk_settings)) == events + 3  # the answered entries only
+
+
+def test_a_search_entry_of_too_many_values_is_its_own_400_not_the_batchs_500(
+    client: Client, signed_referral: bytes
+) -> None:
+    """A GET's URL is bounded by the HTTP server's request line, a batch entry's only by
+    max_bundle_bytes: 300,000 _id values (or 100,000 _lastUpdated) were as many SQL
+    variables (SQLite's bound 250,000, PostgreSQL's 65,535): the whole batch's 500."""
+    client.post("/fhir", content=signed_referral, headers=partner(NSCH_TOKEN))
+    ids = "ServiceRequest?_id=" + ",".join(f"i{k}" for k in range(300_000))
+    moments = "ServiceRequest?" + "&".join(["_lastUpdated=ge2026-01-01"] * 100_000)
+    resp = client.post("/fhir", content=_batch(ids, moments, SR), headers=partner(NSCH_TOKEN))
+    assert resp.status_code == 200, resp.text[:300]
+    many_ids, many_moments, found = resp.json()["entry"]
+    for refused in (many_ids, many_moments):
+        assert refused["response"]["status"][:3] == "400"
+        assert _code(refused["response"]["outcome"]) == "inbound.bad-search"
+    assert len(found["resource"]["entry"]) == 1
+
+
+def test_a_one_type_read_token_reads_that_type_in_a_batch(
+    client: Client, signed_referral: bytes, pki: Path
+) -> None:
+    """system/ServiceRequest.read answers GET /fhir/ServiceRequest: its batch entry too
+    (another type's entry its own 403), not the whole batch refused as lacking write."""
+    client.post("/fhir", content=signed_referral, headers=partner(NSCH_TOKEN))
+    form = token_form(assertion(pki, "nsch", "nsch"), "system/ServiceRequest.read")
+    token = client.post("/auth/token", data=form).json()["access_token"]
+    assert client.get(f"/fhir/{SR}", headers=partner(token)).status_code == 200
+    resp = client.post(
+        "/fhir", content=_batch(SR, f"Patient?identifier={MRN}"), headers=partner(token)
+    )
+    assert resp.status_code == 200, resp.text
+    found, other = resp.json()["entry"]
+    assert found["response"]["status"][:3] == "200" and len(found["resource"]["entry"]) == 1
+    assert other["response"]["status"][:3] == "403"
+    assert _code(other["response"]["outcome"]) == "inbound.scope"

@@ -80,7 +80,7 @@ from ._bundle import (
     search_escape,
     write_rules,
 )
-from ._codegen import Lowering, _Func, _maker, _read_var
+from ._codegen import Lowering, _Func, _maker, _not_empty, _read_var
 from ._compile import _CONSTANTS, SAME_AS, SHAPES, Ctx, Fn
 from ._functions import coding, identifier_system, script
 from ._memo import MEMO_SCOPES, MEMOS
@@ -706,6 +706,43 @@ class Ceiling(Lowering):
         f.add(ind + 1, f"{t} = {self._name(func, 'FN')}(env, {call})")
         f.add(ind + 1, f"if {k} is not None:")
         f.add(ind + 2, f"{answers}.keep({k}, env, {t})")
+
+    # -- the Bundle's scopes asked inline ----------------------------------------------
+    def _ref(
+        self, f: _Func, t: str, c: str, h: str, ind: int, key: str, display: Fn | None
+    ) -> None:
+        """A reference to the resource made under ``key``: the scopes walked inline as
+        :meth:`BundleBuilder.ref` walks them (innermost first, the first URL of the first
+        scope listing any), not a Python call per reference (~7 a message)."""
+        u, o, s, urls = f.var("u"), f.var("o"), f.var("s"), f.var("l")
+        f.add(ind, f"{u} = None")
+        f.add(ind, f"for {s} in reversed(state._scopes):")
+        f.add(ind + 1, f"{urls} = {s}.get({key!r})")
+        f.add(ind + 1, f"if {urls}:")
+        f.add(ind + 2, f"{u} = next(iter({urls}))")
+        f.add(ind + 2, "break")
+        f.add(ind, f"{o} = {{'reference': {u}}} if {u} else {{}}")
+        if display is not None:
+            v = f.var("v")
+            self.emit(f, display, v, c, h, ind)
+            f.add(ind, f"if {_not_empty(v)}:")
+            f.add(ind + 1, f"{o}['display'] = {v}")
+        f.add(ind, f"{t} = {o} or None")
+
+    def _checked(self, f: _Func, t: str, c: str, h: str, ind: int, *shape: Any) -> None:
+        """A required entry (the message's patient): the entries under its key counted
+        in the innermost scope inline, as :meth:`BundleBuilder.count` counts them."""
+        key, required, at, inner = shape
+        before = f.var("n")
+        count = f"len(state._scopes[-1].get({key!r}, ()))"
+        f.add(ind, f"{before} = {count}")
+        self.emit(f, inner, t, c, h, ind)
+        f.add(ind, f"if {count} == {before}:")
+        f.add(
+            ind + 1,
+            f"raise MappingError('required', {required!r}, location={self._value(at)})",
+        )
+        f.add(ind, f"{t} = None")
 
     def _every(self, f: _Func, t: str, c: str, h: str, ind: int, fn: Fn, *shape: Any) -> None:
         """A ``*`` path's values read in place (:meth:`_RawFunc.texts`): never None here,

@@ -63,6 +63,8 @@ import re
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable
+from itertools import chain
+from operator import methodcaller
 from typing import Any
 
 import orjson
@@ -557,6 +559,13 @@ def _leaf_inline(leaf: Any) -> bool:
     return shape is not None and shape[0] == "leaf" and (shape[1] is None or shape[2] is None)
 
 
+def _refs(key: str) -> str:
+    """An expression of the URLs listed under the key ``key`` (an expression) in the
+    generated code's ``state``, as :meth:`BundleBuilder.refs` lists them (innermost
+    scope first, each URL once, in order) but in C calls only: a dict of them."""
+    return f"dict.fromkeys(_chain(map(_mc('get', {key}, ()), reversed(state._scopes))))"
+
+
 class Ceiling(Lowering):
     """Generates the ``build`` function of one message mapping (see the module's doc)."""
 
@@ -579,6 +588,8 @@ class Ceiling(Lowering):
                 "resource_id": resource_id,
                 "bisect_left": bisect_left,
                 "tnew": tuple.__new__,
+                "_chain": chain.from_iterable,
+                "_mc": methodcaller,
                 "_NO": _NO,
                 "_CJK": _CJK,
             }
@@ -728,6 +739,10 @@ class Ceiling(Lowering):
             f.add(ind, f"if {_not_empty(v)}:")
             f.add(ind + 1, f"{o}['display'] = {v}")
         f.add(ind, f"{t} = {o} or None")
+
+    def _refs(self, f: _Func, t: str, c: str, h: str, ind: int, key: str) -> None:
+        """References to every resource made under ``key``, found inline (:func:`_refs`)."""
+        f.add(ind, f"{t} = [{{'reference': u}} for u in {_refs(repr(key))}] or None")
 
     def _checked(self, f: _Func, t: str, c: str, h: str, ind: int, *shape: Any) -> None:
         """A required entry (the message's patient): the entries under its key counted
@@ -908,9 +923,9 @@ class Ceiling(Lowering):
             parts.append(f"*({g} or ())")
         parts += ["tz", "view.reading"]
         parts += [_read_var(f, c, name) for name in names]
-        parts += [f"tuple(state.refs({ref!r}))" for ref in sorted(scope.refs)]
+        parts += [f"tuple({_refs(repr(ref))})" for ref in sorted(scope.refs)]
         parts += [
-            f"tuple(state.refs(str({_read_var(f, c, name)} or '')))"
+            f"tuple({_refs(f'str({_read_var(f, c, name)} or {chr(39) * 2})')})"
             for name in sorted(scope.ref_vars)
         ]
         memo = self._name(SharedEntries(), "SE")

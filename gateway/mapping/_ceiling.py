@@ -40,12 +40,14 @@ What it lowers beyond the compiled target (first slice):
   request and place in the Bundle made inline, as BundleBuilder.add makes them; the
   add called for the rest (no identifier, an id made before, other write rules);
 - ``coding``'s answers (a code's codings, its translations) found by their arguments
-  (:class:`Answers`, bounded in bytes), made again from their JSON: fresh values.
+  (:class:`Answers`, bounded in bytes), made again from their JSON: fresh values;
+- the Bundle's scopes asked inline: a reference's URL (``ref``), a ``refs`` list and
+  the URLs in a shared entry's key (:func:`_refs`), a required entry's count.
 
 Not yet (the compiled target's code is generated there, or its functions called):
 ``at`` a component (``OBR-32.1``: the CNN interpreter's node is selected by its
-accessor, then found whole), ``state.ref`` for keys made only outside the groups
-(constant per message), other functions' answers, the
+accessor, then found whole), the context (``Ctx``) made per message and per group
+though only the calls of the rare paths read it, other functions' answers, the
 narratives (added after, by the pipeline, as today; a shared entry's text is not part
 of what is found whole), the validation.
 

@@ -40,12 +40,14 @@ What it lowers beyond the compiled target (first slice):
   request and place in the Bundle made inline, as BundleBuilder.add makes them; the
   add called for the rest (no identifier, an id made before, other write rules);
 - ``coding``'s answers (a code's codings, its translations) found by their arguments
-  (:class:`Answers`, bounded in bytes), made again from their JSON: fresh values.
+  (:class:`Answers`, bounded in bytes), made again from their JSON: fresh values;
+- the Bundle's scopes asked inline: a reference's URL (``ref``), a ``refs`` list and
+  the URLs in a shared entry's key (:func:`_refs`), a required entry's count.
 
 Not yet (the compiled target's code is generated there, or its functions called):
 ``at`` a component (``OBR-32.1``: the CNN interpreter's node is selected by its
-accessor, then found whole), ``state.ref`` for keys made only outside the groups
-(constant per message), other functions' answers, the
+accessor, then found whole), the context (``Ctx``) made per message and per group
+though only the calls of the rare paths read it, other functions' answers, the
 narratives (added after, by the pipeline, as today; a shared entry's text is not part
 of what is found whole), the validation.
 
@@ -63,6 +65,8 @@ import re
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable
+from itertools import chain
+from operator import methodcaller
 from typing import Any
 
 import orjson
@@ -80,7 +84,7 @@ from ._bundle import (
     search_escape,
     write_rules,
 )
-from ._codegen import Lowering, _Func, _maker, _read_var
+from ._codegen import Lowering, _Func, _maker, _not_empty, _read_var
 from ._compile import _CONSTANTS, SAME_AS, SHAPES, Ctx, Fn
 from ._functions import coding, identifier_system, script
 from ._memo import MEMO_SCOPES, MEMOS
@@ -557,6 +561,13 @@ def _leaf_inline(leaf: Any) -> bool:
     return shape is not None and shape[0] == "leaf" and (shape[1] is None or shape[2] is None)
 
 
+def _refs(key: str) -> str:
+    """An expression of the URLs listed under the key ``key`` (an expression) in the
+    generated code's ``state``, as :meth:`BundleBuilder.refs` lists them (innermost
+    scope first, each URL once, in order) but in C calls only: a dict of them."""
+    return f"dict.fromkeys(_chain(map(_mc('get', {key}, ()), reversed(state._scopes))))"
+
+
 class Ceiling(Lowering):
     """Generates the ``build`` function of one message mapping (see the module's doc)."""
 
@@ -579,6 +590,8 @@ class Ceiling(Lowering):
                 "resource_id": resource_id,
                 "bisect_left": bisect_left,
                 "tnew": tuple.__new__,
+                "_chain": chain.from_iterable,
+                "_mc": methodcaller,
                 "_NO": _NO,
                 "_CJK": _CJK,
             }
@@ -706,6 +719,47 @@ class Ceiling(Lowering):
         f.add(ind + 1, f"{t} = {self._name(func, 'FN')}(env, {call})")
         f.add(ind + 1, f"if {k} is not None:")
         f.add(ind + 2, f"{answers}.keep({k}, env, {t})")
+
+    # -- the Bundle's scopes asked inline ----------------------------------------------
+    def _ref(
+        self, f: _Func, t: str, c: str, h: str, ind: int, key: str, display: Fn | None
+    ) -> None:
+        """A reference to the resource made under ``key``: the scopes walked inline as
+        :meth:`BundleBuilder.ref` walks them (innermost first, the first URL of the first
+        scope listing any), not a Python call per reference (~7 a message)."""
+        u, o, s, urls = f.var("u"), f.var("o"), f.var("s"), f.var("l")
+        f.add(ind, f"{u} = None")
+        f.add(ind, f"for {s} in reversed(state._scopes):")
+        f.add(ind + 1, f"{urls} = {s}.get({key!r})")
+        f.add(ind + 1, f"if {urls}:")
+        f.add(ind + 2, f"{u} = next(iter({urls}))")
+        f.add(ind + 2, "break")
+        f.add(ind, f"{o} = {{'reference': {u}}} if {u} else {{}}")
+        if display is not None:
+            v = f.var("v")
+            self.emit(f, display, v, c, h, ind)
+            f.add(ind, f"if {_not_empty(v)}:")
+            f.add(ind + 1, f"{o}['display'] = {v}")
+        f.add(ind, f"{t} = {o} or None")
+
+    def _refs(self, f: _Func, t: str, c: str, h: str, ind: int, key: str) -> None:
+        """References to every resource made under ``key``, found inline (:func:`_refs`)."""
+        f.add(ind, f"{t} = [{{'reference': u}} for u in {_refs(repr(key))}] or None")
+
+    def _checked(self, f: _Func, t: str, c: str, h: str, ind: int, *shape: Any) -> None:
+        """A required entry (the message's patient): the entries under its key counted
+        in the innermost scope inline, as :meth:`BundleBuilder.count` counts them."""
+        key, required, at, inner = shape
+        before = f.var("n")
+        count = f"len(state._scopes[-1].get({key!r}, ()))"
+        f.add(ind, f"{before} = {count}")
+        self.emit(f, inner, t, c, h, ind)
+        f.add(ind, f"if {count} == {before}:")
+        f.add(
+            ind + 1,
+            f"raise MappingError('required', {required!r}, location={self._value(at)})",
+        )
+        f.add(ind, f"{t} = None")
 
     def _every(self, f: _Func, t: str, c: str, h: str, ind: int, fn: Fn, *shape: Any) -> None:
         """A ``*`` path's values read in place (:meth:`_RawFunc.texts`): never None here,
@@ -871,9 +925,9 @@ class Ceiling(Lowering):
             parts.append(f"*({g} or ())")
         parts += ["tz", "view.reading"]
         parts += [_read_var(f, c, name) for name in names]
-        parts += [f"tuple(state.refs({ref!r}))" for ref in sorted(scope.refs)]
+        parts += [f"tuple({_refs(repr(ref))})" for ref in sorted(scope.refs)]
         parts += [
-            f"tuple(state.refs(str({_read_var(f, c, name)} or '')))"
+            f"tuple({_refs(f'str({_read_var(f, c, name)} or {chr(39) * 2})')})"
             for name in sorted(scope.ref_vars)
         ]
         memo = self._name(SharedEntries(), "SE")

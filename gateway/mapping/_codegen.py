@@ -42,7 +42,7 @@ __all__ = ["ENGINES", "GENERATOR_VERSION", "CodeCache", "Lowering", "engine_sett
 log = logging.getLogger(__name__)
 
 # Part of the cache key: bump it whenever the generated code changes for the same input.
-GENERATOR_VERSION = "14"
+GENERATOR_VERSION = "15"
 # ceiling: the compiled target, with the message mappings of _ceiling.TARGETS generated
 # whole (gateway/mapping/_ceiling.py); not the default until it proves faster
 ENGINES = ("compiled", "interpreted", "ceiling")
@@ -513,7 +513,13 @@ class Lowering:
             self._extend(f, out, fn, v, ind)
         if len(fns) > 1 or not _truthy_or_none(fns[0]):  # else one value at most
             f.add(ind, f"if len({out}) > 1:  # the same value from two sources is listed once")
-            f.add(ind + 1, f"{out} = [x for i, x in enumerate({out}) if x not in {out}[:i]]")
+            # two values (the usual case): compared as ``in`` compares, without the
+            # comprehension's call
+            f.add(ind + 1, f"if len({out}) == 2:")
+            f.add(ind + 2, f"if {out}[0] is {out}[1] or {out}[0] == {out}[1]:")
+            f.add(ind + 3, f"del {out}[1]")
+            f.add(ind + 1, "else:")
+            f.add(ind + 2, f"{out} = [x for i, x in enumerate({out}) if x not in {out}[:i]]")
         f.add(ind, f"{t} = {out} or None")
 
     def _object(self, f: _Func, t: str, c: str, h: str, ind: int, steps: Any) -> None:

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from itertools import chain
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
@@ -93,19 +94,7 @@ def mixed_patients(bundle: dict[str, Any]) -> list[Issue]:
             elif key != seen:
                 where = f"Bundle.entry[{n}].resource.contained[{k}]"
                 return [_mixed(where, "a contained Patient of another patient")]
-        for element in _PATIENT_ELEMENTS:
-            for k, ref in enumerate(_refs(resource.get(element))):
-                key = _patient_key(ref, by_url)
-                if key is None:
-                    continue
-                key = aliases.get(key, key)
-                if seen is None:
-                    seen = key
-                elif key != seen:
-                    many = isinstance(resource.get(element), list)
-                    where = f"Bundle.entry[{n}].resource.{element}" + (f"[{k}]" if many else "")
-                    return [_mixed(where, "a reference to another patient")]
-        for path, ref in others[n]:
+        for path, ref in chain(_subject_references(resource, n), others[n]):
             key = _patient_key(ref, by_url)
             if key is None:
                 continue
@@ -115,6 +104,16 @@ def mixed_patients(bundle: dict[str, Any]) -> list[Issue]:
             elif key != seen:
                 return [_mixed(path, "a reference to another patient")]
     return []
+
+
+def _subject_references(resource: dict[str, Any], n: int) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(its path, the reference) of each patient element (subject, patient, ...) of entry
+    ``n``'s resource, first in the one-patient check."""
+    for element in _PATIENT_ELEMENTS:
+        value = resource.get(element)
+        many = isinstance(value, list)
+        for k, ref in enumerate(_refs(value)):
+            yield f"Bundle.entry[{n}].resource.{element}" + (f"[{k}]" if many else ""), ref
 
 
 def _beside_literals(

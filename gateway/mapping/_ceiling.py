@@ -84,7 +84,7 @@ from ._bundle import (
     search_escape,
     write_rules,
 )
-from ._codegen import Lowering, _Func, _maker, _not_empty, _read_var
+from ._codegen import Lowering, _Func, _maker, _read_var
 from ._compile import _CONSTANTS, SAME_AS, SHAPES, Ctx, Fn
 from ._functions import coding, identifier_system, script
 from ._memo import MEMO_SCOPES, MEMOS
@@ -721,26 +721,17 @@ class Ceiling(Lowering):
         f.add(ind + 2, f"{answers}.keep({k}, env, {t})")
 
     # -- the Bundle's scopes asked inline ----------------------------------------------
-    def _ref(
-        self, f: _Func, t: str, c: str, h: str, ind: int, key: str, display: Fn | None
-    ) -> None:
-        """A reference to the resource made under ``key``: the scopes walked inline as
-        :meth:`BundleBuilder.ref` walks them (innermost first, the first URL of the first
-        scope listing any), not a Python call per reference (~7 a message)."""
-        u, o, s, urls = f.var("u"), f.var("o"), f.var("s"), f.var("l")
+    def _ref_url(self, f: _Func, u: str, ind: int, key: str) -> None:
+        """``u`` = the URL of the resource made under ``key``: the scopes walked inline
+        as :meth:`BundleBuilder.ref` walks them (innermost first, the first URL of the
+        first scope listing any), not a Python call per reference (~7 a message)."""
+        s, urls = f.var("s"), f.var("l")
         f.add(ind, f"{u} = None")
         f.add(ind, f"for {s} in reversed(state._scopes):")
         f.add(ind + 1, f"{urls} = {s}.get({key!r})")
         f.add(ind + 1, f"if {urls}:")
         f.add(ind + 2, f"{u} = next(iter({urls}))")
         f.add(ind + 2, "break")
-        f.add(ind, f"{o} = {{'reference': {u}}} if {u} else {{}}")
-        if display is not None:
-            v = f.var("v")
-            self.emit(f, display, v, c, h, ind)
-            f.add(ind, f"if {_not_empty(v)}:")
-            f.add(ind + 1, f"{o}['display'] = {v}")
-        f.add(ind, f"{t} = {o} or None")
 
     def _refs(self, f: _Func, t: str, c: str, h: str, ind: int, key: str) -> None:
         """References to every resource made under ``key``, found inline (:func:`_refs`)."""

@@ -42,7 +42,7 @@ __all__ = ["ENGINES", "GENERATOR_VERSION", "CodeCache", "Lowering", "engine_sett
 log = logging.getLogger(__name__)
 
 # Part of the cache key: bump it whenever the generated code changes for the same input.
-GENERATOR_VERSION = "15"
+GENERATOR_VERSION = "16"
 # ceiling: the compiled target, with the message mappings of _ceiling.TARGETS generated
 # whole (gateway/mapping/_ceiling.py); not the default until it proves faster
 ENGINES = ("compiled", "interpreted", "ceiling")
@@ -571,7 +571,7 @@ class Lowering:
         """A reference to the resource made under ``key`` (a literal): the Bundle asked
         inline, as _compile's ``ref`` does it (its display read even without a URL)."""
         u, o = f.var("u"), f.var("o")
-        f.add(ind, f"{u} = state.ref({key!r})")
+        self._ref_url(f, u, ind, key)
         f.add(ind, f"{o} = {{'reference': {u}}} if {u} else {{}}")
         if display is not None:
             v = f.var("v")
@@ -579,6 +579,10 @@ class Lowering:
             f.add(ind, f"if {_not_empty(v)}:")
             f.add(ind + 1, f"{o}['display'] = {v}")
         f.add(ind, f"{t} = {o} or None")
+
+    def _ref_url(self, f: _Func, u: str, ind: int, key: str) -> None:
+        """``u`` = the URL of the resource made under ``key``, or None."""
+        f.add(ind, f"{u} = state.ref({key!r})")
 
     def _refs(self, f: _Func, t: str, c: str, h: str, ind: int, key: str) -> None:
         """References to every resource made under ``key`` (a literal), as ``refs``."""

@@ -59,7 +59,8 @@ def converters(home: Path, engines: tuple[str, ...] = ENGINES) -> dict[str, Conv
 
 
 def outcome(records: list[Record]) -> list[Any]:
-    """All a caller sees of a conversion (test_codegen's ``_outcome``)."""
+    """All a caller sees of a conversion: state, Bundle bytes, issues, OperationOutcome
+    bytes, unmapped fields (test_codegen compares the same)."""
     return [
         (
             r.state,

@@ -5,7 +5,6 @@ code cache on disk is used only when it matches."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import random
 import shutil
@@ -17,15 +16,15 @@ from typing import Any
 
 import pytest
 
-from gateway import ConfigError, Converter, Settings, dump_json, operation_outcome
+from gateway import ConfigError, Converter, Settings
 from gateway.datafiles import data_dir
-from gateway.envelope import Record
 from gateway.intake.hl7v2 import check_path
 from gateway.mapping import Env, MappingSet, Terminology
 from gateway.mapping._codegen import CodeCache, engine_setting, folder_key
 from gateway.network import Network
 from tests.fuzz import harness, mutators
 from tests.golden import regenerate
+from tests.mapping.ceiling_diff import outcome
 
 MUTANTS = 150  # generated messages per format and seed round (seeded: the same every run)
 _GENERATED = ("compiled", "ceiling")  # the engines proven against the interpreted one
@@ -46,18 +45,9 @@ def engines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Conv
     yield out
 
 
-def _outcome(records: list[Record]) -> list[Any]:
-    """All a caller sees of a conversion: Bundle bytes, issues, OperationOutcome bytes."""
-    return [
-        (
-            r.state,
-            r.bundle_json,
-            [dataclasses.asdict(i) for i in r.issues],
-            dump_json(operation_outcome(r.issues)),
-            r.unmapped,
-        )
-        for r in records
-    ]
+# All a caller sees of a conversion: state, Bundle bytes, issues, OperationOutcome bytes,
+# unmapped fields (one definition for this test and the differential fuzz)
+_outcome = outcome
 
 
 def _same(engines: dict[str, Converter], data: bytes, name: str, **kw: Any) -> None:

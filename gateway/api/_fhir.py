@@ -47,6 +47,7 @@ from ..inbound import (
     PartnerAuth,
     Read,
     Search,
+    Stored,
     TokenError,
     parameter_name,
     parse_last_updated,
@@ -64,7 +65,7 @@ from ..validation.igpub import (
 from ._auditing import ReadAudit, add_audit_event_routes, read_audit
 from ._http import http_date
 from ._server import tcp_peer
-from ._urls import entry, link, link_of
+from ._urls import entry, link_of
 
 __all__ = ["add_fhir_routes"]
 
@@ -291,15 +292,14 @@ def add_fhir_routes(
         query = f"GET /fhir/{read.url}"
         resources = lazy.inbound().resources
         if read.id is not None:
-            stored = resources.read(kind, read.id) if ID_PATTERN.fullmatch(read.id) else None
-            if stored is None or stored.partner != who.partner:
+            stored = _visible(resources, kind, read.id, who.partner)
+            if stored is None:
                 raise _EntryError(_not_found())
             if left < 1:
                 raise _EntryError(_too_costly())
-            patient = stored.reference if kind == "Patient" else stored.patient
             event = audit.event(
-                request, interaction="read", patients=[patient], records=[stored.reference],
-                partner=who.partner, query=query,
+                request, interaction="read", patients=_patients([stored]),
+                records=[stored.reference], partner=who.partner, query=query,
             )  # fmt: skip
             meta = stored.resource["meta"]
             response = {"status": "200 OK", "etag": f'W/"{stored.version}"',
@@ -314,20 +314,10 @@ def add_fhir_routes(
             raise _EntryError(_too_costly())
         event = audit.event(
             request, interaction="search-type", partner=who.partner, query=query,
-            patients=[s.reference if s.resource_type == "Patient" else s.patient for s in page],
-            records=[s.reference for s in page],
+            patients=_patients(page), records=[s.reference for s in page],
         )  # fmt: skip
-        public = settings.inbound_public_url
         asked = URL(f"/fhir/{read.url}")
-        links = [{"relation": "self", "url": link_of(asked, public)}]
-        if nxt is not None:
-            links.append({"relation": "next", "url": link_of(asked, public, _after=nxt)})
-        searchset = {
-            "resourceType": "Bundle",
-            "type": "searchset",
-            "link": links,
-            "entry": [entry(public, s.reference, s.resource) for s in page],
-        }
+        searchset = _searchset(settings.inbound_public_url, asked, page, nxt)
         return {"resource": searchset, "response": {"status": "200 OK"}}, event, len(page)
 
     async def referral_status(request: Request, task_id: str, action: str) -> Response:
@@ -377,16 +367,13 @@ def add_fhir_routes(
         who = await reader(request, resource_type)
         if isinstance(who, Response):
             return who
-        if not ID_PATTERN.fullmatch(logical_id):
-            return _error(_not_found())
         found = await run_in_threadpool(
-            lambda: lazy.inbound().resources.read(resource_type, logical_id)
+            lambda: _visible(lazy.inbound().resources, resource_type, logical_id, who)
         )
-        if found is None or (who is not None and found.partner != who):
+        if found is None:
             return _error(_not_found())
-        patient = found.reference if resource_type == "Patient" else found.patient
         await run_in_threadpool(
-            audit.write, request, interaction="read", patients=[patient],
+            audit.write, request, interaction="read", patients=_patients([found]),
             records=[found.reference], partner=who,
         )  # fmt: skip
         headers = {
@@ -408,22 +395,36 @@ def add_fhir_routes(
         except GatewayError as exc:
             return _error(exc.issue)
         await run_in_threadpool(
-            audit.write, request, interaction="search-type",
-            patients=[s.reference if s.resource_type == "Patient" else s.patient for s in page],
+            audit.write, request, interaction="search-type", patients=_patients(page),
             records=[s.reference for s in page], partner=who,
         )  # fmt: skip
-        public = settings.inbound_public_url  # never the request's Host (_urls.py)
-        links = [{"relation": "self", "url": link(request, public)}]
-        if nxt is not None:
-            links.append({"relation": "next", "url": link(request, public, _after=nxt)})
-        return _fhir(
-            {
-                "resourceType": "Bundle",
-                "type": "searchset",
-                "link": links,
-                "entry": [entry(public, s.reference, s.resource) for s in page],
-            }
-        )
+        # links from the public URL, never the request's Host (_urls.py)
+        return _fhir(_searchset(settings.inbound_public_url, request.url, page, nxt))
+
+
+def _visible(resources: Any, kind: str, ident: str, partner: str | None) -> Stored | None:
+    """The stored resource ``kind/ident`` as ``partner`` may read it (only what it sent;
+    ``None``: a local token, everything), else None (answered 404, as one never sent)."""
+    found = resources.read(kind, ident) if ID_PATTERN.fullmatch(ident) else None
+    return None if found is None or (partner is not None and found.partner != partner) else found
+
+
+def _patients(found: Iterable[Stored]) -> list[Any]:
+    """The patients a read or search answer is about (an api-read event's)."""
+    return [s.reference if s.resource_type == "Patient" else s.patient for s in found]
+
+
+def _searchset(public: str | None, asked: URL, page: list[Stored], nxt: Any) -> dict[str, Any]:
+    """A search's answer: its page, ``self`` and ``next`` links under ``public``."""
+    links = [{"relation": "self", "url": link_of(asked, public)}]
+    if nxt is not None:
+        links.append({"relation": "next", "url": link_of(asked, public, _after=nxt)})
+    return {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "link": links,
+        "entry": [entry(public, s.reference, s.resource) for s in page],
+    }
 
 
 def _search(request: Request, who: str | None) -> tuple[Search, int, int]:

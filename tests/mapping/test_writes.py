@@ -99,6 +99,58 @@ def test_an_empty_cnn_name_gives_no_representation_extension(converter: Converte
     )
 
 
+def _pid5(raw: bytes, name: str) -> bytes:
+    lines = raw.split(b"\r")
+    for n, line in enumerate(lines):
+        if line.startswith(b"PID|"):
+            fields = line.split(b"|")
+            fields[5] = name.encode()
+            lines[n] = b"|".join(fields)
+    return b"\r".join(lines)
+
+
+@pytest.mark.parametrize(
+    ("xpn", "given", "code"),
+    [
+        ("^伟", ["伟"], "IDE"),  # a given name only, no XPN.8: its script says
+        ("^嘉瑋^^^^L", ["嘉瑋"], "IDE"),
+        ("^KA WAI^^^^^L", ["KA WAI"], "ABC"),
+        ("^KA WAI^^^^^L^I", ["KA WAI"], "IDE"),  # XPN.8 first, as with a family name
+    ],
+)
+def test_a_patient_with_a_given_name_only_is_converted_with_its_representation(
+    converter: Converter, xpn: str, given: list[str], code: str
+) -> None:
+    # The extension's value came from the family name alone: without one it had none
+    # (ext-1) and the record failed validation.
+    raw = _pid5((GOLDEN / "hl7v2" / "orm_o01_hkpmc_ct.hl7").read_bytes(), xpn)
+    [patient] = [
+        e["resource"]
+        for e in _entries(converter, raw)
+        if e["resource"]["resourceType"] == "Patient"
+    ]
+    [name] = patient["name"]
+    assert name["given"] == given and "family" not in name
+    assert name["extension"] == [
+        {
+            "url": "http://hl7.org/fhir/StructureDefinition/iso21090-EN-representation",
+            "valueCode": code,
+        }
+    ]
+
+
+def test_a_name_with_neither_family_nor_given_has_no_representation_extension(
+    converter: Converter,
+) -> None:
+    raw = _pid5((GOLDEN / "hl7v2" / "orm_o01_hkpmc_ct.hl7").read_bytes(), "^^^^Dr^^^I")
+    [patient] = [
+        e["resource"]
+        for e in _entries(converter, raw)
+        if e["resource"]["resourceType"] == "Patient"
+    ]
+    assert patient["name"] == [{"prefix": ["Dr"]}]
+
+
 def _study_without_issuer() -> bytes:
     """The Nansha knee MR as DICOM JSON, with no institution or accession issuer: an
     accession number nobody can say whose it is."""

@@ -17,6 +17,7 @@ from urllib.parse import parse_qsl, unquote
 
 import orjson
 
+from ..errors import nul_message
 from ._errors import InboundError
 
 __all__ = ["MAX_READ_ENTRIES", "MAX_READ_RESOURCES", "Read", "parse_read", "read_requests"]
@@ -91,9 +92,5 @@ def parse_read(url: Any, n: int) -> Read:
     if any("\0" in name + value for name, value in params):
         # nothing stored holds U+0000 (refused on receipt), and PostgreSQL's text takes
         # none: a query with one would fail the whole batch, not answer this entry
-        raise InboundError(
-            "inbound.bad-search",
-            f"{where}: holds the character U+0000 (NUL), which FHIR text does not carry",
-            expression=where,
-        )
+        raise InboundError("inbound.bad-search", nul_message(where), expression=where)
     return Read(url, parts[0], ident, params)

@@ -20,6 +20,7 @@ from gateway import Settings
 from gateway.audit import AuditLog
 from gateway.audit._events import keys_of
 from gateway.delivery._overwrite import ask_partner, writes_of
+from gateway.errors import nul_message
 from gateway.store import open_store
 from tests.api.test_app import Client
 
@@ -213,6 +214,10 @@ def test_a_read_batch_needs_partner_credentials_and_is_bounded(
     assert {_code(e["response"]["outcome"]) for e in resp.json()["entry"][4:6]} == {
         "inbound.bad-search"
     }
+    # in the words every other refusal of a NUL uses (gateway/errors.py)
+    assert [
+        e["response"]["outcome"]["issue"][0]["diagnostics"] for e in resp.json()["entry"][4:6]
+    ] == [nul_message(f"Bundle.entry[{n}].request.url") for n in (4, 5)]
     assert counts(hk_settings)["inbound_bundles"] == 0
 
 

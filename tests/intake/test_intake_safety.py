@@ -288,12 +288,25 @@ def test_encoding_characters_that_are_not_distinct_are_refused(encoding: str) ->
 # -- 6. a hex escape to a control character ----------------------------------------------------
 
 
-def test_a_family_name_that_is_only_a_control_escape_is_an_error(converter: Converter) -> None:
-    # Before: \X00\ decoded to NUL, which was stripped, and the family name vanished.
-    records = convert(converter, message(name="\\X00\\^伟") + message(n=2))
-    [error] = records[0].errors
-    assert (error.code, error.location) == ("intake.control-characters", "PID-5.1.1")
-    assert records[0].bundle is None and records[1].ok
+@pytest.mark.parametrize("given", ["\\X00\\", "\\X01\\\\X1F\\ ", '"\\X07\\"'])
+def test_a_value_of_only_control_characters_is_read_as_absent_with_a_warning(
+    converter: Converter, given: str
+) -> None:
+    # Before: the record's error, so a garbled non-identifying value (a given name, a
+    # note) failed the whole message. It carries no data: read as absent, never
+    # silently (the warning names the field), as DICOM's view does; '"\X07\"' is
+    # HL7's explicit null once the control character is removed.
+    records = convert(converter, message(name=f"王^{given}") + message(n=2))
+    record = records[0]
+    assert record.ok and record.bundle is not None, [i.line() for i in record.issues]
+    [warning] = record.warnings
+    assert (warning.code, warning.location) == ("intake.control-characters", "PID-5.2")
+    assert "only control characters" in warning.message and "absent" in warning.message
+    [patient] = [
+        e["resource"] for e in record.bundle["entry"] if e["resource"]["resourceType"] == "Patient"
+    ]
+    assert patient["name"][0]["family"] == "王" and "given" not in patient["name"][0]
+    assert records[1].ok
 
 
 def test_a_control_escape_inside_text_is_removed_with_a_warning(converter: Converter) -> None:

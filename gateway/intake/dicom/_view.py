@@ -21,7 +21,8 @@ from pydicom.multival import MultiValue
 from pydicom.valuerep import PersonName
 
 from ...errors import IntakeError, Issue
-from .._identifying import dicom_identifies, identifying_error
+from .._controls import CONTROL, controls_removed
+from .._identifying import dicom_identifies
 from ._faults import PYDICOM_FAULTS
 from ._paths import ALL, Path, Step, compile_path, tag_label
 from ._scope import quiet_pydicom
@@ -41,8 +42,6 @@ class Node:
     vr: str = ""
 
 
-# Control characters other than TAB, LF and CR are not allowed in FHIR strings.
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _FRACTION = re.compile(r"(\.\d{1,4})\d+")
 _NO_TEXT = (bytes, bytearray, memoryview, Dataset)
 # Attributes intake itself reads (charset, UIDs, the sender): mapped, when tracing.
@@ -74,10 +73,13 @@ def _pick(seq: list[Any], index: int, every: bool) -> list[tuple[int, Any]]:
     return [(n, seq[n - 1])] if n <= len(seq) else []
 
 
-def _text_of(value: Any, vr: str, p: Path, label: str, notes: list[Issue]) -> str | None:
+def _text_of(
+    value: Any, vr: str, p: Path, label: str, notes: list[Issue], warned: set[str] | None = None
+) -> str | None:
     """One DICOM value as text: PN groups/parts, dates and times in DTM form; control
-    characters removed with a warning in ``notes`` naming ``label`` (an error when
-    nothing else was there), as HL7 v2's view does."""
+    characters removed with a warning in ``notes`` naming ``label`` (once per label in
+    ``warned``), a value of nothing else read as absent, as HL7 v2's view does
+    (gateway/intake/_controls.py)."""
     if isinstance(value, _NO_TEXT):
         return None
     if vr == "PN" or isinstance(value, PersonName):
@@ -93,7 +95,7 @@ def _text_of(value: Any, vr: str, p: Path, label: str, notes: list[Issue]) -> st
     # Trailing NULs are padding (devices pad codes, and empty values, as UIDs are):
     # pydicom leaves them on a CS value, and none is a control character sent
     text = text.rstrip("\x00 ")
-    if _CONTROL.search(text):
+    if CONTROL.search(text):
         if vr == "UI":  # removed, 1.2.3\x01.4 would name another UID (1.2.3.4)
             raise IntakeError(
                 "dicom-bad-value",
@@ -101,30 +103,9 @@ def _text_of(value: Any, vr: str, p: Path, label: str, notes: list[Issue]) -> st
                 "which it would name another UID",
                 location=label,
             )
-        if dicom_identifies(label):  # removed, 009\x1f8765 would be another PatientID
-            raise identifying_error(label)
-        text = _controls_removed(text, label, notes)
+        warned = set() if warned is None else warned
+        text = controls_removed(text, label, dicom_identifies, notes, warned)
     return text.strip() or None
-
-
-def _controls_removed(text: str, label: str, notes: list[Issue]) -> str:
-    kept = _CONTROL.sub("", text)
-    if not kept.strip():
-        raise IntakeError(
-            "control-characters",
-            "the value holds only control characters, which FHIR strings cannot carry: "
-            "it would be lost",
-            location=label,
-        )
-    note = Issue(
-        "intake.control-characters",
-        "control characters removed: FHIR strings cannot carry them",
-        location=label,
-        severity="warning",
-    )
-    if note not in notes:
-        notes.append(note)
-    return kept
 
 
 def _pn_text(value: Any, group: int, part: int) -> str:
@@ -162,6 +143,7 @@ class DicomView:
         # Warnings found while the mapping reads values; the reader points this at the
         # study's own issues, which the pipeline adds to the record after mapping.
         self.notes: list[Issue] = []
+        self._warned: set[str] = set()  # the locations warned of: one warning each
 
     # -- tracing -------------------------------------------------------------------------
     @property
@@ -209,7 +191,7 @@ class DicomView:
                 nodes.append(Node("item", (value,), label))
                 continue
             key = str(value)
-            if key in seen or _text_of(value, vr, p, label, self.notes) is None:
+            if key in seen or _text_of(value, vr, p, label, self.notes, self._warned) is None:
                 continue
             seen.add(key)
             nodes.append(Node("value", start.datasets, label, value=value, vr=vr))
@@ -226,7 +208,7 @@ class DicomView:
         seen: set[str] = set()
         start = self.root if p.root else here
         for value, vr, label in self._hits(p, start, every=p.every):
-            text = self._finish(_text_of(value, vr, p, label, self.notes), p)
+            text = self._finish(_text_of(value, vr, p, label, self.notes, self._warned), p)
             if text is not None and text not in seen:
                 seen.add(text)
                 out.append((text, label))
@@ -250,7 +232,7 @@ class DicomView:
         start = self.root if p.root else here
         if p.kind == "attr":
             for value, vr, label in self._hits(p, start, every=p.every):
-                text = self._finish(_text_of(value, vr, p, label, self.notes), p)
+                text = self._finish(_text_of(value, vr, p, label, self.notes, self._warned), p)
                 if text is not None:
                     return text
             return None
@@ -260,7 +242,9 @@ class DicomView:
         if p.kind == "self":
             if here.level != "value":
                 return None
-            return self._finish(_text_of(here.value, here.vr, p, here.label, self.notes), p)
+            return self._finish(
+                _text_of(here.value, here.vr, p, here.label, self.notes, self._warned), p
+            )
         if p.kind == "fact":
             return self._fact(p.name, start)
         return None

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from functools import lru_cache, partial
 from typing import Any, NamedTuple
 
-from ...errors import ConfigError, IntakeError, Issue
-from .._identifying import hl7_identifies, identifying_error
+from ...errors import ConfigError, Issue
+from .._controls import CONTROL, controls_removed
+from .._identifying import hl7_identifies
 from ._er7 import Message
 
 __all__ = ["Accessor", "Hl7View", "PathCheck", "Position", "check_path", "components"]
@@ -82,20 +83,13 @@ def _compile(path: str) -> _Path:
     return _Path(False, bool(m[1]), m[2], occ, int(m[4] or 0), rep, comp, sub, star, skip)
 
 
-# Control characters other than TAB, LF and CR are not allowed in FHIR strings; they
-# reach a value through \Xhh\ escapes or stray bytes (VT, FF, ESC). They are removed
-# with a warning; a value that holds nothing else is an error (no value is lost
-# silently, see docs/mapping-language.md).
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-
-
 def _has_controls(message: Message) -> bool:
     """Whether some value of ``message`` may hold a control character: a stray byte, or
     a hex escape that decodes to one (as :meth:`Hl7View._escape` reads it). Such a
     message is not memoised (see Hl7View)."""
     es = message.separators[3]
     for line in message.lines:
-        if _CONTROL.search(line):
+        if CONTROL.search(line):
             return True
         if es + "X" in line:
             for seq in line.split(es)[1::2]:
@@ -105,7 +99,7 @@ def _has_controls(message: Message) -> bool:
                     data = bytes.fromhex(seq[1:])
                 except ValueError:
                     continue  # kept as written: no control character
-                if _CONTROL.search(data.decode("latin-1")):  # control bytes are ASCII
+                if CONTROL.search(data.decode("latin-1")):  # control bytes are ASCII
                     return True
     return False
 
@@ -182,7 +176,7 @@ class Hl7View:
         # Warnings found while the mapping reads values (control characters removed);
         # the reader points this at the record's issues.
         self.notes: list[Issue] = []
-        self._noted: set[str] = set()
+        self._noted: set[str] = set()  # the locations warned of: one warning each
         self.root = _node((0, self._nseg, "", None, 0))  # Position(0, self._nseg)
         fs, cs, rs, es, ss = tuple(message.separators)
         self._fs, self._cs, self._rs, self._es, self._ss = fs, cs, rs, es, ss
@@ -318,33 +312,14 @@ class Hl7View:
     def _clean(
         self, value: str, label: str | None, path: str = "", here: Position | None = None
     ) -> str:
-        """``value`` stripped, without control characters (a warning names the field);
-        an error when nothing else was there."""
-        if not _CONTROL.search(value):
+        """``value`` stripped, without control characters (a warning names the field;
+        ``""`` when nothing else was there: read as absent); the record's error in an
+        identifying field (gateway/intake/_controls.py)."""
+        if not CONTROL.search(value):
             return value.strip()
-        kept = _CONTROL.sub("", value).strip()
         if label is None:
             label = self.label(path, here or self.root)
-        if hl7_identifies(label):  # removed, 009\x1f8765 would be another MRN
-            raise identifying_error(label)
-        if not kept or kept == '""':
-            raise IntakeError(
-                "control-characters",
-                "the value holds only control characters (e.g. a \\X00\\ escape), which "
-                "FHIR strings cannot carry: it would be lost",
-                location=label,
-            )
-        if label not in self._noted:
-            self._noted.add(label)
-            self.notes.append(
-                Issue(
-                    "intake.control-characters",
-                    "control characters removed: FHIR strings cannot carry them",
-                    location=label,
-                    severity="warning",
-                )
-            )
-        return kept
+        return controls_removed(value, label, hl7_identifies, self.notes, self._noted, '""')
 
     def first(self, path: str, here: Position) -> str | None:
         """The first non-empty value at ``path`` — ``values(...)[0][0]`` without building

@@ -323,8 +323,7 @@ def test_a_uid_of_64_characters_or_with_a_leading_zero_is_kept_as_sent(
 def test_control_characters_are_removed_with_a_warning_naming_the_tag(
     converter: Converter, keyword: str
 ) -> None:
-    # as HL7 v2's view does: FHIR strings cannot carry them; a value of nothing else
-    # would be lost, so it is the study's error
+    # as HL7 v2's view does: FHIR strings cannot carry them
     value = {"StudyDescription": "胸部\x07平扫", "PatientName": "王\x07^伟"}[keyword]
     [record] = converter.convert_files([("a.dcm", _chest(**{keyword: value}))])
     assert record.ok, [i.line() for i in record.issues]
@@ -332,10 +331,32 @@ def test_control_characters_are_removed_with_a_warning_naming_the_tag(
     assert keyword in (warning.location or "")
     assert "\x07" not in (record.bundle_json or b"").decode()
     assert "\\u0007" not in (record.bundle_json or b"").decode()
-    [record] = converter.convert_files([("b.dcm", _chest(StudyDescription="\x01\x02 "))])
-    assert [(e.code, e.location) for e in record.errors] == [
-        ("intake.control-characters", "(0008,1030) StudyDescription")
-    ]
+
+
+@pytest.mark.parametrize(
+    ("attrs", "tag"),
+    [
+        ({"StudyDescription": "\x01\x02 "}, "(0008,1030) StudyDescription"),
+        # read first, to find the sender: the accession issuer (LAX2) names it instead
+        ({"InstitutionName": "\x1b\x1b\x07"}, "(0008,0080) InstitutionName"),
+    ],
+)
+def test_a_value_of_only_control_characters_is_read_as_absent_with_a_warning(
+    converter: Converter, attrs: dict[str, Any], tag: str
+) -> None:
+    # Before: the study's error, so a garbled institution name failed a study of 500
+    # images. Not an identifying attribute (mappings/identity-fields.yaml), it carries
+    # no data: read as absent, never silently (the warning names the tag), as HL7 v2's
+    # view does.
+    files = [(f"IM{n}.dcm", _chest(1, n, **attrs)) for n in (1, 2, 3)]
+    [record] = converter.convert_files(files)
+    assert record.ok, [i.line() for i in record.issues]
+    [warning] = [w for w in record.warnings if w.code == "intake.control-characters"]
+    assert warning.location == tag
+    assert "only control characters" in warning.message and "absent" in warning.message
+    assert record.sender == "LAX2" and _study_of(record)["numberOfInstances"] == 3
+    if "StudyDescription" in attrs:
+        assert "description" not in _study_of(record)
 
 
 def test_a_corrupt_deflate_stream_fails_the_study(converter: Converter) -> None:

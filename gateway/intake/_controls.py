@@ -1,0 +1,62 @@
+"""Control characters in a value read from HL7 v2 or DICOM: one rule for both views.
+
+FHIR strings cannot carry control characters other than TAB, LF and CR. They reach a
+value through an HL7 v2 ``\\Xhh\\`` escape or a stray byte (VT, FF, ESC, 0x1F). Where
+the value is read (HL7 v2's terser path, DICOM's tag; docs/mapping-language.md,
+docs/mapping-dicom.md):
+
+- in a field that identifies a patient, an order, a study or the message
+  (``mappings/identity-fields.yaml``) any control character fails the record: removed,
+  ``009<0x1F>8765`` would become ``0098765``, perhaps another patient's MRN;
+- elsewhere they are removed, with one warning ``intake.control-characters`` per
+  location; a value of nothing but control characters carries no data and is read as
+  absent, with a warning that says so (a garbled InstitutionName does not fail a study
+  of 500 images, nor a garbled note an ORU).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+from ..errors import Issue
+from ._identifying import identifying_error
+
+__all__ = ["CONTROL", "controls_removed"]
+
+CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+_REMOVED = "control characters removed: FHIR strings cannot carry them"
+_ABSENT = "the value holds only control characters, which FHIR strings cannot carry: read as absent"
+
+
+def controls_removed(
+    text: str,
+    location: str,
+    identifies: Callable[[str], bool],
+    notes: list[Issue],
+    warned: set[str],
+    null: str | None = None,
+) -> str:
+    """``text`` (which holds a control character) without them, stripped; ``""`` when
+    nothing else was there (or only the format's explicit ``null``, HL7 v2's ``""``).
+
+    Raises the record's error when ``identifies(location)``. Otherwise warns in
+    ``notes``, once per ``location``: ``warned`` holds the locations already warned
+    (one set per view, beside the list its warnings go to)."""
+    if identifies(location):  # removed, 009\x1f8765 would be another MRN
+        raise identifying_error(location)
+    kept = CONTROL.sub("", text).strip()
+    if kept == null:
+        kept = ""
+    if location not in warned:
+        warned.add(location)
+        notes.append(
+            Issue(
+                "intake.control-characters",
+                _REMOVED if kept else _ABSENT,
+                location=location,
+                severity="warning",
+            )
+        )
+    return kept

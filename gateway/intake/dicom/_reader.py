@@ -43,6 +43,7 @@ from .._unit import Unit
 from ._charsets import CharsetPolicy, check_text, single_byte_or_none
 from ._fastread import read_header
 from ._faults import ARCHIVE_FAULTS, PYDICOM_FAULTS
+from ._notes import StudyNotes
 from ._paths import tag_label
 from ._scope import no_gc, quiet_pydicom
 from ._view import DicomView, Node, _element
@@ -1052,6 +1053,15 @@ def _manifest(study: _Study, root: Node) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
+def _names(study: _Study, root: Node) -> dict[str, str]:
+    """Each instance's label in the tree (``series[1]/instance[2]``) -> its file, and
+    each series' (``series[1]``) -> the file of its first instance."""
+    by_ds = {id(i.ds): _safe(i.name) for i in study.instances.values()}
+    names = {s.label: by_ds[id(s.datasets[0])] for s in root.children}
+    names.update((i.label, by_ds[id(i.datasets[0])]) for s in root.children for i in s.children)
+    return names
+
+
 def _skipped_note(skipped: dict[int, int], limit: int) -> Issue:
     tags = sorted(skipped)
     named = ", ".join(tag_label(t) for t in tags[:5]) + (", …" if len(tags) > 5 else "")
@@ -1113,6 +1123,10 @@ def _unit(
         return unit
     root = _tree(study)
     unit.raw = _manifest(study, root)
+    # One warning per code, tag and message, counted over the instances (a 500-slice
+    # series with a control character in each gave 500 warnings)
+    names = _names(study, root)
+    unit.issues = StudyNotes(unit.issues, names, len(study.instances), len(root.children))
     if study.skipped:
         unit.issues.append(_skipped_note(study.skipped, limit))
     try:
@@ -1122,7 +1136,7 @@ def _unit(
         return unit
     problems = _charset_issues(unit.charset)
     if problems:
-        unit.issues += problems
+        unit.issues.extend(problems)  # StudyNotes: not +=, which bypasses its append
         _known_charsets_only(root.datasets)
     try:
         policy = _policy(network, _first_sender(root, network) or default_sender)

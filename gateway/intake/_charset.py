@@ -199,15 +199,7 @@ def _not_valid(data: bytes, codec: str, declared: str, location: str, offset: in
                 break
     hint = ""
     if codec == "utf-8" and not _latin_words(data):
-        # Short text often reads cleanly in both national charsets (許嘉瑋 in Big5 is
-        # GB 18030 text too), and telling a sender the wrong one garbles its names
-        # silently: one is named only when the other does not read
-        found = [c for c in ("gb18030", "big5hkscs") if reads_as(data, c) is not None]
-        if len(found) == 1:
-            likely = found[0]
-        elif found:
-            names = " or ".join(charset_name(c) for c in found)
-            hint = f"; they read as Chinese text in {names}: the sender should declare which"
+        likely, hint = _utf8_hint(data)
     if likely is not None:
         name = charset_name(likely)
         hint = f"; they read as {name} text: the sender should declare {name!r}"
@@ -218,6 +210,82 @@ def _not_valid(data: bytes, codec: str, declared: str, location: str, offset: in
         offset=offset,
         **({"likely": charset_name(likely)} if likely is not None else {}),
     )
+
+
+def _utf8_hint(data: bytes) -> tuple[str | None, str]:
+    """What bytes declared UTF-8 that are not read as: (the one charset to declare, or
+    None; the hint when there are several readings or none the gateway decodes).
+
+    Short text often reads cleanly in both Chinese national charsets (許嘉瑋 in Big5 is
+    GB 18030 text too), and telling a sender the wrong one garbles its names silently:
+    one is named only when no other reads. Shift_JIS and EUC-KR lay their characters out
+    in GB 18030's byte ranges, so Japanese and Korean names read as clean GB 18030
+    ideographs too (山田太郎 as 嶳揷懢榊, 김민준 as the common 辫刮霖): GB 18030 (or Big5)
+    is named alone only when the bytes read as neither Japanese nor Korean text; beside
+    such a reading it is named only when its ideographs are mostly common ones."""
+    found = {c: text for c in ("gb18030", "big5hkscs") if (text := reads_as(data, c)) is not None}
+    others = [(language, name) for codec, name, language, plain in _LOOKALIKES
+              if plain(data, codec)]  # fmt: skip
+    if others:
+        found = {c: t for c, t in found.items() if _common_share(t, c) >= _DOUBT}
+    if len(found) == 1 and not others:
+        return next(iter(found)), ""
+    readings = [f"Chinese text in {' or '.join(charset_name(c) for c in found)}"] if found else []
+    readings += [f"{language} text in {name}" for language, name in others]
+    if not readings:
+        return None, ""
+    hint = f"; they read as {', or as '.join(readings)}"
+    if others:
+        hint += f" (the gateway decodes no {' or '.join(n for _, n in others)})"
+    if len(found) + len(others) > 1:
+        hint += ": the sender should declare which"
+    return None, hint
+
+
+def _japanese(data: bytes, codec: str) -> bool:
+    """Whether the bytes read as Japanese text in ``codec``: kana and kanji only, no
+    half-width katakana (what GB 2312 and Big5 text turns into: their lead bytes from
+    0xA1 are single half-width kana in Shift_JIS)."""
+    try:
+        text = data.decode(codec)
+    except UnicodeDecodeError:
+        return False
+    wide = [ch for ch in text if not ch.isascii()]
+    return bool(wide) and all(
+        0x3040 <= ord(ch) <= 0x30FF or (_is_cjk(ch) and not 0xFF61 <= ord(ch) <= 0xFF9F)
+        for ch in wide
+    )
+
+
+# Hangul syllables: (initial, vowel, final) in blocks of 588 and 28 from U+AC00. Korean
+# names and most words use plain initials and the finals ㄱ ㄴ ㄹ ㅁ ㅂ ㅇ (or none); GB
+# 2312 text read as EUC-KR lands anywhere in KS X 1001's 2,350 syllables, 60 % of them
+# plain, and often on hanja (陈美玲 as 냈쳄줬, 王伟 as 珙寬).
+_TENSE = frozenset({1, 4, 8, 10, 13})  # ㄲ ㄸ ㅃ ㅆ ㅉ
+_PLAIN_FINALS = frozenset({0, 1, 4, 8, 16, 17, 21})
+_KOREAN = 0.75  # the share of plain syllables from which a reading is Korean text
+
+
+def _korean(data: bytes, codec: str) -> bool:
+    """Whether the bytes read as Korean text in ``codec``: hangul syllables only (beside
+    ASCII and CJK punctuation), mostly plain ones."""
+    try:
+        text = data.decode(codec)
+    except UnicodeDecodeError:
+        return False
+    wide = [ord(ch) - 0xAC00 for ch in text if not ch.isascii() and not 0x3000 <= ord(ch) <= 0x303F]
+    if not wide or not all(0 <= c <= 11171 for c in wide):
+        return False
+    plain = sum(1 for c in wide if c // 588 not in _TENSE and c % 28 in _PLAIN_FINALS)
+    return plain >= _KOREAN * len(wide)
+
+
+# National charsets of other scripts whose bytes GB 18030 (and Big5) read as ideographs:
+# (codec, name, language, whether the bytes read as that language's text)
+_LOOKALIKES: tuple[tuple[str, str, str, Callable[[bytes, str], bool]], ...] = (
+    ("shift_jis", "Shift_JIS", "Japanese", _japanese),
+    ("euc_kr", "EUC-KR", "Korean", _korean),
+)
 
 
 def _latin_words(data: bytes) -> bool:

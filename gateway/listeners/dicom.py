@@ -657,13 +657,13 @@ def iter_outcomes(
 
 
 def _sop_of(data: bytes) -> tuple[str | None, str | None]:
-    """The SOP Class and Instance UIDs of a refused part, when it has them."""
+    """The SOP Class and Instance UIDs of a refused part, when it has them, as sent
+    (several values joined by '\\', as DICOM encodes them: the response's DICOM JSON
+    gives them as its values), so that the sender can tell which instance failed:
+    str() of pydicom's value gave the Python list text "['1.2', '3.4']"."""
     try:
         tags = [0x00080016, 0x00080018]
         ds = dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=tags)
-        return (
-            str(ds.get("SOPClassUID", "")) or None,
-            str(ds.get("SOPInstanceUID", "")) or None,
-        )
+        return sent_uid(ds, 0x00080016) or None, sent_uid(ds, 0x00080018) or None
     except Exception:
         return None, None

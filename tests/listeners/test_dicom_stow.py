@@ -192,6 +192,19 @@ def test_parts_that_are_not_dicom_cannot_be_understood(api: Api) -> None:
     assert _value(_items(text, FAILED)[0], FAILURE_REASON) == 0xC000
 
 
+def test_a_multi_valued_sop_instance_uid_is_echoed_as_dicom_has_it(api: Api) -> None:
+    # Refused (one UID is expected), and echoed as its values (DICOM's 'a\\b'), not as
+    # the Python list text "['a', 'b']" that matches nothing the sender holds
+    uids = ["2.16.156.10011.99.1.4.3.20260610.2.1.1", "2.16.156.10011.99.1.4.3.20260610.2.1.2"]
+    ds = wang_wei()
+    ds.SOPInstanceUID = uids
+    response = api.post("/dicomweb/studies", multipart([part10(ds)]))
+    assert response.status_code == 409  # nothing stored
+    [failed] = _items(response, FAILED)
+    assert _value(failed, FAILURE_REASON) == 0xC000
+    assert failed[SOP_INSTANCE]["Value"] == uids
+
+
 @pytest.mark.parametrize(
     ("kwargs", "status", "code"),
     [

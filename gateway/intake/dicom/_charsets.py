@@ -52,6 +52,7 @@ _DEFAULT_TERMS = frozenset({"", "ISO_IR 6", "ISO 2022 IR 6"})
 _NAMES = {"utf-8": "UTF-8 (ISO_IR 192)", "gb18030": "GB18030", "big5hkscs": "Big5-HKSCS"}
 _WORD = re.compile(r"[^\W\d_]+")
 _ESC = 0x1B
+_INSTANCE = re.compile(r"series\[\d+\]/instance\[\d+\] ")
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +180,7 @@ class _Checker:
                 "intake.charset-default",
                 "(0008,0005) SpecificCharacterSet is absent; text decoded with "
                 f"{policy.default}, the configured charset of {policy.facility}",
-                "(0008,0005) SpecificCharacterSet",
+                f"{_instance(label)}(0008,0005) SpecificCharacterSet",
             )
             return
         declared = [t for t in (terms or ()) if t not in _DEFAULT_TERMS]
@@ -217,19 +218,22 @@ class _Checker:
         self._note(
             "intake.charset-mislabelled",
             f"declared {what} but the bytes are Chinese text in {name}; decoded as {name}",
-            _generic(label),
+            label,
         )
 
     def _note(self, code: str, message: str, location: str) -> None:
+        """Once per instance and tag path: the study's notes (StudyNotes) count the
+        instances and keep one warning for them all."""
         if (code, location) in self.seen:
             return
         self.seen.add((code, location))
         self.notes.append(Issue(code, message, location=location, severity="warning"))
 
 
-def _generic(label: str) -> str:
-    """The tag path without the instance: one warning per attribute, not per file."""
-    return re.sub(r"^series\[\d+\]/instance\[\d+\] ", "", label)
+def _instance(label: str) -> str:
+    """The instance part of a label (``series[1]/instance[2] ``), or ''."""
+    match = _INSTANCE.match(label)
+    return match.group(0) if match else ""
 
 
 def _decoded(raw: RawDataElement, vr: str, text: str) -> DataElement:

@@ -43,6 +43,7 @@ from .._unit import Unit
 from ._charsets import CharsetPolicy, check_text, single_byte_or_none
 from ._fastread import read_header
 from ._faults import ARCHIVE_FAULTS, PYDICOM_FAULTS
+from ._notes import StudyNotes
 from ._paths import tag_label
 from ._scope import no_gc, quiet_pydicom
 from ._view import DicomView, Node, _element
@@ -262,8 +263,8 @@ def _in_file(name: str, exc: IntakeError) -> IntakeError:
 
 
 def _ascii(ds: Dataset, tag: int) -> str | None:
-    """A UI, IS or LO value straight from its raw bytes: grouping, ordering and the
-    patient check read these from every instance, and pydicom's general conversion
+    """A UI, IS or LO value straight from its raw bytes: ordering reads these from
+    every instance, and pydicom's general conversion
     costs ~8x more. Anything unusual (implicit VR, non-ASCII, several values) takes
     the checked path."""
     raw = ds.get_item(tag, keep_deferred=True)
@@ -402,8 +403,8 @@ def _same_patient(study: _Study, inst: _Instance) -> None:
     instances and the tag, never a value."""
     try:
         ident = (
-            _ascii(inst.ds, _PATIENT_ID) or "",
-            _ascii(inst.ds, _ISSUER) or "",
+            _sent_text(inst.ds, _PATIENT_ID),
+            _sent_text(inst.ds, _ISSUER),
             _issuer_uid(inst.ds),
         )
     except IntakeError as exc:
@@ -433,13 +434,42 @@ def _same_patient(study: _Study, inst: _Instance) -> None:
         )
 
 
+def _sent_text(ds: Dataset, tag: int, *, leading: bool = True) -> str:
+    """A patient identity value (PatientID, IssuerOfPatientID: LO; the issuer's
+    UniversalEntityID: UT) as sent, only its padding removed, the same way whatever the
+    transfer syntax. PS3.5 Table 6.2-1: LO is "a character string that may be padded
+    with leading and/or trailing spaces" and "shall not have Control Characters except
+    for ESC"; UT "may be padded with trailing spaces, which may be ignored, but leading
+    spaces are considered to be significant". So only SPACE (20H) is padding, at both
+    ends of LO and at the end of UT (``leading=False``), and trailing NULs, which some
+    devices pad text with as UIDs are padded. Anything else is part of the value: a TAB,
+    a NUL in front, an ideographic space (U+3000). pydicom's text and ``str.strip()``
+    took more: an implicit VR file or DICOM JSON lost a trailing TAB that an explicit VR
+    file kept, so the same PatientID was two patients in one transfer syntax pair and
+    0012345 and 0012345<TAB> one patient in another. Several values come joined by '\\'."""
+    raw = ds.get_item(tag, keep_deferred=True)
+    if isinstance(raw, RawDataElement) and isinstance(raw.value, bytes) and raw.value.isascii():
+        values: list[Any] = raw.value.decode("ascii").split("\\")
+    else:  # decoded in the dataset's charset (pydicom keeps leading spaces), or JSON
+        value = _value(ds, tag)
+        if value is None:
+            return ""
+        values = list(value) if isinstance(value, (MultiValue, list)) else [value]
+    return "\\".join(_unpadded(str(v), leading) for v in values if v is not None)
+
+
+def _unpadded(text: str, leading: bool) -> str:
+    text = text.rstrip("\x00 ")
+    return text.lstrip(" ") if leading else text
+
+
 def _issuer_uid(ds: Dataset) -> str:
     """The UniversalEntityID of the first IssuerOfPatientIDQualifiersSequence item."""
     items = _value(ds, _QUALIFIERS)
     if not items:
         return ""
     try:
-        return _ascii(items[0], _UNIVERSAL_ID) or ""
+        return _sent_text(items[0], _UNIVERSAL_ID, leading=False)
     except PYDICOM_FAULTS:
         raise IntakeError(
             "dicom-bad-value",
@@ -1023,6 +1053,15 @@ def _manifest(study: _Study, root: Node) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
+def _names(study: _Study, root: Node) -> dict[str, str]:
+    """Each instance's label in the tree (``series[1]/instance[2]``) -> its file, and
+    each series' (``series[1]``) -> the file of its first instance."""
+    by_ds = {id(i.ds): _safe(i.name) for i in study.instances.values()}
+    names = {s.label: by_ds[id(s.datasets[0])] for s in root.children}
+    names.update((i.label, by_ds[id(i.datasets[0])]) for s in root.children for i in s.children)
+    return names
+
+
 def _skipped_note(skipped: dict[int, int], limit: int) -> Issue:
     tags = sorted(skipped)
     named = ", ".join(tag_label(t) for t in tags[:5]) + (", …" if len(tags) > 5 else "")
@@ -1084,6 +1123,10 @@ def _unit(
         return unit
     root = _tree(study)
     unit.raw = _manifest(study, root)
+    # One warning per code, tag and message, counted over the instances (a 500-slice
+    # series with a control character in each gave 500 warnings)
+    names = _names(study, root)
+    unit.issues = StudyNotes(unit.issues, names, len(study.instances), len(root.children))
     if study.skipped:
         unit.issues.append(_skipped_note(study.skipped, limit))
     try:
@@ -1093,7 +1136,7 @@ def _unit(
         return unit
     problems = _charset_issues(unit.charset)
     if problems:
-        unit.issues += problems
+        unit.issues.extend(problems)  # StudyNotes: not +=, which bypasses its append
         _known_charsets_only(root.datasets)
     try:
         policy = _policy(network, _first_sender(root, network) or default_sender)

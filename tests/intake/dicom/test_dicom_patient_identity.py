@@ -1,0 +1,151 @@
+"""One patient per study, whatever the transfer syntax: the instances' PatientID,
+IssuerOfPatientID and the issuer's UniversalEntityID are compared as sent, only their
+padding removed as PS3.5 Table 6.2-1 has it (LO: spaces at both ends; UT: trailing
+spaces), the same way for explicit VR, implicit VR, deflated and DICOM JSON input.
+pydicom's text conversion (and ``str.strip()``) took more in some encodings than in
+others. Real files written with pydicom into a folder, Chinese names in GB18030 and
+ISO_IR 192."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom import Dataset
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
+
+from gateway import Converter
+from gateway.envelope import Record
+from tests.golden.dicom.make_studies import IMPLEMENTATION_UID, LAX2_CHEST, wang_wei
+
+_SYNTAXES = {
+    "explicit": ExplicitVRLittleEndian,
+    "implicit": ImplicitVRLittleEndian,
+    "deflated": DeflatedExplicitVRLittleEndian,
+}
+_OID = "2.16.156.10011.1.5"
+
+
+def _instance(number: int, charset: str, **attrs: Any) -> Dataset:
+    """王伟's chest CT, instance ``number``, text in ``charset`` (GB18030 or ISO_IR 192)."""
+    qualifier = Dataset()
+    qualifier.UniversalEntityID = attrs.pop("UniversalEntityID", _OID)
+    qualifier.UniversalEntityIDType = "ISO"
+    return wang_wei(
+        number=number,
+        SpecificCharacterSet=charset,
+        PatientName="WANG^WEI=王^伟=王^伟",
+        IssuerOfPatientIDQualifiersSequence=[qualifier],
+        **attrs,
+    )
+
+
+def _write(folder: Path, name: str, ds: Dataset, encoding: str) -> None:
+    """The instance as a file: Part 10 in a transfer syntax, or a DICOM JSON object."""
+    if encoding == "json":
+        (folder / name).with_suffix(".json").write_text(json.dumps(ds.to_json_dict()), "utf-8")
+        return
+    syntax = _SYNTAXES[encoding]
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = syntax
+    meta.ImplementationClassUID = IMPLEMENTATION_UID
+    ds.file_meta = meta
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True, implicit_vr=syntax == ImplicitVRLittleEndian)
+    (folder / name).write_bytes(out.getvalue())
+
+
+def _study(tmp_path: Path, converter: Converter, files: list[tuple[str, Dataset]]) -> Record:
+    for n, (encoding, ds) in enumerate(files, 1):
+        _write(tmp_path, f"IM{n}.dcm", ds, encoding)
+    [record] = converter.convert_path(tmp_path)
+    assert record.control_id == LAX2_CHEST
+    return record
+
+
+def _patients(record: Record) -> list[dict[str, Any]]:
+    assert record.bundle is not None, [i.line() for i in record.issues]
+    entries = record.bundle["entry"]
+    return [e["resource"] for e in entries if e["resource"]["resourceType"] == "Patient"]
+
+
+@pytest.mark.parametrize(
+    "encodings",
+    [
+        ("explicit", "implicit", "deflated", "json"),
+        ("implicit", "explicit", "json", "deflated"),
+        ("json", "deflated", "implicit", "explicit"),
+    ],
+)
+def test_one_patient_id_padded_or_not_is_one_patient_in_every_transfer_syntax(
+    tmp_path: Path, converter: Converter, encodings: tuple[str, ...]
+) -> None:
+    # The same value (a TAB is part of it: no padding) with and without space padding
+    # at either end of the LO and at the end of the UT: an implicit VR file and DICOM
+    # JSON lost the TAB where an explicit VR or deflated file kept it (two patients).
+    sent = [
+        ("0012345\t", "LAX2", _OID),
+        ("0012345\t  ", "LAX2 ", _OID + " "),
+        ("  0012345\t", " LAX2", _OID + "  "),
+        (" 0012345\t ", "LAX2", _OID),
+    ]
+    files = [
+        (encoding, _instance(n, charset, PatientID=pid, IssuerOfPatientID=issuer,
+                             UniversalEntityID=oid))
+        for n, (encoding, charset, (pid, issuer, oid)) in enumerate(
+            zip(encodings, ("GB18030", "ISO_IR 192") * 2, sent, strict=True), 1
+        )
+    ]  # fmt: skip
+    record = _study(tmp_path, converter, files)
+    [patient] = _patients(record)
+    values = {i["value"] for i in patient["identifier"]}
+    assert "0012345" in values
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "tag"),
+    [
+        # A TAB is no padding: 0012345 beside 0012345<TAB> may be another patient's number
+        (("explicit", {"PatientID": "0012345"}), ("implicit", {"PatientID": "0012345\t"}),
+         "(0010,0020) PatientID"),
+        (("json", {"PatientID": "0012345\t"}), ("explicit", {"PatientID": "0012345"}),
+         "(0010,0020) PatientID"),
+        # UT: leading spaces are significant
+        (("explicit", {}), ("deflated", {"UniversalEntityID": " " + _OID}),
+         "(0010,0024) IssuerOfPatientIDQualifiersSequence"),
+        (("json", {"UniversalEntityID": " " + _OID}), ("implicit", {}),
+         "(0010,0024) IssuerOfPatientIDQualifiersSequence"),
+        # an ideographic space is a character, not padding (GB18030 beside ISO_IR 192)
+        (("explicit", {"IssuerOfPatientID": "来安二院"}),
+         ("implicit", {"IssuerOfPatientID": "来安二院\u3000"}),
+         "(0010,0021) IssuerOfPatientID"),
+    ],
+)  # fmt: skip
+def test_any_other_difference_still_fails_the_study(
+    tmp_path: Path,
+    converter: Converter,
+    first: tuple[str, dict[str, Any]],
+    second: tuple[str, dict[str, Any]],
+    tag: str,
+) -> None:
+    files = [
+        (first[0], _instance(1, "GB18030", **first[1])),
+        (second[0], _instance(2, "ISO_IR 192", **second[1])),
+    ]
+    record = _study(tmp_path, converter, files)
+    assert record.bundle is None
+    [error] = record.errors
+    assert (error.code, error.location) == ("intake.dicom-patient-mismatch", tag)
+    assert "IM1" in error.message and "IM2" in error.message
+    for text in ("0012345", "来安", "王", _OID):
+        assert text not in error.message

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import binascii
+import functools
 import hashlib
 import json
 import logging
@@ -105,7 +106,8 @@ class Inbound:
             return _refused(exc.issue, http_status([exc.issue]))
         invalid = self._validate(bundle)
         if not invalid:  # valid R4: is it one patient's, and addressed here?
-            patients = identity_mismatches(bundle) or mixed_patients(bundle)
+            stored = functools.partial(self._stored_patients, partner=who.partner)
+            patients = identity_mismatches(bundle) or mixed_patients(bundle, stored)
             invalid = patients + misaddressed(bundle, own)
         if invalid:
             log.warning("inbound: a Bundle from %s refused [%s]", who.partner, invalid[0].code)
@@ -230,6 +232,14 @@ class Inbound:
         ]
 
     # -- 2: in whose name -------------------------------------------------------------
+    def _stored_patients(self, ids: set[str], partner: str) -> dict[str, dict[str, Any]]:
+        """The Patients ``partner`` sent, of these ids: their identifiers name them in
+        the one-patient check (:func:`mixed_patients`), read before the Bundle's write
+        transaction as the rest of that check is."""
+        with self.store.engine.connect() as conn:
+            found = self.resources.current_many(conn, {("Patient", i) for i in ids})
+        return {i: s.resource for (_, i), s in found.items() if s.partner == partner}
+
     def _check_sender(self, bundle: dict[str, Any], partner: str) -> None:
         """Read before the Bundle is validated: any element may have any JSON type here
         (a wrong one is left to the validation, next)."""

@@ -18,6 +18,7 @@ from urllib.parse import parse_qsl, unquote
 import orjson
 
 from ._errors import InboundError
+from ._receive import check_unique_names
 
 __all__ = ["MAX_READ_ENTRIES", "MAX_READ_RESOURCES", "Read", "parse_read", "read_requests"]
 
@@ -46,7 +47,7 @@ class Read:
 def read_requests(body: bytes) -> list[Any] | None:
     """The ``request.url`` of each entry of a batch of GETs only, or None when the body
     is anything else (received as a Bundle, as before: its refusal says what is wrong).
-    More than MAX_READ_ENTRIES GETs: 400 ``inbound.bad-bundle``."""
+    A member name twice, or more than MAX_READ_ENTRIES GETs: 400 ``inbound.bad-bundle``."""
     try:
         bundle = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -62,6 +63,9 @@ def read_requests(body: bytes) -> list[Any] | None:
         if not isinstance(request, dict) or request.get("method") != "GET" or "resource" in entry:
             return None  # a write, or a GET carrying a resource: not a read
         urls.append(request.get("url"))
+    # a member name twice: refused as a received Bundle is (400 inbound.bad-bundle
+    # naming it); orjson kept the last, another reader the first (another search)
+    check_unique_names(body)
     if len(urls) > MAX_READ_ENTRIES:
         raise InboundError(
             "inbound.bad-bundle",

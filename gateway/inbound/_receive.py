@@ -526,7 +526,7 @@ def _bundle(body: bytes) -> tuple[dict[str, Any], bytes]:
             expression="Bundle.type",
         )
     _check_entries(bundle)
-    _check_unique_names(body)
+    check_unique_names(body)
     try:
         canonical = orjson.dumps(bundle, option=orjson.OPT_SORT_KEYS)
     except orjson.JSONEncodeError:  # orjson writes 254 levels, reads 1024
@@ -633,7 +633,7 @@ def _element(path: _Path) -> str:
     return out
 
 
-def _check_unique_names(body: bytes) -> None:
+def check_unique_names(body: bytes) -> None:
     """Refuse an object with a member name twice (I-JSON, RFC 7493 2.3; RFC 8785 signs
     I-JSON): orjson keeps the last value, other readers the first, so the bytes kept as
     evidence would not say which Bundle was signed and stored."""

@@ -325,3 +325,33 @@ def test_a_one_type_read_token_reads_that_type_in_a_batch(
     assert found["response"]["status"][:3] == "200" and len(found["resource"]["entry"]) == 1
     assert other["response"]["status"][:3] == "403"
     assert _code(other["response"]["outcome"]) == "inbound.scope"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # orjson keeps the last "url": another reader the first (another search)
+        b'{"resourceType":"Bundle","type":"batch","entry":[{"request":{"method":"GET",'
+        b'"url":"Patient?identifier=a|1","url":"Patient?identifier=a|2"}}]}',
+        b'{"resourceType":"Bundle","type":"batch","type":"batch","entry":[{"request":'
+        b'{"method":"GET","url":"Patient"}}]}',
+    ],
+    ids=["url-twice", "type-twice"],
+)
+def test_a_read_batch_with_a_member_name_twice_is_refused_as_a_write_is(
+    client: Client, signed_referral: bytes, body: bytes
+) -> None:
+    """A received Bundle with a member name twice is 400 inbound.bad-bundle naming the
+    element (RFC 7493 I-JSON: readers differ on which value counts); a batch of reads
+    kept the last, answering a search another reader would not have asked."""
+    resp = client.post("/fhir", content=body, headers=partner(NSCH_TOKEN))
+    assert resp.status_code == 400, resp.text
+    outcome = resp.json()
+    assert outcome["resourceType"] == "OperationOutcome" and _code(outcome) == "inbound.bad-bundle"
+    assert "twice" in outcome["issue"][0]["diagnostics"]
+    # the write path's own answer to such a Bundle
+    written = body.replace(b'"method":"GET"', b'"method":"POST"')
+    as_write = client.post("/fhir", content=written, headers=partner(NSCH_TOKEN)).json()
+    assert (
+        _code(as_write) == "inbound.bad-bundle" and "twice" in as_write["issue"][0]["diagnostics"]
+    )

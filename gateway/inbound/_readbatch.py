@@ -75,12 +75,24 @@ def read_requests(body: bytes) -> list[Any] | None:
     return urls
 
 
+def _fragment(where: str) -> str:
+    """A '#' in a request URL: a fragment, which no request names (RFC 9112 3.2; the
+    GET routes refuse it too), never a search value (a '#' in a value is sent %23)."""
+    return (
+        f"{where}: holds a fragment ('#'): a request URL names none (a '#' in a search "
+        "value is written %23)"
+    )
+
+
 def parse_read(url: Any, n: int) -> Read:
     """Entry ``n``'s GET: ``Type?params`` (a search), ``Type`` or ``Type/id`` (a read),
-    relative to the FHIR base as R4 batch URLs are; else 400 ``inbound.bad-entry``."""
+    relative to the FHIR base as R4 batch URLs are; else (a fragment too) 400
+    ``inbound.bad-entry``."""
     where = f"Bundle.entry[{n}].request.url"
     if not isinstance(url, str) or not url:
         raise InboundError("inbound.bad-entry", f"{where} is not a URL", expression=where)
+    if "#" in url:  # read as data, a "#x" searched for "…|0098765#x": matched nothing
+        raise InboundError("inbound.bad-entry", _fragment(where), expression=where)
     path, _, query = url.partition("?")
     parts = [unquote(p) for p in path.split("/")]
     if not parts[0] or len(parts) > 2 or (len(parts) == 2 and query):

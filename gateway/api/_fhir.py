@@ -38,6 +38,7 @@ from ..config import Settings
 from ..errors import GatewayError, Issue, http_status, nul_message, operation_outcome, shape
 from ..inbound import (
     ID_PATTERN,
+    MAX_READ_BYTES,
     MAX_READ_RESOURCES,
     SIGNING_ALGS,
     TYPE_PATTERN,
@@ -238,12 +239,20 @@ def add_fhir_routes(
             return _error(exc.issue)
         # neither a write nor a read of any type (system/Patient.read reads Patient in a
         # batch, as its GET does: each entry's type checked below): unread
-        if not who.may("write") and not any(who.may("read", t) for t in STORED_TYPES):
+        writer = who.may("write")
+        if not writer and not any(who.may("read", t) for t in STORED_TYPES):
             return _error(_scope_issue("write"))
         media = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if media not in ("", FHIR_JSON, "application/json", "application/json+fhir"):
             return _error(_media_issue(media), 415)  # JSON only, said before it is read
-        body = await read_body(request, settings.max_bundle_bytes)
+        # a token that may only read sends batches of reads: read up to their bound, not
+        # max_bundle_bytes (a reader's 100 MB is refused, not read and parsed to a 403)
+        limit = settings.max_bundle_bytes
+        if not writer:
+            limit = min(MAX_READ_BYTES, limit)
+        body = await read_body(request, limit)
+        if isinstance(body, Response) and body.status_code == 413 and not writer:
+            return _error(_reader_too_large(limit), 413)
         if isinstance(body, Response):
             return body
         try:
@@ -253,7 +262,7 @@ def add_fhir_routes(
         if reads is not None:  # a batch of GETs: asked, not sent (inbound/_readbatch.py)
             answered = await run_in_threadpool(lambda: read_batch(request, who, reads))
             return _fhir(answered)
-        if not who.may("write"):
+        if not writer:
             return _error(_scope_issue("write"))
         peer = request.client.host if request.client else None  # for the audit trail
         answer = await run_in_threadpool(lambda: lazy.inbound().receive(body, who, peer))
@@ -485,6 +494,16 @@ def _fragment_issue() -> Issue:
         "the URL holds a fragment ('#'): a request names none (a '#' in a search value "
         "or an id is written %23)",
         details={"issue_type": "invalid"},
+    )
+
+
+def _reader_too_large(limit: int) -> Issue:
+    """A body past MAX_READ_BYTES from a token that may only read: refused unread."""
+    return Issue(
+        "request.too-large",
+        f"body is larger than {limit} bytes, the most a token that may only read sends "
+        "(a batch of reads; a write needs write scope): split the batch",
+        details={"issue_type": "too-costly"},
     )
 
 

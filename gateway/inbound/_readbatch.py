@@ -20,7 +20,14 @@ import orjson
 from ._errors import InboundError
 from ._receive import check_unique_names
 
-__all__ = ["MAX_READ_ENTRIES", "MAX_READ_RESOURCES", "Read", "parse_read", "read_requests"]
+__all__ = [
+    "MAX_READ_BYTES",
+    "MAX_READ_ENTRIES",
+    "MAX_READ_RESOURCES",
+    "Read",
+    "parse_read",
+    "read_requests",
+]
 
 # Most GETs in one batch: each is a database query answering up to a page of
 # resources (``_count`` at most 1000); the body is bounded by max_bundle_bytes too.
@@ -31,6 +38,11 @@ MAX_READ_ENTRIES = 1000
 # its own 400 ``inbound.too-costly``, never a page cut short (the overwrite check reads
 # the first page as all the matches).
 MAX_READ_RESOURCES = 5000
+# Most bytes of the body of a token that may only read (SMART system/*.read): it sends
+# batches of reads, never a write, so more is refused (413) before it is read, not read
+# up to max_bundle_bytes (16 MiB) and parsed to be refused (403). 1,000 GETs of 1 KiB:
+# the overwrite check's are ~150 bytes each (Type?identifier=system|value).
+MAX_READ_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)

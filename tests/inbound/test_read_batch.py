@@ -22,6 +22,7 @@ from gateway.api import TokenSet, create_app
 from gateway.audit import AuditLog
 from gateway.audit._events import keys_of
 from gateway.delivery._overwrite import ask_partner, writes_of
+from gateway.inbound import MAX_READ_BYTES
 from gateway.store import open_store
 from tests.api.live import live_server
 from tests.api.test_app import Client
@@ -416,3 +417,40 @@ def test_the_get_routes_refuse_a_fragment_as_the_batch_does(
             assert _raw_get(port, "/fhir/Patient#x", "wrong-token-0123456789")[0] == 401
     finally:
         app.state.fhir.close()
+
+
+def _reader_token(client: Client, pki: Path) -> str:
+    form = token_form(assertion(pki, "nsch", "nsch"), "system/*.read")
+    return str(client.post("/auth/token", data=form).json()["access_token"])
+
+
+@pytest.mark.parametrize(
+    ("declared", "megabytes"), [(True, 10), (False, 100)], ids=["content-length", "chunked"]
+)
+def test_a_read_only_tokens_large_body_is_refused_before_it_is_read(
+    client: Client, signed_referral: bytes, pki: Path, declared: bool, megabytes: int
+) -> None:
+    """A token that may only read sends batches of reads, never a write: its body is
+    read up to the batch's bound (MAX_READ_BYTES), not max_bundle_bytes (up to 16 MiB
+    read, and parsed, before the 403), so 100 MB sent by a reader costs a MiB at most;
+    10 MB declared, nothing."""
+    client.post("/fhir", content=signed_referral, headers=partner(NSCH_TOKEN))
+    token = _reader_token(client, pki)
+    total, piece = megabytes * 1024 * 1024, b"x" * 65536
+    sent: list[int] = []
+
+    async def upload() -> Any:
+        for _ in range(total // len(piece)):
+            sent.append(len(piece))
+            yield piece
+
+    headers = partner(token) | ({"Content-Length": str(total)} if declared else {})
+    resp = client.post("/fhir", content=upload(), headers=headers)
+    assert sum(sent) <= (0 if declared else MAX_READ_BYTES + len(piece)), sum(sent)
+    assert resp.status_code == 413, resp.text
+    assert _code(resp.json()) == "request.too-large"
+    assert "only read" in resp.json()["issue"][0]["diagnostics"]
+    # its batch of reads is still answered, a write (under the bound) still its 403
+    assert client.post("/fhir", content=_batch(SR), headers=partner(token)).status_code == 200
+    write = client.post("/fhir", content=signed_referral, headers=partner(token))
+    assert write.status_code == 403 and _code(write.json()) == "inbound.scope"

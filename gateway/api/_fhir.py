@@ -64,7 +64,7 @@ from ..validation.igpub import (
     fhir_resources,
 )
 from ._auditing import ReadAudit, add_audit_event_routes, read_audit
-from ._http import http_date
+from ._http import http_date, http_since, instant_since, not_modified
 from ._server import tcp_peer
 from ._urls import entry, link_of
 
@@ -268,16 +268,19 @@ def add_fhir_routes(
         answer = await run_in_threadpool(lambda: lazy.inbound().receive(body, who, peer))
         return _fhir(answer.body, answer.status, answer.headers)
 
-    def read_batch(request: Request, who: PartnerAuth, urls: list[Any]) -> dict[str, Any]:
-        """The batch-response: each entry answered as the partner's GET of its URL
-        (entries independent: one's error is its own), the GETs' api-read events
-        appended in one commit after the reads. Nothing of the batch is stored."""
+    def read_batch(
+        request: Request, who: PartnerAuth, asked: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        """The batch-response: each entry answered as the partner's GET of its URL, with
+        its conditions (entries independent: one's error is its own), the GETs'
+        api-read events appended in one commit after the reads. Nothing is stored."""
         out: list[dict[str, Any]] = []
         found: list[dict[str, Any]] = []
         left = MAX_READ_RESOURCES  # the resources the answers may still hold
-        for n, url in enumerate(urls):
+        for n, entry_request in enumerate(asked):
             try:
-                answered, event, held = batch_get(request, who, parse_read(url, n), left)
+                read = parse_read(entry_request.get("url"), n)
+                answered, event, held = batch_get(request, who, read, entry_request, left)
                 left -= held
             except (GatewayError, _EntryError) as exc:
                 status = http_status([exc.issue])
@@ -290,11 +293,13 @@ def add_fhir_routes(
         return {"resourceType": "Bundle", "type": "batch-response", "entry": out}
 
     def batch_get(
-        request: Request, who: PartnerAuth, read: Read, left: int
+        request: Request, who: PartnerAuth, read: Read, conditions: dict[str, Any], left: int
     ) -> tuple[dict[str, Any], dict[str, Any], int]:
         """One entry's GET as ``GET /fhir/{url}`` answers the partner (reader, read and
-        search below): its batch-response entry, its api-read event and the resources it
-        holds; an error raised, also when it would hold more than ``left``."""
+        search below), a read with the entry's ``ifNoneMatch`` / ``ifModifiedSince`` as
+        the GET with If-None-Match / If-Modified-Since: its batch-response entry, its
+        api-read event and the resources it holds; an error raised, also when it would
+        hold more than ``left``."""
         kind = read.resource_type
         if kind not in STORED_TYPES:
             raise _EntryError(_unsupported_type(kind))
@@ -312,9 +317,14 @@ def add_fhir_routes(
                 request, interaction="read", patients=_patients([stored]),
                 records=[stored.reference], partner=who.partner, query=query,
             )  # fmt: skip
-            meta = stored.resource["meta"]
+            updated = stored.resource["meta"]["lastUpdated"]
+            since = instant_since(conditions.get("ifModifiedSince"))
+            if not_modified(stored.version, updated, conditions.get("ifNoneMatch"), since):
+                unchanged = {"status": "304 Not Modified", "etag": f'W/"{stored.version}"',
+                             "lastModified": updated}  # fmt: skip
+                return {"response": unchanged}, event, 0
             response = {"status": "200 OK", "etag": f'W/"{stored.version}"',
-                        "lastModified": meta["lastUpdated"]}  # fmt: skip
+                        "lastModified": updated}  # fmt: skip
             return {"resource": stored.resource, "response": response}, event, 1
         where, count, after = _search_params(read.params, who.partner)
         # at most what is left: a page that fits is the GET's own page; one cut short by
@@ -327,8 +337,7 @@ def add_fhir_routes(
             request, interaction="search-type", partner=who.partner, query=query,
             patients=_patients(page), records=[s.reference for s in page],
         )  # fmt: skip
-        asked = URL(f"/fhir/{read.url}")
-        searchset = _searchset(settings.inbound_public_url, asked, page, nxt)
+        searchset = _searchset(settings.inbound_public_url, URL(f"/fhir/{read.url}"), page, nxt)
         return {"resource": searchset, "response": {"status": "200 OK"}}, event, len(page)
 
     async def referral_status(request: Request, task_id: str, action: str) -> Response:
@@ -387,10 +396,11 @@ def add_fhir_routes(
             audit.write, request, interaction="read", patients=_patients([found]),
             records=[found.reference], partner=who,
         )  # fmt: skip
-        headers = {
-            "ETag": f'W/"{found.version}"',
-            "Last-Modified": http_date(found.resource["meta"]["lastUpdated"]),
-        }
+        updated = found.resource["meta"]["lastUpdated"]
+        headers = {"ETag": f'W/"{found.version}"', "Last-Modified": http_date(updated)}
+        since = http_since(request.headers.get("if-modified-since"))
+        if not_modified(found.version, updated, request.headers.get("if-none-match"), since):
+            return Response(status_code=304, headers=headers)  # the version it holds
         return _fhir(found.resource, 200, headers)
 
     @app.get("/fhir/{resource_type}")

@@ -56,8 +56,9 @@ class Read:
     params: list[tuple[str, str]]
 
 
-def read_requests(body: bytes) -> list[Any] | None:
-    """The ``request.url`` of each entry of a batch of GETs only, or None when the body
+def read_requests(body: bytes) -> list[dict[str, Any]] | None:
+    """The ``request`` of each entry of a batch of GETs only (its ``url``, and its
+    ``ifNoneMatch`` / ``ifModifiedSince`` of a conditional read), or None when the body
     is anything else (received as a Bundle, as before: its refusal says what is wrong).
     A member name twice, or more than MAX_READ_ENTRIES GETs: 400 ``inbound.bad-bundle``."""
     try:
@@ -69,12 +70,12 @@ def read_requests(body: bytes) -> list[Any] | None:
     entries = bundle.get("entry")
     if bundle.get("type") != "batch" or not isinstance(entries, list) or not entries:
         return None
-    urls: list[Any] = []
+    urls: list[dict[str, Any]] = []
     for entry in entries:
         request = entry.get("request") if isinstance(entry, dict) else None
         if not isinstance(request, dict) or request.get("method") != "GET" or "resource" in entry:
             return None  # a write, or a GET carrying a resource: not a read
-        urls.append(request.get("url"))
+        urls.append(request)
     # a member name twice: refused as a received Bundle is (400 inbound.bad-bundle
     # naming it); orjson kept the last, another reader the first (another search)
     check_unique_names(body)

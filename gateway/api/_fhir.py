@@ -38,6 +38,7 @@ from ..config import Settings
 from ..errors import GatewayError, Issue, http_status, nul_message, operation_outcome, shape
 from ..inbound import (
     ID_PATTERN,
+    MAX_READ_BYTES,
     MAX_READ_RESOURCES,
     SIGNING_ALGS,
     TYPE_PATTERN,
@@ -63,7 +64,7 @@ from ..validation.igpub import (
     fhir_resources,
 )
 from ._auditing import ReadAudit, add_audit_event_routes, read_audit
-from ._http import http_date
+from ._http import http_date, http_since, instant_since, not_modified
 from ._server import tcp_peer
 from ._urls import entry, link_of
 
@@ -171,6 +172,8 @@ def add_fhir_routes(
                 who = await run_in_threadpool(partner, request)
             except GatewayError as exc:
                 return _error(exc.issue)
+        if _fragment_in(request):  # read as data (a search value, an id), never answered
+            return _error(_fragment_issue())
         # after the credentials (no stranger learns more than GET /fhir/metadata says),
         # before the scope: a type the statement does not announce is not served at all
         if resource_type not in STORED_TYPES:
@@ -236,12 +239,20 @@ def add_fhir_routes(
             return _error(exc.issue)
         # neither a write nor a read of any type (system/Patient.read reads Patient in a
         # batch, as its GET does: each entry's type checked below): unread
-        if not who.may("write") and not any(who.may("read", t) for t in STORED_TYPES):
+        writer = who.may("write")
+        if not writer and not any(who.may("read", t) for t in STORED_TYPES):
             return _error(_scope_issue("write"))
         media = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if media not in ("", FHIR_JSON, "application/json", "application/json+fhir"):
             return _error(_media_issue(media), 415)  # JSON only, said before it is read
-        body = await read_body(request, settings.max_bundle_bytes)
+        # a token that may only read sends batches of reads: read up to their bound, not
+        # max_bundle_bytes (a reader's 100 MB is refused, not read and parsed to a 403)
+        limit = settings.max_bundle_bytes
+        if not writer:
+            limit = min(MAX_READ_BYTES, limit)
+        body = await read_body(request, limit)
+        if isinstance(body, Response) and body.status_code == 413 and not writer:
+            return _error(_reader_too_large(limit), 413)
         if isinstance(body, Response):
             return body
         try:
@@ -251,22 +262,25 @@ def add_fhir_routes(
         if reads is not None:  # a batch of GETs: asked, not sent (inbound/_readbatch.py)
             answered = await run_in_threadpool(lambda: read_batch(request, who, reads))
             return _fhir(answered)
-        if not who.may("write"):
+        if not writer:
             return _error(_scope_issue("write"))
         peer = request.client.host if request.client else None  # for the audit trail
         answer = await run_in_threadpool(lambda: lazy.inbound().receive(body, who, peer))
         return _fhir(answer.body, answer.status, answer.headers)
 
-    def read_batch(request: Request, who: PartnerAuth, urls: list[Any]) -> dict[str, Any]:
-        """The batch-response: each entry answered as the partner's GET of its URL
-        (entries independent: one's error is its own), the GETs' api-read events
-        appended in one commit after the reads. Nothing of the batch is stored."""
+    def read_batch(
+        request: Request, who: PartnerAuth, asked: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        """The batch-response: each entry answered as the partner's GET of its URL, with
+        its conditions (entries independent: one's error is its own), the GETs'
+        api-read events appended in one commit after the reads. Nothing is stored."""
         out: list[dict[str, Any]] = []
         found: list[dict[str, Any]] = []
         left = MAX_READ_RESOURCES  # the resources the answers may still hold
-        for n, url in enumerate(urls):
+        for n, entry_request in enumerate(asked):
             try:
-                answered, event, held = batch_get(request, who, parse_read(url, n), left)
+                read = parse_read(entry_request.get("url"), n)
+                answered, event, held = batch_get(request, who, read, entry_request, left)
                 left -= held
             except (GatewayError, _EntryError) as exc:
                 status = http_status([exc.issue])
@@ -279,11 +293,13 @@ def add_fhir_routes(
         return {"resourceType": "Bundle", "type": "batch-response", "entry": out}
 
     def batch_get(
-        request: Request, who: PartnerAuth, read: Read, left: int
+        request: Request, who: PartnerAuth, read: Read, conditions: dict[str, Any], left: int
     ) -> tuple[dict[str, Any], dict[str, Any], int]:
         """One entry's GET as ``GET /fhir/{url}`` answers the partner (reader, read and
-        search below): its batch-response entry, its api-read event and the resources it
-        holds; an error raised, also when it would hold more than ``left``."""
+        search below), a read with the entry's ``ifNoneMatch`` / ``ifModifiedSince`` as
+        the GET with If-None-Match / If-Modified-Since: its batch-response entry, its
+        api-read event and the resources it holds; an error raised, also when it would
+        hold more than ``left``."""
         kind = read.resource_type
         if kind not in STORED_TYPES:
             raise _EntryError(_unsupported_type(kind))
@@ -301,9 +317,14 @@ def add_fhir_routes(
                 request, interaction="read", patients=_patients([stored]),
                 records=[stored.reference], partner=who.partner, query=query,
             )  # fmt: skip
-            meta = stored.resource["meta"]
+            updated = stored.resource["meta"]["lastUpdated"]
+            since = instant_since(conditions.get("ifModifiedSince"))
+            if not_modified(stored.version, updated, conditions.get("ifNoneMatch"), since):
+                unchanged = {"status": "304 Not Modified", "etag": f'W/"{stored.version}"',
+                             "lastModified": updated}  # fmt: skip
+                return {"response": unchanged}, event, 0
             response = {"status": "200 OK", "etag": f'W/"{stored.version}"',
-                        "lastModified": meta["lastUpdated"]}  # fmt: skip
+                        "lastModified": updated}  # fmt: skip
             return {"resource": stored.resource, "response": response}, event, 1
         where, count, after = _search_params(read.params, who.partner)
         # at most what is left: a page that fits is the GET's own page; one cut short by
@@ -316,8 +337,7 @@ def add_fhir_routes(
             request, interaction="search-type", partner=who.partner, query=query,
             patients=_patients(page), records=[s.reference for s in page],
         )  # fmt: skip
-        asked = URL(f"/fhir/{read.url}")
-        searchset = _searchset(settings.inbound_public_url, asked, page, nxt)
+        searchset = _searchset(settings.inbound_public_url, URL(f"/fhir/{read.url}"), page, nxt)
         return {"resource": searchset, "response": {"status": "200 OK"}}, event, len(page)
 
     async def referral_status(request: Request, task_id: str, action: str) -> Response:
@@ -376,10 +396,11 @@ def add_fhir_routes(
             audit.write, request, interaction="read", patients=_patients([found]),
             records=[found.reference], partner=who,
         )  # fmt: skip
-        headers = {
-            "ETag": f'W/"{found.version}"',
-            "Last-Modified": http_date(found.resource["meta"]["lastUpdated"]),
-        }
+        updated = found.resource["meta"]["lastUpdated"]
+        headers = {"ETag": f'W/"{found.version}"', "Last-Modified": http_date(updated)}
+        since = http_since(request.headers.get("if-modified-since"))
+        if not_modified(found.version, updated, request.headers.get("if-none-match"), since):
+            return Response(status_code=304, headers=headers)  # the version it holds
         return _fhir(found.resource, 200, headers)
 
     @app.get("/fhir/{resource_type}")
@@ -466,6 +487,34 @@ def _search_params(params: Iterable[tuple[str, str]], who: str | None) -> tuple[
             "_lastUpdated: split it",
         )
     return where, count, after
+
+
+def _fragment_in(request: Request) -> bool:
+    """A '#' in the request target as sent: a fragment, which HTTP requests do not carry
+    (RFC 9112 3.2) and httpx, curl and browsers drop, but uvicorn (h11) passes on in the
+    query (``identifier=…|0098765#x`` searched for ``0098765#x``: no match, a self link
+    without it) or the path. A '#' in a value is sent %23 (a raw path keeps it so)."""
+    raw = request.scope.get("raw_path") or b""
+    return b"#" in raw or b"#" in request.scope.get("query_string", b"")
+
+
+def _fragment_issue() -> Issue:
+    return Issue(
+        "request.invalid",
+        "the URL holds a fragment ('#'): a request names none (a '#' in a search value "
+        "or an id is written %23)",
+        details={"issue_type": "invalid"},
+    )
+
+
+def _reader_too_large(limit: int) -> Issue:
+    """A body past MAX_READ_BYTES from a token that may only read: refused unread."""
+    return Issue(
+        "request.too-large",
+        f"body is larger than {limit} bytes, the most a token that may only read sends "
+        "(a batch of reads; a write needs write scope): split the batch",
+        details={"issue_type": "too-costly"},
+    )
 
 
 def _too_costly() -> Issue:

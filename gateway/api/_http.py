@@ -1,10 +1,12 @@
-"""HTTP header values the FHIR routes share; the refusal of a URL holding NUL."""
+"""HTTP header values the FHIR routes share (dates, conditional reads); the refusal of a
+URL holding NUL."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
-from email.utils import format_datetime
+from email.utils import format_datetime, parsedate_to_datetime
+from typing import Any
 
 from starlette.datastructures import QueryParams
 from starlette.responses import Response
@@ -12,7 +14,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..errors import first_nul
 
-__all__ = ["RefuseNul", "http_date", "nul_in_url"]
+__all__ = ["RefuseNul", "http_date", "http_since", "instant_since", "not_modified", "nul_in_url"]
 
 
 def http_date(instant: str) -> str:
@@ -20,6 +22,44 @@ def http_date(instant: str) -> str:
     Last-Modified takes: ``Sun, 06 Dec 2026 21:40:00 GMT``."""
     moment = datetime.fromisoformat(instant.replace("Z", "+00:00")).astimezone(UTC)
     return format_datetime(moment, usegmt=True)
+
+
+def http_since(value: str | None) -> datetime | None:
+    """An ``If-Modified-Since`` header's date; None when absent or no HTTP-date (then
+    ignored: RFC 9110 13.1.3). HTTP-dates are GMT, whichever form they take."""
+    try:
+        moment = parsedate_to_datetime(value) if value else None
+    except (TypeError, ValueError, IndexError):
+        return None
+    return moment.replace(tzinfo=moment.tzinfo or UTC) if moment is not None else None
+
+
+def instant_since(value: Any) -> datetime | None:
+    """A batch entry's ``request.ifModifiedSince`` (a FHIR instant: with its zone); None
+    when absent or no instant (ignored, as a header that is no date is)."""
+    try:
+        moment = datetime.fromisoformat(value) if isinstance(value, str) and value else None
+    except ValueError:
+        return None
+    return moment if moment is not None and moment.tzinfo is not None else None
+
+
+def not_modified(
+    version: int, last_updated: str, if_none_match: Any, since: datetime | None
+) -> bool:
+    """A conditional read's answer is 304 Not Modified (FHIR R4 http.html#cread, RFC 9110
+    13.1.2-13.1.3): ``if_none_match`` (``*``, or a list of entity tags, compared weakly:
+    ``W/"1"`` and ``"1"`` are version 1) names the stored version; without it, the stored
+    version was written at or before ``since``. The instant is compared to the
+    millisecond: a date copied from Last-Modified (to the second) answers in full unless
+    the version was written at a whole second, so a later version written within the
+    same second is never hidden (a 304 for it would be stale)."""
+    if isinstance(if_none_match, str) and if_none_match.strip():
+        tags = [tag.strip().removeprefix("W/") for tag in if_none_match.split(",")]
+        return "*" in tags or f'"{version}"' in tags
+    if since is None:
+        return False
+    return datetime.fromisoformat(last_updated) <= since
 
 
 def nul_in_url(scope: Scope) -> str | None:

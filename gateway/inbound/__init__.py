@@ -18,7 +18,14 @@ from ._auth import (
 )
 from ._cli import add_cli
 from ._errors import InboundError
-from ._readbatch import MAX_READ_ENTRIES, MAX_READ_RESOURCES, Read, parse_read, read_requests
+from ._readbatch import (
+    MAX_READ_BYTES,
+    MAX_READ_ENTRIES,
+    MAX_READ_RESOURCES,
+    Read,
+    parse_read,
+    read_requests,
+)
 from ._receive import Answer, Inbound
 from ._referrals import ACTIONS, REFERRAL_CATEGORY, Referral, Referrals, is_referral
 from ._resources import (
@@ -38,6 +45,7 @@ __all__ = [
     "ACTIONS",
     "ASSERTION_TYPE",
     "ID_PATTERN",
+    "MAX_READ_BYTES",
     "MAX_READ_ENTRIES",
     "MAX_READ_RESOURCES",
     "REFERRAL_CATEGORY",

@@ -14,7 +14,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Iterator
 from itertools import chain
 from typing import Any
 from urllib.parse import parse_qsl, unquote
@@ -24,11 +25,16 @@ from ..fhirsystems import comparable, system_key
 from ..network import Institution
 from ._referrals import is_referral
 
-__all__ = ["identity_mismatches", "misaddressed", "mixed_patients"]
+__all__ = ["StoredPatients", "identity_mismatches", "misaddressed", "mixed_patients"]
+
+# The sender's stored Patients of some ids: id -> the Patient resource (those it has)
+StoredPatients = Callable[[set[str]], dict[str, dict[str, Any]]]
 
 # Elements naming the patient a resource is about (the patient compartment's usual ones)
 _PATIENT_ELEMENTS = ("subject", "patient", "for", "beneficiary")
 _OID_SYSTEM = "urn:ietf:rfc:3986"
+# A relative reference to a Patient of this gateway's store (R4 id; a version or none)
+_STORED_PATIENT = re.compile(r"Patient/([A-Za-z0-9\-.]{1,64})(?:/_history/[A-Za-z0-9\-.]{1,64})?")
 
 
 def _entries(bundle: dict[str, Any]) -> list[tuple[int, str | None, dict[str, Any]]]:
@@ -52,8 +58,10 @@ def _tokens(resource: dict[str, Any]) -> list[str]:
 
 
 # -- one patient ------------------------------------------------------------------------
-def mixed_patients(bundle: dict[str, Any]) -> list[Issue]:
-    """The issue naming the first entry that brings a second patient, if any."""
+def mixed_patients(bundle: dict[str, Any], stored: StoredPatients | None = None) -> list[Issue]:
+    """The issue naming the first entry that brings a second patient, if any.
+    ``stored``: the sender's stored Patients, whose identifiers name them here
+    (:func:`_stored_aliases`); None: the Bundle alone is read."""
     entries = _entries(bundle)
     by_url = {url: (n, r) for n, url, r in entries if url}
     patients = [  # a Patient that nothing can name (no fullUrl, id nor identifier) is none
@@ -79,6 +87,8 @@ def mixed_patients(bundle: dict[str, Any]) -> list[Issue]:
         if resource.get("resourceType") != "Patient"
     }
     _beside_literals(entries, others, by_url, aliases)
+    if stored is not None:
+        _stored_aliases(entries, others, by_url, aliases, stored)
     seen: str | None = "the Bundle's Patient" if patients else None
     for n, _, resource in entries:
         if resource.get("resourceType") == "Patient":
@@ -142,6 +152,40 @@ def _beside_literals(
             if key is not None and ident.get("value"):
                 token = _compared(f"{ident.get('system') or ''}|{ident['value']}")
                 aliases.setdefault(token, aliases.get(key, key))
+
+
+def _stored_aliases(
+    entries: list[tuple[int, str | None, dict[str, Any]]],
+    others: dict[int, list[tuple[str, dict[str, Any]]]],
+    by_url: dict[str, tuple[int, dict[str, Any]]],
+    aliases: dict[str, str],
+    stored: StoredPatients,
+) -> None:
+    """The identifiers of a stored Patient a record cites by id alone (``Patient/<id>``,
+    relative: this gateway's store) name that patient here, as one written beside the
+    reference does (:func:`_beside_literals`): a Condition of ``Patient/<id>`` asserted
+    by the logical Patient of that patient's MRN was refused as a second patient, the
+    check reading nothing stored. Only the sender's own Patients (the reference resolves
+    to no other institution's, ``_apply.py``); one id the Bundle's Patient entry has, or
+    one no Patient is stored under, says nothing more (an MRN beside the asserter is
+    then a second patient, as before). One look-up, only when a relative reference to
+    a Patient that is no entry is met."""
+    ids: set[str] = set()
+    for n, _, resource in entries:
+        if resource.get("resourceType") == "Patient":
+            continue
+        refs = [ref for name in _PATIENT_ELEMENTS for ref in _refs(resource.get(name))]
+        for ref in [*refs, *(ref for _, ref in others[n])]:
+            literal = ref.get("reference")
+            found = _STORED_PATIENT.fullmatch(literal) if isinstance(literal, str) else None
+            if found is not None and literal not in by_url and f"Patient/{found[1]}" not in aliases:
+                ids.add(found[1])
+    if not ids:
+        return
+    for ident, patient in stored(ids).items():
+        key = f"Patient/{ident}"
+        for token in _patient_tokens(patient):
+            aliases.setdefault(token, key)
 
 
 def _other_references(resource: dict[str, Any], path: str) -> Iterator[tuple[str, dict[str, Any]]]:

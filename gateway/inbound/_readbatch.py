@@ -19,8 +19,16 @@ import orjson
 
 from ..errors import nul_message
 from ._errors import InboundError
+from ._receive import check_unique_names
 
-__all__ = ["MAX_READ_ENTRIES", "MAX_READ_RESOURCES", "Read", "parse_read", "read_requests"]
+__all__ = [
+    "MAX_READ_BYTES",
+    "MAX_READ_ENTRIES",
+    "MAX_READ_RESOURCES",
+    "Read",
+    "parse_read",
+    "read_requests",
+]
 
 # Most GETs in one batch: each is a database query answering up to a page of
 # resources (``_count`` at most 1000); the body is bounded by max_bundle_bytes too.
@@ -31,6 +39,11 @@ MAX_READ_ENTRIES = 1000
 # its own 400 ``inbound.too-costly``, never a page cut short (the overwrite check reads
 # the first page as all the matches).
 MAX_READ_RESOURCES = 5000
+# Most bytes of the body of a token that may only read (SMART system/*.read): it sends
+# batches of reads, never a write, so more is refused (413) before it is read, not read
+# up to max_bundle_bytes (16 MiB) and parsed to be refused (403). 1,000 GETs of 1 KiB:
+# the overwrite check's are ~150 bytes each (Type?identifier=system|value).
+MAX_READ_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,10 +57,11 @@ class Read:
     params: list[tuple[str, str]]
 
 
-def read_requests(body: bytes) -> list[Any] | None:
-    """The ``request.url`` of each entry of a batch of GETs only, or None when the body
+def read_requests(body: bytes) -> list[dict[str, Any]] | None:
+    """The ``request`` of each entry of a batch of GETs only (its ``url``, and its
+    ``ifNoneMatch`` / ``ifModifiedSince`` of a conditional read), or None when the body
     is anything else (received as a Bundle, as before: its refusal says what is wrong).
-    More than MAX_READ_ENTRIES GETs: 400 ``inbound.bad-bundle``."""
+    A member name twice, or more than MAX_READ_ENTRIES GETs: 400 ``inbound.bad-bundle``."""
     try:
         bundle = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -57,12 +71,15 @@ def read_requests(body: bytes) -> list[Any] | None:
     entries = bundle.get("entry")
     if bundle.get("type") != "batch" or not isinstance(entries, list) or not entries:
         return None
-    urls: list[Any] = []
+    urls: list[dict[str, Any]] = []
     for entry in entries:
         request = entry.get("request") if isinstance(entry, dict) else None
         if not isinstance(request, dict) or request.get("method") != "GET" or "resource" in entry:
             return None  # a write, or a GET carrying a resource: not a read
-        urls.append(request.get("url"))
+        urls.append(request)
+    # a member name twice: refused as a received Bundle is (400 inbound.bad-bundle
+    # naming it); orjson kept the last, another reader the first (another search)
+    check_unique_names(body)
     if len(urls) > MAX_READ_ENTRIES:
         raise InboundError(
             "inbound.bad-bundle",
@@ -72,12 +89,24 @@ def read_requests(body: bytes) -> list[Any] | None:
     return urls
 
 
+def _fragment(where: str) -> str:
+    """A '#' in a request URL: a fragment, which no request names (RFC 9112 3.2; the
+    GET routes refuse it too), never a search value (a '#' in a value is sent %23)."""
+    return (
+        f"{where}: holds a fragment ('#'): a request URL names none (a '#' in a search "
+        "value is written %23)"
+    )
+
+
 def parse_read(url: Any, n: int) -> Read:
     """Entry ``n``'s GET: ``Type?params`` (a search), ``Type`` or ``Type/id`` (a read),
-    relative to the FHIR base as R4 batch URLs are; else 400 ``inbound.bad-entry``."""
+    relative to the FHIR base as R4 batch URLs are; else (a fragment too) 400
+    ``inbound.bad-entry``."""
     where = f"Bundle.entry[{n}].request.url"
     if not isinstance(url, str) or not url:
         raise InboundError("inbound.bad-entry", f"{where} is not a URL", expression=where)
+    if "#" in url:  # read as data, a "#x" searched for "…|0098765#x": matched nothing
+        raise InboundError("inbound.bad-entry", _fragment(where), expression=where)
     path, _, query = url.partition("?")
     parts = [unquote(p) for p in path.split("/")]
     if not parts[0] or len(parts) > 2 or (len(parts) == 2 and query):

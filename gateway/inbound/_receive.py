@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import binascii
+import functools
 import hashlib
 import json
 import logging
@@ -105,7 +106,8 @@ class Inbound:
             return _refused(exc.issue, http_status([exc.issue]))
         invalid = self._validate(bundle)
         if not invalid:  # valid R4: is it one patient's, and addressed here?
-            patients = identity_mismatches(bundle) or mixed_patients(bundle)
+            stored = functools.partial(self._stored_patients, partner=who.partner)
+            patients = identity_mismatches(bundle) or mixed_patients(bundle, stored)
             invalid = patients + misaddressed(bundle, own)
         if invalid:
             log.warning("inbound: a Bundle from %s refused [%s]", who.partner, invalid[0].code)
@@ -230,6 +232,14 @@ class Inbound:
         ]
 
     # -- 2: in whose name -------------------------------------------------------------
+    def _stored_patients(self, ids: set[str], partner: str) -> dict[str, dict[str, Any]]:
+        """The Patients ``partner`` sent, of these ids: their identifiers name them in
+        the one-patient check (:func:`mixed_patients`), read before the Bundle's write
+        transaction as the rest of that check is."""
+        with self.store.engine.connect() as conn:
+            found = self.resources.current_many(conn, {("Patient", i) for i in ids})
+        return {i: s.resource for (_, i), s in found.items() if s.partner == partner}
+
     def _check_sender(self, bundle: dict[str, Any], partner: str) -> None:
         """Read before the Bundle is validated: any element may have any JSON type here
         (a wrong one is left to the validation, next)."""
@@ -516,7 +526,7 @@ def _bundle(body: bytes) -> tuple[dict[str, Any], bytes]:
             expression="Bundle.type",
         )
     _check_entries(bundle)
-    _check_unique_names(body)
+    check_unique_names(body)
     try:
         canonical = orjson.dumps(bundle, option=orjson.OPT_SORT_KEYS)
     except orjson.JSONEncodeError:  # orjson writes 254 levels, reads 1024
@@ -623,7 +633,7 @@ def _element(path: _Path) -> str:
     return out
 
 
-def _check_unique_names(body: bytes) -> None:
+def check_unique_names(body: bytes) -> None:
     """Refuse an object with a member name twice (I-JSON, RFC 7493 2.3; RFC 8785 signs
     I-JSON): orjson keeps the last value, other readers the first, so the bytes kept as
     evidence would not say which Bundle was signed and stored."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -16,15 +17,19 @@ import orjson
 import pytest
 from fastapi import FastAPI
 
-from gateway import Settings
+from gateway import Converter, Settings
+from gateway.api import TokenSet, create_app
 from gateway.audit import AuditLog
 from gateway.audit._events import keys_of
 from gateway.delivery._overwrite import ask_partner, writes_of
 from gateway.errors import nul_message
+from gateway.inbound import MAX_READ_BYTES
 from gateway.store import open_store
+from tests.api.live import live_server
 from tests.api.test_app import Client
 
 from .conftest import (
+    LOCAL,
     NJMU2_TOKEN,
     NSCH_TOKEN,
     REFERRAL_SYSTEM,
@@ -330,3 +335,127 @@ def test_a_one_type_read_token_reads_that_type_in_a_batch(
     assert found["response"]["status"][:3] == "200" and len(found["resource"]["entry"]) == 1
     assert other["response"]["status"][:3] == "403"
     assert _code(other["response"]["outcome"]) == "inbound.scope"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # orjson keeps the last "url": another reader the first (another search)
+        b'{"resourceType":"Bundle","type":"batch","entry":[{"request":{"method":"GET",'
+        b'"url":"Patient?identifier=a|1","url":"Patient?identifier=a|2"}}]}',
+        b'{"resourceType":"Bundle","type":"batch","type":"batch","entry":[{"request":'
+        b'{"method":"GET","url":"Patient"}}]}',
+    ],
+    ids=["url-twice", "type-twice"],
+)
+def test_a_read_batch_with_a_member_name_twice_is_refused_as_a_write_is(
+    client: Client, signed_referral: bytes, body: bytes
+) -> None:
+    """A received Bundle with a member name twice is 400 inbound.bad-bundle naming the
+    element (RFC 7493 I-JSON: readers differ on which value counts); a batch of reads
+    kept the last, answering a search another reader would not have asked."""
+    resp = client.post("/fhir", content=body, headers=partner(NSCH_TOKEN))
+    assert resp.status_code == 400, resp.text
+    outcome = resp.json()
+    assert outcome["resourceType"] == "OperationOutcome" and _code(outcome) == "inbound.bad-bundle"
+    assert "twice" in outcome["issue"][0]["diagnostics"]
+    # the write path's own answer to such a Bundle
+    written = body.replace(b'"method":"GET"', b'"method":"POST"')
+    as_write = client.post("/fhir", content=written, headers=partner(NSCH_TOKEN)).json()
+    assert (
+        _code(as_write) == "inbound.bad-bundle" and "twice" in as_write["issue"][0]["diagnostics"]
+    )
+
+
+def test_a_fragment_in_an_entrys_url_is_that_entrys_400_not_a_search_value(
+    client: Client, signed_referral: bytes
+) -> None:
+    """``Patient?identifier=…|0098765#x`` searched for ``0098765#x``: an empty searchset,
+    which an overwrite check reads as no match. A request URL names no fragment (a '#' in
+    a value is sent as %23, which is still searched): the entry's 400 naming it."""
+    client.post("/fhir", content=signed_referral, headers=partner(NSCH_TOKEN))
+    urls = [f"Patient?identifier={MRN}#x", "Patient#x", f"{SR}#", f"Patient?identifier={MRN}%23x",
+            f"Patient?identifier={MRN}"]  # fmt: skip
+    resp = client.post("/fhir", content=_batch(*urls), headers=partner(NSCH_TOKEN))
+    assert resp.status_code == 200, resp.text
+    entries = resp.json()["entry"]
+    assert [e["response"]["status"][:3] for e in entries] == ["400", "400", "400", "200", "200"]
+    for n in range(3):
+        issue = entries[n]["response"]["outcome"]["issue"][0]
+        assert issue["details"]["coding"][0]["code"] == "inbound.bad-entry"
+        assert issue["expression"] == [f"Bundle.entry[{n}].request.url"]
+        assert "fragment" in issue["diagnostics"]
+    assert entries[3]["resource"]["entry"] == [] and len(entries[4]["resource"]["entry"]) == 1
+
+
+def _raw_get(port: int, target: str, token: str) -> tuple[int, dict[str, Any]]:
+    """``GET target`` as written (httpx drops a fragment before sending; a raw client
+    need not): the status and the JSON body."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        head = f"GET {target} HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {token}\r\n"
+        sock.sendall((head + "Connection: close\r\n\r\n").encode())
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    status_line, _, rest = answer.partition(b"\r\n")
+    return int(status_line.split()[1]), orjson.loads(rest.partition(b"\r\n\r\n")[2])
+
+
+def test_the_get_routes_refuse_a_fragment_as_the_batch_does(
+    client: Client, signed_referral: bytes, hk_settings: Settings, converter: Converter
+) -> None:
+    """uvicorn (h11) passes ``#x`` on in the query: ``identifier=…|0098765#x`` was an
+    empty searchset whose self link named ``…|0098765``, ``_count=1#x`` "not a number"."""
+    client.post("/fhir", content=signed_referral, headers=partner(NSCH_TOKEN))
+    app = create_app(hk_settings, converter, TokenSet([LOCAL]))
+    try:
+        with live_server(app, hk_settings) as port:
+            plain = _raw_get(port, f"/fhir/Patient?identifier={MRN}", NSCH_TOKEN)
+            assert plain[0] == 200 and len(plain[1]["entry"]) == 1
+            escaped = _raw_get(port, f"/fhir/Patient?identifier={MRN}%23x", NSCH_TOKEN)
+            assert escaped[0] == 200 and escaped[1]["entry"] == []  # a value's '#': searched
+            for target in (f"/fhir/Patient?identifier={MRN}#x", "/fhir/Patient?_count=1#x",
+                           "/fhir/Patient#x", "/fhir/Patient/p-1#x"):  # fmt: skip
+                status, outcome = _raw_get(port, target, NSCH_TOKEN)
+                assert status == 400, (target, outcome)
+                assert _code(outcome) == "request.invalid" and "fragment" in str(outcome)
+            assert _raw_get(port, "/fhir/Patient#x", "wrong-token-0123456789")[0] == 401
+    finally:
+        app.state.fhir.close()
+
+
+def _reader_token(client: Client, pki: Path) -> str:
+    form = token_form(assertion(pki, "nsch", "nsch"), "system/*.read")
+    return str(client.post("/auth/token", data=form).json()["access_token"])
+
+
+@pytest.mark.parametrize(
+    ("declared", "megabytes"), [(True, 10), (False, 100)], ids=["content-length", "chunked"]
+)
+def test_a_read_only_tokens_large_body_is_refused_before_it_is_read(
+    client: Client, signed_referral: bytes, pki: Path, declared: bool, megabytes: int
+) -> None:
+    """A token that may only read sends batches of reads, never a write: its body is
+    read up to the batch's bound (MAX_READ_BYTES), not max_bundle_bytes (up to 16 MiB
+    read, and parsed, before the 403), so 100 MB sent by a reader costs a MiB at most;
+    10 MB declared, nothing."""
+    client.post("/fhir", content=signed_referral, headers=partner(NSCH_TOKEN))
+    token = _reader_token(client, pki)
+    total, piece = megabytes * 1024 * 1024, b"x" * 65536
+    sent: list[int] = []
+
+    async def upload() -> Any:
+        for _ in range(total // len(piece)):
+            sent.append(len(piece))
+            yield piece
+
+    headers = partner(token) | ({"Content-Length": str(total)} if declared else {})
+    resp = client.post("/fhir", content=upload(), headers=headers)
+    assert sum(sent) <= (0 if declared else MAX_READ_BYTES + len(piece)), sum(sent)
+    assert resp.status_code == 413, resp.text
+    assert _code(resp.json()) == "request.too-large"
+    assert "only read" in resp.json()["issue"][0]["diagnostics"]
+    # its batch of reads is still answered, a write (under the bound) still its 403
+    assert client.post("/fhir", content=_batch(SR), headers=partner(token)).status_code == 200
+    write = client.post("/fhir", content=signed_referral, headers=partner(token))
+    assert write.status_code == 403 and _code(write.json()) == "inbound.scope"

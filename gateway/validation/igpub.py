@@ -162,6 +162,9 @@ def fhir_resources() -> list[dict[str, Any]]:
             "documentation": f"what partners sent (docs/inbound.md): GET /fhir/{rtype}/{{id}} "
             f"and GET /fhir/{rtype}; a partner reads only what it sent",
             "interaction": READ_SEARCH,
+            # If-None-Match (the version's ETag) and If-Modified-Since: 304 Not Modified,
+            # on GET /fhir/{type}/{id} and a read batch's entries (gateway/api/_fhir.py)
+            "conditionalRead": "full-support",
             "searchParam": stored_search_params(),
         }
         for rtype in STORED_TYPES

@@ -348,3 +348,14 @@ def test_the_published_statement_is_the_two_served_ones(
     with_interactions = {t for t, r in published.items() if r.get("interaction")}
     assert with_interactions == {r["type"] for r in runtime}
     assert server["interaction"] == served["rest"][0]["interaction"]
+
+
+def test_metadata_announces_conditional_reads_where_the_read_honours_them(
+    served: dict[str, Any],
+) -> None:
+    # GET /fhir/{type}/{id} answers If-None-Match / If-Modified-Since with 304 for what
+    # partners sent (tests/inbound/test_conditional_read.py); the audit log's read does not
+    resources = {r["type"]: r for r in served["rest"][0]["resource"]}
+    for rtype, resource in resources.items():
+        expected = None if rtype == "AuditEvent" else "full-support"
+        assert resource.get("conditionalRead") == expected, rtype

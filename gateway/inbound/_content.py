@@ -168,8 +168,8 @@ def _stored_aliases(
     check reading nothing stored. Only the sender's own Patients (the reference resolves
     to no other institution's, ``_apply.py``); one id the Bundle's Patient entry has, or
     one no Patient is stored under, says nothing more (an MRN beside the asserter is
-    then a second patient, as before). One look-up, only when a relative reference to
-    a Patient that is no entry is met."""
+    then a second patient, as before). One look-up, only when relative references to
+    one Patient that is no entry are met."""
     ids: set[str] = set()
     for n, _, resource in entries:
         if resource.get("resourceType") == "Patient":
@@ -180,8 +180,8 @@ def _stored_aliases(
             found = _STORED_PATIENT.fullmatch(literal) if isinstance(literal, str) else None
             if found is not None and literal not in by_url and f"Patient/{found[1]}" not in aliases:
                 ids.add(found[1])
-    if not ids:
-        return
+    if len(ids) != 1:  # two ids are two patients, refused below whatever is stored
+        return  # (a look-up of 250,000 ids passed the database's bound: 500)
     for ident, patient in stored(ids).items():
         key = f"Patient/{ident}"
         for token in _patient_tokens(patient):

@@ -1,9 +1,10 @@
 """The one-patient check's look-up of the sender's stored Patients (``_content.py``
 ``_stored_aliases``) read every ``Patient/<id>`` a Bundle cites in one statement: a
-Bundle citing tens of thousands of ids (one evidence ``detail`` each) passed the
-database's bound on bound parameters (SQLite 250,000 as Debian builds it, PostgreSQL 65,535) and was answered 500, where it
-was, and is, a Bundle of many patients (422 ``inbound.mixed-patients``). Two ids are
-two patients whatever is stored under them: only a single cited id is looked up."""
+Bundle citing a quarter of a million ids (one evidence ``detail`` each) passed the
+database's bound on bound parameters (SQLite 250,000 as Debian builds it; PostgreSQL
+65,535) and was answered 500, where it was, and is, a Bundle of many patients (422
+``inbound.mixed-patients``). Two ids are two patients whatever is stored under them:
+only a single cited id is looked up."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """HTTP header values the FHIR routes share (dates, conditional reads); the refusal of a
-URL holding NUL."""
+URL holding NUL, or a fragment."""
 
 from __future__ import annotations
 
@@ -12,9 +12,18 @@ from starlette.datastructures import QueryParams
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..errors import first_nul
+from ..errors import Issue, first_nul
 
-__all__ = ["RefuseNul", "http_date", "http_since", "instant_since", "not_modified", "nul_in_url"]
+__all__ = [
+    "RefuseNul",
+    "fragment_in",
+    "fragment_issue",
+    "http_date",
+    "http_since",
+    "instant_since",
+    "not_modified",
+    "nul_in_url",
+]
 
 
 def http_date(instant: str) -> str:
@@ -67,6 +76,27 @@ def not_modified(
     if since is None or since > datetime.now(UTC):
         return False
     return datetime.fromisoformat(last_updated) <= since
+
+
+def fragment_in(scope: Scope) -> bool:
+    """A '#' in the request target as sent: a fragment, which HTTP requests do not carry
+    (RFC 9112 3.2) and httpx, curl and browsers drop, but uvicorn (h11) passes on in the
+    query (``identifier=…|0098765#x`` searched for ``0098765#x``: no match, a self link
+    without it) or the path. A '#' in a value is sent %23 (a raw path keeps it so).
+    Every GET route under /fhir refuses it: the AuditEvent routes too (an auditor's
+    ``patient=…#x`` was an empty searchset: "nobody read this patient's records")."""
+    raw = scope.get("raw_path") or b""
+    return b"#" in raw or b"#" in scope.get("query_string", b"")
+
+
+def fragment_issue() -> Issue:
+    """400 ``request.invalid``: the URL holds a fragment."""
+    return Issue(
+        "request.invalid",
+        "the URL holds a fragment ('#'): a request names none (a '#' in a search value "
+        "or an id is written %23)",
+        details={"issue_type": "invalid"},
+    )
 
 
 def nul_in_url(scope: Scope) -> str | None:

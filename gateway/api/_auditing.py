@@ -26,6 +26,7 @@ from ..audit import AuditLog, Party, Subject, events, parse_query, read_event, s
 from ..config import Settings
 from ..errors import GatewayError, http_status, operation_outcome
 from ..store import Store, open_store
+from ._http import fragment_in, fragment_issue
 from ._urls import entry, link
 
 __all__ = ["ReadAudit", "add_audit_event_routes", "read_audit"]
@@ -137,6 +138,8 @@ def add_audit_event_routes(
         refused = unauthorized(request)  # auditor and admin only (_auth.permission_for)
         if refused is not None:
             return refused
+        if fragment_in(request.scope):  # read as data (a value, an id): never answered
+            return _fhir(operation_outcome([fragment_issue()]), 400)
 
         def run() -> dict[str, Any]:
             query = parse_query(request.query_params.multi_items())
@@ -169,6 +172,8 @@ def add_audit_event_routes(
         refused = unauthorized(request)
         if refused is not None:
             return refused
+        if fragment_in(request.scope):  # read as data (a value, an id): never answered
+            return _fhir(operation_outcome([fragment_issue()]), 400)
 
         def run() -> dict[str, Any]:
             entry, event = read_event(audit.log(), event_id)

@@ -64,7 +64,7 @@ from ..validation.igpub import (
     fhir_resources,
 )
 from ._auditing import ReadAudit, add_audit_event_routes, read_audit
-from ._http import http_date, http_since, instant_since, not_modified
+from ._http import fragment_in, fragment_issue, http_date, http_since, instant_since, not_modified
 from ._server import tcp_peer
 from ._urls import entry, link_of
 
@@ -172,8 +172,8 @@ def add_fhir_routes(
                 who = await run_in_threadpool(partner, request)
             except GatewayError as exc:
                 return _error(exc.issue)
-        if _fragment_in(request):  # read as data (a search value, an id), never answered
-            return _error(_fragment_issue())
+        if fragment_in(request.scope):  # read as data (a search value, an id), never answered
+            return _error(fragment_issue())
         # after the credentials (no stranger learns more than GET /fhir/metadata says),
         # before the scope: a type the statement does not announce is not served at all
         if resource_type not in STORED_TYPES:
@@ -487,24 +487,6 @@ def _search_params(params: Iterable[tuple[str, str]], who: str | None) -> tuple[
             "_lastUpdated: split it",
         )
     return where, count, after
-
-
-def _fragment_in(request: Request) -> bool:
-    """A '#' in the request target as sent: a fragment, which HTTP requests do not carry
-    (RFC 9112 3.2) and httpx, curl and browsers drop, but uvicorn (h11) passes on in the
-    query (``identifier=…|0098765#x`` searched for ``0098765#x``: no match, a self link
-    without it) or the path. A '#' in a value is sent %23 (a raw path keeps it so)."""
-    raw = request.scope.get("raw_path") or b""
-    return b"#" in raw or b"#" in request.scope.get("query_string", b"")
-
-
-def _fragment_issue() -> Issue:
-    return Issue(
-        "request.invalid",
-        "the URL holds a fragment ('#'): a request names none (a '#' in a search value "
-        "or an id is written %23)",
-        details={"issue_type": "invalid"},
-    )
 
 
 def _reader_too_large(limit: int) -> Issue:

@@ -1,5 +1,5 @@
 """HTTP header values the FHIR routes share (dates, conditional reads); the refusal of a
-URL holding NUL."""
+URL holding NUL, or a fragment."""
 
 from __future__ import annotations
 
@@ -12,9 +12,18 @@ from starlette.datastructures import QueryParams
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..errors import first_nul
+from ..errors import Issue, first_nul
 
-__all__ = ["RefuseNul", "http_date", "http_since", "instant_since", "not_modified", "nul_in_url"]
+__all__ = [
+    "RefuseNul",
+    "fragment_in",
+    "fragment_issue",
+    "http_date",
+    "http_since",
+    "instant_since",
+    "not_modified",
+    "nul_in_url",
+]
 
 
 def http_date(instant: str) -> str:
@@ -25,8 +34,11 @@ def http_date(instant: str) -> str:
 
 
 def http_since(value: str | None) -> datetime | None:
-    """An ``If-Modified-Since`` header's date; None when absent or no HTTP-date (then
-    ignored: RFC 9110 13.1.3). HTTP-dates are GMT, whichever form they take."""
+    """An ``If-Modified-Since`` header's date; None when absent, no HTTP-date, or more
+    than one (then ignored: RFC 9110 13.1.3; an IMF-fixdate holds one comma, and the
+    first of two was read). HTTP-dates are GMT, whichever form they take."""
+    if value is not None and value.count(",") > 1:
+        return None
     try:
         moment = parsedate_to_datetime(value) if value else None
     except (TypeError, ValueError, IndexError):
@@ -50,16 +62,41 @@ def not_modified(
     """A conditional read's answer is 304 Not Modified (FHIR R4 http.html#cread, RFC 9110
     13.1.2-13.1.3): ``if_none_match`` (``*``, or a list of entity tags, compared weakly:
     ``W/"1"`` and ``"1"`` are version 1) names the stored version; without it, the stored
-    version was written at or before ``since``. The instant is compared to the
-    millisecond: a date copied from Last-Modified (to the second) answers in full unless
-    the version was written at a whole second, so a later version written within the
-    same second is never hidden (a 304 for it would be stale)."""
+    version was written at or before ``since``, a date not later than now. The instant
+    is compared to the millisecond: a date copied from Last-Modified (to the second)
+    answers in full unless the version was written at a whole second, so a later
+    version written within the same second is never hidden (a 304 for it would be
+    stale; versions are a millisecond apart at least: ``inbound/_resources.py``)."""
     if isinstance(if_none_match, str) and if_none_match.strip():
         tags = [tag.strip().removeprefix("W/") for tag in if_none_match.split(",")]
         return "*" in tags or f'"{version}"' in tags
-    if since is None:
+    # a date later than this server's clock came from no Last-Modified it sent (RFC
+    # 9110 8.8.2.1; RFC 2616 14.25: invalid) but from a client's clock, ahead: every
+    # version written until then was 304 to a client holding an earlier one
+    if since is None or since > datetime.now(UTC):
         return False
     return datetime.fromisoformat(last_updated) <= since
+
+
+def fragment_in(scope: Scope) -> bool:
+    """A '#' in the request target as sent: a fragment, which HTTP requests do not carry
+    (RFC 9112 3.2) and httpx, curl and browsers drop, but uvicorn (h11) passes on in the
+    query (``identifier=…|0098765#x`` searched for ``0098765#x``: no match, a self link
+    without it) or the path. A '#' in a value is sent %23 (a raw path keeps it so).
+    Every GET route under /fhir refuses it: the AuditEvent routes too (an auditor's
+    ``patient=…#x`` was an empty searchset: "nobody read this patient's records")."""
+    raw = scope.get("raw_path") or b""
+    return b"#" in raw or b"#" in scope.get("query_string", b"")
+
+
+def fragment_issue() -> Issue:
+    """400 ``request.invalid``: the URL holds a fragment."""
+    return Issue(
+        "request.invalid",
+        "the URL holds a fragment ('#'): a request names none (a '#' in a search value "
+        "or an id is written %23)",
+        details={"issue_type": "invalid"},
+    )
 
 
 def nul_in_url(scope: Scope) -> str | None:

@@ -73,6 +73,7 @@ def mixed_patients(bundle: dict[str, Any], stored: StoredPatients | None = None)
         where = f"Bundle.entry[{patients[1][0]}].resource"
         return [_mixed(where, "a second Patient")]
     aliases: dict[str, str] = {}
+    held: dict[str, set[str]] = {}  # a patient's key -> the identifiers its Patient holds
     if patients:
         n, patient = patients[0]
         names = [f"Patient/{patient['id']}"] if isinstance(patient.get("id"), str) else []
@@ -80,6 +81,7 @@ def mixed_patients(bundle: dict[str, Any], stored: StoredPatients | None = None)
         names += _updated(bundle["entry"][n])
         names += _patient_tokens(patient)
         aliases = dict.fromkeys(names, "the Bundle's Patient")
+        held["the Bundle's Patient"] = set(_patient_tokens(patient))
     # each resource's other references, walked once for both passes below
     others = {
         n: list(_other_references(resource, f"Bundle.entry[{n}].resource"))
@@ -88,7 +90,7 @@ def mixed_patients(bundle: dict[str, Any], stored: StoredPatients | None = None)
     }
     _beside_literals(entries, others, by_url, aliases)
     if stored is not None:
-        _stored_aliases(entries, others, by_url, aliases, stored)
+        _stored_aliases(entries, others, by_url, aliases, held, stored)
     seen: str | None = "the Bundle's Patient" if patients else None
     for n, _, resource in entries:
         if resource.get("resourceType") == "Patient":
@@ -98,11 +100,13 @@ def mixed_patients(bundle: dict[str, Any], stored: StoredPatients | None = None)
                 continue  # a contained Patient is patient data too: whose?
             tokens = _patient_tokens(inner)
             key = next((aliases[t] for t in tokens if t in aliases), None)
+            where = f"Bundle.entry[{n}].resource.contained[{k}]"
+            if key is not None and _another_value(tokens, held.get(key, set())):
+                return [_mixed(where, "a contained Patient holding another patient's identifier")]
             key = key or (tokens[0] if tokens else f"#{inner.get('id')}@{n}")
             if seen is None:
                 seen = key
             elif key != seen:
-                where = f"Bundle.entry[{n}].resource.contained[{k}]"
                 return [_mixed(where, "a contained Patient of another patient")]
         for path, ref in chain(_subject_references(resource, n), others[n]):
             key = _patient_key(ref, by_url)
@@ -159,6 +163,7 @@ def _stored_aliases(
     others: dict[int, list[tuple[str, dict[str, Any]]]],
     by_url: dict[str, tuple[int, dict[str, Any]]],
     aliases: dict[str, str],
+    held: dict[str, set[str]],
     stored: StoredPatients,
 ) -> None:
     """The identifiers of a stored Patient a record cites by id alone (``Patient/<id>``,
@@ -168,8 +173,8 @@ def _stored_aliases(
     check reading nothing stored. Only the sender's own Patients (the reference resolves
     to no other institution's, ``_apply.py``); one id the Bundle's Patient entry has, or
     one no Patient is stored under, says nothing more (an MRN beside the asserter is
-    then a second patient, as before). One look-up, only when a relative reference to
-    a Patient that is no entry is met."""
+    then a second patient, as before). One look-up, only when relative references to
+    one Patient that is no entry are met."""
     ids: set[str] = set()
     for n, _, resource in entries:
         if resource.get("resourceType") == "Patient":
@@ -180,12 +185,22 @@ def _stored_aliases(
             found = _STORED_PATIENT.fullmatch(literal) if isinstance(literal, str) else None
             if found is not None and literal not in by_url and f"Patient/{found[1]}" not in aliases:
                 ids.add(found[1])
-    if not ids:
-        return
+    if len(ids) != 1:  # two ids are two patients, refused below whatever is stored
+        return  # (a look-up of 250,000 ids passed the database's bound: 500)
     for ident, patient in stored(ids).items():
         key = f"Patient/{ident}"
-        for token in _patient_tokens(patient):
+        held[key] = set(_patient_tokens(patient))
+        for token in held[key]:
             aliases.setdefault(token, key)
+
+
+def _another_value(tokens: list[str], held: set[str]) -> bool:
+    """Whether a contained Patient taken for a patient by one identifier (``tokens``,
+    as compared) holds another value of a system that patient's Patient holds: another
+    patient's number (``_apply.py`` reads one written beside a reference so). It was
+    taken for the patient by its first such identifier, whatever else it held."""
+    systems = {token.partition("|")[0] for token in held} - {""}
+    return any(t not in held and t.partition("|")[0] in systems for t in tokens)
 
 
 def _other_references(resource: dict[str, Any], path: str) -> Iterator[tuple[str, dict[str, Any]]]:

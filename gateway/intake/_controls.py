@@ -10,8 +10,11 @@ docs/mapping-dicom.md):
   ``009<0x1F>8765`` would become ``0098765``, perhaps another patient's MRN;
 - elsewhere they are removed, with one warning ``intake.control-characters`` per
   location; a value of nothing but control characters carries no data and is read as
-  absent, with a warning that says so (a garbled InstitutionName does not fail a study
-  of 500 images, nor a garbled note an ORU).
+  absent, with a warning that says so (a garbled StudyDescription does not fail a study
+  of 500 images, nor a garbled note an ORU). The fields that decide whose an identifier
+  is (the sender: MSH-4, InstitutionName) are identifying: read as absent, the sender
+  fell back to another (MSH-3, the accession number's issuer) and an MRN sent without
+  its own issuer was read under that one's system.
 """
 
 from __future__ import annotations

@@ -32,9 +32,7 @@ def _convert(converter: Converter, name: str, *edits: tuple[str, str]) -> list[R
 
 def _resources(record: Record, kind: str) -> list[dict[str, Any]]:
     assert record.bundle is not None
-    return [
-        e["resource"] for e in record.bundle["entry"] if e["resource"]["resourceType"] == kind
-    ]
+    return [e["resource"] for e in record.bundle["entry"] if e["resource"]["resourceType"] == kind]
 
 
 # The sender's MRN sent without an assigning authority: its system is the sender's.
@@ -115,3 +113,41 @@ def test_demographics_and_text_stay_warnings() -> None:
         assert _identifying.hl7_identifies(label), label
     for label in ("OBX(3)-23.10", "PRD(2)-7.1", "PRD-4.4.1", "OBR-4.1", "OBR-44.1"):
         assert _identifying.hl7_identifies(label), label
+
+
+_STUDY_OBX = "113014^DICOM Study^DCM||2.16.156.10011.99.1.4.3.20260610.1|"
+
+
+@pytest.mark.parametrize(
+    ("name", "edits", "where"),
+    [
+        # the report's study: removed, ...20260610.1<0x01>2 named study ...20260610.12,
+        # perhaps another patient's images (DICOM refuses a UID with one: UI)
+        ("oru_r01_cobranded.hl7",
+         [(_STUDY_OBX, _STUDY_OBX.replace(".1|", ".1\\X01\\2|"))], "OBX(1)-5"),
+        # the RIS's Study Instance UID of an IHE RAD-4 order (IPC-3 is listed)
+        ("omi_o23.hl7",
+         [("IPC|NS2026061500017^NSCH|RP2026061501^NSCH|2.16.156.10011.99.1.1.3.20260615.17|",
+           "ZDS|2.16.156.10011.99.1.1.3.2026\\X1F\\0615.17^NSCH_RIS^Application^DICOM\rIPC|NS2026061500017^NSCH|RP2026061501^NSCH||")],
+         "ZDS-1.1"),
+    ],
+)  # fmt: skip
+def test_a_control_character_in_a_study_instance_uid_fails_the_record(
+    converter: Converter, name: str, edits: list[tuple[str, str]], where: str
+) -> None:
+    records = _convert(converter, name, *edits)
+    errors = [(e.code, e.location) for e in records[0].errors]
+    assert errors == [("intake.control-characters", where)], [i.line() for i in records[0].issues]
+    assert records[0].bundle is None and records[-1].ok
+
+
+def test_a_control_character_in_findings_text_stays_a_warning(converter: Converter) -> None:
+    # OBX-5 is identifying only in the OBX that names the DICOM study (OBX-3 113014)
+    text = "左侧基底节区见一约8mm×6mm低密度软化灶"
+    records = _convert(
+        converter, "oru_r01_cobranded.hl7", (text, text.replace("8mm", "8\\X07\\mm", 1))
+    )
+    assert records[0].ok, [i.line() for i in records[0].issues]
+    assert [(w.code, w.location) for w in records[0].warnings] == [
+        ("intake.control-characters", "OBX(2)-5")
+    ]

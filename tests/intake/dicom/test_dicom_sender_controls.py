@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydicom import Dataset
 
 from gateway import Converter
 from gateway.envelope import Record
@@ -58,3 +59,24 @@ def test_a_control_character_in_the_institution_fails_the_study(
     assert error.code == "intake.control-characters"
     assert error.location is not None and error.location.endswith("(0008,0080) InstitutionName")
     assert "identifying field" in error.message
+
+
+@pytest.mark.parametrize("kind", ["\x01", "IS\x1fO"])
+def test_a_control_character_in_the_issuers_oid_type_fails_the_study(
+    tmp_path: Path, converter: Converter, kind: str
+) -> None:
+    # The issuer's OID names whose MRN it is only with its type ISO: the type read as
+    # absent, 0012345 left urn:oid:2.16.156.10011.1.5 for another system (a patient no
+    # partner holds), the study accepted with a warning.
+    qualifier = Dataset()
+    qualifier.UniversalEntityID = "2.16.156.10011.1.5"
+    with warnings.catch_warnings():  # pydicom's own complaint about the control characters
+        warnings.simplefilter("ignore")
+        qualifier.UniversalEntityIDType = kind
+        ds = wang_wei(IssuerOfPatientID=None, IssuerOfPatientIDQualifiersSequence=[qualifier])
+    (tmp_path / "IM1.dcm").write_bytes(part10(ds))
+    [record] = converter.convert_path(tmp_path)
+    assert record.bundle is None
+    [error] = record.errors
+    assert error.code == "intake.control-characters"
+    assert (error.location or "").endswith("UniversalEntityIDType"), error.location

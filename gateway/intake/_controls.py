@@ -25,7 +25,7 @@ from collections.abc import Callable
 from ..errors import Issue
 from ._identifying import identifying_error
 
-__all__ = ["CONTROL", "controls_removed"]
+__all__ = ["CONTROL", "controls_removed", "stripped"]
 
 CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
@@ -63,3 +63,18 @@ def controls_removed(
             )
         )
     return kept
+
+
+_EDGES = "white space other than padding spaces (a TAB, LF, an ideographic space) at an end"
+
+
+def stripped(text: str, location: str, identifies: Callable[[str], bool]) -> str:
+    """``text.strip()``; but in an identifying field only SPACE is padding: a TAB or an
+    ideographic space (U+3000) at an end is part of the value, so ``0012345<TAB>`` and
+    ``0012345`` are two patients in one DICOM study (its one-patient check). Stripped,
+    a study of one instance filed 0012345<TAB> as MRN 0012345: the record's error
+    instead. Asked only when ``strip()`` took more than spaces (rare)."""
+    out = text.strip()
+    if len(out) != len(text) and out != text.strip(" ") and identifies(location):
+        raise identifying_error(location, _EDGES)
+    return out

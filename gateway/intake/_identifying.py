@@ -103,10 +103,10 @@ def dicom_identifies(label: str) -> bool:
     return m is not None and (int(m[1], 16) << 16 | int(m[2], 16)) in _fields().dicom
 
 
-def identifying_error(label: str) -> IntakeError:
+def identifying_error(label: str, what: str = "control characters") -> IntakeError:
     return IntakeError(
         "control-characters",
-        "control characters in an identifying field: removed, they would leave another "
+        f"{what} in an identifying field: removed, they would leave another "
         "identifier (perhaps another patient's or record's), so the record is refused; "
         "the sender must correct it",
         location=label,

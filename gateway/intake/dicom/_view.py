@@ -21,7 +21,7 @@ from pydicom.multival import MultiValue
 from pydicom.valuerep import PersonName
 
 from ...errors import IntakeError, Issue
-from .._controls import CONTROL, controls_removed
+from .._controls import CONTROL, controls_removed, stripped
 from .._identifying import dicom_identifies
 from ._faults import PYDICOM_FAULTS
 from ._paths import ALL, Path, Step, compile_path, tag_label
@@ -105,7 +105,7 @@ def _text_of(
             )
         warned = set() if warned is None else warned
         text = controls_removed(text, label, dicom_identifies, notes, warned)
-    return text.strip() or None
+    return stripped(text, label, dicom_identifies) or None
 
 
 def _pn_text(value: Any, group: int, part: int) -> str:

@@ -80,3 +80,14 @@ def test_a_control_character_in_the_issuers_oid_type_fails_the_study(
     [error] = record.errors
     assert error.code == "intake.control-characters"
     assert (error.location or "").endswith("UniversalEntityIDType"), error.location
+
+
+def test_an_ideographic_space_after_the_institution_name_is_trimmed(
+    tmp_path: Path, converter: Converter
+) -> None:
+    # InstitutionName is looked up by name, not compared as a key: a full-width space
+    # padding it (as some Chinese devices send) names no other sender. Only identifiers
+    # compared as sent keep such a space (and fail: test_dicom_patient_identity.py).
+    record = _study(tmp_path, converter, "来安县第二人民医院\u3000")
+    assert record.ok, [i.line() for i in record.issues]
+    assert record.sender == "LAX2"

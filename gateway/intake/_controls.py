@@ -10,8 +10,11 @@ docs/mapping-dicom.md):
   ``009<0x1F>8765`` would become ``0098765``, perhaps another patient's MRN;
 - elsewhere they are removed, with one warning ``intake.control-characters`` per
   location; a value of nothing but control characters carries no data and is read as
-  absent, with a warning that says so (a garbled InstitutionName does not fail a study
-  of 500 images, nor a garbled note an ORU).
+  absent, with a warning that says so (a garbled StudyDescription does not fail a study
+  of 500 images, nor a garbled note an ORU). The fields that decide whose an identifier
+  is (the sender: MSH-4, InstitutionName) are identifying: read as absent, the sender
+  fell back to another (MSH-3, the accession number's issuer) and an MRN sent without
+  its own issuer was read under that one's system.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from collections.abc import Callable
 from ..errors import Issue
 from ._identifying import identifying_error
 
-__all__ = ["CONTROL", "controls_removed"]
+__all__ = ["CONTROL", "controls_removed", "stripped"]
 
 CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
@@ -60,3 +63,18 @@ def controls_removed(
             )
         )
     return kept
+
+
+_EDGES = "white space other than padding spaces (a TAB, LF, an ideographic space) at an end"
+
+
+def stripped(text: str, location: str, identifies: Callable[[str], bool]) -> str:
+    """``text.strip()``; but in an identifying field only SPACE is padding: a TAB or an
+    ideographic space (U+3000) at an end is part of the value, so ``0012345<TAB>`` and
+    ``0012345`` are two patients in one DICOM study (its one-patient check). Stripped,
+    a study of one instance filed 0012345<TAB> as MRN 0012345: the record's error
+    instead. Asked only when ``strip()`` took more than spaces (rare)."""
+    out = text.strip()
+    if len(out) != len(text) and out != text.strip(" ") and identifies(location):
+        raise identifying_error(location, _EDGES)
+    return out

@@ -15,18 +15,30 @@ from pydicom.datadict import tag_for_keyword
 from ..datafiles import data_dir, load_data_file
 from ..errors import ConfigError, IntakeError
 
-__all__ = ["dicom_identifies", "hl7_identifies", "identifying_error"]
+__all__ = ["dicom_identifies", "hl7_identifies", "hl7_identifies_where", "identifying_error"]
 
 # 'PID-3.1', 'PID(2)-3(2).4', 'ORC-2': the segment and field of an HL7 v2 view's label
-_HL7_FIELD = re.compile(r"([A-Z][A-Z0-9]{2})(?:\(\d+\))?-(\d+)")
+_HL7_FIELD = re.compile(r"(([A-Z][A-Z0-9]{2})(?:\(\d+\))?)-(\d+)")
+_SEG_FIELD = re.compile(r"[A-Z][A-Z0-9]{2}-\d+")
+_WHERE_PATH = re.compile(r"([A-Z][A-Z0-9]{2})-\d+(?:\.\d+){0,2}")
 # '(0010,0020) PatientID', 'series[1] > (0040,A370) … > (0008,0050) …': the last tag
 _LAST_TAG = re.compile(r"\(([0-9A-F]{4}),([0-9A-F]{4})\)(?!.*\([0-9A-F]{4},)")
+
+
+@dataclass(frozen=True, slots=True)
+class _Where:
+    """SEG-N identifying when the same segment's component ``where`` (``3.1``) is one of
+    ``values``: OBX-5 is a Study Instance UID in the OBX coded 113014, text elsewhere."""
+
+    where: str  # 'OBX-3.1', read in the segment of the value
+    values: frozenset[str]
 
 
 @dataclass(frozen=True, slots=True)
 class _Fields:
     hl7v2: frozenset[str]  # 'PID-3'
     dicom: frozenset[int]  # tags
+    hl7v2_where: dict[str, _Where]  # 'OBX-5' -> its condition
 
 
 @lru_cache(maxsize=1)
@@ -36,11 +48,18 @@ def _fields() -> _Fields:
     try:
         hl7 = frozenset(str(f) for f in raw["hl7v2"])
         keywords = [str(k) for k in raw["dicom"]]
-    except (KeyError, TypeError) as exc:
+        where = _where(raw.get("hl7v2-where") or [])
+    except (KeyError, TypeError, AttributeError) as exc:
         raise ConfigError(
-            "identity-fields", f"{path}: expected lists hl7v2 (SEG-N) and dicom (keywords) ({exc})"
+            "identity-fields",
+            f"{path}: expected lists hl7v2 (SEG-N), dicom (keywords) and, optionally, "
+            f"hl7v2-where ({{field: SEG-N, where: SEG-N.C, in: [values]}}) ({exc})",
         ) from None
-    bad = [f for f in hl7 if not re.fullmatch(r"[A-Z][A-Z0-9]{2}-\d+", f)]
+    bad = [f for f in hl7 if not _SEG_FIELD.fullmatch(f)]
+    for field, cond in where.items():
+        m = _WHERE_PATH.fullmatch(cond.where)
+        if not _SEG_FIELD.fullmatch(field) or m is None or m[1] != field[:3]:
+            bad.append(f"{field} where {cond.where}")  # the condition is read in its segment
     tags = {k: tag_for_keyword(k) for k in keywords}
     bad += [k for k, tag in tags.items() if tag is None]
     if bad:
@@ -48,13 +67,34 @@ def _fields() -> _Fields:
             "identity-fields",
             f"{path}: not an HL7 v2 field (SEG-N) nor a DICOM keyword: {', '.join(sorted(bad))}",
         )
-    return _Fields(hl7, frozenset(t for t in tags.values() if t is not None))
+    return _Fields(hl7, frozenset(t for t in tags.values() if t is not None), where)
+
+
+def _where(entries: list[dict[str, object]]) -> dict[str, _Where]:
+    out = {}
+    for entry in entries:
+        values = entry["in"]
+        if not isinstance(values, list):
+            raise TypeError(f"'in' of {entry['field']} is not a list")
+        out[str(entry["field"])] = _Where(str(entry["where"]), frozenset(str(v) for v in values))
+    return out
 
 
 def hl7_identifies(label: str) -> bool:
     """Whether an HL7 v2 view's location (``PID-3(2).1``) is in an identifying field."""
     m = _HL7_FIELD.match(label)
-    return m is not None and f"{m[1]}-{m[2]}" in _fields().hl7v2
+    return m is not None and f"{m[2]}-{m[3]}" in _fields().hl7v2
+
+
+def hl7_identifies_where(label: str) -> tuple[str, frozenset[str]] | None:
+    """For a location in a field that identifies in some segments only (OBX-5): the
+    terser path to read in the same segment (``/OBX(2)-3.1``) and the values that make
+    it identifying; else None."""
+    m = _HL7_FIELD.match(label)
+    cond = _fields().hl7v2_where.get(f"{m[2]}-{m[3]}") if m is not None else None
+    if m is None or cond is None:
+        return None
+    return f"/{m[1]}-{cond.where.split('-', 1)[1]}", cond.values
 
 
 def dicom_identifies(label: str) -> bool:
@@ -63,10 +103,10 @@ def dicom_identifies(label: str) -> bool:
     return m is not None and (int(m[1], 16) << 16 | int(m[2], 16)) in _fields().dicom
 
 
-def identifying_error(label: str) -> IntakeError:
+def identifying_error(label: str, what: str = "control characters") -> IntakeError:
     return IntakeError(
         "control-characters",
-        "control characters in an identifying field: removed, they would leave another "
+        f"{what} in an identifying field: removed, they would leave another "
         "identifier (perhaps another patient's or record's), so the record is refused; "
         "the sender must correct it",
         location=label,

@@ -27,7 +27,14 @@ def test_the_shipped_list_names_the_patient_order_and_study_identifiers() -> Non
 
 @pytest.mark.parametrize(
     "text",
-    ["hl7v2: [PID-3, PID3]\ndicom: []\n", "hl7v2: []\ndicom: [PatientIdentifier]\n", "x: 1\n"],
+    [
+        "hl7v2: [PID-3, PID3]\ndicom: []\n",
+        "hl7v2: []\ndicom: [PatientIdentifier]\n",
+        "x: 1\n",
+        # a condition is read in the value's own segment
+        "hl7v2: []\ndicom: []\nhl7v2-where: [{field: OBX-5, where: PID-3.1, in: [x]}]\n",
+        "hl7v2: []\ndicom: []\nhl7v2-where: [{field: OBX-5, where: OBX-3.1, in: x}]\n",
+    ],
 )
 def test_a_malformed_list_names_the_file_and_what_is_wrong(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str

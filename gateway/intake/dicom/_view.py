@@ -21,7 +21,7 @@ from pydicom.multival import MultiValue
 from pydicom.valuerep import PersonName
 
 from ...errors import IntakeError, Issue
-from .._controls import CONTROL, controls_removed
+from .._controls import CONTROL, controls_removed, stripped
 from .._identifying import dicom_identifies
 from ._faults import PYDICOM_FAULTS
 from ._paths import ALL, Path, Step, compile_path, tag_label
@@ -105,7 +105,14 @@ def _text_of(
             )
         warned = set() if warned is None else warned
         text = controls_removed(text, label, dicom_identifies, notes, warned)
-    return text.strip() or None
+    return stripped(text, label, _compared) or None
+
+
+def _compared(label: str) -> bool:
+    """Identifying and compared as sent (PatientID, an issuer, AccessionNumber ...): a
+    TAB or ideographic space at an end is part of it. Not InstitutionName, which is
+    looked up by name: padded so, it names no other sender."""
+    return dicom_identifies(label) and not label.endswith(" InstitutionName")
 
 
 def _pn_text(value: Any, group: int, part: int) -> str:

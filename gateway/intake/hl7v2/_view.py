@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 
 from ...errors import ConfigError, Issue
 from .._controls import CONTROL, controls_removed
-from .._identifying import hl7_identifies
+from .._identifying import hl7_identifies, hl7_identifies_where
 from ._er7 import Message
 
 __all__ = ["Accessor", "Hl7View", "PathCheck", "Position", "check_path", "components"]
@@ -319,7 +319,15 @@ class Hl7View:
             return value.strip()
         if label is None:
             label = self.label(path, here or self.root)
-        return controls_removed(value, label, hl7_identifies, self.notes, self._noted, '""')
+        return controls_removed(value, label, self._identifies, self.notes, self._noted, '""')
+
+    def _identifies(self, label: str) -> bool:
+        """Whether ``label`` is in an identifying field: listed, or listed for segments
+        like its own (OBX-5 of the OBX coded 113014 is a Study Instance UID)."""
+        if hl7_identifies(label):
+            return True
+        where = hl7_identifies_where(label)
+        return where is not None and self.first(where[0], self.root) in where[1]
 
     def first(self, path: str, here: Position) -> str | None:
         """The first non-empty value at ``path`` — ``values(...)[0][0]`` without building

@@ -337,8 +337,8 @@ def test_control_characters_are_removed_with_a_warning_naming_the_tag(
     ("attrs", "tag"),
     [
         ({"StudyDescription": "\x01\x02 "}, "(0008,1030) StudyDescription"),
-        # read first, to find the sender: the accession issuer (LAX2) names it instead
-        ({"InstitutionName": "\x1b\x1b\x07"}, "(0008,0080) InstitutionName"),
+        # (not InstitutionName: it names the sender, whose MRN PatientID may be, and is
+        # identifying; tests/intake/dicom/test_dicom_sender_controls.py)
     ],
 )
 def test_a_value_of_only_control_characters_is_read_as_absent_with_a_warning(
@@ -496,17 +496,20 @@ def test_a_uid_of_several_values_is_told_so(converter: Converter) -> None:
     assert "2 values" in unit.error.issue.message, unit.error.issue.message
 
 
-def test_control_characters_in_a_value_intake_reads_first_are_warned_too(
+def test_control_characters_in_a_value_intake_reads_first_fail_the_study(
     converter: Converter,
 ) -> None:
-    # The sender is found (InstitutionName, the accession issuer) before the view's
-    # warnings went to the study: the look-up is cached at the study, so a later read
-    # of the same path warned nothing.
+    # The sender is found (InstitutionName, the accession issuer) before the mapping
+    # reads the study: the look-up is cached at the study. InstitutionName names the
+    # sender, whose MRN a PatientID without its own issuer is: identifying, so the
+    # study's error (it was a warning, and 来安县第二<BEL>人民医院 still found LAX2; but
+    # read as absent, the sender was the accession issuer's hospital).
     attrs = {"InstitutionName": "来安县第二\x07人民医院"}
     [record] = converter.convert_files([("a.dcm", _chest(**attrs))])
-    assert record.ok, [i.line() for i in record.issues]
-    [warning] = [w for w in record.warnings if w.code == "intake.control-characters"]
-    assert "(0008,0080) InstitutionName" in (warning.location or ""), warning.location
+    assert record.bundle is None
+    [error] = record.errors
+    assert error.code == "intake.control-characters"
+    assert "(0008,0080) InstitutionName" in (error.location or ""), error.location
 
 
 def _issuer(oid: str) -> list[Dataset]:

@@ -90,14 +90,15 @@ def _patients(record: Record) -> list[dict[str, Any]]:
 def test_one_patient_id_padded_or_not_is_one_patient_in_every_transfer_syntax(
     tmp_path: Path, converter: Converter, encodings: tuple[str, ...]
 ) -> None:
-    # The same value (a TAB is part of it: no padding) with and without space padding
-    # at either end of the LO and at the end of the UT: an implicit VR file and DICOM
-    # JSON lost the TAB where an explicit VR or deflated file kept it (two patients).
+    # The same value with and without space padding at either end of the LO and at the
+    # end of the UT. (A TAB is part of the value, no padding: an implicit VR file and
+    # DICOM JSON lost it where an explicit VR or deflated file kept it, two patients;
+    # at an end of an identifying value it now fails the study, see below.)
     sent = [
-        ("0012345\t", "LAX2", _OID),
-        ("0012345\t  ", "LAX2 ", _OID + " "),
-        ("  0012345\t", " LAX2", _OID + "  "),
-        (" 0012345\t ", "LAX2", _OID),
+        ("0012345", "LAX2", _OID),
+        ("0012345  ", "LAX2 ", _OID + " "),
+        ("  0012345", " LAX2", _OID + "  "),
+        (" 0012345 ", "LAX2", _OID),
     ]
     files = [
         (encoding, _instance(n, charset, PatientID=pid, IssuerOfPatientID=issuer,
@@ -149,3 +150,42 @@ def test_any_other_difference_still_fails_the_study(
     assert "IM1" in error.message and "IM2" in error.message
     for text in ("0012345", "来安", "王", _OID):
         assert text not in error.message
+
+
+@pytest.mark.parametrize("encoding", ["explicit", "implicit", "deflated", "json"])
+@pytest.mark.parametrize(
+    "attrs",
+    [
+        {"PatientID": "0012345\t"},
+        {"PatientID": "\u30000012345"},
+        {"PatientID": " \t0012345"},
+        {"IssuerOfPatientID": "来安二院\u3000"},
+        {"UniversalEntityID": _OID + "\n"},
+    ],
+    ids=["trailing-tab", "leading-ideographic-space", "space-tab", "issuer-u3000", "uid-lf"],
+)
+def test_white_space_that_is_no_padding_fails_a_study_of_one_instance(
+    tmp_path: Path, converter: Converter, encoding: str, attrs: dict[str, Any]
+) -> None:
+    # Two instances, 0012345 and 0012345<TAB>, are two patients (above); but one
+    # instance's 0012345<TAB> was filed as MRN 0012345 (str.strip()), silently: across
+    # two studies, the patient the check keeps apart. Not padding, so not removed: the
+    # study's error, naming the tag, as a control character in an identifying field is.
+    record = _study(tmp_path, converter, [(encoding, _instance(1, "ISO_IR 192", **attrs))])
+    assert record.bundle is None, _patients(record)[0]["identifier"]
+    [error] = record.errors
+    assert error.code == "intake.control-characters"
+    keyword = next(iter(attrs))
+    assert (error.location or "").endswith(keyword), error.location
+    for text in ("0012345", "来安", _OID):
+        assert text not in error.message
+
+
+@pytest.mark.parametrize("encoding", ["explicit", "implicit", "json"])
+def test_space_padding_of_one_instance_is_still_padding(
+    tmp_path: Path, converter: Converter, encoding: str
+) -> None:
+    attrs = {"PatientID": "  0012345 ", "IssuerOfPatientID": " LAX2 ", "UniversalEntityID": _OID}
+    record = _study(tmp_path, converter, [(encoding, _instance(1, "GB18030", **attrs))])
+    [patient] = _patients(record)
+    assert "0012345" in {i["value"] for i in patient["identifier"]}

@@ -93,6 +93,11 @@ _ORC12 = "||20260615101500+0800|||NS0231^梁^志东^^^^^^NSCH|"
         # the referred-to provider's id and its facility (its identifier system)
         ("ref_i12_utf8.hl7", [("HK1001^PRN^HKPMC", "HK1\\X1F\\001^PRN^HKPMC")], "PRD(2)-7.1"),
         ("ref_i12_utf8.hl7", [("CARD^^^HKPMC", "CARD^^^HKP\\X1F\\MC")], "PRD(2)-4.4.1"),
+        # what is diagnosed, referred and observed: codes, as what is ordered
+        ("ref_i12_utf8.hl7", [("DG1|1||I25.1^", "DG1|1||I2\\X1F\\5.1^")], "DG1(1)-3.1"),
+        ("ref_i12_utf8.hl7", [("|Car^心血管内科", "|C\\X01\\ar^心血管内科")], "RF1-3.1"),
+        ("oru_r01_chinese.hl7", [("TX|59776-5^检查所见", "TX|5977\\X1F\\6-5^检查所见")],
+         "OBX(2)-3.1"),
     ],
 )  # fmt: skip
 def test_a_control_character_in_a_provider_organisation_or_code_fails_the_record(
@@ -111,7 +116,7 @@ def test_demographics_and_text_stay_warnings() -> None:
         assert not _identifying.hl7_identifies(label), label
     for label in ("MSH-3.1", "MSH-4.1", "MSH-6.2", "ORC-12.9.1", "OBR-16.1", "OBR-32.1.9"):
         assert _identifying.hl7_identifies(label), label
-    for label in ("OBX(3)-23.10", "PRD(2)-7.1", "PRD-4.4.1", "OBR-4.1", "OBR-44.1"):
+    for label in ("OBX(3)-23.10", "PRD(2)-7.1", "PRD-4.4.1", "OBR-4.1", "OBR-44.1", "DG1-3.1"):
         assert _identifying.hl7_identifies(label), label
 
 

@@ -229,19 +229,6 @@ def test_latin1_names_declared_latin1_are_read_as_latin1(converter: Converter) -
     assert _patient_names(record)[0]["given"] == ["Jérôme"]
 
 
-@pytest.fixture(scope="module")
-def decoding(tmp_path_factory: pytest.TempPathFactory) -> Converter:
-    """A converter whose network lets Lai'an's mislabelled text be decoded."""
-    home = tmp_path_factory.mktemp("decode-home")
-    seeds = (REPO / "seeds" / "network.yaml").read_text(encoding="utf-8")
-    marker = "    facility: LAX2\n"
-    assert marker in seeds
-    network = home / "network.yaml"
-    network.write_text(seeds.replace(marker, marker + "    charset_mismatch: decode\n"),
-                       encoding="utf-8")  # fmt: skip
-    return Converter(Settings.load(home=home, env={"GATEWAY_NETWORK": str(network)}))
-
-
 def test_a_sender_set_to_decode_gets_its_text_decoded_with_a_warning(decoding: Converter) -> None:
     ds = wang_wei(SpecificCharacterSet="ISO_IR 100", InstitutionName="LAX2",
                   ReferringPhysicianName=None, StudyDescription="CT")  # fmt: skip

@@ -8,13 +8,10 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from gateway import Converter, Settings
+from gateway import Converter
 from gateway.envelope import Record
 from tests.golden.dicom.make_studies import LAX2_CHEST, part10, wang_wei
 
-REPO = Path(__file__).resolve().parents[3]
 _COUNT = 50
 
 
@@ -69,19 +66,6 @@ def test_two_tags_or_two_problems_stay_apart(tmp_path: Path, converter: Converte
     # a series' description is read once a series: counted in series
     assert "(in 2 of 2 series, first in " in series.message
     assert series.message.endswith("/IM001.dcm)")
-
-
-@pytest.fixture(scope="module")
-def decoding(tmp_path_factory: pytest.TempPathFactory) -> Converter:
-    """A converter whose network lets Lai'an's mislabelled text be decoded."""
-    home = tmp_path_factory.mktemp("decode-home")
-    seeds = (REPO / "seeds" / "network.yaml").read_text(encoding="utf-8")
-    marker = "    facility: LAX2\n"
-    assert marker in seeds
-    network = home / "network.yaml"
-    network.write_text(seeds.replace(marker, marker + "    charset_mismatch: decode\n"),
-                       encoding="utf-8")  # fmt: skip
-    return Converter(Settings.load(home=home, env={"GATEWAY_NETWORK": str(network)}))
 
 
 def test_the_same_mislabelled_charset_in_every_slice_is_one_warning(

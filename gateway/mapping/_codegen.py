@@ -42,7 +42,7 @@ __all__ = ["ENGINES", "GENERATOR_VERSION", "CodeCache", "Lowering", "engine_sett
 log = logging.getLogger(__name__)
 
 # Part of the cache key: bump it whenever the generated code changes for the same input.
-GENERATOR_VERSION = "16"
+GENERATOR_VERSION = "17"
 # ceiling: the compiled target, with the message mappings of _ceiling.TARGETS generated
 # whole (gateway/mapping/_ceiling.py); not the default until it proves faster
 ENGINES = ("compiled", "interpreted", "ceiling")

@@ -42,8 +42,9 @@ What it lowers beyond the compiled target (first slice):
   made before: two DG1 of one code merged, other write rules);
 - ``coding``'s answers (a code's codings, its translations) found by their arguments
   (:class:`Answers`, bounded in bytes), made again from their JSON: fresh values;
-- the Bundle's scopes asked inline: a reference's URL (``ref``), a ``refs`` list and
-  the URLs in a shared entry's key (:func:`_refs`), a required entry's count.
+- the Bundle's scopes asked inline: a reference's URL (``ref``) and an ``id-of``'s id
+  (a diagnosis's patient: no context made per DG1 to call it), a ``refs`` list and the
+  URLs in a shared entry's key (:func:`_refs`), a required entry's count.
 
 Not yet (the compiled target's code is generated there, or its functions called):
 ``at`` a component (``OBR-32.1``: the CNN interpreter's node is selected by its

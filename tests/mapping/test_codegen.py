@@ -287,6 +287,23 @@ def test_ceiling_adds_a_records_own_entries_inline(engines: dict[str, Converter]
         assert all(re.fullmatch(r"if not d\d+:", line) for _, line in calls), (key, calls)
 
 
+def test_ceiling_asks_a_diagnosis_its_patients_id_inline(engines: dict[str, Converter]) -> None:
+    """A diagnosis's identifier (Condition-DG1.yaml: ``{id-of: patient}``) is the
+    patient's id read from the Bundle's scopes in the build, as ``ref`` reads a URL:
+    no ``id_of`` closure called, no context made for each DG1 to call it with."""
+    ceiling = engines["ceiling"].hl7v2._ceiling
+    assert ceiling is not None
+    for name in ("REF", "ORDER"):
+        (source,) = [
+            s
+            for s in ceiling.sources
+            if s.startswith(f"def build(view, env, tz, lenient):  # {name}")
+        ]
+        assert ".rsplit(':', 1)[-1] if " in source, name
+        loop = source.split("  # its group's own DG1", 1)[0].rsplit(" in g", 1)[1]
+        assert ".at(" not in loop, name
+
+
 def test_ceiling_finds_codings_by_their_arguments(engines: dict[str, Converter]) -> None:
     """A report's codings (``coding``: its exam code translated, its findings' LOINC)
     are worked out once per code and found after (_ceiling.Answers), each time the

@@ -36,13 +36,15 @@ What it lowers beyond the compiled target (first slice):
   (:func:`merge`), whether the entry was found whole or the add made it;
 - a segment's groups (``group: ORC``, ``each: DG1``) found in place, labels inline;
 - ``identifier-system``'s answers looked up in its table inline, ``script`` inline;
-- a record's own entries (the patient, an order, a report and its findings): their id,
-  request and place in the Bundle made inline, as BundleBuilder.add makes them; the
-  add called for the rest (no identifier, an id made before, other write rules);
+- a record's own entries (the patient, an order, a report and its findings, a
+  diagnosis of ``each: DG1``): their id, request and place in the Bundle made inline,
+  as BundleBuilder.add makes them; the add called for the rest (no identifier, an id
+  made before: two DG1 of one code merged, other write rules);
 - ``coding``'s answers (a code's codings, its translations) found by their arguments
   (:class:`Answers`, bounded in bytes), made again from their JSON: fresh values;
-- the Bundle's scopes asked inline: a reference's URL (``ref``), a ``refs`` list and
-  the URLs in a shared entry's key (:func:`_refs`), a required entry's count.
+- the Bundle's scopes asked inline: a reference's URL (``ref``) and an ``id-of``'s id
+  (a diagnosis's patient: no context made per DG1 to call it), a ``refs`` list and the
+  URLs in a shared entry's key (:func:`_refs`), a required entry's count.
 
 Not yet (the compiled target's code is generated there, or its functions called):
 ``at`` a component (``OBR-32.1``: the CNN interpreter's node is selected by its
@@ -863,16 +865,22 @@ class Ceiling(Lowering):
         self, f: _Func, body: Fn, t: str, c: str, h: str, ind: int, sites: tuple[str, ...] = ()
     ) -> bool:
         """An entry of memoised fields taken at its node (an organisation at MSH-4, a
-        practitioner at ORC-12) is looked up whole (:meth:`_shared`)."""
+        practitioner at ORC-12) is looked up whole (:meth:`_shared`); a record's own
+        entry taken at its node (a diagnosis of ``each: DG1``: its fields generated
+        inline, as the compiled target makes them) is added inline (:meth:`_own_entry`)."""
         shape = SHAPES.get(body)
-        if (
-            shape is not None
-            and shape[0] == "add"
-            and shape[2].fields in MEMOS
-            and self._own(shape[2].fields, sites) is None
-        ):
-            c = _maker(f, c)
-            if self._shared(f, c, h, ind, shape[1], shape[2], c):
+        if shape is not None and shape[0] == "add" and shape[2].fields in MEMOS:
+            key, template = shape[1], shape[2]
+            own = self._own(template.fields, sites)
+            if own is None:
+                c = _maker(f, c)
+                if self._shared(f, c, h, ind, key, template, c):
+                    f.add(ind, f"{t} = None")
+                    return True
+            elif ind <= _RAW_DEPTH:  # _own_entry nests three blocks deeper
+                v = f.var("v")
+                self._at_node(f, own, v, _maker(f, c), h, ind)
+                self._own_entry(f, ind, key, template, v, h)
                 f.add(ind, f"{t} = None")
                 return True
         return super()._direct(f, body, t, c, h, ind, sites)

@@ -42,7 +42,7 @@ __all__ = ["ENGINES", "GENERATOR_VERSION", "CodeCache", "Lowering", "engine_sett
 log = logging.getLogger(__name__)
 
 # Part of the cache key: bump it whenever the generated code changes for the same input.
-GENERATOR_VERSION = "16"
+GENERATOR_VERSION = "18"
 # ceiling: the compiled target, with the message mappings of _ceiling.TARGETS generated
 # whole (gateway/mapping/_ceiling.py); not the default until it proves faster
 ENGINES = ("compiled", "interpreted", "ceiling")
@@ -579,6 +579,13 @@ class Lowering:
             f.add(ind, f"if {_not_empty(v)}:")
             f.add(ind + 1, f"{o}['display'] = {v}")
         f.add(ind, f"{t} = {o} or None")
+
+    def _id_of(self, f: _Func, t: str, c: str, h: str, ind: int, key: str) -> None:
+        """The id of the resource made under ``key`` (a literal), as _compile's ``id-of``
+        finds it: its URL's last part (a patient's, for its diagnoses' identifiers)."""
+        u = f.var("u")
+        self._ref_url(f, u, ind, key)
+        f.add(ind, f"{t} = {u}.rsplit(':', 1)[-1] if {u} else None")
 
     def _ref_url(self, f: _Func, u: str, ind: int, key: str) -> None:
         """``u`` = the URL of the resource made under ``key``, or None."""

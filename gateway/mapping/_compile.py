@@ -520,7 +520,8 @@ class Compiler:
             url = ctx.state.ref(key(ctx))
             return url.rsplit(":", 1)[-1] if url else None
 
-        return id_of
+        raw = str(spec["id-of"])
+        return id_of if raw.startswith("$") else _shaped(id_of, "id-of", raw)
 
     def _refs(self, spec: dict[str, Any], where: str) -> Fn:
         raw = str(spec["refs"])

@@ -273,17 +273,35 @@ def test_ceiling_reads_result_fields_in_place(engines: dict[str, Converter]) -> 
 
 def test_ceiling_adds_a_records_own_entries_inline(engines: dict[str, Converter]) -> None:
     """The ceiling target adds a record's own entries (its patient, a report, its
-    findings, an order) itself: BundleBuilder.add is called only for what the inline
-    code leaves to it (no identifier, an id made before, fields that are not a dict)."""
+    findings, an order, a diagnosis of ``each: DG1``) itself: BundleBuilder.add is called
+    only for what the inline code leaves to it (no identifier, an id made before, fields
+    that are not a dict)."""
     import re
 
     ceiling = engines["ceiling"].hl7v2._ceiling
     assert ceiling is not None
     source = "".join(ceiling.sources)
-    for key in ("patient", "report", "findings", "order"):
+    for key in ("patient", "report", "findings", "order", "condition"):
         calls = re.findall(rf"\n( *)(.*)\n *state\.add\({key!r},", source)
         assert calls, key
         assert all(re.fullmatch(r"if not d\d+:", line) for _, line in calls), (key, calls)
+
+
+def test_ceiling_asks_a_diagnosis_its_patients_id_inline(engines: dict[str, Converter]) -> None:
+    """A diagnosis's identifier (Condition-DG1.yaml: ``{id-of: patient}``) is the
+    patient's id read from the Bundle's scopes in the build, as ``ref`` reads a URL:
+    no ``id_of`` closure called, no context made for each DG1 to call it with."""
+    ceiling = engines["ceiling"].hl7v2._ceiling
+    assert ceiling is not None
+    for name in ("REF", "ORDER"):
+        (source,) = [
+            s
+            for s in ceiling.sources
+            if s.startswith(f"def build(view, env, tz, lenient):  # {name}")
+        ]
+        assert ".rsplit(':', 1)[-1] if " in source, name
+        loop = source.split("  # its group's own DG1", 1)[0].rsplit(" in g", 1)[1]
+        assert ".at(" not in loop, name
 
 
 def test_ceiling_finds_codings_by_their_arguments(engines: dict[str, Converter]) -> None:
@@ -596,6 +614,12 @@ _GROUP_CASES: dict[str, Any] = {
     "groups: an order without OBR": lambda lines: [x for x in lines if x[:6] != "OBR|2|"],
     "groups: two patients": _after("PID", "PID|2||X9^^^LAX2^MR||李^明"),
     "groups: three orders": lambda lines: [*lines, *lines[-3:]],
+    "groups: the same DG1 twice in one order (one id: merged)": lambda lines: [
+        *lines[:5],
+        "DG1|1||I63.9^脑梗死^I10|||W",
+        "DG1|2||I63.9^^I10||20260101|F",
+        *lines[5:],
+    ],
 }
 
 
@@ -639,6 +663,48 @@ _RESULT_GROUP_CASES: dict[str, Any] = {
 def test_result_groups_byte_identical(engines: dict[str, Converter], case: str) -> None:
     text = (regenerate.GOLDEN / "hl7v2" / "oru_r01_cobranded.hl7").read_text()
     lines = _RESULT_GROUP_CASES[case](text.replace("\n", "\r").split("\r"))
+    for k in range(3):  # the shared entries made, remembered, found
+        _same(engines, _freshen("\r".join(x for x in lines if x), k).encode(), case)
+
+
+# A referral's diagnoses (each: DG1, Condition-DG1.yaml: own entries the ceiling target
+# adds inline, BundleBuilder.add left the rest): DG1s added to ref_i12_utf8 (its two,
+# I25.1 and I10, after PID)
+_REF_GROUP_CASES: dict[str, Any] = {
+    "diagnoses: the same code twice (one id: merged)": _after(
+        "DG1|2|", "DG1|3||I25.1^^I10||20260618|P"
+    ),
+    "diagnoses: a diagnosis identifier (DG1-20)": _after(
+        "DG1|2|", "DG1|3||I20.9^心绞痛^I10||20260618|F" + "|" * 14 + "D3^NSCH"
+    ),
+    "diagnoses: an identifier to escape": _after(
+        "DG1|2|", "DG1|3||I20.9^心绞痛^I10||20260618|F" + "|" * 14 + "D 3,x$y\\E\\z^NSCH"
+    ),
+    "diagnoses: one identifier twice (merged)": lambda lines: [
+        *lines,
+        "DG1|3||I20.9^^I10||20260618|F" + "|" * 14 + "D3^NSCH",
+        "DG1|4||I21.0^^I10|||P" + "|" * 14 + "D3^NSCH",
+    ],
+    "diagnoses: one without a code (no identity: a warning)": _after(
+        "DG1|2|", "DG1|3||||20260618|F"
+    ),
+    "diagnoses: a code with an escape": _after("DG1|2|", "DG1|3||I20\\S\\9^x^I10|||F"),
+    "diagnoses: many": lambda lines: [
+        *lines,
+        *(f"DG1|{n}||Z{n:02d}.{n % 10}^^I10||2026061{n % 10}|F" for n in range(3, 12)),
+    ],
+    "diagnoses: before the patient": lambda lines: [
+        lines[0],
+        *(x for x in lines if x.startswith("DG1|")),
+        *(x for x in lines[1:] if not x.startswith("DG1|")),
+    ],
+}
+
+
+@pytest.mark.parametrize("case", _REF_GROUP_CASES)
+def test_referral_diagnoses_byte_identical(engines: dict[str, Converter], case: str) -> None:
+    text = (regenerate.GOLDEN / "hl7v2" / "ref_i12_utf8.hl7").read_text()
+    lines = _REF_GROUP_CASES[case](text.replace("\n", "\r").split("\r"))
     for k in range(3):  # the shared entries made, remembered, found
         _same(engines, _freshen("\r".join(x for x in lines if x), k).encode(), case)
 

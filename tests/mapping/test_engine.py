@@ -155,6 +155,40 @@ def test_expression_language(tmp_path: Path) -> None:
     }
 
 
+def test_id_of_gives_the_id_of_the_resource_made_under_a_key(tmp_path: Path) -> None:
+    """``{id-of: key}`` (a literal key, asked inline by generated code) and ``{id-of:
+    $var}`` (the key a variable names) both give the patient's id; a key with nothing
+    made under it gives nothing."""
+    mapping = """
+messages: [ADT^A04]
+vars: {who: {const: patient}, nobody: {const: sender}}
+bundle: {identifier: {system: urn:test, value: {path: /MSH-10}}}
+resources:
+  - {key: sender, template: resources/Organization-HD.yaml, at: /MSH-99}
+  - {key: patient, template: resources/Patient.yaml}
+  - {key: x, template: resources/X.yaml}
+"""
+    template = """
+resourceType: Basic
+fields:
+  identifier: [{system: urn:x, value: {path: PID-3.1}}]
+  extension:
+    - {url: literal, valueId: {id-of: patient}}
+    - {url: variable, valueId: {id-of: $who}}
+    - {url: none-made, valueId: {id-of: sender}}
+    - {url: none-made-variable, valueId: {id-of: $nobody}}
+"""
+    root = _mapping_root(tmp_path, mapping, {"resources/X.yaml": template})
+    bundle, _ = _run(root, HEADER.format(type="ADT^A04") + PATIENT)
+    patient, x = (e["resource"] for e in bundle["entry"])
+    assert x["extension"] == [
+        {"url": "literal", "valueId": patient["id"]},
+        {"url": "variable", "valueId": patient["id"]},
+        {"url": "none-made"},
+        {"url": "none-made-variable"},
+    ]
+
+
 def test_unknown_code_names_the_field_and_the_table(tmp_path: Path) -> None:
     root = _mapping_root(
         tmp_path,

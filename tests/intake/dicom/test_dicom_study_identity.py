@@ -10,10 +10,12 @@ and the same study sent as ISO_IR 192 (UTF-8) by another modality of the hospita
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
-from pydicom import Dataset
+from pydicom import Dataset, FileMetaDataset
+from pydicom.uid import ImplicitVRLittleEndian
 
 from gateway import Converter
 from gateway.envelope import Record
@@ -41,8 +43,16 @@ def _study(
     return out
 
 
-def _refused(converter: Converter, files: list[tuple[str, bytes]], code: str) -> Record:
-    [record] = list(converter.convert_files(files))
+def _refused(
+    converter: Converter,
+    files: list[tuple[str, bytes]],
+    code: str = "intake.dicom-study-mismatch",
+) -> Record:
+    return _refused_records(list(converter.convert_files(files)), code)
+
+
+def _refused_records(records: list[Record], code: str = "intake.dicom-study-mismatch") -> Record:
+    [record] = records
     assert record.bundle is None and record.control_id == LAX2_CHEST
     assert [e.code for e in record.errors] == [code], [i.line() for i in record.issues]
     for issue in record.issues:
@@ -165,3 +175,30 @@ def test_another_type_of_the_patient_issuers_oid_refuses_the_study(
     [error] = _refused(converter, files, "intake.dicom-patient-mismatch").errors
     assert error.location == "(0010,0024) IssuerOfPatientIDQualifiersSequence"
     assert "S1/IM1.dcm" in error.message and "S2/IM5.dcm" in error.message
+
+
+def test_another_accession_number_in_a_dicom_json_study_refuses_it(converter: Converter) -> None:
+    objects = [
+        wang_wei(number=n, **({"AccessionNumber": "LA2026061000003"} if n == 2 else {}))
+        for n in (1, 2, 3)
+    ]
+    data = json.dumps([ds.to_json_dict() for ds in objects]).encode()
+    [error] = _refused_records(converter.convert(data, source="s.json")).errors
+    assert error.location == ACCESSION
+    assert "s.json[1]" in error.message and "s.json[2]" in error.message
+
+
+def test_one_accession_number_in_two_transfer_syntaxes_is_one(
+    tmp_path: Path, converter: Converter
+) -> None:
+    """Compared as sent, not as bytes: an implicit VR instance's values agree."""
+    files = _study(tmp_path)
+    ds = wang_wei(number=6, InstitutionName="来安县第二人民医院 ")
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    path = tmp_path / "implicit.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    [record] = list(converter.convert_files([*files, ("implicit.dcm", path.read_bytes())]))
+    assert record.ok, [i.line() for i in record.issues]

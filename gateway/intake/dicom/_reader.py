@@ -25,9 +25,9 @@ import struct
 import warnings
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import IO, Any, TypeVar, cast
+from typing import IO, Any
 
 import orjson
 from pydicom import Dataset, dcmread
@@ -89,6 +89,7 @@ _QUALIFIERS, _UNIVERSAL_ID = 0x00100024, 0x00400032
 # accession number and IssuerOfAccessionNumberSequence's first item.
 _ACCESSION, _ACCESSION_ISSUER = 0x00080050, 0x00080051
 _LOCAL_ID, _UID_TYPE = 0x00400031, 0x00400033
+_JOINING = (0x00080050, 0x00080051, 0x00080080)  # AccessionNumber, its issuer, InstitutionName
 _CHARSET = 0x00080005
 _INSTITUTION = 0x00080080
 _DICOMDIR = "1.2.840.10008.1.3.10"  # Media Storage Directory Storage: no instance
@@ -99,7 +100,6 @@ _UNDEFINED = 0xFFFFFFFF
 _LONG_VRS = frozenset(
     {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 )
-_T = TypeVar("_T")
 _UNSAFE = re.compile(r"[^\w.\-/ #()\[\]+]")
 
 
@@ -153,10 +153,11 @@ class _Study:
     order_from: str = ""
     institution: str | None = None
     institution_from: str = ""
-    # An element's raw bytes (with the charset and encoding they are read in) -> what
-    # was read from them: a study's instances mostly send the same bytes, and decoding
-    # the issuer's sequence and a Chinese InstitutionName anew in each cost ~0.2 ms
-    seen: dict[tuple[Any, ...], Any] = field(default_factory=dict)
+    # The raw bytes of those elements (with the charset and encoding they are read in)
+    # that were checked: a study's instances mostly send the same bytes, and decoding
+    # the issuer's sequence and a Chinese InstitutionName anew in each added ~10 % to
+    # reading a study's headers
+    agreed: set[tuple[Any, ...]] = field(default_factory=set)
     skipped: dict[int, int] = field(default_factory=dict)  # tag → instances skipping it
 
 
@@ -387,8 +388,7 @@ def _place(inst: _Instance, studies: dict[str, _Study], slots: list[_Slot]) -> _
         study.skipped[tag] = study.skipped.get(tag, 0) + 1
     try:
         _same_patient(study, inst)
-        _same_order(study, inst)
-        _same_sender(study, inst)
+        _same_order_and_sender(study, inst)
     except IntakeError as exc:
         study.error = study.error or exc
         return study
@@ -478,7 +478,7 @@ def _same_order(study: _Study, inst: _Instance) -> None:
     try:
         key = (
             _sent_text(inst.ds, _ACCESSION),
-            *_once(study, inst, _ACCESSION_ISSUER, _accession_issuer),
+            *_accession_issuer(inst.ds),
         )
     except IntakeError as exc:
         raise _in_file(inst.name, exc) from None
@@ -501,7 +501,7 @@ def _same_sender(study: _Study, inst: _Instance) -> None:
     institutions fail the study; one naming none takes no part (the attribute is
     Type 3, and post-processing series often lack it)."""
     try:
-        name = _once(study, inst, _INSTITUTION, _institution_sent)
+        name = _institution_sent(inst.ds)
     except IntakeError as exc:
         raise _in_file(inst.name, exc) from None
     _identifying(name, tag_label(_INSTITUTION), inst.name)
@@ -515,19 +515,27 @@ def _same_sender(study: _Study, inst: _Instance) -> None:
         raise _study_mismatch(label, study.institution_from, inst.name, name, study.institution)
 
 
-def _once(study: _Study, inst: _Instance, tag: int, read: Callable[[Dataset], _T]) -> _T:
-    """``read(inst.ds)``, or what it gave for the same raw bytes of its element in
-    another instance of the study (same charset, VR and byte order: the same value).
-    Values already decoded (DICOM JSON, a sequence of undefined length) are read."""
-    raw = inst.ds.get_item(tag, keep_deferred=True)
-    if not isinstance(raw, RawDataElement) or not isinstance(raw.value, bytes):
-        return read(inst.ds)
+def _same_order_and_sender(study: _Study, inst: _Instance) -> None:
+    """``_same_order`` and ``_same_sender``, skipped for an instance whose elements hold
+    the very bytes of one already checked (in the same charset, VR and byte order: the
+    same values). Values already decoded (DICOM JSON, a sequence of undefined length)
+    are always checked."""
     charset = inst.ds.get_item(_CHARSET, keep_deferred=True)
-    sent = charset.value if charset is not None else None
-    key = (tag, raw.VR, raw.is_little_endian, raw.is_implicit_VR, raw.value, str(sent))
-    if key not in study.seen:
-        study.seen[key] = read(inst.ds)
-    return cast(_T, study.seen[key])
+    key: list[Any] = [str(charset.value if charset is not None else None)]
+    for tag in _JOINING:
+        raw = inst.ds.get_item(tag, keep_deferred=True)
+        if raw is None:
+            key.append(None)
+        elif isinstance(raw, RawDataElement) and isinstance(raw.value, bytes):
+            key.append((raw.VR, raw.is_little_endian, raw.is_implicit_VR, raw.value))
+        else:
+            _same_order(study, inst)
+            _same_sender(study, inst)
+            return
+    if tuple(key) not in study.agreed:
+        _same_order(study, inst)
+        _same_sender(study, inst)
+        study.agreed.add(tuple(key))
 
 
 def _identifying(value: str, label: str, name: str) -> None:

@@ -89,9 +89,9 @@ _QUALIFIERS, _UNIVERSAL_ID = 0x00100024, 0x00400032
 # accession number and IssuerOfAccessionNumberSequence's first item.
 _ACCESSION, _ACCESSION_ISSUER = 0x00080050, 0x00080051
 _LOCAL_ID, _UID_TYPE = 0x00400031, 0x00400033
-_JOINING = (0x00080050, 0x00080051, 0x00080080)  # AccessionNumber, its issuer, InstitutionName
 _CHARSET = 0x00080005
 _INSTITUTION = 0x00080080
+_JOINING = (_ACCESSION, _ACCESSION_ISSUER, _INSTITUTION)  # the order and the sender
 _DICOMDIR = "1.2.840.10008.1.3.10"  # Media Storage Directory Storage: no instance
 _DEFLATED = "1.2.840.10008.1.2.1.99"
 _PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})
@@ -473,7 +473,7 @@ def _same_order(study: _Study, inst: _Instance) -> None:
     them names no order (a workstation's secondary capture often has none) and takes
     no part; one with the number but not its issuer, beside one with both, names the
     number in another system: a mismatch. Raises IntakeError naming both files and the
-    tag, never a value; a control character or an edge TAB in any instance's value is
+    tag, never a value; a control character (or a TAB at an end) in any instance's value is
     the identifying-field error the view gives the first one."""
     try:
         key = (

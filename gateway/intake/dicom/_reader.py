@@ -181,7 +181,7 @@ def read_studies(
     # The process-wide switches are held while reading and each study's checks, and
     # never across a yield: the caller runs with them as they were.
     with quiet_pydicom(), no_gc():
-        _read_all(items, studies, slots, max_element_bytes)
+        _read_all(items, studies, slots, max_element_bytes, network)
         settled = _settle(slots, studies)
     for index, slot in enumerate(settled, 1):
         if isinstance(slot, IntakeError):
@@ -208,6 +208,7 @@ def _read_all(
     studies: dict[str, _Study],
     slots: list[_Slot],
     limit: int,
+    network: Network,
 ) -> None:
     for name, data in items:
         notes: list[Issue] = []
@@ -218,7 +219,7 @@ def _read_all(
                 slots.append(got)
                 continue
             read += 1
-            study = _place(got, studies, slots)
+            study = _place(got, studies, slots, network)
             if study is not None and study not in touched:
                 touched.append(study)
         for study in touched:  # an archive's skipped members concern the studies in it
@@ -366,7 +367,9 @@ def _is_dicomdir(ds: Dataset) -> bool:
     return str(value or "").strip(" \x00") == _DICOMDIR
 
 
-def _place(inst: _Instance, studies: dict[str, _Study], slots: list[_Slot]) -> _Study | None:
+def _place(
+    inst: _Instance, studies: dict[str, _Study], slots: list[_Slot], network: Network
+) -> _Study | None:
     """File the instance under its study and series. Without a readable Study Instance
     UID it may belong to any study of its group: a broken slot (a DICOMDIR belongs to
     none: an error record of its own)."""
@@ -388,7 +391,7 @@ def _place(inst: _Instance, studies: dict[str, _Study], slots: list[_Slot]) -> _
         study.skipped[tag] = study.skipped.get(tag, 0) + 1
     try:
         _same_patient(study, inst)
-        _same_order_and_sender(study, inst)
+        _same_order_and_sender(study, inst, network)
     except IntakeError as exc:
         study.error = study.error or exc
         return study
@@ -494,12 +497,15 @@ def _same_order(study: _Study, inst: _Instance) -> None:
             raise _study_mismatch(label, study.order_from, inst.name, mine, first)
 
 
-def _same_sender(study: _Study, inst: _Instance) -> None:
+def _same_sender(study: _Study, inst: _Instance, network: Network) -> None:
     """One sender per study: InstitutionName decides whose number a PatientID without
     its own issuer is (and the accession number's system without an issuer), and the
     view reads it from the first instance that sends one. Two instances naming two
     institutions fail the study; one naming none takes no part (the attribute is
-    Type 3, and post-processing series often lack it)."""
+    Type 3, and post-processing series often lack it). Two spellings the network knows
+    as one institution (its name in either language, an alias) are one sender: the
+    General Equipment module is per series, and a workstation's series may spell it
+    otherwise (the remedy for a refused study: the spelling as an alias in the network)."""
     try:
         name = _institution_sent(inst.ds)
     except IntakeError as exc:
@@ -510,12 +516,18 @@ def _same_sender(study: _Study, inst: _Instance) -> None:
         return
     if study.institution is None:
         study.institution, study.institution_from = name, inst.name
-    elif name != study.institution:
+    elif name != study.institution and not _one_institution(network, name, study.institution):
         label = tag_label(_INSTITUTION)
         raise _study_mismatch(label, study.institution_from, inst.name, name, study.institution)
 
 
-def _same_order_and_sender(study: _Study, inst: _Instance) -> None:
+def _one_institution(network: Network, name: str, other: str) -> bool:
+    """Whether the network knows both names as one institution."""
+    first, second = network.find(name), network.find(other)
+    return first is not None and second is not None and first.facility == second.facility
+
+
+def _same_order_and_sender(study: _Study, inst: _Instance, network: Network) -> None:
     """``_same_order`` and ``_same_sender``, skipped for an instance whose elements hold
     the very bytes of one already checked (in the same charset, VR and byte order: the
     same values). Values already decoded (DICOM JSON, a sequence of undefined length)
@@ -530,11 +542,11 @@ def _same_order_and_sender(study: _Study, inst: _Instance) -> None:
             key.append((raw.VR, raw.is_little_endian, raw.is_implicit_VR, raw.value))
         else:
             _same_order(study, inst)
-            _same_sender(study, inst)
+            _same_sender(study, inst, network)
             return
     if tuple(key) not in study.agreed:
         _same_order(study, inst)
-        _same_sender(study, inst)
+        _same_sender(study, inst, network)
         study.agreed.add(tuple(key))
 
 

@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from pydicom import Dataset, FileMetaDataset
 from pydicom.uid import ImplicitVRLittleEndian
 
@@ -147,6 +148,28 @@ def test_another_institution_refuses_the_study(tmp_path: Path, converter: Conver
     [error] = _refused(converter, files, "intake.dicom-study-mismatch").errors
     assert error.location == INSTITUTION
     assert "S1/IM1.dcm" in error.message and "S2/IM4.dcm" in error.message
+
+
+@pytest.mark.parametrize("spelling", ["Lai'an County No.2 People's Hospital", "來安縣第二人民醫院"])
+def test_another_spelling_of_the_same_institution_is_one_sender(
+    tmp_path: Path, converter: Converter, spelling: str
+) -> None:
+    # InstitutionName is in the General Equipment module (per series): a workstation's
+    # series may spell the hospital otherwise. The network's names and aliases of one
+    # institution are one sender (ISO_IR 192 for the Traditional spelling: its bytes)
+    files = _study(
+        tmp_path, {4: {"InstitutionName": spelling, "SpecificCharacterSet": "ISO_IR 192"}}
+    )
+    [record] = list(converter.convert_files(files))
+    assert record.ok, [i.line() for i in record.issues]
+
+
+def test_a_spelling_the_network_does_not_know_still_refuses_the_study(
+    tmp_path: Path, converter: Converter
+) -> None:
+    files = _study(tmp_path, {4: {"InstitutionName": "LAX2 3D Workstation"}})
+    [error] = _refused(converter, files, "intake.dicom-study-mismatch").errors
+    assert error.location == INSTITUTION
 
 
 def test_a_control_character_in_a_later_institution_name_refuses_the_study(

@@ -10,7 +10,8 @@ was read whole. An instance that cannot be read, is cut short or is damaged in i
 archive fails its study (or, when its Study Instance UID cannot be read, every study
 of its archive, JSON document or folder), naming the file or member; a study is never
 converted with a part of its instances. Its instances must name one patient
-(PatientID and IssuerOfPatientID). A file that is not DICOM, or a readable DICOM
+(PatientID and IssuerOfPatientID), one order (AccessionNumber and its issuer) and one
+sender (InstitutionName). A file that is not DICOM, or a readable DICOM
 object without Study Instance UID that concerns no study, is an error record of its
 own; neither stops the other studies.
 """
@@ -39,6 +40,8 @@ from pydicom.tag import BaseTag
 from ...errors import GatewayError, IntakeError, Issue
 from ...network import Network
 from .._charset import MULTI_BYTE, codec_for, likely_cjk_charset
+from .._controls import CONTROL, stripped
+from .._identifying import identifying_error
 from .._unit import Unit
 from ._charsets import CharsetPolicy, check_text, single_byte_or_none
 from ._fastread import read_header
@@ -82,8 +85,13 @@ _PATIENT_ID, _ISSUER = 0x00100020, 0x00100021
 # IssuerOfPatientIDQualifiersSequence and its UniversalEntityID (the issuer's OID): the
 # mapping takes the issuer from there too, so two instances must agree on it as well.
 _QUALIFIERS, _UNIVERSAL_ID = 0x00100024, 0x00400032
+# What joins the ImagingStudy to its order (ServiceRequest, by identifier): the
+# accession number and IssuerOfAccessionNumberSequence's first item.
+_ACCESSION, _ACCESSION_ISSUER = 0x00080050, 0x00080051
+_LOCAL_ID, _UID_TYPE = 0x00400031, 0x00400033
 _CHARSET = 0x00080005
 _INSTITUTION = 0x00080080
+_JOINING = (_ACCESSION, _ACCESSION_ISSUER, _INSTITUTION)  # the order and the sender
 _DICOMDIR = "1.2.840.10008.1.3.10"  # Media Storage Directory Storage: no instance
 _DEFLATED = "1.2.840.10008.1.2.1.99"
 _PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})
@@ -134,10 +142,22 @@ class _Study:
     issues: list[Issue] = field(default_factory=list)
     error: IntakeError | None = None
     groups: set[str] = field(default_factory=set)
-    patient: tuple[str, str, str] | None = (
-        None  # (PatientID, IssuerOfPatientID, its UID) of the first
-    )
+    # (PatientID, IssuerOfPatientID, its UniversalEntityID and UniversalEntityIDType)
+    # of the first instance
+    patient: tuple[str, str, str, str] | None = None
     patient_from: str = ""  # the instance that set it
+    # The order it joins, (AccessionNumber, issuer's LocalNamespaceEntityID,
+    # UniversalEntityID, UniversalEntityIDType), and InstitutionName (the sender), of
+    # the first instance that sends them, and that instance
+    order: tuple[str, ...] | None = None
+    order_from: str = ""
+    institution: str | None = None
+    institution_from: str = ""
+    # The raw bytes of those elements (with the charset and encoding they are read in)
+    # that were checked: a study's instances mostly send the same bytes, and decoding
+    # the issuer's sequence and a Chinese InstitutionName anew in each added ~10 % to
+    # reading a study's headers
+    agreed: set[tuple[Any, ...]] = field(default_factory=set)
     skipped: dict[int, int] = field(default_factory=dict)  # tag → instances skipping it
 
 
@@ -161,7 +181,7 @@ def read_studies(
     # The process-wide switches are held while reading and each study's checks, and
     # never across a yield: the caller runs with them as they were.
     with quiet_pydicom(), no_gc():
-        _read_all(items, studies, slots, max_element_bytes)
+        _read_all(items, studies, slots, max_element_bytes, network)
         settled = _settle(slots, studies)
     for index, slot in enumerate(settled, 1):
         if isinstance(slot, IntakeError):
@@ -188,6 +208,7 @@ def _read_all(
     studies: dict[str, _Study],
     slots: list[_Slot],
     limit: int,
+    network: Network,
 ) -> None:
     for name, data in items:
         notes: list[Issue] = []
@@ -198,7 +219,7 @@ def _read_all(
                 slots.append(got)
                 continue
             read += 1
-            study = _place(got, studies, slots)
+            study = _place(got, studies, slots, network)
             if study is not None and study not in touched:
                 touched.append(study)
         for study in touched:  # an archive's skipped members concern the studies in it
@@ -346,7 +367,9 @@ def _is_dicomdir(ds: Dataset) -> bool:
     return str(value or "").strip(" \x00") == _DICOMDIR
 
 
-def _place(inst: _Instance, studies: dict[str, _Study], slots: list[_Slot]) -> _Study | None:
+def _place(
+    inst: _Instance, studies: dict[str, _Study], slots: list[_Slot], network: Network
+) -> _Study | None:
     """File the instance under its study and series. Without a readable Study Instance
     UID it may belong to any study of its group: a broken slot (a DICOMDIR belongs to
     none: an error record of its own)."""
@@ -368,6 +391,7 @@ def _place(inst: _Instance, studies: dict[str, _Study], slots: list[_Slot]) -> _
         study.skipped[tag] = study.skipped.get(tag, 0) + 1
     try:
         _same_patient(study, inst)
+        _same_order_and_sender(study, inst, network)
     except IntakeError as exc:
         study.error = study.error or exc
         return study
@@ -405,14 +429,14 @@ def _same_patient(study: _Study, inst: _Instance) -> None:
         ident = (
             _sent_text(inst.ds, _PATIENT_ID),
             _sent_text(inst.ds, _ISSUER),
-            _issuer_uid(inst.ds),
+            *_issuer_uid(inst.ds),
         )
     except IntakeError as exc:
         raise _in_file(inst.name, exc) from None
     if study.patient is None:
         study.patient, study.patient_from = ident, inst.name
         return
-    for n, tag in enumerate((_PATIENT_ID, _ISSUER, _QUALIFIERS)):
+    for n, tag in enumerate((_PATIENT_ID, _ISSUER, _QUALIFIERS, _QUALIFIERS)):
         mine, first = ident[n], study.patient[n]
         if mine == first:
             continue
@@ -432,6 +456,162 @@ def _same_patient(study: _Study, inst: _Instance) -> None:
             f"({tag_label(tag)} differs), so the study is not converted",
             location=tag_label(tag),
         )
+
+
+# The joining values' locations, as the view labels them (an error's location)
+_ORDER_LABELS = (
+    tag_label(_ACCESSION),
+    *(
+        f"{tag_label(_ACCESSION_ISSUER)}[1] > {tag_label(t)}"
+        for t in (_LOCAL_ID, _UNIVERSAL_ID, _UID_TYPE)
+    ),
+)
+
+
+def _same_order(study: _Study, inst: _Instance) -> None:
+    """One order per study: the view reads AccessionNumber and its issuer from the
+    first instance that sends them, so every instance that sends any of them must send
+    the same four values (as sent, padding removed as for the patient), or the study
+    would join the order of whichever file came first. An instance sending none of
+    them names no order (a workstation's secondary capture often has none) and takes
+    no part; one with the number but not its issuer, beside one with both, names the
+    number in another system: a mismatch. Raises IntakeError naming both files and the
+    tag, never a value; a control character (or a TAB at an end) in any instance's value is
+    the identifying-field error the view gives the first one."""
+    try:
+        key = (
+            _sent_text(inst.ds, _ACCESSION),
+            *_accession_issuer(inst.ds),
+        )
+    except IntakeError as exc:
+        raise _in_file(inst.name, exc) from None
+    for value, label in zip(key, _ORDER_LABELS, strict=True):
+        _identifying(value, label, inst.name)
+    if not any(key):
+        return
+    if study.order is None:
+        study.order, study.order_from = key, inst.name
+        return
+    for mine, first, label in zip(key, study.order, _ORDER_LABELS, strict=True):
+        if mine != first:
+            raise _study_mismatch(label, study.order_from, inst.name, mine, first)
+
+
+def _same_sender(study: _Study, inst: _Instance, network: Network) -> None:
+    """One sender per study: InstitutionName decides whose number a PatientID without
+    its own issuer is (and the accession number's system without an issuer), and the
+    view reads it from the first instance that sends one. Two instances naming two
+    institutions fail the study; one naming none takes no part (the attribute is
+    Type 3, and post-processing series often lack it). Two spellings the network knows
+    as one institution (its name in either language, an alias) are one sender: the
+    General Equipment module is per series, and a workstation's series may spell it
+    otherwise (the remedy for a refused study: the spelling as an alias in the network)."""
+    try:
+        name = _institution_sent(inst.ds)
+    except IntakeError as exc:
+        raise _in_file(inst.name, exc) from None
+    _identifying(name, tag_label(_INSTITUTION), inst.name)
+    name = name.strip()  # as the view reads it: a TAB at an end names no other sender
+    if not name:
+        return
+    if study.institution is None:
+        study.institution, study.institution_from = name, inst.name
+    elif name != study.institution and not _one_institution(network, name, study.institution):
+        label = tag_label(_INSTITUTION)
+        raise _study_mismatch(label, study.institution_from, inst.name, name, study.institution)
+
+
+def _one_institution(network: Network, name: str, other: str) -> bool:
+    """Whether the network knows both names as one institution."""
+    first, second = network.find(name), network.find(other)
+    return first is not None and second is not None and first.facility == second.facility
+
+
+def _same_order_and_sender(study: _Study, inst: _Instance, network: Network) -> None:
+    """``_same_order`` and ``_same_sender``, skipped for an instance whose elements hold
+    the very bytes of one already checked (in the same charset, VR and byte order: the
+    same values). Values already decoded (DICOM JSON, a sequence of undefined length)
+    are always checked."""
+    charset = inst.ds.get_item(_CHARSET, keep_deferred=True)
+    key: list[Any] = [str(charset.value if charset is not None else None)]
+    for tag in _JOINING:
+        raw = inst.ds.get_item(tag, keep_deferred=True)
+        if raw is None:
+            key.append(None)
+        elif isinstance(raw, RawDataElement) and isinstance(raw.value, bytes):
+            key.append((raw.VR, raw.is_little_endian, raw.is_implicit_VR, raw.value))
+        else:
+            _same_order(study, inst)
+            _same_sender(study, inst, network)
+            return
+    if tuple(key) not in study.agreed:
+        _same_order(study, inst)
+        _same_sender(study, inst, network)
+        study.agreed.add(tuple(key))
+
+
+def _identifying(value: str, label: str, name: str) -> None:
+    """The view's rule for an identifying value (gateway/intake/_controls.py), applied to
+    every instance's, where the view reads only the first: a control character, or
+    (but in InstitutionName, looked up by name) white space other than SPACE at an end,
+    fails the study."""
+    if CONTROL.search(value):
+        raise _in_file(name, identifying_error(label))
+    if label != tag_label(_INSTITUTION):
+        try:
+            stripped(value, label, lambda _: True)
+        except IntakeError as exc:
+            raise _in_file(name, exc) from None
+
+
+def _study_mismatch(label: str, first: str, other: str, mine: str, theirs: str) -> IntakeError:
+    a, b = _safe(first), _safe(other)
+    if not mine or not theirs:
+        lacking, having = (b, a) if not mine else (a, b)
+        what = f"{lacking} has no {label} but {having}, of the same study, has one"
+    else:
+        what = f"{a} and {b} are instances of one study but {label} differs"
+    joins = "name one sender" if label == tag_label(_INSTITUTION) else "join one order"
+    return IntakeError(
+        "dicom-study-mismatch",
+        f"{what}: the study cannot be shown to {joins}, so it is not converted",
+        location=label,
+    )
+
+
+def _accession_issuer(ds: Dataset) -> tuple[str, str, str]:
+    """LocalNamespaceEntityID (UT), UniversalEntityID (UT) and UniversalEntityIDType (CS)
+    of the first IssuerOfAccessionNumberSequence item, as sent: the mapping reads these."""
+    items = _value(ds, _ACCESSION_ISSUER)
+    if not items:
+        return ("", "", "")
+    try:
+        item = items[0]
+        return (
+            _sent_text(item, _LOCAL_ID, leading=False),
+            _sent_text(item, _UNIVERSAL_ID, leading=False),
+            _sent_text(item, _UID_TYPE),
+        )
+    except PYDICOM_FAULTS:
+        raise IntakeError(
+            "dicom-bad-value",
+            f"{tag_label(_ACCESSION_ISSUER)} cannot be read",
+            location=tag_label(_ACCESSION_ISSUER),
+        ) from None
+
+
+def _institution_sent(ds: Dataset) -> str:
+    """InstitutionName as sent, padding removed, read as ``_institution_text`` reads it
+    (Chinese bytes under an absent or single-byte charset as the likely CJK charset),
+    so that one name sent in GB18030 by one instance and UTF-8 by another is one name.
+    Not ``str.strip()``: it takes U+001C..U+001F, which must be seen."""
+    raw = ds.get_item(_INSTITUTION, keep_deferred=True)
+    data = raw.value if isinstance(raw, RawDataElement) else None
+    if isinstance(data, bytes) and not data.isascii() and single_byte_or_none(ds):
+        codec = likely_cjk_charset(data)
+        if codec is not None:
+            return _unpadded(data.decode(codec), True)
+    return _sent_text(ds, _INSTITUTION)
 
 
 def _sent_text(ds: Dataset, tag: int, *, leading: bool = True) -> str:
@@ -463,13 +643,18 @@ def _unpadded(text: str, leading: bool) -> str:
     return text.lstrip(" ") if leading else text
 
 
-def _issuer_uid(ds: Dataset) -> str:
-    """The UniversalEntityID of the first IssuerOfPatientIDQualifiersSequence item."""
+def _issuer_uid(ds: Dataset) -> tuple[str, str]:
+    """UniversalEntityID and UniversalEntityIDType of the first
+    IssuerOfPatientIDQualifiersSequence item: the Patient mapping reads both (the type
+    decides whether the OID names the issuer's system)."""
     items = _value(ds, _QUALIFIERS)
     if not items:
-        return ""
+        return ("", "")
     try:
-        return _sent_text(items[0], _UNIVERSAL_ID, leading=False)
+        return (
+            _sent_text(items[0], _UNIVERSAL_ID, leading=False),
+            _sent_text(items[0], _UID_TYPE),
+        )
     except PYDICOM_FAULTS:
         raise IntakeError(
             "dicom-bad-value",

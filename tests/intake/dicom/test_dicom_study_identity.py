@@ -10,6 +10,7 @@ and the same study sent as ISO_IR 192 (UTF-8) by another modality of the hospita
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -225,3 +226,45 @@ def test_one_accession_number_in_two_transfer_syntaxes_is_one(
     ds.save_as(path, enforce_file_format=True)
     [record] = list(converter.convert_files([*files, ("implicit.dcm", path.read_bytes())]))
     assert record.ok, [i.line() for i in record.issues]
+
+
+_IN_ANY_ORDER = {
+    # an instance naming no institution first, then two institutions: refused whatever
+    # instance comes first
+    "no name, another institution, the sender": (
+        [{"InstitutionName": None}, {"InstitutionName": "南沙中心医院"}, {}],
+        False,
+    ),
+    # the network's code, its key in other case, its OID and its name: one sender
+    "code, key, OID and name of one institution": (
+        [
+            {"InstitutionName": None},
+            {"InstitutionName": "LAX2"},
+            {"InstitutionName": "lax2"},
+            {"InstitutionName": "urn:oid:2.16.156.10011.99.1.4"},
+            {},
+        ],
+        True,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", _IN_ANY_ORDER)
+def test_the_outcome_does_not_depend_on_the_order_of_the_files(
+    converter: Converter, case: str
+) -> None:
+    """A study is converted whole or refused whatever instance the modality sends first
+    (the first one sets what the others are compared with)."""
+    variants, converts = _IN_ANY_ORDER[case]
+    files = []
+    for n, attrs in enumerate(variants, 1):
+        ds = wang_wei(series=1 + n % 2, number=n)
+        for keyword, value in attrs.items():
+            if value is None:
+                delattr(ds, keyword)
+            else:
+                setattr(ds, keyword, value)
+        files.append((f"IM{n}.dcm", part10(ds)))
+    for order in itertools.permutations(files):
+        [record] = list(converter.convert_files(list(order)))
+        assert record.ok is converts, ([name for name, _ in order], record.errors)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from ...errors import Issue
 
@@ -30,12 +30,18 @@ class StudyNotes(list[Issue]):
     warnings) is kept as appended."""
 
     def __init__(
-        self, issues: Iterable[Issue], names: dict[str, str], instances: int, series: int
+        self,
+        issues: Iterable[Issue],
+        names: Callable[[], dict[str, str]],
+        instances: int,
+        series: int,
     ) -> None:
         super().__init__()
         # "series[1]/instance[2]" -> the file or member it was read from; "series[1]" ->
-        # the file of its first instance (a series' attributes are read from there)
-        self._names = names
+        # the file of its first instance (a series' attributes are read from there):
+        # made when a warning first needs it (most studies have none to fold)
+        self._make_names = names
+        self._names: dict[str, str] | None = None
         self._totals = {"instance": instances, "series": series}
         self._index: dict[_Key, int] = {}
         self._found: dict[_Key, list[str]] = {}  # instances counted, first one first
@@ -66,6 +72,8 @@ class StudyNotes(list[Issue]):
             self.append(issue)
 
     def _folded(self, issue: Issue, where: str, found: list[str], level: str) -> Issue:
+        if self._names is None:
+            self._names = self._make_names()
         first = self._names.get(found[0], found[0])
         total = self._totals[level]
         noun = "instances" if level == "instance" else "series"

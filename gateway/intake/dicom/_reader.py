@@ -35,6 +35,7 @@ from pydicom.charset import python_encoding
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.multival import MultiValue
+from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
 
 from ...errors import GatewayError, IntakeError, Issue
@@ -91,7 +92,6 @@ _ACCESSION, _ACCESSION_ISSUER = 0x00080050, 0x00080051
 _LOCAL_ID, _UID_TYPE = 0x00400031, 0x00400033
 _CHARSET = 0x00080005
 _INSTITUTION = 0x00080080
-_JOINING = (_ACCESSION, _ACCESSION_ISSUER, _INSTITUTION)  # the order and the sender
 _DICOMDIR = "1.2.840.10008.1.3.10"  # Media Storage Directory Storage: no instance
 _DEFLATED = "1.2.840.10008.1.2.1.99"
 _PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})
@@ -153,10 +153,8 @@ class _Study:
     order_from: str = ""
     institution: str | None = None
     institution_from: str = ""
-    # The raw bytes of those elements (with the charset and encoding they are read in)
-    # that were checked: a study's instances mostly send the same bytes, and decoding
-    # the issuer's sequence and a Chinese InstitutionName anew in each added ~10 % to
-    # reading a study's headers
+    # What the instances checked held (_agreement_key): a study's instances mostly send
+    # the same patient and study module, checked once
     agreed: set[tuple[Any, ...]] = field(default_factory=set)
     skipped: dict[int, int] = field(default_factory=dict)  # tag → instances skipping it
 
@@ -390,8 +388,7 @@ def _place(
     for tag in inst.skipped:
         study.skipped[tag] = study.skipped.get(tag, 0) + 1
     try:
-        _same_patient(study, inst)
-        _same_order_and_sender(study, inst, network)
+        _same_study(study, inst, network)
     except IntakeError as exc:
         study.error = study.error or exc
         return study
@@ -527,27 +524,59 @@ def _one_institution(network: Network, name: str, other: str) -> bool:
     return first is not None and second is not None and first.facility == second.facility
 
 
-def _same_order_and_sender(study: _Study, inst: _Instance, network: Network) -> None:
-    """``_same_order`` and ``_same_sender``, skipped for an instance whose elements hold
-    the very bytes of one already checked (in the same charset, VR and byte order: the
-    same values). Values already decoded (DICOM JSON, a sequence of undefined length)
-    are always checked."""
-    charset = inst.ds.get_item(_CHARSET, keep_deferred=True)
-    key: list[Any] = [str(charset.value if charset is not None else None)]
-    for tag in _JOINING:
-        raw = inst.ds.get_item(tag, keep_deferred=True)
-        if raw is None:
-            key.append(None)
-        elif isinstance(raw, RawDataElement) and isinstance(raw.value, bytes):
-            key.append((raw.VR, raw.is_little_endian, raw.is_implicit_VR, raw.value))
-        else:
-            _same_order(study, inst)
-            _same_sender(study, inst, network)
-            return
-    if tuple(key) not in study.agreed:
-        _same_order(study, inst)
-        _same_sender(study, inst, network)
-        study.agreed.add(tuple(key))
+def _same_study(study: _Study, inst: _Instance, network: Network) -> None:
+    """``_same_patient``, ``_same_order`` and ``_same_sender``, skipped for an instance
+    whose elements they read hold what those of one already checked held (the same
+    bytes in the same charset, VR and byte order, or the same values once decoded: the
+    same verdict). A study's instances mostly send the very same patient and study
+    module; decoding them anew in each, with the issuers' sequences, had cost more than
+    a third of reading a study's headers."""
+    key = _agreement_key(inst.ds)
+    if key is not None and key in study.agreed:
+        return
+    _same_patient(study, inst)
+    _same_order(study, inst)
+    _same_sender(study, inst, network)
+    if key is not None:
+        study.agreed.add(key)
+
+
+# What the three checks read: the charset the text is read in, and each element (a
+# sequence by its first item's elements, which are all the checks read of it)
+_AGREEMENT: tuple[tuple[int, tuple[int, ...]], ...] = (
+    (_CHARSET, ()),
+    (_PATIENT_ID, ()),
+    (_ISSUER, ()),
+    (_QUALIFIERS, (_UNIVERSAL_ID, _UID_TYPE)),
+    (_ACCESSION, ()),
+    (_ACCESSION_ISSUER, (_LOCAL_ID, _UNIVERSAL_ID, _UID_TYPE)),
+    (_INSTITUTION, ()),
+)
+_NO_KEY = object()
+
+
+def _agreement_key(ds: Dataset) -> tuple[Any, ...] | None:
+    """The elements ``_same_study`` checks, as a key; None when one holds what the key
+    cannot stand for (a value neither text nor bytes: it is checked every time)."""
+    key = tuple(_element_key(ds, tag, inside) for tag, inside in _AGREEMENT)
+    return None if _NO_KEY in key else key
+
+
+def _element_key(ds: Dataset, tag: int, inside: tuple[int, ...]) -> Any:
+    raw = ds.get_item(tag, keep_deferred=True)
+    if raw is None:
+        return None
+    value = raw.value
+    if isinstance(raw, RawDataElement) and isinstance(value, bytes):
+        return (raw.VR, raw.is_little_endian, raw.is_implicit_VR, value)
+    if inside and isinstance(value, Sequence):
+        if not value:
+            return ()
+        found = tuple(_element_key(value[0], t, ()) for t in inside)
+        return _NO_KEY if _NO_KEY in found else found
+    if isinstance(value, (str, bytes)):
+        return (raw.VR, value)
+    return _NO_KEY
 
 
 def _identifying(value: str, label: str, name: str) -> None:
@@ -1310,8 +1339,9 @@ def _unit(
     unit.raw = _manifest(study, root)
     # One warning per code, tag and message, counted over the instances (a 500-slice
     # series with a control character in each gave 500 warnings)
-    names = _names(study, root)
-    unit.issues = StudyNotes(unit.issues, names, len(study.instances), len(root.children))
+    unit.issues = StudyNotes(
+        unit.issues, lambda: _names(study, root), len(study.instances), len(root.children)
+    )
     if study.skipped:
         unit.issues.append(_skipped_note(study.skipped, limit))
     try:

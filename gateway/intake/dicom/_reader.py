@@ -543,14 +543,17 @@ def _same_study(study: _Study, inst: _Instance, network: Network) -> None:
 
 # What the three checks read: the charset the text is read in, and each element (a
 # sequence by its first item's elements, which are all the checks read of it)
-_AGREEMENT: tuple[tuple[int, tuple[int, ...]], ...] = (
-    (_CHARSET, ()),
-    (_PATIENT_ID, ()),
-    (_ISSUER, ()),
-    (_QUALIFIERS, (_UNIVERSAL_ID, _UID_TYPE)),
-    (_ACCESSION, ()),
-    (_ACCESSION_ISSUER, (_LOCAL_ID, _UNIVERSAL_ID, _UID_TYPE)),
-    (_INSTITUTION, ()),
+_AGREEMENT: tuple[tuple[BaseTag, tuple[BaseTag, ...]], ...] = tuple(
+    (BaseTag(tag), tuple(map(BaseTag, inside)))
+    for tag, inside in (
+        (_CHARSET, ()),
+        (_PATIENT_ID, ()),
+        (_ISSUER, ()),
+        (_QUALIFIERS, (_UNIVERSAL_ID, _UID_TYPE)),
+        (_ACCESSION, ()),
+        (_ACCESSION_ISSUER, (_LOCAL_ID, _UNIVERSAL_ID, _UID_TYPE)),
+        (_INSTITUTION, ()),
+    )
 )
 _NO_KEY = object()
 
@@ -563,7 +566,9 @@ def _agreement_key(ds: Dataset) -> tuple[Any, ...] | None:
 
 
 def _element_key(ds: Dataset, tag: int, inside: tuple[int, ...]) -> Any:
-    raw = ds.get_item(tag, keep_deferred=True)
+    # the element as stored (raw, or read): get_item's tag conversions cost more than
+    # the rest of the key (``_is_sequence`` reads it so too)
+    raw = ds._dict.get(tag)  # type: ignore[call-overload]
     if raw is None:
         return None
     value = raw.value

@@ -144,7 +144,7 @@ class _Study:
     groups: set[str] = field(default_factory=set)
     # (PatientID, IssuerOfPatientID, its UniversalEntityID and UniversalEntityIDType)
     # of the first instance
-    patient: tuple[str, str, str, str] | None = None
+    patient: tuple[str, ...] | None = None
     patient_from: str = ""  # the instance that set it
     # The order it joins, (AccessionNumber, issuer's LocalNamespaceEntityID,
     # UniversalEntityID, UniversalEntityIDType), and InstitutionName (the sender), of
@@ -613,25 +613,12 @@ def _study_mismatch(label: str, first: str, other: str, mine: str, theirs: str) 
     )
 
 
-def _accession_issuer(ds: Dataset) -> tuple[str, str, str]:
+def _accession_issuer(ds: Dataset) -> tuple[str, ...]:
     """LocalNamespaceEntityID (UT), UniversalEntityID (UT) and UniversalEntityIDType (CS)
     of the first IssuerOfAccessionNumberSequence item, as sent: the mapping reads these."""
-    items = _value(ds, _ACCESSION_ISSUER)
-    if not items:
-        return ("", "", "")
-    try:
-        item = items[0]
-        return (
-            _sent_text(item, _LOCAL_ID, leading=False),
-            _sent_text(item, _UNIVERSAL_ID, leading=False),
-            _sent_text(item, _UID_TYPE),
-        )
-    except PYDICOM_FAULTS:
-        raise IntakeError(
-            "dicom-bad-value",
-            f"{tag_label(_ACCESSION_ISSUER)} cannot be read",
-            location=tag_label(_ACCESSION_ISSUER),
-        ) from None
+    return _first_item_sent(
+        ds, _ACCESSION_ISSUER, ((_LOCAL_ID, False), (_UNIVERSAL_ID, False), (_UID_TYPE, True))
+    )
 
 
 def _institution_sent(ds: Dataset) -> str:
@@ -677,23 +664,28 @@ def _unpadded(text: str, leading: bool) -> str:
     return text.lstrip(" ") if leading else text
 
 
-def _issuer_uid(ds: Dataset) -> tuple[str, str]:
+def _issuer_uid(ds: Dataset) -> tuple[str, ...]:
     """UniversalEntityID and UniversalEntityIDType of the first
     IssuerOfPatientIDQualifiersSequence item: the Patient mapping reads both (the type
     decides whether the OID names the issuer's system)."""
-    items = _value(ds, _QUALIFIERS)
+    return _first_item_sent(ds, _QUALIFIERS, ((_UNIVERSAL_ID, False), (_UID_TYPE, True)))
+
+
+def _first_item_sent(
+    ds: Dataset, sequence: int, texts: tuple[tuple[int, bool], ...]
+) -> tuple[str, ...]:
+    """The ``texts`` (tag, whether leading spaces are padding) of ``sequence``'s first
+    item, as sent (``_sent_text``); "" each when it has none."""
+    items = _value(ds, sequence)
     if not items:
-        return ("", "")
+        return ("",) * len(texts)
     try:
-        return (
-            _sent_text(items[0], _UNIVERSAL_ID, leading=False),
-            _sent_text(items[0], _UID_TYPE),
-        )
+        return tuple(_sent_text(items[0], tag, leading=leading) for tag, leading in texts)
     except PYDICOM_FAULTS:
         raise IntakeError(
             "dicom-bad-value",
-            f"{tag_label(_QUALIFIERS)} cannot be read",
-            location=tag_label(_QUALIFIERS),
+            f"{tag_label(sequence)} cannot be read",
+            location=tag_label(sequence),
         ) from None
 
 

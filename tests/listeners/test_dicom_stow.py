@@ -65,12 +65,17 @@ class Api:
         return Client(self.app).post(url, content=body, headers=sent)
 
 
-@pytest.fixture
-def api(tmp_path: Path, converter: Converter, store: Store) -> Api:
+def stow_api(tmp_path: Path, converter: Converter, store: Store) -> Api:
+    """The API with STOW-RS and its DICOM intake on ``store`` (other test files' too)."""
     settings = dicom_settings(tmp_path)
     app = create_app(settings, converter, TokenSet([TOKEN]))
     intake = app.state.dicom_intake = intake_for(settings, converter, store)
     return Api(app, intake)
+
+
+@pytest.fixture
+def api(tmp_path: Path, converter: Converter, store: Store) -> Api:
+    return stow_api(tmp_path, converter, store)
 
 
 def _items(response: httpx.Response, key: str) -> list[dict[str, Any]]:

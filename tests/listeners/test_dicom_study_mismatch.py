@@ -11,23 +11,19 @@ from typing import Any
 import pytest
 
 from gateway import Converter
-from gateway.api import TokenSet, create_app
 from gateway.listeners.dicom import Origin
 from gateway.store import Store
 from tests.golden.dicom.make_studies import LAX2_CHEST, issuer, part10, wang_wei
 
 from .dicom_support import dicom_settings, intake_for
-from .test_dicom_stow import TOKEN, Api, multipart
+from .test_dicom_stow import Api, multipart, stow_api
 
 SCU = Origin("dicom", "MODALITY1@127.0.0.1:40000")
 
 
 @pytest.fixture
 def api(tmp_path: Path, converter: Converter, store: Store) -> Api:
-    settings = dicom_settings(tmp_path)
-    app = create_app(settings, converter, TokenSet([TOKEN]))
-    intake = app.state.dicom_intake = intake_for(settings, converter, store)
-    return Api(app, intake)
+    return stow_api(tmp_path, converter, store)
 
 
 def _instances(changed: dict[str, Any]) -> list[bytes]:

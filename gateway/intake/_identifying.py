@@ -1,8 +1,10 @@
 """The fields that identify a patient, an order, a study or a message
 (``mappings/identity-fields.yaml``): a control character in one of them fails the
 record, where elsewhere it is removed with a warning. Removed, ``009<0x1F>8765`` would
-become ``0098765``, which may be another patient's MRN. Asked only once a control
-character has been found (never on the hot path)."""
+become ``0098765``, which may be another patient's MRN; so does a TAB, LF or
+ideographic space at an end of one (trimmed, ``0098765<TAB>`` was MRN ``0098765``).
+Asked only once a control character, or such a space, has been found in the message
+(never on the hot path)."""
 
 from __future__ import annotations
 
@@ -15,7 +17,13 @@ from pydicom.datadict import tag_for_keyword
 from ..datafiles import data_dir, load_data_file
 from ..errors import ConfigError, IntakeError
 
-__all__ = ["dicom_identifies", "hl7_identifies", "hl7_identifies_where", "identifying_error"]
+__all__ = [
+    "dicom_identifies",
+    "hl7_fields",
+    "hl7_identifies",
+    "hl7_identifies_where",
+    "identifying_error",
+]
 
 # 'PID-3.1', 'PID(2)-3(2).4', 'ORC-2': the segment and field of an HL7 v2 view's label
 _HL7_FIELD = re.compile(r"(([A-Z][A-Z0-9]{2})(?:\(\d+\))?)-(\d+)")
@@ -39,6 +47,8 @@ class _Fields:
     hl7v2: frozenset[str]  # 'PID-3'
     dicom: frozenset[int]  # tags
     hl7v2_where: dict[str, _Where]  # 'OBX-5' -> its condition
+    # the fields of both, by segment: {'PID': (2, 3, 4, ...), 'OBX': (3, 5, 23)}
+    by_segment: dict[str, tuple[int, ...]]
 
 
 @lru_cache(maxsize=1)
@@ -67,7 +77,15 @@ def _fields() -> _Fields:
             "identity-fields",
             f"{path}: not an HL7 v2 field (SEG-N) nor a DICOM keyword: {', '.join(sorted(bad))}",
         )
-    return _Fields(hl7, frozenset(t for t in tags.values() if t is not None), where)
+    by_segment: dict[str, list[int]] = {}
+    for name in sorted(hl7 | where.keys(), key=lambda f: (f[:3], int(f[4:]))):
+        by_segment.setdefault(name[:3], []).append(int(name[4:]))
+    return _Fields(
+        hl7,
+        frozenset(t for t in tags.values() if t is not None),
+        where,
+        {segment: tuple(numbers) for segment, numbers in by_segment.items()},
+    )
 
 
 def _where(entries: list[dict[str, object]]) -> dict[str, _Where]:
@@ -78,6 +96,13 @@ def _where(entries: list[dict[str, object]]) -> dict[str, _Where]:
             raise TypeError(f"'in' of {entry['field']} is not a list")
         out[str(entry["field"])] = _Where(str(entry["where"]), frozenset(str(v) for v in values))
     return out
+
+
+def hl7_fields() -> dict[str, tuple[int, ...]]:
+    """The identifying HL7 v2 fields by segment (``{'PID': (2, 3, 4, ...)}``), those that
+    identify in some segments only (OBX-5) among them: ask :func:`hl7_identifies` (and
+    :func:`hl7_identifies_where`) of a value found in one."""
+    return _fields().by_segment
 
 
 def hl7_identifies(label: str) -> bool:

@@ -22,6 +22,7 @@ __all__ = [
     "hl7_fields",
     "hl7_identifies",
     "hl7_identifies_where",
+    "hl7_text",
     "identifying_error",
 ]
 
@@ -29,6 +30,10 @@ __all__ = [
 _HL7_FIELD = re.compile(r"(([A-Z][A-Z0-9]{2})(?:\(\d+\))?)-(\d+)")
 _SEG_FIELD = re.compile(r"[A-Z][A-Z0-9]{2}-\d+")
 _WHERE_PATH = re.compile(r"([A-Z][A-Z0-9]{2})-\d+(?:\.\d+){0,2}")
+# 'OBX-3.2', 'ORC-12.2', 'OBR-32.1.2': a component (or subcomponent) of a field
+_SEG_PART = re.compile(r"[A-Z][A-Z0-9]{2}-\d+\.\d+(?:\.\d+)?")
+# a view's label down to its subcomponent: 'OBX(2)-3(1).2' -> OBX, 3, 2, None
+_HL7_PART = re.compile(r"([A-Z][A-Z0-9]{2})(?:\(\d+\))?-(\d+)(?:\(\d+\))?(?:\.(\d+))?(?:\.(\d+))?")
 # '(0010,0020) PatientID', 'series[1] > (0040,A370) … > (0008,0050) …': the last tag
 _LAST_TAG = re.compile(r"\(([0-9A-F]{4}),([0-9A-F]{4})\)(?!.*\([0-9A-F]{4},)")
 
@@ -49,6 +54,9 @@ class _Fields:
     hl7v2_where: dict[str, _Where]  # 'OBX-5' -> its condition
     # the fields of both, by segment: {'PID': (2, 3, 4, ...), 'OBX': (3, 5, 23)}
     by_segment: dict[str, tuple[int, ...]]
+    # names and display texts inside those fields ('OBX-3.2', 'ORC-12.2'), where a TAB
+    # or an ideographic space at an end is padding, as anywhere else
+    hl7v2_text: frozenset[str] = frozenset()
 
 
 @lru_cache(maxsize=1)
@@ -59,17 +67,22 @@ def _fields() -> _Fields:
         hl7 = frozenset(str(f) for f in raw["hl7v2"])
         keywords = [str(k) for k in raw["dicom"]]
         where = _where(raw.get("hl7v2-where") or [])
+        text = frozenset(str(f) for f in raw.get("hl7v2-text") or [])
     except (KeyError, TypeError, AttributeError) as exc:
         raise ConfigError(
             "identity-fields",
             f"{path}: expected lists hl7v2 (SEG-N), dicom (keywords) and, optionally, "
-            f"hl7v2-where ({{field: SEG-N, where: SEG-N.C, in: [values]}}) ({exc})",
+            f"hl7v2-where ({{field: SEG-N, where: SEG-N.C, in: [values]}}) and hl7v2-text "
+            f"(SEG-N.C[.S]) ({exc})",
         ) from None
     bad = [f for f in hl7 if not _SEG_FIELD.fullmatch(f)]
     for field, cond in where.items():
         m = _WHERE_PATH.fullmatch(cond.where)
         if not _SEG_FIELD.fullmatch(field) or m is None or m[1] != field[:3]:
             bad.append(f"{field} where {cond.where}")  # the condition is read in its segment
+    bad += [f"{f} (hl7v2-text)" for f in text if not _SEG_PART.fullmatch(f)]
+    outside = [f for f in text if f.split(".")[0] not in hl7]
+    bad += [f"{f} (hl7v2-text, not in an identifying field)" for f in outside]
     tags = {k: tag_for_keyword(k) for k in keywords}
     bad += [k for k, tag in tags.items() if tag is None]
     if bad:
@@ -85,6 +98,7 @@ def _fields() -> _Fields:
         frozenset(t for t in tags.values() if t is not None),
         where,
         {segment: tuple(numbers) for segment, numbers in by_segment.items()},
+        text,
     )
 
 
@@ -109,6 +123,18 @@ def hl7_identifies(label: str) -> bool:
     """Whether an HL7 v2 view's location (``PID-3(2).1``) is in an identifying field."""
     m = _HL7_FIELD.match(label)
     return m is not None and f"{m[2]}-{m[3]}" in _fields().hl7v2
+
+
+def hl7_text(label: str) -> bool:
+    """Whether an HL7 v2 view's location (``OBX(2)-3.2``, ``OBR-32.1.2``) is a name or a
+    display text inside an identifying field (``hl7v2-text``): white space at its ends
+    is padding there, as anywhere else; a control character still fails the record."""
+    m = _HL7_PART.match(label)
+    if m is None or m[3] is None:
+        return False
+    text = _fields().hl7v2_text
+    part = f"{m[1]}-{m[2]}.{m[3]}"
+    return part in text or (m[4] is not None and f"{part}.{m[4]}" in text)
 
 
 def hl7_identifies_where(label: str) -> tuple[str, frozenset[str]] | None:

@@ -146,3 +146,39 @@ def test_a_message_whose_identifiers_hold_no_such_space_keeps_the_ceiling(
     )
     assert all(r.ok for r in records), [i.line() for r in records for i in r.issues]
     assert STATS["built"] - before == 2
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        # what is ordered: its display text padded with ideographic spaces
+        ("CT101^冠状动脉CT血管成像^99NSCH", "CT101^冠状动脉CT血管成像\u3000\u3000^99NSCH"),
+        # the ordering provider's family and given names (ORC-12.2, .3)
+        ("||NS0231^梁^志东^^^^^^NSCH|||", "||NS0231^梁\u3000^志东\t^^^^^^NSCH|||"),
+    ],
+)
+def test_names_and_display_texts_in_identifying_fields_are_padded_as_text(
+    converter: Converter, old: str, new: str
+) -> None:
+    # identity-fields.yaml hl7v2-text: Chinese text is padded with U+3000; only the
+    # identifying components (the code, the provider's id) keep their ends as sent
+    records = _convert(converter, "omi_o23.hl7", (old, new))
+    assert records[0].ok, [i.line() for i in records[0].issues]
+    plain = _convert(converter, "omi_o23.hl7")
+    assert records[0].bundle_json == plain[0].bundle_json
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "where"),
+    [
+        ("CT101^冠状动脉", "CT101\t^冠状动脉", "OBR-4.1"),  # the code itself
+        ("||NS0231^梁^志东^^^^^^NSCH|||", "||NS0231\u3000^梁^志东^^^^^^NSCH|||", "ORC-12.1"),
+    ],
+)
+def test_the_code_or_id_beside_a_text_keeps_its_ends(
+    converter: Converter, old: str, new: str, where: str
+) -> None:
+    records = _convert(converter, "omi_o23.hl7", (old, new))
+    assert [(e.code, e.location) for e in records[0].errors] == [
+        ("intake.control-characters", where)
+    ], [i.line() for i in records[0].issues]

@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 
 from ...errors import ConfigError, Issue
 from .._controls import CONTROL, controls_removed, stripped
-from .._identifying import hl7_fields, hl7_identifies, hl7_identifies_where
+from .._identifying import hl7_fields, hl7_identifies, hl7_identifies_where, hl7_text
 from ._er7 import Message
 
 __all__ = ["Accessor", "Hl7View", "PathCheck", "Position", "check_path", "components"]
@@ -327,7 +327,7 @@ class Hl7View:
                 return out  # nothing taken but padding spaces
             if label is None:
                 label = self.label(path, here or self.root)
-            return stripped(value, label, self._identifies)
+            return stripped(value, label, self._identifies_edges)
         if label is None:
             label = self.label(path, here or self.root)
         return controls_removed(value, label, self._identifies, self.notes, self._noted, '""')
@@ -347,6 +347,12 @@ class Hl7View:
                         if self._identifies(label):
                             return True
         return False
+
+    def _identifies_edges(self, label: str) -> bool:
+        """Whether white space at an end of the value at ``label`` is part of it: in an
+        identifying field, but not in a name or display text there (mappings/
+        identity-fields.yaml ``hl7v2-text``: Chinese text is padded with U+3000)."""
+        return not hl7_text(label) and self._identifies(label)
 
     def _identifies(self, label: str) -> bool:
         """Whether ``label`` is in an identifying field: listed, or listed for segments

@@ -327,10 +327,12 @@ class Hl7View:
                 return out  # nothing taken but padding spaces
             if label is None:
                 label = self.label(path, here or self.root)
-            return stripped(value, label, self._identifies_edges)
+            return stripped(value, label, self._identifying_value)
         if label is None:
             label = self.label(path, here or self.root)
-        return controls_removed(value, label, self._identifies, self.notes, self._noted, '""')
+        return controls_removed(
+            value, label, self._identifying_value, self.notes, self._noted, '""'
+        )
 
     def _spaced_identifiers(self) -> bool:
         """Whether an identifying field of the message (or OBX-5 in the OBX naming the
@@ -348,10 +350,12 @@ class Hl7View:
                             return True
         return False
 
-    def _identifies_edges(self, label: str) -> bool:
-        """Whether white space at an end of the value at ``label`` is part of it: in an
-        identifying field, but not in a name or display text there (mappings/
-        identity-fields.yaml ``hl7v2-text``: Chinese text is padded with U+3000)."""
+    def _identifying_value(self, label: str) -> bool:
+        """Whether the value at ``label`` identifies (a control character in it, or white
+        space other than spaces at an end, fails the record): in an identifying field,
+        but not a name or display text there (mappings/identity-fields.yaml
+        ``hl7v2-text``: the provider's name, a code's text; Chinese text is padded with
+        U+3000), which is text as anywhere else."""
         return not hl7_text(label) and self._identifies(label)
 
     def _identifies(self, label: str) -> bool:

@@ -5,6 +5,7 @@ several languages, default charsets and addresses.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,18 +43,23 @@ class Institution:
 
 class Network:
     def __init__(self, institutions: list[Institution], source: Path | None = None) -> None:
+        """Index the institutions by code, key, name and OID. A spelling (as each look-up
+        folds it) given to two institutions is refused (``config.network-ambiguous``):
+        a record from one would otherwise be read under the other's identifier systems
+        (its MRNs filed as the other's patients), whichever happened to be listed first."""
         self.source = source
-        self._by_facility = {i.facility.upper(): i for i in institutions}
-        self._by_key = {i.key: i for i in institutions}
+        self._by_facility = _index(institutions, source, "facility code", _facilities)
+        self._by_key = _index(institutions, source, "key", lambda i: (i.key,))
         # DICOM (InstitutionName) and CDA (representedOrganization/name) name their
         # institution rather than give an HL7 facility code.
-        self._by_name: dict[str, Institution] = {}
+        self._by_name = _index(institutions, source, "name or alias", _names)
+        _index(institutions, source, "OID", lambda i: (i.oid,) if i.oid else ())
+        # institution() tries the facility code (upper-cased) before the key, and find()
+        # both before the name: a key or name that one of them reads as another
+        # institution's code would never find its own.
         for inst in institutions:
-            # spellings: other writings of its name that find it but are never written
-            # out (a Hong Kong name as a mainland sender spells it in Simplified)
-            found_by = (*(inst.data.get("alias") or ()), *(inst.data.get("spellings") or ()))
-            for name in (*inst.names.values(), *found_by):
-                self._by_name.setdefault(_fold(str(name)), inst)
+            _check_shadow(self, inst, source, "key (read as a facility code)", (inst.key,))
+            _check_shadow(self, inst, source, "name (read as a code)", _raw_names(inst))
 
     @classmethod
     def load(cls, path: Path) -> Network:
@@ -130,3 +136,58 @@ class Network:
 
 def _fold(name: str) -> str:
     return " ".join(name.split()).casefold()
+
+
+def _facilities(inst: Institution) -> tuple[str, ...]:
+    return (inst.facility.upper(),)
+
+
+def _raw_names(inst: Institution) -> tuple[str, ...]:
+    """Its names in every language, aliases and spellings (other writings of its name that
+    find it but are never written out: a Hong Kong name as a mainland sender spells it in
+    Simplified), as written in the network file."""
+    found_by = (*(inst.data.get("alias") or ()), *(inst.data.get("spellings") or ()))
+    return tuple(str(name) for name in (*inst.names.values(), *found_by))
+
+
+def _names(inst: Institution) -> tuple[str, ...]:
+    return tuple(_fold(name) for name in _raw_names(inst))
+
+
+def _index(
+    institutions: list[Institution],
+    source: Path | None,
+    what: str,
+    spellings: Callable[[Institution], Iterable[str]],
+) -> dict[str, Institution]:
+    """The institutions by each of their (folded) spellings; one given to two institutions
+    refuses the network file."""
+    index: dict[str, Institution] = {}
+    for inst in institutions:
+        for spelling in spellings(inst):
+            other = index.setdefault(spelling, inst)
+            if other is not inst:
+                raise _ambiguous(source, what, spelling, other, inst)
+    return index
+
+
+def _check_shadow(
+    network: Network, inst: Institution, source: Path | None, what: str, spellings: Iterable[str]
+) -> None:
+    """Refuse a key or name of ``inst`` that the look-up reads as another's code first."""
+    for spelling in spellings:
+        other = network.institution(spelling.strip())
+        if other is not None and other is not inst:
+            raise _ambiguous(source, what, spelling.strip(), other, inst)
+
+
+def _ambiguous(
+    source: Path | None, what: str, spelling: str, first: Institution, second: Institution
+) -> ConfigError:
+    return ConfigError(
+        "network-ambiguous",
+        f"{source or 'network'}: the {what} {spelling!r} (as looked up) names two institutions, "
+        f"{first.key} ({first.facility}) and {second.key} ({second.facility}): a record "
+        "from one would be read under the other's identifier systems; give each name, "
+        "alias, spelling, key, facility code and OID to one institution only",
+    )

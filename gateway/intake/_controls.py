@@ -72,8 +72,9 @@ def stripped(text: str, location: str, identifies: Callable[[str], bool]) -> str
     """``text.strip()``; but in an identifying field only SPACE is padding: a TAB or an
     ideographic space (U+3000) at an end is part of the value, so ``0012345<TAB>`` and
     ``0012345`` are two patients in one DICOM study (its one-patient check). Stripped,
-    a study of one instance filed 0012345<TAB> as MRN 0012345: the record's error
-    instead. Asked only when ``strip()`` took more than spaces (rare)."""
+    a study of one instance filed 0012345<TAB> as MRN 0012345, and HL7 v2's PID-3
+    ``P1<TAB>`` was MRN ``P1``: the record's error instead. Asked only when ``strip()``
+    took more than spaces (rare)."""
     out = text.strip()
     if len(out) != len(text) and out != text.strip(" ") and identifies(location):
         raise identifying_error(location, _EDGES)

@@ -115,6 +115,26 @@ def _refused_at(converter: Converter, name: str, edits: list[tuple[str, str]], w
     assert records[0].bundle is None and records[-1].ok
 
 
+@pytest.mark.parametrize(
+    ("name", "old", "new", "where"),
+    [
+        # the ordering doctor's family name; a code's display text (identity-fields.yaml
+        # hl7v2-text): text, as anywhere else; the id and code beside them still fail
+        ("omi_o23.hl7", "NS0231^梁^志东^^^^^^NSCH|||", "NS0231^梁\\X01\\^志东^^^^^^NSCH|||",
+         "ORC-12.2.1"),
+        ("omi_o23.hl7", "|CT101^冠状动脉", "|CT101^冠状\\X1F\\动脉", "OBR-4.2"),
+    ],
+)  # fmt: skip
+def test_a_control_character_in_a_name_or_display_text_is_removed_with_a_warning(
+    converter: Converter, name: str, old: str, new: str, where: str
+) -> None:
+    records = _convert(converter, name, (old, new))
+    assert records[0].ok, [i.line() for i in records[0].issues]
+    warned = [(w.code, w.location) for w in records[0].issues if w.severity == "warning"]
+    assert ("intake.control-characters", where) in warned
+    assert records[0].bundle_json == _convert(converter, name)[0].bundle_json
+
+
 def test_demographics_and_text_stay_warnings() -> None:
     # Not identifiers: a name, birth date or sex of only control characters is read as
     # absent (visibly: a warning names the field), never as another patient's.

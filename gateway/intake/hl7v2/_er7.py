@@ -148,6 +148,10 @@ class Message:
     notes: list[Issue] = field(default_factory=list)  # how the text was decoded (warnings)
     lines: list[str] = field(default_factory=list)  # each segment's text, as decoded
     controls: bool = False  # a value may hold a control character (a byte or \Xhh\)
+    # a value may hold white space that str.strip() takes and SPACE is not: a TAB, an
+    # ideographic space, an escape read as LF (\.br\). Such a space at an end of an
+    # identifying value fails the record (Hl7View); True unless parse_message looked.
+    spaces: bool = True
 
     @property
     def warnings(self) -> list[str]:
@@ -505,10 +509,36 @@ def parse_message(
     message.controls = _hex_escape(separators[3]) in data or (
         raw.controls and any(b in data for b in _STRAY_CONTROLS)
     )
+    message.spaces = _may_hold_spaces(data, decoded.codec, separators[3], cut if cut >= 0 else end)
     if decoded.note:
         message.notes.append(Issue(decoded.code, decoded.note, "", "MSH-18", "warning"))
     _check_header_fields(segments[0])
     return message
+
+
+def _may_hold_spaces(data: bytes, codec: str, es: str, start: int) -> bool:
+    """Whether a value of the message's bytes may hold a TAB, an ideographic space or an
+    LF (a formatting escape, ``\\.br\\``; a raw LF ends a segment). A few searches of
+    the bytes, memchr for the TAB and the escape character after MSH-2 (``start``: the
+    header before it is ASCII), cheaper than a look at each value read."""
+    escape, ideographic = _space_patterns(codec, es)
+    if b"\t" in data or (ideographic is not None and ideographic in data):
+        return True
+    at = data.find(escape[:-1], start)  # most messages hold no escape after MSH-2
+    return at >= 0 and data.find(escape, at) >= 0
+
+
+@lru_cache(maxsize=32)
+def _space_patterns(codec: str, es: str) -> tuple[bytes, bytes | None]:
+    """The bytes of a formatting escape's start (``\\.``: .br and .sp read as LF) and of
+    U+3000 (None when ``codec`` has no such character: 8859/1) in ``codec``. Every
+    charset the gateway reads (mappings/charsets/hl7v2.yaml) is stateless and keeps ASCII
+    as ASCII, so these bytes are in the message whenever the characters are."""
+    try:
+        ideographic: bytes | None = "\u3000".encode(codec)
+    except UnicodeEncodeError:
+        ideographic = None
+    return (es + ".").encode(codec), ideographic
 
 
 @lru_cache(maxsize=32)

@@ -21,8 +21,8 @@ from functools import lru_cache, partial
 from typing import Any, NamedTuple
 
 from ...errors import ConfigError, Issue
-from .._controls import CONTROL, controls_removed
-from .._identifying import hl7_identifies, hl7_identifies_where
+from .._controls import CONTROL, controls_removed, stripped
+from .._identifying import hl7_fields, hl7_identifies, hl7_identifies_where, hl7_text
 from ._er7 import Message
 
 __all__ = ["Accessor", "Hl7View", "PathCheck", "Position", "check_path", "components"]
@@ -190,6 +190,12 @@ class Hl7View:
         self._labels: dict[int, str] = {}
         # A node's components, split once: a fragment reads up to a dozen of one node.
         self._components: dict[str, list[str]] = {}
+        # A TAB, LF or ideographic space at an end of an identifying value fails the
+        # record (_clean): the values of a message whose identifying fields may hold one
+        # are read one by one, as with control characters. Others (nearly all, even with
+        # such spaces in names or text) keep the plain reads.
+        if self._plain and message.spaces and self._spaced_identifiers():
+            self._plain = False
 
     # what reads a node's components at once, for the generated mappings
     components = staticmethod(components)
@@ -316,10 +322,41 @@ class Hl7View:
         ``""`` when nothing else was there: read as absent); the record's error in an
         identifying field (gateway/intake/_controls.py)."""
         if not CONTROL.search(value):
-            return value.strip()
+            out = value.strip()
+            if len(out) == len(value) or out == value.strip(" "):
+                return out  # nothing taken but padding spaces
+            if label is None:
+                label = self.label(path, here or self.root)
+            return stripped(value, label, self._identifying_value)
         if label is None:
             label = self.label(path, here or self.root)
-        return controls_removed(value, label, self._identifies, self.notes, self._noted, '""')
+        return controls_removed(
+            value, label, self._identifying_value, self.notes, self._noted, '""'
+        )
+
+    def _spaced_identifiers(self) -> bool:
+        """Whether an identifying field of the message (or OBX-5 in the OBX naming the
+        DICOM study) holds a TAB, an ideographic space or a formatting escape (an LF):
+        one look at each, once per message that holds any of them (Message.spaces)."""
+        segs, es = self._segs, self._es + "."
+        for name, numbers in hl7_fields().items():
+            for idx in self._positions.get(name, ()):
+                fields = segs[idx]
+                for n in numbers:
+                    text = fields[n] if n < len(fields) else ""
+                    if text and ("\t" in text or "\u3000" in text or es in text):
+                        label = f"{self._segment_label(name, idx)}-{n}"
+                        if self._identifies(label):
+                            return True
+        return False
+
+    def _identifying_value(self, label: str) -> bool:
+        """Whether the value at ``label`` identifies (a control character in it, or white
+        space other than spaces at an end, fails the record): in an identifying field,
+        but not a name or display text there (mappings/identity-fields.yaml
+        ``hl7v2-text``: the provider's name, a code's text; Chinese text is padded with
+        U+3000), which is text as anywhere else."""
+        return not hl7_text(label) and self._identifies(label)
 
     def _identifies(self, label: str) -> bool:
         """Whether ``label`` is in an identifying field: listed, or listed for segments

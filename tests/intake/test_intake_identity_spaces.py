@@ -1,0 +1,184 @@
+"""White space other than SPACE at an end of an HL7 v2 identifying value
+(mappings/identity-fields.yaml): a TAB, an LF (``\\.br\\``, ``\\X0A\\``) or an ideographic
+space (U+3000). ``str.strip()`` took it, so PID-3 ``0098765<TAB>`` was read as MRN
+``0098765``: another identifier than the one sent, perhaps another patient's. The record
+fails instead (``intake.control-characters``, naming the terser path), as a DICOM study
+does (tests/intake/dicom/test_dicom_patient_identity.py). Spaces stay padding: HL7
+senders pad fields with them. Every mapping engine reads it so."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway import Converter, Settings
+from gateway.envelope import Record
+from gateway.mapping._ceiling import STATS
+
+GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "hl7v2"
+ENGINES = ("interpreted", "compiled", "ceiling")
+
+
+@pytest.fixture(scope="module")
+def engines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Converter]]:
+    settings = Settings.load(home=tmp_path_factory.mktemp("spaces-home"), env={})
+    cache = tmp_path_factory.mktemp("spaces-cache")
+    out = {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GATEWAY_MAPPING_CACHE", str(cache))
+        for engine in ENGINES:
+            mp.setenv("GATEWAY_MAPPING_ENGINE", engine)
+            out[engine] = Converter(settings)
+    yield out
+
+
+@pytest.fixture(params=ENGINES)
+def converter(request: pytest.FixtureRequest, engines: dict[str, Converter]) -> Converter:
+    return engines[request.param]
+
+
+def _convert(converter: Converter, name: str, *edits: tuple[str, str]) -> list[Record]:
+    text = (GOLDEN / name).read_text(encoding="utf-8")
+    for old, new in edits:
+        assert old in text, old
+        text = text.replace(old, new, 1)
+    second = (GOLDEN / "omi_o23.hl7").read_text(encoding="utf-8")  # the batch goes on
+    return list(converter.convert((text.rstrip("\r\n") + "\r" + second).encode()))
+
+
+def _mrn(record: Record) -> dict[str, Any]:
+    assert record.bundle is not None, [i.line() for i in record.issues]
+    [patient] = [
+        e["resource"] for e in record.bundle["entry"] if e["resource"]["resourceType"] == "Patient"
+    ]
+    identifier: dict[str, Any] = patient["identifier"][0]
+    return identifier
+
+
+_MRN = "0098765^^^NSCH^MR"
+
+
+@pytest.mark.parametrize(
+    ("edit", "where"),
+    [
+        ("0098765\t^^^NSCH^MR", "PID-3.1"),  # the MRN's trailing TAB
+        ("\t0098765^^^NSCH^MR", "PID-3.1"),
+        ("\u30000098765^^^NSCH^MR", "PID-3.1"),  # a leading ideographic space
+        ("0098765\u3000 ^^^NSCH^MR", "PID-3.1"),  # padded with spaces after it
+        ("0098765\\.br\\^^^NSCH^MR", "PID-3.1"),  # an LF by a formatting escape
+        ("0098765\\X0A\\^^^NSCH^MR", "PID-3.1"),  # ... and by a hex escape
+        ("0098765^^^NSCH\u3000^MR", "PID-3.4.1"),  # the MRN's assigning authority
+        ("0098765^^^NSCH^MR\t", "PID-3.5"),  # its type (which identifier kind)
+    ],
+)
+def test_white_space_at_an_end_of_an_identifier_fails_the_record(
+    converter: Converter, edit: str, where: str
+) -> None:
+    records = _convert(converter, "omi_o23.hl7", (_MRN, edit))
+    errors = [(e.code, e.location) for e in records[0].errors]
+    assert errors == [("intake.control-characters", where)], [i.line() for i in records[0].issues]
+    [error] = records[0].errors
+    assert "identifying field" in error.message and "at an end" in error.message
+    assert records[0].bundle is None and records[-1].ok
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "where"),
+    [
+        # the sending facility: the namespace of every MRN sent without an authority
+        ("|NSCH^2.16.156.10011.99.1.1^ISO|NSCH_RIS", "|NSCH\t^2.16.156.10011.99.1.1^ISO|NSCH_RIS",
+         "MSH-4.1"),
+        # the placer order number
+        ("ORC|NW|PLC2026061501^NSCH", "ORC|NW|PLC2026061501\u3000^NSCH", "ORC-2.1"),
+    ],
+)  # fmt: skip
+def test_white_space_at_an_end_of_the_sender_or_an_order_number_fails_the_record(
+    converter: Converter, old: str, new: str, where: str
+) -> None:
+    records = _convert(converter, "omi_o23.hl7", (old, new))
+    assert [(e.code, e.location) for e in records[0].errors] == [
+        ("intake.control-characters", where)
+    ], [i.line() for i in records[0].issues]
+
+
+def test_the_study_of_a_report_with_a_trailing_tab_fails_the_record(converter: Converter) -> None:
+    # OBX-5 identifies in the OBX coded 113014 (DCM: Study Instance UID) only
+    uid = "||2.16.156.10011.99.1.4.3.20260610.1|"
+    records = _convert(converter, "oru_r01_cobranded.hl7", (uid, uid.replace(".1|", ".1\t|")))
+    assert [(e.code, e.location) for e in records[0].errors] == [
+        ("intake.control-characters", "OBX(1)-5")
+    ]
+
+
+def test_spaces_stay_padding(converter: Converter) -> None:
+    records = _convert(converter, "omi_o23.hl7", (_MRN, "  0098765  ^^^NSCH ^MR"))
+    assert records[0].ok, [i.line() for i in records[0].issues]
+    mrn = _mrn(records[0])
+    assert (mrn["value"], mrn["system"]) == ("0098765", "https://fhir.nsch.example.cn/sid/mrn")
+
+
+def test_white_space_elsewhere_is_trimmed_as_before(converter: Converter) -> None:
+    # not identifying: findings text, the patient's name, an address line; a TAB inside
+    # an identifier is not at an end (nothing is taken from it)
+    text = "左侧基底节区见一约8mm×6mm低密度软化灶，边界清楚，与2025年6月片比较无明显变化。"
+    records = _convert(
+        converter,
+        "oru_r01_cobranded.hl7",
+        (text, f"\t{text}\u3000\\.br\\"),
+        ("王^伟^", "王\u3000^伟\t^"),
+    )
+    assert records[0].ok, [i.line() for i in records[0].issues]
+    assert records[0].bundle is not None
+    assert text in records[0].bundle_json.decode()
+
+
+def test_a_message_whose_identifiers_hold_no_such_space_keeps_the_ceiling(
+    engines: dict[str, Converter],
+) -> None:
+    # Chinese text is often padded with ideographic spaces: only a message whose
+    # identifying fields hold one leaves the generated code for the checked reads.
+    before = STATS["built"]
+    records = _convert(
+        engines["ceiling"], "oru_r01_cobranded.hl7", ("王^伟^", "王\u3000^伟\u3000^")
+    )
+    assert all(r.ok for r in records), [i.line() for r in records for i in r.issues]
+    assert STATS["built"] - before == 2
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        # what is ordered: its display text padded with ideographic spaces
+        ("CT101^冠状动脉CT血管成像^99NSCH", "CT101^冠状动脉CT血管成像\u3000\u3000^99NSCH"),
+        # the ordering provider's family and given names (ORC-12.2, .3)
+        ("||NS0231^梁^志东^^^^^^NSCH|||", "||NS0231^梁\u3000^志东\t^^^^^^NSCH|||"),
+    ],
+)
+def test_names_and_display_texts_in_identifying_fields_are_padded_as_text(
+    converter: Converter, old: str, new: str
+) -> None:
+    # identity-fields.yaml hl7v2-text: Chinese text is padded with U+3000; only the
+    # identifying components (the code, the provider's id) keep their ends as sent
+    records = _convert(converter, "omi_o23.hl7", (old, new))
+    assert records[0].ok, [i.line() for i in records[0].issues]
+    plain = _convert(converter, "omi_o23.hl7")
+    assert records[0].bundle_json == plain[0].bundle_json
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "where"),
+    [
+        ("CT101^冠状动脉", "CT101\t^冠状动脉", "OBR-4.1"),  # the code itself
+        ("||NS0231^梁^志东^^^^^^NSCH|||", "||NS0231\u3000^梁^志东^^^^^^NSCH|||", "ORC-12.1"),
+    ],
+)
+def test_the_code_or_id_beside_a_text_keeps_its_ends(
+    converter: Converter, old: str, new: str, where: str
+) -> None:
+    records = _convert(converter, "omi_o23.hl7", (old, new))
+    assert [(e.code, e.location) for e in records[0].errors] == [
+        ("intake.control-characters", where)
+    ], [i.line() for i in records[0].issues]

@@ -182,3 +182,40 @@ def test_the_code_or_id_beside_a_text_keeps_its_ends(
     assert [(e.code, e.location) for e in records[0].errors] == [
         ("intake.control-characters", where)
     ], [i.line() for i in records[0].issues]
+
+
+@pytest.mark.parametrize(
+    ("space", "charset"),
+    [
+        ("\u00a0", "utf-8"),  # a no-break space: str.strip() takes it as it takes a TAB
+        ("\u2003", "utf-8"),  # an em space
+        ("\u0085", "utf-8"),  # NEL, a C1 control that is white space to str.strip()
+        ("\u00a0", "gb18030"),  # four bytes in GB 18030 (81 30 84 32)
+        ("\u3000", "gb18030"),  # A1 A1
+    ],
+)
+def test_any_white_space_at_an_end_of_an_identifier_fails_the_record(
+    converter: Converter, space: str, charset: str
+) -> None:
+    # Trimmed, PID-3 '0098765<NBSP>' was MRN 0098765 in a message that held nothing
+    # else of note, but failed the record when a TAB padded a code's text (OBR-4.2)
+    # elsewhere: which MRN was read depended on another field. DICOM refuses them all.
+    declared = {"utf-8": "UNICODE UTF-8", "gb18030": "GB18030"}[charset]
+    text = (GOLDEN / "omi_o23.hl7").read_text(encoding="utf-8")
+    text = text.replace("|UNICODE UTF-8", f"|{declared}", 1)
+    text = text.replace(_MRN, f"0098765{space}^^^NSCH^MR", 1)
+    records = list(converter.convert(text.encode(charset)))
+    assert [(e.code, e.location) for e in records[0].errors] == [
+        ("intake.control-characters", "PID-3.1")
+    ], [i.line() for i in records[0].issues]
+
+
+def test_the_edge_spaces_are_what_str_strip_takes_beside_space_and_controls() -> None:
+    # the byte pre-check and the view look for EDGE_SPACES: one that str.strip() takes
+    # and the list lacks would be trimmed silently again in a plain message
+    import sys
+
+    from gateway.intake._controls import CONTROL, EDGE_SPACES
+
+    white = {chr(c) for c in range(sys.maxunicode + 1) if chr(c).isspace()}
+    assert set(EDGE_SPACES) == {c for c in white if c not in " \r\n" and not CONTROL.match(c)}

@@ -27,6 +27,7 @@ from .._charset import (
     reads_as,
     utf8_suspect,
 )
+from .._controls import EDGE_SPACES
 
 if TYPE_CHECKING:
     from ...network import Network
@@ -517,28 +518,31 @@ def parse_message(
 
 
 def _may_hold_spaces(data: bytes, codec: str, es: str, start: int) -> bool:
-    """Whether a value of the message's bytes may hold a TAB, an ideographic space or an
-    LF (a formatting escape, ``\\.br\\``; a raw LF ends a segment). A few searches of
-    the bytes, memchr for the TAB and the escape character after MSH-2 (``start``: the
-    header before it is ASCII), cheaper than a look at each value read."""
-    escape, ideographic = _space_patterns(codec, es)
-    if b"\t" in data or (ideographic is not None and ideographic in data):
+    """Whether a value of the message's bytes may hold white space that str.strip() takes
+    and SPACE is not (_controls.EDGE_SPACES: a TAB, a no-break or an ideographic space)
+    or an LF (a formatting escape, ``\\.br\\``; a raw LF ends a segment). A few searches
+    of the bytes (memchr for the TAB and the escape character after MSH-2, ``start``:
+    the header before it is ASCII), cheaper than a look at each value read."""
+    escape, spaces = _space_patterns(codec, es)
+    if any(space in data for space in spaces):
         return True
     at = data.find(escape[:-1], start)  # most messages hold no escape after MSH-2
     return at >= 0 and data.find(escape, at) >= 0
 
 
 @lru_cache(maxsize=32)
-def _space_patterns(codec: str, es: str) -> tuple[bytes, bytes | None]:
+def _space_patterns(codec: str, es: str) -> tuple[bytes, tuple[bytes, ...]]:
     """The bytes of a formatting escape's start (``\\.``: .br and .sp read as LF) and of
-    U+3000 (None when ``codec`` has no such character: 8859/1) in ``codec``. Every
+    each of _controls.EDGE_SPACES that ``codec`` can write (8859/1: TAB, NEL, NBSP). Every
     charset the gateway reads (mappings/charsets/hl7v2.yaml) is stateless and keeps ASCII
     as ASCII, so these bytes are in the message whenever the characters are."""
-    try:
-        ideographic: bytes | None = "\u3000".encode(codec)
-    except UnicodeEncodeError:
-        ideographic = None
-    return (es + ".").encode(codec), ideographic
+    spaces: list[bytes] = []
+    for space in EDGE_SPACES:
+        try:
+            spaces.append(space.encode(codec))
+        except UnicodeEncodeError:
+            continue  # not in this charset: never in its messages
+    return (es + ".").encode(codec), tuple(spaces)
 
 
 @lru_cache(maxsize=32)

@@ -21,7 +21,7 @@ from functools import lru_cache, partial
 from typing import Any, NamedTuple
 
 from ...errors import ConfigError, Issue
-from .._controls import CONTROL, controls_removed, stripped
+from .._controls import CONTROL, SPACED, controls_removed, stripped
 from .._identifying import hl7_fields, hl7_identifies, hl7_identifies_where, hl7_text
 from ._er7 import Message
 
@@ -336,7 +336,8 @@ class Hl7View:
 
     def _spaced_identifiers(self) -> bool:
         """Whether an identifying field of the message (or OBX-5 in the OBX naming the
-        DICOM study) holds a TAB, an ideographic space or a formatting escape (an LF):
+        DICOM study) holds a TAB, a no-break or an ideographic space (EDGE_SPACES) or a
+        formatting escape (an LF):
         one look at each, once per message that holds any of them (Message.spaces)."""
         segs, es = self._segs, self._es + "."
         for name, numbers in hl7_fields().items():
@@ -344,7 +345,7 @@ class Hl7View:
                 fields = segs[idx]
                 for n in numbers:
                     text = fields[n] if n < len(fields) else ""
-                    if text and ("\t" in text or "\u3000" in text or es in text):
+                    if text and (es in text or SPACED.search(text)):
                         label = f"{self._segment_label(name, idx)}-{n}"
                         if self._identifies(label):
                             return True

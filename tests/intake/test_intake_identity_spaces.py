@@ -219,3 +219,18 @@ def test_the_edge_spaces_are_what_str_strip_takes_beside_space_and_controls() ->
 
     white = {chr(c) for c in range(sys.maxunicode + 1) if chr(c).isspace()}
     assert set(EDGE_SPACES) == {c for c in white if c not in " \r\n" and not CONTROL.match(c)}
+
+
+@pytest.mark.parametrize("new", ["NSC\\X1F\\H", "NSCH\t"])
+def test_the_performing_organisation_read_by_its_name_keeps_its_ends(
+    converter: Converter, new: str
+) -> None:
+    # OBX-23.1 is the performing organisation's code when OBX-23 sends neither an id
+    # (.10) nor an authority (.6): ORU.yaml $performing, the network's look-up. Read as
+    # text, 'NSC<0x1F>H' lost its control character and became NSCH, another
+    # institution (its OID on the report), with a warning only.
+    obx23 = "来安县第二人民医院^^^^^LAX2&2.16.156.10011.99.1.4&ISO^^^^LAX2"
+    records = _convert(converter, "oru_r01_cobranded.hl7", (obx23, new))
+    assert [(e.code, e.location) for e in records[0].errors] == [
+        ("intake.control-characters", "OBX(1)-23.1")
+    ], [i.line() for i in records[0].issues]

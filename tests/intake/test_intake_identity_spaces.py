@@ -234,3 +234,25 @@ def test_the_performing_organisation_read_by_its_name_keeps_its_ends(
     assert [(e.code, e.location) for e in records[0].errors] == [
         ("intake.control-characters", "OBX(1)-23.1")
     ], [i.line() for i in records[0].issues]
+
+
+def test_a_memoised_read_of_the_same_text_elsewhere_does_not_hide_the_end(
+    converter: Converter,
+) -> None:
+    # CodeableConcept-CWE reads OBR-31 (the reason: text) and OBR-4 (what is ordered:
+    # identifying). Orders whose reason was 'CT101<TAB>^...' memoised the trimmed code
+    # under that node text; an order whose OBR-4 was the same text then hit the memo,
+    # and CT101<TAB> was ordered as CT101 without the record's error.
+    text = (GOLDEN / "omi_o23.hl7").read_text(encoding="utf-8")
+    value = "CT101\t^冠状动脉CT血管成像^99NSCH"
+    reasons = [
+        text.replace("R07.4^胸痛^I10", value, 1).replace("01500021", f"0150002{n}", 1)
+        for n in range(2, 6)
+    ]
+    ordered = text.replace("CT101^冠状动脉CT血管成像^99NSCH", value, 1)
+    batch = "\r".join(m.rstrip("\r\n") for m in (*reasons, ordered))
+    records = list(converter.convert(batch.encode()))
+    assert [r.ok for r in records[:-1]] == [True] * len(reasons)
+    assert [(e.code, e.location) for e in records[-1].errors] == [
+        ("intake.control-characters", "OBR-4.1")
+    ], [i.line() for i in records[-1].issues]

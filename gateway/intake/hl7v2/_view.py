@@ -193,9 +193,12 @@ class Hl7View:
         # A TAB, LF or ideographic space at an end of an identifying value fails the
         # record (_clean): the values of a message whose identifying fields may hold one
         # are read one by one, as with control characters. Others (nearly all, even with
-        # such spaces in names or text) keep the plain reads.
+        # such spaces in names or text) keep the plain reads. Nor memoised: a spec that
+        # reads the same node text in a field that is text (CWE at OBR-31, then OBR-4)
+        # memoised it trimmed, and a hit would skip the record's error.
         if self._plain and message.spaces and self._spaced_identifiers():
             self._plain = False
+            self.memo = False
 
     # what reads a node's components at once, for the generated mappings
     components = staticmethod(components)

@@ -236,15 +236,16 @@ def test_the_performing_organisation_read_by_its_name_keeps_its_ends(
     ], [i.line() for i in records[0].issues]
 
 
+@pytest.mark.parametrize("tab", ["\t", "\\X09\\"])
 def test_a_memoised_read_of_the_same_text_elsewhere_does_not_hide_the_end(
-    converter: Converter,
+    converter: Converter, tab: str
 ) -> None:
     # CodeableConcept-CWE reads OBR-31 (the reason: text) and OBR-4 (what is ordered:
     # identifying). Orders whose reason was 'CT101<TAB>^...' memoised the trimmed code
     # under that node text; an order whose OBR-4 was the same text then hit the memo,
     # and CT101<TAB> was ordered as CT101 without the record's error.
     text = (GOLDEN / "omi_o23.hl7").read_text(encoding="utf-8")
-    value = "CT101\t^冠状动脉CT血管成像^99NSCH"
+    value = f"CT101{tab}^冠状动脉CT血管成像^99NSCH"
     reasons = [
         text.replace("R07.4^胸痛^I10", value, 1).replace("01500021", f"0150002{n}", 1)
         for n in range(2, 6)

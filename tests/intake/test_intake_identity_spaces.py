@@ -257,3 +257,16 @@ def test_a_memoised_read_of_the_same_text_elsewhere_does_not_hide_the_end(
     assert [(e.code, e.location) for e in records[-1].errors] == [
         ("intake.control-characters", "OBR-4.1")
     ], [i.line() for i in records[-1].issues]
+
+
+@pytest.mark.parametrize("interpreter", ["2077^戴\u3000^奇山", "2077^戴^奇山\t"])
+def test_the_interpreters_names_in_the_xcn_shape_are_padded_as_text(
+    converter: Converter, interpreter: str
+) -> None:
+    # OBR-32 is NDL (names in OBR-32.1.2-.7, text), but real feeds send the XCN shape
+    # (id^family^given; ORU.yaml xcn-name reads .2-.6): its names are text too, where a
+    # padded family name failed the report
+    records = _convert(converter, "oru_r01_cobranded.hl7", ("N4102&徐&静&&&&&&NJMU2", interpreter))
+    assert records[0].ok, [i.line() for i in records[0].issues]
+    plain = _convert(converter, "oru_r01_cobranded.hl7", ("N4102&徐&静&&&&&&NJMU2", "2077^戴^奇山"))
+    assert records[0].bundle_json == plain[0].bundle_json

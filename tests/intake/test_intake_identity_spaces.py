@@ -270,3 +270,13 @@ def test_the_interpreters_names_in_the_xcn_shape_are_padded_as_text(
     assert records[0].ok, [i.line() for i in records[0].issues]
     plain = _convert(converter, "oru_r01_cobranded.hl7", ("N4102&徐&静&&&&&&NJMU2", "2077^戴^奇山"))
     assert records[0].bundle_json == plain[0].bundle_json
+
+
+def test_a_codes_original_text_is_padded_as_text(converter: Converter) -> None:
+    # CWE.9 (original text) is the first text CodeableConcept-CWE reads (.9 | .2 | .5):
+    # text as .2 and .5 are, where padding failed the order
+    code = "CT101^冠状动脉CT血管成像^99NSCH"
+    records = _convert(converter, "omi_o23.hl7", (code, f"{code}^^^^^^冠状动脉CT\u3000"))
+    assert records[0].ok, [i.line() for i in records[0].issues]
+    plain = _convert(converter, "omi_o23.hl7", (code, f"{code}^^^^^^冠状动脉CT"))
+    assert records[0].bundle_json == plain[0].bundle_json

@@ -17,6 +17,7 @@ import pytest
 from gateway import Converter, Settings
 from gateway.envelope import Record
 from gateway.mapping._ceiling import STATS
+from tests.intake.test_intake_identity_controls import edited_batch as _convert
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "hl7v2"
 ENGINES = ("interpreted", "compiled", "ceiling")
@@ -38,15 +39,6 @@ def engines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Conv
 @pytest.fixture(params=ENGINES)
 def converter(request: pytest.FixtureRequest, engines: dict[str, Converter]) -> Converter:
     return engines[request.param]
-
-
-def _convert(converter: Converter, name: str, *edits: tuple[str, str]) -> list[Record]:
-    text = (GOLDEN / name).read_text(encoding="utf-8")
-    for old, new in edits:
-        assert old in text, old
-        text = text.replace(old, new, 1)
-    second = (GOLDEN / "omi_o23.hl7").read_text(encoding="utf-8")  # the batch goes on
-    return list(converter.convert((text.rstrip("\r\n") + "\r" + second).encode()))
 
 
 def _mrn(record: Record) -> dict[str, Any]:
@@ -93,9 +85,12 @@ def test_white_space_at_an_end_of_an_identifier_fails_the_record(
          "MSH-4.1"),
         # the placer order number
         ("ORC|NW|PLC2026061501^NSCH", "ORC|NW|PLC2026061501\u3000^NSCH", "ORC-2.1"),
+        # the code and the id beside a text (hl7v2-text) keep their ends
+        ("CT101^冠状动脉", "CT101\t^冠状动脉", "OBR-4.1"),
+        ("||NS0231^梁^志东^^^^^^NSCH|||", "||NS0231\u3000^梁^志东^^^^^^NSCH|||", "ORC-12.1"),
     ],
 )  # fmt: skip
-def test_white_space_at_an_end_of_the_sender_or_an_order_number_fails_the_record(
+def test_white_space_at_an_end_of_the_sender_an_order_number_or_a_code_fails_the_record(
     converter: Converter, old: str, new: str, where: str
 ) -> None:
     records = _convert(converter, "omi_o23.hl7", (old, new))
@@ -166,22 +161,6 @@ def test_names_and_display_texts_in_identifying_fields_are_padded_as_text(
     assert records[0].ok, [i.line() for i in records[0].issues]
     plain = _convert(converter, "omi_o23.hl7")
     assert records[0].bundle_json == plain[0].bundle_json
-
-
-@pytest.mark.parametrize(
-    ("old", "new", "where"),
-    [
-        ("CT101^冠状动脉", "CT101\t^冠状动脉", "OBR-4.1"),  # the code itself
-        ("||NS0231^梁^志东^^^^^^NSCH|||", "||NS0231\u3000^梁^志东^^^^^^NSCH|||", "ORC-12.1"),
-    ],
-)
-def test_the_code_or_id_beside_a_text_keeps_its_ends(
-    converter: Converter, old: str, new: str, where: str
-) -> None:
-    records = _convert(converter, "omi_o23.hl7", (old, new))
-    assert [(e.code, e.location) for e in records[0].errors] == [
-        ("intake.control-characters", where)
-    ], [i.line() for i in records[0].issues]
 
 
 @pytest.mark.parametrize(

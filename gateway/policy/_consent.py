@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import date, datetime, time, timedelta
 from typing import Any
 
 import orjson
@@ -208,25 +208,19 @@ def _version(resource: dict[str, Any]) -> int:
     return int(found) if isinstance(found, str) and found.isascii() and found.isdigit() else 1
 
 
-def stamp_after(now: datetime, previous: ConsentRecord | None) -> datetime:
+def stamp_after(now: datetime, previous: datetime | None) -> datetime:
     """A new version's write time (naive UTC): ``now``, at least a millisecond (its
-    ``meta.lastUpdated``'s precision) after the version it replaces, as a stored
-    record's is (``inbound/_resources.py``). GET /Consent/{id} answers If-Modified-Since
-    by it: a version stamped no later than the one a client held (the clock read in the
-    same millisecond or stepped back; an import's time taken before it waited for
-    another's lock) was 304 Not Modified to that client, the newer one (a withdrawal)
-    hidden. A previous time that is no instant (a Consent stored before the gateway
-    stamped them) bounds nothing."""
-    written = previous.last_updated if previous is not None else None
-    try:
-        moment = datetime.fromisoformat(written) if written else None
-    except ValueError:
-        moment = None
-    if moment is None:
+    ``meta.lastUpdated``'s precision) after ``previous``, when the version it replaces
+    was written (its row's ``updated_at``, the gateway's own clock: a Consent stored
+    before the gateway stamped them may carry its sender's lastUpdated, even a future
+    one), as a stored record's is (``inbound/_resources.py``). GET /Consent/{id}
+    answers If-Modified-Since by it: a version stamped no later than the one a client
+    held (the clock read in the same millisecond or stepped back; an import's time
+    taken before it waited for another's lock) was 304 Not Modified to that client,
+    the newer one (a withdrawal) hidden."""
+    if previous is None:
         return now
-    if moment.tzinfo is not None:
-        moment = moment.astimezone(UTC).replace(tzinfo=None)
-    floor = moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+    floor = previous.replace(microsecond=previous.microsecond // 1000 * 1000)
     return max(now, floor + timedelta(milliseconds=1))
 
 
@@ -257,6 +251,8 @@ def _moment(value: Any, *, end: bool, where: str) -> datetime | None:
     except ValueError:
         raise _invalid(where, "give a full date (YYYY-MM-DD) or date and time") from None
     if moment.tzinfo is not None:
+        from datetime import UTC
+
         moment = moment.astimezone(UTC).replace(tzinfo=None)
     return moment
 

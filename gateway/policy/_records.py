@@ -507,7 +507,7 @@ class PolicyRecords:
             # imports at once would both read version N and both store N+1 (and an
             # If-Match checked outside the lock would let both through)
             found = conn.execute(
-                sa.select(consents.c.id, consents.c.resource)
+                sa.select(consents.c.id, consents.c.resource, consents.c.updated_at)
                 .where(consents.c.consent_id == record.id)
                 .with_for_update()
             ).first()
@@ -517,7 +517,7 @@ class PolicyRecords:
             self._refuse_shared(conn, record)
             version = 1 if stored is None else stored + 1
             # read under the lock, after the version it replaces (If-Modified-Since)
-            stamp = stamp_after(utcnow(), previous)
+            stamp = stamp_after(utcnow(), None if found is None else found.updated_at)
             data = stamped(orjson.loads(record.resource), record.id, version, stamp)
             record = replace(record, resource=data)  # what it says is unchanged
             values = {
@@ -628,7 +628,7 @@ class PolicyRecords:
         ``if_match``: as :meth:`import_consent`'s, checked first."""
         with self._writer.begin() as conn:
             row = conn.execute(
-                sa.select(consents.c.id, consents.c.resource)
+                sa.select(consents.c.id, consents.c.resource, consents.c.updated_at)
                 .where(consents.c.consent_id == consent_id)
                 .with_for_update()  # the version it makes follows the stored one (import)
             ).first()
@@ -643,7 +643,7 @@ class PolicyRecords:
             resource = orjson.loads(row.resource)
             resource["status"] = "inactive"
             # a new version, as an update of the Consent would be: after the one on file
-            stamp = stamp_after(utcnow(), current)
+            stamp = stamp_after(utcnow(), row.updated_at)
             version = current.version + 1
             data = stamped(resource, consent_id, version, stamp)
             conn.execute(

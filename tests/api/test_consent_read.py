@@ -232,3 +232,24 @@ def test_a_version_stamped_no_later_than_the_one_held_is_no_304(
     assert read.status_code == 200 and read.json()["status"] == "inactive"
     assert parsedate_to_datetime(read.headers["last-modified"]) >= parsedate_to_datetime(held)
     assert read.json()["meta"]["lastUpdated"] > made.json()["meta"]["lastUpdated"]
+
+
+def test_a_condition_sent_on_two_header_lines_is_read_as_one_list(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A header sent on two lines is one list of both values (RFC 9110 5.3): the first
+    line alone was read, so If-Modified-Since of two dates (to be ignored: RFC 9110
+    13.1.3) was 304 by the first, and If-None-Match of two tags was 200 unless the
+    first named the version."""
+    written = datetime(2026, 1, 5, 10, 0, 0)
+    monkeypatch.setattr("gateway.policy._records.utcnow", lambda: written)
+    made = _post(client, consent((HKID, "K583726A"), "HKPMC"))
+    assert made.status_code == 201, made.text
+    held, earlier = made.headers["last-modified"], "Thu, 01 Jan 2015 00:00:00 GMT"
+    auth = ("Authorization", f"Bearer {TOKEN}")
+    alone = client.get("/Consent/consent-1", headers=[auth, ("If-Modified-Since", held)])
+    assert alone.status_code == 304
+    two = [auth, ("If-Modified-Since", held), ("If-Modified-Since", earlier)]
+    assert client.get("/Consent/consent-1", headers=two).status_code == 200
+    tags = [auth, ("If-None-Match", '"9"'), ("If-None-Match", made.headers["etag"])]
+    assert client.get("/Consent/consent-1", headers=tags).status_code == 304

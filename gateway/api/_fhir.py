@@ -64,7 +64,15 @@ from ..validation.igpub import (
     fhir_resources,
 )
 from ._auditing import ReadAudit, add_audit_event_routes, read_audit
-from ._http import fragment_in, fragment_issue, http_date, http_since, instant_since, not_modified
+from ._http import (
+    fragment_in,
+    fragment_issue,
+    header_list,
+    http_date,
+    http_since,
+    instant_since,
+    not_modified,
+)
 from ._server import tcp_peer
 from ._urls import entry, link_of
 
@@ -403,8 +411,9 @@ def add_fhir_routes(
         )  # fmt: skip
         updated = found.resource["meta"]["lastUpdated"]
         headers = {"ETag": f'W/"{found.version}"', "Last-Modified": http_date(updated)}
-        since = http_since(request.headers.get("if-modified-since"))
-        if not_modified(found.version, updated, request.headers.get("if-none-match"), since):
+        since = http_since(header_list(request.headers, "if-modified-since"))
+        tags = header_list(request.headers, "if-none-match")  # every line of them
+        if not_modified(found.version, updated, tags, since):
             return Response(status_code=304, headers=headers)  # the version it holds
         return _fhir(found.resource, 200, headers)
 

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
 from typing import Any
 
-from starlette.datastructures import QueryParams
+from starlette.datastructures import Headers, QueryParams
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -18,6 +18,7 @@ __all__ = [
     "RefuseNul",
     "fragment_in",
     "fragment_issue",
+    "header_list",
     "http_date",
     "http_since",
     "instant_since",
@@ -31,6 +32,16 @@ def http_date(instant: str) -> str:
     Last-Modified takes: ``Sun, 06 Dec 2026 21:40:00 GMT``."""
     moment = datetime.fromisoformat(instant.replace("Z", "+00:00")).astimezone(UTC)
     return format_datetime(moment, usegmt=True)
+
+
+def header_list(headers: Headers, name: str) -> str | None:
+    """A header as one field value: its lines joined by commas (RFC 9110 5.3), as a
+    list header is one list however it is sent; None when absent. ``headers.get``
+    read the first line alone: If-Modified-Since sent twice (two dates, to be
+    ignored: RFC 9110 13.1.3) was 304 by the first, and If-None-Match's second line
+    of tags went unread."""
+    values = headers.getlist(name)
+    return ", ".join(values) if values else None
 
 
 def http_since(value: str | None) -> datetime | None:

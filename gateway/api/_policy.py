@@ -41,7 +41,7 @@ from ..errors import GatewayError, Issue, http_status, operation_outcome, shape
 from ..policy import ConsentRecord, Decision, Policy, PolicyError, PolicyRecords, Released
 from ..store import is_row_id, open_store
 from ._auditing import read_audit
-from ._http import http_date, http_since, not_modified
+from ._http import header_list, http_date, http_since, not_modified
 
 __all__ = ["add_policy_routes"]
 
@@ -141,8 +141,9 @@ def _unchanged(request: Request, record: ConsentRecord) -> bool:
     were ignored (always 200). One stored before the gateway stamped ``lastUpdated``
     has no Last-Modified: If-Modified-Since says nothing of it (200)."""
     updated = record.last_updated
-    since = http_since(request.headers.get("if-modified-since")) if updated else None
-    return not_modified(record.version, updated or "", request.headers.get("if-none-match"), since)
+    since = http_since(header_list(request.headers, "if-modified-since")) if updated else None
+    tags = header_list(request.headers, "if-none-match")
+    return not_modified(record.version, updated or "", tags, since)
 
 
 def _kept(record: ConsentRecord) -> Issue:

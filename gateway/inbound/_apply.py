@@ -900,6 +900,7 @@ def _entry_spelled(ref: str, urls: dict[str, str]) -> str | None:
 
 
 _AUTHORITY = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*)://([^/?#]*)(.*)", re.DOTALL)
+_UNSAFE = re.compile(r"[\x00-\x20\x7f]")  # no character of a URI's server (RFC 3986)
 
 
 def _server(url: str) -> tuple[tuple[str, str], str] | None:
@@ -908,12 +909,14 @@ def _server(url: str) -> tuple[tuple[str, str], str] | None:
     compared), and the rest of it as written (path, query, fragment); None for another
     scheme, user information (``https://gw@evil/``) or an unreadable port (what
     ``urlsplit`` refuses: letters, out of range), where an identifier system is not
-    refused but compared."""
+    refused but compared. A space or control character in the server (no URI: RFC 3986)
+    is none either: ``urlsplit`` drops a tab or line break, so ``https://g<TAB>w/fhir``
+    was read as ``https://gw/fhir``, this gateway's base."""
     found = _AUTHORITY.fullmatch(url)
     if found is None:
         return None
     scheme, authority = found[1].lower(), found[2]
-    if scheme not in DEFAULT_PORTS or "@" in authority:
+    if scheme not in DEFAULT_PORTS or "@" in authority or _UNSAFE.search(authority):
         return None
     try:
         parts = urlsplit(f"{scheme}://{authority}")

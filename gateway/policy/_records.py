@@ -21,7 +21,7 @@ from ..audit import PSEUDONYM, AuditLog, decision_event, join_people, message_su
 from ..audit import events as audit_events
 from ..errors import Issue
 from ..store import StageOutcome, Store, metadata, utcnow
-from ._consent import WITHDRAWN, ConsentRecord, PolicyError, parse_consent, stamped
+from ._consent import WITHDRAWN, ConsentRecord, PolicyError, parse_consent, stamp_after, stamped
 from ._engine import Decision, Policy, RuleResult, new_individual, system_tag
 from ._minimise import Change, pseudonym
 
@@ -502,13 +502,12 @@ class PolicyRecords:
     ) -> ConsentRecord:
         """``import_consent``'s transaction: the version stored; ``_CreatedMeanwhile``
         when the id, not on file when read, was inserted by another transaction."""
-        stamp = utcnow()
         with self._writer.begin() as conn:
             # locked (PostgreSQL; SQLite's BEGIN IMMEDIATE already orders writers): two
             # imports at once would both read version N and both store N+1 (and an
             # If-Match checked outside the lock would let both through)
             found = conn.execute(
-                sa.select(consents.c.id, consents.c.resource)
+                sa.select(consents.c.id, consents.c.resource, consents.c.updated_at)
                 .where(consents.c.consent_id == record.id)
                 .with_for_update()
             ).first()
@@ -517,6 +516,8 @@ class PolicyRecords:
             _check_version(record.id, stored, if_match)
             self._refuse_shared(conn, record)
             version = 1 if stored is None else stored + 1
+            # read under the lock, after the version it replaces (If-Modified-Since)
+            stamp = stamp_after(utcnow(), None if found is None else found.updated_at)
             data = stamped(orjson.loads(record.resource), record.id, version, stamp)
             record = replace(record, resource=data)  # what it says is unchanged
             values = {
@@ -627,7 +628,7 @@ class PolicyRecords:
         ``if_match``: as :meth:`import_consent`'s, checked first."""
         with self._writer.begin() as conn:
             row = conn.execute(
-                sa.select(consents.c.id, consents.c.resource)
+                sa.select(consents.c.id, consents.c.resource, consents.c.updated_at)
                 .where(consents.c.consent_id == consent_id)
                 .with_for_update()  # the version it makes follows the stored one (import)
             ).first()
@@ -641,7 +642,8 @@ class PolicyRecords:
                 return current
             resource = orjson.loads(row.resource)
             resource["status"] = "inactive"
-            stamp = utcnow()  # a new version, as an update of the Consent would be
+            # a new version, as an update of the Consent would be: after the one on file
+            stamp = stamp_after(utcnow(), row.updated_at)
             version = current.version + 1
             data = stamped(resource, consent_id, version, stamp)
             conn.execute(

@@ -208,3 +208,48 @@ def test_a_conditional_read_of_the_version_it_has_is_304_not_modified(
     announced = client.get("/metadata").json()["rest"][0]["resource"]
     [consents] = [r for r in announced if r["type"] == "Consent"]
     assert consents["conditionalRead"] == "full-support"
+
+
+@pytest.mark.parametrize("step", [timedelta(0), timedelta(milliseconds=-300)])
+def test_a_version_stamped_no_later_than_the_one_held_is_no_304(
+    client: Client, monkeypatch: pytest.MonkeyPatch, step: timedelta
+) -> None:
+    """A new version's meta.lastUpdated is after the previous version's (a millisecond at
+    least), as a stored record's is (inbound/_resources.py): the clock read in the same
+    millisecond, or stepped back (NTP), or an import's time taken before it waited for
+    another's lock stamped the new version no later than the one a client held, and
+    its If-Modified-Since (the Last-Modified it was sent) was answered 304 Not
+    Modified: a withdrawn Consent read as the active one it held."""
+    written = datetime(2026, 1, 5, 10, 0, 0)  # a whole second: Last-Modified is exact
+    clock = iter([written, written + step])
+    monkeypatch.setattr("gateway.policy._records.utcnow", lambda: next(clock))
+    made = _post(client, consent((HKID, "K583726A"), "HKPMC"))
+    assert made.status_code == 201, made.text
+    held = made.headers["last-modified"]
+    withdrawn = client.post("/Consent/consent-1/$withdraw", headers=AUTH)
+    assert withdrawn.status_code == 200 and withdrawn.headers["etag"] == 'W/"2"'
+    read = client.get("/Consent/consent-1", headers={**AUTH, "If-Modified-Since": held})
+    assert read.status_code == 200 and read.json()["status"] == "inactive"
+    assert parsedate_to_datetime(read.headers["last-modified"]) >= parsedate_to_datetime(held)
+    assert read.json()["meta"]["lastUpdated"] > made.json()["meta"]["lastUpdated"]
+
+
+def test_a_condition_sent_on_two_header_lines_is_read_as_one_list(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A header sent on two lines is one list of both values (RFC 9110 5.3): the first
+    line alone was read, so If-Modified-Since of two dates (to be ignored: RFC 9110
+    13.1.3) was 304 by the first, and If-None-Match of two tags was 200 unless the
+    first named the version."""
+    written = datetime(2026, 1, 5, 10, 0, 0)
+    monkeypatch.setattr("gateway.policy._records.utcnow", lambda: written)
+    made = _post(client, consent((HKID, "K583726A"), "HKPMC"))
+    assert made.status_code == 201, made.text
+    held, earlier = made.headers["last-modified"], "Thu, 01 Jan 2015 00:00:00 GMT"
+    auth = ("Authorization", f"Bearer {TOKEN}")
+    alone = client.get("/Consent/consent-1", headers=[auth, ("If-Modified-Since", held)])
+    assert alone.status_code == 304
+    two = [auth, ("If-Modified-Since", held), ("If-Modified-Since", earlier)]
+    assert client.get("/Consent/consent-1", headers=two).status_code == 200
+    tags = [auth, ("If-None-Match", '"9"'), ("If-None-Match", made.headers["etag"])]
+    assert client.get("/Consent/consent-1", headers=tags).status_code == 304

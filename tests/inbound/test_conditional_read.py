@@ -151,3 +151,13 @@ def test_a_304_entry_costs_nothing_of_a_read_batchs_bound(
     assert "resource" not in entries[1] and entries[1]["response"]["etag"] == 'W/"1"'
     issue = entries[2]["response"]["outcome"]["issue"][0]
     assert issue["details"]["coding"][0]["code"] == "inbound.too-costly"
+
+
+def test_if_none_match_on_two_header_lines_is_one_list(
+    client: Client, signed_referral: bytes
+) -> None:
+    """Tags sent on two If-None-Match lines are one list (RFC 9110 5.3): the second
+    line, naming the version held, went unread (200 in full)."""
+    ref, _ = _stored(client, signed_referral)
+    lines = [*partner(NSCH_TOKEN).items(), ("If-None-Match", 'W/"7"'), ("If-None-Match", 'W/"1"')]
+    assert client.get(f"/fhir/{ref}", headers=lines).status_code == 304

@@ -89,6 +89,12 @@ def test_a_reference_under_the_base_however_its_server_is_written(ref: str, base
         ("https://gw.example.hk:65536/fhir/Patient/1", "https://gw.example.hk:65536/fhir"),
         ("https://[fe80::1%25ETH0]/fhir/Patient/1", "https://[fe80::1%25eth0]/fhir"),  # zone
         ("ftp://gw.example.hk/fhir/Patient/1", "ftp://gw.example.hk/fhir"),
+        # a tab or line break in the server: no URI (RFC 3986), which urlsplit read as
+        # the base's server with it dropped (own_relative took it for this gateway's)
+        ("https://gw.exam\tple.hk/fhir/Patient/1", "https://gw.example.hk/fhir"),
+        ("https://gw.example.hk\n/fhir/Patient/1", "https://gw.example.hk/fhir"),
+        ("https://gw.example.hk:44\r3/fhir/Patient/1", "https://gw.example.hk/fhir"),
+        ("https://gw.example.hk/fhir/Patient/1", "https://gw.exam\tple.hk/fhir"),
     ],
 )
 def test_a_reference_elsewhere_or_unreadable_is_not_under_the_base(ref: str, base: str) -> None:

@@ -27,7 +27,6 @@ UNREGISTERED_BASE = "https://unregistered.invalid/facility"
 # a feed names few institutions): cleared when full; longer texts are not kept.
 _ANSWERS = 1024
 _ANSWERED_LENGTH = 256
-_MISS: Any = object()  # not among the answers kept
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +63,7 @@ class Network:
         # institution rather than give an HL7 facility code.
         self._by_name = _index(institutions, source, "name or alias", _names)
         self._by_oid = _index(institutions, source, "OID", _oids)
-        # institution() tries the facility code (upper-cased) before the key, and find()
+        # institution() tries the facility code (folded) before the key, and find()
         # both before the name: a key or name that one of them reads as another
         # institution's code would never find its own.
         for inst in institutions:
@@ -107,21 +106,23 @@ class Network:
         """An institution by facility code (folded: ``_code``), else by key (as written)."""
         if not facility:
             return None
-        found = self._institutions.get(facility, _MISS)
-        if found is _MISS:
+        try:
+            return self._institutions[facility]
+        except KeyError:
             found = self._by_facility.get(_code(facility)) or self._by_key.get(facility)
-            _keep(self._institutions, facility, found)
-        return found  # type: ignore[no-any-return]  # _MISS is never returned
+        _keep(self._institutions, facility, found)
+        return found
 
     def find(self, name_or_code: str | None) -> Institution | None:
         """An institution by facility code, key, OID, name in any language or alias."""
         if not name_or_code:
             return None
-        found = self._found.get(name_or_code, _MISS)
-        if found is _MISS:
+        try:
+            return self._found[name_or_code]
+        except KeyError:
             found = self._find(name_or_code)
-            _keep(self._found, name_or_code, found)
-        return found  # type: ignore[no-any-return]  # _MISS is never returned
+        _keep(self._found, name_or_code, found)
+        return found
 
     def _find(self, name_or_code: str) -> Institution | None:
         found = self.institution(name_or_code.strip())

@@ -311,15 +311,20 @@ def add_fhir_routes(
             stored = _visible(resources, kind, read.id, who.partner)
             if stored is None:
                 raise _EntryError(_not_found())
-            if left < 1:
+            updated = stored.resource["meta"]["lastUpdated"]
+            since = instant_since(conditions.get("ifModifiedSince"))
+            unchanged_read = not_modified(
+                stored.version, updated, conditions.get("ifNoneMatch"), since
+            )
+            # a 304 holds no resource, so it costs none of the bound: past it, it was
+            # refused as too costly (400), as if it answered the resource again
+            if left < 1 and not unchanged_read:
                 raise _EntryError(_too_costly())
             event = audit.event(
                 request, interaction="read", patients=_patients([stored]),
                 records=[stored.reference], partner=who.partner, query=query,
             )  # fmt: skip
-            updated = stored.resource["meta"]["lastUpdated"]
-            since = instant_since(conditions.get("ifModifiedSince"))
-            if not_modified(stored.version, updated, conditions.get("ifNoneMatch"), since):
+            if unchanged_read:
                 unchanged = {"status": "304 Not Modified", "etag": f'W/"{stored.version}"',
                              "lastModified": updated}  # fmt: skip
                 return {"response": unchanged}, event, 0

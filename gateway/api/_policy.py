@@ -13,7 +13,8 @@
                                             stored; Prefer: return=minimal|representation
                                             |OperationOutcome; If-Match honoured)
     GET  /Consent?patient=SYSTEM|VALUE      consents on file (a searchset Bundle)
-    GET  /Consent/{id}                      one (read: its current version)
+    GET  /Consent/{id}                      one (read: its current version; 304 Not
+                                            Modified to If-None-Match/If-Modified-Since)
     GET  /Consent/{id}/_history/{vid}       vread: the current version only (the one
                                             kept); another is 404
     POST /Consent/{id}/$withdraw            withdraw (status inactive; a new version; one
@@ -40,7 +41,7 @@ from ..errors import GatewayError, Issue, http_status, operation_outcome, shape
 from ..policy import ConsentRecord, Decision, Policy, PolicyError, PolicyRecords, Released
 from ..store import is_row_id, open_store
 from ._auditing import read_audit
-from ._http import http_date
+from ._http import http_date, http_since, not_modified
 
 __all__ = ["add_policy_routes"]
 
@@ -132,6 +133,16 @@ def _versioned(record: ConsentRecord) -> dict[str, str]:
     if record.last_updated:  # one stored before the gateway stamped them has none
         headers["Last-Modified"] = http_date(record.last_updated)
     return headers
+
+
+def _unchanged(request: Request, record: ConsentRecord) -> bool:
+    """A conditional read of the Consent (If-None-Match, If-Modified-Since) is 304 Not
+    Modified, as GET /fhir/{type}/{id} answers (``_http.not_modified``): both headers
+    were ignored (always 200). One stored before the gateway stamped ``lastUpdated``
+    has no Last-Modified: If-Modified-Since says nothing of it (200)."""
+    updated = record.last_updated
+    since = http_since(request.headers.get("if-modified-since")) if updated else None
+    return not_modified(record.version, updated or "", request.headers.get("if-none-match"), since)
 
 
 def _kept(record: ConsentRecord) -> Issue:
@@ -293,6 +304,8 @@ def add_policy_routes(
             audit.write, request, interaction="vread" if version else "read",
             patients=[record.patient], records=[f"Consent/{record.id}"],
         )  # fmt: skip
+        if version is None and _unchanged(request, record):
+            return Response(status_code=304, headers=_versioned(record))  # the one it holds
         return Response(record.resource, 200, _versioned(record), FHIR_JSON)
 
     @app.get("/Consent/{consent_id}")

@@ -867,8 +867,8 @@ def _in_bundle(
     spelled = _entry_spelled(ref, urls)
     if spelled is not None:
         return spelled
-    tail = _under(ref, bases.own)
-    if tail is not None and _SCHEME.match(tail) is None:
+    tail = own_relative(ref, bases.own)
+    if tail is not None:
         return tail  # this gateway's: checked as a relative reference next
     tail = _under(ref, bases.partner())
     if tail is not None and _LITERAL.fullmatch(tail) is not None:
@@ -923,6 +923,16 @@ def _server(url: str) -> tuple[tuple[str, str], str] | None:
     if not parts.hostname:
         return None
     return (scheme, host_key(scheme, parts.hostname, port)), found[3]
+
+
+def own_relative(ref: str, own: str | None) -> str | None:
+    """An absolute reference under this gateway's FHIR base ``own`` (``Bases.own``,
+    however spelled: :func:`_under`) made relative (``Patient/<id>``, its query), as
+    the Bundle's entries are resolved and the one-patient check looks a stored Patient
+    up (``_content.py``); None for any other reference: relative, another server's
+    (the partner's own base is never this gateway's), or no ``Type/...`` under it."""
+    tail = _under(ref, own) if _SCHEME.match(ref) is not None else None
+    return tail if tail is not None and _SCHEME.match(tail) is None else None
 
 
 def _under(ref: str, base: str | None) -> str | None:

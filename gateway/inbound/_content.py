@@ -23,6 +23,7 @@ from urllib.parse import parse_qsl, unquote
 from ..errors import Issue
 from ..fhirsystems import comparable, system_key
 from ..network import Institution
+from ._apply import own_relative
 from ._referrals import is_referral
 
 __all__ = ["StoredPatients", "identity_mismatches", "misaddressed", "mixed_patients"]
@@ -33,7 +34,8 @@ StoredPatients = Callable[[set[str]], dict[str, dict[str, Any]]]
 # Elements naming the patient a resource is about (the patient compartment's usual ones)
 _PATIENT_ELEMENTS = ("subject", "patient", "for", "beneficiary")
 _OID_SYSTEM = "urn:ietf:rfc:3986"
-# A relative reference to a Patient of this gateway's store (R4 id; a version or none)
+# A relative reference to a Patient of this gateway's store (R4 id; a version or none);
+# an absolute one under this gateway's base is made relative first (own_relative)
 _STORED_PATIENT = re.compile(r"Patient/([A-Za-z0-9\-.]{1,64})(?:/_history/[A-Za-z0-9\-.]{1,64})?")
 
 
@@ -58,10 +60,13 @@ def _tokens(resource: dict[str, Any]) -> list[str]:
 
 
 # -- one patient ------------------------------------------------------------------------
-def mixed_patients(bundle: dict[str, Any], stored: StoredPatients | None = None) -> list[Issue]:
+def mixed_patients(
+    bundle: dict[str, Any], stored: StoredPatients | None = None, own: str | None = None
+) -> list[Issue]:
     """The issue naming the first entry that brings a second patient, if any.
     ``stored``: the sender's stored Patients, whose identifiers name them here
-    (:func:`_stored_aliases`); None: the Bundle alone is read."""
+    (:func:`_stored_aliases`); None: the Bundle alone is read. ``own``: this gateway's
+    FHIR base (``Bases.own``), under which an absolute reference is a stored one."""
     entries = _entries(bundle)
     by_url = {url: (n, r) for n, url, r in entries if url}
     patients = [  # a Patient that nothing can name (no fullUrl, id nor identifier) is none
@@ -90,7 +95,7 @@ def mixed_patients(bundle: dict[str, Any], stored: StoredPatients | None = None)
     }
     _beside_literals(entries, others, by_url, aliases)
     if stored is not None:
-        _stored_aliases(entries, others, by_url, aliases, held, stored)
+        _stored_aliases(entries, others, by_url, aliases, held, stored, own)
     seen: str | None = "the Bundle's Patient" if patients else None
     for n, _, resource in entries:
         if resource.get("resourceType") == "Patient":
@@ -165,16 +170,21 @@ def _stored_aliases(
     aliases: dict[str, str],
     held: dict[str, set[str]],
     stored: StoredPatients,
+    own: str | None = None,
 ) -> None:
     """The identifiers of a stored Patient a record cites by id alone (``Patient/<id>``,
-    relative: this gateway's store) name that patient here, as one written beside the
+    relative or under this gateway's base ``own``, as the Bundle is applied: this
+    gateway's store) name that patient here, as one written beside the
     reference does (:func:`_beside_literals`): a Condition of ``Patient/<id>`` asserted
     by the logical Patient of that patient's MRN was refused as a second patient, the
     check reading nothing stored. Only the sender's own Patients (the reference resolves
     to no other institution's, ``_apply.py``); one id the Bundle's Patient entry has, or
     one no Patient is stored under, says nothing more (an MRN beside the asserter is
-    then a second patient, as before). One look-up, only when relative references to
-    one Patient that is no entry are met."""
+    then a second patient, as before). One look-up, only when references to one stored
+    Patient that is no entry are met. ``https://<own base>/Patient/<id>`` was not looked
+    up, so a partner writing absolute references was refused as sending two patients;
+    one under the partner's own base (or any other) names its server's Patient, never
+    one stored here: not looked up."""
     ids: set[str] = set()
     for n, _, resource in entries:
         if resource.get("resourceType") == "Patient":
@@ -182,8 +192,10 @@ def _stored_aliases(
         refs = [ref for name in _PATIENT_ELEMENTS for ref in _refs(resource.get(name))]
         for ref in [*refs, *(ref for _, ref in others[n])]:
             literal = ref.get("reference")
-            found = _STORED_PATIENT.fullmatch(literal) if isinstance(literal, str) else None
-            if found is not None and literal not in by_url and f"Patient/{found[1]}" not in aliases:
+            if not isinstance(literal, str) or literal in by_url:
+                continue
+            found = _STORED_PATIENT.fullmatch(own_relative(literal, own) or literal)
+            if found is not None and f"Patient/{found[1]}" not in aliases:
                 ids.add(found[1])
     if len(ids) != 1:  # two ids are two patients, refused below whatever is stored
         return  # (a look-up of 250,000 ids passed the database's bound: 500)

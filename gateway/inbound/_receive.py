@@ -107,7 +107,8 @@ class Inbound:
         invalid = self._validate(bundle)
         if not invalid:  # valid R4: is it one patient's, and addressed here?
             stored = functools.partial(self._stored_patients, partner=who.partner)
-            patients = identity_mismatches(bundle) or mixed_patients(bundle, stored)
+            own_base = self._bases(who.partner).own  # its absolute references' local base
+            patients = identity_mismatches(bundle) or mixed_patients(bundle, stored, own_base)
             invalid = patients + misaddressed(bundle, own)
         if invalid:
             log.warning("inbound: a Bundle from %s refused [%s]", who.partner, invalid[0].code)

@@ -25,9 +25,19 @@ from collections.abc import Callable
 from ..errors import Issue
 from ._identifying import identifying_error
 
-__all__ = ["CONTROL", "controls_removed", "stripped"]
+__all__ = ["CONTROL", "EDGE_SPACES", "SPACED", "controls_removed", "stripped"]
 
 CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# The white space str.strip() takes that is neither SPACE nor a control character above
+# (nor CR, LF: they end a segment; an escape gives LF): a TAB, NEL, a no-break space,
+# the Unicode spaces and separators, the ideographic space. At an end of an identifying
+# value it is part of the value (stripped(), below).
+EDGE_SPACES = (
+    "\t\x85\xa0\u1680"
+    + "".join(map(chr, range(0x2000, 0x200B)))
+    + ("\u2028\u2029\u202f\u205f\u3000")
+)
+SPACED = re.compile(f"[{EDGE_SPACES}]")
 
 _REMOVED = "control characters removed: FHIR strings cannot carry them"
 _ABSENT = "the value holds only control characters, which FHIR strings cannot carry: read as absent"
@@ -65,14 +75,16 @@ def controls_removed(
     return kept
 
 
-_EDGES = "white space other than padding spaces (a TAB, LF, an ideographic space) at an end"
+_EDGES = (
+    "white space other than padding spaces (a TAB, LF, a no-break or ideographic space) at an end"
+)
 
 
 def stripped(text: str, location: str, identifies: Callable[[str], bool]) -> str:
-    """``text.strip()``; but in an identifying field only SPACE is padding: a TAB or an
-    ideographic space (U+3000) at an end is part of the value, so ``0012345<TAB>`` and
-    ``0012345`` are two patients in one DICOM study (its one-patient check). Stripped,
-    a study of one instance filed 0012345<TAB> as MRN 0012345, and HL7 v2's PID-3
+    """``text.strip()``; but in an identifying field only SPACE is padding: a TAB, a
+    no-break or an ideographic space (U+3000) at an end is part of the value, so
+    ``0012345<TAB>`` and ``0012345`` are two patients in one DICOM study (its one-patient
+    check). Stripped, a study of one instance filed 0012345<TAB> as MRN 0012345, and HL7 v2's PID-3
     ``P1<TAB>`` was MRN ``P1``: the record's error instead. Asked only when ``strip()``
     took more than spaces (rare)."""
     out = text.strip()

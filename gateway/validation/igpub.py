@@ -202,11 +202,15 @@ CONSENT: dict[str, Any] = {
     "documentation": "Consents to cross-border transfer (docs/policy.md): POST /Consent "
     "imports one (201 when new, 200 for a new version of one on file; If-Match honoured; "
     "held records it now allows are released), GET /Consent?patient= lists them (a "
-    "searchset Bundle), GET /Consent/{id} reads one, GET /Consent/{id}/_history/{vid} its "
+    "searchset Bundle), GET /Consent/{id} reads one (If-None-Match / If-Modified-Since: 304 "
+    "Not Modified), GET /Consent/{id}/_history/{vid} its "
     "current version (only the current version is kept: another is 404), POST "
     "/Consent/{id}/$withdraw withdraws one.",
     "versioning": "versioned-update",  # If-Match honoured (http.html#concurrency)
     "readHistory": False,
+    # If-None-Match and If-Modified-Since: 304 Not Modified on GET /Consent/{id}, as
+    # on GET /fhir/{type}/{id} (gateway/api/_policy.py)
+    "conditionalRead": "full-support",
     "interaction": [
         {"code": "read"},
         {"code": "vread"},

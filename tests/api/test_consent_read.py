@@ -7,7 +7,10 @@ was ignored, and each $withdraw made a version and an event."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime, parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
@@ -163,3 +166,45 @@ def test_withdraw_twice_changes_nothing(client: Client, settings_home: Settings)
     kept = client.post("/Consent/consent-2/$withdraw", headers=AUTH)
     assert kept.status_code == 200 and kept.json()["status"] == "rejected"
     assert kept.headers["etag"] == 'W/"1"'
+
+
+def test_a_conditional_read_of_the_version_it_has_is_304_not_modified(
+    client: Client, settings_home: Settings
+) -> None:
+    """GET /Consent/{id} answers If-None-Match / If-Modified-Since as GET
+    /fhir/{type}/{id} does (304, its ETag and Last-Modified, no body, still audited),
+    and GET /metadata announces it; both headers were ignored (always 200)."""
+    made = _post(client, consent((HKID, "K583726A"), "HKPMC"))
+    assert made.status_code == 201, made.text
+    etag, modified = made.headers["etag"], made.headers["last-modified"]
+    reads = len(_events(settings_home, "api-read"))
+    same = client.get("/Consent/consent-1", headers={**AUTH, "If-None-Match": etag})
+    assert same.status_code == 304 and same.content == b""
+    assert same.headers["etag"] == etag and same.headers["last-modified"] == modified
+    assert len(_events(settings_home, "api-read")) == reads + 1  # a read all the same
+    other = client.get("/Consent/consent-1", headers={**AUTH, "If-None-Match": 'W/"2"'})
+    assert other.status_code == 200 and other.json() == made.json()
+    after = parsedate_to_datetime(modified) + timedelta(seconds=1)  # past the version
+    while datetime.now(UTC) <= after:  # a date not yet come is ignored (200)
+        time.sleep(0.05)
+    since = format_datetime(after, usegmt=True)
+    assert (
+        client.get("/Consent/consent-1", headers={**AUTH, "If-Modified-Since": since}).status_code
+        == 304
+    )
+    later = "Fri, 01 Jan 2100 00:00:00 GMT"  # a date not yet come: ignored (200)
+    assert (
+        client.get("/Consent/consent-1", headers={**AUTH, "If-Modified-Since": later}).status_code
+        == 200
+    )
+    earlier = "Thu, 01 Jan 2015 00:00:00 GMT"
+    assert (
+        client.get("/Consent/consent-1", headers={**AUTH, "If-Modified-Since": earlier}).status_code
+        == 200
+    )
+    # a vread names its version already: answered in full
+    vread = client.get("/Consent/consent-1/_history/1", headers={**AUTH, "If-None-Match": etag})
+    assert vread.status_code == 200
+    announced = client.get("/metadata").json()["rest"][0]["resource"]
+    [consents] = [r for r in announced if r["type"] == "Consent"]
+    assert consents["conditionalRead"] == "full-support"

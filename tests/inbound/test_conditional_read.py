@@ -14,6 +14,7 @@ from email.utils import format_datetime, parsedate_to_datetime
 from typing import Any
 
 import orjson
+import pytest
 
 from gateway import Settings
 from gateway.audit import AuditLog
@@ -127,3 +128,26 @@ def test_a_batch_entrys_conditional_read_is_answered_as_its_get(
     assert _events(hk_settings) == events + len(requests)
     # the GET of the first entry's URL with its condition: the same answer
     assert _get(client, ref, If_None_Match='W/"1"').status_code == 304
+
+
+def test_a_304_entry_costs_nothing_of_a_read_batchs_bound(
+    client: Client, signed_referral: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 304 entry holds no resource: past MAX_READ_RESOURCES (the resources a batch's
+    answers hold) it is still answered 304, never refused as too costly (400) as if it
+    held the resource; one that would answer the resource is still refused."""
+    ref, _ = _stored(client, signed_referral)
+    monkeypatch.setattr("gateway.api._fhir.MAX_READ_RESOURCES", 1)
+    requests = [
+        {"url": SR},
+        {"url": ref, "ifNoneMatch": 'W/"1"'},
+        {"url": ref, "ifNoneMatch": 'W/"2"'},
+    ]
+    resp = client.post("/fhir", content=_batch(*requests), headers=partner(NSCH_TOKEN))
+    assert resp.status_code == 200, resp.text
+    entries = resp.json()["entry"]
+    statuses = [e["response"]["status"] for e in entries]
+    assert statuses == ["200 OK", "304 Not Modified", "400 Bad Request"], statuses
+    assert "resource" not in entries[1] and entries[1]["response"]["etag"] == 'W/"1"'
+    issue = entries[2]["response"]["outcome"]["issue"][0]
+    assert issue["details"]["coding"][0]["code"] == "inbound.too-costly"

@@ -11,10 +11,13 @@ import copy
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.api.test_app import Client
 
-from .conftest import LOCAL_AUTH, MRN, OTHER_MRN
+from .conftest import LOCAL_AUTH, MRN, OTHER_MRN, PUBLIC_URL
 from .test_adversarial_identity import _post
+from .test_adversarial_references import NSCH_FHIR
 from .test_review10_logical_asserter import CONDITION, _stored_patient
 
 
@@ -70,3 +73,30 @@ def test_an_unstored_id_beside_the_asserter_is_still_refused(
     resp = _post(client, _cited_by_id(referral, "Patient/no-such-patient", MRN), pki)
     assert resp.status_code == 422, resp.text
     assert resp.json()["issue"][0]["details"]["coding"][0]["code"] == "inbound.mixed-patients"
+
+
+@pytest.mark.parametrize("base", [f"{PUBLIC_URL}/fhir", "http://GW:80/fhir/"])
+def test_the_stored_patient_cited_under_this_gateways_base_is_looked_up_too(
+    client: Client, referral: dict[str, Any], pki: Path, base: str
+) -> None:
+    """An absolute reference under this gateway's FHIR base (however spelled) is a
+    stored Patient, as the Bundle is applied (made relative): it was not looked up, so
+    a partner writing absolute references was refused as sending two patients. One
+    under the partner's own base names its server's Patient, never one stored here."""
+    patient = _stored_patient(client, referral, pki)
+    absolute = f"{base.rstrip('/')}/{patient}"
+    resp = _post(client, _cited_by_id(referral, absolute, MRN), pki)
+    assert resp.status_code == 200, resp.text
+    found = client.get("/fhir/Condition?identifier=follow-up-2", headers=LOCAL_AUTH).json()
+    [kept] = [e["resource"] for e in found["entry"]]
+    assert kept["subject"] == {"reference": patient}  # made relative, as our own
+    assert kept["asserter"]["identifier"]["value"] == MRN[1]
+    # the same id under the partner's base: not this gateway's Patient, not looked up
+    theirs = _cited_by_id(referral, f"{NSCH_FHIR}/{patient}", MRN)
+    theirs["identifier"]["value"] = "NSCH-FOLLOW-UP-3"
+    theirs["entry"][0]["resource"]["identifier"][0]["value"] = "follow-up-3"
+    resp = _post(client, theirs, pki)
+    assert resp.status_code == 422, resp.text
+    issue = resp.json()["issue"][0]
+    assert issue["details"]["coding"][0]["code"] == "inbound.mixed-patients"
+    assert issue["expression"] == ["Bundle.entry[0].resource.asserter"]

@@ -21,7 +21,8 @@ from gateway.intake import _identifying
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "hl7v2"
 
 
-def _convert(converter: Converter, name: str, *edits: tuple[str, str]) -> list[Record]:
+def edited_batch(converter: Converter, name: str, *edits: tuple[str, str]) -> list[Record]:
+    """The golden ``name`` with ``edits`` made, then omi_o23.hl7 (the batch goes on)."""
     text = (GOLDEN / name).read_text(encoding="utf-8")
     for old, new in edits:
         assert old in text, old
@@ -41,7 +42,7 @@ _MSH = "NSCH_HIS|NSCH^2.16.156.10011.99.1.1^ISO|NSCH_RIS|NSCH^2.16.156.10011.99.
 
 
 def test_without_a_control_character_the_mrn_is_the_senders(converter: Converter) -> None:
-    record = _convert(converter, "omi_o23.hl7", _NO_AUTHORITY)[0]
+    record = edited_batch(converter, "omi_o23.hl7", _NO_AUTHORITY)[0]
     assert record.ok, [i.line() for i in record.issues]
     [patient] = _resources(record, "Patient")
     assert patient["identifier"][0]["system"] == "https://fhir.nsch.example.cn/sid/mrn"
@@ -64,7 +65,7 @@ def test_without_a_control_character_the_mrn_is_the_senders(converter: Converter
 def test_a_control_character_in_the_sender_or_receiver_fails_the_record(
     converter: Converter, msh: str, where: str
 ) -> None:
-    records = _convert(converter, "omi_o23.hl7", _NO_AUTHORITY, (_MSH, msh))
+    records = edited_batch(converter, "omi_o23.hl7", _NO_AUTHORITY, (_MSH, msh))
     [error] = records[0].errors
     assert (error.code, error.location) == ("intake.control-characters", where)
     assert "identifying field" in error.message
@@ -109,7 +110,7 @@ def test_a_control_character_in_a_provider_organisation_or_code_fails_the_record
 def _refused_at(converter: Converter, name: str, edits: list[tuple[str, str]], where: str) -> None:
     """The edited message is refused for the control character at ``where`` alone; the
     batch's last message still converts."""
-    records = _convert(converter, name, *edits)
+    records = edited_batch(converter, name, *edits)
     errors = [(e.code, e.location) for e in records[0].errors]
     assert errors == [("intake.control-characters", where)], [i.line() for i in records[0].issues]
     assert records[0].bundle is None and records[-1].ok
@@ -128,11 +129,11 @@ def _refused_at(converter: Converter, name: str, edits: list[tuple[str, str]], w
 def test_a_control_character_in_a_name_or_display_text_is_removed_with_a_warning(
     converter: Converter, name: str, old: str, new: str, where: str
 ) -> None:
-    records = _convert(converter, name, (old, new))
+    records = edited_batch(converter, name, (old, new))
     assert records[0].ok, [i.line() for i in records[0].issues]
     warned = [(w.code, w.location) for w in records[0].issues if w.severity == "warning"]
     assert ("intake.control-characters", where) in warned
-    assert records[0].bundle_json == _convert(converter, name)[0].bundle_json
+    assert records[0].bundle_json == edited_batch(converter, name)[0].bundle_json
 
 
 def test_demographics_and_text_stay_warnings() -> None:
@@ -172,7 +173,7 @@ def test_a_control_character_in_a_study_instance_uid_fails_the_record(
 def test_a_control_character_in_findings_text_stays_a_warning(converter: Converter) -> None:
     # OBX-5 is identifying only in the OBX that names the DICOM study (OBX-3 113014)
     text = "左侧基底节区见一约8mm×6mm低密度软化灶"
-    records = _convert(
+    records = edited_batch(
         converter, "oru_r01_cobranded.hl7", (text, text.replace("8mm", "8\\X07\\mm", 1))
     )
     assert records[0].ok, [i.line() for i in records[0].issues]

@@ -17,6 +17,7 @@ import pytest
 from gateway import Converter, Settings
 from gateway.envelope import Record
 from gateway.mapping._ceiling import STATS
+from tests.intake.test_intake_identity_controls import edited_batch as _convert
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "hl7v2"
 ENGINES = ("interpreted", "compiled", "ceiling")
@@ -38,15 +39,6 @@ def engines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Conv
 @pytest.fixture(params=ENGINES)
 def converter(request: pytest.FixtureRequest, engines: dict[str, Converter]) -> Converter:
     return engines[request.param]
-
-
-def _convert(converter: Converter, name: str, *edits: tuple[str, str]) -> list[Record]:
-    text = (GOLDEN / name).read_text(encoding="utf-8")
-    for old, new in edits:
-        assert old in text, old
-        text = text.replace(old, new, 1)
-    second = (GOLDEN / "omi_o23.hl7").read_text(encoding="utf-8")  # the batch goes on
-    return list(converter.convert((text.rstrip("\r\n") + "\r" + second).encode()))
 
 
 def _mrn(record: Record) -> dict[str, Any]:
@@ -93,9 +85,12 @@ def test_white_space_at_an_end_of_an_identifier_fails_the_record(
          "MSH-4.1"),
         # the placer order number
         ("ORC|NW|PLC2026061501^NSCH", "ORC|NW|PLC2026061501\u3000^NSCH", "ORC-2.1"),
+        # the code and the id beside a text (hl7v2-text) keep their ends
+        ("CT101^冠状动脉", "CT101\t^冠状动脉", "OBR-4.1"),
+        ("||NS0231^梁^志东^^^^^^NSCH|||", "||NS0231\u3000^梁^志东^^^^^^NSCH|||", "ORC-12.1"),
     ],
 )  # fmt: skip
-def test_white_space_at_an_end_of_the_sender_or_an_order_number_fails_the_record(
+def test_white_space_at_an_end_of_the_sender_an_order_number_or_a_code_fails_the_record(
     converter: Converter, old: str, new: str, where: str
 ) -> None:
     records = _convert(converter, "omi_o23.hl7", (old, new))
@@ -169,16 +164,98 @@ def test_names_and_display_texts_in_identifying_fields_are_padded_as_text(
 
 
 @pytest.mark.parametrize(
-    ("old", "new", "where"),
+    ("space", "charset"),
     [
-        ("CT101^冠状动脉", "CT101\t^冠状动脉", "OBR-4.1"),  # the code itself
-        ("||NS0231^梁^志东^^^^^^NSCH|||", "||NS0231\u3000^梁^志东^^^^^^NSCH|||", "ORC-12.1"),
+        ("\u00a0", "utf-8"),  # a no-break space: str.strip() takes it as it takes a TAB
+        ("\u2003", "utf-8"),  # an em space
+        ("\u0085", "utf-8"),  # NEL, a C1 control that is white space to str.strip()
+        ("\u00a0", "gb18030"),  # four bytes in GB 18030 (81 30 84 32)
+        ("\u3000", "gb18030"),  # A1 A1
     ],
 )
-def test_the_code_or_id_beside_a_text_keeps_its_ends(
-    converter: Converter, old: str, new: str, where: str
+def test_any_white_space_at_an_end_of_an_identifier_fails_the_record(
+    converter: Converter, space: str, charset: str
 ) -> None:
-    records = _convert(converter, "omi_o23.hl7", (old, new))
+    # Trimmed, PID-3 '0098765<NBSP>' was MRN 0098765 in a message that held nothing
+    # else of note, but failed the record when a TAB padded a code's text (OBR-4.2)
+    # elsewhere: which MRN was read depended on another field. DICOM refuses them all.
+    declared = {"utf-8": "UNICODE UTF-8", "gb18030": "GB18030"}[charset]
+    text = (GOLDEN / "omi_o23.hl7").read_text(encoding="utf-8")
+    text = text.replace("|UNICODE UTF-8", f"|{declared}", 1)
+    text = text.replace(_MRN, f"0098765{space}^^^NSCH^MR", 1)
+    records = list(converter.convert(text.encode(charset)))
     assert [(e.code, e.location) for e in records[0].errors] == [
-        ("intake.control-characters", where)
+        ("intake.control-characters", "PID-3.1")
     ], [i.line() for i in records[0].issues]
+
+
+def test_the_edge_spaces_are_what_str_strip_takes_beside_space_and_controls() -> None:
+    # the byte pre-check and the view look for EDGE_SPACES: one that str.strip() takes
+    # and the list lacks would be trimmed silently again in a plain message
+    import sys
+
+    from gateway.intake._controls import CONTROL, EDGE_SPACES
+
+    white = {chr(c) for c in range(sys.maxunicode + 1) if chr(c).isspace()}
+    assert set(EDGE_SPACES) == {c for c in white if c not in " \r\n" and not CONTROL.match(c)}
+
+
+@pytest.mark.parametrize("new", ["NSC\\X1F\\H", "NSCH\t"])
+def test_the_performing_organisation_read_by_its_name_keeps_its_ends(
+    converter: Converter, new: str
+) -> None:
+    # OBX-23.1 is the performing organisation's code when OBX-23 sends neither an id
+    # (.10) nor an authority (.6): ORU.yaml $performing, the network's look-up. Read as
+    # text, 'NSC<0x1F>H' lost its control character and became NSCH, another
+    # institution (its OID on the report), with a warning only.
+    obx23 = "来安县第二人民医院^^^^^LAX2&2.16.156.10011.99.1.4&ISO^^^^LAX2"
+    records = _convert(converter, "oru_r01_cobranded.hl7", (obx23, new))
+    assert [(e.code, e.location) for e in records[0].errors] == [
+        ("intake.control-characters", "OBX(1)-23.1")
+    ], [i.line() for i in records[0].issues]
+
+
+@pytest.mark.parametrize("tab", ["\t", "\\X09\\"])
+def test_a_memoised_read_of_the_same_text_elsewhere_does_not_hide_the_end(
+    converter: Converter, tab: str
+) -> None:
+    # CodeableConcept-CWE reads OBR-31 (the reason: text) and OBR-4 (what is ordered:
+    # identifying). Orders whose reason was 'CT101<TAB>^...' memoised the trimmed code
+    # under that node text; an order whose OBR-4 was the same text then hit the memo,
+    # and CT101<TAB> was ordered as CT101 without the record's error.
+    text = (GOLDEN / "omi_o23.hl7").read_text(encoding="utf-8")
+    value = f"CT101{tab}^冠状动脉CT血管成像^99NSCH"
+    reasons = [
+        text.replace("R07.4^胸痛^I10", value, 1).replace("01500021", f"0150002{n}", 1)
+        for n in range(2, 6)
+    ]
+    ordered = text.replace("CT101^冠状动脉CT血管成像^99NSCH", value, 1)
+    batch = "\r".join(m.rstrip("\r\n") for m in (*reasons, ordered))
+    records = list(converter.convert(batch.encode()))
+    assert [r.ok for r in records[:-1]] == [True] * len(reasons)
+    assert [(e.code, e.location) for e in records[-1].errors] == [
+        ("intake.control-characters", "OBR-4.1")
+    ], [i.line() for i in records[-1].issues]
+
+
+@pytest.mark.parametrize("interpreter", ["2077^戴\u3000^奇山", "2077^戴^奇山\t"])
+def test_the_interpreters_names_in_the_xcn_shape_are_padded_as_text(
+    converter: Converter, interpreter: str
+) -> None:
+    # OBR-32 is NDL (names in OBR-32.1.2-.7, text), but real feeds send the XCN shape
+    # (id^family^given; ORU.yaml xcn-name reads .2-.6): its names are text too, where a
+    # padded family name failed the report
+    records = _convert(converter, "oru_r01_cobranded.hl7", ("N4102&徐&静&&&&&&NJMU2", interpreter))
+    assert records[0].ok, [i.line() for i in records[0].issues]
+    plain = _convert(converter, "oru_r01_cobranded.hl7", ("N4102&徐&静&&&&&&NJMU2", "2077^戴^奇山"))
+    assert records[0].bundle_json == plain[0].bundle_json
+
+
+def test_a_codes_original_text_is_padded_as_text(converter: Converter) -> None:
+    # CWE.9 (original text) is the first text CodeableConcept-CWE reads (.9 | .2 | .5):
+    # text as .2 and .5 are, where padding failed the order
+    code = "CT101^冠状动脉CT血管成像^99NSCH"
+    records = _convert(converter, "omi_o23.hl7", (code, f"{code}^^^^^^冠状动脉CT\u3000"))
+    assert records[0].ok, [i.line() for i in records[0].issues]
+    plain = _convert(converter, "omi_o23.hl7", (code, f"{code}^^^^^^冠状动脉CT"))
+    assert records[0].bundle_json == plain[0].bundle_json

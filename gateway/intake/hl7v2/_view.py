@@ -21,7 +21,7 @@ from functools import lru_cache, partial
 from typing import Any, NamedTuple
 
 from ...errors import ConfigError, Issue
-from .._controls import CONTROL, controls_removed, stripped
+from .._controls import CONTROL, SPACED, controls_removed, stripped
 from .._identifying import hl7_fields, hl7_identifies, hl7_identifies_where, hl7_text
 from ._er7 import Message
 
@@ -193,9 +193,13 @@ class Hl7View:
         # A TAB, LF or ideographic space at an end of an identifying value fails the
         # record (_clean): the values of a message whose identifying fields may hold one
         # are read one by one, as with control characters. Others (nearly all, even with
-        # such spaces in names or text) keep the plain reads.
-        if self._plain and message.spaces and self._spaced_identifiers():
+        # such spaces in names or text) keep the plain reads. Nor memoised: a spec that
+        # reads the same node text in a field that is text (CWE at OBR-31, then OBR-4)
+        # memoised it trimmed, and a hit would skip the record's error. Asked of a view
+        # that holds a hex escape too (message.controls: \X09\ is a TAB).
+        if (message.spaces or message.controls) and self._spaced_identifiers():
             self._plain = False
+            self.memo = False
 
     # what reads a node's components at once, for the generated mappings
     components = staticmethod(components)
@@ -336,15 +340,16 @@ class Hl7View:
 
     def _spaced_identifiers(self) -> bool:
         """Whether an identifying field of the message (or OBX-5 in the OBX naming the
-        DICOM study) holds a TAB, an ideographic space or a formatting escape (an LF):
+        DICOM study) holds a TAB, a no-break or an ideographic space (EDGE_SPACES), a
+        formatting escape (an LF) or a hex escape (``\\X09\\``):
         one look at each, once per message that holds any of them (Message.spaces)."""
-        segs, es = self._segs, self._es + "."
+        segs, formatting, hex_escape = self._segs, self._es + ".", self._es + "X"
         for name, numbers in hl7_fields().items():
             for idx in self._positions.get(name, ()):
                 fields = segs[idx]
                 for n in numbers:
                     text = fields[n] if n < len(fields) else ""
-                    if text and ("\t" in text or "\u3000" in text or es in text):
+                    if text and (formatting in text or hex_escape in text or SPACED.search(text)):
                         label = f"{self._segment_label(name, idx)}-{n}"
                         if self._identifies(label):
                             return True

@@ -58,7 +58,7 @@ class Network:
         self._institutions: dict[str, Institution | None] = {}
         self._found: dict[str, Institution | None] = {}
         self._by_facility = _index(institutions, source, "facility code", _facilities)
-        self._by_key = _index(institutions, source, "key", lambda i: (i.key,))
+        self._by_key = _index(institutions, source, "key", lambda i: (_fold(i.key),))
         # DICOM (InstitutionName) and CDA (representedOrganization/name) name their
         # institution rather than give an HL7 facility code.
         self._by_name = _index(institutions, source, "name or alias", _names)
@@ -69,6 +69,11 @@ class Network:
         for inst in institutions:
             _check_shadow(self, inst, source, "key (read as a facility code)", (inst.key,))
             _check_shadow(self, inst, source, "name (read as a code)", _raw_names(inst))
+            # find() tries names before OIDs: a name that is another's OID hides it
+            for oid in _oids(inst):
+                other = self._by_name.get(oid)
+                if other is not None and other is not inst:
+                    raise _ambiguous(source, "OID (read as a name)", oid, other, inst)
 
     @classmethod
     def load(cls, path: Path) -> Network:
@@ -103,13 +108,13 @@ class Network:
         return network
 
     def institution(self, facility: str | None) -> Institution | None:
-        """An institution by facility code (folded: ``_code``), else by key (as written)."""
+        """An institution by facility code (folded: ``_code``), else by key (folded)."""
         if not facility:
             return None
         try:
             return self._institutions[facility]
         except KeyError:
-            found = self._by_facility.get(_code(facility)) or self._by_key.get(facility)
+            found = self._by_facility.get(_code(facility)) or self._by_key.get(_fold(facility))
         _keep(self._institutions, facility, found)
         return found
 
@@ -129,7 +134,7 @@ class Network:
         if found is None:
             found = self._by_name.get(_fold(name_or_code))
         if found is None:
-            found = self._by_oid.get(_fold(name_or_code).removeprefix("urn:oid:"))
+            found = self._by_oid.get(_oid(name_or_code))
         return found
 
     def base(self, facility: str) -> str:
@@ -182,8 +187,13 @@ def _facilities(inst: Institution) -> tuple[str, ...]:
     return (_code(inst.facility),)
 
 
+def _oid(text: str) -> str:
+    """An OID as looked up and indexed: folded, without its ``urn:oid:`` prefix."""
+    return _fold(text).removeprefix("urn:oid:")
+
+
 def _oids(inst: Institution) -> tuple[str, ...]:
-    return (_fold(inst.oid),) if inst.oid else ()
+    return (_oid(inst.oid),) if inst.oid else ()
 
 
 def _raw_names(inst: Institution) -> tuple[str, ...]:

@@ -107,9 +107,12 @@ def test_a_name_read_as_another_institutions_code_is_refused(tmp_path: Path) -> 
 
 
 def test_a_key_read_as_another_institutions_facility_code_is_refused(tmp_path: Path) -> None:
-    # institution() tries the facility code (upper-cased) before the key
+    # institution() tries the facility code (folded) before the key (folded too: the
+    # keys lax2 and LAX2 of two institutions are refused as one key)
     path = _write(
-        tmp_path, _institution("lax2"), _institution("LAX2", facility="LAX3", name={"en": "Lai an"})
+        tmp_path,
+        _institution("laian", facility="LAX2"),
+        _institution("LAX2", facility="LAX3", name={"en": "Lai an"}),
     )
     assert "'LAX2'" in _refused(path)
 

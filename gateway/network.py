@@ -5,6 +5,7 @@ several languages, default charsets and addresses.
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,11 @@ CHARSET_MISMATCH = ("refuse", "decode")
 # Base for identifier systems of senders the network does not know: the reserved
 # '.invalid' TLD says plainly that the URI was made up by the gateway.
 UNREGISTERED_BASE = "https://unregistered.invalid/facility"
+
+# Look-up answers kept per Network, by the text as given (folding is the dear part, and
+# a feed names few institutions): cleared when full; longer texts are not kept.
+_ANSWERS = 1024
+_ANSWERED_LENGTH = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,18 +54,26 @@ class Network:
         a record from one would otherwise be read under the other's identifier systems
         (its MRNs filed as the other's patients), whichever happened to be listed first."""
         self.source = source
+        # institution()'s and find()'s answers by the text given (the indexes are read only)
+        self._institutions: dict[str, Institution | None] = {}
+        self._found: dict[str, Institution | None] = {}
         self._by_facility = _index(institutions, source, "facility code", _facilities)
-        self._by_key = _index(institutions, source, "key", lambda i: (i.key,))
+        self._by_key = _index(institutions, source, "key", lambda i: (_fold(i.key),))
         # DICOM (InstitutionName) and CDA (representedOrganization/name) name their
         # institution rather than give an HL7 facility code.
         self._by_name = _index(institutions, source, "name or alias", _names)
-        _index(institutions, source, "OID", lambda i: (i.oid,) if i.oid else ())
-        # institution() tries the facility code (upper-cased) before the key, and find()
+        self._by_oid = _index(institutions, source, "OID", _oids)
+        # institution() tries the facility code (folded) before the key, and find()
         # both before the name: a key or name that one of them reads as another
         # institution's code would never find its own.
         for inst in institutions:
             _check_shadow(self, inst, source, "key (read as a facility code)", (inst.key,))
             _check_shadow(self, inst, source, "name (read as a code)", _raw_names(inst))
+            # find() tries names before OIDs: a name that is another's OID hides it
+            for oid in _oids(inst):
+                other = self._by_name.get(oid)
+                if other is not None and other is not inst:
+                    raise _ambiguous(source, "OID (read as a name)", oid, other, inst)
 
     @classmethod
     def load(cls, path: Path) -> Network:
@@ -94,20 +108,33 @@ class Network:
         return network
 
     def institution(self, facility: str | None) -> Institution | None:
+        """An institution by facility code (folded: ``_code``), else by key (folded)."""
         if not facility:
             return None
-        return self._by_facility.get(facility.upper()) or self._by_key.get(facility)
+        try:
+            return self._institutions[facility]
+        except KeyError:
+            found = self._by_facility.get(_code(facility)) or self._by_key.get(_fold(facility))
+        _keep(self._institutions, facility, found)
+        return found
 
     def find(self, name_or_code: str | None) -> Institution | None:
         """An institution by facility code, key, OID, name in any language or alias."""
         if not name_or_code:
             return None
+        try:
+            return self._found[name_or_code]
+        except KeyError:
+            found = self._find(name_or_code)
+        _keep(self._found, name_or_code, found)
+        return found
+
+    def _find(self, name_or_code: str) -> Institution | None:
         found = self.institution(name_or_code.strip())
         if found is None:
             found = self._by_name.get(_fold(name_or_code))
         if found is None:
-            oid = name_or_code.strip().removeprefix("urn:oid:")
-            found = next((i for i in self._by_key.values() if i.oid == oid), None)
+            found = self._by_oid.get(_oid(name_or_code))
         return found
 
     def base(self, facility: str) -> str:
@@ -134,12 +161,39 @@ class Network:
         return value
 
 
-def _fold(name: str) -> str:
-    return " ".join(name.split()).casefold()
+def _fold(text: str) -> str:
+    """A name or code as the network compares it (the look-ups and the load-time check
+    alike): its compatibility forms as the plain ones (NFKC: the full-width ＮＳＣＨ, ２
+    and － that Chinese systems send are NSCH, 2 and -), case folded, runs of white
+    space (U+3000 among them) as one space. NFKC keeps scripts apart: a Traditional
+    name is not its Simplified spelling (an alias or ``spellings`` entry says so).
+    Institutions' names and codes only: never a person's name."""
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+
+
+def _code(code: str) -> str:
+    """A facility code as looked up: folded, upper-cased as network files write codes."""
+    return _fold(code).upper()
+
+
+def _keep(answers: dict[str, Institution | None], text: str, found: Institution | None) -> None:
+    if len(text) <= _ANSWERED_LENGTH:
+        if len(answers) >= _ANSWERS:
+            answers.clear()
+        answers[text] = found
 
 
 def _facilities(inst: Institution) -> tuple[str, ...]:
-    return (inst.facility.upper(),)
+    return (_code(inst.facility),)
+
+
+def _oid(text: str) -> str:
+    """An OID as looked up and indexed: folded, without its ``urn:oid:`` prefix."""
+    return _fold(text).removeprefix("urn:oid:")
+
+
+def _oids(inst: Institution) -> tuple[str, ...]:
+    return (_oid(inst.oid),) if inst.oid else ()
 
 
 def _raw_names(inst: Institution) -> tuple[str, ...]:

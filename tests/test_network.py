@@ -107,9 +107,12 @@ def test_a_name_read_as_another_institutions_code_is_refused(tmp_path: Path) -> 
 
 
 def test_a_key_read_as_another_institutions_facility_code_is_refused(tmp_path: Path) -> None:
-    # institution() tries the facility code (upper-cased) before the key
+    # institution() tries the facility code (folded) before the key (folded too: the
+    # keys lax2 and LAX2 of two institutions are refused as one key)
     path = _write(
-        tmp_path, _institution("lax2"), _institution("LAX2", facility="LAX3", name={"en": "Lai an"})
+        tmp_path,
+        _institution("laian", facility="LAX2"),
+        _institution("LAX2", facility="LAX3", name={"en": "Lai an"}),
     )
     assert "'LAX2'" in _refused(path)
 
@@ -149,3 +152,69 @@ def test_the_error_names_the_file_the_spelling_and_both_institutions_on_the_cli(
         "the other's identifier systems; give each name, alias, spelling, key, facility "
         "code and OID to one institution only [config.network-ambiguous]"
     ]
+
+
+# -- full-width and other compatibility forms (NFKC) ---------------------------------------
+# Chinese hospital systems often send codes and names in full-width ASCII: the look-ups
+# fold them with NFKC (then case, then white space), and so does the check at load.
+
+
+def test_full_width_codes_names_and_oids_find_their_institution() -> None:
+    network = Network.load(REPO / "seeds" / "network.yaml")
+    for spelling, key in [
+        ("ＮＳＣＨ", "nsch"),
+        ("ｈｋｐｍｃ", "hkpmc"),
+        ("ＮＪＭＵ２", "njmu2"),  # a full-width digit
+        ("Ｎａｎｓｈａ　Ｃｅｎｔｒａｌ　Ｈｏｓｐｉｔａｌ", "nsch"),  # ideographic spaces
+        ("ＨＫ ｐａｒｔｎｅｒ ｍｅｄｉｃａｌ ｃｅｎｔｒｅ", "hkpmc"),
+        ("Ｈｏｎｇ Ｋｏｎｇ－ｓｔｙｌｅ ｆａｍｉｌｙ ｄｏｃｔｏｒ ｃｌｉｎｉｃ", "nsgp"),  # U+FF0D
+        ("urn:oid:２．１６．１５６．１００１１．９９．１．４", "lax2"),
+    ]:
+        found = network.find(spelling)
+        assert found is not None and found.key == key, spelling
+    # institution() (HL7 facility codes: MSH-4, CX-4, HD.1) and the systems it gives
+    nsch = network.institution("ＮＳＣＨ")
+    assert nsch is not None and nsch.key == "nsch"
+    assert network.base("ＮＳＣＨ") == "https://fhir.nsch.example.cn"
+    assert network.charset("ＬＡＸ２") == network.charset("LAX2") is not None
+
+
+def test_a_full_width_facility_code_of_another_institution_is_refused(tmp_path: Path) -> None:
+    path = _write(tmp_path, _institution("nsch"), _institution("clinic", facility="ＮＳＣＨ"))
+    message = _refused(path)
+    assert "'NSCH'" in message and "nsch (NSCH)" in message and "clinic (ＮＳＣＨ)" in message
+
+
+def test_a_full_width_alias_of_another_institutions_name_is_refused(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        _institution("nsch", alias=["Nansha Central Hospital"]),
+        _institution("nsgp", alias=["Ｎａｎｓｈａ　Ｃｅｎｔｒａｌ　Ｈｏｓｐｉｔａｌ"]),
+    )
+    assert "'nansha central hospital'" in _refused(path)
+
+
+def test_a_full_width_name_read_as_another_institutions_code_is_refused(tmp_path: Path) -> None:
+    path = _write(tmp_path, _institution("nsch"), _institution("nsgp", alias=["ｎｓｃｈ"]))
+    message = _refused(path)
+    assert "'ｎｓｃｈ'" in message and "nsch (NSCH)" in message and "nsgp (NSGP)" in message
+
+
+def test_traditional_and_simplified_names_stay_two_institutions(tmp_path: Path) -> None:
+    # NFKC folds full-width digits, never one script into the other: two institutions
+    # may be named in Traditional and in Simplified, and each spelling finds its own
+    hant, hans = "來安縣第2人民醫院", "来安县第2人民医院"
+    path = _write(
+        tmp_path,
+        _institution("hk", name={"zh-Hant": hant}),
+        _institution("cn", name={"zh-Hans": hans}),
+    )
+    network = Network.load(path)
+    for spelling, key in [
+        ("來安縣第２人民醫院", "hk"),
+        ("来安县第２人民医院", "cn"),
+        (hant, "hk"),
+        (hans, "cn"),
+    ]:
+        found = network.find(spelling)
+        assert found is not None and found.key == key, spelling

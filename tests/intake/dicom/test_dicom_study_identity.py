@@ -151,7 +151,16 @@ def test_another_institution_refuses_the_study(tmp_path: Path, converter: Conver
     assert "S1/IM1.dcm" in error.message and "S2/IM4.dcm" in error.message
 
 
-@pytest.mark.parametrize("spelling", ["Lai'an County No.2 People's Hospital", "來安縣第二人民醫院"])
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        "Lai'an County No.2 People's Hospital",
+        "來安縣第二人民醫院",
+        # full-width forms (NFKC), as Chinese systems send them: its code, its English name
+        "ＬＡＸ２",
+        "Ｌａｉ'ａｎ　Ｃｏｕｎｔｙ　Ｎｏ．２　Ｐｅｏｐｌｅ'ｓ　Ｈｏｓｐｉｔａｌ",
+    ],
+)
 def test_another_spelling_of_the_same_institution_is_one_sender(
     tmp_path: Path, converter: Converter, spelling: str
 ) -> None:
@@ -163,6 +172,29 @@ def test_another_spelling_of_the_same_institution_is_one_sender(
     )
     [record] = list(converter.convert_files(files))
     assert record.ok, [i.line() for i in record.issues]
+
+
+def test_a_full_width_institution_name_files_the_patient_id_under_the_institution(
+    tmp_path: Path, converter: Converter
+) -> None:
+    # no issuer beside the PatientID: InstitutionName decides whose number it is. Sent
+    # full-width it was not found, and the MRN was filed under a made-up system
+    # (https://unregistered.invalid/facility/%EF%BC%AC...): another patient
+    ds = wang_wei(
+        InstitutionName="ＬＡＸ２",
+        IssuerOfPatientID=None,
+        IssuerOfAccessionNumberSequence=None,
+        SpecificCharacterSet="ISO_IR 192",
+    )
+    [record] = list(converter.convert_files([("IM1.dcm", part10(ds))]))
+    assert record.ok and record.bundle is not None, [i.line() for i in record.issues]
+    assert record.sender == "LAX2"
+    [patient] = [
+        e["resource"] for e in record.bundle["entry"] if e["resource"]["resourceType"] == "Patient"
+    ]
+    assert [(i["system"], i["value"]) for i in patient["identifier"]] == [
+        ("https://fhir.lax2.example.cn/sid/mrn", "0012345")
+    ]
 
 
 def test_a_spelling_the_network_does_not_know_still_refuses_the_study(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ import pytest
 from gateway import Converter, Settings
 
 REPO = Path(__file__).resolve().parents[1]
+ENGINES = ("interpreted", "compiled", "ceiling")  # GATEWAY_MAPPING_ENGINE's values
 CORPUS = REPO.parent / "shared" / "corpus"
 
 
@@ -33,6 +35,21 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
 @pytest.fixture(scope="session")
 def converter(settings: Settings) -> Converter:
     return Converter(settings)
+
+
+@pytest.fixture(scope="module")
+def engines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Converter]]:
+    """One converter per mapping engine, each with its own code cache, on the same
+    settings (a module that compares them, or runs its cases on each)."""
+    settings = Settings.load(home=tmp_path_factory.mktemp("engines-home"), env={})
+    cache = tmp_path_factory.mktemp("engines-cache")
+    out = {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GATEWAY_MAPPING_CACHE", str(cache))
+        for engine in ENGINES:
+            mp.setenv("GATEWAY_MAPPING_ENGINE", engine)
+            out[engine] = Converter(settings)
+    yield out
 
 
 @pytest.fixture(scope="session")

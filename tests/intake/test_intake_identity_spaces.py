@@ -8,32 +8,18 @@ senders pad fields with them. Every mapping engine reads it so."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from gateway import Converter, Settings
+from gateway import Converter
 from gateway.envelope import Record
 from gateway.mapping._ceiling import STATS
+from tests.conftest import ENGINES
 from tests.intake.test_intake_identity_controls import edited_batch as _convert
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "hl7v2"
-ENGINES = ("interpreted", "compiled", "ceiling")
-
-
-@pytest.fixture(scope="module")
-def engines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Converter]]:
-    settings = Settings.load(home=tmp_path_factory.mktemp("spaces-home"), env={})
-    cache = tmp_path_factory.mktemp("spaces-cache")
-    out = {}
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("GATEWAY_MAPPING_CACHE", str(cache))
-        for engine in ENGINES:
-            mp.setenv("GATEWAY_MAPPING_ENGINE", engine)
-            out[engine] = Converter(settings)
-    yield out
 
 
 @pytest.fixture(params=ENGINES)

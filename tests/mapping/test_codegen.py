@@ -10,7 +10,6 @@ import random
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,21 +27,6 @@ from tests.mapping.ceiling_diff import outcome
 
 MUTANTS = 150  # generated messages per format and seed round (seeded: the same every run)
 _GENERATED = ("compiled", "ceiling")  # the engines proven against the interpreted one
-
-
-@pytest.fixture(scope="module")
-def engines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Converter]]:
-    """One converter per engine, each with its own code cache, on the same settings:
-    the compiled and ceiling engines are each compared with the interpreted one."""
-    settings = Settings.load(home=tmp_path_factory.mktemp("codegen-home"), env={})
-    cache = tmp_path_factory.mktemp("codegen-cache")
-    out = {}
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("GATEWAY_MAPPING_CACHE", str(cache))
-        for engine in ("interpreted", "compiled", "ceiling"):
-            mp.setenv("GATEWAY_MAPPING_ENGINE", engine)
-            out[engine] = Converter(settings)
-    yield out
 
 
 # All a caller sees of a conversion: state, Bundle bytes, issues, OperationOutcome bytes,

@@ -9,31 +9,18 @@ persons are never folded: they stay as sent."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from gateway import Converter, Settings
+from gateway import Converter
 from gateway.envelope import Record
+from tests.conftest import ENGINES
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "hl7v2"
-ENGINES = ("interpreted", "compiled", "ceiling")
+
 NSCH = "https://fhir.nsch.example.cn/sid"
-
-
-@pytest.fixture(scope="module")
-def engines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Converter]]:
-    settings = Settings.load(home=tmp_path_factory.mktemp("full-width-home"), env={})
-    cache = tmp_path_factory.mktemp("full-width-cache")
-    out = {}
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("GATEWAY_MAPPING_CACHE", str(cache))
-        for engine in ENGINES:
-            mp.setenv("GATEWAY_MAPPING_ENGINE", engine)
-            out[engine] = Converter(settings)
-    yield out
 
 
 @pytest.fixture(params=ENGINES)

@@ -69,11 +69,16 @@ class Network:
         for inst in institutions:
             _check_shadow(self, inst, source, "key (read as a facility code)", (inst.key,))
             _check_shadow(self, inst, source, "name (read as a code)", _raw_names(inst))
-            # find() tries names before OIDs: a name that is another's OID hides it
+            # find() tries codes, keys and names before OIDs: one of them that is
+            # another's OID, bare or as 'urn:oid:…' (as certificates, signers and
+            # Provenance name institutions), hides it
             for oid in _oids(inst):
-                other = self._by_name.get(oid)
-                if other is not None and other is not inst:
-                    raise _ambiguous(source, "OID (read as a name)", oid, other, inst)
+                for spelling in (oid, f"urn:oid:{oid}"):
+                    other = self._find(spelling)
+                    if other is not None and other is not inst:
+                        raise _ambiguous(
+                            source, "OID (read as a code or name)", spelling, other, inst
+                        )
 
     @classmethod
     def load(cls, path: Path) -> Network:

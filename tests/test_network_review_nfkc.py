@@ -1,0 +1,46 @@
+"""Review of the merged NFKC look-ups (gateway/network.py): an OID that find() reads as
+another institution's before it reaches the OIDs (a name or alias written with the
+``urn:oid:`` prefix, a facility code or key that is the OID) was let through by the
+load-time check, which compared the bare OID with the names only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gateway.network import Network
+from tests.test_network import _institution, _refused, _write
+
+OID = "2.16.156.10011.99.1.2"
+
+
+def test_an_alias_that_is_another_institutions_oid_as_a_urn_is_refused(tmp_path: Path) -> None:
+    # find('urn:oid:…') tries the names before the OIDs: the alias found nsch for every
+    # Provenance, signer certificate and route naming nsgp by its OID (nsgp's own
+    # certificate then named no institution, its Bundles refused as another's)
+    path = _write(
+        tmp_path,
+        _institution("nsch", alias=[f"URN:OID:{OID}"]),
+        _institution("nsgp", oid=OID),
+    )
+    assert OID in _refused(path)
+
+
+def test_a_facility_code_that_is_another_institutions_oid_is_refused(tmp_path: Path) -> None:
+    # MSH-4 may carry an OID as the facility code: find(OID) tried the codes first and
+    # found nsch, while find('urn:oid:' + OID) found nsgp
+    path = _write(tmp_path, _institution("nsch", facility=OID), _institution("nsgp", oid=OID))
+    assert OID in _refused(path)
+
+
+def test_a_key_that_is_another_institutions_oid_is_refused(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path, _institution(OID, facility="NSCH"), _institution("nsgp", oid=f"urn:oid:{OID}")
+    )
+    assert OID in _refused(path)
+
+
+def test_an_institution_whose_own_code_and_alias_are_its_oid_loads(tmp_path: Path) -> None:
+    # its own spellings of its OID are no ambiguity
+    path = _write(tmp_path, _institution("nsgp", facility=OID, oid=OID, alias=[f"urn:oid:{OID}"]))
+    network = Network.load(path)
+    assert network.find(OID) is network.find(f"urn:oid:{OID}") is network.institution("nsgp")

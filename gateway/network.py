@@ -92,6 +92,13 @@ class Network:
                 raise ConfigError(
                     "network", f"{path}: institution #{n}: 'name' must map languages to names"
                 )
+            for listed in ("alias", "spellings"):
+                # one text would be read as a list of its characters: each a name of it
+                value = entry.get(listed) if isinstance(entry, dict) else None
+                if value is not None and not isinstance(value, list):
+                    raise ConfigError(
+                        "network", f"{path}: institution #{n}: '{listed}' must be a list of names"
+                    )
             try:
                 institutions.append(
                     Institution(

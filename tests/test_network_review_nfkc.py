@@ -7,6 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from gateway.errors import ConfigError
 from gateway.network import Network
 from tests.test_network import _institution, _refused, _write
 
@@ -44,3 +47,14 @@ def test_an_institution_whose_own_code_and_alias_are_its_oid_loads(tmp_path: Pat
     path = _write(tmp_path, _institution("nsgp", facility=OID, oid=OID, alias=[f"urn:oid:{OID}"]))
     network = Network.load(path)
     assert network.find(OID) is network.find(f"urn:oid:{OID}") is network.institution("nsgp")
+
+
+@pytest.mark.parametrize("field", ["alias", "spellings"])
+def test_an_alias_written_as_one_text_not_a_list_is_refused(tmp_path: Path, field: str) -> None:
+    # a careless 'alias: 南山医院' was read character by character: the alias itself found
+    # nothing, and a sender naming the institution '院' (or 'Ｎ') found it
+    path = _write(tmp_path, _institution("nsch", **{field: "南山医院"}))
+    with pytest.raises(ConfigError) as caught:
+        Network.load(path)
+    assert caught.value.code == "config.network"
+    assert f"'{field}'" in caught.value.issue.message

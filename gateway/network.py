@@ -226,11 +226,13 @@ def _index(
     what: str,
     spellings: Callable[[Institution], Iterable[str]],
 ) -> dict[str, Institution]:
-    """The institutions by each of their (folded) spellings; one given to two institutions
-    refuses the network file."""
+    """The institutions by each of their (folded) spellings but blank ones; one given to
+    two institutions refuses the network file."""
     index: dict[str, Institution] = {}
     for inst in institutions:
         for spelling in spellings(inst):
+            if not spelling:  # blank (a language left empty): found by every blank text
+                continue
             other = index.setdefault(spelling, inst)
             if other is not inst:
                 raise _ambiguous(source, what, spelling, other, inst)

@@ -58,3 +58,20 @@ def test_an_alias_written_as_one_text_not_a_list_is_refused(tmp_path: Path, fiel
         Network.load(path)
     assert caught.value.code == "config.network"
     assert f"'{field}'" in caught.value.issue.message
+
+
+@pytest.mark.parametrize("blank", [" ", "\u3000", "\u00a0", "urn:oid: "])
+def test_a_blank_text_finds_no_institution_with_an_empty_name_or_oid(
+    tmp_path: Path, blank: str
+) -> None:
+    # an empty name (a language left blank) or OID was indexed as '', and every text
+    # that folds to nothing (a space-padded empty DICOM InstitutionName, a full-width
+    # space) found that institution and read the record under its identifier systems
+    path = _write(
+        tmp_path,
+        _institution("nsch", name={"en": "Nansha", "zh-Hans": ""}),
+        _institution("nsgp", oid="urn:oid:"),
+    )
+    network = Network.load(path)
+    assert network.find(blank) is None
+    assert network.institution(blank) is None

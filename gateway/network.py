@@ -102,10 +102,15 @@ class Network:
             try:
                 institutions.append(
                     Institution(
-                        key=str(entry["key"]),
-                        facility=str(entry["facility"]),
-                        base=str(entry["base"]).rstrip("/"),
-                        names={str(k): str(v) for k, v in (entry.get("name") or {}).items()},
+                        key=str(_given(entry, "key")),
+                        facility=str(_given(entry, "facility")),
+                        base=str(_given(entry, "base")).rstrip("/"),
+                        # a language left empty ('en:', null) has no name, not 'None'
+                        names={
+                            str(k): str(v)
+                            for k, v in (entry.get("name") or {}).items()
+                            if v is not None
+                        },
                         oid=str(entry["oid"]) if entry.get("oid") else None,
                         jurisdiction=entry.get("jurisdiction"),
                         charset=entry.get("charset"),
@@ -208,12 +213,21 @@ def _oids(inst: Institution) -> tuple[str, ...]:
     return (_oid(inst.oid),) if inst.oid else ()
 
 
+def _given(entry: dict[str, Any], field: str) -> Any:
+    """A required field of a network entry: left empty (YAML null) is missing, not the
+    text 'None' (a facility code NONE that a sender's 'none' would find)."""
+    value = entry[field]
+    if value is None:
+        raise KeyError(field)
+    return value
+
+
 def _raw_names(inst: Institution) -> tuple[str, ...]:
     """Its names in every language, aliases and spellings (other writings of its name that
     find it but are never written out: a Hong Kong name as a mainland sender spells it in
     Simplified), as written in the network file."""
     found_by = (*(inst.data.get("alias") or ()), *(inst.data.get("spellings") or ()))
-    return tuple(str(name) for name in (*inst.names.values(), *found_by))
+    return tuple(str(name) for name in (*inst.names.values(), *found_by) if name is not None)
 
 
 def _names(inst: Institution) -> tuple[str, ...]:

@@ -75,3 +75,27 @@ def test_a_blank_text_finds_no_institution_with_an_empty_name_or_oid(
     network = Network.load(path)
     assert network.find(blank) is None
     assert network.institution(blank) is None
+
+
+def test_a_name_or_alias_left_empty_in_yaml_is_no_name_none(tmp_path: Path) -> None:
+    # YAML reads 'zh-Hans:' with nothing after it as null, which was indexed as the name
+    # 'None': a sender naming its institution 'NONE' or 'none' found this one
+    path = _write(
+        tmp_path, _institution("nsch", name={"en": "Nansha", "zh-Hans": None}, alias=[None])
+    )
+    network = Network.load(path)
+    assert network.find("None") is None
+    assert network.institution("nsch") is not None
+    assert network.institution("nsch").name("zh-Hans") == "Nansha"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("field", ["key", "facility", "base"])
+def test_a_key_code_or_base_left_empty_in_yaml_is_refused(tmp_path: Path, field: str) -> None:
+    # 'facility:' with nothing after it was the facility code 'NONE'
+    entry = _institution("nsch")
+    entry[field] = None
+    path = _write(tmp_path, entry)
+    with pytest.raises(ConfigError) as caught:
+        Network.load(path)
+    assert caught.value.code == "config.network"
+    assert field in caught.value.issue.message

@@ -69,11 +69,16 @@ class Network:
         for inst in institutions:
             _check_shadow(self, inst, source, "key (read as a facility code)", (inst.key,))
             _check_shadow(self, inst, source, "name (read as a code)", _raw_names(inst))
-            # find() tries names before OIDs: a name that is another's OID hides it
+            # find() tries codes, keys and names before OIDs: one of them that is
+            # another's OID, bare or as 'urn:oid:…' (as certificates, signers and
+            # Provenance name institutions), hides it
             for oid in _oids(inst):
-                other = self._by_name.get(oid)
-                if other is not None and other is not inst:
-                    raise _ambiguous(source, "OID (read as a name)", oid, other, inst)
+                for spelling in (oid, f"urn:oid:{oid}"):
+                    other = self._find(spelling)
+                    if other is not None and other is not inst:
+                        raise _ambiguous(
+                            source, "OID (read as a code or name)", spelling, other, inst
+                        )
 
     @classmethod
     def load(cls, path: Path) -> Network:
@@ -87,13 +92,25 @@ class Network:
                 raise ConfigError(
                     "network", f"{path}: institution #{n}: 'name' must map languages to names"
                 )
+            for listed in ("alias", "spellings"):
+                # one text would be read as a list of its characters: each a name of it
+                value = entry.get(listed) if isinstance(entry, dict) else None
+                if value is not None and not isinstance(value, list):
+                    raise ConfigError(
+                        "network", f"{path}: institution #{n}: '{listed}' must be a list of names"
+                    )
             try:
                 institutions.append(
                     Institution(
-                        key=str(entry["key"]),
-                        facility=str(entry["facility"]),
-                        base=str(entry["base"]).rstrip("/"),
-                        names={str(k): str(v) for k, v in (entry.get("name") or {}).items()},
+                        key=str(_given(entry, "key")),
+                        facility=str(_given(entry, "facility")),
+                        base=str(_given(entry, "base")).rstrip("/"),
+                        # a language left empty ('en:', null) has no name, not 'None'
+                        names={
+                            str(k): str(v)
+                            for k, v in (entry.get("name") or {}).items()
+                            if v is not None
+                        },
                         oid=str(entry["oid"]) if entry.get("oid") else None,
                         jurisdiction=entry.get("jurisdiction"),
                         charset=entry.get("charset"),
@@ -196,12 +213,21 @@ def _oids(inst: Institution) -> tuple[str, ...]:
     return (_oid(inst.oid),) if inst.oid else ()
 
 
+def _given(entry: dict[str, Any], field: str) -> Any:
+    """A required field of a network entry: left empty (YAML null) is missing, not the
+    text 'None' (a facility code NONE that a sender's 'none' would find)."""
+    value = entry[field]
+    if value is None:
+        raise KeyError(field)
+    return value
+
+
 def _raw_names(inst: Institution) -> tuple[str, ...]:
     """Its names in every language, aliases and spellings (other writings of its name that
     find it but are never written out: a Hong Kong name as a mainland sender spells it in
     Simplified), as written in the network file."""
     found_by = (*(inst.data.get("alias") or ()), *(inst.data.get("spellings") or ()))
-    return tuple(str(name) for name in (*inst.names.values(), *found_by))
+    return tuple(str(name) for name in (*inst.names.values(), *found_by) if name is not None)
 
 
 def _names(inst: Institution) -> tuple[str, ...]:
@@ -214,11 +240,13 @@ def _index(
     what: str,
     spellings: Callable[[Institution], Iterable[str]],
 ) -> dict[str, Institution]:
-    """The institutions by each of their (folded) spellings; one given to two institutions
-    refuses the network file."""
+    """The institutions by each of their (folded) spellings but blank ones; one given to
+    two institutions refuses the network file."""
     index: dict[str, Institution] = {}
     for inst in institutions:
         for spelling in spellings(inst):
+            if not spelling:  # blank (a language left empty): found by every blank text
+                continue
             other = index.setdefault(spelling, inst)
             if other is not inst:
                 raise _ambiguous(source, what, spelling, other, inst)

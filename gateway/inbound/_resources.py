@@ -9,7 +9,7 @@ import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -20,7 +20,7 @@ from sqlalchemy.engine import Connection
 from ..errors import shape
 from ..fhirdates import DateSearchError, date_range
 from ..fhirsystems import beside_rows, digest, system_key
-from ..store import MAX_ID, Store, utcnow
+from ..store import MAX_ID, Store, stamp_after, utcnow
 from ._errors import InboundError
 from ._schema import beside, identifiers, resources
 
@@ -53,17 +53,6 @@ def parameter_name(name: str) -> str:
 def instant(moment: datetime) -> str:
     """A naive UTC store time as a FHIR instant."""
     return moment.isoformat(timespec="milliseconds") + "Z"
-
-
-def _after_previous(now: datetime, previous: datetime) -> datetime:
-    """A version's write time, at least a millisecond (its ``meta.lastUpdated``'s
-    precision) after the previous version's. A conditional read's date (its
-    ``Last-Modified``, ``lastModified``) is compared with it: the Bundle's time is taken
-    before its transaction waits for another's (``_receive.py``), so the version written
-    second could carry the earlier time, or the same millisecond, and a client holding
-    the other version was answered 304 Not Modified, the newer one hidden."""
-    floor = previous.replace(microsecond=previous.microsecond // 1000 * 1000)
-    return max(now, floor + timedelta(milliseconds=1))
 
 
 @dataclass(frozen=True, slots=True)
@@ -434,7 +423,7 @@ class Resources:
             return found, False
         version = found.version + 1 if found is not None else 1
         if found is not None:
-            now = _after_previous(now, found.last_updated)
+            now = stamp_after(now, found.last_updated)
         body = {**resource, "id": logical_id}
         meta = dict(body.get("meta") or {})
         meta.update(versionId=str(version), lastUpdated=instant(now))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta
+from datetime import date, datetime, time
 from typing import Any
 
 import orjson
@@ -21,7 +21,6 @@ __all__ = [
     "MemoryConsents",
     "PolicyError",
     "parse_consent",
-    "stamp_after",
     "stamped",
 ]
 
@@ -206,22 +205,6 @@ def _version(resource: dict[str, Any]) -> int:
     meta = resource.get("meta")
     found = meta.get("versionId") if isinstance(meta, dict) else None
     return int(found) if isinstance(found, str) and found.isascii() and found.isdigit() else 1
-
-
-def stamp_after(now: datetime, previous: datetime | None) -> datetime:
-    """A new version's write time (naive UTC): ``now``, at least a millisecond (its
-    ``meta.lastUpdated``'s precision) after ``previous``, when the version it replaces
-    was written (its row's ``updated_at``, the gateway's own clock: a Consent stored
-    before the gateway stamped them may carry its sender's lastUpdated, even a future
-    one), as a stored record's is (``inbound/_resources.py``). GET /Consent/{id}
-    answers If-Modified-Since by it: a version stamped no later than the one a client
-    held (the clock read in the same millisecond or stepped back; an import's time
-    taken before it waited for another's lock) was 304 Not Modified to that client,
-    the newer one (a withdrawal) hidden."""
-    if previous is None:
-        return now
-    floor = previous.replace(microsecond=previous.microsecond // 1000 * 1000)
-    return max(now, floor + timedelta(milliseconds=1))
 
 
 def stamped(resource: dict[str, Any], consent_id: str, version: int, at: datetime) -> bytes:

@@ -20,8 +20,8 @@ from sqlalchemy.engine import Connection
 from ..audit import PSEUDONYM, AuditLog, decision_event, join_people, message_subject
 from ..audit import events as audit_events
 from ..errors import Issue
-from ..store import StageOutcome, Store, metadata, utcnow
-from ._consent import WITHDRAWN, ConsentRecord, PolicyError, parse_consent, stamp_after, stamped
+from ..store import StageOutcome, Store, metadata, stamp_after, utcnow
+from ._consent import WITHDRAWN, ConsentRecord, PolicyError, parse_consent, stamped
 from ._engine import Decision, Policy, RuleResult, new_individual, system_tag
 from ._minimise import Change, pseudonym
 

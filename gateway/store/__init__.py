@@ -23,6 +23,7 @@ from ._store import (
     StoredOutcome,
     StoreError,
     issue_json,
+    stamp_after,
     study_zip,
     utcnow,
 )
@@ -62,6 +63,7 @@ __all__ = [
     "open_store",
     "parse_since",
     "retention",
+    "stamp_after",
     "study_zip",
     "utcnow",
 ]

@@ -95,6 +95,21 @@ def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
+def stamp_after(now: datetime, previous: datetime | None) -> datetime:
+    """A new version's write time (naive UTC): ``now``, at least a millisecond (its
+    ``meta.lastUpdated``'s precision) after ``previous``, when the version it replaces
+    was written (None: a first version). Conditional reads compare dates with it
+    (If-Modified-Since, a read batch's ``ifModifiedSince``): a version stamped no later
+    than the one a client held (the clock read in the same millisecond or stepped back;
+    a time taken before the transaction waited for another's lock) was 304 Not Modified
+    to that client, the newer one (an updated record, a withdrawn Consent) hidden.
+    Inbound records and Consents are stamped so."""
+    if previous is None:
+        return now
+    floor = previous.replace(microsecond=previous.microsecond // 1000 * 1000)
+    return max(now, floor + timedelta(milliseconds=1))
+
+
 @dataclass(frozen=True, slots=True)
 class Incoming:
     """A message as it arrives, before any stage has looked at it."""

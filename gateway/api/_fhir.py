@@ -67,11 +67,10 @@ from ._auditing import ReadAudit, add_audit_event_routes, read_audit
 from ._http import (
     fragment_in,
     fragment_issue,
-    header_list,
     http_date,
-    http_since,
     instant_since,
     not_modified,
+    unchanged_read,
 )
 from ._server import tcp_peer
 from ._urls import entry, link_of
@@ -411,9 +410,7 @@ def add_fhir_routes(
         )  # fmt: skip
         updated = found.resource["meta"]["lastUpdated"]
         headers = {"ETag": f'W/"{found.version}"', "Last-Modified": http_date(updated)}
-        since = http_since(header_list(request.headers, "if-modified-since"))
-        tags = header_list(request.headers, "if-none-match")  # every line of them
-        if not_modified(found.version, updated, tags, since):
+        if unchanged_read(request.headers, found.version, updated):
             return Response(status_code=304, headers=headers)  # the version it holds
         return _fhir(found.resource, 200, headers)
 

@@ -24,6 +24,7 @@ __all__ = [
     "instant_since",
     "not_modified",
     "nul_in_url",
+    "unchanged_read",
 ]
 
 
@@ -87,6 +88,16 @@ def not_modified(
     if since is None or since > datetime.now(UTC):
         return False
     return datetime.fromisoformat(last_updated) <= since
+
+
+def unchanged_read(headers: Headers, version: int, last_updated: str | None) -> bool:
+    """Whether a GET of a resource at ``version``, written at ``last_updated`` (None: not
+    known, when If-Modified-Since says nothing of it), is 304 Not Modified by its request
+    headers (If-None-Match, If-Modified-Since; every line of each: ``header_list``). The
+    rule is ``not_modified``'s; GET /fhir/{type}/{id} and GET /Consent/{id} both ask it."""
+    since = http_since(header_list(headers, "if-modified-since")) if last_updated else None
+    tags = header_list(headers, "if-none-match")
+    return not_modified(version, last_updated or "", tags, since)
 
 
 def fragment_in(scope: Scope) -> bool:

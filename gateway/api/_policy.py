@@ -41,7 +41,7 @@ from ..errors import GatewayError, Issue, http_status, operation_outcome, shape
 from ..policy import ConsentRecord, Decision, Policy, PolicyError, PolicyRecords, Released
 from ..store import is_row_id, open_store
 from ._auditing import read_audit
-from ._http import header_list, http_date, http_since, not_modified
+from ._http import http_date, unchanged_read
 
 __all__ = ["add_policy_routes"]
 
@@ -133,17 +133,6 @@ def _versioned(record: ConsentRecord) -> dict[str, str]:
     if record.last_updated:  # one stored before the gateway stamped them has none
         headers["Last-Modified"] = http_date(record.last_updated)
     return headers
-
-
-def _unchanged(request: Request, record: ConsentRecord) -> bool:
-    """A conditional read of the Consent (If-None-Match, If-Modified-Since) is 304 Not
-    Modified, as GET /fhir/{type}/{id} answers (``_http.not_modified``): both headers
-    were ignored (always 200). One stored before the gateway stamped ``lastUpdated``
-    has no Last-Modified: If-Modified-Since says nothing of it (200)."""
-    updated = record.last_updated
-    since = http_since(header_list(request.headers, "if-modified-since")) if updated else None
-    tags = header_list(request.headers, "if-none-match")
-    return not_modified(record.version, updated or "", tags, since)
 
 
 def _kept(record: ConsentRecord) -> Issue:
@@ -305,7 +294,9 @@ def add_policy_routes(
             audit.write, request, interaction="vread" if version else "read",
             patients=[record.patient], records=[f"Consent/{record.id}"],
         )  # fmt: skip
-        if version is None and _unchanged(request, record):
+        # a conditional read, as GET /fhir/{type}/{id} answers one: a Consent stored
+        # before the gateway stamped lastUpdated has no Last-Modified (its date says nothing)
+        if version is None and unchanged_read(request.headers, record.version, record.last_updated):
             return Response(status_code=304, headers=_versioned(record))  # the one it holds
         return Response(record.resource, 200, _versioned(record), FHIR_JSON)
 

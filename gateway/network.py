@@ -67,18 +67,14 @@ class Network:
         # both before the name: a key or name that one of them reads as another
         # institution's code would never find its own.
         for inst in institutions:
-            _check_shadow(self, inst, source, "key (read as a facility code)", (inst.key,))
-            _check_shadow(self, inst, source, "name (read as a code)", _raw_names(inst))
+            code = self.institution
+            _check_shadow(inst, source, "key (read as a facility code)", (inst.key,), code)
+            _check_shadow(inst, source, "name (read as a code)", _raw_names(inst), code)
             # find() tries codes, keys and names before OIDs: one of them that is
             # another's OID, bare or as 'urn:oid:…' (as certificates, signers and
             # Provenance name institutions), hides it
-            for oid in _oids(inst):
-                for spelling in (oid, f"urn:oid:{oid}"):
-                    other = self._find(spelling)
-                    if other is not None and other is not inst:
-                        raise _ambiguous(
-                            source, "OID (read as a code or name)", spelling, other, inst
-                        )
+            oids = [s for oid in _oids(inst) for s in (oid, f"urn:oid:{oid}")]
+            _check_shadow(inst, source, "OID (read as a code or name)", oids, self._find)
 
     @classmethod
     def load(cls, path: Path) -> Network:
@@ -254,11 +250,16 @@ def _index(
 
 
 def _check_shadow(
-    network: Network, inst: Institution, source: Path | None, what: str, spellings: Iterable[str]
+    inst: Institution,
+    source: Path | None,
+    what: str,
+    spellings: Iterable[str],
+    look: Callable[[str], Institution | None],
 ) -> None:
-    """Refuse a key or name of ``inst`` that the look-up reads as another's code first."""
+    """Refuse a spelling of ``inst`` that ``look`` (a look-up, which tries other indexes
+    first) reads as another institution's."""
     for spelling in spellings:
-        other = network.institution(spelling.strip())
+        other = look(spelling.strip())
         if other is not None and other is not inst:
             raise _ambiguous(source, what, spelling.strip(), other, inst)
 

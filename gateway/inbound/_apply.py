@@ -7,15 +7,16 @@ and conditional references (``Patient?identifier=...``) made literal.
 
 Absolute references (FHIR R4 bundle.html#references, http.html#trules): one equal to an
 entry's ``fullUrl`` is that entry, and a relative ``Type/id`` inside an entry whose
-``fullUrl`` is a server URL is read against that server's base first (so it finds the
-entry it means, not a resource of ours with that id); one under this gateway's own base
-(``inbound_public_url``/fhir) is made relative and checked as a literal one; one under
-the sending partner's own FHIR base (its ``base`` in the partners file) is kept as sent
-(the partner's server, which the partner answers for) -- "under" as RFC 3986 §6.2.2-6.2.3
-compare servers: scheme and host in any case, default port or none, the base's trailing
-slash; another scheme, host, port or path is another server -- any other is refused
-(``inbound.external-reference``): stored as sent, it would send local systems that
-follow it to a server nobody here vouches for.
+``fullUrl`` is a server URL is that server's (``[base]/Type/id``: the entry it means
+when the Bundle holds it, else read as an absolute one, never a resource of ours that
+happens to have that id; in a ``urn:uuid`` entry it is ours); one under this gateway's
+own base (``inbound_public_url``/fhir) is made relative and checked as a literal one;
+one under the sending partner's own FHIR base (its ``base`` in the partners file) is
+kept as sent (the partner's server, which the partner answers for) -- "under" as RFC
+3986 §6.2.2-6.2.3 compare servers: scheme and host in any case, default port or none,
+the base's trailing slash; another scheme, host, port or path is another server -- any
+other is refused (``inbound.external-reference``): stored as sent, it would send local
+systems that follow it to a server nobody here vouches for.
 
 A transaction is all or nothing (the caller's database transaction); a batch applies
 each entry on its own (a savepoint each) and answers each entry's outcome.
@@ -852,17 +853,15 @@ def _in_bundle(
 ) -> str:
     """A reference before it is resolved against the store: an absolute one made
     relative (this gateway's base), kept (the partner's base) or refused (any other);
-    a relative one inside an entry whose fullUrl is a server URL, that server's entry
-    when the Bundle holds it (R4 bundle.html#references)."""
+    a relative ``Type/id`` inside an entry whose fullUrl is a server URL is that
+    server's (:func:`read_against`), then read as an absolute one: the Bundle's entry,
+    ours, the partner's or refused. It fell back to this gateway's ``Type/id`` when no
+    entry had that URL, so ``Patient/X`` in ``https://<partner>/fhir/Condition/1`` (the
+    partner's Patient X) was stored as the Patient X stored here, another patient."""
     if ref in urls or ref.startswith(("urn:uuid:", "#")):
         return ref  # an entry, or refused as no entry's fullUrl next; a contained one
-    if _SCHEME.match(ref) is None:
-        server = _SERVER_URL.fullmatch(full_url or "")
-        if server is not None and _SCHEME.match(full_url or "") is not None:
-            absolute = f"{server[1]}/{ref}"
-            if absolute in urls:
-                return absolute
-            return _entry_spelled(absolute, urls) or ref
+    ref = read_against(ref, full_url)
+    if ref in urls or _SCHEME.match(ref) is None:
         return ref
     spelled = _entry_spelled(ref, urls)
     if spelled is not None:
@@ -875,12 +874,27 @@ def _in_bundle(
         return ref  # the partner's own server: kept as sent, nothing here to resolve
     raise InboundError(
         "inbound.external-reference",
-        f"{where}: an absolute reference to no entry of the Bundle, neither under this "
-        f"gateway's base nor a Type/id under {partner}'s own FHIR base (the partners "
-        "file): a partner refers to its Bundle's entries, to what it sent here, or to "
-        "its own server",
+        f"{where}: an absolute reference (or a relative one read against its entry's "
+        "server fullUrl) to no entry of the Bundle, neither under this gateway's base "
+        f"nor a Type/id under {partner}'s own FHIR base (the partners file): a partner "
+        "refers to its Bundle's entries, to what it sent here, or to its own server",
         expression=where,
     )
+
+
+def read_against(ref: str, full_url: str | None) -> str:
+    """A relative ``Type/id`` (or ``Type/id/_history/v``) as FHIR R4 reads it inside an
+    entry whose ``fullUrl`` is a server URL (bundle.html#references): that fullUrl's
+    base + ``Type/id``, the entry's server's resource, whether or not the Bundle holds
+    it. Any other reference as written: one in an entry whose fullUrl is a urn:uuid (or
+    none) is the receiving server's (http.html#trules); a conditional one is always
+    resolved here; a dot segment is refused as written (:func:`_refuse_spelling`)."""
+    if _LITERAL.fullmatch(ref) is None or _DOT_SEGMENT.search(ref) is not None:
+        return ref
+    server = _SERVER_URL.fullmatch(full_url or "")
+    if server is None or _SCHEME.match(server[1]) is None:
+        return ref
+    return f"{server[1]}/{ref}"
 
 
 def _entry_spelled(ref: str, urls: dict[str, str]) -> str | None:

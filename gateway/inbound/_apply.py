@@ -897,6 +897,30 @@ def read_against(ref: str, full_url: str | None) -> str:
     return f"{server[1]}/{ref}"
 
 
+def reference_key(ref: str, own: str | None) -> str:
+    """One spelling of the resource a literal reference names, to tell whether two
+    name the same one (``_content.py``): this gateway's (relative, or under its base
+    ``own`` however spelled: :func:`own_relative`) as ``Type/id``; another server's as
+    its URL with the server as :func:`_server` compares them and the base's trailing
+    slash dropped (``HTTPS://Partner:443/fhir//Patient/X`` is
+    ``https://partner/fhir/Patient/X``), never this gateway's ``Patient/X``; no
+    ``_history``. Any other reference (conditional, urn, malformed) as written. Read
+    :func:`read_against` first for a reference inside an entry."""
+    head = ref.split("/_history/", 1)[0]
+    mine = own_relative(head, own)
+    if mine is not None:
+        return mine
+    theirs = _server(head) if _SCHEME.match(head) is not None else None
+    if theirs is None:
+        return head
+    (scheme, host), rest = theirs
+    path, _, ident = rest.rpartition("/")
+    base, _, kind = path.rpartition("/")
+    if _LITERAL.fullmatch(f"{kind}/{ident}") is None:
+        return f"{scheme}://{host}{rest}"
+    return f"{scheme}://{host}{base.rstrip('/')}/{kind}/{ident}"  # the base's slash, as _under
+
+
 def _entry_spelled(ref: str, urls: dict[str, str]) -> str | None:
     """The fullUrl of the Bundle's entry that ``ref`` names spelled another way (the
     host or scheme in capitals, the default port written: one URL as RFC 3986

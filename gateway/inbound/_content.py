@@ -23,7 +23,7 @@ from urllib.parse import parse_qsl, unquote
 from ..errors import Issue
 from ..fhirsystems import comparable, system_key
 from ..network import Institution
-from ._apply import own_relative
+from ._apply import read_against, reference_key
 from ._referrals import is_referral
 
 __all__ = ["StoredPatients", "identity_mismatches", "misaddressed", "mixed_patients"]
@@ -34,9 +34,8 @@ StoredPatients = Callable[[set[str]], dict[str, dict[str, Any]]]
 # Elements naming the patient a resource is about (the patient compartment's usual ones)
 _PATIENT_ELEMENTS = ("subject", "patient", "for", "beneficiary")
 _OID_SYSTEM = "urn:ietf:rfc:3986"
-# A relative reference to a Patient of this gateway's store (R4 id; a version or none);
-# an absolute one under this gateway's base is made relative first (own_relative)
-_STORED_PATIENT = re.compile(r"Patient/([A-Za-z0-9\-.]{1,64})(?:/_history/[A-Za-z0-9\-.]{1,64})?")
+# A Patient of this gateway's store, as reference_key spells it (R4 id)
+_STORED_PATIENT = re.compile(r"Patient/([A-Za-z0-9\-.]{1,64})")
 
 
 def _entries(bundle: dict[str, Any]) -> list[tuple[int, str | None, dict[str, Any]]]:
@@ -68,7 +67,7 @@ def mixed_patients(
     (:func:`_stored_aliases`); None: the Bundle alone is read. ``own``: this gateway's
     FHIR base (``Bases.own``), under which an absolute reference is a stored one."""
     entries = _entries(bundle)
-    by_url = {url: (n, r) for n, url, r in entries if url}
+    by_url = _by_url(entries)
     patients = [  # a Patient that nothing can name (no fullUrl, id nor identifier) is none
         (n, r)
         for n, url, r in entries
@@ -93,11 +92,11 @@ def mixed_patients(
         for n, _, resource in entries
         if resource.get("resourceType") != "Patient"
     }
-    _beside_literals(entries, others, by_url, aliases)
+    _beside_literals(entries, others, by_url, aliases, own)
     if stored is not None:
         _stored_aliases(entries, others, by_url, aliases, held, stored, own)
     seen: str | None = "the Bundle's Patient" if patients else None
-    for n, _, resource in entries:
+    for n, url, resource in entries:
         if resource.get("resourceType") == "Patient":
             continue
         for k, inner in enumerate(_refs(resource.get("contained"))):
@@ -114,7 +113,7 @@ def mixed_patients(
             elif key != seen:
                 return [_mixed(where, "a contained Patient of another patient")]
         for path, ref in chain(_subject_references(resource, n), others[n]):
-            key = _patient_key(ref, by_url)
+            key = _patient_key(ref, by_url, url, own)
             if key is None:
                 continue
             key = aliases.get(key, key)
@@ -140,6 +139,7 @@ def _beside_literals(
     others: dict[int, list[tuple[str, dict[str, Any]]]],
     by_url: dict[str, tuple[int, dict[str, Any]]],
     aliases: dict[str, str],
+    own: str | None,
 ) -> None:
     """An identifier written beside a literal patient reference names that patient
     here (``aliases``: its key -> the reference's): a record about ``Patient/<id>``
@@ -147,8 +147,12 @@ def _beside_literals(
     R4 Condition.asserter), was refused as a second patient, as a logical subject of
     one entry beside a literal one of another was. Whether that identifier is the
     Patient's is the identity checks' (another MRN beside it: 422 identity-mismatch);
-    one already aliased (the Bundle's Patient entry's) keeps its patient."""
-    for n, _, resource in entries:
+    one already aliased (the Bundle's Patient entry's) keeps its patient. The literal
+    is never renamed by it: another server's ``Patient/X`` with the Bundle patient's
+    MRN beside it stays that server's patient (nothing here can check its identifiers;
+    it is kept as sent), so beside a reference to the Bundle's patient it is a second
+    patient."""
+    for n, url, resource in entries:
         if resource.get("resourceType") == "Patient":
             continue
         refs = [ref for name in _PATIENT_ELEMENTS for ref in _refs(resource.get(name))]
@@ -157,7 +161,7 @@ def _beside_literals(
             ident = ref.get("identifier")
             if not isinstance(ref.get("reference"), str) or not isinstance(ident, dict):
                 continue
-            key = _patient_key({"reference": ref["reference"]}, by_url)
+            key = _patient_key({"reference": ref["reference"]}, by_url, url, own)
             if key is not None and ident.get("value"):
                 token = _compared(f"{ident.get('system') or ''}|{ident['value']}")
                 aliases.setdefault(token, aliases.get(key, key))
@@ -186,7 +190,7 @@ def _stored_aliases(
     one under the partner's own base (or any other) names its server's Patient, never
     one stored here: not looked up."""
     ids: set[str] = set()
-    for n, _, resource in entries:
+    for n, url, resource in entries:
         if resource.get("resourceType") == "Patient":
             continue
         refs = [ref for name in _PATIENT_ELEMENTS for ref in _refs(resource.get(name))]
@@ -194,7 +198,7 @@ def _stored_aliases(
             literal = ref.get("reference")
             if not isinstance(literal, str) or literal in by_url:
                 continue
-            found = _STORED_PATIENT.fullmatch(own_relative(literal, own) or literal)
+            found = _STORED_PATIENT.fullmatch(reference_key(read_against(literal, url), own))
             if found is not None and f"Patient/{found[1]}" not in aliases:
                 ids.add(found[1])
     if len(ids) != 1:  # two ids are two patients, refused below whatever is stored
@@ -335,23 +339,45 @@ def _refs(value: Any) -> list[dict[str, Any]]:
     return [v for v in items if isinstance(v, dict)]
 
 
-def _patient_key(ref: dict[str, Any], by_url: dict[str, tuple[int, dict[str, Any]]]) -> str | None:
-    """The patient a Reference names, as a comparable key (an entry's aliases map onto
-    one); None when it names no patient (a Group, a Device...)."""
+def _by_url(
+    entries: list[tuple[int, str | None, dict[str, Any]]],
+) -> dict[str, tuple[int, dict[str, Any]]]:
+    """fullUrl -> (position, resource) of the entries that have one, each server URL
+    also by :func:`reference_key` (with no base of ours: a fullUrl under this gateway's
+    base is that entry, not the stored ``Type/id``, as ``_apply.py`` resolves it), so
+    a reference spelling it otherwise (``HTTPS://…``, ``:443``) is that entry."""
+    out = {url: (n, r) for n, url, r in entries if url}
+    out.update({reference_key(url, None): (n, r) for n, url, r in entries if url and "://" in url})
+    return out
+
+
+def _patient_key(
+    ref: dict[str, Any],
+    by_url: dict[str, tuple[int, dict[str, Any]]],
+    full_url: str | None = None,
+    own: str | None = None,
+) -> str | None:
+    """The patient a Reference of the entry at ``full_url`` names, as a comparable key
+    (an entry's aliases map onto one); None when it names no patient (a Group, a
+    Device...). A literal one is read as ``_apply.py`` resolves it: a relative
+    ``Type/id`` against its entry's server fullUrl (:func:`read_against`), then an
+    entry's fullUrl, else :func:`reference_key`: ``Patient/<id>`` for this gateway's
+    (``own``: its base), the normalised URL for another server's. All were
+    ``Patient/<id>``, so another server's Patient X and the Patient X stored here (two
+    patients) were one."""
     literal = ref.get("reference")
     if isinstance(literal, str):
-        if literal in by_url:
-            target = by_url[literal][1]
-            return literal if target.get("resourceType") == "Patient" else None
+        literal = read_against(literal, full_url)
+        for name in (literal, reference_key(literal, None)):  # an entry, however spelled
+            if name in by_url:
+                return name if by_url[name][1].get("resourceType") == "Patient" else None
         path, mark, query = literal.partition("?")
         if path == "Patient" and query.startswith("identifier=") and "&" not in query:
             return _compared(unquote(query.removeprefix("identifier=")))
         if mark and (path == "Patient" or path.endswith("/Patient")):
             return _conditional_key(query) or None
-        head = literal.split("/_history/", 1)[0]
-        if head.startswith("Patient/") or "/Patient/" in head:
-            return "Patient/" + head.rsplit("/Patient/", 1)[-1].removeprefix("Patient/")
-        return None
+        key = reference_key(literal, own)
+        return key if key.startswith("Patient/") or "/Patient/" in key else None
     ident = ref.get("identifier")
     if isinstance(ident, dict) and ident.get("value") and ref.get("type") in (None, "Patient"):
         return _compared(f"{ident.get('system') or ''}|{ident['value']}")

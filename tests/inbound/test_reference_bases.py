@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from gateway import Settings
-from gateway.inbound._apply import _under, read_against
+from gateway.inbound._apply import _under, read_against, reference_key
 
 from .conftest import NOTHING, counts
 from .test_adversarial_references import NSCH_FHIR, _bundle, _send, _stored_subject
@@ -148,6 +148,28 @@ def test_the_scheme_in_capitals_is_the_scheme(ref: str, base: str, tail: str | N
     reads it as a relative reference to a resource type "HTTPS:"), so the comparison
     itself is checked here."""
     assert _under(ref, base) == tail
+
+
+@pytest.mark.parametrize(
+    ("ref", "key"),
+    [
+        ("Patient/1", "Patient/1"),  # this gateway's
+        ("Patient/1/_history/3", "Patient/1"),
+        ("HTTPS://GW.HKPMC.EXAMPLE.HK:443/fhir//Patient/1/_history/3", "Patient/1"),
+        # another server's: its URL as servers compare, never this gateway's Patient/1
+        ("https://fhir.nsch.example.cn/fhir/Patient/1", "https://fhir.nsch.example.cn/fhir/Patient/1"),
+        ("HTTPS://FHIR.NSCH.EXAMPLE.CN:443/fhir//Patient/1/_history/2",
+         "https://fhir.nsch.example.cn/fhir/Patient/1"),
+        ("http://fhir.nsch.example.cn/fhir/Patient/1", "http://fhir.nsch.example.cn/fhir/Patient/1"),
+        ("https://fhir.nsch.example.cn:8443/fhir/Patient/1",
+         "https://fhir.nsch.example.cn:8443/fhir/Patient/1"),
+        ("https://fhir.nsch.example.cn/FHIR/Patient/1", "https://fhir.nsch.example.cn/FHIR/Patient/1"),
+        ("https://gw.hkpmc.example.hk/fhirx/Patient/1", "https://gw.hkpmc.example.hk/fhirx/Patient/1"),
+        ("Patient?identifier=x|1", "Patient?identifier=x|1"),  # not a literal: as written
+    ],
+)  # fmt: skip
+def test_a_reference_is_keyed_by_the_resource_it_names(ref: str, key: str) -> None:
+    assert reference_key(ref, f"{OURS}/fhir") == key
 
 
 @pytest.mark.parametrize(

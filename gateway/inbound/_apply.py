@@ -420,8 +420,9 @@ def _write(
     resource = copy.deepcopy(plan.resource)
     resource.pop("id", None)
     linked: list[tuple[str, tuple[str, str]]] = []  # (element, the record it names)
+    base = entry_base(plan.full_url)  # once an entry: a fullUrl may be long
     for where, ref in _references(resource, f"Bundle.entry[{plan.n}].resource"):
-        given = _in_bundle(str(ref["reference"]), plan.full_url, urls, where, bases, partner)
+        given = _in_bundle(str(ref["reference"]), base, urls, where, bases, partner)
         ref["reference"] = _resolve(conn, store, given, urls, index, where, partner, known)
         # every reference to a Patient, at any depth (an asserter, a performer, an
         # evidence detail, a contained resource's subject), not only the element naming
@@ -845,22 +846,21 @@ def _references(node: Any, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
 # and as an update's ``Type/id``.
 _DOT_SEGMENT = re.compile(r"(?:^|/)\.\.?(?:/|$)")
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:")  # an absolute URI (RFC 3986 scheme)
-_SERVER_URL = re.compile(r"(.+)/[A-Z][A-Za-z]{1,63}/[A-Za-z0-9\-.]{1,64}")  # [base]/Type/id
 
 
 def _in_bundle(
-    ref: str, full_url: str | None, urls: dict[str, str], where: str, bases: Bases, partner: str
+    ref: str, base: str | None, urls: dict[str, str], where: str, bases: Bases, partner: str
 ) -> str:
     """A reference before it is resolved against the store: an absolute one made
     relative (this gateway's base), kept (the partner's base) or refused (any other);
-    a relative ``Type/id`` inside an entry whose fullUrl is a server URL is that
-    server's (:func:`read_against`), then read as an absolute one: the Bundle's entry,
-    ours, the partner's or refused. It fell back to this gateway's ``Type/id`` when no
+    a relative ``Type/id`` inside an entry whose fullUrl is a server URL of ``base``
+    is that server's (:func:`read_against`), then read as an absolute one: the Bundle's
+    entry, ours, the partner's or refused. It fell back to this gateway's ``Type/id`` when no
     entry had that URL, so ``Patient/X`` in ``https://<partner>/fhir/Condition/1`` (the
     partner's Patient X) was stored as the Patient X stored here, another patient."""
     if ref in urls or ref.startswith(("urn:uuid:", "#")):
         return ref  # an entry, or refused as no entry's fullUrl next; a contained one
-    ref = read_against(ref, full_url)
+    ref = read_against(ref, base)
     if ref in urls or _SCHEME.match(ref) is None:
         return ref
     spelled = _entry_spelled(ref, urls)
@@ -882,19 +882,33 @@ def _in_bundle(
     )
 
 
-def read_against(ref: str, full_url: str | None) -> str:
+def entry_base(full_url: str | None) -> str | None:
+    """The base a relative ``Type/id`` inside the entry at ``full_url`` is read against
+    (FHIR R4 bundle.html#references): the ``[base]`` of a server fullUrl
+    ``[base]/Type/id``; None for any other (a urn:uuid, none): the receiving server's
+    (http.html#trules). Split from the end, once an entry, not for each of its
+    references (a regex ``(.+)/Type/id`` walked a 1 MB fullUrl for each, ~20 ms)."""
+    path, _, ident = (full_url or "").rpartition("/")
+    base, _, kind = path.rpartition("/")
+    if _SCHEME.match(base) is None or _LITERAL.fullmatch(f"{kind}/{ident}") is None:
+        return None
+    return base
+
+
+def read_against(ref: str, base: str | None) -> str:
     """A relative ``Type/id`` (or ``Type/id/_history/v``) as FHIR R4 reads it inside an
-    entry whose ``fullUrl`` is a server URL (bundle.html#references): that fullUrl's
-    base + ``Type/id``, the entry's server's resource, whether or not the Bundle holds
-    it. Any other reference as written: one in an entry whose fullUrl is a urn:uuid (or
-    none) is the receiving server's (http.html#trules); a conditional one is always
-    resolved here; a dot segment is refused as written (:func:`_refuse_spelling`)."""
-    if _LITERAL.fullmatch(ref) is None or _DOT_SEGMENT.search(ref) is not None:
-        return ref
-    server = _SERVER_URL.fullmatch(full_url or "")
-    if server is None or _SCHEME.match(server[1]) is None:
-        return ref
-    return f"{server[1]}/{ref}"
+    entry whose fullUrl is a server URL of ``base`` (:func:`entry_base`): that
+    server's resource, ``base/Type/id``, whether or not the Bundle holds it. Any other
+    reference as written: in an entry without such a fullUrl (``base`` None) it is
+    the receiving server's; a conditional one is always resolved here; a dot segment
+    is refused as written (:func:`_refuse_spelling`)."""
+    return f"{base}/{ref}" if base is not None and read_relative(ref) else ref
+
+
+def read_relative(ref: str) -> bool:
+    """Whether ``ref`` is a relative ``Type/id`` that :func:`read_against` reads
+    against its entry's server base."""
+    return _LITERAL.fullmatch(ref) is not None and _DOT_SEGMENT.search(ref) is None
 
 
 def reference_key(ref: str, own: str | None) -> str:

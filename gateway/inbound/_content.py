@@ -17,13 +17,13 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator
 from itertools import chain
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qsl, unquote
 
 from ..errors import Issue
 from ..fhirsystems import comparable, system_key
 from ..network import Institution
-from ._apply import read_against, reference_key
+from ._apply import entry_base, own_relative, read_relative, reference_key
 from ._referrals import is_referral
 
 __all__ = ["StoredPatients", "identity_mismatches", "misaddressed", "mixed_patients"]
@@ -68,6 +68,7 @@ def mixed_patients(
     FHIR base (``Bases.own``), under which an absolute reference is a stored one."""
     entries = _entries(bundle)
     by_url = _by_url(entries)
+    readings = {n: _reading(url, own) for n, url, _ in entries}
     patients = [  # a Patient that nothing can name (no fullUrl, id nor identifier) is none
         (n, r)
         for n, url, r in entries
@@ -92,11 +93,11 @@ def mixed_patients(
         for n, _, resource in entries
         if resource.get("resourceType") != "Patient"
     }
-    _beside_literals(entries, others, by_url, aliases, own)
+    _beside_literals(entries, others, by_url, aliases, readings, own)
     if stored is not None:
-        _stored_aliases(entries, others, by_url, aliases, held, stored, own)
+        _stored_aliases(entries, others, by_url, aliases, held, stored, readings, own)
     seen: str | None = "the Bundle's Patient" if patients else None
-    for n, url, resource in entries:
+    for n, _, resource in entries:
         if resource.get("resourceType") == "Patient":
             continue
         for k, inner in enumerate(_refs(resource.get("contained"))):
@@ -113,7 +114,7 @@ def mixed_patients(
             elif key != seen:
                 return [_mixed(where, "a contained Patient of another patient")]
         for path, ref in chain(_subject_references(resource, n), others[n]):
-            key = _patient_key(ref, by_url, url, own)
+            key = _patient_key(ref, by_url, readings[n], own)
             if key is None:
                 continue
             key = aliases.get(key, key)
@@ -139,6 +140,7 @@ def _beside_literals(
     others: dict[int, list[tuple[str, dict[str, Any]]]],
     by_url: dict[str, tuple[int, dict[str, Any]]],
     aliases: dict[str, str],
+    readings: dict[int, _Reading | None],
     own: str | None,
 ) -> None:
     """An identifier written beside a literal patient reference names that patient
@@ -152,7 +154,7 @@ def _beside_literals(
     MRN beside it stays that server's patient (nothing here can check its identifiers;
     it is kept as sent), so beside a reference to the Bundle's patient it is a second
     patient."""
-    for n, url, resource in entries:
+    for n, _, resource in entries:
         if resource.get("resourceType") == "Patient":
             continue
         refs = [ref for name in _PATIENT_ELEMENTS for ref in _refs(resource.get(name))]
@@ -161,7 +163,7 @@ def _beside_literals(
             ident = ref.get("identifier")
             if not isinstance(ref.get("reference"), str) or not isinstance(ident, dict):
                 continue
-            key = _patient_key({"reference": ref["reference"]}, by_url, url, own)
+            key = _patient_key({"reference": ref["reference"]}, by_url, readings[n], own)
             if key is not None and ident.get("value"):
                 token = _compared(f"{ident.get('system') or ''}|{ident['value']}")
                 aliases.setdefault(token, aliases.get(key, key))
@@ -174,6 +176,7 @@ def _stored_aliases(
     aliases: dict[str, str],
     held: dict[str, set[str]],
     stored: StoredPatients,
+    readings: dict[int, _Reading | None],
     own: str | None = None,
 ) -> None:
     """The identifiers of a stored Patient a record cites by id alone (``Patient/<id>``,
@@ -190,7 +193,7 @@ def _stored_aliases(
     one under the partner's own base (or any other) names its server's Patient, never
     one stored here: not looked up."""
     ids: set[str] = set()
-    for n, url, resource in entries:
+    for n, _, resource in entries:
         if resource.get("resourceType") == "Patient":
             continue
         refs = [ref for name in _PATIENT_ELEMENTS for ref in _refs(resource.get(name))]
@@ -198,7 +201,7 @@ def _stored_aliases(
             literal = ref.get("reference")
             if not isinstance(literal, str) or literal in by_url:
                 continue
-            found = _STORED_PATIENT.fullmatch(reference_key(read_against(literal, url), own))
+            found = _STORED_PATIENT.fullmatch(_names(literal, readings[n], own)[1])
             if found is not None and f"Patient/{found[1]}" not in aliases:
                 ids.add(found[1])
     if len(ids) != 1:  # two ids are two patients, refused below whatever is stored
@@ -351,24 +354,58 @@ def _by_url(
     return out
 
 
+class _Reading(NamedTuple):
+    """The server base a relative ``Type/id`` of an entry is read against
+    (``_apply.entry_base``), worked out once an entry (a fullUrl may be long)."""
+
+    base: str  # as written
+    key: str  # as reference_key spells it
+    ours: bool  # under this gateway's base: its relative references are ours
+
+
+_PROBE = "Patient/x"
+
+
+def _reading(full_url: str | None, own: str | None) -> _Reading | None:
+    """How relative references inside the entry at ``full_url`` are read; None: as
+    this gateway's (a urn:uuid fullUrl, or none)."""
+    base = entry_base(full_url)
+    if base is None:
+        return None
+    probe = f"{base}/{_PROBE}"
+    key = reference_key(probe, None).removesuffix(_PROBE)
+    return _Reading(base, key, own_relative(probe, own) is not None)
+
+
+def _names(literal: str, reading: _Reading | None, own: str | None) -> tuple[str, str]:
+    """A literal reference of an entry read by ``reading``, as ``_apply.py`` resolves
+    it: (the Bundle's entry it is when one has that fullUrl, however spelled; what it
+    names otherwise, :func:`reference_key`). A relative ``Type/id`` is read against the
+    entry's server (:func:`read_against`): that server's, never this gateway's
+    resource of that id, unless that server is this gateway."""
+    if reading is not None and read_relative(literal):  # read_against, its key alone
+        named = reading.key + reference_key(literal, None)  # ``Type/id``, no _history
+        return named, named.removeprefix(reading.key) if reading.ours else named
+    entry = reference_key(literal, None) if "://" in literal else literal
+    return entry, reference_key(literal, own)
+
+
 def _patient_key(
     ref: dict[str, Any],
     by_url: dict[str, tuple[int, dict[str, Any]]],
-    full_url: str | None = None,
+    reading: _Reading | None = None,
     own: str | None = None,
 ) -> str | None:
-    """The patient a Reference of the entry at ``full_url`` names, as a comparable key
-    (an entry's aliases map onto one); None when it names no patient (a Group, a
-    Device...). A literal one is read as ``_apply.py`` resolves it: a relative
-    ``Type/id`` against its entry's server fullUrl (:func:`read_against`), then an
-    entry's fullUrl, else :func:`reference_key`: ``Patient/<id>`` for this gateway's
-    (``own``: its base), the normalised URL for another server's. All were
-    ``Patient/<id>``, so another server's Patient X and the Patient X stored here (two
-    patients) were one."""
+    """The patient a Reference of an entry read by ``reading`` names, as a comparable
+    key (an entry's aliases map onto one); None when it names no patient (a Group, a
+    Device...). A literal one is read as ``_apply.py`` resolves it (:func:`_names`): an
+    entry's fullUrl, else ``Patient/<id>`` for this gateway's (``own``: its base), the
+    normalised URL for another server's. All were ``Patient/<id>``, so another
+    server's Patient X and the Patient X stored here (two patients) were one."""
     literal = ref.get("reference")
     if isinstance(literal, str):
-        literal = read_against(literal, full_url)
-        for name in (literal, reference_key(literal, None)):  # an entry, however spelled
+        entry, key = _names(literal, reading, own)
+        for name in (literal, entry):  # an entry, however spelled
             if name in by_url:
                 return name if by_url[name][1].get("resourceType") == "Patient" else None
         path, mark, query = literal.partition("?")
@@ -376,7 +413,6 @@ def _patient_key(
             return _compared(unquote(query.removeprefix("identifier=")))
         if mark and (path == "Patient" or path.endswith("/Patient")):
             return _conditional_key(query) or None
-        key = reference_key(literal, own)
         return key if key.startswith("Patient/") or "/Patient/" in key else None
     ident = ref.get("identifier")
     if isinstance(ident, dict) and ident.get("value") and ref.get("type") in (None, "Patient"):

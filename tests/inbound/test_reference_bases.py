@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from gateway import Settings
-from gateway.inbound._apply import _under, read_against, reference_key
+from gateway.inbound._apply import _under, entry_base, read_against, reference_key
 
 from .conftest import NOTHING, counts
 from .test_adversarial_references import NSCH_FHIR, _bundle, _send, _stored_subject
@@ -180,6 +180,7 @@ def test_a_reference_is_keyed_by_the_resource_it_names(ref: str, key: str) -> No
         # in a urn:uuid entry (or none), the receiving server's
         ("Patient/1", "urn:uuid:00000000-0000-4000-8000-000000000000", "Patient/1"),
         ("Patient/1", None, "Patient/1"),
+        ("Patient/1", "https://x.example/fhir/Condition", "Patient/1"),  # no [base]/Type/id
         ("Patient?identifier=x|1", "https://x.example/Condition/c", "Patient?identifier=x|1"),
         ("Patient/..", "https://x.example/Condition/c", "Patient/.."),  # refused as written
         ("#p", "https://x.example/Condition/c", "#p"),
@@ -188,4 +189,4 @@ def test_a_reference_is_keyed_by_the_resource_it_names(ref: str, key: str) -> No
 def test_a_relative_reference_is_read_against_a_server_full_url(
     ref: str, full_url: str | None, read: str
 ) -> None:
-    assert read_against(ref, full_url) == read
+    assert read_against(ref, entry_base(full_url)) == read

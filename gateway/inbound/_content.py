@@ -191,7 +191,8 @@ def _stored_aliases(
     Patient that is no entry are met. ``https://<own base>/Patient/<id>`` was not looked
     up, so a partner writing absolute references was refused as sending two patients;
     one under the partner's own base (or any other) names its server's Patient, never
-    one stored here: not looked up."""
+    one stored here: not looked up, nor is a relative one inside an entry whose fullUrl
+    is such a server's (:func:`_names`)."""
     ids: set[str] = set()
     for n, _, resource in entries:
         if resource.get("resourceType") == "Patient":

@@ -7,15 +7,16 @@ and conditional references (``Patient?identifier=...``) made literal.
 
 Absolute references (FHIR R4 bundle.html#references, http.html#trules): one equal to an
 entry's ``fullUrl`` is that entry, and a relative ``Type/id`` inside an entry whose
-``fullUrl`` is a server URL is read against that server's base first (so it finds the
-entry it means, not a resource of ours with that id); one under this gateway's own base
-(``inbound_public_url``/fhir) is made relative and checked as a literal one; one under
-the sending partner's own FHIR base (its ``base`` in the partners file) is kept as sent
-(the partner's server, which the partner answers for) -- "under" as RFC 3986 §6.2.2-6.2.3
-compare servers: scheme and host in any case, default port or none, the base's trailing
-slash; another scheme, host, port or path is another server -- any other is refused
-(``inbound.external-reference``): stored as sent, it would send local systems that
-follow it to a server nobody here vouches for.
+``fullUrl`` is a server URL is that server's (``[base]/Type/id``: the entry it means
+when the Bundle holds it, else read as an absolute one, never a resource of ours that
+happens to have that id; in a ``urn:uuid`` entry it is ours); one under this gateway's
+own base (``inbound_public_url``/fhir) is made relative and checked as a literal one;
+one under the sending partner's own FHIR base (its ``base`` in the partners file) is
+kept as sent (the partner's server, which the partner answers for) -- "under" as RFC
+3986 §6.2.2-6.2.3 compare servers: scheme and host in any case, default port or none,
+the base's trailing slash; another scheme, host, port or path is another server -- any
+other is refused (``inbound.external-reference``): stored as sent, it would send local
+systems that follow it to a server nobody here vouches for.
 
 A transaction is all or nothing (the caller's database transaction); a batch applies
 each entry on its own (a savepoint each) and answers each entry's outcome.
@@ -419,8 +420,9 @@ def _write(
     resource = copy.deepcopy(plan.resource)
     resource.pop("id", None)
     linked: list[tuple[str, tuple[str, str]]] = []  # (element, the record it names)
+    base = entry_base(plan.full_url)  # once an entry: a fullUrl may be long
     for where, ref in _references(resource, f"Bundle.entry[{plan.n}].resource"):
-        given = _in_bundle(str(ref["reference"]), plan.full_url, urls, where, bases, partner)
+        given = _in_bundle(str(ref["reference"]), base, urls, where, bases, partner)
         ref["reference"] = _resolve(conn, store, given, urls, index, where, partner, known)
         # every reference to a Patient, at any depth (an asserter, a performer, an
         # evidence detail, a contained resource's subject), not only the element naming
@@ -844,25 +846,22 @@ def _references(node: Any, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
 # and as an update's ``Type/id``.
 _DOT_SEGMENT = re.compile(r"(?:^|/)\.\.?(?:/|$)")
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:")  # an absolute URI (RFC 3986 scheme)
-_SERVER_URL = re.compile(r"(.+)/[A-Z][A-Za-z]{1,63}/[A-Za-z0-9\-.]{1,64}")  # [base]/Type/id
 
 
 def _in_bundle(
-    ref: str, full_url: str | None, urls: dict[str, str], where: str, bases: Bases, partner: str
+    ref: str, base: str | None, urls: dict[str, str], where: str, bases: Bases, partner: str
 ) -> str:
     """A reference before it is resolved against the store: an absolute one made
     relative (this gateway's base), kept (the partner's base) or refused (any other);
-    a relative one inside an entry whose fullUrl is a server URL, that server's entry
-    when the Bundle holds it (R4 bundle.html#references)."""
+    a relative ``Type/id`` inside an entry whose fullUrl is a server URL of ``base``
+    is that server's (:func:`read_against`), then read as an absolute one: the Bundle's
+    entry, ours, the partner's or refused. It fell back to this gateway's ``Type/id`` when no
+    entry had that URL, so ``Patient/X`` in ``https://<partner>/fhir/Condition/1`` (the
+    partner's Patient X) was stored as the Patient X stored here, another patient."""
     if ref in urls or ref.startswith(("urn:uuid:", "#")):
         return ref  # an entry, or refused as no entry's fullUrl next; a contained one
-    if _SCHEME.match(ref) is None:
-        server = _SERVER_URL.fullmatch(full_url or "")
-        if server is not None and _SCHEME.match(full_url or "") is not None:
-            absolute = f"{server[1]}/{ref}"
-            if absolute in urls:
-                return absolute
-            return _entry_spelled(absolute, urls) or ref
+    ref = read_against(ref, base)
+    if ref in urls or _SCHEME.match(ref) is None:
         return ref
     spelled = _entry_spelled(ref, urls)
     if spelled is not None:
@@ -875,12 +874,65 @@ def _in_bundle(
         return ref  # the partner's own server: kept as sent, nothing here to resolve
     raise InboundError(
         "inbound.external-reference",
-        f"{where}: an absolute reference to no entry of the Bundle, neither under this "
-        f"gateway's base nor a Type/id under {partner}'s own FHIR base (the partners "
-        "file): a partner refers to its Bundle's entries, to what it sent here, or to "
-        "its own server",
+        f"{where}: an absolute reference (or a relative one read against its entry's "
+        "server fullUrl) to no entry of the Bundle, neither under this gateway's base "
+        f"nor a Type/id under {partner}'s own FHIR base (the partners file): a partner "
+        "refers to its Bundle's entries, to what it sent here, or to its own server",
         expression=where,
     )
+
+
+def entry_base(full_url: str | None) -> str | None:
+    """The base a relative ``Type/id`` inside the entry at ``full_url`` is read against
+    (FHIR R4 bundle.html#references): the ``[base]`` of a server fullUrl
+    ``[base]/Type/id``; None for any other (a urn:uuid, none): the receiving server's
+    (http.html#trules). Split from the end, once an entry, not for each of its
+    references (a regex ``(.+)/Type/id`` walked a 1 MB fullUrl for each, ~20 ms)."""
+    path, _, ident = (full_url or "").rpartition("/")
+    base, _, kind = path.rpartition("/")
+    if _SCHEME.match(base) is None or _LITERAL.fullmatch(f"{kind}/{ident}") is None:
+        return None
+    return base
+
+
+def read_against(ref: str, base: str | None) -> str:
+    """A relative ``Type/id`` (or ``Type/id/_history/v``) as FHIR R4 reads it inside an
+    entry whose fullUrl is a server URL of ``base`` (:func:`entry_base`): that
+    server's resource, ``base/Type/id``, whether or not the Bundle holds it. Any other
+    reference as written: in an entry without such a fullUrl (``base`` None) it is
+    the receiving server's; a conditional one is always resolved here; a dot segment
+    is refused as written (:func:`_refuse_spelling`)."""
+    return f"{base}/{ref}" if base is not None and read_relative(ref) else ref
+
+
+def read_relative(ref: str) -> bool:
+    """Whether ``ref`` is a relative ``Type/id`` that :func:`read_against` reads
+    against its entry's server base."""
+    return _LITERAL.fullmatch(ref) is not None and _DOT_SEGMENT.search(ref) is None
+
+
+def reference_key(ref: str, own: str | None) -> str:
+    """One spelling of the resource a literal reference names, to tell whether two
+    name the same one (``_content.py``): this gateway's (relative, or under its base
+    ``own`` however spelled: :func:`own_relative`) as ``Type/id``; another server's as
+    its URL with the server as :func:`_server` compares them and the base's trailing
+    slash dropped (``HTTPS://Partner:443/fhir//Patient/X`` is
+    ``https://partner/fhir/Patient/X``), never this gateway's ``Patient/X``; no
+    ``_history``. Any other reference (conditional, urn, malformed) as written. Read
+    :func:`read_against` first for a reference inside an entry."""
+    head = ref.split("/_history/", 1)[0]
+    mine = own_relative(head, own)
+    if mine is not None:
+        return mine
+    theirs = _server(head) if _SCHEME.match(head) is not None else None
+    if theirs is None:
+        return head
+    (scheme, host), rest = theirs
+    path, _, ident = rest.rpartition("/")
+    base, _, kind = path.rpartition("/")
+    if _LITERAL.fullmatch(f"{kind}/{ident}") is None:
+        return f"{scheme}://{host}{rest}"
+    return f"{scheme}://{host}{base.rstrip('/')}/{kind}/{ident}"  # the base's slash, as _under
 
 
 def _entry_spelled(ref: str, urls: dict[str, str]) -> str | None:

@@ -17,13 +17,13 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator
 from itertools import chain
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qsl, unquote
 
 from ..errors import Issue
 from ..fhirsystems import comparable, system_key
 from ..network import Institution
-from ._apply import own_relative
+from ._apply import entry_base, own_relative, read_relative, reference_key
 from ._referrals import is_referral
 
 __all__ = ["StoredPatients", "identity_mismatches", "misaddressed", "mixed_patients"]
@@ -34,9 +34,8 @@ StoredPatients = Callable[[set[str]], dict[str, dict[str, Any]]]
 # Elements naming the patient a resource is about (the patient compartment's usual ones)
 _PATIENT_ELEMENTS = ("subject", "patient", "for", "beneficiary")
 _OID_SYSTEM = "urn:ietf:rfc:3986"
-# A relative reference to a Patient of this gateway's store (R4 id; a version or none);
-# an absolute one under this gateway's base is made relative first (own_relative)
-_STORED_PATIENT = re.compile(r"Patient/([A-Za-z0-9\-.]{1,64})(?:/_history/[A-Za-z0-9\-.]{1,64})?")
+# A Patient of this gateway's store, as reference_key spells it (R4 id)
+_STORED_PATIENT = re.compile(r"Patient/([A-Za-z0-9\-.]{1,64})")
 
 
 def _entries(bundle: dict[str, Any]) -> list[tuple[int, str | None, dict[str, Any]]]:
@@ -68,7 +67,8 @@ def mixed_patients(
     (:func:`_stored_aliases`); None: the Bundle alone is read. ``own``: this gateway's
     FHIR base (``Bases.own``), under which an absolute reference is a stored one."""
     entries = _entries(bundle)
-    by_url = {url: (n, r) for n, url, r in entries if url}
+    by_url = _by_url(entries)
+    readings = {n: _reading(url, own) for n, url, _ in entries}
     patients = [  # a Patient that nothing can name (no fullUrl, id nor identifier) is none
         (n, r)
         for n, url, r in entries
@@ -93,9 +93,9 @@ def mixed_patients(
         for n, _, resource in entries
         if resource.get("resourceType") != "Patient"
     }
-    _beside_literals(entries, others, by_url, aliases)
+    _beside_literals(entries, others, by_url, aliases, readings, own)
     if stored is not None:
-        _stored_aliases(entries, others, by_url, aliases, held, stored, own)
+        _stored_aliases(entries, others, by_url, aliases, held, stored, readings, own)
     seen: str | None = "the Bundle's Patient" if patients else None
     for n, _, resource in entries:
         if resource.get("resourceType") == "Patient":
@@ -114,7 +114,7 @@ def mixed_patients(
             elif key != seen:
                 return [_mixed(where, "a contained Patient of another patient")]
         for path, ref in chain(_subject_references(resource, n), others[n]):
-            key = _patient_key(ref, by_url)
+            key = _patient_key(ref, by_url, readings[n], own)
             if key is None:
                 continue
             key = aliases.get(key, key)
@@ -140,6 +140,8 @@ def _beside_literals(
     others: dict[int, list[tuple[str, dict[str, Any]]]],
     by_url: dict[str, tuple[int, dict[str, Any]]],
     aliases: dict[str, str],
+    readings: dict[int, _Reading | None],
+    own: str | None,
 ) -> None:
     """An identifier written beside a literal patient reference names that patient
     here (``aliases``: its key -> the reference's): a record about ``Patient/<id>``
@@ -147,7 +149,11 @@ def _beside_literals(
     R4 Condition.asserter), was refused as a second patient, as a logical subject of
     one entry beside a literal one of another was. Whether that identifier is the
     Patient's is the identity checks' (another MRN beside it: 422 identity-mismatch);
-    one already aliased (the Bundle's Patient entry's) keeps its patient."""
+    one already aliased (the Bundle's Patient entry's) keeps its patient. The literal
+    is never renamed by it: another server's ``Patient/X`` with the Bundle patient's
+    MRN beside it stays that server's patient (nothing here can check its identifiers;
+    it is kept as sent), so beside a reference to the Bundle's patient it is a second
+    patient."""
     for n, _, resource in entries:
         if resource.get("resourceType") == "Patient":
             continue
@@ -157,7 +163,7 @@ def _beside_literals(
             ident = ref.get("identifier")
             if not isinstance(ref.get("reference"), str) or not isinstance(ident, dict):
                 continue
-            key = _patient_key({"reference": ref["reference"]}, by_url)
+            key = _patient_key({"reference": ref["reference"]}, by_url, readings[n], own)
             if key is not None and ident.get("value"):
                 token = _compared(f"{ident.get('system') or ''}|{ident['value']}")
                 aliases.setdefault(token, aliases.get(key, key))
@@ -170,6 +176,7 @@ def _stored_aliases(
     aliases: dict[str, str],
     held: dict[str, set[str]],
     stored: StoredPatients,
+    readings: dict[int, _Reading | None],
     own: str | None = None,
 ) -> None:
     """The identifiers of a stored Patient a record cites by id alone (``Patient/<id>``,
@@ -184,7 +191,8 @@ def _stored_aliases(
     Patient that is no entry are met. ``https://<own base>/Patient/<id>`` was not looked
     up, so a partner writing absolute references was refused as sending two patients;
     one under the partner's own base (or any other) names its server's Patient, never
-    one stored here: not looked up."""
+    one stored here: not looked up, nor is a relative one inside an entry whose fullUrl
+    is such a server's (:func:`_names`)."""
     ids: set[str] = set()
     for n, _, resource in entries:
         if resource.get("resourceType") == "Patient":
@@ -194,7 +202,7 @@ def _stored_aliases(
             literal = ref.get("reference")
             if not isinstance(literal, str) or literal in by_url:
                 continue
-            found = _STORED_PATIENT.fullmatch(own_relative(literal, own) or literal)
+            found = _STORED_PATIENT.fullmatch(_names(literal, readings[n], own)[1])
             if found is not None and f"Patient/{found[1]}" not in aliases:
                 ids.add(found[1])
     if len(ids) != 1:  # two ids are two patients, refused below whatever is stored
@@ -335,23 +343,78 @@ def _refs(value: Any) -> list[dict[str, Any]]:
     return [v for v in items if isinstance(v, dict)]
 
 
-def _patient_key(ref: dict[str, Any], by_url: dict[str, tuple[int, dict[str, Any]]]) -> str | None:
-    """The patient a Reference names, as a comparable key (an entry's aliases map onto
-    one); None when it names no patient (a Group, a Device...)."""
+def _by_url(
+    entries: list[tuple[int, str | None, dict[str, Any]]],
+) -> dict[str, tuple[int, dict[str, Any]]]:
+    """fullUrl -> (position, resource) of the entries that have one, each server URL
+    also by :func:`reference_key` (with no base of ours: a fullUrl under this gateway's
+    base is that entry, not the stored ``Type/id``, as ``_apply.py`` resolves it), so
+    a reference spelling it otherwise (``HTTPS://…``, ``:443``) is that entry."""
+    out = {url: (n, r) for n, url, r in entries if url}
+    out.update({reference_key(url, None): (n, r) for n, url, r in entries if url and "://" in url})
+    return out
+
+
+class _Reading(NamedTuple):
+    """The server base a relative ``Type/id`` of an entry is read against
+    (``_apply.entry_base``), worked out once an entry (a fullUrl may be long)."""
+
+    base: str  # as written
+    key: str  # as reference_key spells it
+    ours: bool  # under this gateway's base: its relative references are ours
+
+
+_PROBE = "Patient/x"
+
+
+def _reading(full_url: str | None, own: str | None) -> _Reading | None:
+    """How relative references inside the entry at ``full_url`` are read; None: as
+    this gateway's (a urn:uuid fullUrl, or none)."""
+    base = entry_base(full_url)
+    if base is None:
+        return None
+    probe = f"{base}/{_PROBE}"
+    key = reference_key(probe, None).removesuffix(_PROBE)
+    return _Reading(base, key, own_relative(probe, own) is not None)
+
+
+def _names(literal: str, reading: _Reading | None, own: str | None) -> tuple[str, str]:
+    """A literal reference of an entry read by ``reading``, as ``_apply.py`` resolves
+    it: (the Bundle's entry it is when one has that fullUrl, however spelled; what it
+    names otherwise, :func:`reference_key`). A relative ``Type/id`` is read against the
+    entry's server (:func:`read_against`): that server's, never this gateway's
+    resource of that id, unless that server is this gateway."""
+    if reading is not None and read_relative(literal):  # read_against, its key alone
+        named = reading.key + reference_key(literal, None)  # ``Type/id``, no _history
+        return named, named.removeprefix(reading.key) if reading.ours else named
+    entry = reference_key(literal, None) if "://" in literal else literal
+    return entry, reference_key(literal, own)
+
+
+def _patient_key(
+    ref: dict[str, Any],
+    by_url: dict[str, tuple[int, dict[str, Any]]],
+    reading: _Reading | None = None,
+    own: str | None = None,
+) -> str | None:
+    """The patient a Reference of an entry read by ``reading`` names, as a comparable
+    key (an entry's aliases map onto one); None when it names no patient (a Group, a
+    Device...). A literal one is read as ``_apply.py`` resolves it (:func:`_names`): an
+    entry's fullUrl, else ``Patient/<id>`` for this gateway's (``own``: its base), the
+    normalised URL for another server's. All were ``Patient/<id>``, so another
+    server's Patient X and the Patient X stored here (two patients) were one."""
     literal = ref.get("reference")
     if isinstance(literal, str):
-        if literal in by_url:
-            target = by_url[literal][1]
-            return literal if target.get("resourceType") == "Patient" else None
+        entry, key = _names(literal, reading, own)
+        for name in (literal, entry):  # an entry, however spelled
+            if name in by_url:
+                return name if by_url[name][1].get("resourceType") == "Patient" else None
         path, mark, query = literal.partition("?")
         if path == "Patient" and query.startswith("identifier=") and "&" not in query:
             return _compared(unquote(query.removeprefix("identifier=")))
         if mark and (path == "Patient" or path.endswith("/Patient")):
             return _conditional_key(query) or None
-        head = literal.split("/_history/", 1)[0]
-        if head.startswith("Patient/") or "/Patient/" in head:
-            return "Patient/" + head.rsplit("/Patient/", 1)[-1].removeprefix("Patient/")
-        return None
+        return key if key.startswith("Patient/") or "/Patient/" in key else None
     ident = ref.get("identifier")
     if isinstance(ident, dict) and ident.get("value") and ref.get("type") in (None, "Patient"):
         return _compared(f"{ident.get('system') or ''}|{ident['value']}")

@@ -4,7 +4,8 @@ it went to a server nobody here vouches for (and a ``Patient/p1`` inside an entr
 fullUrl is ``https://…/Condition/c1`` was read as a resource of ours, not as the Bundle's
 entry it names). Now, after FHIR R4's rules (bundle.html#references, http.html#trules):
 an entry's fullUrl is that entry; a relative reference is read against its entry's
-server base first; this gateway's own base is made relative (and checked as such); the
+server base (that server's, the entry or not); this gateway's own base is made relative
+(and checked as such); the
 sending partner's own FHIR base is kept; anything else is 422
 ``inbound.external-reference`` naming the element, nothing stored."""
 
@@ -155,4 +156,55 @@ def test_a_relative_reference_is_read_against_its_entrys_server(
         if e["response"]["location"].startswith("Patient/")
     )
     assert patient != "Patient/p1"  # stored under an id of ours
+    assert _stored_subject(hk_settings, answer) == patient
+
+
+def _in_server_entry(subject: str, full_url: str, n: int) -> dict[str, Any]:
+    bundle = _bundle(subject, n)
+    bundle["entry"][0]["fullUrl"] = full_url
+    return bundle
+
+
+def test_a_relative_reference_to_no_entry_is_its_entrys_servers(
+    hk_settings: Settings, pki: Path
+) -> None:
+    """``Patient/p9`` inside ``https://fhir.nsch.example.cn/fhir/Condition/c7``, the
+    Bundle holding no ``…/Patient/p9``, is NSCH's Patient p9 (R4: the entry's base +
+    Type/id), kept as that absolute URL. It was stored as ``Patient/p9``, a Patient of
+    this gateway's store: another patient, whom the one-patient check did not compare."""
+    answer = _send(hk_settings, pki, _in_server_entry("Patient/p9", f"{NSCH_FHIR}/Condition/c7", 7))
+    assert answer.status == 200, answer.body
+    assert _stored_subject(hk_settings, answer) == f"{NSCH_FHIR}/Patient/p9"
+
+
+def test_a_relative_reference_in_another_servers_entry_is_refused(
+    hk_settings: Settings, pki: Path
+) -> None:
+    """Inside an entry whose fullUrl is a server neither this gateway's nor the
+    partner's, ``Patient/p9`` is that server's: refused as any reference to it is."""
+    bundle = _in_server_entry("Patient/p9", "https://other.example/fhir/Condition/c8", 8)
+    before = counts(hk_settings)
+    answer = _send(hk_settings, pki, bundle)
+    assert answer.status == 422, answer.body
+    issue = answer.body["issue"][0]
+    assert issue["details"]["coding"][0]["code"] == "inbound.external-reference"
+    assert issue["expression"] == ["Bundle.entry[0].resource.subject"]
+    assert counts(hk_settings) == before
+
+
+def test_a_relative_reference_in_an_entry_under_this_gateways_base_is_ours(
+    hk_settings: Settings, pki: Path
+) -> None:
+    """Under this gateway's base the entry's server is this one: ``Patient/<id>`` is the
+    Patient stored here, as in a urn:uuid entry."""
+    first = _send(hk_settings, pki, _bundle(f"{NSCH_FHIR}/Patient/p1", 9, with_patient=True))
+    assert first.status == 200, first.body
+    patient = next(
+        str(e["response"]["location"]).split("/_history")[0]
+        for e in first.body["entry"]
+        if str(e["response"]["location"]).startswith("Patient/")
+    )
+    bundle = _in_server_entry(patient, f"{PUBLIC_URL}/fhir/Condition/c10", 10)
+    answer = _send(hk_settings, pki, bundle)
+    assert answer.status == 200, answer.body
     assert _stored_subject(hk_settings, answer) == patient

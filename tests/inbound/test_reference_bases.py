@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from gateway import Settings
-from gateway.inbound._apply import _under
+from gateway.inbound._apply import _under, entry_base, read_against, reference_key
 
 from .conftest import NOTHING, counts
 from .test_adversarial_references import NSCH_FHIR, _bundle, _send, _stored_subject
@@ -148,3 +148,45 @@ def test_the_scheme_in_capitals_is_the_scheme(ref: str, base: str, tail: str | N
     reads it as a relative reference to a resource type "HTTPS:"), so the comparison
     itself is checked here."""
     assert _under(ref, base) == tail
+
+
+@pytest.mark.parametrize(
+    ("ref", "key"),
+    [
+        ("Patient/1", "Patient/1"),  # this gateway's
+        ("Patient/1/_history/3", "Patient/1"),
+        ("HTTPS://GW.HKPMC.EXAMPLE.HK:443/fhir//Patient/1/_history/3", "Patient/1"),
+        # another server's: its URL as servers compare, never this gateway's Patient/1
+        ("https://fhir.nsch.example.cn/fhir/Patient/1", "https://fhir.nsch.example.cn/fhir/Patient/1"),
+        ("HTTPS://FHIR.NSCH.EXAMPLE.CN:443/fhir//Patient/1/_history/2",
+         "https://fhir.nsch.example.cn/fhir/Patient/1"),
+        ("http://fhir.nsch.example.cn/fhir/Patient/1", "http://fhir.nsch.example.cn/fhir/Patient/1"),
+        ("https://fhir.nsch.example.cn:8443/fhir/Patient/1",
+         "https://fhir.nsch.example.cn:8443/fhir/Patient/1"),
+        ("https://fhir.nsch.example.cn/FHIR/Patient/1", "https://fhir.nsch.example.cn/FHIR/Patient/1"),
+        ("https://gw.hkpmc.example.hk/fhirx/Patient/1", "https://gw.hkpmc.example.hk/fhirx/Patient/1"),
+        ("Patient?identifier=x|1", "Patient?identifier=x|1"),  # not a literal: as written
+    ],
+)  # fmt: skip
+def test_a_reference_is_keyed_by_the_resource_it_names(ref: str, key: str) -> None:
+    assert reference_key(ref, f"{OURS}/fhir") == key
+
+
+@pytest.mark.parametrize(
+    ("ref", "full_url", "read"),
+    [
+        ("Patient/1", "https://fhir.nsch.example.cn/fhir/Condition/c", "https://fhir.nsch.example.cn/fhir/Patient/1"),
+        ("Patient/1/_history/2", "https://x.example/Condition/c", "https://x.example/Patient/1/_history/2"),
+        # in a urn:uuid entry (or none), the receiving server's
+        ("Patient/1", "urn:uuid:00000000-0000-4000-8000-000000000000", "Patient/1"),
+        ("Patient/1", None, "Patient/1"),
+        ("Patient/1", "https://x.example/fhir/Condition", "Patient/1"),  # no [base]/Type/id
+        ("Patient?identifier=x|1", "https://x.example/Condition/c", "Patient?identifier=x|1"),
+        ("Patient/..", "https://x.example/Condition/c", "Patient/.."),  # refused as written
+        ("#p", "https://x.example/Condition/c", "#p"),
+    ],
+)  # fmt: skip
+def test_a_relative_reference_is_read_against_a_server_full_url(
+    ref: str, full_url: str | None, read: str
+) -> None:
+    assert read_against(ref, entry_base(full_url)) == read

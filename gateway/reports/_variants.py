@@ -267,11 +267,11 @@ class ReportVariants:
         indexes = []
         for ref in english.doc.report.get("resultsInterpreter") or []:
             target = english.doc.resolve(ref)
-            if target is not None and base.is_bundle:
+            if target is not None and base.is_bundle and english.doc.entry_of(target):
                 _copy_entries(english.doc, base, target, set())
                 new = {k: v for k, v in ref.items() if k != "display"}
-            else:  # nothing to point at: keep what names the person
-                new = {k: v for k, v in ref.items() if k in ("type", "identifier", "display")}
+            else:  # nothing to point at in base: keep what names the person
+                new = _logical_signer(english.doc, ref, target)
             if not new:
                 continue
             same = next((n for n, r in enumerate(interpreters) if _same_ref(r, new)), None)
@@ -281,7 +281,8 @@ class ReportVariants:
             indexes.append(same)
         if not interpreters:
             base.report.pop("resultsInterpreter")
-        return indexes or list(range(len(interpreters)))
+        # No fallback to the Chinese report's radiologists: they did not sign the English.
+        return indexes
 
     # -- variants ---------------------------------------------------------------------
 
@@ -528,6 +529,32 @@ def _same_patient(
 
 def _ident(identifier: dict[str, Any]) -> str:
     return f"{identifier.get('system', '')}|{identifier.get('value', '')}"
+
+
+def _logical_signer(
+    doc: ReportDocument, ref: dict[str, Any], target: Resource | None
+) -> dict[str, Any]:
+    """An English radiologist named without a resource to point at (the variant is a
+    lone DiagnosticReport, or the person is contained in the English report): the type,
+    identifier and the name as their own report gives it."""
+    new = {k: v for k, v in ref.items() if k in ("type", "identifier", "display")}
+    person = target
+    if target is not None and target.get("resourceType") == "PractitionerRole":
+        person = doc.resolve(target.get("practitioner"), doc.report)
+        new.setdefault("type", "PractitionerRole")
+    names = [n for n in (person or {}).get("name") or [] if isinstance(n, dict)]
+    shown = _name_text(names[0]) if names else None
+    if shown:
+        new["display"] = shown
+    return new
+
+
+def _name_text(name: dict[str, Any]) -> str | None:
+    if isinstance(name.get("text"), str) and name["text"]:
+        return str(name["text"])
+    given = [g for g in name.get("given") or [] if isinstance(g, str)]
+    parts = [p for p in (name.get("family"), *given) if isinstance(p, str) and p]
+    return " ".join(parts) or None
 
 
 def _same_ref(a: dict[str, Any], b: dict[str, Any]) -> bool:

@@ -1,0 +1,68 @@
+"""Who signs the English column: only the radiologist of the partner's English report.
+
+The Chinese report of 何慧敏 (Nansha) is joined with the English report of 陳志明 /
+CHAN Chi Ming (Hong Kong). Whatever shape the English report arrives in, the English
+column must never show the Chinese report's radiologist as the one who signed it."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from gateway.reports import ReportVariants
+
+from .conftest import english_bundle, nansha_bundle, report_of
+
+CHINESE_SIGNER = ("何慧敏", "HE Huimin")  # the Nansha radiologist, as either column names her
+NSCH_MRN = "https://fhir.nsch.example.cn/sid/mrn"
+
+
+def _bytes(resource: dict[str, Any]) -> bytes:
+    return json.dumps(resource, ensure_ascii=False).encode("utf-8")
+
+
+def _english_column(html: bytes) -> str:
+    """The English column's radiologist and signature blocks (the page's last two)."""
+    page = html.decode("utf-8")
+    columns = re.findall(r'<div class="col" lang="en">(.*?)</div>(?=</div>|<div)', page, re.S)
+    return "".join(columns[-2:])
+
+
+def _english_shows(variants: ReportVariants, report: Any, english: dict[str, Any]) -> str:
+    variant = variants.variant(_bytes(report), "zh-Hant-HK+en", _bytes(english))
+    assert not variant.pending
+    return _english_column(variant.html)
+
+
+def test_the_english_report_of_the_partner_signs_the_english_column(
+    variants: ReportVariants,
+) -> None:
+    shown = _english_shows(variants, nansha_bundle(), english_bundle())
+    assert "Signed by: CHAN Chi Ming" in shown
+    assert not any(name in shown for name in CHINESE_SIGNER)
+
+
+def test_an_english_report_naming_no_radiologist_is_not_signed_by_the_chinese_one(
+    variants: ReportVariants,
+) -> None:
+    english = english_bundle()
+    del report_of(english)["resultsInterpreter"]
+    shown = _english_shows(variants, nansha_bundle(), english)
+    assert not any(name in shown for name in CHINESE_SIGNER)
+    assert "Signed by: —" in shown and "pending" not in shown  # it is reported
+
+
+def test_a_bare_chinese_report_keeps_the_english_radiologists_name(
+    variants: ReportVariants,
+) -> None:
+    # The Chinese report as a lone DiagnosticReport: the English report's entries cannot
+    # be copied beside it, so its radiologist is carried by name.
+    chinese = nansha_bundle()
+    bare = {k: v for k, v in report_of(chinese).items() if k != "result"}
+    bare["subject"] = {"identifier": {"system": NSCH_MRN, "value": "0098765"}}
+    bare["performer"] = [{"display": "广州市第一人民医院南沙医院", "type": "Organization"}]
+    bare["resultsInterpreter"] = [{"display": "何慧敏", "type": "PractitionerRole"}]
+    shown = _english_shows(variants, bare, english_bundle())
+    assert "CHAN Chi Ming" in shown
+    assert not any(name in shown for name in CHINESE_SIGNER)

@@ -587,15 +587,38 @@ def _copy_entries(
     entry = source.entry_of(resource)
     if entry is None:
         return
-    urls = {e.get("fullUrl") for e in target.entries()}
-    if entry.get("fullUrl") not in urls:
+    url = entry.get("fullUrl")
+    held = next((e.get("resource") for e in target.entries() if e.get("fullUrl") == url), None)
+    if held is None:
         target.root.setdefault("entry", []).append(copy.deepcopy(entry))
+    elif not _same_resource(held, resource):
+        # References in the variant resolve by fullUrl: the English report's radiologist
+        # would be shown as whoever the report's own entry under that fullUrl is.
+        raise MappingError(
+            "translation-entry-conflict",
+            f"{_label(source, 'English report')}: its {resource.get('resourceType')} entry "
+            f"{url} has the fullUrl of another resource of {_label(target, 'report')} "
+            f"(a {held.get('resourceType')})",
+            expression="Bundle.entry.fullUrl",
+        )
     refs: list[dict[str, Any]] = []
     _references(resource, refs)
     for ref in refs:
         inner = source.resolve(ref)
         if inner is not None:
             _copy_entries(source, target, inner, seen)
+
+
+def _same_resource(a: Resource, b: Resource) -> bool:
+    """Two entries under one fullUrl are one resource: equal, or of one type with
+    identifiers that agree (the conversions name a resource by type and identifier, so
+    one institution or person met in both reports has one fullUrl)."""
+    if a == b:
+        return True
+    if a.get("resourceType") != b.get("resourceType"):
+        return False
+    ours, theirs = _identity(a.get("identifier") or []), _identity(b.get("identifier") or [])
+    return bool(ours and theirs) and _disagreement(ours, theirs) is None
 
 
 def _annotate(out: Any, other: Any, lang: str) -> None:

@@ -10,6 +10,9 @@ import json
 import re
 from typing import Any
 
+import pytest
+
+from gateway.errors import MappingError
 from gateway.reports import ReportVariants
 
 from .conftest import english_bundle, nansha_bundle, report_of
@@ -66,3 +69,31 @@ def test_a_bare_chinese_report_keeps_the_english_radiologists_name(
     shown = _english_shows(variants, bare, english_bundle())
     assert "CHAN Chi Ming" in shown
     assert not any(name in shown for name in CHINESE_SIGNER)
+
+
+def test_english_entries_whose_full_urls_are_taken_by_other_resources_are_refused(
+    variants: ReportVariants,
+) -> None:
+    # The English Bundle's PractitionerRole and Practitioner have the fullUrls of the
+    # Chinese Bundle's: resolved in the variant, they would be 何慧敏's.
+    text = json.dumps(english_bundle())
+    for english, chinese in (("000000000025", "000000000015"), ("000000000024", "000000000014")):
+        text = text.replace(english, chinese)
+    with pytest.raises(MappingError) as caught:
+        variants.variant(_bytes(nansha_bundle()), "zh-Hant-HK+en", text.encode("utf-8"))
+    error = caught.value
+    assert error.code == "mapping.translation-entry-conflict"
+    assert "urn:uuid:00000000-0000-4000-8000-000000000015" in error.issue.message
+    assert "0098765" not in str(error) and "许嘉玮" not in str(error)
+
+
+def test_the_same_resource_in_both_bundles_is_kept_once(variants: ReportVariants) -> None:
+    # The HL7 v2 conversions give one institution the same fullUrl wherever it is met:
+    # the Hong Kong centre's Organization in both Bundles is one resource, not a clash.
+    chinese, english = nansha_bundle(), english_bundle()
+    hkpmc = next(e for e in english["entry"] if e["resource"]["resourceType"] == "Organization")
+    chinese["entry"].insert(0, json.loads(json.dumps(hkpmc)))
+    chinese["entry"][0]["resource"]["name"] = "大灣區醫療集團香港合作醫療中心"
+    out = variants.variant(_bytes(chinese), "bilingual", _bytes(english)).resource
+    urls = [e["fullUrl"] for e in out["entry"]]
+    assert urls.count(hkpmc["fullUrl"]) == 1

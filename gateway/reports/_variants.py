@@ -246,6 +246,7 @@ class ReportVariants:
             )
         _one_patient(english, "English report")
         _same_patient(doc, english, self.settings.report_require_patient_identity)
+        _same_study(doc, english)
         findings = [
             str(obs["valueString"])
             for obs in (english.resolve(r) for r in report.get("result") or [])
@@ -525,6 +526,43 @@ def _same_patient(
             f"{translation} is not of the patient of {report}: {problem}",
             expression="DiagnosticReport.subject",
         )
+
+
+# What names the study a report is of: its order (the accession) and its images.
+_STUDY_LINKS = ("basedOn", "imagingStudy")
+
+
+def _study_identity(doc: ReportDocument, key: str) -> Identity:
+    """The identifiers of the orders (``basedOn``) or studies (``imagingStudy``) a report
+    names: each reference's logical identifier and its target's, when the input holds it."""
+    found: list[Any] = []
+    for ref in _as_list(doc.report.get(key)):
+        if isinstance(ref, dict):
+            found.append(ref.get("identifier"))
+            target = doc.resolve(ref, doc.report)
+            found.extend((target or {}).get("identifier") or [])
+    return _identity(found)
+
+
+def _same_study(doc: ReportDocument, english: ReportDocument) -> None:
+    """A translation is of the same order and study: where both reports name one in the
+    same system, a value in common (compared exactly: 'ns1' and 'ＮＳ1' are other
+    numbers). A partner's own accession system is not the original's: not compared."""
+    for key in _STUDY_LINKS:
+        ours, theirs = _study_identity(doc, key), _study_identity(english, key)
+        differ = sorted(s for s in ours.keys() & theirs.keys() if not ours[s] & theirs[s])
+        if differ:
+            raise MappingError(
+                "translation-other-study",
+                f"{_label(english, 'English report')} is not of the study of "
+                f"{_label(doc, 'report')}: their {key} identifiers differ in "
+                f"{', '.join(differ)}",
+                expression=f"DiagnosticReport.{key}",
+            )
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [] if value is None else [value]
 
 
 def _ident(identifier: dict[str, Any]) -> str:

@@ -27,7 +27,7 @@ from ..mapping import Narratives, Terminology, language_of
 from ..network import Network
 from ..validation import check_bundle, validate_bundle, validate_resource
 from ._document import ReportDocument, Resource
-from ._localize import EnglishReport, Localizer
+from ._localize import EnglishReport, Localizer, _literal_type
 from ._names import Names, translation
 from ._pdf import missing_glyphs, render_pdf
 from ._render import render_html
@@ -498,7 +498,44 @@ def _one_patient(doc: ReportDocument, what: str) -> Identity:
                     f"{_label(doc, what)} holds a Patient other than its subject: {problem}",
                     expression=f"{where}.contained[{m - 1}]" if m else str(where),
                 )
+        for m, resource in enumerate([top, *inner]):
+            at = f"{where}.contained[{m - 1}]" if m else str(where)
+            _check_patient_refs(doc, what, identity, resource, at)
     return identity
+
+
+# Elements by which a resource says whose it is (Patient references).
+_PATIENT_KEYS = ("subject", "patient", "beneficiary")
+
+
+def _check_patient_refs(
+    doc: ReportDocument, what: str, identity: Identity, resource: Resource, at: str
+) -> None:
+    """A resource the input holds (a study, an order, an encounter...) that names a patient
+    by identifier names the report's: the variant carries it beside the report."""
+    if resource is doc.report or not identity:
+        return
+    for key in _PATIENT_KEYS:
+        ref = resource.get(key)
+        if not isinstance(ref, dict) or _kind(doc, ref, resource) not in ("Patient", None):
+            continue
+        where = f"{at}.{key}"
+        theirs = _reference_identity(doc, ref, resource, what, where)
+        problem = _disagreement(identity, theirs) if theirs else None
+        if problem:
+            raise MappingError(
+                "report-other-patient",
+                f"{_label(doc, what)} holds a resource ({resource.get('resourceType')}) "
+                f"of another patient than the report's: {problem}",
+                expression=where,
+            )
+
+
+def _kind(doc: ReportDocument, ref: dict[str, Any], within: Resource) -> str | None:
+    """The resource type a Reference names: its target's, its ``type``, its literal's."""
+    target = doc.resolve(ref, within)
+    kind = (target or {}).get("resourceType") or ref.get("type") or _literal_type(ref)
+    return str(kind) if kind else None
 
 
 def _same_patient(

@@ -152,8 +152,9 @@ class Localizer:
         return display if converted is None else converted
 
     def _notes(self, holder: dict[str, Any], notes: list[Any], source: str, lang: str) -> None:
-        """Annotations are clinical free text: converted, or dropped from an English
-        variant (the English report brings its own narrative)."""
+        """Annotations are clinical free text: a Chinese one converted, or dropped from an
+        English variant (the English report brings its own narrative); one written in
+        English is its author's words in every variant, kept as written."""
         kept = []
         for note in notes:
             text = note.get("text") if isinstance(note, dict) else None
@@ -161,6 +162,8 @@ class Localizer:
                 kept.append(note)
                 continue
             converted = self._convert_text(text, source, lang)
+            if converted is None and self.names.text_language(text, source) == "en":
+                converted = text
             if converted is not None:
                 note["text"] = converted
                 kept.append(note)

@@ -716,8 +716,10 @@ def _annotate(out: Any, other: Any, lang: str) -> None:
                 _annotate_strings(out, key, value, theirs, lang)
             else:
                 _annotate(value, theirs, lang)
-    elif isinstance(out, list) and isinstance(other, list):
-        for mine, theirs in zip(out, other, strict=False):
+    elif isinstance(out, list) and isinstance(other, list) and len(out) == len(other):
+        # Only lists the language kept whole pair by position: when it dropped an item (a
+        # Chinese note an English variant cannot carry), item n is another one's text.
+        for mine, theirs in zip(out, other, strict=True):
             _annotate(mine, theirs, lang)
 
 

@@ -229,7 +229,8 @@ class ReportVariants:
             if isinstance(e, dict) and e.get("url") == self.rules.translation_of
         ]
         links = [link for link in links if isinstance(link, dict)]
-        own = [_ident(i) for i in doc.report.get("identifier") or [] if isinstance(i, dict)]
+        # A value without its system names no report (any institution has a report 1).
+        own = [_ident(i) for i in doc.report.get("identifier") or [] if _has_system(i)]
         if not links:
             raise MappingError(
                 "translation-of-missing",
@@ -237,7 +238,7 @@ class ReportVariants:
                 "the report it translates",
                 expression="DiagnosticReport.extension",
             )
-        if not any(_ident(link) in own for link in links):
+        if not any(_ident(link) in own for link in links if _has_system(link)):
             raise MappingError(
                 "translation-of-mismatch",
                 f"the English report is a translation of {', '.join(_ident(x) for x in links)}, "
@@ -600,6 +601,10 @@ def _same_study(doc: ReportDocument, english: ReportDocument) -> None:
 
 def _as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [] if value is None else [value]
+
+
+def _has_system(identifier: Any) -> bool:
+    return isinstance(identifier, dict) and bool(identifier.get("system"))
 
 
 def _ident(identifier: dict[str, Any]) -> str:

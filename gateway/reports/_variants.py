@@ -253,6 +253,7 @@ class ReportVariants:
             for obs in (english.resolve(r) for r in report.get("result") or [])
             if obs and self.localizer.is_findings(obs) and isinstance(obs.get("valueString"), str)
         ]
+        _placeable(doc, english, len(findings), self.localizer.is_findings)
         conclusion = report.get("conclusion")
         text = report.get("text")
         return EnglishReport(
@@ -601,6 +602,24 @@ def _same_study(doc: ReportDocument, english: ReportDocument) -> None:
 
 def _as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [] if value is None else [value]
+
+
+def _placeable(doc: ReportDocument, english: ReportDocument, texts: int, is_findings: Any) -> None:
+    """The English findings go, in order, into the report's findings Observations: more
+    texts than Observations would leave the last English findings unshown."""
+    carriers = sum(
+        1
+        for obs in (doc.resolve(r) for r in doc.report.get("result") or [])
+        if obs and is_findings(obs)
+    )
+    if texts > carriers:
+        raise MappingError(
+            "translation-findings",
+            f"{_label(english, 'English report')} has {texts} findings text(s), but "
+            f"{_label(doc, 'report')} has {carriers} findings Observation(s) to carry "
+            "them: the rest would not be shown",
+            expression="DiagnosticReport.result",
+        )
 
 
 def _has_system(identifier: Any) -> bool:

@@ -66,7 +66,9 @@ def test_a_bare_chinese_report_keeps_the_english_radiologists_name(
     bare["subject"] = {"identifier": {"system": NSCH_MRN, "value": "0098765"}}
     bare["performer"] = [{"display": "广州市第一人民医院南沙医院", "type": "Organization"}]
     bare["resultsInterpreter"] = [{"display": "何慧敏", "type": "PractitionerRole"}]
-    shown = _english_shows(variants, bare, english_bundle())
+    english = english_bundle()
+    del report_of(english)["result"]  # no findings Observation of the report to carry them
+    shown = _english_shows(variants, bare, english)
     assert "CHAN Chi Ming" in shown
     assert not any(name in shown for name in CHINESE_SIGNER)
 
@@ -97,3 +99,39 @@ def test_the_same_resource_in_both_bundles_is_kept_once(variants: ReportVariants
     out = variants.variant(_bytes(chinese), "bilingual", _bytes(english)).resource
     urls = [e["fullUrl"] for e in out["entry"]]
     assert urls.count(hkpmc["fullUrl"]) == 1
+
+
+def _second_finding(english: dict[str, Any]) -> None:
+    findings = next(e for e in english["entry"] if e["resource"]["resourceType"] == "Observation")
+    extra = json.loads(json.dumps(findings))
+    extra["fullUrl"] = "urn:uuid:00000000-0000-4000-8000-000000000028"
+    extra["resource"]["id"] = extra["fullUrl"][9:]
+    extra["resource"]["valueString"] = "Small left pleural effusion."
+    english["entry"].append(extra)
+    report_of(english)["result"].append({"reference": extra["fullUrl"]})
+
+
+def test_english_findings_the_report_cannot_carry_are_refused(variants: ReportVariants) -> None:
+    # The English report has two findings texts, the Chinese one a single findings
+    # Observation: the second (a pleural effusion) would silently not be shown.
+    english = english_bundle()
+    _second_finding(english)
+    with pytest.raises(MappingError) as caught:
+        variants.variant(_bytes(nansha_bundle()), "zh-Hant-HK+en", _bytes(english))
+    error = caught.value
+    assert error.code == "mapping.translation-findings"
+    assert error.expression == "DiagnosticReport.result"
+    assert "NSR2026061701" in error.issue.message and "HKR-2026-0617-01" in error.issue.message
+
+
+def test_english_findings_of_a_report_without_findings_are_refused(
+    variants: ReportVariants,
+) -> None:
+    chinese = nansha_bundle()
+    del report_of(chinese)["result"]
+    chinese["entry"] = [
+        e for e in chinese["entry"] if e["resource"]["resourceType"] != "Observation"
+    ]
+    with pytest.raises(MappingError) as caught:
+        variants.variant(_bytes(chinese), "bilingual", _bytes(english_bundle()))
+    assert caught.value.code == "mapping.translation-findings"

@@ -24,6 +24,36 @@ __all__ = ["MappingSet", "MessageMapping"]
 
 
 @dataclass(frozen=True, slots=True)
+class OneIdentity:
+    """``one-identity``: the places a record names one thing (its order, its study). At
+    every node of every alternative of ``at``, ``value`` (and ``system``, when given:
+    paths relative to the node) make an identifier; one system with two values is two
+    orders or studies: the mapping reads the first, and the record would be linked to
+    one of them only. Several systems (an order's placer and filler numbers) are one."""
+
+    what: str
+    paths: tuple[str, ...]
+    value: str
+    system: str | None = None
+
+    def check(self, view: Any) -> None:
+        seen: dict[str | None, str] = {}
+        for path in self.paths:
+            for node in view.select(path, view.root):
+                value = view.first(self.value, node)
+                if not value:
+                    continue  # no identifier there (a nullFlavor)
+                system = view.first(self.system, node) if self.system else None
+                if seen.setdefault(system, value) != value:
+                    raise MappingError(
+                        "conflicting-identifiers",
+                        f"the record names more than one {self.what}: the identifiers at "
+                        f"{' | '.join(self.paths)} differ; a record is of one {self.what}",
+                        location=str(node.label),
+                    )
+
+
+@dataclass(frozen=True, slots=True)
 class MessageMapping:
     name: str
     types: tuple[str, ...]
@@ -35,11 +65,14 @@ class MessageMapping:
     # ``one-patient``: where the record names its patient; a second one there refuses it
     # (a Bundle is one patient's, and the mapping reads the first)
     one_patient: str | None = None
+    one_identity: tuple[OneIdentity, ...] = ()
     # The ceiling target's ``build(view, env, tz, lenient)`` for this mapping (see
     # gateway/mapping/_ceiling.py), tried first; None: the units below alone
     build: Callable[..., tuple[dict[str, Any], list[Issue]]] | None = None
 
     def run(self, view: Any, env: Env, tz: str) -> tuple[dict[str, Any], list[Issue]]:
+        for check in self.one_identity:
+            check.check(view)
         if self.build is not None:
             try:
                 bundle, warnings = self.build(view, env, tz, self.lenient)
@@ -173,6 +206,7 @@ class MappingSet:
                 self._check_path(str(one_patient))
             except ConfigError as exc:
                 raise ConfigError("mapping", f"{where}: one-patient: {exc.issue.message}") from None
+        one_identity = self._one_identity(raw.get("one-identity"), where)
         identifier = compiler.spec(bundle["identifier"], f"{where}: bundle.identifier")
         timestamp = compiler.spec(bundle.get("timestamp"), f"{where}: bundle.timestamp")
         build = None
@@ -193,8 +227,32 @@ class MappingSet:
             bundle_identifier=lower(identifier, f"{where}: bundle.identifier"),
             bundle_timestamp=lower(timestamp, f"{where}: bundle.timestamp"),
             one_patient=None if one_patient is None else str(one_patient),
+            one_identity=one_identity,
             build=build,
         )
+
+    def _one_identity(self, raw: Any, where: str) -> tuple[OneIdentity, ...]:
+        """The ``one-identity`` checks: ``[{what, at, value, system (optional)}]``."""
+        checks = []
+        for n, item in enumerate(raw or []):
+            try:
+                paths = tuple(p.strip() for p in str(item["at"]).split("|"))
+                system = item.get("system")
+                check = OneIdentity(
+                    str(item["what"]), paths, str(item["value"]), system and str(system)
+                )
+                for path in (*check.paths, check.value, *([system] if system else [])):
+                    self._check_path(str(path))
+            except (KeyError, TypeError, AttributeError) as exc:
+                raise ConfigError(
+                    "mapping", f"{where}: one-identity[{n}] needs what, at and value ({exc!r})"
+                ) from None
+            except ConfigError as exc:
+                raise ConfigError(
+                    "mapping", f"{where}: one-identity[{n}]: {exc.issue.message}"
+                ) from None
+            checks.append(check)
+        return tuple(checks)
 
 
 def _once(warnings: list[Issue]) -> list[Issue]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -152,8 +153,9 @@ class Localizer:
         return display if converted is None else converted
 
     def _notes(self, holder: dict[str, Any], notes: list[Any], source: str, lang: str) -> None:
-        """Annotations are clinical free text: converted, or dropped from an English
-        variant (the English report brings its own narrative)."""
+        """Annotations are clinical free text: a Chinese one converted, or dropped from an
+        English variant (the English report brings its own narrative); one written in
+        English is its author's words in every variant, kept as written."""
         kept = []
         for note in notes:
             text = note.get("text") if isinstance(note, dict) else None
@@ -161,6 +163,8 @@ class Localizer:
                 kept.append(note)
                 continue
             converted = self._convert_text(text, source, lang)
+            if converted is None and self.names.text_language(text, source) == "en":
+                converted = text
             if converted is not None:
                 note["text"] = converted
                 kept.append(note)
@@ -323,12 +327,19 @@ def _literal_type(ref: dict[str, Any]) -> str | None:
     return found.group(1) if found else None
 
 
-# Elements whose Reference names a person (or, untyped, may).
-_PEOPLE_REFS = ("subject", "patient", "resultsInterpreter", "practitioner", "performer")
-
-
-def _as_list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else [value]
+def _references(node: Any) -> Iterator[dict[str, Any]]:
+    """Every Reference in a resource, at any depth (an order's requester, a note's
+    author, a performer's actor): each may name a person (contained resources are
+    resources of their own, walked by ``doc.resources``)."""
+    if isinstance(node, dict):
+        if "display" in node and "code" not in node and "system" not in node:
+            yield node  # a Reference's display (a Coding's is a code's name)
+        for key, value in node.items():
+            if key != "contained" and isinstance(value, (dict, list)):
+                yield from _references(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _references(item)
 
 
 def _names_in(doc: ReportDocument, verbatim: Any) -> re.Pattern[str] | None:
@@ -338,14 +349,13 @@ def _names_in(doc: ReportDocument, verbatim: Any) -> re.Pattern[str] | None:
     more. Longest first, so a whole name is kept whole."""
     found: set[str] = set()
     for resource in doc.resources():
-        for key in _PEOPLE_REFS:  # a person named by a reference's display only
-            for ref in _as_list(resource.get(key)):
-                if isinstance(ref, dict) and isinstance(ref.get("display"), str):
-                    target = doc.resolve(ref, resource)
-                    kind = (target or {}).get("resourceType") or ref.get("type")
-                    kind = kind or _literal_type(ref)
-                    if kind is None or kind in verbatim or kind == "PractitionerRole":
-                        found.add(ref["display"])
+        for ref in _references(resource):  # a person named by a reference's display only
+            if isinstance(ref.get("display"), str):
+                target = doc.resolve(ref, resource)
+                kind = (target or {}).get("resourceType") or ref.get("type")
+                kind = kind or _literal_type(ref)
+                if kind is None or kind in verbatim or kind == "PractitionerRole":
+                    found.add(ref["display"])
         if resource.get("resourceType") not in verbatim:
             continue
         for name in resource.get("name") or []:

@@ -111,7 +111,18 @@ def radiologist_lines(view: ReportView) -> list[str]:
 
 def signature_fields(view: ReportView) -> list[list[str]]:
     """Per signer of this language's report, the fields of its signature block (name,
-    role, institution, time): where the signing step places the signature."""
+    role, institution, time): where the signing step places the signature. A report
+    that names no radiologist gets one block signed by no one ('—'), not 'not yet
+    reported': it is (and no one else's name may stand in)."""
+    if not view.signers and not view.pending:
+        return [
+            [
+                view.field("signature_name", None),
+                view.field("signature_role", None),
+                view.field("signature_institution", None),
+                view.field("signature_time", view.issued),
+            ]
+        ]
     return [
         [
             view.field("signature_name", signer.name),

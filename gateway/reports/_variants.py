@@ -27,7 +27,7 @@ from ..mapping import Narratives, Terminology, language_of
 from ..network import Network
 from ..validation import check_bundle, validate_bundle, validate_resource
 from ._document import ReportDocument, Resource
-from ._localize import EnglishReport, Localizer
+from ._localize import EnglishReport, Localizer, _literal_type
 from ._names import Names, translation
 from ._pdf import missing_glyphs, render_pdf
 from ._render import render_html
@@ -229,7 +229,8 @@ class ReportVariants:
             if isinstance(e, dict) and e.get("url") == self.rules.translation_of
         ]
         links = [link for link in links if isinstance(link, dict)]
-        own = [_ident(i) for i in doc.report.get("identifier") or [] if isinstance(i, dict)]
+        # A value without its system names no report (any institution has a report 1).
+        own = [_ident(i) for i in doc.report.get("identifier") or [] if _has_system(i)]
         if not links:
             raise MappingError(
                 "translation-of-missing",
@@ -237,7 +238,7 @@ class ReportVariants:
                 "the report it translates",
                 expression="DiagnosticReport.extension",
             )
-        if not any(_ident(link) in own for link in links):
+        if not any(_ident(link) in own for link in links if _has_system(link)):
             raise MappingError(
                 "translation-of-mismatch",
                 f"the English report is a translation of {', '.join(_ident(x) for x in links)}, "
@@ -246,11 +247,13 @@ class ReportVariants:
             )
         _one_patient(english, "English report")
         _same_patient(doc, english, self.settings.report_require_patient_identity)
+        _same_study(doc, english)
         findings = [
             str(obs["valueString"])
             for obs in (english.resolve(r) for r in report.get("result") or [])
             if obs and self.localizer.is_findings(obs) and isinstance(obs.get("valueString"), str)
         ]
+        _placeable(doc, english, len(findings), self.localizer.is_findings)
         conclusion = report.get("conclusion")
         text = report.get("text")
         return EnglishReport(
@@ -267,11 +270,11 @@ class ReportVariants:
         indexes = []
         for ref in english.doc.report.get("resultsInterpreter") or []:
             target = english.doc.resolve(ref)
-            if target is not None and base.is_bundle:
+            if target is not None and base.is_bundle and english.doc.entry_of(target):
                 _copy_entries(english.doc, base, target, set())
                 new = {k: v for k, v in ref.items() if k != "display"}
-            else:  # nothing to point at: keep what names the person
-                new = {k: v for k, v in ref.items() if k in ("type", "identifier", "display")}
+            else:  # nothing to point at in base: keep what names the person
+                new = _logical_signer(english.doc, ref, target)
             if not new:
                 continue
             same = next((n for n, r in enumerate(interpreters) if _same_ref(r, new)), None)
@@ -281,7 +284,8 @@ class ReportVariants:
             indexes.append(same)
         if not interpreters:
             base.report.pop("resultsInterpreter")
-        return indexes or list(range(len(interpreters)))
+        # No fallback to the Chinese report's radiologists: they did not sign the English.
+        return indexes
 
     # -- variants ---------------------------------------------------------------------
 
@@ -496,7 +500,44 @@ def _one_patient(doc: ReportDocument, what: str) -> Identity:
                     f"{_label(doc, what)} holds a Patient other than its subject: {problem}",
                     expression=f"{where}.contained[{m - 1}]" if m else str(where),
                 )
+        for m, resource in enumerate([top, *inner]):
+            at = f"{where}.contained[{m - 1}]" if m else str(where)
+            _check_patient_refs(doc, what, identity, resource, at)
     return identity
+
+
+# Elements by which a resource says whose it is (Patient references).
+_PATIENT_KEYS = ("subject", "patient", "beneficiary")
+
+
+def _check_patient_refs(
+    doc: ReportDocument, what: str, identity: Identity, resource: Resource, at: str
+) -> None:
+    """A resource the input holds (a study, an order, an encounter...) that names a patient
+    by identifier names the report's: the variant carries it beside the report."""
+    if resource is doc.report or not identity:
+        return
+    for key in _PATIENT_KEYS:
+        ref = resource.get(key)
+        if not isinstance(ref, dict) or _kind(doc, ref, resource) not in ("Patient", None):
+            continue
+        where = f"{at}.{key}"
+        theirs = _reference_identity(doc, ref, resource, what, where)
+        problem = _disagreement(identity, theirs) if theirs else None
+        if problem:
+            raise MappingError(
+                "report-other-patient",
+                f"{_label(doc, what)} holds a resource ({resource.get('resourceType')}) "
+                f"of another patient than the report's: {problem}",
+                expression=where,
+            )
+
+
+def _kind(doc: ReportDocument, ref: dict[str, Any], within: Resource) -> str | None:
+    """The resource type a Reference names: its target's, its ``type``, its literal's."""
+    target = doc.resolve(ref, within)
+    kind = (target or {}).get("resourceType") or ref.get("type") or _literal_type(ref)
+    return str(kind) if kind else None
 
 
 def _same_patient(
@@ -526,8 +567,93 @@ def _same_patient(
         )
 
 
+# What names the study a report is of: its order (the accession) and its images.
+_STUDY_LINKS = ("basedOn", "imagingStudy")
+
+
+def _study_identity(doc: ReportDocument, key: str) -> Identity:
+    """The identifiers of the orders (``basedOn``) or studies (``imagingStudy``) a report
+    names: each reference's logical identifier and its target's, when the input holds it."""
+    found: list[Any] = []
+    for ref in _as_list(doc.report.get(key)):
+        if isinstance(ref, dict):
+            found.append(ref.get("identifier"))
+            target = doc.resolve(ref, doc.report)
+            found.extend((target or {}).get("identifier") or [])
+    return _identity(found)
+
+
+def _same_study(doc: ReportDocument, english: ReportDocument) -> None:
+    """A translation is of the same order and study: where both reports name one in the
+    same system, a value in common (compared exactly: 'ns1' and 'ＮＳ1' are other
+    numbers). A partner's own accession system is not the original's: not compared."""
+    for key in _STUDY_LINKS:
+        ours, theirs = _study_identity(doc, key), _study_identity(english, key)
+        differ = sorted(s for s in ours.keys() & theirs.keys() if not ours[s] & theirs[s])
+        if differ:
+            raise MappingError(
+                "translation-other-study",
+                f"{_label(english, 'English report')} is not of the study of "
+                f"{_label(doc, 'report')}: their {key} identifiers differ in "
+                f"{', '.join(differ)}",
+                expression=f"DiagnosticReport.{key}",
+            )
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [] if value is None else [value]
+
+
+def _placeable(doc: ReportDocument, english: ReportDocument, texts: int, is_findings: Any) -> None:
+    """The English findings go, in order, into the report's findings Observations: more
+    texts than Observations would leave the last English findings unshown."""
+    carriers = sum(
+        1
+        for obs in (doc.resolve(r) for r in doc.report.get("result") or [])
+        if obs and is_findings(obs)
+    )
+    if texts > carriers:
+        raise MappingError(
+            "translation-findings",
+            f"{_label(english, 'English report')} has {texts} findings text(s), but "
+            f"{_label(doc, 'report')} has {carriers} findings Observation(s) to carry "
+            "them: the rest would not be shown",
+            expression="DiagnosticReport.result",
+        )
+
+
+def _has_system(identifier: Any) -> bool:
+    return isinstance(identifier, dict) and bool(identifier.get("system"))
+
+
 def _ident(identifier: dict[str, Any]) -> str:
     return f"{identifier.get('system', '')}|{identifier.get('value', '')}"
+
+
+def _logical_signer(
+    doc: ReportDocument, ref: dict[str, Any], target: Resource | None
+) -> dict[str, Any]:
+    """An English radiologist named without a resource to point at (the variant is a
+    lone DiagnosticReport, or the person is contained in the English report): the type,
+    identifier and the name as their own report gives it."""
+    new = {k: v for k, v in ref.items() if k in ("type", "identifier", "display")}
+    person = target
+    if target is not None and target.get("resourceType") == "PractitionerRole":
+        person = doc.resolve(target.get("practitioner"), doc.report)
+        new.setdefault("type", "PractitionerRole")
+    names = [n for n in (person or {}).get("name") or [] if isinstance(n, dict)]
+    shown = _name_text(names[0]) if names else None
+    if shown:
+        new["display"] = shown
+    return new
+
+
+def _name_text(name: dict[str, Any]) -> str | None:
+    if isinstance(name.get("text"), str) and name["text"]:
+        return str(name["text"])
+    given = [g for g in name.get("given") or [] if isinstance(g, str)]
+    parts = [p for p in (name.get("family"), *given) if isinstance(p, str) and p]
+    return " ".join(parts) or None
 
 
 def _same_ref(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -560,15 +686,38 @@ def _copy_entries(
     entry = source.entry_of(resource)
     if entry is None:
         return
-    urls = {e.get("fullUrl") for e in target.entries()}
-    if entry.get("fullUrl") not in urls:
+    url = entry.get("fullUrl")
+    held = next((e.get("resource") for e in target.entries() if e.get("fullUrl") == url), None)
+    if held is None:
         target.root.setdefault("entry", []).append(copy.deepcopy(entry))
+    elif not _same_resource(held, resource):
+        # References in the variant resolve by fullUrl: the English report's radiologist
+        # would be shown as whoever the report's own entry under that fullUrl is.
+        raise MappingError(
+            "translation-entry-conflict",
+            f"{_label(source, 'English report')}: its {resource.get('resourceType')} entry "
+            f"{url} has the fullUrl of another resource of {_label(target, 'report')} "
+            f"(a {held.get('resourceType')})",
+            expression="Bundle.entry.fullUrl",
+        )
     refs: list[dict[str, Any]] = []
     _references(resource, refs)
     for ref in refs:
         inner = source.resolve(ref)
         if inner is not None:
             _copy_entries(source, target, inner, seen)
+
+
+def _same_resource(a: Resource, b: Resource) -> bool:
+    """Two entries under one fullUrl are one resource: equal, or of one type with
+    identifiers that agree (the conversions name a resource by type and identifier, so
+    one institution or person met in both reports has one fullUrl)."""
+    if a == b:
+        return True
+    if a.get("resourceType") != b.get("resourceType"):
+        return False
+    ours, theirs = _identity(a.get("identifier") or []), _identity(b.get("identifier") or [])
+    return bool(ours and theirs) and _disagreement(ours, theirs) is None
 
 
 def _annotate(out: Any, other: Any, lang: str) -> None:
@@ -591,8 +740,10 @@ def _annotate(out: Any, other: Any, lang: str) -> None:
                 _annotate_strings(out, key, value, theirs, lang)
             else:
                 _annotate(value, theirs, lang)
-    elif isinstance(out, list) and isinstance(other, list):
-        for mine, theirs in zip(out, other, strict=False):
+    elif isinstance(out, list) and isinstance(other, list) and len(out) == len(other):
+        # Only lists the language kept whole pair by position: when it dropped an item (a
+        # Chinese note an English variant cannot carry), item n is another one's text.
+        for mine, theirs in zip(out, other, strict=True):
             _annotate(mine, theirs, lang)
 
 

@@ -172,3 +172,59 @@ def test_the_setting_reads_from_the_environment(tmp_path: Any) -> None:
     env = {"GATEWAY_REPORT_REQUIRE_PATIENT_IDENTITY": "false"}
     assert Settings.load(home=tmp_path, env=env).report_require_patient_identity is False
     assert Settings.load(home=tmp_path, env={}).report_require_patient_identity is True
+
+
+@pytest.mark.parametrize(
+    ("kind", "key", "extra"),
+    [
+        ("ImagingStudy", "subject", {"status": "available"}),
+        ("ServiceRequest", "subject", {"status": "active", "intent": "order"}),
+        ("Encounter", "subject", {"status": "finished", "class": {"code": "AMB"}}),
+        ("Coverage", "beneficiary", {"status": "active", "payor": [{"display": "HA"}]}),
+    ],
+)
+def test_a_resource_of_another_patient_in_the_input_is_refused(
+    variants: ReportVariants, kind: str, key: str, extra: dict[str, Any]
+) -> None:
+    # 李四's study beside 许嘉玮's report: named by a logical reference, no Patient entry
+    # of 李四 that the Patient check would meet. A variant carries every entry.
+    chinese = nansha_bundle()
+    other = {
+        "resourceType": kind,
+        "id": "00000000-0000-4000-8000-000000000099",
+        key: {"type": "Patient", "identifier": {"system": NSCH_MRN, "value": OTHER_MRN}},
+        **extra,
+    }
+    chinese["entry"].append(
+        {
+            "fullUrl": f"urn:uuid:{other['id']}",
+            "resource": other,
+            "request": {"method": "POST", "url": kind},
+        }
+    )
+    with pytest.raises(MappingError) as caught:
+        variants.variant(_bytes(chinese), "zh-Hant-HK")
+    error = caught.value
+    assert error.code == "mapping.report-other-patient"
+    assert error.expression == f"Bundle.entry[6].resource.{key}"
+    text = str(error) + json.dumps(error.issue.to_fhir(), ensure_ascii=False)
+    assert "NSR2026061701" in text and NSCH_MRN in text  # the report and the system
+    assert not any(secret in text for secret in ("0098765", OTHER_MRN, "许嘉玮", "李四"))
+
+
+def test_a_resource_of_the_reports_patient_is_accepted(variants: ReportVariants) -> None:
+    chinese = nansha_bundle()
+    study = {
+        "resourceType": "ImagingStudy",
+        "id": "00000000-0000-4000-8000-000000000099",
+        "status": "available",
+        "subject": {"reference": report_of(chinese)["subject"]["reference"]},
+    }
+    chinese["entry"].append(
+        {
+            "fullUrl": f"urn:uuid:{study['id']}",
+            "resource": study,
+            "request": {"method": "POST", "url": "ImagingStudy"},
+        }
+    )
+    variants.variant(_bytes(chinese), "zh-Hant-HK")

@@ -12,6 +12,8 @@ from gateway import Settings
 from gateway.reports import ReportVariants
 from tests.outputs import GOLDEN
 
+from .conftest import laian_bundle, report_of, resource_of
+
 # Nansha's Chinese CT report; its patient, a Hong Kong resident, is named in Traditional.
 REPORT = GOLDEN / "hl7v2" / "oru_r01_chinese.expected.json"
 NAME, CONVERTED = "許嘉瑋", "许嘉玮"
@@ -44,3 +46,41 @@ def test_a_traditional_variants_labels_are_traditional(variants: ReportVariants)
         variants.variant(REPORT.read_bytes(), "zh-Hant-HK").resource, "DiagnosticReport"
     )
     assert "诊断报告" in before and "診斷報告" in after
+
+
+def test_names_of_people_named_by_a_display_anywhere_stay_as_written(
+    variants: ReportVariants,
+) -> None:
+    """The ordering doctor (ServiceRequest.requester) and a note's author, named only by a
+    reference's display, are the report's people too: the conclusion and the note quote
+    them as written (OpenCC made 张伟 張偉 and 林丽华 林麗華)."""
+    bundle = laian_bundle()
+    report = report_of(bundle)
+    report["conclusion"] = "右侧基底节区腔隙性脑梗死。已电话通知开单医生张伟，由林丽华复核。"
+    findings = resource_of(bundle, report["result"][0]["reference"])
+    findings["note"] = [
+        {
+            "text": "林丽华：与前片比较无变化。",
+            "authorReference": {"type": "Practitioner", "display": "林丽华"},
+        }
+    ]
+    order = {
+        "resourceType": "ServiceRequest",
+        "id": "00000000-0000-4000-8000-000000000098",
+        "status": "active",
+        "intent": "order",
+        "subject": {"reference": report["subject"]["reference"]},
+        "requester": {"type": "Practitioner", "display": "张伟"},
+    }
+    bundle["entry"].append(
+        {
+            "fullUrl": f"urn:uuid:{order['id']}",
+            "resource": order,
+            "request": {"method": "POST", "url": "ServiceRequest"},
+        }
+    )
+    out = ReportVariants(Settings.load(env={})).variant(orjson.dumps(bundle), "zh-Hant-HK").resource
+    conclusion = report_of(out)["conclusion"]
+    assert conclusion == "右側基底節區腔隙性腦梗死。已電話通知開單醫生张伟，由林丽华複核。"
+    [note] = resource_of(out, report["result"][0]["reference"])["note"]
+    assert note["text"] == "林丽华：與前片比較無變化。"

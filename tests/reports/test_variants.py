@@ -173,6 +173,27 @@ def test_wrong_translation_of_identifier_is_refused(
     assert "https://fhir.nsch.example.cn/sid/report|NSR2026061701" in message
 
 
+@pytest.mark.parametrize(
+    "link",
+    [
+        {"value": "NSR2026061701"},  # the number alone: any institution's report 1
+        {"system": "https://fhir.nsch.example.cn/sid/report/", "value": "NSR2026061701"},
+        {"system": "https://fhir.nsch.example.cn/sid/report", "value": "nsr2026061701"},
+        {"system": "https://fhir.nsch.example.cn/sid/report", "value": "ＮＳＲ2026061701"},
+    ],
+)
+def test_a_link_that_is_not_exactly_the_reports_identifier_is_refused(
+    variants: ReportVariants, link: dict[str, str]
+) -> None:
+    # The report also carries its number without a system (as some senders add it): a
+    # value alone names no report, so it links nothing.
+    nansha = nansha_bundle()
+    report_of(nansha)["identifier"].append({"value": "NSR2026061701"})
+    with pytest.raises(MappingError) as caught:
+        variants.variant(_bytes(nansha), "bilingual", _bytes(english_bundle(link)))
+    assert caught.value.code == "mapping.translation-of-mismatch"
+
+
 def test_english_report_must_be_english(variants: ReportVariants, nansha: dict[str, Any]) -> None:
     with pytest.raises(MappingError, match="not 'en'"):
         variants.variant(_bytes(nansha), "bilingual", _bytes(nansha))

@@ -140,10 +140,22 @@ def load_partner_tokens(path: Path, network: Network) -> dict[str, str]:
                 f"{path} line {n}: expected '<institution key> <token>' with a network "
                 "institution and a token of at least 16 characters",
             )
-        inst = network.institution(m.group(1))
-        assert inst is not None
-        out[m.group(2)] = inst.key
+        out[m.group(2)] = _exact_key(m.group(1), network, f"{path} line {n}")
     return out
+
+
+def _exact_key(key: str, network: Network, where: str) -> str:
+    """``key`` when it is an institution's key exactly as the network file writes it.
+    The look-up also takes facility codes and folds (``ＮＳＣＨ`` and ``NSCH`` find nsch),
+    which suits what senders write in records, not a security file: whoever reviews
+    which partner a token lets in (or greps the file for its key) must read it there."""
+    inst = network.institution(key)
+    if inst is None or inst.key != key:
+        found = f": it folds to {inst.key!r}, the key to write" if inst is not None else ""
+        raise InboundError(
+            "inbound.config", f"{where}: {key!r} is not exactly an institution key{found}"
+        )
+    return inst.key
 
 
 def certificate_institution(cert: x509.Certificate, network: Network) -> Institution | None:

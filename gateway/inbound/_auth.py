@@ -36,14 +36,13 @@ import sqlalchemy as sa
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from cryptography.x509.oid import NameOID
 from joserfc import jws, jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, OKPKey, RSAKey
 
 from ..config import SECRET_FILES, Settings, not_private
 from ..errors import nul_message
-from ..network import Institution, Network
+from ..network import Institution, Network, certificate_institution
 
 # the chain, validity, CRL and key-usage checks signatures get
 from ..signing import SignatureReport, TrustStore, check_certificate
@@ -156,22 +155,6 @@ def _exact_key(key: str, network: Network, where: str) -> str:
             "inbound.config", f"{where}: {key!r} is not exactly an institution key{found}"
         )
     return inst.key
-
-
-def certificate_institution(cert: x509.Certificate, network: Network) -> Institution | None:
-    """The network institution an *institution* certificate names (its
-    organizationIdentifier ``OID:<oid>``, as ``gateway keys init`` issues them); None for
-    a person's certificate (serialNumber = staff number) or an unknown organisation."""
-    subject = cert.subject
-    if subject.get_attributes_for_oid(NameOID.SERIAL_NUMBER):
-        return None
-    found = subject.get_attributes_for_oid(NameOID.ORGANIZATION_IDENTIFIER)
-    value = found[0].value if found else None
-    if not isinstance(value, str) or not value.startswith("OID:"):
-        return None
-    oid = value.removeprefix("OID:")
-    inst = network.find(f"urn:oid:{oid}")
-    return inst if inst is not None and inst.oid == oid else None
 
 
 def _public_jwk(cert: x509.Certificate) -> Any:

@@ -9,13 +9,22 @@ import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from .datafiles import load_data_file
 from .errors import ConfigError
 
-__all__ = ["CHARSET_MISMATCH", "UNREGISTERED_BASE", "Institution", "Network"]
+if TYPE_CHECKING:
+    from cryptography import x509
+
+__all__ = [
+    "CHARSET_MISMATCH",
+    "UNREGISTERED_BASE",
+    "Institution",
+    "Network",
+    "certificate_institution",
+]
 
 CHARSET_MISMATCH = ("refuse", "decode")
 
@@ -172,6 +181,27 @@ class Network:
                 f"charset_mismatch must be one of {', '.join(CHARSET_MISMATCH)}, not {value!r}",
             )
         return value
+
+
+def certificate_institution(cert: x509.Certificate, network: Network) -> Institution | None:
+    """The network institution an *institution* certificate names (its
+    organizationIdentifier ``OID:<oid>``, as ``gateway keys init`` issues them); None for
+    a person's certificate (serialNumber = staff number) or an unknown organisation.
+    Exact: the OID as the network file writes it (``find`` folds, the check does not).
+    Here, below every stage that authenticates by certificate (the inbound endpoint,
+    the MLLP listener)."""
+    from cryptography.x509.oid import NameOID  # only where certificates are read
+
+    subject = cert.subject
+    if subject.get_attributes_for_oid(NameOID.SERIAL_NUMBER):
+        return None
+    found = subject.get_attributes_for_oid(NameOID.ORGANIZATION_IDENTIFIER)
+    value = found[0].value if found else None
+    if not isinstance(value, str) or not value.startswith("OID:"):
+        return None
+    oid = value.removeprefix("OID:")
+    inst = network.find(f"urn:oid:{oid}")
+    return inst if inst is not None and inst.oid == oid else None
 
 
 def _fold(text: str) -> str:

@@ -39,12 +39,16 @@ from .store import (
 )
 
 __all__ = [
+    "SENDER_REFUSALS",
+    "SENDER_REFUSED",
     "AuditHook",
     "add_cli",
     "current_converter",
     "on_converted",
     "outcome_of",
     "process_message",
+    "reprocess",
+    "sender_refusal",
 ]
 
 log = logging.getLogger("gateway.store")
@@ -53,6 +57,14 @@ log = logging.getLogger("gateway.store")
 # which `gateway serve` registers here (the store is an earlier stage: it cannot import it).
 Converted = Callable[[int], None]
 _converted: list[Converted] = []
+# The intake refusals of a message for its sender (gateway/listeners/mllp.py), and why
+# in words: such a message must never be converted from the store (sender_refusal).
+SENDER_REFUSALS = {
+    "intake.mllp-sender-mismatch": "its MSH-4 does not name the institution whose "
+    "certificate sent it",
+    "intake.mllp-client-no-institution": "the certificate that sent it names no institution",
+}
+SENDER_REFUSED = "store.sender-refused"
 # The audit trail's hook (gateway.audit.store_hook): called with the outcome's write
 # transaction, the message's id and its records; the caller passes it (no import here).
 AuditHook = Callable[[Connection, int, Sequence[Record]], None]
@@ -115,11 +127,16 @@ def process_message(
     earlier outcomes stay). ``lock`` serialises use of a converter shared by threads;
     ``audit`` appends the audit events in the outcome's own transaction. A DICOM
     listener's study message lacking instances taken of its study before is not
-    converted: it fails with ``intake.dicom-partial-study`` (gateway/store/_studies.py)."""
+    converted: it fails with ``intake.dicom-partial-study`` (gateway/store/_studies.py).
+    A message the MLLP listener refused for its sender is not converted at all: it
+    raises ``store.sender-refused`` (:func:`sender_refusal`)."""
     found = store.raw(message_id)
     if found is None:
         raise StoreError("not-found", f"no message {message_id} in the store")
     raw, fmt, sender = found
+    refusal = sender_refusal(store, message_id)
+    if refusal is not None:
+        raise refusal
     if raw is None:
         raise StoreError("pruned", f"message {message_id} was pruned: its original bytes are gone")
     study = check_study(store, message_id) if fmt == "dicom" else None
@@ -142,6 +159,27 @@ def process_message(
             except Exception:  # the message stays converted: the outbound path finds it later
                 log.exception("after converting message %s", message_id)
     return stored
+
+
+def sender_refusal(store: Store, message_id: int) -> StoreError | None:
+    """Why a stored message may not be converted, as it was refused for its sender (by
+    its current ``intake`` outcome's code, :data:`SENDER_REFUSALS`), or None. Converted
+    again, it would be filed and routed in the name of an institution that never sent
+    it. When that institution's own connection sends the same bytes, the store takes
+    them on the row and the refusal is no longer current (``Store._accept_refused``):
+    only then is it converted. Read by code, never from the refusal's text."""
+    for issue in store.current_issues(message_id, "intake"):
+        code = issue.get("code")
+        if code in SENDER_REFUSALS:
+            return StoreError(
+                SENDER_REFUSED,
+                f"refused when received ({code}: {SENDER_REFUSALS[code]}), so never "
+                "converted: the institution its MSH-4 names must send it over its own "
+                "connection",
+                record=f"message {message_id}",
+                location=issue.get("location") or "MSH-4",
+            )
+    return None
 
 
 def _within(
@@ -239,6 +277,30 @@ def _pid3(raw: bytes) -> list[str]:
 # -- gateway messages reprocess ------------------------------------------------------
 
 
+def reprocess(
+    store: Store,
+    settings: Settings,
+    converter: Converter,
+    message_id: int,
+    audit: AuditHook | None,
+    *,
+    lock: threading.Lock | None = None,
+    who: str | None = None,
+) -> StoredOutcome:
+    """An operator's reprocess (the CLI, the API, the console): ``process_message``,
+    then the operator's event; a message refused for its sender is refused, and the
+    refusal audited too (who tried to convert it)."""
+    try:
+        outcome = process_message(store, converter, message_id, lock, audit)
+    except StoreError as exc:
+        if exc.code == SENDER_REFUSED:
+            refused = f"{exc.code}: {exc.issue.message}"
+            record_operator(store, settings, "reprocess", [message_id], who=who, refused=refused)
+        raise
+    record_operator(store, settings, "reprocess", [message_id], who=who)
+    return outcome
+
+
 def cmd_reprocess(args: argparse.Namespace, settings: Settings) -> int:
     if (args.id is None) == (args.state is None):
         print("error: give a message id or --state (e.g. --state failed)", file=sys.stderr)
@@ -250,11 +312,17 @@ def cmd_reprocess(args: argparse.Namespace, settings: Settings) -> int:
     converter = current_converter(settings)
 
     audit = store_hook(audit_log(store, settings), channel="cli", with_receipt=False)
-    failed = done = 0
+    failed = done = skipped = 0
     try:
         for message_id in ids:
-            outcome = process_message(store, converter, message_id, audit=audit)
-            record_operator(store, settings, "reprocess", [message_id])
+            try:
+                outcome = reprocess(store, settings, converter, message_id, audit)
+            except StoreError as exc:  # one message asked for: its error, exit 2
+                if args.id is not None or exc.code != SENDER_REFUSED:
+                    raise
+                skipped += 1  # in bulk: named, counted, and the batch goes on
+                print(f"message {message_id}: skipped: {exc.issue.line()}")
+                continue
             done += 1
             failed += outcome.state != "converted"
             print(f"message {message_id}: {outcome.state} (attempt {outcome.attempt})")
@@ -264,8 +332,17 @@ def cmd_reprocess(args: argparse.Namespace, settings: Settings) -> int:
                     print(f"   {issue['severity']}: {where}{issue['message']} [{issue['code']}]")
     finally:
         store.close()
-    print(f"reprocessed {done}, failed {failed}", file=sys.stderr)
-    return 0 if failed == 0 else 1
+    print(f"reprocessed {done}, failed {failed}{_skipped(skipped)}", file=sys.stderr)
+    return 0 if failed == skipped == 0 else 1
+
+
+def _skipped(count: int) -> str:
+    if not count:
+        return ""
+    return (
+        f", skipped {count} refused for their sender when received ({SENDER_REFUSED}): the "
+        "institution each one's MSH-4 names must send it over its own connection"
+    )
 
 
 def add_cli(verbs: Any) -> None:

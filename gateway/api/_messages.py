@@ -6,7 +6,9 @@
     GET  /messages/{id}                   the message: original decoded in its charset,
                                           each stage's outcome and issues
     POST /messages/{id}/$reprocess        convert again from the original with the
-                                          current mappings; earlier outcomes stay
+                                          current mappings; earlier outcomes stay (409
+                                          store.sender-refused for a message the MLLP
+                                          listener refused for its sender)
 
 Errors are OperationOutcomes with the status registered for their code.
 """
@@ -23,11 +25,12 @@ from fastapi import FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
-from ..audit import audit_log, message_subject, record_operator, store_hook
+from ..audit import audit_log, message_subject, store_hook
 from ..config import Settings
 from ..errors import GatewayError, http_status, operation_outcome
 from ..pipeline import Converter
-from ..processing import current_converter, process_message
+from ..processing import current_converter
+from ..processing import reprocess as reprocess_message
 from ..store import MessageFilter, Store, StoreError, message_json, open_store, parse_since
 from ._auditing import ReadAudit, read_audit
 from ._urls import link
@@ -167,11 +170,13 @@ def add_message_routes(
         def run() -> dict[str, Any]:
             store = lazy.store()
             # audited as `gateway messages reprocess` is: the new outcome (no second
-            # receipt), then the operator's action, by the token's name
+            # receipt), then the operator's action (or its refusal), by the token's name
             log = audit_log(store, lazy.settings)
             hook = store_hook(log, channel="api", peer=peer, with_receipt=False)
-            process_message(store, lazy.converter(), message_id, lazy.convert_lock, hook)
-            record_operator(store, lazy.settings, "reprocess", [message_id], who=who)
+            converter = lazy.converter()
+            reprocess_message(
+                store, lazy.settings, converter, message_id, hook, lock=lazy.convert_lock, who=who
+            )
             found = store.get(message_id)
             assert found is not None
             return message_json(found)

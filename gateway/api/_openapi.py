@@ -350,7 +350,11 @@ def _operations(examples: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any
                     "content": {"application/json": {"schema": {"type": "object"}}},
                 }
             }
-            | _outcomes((404, "no such message"))
+            | _outcomes(
+                (404, "no such message"),
+                (409, "refused by the MLLP listener for its sender: never converted"),
+                (410, "its content was pruned"),
+            )
         },
         ("/dicomweb/studies", "post"): {"requestBody": stow_body, "responses": stow_responses},
         ("/dicomweb/studies/{study}", "post"): {

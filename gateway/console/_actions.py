@@ -1,5 +1,5 @@
 """An operator's actions from the console, through the functions the CLI uses
-(``process_message``; ``Outbound.act_by`` for retry, replay and release, audited there,
+(``reprocess``; ``Outbound.act_by`` for retry, replay and release, audited there,
 refused ones too; ``Outbound.discard``) and audited as the CLI audits them
 (``record_operator``, naming the console user). Each needs a reason, kept with the
 action (``console_actions``; outbox actions also in ``outbox_events``)."""
@@ -14,7 +14,7 @@ from ..config import Settings
 from ..delivery import Outbound
 from ..errors import GatewayError
 from ..pipeline import Converter
-from ..processing import process_message
+from ..processing import SENDER_REFUSED, reprocess
 from ..store import Store, StoreError, utcnow
 from ._tables import actions
 from ._users import ConsoleError, User
@@ -64,15 +64,34 @@ class Actions:
         if store.state_of(message_id) is None:
             raise StoreError("not-found", f"no message {message_id} in the store")
         if action == "reprocess":
-            # as `gateway messages reprocess`: the new outcome audited in its transaction
-            hook = store_hook(
-                audit_log(store, self.settings), channel="console", with_receipt=False
-            )
-            process_message(store, self.converter(), message_id, self.convert_lock, hook)
-        elif action != "resolve":
+            self._reprocess(store, user, message_id, why)  # audited there
+            self._note(store, user, action, message_id, None, why)
+        elif action == "resolve":
+            self._note(store, user, action, message_id, None, why)
+            record_operator(store, self.settings, action, [message_id], who=user.name)
+        else:
             raise ConsoleError("console.bad-action", f"unknown action {action!r}")
-        self._note(store, user, action, message_id, None, why)
-        record_operator(store, self.settings, action, [message_id], who=user.name)
+
+    def _reprocess(self, store: Store, user: User, message_id: int, why: str) -> None:
+        """As `gateway messages reprocess`: the new outcome audited in its transaction,
+        then the operator's event; refused (a message refused for its sender), the
+        refusal kept with the action and audited, and the error raised."""
+        hook = store_hook(audit_log(store, self.settings), channel="console", with_receipt=False)
+        try:
+            reprocess(
+                store,
+                self.settings,
+                self.converter(),
+                message_id,
+                hook,
+                lock=self.convert_lock,
+                who=user.name,
+            )
+        except StoreError as exc:
+            if exc.code == SENDER_REFUSED:
+                refusal = f"{exc.code}: {exc.issue.message}"
+                self._note(store, user, "reprocess", message_id, None, why, refusal)
+            raise
 
     def on_outbox(self, action: str, row_id: int, user: User, reason: str) -> int | None:
         """Retry, release, replay or discard an outbox row; returns its message's id.

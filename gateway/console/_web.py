@@ -28,7 +28,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from ..audit import AuditLog, Subject, bundle_subject, events, message_subject
 from ..config import Settings
-from ..errors import GatewayError, first_nul, nul_message
+from ..errors import GatewayError, Issue, first_nul, nul_message
 from ..store import MAX_ID, STATES, MessageFilter, Page, Store, is_row_id, parse_since
 from . import _data
 from ._actions import MESSAGE_ACTIONS, OUTBOX_ACTIONS, Actions
@@ -373,7 +373,7 @@ def create_console(
                 session,
                 409,
                 message="app.error",
-                detail=f"{exc.issue.message} [{exc.code}]",
+                detail=_refusal(exc.issue),
             )
         log.info("console: %s by %s", action, session.user.name)
         return _redirect(f"/messages/{target}?done={action}" if target else "/dashboard")
@@ -437,6 +437,13 @@ def _pick(lang: str, texts: Any) -> str:
 def _anonymous_lang(request: Request) -> str:
     chosen = request.query_params.get("lang") or request.cookies.get("gw_console_lang")
     return chosen if chosen in LANGS else "zh-Hans"
+
+
+def _refusal(issue: Issue) -> str:
+    """A refused action's error as the page shows it: the record and field it names
+    (a reprocess refused names the message and MSH-4), the problem, the code."""
+    where = ": ".join(p for p in (issue.record, issue.location) if p)
+    return f"{where + ': ' if where else ''}{issue.message} [{issue.code}]"
 
 
 def _redirect(path: str) -> Response:

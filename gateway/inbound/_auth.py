@@ -36,14 +36,13 @@ import sqlalchemy as sa
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from cryptography.x509.oid import NameOID
 from joserfc import jws, jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, OKPKey, RSAKey
 
 from ..config import SECRET_FILES, Settings, not_private
 from ..errors import nul_message
-from ..network import Institution, Network
+from ..network import Institution, Network, certificate_institution
 
 # the chain, validity, CRL and key-usage checks signatures get
 from ..signing import SignatureReport, TrustStore, check_certificate
@@ -140,26 +139,22 @@ def load_partner_tokens(path: Path, network: Network) -> dict[str, str]:
                 f"{path} line {n}: expected '<institution key> <token>' with a network "
                 "institution and a token of at least 16 characters",
             )
-        inst = network.institution(m.group(1))
-        assert inst is not None
-        out[m.group(2)] = inst.key
+        out[m.group(2)] = _exact_key(m.group(1), network, f"{path} line {n}")
     return out
 
 
-def certificate_institution(cert: x509.Certificate, network: Network) -> Institution | None:
-    """The network institution an *institution* certificate names (its
-    organizationIdentifier ``OID:<oid>``, as ``gateway keys init`` issues them); None for
-    a person's certificate (serialNumber = staff number) or an unknown organisation."""
-    subject = cert.subject
-    if subject.get_attributes_for_oid(NameOID.SERIAL_NUMBER):
-        return None
-    found = subject.get_attributes_for_oid(NameOID.ORGANIZATION_IDENTIFIER)
-    value = found[0].value if found else None
-    if not isinstance(value, str) or not value.startswith("OID:"):
-        return None
-    oid = value.removeprefix("OID:")
-    inst = network.find(f"urn:oid:{oid}")
-    return inst if inst is not None and inst.oid == oid else None
+def _exact_key(key: str, network: Network, where: str) -> str:
+    """``key`` when it is an institution's key exactly as the network file writes it.
+    The look-up also takes facility codes and folds (``ＮＳＣＨ`` and ``NSCH`` find nsch),
+    which suits what senders write in records, not a security file: whoever reviews
+    which partner a token lets in (or greps the file for its key) must read it there."""
+    inst = network.institution(key)
+    if inst is None or inst.key != key:
+        found = f": it folds to {inst.key!r}, the key to write" if inst is not None else ""
+        raise InboundError(
+            "inbound.config", f"{where}: {key!r} is not exactly an institution key{found}"
+        )
+    return inst.key
 
 
 def _public_jwk(cert: x509.Certificate) -> Any:

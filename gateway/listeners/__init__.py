@@ -3,12 +3,21 @@ arrives before it acknowledges it (shared: the group-commit writer and the worke
 that converts stored messages after the ACK)."""
 
 from ._run import DEFAULT_MLLP_PORT, add_cli, serve_gateway
-from .mllp import Ack, MllpServer, build_ack, frame, mllp_running, tls_context
+from .mllp import (
+    Ack,
+    ClientCertificate,
+    MllpServer,
+    build_ack,
+    frame,
+    mllp_running,
+    tls_context,
+)
 from .shared import Processor, StoreWriter
 
 __all__ = [
     "DEFAULT_MLLP_PORT",
     "Ack",
+    "ClientCertificate",
     "MllpServer",
     "Processor",
     "StoreWriter",

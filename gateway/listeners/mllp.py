@@ -11,6 +11,12 @@ and character set (MSH-18 echoed), with MSH-10 in MSA-2. In enhanced mode (MSH-1
 MSH-16 valued) the accept acknowledgement is ``CA``/``CE``/``CR``, sent as MSH-15 asks
 (AL, NE, ER, SU); application acknowledgements are not sent (the gateway has no route
 back to the sender): the message's outcome is in the store.
+
+With client certificates (``mllp_tls_ca``) a connection is an institution's: its
+certificate names one (organizationIdentifier ``OID:<oid>``, as ``gateway keys init``
+issues them), and a message whose MSH-4 names another institution, is empty or names
+none the network knows is refused (AR): its MRNs would be filed in identifier systems
+not the sender's (docs/store.md).
 """
 
 from __future__ import annotations
@@ -27,17 +33,34 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
 from ..audit import audit_log, store_hook
 from ..config import SECRET_FILES, Settings, exposed
 from ..errors import ConfigError, GatewayError, IntakeError, Issue
 from ..intake import codec_for
-from ..intake.hl7v2 import Message, parse_message, split_messages, undeclared_msh_fields
-from ..network import Network
+from ..intake.hl7v2 import (
+    Hl7View,
+    Message,
+    parse_message,
+    split_messages,
+    undeclared_msh_fields,
+)
+from ..network import Institution, Network, certificate_institution
 from ..pipeline import Converter
 from ..store import Incoming, Receipt, Store
 from .shared import Processor, StoreWriter
 
-__all__ = ["Ack", "MllpServer", "build_ack", "frame", "mllp_running", "tls_context"]
+__all__ = [
+    "Ack",
+    "ClientCertificate",
+    "MllpServer",
+    "build_ack",
+    "frame",
+    "mllp_running",
+    "tls_context",
+]
 
 log = logging.getLogger("gateway.listeners.mllp")
 
@@ -53,6 +76,8 @@ _REJECTS = {
     "intake.mllp-too-large",
     "intake.no-control-id",
     "intake.mllp-several-messages",
+    "intake.mllp-sender-mismatch",
+    "intake.mllp-client-no-institution",
 }
 # HL7 table 0357 (message error condition codes) for the gateway's intake errors.
 _HL7_ERROR = {
@@ -64,6 +89,9 @@ _HL7_ERROR = {
     "intake.charset-mismatch": ("102", "Data type error"),
     "intake.charset-mislabelled": ("102", "Data type error"),
     "intake.charset-undeclared": ("102", "Data type error"),
+    # MSH-4 (table 0362, facility) holds no facility this connection may send as
+    "intake.mllp-sender-mismatch": ("103", "Table value not found"),
+    "intake.mllp-client-no-institution": ("103", "Table value not found"),
 }
 _SEGMENT_ERROR = ("100", "Segment sequence error")
 _DATA_TYPE = ("102", "Data type error")
@@ -83,6 +111,16 @@ class _Header:
 
     def get(self, n: int) -> str:
         return self.fields[n] if n < len(self.fields) else ""
+
+
+@dataclass(frozen=True, slots=True)
+class ClientCertificate:
+    """A connection's verified TLS client certificate: its common name (stored as
+    ``auth_sender``) and the network institution it names (None: a person's certificate,
+    or no institution of the network)."""
+
+    name: str | None
+    institution: Institution | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -373,12 +411,12 @@ class MllpServer:
         task = asyncio.current_task()
         if task is not None:
             self._connections.add(task)
-        auth = _client_name(writer.get_extra_info("peercert"))
+        client = self._client_certificate(writer)
         frames = _Frames(reader, self.max_bytes, self.idle_timeout, self.frame_timeout)
         grace = self.idle_timeout  # for the last ACKs to leave when the peer hangs up
         try:
             while (read := await frames.next()) is not None:
-                ack = await self.answer(read.payload, peer, auth, read.too_large)
+                ack = await self.answer(read.payload, peer, client, read.too_large)
                 if ack.data is not None:
                     writer.write(frame(ack.data))
                     try:
@@ -402,10 +440,24 @@ class MllpServer:
                 self._connections.discard(task)
             await _hang_up(writer, grace)
 
+    def _client_certificate(self, writer: asyncio.StreamWriter) -> ClientCertificate | None:
+        """The client's certificate when the listener asks for one (``mllp_tls_ca``);
+        None on a connection without (plain MLLP, TLS without client certificates)."""
+        tls = writer.get_extra_info("ssl_object")
+        if tls is None or self.settings.mllp_tls_ca is None:
+            return None
+        return _certificate_of(tls.getpeercert(binary_form=True), self.network)
+
     async def answer(
-        self, payload: bytes, peer: str | None, auth: str | None, too_large: int = 0
+        self,
+        payload: bytes,
+        peer: str | None,
+        client: ClientCertificate | None,
+        too_large: int = 0,
     ) -> Ack:
-        """Store one message and say so: the ACK to send back."""
+        """Store one message and say so: the ACK to send back. ``client``: the
+        connection's certificate, when it must present one."""
+        auth = client.name if client is not None else None
         message: Message | None = None
         issue: Issue | None = None
         if too_large:
@@ -425,6 +477,10 @@ class MllpServer:
                 await self._keep_rejected(payload, peer, auth, header, issue)
             return self._ack(header, code, enhanced, issue)
         assert message is not None
+        if client is not None and (refused := self._not_sender(message, client)) is not None:
+            log.warning("MLLP message from %s refused: %s", peer, refused.line())
+            await self._keep_rejected(payload, peer, auth, header, refused)
+            return self._ack(header, "R", enhanced, refused)
         incoming = Incoming(
             payload,
             "mllp",
@@ -486,6 +542,49 @@ class MllpServer:
                 location="MSH-10",
             ).issue
         return message, issue
+
+    def _not_sender(self, message: Message, client: ClientCertificate) -> Issue | None:
+        """Why a message may not be taken from the institution ``client`` authenticates,
+        or None: MSH-4 must name that institution. An empty or unknown MSH-4 is refused
+        too: the record would be filed under MSH-3's namespace or an unregistered one,
+        and nothing says the sender may send for it."""
+        record = f"message {message.control_id}"
+        own = client.institution
+        if own is None:  # no name to compare MSH-4 with
+            return IntakeError(
+                "mllp-client-no-institution",
+                "the TLS client certificate names no institution of the network (an "
+                "institution certificate's organizationIdentifier is OID:<its OID>, as "
+                "gateway keys init issues them; a person's certificate names none): MSH-4 "
+                "cannot be checked against it; nothing was accepted",
+                record=record,
+                location="MSH-4",
+            ).issue
+        view = Hl7View(message)
+        try:
+            read = view.first("/MSH-4.1", view.root)
+            universal = view.first("/MSH-4.2", view.root)
+        except GatewayError as exc:  # a control character in MSH-4: no name to check
+            return _sender_issue(record, "MSH-4", f"cannot be read ({exc.issue.message})", own)
+        if not read:
+            return _sender_issue(record, "MSH-4", "(sending facility) is empty", own)
+        # as the mapping reads it (the namespace of its MRNs, its Organization) and as
+        # stored (routing reads it): each must find the sender
+        stored = message.msh(4).split(message.separators[1])[0]
+        for text in dict.fromkeys((read, stored)):
+            if (problem := self._names_other(text, own)) is not None:
+                return _sender_issue(record, "MSH-4", problem, own)
+        found = self.network.find(universal) if universal else None
+        if found is not None and found.key != own.key:  # another's OID beside its code
+            return _sender_issue(record, "MSH-4.2", f"names {_named(found)}", own)
+        return None
+
+    def _names_other(self, text: str, own: Institution) -> str | None:
+        """What MSH-4's ``text`` names when it is not ``own``."""
+        found = self.network.find(text)
+        if found is None:
+            return f"names {text[:40]!r}, no institution of the network"
+        return f"names {_named(found)}" if found.key != own.key else None
 
     async def _keep_rejected(
         self, payload: bytes, peer: str | None, auth: str | None, header: _Header, issue: Issue
@@ -550,15 +649,37 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
-def _client_name(cert: Any) -> str | None:
-    """The common name of a verified client certificate (the authenticated sender)."""
-    if not cert:
-        return None
-    for rdn in cert.get("subject", ()):
-        for key, value in rdn:
-            if key == "commonName":
-                return str(value)
-    return None
+def _certificate_of(der: bytes | None, network: Network) -> ClientCertificate:
+    """A verified client certificate (DER, as the TLS handshake gave it) as the
+    listener judges it: its common name, and the institution it names by the rule the
+    inbound endpoint applies to partners' certificates (``certificate_institution``).
+    None (no certificate, or one cryptography cannot read) names no institution."""
+    try:
+        cert = x509.load_der_x509_certificate(der) if der else None
+    except ValueError:
+        cert = None
+    if cert is None:
+        return ClientCertificate(None, None)
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    name = str(names[0].value) if names else None
+    return ClientCertificate(name, certificate_institution(cert, network))
+
+
+def _named(inst: Institution) -> str:
+    """An institution in an error line: its key and facility code (ASCII: the ACK may be
+    in a charset without its Chinese name)."""
+    return f"institution {inst.key} ({inst.facility})"
+
+
+def _sender_issue(record: str, where: str, problem: str, own: Institution) -> Issue:
+    return IntakeError(
+        "mllp-sender-mismatch",
+        f"{where} {problem}; the TLS client certificate is that of {_named(own)}: MSH-4 "
+        "must name the institution that sends (its MRNs are filed under the identifier "
+        "systems of the one MSH-4 names); nothing was accepted",
+        record=record,
+        location=where,
+    ).issue
 
 
 @contextlib.asynccontextmanager

@@ -402,10 +402,12 @@ class Store:
         self, conn: Connection, found: Any, item: Incoming, now: datetime
     ) -> Receipt:
         """The bytes of a refused message, now accepted (the operator fixed what refused
-        them: the sender's charset, a limit): the same row takes the new state, and its
-        content back if it was pruned; the refusal stays among its outcomes. Answered as
-        a duplicate, it would be acknowledged yet stay 'rejected': never converted, and
-        pruned after the rejected retention."""
+        them: the sender's charset, a limit; or the institution MSH-4 names sent them over
+        its own connection): the same row takes the new state, the accepting connection
+        (peer, authenticated sender, channel) and its content back if it was pruned; the
+        refusal stays among its outcomes, no longer current (reprocessing reads it:
+        gateway/processing.py). Answered as a duplicate, it would be acknowledged yet
+        stay 'rejected': never converted, and pruned after the rejected retention."""
         m = messages.c
         conn.execute(
             messages.update()
@@ -415,10 +417,14 @@ class Store:
                 raw=item.raw,
                 pruned_at=None,
                 updated_at=now,
+                channel=item.channel,
+                peer=item.peer,
+                auth_sender=item.auth_sender,
                 message_type=sa.func.coalesce(m.message_type, item.message_type),
                 charset=sa.func.coalesce(m.charset, item.charset),
             )
         )
+        conn.execute(_SUPERSEDE, {"m": found.id, "s": "intake", "current": False})
         return Receipt(found.id, False, found.revision, found.flagged, item.state)
 
     def _insert_ignore(self, conn: Connection, values: dict[str, Any]) -> int | None:
@@ -577,6 +583,19 @@ class Store:
                 )
             ).first()
         return None if row is None else (row.raw, row.format, row.sender)
+
+    def current_issues(self, message_id: int, stage: str) -> list[dict[str, Any]]:
+        """The issues (code, message, location, severity) of a message's current outcome
+        of ``stage``; none when it has none."""
+        with self.engine.connect() as conn:
+            issues = conn.execute(
+                sa.select(outcomes.c.issues).where(
+                    outcomes.c.message_id == message_id,
+                    outcomes.c.stage == stage,
+                    outcomes.c.current.is_(True),
+                )
+            ).scalars()
+            return [i for found in issues for i in orjson.loads(found or "[]")]
 
     def state_of(self, message_id: int) -> str | None:
         """A message's state; None when there is no such message."""

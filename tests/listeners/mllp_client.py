@@ -93,15 +93,20 @@ class Listener:
 
     def __enter__(self) -> Listener:
         self._thread.start()
-        self._ready.wait(30)
+        started = self._ready.wait(60)
         if self._error is not None:
             raise self._error
+        assert started, "the MLLP listener did not start within 60 s"
         return self
 
     def __exit__(self, *exc: object) -> None:
         assert self._stop is not None
         self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(30)
+        # A loaded machine may take long to stop it: a loop still running there must
+        # not be closed from here (RuntimeError "Cannot close a running event loop",
+        # hiding what was slow); it fails naming the stop.
+        self._thread.join(120)
+        assert not self._thread.is_alive(), "the MLLP listener did not stop within 120 s"
         self._loop.close()
 
     def _run(self) -> None:

@@ -1,5 +1,6 @@
 """MLLP over TLS: a client with a certificate from the configured CA is served and
-named as the authenticated sender; one without a certificate is refused."""
+named as the authenticated sender; one without a certificate is refused. (Which
+institution a certificate may send for: test_mllp_sender.py.)"""
 
 from __future__ import annotations
 
@@ -23,9 +24,18 @@ Signer = tuple[x509.Name, ec.EllipticCurvePrivateKey]
 
 
 def _cert(
-    name: str, key: ec.EllipticCurvePrivateKey, issuer: Signer | None, ca: bool = False
+    name: str,
+    key: ec.EllipticCurvePrivateKey,
+    issuer: Signer | None,
+    ca: bool = False,
+    oid: str | None = None,
 ) -> x509.Certificate:
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    """A certificate for ``name``; with ``oid``, an institution's (organizationIdentifier
+    OID:<oid>, as gateway keys init issues them)."""
+    attrs = [x509.NameAttribute(NameOID.COMMON_NAME, name)]
+    if oid is not None:
+        attrs.append(x509.NameAttribute(NameOID.ORGANIZATION_IDENTIFIER, f"OID:{oid}"))
+    subject = x509.Name(attrs)
     issuer_name, signer = issuer or (subject, key)
     now = dt.datetime.now(dt.UTC)
     builder = (
@@ -61,13 +71,11 @@ def test_mllp_over_tls_with_client_certificates(store: Store, tmp_path: Path) ->
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca = _cert("Gateway test CA", ca_key, None, ca=True)
     issuer = (ca.subject, ca_key)
-    for name in ("server", "client"):
-        key = ec.generate_private_key(ec.SECP256R1())
-        _write(
-            tmp_path / name,
-            _cert("localhost" if name == "server" else "LAX2-HIS", key, issuer),
-            key,
-        )
+    server_key, client_key = (ec.generate_private_key(ec.SECP256R1()) for _ in range(2))
+    _write(tmp_path / "server", _cert("localhost", server_key, issuer), server_key)
+    # NSCH's system: the referral's MSH-4 names NSCH
+    nsch_his = _cert("NSCH-HIS", client_key, issuer, oid="2.16.156.10011.99.1.1")
+    _write(tmp_path / "client", nsch_his, client_key)
     (tmp_path / "ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     settings = settings_for(
         tmp_path,
@@ -90,7 +98,7 @@ def test_mllp_over_tls_with_client_certificates(store: Store, tmp_path: Path) ->
         if refused is not None:
             refused.close()
     items = store.find().items
-    assert len(items) == 1 and items[0].auth_sender == "LAX2-HIS"
+    assert len(items) == 1 and items[0].auth_sender == "NSCH-HIS"
 
 
 def test_an_mllp_tls_key_others_may_read_is_refused(store: Store, tmp_path: Path) -> None:

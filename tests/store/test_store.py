@@ -188,13 +188,23 @@ def test_refused_bytes_accepted_later_are_received_again(store: Store) -> None:
     """A listener refused these bytes (kept 'rejected'); the operator fixed the cause and
     the sender resent them, now accepted: the same row becomes 'received' (not a
     duplicate: it must be converted), with its content back if pruned meanwhile, and
-    its refusal kept among its outcomes."""
+    its refusal kept among its outcomes, no longer current; the row names the connection
+    that sent the accepted copy (a message refused for its sender is accepted when the
+    institution it names sends it: gateway/processing.py reads the current refusal)."""
     issue = Issue("intake.charset-mislabelled", "declared 8859/1, bytes GB 18030", "MSH-18")
     refused = store.receive(
         Incoming(
-            msg("R1").raw, "mllp", sender="LAX2", control_id="R1", state="rejected", issues=(issue,)
+            msg("R1").raw,
+            "mllp",
+            sender="LAX2",
+            control_id="R1",
+            peer="10.0.0.9:40000",
+            auth_sender="HKPMC-CMS",
+            state="rejected",
+            issues=(issue,),
         )
     )
+    assert store.current_issues(refused.id, "intake")[0]["code"] == issue.code
     assert store.prune({"rejected": timedelta(days=1)}, utcnow() + timedelta(days=2)) == 1
     accepted = store.receive(msg("R1"))
     assert (accepted.id, accepted.duplicate, accepted.state) == (refused.id, False, "received")
@@ -202,7 +212,10 @@ def test_refused_bytes_accepted_later_are_received_again(store: Store) -> None:
     stored = store.get(refused.id)
     assert stored is not None and stored.raw == msg("R1").raw and stored.summary.pruned_at is None
     assert stored.summary.message_type == "ORU^R01"
-    assert [o.stage for o in stored.outcomes] == ["intake"]
+    assert [(o.stage, o.current) for o in stored.outcomes] == [("intake", False)]
+    assert store.current_issues(refused.id, "intake") == []
+    summary = stored.summary
+    assert (summary.channel, summary.peer, summary.auth_sender) == ("cli", None, None)
     again = store.receive(msg("R1"))  # resent once more: now a plain duplicate
     assert (again.id, again.duplicate) == (refused.id, True)
     assert store.count() == 1

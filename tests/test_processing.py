@@ -1,0 +1,152 @@
+"""Converting a stored message (gateway/processing.py): a message the MLLP listener
+refused for its sender is never converted from the store. Before, ``gateway messages
+reprocess`` converted it with no sender check and the outbound path routed it: a bulk
+reprocess of rejected messages after a charset fix filed 南沙医院's referral, sent by
+HKPMC's connection, in NSCH's name. It must come from NSCH's own connection."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway import Converter, Settings
+from gateway.audit import AuditLog, operator
+from gateway.cli import main
+from gateway.errors import registry
+from gateway.processing import SENDER_REFUSALS, process_message
+from gateway.store import Store, StoreError
+from tests._audit_asserts import refused_event
+from tests._sender_refused import NSCH_NAME, home, keep, keep_three, nsch_referral
+
+WHY = {
+    "intake.mllp-sender-mismatch": "its MSH-4 does not name the institution whose "
+    "certificate sent it",
+    "intake.mllp-client-no-institution": "the certificate that sent it names no institution",
+}
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return home(tmp_path)
+
+
+@pytest.fixture
+def store(settings: Settings) -> Iterator[Store]:
+    opened = Store.for_home(settings.home, settings.database_url)
+    yield opened
+    opened.close()
+
+
+def _line(message_id: int, code: str) -> str:
+    return (
+        f"error: message {message_id}: MSH-4: refused when received ({code}: {WHY[code]}), "
+        "so never converted: the institution its MSH-4 names must send it over its own "
+        "connection [store.sender-refused]"
+    )
+
+
+def _stages(store: Store, message_id: int) -> list[tuple[str, str, bool]]:
+    found = store.get(message_id)
+    assert found is not None
+    return [(o.stage, o.state, o.current) for o in found.outcomes]
+
+
+def test_the_refusals_are_the_listeners_registered_codes() -> None:
+    assert set(SENDER_REFUSALS) == set(WHY)
+    assert set(SENDER_REFUSALS) <= set(registry())
+
+
+def test_a_message_refused_for_its_sender_is_not_converted(
+    settings: Settings, store: Store
+) -> None:
+    kept = keep_three(settings, store)
+    converter = Converter(settings)
+    for message_id, code in [
+        (kept.mismatch, "intake.mllp-sender-mismatch"),
+        (kept.no_institution, "intake.mllp-client-no-institution"),
+    ]:
+        with pytest.raises(StoreError) as refused:
+            process_message(store, converter, message_id)
+        assert refused.value.issue.line() == _line(message_id, code)
+        assert (refused.value.issue.record, refused.value.location) == (
+            f"message {message_id}",
+            "MSH-4",
+        )
+        assert store.state_of(message_id) == "rejected"
+        assert _stages(store, message_id) == [("intake", "rejected", True)]  # no convert
+    # refused for its charset, not its sender: converted again (what reprocessing is for)
+    again = process_message(store, converter, kept.mislabelled)
+    assert again.stage == "convert" and store.state_of(kept.mislabelled) == again.state
+
+
+def _run(
+    capsys: pytest.CaptureFixture[str], settings: Settings, *args: str
+) -> tuple[int, str, str]:
+    capsys.readouterr()  # the listener's refusal, logged when an earlier test set up logs
+    code = main(["--home", str(settings.home), "messages", "reprocess", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _events(store: Store) -> list[dict[str, object]]:
+    found = [e.resource() for e in AuditLog(store).rows()]
+    return [e for e in found if str(e.get("outcomeDesc") or "").startswith("reprocess")]
+
+
+def test_reprocess_by_id_is_refused_in_one_line(
+    settings: Settings, store: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    kept = keep_three(settings, store)
+    code, out, err = _run(capsys, settings, str(kept.mismatch))
+    assert (code, out) == (2, "")
+    assert err == _line(kept.mismatch, "intake.mllp-sender-mismatch") + "\n"
+    assert _stages(store, kept.mismatch) == [("intake", "rejected", True)]
+    [event] = _events(store)  # the attempt is audited: who tried to convert it
+    refused_event(event, "reprocess", "store.sender-refused", operator(), kept.mismatch)
+
+
+def test_bulk_reprocess_skips_and_counts_them(
+    settings: Settings, store: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    kept = keep_three(settings, store)
+    code, out, err = _run(capsys, settings, "--state", "rejected")
+    lines = out.splitlines()
+    # oldest first: the first one skipped, the batch went on to the last
+    assert lines[0] == f"message {kept.mismatch}: skipped: " + _line(
+        kept.mismatch, "intake.mllp-sender-mismatch"
+    )
+    assert lines[1] == f"message {kept.no_institution}: skipped: " + _line(
+        kept.no_institution, "intake.mllp-client-no-institution"
+    )
+    state = store.state_of(kept.mislabelled)
+    assert state in {"converted", "failed"}
+    assert lines[2] == f"message {kept.mislabelled}: {state} (attempt 1)"
+    assert err.splitlines()[-1] == (
+        f"reprocessed 1, failed {int(state == 'failed')}, skipped 2 refused for their "
+        "sender when received (store.sender-refused): the institution each one's MSH-4 "
+        "names must send it over its own connection"
+    )
+    assert code == 1  # not all that was asked was converted
+    assert store.state_of(kept.mismatch) == store.state_of(kept.no_institution) == "rejected"
+    events = _events(store)
+    assert [e["outcome"] for e in events] == ["4", "4", "0"]  # two refused, one done
+
+
+def test_sent_again_by_the_institution_it_names_it_is_converted(
+    settings: Settings, store: Store
+) -> None:
+    """The refusal's remedy: NSCH sends the same bytes over its own connection. The
+    store takes them on the same row (the connection that sent them now NSCH's), the
+    refusal stays in its history but is no longer current, and it converts."""
+    refused = keep(settings, store, nsch_referral(), "HKPMC", "HKPMC-CMS")
+    assert keep(settings, store, nsch_referral(), "NSCH", NSCH_NAME) == refused
+    row = store.get(refused)
+    assert row is not None and row.summary.state == "received"
+    assert row.summary.auth_sender == NSCH_NAME
+    assert _stages(store, refused) == [("intake", "rejected", False)]
+    converted = process_message(store, Converter(settings), refused)
+    assert converted.state == "converted"
+    again = process_message(store, Converter(settings), refused)  # reprocessed: allowed
+    assert (again.state, again.attempt) == ("converted", 2)

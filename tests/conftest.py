@@ -7,6 +7,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -15,6 +16,13 @@ from gateway import Converter, Settings
 REPO = Path(__file__).resolve().parents[1]
 ENGINES = ("interpreted", "compiled", "ceiling")  # GATEWAY_MAPPING_ENGINE's values
 CORPUS = REPO.parent / "shared" / "corpus"
+
+
+def compiled(module: ModuleType) -> bool:
+    """Whether ``module`` runs compiled (a mypyc build: its extension module beside the
+    .py shadows it). Its functions are then bound early and its classes native: a test
+    that instruments them by monkeypatching cannot run against it."""
+    return not (module.__file__ or "").endswith(".py")
 
 
 def pytest_configure(config: pytest.Config) -> None:

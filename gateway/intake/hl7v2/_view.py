@@ -18,7 +18,7 @@ from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache, partial
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 from ...errors import ConfigError, Issue
 from .._controls import CONTROL, SPACED, controls_removed, stripped
@@ -201,8 +201,12 @@ class Hl7View:
             self._plain = False
             self.memo = False
 
-    # what reads a node's components at once, for the generated mappings
-    components = staticmethod(components)
+    # what reads a node's components at once, for the generated mappings (a ClassVar:
+    # compiled with mypyc, an unannotated one is an instance attribute, and the class
+    # attribute the generator looks up a descriptor, not the function)
+    components: ClassVar[Callable[[Hl7View, Position, int], list[str | None] | None]] = (
+        staticmethod(components)
+    )
 
     @staticmethod
     def accessor(method: str, path: str) -> Accessor:

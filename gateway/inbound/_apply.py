@@ -985,9 +985,14 @@ def own_relative(ref: str, own: str | None) -> str | None:
     however spelled: :func:`_under`) made relative (``Patient/<id>``, its query), as
     the Bundle's entries are resolved and the one-patient check looks a stored Patient
     up (``_content.py``); None for any other reference: relative, another server's
-    (the partner's own base is never this gateway's), or no ``Type/...`` under it."""
+    (the partner's own base is never this gateway's), or no ``Type/...`` under it: a
+    query or fragment right after the base (``…/fhir/#/Patient/X``) names no resource,
+    and read as ours it was stored as ``#/Patient/X`` while checked as ``Patient/X``."""
     tail = _under(ref, own) if _SCHEME.match(ref) is not None else None
-    return tail if tail is not None and _SCHEME.match(tail) is None else None
+    # a Type, or a dot segment (refused as a spelling next, _refuse_spelling)
+    if tail is None or _SCHEME.match(tail) is not None or not re.match(r"[A-Za-z.]", tail):
+        return None
+    return tail
 
 
 def _under(ref: str, base: str | None) -> str | None:

@@ -193,6 +193,22 @@ def test_this_gateways_base_and_a_relative_reference_of_one_id_are_one_patient(
     assert _subjects(hk_settings, answer) == ["Patient/X"] * 3
 
 
+@pytest.mark.parametrize("after_base", ["#", "?a="])
+def test_a_fragment_or_query_after_this_gateways_base_in_a_fullurl_is_no_base_of_ours(
+    hk_settings: Settings, pki: Path, after_base: str
+) -> None:
+    """``Patient/X`` inside ``http://gw/fhir/#/DiagnosticReport/r8`` was read by the
+    one-patient check as the Patient X stored here (the base under ours) while apply
+    stored its subject as ``#/Patient/X`` (what follows our base, a fragment): a report
+    of 许嘉玮 stored naming no patient. A fragment or query is no base: refused."""
+    _stored_x(hk_settings, pki)
+    before = counts(hk_settings)
+    full_url = f"{PUBLIC_URL}/fhir/{after_base}/DiagnosticReport/r8"
+    bundle = _bundle(8, _order("Patient/X", _urn(8), 8), _report("Patient/X", full_url, 8))
+    answer = _send(hk_settings, pki, bundle)
+    _refused_at(hk_settings, answer, before, "Bundle.entry[1].resource.subject")
+
+
 def test_another_servers_patient_with_this_patients_mrn_beside_it_is_a_second_patient(
     hk_settings: Settings, pki: Path
 ) -> None:

@@ -571,16 +571,31 @@ def _same_patient(
 _STUDY_LINKS = ("basedOn", "imagingStudy")
 
 
-def _study_identity(doc: ReportDocument, key: str) -> Identity:
+def _study_identity(doc: ReportDocument, key: str, what: str) -> Identity:
     """The identifiers of the orders (``basedOn``) or studies (``imagingStudy``) a report
-    names: each reference's logical identifier and its target's, when the input holds it."""
+    names: each reference's logical identifier and its target's, when the input holds it.
+    The two must agree: else the reference names two orders, and the one agreeing with
+    the other report would pass it."""
     found: list[Any] = []
     for ref in _as_list(doc.report.get(key)):
         if isinstance(ref, dict):
-            found.append(ref.get("identifier"))
             target = doc.resolve(ref, doc.report)
-            found.extend((target or {}).get("identifier") or [])
+            held = (target or {}).get("identifier") or []
+            differ = _differing(_identity([ref.get("identifier")]), _identity(held))
+            if differ:
+                raise MappingError(
+                    "translation-other-study",
+                    f"{_label(doc, what)}: a {key} reference's identifier and the "
+                    f"identifiers of the resource it points at differ in {', '.join(differ)}",
+                    expression=f"DiagnosticReport.{key}",
+                )
+            found.extend([ref.get("identifier"), *held])
     return _identity(found)
+
+
+def _differing(a: Identity, b: Identity) -> list[str]:
+    """The systems both name with no value in common."""
+    return sorted(s for s in a.keys() & b.keys() if not a[s] & b[s])
 
 
 def _same_study(doc: ReportDocument, english: ReportDocument) -> None:
@@ -588,8 +603,9 @@ def _same_study(doc: ReportDocument, english: ReportDocument) -> None:
     same system, a value in common (compared exactly: 'ns1' and 'ＮＳ1' are other
     numbers). A partner's own accession system is not the original's: not compared."""
     for key in _STUDY_LINKS:
-        ours, theirs = _study_identity(doc, key), _study_identity(english, key)
-        differ = sorted(s for s in ours.keys() & theirs.keys() if not ours[s] & theirs[s])
+        ours = _study_identity(doc, key, "report")
+        theirs = _study_identity(english, key, "English report")
+        differ = _differing(ours, theirs)
         if differ:
             raise MappingError(
                 "translation-other-study",

@@ -83,3 +83,32 @@ def test_an_accession_of_another_institution_is_not_compared(variants: ReportVar
     chinese, english = nansha_bundle(), english_bundle()
     variant = variants.variant(_bytes(chinese), "bilingual", _bytes(english))
     assert not variant.pending
+
+
+def test_an_order_reference_naming_two_accessions_is_refused(variants: ReportVariants) -> None:
+    # The English report's basedOn names the Nansha accession as its logical identifier
+    # but points at a ServiceRequest entry of another exam: the reference is of two
+    # orders, and the one agreeing identifier must not pass it as the report's order.
+    chinese, english = nansha_bundle(), english_bundle()
+    _order(report_of(chinese), "NS2026061700021")
+    _order(report_of(english), "NS2026061700021")
+    order = {
+        "resourceType": "ServiceRequest",
+        "id": "sr-other",
+        "identifier": [{"system": NSCH_ACCESSION, "value": "NS2026061700099"}],
+        "status": "completed",
+        "intent": "order",
+        "subject": report_of(english)["subject"],
+    }
+    english["entry"].append(
+        {
+            "fullUrl": "urn:uuid:5a1e0c3e-0000-4000-8000-00000000a099",
+            "resource": order,
+            "request": {"method": "POST", "url": "ServiceRequest"},
+        }
+    )
+    report_of(english)["basedOn"][0]["reference"] = "urn:uuid:5a1e0c3e-0000-4000-8000-00000000a099"
+    with pytest.raises(MappingError) as caught:
+        variants.variant(_bytes(chinese), "bilingual", _bytes(english))
+    assert caught.value.code == "mapping.translation-other-study"
+    assert caught.value.expression == "DiagnosticReport.basedOn"

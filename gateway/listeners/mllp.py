@@ -92,6 +92,7 @@ _HL7_ERROR = {
     # MSH-4 (table 0362, facility) holds no facility this connection may send as
     "intake.mllp-sender-mismatch": ("103", "Table value not found"),
     "intake.mllp-client-no-institution": ("103", "Table value not found"),
+    "store.sender-refused": ("103", "Table value not found"),
 }
 _SEGMENT_ERROR = ("100", "Segment sequence error")
 _DATA_TYPE = ("102", "Data type error")
@@ -505,6 +506,18 @@ class MllpServer:
             # may be accepted later), enhanced mode CE (commit error, not the CR of a
             # message type, version or processing id refused). docs/store.md.
             return self._ack(header, "E" if enhanced else "R", enhanced, failure)
+        if receipt.duplicate and receipt.state == "rejected":
+            # the store keeps it refused: a message refused for its sender, sent again
+            # over a connection that cannot check its sender (Store.receive)
+            kept = Issue(
+                "store.sender-refused",
+                "this message was refused for its sender; it is taken only from the "
+                "institution its MSH-4 names, over its own certificate connection",
+                record=f"message {message.control_id}",
+                location="MSH-4",
+            )
+            log.warning("MLLP message from %s refused: %s", peer, kept.line())
+            return self._ack(header, "R", enhanced, kept)
         if self.processor is not None and not receipt.duplicate:
             self.processor.submit(receipt.id)
         return self._ack(header, "A", enhanced, None)

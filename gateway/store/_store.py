@@ -83,6 +83,35 @@ _MESSAGE_LEARNT = _MESSAGE_STATE.values(
 )
 
 
+# The MLLP listener's sender check (certificate vs MSH-4): a message it refused for its
+# sender is taken on its row again only from a connection that ran that check (MLLP with
+# a client certificate): the same bytes over plain MLLP would file it in the name of an
+# institution that did not send it (gateway/processing.py reads the same codes).
+SENDER_CHECKS = frozenset({"intake.mllp-sender-mismatch", "intake.mllp-client-no-institution"})
+
+
+def _sender_checked(item: Incoming) -> bool:
+    """Whether ``item`` came over a connection that checked its sender against MSH-4."""
+    return item.channel == "mllp" and item.auth_sender is not None
+
+
+def _refused_for_sender(conn: Connection, message_id: int) -> bool:
+    """Whether a message's current intake outcome is a refusal by the sender check."""
+    return any(i.get("code") in SENDER_CHECKS for i in _current_issues(conn, message_id, "intake"))
+
+
+def _current_issues(conn: Connection, message_id: int, stage: str) -> list[dict[str, Any]]:
+    """The issues of a message's current outcome of ``stage``."""
+    found = conn.execute(
+        sa.select(outcomes.c.issues).where(
+            outcomes.c.message_id == message_id,
+            outcomes.c.stage == stage,
+            outcomes.c.current.is_(True),
+        )
+    ).scalars()
+    return [i for issues in found for i in orjson.loads(issues or "[]")]
+
+
 class StoreError(GatewayError):
     """The store cannot do what was asked (no such message, content pruned, bad cursor,
     database unreachable)."""
@@ -349,6 +378,9 @@ class Store:
         ).first()
         if found is not None:
             if found.state == "rejected" and item.state != "rejected":
+                if not _sender_checked(item) and _refused_for_sender(conn, found.id):
+                    # only a connection that passed the sender check may release it
+                    return Receipt(found.id, True, found.revision, found.flagged, found.state)
                 return self._accept_refused(conn, found, item, now)
             return Receipt(found.id, True, found.revision, found.flagged, found.state)
         revision, flagged = 1, False
@@ -588,14 +620,7 @@ class Store:
         """The issues (code, message, location, severity) of a message's current outcome
         of ``stage``; none when it has none."""
         with self.engine.connect() as conn:
-            issues = conn.execute(
-                sa.select(outcomes.c.issues).where(
-                    outcomes.c.message_id == message_id,
-                    outcomes.c.stage == stage,
-                    outcomes.c.current.is_(True),
-                )
-            ).scalars()
-            return [i for found in issues for i in orjson.loads(found or "[]")]
+            return _current_issues(conn, message_id, stage)
 
     def state_of(self, message_id: int) -> str | None:
         """A message's state; None when there is no such message."""

@@ -223,3 +223,34 @@ def test_without_client_certificates_msh4_is_not_compared(
     assert seg["MSA"][1] == "AA"
     [item] = store.find().items
     assert item.auth_sender is None and item.sender == "SYSU"
+
+
+def test_a_refused_message_is_not_released_by_a_plain_resend(
+    store: Store, tmp_path: Path, pki: Path
+) -> None:
+    """The same bytes sent again over a connection that checks no sender (TLS without
+    client certificates, as plain MLLP) stay refused: before, the store took them on the
+    refused row and 南沙医院's referral sent by HKPMC was converted in NSCH's name.
+    Only NSCH's own certificate connection releases it."""
+    nsch_message = with_control_id(example(REFERRAL), "PLAIN1")
+    with Listener(_settings(pki, tmp_path / "a"), store) as listener:
+        client = _client(listener.port, pki, pki / "hkpmc")
+        refused = segments(client.call(nsch_message))
+        client.close()
+    assert refused["MSA"][1] == "AR"
+    plain = _settings(pki, tmp_path / "b", client_certificates=False)
+    with Listener(plain, store) as listener:
+        client = _client(listener.port, pki, None)
+        again = segments(client.call(nsch_message))
+        client.close()
+    assert again["MSA"][1:3] == ["AR", "PLAIN1"]
+    assert again["ERR"][8].endswith("[store.sender-refused]")
+    assert _refused(store, "PLAIN1")["code"] == "intake.mllp-sender-mismatch"
+    assert store.count("received") == 0
+    with Listener(_settings(pki, tmp_path / "c"), store) as listener:
+        client = _client(listener.port, pki, pki / "nsch")
+        own = segments(client.call(nsch_message))
+        client.close()
+    assert own["MSA"][1:3] == ["AA", "PLAIN1"]
+    [row] = store.find().items
+    assert (row.state, row.auth_sender) == ("received", NSCH_NAME)

@@ -120,6 +120,9 @@ class ReportVariants:
         if english_doc is not None:
             _check_length(english_doc.root, "English report")
         linked = self._english(doc, english_doc) if english_doc is not None else None
+        stale = _superseded(doc.report, linked.doc.report) if linked is not None else None
+        if stale is not None:
+            linked = None  # it translates a version that no longer stands: pending
         if linked is not None and target != BILINGUAL and target != "en":
             linked = None  # Chinese variants do not carry the English narrative
         base = doc.copy()
@@ -156,7 +159,12 @@ class ReportVariants:
                 f"{blank} character(s) of the report have no glyph in the PDF font and show "
                 "blank in the PDF; the JSON and HTML carry them"
             )
-        if pending:
+        if pending and stale is not None:
+            notes.append(
+                f"{stale}: the English part is marked pending ({self.rules.pending_url}) "
+                "until the English report of this version is linked"
+            )
+        elif pending:
             notes.append(
                 "no English report is linked: the English part is marked pending "
                 f"({self.rules.pending_url}); link one with --english"
@@ -784,6 +792,38 @@ def _annotate_strings(
             changed = True
     if changed:
         holder[f"_{key}"] = extras
+
+
+# Statuses of a report changed after it was first issued (R4 DiagnosticReport.status).
+_REVISED = frozenset({"amended", "corrected", "appended"})
+
+
+def _superseded(report: Resource, english: Resource) -> str | None:
+    """Why the English report translates a version of ``report`` that no longer stands
+    (the report amended, corrected or appended after the English one was issued; or
+    revised with either issue time unknown, which cannot be told apart), else None:
+    its text beside the revised Chinese text would read as a translation of it."""
+    status = report.get("status")
+    if status not in _REVISED:
+        return None
+    mine, theirs = _instant(report.get("issued")), _instant(english.get("issued"))
+    if mine is not None and theirs is not None and theirs >= mine:
+        return None
+    return (
+        f"the report is {status} (issued {report.get('issued') or 'at a time not given'}) "
+        f"after its English report (issued {english.get('issued') or 'at a time not given'})"
+    )
+
+
+def _instant(value: Any) -> datetime | None:
+    """A FHIR instant (with its offset) as an aware datetime; None when it is not one."""
+    if not isinstance(value, str) or "T" not in value:
+        return None
+    try:
+        found = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return found if found.tzinfo is not None else None
 
 
 def _created(report: Resource, fallback: datetime) -> datetime:

@@ -155,6 +155,12 @@ def memoised(fn: Callable[[Ctx], Any], scope: Scope) -> Callable[[Ctx], Any]:
                 resting = _REST
             lookups = met = 0
         here = ctx.here if at is _HERE else at
+        group: tuple[str, ...] = ()  # the text of the segments read, in the group
+        if extended and segments:
+            in_group = view.group_key(here, segments)
+            if in_group is None:  # the whole message: nothing to key on
+                return fn(ctx if at is _HERE else ctx.at(at))
+            group = in_group
         try:
             # The same text means the same thing only with the same delimiters and charset
             # (escapes such as \Xhh\ decode in the message's charset). ctx.at(here) has
@@ -180,11 +186,7 @@ def memoised(fn: Callable[[Ctx], Any], scope: Scope) -> Callable[[Ctx], Any]:
             else:
                 key = (here.text, here.level, ctx.tz, view.reading)
             if extended:
-                if segments:
-                    group = view.group_key(here, segments)
-                    if group is None:  # the whole message: nothing to key on
-                        return fn(ctx if at is _HERE else ctx.at(at))
-                    key += group
+                key += group
                 # every URL a ref/refs could return (refs(k)[0] is what ref(k) gives)
                 if refs:
                     key += tuple([tuple(ctx.state.refs(k)) for k in refs])
@@ -192,26 +194,28 @@ def memoised(fn: Callable[[Ctx], Any], scope: Scope) -> Callable[[Ctx], Any]:
                     urls = [tuple(ctx.state.refs(str(ctx.vars.get(v) or ""))) for v in ref_vars]
                     key += tuple(urls)
             found = memo.get(key, _MISS)
-            if found is _MISS:
-                # Keys met once are kept as their hashes (no object for the garbage
-                # collector to walk); two keys with one hash only mean that the second
-                # is remembered the first time it is met.
-                hashed = hash(key)
-                slot = hashed & _SEEN_MASK
-                serial = getattr(ctx.state, "serial", -1)  # -1: a state without (tests)
-                if seen[slot] != hashed:
-                    seen[slot] = hashed
-                    seen_in[slot] = serial
-                    return fn(ctx if at is _HERE else ctx.at(at))  # the record's own value
-                if serial == seen_in[slot] and serial >= 0:
-                    # Met again in the same record (the patient's identifier read for the
-                    # Patient and for a reference to it): still the record's own value,
-                    # which no other record meets; remembering it would only cost its
-                    # frozen copy and push recurring keys out of the memo. Not counted
-                    # as met: a fragment whose keys only recur this way rests.
-                    return fn(ctx if at is _HERE else ctx.at(at))
-        except TypeError:  # an unhashable variable value: compute, do not remember
+            hashed = hash(key) if found is _MISS else 0
+        except TypeError:
+            # an unhashable variable value: compute, do not remember (only the key's
+            # making is tried: a TypeError raised by fn is fn's own, not run twice)
             return fn(ctx if at is _HERE else ctx.at(at))
+        if found is _MISS:
+            # Keys met once are kept as their hashes (no object for the garbage
+            # collector to walk); two keys with one hash only mean that the second
+            # is remembered the first time it is met.
+            slot = hashed & _SEEN_MASK
+            serial = getattr(ctx.state, "serial", -1)  # -1: a state without (tests)
+            if seen[slot] != hashed:
+                seen[slot] = hashed
+                seen_in[slot] = serial
+                return fn(ctx if at is _HERE else ctx.at(at))  # the record's own value
+            if serial == seen_in[slot] and serial >= 0:
+                # Met again in the same record (the patient's identifier read for the
+                # Patient and for a reference to it): still the record's own value,
+                # which no other record meets; remembering it would only cost its
+                # frozen copy and push recurring keys out of the memo. Not counted
+                # as met: a fragment whose keys only recur this way rests.
+                return fn(ctx if at is _HERE else ctx.at(at))
         met += 1  # a key met before
         if found is _MISS:
             warned = len(ctx.state.warnings)

@@ -8,6 +8,8 @@ import tracemalloc
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
+
 from gateway.mapping._bundle import BundleBuilder
 from gateway.mapping._memo import Scope, memoised
 from gateway.shared import is_frozen
@@ -152,3 +154,23 @@ def test_ceiling_answers_are_bounded() -> None:
         tracemalloc.stop()
     assert 0 < len(answers) < 3_000
     assert retained < 200_000
+
+
+def test_a_type_error_of_the_spec_is_its_own_and_runs_it_once() -> None:
+    """Only the making of the key is tried for an unhashable value: a TypeError raised
+    by the spec itself (a mapping bug) propagates from its one run. It ran the spec a
+    second time (its side effects twice) under the key's ``except TypeError``."""
+    runs: list[str] = []
+
+    def broken(ctx: Any) -> Any:
+        runs.append(ctx.here.text)
+        raise TypeError("a bug in the spec")
+
+    cached = memoised(broken, Scope())
+    record = BundleBuilder()
+    # first met, met again in the same record, met in another record
+    for n, state in enumerate([record, record, BundleBuilder()]):
+        runs.clear()
+        with pytest.raises(TypeError, match="a bug in the spec"):
+            cached(_Ctx(_Node("warm-up"), state=state), _Node("OBR|1|A1"))
+        assert runs == ["OBR|1|A1"], n

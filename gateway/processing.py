@@ -27,6 +27,7 @@ from .intake.hl7v2 import parse_message, split_messages
 from .metrics import observe_stage, trace_stage, traced_message, tracing_on
 from .pipeline import Converter
 from .store import (
+    SENDER_REFUSALS,
     StageOutcome,
     Store,
     StoredOutcome,
@@ -57,13 +58,6 @@ log = logging.getLogger("gateway.store")
 # which `gateway serve` registers here (the store is an earlier stage: it cannot import it).
 Converted = Callable[[int], None]
 _converted: list[Converted] = []
-# The intake refusals of a message for its sender (gateway/listeners/mllp.py), and why
-# in words: such a message must never be converted from the store (sender_refusal).
-SENDER_REFUSALS = {
-    "intake.mllp-sender-mismatch": "its MSH-4 does not name the institution whose "
-    "certificate sent it",
-    "intake.mllp-client-no-institution": "the certificate that sent it names no institution",
-}
 SENDER_REFUSED = "store.sender-refused"
 # The audit trail's hook (gateway.audit.store_hook): called with the outcome's write
 # transaction, the message's id and its records; the caller passes it (no import here).

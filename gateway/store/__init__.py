@@ -9,6 +9,7 @@ from ._schema import MAX_ID, is_row_id, metadata
 from ._store import (
     CHANNELS,
     NEVER_PRUNED,
+    SENDER_REFUSALS,
     STATES,
     DicomInstance,
     Incoming,
@@ -34,6 +35,7 @@ __all__ = [
     "LISTENER_CHANNELS",
     "MAX_ID",
     "NEVER_PRUNED",
+    "SENDER_REFUSALS",
     "STATES",
     "DicomInstance",
     "Incoming",

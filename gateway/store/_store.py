@@ -31,6 +31,7 @@ from ._schema import dicom_instances, dicom_known_studies, message_patients, mes
 __all__ = [
     "CHANNELS",
     "NEVER_PRUNED",
+    "SENDER_REFUSALS",
     "STATES",
     "DicomInstance",
     "Incoming",
@@ -86,8 +87,13 @@ _MESSAGE_LEARNT = _MESSAGE_STATE.values(
 # The MLLP listener's sender check (certificate vs MSH-4): a message it refused for its
 # sender is taken on its row again only from a connection that ran that check (MLLP with
 # a client certificate): the same bytes over plain MLLP would file it in the name of an
-# institution that did not send it (gateway/processing.py reads the same codes).
-SENDER_CHECKS = frozenset({"intake.mllp-sender-mismatch", "intake.mllp-client-no-institution"})
+# institution that did not send it. Nor is it converted from the store
+# (gateway/processing.py: sender_refusal). Code -> why, in words.
+SENDER_REFUSALS = {
+    "intake.mllp-sender-mismatch": "its MSH-4 does not name the institution whose "
+    "certificate sent it",
+    "intake.mllp-client-no-institution": "the certificate that sent it names no institution",
+}
 
 
 def _sender_checked(item: Incoming) -> bool:
@@ -97,7 +103,9 @@ def _sender_checked(item: Incoming) -> bool:
 
 def _refused_for_sender(conn: Connection, message_id: int) -> bool:
     """Whether a message's current intake outcome is a refusal by the sender check."""
-    return any(i.get("code") in SENDER_CHECKS for i in _current_issues(conn, message_id, "intake"))
+    return any(
+        i.get("code") in SENDER_REFUSALS for i in _current_issues(conn, message_id, "intake")
+    )
 
 
 def _current_issues(conn: Connection, message_id: int, stage: str) -> list[dict[str, Any]]:

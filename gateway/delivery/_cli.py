@@ -283,5 +283,8 @@ def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
             if s["oldest_waiting_at"]
             else "nothing waiting"
         )
-        print(f"{s['partner']}: depth {s['depth']}; {oldest}; {states}")
+        paused = (
+            f"; paused until {s['paused_until']} (its Retry-After)" if s["paused_until"] else ""
+        )
+        print(f"{s['partner']}: depth {s['depth']}; {oldest}; {states}{paused}")
     return 0

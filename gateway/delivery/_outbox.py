@@ -34,6 +34,8 @@ from typing import Any
 
 import orjson
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
 from ..errors import GatewayError
@@ -94,6 +96,7 @@ _events = metadata.tables["outbox_events"]
 log = logging.getLogger("gateway.delivery")
 _links = metadata.tables["outbox_links"]
 _messages = metadata.tables["messages"]
+_pauses = metadata.tables["partner_pauses"]
 # A message's state from its outbox rows: the first of these any row is in decides
 # (held and dead wait for a person, queued for the worker; delivered only when all are).
 _MESSAGE_STATE = (
@@ -723,8 +726,9 @@ class Outbox:
             return int(done.rowcount)
 
     def stats(self, now: datetime | None = None) -> list[dict[str, Any]]:
-        """Per partner: records by state, queue depth (not final) and the oldest record
-        not delivered yet (its age in seconds)."""
+        """Per partner: records by state, queue depth (not final), the oldest record
+        not delivered yet (its age in seconds) and the end of a pause it asked for
+        (Retry-After; None: none now)."""
         now = now or self.clock()
         o = _outbox.c
         query = sa.select(o.partner, o.state, sa.func.count(), sa.func.min(o.created_at))
@@ -740,13 +744,41 @@ class Outbox:
                 entry["depth"] += int(count)
                 if entry["oldest_waiting"] is None or oldest < entry["oldest_waiting"]:
                     entry["oldest_waiting"] = oldest
-        for entry in out.values():
+        paused = self.paused_partners(now)
+        for key, entry in out.items():
+            # Why nothing of it moves: the partner asked for no request before then.
+            entry["paused_until"] = _iso(paused[key]) if key in paused else None
             oldest = entry.pop("oldest_waiting")
             entry["oldest_waiting_at"] = _iso(oldest) if oldest else None
             entry["oldest_waiting_seconds"] = (
                 round((now - oldest).total_seconds(), 3) if oldest else None
             )
         return [out[k] for k in sorted(out)]
+
+    # -- a partner's Retry-After, for every worker -------------------------------------
+    def pause_partner(self, partner: str, until: datetime, now: datetime) -> None:
+        """Keep a partner's ``Retry-After`` for every worker on this store: no request
+        to ``partner`` before ``until``. A later pause extends the one kept; an earlier
+        one leaves it (one upsert: workers answered at once cannot lose the later)."""
+        insert = (
+            pg_insert(_pauses) if self.store.dialect == "postgresql" else sqlite_insert(_pauses)
+        )
+        upsert = insert.values(partner=partner, until=until, asked_at=now)
+        upsert = upsert.on_conflict_do_update(
+            index_elements=[_pauses.c.partner],
+            set_={"until": upsert.excluded.until, "asked_at": upsert.excluded.asked_at},
+            where=_pauses.c.until < upsert.excluded.until,
+        )
+        with self._write() as conn:
+            conn.execute(upsert)
+
+    def paused_partners(self, now: datetime) -> dict[str, datetime]:
+        """The partners that asked for no request before a time still to come: key ->
+        until (a primary-key table of one row a partner: read before every batch)."""
+        p = _pauses.c
+        with self.store.engine.connect() as conn:
+            rows = conn.execute(sa.select(p.partner, p.until).where(p.until > now)).all()
+        return {partner: until for partner, until in rows}
 
     # -- moving ---------------------------------------------------------------------
     def claim(self, record: OutboxRecord, now: datetime, lease: timedelta) -> bool:

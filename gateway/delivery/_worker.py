@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 import orjson
+from sqlalchemy.exc import SQLAlchemyError
 
 from ..audit import AuditLog, basis_of, bundle_subject, delivery_event, events, message_subject
 from ..datafiles import RELOAD_INTERVAL, FileWatch
@@ -127,6 +128,7 @@ class Deliverer:
         if self._look_for_known:
             self._release_known(now)
         self.outbox.recover(now)
+        self._follow_pauses(now)
         closed_to = [key for key, b in self.breakers.items() if not b.may_try(now)]
         hold = min(self.config.claim_lease, self.config.lease)
         claimed, token = self.outbox.claim_due(now, hold, limit, exclude=closed_to)
@@ -311,7 +313,7 @@ class Deliverer:
             trace_attempt(record, answer, now, self.clock)  # when tracing is on
             now = self.clock()
             self._audit(record, partner, parts, answer, attempts)
-            self._count(breaker, answer, now)
+            self._count(partner.key, breaker, answer, now)
             if answer.kind != "delivered":
                 self._failed(record, part, attempts, answer, now)
                 return True
@@ -614,20 +616,37 @@ class Deliverer:
             return asked
         return backoff(attempt, self.config.backoff_base, self.config.backoff_cap, self.rng)
 
-    def _count(self, breaker: Breaker, answer: Answer, now: datetime) -> None:
+    def _count(self, key: str, breaker: Breaker, answer: Answer, now: datetime) -> None:
         """An answer (delivered, or refused: the partner is up) closes the breaker; no
         answer, 5xx, 408 and 429 count as failures, and so does a refusal of our
         credentials: every request would be refused alike, so after a few the partner's
         other rows stay queued (the breaker open) instead of each being held in turn.
         A Retry-After pauses every request to the partner (at most backoff_cap: an
-        absurd one must not stop a partner for years)."""
+        absurd one must not stop a partner for years), from every worker on the store
+        (kept there: :meth:`run_once` reads it before each batch)."""
         if answer.wait is not None:
-            pause = min(answer.wait, self.config.backoff_cap)
-            breaker.pause(now + timedelta(seconds=pause))
+            until = now + timedelta(seconds=min(answer.wait, self.config.backoff_cap))
+            breaker.pause(until)
+            self._share_pause(key, until, now)
         if answer.kind in ("delivered", "dead"):
             breaker.success()
         else:
             breaker.failure(now)
+
+    def _follow_pauses(self, now: datetime) -> None:
+        """Take the Retry-After pauses other workers were asked for (the store's
+        ``partner_pauses``): their partners' rows are not claimed until then."""
+        for key, until in self.outbox.paused_partners(now).items():
+            self.breaker(key).pause(until)
+
+    def _share_pause(self, key: str, until: datetime, now: datetime) -> None:
+        """Keep a partner's pause for the other workers. Not kept (the store busy or
+        gone) only means they learn it from their own next request: this worker's
+        pause holds, and the row's own retry time is kept by its move."""
+        try:
+            self.outbox.pause_partner(key, until, now)
+        except SQLAlchemyError as exc:
+            log.warning("partner %s: its pause not shared (%s)", key, type(exc).__name__)
 
     # -- per partner ----------------------------------------------------------------
     def breaker(self, key: str) -> Breaker:
@@ -695,7 +714,7 @@ class Deliverer:
             return True
         # Failed: what a send answered so would mean (retried, held, or dead).
         answer = check.answer or Answer("retry", check.reason, UNCHECKED)
-        self._count(breaker, answer, now)
+        self._count(partner.key, breaker, answer, now)
         self._failed(record, 0, record.attempts + 1, answer, now, from_state=state)
         return True
 

@@ -35,6 +35,7 @@ __all__ = [
     "outbox_events",
     "outbox_links",
     "outcomes",
+    "partner_pauses",
 ]
 
 # SQLite only auto-numbers an INTEGER PRIMARY KEY; PostgreSQL gets a 64-bit identity.
@@ -205,6 +206,18 @@ outbox_events = Table(
     Column("decision_id", ID),
 )
 Index("ix_outbox_events_row", outbox_events.c.outbox_id, outbox_events.c.id)
+
+# A partner's Retry-After, shared by every worker (migration v0018_partner_pauses): no
+# request goes to ``partner`` before ``until`` from any worker process or machine on the
+# store, not only from the one that was answered. One row a partner; a later pause
+# extends it, an earlier one never shortens it.
+partner_pauses = Table(
+    "partner_pauses",
+    metadata,
+    Column("partner", String(64), primary_key=True),  # institution key
+    Column("until", DateTime(), nullable=False),
+    Column("asked_at", DateTime(), nullable=False),  # when the partner asked
+)
 
 # What an outbox row's Bundle provides and needs at the partner (migration v0004_outbound):
 # ``provides`` each identifier of its orders, studies and reports; ``needs`` each logical

@@ -19,7 +19,7 @@ from gateway.store import Store, metadata
 
 def test_the_migration_creates_exactly_the_alert_table(store: Store) -> None:
     assert gateway.alerts.alert_state.name in metadata.tables
-    assert store.revision() == "0017_beside_every_reference"
+    assert store.revision() == "0018_partner_pauses"
     with store.engine.connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn), metadata) == []
     config = Config()
@@ -32,4 +32,4 @@ def test_the_migration_creates_exactly_the_alert_table(store: Store) -> None:
     with store.engine.connect() as conn:
         assert "alert_state" not in set(conn.dialect.get_table_names(conn))
     store.upgrade()
-    assert store.revision() == "0017_beside_every_reference"
+    assert store.revision() == "0018_partner_pauses"

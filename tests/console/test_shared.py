@@ -188,7 +188,7 @@ def test_failures_age_out_of_the_sliding_window_one_by_one(
 
 
 def test_the_migration_creates_exactly_the_shared_tables(store: Store) -> None:
-    assert store.revision() == "0017_beside_every_reference"
+    assert store.revision() == "0018_partner_pauses"
     with store.engine.connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn), metadata) == []
     config = Config()
@@ -202,4 +202,4 @@ def test_the_migration_creates_exactly_the_shared_tables(store: Store) -> None:
         names = set(conn.dialect.get_table_names(conn))
     assert not {"console_searches", "console_login_failures"} & names
     store.upgrade()
-    assert store.revision() == "0017_beside_every_reference"
+    assert store.revision() == "0018_partner_pauses"

@@ -179,6 +179,34 @@ def test_retry_after_holds_back_every_record_for_that_partner_not_only_the_one_r
     assert [_versions(server, f"O-rl{n}") for n in range(3)] == [1, 1, 1]
 
 
+def test_retry_after_holds_back_the_other_workers_too(
+    server: PartnerServer, outbox: Outbox
+) -> None:
+    """Two workers on one store (``gateway work --workers 2``): the partner's 429 with
+    Retry-After: 3 answered to the first pauses the second as well. Before, each worker
+    learnt the pause only from its own refused request: one more request a worker."""
+    config = DeliveryConfig(
+        backoff_base=0.01, backoff_cap=30.0, max_attempts=5, breaker_threshold=50
+    )
+    medplum = Partner("partner", server.base, check_overwrite=False)
+    rows = [outbox.enqueue(medplum, bundle(f"P-rw{n}", f"O-rw{n}"))[0] for n in range(2)]
+    _fault(server, "429:3", count=100)
+    first = Deliverer(outbox, {"partner": medplum}, config, rng=random.Random(5))
+    second = Deliverer(outbox, {"partner": medplum}, config, rng=random.Random(6))
+    with first, second:
+        assert first.run_once(limit=1) == 1  # refused: Retry-After 3
+        assert second.run_once() == 0  # claims nothing of the paused partner
+        remaining = server.http.get("/$fault").json()["remaining"]
+        assert 100 - remaining == 1  # the only request the partner received
+        assert [outbox.require(r).state for r in rows] == ["retrying", "pending"]
+        _fault(server, "none")
+        time.sleep(3.1)
+        for _ in range(3):
+            second.run_once()
+    assert [outbox.require(r).state for r in rows] == ["delivered"] * 2
+    assert [_versions(server, f"O-rw{n}") for n in range(2)] == [1, 1]
+
+
 def test_a_stop_that_cannot_wait_for_the_answer_loses_and_repeats_nothing(
     server: PartnerServer, tmp_path: Path
 ) -> None:

@@ -562,8 +562,28 @@ def test_stats_give_depth_and_the_oldest_waiting_per_partner(outbox: Outbox, clo
             "depth": 2,
             "oldest_waiting_at": "2026-12-05T08:00:00.000Z",
             "oldest_waiting_seconds": 90.0,
+            "paused_until": None,
         }
     ]
+
+
+def test_a_partner_pause_is_kept_for_every_worker_and_only_ever_extended(
+    outbox: Outbox, clock: Clock
+) -> None:
+    """Retry-After kept in the store (``partner_pauses``), on both backends: a later
+    pause extends the one kept, an earlier one never shortens it, and one past is no
+    pause at all; ``outbox stats`` says until when."""
+    outbox.enqueue(PARTNER, bundle("P1", "O1"), now=clock.now)
+    later, earlier = clock.now + timedelta(seconds=120), clock.now + timedelta(seconds=30)
+    assert outbox.paused_partners(clock.now) == {}
+    outbox.pause_partner("hkpmc", later, clock.now)
+    outbox.pause_partner("hkpmc", earlier, clock.now)  # a second worker, a shorter ask
+    outbox.pause_partner("nsch", earlier, clock.now)
+    assert outbox.paused_partners(clock.now) == {"hkpmc": later, "nsch": earlier}
+    assert outbox.stats(clock.now)[0]["paused_until"] == "2026-12-05T08:02:00.000Z"
+    outbox.pause_partner("hkpmc", later + timedelta(seconds=5), clock.now)
+    assert outbox.paused_partners(clock.now)["hkpmc"] == later + timedelta(seconds=5)
+    assert outbox.paused_partners(later + timedelta(seconds=5)) == {}  # over
 
 
 def test_settings_sized_client_timeouts(outbox: Outbox) -> None:

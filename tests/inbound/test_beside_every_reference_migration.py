@@ -67,7 +67,7 @@ def upgraded(
             app.state.fhir.close()
         store = open_store(settings)
         try:
-            assert store.revision() == "0017_beside_every_reference"
+            assert store.revision() == "0018_partner_pauses"
         finally:
             store.close()
 

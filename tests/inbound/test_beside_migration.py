@@ -100,7 +100,7 @@ def test_another_mrn_beside_a_reference_kept_before_the_migration_is_refused(
     _refused(resp, "inbound.identity-mismatch", where, caplog)
     store = open_store(settings_0015)
     try:
-        assert store.revision() == "0017_beside_every_reference"  # the head
+        assert store.revision() == "0018_partner_pauses"  # the head
     finally:
         store.close()
 

@@ -26,7 +26,7 @@ def test_list_show_reprocess_prune(
     settings = broken_home(tmp_path, store_url)
     home = settings.home
     code, out, _ = run(capsys, home, "db", "upgrade")
-    assert code == 0 and "schema revision 0017_beside_every_reference" in out
+    assert code == 0 and "schema revision 0018_partner_pauses" in out
     failed, converted = fill(settings)
 
     code, out, _ = run(capsys, home, "messages", "list", "--state", "failed")

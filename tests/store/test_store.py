@@ -51,7 +51,7 @@ def msg(control: str, body: str = "x", sender: str = "LAX2", state: str = "recei
 
 def test_migrations_create_exactly_the_schema_and_run_twice(store: Store) -> None:
     store.upgrade()  # idempotent: a second start changes nothing
-    assert store.revision() == "0017_beside_every_reference"  # beside every Patient ref
+    assert store.revision() == "0018_partner_pauses"  # beside every Patient ref
     with store.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), metadata)
     assert diff == []

@@ -117,11 +117,17 @@ class FileWatch:
         self.paths = paths
         self.reload_interval = RELOAD_INTERVAL
         self._stamps = file_stamps(paths)
+        self._pending: tuple[tuple[int, int, int, int] | None, ...] | None = None
         self._checked = time.monotonic()
 
     def changed(self) -> bool:
         """True once for each change seen at a look that is due; a file that then does
-        not load is thus reported once per edit."""
+        not load is thus reported once per edit. A change is reported only once the
+        changed files have rested: their modification time ``reload_interval`` seconds
+        old, or the same at two looks in a row (a clock or a copied time ahead of
+        ours). A hand edit caught half written, or a copy still running, can be valid
+        YAML with half the rules, partners or routes, and must not be read as the new
+        truth; a later look sees it whole."""
         now = time.monotonic()
         if now - self._checked < self.reload_interval:
             return False
@@ -129,5 +135,18 @@ class FileWatch:
         stamps = file_stamps(self.paths)
         if stamps == self._stamps:
             return False
-        self._stamps = stamps
+        if not (stamps == self._pending or self._rested(stamps)):
+            self._pending = stamps  # maybe still being written: the next look decides
+            return False
+        self._stamps, self._pending = stamps, None
         return True
+
+    def _rested(self, stamps: tuple[tuple[int, int, int, int] | None, ...]) -> bool:
+        """Whether every file that changed was last written ``reload_interval`` seconds
+        ago or more (a file gone has rested: its absence is what is read)."""
+        written_before = time.time_ns() - int(self.reload_interval * 1e9)
+        return all(
+            new is None or new[0] <= written_before
+            for old, new in zip(self._stamps, stamps, strict=True)
+            if new != old
+        )

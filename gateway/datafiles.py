@@ -123,8 +123,8 @@ class FileWatch:
     def changed(self) -> bool:
         """True once for each change seen at a look that is due; a file that then does
         not load is thus reported once per edit. A change is reported only once the
-        changed files have rested: their modification time ``reload_interval`` seconds
-        old, or the same at two looks in a row (a clock or a copied time ahead of
+        changed files have rested: written (or copied here) ``reload_interval`` seconds
+        before, or the same at two looks in a row (a clock or a copied time ahead of
         ours). A hand edit caught half written, or a copy still running, can be valid
         YAML with half the rules, partners or routes, and must not be read as the new
         truth; a later look sees it whole."""
@@ -146,7 +146,20 @@ class FileWatch:
         ago or more (a file gone has rested: its absence is what is read)."""
         written_before = time.time_ns() - int(self.reload_interval * 1e9)
         return all(
-            new is None or new[0] <= written_before
-            for old, new in zip(self._stamps, stamps, strict=True)
+            new is None or _last_written(path) <= written_before
+            for path, old, new in zip(self.paths, self._stamps, stamps, strict=True)
             if new != old
         )
+
+
+def _last_written(path: Path) -> int:
+    """When ``path`` was last written or arrived here (ns): its change time too, not only
+    its modification time, which a copy keeps (``rsync -a``, ``cp -p``, ``tar x``): a set
+    copied in with old times would otherwise look rested file by file, and a look
+    between two copies would read new rules with old agreements. Gone since the look:
+    now (not rested; the next look decides)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return time.time_ns()
+    return max(st.st_mtime_ns, st.st_ctime_ns)

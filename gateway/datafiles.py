@@ -10,6 +10,7 @@ Bundles, so no caller may change it in place; ``copy.deepcopy`` gives a mutable 
 
 from __future__ import annotations
 
+import logging
 import time
 from functools import lru_cache
 from pathlib import Path
@@ -23,6 +24,7 @@ from .shared import freeze
 
 __all__ = [
     "RELOAD_INTERVAL",
+    "STILL_MOVING",
     "FileWatch",
     "data_dir",
     "file_stamps",
@@ -31,6 +33,11 @@ __all__ = [
 ]
 
 RELOAD_INTERVAL = 2.0  # seconds between two looks at watched files (policy, routing, partners)
+# Seconds a change may go on without resting before the operator is told (once): the files
+# are not read meanwhile, and an edit that never applies must not be silent.
+STILL_MOVING = 30.0
+
+log = logging.getLogger("gateway.datafiles")
 
 _PACKAGE = Path(__file__).resolve().parent
 
@@ -118,6 +125,8 @@ class FileWatch:
         self.reload_interval = RELOAD_INTERVAL
         self._stamps = file_stamps(paths)
         self._pending: tuple[tuple[int, int, int, int] | None, ...] | None = None
+        self._pending_since = 0.0  # monotonic: when the change not yet rested was first seen
+        self._said = False  # that it keeps changing, once per change
         self._checked = time.monotonic()
 
     def changed(self) -> bool:
@@ -134,12 +143,32 @@ class FileWatch:
         self._checked = now
         stamps = file_stamps(self.paths)
         if stamps == self._stamps:
+            self._pending = None
             return False
         if not (stamps == self._pending or self._rested(stamps)):
+            self._still_moving(stamps, now)
             self._pending = stamps  # maybe still being written: the next look decides
             return False
         self._stamps, self._pending = stamps, None
         return True
+
+    def _still_moving(
+        self, stamps: tuple[tuple[int, int, int, int] | None, ...], now: float
+    ) -> None:
+        """A change seen not rested yet: its start noted, and once it has gone on for
+        ``STILL_MOVING`` seconds (a file written at every look never rests, and is never
+        read: any look may catch it half written) the files named in the log, once."""
+        if self._pending is None:
+            self._pending_since, self._said = now, False
+        elif not self._said and now - self._pending_since >= STILL_MOVING:
+            self._said = True
+            moving = (
+                str(p) for p, a, b in zip(self.paths, self._stamps, stamps, strict=True) if a != b
+            )
+            log.warning(
+                "watched files keep changing, not read again until they rest: %s",
+                ", ".join(moving),
+            )
 
     def _rested(self, stamps: tuple[tuple[int, int, int, int] | None, ...]) -> bool:
         """Whether every file that changed was last written ``reload_interval`` seconds

@@ -4,6 +4,7 @@ partners."""
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import time
@@ -106,3 +107,24 @@ def test_a_set_copied_with_its_times_kept_is_read_together(tmp_path: Path) -> No
     assert not watch.changed()  # the set still moving
     watch._checked -= 2.0
     assert watch.changed()  # the same at two looks: the whole set, once
+
+
+def test_a_file_that_never_rests_is_not_read_but_said_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A file written again at every look (a sync loop, a script touching it each
+    second) never rests: it is not read, since any look may catch it half written, but
+    the operator is told once which file keeps the rules as they were, not left to
+    wonder why an edit never applies."""
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES, encoding="utf-8")
+    _age(rules, 60)
+    watch = _watch(rules, 2.0)
+    caplog.set_level(logging.WARNING, logger="gateway")
+    for n in range(20):  # 40 s of looks, a new write before each
+        rules.write_text(RULES + f"  - id: r{n}\n", encoding="utf-8")
+        assert not watch.changed()
+        watch._checked -= 2.0
+        watch._pending_since -= 2.0
+    said = [r.getMessage() for r in caplog.records if "rest" in r.getMessage()]
+    assert said == [f"watched files keep changing, not read again until they rest: {rules}"]

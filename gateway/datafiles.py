@@ -10,6 +10,7 @@ Bundles, so no caller may change it in place; ``copy.deepcopy`` gives a mutable 
 
 from __future__ import annotations
 
+import logging
 import time
 from functools import lru_cache
 from pathlib import Path
@@ -23,6 +24,7 @@ from .shared import freeze
 
 __all__ = [
     "RELOAD_INTERVAL",
+    "STILL_MOVING",
     "FileWatch",
     "data_dir",
     "file_stamps",
@@ -31,6 +33,11 @@ __all__ = [
 ]
 
 RELOAD_INTERVAL = 2.0  # seconds between two looks at watched files (policy, routing, partners)
+# Seconds a change may go on without resting before the operator is told (once): the files
+# are not read meanwhile, and an edit that never applies must not be silent.
+STILL_MOVING = 30.0
+
+log = logging.getLogger("gateway.datafiles")
 
 _PACKAGE = Path(__file__).resolve().parent
 
@@ -118,13 +125,15 @@ class FileWatch:
         self.reload_interval = RELOAD_INTERVAL
         self._stamps = file_stamps(paths)
         self._pending: tuple[tuple[int, int, int, int] | None, ...] | None = None
+        self._pending_since = 0.0  # monotonic: when the change not yet rested was first seen
+        self._said = False  # that it keeps changing, once per change
         self._checked = time.monotonic()
 
     def changed(self) -> bool:
         """True once for each change seen at a look that is due; a file that then does
         not load is thus reported once per edit. A change is reported only once the
-        changed files have rested: their modification time ``reload_interval`` seconds
-        old, or the same at two looks in a row (a clock or a copied time ahead of
+        changed files have rested: written (or copied here) ``reload_interval`` seconds
+        before, or the same at two looks in a row (a clock or a copied time ahead of
         ours). A hand edit caught half written, or a copy still running, can be valid
         YAML with half the rules, partners or routes, and must not be read as the new
         truth; a later look sees it whole."""
@@ -134,19 +143,52 @@ class FileWatch:
         self._checked = now
         stamps = file_stamps(self.paths)
         if stamps == self._stamps:
+            self._pending = None
             return False
         if not (stamps == self._pending or self._rested(stamps)):
+            self._still_moving(stamps, now)
             self._pending = stamps  # maybe still being written: the next look decides
             return False
         self._stamps, self._pending = stamps, None
         return True
+
+    def _still_moving(
+        self, stamps: tuple[tuple[int, int, int, int] | None, ...], now: float
+    ) -> None:
+        """A change seen not rested yet: its start noted, and once it has gone on for
+        ``STILL_MOVING`` seconds (a file written at every look never rests, and is never
+        read: any look may catch it half written) the files named in the log, once."""
+        if self._pending is None:
+            self._pending_since, self._said = now, False
+        elif not self._said and now - self._pending_since >= STILL_MOVING:
+            self._said = True
+            moving = (
+                str(p) for p, a, b in zip(self.paths, self._stamps, stamps, strict=True) if a != b
+            )
+            log.warning(
+                "watched files keep changing, not read again until they rest: %s",
+                ", ".join(moving),
+            )
 
     def _rested(self, stamps: tuple[tuple[int, int, int, int] | None, ...]) -> bool:
         """Whether every file that changed was last written ``reload_interval`` seconds
         ago or more (a file gone has rested: its absence is what is read)."""
         written_before = time.time_ns() - int(self.reload_interval * 1e9)
         return all(
-            new is None or new[0] <= written_before
-            for old, new in zip(self._stamps, stamps, strict=True)
+            new is None or _last_written(path) <= written_before
+            for path, old, new in zip(self.paths, self._stamps, stamps, strict=True)
             if new != old
         )
+
+
+def _last_written(path: Path) -> int:
+    """When ``path`` was last written or arrived here (ns): its change time too, not only
+    its modification time, which a copy keeps (``rsync -a``, ``cp -p``, ``tar x``): a set
+    copied in with old times would otherwise look rested file by file, and a look
+    between two copies would read new rules with old agreements. Gone since the look:
+    now (not rested; the next look decides)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return time.time_ns()
+    return max(st.st_mtime_ns, st.st_ctime_ns)

@@ -747,7 +747,7 @@ class Outbox:
         paused = self.paused_partners(now)
         for key, entry in out.items():
             # Why nothing of it moves: the partner asked for no request before then.
-            entry["paused_until"] = _iso(paused[key]) if key in paused else None
+            entry["paused_until"] = _iso(paused[key][0]) if key in paused else None
             oldest = entry.pop("oldest_waiting")
             entry["oldest_waiting_at"] = _iso(oldest) if oldest else None
             entry["oldest_waiting_seconds"] = (
@@ -756,29 +756,33 @@ class Outbox:
         return [out[k] for k in sorted(out)]
 
     # -- a partner's Retry-After, for every worker -------------------------------------
-    def pause_partner(self, partner: str, until: datetime, now: datetime) -> None:
+    def pause_partner(self, partner: str, base: str, until: datetime, now: datetime) -> None:
         """Keep a partner's ``Retry-After`` for every worker on this store: no request
-        to ``partner`` before ``until``. A later pause extends the one kept; an earlier
-        one leaves it (one upsert: workers answered at once cannot lose the later)."""
+        to ``partner`` at ``base`` before ``until``. A later pause extends the one kept;
+        an earlier one leaves it (one upsert: workers answered at once cannot lose the
+        later); one from another base (the partner moved) replaces it."""
         insert = (
             pg_insert(_pauses) if self.store.dialect == "postgresql" else sqlite_insert(_pauses)
         )
-        upsert = insert.values(partner=partner, until=until, asked_at=now)
+        upsert = insert.values(partner=partner, base=base, until=until, asked_at=now)
+        new = upsert.excluded
         upsert = upsert.on_conflict_do_update(
             index_elements=[_pauses.c.partner],
-            set_={"until": upsert.excluded.until, "asked_at": upsert.excluded.asked_at},
-            where=_pauses.c.until < upsert.excluded.until,
+            set_={"base": new.base, "until": new.until, "asked_at": new.asked_at},
+            where=sa.or_(_pauses.c.until < new.until, _pauses.c.base != new.base),
         )
         with self._write() as conn:
             conn.execute(upsert)
 
-    def paused_partners(self, now: datetime) -> dict[str, datetime]:
+    def paused_partners(self, now: datetime) -> dict[str, tuple[datetime, str]]:
         """The partners that asked for no request before a time still to come: key ->
-        until (a primary-key table of one row a partner: read before every batch)."""
+        (until, the base URL that asked); a primary-key table of one row a partner,
+        read before every batch."""
         p = _pauses.c
+        query = sa.select(p.partner, p.until, p.base).where(p.until > now)
         with self.store.engine.connect() as conn:
-            rows = conn.execute(sa.select(p.partner, p.until).where(p.until > now)).all()
-        return {partner: until for partner, until in rows}
+            rows = conn.execute(query).all()
+        return {partner: (until, base) for partner, until, base in rows}
 
     # -- moving ---------------------------------------------------------------------
     def claim(self, record: OutboxRecord, now: datetime, lease: timedelta) -> bool:

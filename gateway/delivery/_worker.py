@@ -313,7 +313,7 @@ class Deliverer:
             trace_attempt(record, answer, now, self.clock)  # when tracing is on
             now = self.clock()
             self._audit(record, partner, parts, answer, attempts)
-            self._count(partner.key, breaker, answer, now)
+            self._count(partner, breaker, answer, now)
             if answer.kind != "delivered":
                 self._failed(record, part, attempts, answer, now)
                 return True
@@ -616,7 +616,7 @@ class Deliverer:
             return asked
         return backoff(attempt, self.config.backoff_base, self.config.backoff_cap, self.rng)
 
-    def _count(self, key: str, breaker: Breaker, answer: Answer, now: datetime) -> None:
+    def _count(self, partner: Partner, breaker: Breaker, answer: Answer, now: datetime) -> None:
         """An answer (delivered, or refused: the partner is up) closes the breaker; no
         answer, 5xx, 408 and 429 count as failures, and so does a refusal of our
         credentials: every request would be refused alike, so after a few the partner's
@@ -627,7 +627,7 @@ class Deliverer:
         if answer.wait is not None:
             until = now + timedelta(seconds=min(answer.wait, self.config.backoff_cap))
             breaker.pause(until)
-            self._share_pause(key, until, now)
+            self._share_pause(partner, until, now)
         if answer.kind in ("delivered", "dead"):
             breaker.success()
         else:
@@ -635,18 +635,21 @@ class Deliverer:
 
     def _follow_pauses(self, now: datetime) -> None:
         """Take the Retry-After pauses other workers were asked for (the store's
-        ``partner_pauses``): their partners' rows are not claimed until then."""
-        for key, until in self.outbox.paused_partners(now).items():
-            self.breaker(key).pause(until)
+        ``partner_pauses``): their partners' rows are not claimed until then. A pause
+        another base URL asked for (the partner has moved since) does not hold."""
+        for key, (until, base) in self.outbox.paused_partners(now).items():
+            partner = self.partners.get(key)
+            if partner is not None and partner.base == base:
+                self.breaker(key).pause(until)
 
-    def _share_pause(self, key: str, until: datetime, now: datetime) -> None:
+    def _share_pause(self, partner: Partner, until: datetime, now: datetime) -> None:
         """Keep a partner's pause for the other workers. Not kept (the store busy or
         gone) only means they learn it from their own next request: this worker's
         pause holds, and the row's own retry time is kept by its move."""
         try:
-            self.outbox.pause_partner(key, until, now)
+            self.outbox.pause_partner(partner.key, partner.base, until, now)
         except SQLAlchemyError as exc:
-            log.warning("partner %s: its pause not shared (%s)", key, type(exc).__name__)
+            log.warning("partner %s: its pause not shared (%s)", partner.key, type(exc).__name__)
 
     # -- per partner ----------------------------------------------------------------
     def breaker(self, key: str) -> Breaker:
@@ -714,7 +717,7 @@ class Deliverer:
             return True
         # Failed: what a send answered so would mean (retried, held, or dead).
         answer = check.answer or Answer("retry", check.reason, UNCHECKED)
-        self._count(partner.key, breaker, answer, now)
+        self._count(partner, breaker, answer, now)
         self._failed(record, 0, record.attempts + 1, answer, now, from_state=state)
         return True
 

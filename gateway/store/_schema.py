@@ -215,6 +215,9 @@ partner_pauses = Table(
     "partner_pauses",
     metadata,
     Column("partner", String(64), primary_key=True),  # institution key
+    # The base URL that asked: a partner moved to another endpoint is not paused by the
+    # old one's Retry-After, and the new one's pause replaces it.
+    Column("base", Text(), nullable=False),
     Column("until", DateTime(), nullable=False),
     Column("asked_at", DateTime(), nullable=False),  # when the partner asked
 )

@@ -21,7 +21,18 @@ from gateway.partners import Auth, Partner
 from gateway.store import Incoming, Store
 from tests.conftest import REPO
 
-from .conftest import BASE, CONFIG, ORDERS, PARTNER, POST_URL, Clock, bundle, response, searchset
+from .conftest import (
+    BASE,
+    CONFIG,
+    ORDERS,
+    PARTNER,
+    POST_URL,
+    Clock,
+    answer_checks,
+    bundle,
+    response,
+    searchset,
+)
 
 OUTCOME = {
     "resourceType": "OperationOutcome",
@@ -576,14 +587,34 @@ def test_a_partner_pause_is_kept_for_every_worker_and_only_ever_extended(
     outbox.enqueue(PARTNER, bundle("P1", "O1"), now=clock.now)
     later, earlier = clock.now + timedelta(seconds=120), clock.now + timedelta(seconds=30)
     assert outbox.paused_partners(clock.now) == {}
-    outbox.pause_partner("hkpmc", later, clock.now)
-    outbox.pause_partner("hkpmc", earlier, clock.now)  # a second worker, a shorter ask
-    outbox.pause_partner("nsch", earlier, clock.now)
-    assert outbox.paused_partners(clock.now) == {"hkpmc": later, "nsch": earlier}
+    outbox.pause_partner("hkpmc", BASE, later, clock.now)
+    outbox.pause_partner("hkpmc", BASE, earlier, clock.now)  # a second worker, a shorter ask
+    outbox.pause_partner("nsch", BASE, earlier, clock.now)
+    assert outbox.paused_partners(clock.now) == {"hkpmc": (later, BASE), "nsch": (earlier, BASE)}
     assert outbox.stats(clock.now)[0]["paused_until"] == "2026-12-05T08:02:00.000Z"
-    outbox.pause_partner("hkpmc", later + timedelta(seconds=5), clock.now)
-    assert outbox.paused_partners(clock.now)["hkpmc"] == later + timedelta(seconds=5)
+    outbox.pause_partner("hkpmc", BASE, later + timedelta(seconds=5), clock.now)
+    assert outbox.paused_partners(clock.now)["hkpmc"] == (later + timedelta(seconds=5), BASE)
     assert outbox.paused_partners(later + timedelta(seconds=5)) == {}  # over
+
+
+def test_a_partner_moved_to_another_base_is_not_held_by_the_old_ones_pause(
+    outbox: Outbox, clock: Clock
+) -> None:
+    """The old endpoint asked for 10 minutes of quiet; the partner then moved
+    (partners.yaml: a new base URL). The new endpoint is not paused by it, and a pause
+    the new one asks for replaces the old one's, even a shorter one."""
+    moved = Partner("hkpmc", "https://fhir2.hkpmc.example.hk/fhir/R4")
+    row, _ = outbox.enqueue(moved, bundle("P1", "O1"), now=clock.now)
+    outbox.pause_partner("hkpmc", BASE, clock.now + timedelta(seconds=600), clock.now)
+    with respx.mock(assert_all_mocked=True) as router:
+        answer_checks(router)
+        router.post(moved.base + "/").respond(200, json=response("201 Created", "201 Created"))
+        with Deliverer(outbox, {"hkpmc": moved}, CONFIG, clock=clock) as deliverer:
+            assert deliverer.run_once() == 1
+    assert outbox.require(row).state == "delivered"
+    shorter = clock.now + timedelta(seconds=5)
+    outbox.pause_partner("hkpmc", moved.base, shorter, clock.now)
+    assert outbox.paused_partners(clock.now) == {"hkpmc": (shorter, moved.base)}
 
 
 def test_settings_sized_client_timeouts(outbox: Outbox) -> None:

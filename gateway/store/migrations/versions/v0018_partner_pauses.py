@@ -25,6 +25,7 @@ def upgrade() -> None:
     op.create_table(
         "partner_pauses",
         sa.Column("partner", sa.String(64), primary_key=True),
+        sa.Column("base", sa.Text(), nullable=False),
         sa.Column("until", sa.DateTime(), nullable=False),
         sa.Column("asked_at", sa.DateTime(), nullable=False),
     )

@@ -449,3 +449,51 @@ def test_a_part10_instance_number_out_of_range_is_an_intake_error(converter: Con
     [error] = record.errors
     assert error.code == "intake.dicom-bad-value", error.line()
     assert error.location.endswith("(0020,0013) InstanceNumber"), error.location
+
+
+# What the sender must set: every message about a wrong or missing (0008,0005) names it and
+# the term to declare (a Big5 sender has none in DICOM: UTF-8 and ISO_IR 192)
+@pytest.mark.parametrize(
+    ("declared", "name", "codec", "hint"),
+    [
+        (None, "王^伟", "utf-8", "declare (0008,0005) SpecificCharacterSet 'ISO_IR 192'"),
+        ("ISO_IR 100", "王^伟", "gb18030", "declare (0008,0005) SpecificCharacterSet 'GB18030'"),
+        (
+            "ISO_IR 100",
+            "陳^大文",
+            "big5hkscs",
+            "send the text in UTF-8 with (0008,0005) SpecificCharacterSet 'ISO_IR 192'",
+        ),
+    ],
+)
+def test_a_refused_charset_says_what_the_sender_should_declare(
+    converter: Converter, declared: str | None, name: str, codec: str, hint: str
+) -> None:
+    ds = wang_wei(SpecificCharacterSet=declared, InstitutionName=None, StudyDescription="CT",
+                  IssuerOfAccessionNumberSequence=None, ReferringPhysicianName=None)  # fmt: skip
+    ds.add_new(0x00100010, "PN", name.encode(codec))
+    [record] = converter.convert(part10(ds), source="x.dcm")
+    [error] = record.errors
+    assert error.code == "intake.charset-mismatch" and "(0010,0010) PatientName" in (
+        error.location or ""
+    )
+    assert (
+        f"the sender should {hint}" in error.message and "charset_mismatch: decode" in error.message
+    )
+
+
+@pytest.mark.parametrize(
+    ("declared", "codec", "term"),
+    [("ISO_IR 192", "gb18030", "'GB18030'"), ("GB18030", "utf-8", "'ISO_IR 192'")],
+)
+def test_bytes_undecodable_in_a_declared_multi_byte_charset_say_what_to_declare(
+    converter: Converter, declared: str, codec: str, term: str
+) -> None:
+    ds = wang_wei(SpecificCharacterSet=declared, InstitutionName="LAX2",
+                  ReferringPhysicianName=None, StudyDescription="CT")  # fmt: skip
+    ds.add_new(0x00100010, "PN", "王^伟".encode(codec))
+    [record] = converter.convert(part10(ds), source="x.dcm")
+    [warning] = [w for w in record.warnings if w.code == "intake.dicom-undecodable"]
+    assert f"(0008,0005) '{declared}'" in warning.message
+    assert f"the sender should declare (0008,0005) SpecificCharacterSet {term}" in warning.message
+    assert "王" not in warning.message  # the value is never quoted

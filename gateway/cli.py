@@ -32,7 +32,7 @@ import errno
 import gc
 import os
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import BinaryIO
@@ -51,7 +51,7 @@ from .envelope import Record
 from .errors import ConfigError, GatewayError
 from .inbound import add_cli as add_inbound_cli
 from .inputs import RECORD_SUFFIXES, DicomInput, input_files
-from .intake import FORMATS, detect_format
+from .intake import FORMATS, detect_format, with_paths
 from .listeners import add_cli as add_listen_cli
 from .listeners.dicom import add_cli as add_dicom_cli
 from .listeners.dicom import start_dicom
@@ -160,13 +160,15 @@ def cmd_convert(args: argparse.Namespace, settings: Settings) -> int:
     show = args.progress or (sys.stderr.isatty() and (len(files) > 1 or (size or 0) > _CHUNK))
     progress = Progress(len(files), sys.stderr, show, size)
 
-    def report(records: Iterable[Record]) -> None:
+    def report(records: Iterable[Record], names: Sequence[str] = ()) -> None:
+        """``names``: the inputs' paths, printed beside the references messages give
+        their files (``file 1a2b3c4d``): the operator typed them, no one else sees them."""
         for record in records:
             collector.record()
             progress.record(record)
             for issue in record.issues:
                 if not args.quiet or issue.severity != "warning":
-                    progress.say(issue.line())
+                    progress.say(with_paths(issue.line(), names))
             if record.unmapped:
                 progress.say(f"info: {record.label}: not mapped: {', '.join(record.unmapped)}")
             if record.ok:
@@ -208,7 +210,7 @@ def cmd_convert(args: argparse.Namespace, settings: Settings) -> int:
             records = converter.convert_dicom_inputs(
                 dicom, trace=args.unmapped, sender=sender, on_read=progress.read
             )
-            report(records)
+            report(records, [item.name for item in dicom])
     except _Usage as exc:
         progress.close()
         print(f"error: {exc}", file=sys.stderr)

@@ -5,6 +5,7 @@ several languages, default charsets and addresses.
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -116,7 +117,7 @@ class Network:
                             for k, v in (entry.get("name") or {}).items()
                             if v is not None
                         },
-                        oid=str(entry["oid"]) if entry.get("oid") else None,
+                        oid=_load_oid(path, n, entry),
                         jurisdiction=entry.get("jurisdiction"),
                         charset=entry.get("charset"),
                         data=entry,
@@ -237,6 +238,36 @@ def _oid(text: str) -> str:
 
 def _oids(inst: Institution) -> tuple[str, ...]:
     return (_oid(inst.oid),) if inst.oid else ()
+
+
+_OID_FORM = re.compile(r"[0-9]+(?:\.[0-9]+)*")
+
+
+def _load_oid(path: Path, n: int, entry: dict[str, Any]) -> str | None:
+    """An institution's OID as the gateway writes and compares it: bare digits and dots.
+    Certificates name it exactly (``OID:1.2.3``) and it is written out as
+    ``urn:oid:<oid>``, so one written ``urn:oid:1.2.3`` or in full-width digits named no
+    institution: the prefix is removed and the digits folded (NFKC) here, once; anything
+    else left is refused, naming the file and the institution."""
+    value = entry.get("oid")
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):  # YAML reads 1.20 as the number 1.2
+        raise ConfigError(
+            "network",
+            f"{path}: institution #{n} ({entry.get('key')}): 'oid' must be text; quote it "
+            "(YAML reads an OID such as 1.20 as a number)",
+        )
+    oid = unicodedata.normalize("NFKC", value).strip()
+    if oid[:8].casefold() == "urn:oid:":
+        oid = oid[8:].strip()
+    if oid and _OID_FORM.fullmatch(oid) is None:
+        raise ConfigError(
+            "network",
+            f"{path}: institution #{n} ({entry.get('key')}): 'oid' {value!r} is not an OID "
+            "(digits separated by dots, as 2.16.156.10011.99.1.1, optionally after urn:oid:)",
+        )
+    return oid or None
 
 
 def _given(entry: dict[str, Any], field: str) -> Any:

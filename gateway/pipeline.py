@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
-import re
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from .config import Settings
 from .envelope import TRANSITIONS, Record, State, Step, dump_json
 from .errors import ConfigError, GatewayError, IntakeError, Issue, ValidationError
 from .inputs import DicomInput, dicom_batches
-from .intake import FORMATS, Unit, detect_format
+from .intake import FORMATS, Unit, detect_format, file_ref
 from .intake.cda import check_path as cda_path
 from .intake.cda import read_documents
 from .intake.dicom import check_path as dicom_path
@@ -760,21 +759,12 @@ def _late(unit: Unit, batch: list[DicomInput]) -> Unit:
     )
     error = IntakeError(
         "dicom-late-file",
-        f"{_safe_name(culprit.name)}: holds an instance of a study already converted "
+        f"{file_ref(culprit.name)}: holds an instance of a study already converted "
         "earlier in the batch; a study is converted once, whole (convert this file "
         "again together with the study's other files)",
         location="(0020,000D) StudyInstanceUID",
     )
     return Unit(b"", unit.index, "dicom", kind="study", control_id=unit.control_id, error=error)
-
-
-_UNSAFE = re.compile(r"[^\w.\-/ #()\[\]+]")  # as the DICOM reader names files
-
-
-def _safe_name(name: str) -> str:
-    """A file name fit for an error line: no control or markup characters, bounded."""
-    cleaned = _UNSAFE.sub("_", name)
-    return cleaned if len(cleaned) <= 160 else "…" + cleaned[-159:]
 
 
 def internal_issue(stage: str, record: str | None = None) -> Issue:

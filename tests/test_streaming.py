@@ -20,6 +20,7 @@ from gateway.intake.hl7v2 import parse_message, split_messages, stream_raw_messa
 from gateway.progress import Progress
 from tests.gateway_cli import run
 from tests.golden.dicom.make_studies import LAX2_CHEST, NSCH_KNEE, instance, part10, wang_wei
+from tests.intake.dicom._shown import shown
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples" / "hl7v2"
@@ -249,7 +250,9 @@ def test_a_late_file_of_a_converted_study_is_an_error_naming_it(
     assert first.ok and first.control_id == LAX2_CHEST
     assert late.bundle is None and late.index == 2
     [error] = late.errors
-    assert error.code == "intake.dicom-late-file" and "b/late.zip" in error.message
+    assert error.code == "intake.dicom-late-file" and "b/late.zip" in shown(
+        error.message, [(i.name, i.read()) for i in items]
+    )
     assert "王" not in error.message and "WANG" not in error.message
 
 

@@ -2,6 +2,7 @@
 
 from ._charset import codec_for, decode_strict
 from ._detect import FORMATS, detect_format
+from ._files import file_ref, with_paths
 from ._unit import MemoView, RecordView, Unit
 
 __all__ = [
@@ -12,4 +13,6 @@ __all__ = [
     "codec_for",
     "decode_strict",
     "detect_format",
+    "file_ref",
+    "with_paths",
 ]

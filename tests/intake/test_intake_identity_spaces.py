@@ -201,6 +201,37 @@ def test_the_performing_organisation_read_by_its_name_keeps_its_ends(
     ], [i.line() for i in records[0].issues]
 
 
+@pytest.mark.parametrize(
+    ("coded", "ok"),
+    [
+        ("^^^^^LAX2&2.16.156.10011.99.1.4&ISO^^^^LAX2", True),  # .6.1 and .10: the code
+        ("^^^^^^^^^LAX2", True),  # .10 alone
+        ("^^^^^LAX2", True),  # .6.1 alone
+        ("^^^^^&2.16.156.10011.99.1.4&ISO", False),  # .6.2 only: ORU.yaml reads .1 as the code
+        ("", False),  # the name alone is the code
+    ],
+)
+def test_the_performing_organisations_name_padded_with_u3000_fails_only_as_its_code(
+    converter: Converter, coded: str, ok: bool
+) -> None:
+    # Chinese systems pad text with U+3000. Beside an id (.10) or an authority (.6.1)
+    # ORU.yaml $performing (.10 | .6.1 | .1) never reads the name: its padding is
+    # harmless and the Bundle is the unpadded one's. Read as the code it keeps failing
+    # the record (above): trimmed, the network's look-up would be of another spelling.
+    obx23 = "来安县第二人民医院^^^^^LAX2&2.16.156.10011.99.1.4&ISO^^^^LAX2"
+    records = _convert(
+        converter, "oru_r01_cobranded.hl7", (obx23, f"来安县第二人民医院\u3000{coded}")
+    )
+    if not ok:
+        assert [(e.code, e.location) for e in records[0].errors] == [
+            ("intake.control-characters", "OBX(1)-23.1")
+        ], [i.line() for i in records[0].issues]
+        return
+    assert records[0].ok, [i.line() for i in records[0].issues]
+    plain = _convert(converter, "oru_r01_cobranded.hl7", (obx23, f"来安县第二人民医院{coded}"))
+    assert records[0].bundle_json == plain[0].bundle_json
+
+
 @pytest.mark.parametrize("tab", ["\t", "\\X09\\"])
 def test_a_memoised_read_of_the_same_text_elsewhere_does_not_hide_the_end(
     converter: Converter, tab: str

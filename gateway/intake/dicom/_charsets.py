@@ -34,6 +34,7 @@ from pydicom.valuerep import PersonName
 from ...errors import IntakeError, Issue
 from .._charset import MULTI_BYTE, likely_cjk_charset, mislabelled_as
 from ._paths import tag_label
+from ._terms import NAMES, declare_hint
 from ._view import _element
 
 __all__ = ["CharsetPolicy", "check_text", "single_byte_or_none"]
@@ -49,7 +50,6 @@ _SINGLE_BYTE = frozenset(
 )
 _LATIN_TERMS = frozenset({f"ISO_IR {n}" for n in _LATIN} | {f"ISO 2022 IR {n}" for n in _LATIN})
 _DEFAULT_TERMS = frozenset({"", "ISO_IR 6", "ISO 2022 IR 6"})
-_NAMES = {"utf-8": "UTF-8 (ISO_IR 192)", "gb18030": "GB18030", "big5hkscs": "Big5-HKSCS"}
 _WORD = re.compile(r"[^\W\d_]+")
 _ESC = 0x1B
 _INSTANCE = re.compile(r"series\[\d+\]/instance\[\d+\] ")
@@ -172,7 +172,8 @@ class _Checker:
                     "charset-mismatch",
                     f"(0008,0005) SpecificCharacterSet is absent and the bytes are not valid "
                     f"{policy.default}, the configured charset of {policy.facility}: cannot "
-                    f"decode the byte at {exc.start}",
+                    f"decode the byte at {exc.start}; the sender should declare its character "
+                    "set in (0008,0005), or the network name the one it sends",
                     location=label,
                 ) from None
             ds[elem.tag] = _decoded(elem, vr, text)
@@ -204,20 +205,21 @@ class _Checker:
         likely: str,
         what: str,
     ) -> None:
-        name = _NAMES.get(likely, likely)
+        name = NAMES.get(likely, likely)
         if self.policy.mismatch != "decode":
             sender = self.policy.facility or "the sender"
             raise IntakeError(
                 "charset-mismatch",
-                f"the bytes are Chinese text in {name}, not {what}; the study is refused "
-                f"(set charset_mismatch: decode for {sender} in the network to decode them "
-                f"as {name})",
+                f"the bytes are Chinese text in {name}, not {what}; the study is refused: "
+                f"the sender should {declare_hint(likely)} (or set charset_mismatch: decode "
+                f"for {sender} in the network to have them decoded as {name})",
                 location=label,
             )
         ds[elem.tag] = _decoded(elem, vr, data.decode(likely))
         self._note(
             "intake.charset-mislabelled",
-            f"declared {what} but the bytes are Chinese text in {name}; decoded as {name}",
+            f"declared {what} but the bytes are Chinese text in {name}; decoded as {name} "
+            f"(the sender should {declare_hint(likely)})",
             label,
         )
 

@@ -42,6 +42,7 @@ from ...errors import GatewayError, IntakeError, Issue
 from ...network import Network
 from .._charset import MULTI_BYTE, codec_for, likely_cjk_charset
 from .._controls import CONTROL, stripped
+from .._files import file_ref
 from .._identifying import identifying_error
 from .._unit import Unit
 from ._charsets import CharsetPolicy, check_text, single_byte_or_none
@@ -104,14 +105,20 @@ _UNSAFE = re.compile(r"[^\w.\-/ #()\[\]+]")
 
 
 def _safe(name: str) -> str:
-    """A file name fit for a message: no markup or control characters, bounded."""
+    """A text that is no file name (a JSON key, a charset term, a library's words) fit
+    for a message: no markup or control characters, bounded. A file is named by
+    ``file_ref`` (its name may name the patient)."""
     cleaned = _UNSAFE.sub("_", name)
     return cleaned if len(cleaned) <= 160 else "…" + cleaned[-159:]
 
 
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+
+
 def _why(exc: BaseException) -> str:
-    """What a zip or codec error says (zipfile's messages hold no file content)."""
-    text = str(exc).splitlines()[0][:120] if str(exc) else ""
+    """What a zip or codec error says, its quoted parts left out: zipfile's messages hold
+    no file content but quote member names ("Bad CRC-32 for file 'CHAN_TAI_MAN.dcm'")."""
+    text = _QUOTED.sub("'…'", str(exc).splitlines()[0])[:120] if str(exc) else ""
     return f"{type(exc).__name__}: {_safe(text)}" if text else type(exc).__name__
 
 
@@ -197,8 +204,10 @@ def check_instance(data: bytes, name: str = "the instance") -> None:
     part cut by a boundary inside it must be refused, not stored and fail at commit."""
     with quiet_pydicom():
         got = _instance(name, io.BytesIO(data), len(data), False, MAX_ELEMENT_BYTES, "")
-    if isinstance(got, _Broken):
-        raise got.error
+    if isinstance(got, _Broken):  # named as the caller names it (not a file's name)
+        error = got.error
+        message = error.issue.message.replace(file_ref(name), name, 1)
+        raise IntakeError(error.code, message, location=error.location)
 
 
 def _read_all(
@@ -230,7 +239,7 @@ def _read_all(
             slots.append(
                 IntakeError(
                     "dicom-no-instances",
-                    f"{_safe(name)}: no DICOM instance in the archive "
+                    f"{file_ref(name)}: no DICOM instance in the archive "
                     f"({len(notes)} member(s) skipped)",
                 )
             )
@@ -278,7 +287,9 @@ def _value(ds: Dataset, tag: int) -> Any:
 
 
 def _in_file(name: str, exc: IntakeError) -> IntakeError:
-    return IntakeError(exc.code, f"{_safe(name)}: {exc.issue.message}", location=exc.issue.location)
+    return IntakeError(
+        exc.code, f"{file_ref(name)}: {exc.issue.message}", location=exc.issue.location
+    )
 
 
 def _ascii(ds: Dataset, tag: int) -> str | None:
@@ -351,7 +362,7 @@ def uid_problem(text: str) -> str | None:
 def _missing(name: str, tag: int) -> IntakeError:
     return IntakeError(
         "dicom-missing-uid",
-        f"{_safe(name)}: {tag_label(tag)} is empty, so the instance cannot be placed",
+        f"{file_ref(name)}: {tag_label(tag)} is empty, so the instance cannot be placed",
         location=tag_label(tag),
     )
 
@@ -406,8 +417,8 @@ def _place(
         study.issues.append(
             Issue(
                 "intake.duplicate-instance",
-                f"SOP instance {sop_uid} is in {_safe(first.name)} and again in "
-                f"{_safe(inst.name)}; counted once",
+                f"SOP instance {sop_uid} is in {file_ref(first.name)} and again in "
+                f"{file_ref(inst.name)}; counted once",
                 location=tag_label(_SOP),
                 severity="warning",
             )
@@ -437,7 +448,7 @@ def _same_patient(study: _Study, inst: _Instance) -> None:
         mine, first = ident[n], study.patient[n]
         if mine == first:
             continue
-        a, b = _safe(study.patient_from), _safe(inst.name)
+        a, b = file_ref(study.patient_from), file_ref(inst.name)
         if not mine or not first:
             lacking, having = (b, a) if not mine else (a, b)
             raise IntakeError(
@@ -599,7 +610,7 @@ def _identifying(value: str, label: str, name: str) -> None:
 
 
 def _study_mismatch(label: str, first: str, other: str, mine: str, theirs: str) -> IntakeError:
-    a, b = _safe(first), _safe(other)
+    a, b = file_ref(first), file_ref(other)
     if not mine or not theirs:
         lacking, having = (b, a) if not mine else (a, b)
         what = f"{lacking} has no {label} but {having}, of the same study, has one"
@@ -707,7 +718,8 @@ def _datasets(
     else:
         yield IntakeError(
             "dicom-not-dicom",
-            f"{_safe(name)}: not DICOM (no 'DICM' marker at byte 128), DICOM JSON or a zip archive",
+            f"{file_ref(name)}: not DICOM (no 'DICM' marker at byte 128), DICOM JSON or a zip "
+            "archive",
         )
 
 
@@ -745,7 +757,7 @@ def _instance(
         return _Broken(name, group, exc, _study_of(ds) if ds is not None else None)
     except ARCHIVE_FAULTS as exc:
         error = IntakeError(
-            "dicom-damaged-member", f"{_safe(name)}: damaged in the archive ({_why(exc)})"
+            "dicom-damaged-member", f"{file_ref(name)}: damaged in the archive ({_why(exc)})"
         )
         return _Broken(name, group, error, _study_of(ds) if ds is not None else None)
     return _Instance(ds, name, size, group, tuple(scan.skipped))
@@ -799,7 +811,7 @@ def _part10(name: str, fp: IO[bytes], force: bool, limit: int) -> Dataset:
     except PYDICOM_FAULTS as exc:
         raise IntakeError(
             "dicom-unreadable",
-            f"{_safe(name)}: the DICOM header cannot be read ({type(exc).__name__})",
+            f"{file_ref(name)}: the DICOM header cannot be read ({type(exc).__name__})",
         ) from None
 
 
@@ -807,7 +819,8 @@ def _too_deep(name: str, label: str | None) -> IntakeError:
     where = f" at {label}" if label else ""
     return IntakeError(
         "dicom-unreadable",
-        f"{_safe(name)}: sequences nested deeper than {MAX_SEQUENCE_DEPTH} levels{where}; not read",
+        f"{file_ref(name)}: sequences nested deeper than {MAX_SEQUENCE_DEPTH} levels{where}; "
+        "not read",
         location=label,
     )
 
@@ -894,7 +907,7 @@ def _incomplete(
 def _cut(name: str, label: str, why: str) -> IntakeError:
     return IntakeError(
         "dicom-truncated",
-        f"{_safe(name)}: the file is cut short at {label}: {why}",
+        f"{file_ref(name)}: the file is cut short at {label}: {why}",
         location=label,
     )
 
@@ -961,14 +974,14 @@ def _json(name: str, data: bytes, group: str) -> Iterator[_Instance | _Broken | 
     except orjson.JSONDecodeError as exc:
         yield IntakeError(
             "dicom-json",
-            f"{_safe(name)}: not valid JSON (line {exc.lineno}, column {exc.colno})",
+            f"{file_ref(name)}: not valid JSON (line {exc.lineno}, column {exc.colno})",
         )
         return
     objects = doc if isinstance(doc, list) else [doc]
     for n, obj in enumerate(objects, 1):
         where = name if len(objects) == 1 else f"{name}[{n}]"
         if not isinstance(obj, dict):
-            error = IntakeError("dicom-json", f"{_safe(where)}: not a DICOM JSON object")
+            error = IntakeError("dicom-json", f"{file_ref(where)}: not a DICOM JSON object")
             yield _Broken(where, group, error)
             continue
         deep = _json_too_deep(where, obj)
@@ -1052,7 +1065,7 @@ def _json_fault(where: str, obj: dict[str, Any], path: str = "") -> IntakeError:
         if tag < 0:
             label = f"{path}key {_safe(key)[:16]!r}"
             why = "is not a DICOM tag (8 hexadecimal digits)"
-            return IntakeError("dicom-json", f"{_safe(where)}: {label} {why}", location=label)
+            return IntakeError("dicom-json", f"{file_ref(where)}: {label} {why}", location=label)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -1072,17 +1085,19 @@ def _json_fault(where: str, obj: dict[str, Any], path: str = "") -> IntakeError:
                         return _json_fault(where, item, f"{label}[{n}] > ")
             return IntakeError(
                 "dicom-json",
-                f"{_safe(where)}: {label} is not a valid DICOM JSON attribute "
+                f"{file_ref(where)}: {label} is not a valid DICOM JSON attribute "
                 "(PS3.18 Annex F: 'vr' and a 'Value', 'InlineBinary' or 'BulkDataURI' "
                 "that the VR can hold)",
                 location=label,
             )
-    return IntakeError("dicom-json", f"{_safe(where)}: not a DICOM JSON dataset (PS3.18 Annex F)")
+    return IntakeError(
+        "dicom-json", f"{file_ref(where)}: not a DICOM JSON dataset (PS3.18 Annex F)"
+    )
 
 
 def _skip(notes: list[Issue], member: str, why: str) -> None:
     notes.append(
-        Issue("intake.skipped-member", f"{_safe(member)}: {why}; skipped", severity="warning")
+        Issue("intake.skipped-member", f"{file_ref(member)}: {why}; skipped", severity="warning")
     )
 
 
@@ -1093,20 +1108,22 @@ def _archive(
         archive = zipfile.ZipFile(io.BytesIO(data))
         infos = archive.infolist()
     except ARCHIVE_FAULTS as exc:
-        yield IntakeError("dicom-zip", f"{_safe(name)}: not a readable zip archive ({_why(exc)})")
+        yield IntakeError(
+            "dicom-zip", f"{file_ref(name)}: not a readable zip archive ({_why(exc)})"
+        )
         return
     members = [i for i in infos if not i.filename.endswith("/")]
     if not members:
-        yield IntakeError("dicom-zip", f"{_safe(name)}: an empty zip archive (no files in it)")
+        yield IntakeError("dicom-zip", f"{file_ref(name)}: an empty zip archive (no files in it)")
         return
     if len(members) > MAX_MEMBERS:
         yield IntakeError(
-            "dicom-zip", f"{_safe(name)}: {len(members)} files, more than {MAX_MEMBERS} allowed"
+            "dicom-zip", f"{file_ref(name)}: {len(members)} files, more than {MAX_MEMBERS} allowed"
         )
         return
     if sum(i.file_size for i in members) > MAX_TOTAL_BYTES:
         yield IntakeError(
-            "dicom-zip", f"{_safe(name)}: unpacks to more than {MAX_TOTAL_BYTES >> 30} GiB"
+            "dicom-zip", f"{file_ref(name)}: unpacks to more than {MAX_TOTAL_BYTES >> 30} GiB"
         )
         return
     for info in members:
@@ -1115,13 +1132,13 @@ def _archive(
         if base.startswith(".") or info.filename.startswith("__MACOSX/"):
             continue  # finder and editor litter, like the hidden files a folder walk skips
         if not info.filename:
-            error = IntakeError("dicom-damaged-member", f"{_safe(name)}: a member has no name")
+            error = IntakeError("dicom-damaged-member", f"{file_ref(name)}: a member has no name")
             yield _Broken(member, name, error)
             continue
         if info.flag_bits & 0x1:
             error = IntakeError(
                 "dicom-damaged-member",
-                f"{_safe(member)}: encrypted, so it cannot be told whether it is an instance",
+                f"{file_ref(member)}: encrypted, so it cannot be told whether it is an instance",
             )
             yield _Broken(member, name, error)
             continue
@@ -1130,7 +1147,7 @@ def _archive(
             # decompressor allocates before the first byte: a memory bomb in 20 bytes.
             error = IntakeError(
                 "dicom-refused-member",
-                f"{_safe(member)}: LZMA-compressed; only stored, deflated or bzip2 members "
+                f"{file_ref(member)}: LZMA-compressed; only stored, deflated or bzip2 members "
                 "are read",
             )
             yield _Broken(member, name, error)
@@ -1139,7 +1156,7 @@ def _archive(
             yield from _member(archive, info, member, name, notes, limit)
         except ARCHIVE_FAULTS as exc:
             error = IntakeError(
-                "dicom-damaged-member", f"{_safe(member)}: damaged in the archive ({_why(exc)})"
+                "dicom-damaged-member", f"{file_ref(member)}: damaged in the archive ({_why(exc)})"
             )
             yield _Broken(member, name, error)
 
@@ -1172,7 +1189,7 @@ def _member(
         if why is None and kind == "json" and info.file_size > MAX_JSON_BYTES:
             why = "a DICOM JSON file too large to read whole"
         if why is not None:  # a DICOM file or DICOM JSON the gateway will not read
-            error = IntakeError("dicom-refused-member", f"{_safe(member)}: {why}; not read")
+            error = IntakeError("dicom-refused-member", f"{file_ref(member)}: {why}; not read")
             yield _Broken(member, group, error)
             return
         fp.seek(0)
@@ -1285,7 +1302,7 @@ def _manifest(study: _Study, root: Node) -> bytes:
 def _names(study: _Study, root: Node) -> dict[str, str]:
     """Each instance's label in the tree (``series[1]/instance[2]``) -> its file, and
     each series' (``series[1]``) -> the file of its first instance."""
-    by_ds = {id(i.ds): _safe(i.name) for i in study.instances.values()}
+    by_ds = {id(i.ds): file_ref(i.name) for i in study.instances.values()}
     names = {s.label: by_ds[id(s.datasets[0])] for s in root.children}
     names.update((i.label, by_ds[id(i.datasets[0])]) for s in root.children for i in s.children)
     return names

@@ -21,11 +21,13 @@ from pydicom.multival import MultiValue
 from pydicom.valuerep import PersonName
 
 from ...errors import IntakeError, Issue
+from .._charset import likely_cjk_charset
 from .._controls import CONTROL, controls_removed, stripped
 from .._identifying import dicom_identifies
 from ._faults import PYDICOM_FAULTS
 from ._paths import ALL, Path, Step, compile_path, tag_label
 from ._scope import quiet_pydicom
+from ._terms import NAMES, declare_hint
 
 __all__ = ["DicomView", "Node"]
 
@@ -435,14 +437,36 @@ def _element(
     if notes is not None and any("decode" in str(w.message) for w in caught):
         note = Issue(
             "intake.dicom-undecodable",
-            "bytes that do not decode in the study's Specific Character Set were "
-            "replaced by U+FFFD",
+            "bytes that do not decode in the study's Specific Character Set "
+            f"{_declared(ds)}were replaced by U+FFFD{_undecodable_hint(raw.value)}",
             location=label,
             severity="warning",
         )
         if note not in notes:
             notes.append(note)
     return elem
+
+
+def _declared(ds: Dataset) -> str:
+    """(0008,0005) as the dataset declares it, for a message (terms are code strings)."""
+    raw = ds.get_item(0x00080005, keep_deferred=True)
+    value = raw.value if raw is not None else None
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    if isinstance(value, (list, MultiValue)):
+        value = "\\".join(str(v) for v in value)
+    text = str(value or "").strip(" \x00")[:64]
+    return f"(0008,0005) {text!r} " if text else ""  # absent in an item: its parent's
+
+
+def _undecodable_hint(data: Any) -> str:
+    """What the sender should declare when the bytes are Chinese text in another charset
+    (GB 18030 declared ISO_IR 192, UTF-8 declared GB18030): the value is never quoted."""
+    likely = likely_cjk_charset(data) if isinstance(data, bytes) else None
+    if likely is None:
+        return ""
+    name = NAMES.get(likely, likely)
+    return f"; the bytes read as {name}: the sender should {declare_hint(likely)}"
 
 
 def _has_data(ds: Dataset, tag: Any) -> bool:

@@ -785,11 +785,18 @@ def _check_header_fields(msh: list[str]) -> None:
         )
 
 
-def _sender_policy(msh: bytes, network: Network | None) -> tuple[str, tuple[str, ...]]:
-    """The sender's ``charset_mismatch`` and the multi-byte charsets to try, in order."""
+def _sender_policy(
+    msh: bytes, network: Network | None, codec: str | None
+) -> tuple[str, tuple[str, ...]]:
+    """The sender's ``charset_mismatch`` and the multi-byte charsets to try, in order.
+    ``codec``: the charset the message declares (or defaults to), in which MSH-4 is read;
+    a single-byte one over Chinese bytes (the very case this policy decides) is read in
+    the charset the MSH's bytes are, as DICOM reads InstitutionName."""
     if network is None:
         return "refuse", MULTI_BYTE
-    facility = _facility(msh)
+    if codec not in _MULTIBYTE and not msh.isascii():
+        codec = mislabelled_as(msh, declared=codec) or codec
+    facility = _facility(msh, codec)
     inst = network.institution(facility)
     hk = inst is not None and (inst.jurisdiction or "").upper().startswith("HK")
     return network.charset_mismatch(facility), _HK_PREFER if hk else MULTI_BYTE
@@ -808,7 +815,7 @@ def _decode(
         return decode_strict(data, codec, declared=name, location=location)
     # A single-byte charset over Chinese bytes, or GB 18030 and Big5 mistaken for each
     # other: the sender's charset_mismatch decides.
-    mismatch, prefer = _sender_policy(msh, network)
+    mismatch, prefer = _sender_policy(msh, network, codec)
     return decode_strict(
         data,
         codec,
@@ -852,12 +859,14 @@ def _decode_undeclared(
         utf8 = None
     if utf8 is not None and not utf8_suspect(utf8.text):
         return utf8
-    facility = _facility(msh)
+    # MSH-4 in the charset the MSH's bytes are: which default the sender has is not known yet
+    guess = "utf-8" if utf8 is not None else mislabelled_as(msh)
+    facility = _facility(msh, guess)
     name = fallback_charset(facility) if (fallback_charset and facility) else None
     if utf8 is not None and not _default_reads_better(data, name):
         return utf8
     if not name:
-        likely = mislabelled_as(data, _sender_policy(msh, network)[1])
+        likely = mislabelled_as(data, _sender_policy(msh, network, guess)[1])
         fields = _msh_fields(msh, likely)
         if fields is not None:  # a truncated MSH is what is wrong first
             _check_header_fields(fields)
@@ -920,10 +929,17 @@ def _component(fields: list[str], n: int) -> str:
     return value.split(fields[2][:1] or "^")[0].strip()
 
 
-def _facility(msh: bytes) -> str:
-    fs = msh[3:4]
-    parts = msh.split(fs)
-    if len(parts) < 4:
-        return ""
-    comp = parts[1][:1] or b"^"
-    return parts[3].split(comp)[0].decode("ascii", "replace").strip()
+def _facility(msh: bytes, codec: str | None) -> str:
+    """MSH-4.1, the sender's facility code (its charset policy and default charset are
+    looked up by it), read in ``codec``; "" when the MSH does not decode in it. Decoded
+    as ASCII with replacement, a Chinese code was U+FFFD, and two codes one string; split
+    as bytes, a Big5 or GB 18030 trail byte '|' (院 B0 7C in Big5) shifted the fields."""
+    if msh.isascii():
+        fs = msh[3:4]
+        parts = msh.split(fs)
+        if len(parts) < 4:
+            return ""
+        comp = parts[1][:1] or b"^"
+        return parts[3].split(comp)[0].decode("ascii").strip()
+    fields = _msh_fields(msh, codec)
+    return _component(fields, 4) if fields is not None else ""

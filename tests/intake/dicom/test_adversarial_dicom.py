@@ -19,6 +19,7 @@ import pytest
 from gateway import Converter
 from gateway.intake.dicom import _reader
 from tests.golden.dicom.make_studies import part10, wang_wei
+from tests.intake.dicom._shown import shown
 
 OTHER_STUDY = "1.2.826.0.1.3680043.8.498.77001"
 SECRET = "绝密-7f3a9c"
@@ -80,7 +81,7 @@ def test_a_part10_nest_past_the_stack_fails_its_study_not_the_batch(
     good, failed = converter.convert_files(items)
     assert good.control_id == OTHER_STUDY and good.ok
     [error] = failed.errors
-    assert error.code == "intake.dicom-unreadable" and "b/deep.dcm" in error.message
+    assert error.code == "intake.dicom-unreadable" and "b/deep.dcm" in shown(error.message, items)
 
 
 def test_a_part10_nest_of_defined_length_is_refused_naming_the_tag(converter: Converter) -> None:
@@ -153,7 +154,9 @@ def test_escaping_absolute_and_symlink_member_names_are_only_names(
     ]
     assert study["numberOfInstances"] == 2  # not the symlink's target, instance 9
     [warning] = record.warnings
-    assert warning.code == "intake.skipped-member" and "link.dcm" in warning.message
+    assert warning.code == "intake.skipped-member" and "link.dcm" in shown(
+        warning.message, ("cd.zip", data)
+    )
     assert not Path("/tmp/escape").exists()
 
 
@@ -163,4 +166,6 @@ def test_an_archive_inside_the_archive_is_skipped_not_opened(converter: Converte
     [record] = converter.convert(data, source="cd.zip")
     assert record.ok
     [warning] = record.warnings
-    assert "inner.zip" in warning.message and "archive inside the archive" in warning.message
+    assert "inner.zip" in shown(
+        warning.message, ("cd.zip", data)
+    ) and "archive inside the archive" in shown(warning.message, ("cd.zip", data))

@@ -20,6 +20,7 @@ from gateway import Converter
 from gateway.envelope import Record
 from gateway.intake.dicom import _reader, read_studies
 from tests.golden.dicom.make_studies import LAX2_CHEST, NSCH_KNEE, instance, part10, wang_wei
+from tests.intake.dicom._shown import shown
 
 
 def _resources(record: Record, kind: str) -> list[dict[str, Any]]:
@@ -103,7 +104,9 @@ def test_a_zip_archive_skips_what_is_not_dicom(converter: Converter) -> None:
     assert record.ok
     assert _study_of(record)["numberOfInstances"] == 2
     [warning] = record.warnings
-    assert warning.code == "intake.skipped-member" and "README.txt" in warning.message
+    assert warning.code == "intake.skipped-member" and "README.txt" in shown(
+        warning.message, ("cd.zip", buffer.getvalue())
+    )
 
 
 def test_a_zip_bomb_is_refused(monkeypatch: pytest.MonkeyPatch, converter: Converter) -> None:
@@ -147,7 +150,7 @@ def test_a_file_without_study_uid_is_an_error_record_naming_the_tag(
     [error] = bad.errors
     assert error.code == "intake.dicom-missing-uid"
     assert error.location == "(0020,000D) StudyInstanceUID"
-    assert "broken.dcm" in error.message
+    assert "broken.dcm" in shown(error.message, items)
 
 
 def test_a_file_without_study_uid_fails_the_studies_of_its_folder(converter: Converter) -> None:
@@ -157,7 +160,9 @@ def test_a_file_without_study_uid_fails_the_studies_of_its_folder(converter: Con
     [record] = converter.convert_files(items)
     assert record.control_id == LAX2_CHEST and record.bundle is None
     [error] = record.errors
-    assert error.code == "intake.dicom-missing-uid" and "cd/broken.dcm" in error.message
+    assert error.code == "intake.dicom-missing-uid" and "cd/broken.dcm" in shown(
+        error.message, items
+    )
 
 
 def test_an_instance_without_sop_uid_fails_its_study_only(converter: Converter) -> None:
@@ -182,7 +187,9 @@ def test_a_duplicate_instance_is_counted_once(converter: Converter) -> None:
     [record] = converter.convert_files(items)
     assert record.ok and _study_of(record)["numberOfInstances"] == 2
     [warning] = record.warnings
-    assert warning.code == "intake.duplicate-instance" and "copy.dcm" in warning.message
+    assert warning.code == "intake.duplicate-instance" and "copy.dcm" in shown(
+        warning.message, items
+    )
 
 
 def test_unreadable_and_foreign_files_are_named_without_markup(converter: Converter) -> None:
@@ -260,7 +267,7 @@ def test_an_undecodable_uid_or_charset_is_an_error_record_not_a_traceback(
     ):
         [error] = record.errors
         assert error.code == "intake.dicom-bad-value" and error.location == where
-        assert name in error.message and "王" not in error.message
+        assert name in shown(error.message, items) and "王" not in shown(error.message, items)
     [charset] = converter.convert_files([("cs.dcm", damaged(b"\x08\x00\x05\x00", b"CS"))])
     assert charset.errors[0].code == "intake.dicom-unreadable"
     # a damaged InstanceNumber only orders the instance last; the mapping names it
@@ -299,7 +306,7 @@ def test_a_value_that_is_no_dicom_uid_fails_its_study_naming_file_and_tag(
     assert [r.ok for r in records] == [False, True]
     [error] = records[0].errors
     assert error.code == "intake.dicom-bad-value" and keyword in (error.location or "")
-    assert "chest/IM2.dcm" in error.message and problem in error.message
+    assert "chest/IM2.dcm" in shown(error.message, items) and problem in shown(error.message, items)
     assert "王" not in error.message and "WANG" not in error.message
 
 
@@ -370,7 +377,9 @@ def test_a_corrupt_deflate_stream_fails_the_study(converter: Converter) -> None:
     [record] = converter.convert(bytes(data), source="cd.zip")
     assert record.control_id == LAX2_CHEST and record.bundle is None
     [error] = record.errors
-    assert error.code == "intake.dicom-damaged-member" and "cd.zip/IM2.dcm" in error.message
+    assert error.code == "intake.dicom-damaged-member" and "cd.zip/IM2.dcm" in shown(
+        error.message, ("cd.zip", bytes(data))
+    )
 
 
 def test_an_undecodable_institution_fails_its_study_only(converter: Converter) -> None:
@@ -400,7 +409,9 @@ def test_a_damaged_member_header_fails_the_study(converter: Converter) -> None:
     [record] = converter.convert(bytes(data), source="cd.zip")
     assert record.control_id == LAX2_CHEST and record.bundle is None
     [error] = record.errors
-    assert error.code == "intake.dicom-damaged-member" and "IM2.dcm" in error.message
+    assert error.code == "intake.dicom-damaged-member" and "IM2.dcm" in shown(
+        error.message, ("cd.zip", bytes(data))
+    )
 
 
 def test_a_central_directory_offset_past_its_place_is_an_error_record(
@@ -418,7 +429,9 @@ def test_a_central_directory_offset_past_its_place_is_an_error_record(
     bad, good = converter.convert_files(items)  # in order of first appearance
     assert good.ok and _study_of(good)["numberOfInstances"] == 1
     [error] = bad.errors
-    assert error.code == "intake.dicom-damaged-member" and "cd.zip/IM1.dcm" in error.message
+    assert error.code == "intake.dicom-damaged-member" and "cd.zip/IM1.dcm" in shown(
+        error.message, items
+    )
 
 
 def test_bytes_that_do_not_decode_are_a_warning_named_by_tag(converter: Converter) -> None:
@@ -484,7 +497,7 @@ def test_a_dicom_json_uid_is_checked_as_sent(converter: Converter, tail: str) ->
     assert [(e.code, e.location) for e in record.errors] == [
         ("intake.dicom-bad-value", "(0008,0018) SOPInstanceUID")
     ]
-    assert "chest/more.json" in record.errors[0].message
+    assert "chest/more.json" in shown(record.errors[0].message, items)
 
 
 def test_a_uid_of_several_values_is_told_so(converter: Converter) -> None:

@@ -25,6 +25,7 @@ from gateway.inputs import DicomInput, dicom_batches
 from gateway.intake.dicom import Studies, studies_in
 from tests.gateway_cli import run
 from tests.golden.dicom.make_studies import LAX2_CHEST, NSCH_KNEE, instance, part10, wang_wei
+from tests.intake.dicom._shown import shown
 
 
 def _chest(number: int, series: int = 1) -> bytes:
@@ -163,7 +164,9 @@ def test_a_damaged_member_still_fails_the_whole_study_with_its_loose_files(
     [record] = converter.convert_dicom_inputs(items)
     assert record.control_id == LAX2_CHEST and not record.ok and record.bundle is None
     [error] = record.errors
-    assert error.code != "intake.dicom-late-file" and "IM3" in error.message
+    assert error.code != "intake.dicom-late-file" and "IM3" in shown(
+        error.message, [(i.name, i.read()) for i in items]
+    )
     assert "王" not in error.message and "WANG" not in error.message
 
 

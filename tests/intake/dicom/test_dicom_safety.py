@@ -20,6 +20,7 @@ import pytest
 from gateway import Converter, Settings
 from gateway.envelope import Record
 from tests.golden.dicom.make_studies import LAX2_CHEST, part10, wang_wei
+from tests.intake.dicom._shown import shown
 
 REPO = Path(__file__).resolve().parents[3]
 PATIENT_DATA = ("王", "伟", "李", "WANG", "0012345", "0099999", "Íõ")
@@ -82,7 +83,9 @@ def test_two_patients_in_one_study_fail_it_naming_both_files(converter: Converte
     items = [("S1/IM1.dcm", _chest(1, 1)), ("S2/IM1.dcm", _li_si(2, 1))]
     record = _failed(list(converter.convert_files(items)), "intake.dicom-patient-mismatch")
     [error] = record.errors
-    assert "S1/IM1.dcm" in error.message and "S2/IM1.dcm" in error.message
+    assert "S1/IM1.dcm" in shown(error.message, items) and "S2/IM1.dcm" in shown(
+        error.message, items
+    )
     assert error.location == "(0010,0020) PatientID"
 
 
@@ -96,7 +99,8 @@ def test_a_missing_patient_id_beside_one_fails_the_study(converter: Converter) -
     items = [("a.dcm", _chest(1, 1)), ("b.dcm", _chest(1, 2, PatientID=None))]
     record = _failed(list(converter.convert_files(items)), "intake.dicom-patient-missing")
     [error] = record.errors
-    assert "b.dcm has no (0010,0020) PatientID" in error.message and "a.dcm" in error.message
+    text = shown(error.message, items)
+    assert "(b.dcm) has no (0010,0020) PatientID" in text and "a.dcm" in text
 
 
 def test_a_copy_of_an_instance_naming_another_patient_fails_the_study(
@@ -111,14 +115,16 @@ def test_two_patients_in_a_dicom_json_study(converter: Converter) -> None:
     objects = [wang_wei().to_json_dict(), wang_wei(number=2, PatientID="0099999").to_json_dict()]
     record = _failed(converter.convert(json.dumps(objects).encode(), source="s.json"),
                      "intake.dicom-patient-mismatch")  # fmt: skip
-    assert "s.json[1]" in record.errors[0].message and "s.json[2]" in record.errors[0].message
+    assert "s.json[1]" in shown(record.errors[0].message, ("s.json", b"")) and "s.json[2]" in shown(
+        record.errors[0].message, ("s.json", b"")
+    )
 
 
 # -- 2. all or nothing -------------------------------------------------------------------------
 def test_a_member_with_a_bad_crc_fails_the_whole_study(converter: Converter) -> None:
     data = _bad_crc(_zip(_eight()), "S2/IM2.dcm")
     record = _failed(converter.convert(data, source="cd.zip"), "intake.dicom-damaged-member")
-    assert "cd.zip/S2/IM2.dcm" in record.errors[0].message
+    assert "cd.zip/S2/IM2.dcm" in shown(record.errors[0].message, ("cd.zip", data))
     assert not record.warnings  # an error, never a converted study with a warning
 
 
@@ -134,7 +140,7 @@ def test_a_bad_crc_after_the_header_is_found_too(converter: Converter) -> None:
     members["S3/IM3.dcm"] = part10(ds)
     data = _bad_crc(_zip(members), "S3/IM3.dcm")
     record = _failed(converter.convert(data, source="cd.zip"), "intake.dicom-damaged-member")
-    assert "S3/IM3.dcm" in record.errors[0].message
+    assert "S3/IM3.dcm" in shown(record.errors[0].message, ("cd.zip", data))
 
 
 def test_an_unreadable_instance_in_a_folder_fails_its_study(converter: Converter) -> None:
@@ -144,7 +150,7 @@ def test_an_unreadable_instance_in_a_folder_fails_its_study(converter: Converter
     broken = data[:start] + b"\x08\x00\x51\x00SQ\x00\x00\xff\xff\xff\xff\x01\x02\x03\x04"
     items = [(f"cd/IM{n}.dcm", _chest(1, n)) for n in (1, 2)] + [("cd/IM3.dcm", broken)]
     record = _failed(list(converter.convert_files(items)), "intake.dicom-unreadable")
-    assert "cd/IM3.dcm" in record.errors[0].message
+    assert "cd/IM3.dcm" in shown(record.errors[0].message, items)
 
 
 def test_a_dicom_json_study_with_one_bad_instance_is_one_error(converter: Converter) -> None:
@@ -153,7 +159,10 @@ def test_a_dicom_json_study_with_one_bad_instance_is_one_error(converter: Conver
     records = converter.convert(json.dumps(objects).encode(), source="study.json")
     record = _failed(records, "intake.dicom-json")  # never an error record AND a study
     [error] = record.errors
-    assert "study.json[2]" in error.message and error.location == "(0020,0011) SeriesNumber"
+    assert (
+        "study.json[2]" in shown(error.message, ("study.json", b""))
+        and error.location == "(0020,0011) SeriesNumber"
+    )
 
 
 def test_counts_equal_what_was_received(converter: Converter) -> None:
@@ -257,7 +266,9 @@ def test_a_file_cut_short_fails_naming_the_file_and_tag(converter: Converter) ->
     data = _chest()
     [record] = converter.convert_files([("cd/IM1.dcm", data[:-54])])
     [error] = record.errors
-    assert error.code == "intake.dicom-truncated" and "cd/IM1.dcm" in error.message
+    assert error.code == "intake.dicom-truncated" and "cd/IM1.dcm" in shown(
+        error.message, "cd/IM1.dcm"
+    )
     assert error.location is not None and error.location.startswith("(0020,")
     assert record.bundle is None
 
@@ -269,7 +280,7 @@ def test_a_cut_instance_fails_its_study_in_a_folder(converter: Converter, cut: i
     assert record.bundle is None
     [error] = record.errors
     assert error.code in ("intake.dicom-truncated", "intake.dicom-missing-uid")
-    assert "cd/IM2.dcm" in error.message
+    assert "cd/IM2.dcm" in shown(error.message, items)
 
 
 def test_pixel_data_cut_short_fails_the_instance(converter: Converter) -> None:
@@ -283,7 +294,9 @@ def test_pixel_data_cut_short_fails_the_instance(converter: Converter) -> None:
     [record] = converter.convert(data[:-100], source="cut.dcm")
     [error] = record.errors
     assert error.code == "intake.dicom-truncated"
-    assert error.location == "(7FE0,0010) PixelData" and "cut.dcm" in error.message
+    assert error.location == "(7FE0,0010) PixelData" and "cut.dcm" in shown(
+        error.message, "cut.dcm"
+    )
 
 
 # -- 5. crashes --------------------------------------------------------------------------------
@@ -297,7 +310,7 @@ def test_a_zip_needing_version_8_8_is_an_error_and_the_batch_goes_on(
     bad, good = converter.convert_files(items)
     assert good.ok
     [error] = bad.errors
-    assert error.code == "intake.dicom-zip" and "a/cd.zip" in error.message
+    assert error.code == "intake.dicom-zip" and "a/cd.zip" in shown(error.message, items)
     assert "8.8" in error.message
 
 
@@ -449,3 +462,51 @@ def test_a_part10_instance_number_out_of_range_is_an_intake_error(converter: Con
     [error] = record.errors
     assert error.code == "intake.dicom-bad-value", error.line()
     assert error.location.endswith("(0020,0013) InstanceNumber"), error.location
+
+
+# What the sender must set: every message about a wrong or missing (0008,0005) names it and
+# the term to declare (a Big5 sender has none in DICOM: UTF-8 and ISO_IR 192)
+@pytest.mark.parametrize(
+    ("declared", "name", "codec", "hint"),
+    [
+        (None, "王^伟", "utf-8", "declare (0008,0005) SpecificCharacterSet 'ISO_IR 192'"),
+        ("ISO_IR 100", "王^伟", "gb18030", "declare (0008,0005) SpecificCharacterSet 'GB18030'"),
+        (
+            "ISO_IR 100",
+            "陳^大文",
+            "big5hkscs",
+            "send the text in UTF-8 with (0008,0005) SpecificCharacterSet 'ISO_IR 192'",
+        ),
+    ],
+)
+def test_a_refused_charset_says_what_the_sender_should_declare(
+    converter: Converter, declared: str | None, name: str, codec: str, hint: str
+) -> None:
+    ds = wang_wei(SpecificCharacterSet=declared, InstitutionName=None, StudyDescription="CT",
+                  IssuerOfAccessionNumberSequence=None, ReferringPhysicianName=None)  # fmt: skip
+    ds.add_new(0x00100010, "PN", name.encode(codec))
+    [record] = converter.convert(part10(ds), source="x.dcm")
+    [error] = record.errors
+    assert error.code == "intake.charset-mismatch" and "(0010,0010) PatientName" in (
+        error.location or ""
+    )
+    assert (
+        f"the sender should {hint}" in error.message and "charset_mismatch: decode" in error.message
+    )
+
+
+@pytest.mark.parametrize(
+    ("declared", "codec", "term"),
+    [("ISO_IR 192", "gb18030", "'GB18030'"), ("GB18030", "utf-8", "'ISO_IR 192'")],
+)
+def test_bytes_undecodable_in_a_declared_multi_byte_charset_say_what_to_declare(
+    converter: Converter, declared: str, codec: str, term: str
+) -> None:
+    ds = wang_wei(SpecificCharacterSet=declared, InstitutionName="LAX2",
+                  ReferringPhysicianName=None, StudyDescription="CT")  # fmt: skip
+    ds.add_new(0x00100010, "PN", "王^伟".encode(codec))
+    [record] = converter.convert(part10(ds), source="x.dcm")
+    [warning] = [w for w in record.warnings if w.code == "intake.dicom-undecodable"]
+    assert f"(0008,0005) '{declared}'" in warning.message
+    assert f"the sender should declare (0008,0005) SpecificCharacterSet {term}" in warning.message
+    assert "王" not in warning.message  # the value is never quoted

@@ -153,3 +153,31 @@ def test_patterns_facility_codes_and_keys(tmp_path: Path, network: Network) -> N
     assert list(routing.partners) == ["nsch", "hkpmc"]
     other = Facts("hl7v2", "ORU^R01", "nsgp", "nsch", "NSCH_HIS")
     assert routes.route(other, ["nsch"]).partners == {}
+
+
+@pytest.mark.parametrize("charset", ["GB18030", "BIG5", "UNICODE UTF-8"])
+def test_a_chinese_receiving_facility_is_read_in_the_messages_charset(
+    network: Network, charset: str
+) -> None:
+    """MSH-6 written as the receiving hospital's Chinese name (its alias in the network),
+    in GB 18030, Big5 or UTF-8 as MSH-18 declares: read as ASCII with replacement it
+    was U+FFFD (no route matched it); split as bytes, Big5's 院 (B0 7C: a '|' trail
+    byte) cut the field. Now it names the institution, as intake would read it."""
+    codec = {"GB18030": "gb18030", "BIG5": "big5", "UNICODE UTF-8": "utf-8"}[charset]
+    name = "南沙中心醫院" if codec == "big5" else "南沙中心医院"
+    msh = (
+        f"MSH|^~\\&|HKPMC_RIS|HKPMC|影像系統|{name}|20261205080000||ORU^R01^ORU_R01|"
+        f"C1|P|2.5.1|||||CHN|{charset}\r"
+    )
+    raw = msh.encode(codec) + "PID|1||P1^^^HKPMC^MR||陳^大文\r".encode(codec)
+    if codec == "big5":
+        assert b"\xb0|" in raw  # 院: a trail byte that is the field separator
+    facts = facts_of({"resourceType": "Bundle"}, network, format="hl7v2", raw=raw)
+    assert facts.receiving_facility == "nsch"
+    assert facts.receiving_application == "影像系統"
+
+
+def test_an_ascii_receiving_facility_is_read_from_the_bytes(network: Network) -> None:
+    raw = b"MSH|^~\\&|HKPMC_RIS|HKPMC|NSCH_RIS|NSCH|20261205080000||ORU^R01|C1|P|2.5.1\r"
+    facts = facts_of({"resourceType": "Bundle"}, network, format="hl7v2", raw=raw)
+    assert (facts.receiving_application, facts.receiving_facility) == ("NSCH_RIS", "nsch")

@@ -434,7 +434,18 @@ def _element(
             f"{label} holds a value its VR ({raw.VR}) cannot hold",
             location=label,
         ) from None
-    if notes is not None and any("decode" in str(w.message) for w in caught):
+    undecodable = any("decode" in str(w.message) for w in caught)
+    if undecodable and raw.VR == "PN":
+        # A person's name with characters replaced is another name: never forwarded
+        # (as mislabelled text is refused: intake.charset-mismatch).
+        raise IntakeError(
+            "dicom-name-undecodable",
+            f"{label}: a person's name whose bytes do not decode in the study's Specific "
+            f"Character Set {_declared(ds)}(characters would be replaced by U+FFFD)"
+            f"{_undecodable_hint(raw.value)}",
+            location=label,
+        )
+    if notes is not None and undecodable:
         note = Issue(
             "intake.dicom-undecodable",
             "bytes that do not decode in the study's Specific Character Set "

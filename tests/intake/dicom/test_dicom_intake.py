@@ -445,12 +445,38 @@ def test_bytes_that_do_not_decode_are_a_warning_named_by_tag(converter: Converte
         IssuerOfPatientID="LAX2",
         SpecificCharacterSet="GB18030",
     )
-    ds.add_new(0x00100010, "PN", b"WANG^WEI=\xff\x81^\x80\xff ")  # not GB18030
-    [record] = converter.convert_files([("bad-name.dcm", part10(ds))])
+    ds.add_new(0x00081030, "LO", b"CT \xff\x81\x80\xff ")  # not GB18030
+    [record] = converter.convert_files([("bad-text.dcm", part10(ds))])
     assert record.ok  # the study still converts; the replaced characters are flagged
     [warning] = [i for i in record.warnings if i.code == "intake.dicom-undecodable"]
-    assert warning.location == "(0010,0010) PatientName"
-    assert "WANG" not in warning.line()
+    assert warning.location == "(0008,1030) StudyDescription"
+    assert "CT" not in warning.line().split(":", 1)[-1]
+
+
+@pytest.mark.parametrize("tag", [0x00100010, 0x00080090])  # PatientName, ReferringPhysicianName
+def test_a_persons_name_that_does_not_decode_refuses_the_study(
+    converter: Converter, tag: int
+) -> None:
+    """A person's name with characters replaced by U+FFFD is another name: the study is
+    refused (as HL7 v2 refuses mislabelled text), named by tag, the value never quoted.
+    It converted with a warning, 王� on the patient's record."""
+    from tests.golden.dicom.make_studies import instance, part10
+
+    ds = instance(
+        "2.25.778",
+        1,
+        1,
+        PatientID="0012345",
+        IssuerOfPatientID="LAX2",
+        SpecificCharacterSet="GB18030",
+    )
+    ds.add_new(tag, "PN", b"WANG^WEI=\xcd\xf5^\x80\xff ")  # 王, then not GB18030
+    [record] = converter.convert_files([("bad-name.dcm", part10(ds))])
+    assert not record.ok and record.bundle is None
+    [error] = record.errors
+    assert error.code == "intake.dicom-name-undecodable"
+    assert error.location is not None and error.location.startswith(f"({tag >> 16:04X},")
+    assert "WANG" not in error.line() and "王" not in error.line()
 
 
 def _sent_with(tail: bytes, lead: bytes = b"", implicit: bool = False) -> bytes:

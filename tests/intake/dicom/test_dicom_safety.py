@@ -504,9 +504,16 @@ def test_bytes_undecodable_in_a_declared_multi_byte_charset_say_what_to_declare(
 ) -> None:
     ds = wang_wei(SpecificCharacterSet=declared, InstitutionName="LAX2",
                   ReferringPhysicianName=None, StudyDescription="CT")  # fmt: skip
-    ds.add_new(0x00100010, "PN", "王^伟".encode(codec))
+    ds.add_new(0x00081030, "LO", "胸^部".encode(codec))
     [record] = converter.convert(part10(ds), source="x.dcm")
     [warning] = [w for w in record.warnings if w.code == "intake.dicom-undecodable"]
     assert f"(0008,0005) '{declared}'" in warning.message
     assert f"the sender should declare (0008,0005) SpecificCharacterSet {term}" in warning.message
-    assert "王" not in warning.message  # the value is never quoted
+    assert "胸" not in warning.message  # the value is never quoted
+    # A person's name so sent refuses the study, with the same advice.
+    ds.add_new(0x00100010, "PN", "王^伟".encode(codec))
+    [record] = converter.convert(part10(ds), source="x.dcm")
+    [error] = record.errors
+    assert error.code == "intake.dicom-name-undecodable"
+    assert f"the sender should declare (0008,0005) SpecificCharacterSet {term}" in error.message
+    assert "王" not in error.message

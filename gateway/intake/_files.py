@@ -23,7 +23,18 @@ _REF = re.compile(r"\bfile ([0-9a-f]{8})\b")
 
 def file_ref(name: str) -> str:
     """``file <8 hex digits>``: the reference a message gives the file ``name``."""
-    return "file " + hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return "file " + hashlib.sha256(_raw(name)).hexdigest()[:8]
+
+
+def _raw(name: str) -> bytes:
+    """The name's bytes as the file system holds them, so ``sha256sum`` of the name finds
+    the file: a name that is not UTF-8 (GB 18030 陈大文.dcm) came as surrogate escapes
+    (os.fsdecode), which surrogatepass would hash as other bytes. Any other lone
+    surrogate still hashes."""
+    try:
+        return name.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "surrogatepass")
 
 
 def with_paths(line: str, names: Iterable[str]) -> str:

@@ -42,10 +42,14 @@ def with_paths(line: str, names: Iterable[str]) -> str:
     operator's own terminal, who gave the names."""
     if "file " not in line:
         return line
-    known = {file_ref(n)[5:]: n for n in names}
+    # 8 hex digits collide about once in 77 000 names: a batch that large may hold two
+    # files of one reference, and each must be shown, not whichever was listed last
+    known: dict[str, list[str]] = {}
+    for n in dict.fromkeys(names):
+        known.setdefault(file_ref(n)[5:], []).append(n)
 
     def named(m: re.Match[str]) -> str:
-        name = known.get(m[1])
-        return f"{m[0]} ({name})" if name is not None else m[0]
+        found = known.get(m[1])
+        return f"{m[0]} ({' or '.join(found)})" if found else m[0]
 
     return _REF.sub(named, line)

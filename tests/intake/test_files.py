@@ -86,3 +86,13 @@ def test_a_name_that_is_not_utf8_is_hashed_as_its_bytes() -> None:
     expected = hashlib.sha256(raw).hexdigest()[:8]
     assert file_ref(os.fsdecode(raw)) == f"file {expected}"
     assert file_ref("\ud800.dcm").startswith("file ")  # a lone surrogate still hashes
+
+
+def test_two_names_of_one_reference_are_both_put_back() -> None:
+    # found by counting: the first pair of IM<n>.dcm whose references are the same
+    a, b = "in/IM051762.dcm", "in/IM079465.dcm"
+    assert file_ref(a) == file_ref(b)
+    line = f"error: {file_ref(a)}: not DICOM"
+    assert (
+        with_paths(line, [a, "in/x.dcm", b, a]) == f"error: {file_ref(a)} ({a} or {b}): not DICOM"
+    )

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 __all__ = ["file_ref", "with_paths"]
 
@@ -37,16 +37,18 @@ def _raw(name: str) -> bytes:
         return name.encode("utf-8", "surrogatepass")
 
 
-def with_paths(line: str, names: Iterable[str]) -> str:
-    """``line`` with each reference to one of ``names`` followed by that name: for the
+def with_paths(line: str, names: Iterable[str] | Mapping[str, str]) -> str:
+    """``line`` with each reference to one of ``names`` followed by that name (a mapping:
+    by its value, the path the operator gave for the name the reader hashed): for the
     operator's own terminal, who gave the names."""
     if "file " not in line:
         return line
     # 8 hex digits collide about once in 77 000 names: a batch that large may hold two
     # files of one reference, and each must be shown, not whichever was listed last
+    pairs = names if isinstance(names, Mapping) else {n: n for n in names}
     known: dict[str, list[str]] = {}
-    for n in dict.fromkeys(names):
-        known.setdefault(file_ref(n)[5:], []).append(n)
+    for n, path in pairs.items():
+        known.setdefault(file_ref(n)[5:], []).append(path)
 
     def named(m: re.Match[str]) -> str:
         found = known.get(m[1])

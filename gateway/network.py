@@ -240,7 +240,10 @@ def _oids(inst: Institution) -> tuple[str, ...]:
     return (_oid(inst.oid),) if inst.oid else ()
 
 
-_OID_FORM = re.compile(r"[0-9]+(?:\.[0-9]+)*")
+# FHIR's oid type (urn:oid:[0-2](\.(0|[1-9][0-9]*))+): an arc with a leading zero
+# (1.2.03) was kept, written out as an OID no FHIR validator accepts, and named no
+# institution for a certificate that writes the arc 3
+_OID_FORM = re.compile(r"[0-2](?:\.(?:0|[1-9][0-9]*))+")
 
 
 def _load_oid(path: Path, n: int, entry: dict[str, Any]) -> str | None:
@@ -265,7 +268,8 @@ def _load_oid(path: Path, n: int, entry: dict[str, Any]) -> str | None:
         raise ConfigError(
             "network",
             f"{path}: institution #{n} ({entry.get('key')}): 'oid' {value!r} is not an OID "
-            "(digits separated by dots, as 2.16.156.10011.99.1.1, optionally after urn:oid:)",
+            "(arcs of digits separated by dots, the first 0, 1 or 2, none with a leading zero, as "
+            "2.16.156.10011.99.1.1, optionally after urn:oid:)",
         )
     return oid or None
 

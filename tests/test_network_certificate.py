@@ -102,7 +102,19 @@ def test_an_oid_written_another_way_in_the_network_file_still_names_the_institut
     assert certificate_institution(cert, network) is nsch
 
 
-@pytest.mark.parametrize("written", ["OID:2.16.156.1", "2.16.156.广州", "2.16..156", "urn:oid:x"])
+@pytest.mark.parametrize(
+    "written",
+    [
+        "OID:2.16.156.1",
+        "2.16.156.广州",
+        "2.16..156",
+        "urn:oid:x",
+        "2.16.156.10011.99.1.1.",  # a trailing dot
+        "2.16.0156.10011.99.1.1",  # a leading zero: FHIR's oid refuses it
+        "7.16.156",  # no first arc above 2
+        "2",  # one arc
+    ],
+)
 def test_a_network_oid_that_is_no_oid_refuses_the_file(tmp_path: Path, written: str) -> None:
     path = _network_with_oid(tmp_path, written)
     with pytest.raises(ConfigError) as caught:

@@ -77,6 +77,9 @@ class _Message:
     format: str
     index: int = 1
     result: dict[str, Any] = field(default_factory=dict)
+    # DICOM: each member of the stored zip -> the path the operator gave, to put back
+    # beside the references (``file 1a2b3c4d``) the study's messages name them by
+    files: dict[str, str] = field(default_factory=dict)
 
 
 def _messages(paths: list[str], sender: str | None) -> Iterator[_Message | tuple[str, str]]:
@@ -87,6 +90,7 @@ def _messages(paths: list[str], sender: str | None) -> Iterator[_Message | tuple
 
     for path in paths:
         dicom: list[tuple[str, bytes]] = []
+        shown: dict[str, str] = {}
         for name in input_files([path], RECORD_SUFFIXES):
             try:
                 data = Path(name).read_bytes()
@@ -97,6 +101,7 @@ def _messages(paths: list[str], sender: str | None) -> Iterator[_Message | tuple
             if kind == "dicom":
                 inside = Path(name).relative_to(path) if Path(path).is_dir() else Path(name).name
                 dicom.append((str(inside), data))
+                shown[str(inside)] = name
             elif kind == "cda":
                 yield _Message(name, data, "cda")
             else:
@@ -104,7 +109,21 @@ def _messages(paths: list[str], sender: str | None) -> Iterator[_Message | tuple
                     yield _Message(name, raw.data, "hl7v2", raw.index)
         if dicom:
             zipped = dicom[0][1] if len(dicom) == 1 and dicom[0][1][:2] == b"PK" else None
-            yield _Message(path, zipped or study_zip(dicom), "dicom")
+            if zipped is not None:
+                shown = {m: f"{path}/{m}" for m in _members(zipped)}
+            yield _Message(path, zipped or study_zip(dicom), "dicom", files=shown)
+
+
+def _members(data: bytes) -> list[str]:
+    """The member names of a zip the operator gave (none if it cannot be read: the
+    intake says so)."""
+    import io
+    import zipfile
+
+    try:
+        return zipfile.ZipFile(io.BytesIO(data)).namelist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return []
 
 
 # -- gateway send ---------------------------------------------------------------------------
@@ -181,7 +200,7 @@ def _send_one(
         progress.failed += 1
         for raw in issues:
             if raw.get("severity") in ("error", "fatal"):
-                progress.say(_line(raw, item))
+                progress.say(_line(raw, item, receipt.id))
         item.result.update(state=state, issues=issues)
         return 1
     result: OutboundResult = outbound.process(receipt.id, args.to)
@@ -197,7 +216,12 @@ def _send_one(
     return 1 if bad else 0
 
 
-def _line(raw: dict[str, Any], item: _Message) -> str:
+def _line(raw: dict[str, Any], item: _Message, message_id: int) -> str:
+    """An issue of the stored message as the operator reads it: a DICOM file's reference
+    (the hash of ``message <id>/<member>``, as the store's conversion named it) with the
+    path they gave beside it, on their own terminal only."""
+    from ..intake import with_paths
+
     code = str(raw.get("code"))
     issue = Issue(
         code,
@@ -206,7 +230,8 @@ def _line(raw: dict[str, Any], item: _Message) -> str:
         location=raw.get("location"),
         severity=str(raw.get("severity") or "error"),
     )
-    return issue.line()
+    files = {f"message {message_id}/{m}": path for m, path in item.files.items()}
+    return with_paths(issue.line(), files)
 
 
 def _placed(item: _Message) -> list[dict[str, Any]]:
@@ -266,6 +291,7 @@ def _row(row: OutboxRecord) -> dict[str, Any]:
 
 
 def cmd_route(args: argparse.Namespace, settings: Settings) -> int:
+    from ..intake import with_paths
     from ..network import Network
     from ..partners import configured_partners
     from ..pipeline import Converter
@@ -287,8 +313,9 @@ def cmd_route(args: argparse.Namespace, settings: Settings) -> int:
         ):
             label = f"{item.source}, message #{item.index}" + (f" record {n + 1}" if n else "")
             if record.bundle is None:
+                files = {f"{item.source}/{m}": p for m, p in item.files.items()}
                 for issue in record.errors:
-                    print(issue.line(), file=sys.stderr)
+                    print(with_paths(issue.line(), files), file=sys.stderr)
                 continue
             facts = facts_of(
                 record.bundle,

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ import respx
 from gateway.cli import main
 from gateway.delivery import Deliverer, Outbox
 from gateway.store import Store
+from tests.golden.dicom.make_studies import part10, wang_wei
 
 from .conftest import CONFIG, PARTNER, POST_URL, answer_checks, bundle, response
 
@@ -106,3 +108,22 @@ def test_send_to_an_unknown_partner_is_refused_before_anything_is_stored(
     assert code == 2 and "lax2 is an institution of the network with no FHIR server" in err
     code, out = run(capsys, tmp_path, "messages", "list", "--json")
     assert code == 0 and json.loads(out)["messages"] == []
+
+
+def test_send_and_route_put_the_paths_beside_a_dicom_file_reference(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A study's messages name its files by reference (the hash of the name the store's
+    conversion read, ``message <id>/<member>``): `send` printed the bare reference, which
+    no path the operator holds hashes to."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    names = ("陈大文_1.dcm", "陈大文_2.dcm")
+    (folder / names[0]).write_bytes(part10(wang_wei(series=1, number=1)))
+    (folder / names[1]).write_bytes(part10(wang_wei(series=1, number=2, PatientID="A1234567")))
+    for command in ("send", "route"):
+        code, err = run_err(capsys, tmp_path, command, str(folder))
+        assert code == 1 or command == "route"
+        assert "intake.dicom-patient-mismatch" in err, err
+        for name in names:
+            assert re.search(rf"file [0-9a-f]{{8}} \({re.escape(str(folder / name))}\)", err), err

@@ -6,6 +6,7 @@ beside the reference on its own output, where the operator typed it."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import zipfile
@@ -76,3 +77,22 @@ def test_the_cli_prints_the_path_beside_the_reference(tmp_path: Path) -> None:
     for name in NAMES[:2]:
         path = str(folder / name)
         assert f"{file_ref(path)} ({path})" in err, err
+
+
+def test_a_name_that_is_not_utf8_is_hashed_as_its_bytes() -> None:
+    # 陈大文.dcm written in GB 18030 by a mainland workstation: os.fsdecode gives surrogate
+    # escapes; the reference is what `printf '%s' NAME | sha256sum` prints for the bytes
+    raw = "in/陈大文.dcm".encode("gb18030")
+    expected = hashlib.sha256(raw).hexdigest()[:8]
+    assert file_ref(os.fsdecode(raw)) == f"file {expected}"
+    assert file_ref("\ud800.dcm").startswith("file ")  # a lone surrogate still hashes
+
+
+def test_two_names_of_one_reference_are_both_put_back() -> None:
+    # found by counting: the first pair of IM<n>.dcm whose references are the same
+    a, b = "in/IM051762.dcm", "in/IM079465.dcm"
+    assert file_ref(a) == file_ref(b)
+    line = f"error: {file_ref(a)}: not DICOM"
+    assert (
+        with_paths(line, [a, "in/x.dcm", b, a]) == f"error: {file_ref(a)} ({a} or {b}): not DICOM"
+    )

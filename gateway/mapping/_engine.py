@@ -25,25 +25,32 @@ __all__ = ["MappingSet", "MessageMapping"]
 
 @dataclass(frozen=True, slots=True)
 class OneIdentity:
-    """``one-identity``: the places a record names one thing (its order, its study). At
-    every node of every alternative of ``at``, ``value`` (and ``system``, when given:
-    paths relative to the node) make an identifier; one system with two values is two
-    orders or studies: the mapping reads the first, and the record would be linked to
-    one of them only. Several systems (an order's placer and filler numbers) are one."""
+    """``one-identity``: the places a record names one thing (its order, its study, its
+    patient). At every node of every alternative of ``at``, ``value`` (and ``system``,
+    when given: paths relative to the node) make an identifier; one system with two
+    values is two things: the mapping reads the first, and the record would be linked to
+    one of them only. A node whose ``system`` is empty names nothing (a CDA id without
+    its root: an extension is a number only within its root) and is not compared.
+    ``of`` (optional, relative to the node) is the element each identifier belongs to:
+    one element's identifiers of several systems (an order's placer and filler numbers)
+    are one thing's; two elements are one thing only when they share an identifier,
+    else the record names things that cannot be told to be one."""
 
     what: str
     paths: tuple[str, ...]
     value: str
     system: str | None = None
+    of: str | None = None
 
     def check(self, view: Any) -> None:
         seen: dict[str | None, str] = {}
+        holders: dict[str, tuple[Any, set[str | None]]] = {}  # element → (a node, systems)
         for path in self.paths:
             for node in view.select(path, view.root):
                 value = view.first(self.value, node)
-                if not value:
-                    continue  # no identifier there (a nullFlavor)
                 system = view.first(self.system, node) if self.system else None
+                if not value or (self.system and not system):
+                    continue  # no identifier there (a nullFlavor), or of no issuer
                 if seen.setdefault(system, value) != value:
                     raise MappingError(
                         "conflicting-identifiers",
@@ -51,6 +58,33 @@ class OneIdentity:
                         f"{' | '.join(self.paths)} differ; a record is of one {self.what}",
                         location=str(node.label),
                     )
+                if self.of:
+                    holder = view.select(self.of, node)
+                    key = str(holder[0].label) if holder else str(node.label)
+                    holders.setdefault(key, (node, set()))[1].add(system)
+        self._connected(list(holders.values()))
+
+    def _connected(self, holders: list[tuple[Any, set[str | None]]]) -> None:
+        """Every element shares an identifier with the others, through one another (the
+        values of a system are one by now, so a system in common is an identifier)."""
+        if len(holders) < 2:
+            return
+        reached, rest = set(holders[0][1]), holders[1:]
+        while rest:
+            joined = [h for h in rest if h[1] & reached]
+            if not joined:
+                raise MappingError(
+                    "conflicting-identifiers",
+                    f"the record names more than one {self.what}: the identifiers at "
+                    f"{rest[0][0].label} share no issuer with the record's other "
+                    f"{self.what} identifiers, so they cannot be told to be one "
+                    f"{self.what} (give its numbers on one element); a record is of one "
+                    f"{self.what}",
+                    location=str(rest[0][0].label),
+                )
+            for holder in joined:
+                reached |= holder[1]
+            rest = [h for h in rest if not h[1] & reached]
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,8 +105,11 @@ class MessageMapping:
     build: Callable[..., tuple[dict[str, Any], list[Issue]]] | None = None
 
     def run(self, view: Any, env: Env, tz: str) -> tuple[dict[str, Any], list[Issue]]:
-        for check in self.one_identity:
-            check.check(view)
+        if self.one_identity:
+            # A second patient is refused as such before its identifiers can conflict.
+            self._check_patients(view)
+            for check in self.one_identity:
+                check.check(view)
         if self.build is not None:
             try:
                 bundle, warnings = self.build(view, env, tz, self.lenient)
@@ -85,7 +122,8 @@ class MessageMapping:
                 return bundle, _once(warnings)
         return self._run(view, env, tz)
 
-    def _run(self, view: Any, env: Env, tz: str) -> tuple[dict[str, Any], list[Issue]]:
+    def _check_patients(self, view: Any) -> None:
+        """A second patient (one-patient) refuses the record."""
         if self.one_patient is not None:
             found = view.select(self.one_patient, view.root)
             if len(found) > 1:
@@ -95,6 +133,9 @@ class MessageMapping:
                     "record is converted for one patient: send one per message or document",
                     location=str(found[1].label),
                 )
+
+    def _run(self, view: Any, env: Env, tz: str) -> tuple[dict[str, Any], list[Issue]]:
+        self._check_patients(view)
         state = BundleBuilder()
         ctx = Ctx(view, view.root, {}, state, env, tz, "", self.lenient)
         if self.vars:
@@ -237,15 +278,25 @@ class MappingSet:
         for n, item in enumerate(raw or []):
             try:
                 paths = tuple(p.strip() for p in str(item["at"]).split("|"))
-                system = item.get("system")
+                system, of = item.get("system"), item.get("of")
                 check = OneIdentity(
-                    str(item["what"]), paths, str(item["value"]), system and str(system)
+                    str(item["what"]),
+                    paths,
+                    str(item["value"]),
+                    system and str(system),
+                    of and str(of),
                 )
-                for path in (*check.paths, check.value, *([system] if system else [])):
+                extra = [p for p in (system, of) if p]
+                for path in (*check.paths, check.value, *extra):
                     self._check_path(str(path))
+                unknown = set(item) - {"what", "at", "value", "system", "of"}
+                if unknown:
+                    raise KeyError(", ".join(sorted(unknown)))
             except (KeyError, TypeError, AttributeError) as exc:
                 raise ConfigError(
-                    "mapping", f"{where}: one-identity[{n}] needs what, at and value ({exc!r})"
+                    "mapping",
+                    f"{where}: one-identity[{n}] needs what, at and value, and takes "
+                    f"system and of ({exc!r})",
                 ) from None
             except ConfigError as exc:
                 raise ConfigError(

@@ -256,3 +256,22 @@ def test_a_template_part_made_of_constants_is_built_once_and_frozen(
 
 
 CLINICAL = "http://terminology.hl7.org/CodeSystem/condition-clinical"
+
+
+@pytest.mark.parametrize(
+    ("checks", "message"),
+    [
+        (
+            "one-identity:\n  - {what: order, at: /ORC-2, value: .1, off: ..}\n",
+            "takes system and of",
+        ),
+        ("one-identity:\n  - {what: order, at: /ORC-2, value: .1, of: ORC-two}\n", "ORC-two"),
+    ],
+    ids=["unknown-key", "bad-of"],
+)
+def test_record_checks_are_checked_at_load(tmp_path: Path, checks: str, message: str) -> None:
+    # A misspelt key would switch the check off silently: refused naming the file.
+    root = _mapping_root(tmp_path, ADT_A04 + checks)
+    with pytest.raises(ConfigError) as err:
+        _run(root, HEADER.format(type="ADT^A04") + PATIENT)
+    assert message in str(err.value) and "TEST.yaml" in str(err.value)

@@ -99,13 +99,17 @@ class MessageMapping:
     # ``one-patient``: where the record names its patient; a second one there refuses it
     # (a Bundle is one patient's, and the mapping reads the first)
     one_patient: str | None = None
+    # ``other-subject``: where the record's content is said to be about another person
+    # than its patient (a CDA section's subject); anything there refuses it, since the
+    # content would be filed under the record's patient. (path, why)
+    other_subject: tuple[str, str] | None = None
     one_identity: tuple[OneIdentity, ...] = ()
     # The ceiling target's ``build(view, env, tz, lenient)`` for this mapping (see
     # gateway/mapping/_ceiling.py), tried first; None: the units below alone
     build: Callable[..., tuple[dict[str, Any], list[Issue]]] | None = None
 
     def run(self, view: Any, env: Env, tz: str) -> tuple[dict[str, Any], list[Issue]]:
-        if self.one_identity:
+        if self.one_identity or self.other_subject:
             # A second patient is refused as such before its identifiers can conflict.
             self._check_patients(view)
             for check in self.one_identity:
@@ -123,7 +127,8 @@ class MessageMapping:
         return self._run(view, env, tz)
 
     def _check_patients(self, view: Any) -> None:
-        """A second patient (one-patient) refuses the record."""
+        """A second patient (one-patient), or content about another person (other-subject),
+        refuses the record."""
         if self.one_patient is not None:
             found = view.select(self.one_patient, view.root)
             if len(found) > 1:
@@ -132,6 +137,16 @@ class MessageMapping:
                     f"the record names {len(found)} patients ({self.one_patient}); a "
                     "record is converted for one patient: send one per message or document",
                     location=str(found[1].label),
+                )
+        if self.other_subject is not None:
+            path, why = self.other_subject
+            others = view.select(path, view.root)
+            if others:
+                raise MappingError(
+                    "several-patients",
+                    f"{why}; a record is converted for one patient: its content must not "
+                    "be filed under the patient's name",
+                    location=str(others[0].label),
                 )
 
     def _run(self, view: Any, env: Env, tz: str) -> tuple[dict[str, Any], list[Issue]]:
@@ -247,6 +262,7 @@ class MappingSet:
                 self._check_path(str(one_patient))
             except ConfigError as exc:
                 raise ConfigError("mapping", f"{where}: one-patient: {exc.issue.message}") from None
+        other_subject = self._other_subject(raw.get("other-subject"), where)
         one_identity = self._one_identity(raw.get("one-identity"), where)
         identifier = compiler.spec(bundle["identifier"], f"{where}: bundle.identifier")
         timestamp = compiler.spec(bundle.get("timestamp"), f"{where}: bundle.timestamp")
@@ -268,9 +284,22 @@ class MappingSet:
             bundle_identifier=lower(identifier, f"{where}: bundle.identifier"),
             bundle_timestamp=lower(timestamp, f"{where}: bundle.timestamp"),
             one_patient=None if one_patient is None else str(one_patient),
+            other_subject=other_subject,
             one_identity=one_identity,
             build=build,
         )
+
+    def _other_subject(self, raw: Any, where: str) -> tuple[str, str] | None:
+        """The ``other-subject`` check: ``{at, why}``."""
+        if raw is None:
+            return None
+        if not isinstance(raw, dict) or set(raw) != {"at", "why"}:
+            raise ConfigError("mapping", f"{where}: other-subject needs at and why, only")
+        try:
+            self._check_path(str(raw["at"]))
+        except ConfigError as exc:
+            raise ConfigError("mapping", f"{where}: other-subject: {exc.issue.message}") from None
+        return str(raw["at"]), str(raw["why"])
 
     def _one_identity(self, raw: Any, where: str) -> tuple[OneIdentity, ...]:
         """The ``one-identity`` checks: ``[{what, at, value, system (optional)}]``."""

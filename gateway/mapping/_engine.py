@@ -25,25 +25,32 @@ __all__ = ["MappingSet", "MessageMapping"]
 
 @dataclass(frozen=True, slots=True)
 class OneIdentity:
-    """``one-identity``: the places a record names one thing (its order, its study). At
-    every node of every alternative of ``at``, ``value`` (and ``system``, when given:
-    paths relative to the node) make an identifier; one system with two values is two
-    orders or studies: the mapping reads the first, and the record would be linked to
-    one of them only. Several systems (an order's placer and filler numbers) are one."""
+    """``one-identity``: the places a record names one thing (its order, its study, its
+    patient). At every node of every alternative of ``at``, ``value`` (and ``system``,
+    when given: paths relative to the node) make an identifier; one system with two
+    values is two things: the mapping reads the first, and the record would be linked to
+    one of them only. A node whose ``system`` is empty names nothing (a CDA id without
+    its root: an extension is a number only within its root) and is not compared.
+    ``of`` (optional, relative to the node) is the element each identifier belongs to:
+    one element's identifiers of several systems (an order's placer and filler numbers)
+    are one thing's; two elements are one thing only when they share an identifier,
+    else the record names things that cannot be told to be one."""
 
     what: str
     paths: tuple[str, ...]
     value: str
     system: str | None = None
+    of: str | None = None
 
     def check(self, view: Any) -> None:
         seen: dict[str | None, str] = {}
+        holders: dict[str, tuple[Any, set[str | None]]] = {}  # element → (a node, systems)
         for path in self.paths:
             for node in view.select(path, view.root):
                 value = view.first(self.value, node)
-                if not value:
-                    continue  # no identifier there (a nullFlavor)
                 system = view.first(self.system, node) if self.system else None
+                if not value or (self.system and not system):
+                    continue  # no identifier there (a nullFlavor), or of no issuer
                 if seen.setdefault(system, value) != value:
                     raise MappingError(
                         "conflicting-identifiers",
@@ -51,6 +58,33 @@ class OneIdentity:
                         f"{' | '.join(self.paths)} differ; a record is of one {self.what}",
                         location=str(node.label),
                     )
+                if self.of:
+                    holder = view.select(self.of, node)
+                    key = str(holder[0].label) if holder else str(node.label)
+                    holders.setdefault(key, (node, set()))[1].add(system)
+        self._connected(list(holders.values()))
+
+    def _connected(self, holders: list[tuple[Any, set[str | None]]]) -> None:
+        """Every element shares an identifier with the others, through one another (the
+        values of a system are one by now, so a system in common is an identifier)."""
+        if len(holders) < 2:
+            return
+        reached, rest = set(holders[0][1]), holders[1:]
+        while rest:
+            joined = [h for h in rest if h[1] & reached]
+            if not joined:
+                raise MappingError(
+                    "conflicting-identifiers",
+                    f"the record names more than one {self.what}: the identifiers at "
+                    f"{rest[0][0].label} share no issuer with the record's other "
+                    f"{self.what} identifiers, so they cannot be told to be one "
+                    f"{self.what} (give its numbers on one element); a record is of one "
+                    f"{self.what}",
+                    location=str(rest[0][0].label),
+                )
+            for holder in joined:
+                reached |= holder[1]
+            rest = [h for h in rest if not h[1] & reached]
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,14 +99,21 @@ class MessageMapping:
     # ``one-patient``: where the record names its patient; a second one there refuses it
     # (a Bundle is one patient's, and the mapping reads the first)
     one_patient: str | None = None
+    # ``other-subject``: where the record's content is said to be about another person
+    # than its patient (a CDA section's subject); anything there refuses it, since the
+    # content would be filed under the record's patient. (path, why)
+    other_subject: tuple[str, str] | None = None
     one_identity: tuple[OneIdentity, ...] = ()
     # The ceiling target's ``build(view, env, tz, lenient)`` for this mapping (see
     # gateway/mapping/_ceiling.py), tried first; None: the units below alone
     build: Callable[..., tuple[dict[str, Any], list[Issue]]] | None = None
 
     def run(self, view: Any, env: Env, tz: str) -> tuple[dict[str, Any], list[Issue]]:
-        for check in self.one_identity:
-            check.check(view)
+        if self.one_identity or self.other_subject:
+            # A second patient is refused as such before its identifiers can conflict.
+            self._check_patients(view)
+            for check in self.one_identity:
+                check.check(view)
         if self.build is not None:
             try:
                 bundle, warnings = self.build(view, env, tz, self.lenient)
@@ -85,7 +126,9 @@ class MessageMapping:
                 return bundle, _once(warnings)
         return self._run(view, env, tz)
 
-    def _run(self, view: Any, env: Env, tz: str) -> tuple[dict[str, Any], list[Issue]]:
+    def _check_patients(self, view: Any) -> None:
+        """A second patient (one-patient), or content about another person (other-subject),
+        refuses the record."""
         if self.one_patient is not None:
             found = view.select(self.one_patient, view.root)
             if len(found) > 1:
@@ -95,6 +138,19 @@ class MessageMapping:
                     "record is converted for one patient: send one per message or document",
                     location=str(found[1].label),
                 )
+        if self.other_subject is not None:
+            path, why = self.other_subject
+            others = view.select(path, view.root)
+            if others:
+                raise MappingError(
+                    "several-patients",
+                    f"{why}; a record is converted for one patient: its content must not "
+                    "be filed under the patient's name",
+                    location=str(others[0].label),
+                )
+
+    def _run(self, view: Any, env: Env, tz: str) -> tuple[dict[str, Any], list[Issue]]:
+        self._check_patients(view)
         state = BundleBuilder()
         ctx = Ctx(view, view.root, {}, state, env, tz, "", self.lenient)
         if self.vars:
@@ -206,6 +262,7 @@ class MappingSet:
                 self._check_path(str(one_patient))
             except ConfigError as exc:
                 raise ConfigError("mapping", f"{where}: one-patient: {exc.issue.message}") from None
+        other_subject = self._other_subject(raw.get("other-subject"), where)
         one_identity = self._one_identity(raw.get("one-identity"), where)
         identifier = compiler.spec(bundle["identifier"], f"{where}: bundle.identifier")
         timestamp = compiler.spec(bundle.get("timestamp"), f"{where}: bundle.timestamp")
@@ -227,9 +284,22 @@ class MappingSet:
             bundle_identifier=lower(identifier, f"{where}: bundle.identifier"),
             bundle_timestamp=lower(timestamp, f"{where}: bundle.timestamp"),
             one_patient=None if one_patient is None else str(one_patient),
+            other_subject=other_subject,
             one_identity=one_identity,
             build=build,
         )
+
+    def _other_subject(self, raw: Any, where: str) -> tuple[str, str] | None:
+        """The ``other-subject`` check: ``{at, why}``."""
+        if raw is None:
+            return None
+        if not isinstance(raw, dict) or set(raw) != {"at", "why"}:
+            raise ConfigError("mapping", f"{where}: other-subject needs at and why, only")
+        try:
+            self._check_path(str(raw["at"]))
+        except ConfigError as exc:
+            raise ConfigError("mapping", f"{where}: other-subject: {exc.issue.message}") from None
+        return str(raw["at"]), str(raw["why"])
 
     def _one_identity(self, raw: Any, where: str) -> tuple[OneIdentity, ...]:
         """The ``one-identity`` checks: ``[{what, at, value, system (optional)}]``."""
@@ -237,15 +307,25 @@ class MappingSet:
         for n, item in enumerate(raw or []):
             try:
                 paths = tuple(p.strip() for p in str(item["at"]).split("|"))
-                system = item.get("system")
+                system, of = item.get("system"), item.get("of")
                 check = OneIdentity(
-                    str(item["what"]), paths, str(item["value"]), system and str(system)
+                    str(item["what"]),
+                    paths,
+                    str(item["value"]),
+                    system and str(system),
+                    of and str(of),
                 )
-                for path in (*check.paths, check.value, *([system] if system else [])):
+                extra = [p for p in (system, of) if p]
+                for path in (*check.paths, check.value, *extra):
                     self._check_path(str(path))
+                unknown = set(item) - {"what", "at", "value", "system", "of"}
+                if unknown:
+                    raise KeyError(", ".join(sorted(unknown)))
             except (KeyError, TypeError, AttributeError) as exc:
                 raise ConfigError(
-                    "mapping", f"{where}: one-identity[{n}] needs what, at and value ({exc!r})"
+                    "mapping",
+                    f"{where}: one-identity[{n}] needs what, at and value, and takes "
+                    f"system and of ({exc!r})",
                 ) from None
             except ConfigError as exc:
                 raise ConfigError(

@@ -87,7 +87,11 @@ def detail_rows(view: ReportView, limit: int | None = None) -> list[str]:
     return rows
 
 
-_ROLE = {"local": "local_radiologist", "expert": "expert_radiologist"}
+_ROLE = {
+    "local": "local_radiologist",
+    "expert": "expert_radiologist",
+    "radiologist": "radiologist",
+}
 
 
 def _role(view: ReportView, role: str) -> str:

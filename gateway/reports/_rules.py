@@ -16,9 +16,9 @@ _LABEL_KEYS = (
     *("title", "patient", "name", "sex", "birth_date", "mrn", "exam", "study_date"),
     *("accession", "findings", "impression", "signed_by", "issued", "status"),
     *("performed_at", "interpreted_at", "pending", "none", "sexes", "statuses"),
-    *("report_number", "local_radiologist", "expert_radiologist", "signature"),
-    *("signature_name", "signature_role", "signature_institution", "signature_time"),
-    *("not_reported", "page"),
+    *("report_number", "local_radiologist", "expert_radiologist", "radiologist"),
+    *("signature", "signature_name", "signature_role", "signature_institution"),
+    *("signature_time", "not_reported", "page"),
 )
 _CUTS = ("sc", "tc", "hk")
 

@@ -20,8 +20,11 @@ class Signer:
     name: str
     institution: str | None
     # "local": a radiologist of the performing institution; "expert": of another one
-    # (the reporting institution of a co-branded report, or the partner's radiologist).
-    role: str = "local"
+    # (the reporting institution of a co-branded report, or the partner's radiologist);
+    # "radiologist": one whose institution, or the performing one, is not known, so the
+    # label states no institution (a signed report must not say who belongs where
+    # without knowing it).
+    role: str = "radiologist"
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,12 +185,20 @@ def _signer(
     name = (_person_name(person, lang, rules) if person else None) or _display(ref)
     if name is None and target:
         name = _display(target.get("practitioner"))
-    local = found is None or not performers or any(found[0] == k for k, _ in performers)
     return Signer(
         name or str(rules.label(lang, "none")),
         found[1] if found else None,
-        "local" if local else "expert",
+        _role(found, performers),
     )
+
+
+def _role(found: tuple[str, str] | None, performers: list[tuple[str, str]]) -> str:
+    """A signer's role label: of the performing institution, of another one, or neutral
+    when either institution is unknown (a Practitioner with no role, a radiologist
+    carried by name, a report naming no performer)."""
+    if found is None or not performers:
+        return "radiologist"
+    return "local" if any(found[0] == k for k, _ in performers) else "expert"
 
 
 def _report_number(report: Resource) -> str | None:

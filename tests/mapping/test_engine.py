@@ -256,3 +256,38 @@ def test_a_template_part_made_of_constants_is_built_once_and_frozen(
 
 
 CLINICAL = "http://terminology.hl7.org/CodeSystem/condition-clinical"
+
+
+@pytest.mark.parametrize(
+    ("checks", "message"),
+    [
+        (
+            "one-identity:\n  - {what: order, at: /ORC-2, value: .1, off: ..}\n",
+            "takes system and of",
+        ),
+        ("one-identity:\n  - {what: order, at: /ORC-2, value: .1, of: ORC-two}\n", "ORC-two"),
+        ("other-subject: {at: /NK1}\n", "other-subject needs at and why"),
+        ("other-subject: {at: /NK1-five, why: a relative}\n", "NK1-five"),
+    ],
+    ids=["unknown-key", "bad-of", "no-why", "bad-path"],
+)
+def test_record_checks_are_checked_at_load(tmp_path: Path, checks: str, message: str) -> None:
+    # A misspelt key would switch the check off silently: refused naming the file.
+    root = _mapping_root(tmp_path, ADT_A04 + checks)
+    with pytest.raises(ConfigError) as err:
+        _run(root, HEADER.format(type="ADT^A04") + PATIENT)
+    assert message in str(err.value) and "TEST.yaml" in str(err.value)
+
+
+def test_other_subject_refuses_a_record_about_another_person(tmp_path: Path) -> None:
+    # Any node the path selects refuses the record, at that node, with the file's reason.
+    checks = "other-subject: {at: /NK1, why: the message names a relative}\n"
+    root = _mapping_root(tmp_path, ADT_A04 + checks)
+    with pytest.raises(MappingError) as err:
+        _run(root, HEADER.format(type="ADT^A04") + PATIENT + "NK1|1|李^秀英||||\r")
+    assert err.value.code == "mapping.several-patients"
+    assert err.value.issue.location == "NK1"
+    assert str(err.value.issue.message).startswith("the message names a relative;")
+    assert "李" not in str(err.value)
+    bundle, _ = _run(root, HEADER.format(type="ADT^A04") + PATIENT)  # none there: converts
+    assert bundle["resourceType"] == "Bundle"

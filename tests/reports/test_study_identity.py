@@ -112,3 +112,27 @@ def test_an_order_reference_naming_two_accessions_is_refused(variants: ReportVar
         variants.variant(_bytes(chinese), "bilingual", _bytes(english))
     assert caught.value.code == "mapping.translation-other-study"
     assert caught.value.expression == "DiagnosticReport.basedOn"
+
+
+@pytest.mark.parametrize(
+    "based_on",
+    [
+        [{"reference": "ServiceRequest/sr-77"}],  # a server's order, not in the Bundle
+        [{"reference": "urn:uuid:5a1e0c3e-0000-4000-8000-00000000a077"}],
+        None,  # no order named at all
+    ],
+)
+def test_an_english_order_named_by_no_identifier_is_not_compared(
+    variants: ReportVariants, based_on: list[dict[str, str]] | None
+) -> None:
+    # A reference that carries no identifier, to an order the English report's input
+    # does not hold, names nothing that can be compared by identifier: it is treated as
+    # a report naming no order (refusing it would only make partners drop basedOn).
+    # The pair is still bound by the translation-of report identifier and the patient.
+    chinese, english = nansha_bundle(), english_bundle()
+    _order(report_of(chinese), "NS2026061700021")
+    if based_on is None:
+        del report_of(english)["basedOn"]
+    else:
+        report_of(english)["basedOn"] = based_on
+    assert not variants.variant(_bytes(chinese), "bilingual", _bytes(english)).pending

@@ -662,8 +662,11 @@ def start_dicom(settings: Settings, app: Any = None, port: int | None = None) ->
     service = DicomService(settings, intake, port)
     if service.scp is not None:
         host, port = service.scp.address
+        tls = ""
+        if settings.dicom_tls_cert and settings.dicom_tls_key:
+            tls = " over TLS" + (", client certificates" if settings.dicom_tls_ca else "")
         print(
-            f"DICOM C-STORE SCP {settings.dicom_ae_title} on {host}:{port}; calling AEs: "
+            f"DICOM C-STORE SCP {settings.dicom_ae_title} on {host}:{port}{tls}; calling AEs: "
             f"{', '.join(settings.dicom_allowed_aes)}",
             file=sys.stderr,
         )

@@ -34,6 +34,7 @@ from ._reader import (
     _institution_sent,
     _issuer_uid,
     _sent_text,
+    sent_uid,
 )
 
 __all__ = ["sender_refusal"]
@@ -55,7 +56,7 @@ def sender_refusal(
     config.settings.reading_validation_mode = config.IGNORE  # no values in warnings
     try:
         ds = dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=_TAGS)
-        study = _sent_text(ds, _STUDY)
+        study = sent_uid(ds, _STUDY)  # as the intake stores it
     except _FAULTS:
         return None
     if not study:

@@ -198,9 +198,11 @@ def tls_scp(pki: tuple[Path, Signer], converter: Converter, store: Store) -> Ite
     scp.stop()
 
 
-def _send(scp: DicomSCP, pki: tuple[Path, Signer], oid: str, datasets: list[bytes]) -> list[int]:
+def _send(
+    scp: DicomSCP, pki: tuple[Path, Signer], oid: str | None, datasets: list[bytes]
+) -> list[int]:
     """C-STORE statuses for ``datasets`` sent over TLS with a client certificate of the
-    institution ``oid``."""
+    institution ``oid`` (None: a certificate naming no institution)."""
     folder, signer = pki
     key, cert = certificate(f"PACS {oid}", issuer=signer, ca=False, oid=oid)
     write_pem(folder / "client.crt", folder / "client.key", cert, key)
@@ -236,3 +238,12 @@ def test_tls_c_store_refuses_another_institutions_study(
     assert "institution lax2 (LAX2)" in line and "王" not in line
     # the certificate of Nansha sends Nansha's study: taken
     assert _send(tls_scp, pki, NSCH_OID, _study(**NSCH_IDS)) == [SUCCESS, SUCCESS]
+
+
+def test_tls_c_store_from_a_certificate_naming_no_institution_is_refused(
+    tls_scp: DicomSCP, pki: tuple[Path, Signer]
+) -> None:
+    """Signed by the CA, but no institution's (a system's certificate with a common name
+    only): nothing to compare the study with, so nothing is taken."""
+    assert _send(tls_scp, pki, None, _study()) == [NOT_AUTHORIZED, NOT_AUTHORIZED]
+    assert tls_scp.intake.pending() == []

@@ -67,6 +67,7 @@ SECRET_FILES = {
     "alert_webhook_token_file": "alert webhook token file",
     "alert_smtp_password_file": "SMTP password file",
     "mllp_tls_key": "MLLP TLS key file",
+    "dicom_tls_key": "DICOM TLS key file",
 }
 
 
@@ -82,6 +83,7 @@ def exposed_secrets(settings: Settings) -> list[tuple[str, str]]:
         "alert_smtp_password_file": settings.alert_smtp_password_file,
         # used only with its certificate (the listener speaks TLS: listeners.mllp)
         "mllp_tls_key": settings.mllp_tls_key if settings.mllp_tls_cert else None,
+        "dicom_tls_key": settings.dicom_tls_key if settings.dicom_tls_cert else None,
     }
     out = []
     for setting, path in files.items():
@@ -156,6 +158,11 @@ class Settings:
     dicom_host: str = "127.0.0.1"
     dicom_ae_title: str = "FHIRGATEWAY"
     dicom_allowed_aes: tuple[str, ...] = ()  # calling AE titles let in; "*" lets in any
+    dicom_tls_cert: Path | None = None  # both set: the C-STORE SCP speaks TLS only
+    dicom_tls_key: Path | None = None
+    # set: client certificates required, checked against it, and each study's identifiers
+    # must name the institution the certificate names (listeners.dicom)
+    dicom_tls_ca: Path | None = None
     dicom_quiet_seconds: float = 60.0  # a study is complete after this long with no instance
     dicom_keep_pixels: bool = False  # store pixel data and other bulk data too
     # A commit finding its study taken by another process waits this long for that
@@ -376,6 +383,9 @@ def _coerce(name: str, value: Any, home: Path) -> Any:
         return _delivery_setting(name, value)
     if name.startswith("inbound_"):
         return _inbound_setting(name, value, home)
+    if name.startswith("dicom_tls_"):
+        path = Path(str(value)).expanduser()
+        return path if path.is_absolute() else home / path
     if name.startswith("dicom_") and name != "dicom_max_element_bytes":
         return _dicom_setting(name, value)
     if name == "timezone" and not re.fullmatch(r"[+-](?:0\d|1[0-4]):[0-5]\d|Z", str(value)):

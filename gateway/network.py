@@ -25,6 +25,7 @@ __all__ = [
     "Institution",
     "Network",
     "certificate_institution",
+    "exact_key_problem",
 ]
 
 CHARSET_MISMATCH = ("refuse", "decode")
@@ -64,6 +65,7 @@ class Network:
         a record from one would otherwise be read under the other's identifier systems
         (its MRNs filed as the other's patients), whichever happened to be listed first."""
         self.source = source
+        self._all = tuple(institutions)
         # institution()'s and find()'s answers by the text given (the indexes are read only)
         self._institutions: dict[str, Institution | None] = {}
         self._found: dict[str, Institution | None] = {}
@@ -160,6 +162,13 @@ class Network:
             found = self._by_oid.get(_oid(name_or_code))
         return found
 
+    def under_oid(self, oid: str) -> Institution | None:
+        """The institution whose OID arc holds ``oid`` (``urn:oid:`` or bare), below its
+        own OID: one it assigned (its MRNs', its staff numbers'); the longest arc wins."""
+        bare = oid.removeprefix("urn:oid:")
+        arcs = [i for i in self._all if i.oid and bare.startswith(i.oid + ".")]
+        return max(arcs, key=lambda i: len(i.oid or "")) if arcs else None
+
     def base(self, facility: str) -> str:
         """Identifier-system base of a facility: its registered base, else a made-up one."""
         inst = self.institution(facility)
@@ -203,6 +212,19 @@ def certificate_institution(cert: x509.Certificate, network: Network) -> Institu
     oid = value.removeprefix("OID:")
     inst = network.find(f"urn:oid:{oid}")
     return inst if inst is not None and inst.oid == oid else None
+
+
+def exact_key_problem(key: str, network: Network) -> str | None:
+    """Why ``key`` is not an institution's key exactly as the network file writes it, or
+    None. The look-up also takes facility codes and folds (``ＮＳＣＨ`` and ``NSCH`` find
+    nsch), which suits what senders write in records, not a security file (partner
+    tokens, API tokens bound to an institution): whoever reviews which institution a
+    token stands for (or greps the file for its key) must read it there."""
+    inst = network.institution(key)
+    if inst is not None and inst.key == key:
+        return None
+    found = f": it folds to {inst.key!r}, the key to write" if inst is not None else ""
+    return f"{key!r} is not exactly an institution key{found}"
 
 
 def _fold(text: str) -> str:

@@ -165,11 +165,12 @@ def sender_refusal(store: Store, message_id: int) -> StoreError | None:
     for issue in store.current_issues(message_id, "intake"):
         code = issue.get("code")
         if code in SENDER_REFUSALS:
+            dicom = code.startswith("intake.dicom-")
+            names = "its identifiers name" if dicom else "its MSH-4 names"
             return StoreError(
                 SENDER_REFUSED,
                 f"refused when received ({code}: {SENDER_REFUSALS[code]}), so never "
-                "converted: the institution its MSH-4 names must send it over its own "
-                "connection",
+                f"converted: the institution {names} must send it over its own connection",
                 record=f"message {message_id}",
                 location=issue.get("location") or "MSH-4",
             )

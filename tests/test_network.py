@@ -218,3 +218,18 @@ def test_traditional_and_simplified_names_stay_two_institutions(tmp_path: Path) 
     ]:
         found = network.find(spelling)
         assert found is not None and found.key == key, spelling
+
+
+def test_an_oid_below_an_institutions_own_is_one_it_assigned(tmp_path: Path) -> None:
+    """``under_oid`` (the DICOM sender check reads an issuer's OID with it): an OID in an
+    institution's arc is its own (the longest arc wins); a sibling arc that only shares
+    the digits (1.2.34 beside 1.2.3) is not, nor is the institution's OID itself
+    (``find``'s)."""
+    path = _write(tmp_path, _institution("a", oid="1.2.3"), _institution("b", oid="1.2.3.4"))
+    network = Network.load(path)
+    found = {oid: network.under_oid(oid) for oid in ("1.2.3.9", "urn:oid:1.2.3.4.5")}
+    assert {oid: i.key if i else None for oid, i in found.items()} == {
+        "1.2.3.9": "a",
+        "urn:oid:1.2.3.4.5": "b",
+    }
+    assert network.under_oid("1.2.34.1") is None and network.under_oid("1.2.3") is None

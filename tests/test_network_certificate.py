@@ -5,19 +5,17 @@ the network file writes it; a person's certificate names none."""
 
 from __future__ import annotations
 
-import datetime as dt
 from pathlib import Path
 
 import pytest
 import yaml
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from gateway.errors import ConfigError
 from gateway.network import Network, certificate_institution
 from gateway.signing import make_demo_pki
+from tests._certs import certificate
 
 REPO = Path(__file__).resolve().parents[1]
 NSCH_OID = "2.16.156.10011.99.1.1"
@@ -29,19 +27,7 @@ def network() -> Network:
 
 
 def _certificate(attrs: list[tuple[x509.ObjectIdentifier, str]]) -> x509.Certificate:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(oid, value) for oid, value in attrs])
-    now = dt.datetime.now(dt.UTC)
-    return (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
+    return certificate(attrs)[1]
 
 
 def test_certificate_institution_reads_the_keys_init_certificates(

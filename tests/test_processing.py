@@ -24,6 +24,9 @@ WHY = {
     "intake.mllp-sender-mismatch": "its MSH-4 does not name the institution whose "
     "certificate sent it",
     "intake.mllp-client-no-institution": "the certificate that sent it names no institution",
+    # a DICOM study (tests/listeners/test_dicom_sender.py)
+    "intake.dicom-sender-mismatch": "its identifiers do not name the institution whose "
+    "API token or certificate sent it",
 }
 
 

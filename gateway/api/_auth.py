@@ -1,12 +1,20 @@
 """Bearer tokens for the API and the role each one holds: read from a file, never from
 the repo.
 
-One token per line, optionally followed by its role and a name (whitespace between;
-``#`` starts a comment line)::
+One token per line, optionally followed by its role, a name and an institution
+(whitespace between; ``#`` starts a comment line)::
 
     Yz1…Qk                          a line without a role: operator (as before roles)
     Hk9…aw  auditor  compliance-hk  the name appears in the audit trail
     Zr2…p0  admin
+    Pq7…x4  operator pacs-hkpmc hkpmc   bound to an institution (below)
+
+A token bound to an institution (its key exactly as the network file writes it, as
+partner token lines name theirs) stands for that institution's systems: STOW-RS takes
+from it only studies whose identifiers name that institution (IssuerOfPatientID, its
+qualifiers, InstitutionName, the accession number's issuer); any other study is refused
+whole, ``intake.dicom-sender-mismatch`` (docs/listeners-dicom.md). A token without one
+is unchanged.
 
 Roles are the web console's three: ``operator`` runs the gateway (every route of the
 API as it was before roles: convert, messages and ``$reprocess``, policy and consents,
@@ -34,6 +42,7 @@ from pathlib import Path
 
 from ..config import Settings, not_private, private_folder
 from ..errors import ConfigError, Issue, shape
+from ..network import Network, exact_key_problem
 
 __all__ = [
     "AUDIT_PATH",
@@ -59,10 +68,11 @@ AUDIT_PATH = "/fhir/AuditEvent"
 @dataclass(frozen=True, slots=True)
 class Principal:
     """Who a token is: a name (the line's, else a fingerprint of the token: never the
-    token itself) and a role."""
+    token itself), a role, and the institution key it is bound to (None: not bound)."""
 
     name: str
     role: str
+    institution: str | None = None
 
     def may(self, permission: str) -> bool:
         return permission in PERMISSIONS[self.role]
@@ -90,30 +100,50 @@ def fingerprint(token: str) -> str:
     return "token-" + hashlib.sha256(token.encode()).hexdigest()[:12]
 
 
-def _parse(line: str, number: int, source: Path | None) -> tuple[bytes, Principal]:
+def _parse(
+    line: str, number: int, source: Path | None, network: Network | None
+) -> tuple[bytes, Principal]:
     token, *rest = line.split()
     role = rest[0] if rest else DEFAULT_ROLE
-    if role not in ROLES or len(rest) > 2:
-        where = f"{source or 'the API tokens'}, line {number}"
+    where = f"{source or 'the API tokens'}, line {number}"
+    if role not in ROLES or len(rest) > 3:
         raise ConfigError(
             "bad-token-role",
-            f"{where}: a token line is TOKEN [ROLE [NAME]] with ROLE one of "
+            f"{where}: a token line is TOKEN [ROLE [NAME [INSTITUTION]]] with ROLE one of "
             f"{', '.join(ROLES)} (found {len(rest)} word(s) after the token, the first of "
             f"form {shape(role)})",
         )
     name = rest[1] if len(rest) > 1 else fingerprint(token)
-    return token.encode(), Principal(name, role)
+    institution = rest[2] if len(rest) > 2 else None
+    if institution is not None:
+        _check_institution(institution, network, where)
+    return token.encode(), Principal(name, role, institution)
+
+
+def _check_institution(key: str, network: Network | None, where: str) -> None:
+    """A bound token's institution must be a network key, exactly: a token file that
+    binds a token to no institution, or to one it only folds to, is refused whole."""
+    problem: str | None
+    if network is None:
+        problem = "the token is bound to an institution, but no network was loaded"
+    else:
+        problem = exact_key_problem(key, network)
+    if problem is not None:
+        raise ConfigError("bad-token-role", f"{where}: {problem}")
 
 
 class TokenSet:
-    """The API's tokens. ``lines`` as in the token file: ``TOKEN [ROLE [NAME]]``."""
+    """The API's tokens. ``lines`` as in the token file: ``TOKEN [ROLE [NAME
+    [INSTITUTION]]]``; ``network`` checks the institutions named."""
 
-    def __init__(self, lines: Iterable[str], source: Path | None = None) -> None:
+    def __init__(
+        self, lines: Iterable[str], source: Path | None = None, network: Network | None = None
+    ) -> None:
         parsed = []
         for number, line in enumerate(lines, 1):
             text = line.strip()
             if text and not text.startswith("#"):
-                parsed.append(_parse(text, number, source))
+                parsed.append(_parse(text, number, source, network))
         if not parsed:
             raise ConfigError("no-tokens", f"no API tokens in {source or 'configuration'}")
         self._tokens = parsed
@@ -172,4 +202,4 @@ def load_tokens(settings: Settings) -> TokenSet:
     problem = not_private(path, mode, "API token file")
     if problem is not None:
         raise ConfigError("no-tokens", problem)
-    return TokenSet(lines, path)
+    return TokenSet(lines, path, Network.load(settings.network))

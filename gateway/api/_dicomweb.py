@@ -15,6 +15,10 @@ converted, 422 failed, or 202 ``"state": "converting"`` when another process too
 same instances and had not finished within ``dicom_commit_wait_seconds``; a study
 converted (or refused) before, with nothing new pending, answers that outcome again
 (a retry after a timeout); 404 a study never received. Bearer token, as every API route.
+A token bound to an institution (api-tokens: ``TOKEN ROLE NAME INSTITUTION``) stores a
+request only when every study in it names that institution; else 403 with an
+OperationOutcome, one ``intake.dicom-sender-mismatch`` issue per refused study, nothing
+of the request stored, each refused study kept as a rejected message.
 """
 
 from __future__ import annotations
@@ -36,12 +40,15 @@ from ..listeners.dicom import (
     DicomIntake,
     Origin,
     Outcome,
+    Part,
     iter_outcomes,
     media_type,
     open_intake,
+    refuse_for_sender,
     response_json,
     split_multipart,
 )
+from ._auth import Principal
 
 __all__ = ["MAX_STOW_BODY", "add_dicomweb_routes"]
 
@@ -90,6 +97,10 @@ def add_dicomweb_routes(
             return _outcome(Issue("request.stow-empty", "the request holds no body part"), 400)
         client = request.client
         origin = Origin("stow", f"{client.host}:{client.port}" if client else None)
+        mismatched = await _refused_for_sender(intake(), request, parts, origin)
+        if mismatched:
+            body = orjson.dumps(operation_outcome(mismatched))
+            return Response(body, 403, media_type="application/fhir+json")
         outcomes = await run_in_threadpool(iter_outcomes, intake(), iter(parts), origin, study)
         return Response(
             orjson.dumps(response_json(outcomes)),
@@ -123,6 +134,18 @@ def add_dicomweb_routes(
             "errors": list(result.errors),
         }
         return Response(orjson.dumps(body), _commit_status(result), media_type="application/json")
+
+
+async def _refused_for_sender(
+    intake: DicomIntake, request: Request, parts: list[Part], origin: Origin
+) -> list[Issue]:
+    """The refusals of a request by a token bound to an institution: its studies must
+    name that institution (``refuse_for_sender``); none for a token bound to none."""
+    principal: Principal = request.state.principal
+    if principal.institution is None:
+        return []
+    own = intake.network.institution(principal.institution)
+    return await run_in_threadpool(refuse_for_sender, intake, parts, origin, principal.name, own)
 
 
 def _commit_status(result: CommitResult) -> int:

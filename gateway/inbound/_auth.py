@@ -42,7 +42,7 @@ from joserfc.jwk import ECKey, OKPKey, RSAKey
 
 from ..config import SECRET_FILES, Settings, not_private
 from ..errors import nul_message
-from ..network import Institution, Network, certificate_institution
+from ..network import Institution, Network, certificate_institution, exact_key_problem
 
 # the chain, validity, CRL and key-usage checks signatures get
 from ..signing import SignatureReport, TrustStore, check_certificate
@@ -144,17 +144,12 @@ def load_partner_tokens(path: Path, network: Network) -> dict[str, str]:
 
 
 def _exact_key(key: str, network: Network, where: str) -> str:
-    """``key`` when it is an institution's key exactly as the network file writes it.
-    The look-up also takes facility codes and folds (``ＮＳＣＨ`` and ``NSCH`` find nsch),
-    which suits what senders write in records, not a security file: whoever reviews
-    which partner a token lets in (or greps the file for its key) must read it there."""
-    inst = network.institution(key)
-    if inst is None or inst.key != key:
-        found = f": it folds to {inst.key!r}, the key to write" if inst is not None else ""
-        raise InboundError(
-            "inbound.config", f"{where}: {key!r} is not exactly an institution key{found}"
-        )
-    return inst.key
+    """``key`` when it is an institution's key exactly as the network file writes it
+    (``exact_key_problem``)."""
+    problem = exact_key_problem(key, network)
+    if problem is not None:
+        raise InboundError("inbound.config", f"{where}: {problem}")
+    return key
 
 
 def _public_jwk(cert: x509.Certificate) -> Any:

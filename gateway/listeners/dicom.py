@@ -35,6 +35,7 @@ import signal
 import sys
 import threading
 import time
+import weakref
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -51,23 +52,28 @@ from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from ..audit import audit_log, store_hook
 from ..config import Settings
-from ..errors import ConfigError, GatewayError, IntakeError, nul_message
-from ..intake.dicom import check_instance, sent_uid, uid_problem
+from ..errors import ConfigError, GatewayError, IntakeError, Issue, nul_message
+from ..intake.dicom import check_instance, sender_refusal, sent_uid, uid_problem
+from ..network import Institution, Network
 from ..pipeline import Converter
 from ..processing import process_message
 from ..store import (
     LISTENER_CHANNELS,
     DicomInstance,
+    Incoming,
     MessageFilter,
     Store,
     listener_message,
     open_store,
+    study_zip,
 )
 from ._stow import DICOM, Outcome, Part, media_type, response_json, split_multipart
+from .shared import client_certificate, server_tls_context
 
 __all__ = [
     "CANNOT_UNDERSTAND",
     "DICOM",
+    "NOT_AUTHORIZED",
     "OUT_OF_RESOURCES",
     "SUCCESS",
     "WRONG_STUDY",
@@ -86,6 +92,7 @@ __all__ = [
     "media_type",
     "open_intake",
     "prepare_instance",
+    "refuse_for_sender",
     "response_json",
     "split_multipart",
     "start_dicom",
@@ -98,6 +105,7 @@ log = logging.getLogger("gateway.dicom")
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700  # the store could not keep the instance
 WRONG_STUDY = 0xA900  # STOW to /studies/{study}: an instance of another study
+NOT_AUTHORIZED = 0x0124  # (PS3.7 C.4) a study whose identifiers name another sender
 CANNOT_UNDERSTAND = 0xC000  # not DICOM, damaged, or without valid UIDs
 
 # Bulk data: what PS3.18 sends as BulkDataURIs, and what the gateway does not map.
@@ -256,6 +264,8 @@ class DicomIntake:
         self.settings = settings
         self.store = store
         self._converter = converter
+        self._network: Network | None = None
+        self._network_lock = threading.Lock()  # not _lock: a conversion holds that long
         self._lock = lock or threading.Lock()  # conversions take turns on one converter
         self._commit_lock = threading.Lock()  # a study is taken once, by one thread
         self._audit = store_hook(audit_log(store, settings), channel="dicom")
@@ -266,6 +276,68 @@ class DicomIntake:
             if self._converter is None:  # built on first use: the SCP starts at once
                 self._converter = Converter(self.settings)
             return self._converter
+
+    @property
+    def network(self) -> Network:
+        """The network the sender check reads: the converter's once built, else loaded
+        (the C-STORE SCP checks senders long before a study is converted)."""
+        with self._network_lock:
+            if self._network is None:
+                built = self._converter
+                self._network = built.network if built else Network.load(self.settings.network)
+            return self._network
+
+    def sender_refusals(
+        self, datas: list[bytes], own: Institution | None, sent_by: str
+    ) -> dict[str, IntakeError]:
+        """Study Instance UID → why, for each study among the instances ``datas`` whose
+        identifiers do not name ``own``, the institution that authenticated itself
+        (``intake.dicom-sender-mismatch``; ``own`` None: its credential names none)."""
+        refused: dict[str, IntakeError] = {}
+        for data in datas:
+            found = sender_refusal(data, own, self.network, sent_by)
+            if found is not None:
+                refused.setdefault(*found)
+        return refused
+
+    def keep_refused(
+        self,
+        study_uid: str,
+        datas: list[bytes],
+        origin: Origin,
+        auth_sender: str | None,
+        own: Institution | None,
+        refusal: IntakeError,
+    ) -> None:
+        """Keep a study refused for its sender as one rejected message (its instances
+        as a commit holds them), so that the browser shows it and it is never converted
+        from the store (processing.sender_refusal). Its sender is the institution that
+        sent it, not the one it names: a commit of the same study (no sender) is another
+        row, never this one released."""
+        kept = []
+        for data in datas:
+            try:
+                instance = prepare_instance(data, self.settings.dicom_keep_pixels)
+            except IntakeError:  # refused as unreadable either way
+                continue
+            if instance.study_uid == study_uid:
+                name = f"{instance.series_uid}/{instance.sop_instance_uid}.dcm"
+                kept.append((name, instance.data))
+        incoming = Incoming(
+            study_zip(sorted(kept)),
+            origin.listener,
+            "dicom",
+            peer=origin.peer,
+            auth_sender=auth_sender,
+            sender=own.facility if own is not None else None,
+            control_id=study_uid,
+            state="rejected",
+            issues=(refusal.issue,),
+        )
+        try:
+            self.store.receive(incoming)
+        except Exception:  # refused either way; the log says the store failed
+            log.exception("a DICOM study refused for its sender could not be kept")
 
     def receive(self, data: bytes, origin: Origin, study_uid: str | None = None) -> Instance:
         """Read, strip and store one instance. IntakeError when it cannot be
@@ -451,7 +523,11 @@ class StudyCompleter:
 class DicomSCP:
     """The C-STORE and C-ECHO SCP (pynetdicom). Calling AE titles not in
     ``dicom_allowed_aes`` are rejected at association (A-ASSOCIATE-RJ, "calling AE
-    title not recognised"); ``*`` lets any in."""
+    title not recognised"); ``*`` lets any in. AE titles are not authentication: with
+    ``dicom_tls_cert``/``dicom_tls_key`` it speaks TLS only, and with ``dicom_tls_ca``
+    clients must present a certificate signed by it, an institution's, and each study
+    they send must name that institution (``DicomIntake.sender_refusals``), else its
+    instances get 0x0124 (refused: not authorized)."""
 
     def __init__(self, settings: Settings, intake: DicomIntake) -> None:
         from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
@@ -476,6 +552,10 @@ class DicomSCP:
             self.ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
         self.ae.add_supported_context(Verification)
         self._server: Any = None
+        self._tls = server_tls_context(settings, "dicom")
+        # studies refused per association: logged once, not once per instance
+        self._refused: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
+        self._refused_lock = threading.Lock()
 
     @property
     def address(self) -> tuple[str, int]:
@@ -492,7 +572,9 @@ class DicomSCP:
         ]
         where = (host or self.settings.dicom_host, self._port(port))
         try:
-            self._server = self.ae.start_server(where, block=False, evt_handlers=handlers)
+            self._server = self.ae.start_server(
+                where, block=False, evt_handlers=handlers, ssl_context=self._tls
+            )
         except OSError as exc:  # the port is taken, or the address is not this machine's
             raise ConfigError(
                 "bad-setting",
@@ -520,14 +602,38 @@ class DicomSCP:
         assoc = event.assoc
         peer = assoc.requestor
         origin = Origin("dicom", f"{str(peer.ae_title).strip()}@{peer.address}:{peer.port}")
+        data = event.encoded_dataset(include_meta=True)
+        if self._tls is not None and self.settings.dicom_tls_ca is not None:
+            refused = self._not_sender(assoc, data)
+            if refused is not None:
+                return _status(NOT_AUTHORIZED, f"{refused.code}: {refused.location}")
         try:
-            self.intake.receive(event.encoded_dataset(include_meta=True), origin)
+            self.intake.receive(data, origin)
         except GatewayError as exc:
             log.warning("C-STORE refused: %s", exc.issue.line())
             return _status(CANNOT_UNDERSTAND, f"{exc.code}: {exc.location or exc.issue.message}")
         except StoreFailure:
             return _status(OUT_OF_RESOURCES, "the instance could not be stored; send it again")
         return SUCCESS
+
+    def _not_sender(self, assoc: Any, data: bytes) -> IntakeError | None:
+        """Why an instance may not be taken from the institution the association's
+        client certificate names, or None; a refused study is logged once per
+        association (its UID and both institutions)."""
+        tls = assoc.dul.socket.socket
+        client = client_certificate(tls.getpeercert(binary_form=True), self.intake.network)
+        sent_by = f"the sender (TLS client certificate {client.name})"
+        refused = self.intake.sender_refusals([data], client.institution, sent_by)
+        if not refused:
+            return None
+        study, why = next(iter(refused.items()))
+        with self._refused_lock:
+            seen = self._refused.setdefault(assoc, set())
+            first = study not in seen
+            seen.add(study)
+        if first:
+            log.warning("C-STORE study refused: %s", why.issue.line())
+        return why
 
 
 class DicomService:
@@ -556,8 +662,11 @@ def start_dicom(settings: Settings, app: Any = None, port: int | None = None) ->
     service = DicomService(settings, intake, port)
     if service.scp is not None:
         host, port = service.scp.address
+        tls = ""
+        if settings.dicom_tls_cert and settings.dicom_tls_key:
+            tls = " over TLS" + (", client certificates" if settings.dicom_tls_ca else "")
         print(
-            f"DICOM C-STORE SCP {settings.dicom_ae_title} on {host}:{port}; calling AEs: "
+            f"DICOM C-STORE SCP {settings.dicom_ae_title} on {host}:{port}{tls}; calling AEs: "
             f"{', '.join(settings.dicom_allowed_aes)}",
             file=sys.stderr,
         )
@@ -654,6 +763,26 @@ def iter_outcomes(
         else:
             outcomes.append(Outcome(instance.sop_class_uid, instance.sop_instance_uid))
     return outcomes
+
+
+def refuse_for_sender(
+    intake: DicomIntake,
+    parts: list[Part],
+    origin: Origin,
+    auth_sender: str,
+    own: Institution | None,
+) -> list[Issue]:
+    """Why a STOW-RS request from an authenticated institution (an API token bound to
+    ``own``) may not be taken: one issue per study whose identifiers do not name ``own``,
+    each study kept as a rejected message; empty when every study may be taken. The
+    caller refuses the whole request on any: nothing of it is stored, so no study is
+    converted partly (its other instances taken, the refused ones not)."""
+    datas = [p.data for p in parts if p.content_type == DICOM]
+    refused = intake.sender_refusals(datas, own, f"the sender (API token {auth_sender})")
+    for study, why in refused.items():
+        intake.keep_refused(study, datas, origin, auth_sender, own, why)
+        log.warning("STOW-RS study refused: %s", why.issue.line())
+    return [why.issue for why in refused.values()]
 
 
 def _sop_of(data: bytes) -> tuple[str | None, str | None]:

@@ -33,12 +33,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from cryptography import x509
-from cryptography.x509.oid import NameOID
-
 from ..audit import audit_log, store_hook
-from ..config import SECRET_FILES, Settings, exposed
-from ..errors import ConfigError, GatewayError, IntakeError, Issue
+from ..config import Settings
+from ..errors import GatewayError, IntakeError, Issue
 from ..intake import codec_for
 from ..intake.hl7v2 import (
     Hl7View,
@@ -47,10 +44,16 @@ from ..intake.hl7v2 import (
     split_messages,
     undeclared_msh_fields,
 )
-from ..network import Institution, Network, certificate_institution
+from ..network import Institution, Network
 from ..pipeline import Converter
 from ..store import Incoming, Receipt, Store
-from .shared import Processor, StoreWriter
+from .shared import (
+    ClientCertificate,
+    Processor,
+    StoreWriter,
+    client_certificate,
+    server_tls_context,
+)
 
 __all__ = [
     "Ack",
@@ -112,16 +115,6 @@ class _Header:
 
     def get(self, n: int) -> str:
         return self.fields[n] if n < len(self.fields) else ""
-
-
-@dataclass(frozen=True, slots=True)
-class ClientCertificate:
-    """A connection's verified TLS client certificate: its common name (stored as
-    ``auth_sender``) and the network institution it names (None: a person's certificate,
-    or no institution of the network)."""
-
-    name: str | None
-    institution: Institution | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -447,7 +440,7 @@ class MllpServer:
         tls = writer.get_extra_info("ssl_object")
         if tls is None or self.settings.mllp_tls_ca is None:
             return None
-        return _certificate_of(tls.getpeercert(binary_form=True), self.network)
+        return client_certificate(tls.getpeercert(binary_form=True), self.network)
 
     async def answer(
         self,
@@ -646,36 +639,7 @@ async def _hang_up(writer: asyncio.StreamWriter, grace: float) -> None:
 def tls_context(settings: Settings) -> ssl.SSLContext | None:
     """The listener's TLS context when a certificate and key are configured; with
     ``mllp_tls_ca`` the clients must present certificates signed by it."""
-    if settings.mllp_tls_cert is None or settings.mllp_tls_key is None:
-        return None
-    # The listener's private key, as every secret file (config.not_private): whoever
-    # reads it can pose as the gateway to the senders. Refused, not used.
-    # (not there, or not readable: load_cert_chain says so)
-    problem = exposed(settings.mllp_tls_key, SECRET_FILES["mllp_tls_key"])
-    if problem is not None:
-        raise ConfigError("bad-setting", f"mllp_tls_key: {problem}")
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(settings.mllp_tls_cert, settings.mllp_tls_key)
-    if settings.mllp_tls_ca is not None:
-        context.verify_mode = ssl.CERT_REQUIRED
-        context.load_verify_locations(settings.mllp_tls_ca)
-    return context
-
-
-def _certificate_of(der: bytes | None, network: Network) -> ClientCertificate:
-    """A verified client certificate (DER, as the TLS handshake gave it) as the
-    listener judges it: its common name, and the institution it names by the rule the
-    inbound endpoint applies to partners' certificates (``certificate_institution``).
-    None (no certificate, or one cryptography cannot read) names no institution."""
-    try:
-        cert = x509.load_der_x509_certificate(der) if der else None
-    except ValueError:
-        cert = None
-    if cert is None:
-        return ClientCertificate(None, None)
-    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    name = str(names[0].value) if names else None
-    return ClientCertificate(name, certificate_institution(cert, network))
+    return server_tls_context(settings, "mllp")
 
 
 def _named(inst: Institution) -> str:

@@ -1,22 +1,38 @@
 """What every listener shares: one writer thread that commits what arrives in groups
 (one transaction and one fsync for all that came in meanwhile: SQLite has one writer,
-and an ACK must wait for the commit), and one worker that converts stored messages
-after they were acknowledged (an ACK means "stored", not "converted")."""
+and an ACK must wait for the commit), one worker that converts stored messages
+after they were acknowledged (an ACK means "stored", not "converted"), and the TLS
+side of the listeners that authenticate their clients by certificate (MLLP, DICOM)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import queue
+import ssl
 import sys
 import threading
 from concurrent.futures import Future, InvalidStateError
+from dataclasses import dataclass
+from pathlib import Path
 
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+from ..config import SECRET_FILES, Settings, exposed
+from ..errors import ConfigError
+from ..network import Institution, Network, certificate_institution
 from ..pipeline import Converter
 from ..processing import AuditHook, process_message
 from ..store import Incoming, Receipt, Store
 
-__all__ = ["Processor", "StoreWriter"]
+__all__ = [
+    "ClientCertificate",
+    "Processor",
+    "StoreWriter",
+    "client_certificate",
+    "server_tls_context",
+]
 
 log = logging.getLogger("gateway.listeners")
 _STOP = object()
@@ -144,3 +160,52 @@ class Processor:
                 log.exception("stored message %s could not be processed", message_id)
             finally:
                 self._queue.task_done()
+
+
+@dataclass(frozen=True, slots=True)
+class ClientCertificate:
+    """A connection's verified TLS client certificate: its common name (stored as
+    ``auth_sender``) and the network institution it names (None: a person's certificate,
+    or no institution of the network)."""
+
+    name: str | None
+    institution: Institution | None
+
+
+def server_tls_context(settings: Settings, listener: str) -> ssl.SSLContext | None:
+    """A listener's TLS context (``listener``: ``mllp`` or ``dicom``, the prefix of its
+    ``*_tls_cert``, ``*_tls_key`` and ``*_tls_ca`` settings) when a certificate and key
+    are configured; with the CA set, clients must present certificates signed by it."""
+    cert: Path | None = getattr(settings, f"{listener}_tls_cert")
+    key: Path | None = getattr(settings, f"{listener}_tls_key")
+    ca: Path | None = getattr(settings, f"{listener}_tls_ca")
+    if cert is None or key is None:
+        return None
+    # The listener's private key, as every secret file (config.not_private): whoever
+    # reads it can pose as the gateway to the senders. Refused, not used.
+    # (not there, or not readable: load_cert_chain says so)
+    problem = exposed(key, SECRET_FILES[f"{listener}_tls_key"])
+    if problem is not None:
+        raise ConfigError("bad-setting", f"{listener}_tls_key: {problem}")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    if ca is not None:
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(ca)
+    return context
+
+
+def client_certificate(der: bytes | None, network: Network) -> ClientCertificate:
+    """A verified client certificate (DER, as the TLS handshake gave it) as the
+    listeners judge it: its common name, and the institution it names by the rule the
+    inbound endpoint applies to partners' certificates (``certificate_institution``).
+    None (no certificate, or one cryptography cannot read) names no institution."""
+    try:
+        cert = x509.load_der_x509_certificate(der) if der else None
+    except ValueError:
+        cert = None
+    if cert is None:
+        return ClientCertificate(None, None)
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    name = str(names[0].value) if names else None
+    return ClientCertificate(name, certificate_institution(cert, network))

@@ -84,15 +84,19 @@ _MESSAGE_LEARNT = _MESSAGE_STATE.values(
 )
 
 
-# The MLLP listener's sender check (certificate vs MSH-4): a message it refused for its
-# sender is taken on its row again only from a connection that ran that check (MLLP with
-# a client certificate): the same bytes over plain MLLP would file it in the name of an
-# institution that did not send it. Nor is it converted from the store
-# (gateway/processing.py: sender_refusal). Code -> why, in words.
+# The listeners' sender checks (MLLP: certificate vs MSH-4; DICOM: a bound API token or
+# certificate vs the study's identifiers): a message refused for its sender is taken on
+# its row again only from a connection that ran that check (MLLP with a client
+# certificate): the same bytes over plain MLLP would file it in the name of an
+# institution that did not send it. (A refused DICOM study's row names its sender, the
+# authenticated institution; a commit names none, so it is never that row.) Nor is it
+# converted from the store (gateway/processing.py: sender_refusal). Code -> why.
 SENDER_REFUSALS = {
     "intake.mllp-sender-mismatch": "its MSH-4 does not name the institution whose "
     "certificate sent it",
     "intake.mllp-client-no-institution": "the certificate that sent it names no institution",
+    "intake.dicom-sender-mismatch": "its identifiers do not name the institution whose "
+    "API token or certificate sent it",
 }
 
 

@@ -63,13 +63,15 @@ def listener_message(
 ) -> MessageSummary | None:
     """The newest message the listeners made of a study (older than message ``before``,
     when given). Other messages with the Study UID as control id (``POST /convert`` of
-    the same files) are not its commits."""
+    the same files, a study refused for its sender) are not its commits."""
     after: str | None = None
     while True:
         page = store.find(MessageFilter(control_id=study_uid), limit=20, after=after)
         for message in page.items:
             older = before is None or message.id < before
-            if older and message.format == "dicom" and message.channel in LISTENER_CHANNELS:
+            # a study refused for its sender (kept "rejected") was never a commit of it
+            listened = message.format == "dicom" and message.channel in LISTENER_CHANNELS
+            if older and listened and message.state != "rejected":
                 return message
         if page.next is None:
             return None

@@ -1,7 +1,8 @@
-"""API token roles (gateway/api/_auth.py): ``TOKEN [ROLE [NAME]]`` per line; a line
-without a role is an operator (the rights tokens had before roles: no audit log); a bad
-role refuses the file without quoting the token; a token's name in the audit trail is
-its line's, else a fingerprint, never the token."""
+"""API token roles (gateway/api/_auth.py): ``TOKEN [ROLE [NAME [INSTITUTION]]]`` per
+line; a line without a role is an operator (the rights tokens had before roles: no audit
+log); a bad role refuses the file without quoting the token; a token's name in the audit
+trail is its line's, else a fingerprint, never the token; an institution is a network
+key written exactly (what STOW-RS lets it send: tests/listeners/test_dicom_sender.py)."""
 
 from __future__ import annotations
 
@@ -84,3 +85,32 @@ def test_token_sets_in_code_take_the_same_lines() -> None:
     assert tokens.identify(AUD) is not None and tokens.identify(OLD) is not None
     with pytest.raises(ConfigError):
         TokenSet(["# only a comment", ""])
+
+
+def test_a_token_bound_to_an_institution(tmp_path: Path) -> None:
+    text = f"{OLD} operator pacs-hkpmc hkpmc\n{AUD} auditor 合规-hk\n"
+    tokens = load_tokens(settings_with(tmp_path, text))
+    bound = tokens.authorize(f"Bearer {OLD}", "/dicomweb/studies")
+    assert (bound.role, bound.name, bound.institution) == ("operator", "pacs-hkpmc", "hkpmc")
+    assert tokens.authorize(f"Bearer {AUD}", "/fhir/AuditEvent").institution is None
+
+
+@pytest.mark.parametrize(
+    ("institution", "problem"),
+    [
+        ("HKPMC", "'HKPMC' is not exactly an institution key: it folds to 'hkpmc', the key"),
+        ("ｈｋｐｍｃ", "is not exactly an institution key: it folds to 'hkpmc'"),
+        ("香港合作醫療中心", "'香港合作醫療中心' is not exactly an institution key"),
+        ("hkpmc extra", "found 4 word(s) after the token"),
+    ],
+)
+def test_a_token_bound_to_no_exact_institution_refuses_the_file(
+    tmp_path: Path, institution: str, problem: str
+) -> None:
+    """As partner token lines (inbound_token_file): the key as the network file writes
+    it, so that whoever reviews the file reads which institution a token stands for."""
+    with pytest.raises(ConfigError) as bad:
+        load_tokens(settings_with(tmp_path, f"{OLD} operator pacs {institution}\n"))
+    assert bad.value.code == "config.bad-token-role"
+    assert "line 1" in bad.value.issue.message and problem in bad.value.issue.message
+    assert OLD not in bad.value.issue.message

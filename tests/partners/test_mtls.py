@@ -19,7 +19,6 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from gateway.delivery import Deliverer, DeliveryConfig, Outbox
 from gateway.errors import ConfigError
@@ -31,8 +30,8 @@ from gateway.partners import (
     names_institution,
     partner_client,
 )
-from gateway.signing import issue_certificate
 from gateway.store import Store
+from tests._certs import certificate, write_pem
 from tests.partners.conftest import NETWORK
 
 
@@ -60,18 +59,10 @@ def _server_context(pki: Path, folder: Path) -> ssl.SSLContext:
     and checked against the same CA."""
     ca_cert = x509.load_pem_x509_certificate((pki / "ca" / "cert.pem").read_bytes())
     ca_key = serialization.load_pem_private_key((pki / "ca" / "key.pem").read_bytes(), None)
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "partner.test")])
-    san = [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-    cert = issue_certificate(name, key.public_key(), ca_key, ca_cert.subject, san=san)
-    (folder / "server.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (folder / "server-key.pem").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    san: list[x509.GeneralName] = [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    key, cert = certificate("partner.test", issuer=(ca_cert.subject, ca_key), san=san)
+    write_pem(folder / "server.pem", folder / "server-key.pem", cert, key)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(folder / "server.pem", folder / "server-key.pem")
     context.load_verify_locations(pki / "ca" / "cert.pem")

@@ -12,6 +12,7 @@ import logging
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import nullcontext
 from typing import Any
@@ -132,7 +133,12 @@ def process_message(
     if refusal is not None:
         raise refusal
     if raw is None:
-        raise StoreError("pruned", f"message {message_id} was pruned: its original bytes are gone")
+        raise StoreError(
+            "pruned",
+            "its original bytes were removed by retention (retention_days): it cannot be "
+            "converted again",
+            record=f"message {message_id}",
+        )
     study = check_study(store, message_id) if fmt == "dicom" else None
     if study is not None and study.refusal is not None:
         return _refuse(store, message_id, raw, sender, study, audit)
@@ -306,15 +312,16 @@ def cmd_reprocess(args: argparse.Namespace, settings: Settings) -> int:
     converter = current_converter(settings)
 
     audit = store_hook(audit_log(store, settings), channel="cli", with_receipt=False)
-    failed = done = skipped = 0
+    failed = done = 0
+    skipped: Counter[str] = Counter()
     try:
         for message_id in ids:
             try:
                 outcome = reprocess(store, settings, converter, message_id, audit)
             except StoreError as exc:  # one message asked for: its error, exit 2
-                if args.id is not None or exc.code != SENDER_REFUSED:
+                if args.id is not None or exc.code not in _SKIPS:
                     raise
-                skipped += 1  # in bulk: named, counted, and the batch goes on
+                skipped[exc.code] += 1  # in bulk: named, counted, and the batch goes on
                 print(f"message {message_id}: skipped: {exc.issue.line()}")
                 continue
             done += 1
@@ -327,15 +334,21 @@ def cmd_reprocess(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         store.close()
     print(f"reprocessed {done}, failed {failed}{_skipped(skipped)}", file=sys.stderr)
-    return 0 if failed == skipped == 0 else 1
+    return 0 if failed == 0 and not skipped else 1
 
 
-def _skipped(count: int) -> str:
-    if not count:
-        return ""
-    return (
-        f", skipped {count} refused for their sender when received ({SENDER_REFUSED}): the "
-        "institution each one's MSH-4 names must send it over its own connection"
+# What a bulk reprocess skips (and counts) instead of stopping: code -> why, in the summary.
+_SKIPS = {
+    SENDER_REFUSED: f"refused for their sender when received ({SENDER_REFUSED}): the "
+    "institution each one's MSH-4 names must send it over its own connection",
+    "store.pruned": "pruned (store.pruned): their original bytes were removed by retention "
+    "(retention_days)",
+}
+
+
+def _skipped(counts: Counter[str]) -> str:
+    return "".join(
+        f", skipped {counts[code]} {why}" for code, why in _SKIPS.items() if counts[code]
     )
 
 

@@ -7,6 +7,7 @@ HKPMC's connection, in NSCH's name. It must come from NSCH's own connection."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -16,9 +17,17 @@ from gateway.audit import AuditLog, operator
 from gateway.cli import main
 from gateway.errors import registry
 from gateway.processing import SENDER_REFUSALS, process_message
-from gateway.store import Store, StoreError
+from gateway.store import Store, StoreError, utcnow
 from tests._audit_asserts import refused_event
-from tests._sender_refused import NSCH_NAME, home, keep, keep_three, nsch_referral
+from tests._sender_refused import (
+    HKPMC_NAME,
+    NSCH_NAME,
+    REPO,
+    home,
+    keep,
+    keep_three,
+    nsch_referral,
+)
 
 WHY = {
     "intake.mllp-sender-mismatch": "its MSH-4 does not name the institution whose "
@@ -150,3 +159,39 @@ def test_sent_again_by_the_institution_it_names_it_is_converted(
     assert converted.state == "converted"
     again = process_message(store, Converter(settings), refused)  # reprocessed: allowed
     assert (again.state, again.attempt) == ("converted", 2)
+
+
+def _mislabelled(control_id: str) -> bytes:
+    """HKPMC's referral in Big5 declared ISO 8859-1: refused for its charset, not its
+    sender (what a bulk reprocess of rejected messages is for)."""
+    big5 = (REPO / "examples" / "hl7v2" / "ref_i12_hkpmc_to_nsch.hl7").read_bytes()
+    big5 = big5.replace(b"\r\n", b"\r").replace(b"\n", b"\r").replace(b"|AL|NE|", b"|||", 1)
+    msh, _, rest = big5.partition(b"\r")
+    fields = msh.replace(b"|BIG-5", b"|8859/1").split(b"|")
+    fields[9] = control_id.encode()
+    return b"|".join(fields) + b"\r" + rest
+
+
+def test_bulk_reprocess_skips_and_counts_pruned_messages(
+    settings: Settings, store: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A message whose bytes retention removed stopped the whole batch (its store.pruned
+    raised out of the loop): the messages after it were never reprocessed."""
+    pruned = keep(settings, store, _mislabelled("OLD1"), "HKPMC", HKPMC_NAME)
+    assert store.prune({"rejected": timedelta(0)}, utcnow() + timedelta(seconds=1)) == 1
+    after = keep(settings, store, _mislabelled("NEW1"), "HKPMC", HKPMC_NAME)
+    code, out, err = _run(capsys, settings, "--state", "rejected")
+    lines = out.splitlines()
+    why = "its original bytes were removed by retention (retention_days): it cannot be converted"
+    line = f"error: message {pruned}: {why} again [store.pruned]"
+    assert lines[0] == f"message {pruned}: skipped: {line}"
+    state = store.state_of(after)
+    assert state in {"converted", "failed"}
+    assert lines[1] == f"message {after}: {state} (attempt 1)"  # the batch went on
+    assert err.splitlines()[-1] == (
+        f"reprocessed 1, failed {int(state == 'failed')}, skipped 1 pruned (store.pruned): "
+        "their original bytes were removed by retention (retention_days)"
+    )
+    assert store.state_of(pruned) == "rejected"
+    code, _, err = _run(capsys, settings, str(pruned))  # asked by id: its error, exit 2
+    assert (code, err) == (2, line + "\n")

@@ -334,7 +334,9 @@ def cmd_reprocess(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         store.close()
     print(f"reprocessed {done}, failed {failed}{_skipped(skipped)}", file=sys.stderr)
-    return 0 if failed == 0 and not skipped else 1
+    # An operator's script reads 1 as "a message failed to convert": a skip by rule
+    # (refused for its sender, pruned) is none; by id those are errors (exit 2, above).
+    return 1 if failed else 0
 
 
 # What a bulk reprocess skips (and counts) instead of stopping: code -> why, in the summary.
@@ -355,7 +357,16 @@ def _skipped(counts: Counter[str]) -> str:
 def add_cli(verbs: Any) -> None:
     """Add ``reprocess`` to the ``gateway messages`` verbs (gateway/store/_cli.py)."""
     again = verbs.add_parser(
-        "reprocess", help="convert again from the stored original (earlier outcomes stay)"
+        "reprocess",
+        help="convert again from the stored original (earlier outcomes stay)",
+        description="Convert a stored message again from its original bytes with the "
+        "current mappings: one by id, or every message the filters match, oldest first. "
+        "In bulk, a message that may not be converted is skipped, named and counted, and "
+        "the batch goes on: refused for its sender when received (store.sender-refused), "
+        "or its content pruned by retention (store.pruned).",
+        epilog="exit status: 0 every message reprocessed converted (skipped ones are no "
+        "failure), 1 a message failed to convert, 2 an error (by id: the message is "
+        "unknown, refused for its sender or pruned)",
     )
     again.add_argument("id", type=int, nargs="?")
     add_filters(again, full=False)

@@ -137,7 +137,7 @@ def test_bulk_reprocess_skips_and_counts_them(
         "sender when received (store.sender-refused): the institution each one's MSH-4 "
         "names must send it over its own connection"
     )
-    assert code == 1  # not all that was asked was converted
+    assert code == int(state == "failed")  # skips by rule are no failures
     assert store.state_of(kept.mismatch) == store.state_of(kept.no_institution) == "rejected"
     events = _events(store)
     assert [e["outcome"] for e in events] == ["4", "4", "0"]  # two refused, one done
@@ -192,6 +192,37 @@ def test_bulk_reprocess_skips_and_counts_pruned_messages(
         f"reprocessed 1, failed {int(state == 'failed')}, skipped 1 pruned (store.pruned): "
         "their original bytes were removed by retention (retention_days)"
     )
+    assert code == int(state == "failed")
     assert store.state_of(pruned) == "rejected"
     code, _, err = _run(capsys, settings, str(pruned))  # asked by id: its error, exit 2
     assert (code, err) == (2, line + "\n")
+
+
+def test_bulk_reprocess_exits_1_only_when_a_message_failed(
+    settings: Settings, store: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An operator's script reads the exit status: 1 must mean a message failed to
+    convert. Skips by rule (refused for their sender, pruned) are not failures: before,
+    a batch of nothing but skips exited 1, as if something had failed."""
+    refused = keep(settings, store, nsch_referral(), "HKPMC", HKPMC_NAME)
+    pruned = keep(settings, store, _mislabelled("OLD2"), "HKPMC", HKPMC_NAME)
+    assert store.prune({"rejected": timedelta(0)}, utcnow() + timedelta(seconds=1)) == 2
+    code, out, err = _run(capsys, settings, "--state", "rejected")
+    assert [line.split(": ")[:2] for line in out.splitlines()] == [
+        [f"message {refused}", "skipped"],
+        [f"message {pruned}", "skipped"],
+    ]
+    assert err.splitlines()[-1].startswith(
+        "reprocessed 0, failed 0, skipped 1 refused for their sender when received "
+    )
+    assert err.splitlines()[-1].endswith(
+        ", skipped 1 pruned (store.pruned): their original "
+        "bytes were removed by retention (retention_days)"
+    )
+    assert code == 0
+    # one that fails to convert (still mislabelled): exit 1, the skips as before
+    failing = keep(settings, store, _mislabelled("NEW2"), "HKPMC", HKPMC_NAME)
+    code, out, err = _run(capsys, settings, "--state", "rejected")
+    assert f"message {failing}: failed (attempt 1)" in out.splitlines()
+    assert err.splitlines()[-1].startswith("reprocessed 1, failed 1, skipped 1 refused ")
+    assert code == 1

@@ -24,7 +24,7 @@ from .config import Settings
 from .datafiles import load_data_file
 from .envelope import Record
 from .errors import GatewayError, Issue
-from .intake.hl7v2 import parse_message, split_messages
+from .intake.hl7v2 import Hl7View, parse_message, split_messages
 from .metrics import observe_stage, trace_stage, traced_message, tracing_on
 from .pipeline import Converter
 from .store import (
@@ -257,20 +257,21 @@ def _bundle_patients(bundle: dict[str, Any] | None) -> list[str]:
 
 def _pid3(raw: bytes) -> list[str]:
     """PID-3 identifiers (no system: none is known without the mapping) of a message
-    that did not convert."""
+    that did not convert, each read as intake reads it (unescaped, padding spaces
+    stripped). One intake refuses (a control character, a TAB or an ideographic space
+    at an end: intake.control-characters) is left out: stripped, ``P1<TAB>`` was
+    indexed as patient ``P1``, perhaps another patient's MRN."""
     try:
-        message = parse_message(split_messages(raw)[0])
+        view = Hl7View(parse_message(split_messages(raw)[0]))
     except (GatewayError, IndexError):
         return []
-    comp, rep = message.separators[1], message.separators[2]
     found = []
-    for index in message.positions.get("PID", []):
-        fields = message.segments[index]
-        if len(fields) > 3:
-            for value in fields[3].split(rep):
-                ident = value.split(comp)[0].strip()
-                if ident:
-                    found.append(f"|{ident}")
+    for segment in view.select("/PID", view.root):
+        for identifier in view.select("PID-3(*)", segment):
+            try:
+                found += [f"|{value}" for value, _ in view.values(".1", identifier)]
+            except GatewayError:  # refused by intake: not an identifier of anyone's
+                continue
     return found
 
 

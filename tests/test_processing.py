@@ -17,7 +17,7 @@ from gateway.audit import AuditLog, operator
 from gateway.cli import main
 from gateway.errors import registry
 from gateway.processing import SENDER_REFUSALS, process_message
-from gateway.store import Store, StoreError, utcnow
+from gateway.store import Incoming, MessageFilter, Store, StoreError, utcnow
 from tests._audit_asserts import refused_event
 from tests._sender_refused import (
     HKPMC_NAME,
@@ -226,3 +226,30 @@ def test_bulk_reprocess_exits_1_only_when_a_message_failed(
     assert f"message {failing}: failed (attempt 1)" in out.splitlines()
     assert err.splitlines()[-1].startswith("reprocessed 1, failed 1, skipped 1 refused ")
     assert code == 1
+
+
+@pytest.mark.parametrize(
+    "mrn",
+    [
+        b"0098765\t",  # a TAB at its end: MRN 0098765 to a stripping reader
+        "0098765\u3000".encode(),  # an ideographic space, as Chinese systems pad
+        b"0098765\\X09\\",  # the TAB escaped
+        b"0098765\\X1F\\",  # an escaped unit separator: a control character
+    ],
+)
+def test_a_failed_messages_patients_are_read_as_intake_reads_them(
+    settings: Settings, store: Store, mrn: bytes
+) -> None:
+    """A message that did not convert is found by its PID-3 identifiers. Intake refuses
+    ``0098765<TAB>`` in PID-3 (intake.control-characters: it is not MRN 0098765), yet the
+    index stripped it and filed the message under patient 0098765, perhaps another
+    patient's MRN. An identifier intake refuses is not indexed; the others are."""
+    raw = nsch_referral().replace(b"0098765^^^NSCH", mrn + b"^^^NSCH", 1)
+    assert raw != nsch_referral()
+    receipt = store.receive(Incoming(raw, "cli", sender="NSCH", control_id="PID3"))
+    outcome = process_message(store, Converter(settings), receipt.id)
+    assert outcome.state == "failed"
+    assert "intake.control-characters" in {i["code"] for i in outcome.issues}
+    found = store.get(receipt.id)
+    assert found is not None and found.patients == ["|K583726A"]
+    assert store.find(MessageFilter(patient="0098765")).items == []

@@ -12,6 +12,7 @@ import logging
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import nullcontext
 from typing import Any
@@ -23,7 +24,7 @@ from .config import Settings
 from .datafiles import load_data_file
 from .envelope import Record
 from .errors import GatewayError, Issue
-from .intake.hl7v2 import parse_message, split_messages
+from .intake.hl7v2 import Hl7View, parse_message, split_messages
 from .metrics import observe_stage, trace_stage, traced_message, tracing_on
 from .pipeline import Converter
 from .store import (
@@ -132,7 +133,12 @@ def process_message(
     if refusal is not None:
         raise refusal
     if raw is None:
-        raise StoreError("pruned", f"message {message_id} was pruned: its original bytes are gone")
+        raise StoreError(
+            "pruned",
+            "its original bytes were removed by retention (retention_days): it cannot be "
+            "converted again",
+            record=f"message {message_id}",
+        )
     study = check_study(store, message_id) if fmt == "dicom" else None
     if study is not None and study.refusal is not None:
         return _refuse(store, message_id, raw, sender, study, audit)
@@ -252,20 +258,21 @@ def _bundle_patients(bundle: dict[str, Any] | None) -> list[str]:
 
 def _pid3(raw: bytes) -> list[str]:
     """PID-3 identifiers (no system: none is known without the mapping) of a message
-    that did not convert."""
+    that did not convert, each read as intake reads it (unescaped, padding spaces
+    stripped). One intake refuses (a control character, a TAB or an ideographic space
+    at an end: intake.control-characters) is left out: stripped, ``P1<TAB>`` was
+    indexed as patient ``P1``, perhaps another patient's MRN."""
     try:
-        message = parse_message(split_messages(raw)[0])
+        view = Hl7View(parse_message(split_messages(raw)[0]))
     except (GatewayError, IndexError):
         return []
-    comp, rep = message.separators[1], message.separators[2]
     found = []
-    for index in message.positions.get("PID", []):
-        fields = message.segments[index]
-        if len(fields) > 3:
-            for value in fields[3].split(rep):
-                ident = value.split(comp)[0].strip()
-                if ident:
-                    found.append(f"|{ident}")
+    for segment in view.select("/PID", view.root):
+        for identifier in view.select("PID-3(*)", segment):
+            try:
+                found += [f"|{value}" for value, _ in view.values(".1", identifier)]
+            except GatewayError:  # refused by intake: not an identifier of anyone's
+                continue
     return found
 
 
@@ -307,15 +314,16 @@ def cmd_reprocess(args: argparse.Namespace, settings: Settings) -> int:
     converter = current_converter(settings)
 
     audit = store_hook(audit_log(store, settings), channel="cli", with_receipt=False)
-    failed = done = skipped = 0
+    failed = done = 0
+    skipped: Counter[str] = Counter()
     try:
         for message_id in ids:
             try:
                 outcome = reprocess(store, settings, converter, message_id, audit)
             except StoreError as exc:  # one message asked for: its error, exit 2
-                if args.id is not None or exc.code != SENDER_REFUSED:
+                if args.id is not None or exc.code not in _SKIPS:
                     raise
-                skipped += 1  # in bulk: named, counted, and the batch goes on
+                skipped[exc.code] += 1  # in bulk: named, counted, and the batch goes on
                 print(f"message {message_id}: skipped: {exc.issue.line()}")
                 continue
             done += 1
@@ -328,22 +336,39 @@ def cmd_reprocess(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         store.close()
     print(f"reprocessed {done}, failed {failed}{_skipped(skipped)}", file=sys.stderr)
-    return 0 if failed == skipped == 0 else 1
+    # An operator's script reads 1 as "a message failed to convert": a skip by rule
+    # (refused for its sender, pruned) is none; by id those are errors (exit 2, above).
+    return 1 if failed else 0
 
 
-def _skipped(count: int) -> str:
-    if not count:
-        return ""
-    return (
-        f", skipped {count} refused for their sender when received ({SENDER_REFUSED}): the "
-        "institution each one's MSH-4 names must send it over its own connection"
+# What a bulk reprocess skips (and counts) instead of stopping: code -> why, in the summary.
+_SKIPS = {
+    SENDER_REFUSED: f"refused for their sender when received ({SENDER_REFUSED}): the "
+    "institution each one's MSH-4 names must send it over its own connection",
+    "store.pruned": "pruned (store.pruned): their original bytes were removed by retention "
+    "(retention_days)",
+}
+
+
+def _skipped(counts: Counter[str]) -> str:
+    return "".join(
+        f", skipped {counts[code]} {why}" for code, why in _SKIPS.items() if counts[code]
     )
 
 
 def add_cli(verbs: Any) -> None:
     """Add ``reprocess`` to the ``gateway messages`` verbs (gateway/store/_cli.py)."""
     again = verbs.add_parser(
-        "reprocess", help="convert again from the stored original (earlier outcomes stay)"
+        "reprocess",
+        help="convert again from the stored original (earlier outcomes stay)",
+        description="Convert a stored message again from its original bytes with the "
+        "current mappings: one by id, or every message the filters match, oldest first. "
+        "In bulk, a message that may not be converted is skipped, named and counted, and "
+        "the batch goes on: refused for its sender when received (store.sender-refused), "
+        "or its content pruned by retention (store.pruned).",
+        epilog="exit status: 0 every message reprocessed converted (skipped ones are no "
+        "failure), 1 a message failed to convert, 2 an error (by id: the message is "
+        "unknown, refused for its sender or pruned)",
     )
     again.add_argument("id", type=int, nargs="?")
     add_filters(again, full=False)

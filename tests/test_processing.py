@@ -7,6 +7,7 @@ HKPMC's connection, in NSCH's name. It must come from NSCH's own connection."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -16,9 +17,17 @@ from gateway.audit import AuditLog, operator
 from gateway.cli import main
 from gateway.errors import registry
 from gateway.processing import SENDER_REFUSALS, process_message
-from gateway.store import Store, StoreError
+from gateway.store import Incoming, MessageFilter, Store, StoreError, utcnow
 from tests._audit_asserts import refused_event
-from tests._sender_refused import NSCH_NAME, home, keep, keep_three, nsch_referral
+from tests._sender_refused import (
+    HKPMC_NAME,
+    NSCH_NAME,
+    REPO,
+    home,
+    keep,
+    keep_three,
+    nsch_referral,
+)
 
 WHY = {
     "intake.mllp-sender-mismatch": "its MSH-4 does not name the institution whose "
@@ -131,7 +140,7 @@ def test_bulk_reprocess_skips_and_counts_them(
         "sender when received (store.sender-refused): the institution each one's MSH-4 "
         "names must send it over its own connection"
     )
-    assert code == 1  # not all that was asked was converted
+    assert code == int(state == "failed")  # skips by rule are no failures
     assert store.state_of(kept.mismatch) == store.state_of(kept.no_institution) == "rejected"
     events = _events(store)
     assert [e["outcome"] for e in events] == ["4", "4", "0"]  # two refused, one done
@@ -153,3 +162,97 @@ def test_sent_again_by_the_institution_it_names_it_is_converted(
     assert converted.state == "converted"
     again = process_message(store, Converter(settings), refused)  # reprocessed: allowed
     assert (again.state, again.attempt) == ("converted", 2)
+
+
+def _mislabelled(control_id: str) -> bytes:
+    """HKPMC's referral in Big5 declared ISO 8859-1: refused for its charset, not its
+    sender (what a bulk reprocess of rejected messages is for)."""
+    big5 = (REPO / "examples" / "hl7v2" / "ref_i12_hkpmc_to_nsch.hl7").read_bytes()
+    big5 = big5.replace(b"\r\n", b"\r").replace(b"\n", b"\r").replace(b"|AL|NE|", b"|||", 1)
+    msh, _, rest = big5.partition(b"\r")
+    fields = msh.replace(b"|BIG-5", b"|8859/1").split(b"|")
+    fields[9] = control_id.encode()
+    return b"|".join(fields) + b"\r" + rest
+
+
+def test_bulk_reprocess_skips_and_counts_pruned_messages(
+    settings: Settings, store: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A message whose bytes retention removed stopped the whole batch (its store.pruned
+    raised out of the loop): the messages after it were never reprocessed."""
+    pruned = keep(settings, store, _mislabelled("OLD1"), "HKPMC", HKPMC_NAME)
+    assert store.prune({"rejected": timedelta(0)}, utcnow() + timedelta(seconds=1)) == 1
+    after = keep(settings, store, _mislabelled("NEW1"), "HKPMC", HKPMC_NAME)
+    code, out, err = _run(capsys, settings, "--state", "rejected")
+    lines = out.splitlines()
+    why = "its original bytes were removed by retention (retention_days): it cannot be converted"
+    line = f"error: message {pruned}: {why} again [store.pruned]"
+    assert lines[0] == f"message {pruned}: skipped: {line}"
+    state = store.state_of(after)
+    assert state in {"converted", "failed"}
+    assert lines[1] == f"message {after}: {state} (attempt 1)"  # the batch went on
+    assert err.splitlines()[-1] == (
+        f"reprocessed 1, failed {int(state == 'failed')}, skipped 1 pruned (store.pruned): "
+        "their original bytes were removed by retention (retention_days)"
+    )
+    assert code == int(state == "failed")
+    assert store.state_of(pruned) == "rejected"
+    code, _, err = _run(capsys, settings, str(pruned))  # asked by id: its error, exit 2
+    assert (code, err) == (2, line + "\n")
+
+
+def test_bulk_reprocess_exits_1_only_when_a_message_failed(
+    settings: Settings, store: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An operator's script reads the exit status: 1 must mean a message failed to
+    convert. Skips by rule (refused for their sender, pruned) are not failures: before,
+    a batch of nothing but skips exited 1, as if something had failed."""
+    refused = keep(settings, store, nsch_referral(), "HKPMC", HKPMC_NAME)
+    pruned = keep(settings, store, _mislabelled("OLD2"), "HKPMC", HKPMC_NAME)
+    assert store.prune({"rejected": timedelta(0)}, utcnow() + timedelta(seconds=1)) == 2
+    code, out, err = _run(capsys, settings, "--state", "rejected")
+    assert [line.split(": ")[:2] for line in out.splitlines()] == [
+        [f"message {refused}", "skipped"],
+        [f"message {pruned}", "skipped"],
+    ]
+    assert err.splitlines()[-1].startswith(
+        "reprocessed 0, failed 0, skipped 1 refused for their sender when received "
+    )
+    assert err.splitlines()[-1].endswith(
+        ", skipped 1 pruned (store.pruned): their original "
+        "bytes were removed by retention (retention_days)"
+    )
+    assert code == 0
+    # one that fails to convert (still mislabelled): exit 1, the skips as before
+    failing = keep(settings, store, _mislabelled("NEW2"), "HKPMC", HKPMC_NAME)
+    code, out, err = _run(capsys, settings, "--state", "rejected")
+    assert f"message {failing}: failed (attempt 1)" in out.splitlines()
+    assert err.splitlines()[-1].startswith("reprocessed 1, failed 1, skipped 1 refused ")
+    assert code == 1
+
+
+@pytest.mark.parametrize(
+    "mrn",
+    [
+        b"0098765\t",  # a TAB at its end: MRN 0098765 to a stripping reader
+        "0098765\u3000".encode(),  # an ideographic space, as Chinese systems pad
+        b"0098765\\X09\\",  # the TAB escaped
+        b"0098765\\X1F\\",  # an escaped unit separator: a control character
+    ],
+)
+def test_a_failed_messages_patients_are_read_as_intake_reads_them(
+    settings: Settings, store: Store, mrn: bytes
+) -> None:
+    """A message that did not convert is found by its PID-3 identifiers. Intake refuses
+    ``0098765<TAB>`` in PID-3 (intake.control-characters: it is not MRN 0098765), yet the
+    index stripped it and filed the message under patient 0098765, perhaps another
+    patient's MRN. An identifier intake refuses is not indexed; the others are."""
+    raw = nsch_referral().replace(b"0098765^^^NSCH", mrn + b"^^^NSCH", 1)
+    assert raw != nsch_referral()
+    receipt = store.receive(Incoming(raw, "cli", sender="NSCH", control_id="PID3"))
+    outcome = process_message(store, Converter(settings), receipt.id)
+    assert outcome.state == "failed"
+    assert "intake.control-characters" in {i["code"] for i in outcome.issues}
+    found = store.get(receipt.id)
+    assert found is not None and found.patients == ["|K583726A"]
+    assert store.find(MessageFilter(patient="0098765")).items == []

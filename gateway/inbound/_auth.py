@@ -59,6 +59,7 @@ __all__ = [
     "TokenError",
     "certificate_institution",
     "load_partner_tokens",
+    "partner_line",
 ]
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -129,18 +130,45 @@ def load_partner_tokens(path: Path, network: Network) -> dict[str, str]:
     if problem is not None:  # a gateway fault (500), as an unreadable file: not the partner's
         raise InboundError("inbound.config", f"inbound_token_file: {problem}")
     for n, line in enumerate(lines, 1):
-        text = line.strip()
-        if not text or text.startswith("#"):
-            continue
-        m = _PARTNER_LINE.fullmatch(text)
-        if m is None or network.institution(m.group(1)) is None or len(m.group(2)) < 16:
-            raise InboundError(
-                "inbound.config",
-                f"{path} line {n}: expected '<institution key> <token>' with a network "
-                "institution and a token of at least 16 characters",
-            )
-        out[m.group(2)] = _exact_key(m.group(1), network, f"{path} line {n}")
+        entry = _partner_entry(line, network, f"{path} line {n}")
+        if entry is not None:
+            out[entry[0]] = entry[1]
     return out
+
+
+def partner_line(key: str, token: str, network: Network) -> str:
+    """The token file's line giving ``token`` to the institution ``key`` (its key as
+    the network writes it), once the rule that reads the file reads it back as that:
+    a key with white space in it would make the whole file refused (every partner
+    answered 500), one starting with '#' a comment (the token never works)."""
+    try:
+        read = _partner_entry(f"{key} {token}", network, f"institution key {key!r}")
+    except InboundError:
+        read = None
+    if read != (token, key):
+        raise InboundError(
+            "inbound.config",
+            f"institution key {key!r} cannot be written to the partner token file: its "
+            "'<institution key> <token>' lines do not read back a key with white space in "
+            "it or a leading '#'; give the institution a plain key in the network file",
+        )
+    return f"{key} {token}"
+
+
+def _partner_entry(line: str, network: Network, where: str) -> tuple[str, str] | None:
+    """(token, institution key) of one line of the token file; None for a blank line or
+    a comment."""
+    text = line.strip()
+    if not text or text.startswith("#"):
+        return None
+    m = _PARTNER_LINE.fullmatch(text)
+    if m is None or network.institution(m.group(1)) is None or len(m.group(2)) < 16:
+        raise InboundError(
+            "inbound.config",
+            f"{where}: expected '<institution key> <token>' with a network "
+            "institution and a token of at least 16 characters",
+        )
+    return m.group(2), _exact_key(m.group(1), network, where)
 
 
 def _exact_key(key: str, network: Network, where: str) -> str:

@@ -15,6 +15,7 @@ from ..config import Settings, private_folder
 from ..delivery import add_outbox_detail
 from ..network import Network
 from ..store import open_store
+from ._auth import partner_line
 from ._errors import InboundError
 from ._referrals import TASK_STATUSES, Referral, Referrals, referral_status_detail
 
@@ -136,17 +137,21 @@ def cmd_notify(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
-    inst = Network.load(settings.network).institution(args.partner)
+    network = Network.load(settings.network)
+    inst = network.institution(args.partner)  # folded: a facility code, ＮＳＣＨ, Nsch
     if inst is None:
         raise InboundError("inbound.config", "the partner is not an institution of the network")
+    token = secrets.token_urlsafe(32)
+    # the key exactly as the network writes it (the token check takes no other), read
+    # back before anything is written
+    line = partner_line(inst.key, token, network)
     path = settings.inbound_token_file or settings.secrets_dir / "partner-tokens"
     # made owner-only (0700) when missing, as the API's start makes secrets/: with the
     # default mode others on the host saw which secrets there are
     private_folder(path.parent)
-    token = secrets.token_urlsafe(32)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     with os.fdopen(fd, "a", encoding="utf-8") as out:
-        out.write(f"{inst.key} {token}\n")
+        out.write(line + "\n")
     print(token)
     print(f"partner token for {inst.key} added to {path}", file=sys.stderr)
     return 0

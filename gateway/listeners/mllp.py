@@ -365,6 +365,7 @@ class MllpServer:
         self.port = 0
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[Any]] = set()
+        self._closing = False  # set by close: a connection starting after it is cut
 
     async def start(self, host: str | None = None, port: int | None = None) -> int:
         """Listen; returns the port (given 0, the one the system chose)."""
@@ -379,16 +380,24 @@ class MllpServer:
         return int(self._server.sockets[0].getsockname()[1])
 
     async def close(self) -> None:
+        """Stop listening and cut every connection, each hanging up (aborting a peer
+        that does not read) before the store closes. A connection accepted just before
+        has a task that has not run yet, unknown here: it finds ``_closing`` set when
+        it starts and hangs up unread (it would otherwise store and acknowledge after
+        the stop, or wait for a writer already closed)."""
+        self._closing = True
         if self._server is not None:
             self._server.close()
-            tasks = list(self._connections)
+            tasks = list(self._connections)  # complete: none is added once _closing is set
             for task in tasks:
                 task.cancel()
-            # each hangs up (aborting a peer that does not read) before the store closes
             await asyncio.gather(*tasks, return_exceptions=True)
             await self._server.wait_closed()
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._closing:  # accepted just before close: nothing read, nothing answered
+            writer.transport.abort()
+            return
         address = writer.get_extra_info("peername")
         peer = f"{address[0]}:{address[1]}" if isinstance(address, tuple) else str(address)
         if len(self._connections) >= self.max_connections:

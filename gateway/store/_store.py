@@ -112,6 +112,29 @@ def _refused_for_sender(conn: Connection, message_id: int) -> bool:
     )
 
 
+def _last_revision(conn: Connection, item: Incoming) -> int | None:
+    """The latest revision stored of ``item``'s sender and control id, or None. A row
+    refused for its sender counts only for the authenticated sender that sent it: a
+    spoofer's refused message would otherwise make the real sender's next message with
+    that control id look like a revision of it (flagged, revision 2)."""
+    if not item.control_id:
+        return None
+    m = messages.c
+    rows = conn.execute(
+        sa.select(m.id, m.revision, m.state, m.auth_sender).where(
+            m.control_id == item.control_id, _same(m.sender, item.sender)
+        )
+    ).all()
+    counted = [
+        int(r.revision)
+        for r in rows
+        if r.state != "rejected"
+        or (item.auth_sender is not None and r.auth_sender == item.auth_sender)
+        or not _refused_for_sender(conn, r.id)
+    ]
+    return max(counted, default=None)
+
+
 def _current_issues(conn: Connection, message_id: int, stage: str) -> list[dict[str, Any]]:
     """The issues of a message's current outcome of ``stage``."""
     found = conn.execute(
@@ -396,15 +419,9 @@ class Store:
                 return self._accept_refused(conn, found, item, now)
             return Receipt(found.id, True, found.revision, found.flagged, found.state)
         revision, flagged = 1, False
-        if item.control_id:
-            last = conn.execute(
-                sa.select(sa.func.max(messages.c.revision)).where(
-                    messages.c.control_id == item.control_id,
-                    _same(messages.c.sender, item.sender),
-                )
-            ).scalar()
-            if last is not None:
-                revision, flagged = int(last) + 1, True
+        last = _last_revision(conn, item)
+        if last is not None:
+            revision, flagged = last + 1, True
         values = {
             "received_at": now,
             "channel": item.channel,

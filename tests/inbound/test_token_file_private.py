@@ -9,13 +9,16 @@ the API's start does."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import stat
 from pathlib import Path
 
 import pytest
+import yaml
 
 from gateway import Settings
 from gateway.config import exposed_secrets
+from gateway.datafiles import data_dir
 from gateway.inbound import InboundError, load_partner_tokens
 from gateway.inbound._cli import cmd_token
 from gateway.network import Network
@@ -64,3 +67,50 @@ def test_inbound_token_makes_an_owner_only_secrets_folder(tmp_path: Path) -> Non
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert set(load_partner_tokens(path, Network.load(settings.network)).values()) == {"nsch"}
+
+
+def _renamed(tmp_path: Path, key: str) -> Settings:
+    """A home whose network names 南沙医院 ``key`` instead of nsch."""
+    network = yaml.safe_load((data_dir("seeds") / "network.yaml").read_text(encoding="utf-8"))
+    [nsch] = [i for i in network["institutions"] if i["key"] == "nsch"]
+    nsch["key"] = key
+    home = tmp_path / "home"
+    home.mkdir()
+    path = home / "network.yaml"
+    path.write_text(yaml.safe_dump(network, allow_unicode=True), encoding="utf-8")
+    return dataclasses.replace(Settings.load(home=home, env={}), network=path)
+
+
+@pytest.mark.parametrize("typed", ["nsch", "NSCH", "ＮＳＣＨ", "Nsch"])
+def test_inbound_token_writes_the_exact_key_whatever_spelling_is_typed(
+    tmp_path: Path, typed: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The look-up folds what is typed (the facility code, full-width, any case); the
+    line written names the key exactly as the network file does: the token check
+    accepts nothing else (_exact_key)."""
+    settings = Settings.load(home=tmp_path / "home", env={})
+    assert cmd_token(argparse.Namespace(partner=typed), settings) == 0
+    token = capsys.readouterr().out.strip()
+    assert _token_file(settings).read_text(encoding="utf-8") == f"nsch {token}\n"
+    assert load_partner_tokens(_token_file(settings), Network.load(settings.network)) == {
+        token: "nsch"
+    }
+
+
+@pytest.mark.parametrize("key", ["ns ch", "#nsch", "nsch\u3000"])
+def test_inbound_token_refuses_a_key_the_token_file_cannot_hold(
+    tmp_path: Path, key: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An institution key with white space in it, or a leading '#', is no key a
+    '<institution key> <token>' line reads back: written, the first made the whole file
+    refused (every partner answered 500 inbound.config), the second a comment (the
+    printed token never worked). Refused before anything is written."""
+    settings = _renamed(tmp_path, key)
+    with pytest.raises(InboundError) as refused:
+        cmd_token(argparse.Namespace(partner=key), settings)
+    assert refused.value.code == "inbound.config"
+    assert refused.value.issue.message.startswith(
+        f"institution key {key!r} cannot be written to the partner token file"
+    )
+    assert not _token_file(settings).exists()
+    assert capsys.readouterr().out == ""  # no token printed

@@ -5,6 +5,8 @@ limits, and many concurrent senders; on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
+import inspect
+import socket
 import threading
 import time
 from collections.abc import Sequence
@@ -13,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from gateway import Converter
+from gateway.listeners import MllpServer, StoreWriter, frame
 from gateway.store import Incoming, MessageFilter, Receipt, Store
 
 from .mllp_client import Client, Listener, example, segments, settings_for, with_control_id
@@ -259,3 +262,48 @@ def test_fifty_connections_forty_messages_each(store: Store, tmp_path: Path) -> 
             ids.add(found[0].id)
     assert len(ids) == 2000
     assert elapsed < 30, elapsed
+
+
+def _accepted_not_started() -> bool:
+    """Whether a connection the listener accepted has a task not yet run: the moment
+    between the accept and its first step, where a stop used to miss it."""
+    return any(
+        inspect.getcoroutinestate(coro) == inspect.CORO_CREATED
+        and getattr(coro, "__qualname__", "") == "MllpServer._connection"
+        for coro in (task.get_coro() for task in asyncio.all_tasks())
+    )
+
+
+def test_a_connection_accepted_just_before_close_is_closed(store: Store, tmp_path: Path) -> None:
+    """``close`` cancelled the connections it knew of; one accepted just before, whose
+    task had not started, was missed: it went on after the stop, its message stored and
+    acknowledged after ``close`` returned (or waiting for a writer already closed)."""
+    settings = settings_for(tmp_path, mllp_idle_timeout=2.0)
+    message = with_control_id(example("ref_i12_nsch_to_hkpmc.hl7"), "LATE1")
+
+    async def main() -> bytes:
+        writer = StoreWriter(store)
+        try:
+            server = MllpServer(settings, writer)
+            port = await server.start("127.0.0.1", 0)
+            # connected by the kernel, the loop not yet told: no await until it accepts
+            sock = socket.create_connection(("127.0.0.1", port))
+            deadline = time.monotonic() + 10
+            while not _accepted_not_started():  # sleep(0): the accept, not its first step
+                assert time.monotonic() < deadline, "the listener did not accept"
+                await asyncio.sleep(0)
+            await server.close()
+            reader, client = await asyncio.open_connection(sock=sock)
+            try:
+                client.write(frame(message))
+                await client.drain()
+                answer = await asyncio.wait_for(reader.read(), 10)
+            except ConnectionError:
+                answer = b""  # reset: cut off, as it should be
+            client.close()
+            return answer
+        finally:
+            await asyncio.get_running_loop().run_in_executor(None, writer.close)
+
+    assert asyncio.run(main()) == b""  # closed, nothing acknowledged after the stop
+    assert store.count() == 0  # nor stored

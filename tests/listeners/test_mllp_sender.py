@@ -254,3 +254,30 @@ def test_a_refused_message_is_not_released_by_a_plain_resend(
     assert own["MSA"][1:3] == ["AA", "PLAIN1"]
     [row] = store.find().items
     assert (row.state, row.auth_sender) == ("received", NSCH_NAME)
+
+
+def test_a_refused_spoof_is_no_earlier_revision_of_the_real_message(
+    store: Store, tmp_path: Path, pki: Path
+) -> None:
+    """HKPMC's certificate sends a message in 南沙医院's name with the control id NSCH's
+    next message will have: refused, kept as rejected. NSCH's own message with that
+    control id (other bytes) is its first: before, it was stored as revision 2, flagged,
+    as if it revised the spoof. The spoofer's own next attempt still follows its own."""
+    spoof = with_control_id(example(REFERRAL), "SPOOF1")
+    real = with_control_id(example(REFERRAL).replace("转诊".encode(), "轉診".encode()), "SPOOF1")
+    assert real != spoof
+    with Listener(_settings(pki, tmp_path), store) as listener:
+        hkpmc = _client(listener.port, pki, pki / "hkpmc")
+        refused = segments(hkpmc.call(spoof))
+        nsch = _client(listener.port, pki, pki / "nsch")
+        accepted = segments(nsch.call(real))
+        again = segments(hkpmc.call(spoof + "NTE|9||再试\r".encode()))
+        hkpmc.close()
+        nsch.close()
+    assert [refused["MSA"][1], accepted["MSA"][1], again["MSA"][1]] == ["AR", "AA", "AR"]
+    rows = {(m.state, m.auth_sender, m.revision, m.flagged) for m in store.find().items}
+    assert rows == {
+        ("rejected", HKPMC_NAME, 1, False),
+        ("received", NSCH_NAME, 1, False),  # the real one: no revision of the spoof
+        ("rejected", HKPMC_NAME, 2, True),  # its own second attempt with that id
+    }

@@ -3,6 +3,7 @@ retention, and DICOM instances gathered into studies; on SQLite and PostgreSQL."
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -82,6 +83,21 @@ def test_same_control_id_other_bytes_is_a_flagged_revision(store: Store) -> None
     assert second.id != first.id
     assert (other_sender.revision, other_sender.flagged) == (1, False)
     assert store.count() == 3
+
+
+def test_a_row_refused_for_its_sender_is_no_revision_of_anothers(store: Store) -> None:
+    """A refusal by the MLLP sender check is counted as an earlier revision only by the
+    same authenticated sender: a certificate naming no institution and without a common
+    name (auth_sender None) is no sender a plain connection's message shares."""
+    refusal = Issue("intake.mllp-client-no-institution", "names no institution", "MSH-4")
+    spoof = replace(msg("C1", "spoof", state="rejected"), channel="mllp", issues=(refusal,))
+    store.receive(spoof)
+    charset = Issue("intake.charset-mislabelled", "not 8859/1", "MSH-18")
+    store.receive(replace(msg("C2", "bad", state="rejected"), issues=(charset,)))
+    real = store.receive(msg("C1", "real"))
+    fixed = store.receive(msg("C2", "fixed"))
+    assert (real.revision, real.flagged) == (1, False)
+    assert (fixed.revision, fixed.flagged) == (2, True)  # refused for its charset: counted
 
 
 def test_receive_many_is_one_transaction(store: Store) -> None:

@@ -193,3 +193,22 @@ def test_an_orders_numbers_that_meet_are_one_order(
     converter: Converter, edits: tuple[tuple[str, str], ...]
 ) -> None:
     assert _convert(converter, *edits) == []
+
+
+UUID_ROOT = "6F0E5A3C-1B2D-4E5F-8A9B-0C1D2E3F4A5B"
+
+
+@pytest.mark.parametrize("engine", ["interpreted", "compiled", "ceiling"])
+def test_a_uuid_root_is_one_issuer_in_either_case(
+    engines: dict[str, Converter], engine: str
+) -> None:
+    # A UUID root is one issuer however its hex digits are cased (the mapping gives both
+    # urn:uuid:6f0e…): two numbers under it are two numbers of one system.
+    ids = (
+        f'<id root="{UUID_ROOT}" extension="0099999"/>'
+        f'<id root="{UUID_ROOT.lower()}" extension="F77"/>'
+    )
+    errors = _convert(engines[engine], (MRN, MRN + ids))
+    assert errors == [
+        ("mapping.conflicting-identifiers", "/ClinicalDocument/recordTarget/patientRole/id[4]")
+    ]

@@ -212,3 +212,39 @@ def test_a_uuid_root_is_one_issuer_in_either_case(
     assert errors == [
         ("mapping.conflicting-identifiers", "/ClinicalDocument/recordTarget/patientRole/id[4]")
     ]
+
+
+ORDER_UUID = "A1B2C3D4-0000-4000-8000-00000000F077"
+ORDER_UUID_2 = "A1B2C3D4-0000-4000-8000-00000000F078"
+
+
+def _orders(*ids: str) -> str:
+    """inFulfillmentOf elements, one order per id, in place of the example's order."""
+    return (
+        "</order></inFulfillmentOf>".join(
+            ("" if n == 0 else "<inFulfillmentOf><order>") + i for n, i in enumerate(ids)
+        )
+        + "\n    </order>"
+    )
+
+
+@pytest.mark.parametrize("engine", ["interpreted", "compiled", "ceiling"])
+def test_two_orders_each_identified_by_its_root_alone_refuse(
+    engines: dict[str, Converter], engine: str
+) -> None:
+    # C-CDA orders are often a UUID root alone: two such orders are two orders, and the
+    # report would be based on the first only.
+    orders = _orders(f'<id root="{ORDER_UUID}"/>', f'<id root="{ORDER_UUID_2}"/>')
+    errors = _convert(engines[engine], (ORDER, orders), (ORDER_ON_PATIENT, "<addr"))
+    assert errors == [
+        ("mapping.conflicting-identifiers", "/ClinicalDocument/inFulfillmentOf[2]/order/id")
+    ]
+
+
+def test_one_order_identified_by_its_root_alone_converts(converter: Converter) -> None:
+    bundle = _bundle(
+        converter, (ORDER, _orders(f'<id root="{ORDER_UUID}"/>')), (ORDER_ON_PATIENT, "<addr")
+    )
+    based_on = _resource(bundle, "DiagnosticReport")["basedOn"]
+    assert isinstance(based_on, list)
+    assert based_on[0]["identifier"]["value"] == f"urn:uuid:{ORDER_UUID.lower()}"

@@ -124,3 +124,22 @@ def test_a_nameless_subject_is_not_the_nameless_patient(
     [record] = engines[engine].convert(text.encode("utf-8"))
     errors = [(e.code, e.location) for e in record.errors]
     assert ("mapping.several-patients", SECTION_SUBJECT) in errors
+
+
+@pytest.mark.parametrize(
+    "person",
+    [
+        "<name>王偉</name>",
+        "<name>WANG Wei</name>",
+        "<name><given>伟</given><family>王</family></name>",
+    ],
+    ids=["traditional", "latin", "given-first"],
+)
+def test_the_patients_name_written_otherwise_is_not_taken_for_the_patient(
+    converter: Converter, person: str
+) -> None:
+    # Names are compared as written, never script-converted or reordered: 王偉 may be
+    # another person than 王伟, so the document is refused (the sender sees why) rather
+    # than its section filed under a guess.
+    errors = _errors(converter, _subject(person=person))
+    assert errors == [("mapping.several-patients", SECTION_SUBJECT)]

@@ -123,6 +123,10 @@ def build_view(
     )
 
 
+# The key of an institution named only by a reference's display (no identity of its own)
+_NAMED = "name:"
+
+
 def _add(orgs: list[tuple[str, str]], found: tuple[str, str] | None) -> None:
     if found and all(key != found[0] and name != found[1] for key, name in orgs):
         orgs.append(found)
@@ -146,7 +150,7 @@ def _organization(doc: ReportDocument, ref: Any, report: Resource) -> tuple[str,
         return (str(ref.get("reference")), str(target["name"]))
     display = _display(ref)
     if display and target is None and (ref.get("type") in (None, "Organization")):
-        return (str(ref.get("reference") or display), display)
+        return (str(ref.get("reference") or _NAMED + display), display)
     return None
 
 
@@ -195,10 +199,16 @@ def _signer(
 def _role(found: tuple[str, str] | None, performers: list[tuple[str, str]]) -> str:
     """A signer's role label: of the performing institution, of another one, or neutral
     when either institution is unknown (a Practitioner with no role, a radiologist
-    carried by name, a report naming no performer)."""
+    carried by name, a report naming no performer). An institution named only by a
+    display is compared by that name: the same name is the performing hospital, another
+    name is not known to be another hospital (one hospital has several spellings)."""
     if found is None or not performers:
         return "radiologist"
-    return "local" if any(found[0] == k for k, _ in performers) else "expert"
+    named = [found, *performers]
+    by_name = any(key.startswith(_NAMED) for key, _ in named)
+    if any(found[0] == k or (by_name and found[1] == n) for k, n in performers):
+        return "local"
+    return "radiologist" if by_name else "expert"
 
 
 def _report_number(report: Resource) -> str | None:

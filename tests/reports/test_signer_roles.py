@@ -114,3 +114,33 @@ def test_radiologists_of_known_institutions_keep_their_labels_beside_the_english
     assert "放射科醫生（檢查機構）：何慧敏（廣州市第一人民醫院南沙醫院）" in hk
     partner = "Greater Bay Area Medical Group Hong Kong Partner Medical Centre"
     assert f"Expert radiologist, reporting hospital: CHAN Chi Ming ({partner})" in en
+
+
+def _role_organization(bundle: dict[str, Any], organization: dict[str, Any]) -> None:
+    kinds = [e["resource"]["resourceType"] for e in bundle["entry"]]
+    role = bundle["entry"][kinds.index("PractitionerRole")]["resource"]
+    role["organization"] = organization
+
+
+def test_a_radiologist_of_the_performing_hospital_named_by_display_is_not_an_expert(
+    variants: ReportVariants,
+) -> None:
+    # 徐静's role names 来安县第二人民医院, the performing hospital, by display only: she
+    # is not an outside expert of a "reporting hospital" that is the performing one.
+    laian = laian_bundle()
+    _role_organization(laian, {"display": "来安县第二人民医院"})
+    paragraphs = _paragraphs(variants.variant(_bytes(laian), "zh-Hans").html, "zh-Hans")
+    assert not any("专家医师" in p for p in paragraphs)
+    assert "报告医师（检查机构）：徐静（来安县第二人民医院）" in paragraphs
+
+
+def test_an_institution_named_only_by_display_is_not_said_to_be_another_one(
+    variants: ReportVariants,
+) -> None:
+    # A name alone identifies no institution ("南京医大二附院" may be any hospital's
+    # spelling of one): 徐静 is shown with it, under the neutral label.
+    laian = laian_bundle()
+    _role_organization(laian, {"display": "南京医大二附院"})
+    paragraphs = _paragraphs(variants.variant(_bytes(laian), "zh-Hans").html, "zh-Hans")
+    assert "报告医师：徐静（南京医大二附院）" in paragraphs
+    assert not any(role in p for p in paragraphs for role in INSTITUTION_ROLES)

@@ -193,3 +193,58 @@ def test_an_orders_numbers_that_meet_are_one_order(
     converter: Converter, edits: tuple[tuple[str, str], ...]
 ) -> None:
     assert _convert(converter, *edits) == []
+
+
+UUID_ROOT = "6F0E5A3C-1B2D-4E5F-8A9B-0C1D2E3F4A5B"
+
+
+@pytest.mark.parametrize("engine", ["interpreted", "compiled", "ceiling"])
+def test_a_uuid_root_is_one_issuer_in_either_case(
+    engines: dict[str, Converter], engine: str
+) -> None:
+    # A UUID root is one issuer however its hex digits are cased (the mapping gives both
+    # urn:uuid:6f0e…): two numbers under it are two numbers of one system.
+    ids = (
+        f'<id root="{UUID_ROOT}" extension="0099999"/>'
+        f'<id root="{UUID_ROOT.lower()}" extension="F77"/>'
+    )
+    errors = _convert(engines[engine], (MRN, MRN + ids))
+    assert errors == [
+        ("mapping.conflicting-identifiers", "/ClinicalDocument/recordTarget/patientRole/id[4]")
+    ]
+
+
+ORDER_UUID = "A1B2C3D4-0000-4000-8000-00000000F077"
+ORDER_UUID_2 = "A1B2C3D4-0000-4000-8000-00000000F078"
+
+
+def _orders(*ids: str) -> str:
+    """inFulfillmentOf elements, one order per id, in place of the example's order."""
+    return (
+        "</order></inFulfillmentOf>".join(
+            ("" if n == 0 else "<inFulfillmentOf><order>") + i for n, i in enumerate(ids)
+        )
+        + "\n    </order>"
+    )
+
+
+@pytest.mark.parametrize("engine", ["interpreted", "compiled", "ceiling"])
+def test_two_orders_each_identified_by_its_root_alone_refuse(
+    engines: dict[str, Converter], engine: str
+) -> None:
+    # C-CDA orders are often a UUID root alone: two such orders are two orders, and the
+    # report would be based on the first only.
+    orders = _orders(f'<id root="{ORDER_UUID}"/>', f'<id root="{ORDER_UUID_2}"/>')
+    errors = _convert(engines[engine], (ORDER, orders), (ORDER_ON_PATIENT, "<addr"))
+    assert errors == [
+        ("mapping.conflicting-identifiers", "/ClinicalDocument/inFulfillmentOf[2]/order/id")
+    ]
+
+
+def test_one_order_identified_by_its_root_alone_converts(converter: Converter) -> None:
+    bundle = _bundle(
+        converter, (ORDER, _orders(f'<id root="{ORDER_UUID}"/>')), (ORDER_ON_PATIENT, "<addr")
+    )
+    based_on = _resource(bundle, "DiagnosticReport")["basedOn"]
+    assert isinstance(based_on, list)
+    assert based_on[0]["identifier"]["value"] == f"urn:uuid:{ORDER_UUID.lower()}"

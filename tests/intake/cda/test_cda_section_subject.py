@@ -82,3 +82,64 @@ def test_a_fetus_or_the_patient_again_converts(
     engines: dict[str, Converter], engine: str, subject: str
 ) -> None:
     assert _errors(engines[engine], subject) == []
+
+
+FATHER = '<code code="FTH" codeSystem="2.16.840.1.113883.5.111" displayName="father"/>'
+ONESELF = '<code code="ONESELF" codeSystem="2.16.840.1.113883.5.111" displayName="self"/>'
+MASKED_PATIENT = '<name nullFlavor="MSK"/>'
+
+
+@pytest.mark.parametrize("engine", ["interpreted", "compiled", "ceiling"])
+@pytest.mark.parametrize(
+    "subject",
+    [
+        _subject(FATHER, "<name>王伟</name>"),  # the father, named as his son
+        _subject(MOTHER, "<name>王伟</name>"),
+    ],
+    ids=["father-same-name", "mother-same-name"],
+)
+def test_a_subject_coded_as_another_person_refuses_whatever_its_name(
+    engines: dict[str, Converter], engine: str, subject: str
+) -> None:
+    # Its code says who it is: a relative sharing the patient's name is not the patient.
+    errors = _errors(engines[engine], subject)
+    assert errors == [("mapping.several-patients", SECTION_SUBJECT)]
+
+
+def test_the_patient_coded_as_oneself_converts(converter: Converter) -> None:
+    assert _errors(converter, _subject(ONESELF, "<name>王伟</name>")) == []
+
+
+@pytest.mark.parametrize("engine", ["interpreted", "compiled", "ceiling"])
+@pytest.mark.parametrize(
+    "person", ['<name nullFlavor="MSK"/>', "<name> </name>"], ids=["masked", "blank"]
+)
+def test_a_nameless_subject_is_not_the_nameless_patient(
+    engines: dict[str, Converter], engine: str, person: str
+) -> None:
+    # The patient's name masked (a shared document): an unnamed subject (the mother)
+    # equals it as text, but no name says who either is.
+    text = CDA.read_text(encoding="utf-8").replace("<name>王伟</name>", MASKED_PATIENT, 1)
+    text = text.replace(FINDINGS, FINDINGS + _subject(MOTHER, person), 1)
+    [record] = engines[engine].convert(text.encode("utf-8"))
+    errors = [(e.code, e.location) for e in record.errors]
+    assert ("mapping.several-patients", SECTION_SUBJECT) in errors
+
+
+@pytest.mark.parametrize(
+    "person",
+    [
+        "<name>王偉</name>",
+        "<name>WANG Wei</name>",
+        "<name><given>伟</given><family>王</family></name>",
+    ],
+    ids=["traditional", "latin", "given-first"],
+)
+def test_the_patients_name_written_otherwise_is_not_taken_for_the_patient(
+    converter: Converter, person: str
+) -> None:
+    # Names are compared as written, never script-converted or reordered: 王偉 may be
+    # another person than 王伟, so the document is refused (the sender sees why) rather
+    # than its section filed under a guess.
+    errors = _errors(converter, _subject(person=person))
+    assert errors == [("mapping.several-patients", SECTION_SUBJECT)]

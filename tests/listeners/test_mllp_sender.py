@@ -281,3 +281,29 @@ def test_a_refused_spoof_is_no_earlier_revision_of_the_real_message(
         ("received", NSCH_NAME, 1, False),  # the real one: no revision of the spoof
         ("rejected", HKPMC_NAME, 2, True),  # its own second attempt with that id
     }
+
+
+def test_a_spoofer_replaying_the_real_bytes_is_refused_and_alters_nothing(
+    store: Store, tmp_path: Path, pki: Path
+) -> None:
+    """HKPMC's certificate replays, byte for byte, the message NSCH's certificate sent:
+    the store finds NSCH's row (same sender, control id and bytes) and keeps nothing new,
+    but the answer is the sender check's AR, never the row's AA (which would tell the
+    spoofer it was taken), and NSCH's row is unchanged (its sender, state, revision)."""
+    real = with_control_id(example(REFERRAL), "REPLAY1")
+    with Listener(_settings(pki, tmp_path), store) as listener:
+        nsch = _client(listener.port, pki, pki / "nsch")
+        accepted = segments(nsch.call(real))
+        hkpmc = _client(listener.port, pki, pki / "hkpmc")
+        replayed = segments(hkpmc.call(real))
+        hkpmc.close()
+        nsch.close()
+    assert [accepted["MSA"][1], replayed["MSA"][1]] == ["AA", "AR"]
+    assert replayed["ERR"][8].endswith("[intake.mllp-sender-mismatch]")
+    [row] = store.find().items
+    assert (row.state, row.auth_sender, row.revision, row.flagged) == (
+        "received",
+        NSCH_NAME,
+        1,
+        False,
+    )

@@ -307,3 +307,33 @@ def test_a_spoofer_replaying_the_real_bytes_is_refused_and_alters_nothing(
         1,
         False,
     )
+
+
+def test_a_refusal_under_the_real_senders_common_name_is_no_earlier_revision(
+    store: Store, tmp_path: Path, pki: Path
+) -> None:
+    """``auth_sender`` is the certificate's common name, which names no institution: a
+    certificate from the trusted CA with 南沙医院's common name and no institution is
+    refused (intake.mllp-client-no-institution), and its refusal was counted as an
+    earlier revision of NSCH's own message with that control id (the common names are
+    equal): stored as revision 2, flagged, as if NSCH had revised the refused one. A
+    refusal counts only for the refused attempts that follow it; the same certificate's
+    second attempt is still its revision 2."""
+    _issue(pki, tmp_path / "posing", NSCH_NAME, [x509.DNSName("posing.example.cn")])
+    refused_bytes = with_control_id(example(REFERRAL), "CN1")
+    real = with_control_id(example(REFERRAL).replace("转诊".encode(), "轉診".encode()), "CN1")
+    with Listener(_settings(pki, tmp_path), store) as listener:
+        posing = _client(listener.port, pki, tmp_path / "posing")
+        first = segments(posing.call(refused_bytes))
+        nsch = _client(listener.port, pki, pki / "nsch")
+        accepted = segments(nsch.call(real))
+        again = segments(posing.call(refused_bytes + "NTE|9||再试\r".encode()))
+        posing.close()
+        nsch.close()
+    assert [first["MSA"][1], accepted["MSA"][1], again["MSA"][1]] == ["AR", "AA", "AR"]
+    rows = {(m.state, m.revision, m.flagged) for m in store.find().items}
+    assert rows == {
+        ("rejected", 1, False),
+        ("received", 1, False),  # NSCH's own first message with that control id
+        ("rejected", 2, True),  # the refused certificate's second attempt
+    }

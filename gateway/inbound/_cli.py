@@ -136,6 +136,14 @@ def cmd_notify(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if row is not None else 1
 
 
+def _after_last_line(fd: int) -> str:
+    """A newline when the file's last line has none (edited by hand): the line appended
+    would join it, and the file's rule, unable to read that line, refuses the whole file
+    (every partner answered 500)."""
+    size = os.fstat(fd).st_size
+    return "\n" if size and os.pread(fd, 1, size - 1) != b"\n" else ""
+
+
 def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
     network = Network.load(settings.network)
     inst = network.institution(args.partner)  # folded: a facility code, ＮＳＣＨ, Nsch
@@ -149,9 +157,9 @@ def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
     # made owner-only (0700) when missing, as the API's start makes secrets/: with the
     # default mode others on the host saw which secrets there are
     private_folder(path.parent)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
     with os.fdopen(fd, "a", encoding="utf-8") as out:
-        out.write(line + "\n")
+        out.write(_after_last_line(fd) + line + "\n")
     print(token)
     print(f"partner token for {inst.key} added to {path}", file=sys.stderr)
     return 0

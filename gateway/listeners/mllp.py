@@ -389,9 +389,15 @@ class MllpServer:
         if self._server is not None:
             self._server.close()
             tasks = list(self._connections)  # complete: none is added once _closing is set
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            pending = set(tasks)
+            while pending:
+                # again until each ends: Python 3.11's wait_for drops a cancellation that
+                # comes as what it waits on completes (gh-86296), and the connection
+                # would read on, up to mllp_idle_timeout, the stop waiting for it
+                for task in pending:
+                    task.cancel()
+                _, pending = await asyncio.wait(pending, timeout=0.05)
+            await asyncio.gather(*tasks, return_exceptions=True)  # their errors taken
             await self._server.wait_closed()
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -114,9 +114,11 @@ def _refused_for_sender(conn: Connection, message_id: int) -> bool:
 
 def _last_revision(conn: Connection, item: Incoming) -> int | None:
     """The latest revision stored of ``item``'s sender and control id, or None. A row
-    refused for its sender counts only for the authenticated sender that sent it: a
-    spoofer's refused message would otherwise make the real sender's next message with
-    that control id look like a revision of it (flagged, revision 2)."""
+    refused for its sender counts only for a later attempt refused for its sender from
+    the same certificate common name: a spoofer's refused message would otherwise make
+    the real sender's next message with that control id look like a revision of it
+    (flagged, revision 2). Never for an accepted message: the common name names no
+    institution (a certificate naming none may carry the real sender's)."""
     if not item.control_id:
         return None
     m = messages.c
@@ -125,11 +127,12 @@ def _last_revision(conn: Connection, item: Incoming) -> int | None:
             m.control_id == item.control_id, _same(m.sender, item.sender)
         )
     ).all()
+    refused = item.auth_sender is not None and any(i.code in SENDER_REFUSALS for i in item.issues)
     counted = [
         int(r.revision)
         for r in rows
         if r.state != "rejected"
-        or (item.auth_sender is not None and r.auth_sender == item.auth_sender)
+        or (refused and r.auth_sender == item.auth_sender)
         or not _refused_for_sender(conn, r.id)
     ]
     return max(counted, default=None)

@@ -114,3 +114,23 @@ def test_inbound_token_refuses_a_key_the_token_file_cannot_hold(
     )
     assert not _token_file(settings).exists()
     assert capsys.readouterr().out == ""  # no token printed
+
+
+def test_inbound_token_starts_its_line_after_a_last_line_without_newline(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A token file edited by hand often ends without a newline: the line appended
+    joined the last one (``hkpmc <token>nsch <token>``), which the file's rule cannot
+    read, so the whole file was refused (every partner answered 500 inbound.config)
+    and the printed token never worked."""
+    settings = Settings.load(home=tmp_path / "home", env={})
+    path = _token_file(settings)
+    path.parent.mkdir(mode=0o700, parents=True)
+    path.write_text("# 香港伙伴医院\nhkpmc " + "h" * 32, encoding="utf-8")  # no newline
+    path.chmod(0o600)
+    assert cmd_token(argparse.Namespace(partner="nsch"), settings) == 0
+    token = capsys.readouterr().out.strip()
+    assert load_partner_tokens(path, Network.load(settings.network)) == {
+        "h" * 32: "hkpmc",
+        token: "nsch",
+    }

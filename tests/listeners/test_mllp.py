@@ -307,3 +307,40 @@ def test_a_connection_accepted_just_before_close_is_closed(store: Store, tmp_pat
 
     assert asyncio.run(main()) == b""  # closed, nothing acknowledged after the stop
     assert store.count() == 0  # nor stored
+
+
+def test_close_cuts_a_connection_whose_read_completes_as_it_stops(
+    store: Store, tmp_path: Path
+) -> None:
+    """``close`` cancelled each connection once. On Python 3.11 ``asyncio.wait_for``
+    drops a cancellation that arrives once the read it waits on has completed but
+    before it resumes (CPython gh-86296): the connection went on reading, up to
+    mllp_idle_timeout, and the stop waited for it (the listener did not stop; seen in
+    test_stopping_the_listener_cuts_a_peer_that_never_reads under load). Stopped at
+    each step of the loop after bytes arrive, one of which is that moment."""
+    settings = settings_for(tmp_path, mllp_idle_timeout=120)
+    part = b"\x0b" + example("ref_i12_nsch_to_hkpmc.hl7")[:40]  # a frame, unfinished
+
+    async def stop_after(steps: int) -> None:
+        server = MllpServer(settings, writer)
+        port = await server.start("127.0.0.1", 0)
+        _, client = await asyncio.open_connection("127.0.0.1", port)
+        while not server._connections:  # its task started: waiting for bytes
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        client.write(part)
+        for _ in range(steps):
+            await asyncio.sleep(0)
+        await asyncio.wait_for(server.close(), 10)  # TimeoutError: still connected
+        client.close()
+
+    async def main() -> None:
+        for steps in range(12):
+            await stop_after(steps)
+
+    writer = StoreWriter(store)
+    try:
+        asyncio.run(main())
+    finally:
+        writer.close()
+    assert store.count() == 0  # nothing complete arrived: nothing stored

@@ -281,3 +281,59 @@ def test_a_refused_spoof_is_no_earlier_revision_of_the_real_message(
         ("received", NSCH_NAME, 1, False),  # the real one: no revision of the spoof
         ("rejected", HKPMC_NAME, 2, True),  # its own second attempt with that id
     }
+
+
+def test_a_spoofer_replaying_the_real_bytes_is_refused_and_alters_nothing(
+    store: Store, tmp_path: Path, pki: Path
+) -> None:
+    """HKPMC's certificate replays, byte for byte, the message NSCH's certificate sent:
+    the store finds NSCH's row (same sender, control id and bytes) and keeps nothing new,
+    but the answer is the sender check's AR, never the row's AA (which would tell the
+    spoofer it was taken), and NSCH's row is unchanged (its sender, state, revision)."""
+    real = with_control_id(example(REFERRAL), "REPLAY1")
+    with Listener(_settings(pki, tmp_path), store) as listener:
+        nsch = _client(listener.port, pki, pki / "nsch")
+        accepted = segments(nsch.call(real))
+        hkpmc = _client(listener.port, pki, pki / "hkpmc")
+        replayed = segments(hkpmc.call(real))
+        hkpmc.close()
+        nsch.close()
+    assert [accepted["MSA"][1], replayed["MSA"][1]] == ["AA", "AR"]
+    assert replayed["ERR"][8].endswith("[intake.mllp-sender-mismatch]")
+    [row] = store.find().items
+    assert (row.state, row.auth_sender, row.revision, row.flagged) == (
+        "received",
+        NSCH_NAME,
+        1,
+        False,
+    )
+
+
+def test_a_refusal_under_the_real_senders_common_name_is_no_earlier_revision(
+    store: Store, tmp_path: Path, pki: Path
+) -> None:
+    """``auth_sender`` is the certificate's common name, which names no institution: a
+    certificate from the trusted CA with 南沙医院's common name and no institution is
+    refused (intake.mllp-client-no-institution), and its refusal was counted as an
+    earlier revision of NSCH's own message with that control id (the common names are
+    equal): stored as revision 2, flagged, as if NSCH had revised the refused one. A
+    refusal counts only for the refused attempts that follow it; the same certificate's
+    second attempt is still its revision 2."""
+    _issue(pki, tmp_path / "posing", NSCH_NAME, [x509.DNSName("posing.example.cn")])
+    refused_bytes = with_control_id(example(REFERRAL), "CN1")
+    real = with_control_id(example(REFERRAL).replace("转诊".encode(), "轉診".encode()), "CN1")
+    with Listener(_settings(pki, tmp_path), store) as listener:
+        posing = _client(listener.port, pki, tmp_path / "posing")
+        first = segments(posing.call(refused_bytes))
+        nsch = _client(listener.port, pki, pki / "nsch")
+        accepted = segments(nsch.call(real))
+        again = segments(posing.call(refused_bytes + "NTE|9||再试\r".encode()))
+        posing.close()
+        nsch.close()
+    assert [first["MSA"][1], accepted["MSA"][1], again["MSA"][1]] == ["AR", "AA", "AR"]
+    rows = {(m.state, m.revision, m.flagged) for m in store.find().items}
+    assert rows == {
+        ("rejected", 1, False),
+        ("received", 1, False),  # NSCH's own first message with that control id
+        ("rejected", 2, True),  # the refused certificate's second attempt
+    }

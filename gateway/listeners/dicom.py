@@ -106,6 +106,7 @@ OUT_OF_RESOURCES = 0xA700  # the store could not keep the instance
 WRONG_STUDY = 0xA900  # STOW to /studies/{study}: an instance of another study
 NOT_AUTHORIZED = 0x0124  # (PS3.7 C.4) a study whose identifiers name another sender
 CANNOT_UNDERSTAND = 0xC000  # not DICOM, damaged, or without valid UIDs
+_STUDY_UID = 0x0020000D
 
 # Bulk data: what PS3.18 sends as BulkDataURIs, and what the gateway does not map.
 _BULK_TAGS = frozenset(
@@ -561,7 +562,10 @@ class DicomSCP:
         self._server: Any = None
         self._tls = server_tls_context(settings, "dicom")
         # studies refused per association: logged once, not once per instance
-        self._refused: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
+        # (and their refusals: the rest of a refused study is refused too)
+        self._refused: weakref.WeakKeyDictionary[Any, dict[str, IntakeError]] = (
+            weakref.WeakKeyDictionary()
+        )
         self._refused_lock = threading.Lock()
 
     @property
@@ -626,6 +630,21 @@ class DicomSCP:
             return _status(OUT_OF_RESOURCES, "the instance could not be stored; send it again")
         return SUCCESS
 
+    def _refused_before(self, assoc: Any, data: bytes) -> IntakeError | None:
+        """The refusal of the instance's study earlier on this association, or None: its
+        instances sent after the refused one are refused too (a study whole or not at
+        all), not left pending to be converted without it."""
+        with self._refused_lock:
+            seen = dict(self._refused.get(assoc, {}))
+        if not seen:  # the usual case: the instance is not read again
+            return None
+        try:
+            ds = dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=[_STUDY_UID])
+            study = sent_uid(ds, _STUDY_UID)
+        except Exception:  # unreadable: the intake refuses it as it would any
+            return None
+        return seen.get(study)
+
     def _client(self, assoc: Any) -> ClientCertificate:
         tls = assoc.dul.socket.socket
         return client_certificate(tls.getpeercert(binary_form=True), self.intake.network)
@@ -642,12 +661,12 @@ class DicomSCP:
         sent_by = f"the sender (TLS client certificate {client.name})"
         refused = self.intake.sender_refusals([data], client.institution, sent_by)
         if not refused:
-            return None
+            return self._refused_before(assoc, data)
         study, why = next(iter(refused.items()))
         with self._refused_lock:
-            seen = self._refused.setdefault(assoc, set())
+            seen = self._refused.setdefault(assoc, {})
             first = study not in seen
-            seen.add(study)
+            seen.setdefault(study, why)
         if first:
             log.warning("C-STORE study refused: %s", why.issue.line())
         own = client.institution

@@ -302,3 +302,17 @@ def test_a_refused_c_store_takes_the_senders_pending_instances_of_the_study(
     [kept] = store.find(MessageFilter(state="rejected")).items
     assert (kept.control_id, kept.sender) == (STUDY, "LAX2")
     assert _members(store, kept.id) == sorted(_names([good, bad]))
+
+
+def test_c_store_refuses_the_rest_of_a_study_refused_on_the_association(
+    tls_scp: DicomSCP, pki: tuple[Path, Signer]
+) -> None:
+    """An instance naming Lai'an after one naming Nansha on the same association: the
+    study was refused whole, so the rest of it is refused too, not left pending to be
+    converted without the refused one."""
+    good, bad = part10(wang_wei(STUDY, 1, 1)), part10(wang_wei(STUDY, 1, 2, **NSCH_IDS))
+    after = part10(wang_wei(STUDY, 1, 3))
+    other = part10(wang_wei("2.16.156.10011.99.1.4.3.20260610.12", 1, 1))
+    statuses = _send(tls_scp, pki, LAX2_OID, [good, bad, after, other])
+    assert statuses == [SUCCESS, NOT_AUTHORIZED, NOT_AUTHORIZED, SUCCESS]
+    assert tls_scp.intake.pending() == ["2.16.156.10011.99.1.4.3.20260610.12"]

@@ -316,3 +316,19 @@ def test_c_store_refuses_the_rest_of_a_study_refused_on_the_association(
     statuses = _send(tls_scp, pki, LAX2_OID, [good, bad, after, other])
     assert statuses == [SUCCESS, NOT_AUTHORIZED, NOT_AUTHORIZED, SUCCESS]
     assert tls_scp.intake.pending() == ["2.16.156.10011.99.1.4.3.20260610.12"]
+
+
+@pytest.mark.parametrize("route", ["/convert", "/messages/1/$reprocess"])
+def test_a_bound_token_uses_stow_rs_only(api: Api, route: str) -> None:
+    """POST /convert of Nansha's study with Lai'an's PACS token would convert it with no
+    sender check (and $reprocess converts a stored one again, unchecked): a token that
+    stands for an institution's systems sends studies only, by STOW-RS."""
+    body = _study(**NSCH_IDS)[0]
+    response = api.post(route, body, token=LAX2_TOKEN, **{"Content-Type": "application/dicom"})
+    assert response.status_code == 403, response.text
+    [issue] = response.json()["issue"]
+    assert issue["details"]["coding"][0]["code"] == "security.forbidden"
+    assert "lax2" in issue["details"]["text"] and "/dicomweb/" in issue["details"]["text"]
+    assert api.intake.store.find(MessageFilter()).items == []
+    # the unbound token reaches the route (whatever it answers, not a 403)
+    assert api.post(route, body, token=OPEN_TOKEN).status_code != 403

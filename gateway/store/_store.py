@@ -827,7 +827,6 @@ class Store:
                     d.data,
                     d.channel,
                     d.peer,
-                    d.sender,
                     d.message_id,
                 )
                 .where(d.study_uid == study_uid)
@@ -843,7 +842,10 @@ class Store:
                 first.channel,
                 "dicom",
                 peer=first.peer,
-                sender=first.sender,
+                # none: the conversion learns the study's; an instance's sender is the
+                # institution it authenticated as, for refuse_study only (a commit in its
+                # name would be a revision of its refusal, or that refused row itself)
+                sender=None,
                 control_id=study_uid,
                 message_type=message_type,
             )

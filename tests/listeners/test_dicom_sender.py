@@ -336,7 +336,7 @@ def test_a_bound_token_uses_stow_rs_only(api: Api, route: str) -> None:
     assert api.post(route, body, token=OPEN_TOKEN).status_code != 403
 
 
-# pynetdicom's server leaves the TLS socket of a failed handshake to the garbage collector
+# pynetdicom leaves the TLS socket of a failed handshake to the garbage collector
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 @pytest.mark.filterwarnings("ignore::ResourceWarning")
 @pytest.mark.parametrize("which", ["expired", "another-ca"])
@@ -362,4 +362,18 @@ def test_tls_c_store_refuses_an_expired_or_foreign_certificate(
     assoc = ae.associate(host, port, ae_title="FHIRGATEWAY", tls_args=(context, "localhost"))
     assert not assoc.is_established
     assert tls_scp.intake.pending() == []
-    gc.collect()  # that socket's warning here, not in a later test
+    del assoc, ae  # the failed association's TLS socket, closed by the collector:
+    gc.collect()  # its warning here, not in a later test
+
+
+def test_a_study_sent_right_after_its_refusal_is_a_first_message(api: Api) -> None:
+    """Lai'an's PACS sent the study naming Nansha (refused), then as it should: its
+    commit is the study's first message, not a flagged revision of the refusal (the
+    instances' authenticated sender is not the commit's: the conversion learns it)."""
+    bad = multipart(_study(**NSCH_IDS))
+    assert api.post("/dicomweb/studies", bad, token=LAX2_TOKEN).status_code == 403
+    assert api.post("/dicomweb/studies", multipart(_study()), token=LAX2_TOKEN).status_code == 200
+    commit = api.post(f"/dicomweb/studies/{STUDY}/$commit", token=LAX2_TOKEN)
+    assert commit.json()["converted"] is True, commit.text
+    [converted] = api.intake.store.find(MessageFilter(state="converted")).items
+    assert (converted.revision, converted.flagged) == (1, False)

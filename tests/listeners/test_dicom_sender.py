@@ -8,8 +8,6 @@ without an institution, and listeners without client certificates, are unchanged
 
 from __future__ import annotations
 
-import datetime as dt
-import gc
 import io
 import logging
 import ssl
@@ -334,36 +332,6 @@ def test_a_bound_token_uses_stow_rs_only(api: Api, route: str) -> None:
     assert api.intake.store.find(MessageFilter()).items == []
     # the unbound token reaches the route (whatever it answers, not a 403)
     assert api.post(route, body, token=OPEN_TOKEN).status_code != 403
-
-
-# pynetdicom leaves the TLS socket of a failed handshake to the garbage collector
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-@pytest.mark.filterwarnings("ignore::ResourceWarning")
-@pytest.mark.parametrize("which", ["expired", "another-ca"])
-def test_tls_c_store_refuses_an_expired_or_foreign_certificate(
-    tls_scp: DicomSCP, pki: tuple[Path, Signer], which: str
-) -> None:
-    """Lai'an's certificate out of date, or signed by a CA the SCP does not trust: no
-    association (the handshake fails), nothing stored. (Revocation is not checked: no
-    CRL setting, docs/listeners-dicom.md.)"""
-    folder, signer = pki
-    past = dt.datetime.now(dt.UTC) - dt.timedelta(days=2)
-    if which == "expired":
-        dates = {"not_before": past, "not_after": past + dt.timedelta(days=1)}
-        key, cert = certificate("PACS lax2", issuer=signer, ca=False, oid=LAX2_OID, **dates)
-    else:
-        key, cert = certificate("PACS lax2", issuer=make_ca()[0], ca=False, oid=LAX2_OID)
-    write_pem(folder / "client.crt", folder / "client.key", cert, key)
-    context = ssl.create_default_context(cafile=folder / "ca.crt")
-    context.load_cert_chain(folder / "client.crt", folder / "client.key")
-    ae = AE(ae_title=SCU_AE)
-    ae.add_requested_context(CTImageStorage)
-    host, port = tls_scp.address
-    assoc = ae.associate(host, port, ae_title="FHIRGATEWAY", tls_args=(context, "localhost"))
-    assert not assoc.is_established
-    assert tls_scp.intake.pending() == []
-    del assoc, ae  # the failed association's TLS socket, closed by the collector:
-    gc.collect()  # its warning here, not in a later test
 
 
 def test_a_study_sent_right_after_its_refusal_is_a_first_message(api: Api) -> None:

@@ -10,7 +10,9 @@ One token per line, optionally followed by its role, a name and an institution
     Pq7…x4  operator pacs-hkpmc hkpmc   bound to an institution (below)
 
 A token bound to an institution (its key exactly as the network file writes it, as
-partner token lines name theirs) stands for that institution's systems: STOW-RS takes
+partner token lines name theirs) stands for that institution's systems and may use only
+STOW-RS (``/dicomweb/``; any other route answers 403: ``/convert`` and ``$reprocess``
+take records without the sender check). STOW-RS takes
 from it only studies whose identifiers name that institution (IssuerOfPatientID, its
 qualifiers, InstitutionName, the accession number's issuer); any other study is refused
 whole, ``intake.dicom-sender-mismatch`` (docs/listeners-dicom.md). A token without one
@@ -63,6 +65,8 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "admin": frozenset({"api", "audit"}),
 }
 AUDIT_PATH = "/fhir/AuditEvent"
+# The only routes of a token bound to an institution (STOW-RS and its $commit)
+BOUND_PREFIX = "/dicomweb/"
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,7 +184,21 @@ class TokenSet:
                 details={"issue_type": "forbidden"},
             )
             raise AccessDenied(403, issue)
+        if found.institution is not None and not path.startswith(BOUND_PREFIX):
+            raise AccessDenied(403, _bound_elsewhere(found.institution))
         return found
+
+
+def _bound_elsewhere(institution: str) -> Issue:
+    """A bound token off STOW-RS: every other route (POST /convert, ``$reprocess``, FHIR
+    writes) takes records without the sender check, so a PACS's token there could file
+    another institution's study under that institution's numbers."""
+    return Issue(
+        "security.forbidden",
+        f"the token is bound to institution {institution}: it may use only STOW-RS "
+        f"({BOUND_PREFIX}...), where its studies are checked against that institution",
+        details={"issue_type": "forbidden"},
+    )
 
 
 def load_tokens(settings: Settings) -> TokenSet:

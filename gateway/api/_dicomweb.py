@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 
 import orjson
 from fastapi import FastAPI, Request
@@ -97,6 +98,7 @@ def add_dicomweb_routes(
             return _outcome(Issue("request.stow-empty", "the request holds no body part"), 400)
         client = request.client
         origin = Origin("stow", f"{client.host}:{client.port}" if client else None)
+        origin = _sent_by(intake(), request, origin)
         mismatched = await _refused_for_sender(intake(), request, parts, origin)
         if mismatched:
             body = orjson.dumps(operation_outcome(mismatched))
@@ -146,6 +148,16 @@ async def _refused_for_sender(
         return []
     own = intake.network.institution(principal.institution)
     return await run_in_threadpool(refuse_for_sender, intake, parts, origin, principal.name, own)
+
+
+def _sent_by(intake: DicomIntake, request: Request, origin: Origin) -> Origin:
+    """``origin`` with the facility of the institution a bound token stands for: kept on
+    its instances, so that a later refusal of their study takes them with it."""
+    bound = request.state.principal.institution
+    if bound is None:
+        return origin
+    own = intake.network.institution(bound)
+    return replace(origin, sender=own.facility if own is not None else None)
 
 
 def _commit_status(result: CommitResult) -> int:

@@ -38,7 +38,7 @@ import time
 import weakref
 import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -65,10 +65,9 @@ from ..store import (
     Store,
     listener_message,
     open_store,
-    study_zip,
 )
 from ._stow import DICOM, Outcome, Part, media_type, response_json, split_multipart
-from .shared import client_certificate, server_tls_context
+from .shared import ClientCertificate, client_certificate, server_tls_context
 
 __all__ = [
     "CANNOT_UNDERSTAND",
@@ -107,6 +106,7 @@ OUT_OF_RESOURCES = 0xA700  # the store could not keep the instance
 WRONG_STUDY = 0xA900  # STOW to /studies/{study}: an instance of another study
 NOT_AUTHORIZED = 0x0124  # (PS3.7 C.4) a study whose identifiers name another sender
 CANNOT_UNDERSTAND = 0xC000  # not DICOM, damaged, or without valid UIDs
+_STUDY_UID = 0x0020000D
 
 # Bulk data: what PS3.18 sends as BulkDataURIs, and what the gateway does not map.
 _BULK_TAGS = frozenset(
@@ -139,10 +139,14 @@ class Instance:
 @dataclass(frozen=True, slots=True)
 class Origin:
     """How an instance came: ``listener`` is ``dicom`` (C-STORE) or ``stow``; ``peer``
-    the calling AE title and address (``CT01@10.0.0.5:40112``) or the HTTP client's."""
+    the calling AE title and address (``CT01@10.0.0.5:40112``) or the HTTP client's;
+    ``sender`` the facility code of the institution it authenticated as (a bound API
+    token, a TLS client certificate), kept on its instances: a later refusal of their
+    study for that sender refuses them with it (``Store.refuse_study``)."""
 
     listener: str
     peer: str | None = None
+    sender: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,12 +312,15 @@ class DicomIntake:
         auth_sender: str | None,
         own: Institution | None,
         refusal: IntakeError,
+        pending_only: bool = False,
     ) -> None:
         """Keep a study refused for its sender as one rejected message (its instances
-        as a commit holds them), so that the browser shows it and it is never converted
-        from the store (processing.sender_refusal). Its sender is the institution that
-        sent it, not the one it names: a commit of the same study (no sender) is another
-        row, never this one released."""
+        as a commit holds them, with those the same sender sent of it before and are
+        still pending: ``Store.refuse_study``), so that the browser shows it and it is
+        never converted from the store (processing.sender_refusal). Its sender is the
+        institution that sent it, not the one it names: a commit of the same study (no
+        sender) is another row, never this one released. ``pending_only``: kept only
+        when that sender has instances of it pending."""
         kept = []
         for data in datas:
             try:
@@ -324,7 +331,7 @@ class DicomIntake:
                 name = f"{instance.series_uid}/{instance.sop_instance_uid}.dcm"
                 kept.append((name, instance.data))
         incoming = Incoming(
-            study_zip(sorted(kept)),
+            b"",  # the study's zip: Store.refuse_study
             origin.listener,
             "dicom",
             peer=origin.peer,
@@ -335,7 +342,7 @@ class DicomIntake:
             issues=(refusal.issue,),
         )
         try:
-            self.store.receive(incoming)
+            self.store.refuse_study(incoming, kept, pending_only)
         except Exception:  # refused either way; the log says the store failed
             log.exception("a DICOM study refused for its sender could not be kept")
 
@@ -357,6 +364,7 @@ class DicomIntake:
             data=instance.data,
             channel=origin.listener,
             peer=origin.peer,
+            sender=origin.sender,
         )
         try:
             self.store.add_instance(row)
@@ -554,7 +562,10 @@ class DicomSCP:
         self._server: Any = None
         self._tls = server_tls_context(settings, "dicom")
         # studies refused per association: logged once, not once per instance
-        self._refused: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
+        # (and their refusals: the rest of a refused study is refused too)
+        self._refused: weakref.WeakKeyDictionary[Any, dict[str, IntakeError]] = (
+            weakref.WeakKeyDictionary()
+        )
         self._refused_lock = threading.Lock()
 
     @property
@@ -604,7 +615,10 @@ class DicomSCP:
         origin = Origin("dicom", f"{str(peer.ae_title).strip()}@{peer.address}:{peer.port}")
         data = event.encoded_dataset(include_meta=True)
         if self._tls is not None and self.settings.dicom_tls_ca is not None:
-            refused = self._not_sender(assoc, data)
+            client = self._client(assoc)
+            own = client.institution
+            origin = replace(origin, sender=own.facility if own is not None else None)
+            refused = self._not_sender(assoc, client, origin, data)
             if refused is not None:
                 return _status(NOT_AUTHORIZED, f"{refused.code}: {refused.location}")
         try:
@@ -616,23 +630,47 @@ class DicomSCP:
             return _status(OUT_OF_RESOURCES, "the instance could not be stored; send it again")
         return SUCCESS
 
-    def _not_sender(self, assoc: Any, data: bytes) -> IntakeError | None:
+    def _refused_before(self, assoc: Any, data: bytes) -> IntakeError | None:
+        """The refusal of the instance's study earlier on this association, or None: its
+        instances sent after the refused one are refused too (a study whole or not at
+        all), not left pending to be converted without it."""
+        with self._refused_lock:
+            seen = dict(self._refused.get(assoc, {}))
+        if not seen:  # the usual case: the instance is not read again
+            return None
+        try:
+            ds = dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=[_STUDY_UID])
+            study = sent_uid(ds, _STUDY_UID)
+        except Exception:  # unreadable: the intake refuses it as it would any
+            return None
+        return seen.get(study)
+
+    def _client(self, assoc: Any) -> ClientCertificate:
+        tls = assoc.dul.socket.socket
+        return client_certificate(tls.getpeercert(binary_form=True), self.intake.network)
+
+    def _not_sender(
+        self, assoc: Any, client: ClientCertificate, origin: Origin, data: bytes
+    ) -> IntakeError | None:
         """Why an instance may not be taken from the institution the association's
         client certificate names, or None; a refused study is logged once per
-        association (its UID and both institutions)."""
-        tls = assoc.dul.socket.socket
-        client = client_certificate(tls.getpeercert(binary_form=True), self.intake.network)
+        association (its UID and both institutions), and what that institution sent of
+        it before and is still pending (this association or another) is refused with
+        it, kept as rejected (``DicomIntake.keep_refused``), never converted without
+        the refused instances."""
         sent_by = f"the sender (TLS client certificate {client.name})"
         refused = self.intake.sender_refusals([data], client.institution, sent_by)
         if not refused:
-            return None
+            return self._refused_before(assoc, data)
         study, why = next(iter(refused.items()))
         with self._refused_lock:
-            seen = self._refused.setdefault(assoc, set())
+            seen = self._refused.setdefault(assoc, {})
             first = study not in seen
-            seen.add(study)
+            seen.setdefault(study, why)
         if first:
             log.warning("C-STORE study refused: %s", why.issue.line())
+        own = client.institution
+        self.intake.keep_refused(study, [data], origin, client.name, own, why, pending_only=True)
         return why
 
 

@@ -847,7 +847,6 @@ class Store:
                     d.data,
                     d.channel,
                     d.peer,
-                    d.sender,
                     d.message_id,
                 )
                 .where(d.study_uid == study_uid)
@@ -863,7 +862,10 @@ class Store:
                 first.channel,
                 "dicom",
                 peer=first.peer,
-                sender=first.sender,
+                # none: the conversion learns the study's; an instance's sender is the
+                # institution it authenticated as, for refuse_study only (a commit in its
+                # name would be a revision of its refusal, or that refused row itself)
+                sender=None,
                 control_id=study_uid,
                 message_type=message_type,
             )
@@ -879,6 +881,30 @@ class Store:
                     .where(sa.tuple_(d.id, d.sha256).in_([(i, read[i]) for i in ids]))
                     .values(message_id=receipt.id)
                 )
+            return receipt
+
+    def refuse_study(
+        self, incoming: Incoming, members: list[tuple[str, bytes]], pending_only: bool = False
+    ) -> Receipt | None:
+        """Keep a study refused for its sender (``incoming``: rejected, control id its
+        Study UID, sender the institution that sent it) as one message of ``members``
+        and of that sender's instances of the study still pending, which leave
+        ``dicom_instances``: a study is converted whole or not at all, so what the same
+        sender sent of it before is refused with it. Another sender's instances of the
+        same Study UID stay (one who knows a UID cannot block its owner's study). None,
+        nothing kept, when ``pending_only`` and that sender has none pending."""
+        d = dicom_instances.c
+        with self._write() as conn:
+            mine = (d.study_uid == incoming.control_id) & d.message_id.is_(None)
+            mine = mine & (d.sender == incoming.sender)
+            rows = conn.execute(sa.select(d.id, d.series_uid, d.sop_uid, d.data).where(mine)).all()
+            if pending_only and not rows:
+                return None
+            taken = {f"{r.series_uid}/{r.sop_uid}.dcm": r.data for r in rows}
+            raw = study_zip(sorted({**taken, **dict(members)}.items()))
+            receipt = self._receive(conn, replace(incoming, raw=raw))
+            for ids in _chunks(sorted(int(r.id) for r in rows), 400):
+                conn.execute(dicom_instances.delete().where(d.id.in_(ids)))
             return receipt
 
     def known_study(self, study_uid: str) -> KnownStudy | None:

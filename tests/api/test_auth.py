@@ -114,3 +114,15 @@ def test_a_token_bound_to_no_exact_institution_refuses_the_file(
     assert bad.value.code == "config.bad-token-role"
     assert "line 1" in bad.value.issue.message and problem in bad.value.issue.message
     assert OLD not in bad.value.issue.message
+
+
+@pytest.mark.parametrize("path", ["/convert", "/messages", "/messages/7/$reprocess", "/policy"])
+def test_a_bound_token_may_use_only_stow_rs(tmp_path: Path, path: str) -> None:
+    """A PACS's token: its studies are checked against its institution on STOW-RS only,
+    so it may not convert, reprocess or read the messages of every institution."""
+    tokens = load_tokens(settings_with(tmp_path, f"{OLD} operator pacs-hkpmc hkpmc\n"))
+    assert tokens.authorize(f"Bearer {OLD}", "/dicomweb/studies/1.2/$commit").name == "pacs-hkpmc"
+    with pytest.raises(AccessDenied) as denied:
+        tokens.authorize(f"Bearer {OLD}", path)
+    assert denied.value.status == 403 and denied.value.issue.code == "security.forbidden"
+    assert "bound to institution hkpmc" in denied.value.issue.message

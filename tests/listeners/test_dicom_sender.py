@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import logging
 import ssl
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -247,3 +248,100 @@ def test_tls_c_store_from_a_certificate_naming_no_institution_is_refused(
     only): nothing to compare the study with, so nothing is taken."""
     assert _send(tls_scp, pki, None, _study()) == [NOT_AUTHORIZED, NOT_AUTHORIZED]
     assert tls_scp.intake.pending() == []
+
+
+# -- a refusal takes the study's pending instances from the same sender with it -------------
+
+
+def _members(store: Store, message_id: int) -> list[str]:
+    found = store.raw(message_id)
+    assert found is not None and found[0] is not None
+    return sorted(zipfile.ZipFile(io.BytesIO(found[0])).namelist())
+
+
+def test_a_refused_stow_takes_the_senders_pending_instances_of_the_study(api: Api) -> None:
+    """Lai'an's PACS sent one good instance, then one naming Nansha: the study is
+    refused whole, its first instance with it (never converted without the second);
+    the instance another sender sent of the same Study UID is untouched."""
+    good, bad = part10(wang_wei(STUDY, 1, 1)), part10(wang_wei(STUDY, 1, 2, **NSCH_IDS))
+    other = part10(wang_wei(STUDY, 2, 3))
+    assert api.post("/dicomweb/studies", multipart([other]), token=OPEN_TOKEN).status_code == 200
+    assert api.post("/dicomweb/studies", multipart([good]), token=LAX2_TOKEN).status_code == 200
+    response = api.post("/dicomweb/studies", multipart([bad]), token=LAX2_TOKEN)
+    assert response.status_code == 403, response.text
+    store = api.intake.store
+    # only the other sender's instance is pending
+    assert [name for name, _ in store.study_instances(STUDY)] == _names([other])
+    [kept] = store.find(MessageFilter(state="rejected")).items
+    assert _members(store, kept.id) == sorted(_names([good, bad]))
+    with pytest.raises(GatewayError):
+        process_message(store, api.intake.converter, kept.id)
+
+
+def _names(datas: list[bytes]) -> list[str]:
+    out = []
+    for data in datas:
+        ds = dcmread(io.BytesIO(data))
+        out.append(f"{ds.SeriesInstanceUID}/{ds.SOPInstanceUID}.dcm")
+    return out
+
+
+def test_a_refused_c_store_takes_the_senders_pending_instances_of_the_study(
+    tls_scp: DicomSCP, pki: tuple[Path, Signer]
+) -> None:
+    """The same over C-STORE, across associations: Lai'an's certificate sent one good
+    instance, then (another association) one naming Nansha; Nansha's certificate sent
+    an instance of the same Study UID naming itself, which stays pending."""
+    good, bad = part10(wang_wei(STUDY, 1, 1)), part10(wang_wei(STUDY, 1, 2, **NSCH_IDS))
+    nansha = part10(wang_wei(STUDY, 2, 3, **NSCH_IDS))
+    assert _send(tls_scp, pki, NSCH_OID, [nansha]) == [SUCCESS]
+    assert _send(tls_scp, pki, LAX2_OID, [good]) == [SUCCESS]
+    assert _send(tls_scp, pki, LAX2_OID, [bad]) == [NOT_AUTHORIZED]
+    store = tls_scp.intake.store
+    assert [name for name, _ in store.study_instances(STUDY)] == _names([nansha])
+    [kept] = store.find(MessageFilter(state="rejected")).items
+    assert (kept.control_id, kept.sender) == (STUDY, "LAX2")
+    assert _members(store, kept.id) == sorted(_names([good, bad]))
+
+
+def test_c_store_refuses_the_rest_of_a_study_refused_on_the_association(
+    tls_scp: DicomSCP, pki: tuple[Path, Signer]
+) -> None:
+    """An instance naming Lai'an after one naming Nansha on the same association: the
+    study was refused whole, so the rest of it is refused too, not left pending to be
+    converted without the refused one."""
+    good, bad = part10(wang_wei(STUDY, 1, 1)), part10(wang_wei(STUDY, 1, 2, **NSCH_IDS))
+    after = part10(wang_wei(STUDY, 1, 3))
+    other = part10(wang_wei("2.16.156.10011.99.1.4.3.20260610.12", 1, 1))
+    statuses = _send(tls_scp, pki, LAX2_OID, [good, bad, after, other])
+    assert statuses == [SUCCESS, NOT_AUTHORIZED, NOT_AUTHORIZED, SUCCESS]
+    assert tls_scp.intake.pending() == ["2.16.156.10011.99.1.4.3.20260610.12"]
+
+
+@pytest.mark.parametrize("route", ["/convert", "/messages/1/$reprocess"])
+def test_a_bound_token_uses_stow_rs_only(api: Api, route: str) -> None:
+    """POST /convert of Nansha's study with Lai'an's PACS token would convert it with no
+    sender check (and $reprocess converts a stored one again, unchecked): a token that
+    stands for an institution's systems sends studies only, by STOW-RS."""
+    body = _study(**NSCH_IDS)[0]
+    response = api.post(route, body, token=LAX2_TOKEN, **{"Content-Type": "application/dicom"})
+    assert response.status_code == 403, response.text
+    [issue] = response.json()["issue"]
+    assert issue["details"]["coding"][0]["code"] == "security.forbidden"
+    assert "lax2" in issue["details"]["text"] and "/dicomweb/" in issue["details"]["text"]
+    assert api.intake.store.find(MessageFilter()).items == []
+    # the unbound token reaches the route (whatever it answers, not a 403)
+    assert api.post(route, body, token=OPEN_TOKEN).status_code != 403
+
+
+def test_a_study_sent_right_after_its_refusal_is_a_first_message(api: Api) -> None:
+    """Lai'an's PACS sent the study naming Nansha (refused), then as it should: its
+    commit is the study's first message, not a flagged revision of the refusal (the
+    instances' authenticated sender is not the commit's: the conversion learns it)."""
+    bad = multipart(_study(**NSCH_IDS))
+    assert api.post("/dicomweb/studies", bad, token=LAX2_TOKEN).status_code == 403
+    assert api.post("/dicomweb/studies", multipart(_study()), token=LAX2_TOKEN).status_code == 200
+    commit = api.post(f"/dicomweb/studies/{STUDY}/$commit", token=LAX2_TOKEN)
+    assert commit.json()["converted"] is True, commit.text
+    [converted] = api.intake.store.find(MessageFilter(state="converted")).items
+    assert (converted.revision, converted.flagged) == (1, False)

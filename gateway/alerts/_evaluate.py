@@ -25,7 +25,7 @@ from ..config import Settings
 from ..delivery import Outbox
 from ..metrics import credentials_blocked
 from ..network import Network
-from ..store import Store, metadata, utcnow
+from ..store import Store, conflict_insert, metadata, utcnow
 from ._config import LEVELS, LISTENER_PREFIX, AlertRules, alert_rules
 from ._labels import LANGUAGES, Labels, labels, partner_names
 from ._tables import alert_state
@@ -446,14 +446,9 @@ def _insert_ignore(conn: Connection, reading: _Reading, now: datetime) -> None:
         "notified_level": 0,
         "updated_at": now,
     }
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        conn.execute(pg_insert(alert_state).values(values).on_conflict_do_nothing())
-    elif conn.dialect.name == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-        conn.execute(sqlite_insert(alert_state).values(values).on_conflict_do_nothing())
+    if conn.dialect.name in ("postgresql", "sqlite"):
+        insert = conflict_insert(alert_state, conn.dialect.name)
+        conn.execute(insert.values(values).on_conflict_do_nothing())
     else:  # pragma: no cover - the store runs on SQLite and PostgreSQL only
         with conn.begin_nested():
             conn.execute(alert_state.insert().values(values))

@@ -34,13 +34,11 @@ from typing import Any
 
 import orjson
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
 from ..errors import GatewayError
 from ..partners import Partner
-from ..store import Store, metadata, utcnow
+from ..store import Store, conflict_insert, metadata, utcnow
 from ._links import Link, Provided, link_ref, links_of, patients_by_link
 from ._overwrite import OVERWRITE, written_links
 
@@ -761,10 +759,9 @@ class Outbox:
         to ``partner`` at ``base`` before ``until``. A later pause extends the one kept;
         an earlier one leaves it (one upsert: workers answered at once cannot lose the
         later); one from another base (the partner moved) replaces it."""
-        insert = (
-            pg_insert(_pauses) if self.store.dialect == "postgresql" else sqlite_insert(_pauses)
+        upsert = conflict_insert(_pauses, self.store.dialect).values(
+            partner=partner, base=base, until=until, asked_at=now
         )
-        upsert = insert.values(partner=partner, base=base, until=until, asked_at=now)
         new = upsert.excluded
         upsert = upsert.on_conflict_do_update(
             index_elements=[_pauses.c.partner],

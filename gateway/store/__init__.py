@@ -3,7 +3,7 @@ peer, sender), its state, and what each stage made of it; SQLite by default,
 PostgreSQL when ``database_url`` names one. See docs/store.md."""
 
 from ._cli import add_cli, add_filters, decoded, message_filter, message_json, parse_since
-from ._engine import database_url, make_engine
+from ._engine import conflict_insert, database_url, make_engine
 from ._open import open_store, retention
 from ._schema import MAX_ID, is_row_id, metadata
 from ._store import (
@@ -53,6 +53,7 @@ __all__ = [
     "add_cli",
     "add_filters",
     "check_study",
+    "conflict_insert",
     "database_url",
     "decoded",
     "is_row_id",

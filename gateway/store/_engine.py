@@ -8,10 +8,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, event
+from sqlalchemy import Table, create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 
-__all__ = ["database_url", "make_engine"]
+__all__ = ["conflict_insert", "database_url", "make_engine"]
 
 BUSY_TIMEOUT_MS = 30_000  # another process (or thread) writing: wait, don't fail
 
@@ -19,6 +20,13 @@ BUSY_TIMEOUT_MS = 30_000  # another process (or thread) writing: wait, don't fai
 def database_url(home: Path, configured: str | None) -> str:
     """The configured URL, else a SQLite file in GATEWAY_HOME."""
     return configured or f"sqlite:///{home / 'gateway.db'}"
+
+
+def conflict_insert(table: Table, dialect: str) -> Any:
+    """An INSERT into ``table`` that has ``on_conflict_do_nothing``/``_do_update``: the
+    dialect's own (PostgreSQL's or SQLite's, which spell ON CONFLICT alike); core's
+    insert has neither. ``dialect``: the engine's name, ``postgresql`` or ``sqlite``."""
+    return (postgresql if dialect == "postgresql" else sqlite).insert(table)
 
 
 def make_engine(url: str | URL) -> Engine:

@@ -20,12 +20,11 @@ from typing import Any
 
 import orjson
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from ..config import MESSAGE_STATES
 from ..errors import GatewayError, Issue
-from ._engine import database_url, make_engine
+from ._engine import conflict_insert, database_url, make_engine
 from ._schema import dicom_instances, dicom_known_studies, message_patients, messages, outcomes
 
 __all__ = [
@@ -492,9 +491,8 @@ class Store:
         return Receipt(found.id, False, found.revision, found.flagged, item.state)
 
     def _insert_ignore(self, conn: Connection, values: dict[str, Any]) -> int | None:
-        dialect: Any = postgresql if self.dialect == "postgresql" else sqlite
         stmt = (
-            dialect.insert(messages)
+            conflict_insert(messages, self.dialect)
             .values(**values)
             .on_conflict_do_nothing(index_elements=["dedup_key"])
             .returning(messages.c.id)
@@ -943,11 +941,10 @@ class Store:
         k = dicom_known_studies.c
         now = utcnow()
         empty = {"study_uid": study_uid, "instance_count": 0, "sop_uids": _pack_uids(())}
-        dialect: Any = postgresql if self.dialect == "postgresql" else sqlite
         # The row first (if absent), then locked (PostgreSQL: another process adding to
         # the same study waits; SQLite's writer lock already orders them), then merged.
         conn.execute(
-            dialect.insert(dicom_known_studies)
+            conflict_insert(dicom_known_studies, self.dialect)
             .values(**empty, message_id=None, updated_at=now)
             .on_conflict_do_nothing(index_elements=["study_uid"])
         )

@@ -350,32 +350,17 @@ def _organisations(refs: Any, entries: Mapping[str, Any], network: Network) -> l
 
 
 def _msh_receiver(raw: bytes, network: Network) -> tuple[str | None, str | None]:
-    """MSH-5 and MSH-6 namespaces of the first message in ``raw``. An ASCII MSH is read
-    from the bytes directly; one with other bytes is decoded as intake decoded it (its
-    MSH-18, the sender's charset): read as ASCII with replacement, a Chinese receiving
-    facility was U+FFFD (no route matched it, and two names were one string), and split
-    as bytes, a Big5 or GB 18030 trail byte '|' (院 B0 7C in Big5) cut the field."""
+    """MSH-5.1 and MSH-6.1 of the first message in ``raw``, decoded as intake decodes it
+    (MSH-18, the sender's charset); (None, None) when it does not decode (it would not
+    have been converted either). Read from the bytes as ASCII with replacement, a
+    Chinese receiving facility was U+FFFD (no route matched it, and two names were one
+    string), and split as bytes, a Big5 or GB 18030 trail byte '|' (院 B0 7C in Big5)
+    cut the field."""
     start = raw.find(b"MSH")
-    if start < 0 or len(raw) < start + 8:
+    if start < 0:
         return None, None
-    line = raw[start:].split(b"\r", 1)[0].split(b"\n", 1)[0]
-    if not line.isascii():
-        return _decoded_receiver(raw[start:], network)
-    sep, comp = line[3:4], line[4:5]
-    fields = line.split(sep)
-    out: list[str | None] = []
-    for n in (4, 5):  # fields[n] is MSH-(n+1): MSH-1 is the separator itself
-        value = fields[n].split(comp)[0] if len(fields) > n and comp else b""
-        out.append(value.decode("ascii").strip() or None)
-    return out[0], out[1]
-
-
-def _decoded_receiver(raw: bytes, network: Network) -> tuple[str | None, str | None]:
-    """MSH-5.1 and MSH-6.1 of a message whose MSH holds non-ASCII bytes, decoded as
-    intake decodes it; (None, None) when it does not decode (it would not have been
-    converted either)."""
     try:
-        message = parse_message(split_messages(raw)[0], network=network)
+        message = parse_message(split_messages(raw[start:])[0], network=network)
     except (GatewayError, IndexError):
         return None, None
     comp = message.separators[1]
